@@ -1,0 +1,96 @@
+"""One exception tree for everything recocamp raises on purpose.
+
+::
+
+    RecocampError
+    ├── ConfigError          settings.toml, campaigns, templates: file + key path (+ line)
+    ├── DataImportError      a source file that cannot be imported: file + every bad line/column
+    ├── StoreError           the database is missing, not migrated or unreachable
+    ├── ModelError           recommender training / loading problems
+    └── DeliveryError        sending through an email service provider
+        ├── TransientDeliveryError   retry later (timeouts, 429, 5xx)
+        └── PermanentDeliveryError   never retry this recipient
+
+Errors a person can cause say *where* (file, line or key, the bad value), modelled on
+Jinja's ``TemplateSyntaxError``; callers can print ``str(error)`` as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class RecocampError(Exception):
+    """Base class of every error recocamp raises deliberately."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong at one place: a key path or a line/column, and the bad value."""
+
+    message: str
+    key: str | None = None
+    line: int | None = None
+    column: str | None = None
+    value: object = None
+
+    def where(self) -> str:
+        parts = []
+        if self.line is not None:
+            parts.append(f"line {self.line}")
+        if self.column is not None:
+            parts.append(f"column {self.column!r}")
+        if self.key is not None:
+            parts.append(f"key {self.key!r}")
+        return ", ".join(parts)
+
+    def __str__(self) -> str:
+        where = self.where()
+        value = "" if self.value is None else f" (value: {self.value!r})"
+        return f"{where}: {self.message}{value}" if where else f"{self.message}{value}"
+
+
+class _ProblemsError(RecocampError):
+    """An error about one file that lists every problem found in it at once."""
+
+    def __init__(self, path: Path | str, problems: list[Problem], *, more: int = 0) -> None:
+        self.path = Path(path)
+        self.problems = list(problems)
+        self.more = more
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        lines = [f"{self.path}: {len(self.problems) + self.more} problem(s)"]
+        lines += [f"  {self.path}: {problem}" for problem in self.problems]
+        if self.more:
+            lines.append(f"  … and {self.more} more")
+        return "\n".join(lines)
+
+
+class ConfigError(_ProblemsError):
+    """A settings, campaign or template file is invalid."""
+
+
+class DataImportError(_ProblemsError):
+    """A source file cannot be imported; nothing of it was written."""
+
+
+class StoreError(RecocampError):
+    """The database is unreachable, not migrated, or refused an operation."""
+
+
+class ModelError(RecocampError):
+    """Training, loading or scoring a recommender failed."""
+
+
+class DeliveryError(RecocampError):
+    """Sending through an email service provider failed."""
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth retrying later (timeouts, HTTP 429, HTTP 5xx)."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Never worth retrying for this recipient (invalid or inactive address)."""

@@ -1,0 +1,97 @@
+"""Retention KPIs, exactly as defined in DESIGN.md §Retention KPIs. Pure: orders in, numbers out.
+
+Window ``W`` days ending at ``as_of`` (exclusive), previous window ``[as_of − 2W, as_of − W)``:
+
+- orders: distinct orders of known customers with a purchase line in the window;
+  guest orders are counted separately (``guest_orders``);
+- purchase_frequency = orders / customers with an order;
+- average_order_value = revenue of those orders / orders (postage and fees included);
+- repeat_purchase_rate = customers with ≥ 2 orders / customers with ≥ 1;
+- guest_checkout_rate = guest orders / (guest orders + customer orders);
+- churn_rate = previous-window customers without an order in the window / previous-window
+  customers;
+- clv = average_order_value × purchase_frequency / churn_rate (revenue per customer over the
+  expected lifetime, in units of W; ``None`` when churn_rate is 0).
+
+Ratios whose denominator is zero are ``None`` rather than a made-up 0.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class OrderTotal:
+    """One order's purchase lines summed: who, when (first line), how much."""
+
+    order_id: str
+    customer_id: str | None
+    ordered_at: datetime
+    revenue: float
+
+
+@dataclass(frozen=True, slots=True)
+class Kpis:
+    as_of: datetime
+    window_days: int
+    orders: int
+    customers: int
+    guest_orders: int
+    purchase_frequency: float | None
+    average_order_value: float | None
+    repeat_purchase_rate: float | None
+    guest_checkout_rate: float | None
+    churn_rate: float | None
+    clv: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        values: dict[str, object] = {name: getattr(self, name) for name in self.__slots__}
+        values["as_of"] = self.as_of.isoformat()
+        return values
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def compute(orders: Iterable[OrderTotal], as_of: datetime, window_days: int) -> Kpis:
+    """KPIs for the window ending at ``as_of``; ``orders`` must cover ``[as_of − 2W, as_of)``."""
+    window = timedelta(days=window_days)
+    start, previous_start = as_of - window, as_of - 2 * window
+    per_customer: Counter[str] = Counter()
+    previous_customers: set[str] = set()
+    revenue = 0.0
+    guest_orders = 0
+    for order in orders:
+        if start <= order.ordered_at < as_of:
+            if order.customer_id is None:
+                guest_orders += 1
+                continue
+            per_customer[order.customer_id] += 1
+            revenue += order.revenue
+        elif previous_start <= order.ordered_at < start and order.customer_id is not None:
+            previous_customers.add(order.customer_id)
+    count = sum(per_customer.values())
+    customers = len(per_customer)
+    frequency = _ratio(count, customers)
+    aov = _ratio(revenue, count)
+    churned = len(previous_customers - per_customer.keys())
+    churn = _ratio(churned, len(previous_customers))
+    clv = aov * frequency / churn if aov is not None and frequency is not None and churn else None
+    return Kpis(
+        as_of=as_of,
+        window_days=window_days,
+        orders=count,
+        customers=customers,
+        guest_orders=guest_orders,
+        purchase_frequency=frequency,
+        average_order_value=aov,
+        repeat_purchase_rate=_ratio(sum(1 for n in per_customer.values() if n >= 2), customers),
+        guest_checkout_rate=_ratio(guest_orders, guest_orders + count),
+        churn_rate=churn,
+        clv=clv,
+    )

@@ -1,0 +1,283 @@
+"""settings.toml (+ ``RECOCAMP_*`` environment overrides) → frozen, validated Settings.
+
+Where a value comes from, highest priority first:
+
+1. environment: ``RECOCAMP_<KEY>`` for top-level keys (``RECOCAMP_DATABASE_URL``) and
+   ``RECOCAMP_<SECTION>__<KEY>`` for keys in a section (``RECOCAMP_ESP__BASE_URL``),
+   pydantic-settings' nested delimiter;
+2. the settings file: ``--settings PATH``, else ``$RECOCAMP_SETTINGS``, else
+   ``./settings.toml`` when it exists;
+3. the defaults below (the documented ``settings.toml`` repeats them).
+
+Secrets (``esp_token``, ``signing_key``, ``api_keys``) are read from the environment only;
+a settings file that contains one is refused, so they never end up in a repository.
+A bad value fails with a :class:`~recocamp.errors.ConfigError` naming the file (or the
+environment variable), the dotted key, its line and the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from recocamp.errors import ConfigError, Problem
+
+ENV_PREFIX = "RECOCAMP_"
+SECRET_KEYS = ("esp_token", "signing_key", "api_keys")
+DEFAULT_FILE = Path("settings.toml")
+
+
+def _check_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA time zone {name!r}") from exc
+    return name
+
+
+TimeZoneName = Annotated[str, AfterValidator(_check_zone)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ShopSettings(_Section):
+    name: str = "Demo Shop"
+    base_url: HttpUrl = HttpUrl("https://shop.example.test")
+    time_zone: TimeZoneName = "Europe/Berlin"
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    default_locale: Literal["de", "en"] = "de"
+
+
+class IngestSettings(_Section):
+    drop_dir: Path = Path("incoming")
+    processed_dir: Path = Path("incoming/processed")
+    max_errors_listed: int = Field(default=20, ge=1)
+
+
+class DemoSettings(_Section):
+    online_retail_path: Path = Path("../shared/data/online-retail/online_retail.csv.gz")
+    seed: int = 20111209
+    synthetic_customers: int = Field(default=3000, ge=10)
+    synthetic_items: int = Field(default=1500, ge=10)
+    synthetic_days: int = Field(default=365, ge=30)
+    double_opt_in_share: float = Field(default=0.55, ge=0, le=1)
+    existing_customer_share: float = Field(default=0.30, ge=0, le=1)
+    objected_share: float = Field(default=0.03, ge=0, le=1)
+
+
+class KpiSettings(_Section):
+    window_days: int = Field(default=365, ge=1)
+
+
+class RecommenderSettings(_Section):
+    model: Literal["als", "bpr", "item_knn", "popularity", "repeat_frequency", "hybrid"] = "hybrid"
+    artifacts_dir: Path = Path("artifacts/models")
+    top_n: int = Field(default=50, ge=1, le=1000)
+    factors: int = Field(default=64, ge=2)
+    iterations: int = Field(default=15, ge=1)
+    regularization: float = Field(default=0.01, ge=0)
+    random_state: int = 42
+    recent_popularity_days: int = Field(default=90, ge=1)
+    time_decay_half_life_days: float | None = Field(default=None, gt=0)
+    promote_metric: Literal["recall", "ndcg", "hit_rate"] = "recall"
+    evaluation_horizon_days: int = Field(default=90, ge=1)
+    use_gpu: Literal["auto", "true", "false"] = "auto"
+
+
+class CapsSettings(_Section):
+    max_per_24h: int = Field(default=1, ge=0)
+    max_per_7d: int = Field(default=3, ge=0)
+    campaign_cooldown_days: int = Field(default=7, ge=0)
+    quiet_hours_start: time = time(21, 0)
+    quiet_hours_end: time = time(8, 0)
+    campaigns_may_relax: bool = False
+
+
+class LoyaltyTier(_Section):
+    name: str
+    min_points: int = Field(ge=0)
+
+
+class LoyaltySettings(_Section):
+    points_per_order: int = Field(default=10, ge=0)
+    points_per_currency_unit: float = Field(default=1.0, ge=0)
+    points_per_review: int = Field(default=25, ge=0)
+    points_per_newsletter_signup: int = Field(default=50, ge=0)
+    tiers: tuple[LoyaltyTier, ...] = (
+        LoyaltyTier(name="bronze", min_points=0),
+        LoyaltyTier(name="silver", min_points=500),
+        LoyaltyTier(name="gold", min_points=2000),
+        LoyaltyTier(name="platinum", min_points=10000),
+    )
+
+    @model_validator(mode="after")
+    def _ascending(self) -> LoyaltySettings:
+        thresholds = [tier.min_points for tier in self.tiers]
+        if thresholds != sorted(set(thresholds)):
+            raise ValueError(f"tier thresholds must strictly ascend, got {thresholds}")
+        return self
+
+
+class EspSettings(_Section):
+    provider: Literal["postmark", "sendgrid", "brevo", "mailpit", "fake"] = "postmark"
+    base_url: HttpUrl = HttpUrl("http://127.0.0.1:8025")
+    from_email: str = "shop@example.test"
+    batch_size: int = Field(default=500, ge=1, le=500)
+    rate_limit_per_s: float = Field(default=50.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+    pause_error_rate: float = Field(default=0.2, gt=0, le=1)
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    rate_limit_per_minute: int = Field(default=6000, ge=1)
+    cors_origins: tuple[str, ...] = ()
+
+
+class MeasureSettings(_Section):
+    attribution_window_days: int = Field(default=7, ge=1)
+
+
+class Settings(BaseSettings):
+    """Every setting, validated and frozen. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: str = "sqlite:///recocamp.db"
+    shop: ShopSettings = ShopSettings()
+    ingest: IngestSettings = IngestSettings()
+    demo: DemoSettings = DemoSettings()
+    kpis: KpiSettings = KpiSettings()
+    recommender: RecommenderSettings = RecommenderSettings()
+    caps: CapsSettings = CapsSettings()
+    loyalty: LoyaltySettings = LoyaltySettings()
+    esp: EspSettings = EspSettings()
+    api: ApiSettings = ApiSettings()
+    measure: MeasureSettings = MeasureSettings()
+    # secrets: environment only (RECOCAMP_ESP_TOKEN, RECOCAMP_SIGNING_KEY, RECOCAMP_API_KEYS)
+    esp_token: SecretStr | None = None
+    signing_key: SecretStr | None = None
+    api_keys: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the file's values arrive as init kwargs; the environment must win over them
+        return (env_settings, init_settings)
+
+
+def settings_path(explicit: Path | None = None) -> Path | None:
+    """The settings file to read: explicit, ``$RECOCAMP_SETTINGS``, ``./settings.toml``."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get("RECOCAMP_SETTINGS")
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_FILE if DEFAULT_FILE.exists() else None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read, merge and validate settings; every problem is reported at once."""
+    path = settings_path(path)
+    data, text = _read_toml(path) if path is not None else ({}, "")
+    where = path if path is not None else Path("<defaults>")
+    _refuse_secrets_in_file(where, data, text)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(where, [_problem(error, text) for error in exc.errors()]) from None
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [Problem(f"cannot read settings file: {exc.strerror}")]) from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        raise ConfigError(path, [Problem(f"not valid TOML: {exc}", line=line)]) from None
+
+
+def _refuse_secrets_in_file(path: Path, data: dict[str, Any], text: str) -> None:
+    problems = [
+        Problem(
+            f"secrets are read from the environment only: set {ENV_PREFIX}{key.upper()}",
+            key=key,
+            line=_line_of(text, (key,)),
+        )
+        for key in SECRET_KEYS
+        if key in data
+    ]
+    if problems:
+        raise ConfigError(path, problems)
+
+
+def _problem(error: Any, text: str) -> Problem:
+    loc = tuple(str(part) for part in error["loc"])
+    key = ".".join(loc)
+    env_name = ENV_PREFIX + "__".join(loc).upper()
+    source = f" (from environment variable {env_name})" if env_name in os.environ else ""
+    value = error.get("input")
+    shown = None if isinstance(value, dict) else value
+    return Problem(
+        error["msg"] + source,
+        key=key,
+        line=None if source else _line_of(text, loc),
+        value=shown,
+    )
+
+
+_SECTION = re.compile(r"^\s*\[+\s*([A-Za-z0-9_.\-]+)\s*\]+")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+
+def _line_of(text: str, loc: tuple[str, ...]) -> int | None:
+    """Best-effort line number of a dotted key in a TOML text (tomllib keeps none)."""
+    if not loc:
+        return None
+    section, key = ".".join(loc[:-1]), loc[-1]
+    current = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if (header := _SECTION.match(line)) is not None:
+            current = header.group(1)
+            if current == ".".join(loc):
+                return number
+            continue
+        if (match := _KEY.match(line)) and match.group(1) == key and current == section:
+            return number
+    return _line_of(text, loc[:-1]) if len(loc) > 1 else None

@@ -1,0 +1,371 @@
+"""CSV files in, domain values out: the import formats, each documented in README.md.
+
+Formats
+-------
+``standard`` purchases (our own): ``order_id, customer_id, item_id, quantity, unit_price,
+ordered_at`` required; ``line_no`` and ``is_return`` optional. An empty ``customer_id`` is a
+guest order; ``ordered_at`` is ISO 8601 (without an offset it is read in the shop's zone).
+
+``online-retail``: the UCI Online Retail file as it is (``InvoiceNo, StockCode, Description,
+Quantity, InvoiceDate, UnitPrice, CustomerID, Country``; local times of the shop). Invoices
+starting with ``C`` are returns; lines of normal invoices with quantity or price <= 0 are
+adjustments and are skipped (counted in the report); an empty CustomerID is a guest.
+
+``customers`` and ``items``: see :data:`CUSTOMER_COLUMNS` and :data:`ITEM_COLUMNS`.
+
+Every row either becomes a value, a skip with a reason, or a :class:`Problem` naming its
+line and column; files may be gzip-compressed (``.gz``). Nothing here touches the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, tzinfo
+from pathlib import Path
+from typing import IO, TypeVar
+
+from recocamp.domain import ConsentBasis, Customer, Item, Purchase
+from recocamp.errors import DataImportError, Problem
+
+T = TypeVar("T")
+
+STANDARD_COLUMNS = ("order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at")
+ONLINE_RETAIL_COLUMNS = (
+    "InvoiceNo",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+    "Country",
+)
+CUSTOMER_COLUMNS = ("id", "email")  # optional: first_name, locale, time_zone, country, birthday,
+# consent_basis, consent_at, consent_source, objected_to_profiling
+ITEM_COLUMNS = (
+    "id",
+    "title",
+    "category",
+    "price",
+)  # optional: in_stock, url, image_url, is_service
+PURCHASE_FORMATS = ("standard", "online-retail")
+TRUE_WORDS = {"1", "true", "yes", "y", "t"}
+FALSE_WORDS = {"0", "false", "no", "n", "f", ""}
+
+
+class RowProblem(Exception):
+    """Raised by a row parser; becomes a :class:`Problem` with the row's line number."""
+
+    def __init__(self, column: str, message: str, value: object) -> None:
+        super().__init__(message)
+        self.column, self.message, self.value = column, message, value
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A row that is read but deliberately not imported, with the reason for the report."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetailLine:
+    """An online-retail row: the purchase plus what the catalogue needs from it."""
+
+    purchase: Purchase
+    description: str
+    country: str
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a CSV file, transparently gunzipping ``.gz``; a missing file is a DataImportError."""
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise DataImportError(path, [Problem(f"cannot open file: {exc.strerror}")]) from None
+    binary: IO[bytes] = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+
+
+def read_rows(
+    path: Path, required: tuple[str, ...], handle: IO[str]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line number, row)``; the header must contain every required column."""
+    reader = csv.reader(handle)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise DataImportError(
+            path, [Problem("the file is empty (no header line)", line=1)]
+        ) from None
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError) as exc:
+        raise DataImportError(path, [Problem(f"not a readable CSV file: {exc}", line=1)]) from None
+    missing = [name for name in required if name not in header]
+    if missing:
+        problem = Problem(
+            f"wrong header: missing column(s) {', '.join(missing)}; expected {', '.join(required)}",
+            line=1,
+            value=",".join(header),
+        )
+        raise DataImportError(path, [problem])
+    for values in reader:
+        if not values or values == [""]:
+            continue
+        if len(values) != len(header):
+            yield reader.line_num, {"__width__": str(len(values)), "__header__": str(len(header))}
+            continue
+        yield reader.line_num, dict(zip(header, values, strict=True))
+
+
+def check_width(row: dict[str, str]) -> None:
+    if "__width__" in row:
+        raise RowProblem("*", f"expected {row['__header__']} fields", int(row["__width__"]))
+
+
+# --- field parsers: each raises RowProblem naming its column ---------------------------
+
+
+def text(row: dict[str, str], column: str, *, required: bool = True) -> str | None:
+    value = row.get(column, "").strip()
+    if required and not value:
+        raise RowProblem(column, "is empty", value)
+    return value or None
+
+
+def integer(row: dict[str, str], column: str) -> int:
+    raw = row.get(column, "").strip()
+    try:
+        return int(raw)
+    except ValueError:
+        try:
+            number = float(raw)
+        except ValueError:
+            raise RowProblem(column, "is not a whole number", raw) from None
+        if not number.is_integer():
+            raise RowProblem(column, "is not a whole number", raw) from None
+        return int(number)
+
+
+def number(row: dict[str, str], column: str) -> float:
+    raw = row.get(column, "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RowProblem(column, "is not a number", raw) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise RowProblem(column, "is not a finite number", raw)
+    return value
+
+
+def boolean(row: dict[str, str], column: str, default: bool) -> bool:
+    raw = row.get(column)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False if word else default
+    raise RowProblem(column, "is not a boolean (true/false)", raw)
+
+
+class Timestamps:
+    """Parses local or ISO 8601 timestamps to aware UTC, caching repeats (orders share them)."""
+
+    def __init__(self, zone: tzinfo, fmt: str | None = None) -> None:
+        self.zone, self.fmt = zone, fmt
+        self._cache: dict[str, datetime] = {}
+
+    def __call__(self, row: dict[str, str], column: str) -> datetime:
+        raw = row.get(column, "").strip()
+        cached = self._cache.get(raw)
+        if cached is None:
+            cached = self._cache[raw] = self._parse(raw, column)
+        return cached
+
+    def _parse(self, raw: str, column: str) -> datetime:
+        try:
+            value = datetime.strptime(raw, self.fmt) if self.fmt else datetime.fromisoformat(raw)
+        except ValueError:
+            expected = self.fmt or "ISO 8601, e.g. 2011-12-09T12:50:00+00:00"
+            raise RowProblem(column, f"is not a date-time ({expected})", raw) from None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=self.zone)
+        return value.astimezone(UTC)
+
+
+def day(row: dict[str, str], column: str) -> date | None:
+    raw = row.get(column, "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise RowProblem(column, "is not a date (YYYY-MM-DD)", raw) from None
+
+
+# --- row parsers ---------------------------------------------------------------------
+
+
+class LineNumbers:
+    """Numbers the lines of each order in file order, so re-imports hit the same keys."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def next(self, order_id: str) -> int:
+        number = self._seen.get(order_id, 0) + 1
+        self._seen[order_id] = number
+        return number
+
+
+def standard_purchase(
+    row: dict[str, str], stamps: Timestamps, lines: LineNumbers
+) -> Purchase | Skip:
+    check_width(row)
+    order_id = text(row, "order_id")
+    assert order_id is not None
+    quantity = integer(row, "quantity")
+    unit_price = number(row, "unit_price")
+    is_return = boolean(row, "is_return", default=quantity < 0)
+    given_line = row.get("line_no", "").strip()
+    line_no = integer(row, "line_no") if given_line else lines.next(order_id)
+    purchase = Purchase(
+        order_id=order_id,
+        line_no=line_no,
+        customer_id=text(row, "customer_id", required=False),
+        item_id=text(row, "item_id") or "",
+        quantity=quantity,
+        unit_price=unit_price,
+        ordered_at=stamps(row, "ordered_at"),
+        is_return=is_return,
+    )
+    return purchase if purchase.is_purchase or is_return else Skip("adjustment")
+
+
+def online_retail_line(
+    row: dict[str, str], stamps: Timestamps, lines: LineNumbers
+) -> RetailLine | Skip:
+    check_width(row)
+    invoice = text(row, "InvoiceNo") or ""
+    line_no = lines.next(invoice)
+    quantity = integer(row, "Quantity")
+    unit_price = number(row, "UnitPrice")
+    ordered_at = stamps(row, "InvoiceDate")
+    customer = text(row, "CustomerID", required=False)
+    is_return = invoice.startswith("C")
+    if not is_return and (quantity <= 0 or unit_price <= 0):
+        return Skip("adjustment")
+    purchase = Purchase(
+        order_id=invoice,
+        line_no=line_no,
+        customer_id=_integer_id(customer),
+        item_id=text(row, "StockCode") or "",
+        quantity=quantity,
+        unit_price=unit_price,
+        ordered_at=ordered_at,
+        is_return=is_return,
+    )
+    return RetailLine(purchase, row.get("Description", "").strip(), row.get("Country", "").strip())
+
+
+def _integer_id(value: str | None) -> str | None:
+    """``17850.0`` and ``17850`` are the same customer; keep ids as strings."""
+    if value is None:
+        return None
+    return value[:-2] if value.endswith(".0") else value
+
+
+def customer_row(row: dict[str, str], stamps: Timestamps) -> Customer:
+    check_width(row)
+    basis_raw = (text(row, "consent_basis", required=False) or "none").lower()
+    try:
+        basis = ConsentBasis(basis_raw)
+    except ValueError:
+        known = ", ".join(member.value for member in ConsentBasis)
+        raise RowProblem("consent_basis", f"is not one of {known}", basis_raw) from None
+    consent_at = stamps(row, "consent_at") if row.get("consent_at", "").strip() else None
+    if basis is not ConsentBasis.NONE and consent_at is None:
+        raise RowProblem("consent_at", f"is required for consent_basis {basis.value}", "")
+    email = text(row, "email", required=False)
+    if email is not None and "@" not in email:
+        raise RowProblem("email", "is not an e-mail address", "<redacted>")
+    return Customer(
+        id=text(row, "id") or "",
+        email=email,
+        first_name=text(row, "first_name", required=False),
+        locale=text(row, "locale", required=False) or "en",
+        time_zone=_zone_name(row),
+        country=text(row, "country", required=False),
+        birthday=day(row, "birthday"),
+        consent_basis=basis,
+        consent_at=consent_at,
+        consent_source=text(row, "consent_source", required=False),
+        objected_to_profiling=boolean(row, "objected_to_profiling", default=False),
+    )
+
+
+def _zone_name(row: dict[str, str]) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = text(row, "time_zone", required=False)
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RowProblem("time_zone", "is not an IANA time zone", name) from None
+    return name
+
+
+def item_row(row: dict[str, str]) -> Item:
+    check_width(row)
+    price = number(row, "price")
+    if price < 0:
+        raise RowProblem("price", "must not be negative", row.get("price"))
+    return Item(
+        id=text(row, "id") or "",
+        title=text(row, "title") or "",
+        category=text(row, "category") or "",
+        price=price,
+        in_stock=boolean(row, "in_stock", default=True),
+        url=text(row, "url", required=False),
+        image_url=text(row, "image_url", required=False),
+        is_service=boolean(row, "is_service", default=False),
+    )
+
+
+def collect(
+    path: Path,
+    rows: Iterator[tuple[int, dict[str, str]]],
+    parse: Callable[[dict[str, str]], T | Skip],
+    *,
+    max_listed: int = 20,
+) -> tuple[list[T], dict[str, int], int]:
+    """Parse every row; raise one DataImportError listing the problems, else return
+    ``(values, skipped counts by reason, rows read)``."""
+    values: list[T] = []
+    skipped: dict[str, int] = {}
+    problems: list[Problem] = []
+    more = read = 0
+    for line, row in rows:
+        read += 1
+        try:
+            value = parse(row)
+        except RowProblem as exc:
+            if len(problems) < max_listed:
+                problems.append(Problem(exc.message, line=line, column=exc.column, value=exc.value))
+            else:
+                more += 1
+            continue
+        if isinstance(value, Skip):
+            skipped[value.reason] = skipped.get(value.reason, 0) + 1
+        else:
+            values.append(value)
+    if problems:
+        raise DataImportError(path, problems, more=more)
+    return values, skipped, read

@@ -1,0 +1,1 @@
+"""The store: schema (``schema``), engines and migrations (``engine``), queries (``queries``)."""

@@ -1,0 +1,87 @@
+"""Engines and migrations: SQLite (WAL) embedded, PostgreSQL (psycopg 3) in production.
+
+``postgresql://`` URLs are rewritten to the psycopg 3 driver so users can paste the URL
+their provider gives them. Migrations are Alembic's, shipped inside the package and run
+programmatically, so ``recocamp db upgrade`` needs no ``alembic.ini`` in the working dir.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from recocamp.errors import StoreError
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def normalise_url(url: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine with the per-backend settings recocamp relies on."""
+    url = normalise_url(url)
+    try:
+        engine = sa.create_engine(url, future=True)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise StoreError(f"database_url {url!r} is not usable: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable with WAL, much faster than FULL
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _alembic_config(engine: sa.Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> str | None:
+    """Create or migrate the schema; returns the revision the database is now at."""
+    command.upgrade(_alembic_config(engine), revision)
+    return current_revision(engine)
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    script = ScriptDirectory.from_config(_alembic_config(sa.create_engine("sqlite://")))
+    return script.get_current_head()
+
+
+def require_current(engine: sa.Engine) -> None:
+    """Refuse to work on a database that is missing migrations (clear message, no traceback)."""
+    try:
+        current = current_revision(engine)
+    except sa.exc.OperationalError as exc:
+        raise StoreError(f"cannot open the database: {exc.orig}") from None
+    if current != head_revision():
+        raise StoreError(
+            f"the database is at schema revision {current or 'none'}, this recocamp needs "
+            f"{head_revision()}: run `recocamp db upgrade`"
+        )

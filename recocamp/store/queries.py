@@ -1,0 +1,168 @@
+"""Every read and write of the foundation tables, as parameterised SQLAlchemy Core.
+
+Functions take a ``Connection`` so the caller owns the transaction: an import writes its
+rows and its ``import_runs`` record in one transaction, or nothing at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from recocamp.domain import Customer, Item, Purchase
+from recocamp.store.schema import audit_log, customers, import_runs, items, purchases
+
+CHUNK = 5000
+
+
+def _insert(connection: sa.Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL do)."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _chunks(rows: Sequence[dict[str, Any]]) -> Iterator[Sequence[dict[str, Any]]]:
+    for start in range(0, len(rows), CHUNK):
+        yield rows[start : start + CHUNK]
+
+
+def count(connection: sa.Connection, table: sa.Table) -> int:
+    return int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def insert_purchases(
+    connection: sa.Connection,
+    rows: Sequence[Purchase],
+    import_run_id: int | None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Insert order lines, ignoring ones already stored (same order id and line number);
+    returns how many were new."""
+    before = count(connection, purchases)
+    statement = _insert(connection, purchases).on_conflict_do_nothing(
+        index_elements=["order_id", "line_no"]
+    )
+    values = [dict(asdict(row), import_run_id=import_run_id) for row in rows]
+    for chunk in _chunks(values):
+        connection.execute(statement, chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return count(connection, purchases) - before
+
+
+def _upsert(
+    connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], keep: Iterable[str]
+) -> int:
+    """Insert or update by primary key; columns in ``keep`` are never overwritten."""
+    if not rows:
+        return 0
+    keep = set(keep) | {"id"}
+    statement = _insert(connection, table)
+    updates = {name: statement.excluded[name] for name in rows[0] if name not in keep}
+    statement = statement.on_conflict_do_update(index_elements=["id"], set_=updates)
+    for chunk in _chunks(rows):
+        connection.execute(statement, chunk)
+    return len(rows)
+
+
+def upsert_items(connection: sa.Connection, rows: Sequence[Item], now: datetime) -> int:
+    return _upsert(connection, items, [dict(asdict(row), updated_at=now) for row in rows], ())
+
+
+def upsert_customers(connection: sa.Connection, rows: Sequence[Customer], now: datetime) -> int:
+    """Profile and consent data from a feed; unsubscribes, objections and erasures recorded
+    by recocamp itself are never undone by a re-import."""
+    protected = ("unsubscribed_at", "erased_at")
+    values = [
+        {k: v for k, v in dict(asdict(row), updated_at=now).items() if k not in protected}
+        for row in rows
+    ]
+    return _upsert(connection, customers, values, ())
+
+
+def find_import(connection: sa.Connection, kind: str, sha256: str) -> sa.Row[Any] | None:
+    query = (
+        sa.select(import_runs)
+        .where(import_runs.c.kind == kind, import_runs.c.file_sha256 == sha256)
+        .order_by(import_runs.c.id)
+        .limit(1)
+    )
+    return connection.execute(query).first()
+
+
+def record_import(connection: sa.Connection, **values: Any) -> int:
+    result = connection.execute(sa.insert(import_runs).values(**values))
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def finish_import(connection: sa.Connection, run_id: int, **values: Any) -> None:
+    connection.execute(sa.update(import_runs).where(import_runs.c.id == run_id).values(**values))
+
+
+def audit(
+    connection: sa.Connection,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str | None,
+    details: dict[str, Any],
+) -> None:
+    connection.execute(
+        sa.insert(audit_log).values(
+            at=at,
+            actor=actor,
+            action=action,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            details=details,
+        )
+    )
+
+
+def order_totals(
+    connection: sa.Connection, start: datetime, end: datetime
+) -> list[tuple[str, str | None, datetime, float]]:
+    """``(order_id, customer_id, first line time, revenue)`` of orders with purchase lines
+    in ``[start, end)``; only purchase lines count (no returns, no adjustments)."""
+    p = purchases.c
+    query = (
+        sa.select(
+            p.order_id,
+            p.customer_id,
+            sa.func.min(p.ordered_at),
+            sa.func.sum(p.quantity * p.unit_price),
+        )
+        .where(
+            p.ordered_at >= start,
+            p.ordered_at < end,
+            p.is_return.is_(False),
+            p.quantity > 0,
+            p.unit_price > 0,
+        )
+        .group_by(p.order_id, p.customer_id)
+    )
+    return [(row[0], row[1], row[2], float(row[3])) for row in connection.execute(query)]
+
+
+def add_missing_customers(
+    connection: sa.Connection, countries: dict[str, str], now: datetime
+) -> int:
+    """Create bare customer rows (id and country, no consent) for ids seen in orders."""
+    before = count(connection, customers)
+    statement = _insert(connection, customers).on_conflict_do_nothing(index_elements=["id"])
+    rows = [
+        {"id": customer_id, "country": country or None, "updated_at": now}
+        for customer_id, country in sorted(countries.items())
+    ]
+    for chunk in _chunks(rows):
+        connection.execute(statement, chunk)
+    return count(connection, customers) - before

@@ -1,0 +1,140 @@
+"""SQLAlchemy Core tables: the one description of the database.
+
+Alembic migrations (``store/migrations/versions``) create exactly these tables; a test
+compares the migrated database with this metadata, so the two cannot drift apart.
+
+Purchases carry no foreign keys to customers or items on purpose: real feeds arrive in
+any order (orders before the customer file), and guest orders have no customer at all.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no offset, so we add it back)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+Money = sa.Numeric(14, 4, asdecimal=False)
+CONSENT_BASES = ("double_opt_in", "existing_customer", "none")
+
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("email", sa.String(320)),
+    sa.Column("first_name", sa.String(200)),
+    sa.Column("locale", sa.String(16), nullable=False, server_default="en"),
+    sa.Column("time_zone", sa.String(64)),
+    sa.Column("country", sa.String(64)),
+    sa.Column("birthday", sa.Date),
+    sa.Column("consent_basis", sa.String(32), nullable=False, server_default="none"),
+    sa.Column("consent_at", UtcDateTime),
+    sa.Column("consent_source", sa.String(200)),
+    sa.Column("channel_email", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("frequency_preference", sa.String(32)),
+    sa.Column("paused_until", UtcDateTime),
+    sa.Column("unsubscribed_at", UtcDateTime),
+    sa.Column("objected_to_profiling", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("erased_at", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(
+        "consent_basis IN ('double_opt_in', 'existing_customer', 'none')", name="consent_basis"
+    ),
+)
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("title", sa.String(500), nullable=False),
+    sa.Column("category", sa.String(100), nullable=False),
+    sa.Column("price", Money, nullable=False),
+    sa.Column("in_stock", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("url", sa.String(2000)),
+    sa.Column("image_url", sa.String(2000)),
+    sa.Column("is_service", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+import_runs = sa.Table(
+    "import_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("format", sa.String(32), nullable=False),
+    sa.Column("file_name", sa.String(1000), nullable=False),
+    sa.Column("file_sha256", sa.String(64), nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime, nullable=False),
+    sa.Column("rows_read", sa.Integer, nullable=False),
+    sa.Column("imported", sa.Integer, nullable=False),
+    sa.Column("duplicates", sa.Integer, nullable=False),
+    sa.Column("skipped", sa.JSON, nullable=False),
+    sa.Index(None, "kind", "file_sha256"),
+)
+
+purchases = sa.Table(
+    "purchases",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("order_id", sa.String(64), nullable=False),
+    sa.Column("line_no", sa.Integer, nullable=False),
+    sa.Column("customer_id", sa.String(64)),
+    sa.Column("item_id", sa.String(64), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price", Money, nullable=False),
+    sa.Column("ordered_at", UtcDateTime, nullable=False),
+    sa.Column("is_return", sa.Boolean, nullable=False),
+    sa.Column("import_run_id", sa.Integer, sa.ForeignKey("import_runs.id")),
+    sa.UniqueConstraint("order_id", "line_no"),
+    sa.Index(None, "customer_id", "ordered_at"),
+    sa.Index(None, "ordered_at"),
+    sa.Index(None, "item_id"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(100), nullable=False),
+    sa.Column("subject_type", sa.String(64), nullable=False),
+    sa.Column("subject_id", sa.String(200)),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Index(None, "subject_type", "subject_id"),
+)
