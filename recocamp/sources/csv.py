@@ -369,3 +369,47 @@ def collect(
     if problems:
         raise DataImportError(path, problems, more=more)
     return values, skipped, read
+
+
+# --- writers: the standard formats, so generated data goes through the same importer ------
+
+
+def _write(path: Path, header: tuple[str, ...], rows: Iterator[tuple[object, ...]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(("" if value is None else value for value in row) for row in rows)
+
+
+def _iso(value: datetime | date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def write_purchases(path: Path, rows: list[Purchase]) -> None:
+    header = (*STANDARD_COLUMNS, "line_no", "is_return")
+    _write(path, header, (
+        (p.order_id, p.customer_id, p.item_id, p.quantity, p.unit_price,
+         _iso(p.ordered_at), p.line_no, str(p.is_return).lower())
+        for p in rows
+    ))  # fmt: skip
+
+
+def write_customers(path: Path, rows: list[Customer]) -> None:
+    header = ("id", "email", "first_name", "locale", "time_zone", "country", "birthday",
+              "consent_basis", "consent_at", "consent_source", "objected_to_profiling")  # fmt: skip
+    _write(path, header, (
+        (c.id, c.email, c.first_name, c.locale, c.time_zone, c.country, _iso(c.birthday),
+         c.consent_basis.value, _iso(c.consent_at), c.consent_source,
+         str(c.objected_to_profiling).lower())
+        for c in rows
+    ))  # fmt: skip
+
+
+def write_items(path: Path, rows: list[Item]) -> None:
+    header = (*ITEM_COLUMNS, "in_stock", "url", "image_url", "is_service")
+    _write(path, header, (
+        (i.id, i.title, i.category, i.price, str(i.in_stock).lower(), i.url, i.image_url,
+         str(i.is_service).lower())
+        for i in rows
+    ))  # fmt: skip

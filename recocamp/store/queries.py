@@ -166,3 +166,26 @@ def add_missing_customers(
     for chunk in _chunks(rows):
         connection.execute(statement, chunk)
     return count(connection, customers) - before
+
+
+def customers_first_seen(
+    connection: sa.Connection,
+) -> list[tuple[str, str | None, datetime | None]]:
+    """``(customer id, country, first order time)`` of every customer row."""
+    first = (
+        sa.select(purchases.c.customer_id, sa.func.min(purchases.c.ordered_at).label("first"))
+        .where(purchases.c.customer_id.is_not(None))
+        .group_by(purchases.c.customer_id)
+        .subquery()
+    )
+    query = (
+        sa.select(customers.c.id, customers.c.country, first.c.first)
+        .join(first, first.c.customer_id == customers.c.id, isouter=True)
+        .order_by(customers.c.id)
+    )
+    return [(row[0], row[1], row[2]) for row in connection.execute(query)]
+
+
+def latest_order_time(connection: sa.Connection) -> datetime | None:
+    value = connection.execute(sa.select(sa.func.max(purchases.c.ordered_at))).scalar_one()
+    return value  # type: ignore[no-any-return]

@@ -1,0 +1,278 @@
+"""The ``recocamp`` command: one sub-command per user task.
+
+Every command reads settings the same way (``--settings`` / ``$RECOCAMP_SETTINGS`` /
+``./settings.toml``), prints errors a person can act on (file, line/key, value; exit 2 for
+bad input, 1 for other failures) and never a traceback for an expected problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from recocamp import kpis as kpi_module
+from recocamp.clock import SystemClock
+from recocamp.demo import build_demo
+from recocamp.errors import ConfigError, DataImportError, RecocampError
+from recocamp.ingest import Importer, ImportReport
+from recocamp.settings import Settings, load_settings
+from recocamp.store import queries
+from recocamp.store.engine import current_revision, head_revision, make_engine, require_current
+from recocamp.store.engine import upgrade as upgrade_schema
+
+app = typer.Typer(help="recocamp: a retention engine for online shops.", no_args_is_help=True)
+db_app = typer.Typer(help="Create and migrate the database.", no_args_is_help=True)
+import_app = typer.Typer(help="Import purchases, customers and items from CSV files.",
+                         no_args_is_help=True)  # fmt: skip
+app.add_typer(db_app, name="db")
+app.add_typer(import_app, name="import")
+
+console = Console()
+errors = Console(stderr=True)
+clock = SystemClock()
+
+
+class State:
+    settings_path: Path | None = None
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+class PurchaseFormat(StrEnum):
+    standard = "standard"
+    online_retail = "online-retail"
+
+
+@app.callback()
+def main(
+    settings: Annotated[
+        Path | None, typer.Option("--settings", help="Settings file (default: ./settings.toml).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+) -> None:
+    State.settings_path = settings
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@contextmanager
+def _errors_to_exit() -> Iterator[None]:
+    """Expected problems become one readable message and an exit code, not a traceback."""
+    try:
+        yield
+    except (ConfigError, DataImportError) as exc:
+        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except RecocampError as exc:
+        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _settings() -> Settings:
+    return load_settings(State.settings_path)
+
+
+def _engine(settings: Settings, *, migrated: bool = True) -> sa.Engine:
+    engine = make_engine(settings.database_url)
+    if migrated:
+        require_current(engine)
+    return engine
+
+
+class RichProgress:
+    """The importer's progress sink as a rich progress bar."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def phase(self, label: str, total: int | None) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+        self.task = self.progress.add_task(label, total=total)
+
+    def advance(self, amount: int) -> None:
+        self.progress.advance(self.task, amount)
+
+
+@contextmanager
+def _progress() -> Iterator[RichProgress]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=errors, transient=True) as progress:
+        yield RichProgress(progress)
+
+
+# --- db -------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database or migrate it to the newest schema."""
+    with _errors_to_exit():
+        settings = _settings()
+        revision = upgrade_schema(_engine(settings, migrated=False))
+        console.print(f"database at schema revision {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's schema revision and the newest one."""
+    with _errors_to_exit():
+        engine = _engine(_settings(), migrated=False)
+        console.print(f"database: {current_revision(engine) or 'none'}, newest: {head_revision()}")
+
+
+# --- import ---------------------------------------------------------------------------
+
+
+def _importer(settings: Settings, progress: RichProgress, zone: str | None) -> Importer:
+    return Importer(
+        _engine(settings),
+        zone=ZoneInfo(zone or settings.shop.time_zone),
+        now=clock.now(),
+        progress=progress,
+        max_listed=settings.ingest.max_errors_listed,
+    )
+
+
+def _print_report(report: ImportReport) -> None:
+    if report.already_imported:
+        console.print(f"{report.file}: already imported, nothing changed")
+        return
+    table = Table(title=f"import {report.kind} ({report.format}): {Path(report.file).name}")
+    table.add_column("what")
+    table.add_column("rows", justify="right")
+    table.add_row("read", f"{report.rows_read:,}")
+    table.add_row("imported", f"{report.imported:,}")
+    table.add_row("already stored", f"{report.duplicates:,}")
+    for reason, number in sorted(report.skipped.items()):
+        table.add_row(f"skipped: {reason}", f"{number:,}")
+    for name, number in report.details.items():
+        table.add_row(name.replace("_", " "), f"{number:,}")
+    table.caption = f"{report.seconds:.1f} s"
+    console.print(table)
+
+
+ZoneOption = Annotated[
+    str | None, typer.Option(help="Time zone of timestamps without an offset (default: shop's).")
+]
+
+
+@import_app.command("purchases")
+def import_purchases(
+    file: Annotated[Path, typer.Argument(help="CSV file, optionally .gz")],
+    format: Annotated[PurchaseFormat, typer.Option("--format")] = PurchaseFormat.standard,
+    time_zone: ZoneOption = None,
+) -> None:
+    """Import order lines (all-or-nothing; importing the same file again changes nothing)."""
+    with _errors_to_exit(), _progress() as progress:
+        report = _importer(_settings(), progress, time_zone).purchases(file, format.value)
+    _print_report(report)
+
+
+@import_app.command("customers")
+def import_customers(file: Path, time_zone: ZoneOption = None) -> None:
+    """Import or update customer profiles and consent records."""
+    with _errors_to_exit(), _progress() as progress:
+        report = _importer(_settings(), progress, time_zone).customers(file)
+    _print_report(report)
+
+
+@import_app.command("items")
+def import_items(file: Path) -> None:
+    """Import or update the items catalogue."""
+    with _errors_to_exit(), _progress() as progress:
+        report = _importer(_settings(), progress, None).items(file)
+    _print_report(report)
+
+
+# --- demo -----------------------------------------------------------------------------
+
+
+@app.command("demo-data")
+def demo_data(
+    source: Annotated[Path | None, typer.Option("--from", help="UCI online_retail.csv.gz")] = None,
+    synthetic: Annotated[bool, typer.Option(help="Use the synthetic generator.")] = False,
+    demo_dir: Annotated[Path, typer.Option(help="Where generated files go.")] = Path("demo"),
+) -> None:
+    """Build the demo shop (creates/migrates the database first)."""
+    with _errors_to_exit(), _progress() as progress:
+        settings = _settings()
+        report = build_demo(
+            _engine(settings, migrated=False), settings, now=clock.now(), source=source,
+            synthetic=synthetic, demo_dir=demo_dir, progress=progress,
+        )  # fmt: skip
+    console.print(f"demo shop from {report.source}")
+    for each in report.reports:
+        _print_report(each)
+
+
+# --- kpis -----------------------------------------------------------------------------
+
+
+def parse_as_of(value: str | None, zone: ZoneInfo) -> datetime:
+    """``YYYY-MM-DD`` is midnight at the start of that day in the shop's zone."""
+    if value is None:
+        return clock.now()
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD) or date-time") from None
+    if len(value) == 10:
+        parsed = datetime.combine(date.fromisoformat(value), time(), tzinfo=zone)
+    elif parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}"
+    return "—" if value is None else str(value)
+
+
+@app.command("kpis")
+def kpis(
+    as_of: Annotated[str | None, typer.Option(help="End of the window (default: now).")] = None,
+    window_days: Annotated[int | None, typer.Option(min=1, help="Window W in days.")] = None,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+) -> None:
+    """Retention KPIs over the window ending at --as-of (definitions in README.md)."""
+    with _errors_to_exit():
+        settings = _settings()
+        end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+        days = window_days or settings.kpis.window_days
+        with _engine(settings).connect() as connection:
+            rows = queries.order_totals(connection, end - timedelta(days=2 * days), end)
+        result = kpi_module.compute([kpi_module.OrderTotal(*row) for row in rows], end, days)
+    if format is Output.json:
+        json.dump(result.as_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = Table(title=f"retention KPIs, {days} days to {result.as_of.isoformat()}")
+    table.add_column("kpi")
+    table.add_column("value", justify="right")
+    for name, value in result.as_dict().items():
+        if name not in ("as_of", "window_days"):
+            table.add_row(name, _fmt(value))
+    console.print(table)
