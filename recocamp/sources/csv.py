@@ -84,10 +84,9 @@ class RetailLine:
 def open_text(path: Path) -> IO[str]:
     """Open a CSV file, transparently gunzipping ``.gz``; a missing file is a DataImportError."""
     try:
-        raw = path.open("rb")
+        binary: IO[bytes] = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
     except OSError as exc:
         raise DataImportError(path, [Problem(f"cannot open file: {exc.strerror}")]) from None
-    binary: IO[bytes] = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
     return io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
 
 

@@ -1,0 +1,228 @@
+"""Import semantics on real UCI rows, all-or-nothing on broken files, idempotent re-imports;
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from recocamp.catalog import is_service_code
+from recocamp.errors import DataImportError
+from recocamp.ingest import Importer
+from recocamp.store.schema import audit_log, customers, import_runs, items, purchases
+from tests.conftest import NOW, write_csv
+
+LONDON = ZoneInfo("Europe/London")
+
+
+def importer(engine: sa.Engine) -> Importer:
+    return Importer(engine, zone=LONDON, now=NOW)
+
+
+def counts(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {
+            table.name: connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            for table in (purchases, items, customers, import_runs, audit_log)
+        }
+
+
+def test_online_retail_semantics_match_an_independent_count(
+    engine: sa.Engine, uci_slice: Path, uci_slice_rows: tuple[list[str], list[list[str]]]
+) -> None:
+    _, rows = uci_slice_rows
+    adjustments = [r for r in rows if not r[0].startswith("C") and (int(r[3]) <= 0 or float(r[5]) <= 0)]
+    kept = [r for r in rows if r not in adjustments]
+    report = importer(engine).purchases(uci_slice, "online-retail")
+
+    assert report.rows_read == len(rows)
+    assert report.imported == len(kept)
+    assert report.skipped == {"adjustment": len(adjustments)}
+    assert report.details["return_lines"] == sum(1 for r in kept if r[0].startswith("C"))
+    assert report.details["guest_lines"] == sum(1 for r in kept if r[6] == "")
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(purchases)).all()
+        catalogue = {row.id: row for row in connection.execute(sa.select(items))}
+        people = {row.id: row.country for row in connection.execute(sa.select(customers))}
+    assert len(stored) == len(kept)
+    returns = [row for row in stored if row.is_return]
+    assert returns and all(row.order_id.startswith("C") and row.quantity < 0 for row in returns)
+    assert all(row.ordered_at.tzinfo is not None for row in stored)
+    guests = [row for row in stored if row.customer_id is None]
+    assert len(guests) == report.details["guest_lines"] > 0
+    assert {row.customer_id for row in stored} - {None} == set(people)
+    assert people["17850"] == "United Kingdom"
+    services = {r[1] for r in kept if is_service_code(r[1])}
+    assert services, "the slice must contain postage/fee lines"
+    assert all(catalogue[code].is_service and catalogue[code].category == "service" for code in services)
+    assert not catalogue["85123A"].is_service
+
+
+def test_times_are_shop_local_converted_to_utc(engine: sa.Engine, uci_slice: Path) -> None:
+    importer(engine).purchases(uci_slice, "online-retail")
+    with engine.connect() as connection:
+        first = connection.execute(
+            sa.select(purchases.c.ordered_at).where(purchases.c.order_id == "536365")
+        ).scalar()
+    # 2010-12-01 08:26 in London is GMT (UTC+0) in winter
+    assert first is not None and first.isoformat() == "2010-12-01T08:26:00+00:00"
+
+
+def test_same_file_twice_changes_nothing(engine: sa.Engine, uci_slice: Path, tmp_path: Path) -> None:
+    first = importer(engine).purchases(uci_slice, "online-retail")
+    before = counts(engine)
+    again = importer(engine).purchases(uci_slice, "online-retail")
+    renamed = tmp_path / "renamed.csv.gz"
+    shutil.copy(uci_slice, renamed)
+    third = importer(engine).purchases(renamed, "online-retail")
+
+    assert first.imported > 0
+    assert again.already_imported and third.already_imported
+    assert counts(engine) == before
+
+
+def test_overlapping_file_adds_only_new_lines(
+    engine: sa.Engine, tmp_path: Path, uci_slice_rows: tuple[list[str], list[list[str]]]
+) -> None:
+    header, rows = uci_slice_rows
+    first_orders = sorted({r[0] for r in rows})[:10]
+    part = [r for r in rows if r[0] in first_orders]
+    write_csv(tmp_path / "part.csv", header, part)
+    write_csv(tmp_path / "all.csv", header, rows)
+    importer(engine).purchases(tmp_path / "part.csv", "online-retail")
+    full = importer(engine).purchases(tmp_path / "all.csv", "online-retail")
+    assert full.duplicates > 0
+    assert counts(engine)["purchases"] == full.imported + full.duplicates
+
+
+@pytest.mark.parametrize(
+    ("column", "bad", "message"),
+    [
+        (4, "2010-13-01 08:26:00", "is not a date-time"),
+        (3, "six", "is not a whole number"),
+        (5, "2,55", "is not a number"),
+    ],
+)
+def test_broken_row_names_line_column_value_and_writes_nothing(
+    engine: sa.Engine,
+    tmp_path: Path,
+    uci_slice_rows: tuple[list[str], list[list[str]]],
+    column: int,
+    bad: str,
+    message: str,
+) -> None:
+    header, rows = uci_slice_rows
+    broken = [list(r) for r in rows[:500]]
+    broken[299][column] = bad  # data line 300 is line 301 of the file
+    path = write_csv(tmp_path / "broken.csv", header, broken)
+    before = counts(engine)
+    with pytest.raises(DataImportError) as caught:
+        importer(engine).purchases(path, "online-retail")
+    text = str(caught.value)
+    assert str(path) in text and "line 301" in text
+    assert f"column {header[column]!r}" in text and repr(bad) in text and message in text
+    assert counts(engine) == before
+
+
+def test_every_problem_of_a_file_is_listed(engine: sa.Engine, tmp_path: Path) -> None:
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    rows: list[list[object]] = [["o1", "c1", "i1", "x", "1.0", "2024-01-01T10:00:00+01:00"]] * 25
+    rows.append(["o2", "c1", "i1", "1", "1.0", "yesterday"])
+    path = write_csv(tmp_path / "p.csv", header, rows)
+    with pytest.raises(DataImportError) as caught:
+        importer(engine).purchases(path)
+    assert len(caught.value.problems) == 20 and caught.value.more == 6
+    assert "… and 6 more" in str(caught.value)
+
+
+def test_wrong_header_missing_file_unknown_format_and_bad_gzip(engine: sa.Engine, tmp_path: Path) -> None:
+    wrong = write_csv(tmp_path / "w.csv", ["order", "customer"], [["1", "2"]])
+    with pytest.raises(DataImportError, match=r"line 1: wrong header: missing column\(s\) order_id"):
+        importer(engine).purchases(wrong)
+    with pytest.raises(DataImportError, match="cannot read file"):
+        importer(engine).purchases(tmp_path / "nope.csv")
+    with pytest.raises(DataImportError, match="unknown format"):
+        importer(engine).purchases(wrong, "excel")
+    fake = tmp_path / "fake.csv.gz"
+    fake.write_bytes(b"not gzip at all")
+    with pytest.raises(DataImportError, match="not a readable CSV file"):
+        importer(engine).purchases(fake)
+    truncated = tmp_path / "cut.csv.gz"
+    truncated.write_bytes(gzip.compress(b"order_id,customer_id,item_id,quantity,unit_price,ordered_at\n" * 2000)[:300])
+    with pytest.raises(DataImportError):
+        importer(engine).purchases(truncated)
+    assert counts(engine)["import_runs"] == 0
+
+
+def test_standard_format_guests_returns_offsets_and_adjustments(engine: sa.Engine, tmp_path: Path) -> None:
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at", "is_return"]
+    rows: list[list[object]] = [
+        ["A1", "c1", "i1", "2", "9.99", "2024-03-31T01:30:00+01:00", ""],
+        ["A1", "c1", "i2", "1", "5", "2024-03-31T01:30:00+01:00", ""],
+        ["A2", "", "i1", "1", "9.99", "2024-04-01 12:00:00", ""],
+        ["R1", "c1", "i1", "-1", "9.99", "2024-04-02T12:00:00Z", "true"],
+        ["A3", "c2", "i3", "0", "9.99", "2024-04-02T12:00:00Z", ""],
+    ]
+    report = importer(engine).purchases(write_csv(tmp_path / "s.csv", header, rows))
+    assert report.imported == 4 and report.skipped == {"adjustment": 1}
+    with engine.connect() as connection:
+        stored = {(r.order_id, r.line_no): r for r in connection.execute(sa.select(purchases))}
+    assert stored[("A1", 1)].ordered_at.isoformat() == "2024-03-31T00:30:00+00:00"
+    assert stored[("A1", 2)].item_id == "i2"
+    assert stored[("A2", 1)].customer_id is None
+    # no offset: read in the importer's zone (London is on BST, UTC+1, on 1 April)
+    assert stored[("A2", 1)].ordered_at.isoformat() == "2024-04-01T11:00:00+00:00"
+    assert stored[("R1", 1)].is_return and stored[("R1", 1)].quantity == -1
+
+
+def test_customers_and_items_upsert_and_validate(engine: sa.Engine, tmp_path: Path) -> None:
+    header = ["id", "email", "first_name", "time_zone", "consent_basis", "consent_at", "birthday"]
+    good = [["c1", "a@example.test", "Anna", "Europe/Berlin", "double_opt_in", "2024-01-01T00:00:00Z", "1990-02-28"]]
+    importer(engine).customers(write_csv(tmp_path / "c1.csv", header, good))
+    changed = [["c1", "a@example.test", "Anne", "Europe/Berlin", "existing_customer", "2024-02-01T00:00:00Z", ""]]
+    importer(engine).customers(write_csv(tmp_path / "c2.csv", header, changed))
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(customers)).one()
+    assert (row.first_name, row.consent_basis, row.birthday) == ("Anne", "existing_customer", None)
+
+    bad = [
+        ["c2", "b@example.test", "B", "Mars/Olympus", "double_opt_in", "2024-01-01T00:00:00Z", ""],
+        ["c3", "c@example.test", "C", "", "maybe", "", ""],
+        ["c4", "d@example.test", "D", "", "double_opt_in", "", ""],
+        ["c5", "not-an-address", "E", "", "none", "", ""],
+        ["c6", "f@example.test", "F", "", "none", "", "31.12.1990"],
+    ]
+    with pytest.raises(DataImportError) as caught:
+        importer(engine).customers(write_csv(tmp_path / "c3.csv", header, bad))
+    text = str(caught.value)
+    assert "line 2, column 'time_zone'" in text and "'Mars/Olympus'" in text
+    assert "line 3, column 'consent_basis'" in text and "'maybe'" in text
+    assert "line 4, column 'consent_at': is required for consent_basis double_opt_in" in text
+    assert "line 5, column 'email'" in text and "not-an-address" not in text  # never echo addresses
+    assert "line 6, column 'birthday': is not a date (YYYY-MM-DD)" in text and "'31.12.1990'" in text
+
+    item_header = ["id", "title", "category", "price", "in_stock"]
+    importer(engine).items(write_csv(tmp_path / "i.csv", item_header, [["i1", "Mug", "kitchen", "4.5", "no"]]))
+    with engine.connect() as connection:
+        item = connection.execute(sa.select(items)).one()
+    assert (item.title, item.price, item.in_stock) == ("Mug", 4.5, False)
+    duplicate = [["i1", "Mug", "kitchen", "4.5", ""], ["i1", "Cup", "kitchen", "3", ""]]
+    with pytest.raises(DataImportError, match="the same id appears more than once"):
+        importer(engine).items(write_csv(tmp_path / "i2.csv", item_header, duplicate))
+
+
+def test_import_is_recorded_in_runs_and_audit_log(engine: sa.Engine, uci_slice: Path) -> None:
+    report = importer(engine).purchases(uci_slice, "online-retail")
+    with engine.connect() as connection:
+        run = connection.execute(sa.select(import_runs)).one()
+        entry = connection.execute(sa.select(audit_log)).one()
+    assert (run.kind, run.format, run.rows_read, run.imported) == (
+        "purchases", "online-retail", report.rows_read, report.imported
+    )
+    assert run.skipped == report.skipped
+    assert entry.action == "import_purchases" and entry.details["imported"] == report.imported
