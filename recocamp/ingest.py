@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections import Counter
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -258,9 +259,10 @@ def _purchase_details(rows: list[Purchase]) -> dict[str, int]:
 
 
 def _refuse_duplicate_ids(path: Path, ids: list[str]) -> None:
-    seen: set[str] = set()
-    repeated = sorted({value for value in ids if value in seen or seen.add(value)})
+    repeated = sorted(value for value, seen in Counter(ids).items() if seen > 1)
     if repeated:
-        problems = [Problem("the same id appears more than once", column="id", value=value)
-                    for value in repeated[:20]]  # fmt: skip
+        problems = [
+            Problem("the same id appears more than once", column="id", value=value)
+            for value in repeated[:20]
+        ]
         raise DataImportError(path, problems, more=max(0, len(repeated) - 20))

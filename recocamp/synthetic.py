@@ -129,7 +129,8 @@ def _season(days: int) -> np.ndarray:
         angle = 2 * pi * (day.timetuple().tm_yday - 330) / 365
         weights.append(1.0 + 0.6 * cos(angle) + (0.3 if day.weekday() < 5 else 0.0))
     array = np.array(weights)
-    return array / array.sum()
+    normalised: np.ndarray = array / array.sum()
+    return normalised
 
 
 def _orders(

@@ -27,7 +27,9 @@ def importer(engine: sa.Engine) -> Importer:
 def counts(engine: sa.Engine) -> dict[str, int]:
     with engine.connect() as connection:
         return {
-            table.name: connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            table.name: connection.execute(
+                sa.select(sa.func.count()).select_from(table)
+            ).scalar_one()
             for table in (purchases, items, customers, import_runs, audit_log)
         }
 
@@ -36,7 +38,9 @@ def test_online_retail_semantics_match_an_independent_count(
     engine: sa.Engine, uci_slice: Path, uci_slice_rows: tuple[list[str], list[list[str]]]
 ) -> None:
     _, rows = uci_slice_rows
-    adjustments = [r for r in rows if not r[0].startswith("C") and (int(r[3]) <= 0 or float(r[5]) <= 0)]
+    adjustments = [
+        r for r in rows if not r[0].startswith("C") and (int(r[3]) <= 0 or float(r[5]) <= 0)
+    ]
     kept = [r for r in rows if r not in adjustments]
     report = importer(engine).purchases(uci_slice, "online-retail")
 
@@ -59,7 +63,9 @@ def test_online_retail_semantics_match_an_independent_count(
     assert people["17850"] == "United Kingdom"
     services = {r[1] for r in kept if is_service_code(r[1])}
     assert services, "the slice must contain postage/fee lines"
-    assert all(catalogue[code].is_service and catalogue[code].category == "service" for code in services)
+    assert all(
+        catalogue[code].is_service and catalogue[code].category == "service" for code in services
+    )
     assert not catalogue["85123A"].is_service
 
 
@@ -73,7 +79,9 @@ def test_times_are_shop_local_converted_to_utc(engine: sa.Engine, uci_slice: Pat
     assert first is not None and first.isoformat() == "2010-12-01T08:26:00+00:00"
 
 
-def test_same_file_twice_changes_nothing(engine: sa.Engine, uci_slice: Path, tmp_path: Path) -> None:
+def test_same_file_twice_changes_nothing(
+    engine: sa.Engine, uci_slice: Path, tmp_path: Path
+) -> None:
     first = importer(engine).purchases(uci_slice, "online-retail")
     before = counts(engine)
     again = importer(engine).purchases(uci_slice, "online-retail")
@@ -140,9 +148,13 @@ def test_every_problem_of_a_file_is_listed(engine: sa.Engine, tmp_path: Path) ->
     assert "… and 6 more" in str(caught.value)
 
 
-def test_wrong_header_missing_file_unknown_format_and_bad_gzip(engine: sa.Engine, tmp_path: Path) -> None:
+def test_wrong_header_missing_file_unknown_format_and_bad_gzip(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     wrong = write_csv(tmp_path / "w.csv", ["order", "customer"], [["1", "2"]])
-    with pytest.raises(DataImportError, match=r"line 1: wrong header: missing column\(s\) order_id"):
+    with pytest.raises(
+        DataImportError, match=r"line 1: wrong header: missing column\(s\) order_id"
+    ):
         importer(engine).purchases(wrong)
     with pytest.raises(DataImportError, match="cannot read file"):
         importer(engine).purchases(tmp_path / "nope.csv")
@@ -153,14 +165,26 @@ def test_wrong_header_missing_file_unknown_format_and_bad_gzip(engine: sa.Engine
     with pytest.raises(DataImportError, match="not a readable CSV file"):
         importer(engine).purchases(fake)
     truncated = tmp_path / "cut.csv.gz"
-    truncated.write_bytes(gzip.compress(b"order_id,customer_id,item_id,quantity,unit_price,ordered_at\n" * 2000)[:300])
+    truncated.write_bytes(
+        gzip.compress(b"order_id,customer_id,item_id,quantity,unit_price,ordered_at\n" * 2000)[:300]
+    )
     with pytest.raises(DataImportError):
         importer(engine).purchases(truncated)
     assert counts(engine)["import_runs"] == 0
 
 
-def test_standard_format_guests_returns_offsets_and_adjustments(engine: sa.Engine, tmp_path: Path) -> None:
-    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at", "is_return"]
+def test_standard_format_guests_returns_offsets_and_adjustments(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    header = [
+        "order_id",
+        "customer_id",
+        "item_id",
+        "quantity",
+        "unit_price",
+        "ordered_at",
+        "is_return",
+    ]
     rows: list[list[object]] = [
         ["A1", "c1", "i1", "2", "9.99", "2024-03-31T01:30:00+01:00", ""],
         ["A1", "c1", "i2", "1", "5", "2024-03-31T01:30:00+01:00", ""],
@@ -182,9 +206,29 @@ def test_standard_format_guests_returns_offsets_and_adjustments(engine: sa.Engin
 
 def test_customers_and_items_upsert_and_validate(engine: sa.Engine, tmp_path: Path) -> None:
     header = ["id", "email", "first_name", "time_zone", "consent_basis", "consent_at", "birthday"]
-    good = [["c1", "a@example.test", "Anna", "Europe/Berlin", "double_opt_in", "2024-01-01T00:00:00Z", "1990-02-28"]]
+    good = [
+        [
+            "c1",
+            "a@example.test",
+            "Anna",
+            "Europe/Berlin",
+            "double_opt_in",
+            "2024-01-01T00:00:00Z",
+            "1990-02-28",
+        ]
+    ]
     importer(engine).customers(write_csv(tmp_path / "c1.csv", header, good))
-    changed = [["c1", "a@example.test", "Anne", "Europe/Berlin", "existing_customer", "2024-02-01T00:00:00Z", ""]]
+    changed = [
+        [
+            "c1",
+            "a@example.test",
+            "Anne",
+            "Europe/Berlin",
+            "existing_customer",
+            "2024-02-01T00:00:00Z",
+            "",
+        ]
+    ]
     importer(engine).customers(write_csv(tmp_path / "c2.csv", header, changed))
     with engine.connect() as connection:
         row = connection.execute(sa.select(customers)).one()
@@ -204,10 +248,14 @@ def test_customers_and_items_upsert_and_validate(engine: sa.Engine, tmp_path: Pa
     assert "line 3, column 'consent_basis'" in text and "'maybe'" in text
     assert "line 4, column 'consent_at': is required for consent_basis double_opt_in" in text
     assert "line 5, column 'email'" in text and "not-an-address" not in text  # never echo addresses
-    assert "line 6, column 'birthday': is not a date (YYYY-MM-DD)" in text and "'31.12.1990'" in text
+    assert (
+        "line 6, column 'birthday': is not a date (YYYY-MM-DD)" in text and "'31.12.1990'" in text
+    )
 
     item_header = ["id", "title", "category", "price", "in_stock"]
-    importer(engine).items(write_csv(tmp_path / "i.csv", item_header, [["i1", "Mug", "kitchen", "4.5", "no"]]))
+    importer(engine).items(
+        write_csv(tmp_path / "i.csv", item_header, [["i1", "Mug", "kitchen", "4.5", "no"]])
+    )
     with engine.connect() as connection:
         item = connection.execute(sa.select(items)).one()
     assert (item.title, item.price, item.in_stock) == ("Mug", 4.5, False)
@@ -222,7 +270,10 @@ def test_import_is_recorded_in_runs_and_audit_log(engine: sa.Engine, uci_slice: 
         run = connection.execute(sa.select(import_runs)).one()
         entry = connection.execute(sa.select(audit_log)).one()
     assert (run.kind, run.format, run.rows_read, run.imported) == (
-        "purchases", "online-retail", report.rows_read, report.imported
+        "purchases",
+        "online-retail",
+        report.rows_read,
+        report.imported,
     )
     assert run.skipped == report.skipped
     assert entry.action == "import_purchases" and entry.details["imported"] == report.imported

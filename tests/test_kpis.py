@@ -22,7 +22,9 @@ from tests.conftest import NOW, UCI
 AS_OF = datetime(2024, 7, 1, tzinfo=UTC)
 
 
-def order(order_id: str, customer: str | None, days_before: float, revenue: float) -> kpis.OrderTotal:
+def order(
+    order_id: str, customer: str | None, days_before: float, revenue: float
+) -> kpis.OrderTotal:
     return kpis.OrderTotal(order_id, customer, AS_OF - timedelta(days=days_before), revenue)
 
 

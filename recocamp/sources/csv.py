@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, TypeVar, cast
 
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase
 from recocamp.errors import DataImportError, Problem
@@ -84,9 +84,10 @@ class RetailLine:
 def open_text(path: Path) -> IO[str]:
     """Open a CSV file, transparently gunzipping ``.gz``; a missing file is a DataImportError."""
     try:
-        binary: IO[bytes] = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+        opened = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115
     except OSError as exc:
         raise DataImportError(path, [Problem(f"cannot open file: {exc.strerror}")]) from None
+    binary = cast(IO[bytes], opened)  # the TextIOWrapper owns and closes it
     return io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
 
 

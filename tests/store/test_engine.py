@@ -1,0 +1,72 @@
+"""The store on SQLite and PostgreSQL: migrations equal the schema, times stay UTC-aware."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from recocamp.errors import StoreError
+from recocamp.store.engine import (
+    head_revision,
+    make_engine,
+    normalise_url,
+    require_current,
+    upgrade,
+)
+from recocamp.store.schema import audit_log, metadata
+
+
+def test_migrations_create_exactly_the_schema(engine: sa.Engine) -> None:
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert differences == []
+    assert upgrade(engine) == head_revision()  # a second upgrade is a no-op
+
+
+def test_unmigrated_database_is_refused_with_the_fix(db_url: str) -> None:
+    engine = make_engine(db_url)
+    with pytest.raises(StoreError, match="run `recocamp db upgrade`"):
+        require_current(engine)
+    upgrade(engine)
+    require_current(engine)
+    engine.dispose()
+
+
+def test_datetimes_round_trip_as_aware_utc(engine: sa.Engine) -> None:
+    berlin_summer = datetime(2024, 7, 1, 9, 30, tzinfo=timezone(timedelta(hours=2)))
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(audit_log).values(
+                at=berlin_summer, actor="t", action="a", subject_type="s", details={"k": [1]}
+            )
+        )
+        row = connection.execute(sa.select(audit_log)).one()
+    assert row.at == berlin_summer and row.at.utcoffset() == timedelta(0)
+    assert row.details == {"k": [1]}
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"), engine.begin() as connection:
+        connection.execute(
+            sa.insert(audit_log).values(
+                at=datetime(2024, 1, 1), actor="t", action="a", subject_type="s", details={}
+            )
+        )
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
+def test_urls() -> None:
+    assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
+    with pytest.raises(StoreError, match="is not usable"):
+        make_engine("nosuchdb://x")

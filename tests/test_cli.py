@@ -1,0 +1,73 @@
+"""The command line as a user runs it: exit codes and messages, on a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp.cli import app
+from recocamp.store.engine import make_engine
+from recocamp.store.schema import customers, purchases
+from tests.conftest import write_csv
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n'
+        "[demo]\nsynthetic_customers = 120\nsynthetic_items = 80\nsynthetic_days = 120\n"
+        'online_retail_path = "missing.csv.gz"\n'
+    )
+    return tmp_path
+
+
+def test_commands_refuse_an_unmigrated_database(workdir: Path) -> None:
+    result = runner.invoke(app, ["kpis"])
+    assert result.exit_code == 1
+    assert "run `recocamp db upgrade`" in result.stderr
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert "database: 0001" in runner.invoke(app, ["db", "current"]).stdout
+
+
+def test_broken_import_exits_2_with_file_line_and_column(workdir: Path) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    path = write_csv(workdir / "p.csv", header, [["o1", "c1", "i1", "1", "abc", "2024-01-01"]])
+    result = runner.invoke(app, ["import", "purchases", str(path)])
+    assert result.exit_code == 2
+    assert "p.csv: line 2, column 'unit_price': is not a number (value: 'abc')" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_bad_settings_exit_2_naming_the_key(workdir: Path) -> None:
+    (workdir / "settings.toml").write_text('[shop]\ntime_zone = "Mars/Base"\n')
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 2
+    assert "settings.toml" in result.stderr and "shop.time_zone" in result.stderr
+    assert "line 2" in result.stderr and "Mars/Base" in result.stderr
+
+
+def test_synthetic_demo_shop_end_to_end(workdir: Path) -> None:
+    result = runner.invoke(app, ["demo-data"])
+    assert result.exit_code == 0, result.output
+    assert "synthetic shop" in result.stdout
+    engine = make_engine("sqlite:///shop.db")
+    with engine.connect() as connection:
+        people = connection.execute(sa.select(customers)).all()
+        lines = connection.execute(sa.select(sa.func.count()).select_from(purchases)).scalar_one()
+    engine.dispose()
+    assert len(people) == 120 and lines > 500
+    assert all(p.email.endswith("@example.test") for p in people)
+    assert {p.consent_basis for p in people} == {"double_opt_in", "existing_customer", "none"}
+    assert (workdir / "demo" / "purchases.csv").exists()
+
+    again = runner.invoke(app, ["demo-data"])
+    assert again.exit_code == 0 and "already imported" in again.stdout
+    kpis = runner.invoke(app, ["kpis", "--as-of", "2011-12-10", "--window-days", "90"])
+    assert kpis.exit_code == 0 and "repeat_purchase_rate" in kpis.stdout
