@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections import Counter
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
