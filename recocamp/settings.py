@@ -101,6 +101,9 @@ class RecommenderSettings(_Section):
     promote_metric: Literal["recall", "ndcg", "hit_rate"] = "recall"
     evaluation_horizon_days: int = Field(default=90, ge=1)
     use_gpu: Literal["auto", "true", "false"] = "auto"
+    knn_weighting: Literal["bm25", "cosine"] = "bm25"
+    knn_neighbours: int = Field(default=20, ge=1)
+    evaluation_k: int = Field(default=10, ge=1)
 
 
 class CapsSettings(_Section):
@@ -229,7 +232,10 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
+        # ``lineno`` exists from Python 3.14 only; before, the line is only in the message
         line = getattr(exc, "lineno", None)
+        if line is None and (found := re.search(r"at line (\d+)", str(exc))) is not None:
+            line = int(found.group(1))
         raise ConfigError(path, [Problem(f"not valid TOML: {exc}", line=line)]) from None
 
 

@@ -189,3 +189,35 @@ def customers_first_seen(
 def latest_order_time(connection: sa.Connection) -> datetime | None:
     value = connection.execute(sa.select(sa.func.max(purchases.c.ordered_at))).scalar_one()
     return value  # type: ignore[no-any-return]
+
+
+def _epoch(connection: sa.Connection, column: Any) -> Any:
+    """UTC epoch seconds in SQL, so millions of rows never become datetime objects."""
+    if connection.dialect.name == "sqlite":
+        return (sa.func.julianday(column) - 2440587.5) * 86400.0
+    return sa.extract("epoch", column)
+
+
+def training_lines(
+    connection: sa.Connection, until: datetime | None = None
+) -> tuple[list[str], list[str], list[str], list[float]]:
+    """Purchase lines a recommender may learn from, as columns: known customers only, no
+    returns or adjustments, no service items, nobody who objected to profiling or was erased."""
+    p, c, i = purchases.c, customers.c, items.c
+    excluded = sa.select(c.id).where(sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None)))
+    services = sa.select(i.id).where(i.is_service.is_(True))
+    query = sa.select(p.customer_id, p.item_id, p.order_id, _epoch(connection, p.ordered_at)).where(
+        p.customer_id.is_not(None),
+        p.is_return.is_(False),
+        p.quantity > 0,
+        p.unit_price > 0,
+        p.customer_id.not_in(excluded),
+        p.item_id.not_in(services),
+    )
+    if until is not None:
+        query = query.where(p.ordered_at < until)
+    columns: tuple[list[Any], ...] = ([], [], [], [])
+    for row in connection.execute(query).yield_per(50_000):
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns  # type: ignore[return-value]

@@ -1,0 +1,78 @@
+"""The one interface every recommender implements, and top-k selection per offer mode.
+
+A recommender is fitted on :class:`~recocamp.matrix.TrainingData` and scores customer rows
+against all items. Selection is shared, so every model honours the offer modes the same way:
+
+- ``replenish``: only items the customer bought before (replenishment, "buy again");
+- ``discover``: only items the customer has not bought (cross-sell);
+- ``mixed``: everything, ranked by the model's own score.
+
+Ties are broken by item index (ascending item id), so results are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+
+from recocamp.matrix import TrainingData
+
+TIE_BREAK = 1e-12  # per item index: far below any real score difference
+
+
+class Mode(StrEnum):
+    REPLENISH = "replenish"
+    DISCOVER = "discover"
+    MIXED = "mixed"
+
+
+class Recommender(Protocol):
+    """Fitted on training data; ``score`` returns a dense rows × items float array."""
+
+    name: str
+
+    def fit(self, data: TrainingData) -> None: ...
+
+    def score(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def params(self) -> dict[str, Any]: ...
+
+    def arrays(self) -> dict[str, np.ndarray]: ...
+
+    def restore(self, data: TrainingData, arrays: dict[str, np.ndarray]) -> None: ...
+
+
+def top_k(
+    model: Recommender, data: TrainingData, rows: np.ndarray, k: int, mode: Mode = Mode.MIXED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item indices and scores of the best ``k`` items per row (-1 / -inf where fewer exist)."""
+    scores = np.asarray(model.score(rows), dtype=np.float64)
+    scores -= np.arange(scores.shape[1]) * TIE_BREAK
+    if mode is not Mode.MIXED:
+        owned = data.orders[rows].toarray() > 0
+        scores[owned if mode is Mode.DISCOVER else ~owned] = -np.inf
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    picked = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")
+    indices = np.take_along_axis(part, order, axis=1)
+    values = np.take_along_axis(picked, order, axis=1)
+    return np.where(np.isfinite(values), indices, -1), values
+
+
+def batches(rows: np.ndarray, n_items: int, budget_bytes: int = 256 << 20) -> Iterator[np.ndarray]:
+    """Row batches whose dense score matrix stays within ``budget_bytes``."""
+    size = max(1, budget_bytes // max(1, n_items * 8))
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def normalised(scores: np.ndarray) -> np.ndarray:
+    """Per-row min-max scaling to [0, 1], so scores of different models can be blended."""
+    low = scores.min(axis=1, keepdims=True)
+    span = scores.max(axis=1, keepdims=True) - low
+    scaled: np.ndarray = (scores - low) / np.where(span > 0, span, 1.0)
+    return scaled
