@@ -25,12 +25,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from recocamp import kpis as kpi_module
+from recocamp import model as model_module
+from recocamp import training
 from recocamp.clock import SystemClock
 from recocamp.demo import build_demo
-from recocamp.errors import ConfigError, DataImportError, RecocampError
+from recocamp.errors import ConfigError, DataImportError, ModelError, RecocampError
+from recocamp.evaluate import Metrics
 from recocamp.ingest import Importer, ImportReport
+from recocamp.model import MODEL_NAMES
+from recocamp.recommend import personal_or_popular
 from recocamp.settings import Settings, load_settings
-from recocamp.store import queries
+from recocamp.store import queries, registry
 from recocamp.store.engine import current_revision, head_revision, make_engine, require_current
 from recocamp.store.engine import upgrade as upgrade_schema
 
@@ -41,8 +46,9 @@ import_app = typer.Typer(help="Import purchases, customers and items from CSV fi
 app.add_typer(db_app, name="db")
 app.add_typer(import_app, name="import")
 
-console = Console()
-errors = Console(stderr=True)
+# piped output (files, CI logs) is not squeezed into 80 columns
+console = Console() if sys.stdout.isatty() else Console(width=140)
+errors = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=140)
 clock = SystemClock()
 
 
@@ -275,4 +281,172 @@ def kpis(
     for name, value in result.as_dict().items():
         if name not in ("as_of", "window_days"):
             table.add_row(name, _fmt(value))
+    console.print(table)
+
+
+# --- recommender ----------------------------------------------------------------------
+
+models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+ModelName = StrEnum("ModelName", {name: name for name in MODEL_NAMES})  # type: ignore[misc]
+METRIC_COLUMNS = ("recall", "ndcg", "hit_rate", "recall_repeat", "recall_new", "customers", "fit_s")
+
+
+def _metrics_table(title: str, rows: dict[str, Metrics]) -> Table:
+    table = Table(title=title)
+    table.add_column("model")
+    for column in METRIC_COLUMNS:
+        table.add_column(column, justify="right")
+    for name, metrics in rows.items():
+        values = metrics.as_dict()
+        table.add_row(name, *(_fmt(values[column]) for column in METRIC_COLUMNS))
+    return table
+
+
+@app.command("train")
+def train(
+    as_of: Annotated[str | None, typer.Option(help="Train on purchases before this.")] = None,
+    model: Annotated[ModelName | None, typer.Option(help="Default: [recommender] model.")] = None,
+) -> None:
+    """Train, evaluate against the live model and baselines, promote if not worse."""
+    with _errors_to_exit():
+        settings = _settings()
+        end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+        with console.status("training") as status:
+            result = training.train(
+                _engine(settings), settings.recommender, now=clock.now(), as_of=end,
+                name=model.value if model else None, step=lambda text: status.update(text),
+            )  # fmt: skip
+    if result.metrics:
+        console.print(_metrics_table(f"time split, k = {settings.recommender.evaluation_k}",
+                                     result.metrics))  # fmt: skip
+    console.print(f"{result.outcome}: {result.version} ({result.reason})")
+    if result.seconds:
+        console.print(f"top-N cache: {result.cache_rows:,} customers; seconds: {result.seconds}")
+
+
+def _default_cutoff(engine: sa.Engine, horizon_days: int) -> datetime:
+    with engine.connect() as connection:
+        latest = queries.latest_order_time(connection)
+    if latest is None:
+        raise ModelError("no purchases in the store: import purchases first")
+    return datetime.combine(latest.date(), time(), tzinfo=latest.tzinfo) - timedelta(
+        days=horizon_days
+    )
+
+
+@app.command("evaluate")
+def evaluate_models(
+    cutoff: Annotated[
+        str | None, typer.Option(help="Split date (default: latest purchase − horizon).")
+    ] = None,
+    horizon_days: Annotated[int | None, typer.Option(min=1)] = None,
+    k: Annotated[int | None, typer.Option(min=1)] = None,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+    models: Annotated[list[ModelName] | None, typer.Option("--model", help="Repeatable.")] = None,
+) -> None:
+    """Every model and baseline on one time split (protocol in README.md)."""
+    with _errors_to_exit():
+        settings = _settings()
+        rec = settings.recommender
+        horizon = horizon_days or rec.evaluation_horizon_days
+        top = k or rec.evaluation_k
+        engine = _engine(settings)
+        split_at = (parse_as_of(cutoff, ZoneInfo(settings.shop.time_zone)) if cutoff
+                    else _default_cutoff(engine, horizon))  # fmt: skip
+        names = [m.value for m in models] if models else list(MODEL_NAMES)
+        with errors.status("evaluating") as status:
+            results = training.compare(engine, rec, names, split_at, horizon, top, status.update)
+    if format is Output.json:
+        document = {"cutoff": split_at.isoformat(), "horizon_days": horizon, "k": top,
+                    "models": {name: m.as_dict() for name, m in results.items()}}  # fmt: skip
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    console.print(_metrics_table(f"cutoff {split_at.date()}, horizon {horizon} days, k = {top}",
+                                 results))  # fmt: skip
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models, newest first."""
+    with _errors_to_exit():
+        settings = _settings()
+        with _engine(settings).connect() as connection:
+            rows = registry.listing(connection)
+    table = Table(title="models")
+    for column in ("version", "model", "status", "data cutoff", "recall", "recall_new"):
+        table.add_column(column)
+    for row in rows:
+        candidate = row.metrics.get("candidate", {})
+        table.add_row(row.version, row.name, row.status, row.data_cutoff.date().isoformat(),
+                      _fmt(candidate.get("recall")), _fmt(candidate.get("recall_new")))  # fmt: skip
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(version: str) -> None:
+    """Make a registered model live and rebuild the top-N cache from its artifacts."""
+    with _errors_to_exit():
+        settings = _settings()
+        rows = training.promote(_engine(settings), settings.recommender, version, clock.now())
+    console.print(f"{version} is live; top-N cache: {rows:,} customers")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Return to the model that was live before the current one."""
+    with _errors_to_exit():
+        settings = _settings()
+        version = training.rollback(_engine(settings), settings.recommender, clock.now())
+    console.print(f"rolled back: {version} is live")
+
+
+@app.command("recommend")
+def recommend(customer_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> None:
+    """A customer's cached top-N from the live model (popularity for cold or objected ones)."""
+    with _errors_to_exit():
+        settings = _settings()
+        with _engine(settings).connect() as connection:
+            live = registry.live(connection)
+            if live is None:
+                raise ModelError("no live model: run `recocamp train` first")
+            person = registry.customer(connection, customer_id)
+            cached = registry.cached(connection, customer_id)
+            objected = person is not None and (
+                person.objected_to_profiling or person.erased_at is not None
+            )
+            ranked, why = personal_or_popular(
+                known=person is not None or cached is not None,
+                objected=objected,
+                personal=cached.items if cached else None,
+                popular=live.popular,
+            )
+            titles = queries.item_titles(connection, [item for item, _ in ranked[:n]])
+    _ranked_table(f"customer {customer_id}: {why} (model {live.version})", ranked[:n], titles)
+
+
+@app.command("similar")
+def similar_items(item_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> None:
+    """Items similar to ITEM_ID according to the live model."""
+    with _errors_to_exit():
+        settings = _settings()
+        engine = _engine(settings)
+        with engine.connect() as connection:
+            live = registry.live(connection)
+        if live is None:
+            raise ModelError("no live model: run `recocamp train` first")
+        fitted, data, _ = model_module.load(Path(live.path), settings.recommender)
+        ranked = [[item, score] for item, score in model_module.similar(fitted, data, item_id, n)]
+        with engine.connect() as connection:
+            titles = queries.item_titles(connection, [item_id, *(str(r[0]) for r in ranked)])
+    _ranked_table(f"similar to {item_id} {titles.get(item_id, '')}", ranked, titles)
+
+
+def _ranked_table(title: str, ranked: list[list[Any]], titles: dict[str, str]) -> None:
+    table = Table(title=title)
+    for column in ("rank", "item", "title", "score"):
+        table.add_column(column)
+    for rank, (item, score) in enumerate(ranked, start=1):
+        table.add_row(str(rank), item, titles.get(item, ""), f"{score:.4f}")
     console.print(table)

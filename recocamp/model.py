@@ -246,12 +246,49 @@ def make(name: str, settings: Any, weights: HybridWeights | None = None) -> Reco
         "popularity": Popularity,
         "repeat_frequency": RepeatFrequency,
         "als": lambda: ALS(**factors),
-        "bpr": lambda: BPR(**factors),
+        "bpr": lambda: BPR(
+            **{**factors, "iterations": settings.bpr_iterations},
+            learning_rate=settings.bpr_learning_rate,
+        ),
         "item_knn": lambda: ItemKNN(**knn),
         "hybrid": lambda: Hybrid(ALS(**factors), ItemKNN(**knn), weights),
     }
     model: Recommender = builders[name]()
     return model
+
+
+def similar(
+    fitted: Recommender, data: TrainingData, item_id: str, n: int
+) -> list[tuple[str, float]]:
+    """Items most similar to ``item_id``: the model's own item-item view where it has one
+    (item-kNN, the hybrid's kNN, factor cosine), else co-purchase cosine on the data."""
+    columns = np.flatnonzero(data.items == item_id)
+    if len(columns) == 0:
+        return []
+    column = int(columns[0])
+    knn = fitted.knn if isinstance(fitted, Hybrid) else fitted
+    if isinstance(knn, ItemKNN):
+        indices, values = knn.similar(column, n)
+    else:
+        vectors = fitted.item_factors if isinstance(fitted, _Factors) else None
+        indices, values = _cosine_neighbours(data, column, n, vectors)
+    return [(str(data.items[i]), float(v)) for i, v in zip(indices, values, strict=True)]
+
+
+def _cosine_neighbours(
+    data: TrainingData, column: int, n: int, vectors: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if vectors is not None:
+        norms = np.linalg.norm(vectors, axis=1) + 1e-9
+        similarity = (vectors @ vectors[column]) / (norms * norms[column])
+    else:
+        by_item = data.confidence.T.tocsr()
+        norms = np.sqrt(np.asarray(by_item.multiply(by_item).sum(axis=1)).ravel()) + 1e-9
+        similarity = (by_item @ by_item[column].T).toarray().ravel() / (norms * norms[column])
+    similarity[column] = -np.inf
+    order = np.lexsort((np.arange(len(similarity)), -similarity))[:n]
+    order = order[similarity[order] > 0]
+    return order, similarity[order]
 
 
 # --- artifacts: npz (no pickle) + json -------------------------------------------------

@@ -76,3 +76,18 @@ def normalised(scores: np.ndarray) -> np.ndarray:
     span = scores.max(axis=1, keepdims=True) - low
     scaled: np.ndarray = (scores - low) / np.where(span > 0, span, 1.0)
     return scaled
+
+
+def personal_or_popular(
+    known: bool, objected: bool, personal: list[list[Any]] | None, popular: list[list[Any]]
+) -> tuple[list[list[Any]], str]:
+    """Which list a customer gets, and why: customers who objected to profiling (or are
+    erased) never get personal scores; unknown customers and customers without a personal
+    list (no history) get the recent-popularity list."""
+    if objected:
+        return popular, "popular: objected to profiling"
+    if not known:
+        return popular, "popular: unknown customer"
+    if not personal:
+        return popular, "popular: no purchase history"
+    return personal, "personal"

@@ -101,6 +101,8 @@ class RecommenderSettings(_Section):
     promote_metric: Literal["recall", "ndcg", "hit_rate"] = "recall"
     evaluation_horizon_days: int = Field(default=90, ge=1)
     use_gpu: Literal["auto", "true", "false"] = "auto"
+    bpr_iterations: int = Field(default=100, ge=1)
+    bpr_learning_rate: float = Field(default=0.01, gt=0)
     knn_weighting: Literal["bm25", "cosine"] = "bm25"
     knn_neighbours: int = Field(default=20, ge=1)
     evaluation_k: int = Field(default=10, ge=1)

@@ -147,10 +147,13 @@ def _orders(
         guest = rng.random() < 0.1
         customer = None if guest else customer_ids[int(rng.choice(len(customer_ids), p=activity))]
         day = int(rng.choice(days, p=day_weights))
-        at = datetime.combine(
-            (END - timedelta(days=days - 1 - day)).date(),
-            time(8 + int(rng.integers(0, 11)), int(rng.integers(0, 60))),
-            tzinfo=UTC,
+        at = min(  # the last day ends at END: nothing happens after the data's "now"
+            END,
+            datetime.combine(
+                (END - timedelta(days=days - 1 - day)).date(),
+                time(8 + int(rng.integers(0, 11)), int(rng.integers(0, 60))),
+                tzinfo=UTC,
+            ),
         )
         order_id = f"S{100000 + number}"
         lines = _pick_lines(rng, products, popularity, history.setdefault(customer or "", []))
@@ -159,8 +162,9 @@ def _orders(
             yield Purchase(order_id, line_no, customer, item.id, quantity, item.price, at)
             if rng.random() < 0.02:  # a return a few days later, on its own credit note
                 returned_at = at + timedelta(days=int(rng.integers(1, 14)))
-                yield Purchase(f"C{order_id}", line_no, customer, item.id, -quantity,
-                               item.price, returned_at, is_return=True)  # fmt: skip
+                if returned_at <= END:  # a return after END has not happened yet
+                    yield Purchase(f"C{order_id}", line_no, customer, item.id, -quantity,
+                                   item.price, returned_at, is_return=True)  # fmt: skip
         if rng.random() < 0.5:
             yield Purchase(order_id, len(lines) + 1, customer, "POST", 1, 18.0, at)
 

@@ -204,7 +204,9 @@ def training_lines(
     """Purchase lines a recommender may learn from, as columns: known customers only, no
     returns or adjustments, no service items, nobody who objected to profiling or was erased."""
     p, c, i = purchases.c, customers.c, items.c
-    excluded = sa.select(c.id).where(sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None)))
+    excluded = sa.select(c.id).where(
+        sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
+    )
     services = sa.select(i.id).where(i.is_service.is_(True))
     query = sa.select(p.customer_id, p.item_id, p.order_id, _epoch(connection, p.ordered_at)).where(
         p.customer_id.is_not(None),
@@ -221,3 +223,10 @@ def training_lines(
         for column, value in zip(columns, row, strict=True):
             column.append(value)
     return columns  # type: ignore[return-value]
+
+
+def item_titles(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    query = sa.select(items.c.id, items.c.title).where(items.c.id.in_(list(ids)))
+    return {row[0]: row[1] for row in connection.execute(query)}

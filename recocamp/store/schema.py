@@ -138,3 +138,35 @@ audit_log = sa.Table(
     sa.Column("details", sa.JSON, nullable=False),
     sa.Index(None, "subject_type", "subject_id"),
 )
+
+# --- recommender (migration 0002) ---------------------------------------------------------
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("version", sa.String(100), primary_key=True),
+    sa.Column("name", sa.String(32), nullable=False),
+    sa.Column("trained_at", UtcDateTime, nullable=False),
+    sa.Column("data_cutoff", UtcDateTime, nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("path", sa.String(2000), nullable=False),
+    sa.Column("popular", sa.JSON, nullable=False),  # cold-start list: [[item_id, score], ...]
+    # candidate → live → retired; rejected when the promotion gate said no
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("promoted_at", UtcDateTime),
+    sa.CheckConstraint("status IN ('candidate', 'live', 'retired', 'rejected')", name="status"),
+    sa.Index(None, "status"),
+)
+
+# One row per customer and model version: the top-N as a JSON list [[item_id, score], ...].
+# A row per (customer, rank) would be 50 M rows for 1 M customers; one row keeps the cache
+# write and the lookup at a single statement each.
+recommendations = sa.Table(
+    "recommendations",
+    metadata,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("model_version", sa.String(100), primary_key=True),
+    sa.Column("items", sa.JSON, nullable=False),
+)

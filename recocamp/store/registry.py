@@ -1,0 +1,91 @@
+"""The model registry and the top-N recommendation cache.
+
+Exactly one model is ``live`` at a time; promoting retires the previous one, and the cache
+always holds the live model's lists only (written in the same transaction as the switch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from recocamp.store.schema import customers, models, recommendations
+
+Ranked = list[list[Any]]  # [[item_id, score], ...]
+
+
+def live(connection: sa.Connection) -> sa.Row[Any] | None:
+    return connection.execute(sa.select(models).where(models.c.status == "live")).first()
+
+
+def get(connection: sa.Connection, version: str) -> sa.Row[Any] | None:
+    return connection.execute(sa.select(models).where(models.c.version == version)).first()
+
+
+def with_fingerprint(connection: sa.Connection, fingerprint: str, name: str) -> sa.Row[Any] | None:
+    query = sa.select(models).where(models.c.fingerprint == fingerprint, models.c.name == name)
+    return connection.execute(query.order_by(models.c.trained_at.desc()).limit(1)).first()
+
+
+def listing(connection: sa.Connection) -> list[sa.Row[Any]]:
+    return list(connection.execute(sa.select(models).order_by(models.c.trained_at.desc())))
+
+
+def previous_live(connection: sa.Connection) -> sa.Row[Any] | None:
+    """The most recently promoted model that is retired now (the rollback target)."""
+    query = (
+        sa.select(models)
+        .where(models.c.status == "retired", models.c.promoted_at.is_not(None))
+        .order_by(models.c.promoted_at.desc())
+        .limit(1)
+    )
+    return connection.execute(query).first()
+
+
+def register(connection: sa.Connection, **values: Any) -> None:
+    connection.execute(sa.insert(models).values(**values))
+
+
+def set_status(connection: sa.Connection, version: str, status: str) -> None:
+    connection.execute(sa.update(models).where(models.c.version == version).values(status=status))
+
+
+def make_live(
+    connection: sa.Connection, version: str, now: datetime, cache: Iterable[tuple[str, Ranked]]
+) -> int:
+    """Retire the live model, make ``version`` live and replace the cache; returns rows."""
+    connection.execute(sa.update(models).where(models.c.status == "live").values(status="retired"))
+    connection.execute(
+        sa.update(models).where(models.c.version == version).values(status="live", promoted_at=now)
+    )
+    connection.execute(sa.delete(recommendations))
+    written = 0
+    batch: list[dict[str, Any]] = []
+    for customer_id, ranked in cache:
+        batch.append({"customer_id": customer_id, "model_version": version, "items": ranked})
+        if len(batch) >= 5000:
+            connection.execute(sa.insert(recommendations), batch)
+            written, batch = written + len(batch), []
+    if batch:
+        connection.execute(sa.insert(recommendations), batch)
+        written += len(batch)
+    return written
+
+
+def cached(connection: sa.Connection, customer_id: str) -> sa.Row[Any] | None:
+    query = sa.select(recommendations).where(recommendations.c.customer_id == customer_id)
+    return connection.execute(query).first()
+
+
+def drop_cached(connection: sa.Connection, customer_id: str) -> None:
+    """Forget a customer's personal list at once (objection to profiling, erasure)."""
+    connection.execute(
+        sa.delete(recommendations).where(recommendations.c.customer_id == customer_id)
+    )
+
+
+def customer(connection: sa.Connection, customer_id: str) -> sa.Row[Any] | None:
+    return connection.execute(sa.select(customers).where(customers.c.id == customer_id)).first()

@@ -1,0 +1,298 @@
+"""Train, evaluate, promote: the recommender's life cycle against the store.
+
+``train`` runs the whole cycle for the configured model:
+
+1. load the learnable purchase lines before ``as_of`` (store.queries.training_lines);
+2. skip when a model with the same data fingerprint and parameters exists;
+3. on the time split ``cutoff = as_of − horizon``: tune the hybrid on a validation split
+   before that cutoff, then evaluate the candidate, the live model's configuration and the
+   baselines on the same split;
+4. fit the candidate on everything before ``as_of`` and save its artifacts;
+5. promote it when its gate metric is not worse than the live model's (or there is none),
+   writing the top-N cache for every customer in the same transaction; else register it as
+   ``rejected``.
+
+``promote`` and ``rollback`` switch the live model by version and rebuild the cache from
+its artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from recocamp import evaluate, matrix, model
+from recocamp.catalog import is_service_code
+from recocamp.errors import ModelError
+from recocamp.evaluate import Metrics
+from recocamp.matrix import DAY, Lines, TrainingData
+from recocamp.model import Hybrid, HybridWeights
+from recocamp.recommend import Mode, Recommender, batches, top_k
+from recocamp.settings import RecommenderSettings
+from recocamp.store import queries, registry
+
+log = logging.getLogger(__name__)
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    version: str | None
+    name: str
+    outcome: str  # promoted | rejected | skipped_unchanged
+    reason: str
+    metrics: dict[str, Metrics] = field(default_factory=dict)  # candidate, live, baselines
+    cache_rows: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def load_lines(engine: sa.Engine, until: datetime | None = None) -> Lines:
+    """Learnable purchase lines as arrays; service codes are dropped by their code too."""
+    with engine.connect() as connection:
+        customer, item, order, at = queries.training_lines(connection, until)
+    lines = Lines(np.array(customer, dtype=str), np.array(item, dtype=str),
+                  np.array(order, dtype=str), np.array(at, dtype=np.float64))  # fmt: skip
+    services = [code for code in np.unique(lines.item) if is_service_code(str(code))]
+    if not services:
+        return lines
+    keep = ~np.isin(lines.item, services)
+    return Lines(lines.customer[keep], lines.item[keep], lines.order[keep], lines.at[keep])
+
+
+def fingerprint(lines: Lines, params: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for array in (lines.customer, lines.item, lines.order, lines.at):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _split_args(settings: RecommenderSettings) -> dict[str, Any]:
+    return {"popularity_days": settings.recent_popularity_days,
+            "half_life_days": settings.time_decay_half_life_days}  # fmt: skip
+
+
+def _candidate(
+    name: str, settings: RecommenderSettings, lines: Lines, cutoff: float
+) -> Recommender:
+    """A fresh model; the hybrid's weights tuned on the window before ``cutoff``."""
+    candidate = model.make(name, settings)
+    if isinstance(candidate, Hybrid):
+        weights = evaluate.tune_hybrid(
+            candidate, lines, cutoff, settings.evaluation_horizon_days,
+            settings.evaluation_k, **_split_args(settings),
+        )  # fmt: skip
+        candidate = model.make(name, settings, weights)
+    return candidate
+
+
+def _configured(name: str, params: dict[str, Any], settings: RecommenderSettings) -> Recommender:
+    """A fresh model with a registered model's parameters (for a fair re-evaluation)."""
+    weights = HybridWeights(**params["weights"]) if name == "hybrid" else None
+    return model.make(name, settings, weights)
+
+
+def train(
+    engine: sa.Engine,
+    settings: RecommenderSettings,
+    *,
+    now: datetime,
+    as_of: datetime | None = None,
+    name: str | None = None,
+    step: Step | None = None,
+) -> TrainResult:
+    """One training cycle; see the module docstring."""
+    say = step or (lambda _message: None)
+    name = name or settings.model
+    as_of = as_of or now
+    clock = _Stopwatch()
+    say("loading purchase lines")
+    lines = load_lines(engine, as_of)
+    clock.lap("load")
+    if len(lines) == 0:
+        raise ModelError("no learnable purchase lines before the cutoff: import purchases first")
+    params_key = {"name": name, **settings.model_dump(mode="json", exclude={"artifacts_dir"})}
+    print_ = fingerprint(lines, params_key)
+    with engine.connect() as connection:
+        same = registry.with_fingerprint(connection, print_, name)
+    if same is not None:
+        reason = f"data and parameters unchanged since {same.version} ({same.status})"
+        return TrainResult(same.version, name, "skipped_unchanged", reason)
+    say("evaluating on the time split")
+    results = _evaluate_all(engine, settings, name, lines, as_of)
+    clock.lap("evaluate")
+    say("fitting on all data")
+    final = _candidate(name, settings, lines, as_of.timestamp())
+    data = matrix.build(lines, as_of.timestamp(), **_split_args(settings))
+    final.fit(data)
+    clock.lap("fit")
+    promote, reason = _gate(results, settings.promote_metric)
+    version = f"{as_of.astimezone(UTC):%Y%m%dT%H%M%S}-{name}-{print_[:8]}"
+    path = Path(settings.artifacts_dir) / version
+    meta = {
+        "version": version,
+        "name": name,
+        "params": final.params(),
+        "data_cutoff": as_of.isoformat(),
+        "trained_at": now.isoformat(),
+        "fingerprint": print_,
+        "metrics": {key: value.as_dict() for key, value in results.items()},
+    }
+    model.save(path, final, data, meta)
+    say("writing the top-N cache" if promote else "registering the rejected model")
+    rows = _register(engine, final, data, meta, path, now, promote, settings.top_n)
+    clock.lap("cache")
+    outcome = "promoted" if promote else "rejected"
+    log.info("train %s: %s (%s) cache=%d in %.1fs", version, outcome, reason, rows, clock.total)
+    return TrainResult(version, name, outcome, reason, results, rows, clock.laps)
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
+        self.laps["total"] = round(now - self.started, 3)
+
+    @property
+    def total(self) -> float:
+        return self.laps.get("total", 0.0)
+
+
+def _evaluate_all(
+    engine: sa.Engine, settings: RecommenderSettings, name: str, lines: Lines, as_of: datetime
+) -> dict[str, Metrics]:
+    """Candidate, baselines and the live model's configuration on one split."""
+    horizon, k = settings.evaluation_horizon_days, settings.evaluation_k
+    cutoff = as_of.timestamp() - horizon * DAY
+    split = evaluate.make_split(lines, cutoff, horizon, **_split_args(settings))
+    results = {"candidate": evaluate.evaluate(_candidate(name, settings, lines, cutoff), split, k)}
+    for baseline in ("popularity", "repeat_frequency"):
+        results[baseline] = evaluate.evaluate(model.make(baseline, settings), split, k)
+    with engine.connect() as connection:
+        current = registry.live(connection)
+    if current is not None:
+        configured = _configured(current.name, current.params, settings)
+        results["live"] = evaluate.evaluate(configured, split, k)
+    return results
+
+
+def _gate(results: dict[str, Metrics], metric: str) -> tuple[bool, str]:
+    """Promote unless the candidate is worse than the live model on ``metric``."""
+    if "live" not in results:
+        return True, "no live model"
+    new, old = getattr(results["candidate"], metric), getattr(results["live"], metric)
+    verdict = ">=" if new >= old else "<"
+    return new >= old, f"{metric} {new:.4f} {verdict} live {old:.4f}"
+
+
+def _register(
+    engine: sa.Engine,
+    fitted: Recommender,
+    data: TrainingData,
+    meta: dict[str, Any],
+    path: Path,
+    now: datetime,
+    promote: bool,
+    top_n: int,
+) -> int:
+    popular = popular_list(data, top_n)
+    with engine.begin() as connection:
+        registry.register(
+            connection,
+            version=meta["version"],
+            name=meta["name"],
+            trained_at=now,
+            data_cutoff=datetime.fromisoformat(meta["data_cutoff"]),
+            fingerprint=meta["fingerprint"],
+            params=meta["params"],
+            metrics=meta["metrics"],
+            path=str(path),
+            popular=popular,
+            status="candidate" if promote else "rejected",
+        )
+        if not promote:
+            return 0
+        return registry.make_live(connection, meta["version"], now, top_lists(fitted, data, top_n))
+
+
+def popular_list(data: TrainingData, n: int) -> list[list[Any]]:
+    """The cold-start list: recent popularity, ties by item id."""
+    order = np.lexsort((np.arange(len(data.items)), -data.popularity))[:n]
+    top = float(data.popularity.max()) if len(data.popularity) else 1.0
+    return [[str(data.items[i]), round(float(data.popularity[i]) / top, 6)] for i in order
+            if data.popularity[i] > 0]  # fmt: skip
+
+
+def top_lists(
+    fitted: Recommender, data: TrainingData, n: int
+) -> Iterator[tuple[str, list[list[Any]]]]:
+    """Every customer's top-``n`` (mixed mode) as ``(customer_id, [[item_id, score], …])``."""
+    for rows in batches(np.arange(data.shape[0]), data.shape[1]):
+        indices, scores = top_k(fitted, data, rows, n, Mode.MIXED)
+        for row, picked, values in zip(rows, indices, scores, strict=True):
+            ranked = [
+                [str(data.items[i]), round(float(v), 6)]
+                for i, v in zip(picked, values, strict=True)
+                if i >= 0
+            ]
+            yield str(data.customers[row]), ranked
+
+
+def promote(engine: sa.Engine, settings: RecommenderSettings, version: str, now: datetime) -> int:
+    """Make a registered model live (also a rejected or retired one); rebuild the cache."""
+    with engine.connect() as connection:
+        row = registry.get(connection, version)
+    if row is None:
+        raise ModelError(f"no model with version {version!r} (see `recocamp models list`)")
+    fitted, data, _meta = model.load(Path(row.path), settings)
+    with engine.begin() as connection:
+        return registry.make_live(connection, version, now, top_lists(fitted, data, settings.top_n))
+
+
+def rollback(engine: sa.Engine, settings: RecommenderSettings, now: datetime) -> str:
+    """Return to the model that was live before the current one."""
+    with engine.connect() as connection:
+        previous = registry.previous_live(connection)
+    if previous is None:
+        raise ModelError("nothing to roll back to: no model was live before the current one")
+    promote(engine, settings, previous.version, now)
+    return str(previous.version)
+
+
+def compare(
+    engine: sa.Engine,
+    settings: RecommenderSettings,
+    names: list[str],
+    cutoff: datetime,
+    horizon_days: int,
+    k: int,
+    step: Step | None = None,
+) -> dict[str, Metrics]:
+    """``recocamp evaluate``: every named model on one split (the hybrid tuned before it)."""
+    lines = load_lines(engine)
+    if len(lines) == 0:
+        raise ModelError("no learnable purchase lines: import purchases first")
+    split_args = _split_args(settings)
+    split = evaluate.make_split(lines, cutoff.timestamp(), horizon_days, **split_args)
+    tuned = settings.model_copy(update={"evaluation_horizon_days": horizon_days, "evaluation_k": k})
+    results = {}
+    for name in names:
+        if step is not None:
+            step(f"evaluating {name}")
+        candidate = _candidate(name, tuned, lines, cutoff.timestamp())
+        results[name] = evaluate.evaluate(candidate, split, k)
+    return results

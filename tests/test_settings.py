@@ -1,0 +1,353 @@
+"""Settings: defaults, the TOML file, RECOCAMP_* overrides, and errors that say where."""
+
+from __future__ import annotations
+
+import os
+from datetime import time
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from recocamp.errors import ConfigError
+from recocamp.settings import Settings, load_settings, settings_path
+
+REPO_SETTINGS = Path(__file__).resolve().parents[1] / "settings.toml"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No RECOCAMP_* variable and no ./settings.toml from outside the test."""
+    for name in list(os.environ):
+        if name.upper().startswith("RECOCAMP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def write(tmp_path: Path, text: str, name: str = "custom.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(path: Path | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    return info.value
+
+
+# --- where values come from -------------------------------------------------------------
+
+
+def test_defaults_load_without_a_file() -> None:
+    assert settings_path() is None
+    settings = load_settings()
+    assert settings == Settings()
+    assert settings.database_url == "sqlite:///recocamp.db"
+    assert settings.shop.time_zone == "Europe/Berlin"
+    assert settings.shop.currency == "EUR"
+    assert settings.esp.batch_size == 500
+    assert settings.caps.quiet_hours_start == time(21, 0)
+    assert [tier.name for tier in settings.loyalty.tiers] == [
+        "bronze",
+        "silver",
+        "gold",
+        "platinum",
+    ]
+    assert settings.esp_token is None
+    assert settings.signing_key is None
+    assert settings.api_keys is None
+
+
+def test_values_come_from_a_toml_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+database_url = "sqlite:///from-file.db"
+
+[shop]
+name = "Kerzen & Co"
+time_zone = "Europe/Vienna"
+currency = "CHF"
+
+[esp]
+batch_size = 100
+
+[caps]
+quiet_hours_start = 22:30:00
+
+[loyalty]
+tiers = [{ name = "basic", min_points = 0 }, { name = "vip", min_points = 900 }]
+""",
+    )
+    settings = load_settings(path)
+    assert settings.database_url == "sqlite:///from-file.db"
+    assert settings.shop.name == "Kerzen & Co"
+    assert settings.shop.time_zone == "Europe/Vienna"
+    assert settings.shop.currency == "CHF"
+    assert settings.shop.default_locale == "de"  # untouched keys keep their default
+    assert settings.esp.batch_size == 100
+    assert settings.esp.provider == "postmark"
+    assert settings.caps.quiet_hours_start == time(22, 30)
+    assert [(t.name, t.min_points) for t in settings.loyalty.tiers] == [("basic", 0), ("vip", 900)]
+
+
+def test_settings_toml_in_the_working_directory_is_used(tmp_path: Path) -> None:
+    write(tmp_path, 'database_url = "sqlite:///cwd.db"\n', name="settings.toml")
+    assert load_settings().database_url == "sqlite:///cwd.db"
+
+
+def test_env_var_points_to_the_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    path = write(tmp_path / "elsewhere", '[shop]\nname = "Via Env"\n')
+    write(tmp_path, '[shop]\nname = "From CWD"\n', name="settings.toml")
+    monkeypatch.setenv("RECOCAMP_SETTINGS", str(path))
+    assert settings_path() == path
+    assert load_settings().shop.name == "Via Env"
+
+
+def test_explicit_path_beats_the_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from_env = write(tmp_path, '[shop]\nname = "Via Env"\n', name="env.toml")
+    explicit = write(tmp_path, '[shop]\nname = "Explicit"\n', name="explicit.toml")
+    monkeypatch.setenv("RECOCAMP_SETTINGS", str(from_env))
+    assert settings_path(explicit) == explicit
+    assert load_settings(explicit).shop.name == "Explicit"
+
+
+def test_environment_beats_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        """
+database_url = "sqlite:///from-file.db"
+
+[shop]
+name = "File Shop"
+time_zone = "Europe/London"
+
+[esp]
+base_url = "http://file.example.test:1"
+batch_size = 200
+""",
+    )
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", "postgresql://app@db.example.test/shop")
+    monkeypatch.setenv("RECOCAMP_ESP__BASE_URL", "https://esp.example.test")
+    monkeypatch.setenv("RECOCAMP_SHOP__TIME_ZONE", "America/New_York")
+    settings = load_settings(path)
+    assert settings.database_url == "postgresql://app@db.example.test/shop"
+    assert str(settings.esp.base_url) == "https://esp.example.test/"
+    assert settings.shop.time_zone == "America/New_York"
+    # the rest of the overridden sections still comes from the file
+    assert settings.shop.name == "File Shop"
+    assert settings.esp.batch_size == 200
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.database_url = "sqlite:///other.db"  # type: ignore[misc]
+
+
+# --- errors that say where ----------------------------------------------------------------
+
+
+def test_bad_value_names_file_key_line_and_value(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """# comment line
+database_url = "sqlite:///x.db"
+
+[shop]
+name = "Demo"
+time_zone = "Mars/Olympus_Mons"
+""",
+    )
+    error = config_error(path)
+    message = str(error)
+    assert str(path) in message
+    assert "shop.time_zone" in message
+    assert "line 6" in message
+    assert "Mars/Olympus_Mons" in message
+    assert error.path == path
+    [problem] = error.problems
+    assert (problem.key, problem.line, problem.value) == ("shop.time_zone", 6, "Mars/Olympus_Mons")
+
+
+def test_same_key_name_in_two_sections_gets_the_right_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """[shop]
+base_url = "https://shop.example.test"
+
+[esp]
+provider = "postmark"
+base_url = "not a url"
+""",
+    )
+    [problem] = config_error(path).problems
+    assert problem.key == "esp.base_url"
+    assert problem.line == 6
+    assert problem.value == "not a url"
+
+
+def test_every_bad_value_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """[shop]
+time_zone = "Nowhere/Atlantis"
+currency = "eur"
+
+[esp]
+batch_size = 9999
+
+[api]
+port = 0
+""",
+    )
+    error = config_error(path)
+    found = {problem.key: (problem.line, problem.value) for problem in error.problems}
+    assert found == {
+        "shop.time_zone": (2, "Nowhere/Atlantis"),
+        "shop.currency": (3, "eur"),
+        "esp.batch_size": (6, 9999),
+        "api.port": (9, 0),
+    }
+    assert "4 problem(s)" in str(error)
+    for key in found:
+        assert key is not None
+        assert key in str(error)
+
+
+def test_unknown_key_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, "[esp]\nprovider = 'fake'\ntmeout_s = 3\n")
+    error = config_error(path)
+    [problem] = error.problems
+    assert problem.key == "esp.tmeout_s"
+    assert problem.line == 3
+    assert "esp.tmeout_s" in str(error)
+
+
+def test_unknown_section_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, "[shop]\nname = 'x'\n\n[recomender]\nmodel = 'als'\n")
+    [problem] = config_error(path).problems
+    assert problem.key == "recomender"
+    assert problem.line == 4
+
+
+def test_invalid_toml_is_reported_with_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[shop]\nname = "ok"\ncurrency = "EUR\n')
+    error = config_error(path)
+    [problem] = error.problems
+    assert problem.line == 3
+    assert str(path) in str(error)
+    assert "line 3" in str(error)
+    assert "TOML" in str(error)
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    error = config_error(missing)
+    assert str(missing) in str(error)
+    assert "cannot read" in str(error)
+
+
+@pytest.mark.parametrize("key", ["esp_token", "signing_key", "api_keys"])
+def test_secret_in_the_file_is_refused(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, f'database_url = "sqlite:///x.db"\n{key} = "s3cr3t-value"\n')
+    error = config_error(path)
+    message = str(error)
+    assert f"RECOCAMP_{key.upper()}" in message
+    assert str(path) in message
+    assert "s3cr3t-value" not in message  # the refusal must not echo the secret
+    [problem] = error.problems
+    assert problem.key == key
+    assert problem.line == 2
+
+
+def test_all_secrets_in_the_file_are_refused_together(tmp_path: Path) -> None:
+    path = write(tmp_path, 'esp_token = "a"\nsigning_key = "b"\napi_keys = "c"\n')
+    error = config_error(path)
+    assert [(p.key, p.line) for p in error.problems] == [
+        ("esp_token", 1),
+        ("signing_key", 2),
+        ("api_keys", 3),
+    ]
+
+
+def test_secrets_from_the_environment_are_accepted_and_hidden(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "tok-0123456789")
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "sign-0123456789")
+    monkeypatch.setenv("RECOCAMP_API_KEYS", "keys-0123456789")
+    settings = load_settings(REPO_SETTINGS)
+    assert isinstance(settings.esp_token, SecretStr)
+    assert isinstance(settings.signing_key, SecretStr)
+    assert isinstance(settings.api_keys, SecretStr)
+    assert settings.esp_token.get_secret_value() == "tok-0123456789"
+    assert settings.signing_key.get_secret_value() == "sign-0123456789"
+    assert settings.api_keys.get_secret_value() == "keys-0123456789"
+    for shown in (repr(settings), str(settings), repr(settings.esp_token)):
+        assert "0123456789" not in shown
+
+
+def test_bad_env_value_names_the_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, '[esp]\nprovider = "fake"\n')
+    monkeypatch.setenv("RECOCAMP_ESP__BATCH_SIZE", "0")
+    error = config_error(path)
+    [problem] = error.problems
+    assert problem.key == "esp.batch_size"
+    assert problem.value == "0"
+    assert problem.line is None  # not from the file, so no file line
+    assert "RECOCAMP_ESP__BATCH_SIZE" in str(error)
+
+
+def test_bad_env_time_zone_names_the_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RECOCAMP_SHOP__TIME_ZONE", "Nowhere/Atlantis")
+    error = config_error()
+    assert "RECOCAMP_SHOP__TIME_ZONE" in str(error)
+    assert "Nowhere/Atlantis" in str(error)
+    assert error.problems[0].key == "shop.time_zone"
+
+
+def test_loyalty_tiers_out_of_order_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """[shop]
+name = "x"
+
+[loyalty]
+tiers = [
+  { name = "bronze", min_points = 0 },
+  { name = "gold", min_points = 2000 },
+  { name = "silver", min_points = 500 },
+]
+""",
+    )
+    error = config_error(path)
+    [problem] = error.problems
+    assert problem.key == "loyalty"
+    assert problem.line == 4
+    assert "ascend" in str(error)
+
+
+def test_loyalty_tiers_with_equal_thresholds_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[loyalty]\ntiers = [{ name = "a", min_points = 0 }, { name = "b", min_points = 0 }]\n',
+    )
+    assert "ascend" in str(config_error(path))
+
+
+def test_the_repository_settings_file_loads() -> None:
+    settings = load_settings(REPO_SETTINGS)
+    assert settings.shop.time_zone == "Europe/London"
+    assert settings.shop.currency == "GBP"
+    assert settings.shop.default_locale == "en"
+    assert settings.caps.quiet_hours_end == time(8, 0)
+    assert settings.recommender.time_decay_half_life_days is None
