@@ -54,6 +54,12 @@ clock = SystemClock()
 
 class State:
     settings_path: Path | None = None
+    engines: list[sa.Engine] = []  # noqa: RUF012 — disposed when the command ends
+
+
+def _dispose_engines() -> None:
+    while State.engines:
+        State.engines.pop().dispose()
 
 
 class Output(StrEnum):
@@ -68,12 +74,14 @@ class PurchaseFormat(StrEnum):
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     settings: Annotated[
         Path | None, typer.Option("--settings", help="Settings file (default: ./settings.toml).")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
 ) -> None:
     State.settings_path = settings
+    ctx.call_on_close(_dispose_engines)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -99,6 +107,7 @@ def _settings() -> Settings:
 
 def _engine(settings: Settings, *, migrated: bool = True) -> sa.Engine:
     engine = make_engine(settings.database_url)
+    State.engines.append(engine)
     if migrated:
         require_current(engine)
     return engine
@@ -423,7 +432,8 @@ def recommend(customer_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
                 popular=live.popular,
             )
             titles = queries.item_titles(connection, [item for item, _ in ranked[:n]])
-    _ranked_table(f"customer {customer_id}: {why} (model {live.version})", ranked[:n], titles)
+    console.print(f"customer {customer_id}: {why} (model {live.version})")
+    _ranked_table(None, ranked[:n], titles)
 
 
 @app.command("similar")
@@ -440,10 +450,11 @@ def similar_items(item_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
         ranked = [[item, score] for item, score in model_module.similar(fitted, data, item_id, n)]
         with engine.connect() as connection:
             titles = queries.item_titles(connection, [item_id, *(str(r[0]) for r in ranked)])
-    _ranked_table(f"similar to {item_id} {titles.get(item_id, '')}", ranked, titles)
+    console.print(f"similar to {item_id} {titles.get(item_id, '')}")
+    _ranked_table(None, ranked, titles)
 
 
-def _ranked_table(title: str, ranked: list[list[Any]], titles: dict[str, str]) -> None:
+def _ranked_table(title: str | None, ranked: list[list[Any]], titles: dict[str, str]) -> None:
     table = Table(title=title)
     for column in ("rank", "item", "title", "score"):
         table.add_column(column)

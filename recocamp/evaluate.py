@@ -202,6 +202,7 @@ def _with_boost(weights: HybridWeights, boost: float) -> HybridWeights:
 
 def _recall_of(scores: np.ndarray, split: Split, k: int, *, new_only: bool = False) -> float:
     scores = scores - np.arange(scores.shape[1]) * 1e-12
+    k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     truth = split.test
     relevant = np.asarray(truth.sum(axis=1)).ravel() + split.unknown

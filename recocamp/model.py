@@ -84,7 +84,7 @@ class _Factors:
             return self.user_factors[rows] @ self.item_factors.T  # type: ignore[no-any-return]
 
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in self._params.items() if k != "use_gpu"}
+        return {k: v for k, v in self._params.items() if k not in ("use_gpu", "num_threads")}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}
@@ -249,6 +249,7 @@ def make(name: str, settings: Any, weights: HybridWeights | None = None) -> Reco
         "bpr": lambda: BPR(
             **{**factors, "iterations": settings.bpr_iterations},
             learning_rate=settings.bpr_learning_rate,
+            num_threads=1,  # implicit's BPR is Hogwild-parallel: reproducible only single-threaded
         ),
         "item_knn": lambda: ItemKNN(**knn),
         "hybrid": lambda: Hybrid(ALS(**factors), ItemKNN(**knn), weights),

@@ -1,0 +1,122 @@
+"""One contract for every model and baseline, on a tiny shop with a known answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recocamp import model
+from recocamp.errors import ModelError
+from recocamp.matrix import TrainingData, build
+from recocamp.recommend import Mode, Recommender, personal_or_popular, top_k
+from recocamp.settings import RecommenderSettings, Settings
+from tests.recommender_data import CUTOFF, toy_lines
+
+SETTINGS = Settings().recommender.model_copy(
+    update={"factors": 8, "iterations": 20, "bpr_iterations": 200, "bpr_learning_rate": 0.05,
+            "use_gpu": "false"}
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainingData:
+    return build(toy_lines(), CUTOFF.timestamp())
+
+
+def fitted(name: str, data: TrainingData, settings: RecommenderSettings = SETTINGS) -> Recommender:
+    recommender = model.make(name, settings)
+    recommender.fit(data)
+    return recommender
+
+
+def ranked(
+    recommender: Recommender, data: TrainingData, customer: str, mode: Mode, k: int = 3
+) -> list[str]:
+    indices, _ = top_k(recommender, data, data.rows_of(np.array([customer])), k, mode)
+    return [str(data.items[i]) for i in indices[0] if i >= 0]
+
+
+LEARNED = ("als", "bpr", "item_knn", "hybrid")
+
+
+@pytest.mark.parametrize("name", model.MODEL_NAMES)
+def test_modes_are_honoured_by_every_model(name: str, data: TrainingData) -> None:
+    recommender = fitted(name, data)
+    assert recommender.score(np.arange(3)).shape == (3, len(data.items))
+    assert set(ranked(recommender, data, "a_new", Mode.REPLENISH)) == {"p1", "p2"}
+    discover = ranked(recommender, data, "a_new", Mode.DISCOVER, k=10)
+    assert set(discover).isdisjoint({"p1", "p2"}) and len(discover) == 4
+    assert len(ranked(recommender, data, "a_new", Mode.MIXED, k=6)) == 6
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_learned_models_find_the_missing_item_of_the_cluster(name: str, data: TrainingData) -> None:
+    assert ranked(fitted(name, data), data, "a_new", Mode.DISCOVER)[0] == "p3"
+
+
+def test_baselines_known_answers(data: TrainingData) -> None:
+    popularity = fitted("popularity", data)
+    assert ranked(popularity, data, "a_new", Mode.MIXED) == ["q1", "p1", "p2"]  # 8, 7, 7 buyers
+    repeat = fitted("repeat_frequency", data)
+    assert ranked(repeat, data, "a_new", Mode.MIXED) == [
+        "p1",
+        "p2",
+        "q1",
+    ]  # 2 orders, 1, then padding
+    assert ranked(repeat, data, "b0", Mode.MIXED) == ["q1", "q2", "q3"]
+
+
+@pytest.mark.parametrize("name", ("repeat_frequency", "als", "item_knn", "hybrid"))
+def test_replenish_puts_the_more_often_bought_item_first(name: str, data: TrainingData) -> None:
+    assert ranked(fitted(name, data), data, "a_new", Mode.REPLENISH) == ["p1", "p2"]
+
+
+@pytest.mark.parametrize("name", model.MODEL_NAMES)
+def test_fitting_is_deterministic(name: str, data: TrainingData) -> None:
+    rows = np.arange(len(data.customers))
+    np.testing.assert_allclose(
+        fitted(name, data).score(rows), fitted(name, data).score(rows), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", model.MODEL_NAMES)
+def test_artifacts_round_trip_without_pickle(name: str, data: TrainingData, tmp_path: Path) -> None:
+    recommender = fitted(name, data)
+    meta = {"name": name, "params": recommender.params(), "version": "v1"}
+    model.save(tmp_path / "v1", recommender, data, meta)
+    with np.load(tmp_path / "v1" / "model.npz", allow_pickle=False) as stored:
+        assert all(stored[key].dtype != object for key in stored.files)
+    loaded, loaded_data, loaded_meta = model.load(tmp_path / "v1", SETTINGS)
+    rows = np.arange(len(data.customers))
+    np.testing.assert_allclose(loaded.score(rows), recommender.score(rows), rtol=1e-6)
+    assert list(loaded_data.items) == list(data.items) and loaded_meta == meta
+
+
+def test_broken_artifacts_and_unknown_models_are_model_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="cannot load model artifacts"):
+        model.load(tmp_path / "missing", SETTINGS)
+    with pytest.raises(ModelError, match="unknown model 'gru4rec'"):
+        model.make("gru4rec", SETTINGS)
+    with pytest.raises(ModelError, match="CUDA build is not available"):
+        model.make("als", SETTINGS.model_copy(update={"use_gpu": "true"}))
+
+
+@pytest.mark.parametrize("name", ("item_knn", "hybrid", "als", "repeat_frequency"))
+def test_similar_items_stay_in_the_cluster(name: str, data: TrainingData) -> None:
+    similar = model.similar(fitted(name, data), data, "p1", 2)
+    assert {item for item, _ in similar} == {"p2", "p3"}
+    assert model.similar(fitted(name, data), data, "nope", 2) == []
+
+
+def test_cold_start_and_objection_get_popularity() -> None:
+    popular = [["q1", 1.0]]
+    personal = [["p3", 0.9]]
+    assert personal_or_popular(True, False, personal, popular) == (personal, "personal")
+    assert personal_or_popular(True, True, personal, popular)[1] == "popular: objected to profiling"
+    assert personal_or_popular(False, False, None, popular) == (
+        popular,
+        "popular: unknown customer",
+    )
+    assert personal_or_popular(True, False, [], popular)[1] == "popular: no purchase history"

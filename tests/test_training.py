@@ -1,0 +1,139 @@
+"""Train → promote → skip-unchanged → reject → promote/rollback, on SQLite and PostgreSQL,
+with a synthetic shop; objected customers never reach the model or the cache."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp import model, training
+from recocamp.errors import ModelError
+from recocamp.settings import RecommenderSettings, Settings
+from recocamp.store import queries, registry
+from recocamp.store.schema import models, recommendations
+from recocamp.synthetic import END, ConsentMix, customer_record, generate_shop
+
+NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
+OBJECTOR = "10003"
+
+
+def settings_for(tmp_path: Path) -> RecommenderSettings:
+    return Settings().recommender.model_copy(update={
+        "artifacts_dir": tmp_path / "models", "factors": 8, "iterations": 5,
+        "evaluation_horizon_days": 30, "use_gpu": "false", "top_n": 10,
+    })  # fmt: skip
+
+
+@pytest.fixture
+def shop(engine: sa.Engine) -> sa.Engine:
+    generated = generate_shop(seed=3, customers=150, items=60, days=150)
+    people = [
+        customer_record(cid, country, None, 3, ConsentMix())
+        for cid, country in generated.countries.items()
+    ]
+    people = [replace(p, objected_to_profiling=p.id == OBJECTOR) for p in people]
+    with engine.begin() as connection:
+        queries.upsert_items(connection, generated.items, NOW)
+        queries.insert_purchases(connection, generated.purchases, None)
+        queries.upsert_customers(connection, people, NOW)
+    return engine
+
+
+def cache(engine: sa.Engine) -> dict[str, list[list[object]]]:
+    with engine.connect() as connection:
+        return {
+            row.customer_id: row.items for row in connection.execute(sa.select(recommendations))
+        }
+
+
+def statuses(engine: sa.Engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        return {row.name: row.status for row in connection.execute(sa.select(models))}
+
+
+def test_life_cycle(shop: sa.Engine, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    first = training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    assert first.outcome == "promoted" and first.reason == "no live model"
+    assert first.metrics["candidate"].recall > first.metrics["popularity"].recall
+    cached = cache(shop)
+    assert first.cache_rows == len(cached) > 50
+    assert OBJECTOR not in cached  # objection: no personal list at all
+    assert all(len(ranked) == 10 for ranked in cached.values())
+    _fitted, data, meta = model.load(Path(settings.artifacts_dir) / str(first.version), settings)
+    assert OBJECTOR not in set(data.customers.tolist())  # and never trained on
+    assert meta["params"]["weights"]["als"] in (0.3, 0.5, 0.7)
+    assert not any(item == "POST" for ranked in cached.values() for item, _ in ranked)
+
+    again = training.train(shop, settings, now=NOW + timedelta(hours=1), as_of=END, name="hybrid")
+    assert again.outcome == "skipped_unchanged" and again.version == first.version
+
+    worse = training.train(
+        shop, settings, now=NOW + timedelta(hours=2), as_of=END, name="popularity"
+    )
+    assert worse.outcome == "rejected" and "< live" in worse.reason
+    assert statuses(shop) == {"hybrid": "live", "popularity": "rejected"}
+    assert cache(shop) == cached
+
+    assert worse.version is not None
+    rows = training.promote(shop, settings, worse.version, NOW + timedelta(hours=3))
+    assert rows == len(cached)
+    lists = {tuple(map(tuple, ranked)) for ranked in cache(shop).values()}
+    assert len(lists) == 1  # popularity: everybody gets the same list
+    assert training.rollback(shop, settings, NOW + timedelta(hours=4)) == first.version
+    assert statuses(shop) == {"hybrid": "live", "popularity": "retired"}
+    assert cache(shop) == cached
+
+
+def test_new_purchases_retrain_and_gate_against_live(shop: sa.Engine, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    training.train(shop, settings, now=NOW, as_of=END - timedelta(days=7), name="hybrid")
+    second = training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    new, old = second.metrics["candidate"].recall, second.metrics["live"].recall
+    assert second.outcome == ("promoted" if new >= old else "rejected")
+    assert second.reason == f"recall {new:.4f} {'>=' if new >= old else '<'} live {old:.4f}"
+    expected_live = {"promoted": second.version, "rejected": None}[second.outcome]
+    with shop.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None and live.version == (expected_live or live.version)
+    assert (live.version == second.version) == (second.outcome == "promoted")
+
+
+def test_training_without_purchases_is_a_clear_error(engine: sa.Engine, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="import purchases first"):
+        training.train(engine, settings_for(tmp_path), now=NOW)
+    with pytest.raises(ModelError, match="no model with version 'v9'"):
+        training.promote(engine, settings_for(tmp_path), "v9", NOW)
+    with pytest.raises(ModelError, match="nothing to roll back to"):
+        training.rollback(engine, settings_for(tmp_path), NOW)
+
+
+def test_recommend_command_personal_cold_and_objected(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    settings = settings_for(tmp_path)
+    training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    monkeypatch.setenv("RECOCAMP_RECOMMENDER__ARTIFACTS_DIR", str(settings.artifacts_dir))
+    from recocamp.cli import app
+
+    runner = CliRunner()
+    with shop.connect() as connection:
+        someone = next(iter(cache(shop)))
+        live = registry.live(connection)
+    assert live is not None
+    assert "personal" in runner.invoke(app, ["recommend", someone]).stdout
+    assert "popular: unknown customer" in runner.invoke(app, ["recommend", "nobody"]).stdout
+    assert "popular: objected to profiling" in runner.invoke(app, ["recommend", OBJECTOR]).stdout
+    similar = runner.invoke(app, ["similar", str(live.popular[0][0]), "--n", "3"])
+    assert similar.exit_code == 0 and similar.stdout.count("\n") > 4
+    listing = runner.invoke(app, ["models", "list"])
+    assert live.version in listing.stdout and "live" in listing.stdout
+    assert np.isfinite(live.popular[0][1])
