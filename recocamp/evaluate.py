@@ -66,43 +66,35 @@ def make_split(
     data = matrix.build(lines, cutoff, popularity_days=popularity_days,
                         half_life_days=half_life_days)  # fmt: skip
     future = lines.between(cutoff, cutoff + horizon_days * DAY)
-    rows = data.rows_of(future.customer)
+    rows = _lookup(lines.customer_ids, data.customers)[future.customer]
     known = rows >= 0
     evaluated = np.unique(rows[known])
     if max_customers is not None and len(evaluated) > max_customers:
-        evaluated = np.sort(
-            np.random.default_rng(0).choice(evaluated, max_customers, replace=False)
-        )
+        chosen = np.random.default_rng(0).choice(evaluated, max_customers, replace=False)
+        evaluated = np.sort(chosen)
     position = np.full(data.shape[0], -1)
     position[evaluated] = np.arange(len(evaluated))
     slot = position[rows[known]]
     keep = slot >= 0
     slot, items = slot[keep], future.item[known][keep]
-    columns = _columns_of(data.items, items)
+    columns = _lookup(lines.item_ids, data.items)[items]
     seen = columns >= 0
     test = sp.csr_matrix(
         (np.ones(int(seen.sum()), dtype=np.float32), (slot[seen], columns[seen])),
         shape=(len(evaluated), data.shape[1]),
     )
-    test.data[:] = 1.0  # duplicates summed by the constructor: distinct items only
     test.sum_duplicates()
-    test.data[:] = 1.0
-    pairs = np.unique(
-        np.stack([slot[~seen], np.unique(items[~seen], return_inverse=True)[1]]), axis=1
-    )
-    unknown = (
-        np.bincount(pairs[0], minlength=len(evaluated))
-        if pairs.size
-        else np.zeros(len(evaluated), dtype=int)
-    )
+    test.data[:] = 1.0  # distinct items only
+    unseen = np.unique(np.stack([slot[~seen], items[~seen]]), axis=1)[0]
+    unknown = np.bincount(unseen, minlength=len(evaluated))
     return Split(data, evaluated, test, unknown)
 
 
-def _columns_of(items: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    if len(items) == 0:
-        return np.full(len(ids), -1)
-    position = np.clip(np.searchsorted(items, ids), 0, len(items) - 1)
-    return np.where(items[position] == ids, position, -1)
+def _lookup(vocabulary: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Code → index in ``present`` (a sorted subset of the sorted vocabulary), else -1."""
+    table = np.full(len(vocabulary), -1, dtype=np.int64)
+    table[np.searchsorted(vocabulary, present)] = np.arange(len(present))
+    return table
 
 
 def ranking_metrics(hits: np.ndarray, relevant: np.ndarray, k: int) -> tuple[np.ndarray, ...]:

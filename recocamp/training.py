@@ -57,21 +57,52 @@ class TrainResult:
 
 
 def load_lines(engine: sa.Engine, until: datetime | None = None) -> Lines:
-    """Learnable purchase lines as arrays; service codes are dropped by their code too."""
+    """Learnable purchase lines as integer-coded arrays, encoded while streaming from the
+    store; service codes are dropped by their code too (items may be missing a catalogue row)."""
+    customers, items, orders = _Codes(), _Codes(), _Codes()
+    at: list[float] = []
     with engine.connect() as connection:
-        customer, item, order, at = queries.training_lines(connection, until)
-    lines = Lines(np.array(customer, dtype=str), np.array(item, dtype=str),
-                  np.array(order, dtype=str), np.array(at, dtype=np.float64))  # fmt: skip
-    services = [code for code in np.unique(lines.item) if is_service_code(str(code))]
-    if not services:
-        return lines
-    keep = ~np.isin(lines.item, services)
-    return Lines(lines.customer[keep], lines.item[keep], lines.order[keep], lines.at[keep])
+        for part in queries.training_lines(connection, until):
+            customer, item, order, epoch = zip(*part, strict=True)
+            customers.add(customer)
+            items.add(item)
+            orders.add(order)
+            at.extend(epoch)
+    customer_codes, customer_ids = customers.sorted()
+    item_codes, item_ids = items.sorted()
+    lines = Lines(customer_codes, item_codes, np.asarray(orders.codes, dtype=np.int64),
+                  np.asarray(at, dtype=np.float64), customer_ids, item_ids)  # fmt: skip
+    return lines.without_items({str(code) for code in item_ids if is_service_code(str(code))})
+
+
+class _Codes:
+    """Factorises ids into integer codes while reading (a dict lookup per value)."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.codes: list[int] = []
+
+    def add(self, values: tuple[str, ...]) -> None:
+        index = self.index
+        self.codes.extend([index.setdefault(value, len(index)) for value in values])
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """Codes renumbered so that code order is id order, and the sorted ids."""
+        ids = np.array(list(self.index), dtype=str)
+        order = np.argsort(ids, kind="stable")
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[order] = np.arange(len(ids))
+        return rank[np.asarray(self.codes, dtype=np.int64)], ids[order]
 
 
 def fingerprint(lines: Lines, params: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for array in (lines.customer, lines.item, lines.order, lines.at):
+    for array in (
+        lines.customer_ids[lines.customer],
+        lines.item_ids[lines.item],
+        lines.order,
+        lines.at,
+    ):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 

@@ -17,7 +17,8 @@ from recocamp.matrix import Lines
 CUTOFF = datetime(2024, 6, 1, tzinfo=UTC)
 
 
-def toy_lines() -> Lines:
+def toy_lines(extra: tuple[tuple[str, str, str, datetime], ...] = ()) -> Lines:
+    """The toy shop, plus ``extra`` lines ``(customer, item, order, time)``."""
     rows: list[tuple[str, str, str, datetime]] = []
     day = CUTOFF - timedelta(days=60)
     for group, items in (("a", ("p1", "p2", "p3")), ("b", ("q1", "q2", "q3"))):
@@ -32,6 +33,6 @@ def toy_lines() -> Lines:
     rows += [("a_new", "p1", "x-o1", day), ("a_new", "p1", "x-o2", day + timedelta(days=3))]
     rows += [("a_new", "p2", "x-o2", day + timedelta(days=3))]
     rows += [("solo", "q1", "s-o1", day + timedelta(days=5)), ("solo2", "q1", "s-o2", day)]
-    customer, item, order, at = zip(*rows, strict=True)
-    return Lines(np.array(customer), np.array(item), np.array(order),
-                 np.array([t.timestamp() for t in at]))  # fmt: skip
+    customer, item, order, at = zip(*(rows + list(extra)), strict=True)
+    return Lines.from_ids(np.array(customer), np.array(item), np.array(order),
+                          np.array([t.timestamp() for t in at]))  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -32,12 +33,12 @@ def test_ranking_metrics_by_hand() -> None:
 
 
 def future(*rows: tuple[str, str, float]) -> Lines:
-    base = toy_lines()
-    customer, item, day = zip(*rows, strict=True)
-    at = np.array([CUTOFF.timestamp() + d * DAY for d in day])
-    return Lines(np.concatenate([base.customer, customer]), np.concatenate([base.item, item]),
-                 np.concatenate([base.order, [f"f{i}" for i in range(len(rows))]]),
-                 np.concatenate([base.at, at]))  # fmt: skip
+    """The toy shop plus purchases ``day`` days after its cutoff, one order each."""
+    extra = tuple(
+        (customer, item, f"f{n}", CUTOFF + timedelta(days=day))
+        for n, (customer, item, day) in enumerate(rows)
+    )
+    return toy_lines(extra)
 
 
 def test_split_and_evaluation_on_a_known_future() -> None:

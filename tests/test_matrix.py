@@ -14,7 +14,7 @@ CUT = 100 * DAY
 
 def lines(*rows: tuple[str, str, str, float]) -> Lines:
     customer, item, order, day = zip(*rows, strict=True)
-    return Lines(np.array(customer), np.array(item), np.array(order), np.array(day) * DAY)
+    return Lines.from_ids(np.array(customer), np.array(item), np.array(order), np.array(day) * DAY)
 
 
 def test_confidence_counts_distinct_orders_with_log_weighting() -> None:
@@ -50,9 +50,7 @@ def test_half_life_decay_halves_old_orders() -> None:
 
 
 def test_empty_lines_build_an_empty_matrix() -> None:
-    empty = Lines(
-        np.array([], dtype=str), np.array([], dtype=str), np.array([], dtype=str), np.array([])
-    )
+    empty = Lines.from_ids(np.array([]), np.array([]), np.array([]), np.array([]))
     data = build(empty, CUT)
     assert data.shape == (0, 0)
     assert data.rows_of(np.array(["c1"])).tolist() == [-1]

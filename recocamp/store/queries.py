@@ -199,14 +199,14 @@ def _epoch(connection: sa.Connection, column: Any) -> Any:
 
 
 def training_lines(
-    connection: sa.Connection, until: datetime | None = None
-) -> tuple[list[str], list[str], list[str], list[float]]:
-    """Purchase lines a recommender may learn from, as columns: known customers only, no
-    returns or adjustments, no service items, nobody who objected to profiling or was erased."""
+    connection: sa.Connection, until: datetime | None = None, chunk: int = 100_000
+) -> Iterator[Sequence[sa.Row[Any]]]:
+    """Purchase lines a recommender may learn from, in chunks of ``(customer_id, item_id,
+    order_id, epoch seconds)``: known customers only, no returns or adjustments, no service
+    items, nobody who objected to profiling or was erased."""
     p, c, i = purchases.c, customers.c, items.c
-    excluded = sa.select(c.id).where(
-        sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
-    )
+    objected = sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
+    excluded = sa.select(c.id).where(objected)
     services = sa.select(i.id).where(i.is_service.is_(True))
     query = sa.select(p.customer_id, p.item_id, p.order_id, _epoch(connection, p.ordered_at)).where(
         p.customer_id.is_not(None),
@@ -218,11 +218,7 @@ def training_lines(
     )
     if until is not None:
         query = query.where(p.ordered_at < until)
-    columns: tuple[list[Any], ...] = ([], [], [], [])
-    for row in connection.execute(query).yield_per(50_000):
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    return columns  # type: ignore[return-value]
+    yield from connection.execute(query).yield_per(chunk).partitions()
 
 
 def item_titles(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
