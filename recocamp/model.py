@@ -83,6 +83,14 @@ class _Factors:
         with threadpool_limits(1, "blas"):
             return self.user_factors[rows] @ self.item_factors.T  # type: ignore[no-any-return]
 
+    def top_k_all(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mixed-mode top-k straight from implicit's native blocked kernel (no dense matrix)."""
+        from implicit.cpu.topk import topk
+
+        with threadpool_limits(1, "blas"):
+            indices, scores = topk(self.item_factors, self.user_factors[rows], k, num_threads=0)
+        return np.asarray(indices), np.asarray(scores)
+
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in self._params.items() if k not in ("use_gpu", "num_threads")}
 

@@ -49,6 +49,10 @@ def top_k(
     model: Recommender, data: TrainingData, rows: np.ndarray, k: int, mode: Mode = Mode.MIXED
 ) -> tuple[np.ndarray, np.ndarray]:
     """Item indices and scores of the best ``k`` items per row (-1 / -inf where fewer exist)."""
+    native = getattr(model, "top_k_all", None)
+    if native is not None and mode is Mode.MIXED and k <= data.shape[1]:
+        indices, values = native(rows, k)
+        return np.asarray(indices, dtype=np.int64), np.asarray(values, dtype=np.float64)
     scores = np.asarray(model.score(rows), dtype=np.float64)
     scores -= np.arange(scores.shape[1]) * TIE_BREAK
     if mode is not Mode.MIXED:

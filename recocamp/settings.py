@@ -91,7 +91,7 @@ class KpiSettings(_Section):
 class RecommenderSettings(_Section):
     model: Literal["als", "bpr", "item_knn", "popularity", "repeat_frequency", "hybrid"] = "hybrid"
     artifacts_dir: Path = Path("artifacts/models")
-    top_n: int = Field(default=50, ge=1, le=1000)
+    top_n: int = Field(default=20, ge=1, le=1000)
     factors: int = Field(default=64, ge=2)
     iterations: int = Field(default=15, ge=1)
     regularization: float = Field(default=0.01, ge=0)
@@ -106,6 +106,7 @@ class RecommenderSettings(_Section):
     knn_weighting: Literal["bm25", "cosine"] = "bm25"
     knn_neighbours: int = Field(default=20, ge=1)
     evaluation_k: int = Field(default=10, ge=1)
+    evaluation_max_customers: int = Field(default=20000, ge=100)
 
 
 class CapsSettings(_Section):

@@ -70,21 +70,29 @@ def load_lines(engine: sa.Engine, until: datetime | None = None) -> Lines:
             at.extend(epoch)
     customer_codes, customer_ids = customers.sorted()
     item_codes, item_ids = items.sorted()
-    lines = Lines(customer_codes, item_codes, np.asarray(orders.codes, dtype=np.int64),
-                  np.asarray(at, dtype=np.float64), customer_ids, item_ids)  # fmt: skip
+    lines = Lines(customer_codes, item_codes, orders.codes, np.asarray(at, dtype=np.float64),
+                  customer_ids, item_ids)  # fmt: skip
     return lines.without_items({str(code) for code in item_ids if is_service_code(str(code))})
 
 
 class _Codes:
-    """Factorises ids into integer codes while reading (a dict lookup per value)."""
+    """Factorises ids into integer codes while reading: ``np.unique`` per chunk, so the
+    Python-level dictionary only sees each chunk's distinct ids."""
 
     def __init__(self) -> None:
         self.index: dict[str, int] = {}
-        self.codes: list[int] = []
+        self.chunks: list[np.ndarray] = []
 
     def add(self, values: tuple[str, ...]) -> None:
+        distinct, inverse = np.unique(np.array(values, dtype=str), return_inverse=True)
         index = self.index
-        self.codes.extend([index.setdefault(value, len(index)) for value in values])
+        local = np.array([index.setdefault(value, len(index)) for value in distinct.tolist()],
+                         dtype=np.int64)  # fmt: skip
+        self.chunks.append(local[inverse])
+
+    @property
+    def codes(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.int64)
 
     def sorted(self) -> tuple[np.ndarray, np.ndarray]:
         """Codes renumbered so that code order is id order, and the sorted ids."""
@@ -92,7 +100,7 @@ class _Codes:
         order = np.argsort(ids, kind="stable")
         rank = np.empty(len(ids), dtype=np.int64)
         rank[order] = np.arange(len(ids))
-        return rank[np.asarray(self.codes, dtype=np.int64)], ids[order]
+        return rank[self.codes], ids[order]
 
 
 def fingerprint(lines: Lines, params: dict[str, Any]) -> str:
@@ -110,6 +118,10 @@ def fingerprint(lines: Lines, params: dict[str, Any]) -> str:
 def _split_args(settings: RecommenderSettings) -> dict[str, Any]:
     return {"popularity_days": settings.recent_popularity_days,
             "half_life_days": settings.time_decay_half_life_days}  # fmt: skip
+
+
+def _sample(settings: RecommenderSettings) -> dict[str, Any]:
+    return {"max_customers": settings.evaluation_max_customers}
 
 
 def _candidate(
@@ -209,7 +221,9 @@ def _evaluate_all(
     """Candidate, baselines and the live model's configuration on one split."""
     horizon, k = settings.evaluation_horizon_days, settings.evaluation_k
     cutoff = as_of.timestamp() - horizon * DAY
-    split = evaluate.make_split(lines, cutoff, horizon, **_split_args(settings))
+    split = evaluate.make_split(
+        lines, cutoff, horizon, **_split_args(settings), **_sample(settings)
+    )
     results = {"candidate": evaluate.evaluate(_candidate(name, settings, lines, cutoff), split, k)}
     for baseline in ("popularity", "repeat_frequency"):
         results[baseline] = evaluate.evaluate(model.make(baseline, settings), split, k)
@@ -318,7 +332,9 @@ def compare(
     if len(lines) == 0:
         raise ModelError("no learnable purchase lines: import purchases first")
     split_args = _split_args(settings)
-    split = evaluate.make_split(lines, cutoff.timestamp(), horizon_days, **split_args)
+    split = evaluate.make_split(
+        lines, cutoff.timestamp(), horizon_days, **split_args, **_sample(settings)
+    )
     tuned = settings.model_copy(update={"evaluation_horizon_days": horizon_days, "evaluation_k": k})
     results = {}
     for name in names:

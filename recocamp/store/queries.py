@@ -200,25 +200,43 @@ def _epoch(connection: sa.Connection, column: Any) -> Any:
 
 def training_lines(
     connection: sa.Connection, until: datetime | None = None, chunk: int = 100_000
-) -> Iterator[Sequence[sa.Row[Any]]]:
+) -> Iterator[Sequence[Any]]:
     """Purchase lines a recommender may learn from, in chunks of ``(customer_id, item_id,
     order_id, epoch seconds)``: known customers only, no returns or adjustments, no service
-    items, nobody who objected to profiling or was erased."""
+    items, nobody who objected to profiling or was erased.
+
+    Millions of rows are streamed as plain tuples from the driver's cursor (server-side on
+    PostgreSQL): SQLAlchemy Row objects cost as much as the database itself at this size. The
+    statement is still compiled by SQLAlchemy and executed with bound parameters.
+    """
     p, c, i = purchases.c, customers.c, items.c
     objected = sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
-    excluded = sa.select(c.id).where(objected)
-    services = sa.select(i.id).where(i.is_service.is_(True))
-    query = sa.select(p.customer_id, p.item_id, p.order_id, _epoch(connection, p.ordered_at)).where(
+    epoch = _epoch(connection, p.ordered_at)
+    query = sa.select(p.customer_id, p.item_id, p.order_id, epoch).where(
         p.customer_id.is_not(None),
         p.is_return.is_(False),
         p.quantity > 0,
         p.unit_price > 0,
-        p.customer_id.not_in(excluded),
-        p.item_id.not_in(services),
+        p.customer_id.not_in(sa.select(c.id).where(objected)),
+        p.item_id.not_in(sa.select(i.id).where(i.is_service.is_(True))),
     )
     if until is not None:
-        query = query.where(p.ordered_at < until)
-    yield from connection.execute(query).yield_per(chunk).partitions()
+        query = query.where(epoch < until.timestamp())
+    compiled = query.compile(dialect=connection.dialect)
+    values = compiled.construct_params()
+    params: Any = (
+        [values[name] for name in compiled.positiontup] if compiled.positiontup else values
+    )
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    is_postgres = connection.dialect.name == "postgresql"
+    cursor = raw.cursor(name="recocamp_training_lines") if is_postgres else raw.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        while rows := cursor.fetchmany(chunk):
+            yield rows
+    finally:
+        cursor.close()
 
 
 def item_titles(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
