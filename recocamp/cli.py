@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -257,7 +257,7 @@ def parse_as_of(value: str | None, zone: ZoneInfo) -> datetime:
         parsed = datetime.combine(date.fromisoformat(value), time(), tzinfo=zone)
     elif parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
-    return parsed
+    return parsed.astimezone(UTC)
 
 
 def _fmt(value: object) -> str:

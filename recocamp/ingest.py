@@ -199,7 +199,7 @@ class Importer:
             )
             for line in retail
         )  # fmt: skip
-        queries.upsert_items(connection, catalog, self.now)
+        queries.add_missing_items(connection, catalog, self.now)
         countries = {
             line.purchase.customer_id: line.country
             for line in retail

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 def compute(orders: Iterable[OrderTotal], as_of: datetime, window_days: int) -> Kpis:
     """KPIs for the window ending at ``as_of``; ``orders`` must cover ``[as_of − 2W, as_of)``."""
+    as_of = as_of.astimezone(UTC)  # windows are W × 24 h before an instant, whatever its zone
     window = timedelta(days=window_days)
     start, previous_start = as_of - window, as_of - 2 * window
     per_customer: Counter[str] = Counter()

@@ -65,10 +65,6 @@ class Lines:
     def between(self, start: float, end: float) -> Lines:
         return self._subset((self.at >= start) & (self.at < end))
 
-    def without_items(self, item_ids: set[str]) -> Lines:
-        banned = np.isin(self.item_ids, list(item_ids))
-        return self._subset(~banned[self.item]) if banned.any() else self
-
 
 @dataclass(frozen=True, slots=True)
 class TrainingData:
@@ -141,14 +137,19 @@ def build(
 def _first_line_per_order_and_item(
     rows: np.ndarray, cols: np.ndarray, order: np.ndarray
 ) -> np.ndarray:
-    """Indices of one line per (customer, item, order): an item counts once per order."""
-    _, order_codes = np.unique(order, return_inverse=True)
-    rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+    """Indices of one line per (customer, item, order): an item counts once per order.
+
+    A lexsort over (pair, order) rather than one packed integer key: customers × items ×
+    orders can exceed int64 at real-shop sizes (1 M × 100 k × 100 M)."""
     n_items = int(cols.max()) + 1 if len(cols) else 1
-    n_orders = int(order_codes.max()) + 1 if len(order_codes) else 1
-    key = (rows.astype(np.int64) * n_items + cols) * n_orders + order_codes
-    first: np.ndarray = np.unique(key, return_index=True)[1]
-    return first
+    pair = rows.astype(np.int64) * n_items + cols.astype(np.int64)  # < 2**63 for any shop
+    order = np.asarray(order, dtype=np.int64)
+    ranked = np.lexsort((order, pair))
+    sorted_pair, sorted_order = pair[ranked], order[ranked]
+    first = np.ones(len(ranked), dtype=bool)
+    first[1:] = (sorted_pair[1:] != sorted_pair[:-1]) | (sorted_order[1:] != sorted_order[:-1])
+    picked: np.ndarray = np.sort(ranked[first])
+    return picked
 
 
 def _summed(

@@ -32,7 +32,6 @@ import numpy as np
 import sqlalchemy as sa
 
 from recocamp import evaluate, matrix, model
-from recocamp.catalog import is_service_code
 from recocamp.errors import ModelError
 from recocamp.evaluate import Metrics
 from recocamp.matrix import DAY, Lines, TrainingData
@@ -58,7 +57,8 @@ class TrainResult:
 
 def load_lines(engine: sa.Engine, until: datetime | None = None) -> Lines:
     """Learnable purchase lines as integer-coded arrays, encoded while streaming from the
-    store; service codes are dropped by their code too (items may be missing a catalogue row)."""
+    store. Service items are excluded by the catalogue's ``is_service`` flag (the
+    online-retail import sets it from the UCI code rule; other shops say so in items.csv)."""
     customers, items, orders = _Codes(), _Codes(), _Codes()
     at: list[float] = []
     with engine.connect() as connection:
@@ -70,9 +70,8 @@ def load_lines(engine: sa.Engine, until: datetime | None = None) -> Lines:
             at.extend(epoch)
     customer_codes, customer_ids = customers.sorted()
     item_codes, item_ids = items.sorted()
-    lines = Lines(customer_codes, item_codes, orders.codes, np.asarray(at, dtype=np.float64),
-                  customer_ids, item_ids)  # fmt: skip
-    return lines.without_items({str(code) for code in item_ids if is_service_code(str(code))})
+    return Lines(customer_codes, item_codes, orders.codes, np.asarray(at, dtype=np.float64),
+                 customer_ids, item_ids)  # fmt: skip
 
 
 class _Codes:
@@ -139,9 +138,27 @@ def _candidate(
 
 
 def _configured(name: str, params: dict[str, Any], settings: RecommenderSettings) -> Recommender:
-    """A fresh model with a registered model's parameters (for a fair re-evaluation)."""
+    """A fresh model with a registered model's own saved parameters (a fair re-evaluation),
+    not today's settings."""
+    factors = params.get("als", params) if name == "hybrid" else params
+    knn = params.get("item_knn", params) if name == "hybrid" else params
+    saved = {
+        key: value
+        for key, value in {
+            "factors": factors.get("factors"),
+            "regularization": factors.get("regularization"),
+            "iterations": factors.get("iterations"),
+            "random_state": factors.get("random_state"),
+            "knn_weighting": knn.get("weighting"),
+            "knn_neighbours": knn.get("neighbours"),
+        }.items()
+        if value is not None
+    }
+    if name == "bpr" and "iterations" in saved:
+        saved["bpr_iterations"] = saved.pop("iterations")
+        saved["bpr_learning_rate"] = factors.get("learning_rate", settings.bpr_learning_rate)
     weights = HybridWeights(**params["weights"]) if name == "hybrid" else None
-    return model.make(name, settings, weights)
+    return model.make(name, settings.model_copy(update=saved), weights)
 
 
 def train(
@@ -163,7 +180,11 @@ def train(
     clock.lap("load")
     if len(lines) == 0:
         raise ModelError("no learnable purchase lines before the cutoff: import purchases first")
-    params_key = {"name": name, **settings.model_dump(mode="json", exclude={"artifacts_dir"})}
+    params_key = {
+        "name": name,
+        "as_of": as_of.timestamp(),  # the popularity window and item ages depend on it
+        **settings.model_dump(mode="json", exclude={"artifacts_dir"}),
+    }
     print_ = fingerprint(lines, params_key)
     with engine.connect() as connection:
         same = registry.with_fingerprint(connection, print_, name)
@@ -239,6 +260,8 @@ def _gate(results: dict[str, Metrics], metric: str) -> tuple[bool, str]:
     """Promote unless the candidate is worse than the live model on ``metric``."""
     if "live" not in results:
         return True, "no live model"
+    if results["candidate"].customers == 0:
+        return False, "no customers to evaluate on the time split: the live model stays"
     new, old = getattr(results["candidate"], metric), getattr(results["live"], metric)
     verdict = ">=" if new >= old else "<"
     return new >= old, f"{metric} {new:.4f} {verdict} live {old:.4f}"

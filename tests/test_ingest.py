@@ -249,7 +249,8 @@ def test_customers_and_items_upsert_and_validate(engine: sa.Engine, tmp_path: Pa
     assert "line 4, column 'consent_at': is required for consent_basis double_opt_in" in text
     assert "line 5, column 'email'" in text and "not-an-address" not in text  # never echo addresses
     assert (
-        "line 6, column 'birthday': is not a date (YYYY-MM-DD)" in text and "'31.12.1990'" in text
+        "line 6, column 'birthday': is not a date (YYYY-MM-DD)" in text
+        and "31.12.1990" not in text  # a birthday is personal data: never echoed
     )
 
     item_header = ["id", "title", "category", "price", "in_stock"]
@@ -277,3 +278,46 @@ def test_import_is_recorded_in_runs_and_audit_log(engine: sa.Engine, uci_slice: 
     )
     assert run.skipped == report.skipped
     assert entry.action == "import_purchases" and entry.details["imported"] == report.imported
+
+
+def test_a_feed_can_set_but_never_clear_an_objection(engine: sa.Engine, tmp_path: Path) -> None:
+    header = ["id", "email", "objected_to_profiling"]
+    importer(engine).customers(
+        write_csv(tmp_path / "a.csv", header, [["c1", "a@example.test", "true"]])
+    )
+    importer(engine).customers(
+        write_csv(tmp_path / "b.csv", header[:2], [["c1", "a@example.test"]])
+    )
+    importer(engine).customers(
+        write_csv(tmp_path / "c.csv", header, [["c1", "a@example.test", "false"]])
+    )
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(customers.c.objected_to_profiling)).scalar_one() is True
+
+
+def test_sales_derived_catalogue_never_overwrites_imported_items(
+    engine: sa.Engine, uci_slice: Path, tmp_path: Path
+) -> None:
+    header = ["id", "title", "category", "price", "in_stock", "url"]
+    curated = [
+        [
+            "85123A",
+            "Heart T-light holder",
+            "lighting",
+            "2.95",
+            "false",
+            "https://shop.example.test/heart",
+        ]
+    ]
+    importer(engine).items(write_csv(tmp_path / "items.csv", header, curated))
+    importer(engine).purchases(uci_slice, "online-retail")
+    with engine.connect() as connection:
+        item = connection.execute(sa.select(items).where(items.c.id == "85123A")).one()
+        others = connection.execute(sa.select(sa.func.count()).select_from(items)).scalar_one()
+    assert (item.title, item.category, item.in_stock, item.url) == (
+        "Heart T-light holder",
+        "lighting",
+        False,
+        "https://shop.example.test/heart",
+    )
+    assert others > 100  # every other item still came from the sales

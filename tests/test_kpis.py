@@ -117,3 +117,13 @@ def test_reference_figures_on_the_whole_uci_file(
     for name, expected in REFERENCE.items():  # equal at the precision the README prints
         assert round(figures[name], decimals(expected)) == float(expected), name
     assert figures["clv"] == pytest.approx(521.582 * 2.29353 / 0.310127, rel=1e-4)
+
+
+def test_the_window_depends_on_the_instant_not_its_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    london = datetime(2011, 12, 10, tzinfo=ZoneInfo("Europe/London"))
+    # 90 × 24 h before is 2011-09-11 00:00 UTC; London wall-clock arithmetic would say 23:00
+    edge = kpis.OrderTotal("o1", "a", datetime(2011, 9, 10, 23, 30, tzinfo=UTC), 10.0)
+    in_london = kpis.compute([edge], london, 90)
+    assert in_london.orders == kpis.compute([edge], london.astimezone(UTC), 90).orders == 0

@@ -54,3 +54,13 @@ def test_empty_lines_build_an_empty_matrix() -> None:
     data = build(empty, CUT)
     assert data.shape == (0, 0)
     assert data.rows_of(np.array(["c1"])).tolist() == [-1]
+
+
+def test_distinct_orders_key_does_not_overflow_at_real_shop_sizes() -> None:
+    from recocamp.matrix import _first_line_per_order_and_item
+
+    rows = np.array([999_999, 999_999, 999_999, 5])
+    cols = np.array([99_999, 99_999, 99_999, 3])
+    orders = np.array([150_000_000, 150_000_000, 150_000_001, 150_000_000])
+    # the same (customer, item) in two orders, once twice in the same order
+    assert sorted(_first_line_per_order_and_item(rows, cols, orders).tolist()) == [0, 2, 3]

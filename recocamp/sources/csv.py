@@ -205,7 +205,7 @@ def day(row: dict[str, str], column: str) -> date | None:
     try:
         return date.fromisoformat(raw)
     except ValueError:
-        raise RowProblem(column, "is not a date (YYYY-MM-DD)", raw) from None
+        raise RowProblem(column, "is not a date (YYYY-MM-DD)", "<redacted>") from None
 
 
 # --- row parsers ---------------------------------------------------------------------

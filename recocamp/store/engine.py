@@ -34,9 +34,14 @@ def make_engine(url: str) -> sa.Engine:
     """An engine with the per-backend settings recocamp relies on."""
     url = normalise_url(url)
     try:
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        shown = "<unparseable URL>"
+    try:
         engine = sa.create_engine(url, future=True)
-    except (sa.exc.ArgumentError, ImportError) as exc:
-        raise StoreError(f"database_url {url!r} is not usable: {exc}") from None
+    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
+        reason = str(exc).replace(url, shown)
+        raise StoreError(f"database_url {shown!r} is not usable: {reason}") from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine

@@ -15,7 +15,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from recocamp.domain import Customer, Item, Purchase
-from recocamp.store.schema import audit_log, customers, import_runs, items, purchases
+from recocamp.store.schema import (
+    audit_log,
+    customers,
+    import_runs,
+    items,
+    purchases,
+    recommendations,
+)
 
 CHUNK = 5000
 
@@ -56,14 +63,21 @@ def insert_purchases(
 
 
 def _upsert(
-    connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], keep: Iterable[str]
+    connection: sa.Connection,
+    table: sa.Table,
+    rows: list[dict[str, Any]],
+    keep: Iterable[str],
+    merge: dict[str, Any] | None = None,
 ) -> int:
-    """Insert or update by primary key; columns in ``keep`` are never overwritten."""
+    """Insert or update by primary key; columns in ``keep`` are never overwritten and
+    ``merge`` maps a column to a function (stored column, incoming column) → new value."""
     if not rows:
         return 0
     keep = set(keep) | {"id"}
     statement = _insert(connection, table)
     updates = {name: statement.excluded[name] for name in rows[0] if name not in keep}
+    for name, combine in (merge or {}).items():
+        updates[name] = combine(table.c[name], statement.excluded[name])
     statement = statement.on_conflict_do_update(index_elements=["id"], set_=updates)
     for chunk in _chunks(rows):
         connection.execute(statement, chunk)
@@ -74,15 +88,41 @@ def upsert_items(connection: sa.Connection, rows: Sequence[Item], now: datetime)
     return _upsert(connection, items, [dict(asdict(row), updated_at=now) for row in rows], ())
 
 
+def add_missing_items(connection: sa.Connection, rows: Sequence[Item], now: datetime) -> int:
+    """Catalogue rows derived from sales fill gaps only: an explicitly imported item (its
+    URL, stock flag, curated title) is never overwritten by a purchases file."""
+    before = count(connection, items)
+    statement = _insert(connection, items).on_conflict_do_nothing(index_elements=["id"])
+    for chunk in _chunks([dict(asdict(row), updated_at=now) for row in rows]):
+        connection.execute(statement, chunk)
+    return count(connection, items) - before
+
+
 def upsert_customers(connection: sa.Connection, rows: Sequence[Customer], now: datetime) -> int:
-    """Profile and consent data from a feed; unsubscribes, objections and erasures recorded
-    by recocamp itself are never undone by a re-import."""
+    """Profile and consent data from a feed. Unsubscribes and erasures recorded by recocamp
+    are never touched, and a feed can set an objection to profiling but never clear one
+    (withdrawing it is the customer's own act, through recocamp); personal recommendation
+    lists of objecting customers are dropped in the same transaction."""
     protected = ("unsubscribed_at", "erased_at")
     values = [
         {k: v for k, v in dict(asdict(row), updated_at=now).items() if k not in protected}
         for row in rows
     ]
-    return _upsert(connection, customers, values, ())
+    merge = {"objected_to_profiling": sa.or_}
+    written = _upsert(connection, customers, values, (), merge)
+    drop_unprofiled_recommendations(connection)
+    return written
+
+
+def drop_unprofiled_recommendations(connection: sa.Connection) -> None:
+    """No personal list may exist for anybody who objected to profiling or was erased."""
+    c = customers.c
+    unprofiled = sa.select(c.id).where(
+        sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
+    )
+    connection.execute(
+        sa.delete(recommendations).where(recommendations.c.customer_id.in_(unprofiled))
+    )
 
 
 def find_import(connection: sa.Connection, kind: str, sha256: str) -> sa.Row[Any] | None:
@@ -222,6 +262,7 @@ def training_lines(
     )
     if until is not None:
         query = query.where(epoch < until.timestamp())
+    query = query.order_by(p.id)  # a stable order: the data fingerprint depends on it
     compiled = query.compile(dialect=connection.dialect)
     values = compiled.construct_params()
     params: Any = (

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from recocamp.store import queries
 from recocamp.store.schema import customers, models, recommendations
 
 Ranked = list[list[Any]]  # [[item_id, score], ...]
@@ -72,19 +73,20 @@ def make_live(
     if batch:
         connection.execute(sa.insert(recommendations), batch)
         written += len(batch)
-    return written
+    # an older model's artifacts may still know people who objected or were erased since
+    before = _count(connection)
+    queries.drop_unprofiled_recommendations(connection)
+    return written - (before - _count(connection))
+
+
+def _count(connection: sa.Connection) -> int:
+    total = sa.select(sa.func.count()).select_from(recommendations)
+    return int(connection.execute(total).scalar_one())
 
 
 def cached(connection: sa.Connection, customer_id: str) -> sa.Row[Any] | None:
     query = sa.select(recommendations).where(recommendations.c.customer_id == customer_id)
     return connection.execute(query).first()
-
-
-def drop_cached(connection: sa.Connection, customer_id: str) -> None:
-    """Forget a customer's personal list at once (objection to profiling, erasure)."""
-    connection.execute(
-        sa.delete(recommendations).where(recommendations.c.customer_id == customer_id)
-    )
 
 
 def customer(connection: sa.Connection, customer_id: str) -> sa.Row[Any] | None:

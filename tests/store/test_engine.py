@@ -70,3 +70,8 @@ def test_urls() -> None:
     assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
     with pytest.raises(StoreError, match="is not usable"):
         make_engine("nosuchdb://x")
+    with pytest.raises(StoreError) as caught:
+        make_engine("mysql://shop:s3cret@db.example.test/shop")
+    assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
+    with pytest.raises(StoreError, match="is not usable"):
+        make_engine("postgresql://shop:s3cret@db.example.test:port/shop")
