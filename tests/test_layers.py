@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "recocamp"
 PURE_MODULES = (
     "domain.py", "errors.py", "clock.py", "kpis.py", "catalog.py", "synthetic.py",
-    "matrix.py", "baselines.py", "recommend.py", "caps.py",
+    "matrix.py", "baselines.py", "recommend.py", "caps.py", "segments.py", "loyalty.py",
 )  # fmt: skip
 FORBIDDEN = (
     "sqlalchemy",

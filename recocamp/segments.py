@@ -1,0 +1,178 @@
+"""Segments: pure predicates and scores over one customer's history and ``now``.
+
+A :class:`History` is what the planner knows about a customer's purchases (built once per
+run from the store). Everything here is a plain function, so campaign audiences are
+testable with fixed clocks and composable in any order.
+
+RFM: recency, frequency and monetary value are scored 1–5 by quintile across the customer
+base (5 = best: most recent, most orders, highest spend), and named with the widely used
+segment table (champions, loyal customers, at risk, …).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from itertools import pairwise
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """One order of the customer: when, how much, which items and categories."""
+
+    at: datetime
+    revenue: float
+    items: frozenset[str]
+    categories: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    orders: tuple[Order, ...]  # oldest first
+
+    @property
+    def count(self) -> int:
+        return len(self.orders)
+
+    @property
+    def spend(self) -> float:
+        return sum(order.revenue for order in self.orders)
+
+    @property
+    def last_at(self) -> datetime | None:
+        return self.orders[-1].at if self.orders else None
+
+    @property
+    def categories(self) -> frozenset[str]:
+        return frozenset().union(*(order.categories for order in self.orders))
+
+    @property
+    def items(self) -> frozenset[str]:
+        return frozenset().union(*(order.items for order in self.orders))
+
+
+EMPTY = History(())
+
+
+def days_since_last_order(history: History, now: datetime) -> float | None:
+    last = history.last_at
+    return None if last is None else (now - last).total_seconds() / 86400
+
+
+def lapsed_between(history: History, now: datetime, min_days: float, max_days: float) -> bool:
+    """Last order at least ``min_days`` and less than ``max_days`` ago."""
+    days = days_since_last_order(history, now)
+    return days is not None and min_days <= days < max_days
+
+
+def orders_between(history: History, low: int, high: int | None = None) -> bool:
+    return history.count >= low and (high is None or history.count <= high)
+
+
+def spend_between(history: History, low: float, high: float | None = None) -> bool:
+    return history.spend >= low and (high is None or history.spend <= high)
+
+
+def bought_category(history: History, categories: Iterable[str]) -> bool:
+    return not history.categories.isdisjoint(categories)
+
+
+def birthday_today(birthday: date | None, now: datetime, zone: ZoneInfo) -> bool:
+    """Is it the customer's birthday in their own zone? 29 February counts on 28 February
+    in years without it."""
+    if birthday is None:
+        return False
+    today = now.astimezone(zone).date()
+    month, day = birthday.month, birthday.day
+    if (month, day) == (2, 29) and not _leap(today.year):
+        day = 28
+    return (today.month, today.day) == (month, day)
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def due_for_replenishment(history: History, now: datetime, min_orders: int = 2) -> list[str]:
+    """Items bought in at least ``min_orders`` orders whose usual interval (the median gap
+    between those orders) has passed since the last purchase; most overdue first."""
+    times: dict[str, list[datetime]] = {}
+    for order in history.orders:
+        for item in order.items:
+            times.setdefault(item, []).append(order.at)
+    overdue = []
+    for item, when in times.items():
+        if len(when) < min_orders:
+            continue
+        usual = statistics.median((b - a).total_seconds() for a, b in pairwise(when))
+        waited = (now - when[-1]).total_seconds()
+        if usual > 0 and waited >= usual:
+            overdue.append((waited / usual, item))
+    return [item for _, item in sorted(overdue, key=lambda pair: (-pair[0], pair[1]))]
+
+
+def last_contacted_within(contacts: Iterable[datetime], now: datetime, days: float) -> bool:
+    since = now - timedelta(days=days)
+    return any(since < at <= now for at in contacts)
+
+
+# --- RFM ---------------------------------------------------------------------------------
+
+RFM_SEGMENTS: tuple[tuple[str, tuple[int, int], tuple[int, int]], ...] = (
+    # (name, recency range, combined frequency+monetary score range); the first match wins
+    ("champions", (5, 5), (4, 5)),
+    ("loyal_customers", (3, 5), (4, 5)),
+    ("potential_loyalists", (4, 5), (2, 3)),
+    ("new_customers", (5, 5), (1, 1)),
+    ("promising", (4, 4), (1, 1)),
+    ("cant_lose_them", (1, 2), (5, 5)),
+    ("at_risk", (1, 2), (3, 4)),
+    ("need_attention", (3, 3), (2, 3)),
+    ("about_to_sleep", (3, 3), (1, 1)),
+    ("hibernating", (2, 2), (1, 2)),
+    ("lost", (1, 1), (1, 2)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rfm:
+    recency: int
+    frequency: int
+    monetary: int
+
+    @property
+    def segment(self) -> str:
+        fm = round((self.frequency + self.monetary) / 2)
+        for name, (r_low, r_high), (fm_low, fm_high) in RFM_SEGMENTS:
+            if r_low <= self.recency <= r_high and fm_low <= fm <= fm_high:
+                return name
+        return "others"
+
+
+def rfm_scores(histories: Mapping[str, History], now: datetime) -> dict[str, Rfm]:
+    """Quintile scores across all customers with at least one order."""
+    active = [cid for cid, history in histories.items() if history.count]
+    if not active:
+        return {}
+    recency = np.array([-(days_since_last_order(histories[c], now) or 0.0) for c in active])
+    frequency = np.array([histories[c].count for c in active], dtype=float)
+    monetary = np.array([histories[c].spend for c in active])
+    r, f, m = (_quintiles(values) for values in (recency, frequency, monetary))
+    return {cid: Rfm(int(r[n]), int(f[n]), int(m[n])) for n, cid in enumerate(active)}
+
+
+def _quintiles(values: np.ndarray) -> np.ndarray:
+    """1–5 by rank; ties share the score of their average rank."""
+    order = values.argsort(kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for value in np.unique(values):  # average ranks of ties
+        same = values == value
+        ranks[same] = ranks[same].mean()
+    scores: np.ndarray = 1 + np.floor(5 * ranks / len(values)).clip(0, 4)
+    return scores.astype(int)
