@@ -84,9 +84,13 @@ def test_birthday_in_the_customers_zone(
 
 def test_replenishment_is_due_when_the_usual_interval_has_passed() -> None:
     h = history(
-        order(100, items=("coffee", "filter")), order(70, items=("coffee",)), order(40, items=("coffee",)),
-        order(60, items=("tea",)), order(55, items=("tea",)), order(10, items=("filter",)),
-    )  # fmt: skip
+        order(100, items=("coffee", "filter")),
+        order(70, items=("coffee",)),
+        order(40, items=("coffee",)),
+        order(60, items=("tea",)),
+        order(55, items=("tea",)),
+        order(10, items=("filter",)),
+    )
     # coffee every 30 days, last 40 days ago: due (×1.33); tea every 5 days, last 55 ago (×11)
     # filter: every 90 days, last 10 days ago: not due
     assert due_for_replenishment(h, NOW) == ["tea", "coffee"]
