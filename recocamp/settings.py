@@ -18,8 +18,6 @@ environment variable), the dotted key, its line and the value.
 from __future__ import annotations
 
 import os
-import re
-import tomllib
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,6 +35,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from recocamp.config_files import line_of, problems, read_toml
 from recocamp.errors import ConfigError, Problem
 
 ENV_PREFIX = "RECOCAMP_"
@@ -218,75 +217,24 @@ def settings_path(explicit: Path | None = None) -> Path | None:
 def load_settings(path: Path | None = None) -> Settings:
     """Read, merge and validate settings; every problem is reported at once."""
     path = settings_path(path)
-    data, text = _read_toml(path) if path is not None else ({}, "")
+    data, text = read_toml(path) if path is not None else ({}, "")
     where = path if path is not None else Path("<defaults>")
     _refuse_secrets_in_file(where, data, text)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(where, [_problem(error, text) for error in exc.errors()]) from None
-
-
-def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(path, [Problem(f"cannot read settings file: {exc.strerror}")]) from None
-    try:
-        return tomllib.loads(text), text
-    except tomllib.TOMLDecodeError as exc:
-        # ``lineno`` exists from Python 3.14 only; before, the line is only in the message
-        line = getattr(exc, "lineno", None)
-        if line is None and (found := re.search(r"at line (\d+)", str(exc))) is not None:
-            line = int(found.group(1))
-        raise ConfigError(path, [Problem(f"not valid TOML: {exc}", line=line)]) from None
+        raise ConfigError(where, problems(exc, text, ENV_PREFIX)) from None
 
 
 def _refuse_secrets_in_file(path: Path, data: dict[str, Any], text: str) -> None:
-    problems = [
+    found = [
         Problem(
             f"secrets are read from the environment only: set {ENV_PREFIX}{key.upper()}",
             key=key,
-            line=_line_of(text, (key,)),
+            line=line_of(text, (key,)),
         )
         for key in SECRET_KEYS
         if key in data
     ]
-    if problems:
-        raise ConfigError(path, problems)
-
-
-def _problem(error: Any, text: str) -> Problem:
-    loc = tuple(str(part) for part in error["loc"])
-    key = ".".join(loc)
-    env_name = ENV_PREFIX + "__".join(loc).upper()
-    source = f" (from environment variable {env_name})" if env_name in os.environ else ""
-    value = error.get("input")
-    shown = None if isinstance(value, dict) else value
-    return Problem(
-        error["msg"] + source,
-        key=key,
-        line=None if source else _line_of(text, loc),
-        value=shown,
-    )
-
-
-_SECTION = re.compile(r"^\s*\[+\s*([A-Za-z0-9_.\-]+)\s*\]+")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
-
-
-def _line_of(text: str, loc: tuple[str, ...]) -> int | None:
-    """Best-effort line number of a dotted key in a TOML text (tomllib keeps none)."""
-    if not loc:
-        return None
-    section, key = ".".join(loc[:-1]), loc[-1]
-    current = ""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if (header := _SECTION.match(line)) is not None:
-            current = header.group(1)
-            if current == ".".join(loc):
-                return number
-            continue
-        if (match := _KEY.match(line)) and match.group(1) == key and current == section:
-            return number
-    return _line_of(text, loc[:-1]) if len(loc) > 1 else None
+    if found:
+        raise ConfigError(path, found)
