@@ -1,0 +1,149 @@
+"""Render campaign e-mails: sandboxed Jinja, HTML + plain text, CSS inlined once per template.
+
+- ``SandboxedEnvironment``: templates are written by marketers, so they may not reach
+  Python internals (``''.__class__``, globals, unsafe ``str.format``); attempts raise
+  ``SecurityError`` and fail ``recocamp check``.
+- ``StrictUndefined``: a variable outside the documented context is an error, not an empty
+  string; ``check`` renders every template with a sample context, so that happens before a
+  campaign runs, never mid-run.
+- Autoescape for ``.html``; the text part is not escaped.
+- CSS: ``templates/email.css`` is inlined into each HTML template's *source* when Jinja loads
+  it (css-inline's fragment mode leaves Jinja syntax alone; templates use ``div``s, because an
+  HTML parser moves text out of tables). Jinja caches the compiled result, so the cost is paid
+  once per template, not per e-mail.
+
+The documented context (README.md §Templates) is :data:`CONTEXT_KEYS`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import css_inline
+from jinja2 import (
+    BaseLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+    meta,
+)
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
+
+from recocamp.errors import Problem
+
+CONTEXT_KEYS = frozenset({
+    "customer", "offers", "shop", "campaign", "loyalty", "reason", "discount_percent",
+    "unsubscribe_url", "preferences_url", "existing_customer_notice", "locale",
+})  # fmt: skip
+STYLESHEET = "email.css"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+
+
+class InliningLoader(BaseLoader):
+    """A file loader that inlines ``email.css`` into HTML sources as they are loaded."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = FileSystemLoader(str(directory))
+        sheet = directory / STYLESHEET
+        self.css = sheet.read_text(encoding="utf-8") if sheet.exists() else ""
+        self.fragments = css_inline.CSSInliner(load_remote_stylesheets=False)
+        self.documents = css_inline.CSSInliner(
+            load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
+        )
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str | None, Any]:
+        source, filename, uptodate = self.files.get_source(environment, template)
+        if template.endswith(".html") and self.css:
+            source = self._inline(source)
+        return source, filename, uptodate
+
+    def _inline(self, source: str) -> str:
+        if "<html" in source.lower():  # a layout: inline the document, keep its <style>
+            return str(self.documents.inline(source))
+        return str(self.fragments.inline_fragment(source, self.css))
+
+
+def environment(directory: Path) -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        loader=InliningLoader(directory),
+        undefined=StrictUndefined,
+        autoescape=lambda name: name is not None and name.endswith(".html"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+
+
+class Renderer:
+    """Renders one campaign's subject, HTML and text part with a context."""
+
+    def __init__(self, directory: Path) -> None:
+        self.env = environment(directory)
+        self._subjects: dict[str, Any] = {}
+
+    def render(self, subject: str, html: str, text: str, context: dict[str, Any]) -> RenderedEmail:
+        compiled = self._subjects.get(subject)
+        if compiled is None:
+            compiled = self._subjects[subject] = self.env.from_string(subject)
+        return RenderedEmail(
+            subject=" ".join(compiled.render(context).split()),
+            html=self.env.get_template(html).render(context),
+            text=self.env.get_template(text).render(context),
+        )
+
+
+def check_template(directory: Path, name: str, sample: dict[str, Any]) -> list[Problem]:
+    """Syntax, variables outside the documented context, and a sandboxed sample render."""
+    env = environment(directory)
+    try:
+        assert env.loader is not None
+        source = env.loader.get_source(env, name)[0]
+        parsed = env.parse(source)
+    except TemplateNotFound:
+        return [Problem("template not found", key=name)]
+    except TemplateSyntaxError as exc:
+        return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
+    unknown = sorted(meta.find_undeclared_variables(parsed) - CONTEXT_KEYS)
+    found = [
+        Problem("uses a variable outside the template context", key=name,
+                line=_line(source, variable), value=variable)
+        for variable in unknown
+    ]  # fmt: skip
+    if found:
+        return found
+    try:
+        env.get_template(name).render(sample)
+    except SecurityError as exc:
+        return [Problem(f"blocked by the sandbox: {exc}", key=name)]
+    except UndefinedError as exc:
+        return [Problem(f"reads something outside the template context: {exc.message}", key=name)]
+    except TemplateSyntaxError as exc:
+        return [Problem(f"syntax error: {exc.message}", key=exc.name or name, line=exc.lineno)]
+    return []
+
+
+def check_subject(subject: str, sample: dict[str, Any], directory: Path) -> str | None:
+    """A problem with a subject line template, or None."""
+    try:
+        environment(directory).from_string(subject).render(sample)
+    except (TemplateSyntaxError, UndefinedError, SecurityError) as exc:
+        return str(exc)
+    return None
+
+
+def _line(source: str, variable: str) -> int | None:
+    match = re.search(rf"\b{re.escape(variable)}\b", source)
+    return source.count("\n", 0, match.start()) + 1 if match else None
