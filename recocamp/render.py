@@ -147,3 +147,39 @@ def check_subject(subject: str, sample: dict[str, Any], directory: Path) -> str 
 def _line(source: str, variable: str) -> int | None:
     match = re.search(rf"\b{re.escape(variable)}\b", source)
     return source.count("\n", 0, match.start()) + 1 if match else None
+
+
+def sample_context(locale: str = "en") -> dict[str, Any]:
+    """The documented template context with example values (used by ``check`` and docs)."""
+    offer = {
+        "item_id": "22423", "title": "REGENCY CAKESTAND 3 TIER", "price": "£12.75",
+        "discounted_price": "£11.48", "discount_percent": 10,
+        "url": "https://shop.example.test/items/22423", "image_url": None,
+        "why": "because you bought JUMBO BAG RED RETROSPOT",
+    }  # fmt: skip
+    return {
+        "locale": locale,
+        "customer": {"id": "12748", "first_name": "Anna", "locale": locale},
+        "offers": [offer],
+        "shop": {
+            "name": "Demo Gift Shop",
+            "base_url": "https://shop.example.test",
+            "currency": "GBP",
+        },
+        "campaign": {
+            "name": "winback",
+            "description": "Win back lapsed customers",
+            "variant": None,
+        },
+        "loyalty": {
+            "points": 2300,
+            "tier": "gold",
+            "next_tier": "platinum",
+            "points_to_next": 7700,
+        },
+        "reason": "your last order was 75 days ago",
+        "discount_percent": 10,
+        "unsubscribe_url": "https://shop.example.test/u/token",
+        "preferences_url": "https://shop.example.test/p/token",
+        "existing_customer_notice": True,
+    }
