@@ -107,8 +107,10 @@ def decide(
         return skip(f"not_in_audience:{outside}")
     if caps.in_holdout(campaign.name, customer.id, campaign.holdout_percent):
         return Decision(campaign.name, customer.id, Outcome.HOLDOUT, "holdout")
-    verdict = caps.check(view.contacts, policy, campaign.name, context.now, zone,
-                         preference=view.frequency_preference, paused_until=view.paused_until)  # fmt: skip
+    verdict = caps.check(
+        view.contacts, policy, campaign.name, context.now, zone,
+        preference=view.frequency_preference, paused_until=view.paused_until,
+    )  # fmt: skip
     if not verdict.allowed and not verdict.deferred:
         return skip(str(verdict.reason))
     chosen = tuple(_offers(campaign, view, context))
