@@ -1,0 +1,130 @@
+"""What the planner needs from the store, read once per campaign run.
+
+Histories are order-level (time, revenue, items, categories) built from purchase lines of
+known customers; recommendation lists come from the top-N cache; the cold-start list from
+the live model, or straight from recent sales when no model is live yet. Contact history and
+suppressions are read from the delivery tables once those exist (see ``delivery``); until a
+shop has sent anything, every customer's contact history is empty.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from recocamp.domain import ConsentBasis, Customer, Item
+from recocamp.loyalty import points, standing, tiers_of
+from recocamp.planner import CustomerView
+from recocamp.segments import History, Order, rfm_scores
+from recocamp.settings import Settings
+from recocamp.store.schema import customers, items, models, purchases, recommendations
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    views: list[CustomerView]
+    items: dict[str, Item]
+    popular: list[list[Any]]
+
+
+def load(connection: sa.Connection, settings: Settings, now: datetime) -> Snapshot:
+    catalogue = _items(connection)
+    histories = _histories(connection, catalogue, now)
+    personal = {
+        row.customer_id: row.items for row in connection.execute(sa.select(recommendations))
+    }
+    scores = rfm_scores(histories, now)
+    tiers = tiers_of(settings.loyalty)
+    views = []
+    for row in connection.execute(sa.select(customers).order_by(customers.c.id)):
+        history = histories.get(row.id, History(()))
+        views.append(CustomerView(
+            customer=_customer(row), history=history, personal=personal.get(row.id),
+            standing=standing(points(history, {}, settings.loyalty), tiers),
+            rfm=scores.get(row.id), frequency_preference=row.frequency_preference,
+            paused_until=row.paused_until,
+        ))  # fmt: skip
+    return Snapshot(views, catalogue, _popular(connection, now, settings.recommender.top_n))
+
+
+def _customer(row: Any) -> Customer:
+    return Customer(
+        id=row.id, email=row.email, first_name=row.first_name, locale=row.locale,
+        time_zone=row.time_zone, country=row.country, birthday=row.birthday,
+        consent_basis=ConsentBasis(row.consent_basis), consent_at=row.consent_at,
+        consent_source=row.consent_source, unsubscribed_at=row.unsubscribed_at,
+        objected_to_profiling=row.objected_to_profiling, erased_at=row.erased_at,
+    )  # fmt: skip
+
+
+def _items(connection: sa.Connection) -> dict[str, Item]:
+    return {
+        row.id: Item(
+            row.id,
+            row.title,
+            row.category,
+            row.price,
+            row.in_stock,
+            row.url,
+            row.image_url,
+            row.is_service,
+        )
+        for row in connection.execute(sa.select(items))
+    }
+
+
+def _histories(
+    connection: sa.Connection, catalogue: dict[str, Item], now: datetime
+) -> dict[str, History]:
+    p = purchases.c
+    columns = (p.customer_id, p.order_id, p.ordered_at, p.item_id, p.quantity, p.unit_price)
+    query = sa.select(*columns).where(
+        p.customer_id.is_not(None),
+        p.is_return.is_(False),
+        p.quantity > 0,
+        p.unit_price > 0,
+        p.ordered_at < now,
+    )
+    orders: dict[tuple[str, str], list[Any]] = {}
+    for customer, order, at, item, quantity, price in connection.execute(query):
+        entry = orders.setdefault((customer, order), [at, 0.0, set(), set()])
+        entry[0] = min(entry[0], at)
+        entry[1] += quantity * price
+        known = catalogue.get(item)
+        if known is None or not known.is_service:
+            entry[2].add(item)
+            if known is not None:
+                entry[3].add(known.category)
+    per_customer: dict[str, list[Order]] = defaultdict(list)
+    for (customer, _), (at, revenue, bought, categories) in orders.items():
+        per_customer[customer].append(Order(at, revenue, frozenset(bought), frozenset(categories)))
+    return {c: History(tuple(sorted(o, key=lambda x: x.at))) for c, o in per_customer.items()}
+
+
+def _popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]]:
+    live = connection.execute(sa.select(models.c.popular).where(models.c.status == "live")).first()
+    if live is not None and live.popular:
+        return list(live.popular)
+    p = purchases.c
+    buyers = sa.func.count(sa.distinct(p.customer_id))
+    query = (
+        sa.select(p.item_id, buyers)
+        .where(
+            p.ordered_at >= now - timedelta(days=90),
+            p.ordered_at < now,
+            p.customer_id.is_not(None),
+            p.is_return.is_(False),
+            p.quantity > 0,
+        )
+        .group_by(p.item_id)
+        .order_by(buyers.desc(), p.item_id)
+        .limit(n * 3)
+    )
+    rows: Sequence[Any] = connection.execute(query).all()
+    top = max((row[1] for row in rows), default=1) or 1
+    return [[row[0], row[1] / top] for row in rows]
