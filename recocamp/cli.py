@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -24,18 +26,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from recocamp import campaigns as campaign_files
 from recocamp import kpis as kpi_module
 from recocamp import model as model_module
-from recocamp import training
+from recocamp import planner, render, tokens, training
 from recocamp.clock import SystemClock
 from recocamp.demo import build_demo
-from recocamp.errors import ConfigError, DataImportError, ModelError, RecocampError
+from recocamp.errors import ConfigError, DataImportError, ModelError, Problem, RecocampError
 from recocamp.evaluate import Metrics
 from recocamp.ingest import Importer, ImportReport
 from recocamp.model import MODEL_NAMES
 from recocamp.recommend import personal_or_popular
 from recocamp.settings import Settings, load_settings
 from recocamp.store import queries, registry
+from recocamp.store import views as store_views
 from recocamp.store.engine import current_revision, head_revision, make_engine, require_current
 from recocamp.store.engine import upgrade as upgrade_schema
 
@@ -461,3 +465,208 @@ def _ranked_table(title: str | None, ranked: list[list[Any]], titles: dict[str, 
     for rank, (item, score) in enumerate(ranked, start=1):
         table.add_row(str(rank), item, titles.get(item, ""), f"{score:.4f}")
     console.print(table)
+
+
+# --- campaigns ------------------------------------------------------------------------
+
+CampaignsDir = Annotated[Path, typer.Option("--campaigns", help="Campaign files.")]
+TemplatesDir = Annotated[Path, typer.Option("--templates", help="Template files.")]
+
+
+def _campaign_problems(
+    settings: Settings, campaigns: Path, templates: Path
+) -> tuple[list[Any], list[ConfigError]]:
+    loaded, failures = campaign_files.load_all(campaigns, settings, templates)
+    for campaign in loaded:
+        path = campaigns / f"{campaign.name}.toml"
+        found = []
+        parts = [campaign.template.html, campaign.template.text]
+        parts += [p for v in campaign.variants for p in (v.html, v.text) if p]
+        subjects = [*campaign.template.subject.values()]
+        subjects += [s for v in campaign.variants if v.subject for s in v.subject.values()]
+        for locale in ("de", "en"):
+            sample = render.sample_context(locale)
+            for name in dict.fromkeys(parts):
+                found += [
+                    replace(p, key=f"template {p.key}")
+                    for p in render.check_template(templates, name, sample)
+                ]
+            for subject in subjects:
+                problem = render.check_subject(subject, sample, templates)
+                if problem:
+                    found.append(
+                        Problem(f"subject: {problem}", key="template.subject", value=subject)
+                    )
+        if found:
+            failures.append(ConfigError(path, list(dict.fromkeys(found))))
+    return loaded, failures
+
+
+@app.command("check")
+def check(
+    campaigns: CampaignsDir = Path("campaigns"), templates: TemplatesDir = Path("templates")
+) -> None:
+    """Validate settings, every campaign, every template and their cross-references."""
+    with _errors_to_exit():
+        settings = _settings()
+        loaded, failures = _campaign_problems(settings, campaigns, templates)
+    for failure in failures:
+        errors.print(f"[bold red]error:[/] {failure}", markup=True, highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(2)
+    console.print(f"ok: settings, {len(loaded)} campaign(s) and their templates are valid")
+
+
+def _one_campaign(settings: Settings, name: str, campaigns: Path, templates: Path) -> Any:
+    loaded, failures = _campaign_problems(settings, campaigns, templates)
+    broken = [f for f in failures if f.path.stem == name]
+    if broken:
+        raise broken[0]
+    chosen = [c for c in loaded if c.name == name]
+    if not chosen:
+        known = ", ".join(c.name for c in loaded) or "none"
+        raise ConfigError(
+            campaigns / f"{name}.toml", [Problem(f"no such campaign (known: {known})")]
+        )
+    return chosen[0]
+
+
+def _planning(settings: Settings, as_of: str | None) -> tuple[Any, Any]:
+    end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
+    with _engine(settings).connect() as connection:
+        snapshot = store_views.load(connection, settings, end)
+    policy = campaign_files.caps_defaults(settings)
+    zone = ZoneInfo(settings.shop.time_zone)
+    context = planner.Context(end, snapshot.items, snapshot.popular, policy, zone)
+    return snapshot, context
+
+
+@app.command("plan")
+def plan_campaign(
+    campaign: str,
+    as_of: Annotated[
+        str | None, typer.Option(help="Plan as if it were this time (default: now).")
+    ] = None,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+    limit: Annotated[int, typer.Option(help="Decisions shown in the table.")] = 20,
+) -> None:
+    """Dry run: who would get what, who is skipped by which rule. Writes nothing."""
+    with _errors_to_exit():
+        settings = _settings()
+        chosen = _one_campaign(settings, campaign, campaigns, templates)
+        snapshot, context = _planning(settings, as_of)
+        decisions = planner.plan(chosen, snapshot.views, context)
+    tally = planner.counts(decisions)
+    if format is Output.json:
+        document = {
+            "campaign": chosen.name, "as_of": context.now.isoformat(),
+            "decisions": [_decision_json(d) for d in decisions], "counts": tally,
+        }  # fmt: skip
+        json.dump(document, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
+    table = Table(
+        title=f"plan {chosen.name} at {context.now.isoformat()}: {len(decisions):,} customers"
+    )
+    table.add_column("reason")
+    table.add_column("customers", justify="right")
+    for reason, number in tally.items():
+        table.add_row(reason, f"{number:,}")
+    console.print(table)
+    sample = Table(title=f"first {limit} decisions that contact or defer")
+    for column in ("customer", "outcome", "variant", "send at", "offers"):
+        sample.add_column(column)
+    shown = [d for d in decisions if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)][
+        :limit
+    ]
+    for d in shown:
+        send_at = d.send_at.isoformat() if d.send_at else ""
+        offered = ", ".join(f"{o.item_id} ({o.why})" for o in d.offers)
+        sample.add_row(d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
+    console.print(sample)
+
+
+def _decision_json(decision: Any) -> dict[str, Any]:
+    return {
+        "customer_id": decision.customer_id, "outcome": decision.outcome.value,
+        "reason": decision.reason, "variant": decision.variant,
+        "send_at": decision.send_at.isoformat() if decision.send_at else None,
+        "offers": [
+            {"item_id": o.item_id, "score": round(o.score, 6), "why": o.why}
+            for o in decision.offers
+        ],
+    }  # fmt: skip
+
+
+@app.command("preview")
+def preview(
+    campaign: str,
+    customer: Annotated[str, typer.Option("--customer", help="Customer id.")],
+    html: Annotated[Path | None, typer.Option("--html", help="Write the HTML part here.")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Decide as if it were this time.")] = None,
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+) -> None:
+    """Render one customer's e-mail (even if the plan would skip them: the reason is shown)."""
+    with _errors_to_exit():
+        settings = _settings()
+        chosen = _one_campaign(settings, campaign, campaigns, templates)
+        snapshot, context = _planning(settings, as_of)
+        view = next((v for v in snapshot.views if v.customer.id == customer), None)
+        if view is None:
+            raise ConfigError(
+                Path("customers"), [Problem("no such customer", key="--customer", value=customer)]
+            )
+        decision = planner.decide(chosen, view, context, chosen.policy(context.policy))
+        shown = (
+            decision
+            if decision.offers
+            else replace(decision, offers=tuple(planner.offers_for(chosen, view, context)))
+        )
+        email = render.Renderer(templates).render(
+            _subject(chosen, decision.variant, view.customer.locale),
+            *_parts(chosen, decision.variant),
+            render.context_for(
+                shown, view, chosen, settings.shop, _links(settings, customer, chosen.name)
+            ),
+        )
+    console.print(
+        f"decision: {decision.outcome.value} ({decision.reason}); variant {decision.variant or '-'}"
+    )
+    console.print(f"subject: {email.subject}\n")
+    sys.stdout.write(email.text + "\n")  # verbatim: links must not be wrapped
+    if html is not None:
+        html.write_text(email.html, encoding="utf-8")
+        console.print(f"HTML part written to {html}")
+
+
+def _subject(campaign: Any, variant: str | None, locale: str) -> str:
+    subjects = campaign.template.subject
+    for v in campaign.variants:
+        if v.name == variant and v.subject:
+            subjects = v.subject
+    return str(subjects.get(locale) or next(iter(subjects.values())))
+
+
+def _parts(campaign: Any, variant: str | None) -> tuple[str, str]:
+    html, text = campaign.template.html, campaign.template.text
+    for v in campaign.variants:
+        if v.name == variant:
+            html, text = v.html or html, v.text or text
+    return html, text
+
+
+def _links(settings: Settings, customer_id: str, campaign: str) -> tuple[str, str]:
+    secret = (
+        settings.signing_key.get_secret_value().encode() if settings.signing_key else _EPHEMERAL
+    )
+    base = str(settings.shop.base_url).rstrip("/")
+    now = clock.now()
+    unsubscribe = tokens.sign(secret, customer_id, campaign, "unsubscribe", now)
+    preferences = tokens.sign(secret, customer_id, campaign, "preferences", now)
+    return f"{base}/u/{unsubscribe}", f"{base}/p/{preferences}"
+
+
+_EPHEMERAL = secrets.token_bytes(32)  # previews without RECOCAMP_SIGNING_KEY: never verifiable

@@ -113,7 +113,7 @@ def decide(
     )  # fmt: skip
     if not verdict.allowed and not verdict.deferred:
         return skip(str(verdict.reason))
-    chosen = tuple(_offers(campaign, view, context))
+    chosen = tuple(offers_for(campaign, view, context))
     if not chosen:
         return skip("no_offer")
     variant = _variant(campaign, customer.id)
@@ -170,7 +170,7 @@ def _audience(campaign: Campaign, view: CustomerView, now: datetime, zone: ZoneI
     return None
 
 
-def _offers(campaign: Campaign, view: CustomerView, context: Context) -> list[offers.Offer]:
+def offers_for(campaign: Campaign, view: CustomerView, context: Context) -> list[offers.Offer]:
     rule = campaign.offer
     rules = offers.Rules(
         mode=Mode(rule.mode), count=rule.items, categories=frozenset(rule.categories),

@@ -183,3 +183,68 @@ def sample_context(locale: str = "en") -> dict[str, Any]:
         "preferences_url": "https://shop.example.test/p/token",
         "existing_customer_notice": True,
     }
+
+
+def money(amount: float, currency: str) -> str:
+    symbol = {"EUR": "€", "GBP": "£", "USD": "$"}.get(currency)
+    return f"{symbol}{amount:,.2f}" if symbol else f"{amount:,.2f} {currency}"
+
+
+def context_for(
+    decision: Any,
+    view: Any,
+    campaign: Any,
+    shop: Any,
+    links: tuple[str, str],
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """The documented template context for one decision (see :data:`CONTEXT_KEYS`)."""
+    customer = view.customer
+    locale = customer.locale if customer.locale in ("de", "en") else shop.default_locale
+    offers = [
+        {
+            "item_id": o.item_id,
+            "title": o.title,
+            "price": money(o.price, shop.currency),
+            "discounted_price": money(o.discounted_price, shop.currency)
+            if o.discounted_price
+            else None,
+            "discount_percent": _number(o.discount_percent),
+            "url": o.url or f"{str(shop.base_url).rstrip('/')}/items/{o.item_id}",
+            "image_url": o.image_url,
+            "why": o.why,
+        }
+        for o in decision.offers
+    ]
+    standing = view.standing
+    return {
+        "locale": locale,
+        "customer": {"id": customer.id, "first_name": customer.first_name, "locale": locale},
+        "offers": offers,
+        "shop": {
+            "name": shop.name,
+            "base_url": str(shop.base_url).rstrip("/"),
+            "currency": shop.currency,
+        },
+        "campaign": {
+            "name": campaign.name,
+            "description": campaign.description,
+            "variant": decision.variant,
+        },
+        "loyalty": {
+            "points": standing.points if standing else 0,
+            "tier": standing.tier if standing else None,
+            "next_tier": standing.next_tier if standing else None,
+            "points_to_next": standing.points_to_next if standing else None,
+        },
+        "reason": reason,
+        "discount_percent": _number(campaign.offer.discount_percent),
+        "unsubscribe_url": links[0],
+        "preferences_url": links[1],
+        "existing_customer_notice": customer.consent_basis.value == "existing_customer",
+    }
+
+
+def _number(value: float | None) -> float | int | None:
+    """``10.0`` reads as ``10`` in an e-mail."""
+    return int(value) if value is not None and float(value).is_integer() else value
