@@ -71,3 +71,65 @@ def test_synthetic_demo_shop_end_to_end(workdir: Path) -> None:
     assert again.exit_code == 0 and "already imported" in again.stdout
     kpis = runner.invoke(app, ["kpis", "--as-of", "2011-12-10", "--window-days", "90"])
     assert kpis.exit_code == 0 and "repeat_purchase_rate" in kpis.stdout
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_check_lists_every_broken_campaign_and_template(workdir: Path) -> None:
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    assert runner.invoke(app, ["check"]).exit_code == 0
+    winback = workdir / "campaigns" / "winback.toml"
+    winback.write_text(
+        winback.read_text().replace('cron = "0 10 * * TUE"', 'cron = "0 25 * * TUE"')
+    )
+    (workdir / "templates" / "birthday.txt").write_text(
+        '{% extends "base.txt" %}{% block content %}{{ customer.password }}{% endblock %}'
+    )
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 2
+    assert "winback.toml" in result.stderr and "schedule.cron" in result.stderr
+    assert "birthday.toml" in result.stderr and "customer.password" not in result.stdout
+    assert "birthday.txt" in result.stderr and "outside the template context" in result.stderr
+
+
+def test_plan_json_and_preview_on_the_synthetic_shop(workdir: Path) -> None:
+    import json
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    assert runner.invoke(app, ["demo-data"]).exit_code == 0
+    result = runner.invoke(
+        app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["campaign"] == "cross_sell" and len(plan["decisions"]) == 120
+    assert sum(plan["counts"].values()) == 120
+    assert {d["outcome"] for d in plan["decisions"]} <= {"send", "skip", "holdout", "defer"}
+    sends = [d for d in plan["decisions"] if d["outcome"] == "send"]
+    assert sends and all(d["offers"] and d["reason"] == "eligible" for d in sends)
+    customer = sends[0]["customer_id"]
+    out = workdir / "mail.html"
+    preview = runner.invoke(
+        app,
+        [
+            "preview",
+            "cross_sell",
+            "--customer",
+            customer,
+            "--as-of",
+            "2011-12-15T10:00:00",
+            "--html",
+            str(out),
+        ],
+    )
+    assert preview.exit_code == 0, preview.output
+    assert "decision: send" in preview.stdout and "/u/v1." in preview.stdout
+    assert "style=" in out.read_text()  # inlined CSS
+    unknown = runner.invoke(app, ["plan", "nope"])
+    assert unknown.exit_code == 2 and "no such campaign" in unknown.stderr
