@@ -27,9 +27,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from recocamp import campaigns as campaign_files
+from recocamp import compose, planner, render, training
 from recocamp import kpis as kpi_module
 from recocamp import model as model_module
-from recocamp import planner, render, tokens, training
 from recocamp.clock import SystemClock
 from recocamp.demo import build_demo
 from recocamp.errors import ConfigError, DataImportError, ModelError, Problem, RecocampError
@@ -620,18 +620,11 @@ def preview(
                 Path("customers"), [Problem("no such customer", key="--customer", value=customer)]
             )
         decision = planner.decide(chosen, view, context, chosen.policy(context.policy))
-        shown = (
-            decision
-            if decision.offers
-            else replace(decision, offers=tuple(planner.offers_for(chosen, view, context)))
-        )
-        email = render.Renderer(templates).render(
-            _subject(chosen, decision.variant, view.customer.locale),
-            *_parts(chosen, decision.variant),
-            render.context_for(
-                shown, view, chosen, settings.shop, _links(settings, customer, chosen.name)
-            ),
-        )
+        offers = None if decision.offers else tuple(planner.offers_for(chosen, view, context))
+        key = settings.signing_key.get_secret_value().encode() if settings.signing_key else None
+        link = compose.links(settings, key or _EPHEMERAL, customer, chosen.name, clock.now())
+        email = compose.render_for(decision, view, chosen, settings, render.Renderer(templates),
+                                   link, offers)  # fmt: skip
     console.print(
         f"decision: {decision.outcome.value} ({decision.reason}); variant {decision.variant or '-'}"
     )
@@ -642,31 +635,7 @@ def preview(
         console.print(f"HTML part written to {html}")
 
 
-def _subject(campaign: Any, variant: str | None, locale: str) -> str:
-    subjects = campaign.template.subject
-    for v in campaign.variants:
-        if v.name == variant and v.subject:
-            subjects = v.subject
-    return str(subjects.get(locale) or next(iter(subjects.values())))
-
-
-def _parts(campaign: Any, variant: str | None) -> tuple[str, str]:
-    html, text = campaign.template.html, campaign.template.text
-    for v in campaign.variants:
-        if v.name == variant:
-            html, text = v.html or html, v.text or text
-    return html, text
-
-
-def _links(settings: Settings, customer_id: str, campaign: str) -> tuple[str, str]:
-    secret = (
-        settings.signing_key.get_secret_value().encode() if settings.signing_key else _EPHEMERAL
-    )
-    base = str(settings.shop.base_url).rstrip("/")
-    now = clock.now()
-    unsubscribe = tokens.sign(secret, customer_id, campaign, "unsubscribe", now)
-    preferences = tokens.sign(secret, customer_id, campaign, "preferences", now)
-    return f"{base}/u/{unsubscribe}", f"{base}/p/{preferences}"
-
-
 _EPHEMERAL = secrets.token_bytes(32)  # previews without RECOCAMP_SIGNING_KEY: never verifiable
+
+
+from recocamp import cli_delivery  # noqa: E402, F401 — registers send, outbox, fake-esp, serve

@@ -7,6 +7,7 @@ orders: they count for item popularity and the guest-checkout rate, never for a 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
@@ -68,3 +69,36 @@ class Purchase:
     def is_purchase(self) -> bool:
         """A real purchase line: not a return, not an adjustment (DESIGN.md §KPIs)."""
         return not self.is_return and self.quantity > 0 and self.unit_price > 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    """One rendered e-mail on its way to a provider; ``send_key`` makes it unique."""
+
+    send_key: str
+    to: str
+    subject: str
+    html: str
+    text: str
+    headers: tuple[tuple[str, str], ...] = ()
+    campaign: str = ""
+
+
+class SendStatus(StrEnum):
+    ACCEPTED = "accepted"  # the provider took it; message_id says under which id
+    RETRY = "retry"  # this recipient, this time: try again later
+    REJECTED = "rejected"  # never send to this recipient again (inactive, invalid)
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    send_key: str
+    status: SendStatus
+    message_id: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+def email_hash(address: str) -> str:
+    """How suppressions know an address without keeping it: SHA-256 of the trimmed lowercase."""
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()

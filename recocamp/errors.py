@@ -8,8 +8,10 @@
     ├── StoreError           the database is missing, not migrated or unreachable
     ├── ModelError           recommender training / loading problems
     └── DeliveryError        sending through an email service provider
-        ├── TransientDeliveryError   retry later (timeouts, 429, 5xx)
-        └── PermanentDeliveryError   never retry this recipient
+        ├── TransientDeliveryError   retry the request later (timeouts, 429, 5xx)
+        ├── PermanentDeliveryError   the request is refused for good
+        └── BatchTooLargeError       HTTP 413: split the batch
+    (an error about a single recipient in a batch is a SendResult, not an exception)
 
 Errors a person can cause say *where* (file, line or key, the bad value), modelled on
 Jinja's ``TemplateSyntaxError``; callers can print ``str(error)`` as it is.
@@ -89,8 +91,23 @@ class DeliveryError(RecocampError):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Worth retrying later (timeouts, HTTP 429, HTTP 5xx)."""
+    """The whole request failed but is worth retrying later (timeouts, HTTP 429, HTTP 5xx).
+
+    ``retry_after`` is the provider's hint in seconds (Retry-After, rate-limit reset).
+    ``ambiguous`` means the provider may have accepted the messages before the failure (a
+    read timeout, a dropped connection): the sender must look them up before resending.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 ambiguous: bool = False) -> None:  # fmt: skip
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.ambiguous = ambiguous
 
 
 class PermanentDeliveryError(DeliveryError):
-    """Never worth retrying for this recipient (invalid or inactive address)."""
+    """The whole request was refused for good (malformed, sender not allowed): fail it."""
+
+
+class BatchTooLargeError(DeliveryError):
+    """HTTP 413: the request was too big; the sender splits the batch and tries again."""

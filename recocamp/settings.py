@@ -39,7 +39,7 @@ from recocamp.config_files import line_of, problems, read_toml
 from recocamp.errors import ConfigError, Problem
 
 ENV_PREFIX = "RECOCAMP_"
-SECRET_KEYS = ("esp_token", "signing_key", "api_keys")
+SECRET_KEYS = ("esp_token", "signing_key", "api_keys", "webhook_secret")
 DEFAULT_FILE = Path("settings.toml")
 
 
@@ -147,13 +147,21 @@ class EspSettings(_Section):
     base_url: HttpUrl = HttpUrl("http://127.0.0.1:8025")
     from_email: str = "shop@example.test"
     batch_size: int = Field(default=500, ge=1, le=500)
-    rate_limit_per_s: float = Field(default=50.0, gt=0)
+    rate_limit_per_s: float = Field(default=50.0, gt=0)  # API requests per second
     timeout_s: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=6, ge=1)
+    retry_base_s: float = Field(default=2.0, gt=0)
+    retry_max_s: float = Field(default=900.0, gt=0)
     pause_error_rate: float = Field(default=0.2, gt=0, le=1)
+    pause_min_messages: int = Field(default=50, ge=1)
+    claim_lease_s: float = Field(default=300.0, gt=0)
+    message_stream: str = "broadcast"
+    unsubscribe_mailto: str | None = None
+    webhook_public_key: str | None = None  # SendGrid's signed event webhook (base64 DER)
 
 
 class ApiSettings(_Section):
+    public_url: HttpUrl = HttpUrl("http://127.0.0.1:8000")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
@@ -186,10 +194,12 @@ class Settings(BaseSettings):
     esp: EspSettings = EspSettings()
     api: ApiSettings = ApiSettings()
     measure: MeasureSettings = MeasureSettings()
-    # secrets: environment only (RECOCAMP_ESP_TOKEN, RECOCAMP_SIGNING_KEY, RECOCAMP_API_KEYS)
+    # secrets: environment only (RECOCAMP_ESP_TOKEN, RECOCAMP_SIGNING_KEY, RECOCAMP_API_KEYS,
+    # RECOCAMP_WEBHOOK_SECRET)
     esp_token: SecretStr | None = None
     signing_key: SecretStr | None = None
     api_keys: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -32,7 +32,7 @@ def test_commands_refuse_an_unmigrated_database(workdir: Path) -> None:
     assert result.exit_code == 1
     assert "run `recocamp db upgrade`" in result.stderr
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
-    assert "database: 0002, newest: 0002" in runner.invoke(app, ["db", "current"]).stdout
+    assert "database: 0003, newest: 0003" in runner.invoke(app, ["db", "current"]).stdout
 
 
 def test_broken_import_exits_2_with_file_line_and_column(workdir: Path) -> None:

@@ -170,3 +170,95 @@ recommendations = sa.Table(
     sa.Column("model_version", sa.String(100), primary_key=True),
     sa.Column("items", sa.JSON, nullable=False),
 )
+
+# --- delivery (migration 0003) -------------------------------------------------------------
+
+# One row per customer and campaign run, including every skip: the answer to "why did (not)
+# this customer get that e-mail?".
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("run_key", sa.String(200), nullable=False),  # campaign/period
+    sa.Column("campaign", sa.String(100), nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(100), nullable=False),
+    sa.Column("variant", sa.String(64)),
+    sa.Column("holdout", sa.Boolean, nullable=False),
+    sa.Column("decided_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("run_key", "customer_id"),
+    sa.Index(None, "campaign", "decided_at"),
+)
+
+# The outbox: one row per e-mail, unique by send key (campaign/customer/period). States:
+# queued → claimed → sent (accepted by the ESP) → delivered | bounced; failed (permanent or
+# out of attempts); cancelled (suppressed or unsubscribed before it went out).
+OUTBOX_STATES = ("queued", "claimed", "sent", "delivered", "bounced", "failed", "cancelled")
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("send_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("campaign", sa.String(100), nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("variant", sa.String(64)),
+    sa.Column("recipient", sa.String(320), nullable=False),
+    sa.Column("subject", sa.String(1000), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),  # zlib(JSON {html, text, headers})
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("not_before", UtcDateTime, nullable=False),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("claimed_at", UtcDateTime),
+    sa.Column("provider_message_id", sa.String(200)),
+    sa.Column("last_error", sa.String(1000)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(
+        "state IN ('queued', 'claimed', 'sent', 'delivered', 'bounced', 'failed', 'cancelled')",
+        name="state",
+    ),
+    sa.Index(None, "state", "not_before"),
+    sa.Index(None, "customer_id", "created_at"),
+    sa.Index(None, "provider_message_id"),
+)
+
+# Addresses we must never mail again, by SHA-256 of the normalised address: the list
+# survives erasure of the customer without keeping the address itself.
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("email_hash", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(32), nullable=False),  # bounce | complaint | unsubscribe | …
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+# Delivered, bounced, complained, opened, clicked, unsubscribed: one row per event, the
+# provider's event id (or a digest of the payload) makes webhook retries harmless.
+contact_events = sa.Table(
+    "contact_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("event_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("customer_id", sa.String(64)),
+    sa.Column("campaign", sa.String(100)),
+    sa.Column("send_key", sa.String(200)),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Index(None, "customer_id", "at"),
+    sa.Index(None, "campaign", "kind"),
+)
+
+# A campaign whose error rate passed [esp] pause_error_rate stops delivering until resumed.
+campaign_pauses = sa.Table(
+    "campaign_pauses",
+    metadata,
+    sa.Column("campaign", sa.String(100), primary_key=True),
+    sa.Column("paused_at", UtcDateTime, nullable=False),
+    sa.Column("reason", sa.String(1000), nullable=False),
+)

@@ -2,9 +2,9 @@
 
 Histories are order-level (time, revenue, items, categories) built from purchase lines of
 known customers; recommendation lists come from the top-N cache; the cold-start list from
-the live model, or straight from recent sales when no model is live yet. Contact history and
-suppressions are read from the delivery tables once those exist (see ``delivery``); until a
-shop has sent anything, every customer's contact history is empty.
+the live model, or straight from recent sales when no model is live yet. Contact history is
+the outbox (every e-mail queued, sent or delivered in the last 35 days, at the time it went
+or will go out), suppressions the hashed addresses of the suppression list.
 """
 
 from __future__ import annotations
@@ -17,12 +17,22 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.domain import ConsentBasis, Customer, Item
+from recocamp.caps import Contact
+from recocamp.domain import ConsentBasis, Customer, Item, email_hash
 from recocamp.loyalty import points, standing, tiers_of
+from recocamp.outbox import LIVE_STATES
 from recocamp.planner import CustomerView
 from recocamp.segments import History, Order, rfm_scores
 from recocamp.settings import Settings
-from recocamp.store.schema import customers, items, models, purchases, recommendations
+from recocamp.store.schema import (
+    customers,
+    items,
+    models,
+    outbox,
+    purchases,
+    recommendations,
+    suppressions,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +50,31 @@ def load(connection: sa.Connection, settings: Settings, now: datetime) -> Snapsh
     }
     scores = rfm_scores(histories, now)
     tiers = tiers_of(settings.loyalty)
+    contacts = _contacts(connection, now)
+    suppressed = set(connection.execute(sa.select(suppressions.c.email_hash)).scalars())
     views = []
     for row in connection.execute(sa.select(customers).order_by(customers.c.id)):
         history = histories.get(row.id, History(()))
         views.append(CustomerView(
             customer=_customer(row), history=history, personal=personal.get(row.id),
+            contacts=contacts.get(row.id, ()),
+            suppressed=bool(suppressed and row.email and email_hash(row.email) in suppressed),
             standing=standing(points(history, {}, settings.loyalty), tiers),
             rfm=scores.get(row.id), frequency_preference=row.frequency_preference,
             paused_until=row.paused_until,
         ))  # fmt: skip
     return Snapshot(views, catalogue, _popular(connection, now, settings.recommender.top_n))
+
+
+def _contacts(connection: sa.Connection, now: datetime) -> dict[str, tuple[Contact, ...]]:
+    at = sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
+    query = sa.select(outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at,
+                      outbox.c.not_before).where(
+        outbox.c.state.in_(LIVE_STATES), at >= now - timedelta(days=35))  # fmt: skip
+    found: dict[str, list[Contact]] = defaultdict(list)
+    for row in connection.execute(query):
+        found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
+    return {customer: tuple(sorted(c, key=lambda x: x.at)) for customer, c in found.items()}
 
 
 def _customer(row: Any) -> Customer:

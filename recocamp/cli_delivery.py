@@ -1,0 +1,199 @@
+"""Delivery commands: ``send``, ``outbox …``, ``fake-esp``, ``serve``.
+
+Kept apart from ``cli.py`` so each file stays readable; they register on the same app.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+from rich.table import Table
+
+from recocamp import outbox
+from recocamp.cli import (
+    CampaignsDir,
+    TemplatesDir,
+    _engine,
+    _errors_to_exit,
+    _one_campaign,
+    _progress,
+    _settings,
+    app,
+    clock,
+    console,
+    parse_as_of,
+)
+from recocamp.deliver import Deliverer, DeliveryReport
+from recocamp.esp import make_provider
+from recocamp.jobs import RunReport, plan_and_enqueue, signing_key
+from recocamp.settings import Settings
+
+outbox_app = typer.Typer(help="The outbox: status, deliver, retry, resume.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+log = logging.getLogger(__name__)
+
+WaitOption = Annotated[
+    float, typer.Option(help="Seconds to wait for retries coming due before leaving them.")
+]
+
+
+def _deliver(settings: Settings, engine: sa.Engine, campaign: str | None, wait: float,
+             total: int | None = None) -> DeliveryReport:  # fmt: skip
+    provider = make_provider(settings)
+    try:
+        deliverer = Deliverer(engine, provider, settings.esp, clock)
+        with _progress() as bar:
+            bar.phase("delivering", total)
+            deliverer.on_progress = bar.advance
+            return deliverer.drain(campaign, max_wait_s=wait)
+    finally:
+        provider.close()
+
+
+@app.command("send")
+def send(
+    campaign: str,
+    as_of: Annotated[str | None, typer.Option(help="Decide as if it were this time.")] = None,
+    wait: WaitOption = 30.0,
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+) -> None:
+    """Plan, render, enqueue and deliver one campaign run (idempotent per shop-local day)."""
+    from zoneinfo import ZoneInfo
+
+    with _errors_to_exit():
+        settings = _settings()
+        chosen = _one_campaign(settings, campaign, campaigns, templates)
+        signing_key(settings)
+        now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
+        engine = _engine(settings)
+        with _progress() as bar:
+            bar.phase("planning and rendering", None)
+            report = plan_and_enqueue(engine, settings, chosen, templates, now, bar.advance)
+        report.delivery = _deliver(settings, engine, chosen.name, wait, report.enqueued)
+    _print_run(report)
+
+
+def _print_run(report: RunReport) -> None:
+    table = Table(title=f"send {report.campaign} ({report.run_key})")
+    table.add_column("")
+    table.add_column("customers", justify="right")
+    for reason, number in report.counts.items():
+        table.add_row(f"decision: {reason}", f"{number:,}")
+    table.add_row("enqueued now", f"{report.enqueued:,}")
+    table.add_row("already enqueued earlier", f"{report.already_enqueued:,}")
+    console.print(table)
+    if report.delivery is not None:
+        _print_delivery(report.delivery)
+
+
+def _print_delivery(d: DeliveryReport) -> None:
+    console.print(
+        f"delivered to the ESP: {d.sent:,} sent, {d.rejected:,} rejected (suppressed), "
+        f"{d.failed:,} failed, {d.cancelled:,} cancelled, {d.retried:,} retries scheduled, "
+        f"{d.reconciled:,} reconciled, {d.requests:,} requests; {d.waiting:,} waiting "
+        "(quiet hours or retry) for `recocamp outbox deliver` or the worker"
+    )
+    for campaign, reason in d.paused.items():
+        console.print(f"[bold red]paused:[/] {campaign}: {reason} (`recocamp outbox resume`)")
+
+
+@outbox_app.command("status")
+def outbox_status() -> None:
+    """Messages per campaign and state, and paused campaigns."""
+    with _errors_to_exit():
+        settings = _settings()
+        with _engine(settings).connect() as connection:
+            table_data = outbox.status(connection)
+            pauses = outbox.paused(connection)
+    states = ("queued", "claimed", "sent", "delivered", "bounced", "failed", "cancelled")
+    table = Table(title="outbox")
+    table.add_column("campaign")
+    for state in states:
+        table.add_column(state, justify="right")
+    for campaign, counts in sorted(table_data.items()):
+        table.add_row(campaign, *(f"{counts.get(s, 0):,}" for s in states))
+    console.print(table)
+    for campaign, reason in pauses.items():
+        console.print(f"[bold red]paused:[/] {campaign}: {reason}")
+
+
+@outbox_app.command("deliver")
+def outbox_deliver(
+    campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
+    wait: WaitOption = 0.0,
+) -> None:
+    """Send what is due now (after reconciling claims of crashed workers)."""
+    with _errors_to_exit():
+        settings = _settings()
+        report = _deliver(settings, _engine(settings), campaign, wait)
+    _print_delivery(report)
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    failed: Annotated[bool, typer.Option("--failed", help="Queue failed messages again.")] = False,
+    campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
+) -> None:
+    """Queue failed messages again (suppressed recipients are cancelled when claimed)."""
+    if not failed:
+        raise typer.BadParameter("say what to retry: --failed", param_hint="--failed")
+    with _errors_to_exit():
+        settings = _settings()
+        with _engine(settings).begin() as connection:
+            number = outbox.retry_failed(connection, clock.now(), campaign)
+    console.print(f"{number:,} failed message(s) queued again; `recocamp outbox deliver` sends")
+
+
+@outbox_app.command("resume")
+def outbox_resume(campaign: str) -> None:
+    """Let a campaign paused by its error rate deliver again."""
+    with _errors_to_exit():
+        settings = _settings()
+        with _engine(settings).begin() as connection:
+            resumed = outbox.resume(connection, campaign)
+    console.print(f"{campaign}: {'resumed' if resumed else 'was not paused'}")
+
+
+@app.command("fake-esp")
+def fake_esp(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8025,
+    data_dir: Annotated[Path | None, typer.Option(help="Also store messages here.")] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Where to post webhooks.")] = None,
+    rate_429: Annotated[float, typer.Option(help="Share of requests answered 429.")] = 0.0,
+    rate_5xx: Annotated[float, typer.Option(help="Share of requests answered 500.")] = 0.0,
+    rate_drop: Annotated[float, typer.Option(help="Share accepted but never answered.")] = 0.0,
+    latency_ms: Annotated[float, typer.Option(help="Added latency per request.")] = 0.0,
+) -> None:
+    """Run the local stand-in ESP (Postmark's batch contract) until interrupted."""
+    import uvicorn
+
+    from recocamp.esp.fake_server import FakeEsp, Faults, create_app
+
+    faults = Faults(latency_ms=latency_ms, rate_429=rate_429, rate_5xx=rate_5xx,
+                    rate_drop=rate_drop)  # fmt: skip
+    esp = FakeEsp(data_dir, faults, webhook_url)
+    console.print(f"fake ESP on http://{host}:{port} (GET /_stats)")
+    uvicorn.run(create_app(esp), host=host, port=port, log_level="warning")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: [api] host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: [api] port.")] = None,
+) -> None:
+    """Run the HTTP API: unsubscribe links, ESP webhooks, health."""
+    import uvicorn
+
+    from recocamp.api import create_app
+
+    with _errors_to_exit():
+        settings = _settings()
+        application = create_app(settings, _engine(settings), clock)
+    uvicorn.run(application, host=host or settings.api.host, port=port or settings.api.port,
+                log_level="warning")  # fmt: skip

@@ -1,0 +1,93 @@
+"""One decision → one :class:`~recocamp.domain.OutgoingEmail`, pure (``now`` and key passed in).
+
+Every marketing e-mail carries (RFC 8058, UWG §7(3)):
+
+- ``List-Unsubscribe: <https://…/u/TOKEN>, <mailto:…?subject=unsubscribe%20TOKEN>`` and
+  ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``: mail clients unsubscribe with one
+  POST, no cookies, no page; the same URL opened in a browser shows a confirm button;
+- a preferences link (``/p/TOKEN``) in the body;
+- ``X-Recocamp-Send-Key``: any receiver can count duplicates.
+
+Tokens are HMAC-signed and bound to customer, campaign and purpose (see ``tokens``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from recocamp import render, tokens
+from recocamp.campaigns import Campaign
+from recocamp.domain import OutgoingEmail
+from recocamp.planner import CustomerView, Decision
+from recocamp.settings import Settings
+
+SEND_KEY_HEADER = "X-Recocamp-Send-Key"
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    unsubscribe: str
+    preferences: str
+    mailto: str | None
+
+
+def links(settings: Settings, key: bytes, customer_id: str, campaign: str,
+          now: datetime) -> Links:  # fmt: skip
+    base = str(settings.api.public_url).rstrip("/")
+    unsubscribe = tokens.sign(key, customer_id, campaign, "unsubscribe", now)
+    preferences = tokens.sign(key, customer_id, campaign, "preferences", now)
+    mailbox = settings.esp.unsubscribe_mailto or (
+        "unsubscribe@" + settings.esp.from_email.rpartition("@")[2]
+    )
+    mailto = f"mailto:{mailbox}?subject=unsubscribe%20{unsubscribe}"  # tokens are URL-safe
+    return Links(f"{base}/u/{unsubscribe}", f"{base}/p/{preferences}", mailto)
+
+
+def headers(send_key: str, link: Links) -> tuple[tuple[str, str], ...]:
+    targets = f"<{link.unsubscribe}>" + (f", <{link.mailto}>" if link.mailto else "")
+    return (
+        ("List-Unsubscribe", targets),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        (SEND_KEY_HEADER, send_key),
+    )
+
+
+def subject_of(campaign: Campaign, variant: str | None, locale: str) -> str:
+    subjects: dict[str, str] = {str(k): v for k, v in campaign.template.subject.items()}
+    for v in campaign.variants:
+        if v.name == variant and v.subject:
+            subjects = {str(k): text for k, text in v.subject.items()}
+    return subjects.get(locale) or next(iter(subjects.values()))
+
+
+def parts_of(campaign: Campaign, variant: str | None) -> tuple[str, str]:
+    html, text = campaign.template.html, campaign.template.text
+    for v in campaign.variants:
+        if v.name == variant:
+            html, text = v.html or html, v.text or text
+    return html, text
+
+
+def compose(decision: Decision, view: CustomerView, campaign: Campaign, settings: Settings,
+            renderer: render.Renderer, link: Links, send_key: str) -> OutgoingEmail:  # fmt: skip
+    email = render_for(decision, view, campaign, settings, renderer, link)
+    return OutgoingEmail(
+        send_key=send_key, to=view.customer.email or "", subject=email.subject,
+        html=email.html, text=email.text, headers=headers(send_key, link),
+        campaign=campaign.name,
+    )  # fmt: skip
+
+
+def render_for(decision: Decision, view: CustomerView, campaign: Campaign, settings: Settings,
+               renderer: render.Renderer, link: Links,
+               offers: tuple[Any, ...] | None = None) -> render.RenderedEmail:  # fmt: skip
+    shown = decision if offers is None else replace(decision, offers=offers)
+    context = render.context_for(shown, view, campaign, settings.shop,
+                                 (link.unsubscribe, link.preferences))  # fmt: skip
+    locale = str(context["locale"])
+    return renderer.render(
+        subject_of(campaign, decision.variant, locale), *parts_of(campaign, decision.variant),
+        context,
+    )  # fmt: skip

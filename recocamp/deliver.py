@@ -1,0 +1,274 @@
+"""Drain the outbox through a provider: batching, rate limit, retries, pause on errors.
+
+One loop per worker: reconcile stale claims → claim a batch (committed) → one HTTP request
+→ record every message's outcome (committed). A crash between the request and the record
+leaves the batch *claimed*; the next deliverer finds it stale and asks the provider which
+of those send keys it accepted (``Provider.lookup``) before queueing the rest again, so a
+crash causes neither a duplicate nor a gap. Ambiguous failures (read timeout, dropped
+connection) are looked up the same way before anything is resent.
+
+Retries use exponential backoff with full jitter (``retry_base_s × 2^(attempt−1)``, capped
+at ``retry_max_s``), never sooner than the provider's Retry-After. A campaign whose error
+rate in this drain exceeds ``pause_error_rate`` (after ``pause_min_messages``) is paused:
+its messages stay queued until ``recocamp outbox resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from recocamp import outbox
+from recocamp.clock import Clock
+from recocamp.domain import SendResult, SendStatus, email_hash
+from recocamp.errors import (
+    BatchTooLargeError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from recocamp.esp import Provider
+from recocamp.settings import EspSettings
+from recocamp.store.queries import _insert
+from recocamp.store.schema import suppressions
+
+log = logging.getLogger(__name__)
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^(attempt−1))]."""
+    return rng.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+class RateLimiter:
+    """A token bucket: at most ``rate`` requests per second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float, sleep: Callable[[float], None],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.rate, self.capacity = rate, max(1.0, rate)
+        self.tokens, self.sleep, self.monotonic = self.capacity, sleep, monotonic
+        self.last = monotonic()
+
+    def take(self) -> None:
+        now = self.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1:
+            self.sleep((1 - self.tokens) / self.rate)
+            self.tokens, self.last = 1.0, self.monotonic()
+        self.tokens -= 1
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0
+    rejected: int = 0  # permanent for the recipient: suppressed
+    failed: int = 0  # out of attempts or refused for good
+    retried: int = 0  # put back for a later attempt
+    cancelled: int = 0
+    reconciled: int = 0  # stale claims the provider had already accepted
+    requests: int = 0
+    paused: dict[str, str] = field(default_factory=dict)
+    waiting: int = 0  # still queued for later (retry or quiet hours) when the drain ended
+
+    def add(self, other: DeliveryReport) -> None:
+        for name in ("sent", "rejected", "failed", "retried", "cancelled", "reconciled",
+                     "requests"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class Deliverer:
+    def __init__(self, engine: sa.Engine, provider: Provider, settings: EspSettings,
+                 clock: Clock, *, sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None, worker: str | None = None) -> None:  # fmt: skip
+        self.engine, self.provider, self.settings, self.clock = engine, provider, settings, clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.worker = worker or outbox.worker_id()
+        self.limiter = RateLimiter(settings.rate_limit_per_s, sleep)
+        self.batch = min(settings.batch_size, provider.batch_limit)
+        self.tally: dict[str, Counter[str]] = {}
+        self.on_progress: Callable[[int], None] = lambda n: None
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """Settle claims of dead workers: accepted → sent, the rest back to the queue."""
+        now = self.clock.now()
+        with self.engine.connect() as connection:
+            stale = outbox.stale_claims(
+                connection, now, self.settings.claim_lease_s,
+                lambda who: outbox.process_alive(who, self.worker),
+            )  # fmt: skip
+        if not stale:
+            return 0
+        found = self._lookup([c.email.send_key for c in stale])
+        sent = {c.id: found[c.email.send_key] for c in stale if c.email.send_key in found}
+        with self.engine.begin() as connection:
+            outbox.mark_sent(connection, sent, now)
+            outbox.release(connection, [c.id for c in stale if c.id not in sent], now)
+        log.info("reconciled %d stale claims: %d already accepted, %d queued again",
+                 len(stale), len(sent), len(stale) - len(sent))  # fmt: skip
+        return len(sent)
+
+    def _lookup(self, keys: Sequence[str]) -> dict[str, str]:
+        if self.provider.resend_is_safe:
+            return {}
+        found = self.provider.lookup(keys)
+        return found or {}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def drain(self, campaign: str | None = None, max_wait_s: float = 0.0) -> DeliveryReport:
+        """Send everything due; wait up to ``max_wait_s`` for retries that come due."""
+        report = DeliveryReport(reconciled=self.reconcile())
+        while True:
+            now = self.clock.now()
+            claimed = outbox.claim(self.engine, self.worker, now, self.batch, campaign)
+            if claimed:
+                report.add(self._send(claimed))
+                self.on_progress(len(claimed))
+                continue
+            if not self._wait_for_due(campaign, max_wait_s):
+                break
+        return self._finish(report, campaign)
+
+    def _wait_for_due(self, campaign: str | None, max_wait_s: float) -> bool:
+        with self.engine.connect() as connection:
+            due = outbox.next_due(connection, campaign)
+        if due is None:
+            return False
+        wait = (due - self.clock.now()).total_seconds()
+        if wait > max_wait_s:
+            return False
+        self.sleep(max(0.0, wait))
+        return True
+
+    def _finish(self, report: DeliveryReport, campaign: str | None) -> DeliveryReport:
+        with self.engine.connect() as connection:
+            report.paused = outbox.paused(connection)
+            table = outbox.status(connection)
+        report.waiting = sum(
+            states.get("queued", 0) for name, states in table.items()
+            if campaign is None or name == campaign
+        )  # fmt: skip
+        return report
+
+    # -- one batch ------------------------------------------------------------------------
+
+    def _send(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+        self.limiter.take()
+        report = DeliveryReport(requests=1)
+        try:
+            results = self.provider.send_batch([c.email for c in claimed])
+        except BatchTooLargeError:
+            return self._split(claimed)
+        except TransientDeliveryError as exc:
+            return self._transient(claimed, exc)
+        except PermanentDeliveryError as exc:
+            results = [SendResult(c.email.send_key, SendStatus.REJECTED, error=str(exc))
+                       for c in claimed]  # fmt: skip
+            return self._record(claimed, results, report, suppress=False)
+        except BaseException:
+            with self.engine.begin() as connection:  # nothing went out: give the claims back
+                outbox.release(connection, [c.id for c in claimed], self.clock.now())
+            raise
+        return self._record(claimed, results, report)
+
+    def _split(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+        if len(claimed) == 1:
+            results = [SendResult(claimed[0].email.send_key, SendStatus.REJECTED,
+                                  error="too large for the provider (HTTP 413)")]  # fmt: skip
+            return self._record(claimed, results, DeliveryReport(requests=1), suppress=False)
+        half = len(claimed) // 2
+        report = self._send(claimed[:half])
+        report.add(self._send(claimed[half:]))
+        return report
+
+    def _transient(self, claimed: list[outbox.Claimed],
+                   exc: TransientDeliveryError) -> DeliveryReport:  # fmt: skip
+        found = self._lookup([c.email.send_key for c in claimed]) if exc.ambiguous else {}
+        results = [
+            SendResult(c.email.send_key, SendStatus.ACCEPTED, message_id=found[c.email.send_key])
+            if c.email.send_key in found
+            else SendResult(c.email.send_key, SendStatus.RETRY, error=str(exc),
+                            retry_after=exc.retry_after)
+            for c in claimed
+        ]  # fmt: skip
+        log.warning("%s: %d messages, %d found accepted after the error", exc, len(claimed),
+                    len(found))  # fmt: skip
+        return self._record(claimed, results, DeliveryReport(requests=1))
+
+    def _record(self, claimed: list[outbox.Claimed], results: list[SendResult],
+                report: DeliveryReport, *, suppress: bool = True) -> DeliveryReport:  # fmt: skip
+        now = self.clock.now()
+        by_key = {r.send_key: r for r in results}
+        sent, delays, errors, rejected = {}, {}, {}, {}
+        for c in claimed:
+            result = by_key[c.email.send_key]
+            if result.status is SendStatus.ACCEPTED:
+                sent[c.id] = result.message_id or ""
+            elif result.status is SendStatus.RETRY:
+                delays[c.id] = self._delay(c.attempts, result.retry_after)
+                errors[c.id] = result.error or "retry"
+            else:
+                rejected[c.id] = result.error or "rejected"
+        with self.engine.begin() as connection:
+            outbox.mark_sent(connection, sent, now)
+            out_of_attempts = outbox.retry_later(connection, delays, errors, now,
+                                                 self.settings.max_attempts)  # fmt: skip
+            outbox.fail(connection, rejected, now)
+            if suppress:
+                self._suppress(connection, [c for c in claimed if c.id in rejected])
+        report.sent += len(sent)
+        report.retried += len(delays) - out_of_attempts
+        report.failed += out_of_attempts + (0 if suppress else len(rejected))
+        report.rejected += len(rejected) if suppress else 0
+        self._count(claimed, ok={i for i in sent})
+        return report
+
+    def _delay(self, attempts: int, retry_after: float | None) -> float:
+        delay = backoff(attempts, self.settings.retry_base_s, self.settings.retry_max_s, self.rng)
+        return max(delay, retry_after or 0.0)
+
+    def _suppress(self, connection: sa.Connection, rejected: list[outbox.Claimed]) -> None:
+        if not rejected:
+            return
+        rows = [{"email_hash": email_hash(c.email.to), "reason": "rejected",
+                 "source": self.provider.name, "created_at": self.clock.now()}
+                for c in rejected]  # fmt: skip
+        statement = _insert(connection, suppressions).on_conflict_do_nothing(
+            index_elements=["email_hash"])  # fmt: skip
+        connection.execute(statement, rows)
+
+    # -- error-rate pause -------------------------------------------------------------------
+
+    def _count(self, claimed: list[outbox.Claimed], ok: set[int]) -> None:
+        for c in claimed:
+            tally = self.tally.setdefault(c.email.campaign, Counter())
+            tally["messages"] += 1
+            tally["errors"] += c.id not in ok
+        for campaign, tally in self.tally.items():
+            rate = tally["errors"] / tally["messages"]
+            if tally["messages"] >= self.settings.pause_min_messages and (
+                    rate > self.settings.pause_error_rate):  # fmt: skip
+                self._pause(campaign, rate, tally["messages"])
+
+    def _pause(self, campaign: str, rate: float, messages: int) -> None:
+        reason = (f"error rate {rate:.0%} over {messages} messages passed "
+                  f"{self.settings.pause_error_rate:.0%}")  # fmt: skip
+        with self.engine.begin() as connection:
+            outbox.pause(connection, campaign, reason, self.clock.now())
+        log.warning("campaign %s paused: %s", campaign, reason)
+        self.tally[campaign] = Counter()
+
+
+def retry_wait(settings: EspSettings) -> timedelta:
+    """How long ``recocamp send`` waits for retries before leaving them to the worker."""
+    return timedelta(seconds=min(settings.retry_max_s, 60.0))

@@ -1,0 +1,126 @@
+"""Thin jobs: load inputs, call the pure stages, write outputs. Each one is idempotent.
+
+``send_campaign`` = plan + record decisions + render + enqueue + deliver. Re-running the
+same slot (campaign × shop-local day) adds nothing: decisions are unique per run key and
+customer, e-mails per send key; a crash in the middle resumes where it stopped, because
+already enqueued send keys are skipped before anything is rendered again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from recocamp import campaigns as campaign_files
+from recocamp import compose, outbox, planner, render
+from recocamp.campaigns import Campaign
+from recocamp.deliver import Deliverer, DeliveryReport
+from recocamp.domain import OutgoingEmail
+from recocamp.errors import ConfigError, Problem
+from recocamp.settings import Settings
+from recocamp.store import views
+from recocamp.store.queries import _insert
+from recocamp.store.schema import decisions as decisions_table
+
+log = logging.getLogger(__name__)
+CHUNK = 1000
+Progress = Callable[[int], None]
+
+
+@dataclass
+class RunReport:
+    campaign: str
+    run_key: str
+    counts: dict[str, int] = field(default_factory=dict)
+    enqueued: int = 0
+    already_enqueued: int = 0
+    delivery: DeliveryReport | None = None
+
+
+def signing_key(settings: Settings) -> bytes:
+    if settings.signing_key is None:
+        raise ConfigError(Path("settings.toml"), [Problem(
+            "sending needs a secret for unsubscribe links: set RECOCAMP_SIGNING_KEY",
+            key="signing_key")])  # fmt: skip
+    return settings.signing_key.get_secret_value().encode()
+
+
+def run_key(campaign: str, now: datetime, zone: ZoneInfo) -> str:
+    return f"{campaign}/{now.astimezone(zone).date().isoformat()}"
+
+
+def plan_and_enqueue(engine: sa.Engine, settings: Settings, campaign: Campaign,
+                     templates: Path, now: datetime,
+                     on_progress: Progress = lambda n: None) -> RunReport:  # fmt: skip
+    key = signing_key(settings)
+    zone = ZoneInfo(settings.shop.time_zone)
+    with engine.connect() as connection:
+        snapshot = views.load(connection, settings, now)
+    context = planner.Context(now, snapshot.items, snapshot.popular,
+                              campaign_files.caps_defaults(settings), zone)  # fmt: skip
+    decided = planner.plan(campaign, snapshot.views, context)
+    report = RunReport(campaign.name, run_key(campaign.name, now, zone), planner.counts(decided))
+    by_customer = {v.customer.id: v for v in snapshot.views}
+    renderer = render.Renderer(templates)
+    for chunk in _chunks(decided):
+        with engine.begin() as connection:
+            _record_decisions(connection, report.run_key, chunk, now)
+            wanted = [
+                d for d in chunk if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)
+            ]
+            period = report.run_key.rpartition("/")[2]
+            keys = {d.customer_id: outbox.send_key(campaign.name, d.customer_id, period)
+                    for d in wanted}  # fmt: skip
+            done = outbox.existing_keys(connection, campaign.name, list(keys.values()))
+            emails = [
+                _email(d, by_customer[d.customer_id], campaign, settings, renderer, key, now,
+                       keys[d.customer_id])
+                for d in wanted if keys[d.customer_id] not in done
+            ]  # fmt: skip
+            report.enqueued += outbox.enqueue(connection, emails, now)
+            report.already_enqueued += len(done)
+        on_progress(len(chunk))
+    log.info("campaign %s run %s: %d decisions, %d enqueued, %d already enqueued",
+             campaign.name, report.run_key, len(decided), report.enqueued,
+             report.already_enqueued)  # fmt: skip
+    return report
+
+
+def _email(decision: planner.Decision, view: planner.CustomerView, campaign: Campaign,
+           settings: Settings, renderer: render.Renderer, key: bytes, now: datetime,
+           send_key: str) -> tuple[OutgoingEmail, str, str | None, datetime]:  # fmt: skip
+    link = compose.links(settings, key, decision.customer_id, campaign.name, now)
+    email = compose.compose(decision, view, campaign, settings, renderer, link, send_key)
+    return email, decision.customer_id, decision.variant, decision.send_at or now
+
+
+def _chunks(decided: Sequence[planner.Decision]) -> Iterator[Sequence[planner.Decision]]:
+    for start in range(0, len(decided), CHUNK):
+        yield decided[start : start + CHUNK]
+
+
+def _record_decisions(connection: sa.Connection, key: str,
+                      chunk: Sequence[planner.Decision], now: datetime) -> None:  # fmt: skip
+    rows = [
+        {"run_key": key, "campaign": d.campaign, "customer_id": d.customer_id,
+         "outcome": d.outcome.value, "reason": d.reason, "variant": d.variant,
+         "holdout": d.outcome is planner.Outcome.HOLDOUT, "decided_at": now}
+        for d in chunk
+    ]  # fmt: skip
+    statement = _insert(connection, decisions_table).on_conflict_do_nothing(
+        index_elements=["run_key", "customer_id"])  # fmt: skip
+    connection.execute(statement, rows)
+
+
+def send_campaign(engine: sa.Engine, settings: Settings, campaign: Campaign, templates: Path,
+                  now: datetime, deliverer: Deliverer, max_wait_s: float = 0.0,
+                  on_progress: Progress = lambda n: None) -> RunReport:  # fmt: skip
+    report = plan_and_enqueue(engine, settings, campaign, templates, now, on_progress)
+    report.delivery = deliverer.drain(campaign.name, max_wait_s=max_wait_s)
+    return report

@@ -1,0 +1,109 @@
+"""Contact events, suppressions and unsubscribes: what comes back from ESPs and customers.
+
+Every event is stored once (unique ``event_key``); only a *new* event changes anything, so a
+webhook retried by the provider, or an unsubscribe link clicked twice, is harmless.
+Bounces, complaints and unsubscribes put the address's hash on the suppression list;
+complaints and unsubscribes also set the customer's ``unsubscribed_at``, which every later
+decision sees (and which cancels e-mails still waiting in the outbox).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from recocamp.domain import email_hash
+from recocamp.store.queries import _insert, audit
+from recocamp.store.schema import contact_events, customers, outbox, suppressions
+from recocamp.webhooks import SUPPRESSING, Event
+
+OPT_OUTS = frozenset({"complained", "unsubscribed"})
+OUTBOX_STATES = {"delivered": "delivered", "bounced": "bounced"}
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    new: int
+    duplicates: int
+
+
+def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> Applied:
+    new = 0
+    for event in events:
+        row = _outbox_row(connection, event)
+        inserted = connection.execute(
+            _insert(connection, contact_events).on_conflict_do_nothing(
+                index_elements=["event_key"]),
+            {"event_key": event.event_key[:200], "kind": event.kind, "provider": event.provider,
+             "customer_id": row.customer_id if row else None,
+             "campaign": row.campaign if row else None,
+             "send_key": row.send_key if row else event.send_key, "at": event.at,
+             "details": {k: v for k, v in event.details.items() if v is not None}},
+        ).rowcount  # fmt: skip
+        if inserted:
+            new += 1
+            _consequences(connection, event, row, now)
+    return Applied(new, len(events) - new)
+
+
+def _outbox_row(connection: sa.Connection, event: Event) -> Any:
+    if event.send_key:
+        where = outbox.c.send_key == event.send_key
+    elif event.message_id:
+        where = outbox.c.provider_message_id == event.message_id
+    else:
+        return None
+    query = sa.select(outbox.c.id, outbox.c.send_key, outbox.c.customer_id, outbox.c.campaign,
+                      outbox.c.recipient, outbox.c.state).where(where)  # fmt: skip
+    return connection.execute(query).first()
+
+
+def _consequences(connection: sa.Connection, event: Event, row: Any, now: datetime) -> None:
+    address = event.email or (row.recipient if row else None)
+    if event.kind in SUPPRESSING and address:
+        suppress(connection, address, event.kind, event.provider, now)
+    if event.kind in OPT_OUTS and row is not None:
+        unsubscribe(connection, row.customer_id, event.at, source=f"{event.provider} {event.kind}")
+    state = OUTBOX_STATES.get(event.kind)
+    if state and row is not None and row.state in ("sent", "delivered"):
+        connection.execute(sa.update(outbox).where(outbox.c.id == row.id).values(
+            state=state, updated_at=now))  # fmt: skip
+
+
+def suppress(connection: sa.Connection, address: str, reason: str, source: str,
+             now: datetime) -> None:  # fmt: skip
+    statement = _insert(connection, suppressions).on_conflict_do_nothing(
+        index_elements=["email_hash"])  # fmt: skip
+    connection.execute(statement, {"email_hash": email_hash(address), "reason": reason,
+                                   "source": source[:64], "created_at": now})  # fmt: skip
+
+
+def unsubscribe(connection: sa.Connection, customer_id: str, at: datetime, source: str) -> bool:
+    """Set ``unsubscribed_at`` (first time only), suppress the address, audit it."""
+    row = connection.execute(sa.select(customers.c.email, customers.c.unsubscribed_at).where(
+        customers.c.id == customer_id)).first()  # fmt: skip
+    if row is None or row.unsubscribed_at is not None:
+        return False
+    connection.execute(sa.update(customers).where(customers.c.id == customer_id).values(
+        unsubscribed_at=at, updated_at=at))  # fmt: skip
+    if row.email:
+        suppress(connection, row.email, "unsubscribed", source, at)
+    audit(connection, at=at, actor=source[:200], action="unsubscribe", subject_type="customer",
+          subject_id=customer_id, details={})  # fmt: skip
+    return True
+
+
+def record_link_unsubscribe(connection: sa.Connection, customer_id: str, campaign: str,
+                            issued: datetime, now: datetime) -> bool:  # fmt: skip
+    """A click on a signed unsubscribe link (one-click POST or the confirm page)."""
+    connection.execute(
+        _insert(connection, contact_events).on_conflict_do_nothing(index_elements=["event_key"]),
+        {"event_key": f"link:{customer_id}:{campaign}:{int(issued.timestamp())}"[:200],
+         "kind": "unsubscribed", "provider": "link", "customer_id": customer_id,
+         "campaign": campaign, "send_key": None, "at": now, "details": {}},
+    )  # fmt: skip
+    return unsubscribe(connection, customer_id, now, source=f"link {campaign}")
