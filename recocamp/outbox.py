@@ -84,7 +84,8 @@ def enqueue(connection: sa.Connection, emails: Iterable[tuple[OutgoingEmail, str
     if not rows:
         return 0
     statement = _insert(connection, outbox).on_conflict_do_nothing(index_elements=["send_key"])
-    return int(connection.execute(statement, rows).rowcount or 0)
+    # rowcount of an executemany is -1 on psycopg; RETURNING counts what was really inserted
+    return len(connection.execute(statement.returning(outbox.c.id), rows).all())
 
 
 def existing_keys(connection: sa.Connection, prefix_campaign: str, keys: Sequence[str]) -> set[str]:
