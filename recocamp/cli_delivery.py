@@ -73,7 +73,8 @@ def send(
         engine = _engine(settings)
         with _progress() as bar:
             bar.phase("planning and rendering", None)
-            report = plan_and_enqueue(engine, settings, chosen, templates, now, bar.advance)
+            report = plan_and_enqueue(engine, settings, chosen, templates, now, bar.advance,
+                                      issued_at=clock.now())  # fmt: skip
         report.delivery = _deliver(settings, engine, chosen.name, wait, report.enqueued)
     _print_run(report)
 

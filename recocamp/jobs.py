@@ -56,8 +56,10 @@ def run_key(campaign: str, now: datetime, zone: ZoneInfo) -> str:
 
 
 def plan_and_enqueue(engine: sa.Engine, settings: Settings, campaign: Campaign,
-                     templates: Path, now: datetime,
-                     on_progress: Progress = lambda n: None) -> RunReport:  # fmt: skip
+                     templates: Path, now: datetime, on_progress: Progress = lambda n: None,
+                     issued_at: datetime | None = None) -> RunReport:  # fmt: skip
+    """Decide at ``now``; link tokens carry ``issued_at`` (the real time when ``now`` is a
+    simulated ``--as-of``: a token must not look 15 years old to the unsubscribe page)."""
     key = signing_key(settings)
     zone = ZoneInfo(settings.shop.time_zone)
     with engine.connect() as connection:
@@ -79,8 +81,8 @@ def plan_and_enqueue(engine: sa.Engine, settings: Settings, campaign: Campaign,
                     for d in wanted}  # fmt: skip
             done = outbox.existing_keys(connection, campaign.name, list(keys.values()))
             emails = [
-                _email(d, by_customer[d.customer_id], campaign, settings, renderer, key, now,
-                       keys[d.customer_id])
+                _email(d, by_customer[d.customer_id], campaign, settings, renderer, key,
+                       now, issued_at or now, keys[d.customer_id])
                 for d in wanted if keys[d.customer_id] not in done
             ]  # fmt: skip
             report.enqueued += outbox.enqueue(connection, emails, now)
@@ -92,10 +94,13 @@ def plan_and_enqueue(engine: sa.Engine, settings: Settings, campaign: Campaign,
     return report
 
 
+Queued = tuple[OutgoingEmail, str, str | None, datetime]
+
+
 def _email(decision: planner.Decision, view: planner.CustomerView, campaign: Campaign,
            settings: Settings, renderer: render.Renderer, key: bytes, now: datetime,
-           send_key: str) -> tuple[OutgoingEmail, str, str | None, datetime]:  # fmt: skip
-    link = compose.links(settings, key, decision.customer_id, campaign.name, now)
+           issued_at: datetime, send_key: str) -> Queued:  # fmt: skip
+    link = compose.links(settings, key, decision.customer_id, campaign.name, issued_at)
     email = compose.compose(decision, view, campaign, settings, renderer, link, send_key)
     return email, decision.customer_id, decision.variant, decision.send_at or now
 
