@@ -198,3 +198,78 @@ def serve(
         application = create_app(settings, _engine(settings), clock)
     uvicorn.run(application, host=host or settings.api.host, port=port or settings.api.port,
                 log_level="warning")  # fmt: skip
+
+
+DEMO_AS_OF = "2011-12-13T10:00:00"
+
+
+@app.command("demo")
+def demo(
+    as_of: Annotated[str, typer.Option(help="Decide as if it were this time.")] = DEMO_AS_OF,
+    demo_dir: Annotated[Path, typer.Option(help="Where generated files go.")] = Path("demo"),
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+) -> None:
+    """The whole loop on the demo shop: build it, train, run every campaign through a local
+    fake ESP (started in this process), and show what went out."""
+    from zoneinfo import ZoneInfo
+
+    from recocamp.cli import _campaign_problems, demo_data, train
+    from recocamp.esp.fake_server import FakeEsp, create_app, running
+    from recocamp.store import queries, registry
+    from recocamp.store.schema import purchases
+
+    with _errors_to_exit():
+        settings = _settings()
+        engine = _engine(settings, migrated=False)
+        from recocamp.store.engine import upgrade
+
+        upgrade(engine)
+        with engine.connect() as connection:
+            empty = queries.count(connection, purchases) == 0
+        if empty:
+            demo_data(source=None, synthetic=False, demo_dir=demo_dir)
+        with engine.connect() as connection:
+            untrained = registry.live(connection) is None
+        if untrained:
+            train(as_of=as_of, model=None)
+        loaded, failures = _campaign_problems(settings, campaigns, templates)
+        if failures:
+            raise failures[0]
+        fake = FakeEsp(data_dir=demo_dir / "fake-esp")
+        with running(create_app(fake)) as url:
+            local = _demo_settings(settings, url, demo_dir)
+            now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+            for campaign in loaded:
+                with _progress() as bar:
+                    bar.phase(f"{campaign.name}: planning and rendering", None)
+                    report = plan_and_enqueue(engine, local, campaign, templates, now,
+                                              bar.advance, issued_at=clock.now())  # fmt: skip
+                report.delivery = _deliver(local, engine, campaign.name, 5.0, report.enqueued)
+                _print_run(report)
+        stats = fake.stats()
+    console.print(
+        f"fake ESP received {stats['received']:,} e-mails, {stats['unique_send_keys']:,} unique "
+        f"send keys, {stats['duplicates']} duplicates; they are in {demo_dir / 'fake-esp'}"
+        "/messages.jsonl"
+    )
+
+
+def _demo_settings(settings: Settings, url: str, demo_dir: Path) -> Settings:
+    """The demo's postmark provider points at the in-process fake ESP; a signing key for
+    the links is made once and kept in ``demo/signing.key`` unless the environment has one."""
+    from secrets import token_urlsafe
+
+    from pydantic import SecretStr
+
+    key = settings.signing_key
+    if key is None:
+        path = demo_dir / "signing.key"
+        if not path.exists():
+            demo_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(token_urlsafe(32))
+            path.chmod(0o600)
+        key = SecretStr(path.read_text().strip())
+    esp = settings.esp.model_copy(update={"provider": "postmark", "base_url": url})
+    update = {"esp": esp, "esp_token": SecretStr("demo"), "signing_key": key}
+    return settings.model_copy(update=update)
