@@ -39,6 +39,7 @@ from recocamp.store.queries import _insert
 from recocamp.store.schema import suppressions
 
 log = logging.getLogger(__name__)
+MAX_RETRY_AFTER_S = 86_400.0  # a provider asking for more than a day is not taken literally
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -235,7 +236,7 @@ class Deliverer:
 
     def _delay(self, attempts: int, retry_after: float | None) -> float:
         delay = backoff(attempts, self.settings.retry_base_s, self.settings.retry_max_s, self.rng)
-        return max(delay, retry_after or 0.0)
+        return min(max(delay, retry_after or 0.0), MAX_RETRY_AFTER_S)
 
     def _suppress(self, connection: sa.Connection, rejected: list[outbox.Claimed]) -> None:
         if not rejected:

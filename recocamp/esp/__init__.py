@@ -8,9 +8,9 @@ above this package sees an httpx type.
 
 ``lookup`` answers "did you already accept these send keys?" after a crash or an ambiguous
 failure (read timeout, dropped connection). Postmark (and the fake ESP, which speaks its
-contract) search by metadata, Mailpit by the deterministic Message-ID; Brevo needs no lookup
-because its idempotency key makes a resend harmless; SendGrid cannot answer, so a message
-whose fate is unknown is resent there (documented as at-least-once in the README).
+contract) search by metadata; Brevo needs no lookup because its idempotency key makes a
+resend harmless; SendGrid and Mailpit cannot answer, so a message whose fate is unknown is
+resent there (at-least-once, documented in the README).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Mapping (DESIGN.md §Conventions 1):
 
 from __future__ import annotations
 
+import math
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -83,15 +84,15 @@ def retry_after(headers: httpx.Headers, now: float | None = None) -> float | Non
                 number = float(reset)
             except ValueError:
                 continue
+            if not math.isfinite(number):
+                continue
             return max(0.0, number - now) if number > 1e9 else max(0.0, number)  # epoch or delta
     return None
 
 
 def _seconds_or_date(value: str, now: float) -> float | None:
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if value.isdigit():  # RFC 9110: delay-seconds = 1*DIGIT
+        return float(value)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - now)
     except (TypeError, ValueError):

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
-from recocamp.errors import PermanentDeliveryError, TransientDeliveryError
+from recocamp.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from recocamp.esp.http import json_body, make_client, request
 
 PERMANENT_CODES = frozenset({300, 406})
@@ -64,6 +64,8 @@ class Postmark:
         for key in send_keys:
             params = {"count": 1, "offset": 0, "metadata_send_key": key}
             response = request(self.client, self.name, "GET", "/messages/outbound", params=params)
+            if response.status_code >= 400:  # unknown is not "not sent": never guess here
+                raise DeliveryError(f"postmark: search failed with HTTP {response.status_code}")
             body = json_body(response)
             messages = body.get("Messages") if isinstance(body, dict) else None
             if messages:

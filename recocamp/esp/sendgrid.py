@@ -43,9 +43,11 @@ class SendGrid:
                     "x-message-id", ""),
             )  # fmt: skip
         errors = (json_body(response) or {}).get("errors") or [{}]
-        fields = " ".join(str(e.get("field") or "") for e in errors)
+        fields = [str(e.get("field") or "") for e in errors]
         detail = "; ".join(str(e.get("message") or "") for e in errors)[:500]
-        if response.status_code == 400 and "personalizations" in fields:
+        if response.status_code == 400 and any(
+            f.startswith("personalizations.") and ".to" in f for f in fields
+        ):
             return SendResult(message.send_key, SendStatus.REJECTED, error=f"sendgrid: {detail}")
         raise PermanentDeliveryError(f"sendgrid: HTTP {response.status_code}: {detail}")
 
