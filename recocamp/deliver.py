@@ -10,7 +10,9 @@ connection) are looked up the same way before anything is resent.
 Retries use exponential backoff with full jitter (``retry_base_s × 2^(attempt−1)``, capped
 at ``retry_max_s``), never sooner than the provider's Retry-After. A campaign whose error
 rate in this drain exceeds ``pause_error_rate`` (after ``pause_min_messages``) is paused:
-its messages stay queued until ``recocamp outbox resume``.
+its messages stay queued until ``recocamp outbox resume``. The rate counts what the
+provider said about the campaign's own messages (rejected recipients, per-message errors),
+not provider-wide 429/5xx answers: those are an outage or a rate limit, handled by backoff.
 """
 
 from __future__ import annotations
@@ -204,10 +206,12 @@ class Deliverer:
         ]  # fmt: skip
         log.warning("%s: %d messages, %d found accepted after the error", exc, len(claimed),
                     len(found))  # fmt: skip
-        return self._record(claimed, results, DeliveryReport(requests=1))
+        # a provider-wide 429/5xx says nothing about this campaign: it is not in the tally
+        return self._record(claimed, results, DeliveryReport(requests=1), tally=False)
 
     def _record(self, claimed: list[outbox.Claimed], results: list[SendResult],
-                report: DeliveryReport, *, suppress: bool = True) -> DeliveryReport:  # fmt: skip
+                report: DeliveryReport, *, suppress: bool = True,
+                tally: bool = True) -> DeliveryReport:  # fmt: skip
         now = self.clock.now()
         by_key = {r.send_key: r for r in results}
         sent, delays, errors, rejected = {}, {}, {}, {}
@@ -231,7 +235,8 @@ class Deliverer:
         report.retried += len(delays) - out_of_attempts
         report.failed += out_of_attempts + (0 if suppress else len(rejected))
         report.rejected += len(rejected) if suppress else 0
-        self._count(claimed, ok={i for i in sent})
+        if tally:
+            self._count(claimed, ok=set(sent))
         return report
 
     def _delay(self, attempts: int, retry_after: float | None) -> float:

@@ -84,7 +84,10 @@ def check_sendgrid_signature(headers: Mapping[str, str], body: bytes, public_key
         raise WebhookError("set [esp] webhook_public_key to accept SendGrid webhooks", 503)
     signature = headers.get("x-twilio-email-event-webhook-signature", "")
     stamp = headers.get("x-twilio-email-event-webhook-timestamp", "")
-    if not stamp.isdigit() or abs(now.timestamp() - int(stamp)) > MAX_SIGNATURE_AGE_S:
+    if (
+        not (stamp.isascii() and stamp.isdigit())
+        or abs(now.timestamp() - int(stamp)) > MAX_SIGNATURE_AGE_S
+    ):
         raise WebhookError("missing or stale signature timestamp", status=401)
     try:
         key = load_der_public_key(base64.b64decode(public_key))
@@ -181,7 +184,8 @@ def _brevo(item: dict[str, Any]) -> Event | None:
     if kind is None:
         return None
     ident = item.get("id")
-    key = f"{ident}:{item.get('event')}:{item.get('message-id')}" if ident else _digest(item)
+    parts = (ident, item.get("event"), item.get("message-id"), item.get("email"))
+    key = ":".join(str(p) for p in parts) if ident else _digest(item)
     return Event(
         provider="brevo", kind=kind, event_key=f"brevo:{key}",
         at=_when(item.get("ts_event") or item.get("date") or 0), email=item.get("email"),

@@ -36,15 +36,21 @@ def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> 
     for event in events:
         row = _outbox_row(connection, event)
         inserted = connection.execute(
-            _insert(connection, contact_events).on_conflict_do_nothing(
-                index_elements=["event_key"]),
-            {"event_key": event.event_key[:200], "kind": event.kind, "provider": event.provider,
-             "customer_id": row.customer_id if row else None,
-             "campaign": row.campaign if row else None,
-             "send_key": row.send_key if row else event.send_key, "at": event.at,
-             "details": {k: v for k, v in event.details.items() if v is not None}},
-        ).rowcount  # fmt: skip
-        if inserted:
+            _insert(connection, contact_events)
+            .on_conflict_do_nothing(index_elements=["event_key"])
+            .returning(contact_events.c.id),
+            {
+                "event_key": event.event_key[:200],
+                "kind": event.kind,
+                "provider": event.provider,
+                "customer_id": row.customer_id if row else None,
+                "campaign": row.campaign if row else None,
+                "send_key": row.send_key if row else event.send_key,
+                "at": event.at,
+                "details": {k: v for k, v in event.details.items() if v is not None},
+            },
+        ).first()  # fmt: skip  (rowcount is -1 on psycopg: RETURNING tells what was inserted)
+        if inserted is not None:
             new += 1
             _consequences(connection, event, row, now)
     return Applied(new, len(events) - new)
