@@ -1,0 +1,211 @@
+"""End-to-end sending speed: plan + render + outbox + HTTP to the fake ESP on loopback.
+
+    .venv/bin/python benchmarks/send.py [--customers 100000] [--faults 0.05]
+
+The demo shop (the real UCI purchase histories) is scaled up to ``--customers`` by cloning
+its customers under new ids and addresses, each keeping a real history. One campaign (the
+cross_sell template, everyone in the audience, no holdout) is planned, rendered, enqueued
+in a fresh SQLite outbox and delivered through the postmark provider to ``recocamp
+fake-esp`` running as its own process (so it does not share our interpreter's GIL).
+
+Prints e-mails/s end to end and the ratio to render-only speed (compose + render of the
+same decisions, nothing stored or sent). Targets (issue #5): end to end >= 2,000 e-mails/s
+and >= 40 % of render-only. Then the same run with ``--faults`` of the requests answered
+429 or 5xx: every e-mail must arrive exactly once (the fake ESP's unique count equals the
+outbox's sent count, no duplicates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from pydantic import SecretStr
+
+from recocamp import compose, outbox, planner, render
+from recocamp.campaigns import caps_defaults, load_all
+from recocamp.clock import SystemClock
+from recocamp.deliver import Deliverer
+from recocamp.demo import build_demo
+from recocamp.domain import ConsentBasis
+from recocamp.esp import make_provider
+from recocamp.settings import Settings, load_settings
+from recocamp.store import views
+from recocamp.store.engine import make_engine, upgrade
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMPAIGN = """name = "bench"
+description = "benchmark: everyone with a purchase, no holdout"
+legal_basis = ["double_opt_in", "existing_customer"]
+holdout_percent = 0
+[schedule]
+cron = "0 9 * * THU"
+[audience]
+lapsed_days = [0, 100000]
+[offer]
+mode = "mixed"
+items = 4
+[template]
+subject = { de = "Für Sie ausgewählt", en = "Picked for you" }
+html = "cross_sell.html"
+text = "cross_sell.txt"
+"""
+
+
+def scaled_views(settings: Settings, work: Path, customers: int) -> tuple[list[Any], Any]:
+    engine = make_engine(f"sqlite:///{work / 'shop.db'}")
+    build_demo(engine, settings, now=datetime.now(UTC), demo_dir=work / "demo")
+    with engine.connect() as connection:
+        snapshot = views.load(connection, settings, datetime(2011, 12, 10, tzinfo=UTC))
+    engine.dispose()
+    real = [v for v in snapshot.views if len(v.history.orders)]
+    out = []
+    for n in range(customers):
+        view = real[n % len(real)]
+        person = replace(view.customer, id=f"b{n}", email=f"b{n}@example.test", time_zone=None,
+                         consent_basis=ConsentBasis.DOUBLE_OPT_IN, unsubscribed_at=None,
+                         erased_at=None)  # fmt: skip
+        out.append(replace(view, customer=person))
+    return out, snapshot
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_fake_esp(port: int, faults: float) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "recocamp", "fake-esp", "--port", str(port),
+         "--rate-429", str(faults / 2), "--rate-5xx", str(faults / 2)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(200):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/_stats")
+            return process
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError("fake ESP did not start")
+
+
+def run(settings: Settings, work: Path, all_views: list[Any], snapshot: Any,
+        faults: float) -> dict[str, float]:  # fmt: skip
+    port = free_port()
+    esp = start_fake_esp(port, faults)
+    db = work / f"outbox-{faults}.db"
+    engine = make_engine(f"sqlite:///{db}")
+    upgrade(engine)
+    local = settings.model_copy(update={
+        "esp": settings.esp.model_copy(update={"base_url": f"http://127.0.0.1:{port}",
+                                               "retry_base_s": 0.05, "retry_max_s": 1.0,
+                                               "rate_limit_per_s": 1000.0, "max_attempts": 50}),
+        "esp_token": SecretStr("bench"), "signing_key": SecretStr("bench-key")})  # fmt: skip
+    campaign = load_all(work / "campaigns", local, ROOT / "templates")[0][0]
+    clock = SystemClock()
+    try:
+        started = time.perf_counter()
+        now = clock.now()
+        context = planner.Context(now, snapshot.items, snapshot.popular, caps_defaults(local),
+                                  ZoneInfo(local.shop.time_zone))  # fmt: skip
+        decided = planner.plan(campaign, all_views, context)
+        phases = {"plan": time.perf_counter() - started}
+        by_id = {v.customer.id: v for v in all_views}
+        renderer = render.Renderer(ROOT / "templates")
+        key = b"bench-key"
+        period = now.date().isoformat()
+        rows = []
+        for d in decided:
+            if d.outcome is not planner.Outcome.SEND:
+                continue
+            send_key = outbox.send_key(campaign.name, d.customer_id, period)
+            link = compose.links(local, key, d.customer_id, campaign.name, now)
+            email = compose.compose(d, by_id[d.customer_id], campaign, local, renderer, link,
+                                    send_key)  # fmt: skip
+            rows.append((email, d.customer_id, d.variant, now))
+        phases["render"] = time.perf_counter() - started - sum(phases.values())
+        with engine.begin() as connection:
+            outbox.enqueue(connection, rows, now)
+        phases["enqueue"] = time.perf_counter() - started - sum(phases.values())
+        provider = make_provider(local)
+        report = Deliverer(engine, provider, local.esp, clock).drain(max_wait_s=30)
+        provider.close()
+        seconds = time.perf_counter() - started
+        phases["deliver"] = seconds - sum(phases.values())
+        stats = httpx.get(f"http://127.0.0.1:{port}/_stats").json()
+    finally:
+        esp.terminate()
+        esp.wait()
+        engine.dispose()
+    return {"emails": len(rows), "seconds": seconds, "sent": report.sent,
+            "requests": report.requests, "retried": report.retried, **stats,
+            **{f"{k}_s": round(v, 2) for k, v in phases.items()}}  # fmt: skip
+
+
+def render_only(settings: Settings, work: Path, all_views: list[Any], snapshot: Any) -> float:
+    local = settings.model_copy(update={"signing_key": SecretStr("bench-key")})
+    campaign = load_all(work / "campaigns", local, ROOT / "templates")[0][0]
+    now = datetime.now(UTC)
+    context = planner.Context(now, snapshot.items, snapshot.popular, caps_defaults(local),
+                              ZoneInfo(local.shop.time_zone))  # fmt: skip
+    decided = [d for d in planner.plan(campaign, all_views, context)
+               if d.outcome is planner.Outcome.SEND]  # fmt: skip
+    by_id = {v.customer.id: v for v in all_views}
+    renderer = render.Renderer(ROOT / "templates")
+    started = time.perf_counter()
+    for d in decided:
+        link = compose.links(local, b"bench-key", d.customer_id, campaign.name, now)
+        compose.compose(d, by_id[d.customer_id], campaign, local, renderer, link, "k")
+    return len(decided) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--faults", type=float, default=0.05)
+    args = parser.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    settings = load_settings(ROOT / "settings.toml")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "campaigns").mkdir()
+        (work / "campaigns" / "bench.toml").write_text(CAMPAIGN)
+        uci = ROOT.parent / "shared/data/online-retail/online_retail.csv.gz"
+        demo = settings.demo.model_copy(update={"online_retail_path": uci})
+        settings = settings.model_copy(update={"demo": demo})
+        t = time.perf_counter()
+        all_views, snapshot = scaled_views(settings, work, args.customers)
+        print(f"shop: {len(all_views):,} customers ({time.perf_counter() - t:.1f} s to build)")
+        speed = render_only(settings, work, all_views, snapshot)
+        print(f"render only (compose + render, nothing stored): {speed:,.0f} e-mails/s")
+        for faults in (0.0, args.faults):
+            result = run(settings, work, all_views, snapshot, faults)
+            rate = result["emails"] / result["seconds"]
+            exact = (result["unique_send_keys"] == result["sent"] == result["emails"]
+                     and result["duplicates"] == 0)  # fmt: skip
+            print(json.dumps(result))
+            verdict = "met" if rate >= 2000 else "NOT met"
+            ratio_verdict = "met" if rate / speed >= 0.4 else "NOT met"
+            print(
+                f"faults {faults:.0%}: {result['emails']:,} e-mails end to end in "
+                f"{result['seconds']:.1f} s = {rate:,.0f} e-mails/s (target >= 2,000: {verdict}); "
+                f"ratio to render-only {rate / speed:.2f} (target >= 0.40: {ratio_verdict}); "
+                f"exactly once: {exact}"
+            )
+
+
+if __name__ == "__main__":
+    main()
