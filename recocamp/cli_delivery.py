@@ -6,6 +6,7 @@ Kept apart from ``cli.py`` so each file stays readable; they register on the sam
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ import typer
 from rich.table import Table
 
 from recocamp import outbox
+from recocamp.campaigns import Campaign
 from recocamp.cli import (
     CampaignsDir,
     TemplatesDir,
@@ -29,7 +31,7 @@ from recocamp.cli import (
 )
 from recocamp.deliver import Deliverer, DeliveryReport
 from recocamp.esp import make_provider
-from recocamp.jobs import RunReport, plan_and_enqueue, signing_key
+from recocamp.jobs import RunReport, send_campaign, signing_key
 from recocamp.settings import Settings
 
 outbox_app = typer.Typer(help="The outbox: status, deliver, retry, resume.", no_args_is_help=True)
@@ -70,13 +72,25 @@ def send(
         chosen = _one_campaign(settings, campaign, campaigns, templates)
         signing_key(settings)
         now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
-        engine = _engine(settings)
-        with _progress() as bar:
-            bar.phase("planning and rendering", None)
-            report = plan_and_enqueue(engine, settings, chosen, templates, now, bar.advance,
-                                      issued_at=clock.now())  # fmt: skip
-        report.delivery = _deliver(settings, engine, chosen.name, wait, report.enqueued)
+        report = _send_run(settings, _engine(settings), chosen, templates, now, wait)
     _print_run(report)
+
+
+def _send_run(settings: Settings, engine: sa.Engine, campaign: Campaign, templates: Path,
+              now: datetime, wait: float) -> RunReport:  # fmt: skip
+    """One campaign run with two progress bars: rendering, and delivering alongside it."""
+    provider = make_provider(settings)
+    try:
+        deliverer = Deliverer(engine, provider, settings.esp, clock)
+        with _progress() as bar:
+            rendering = bar.progress.add_task(f"{campaign.name}: planning, rendering", total=None)
+            sending = bar.progress.add_task(f"{campaign.name}: delivering", total=None)
+            deliverer.on_progress = lambda n: bar.progress.advance(sending, n)
+            return send_campaign(engine, settings, campaign, templates, now, deliverer, wait,
+                                 lambda n: bar.progress.advance(rendering, n),
+                                 issued_at=clock.now())  # fmt: skip
+    finally:
+        provider.close()
 
 
 def _print_run(report: RunReport) -> None:
@@ -241,12 +255,7 @@ def demo(
             local = _demo_settings(settings, url, demo_dir)
             now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
             for campaign in loaded:
-                with _progress() as bar:
-                    bar.phase(f"{campaign.name}: planning and rendering", None)
-                    report = plan_and_enqueue(engine, local, campaign, templates, now,
-                                              bar.advance, issued_at=clock.now())  # fmt: skip
-                report.delivery = _deliver(local, engine, campaign.name, 5.0, report.enqueued)
-                _print_run(report)
+                _print_run(_send_run(local, engine, campaign, templates, now, 5.0))
         stats = fake.stats()
     console.print(
         f"fake ESP received {stats['received']:,} e-mails, {stats['unique_send_keys']:,} unique "

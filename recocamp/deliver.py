@@ -42,6 +42,7 @@ from recocamp.store.schema import suppressions
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER_S = 86_400.0  # a provider asking for more than a day is not taken literally
+POLL_S = 0.02  # while a campaign is still being rendered: look for new mail this often
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -128,8 +129,10 @@ class Deliverer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def drain(self, campaign: str | None = None, max_wait_s: float = 0.0) -> DeliveryReport:
-        """Send everything due; wait up to ``max_wait_s`` for retries that come due."""
+    def drain(self, campaign: str | None = None, max_wait_s: float = 0.0,
+              producing: Callable[[], bool] = lambda: False) -> DeliveryReport:  # fmt: skip
+        """Send everything due; wait up to ``max_wait_s`` for retries that come due, and
+        keep polling for new messages as long as ``producing()`` says more are coming."""
         report = DeliveryReport(reconciled=self.reconcile())
         while True:
             now = self.clock.now()
@@ -137,8 +140,9 @@ class Deliverer:
             if claimed:
                 report.add(self._send(claimed))
                 self.on_progress(len(claimed))
-                continue
-            if not self._wait_for_due(campaign, max_wait_s):
+            elif producing():
+                time.sleep(POLL_S)
+            elif not self._wait_for_due(campaign, max_wait_s):
                 break
         return self._finish(report, campaign)
 

@@ -84,6 +84,8 @@ def enqueue(connection: sa.Connection, emails: Iterable[tuple[OutgoingEmail, str
     if not rows:
         return 0
     statement = _insert(connection, outbox).on_conflict_do_nothing(index_elements=["send_key"])
+    if connection.dialect.name == "sqlite":  # sqlite3's executemany sums rowcounts, in C
+        return int(connection.execute(statement, rows).rowcount)
     # rowcount of an executemany is -1 on psycopg; RETURNING counts what was really inserted
     return len(connection.execute(statement.returning(outbox.c.id), rows).all())
 
