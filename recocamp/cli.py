@@ -638,4 +638,10 @@ def preview(
 _EPHEMERAL = secrets.token_bytes(32)  # previews without RECOCAMP_SIGNING_KEY: never verifiable
 
 
-from recocamp import cli_delivery  # noqa: E402, F401 — registers send, outbox, fake-esp, serve
+# the other command modules register on ``app`` (they import from this module, hence last)
+from recocamp import (  # noqa: E402
+    cli_api,  # noqa: F401 — serve, privacy
+    cli_delivery,  # noqa: F401 — send, outbox, fake-esp, demo
+    cli_measure,  # noqa: F401 — report
+    cli_worker,  # noqa: F401 — worker, runs
+)

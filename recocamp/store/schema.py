@@ -262,3 +262,9 @@ campaign_pauses = sa.Table(
     sa.Column("paused_at", UtcDateTime, nullable=False),
     sa.Column("reason", sa.String(1000), nullable=False),
 )
+
+# --- worker (migration 0004) ---------------------------------------------------------------
+
+# --- shop API and privacy (migration 0005) -------------------------------------------------
+
+# --- measure (migration 0006) --------------------------------------------------------------

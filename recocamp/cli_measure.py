@@ -1,0 +1,6 @@
+"""Measurement commands: ``recocamp report`` and friends.
+
+Registers on the same typer app as ``cli.py`` (imported at its end).
+"""
+
+from __future__ import annotations

@@ -1,0 +1,31 @@
+"""Prometheus metrics of the worker and the API, in one place so names stay consistent.
+
+Each process exposes its own registry: the API at ``GET /metrics``, the worker on
+``[worker] metrics_port``. Counters count since the process started (Prometheus handles
+restarts); labels are low-cardinality names only — never customer ids or addresses.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOB_RUNS = Counter(
+    "recocamp_job_runs_total", "Job runs by job and outcome (ok, error, skipped).",
+    ["job", "outcome"],
+)  # fmt: skip
+JOB_SECONDS = Histogram(
+    "recocamp_job_duration_seconds", "Duration of job runs.", ["job"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+)  # fmt: skip
+EMAILS = Counter(
+    "recocamp_emails_total",
+    "E-mails by campaign and outcome (enqueued, sent, rejected, failed, retried, cancelled).",
+    ["campaign", "outcome"],
+)
+DECISIONS = Counter(
+    "recocamp_decisions_total", "Campaign decisions by campaign and reason (skips included).",
+    ["campaign", "reason"],
+)  # fmt: skip
+TRAIN_SECONDS = Gauge("recocamp_train_duration_seconds", "Duration of the last training run.")
+MODEL_INFO = Gauge("recocamp_live_model", "The live model version (value 1).", ["version"])
+LEADER = Gauge("recocamp_scheduler_leader", "1 while this worker schedules jobs, else 0.")

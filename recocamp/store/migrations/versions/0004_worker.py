@@ -1,0 +1,26 @@
+"""worker: job runs, scheduler leadership and job store
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-23 21:40:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa  # noqa: F401
+from alembic import op  # noqa: F401
+
+from recocamp.store.schema import UtcDateTime  # noqa: F401
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
