@@ -171,6 +171,24 @@ class ApiSettings(_Section):
 
 class MeasureSettings(_Section):
     attribution_window_days: int = Field(default=7, ge=1)
+    snapshot_window_days: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        default=(7, 30, 90, 365), min_length=1
+    )
+    report_days: int = Field(default=90, ge=1)
+    history_days: int = Field(default=365, ge=7)
+    cohort_months: int = Field(default=12, ge=1, le=36)
+    min_group_size: int = Field(default=100, ge=2)
+    min_conversions: int = Field(default=10, ge=0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    survey_valid_days: int = Field(default=60, ge=1)
+    nps_min_responses: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_windows(self) -> MeasureSettings:
+        windows = list(self.snapshot_window_days)
+        if len(set(windows)) != len(windows):
+            raise ValueError(f"snapshot_window_days must be distinct, got {windows}")
+        return self
 
 
 class Settings(BaseSettings):

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recocamp"
 PURE_MODULES = (
     "domain.py", "errors.py", "clock.py", "kpis.py", "catalog.py", "synthetic.py",
     "matrix.py", "baselines.py", "recommend.py", "caps.py", "segments.py", "loyalty.py",
-    "compose.py", "planner.py", "offers.py", "tokens.py",
+    "compose.py", "planner.py", "offers.py", "tokens.py", "stats.py", "measure.py",
 )  # fmt: skip
 FORBIDDEN = (
     "sqlalchemy",

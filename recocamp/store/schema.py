@@ -268,3 +268,64 @@ campaign_pauses = sa.Table(
 # --- shop API and privacy (migration 0005) -------------------------------------------------
 
 # --- measure (migration 0006) --------------------------------------------------------------
+
+# One row per shop-local day and KPI window W: the KPIs of the window ending at the end of
+# that day (kpis.compute as of the next local midnight). Written once per day by the daily
+# snapshot job, or for past days by `recocamp snapshots backfill`.
+kpi_snapshots = sa.Table(
+    "kpi_snapshots",
+    metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("window_days", sa.Integer, primary_key=True),
+    sa.Column("as_of", UtcDateTime, nullable=False),
+    sa.Column("orders", sa.Integer, nullable=False),
+    sa.Column("customers", sa.Integer, nullable=False),
+    sa.Column("guest_orders", sa.Integer, nullable=False),
+    sa.Column("purchase_frequency", sa.Float),
+    sa.Column("average_order_value", sa.Float),
+    sa.Column("repeat_purchase_rate", sa.Float),
+    sa.Column("guest_checkout_rate", sa.Float),
+    sa.Column("churn_rate", sa.Float),
+    sa.Column("clv", sa.Float),
+    sa.Column("computed_at", UtcDateTime, nullable=False),
+)
+
+# RFM segment sizes at the end of each snapshot day (customers with an order before then).
+segment_snapshots = sa.Table(
+    "segment_snapshots",
+    metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("segment", sa.String(32), primary_key=True),
+    sa.Column("customers", sa.Integer, nullable=False),
+    sa.Column("computed_at", UtcDateTime, nullable=False),
+)
+
+# NPS answers: one per customer and survey (campaign/shop-local day of the mailing); the
+# first answer stands, repeats change nothing.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("survey", sa.String(200), nullable=False),
+    sa.Column("campaign", sa.String(100), nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("score", sa.Integer, nullable=False),
+    sa.Column("comment", sa.String(2000)),
+    sa.Column("answered_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("survey", "customer_id"),
+    sa.CheckConstraint("score >= 0 AND score <= 10", name="score"),
+    sa.Index(None, "answered_at"),
+    sa.Index(None, "customer_id"),
+)
+
+# Rendered HTML reports (zlib), newest served at /reports/latest; a few are kept.
+reports = sa.Table(
+    "reports",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("as_of", UtcDateTime, nullable=False),
+    sa.Column("html", sa.LargeBinary, nullable=False),
+    sa.Column("summary", sa.JSON, nullable=False),
+    sa.Index(None, "created_at"),
+)
