@@ -1,9 +1,9 @@
 """Campaign measurement, pure: touches and orders in, attribution and uplift out.
 
-**Touches.** A *treated* touch is an e-mail the provider accepted (``outbox.sent_at``); a
-*holdout* touch is a holdout decision (``decisions.decided_at``): the instant that customer
-would have been mailed. Both are units of analysis: a customer mailed by a weekly campaign
-four times is four units.
+**Touches.** A *treated* touch is an e-mail the provider accepted; a *holdout* touch is a
+holdout decision: that customer would have been mailed. Both are timed at their run's decision
+instant, so both groups' windows open together (see ``store.measure``). Both are units of
+analysis: a customer mailed by a weekly campaign four times is four units.
 
 **Attribution (last touch).** Every order of a customer belongs to the customer's latest
 touch at or before it, if the order falls inside that touch's window ``[at, at + W)``

@@ -1,0 +1,415 @@
+"""The measurement report: one self-contained HTML file, a JSON summary, and the charts.
+
+Charts are drawn with matplotlib (object API, no pyplot, no global backend) and inlined as
+SVG with text kept as text (``svg.fonttype = none``): no script, no CDN, no network, so the
+file can be mailed around and opened anywhere. The page is a sandboxed, autoescaped Jinja
+template (``pages/report.html``); only the SVGs matplotlib wrote are marked safe.
+
+Charts: KPI trends (daily snapshots), cohort retention heat map, uplift per campaign and
+variant with its confidence intervals, decisions and skip reasons per campaign, RFM segment
+sizes over time, model quality per trained version, NPS. A chart without data is left out
+and the page says why.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import matplotlib
+import numpy as np
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
+from matplotlib.axes import Axes
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from recocamp.measure import METRICS, Change, Cohort, Nps, Uplift
+from recocamp.render import money
+from recocamp.segments import RFM_SEGMENTS
+
+PAGES = Path(__file__).with_name("pages")
+CHANGE_KPIS = ("orders", "customers", "average_order_value", "purchase_frequency",
+               "repeat_purchase_rate")  # fmt: skip
+# (KPI, preferred window W, title): each trend chart uses the snapshot window nearest W
+KPI_CHARTS = (
+    ("orders", 30, "Orders"), ("customers", 30, "Active customers"),
+    ("average_order_value", 30, "Average order value"),
+    ("repeat_purchase_rate", 90, "Repeat purchase rate"), ("churn_rate", 365, "Churn rate"),
+    ("clv", 365, "Customer lifetime value"),
+)  # fmt: skip
+RATES = {"repeat_purchase_rate", "churn_rate", "guest_checkout_rate", "conversion_rate"}
+RC: Any = {"svg.fonttype": "none", "svg.hashsalt": "recocamp", "font.size": 9,
+      "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 10,
+      "axes.titleweight": "bold", "font.family": ["DejaVu Sans", "sans-serif"]}  # fmt: skip
+BLUE, GREY, RED, GREEN = "#2f4858", "#9aa5ad", "#c0392b", "#2e8b57"
+PALETTE = [matplotlib.colormaps["tab20"](k) for k in range(20)]
+_LOCK = threading.Lock()  # rcParams are process-global; the API renders in a thread pool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPoint:
+    version: str
+    name: str
+    status: str
+    trained_at: datetime
+    data_cutoff: datetime  # the chart's time axis: what the model had learned from
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class NpsSection:
+    overall: Nps
+    surveys: list[tuple[str, int, Nps]] = field(default_factory=list)  # survey, sent, NPS
+    monthly: list[tuple[date, Nps]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """What the report shows (built by ``measure_jobs.gather``)."""
+
+    shop: str
+    currency: str
+    zone: str
+    as_of: datetime
+    generated_at: datetime
+    attribution_days: int
+    report_days: int
+    confidence: float
+    uplifts: list[Uplift]
+    reasons: list[tuple[str, str, str, int]]
+    kpi_history: dict[tuple[date, int], dict[str, float | None]]
+    latest_day: date | None
+    changes: list[Change]
+    segments: dict[date, dict[str, int]]
+    cohorts: list[Cohort]
+    models: list[ModelPoint]
+    nps: NpsSection
+
+
+# --- charts ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _figure(width: float, height: float) -> Iterator[Figure]:
+    with _LOCK, matplotlib.rc_context(RC):
+        yield Figure(figsize=(width, height), layout="constrained")
+
+
+def _svg(figure: Figure) -> Markup:
+    buffer = io.StringIO()
+    with matplotlib.rc_context(RC):
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    text = buffer.getvalue()
+    return Markup(text[text.index("<svg") :])  # noqa: S704 — matplotlib's own SVG, text escaped
+
+
+def _dates(axes: Axes) -> None:
+    locator = AutoDateLocator(maxticks=6)  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+
+
+def _nearest(wanted: int, windows: set[int]) -> int:
+    return min(windows, key=lambda w: (abs(w - wanted), w))
+
+
+def kpi_chart(data: Data) -> Markup | None:
+    windows = {w for _, w in data.kpi_history}
+    if not windows:
+        return None
+    with _figure(10, 5.4) as figure:
+        for axes, (kpi, wanted, title) in zip(figure.subplots(2, 3).flat, KPI_CHARTS, strict=True):
+            window = _nearest(wanted, windows)
+            points = sorted((d, v[kpi]) for (d, w), v in data.kpi_history.items()
+                            if w == window and v[kpi] is not None)  # fmt: skip
+            axes.set_title(f"{title} ({window} d)", loc="left")
+            if points:
+                axes.plot([p[0] for p in points], [p[1] for p in points], color=BLUE, lw=1.4)
+            _dates(axes)
+            if kpi in RATES:
+                axes.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+            axes.grid(axis="y", color="#e5e5e5")
+        return _svg(figure)
+
+
+def cohort_chart(data: Data) -> Markup | None:
+    rows = [c for c in data.cohorts if any(v is not None for v in c.retention)]
+    if not rows:
+        return None
+    width = max(len(c.retention) for c in rows)
+    matrix = np.full((len(rows), width), np.nan)
+    for n, cohort in enumerate(rows):
+        for k, value in enumerate(cohort.retention):
+            if value is not None:
+                matrix[n, k] = 100 * value
+    with _figure(10, 0.9 + 0.36 * len(rows)) as figure:
+        axes = figure.subplots()
+        image = axes.imshow(np.ma.masked_invalid(matrix), cmap="Blues", aspect="auto", vmin=0,
+                            vmax=max(float(np.nanmax(matrix)), 1.0))  # fmt: skip
+        for (n, k), value in np.ndenumerate(matrix):
+            if not np.isnan(value):
+                colour = "white" if value > 0.6 * np.nanmax(matrix) else "#222222"
+                axes.text(k, n, f"{value:.0f}", ha="center", va="center", fontsize=8, color=colour)
+        axes.set_xticks(range(width), [str(k + 1) for k in range(width)])
+        axes.set_yticks(range(len(rows)), [f"{c.month:%Y-%m} (n={c.customers})" for c in rows])
+        axes.set_xlabel("months after the first order")
+        axes.set_title("Customers who ordered again in month k, % of the cohort", loc="left")
+        figure.colorbar(image, ax=axes, label="%", shrink=0.8)
+        return _svg(figure)
+
+
+def _label(uplift: Uplift) -> str:
+    if uplift.variant is None:
+        return uplift.campaign
+    if uplift.against == "holdout":
+        return f"{uplift.campaign} · {uplift.variant}"
+    return f"{uplift.campaign} · {uplift.variant} vs {uplift.against}"
+
+
+def uplift_chart(data: Data) -> Markup | None:
+    rows = [u for u in data.uplifts if u.enough]
+    if not rows:
+        return None
+    panels = (("conversion_rate", "Conversion rate uplift (percentage points)", 100.0),
+              ("revenue_per_recipient", f"Revenue per recipient uplift ({data.currency})", 1.0),
+              ("orders_per_recipient", "Orders per recipient uplift", 1.0))  # fmt: skip
+    with _figure(10, 1.2 + 0.42 * len(rows)) as figure:
+        for axes, (metric, title, scale) in zip(figure.subplots(1, 3, sharey=True), panels,
+                                                strict=True):  # fmt: skip
+            _interval_panel(axes, rows, metric, scale)
+            axes.set_title(title, loc="left", fontsize=9)
+        return _svg(figure)
+
+
+def _interval_panel(axes: Axes, rows: Sequence[Uplift], metric: str, scale: float) -> None:
+    for n, uplift in enumerate(rows):
+        c = uplift.comparisons[metric]
+        low, high = c.absolute_interval.low * scale, c.absolute_interval.high * scale
+        value = c.absolute * scale
+        colour = GREEN if low > 0 else RED if high < 0 else GREY
+        axes.errorbar([value], [n], xerr=[[value - low], [high - value]], fmt="o", color=colour,
+                      capsize=3, lw=1.6)  # fmt: skip
+    axes.axvline(0, color="#444444", lw=0.8)
+    axes.set_yticks(range(len(rows)), [_label(u) for u in rows])
+    axes.invert_yaxis()
+    axes.grid(axis="x", color="#e5e5e5")
+
+
+def reasons_chart(data: Data) -> Markup | None:
+    if not data.reasons:
+        return None
+    totals: dict[str, int] = {}
+    for _, _, reason, count in data.reasons:
+        totals[reason] = totals.get(reason, 0) + count
+    top = sorted(totals, key=lambda r: (-totals[r], r))[:9]
+    campaigns = sorted({campaign for campaign, _, _, _ in data.reasons})
+    table = np.zeros((len(campaigns), len(top) + 1))
+    for campaign, _, reason, count in data.reasons:
+        column = top.index(reason) if reason in top else len(top)
+        table[campaigns.index(campaign), column] += count
+    labels = [*top, "other"]
+    colours = PALETTE
+    with _figure(10, 1.3 + 0.45 * len(campaigns)) as figure:
+        axes = figure.subplots()
+        left = np.zeros(len(campaigns))
+        for k, label in enumerate(labels):
+            if table[:, k].any():
+                axes.barh(campaigns, table[:, k], left=left, label=label, color=colours[k % 20])
+                left += table[:, k]
+        axes.invert_yaxis()
+        axes.set_xlabel("customers decided")
+        axes.set_title(f"Decisions and reasons, last {data.report_days} days", loc="left")
+        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+        return _svg(figure)
+
+
+def segments_chart(data: Data) -> Markup | None:
+    if not data.segments:
+        return None
+    days = sorted(data.segments)
+    names = [name for name, _, _ in RFM_SEGMENTS] + ["others"]
+    present = [n for n in names if any(data.segments[d].get(n) for d in days)]
+    colours = PALETTE
+    with _figure(10, 3.6) as figure:
+        axes = figure.subplots()
+        stacks = [[data.segments[d].get(n, 0) for d in days] for n in present]
+        axes.stackplot(cast(Any, days), stacks, labels=present, colors=colours[: len(present)])
+        _dates(axes)
+        axes.set_ylabel("customers")
+        axes.set_title("RFM segment sizes", loc="left")
+        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+        return _svg(figure)
+
+
+def models_chart(data: Data) -> Markup | None:
+    points = sorted((m for m in data.models if m.metrics), key=lambda m: m.data_cutoff)
+    if not points:
+        return None
+    with _figure(10, 3.2) as figure:
+        axes = figure.subplots()
+        at = [m.data_cutoff for m in points]
+        for metric, colour, style in (("recall", BLUE, "-"), ("ndcg", GREEN, "-"),
+                                      ("hit_rate", "#8e6c8a", "-"),
+                                      ("popularity_recall", GREY, "--")):  # fmt: skip
+            values = [m.metrics.get(metric, np.nan) for m in points]
+            axes.plot(
+                cast(Any, at),
+                values,
+                style,
+                marker="o",
+                color=colour,
+                label=metric.replace("_", " "),
+            )
+        axes.set_xlim(cast(Any, at[0] - timedelta(days=30)), cast(Any, at[-1] + timedelta(days=30)))
+        _dates(axes)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("data cutoff of the model version")
+        axes.set_title("Recommender quality per trained version (time split, k = 10)",
+                       loc="left")  # fmt: skip
+        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+        return _svg(figure)
+
+
+def nps_chart(data: Data) -> Markup | None:
+    overall = data.nps.overall
+    if not overall.responses and not data.nps.monthly:
+        return None
+    with _figure(10, 3.0) as figure:
+        bars, trend = figure.subplots(1, 2)
+        colours = [RED] * 7 + [GREY] * 2 + [GREEN] * 2
+        bars.bar(range(11), overall.distribution, color=colours)
+        bars.set_xticks(range(11))
+        bars.set_title(f"Answers, last {data.report_days} days (n={overall.responses})", loc="left")
+        scored = _scored(data)
+        months = [month for month, _ in scored]
+        scores = [n.score for _, n in scored]
+        lows = [n.score - n.interval.low for _, n in scored]
+        highs = [n.interval.high - n.score for _, n in scored]
+        trend.errorbar(months, scores, yerr=[lows, highs], fmt="o-", color=BLUE, capsize=3)
+        trend.axhline(0, color="#444444", lw=0.8)
+        trend.set_ylim(-100, 100)
+        if months:
+            trend.set_xlim(months[0] - timedelta(days=20), months[-1] + timedelta(days=20))
+        _dates(trend)
+        trend.set_title("NPS per month (95 % interval)", loc="left")
+        return _svg(figure)
+
+
+def _scored(data: Data) -> list[tuple[date, Any]]:
+    """Months with an NPS and its interval (``Any``: both are known not to be None)."""
+    return [(m, n) for m, n in data.nps.monthly if n.score is not None and n.interval]
+
+
+def charts(data: Data) -> dict[str, Markup | None]:
+    return {
+        "kpis": kpi_chart(data), "cohorts": cohort_chart(data), "uplift": uplift_chart(data),
+        "reasons": reasons_chart(data), "segments": segments_chart(data),
+        "models": models_chart(data), "nps": nps_chart(data),
+    }  # fmt: skip
+
+
+# --- the page and the summary ------------------------------------------------------------
+
+
+def _environment() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(loader=FileSystemLoader(str(PAGES)), undefined=StrictUndefined,
+                               autoescape=True, trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+    env.filters.update(pct=_pct, points=_points, num=_num, signed=_signed)
+    return env
+
+
+def _pct(value: float | None, places: int = 1) -> str:
+    return "—" if value is None else f"{100 * value:.{places}f} %"
+
+
+def _points(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:+.1f} pp"
+
+
+def _num(value: float | int | None, places: int = 2) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.{places}f}"
+
+
+def _signed(value: float | None, places: int = 2) -> str:
+    return "—" if value is None else f"{value:+,.{places}f}"
+
+
+def render_html(data: Data) -> str:
+    """The whole report as one HTML document."""
+    latest = {w: v for (d, w), v in data.kpi_history.items() if d == data.latest_day}
+    return _environment().get_template("report.html").render(
+        data=data, charts=charts(data), latest=dict(sorted(latest.items())),
+        label=_label, money=lambda v: "—" if v is None else money(v, data.currency),
+        metrics=METRICS, level=f"{100 * data.confidence:g} %",
+    )  # fmt: skip
+
+
+def summary(data: Data) -> dict[str, Any]:
+    """The report's numbers as JSON-ready data (``recocamp report --format json``)."""
+    latest = {str(w): v for (d, w), v in sorted(data.kpi_history.items()) if d == data.latest_day}
+    segments = data.segments.get(data.latest_day) if data.latest_day else None
+    return {
+        "shop": data.shop, "as_of": data.as_of.isoformat(),
+        "generated_at": data.generated_at.isoformat(),
+        "attribution_window_days": data.attribution_days, "report_days": data.report_days,
+        "confidence": data.confidence,
+        "campaigns": [_uplift_json(u) for u in data.uplifts],
+        "kpis": {"day": data.latest_day.isoformat() if data.latest_day else None,
+                 "by_window_days": latest},
+        "changes": [{"period": c.period, "window_days": c.window_days, "kpi": c.kpi,
+                     "current": c.current, "previous": c.previous, "relative": c.relative}
+                    for c in data.changes],
+        "cohorts": [{"month": c.month.isoformat(), "customers": c.customers,
+                     "retention": list(c.retention)} for c in data.cohorts],
+        "segments": segments or {},
+        "decisions": [{"campaign": c, "outcome": o, "reason": r, "customers": n}
+                      for c, o, r, n in data.reasons],
+        "models": [{"version": m.version, "status": m.status,
+                    "trained_at": m.trained_at.isoformat(), **m.metrics} for m in data.models],
+        "nps": _nps_json(data.nps),
+    }  # fmt: skip
+
+
+def _interval(interval: Any) -> list[float] | None:
+    return None if interval is None else [interval.low, interval.high]
+
+
+def _uplift_json(uplift: Uplift) -> dict[str, Any]:
+    groups = {
+        name: {"units": g.units, "converted": g.converted, "orders": round(g.orders.mean * g.units),
+               "revenue": g.revenue.mean * g.units}
+        for name, g in (("treated", uplift.treated), ("control", uplift.control))
+    }  # fmt: skip
+    return {
+        "campaign": uplift.campaign, "variant": uplift.variant, "against": uplift.against,
+        "enough_data": uplift.enough, "note": uplift.note, "pending": uplift.pending, **groups,
+        "metrics": {
+            name: {"treated": c.treated, "control": c.control, "absolute": c.absolute,
+                   "absolute_interval": _interval(c.absolute_interval), "relative": c.relative,
+                   "relative_interval": _interval(c.relative_interval)}
+            for name, c in uplift.comparisons.items()
+        },
+    }  # fmt: skip
+
+
+def _nps_json(section: NpsSection) -> dict[str, Any]:
+    def one(n: Nps) -> dict[str, Any]:
+        return {"responses": n.responses, "score": n.score, "interval": _interval(n.interval),
+                "promoters": n.promoters, "passives": n.passives, "detractors": n.detractors,
+                "enough_data": n.enough}  # fmt: skip
+
+    return {
+        "overall": one(section.overall),
+        "surveys": [{"survey": s, "sent": sent, **one(n)} for s, sent, n in section.surveys],
+    }

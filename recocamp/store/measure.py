@@ -1,0 +1,218 @@
+"""Reads and writes of measurement: touches (sends and holdouts), skip reasons, KPI and
+segment snapshots, feedback answers and stored reports. Parameterised SQLAlchemy Core only.
+
+A *treated* touch is an outbox row the provider accepted (state sent, delivered or bounced:
+a bounce was still an attempt to treat); a *holdout* touch is a ``decisions`` row with outcome
+``holdout``. Both are timed at their campaign run's decision instant (``outbox.created_at``
+equals ``decisions.decided_at`` of the run): an e-mail deferred by quiet hours or retried goes
+out a little later, but both groups' windows open at the same moment of the run, so neither
+is favoured (and a run simulated ``--as-of`` a past instant is measured at that instant).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from recocamp.measure import Touch
+from recocamp.store.queries import _insert
+from recocamp.store.schema import (
+    decisions,
+    feedback,
+    kpi_snapshots,
+    outbox,
+    reports,
+    segment_snapshots,
+)
+
+TREATED_STATES = ("sent", "delivered", "bounced")
+KPI_COLUMNS = ("orders", "customers", "guest_orders", "purchase_frequency", "average_order_value",
+               "repeat_purchase_rate", "guest_checkout_rate", "churn_rate", "clv")  # fmt: skip
+REPORTS_KEPT = 30
+
+
+def touches(connection: sa.Connection, start: datetime, end: datetime) -> list[Touch]:
+    """Sends accepted and holdout decisions of the runs decided in ``[start, end)``."""
+    o, d = outbox.c, decisions.c
+    sent = sa.select(o.campaign, o.customer_id, o.created_at, o.variant, o.send_key).where(
+        o.state.in_(TREATED_STATES), o.created_at >= start, o.created_at < end
+    )
+    found = [Touch(r.campaign, r.customer_id, r.created_at, False, r.variant, r.send_key)
+             for r in connection.execute(sent)]  # fmt: skip
+    held = sa.select(d.campaign, d.customer_id, d.decided_at, d.run_key).where(
+        d.outcome == "holdout", d.decided_at >= start, d.decided_at < end
+    )
+    found += [Touch(r.campaign, r.customer_id, r.decided_at, True, None, r.run_key)
+              for r in connection.execute(held)]  # fmt: skip
+    return found
+
+
+def decision_reasons(connection: sa.Connection, start: datetime,
+                     end: datetime) -> list[tuple[str, str, str, int]]:  # fmt: skip
+    """``(campaign, outcome, reason, decisions)`` of the runs decided in ``[start, end)``."""
+    d = decisions.c
+    query = (
+        sa.select(d.campaign, d.outcome, d.reason, sa.func.count())
+        .where(d.decided_at >= start, d.decided_at < end)
+        .group_by(d.campaign, d.outcome, d.reason)
+        .order_by(d.campaign, sa.func.count().desc(), d.reason)
+    )
+    return [(r[0], r[1], r[2], int(r[3])) for r in connection.execute(query)]
+
+
+# --- snapshots ---------------------------------------------------------------------------
+
+
+def snapshot_keys(connection: sa.Connection, first: date, last: date) -> set[tuple[date, int]]:
+    """``(day, window)`` pairs already snapshotted between ``first`` and ``last``."""
+    k = kpi_snapshots.c
+    query = sa.select(k.day, k.window_days).where(k.day >= first, k.day <= last)
+    return {(row[0], int(row[1])) for row in connection.execute(query)}
+
+
+def segment_days(connection: sa.Connection, first: date, last: date) -> set[date]:
+    s = segment_snapshots.c
+    query = sa.select(s.day).where(s.day >= first, s.day <= last).distinct()
+    return set(connection.execute(query).scalars())
+
+
+def write_snapshots(connection: sa.Connection, kpi_rows: Sequence[dict[str, Any]],
+                    segment_rows: Sequence[dict[str, Any]],
+                    replace: bool = False) -> int:  # fmt: skip
+    """Insert snapshot rows (existing days are kept, or replaced with ``replace``); returns
+    the rows written."""
+    written = 0
+    for table, keys, rows in ((kpi_snapshots, ("day", "window_days"), kpi_rows),
+                              (segment_snapshots, ("day", "segment"), segment_rows)):  # fmt: skip
+        if not rows:
+            continue
+        if replace:
+            days = sorted({row["day"] for row in rows})
+            connection.execute(sa.delete(table).where(table.c.day.in_(days)))
+        statement = _insert(connection, table).on_conflict_do_nothing(index_elements=list(keys))
+        if connection.dialect.name == "sqlite":
+            written += int(connection.execute(statement, list(rows)).rowcount)
+        else:
+            returning = statement.returning(table.c.day)
+            written += len(connection.execute(returning, list(rows)).all())
+    return written
+
+
+def kpi_history(connection: sa.Connection, first: date,
+                last: date) -> dict[tuple[date, int], dict[str, float | None]]:  # fmt: skip
+    """Snapshots keyed by ``(day, window)``: KPI name → value."""
+    k = kpi_snapshots.c
+    query = sa.select(kpi_snapshots).where(k.day >= first, k.day <= last).order_by(k.day)
+    return {
+        (row.day, int(row.window_days)): {name: _number(getattr(row, name)) for name in KPI_COLUMNS}
+        for row in connection.execute(query)
+    }
+
+
+def segment_history(connection: sa.Connection, first: date,
+                    last: date) -> dict[date, dict[str, int]]:  # fmt: skip
+    s = segment_snapshots.c
+    query = sa.select(s.day, s.segment, s.customers).where(s.day >= first, s.day <= last)
+    found: dict[date, dict[str, int]] = {}
+    for day, segment, customers in connection.execute(query.order_by(s.day, s.segment)):
+        found.setdefault(day, {})[segment] = int(customers)
+    return found
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# --- feedback ----------------------------------------------------------------------------
+
+
+def record_feedback(connection: sa.Connection, survey: str, campaign: str, customer_id: str,
+                    score: int, comment: str | None,
+                    now: datetime) -> tuple[bool, int]:  # fmt: skip
+    """Store an answer unless the customer answered this survey already; returns whether it
+    was new and the score that stands (the first answer)."""
+    statement = _insert(connection, feedback).on_conflict_do_nothing(
+        index_elements=["survey", "customer_id"]
+    )
+    values = {"survey": survey, "campaign": campaign, "customer_id": customer_id, "score": score,
+              "comment": comment, "answered_at": now}  # fmt: skip
+    new = bool(connection.execute(statement.values(**values)).rowcount)
+    query = sa.select(feedback.c.score).where(
+        feedback.c.survey == survey, feedback.c.customer_id == customer_id
+    )
+    return new, int(connection.execute(query).scalar_one())
+
+
+def answers(connection: sa.Connection, start: datetime,
+            end: datetime) -> list[tuple[str, str, int, datetime]]:  # fmt: skip
+    """``(survey, campaign, score, answered_at)`` of answers in ``[start, end)``; no comments,
+    no customer ids: the report shows aggregates only."""
+    f = feedback.c
+    query = (
+        sa.select(f.survey, f.campaign, f.score, f.answered_at)
+        .where(f.answered_at >= start, f.answered_at < end)
+        .order_by(f.answered_at)
+    )
+    return [(r[0], r[1], int(r[2]), r[3]) for r in connection.execute(query)]
+
+
+def surveys_sent(connection: sa.Connection, campaigns: Iterable[str]) -> Counter[str]:
+    """E-mails the provider accepted per survey (``campaign/period`` of the send key)."""
+    names = sorted(set(campaigns))
+    if not names:
+        return Counter()
+    o = outbox.c
+    query = sa.select(o.campaign, o.send_key).where(
+        o.campaign.in_(names), o.state.in_(TREATED_STATES)
+    )
+    return Counter(f"{campaign}/{key.rpartition('/')[2]}" for campaign, key in
+                   connection.execute(query))  # fmt: skip
+
+
+def customer_feedback(connection: sa.Connection, customer_id: str) -> list[dict[str, Any]]:
+    """A customer's answers (for a data export)."""
+    f = feedback.c
+    query = sa.select(f.survey, f.score, f.comment, f.answered_at).where(
+        f.customer_id == customer_id
+    )
+    return [
+        {"survey": r.survey, "score": r.score, "comment": r.comment,
+         "answered_at": r.answered_at.isoformat()}
+        for r in connection.execute(query.order_by(f.answered_at))
+    ]  # fmt: skip
+
+
+def erase_feedback(connection: sa.Connection, customer_id: str) -> int:
+    """Delete a customer's answers (erasure); returns how many there were."""
+    result = connection.execute(sa.delete(feedback).where(feedback.c.customer_id == customer_id))
+    return int(result.rowcount)
+
+
+# --- reports -----------------------------------------------------------------------------
+
+
+def store_report(connection: sa.Connection, html: str, summary: dict[str, Any], as_of: datetime,
+                 now: datetime, keep: int = REPORTS_KEPT) -> int:  # fmt: skip
+    """Keep a rendered report (zlib) and drop all but the newest ``keep``; returns its id."""
+    body = zlib.compress(html.encode(), 6)
+    result = connection.execute(
+        sa.insert(reports).values(created_at=now, as_of=as_of, html=body, summary=summary)
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    newest = sa.select(reports.c.id).order_by(reports.c.id.desc()).limit(keep)
+    connection.execute(sa.delete(reports).where(reports.c.id.not_in(newest)))
+    return int(key[0])
+
+
+def latest_report(connection: sa.Connection) -> tuple[int, datetime, datetime, str] | None:
+    """``(id, created_at, as_of, html)`` of the newest stored report."""
+    row = connection.execute(sa.select(reports).order_by(reports.c.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return int(row.id), row.created_at, row.as_of, zlib.decompress(row.html).decode()
