@@ -7,8 +7,9 @@ its customers under new ids and addresses, each keeping a real history. One camp
 cross_sell template, everyone in the audience, no holdout) is planned, rendered, enqueued
 in a fresh SQLite outbox and delivered through the postmark provider to ``recocamp
 fake-esp`` running as its own process (so it does not share our interpreter's GIL), with
-the code ``recocamp send`` runs (``jobs.enqueue_decisions`` while ``Deliverer.drain``
-works in a thread); only the customer snapshot is built in memory instead of loaded.
+the code ``recocamp send`` runs (``jobs.deliver_planned``: enqueue while the run is
+delivered, by ``[esp] delivery_processes`` processes that render the bodies); only the
+customer snapshot is built in memory instead of loaded from the store.
 
 Prints e-mails/s end to end and the ratio to render-only speed (compose + render of the
 same decisions, nothing stored or sent). Targets (issue #5): end to end >= 2,000 e-mails/s
@@ -43,7 +44,7 @@ from recocamp.deliver import Deliverer
 from recocamp.demo import build_demo
 from recocamp.domain import ConsentBasis
 from recocamp.esp import make_provider
-from recocamp.jobs import RunReport, enqueue_decisions, run_key, while_delivering
+from recocamp.jobs import deliver_planned, delivery_processes, plan_views
 from recocamp.settings import Settings, load_settings
 from recocamp.store import views
 from recocamp.store.engine import make_engine, upgrade
@@ -120,27 +121,17 @@ def run(settings: Settings, work: Path, all_views: list[Any], snapshot: Any,
     campaign = load_all(work / "campaigns", local, ROOT / "templates")[0][0]
     clock = SystemClock()
     provider = make_provider(local)
-    deliverer = Deliverer(engine, provider, local.esp, clock)
-    phases: dict[str, float] = {}
+    deliverer = Deliverer(engine, provider, local.esp, clock,
+                          renderer=render.Renderer(ROOT / "templates"))  # fmt: skip
     try:
         started = time.perf_counter()
         now = daytime_now(local)
-
-        def produce() -> RunReport:
-            context = planner.Context(now, snapshot.items, snapshot.popular, caps_defaults(local),
-                                      ZoneInfo(local.shop.time_zone))  # fmt: skip
-            decided = planner.plan(campaign, all_views, context)
-            phases["plan"] = time.perf_counter() - started
-            report = RunReport(campaign.name, run_key(campaign.name, now, ZoneInfo("UTC")))
-            by_id = {v.customer.id: v for v in all_views}
-            enqueue_decisions(engine, local, campaign, ROOT / "templates", decided, by_id, now,
-                              report)  # fmt: skip
-            phases["render_and_enqueue"] = time.perf_counter() - started - phases["plan"]
-            return report
-
-        run_report = while_delivering(deliverer, campaign.name, 30.0, produce)
+        planned = plan_views(local, campaign, all_views, snapshot.items, snapshot.popular, now)
+        phases = {"plan_s": time.perf_counter() - started}
+        run_report = deliver_planned(engine, local, campaign, ROOT / "templates", planned, now,
+                                     deliverer, max_wait_s=30.0)  # fmt: skip
         seconds = time.perf_counter() - started
-        phases["deliver_after_enqueue"] = seconds - sum(phases.values())
+        phases["enqueue_and_deliver_s"] = seconds - phases["plan_s"]
         report = run_report.delivery
         assert report is not None
         rows = range(run_report.enqueued)
@@ -150,9 +141,11 @@ def run(settings: Settings, work: Path, all_views: list[Any], snapshot: Any,
         esp.terminate()
         esp.wait()
         engine.dispose()
+    processes = delivery_processes(local, planned.sends)
     return {"emails": len(rows), "seconds": seconds, "sent": report.sent,
             "requests": report.requests, "retried": report.retried, **stats,
-            **{f"{k}_s": round(v, 2) for k, v in phases.items()}}  # fmt: skip
+            "delivery_processes": processes,
+            **{k: round(v, 2) for k, v in phases.items()}}  # fmt: skip
 
 
 def daytime_now(settings: Settings) -> datetime:

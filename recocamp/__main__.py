@@ -2,4 +2,5 @@
 
 from recocamp.cli import app
 
-app(prog_name="recocamp")
+if __name__ == "__main__":  # delivery processes are spawned: they import this module too
+    app(prog_name="recocamp")

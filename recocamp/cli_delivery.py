@@ -32,6 +32,7 @@ from recocamp.cli import (
 from recocamp.deliver import Deliverer, DeliveryReport
 from recocamp.esp import make_provider
 from recocamp.jobs import RunReport, send_campaign, signing_key
+from recocamp.render import Renderer
 from recocamp.settings import Settings
 
 outbox_app = typer.Typer(help="The outbox: status, deliver, retry, resume.", no_args_is_help=True)
@@ -44,10 +45,11 @@ WaitOption = Annotated[
 
 
 def _deliver(settings: Settings, engine: sa.Engine, campaign: str | None, wait: float,
-             total: int | None = None) -> DeliveryReport:  # fmt: skip
+             templates: Path, total: int | None = None) -> DeliveryReport:  # fmt: skip
     provider = make_provider(settings)
     try:
-        deliverer = Deliverer(engine, provider, settings.esp, clock)
+        deliverer = Deliverer(engine, provider, settings.esp, clock,
+                              renderer=Renderer(templates))  # fmt: skip
         with _progress() as bar:
             bar.phase("delivering", total)
             deliverer.on_progress = bar.advance
@@ -78,12 +80,14 @@ def send(
 
 def _send_run(settings: Settings, engine: sa.Engine, campaign: Campaign, templates: Path,
               now: datetime, wait: float) -> RunReport:  # fmt: skip
-    """One campaign run with two progress bars: rendering, and delivering alongside it."""
+    """One campaign run with two progress bars: planning and enqueueing, and delivering
+    (which renders the bodies) alongside it."""
     provider = make_provider(settings)
     try:
-        deliverer = Deliverer(engine, provider, settings.esp, clock)
+        deliverer = Deliverer(engine, provider, settings.esp, clock,
+                              renderer=Renderer(templates))  # fmt: skip
         with _progress() as bar:
-            rendering = bar.progress.add_task(f"{campaign.name}: planning, rendering", total=None)
+            rendering = bar.progress.add_task(f"{campaign.name}: planning", total=None)
             sending = bar.progress.add_task(f"{campaign.name}: delivering", total=None)
             deliverer.on_progress = lambda n: bar.progress.advance(sending, n)
             return send_campaign(engine, settings, campaign, templates, now, deliverer, wait,
@@ -141,11 +145,12 @@ def outbox_status() -> None:
 def outbox_deliver(
     campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
     wait: WaitOption = 0.0,
+    templates: TemplatesDir = Path("templates"),
 ) -> None:
     """Send what is due now (after reconciling claims of crashed workers)."""
     with _errors_to_exit():
         settings = _settings()
-        report = _deliver(settings, _engine(settings), campaign, wait)
+        report = _deliver(settings, _engine(settings), campaign, wait, templates)
     _print_delivery(report)
 
 

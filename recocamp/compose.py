@@ -19,7 +19,7 @@ from typing import Any
 
 from recocamp import render, tokens
 from recocamp.campaigns import Campaign
-from recocamp.domain import OutgoingEmail
+from recocamp.domain import BodyTemplate, OutgoingEmail
 from recocamp.planner import CustomerView, Decision
 from recocamp.settings import Settings
 
@@ -71,12 +71,22 @@ def parts_of(campaign: Campaign, variant: str | None) -> tuple[str, str]:
 
 
 def compose(decision: Decision, view: CustomerView, campaign: Campaign, settings: Settings,
-            renderer: render.Renderer, link: Links, send_key: str) -> OutgoingEmail:  # fmt: skip
-    email = render_for(decision, view, campaign, settings, renderer, link)
+            renderer: render.Renderer, link: Links, send_key: str, *,
+            defer_body: bool = False) -> OutgoingEmail:  # fmt: skip
+    """The e-mail for one decision. With ``defer_body`` only the subject is rendered now and
+    the body travels as a :class:`BodyTemplate` that the deliverer renders when it sends."""
+    context = _context(decision, view, campaign, settings, link)
+    subject = renderer.subject(subject_of(campaign, decision.variant, str(context["locale"])),
+                               context)  # fmt: skip
+    html, text = parts_of(campaign, decision.variant)
+    template = BodyTemplate(html, text, context) if defer_body else None
+    if template is None:
+        html, text = renderer.body(html, text, context)
+    else:
+        html = text = ""
     return OutgoingEmail(
-        send_key=send_key, to=view.customer.email or "", subject=email.subject,
-        html=email.html, text=email.text, headers=headers(send_key, link),
-        campaign=campaign.name,
+        send_key=send_key, to=view.customer.email or "", subject=subject, html=html, text=text,
+        headers=headers(send_key, link), campaign=campaign.name, template=template,
     )  # fmt: skip
 
 
@@ -84,10 +94,15 @@ def render_for(decision: Decision, view: CustomerView, campaign: Campaign, setti
                renderer: render.Renderer, link: Links,
                offers: tuple[Any, ...] | None = None) -> render.RenderedEmail:  # fmt: skip
     shown = decision if offers is None else replace(decision, offers=offers)
-    context = render.context_for(shown, view, campaign, settings.shop,
-                                 (link.unsubscribe, link.preferences))  # fmt: skip
+    context = _context(shown, view, campaign, settings, link)
     locale = str(context["locale"])
     return renderer.render(
         subject_of(campaign, decision.variant, locale), *parts_of(campaign, decision.variant),
         context,
     )  # fmt: skip
+
+
+def _context(decision: Decision, view: CustomerView, campaign: Campaign, settings: Settings,
+             link: Links) -> dict[str, Any]:  # fmt: skip
+    return render.context_for(decision, view, campaign, settings.shop,
+                              (link.unsubscribe, link.preferences))  # fmt: skip

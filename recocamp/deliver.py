@@ -18,30 +18,39 @@ not provider-wide 429/5xx answers: those are an outage or a rate limit, handled 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
+from jinja2 import TemplateError
 
 from recocamp import outbox
 from recocamp.clock import Clock
 from recocamp.domain import SendResult, SendStatus, email_hash
 from recocamp.errors import (
     BatchTooLargeError,
+    DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
 from recocamp.esp import Provider
-from recocamp.settings import EspSettings
+from recocamp.render import Renderer
+from recocamp.settings import EspSettings, Settings
 from recocamp.store.queries import _insert
 from recocamp.store.schema import suppressions
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER_S = 86_400.0  # a provider asking for more than a day is not taken literally
+Progress = Callable[[int], None]
 POLL_S = 0.02  # while a campaign is still being rendered: look for new mail this often
 
 
@@ -53,7 +62,7 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
 class RateLimiter:
     """A token bucket: at most ``rate`` requests per second, bursts up to one second's worth."""
 
-    def __init__(self, rate: float, sleep: Callable[[float], None],
+    def __init__(self, rate: float, sleep: Callable[[float], object],
                  monotonic: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.rate, self.capacity = rate, max(1.0, rate)
         self.tokens, self.sleep, self.monotonic = self.capacity, sleep, monotonic
@@ -87,12 +96,23 @@ class DeliveryReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+Broken = list[tuple[outbox.Claimed, SendResult]]
+
+
 class Deliverer:
+    """Drains the outbox through one provider; renders deferred bodies with ``renderer``.
+
+    ``stopping`` is asked before every batch: a worker told to stop (SIGTERM) finishes the
+    batch in flight, records it, and returns; nothing is left half-sent.
+    """
+
     def __init__(self, engine: sa.Engine, provider: Provider, settings: EspSettings,
-                 clock: Clock, *, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None, worker: str | None = None) -> None:  # fmt: skip
+                 clock: Clock, *, sleep: Callable[[float], object] = time.sleep,
+                 rng: random.Random | None = None, worker: str | None = None,
+                 renderer: Renderer | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
         self.engine, self.provider, self.settings, self.clock = engine, provider, settings, clock
-        self.sleep = sleep
+        self.sleep, self.renderer, self.stopping = sleep, renderer, stopping
         self.rng = rng or random.Random()
         self.worker = worker or outbox.worker_id()
         self.limiter = RateLimiter(settings.rate_limit_per_s, sleep)
@@ -134,7 +154,7 @@ class Deliverer:
         """Send everything due; wait up to ``max_wait_s`` for retries that come due, and
         keep polling for new messages as long as ``producing()`` says more are coming."""
         report = DeliveryReport(reconciled=self.reconcile())
-        while True:
+        while not self.stopping():
             now = self.clock.now()
             claimed = outbox.claim(self.engine, self.worker, now, self.batch, campaign)
             if claimed:
@@ -170,6 +190,38 @@ class Deliverer:
     # -- one batch ------------------------------------------------------------------------
 
     def _send(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+        ready, broken = self._render(claimed)
+        report = DeliveryReport()
+        if broken:  # this message cannot be rendered: failed, never sent half-done
+            self._record([c for c, _ in broken], [r for _, r in broken], report, suppress=False)
+        if ready:
+            report.add(self._request(ready))
+        return report
+
+    def _render(self, claimed: list[outbox.Claimed]) -> tuple[list[outbox.Claimed], Broken]:
+        """Render deferred bodies (see ``domain.BodyTemplate``) just before they go out."""
+        ready, broken = [], []
+        for c in claimed:
+            template = c.email.template
+            if template is not None and self.renderer is None:
+                with self.engine.begin() as connection:
+                    outbox.release(connection, [x.id for x in claimed], self.clock.now())
+                raise DeliveryError("the outbox holds e-mails to render: the deliverer needs "
+                                    "the templates directory (--templates)")  # fmt: skip
+            if template is None or self.renderer is None:
+                ready.append(c)
+                continue
+            try:
+                html, text = self.renderer.body(template.html, template.text, template.context)
+            except TemplateError as exc:
+                error = f"template {template.html}/{template.text}: {exc}"
+                broken.append((c, SendResult(c.email.send_key, SendStatus.REJECTED, error=error)))
+                continue
+            email = replace(c.email, html=html, text=text, template=None)
+            ready.append(replace(c, email=email))
+        return ready, broken
+
+    def _request(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
         self.limiter.take()
         report = DeliveryReport(requests=1)
         try:
@@ -194,8 +246,8 @@ class Deliverer:
                                   error="too large for the provider (HTTP 413)")]  # fmt: skip
             return self._record(claimed, results, DeliveryReport(requests=1), suppress=False)
         half = len(claimed) // 2
-        report = self._send(claimed[:half])
-        report.add(self._send(claimed[half:]))
+        report = self._request(claimed[:half])
+        report.add(self._request(claimed[half:]))
         return report
 
     def _transient(self, claimed: list[outbox.Claimed],
@@ -277,6 +329,78 @@ class Deliverer:
             outbox.pause(connection, campaign, reason, self.clock.now())
         log.warning("campaign %s paused: %s", campaign, reason)
         self.tally[campaign] = Counter()
+
+
+# -- several delivering processes -----------------------------------------------------------
+
+_producing: Any = None  # in a delivery process: the parent's "still enqueueing" flag
+_parent = 0
+
+
+def drain_in_processes(engine: sa.Engine, settings: Settings, templates: Path,
+                       campaign: str | None, processes: int, max_wait_s: float,
+                       producing: Callable[[], bool],
+                       on_progress: Progress = lambda n: None) -> DeliveryReport:  # fmt: skip
+    """Drain with ``processes`` delivering processes while ``producing()`` holds.
+
+    Rendering a body costs more than sending it, and one Python process renders on one
+    core; several processes claim batches side by side (claims never overlap, see
+    ``outbox.claim``). They are *spawned*, not forked: the caller may run threads. Each one
+    stops claiming when the parent goes away, so a killed ``send`` leaves at most its
+    in-flight batches claimed, which the next deliverer reconciles.
+    """
+    context = multiprocessing.get_context("spawn")
+    flag = context.Event()
+    flag.set()
+    done = _settled(engine, campaign)
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_child_init,
+                             initargs=(flag, os.getpid())) as pool:  # fmt: skip
+        url = engine.url.render_as_string(hide_password=False)  # the parent's database
+        futures = [pool.submit(_child_drain, url, settings, templates, campaign, max_wait_s)
+                   for _ in range(processes)]  # fmt: skip
+        while not all(f.done() for f in futures):
+            if not producing():
+                flag.clear()
+            time.sleep(0.2)
+            now = _settled(engine, campaign)
+            on_progress(now - done)
+            done = now
+        reports = [f.result() for f in futures]
+    total = DeliveryReport()
+    for each in reports:
+        total.add(each)
+        total.paused.update(each.paused)
+    total.waiting = reports[-1].waiting if reports else 0
+    return total
+
+
+def _settled(engine: sa.Engine, campaign: str | None) -> int:
+    with engine.connect() as connection:
+        table = outbox.status(connection)
+    return sum(n for name, states in table.items() if campaign is None or name == campaign
+               for state, n in states.items() if state not in ("queued", "claimed"))  # fmt: skip
+
+
+def _child_init(flag: Any, parent: int) -> None:
+    global _producing, _parent
+    _producing, _parent = flag, parent
+
+
+def _child_drain(url: str, settings: Settings, templates: Path, campaign: str | None,
+                 max_wait_s: float) -> DeliveryReport:  # fmt: skip
+    from recocamp.clock import SystemClock
+    from recocamp.esp import make_provider
+    from recocamp.store.engine import make_engine
+
+    engine, provider = make_engine(url), make_provider(settings)
+    orphaned = lambda: os.getppid() != _parent  # noqa: E731
+    try:
+        deliverer = Deliverer(engine, provider, settings.esp, SystemClock(),
+                              renderer=Renderer(templates), stopping=orphaned)  # fmt: skip
+        return deliverer.drain(campaign, max_wait_s, lambda: bool(_producing.is_set()))
+    finally:
+        provider.close()
+        engine.dispose()
 
 
 def retry_wait(settings: EspSettings) -> timedelta:

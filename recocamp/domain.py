@@ -8,9 +8,11 @@ orders: they count for item popularity and the guest-checkout rate, never for a 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 
 class ConsentBasis(StrEnum):
@@ -72,8 +74,27 @@ class Purchase:
 
 
 @dataclass(frozen=True, slots=True)
+class BodyTemplate:
+    """An e-mail body still to be rendered: template names and the template context.
+
+    Campaign runs enqueue this instead of the rendered HTML and text: rendering is the most
+    expensive step of a send, and whoever delivers the e-mail renders it, so every delivering
+    process (and every worker) shares that work (see ``outbox`` and ``deliver``). The context
+    is plain JSON data, the documented template context (README.md §Templates).
+    """
+
+    html: str
+    text: str
+    context: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class OutgoingEmail:
-    """One rendered e-mail on its way to a provider; ``send_key`` makes it unique."""
+    """One e-mail on its way to a provider; ``send_key`` makes it unique.
+
+    ``template`` is set while the body is not rendered yet (``html`` and ``text`` are
+    empty then); providers only ever see rendered e-mails.
+    """
 
     send_key: str
     to: str
@@ -82,6 +103,7 @@ class OutgoingEmail:
     text: str
     headers: tuple[tuple[str, str], ...] = ()
     campaign: str = ""
+    template: BodyTemplate | None = None
 
 
 class SendStatus(StrEnum):

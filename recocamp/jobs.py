@@ -1,14 +1,16 @@
 """Thin jobs: load inputs, call the pure stages, write outputs. Each one is idempotent.
 
-``send_campaign`` = plan + record decisions + render + enqueue + deliver. Re-running the
-same slot (campaign × shop-local day) adds nothing: decisions are unique per run key and
-customer, e-mails per send key; a crash in the middle resumes where it stopped, because
-already enqueued send keys are skipped before anything is rendered again.
+``send_campaign`` = plan + record decisions + compose + enqueue + deliver (which renders
+the bodies). Re-running the same slot (campaign × shop-local day) adds nothing: decisions
+are unique per run key and customer, e-mails per send key; a crash in the middle resumes
+where it stopped, because already enqueued send keys are skipped before anything is
+composed again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ import sqlalchemy as sa
 from recocamp import campaigns as campaign_files
 from recocamp import compose, outbox, planner, render
 from recocamp.campaigns import Campaign
-from recocamp.deliver import Deliverer, DeliveryReport
+from recocamp.deliver import Deliverer, DeliveryReport, drain_in_processes
 from recocamp.domain import OutgoingEmail
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings
@@ -32,6 +34,7 @@ from recocamp.store.schema import decisions as decisions_table
 
 log = logging.getLogger(__name__)
 CHUNK = 1000
+PARALLEL_FROM = 5000  # smaller runs are delivered by a thread: starting processes costs ~1 s
 Progress = Callable[[int], None]
 
 
@@ -57,42 +60,68 @@ def run_key(campaign: str, now: datetime, zone: ZoneInfo) -> str:
     return f"{campaign}/{now.astimezone(zone).date().isoformat()}"
 
 
+@dataclass
+class Planned:
+    """One campaign run, decided: what ``enqueue_decisions`` records and enqueues."""
+
+    report: RunReport
+    decided: Sequence[planner.Decision]
+    by_customer: dict[str, planner.CustomerView]
+
+    @property
+    def sends(self) -> int:
+        return sum(d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER) for d in self.decided)
+
+
+def plan_run(engine: sa.Engine, settings: Settings, campaign: Campaign,
+             now: datetime) -> Planned:  # fmt: skip
+    """Load the planner's snapshot and decide for every customer at ``now``."""
+    signing_key(settings)  # refuse before any work, not after planning
+    with engine.connect() as connection:
+        snapshot = views.load(connection, settings, now)
+    return plan_views(settings, campaign, snapshot.views, snapshot.items, snapshot.popular, now)
+
+
+def plan_views(settings: Settings, campaign: Campaign, customers: Sequence[planner.CustomerView],
+               items: Any, popular: Any, now: datetime) -> Planned:  # fmt: skip
+    zone = ZoneInfo(settings.shop.time_zone)
+    context = planner.Context(now, items, popular, campaign_files.caps_defaults(settings), zone)
+    decided = planner.plan(campaign, customers, context)
+    report = RunReport(campaign.name, run_key(campaign.name, now, zone), planner.counts(decided))
+    return Planned(report, decided, {v.customer.id: v for v in customers})
+
+
 def plan_and_enqueue(engine: sa.Engine, settings: Settings, campaign: Campaign,
                      templates: Path, now: datetime, on_progress: Progress = lambda n: None,
                      issued_at: datetime | None = None) -> RunReport:  # fmt: skip
-    """Decide at ``now``; link tokens carry ``issued_at`` (the real time when ``now`` is a
-    simulated ``--as-of``: a token must not look 15 years old to the unsubscribe page)."""
-    signing_key(settings)  # refuse before any work, not after planning
-    zone = ZoneInfo(settings.shop.time_zone)
-    with engine.connect() as connection:
-        snapshot = views.load(connection, settings, now)
-    context = planner.Context(now, snapshot.items, snapshot.popular,
-                              campaign_files.caps_defaults(settings), zone)  # fmt: skip
-    decided = planner.plan(campaign, snapshot.views, context)
-    by_customer = {v.customer.id: v for v in snapshot.views}
-    report = RunReport(campaign.name, run_key(campaign.name, now, zone), planner.counts(decided))
-    return enqueue_decisions(engine, settings, campaign, templates, decided, by_customer, now,
-                             report, on_progress, issued_at)  # fmt: skip
+    """Decide at ``now`` and enqueue; link tokens carry ``issued_at`` (the real time when
+    ``now`` is a simulated ``--as-of``: a token must not look 15 years old to the
+    unsubscribe page)."""
+    planned = plan_run(engine, settings, campaign, now)
+    return enqueue_decisions(engine, settings, campaign, templates, planned, now, on_progress,
+                             issued_at)  # fmt: skip
 
 
 def enqueue_decisions(engine: sa.Engine, settings: Settings, campaign: Campaign,
-                      templates: Path, decided: Sequence[planner.Decision],
-                      by_customer: dict[str, planner.CustomerView], now: datetime,
-                      report: RunReport, on_progress: Progress = lambda n: None,
+                      templates: Path, planned: Planned, now: datetime,
+                      on_progress: Progress = lambda n: None,
                       issued_at: datetime | None = None) -> RunReport:  # fmt: skip
     """Record every decision and enqueue the e-mails of sends and deferrals, chunk by chunk
-    (a crash loses at most the chunk in flight, and the re-run skips what is enqueued)."""
+    (a crash loses at most the chunk in flight, and the re-run skips what is enqueued).
+    Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only the
+    subject is rendered here."""
     key = signing_key(settings)
     renderer = render.Renderer(templates)
+    report = planned.report
     period = report.run_key.rpartition("/")[2]
-    for chunk in _chunks(decided):
+    for chunk in _chunks(planned.decided):
         wanted = [d for d in chunk if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)]
         keys = {d.customer_id: outbox.send_key(campaign.name, d.customer_id, period)
                 for d in wanted}  # fmt: skip
         with engine.connect() as connection:
             done = outbox.existing_keys(connection, campaign.name, list(keys.values()))
-        emails = [  # rendered outside the write transaction: a deliverer may be draining
-            _email(d, by_customer[d.customer_id], campaign, settings, renderer, key,
+        emails = [  # composed outside the write transaction: a deliverer may be draining
+            _email(d, planned.by_customer[d.customer_id], campaign, settings, renderer, key,
                    now, issued_at or now, keys[d.customer_id])
             for d in wanted if keys[d.customer_id] not in done
         ]  # fmt: skip
@@ -102,7 +131,7 @@ def enqueue_decisions(engine: sa.Engine, settings: Settings, campaign: Campaign,
         report.already_enqueued += len(done)
         on_progress(len(chunk))
     log.info("campaign %s run %s: %d decisions, %d enqueued, %d already enqueued",
-             campaign.name, report.run_key, len(decided), report.enqueued,
+             campaign.name, report.run_key, len(planned.decided), report.enqueued,
              report.already_enqueued)  # fmt: skip
     return report
 
@@ -114,7 +143,8 @@ def _email(decision: planner.Decision, view: planner.CustomerView, campaign: Cam
            settings: Settings, renderer: render.Renderer, key: bytes, now: datetime,
            issued_at: datetime, send_key: str) -> Queued:  # fmt: skip
     link = compose.links(settings, key, decision.customer_id, campaign.name, issued_at)
-    email = compose.compose(decision, view, campaign, settings, renderer, link, send_key)
+    email = compose.compose(decision, view, campaign, settings, renderer, link, send_key,
+                            defer_body=True)  # fmt: skip
     return email, decision.customer_id, decision.variant, decision.send_at or now
 
 
@@ -140,26 +170,54 @@ def send_campaign(engine: sa.Engine, settings: Settings, campaign: Campaign, tem
                   now: datetime, deliverer: Deliverer, max_wait_s: float = 0.0,
                   on_progress: Progress = lambda n: None,
                   issued_at: datetime | None = None) -> RunReport:  # fmt: skip
-    """Plan + render + enqueue, while ``deliverer`` drains the same campaign in a thread."""
-    return while_delivering(deliverer, campaign.name, max_wait_s, lambda: plan_and_enqueue(
-        engine, settings, campaign, templates, now, on_progress, issued_at))  # fmt: skip
+    """Plan, then enqueue while the same campaign is being delivered."""
+    planned = plan_run(engine, settings, campaign, now)
+    return deliver_planned(engine, settings, campaign, templates, planned, now, deliverer,
+                           max_wait_s, on_progress, issued_at)  # fmt: skip
 
 
-def while_delivering(deliverer: Deliverer, campaign: str, max_wait_s: float,
+def deliver_planned(engine: sa.Engine, settings: Settings, campaign: Campaign, templates: Path,
+                    planned: Planned, now: datetime, deliverer: Deliverer,
+                    max_wait_s: float = 0.0, on_progress: Progress = lambda n: None,
+                    issued_at: datetime | None = None) -> RunReport:  # fmt: skip
+    """Enqueue ``planned`` while it is delivered: by ``deliverer`` in a thread, or, for a big
+    run, by several delivering processes (``[esp] delivery_processes``), because rendering
+    the bodies is the expensive part and one process renders on one core."""
+    processes = delivery_processes(settings, planned.sends)
+
+    def drain(producing: Callable[[], bool]) -> DeliveryReport:
+        if processes > 1:
+            return drain_in_processes(engine, settings, templates, campaign.name, processes,
+                                      max_wait_s, producing, deliverer.on_progress)  # fmt: skip
+        return deliverer.drain(campaign.name, max_wait_s, producing)
+
+    return while_delivering(drain, lambda: enqueue_decisions(
+        engine, settings, campaign, templates, planned, now, on_progress, issued_at))  # fmt: skip
+
+
+def delivery_processes(settings: Settings, sends: int) -> int:
+    """How many processes deliver a run of ``sends`` e-mails (1: a thread of this one)."""
+    if sends < PARALLEL_FROM:
+        return 1
+    wanted = settings.esp.delivery_processes or os.cpu_count() or 1
+    return max(1, min(wanted, sends // (PARALLEL_FROM // 2)))
+
+
+def while_delivering(drain: Callable[[Callable[[], bool]], DeliveryReport],
                      produce: Callable[[], RunReport]) -> RunReport:  # fmt: skip
-    """Run ``produce`` (which enqueues) while the deliverer drains: the first e-mails go out
-    while the rest are still being rendered, so HTTP round trips overlap with rendering."""
+    """Run ``produce`` (which enqueues) while ``drain`` delivers in a thread: the first
+    e-mails go out while the rest are still being enqueued."""
     producing = threading.Event()
     producing.set()
     outcome: dict[str, Any] = {}
 
-    def drain() -> None:
+    def deliver() -> None:
         try:
-            outcome["report"] = deliverer.drain(campaign, max_wait_s, producing.is_set)
+            outcome["report"] = drain(producing.is_set)
         except BaseException as exc:  # re-raised in the calling thread
             outcome["error"] = exc
 
-    thread = threading.Thread(target=drain, name=f"deliver-{campaign}")
+    thread = threading.Thread(target=deliver, name="deliver")
     thread.start()
     try:
         report = produce()

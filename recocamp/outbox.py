@@ -17,7 +17,11 @@ Life of a message (``outbox.state``)::
   process dead) or whose lease ran out is *stale*; :func:`stale_claims` finds them and the
   deliverer asks the provider whether it accepted them before putting them back in the queue.
 
-Bodies are stored zlib-compressed (an HTML e-mail is ~10 kB, ~2 kB packed).
+Bodies are stored as zlib-compressed JSON: ``{"html", "text", "headers"}`` for a rendered
+e-mail, or ``{"template": {"html", "text", "context"}, "headers"}`` for one whose body is
+rendered by the deliverer when it goes out (campaign runs enqueue those, see
+``domain.BodyTemplate``). A 4 kB window keeps compressing cheap: zlib's default 32 kB window
+costs more to set up (~70 µs) than compressing a 4 kB e-mail takes (~20 µs).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.domain import OutgoingEmail, email_hash
+from recocamp.domain import BodyTemplate, OutgoingEmail, email_hash
 from recocamp.store.queries import _insert
 from recocamp.store.schema import campaign_pauses, customers, outbox, suppressions
 
@@ -50,8 +54,16 @@ def worker_id() -> str:
 
 
 def pack(email: OutgoingEmail) -> bytes:
-    document = {"html": email.html, "text": email.text, "headers": list(email.headers)}
-    return zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 1)
+    document: dict[str, Any] = {"headers": list(email.headers)}
+    if email.template is None:
+        document.update(html=email.html, text=email.text)
+    else:
+        template = email.template
+        document["template"] = {"html": template.html, "text": template.text,
+                                "context": template.context}  # fmt: skip
+    packer = zlib.compressobj(1, zlib.DEFLATED, 12)
+    data = json.dumps(document, separators=(",", ":")).encode()
+    return packer.compress(data) + packer.flush()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +76,15 @@ class Claimed:
 
 def _unpack(row: Any) -> Claimed:
     document = json.loads(zlib.decompress(row.body))
+    deferred = document.get("template")
+    template = (
+        BodyTemplate(deferred["html"], deferred["text"], deferred["context"]) if deferred else None
+    )
     email = OutgoingEmail(
-        send_key=row.send_key, to=row.recipient, subject=row.subject, html=document["html"],
-        text=document["text"], headers=tuple((k, v) for k, v in document["headers"]),
-        campaign=row.campaign,
+        send_key=row.send_key, to=row.recipient, subject=row.subject,
+        html=document.get("html", ""), text=document.get("text", ""),
+        headers=tuple((k, v) for k, v in document["headers"]), campaign=row.campaign,
+        template=template,
     )  # fmt: skip
     return Claimed(row.id, row.attempts, row.customer_id, email)
 

@@ -18,6 +18,7 @@ The documented context (README.md §Templates) is :data:`CONTEXT_KEYS`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,14 +96,19 @@ class Renderer:
         self._subjects: dict[str, Any] = {}
 
     def render(self, subject: str, html: str, text: str, context: dict[str, Any]) -> RenderedEmail:
+        return RenderedEmail(self.subject(subject, context), *self.body(html, text, context))
+
+    def subject(self, subject: str, context: Mapping[str, Any]) -> str:
+        """The subject line (a Jinja string), on one line."""
         compiled = self._subjects.get(subject)
         if compiled is None:
             compiled = self._subjects[subject] = self.env.from_string(subject)
-        return RenderedEmail(
-            subject=" ".join(compiled.render(context).split()),
-            html=self.env.get_template(html).render(context),
-            text=self.env.get_template(text).render(context),
-        )
+        return " ".join(compiled.render(context).split())
+
+    def body(self, html: str, text: str, context: Mapping[str, Any]) -> tuple[str, str]:
+        """The HTML and the text part; raises jinja2's ``TemplateError`` subclasses."""
+        return self.env.get_template(html).render(context), self.env.get_template(
+            text).render(context)  # fmt: skip
 
 
 def check_template(directory: Path, name: str, sample: dict[str, Any]) -> list[Problem]:

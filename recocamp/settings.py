@@ -155,6 +155,7 @@ class EspSettings(_Section):
     pause_error_rate: float = Field(default=0.2, gt=0, le=1)
     pause_min_messages: int = Field(default=50, ge=1)
     claim_lease_s: float = Field(default=300.0, gt=0)
+    delivery_processes: int = Field(default=0, ge=0)  # 0: one per CPU core
     message_stream: str = "broadcast"
     unsubscribe_mailto: str | None = None
     webhook_public_key: str | None = None  # SendGrid's signed event webhook (base64 DER)
@@ -167,6 +168,19 @@ class ApiSettings(_Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     rate_limit_per_minute: int = Field(default=6000, ge=1)
     cors_origins: tuple[str, ...] = ()
+    workers: int = Field(default=1, ge=1, le=64)
+    response_cache_entries: int = Field(default=100_000, ge=0)
+    refresh_s: float = Field(default=5.0, gt=0)
+
+
+class PrivacySettings(_Section):
+    """Retention: how long personal data that is no longer needed is kept (privacy.purge)."""
+
+    outbox_body_days: int = Field(default=90, ge=1)
+    contact_events_days: int = Field(default=730, ge=1)
+    decisions_days: int = Field(default=400, ge=1)
+    erased_audit_days: int = Field(default=1095, ge=1)
+    retired_model_days: int = Field(default=90, ge=1)
 
 
 class MeasureSettings(_Section):
@@ -211,6 +225,7 @@ class Settings(BaseSettings):
     loyalty: LoyaltySettings = LoyaltySettings()
     esp: EspSettings = EspSettings()
     api: ApiSettings = ApiSettings()
+    privacy: PrivacySettings = PrivacySettings()
     measure: MeasureSettings = MeasureSettings()
     # secrets: environment only (RECOCAMP_ESP_TOKEN, RECOCAMP_SIGNING_KEY, RECOCAMP_API_KEYS,
     # RECOCAMP_WEBHOOK_SECRET)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import subprocess
@@ -9,15 +10,19 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from recocamp import outbox
 from recocamp.clock import FixedClock
-from recocamp.deliver import Deliverer, RateLimiter, backoff
+from recocamp.deliver import Deliverer, RateLimiter, backoff, drain_in_processes
 from recocamp.domain import (
+    BodyTemplate,
     ConsentBasis,
     Customer,
     OutgoingEmail,
@@ -27,7 +32,10 @@ from recocamp.domain import (
 )
 from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDeliveryError
 from recocamp.esp.fake import FakeProvider
-from recocamp.settings import EspSettings
+from recocamp.esp.fake_server import FakeEsp, running
+from recocamp.esp.fake_server import create_app as create_fake
+from recocamp.render import Renderer, sample_context
+from recocamp.settings import EspSettings, Settings
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
@@ -45,12 +53,18 @@ def email(n: int, campaign: str = "winback") -> OutgoingEmail:
 
 def fill(engine: sa.Engine, count: int, campaign: str = "winback") -> list[OutgoingEmail]:
     emails = [email(n, campaign) for n in range(count)]
-    people = [Customer(id=f"c{n}", email=f"c{n}@example.test",
-                       consent_basis=ConsentBasis.DOUBLE_OPT_IN) for n in range(count)]  # fmt: skip
+    store(engine, emails)
+    return emails
+
+
+def store(engine: sa.Engine, emails: Sequence[OutgoingEmail]) -> None:
+    """Customers c0, c1, … with consent, and their e-mails in the outbox."""
+    opted_in = ConsentBasis.DOUBLE_OPT_IN
+    people = [Customer(id=f"c{n}", email=f"c{n}@example.test", consent_basis=opted_in)
+              for n in range(len(emails))]  # fmt: skip
     with engine.begin() as connection:
         upsert_customers(connection, people, NOW)
         outbox.enqueue(connection, [(e, f"c{n}", None, NOW) for n, e in enumerate(emails)], NOW)
-    return emails
 
 
 def states(engine: sa.Engine) -> Counter[str]:
@@ -294,3 +308,55 @@ def test_backoff_is_exponential_jittered_and_capped() -> None:
         value = backoff(attempt, 2.0, 60.0, rng)
         assert 0 <= value <= min(60.0, 2.0 * 2 ** (attempt - 1))
     assert max(backoff(10, 2.0, 60.0, rng) for _ in range(200)) > 30  # reaches the cap region
+
+
+# --- bodies rendered by the deliverer (campaign runs enqueue templates, not HTML) ----------
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+
+
+def deferred(n: int, html: str = "winback.html") -> OutgoingEmail:
+    body = BodyTemplate(html, "winback.txt", sample_context())
+    return replace(email(n), html="", text="", template=body)
+
+
+def test_deferred_bodies_are_rendered_when_they_go_out(engine: sa.Engine) -> None:
+    store(engine, [deferred(0), deferred(1, html="missing.html")])
+    fake = FakeProvider()
+    clock = FixedClock(NOW)
+    Deliverer(engine, fake, ESP, clock, renderer=Renderer(TEMPLATES)).drain()
+    [sent] = fake.sent
+    assert sent.template is None and "REGENCY CAKESTAND 3 TIER" in sent.html
+    assert "REGENCY CAKESTAND 3 TIER" in sent.text and 'style="' in sent.html  # CSS inlined
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(outbox_table).where(
+            outbox_table.c.send_key == deferred(1).send_key)).one()  # fmt: skip
+        suppressed = connection.execute(sa.select(suppressions)).all()
+    assert row.state == "failed" and "missing.html" in row.last_error
+    assert suppressed == []  # our template's fault, not the recipient's
+
+
+def test_deferred_bodies_without_templates_stop_and_give_the_claims_back(
+    engine: sa.Engine,
+) -> None:
+    store(engine, [deferred(0)])
+    with pytest.raises(DeliveryError, match="templates"):
+        Deliverer(engine, FakeProvider(), ESP, FixedClock(NOW)).drain()
+    assert states(engine) == Counter({"queued": 1})
+
+
+def test_delivery_processes_share_a_run_without_duplicates(engine: sa.Engine) -> None:
+    store(engine, [deferred(n) for n in range(40)])
+    fake = FakeEsp(token="t")
+    with running(create_fake(fake)) as url:
+        esp = EspSettings(base_url=url, batch_size=3, rate_limit_per_s=1000)  # type: ignore[arg-type]
+        settings = Settings(esp=esp, esp_token=SecretStr("t"))
+        report = drain_in_processes(engine, settings, TEMPLATES, "winback", 2, 0.0,
+                                    producing=lambda: False)  # fmt: skip
+    assert report.sent == 40 and fake.stats() == {
+        "received": 40, "unique_send_keys": 40, "duplicates": 0}  # fmt: skip
+    assert all("REGENCY CAKESTAND" in m["HtmlBody"] for m in fake.messages)
+    with engine.connect() as connection:
+        workers = set(connection.execute(sa.select(outbox_table.c.claimed_by)).scalars())
+    assert states(engine) == Counter({"sent": 40})
+    assert all(str(os.getpid()) != w.split(":")[1] for w in workers)  # the children sent
