@@ -110,6 +110,9 @@ class Campaign(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
     description: str = ""
     enabled: bool = True
+    # "offers": personal offers (the default); "nps": a Net Promoter Score survey, a mail with
+    # 0–10 answer links and no offers (its answers are measured in the report)
+    type: Literal["offers", "nps"] = "offers"
     legal_basis: tuple[Literal["double_opt_in", "existing_customer"], ...] = ("double_opt_in",)
     schedule: Schedule
     audience: Audience = Audience()
@@ -125,6 +128,10 @@ class Campaign(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
         return self
+
+    @property
+    def is_survey(self) -> bool:
+        return self.type == "nps"
 
     def allows(self, basis: ConsentBasis) -> bool:
         return basis.value in self.legal_basis

@@ -8,7 +8,8 @@ Order of the rules (the first that says no is the recorded reason):
 3. holdout (stable hash per campaign and customer) → ``holdout``: recorded, never contacted;
 4. contact rules (customer pause and frequency preference, 24 h / 7 d caps, cooldown) →
    skip with the cap's reason; quiet hours → ``defer`` with the instant to send at;
-5. offers → ``no_offer`` when nothing may be offered;
+5. offers → ``no_offer`` when nothing may be offered (an NPS survey offers nothing and
+   needs nothing);
 6. A/B variant by stable hash and weights → ``send``.
 
 Customers who objected to profiling never get personal offers (only the popularity list),
@@ -113,8 +114,8 @@ def decide(
     )  # fmt: skip
     if not verdict.allowed and not verdict.deferred:
         return skip(str(verdict.reason))
-    chosen = tuple(offers_for(campaign, view, context))
-    if not chosen:
+    chosen = () if campaign.is_survey else tuple(offers_for(campaign, view, context))
+    if not chosen and not campaign.is_survey:
         return skip("no_offer")
     variant = _variant(campaign, customer.id)
     if verdict.deferred:

@@ -41,7 +41,7 @@ from recocamp.errors import Problem
 
 CONTEXT_KEYS = frozenset({
     "customer", "offers", "shop", "campaign", "loyalty", "reason", "discount_percent",
-    "unsubscribe_url", "preferences_url", "existing_customer_notice", "locale",
+    "unsubscribe_url", "preferences_url", "existing_customer_notice", "locale", "survey",
 })  # fmt: skip
 STYLESHEET = "email.css"
 
@@ -188,6 +188,13 @@ def sample_context(locale: str = "en") -> dict[str, Any]:
         "unsubscribe_url": "https://shop.example.test/u/token",
         "preferences_url": "https://shop.example.test/p/token",
         "existing_customer_notice": True,
+        "survey": {  # NPS campaigns (type = "nps"); None for every other campaign
+            "id": "nps/2026-01-15",
+            "scores": [
+                {"score": n, "url": f"https://shop.example.test/v1/feedback?token=t&score={n}"}
+                for n in range(11)
+            ],
+        },
     }
 
 
@@ -248,6 +255,7 @@ def context_for(
         "unsubscribe_url": links[0],
         "preferences_url": links[1],
         "existing_customer_notice": customer.consent_basis.value == "existing_customer",
+        "survey": None,  # set by compose for NPS campaigns
     }
 
 

@@ -1,8 +1,10 @@
-"""Signed, unforgeable link tokens for unsubscribe and preference links. Pure.
+"""Signed, unforgeable link tokens for unsubscribe, preference and feedback links. Pure.
 
-A token binds a customer, a campaign and a purpose (``unsubscribe`` | ``preferences``) with
-an HMAC-SHA256 under the shop's secret (``RECOCAMP_SIGNING_KEY``). Tokens carry no e-mail
-address; customer ids are not guessable from them and cannot be changed without the key.
+A token binds a customer, a campaign and a purpose (``unsubscribe`` | ``preferences`` |
+``feedback``) with an HMAC-SHA256 under the shop's secret (``RECOCAMP_SIGNING_KEY``); a
+feedback token also binds the survey (campaign and shop-local day of the mailing), so an
+answer counts once per customer and survey. Tokens carry no e-mail address; customer ids are
+not guessable from them and cannot be changed without the key.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Claims:
     campaign: str
     purpose: str
     issued_at: datetime
+    survey: str | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -37,11 +40,13 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign(key: bytes, customer_id: str, campaign: str, purpose: str, now: datetime) -> str:
-    payload = json.dumps(
-        {"c": customer_id, "k": campaign, "p": purpose, "i": int(now.timestamp())},
-        separators=(",", ":"),
-    ).encode()
+def sign(key: bytes, customer_id: str, campaign: str, purpose: str, now: datetime,
+         survey: str | None = None) -> str:  # fmt: skip
+    claims: dict[str, object] = {"c": customer_id, "k": campaign, "p": purpose,
+                                 "i": int(now.timestamp())}  # fmt: skip
+    if survey is not None:
+        claims["s"] = survey
+    payload = json.dumps(claims, separators=(",", ":")).encode()
     mac = hmac.new(key, b"v1." + payload, hashlib.sha256).digest()
     return f"v1.{_b64(payload)}.{_b64(mac)}"
 
@@ -63,4 +68,6 @@ def verify(key: bytes, token: str, purpose: str, now: datetime, max_age_days: in
         raise TokenError("token issued for another purpose")
     if (now - issued).days > max_age_days:
         raise TokenError("token expired")
-    return Claims(str(data["c"]), str(data["k"]), str(data["p"]), issued)
+    survey = data.get("s")
+    return Claims(str(data["c"]), str(data["k"]), str(data["p"]), issued,
+                  None if survey is None else str(survey))  # fmt: skip

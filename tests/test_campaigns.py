@@ -42,6 +42,7 @@ def test_shipped_campaigns_are_valid() -> None:
         "replenish",
         "birthday",
         "vip_tier",
+        "nps",
     }
 
 
