@@ -141,7 +141,8 @@ def record_feedback(connection: sa.Connection, survey: str, campaign: str, custo
     )
     values = {"survey": survey, "campaign": campaign, "customer_id": customer_id, "score": score,
               "comment": comment, "answered_at": now}  # fmt: skip
-    new = bool(connection.execute(statement.values(**values)).rowcount)
+    inserted = connection.execute(statement.values(**values).returning(feedback.c.id)).first()
+    new = inserted is not None  # RETURNING: rowcount of a conflicting insert differs by driver
     query = sa.select(feedback.c.score).where(
         feedback.c.survey == survey, feedback.c.customer_id == customer_id
     )
