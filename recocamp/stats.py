@@ -12,8 +12,10 @@ The methods, chosen because they behave well at the small rates and group sizes 
 - the **difference of two means** (revenue or orders per recipient, zeros included): Welch's
   t interval with Welch–Satterthwaite degrees of freedom (unequal variances; with groups of
   the sizes we require the central limit theorem carries the heavy-tailed revenue).
-- the **ratio of two means** (relative uplift in revenue or orders per recipient): the delta
-  method on the log of the ratio.
+- the **ratio of two means** (relative uplift in revenue or orders per recipient): Fieller's
+  interval (Fieller 1954) with the same Welch t quantile, so it contains 1 exactly when
+  Welch's interval of the difference contains 0: the absolute and the relative uplift never
+  disagree about "no effect" (the delta method on the log ratio can, with skewed revenue).
 - the **Net Promoter Score** (% promoters − % detractors): the normal interval of a
   difference of two multinomial shares, variance (p + d − (p − d)²) / n.
 
@@ -137,16 +139,23 @@ def mean_interval(sample: Sample, confidence: float = CONFIDENCE) -> Interval:
 
 def ratio_of_means(first: Sample, second: Sample,
                    confidence: float = CONFIDENCE) -> Interval | None:  # fmt: skip
-    """Interval of mean₁ / mean₂ by the delta method on log(mean₁ / mean₂); None when a mean
-    is not positive."""
-    if first.mean <= 0 or second.mean <= 0 or first.n < 2 or second.n < 2:
+    """Fieller's interval of mean₁ / mean₂ for independent groups, with Welch's t quantile:
+    all ρ with (m₁ − ρ·m₂)² ≤ t²·(v₁/n₁ + ρ²·v₂/n₂). None when it is unbounded (the control
+    mean is not distinguishable from 0) or a group has fewer than two units."""
+    if first.n < 2 or second.n < 2:
         return None
-    se = math.sqrt(
-        first.variance / (first.n * first.mean**2) + second.variance / (second.n * second.mean**2)
-    )
-    ratio = first.mean / second.mean
-    z = z_value(confidence)
-    return Interval(ratio * math.exp(-z * se), ratio * math.exp(z * se))
+    a, b = first.variance / first.n, second.variance / second.n
+    if a + b == 0:
+        return None if second.mean == 0 else Interval(*(2 * [first.mean / second.mean]))
+    df = (a + b) ** 2 / (a * a / (first.n - 1) + b * b / (second.n - 1))
+    t2 = float(student_t.ppf(0.5 + confidence / 2, df)) ** 2
+    m1, m2 = first.mean, second.mean
+    lead = m2 * m2 - t2 * b
+    discriminant = (m1 * m2) ** 2 - lead * (m1 * m1 - t2 * a)
+    if lead <= 0 or discriminant < 0:
+        return None
+    root = math.sqrt(discriminant)
+    return Interval((m1 * m2 - root) / lead, (m1 * m2 + root) / lead)
 
 
 def nps_interval(promoters: int, detractors: int, responses: int,

@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 from recocamp import measure, stats
@@ -73,14 +75,34 @@ def test_welch_by_hand_and_against_scipy() -> None:
     )
 
 
-def test_ratio_of_means_by_the_delta_method() -> None:
+def test_ratio_of_means_by_fieller_by_hand() -> None:
     first, second = Sample(100, 12.0, 400.0), Sample(100, 10.0, 300.0)
-    se = math.sqrt(400 / (100 * 144) + 300 / (100 * 100))  # 0.17480
+    a, b = 4.0, 3.0  # variance / n
+    df = (a + b) ** 2 / (a * a / 99 + b * b / 99)  # 194.04
+    t2 = scipy_stats.t.ppf(0.975, df) ** 2  # 1.9723²
+    lead = 100 - t2 * b  # m₂² − t²·b
+    root = math.sqrt((12 * 10) ** 2 - lead * (144 - t2 * a))
     interval = stats.ratio_of_means(first, second)
-    assert interval is not None
-    assert interval.low == pytest.approx(1.2 * math.exp(-1.959964 * se))
-    assert interval.high == pytest.approx(1.2 * math.exp(1.959964 * se))
-    assert stats.ratio_of_means(Sample(100, 0.0, 0.0), second) is None
+    assert round(df, 2) == 194.04 and round(math.sqrt(t2), 4) == 1.9723
+    assert interval == Interval((120 - root) / lead, (120 + root) / lead)
+    assert close(interval, 0.7328, 1.9843)
+    assert stats.ratio_of_means(Sample(100, 1.0, 1.0), Sample(100, 0.1, 400.0)) is None  # unbounded
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0, 500, allow_nan=False), min_size=2, max_size=40),
+    st.lists(st.floats(0, 500, allow_nan=False), min_size=2, max_size=40),
+)
+def test_relative_and_absolute_uplift_agree_about_zero(a: list[float], b: list[float]) -> None:
+    """Fieller's ratio contains 1 exactly when Welch's difference contains 0."""
+    first, second = Sample.of(a), Sample.of(b)
+    ratio = stats.ratio_of_means(first, second)
+    if ratio is None or first.variance + second.variance == 0:
+        return
+    difference = stats.welch(first, second)
+    if min(abs(difference.low), abs(difference.high)) > 1e-9:  # not on the boundary itself
+        assert ratio.contains(1.0) == difference.contains(0.0)
 
 
 def test_nps_interval_by_hand() -> None:
