@@ -1,0 +1,318 @@
+"""The demo shop measured: a simulation with a known injected effect and a campaign without
+one, NPS answered through the API, KPI history backfilled, and the HTML report rendered in a
+real headless Chromium with its charts present.
+
+The demo shop is the real UCI file (541,909 lines) with its synthetic customer records. Two
+campaigns go out on 4 and 6 October 2011 (planned, enqueued, rendered and accepted by the fake
+provider); half of each audience is held out. Nobody really received these e-mails, so the
+real orders that follow carry no effect at all: ``sim_null`` must show intervals that contain
+zero. For ``sim_effect`` we add one order of £250 within two days to a fixed 30 % of the
+recipients: the known effect on orders and revenue per recipient is exactly that, the one on
+the conversion rate is the share of recipients the added orders converted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp import measure, measure_jobs, report
+from recocamp.campaigns import Campaign, load_all
+from recocamp.cli import app as cli_app
+from recocamp.clock import FixedClock
+from recocamp.deliver import Deliverer
+from recocamp.demo import build_demo
+from recocamp.domain import Purchase
+from recocamp.esp.fake import FakeProvider
+from recocamp.jobs import plan_and_enqueue
+from recocamp.kpis import OrderTotal
+from recocamp.render import Renderer
+from recocamp.settings import EspSettings, MeasureSettings, Settings, ShopSettings
+from recocamp.store import measure as store
+from recocamp.store import queries, registry
+from recocamp.store.engine import make_engine
+from tests.conftest import NOW, ROOT, UCI
+from tests.test_feedback import call, fake_require
+
+LONDON = ZoneInfo("Europe/London")
+EFFECT_RUN = datetime(2011, 10, 4, 10, tzinfo=LONDON).astimezone(UTC)
+NULL_RUN = datetime(2011, 10, 6, 10, tzinfo=LONDON).astimezone(UTC)
+NPS_RUN = datetime(2011, 10, 15, 10, tzinfo=LONDON).astimezone(UTC)
+AS_OF = datetime(2011, 12, 10, tzinfo=LONDON).astimezone(UTC)
+INJECTED_REVENUE = 250.0  # about half the shop's average order value
+CAMPAIGN = """name = "{name}"
+description = "Simulation: everybody who ordered in the last year."
+legal_basis = ["double_opt_in", "existing_customer"]
+holdout_percent = 50
+[schedule]
+cron = "0 10 * * TUE"
+time_zone = "Europe/London"
+[audience]
+lapsed_days = [0, 365]
+[offer]
+mode = "mixed"
+items = 2
+[template]
+subject = {{ en = "Picked for you", de = "Für Sie" }}
+html = "cross_sell.html"
+text = "cross_sell.txt"
+{variants}"""
+VARIANTS = """[[variants]]
+name = "a"
+weight = 1
+[[variants]]
+name = "b"
+weight = 1
+"""
+# The module builds the whole demo shop once (541,909 lines imported, three campaign runs, half
+# a year of snapshots): about a minute on an idle 2-core machine, more on a busy one. The tests
+# themselves take seconds; the limit is for the fixture that the first of them sets up.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def bucket(text: str, salt: str) -> int:
+    return int(hashlib.sha256(f"{salt}:{text}".encode()).hexdigest()[:8], 16) % 100
+
+
+@dataclass(frozen=True)
+class Shop:
+    engine: sa.Engine
+    settings: Settings
+    directory: Path
+    injected: int  # orders added to sim_effect recipients
+    treated: int  # sim_effect recipients
+    converted_by_injection: int  # recipients who converted only through an added order
+
+
+def _campaigns(directory: Path, settings: Settings) -> dict[str, Campaign]:
+    folder = directory / "campaigns"
+    folder.mkdir()
+    (folder / "sim_effect.toml").write_text(CAMPAIGN.format(name="sim_effect", variants=VARIANTS))
+    (folder / "sim_null.toml").write_text(CAMPAIGN.format(name="sim_null", variants=""))
+    shutil.copy(ROOT / "campaigns" / "nps.toml", folder / "nps.toml")
+    loaded, failures = load_all(folder, settings, ROOT / "templates")
+    assert failures == []
+    return {c.name: c for c in loaded}
+
+
+def _send(shop: tuple[sa.Engine, Settings], campaign: Campaign, at: datetime) -> None:
+    engine, settings = shop
+    plan_and_enqueue(engine, settings, campaign, ROOT / "templates", at)
+    later = FixedClock(at + timedelta(hours=12))  # quiet-hours deferrals are due by then
+    deliverer = Deliverer(engine, FakeProvider(), EspSettings(), later,
+                          renderer=Renderer(ROOT / "templates"))  # fmt: skip
+    deliverer.drain(campaign.name)
+
+
+def _inject(engine: sa.Engine) -> tuple[int, int, int]:
+    """One £250 order 1–47 hours after the mail for a fixed 30 % of sim_effect's recipients."""
+    window = timedelta(days=7)
+    with engine.connect() as connection:
+        touches = [t for t in store.touches(connection, EFFECT_RUN, NULL_RUN)
+                   if t.campaign == "sim_effect"]  # fmt: skip
+        before = [OrderTotal(*r) for r in queries.order_totals(connection, EFFECT_RUN,
+                                                               EFFECT_RUN + window)]  # fmt: skip
+    treated = [t for t in touches if not t.holdout]
+    chosen = [t for t in treated if bucket(t.customer_id, "inject") < 30]
+    added = [Purchase(f"SIM{n}", 1, t.customer_id, "85123A", 1, INJECTED_REVENUE,
+                      t.at + timedelta(hours=1 + bucket(t.customer_id, "hour") % 47))
+             for n, t in enumerate(chosen)]  # fmt: skip
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, added, None)
+    base = {r.touch.customer_id for r in measure.attribute(touches, before, window)
+            if r.converted and not r.touch.holdout}  # fmt: skip
+    return len(added), len(treated), len({t.customer_id for t in chosen} - base)
+
+
+def _answer_surveys(engine: sa.Engine, settings: Settings) -> int:
+    """40 % of the NPS recipients answer through POST /v1/feedback, mostly happily."""
+    from fastapi import FastAPI
+
+    from recocamp.api_measure import router
+
+    api = FastAPI()
+    api.include_router(router(settings, engine, FixedClock(NPS_RUN + timedelta(days=2)),
+                              fake_require))  # fmt: skip
+    with engine.connect() as connection:
+        sent = [t for t in store.touches(connection, NPS_RUN, NPS_RUN + timedelta(seconds=1))
+                if t.campaign == "nps"]  # fmt: skip
+    scores = (10, 10, 9, 9, 9, 8, 7, 6, 3, 10)
+    answered = 0
+    from recocamp import compose
+
+    for touch in sent:
+        if bucket(touch.customer_id, "answer") >= 40:
+            continue
+        link = compose.links(settings, b"s" * 32, touch.customer_id, "nps", NPS_RUN)
+        assert link.feedback is not None
+        token = link.feedback(compose.survey_of("nps", touch.key)).split("token=")[1]
+        score = scores[bucket(touch.customer_id, "score") % 10]
+        reply = call(api, "POST", "/v1/feedback", json={"token": token, "score": score})
+        assert reply.status == 200 and reply.json()["recorded"] is True
+        answered += 1
+    return answered
+
+
+def _register_models(engine: sa.Engine) -> None:
+    """Two trained versions as `recocamp train` registers them (metrics from its split)."""
+    for n, (cutoff, recall, ndcg, hit) in enumerate(((datetime(2011, 9, 1, tzinfo=UTC), 0.3734,
+                                                     0.3906, 0.8386),
+                                                    (datetime(2011, 11, 1, tzinfo=UTC), 0.3908,
+                                                     0.4055, 0.8515))):  # fmt: skip
+        metrics = {"candidate": {"recall": recall, "ndcg": ndcg, "hit_rate": hit},
+                   "popularity": {"recall": 0.13 + n / 100}}  # fmt: skip
+        with engine.begin() as connection:
+            registry.register(connection, version=f"v{n}", name="hybrid", trained_at=cutoff,
+                              data_cutoff=cutoff, fingerprint=f"f{n}", params={}, metrics=metrics,
+                              path="-", popular=[], status="live" if n else "retired")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
+    if not UCI.exists():
+        pytest.skip(f"the UCI file is absent ({UCI})")
+    directory = tmp_path_factory.mktemp("demo-shop")
+    settings = Settings(
+        database_url=f"sqlite:///{directory / 'demo.db'}", signing_key="s" * 32,
+        shop=ShopSettings(name="Demo Gift Shop", time_zone="Europe/London", currency="GBP",
+                          default_locale="en"),
+        measure=MeasureSettings(history_days=190),
+    )  # fmt: skip
+    engine = make_engine(settings.database_url)
+    build_demo(engine, settings, now=NOW, source=UCI, demo_dir=directory)
+    campaigns = _campaigns(directory, settings)
+    _send((engine, settings), campaigns["sim_effect"], EFFECT_RUN)
+    injected, treated, converted = _inject(engine)
+    _send((engine, settings), campaigns["sim_null"], NULL_RUN)
+    _send((engine, settings), campaigns["nps"], NPS_RUN)
+    assert _answer_surveys(engine, settings) > 100
+    _register_models(engine)
+    measure_jobs.backfill(engine, settings, date(2011, 6, 1), date(2011, 12, 9), NOW)
+    (directory / "settings.toml").write_text(
+        f'database_url = "{settings.database_url}"\n[shop]\nname = "Demo Gift Shop"\n'
+        'time_zone = "Europe/London"\ncurrency = "GBP"\ndefault_locale = "en"\n'
+        "[measure]\nhistory_days = 190\n"
+    )
+    yield Shop(engine, settings, directory, injected, treated, converted)  # type: ignore[misc]
+    engine.dispose()
+
+
+def _uplift(data: report.Data, campaign: str, variant: str | None = None,
+            against: str = "holdout") -> measure.Uplift:  # fmt: skip
+    return next(u for u in data.uplifts
+                if (u.campaign, u.variant, u.against) == (campaign, variant, against))  # fmt: skip
+
+
+def test_a_known_injected_effect_is_measured_within_its_interval(shop: Shop) -> None:
+    data = measure_jobs.gather(shop.engine, shop.settings, AS_OF, NOW)
+    effect = _uplift(data, "sim_effect")
+    assert effect.enough and effect.treated.units == shop.treated > 1000
+    assert 1000 < effect.control.units < 2 * shop.treated
+    known = {
+        "orders_per_recipient": shop.injected / shop.treated,
+        "revenue_per_recipient": shop.injected * INJECTED_REVENUE / shop.treated,
+        "conversion_rate": shop.converted_by_injection / shop.treated,
+    }
+    for metric, value in known.items():
+        interval = effect.comparisons[metric].absolute_interval
+        assert interval.contains(value), (metric, value, interval)
+        assert interval.low > 0, (metric, interval)  # and it is detected
+    assert 0.25 < shop.injected / shop.treated < 0.35
+    # A/B: both variants against the holdout, and against each other (the same method)
+    assert _uplift(data, "sim_effect", "a").comparisons["conversion_rate"].absolute_interval.low > 0
+    head_to_head = _uplift(data, "sim_effect", "b", against="a")
+    assert head_to_head.enough and head_to_head.treated.units + head_to_head.control.units == (
+        shop.treated
+    )
+
+
+def test_a_campaign_without_an_effect_has_intervals_containing_zero(shop: Shop) -> None:
+    data = measure_jobs.gather(shop.engine, shop.settings, AS_OF, NOW)
+    null = _uplift(data, "sim_null")
+    assert null.enough and min(null.treated.units, null.control.units) > 1000
+    for metric in measure.METRICS:
+        comparison = null.comparisons[metric]
+        assert comparison.absolute_interval.contains(0.0), (metric, comparison)
+        relative = comparison.relative_interval
+        assert relative is not None and relative.contains(0.0), (metric, relative)
+
+
+def test_report_command_tables_json_and_html(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(shop.directory)
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["report", "--as-of", "2011-12-10", "--format", "json",
+                                     "--html", "report.html"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[: result.output.rindex("}") + 1])
+    campaigns = {(c["campaign"], c["variant"], c["against"]): c for c in summary["campaigns"]}
+    assert campaigns[("sim_null", None, "holdout")]["enough_data"] is True
+    assert summary["nps"]["overall"]["responses"] > 100 and summary["nps"]["overall"]["score"] > 0
+    assert summary["kpis"]["day"] == "2011-12-09" and summary["cohorts"][0]["month"] <= "2011-01-01"
+    html = (shop.directory / "report.html").read_text()
+    assert "@example.test" not in html  # no e-mail address anywhere in the report
+    assert "<script" not in html and "<image" not in html  # no scripts, vector charts only
+    assert re.findall(r'(?:src|href)="(?!#)[^"]*"', html) == []  # nothing to fetch
+    table = runner.invoke(cli_app, ["report", "--as-of", "2011-12-10", "--no-store"])
+    assert table.exit_code == 0 and "uplift against the holdout" in table.output
+    assert "sim_effect · b vs a" in table.output and "cohort retention" in table.output
+
+
+CHARTS = ("kpi-trends", "uplift", "cohort-heatmap", "segments", "skip-reasons", "nps",
+          "model-metrics")  # fmt: skip
+
+
+def _chromium() -> str:
+    found = os.environ.get("RECOCAMP_TEST_CHROMIUM") or shutil.which("chromium")
+    if not found:
+        pytest.skip("Chromium is absent (CI exports RECOCAMP_TEST_CHROMIUM)")
+    return found
+
+
+def test_the_report_in_a_real_headless_browser(shop: Shop, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    executable = _chromium()
+    data = measure_jobs.gather(shop.engine, shop.settings, AS_OF, NOW)
+    path = tmp_path / "report.html"
+    path.write_text(report.render_html(data), encoding="utf-8")
+    requests: list[str] = []
+    problems: list[str] = []
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=args)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(path.as_uri())
+        boxes = {}
+        for chart in CHARTS:
+            svg = page.locator(f'figure[data-chart="{chart}"] svg')
+            assert svg.count() == 1, chart
+            boxes[chart] = svg.bounding_box()
+            assert svg.locator("path").count() > 10, chart  # axes, ticks, lines, bars, cells
+        uplift_text = page.locator('figure[data-chart="uplift"] svg').text_content() or ""
+        heat_text = page.locator('figure[data-chart="cohort-heatmap"] svg').text_content() or ""
+        title = page.title()
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert title.startswith("Retention report · Demo Gift Shop · 2011-12-10")
+    for chart, box in boxes.items():
+        assert box is not None and box["width"] > 600 and box["height"] > 150, (chart, box)
+    assert "sim_effect" in uplift_text and "sim_null" in uplift_text
+    assert "2010-12" in heat_text
+    assert [url for url in requests if not url.startswith("file://")] == []  # self-contained
+    assert problems == []
+    assert (tmp_path / "report.png").stat().st_size > 50_000
