@@ -44,7 +44,7 @@ from recocamp.deliver import Deliverer
 from recocamp.demo import build_demo
 from recocamp.domain import ConsentBasis
 from recocamp.esp import make_provider
-from recocamp.jobs import deliver_planned, delivery_processes, plan_views
+from recocamp.jobs import RunOptions, deliver_planned, delivery_processes, plan_views
 from recocamp.settings import Settings, load_settings
 from recocamp.store import views
 from recocamp.store.engine import make_engine, upgrade
@@ -129,7 +129,7 @@ def run(settings: Settings, work: Path, all_views: list[Any], snapshot: Any,
         planned = plan_views(local, campaign, all_views, snapshot.items, snapshot.popular, now)
         phases = {"plan_s": time.perf_counter() - started}
         run_report = deliver_planned(engine, local, campaign, ROOT / "templates", planned, now,
-                                     deliverer, max_wait_s=30.0)  # fmt: skip
+                                     deliverer, RunOptions(max_wait_s=30.0))  # fmt: skip
         seconds = time.perf_counter() - started
         phases["enqueue_and_deliver_s"] = seconds - phases["plan_s"]
         report = run_report.delivery

@@ -13,7 +13,6 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -27,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from recocamp import campaigns as campaign_files
-from recocamp import compose, planner, render, training
+from recocamp import checks, compose, planner, render, training
 from recocamp import kpis as kpi_module
 from recocamp import model as model_module
 from recocamp.clock import SystemClock
@@ -476,30 +475,7 @@ TemplatesDir = Annotated[Path, typer.Option("--templates", help="Template files.
 def _campaign_problems(
     settings: Settings, campaigns: Path, templates: Path
 ) -> tuple[list[Any], list[ConfigError]]:
-    loaded, failures = campaign_files.load_all(campaigns, settings, templates)
-    for campaign in loaded:
-        path = campaigns / f"{campaign.name}.toml"
-        found = []
-        parts = [campaign.template.html, campaign.template.text]
-        parts += [p for v in campaign.variants for p in (v.html, v.text) if p]
-        subjects = [*campaign.template.subject.values()]
-        subjects += [s for v in campaign.variants if v.subject for s in v.subject.values()]
-        for locale in ("de", "en"):
-            sample = render.sample_context(locale)
-            for name in dict.fromkeys(parts):
-                found += [
-                    replace(p, key=f"template {p.key}")
-                    for p in render.check_template(templates, name, sample)
-                ]
-            for subject in subjects:
-                problem = render.check_subject(subject, sample, templates)
-                if problem:
-                    found.append(
-                        Problem(f"subject: {problem}", key="template.subject", value=subject)
-                    )
-        if found:
-            failures.append(ConfigError(path, list(dict.fromkeys(found))))
-    return loaded, failures
+    return checks.campaign_problems(settings, campaigns, templates)
 
 
 @app.command("check")

@@ -1,4 +1,4 @@
-"""Delivery commands: ``send``, ``outbox …``, ``fake-esp``, ``serve``.
+"""Delivery commands: ``send``, ``outbox …``, ``fake-esp``.
 
 Kept apart from ``cli.py`` so each file stays readable; they register on the same app.
 """
@@ -31,7 +31,7 @@ from recocamp.cli import (
 )
 from recocamp.deliver import Deliverer, DeliveryReport
 from recocamp.esp import make_provider
-from recocamp.jobs import RunReport, send_campaign, signing_key
+from recocamp.jobs import RunOptions, RunReport, send_campaign, signing_key
 from recocamp.render import Renderer
 from recocamp.settings import Settings
 
@@ -90,9 +90,12 @@ def _send_run(settings: Settings, engine: sa.Engine, campaign: Campaign, templat
             rendering = bar.progress.add_task(f"{campaign.name}: planning", total=None)
             sending = bar.progress.add_task(f"{campaign.name}: delivering", total=None)
             deliverer.on_progress = lambda n: bar.progress.advance(sending, n)
-            return send_campaign(engine, settings, campaign, templates, now, deliverer, wait,
-                                 lambda n: bar.progress.advance(rendering, n),
-                                 issued_at=clock.now())  # fmt: skip
+            options = RunOptions(
+                issued_at=clock.now(),
+                max_wait_s=wait,
+                on_progress=lambda n: bar.progress.advance(rendering, n),
+            )
+            return send_campaign(engine, settings, campaign, templates, now, deliverer, options)
     finally:
         provider.close()
 
@@ -200,23 +203,6 @@ def fake_esp(
     esp = FakeEsp(data_dir, faults, webhook_url)
     console.print(f"fake ESP on http://{host}:{port} (GET /_stats)")
     uvicorn.run(create_app(esp), host=host, port=port, log_level="warning")
-
-
-@app.command("serve")
-def serve(
-    host: Annotated[str | None, typer.Option(help="Default: [api] host.")] = None,
-    port: Annotated[int | None, typer.Option(help="Default: [api] port.")] = None,
-) -> None:
-    """Run the HTTP API: unsubscribe links, ESP webhooks, health."""
-    import uvicorn
-
-    from recocamp.api import create_app
-
-    with _errors_to_exit():
-        settings = _settings()
-        application = create_app(settings, _engine(settings), clock)
-    uvicorn.run(application, host=host or settings.api.host, port=port or settings.api.port,
-                log_level="warning")  # fmt: skip
 
 
 DEMO_AS_OF = "2011-12-13T10:00:00"

@@ -4,3 +4,165 @@ Registers on the same typer app as ``cli.py`` (imported at its end).
 """
 
 from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from recocamp import metrics
+from recocamp.cli import (
+    CampaignsDir,
+    Output,
+    TemplatesDir,
+    _engine,
+    _errors_to_exit,
+    _settings,
+    app,
+    clock,
+    console,
+)
+from recocamp.errors import RecocampError
+from recocamp.store import runs
+from recocamp.worker import Worker
+
+runs_app = typer.Typer(help="The history of job and campaign runs; workers.",
+                       no_args_is_help=True)  # fmt: skip
+app.add_typer(runs_app, name="runs")
+log = logging.getLogger(__name__)
+
+
+@app.command("worker")
+def worker(
+    once: Annotated[bool, typer.Option(help="Run what is due now, deliver, and exit.")] = False,
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus metrics port (0: off; default: settings).")
+    ] = None,
+) -> None:
+    """Run the schedule: campaigns, training, imports, delivery, KPI snapshots, purges."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's BLAS (see model.py)
+    logging.getLogger("recocamp").setLevel(logging.INFO)
+    # overlaps and misses are logged (and counted) by the worker itself
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    with _errors_to_exit():
+        settings = _settings()
+        process = Worker(settings, _engine(settings), campaigns, templates, clock)
+        process.load()
+        if once:
+            outcomes = process.run_due_once()
+            console.print(", ".join(f"{job}: {what}" for job, what in outcomes.items()))
+            return
+        _serve_metrics(
+            settings.worker.metrics_host,
+            settings.worker.metrics_port if metrics_port is None else metrics_port,
+        )
+        process.install_signals()
+        process.start()
+        console.print(f"worker {process.id} running {len(process.specs)} jobs; "
+                      "SIGTERM or Ctrl-C stops it")  # fmt: skip
+        process.wait()
+        clean = process.shutdown()
+    raise typer.Exit(0 if clean else 3)
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:  # another worker on this host has the port: run without
+        log.warning("metrics not served on %s:%d: %s", host, port, exc)
+        return
+    metrics.LEADER.set(0)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+@runs_app.command("list")
+def runs_list(
+    job: Annotated[str | None, typer.Option(help="Only this job (e.g. campaign:winback).")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 30,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+) -> None:
+    """The latest job and campaign runs, newest first."""
+    with _errors_to_exit(), _engine(_settings()).connect() as connection:
+        rows = runs.recent(connection, job, limit)
+    if format is Output.json:
+        print(json.dumps([_run_json(row) for row in rows], indent=2))
+        return
+    table = Table(title="runs")
+    for column in ("id", "job", "status", "started", "seconds", "counts / error", "worker"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        seconds = (row.finished_at - row.started_at).total_seconds() if row.finished_at else None
+        table.add_row(str(row.id), row.job, row.status, f"{row.started_at:%Y-%m-%d %H:%M:%S}",
+                      f"{seconds:.1f}" if seconds is not None else "…",
+                      row.error or _counts_text(row.counts), row.worker)  # fmt: skip
+    console.print(table)
+
+
+def _counts_text(counts: dict[str, Any]) -> str:
+    parts = []
+    for key, value in counts.items():
+        if isinstance(value, dict):
+            parts += [f"{k}={v}" for k, v in value.items()]
+        elif value not in (0, None, ""):
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def _run_json(row: Any) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {"id": row.id, "job": row.job, "status": row.status, "worker": row.worker,
+            "started_at": iso(row.started_at), "finished_at": iso(row.finished_at),
+            "as_of": iso(row.as_of), "run_key": row.run_key, "counts": row.counts,
+            "error": row.error, "resumed_from": row.resumed_from}  # fmt: skip
+
+
+@runs_app.command("trigger")
+def runs_trigger(job: str) -> None:
+    """Make a scheduled job due now; the scheduling worker runs it within a few seconds."""
+    from recocamp import scheduler
+
+    with _errors_to_exit():
+        settings = _settings()
+        engine = _engine(settings)
+        sched = scheduler.make_scheduler()
+        scheduler.attach_shared(sched, engine)
+        sched.start(paused=True)
+        try:
+            known = [j.id for j in sched.get_jobs(jobstore=scheduler.SHARED)]
+            if job not in known:
+                names = ", ".join(known) or "none yet: the scheduling worker adds them"
+                raise RecocampError(f"no scheduled job {job!r} (known: {names})")
+            sched.modify_job(job, jobstore=scheduler.SHARED, next_run_time=clock.now())
+        finally:
+            scheduler.quiesce(sched)
+            sched.shutdown(wait=False)
+    console.print(f"{job}: due now")
+
+
+@runs_app.command("workers")
+def runs_workers() -> None:
+    """Workers with their heartbeat, and which one schedules."""
+    with _errors_to_exit(), _engine(_settings()).connect() as connection:
+        rows = runs.all_workers(connection)
+    table = Table(title="workers")
+    for column in ("worker", "started", "heartbeat", "leader since", "stopped"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.id, f"{row.started_at:%Y-%m-%d %H:%M:%S}",
+                      f"{row.heartbeat_at:%Y-%m-%d %H:%M:%S}",
+                      f"{row.leader_since:%Y-%m-%d %H:%M:%S}" if row.leader_since else "",
+                      f"{row.stopped_at:%Y-%m-%d %H:%M:%S}" if row.stopped_at else "")  # fmt: skip
+    console.print(table)

@@ -153,17 +153,21 @@ class Deliverer:
               producing: Callable[[], bool] = lambda: False) -> DeliveryReport:  # fmt: skip
         """Send everything due; wait up to ``max_wait_s`` for retries that come due, and
         keep polling for new messages as long as ``producing()`` says more are coming."""
-        report = DeliveryReport(reconciled=self.reconcile())
-        while not self.stopping():
-            now = self.clock.now()
-            claimed = outbox.claim(self.engine, self.worker, now, self.batch, campaign)
-            if claimed:
-                report.add(self._send(claimed))
-                self.on_progress(len(claimed))
-            elif producing():
-                time.sleep(POLL_S)
-            elif not self._wait_for_due(campaign, max_wait_s):
-                break
+        outbox.draining.add(self.worker)
+        try:
+            report = DeliveryReport(reconciled=self.reconcile())
+            while not self.stopping():
+                now = self.clock.now()
+                claimed = outbox.claim(self.engine, self.worker, now, self.batch, campaign)
+                if claimed:
+                    report.add(self._send(claimed))
+                    self.on_progress(len(claimed))
+                elif producing():
+                    time.sleep(POLL_S)
+                elif not self._wait_for_due(campaign, max_wait_s):
+                    break
+        finally:
+            outbox.draining.discard(self.worker)
         return self._finish(report, campaign)
 
     def _wait_for_due(self, campaign: str | None, max_wait_s: float) -> bool:
@@ -334,33 +338,36 @@ class Deliverer:
 # -- several delivering processes -----------------------------------------------------------
 
 _producing: Any = None  # in a delivery process: the parent's "still enqueueing" flag
+_stop: Any = None  # … and its "stop after this batch" flag
 _parent = 0
 
 
 def drain_in_processes(engine: sa.Engine, settings: Settings, templates: Path,
                        campaign: str | None, processes: int, max_wait_s: float,
-                       producing: Callable[[], bool],
-                       on_progress: Progress = lambda n: None) -> DeliveryReport:  # fmt: skip
+                       producing: Callable[[], bool], on_progress: Progress = lambda n: None,
+                       stopping: Callable[[], bool] = lambda: False) -> DeliveryReport:  # fmt: skip
     """Drain with ``processes`` delivering processes while ``producing()`` holds.
 
     Rendering a body costs more than sending it, and one Python process renders on one
     core; several processes claim batches side by side (claims never overlap, see
     ``outbox.claim``). They are *spawned*, not forked: the caller may run threads. Each one
-    stops claiming when the parent goes away, so a killed ``send`` leaves at most its
-    in-flight batches claimed, which the next deliverer reconciles.
+    stops claiming when the parent goes away or ``stopping()`` says so, so a killed ``send``
+    leaves at most its in-flight batches claimed, which the next deliverer reconciles.
     """
     context = multiprocessing.get_context("spawn")
-    flag = context.Event()
+    flag, stop = context.Event(), context.Event()
     flag.set()
     done = _settled(engine, campaign)
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_child_init,
-                             initargs=(flag, os.getpid())) as pool:  # fmt: skip
+                             initargs=(flag, stop, os.getpid())) as pool:  # fmt: skip
         url = engine.url.render_as_string(hide_password=False)  # the parent's database
         futures = [pool.submit(_child_drain, url, settings, templates, campaign, max_wait_s)
                    for _ in range(processes)]  # fmt: skip
         while not all(f.done() for f in futures):
             if not producing():
                 flag.clear()
+            if stopping():
+                stop.set()
             time.sleep(0.2)
             now = _settled(engine, campaign)
             on_progress(now - done)
@@ -381,9 +388,9 @@ def _settled(engine: sa.Engine, campaign: str | None) -> int:
                for state, n in states.items() if state not in ("queued", "claimed"))  # fmt: skip
 
 
-def _child_init(flag: Any, parent: int) -> None:
-    global _producing, _parent
-    _producing, _parent = flag, parent
+def _child_init(flag: Any, stop: Any, parent: int) -> None:
+    global _producing, _stop, _parent
+    _producing, _stop, _parent = flag, stop, parent
 
 
 def _child_drain(url: str, settings: Settings, templates: Path, campaign: str | None,
@@ -393,10 +400,10 @@ def _child_drain(url: str, settings: Settings, templates: Path, campaign: str | 
     from recocamp.store.engine import make_engine
 
     engine, provider = make_engine(url), make_provider(settings)
-    orphaned = lambda: os.getppid() != _parent  # noqa: E731
+    stopping = lambda: os.getppid() != _parent or bool(_stop.is_set())  # noqa: E731
     try:
         deliverer = Deliverer(engine, provider, settings.esp, SystemClock(),
-                              renderer=Renderer(templates), stopping=orphaned)  # fmt: skip
+                              renderer=Renderer(templates), stopping=stopping)  # fmt: skip
         return deliverer.drain(campaign, max_wait_s, lambda: bool(_producing.is_set()))
     finally:
         provider.close()

@@ -7,6 +7,7 @@
     ├── DataImportError      a source file that cannot be imported: file + every bad line/column
     ├── StoreError           the database is missing, not migrated or unreachable
     ├── ModelError           recommender training / loading problems
+    ├── Interrupted          a run stopped early because the worker is shutting down
     └── DeliveryError        sending through an email service provider
         ├── TransientDeliveryError   retry the request later (timeouts, 429, 5xx)
         ├── PermanentDeliveryError   the request is refused for good
@@ -84,6 +85,14 @@ class StoreError(RecocampError):
 
 class ModelError(RecocampError):
     """Training, loading or scoring a recommender failed."""
+
+
+class Interrupted(RecocampError):
+    """A run stopped between two chunks because the worker was told to stop (SIGTERM).
+
+    Nothing is half-done: what was enqueued is recorded, and the run is resumed with the
+    same instant (hence the same send keys) by the next scheduling worker.
+    """
 
 
 class DeliveryError(RecocampError):

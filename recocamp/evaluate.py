@@ -118,7 +118,10 @@ def _hits(indices: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
 
 
 def evaluate(model: Recommender, split: Split, k: int = 10, *, fit: bool = True) -> Metrics:
-    """Fit (unless already fitted) and measure ``model`` on ``split``."""
+    """Fit (unless already fitted) and measure ``model`` on ``split``. A split with nobody
+    to evaluate (a shop younger than the horizon) measures nothing and fits nothing."""
+    if len(split.rows) == 0:
+        return Metrics(0.0, 0.0, 0.0, 0.0, 0.0, customers=0, fit_s=0.0)
     started = time.perf_counter()
     if fit:
         model.fit(split.data)

@@ -22,11 +22,13 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from recocamp import campaigns as campaign_files
-from recocamp import compose, outbox, planner, render
+from recocamp import compose, drop_folder, metrics, outbox, planner, render, training
 from recocamp.campaigns import Campaign
+from recocamp.clock import Clock
 from recocamp.deliver import Deliverer, DeliveryReport, drain_in_processes
 from recocamp.domain import OutgoingEmail
-from recocamp.errors import ConfigError, Problem
+from recocamp.errors import ConfigError, Interrupted, Problem
+from recocamp.esp import Provider, make_provider
 from recocamp.settings import Settings
 from recocamp.store import views
 from recocamp.store.queries import _insert
@@ -77,8 +79,9 @@ def plan_run(engine: sa.Engine, settings: Settings, campaign: Campaign,
              now: datetime) -> Planned:  # fmt: skip
     """Load the planner's snapshot and decide for every customer at ``now``."""
     signing_key(settings)  # refuse before any work, not after planning
+    own = run_key(campaign.name, now, ZoneInfo(settings.shop.time_zone))
     with engine.connect() as connection:
-        snapshot = views.load(connection, settings, now)
+        snapshot = views.load(connection, settings, now, own_run=own)
     return plan_views(settings, campaign, snapshot.views, snapshot.items, snapshot.popular, now)
 
 
@@ -91,30 +94,42 @@ def plan_views(settings: Settings, campaign: Campaign, customers: Sequence[plann
     return Planned(report, decided, {v.customer.id: v for v in customers})
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a campaign run reports progress and stops; the defaults suit one-off runs."""
+
+    issued_at: datetime | None = None  # link tokens' issue time: the real time when deciding
+    #                                    for a simulated ``--as-of`` (a token must not look
+    #                                    15 years old to the unsubscribe page)
+    max_wait_s: float = 0.0  # wait this long for retries before leaving them to the worker
+    on_progress: Progress = lambda n: None  # decisions recorded and enqueued
+    stopping: Callable[[], bool] = lambda: False  # checked between chunks and batches
+
+
 def plan_and_enqueue(engine: sa.Engine, settings: Settings, campaign: Campaign,
-                     templates: Path, now: datetime, on_progress: Progress = lambda n: None,
-                     issued_at: datetime | None = None) -> RunReport:  # fmt: skip
-    """Decide at ``now`` and enqueue; link tokens carry ``issued_at`` (the real time when
-    ``now`` is a simulated ``--as-of``: a token must not look 15 years old to the
-    unsubscribe page)."""
+                     templates: Path, now: datetime,
+                     options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
+    """Decide at ``now`` and enqueue (nothing is delivered)."""
     planned = plan_run(engine, settings, campaign, now)
-    return enqueue_decisions(engine, settings, campaign, templates, planned, now, on_progress,
-                             issued_at)  # fmt: skip
+    return enqueue_decisions(engine, settings, campaign, templates, planned, now, options)
 
 
 def enqueue_decisions(engine: sa.Engine, settings: Settings, campaign: Campaign,
                       templates: Path, planned: Planned, now: datetime,
-                      on_progress: Progress = lambda n: None,
-                      issued_at: datetime | None = None) -> RunReport:  # fmt: skip
+                      options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
     """Record every decision and enqueue the e-mails of sends and deferrals, chunk by chunk
-    (a crash loses at most the chunk in flight, and the re-run skips what is enqueued).
-    Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only the
-    subject is rendered here."""
+    (a crash or a stop loses at most the chunk in flight, and the re-run skips what is
+    enqueued). Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only
+    the subject is rendered here."""
     key = signing_key(settings)
     renderer = render.Renderer(templates)
     report = planned.report
     period = report.run_key.rpartition("/")[2]
+    issued_at = options.issued_at or now
     for chunk in _chunks(planned.decided):
+        if options.stopping():
+            raise Interrupted(f"campaign run {report.run_key} stopped after "
+                              f"{report.enqueued:,} e-mails enqueued")  # fmt: skip
         wanted = [d for d in chunk if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)]
         keys = {d.customer_id: outbox.send_key(campaign.name, d.customer_id, period)
                 for d in wanted}  # fmt: skip
@@ -122,14 +137,14 @@ def enqueue_decisions(engine: sa.Engine, settings: Settings, campaign: Campaign,
             done = outbox.existing_keys(connection, campaign.name, list(keys.values()))
         emails = [  # composed outside the write transaction: a deliverer may be draining
             _email(d, planned.by_customer[d.customer_id], campaign, settings, renderer, key,
-                   now, issued_at or now, keys[d.customer_id])
+                   now, issued_at, keys[d.customer_id])
             for d in wanted if keys[d.customer_id] not in done
         ]  # fmt: skip
         with engine.begin() as connection:
             _record_decisions(connection, report.run_key, chunk, now)
             report.enqueued += outbox.enqueue(connection, emails, now)
         report.already_enqueued += len(done)
-        on_progress(len(chunk))
+        options.on_progress(len(chunk))
     log.info("campaign %s run %s: %d decisions, %d enqueued, %d already enqueued",
              campaign.name, report.run_key, len(planned.decided), report.enqueued,
              report.already_enqueued)  # fmt: skip
@@ -167,19 +182,17 @@ def _record_decisions(connection: sa.Connection, key: str,
 
 
 def send_campaign(engine: sa.Engine, settings: Settings, campaign: Campaign, templates: Path,
-                  now: datetime, deliverer: Deliverer, max_wait_s: float = 0.0,
-                  on_progress: Progress = lambda n: None,
-                  issued_at: datetime | None = None) -> RunReport:  # fmt: skip
+                  now: datetime, deliverer: Deliverer,
+                  options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
     """Plan, then enqueue while the same campaign is being delivered."""
     planned = plan_run(engine, settings, campaign, now)
     return deliver_planned(engine, settings, campaign, templates, planned, now, deliverer,
-                           max_wait_s, on_progress, issued_at)  # fmt: skip
+                           options)  # fmt: skip
 
 
 def deliver_planned(engine: sa.Engine, settings: Settings, campaign: Campaign, templates: Path,
                     planned: Planned, now: datetime, deliverer: Deliverer,
-                    max_wait_s: float = 0.0, on_progress: Progress = lambda n: None,
-                    issued_at: datetime | None = None) -> RunReport:  # fmt: skip
+                    options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
     """Enqueue ``planned`` while it is delivered: by ``deliverer`` in a thread, or, for a big
     run, by several delivering processes (``[esp] delivery_processes``), because rendering
     the bodies is the expensive part and one process renders on one core."""
@@ -188,11 +201,12 @@ def deliver_planned(engine: sa.Engine, settings: Settings, campaign: Campaign, t
     def drain(producing: Callable[[], bool]) -> DeliveryReport:
         if processes > 1:
             return drain_in_processes(engine, settings, templates, campaign.name, processes,
-                                      max_wait_s, producing, deliverer.on_progress)  # fmt: skip
-        return deliverer.drain(campaign.name, max_wait_s, producing)
+                                      options.max_wait_s, producing, deliverer.on_progress,
+                                      options.stopping)  # fmt: skip
+        return deliverer.drain(campaign.name, options.max_wait_s, producing)
 
     return while_delivering(drain, lambda: enqueue_decisions(
-        engine, settings, campaign, templates, planned, now, on_progress, issued_at))  # fmt: skip
+        engine, settings, campaign, templates, planned, now, options))  # fmt: skip
 
 
 def delivery_processes(settings: Settings, sends: int) -> int:
@@ -228,3 +242,107 @@ def while_delivering(drain: Callable[[Callable[[], bool]], DeliveryReport],
         raise outcome["error"]
     report.delivery = outcome["report"]
     return report
+
+
+# --- the worker's jobs (see ``scheduler.job_table``) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every job of a worker needs; ``stop`` is set on SIGTERM."""
+
+    settings: Settings
+    engine: sa.Engine
+    templates: Path
+    clock: Clock
+    stop: threading.Event
+
+
+Counts = dict[str, Any]
+
+
+def _deliverer(ctx: JobContext, provider: Provider) -> Deliverer:
+    return Deliverer(ctx.engine, provider, ctx.settings.esp, ctx.clock,
+                     sleep=ctx.stop.wait, renderer=render.Renderer(ctx.templates),
+                     stopping=ctx.stop.is_set)  # fmt: skip
+
+
+def run_campaign(ctx: JobContext, campaign: Campaign, as_of: datetime) -> Counts:
+    """A scheduled campaign run decided at ``as_of``: plan, enqueue, deliver (big runs by
+    several processes); a stop between chunks raises ``Interrupted``."""
+    provider = make_provider(ctx.settings)
+    try:
+        options = RunOptions(issued_at=ctx.clock.now(), stopping=ctx.stop.is_set)
+        report = send_campaign(ctx.engine, ctx.settings, campaign, ctx.templates, as_of,
+                               _deliverer(ctx, provider), options)  # fmt: skip
+    finally:
+        provider.close()
+    for reason, number in report.counts.items():
+        metrics.DECISIONS.labels(campaign.name, reason).inc(number)
+    counts: Counts = {"decisions": dict(report.counts), "enqueued": report.enqueued,
+                      "already_enqueued": report.already_enqueued}  # fmt: skip
+    if report.delivery is not None:
+        counts |= _delivery_counts(campaign.name, report.delivery)
+    return counts
+
+
+def _delivery_counts(campaign: str | None, report: DeliveryReport) -> Counts:
+    counts = {name: getattr(report, name) for name in (
+        "sent", "rejected", "failed", "retried", "cancelled", "reconciled")}  # fmt: skip
+    for name, number in counts.items():
+        if number:
+            metrics.EMAILS.labels(campaign or "all", name).inc(number)
+    return counts | {"waiting": report.waiting}
+
+
+def deliver(ctx: JobContext, now: datetime) -> Counts:
+    """Every worker, every few seconds: send what is due (retries, deferred mail, other
+    workers' runs), after reconciling claims of crashed workers."""
+    provider = make_provider(ctx.settings)
+    try:
+        report = _deliverer(ctx, provider).drain()
+    finally:
+        provider.close()
+    counts = _delivery_counts(None, report)
+    return counts if any(v for k, v in counts.items() if k != "waiting") else {}
+
+
+def train(ctx: JobContext, now: datetime) -> Counts:
+    result = training.train(ctx.engine, ctx.settings.recommender, now=now, as_of=now)
+    if result.seconds:
+        metrics.TRAIN_SECONDS.set(result.seconds.get("total", 0.0))
+    if result.outcome == "promoted":
+        metrics.MODEL_INFO.clear()
+        metrics.MODEL_INFO.labels(result.version).set(1)
+    return {"outcome": result.outcome, "version": result.version, "reason": result.reason,
+            "cache_rows": result.cache_rows}  # fmt: skip
+
+
+def import_files(ctx: JobContext, now: datetime) -> Counts:
+    report = drop_folder.import_drop_folder(ctx.engine, ctx.settings, now)
+    return report.counts()
+
+
+def snapshot_kpis(ctx: JobContext, now: datetime) -> Counts:
+    from recocamp import measure_jobs
+
+    return {"rows": measure_jobs.snapshot_kpis(ctx.engine, ctx.settings, now)}
+
+
+def purge(ctx: JobContext, now: datetime) -> Counts:
+    from recocamp import privacy
+
+    return dict(privacy.purge(ctx.engine, ctx.settings, now).counts())
+
+
+JOBS: dict[str, Callable[[JobContext, datetime], Counts]] = {
+    "import": import_files,
+    "train": train,
+    "kpi_snapshot": snapshot_kpis,
+    "purge": purge,
+    "deliver": deliver,
+}
+
+
+def missing_campaign(name: str) -> Problem:
+    return Problem("the campaign's file is gone or broken since it was scheduled", value=name)

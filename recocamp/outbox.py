@@ -232,6 +232,11 @@ def stale_claims(connection: sa.Connection, now: datetime, lease_s: float,
     ]  # fmt: skip
 
 
+# Deliverers draining in this process right now: a worker runs several at once (a campaign
+# run's and the periodic one), and one must not take another's claims for a dead worker's.
+draining: set[str] = set()
+
+
 def process_alive(claimed_by: str, me: str) -> bool:
     """Is the worker that holds a claim still running? Only answerable on the same host."""
     host, _, rest = claimed_by.partition(":")
@@ -241,7 +246,7 @@ def process_alive(claimed_by: str, me: str) -> bool:
     if host != socket.gethostname() or not pid_text.isdigit():
         return True  # another machine: trust the lease
     if int(pid_text) == os.getpid():
-        return False  # an earlier deliverer of this very process that did not finish
+        return claimed_by in draining  # else: a deliverer of this process that did not finish
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:

@@ -183,6 +183,33 @@ class PrivacySettings(_Section):
     retired_model_days: int = Field(default=90, ge=1)
 
 
+def _crontab(value: str) -> str:
+    from apscheduler.triggers.cron import CronTrigger
+
+    CronTrigger.from_crontab(value)  # raises ValueError with the reason
+    return value
+
+
+Crontab = Annotated[str, AfterValidator(_crontab)]
+
+
+class WorkerSettings(_Section):
+    """``recocamp worker``: what runs when (cron in the shop's zone), and how it behaves."""
+
+    train_cron: Crontab = "0 3 * * *"
+    kpi_snapshot_cron: Crontab = "30 0 * * *"
+    purge_cron: Crontab = "0 4 * * *"
+    import_every_s: float = Field(default=300.0, gt=0)
+    deliver_every_s: float = Field(default=10.0, gt=0)
+    misfire_grace_s: int = Field(default=3600, ge=1)
+    resume_window_s: float = Field(default=21600.0, gt=0)
+    leader_poll_s: float = Field(default=2.0, gt=0)
+    reload_check_s: float = Field(default=5.0, gt=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+
 class MeasureSettings(_Section):
     attribution_window_days: int = Field(default=7, ge=1)
     snapshot_window_days: tuple[Annotated[int, Field(ge=1)], ...] = Field(
@@ -227,6 +254,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     privacy: PrivacySettings = PrivacySettings()
     measure: MeasureSettings = MeasureSettings()
+    worker: WorkerSettings = WorkerSettings()
     # secrets: environment only (RECOCAMP_ESP_TOKEN, RECOCAMP_SIGNING_KEY, RECOCAMP_API_KEYS,
     # RECOCAMP_WEBHOOK_SECRET)
     esp_token: SecretStr | None = None

@@ -265,7 +265,71 @@ campaign_pauses = sa.Table(
 
 # --- worker (migration 0004) ---------------------------------------------------------------
 
+# Every job run and campaign run of every worker: the history behind `recocamp runs list`.
+# A campaign run keeps the instant it decided for (``as_of``): a run cut short by a crash or
+# a shutdown is resumed with the same instant, hence the same run key and send keys.
+RUN_STATUSES = ("running", "ok", "error", "skipped", "interrupted")
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("job", sa.String(200), nullable=False),  # train | campaign:winback | …
+    sa.Column("worker", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Column("as_of", UtcDateTime),
+    sa.Column("run_key", sa.String(200)),
+    sa.Column("counts", sa.JSON, nullable=False),
+    sa.Column("error", sa.String(2000)),
+    sa.Column("resumed_from", sa.BigInteger().with_variant(sa.Integer, "sqlite")),
+    sa.CheckConstraint(
+        "status IN ('running', 'ok', 'error', 'skipped', 'interrupted')", name="status"
+    ),
+    sa.Index(None, "job", "started_at"),
+    sa.Index(None, "status"),
+)
+
+# Running workers: a heartbeat each, and since when one of them is the scheduling leader.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),  # host:pid:nonce
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime, nullable=False),
+    sa.Column("leader_since", UtcDateTime),
+    sa.Column("stopped_at", UtcDateTime),
+)
+
+# APScheduler 3's SQLAlchemyJobStore table, declared here so that migrations (not the
+# library) create it: the persistent job store of the scheduling worker (`scheduler`).
+apscheduler_jobs = sa.Table(
+    "apscheduler_jobs",
+    metadata,
+    sa.Column("id", sa.Unicode(191), primary_key=True),
+    sa.Column("next_run_time", sa.Float(25)),
+    sa.Column("job_state", sa.LargeBinary, nullable=False),
+    sa.Index(None, "next_run_time"),
+)
+
 # --- shop API and privacy (migration 0005) -------------------------------------------------
+
+# One row per erased customer (GDPR Art. 17), holding nothing that identifies them: when,
+# through which channel and how many rows of each table were removed or anonymised. The
+# row's id names the anonymous stand-in (``erased-<id>``) left in tables that keep
+# non-identifying aggregates (decisions, outbox, audit log). The top-N cache is rebuilt
+# without anybody erased after a model's training began (see ``store.registry.make_live``).
+erasures = sa.Table(
+    "erasures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("erased_at", UtcDateTime, nullable=False),
+    sa.Column("via", sa.String(64), nullable=False),  # api | cli | preferences page
+    sa.Column("rows", sa.JSON, nullable=False),  # {"table": rows changed, ...}
+    sa.Index(None, "erased_at"),
+)
 
 # --- measure (migration 0006) --------------------------------------------------------------
 

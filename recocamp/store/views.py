@@ -10,7 +10,7 @@ or will go out), suppressions the hashed addresses of the suppression list.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,7 +42,11 @@ class Snapshot:
     popular: list[list[Any]]
 
 
-def load(connection: sa.Connection, settings: Settings, now: datetime) -> Snapshot:
+def load(connection: sa.Connection, settings: Settings, now: datetime, *,
+         own_run: str | None = None) -> Snapshot:  # fmt: skip
+    """Everything the planner needs at ``now``. ``own_run`` (a run key, ``campaign/day``)
+    leaves that run's own e-mails out of the contact history: a run resumed after a crash
+    decides as it did the first time instead of seeing its own mail as a cap."""
     catalogue = _items(connection)
     histories = _histories(connection, catalogue, now)
     personal = {
@@ -50,7 +54,7 @@ def load(connection: sa.Connection, settings: Settings, now: datetime) -> Snapsh
     }
     scores = rfm_scores(histories, now)
     tiers = tiers_of(settings.loyalty)
-    contacts = _contacts(connection, now)
+    contacts = _contacts(connection, now, own_run)
     suppressed = set(connection.execute(sa.select(suppressions.c.email_hash)).scalars())
     views = []
     for row in connection.execute(sa.select(customers).order_by(customers.c.id)):
@@ -66,11 +70,17 @@ def load(connection: sa.Connection, settings: Settings, now: datetime) -> Snapsh
     return Snapshot(views, catalogue, _popular(connection, now, settings.recommender.top_n))
 
 
-def _contacts(connection: sa.Connection, now: datetime) -> dict[str, tuple[Contact, ...]]:
+def _contacts(connection: sa.Connection, now: datetime,
+              own_run: str | None = None) -> dict[str, tuple[Contact, ...]]:  # fmt: skip
     at = sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
     query = sa.select(outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at,
                       outbox.c.not_before).where(
         outbox.c.state.in_(LIVE_STATES), at >= now - timedelta(days=35))  # fmt: skip
+    if own_run is not None:  # send keys are campaign/customer/day, run keys campaign/day
+        campaign, _, day = own_run.rpartition("/")
+        query = query.where(sa.not_(sa.and_(
+            outbox.c.campaign == campaign,
+            outbox.c.send_key.endswith(f"/{day}", autoescape=True))))  # fmt: skip
     found: dict[str, list[Contact]] = defaultdict(list)
     for row in connection.execute(query):
         found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
@@ -103,13 +113,33 @@ def _items(connection: sa.Connection) -> dict[str, Item]:
     }
 
 
+def customer_history(
+    connection: sa.Connection, customer_id: str, catalogue: Mapping[str, Item], now: datetime
+) -> History:
+    """One customer's history, built exactly as for a campaign run (the shop API's view)."""
+    return _histories(connection, catalogue, now, customer_id).get(customer_id, History(()))
+
+
+def catalogue(connection: sa.Connection) -> dict[str, Item]:
+    """The whole catalogue by item id."""
+    return _items(connection)
+
+
+def recent_popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]]:
+    """The cold-start list: the live model's, else straight from recent sales."""
+    return _popular(connection, now, n)
+
+
 def _histories(
-    connection: sa.Connection, catalogue: dict[str, Item], now: datetime
+    connection: sa.Connection,
+    catalogue: Mapping[str, Item],
+    now: datetime,
+    customer_id: str | None = None,
 ) -> dict[str, History]:
     p = purchases.c
     columns = (p.customer_id, p.order_id, p.ordered_at, p.item_id, p.quantity, p.unit_price)
     query = sa.select(*columns).where(
-        p.customer_id.is_not(None),
+        p.customer_id.is_not(None) if customer_id is None else p.customer_id == customer_id,
         p.is_return.is_(False),
         p.quantity > 0,
         p.unit_price > 0,

@@ -1,0 +1,107 @@
+"""The ``runs`` and ``workers`` tables: what every worker ran, and who is alive and leading.
+
+A run row is written when a job starts (``running``) and again when it ends (``ok``,
+``error``, ``skipped`` or ``interrupted``), each in its own short transaction, so a worker
+that dies mid-run leaves a ``running`` row behind: :func:`unfinished_campaign_runs` finds
+those of dead workers (no heartbeat for a while) and the scheduling worker resumes them.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from recocamp.store.queries import _insert
+from recocamp.store.schema import runs, workers
+
+CAMPAIGN_PREFIX = "campaign:"
+
+
+def start(connection: sa.Connection, job: str, worker: str, now: datetime, *,
+          as_of: datetime | None = None, run_key: str | None = None,
+          resumed_from: int | None = None) -> int:  # fmt: skip
+    statement = sa.insert(runs).values(
+        job=job, worker=worker, status="running", started_at=now, as_of=as_of,
+        run_key=run_key, counts={}, resumed_from=resumed_from,
+    ).returning(runs.c.id)  # fmt: skip
+    return int(connection.execute(statement).scalar_one())
+
+
+def finish(connection: sa.Connection, run_id: int, status: str, now: datetime,
+           counts: dict[str, Any], error: str | None = None) -> None:  # fmt: skip
+    connection.execute(sa.update(runs).where(runs.c.id == run_id).values(
+        status=status, finished_at=now, counts=counts,
+        error=error[:2000] if error else None))  # fmt: skip
+
+
+def skipped(connection: sa.Connection, job: str, worker: str, now: datetime,
+            reason: str) -> None:  # fmt: skip
+    run_id = start(connection, job, worker, now)
+    finish(connection, run_id, "skipped", now, {}, reason)
+
+
+def recent(connection: sa.Connection, job: str | None = None, limit: int = 50) -> list[Any]:
+    query = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(limit)
+    if job:
+        query = query.where(runs.c.job == job)
+    return list(connection.execute(query))
+
+
+def unfinished_campaign_runs(connection: sa.Connection, since: datetime,
+                             dead_before: datetime) -> list[Any]:  # fmt: skip
+    """Campaign runs to resume: interrupted, or still ``running`` although their worker
+    stopped or has not sent a heartbeat since ``dead_before``; decided after ``since``; and
+    not resumed yet."""
+    resumed = sa.select(runs.c.resumed_from).where(runs.c.resumed_from.is_not(None))
+    alive = sa.select(workers.c.id).where(workers.c.stopped_at.is_(None),
+                                           workers.c.heartbeat_at >= dead_before)  # fmt: skip
+    query = sa.select(runs).where(
+        runs.c.job.startswith(CAMPAIGN_PREFIX, autoescape=True),
+        runs.c.as_of >= since,
+        runs.c.id.not_in(resumed),
+        sa.or_(runs.c.status == "interrupted",
+               sa.and_(runs.c.status == "running", runs.c.worker.not_in(alive))),
+    ).order_by(runs.c.id)  # fmt: skip
+    return list(connection.execute(query))
+
+
+def mark_interrupted(connection: sa.Connection, run_id: int, now: datetime, why: str) -> None:
+    connection.execute(sa.update(runs).where(runs.c.id == run_id, runs.c.status == "running")
+                       .values(status="interrupted", finished_at=now, error=why))  # fmt: skip
+
+
+# --- workers ------------------------------------------------------------------------------
+
+
+def heartbeat(connection: sa.Connection, worker: str, now: datetime,
+              leader_since: datetime | None) -> None:  # fmt: skip
+    """Insert or refresh this worker's row (one statement, any backend)."""
+    pid = int(worker.split(":")[1])
+    statement = _insert(connection, workers).values(
+        id=worker, host=socket.gethostname(), pid=pid, started_at=now, heartbeat_at=now,
+        leader_since=leader_since,
+    )  # fmt: skip
+    connection.execute(statement.on_conflict_do_update(
+        index_elements=["id"],
+        set_={"heartbeat_at": now, "leader_since": leader_since, "stopped_at": None},
+    ))  # fmt: skip
+
+
+def stopped(connection: sa.Connection, worker: str, now: datetime) -> None:
+    connection.execute(sa.update(workers).where(workers.c.id == worker).values(
+        stopped_at=now, leader_since=None))  # fmt: skip
+
+
+def live_workers(connection: sa.Connection, alive_after: datetime) -> Sequence[Any]:
+    query = sa.select(workers).where(workers.c.stopped_at.is_(None),
+                                     workers.c.heartbeat_at >= alive_after)  # fmt: skip
+    return list(connection.execute(query.order_by(workers.c.started_at)))
+
+
+def all_workers(connection: sa.Connection, limit: int = 50) -> Sequence[Any]:
+    query = sa.select(workers).order_by(workers.c.heartbeat_at.desc()).limit(limit)
+    return list(connection.execute(query))
