@@ -29,3 +29,26 @@ DECISIONS = Counter(
 TRAIN_SECONDS = Gauge("recocamp_train_duration_seconds", "Duration of the last training run.")
 MODEL_INFO = Gauge("recocamp_live_model", "The live model version (value 1).", ["version"])
 LEADER = Gauge("recocamp_scheduler_leader", "1 while this worker schedules jobs, else 0.")
+
+# --- the shop API (route = the route's path template, never a raw path with ids or tokens) ---
+HTTP_REQUESTS = Counter(
+    "recocamp_http_requests_total", "API requests by method, route and status code.",
+    ["method", "route", "status"],
+)  # fmt: skip
+HTTP_SECONDS = Histogram(
+    "recocamp_http_request_duration_seconds", "API request duration by route.", ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)  # fmt: skip
+API_ANSWERS = Counter(
+    "recocamp_api_next_best_offer_total",
+    "Next-best-offer answers: cached (nothing committed since), checked (store unchanged for "
+    "the customer), computed.",
+    ["outcome"],
+)
+API_EVENTS = Counter(
+    "recocamp_api_purchase_events_total", "Orders posted to the events endpoint by outcome.",
+    ["outcome"],
+)  # fmt: skip
+PRIVACY_REQUESTS = Counter(
+    "recocamp_privacy_requests_total", "Exports and erasures by channel.", ["kind", "via"]
+)

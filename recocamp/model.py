@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from recocamp.baselines import Popularity, RepeatFrequency
 from recocamp.errors import ModelError
-from recocamp.matrix import TrainingData
+from recocamp.matrix import Lines, TrainingData, build
 from recocamp.recommend import Recommender, normalised
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class _Factors:
         self._params = params
         self.user_factors = np.zeros((0, 0), dtype=np.float32)
         self.item_factors = np.zeros((0, 0), dtype=np.float32)
+        self._solver: Any = None  # implicit's ALS, for folding in customers at request time
 
     def _model(self) -> Any:
         raise NotImplementedError
@@ -93,6 +96,25 @@ class _Factors:
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in self._params.items() if k not in ("use_gpu", "num_threads")}
+
+    def fold_in(self, confidence: sp.csr_matrix) -> np.ndarray:
+        """A user factor for a 1 × items confidence row: implicit's ALS ``recalculate_user``,
+        the least-squares solution against the fixed item factors (for BPR's factors too)."""
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        with threadpool_limits(1, "blas"):  # implicit checks BLAS threads when constructed
+            solver = self._solver
+            if solver is None or solver.item_factors is not self.item_factors:
+                solver = AlternatingLeastSquares(
+                    factors=self.item_factors.shape[1],
+                    regularization=float(self._params.get("regularization", 0.01)),
+                    num_threads=1,
+                )
+                solver.item_factors = np.ascontiguousarray(self.item_factors, dtype=np.float32)
+                self.item_factors = solver.item_factors
+                self._solver = solver
+            factor = solver.recalculate_user(0, sp.csr_matrix(confidence, dtype=np.float32))
+        return np.asarray(factor, dtype=np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}
@@ -300,6 +322,136 @@ def _cosine_neighbours(
     return order, similarity[order]
 
 
+# --- request time: one customer's scores from their current history ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRows:
+    """One customer's history as 1 × items rows aligned with a model's item columns."""
+
+    orders: sp.csr_matrix
+    confidence: sp.csr_matrix
+
+
+def item_columns(data: TrainingData) -> dict[str, int]:
+    """item id → column of a loaded model (built once per model by the caller)."""
+    return {str(item): column for column, item in enumerate(data.items)}
+
+
+def history_rows(
+    data: TrainingData,
+    columns: dict[str, int],
+    events: Sequence[tuple[str, int, float]],
+    half_life_days: float | None,
+) -> HistoryRows:
+    """``(item_id, order number, epoch seconds)`` events → the rows training would have built
+    (``matrix.build``: distinct orders per item, ``1 + ln(1 + n)``, the same time decay).
+    Items the model never saw have no column and are left out."""
+    known = [(columns[item], order, at) for item, order, at in events if item in columns]
+    n_items = len(data.items)
+    if not known:
+        empty = sp.csr_matrix((1, n_items), dtype=np.float32)
+        return HistoryRows(empty, empty)
+    codes, order, at = (np.asarray(part) for part in zip(*known, strict=True))
+    cutoff = max(data.cutoff, float(at.max()) + 1.0)
+    lines = Lines(np.zeros(len(codes), dtype=np.int64), codes.astype(np.int64),
+                  order.astype(np.int64), at.astype(np.float64), np.array(["c"]),
+                  data.items)  # fmt: skip
+    built = build(lines, cutoff, half_life_days=half_life_days)
+    wide = np.searchsorted(data.items, built.items)
+
+    def widen(row: sp.csr_matrix) -> sp.csr_matrix:
+        dense = np.zeros((1, n_items), dtype=np.float32)
+        dense[0, wide] = row.toarray()[0]
+        return sp.csr_matrix(dense)
+
+    return HistoryRows(widen(built.orders), widen(built.confidence))
+
+
+def rescore(fitted: Recommender, data: TrainingData, rows: HistoryRows) -> np.ndarray:
+    """Scores of every item for a customer given by history rows rather than a training row:
+    the customer bought something since the model was trained, or is new to it. ALS and BPR
+    fold the customer in with implicit's ``recalculate_user`` (least squares on the fixed
+    item factors); item-kNN multiplies the new row with the similarity matrix; the hybrid
+    recombines its parts from both."""
+    scores: np.ndarray
+    if isinstance(fitted, Hybrid):
+        scores = combine(_hybrid_parts(fitted, data, rows), fitted.weights)[0]
+        return scores
+    if isinstance(fitted, _Factors):
+        scores = fitted.fold_in(rows.confidence) @ fitted.item_factors.T
+        return scores
+    if isinstance(fitted, ItemKNN):
+        scores = (rows.confidence @ fitted.similarity).toarray()[0]
+        return scores
+    if isinstance(fitted, RepeatFrequency):
+        padding = 0.5 * _popularity_of(fitted._popularity)
+        own = rows.orders.toarray()[0]
+        return np.where(own > 0, 1.0 + own, padding)
+    if isinstance(fitted, Popularity):
+        return _popularity_of(fitted).copy()
+    raise ModelError(f"cannot rescore a {type(fitted).__name__}")
+
+
+def _popularity_of(model: Popularity) -> np.ndarray:
+    return np.asarray(model.arrays()["scores"], dtype=np.float64)
+
+
+def _hybrid_parts(fitted: Hybrid, data: TrainingData, rows: HistoryRows) -> dict[str, np.ndarray]:
+    own = rows.orders.toarray()
+    top = own.max(axis=1, keepdims=True)
+    popularity = _popularity_of(fitted._popularity)[None, :]
+    als = (fitted.als.fold_in(rows.confidence) @ fitted.als.item_factors.T)[None, :]
+    return {
+        "own": np.where(own > 0, own / np.where(top > 0, top, 1.0) + 1e-3 * popularity, 0.0),
+        "als": normalised(als),
+        "knn": normalised((rows.confidence @ fitted.knn.similarity).toarray()),
+        "popularity": popularity,
+        "new": (data.age_days < fitted.weights.new_days)[None, :],
+    }
+
+
+def because(
+    fitted: Recommender,
+    data: TrainingData,
+    columns: dict[str, int],
+    bought: Collection[str],
+    targets: Sequence[str],
+) -> dict[str, str]:
+    """For each target item, the bought item most similar to it (the "because you bought …"
+    of an offer): item-kNN similarity where the model has one, else the cosine of item
+    factors. Targets without any similar bought item are left out."""
+    owned = np.array(sorted({columns[i] for i in bought if i in columns}), dtype=np.int64)
+    wanted = [(t, columns[t]) for t in targets if t in columns]
+    if len(owned) == 0 or not wanted:
+        return {}
+    similarity = _similarity(fitted, owned, np.array([c for _, c in wanted], dtype=np.int64))
+    if similarity is None:
+        return {}
+    best = similarity.argmax(axis=0)
+    return {
+        target: str(data.items[owned[best[k]]])
+        for k, (target, _) in enumerate(wanted)
+        if similarity[best[k], k] > 0
+    }
+
+
+def _similarity(fitted: Recommender, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
+    """Similarity of bought items (rows) to targets (columns); per target the model's kNN
+    similarity where it knows one, else the cosine of the (ALS) item factors."""
+    knn = fitted.knn if isinstance(fitted, Hybrid) else fitted
+    factors = fitted.als if isinstance(fitted, Hybrid) else fitted
+    found = None
+    if isinstance(knn, ItemKNN) and knn.similarity.shape[0]:
+        found = knn.similarity[rows][:, cols].toarray()
+    if isinstance(factors, _Factors) and factors.item_factors.shape[0]:
+        vectors = factors.item_factors
+        norms = np.linalg.norm(vectors, axis=1) + 1e-9
+        cosine = (vectors[rows] @ vectors[cols].T) / np.outer(norms[rows], norms[cols])
+        found = cosine if found is None else np.where(found.max(axis=0) > 0, found, cosine)
+    return found
+
+
 # --- artifacts: npz (no pickle) + json -------------------------------------------------
 
 
@@ -356,3 +508,37 @@ def load(directory: Path, settings: Any) -> tuple[Recommender, TrainingData, dic
 
 def _no_gpu(settings: Any) -> Any:
     return settings.model_copy(update={"use_gpu": "false"})
+
+
+PER_CUSTOMER_MATRICES = ("orders", "confidence", "last_days")  # TrainingData rows
+
+
+def drop_customers(directory: Path, customer_ids: Collection[str]) -> int:
+    """Remove customers from a saved model (erasure, GDPR Art. 17): their id, their rows of
+    the training matrices and their user factors (every model array named ``*user_factors``
+    is per customer; item-side arrays and the aggregates ``popularity`` and ``age_days``
+    identify nobody and stay). Rewritten atomically; returns how many were removed."""
+    path = directory / "model.npz"
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    customers = arrays["customers"]
+    keep = ~np.isin(customers, np.array(sorted(customer_ids), dtype=customers.dtype))
+    removed = int((~keep).sum())
+    if removed == 0:
+        return 0
+    arrays["customers"] = customers[keep]
+    for name in PER_CUSTOMER_MATRICES:
+        arrays |= _csr_arrays(name, _csr_from(arrays, name)[keep])
+    for name in [n for n in arrays if n.startswith("model_") and n.endswith("user_factors")]:
+        arrays[name] = arrays[name][keep]
+    partial = directory / "model.npz.partial"
+    with partial.open("wb") as handle:
+        np.savez(handle, allow_pickle=False, **arrays)
+    os.replace(partial, path)
+    return removed
+
+
+def customer_ids(directory: Path) -> set[str]:
+    """The customers a saved model holds rows for (read without loading the rest)."""
+    with np.load(directory / "model.npz", allow_pickle=False) as stored:
+        return {str(value) for value in stored["customers"]}

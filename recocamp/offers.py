@@ -11,7 +11,7 @@ the existing-customer exception (UWG §7(3)) — anything outside the categories
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from recocamp.domain import Item
 from recocamp.recommend import Mode
@@ -41,6 +41,7 @@ class Offer:
     url: str | None = None
     image_url: str | None = None
     discount_percent: float | None = None
+    source: str = "popular"  # the candidate list it came from (see Candidates.source)
 
     @property
     def discounted_price(self) -> float | None:
@@ -51,10 +52,12 @@ class Offer:
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
-    """Scored item ids from one source, and how to explain an item picked from it."""
+    """Scored item ids from one source, and how to explain an item picked from it:
+    ``because`` names, per personal item, the bought item it is most similar to."""
 
     ranked: Sequence[Sequence[object]]  # [[item_id, score], ...]
-    source: str  # "personal" | "popular" | "due"
+    source: str  # "personal" | "popular" | "due" | "history"
+    because: Mapping[str, str] = field(default_factory=dict)  # item id → a bought item's title
 
 
 def allowed(
@@ -76,12 +79,37 @@ def allowed(
     return rules.max_price is None or item.price <= rules.max_price
 
 
-def why(item: Item, source: str, owned: bool) -> str:
+def why(item: Item, source: str, owned: bool, because: str | None = None) -> str:
     if owned:
         return "you bought this before" if source != "due" else "about time to restock"
     if source == "personal":
+        if because:
+            return f"because you bought {because}"
         return f"picked for you: you like {item.category.replace('_', ' ')}"
     return "popular this week"
+
+
+def sources_for(
+    mode: Mode,
+    personal: Sequence[Sequence[object]] | None,
+    popular: Sequence[Sequence[object]],
+    owned: frozenset[str],
+    due: Sequence[str] = (),
+    because: Mapping[str, str] | None = None,
+) -> list[Candidates]:
+    """The candidate lists in the order the campaign planner uses them (``planner.offers_for``):
+    items due for replenishment, the personal list, in replenish mode everything bought
+    before, then recent popularity. ``personal`` is None for anybody who objected to
+    profiling."""
+    sources = []
+    if mode is Mode.REPLENISH:
+        sources.append(Candidates([[item, 1.0] for item in due], "due"))
+    if personal:
+        sources.append(Candidates(personal, "personal", because or {}))
+    if mode is Mode.REPLENISH:
+        sources.append(Candidates([[item, 0.0] for item in sorted(owned)], "history"))
+    sources.append(Candidates(popular, "popular"))
+    return sources
 
 
 def select(
@@ -103,9 +131,21 @@ def select(
             item = items.get(item_id)
             if item is None or not allowed(item, rules, bought, categories):
                 continue
-            chosen.append(Offer(item.id, item.title, item.category, item.price, score,
-                                why(item, source.source, item.id in bought), item.url,
-                                item.image_url, rules.discount_percent))  # fmt: skip
+            reason = why(item, source.source, item.id in bought, source.because.get(item.id))
+            chosen.append(
+                Offer(
+                    item.id,
+                    item.title,
+                    item.category,
+                    item.price,
+                    score,
+                    reason,
+                    item.url,
+                    item.image_url,
+                    rules.discount_percent,
+                    source.source,
+                )
+            )
             if len(chosen) == rules.count:
                 return chosen
     return chosen

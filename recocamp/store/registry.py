@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from recocamp.store import queries
-from recocamp.store.schema import customers, models, recommendations
+from recocamp.store.schema import customers, erasures, models, purchases, recommendations
 
 Ranked = list[list[Any]]  # [[item_id, score], ...]
 
@@ -76,7 +76,21 @@ def make_live(
     # an older model's artifacts may still know people who objected or were erased since
     before = _count(connection)
     queries.drop_unprofiled_recommendations(connection)
+    _drop_erased_since_training(connection, version)
     return written - (before - _count(connection))
+
+
+def _drop_erased_since_training(connection: sa.Connection, version: str) -> None:
+    """A customer erased while this model was training is in its lists (their row is gone,
+    so the check above cannot see them); erasure left them no order lines: drop those."""
+    trained_at = connection.execute(
+        sa.select(models.c.trained_at).where(models.c.version == version)).scalar_one()  # fmt: skip
+    recent = sa.select(erasures.c.id).where(erasures.c.erased_at >= trained_at).limit(1)
+    if connection.execute(recent).first() is None:
+        return
+    has_orders = sa.select(purchases.c.id).where(
+        purchases.c.customer_id == recommendations.c.customer_id).exists()  # fmt: skip
+    connection.execute(sa.delete(recommendations).where(~has_orders))
 
 
 def _count(connection: sa.Connection) -> int:

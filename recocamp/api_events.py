@@ -1,0 +1,255 @@
+"""Shop API, live events: ``POST /v1/events/purchases`` and ``PUT /v1/customers/{id}``.
+
+Both need the ``events:write`` scope and write in one transaction, so what they change is
+visible to the very next request (the next-best-offer check sees the new purchase lines or
+the changed profile).
+
+Purchases are validated with the importer's rules (``sources.csv.standard_purchase``:
+numbers, timestamps — without an offset in the shop's time zone —, returns, adjustments
+skipped), all orders of a request or none, and are idempotent on the order id: an order
+already stored is reported as a duplicate and left exactly as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Body, Path
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+)
+
+from recocamp import api_lean, metrics, profiles
+from recocamp.api_auth import EventsWrite
+from recocamp.clock import Clock
+from recocamp.domain import ConsentBasis, Purchase
+from recocamp.settings import Settings
+from recocamp.sources import csv as sources
+from recocamp.store.queries import _insert
+from recocamp.store.schema import purchases
+
+log = logging.getLogger(__name__)
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
+Text = Annotated[str, Field(max_length=200, pattern=r"^[^\x00]*$")]
+
+
+def _sane(value: datetime) -> datetime:
+    """Aware, in UTC, and within years 1900-9000 (the store and every time zone manage)."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+    if not 1900 <= utc.year <= 9000:
+        raise ValueError("must lie between the years 1900 and 9000")
+    return utc
+
+
+When = Annotated[AwareDatetime, AfterValidator(_sane)]
+MAX_ORDERS = 1000
+MAX_LINES = 1000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LineIn(_Strict):
+    item_id: Id
+    quantity: int = Field(ge=-1_000_000, le=1_000_000, description="Negative: returned.")
+    unit_price: float = Field(ge=-1e9, le=1e9)
+    is_return: bool | None = Field(None, description="Default: quantity < 0.")
+
+
+class OrderIn(_Strict):
+    order_id: Id
+    customer_id: Id | None = Field(None, description="Empty for a guest order.")
+    ordered_at: str = Field(
+        max_length=64,
+        description="ISO 8601; without an offset it is read in the shop's time zone.",
+        examples=["2026-11-23T14:05:00+01:00"],
+    )
+    lines: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
+
+
+class OrdersIn(_Strict):
+    orders: list[OrderIn] = Field(min_length=1, max_length=MAX_ORDERS)
+
+
+def _shape(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "orders" in value else "order"
+
+
+PurchasesIn = Annotated[
+    Annotated[OrderIn, Tag("order")] | Annotated[OrdersIn, Tag("batch")],
+    Discriminator(_shape),
+]
+
+
+class PurchasesOut(BaseModel):
+    orders: int = Field(description="Orders in the request.")
+    new_orders: int
+    duplicate_orders: list[str] = Field(description="Already stored: left as they were.")
+    lines_written: int
+    lines_skipped: dict[str, int] = Field(description="e.g. adjustment: price or quantity 0.")
+
+
+class CustomerIn(_Strict):
+    """Profile, consent and contact preferences; fields left out are not changed."""
+
+    source: Text = Field(
+        min_length=1, description="Where the change comes from: checkout, account page, …"
+    )
+    at: When | None = Field(None, description="When the customer made it (default: now).")
+    email: Annotated[str, Field(max_length=320, pattern=r"^[^\x00]*$")] | None = None
+    first_name: Text | None = None
+    locale: Literal["de", "en"] | None = None
+    time_zone: Annotated[Text, Field(max_length=64)] | None = None
+    country: Annotated[Text, Field(max_length=64)] | None = None
+    birthday: date | None = None
+    consent_basis: ConsentBasis | None = None
+    consent_at: When | None = None
+    consent_source: Text | None = None
+    channel_email: bool | None = None
+    frequency_preference: Literal["daily", "weekly", "monthly"] | None = None
+    paused_until: When | None = None
+    objected_to_profiling: bool | None = None
+    unsubscribed: bool | None = Field(
+        None,
+        description="true: unsubscribe from marketing "
+        "e-mail; false: re-subscribe (needs a new consent).",
+    )
+
+
+class CustomerOut(BaseModel):
+    customer_id: str
+    created: bool
+    changed: list[str]
+
+
+def router(settings: Settings, engine: sa.Engine, clock: Clock,
+           problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
+    api = APIRouter(tags=["events"])
+    zone = ZoneInfo(settings.shop.time_zone)
+
+    @api.post("/v1/events/purchases", response_model=PurchasesOut, responses=problems)
+    def post_purchases(body: Annotated[PurchasesIn, Body()],
+                       key: EventsWrite) -> PurchasesOut:  # fmt: skip
+        """One order or a batch (``{"orders": […]}``): all written or none."""
+        orders = body.orders if isinstance(body, OrdersIn) else [body]
+        prefix: tuple[str | int, ...] = ("body", "orders") if isinstance(body, OrdersIn) else (
+            "body",)  # fmt: skip
+        rows, skipped = _validated(orders, prefix, zone, isinstance(body, OrdersIn))
+        with engine.begin() as connection:
+            stored = _stored_orders(connection, [o.order_id for o in orders])
+            fresh = [row for row in rows if row.order_id not in stored]
+            written = _insert_lines(connection, fresh)
+        new = len({o.order_id for o in orders} - stored)
+        metrics.API_EVENTS.labels("new").inc(new)
+        metrics.API_EVENTS.labels("duplicate").inc(len(stored))
+        log.info("purchase events from %s: %d orders, %d new, %d lines", key.name, len(orders),
+                 new, written)  # fmt: skip
+        return PurchasesOut(orders=len(orders), new_orders=new, duplicate_orders=sorted(stored),
+                            lines_written=written, lines_skipped=skipped)  # fmt: skip
+
+    @api.put("/v1/customers/{customer_id}", response_model=CustomerOut, responses=problems)
+    def put_customer(customer_id: Annotated[str, Path(min_length=1, max_length=64)],
+                     body: CustomerIn, key: EventsWrite) -> CustomerOut:  # fmt: skip
+        """Create or change a customer's profile, consent or contact preferences; recorded in
+        the audit log with the time and source of the change."""
+        now = clock.now()
+        at = body.at or now
+        if at > now + timedelta(minutes=5):
+            raise RequestValidationError([api_lean.problem(
+                "value_error", ("body", "at"), "lies in the future", body.at)])  # fmt: skip
+        changes = body.model_dump(exclude_unset=True, exclude={"source", "at", "unsubscribed"})
+        try:
+            with engine.begin() as connection:
+                changed = profiles.apply(
+                    connection, customer_id, changes, at=at, actor=f"api:{key.name}",
+                    source=body.source, unsubscribed=body.unsubscribed, zone=zone)  # fmt: skip
+        except profiles.ProfileError as exc:
+            raise RequestValidationError([api_lean.problem(
+                "value_error", ("body", exc.field), exc.message, exc.value)]) from None  # fmt: skip
+        log.info("customer %s %s by %s (%s): %s", customer_id,
+                 "created" if changed.created else "changed", key.name, body.source,
+                 ",".join(changed.fields) or "nothing")  # fmt: skip
+        return CustomerOut(customer_id=customer_id, created=changed.created,
+                           changed=list(changed.fields))  # fmt: skip
+
+    return api
+
+
+def _validated(orders: list[OrderIn], prefix: tuple[str | int, ...], zone: ZoneInfo,
+               batch: bool) -> tuple[list[Purchase], dict[str, int]]:  # fmt: skip
+    """Every line through the importer's row rules; all problems at once, as a 422."""
+    stamps, numbers = sources.Timestamps(zone), sources.LineNumbers()
+    rows: list[Purchase] = []
+    skipped: dict[str, int] = {}
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, order in enumerate(orders):
+        where: tuple[str | int, ...] = (*prefix, i) if batch else prefix
+        if order.order_id in seen:
+            errors.append(
+                api_lean.problem(
+                    "value_error",
+                    (*where, "order_id"),
+                    "appears twice in this request",
+                    order.order_id,
+                )
+            )
+        seen.add(order.order_id)
+        for j, line in enumerate(order.lines):
+            try:
+                value = sources.standard_purchase(_row(order, line, j), stamps, numbers)
+            except sources.RowProblem as exc:
+                place = (*where, "ordered_at") if exc.column == "ordered_at" else (
+                    *where, "lines", j, exc.column)  # fmt: skip
+                errors.append(api_lean.problem("value_error", place, exc.message, exc.value))
+                continue
+            except OverflowError:  # a date-time at the very edge of what Python can shift
+                errors.append(api_lean.problem("value_error", (*where, "ordered_at"),
+                                               "is out of range", order.ordered_at))  # fmt: skip
+                continue
+            if isinstance(value, sources.Skip):
+                skipped[value.reason] = skipped.get(value.reason, 0) + 1
+            else:
+                rows.append(value)
+    api_lean.raise_if(errors)
+    return rows, skipped
+
+
+def _row(order: OrderIn, line: LineIn, index: int) -> dict[str, str]:
+    """A line in the standard CSV format's shape, so the importer's parser applies as is."""
+    is_return = "" if line.is_return is None else str(line.is_return).lower()
+    return {"order_id": order.order_id, "customer_id": order.customer_id or "",
+            "item_id": line.item_id, "quantity": str(line.quantity),
+            "unit_price": repr(line.unit_price), "ordered_at": order.ordered_at,
+            "line_no": str(index + 1), "is_return": is_return}  # fmt: skip
+
+
+def _stored_orders(connection: sa.Connection, order_ids: list[str]) -> set[str]:
+    query = sa.select(purchases.c.order_id).where(purchases.c.order_id.in_(order_ids)).distinct()
+    return set(connection.execute(query).scalars())
+
+
+def _insert_lines(connection: sa.Connection, rows: list[Purchase]) -> int:
+    if not rows:
+        return 0
+    statement = _insert(connection, purchases).on_conflict_do_nothing(
+        index_elements=["order_id", "line_no"]).returning(purchases.c.id)  # fmt: skip
+    values = [{"order_id": r.order_id, "line_no": r.line_no, "customer_id": r.customer_id,
+               "item_id": r.item_id, "quantity": r.quantity, "unit_price": r.unit_price,
+               "ordered_at": r.ordered_at, "is_return": r.is_return} for r in rows]  # fmt: skip
+    return len(connection.execute(statement, values).all())

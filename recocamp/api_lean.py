@@ -1,0 +1,123 @@
+"""Lean routes: documented like any FastAPI route, served without FastAPI's per-request
+dependency machinery.
+
+FastAPI resolves an endpoint's parameters and dependencies anew on every request; on this
+stack that costs about 100 µs a request, more than a cached next-best offer takes in all
+(``benchmarks/api.py``). A :class:`LeanRoute` keeps the endpoint's signature for the OpenAPI
+schema and calls the endpoint itself, but gets the arguments from a hand-written ``parse``
+function that applies the same rules (the tests compare both with the same bad inputs, and
+schemathesis checks the route against its schema). Errors look exactly like FastAPI's own:
+``RequestValidationError`` → 422 with ``detail[].loc/msg/input``, ``HTTPException`` → status
+and ``detail``.
+
+Only the hot endpoints use it: ``GET /healthz`` (the benchmark's bare endpoint, so the
+comparison measures our work, not the framework) and ``next-best-offer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+
+Parse = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+class LeanRoute(APIRoute):
+    """An APIRoute whose arguments come from ``parse(request)`` instead of FastAPI's solver."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], *, parse: Parse,
+                 **kwargs: Any) -> None:  # fmt: skip
+        self.parse = parse
+        super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint, parse = self.endpoint, self.parse
+
+        async def handler(request: Request) -> Response:
+            response: Response = await endpoint(**await parse(request))
+            return response
+
+        return handler
+
+
+def query_pairs(raw: bytes) -> list[tuple[str, str]]:
+    """A raw query string's pairs, without building Starlette's QueryParams object."""
+    return parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """One request header (``name`` lower-case), straight from the ASGI scope."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def problem(kind: str, loc: Sequence[str | int], msg: str, value: Any,
+            ctx: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One error in FastAPI's (pydantic's) shape."""
+    found: dict[str, Any] = {"type": kind, "loc": tuple(loc), "msg": msg, "input": value}
+    if ctx:
+        found["ctx"] = ctx
+    return found
+
+
+def integer(pairs: list[tuple[str, str]], name: str, default: int, low: int, high: int,
+            errors: list[dict[str, Any]]) -> int:  # fmt: skip
+    """The last value of ``name`` as an int in [low, high], as FastAPI's Query(ge, le)."""
+    raw = next((v for k, v in reversed(pairs) if k == name), None)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        errors.append(problem("int_parsing", ("query", name),
+                              "Input should be a valid integer, unable to parse string as an "
+                              "integer", raw))  # fmt: skip
+        return default
+    if value < low:
+        errors.append(problem("greater_than_equal", ("query", name),
+                              f"Input should be greater than or equal to {low}", raw,
+                              {"ge": low}))  # fmt: skip
+    elif value > high:
+        errors.append(problem("less_than_equal", ("query", name),
+                              f"Input should be less than or equal to {high}", raw,
+                              {"le": high}))  # fmt: skip
+    return value
+
+
+def choice(pairs: list[tuple[str, str]], name: str, default: str, allowed: Sequence[str],
+           errors: list[dict[str, Any]]) -> str:  # fmt: skip
+    """The last value of ``name``, one of ``allowed`` (an enum query parameter)."""
+    raw = next((v for k, v in reversed(pairs) if k == name), None)
+    if raw is None:
+        return default
+    if raw not in allowed:
+        expected = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" or '{allowed[-1]}'"
+        errors.append(problem("enum", ("query", name), f"Input should be {expected}", raw,
+                              {"expected": expected}))  # fmt: skip
+    return raw
+
+
+def strings(pairs: list[tuple[str, str]], name: str, max_length: int,
+            errors: list[dict[str, Any]]) -> list[str]:  # fmt: skip
+    """Every value of a repeatable parameter; a value may also list several, comma-separated."""
+    found: list[str] = []
+    for position, (_, value) in enumerate(p for p in pairs if p[0] == name):
+        if len(value) > max_length:
+            errors.append(problem("string_too_long", ("query", name, position),
+                                  f"String should have at most {max_length} characters", value,
+                                  {"max_length": max_length}))  # fmt: skip
+            continue
+        found += [part.strip() for part in value.split(",") if part.strip()]
+    return found
+
+
+def raise_if(errors: list[dict[str, Any]]) -> None:
+    if errors:
+        raise RequestValidationError(errors)
