@@ -230,3 +230,27 @@ def test_latest_report_needs_the_scope_and_is_rendered_once(engine: sa.Engine) -
     assert "script-src" not in first.headers["content-security-policy"]  # no script at all
     second = call(app, "GET", "/reports/latest", headers={"X-Test-Scope": "reports:read"})
     assert second.headers["x-report-id"] == first.headers["x-report-id"]  # stored, not redone
+
+
+def test_through_the_real_app_with_api_keys(engine: sa.Engine,
+                                            mailed: dict[str, OutgoingEmail]) -> None:  # fmt: skip
+    """The measurement routes inside ``api.create_app``: real API keys and scopes."""
+    from recocamp import api
+
+    api_auth: Any = pytest.importorskip("recocamp.api_auth")  # the shop API change brings it
+    reader, reader_entry = api_auth.mint("dashboard", ["reports:read"])
+    other, other_entry = api_auth.mint("shop-web", ["offers:read"])
+    settings = Settings(signing_key="f" * 32, api_keys=f"{reader_entry}; {other_entry}")
+    app = api.create_app(settings, engine, FixedClock(NOW))
+    anonymous = call(app, "GET", "/reports/latest")
+    if anonymous.status == 404:
+        pytest.skip("api.create_app does not include the measurement router yet")
+    assert anonymous.status == 401
+    bearer = {"Authorization": f"Bearer {other}"}
+    assert call(app, "GET", "/reports/latest", headers=bearer).status == 403
+    report = call(app, "GET", "/reports/latest", headers={"Authorization": f"Bearer {reader}"})
+    assert report.status == 200 and "Retention report" in report.text
+    token = parse_qs(urlsplit(links_of(mailed[ADDRESSES["c2"]])[7]).query)["token"][0]
+    answer = call(app, "POST", "/v1/feedback", json={"token": token, "score": 7})  # no API key
+    assert answer.status == 200 and answer.json()["recorded"] is True
+    assert stored(engine) == [(f"nps/{NOW:%Y-%m-%d}", "c2", 7, None)]
