@@ -190,6 +190,8 @@ def compare(campaign: str, variant: str | None, treated: Sequence[Result],
 
 def _shortfall(t: Group, c: Group, thresholds: Thresholds) -> str:
     smallest = thresholds.min_group_size
+    if c.units == 0:
+        return "no control units: without a holdout (holdout_percent = 0) uplift is not measured"
     if min(t.units, c.units) < max(smallest, 2):
         return (f"not enough data yet: {t.units} treated and {c.units} control units, "
                 f"at least {max(smallest, 2)} each needed")  # fmt: skip

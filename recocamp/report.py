@@ -39,12 +39,13 @@ from recocamp.segments import RFM_SEGMENTS
 PAGES = Path(__file__).with_name("pages")
 CHANGE_KPIS = ("orders", "customers", "average_order_value", "purchase_frequency",
                "repeat_purchase_rate")  # fmt: skip
-# (KPI, preferred window W, title): each trend chart uses the snapshot window nearest W
+# (KPI, preferred window W, title): each trend chart uses the snapshot window nearest W; churn
+# and CLV over 90 days, because the 365-day churn needs two years of history to exist at all
 KPI_CHARTS = (
     ("orders", 30, "Orders"), ("customers", 30, "Active customers"),
     ("average_order_value", 30, "Average order value"),
-    ("repeat_purchase_rate", 90, "Repeat purchase rate"), ("churn_rate", 365, "Churn rate"),
-    ("clv", 365, "Customer lifetime value"),
+    ("repeat_purchase_rate", 90, "Repeat purchase rate"), ("churn_rate", 90, "Churn rate"),
+    ("clv", 90, "Customer lifetime value"),
 )  # fmt: skip
 RATES = {"repeat_purchase_rate", "churn_rate", "guest_checkout_rate", "conversion_rate"}
 RC: Any = {"svg.fonttype": "none", "svg.hashsalt": "recocamp", "font.size": 9,
@@ -186,9 +187,9 @@ def uplift_chart(data: Data) -> Markup | None:
     rows = [u for u in data.uplifts if u.enough]
     if not rows:
         return None
-    panels = (("conversion_rate", "Conversion rate uplift (percentage points)", 100.0),
-              ("revenue_per_recipient", f"Revenue per recipient uplift ({data.currency})", 1.0),
-              ("orders_per_recipient", "Orders per recipient uplift", 1.0))  # fmt: skip
+    panels = (("conversion_rate", "Conversion uplift (pp)", 100.0),
+              ("revenue_per_recipient", f"Revenue per recipient ({data.currency})", 1.0),
+              ("orders_per_recipient", "Orders per recipient", 1.0))  # fmt: skip
     with _figure(10, 1.2 + 0.42 * len(rows)) as figure:
         for axes, (metric, title, scale) in zip(figure.subplots(1, 3, sharey=True), panels,
                                                 strict=True):  # fmt: skip

@@ -109,7 +109,9 @@ def kpi_history(connection: sa.Connection, first: date,
     k = kpi_snapshots.c
     query = sa.select(kpi_snapshots).where(k.day >= first, k.day <= last).order_by(k.day)
     return {
-        (row.day, int(row.window_days)): {name: _number(getattr(row, name)) for name in KPI_COLUMNS}
+        (row.day, int(row.window_days)): {
+            name: _number(name, getattr(row, name)) for name in KPI_COLUMNS
+        }
         for row in connection.execute(query)
     }
 
@@ -124,8 +126,13 @@ def segment_history(connection: sa.Connection, first: date,
     return found
 
 
-def _number(value: Any) -> float | None:
-    return None if value is None else float(value)
+COUNTS = ("orders", "customers", "guest_orders")
+
+
+def _number(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    return int(value) if name in COUNTS else float(value)
 
 
 # --- feedback ----------------------------------------------------------------------------
