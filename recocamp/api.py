@@ -28,6 +28,7 @@ The old paths ``/health`` and ``/webhooks/{provider}`` keep working.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -38,6 +39,8 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -110,6 +113,7 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
         description="Next-best offers, live events, preferences and privacy rights. "
                     "Send API keys as `Authorization: Bearer <key>`.",
     )  # fmt: skip
+    app.add_exception_handler(RequestValidationError, _unprocessable)
     app.state.service = service
     app.state.authenticator = auth
     _health_routes(app, engine, service)
@@ -173,6 +177,23 @@ def _health_routes(app: FastAPI, engine: sa.Engine, service: OfferService) -> No
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 body, except that a NaN or infinity a client sent is named as text:
+    JSON has no such numbers, and the default handler fails on them with a 500."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, 422)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class HttpMetrics:

@@ -67,7 +67,7 @@ class _Strict(BaseModel):
 class LineIn(_Strict):
     item_id: Id
     quantity: int = Field(ge=-1_000_000, le=1_000_000, description="Negative: returned.")
-    unit_price: float = Field(ge=-1e9, le=1e9)
+    unit_price: float = Field(ge=-1e9, le=1e9, allow_inf_nan=False)
     is_return: bool | None = Field(None, description="Default: quantity < 0.")
 
 
@@ -169,9 +169,16 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
         the audit log with the time and source of the change."""
         now = clock.now()
         at = body.at or now
-        if at > now + timedelta(minutes=5):
-            raise RequestValidationError([api_lean.problem(
-                "value_error", ("body", "at"), "lies in the future", body.at)])  # fmt: skip
+        for name in ("at", "consent_at"):
+            value = getattr(body, name)
+            if value is not None and value > now + timedelta(minutes=5):
+                raise RequestValidationError(
+                    [
+                        api_lean.problem(
+                            "value_error", ("body", name), "lies in the future", value.isoformat()
+                        )
+                    ]
+                )
         changes = body.model_dump(exclude_unset=True, exclude={"source", "at", "unsubscribed"})
         try:
             with engine.begin() as connection:

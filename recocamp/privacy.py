@@ -188,33 +188,34 @@ class Person:
     send_keys: tuple[str, ...]  # of their e-mails: provider events may name only those
 
 
-Keep = Callable[[sa.Connection, Any, Person], int]
+Keep = Callable[[sa.Connection, sa.Table, Any, Person], int]
 
 
-def _purchases(connection: sa.Connection, where: Any, person: Person) -> int:
-    return _count(connection.execute(sa.update(purchases).where(where).values(customer_id=None)))
+def _purchases(connection: sa.Connection, table: sa.Table, where: Any, person: Person) -> int:
+    return _count(connection.execute(sa.update(table).where(where).values(customer_id=None)))
 
 
-def _decisions(connection: sa.Connection, where: Any, person: Person) -> int:
-    return _count(connection.execute(sa.update(decisions).where(where).values(
+def _decisions(connection: sa.Connection, table: sa.Table, where: Any, person: Person) -> int:
+    return _count(connection.execute(sa.update(table).where(where).values(
         customer_id=person.stand_in)))  # fmt: skip
 
 
-def _outbox(connection: sa.Connection, where: Any, person: Person) -> int:
-    o = outbox_table.c
+def _outbox(connection: sa.Connection, table: sa.Table, where: Any, person: Person) -> int:
+    o = table.c
     state = sa.case((o.state.in_(("queued", "claimed")), "cancelled"), else_=o.state)
-    return _count(connection.execute(sa.update(outbox_table).where(where).values(
+    return _count(connection.execute(sa.update(table).where(where).values(
         customer_id=person.stand_in, recipient="", subject="", body=empty_body(), state=state,
         send_key=sa.literal(f"erased/{person.stand_in}/") + sa.cast(o.id, sa.String),
         provider_message_id=None, last_error=None)))  # fmt: skip
 
 
-def _contact_events(connection: sa.Connection, where: Any, person: Person) -> int:
-    e = contact_events.c
+def _contact_events(connection: sa.Connection, table: sa.Table, where: Any,
+                    person: Person) -> int:  # fmt: skip
+    e = table.c
     where = sa.or_(where, e.send_key.in_(person.send_keys)) if person.send_keys else where
     return _count(
         connection.execute(
-            sa.update(contact_events)
+            sa.update(table)
             .where(where)
             .values(
                 customer_id=None,
@@ -290,7 +291,7 @@ def _exists(connection: sa.Connection, table: sa.Table, where: Any) -> bool:
 def _erase_rows(connection: sa.Connection, tie: Ties, where: Any, person: Person) -> int:
     keep = KEEPS.get(tie.table.name)
     if keep is not None:
-        return keep(connection, where, person)
+        return keep(connection, tie.table, where, person)
     return _count(connection.execute(sa.delete(tie.table).where(where)))
 
 

@@ -1,0 +1,252 @@
+"""Live events on real stores: purchase orders (validated with the importer's rules, all or
+nothing, idempotent on the order id) and customer profile/consent changes (audited)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from recocamp.clock import FixedClock
+from recocamp.domain import email_hash
+from recocamp.store.schema import audit_log, customers, purchases, recommendations, suppressions
+from tests.api_shop import NOW, bearer, call, make_app
+
+EVENTS = "/v1/events/purchases"
+
+
+@pytest.fixture
+def app(engine: sa.Engine, tmp_path: Path) -> FastAPI:
+    return make_app(engine, tmp_path)
+
+
+def engine_of(app: FastAPI) -> sa.Engine:
+    return app.state.service.engine  # type: ignore[no-any-return]
+
+
+def order(order_id: str = "A1", customer: str | None = "c1", **changes: Any) -> dict[str, Any]:
+    document = {"order_id": order_id, "customer_id": customer,
+                "ordered_at": "2012-01-04T18:30:00+01:00",
+                "lines": [{"item_id": "i1", "quantity": 2, "unit_price": 3.5},
+                          {"item_id": "i2", "quantity": 1, "unit_price": 10.0}]}  # fmt: skip
+    return document | changes
+
+
+def lines(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [
+            tuple(r)
+            for r in connection.execute(
+                sa.select(
+                    purchases.c.order_id,
+                    purchases.c.line_no,
+                    purchases.c.customer_id,
+                    purchases.c.item_id,
+                    purchases.c.quantity,
+                    purchases.c.unit_price,
+                    purchases.c.ordered_at,
+                    purchases.c.is_return,
+                ).order_by(purchases.c.order_id, purchases.c.line_no)
+            )
+        ]
+
+
+def post(app: FastAPI, body: Any, key: str = "shop") -> Any:
+    """``body`` as JSON, or a string sent as it is (JSON extensions such as NaN)."""
+    if isinstance(body, str):
+        headers = {"content-type": "application/json", **bearer(key)}
+        return call(app, "POST", EVENTS, content=body.encode(), headers=headers)
+    return call(app, "POST", EVENTS, json=body, headers=bearer(key))
+
+
+def test_one_order_is_stored_with_the_importers_semantics(app: FastAPI) -> None:
+    reply = post(app, order())
+    assert reply.status == 200, reply.text
+    assert reply.json() == {"orders": 1, "new_orders": 1, "duplicate_orders": [],
+                            "lines_written": 2, "lines_skipped": {}}  # fmt: skip
+    at = datetime(2012, 1, 4, 17, 30, tzinfo=UTC)
+    assert lines(engine_of(app)) == [("A1", 1, "c1", "i1", 2, 3.5, at, False),
+                                     ("A1", 2, "c1", "i2", 1, 10.0, at, False)]  # fmt: skip
+
+
+def test_a_batch_with_a_guest_a_return_and_an_adjustment(app: FastAPI) -> None:
+    batch = {"orders": [
+        order("B1", None, ordered_at="2012-01-04 09:00:00"),  # guest; shop zone: Berlin
+        order("B2", lines=[{"item_id": "i1", "quantity": -1, "unit_price": 3.5},
+                           {"item_id": "i3", "quantity": 1, "unit_price": 0.0}]),
+    ]}  # fmt: skip
+    reply = post(app, batch)
+    assert reply.status == 200, reply.text
+    assert reply.json()["lines_skipped"] == {"adjustment": 1}
+    stored = lines(engine_of(app))
+    assert [(r[0], r[2], r[7]) for r in stored] == [("B1", None, False), ("B1", None, False),
+                                                    ("B2", "c1", True)]  # fmt: skip
+    assert stored[0][6] == datetime(2012, 1, 4, 8, 0, tzinfo=UTC)  # 09:00 in Berlin
+
+
+def test_the_same_order_again_changes_nothing(app: FastAPI) -> None:
+    assert post(app, order()).status == 200
+    before = lines(engine_of(app))
+    changed = order(lines=[{"item_id": "other", "quantity": 9, "unit_price": 1.0}])
+    again = post(app, {"orders": [changed, order("A2")]})
+    assert again.status == 200
+    assert again.json()["duplicate_orders"] == ["A1"] and again.json()["new_orders"] == 1
+    assert [r for r in lines(engine_of(app)) if r[0] == "A1"] == before
+
+
+@pytest.mark.parametrize(("body", "loc", "value"), [
+    pytest.param(order(ordered_at="yesterday"), ["body", "ordered_at"], "yesterday", id="time"),
+    pytest.param(order(ordered_at="0001-01-01T00:00:00+05:00"), ["body", "ordered_at"],
+                 "0001-01-01T00:00:00+05:00", id="time-out-of-range"),
+    pytest.param({"orders": [order("X1"), order("X1")]}, ["body", "orders", 1, "order_id"], "X1",
+                 id="twice"),
+    pytest.param({"orders": [order("X1"), order("X2", ordered_at="13/01/2012")]},
+                 ["body", "orders", 1, "ordered_at"], "13/01/2012", id="second-order"),
+    pytest.param('{"order_id": "N", "ordered_at": "2012-01-04T10:00:00+00:00", "lines": '
+                 '[{"item_id": "i1", "quantity": 1, "unit_price": NaN}]}',
+                 ["body", "order", "lines", 0, "unit_price"], "nan", id="nan-price"),
+])  # fmt: skip
+def test_bad_input_is_422_naming_field_and_value_and_writes_nothing(
+    app: FastAPI, body: Any, loc: list[Any], value: str
+) -> None:
+    reply = post(app, body)
+    assert reply.status == 422, reply.text
+    assert {"loc": loc, "input": value} in [{"loc": d["loc"], "input": d["input"]}
+                                            for d in reply.json()["detail"]]  # fmt: skip
+    assert lines(engine_of(app)) == []
+
+
+@pytest.mark.parametrize("body", [
+    {"order_id": "A", "ordered_at": "2012-01-01", "lines": []},
+    {"order_id": "A", "ordered_at": "2012-01-01", "lines": [{"item_id": "i", "quantity": "x",
+                                                             "unit_price": 1}]},
+    {"order_id": "", "ordered_at": "2012-01-01", "lines": [{"item_id": "i", "quantity": 1,
+                                                            "unit_price": 1}]},
+    {"orders": []}, {"order_id": "A", "surprise": 1}, [], "text",
+    {"order_id": "A\x00B", "ordered_at": "2012-01-01", "lines": [{"item_id": "i",
+                                                                  "quantity": 1, "unit_price": 1}]},
+])  # fmt: skip
+def test_malformed_bodies_are_422(app: FastAPI, body: Any) -> None:
+    assert post(app, body).status == 422
+    assert lines(engine_of(app)) == []
+
+
+def test_bodies_over_the_limit_are_413(engine: sa.Engine, tmp_path: Path) -> None:
+    app = make_app(engine, tmp_path, max_body_bytes=2048)
+    many = {"orders": [order(f"O{n}") for n in range(40)]}
+    assert post(app, many).status == 413
+    assert lines(engine) == []
+
+
+# -- profile, consent and contact preferences -------------------------------------------------
+
+
+def person(engine: sa.Engine, customer: str = "c1") -> Any:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(customers).where(customers.c.id == customer)).first()
+
+
+def audits(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [(r.action, r.actor, r.subject_id, r.details) for r in connection.execute(
+            sa.select(audit_log).order_by(audit_log.c.id))]  # fmt: skip
+
+
+def put(app: FastAPI, body: dict[str, Any], customer: str = "c1") -> Any:
+    return call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
+
+
+def test_a_customer_is_created_and_changed_with_an_audit_trail(app: FastAPI) -> None:
+    engine = engine_of(app)
+    created = put(app, {"source": "checkout", "email": "Anna@Example.test", "first_name": "Anna",
+                        "locale": "de", "consent_basis": "double_opt_in",
+                        "consent_at": "2012-01-04T10:00:00+01:00", "consent_source": "newsletter",
+                        "at": "2012-01-04T10:05:00+01:00"})  # fmt: skip
+    assert created.status == 200, created.text
+    assert created.json()["created"] is True
+    row = person(engine)
+    assert (row.email, row.locale, row.consent_basis) == ("Anna@Example.test", "de",
+                                                          "double_opt_in")  # fmt: skip
+    assert row.consent_at == datetime(2012, 1, 4, 9, 0, tzinfo=UTC)
+    changed = put(app, {"source": "account page", "frequency_preference": "weekly",
+                        "channel_email": True})  # fmt: skip
+    assert changed.json() == {"customer_id": "c1", "created": False,
+                              "changed": ["frequency_preference"]}  # fmt: skip
+    trail = audits(engine)
+    assert [t[:3] for t in trail] == [("customer_created", "api:shop", "c1"),
+                                      ("customer_changed", "api:shop", "c1")]  # fmt: skip
+    first, second = trail[0][3], trail[1][3]
+    assert first["source"] == "checkout" and "email" in first["fields"]
+    assert first["values"]["consent_basis"] == "double_opt_in"
+    assert "Anna" not in str(first) and "example.test" not in str(first).lower()
+    assert second == {"source": "account page", "fields": ["frequency_preference"],
+                      "values": {"frequency_preference": "weekly"}}  # fmt: skip
+    assert person(engine).updated_at == NOW  # the second change happened "now"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"source": "x", "consent_basis": "double_opt_in"}, "consent_at"),
+    ({"source": "x", "email": "no-at-sign"}, "email"),
+    ({"source": "x", "time_zone": "Mars/Olympus"}, "time_zone"),
+    ({"source": "x", "at": (NOW + timedelta(days=1)).isoformat()}, "at"),
+    ({"source": "x", "consent_at": "2012-01-01T10:00:00"}, "consent_at"),  # no offset
+    ({"source": "x", "frequency_preference": "hourly"}, "frequency_preference"),
+    ({"source": "x", "paused_until": "0001-01-01T00:00:00+01:00"}, "paused_until"),
+    ({"first_name": "no source"}, "source"),
+])  # fmt: skip
+def test_bad_profile_changes_are_422_naming_the_field(app: FastAPI, body: dict[str, Any],
+                                                      field: str) -> None:  # fmt: skip
+    reply = put(app, body)
+    assert reply.status == 422, reply.text
+    assert field in [d["loc"][-1] for d in reply.json()["detail"]]
+    assert "no-at-sign" not in reply.text  # addresses are redacted even when wrong
+    assert person(engine_of(app)) is None
+
+
+def test_objection_drops_the_personal_list_at_once(app: FastAPI) -> None:
+    engine = engine_of(app)
+    assert put(app, {"source": "signup", "email": "b@example.test"}).status == 200
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(recommendations).values(customer_id="c1", model_version="v", items=[["i", 1]])
+        )
+    assert put(app, {"source": "account page", "objected_to_profiling": True}).status == 200
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(recommendations)).first() is None
+    assert person(engine).objected_to_profiling is True
+
+
+def test_unsubscribe_and_resubscribe_only_with_a_new_consent(engine: sa.Engine,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    consent = {"consent_basis": "double_opt_in", "consent_at": "2011-06-01T10:00:00+00:00"}
+    assert put(app, {"source": "signup", "email": "c@example.test", **consent}).status == 200
+    assert put(app, {"source": "account page", "unsubscribed": True}).status == 200
+    assert person(engine).unsubscribed_at == NOW
+    with engine.connect() as connection:
+        hashes = set(connection.execute(sa.select(suppressions.c.email_hash)).scalars())
+    assert hashes == {email_hash("c@example.test")}
+
+    old = put(app, {"source": "account page", "unsubscribed": False})
+    assert old.status == 422 and old.json()["detail"][0]["loc"] == ["body", "unsubscribed"]
+    assert person(engine).unsubscribed_at == NOW
+
+    later = clock.advance(timedelta(days=3))
+    renewed = {"consent_basis": "double_opt_in", "consent_at": later.isoformat()}
+    reply = put(app, {"source": "double opt-in confirmed", "unsubscribed": False, **renewed})
+    assert reply.status == 200, reply.text
+    assert reply.json()["changed"] == ["consent_at", "resubscribed"]
+    assert person(engine).unsubscribed_at is None
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(suppressions)).first() is None
+
+
+def test_a_consent_in_the_future_is_refused(app: FastAPI) -> None:
+    future = {"consent_basis": "double_opt_in", "consent_at": (NOW + timedelta(days=1)).isoformat()}
+    reply = put(app, {"source": "signup", **future})
+    assert reply.status == 422 and reply.json()["detail"][0]["loc"] == ["body", "consent_at"]
