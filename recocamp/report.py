@@ -3,7 +3,7 @@
 Charts are drawn with matplotlib (object API, no pyplot, no global backend) and inlined as
 SVG with text kept as text (``svg.fonttype = none``): no script, no CDN, no network, so the
 file can be mailed around and opened anywhere. The page is a sandboxed, autoescaped Jinja
-template (``pages/report.html``); only the SVGs matplotlib wrote are marked safe.
+template (``html/report.html``); only the SVGs matplotlib wrote are marked safe.
 
 Charts: KPI trends (daily snapshots), cohort retention heat map, uplift per campaign and
 variant with its confidence intervals, decisions and skip reasons per campaign, RFM segment
@@ -36,7 +36,7 @@ from recocamp.measure import METRICS, Change, Cohort, Nps, Uplift
 from recocamp.render import money
 from recocamp.segments import RFM_SEGMENTS
 
-PAGES = Path(__file__).with_name("pages")
+PAGES = Path(__file__).with_name("html")  # page templates (report.html, feedback.html)
 CHANGE_KPIS = ("orders", "customers", "average_order_value", "purchase_frequency",
                "repeat_purchase_rate")  # fmt: skip
 # (KPI, preferred window W, title): each trend chart uses the snapshot window nearest W; churn
