@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
@@ -37,6 +38,9 @@ app.add_typer(runs_app, name="runs")
 log = logging.getLogger(__name__)
 
 
+DEMO_START = "2011-12-11T00:00:00"  # the Sunday after the UCI data's last order
+
+
 @app.command("worker")
 def worker(
     once: Annotated[bool, typer.Option(help="Run what is due now, deliver, and exit.")] = False,
@@ -45,12 +49,25 @@ def worker(
     metrics_port: Annotated[
         int | None, typer.Option(help="Prometheus metrics port (0: off; default: settings).")
     ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            help="Build the demo shop if needed and run its schedule on a simulated clock, "
+            "through a local fake ESP, as fast as the jobs go."
+        ),
+    ] = False,
+    days: Annotated[int, typer.Option(min=1, help="--demo: days to simulate.")] = 7,
+    start: Annotated[str, typer.Option(help="--demo: the simulated start.")] = DEMO_START,
 ) -> None:
     """Run the schedule: campaigns, training, imports, delivery, KPI snapshots, purges."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's BLAS (see model.py)
-    logging.getLogger("recocamp").setLevel(logging.INFO)
+    logging.getLogger("recocamp").setLevel(logging.INFO if not demo else logging.WARNING)
     # overlaps and misses are logged (and counted) by the worker itself
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    if demo:
+        with _errors_to_exit():
+            _demo(campaigns, templates, start, days)
+        return
     with _errors_to_exit():
         settings = _settings()
         process = Worker(settings, _engine(settings), campaigns, templates, clock)
@@ -70,6 +87,59 @@ def worker(
         process.wait()
         clean = process.shutdown()
     raise typer.Exit(0 if clean else 3)
+
+
+def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
+    """``worker --demo``: the demo shop's week, compressed (see ``Worker.simulate``)."""
+    from recocamp.cli import demo_data, parse_as_of
+    from recocamp.cli_delivery import _demo_settings
+    from recocamp.clock import FixedClock
+    from recocamp.esp.fake_server import FakeEsp, create_app, running
+    from recocamp.store import queries, registry
+    from recocamp.store.engine import upgrade
+    from recocamp.store.schema import purchases
+
+    settings, demo_dir = _settings(), Path("demo")
+    engine = _engine(settings, migrated=False)
+    upgrade(engine)
+    with engine.connect() as connection:
+        empty = queries.count(connection, purchases) == 0
+    if empty:
+        demo_data(source=None, synthetic=False, demo_dir=demo_dir)
+    begin = parse_as_of(start, ZoneInfo(settings.shop.time_zone))
+    fake = FakeEsp(data_dir=demo_dir / "fake-esp")
+    with running(create_app(fake)) as url:
+        process = Worker(_demo_settings(settings, url, demo_dir), engine, campaigns, templates,
+                         FixedClock(begin))  # fmt: skip
+        process.load()
+        with engine.connect() as connection:
+            untrained = registry.live(connection) is None
+        console.print(f"simulating {days} days of the schedule from {begin:%a %d %b %Y} "
+                      f"({len(process.specs)} jobs; polling jobs hourly)")  # fmt: skip
+        if untrained:
+            console.print("training the first model (a minute or so) …")
+            _show(process, begin, "train", process.run("train"))
+        process.simulate(
+            begin + timedelta(days=days), lambda at, job, status: _show(process, at, job, status)
+        )
+    stats = fake.stats()
+    console.print(
+        f"fake ESP: {stats['received']:,} e-mails, {stats['unique_send_keys']:,} "
+        f"unique send keys, {stats['duplicates']} duplicates "
+        f"({demo_dir / 'fake-esp'}/messages.jsonl); history: `recocamp runs list`"
+    )
+
+
+def _show(process: Worker, at: datetime, job: str, status: str) -> None:
+    counts, error = process.last.pop(job, ({}, None))
+    if not counts and not error and status in ("ok", "skipped"):
+        return  # an idle poll
+    when = at.astimezone(ZoneInfo(process.settings.shop.time_zone))
+    console.print(
+        f"{when:%a %d %b %H:%M}  {job:<20} {status:<8} {error or _counts_text(counts)}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _serve_metrics(host: str, port: int) -> None:

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -43,10 +43,11 @@ from apscheduler.events import (
     EVENT_JOB_MISSED,
     JobEvent,
 )
+from apscheduler.triggers.interval import IntervalTrigger
 
 from recocamp import checks, jobs, leadership, metrics, outbox, scheduler
 from recocamp.campaigns import Campaign
-from recocamp.clock import Clock, SystemClock
+from recocamp.clock import Clock, FixedClock, SystemClock
 from recocamp.errors import ConfigError, Interrupted
 from recocamp.settings import Settings
 from recocamp.store import runs
@@ -83,6 +84,7 @@ class Worker:
         self._files: tuple[Any, ...] = ()
         self._resuming: set[int] = set()
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
+        self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
         self._loop_thread: threading.Thread | None = None
         self.context = jobs.JobContext(settings, engine, templates_dir, self.clock, self.stop)
 
@@ -182,6 +184,7 @@ class Worker:
         with self.engine.begin() as connection:
             runs.finish(connection, run_id, status, self.clock.now(), counts, error)
         self._observe(spec.id, status, seconds, counts, run_id)
+        self.last[spec.id] = (counts, error)
         return status
 
     def _started(self, job: str, begun: datetime, as_of: datetime, key: str | None,
@@ -389,6 +392,42 @@ class Worker:
         scheduler.quiesce(self.scheduler)
         self.scheduler.shutdown(wait=True)
         return {job: outcomes.get(job, "not run") for job in sorted(due)}
+
+    # -- the demo's compressed schedule ------------------------------------------------------
+
+    def simulate(self, until: datetime,
+                 on_run: Callable[[datetime, str, str], None]) -> None:  # fmt: skip
+        """Run the schedule on a simulated clock up to ``until``, job after job at its fire
+        time, as fast as the jobs go (``recocamp worker --demo``). The clock must be a
+        ``FixedClock`` at the start; cron jobs fire by their own triggers, polling jobs
+        (delivery, imports) hourly. Nothing is scheduled for real."""
+        clock = self.clock
+        if not isinstance(clock, FixedClock):
+            raise TypeError("simulate() needs a FixedClock")
+        start = clock.now()
+        triggers = {spec.id: _simulated(spec.trigger, start) for spec in self.specs.values()}
+        upcoming = {job: t.get_next_fire_time(None, start) for job, t in triggers.items()}
+        self.leadership.register()
+        try:
+            while upcoming:
+                job, at = min(upcoming.items(), key=lambda pair: pair[1])
+                if at > until:
+                    return
+                clock.advance(at - clock.now())
+                on_run(at, job, self.run(job))
+                following = triggers[job].get_next_fire_time(at, at + timedelta(microseconds=1))
+                if following is None:
+                    del upcoming[job]
+                else:
+                    upcoming[job] = following.astimezone(UTC)
+        finally:
+            self.leadership.release()
+
+
+def _simulated(trigger: Any, start: datetime) -> Any:
+    if isinstance(trigger, IntervalTrigger):
+        return IntervalTrigger(hours=1, start_date=start, timezone=UTC)
+    return trigger
 
 
 _OUTCOME = {EVENT_JOB_EXECUTED: "ran", EVENT_JOB_ERROR: "error", EVENT_JOB_MISSED: "missed",

@@ -252,4 +252,15 @@ def test_job_runs_are_recorded_and_counted(tmp_path: Path, secrets: None) -> Non
         [row] = runs.recent(connection, "train")
     assert row.status == "ok" and row.counts["outcome"] == "promoted" and row.finished_at
     assert REGISTRY.get_sample_value("recocamp_train_duration_seconds") > 0
+    assert process.run("train") == "ok"  # nothing new since: the model stays, no refit
+    with process.engine.connect() as connection:
+        assert runs.recent(connection, "train")[0].counts["outcome"] == "skipped_no_new_data"
+    with process.engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO purchases (order_id, line_no, customer_id, item_id, quantity, "
+            "unit_price, ordered_at, is_return) VALUES ('new', 0, 'w1', 'i1', 1, 3.0, "
+            ":at, false)"), {"at": datetime.now(UTC).replace(tzinfo=None)})  # fmt: skip
+    assert process.run("train") == "ok"
+    with process.engine.connect() as connection:
+        assert runs.recent(connection, "train")[0].counts["outcome"] != "skipped_no_new_data"
     process.engine.dispose()
