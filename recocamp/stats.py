@@ -122,9 +122,16 @@ def welch(first: Sample, second: Sample, confidence: float = CONFIDENCE) -> Inte
     d = first.mean - second.mean
     if a + b == 0:
         return Interval(d, d)
-    df = (a + b) ** 2 / (a * a / (first.n - 1) + b * b / (second.n - 1))
+    df = _welch_df(a, b, first.n, second.n)
     half = float(student_t.ppf(0.5 + confidence / 2, df)) * math.sqrt(a + b)
     return Interval(d - half, d + half)
+
+
+def _welch_df(a: float, b: float, n1: int, n2: int) -> float:
+    """Welch–Satterthwaite degrees of freedom of variances-of-means ``a`` and ``b``; infinite
+    (the normal quantile) when the squares underflow."""
+    denominator = a * a / (n1 - 1) + b * b / (n2 - 1)
+    return (a + b) ** 2 / denominator if denominator > 0 else math.inf
 
 
 def mean_interval(sample: Sample, confidence: float = CONFIDENCE) -> Interval:
@@ -147,7 +154,7 @@ def ratio_of_means(first: Sample, second: Sample,
     a, b = first.variance / first.n, second.variance / second.n
     if a + b == 0:
         return None if second.mean == 0 else Interval(*(2 * [first.mean / second.mean]))
-    df = (a + b) ** 2 / (a * a / (first.n - 1) + b * b / (second.n - 1))
+    df = _welch_df(a, b, first.n, second.n)
     t2 = float(student_t.ppf(0.5 + confidence / 2, df)) ** 2
     m1, m2 = first.mean, second.mean
     lead = m2 * m2 - t2 * b
