@@ -6,11 +6,13 @@ import gzip
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
@@ -25,6 +27,13 @@ from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import Worker
 from tests.worker_shop import make_shop, recocamp, start_worker
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
 
 SECRETS = {"RECOCAMP_SIGNING_KEY": "worker-test-key", "RECOCAMP_ESP_TOKEN": "test-token"}
 
@@ -164,11 +173,15 @@ def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_o
 ) -> None:
     fake, url = esp
     fake.set_faults(Faults(latency_ms=500))
-    shop = sqlite_shop(tmp_path, url)
+    metrics_port = free_port()
+    shop = sqlite_shop(tmp_path, url, metrics_port=metrics_port)
     worker = start_worker(shop)
     try:
         _wait_for(lambda: recocamp(shop, "runs", "trigger", "campaign:everyone").returncode == 0)
         _wait_for(lambda: fake.stats()["received"] >= 10)
+        served = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert "recocamp_scheduler_leader 1.0" in served
+        assert "# TYPE recocamp_emails_total counter" in served
         worker.send_signal(signal.SIGHUP)  # a reload request is harmless mid-run
         _wait_for(lambda: "reloaded 1 campaign" in (shop / "worker-0.log").read_text(), 10)
         started = time.monotonic()
@@ -264,3 +277,12 @@ def test_job_runs_are_recorded_and_counted(tmp_path: Path, secrets: None) -> Non
     with process.engine.connect() as connection:
         assert runs.recent(connection, "train")[0].counts["outcome"] != "skipped_no_new_data"
     process.engine.dispose()
+
+
+def test_the_worker_refuses_to_start_when_check_fails(tmp_path: Path) -> None:
+    shop = sqlite_shop(tmp_path)
+    path = shop / "campaigns" / "everyone.toml"
+    path.write_text(path.read_text().replace('"0 9 * * THU"', '"0 25 * * THU"'))
+    result = recocamp(shop, "worker", "--once")
+    assert result.returncode == 2
+    assert "everyone.toml" in result.stderr and "schedule.cron" in result.stderr
