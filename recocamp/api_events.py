@@ -28,6 +28,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    WithJsonSchema,
 )
 
 from recocamp import api_lean, metrics, profiles
@@ -104,6 +105,18 @@ class PurchasesOut(BaseModel):
     lines_skipped: dict[str, int] = Field(description="e.g. adjustment: price or quantity 0.")
 
 
+def _never_null(kind: str, values: list[str] | None = None) -> WithJsonSchema:
+    """The schema of a field that may be left out but not set to null (its column is NOT
+    NULL); an explicit null is refused by the endpoint."""
+    schema: dict[str, Any] = {"type": kind}
+    if values is not None:
+        schema["enum"] = values
+    return WithJsonSchema(schema)
+
+
+NEVER_NULL = ("locale", "consent_basis", "channel_email", "objected_to_profiling")
+
+
 class CustomerIn(_Strict):
     """Profile, consent and contact preferences; fields left out are not changed."""
 
@@ -113,17 +126,19 @@ class CustomerIn(_Strict):
     at: When | None = Field(None, description="When the customer made it (default: now).")
     email: Annotated[str, Field(max_length=320, pattern=r"^[^\x00]*$")] | None = None
     first_name: Text | None = None
-    locale: Literal["de", "en"] | None = None
+    locale: Annotated[Literal["de", "en"] | None, _never_null("string", ["de", "en"])] = None
     time_zone: Annotated[Text, Field(max_length=64)] | None = None
     country: Annotated[Text, Field(max_length=64)] | None = None
     birthday: date | None = None
-    consent_basis: ConsentBasis | None = None
+    consent_basis: Annotated[
+        ConsentBasis | None, _never_null("string", [b.value for b in ConsentBasis])
+    ] = None
     consent_at: When | None = None
     consent_source: Text | None = None
-    channel_email: bool | None = None
+    channel_email: Annotated[bool | None, _never_null("boolean")] = None
     frequency_preference: Literal["daily", "weekly", "monthly"] | None = None
     paused_until: When | None = None
-    objected_to_profiling: bool | None = None
+    objected_to_profiling: Annotated[bool | None, _never_null("boolean")] = None
     unsubscribed: bool | None = Field(
         None,
         description="true: unsubscribe from marketing "
@@ -163,7 +178,8 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
                             lines_written=written, lines_skipped=skipped)  # fmt: skip
 
     @api.put("/v1/customers/{customer_id}", response_model=CustomerOut, responses=problems)
-    def put_customer(customer_id: Annotated[str, Path(min_length=1, max_length=64)],
+    def put_customer(customer_id: Annotated[str, Path(min_length=1, max_length=64,
+                                                      pattern=r"^[^\x00-\x1f]+$")],
                      body: CustomerIn, key: EventsWrite) -> CustomerOut:  # fmt: skip
         """Create or change a customer's profile, consent or contact preferences; recorded in
         the audit log with the time and source of the change."""
@@ -180,6 +196,11 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
                     ]
                 )
         changes = body.model_dump(exclude_unset=True, exclude={"source", "at", "unsubscribed"})
+        nulls = [name for name in NEVER_NULL if name in changes and changes[name] is None]
+        if nulls:
+            raise RequestValidationError([api_lean.problem(
+                "value_error", ("body", name), "may be left out, not set to null", None)
+                for name in nulls])  # fmt: skip
         try:
             with engine.begin() as connection:
                 changed = profiles.apply(

@@ -8,6 +8,7 @@ per-request check against the store.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
@@ -21,6 +22,8 @@ from recocamp.serving import MAX_N, OfferService
 from recocamp.serving import Query as OfferQuery
 
 ID_LENGTH = 64
+ID_PATTERN = r"^[^\x00-\x1f]+$"  # no control characters (PostgreSQL refuses NUL in text)
+ID_MATCH = re.compile(ID_PATTERN)
 PARSED_QUERIES = 1024  # distinct query strings remembered
 MODES = tuple(m.value for m in Mode)
 NOTHING: frozenset[str] = frozenset()
@@ -69,7 +72,7 @@ def next_best_offer_route(
     puts it first in its route table, since it is the one matched most."""
 
     async def next_best_offer(
-        customer_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH)],
+        customer_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH, pattern=ID_PATTERN)],
         key: OffersRead,
         n: Annotated[int, Query(ge=1, le=MAX_N, description="How many offers.")] = 5,
         mode: Annotated[
@@ -131,6 +134,11 @@ def next_best_offer_route(
                 "string_too_long", ("path", "customer_id"),
                 f"String should have at most {ID_LENGTH} characters", customer_id,
                 {"max_length": ID_LENGTH})]  # fmt: skip
+        elif not ID_MATCH.match(customer_id):
+            errors = [*errors, api_lean.problem(
+                "string_pattern_mismatch", ("path", "customer_id"),
+                f"String should match pattern '{ID_PATTERN}'", customer_id,
+                {"pattern": ID_PATTERN})]  # fmt: skip
         api_lean.raise_if(errors)
         return {"customer_id": customer_id, "key": key, **values}
 
@@ -147,7 +155,7 @@ def router(service: OfferService, problems: dict[int | str, Any]) -> APIRouter:
 
     @api.get("/v1/items/{item_id}/similar", response_model=SimilarOut, responses=problems)
     def similar(
-        item_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH)],
+        item_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH, pattern=ID_PATTERN)],
         key: OffersRead,
         n: Annotated[int, Query(ge=1, le=MAX_N)] = 5,
     ) -> SimilarOut:

@@ -177,13 +177,32 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
     handlers = Pages(settings, engine, clock, service)
     api = APIRouter(tags=["customer pages"])
     html = HTMLResponse
-    api.add_api_route("/u/{token}", handlers.unsubscribe_page, methods=["GET"], response_class=html)
-    api.add_api_route("/u/{token}", handlers.unsubscribe, methods=["POST"], response_class=html)
-    api.add_api_route("/p/{token}", handlers.preferences_page, methods=["GET"], response_class=html)
+    page: dict[str, Any] = {"description": "The page.", "content": {"text/html": {}}}
+    refused: dict[int | str, dict[str, Any]] = {
+        400: {"description": "The link is not valid (tampered with, expired, or made for "
+                             "another purpose).", "content": {"text/html": {}}},
+        503: {"description": "Links are off: RECOCAMP_SIGNING_KEY is not set.",
+              "content": {"text/html": {}}},
+    }  # fmt: skip
+    missing = {"description": "We hold no data about the customer.", "content": {"text/html": {}}}
+    gone: dict[int | str, dict[str, Any]] = {404: missing}
+    api.add_api_route("/u/{token}", handlers.unsubscribe_page, methods=["GET"],
+                      response_class=html, responses={200: page, **refused})  # fmt: skip
+    api.add_api_route("/u/{token}", handlers.unsubscribe, methods=["POST"], response_class=html,
+                      responses={200: page, **refused})  # fmt: skip
+    api.add_api_route("/p/{token}", handlers.preferences_page, methods=["GET"],
+                      response_class=html, responses={200: page, **refused, **gone})  # fmt: skip
     api.add_api_route(
-        "/p/{token}", handlers.preferences_change, methods=["POST"], response_class=html
-    )
-    api.add_api_route("/p/{token}/data.json", handlers.download, methods=["GET"])
+        "/p/{token}", handlers.preferences_change, methods=["POST"], response_class=html,
+        responses={200: page, 303: {"description": "Done: back to the page."}, **refused, **gone},
+    )  # fmt: skip
+    api.add_api_route(
+        "/p/{token}/data.json", handlers.download, methods=["GET"],
+        responses={200: {"description": "Everything we hold (GDPR Art. 15/20).",
+                         "content": {"application/json": {"schema": {"type": "object"}}}},
+                   404: {"description": "We hold no data about the customer.",
+                         "content": {"application/json": {}}}, **refused},
+    )  # fmt: skip
     return api
 
 
@@ -256,9 +275,12 @@ def _context(connection: sa.Connection, found: tokens.Claims, lang: str, now: da
 def _facts(connection: sa.Connection, person: Any, t: dict[str, str], lang: str,
            now: datetime, service: OfferService) -> list[tuple[str, str]]:  # fmt: skip
     history = views.customer_history(connection, person.id, service.snapshot().catalogue, now)
-    orders = t["none"] if not history.count else t["orders_summary"].format(
-        orders=history.count, items=len(history.items),
-        first=_day(history.orders[0].at, lang), last=_day(history.orders[-1].at, lang))  # fmt: skip
+    orders = t["none"]
+    if history.count:
+        first, last = _day(history.orders[0].at, lang), _day(history.orders[-1].at, lang)
+        key = "orders_one" if history.count == 1 else "orders_summary"
+        orders = t[key].format(orders=history.count, items=len(history.items), first=first,
+                               last=last)  # fmt: skip
     sent = connection.execute(sa.select(sa.func.count(), sa.func.max(outbox.c.sent_at)).where(
         outbox.c.customer_id == person.id, outbox.c.sent_at.is_not(None))).one()  # fmt: skip
     emails = t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang)) if sent[0] else (
@@ -280,7 +302,7 @@ def _facts(connection: sa.Connection, person: Any, t: dict[str, str], lang: str,
 def _consent(person: Any, t: dict[str, str], lang: str) -> str:
     text = t[f"consent_{person.consent_basis}"]
     if person.consent_at is not None and person.consent_basis != "none":
-        text += " (" + t["since"].format(date=_day(person.consent_at, lang)) + ")"
+        text += ", " + t["since"].format(date=_day(person.consent_at, lang))
     return text
 
 

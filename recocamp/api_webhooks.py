@@ -40,8 +40,14 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
             applied = contacts.apply(connection, events, clock.now())
         return WebhookOut(accepted=applied.new, duplicates=applied.duplicates)
 
+    documented: dict[int | str, dict[str, Any]] = {
+        **problems,
+        400: {"description": "The body is not the provider's webhook format."},
+        503: {"description": "Webhooks of this provider are not configured (a secret or a "
+                             "public key is missing)."},
+    }  # fmt: skip
     api.add_api_route("/v1/webhooks/{provider}", receive, methods=["POST"],
-                      response_model=WebhookOut, responses=problems)  # fmt: skip
+                      response_model=WebhookOut, responses=documented)  # fmt: skip
     api.add_api_route("/webhooks/{provider}", receive, methods=["POST"], response_model=WebhookOut,
                       include_in_schema=False)  # fmt: skip
     return api

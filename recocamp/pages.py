@@ -49,6 +49,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "field_emails": "Marketing e-mails we sent you",
         "field_profiling": "Personal recommendations",
         "orders_summary": "{orders} orders of {items} different items, {first} to {last}",
+        "orders_one": "1 order of {items} different items on {first}",
         "emails_summary": "{count}, the last on {last}",
         "none": "none",
         "profiling_on": "yes: computed from your purchases",
@@ -124,6 +125,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "field_profiling": "Persönliche Empfehlungen",
         "orders_summary": "{orders} Bestellungen mit {items} verschiedenen Artikeln, "
         "{first} bis {last}",
+        "orders_one": "1 Bestellung mit {items} verschiedenen Artikeln am {first}",
         "emails_summary": "{count}, die letzte am {last}",
         "none": "keine",
         "profiling_on": "ja: aus Ihren Einkäufen berechnet",

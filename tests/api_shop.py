@@ -43,6 +43,10 @@ KEYS = {  # name → (key, scopes)
     "shop": ("rck_test-shop-offers-and-events-0000000000000", "offers:read,events:write"),
     "dpo": ("rck_test-dpo-privacy-admin-00000000000000000000", "privacy:admin"),
     "reader": ("rck_test-reader-offers-only-0000000000000000000", "offers:read"),
+    "all": (
+        "rck_test-every-scope-000000000000000000000000000",
+        "offers:read,events:write,privacy:admin,reports:read",
+    ),
 }
 ENTRIES = "; ".join(f"{n}={scopes}=sha256:{digest(key).hex()}" for n, (key, scopes) in KEYS.items())
 

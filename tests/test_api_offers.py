@@ -328,7 +328,11 @@ def test_lean_parameters_are_validated_like_fastapi(app: FastAPI, query: str) ->
         assert lean.json() == plain.json()
 
 
-def test_a_customer_id_longer_than_the_store_allows_is_422(app: FastAPI) -> None:
-    reply = call(app, "GET", NBO.format("x" * 65), headers=bearer("shop"))
+@pytest.mark.parametrize("customer", ["x" * 65, "a%00b", "tab%09"])
+def test_customer_ids_the_store_cannot_hold_are_422(app: FastAPI, customer: str) -> None:
+    path = NBO.format(customer)
+    reply = call(app, "GET", path, headers=bearer("shop"))
     assert reply.status == 422
     assert reply.json()["detail"][0]["loc"] == ["path", "customer_id"]
+    plain = call(fastapi_twin(app), "GET", path, headers=bearer("shop"))
+    assert reply.json() == plain.json()
