@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 import typer
 from rich.table import Table
 
@@ -29,6 +30,7 @@ from recocamp.cli import (
     console,
 )
 from recocamp.errors import RecocampError
+from recocamp.settings import Settings
 from recocamp.store import runs
 from recocamp.worker import Worker
 
@@ -38,7 +40,8 @@ app.add_typer(runs_app, name="runs")
 log = logging.getLogger(__name__)
 
 
-DEMO_START = "2011-12-11T00:00:00"  # the Sunday after the UCI data's last order
+# six weeks before the UCI data ends: the report can measure what the campaigns did
+DEMO_START = "2011-10-25T00:00:00"
 
 
 @app.command("worker")
@@ -107,6 +110,7 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
     if empty:
         demo_data(source=None, synthetic=False, demo_dir=demo_dir)
     begin = parse_as_of(start, ZoneInfo(settings.shop.time_zone))
+    _history(engine, settings, clock.now())
     fake = FakeEsp(data_dir=demo_dir / "fake-esp")
     with running(create_app(fake)) as url:
         process = Worker(_demo_settings(settings, url, demo_dir), engine, campaigns, templates,
@@ -128,6 +132,21 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
         f"unique send keys, {stats['duplicates']} duplicates "
         f"({demo_dir / 'fake-esp'}/messages.jsonl); history: `recocamp runs list`"
     )
+
+
+def _history(engine: sa.Engine, settings: Settings, now: datetime) -> None:
+    """The KPI snapshots of every day the shop has orders (the report's history)."""
+    from recocamp import measure_jobs
+    from recocamp.store import queries
+
+    with engine.connect() as connection:
+        first, last = queries.first_order_time(connection), queries.latest_order_time(connection)
+    if first is None or last is None:
+        return
+    zone = ZoneInfo(settings.shop.time_zone)
+    with console.status("KPI history: a snapshot of every day with orders …"):
+        measure_jobs.backfill(engine, settings, first.astimezone(zone).date(),
+                              last.astimezone(zone).date(), now)  # fmt: skip
 
 
 def _show(process: Worker, at: datetime, job: str, status: str) -> None:

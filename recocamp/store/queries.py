@@ -231,6 +231,11 @@ def latest_order_time(connection: sa.Connection) -> datetime | None:
     return value  # type: ignore[no-any-return]
 
 
+def first_order_time(connection: sa.Connection) -> datetime | None:
+    value = connection.execute(sa.select(sa.func.min(purchases.c.ordered_at))).scalar_one()
+    return value  # type: ignore[no-any-return]
+
+
 def _epoch(connection: sa.Connection, column: Any) -> Any:
     """UTC epoch seconds in SQL, so millions of rows never become datetime objects."""
     if connection.dialect.name == "sqlite":
