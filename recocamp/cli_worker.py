@@ -88,8 +88,11 @@ def worker(
         console.print(f"worker {process.id} running {len(process.specs)} jobs; "
                       "SIGTERM or Ctrl-C stops it")  # fmt: skip
         process.wait()
-        clean = process.shutdown()
-    raise typer.Exit(0 if clean else 3)
+        if not process.shutdown():
+            # running jobs (a training, an import) cannot be cut short, and the interpreter
+            # would wait for their threads: leave now, the next worker resumes what matters
+            logging.shutdown()
+            os._exit(3)
 
 
 def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:

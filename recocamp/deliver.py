@@ -21,9 +21,11 @@ import logging
 import multiprocessing
 import os
 import random
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -31,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from jinja2 import TemplateError
 
 from recocamp import outbox
 from recocamp.clock import Clock
@@ -43,7 +44,7 @@ from recocamp.errors import (
     TransientDeliveryError,
 )
 from recocamp.esp import Provider
-from recocamp.render import Renderer
+from recocamp.render import Renderer, snapshot
 from recocamp.settings import EspSettings, Settings
 from recocamp.store.queries import _insert
 from recocamp.store.schema import suppressions
@@ -51,7 +52,7 @@ from recocamp.store.schema import suppressions
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER_S = 86_400.0  # a provider asking for more than a day is not taken literally
 Progress = Callable[[int], None]
-POLL_S = 0.02  # while a campaign is still being rendered: look for new mail this often
+POLL_S = 0.05  # while a campaign is still being rendered: look for new mail this often
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -60,22 +61,34 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
 
 
 class RateLimiter:
-    """A token bucket: at most ``rate`` requests per second, bursts up to one second's worth."""
+    """A token bucket: at most ``rate`` requests per second, bursts up to one second's worth.
+
+    Shared by every deliverer of a worker (thread-safe); a worker sets ``rate`` to its share
+    of ``[esp] rate_limit_per_s`` when other workers run (see ``worker``), and delivering
+    processes get their share too, so the provider sees the configured rate in total.
+    """
 
     def __init__(self, rate: float, sleep: Callable[[float], object],
                  monotonic: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.rate, self.capacity = rate, max(1.0, rate)
         self.tokens, self.sleep, self.monotonic = self.capacity, sleep, monotonic
         self.last = monotonic()
+        self.lock = threading.Lock()
 
     def take(self) -> None:
-        now = self.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < 1:
-            self.sleep((1 - self.tokens) / self.rate)
-            self.tokens, self.last = 1.0, self.monotonic()
-        self.tokens -= 1
+        with self.lock:
+            now = self.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            wait = (1 - self.tokens) / self.rate if self.tokens < 1 else 0.0
+            self.tokens -= 1  # taken now, paid for by waiting outside the lock
+        if wait > 0:
+            self.sleep(wait)
+
+    def share(self, total: float, parts: int) -> None:
+        with self.lock:
+            self.rate = total / max(1, parts)
+            self.capacity = max(1.0, self.rate)
 
 
 @dataclass
@@ -109,13 +122,13 @@ class Deliverer:
     def __init__(self, engine: sa.Engine, provider: Provider, settings: EspSettings,
                  clock: Clock, *, sleep: Callable[[float], object] = time.sleep,
                  rng: random.Random | None = None, worker: str | None = None,
-                 renderer: Renderer | None = None,
-                 stopping: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
+                 renderer: Renderer | None = None, stopping: Callable[[], bool] = lambda: False,
+                 limiter: RateLimiter | None = None) -> None:  # fmt: skip
         self.engine, self.provider, self.settings, self.clock = engine, provider, settings, clock
         self.sleep, self.renderer, self.stopping = sleep, renderer, stopping
         self.rng = rng or random.Random()
         self.worker = worker or outbox.worker_id()
-        self.limiter = RateLimiter(settings.rate_limit_per_s, sleep)
+        self.limiter = limiter or RateLimiter(settings.rate_limit_per_s, sleep)
         self.batch = min(settings.batch_size, provider.batch_limit)
         self.tally: dict[str, Counter[str]] = {}
         self.on_progress: Callable[[int], None] = lambda n: None
@@ -130,13 +143,16 @@ class Deliverer:
                 connection, now, self.settings.claim_lease_s,
                 lambda who: outbox.process_alive(who, self.worker),
             )  # fmt: skip
+        with self.engine.begin() as connection:
+            stale = outbox.take_over(connection, stale, self.worker, now)
         if not stale:
             return 0
         found = self._lookup([c.email.send_key for c in stale])
         sent = {c.id: found[c.email.send_key] for c in stale if c.email.send_key in found}
         with self.engine.begin() as connection:
-            outbox.mark_sent(connection, sent, now)
-            outbox.release(connection, [c.id for c in stale if c.id not in sent], now)
+            outbox.mark_sent(connection, sent, now, self.worker)
+            outbox.release(connection, [c.id for c in stale if c.id not in sent], now,
+                           self.worker)  # fmt: skip
         log.info("reconciled %d stale claims: %d already accepted, %d queued again",
                  len(stale), len(sent), len(stale) - len(sent))  # fmt: skip
         return len(sent)
@@ -163,7 +179,7 @@ class Deliverer:
                     report.add(self._send(claimed))
                     self.on_progress(len(claimed))
                 elif producing():
-                    time.sleep(POLL_S)
+                    time.sleep(POLL_S)  # real time: the producer needs the moment
                 elif not self._wait_for_due(campaign, max_wait_s):
                     break
         finally:
@@ -184,11 +200,7 @@ class Deliverer:
     def _finish(self, report: DeliveryReport, campaign: str | None) -> DeliveryReport:
         with self.engine.connect() as connection:
             report.paused = outbox.paused(connection)
-            table = outbox.status(connection)
-        report.waiting = sum(
-            states.get("queued", 0) for name, states in table.items()
-            if campaign is None or name == campaign
-        )  # fmt: skip
+            report.waiting = outbox.queued(connection, campaign)
         return report
 
     # -- one batch ------------------------------------------------------------------------
@@ -209,7 +221,8 @@ class Deliverer:
             template = c.email.template
             if template is not None and self.renderer is None:
                 with self.engine.begin() as connection:
-                    outbox.release(connection, [x.id for x in claimed], self.clock.now())
+                    outbox.release(connection, [x.id for x in claimed], self.clock.now(),
+                                   self.worker)  # fmt: skip
                 raise DeliveryError("the outbox holds e-mails to render: the deliverer needs "
                                     "the templates directory (--templates)")  # fmt: skip
             if template is None or self.renderer is None:
@@ -217,8 +230,8 @@ class Deliverer:
                 continue
             try:
                 html, text = self.renderer.body(template.html, template.text, template.context)
-            except TemplateError as exc:
-                error = f"template {template.html}/{template.text}: {exc}"
+            except Exception as exc:  # this message's template and context, no other's
+                error = f"template {template.html}/{template.text}: {type(exc).__name__}: {exc}"
                 broken.append((c, SendResult(c.email.send_key, SendStatus.REJECTED, error=error)))
                 continue
             email = replace(c.email, html=html, text=text, template=None)
@@ -238,10 +251,13 @@ class Deliverer:
             results = [SendResult(c.email.send_key, SendStatus.REJECTED, error=str(exc))
                        for c in claimed]  # fmt: skip
             return self._record(claimed, results, report, suppress=False)
-        except BaseException:
-            with self.engine.begin() as connection:  # nothing went out: give the claims back
-                outbox.release(connection, [c.id for c in claimed], self.clock.now())
+        except DeliveryError:  # refused (credentials): nothing went out, give the claims back
+            with self.engine.begin() as connection:
+                outbox.release(connection, [c.id for c in claimed], self.clock.now(),
+                               self.worker)  # fmt: skip
             raise
+        # anything else (a bug, KeyboardInterrupt) may have come after the provider took the
+        # batch: the claims stay, and the next deliverer looks them up before resending
         return self._record(claimed, results, report)
 
     def _split(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
@@ -266,12 +282,14 @@ class Deliverer:
         ]  # fmt: skip
         log.warning("%s: %d messages, %d found accepted after the error", exc, len(claimed),
                     len(found))  # fmt: skip
-        # a provider-wide 429/5xx says nothing about this campaign: it is not in the tally
-        return self._record(claimed, results, DeliveryReport(requests=1), tally=False)
+        # a provider-wide 429/5xx says nothing about this campaign: it is not in the tally,
+        # and it costs no attempt (an outage makes mail wait, never fail)
+        return self._record(claimed, results, DeliveryReport(requests=1), tally=False,
+                            refund=True)  # fmt: skip
 
     def _record(self, claimed: list[outbox.Claimed], results: list[SendResult],
-                report: DeliveryReport, *, suppress: bool = True,
-                tally: bool = True) -> DeliveryReport:  # fmt: skip
+                report: DeliveryReport, *, suppress: bool = True, tally: bool = True,
+                refund: bool = False) -> DeliveryReport:  # fmt: skip
         now = self.clock.now()
         by_key = {r.send_key: r for r in results}
         sent, delays, errors, rejected = {}, {}, {}, {}
@@ -285,10 +303,11 @@ class Deliverer:
             else:
                 rejected[c.id] = result.error or "rejected"
         with self.engine.begin() as connection:
-            outbox.mark_sent(connection, sent, now)
+            outbox.mark_sent(connection, sent, now, self.worker)
             out_of_attempts = outbox.retry_later(connection, delays, errors, now,
-                                                 self.settings.max_attempts)  # fmt: skip
-            outbox.fail(connection, rejected, now)
+                                                 self.settings.max_attempts, self.worker,
+                                                 refund=refund)  # fmt: skip
+            outbox.fail(connection, rejected, now, self.worker)
             if suppress:
                 self._suppress(connection, [c for c in claimed if c.id in rejected])
         report.sent += len(sent)
@@ -337,12 +356,10 @@ class Deliverer:
 
 # -- several delivering processes -----------------------------------------------------------
 
-_producing: Any = None  # in a delivery process: the parent's "still enqueueing" flag
-_stop: Any = None  # … and its "stop after this batch" flag
-_parent = 0
+_shared: dict[str, Any] = {}  # in a delivery process: the parent's flags and counter
 
 
-def drain_in_processes(engine: sa.Engine, settings: Settings, templates: Path,
+def drain_in_processes(engine: sa.Engine, settings: Settings, renderer: Renderer,
                        campaign: str | None, processes: int, max_wait_s: float,
                        producing: Callable[[], bool], on_progress: Progress = lambda n: None,
                        stopping: Callable[[], bool] = lambda: False) -> DeliveryReport:  # fmt: skip
@@ -350,28 +367,34 @@ def drain_in_processes(engine: sa.Engine, settings: Settings, templates: Path,
 
     Rendering a body costs more than sending it, and one Python process renders on one
     core; several processes claim batches side by side (claims never overlap, see
-    ``outbox.claim``). They are *spawned*, not forked: the caller may run threads. Each one
-    stops claiming when the parent goes away or ``stopping()`` says so, so a killed ``send``
-    leaves at most its in-flight batches claimed, which the next deliverer reconciles.
+    ``outbox.claim``). They are *spawned*, not forked (the caller may run threads), render
+    with the caller's templates (a snapshot, see ``Renderer.frozen``), send at an equal share
+    of the rate limit, and ignore SIGINT/SIGTERM: they stop claiming when the parent says so
+    (``stopping()``) or goes away, so a killed ``send`` leaves at most its in-flight batches
+    claimed, which the next deliverer reconciles.
     """
     context = multiprocessing.get_context("spawn")
-    flag, stop = context.Event(), context.Event()
-    flag.set()
-    done = _settled(engine, campaign)
+    flags: dict[str, Any] = {"producing": context.Event(), "stop": context.Event(),
+                             "done": context.Value("q", 0)}  # fmt: skip
+    flags["producing"].set()
+    sources = renderer.sources if renderer.sources is not None else snapshot(renderer.directory)
+    esp = settings.esp.model_copy(update={"rate_limit_per_s": settings.esp.rate_limit_per_s
+                                          / processes})  # fmt: skip
+    child = (engine.url.render_as_string(hide_password=False), settings.model_copy(
+        update={"esp": esp}), renderer.directory, sources, campaign, max_wait_s)  # fmt: skip
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_child_init,
-                             initargs=(flag, stop, os.getpid())) as pool:  # fmt: skip
-        url = engine.url.render_as_string(hide_password=False)  # the parent's database
-        futures = [pool.submit(_child_drain, url, settings, templates, campaign, max_wait_s)
-                   for _ in range(processes)]  # fmt: skip
+                             initargs=(flags, os.getpid())) as pool:  # fmt: skip
+        futures = [pool.submit(_child_drain, *child) for _ in range(processes)]
+        reported = 0
         while not all(f.done() for f in futures):
             if not producing():
-                flag.clear()
+                flags["producing"].clear()
             if stopping():
-                stop.set()
+                flags["stop"].set()
             time.sleep(0.2)
-            now = _settled(engine, campaign)
-            on_progress(now - done)
-            done = now
+            done = int(flags["done"].value)
+            on_progress(done - reported)
+            reported = done
         reports = [f.result() for f in futures]
     total = DeliveryReport()
     for each in reports:
@@ -381,30 +404,32 @@ def drain_in_processes(engine: sa.Engine, settings: Settings, templates: Path,
     return total
 
 
-def _settled(engine: sa.Engine, campaign: str | None) -> int:
-    with engine.connect() as connection:
-        table = outbox.status(connection)
-    return sum(n for name, states in table.items() if campaign is None or name == campaign
-               for state, n in states.items() if state not in ("queued", "claimed"))  # fmt: skip
+def _child_init(flags: dict[str, Any], parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _shared.update(flags, parent=parent)
 
 
-def _child_init(flag: Any, stop: Any, parent: int) -> None:
-    global _producing, _stop, _parent
-    _producing, _stop, _parent = flag, stop, parent
+def _child_progress(n: int) -> None:
+    with _shared["done"].get_lock():
+        _shared["done"].value += n
 
 
-def _child_drain(url: str, settings: Settings, templates: Path, campaign: str | None,
-                 max_wait_s: float) -> DeliveryReport:  # fmt: skip
+def _child_drain(url: str, settings: Settings, templates: Path, sources: Mapping[str, str],
+                 campaign: str | None, max_wait_s: float) -> DeliveryReport:  # fmt: skip
     from recocamp.clock import SystemClock
     from recocamp.esp import make_provider
     from recocamp.store.engine import make_engine
 
     engine, provider = make_engine(url), make_provider(settings)
-    stopping = lambda: os.getppid() != _parent or bool(_stop.is_set())  # noqa: E731
+    stop, parent = _shared["stop"], _shared["parent"]
     try:
-        deliverer = Deliverer(engine, provider, settings.esp, SystemClock(),
-                              renderer=Renderer(templates), stopping=stopping)  # fmt: skip
-        return deliverer.drain(campaign, max_wait_s, lambda: bool(_producing.is_set()))
+        deliverer = Deliverer(
+            engine, provider, settings.esp, SystemClock(), renderer=Renderer(templates, sources),
+            stopping=lambda: os.getppid() != parent or bool(stop.is_set()),
+        )  # fmt: skip
+        deliverer.on_progress = _child_progress
+        return deliverer.drain(campaign, max_wait_s, lambda: bool(_shared["producing"].is_set()))
     finally:
         provider.close()
         engine.dispose()

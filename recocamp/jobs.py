@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from recocamp import campaigns as campaign_files
 from recocamp import compose, drop_folder, metrics, outbox, planner, render, training
 from recocamp.campaigns import Campaign
-from recocamp.clock import Clock
-from recocamp.deliver import Deliverer, DeliveryReport, drain_in_processes
+from recocamp.clock import Clock, SystemClock
+from recocamp.deliver import Deliverer, DeliveryReport, RateLimiter, drain_in_processes
 from recocamp.domain import OutgoingEmail
 from recocamp.errors import ConfigError, Interrupted, Problem
 from recocamp.esp import Provider, make_provider
@@ -107,6 +107,7 @@ class RunOptions:
     max_wait_s: float = 0.0  # wait this long for retries before leaving them to the worker
     on_progress: Progress = lambda n: None  # decisions recorded and enqueued
     stopping: Callable[[], bool] = lambda: False  # checked between chunks and batches
+    renderer: render.Renderer | None = None  # default: the templates directory as it is now
 
 
 def plan_and_enqueue(engine: sa.Engine, settings: Settings, campaign: Campaign,
@@ -125,7 +126,7 @@ def enqueue_decisions(engine: sa.Engine, settings: Settings, campaign: Campaign,
     enqueued). Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only
     the subject is rendered here."""
     key = signing_key(settings)
-    renderer = render.Renderer(templates)
+    renderer = options.renderer or render.Renderer(templates)
     report = planned.report
     period = report.run_key.rpartition("/")[2]
     issued_at = options.issued_at or now
@@ -200,10 +201,13 @@ def deliver_planned(engine: sa.Engine, settings: Settings, campaign: Campaign, t
     run, by several delivering processes (``[esp] delivery_processes``), because rendering
     the bodies is the expensive part and one process renders on one core."""
     processes = delivery_processes(settings, planned.sends)
+    if not isinstance(deliverer.clock, SystemClock):
+        processes = 1  # delivering processes run on the real clock: not for a simulated one
 
     def drain(producing: Callable[[], bool]) -> DeliveryReport:
         if processes > 1:
-            return drain_in_processes(engine, settings, templates, campaign.name, processes,
+            renderer = deliverer.renderer or render.Renderer(templates)
+            return drain_in_processes(engine, settings, renderer, campaign.name, processes,
                                       options.max_wait_s, producing, deliverer.on_progress,
                                       options.stopping)  # fmt: skip
         return deliverer.drain(campaign.name, options.max_wait_s, producing)
@@ -250,24 +254,28 @@ def while_delivering(drain: Callable[[Callable[[], bool]], DeliveryReport],
 # --- the worker's jobs (see ``scheduler.job_table``) ------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class JobContext:
-    """What every job of a worker needs; ``stop`` is set on SIGTERM."""
+    """What every job of a worker needs. ``renderer`` holds the last templates that passed
+    ``check`` (the worker replaces it on a good reload); ``limiter`` is the worker's share of
+    the provider's rate limit; ``stop`` is set on SIGTERM."""
 
     settings: Settings
     engine: sa.Engine
     templates: Path
     clock: Clock
     stop: threading.Event
+    renderer: render.Renderer
+    limiter: RateLimiter
 
 
 Counts = dict[str, Any]
 
 
 def _deliverer(ctx: JobContext, provider: Provider) -> Deliverer:
-    return Deliverer(ctx.engine, provider, ctx.settings.esp, ctx.clock,
-                     sleep=ctx.stop.wait, renderer=render.Renderer(ctx.templates),
-                     stopping=ctx.stop.is_set)  # fmt: skip
+    return Deliverer(ctx.engine, provider, ctx.settings.esp, ctx.clock, sleep=ctx.stop.wait,
+                     renderer=ctx.renderer, stopping=ctx.stop.is_set,
+                     limiter=ctx.limiter)  # fmt: skip
 
 
 def run_campaign(ctx: JobContext, campaign: Campaign, as_of: datetime) -> Counts:
@@ -275,7 +283,8 @@ def run_campaign(ctx: JobContext, campaign: Campaign, as_of: datetime) -> Counts
     several processes); a stop between chunks raises ``Interrupted``."""
     provider = make_provider(ctx.settings)
     try:
-        options = RunOptions(issued_at=ctx.clock.now(), stopping=ctx.stop.is_set)
+        options = RunOptions(issued_at=ctx.clock.now(), stopping=ctx.stop.is_set,
+                             renderer=ctx.renderer)  # fmt: skip
         report = send_campaign(ctx.engine, ctx.settings, campaign, ctx.templates, as_of,
                                _deliverer(ctx, provider), options)  # fmt: skip
     finally:
@@ -329,9 +338,11 @@ def train(ctx: JobContext, now: datetime) -> Counts:
 
 def _training_inputs(ctx: JobContext) -> Counts:
     with ctx.engine.connect() as connection:
-        last_line = connection.execute(sa.select(sa.func.max(purchases.c.id))).scalar()
+        last_line, lines = connection.execute(
+            sa.select(sa.func.max(purchases.c.id), sa.func.count())).one()  # fmt: skip
     digest = hashlib.sha256(ctx.settings.recommender.model_dump_json().encode()).hexdigest()
-    return {"last_purchase_line": int(last_line or 0), "settings": digest[:16]}
+    return {"last_purchase_line": int(last_line or 0), "purchase_lines": int(lines),
+            "settings": digest[:16]}  # fmt: skip
 
 
 def _unchanged_since_last_training(engine: sa.Engine, data: Counts) -> bool:

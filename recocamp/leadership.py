@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,10 @@ class Leadership(Protocol):
         """Is the leadership still ours (the lock's connection alive)?"""
         ...
 
+    def resign(self) -> None:
+        """Stop leading but stay registered as a worker."""
+        ...
+
     def release(self) -> None: ...
 
     @contextmanager
@@ -72,6 +77,9 @@ class AdvisoryLockLeadership:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.connection: sa.Connection | None = None
+        self.job_connection: sa.Connection | None = None
+        self.mutex = threading.Lock()
+        self.running: set[str] = set()
 
     def register(self) -> None:
         """Any number of workers may run on PostgreSQL."""
@@ -105,7 +113,16 @@ class AdvisoryLockLeadership:
             return False
         return True
 
+    def resign(self) -> None:
+        self._unlock()
+
     def release(self) -> None:
+        if self.job_connection is not None:
+            self.job_connection.close()
+            self.job_connection = None
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self.connection is None:
             return
         try:
@@ -126,17 +143,34 @@ class AdvisoryLockLeadership:
 
     @contextmanager
     def job_lock(self, job: str) -> Iterator[bool]:
+        """Per-job advisory locks, all on one connection of their own (a connection per
+        running job could empty the pool); session locks are re-entrant, so this process
+        also keeps a set of the jobs it runs."""
         key = lock_key(f"job:{job}")
-        with self.engine.connect() as connection:
-            got = bool(connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"),
-                                          {"key": key}).scalar_one())  # fmt: skip
-            connection.commit()
-            try:
-                yield got
-            finally:
-                if got:
-                    connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                    connection.commit()
+        with self.mutex:
+            got = job not in self.running and self._job_sql("SELECT pg_try_advisory_lock(:k)", key)
+            if got:
+                self.running.add(job)
+        try:
+            yield got
+        finally:
+            if got:
+                with self.mutex:
+                    self.running.discard(job)
+                    self._job_sql("SELECT pg_advisory_unlock(:k)", key)
+
+    def _job_sql(self, statement: str, key: int) -> bool:
+        try:
+            if self.job_connection is None:
+                self.job_connection = self.engine.connect()
+            value = self.job_connection.execute(sa.text(statement), {"k": key}).scalar_one()
+            self.job_connection.commit()
+            return bool(value)
+        except sa.exc.DBAPIError:  # the connection (and its locks) is gone: a new one next time
+            connection, self.job_connection = self.job_connection, None
+            if connection is not None:
+                connection.invalidate()
+            raise
 
 
 class SoleWorker:
@@ -146,6 +180,8 @@ class SoleWorker:
         database = engine.url.database
         self.path = Path(f"{database}.worker-lock") if database and database != ":memory:" else None
         self.handle: IO[str] | None = None
+        self.mutex = threading.Lock()
+        self.running: set[str] = set()
 
     def register(self) -> None:
         self.try_acquire()
@@ -174,6 +210,9 @@ class SoleWorker:
     def held(self) -> bool:
         return True
 
+    def resign(self) -> None:
+        """The only worker of a SQLite file keeps its lock: nobody else could lead."""
+
     def release(self) -> None:
         if self.handle is not None:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
@@ -182,4 +221,14 @@ class SoleWorker:
 
     @contextmanager
     def job_lock(self, job: str) -> Iterator[bool]:
-        yield True
+        """One worker per database: a job runs once at a time in this process (a resumed
+        run and its scheduled next run never overlap)."""
+        with self.mutex:
+            got = job not in self.running
+            self.running.add(job)
+        try:
+            yield got
+        finally:
+            if got:
+                with self.mutex:
+                    self.running.discard(job)

@@ -72,6 +72,7 @@ class Claimed:
     attempts: int
     customer_id: str
     email: OutgoingEmail
+    claimed_by: str | None = None
 
 
 def _unpack(row: Any) -> Claimed:
@@ -86,7 +87,7 @@ def _unpack(row: Any) -> Claimed:
         headers=tuple((k, v) for k, v in document["headers"]), campaign=row.campaign,
         template=template,
     )  # fmt: skip
-    return Claimed(row.id, row.attempts, row.customer_id, email)
+    return Claimed(row.id, row.attempts, row.customer_id, email, row.claimed_by)
 
 
 def enqueue(connection: sa.Connection, emails: Iterable[tuple[OutgoingEmail, str, str | None,
@@ -174,12 +175,21 @@ def _set(connection: sa.Connection, ids: Iterable[int], now: datetime, **values:
         )  # fmt: skip
 
 
-def mark_sent(connection: sa.Connection, sent: dict[int, str], now: datetime) -> None:
+def _owned(by: str | None) -> Any:
+    """Rows still claimed by ``by``: a deliverer records only what it still holds, so one
+    whose claim was taken over (a lease that ran out) cannot overwrite the new owner."""
+    if by is None:
+        return sa.true()
+    return sa.and_(outbox.c.state == "claimed", outbox.c.claimed_by == by)
+
+
+def mark_sent(connection: sa.Connection, sent: dict[int, str], now: datetime,
+              by: str | None = None) -> None:  # fmt: skip
     """Record what the provider accepted, with its message ids (one statement per batch)."""
     if not sent:
         return
     connection.execute(
-        sa.update(outbox).where(outbox.c.id == sa.bindparam("row_id"))
+        sa.update(outbox).where(outbox.c.id == sa.bindparam("row_id"), _owned(by))
         .values(state="sent", provider_message_id=sa.bindparam("message_id"), sent_at=now,
                 updated_at=now, last_error=None),
         [{"row_id": i, "message_id": m} for i, m in sent.items()],
@@ -187,49 +197,86 @@ def mark_sent(connection: sa.Connection, sent: dict[int, str], now: datetime) ->
 
 
 def retry_later(connection: sa.Connection, delays: dict[int, float], errors: dict[int, str],
-                now: datetime, max_attempts: int) -> int:  # fmt: skip
-    """Back to the queue after ``delays[id]`` seconds, or failed when out of attempts."""
+                now: datetime, max_attempts: int, by: str | None = None, *,
+                refund: bool = False) -> int:  # fmt: skip
+    """Back to the queue after ``delays[id]`` seconds, or failed when out of attempts.
+
+    ``refund``: the whole request failed (a provider-wide 429 or 5xx, an outage), which says
+    nothing about these messages, so the attempt is given back: an outage longer than the
+    retries never turns mail into failures (a gap), it only waits.
+    """
     if not delays:
         return 0
     ids = list(delays)
     rows = connection.execute(sa.select(outbox.c.id, outbox.c.attempts).where(
-        outbox.c.id.in_(ids))).all()  # fmt: skip
-    out = {r.id for r in rows if r.attempts >= max_attempts}
+        outbox.c.id.in_(ids), _owned(by))).all()  # fmt: skip
+    mine = {r.id for r in rows}
+    out = set() if refund else {r.id for r in rows if r.attempts >= max_attempts}
     for row_id in out:
         _set(connection, [row_id], now, state="failed", last_error=errors[row_id][:1000])
     again = [
         {"row_id": i, "not_before": now + timedelta(seconds=delays[i]), "error": errors[i][:1000]}
-        for i in ids if i not in out
+        for i in ids if i in mine and i not in out
     ]  # fmt: skip
     if again:
+        spent = outbox.c.attempts - 1 if refund else outbox.c.attempts
         connection.execute(
             sa.update(outbox).where(outbox.c.id == sa.bindparam("row_id"))
-            .values(state="queued", not_before=sa.bindparam("not_before"),
+            .values(state="queued", not_before=sa.bindparam("not_before"), attempts=spent,
                     last_error=sa.bindparam("error"), updated_at=now, claimed_by=None),
             again,
         )  # fmt: skip
     return len(out)
 
 
-def fail(connection: sa.Connection, errors: dict[int, str], now: datetime) -> None:
+def fail(connection: sa.Connection, errors: dict[int, str], now: datetime,
+         by: str | None = None) -> None:  # fmt: skip
     for row_id, error in errors.items():
-        _set(connection, [row_id], now, state="failed", last_error=error[:1000])
+        connection.execute(sa.update(outbox).where(outbox.c.id == row_id, _owned(by)).values(
+            state="failed", last_error=error[:1000], updated_at=now))  # fmt: skip
 
 
-def release(connection: sa.Connection, ids: Iterable[int], now: datetime) -> None:
+def release(connection: sa.Connection, ids: Iterable[int], now: datetime,
+            by: str | None = None) -> None:  # fmt: skip
     """Back to the queue untouched (the attempt did not reach the provider)."""
-    _set(connection, ids, now, state="queued", claimed_by=None,
-         attempts=outbox.c.attempts - 1)  # fmt: skip
+    ids = list(ids)
+    for start in range(0, len(ids), 5000):
+        connection.execute(
+            sa.update(outbox).where(outbox.c.id.in_(ids[start : start + 5000]), _owned(by))
+            .values(state="queued", claimed_by=None, attempts=outbox.c.attempts - 1,
+                    updated_at=now))  # fmt: skip
+
+
+def take_over(connection: sa.Connection, stale: Sequence[Claimed], me: str,
+              now: datetime) -> list[Claimed]:  # fmt: skip
+    """Make stale claims ours before settling them: only rows still claimed by the worker
+    we found them with move, so two deliverers settling the same dead worker's claims never
+    both act on one row (one would resend what the other just sent)."""
+    if not stale:
+        return []
+    pairs = [(c.id, c.claimed_by) for c in stale]
+    statement = (
+        sa.update(outbox)
+        .where(outbox.c.state == "claimed", sa.tuple_(outbox.c.id, outbox.c.claimed_by).in_(pairs))
+        .values(claimed_by=me, claimed_at=now, updated_at=now).returning(outbox.c.id)
+    )  # fmt: skip
+    taken = set(connection.execute(statement).scalars())
+    return [c for c in stale if c.id in taken]
 
 
 def stale_claims(connection: sa.Connection, now: datetime, lease_s: float,
                  alive: Callable[[str], bool]) -> list[Claimed]:  # fmt: skip
-    rows = connection.execute(sa.select(outbox).where(outbox.c.state == "claimed")).all()
+    """Claims whose lease ran out or whose worker is gone (bodies are read only for those)."""
+    claims = connection.execute(sa.select(outbox.c.id, outbox.c.claimed_by, outbox.c.claimed_at)
+                                .where(outbox.c.state == "claimed")).all()  # fmt: skip
     expired = now - timedelta(seconds=lease_s)
-    return [
-        _unpack(row) for row in rows
-        if row.claimed_at <= expired or not alive(row.claimed_by or "")
-    ]  # fmt: skip
+    ids = [r.id for r in claims if r.claimed_at <= expired or not alive(r.claimed_by or "")]
+    found: list[Claimed] = []
+    for start in range(0, len(ids), 5000):
+        rows = connection.execute(sa.select(outbox).where(
+            outbox.c.id.in_(ids[start : start + 5000]), outbox.c.state == "claimed"))  # fmt: skip
+        found += [_unpack(row) for row in rows]
+    return found
 
 
 # Deliverers draining in this process right now: a worker runs several at once (a campaign
@@ -265,6 +312,14 @@ def next_due(connection: sa.Connection, campaign: str | None = None) -> datetime
         query = query.where(outbox.c.campaign == campaign)
     value: datetime | None = connection.execute(query).scalar_one_or_none()
     return value
+
+
+def queued(connection: sa.Connection, campaign: str | None = None) -> int:
+    """Messages waiting in the queue (retries, quiet hours), one campaign's or all."""
+    query = sa.select(sa.func.count()).select_from(outbox).where(outbox.c.state == "queued")
+    if campaign:
+        query = query.where(outbox.c.campaign == campaign)
+    return int(connection.execute(query).scalar_one())
 
 
 def status(connection: sa.Connection) -> dict[str, dict[str, int]]:

@@ -26,6 +26,7 @@ from typing import Any
 import css_inline
 from jinja2 import (
     BaseLoader,
+    DictLoader,
     Environment,
     FileSystemLoader,
     StrictUndefined,
@@ -53,13 +54,27 @@ class RenderedEmail:
     text: str
 
 
-class InliningLoader(BaseLoader):
-    """A file loader that inlines ``email.css`` into HTML sources as they are loaded."""
+def snapshot(directory: Path) -> dict[str, str]:
+    """Every template file of ``directory`` as text, by its name in the directory."""
+    return {
+        path.relative_to(directory).as_posix(): path.read_text(encoding="utf-8")
+        for path in sorted(directory.rglob("*")) if path.is_file()
+    }  # fmt: skip
 
-    def __init__(self, directory: Path) -> None:
-        self.files = FileSystemLoader(str(directory))
+
+class InliningLoader(BaseLoader):
+    """A loader that inlines ``email.css`` into HTML sources as they are loaded; from the
+    files of a directory, or from a :func:`snapshot` of them (``sources``)."""
+
+    def __init__(self, directory: Path, sources: Mapping[str, str] | None = None) -> None:
+        self.files: BaseLoader = (
+            FileSystemLoader(str(directory)) if sources is None else DictLoader(dict(sources))
+        )
         sheet = directory / STYLESHEET
-        self.css = sheet.read_text(encoding="utf-8") if sheet.exists() else ""
+        if sources is not None:
+            self.css = sources.get(STYLESHEET, "")
+        else:
+            self.css = sheet.read_text(encoding="utf-8") if sheet.exists() else ""
         self.fragments = css_inline.CSSInliner(load_remote_stylesheets=False)
         self.documents = css_inline.CSSInliner(
             load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
@@ -77,9 +92,9 @@ class InliningLoader(BaseLoader):
         return str(self.fragments.inline_fragment(source, self.css))
 
 
-def environment(directory: Path) -> SandboxedEnvironment:
+def environment(directory: Path, sources: Mapping[str, str] | None = None) -> SandboxedEnvironment:
     return SandboxedEnvironment(
-        loader=InliningLoader(directory),
+        loader=InliningLoader(directory, sources),
         undefined=StrictUndefined,
         autoescape=lambda name: name is not None and name.endswith(".html"),
         trim_blocks=True,
@@ -89,11 +104,21 @@ def environment(directory: Path) -> SandboxedEnvironment:
 
 
 class Renderer:
-    """Renders one campaign's subject, HTML and text part with a context."""
+    """Renders one campaign's subject, HTML and text part with a context.
 
-    def __init__(self, directory: Path) -> None:
-        self.env = environment(directory)
+    :meth:`frozen` renders from the templates as they are *now*: a worker keeps the last set
+    that passed ``check`` while a marketer edits the files, and hands the same set to its
+    delivering processes, so queued mail never meets a half-saved template.
+    """
+
+    def __init__(self, directory: Path, sources: Mapping[str, str] | None = None) -> None:
+        self.directory, self.sources = directory, sources
+        self.env = environment(directory, sources)
         self._subjects: dict[str, Any] = {}
+
+    @classmethod
+    def frozen(cls, directory: Path) -> Renderer:
+        return cls(directory, snapshot(directory))
 
     def render(self, subject: str, html: str, text: str, context: dict[str, Any]) -> RenderedEmail:
         return RenderedEmail(self.subject(subject, context), *self.body(html, text, context))

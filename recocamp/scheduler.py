@@ -25,7 +25,10 @@ is the leader (see ``leadership``); ``deliver`` lives in a memory store on every
 Jobs are synchronised with the table without losing their next run time: a job whose
 trigger did not change keeps it. A persistent job can only name an importable function
 with picklable arguments, so every job is ``worker.dispatch(job_id)``, which finds the
-running worker of this process and runs the job through it.
+running worker of this process and runs the job through it. (APScheduler stores a job's
+state pickled: whoever may write to the database can make a worker run code. The database
+is the trust boundary anyway — it holds the customers and the outbox — so restrict writes
+to it accordingly.)
 """
 
 from __future__ import annotations
@@ -108,9 +111,11 @@ def make_scheduler() -> BackgroundScheduler:
 def attach_shared(scheduler: BackgroundScheduler, engine: sa.Engine) -> None:
     """The persistent store of leader jobs (becoming the leader). It gets an engine of its
     own: the store disposes of its engine when it is detached."""
-    url = engine.url.render_as_string(hide_password=False)
-    with suppress(ValueError):  # attached already
-        scheduler.add_jobstore(SQLAlchemyJobStore(engine=make_engine(url)), SHARED)
+    own = make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        scheduler.add_jobstore(SQLAlchemyJobStore(engine=own), SHARED)
+    except ValueError:  # attached already
+        own.dispose()
 
 
 def detach_shared(scheduler: BackgroundScheduler) -> None:

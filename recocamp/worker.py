@@ -48,12 +48,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 from recocamp import checks, jobs, leadership, metrics, outbox, scheduler
 from recocamp.campaigns import Campaign
 from recocamp.clock import Clock, FixedClock, SystemClock
+from recocamp.deliver import RateLimiter
 from recocamp.errors import ConfigError, Interrupted
+from recocamp.render import Renderer
 from recocamp.settings import Settings
 from recocamp.store import runs
 from recocamp.store.runs import CAMPAIGN_PREFIX
 
 log = logging.getLogger(__name__)
+RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is tried again then
 _current: Worker | None = None  # the worker of this process, for dispatch()
 
 
@@ -86,35 +89,43 @@ class Worker:
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
         self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
         self._loop_thread: threading.Thread | None = None
-        self.context = jobs.JobContext(settings, engine, templates_dir, self.clock, self.stop)
+        self._reload_checked = 0.0
+        limiter = RateLimiter(settings.esp.rate_limit_per_s, self.stop.wait)
+        self.context = jobs.JobContext(settings, engine, templates_dir, self.clock, self.stop,
+                                       Renderer(templates_dir), limiter)  # fmt: skip
 
     # -- campaigns and the schedule -------------------------------------------------------
 
     def load(self) -> None:
         """Check every campaign and template; refuse to start when anything is broken."""
+        self._files = self._fingerprint()
+        renderer = Renderer.frozen(self.templates_dir)  # before the check: never newer
         good, failures = checks.campaign_problems(self.settings, self.campaigns_dir,
                                                   self.templates_dir)  # fmt: skip
         if failures:
             raise failures[0] if len(failures) == 1 else ConfigError(
                 self.campaigns_dir, [p for f in failures for p in f.problems])  # fmt: skip
-        self._use(good)
+        self._use(good, renderer)
 
-    def _use(self, good: list[Campaign]) -> None:
+    def _use(self, good: list[Campaign], renderer: Renderer) -> None:
+        """The campaigns and templates that passed ``check``: what runs and renders now."""
         self.campaigns = {c.name: c for c in good}
         table = scheduler.job_table(self.settings, good)
         self.specs = {spec.id: spec for spec in table}
-        self._files = self._fingerprint()
+        self.context.renderer = renderer
 
     def reload(self) -> bool:
-        """Take changed campaigns if they pass ``check``; keep the last good set otherwise."""
+        """Take changed campaigns and templates if they pass ``check``; keep the last good
+        set otherwise (queued mail keeps rendering with it, see ``Renderer.frozen``)."""
         self._files = self._fingerprint()
+        renderer = Renderer.frozen(self.templates_dir)
         good, failures = checks.campaign_problems(self.settings, self.campaigns_dir,
                                                   self.templates_dir)  # fmt: skip
         if failures:
             for failure in failures:
                 log.error("reload refused, keeping the last good campaigns: %s", failure)
             return False
-        self._use(good)
+        self._use(good, renderer)
         if self.leader_since is not None:
             scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED,
                            "leader")  # fmt: skip
@@ -142,8 +153,22 @@ class Worker:
             return "skipped"
         with self._exclusive(spec) as held:
             if not held:
-                return self._skip(job_id, "already running on another worker")
-            return self._run(spec, as_of or self.clock.now(), resumed_from)
+                return self._skip(job_id, "already running")
+            return self._run(spec, as_of or self._scheduled(spec), resumed_from)
+
+    def _scheduled(self, spec: scheduler.JobSpec) -> datetime:
+        """The instant a campaign run decides for: its trigger's latest fire time (within
+        the grace time), not the moment it got a thread. A 23:30 run that starts after
+        midnight still belongs to its day (run key), so the next day's run is not lost."""
+        now = self.clock.now()
+        if spec.campaign is None:
+            return now
+        earliest = now - timedelta(seconds=spec.misfire_grace_s)
+        fired, at = None, spec.trigger.get_next_fire_time(None, earliest)
+        while at is not None and at <= now:
+            fired = at
+            at = spec.trigger.get_next_fire_time(at, at.astimezone(UTC) + timedelta(seconds=1))
+        return fired.astimezone(UTC) if fired is not None else now
 
     @contextmanager
     def _exclusive(self, spec: scheduler.JobSpec) -> Iterator[bool]:
@@ -218,16 +243,30 @@ class Worker:
     # -- leadership, resume, reload: the loop -----------------------------------------------
 
     def tick(self) -> None:
-        """One round of the loop: heartbeat, leadership, resume, reload."""
+        """One round of the loop: heartbeat, leadership, rate share, resume, reload."""
         self._lead()
         with self.engine.begin() as connection:
             runs.heartbeat(connection, self.id, self.clock.now(), self.leader_since)
+        self._share_rate()
         if self.leader_since is not None:
             self.scheduler.wakeup()  # notice jobs triggered from outside (`runs trigger`)
             self.resume_unfinished()
-        if self.reload_requested.is_set() or self._fingerprint() != self._files:
+        if self.reload_requested.is_set() or self._files_changed():
             self.reload_requested.clear()
             self.reload()
+
+    def _files_changed(self) -> bool:
+        if time.monotonic() - self._reload_checked < self.settings.worker.reload_check_s:
+            return False
+        self._reload_checked = time.monotonic()
+        return self._fingerprint() != self._files
+
+    def _share_rate(self) -> None:
+        """``[esp] rate_limit_per_s`` is the provider's limit for all workers together."""
+        alive_after = self.clock.now() - timedelta(seconds=5 * self.settings.worker.leader_poll_s)
+        with self.engine.connect() as connection:
+            alive = len(runs.live_workers(connection, alive_after))
+        self.context.limiter.share(self.settings.esp.rate_limit_per_s, alive)
 
     def _lead(self) -> None:
         if self.leader_since is not None:
@@ -238,9 +277,17 @@ class Worker:
             self._become_leader()
 
     def _become_leader(self) -> None:
+        """Attach the schedule, then say so; a failure on the way gives the lock back, so
+        another worker can lead instead of one that holds the lock and schedules nothing."""
+        try:
+            scheduler.attach_shared(self.scheduler, self.engine)
+            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED,
+                           "leader")  # fmt: skip
+        except Exception:
+            scheduler.detach_shared(self.scheduler)
+            self.leadership.resign()
+            raise
         self.leader_since = self.clock.now()
-        scheduler.attach_shared(self.scheduler, self.engine)
-        scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
         metrics.LEADER.set(1)
         log.info("worker %s is the scheduling leader", self.id)
 
@@ -251,19 +298,25 @@ class Worker:
         log.warning("worker %s stepped down: it no longer holds the scheduler lock", self.id)
 
     def resume_unfinished(self) -> int:
-        """Resume campaign runs a dead or stopped worker left unfinished; returns how many."""
+        """Start resuming campaign runs left unfinished — by a dead or stopped worker, or
+        failed more than ``RETRY_FAILED_S`` ago — in the scheduler's threads (this loop
+        must keep its heartbeat); returns how many were started."""
         now, w = self.clock.now(), self.settings.worker
-        dead_before = now - timedelta(seconds=5 * w.leader_poll_s)
         with self.engine.connect() as connection:
             found = runs.unfinished_campaign_runs(
-                connection, now - timedelta(seconds=w.resume_window_s), dead_before
-            )
+                connection, now - timedelta(seconds=w.resume_window_s),
+                dead_before=now - timedelta(seconds=5 * w.leader_poll_s),
+                failed_before=now - timedelta(seconds=RETRY_FAILED_S))  # fmt: skip
+        found = [row for row in found if row.id not in self._resuming]
         for row in found:
+            self._resuming.add(row.id)
             with self.engine.begin() as connection:
                 runs.mark_interrupted(connection, row.id, now, "its worker stopped or died")
             log.info("resuming campaign run %s (run %d, decided for %s)", row.run_key, row.id,
                      row.as_of.isoformat())  # fmt: skip
-            self.run(row.job, as_of=row.as_of, resumed_from=row.id)
+            self.scheduler.add_job(self.run, args=[row.job], id=f"resume:{row.id}",
+                                   kwargs={"as_of": row.as_of, "resumed_from": row.id},
+                                   jobstore=scheduler.LOCAL)  # fmt: skip
         return len(found)
 
     def _loop(self) -> None:
@@ -337,17 +390,18 @@ class Worker:
 
         threading.Thread(target=wait, name="worker-shutdown", daemon=True).start()
         clean = finished.wait(timeout)
-        if not clean:
-            log.error("jobs still running after %.0f s: exiting anyway (they resume later)",
-                      timeout)  # fmt: skip
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=5)
+        if not clean:  # the caller exits the process now: the locks go with it
+            log.error("jobs still running after %.0f s: exiting anyway (campaign runs are "
+                      "resumed by the next scheduling worker)", timeout)  # fmt: skip
+            return False
         with self.engine.begin() as connection:
             runs.stopped(connection, self.id, self.clock.now())
         self.leadership.release()
         metrics.LEADER.set(0)
         _current = None
-        return clean
+        return True
 
     def run_due_once(self) -> dict[str, str]:
         """``--once``: every leader job that is due now (by the persistent schedule, with its

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDelivery
 from recocamp.esp.fake import FakeProvider
 from recocamp.esp.fake_server import FakeEsp, running
 from recocamp.esp.fake_server import create_app as create_fake
-from recocamp.render import Renderer, sample_context
+from recocamp.render import Renderer, sample_context, snapshot
 from recocamp.settings import EspSettings, Settings
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import customers, suppressions
@@ -241,6 +242,42 @@ def test_claims_of_a_dead_worker_are_reconciled_without_duplicates(engine: sa.En
     assert states(engine) == Counter({"sent": 6})
 
 
+def test_two_deliverers_settling_one_dead_workers_claims_never_both_act(
+    engine: sa.Engine,
+) -> None:
+    """Both see the same stale claims; only the first takes them over, and the second can
+    neither release nor mark what it no longer holds (it would resend what the first sent)."""
+    fill(engine, 4)
+    ghost = f"{socket.gethostname()}:{dead_pid()}:dead"
+    outbox.claim(engine, ghost, NOW, 4)
+    with engine.connect() as connection:
+        seen = outbox.stale_claims(connection, NOW, 300.0, lambda who: False)
+    with engine.begin() as connection:
+        first = outbox.take_over(connection, seen, "a:1:x", NOW)
+        second = outbox.take_over(connection, seen, "b:2:y", NOW)
+        outbox.release(connection, [c.id for c in seen], NOW, by="b:2:y")
+        outbox.mark_sent(connection, {c.id: "m" for c in seen}, NOW, by="b:2:y")
+    assert len(first) == 4 and second == []
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(outbox_table.c.state, outbox_table.c.claimed_by)).all()
+    assert rows == [("claimed", "a:1:x")] * 4
+
+
+def test_a_body_failing_with_a_python_error_fails_alone(engine: sa.Engine,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    (templates / "bad.html").write_text("{{ customer.id + 1 }}")  # str + int: a TypeError
+    store(engine, [deferred(0, html="bad.html"), deferred(1)])
+    fake = FakeProvider()
+    Deliverer(engine, fake, ESP, FixedClock(NOW), renderer=Renderer(templates)).drain()
+    assert [m.send_key for m in fake.sent] == [deferred(1).send_key]
+    with engine.connect() as connection:
+        error = connection.execute(sa.select(outbox_table.c.last_error).where(
+            outbox_table.c.state == "failed")).scalar_one()  # fmt: skip
+    assert "TypeError" in error and "bad.html" in error
+
+
 def test_a_claim_on_another_host_is_stale_only_after_its_lease(engine: sa.Engine) -> None:
     fill(engine, 2)
     outbox.claim(engine, "elsewhere:1:x", NOW, 2)
@@ -351,11 +388,14 @@ def test_delivery_processes_share_a_run_without_duplicates(engine: sa.Engine) ->
     with running(create_fake(fake)) as url:
         esp = EspSettings(base_url=url, batch_size=3, rate_limit_per_s=1000)  # type: ignore[arg-type]
         settings = Settings(esp=esp, esp_token=SecretStr("t"))
-        report = drain_in_processes(engine, settings, TEMPLATES, "winback", 2, 0.0,
-                                    producing=lambda: False)  # fmt: skip
+        # the processes render with the caller's templates, not with the files as they are now
+        frozen = {**snapshot(TEMPLATES), "winback.html": '{% extends "base.html" %}'
+                  "{% block content %}FROZEN {{ offers[0].title }}{% endblock %}"}  # fmt: skip
+        report = drain_in_processes(engine, settings, Renderer(TEMPLATES, frozen), "winback", 2,
+                                    0.0, producing=lambda: False)  # fmt: skip
     assert report.sent == 40 and fake.stats() == {
         "received": 40, "unique_send_keys": 40, "duplicates": 0}  # fmt: skip
-    assert all("REGENCY CAKESTAND" in m["HtmlBody"] for m in fake.messages)
+    assert all("FROZEN REGENCY CAKESTAND" in m["HtmlBody"] for m in fake.messages)
     with engine.connect() as connection:
         workers = set(connection.execute(sa.select(outbox_table.c.claimed_by)).scalars())
     assert states(engine) == Counter({"sent": 40})

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from recocamp import jobs, scheduler
+from recocamp import jobs, leadership, scheduler
 from recocamp.drop_folder import import_drop_folder
 from recocamp.errors import Interrupted, StoreError
 from recocamp.esp.fake_server import FakeEsp, Faults, running
@@ -87,7 +87,7 @@ def _cron(process: Worker, job: str) -> str:
 def test_reload_takes_a_good_change_and_keeps_the_last_good_set_on_a_broken_one(
     tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    shop = sqlite_shop(tmp_path)
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
     process = worker_for(shop)
     process.start(loop=False)
     try:
@@ -179,6 +179,7 @@ def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_o
     try:
         _wait_for(lambda: recocamp(shop, "runs", "trigger", "campaign:everyone").returncode == 0)
         _wait_for(lambda: fake.stats()["received"] >= 10)
+        fake.set_faults(Faults(latency_ms=3000))  # the rest cannot go out before the signal
         served = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         assert "recocamp_scheduler_leader 1.0" in served
         assert "# TYPE recocamp_emails_total counter" in served
@@ -192,6 +193,7 @@ def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_o
         worker.kill()
     partial = fake.stats()["received"]
     assert partial < 60 and stopped_in < 20  # it did not go on to send everything
+    fake.set_faults(Faults())
     again = start_worker(shop)
     try:
         _wait_for(lambda: fake.stats()["received"] >= 60)
@@ -286,3 +288,33 @@ def test_the_worker_refuses_to_start_when_check_fails(tmp_path: Path) -> None:
     result = recocamp(shop, "worker", "--once")
     assert result.returncode == 2
     assert "everyone.toml" in result.stderr and "schedule.cron" in result.stderr
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_failure_while_becoming_leader_gives_the_lock_back(
+    tmp_path: Path, db_url: str, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop = make_shop(tmp_path / "shop", db_url, "http://127.0.0.1:1", customers=5)
+    process = worker_for(shop)
+    process.start(loop=False)
+    broken = iter([True])
+
+    def attach(*args: object) -> None:
+        if next(broken, False):
+            raise sa.exc.OperationalError("attach", {}, Exception("the database went away"))
+        return real(*args)  # type: ignore[arg-type]
+
+    real = scheduler.attach_shared
+    monkeypatch.setattr(scheduler, "attach_shared", attach)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            process.tick()
+        other = leadership.AdvisoryLockLeadership(process.engine)
+        assert process.leader_since is None and other.try_acquire()  # nobody holds it
+        other.release()
+        process.tick()
+        assert process.leader_since is not None  # the next round leads for real
+        assert process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+    finally:
+        process.shutdown()
+        process.engine.dispose()

@@ -81,7 +81,7 @@ def test_three_workers_one_scheduler_takeover_and_every_email_once(
     finally:
         for process in processes:
             process.kill()
-    assert takeover < 5 * POLL_S + 2  # a follower asks every leader_poll_s
+    assert takeover < 5 * POLL_S + 5  # a follower asks every leader_poll_s (+ a slow machine)
     assert fake.stats() == {"received": CUSTOMERS, "unique_send_keys": CUSTOMERS,
                             "duplicates": 0}  # fmt: skip
     with engine.connect() as connection:

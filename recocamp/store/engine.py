@@ -38,7 +38,9 @@ def make_engine(url: str) -> sa.Engine:
     except (sa.exc.ArgumentError, ValueError):
         shown = "<unparseable URL>"
     try:
-        engine = sa.create_engine(url, future=True)
+        # hide_parameters: a failed statement's error (logged, kept in runs.error) must not
+        # carry its parameters, which can be e-mail addresses or whole e-mails
+        engine = sa.create_engine(url, future=True, hide_parameters=True)
     except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
         reason = str(exc).replace(url, shown)
         raise StoreError(f"database_url {shown!r} is not usable: {reason}") from None

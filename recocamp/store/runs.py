@@ -51,11 +51,12 @@ def recent(connection: sa.Connection, job: str | None = None, limit: int = 50) -
     return list(connection.execute(query))
 
 
-def unfinished_campaign_runs(connection: sa.Connection, since: datetime,
-                             dead_before: datetime) -> list[Any]:  # fmt: skip
-    """Campaign runs to resume: interrupted, or still ``running`` although their worker
-    stopped or has not sent a heartbeat since ``dead_before``; decided after ``since``; and
-    not resumed yet."""
+def unfinished_campaign_runs(connection: sa.Connection, since: datetime, *,
+                             dead_before: datetime,
+                             failed_before: datetime) -> list[Any]:  # fmt: skip
+    """Campaign runs to resume, decided after ``since`` and not resumed yet: interrupted;
+    still ``running`` although their worker stopped or has sent no heartbeat since
+    ``dead_before``; or failed before ``failed_before`` (a database hiccup mid-run)."""
     resumed = sa.select(runs.c.resumed_from).where(runs.c.resumed_from.is_not(None))
     alive = sa.select(workers.c.id).where(workers.c.stopped_at.is_(None),
                                            workers.c.heartbeat_at >= dead_before)  # fmt: skip
@@ -64,12 +65,15 @@ def unfinished_campaign_runs(connection: sa.Connection, since: datetime,
         runs.c.as_of >= since,
         runs.c.id.not_in(resumed),
         sa.or_(runs.c.status == "interrupted",
-               sa.and_(runs.c.status == "running", runs.c.worker.not_in(alive))),
+               sa.and_(runs.c.status == "running", runs.c.worker.not_in(alive)),
+               sa.and_(runs.c.status == "error", runs.c.finished_at < failed_before)),
     ).order_by(runs.c.id)  # fmt: skip
     return list(connection.execute(query))
 
 
 def mark_interrupted(connection: sa.Connection, run_id: int, now: datetime, why: str) -> None:
+    """A ``running`` run whose worker is gone becomes ``interrupted`` (others stay as they
+    are: an error keeps its message)."""
     connection.execute(sa.update(runs).where(runs.c.id == run_id, runs.c.status == "running")
                        .values(status="interrupted", finished_at=now, error=why))  # fmt: skip
 
