@@ -6,9 +6,11 @@ Registers on the same typer app as ``cli.py`` (imported at its end).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -53,7 +55,10 @@ def serve(
         os.environ["RECOCAMP_SETTINGS"] = str(State.settings_path.resolve())
     os.environ["RECOCAMP_API__WORKERS"] = str(processes)
     if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recocamp-metrics-")
+        # the workers' metrics are summed from files in here (prometheus-client's way)
+        shared = tempfile.mkdtemp(prefix="recocamp-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
+        atexit.register(shutil.rmtree, shared, True)
     console.print(
         f"shop API on http://{host or settings.api.host}:{port or settings.api.port} "
         f"({processes} process{'es' if processes > 1 else ''}; docs at /docs)"

@@ -208,6 +208,7 @@ class OfferService:
         self._raw: Any = None  # the event loop's own SQLite connection, for the fast path
         self._refresh_s = settings.api.refresh_s
         self._pooled: Any = None
+        self._cursor: Any = None  # on the checking connection, reused for data_version
         self.inline = engine.dialect.name == "sqlite"
 
     # --- the generation: live model and catalogue ------------------------------------------
@@ -270,8 +271,9 @@ class OfferService:
         """SQLite's commit counter as seen by this process's checking connection."""
         if not self.inline:
             return None
-        raw = self._raw if self._raw is not None else self._connection()
-        return int(raw.execute("PRAGMA data_version").fetchone()[0])
+        if self._cursor is None:
+            self._cursor = self._connection().cursor()
+        return int(self._cursor.execute("PRAGMA data_version").fetchone()[0])
 
     def fingerprint(self, customer_id: str) -> tuple[Any, ...]:
         if self.inline:

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,9 +29,11 @@ from recocamp.esp.fake_server import postmark_event
 from recocamp.planner import Context, Outcome, decide
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import views
+from recocamp.store.engine import make_engine
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
+from tests.api_shop import call as full_call
 from tests.conftest import NOW, ROOT
 
 SIGNING_KEY = "k" * 32
@@ -121,6 +124,49 @@ UNTOUCHED = State(None, {}, [], [], "sent")
 def test_health(engine: sa.Engine) -> None:
     reply = call(make_app(engine), "GET", "/health")
     assert (reply.status, reply.json()) == (200, {"status": "ok"})
+
+
+def test_liveness_readiness_docs_and_metrics(engine: sa.Engine) -> None:
+    app = make_app(engine)
+    assert call(app, "GET", "/healthz").json() == {"status": "ok"}
+    assert call(app, "GET", "/readyz").json() == {"status": "ready", "model_version": None,
+                                                  "detail": None}  # fmt: skip
+    assert call(app, "GET", "/docs").status == 200
+    schema = call(app, "GET", "/openapi.json").json()
+    assert "/v1/customers/{customer_id}/next-best-offer" in schema["paths"]
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    call(app, "GET", f"/u/{token()}")
+    metrics = call(app, "GET", "/metrics").text
+    assert 'route="/u/{token}"' in metrics and 'route="/readyz",status="200"' in metrics
+    assert token() not in metrics and CUSTOMER not in metrics  # templates, never raw paths
+
+
+def test_not_ready_on_a_database_without_the_schema(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    reply = call(make_app(engine), "GET", "/readyz")
+    assert reply.status == 503 and "recocamp db upgrade" in reply.json()["detail"]
+    engine.dispose()
+
+
+def test_cors_is_off_unless_origins_are_listed(engine: sa.Engine) -> None:
+    asked = {"origin": "https://shop.example", "access-control-request-method": "GET"}
+    closed = full_call(make_app(engine), "OPTIONS", "/healthz", headers=asked)
+    assert "access-control-allow-origin" not in closed.headers
+    settings = SETTINGS.model_copy(update={"api": SETTINGS.api.model_copy(
+        update={"cors_origins": ("https://shop.example",)})})  # fmt: skip
+    opened = full_call(make_app(engine, settings), "OPTIONS", "/healthz", headers=asked)
+    assert opened.headers["access-control-allow-origin"] == "https://shop.example"
+    other = full_call(make_app(engine, settings), "OPTIONS", "/healthz",
+                 headers={**asked, "origin": "https://evil.example"})  # fmt: skip
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_the_new_webhook_path_and_the_old_one_are_the_same(store: sa.Engine) -> None:
+    payload = json.dumps(postmark_event("delivery", RECORD, NOW)).encode()
+    for path in ("/v1/webhooks/postmark", "/webhooks/postmark"):
+        reply = call(make_app(store), "POST", path, content=payload, headers=basic(SECRET))
+        assert reply.status == 200
+    assert state(store).events == [("delivered", "postmark", CUSTOMER)]  # the second: duplicate
 
 
 # -- unsubscribe links ----------------------------------------------------------------------
