@@ -383,6 +383,7 @@ def _median(found: list[Run]) -> Run:
         statistics.median(r.p50_ms for r in found),
         statistics.median(r.p99_ms for r in found),
         sum(r.errors for r in found),
+        statistics.median(r.cpu_us for r in found),
     )
 
 

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 Parse = Callable[[Request], Awaitable[dict[str, Any]]]
+ENTERED = "recocamp.entered"  # scope key: time.perf_counter() as the request entered the app
 
 
 class LeanRoute(APIRoute):

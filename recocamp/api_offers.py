@@ -8,6 +8,7 @@ per-request check against the store.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -72,6 +73,7 @@ def next_best_offer_route(
     puts it first in its route table, since it is the one matched most."""
 
     async def next_best_offer(
+        request: Request,
         customer_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH, pattern=ID_PATTERN)],
         key: OffersRead,
         n: Annotated[int, Query(ge=1, le=MAX_N, description="How many offers.")] = 5,
@@ -98,10 +100,11 @@ def next_best_offer_route(
         rules. Unknown customers, customers without a history and customers who objected to
         profiling get recent popularity."""
         query = OfferQuery(n, Mode(mode), _set(category), _set(exclude))
+        entered = request.scope.get(api_lean.ENTERED, math.inf)
         if service.inline:
-            body, check = service.lookup(customer_id, query)
+            body, check = service.lookup(customer_id, query, entered)
         else:
-            body, check = await run_in_threadpool(service.lookup, customer_id, query)
+            body, check = await run_in_threadpool(service.lookup, customer_id, query, entered)
         if body is None:
             body = await run_in_threadpool(service.respond, customer_id, query, check)
         return Response(body, media_type="application/json")
@@ -140,7 +143,7 @@ def next_best_offer_route(
                 f"String should match pattern '{ID_PATTERN}'", customer_id,
                 {"pattern": ID_PATTERN})]  # fmt: skip
         api_lean.raise_if(errors)
-        return {"customer_id": customer_id, "key": key, **values}
+        return {"request": request, "customer_id": customer_id, "key": key, **values}
 
     return api_lean.LeanRoute(
         "/v1/customers/{customer_id}/next-best-offer", next_best_offer, parse=parse,

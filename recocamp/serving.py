@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -203,12 +204,14 @@ class OfferService:
         self.cache = _Cache(settings.api.response_cache_entries)
         self._snapshot: Snapshot | None = None
         self._refreshing = threading.Lock()
+        self._computing = threading.Lock()
         self._statement = fingerprint_query()
         self._compiled = self._statement.compile(dialect=engine.dialect)
         self._raw: Any = None  # the event loop's own SQLite connection, for the fast path
         self._refresh_s = settings.api.refresh_s
         self._pooled: Any = None
         self._cursor: Any = None  # on the checking connection, reused for data_version
+        self._last_version: tuple[float, int | None] = (-math.inf, None)
         self.inline = engine.dialect.name == "sqlite"
 
     # --- the generation: live model and catalogue ------------------------------------------
@@ -267,13 +270,25 @@ class OfferService:
 
     # --- the per-request check ---------------------------------------------------------------
 
-    def data_version(self) -> int | None:
-        """SQLite's commit counter as seen by this process's checking connection."""
+    def data_version(self, entered: float = math.inf) -> int | None:
+        """SQLite's commit counter as seen by this process's checking connection.
+
+        A reading taken after a request entered the app (``entered``, ``time.perf_counter``)
+        is good for that request too: every commit its client could know of finished before
+        the request arrived, hence before the reading. So requests queued on a busy process
+        share one reading instead of one each (a read lock on the shared WAL index costs
+        more than a cached answer)."""
         if not self.inline:
             return None
+        taken_at, value = self._last_version
+        if entered <= taken_at:
+            return value
         if self._cursor is None:
             self._cursor = self._connection().cursor()
-        return int(self._cursor.execute("PRAGMA data_version").fetchone()[0])
+        taken_at = time.perf_counter()
+        value = int(self._cursor.execute("PRAGMA data_version").fetchone()[0])
+        self._last_version = (taken_at, value)
+        return value
 
     def fingerprint(self, customer_id: str) -> tuple[Any, ...]:
         if self.inline:
@@ -291,15 +306,17 @@ class OfferService:
             self._raw.isolation_level = None  # autocommit: a read never holds a transaction
         return self._raw  # type: ignore[no-any-return]
 
-    def lookup(self, customer_id: str, query: Query) -> tuple[bytes | None, Any]:
+    def lookup(self, customer_id: str, query: Query, entered: float = math.inf
+               ) -> tuple[bytes | None, Any]:  # fmt: skip
         """The cached answer while it is still right, else ``(None, check)`` with what
-        :meth:`respond` needs. Cheap: on SQLite call it on the event loop itself (its
+        :meth:`respond` needs; ``entered``: when the request entered the app (see
+        :meth:`data_version`). Cheap: on SQLite call it on the event loop itself (its
         connection belongs to the calling thread); elsewhere in a worker thread."""
         snapshot = self._snapshot
         if snapshot is not None and self.monotonic() - snapshot.checked >= self._refresh_s:
             self._refresh_soon()
         entry = self.cache.entries.get((customer_id, query))
-        version = self.data_version()
+        version = self.data_version(entered)
         if snapshot is not None and entry is not None and entry.generation == snapshot.generation:
             if version is not None and version == entry.data_version:
                 _CACHED.inc()
@@ -316,18 +333,25 @@ class OfferService:
 
     def respond(self, customer_id: str, query: Query, check: Any = None) -> bytes:
         """Compute, cache and return the answer's JSON; ``check`` comes from :meth:`lookup`
-        (blocking: run it in a worker thread)."""
+        (blocking: run it in a worker thread). One computation at a time per process: the
+        threads that wait hold no GIL, so the event loop keeps serving cached answers at full
+        speed while misses queue (and a key asked for twice meanwhile is computed once)."""
         version, found = check if check is not None else (None, None)
-        snapshot = self.snapshot()
-        answer = self.answer(customer_id, query, snapshot)
-        if answer.model_version is not None and snapshot.live is not None and (
-                answer.model_version != snapshot.live.version):  # fmt: skip
-            snapshot = self.snapshot(force=True)  # a new model went live: load it now
+        with self._computing:
+            entry = self.cache.entries.get((customer_id, query))
+            snapshot = self.snapshot()
+            if found is not None and entry is not None and entry.fingerprint == found and (
+                    entry.generation == snapshot.generation):  # fmt: skip
+                return entry.body  # computed by the request before this one
             answer = self.answer(customer_id, query, snapshot)
-        body = json.dumps(answer.document(), separators=(",", ":")).encode()
-        if found is not None:
-            self.cache.put((customer_id, query),
-                           _Entry(snapshot.generation, found, version, body))  # fmt: skip
+            if answer.model_version is not None and snapshot.live is not None and (
+                    answer.model_version != snapshot.live.version):  # fmt: skip
+                snapshot = self.snapshot(force=True)  # a new model went live: load it now
+                answer = self.answer(customer_id, query, snapshot)
+            body = json.dumps(answer.document(), separators=(",", ":")).encode()
+            if found is not None:
+                self.cache.put((customer_id, query),
+                               _Entry(snapshot.generation, found, version, body))  # fmt: skip
         return body
 
     def _refresh_soon(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
 from recocamp import outbox, tokens
-from recocamp.api import create_app
+from recocamp.api import EmailRedactor, create_app
 from recocamp.campaigns import caps_defaults, load_all
 from recocamp.clock import FixedClock
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, email_hash
@@ -391,3 +392,15 @@ def test_bounce_blocks_the_next_decision(store: sa.Engine) -> None:
 def test_link_unsubscribe_blocks_the_next_decision(store: sa.Engine) -> None:
     assert call(make_app(store), "POST", f"/u/{token()}").status == 200
     assert next_decision(store) == (True, Outcome.SKIP, "unsubscribed")
+
+
+def test_addresses_are_masked_in_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("recocamp.test_redaction")
+    redactor = EmailRedactor()
+    logger.addFilter(redactor)
+    try:
+        with caplog.at_level(logging.INFO, logger="recocamp.test_redaction"):
+            logger.info("mail to %s bounced (customer %s)", "Anna.B+shop@Example.co.uk", "c1")
+    finally:
+        logger.removeFilter(redactor)
+    assert caplog.messages == ["mail to <address> bounced (customer c1)"]

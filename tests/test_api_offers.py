@@ -5,6 +5,7 @@ route's parameter rules against FastAPI's own."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -336,3 +337,20 @@ def test_customer_ids_the_store_cannot_hold_are_422(app: FastAPI, customer: str)
     assert reply.json()["detail"][0]["loc"] == ["path", "customer_id"]
     plain = call(fastapi_twin(app), "GET", path, headers=bearer("shop"))
     assert reply.json() == plain.json()
+
+
+def test_a_commit_is_seen_by_every_request_that_arrives_after_it(app: FastAPI) -> None:
+    """Requests that were already inside the app share the last commit-counter reading; one
+    that arrives after a commit always reads again (SQLite's PRAGMA data_version)."""
+    service = app.state.service
+    engine = engine_of(app)
+    if engine.dialect.name != "sqlite":
+        assert service.data_version(time.perf_counter()) is None  # PostgreSQL: always checked
+        return
+    queued = time.perf_counter()
+    first = service.data_version(time.perf_counter())
+    with engine.begin() as connection:  # another connection commits a change
+        connection.execute(sa.update(customers).where(customers.c.id == OBJECTOR).values(
+            first_name="Committed"))  # fmt: skip
+    assert service.data_version(queued) == first  # entered before the reading: shares it
+    assert service.data_version(time.perf_counter()) != first  # arrived after the commit
