@@ -39,7 +39,6 @@ customers are kept as long as the shop keeps the customer.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 import shutil
@@ -161,7 +160,7 @@ def _json(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, bytes):
         try:
-            return json.loads(zlib.decompress(value))
+            return outbox.load_body(value)
         except (zlib.error, ValueError):
             return {"base64": base64.b64encode(value).decode()}
     return value

@@ -19,22 +19,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import matplotlib
 import numpy as np
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
-from matplotlib.axes import Axes
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
 
 from recocamp.measure import METRICS, Change, Cohort, Nps, Uplift
 from recocamp.render import money
 from recocamp.segments import RFM_SEGMENTS
+
+if TYPE_CHECKING:  # matplotlib is imported when a chart is drawn: 0.6 s every CLI command and
+    #                API process would pay for nothing
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 PAGES = Path(__file__).with_name("html")  # page templates (report.html, feedback.html)
 CHANGE_KPIS = ("orders", "customers", "average_order_value", "purchase_frequency",
@@ -54,7 +55,6 @@ RC: Any = {"svg.fonttype": "none", "svg.hashsalt": "recocamp", "font.size": 9,
 # no RDF block (dates would make reports differ, and it only names namespaces)
 NO_METADATA = {"Creator": None, "Date": None, "Format": None, "Type": None}
 BLUE, GREY, RED, GREEN = "#2f4858", "#9aa5ad", "#c0392b", "#2e8b57"
-PALETTE = [matplotlib.colormaps["tab20"](k) for k in range(20)]
 _LOCK = threading.Lock()  # rcParams are process-global; the API renders in a thread pool
 
 
@@ -101,13 +101,25 @@ class Data:
 # --- charts ------------------------------------------------------------------------------
 
 
+@cache
+def _palette() -> list[Any]:
+    import matplotlib
+
+    return [matplotlib.colormaps["tab20"](k) for k in range(20)]
+
+
 @contextmanager
 def _figure(width: float, height: float) -> Iterator[Figure]:
+    import matplotlib
+    from matplotlib.figure import Figure
+
     with _LOCK, matplotlib.rc_context(RC):
         yield Figure(figsize=(width, height), layout="constrained")
 
 
 def _svg(figure: Figure) -> Markup:
+    import matplotlib
+
     buffer = io.StringIO()
     with matplotlib.rc_context(RC):
         figure.savefig(buffer, format="svg", metadata=NO_METADATA)
@@ -116,6 +128,8 @@ def _svg(figure: Figure) -> Markup:
 
 
 def _dates(axes: Axes) -> None:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
     locator = AutoDateLocator(maxticks=6)  # type: ignore[no-untyped-call]
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
@@ -126,6 +140,8 @@ def _nearest(wanted: int, windows: set[int]) -> int:
 
 
 def kpi_chart(data: Data) -> Markup | None:
+    from matplotlib.ticker import PercentFormatter
+
     windows = {w for _, w in data.kpi_history}
     if not windows:
         return None
@@ -225,7 +241,7 @@ def reasons_chart(data: Data) -> Markup | None:
         column = top.index(reason) if reason in top else len(top)
         table[campaigns.index(campaign), column] += count
     labels = [*top, "other"]
-    colours = PALETTE
+    colours = _palette()
     with _figure(10, 1.3 + 0.45 * len(campaigns)) as figure:
         axes = figure.subplots()
         left = np.zeros(len(campaigns))
@@ -246,7 +262,7 @@ def segments_chart(data: Data) -> Markup | None:
     days = sorted(data.segments)
     names = [name for name, _, _ in RFM_SEGMENTS] + ["others"]
     present = [n for n in names if any(data.segments[d].get(n) for d in days)]
-    colours = PALETTE
+    colours = _palette()
     with _figure(10, 3.6) as figure:
         axes = figure.subplots()
         stacks = [[data.segments[d].get(n, 0) for d in days] for n in present]

@@ -19,7 +19,6 @@ from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +169,9 @@ def rfm_scores(histories: Mapping[str, History], now: datetime) -> dict[str, Rfm
 def _quintiles(values: np.ndarray) -> np.ndarray:
     """1–5 by rank; ties share the score of their average rank (0-based, as rankdata's
     "average" method minus one: O(n log n), where a loop over distinct values was O(n²))."""
+    from scipy.stats import rankdata  # here: importing scipy.stats costs 0.7 s, and most
+    #                                   processes that import this module never rank
+
     ranks = rankdata(values, method="average") - 1
     scores: np.ndarray = 1 + np.floor(5 * ranks / len(values)).clip(0, 4)
     return scores.astype(int)

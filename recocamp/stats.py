@@ -29,9 +29,6 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy.stats import norm
-from scipy.stats import t as student_t
-
 CONFIDENCE = 0.95
 
 
@@ -51,7 +48,7 @@ def z_value(confidence: float = CONFIDENCE) -> float:
     """The standard normal quantile of a two-sided interval (1.959964 for 95 %)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    return float(norm.ppf(0.5 + confidence / 2))
+    return statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 def wilson(successes: int, trials: int, confidence: float = CONFIDENCE) -> Interval:
@@ -123,8 +120,16 @@ def welch(first: Sample, second: Sample, confidence: float = CONFIDENCE) -> Inte
     if a + b == 0:
         return Interval(d, d)
     df = _welch_df(a, b, first.n, second.n)
-    half = float(student_t.ppf(0.5 + confidence / 2, df)) * math.sqrt(a + b)
+    half = _t_quantile(0.5 + confidence / 2, df) * math.sqrt(a + b)
     return Interval(d - half, d + half)
+
+
+def _t_quantile(q: float, df: float) -> float:
+    """Student's t quantile; scipy.stats is imported here, not with the module (0.7 s that
+    every CLI command and API process would pay)."""
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(q, df))
 
 
 def _welch_df(a: float, b: float, n1: int, n2: int) -> float:
@@ -138,9 +143,7 @@ def mean_interval(sample: Sample, confidence: float = CONFIDENCE) -> Interval:
     """Student's t interval of one group's mean."""
     if sample.n < 2:
         raise ValueError("an interval of a mean needs at least two units")
-    half = float(student_t.ppf(0.5 + confidence / 2, sample.n - 1)) * math.sqrt(
-        sample.variance / sample.n
-    )
+    half = _t_quantile(0.5 + confidence / 2, sample.n - 1) * math.sqrt(sample.variance / sample.n)
     return Interval(sample.mean - half, sample.mean + half)
 
 
@@ -155,7 +158,7 @@ def ratio_of_means(first: Sample, second: Sample,
     if a + b == 0:
         return None if second.mean == 0 else Interval(*(2 * [first.mean / second.mean]))
     df = _welch_df(a, b, first.n, second.n)
-    t2 = float(student_t.ppf(0.5 + confidence / 2, df)) ** 2
+    t2 = _t_quantile(0.5 + confidence / 2, df) ** 2
     m1, m2 = first.mean, second.mean
     lead = m2 * m2 - t2 * b
     discriminant = (m1 * m2) ** 2 - lead * (m1 * m1 - t2 * a)

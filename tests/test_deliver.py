@@ -98,6 +98,21 @@ def test_enqueue_is_idempotent_by_send_key(engine: sa.Engine) -> None:
     assert states(engine) == Counter({"queued": 3})
 
 
+
+def test_small_bodies_are_stored_as_json_large_ones_compressed_and_both_come_back(
+    engine: sa.Engine,
+) -> None:
+    big = replace(email(1), html="<p>" + "Ä offer, " * 1000 + "</p>")  # 10 kB rendered
+    store(engine, [email(0), big])
+    with engine.connect() as connection:
+        bodies = {r.send_key: r.body for r in connection.execute(sa.select(outbox_table))}
+    small_body, big_body = bodies[email(0).send_key], bodies[big.send_key]
+    assert small_body.startswith(b"{") and not big_body.startswith(b"{")
+    assert len(big_body) < len(big.html) // 10
+    claimed = outbox.claim(engine, "w", NOW, 10)
+    assert {c.email.send_key: c.email.html for c in claimed} == {
+        email(0).send_key: email(0).html, big.send_key: big.html}  # fmt: skip
+
 def test_drain_sends_every_message_once_in_provider_sized_batches(engine: sa.Engine) -> None:
     sent = fill(engine, 7)
     fake = FakeProvider(batch_limit=3)
