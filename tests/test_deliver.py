@@ -98,7 +98,6 @@ def test_enqueue_is_idempotent_by_send_key(engine: sa.Engine) -> None:
     assert states(engine) == Counter({"queued": 3})
 
 
-
 def test_small_bodies_are_stored_as_json_large_ones_compressed_and_both_come_back(
     engine: sa.Engine,
 ) -> None:
@@ -112,6 +111,7 @@ def test_small_bodies_are_stored_as_json_large_ones_compressed_and_both_come_bac
     claimed = outbox.claim(engine, "w", NOW, 10)
     assert {c.email.send_key: c.email.html for c in claimed} == {
         email(0).send_key: email(0).html, big.send_key: big.html}  # fmt: skip
+
 
 def test_drain_sends_every_message_once_in_provider_sized_batches(engine: sa.Engine) -> None:
     sent = fill(engine, 7)
