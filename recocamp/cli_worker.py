@@ -112,7 +112,8 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
         empty = queries.count(connection, purchases) == 0
     if empty:
         demo_data(source=None, synthetic=False, demo_dir=demo_dir)
-    begin = parse_as_of(start, ZoneInfo(settings.shop.time_zone))
+    zone = ZoneInfo(settings.shop.time_zone)
+    begin = parse_as_of(start, zone)
     _history(engine, settings, clock.now())
     fake = FakeEsp(data_dir=demo_dir / "fake-esp")
     with running(create_app(fake)) as url:
@@ -121,7 +122,8 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
         process.load()
         with engine.connect() as connection:
             untrained = registry.live(connection) is None
-        console.print(f"simulating {days} days of the schedule from {begin:%a %d %b %Y} "
+        first = begin.astimezone(zone)
+        console.print(f"simulating {days} days of the schedule from {first:%a %d %b %Y %H:%M} "
                       f"({len(process.specs)} jobs; polling jobs hourly)")  # fmt: skip
         if untrained:
             console.print("training the first model (a minute or so) …")
