@@ -5,12 +5,21 @@ Order of the rules (the first that says no is the recorded reason):
 1. e-mail allowed at all: erased, no address, unsubscribed, suppressed (bounces,
    complaints), consent basis not one the campaign's ``legal_basis`` allows → skip;
 2. audience rules → skip ``not_in_audience:<rule>``;
-3. holdout (stable hash per campaign and customer) → ``holdout``: recorded, never contacted;
-4. contact rules (customer pause and frequency preference, 24 h / 7 d caps, cooldown) →
-   skip with the cap's reason; quiet hours → ``defer`` with the instant to send at;
-5. offers → ``no_offer`` when nothing may be offered (an NPS survey offers nothing and
+3. contact rules (customer pause and frequency preference, 24 h / 7 d caps, cooldown) →
+   skip with the cap's reason;
+4. offers → ``no_offer`` when nothing may be offered (an NPS survey offers nothing and
    needs nothing);
-6. A/B variant by stable hash and weights → ``send``.
+5. holdout (stable hash per campaign and customer) → ``holdout``: recorded, never contacted;
+6. quiet hours → ``defer`` with the instant to send at; A/B variant by stable hash and
+   weights → ``send``.
+
+The holdout is drawn last, among the customers who would have got the e-mail, so treated
+and held-out customers pass the same rules and the holdout measures the e-mail alone. A
+holdout decision also counts as a contact in the held-out customer's history (see
+``store.views``): without that, a daily campaign's holdout would be decided again every day
+while its recipients wait out the cooldown, and the holdout group would fill with repeated,
+diluted "would-have" touches (on the demo shop: replenish showed +4.4 pp of uplift from
+mails nobody received).
 
 Customers who objected to profiling never get personal offers (only the popularity list),
 and the existing-customer basis limits offers to the categories the customer bought.
@@ -106,8 +115,6 @@ def decide(
     outside = _audience(campaign, view, context.now, zone)
     if outside is not None:
         return skip(f"not_in_audience:{outside}")
-    if caps.in_holdout(campaign.name, customer.id, campaign.holdout_percent):
-        return Decision(campaign.name, customer.id, Outcome.HOLDOUT, "holdout")
     verdict = caps.check(
         view.contacts, policy, campaign.name, context.now, zone,
         preference=view.frequency_preference, paused_until=view.paused_until,
@@ -117,6 +124,8 @@ def decide(
     chosen = () if campaign.is_survey else tuple(offers_for(campaign, view, context))
     if not chosen and not campaign.is_survey:
         return skip("no_offer")
+    if caps.in_holdout(campaign.name, customer.id, campaign.holdout_percent):
+        return Decision(campaign.name, customer.id, Outcome.HOLDOUT, "holdout")
     variant = _variant(campaign, customer.id)
     if verdict.deferred:
         return Decision(campaign.name, customer.id, Outcome.DEFER, str(verdict.reason), chosen,

@@ -189,6 +189,7 @@ decisions = sa.Table(
     sa.Column("decided_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("run_key", "customer_id"),
     sa.Index(None, "campaign", "decided_at"),
+    sa.Index(None, "holdout", "decided_at"),  # held-out customers' virtual contacts (views)
 )
 
 # The outbox: one row per e-mail, unique by send key (campaign/customer/period). States:

@@ -4,7 +4,10 @@ Histories are order-level (time, revenue, items, categories) built from purchase
 known customers; recommendation lists come from the top-N cache; the cold-start list from
 the live model, or straight from recent sales when no model is live yet. Contact history is
 the outbox (every e-mail queued, sent or delivered in the last 35 days, at the time it went
-or will go out), suppressions the hashed addresses of the suppression list.
+or will go out) and the holdout decisions of those days, at the instant they were decided:
+a held-out customer meets the caps and cooldown as if the e-mail had gone out, so treated
+and held-out customers stay comparable run after run (see ``planner``). Suppressions are the
+hashed addresses of the suppression list.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from recocamp.settings import Settings
 from recocamp.store import queries
 from recocamp.store.schema import (
     customers,
+    decisions,
     items,
     models,
     outbox,
@@ -85,7 +89,18 @@ def _contacts(connection: sa.Connection, now: datetime,
     found: dict[str, list[Contact]] = defaultdict(list)
     for row in connection.execute(query):
         found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
+    for row in connection.execute(_held_out(now, own_run)):
+        found[row.customer_id].append(Contact(row.campaign, row.decided_at))
     return {customer: tuple(sorted(c, key=lambda x: x.at)) for customer, c in found.items()}
+
+
+def _held_out(now: datetime, own_run: str | None) -> sa.Select[Any]:
+    """Holdout decisions of the last 35 days (not the run's own: a resumed run decides as
+    it did the first time)."""
+    query = sa.select(decisions.c.customer_id, decisions.c.campaign, decisions.c.decided_at).where(
+        decisions.c.holdout.is_(True), decisions.c.decided_at >= now - timedelta(days=35),
+        decisions.c.decided_at <= now)  # fmt: skip
+    return query if own_run is None else query.where(decisions.c.run_key != own_run)
 
 
 def _customer(row: Any) -> Customer:
