@@ -26,8 +26,11 @@ reported as pending. A comparison with fewer than ``min_group_size`` units in a 
 fewer than ``min_conversions`` conversions in both groups together says "not enough data
 yet" instead of numbers that only look precise.
 
-Known limit: the holdout is drawn before frequency caps and quiet hours, so it also holds
-customers the caps would have skipped; the treated group holds only those actually mailed.
+Both groups meet the same rules: the planner draws the holdout among customers who would
+get the e-mail (after consent, audience, caps and offers), and a holdout decision counts as a
+contact for the held-out customer's later caps and cooldown (see ``planner``). What remains
+different: a treated touch whose e-mail the provider refused is not a unit, while its
+held-out twin would have been one (failures are rare and visible in the outbox).
 
 **Cohorts**, **NPS** and **KPI changes** (week/month/quarter over the previous one) are here
 too; see their functions.
