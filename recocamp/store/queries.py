@@ -49,17 +49,22 @@ def insert_purchases(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Insert order lines, ignoring ones already stored (same order id and line number);
-    returns how many were new."""
-    before = count(connection, purchases)
+    returns how many were new (counted per statement, not as a difference of two table
+    counts: exact while another writer inserts, and no scan of millions of rows)."""
     statement = _insert(connection, purchases).on_conflict_do_nothing(
         index_elements=["order_id", "line_no"]
     )
+    sqlite = connection.dialect.name == "sqlite"  # sqlite3's executemany sums rowcounts
+    if not sqlite:  # psycopg's executemany rowcount is -1: RETURNING counts the new rows
+        statement = statement.returning(purchases.c.id)
     values = [dict(asdict(row), import_run_id=import_run_id) for row in rows]
+    new = 0
     for chunk in _chunks(values):
-        connection.execute(statement, chunk)
+        result = connection.execute(statement, chunk)
+        new += int(result.rowcount) if sqlite else len(result.all())
         if progress is not None:
             progress(len(chunk))
-    return count(connection, purchases) - before
+    return new
 
 
 def _upsert(
