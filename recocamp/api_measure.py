@@ -47,6 +47,40 @@ PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'
 REPORT_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
+_HTML: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
+_DETAIL: dict[str, Any] = {"application/json": {"schema": {
+    "type": "object", "required": ["detail"],
+    "properties": {"detail": {"type": "string"}}}}}  # fmt: skip
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The link's token is not valid."},
+    410: {"description": "The survey is closed (older than `survey_valid_days`), or the "
+                         "customer was erased."},
+    503: {"description": "Feedback links are off: RECOCAMP_SIGNING_KEY is not set."},
+}  # fmt: skip
+_ANSWER: dict[str, Any] = {"type": "object", "required": ["token", "score"], "properties": {
+    "token": {"type": "string", "description": "The signed token of the e-mail's link."},
+    "score": {"type": "integer", "minimum": 0, "maximum": 10},
+    "comment": {"type": "string", "maxLength": MAX_COMMENT}}}  # fmt: skip
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {**answer, "content": _HTML} for code, answer in _REFUSALS.items()
+}
+ANSWER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Recorded, or already recorded (the first answer stands): JSON for "
+                         "a JSON request, else the thank-you page.",
+          "content": {**_HTML, "application/json": {"schema": {
+              "type": "object", "required": ["recorded", "survey", "score"],
+              "properties": {"recorded": {"type": "boolean"}, "survey": {"type": "string"},
+                             "score": {"type": "integer"}}}}}},
+    **{code: {**answer, "content": {**_HTML, **_DETAIL}} for code, answer in {
+        **_REFUSALS, 413: {"description": "The body is too long."},
+        422: {"description": "No token, a score outside 0–10, or a comment too long."},
+    }.items()},
+}  # fmt: skip
+ANSWER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _ANSWER},
+    "application/x-www-form-urlencoded": {"schema": _ANSWER}}}}  # fmt: skip
+
+
 class Refused(Exception):
     """An answer that cannot be recorded: HTTP status and a message for a person."""
 
@@ -61,7 +95,7 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
     routes = APIRouter()
     answers = _Answers(settings, engine, clock)
 
-    @routes.get("/v1/feedback", response_class=HTMLResponse)
+    @routes.get("/v1/feedback", response_class=HTMLResponse, responses=PAGE_RESPONSES)
     def feedback_page(token: str, score: int | None = None) -> HTMLResponse:
         try:
             claims = answers.claims(token)
@@ -71,7 +105,7 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
         return answers.page("form", 200, answers.locale(claims.customer_id), token=token,
                             score=chosen)  # fmt: skip
 
-    @routes.post("/v1/feedback")
+    @routes.post("/v1/feedback", responses=ANSWER_RESPONSES, openapi_extra=ANSWER_BODY)
     async def feedback(request: Request) -> Response:
         is_json = request.headers.get("content-type", "").startswith("application/json")
         body = await request.body()
