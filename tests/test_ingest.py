@@ -321,3 +321,19 @@ def test_sales_derived_catalogue_never_overwrites_imported_items(
         "https://shop.example.test/heart",
     )
     assert others > 100  # every other item still came from the sales
+
+
+def test_a_time_past_year_9999_in_utc_is_a_row_problem_not_a_crash(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    rows: list[list[object]] = [
+        ["A1", "c1", "i1", "1", "9.99", "2024-04-01T12:00:00Z"],
+        ["A2", "c1", "i1", "1", "9.99", "9999-12-31T23:00:00-05:00"],
+    ]
+    path = write_csv(tmp_path / "far.csv", header, rows)
+    with pytest.raises(DataImportError) as caught:
+        importer(engine).purchases(path)
+    text = str(caught.value)
+    assert "line 3" in text and "ordered_at" in text and "9999-12-31T23:00:00-05:00" in text
+    assert counts(engine)["purchases"] == 0

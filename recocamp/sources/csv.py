@@ -195,7 +195,11 @@ class Timestamps:
             raise RowProblem(column, f"is not a date-time ({expected})", raw) from None
         if value.tzinfo is None:
             value = value.replace(tzinfo=self.zone)
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except (OverflowError, ValueError):  # 9999-12-31T23:00-05:00 lies past year 9999 in UTC
+            raise RowProblem(column, "is out of range (in UTC it falls outside years 1–9999)",
+                             raw) from None  # fmt: skip
 
 
 def day(row: dict[str, str], column: str) -> date | None:
