@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -47,7 +47,6 @@ class DropReport:
     rejected: int = 0
     waiting: int = 0  # still being written
     rows: int = 0
-    files: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {"imported": self.imported, "already_imported": self.already_imported,
@@ -105,7 +104,6 @@ def _one(importer: Importer, path: Path, drop_dir: Path, done_dir: Path,
                   str(exc).splitlines()[0])  # fmt: skip
         return
     _move(path, done_dir)
-    report.files.append(path.name)
     if result.already_imported:
         report.already_imported += 1
     else:

@@ -37,7 +37,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -174,8 +174,3 @@ def _add(scheduler: BackgroundScheduler, spec: JobSpec, store: str) -> None:
         jobstore=store, misfire_grace_time=spec.misfire_grace_s, coalesce=True,
         max_instances=1, replace_existing=True,
     )  # fmt: skip
-
-
-def next_runs(scheduler: BackgroundScheduler) -> dict[str, Any]:
-    """Job id → next run time (aware, UTC), for status output."""
-    return {job.id: job.next_run_time for job in scheduler.get_jobs()}

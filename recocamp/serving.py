@@ -106,14 +106,12 @@ class Live:
     fitted: Recommender
     data: TrainingData
     columns: dict[str, int]
-    popular: list[list[Any]]
     data_cutoff: datetime
 
     @classmethod
     def load(cls, row: Any, settings: Settings) -> Live:
         fitted, data, _ = model.load(Path(row.path), settings.recommender)
-        return cls(row.version, fitted, data, model.item_columns(data), list(row.popular),
-                   row.data_cutoff)  # fmt: skip
+        return cls(row.version, fitted, data, model.item_columns(data), row.data_cutoff)
 
     def rescore(self, history: History, top_n: int, half_life: float | None,
                 skip: frozenset[str] = frozenset()) -> list[list[Any]]:  # fmt: skip
