@@ -37,7 +37,7 @@ from recocamp.clock import Clock
 from recocamp.domain import ConsentBasis, Purchase
 from recocamp.settings import Settings
 from recocamp.sources import csv as sources
-from recocamp.store.queries import _insert
+from recocamp.store import queries
 from recocamp.store.schema import purchases
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
         with engine.begin() as connection:
             stored = _stored_orders(connection, [o.order_id for o in orders])
             fresh = [row for row in rows if row.order_id not in stored]
-            written = _insert_lines(connection, fresh)
+            written = queries.insert_purchases(connection, fresh, None)
         new = len({o.order_id for o in orders} - stored)
         metrics.API_EVENTS.labels("new").inc(new)
         metrics.API_EVENTS.labels("duplicate").inc(len(stored))
@@ -246,10 +246,6 @@ def _validated(orders: list[OrderIn], prefix: tuple[str | int, ...], zone: ZoneI
                     *where, "lines", j, exc.column)  # fmt: skip
                 errors.append(api_lean.problem("value_error", place, exc.message, exc.value))
                 continue
-            except OverflowError:  # a date-time at the very edge of what Python can shift
-                errors.append(api_lean.problem("value_error", (*where, "ordered_at"),
-                                               "is out of range", order.ordered_at))  # fmt: skip
-                continue
             if isinstance(value, sources.Skip):
                 skipped[value.reason] = skipped.get(value.reason, 0) + 1
             else:
@@ -270,14 +266,3 @@ def _row(order: OrderIn, line: LineIn, index: int) -> dict[str, str]:
 def _stored_orders(connection: sa.Connection, order_ids: list[str]) -> set[str]:
     query = sa.select(purchases.c.order_id).where(purchases.c.order_id.in_(order_ids)).distinct()
     return set(connection.execute(query).scalars())
-
-
-def _insert_lines(connection: sa.Connection, rows: list[Purchase]) -> int:
-    if not rows:
-        return 0
-    statement = _insert(connection, purchases).on_conflict_do_nothing(
-        index_elements=["order_id", "line_no"]).returning(purchases.c.id)  # fmt: skip
-    values = [{"order_id": r.order_id, "line_no": r.line_no, "customer_id": r.customer_id,
-               "item_id": r.item_id, "quantity": r.quantity, "unit_price": r.unit_price,
-               "ordered_at": r.ordered_at, "is_return": r.is_return} for r in rows]  # fmt: skip
-    return len(connection.execute(statement, values).all())
