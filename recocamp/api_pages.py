@@ -136,8 +136,8 @@ class Pages:
             return self.failed(request, error)
         text = (await request.body()).decode("utf-8", "replace")
         form = {key: values[-1] for key, values in parse_qs(text).items()}
-        lang = self.lang(request, found.customer_id)
-        outcome = await run_in_threadpool(
+        lang = await run_in_threadpool(self.lang, request, found.customer_id)  # a query: off
+        outcome = await run_in_threadpool(  # the event loop, which serves cached offers
             _change, self.engine, self.settings, found, form, self.clock.now()
         )
         t = pages.TEXTS[lang]

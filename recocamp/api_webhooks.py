@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from recocamp import webhooks
@@ -36,9 +37,13 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
             events = webhooks.parse(provider, body)
         except webhooks.WebhookError as exc:
             raise HTTPException(exc.status, str(exc)) from None
-        with engine.begin() as connection:
-            applied = contacts.apply(connection, events, clock.now())
+        applied = await run_in_threadpool(store, events)  # off the event loop, which also
+        #                                                  serves cached next-best offers
         return WebhookOut(accepted=applied.new, duplicates=applied.duplicates)
+
+    def store(events: list[webhooks.Event]) -> contacts.Applied:
+        with engine.begin() as connection:
+            return contacts.apply(connection, events, clock.now())
 
     documented: dict[int | str, dict[str, Any]] = {
         **problems,
