@@ -362,24 +362,26 @@ _shared: dict[str, Any] = {}  # in a delivery process: the parent's flags and co
 def drain_in_processes(engine: sa.Engine, settings: Settings, renderer: Renderer,
                        campaign: str | None, processes: int, max_wait_s: float,
                        producing: Callable[[], bool], on_progress: Progress = lambda n: None,
-                       stopping: Callable[[], bool] = lambda: False) -> DeliveryReport:  # fmt: skip
+                       stopping: Callable[[], bool] = lambda: False,
+                       rate: float | None = None) -> DeliveryReport:  # fmt: skip
     """Drain with ``processes`` delivering processes while ``producing()`` holds.
 
     Rendering a body costs more than sending it, and one Python process renders on one
     core; several processes claim batches side by side (claims never overlap, see
     ``outbox.claim``). They are *spawned*, not forked (the caller may run threads), render
     with the caller's templates (a snapshot, see ``Renderer.frozen``), send at an equal share
-    of the rate limit, and ignore SIGINT/SIGTERM: they stop claiming when the parent says so
-    (``stopping()``) or goes away, so a killed ``send`` leaves at most its in-flight batches
-    claimed, which the next deliverer reconciles.
+    of ``rate`` (the caller's share of the limit: a worker's, divided among live workers;
+    default ``[esp] rate_limit_per_s``), and ignore SIGINT/SIGTERM: they stop claiming when the
+    parent says so (``stopping()``) or goes away, so a killed ``send`` leaves at most its
+    in-flight batches claimed, which the next deliverer reconciles.
     """
     context = multiprocessing.get_context("spawn")
     flags: dict[str, Any] = {"producing": context.Event(), "stop": context.Event(),
                              "done": context.Value("q", 0)}  # fmt: skip
     flags["producing"].set()
     sources = renderer.sources if renderer.sources is not None else snapshot(renderer.directory)
-    esp = settings.esp.model_copy(update={"rate_limit_per_s": settings.esp.rate_limit_per_s
-                                          / processes})  # fmt: skip
+    share = settings.esp.rate_limit_per_s if rate is None else rate  # the caller's share
+    esp = settings.esp.model_copy(update={"rate_limit_per_s": share / processes})
     child = (engine.url.render_as_string(hide_password=False), settings.model_copy(
         update={"esp": esp}), renderer.directory, sources, campaign, max_wait_s)  # fmt: skip
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_child_init,

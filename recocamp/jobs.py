@@ -209,7 +209,7 @@ def deliver_planned(engine: sa.Engine, settings: Settings, campaign: Campaign, t
             renderer = deliverer.renderer or render.Renderer(templates)
             return drain_in_processes(engine, settings, renderer, campaign.name, processes,
                                       options.max_wait_s, producing, deliverer.on_progress,
-                                      options.stopping)  # fmt: skip
+                                      options.stopping, deliverer.limiter.rate)  # fmt: skip
         return deliverer.drain(campaign.name, options.max_wait_s, producing)
 
     return while_delivering(drain, lambda: enqueue_decisions(
