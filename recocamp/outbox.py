@@ -178,11 +178,13 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int
     return {c.id for c in claimed if c.customer_id in gone} | {hashes[h] for h in suppressed}
 
 
-def _set(connection: sa.Connection, ids: Iterable[int], now: datetime, **values: Any) -> None:
+def _set(connection: sa.Connection, ids: Iterable[int], now: datetime, *,
+         by: str | None = None, **values: Any) -> None:  # fmt: skip
+    """Set ``values`` on the rows ``ids`` (those still claimed by ``by``, when given)."""
     ids = list(ids)
     for start in range(0, len(ids), 5000):
         connection.execute(
-            sa.update(outbox).where(outbox.c.id.in_(ids[start : start + 5000]))
+            sa.update(outbox).where(outbox.c.id.in_(ids[start : start + 5000]), _owned(by))
             .values(updated_at=now, **values)
         )  # fmt: skip
 
@@ -225,7 +227,7 @@ def retry_later(connection: sa.Connection, delays: dict[int, float], errors: dic
     mine = {r.id for r in rows}
     out = set() if refund else {r.id for r in rows if r.attempts >= max_attempts}
     for row_id in out:
-        _set(connection, [row_id], now, state="failed", last_error=errors[row_id][:1000])
+        _set(connection, [row_id], now, by=by, state="failed", last_error=errors[row_id][:1000])
     again = [
         {"row_id": i, "not_before": now + timedelta(seconds=delays[i]), "error": errors[i][:1000]}
         for i in ids if i in mine and i not in out
@@ -233,7 +235,7 @@ def retry_later(connection: sa.Connection, delays: dict[int, float], errors: dic
     if again:
         spent = outbox.c.attempts - 1 if refund else outbox.c.attempts
         connection.execute(
-            sa.update(outbox).where(outbox.c.id == sa.bindparam("row_id"))
+            sa.update(outbox).where(outbox.c.id == sa.bindparam("row_id"), _owned(by))
             .values(state="queued", not_before=sa.bindparam("not_before"), attempts=spent,
                     last_error=sa.bindparam("error"), updated_at=now, claimed_by=None),
             again,
@@ -244,19 +246,14 @@ def retry_later(connection: sa.Connection, delays: dict[int, float], errors: dic
 def fail(connection: sa.Connection, errors: dict[int, str], now: datetime,
          by: str | None = None) -> None:  # fmt: skip
     for row_id, error in errors.items():
-        connection.execute(sa.update(outbox).where(outbox.c.id == row_id, _owned(by)).values(
-            state="failed", last_error=error[:1000], updated_at=now))  # fmt: skip
+        _set(connection, [row_id], now, by=by, state="failed", last_error=error[:1000])
 
 
 def release(connection: sa.Connection, ids: Iterable[int], now: datetime,
             by: str | None = None) -> None:  # fmt: skip
     """Back to the queue untouched (the attempt did not reach the provider)."""
-    ids = list(ids)
-    for start in range(0, len(ids), 5000):
-        connection.execute(
-            sa.update(outbox).where(outbox.c.id.in_(ids[start : start + 5000]), _owned(by))
-            .values(state="queued", claimed_by=None, attempts=outbox.c.attempts - 1,
-                    updated_at=now))  # fmt: skip
+    _set(connection, ids, now, by=by, state="queued", claimed_by=None,
+         attempts=outbox.c.attempts - 1)  # fmt: skip
 
 
 def take_over(connection: sa.Connection, stale: Sequence[Claimed], me: str,
