@@ -69,17 +69,45 @@ def for_engine(engine: sa.Engine) -> Leadership:
     return SoleWorker(engine)
 
 
-class AdvisoryLockLeadership:
+class _JobLocks:
+    """A job runs once at a time: in this process (a set of running jobs) and, where the
+    subclass says so, across processes (``_lock_job`` / ``_unlock_job``)."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.running: set[str] = set()
+
+    @contextmanager
+    def job_lock(self, job: str) -> Iterator[bool]:
+        with self.mutex:
+            got = job not in self.running and self._lock_job(job)
+            if got:
+                self.running.add(job)
+        try:
+            yield got
+        finally:
+            if got:
+                with self.mutex:
+                    self.running.discard(job)
+                    self._unlock_job(job)
+
+    def _lock_job(self, job: str) -> bool:
+        return True
+
+    def _unlock_job(self, job: str) -> None:
+        pass
+
+
+class AdvisoryLockLeadership(_JobLocks):
     """PostgreSQL: leadership is a session advisory lock on a dedicated connection."""
 
     KEY = lock_key("scheduler-leader")
 
     def __init__(self, engine: sa.Engine) -> None:
+        super().__init__()
         self.engine = engine
         self.connection: sa.Connection | None = None
         self.job_connection: sa.Connection | None = None
-        self.mutex = threading.Lock()
-        self.running: set[str] = set()
 
     def register(self) -> None:
         """Any number of workers may run on PostgreSQL."""
@@ -141,23 +169,14 @@ class AdvisoryLockLeadership:
             except sa.exc.DBAPIError:  # pragma: no cover - already broken
                 pass
 
-    @contextmanager
-    def job_lock(self, job: str) -> Iterator[bool]:
+    def _lock_job(self, job: str) -> bool:
         """Per-job advisory locks, all on one connection of their own (a connection per
-        running job could empty the pool); session locks are re-entrant, so this process
-        also keeps a set of the jobs it runs."""
-        key = lock_key(f"job:{job}")
-        with self.mutex:
-            got = job not in self.running and self._job_sql("SELECT pg_try_advisory_lock(:k)", key)
-            if got:
-                self.running.add(job)
-        try:
-            yield got
-        finally:
-            if got:
-                with self.mutex:
-                    self.running.discard(job)
-                    self._job_sql("SELECT pg_advisory_unlock(:k)", key)
+        running job could empty the pool); session locks are re-entrant, hence also the
+        in-process set of :class:`_JobLocks`."""
+        return self._job_sql("SELECT pg_try_advisory_lock(:k)", lock_key(f"job:{job}"))
+
+    def _unlock_job(self, job: str) -> None:
+        self._job_sql("SELECT pg_advisory_unlock(:k)", lock_key(f"job:{job}"))
 
     def _job_sql(self, statement: str, key: int) -> bool:
         try:
@@ -173,15 +192,15 @@ class AdvisoryLockLeadership:
             raise
 
 
-class SoleWorker:
-    """SQLite: one worker per database file, enforced by an exclusive file lock."""
+class SoleWorker(_JobLocks):
+    """SQLite: one worker per database file, enforced by an exclusive file lock; a job runs
+    once at a time in this process (a resumed run and its scheduled next run never overlap)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         database = engine.url.database
         self.path = Path(f"{database}.worker-lock") if database and database != ":memory:" else None
         self.handle: IO[str] | None = None
-        self.mutex = threading.Lock()
-        self.running: set[str] = set()
+        super().__init__()
 
     def register(self) -> None:
         self.try_acquire()
@@ -218,17 +237,3 @@ class SoleWorker:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
             self.handle = None
-
-    @contextmanager
-    def job_lock(self, job: str) -> Iterator[bool]:
-        """One worker per database: a job runs once at a time in this process (a resumed
-        run and its scheduled next run never overlap)."""
-        with self.mutex:
-            got = job not in self.running
-            self.running.add(job)
-        try:
-            yield got
-        finally:
-            if got:
-                with self.mutex:
-                    self.running.discard(job)
