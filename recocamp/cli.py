@@ -472,12 +472,6 @@ CampaignsDir = Annotated[Path, typer.Option("--campaigns", help="Campaign files.
 TemplatesDir = Annotated[Path, typer.Option("--templates", help="Template files.")]
 
 
-def _campaign_problems(
-    settings: Settings, campaigns: Path, templates: Path
-) -> tuple[list[Any], list[ConfigError]]:
-    return checks.campaign_problems(settings, campaigns, templates)
-
-
 @app.command("check")
 def check(
     campaigns: CampaignsDir = Path("campaigns"), templates: TemplatesDir = Path("templates")
@@ -485,7 +479,7 @@ def check(
     """Validate settings, every campaign, every template and their cross-references."""
     with _errors_to_exit():
         settings = _settings()
-        loaded, failures = _campaign_problems(settings, campaigns, templates)
+        loaded, failures = checks.campaign_problems(settings, campaigns, templates)
     for failure in failures:
         errors.print(f"[bold red]error:[/] {failure}", markup=True, highlight=False, soft_wrap=True)
     if failures:
@@ -494,7 +488,7 @@ def check(
 
 
 def _one_campaign(settings: Settings, name: str, campaigns: Path, templates: Path) -> Any:
-    loaded, failures = _campaign_problems(settings, campaigns, templates)
+    loaded, failures = checks.campaign_problems(settings, campaigns, templates)
     broken = [f for f in failures if f.path.stem == name]
     if broken:
         raise broken[0]

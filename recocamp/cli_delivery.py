@@ -219,7 +219,8 @@ def demo(
     fake ESP (started in this process), and show what went out."""
     from zoneinfo import ZoneInfo
 
-    from recocamp.cli import _campaign_problems, demo_data, train
+    from recocamp.checks import campaign_problems
+    from recocamp.cli import demo_data, train
     from recocamp.esp.fake_server import FakeEsp, create_app, running
     from recocamp.store import queries, registry
     from recocamp.store.schema import purchases
@@ -238,7 +239,7 @@ def demo(
             untrained = registry.live(connection) is None
         if untrained:
             train(as_of=as_of, model=None)
-        loaded, failures = _campaign_problems(settings, campaigns, templates)
+        loaded, failures = campaign_problems(settings, campaigns, templates)
         if failures:
             raise failures[0]
         fake = FakeEsp(data_dir=demo_dir / "fake-esp")
