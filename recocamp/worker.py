@@ -98,14 +98,20 @@ class Worker:
 
     def load(self) -> None:
         """Check every campaign and template; refuse to start when anything is broken."""
-        self._files = self._fingerprint()
-        renderer = Renderer.frozen(self.templates_dir)  # before the check: never newer
-        good, failures = checks.campaign_problems(self.settings, self.campaigns_dir,
-                                                  self.templates_dir)  # fmt: skip
+        good, failures, renderer = self._check()
         if failures:
             raise failures[0] if len(failures) == 1 else ConfigError(
                 self.campaigns_dir, [p for f in failures for p in f.problems])  # fmt: skip
         self._use(good, renderer)
+
+    def _check(self) -> tuple[list[Campaign], list[ConfigError], Renderer]:
+        """The campaigns and templates as they are now: the good ones, every problem, and
+        the templates frozen before the check (never newer than what was checked)."""
+        self._files = self._fingerprint()
+        renderer = Renderer.frozen(self.templates_dir)
+        good, failures = checks.campaign_problems(self.settings, self.campaigns_dir,
+                                                  self.templates_dir)  # fmt: skip
+        return good, failures, renderer
 
     def _use(self, good: list[Campaign], renderer: Renderer) -> None:
         """The campaigns and templates that passed ``check``: what runs and renders now."""
@@ -117,10 +123,7 @@ class Worker:
     def reload(self) -> bool:
         """Take changed campaigns and templates if they pass ``check``; keep the last good
         set otherwise (queued mail keeps rendering with it, see ``Renderer.frozen``)."""
-        self._files = self._fingerprint()
-        renderer = Renderer.frozen(self.templates_dir)
-        good, failures = checks.campaign_problems(self.settings, self.campaigns_dir,
-                                                  self.templates_dir)  # fmt: skip
+        good, failures, renderer = self._check()
         if failures:
             for failure in failures:
                 log.error("reload refused, keeping the last good campaigns: %s", failure)
@@ -245,9 +248,7 @@ class Worker:
     def tick(self) -> None:
         """One round of the loop: heartbeat, leadership, rate share, resume, reload."""
         self._lead()
-        with self.engine.begin() as connection:
-            runs.heartbeat(connection, self.id, self.clock.now(), self.leader_since)
-        self._share_rate()
+        self._heartbeat_and_share_rate()
         if self.leader_since is not None:
             self.scheduler.wakeup()  # notice jobs triggered from outside (`runs trigger`)
             self.resume_unfinished()
@@ -261,11 +262,14 @@ class Worker:
         self._reload_checked = time.monotonic()
         return self._fingerprint() != self._files
 
-    def _share_rate(self) -> None:
-        """``[esp] rate_limit_per_s`` is the provider's limit for all workers together."""
-        alive_after = self.clock.now() - timedelta(seconds=5 * self.settings.worker.leader_poll_s)
-        with self.engine.connect() as connection:
-            alive = len(runs.live_workers(connection, alive_after))
+    def _heartbeat_and_share_rate(self) -> None:
+        """This worker's heartbeat, and its share of ``[esp] rate_limit_per_s`` (the
+        provider's limit for all workers together), in one transaction."""
+        now = self.clock.now()
+        alive_after = now - timedelta(seconds=5 * self.settings.worker.leader_poll_s)
+        with self.engine.begin() as connection:
+            runs.heartbeat(connection, self.id, now, self.leader_since)
+            alive = runs.live_worker_count(connection, alive_after)
         self.context.limiter.share(self.settings.esp.rate_limit_per_s, alive)
 
     def _lead(self) -> None:

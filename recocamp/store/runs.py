@@ -58,8 +58,7 @@ def unfinished_campaign_runs(connection: sa.Connection, since: datetime, *,
     still ``running`` although their worker stopped or has sent no heartbeat since
     ``dead_before``; or failed before ``failed_before`` (a database hiccup mid-run)."""
     resumed = sa.select(runs.c.resumed_from).where(runs.c.resumed_from.is_not(None))
-    alive = sa.select(workers.c.id).where(workers.c.stopped_at.is_(None),
-                                           workers.c.heartbeat_at >= dead_before)  # fmt: skip
+    alive = sa.select(workers.c.id).where(_alive(dead_before))
     query = sa.select(runs).where(
         runs.c.job.startswith(CAMPAIGN_PREFIX, autoescape=True),
         runs.c.as_of >= since,
@@ -100,10 +99,14 @@ def stopped(connection: sa.Connection, worker: str, now: datetime) -> None:
         stopped_at=now, leader_since=None))  # fmt: skip
 
 
-def live_workers(connection: sa.Connection, alive_after: datetime) -> Sequence[Any]:
-    query = sa.select(workers).where(workers.c.stopped_at.is_(None),
-                                     workers.c.heartbeat_at >= alive_after)  # fmt: skip
-    return list(connection.execute(query.order_by(workers.c.started_at)))
+def _alive(after: datetime) -> Any:
+    """Workers that have not stopped and sent a heartbeat since ``after``."""
+    return sa.and_(workers.c.stopped_at.is_(None), workers.c.heartbeat_at >= after)
+
+
+def live_worker_count(connection: sa.Connection, alive_after: datetime) -> int:
+    query = sa.select(sa.func.count()).select_from(workers).where(_alive(alive_after))
+    return int(connection.execute(query).scalar_one())
 
 
 def all_workers(connection: sa.Connection, limit: int = 50) -> Sequence[Any]:
