@@ -220,23 +220,12 @@ def demo(
     from zoneinfo import ZoneInfo
 
     from recocamp.checks import campaign_problems
-    from recocamp.cli import demo_data, train
+    from recocamp.cli import train
     from recocamp.esp.fake_server import FakeEsp, create_app, running
-    from recocamp.store import queries, registry
-    from recocamp.store.schema import purchases
 
     with _errors_to_exit():
         settings = _settings()
-        engine = _engine(settings, migrated=False)
-        from recocamp.store.engine import upgrade
-
-        upgrade(engine)
-        with engine.connect() as connection:
-            empty = queries.count(connection, purchases) == 0
-        if empty:
-            demo_data(source=None, synthetic=False, demo_dir=demo_dir)
-        with engine.connect() as connection:
-            untrained = registry.live(connection) is None
+        engine, untrained = _demo_shop(settings, demo_dir)
         if untrained:
             train(as_of=as_of, model=None)
         loaded, failures = campaign_problems(settings, campaigns, templates)
@@ -254,6 +243,24 @@ def demo(
         f"send keys, {stats['duplicates']} duplicates; they are in {demo_dir / 'fake-esp'}"
         "/messages.jsonl"
     )
+
+
+def _demo_shop(settings: Settings, demo_dir: Path) -> tuple[sa.Engine, bool]:
+    """The demo shop's database, migrated, built from the data when it has no purchases;
+    and whether no model is live yet (`demo` and `worker --demo` train one first)."""
+    from recocamp.cli import demo_data
+    from recocamp.store import queries, registry
+    from recocamp.store.engine import upgrade
+    from recocamp.store.schema import purchases
+
+    engine = _engine(settings, migrated=False)
+    upgrade(engine)
+    with engine.connect() as connection:
+        empty = queries.count(connection, purchases) == 0
+    if empty:
+        demo_data(source=None, synthetic=False, demo_dir=demo_dir)
+    with engine.connect() as connection:
+        return engine, registry.live(connection) is None
 
 
 def _demo_settings(settings: Settings, url: str, demo_dir: Path) -> Settings:

@@ -97,21 +97,13 @@ def worker(
 
 def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
     """``worker --demo``: the demo shop's week, compressed (see ``Worker.simulate``)."""
-    from recocamp.cli import demo_data, parse_as_of
-    from recocamp.cli_delivery import _demo_settings
+    from recocamp.cli import parse_as_of
+    from recocamp.cli_delivery import _demo_settings, _demo_shop
     from recocamp.clock import FixedClock
     from recocamp.esp.fake_server import FakeEsp, create_app, running
-    from recocamp.store import queries, registry
-    from recocamp.store.engine import upgrade
-    from recocamp.store.schema import purchases
 
     settings, demo_dir = _settings(), Path("demo")
-    engine = _engine(settings, migrated=False)
-    upgrade(engine)
-    with engine.connect() as connection:
-        empty = queries.count(connection, purchases) == 0
-    if empty:
-        demo_data(source=None, synthetic=False, demo_dir=demo_dir)
+    engine, untrained = _demo_shop(settings, demo_dir)
     zone = ZoneInfo(settings.shop.time_zone)
     begin = parse_as_of(start, zone)
     _history(engine, settings, clock.now())
@@ -120,8 +112,6 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
         process = Worker(_demo_settings(settings, url, demo_dir), engine, campaigns, templates,
                          FixedClock(begin))  # fmt: skip
         process.load()
-        with engine.connect() as connection:
-            untrained = registry.live(connection) is None
         first = begin.astimezone(zone)
         console.print(f"simulating {days} days of the schedule from {first:%a %d %b %Y %H:%M} "
                       f"({len(process.specs)} jobs; polling jobs hourly)")  # fmt: skip
