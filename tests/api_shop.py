@@ -177,3 +177,8 @@ def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> Reply:
 def make_app(engine: sa.Engine, artifacts: Path, clock: FixedClock | None = None,
              **api: Any) -> FastAPI:  # fmt: skip
     return create_app(settings_for(artifacts, **api), engine, clock or FixedClock(NOW))
+
+
+def engine_of(app: FastAPI) -> sa.Engine:
+    """The store an app built by :func:`make_app` serves."""
+    return app.state.service.engine  # type: ignore[no-any-return]

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -104,3 +105,31 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+# -- a trained shop for the API tests (tests/api_shop.py builds it) -------------------------
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Any]:  # fmt: skip
+    """One trained shop per backend and test module (``api_shop.Template``)."""
+    from tests.api_shop import build_template
+
+    yield from build_template(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture
+def shop(template: Any, tmp_path: Path) -> Iterator[tuple[sa.Engine, Path]]:
+    """A copy of the trained shop for one test: (engine, model artifacts)."""
+    from tests.api_shop import clone
+
+    yield from clone(template, tmp_path)
+
+
+@pytest.fixture
+def app(shop: tuple[sa.Engine, Path]) -> Any:
+    """The shop API (``fastapi.FastAPI``) on that copy."""
+    from tests.api_shop import make_app
+
+    return make_app(*shop)

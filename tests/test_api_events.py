@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from recocamp.clock import FixedClock
 from recocamp.domain import email_hash
 from recocamp.store.schema import audit_log, customers, purchases, recommendations, suppressions
-from tests.api_shop import NOW, bearer, call, make_app
+from tests.api_shop import NOW, bearer, call, engine_of, make_app
 
 EVENTS = "/v1/events/purchases"
 
@@ -22,10 +22,6 @@ EVENTS = "/v1/events/purchases"
 @pytest.fixture
 def app(engine: sa.Engine, tmp_path: Path) -> FastAPI:
     return make_app(engine, tmp_path)
-
-
-def engine_of(app: FastAPI) -> sa.Engine:
-    return app.state.service.engine  # type: ignore[no-any-return]
 
 
 def order(order_id: str = "A1", customer: str | None = "c1", **changes: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ route's parameter rules against FastAPI's own."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -26,37 +25,14 @@ from recocamp.store.schema import customers, items, recommendations
 from tests.api_shop import (
     NOW,
     OBJECTOR,
-    Template,
     bearer,
-    build_template,
     call,
-    clone,
-    make_app,
+    engine_of,
     settings_for,
 )
 from tests.conftest import ROOT
 
 NBO = "/v1/customers/{}/next-best-offer"
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Template]:  # fmt: skip
-    yield from build_template(request.param, tmp_path_factory.mktemp(request.param))
-
-
-@pytest.fixture
-def shop(template: Template, tmp_path: Path) -> Iterator[tuple[sa.Engine, Path]]:
-    yield from clone(template, tmp_path)
-
-
-@pytest.fixture
-def app(shop: tuple[sa.Engine, Path]) -> FastAPI:
-    return make_app(*shop)
-
-
-def engine_of(app: FastAPI) -> sa.Engine:
-    return app.state.service.engine  # type: ignore[no-any-return]
 
 
 def offers(app: FastAPI, customer: str, query: str = "", key: str = "shop") -> dict[str, object]:

@@ -12,7 +12,6 @@ a date-time the shop can read), and such requests are rightly answered 422 namin
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from recocamp.api import create_app
 from recocamp.clock import FixedClock
-from tests.api_shop import KEYS, NOW, Template, build_template, clone, make_app
+from tests.api_shop import KEYS, NOW, Template, clone, make_app
 
 EXAMPLES = 40  # per operation
 PUBLIC_KEY = base64.b64encode(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
@@ -45,12 +44,6 @@ class EveryScope:
 
     def set(self, case: schemathesis.Case, data: str, context: Any) -> None:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Template]:  # fmt: skip
-    yield from build_template(request.param, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.mark.timeout(600)

@@ -4,7 +4,6 @@ languages, every form, what it shows, and what it must never do."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,33 +20,10 @@ from recocamp.store.schema import audit_log, contact_events, customers
 from tests.api_shop import (
     NOW,
     SIGNING_KEY,
-    Template,
-    build_template,
     call,
-    clone,
-    make_app,
+    engine_of,
     settings_for,
 )
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Template]:  # fmt: skip
-    yield from build_template(request.param, tmp_path_factory.mktemp(request.param))
-
-
-@pytest.fixture
-def shop(template: Template, tmp_path: Path) -> Iterator[tuple[sa.Engine, Path]]:
-    yield from clone(template, tmp_path)
-
-
-@pytest.fixture
-def app(shop: tuple[sa.Engine, Path]) -> FastAPI:
-    return make_app(*shop)
-
-
-def engine_of(app: FastAPI) -> sa.Engine:
-    return app.state.service.engine  # type: ignore[no-any-return]
 
 
 def someone(engine: sa.Engine, locale: str) -> Any:

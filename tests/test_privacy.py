@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,8 @@ from recocamp.synthetic import END
 from tests.api_shop import (
     NOW,
     SIGNING_KEY,
-    Template,
     bearer,
-    build_template,
     call,
-    clone,
     make_app,
     settings_for,
 )
@@ -53,17 +49,6 @@ EMAIL = "Zebulon.Erase-Me@Example.test"
 NAME = "Zebulonia"
 MESSAGE_ID = "0d3c2a4e-5b6f-4a1b-9c8d-7e6f5a4b3c2e"
 PERSONAL_VALUES = (VICTIM, EMAIL, NAME, "erase-me")  # matched case-insensitively
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Template]:  # fmt: skip
-    yield from build_template(request.param, tmp_path_factory.mktemp(request.param))
-
-
-@pytest.fixture
-def shop(template: Template, tmp_path: Path) -> Iterator[tuple[sa.Engine, Path]]:
-    yield from clone(template, tmp_path)
 
 
 def link(purpose: str) -> str:
