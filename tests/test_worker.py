@@ -26,7 +26,7 @@ from recocamp.settings import Settings, load_settings
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import Worker
-from tests.worker_shop import make_shop, recocamp, start_worker
+from tests.worker_shop import make_shop, recocamp, start_worker, wait_for
 
 
 def free_port() -> int:
@@ -177,14 +177,14 @@ def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_o
     shop = sqlite_shop(tmp_path, url, metrics_port=metrics_port)
     worker = start_worker(shop)
     try:
-        _wait_for(lambda: recocamp(shop, "runs", "trigger", "campaign:everyone").returncode == 0)
-        _wait_for(lambda: fake.stats()["received"] >= 10)
+        wait_for(lambda: recocamp(shop, "runs", "trigger", "campaign:everyone").returncode == 0)
+        wait_for(lambda: fake.stats()["received"] >= 10)
         fake.set_faults(Faults(latency_ms=3000))  # the rest cannot go out before the signal
         served = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         assert "recocamp_scheduler_leader 1.0" in served
         assert "# TYPE recocamp_emails_total counter" in served
         worker.send_signal(signal.SIGHUP)  # a reload request is harmless mid-run
-        _wait_for(lambda: "reloaded 1 campaign" in (shop / "worker-0.log").read_text(), 10)
+        wait_for(lambda: "reloaded 1 campaign" in (shop / "worker-0.log").read_text(), 10)
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
@@ -196,7 +196,7 @@ def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_o
     fake.set_faults(Faults())
     again = start_worker(shop)
     try:
-        _wait_for(lambda: fake.stats()["received"] >= 60)
+        wait_for(lambda: fake.stats()["received"] >= 60)
         again.send_signal(signal.SIGTERM)
         assert again.wait(30) == 0
     finally:
@@ -204,15 +204,6 @@ def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_o
     assert fake.stats() == {"received": 60, "unique_send_keys": 60, "duplicates": 0}
     log = (shop / "worker-0.log").read_text()
     assert "SIGTERM: stopping after the current batch" in log and "reloaded" in log
-
-
-def _wait_for(condition: object, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
 
 
 def test_dropped_files_are_imported_once_and_broken_ones_set_aside(

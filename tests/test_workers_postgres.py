@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from recocamp.esp.fake_server import FakeEsp, Faults, running
 from recocamp.esp.fake_server import create_app as create_fake
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
-from tests.worker_shop import make_shop, recocamp, start_worker
+from tests.worker_shop import make_shop, recocamp, start_worker, wait_for
 
 CUSTOMERS = 150
 POLL_S = 0.5
@@ -29,16 +29,6 @@ def esp() -> Iterator[tuple[FakeEsp, str]]:
     fake = FakeEsp(token="test-token")
     with running(create_fake(fake)) as url:
         yield fake, url
-
-
-def wait_for(condition: Callable[[], Any], seconds: float = 90) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def leaders(engine: sa.Engine) -> list[Any]:
@@ -61,10 +51,10 @@ def test_three_workers_one_scheduler_takeover_and_every_email_once(
     engine = make_engine(db_url)
     processes = [start_worker(shop) for _ in range(3)]
     try:
-        wait_for(lambda: _live(engine) == 3 and len(leaders(engine)) == 1)
+        wait_for(lambda: _live(engine) == 3 and len(leaders(engine)) == 1, 90)
         [first] = leaders(engine)
         assert recocamp(shop, "runs", "trigger", "campaign:everyone").returncode == 0
-        wait_for(lambda: fake.stats()["received"] >= 30)
+        wait_for(lambda: fake.stats()["received"] >= 30, 90)
         by_pid = {p.pid: p for p in processes}
         killed_at = datetime.now(UTC)
         by_pid[first.pid].kill()  # SIGKILL: no goodbye, its claims and its run stay behind

@@ -8,8 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -113,6 +116,17 @@ def recocamp(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "recocamp", *args], cwd=directory,
                           env=environment(directory), capture_output=True, text=True,
                           timeout=60, check=False)  # fmt: skip
+
+
+def wait_for(condition: Callable[[], Any], seconds: float = 60) -> Any:
+    """Poll ``condition`` until it returns something true (returned), or fail the test."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("timed out")
 
 
 def scalar(engine: sa.Engine, query: str) -> object:

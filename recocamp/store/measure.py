@@ -126,7 +126,7 @@ def segment_history(connection: sa.Connection, first: date,
     return found
 
 
-COUNTS = ("orders", "customers", "guest_orders")
+COUNTS = {c.name for c in kpi_snapshots.columns if isinstance(c.type, sa.Integer)}  # rest: Float
 
 
 def _number(name: str, value: Any) -> float | None:
