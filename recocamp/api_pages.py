@@ -36,7 +36,6 @@ from recocamp.store import contacts, views
 from recocamp.store.schema import customers, outbox, recommendations
 
 log = logging.getLogger(__name__)
-PAUSE_WEEKS = (1, 2, 4, 8, 12)
 ACTOR = "customer"
 SOURCE = "preferences page"
 
@@ -236,14 +235,14 @@ def _change(engine: sa.Engine, settings: Settings, found: tokens.Claims, form: d
 def _changes(action: str, form: dict[str, str], now: datetime) -> dict[str, Any] | None:
     if action == "save":
         frequency = form.get("frequency", "any")
-        if frequency not in ("any", *profiles.FREQUENCIES):
+        if frequency not in pages.FREQUENCIES:
             return None
         return {"channel_email": form.get("channel_email") == "on",
                 "frequency_preference": None if frequency == "any" else frequency,
                 "objected_to_profiling": form.get("objected") == "on"}  # fmt: skip
     if action == "pause":
         weeks = form.get("weeks", "")
-        if not weeks.isdigit() or int(weeks) not in PAUSE_WEEKS:
+        if not weeks.isdigit() or int(weeks) not in pages.PAUSE_WEEKS:
             return None
         return {"paused_until": now + timedelta(weeks=int(weeks))}
     if action == "resume":

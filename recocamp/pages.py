@@ -12,7 +12,11 @@ from typing import Any
 
 from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 
+from recocamp.caps import PREFERENCE_PERIODS
+
 LANGUAGES = ("de", "en")
+PAUSE_WEEKS = (1, 2, 4, 8, 12)  # the pause form's choices (and what the form handler accepts)
+FREQUENCIES = ("any", *PREFERENCE_PERIODS)  # "any": no limit of the customer's own
 
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
@@ -216,7 +220,7 @@ PREFERENCES = """{% extends "layout.html" %}{% block body %}
 
 <h2>{{ t.pause_title }}</h2>
 <form method="post" id="pause"><input type="hidden" name="action" value="pause">
-<select name="weeks" aria-label="{{ t.pause }}">{% for n in (1, 2, 4, 8, 12) %}
+<select name="weeks" aria-label="{{ t.pause }}">{% for n in weeks %}
 <option value="{{ n }}">{{ t.week if n == 1 else t.weeks.format(n=n) }}</option>{% endfor %}
 </select> <button type="submit">{{ t.pause }}</button></form>
 {% if paused %}<form method="post" id="resume"><input type="hidden" name="action" value="resume">
@@ -270,4 +274,4 @@ def preferences(lang: str, **context: Any) -> str:
     t = TEXTS[lang]
     return ENVIRONMENT.get_template("preferences.html").render(
         lang=lang, title=t["title"], t=t, other="en" if lang == "de" else "de",
-        frequencies=("any", "daily", "weekly", "monthly"), **context)  # fmt: skip
+        frequencies=FREQUENCIES, weeks=PAUSE_WEEKS, **context)  # fmt: skip

@@ -129,9 +129,11 @@ def _plain(value: Any) -> Any:
 def _subscription(connection: sa.Connection, customer_id: str, unsubscribed: bool | None,
                   after: Mapping[str, Any], at: datetime, source: str) -> str | None:  # fmt: skip
     """Apply ``unsubscribed``; returns "unsubscribed" / "resubscribed" when it changed."""
+    if unsubscribed is None:
+        return None
     current = connection.execute(sa.select(customers.c.unsubscribed_at, customers.c.email).where(
         customers.c.id == customer_id)).first()  # fmt: skip
-    if current is None or unsubscribed is None:
+    if current is None:
         return None
     if unsubscribed:
         return "unsubscribed" if contacts.unsubscribe(connection, customer_id, at, source) else None
