@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
@@ -34,7 +32,7 @@ from recocamp.store.engine import make_engine
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
-from tests.api_shop import call as full_call
+from tests.api_shop import Reply, call
 from tests.conftest import NOW, ROOT
 
 SIGNING_KEY = "k" * 32
@@ -49,25 +47,6 @@ RECORD: dict[str, Any] = {
     "To": ADDRESS,
     "Metadata": {"send_key": SEND_KEY},
 }
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    text: str
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-
-def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> Reply:
-    async def go() -> Reply:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.request(method, path, **kwargs)
-            return Reply(response.status_code, response.text)
-
-    return asyncio.run(go())
 
 
 def make_app(engine: sa.Engine, settings: Settings = SETTINGS) -> FastAPI:
@@ -151,13 +130,13 @@ def test_not_ready_on_a_database_without_the_schema(tmp_path: Path) -> None:
 
 def test_cors_is_off_unless_origins_are_listed(engine: sa.Engine) -> None:
     asked = {"origin": "https://shop.example", "access-control-request-method": "GET"}
-    closed = full_call(make_app(engine), "OPTIONS", "/healthz", headers=asked)
+    closed = call(make_app(engine), "OPTIONS", "/healthz", headers=asked)
     assert "access-control-allow-origin" not in closed.headers
     settings = SETTINGS.model_copy(update={"api": SETTINGS.api.model_copy(
         update={"cors_origins": ("https://shop.example",)})})  # fmt: skip
-    opened = full_call(make_app(engine, settings), "OPTIONS", "/healthz", headers=asked)
+    opened = call(make_app(engine, settings), "OPTIONS", "/healthz", headers=asked)
     assert opened.headers["access-control-allow-origin"] == "https://shop.example"
-    other = full_call(make_app(engine, settings), "OPTIONS", "/healthz",
+    other = call(make_app(engine, settings), "OPTIONS", "/healthz",
                  headers={**asked, "origin": "https://evil.example"})  # fmt: skip
     assert "access-control-allow-origin" not in other.headers
 
