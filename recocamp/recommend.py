@@ -20,8 +20,6 @@ import numpy as np
 
 from recocamp.matrix import TrainingData
 
-TIE_BREAK = 1e-12  # per item index: far below any real score difference
-
 
 class Mode(StrEnum):
     REPLENISH = "replenish"
@@ -48,20 +46,46 @@ class Recommender(Protocol):
 def top_k(
     model: Recommender, data: TrainingData, rows: np.ndarray, k: int, mode: Mode = Mode.MIXED
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Item indices and scores of the best ``k`` items per row (-1 / -inf where fewer exist)."""
+    """Item indices and scores of the best ``k`` items per row (-1 / -inf where fewer exist).
+
+    The order is defined, whatever the kernel: score descending, then item index ascending.
+    """
     native = getattr(model, "top_k_all", None)
-    if native is not None and mode is Mode.MIXED and k <= data.shape[1]:
-        indices, values = native(rows, k)
-        return np.asarray(indices, dtype=np.int64), np.asarray(values, dtype=np.float64)
+    if native is not None and mode is Mode.MIXED and k < data.shape[1]:
+        indices, values = _native_top_k(native, rows, k)
+        tied = np.flatnonzero(values[:, k - 1] == values[:, k])
+        if len(tied):  # a tie crosses the cut: the kernel may have dropped an equal item
+            indices[tied], values[tied] = _dense_top_k(model, data, rows[tied], k + 1, mode)
+        return indices[:, :k], values[:, :k]
+    return _dense_top_k(model, data, rows, k, mode)
+
+
+def _native_top_k(native: Any, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k + 1`` candidates from the model's native kernel, put in the defined order (its own
+    order of equal scores is unspecified)."""
+    indices, values = native(rows, k + 1)
+    indices = np.asarray(indices, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    order = np.lexsort((indices, -values), axis=1)
+    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def _dense_top_k(
+    model: Recommender, data: TrainingData, rows: np.ndarray, k: int, mode: Mode
+) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(model.score(rows), dtype=np.float64)
-    scores -= np.arange(scores.shape[1]) * TIE_BREAK
     if mode is not Mode.MIXED:
         owned = data.orders[rows].toarray() > 0
         scores[owned if mode is Mode.DISCOVER else ~owned] = -np.inf
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # the k-th best score per row
+    above = scores > kth
+    equal = scores == kth  # of the items at the cut, the lowest indices are taken
+    room = k - above.sum(axis=1, keepdims=True)
+    chosen = above | (equal & (np.cumsum(equal, axis=1) <= room))
+    part = np.nonzero(chosen)[1].reshape(len(rows), k)
     picked = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-picked, axis=1, kind="stable")
+    order = np.lexsort((part, -picked), axis=1)
     indices = np.take_along_axis(part, order, axis=1)
     values = np.take_along_axis(picked, order, axis=1)
     return np.where(np.isfinite(values), indices, -1), values

@@ -122,12 +122,43 @@ def test_cold_start_and_objection_get_popularity() -> None:
     assert personal_or_popular(True, False, [], popular)[1] == "popular: no purchase history"
 
 
+def _in_defined_order(indices: np.ndarray, scores: np.ndarray) -> bool:
+    """Score descending, then item index ascending: the order users see."""
+    return all(
+        list(zip(-row_scores, row, strict=True)) == sorted(zip(-row_scores, row, strict=True))
+        for row, row_scores in zip(indices, scores, strict=True)
+    )
+
+
 def test_native_top_k_of_factor_models_matches_dense_scoring(data: TrainingData) -> None:
     als = fitted("als", data)
     rows = np.arange(len(data.customers))
     native, native_scores = top_k(als, data, rows, 4, Mode.MIXED)
-    dense = np.argsort(-als.score(rows), axis=1, kind="stable")[:, :4]
-    np.testing.assert_array_equal(native, dense)  # same items in the same order
+    dense = np.sort(als.score(rows), axis=1)[:, ::-1][:, :4]
+    np.testing.assert_allclose(native_scores, dense, rtol=1e-5)  # the best four scores
     np.testing.assert_allclose(
         native_scores, np.take_along_axis(als.score(rows), native, axis=1), rtol=1e-5
     )
+    assert _in_defined_order(native, native_scores)
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_equal_scores_are_ordered_by_item_index_in_every_kernel(
+    data: TrainingData, mode: Mode
+) -> None:
+    """Item 0 scores best and all others the same, for every customer: the lowest indices win
+    the cut and come first, in the native kernel (mixed) and in the dense path alike."""
+    als = fitted("als", data)
+    assert isinstance(als, model.ALS)
+    items = np.tile(np.array([1.0, 0.5], dtype=np.float32), (len(data.items), 1))
+    items[0] = [2.0, 1.0]
+    als.item_factors = items
+    als.user_factors = np.ones((len(data.customers), 2), dtype=np.float32)
+    rows = np.arange(len(data.customers))
+    indices, scores = top_k(als, data, rows, 3, mode)
+    for row in indices:
+        kept = [int(i) for i in row if i >= 0]
+        assert kept == sorted(kept, key=lambda i: (i != 0, i)), (mode, row)
+    if mode is Mode.MIXED:
+        assert indices.tolist() == [[0, 1, 2]] * len(rows)
+    assert _in_defined_order(indices, scores)
