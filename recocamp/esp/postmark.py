@@ -3,8 +3,11 @@
 Per-message answers carry an ``ErrorCode``: 0 accepted (``MessageID``), 406 inactive
 recipient (bounced, complained or unsubscribed at Postmark) and 300 invalid request (a
 malformed address) are permanent for that recipient; 429 and anything else are retried.
-A 422 for the whole request is permanent for the whole batch. The fake ESP speaks exactly
-this contract, so pointing this provider at it is how the demo and the tests send.
+A 422 for the whole request is permanent for the whole batch. The search names the message
+stream we send on: without ``messagestream`` Postmark searches only its default
+``outbound`` stream, and a broadcast message would look unsent (and be sent again). The
+fake ESP answers as Postmark does, so pointing this provider at it is how the demo and the
+tests send.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ class Postmark:
     def lookup(self, send_keys: Sequence[str]) -> dict[str, str] | None:
         found = {}
         for key in send_keys:
-            params = {"count": 1, "offset": 0, "metadata_send_key": key}
+            params = {"count": 1, "offset": 0, "metadata_send_key": key,
+                      "messagestream": self.message_stream}  # fmt: skip
             response = request(self.client, self.name, "GET", "/messages/outbound", params=params)
             if response.status_code >= 400:  # unknown is not "not sent": never guess here
                 raise DeliveryError(f"postmark: search failed with HTTP {response.status_code}")

@@ -491,6 +491,8 @@ def test_postmark_lookup_searches_by_metadata_send_key() -> None:
         assert request.headers["X-Postmark-Server-Token"] == TOKEN
         assert request.url.params["count"] == "1"
         assert request.url.params["offset"] == "0"
+        # Postmark searches only the "outbound" stream unless told otherwise
+        assert request.url.params["messagestream"] == "broadcast"
 
 
 def test_postmark_lookup_maps_errors_like_a_send() -> None:
