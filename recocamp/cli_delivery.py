@@ -192,15 +192,22 @@ def fake_esp(
     rate_5xx: Annotated[float, typer.Option(help="Share of requests answered 500.")] = 0.0,
     rate_drop: Annotated[float, typer.Option(help="Share accepted but never answered.")] = 0.0,
     latency_ms: Annotated[float, typer.Option(help="Added latency per request.")] = 0.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="The only server token accepted (others get Postmark's 401); default: any.",
+            envvar="RECOCAMP_FAKE_ESP_TOKEN",
+        ),
+    ] = None,
 ) -> None:
-    """Run the local stand-in ESP (Postmark's batch contract) until interrupted."""
+    """Run the local stand-in ESP (Postmark's API) until interrupted."""
     import uvicorn
 
     from recocamp.esp.fake_server import FakeEsp, Faults, create_app
 
     faults = Faults(latency_ms=latency_ms, rate_429=rate_429, rate_5xx=rate_5xx,
                     rate_drop=rate_drop)  # fmt: skip
-    esp = FakeEsp(data_dir, faults, webhook_url)
+    esp = FakeEsp(data_dir, faults, webhook_url, token or None)
     console.print(f"fake ESP on http://{host}:{port} (GET /_stats)")
     uvicorn.run(create_app(esp), host=host, port=port, log_level="warning")
 

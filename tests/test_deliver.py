@@ -409,7 +409,7 @@ def test_delivery_processes_share_a_run_without_duplicates(engine: sa.Engine) ->
         report = drain_in_processes(engine, settings, Renderer(TEMPLATES, frozen), "winback", 2,
                                     0.0, producing=lambda: False)  # fmt: skip
     assert report.sent == 40 and fake.stats() == {
-        "received": 40, "unique_send_keys": 40, "duplicates": 0}  # fmt: skip
+        "received": 40, "unique_send_keys": 40, "duplicates": 0, "without_send_key": 0}  # fmt: skip
     assert all("FROZEN REGENCY CAKESTAND" in m["HtmlBody"] for m in fake.messages)
     with engine.connect() as connection:
         workers = set(connection.execute(sa.select(outbox_table.c.claimed_by)).scalars())

@@ -93,7 +93,7 @@ def test_exactly_once_under_429_5xx_and_lost_answers(shop: Path, esp: tuple[Fake
     stats = fake.stats()
     assert counts["sent"] > 10 and counts["queued"] == counts["claimed"] == counts["failed"] == 0
     assert stats == {"received": counts["sent"], "unique_send_keys": counts["sent"],
-                     "duplicates": 0}  # fmt: skip
+                     "duplicates": 0, "without_send_key": 0}  # fmt: skip
     again = runner.invoke(app, ["send", "cross_sell", "--as-of", AS_OF, "--wait", "0"])
     assert again.exit_code == 0 and fake.stats()["received"] == counts["sent"]
 
@@ -135,7 +135,7 @@ def test_a_sender_killed_mid_send_resumes_without_duplicates_or_gaps(
     counts = outbox_counts()
     assert counts["queued"] == counts["claimed"] == 0 and counts["sent"] > 5
     assert fake.stats() == {"received": counts["sent"], "unique_send_keys": counts["sent"],
-                            "duplicates": 0}  # fmt: skip
+                            "duplicates": 0, "without_send_key": 0}  # fmt: skip
 
 
 def test_one_click_unsubscribe_and_bounce_webhook_reach_the_next_run(

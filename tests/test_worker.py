@@ -165,7 +165,8 @@ def test_an_unfinished_campaign_run_is_resumed_with_its_own_instant(
     assert rows[dead].status == "interrupted" and resumed.status == "ok"
     assert resumed.run_key == key and resumed.as_of == decided_at
     assert rows[old].status == "running"  # too old to resume (resume_window_s): left alone
-    assert fake.stats() == {"received": 60, "unique_send_keys": 60, "duplicates": 0}
+    assert fake.stats() == {"received": 60, "unique_send_keys": 60, "duplicates": 0,
+                            "without_send_key": 0}  # fmt: skip
 
 
 def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_once(
@@ -201,7 +202,8 @@ def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_o
         assert again.wait(30) == 0
     finally:
         again.kill()
-    assert fake.stats() == {"received": 60, "unique_send_keys": 60, "duplicates": 0}
+    assert fake.stats() == {"received": 60, "unique_send_keys": 60, "duplicates": 0,
+                            "without_send_key": 0}  # fmt: skip
     log = (shop / "worker-0.log").read_text()
     assert "SIGTERM: stopping after the current batch" in log and "reloaded" in log
 

@@ -73,7 +73,7 @@ def test_three_workers_one_scheduler_takeover_and_every_email_once(
             process.kill()
     assert takeover < 5 * POLL_S + 5  # a follower asks every leader_poll_s (+ a slow machine)
     assert fake.stats() == {"received": CUSTOMERS, "unique_send_keys": CUSTOMERS,
-                            "duplicates": 0}  # fmt: skip
+                            "duplicates": 0, "without_send_key": 0}  # fmt: skip
     with engine.connect() as connection:
         history = runs.recent(connection, "campaign:everyone")
         senders = connection.execute(sa.text("SELECT DISTINCT claimed_by FROM outbox")).scalars()
