@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from email.message import EmailMessage
 from email.utils import getaddresses
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -158,8 +159,18 @@ def addresses(field: str, value: object) -> Refusal | list[dict[str, str]]:
     """``"a@x, Name <b@y>"`` as Postmark lists recipients: ``[{"Email", "Name"}, …]``."""
     if not value:
         return []
+    found = _parse(field, str(value))
+    return found if isinstance(found, Refusal) else [dict(pair) for pair in found]
+
+
+@lru_cache(maxsize=1024)  # the same From on every message of a campaign
+def _parse(field: str, value: str) -> Refusal | tuple[tuple[tuple[str, str], ...], ...]:
+    if any(c in value for c in '<"(\\'):
+        pairs = getaddresses([value])  # names, quoting, comments: the full RFC 5322 parser
+    else:  # plain "a@x, b@y": 30 times cheaper, and a batch has 500 of them
+        pairs = [("", part.strip()) for part in value.split(",")]
     found = []
-    for name, email in getaddresses([str(value)]):
+    for name, email in pairs:
         if not email:
             continue
         mailbox, at, domain = email.rpartition("@")
@@ -168,10 +179,10 @@ def addresses(field: str, value: object) -> Refusal | list[dict[str, str]]:
                            "It must contain the '@' symbol.")  # fmt: skip
         if not MAILBOX.match(mailbox) or not DOMAIN.match(domain):
             return invalid(f"Error parsing '{field}': Illegal email address.")
-        found.append({"Email": email, "Name": name})
+        found.append((("Email", email), ("Name", name)))
     if not found:
         return invalid(f"Error parsing '{field}': Illegal email address.")
-    return found
+    return tuple(found)
 
 
 def _content(raw: dict[str, Any], recipients: dict[str, list[dict[str, str]]],

@@ -136,26 +136,23 @@ class FakeEsp:
     def submit(self, raws: Sequence[object]) -> list[dict[str, Any] | pm.Refusal]:
         """Check every message first, then store the accepted ones in one go: an invalid
         message never leaves part of its batch stored behind an error."""
-        now = self.clock()
+        received_at = pm.stamp(self.clock())
+        off = self.deactivated | {a.lower() for a in self.faults.inactive}
         answers: list[dict[str, Any] | pm.Refusal] = []
         for raw in raws:
             checked = pm.validate(raw, self.streams)
             if isinstance(checked, pm.Refusal):
                 answers.append(checked)
-            elif self._inactive(checked):
+            elif off and any(a.lower() in off for a in pm.recipients_of(checked)):
                 answers.append(pm.Refusal(422, 406, INACTIVE))
             else:
-                answers.append(self._record(checked, now))
+                answers.append(self._record(checked, received_at))
         self._store([a for a in answers if isinstance(a, dict)])
         return answers
 
-    def _inactive(self, message: dict[str, Any]) -> bool:
-        off = self.deactivated | {a.lower() for a in self.faults.inactive}
-        return any(a.lower() in off for a in pm.recipients_of(message))
-
-    def _record(self, message: dict[str, Any], now: datetime) -> dict[str, Any]:
+    def _record(self, message: dict[str, Any], received_at: str) -> dict[str, Any]:
         key = str(message["Headers"].get(SEND_KEY) or message["Metadata"].get("send_key") or "")
-        return {"MessageID": str(uuid.uuid4()), "ReceivedAt": pm.stamp(now), "send_key": key,
+        return {"MessageID": str(uuid.uuid4()), "ReceivedAt": received_at, "send_key": key,
                 **message, "Events": []}  # fmt: skip
 
     def _store(self, records: list[dict[str, Any]]) -> None:

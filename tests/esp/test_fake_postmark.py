@@ -144,6 +144,9 @@ def test_comma_separated_recipients_are_one_message_to_each_of_them(
     assert details.Recipients == ["a@example.test", "b@example.test", "c@example.test"]
     assert details.To == [{"Email": "a@example.test", "Name": ""},
                           {"Email": "b@example.test", "Name": "B"}]  # fmt: skip
+    plain = postmark.emails.send(From=FROM, To="a@example.test,b@example.test", TextBody="x")
+    assert postmark.messages.outbound.get(plain["MessageID"]).Recipients == [
+        "a@example.test", "b@example.test"]  # fmt: skip
 
 
 def test_plain_client_traffic_is_counted_without_send_key_not_as_duplicates(
