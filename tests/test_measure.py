@@ -231,7 +231,7 @@ def test_not_enough_data_yet() -> None:
     assert not rare.enough and rare.note == "not enough data yet: 9 conversions, at least 10 needed"
     assert rare.treated.converted == 4 and rare.control.units == 500
     survey = measure.compare("nps", None, units(500, 0, False), [], Thresholds(100, 10))
-    assert not survey.enough and "without a holdout" in survey.note
+    assert not survey.enough and "holds nobody out" in survey.note
 
 
 def test_variants_against_the_holdout_and_each_other() -> None:
