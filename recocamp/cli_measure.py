@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.table import Table
 
-from recocamp import measure_jobs, report
+from recocamp import labels, measure_jobs, report
 from recocamp.cli import (
     Output,
     _engine,
@@ -88,7 +88,7 @@ def _kpi_table(data: report.Data) -> Table | None:
     for window in latest:
         table.add_column(f"{window} d", justify="right")
     for kpi in next(iter(latest.values())):
-        table.add_row(kpi, *(_fmt(values[kpi]) for values in latest.values()))
+        table.add_row(labels.kpi(kpi), *(_fmt(values[kpi]) for values in latest.values()))
     return table
 
 
@@ -100,8 +100,8 @@ def _changes_table(data: report.Data) -> Table | None:
         table.add_column(column, justify="left" if column in ("kpi", "period") else "right")
     for c in data.changes:
         change = "—" if c.relative is None else f"{100 * c.relative:+.1f} %"
-        table.add_row(c.kpi, f"{c.period} ({c.window_days} d)", _fmt(c.current), _fmt(c.previous),
-                      change)  # fmt: skip
+        table.add_row(labels.kpi(c.kpi), f"{c.period} ({c.window_days} d)", _fmt(c.current),
+                      _fmt(c.previous), change)  # fmt: skip
     return table
 
 
@@ -110,18 +110,20 @@ def _uplift_table(data: report.Data) -> Table | None:
         console.print(f"no campaign touches in the last {data.report_days} days")
         return None
     level = f"{100 * data.confidence:g} %"
-    table = Table(title=f"uplift against the holdout ({level} intervals)")
-    for column in ("campaign", "treated", "control", "conversion", "uplift", "interval",
+    table = Table(title=f"uplift against the holdout ({level} intervals; mailed − holdout, or "
+                        "variant against variant)")  # fmt: skip
+    for column in ("campaign", "mailed", "holdout", "conversion", "uplift", "interval",
                    "revenue/recipient uplift", "interval"):  # fmt: skip
         table.add_column(column, justify="left" if column == "campaign" else "right")
     for u in data.uplifts:
         name = report._label(u)
+        compared = f"{u.control.units:,}" + ("" if u.against == "holdout" else f" ({u.against})")
         if not u.enough:
-            table.add_row(name, f"{u.treated.units:,}", f"{u.control.units:,}", "", "", u.note)
+            table.add_row(name, f"{u.treated.units:,}", compared, "", "", u.note)
             continue
         c, r = u.comparisons["conversion_rate"], u.comparisons["revenue_per_recipient"]
         table.add_row(
-            name, f"{u.treated.units:,}", f"{u.control.units:,}",
+            name, f"{u.treated.units:,}", compared,
             f"{100 * c.treated:.1f} % vs {100 * c.control:.1f} %",
             f"{100 * c.absolute:+.1f} pp",
             f"{100 * c.absolute_interval.low:+.1f} … {100 * c.absolute_interval.high:+.1f} pp",

@@ -179,7 +179,8 @@ def compare(campaign: str, variant: str | None, treated: Sequence[Result],
             against: str = "holdout") -> Uplift:  # fmt: skip
     """Uplift of ``treated`` over ``control``, or "not enough data yet" with the reason."""
     t, c = Group.of(treated), Group.of(control)
-    note = _shortfall(t, c, thresholds)
+    other = "the holdout" if against == "holdout" else f"variant {against}"
+    note = _shortfall(t, c, thresholds, other)
     if note:
         return Uplift(campaign, variant, t, c, False, note, against=against)
     level = thresholds.confidence
@@ -191,12 +192,17 @@ def compare(campaign: str, variant: str | None, treated: Sequence[Result],
     return Uplift(campaign, variant, t, c, True, "", comparisons, against)
 
 
-def _shortfall(t: Group, c: Group, thresholds: Thresholds) -> str:
+def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
+    """Why there are no numbers yet, naming the groups as the report does: the mailed
+    customers and the holdout (or the variant compared with)."""
     smallest = thresholds.min_group_size
     if c.units == 0:
-        return "no control units: without a holdout (holdout_percent = 0) uplift is not measured"
+        if other != "the holdout":
+            return f"not enough data yet: nobody got {other}"
+        return ("no holdout: this campaign holds nobody out (holdout_percent = 0), so its "
+                "uplift is not measured")  # fmt: skip
     if min(t.units, c.units) < max(smallest, 2):
-        return (f"not enough data yet: {t.units} treated and {c.units} control units, "
+        return (f"not enough data yet: {t.units} mailed and {c.units} in {other}, "
                 f"at least {max(smallest, 2)} each needed")  # fmt: skip
     if t.converted + c.converted < thresholds.min_conversions:
         return (f"not enough data yet: {t.converted + c.converted} conversions, at least "

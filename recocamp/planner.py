@@ -49,6 +49,47 @@ class Outcome(StrEnum):
     DEFER = "defer"
 
 
+class Reason(StrEnum):
+    """The reasons a decision records besides the contact rules' (``caps.Reason``) and the
+    audience's (``audience_reason``): named once, so the report can word every one of them."""
+
+    ELIGIBLE = "eligible"
+    HOLDOUT = "holdout"
+    ERASED = "erased"
+    NO_EMAIL = "no_email"
+    UNSUBSCRIBED = "unsubscribed"
+    SUPPRESSED = "suppressed"
+    NO_CONSENT = "no_consent"
+    NO_OFFER = "no_offer"
+
+
+class AudienceRule(StrEnum):
+    """The audience rules in the order they are checked; a skip records the first one failed
+    as ``not_in_audience:<rule>``."""
+
+    LAPSED_DAYS = "lapsed_days"
+    ORDERS = "orders"
+    SPEND = "spend"
+    CATEGORIES = "categories"
+    RFM_SEGMENTS = "rfm_segments"
+    LOYALTY_TIERS = "loyalty_tiers"
+    BIRTHDAY_TODAY = "birthday_today"
+    REPLENISHMENT_DUE = "replenishment_due"
+    NOT_CONTACTED_DAYS = "not_contacted_days"
+
+
+NOT_IN_AUDIENCE = "not_in_audience"
+
+
+def audience_reason(rule: AudienceRule) -> str:
+    return f"{NOT_IN_AUDIENCE}:{rule.value}"
+
+
+# every reason ``decide`` can record
+REASONS: tuple[str, ...] = (*(r.value for r in Reason), *(r.value for r in caps.Reason),
+                            *(audience_reason(r) for r in AudienceRule))  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class CustomerView:
     """What the planner knows about one customer at planning time."""
@@ -106,7 +147,7 @@ def decide(
     customer = view.customer
 
     def skip(reason: str) -> Decision:
-        return Decision(campaign.name, customer.id, Outcome.SKIP, reason)
+        return Decision(campaign.name, customer.id, Outcome.SKIP, str(reason))
 
     blocked = _consent(campaign, view)
     if blocked is not None:
@@ -114,7 +155,7 @@ def decide(
     zone = context.zone(customer.time_zone)
     outside = _audience(campaign, view, context.now, zone)
     if outside is not None:
-        return skip(f"not_in_audience:{outside}")
+        return skip(audience_reason(outside))
     verdict = caps.check(
         view.contacts, policy, campaign.name, context.now, zone,
         preference=view.frequency_preference, paused_until=view.paused_until,
@@ -123,60 +164,64 @@ def decide(
         return skip(str(verdict.reason))
     chosen = () if campaign.is_survey else tuple(offers_for(campaign, view, context))
     if not chosen and not campaign.is_survey:
-        return skip("no_offer")
+        return skip(Reason.NO_OFFER)
     if caps.in_holdout(campaign.name, customer.id, campaign.holdout_percent):
-        return Decision(campaign.name, customer.id, Outcome.HOLDOUT, "holdout")
+        return Decision(campaign.name, customer.id, Outcome.HOLDOUT, Reason.HOLDOUT.value)
     variant = _variant(campaign, customer.id)
     if verdict.deferred:
         return Decision(campaign.name, customer.id, Outcome.DEFER, str(verdict.reason), chosen,
                         variant, verdict.send_at)  # fmt: skip
-    return Decision(campaign.name, customer.id, Outcome.SEND, "eligible", chosen, variant)
+    return Decision(
+        campaign.name, customer.id, Outcome.SEND, Reason.ELIGIBLE.value, chosen, variant
+    )
 
 
-def _consent(campaign: Campaign, view: CustomerView) -> str | None:
+def _consent(campaign: Campaign, view: CustomerView) -> Reason | None:
     customer = view.customer
     if customer.erased_at is not None:
-        return "erased"
+        return Reason.ERASED
     if not customer.email:
-        return "no_email"
+        return Reason.NO_EMAIL
     if customer.unsubscribed_at is not None:
-        return "unsubscribed"
+        return Reason.UNSUBSCRIBED
     if view.suppressed:
-        return "suppressed"
+        return Reason.SUPPRESSED
     if customer.consent_basis is ConsentBasis.NONE or not campaign.allows(customer.consent_basis):
-        return "no_consent"
+        return Reason.NO_CONSENT
     return None
 
 
-def _audience(campaign: Campaign, view: CustomerView, now: datetime, zone: ZoneInfo) -> str | None:
+def _audience(
+    campaign: Campaign, view: CustomerView, now: datetime, zone: ZoneInfo
+) -> AudienceRule | None:
     """The first audience rule the customer fails, or None."""
     rules = campaign.audience
     history = view.history
     if rules.lapsed_days is not None and not segments.lapsed_between(
         history, now, *rules.lapsed_days
     ):
-        return "lapsed_days"
+        return AudienceRule.LAPSED_DAYS
     if not segments.orders_between(history, rules.min_orders or 0, rules.max_orders):
-        return "orders"
+        return AudienceRule.ORDERS
     if not segments.spend_between(history, rules.min_spend or 0.0, rules.max_spend):
-        return "spend"
+        return AudienceRule.SPEND
     if rules.categories and not segments.bought_category(history, rules.categories):
-        return "categories"
+        return AudienceRule.CATEGORIES
     if rules.rfm_segments and (view.rfm is None or view.rfm.segment not in rules.rfm_segments):
-        return "rfm_segments"
+        return AudienceRule.RFM_SEGMENTS
     if rules.loyalty_tiers and (
         view.standing is None or view.standing.tier not in rules.loyalty_tiers
     ):
-        return "loyalty_tiers"
+        return AudienceRule.LOYALTY_TIERS
     if rules.birthday_today and not segments.birthday_today(view.customer.birthday, now, zone):
-        return "birthday_today"
+        return AudienceRule.BIRTHDAY_TODAY
     if rules.replenishment_due and not segments.due_for_replenishment(history, now):
-        return "replenishment_due"
+        return AudienceRule.REPLENISHMENT_DUE
     contacted = (contact.at for contact in view.contacts)
     if rules.not_contacted_days and segments.last_contacted_within(
         contacted, now, rules.not_contacted_days
     ):
-        return "not_contacted_days"
+        return AudienceRule.NOT_CONTACTED_DAYS
     return None
 
 

@@ -8,12 +8,16 @@ template (``html/report.html``); only the SVGs matplotlib wrote are marked safe.
 Charts: KPI trends (daily snapshots), cohort retention heat map, uplift per campaign and
 variant with its confidence intervals, decisions and skip reasons per campaign, RFM segment
 sizes over time, model quality per trained version, NPS. A chart without data is left out
-and the page says why.
+and the page says why; a trend with a single point is a number in the text or a table, not a
+line. Codes (reasons, segments, KPIs) are shown in words (``labels``); the code stays in a
+tooltip. A change is always signed (+98.1 %, −3.2 %): a marketer should not have to infer
+the direction from a colour.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,9 +32,10 @@ from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
+from recocamp import labels
 from recocamp.measure import METRICS, Change, Cohort, Nps, Uplift
 from recocamp.render import money
-from recocamp.segments import RFM_SEGMENTS
+from recocamp.segments import OTHERS, RFM_SEGMENTS
 
 if TYPE_CHECKING:  # matplotlib is imported when a chart is drawn: 0.6 s every CLI command and
     #                API process would pay for nothing
@@ -42,12 +47,8 @@ CHANGE_KPIS = ("orders", "customers", "average_order_value", "purchase_frequency
                "repeat_purchase_rate")  # fmt: skip
 # (KPI, preferred window W, title): each trend chart uses the snapshot window nearest W; churn
 # and CLV over 90 days, because the 365-day churn needs two years of history to exist at all
-KPI_CHARTS = (
-    ("orders", 30, "Orders"), ("customers", 30, "Active customers"),
-    ("average_order_value", 30, "Average order value"),
-    ("repeat_purchase_rate", 90, "Repeat purchase rate"), ("churn_rate", 90, "Churn rate"),
-    ("clv", 90, "Customer lifetime value"),
-)  # fmt: skip
+KPI_CHARTS = (("orders", 30), ("customers", 30), ("average_order_value", 30),
+              ("repeat_purchase_rate", 90), ("churn_rate", 90), ("clv", 90))  # fmt: skip
 RATES = {"repeat_purchase_rate", "churn_rate", "guest_checkout_rate", "conversion_rate"}
 RC: Any = {"svg.fonttype": "none", "svg.hashsalt": "recocamp", "font.size": 9,
       "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 10,
@@ -55,6 +56,18 @@ RC: Any = {"svg.fonttype": "none", "svg.hashsalt": "recocamp", "font.size": 9,
 # no RDF block (dates would make reports differ, and it only names namespaces)
 NO_METADATA = {"Creator": None, "Date": None, "Format": None, "Type": None}
 BLUE, GREY, RED, GREEN = "#2f4858", "#9aa5ad", "#c0392b", "#2e8b57"
+MINUS = "\u2212"  # the typographic minus of a signed change (a hyphen reads as a dash)
+NBSP = "\u00a0"  # between a number and its unit: "12.3 %" never breaks across lines
+# ConciseDateFormatter per tick level (years, months, days, hours, minutes, seconds): a day
+# tick names its month ("15 Oct", not "15" next to "Oct"), the offset names only what the
+# ticks leave out (the year), never "2011-Nov"
+DATE_FORMATS = ["%Y", "%b", "%d %b", "%H:%M", "%H:%M", "%S.%f"]
+DATE_ZERO_FORMATS = ["", "%b\n%Y", "%d %b", "%d %b", "%H:%M", "%H:%M"]
+DATE_OFFSETS = ["", "%Y", "%Y", "%d %b %Y", "%d %b %Y", "%d %b %Y %H:%M"]
+MODEL_METRICS = {"recall": "recall@10", "ndcg": "NDCG@10", "hit_rate": "hit rate@10",
+                 "popularity_recall": "recall@10 of the popularity baseline"}  # fmt: skip
+MODEL_LINES = (("recall", BLUE, "-"), ("ndcg", GREEN, "-"), ("hit_rate", "#8e6c8a", "-"),
+               ("popularity_recall", GREY, "--"))  # fmt: skip
 _LOCK = threading.Lock()  # rcParams are process-global; the API renders in a thread pool
 
 
@@ -117,22 +130,41 @@ def _figure(width: float, height: float) -> Iterator[Figure]:
         yield Figure(figsize=(width, height), layout="constrained")
 
 
-def _svg(figure: Figure) -> Markup:
+def _svg(figure: Figure, codes: Sequence[str] = ()) -> Markup:
+    """The figure as SVG; an artist whose gid is ``code-N`` gets ``codes[N]`` as its tooltip
+    (an SVG ``<title>``), so the chart shows words and still tells the code."""
     import matplotlib
 
     buffer = io.StringIO()
     with matplotlib.rc_context(RC):
         figure.savefig(buffer, format="svg", metadata=NO_METADATA)
     text = buffer.getvalue()
-    return Markup(text[text.index("<svg") :])  # noqa: S704 — matplotlib's own SVG, text escaped
+    text = re.sub(r'<g id="code-(\d+)">',
+                  lambda m: f'{m.group(0)}<title>{_escape(codes[int(m.group(1))])}</title>',
+                  text[text.index("<svg") :])  # fmt: skip
+    return Markup(text)  # noqa: S704 — matplotlib's own SVG, text escaped
+
+
+def _escape(text: str) -> str:
+    return str(Markup.escape(text))
+
+
+def _coded(artist: Any, code: str, codes: list[str]) -> None:
+    """Tag ``artist`` for a tooltip naming ``code`` (see ``_svg``)."""
+    artist.set_gid(f"code-{len(codes)}")
+    codes.append(code)
 
 
 def _dates(axes: Axes) -> None:
+    """Month ticks when the axis spans three months or more, else day ticks that name their
+    month; the year once, beside the axis."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
-    locator = AutoDateLocator(maxticks=6)  # type: ignore[no-untyped-call]
+    locator = AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
     axes.xaxis.set_major_locator(locator)
-    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(  # type: ignore[no-untyped-call]
+        locator, formats=DATE_FORMATS, zero_formats=DATE_ZERO_FORMATS,
+        offset_formats=DATE_OFFSETS))  # fmt: skip
 
 
 def _nearest(wanted: int, windows: set[int]) -> int:
@@ -146,11 +178,11 @@ def kpi_chart(data: Data) -> Markup | None:
     if not windows:
         return None
     with _figure(10, 5.4) as figure:
-        for axes, (kpi, wanted, title) in zip(figure.subplots(2, 3).flat, KPI_CHARTS, strict=True):
+        for axes, (kpi, wanted) in zip(figure.subplots(2, 3).flat, KPI_CHARTS, strict=True):
             window = _nearest(wanted, windows)
             points = sorted((d, v[kpi]) for (d, w), v in data.kpi_history.items()
                             if w == window and v[kpi] is not None)  # fmt: skip
-            axes.set_title(f"{title} ({window} d)", loc="left")
+            axes.set_title(f"{labels.kpi(kpi)} ({window} days)", loc="left")
             if points:
                 axes.plot([p[0] for p in points], [p[1] for p in points], color=BLUE, lw=1.4)
             _dates(axes)
@@ -240,63 +272,76 @@ def reasons_chart(data: Data) -> Markup | None:
     for campaign, _, reason, count in data.reasons:
         column = top.index(reason) if reason in top else len(top)
         table[campaigns.index(campaign), column] += count
-    labels = [*top, "other"]
+    series = [(code, labels.reason(code)) for code in top] + [("other", "Other reasons")]
     colours = _palette()
+    codes: list[str] = []
+    plotted: list[str] = []
     with _figure(10, 1.3 + 0.45 * len(campaigns)) as figure:
         axes = figure.subplots()
         left = np.zeros(len(campaigns))
-        for k, label in enumerate(labels):
+        for k, (code, name) in enumerate(series):
             if table[:, k].any():
-                axes.barh(campaigns, table[:, k], left=left, label=label, color=colours[k % 20])
+                bars = axes.barh(campaigns, table[:, k], left=left, label=name,
+                                 color=colours[k % 20])  # fmt: skip
+                for patch in bars.patches:
+                    _coded(patch, code, codes)
+                plotted.append(code)
                 left += table[:, k]
         axes.invert_yaxis()
         axes.set_xlabel("customers decided")
         axes.set_title(f"Decisions and reasons, last {data.report_days} days", loc="left")
-        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-        return _svg(figure)
+        _legend(axes, plotted, codes)
+        return _svg(figure, codes)
+
+
+def _legend(axes: Axes, plotted: Sequence[str], codes: list[str]) -> None:
+    """The legend beside the plot, each entry's words tagged with its code."""
+    legend = axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8,
+                         frameon=False)  # fmt: skip
+    for text, code in zip(legend.get_texts(), plotted, strict=True):
+        _coded(text, code, codes)
 
 
 def segments_chart(data: Data) -> Markup | None:
     if not data.segments:
         return None
     days = sorted(data.segments)
-    names = [name for name, _, _ in RFM_SEGMENTS] + ["others"]
+    names = [name for name, _, _ in RFM_SEGMENTS] + [OTHERS]
     present = [n for n in names if any(data.segments[d].get(n) for d in days)]
     colours = _palette()
+    codes: list[str] = []
     with _figure(10, 3.6) as figure:
         axes = figure.subplots()
         stacks = [[data.segments[d].get(n, 0) for d in days] for n in present]
-        axes.stackplot(cast(Any, days), stacks, labels=present, colors=colours[: len(present)])
+        areas = axes.stackplot(cast(Any, days), stacks, labels=[labels.segment(n) for n in present],
+                               colors=colours[: len(present)])  # fmt: skip
+        for area, code in zip(areas, present, strict=True):
+            _coded(area, code, codes)
         _dates(axes)
         axes.set_ylabel("customers")
-        axes.set_title("RFM segment sizes", loc="left")
-        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-        return _svg(figure)
+        axes.set_title("Customer segments (RFM: recency, frequency, monetary value)", loc="left")
+        _legend(axes, present, codes)
+        return _svg(figure, codes)
 
 
 def models_chart(data: Data) -> Markup | None:
+    """Quality over the versions' data cutoffs; from two versions on (one version is a row of
+    the table below the chart, not a line)."""
     points = sorted((m for m in data.models if m.metrics), key=lambda m: m.data_cutoff)
-    if not points:
+    if len(points) < 2:
         return None
     with _figure(10, 3.2) as figure:
         axes = figure.subplots()
         at = [m.data_cutoff for m in points]
-        for metric, colour, style in (("recall", BLUE, "-"), ("ndcg", GREEN, "-"),
-                                      ("hit_rate", "#8e6c8a", "-"),
-                                      ("popularity_recall", GREY, "--")):  # fmt: skip
+        for metric, colour, style in MODEL_LINES:
             values = [m.metrics.get(metric, np.nan) for m in points]
-            axes.plot(
-                cast(Any, at),
-                values,
-                style,
-                marker="o",
-                color=colour,
-                label=metric.replace("_", " "),
-            )
-        axes.set_xlim(cast(Any, at[0] - timedelta(days=30)), cast(Any, at[-1] + timedelta(days=30)))
+            axes.plot(cast(Any, at), values, style, marker="o", color=colour,
+                      label=MODEL_METRICS[metric])  # fmt: skip
+        pad = max((at[-1] - at[0]) / 12, timedelta(days=7))
+        axes.set_xlim(cast(Any, at[0] - pad), cast(Any, at[-1] + pad))
         _dates(axes)
         axes.set_ylim(0, 1)
-        axes.set_xlabel("data cutoff of the model version")
+        axes.set_xlabel("data up to (the model version's cutoff)")
         axes.set_title("Recommender quality per trained version (time split, k = 10)",
                        loc="left")  # fmt: skip
         axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
@@ -304,28 +349,35 @@ def models_chart(data: Data) -> Markup | None:
 
 
 def nps_chart(data: Data) -> Markup | None:
+    """The answers' distribution, and the NPS per month from two months on (one month's NPS
+    is in the text above the chart)."""
     overall = data.nps.overall
-    if not overall.responses and not data.nps.monthly:
+    scored = _scored(data)
+    if not overall.responses and len(scored) < 2:
         return None
-    with _figure(10, 3.0) as figure:
-        bars, trend = figure.subplots(1, 2)
+    with _figure(10 if len(scored) > 1 else 5.5, 3.0) as figure:
+        bars, *trend = figure.subplots(1, 2 if len(scored) > 1 else 1, squeeze=False)[0]
         colours = [RED] * 7 + [GREY] * 2 + [GREEN] * 2
         bars.bar(range(11), overall.distribution, color=colours)
         bars.set_xticks(range(11))
+        bars.set_xlabel("answer (0: not at all likely … 10: extremely likely)")
         bars.set_title(f"Answers, last {data.report_days} days (n={overall.responses})", loc="left")
-        scored = _scored(data)
-        months = [month for month, _ in scored]
-        scores = [n.score for _, n in scored]
-        lows = [n.score - n.interval.low for _, n in scored]
-        highs = [n.interval.high - n.score for _, n in scored]
-        trend.errorbar(months, scores, yerr=[lows, highs], fmt="o-", color=BLUE, capsize=3)
-        trend.axhline(0, color="#444444", lw=0.8)
-        trend.set_ylim(-100, 100)
-        if months:
-            trend.set_xlim(months[0] - timedelta(days=20), months[-1] + timedelta(days=20))
-        _dates(trend)
-        trend.set_title("NPS per month (95 % interval)", loc="left")
+        if trend:
+            _nps_trend(trend[0], scored)
         return _svg(figure)
+
+
+def _nps_trend(axes: Axes, scored: Sequence[tuple[date, Any]]) -> None:
+    months: Any = [month for month, _ in scored]  # dates: matplotlib's stubs say floats
+    scores = [n.score for _, n in scored]
+    lows = [n.score - n.interval.low for _, n in scored]
+    highs = [n.interval.high - n.score for _, n in scored]
+    axes.errorbar(months, scores, yerr=[lows, highs], fmt="o-", color=BLUE, capsize=3)
+    axes.axhline(0, color="#444444", lw=0.8)
+    axes.set_ylim(-100, 100)
+    axes.set_xlim(months[0] - timedelta(days=20), months[-1] + timedelta(days=20))
+    _dates(axes)
+    axes.set_title("NPS per month (95 % interval)", loc="left")
 
 
 def _scored(data: Data) -> list[tuple[date, Any]]:
@@ -347,16 +399,25 @@ def charts(data: Data) -> dict[str, Markup | None]:
 def _environment() -> SandboxedEnvironment:
     env = SandboxedEnvironment(loader=FileSystemLoader(str(PAGES)), undefined=StrictUndefined,
                                autoescape=True, trim_blocks=True, lstrip_blocks=True)  # fmt: skip
-    env.filters.update(pct=_pct, points=_points, num=_num, signed=_signed)
+    env.filters.update(pct=_pct, change=_change, points=_points, num=_num, signed=_signed)
     return env
 
 
 def _pct(value: float | None, places: int = 1) -> str:
-    return "—" if value is None else f"{100 * value:.{places}f} %"
+    """A level (a rate, a share): no sign."""
+    return "—" if value is None else f"{100 * value:,.{places}f}{NBSP}%"
 
 
-def _points(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:+.1f} pp"
+def _change(value: float | None, places: int = 1) -> str:
+    """A relative change, signed: +98.1 %, −3.2 %."""
+    return "—" if value is None else _minus(f"{100 * value:+,.{places}f}{NBSP}%")
+
+
+def _points(value: float | None, unit: bool = True) -> str:
+    """A difference of two rates in percentage points, signed."""
+    if value is None:
+        return "—"
+    return _minus(f"{100 * value:+.1f}" + (f"{NBSP}pp" if unit else ""))
 
 
 def _num(value: float | int | None, places: int = 2) -> str:
@@ -366,7 +427,11 @@ def _num(value: float | int | None, places: int = 2) -> str:
 
 
 def _signed(value: float | None, places: int = 2) -> str:
-    return "—" if value is None else f"{value:+,.{places}f}"
+    return "—" if value is None else _minus(f"{value:+,.{places}f}")
+
+
+def _minus(text: str) -> str:
+    return text.replace("-", MINUS)
 
 
 def render_html(data: Data) -> str:
@@ -375,7 +440,8 @@ def render_html(data: Data) -> str:
     return _environment().get_template("report.html").render(
         data=data, charts=charts(data), latest=dict(sorted(latest.items())),
         label=_label, money=lambda v: "—" if v is None else money(v, data.currency),
-        metrics=METRICS, level=f"{100 * data.confidence:g} %",
+        metrics=METRICS, level=f"{100 * data.confidence:g} %", kpi=labels.kpi,
+        model_metrics=MODEL_METRICS, scored_months=len(_scored(data)),
     )  # fmt: skip
 
 

@@ -137,6 +137,7 @@ RFM_SEGMENTS: tuple[tuple[str, tuple[int, int], tuple[int, int]], ...] = (
     ("hibernating", (2, 2), (1, 2)),
     ("lost", (1, 1), (1, 2)),
 )
+OTHERS = "others"  # the segment of a score no rule above matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,7 @@ class Rfm:
         for name, (r_low, r_high), (fm_low, fm_high) in RFM_SEGMENTS:
             if r_low <= self.recency <= r_high and fm_low <= fm <= fm_high:
                 return name
-        return "others"
+        return OTHERS
 
 
 def rfm_scores(histories: Mapping[str, History], now: datetime) -> dict[str, Rfm]:

@@ -216,15 +216,22 @@ def test_not_enough_data_yet() -> None:
     assert not small.enough and small.comparisons == {}
     assert (
         small.note
-        == "not enough data yet: 99 treated and 150 control units, at least 100 each needed"
+        == "not enough data yet: 99 mailed and 150 in the holdout, at least 100 each needed"
     )
+    head_to_head = measure.compare("w", "b", units(99, 30, False), units(150, 10, False),
+                                   Thresholds(100, 10), against="a")  # fmt: skip
+    assert head_to_head.note == (
+        "not enough data yet: 99 mailed and 150 in variant a, at least 100 each needed"
+    )
+    none_held = measure.compare("w", None, units(500, 30, False), [], Thresholds(100, 10))
+    assert none_held.note.startswith("no holdout: ") and "control" not in none_held.note
     rare = measure.compare(
         "w", None, units(500, 4, False), units(500, 5, True), Thresholds(100, 10)
     )
     assert not rare.enough and rare.note == "not enough data yet: 9 conversions, at least 10 needed"
     assert rare.treated.converted == 4 and rare.control.units == 500
     survey = measure.compare("nps", None, units(500, 0, False), [], Thresholds(100, 10))
-    assert not survey.enough and "without a holdout" in survey.note
+    assert not survey.enough and "holds nobody out" in survey.note
 
 
 def test_variants_against_the_holdout_and_each_other() -> None:
