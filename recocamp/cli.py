@@ -27,6 +27,7 @@ from rich.table import Table
 
 from recocamp import campaigns as campaign_files
 from recocamp import checks, compose, planner, render, training
+from recocamp import evaluate as evaluate_module
 from recocamp import kpis as kpi_module
 from recocamp import model as model_module
 from recocamp.clock import SystemClock
@@ -332,7 +333,9 @@ def train(
     if result.metrics:
         console.print(_metrics_table(f"time split, k = {settings.recommender.evaluation_k}",
                                      result.metrics))  # fmt: skip
-    console.print(f"{result.outcome}: {result.version} ({result.reason})")
+    console.print(f"{result.outcome}: {result.version} ({result.reason})", soft_wrap=True)
+    if result.rule:
+        console.print(f"rule: {result.rule}", soft_wrap=True)
     if result.seconds:
         console.print(f"top-N cache: {result.cache_rows:,} customers; seconds: {result.seconds}")
 
@@ -381,19 +384,52 @@ def evaluate_models(
 
 @models_app.command("list")
 def models_list() -> None:
-    """Registered models, newest first."""
+    """Registered models, newest first. Each version's figures were measured on its own
+    time split; the live model it was gated against was measured on the same split."""
     with _errors_to_exit():
         settings = _settings()
+        metric = settings.recommender.promote_metric
         with _engine(settings).connect() as connection:
             rows = registry.listing(connection)
     table = Table(title="models")
-    for column in ("version", "model", "status", "data cutoff", "recall", "recall_new"):
-        table.add_column(column)
+    level = f"{evaluate_module.GATE_LEVEL * 100:g} %"
+    columns = (
+        "version (data cutoff, model)",
+        "status",
+        "split",
+        metric,
+        f"live {metric} (same split)",
+        f"candidate − live ({level})",
+        "recall_new",
+    )
+    for column in columns:  # the version and the interval are read whole, never wrapped
+        table.add_column(column, no_wrap=column.startswith(("version", "candidate", "split")))
     for row in rows:
         candidate = row.metrics.get("candidate", {})
-        table.add_row(row.version, row.name, row.status, row.data_cutoff.date().isoformat(),
-                      _fmt(candidate.get("recall")), _fmt(candidate.get("recall_new")))  # fmt: skip
+        gate = row.metrics.get("gate", {})
+        live = row.metrics.get("live", {})
+        table.add_row(row.version, row.status, _split_text(gate), _fmt(candidate.get(metric)),
+                      _fmt(live.get(metric)), _difference_text(gate.get("difference")),
+                      _fmt(candidate.get("recall_new")))  # fmt: skip
     console.print(table)
+    console.print(
+        f"split: the evaluation's cutoff and horizon; {metric}: each version on its own "
+        "split; 'live … (same split)': the model that was live when it was trained, "
+        "re-measured on that split, which the promotion gate compared",
+        soft_wrap=True,
+    )
+
+
+def _split_text(gate: dict[str, Any]) -> str:
+    if "split_cutoff" not in gate:
+        return "—"
+    return f"{datetime.fromisoformat(gate['split_cutoff']).date()} +{gate['horizon_days']}d"
+
+
+def _difference_text(difference: dict[str, Any] | None) -> str:
+    if not difference:
+        return "—"
+    return f"{difference['mean']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]"
 
 
 @models_app.command("promote")
