@@ -157,6 +157,14 @@ def test_worker_demo_runs_the_schedule_on_a_simulated_clock_exactly_once(workdir
     )
     runs = runner.invoke(app, ["runs", "list", "--format", "json", "--limit", "500"])
     assert runs.exit_code == 0, runs.output
-    jobs = {run["job"] for run in json.loads(runs.stdout)}
+    recorded = json.loads(runs.stdout)
+    jobs = {run["job"] for run in recorded}
     assert {"train", "kpi_snapshot", "purge"} <= jobs
     assert any(job.startswith("campaign:") for job in jobs)
+    # the simulated clock stands still during a job; the recorded duration does not
+    train = next(run for run in recorded if run["job"] == "train")
+    assert train["started_at"] == train["finished_at"] and train["seconds"] > 0
+    table = runner.invoke(app, ["runs", "list", "--limit", "3"], terminal_width=200)
+    assert "started (UTC)" in table.stdout
+    assert f"newest 3 of {len(recorded):,} runs; --limit N shows more" in table.stdout
+    assert not (workdir / "shop.db.worker-lock").exists()  # released and removed
