@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from recocamp import campaigns as campaign_files
-from recocamp import checks, compose, planner, render, training
+from recocamp import checks, compose, planner, render, segments, training
 from recocamp import evaluate as evaluate_module
 from recocamp import kpis as kpi_module
 from recocamp import model as model_module
@@ -283,10 +283,14 @@ def kpis(
         days = window_days or settings.kpis.window_days
         with _engine(settings).connect() as connection:
             rows = queries.order_totals(connection, end - timedelta(days=2 * days), end)
+            latest = queries.latest_order_time(connection)
         result = kpi_module.compute([kpi_module.OrderTotal(*row) for row in rows], end, days)
+    empty = _empty_window_note(result, latest, ZoneInfo(settings.shop.time_zone))
     if format is Output.json:
         json.dump(result.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
+        if empty:
+            errors.print(f"note: {empty}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"retention KPIs, {days} days to {result.as_of.isoformat()}")
     table.add_column("kpi")
@@ -295,6 +299,22 @@ def kpis(
         if name not in ("as_of", "window_days"):
             table.add_row(name, _fmt(value))
     console.print(table)
+    if empty:
+        console.print(f"note: {empty}", highlight=False, soft_wrap=True)
+
+
+def _empty_window_note(result: kpi_module.Kpis, latest: datetime | None, zone: ZoneInfo) -> str:
+    """All zeros without a word read like a dead shop; usually the window is just in the
+    wrong place (the default ends now, imported history may end years ago)."""
+    if result.orders or result.guest_orders:
+        return ""
+    if latest is None:
+        return "the store holds no orders at all: import purchases first"
+    start = (result.as_of - timedelta(days=result.window_days)).astimezone(zone)
+    last = latest.astimezone(zone).date()
+    return (f"the window {start:%Y-%m-%d} – {result.as_of.astimezone(zone):%Y-%m-%d} holds no "
+            f"orders; the last order was on {last} (try --as-of "
+            f"{last + timedelta(days=1)})")  # fmt: skip
 
 
 # --- recommender ----------------------------------------------------------------------
@@ -367,19 +387,23 @@ def evaluate_models(
         horizon = horizon_days or rec.evaluation_horizon_days
         top = k or rec.evaluation_k
         engine = _engine(settings)
-        split_at = (parse_as_of(cutoff, ZoneInfo(settings.shop.time_zone)) if cutoff
+        zone = ZoneInfo(settings.shop.time_zone)
+        split_at = (parse_as_of(cutoff, zone) if cutoff
                     else _default_cutoff(engine, horizon))  # fmt: skip
         names = [m.value for m in models] if models else list(MODEL_NAMES)
         with errors.status("evaluating") as status:
             results = training.compare(engine, rec, names, split_at, horizon, top, status.update)
     if format is Output.json:
-        document = {"cutoff": split_at.isoformat(), "horizon_days": horizon, "k": top,
+        document = {"cutoff": split_at.astimezone(zone).isoformat(), "horizon_days": horizon,
+                    "k": top,
                     "models": {name: m.as_dict() for name, m in results.items()}}  # fmt: skip
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    console.print(_metrics_table(f"cutoff {split_at.date()}, horizon {horizon} days, k = {top}",
-                                 results))  # fmt: skip
+    # the date the user gave: the split's instant in the shop's zone, not in UTC
+    local = split_at.astimezone(zone)
+    console.print(_metrics_table(f"cutoff {local:%Y-%m-%d %H:%M} ({zone.key}), horizon {horizon} "
+                                 f"days, k = {top}", results))  # fmt: skip
 
 
 @models_app.command("list")
@@ -486,19 +510,32 @@ def similar_items(item_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
         if live is None:
             raise ModelError("no live model: run `recocamp train` first")
         fitted, data, _ = model_module.load(Path(live.path), settings.recommender)
+        with engine.connect() as connection:
+            known = queries.item_titles(connection, [item_id])
+        if item_id not in set(data.items.tolist()):
+            raise ModelError(_unknown_item(item_id, item_id in known, live.version))
         ranked = [[item, score] for item, score in model_module.similar(fitted, data, item_id, n)]
         with engine.connect() as connection:
             titles = queries.item_titles(connection, [item_id, *(str(r[0]) for r in ranked)])
-    console.print(f"similar to {item_id} {titles.get(item_id, '')}")
-    _ranked_table(None, ranked, titles)
+    console.print(f"similar to {item_id} {titles.get(item_id, '')} (model {live.version})")
+    _ranked_table(None, ranked, titles, f"score: {model_module.similarity_measure(fitted)}")
 
 
-def _ranked_table(title: str | None, ranked: list[list[Any]], titles: dict[str, str]) -> None:
+def _unknown_item(item_id: str, in_catalogue: bool, version: str) -> str:
+    if in_catalogue:
+        return (f"item {item_id!r} is in the catalogue but not in the live model {version} "
+                "(nobody bought it before the model's data cutoff)")  # fmt: skip
+    return f"no item {item_id!r} in the catalogue"
+
+
+def _ranked_table(
+    title: str | None, ranked: list[list[Any]], titles: dict[str, str], score: str = "score"
+) -> None:
     table = Table(title=title)
-    for column in ("rank", "item", "title", "score"):
+    for column in ("rank", "item", "title", score):
         table.add_column(column)
-    for rank, (item, score) in enumerate(ranked, start=1):
-        table.add_row(str(rank), item, titles.get(item, ""), f"{score:.4f}")
+    for rank, (item, value) in enumerate(ranked, start=1):
+        table.add_row(str(rank), item, titles.get(item, ""), f"{value:.4f}")
     console.print(table)
 
 
@@ -587,11 +624,17 @@ def plan_campaign(
     shown = [d for d in decisions if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)][
         :limit
     ]
+    items = context.items
     for d in shown:
         send_at = d.send_at.isoformat() if d.send_at else ""
-        offered = ", ".join(f"{o.item_id} ({o.why})" for o in d.offers)
+        offered = "; ".join(f"{_title(items, o.item_id)} ({o.why})" for o in d.offers)
         sample.add_row(d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
     console.print(sample)
+
+
+def _title(items: Any, item_id: str) -> str:
+    item = items.get(item_id)
+    return f"{item.title} [{item_id}]" if item is not None and item.title else item_id
 
 
 def _decision_json(decision: Any) -> dict[str, Any]:
@@ -614,8 +657,18 @@ def preview(
     as_of: Annotated[str | None, typer.Option(help="Decide as if it were this time.")] = None,
     campaigns: CampaignsDir = Path("campaigns"),
     templates: TemplatesDir = Path("templates"),
+    anyway: Annotated[
+        bool,
+        typer.Option(
+            "--anyway",
+            help="Render even when the plan would not send this customer "
+            "the e-mail (skipped or held out).",
+        ),
+    ] = False,
 ) -> None:
-    """Render one customer's e-mail (even if the plan would skip them: the reason is shown)."""
+    """Render one customer's e-mail as the plan would send it. A customer the plan would not
+    contact is not rendered (their e-mail would say things that are not true, e.g. "we have
+    not seen you for a while" to a regular) unless --anyway is given: the reason is shown."""
     with _errors_to_exit():
         settings = _settings()
         chosen = _one_campaign(settings, campaign, campaigns, templates)
@@ -626,6 +679,11 @@ def preview(
                 Path("customers"), [Problem("no such customer", key="--customer", value=customer)]
             )
         decision = planner.decide(chosen, view, context, chosen.policy(context.policy))
+        if decision.outcome not in _CONTACTED and not anyway:
+            console.print(_not_contacted(decision, chosen, view, context), highlight=False,
+                          soft_wrap=True)  # fmt: skip
+            console.print("nothing rendered; --anyway renders it regardless")
+            return
         offers = None if decision.offers else tuple(planner.offers_for(chosen, view, context))
         key = settings.signing_key.get_secret_value().encode() if settings.signing_key else None
         link = compose.links(settings, key or _EPHEMERAL, customer, chosen.name, clock.now())
@@ -639,6 +697,27 @@ def preview(
     if html is not None:
         html.write_text(email.html, encoding="utf-8")
         console.print(f"HTML part written to {html}")
+
+
+_CONTACTED = (planner.Outcome.SEND, planner.Outcome.DEFER)
+
+
+def _not_contacted(decision: Any, campaign: Any, view: Any, context: Any) -> str:
+    """Why the plan would not send this customer the e-mail, in words."""
+    verb = (
+        "held out (never contacted)" if decision.outcome is planner.Outcome.HOLDOUT else "skipped"
+    )
+    text = f"customer {decision.customer_id} would be {verb} by {campaign.name}: {decision.reason}"
+    rule = decision.reason.removeprefix("not_in_audience:")
+    if rule == decision.reason:
+        return text
+    wanted = getattr(campaign.audience, rule, None)
+    text += f" (the campaign's audience has {rule} = {json.dumps(wanted, default=str)}"
+    if rule == "lapsed_days":
+        days = segments.days_since_last_order(view.history, context.now)
+        text += (", the customer never ordered" if days is None
+                 else f", the customer's last order was {days:.1f} days ago")  # fmt: skip
+    return text + ")"
 
 
 _EPHEMERAL = secrets.token_bytes(32)  # previews without RECOCAMP_SIGNING_KEY: never verifiable
