@@ -357,7 +357,9 @@ def train(
     if result.rule:
         console.print(f"rule: {result.rule}", soft_wrap=True)
     if result.seconds:
-        console.print(f"top-N cache: {result.cache_rows:,} customers; seconds: {result.seconds}")
+        cache = (f"{result.cache_rows:,} customers" if result.outcome == "promoted"
+                 else "unchanged, the live model keeps serving")  # fmt: skip
+        console.print(f"top-N cache: {cache}; seconds: {result.seconds}")
 
 
 def _default_cutoff(engine: sa.Engine, horizon_days: int) -> datetime:

@@ -268,3 +268,12 @@ def test_preview_does_not_render_for_a_customer_the_plan_skips(in_trained: Path)
     assert "subject:" not in result.stdout and "not seen you" not in result.stdout
     anyway = runner.invoke(app, [*args, "--anyway"])
     assert anyway.exit_code == 0 and "subject:" in anyway.stdout
+
+
+def test_train_says_which_rule_rejected_a_candidate(in_trained: Path) -> None:
+    result = runner.invoke(app, ["train", "--as-of", "2011-12-10", "--model", "popularity"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.stdout.split())
+    assert "rejected: " in flat and ": clearly worse)" in flat and "on the same split" in flat
+    assert "rule: promote unless the 95 % paired-bootstrap interval of candidate − live" in flat
+    assert "top-N cache: unchanged, the live model keeps serving" in flat
