@@ -26,7 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from recocamp import campaigns as campaign_files
-from recocamp import checks, compose, planner, render, training
+from recocamp import checks, compose, planner, render, segments, training
+from recocamp import evaluate as evaluate_module
 from recocamp import kpis as kpi_module
 from recocamp import model as model_module
 from recocamp.clock import SystemClock
@@ -282,10 +283,14 @@ def kpis(
         days = window_days or settings.kpis.window_days
         with _engine(settings).connect() as connection:
             rows = queries.order_totals(connection, end - timedelta(days=2 * days), end)
+            latest = queries.latest_order_time(connection)
         result = kpi_module.compute([kpi_module.OrderTotal(*row) for row in rows], end, days)
+    empty = _empty_window_note(result, latest, ZoneInfo(settings.shop.time_zone))
     if format is Output.json:
         json.dump(result.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
+        if empty:
+            errors.print(f"note: {empty}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"retention KPIs, {days} days to {result.as_of.isoformat()}")
     table.add_column("kpi")
@@ -294,6 +299,22 @@ def kpis(
         if name not in ("as_of", "window_days"):
             table.add_row(name, _fmt(value))
     console.print(table)
+    if empty:
+        console.print(f"note: {empty}", highlight=False, soft_wrap=True)
+
+
+def _empty_window_note(result: kpi_module.Kpis, latest: datetime | None, zone: ZoneInfo) -> str:
+    """All zeros without a word read like a dead shop; usually the window is just in the
+    wrong place (the default ends now, imported history may end years ago)."""
+    if result.orders or result.guest_orders:
+        return ""
+    if latest is None:
+        return "the store holds no orders at all: import purchases first"
+    start = (result.as_of - timedelta(days=result.window_days)).astimezone(zone)
+    last = latest.astimezone(zone).date()
+    return (f"the window {start:%Y-%m-%d} – {result.as_of.astimezone(zone):%Y-%m-%d} holds no "
+            f"orders; the last order was on {last} (try --as-of "
+            f"{last + timedelta(days=1)})")  # fmt: skip
 
 
 # --- recommender ----------------------------------------------------------------------
@@ -332,9 +353,13 @@ def train(
     if result.metrics:
         console.print(_metrics_table(f"time split, k = {settings.recommender.evaluation_k}",
                                      result.metrics))  # fmt: skip
-    console.print(f"{result.outcome}: {result.version} ({result.reason})")
+    console.print(f"{result.outcome}: {result.version} ({result.reason})", soft_wrap=True)
+    if result.rule:
+        console.print(f"rule: {result.rule}", soft_wrap=True)
     if result.seconds:
-        console.print(f"top-N cache: {result.cache_rows:,} customers; seconds: {result.seconds}")
+        cache = (f"{result.cache_rows:,} customers" if result.outcome == "promoted"
+                 else "unchanged, the live model keeps serving")  # fmt: skip
+        console.print(f"top-N cache: {cache}; seconds: {result.seconds}")
 
 
 def _default_cutoff(engine: sa.Engine, horizon_days: int) -> datetime:
@@ -364,36 +389,73 @@ def evaluate_models(
         horizon = horizon_days or rec.evaluation_horizon_days
         top = k or rec.evaluation_k
         engine = _engine(settings)
-        split_at = (parse_as_of(cutoff, ZoneInfo(settings.shop.time_zone)) if cutoff
+        zone = ZoneInfo(settings.shop.time_zone)
+        split_at = (parse_as_of(cutoff, zone) if cutoff
                     else _default_cutoff(engine, horizon))  # fmt: skip
         names = [m.value for m in models] if models else list(MODEL_NAMES)
         with errors.status("evaluating") as status:
             results = training.compare(engine, rec, names, split_at, horizon, top, status.update)
     if format is Output.json:
-        document = {"cutoff": split_at.isoformat(), "horizon_days": horizon, "k": top,
+        document = {"cutoff": split_at.astimezone(zone).isoformat(), "horizon_days": horizon,
+                    "k": top,
                     "models": {name: m.as_dict() for name, m in results.items()}}  # fmt: skip
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    console.print(_metrics_table(f"cutoff {split_at.date()}, horizon {horizon} days, k = {top}",
-                                 results))  # fmt: skip
+    # the date the user gave: the split's instant in the shop's zone, not in UTC
+    local = split_at.astimezone(zone)
+    console.print(_metrics_table(f"cutoff {local:%Y-%m-%d %H:%M} ({zone.key}), horizon {horizon} "
+                                 f"days, k = {top}", results))  # fmt: skip
 
 
 @models_app.command("list")
 def models_list() -> None:
-    """Registered models, newest first."""
+    """Registered models, newest first. Each version's figures were measured on its own
+    time split; the live model it was gated against was measured on the same split."""
     with _errors_to_exit():
         settings = _settings()
+        metric = settings.recommender.promote_metric
         with _engine(settings).connect() as connection:
             rows = registry.listing(connection)
     table = Table(title="models")
-    for column in ("version", "model", "status", "data cutoff", "recall", "recall_new"):
-        table.add_column(column)
+    level = f"{evaluate_module.GATE_LEVEL * 100:g} %"
+    columns = (
+        "version (data cutoff, model)",
+        "status",
+        "split",
+        metric,
+        f"live {metric} (same split)",
+        f"candidate − live ({level})",
+        "recall_new",
+    )
+    for column in columns:  # the version and the interval are read whole, never wrapped
+        table.add_column(column, no_wrap=column.startswith(("version", "candidate", "split")))
     for row in rows:
         candidate = row.metrics.get("candidate", {})
-        table.add_row(row.version, row.name, row.status, row.data_cutoff.date().isoformat(),
-                      _fmt(candidate.get("recall")), _fmt(candidate.get("recall_new")))  # fmt: skip
+        gate = row.metrics.get("gate", {})
+        live = row.metrics.get("live", {})
+        table.add_row(row.version, row.status, _split_text(gate), _fmt(candidate.get(metric)),
+                      _fmt(live.get(metric)), _difference_text(gate.get("difference")),
+                      _fmt(candidate.get("recall_new")))  # fmt: skip
     console.print(table)
+    console.print(
+        f"split: the evaluation's cutoff and horizon; {metric}: each version on its own "
+        "split; 'live … (same split)': the model that was live when it was trained, "
+        "re-measured on that split, which the promotion gate compared",
+        soft_wrap=True,
+    )
+
+
+def _split_text(gate: dict[str, Any]) -> str:
+    if "split_cutoff" not in gate:
+        return "—"
+    return f"{datetime.fromisoformat(gate['split_cutoff']).date()} +{gate['horizon_days']}d"
+
+
+def _difference_text(difference: dict[str, Any] | None) -> str:
+    if not difference:
+        return "—"
+    return f"{difference['mean']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]"
 
 
 @models_app.command("promote")
@@ -450,19 +512,32 @@ def similar_items(item_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
         if live is None:
             raise ModelError("no live model: run `recocamp train` first")
         fitted, data, _ = model_module.load(Path(live.path), settings.recommender)
+        with engine.connect() as connection:
+            known = queries.item_titles(connection, [item_id])
+        if item_id not in set(data.items.tolist()):
+            raise ModelError(_unknown_item(item_id, item_id in known, live.version))
         ranked = [[item, score] for item, score in model_module.similar(fitted, data, item_id, n)]
         with engine.connect() as connection:
             titles = queries.item_titles(connection, [item_id, *(str(r[0]) for r in ranked)])
-    console.print(f"similar to {item_id} {titles.get(item_id, '')}")
-    _ranked_table(None, ranked, titles)
+    console.print(f"similar to {item_id} {titles.get(item_id, '')} (model {live.version})")
+    _ranked_table(None, ranked, titles, f"score: {model_module.similarity_measure(fitted)}")
 
 
-def _ranked_table(title: str | None, ranked: list[list[Any]], titles: dict[str, str]) -> None:
+def _unknown_item(item_id: str, in_catalogue: bool, version: str) -> str:
+    if in_catalogue:
+        return (f"item {item_id!r} is in the catalogue but not in the live model {version} "
+                "(nobody bought it before the model's data cutoff)")  # fmt: skip
+    return f"no item {item_id!r} in the catalogue"
+
+
+def _ranked_table(
+    title: str | None, ranked: list[list[Any]], titles: dict[str, str], score: str = "score"
+) -> None:
     table = Table(title=title)
-    for column in ("rank", "item", "title", "score"):
+    for column in ("rank", "item", "title", score):
         table.add_column(column)
-    for rank, (item, score) in enumerate(ranked, start=1):
-        table.add_row(str(rank), item, titles.get(item, ""), f"{score:.4f}")
+    for rank, (item, value) in enumerate(ranked, start=1):
+        table.add_row(str(rank), item, titles.get(item, ""), f"{value:.4f}")
     console.print(table)
 
 
@@ -551,11 +626,17 @@ def plan_campaign(
     shown = [d for d in decisions if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)][
         :limit
     ]
+    items = context.items
     for d in shown:
         send_at = d.send_at.isoformat() if d.send_at else ""
-        offered = ", ".join(f"{o.item_id} ({o.why})" for o in d.offers)
+        offered = "; ".join(f"{_title(items, o.item_id)} ({o.why})" for o in d.offers)
         sample.add_row(d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
     console.print(sample)
+
+
+def _title(items: Any, item_id: str) -> str:
+    item = items.get(item_id)
+    return f"{item.title} [{item_id}]" if item is not None and item.title else item_id
 
 
 def _decision_json(decision: Any) -> dict[str, Any]:
@@ -578,8 +659,18 @@ def preview(
     as_of: Annotated[str | None, typer.Option(help="Decide as if it were this time.")] = None,
     campaigns: CampaignsDir = Path("campaigns"),
     templates: TemplatesDir = Path("templates"),
+    anyway: Annotated[
+        bool,
+        typer.Option(
+            "--anyway",
+            help="Render even when the plan would not send this customer "
+            "the e-mail (skipped or held out).",
+        ),
+    ] = False,
 ) -> None:
-    """Render one customer's e-mail (even if the plan would skip them: the reason is shown)."""
+    """Render one customer's e-mail as the plan would send it. A customer the plan would not
+    contact is not rendered (their e-mail would say things that are not true, e.g. "we have
+    not seen you for a while" to a regular) unless --anyway is given: the reason is shown."""
     with _errors_to_exit():
         settings = _settings()
         chosen = _one_campaign(settings, campaign, campaigns, templates)
@@ -590,6 +681,11 @@ def preview(
                 Path("customers"), [Problem("no such customer", key="--customer", value=customer)]
             )
         decision = planner.decide(chosen, view, context, chosen.policy(context.policy))
+        if decision.outcome not in _CONTACTED and not anyway:
+            console.print(_not_contacted(decision, chosen, view, context), highlight=False,
+                          soft_wrap=True)  # fmt: skip
+            console.print("nothing rendered; --anyway renders it regardless")
+            return
         offers = None if decision.offers else tuple(planner.offers_for(chosen, view, context))
         key = settings.signing_key.get_secret_value().encode() if settings.signing_key else None
         link = compose.links(settings, key or _EPHEMERAL, customer, chosen.name, clock.now())
@@ -603,6 +699,27 @@ def preview(
     if html is not None:
         html.write_text(email.html, encoding="utf-8")
         console.print(f"HTML part written to {html}")
+
+
+_CONTACTED = (planner.Outcome.SEND, planner.Outcome.DEFER)
+
+
+def _not_contacted(decision: Any, campaign: Any, view: Any, context: Any) -> str:
+    """Why the plan would not send this customer the e-mail, in words."""
+    verb = (
+        "held out (never contacted)" if decision.outcome is planner.Outcome.HOLDOUT else "skipped"
+    )
+    text = f"customer {decision.customer_id} would be {verb} by {campaign.name}: {decision.reason}"
+    rule = decision.reason.removeprefix("not_in_audience:")
+    if rule == decision.reason:
+        return text
+    wanted = getattr(campaign.audience, rule, None)
+    text += f" (the campaign's audience has {rule} = {json.dumps(wanted, default=str)}"
+    if rule == "lapsed_days":
+        days = segments.days_since_last_order(view.history, context.now)
+        text += (", the customer never ordered" if days is None
+                 else f", the customer's last order was {days:.1f} days ago")  # fmt: skip
+    return text + ")"
 
 
 _EPHEMERAL = secrets.token_bytes(32)  # previews without RECOCAMP_SIGNING_KEY: never verifiable

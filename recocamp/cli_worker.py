@@ -173,24 +173,35 @@ def _serve_metrics(host: str, port: int) -> None:
 @runs_app.command("list")
 def runs_list(
     job: Annotated[str | None, typer.Option(help="Only this job (e.g. campaign:winback).")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 30,
+    limit: Annotated[int, typer.Option(min=1, help="Show the newest LIMIT runs.")] = 30,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
 ) -> None:
-    """The latest job and campaign runs, newest first."""
+    """The latest job and campaign runs, newest first (times in UTC)."""
     with _errors_to_exit(), _engine(_settings()).connect() as connection:
         rows = runs.recent(connection, job, limit)
+        total = runs.count(connection, job)
     if format is Output.json:
         print(json.dumps([_run_json(row) for row in rows], indent=2))
         return
     table = Table(title="runs")
-    for column in ("id", "job", "status", "started", "seconds", "counts / error", "worker"):
+    for column in ("id", "job", "status", "started (UTC)", "seconds", "counts / error", "worker"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        seconds = (row.finished_at - row.started_at).total_seconds() if row.finished_at else None
         table.add_row(str(row.id), row.job, row.status, f"{row.started_at:%Y-%m-%d %H:%M:%S}",
-                      f"{seconds:.1f}" if seconds is not None else "…",
-                      row.error or _counts_text(row.counts), row.worker)  # fmt: skip
+                      _seconds_text(row), row.error or _counts_text(row.counts),
+                      row.worker)  # fmt: skip
+    table.caption = (f"newest {len(rows):,} of {total:,} runs" + (f" of {job}" if job else "")
+                     + ("; --limit N shows more" if total > len(rows) else ""))  # fmt: skip
     console.print(table)
+
+
+def _seconds_text(row: Any) -> str:
+    """The measured duration; rows from before it was recorded fall back to the clock's."""
+    if row.seconds is not None:
+        return f"{row.seconds:.1f}"
+    if row.finished_at is None:
+        return "…"
+    return f"{(row.finished_at - row.started_at).total_seconds():.1f}"
 
 
 def _counts_text(counts: dict[str, Any]) -> str:
@@ -210,7 +221,8 @@ def _run_json(row: Any) -> dict[str, Any]:
     return {"id": row.id, "job": row.job, "status": row.status, "worker": row.worker,
             "started_at": iso(row.started_at), "finished_at": iso(row.finished_at),
             "as_of": iso(row.as_of), "run_key": row.run_key, "counts": row.counts,
-            "error": row.error, "resumed_from": row.resumed_from}  # fmt: skip
+            "error": row.error, "resumed_from": row.resumed_from,
+            "seconds": row.seconds}  # fmt: skip
 
 
 @runs_app.command("trigger")
@@ -242,7 +254,7 @@ def runs_workers() -> None:
     with _errors_to_exit(), _engine(_settings()).connect() as connection:
         rows = runs.all_workers(connection)
     table = Table(title="workers")
-    for column in ("worker", "started", "heartbeat", "leader since", "stopped"):
+    for column in ("worker", "started (UTC)", "heartbeat", "leader since", "stopped"):
         table.add_column(column)
     for row in rows:
         table.add_row(row.id, f"{row.started_at:%Y-%m-%d %H:%M:%S}",

@@ -120,8 +120,17 @@ def _hits(indices: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
 def evaluate(model: Recommender, split: Split, k: int = 10, *, fit: bool = True) -> Metrics:
     """Fit (unless already fitted) and measure ``model`` on ``split``. A split with nobody
     to evaluate (a shop younger than the horizon) measures nothing and fits nothing."""
+    return evaluate_per_customer(model, split, k, fit=fit)[0]
+
+
+def evaluate_per_customer(
+    model: Recommender, split: Split, k: int = 10, *, fit: bool = True
+) -> tuple[Metrics, dict[str, np.ndarray]]:
+    """:func:`evaluate`, plus each evaluated customer's ``recall``, ``ndcg`` and ``hit_rate``
+    (in ``split.rows`` order): the promotion gate compares two models customer by customer."""
     if len(split.rows) == 0:
-        return Metrics(0.0, 0.0, 0.0, 0.0, 0.0, customers=0, fit_s=0.0)
+        empty = {name: np.zeros(0) for name in PAIRED_METRICS}
+        return Metrics(0.0, 0.0, 0.0, 0.0, 0.0, customers=0, fit_s=0.0), empty
     started = time.perf_counter()
     if fit:
         model.fit(split.data)
@@ -147,11 +156,72 @@ def evaluate(model: Recommender, split: Split, k: int = 10, *, fit: bool = True)
     every = np.concatenate(totals["all"], axis=1) if totals["all"] else np.zeros((3, 0))
     repeat = np.concatenate(totals["repeat"]) if totals["repeat"] else np.zeros(0)
     new = np.concatenate(totals["new"]) if totals["new"] else np.zeros(0)
-    return Metrics(
+    metrics = Metrics(
         recall=_mean(every[0]), ndcg=_mean(every[1]), hit_rate=_mean(every[2]),
         recall_repeat=_mean(repeat[~np.isnan(repeat)]), recall_new=_mean(new[~np.isnan(new)]),
         customers=len(split.rows), fit_s=round(fit_s, 3),
     )  # fmt: skip
+    return metrics, dict(zip(PAIRED_METRICS, every, strict=True))
+
+
+PAIRED_METRICS = ("recall", "ndcg", "hit_rate")
+
+
+# --- the promotion gate: is the candidate worse beyond the evaluation's own noise? -------
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+GATE_LEVEL = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class PairedDifference:
+    """Candidate − live on one metric, per customer of one split, with a percentile
+    bootstrap interval of the mean difference (customers resampled with replacement, the
+    pair kept together, so what both models find easy or hard cancels out)."""
+
+    mean: float
+    low: float
+    high: float
+    customers: int
+    resamples: int
+    level: float
+
+    @property
+    def clearly_worse(self) -> bool:
+        """The whole interval lies below zero: the candidate loses beyond the noise."""
+        return self.high < 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def paired_bootstrap(
+    candidate: np.ndarray,
+    live: np.ndarray,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = GATE_LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+) -> PairedDifference:
+    """The mean of ``candidate − live`` and its ``level`` percentile interval over
+    ``resamples`` bootstrap resamples of the customers. The seed is fixed: the same two
+    evaluations always give the same verdict."""
+    differences = np.asarray(candidate, dtype=np.float64) - np.asarray(live, dtype=np.float64)
+    n = len(differences)
+    if n == 0:
+        return PairedDifference(0.0, 0.0, 0.0, 0, resamples, level)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // n)  # bounded memory: at most ~16 MB of indices at once
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        picks = rng.integers(0, n, size=(size, n))
+        means[start : start + size] = differences[picks].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return PairedDifference(float(differences.mean()), float(low), float(high), n, resamples,
+                            level)  # fmt: skip
 
 
 def _mean(values: np.ndarray) -> float:

@@ -206,20 +206,28 @@ class SoleWorker(_JobLocks):
         self.try_acquire()
 
     def try_acquire(self) -> bool:
+        """Lock the file. The lock, not the file, says who runs: a file left by a dead
+        process (its pid in it) is locked by nobody and taken over. The holder removes the
+        file on release, so a worker that opened it just before may lock a file that no
+        longer has a name: it checks that its locked file is still the one at the path."""
         if self.handle is not None or self.path is None:
             return True
-        handle = self.path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise StoreError(
-                f"another recocamp worker ({holder}) is running on the SQLite database "
-                f"{self.path.with_suffix('')}: SQLite supports one worker. Stop it first, "
-                'or use PostgreSQL (database_url = "postgresql://…") for several workers'
-            ) from None
+        while True:
+            handle = self.path.open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise StoreError(
+                    f"another recocamp worker ({holder}) is running on the SQLite database "
+                    f"{self.path.with_suffix('')}: SQLite supports one worker. Stop it first, "
+                    'or use PostgreSQL (database_url = "postgresql://…") for several workers'
+                ) from None
+            if _same_file(handle, self.path):
+                break
+            handle.close()  # released and removed meanwhile: lock the new one
         handle.truncate(0)
         handle.write(f"pid {os.getpid()}")
         handle.flush()
@@ -233,7 +241,19 @@ class SoleWorker(_JobLocks):
         """The only worker of a SQLite file keeps its lock: nobody else could lead."""
 
     def release(self) -> None:
+        """Unlock and remove the lock file (removed while still locked: see try_acquire)."""
         if self.handle is not None:
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
             self.handle = None
+
+
+def _same_file(handle: IO[str], path: Path) -> bool:
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)

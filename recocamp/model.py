@@ -306,6 +306,17 @@ def similar(
     return [(str(data.items[i]), float(v)) for i, v in zip(indices, values, strict=True)]
 
 
+def similarity_measure(fitted: Recommender) -> str:
+    """What the scores of :func:`similar` are, for a column heading: item-kNN weights are
+    not bounded (BM25 weights of co-purchases run into the hundreds), cosines are in [-1, 1]."""
+    knn = fitted.knn if isinstance(fitted, Hybrid) else fitted
+    if isinstance(knn, ItemKNN):
+        return f"item-kNN {knn.weighting} weight (co-purchases; higher is closer, no upper bound)"
+    if isinstance(fitted, _Factors):
+        return "cosine of the item factors (-1 … 1)"
+    return "cosine of the co-purchase counts (0 … 1)"
+
+
 def _cosine_neighbours(
     data: TrainingData, column: int, n: int, vectors: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:

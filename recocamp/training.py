@@ -8,9 +8,11 @@
    before that cutoff, then evaluate the candidate, the live model's configuration and the
    baselines on the same split;
 4. fit the candidate on everything before ``as_of`` and save its artifacts;
-5. promote it when its gate metric is not worse than the live model's (or there is none),
-   writing the top-N cache for every customer in the same transaction; else register it as
-   ``rejected``.
+5. promote it unless its gate metric is worse than the live model's beyond the
+   evaluation's noise (a paired bootstrap over the split's customers, :data:`GATE_RULE`), or
+   when there is no live model, writing the top-N cache for every customer in the same
+   transaction; else register it as ``rejected``. Both figures, the split they were measured
+   on and the interval go into the registry (``metrics["gate"]``).
 
 ``promote`` and ``rollback`` switch the live model by version and rebuild the cache from
 its artifacts.
@@ -53,6 +55,7 @@ class TrainResult:
     metrics: dict[str, Metrics] = field(default_factory=dict)  # candidate, live, baselines
     cache_rows: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    rule: str = ""  # the promotion rule that applied (empty without a live model)
 
 
 def load_lines(engine: sa.Engine, until: datetime | None = None) -> Lines:
@@ -192,14 +195,16 @@ def train(
         reason = f"data and parameters unchanged since {same.version} ({same.status})"
         return TrainResult(same.version, name, "skipped_unchanged", reason)
     say("evaluating on the time split")
-    results = _evaluate_all(engine, settings, name, lines, as_of)
+    evaluation = _evaluate_all(engine, settings, name, lines, as_of)
+    results = evaluation.metrics
     clock.lap("evaluate")
     say("fitting on all data")
     final = _candidate(name, settings, lines, as_of.timestamp())
     data = matrix.build(lines, as_of.timestamp(), **_split_args(settings))
     final.fit(data)
     clock.lap("fit")
-    promote, reason = _gate(results, settings.promote_metric)
+    gate = _gate(evaluation, settings.promote_metric)
+    promote, reason = gate.promote, gate.reason
     version = f"{as_of.astimezone(UTC):%Y%m%dT%H%M%S}-{name}-{print_[:8]}"
     path = Path(settings.artifacts_dir) / version
     meta = {
@@ -209,7 +214,10 @@ def train(
         "data_cutoff": as_of.isoformat(),
         "trained_at": now.isoformat(),
         "fingerprint": print_,
-        "metrics": {key: value.as_dict() for key, value in results.items()},
+        "metrics": {
+            **{key: value.as_dict() for key, value in results.items()},
+            "gate": gate.as_dict(evaluation, settings.promote_metric),
+        },
     }
     model.save(path, final, data, meta)
     say("writing the top-N cache" if promote else "registering the rejected model")
@@ -217,7 +225,8 @@ def train(
     clock.lap("cache")
     outcome = "promoted" if promote else "rejected"
     log.info("train %s: %s (%s) cache=%d in %.1fs", version, outcome, reason, rows, clock.total)
-    return TrainResult(version, name, outcome, reason, results, rows, clock.laps)
+    return TrainResult(version, name, outcome, reason, results, rows, clock.laps,
+                       gate_rule(settings.promote_metric) if gate.difference else "")  # fmt: skip
 
 
 class _Stopwatch:
@@ -236,35 +245,93 @@ class _Stopwatch:
         return self.laps.get("total", 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Every model's metrics on one split, and the customer-level scores of the candidate
+    and the live model that the gate compares."""
+
+    metrics: dict[str, Metrics]
+    cutoff: datetime
+    horizon_days: int
+    k: int
+    per_customer: dict[str, dict[str, np.ndarray]]
+
+
 def _evaluate_all(
     engine: sa.Engine, settings: RecommenderSettings, name: str, lines: Lines, as_of: datetime
-) -> dict[str, Metrics]:
+) -> Evaluation:
     """Candidate, baselines and the live model's configuration on one split."""
     horizon, k = settings.evaluation_horizon_days, settings.evaluation_k
     cutoff = as_of.timestamp() - horizon * DAY
     split = evaluate.make_split(
         lines, cutoff, horizon, **_split_args(settings), **_sample(settings)
     )
-    results = {"candidate": evaluate.evaluate(_candidate(name, settings, lines, cutoff), split, k)}
+    scored = {"candidate": evaluate.evaluate_per_customer(
+        _candidate(name, settings, lines, cutoff), split, k)}  # fmt: skip
+    results = {"candidate": scored["candidate"][0]}
     for baseline in ("popularity", "repeat_frequency"):
         results[baseline] = evaluate.evaluate(model.make(baseline, settings), split, k)
     with engine.connect() as connection:
         current = registry.live(connection)
     if current is not None:
         configured = _configured(current.name, current.params, settings)
-        results["live"] = evaluate.evaluate(configured, split, k)
-    return results
+        scored["live"] = evaluate.evaluate_per_customer(configured, split, k)
+        results["live"] = scored["live"][0]
+    at = datetime.fromtimestamp(cutoff, UTC)
+    return Evaluation(results, at, horizon, k, {key: pair[1] for key, pair in scored.items()})
 
 
-def _gate(results: dict[str, Metrics], metric: str) -> tuple[bool, str]:
-    """Promote unless the candidate is worse than the live model on ``metric``."""
+GATE_RULE = (
+    "promote unless the {level:g} % paired-bootstrap interval of candidate − live {metric} "
+    "({resamples:,} resamples of the evaluated customers) lies entirely below 0"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    promote: bool
+    reason: str
+    difference: evaluate.PairedDifference | None = None
+
+    def as_dict(self, evaluation: Evaluation, metric: str) -> dict[str, Any]:
+        """What the registry keeps: the split both figures were measured on, the rule and
+        the interval, so ``models list`` compares like with like."""
+        gate: dict[str, Any] = {
+            "split_cutoff": evaluation.cutoff.isoformat(), "horizon_days": evaluation.horizon_days,
+            "k": evaluation.k, "metric": metric, "promoted": self.promote, "reason": self.reason,
+        }  # fmt: skip
+        if self.difference is not None:
+            gate["difference"] = self.difference.as_dict()
+        return gate
+
+
+def gate_rule(metric: str) -> str:
+    return GATE_RULE.format(level=evaluate.GATE_LEVEL * 100, metric=metric,
+                            resamples=evaluate.BOOTSTRAP_RESAMPLES)  # fmt: skip
+
+
+def _gate(evaluation: Evaluation, metric: str) -> Gate:
+    """Promote unless the candidate is worse than the live model on ``metric`` beyond the
+    evaluation's own uncertainty: a difference of 0.0001 in recall over a few thousand
+    customers is noise, and rejecting on it would keep a model trained on older data."""
+    results = evaluation.metrics
     if "live" not in results:
-        return True, "no live model"
+        return Gate(True, "no live model")
     if results["candidate"].customers == 0:
-        return False, "no customers to evaluate on the time split: the live model stays"
+        return Gate(False, "no customers to evaluate on the time split: the live model stays")
+    difference = evaluate.paired_bootstrap(
+        evaluation.per_customer["candidate"][metric], evaluation.per_customer["live"][metric]
+    )
     new, old = getattr(results["candidate"], metric), getattr(results["live"], metric)
-    verdict = ">=" if new >= old else "<"
-    return new >= old, f"{metric} {new:.4f} {verdict} live {old:.4f}"
+    verdict = "clearly worse" if difference.clearly_worse else "not clearly worse"
+    reason = (
+        f"{metric} {new:.4f} vs live {old:.4f} on the same split "
+        f"(cutoff {evaluation.cutoff.date()}, {evaluation.horizon_days} days): difference "
+        f"{difference.mean:+.4f}, {difference.level * 100:g} % interval "
+        f"[{difference.low:+.4f}, {difference.high:+.4f}] over {difference.customers:,} "
+        f"customers: {verdict}"
+    )
+    return Gate(not difference.clearly_worse, reason, difference)
 
 
 def _register(

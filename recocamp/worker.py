@@ -210,7 +210,7 @@ class Worker:
         if run_id is None:
             run_id = self._started(spec.id, begun, as_of, key, resumed_from)
         with self.engine.begin() as connection:
-            runs.finish(connection, run_id, status, self.clock.now(), counts, error)
+            runs.finish(connection, run_id, status, self.clock.now(), counts, error, seconds)
         self._observe(spec.id, status, seconds, counts, run_id)
         self.last[spec.id] = (counts, error)
         return status

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -10,7 +13,7 @@ from typer.testing import CliRunner
 
 from recocamp.cli import app
 from recocamp.store.engine import head_revision, make_engine
-from recocamp.store.schema import customers, purchases
+from recocamp.store.schema import customers, items, purchases
 from tests.conftest import write_csv
 
 runner = CliRunner()
@@ -157,6 +160,120 @@ def test_worker_demo_runs_the_schedule_on_a_simulated_clock_exactly_once(workdir
     )
     runs = runner.invoke(app, ["runs", "list", "--format", "json", "--limit", "500"])
     assert runs.exit_code == 0, runs.output
-    jobs = {run["job"] for run in json.loads(runs.stdout)}
+    recorded = json.loads(runs.stdout)
+    jobs = {run["job"] for run in recorded}
     assert {"train", "kpi_snapshot", "purge"} <= jobs
     assert any(job.startswith("campaign:") for job in jobs)
+    # the simulated clock stands still during a job; the recorded duration does not
+    train = next(run for run in recorded if run["job"] == "train")
+    assert train["started_at"] == train["finished_at"] and train["seconds"] > 0
+    table = runner.invoke(app, ["runs", "list", "--limit", "3"], terminal_width=200)
+    assert "started (UTC)" in table.stdout
+    assert f"newest 3 of {len(recorded):,} runs; --limit N shows more" in table.stdout
+    assert not (workdir / "shop.db.worker-lock").exists()  # released and removed
+
+
+# -- one small trained shop shared by the read-only command tests below ----------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The synthetic demo shop (120 customers, data up to December 2011), the shipped
+    campaigns and templates, and a live model."""
+    import os
+    import shutil
+
+    directory = tmp_path_factory.mktemp("trained")
+    (directory / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n'
+        "[demo]\nsynthetic_customers = 120\nsynthetic_items = 80\nsynthetic_days = 120\n"
+        'online_retail_path = "missing.csv.gz"\n'
+        '[recommender]\nmodel = "item_knn"\nevaluation_horizon_days = 30\n'
+    )
+    shutil.copytree(ROOT / "campaigns", directory / "campaigns")
+    shutil.copytree(ROOT / "templates", directory / "templates")
+    before = Path.cwd()
+    os.chdir(directory)
+    try:
+        assert runner.invoke(app, ["demo-data"]).exit_code == 0
+        done = runner.invoke(app, ["train", "--as-of", "2011-12-10"])
+        assert done.exit_code == 0 and "promoted" in done.stdout, done.output
+        yield directory
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture
+def in_trained(trained: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(trained)
+    return trained
+
+
+def test_evaluate_prints_the_cutoff_it_was_given(in_trained: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--cutoff", "2011-11-01", "--horizon-days", "30",
+                                 "--model", "popularity"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # midnight in the shop's zone (Europe/Berlin), not the UTC date 2011-10-31
+    assert "cutoff 2011-11-01 00:00 (Europe/Berlin), horizon 30 days" in result.stdout
+
+
+def test_kpis_say_when_the_window_holds_no_orders(in_trained: Path) -> None:
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        last = connection.execute(sa.select(sa.func.max(purchases.c.ordered_at))).scalar_one()
+    empty = runner.invoke(app, ["kpis", "--as-of", "2015-01-01"])
+    assert empty.exit_code == 0, empty.output
+    assert (f"note: the window 2014-01-01 – 2015-01-01 holds no orders; the last order was on "
+            f"{last.astimezone(ZoneInfo('Europe/Berlin')).date()}") in empty.stdout  # fmt: skip
+    as_json = runner.invoke(app, ["kpis", "--as-of", "2015-01-01", "--format", "json"])
+    assert json.loads(as_json.stdout)["orders"] == 0 and "holds no orders" in as_json.stderr
+    busy = runner.invoke(app, ["kpis", "--as-of", "2011-12-10"])
+    assert busy.exit_code == 0 and "note:" not in busy.stdout
+
+
+def test_similar_refuses_unknown_items_and_says_what_the_scores_are(in_trained: Path) -> None:
+    unknown = runner.invoke(app, ["similar", "NOPE"])
+    assert unknown.exit_code == 1
+    assert "no item 'NOPE' in the catalogue" in unknown.stderr and not unknown.stdout
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        item = connection.execute(sa.select(purchases.c.item_id).limit(1)).scalar_one()
+    known = runner.invoke(app, ["similar", item, "--n", "3"], terminal_width=200)
+    assert known.exit_code == 0, known.output
+    assert "item-kNN bm25 weight" in known.stdout and "no upper bound" in known.stdout
+
+
+def test_plan_shows_item_titles(in_trained: Path) -> None:
+    as_of = "2011-12-15T10:00:00"
+    document = runner.invoke(app, ["plan", "cross_sell", "--as-of", as_of, "--format", "json"])
+    first = next(d for d in json.loads(document.stdout)["decisions"] if d["offers"])
+    item = first["offers"][0]["item_id"]
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        title = connection.execute(sa.select(items.c.title).where(items.c.id == item)).scalar_one()
+    table = runner.invoke(app, ["plan", "cross_sell", "--as-of", as_of, "--limit", "1"])
+    assert table.exit_code == 0, table.output
+    flat = " ".join(part.strip(" │┃") for part in table.stdout.splitlines())
+    assert f"{title} [{item}]" in " ".join(flat.split())
+
+
+def test_preview_does_not_render_for_a_customer_the_plan_skips(in_trained: Path) -> None:
+    as_of = "2011-12-15T10:00:00"
+    document = runner.invoke(app, ["plan", "winback", "--as-of", as_of, "--format", "json"])
+    skipped = next(d["customer_id"] for d in json.loads(document.stdout)["decisions"]
+                   if d["reason"] == "not_in_audience:lapsed_days")  # fmt: skip
+    args = ["preview", "winback", "--customer", skipped, "--as-of", as_of]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (f"customer {skipped} would be skipped by winback: not_in_audience:lapsed_days "
+            "(the campaign's audience has lapsed_days = [") in result.stdout  # fmt: skip
+    assert "days ago)" in result.stdout and "nothing rendered; --anyway" in result.stdout
+    assert "subject:" not in result.stdout and "not seen you" not in result.stdout
+    anyway = runner.invoke(app, [*args, "--anyway"])
+    assert anyway.exit_code == 0 and "subject:" in anyway.stdout
+
+
+def test_train_says_which_rule_rejected_a_candidate(in_trained: Path) -> None:
+    result = runner.invoke(app, ["train", "--as-of", "2011-12-10", "--model", "popularity"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.stdout.split())
+    assert "rejected: " in flat and ": clearly worse)" in flat and "on the same split" in flat
+    assert "rule: promote unless the 95 % paired-bootstrap interval of candidate − live" in flat
+    assert "top-N cache: unchanged, the live model keeps serving" in flat

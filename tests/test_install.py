@@ -6,6 +6,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_COMMAND = " && ".join(
     (
@@ -45,3 +47,32 @@ def test_readme_commands_and_ci_install_with_the_constraints() -> None:
     assert "pip install -q -c constraints.txt -e . " in demo
     assert tests == TEST_COMMAND
     assert tests in ci, ".ci/run must run README's test command as written"
+
+
+def test_what_the_readme_commands_write_into_the_checkout_is_git_ignored() -> None:
+    """The quick start runs in the checkout: its outputs must not show up in `git status`."""
+    import shutil
+    import subprocess
+
+    from recocamp.settings import Settings
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shipped = tomllib.loads((ROOT / "settings.toml").read_text(encoding="utf-8"))
+    database = shipped["database_url"].removeprefix("sqlite:///")
+    defaults = Settings()
+    written = {
+        *re.findall(r"--html (\S+\.html)", readme),  # report.html, preview.html
+        "demo/purchases.csv", "demo/fake-esp/messages.jsonl",  # demo-data, worker --demo
+        f"{defaults.ingest.drop_dir}/orders.csv", f"{defaults.ingest.processed_dir}/orders.csv",
+        f"{defaults.recommender.artifacts_dir}/v1/meta.json",
+        database, f"{database}-wal", f"{database}-shm", f"{database}.worker-lock",
+    }  # fmt: skip
+    assert {"report.html", "preview.html"} <= written
+    found = subprocess.run(
+        ["git", "check-ignore", "--no-index", *sorted(written)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert found.returncode in (0, 1), found.stderr
+    assert sorted(written - set(found.stdout.split())) == []

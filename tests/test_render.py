@@ -33,6 +33,19 @@ def test_rendering_both_parts_with_inlined_css_and_the_opt_out() -> None:
     assert "<div" not in email.text and "style=" not in email.text  # a real plain-text part
 
 
+@pytest.mark.parametrize(
+    ("locale", "reads", "never"), [("en", "(instead of ", "statt"), ("de", "(statt ", "instead")]
+)
+def test_the_text_part_names_the_old_price_in_the_customers_language(
+    locale: str, reads: str, never: str
+) -> None:
+    context = sample_context(locale)
+    email = Renderer(TEMPLATES).render("x", "winback.html", "winback.txt", context)
+    offer = context["offers"][0]
+    assert f"{offer['discounted_price']} {reads}{offer['price']})" in email.text
+    assert never not in email.text
+
+
 def test_html_is_autoescaped_text_is_not() -> None:
     context = sample_context("en")
     context["customer"] = {"id": "1", "first_name": "<script>alert(1)</script>", "locale": "en"}

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from recocamp import model, training
+from recocamp import evaluate, model, training
 from recocamp.errors import ModelError
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
@@ -77,7 +77,8 @@ def test_life_cycle(shop: sa.Engine, tmp_path: Path) -> None:
     worse = training.train(
         shop, settings, now=NOW + timedelta(hours=2), as_of=END, name="popularity"
     )
-    assert worse.outcome == "rejected" and "< live" in worse.reason
+    assert worse.outcome == "rejected" and worse.reason.endswith(": clearly worse")
+    assert worse.rule.startswith("promote unless the 95 % paired-bootstrap interval")
     assert statuses(shop) == {"hybrid": "live", "popularity": "rejected"}
     assert cache(shop) == cached
 
@@ -96,13 +97,66 @@ def test_new_purchases_retrain_and_gate_against_live(shop: sa.Engine, tmp_path: 
     first = training.train(shop, settings, now=NOW, as_of=END - timedelta(days=7), name="hybrid")
     second = training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
     new, old = second.metrics["candidate"].recall, second.metrics["live"].recall
-    assert second.outcome == ("promoted" if new >= old else "rejected")
-    assert second.reason == f"recall {new:.4f} {'>=' if new >= old else '<'} live {old:.4f}"
+    assert second.reason.startswith(f"recall {new:.4f} vs live {old:.4f} on the same split")
     with shop.connect() as connection:
         live = registry.live(connection)
     assert live is not None
     assert (live.version == second.version) == (second.outcome == "promoted")
     assert live.version in (first.version, second.version)
+
+
+def gated(shop: sa.Engine, tmp_path: Path, **candidate: object) -> training.TrainResult:
+    """Train the live item-kNN (20 neighbours, deterministic), then a candidate item-kNN
+    with other parameters on the same data, gated against it."""
+    settings = settings_for(tmp_path)
+    training.train(shop, settings, now=NOW, as_of=END, name="item_knn")
+    return training.train(
+        shop, settings.model_copy(update=candidate), now=NOW, as_of=END, name="item_knn"
+    )
+
+
+def test_a_candidate_worse_only_within_noise_is_promoted(shop: sa.Engine, tmp_path: Path) -> None:
+    result = gated(shop, tmp_path, knn_neighbours=15)
+    new, old = result.metrics["candidate"].recall, result.metrics["live"].recall
+    assert new < old  # lower by a hair (0.6652 vs 0.6709): the old gate rejected it
+    assert result.outcome == "promoted"
+    assert result.reason.endswith(": not clearly worse")
+    assert "95 % interval [-0.0202, +0.0091] over 64 customers" in result.reason
+    with shop.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None and live.version == result.version
+    gate = live.metrics["gate"]  # the registry keeps the split and the comparison
+    assert gate["split_cutoff"] == (END - timedelta(days=30)).isoformat()
+    assert gate["promoted"] is True and live.metrics["live"]["recall"] == old
+    assert gate["difference"]["low"] < gate["difference"]["mean"] < 0 < gate["difference"]["high"]
+
+
+def test_the_gate_compares_like_with_like_in_models_list(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    result = gated(shop, tmp_path, knn_neighbours=15)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    from recocamp.cli import app
+
+    listing = CliRunner().invoke(app, ["models", "list"], terminal_width=250)
+    assert listing.exit_code == 0, listing.output
+    line = next(row for row in listing.stdout.splitlines() if str(result.version) in row)
+    cells = [cell.strip() for cell in line.split("│")]
+    assert cells[3:7] == ["2011-11-09 +30d", "0.6652", "0.6709", "-0.0057 [-0.0202, +0.0091]"]
+    assert "(same split)" in listing.stdout
+
+
+def test_paired_bootstrap_separates_noise_from_a_real_loss() -> None:
+    live = np.linspace(0.2, 0.8, 400)
+    noisy = live + np.tile([0.1, -0.1], 200) - 0.001  # a hair lower on average, ±0.1 each
+    small = evaluate.paired_bootstrap(noisy, live)
+    assert small.mean == pytest.approx(-0.001) and small.low < -0.005
+    assert small.high > 0.005 and not small.clearly_worse  # the standard error is 0.005
+    assert evaluate.paired_bootstrap(noisy, live) == small  # fixed seed: same verdict
+    worse = evaluate.paired_bootstrap(live - 0.05, live)
+    assert worse.clearly_worse and worse.low == pytest.approx(-0.05) == worse.high
+    assert evaluate.paired_bootstrap(live, live).as_dict()["high"] == 0.0
 
 
 def test_training_without_purchases_is_a_clear_error(engine: sa.Engine, tmp_path: Path) -> None:

@@ -75,7 +75,13 @@ def test_a_second_worker_on_one_sqlite_database_is_refused(tmp_path: Path, secre
         assert refused.returncode == 1 and "SQLite supports one worker" in refused.stderr
     finally:
         first.shutdown()
+    lock = shop / "shop.db.worker-lock"
+    assert not lock.exists()  # a clean stop leaves no lock file behind
     assert recocamp(shop, "worker", "--once").returncode == 0  # free again after a stop
+    assert not lock.exists()
+    lock.write_text("pid 5991")  # left by a killed worker: nobody holds its lock
+    assert recocamp(shop, "worker", "--once").returncode == 0
+    assert not lock.exists()
 
 
 def _cron(process: Worker, job: str) -> str:
@@ -259,6 +265,7 @@ def test_job_runs_are_recorded_and_counted(tmp_path: Path, secrets: None) -> Non
     with process.engine.connect() as connection:
         [row] = runs.recent(connection, "train")
     assert row.status == "ok" and row.counts["outcome"] == "promoted" and row.finished_at
+    assert row.seconds > 0  # measured, whatever the worker's clock says
     assert REGISTRY.get_sample_value("recocamp_train_duration_seconds") > 0
     assert process.run("train") == "ok"  # nothing new since: the model stays, no refit
     with process.engine.connect() as connection:

@@ -32,10 +32,13 @@ def start(connection: sa.Connection, job: str, worker: str, now: datetime, *,
 
 
 def finish(connection: sa.Connection, run_id: int, status: str, now: datetime,
-           counts: dict[str, Any], error: str | None = None) -> None:  # fmt: skip
+           counts: dict[str, Any], error: str | None = None,
+           seconds: float | None = None) -> None:  # fmt: skip
+    """``seconds``: the run's wall-clock duration (``now`` may come from a simulated clock)."""
     connection.execute(sa.update(runs).where(runs.c.id == run_id).values(
         status=status, finished_at=now, counts=counts,
-        error=error[:2000] if error else None))  # fmt: skip
+        error=error[:2000] if error else None,
+        seconds=round(seconds, 3) if seconds is not None else None))  # fmt: skip
 
 
 def skipped(connection: sa.Connection, job: str, worker: str, now: datetime,
@@ -49,6 +52,13 @@ def recent(connection: sa.Connection, job: str | None = None, limit: int = 50) -
     if job:
         query = query.where(runs.c.job == job)
     return list(connection.execute(query))
+
+
+def count(connection: sa.Connection, job: str | None = None) -> int:
+    query = sa.select(sa.func.count()).select_from(runs)
+    if job:
+        query = query.where(runs.c.job == job)
+    return int(connection.execute(query).scalar_one())
 
 
 def unfinished_campaign_runs(connection: sa.Connection, since: datetime, *,

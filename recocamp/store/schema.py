@@ -284,6 +284,8 @@ runs = sa.Table(
     sa.Column("counts", sa.JSON, nullable=False),
     sa.Column("error", sa.String(2000)),
     sa.Column("resumed_from", sa.BigInteger().with_variant(sa.Integer, "sqlite")),
+    # wall-clock duration (the worker's clock, hence started/finished, may be simulated)
+    sa.Column("seconds", sa.Float),
     sa.CheckConstraint(
         "status IN ('running', 'ok', 'error', 'skipped', 'interrupted')", name="status"
     ),
