@@ -1,0 +1,127 @@
+"""Erasure tombstones: what keeps an erased customer erased when a feed brings them back.
+
+Erasure removes the person; a customers file, the drop folder, the shop API or a purchase
+event could otherwise create them again from the shop's own copy. A tombstone holds keyed
+hashes (HMAC-SHA256 under ``RECOCAMP_SIGNING_KEY``, the link tokens' key; see
+``tokens.keyed_hash``) of the customer id and of the address, and the time of the erasure:
+no personal data, and nobody without the key can test a guess against it.
+
+Every way in asks :func:`matches` (or :func:`erased_ids`) before it writes. A store that
+holds tombstones but runs without the key cannot tell, and refuses (:class:`KeyMissing`)
+instead of letting an erased customer back in. Rotating the key makes the old tombstones
+unrecognisable: keep the key for as long as the tombstones matter.
+
+A new sign-up with a fresh consent is the one way back (``PUT /v1/customers/{id}`` with
+``new_sign_up``): :func:`lift` removes the tombstones it matched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from recocamp import tokens
+from recocamp.errors import ConfigError, Problem
+from recocamp.settings import Settings
+from recocamp.store.schema import tombstones
+
+CHUNK = 1000  # hashes per IN (...) list: far below every backend's parameter limit
+
+
+class KeyMissing(ConfigError):
+    """Tombstones exist (or one must be written) but RECOCAMP_SIGNING_KEY is not set."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(Path("<environment>"), [Problem(
+            f"{why} needs RECOCAMP_SIGNING_KEY: it keys the erasure tombstones that keep "
+            "erased customers from coming back", key="signing_key")])  # fmt: skip
+
+
+def key_of(settings: Settings) -> bytes | None:
+    """The tombstones' key: the link tokens' key, from the same setting."""
+    key = settings.signing_key
+    return key.get_secret_value().encode() if key is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The tombstones one customer (id and/or address) matched, and the latest erasure."""
+
+    id_hashes: tuple[str, ...]
+    erased_at: datetime | None
+
+    def __bool__(self) -> bool:
+        return bool(self.id_hashes)
+
+
+def record(connection: sa.Connection, key: bytes, customer_id: str, email: str | None,
+           now: datetime) -> None:  # fmt: skip
+    """Remember an erasure (replacing an earlier tombstone of the same id)."""
+    id_hash = tokens.keyed_hash(key, "customer", customer_id)
+    connection.execute(sa.delete(tombstones).where(tombstones.c.id_hash == id_hash))
+    connection.execute(sa.insert(tombstones).values(
+        id_hash=id_hash, email_hash=tokens.keyed_hash(key, "email", email) if email else None,
+        erased_at=now))  # fmt: skip
+
+
+def _key(connection: sa.Connection, key: bytes | None, why: str) -> bytes | None:
+    """The key, or None when there is nothing to check; KeyMissing when it cannot check."""
+    if key is not None:
+        return key
+    if connection.execute(sa.select(tombstones.c.id_hash).limit(1)).first() is not None:
+        raise KeyMissing(why)
+    return None
+
+
+def matches(connection: sa.Connection, key: bytes | None, customer_id: str,
+            email: str | None, why: str) -> Match:  # fmt: skip
+    """The tombstones of this id or this address (an empty Match when none)."""
+    key = _key(connection, key, why)
+    if key is None:
+        return Match((), None)
+    t = tombstones.c
+    where = t.id_hash == tokens.keyed_hash(key, "customer", customer_id)
+    if email:
+        where = sa.or_(where, t.email_hash == tokens.keyed_hash(key, "email", email))
+    rows = connection.execute(sa.select(t.id_hash, t.erased_at).where(where)).all()
+    return Match(tuple(r.id_hash for r in rows), max((r.erased_at for r in rows), default=None))
+
+
+def erased_ids(connection: sa.Connection, key: bytes | None, ids: Iterable[str], why: str,
+               emails: Sequence[tuple[str, str]] = ()) -> set[str]:  # fmt: skip
+    """Which of ``ids`` are erased: by their own id, or (``emails``: pairs of id and
+    address) by their address."""
+    key = _key(connection, key, why)
+    if key is None:
+        return set()
+    by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
+    by_email: dict[str, set[str]] = {}
+    for customer_id, email in emails:
+        by_email.setdefault(tokens.keyed_hash(key, "email", email), set()).add(customer_id)
+    found = {by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))}
+    for h in _present(connection, tombstones.c.email_hash, list(by_email)):
+        found |= by_email[h]
+    return found
+
+
+def _present(connection: sa.Connection, column: sa.Column[str], hashes: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(hashes), CHUNK):
+        chunk = hashes[start : start + CHUNK]
+        found |= set(connection.execute(sa.select(column).where(column.in_(chunk))).scalars())
+    return found
+
+
+def lift(connection: sa.Connection, match: Match) -> int:
+    """Remove the tombstones of a match (a new sign-up with a fresh consent)."""
+    result = connection.execute(sa.delete(tombstones).where(
+        tombstones.c.id_hash.in_(match.id_hashes)))  # fmt: skip
+    return max(0, int(result.rowcount or 0))
+
+
+def count(connection: sa.Connection) -> int:
+    return int(connection.execute(sa.select(sa.func.count()).select_from(tombstones)).scalar_one())
