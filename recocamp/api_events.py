@@ -282,7 +282,8 @@ def _admit(connection: sa.Connection, secret: bytes | None, customer_id: str, bo
             "value_error", ("body", "consent_at"), "a new sign-up needs consent_basis and a "
             "consent_at after the erasure", None if consent_at is None else
             consent_at.isoformat())])  # fmt: skip
-    lifted = tombstones.lift(connection, match)
+    assert secret is not None  # matches() found tombstones: it had the key
+    lifted = tombstones.lift(connection, secret, customer_id, match)
     queries.audit(connection, at=now, actor=actor[:200], action="erasure_lifted",
                   subject_type="customer", subject_id=customer_id,
                   details={"source": body.source[:200], "tombstones": lifted})  # fmt: skip

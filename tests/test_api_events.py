@@ -280,6 +280,14 @@ def test_an_erased_customer_comes_back_only_by_a_new_sign_up(engine: sa.Engine,
     assert lifted == [("erasure_lifted", "api:shop", "c1", {"source": "signup", "tombstones": 1})]
     assert put(app, {"source": "account page", "first_name": "Erin B."}).status == 200
 
+    assert erase(app).status == 200  # erased again; she signs up under a new id
+    fresh = {"consent_basis": "double_opt_in", "consent_at": clock.advance(timedelta(days=1))
+             .isoformat()}  # fmt: skip
+    renewed = {"source": "signup", "email": "erin@example.test", "new_sign_up": True, **fresh}
+    assert put(app, renewed, customer="c2").status == 200
+    assert put(app, profile).status == 410  # the old record stays erased
+    assert person(engine) is None and person(engine, "c2").email == "erin@example.test"
+
 
 def test_orders_of_an_erased_customer_are_kept_as_guest_orders(engine: sa.Engine,
                                                                tmp_path: Path) -> None:  # fmt: skip

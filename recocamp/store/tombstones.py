@@ -12,7 +12,7 @@ instead of letting an erased customer back in. Rotating the key makes the old to
 unrecognisable: keep the key for as long as the tombstones matter.
 
 A new sign-up with a fresh consent is the one way back (``PUT /v1/customers/{id}`` with
-``new_sign_up``): :func:`lift` removes the tombstones it matched.
+``new_sign_up``): :func:`lift` removes the tombstone of that id and frees the address.
 """
 
 from __future__ import annotations
@@ -69,12 +69,13 @@ def record(connection: sa.Connection, key: bytes, customer_id: str, email: str |
 
 
 def _key(connection: sa.Connection, key: bytes | None, why: str) -> bytes | None:
-    """The key, or None when there is nothing to check; KeyMissing when it cannot check."""
-    if key is not None:
-        return key
-    if connection.execute(sa.select(tombstones.c.id_hash).limit(1)).first() is not None:
+    """The key when there are tombstones to check, None when there are none (a shop that
+    never erased anybody pays one cheap query); KeyMissing when they cannot be checked."""
+    if connection.execute(sa.select(tombstones.c.id_hash).limit(1)).first() is None:
+        return None
+    if key is None:
         raise KeyMissing(why)
-    return None
+    return key
 
 
 def matches(connection: sa.Connection, key: bytes | None, customer_id: str,
@@ -116,11 +117,15 @@ def _present(connection: sa.Connection, column: sa.Column[str], hashes: list[str
     return found
 
 
-def lift(connection: sa.Connection, match: Match) -> int:
-    """Remove the tombstones of a match (a new sign-up with a fresh consent)."""
-    result = connection.execute(sa.delete(tombstones).where(
-        tombstones.c.id_hash.in_(match.id_hashes)))  # fmt: skip
-    return max(0, int(result.rowcount or 0))
+def lift(connection: sa.Connection, key: bytes, customer_id: str, match: Match) -> int:
+    """A new sign-up with a fresh consent: the tombstone of this id goes; one that matched
+    only by the address keeps its id (the old record stays erased) and loses the address."""
+    t = tombstones.c
+    own = tokens.keyed_hash(key, "customer", customer_id)
+    gone = connection.execute(sa.delete(tombstones).where(t.id_hash == own)).rowcount or 0
+    others = connection.execute(sa.update(tombstones).where(
+        t.id_hash.in_(match.id_hashes), t.id_hash != own).values(email_hash=None))  # fmt: skip
+    return max(0, int(gone)) + max(0, int(others.rowcount or 0))
 
 
 def count(connection: sa.Connection) -> int:
