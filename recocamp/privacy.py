@@ -29,7 +29,8 @@ The model trained next learns from none of it.
 
 Kept on purpose: the suppression list's SHA-256 of the address (it is what keeps an address
 that bounced, complained or unsubscribed from being mailed again if a feed brings it back),
-and an ``erasures`` row saying when, through which channel and how many rows.
+an ``erasures`` row saying when, through which channel and how many rows, and the tombstone
+(keyed hashes only; lifted by a new sign-up with a fresh consent, see ``api_events``).
 
 **Retention** (:func:`purge`, ``[privacy]`` settings; the worker runs it daily): bodies,
 subjects and addresses of e-mails that left the outbox are blanked after
