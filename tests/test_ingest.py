@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -447,3 +449,34 @@ def test_imported_drop_files_are_kept_only_as_long_as_configured(
     assert kept.exists()
     assert privacy.purge(engine, settings, NOW + timedelta(days=4)).processed_files == 1
     assert not kept.exists()
+
+
+def test_an_erasure_waits_for_a_write_already_checked_and_erases_it_too(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """PostgreSQL: a feed checked c1 (no tombstone yet) and wrote them, uncommitted, when the
+    erasure starts: the erasure waits for that commit and then erases the row."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs one writer at a time")
+    settings = shop_settings(tmp_path)
+    outcome: list[object] = []
+    with engine.connect() as feed, engine.connect() as observer:
+        with feed.begin():
+            assert tombstones.erased_ids(feed, tombstones.key_of(settings), ["c1"], "t") == set()
+            feed.execute(sa.insert(customers).values(id="c1", email="e@example.test",
+                                                     updated_at=NOW))  # fmt: skip
+            eraser = threading.Thread(target=lambda: outcome.append(
+                privacy.erase(engine, settings, "c1", NOW, via="test")))  # fmt: skip
+            eraser.start()
+            waiting = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                              "AND NOT granted")  # fmt: skip
+            for _ in range(200):  # the erasure queues behind the feed's lock (bounded wait)
+                if observer.execute(waiting).scalar_one():
+                    break
+                observer.rollback()
+                time.sleep(0.05)
+            else:
+                pytest.fail("the erasure did not wait for the feed's transaction")
+        eraser.join(30)
+    assert outcome and outcome[0] is not None
+    assert people(engine) == {}

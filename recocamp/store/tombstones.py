@@ -26,10 +26,12 @@ import sqlalchemy as sa
 
 from recocamp import tokens
 from recocamp.errors import ConfigError, Problem
+from recocamp.leadership import lock_key
 from recocamp.settings import Settings
 from recocamp.store.schema import tombstones
 
 CHUNK = 1000  # hashes per IN (...) list: far below every backend's parameter limit
+LOCK = lock_key("erasure")  # see serialise
 
 
 class KeyMissing(ConfigError):
@@ -68,9 +70,22 @@ def record(connection: sa.Connection, key: bytes, customer_id: str, email: str |
         erased_at=now))  # fmt: skip
 
 
+def serialise(connection: sa.Connection, *, erasing: bool) -> None:
+    """PostgreSQL: an erasure (``erasing``) and every check take one transaction-level
+    advisory lock, the erasure exclusively, checks shared. A check made while an erasure is
+    under way waits for it and then sees its tombstone; an erasure waits for the writes
+    already checked and then erases them too. Without it a feed could check, miss the
+    tombstone being written, and bring the customer back. (SQLite runs one writer at a time;
+    a check whose write comes after another writer's commit fails as busy instead.)"""
+    if connection.dialect.name == "postgresql":
+        lock = "pg_advisory_xact_lock" if erasing else "pg_advisory_xact_lock_shared"
+        connection.execute(sa.text(f"SELECT {lock}(:key)"), {"key": LOCK})
+
+
 def _key(connection: sa.Connection, key: bytes | None, why: str) -> bytes | None:
     """The key when there are tombstones to check, None when there are none (a shop that
     never erased anybody pays one cheap query); KeyMissing when they cannot be checked."""
+    serialise(connection, erasing=False)
     if connection.execute(sa.select(tombstones.c.id_hash).limit(1)).first() is None:
         return None
     if key is None:
