@@ -8,17 +8,26 @@ Purchases are validated with the importer's rules (``sources.csv.standard_purcha
 numbers, timestamps — without an offset in the shop's time zone —, returns, adjustments
 skipped), all orders of a request or none, and are idempotent on the order id: an order
 already stored is reported as a duplicate and left exactly as it is.
+
+Erased customers stay erased (``store.tombstones``). Their new orders are kept as guest
+orders — the shop's sales figures stay right, the person is not linked again — and counted
+(``erased_customer_lines``). A profile change for an erased id or address is refused with
+410 Gone, unless it is a new sign-up: ``new_sign_up: true`` with a consent basis and a
+``consent_at`` after the erasure; that lifts the tombstone and is audited. Without
+``RECOCAMP_SIGNING_KEY`` a store that holds tombstones cannot check them: 503.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, HTTPException, Path
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
@@ -35,9 +44,10 @@ from recocamp import api_lean, metrics, profiles
 from recocamp.api_auth import EventsWrite
 from recocamp.clock import Clock
 from recocamp.domain import ConsentBasis, Purchase
+from recocamp.ingest import detach
 from recocamp.settings import Settings
 from recocamp.sources import csv as sources
-from recocamp.store import queries
+from recocamp.store import queries, tombstones
 from recocamp.store.schema import purchases
 
 log = logging.getLogger(__name__)
@@ -103,6 +113,9 @@ class PurchasesOut(BaseModel):
     duplicate_orders: list[str] = Field(description="Already stored: left as they were.")
     lines_written: int
     lines_skipped: dict[str, int] = Field(description="e.g. adjustment: price or quantity 0.")
+    erased_customer_lines: int = Field(
+        0, description="Lines of erased customers, stored as guest lines (no customer)."
+    )
 
 
 def _never_null(kind: str, values: list[str] | None = None) -> WithJsonSchema:
@@ -144,6 +157,11 @@ class CustomerIn(_Strict):
         description="true: unsubscribe from marketing "
         "e-mail; false: re-subscribe (needs a new consent).",
     )
+    new_sign_up: bool = Field(
+        False,
+        description="The person signs up again after an erasure of this id or address: "
+        "needs consent_basis and a consent_at after the erasure (else 410 Gone).",
+    )
 
 
 class CustomerOut(BaseModel):
@@ -156,8 +174,17 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
            problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
     api = APIRouter(tags=["events"])
     zone = ZoneInfo(settings.shop.time_zone)
+    secret = tombstones.key_of(settings)
+    model = problems[401]["model"]
+    unchecked: dict[int | str, dict[str, Any]] = {503: {"model": model, "description": (
+        "Erasure tombstones exist but RECOCAMP_SIGNING_KEY is not set: they cannot be "
+        "checked.")}}  # fmt: skip
+    gone: dict[int | str, dict[str, Any]] = {410: {"model": model, "description": (
+        "The customer id or address was erased; only a new sign-up (new_sign_up) with a "
+        "fresh consent is taken.")}}  # fmt: skip
 
-    @api.post("/v1/events/purchases", response_model=PurchasesOut, responses=problems)
+    @api.post("/v1/events/purchases", response_model=PurchasesOut,
+              responses={**problems, **unchecked})  # fmt: skip
     def post_purchases(body: Annotated[PurchasesIn, Body()],
                        key: EventsWrite) -> PurchasesOut:  # fmt: skip
         """One order or a batch (``{"orders": […]}``): all written or none."""
@@ -165,9 +192,13 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
         prefix: tuple[str | int, ...] = ("body", "orders") if isinstance(body, OrdersIn) else (
             "body",)  # fmt: skip
         rows, skipped = _validated(orders, prefix, zone, isinstance(body, OrdersIn))
-        with engine.begin() as connection:
+        with _checked(engine) as connection:
             stored = _stored_orders(connection, [o.order_id for o in orders])
             fresh = [row for row in rows if row.order_id not in stored]
+            named = {row.customer_id for row in fresh if row.customer_id}
+            erased = tombstones.erased_ids(connection, secret, named, "purchase events")
+            detached = sum(1 for row in fresh if row.customer_id in erased)
+            fresh = [detach(row, erased) for row in fresh]
             written = queries.insert_purchases(connection, fresh, None)
         new = len({o.order_id for o in orders} - stored)
         metrics.API_EVENTS.labels("new").inc(new)
@@ -175,9 +206,11 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
         log.info("purchase events from %s: %d orders, %d new, %d lines", key.name, len(orders),
                  new, written)  # fmt: skip
         return PurchasesOut(orders=len(orders), new_orders=new, duplicate_orders=sorted(stored),
-                            lines_written=written, lines_skipped=skipped)  # fmt: skip
+                            lines_written=written, lines_skipped=skipped,
+                            erased_customer_lines=detached)  # fmt: skip
 
-    @api.put("/v1/customers/{customer_id}", response_model=CustomerOut, responses=problems)
+    @api.put("/v1/customers/{customer_id}", response_model=CustomerOut,
+             responses={**problems, **gone, **unchecked})  # fmt: skip
     def put_customer(customer_id: Annotated[str, Path(min_length=1, max_length=64,
                                                       pattern=r"^[^\x00-\x1f]+$")],
                      body: CustomerIn, key: EventsWrite) -> CustomerOut:  # fmt: skip
@@ -195,14 +228,17 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
                         )
                     ]
                 )
-        changes = body.model_dump(exclude_unset=True, exclude={"source", "at", "unsubscribed"})
+        changes = body.model_dump(
+            exclude_unset=True, exclude={"source", "at", "unsubscribed", "new_sign_up"}
+        )
         nulls = [name for name in NEVER_NULL if name in changes and changes[name] is None]
         if nulls:
             raise RequestValidationError([api_lean.problem(
                 "value_error", ("body", name), "may be left out, not set to null", None)
                 for name in nulls])  # fmt: skip
         try:
-            with engine.begin() as connection:
+            with _checked(engine) as connection:
+                _admit(connection, secret, customer_id, body, f"api:{key.name}", now)
                 changed = profiles.apply(
                     connection, customer_id, changes, at=at, actor=f"api:{key.name}",
                     source=body.source, unsubscribed=body.unsubscribed, zone=zone)  # fmt: skip
@@ -216,6 +252,41 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
                            changed=list(changed.fields))  # fmt: skip
 
     return api
+
+
+@contextmanager
+def _checked(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction whose tombstone checks answer 503 when they cannot be made."""
+    try:
+        with engine.begin() as connection:
+            yield connection
+    except tombstones.KeyMissing:
+        raise HTTPException(503, "erasure tombstones exist but RECOCAMP_SIGNING_KEY is not "
+                                 "set: they cannot be checked") from None  # fmt: skip
+
+
+def _admit(connection: sa.Connection, secret: bytes | None, customer_id: str, body: CustomerIn,
+           actor: str, now: datetime) -> None:  # fmt: skip
+    """Refuse an erased id or address (410) unless this is a new sign-up with a consent
+    given after the erasure, which lifts the tombstone (audited)."""
+    match = tombstones.matches(connection, secret, customer_id, body.email, "customer changes")
+    if not match:
+        return
+    if not body.new_sign_up:
+        raise HTTPException(410, "this customer id or address was erased; only a new sign-up "
+                                 "(new_sign_up: true, with a fresh consent) is taken")  # fmt: skip
+    basis, consent_at = body.consent_basis, body.consent_at
+    if basis in (None, ConsentBasis.NONE) or consent_at is None or (
+            match.erased_at is not None and consent_at <= match.erased_at):  # fmt: skip
+        raise RequestValidationError([api_lean.problem(
+            "value_error", ("body", "consent_at"), "a new sign-up needs consent_basis and a "
+            "consent_at after the erasure", None if consent_at is None else
+            consent_at.isoformat())])  # fmt: skip
+    assert secret is not None  # matches() found tombstones: it had the key
+    lifted = tombstones.lift(connection, secret, customer_id, match)
+    queries.audit(connection, at=now, actor=actor[:200], action="erasure_lifted",
+                  subject_type="customer", subject_id=customer_id,
+                  details={"source": body.source[:200], "tombstones": lifted})  # fmt: skip
 
 
 def _validated(orders: list[OrderIn], prefix: tuple[str | int, ...], zone: ZoneInfo,

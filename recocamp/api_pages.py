@@ -11,6 +11,9 @@
   Its forms post to ``/p/{token}`` and are answered with a redirect back (303).
 
 A token tampered with, expired or made for another purpose gets 400 and changes nothing.
+A link of an erased customer (``store.tombstones``) gets 410 with a page saying that their
+data was erased and they will not be contacted, and changes nothing: no unsubscribe event
+is recorded under the erased id, no profile is created again.
 Tokens prove who the customer is; a page shows their address only masked. Every change is
 recorded in the audit log with ``actor = customer`` and the page as its source.
 """
@@ -32,7 +35,7 @@ from recocamp import metrics, pages, privacy, profiles, tokens
 from recocamp.clock import Clock
 from recocamp.serving import OfferService, Query
 from recocamp.settings import Settings
-from recocamp.store import contacts, views
+from recocamp.store import contacts, tombstones, views
 from recocamp.store.schema import customers, outbox, recommendations
 
 log = logging.getLogger(__name__)
@@ -83,12 +86,24 @@ class Pages:
         lang = self.lang(request, None)
         return self.page(lang, "error_page", pages.TEXTS[lang][error.key], error.status)
 
+    def erased(self, connection: sa.Connection, customer_id: str) -> bool:
+        """Whether the customer of a (verified) link was erased."""
+        return bool(tombstones.matches(connection, self.secret, customer_id, None, "links"))
+
+    def gone(self, request: Request) -> HTMLResponse:
+        """The answer to a link of an erased customer: we hold nothing, we will not write."""
+        lang = self.lang(request, None)
+        return self.page(lang, "erased_page", pages.TEXTS[lang]["erased"], 410)
+
     def unsubscribe_page(self, token: str, request: Request) -> HTMLResponse:
         """Unsubscribe: a confirm button (a GET changes nothing)."""
         try:
             found = self.verify(token, "unsubscribe")
         except LinkError as error:
             return self.failed(request, error)
+        with self.engine.connect() as connection:
+            if self.erased(connection, found.customer_id):
+                return self.gone(request)
         lang = self.lang(request, found.customer_id)
         t = pages.TEXTS[lang]
         question = t["unsubscribe_question"].format(shop=self.shop)
@@ -101,6 +116,8 @@ class Pages:
         except LinkError as error:
             return self.failed(request, error)
         with self.engine.begin() as connection:
+            if self.erased(connection, found.customer_id):
+                return self.gone(request)
             changed = contacts.record_link_unsubscribe(
                 connection, found.customer_id, found.campaign, found.issued_at, self.clock.now()
             )
@@ -118,6 +135,8 @@ class Pages:
             return self.failed(request, error)
         lang = self.lang(request, found.customer_id)
         with self.engine.connect() as connection:
+            if self.erased(connection, found.customer_id):
+                return self.gone(request)
             context = _context(connection, found, lang, self.clock.now(), self.service)
         if context is None:
             return self.page(lang, "title", pages.TEXTS[lang]["unknown"], 404)
@@ -141,8 +160,8 @@ class Pages:
         )
         t = pages.TEXTS[lang]
         if outcome in OUTCOME_PAGES:
-            title, status = OUTCOME_PAGES[outcome]
-            return self.page(lang, title, t[outcome], status)
+            title, status, text = OUTCOME_PAGES[outcome]
+            return self.page(lang, title, t[text], status)
         query = urlencode({"done": outcome, "lang": lang})
         return RedirectResponse(f"/p/{token}?{query}", status_code=303)
 
@@ -161,12 +180,13 @@ class Pages:
         return Response(text, media_type="application/json", headers=disposition)
 
 
-# outcomes of a form that are answered with a page of their own: (title, status)
+# outcomes of a form that are answered with a page of their own: (title, status, text)
 OUTCOME_PAGES = {
-    "erased": ("erased_page", 200),
-    "confirm_needed": ("error_page", 400),
-    "invalid": ("error_page", 400),
-    "unknown": ("title", 404),
+    "erased": ("erased_page", 200, "erased"),
+    "gone": ("erased_page", 410, "erased"),  # erased before: nothing is held or changed
+    "confirm_needed": ("error_page", 400, "confirm_needed"),
+    "invalid": ("error_page", 400, "invalid"),
+    "unknown": ("title", 404, "unknown"),
 }
 
 
@@ -184,11 +204,14 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
               "content": {"text/html": {}}},
     }  # fmt: skip
     missing = {"description": "We hold no data about the customer.", "content": {"text/html": {}}}
-    gone: dict[int | str, dict[str, Any]] = {404: missing}
+    erased: dict[int | str, dict[str, Any]] = {410: {
+        "description": "The customer was erased: nothing is held or changed.",
+        "content": {"text/html": {}}}}  # fmt: skip
+    gone: dict[int | str, dict[str, Any]] = {404: missing, **erased}
     api.add_api_route("/u/{token}", handlers.unsubscribe_page, methods=["GET"],
-                      response_class=html, responses={200: page, **refused})  # fmt: skip
+                      response_class=html, responses={200: page, **refused, **erased})  # fmt: skip
     api.add_api_route("/u/{token}", handlers.unsubscribe, methods=["POST"], response_class=html,
-                      responses={200: page, **refused})  # fmt: skip
+                      responses={200: page, **refused, **erased})  # fmt: skip
     api.add_api_route("/p/{token}", handlers.preferences_page, methods=["GET"],
                       response_class=html, responses={200: page, **refused, **gone})  # fmt: skip
     api.add_api_route(
@@ -218,6 +241,9 @@ def _change(engine: sa.Engine, settings: Settings, found: tokens.Claims, form: d
     if changes is None and action != "unsubscribe":
         return "invalid"
     with engine.begin() as connection:
+        if tombstones.matches(connection, tombstones.key_of(settings), found.customer_id, None,
+                              "links"):  # fmt: skip
+            return "gone"
         exists = connection.execute(sa.select(customers.c.id).where(
             customers.c.id == found.customer_id)).first()  # fmt: skip
         if exists is None:

@@ -15,12 +15,13 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from recocamp import metrics, privacy
 from recocamp.api_auth import PrivacyAdmin
 from recocamp.clock import Clock
 from recocamp.settings import PrivacySettings, Settings
+from recocamp.store import tombstones
 from recocamp.store.queries import audit
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,12 @@ class ErasureOut(BaseModel):
     erasure_id: int
     rows: dict[str, int]
     model_artifacts: int
-    files_clean: bool
+    files_clean: bool = Field(description=(
+        "true only when every file recocamp writes that could hold the customer was cleaned "
+        "(files_left is empty and the SQLite write-ahead log was emptied)"))  # fmt: skip
+    files_rewritten: int = Field(description="drop-folder and demo files rewritten without them")
+    files_left: list[str] = Field(description="files that could not be cleaned")
+    not_covered: list[str] = Field(description="where erasure cannot reach, always")
 
 
 class PurgeOut(BaseModel):
@@ -41,6 +47,7 @@ class PurgeOut(BaseModel):
     erased_audit_entries: int
     model_artifacts: int
     model_customer_rows: int
+    processed_files: int
     kept: dict[str, str]
 
 
@@ -66,10 +73,20 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
         metrics.PRIVACY_REQUESTS.labels("export", "api").inc()
         return document
 
-    @api.delete("/customers/{customer_id}", response_model=ErasureOut, responses=problems)
+    unkeyed: dict[int | str, Any] = {503: {"description": (
+        "RECOCAMP_SIGNING_KEY is not set: an erasure needs it for the tombstone that keeps "
+        "the customer from coming back.")}}  # fmt: skip
+
+    @api.delete("/customers/{customer_id}", response_model=ErasureOut,
+                responses={**problems, **unkeyed})  # fmt: skip
     def erase(customer_id: CustomerId, key: PrivacyAdmin) -> ErasureOut:
         """Erase a customer everywhere; 404 when we hold nothing about them."""
-        report = privacy.erase(engine, settings, customer_id, clock.now(), via=f"api:{key.name}")
+        try:
+            report = privacy.erase(engine, settings, customer_id, clock.now(),
+                                   via=f"api:{key.name}")  # fmt: skip
+        except tombstones.KeyMissing:
+            raise HTTPException(503, "erasure needs RECOCAMP_SIGNING_KEY (it keys the "
+                                     "tombstone); nothing was erased") from None  # fmt: skip
         if report is None:
             raise HTTPException(404, f"we hold no data about customer {customer_id!r}")
         return ErasureOut(
@@ -77,6 +94,9 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
             rows=report.rows,
             model_artifacts=report.artifacts,
             files_clean=report.files_clean,
+            files_rewritten=report.files,
+            files_left=list(report.files_left),
+            not_covered=list(report.not_covered),
         )
 
     @api.post("/purge", response_model=PurgeOut, responses=problems)

@@ -38,7 +38,7 @@ from recocamp.ingest import Importer, ImportReport
 from recocamp.model import MODEL_NAMES
 from recocamp.recommend import personal_or_popular
 from recocamp.settings import Settings, load_settings
-from recocamp.store import queries, registry
+from recocamp.store import queries, registry, tombstones
 from recocamp.store import views as store_views
 from recocamp.store.engine import current_revision, head_revision, make_engine, require_current
 from recocamp.store.engine import upgrade as upgrade_schema
@@ -171,6 +171,7 @@ def _importer(settings: Settings, progress: RichProgress, zone: str | None) -> I
         now=clock.now(),
         progress=progress,
         max_listed=settings.ingest.max_errors_listed,
+        erasure_key=tombstones.key_of(settings),
     )
 
 

@@ -130,10 +130,14 @@ def privacy_erase(
     for name, rows in sorted(report.rows.items()):
         table.add_row(name, f"{rows:,}")
     table.add_row("saved models", f"{report.artifacts:,}")
+    table.add_row("files rewritten", f"{report.files:,}")
     console.print(table)
-    if not report.files_clean:
+    for path in report.files_left:
+        console.print(f"NOT cleaned (remove the customer by hand): {path}")
+    if not report.files_clean and not report.files_left:
         console.print("the SQLite write-ahead log was busy: it is overwritten at the next "
                       "checkpoint")  # fmt: skip
+    console.print("erasure cannot reach: " + "; ".join(report.not_covered))
 
 
 @privacy_app.command("purge")

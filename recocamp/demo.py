@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from recocamp.ingest import Importer, ImportReport, ProgressSink
 from recocamp.settings import Settings
 from recocamp.sources import csv as sources
-from recocamp.store import queries
+from recocamp.store import queries, tombstones
 from recocamp.store.engine import upgrade
 from recocamp.synthetic import ConsentMix, customer_record, generate_shop
 
@@ -45,12 +45,13 @@ def build_demo(
     upgrade(engine)
     path = source or settings.demo.online_retail_path
     if not synthetic and path.exists():
-        importer = Importer(engine, zone=ZoneInfo(UCI_ZONE), now=now, progress=progress)
+        importer = Importer(engine, zone=ZoneInfo(UCI_ZONE), now=now, progress=progress,
+                            erasure_key=tombstones.key_of(settings))  # fmt: skip
         reports = [importer.purchases(path, "online-retail")]
         label = f"UCI Online Retail ({path})"
     else:
         importer = Importer(engine, zone=ZoneInfo(settings.shop.time_zone), now=now,
-                            progress=progress)  # fmt: skip
+                            progress=progress, erasure_key=tombstones.key_of(settings))  # fmt: skip
         reports = _synthetic(importer, settings, demo_dir)
         label = f"synthetic shop (seed {settings.demo.seed})"
     reports.append(_customers(engine, importer, settings, demo_dir))
@@ -66,7 +67,9 @@ def _synthetic(importer: Importer, settings: Settings, demo_dir: Path) -> list[I
     reports = [importer.items(demo_dir / "items.csv")]
     reports.append(importer.purchases(demo_dir / "purchases.csv", "standard"))
     with importer.engine.begin() as connection:
-        queries.add_missing_customers(connection, shop.countries, importer.now)
+        erased = tombstones.erased_ids(connection, importer.erasure_key, shop.countries, "the demo")
+        countries = {cid: c for cid, c in shop.countries.items() if cid not in erased}
+        queries.add_missing_customers(connection, countries, importer.now)
     return reports
 
 

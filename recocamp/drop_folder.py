@@ -5,10 +5,14 @@ What a file holds is told by its name: ``customers*.csv``, ``items*.csv``,
 (the UCI format); ``.gz`` is fine. Customers and items go first, so a drop of all three
 is imported in a sensible order.
 
-Each file is imported all-or-nothing (``ingest``) and then moved out of the folder:
-to ``[ingest] processed_dir`` when it was imported (or had been before: same SHA-256), to
-``<drop_dir>/rejected/`` with a ``<name>.errors.txt`` beside it when it was refused — so a
-broken file is reported once, not every few minutes, and nothing in it is half-imported.
+Each file is imported all-or-nothing (``ingest``) and then leaves the folder. Imported (or
+imported before: same SHA-256), it is deleted — it holds personal data the store now has —
+or, with ``[ingest] keep_processed_days`` above 0, moved to ``[ingest] processed_dir`` and
+deleted by the retention purge that many days later (``privacy.purge``; its modification
+time is set to the import's). Refused, it goes to ``<drop_dir>/rejected/`` with a
+``<name>.errors.txt`` beside it — so a broken file is reported once, not every few minutes,
+and nothing in it is half-imported; the operator deletes it once dealt with.
+Erased customers in a file are skipped like in every import (``ingest``).
 A file modified in the last ``SETTLE_S`` seconds is left for the next run: it may still be
 being written.
 """
@@ -16,6 +20,7 @@ being written.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ import sqlalchemy as sa
 from recocamp.errors import DataImportError, Problem
 from recocamp.ingest import Importer, ImportReport
 from recocamp.settings import Settings
+from recocamp.store import tombstones
 
 log = logging.getLogger(__name__)
 SETTLE_S = 5.0
@@ -78,17 +84,19 @@ def pending(drop_dir: Path, now_s: float) -> tuple[list[Path], int]:
 
 
 def import_drop_folder(engine: sa.Engine, settings: Settings, now: datetime) -> DropReport:
-    drop_dir, done_dir = settings.ingest.drop_dir, settings.ingest.processed_dir
+    drop_dir = settings.ingest.drop_dir
+    done_dir = settings.ingest.processed_dir if settings.ingest.keep_processed_days else None
     files, waiting = pending(drop_dir, time.time())
     report = DropReport(waiting=waiting)
     importer = Importer(engine, zone=ZoneInfo(settings.shop.time_zone), now=now,
-                        max_listed=settings.ingest.max_errors_listed)  # fmt: skip
+                        max_listed=settings.ingest.max_errors_listed,
+                        erasure_key=tombstones.key_of(settings))  # fmt: skip
     for path in files:
         _one(importer, path, drop_dir, done_dir, report)
     return report
 
 
-def _one(importer: Importer, path: Path, drop_dir: Path, done_dir: Path,
+def _one(importer: Importer, path: Path, drop_dir: Path, done_dir: Path | None,
          report: DropReport) -> None:  # fmt: skip
     kind = kind_of(path)
     try:
@@ -103,7 +111,7 @@ def _one(importer: Importer, path: Path, drop_dir: Path, done_dir: Path,
         log.error("import of %s refused, moved to %s: %s", path.name, drop_dir / "rejected",
                   str(exc).splitlines()[0])  # fmt: skip
         return
-    _move(path, done_dir)
+    _done(path, done_dir, importer.now)
     if result.already_imported:
         report.already_imported += 1
     else:
@@ -118,6 +126,24 @@ def _import(importer: Importer, path: Path, kind: str, fmt: str) -> ImportReport
     if kind == "items":
         return importer.items(path)
     return importer.purchases(path, fmt)
+
+
+def _done(path: Path, directory: Path | None, now: datetime) -> None:
+    """An imported file: deleted, or kept in ``directory`` with the import's time as its
+    modification time (the retention purge's clock)."""
+    if directory is None:
+        path.unlink()
+        return
+    target = _move(path, directory)
+    os.utime(target, (now.timestamp(), now.timestamp()))
+
+
+def expired(directory: Path, before: datetime) -> list[Path]:
+    """Kept imported files whose time is up (modified before ``before``)."""
+    if not directory.is_dir():
+        return []
+    cutoff = before.timestamp()
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.stat().st_mtime < cutoff)
 
 
 def _move(path: Path, directory: Path) -> Path:

@@ -5,6 +5,13 @@ A file is parsed completely before anything is written. If any row is malformed,
 and the store is untouched. Otherwise its rows and its ``import_runs`` record are written in
 one transaction. Importing the same file again (same SHA-256) changes nothing and says so;
 overlapping files are safe too, because purchases are keyed by (order id, line number).
+
+Erased customers stay erased (``store.tombstones``): a customers row whose id or address
+was erased is skipped and counted as ``erased`` in the report (``skipped``), and order
+lines of an erased customer are stored as guest lines — the shop's sales figures stay
+right, the person is not brought back — counted as ``erased_customer_lines`` (``details``).
+A new sign-up of the same person goes through ``PUT /v1/customers/{id}`` with
+``new_sign_up`` and a fresh consent, never through a file.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -26,7 +33,7 @@ from recocamp.catalog import SaleLine, build_catalog
 from recocamp.domain import Customer, Purchase
 from recocamp.errors import DataImportError, Problem
 from recocamp.sources import csv as sources
-from recocamp.store import queries
+from recocamp.store import queries, tombstones
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,10 +118,12 @@ class Importer:
         now: datetime,
         progress: ProgressSink | None = None,
         max_listed: int = 20,
+        erasure_key: bytes | None = None,
     ) -> None:
         self.engine, self.zone, self.now = engine, zone, now
         self.progress = progress or NoProgress()
         self.max_listed = max_listed
+        self.erasure_key = erasure_key  # tombstones.key_of(settings)
 
     def purchases(self, path: Path, fmt: str = "standard") -> ImportReport:
         if fmt not in sources.PURCHASE_FORMATS:
@@ -177,9 +186,11 @@ class Importer:
             retail = []
         self.progress.phase(f"writing {len(rows):,} order lines", len(rows))
         with self.engine.begin() as connection:
+            rows, retail, detached = self._detach_erased(connection, rows, retail)
             run_id = self._begin_run(connection, "purchases", fmt, path, sha, read)
             new = queries.insert_purchases(connection, rows, run_id, self.progress.advance)
-            details = _purchase_details(rows)
+            details = _purchase_details(rows) | ({"erased_customer_lines": detached}
+                                                 if detached else {})  # fmt: skip
             if retail:
                 details |= self._catalogue_from_retail(connection, retail)
             report = ImportReport(
@@ -217,11 +228,33 @@ class Importer:
         )  # fmt: skip
         _refuse_duplicate_ids(path, [row.id for row in rows])
         with self.engine.begin() as connection:
+            erased = tombstones.erased_ids(connection, self.erasure_key, [r.id for r in rows],
+                                           "importing customers",
+                                           [(r.id, r.email) for r in rows if r.email])  # fmt: skip
+            if erased:
+                rows = [row for row in rows if row.id not in erased]
+                skipped = {**skipped, "erased": len(erased)}
             run_id = self._begin_run(connection, "customers", fmt, path, sha, read)
             queries.upsert_customers(connection, rows, self.now)
             report = ImportReport("customers", fmt, str(path), read, len(rows), 0, skipped)
             self._finish(connection, run_id, report)
         return report
+
+    def _detach_erased(self, connection: sa.Connection, rows: list[Purchase],
+                       retail: list[sources.RetailLine],
+                       ) -> tuple[list[Purchase], list[sources.RetailLine], int]:  # fmt: skip
+        """Order lines of erased customers become guest lines (and name no country)."""
+        erased = tombstones.erased_ids(
+            connection, self.erasure_key,
+            {row.customer_id for row in rows if row.customer_id is not None},
+            "importing purchases",
+        )  # fmt: skip
+        if not erased:
+            return rows, retail, 0
+        detached = sum(1 for row in rows if row.customer_id in erased)
+        rows = [detach(row, erased) for row in rows]
+        retail = [replace(line, purchase=detach(line.purchase, erased)) for line in retail]
+        return rows, retail, detached
 
     def _write_items(self, path: Path, fmt: str, sha: str) -> ImportReport:
         rows, skipped, read = _parse(
@@ -246,6 +279,11 @@ class Importer:
             details={"file": Path(report.file).name, "imported": report.imported,
                      "skipped": report.skipped, **report.details},
         )  # fmt: skip
+
+
+def detach(row: Purchase, erased: set[str]) -> Purchase:
+    """The line as a guest line when its customer was erased."""
+    return replace(row, customer_id=None) if row.customer_id in erased else row
 
 
 def _fields(report: ImportReport) -> dict[str, Any]:

@@ -17,14 +17,20 @@ non-identifying aggregates keep their rows with the person taken out (:data:`KEE
 order lines lose their customer (popularity and revenue KPIs stay right), decisions,
 e-mails and audit entries name an anonymous stand-in (``erased-<n>``, one per erasure: the
 campaign counts stay right) and lose addresses, subjects, bodies and event details; every
-other row tied to the customer is deleted (the top-N cache entry at once). Then the
-customer's rows are removed from every saved model's artifacts, and on SQLite the freed
-pages are overwritten (``secure_delete``) and the write-ahead log is emptied, so no copy of
-the data is left in any file we write. The model trained next learns from none of it.
+other row tied to the customer is deleted (the top-N cache entry at once), and a tombstone
+is written (``store.tombstones``: keyed hashes of the id and the address, no personal
+data) that every way in checks, so no re-import, drop-folder file, API call or purchase
+event brings them back. Then the customer's rows are removed from every saved model's
+artifacts and from every file recocamp writes (``erasure_files``: kept drop-folder files,
+rejected files, the demo's files), and on SQLite the freed pages are overwritten
+(``secure_delete``) and the write-ahead log is emptied. ``files_clean`` is true only when
+all of that succeeded; what erasure cannot reach is listed (``erasure_files.NOT_COVERED``).
+The model trained next learns from none of it.
 
 Kept on purpose: the suppression list's SHA-256 of the address (it is what keeps an address
 that bounced, complained or unsubscribed from being mailed again if a feed brings it back),
-and an ``erasures`` row saying when, through which channel and how many rows.
+an ``erasures`` row saying when, through which channel and how many rows, and the tombstone
+(keyed hashes only; lifted by a new sign-up with a fresh consent, see ``api_events``).
 
 **Retention** (:func:`purge`, ``[privacy]`` settings; the worker runs it daily): bodies,
 subjects and addresses of e-mails that left the outbox are blanked after
@@ -32,8 +38,10 @@ subjects and addresses of e-mails that left the outbox are blanked after
 after ``contact_events_days``, decisions after ``decisions_days``, anonymised audit entries
 of erased customers after ``erased_audit_days``, and the artifacts of retired or rejected
 models (which hold pseudonymous customer rows) after ``retired_model_days`` — except the
-rollback target. Customers, their orders, consent records and the audit log of living
-customers are kept as long as the shop keeps the customer.
+rollback target — and imported drop-folder files after ``[ingest] keep_processed_days``
+(0, the default: they are deleted as soon as they are imported). Customers, their orders,
+consent records and the audit log of living customers are kept as long as the shop keeps
+the customer.
 """
 
 from __future__ import annotations
@@ -53,10 +61,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp import metrics, model, outbox
+from recocamp import drop_folder, erasure_files, metrics, model, outbox
 from recocamp.domain import OutgoingEmail, email_hash
 from recocamp.settings import Settings
-from recocamp.store import registry
+from recocamp.store import registry, tombstones
 from recocamp.store.queries import audit
 from recocamp.store.schema import (
     audit_log,
@@ -174,7 +182,11 @@ class ErasureReport:
     erasure_id: int
     rows: dict[str, int]
     artifacts: int  # saved models the customer was removed from
-    files_clean: bool  # SQLite: the write-ahead log could be emptied (no reader held it)
+    files_clean: bool  # every file we know of is clean: the SQLite write-ahead log could be
+    # emptied (no reader held it) and every file of erasure_files.written_dirs was cleaned
+    files: int = 0  # files of erasure_files.written_dirs rewritten without the customer
+    files_left: tuple[str, ...] = ()  # files that could not be cleaned (their paths)
+    not_covered: tuple[str, ...] = erasure_files.NOT_COVERED
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +253,14 @@ def _count(result: Any) -> int:
 
 def erase(engine: sa.Engine, settings: Settings, customer_id: str, now: datetime, via: str,
           schema: sa.MetaData = metadata) -> ErasureReport | None:  # fmt: skip
-    """Remove a customer everywhere (see the module docstring); None if we hold nothing."""
+    """Remove a customer everywhere (see the module docstring); None if we hold nothing.
+    Needs the tombstones' key (``tombstones.KeyMissing`` without it): an erasure that a
+    re-import could undo is not done at all."""
+    key = tombstones.key_of(settings)
+    if key is None:
+        raise tombstones.KeyMissing("erasure")
     with engine.begin() as connection, _scrubbing(connection):
+        tombstones.serialise(connection, erasing=True)
         person = connection.execute(sa.select(customers.c.email).where(
             customers.c.id == customer_id)).first()  # fmt: skip
         email = person.email if person is not None else None
@@ -250,6 +268,7 @@ def erase(engine: sa.Engine, settings: Settings, customer_id: str, now: datetime
         if person is None and not any(_exists(connection, tie.table, where) for tie, where in tied):
             return None
         erasure_id = _new_erasure(connection, now, via)
+        tombstones.record(connection, key, customer_id, email, now)
         keys = tuple(connection.execute(sa.select(outbox_table.c.send_key).where(
             outbox_table.c.customer_id == customer_id)).scalars())  # fmt: skip
         who = Person(customer_id, email, f"erased-{erasure_id}", keys)
@@ -269,10 +288,13 @@ def erase(engine: sa.Engine, settings: Settings, customer_id: str, now: datetime
             details={"rows": rows},
         )
     artifacts = _scrub_artifacts(engine, {customer_id})
-    clean = _empty_wal(engine)
+    files = erasure_files.scrub(erasure_files.written_dirs(settings), customer_id, email)
+    clean = _empty_wal(engine) and not files.failed
     metrics.PRIVACY_REQUESTS.labels("erasure", via).inc()
-    log.info("erasure %d via %s: rows %s, %d model(s) scrubbed", erasure_id, via, rows, artifacts)
-    return ErasureReport(erasure_id, rows, artifacts, clean)
+    log.info("erasure %d via %s: rows %s, %d model(s), %d file(s) scrubbed, %d not", erasure_id,
+             via, rows, artifacts, len(files.rewritten), len(files.failed))  # fmt: skip
+    return ErasureReport(erasure_id, rows, artifacts, clean, len(files.rewritten),
+                         tuple(str(path) for path in files.failed))  # fmt: skip
 
 
 def _new_erasure(connection: sa.Connection, now: datetime, via: str) -> int:
@@ -349,6 +371,7 @@ class PurgeReport:
     erased_audit_entries: int = 0
     model_artifacts: int = 0
     model_customer_rows: int = 0  # of customers erased while a model was being trained
+    processed_files: int = 0  # imported drop-folder files past [ingest] keep_processed_days
     kept: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -364,6 +387,9 @@ KEPT = {
     "suppression hashes": "always: they keep bounced, complained and unsubscribed addresses "
                           "from being mailed again",
     "erasures": "always: when and how a customer was erased, no identifier",
+    "erasure tombstones": "always: keyed hashes of an erased customer's id and address, so "
+                          "no feed brings them back (a new sign-up lifts them)",
+    "rejected drop-folder files": "until the operator deletes them (erasure cleans them)",
     "rollback model": "the model that was live before the current one",
 }  # fmt: skip
 
@@ -389,9 +415,20 @@ def purge(engine: sa.Engine, settings: Settings, now: datetime) -> PurgeReport:
         shutil.rmtree(directory, ignore_errors=True)
     orphans = _scrub_orphans(engine)
     _empty_wal(engine)
-    report = PurgeReport(bodies, events, decided, audits, len(directories), orphans, KEPT)
+    files = _old_processed_files(settings, now)
+    report = PurgeReport(bodies, events, decided, audits, len(directories), orphans, files, KEPT)
     log.info("privacy purge: %s", {k: v for k, v in report.as_dict().items() if k != "kept"})
     return report
+
+
+def _old_processed_files(settings: Settings, now: datetime) -> int:
+    """Delete imported drop-folder files kept past ``[ingest] keep_processed_days``."""
+    before = now - timedelta(days=settings.ingest.keep_processed_days)
+    removed = 0
+    for path in drop_folder.expired(settings.ingest.processed_dir, before):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def _scrub_orphans(engine: sa.Engine) -> int:

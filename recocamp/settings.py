@@ -69,6 +69,7 @@ class ShopSettings(_Section):
 class IngestSettings(_Section):
     drop_dir: Path = Path("incoming")
     processed_dir: Path = Path("incoming/processed")
+    keep_processed_days: int = Field(default=0, ge=0, le=3650)  # 0: delete once imported
     max_errors_listed: int = Field(default=20, ge=1)
 
 

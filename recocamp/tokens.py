@@ -5,6 +5,10 @@ A token binds a customer, a campaign and a purpose (``unsubscribe`` | ``preferen
 feedback token also binds the survey (campaign and shop-local day of the mailing), so an
 answer counts once per customer and survey. Tokens carry no e-mail address; customer ids are
 not guessable from them and cannot be changed without the key.
+
+The same key makes the keyed hashes of erasure tombstones (:func:`keyed_hash`): an erased
+customer's id and address are recognised when a feed brings them back, and nobody without
+the key can test a guess against them (a plain hash of an id like ``10042`` can).
 """
 
 from __future__ import annotations
@@ -71,3 +75,10 @@ def verify(key: bytes, token: str, purpose: str, now: datetime, max_age_days: in
     survey = data.get("s")
     return Claims(str(data["c"]), str(data["k"]), str(data["p"]), issued,
                   None if survey is None else str(survey))  # fmt: skip
+
+
+def keyed_hash(key: bytes, kind: str, value: str) -> str:
+    """HMAC-SHA256 of ``kind:value`` (hex): a value recognisable only with the key. Addresses
+    are trimmed and lower-cased first, as for suppressions."""
+    text = value.strip().lower() if kind == "email" else value
+    return hmac.new(key, f"{kind}:{text}".encode(), hashlib.sha256).hexdigest()

@@ -11,10 +11,11 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from recocamp.api import create_app
 from recocamp.clock import FixedClock
 from recocamp.domain import email_hash
 from recocamp.store.schema import audit_log, customers, purchases, recommendations, suppressions
-from tests.api_shop import NOW, bearer, call, engine_of, make_app
+from tests.api_shop import NOW, bearer, call, engine_of, make_app, settings_for
 
 EVENTS = "/v1/events/purchases"
 
@@ -63,7 +64,8 @@ def test_one_order_is_stored_with_the_importers_semantics(app: FastAPI) -> None:
     reply = post(app, order())
     assert reply.status == 200, reply.text
     assert reply.json() == {"orders": 1, "new_orders": 1, "duplicate_orders": [],
-                            "lines_written": 2, "lines_skipped": {}}  # fmt: skip
+                            "lines_written": 2, "lines_skipped": {},
+                            "erased_customer_lines": 0}  # fmt: skip
     at = datetime(2012, 1, 4, 17, 30, tzinfo=UTC)
     assert lines(engine_of(app)) == [("A1", 1, "c1", "i1", 2, 3.5, at, False),
                                      ("A1", 2, "c1", "i2", 1, 10.0, at, False)]  # fmt: skip
@@ -246,3 +248,75 @@ def test_a_consent_in_the_future_is_refused(app: FastAPI) -> None:
     future = {"consent_basis": "double_opt_in", "consent_at": (NOW + timedelta(days=1)).isoformat()}
     reply = put(app, {"source": "signup", **future})
     assert reply.status == 422 and reply.json()["detail"][0]["loc"] == ["body", "consent_at"]
+
+
+def erase(app: FastAPI, customer: str = "c1") -> Any:
+    return call(app, "DELETE", f"/v1/privacy/customers/{customer}", headers=bearer("dpo"))
+
+
+def test_an_erased_customer_comes_back_only_by_a_new_sign_up(engine: sa.Engine,
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    consent = {"consent_basis": "double_opt_in", "consent_at": "2011-06-01T10:00:00+00:00"}
+    profile = {"source": "crm sync", "email": "Erin@Example.test", "first_name": "Erin", **consent}
+    assert put(app, profile).status == 200
+    assert erase(app).status == 200
+    clock.advance(timedelta(days=1))
+
+    again = put(app, profile)  # the shop's CRM sends the old profile again
+    assert again.status == 410 and "erin" not in again.text.lower()
+    same_address = put(app, {"source": "signup", "email": " erin@example.TEST"}, customer="c2")
+    assert same_address.status == 410
+    stale = put(app, {**profile, "new_sign_up": True})  # the consent is older than the erasure
+    assert stale.status == 422 and stale.json()["detail"][0]["loc"] == ["body", "consent_at"]
+    assert person(engine) is None and person(engine, "c2") is None
+
+    fresh = {"consent_basis": "double_opt_in", "consent_at": clock.now().isoformat()}
+    back = put(app, {**profile, **fresh, "source": "signup", "new_sign_up": True})
+    assert back.status == 200 and back.json()["created"] is True, back.text
+    assert person(engine).email == "Erin@Example.test"
+    lifted = [row for row in audits(engine) if row[0] == "erasure_lifted"]
+    assert lifted == [("erasure_lifted", "api:shop", "c1", {"source": "signup", "tombstones": 1})]
+    assert put(app, {"source": "account page", "first_name": "Erin B."}).status == 200
+
+    assert erase(app).status == 200  # erased again; she signs up under a new id
+    fresh = {"consent_basis": "double_opt_in", "consent_at": clock.advance(timedelta(days=1))
+             .isoformat()}  # fmt: skip
+    renewed = {"source": "signup", "email": "erin@example.test", "new_sign_up": True, **fresh}
+    assert put(app, renewed, customer="c2").status == 200
+    assert put(app, profile).status == 410  # the old record stays erased
+    assert person(engine) is None and person(engine, "c2").email == "erin@example.test"
+
+
+def test_orders_of_an_erased_customer_are_kept_as_guest_orders(engine: sa.Engine,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    app = make_app(engine, tmp_path)
+    assert put(app, {"source": "signup", "email": "x@example.test"}).status == 200
+    assert post(app, order("A1")).status == 200
+    assert erase(app).status == 200
+    reply = post(app, {"orders": [order("A2"), order("A3", customer="c2")]})
+    assert reply.status == 200, reply.text
+    assert reply.json()["erased_customer_lines"] == 2 and reply.json()["lines_written"] == 4
+    owners = {(row[0], row[1]): row[2] for row in lines(engine)}
+    assert owners == {("A1", 1): None, ("A1", 2): None, ("A2", 1): None, ("A2", 2): None,
+                      ("A3", 1): "c2", ("A3", 2): "c2"}  # fmt: skip
+    assert person(engine) is None
+
+
+def test_without_the_key_erased_customers_cannot_be_checked_so_nothing_is_written(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    app = make_app(engine, tmp_path)
+    assert put(app, {"source": "signup", "email": "x@example.test"}).status == 200
+    assert erase(app).status == 200
+    settings = settings_for(tmp_path).model_copy(update={"signing_key": None})
+    unkeyed = create_app(settings, engine, FixedClock(NOW))
+    before = lines(engine), audits(engine)
+    refused = call(unkeyed, "PUT", "/v1/customers/c1", json={"source": "crm", "first_name": "X"},
+                   headers=bearer("shop"))  # fmt: skip
+    assert refused.status == 503 and "RECOCAMP_SIGNING_KEY" in refused.text
+    assert call(unkeyed, "POST", EVENTS, json=order("A9"), headers=bearer("shop")).status == 503
+    assert (lines(engine), audits(engine)) == before and person(engine) is None
+    kept = call(unkeyed, "DELETE", "/v1/privacy/customers/c9", headers=bearer("dpo"))
+    assert kept.status == 503 and "nothing was erased" in kept.text

@@ -4,16 +4,25 @@ on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
+from recocamp import privacy
 from recocamp.catalog import is_service_code
-from recocamp.errors import DataImportError
+from recocamp.drop_folder import import_drop_folder
+from recocamp.errors import ConfigError, DataImportError
 from recocamp.ingest import Importer
+from recocamp.settings import Settings
+from recocamp.store import tombstones
 from recocamp.store.schema import audit_log, customers, import_runs, items, purchases
 from tests.conftest import NOW, write_csv
 
@@ -337,3 +346,137 @@ def test_a_time_past_year_9999_in_utc_is_a_row_problem_not_a_crash(
     text = str(caught.value)
     assert "line 3" in text and "ordered_at" in text and "9999-12-31T23:00:00-05:00" in text
     assert counts(engine)["purchases"] == 0
+
+
+# -- erased customers stay erased; imported drop-folder files do not stay ---------------------
+
+CUSTOMER_HEADER = ["id", "email", "first_name", "consent_basis", "consent_at"]
+ERIN = ["c1", "Erin@Example.test", "Erin", "double_opt_in", "2011-06-01T10:00:00Z"]
+OTTO = ["c2", "otto@example.test", "Otto", "double_opt_in", "2011-06-01T10:00:00Z"]
+ORDER_HEADER = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+
+
+def shop_settings(tmp_path: Path, **ingest: object) -> Settings:
+    """Settings with the links' (and tombstones') key and a drop folder under ``tmp_path``."""
+    folders = {"drop_dir": tmp_path / "incoming", "processed_dir": tmp_path / "incoming" / "done"}
+    return Settings(signing_key=SecretStr("k" * 32), ingest={**folders, **ingest})  # type: ignore[arg-type]
+
+
+def erased_shop(engine: sa.Engine, tmp_path: Path, settings: Settings) -> None:
+    """Erin and Otto with orders; then Erin is erased."""
+    keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=tombstones.key_of(settings))
+    keyed.customers(write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, [ERIN, OTTO]))
+    orders = [["o1", "c1", "i1", 1, 2.5, "2011-07-01T10:00:00Z"],
+              ["o2", "c2", "i1", 1, 2.5, "2011-07-01T10:00:00Z"]]  # fmt: skip
+    keyed.purchases(write_csv(tmp_path / "orders.csv", ORDER_HEADER, orders))
+    assert privacy.erase(engine, settings, "c1", NOW, via="test") is not None
+
+
+def people(engine: sa.Engine) -> dict[str, str | None]:
+    with engine.connect() as connection:
+        return dict(connection.execute(sa.select(customers.c.id, customers.c.email)).all())
+
+
+def test_a_re_import_never_brings_an_erased_customer_back(engine: sa.Engine,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    settings = shop_settings(tmp_path)
+    erased_shop(engine, tmp_path, settings)
+    keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=tombstones.key_of(settings))
+    same_address = ["c3", " ERIN@example.test", "Erin", "none", ""]  # a new id, her address
+    again = [ERIN, [*OTTO[:2], "Otto B.", *OTTO[3:]], same_address]
+    report = keyed.customers(write_csv(tmp_path / "people-2.csv", CUSTOMER_HEADER, again))
+    assert (report.imported, report.skipped) == (1, {"erased": 2})
+    assert people(engine) == {"c2": "otto@example.test"}
+    with engine.connect() as connection:
+        run = connection.execute(sa.select(import_runs).order_by(import_runs.c.id.desc())).first()
+    assert run is not None and run.skipped == {"erased": 2}
+
+    orders = [["o3", "c1", "i1", 1, 2.5, "2011-08-01T10:00:00Z"],
+              ["o4", "c2", "i1", 1, 2.5, "2011-08-01T10:00:00Z"]]  # fmt: skip
+    bought = keyed.purchases(write_csv(tmp_path / "orders-2.csv", ORDER_HEADER, orders))
+    assert bought.imported == 2 and bought.details["erased_customer_lines"] == 1
+    with engine.connect() as connection:
+        owners = dict(
+            connection.execute(sa.select(purchases.c.order_id, purchases.c.customer_id)).all()
+        )
+    assert owners == {"o1": None, "o2": "c2", "o3": None, "o4": "c2"}  # guest lines
+
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    dropped = write_csv(drop / "customers-3.csv", CUSTOMER_HEADER, [ERIN])
+    os.utime(dropped, (0, 0))  # settled long ago
+    assert import_drop_folder(engine, settings, NOW).imported == 1
+    assert people(engine) == {"c2": "otto@example.test"}
+    assert not dropped.exists() and not settings.ingest.processed_dir.exists()  # not kept
+
+
+def test_without_the_key_a_store_with_tombstones_refuses_imports(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    settings = shop_settings(tmp_path)
+    erased_shop(engine, tmp_path, settings)
+    before = counts(engine)
+    unkeyed = Importer(engine, zone=LONDON, now=NOW)
+    with pytest.raises(ConfigError, match="RECOCAMP_SIGNING_KEY"):
+        unkeyed.customers(write_csv(tmp_path / "people-2.csv", CUSTOMER_HEADER, [ERIN]))
+    with pytest.raises(ConfigError, match="RECOCAMP_SIGNING_KEY"):
+        order = ["o9", "c1", "i1", 1, 2.5, "2011-08-01T10:00:00Z"]
+        unkeyed.purchases(write_csv(tmp_path / "o.csv", ORDER_HEADER, [order]))
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    dropped = write_csv(drop / "customers-3.csv", CUSTOMER_HEADER, [ERIN])
+    os.utime(dropped, (0, 0))
+    with pytest.raises(ConfigError, match="RECOCAMP_SIGNING_KEY"):
+        import_drop_folder(engine, settings.model_copy(update={"signing_key": None}), NOW)
+    assert dropped.exists() and not (drop / "rejected").exists()  # tried again once it is set
+    assert counts(engine) == before
+    with pytest.raises(ConfigError, match="RECOCAMP_SIGNING_KEY"):
+        privacy.erase(engine, settings.model_copy(update={"signing_key": None}), "c2", NOW, "t")
+    assert people(engine) == {"c2": "otto@example.test"}
+
+
+def test_imported_drop_files_are_kept_only_as_long_as_configured(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    settings = shop_settings(tmp_path, keep_processed_days=3)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    os.utime(write_csv(drop / "customers-1.csv", CUSTOMER_HEADER, [OTTO]), (0, 0))
+    assert import_drop_folder(engine, settings, NOW).imported == 1
+    kept = settings.ingest.processed_dir / "customers-1.csv"
+    assert kept.stat().st_mtime == NOW.timestamp()  # the import's time: the retention clock
+    assert privacy.purge(engine, settings, NOW + timedelta(days=2)).processed_files == 0
+    assert kept.exists()
+    assert privacy.purge(engine, settings, NOW + timedelta(days=4)).processed_files == 1
+    assert not kept.exists()
+
+
+def test_an_erasure_waits_for_a_write_already_checked_and_erases_it_too(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """PostgreSQL: a feed checked c1 (no tombstone yet) and wrote them, uncommitted, when the
+    erasure starts: the erasure waits for that commit and then erases the row."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs one writer at a time")
+    settings = shop_settings(tmp_path)
+    outcome: list[object] = []
+    with engine.connect() as feed, engine.connect() as observer:
+        with feed.begin():
+            assert tombstones.erased_ids(feed, tombstones.key_of(settings), ["c1"], "t") == set()
+            feed.execute(sa.insert(customers).values(id="c1", email="e@example.test",
+                                                     updated_at=NOW))  # fmt: skip
+            eraser = threading.Thread(target=lambda: outcome.append(
+                privacy.erase(engine, settings, "c1", NOW, via="test")))  # fmt: skip
+            eraser.start()
+            waiting = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                              "AND NOT granted")  # fmt: skip
+            for _ in range(200):  # the erasure queues behind the feed's lock (bounded wait)
+                if observer.execute(waiting).scalar_one():
+                    break
+                observer.rollback()
+                time.sleep(0.05)
+            else:
+                pytest.fail("the erasure did not wait for the feed's transaction")
+        eraser.join(30)
+    assert outcome and outcome[0] is not None
+    assert people(engine) == {}

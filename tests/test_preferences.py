@@ -145,7 +145,7 @@ def test_erasure_needs_the_box_ticked(app: FastAPI) -> None:
     assert done.status == 200 and "Your data has been erased." in done.text
     assert state(engine, person.id)[0] is None
     gone = call(app, "GET", page(person.id) + "?lang=en")  # the locale went with the data
-    assert gone.status == 404 and "We hold no data about you." in gone.text
+    assert gone.status == 410 and "Your data has been erased." in gone.text
 
 
 @pytest.mark.parametrize("form", [{"action": "launch"}, {"action": "pause", "weeks": "3"},

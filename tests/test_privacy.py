@@ -4,6 +4,7 @@ later, the retention purge, and the command-line twins."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import zlib
@@ -17,9 +18,11 @@ from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from recocamp import outbox, privacy, tokens, training
+from recocamp.api import create_app
 from recocamp.cli import app as cli
 from recocamp.clock import FixedClock
 from recocamp.domain import OutgoingEmail, email_hash
+from recocamp.drop_folder import import_drop_folder
 from recocamp.esp.fake_server import postmark_event
 from recocamp.store import registry
 from recocamp.store.schema import (
@@ -229,7 +232,7 @@ def test_export_holds_everything_and_erasure_leaves_nothing(
                                   ).all() == [(stand_in, "")]  # fmt: skip
 
     assert call(app, "GET", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo")).status == 404
-    assert call(app, "GET", link("preferences")).status == 404
+    assert call(app, "GET", link("preferences")).status == 410  # erased: nothing held
     answer = call(app, "GET", f"/v1/customers/{VICTIM}/next-best-offer", headers=bearer("shop"))
     assert answer.json()["basis_reason"] == "popular: unknown customer"
 
@@ -442,13 +445,113 @@ def test_the_command_line_twins(shop: tuple[sa.Engine, Path], tmp_path: Path,
     document = json.loads((tmp_path / "mine.json").read_text())
     assert document["tables"]["customers"][0]["first_name"] == NAME
     assert (tmp_path / "mine.json").stat().st_mode & 0o077 == 0  # readable by its owner only
+    unkeyed = runner.invoke(cli, ["privacy", "erase", VICTIM, "--yes"])
+    assert unkeyed.exit_code == 2 and "RECOCAMP_SIGNING_KEY" in unkeyed.output
+    assert privacy.export(engine, VICTIM, NOW) is not None  # nothing was erased
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", SIGNING_KEY)
     erased = runner.invoke(cli, ["privacy", "erase", VICTIM, "--yes"])
     assert erased.exit_code == 0, erased.output
-    assert "customers" in erased.output
+    assert "customers" in erased.output and "erasure cannot reach" in erased.output
     assert runner.invoke(cli, ["privacy", "erase", VICTIM, "--yes"]).exit_code == 1
+    original = tmp_path / "customers.csv"  # the shop's export, with the erased customer's row
+    row = f"{VICTIM},{EMAIL},{NAME},double_opt_in,2011-06-01T10:00:00Z"
+    original.write_text(f"id,email,first_name,consent_basis,consent_at\n{row}\n")
+    imported = runner.invoke(cli, ["import", "customers", str(original)])
+    assert imported.exit_code == 0, imported.output
+    assert "skipped: erased" in imported.output
+    monkeypatch.delenv("RECOCAMP_SIGNING_KEY")
+    original.write_text(original.read_text() + "c-new,new@example.test,,none,\n")
+    refused = runner.invoke(cli, ["import", "customers", str(original)])
+    assert refused.exit_code == 2 and "RECOCAMP_SIGNING_KEY" in refused.output
     assert runner.invoke(cli, ["privacy", "export", VICTIM]).exit_code == 1
     purged = runner.invoke(cli, ["privacy", "purge"])
     assert purged.exit_code == 0 and "outbox bodies" in purged.output
     assert personal_cells(engine) == []
     clock = FixedClock(NOW)
     assert privacy.export(engine, VICTIM, clock.now()) is None
+
+
+def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept drop-folder files, a rejected file, the demo's files and the stand-in ESP's
+    messages lose the victim and keep everybody else; files_clean is true only when all of
+    them could be cleaned."""
+    engine, artifacts = shop
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # the default [ingest] folders and demo/ are relative
+    monkeypatch.setattr("recocamp.drop_folder.SETTLE_S", 0.0)
+    base = settings_for(artifacts)
+    settings = base.model_copy(update={"ingest": base.ingest.model_copy(
+        update={"keep_processed_days": 30})})  # fmt: skip
+    app = create_app(settings, engine, FixedClock(NOW))
+    people = ("id,email,first_name,consent_basis,consent_at\n"
+              f"{VICTIM},{EMAIL},{NAME},double_opt_in,2011-06-01T10:00:00Z\n"
+              "keeper,keeper@example.test,Kim,none,\n")  # fmt: skip
+    orders = ("order_id,customer_id,item_id,quantity,unit_price,ordered_at\n"
+              f"V1,{VICTIM},85123A,1,2.5,2011-07-01T10:00:00Z\n"
+              "K1,keeper,85123A,1,2.5,2011-07-01T10:00:00Z\n")  # fmt: skip
+    incoming = work / "incoming"
+    incoming.mkdir()
+    (incoming / "customers-1.csv").write_text(people)
+    with gzip.open(incoming / "purchases-1.csv.gz", "wt") as handle:
+        handle.write(orders)
+    (incoming / "customers-2.csv").write_text(people + "broken,b@example.test,,maybe,\n")
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (2, 1)
+    demo = work / "demo"
+    (demo / "fake-esp").mkdir(parents=True)
+    (demo / "customers.csv").write_text(people)
+    messages = [{"To": EMAIL, "send_key": f"winback/{VICTIM}/2012-01-04", "TextBody": NAME},
+                {"To": "keeper@example.test", "send_key": "winback/keeper/2012-01-04"}]  # fmt: skip
+    (demo / "fake-esp" / "messages.jsonl").write_text("".join(json.dumps(m) + "\n"
+                                                              for m in messages))  # fmt: skip
+    assert len(personal_files(work)) >= 5
+
+    erased = call(app, "DELETE", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo"))
+    assert erased.status == 200, erased.text
+    answer = erased.json()
+    assert answer["files_clean"] is True and answer["files_left"] == []
+    assert answer["files_rewritten"] == 5
+    assert any("--output" in line for line in answer["not_covered"])
+    assert personal_files(work) == []
+    done = incoming / "processed"
+    assert (done / "customers-1.csv").read_text().splitlines()[1:] == [
+        "keeper,keeper@example.test,Kim,none,"]  # fmt: skip
+    with gzip.open(done / "purchases-1.csv.gz", "rt") as handle:
+        assert handle.read().splitlines()[1:] == [
+            "V1,,85123A,1,2.5,2011-07-01T10:00:00Z",  # a guest line, as in the store
+            "K1,keeper,85123A,1,2.5,2011-07-01T10:00:00Z"]  # fmt: skip
+    assert "keeper" in (incoming / "rejected" / "customers-2.csv").read_text()
+    assert (done / "customers-1.csv").stat().st_mtime == NOW.timestamp()  # retention clock kept
+    assert "keeper@example.test" in (demo / "fake-esp" / "messages.jsonl").read_text()
+
+    (done / "customers-9.csv.gz").write_bytes(b"not gzip at all")  # cannot be read: not clean
+    left = call(app, "DELETE", "/v1/privacy/customers/keeper", headers=bearer("dpo")).json()
+    assert left["files_clean"] is False
+    assert left["files_left"] == [str(Path("incoming/processed/customers-9.csv.gz"))]
+    assert "keeper" not in (done / "customers-1.csv").read_text()
+
+
+def test_a_link_of_an_erased_customer_records_nothing(shop: tuple[sa.Engine, Path]) -> None:
+    engine, artifacts = shop
+    app = make_app(engine, artifacts)
+    profile = {"source": "test", "email": EMAIL, "first_name": NAME}
+    assert call(app, "PUT", f"/v1/customers/{VICTIM}", json=profile,
+                headers=bearer("shop")).status == 200  # fmt: skip
+    assert (
+        call(app, "DELETE", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo")).status == 200
+    )
+    before = counts(engine)
+    for method in ("GET", "POST"):
+        reply = call(app, method, link("unsubscribe") + "?lang=en")
+        assert reply.status == 410 and "Your data has been erased." in reply.text
+    form = call(app, "POST", link("preferences"), data={"action": "unsubscribe"})
+    assert form.status == 410
+    assert counts(engine) == before and personal_cells(engine) == []
+    record = {"MessageID": MESSAGE_ID, "To": EMAIL,
+              "Metadata": {"send_key": f"winback/{VICTIM}/2012-01-04"}}  # fmt: skip
+    late = call(app, "POST", "/v1/webhooks/postmark", json=postmark_event("bounce", record, NOW),
+                headers={"authorization": "Bearer hook-secret"})  # fmt: skip
+    assert late.status == 200 and personal_cells(engine) == []  # a late bounce names nobody

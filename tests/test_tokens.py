@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from recocamp.tokens import TokenError, sign, verify
+from recocamp.tokens import TokenError, keyed_hash, sign, verify
 
 KEY = b"k" * 32
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -53,3 +53,13 @@ def test_wrong_key_purpose_or_age() -> None:
         verify(KEY, token, "unsubscribe", NOW)
     with pytest.raises(TokenError, match="expired"):
         verify(KEY, token, "preferences", NOW + timedelta(days=500))
+
+
+def test_keyed_hashes_need_the_key_and_normalise_addresses_only() -> None:
+    key, other = b"k" * 32, b"o" * 32
+    assert keyed_hash(key, "email", " Erin@Example.TEST") == keyed_hash(
+        key, "email", "erin@example.test")  # fmt: skip
+    assert keyed_hash(key, "customer", "C1") != keyed_hash(key, "customer", "c1")
+    assert keyed_hash(key, "customer", "c1") != keyed_hash(other, "customer", "c1")
+    assert keyed_hash(key, "customer", "x") != keyed_hash(key, "email", "x")
+    assert len(keyed_hash(key, "customer", "10042")) == 64

@@ -232,7 +232,7 @@ def test_dropped_files_are_imported_once_and_broken_ones_set_aside(
     (drop / "readme.txt").write_text("not a csv")
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-        ingest={"drop_dir": drop, "processed_dir": drop / "done"},
+        ingest={"drop_dir": drop, "processed_dir": drop / "done", "keep_processed_days": 7},
     )  # type: ignore[arg-type]
     engine = make_engine(settings.database_url)
     from recocamp.store.engine import upgrade

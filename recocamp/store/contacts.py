@@ -45,7 +45,9 @@ def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> 
                 "provider": event.provider,
                 "customer_id": row.customer_id if row else None,
                 "campaign": row.campaign if row else None,
-                "send_key": row.send_key if row else event.send_key,
+                "send_key": row.send_key if row else None,  # no e-mail of ours: an
+                # erased customer's (their send keys were rewritten) or a stranger's; the key
+                # names a customer, so it is not kept
                 "at": event.at,
                 "details": {k: v for k, v in event.details.items() if v is not None},
             },

@@ -334,6 +334,17 @@ erasures = sa.Table(
     sa.Index(None, "erased_at"),
 )
 
+# What keeps an erased customer from coming back through a feed (migration 0008): keyed
+# hashes (HMAC-SHA256 under RECOCAMP_SIGNING_KEY) of their id and address, no personal data.
+tombstones = sa.Table(
+    "tombstones",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("email_hash", sa.String(64)),
+    sa.Column("erased_at", UtcDateTime, nullable=False),
+    sa.Index(None, "email_hash"),
+)
+
 # --- measure (migration 0006) --------------------------------------------------------------
 
 # One row per shop-local day and KPI window W: the KPIs of the window ending at the end of

@@ -1,0 +1,147 @@
+"""Erasure tombstones: what keeps an erased customer erased when a feed brings them back.
+
+Erasure removes the person; a customers file, the drop folder, the shop API or a purchase
+event could otherwise create them again from the shop's own copy. A tombstone holds keyed
+hashes (HMAC-SHA256 under ``RECOCAMP_SIGNING_KEY``, the link tokens' key; see
+``tokens.keyed_hash``) of the customer id and of the address, and the time of the erasure:
+no personal data, and nobody without the key can test a guess against it.
+
+Every way in asks :func:`matches` (or :func:`erased_ids`) before it writes. A store that
+holds tombstones but runs without the key cannot tell, and refuses (:class:`KeyMissing`)
+instead of letting an erased customer back in. Rotating the key makes the old tombstones
+unrecognisable: keep the key for as long as the tombstones matter.
+
+A new sign-up with a fresh consent is the one way back (``PUT /v1/customers/{id}`` with
+``new_sign_up``): :func:`lift` removes the tombstone of that id and frees the address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from recocamp import tokens
+from recocamp.errors import ConfigError, Problem
+from recocamp.leadership import lock_key
+from recocamp.settings import Settings
+from recocamp.store.schema import tombstones
+
+CHUNK = 1000  # hashes per IN (...) list: far below every backend's parameter limit
+LOCK = lock_key("erasure")  # see serialise
+
+
+class KeyMissing(ConfigError):
+    """Tombstones exist (or one must be written) but RECOCAMP_SIGNING_KEY is not set."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(Path("<environment>"), [Problem(
+            f"{why} needs RECOCAMP_SIGNING_KEY: it keys the erasure tombstones that keep "
+            "erased customers from coming back", key="signing_key")])  # fmt: skip
+
+
+def key_of(settings: Settings) -> bytes | None:
+    """The tombstones' key: the link tokens' key, from the same setting."""
+    key = settings.signing_key
+    return key.get_secret_value().encode() if key is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The tombstones one customer (id and/or address) matched, and the latest erasure."""
+
+    id_hashes: tuple[str, ...]
+    erased_at: datetime | None
+
+    def __bool__(self) -> bool:
+        return bool(self.id_hashes)
+
+
+def record(connection: sa.Connection, key: bytes, customer_id: str, email: str | None,
+           now: datetime) -> None:  # fmt: skip
+    """Remember an erasure (replacing an earlier tombstone of the same id)."""
+    id_hash = tokens.keyed_hash(key, "customer", customer_id)
+    connection.execute(sa.delete(tombstones).where(tombstones.c.id_hash == id_hash))
+    connection.execute(sa.insert(tombstones).values(
+        id_hash=id_hash, email_hash=tokens.keyed_hash(key, "email", email) if email else None,
+        erased_at=now))  # fmt: skip
+
+
+def serialise(connection: sa.Connection, *, erasing: bool) -> None:
+    """PostgreSQL: an erasure (``erasing``) and every check take one transaction-level
+    advisory lock, the erasure exclusively, checks shared. A check made while an erasure is
+    under way waits for it and then sees its tombstone; an erasure waits for the writes
+    already checked and then erases them too. Without it a feed could check, miss the
+    tombstone being written, and bring the customer back. (SQLite runs one writer at a time;
+    a check whose write comes after another writer's commit fails as busy instead.)"""
+    if connection.dialect.name == "postgresql":
+        lock = "pg_advisory_xact_lock" if erasing else "pg_advisory_xact_lock_shared"
+        connection.execute(sa.text(f"SELECT {lock}(:key)"), {"key": LOCK})
+
+
+def _key(connection: sa.Connection, key: bytes | None, why: str) -> bytes | None:
+    """The key when there are tombstones to check, None when there are none (a shop that
+    never erased anybody pays one cheap query); KeyMissing when they cannot be checked."""
+    serialise(connection, erasing=False)
+    if connection.execute(sa.select(tombstones.c.id_hash).limit(1)).first() is None:
+        return None
+    if key is None:
+        raise KeyMissing(why)
+    return key
+
+
+def matches(connection: sa.Connection, key: bytes | None, customer_id: str,
+            email: str | None, why: str) -> Match:  # fmt: skip
+    """The tombstones of this id or this address (an empty Match when none)."""
+    key = _key(connection, key, why)
+    if key is None:
+        return Match((), None)
+    t = tombstones.c
+    where = t.id_hash == tokens.keyed_hash(key, "customer", customer_id)
+    if email:
+        where = sa.or_(where, t.email_hash == tokens.keyed_hash(key, "email", email))
+    rows = connection.execute(sa.select(t.id_hash, t.erased_at).where(where)).all()
+    return Match(tuple(r.id_hash for r in rows), max((r.erased_at for r in rows), default=None))
+
+
+def erased_ids(connection: sa.Connection, key: bytes | None, ids: Iterable[str], why: str,
+               emails: Sequence[tuple[str, str]] = ()) -> set[str]:  # fmt: skip
+    """Which of ``ids`` are erased: by their own id, or (``emails``: pairs of id and
+    address) by their address."""
+    key = _key(connection, key, why)
+    if key is None:
+        return set()
+    by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
+    by_email: dict[str, set[str]] = {}
+    for customer_id, email in emails:
+        by_email.setdefault(tokens.keyed_hash(key, "email", email), set()).add(customer_id)
+    found = {by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))}
+    for h in _present(connection, tombstones.c.email_hash, list(by_email)):
+        found |= by_email[h]
+    return found
+
+
+def _present(connection: sa.Connection, column: sa.Column[str], hashes: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(hashes), CHUNK):
+        chunk = hashes[start : start + CHUNK]
+        found |= set(connection.execute(sa.select(column).where(column.in_(chunk))).scalars())
+    return found
+
+
+def lift(connection: sa.Connection, key: bytes, customer_id: str, match: Match) -> int:
+    """A new sign-up with a fresh consent: the tombstone of this id goes; one that matched
+    only by the address keeps its id (the old record stays erased) and loses the address."""
+    t = tombstones.c
+    own = tokens.keyed_hash(key, "customer", customer_id)
+    gone = connection.execute(sa.delete(tombstones).where(t.id_hash == own)).rowcount or 0
+    others = connection.execute(sa.update(tombstones).where(
+        t.id_hash.in_(match.id_hashes), t.id_hash != own).values(email_hash=None))  # fmt: skip
+    return max(0, int(gone)) + max(0, int(others.rowcount or 0))
+
+
+def count(connection: sa.Connection) -> int:
+    return int(connection.execute(sa.select(sa.func.count()).select_from(tombstones)).scalar_one())
