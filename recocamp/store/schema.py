@@ -334,7 +334,7 @@ erasures = sa.Table(
     sa.Index(None, "erased_at"),
 )
 
-# What keeps an erased customer from coming back through a feed (migration 0008): keyed
+# What keeps an erased customer from coming back through a feed (migration 0009): keyed
 # hashes (HMAC-SHA256 under RECOCAMP_SIGNING_KEY) of their id and address, no personal data.
 tombstones = sa.Table(
     "tombstones",

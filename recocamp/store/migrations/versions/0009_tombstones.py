@@ -1,7 +1,7 @@
 """erasure tombstones: keyed hashes that keep an erased customer from coming back
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-03 14:00:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from recocamp.store.schema import UtcDateTime
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
