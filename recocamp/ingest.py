@@ -176,7 +176,7 @@ class Importer:
 
     def _write_purchases(self, path: Path, fmt: str, sha: str) -> ImportReport:
         stamps = sources.Timestamps(self.zone, "%Y-%m-%d %H:%M:%S" if fmt != "standard" else None)
-        lines = sources.LineNumbers()
+        lines, repeats = sources.LineNumbers(), sources.RepeatedLines()
         first_lines: dict[str, int] = {}
         if fmt == "online-retail":
             retail, skipped, read = _parse(
@@ -188,7 +188,7 @@ class Importer:
         else:
             rows, skipped, read = _parse(
                 path, sources.STANDARD_COLUMNS,
-                lambda row: sources.standard_purchase(row, stamps, lines),
+                lambda row: repeats.check(sources.standard_purchase(row, stamps, lines)),
                 self.progress, self.max_listed, ("order_id", first_lines),
             )  # fmt: skip
             retail = []
