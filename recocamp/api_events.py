@@ -45,6 +45,8 @@ from recocamp.domain import (
     QUANTITY_MAX,
     TEXT_MAX,
     TEXT_PATTERN,
+    YEAR_MAX,
+    YEAR_MIN,
     ConsentBasis,
     Purchase,
 )
@@ -59,13 +61,13 @@ Text = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
 
 
 def _sane(value: datetime) -> datetime:
-    """Aware, in UTC, and within years 1900-9000 (the store and every time zone manage)."""
+    """Aware, in UTC, and within ``domain.YEAR_MIN``-``YEAR_MAX`` (the importer's bounds)."""
     try:
         utc = value.astimezone(UTC)
     except OverflowError:
         raise ValueError("is out of range") from None
-    if not 1900 <= utc.year <= 9000:
-        raise ValueError("must lie between the years 1900 and 9000")
+    if not YEAR_MIN <= utc.year <= YEAR_MAX:
+        raise ValueError(f"must lie between the years {YEAR_MIN} and {YEAR_MAX}")
     return utc
 
 

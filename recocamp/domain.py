@@ -26,6 +26,7 @@ TEXT_PATTERN = r"^[^\x00]*$"  # free text: anything but NUL (PostgreSQL cannot s
 QUANTITY_MAX = 1_000_000  # per order line, either sign (negative: returned)
 PRICE_MAX = 1e9  # a unit price, either sign; NUMERIC(14, 4) holds below 1e10
 LINE_NO_MAX = 1_000_000  # line numbers of an order start at 1
+YEAR_MIN, YEAR_MAX = 1900, 9000  # instants, in UTC: every time zone and both stores manage
 FIELD_MAX = 100_000  # characters in one CSV field; every column's own limit is lower
 TEXT_MAX = {  # free-text columns: their column sizes
     "email": 320, "first_name": 200, "locale": 16, "time_zone": 64, "country": 64,

@@ -19,8 +19,10 @@ from typer.testing import CliRunner
 
 from recocamp.cli import app as cli_app
 from recocamp.cli import print_json
+from recocamp.drop_folder import import_drop_folder
 from recocamp.errors import DataImportError
 from recocamp.ingest import Importer
+from recocamp.settings import Settings
 from recocamp.store.schema import customers, import_runs, items, orders, purchases
 from tests.api_shop import bearer, call, make_app
 from tests.conftest import NOW, write_csv
@@ -59,6 +61,8 @@ def refused(engine: sa.Engine, run: Any) -> DataImportError:
     ("unit_price", "1e308", "is out of range (-1,000,000,000 to 1,000,000,000)", None),
     ("order_id", "A\x002", "contains a NUL character", None),
     ("item_id", "i\n2", "contains a control character (NUL, line break, tab, …)", None),
+    ("ordered_at", "1850-01-01T00:00:00Z",
+     "is out of range (in UTC it falls outside the years 1900–9000)", None),
     ("customer_id", LONG_ID, "is longer than 64 characters",
      f"{'c' * 60}… (100,000 characters)"),
 ])  # fmt: skip
@@ -190,6 +194,25 @@ def test_json_output_is_always_standard_json(
 
     kpis = json.loads(result.stdout, parse_constant=refuse)
     assert kpis["average_order_value"] == 999999999.0
+
+
+def test_the_drop_folder_sets_a_file_aside_naming_the_line_and_column(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("recocamp.drop_folder.SETTLE_S", 0.0)
+    drop = tmp_path / "incoming"
+    drop.mkdir()
+    header = ",".join(STANDARD).encode()
+    (drop / "purchases-1.csv").write_bytes(
+        header + b"\n" + ",".join(GOOD).encode() + b"\nA2,c\xe9,i1,1,1,2024-04-01T12:00:00Z,1\n"
+    )
+    settings = Settings(database_url=engine.url.render_as_string(hide_password=False),
+                        ingest={"drop_dir": drop, "processed_dir": drop / "done"})  # type: ignore[arg-type]  # fmt: skip
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (0, 1)
+    errors = (drop / "rejected" / "purchases-1.csv.errors.txt").read_text()
+    assert "line 3, column 'customer_id': is not UTF-8 (byte 0xE9 at character 2)" in errors
+    assert nothing_written(engine)
 
 
 @pytest.fixture

@@ -38,6 +38,8 @@ from recocamp.domain import (
     PRICE_MAX,
     QUANTITY_MAX,
     TEXT_MAX,
+    YEAR_MAX,
+    YEAR_MIN,
     ConsentBasis,
     Customer,
     Item,
@@ -305,10 +307,13 @@ class Timestamps:
         if value.tzinfo is None:
             value = value.replace(tzinfo=self.zone)
         try:
-            return value.astimezone(UTC)
+            utc = value.astimezone(UTC)
         except (OverflowError, ValueError):  # 9999-12-31T23:00-05:00 lies past year 9999 in UTC
-            raise RowProblem(column, "is out of range (in UTC it falls outside years 1–9999)",
-                             raw) from None  # fmt: skip
+            utc = None
+        if utc is None or not YEAR_MIN <= utc.year <= YEAR_MAX:
+            raise RowProblem(column, f"is out of range (in UTC it falls outside the years "
+                             f"{YEAR_MIN}–{YEAR_MAX})", raw)  # fmt: skip
+        return utc
 
 
 def day(row: dict[str, str], column: str) -> date | None:
