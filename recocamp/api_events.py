@@ -7,7 +7,11 @@ the changed profile).
 Purchases are validated with the importer's rules (``sources.csv.standard_purchase``:
 numbers, timestamps — without an offset in the shop's time zone —, returns, adjustments
 skipped), all orders of a request or none, and are idempotent on the order id: an order
-already stored is reported as a duplicate and left exactly as it is.
+already stored with the same lines is reported as a duplicate and left exactly as it is; one
+stored with other lines is a 409 naming it, and nothing of the request is written. An order
+is written whole by exactly one request, also when two post it at the same time
+(``queries.store_orders``). Ids, numbers and texts have the bounds of :mod:`recocamp.domain`,
+the importer's.
 
 Erased customers stay erased (``store.tombstones``). Their new orders are kept as guest
 orders — the shop's sales figures stay right, the person is not linked again — and counted
@@ -43,26 +47,37 @@ from pydantic import (
 from recocamp import api_lean, metrics, profiles
 from recocamp.api_auth import EventsWrite
 from recocamp.clock import Clock
-from recocamp.domain import ConsentBasis, Purchase
+from recocamp.domain import (
+    ID_MAX,
+    ID_PATTERN,
+    PRICE_MAX,
+    QUANTITY_MAX,
+    TEXT_MAX,
+    TEXT_PATTERN,
+    YEAR_MAX,
+    YEAR_MIN,
+    ConsentBasis,
+    Purchase,
+)
+from recocamp.errors import OrderConflictError
 from recocamp.ingest import detach
 from recocamp.settings import Settings
 from recocamp.sources import csv as sources
 from recocamp.store import queries, tombstones
-from recocamp.store.schema import purchases
 
 log = logging.getLogger(__name__)
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
-Text = Annotated[str, Field(max_length=200, pattern=r"^[^\x00]*$")]
+Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+Text = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
 
 
 def _sane(value: datetime) -> datetime:
-    """Aware, in UTC, and within years 1900-9000 (the store and every time zone manage)."""
+    """Aware, in UTC, and within ``domain.YEAR_MIN``-``YEAR_MAX`` (the importer's bounds)."""
     try:
         utc = value.astimezone(UTC)
     except OverflowError:
         raise ValueError("is out of range") from None
-    if not 1900 <= utc.year <= 9000:
-        raise ValueError("must lie between the years 1900 and 9000")
+    if not YEAR_MIN <= utc.year <= YEAR_MAX:
+        raise ValueError(f"must lie between the years {YEAR_MIN} and {YEAR_MAX}")
     return utc
 
 
@@ -77,8 +92,8 @@ class _Strict(BaseModel):
 
 class LineIn(_Strict):
     item_id: Id
-    quantity: int = Field(ge=-1_000_000, le=1_000_000, description="Negative: returned.")
-    unit_price: float = Field(ge=-1e9, le=1e9, allow_inf_nan=False)
+    quantity: int = Field(ge=-QUANTITY_MAX, le=QUANTITY_MAX, description="Negative: returned.")
+    unit_price: float = Field(ge=-PRICE_MAX, le=PRICE_MAX, allow_inf_nan=False)
     is_return: bool | None = Field(None, description="Default: quantity < 0.")
 
 
@@ -137,11 +152,11 @@ class CustomerIn(_Strict):
         min_length=1, description="Where the change comes from: checkout, account page, …"
     )
     at: When | None = Field(None, description="When the customer made it (default: now).")
-    email: Annotated[str, Field(max_length=320, pattern=r"^[^\x00]*$")] | None = None
+    email: Annotated[str, Field(max_length=TEXT_MAX["email"], pattern=TEXT_PATTERN)] | None = None
     first_name: Text | None = None
     locale: Annotated[Literal["de", "en"] | None, _never_null("string", ["de", "en"])] = None
-    time_zone: Annotated[Text, Field(max_length=64)] | None = None
-    country: Annotated[Text, Field(max_length=64)] | None = None
+    time_zone: Annotated[Text, Field(max_length=TEXT_MAX["time_zone"])] | None = None
+    country: Annotated[Text, Field(max_length=TEXT_MAX["country"])] | None = None
     birthday: date | None = None
     consent_basis: Annotated[
         ConsentBasis | None, _never_null("string", [b.value for b in ConsentBasis])
@@ -183,8 +198,15 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
         "The customer id or address was erased; only a new sign-up (new_sign_up) with a "
         "fresh consent is taken.")}}  # fmt: skip
 
+    conflict: dict[int | str, Any] = {
+        409: {
+            "model": problems[401]["model"],
+            "description": "An order is already stored with other lines (nothing was written).",
+        }
+    }
+
     @api.post("/v1/events/purchases", response_model=PurchasesOut,
-              responses={**problems, **unchecked})  # fmt: skip
+              responses={**problems, **conflict, **unchecked})  # fmt: skip
     def post_purchases(body: Annotated[PurchasesIn, Body()],
                        key: EventsWrite) -> PurchasesOut:  # fmt: skip
         """One order or a batch (``{"orders": […]}``): all written or none."""
@@ -192,27 +214,30 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
         prefix: tuple[str | int, ...] = ("body", "orders") if isinstance(body, OrdersIn) else (
             "body",)  # fmt: skip
         rows, skipped = _validated(orders, prefix, zone, isinstance(body, OrdersIn))
-        with _checked(engine) as connection:
-            stored = _stored_orders(connection, [o.order_id for o in orders])
-            fresh = [row for row in rows if row.order_id not in stored]
-            named = {row.customer_id for row in fresh if row.customer_id}
-            erased = tombstones.erased_ids(connection, secret, named, "purchase events")
-            detached = sum(1 for row in fresh if row.customer_id in erased)
-            fresh = [detach(row, erased) for row in fresh]
-            written = queries.insert_purchases(connection, fresh, None)
-        new = len({o.order_id for o in orders} - stored)
-        metrics.API_EVENTS.labels("new").inc(new)
-        metrics.API_EVENTS.labels("duplicate").inc(len(stored))
+        try:
+            with _checked(engine) as connection:
+                named = {row.customer_id for row in rows if row.customer_id}
+                erased = tombstones.erased_ids(connection, secret, named, "purchase events")
+                kept = [detach(row, erased) for row in rows]
+                ids = [o.order_id for o in orders]
+                stored = queries.store_orders(connection, kept, None, order_ids=ids)
+        except OrderConflictError as exc:
+            metrics.API_EVENTS.labels("conflict").inc(len(exc.order_ids))
+            raise HTTPException(409, str(exc)) from None
+        new = set(stored.new)
+        detached = sum(1 for row in rows if row.customer_id in erased and row.order_id in new)
+        metrics.API_EVENTS.labels("new").inc(len(stored.new))
+        metrics.API_EVENTS.labels("duplicate").inc(len(stored.repeated))
         log.info("purchase events from %s: %d orders, %d new, %d lines", key.name, len(orders),
-                 new, written)  # fmt: skip
-        return PurchasesOut(orders=len(orders), new_orders=new, duplicate_orders=sorted(stored),
-                            lines_written=written, lines_skipped=skipped,
-                            erased_customer_lines=detached)  # fmt: skip
+                 len(stored.new), stored.lines_written)  # fmt: skip
+        return PurchasesOut(orders=len(orders), new_orders=len(stored.new),
+                            duplicate_orders=stored.repeated, lines_written=stored.lines_written,
+                            lines_skipped=skipped, erased_customer_lines=detached)  # fmt: skip
 
     @api.put("/v1/customers/{customer_id}", response_model=CustomerOut,
              responses={**problems, **gone, **unchecked})  # fmt: skip
-    def put_customer(customer_id: Annotated[str, Path(min_length=1, max_length=64,
-                                                      pattern=r"^[^\x00-\x1f]+$")],
+    def put_customer(customer_id: Annotated[str, Path(min_length=1, max_length=ID_MAX,
+                                                      pattern=ID_PATTERN)],
                      body: CustomerIn, key: EventsWrite) -> CustomerOut:  # fmt: skip
         """Create or change a customer's profile, consent or contact preferences; recorded in
         the audit log with the time and source of the change."""
@@ -332,8 +357,3 @@ def _row(order: OrderIn, line: LineIn, index: int) -> dict[str, str]:
             "item_id": line.item_id, "quantity": str(line.quantity),
             "unit_price": repr(line.unit_price), "ordered_at": order.ordered_at,
             "line_no": str(index + 1), "is_return": is_return}  # fmt: skip
-
-
-def _stored_orders(connection: sa.Connection, order_ids: list[str]) -> set[str]:
-    query = sa.select(purchases.c.order_id).where(purchases.c.order_id.in_(order_ids)).distinct()
-    return set(connection.execute(query).scalars())

@@ -105,6 +105,18 @@ def _errors_to_exit() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def print_json(document: object, *, indent: int) -> None:
+    """Standard JSON on stdout, never ``NaN`` or ``Infinity`` (Python's extensions, which
+    JSON parsers refuse): such a number is a clear error (exit 1), not broken output."""
+    try:
+        text = json.dumps(document, indent=indent, allow_nan=False)
+    except ValueError as exc:
+        errors.print(f"[bold red]error:[/] cannot write JSON: {exc}", markup=True,
+                     highlight=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1) from None
+    sys.stdout.write(text + "\n")
+
+
 def _settings() -> Settings:
     return load_settings(State.settings_path)
 
@@ -288,8 +300,7 @@ def kpis(
         result = kpi_module.compute([kpi_module.OrderTotal(*row) for row in rows], end, days)
     empty = _empty_window_note(result, latest, ZoneInfo(settings.shop.time_zone))
     if format is Output.json:
-        json.dump(result.as_dict(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(result.as_dict(), indent=2)
         if empty:
             errors.print(f"note: {empty}", highlight=False, soft_wrap=True)
         return
@@ -400,8 +411,7 @@ def evaluate_models(
         document = {"cutoff": split_at.astimezone(zone).isoformat(), "horizon_days": horizon,
                     "k": top,
                     "models": {name: m.as_dict() for name, m in results.items()}}  # fmt: skip
-        json.dump(document, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(document, indent=2)
         return
     # the date the user gave: the split's instant in the shop's zone, not in UTC
     local = split_at.astimezone(zone)
@@ -610,8 +620,7 @@ def plan_campaign(
             "campaign": chosen.name, "as_of": context.now.isoformat(),
             "decisions": [_decision_json(d) for d in decisions], "counts": tally,
         }  # fmt: skip
-        json.dump(document, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        print_json(document, indent=1)
         return
     table = Table(
         title=f"plan {chosen.name} at {context.now.isoformat()}: {len(decisions):,} customers"

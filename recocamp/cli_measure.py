@@ -5,8 +5,6 @@ Registers on the same typer app as ``cli.py`` (imported at its end).
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +25,7 @@ from recocamp.cli import (
     clock,
     console,
     parse_as_of,
+    print_json,
 )
 from recocamp.errors import ConfigError, Problem
 
@@ -60,8 +59,7 @@ def report_command(
         if html is not None:
             html.write_text(document, encoding="utf-8")
     if format is Output.json:
-        json.dump(report.summary(data), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        print_json(report.summary(data), indent=1)
     else:
         _print_tables(data)
     if html is not None:

@@ -8,11 +8,62 @@ orders: they count for item popularity and the guest-checkout rate, never for a 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
+
+# --- bounds: the one definition of what may come in --------------------------------------
+# Every way data enters (CSV imports, the drop folder, purchase events, customer updates)
+# checks these, so a value either fits the store on SQLite and PostgreSQL alike or is a
+# clear problem naming where it came from; never a driver error or an ``inf`` in a KPI.
+
+ID_MAX = 64  # customer, item and order ids: String(64) columns
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: no NUL, no line breaks, no control bytes
+TEXT_PATTERN = r"^[^\x00]*$"  # free text: anything but NUL (PostgreSQL cannot store it)
+QUANTITY_MAX = 1_000_000  # per order line, either sign (negative: returned)
+PRICE_MAX = 1e9  # a unit price, either sign; NUMERIC(14, 4) holds below 1e10
+LINE_NO_MAX = 1_000_000  # line numbers of an order start at 1
+YEAR_MIN, YEAR_MAX = 1900, 9000  # instants, in UTC: every time zone and both stores manage
+FIELD_MAX = 100_000  # characters in one CSV field; every column's own limit is lower
+TEXT_MAX = {  # free-text columns: their column sizes
+    "email": 320, "first_name": 200, "locale": 16, "time_zone": 64, "country": 64,
+    "consent_source": 200, "title": 500, "category": 100, "url": 2000, "image_url": 2000,
+}  # fmt: skip
+_NOT_ID = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an id, or None; ids are keys in URLs, logs and e-mails."""
+    if len(value) <= ID_MAX and value.isprintable():  # the usual case, one C call
+        return None
+    if len(value) > ID_MAX:
+        return f"is longer than {ID_MAX} characters"
+    if _NOT_ID.search(value):
+        return "contains a control character (NUL, line break, tab, …)"
+    return None
+
+
+def text_problem(value: str, limit: int) -> str | None:
+    """Why ``value`` cannot be stored as free text of at most ``limit`` characters, or None."""
+    if len(value) > limit:
+        return f"is longer than {limit} characters"
+    if "\x00" in value:
+        return "contains a NUL character"
+    return None
+
+
+def range_problem(value: float, low: float, high: float) -> str | None:
+    """Why a number is out of bounds (NaN and infinities are), or None."""
+    if not low <= value <= high:  # also true for NaN
+        return f"is out of range ({_bound(low)} to {_bound(high)})"
+    return None
+
+
+def _bound(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
 
 
 class ConsentBasis(StrEnum):
@@ -119,6 +170,21 @@ class SendResult:
     message_id: str | None = None
     error: str | None = None
     retry_after: float | None = None
+
+
+def order_digest(lines: Iterable[Purchase]) -> str:
+    """SHA-256 of an order's stored content (its lines, as the store keeps them), so a second
+    delivery of the same order can be told apart from a different order under the same id.
+
+    The customer is left out on purpose: an erasure takes the customer off the stored lines,
+    and an order posted again after that is still the same order (and its digest must not
+    identify anybody)."""
+    digest = hashlib.sha256()
+    for line in sorted(lines, key=lambda p: p.line_no):
+        digest.update(f"{line.line_no}\x1f{line.item_id}\x1f{line.quantity}\x1f"
+                      f"{line.unit_price:.4f}\x1f{line.ordered_at.astimezone(UTC).isoformat()}\x1f"
+                      f"{int(line.is_return)}\x1e".encode())  # fmt: skip
+    return digest.hexdigest()
 
 
 def email_hash(address: str) -> str:

@@ -6,6 +6,7 @@
     ├── ConfigError          settings.toml, campaigns, templates: file + key path (+ line)
     ├── DataImportError      a source file that cannot be imported: file + every bad line/column
     ├── StoreError           the database is missing, not migrated or unreachable
+    ├── OrderConflictError   orders already stored with other lines (an order is written once)
     ├── ModelError           recommender training / loading problems
     ├── Interrupted          a run stopped early because the worker is shutting down
     └── DeliveryError        sending through an email service provider
@@ -81,6 +82,17 @@ class DataImportError(_ProblemsError):
 
 class StoreError(RecocampError):
     """The database is unreachable, not migrated, or refused an operation."""
+
+
+class OrderConflictError(RecocampError):
+    """Orders that are already stored with other lines: an order is written whole, once, and
+    a different order under the same id is refused rather than mixed into it."""
+
+    def __init__(self, order_ids: list[str]) -> None:
+        self.order_ids = list(order_ids)
+        shown = ", ".join(repr(order_id) for order_id in self.order_ids[:20])
+        more = f" and {len(self.order_ids) - 20} more" if len(self.order_ids) > 20 else ""
+        super().__init__(f"already stored with other lines: order(s) {shown}{more}")
 
 
 class ModelError(RecocampError):

@@ -3,8 +3,11 @@
 A file is parsed completely before anything is written. If any row is malformed, one
 :class:`~recocamp.errors.DataImportError` lists the problems (file, line, column, value)
 and the store is untouched. Otherwise its rows and its ``import_runs`` record are written in
-one transaction. Importing the same file again (same SHA-256) changes nothing and says so;
-overlapping files are safe too, because purchases are keyed by (order id, line number).
+one transaction. Importing the same file again (same SHA-256) changes nothing and says so.
+Overlapping files are safe too, also when imported at the same time: an order is written
+whole by one import (``queries.store_orders``); another holding the same order with the
+same lines counts them as duplicates, one holding it with other lines is refused, naming
+the order and the line it starts on.
 
 Erased customers stay erased (``store.tombstones``): a customers row whose id or address
 was erased is skipped and counted as ``erased`` in the report (``skipped``), and order
@@ -31,7 +34,7 @@ import sqlalchemy as sa
 
 from recocamp.catalog import SaleLine, build_catalog
 from recocamp.domain import Customer, Purchase
-from recocamp.errors import DataImportError, Problem
+from recocamp.errors import DataImportError, OrderConflictError, Problem
 from recocamp.sources import csv as sources
 from recocamp.store import queries, tombstones
 
@@ -88,14 +91,27 @@ def _parse(
     parse: Callable[[dict[str, str]], T | sources.Skip],
     progress: ProgressSink,
     max_listed: int,
+    first_lines: tuple[str, dict[str, int]] | None = None,
 ) -> tuple[list[T], dict[str, int], int]:
+    """Parse a whole file; ``first_lines`` (column, {}) is filled with the line each value
+    of that column (an order id) is first seen on, to name it in a later problem."""
     progress.phase(f"reading {path.name}", None)
     with sources.open_text(path) as handle:
         rows = _counted(sources.read_rows(path, required, handle), progress)
+        if first_lines is not None:
+            rows = _first_lines(rows, *first_lines)
         try:
             return sources.collect(path, rows, parse, max_listed=max_listed)
         except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
             raise DataImportError(path, [Problem(f"unreadable content: {exc}")]) from None
+
+
+def _first_lines(
+    rows: Iterator[tuple[int, dict[str, str]]], column: str, seen: dict[str, int]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    for line, row in rows:
+        seen.setdefault(row.get(column, "").strip(), line)
+        yield line, row
 
 
 def _counted(
@@ -169,34 +185,39 @@ class Importer:
 
     def _write_purchases(self, path: Path, fmt: str, sha: str) -> ImportReport:
         stamps = sources.Timestamps(self.zone, "%Y-%m-%d %H:%M:%S" if fmt != "standard" else None)
-        lines = sources.LineNumbers()
+        lines, repeats = sources.LineNumbers(), sources.RepeatedLines()
+        first_lines: dict[str, int] = {}
         if fmt == "online-retail":
             retail, skipped, read = _parse(
                 path, sources.ONLINE_RETAIL_COLUMNS,
                 lambda row: sources.online_retail_line(row, stamps, lines),
-                self.progress, self.max_listed,
+                self.progress, self.max_listed, ("InvoiceNo", first_lines),
             )  # fmt: skip
             rows = [line.purchase for line in retail]
         else:
             rows, skipped, read = _parse(
                 path, sources.STANDARD_COLUMNS,
-                lambda row: sources.standard_purchase(row, stamps, lines),
-                self.progress, self.max_listed,
+                lambda row: repeats.check(sources.standard_purchase(row, stamps, lines)),
+                self.progress, self.max_listed, ("order_id", first_lines),
             )  # fmt: skip
             retail = []
         self.progress.phase(f"writing {len(rows):,} order lines", len(rows))
-        with self.engine.begin() as connection:
-            rows, retail, detached = self._detach_erased(connection, rows, retail)
-            run_id = self._begin_run(connection, "purchases", fmt, path, sha, read)
-            new = queries.insert_purchases(connection, rows, run_id, self.progress.advance)
-            details = _purchase_details(rows) | ({"erased_customer_lines": detached}
-                                                 if detached else {})  # fmt: skip
-            if retail:
-                details |= self._catalogue_from_retail(connection, retail)
-            report = ImportReport(
-                "purchases", fmt, str(path), read, new, len(rows) - new, skipped, details=details
-            )
-            self._finish(connection, run_id, report)
+        try:
+            with self.engine.begin() as connection:
+                rows, retail, detached = self._detach_erased(connection, rows, retail)
+                run_id = self._begin_run(connection, "purchases", fmt, path, sha, read)
+                stored = queries.store_orders(connection, rows, run_id, self.progress.advance)
+                details = _purchase_details(rows)
+                if detached:
+                    details |= {"erased_customer_lines": detached}
+                if retail:
+                    details |= self._catalogue_from_retail(connection, retail)
+                report = ImportReport("purchases", fmt, str(path), read, stored.lines_written,
+                                      stored.lines_repeated, skipped, details=details)  # fmt: skip
+                self._finish(connection, run_id, report)
+        except OrderConflictError as exc:
+            column = "InvoiceNo" if fmt == "online-retail" else "order_id"
+            raise _conflict(path, exc.order_ids, column, first_lines, self.max_listed) from None
         return report
 
     def _catalogue_from_retail(
@@ -294,6 +315,20 @@ def _purchase_details(rows: list[Purchase]) -> dict[str, int]:
     returns = sum(1 for row in rows if row.is_return)
     guests = sum(1 for row in rows if row.customer_id is None)
     return {"purchase_lines": len(rows) - returns, "return_lines": returns, "guest_lines": guests}
+
+
+def _conflict(path: Path, order_ids: list[str], column: str, first_lines: dict[str, int],
+              max_listed: int) -> DataImportError:  # fmt: skip
+    problems = [
+        Problem(
+            "this order is already stored with other lines",
+            line=first_lines.get(order_id),
+            column=column,
+            value=order_id,
+        )
+        for order_id in order_ids[:max_listed]
+    ]
+    return DataImportError(path, problems, more=max(0, len(order_ids) - max_listed))
 
 
 def _refuse_duplicate_ids(path: Path, ids: list[str]) -> None:

@@ -89,11 +89,20 @@ def test_a_batch_with_a_guest_a_return_and_an_adjustment(app: FastAPI) -> None:
 def test_the_same_order_again_changes_nothing(app: FastAPI) -> None:
     assert post(app, order()).status == 200
     before = lines(engine_of(app))
-    changed = order(lines=[{"item_id": "other", "quantity": 9, "unit_price": 1.0}])
-    again = post(app, {"orders": [changed, order("A2")]})
+    again = post(app, {"orders": [order(), order("A2")]})
     assert again.status == 200
     assert again.json()["duplicate_orders"] == ["A1"] and again.json()["new_orders"] == 1
     assert [r for r in lines(engine_of(app)) if r[0] == "A1"] == before
+
+
+def test_an_order_stored_with_other_lines_is_a_409_and_nothing_is_written(app: FastAPI) -> None:
+    assert post(app, order()).status == 200
+    before = lines(engine_of(app))
+    changed = order(lines=[{"item_id": "other", "quantity": 9, "unit_price": 1.0}])
+    reply = post(app, {"orders": [changed, order("A2")]})
+    assert reply.status == 409, reply.text
+    assert reply.json() == {"detail": "already stored with other lines: order(s) 'A1'"}
+    assert lines(engine_of(app)) == before
 
 
 @pytest.mark.parametrize(("body", "loc", "value"), [

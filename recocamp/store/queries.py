@@ -6,20 +6,23 @@ rows and its ``import_runs`` record in one transaction, or nothing at all.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from recocamp.domain import Customer, Item, Purchase
+from recocamp.domain import Customer, Item, Purchase, order_digest
+from recocamp.errors import OrderConflictError
 from recocamp.store.schema import (
     audit_log,
     customers,
     import_runs,
     items,
+    orders,
     purchases,
     recommendations,
 )
@@ -42,29 +45,111 @@ def count(connection: sa.Connection, table: sa.Table) -> int:
     return int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
+@dataclass(frozen=True, slots=True)
+class StoredOrders:
+    """What :func:`store_orders` did: orders written whole, orders already stored with the
+    same lines (left as they were), and how many lines were written or were repeats."""
+
+    new: list[str]
+    repeated: list[str]
+    lines_written: int
+    lines_repeated: int
+
+
+def write_lock(connection: sa.Connection) -> None:
+    """Take SQLite's write lock now, before anything is read, so what this transaction reads
+    cannot change before it writes (PostgreSQL: row locks and unique keys do this)."""
+    if connection.dialect.name != "sqlite":
+        return
+    raw = connection.connection.dbapi_connection
+    if raw is not None and not raw.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def store_orders(
+    connection: sa.Connection,
+    rows: Sequence[Purchase],
+    import_run_id: int | None,
+    progress: Callable[[int], None] | None = None,
+    order_ids: Iterable[str] = (),
+) -> StoredOrders:
+    """Write whole orders, each exactly once, whoever else writes the same order at the
+    same time (two requests, two imports of overlapping files).
+
+    The unit is the order: its ``orders`` row is inserted first (ON CONFLICT DO NOTHING);
+    the writer whose insert wins writes all of its lines in the same transaction. Any other
+    writer of that order finds the row and compares digests: the same lines are a repeat
+    (reported, nothing written), other lines raise :class:`OrderConflictError` naming the
+    orders, and the caller's transaction writes nothing. ``order_ids`` names orders that are
+    claimed even though none of their lines is stored (every line an adjustment).
+    """
+    write_lock(connection)
+    by_order: dict[str, list[Purchase]] = defaultdict(list)
+    for row in rows:
+        by_order[row.order_id].append(row)
+    for order_id in order_ids:
+        by_order.setdefault(order_id, [])
+    digests = {order_id: order_digest(lines) for order_id, lines in by_order.items()}
+    won = _claim_orders(connection, digests)
+    lost = sorted(set(digests) - won)
+    stored = _stored_digests(connection, lost)
+    conflicts = [order_id for order_id in lost if stored.get(order_id) != digests[order_id]]
+    if conflicts:
+        raise OrderConflictError(conflicts)
+    fresh = [row for order_id in sorted(won) for row in by_order[order_id]]
+    written = _insert_lines(connection, fresh, import_run_id, progress)
+    if progress is not None and len(rows) > written:
+        progress(len(rows) - written)
+    return StoredOrders(new=sorted(won), repeated=lost, lines_written=written,
+                        lines_repeated=len(rows) - written)  # fmt: skip
+
+
+def _claim_orders(connection: sa.Connection, digests: dict[str, str]) -> set[str]:
+    """Insert the orders' rows in id order (two writers lock them in the same order: no
+    deadlock); returns the ids this transaction inserted."""
+    statement = _insert(connection, orders).on_conflict_do_nothing(index_elements=["order_id"])
+    statement = statement.returning(orders.c.order_id)
+    values = [{"order_id": key, "content_sha256": digests[key]} for key in sorted(digests)]
+    won: set[str] = set()
+    for chunk in _chunks(values):
+        won.update(connection.execute(statement, chunk).scalars())
+    return won
+
+
+def _stored_digests(connection: sa.Connection, order_ids: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for start in range(0, len(order_ids), CHUNK):
+        query = sa.select(orders.c.order_id, orders.c.content_sha256).where(
+            orders.c.order_id.in_(order_ids[start : start + CHUNK])
+        )
+        found.update((row[0], row[1]) for row in connection.execute(query))
+    return found
+
+
+def _insert_lines(
+    connection: sa.Connection,
+    rows: Sequence[Purchase],
+    import_run_id: int | None,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Plain inserts: the lines of an order this transaction claimed cannot exist yet (a
+    clash would be a bug to see, not to hide)."""
+    values = [dict(asdict(row), import_run_id=import_run_id) for row in rows]
+    for chunk in _chunks(values):
+        connection.execute(sa.insert(purchases), chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return len(values)
+
+
 def insert_purchases(
     connection: sa.Connection,
     rows: Sequence[Purchase],
     import_run_id: int | None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Insert order lines, ignoring ones already stored (same order id and line number);
-    returns how many were new (counted per statement, not as a difference of two table
-    counts: exact while another writer inserts, and no scan of millions of rows)."""
-    statement = _insert(connection, purchases).on_conflict_do_nothing(
-        index_elements=["order_id", "line_no"]
-    )
-    sqlite = connection.dialect.name == "sqlite"  # sqlite3's executemany sums rowcounts
-    if not sqlite:  # psycopg's executemany rowcount is -1: RETURNING counts the new rows
-        statement = statement.returning(purchases.c.id)
-    values = [dict(asdict(row), import_run_id=import_run_id) for row in rows]
-    new = 0
-    for chunk in _chunks(values):
-        result = connection.execute(statement, chunk)
-        new += int(result.rowcount) if sqlite else len(result.all())
-        if progress is not None:
-            progress(len(chunk))
-    return new
+    """:func:`store_orders` for callers that only need the number of lines written."""
+    return store_orders(connection, rows, import_run_id, progress).lines_written
 
 
 def _upsert(

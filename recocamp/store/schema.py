@@ -126,6 +126,16 @@ purchases = sa.Table(
     sa.Index(None, "item_id"),
 )
 
+# One row per order, written in the transaction that writes its lines (migration 0010): the
+# request or import whose insert of this row wins writes the whole order; any other compares
+# the digest of its lines (``domain.order_digest``) to tell a repeat from a different order.
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("order_id", sa.String(64), primary_key=True),
+    sa.Column("content_sha256", sa.String(64), nullable=False),
+)
+
 audit_log = sa.Table(
     "audit_log",
     metadata,
