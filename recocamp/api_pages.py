@@ -21,14 +21,14 @@ import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from recocamp import metrics, pages, privacy, profiles, tokens
+from recocamp import forms, metrics, pages, privacy, profiles, tokens
 from recocamp.clock import Clock
 from recocamp.serving import OfferService, Query
 from recocamp.settings import Settings
@@ -133,12 +133,15 @@ class Pages:
             found = self.verify(token, "preferences")
         except LinkError as error:
             return self.failed(request, error)
-        text = (await request.body()).decode("utf-8", "replace")
-        form = {key: values[-1] for key, values in parse_qs(text).items()}
         lang = await run_in_threadpool(self.lang, request, found.customer_id)  # a query: off
-        outcome = await run_in_threadpool(  # the event loop, which serves cached offers
-            _change, self.engine, self.settings, found, form, self.clock.now()
-        )
+        try:
+            form = forms.fields(await request.body())
+            outcome = await run_in_threadpool(  # the event loop, which serves cached offers
+                _change, self.engine, self.settings, found, form, self.clock.now()
+            )
+        except forms.FormError as error:
+            log.info("preferences form of customer %s refused: %s", found.customer_id, error)
+            outcome = "invalid"
         t = pages.TEXTS[lang]
         if outcome in OUTCOME_PAGES:
             title, status = OUTCOME_PAGES[outcome]
@@ -210,7 +213,7 @@ def _change(engine: sa.Engine, settings: Settings, found: tokens.Claims, form: d
     """Apply one form of the page; returns the outcome (a TEXTS key suffix)."""
     action = form.get("action", "")
     if action == "erase":
-        if form.get("confirm") != "on":
+        if not forms.checked(form, "confirm"):
             return "confirm_needed"
         report = privacy.erase(engine, settings, found.customer_id, now, via=SOURCE)
         return "erased" if report is not None else "unknown"
@@ -233,18 +236,15 @@ def _change(engine: sa.Engine, settings: Settings, found: tokens.Claims, form: d
 
 
 def _changes(action: str, form: dict[str, str], now: datetime) -> dict[str, Any] | None:
+    """The profile changes of a form (``forms.FormError`` if a field is wrong)."""
     if action == "save":
-        frequency = form.get("frequency", "any")
-        if frequency not in pages.FREQUENCIES:
-            return None
-        return {"channel_email": form.get("channel_email") == "on",
+        frequency = forms.choice(form, "frequency", pages.FREQUENCIES, "any")
+        return {"channel_email": forms.checked(form, "channel_email"),
                 "frequency_preference": None if frequency == "any" else frequency,
-                "objected_to_profiling": form.get("objected") == "on"}  # fmt: skip
+                "objected_to_profiling": forms.checked(form, "objected")}  # fmt: skip
     if action == "pause":
-        weeks = form.get("weeks", "")
-        if not weeks.isdigit() or int(weeks) not in pages.PAUSE_WEEKS:
-            return None
-        return {"paused_until": now + timedelta(weeks=int(weeks))}
+        weeks = forms.integer(form, "weeks", pages.PAUSE_WEEKS)
+        return {"paused_until": now + timedelta(weeks=weeks)}
     if action == "resume":
         return {"paused_until": None}
     return None
