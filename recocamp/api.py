@@ -123,6 +123,7 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
     app.include_router(api_measure.router(settings, engine, clock, auth.require))
     app.include_router(api_pages.router(settings, engine, clock, service))
     app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
+    app.add_middleware(api_pages.PrivateHeaders)
     app.add_middleware(HttpMetrics)
     if settings.api.cors_origins:
         app.add_middleware(

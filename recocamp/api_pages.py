@@ -13,6 +13,10 @@
 A token tampered with, expired or made for another purpose gets 400 and changes nothing.
 Tokens prove who the customer is; a page shows their address only masked. Every change is
 recorded in the audit log with ``actor = customer`` and the page as its source.
+
+Every answer under these paths (pages, the download, errors) carries :data:`PRIVATE_HEADERS`
+(:class:`PrivateHeaders`): personal data is not cached, the token in the URL is not sent on
+as a referrer, and no other site may frame a page to trick a click on its buttons.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recocamp import forms, metrics, pages, privacy, profiles, tokens
 from recocamp.clock import Clock
@@ -38,6 +43,44 @@ from recocamp.store.schema import customers, outbox, recommendations
 log = logging.getLogger(__name__)
 ACTOR = "customer"
 SOURCE = "preferences page"
+
+
+PRIVATE_PREFIXES = ("/u/", "/p/", "/v1/feedback")  # paths with a signed link's token
+PRIVATE_HEADERS = {
+    b"cache-control": b"no-store",
+    b"referrer-policy": b"no-referrer",
+    b"x-frame-options": b"DENY",
+    b"x-content-type-options": b"nosniff",
+}
+FRAME_ANCESTORS = b"frame-ancestors 'none'"
+
+
+class PrivateHeaders:
+    """Sets :data:`PRIVATE_HEADERS` and CSP ``frame-ancestors 'none'`` (added to a policy the
+    handler set) on every answer under :data:`PRIVATE_PREFIXES` (pure ASGI, in one place)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope["path"]).startswith(PRIVATE_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _private(list(message.get("headers", [])))
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def _private(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    kept = [(k, v) for k, v in headers if k.lower() not in PRIVATE_HEADERS]
+    policies = [v for k, v in kept if k.lower() == b"content-security-policy"]
+    kept = [(k, v) for k, v in kept if k.lower() != b"content-security-policy"]
+    policy = b"; ".join([*policies, FRAME_ANCESTORS])
+    return [*kept, *PRIVATE_HEADERS.items(), (b"content-security-policy", policy)]
 
 
 class LinkError(Exception):
