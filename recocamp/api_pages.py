@@ -216,6 +216,22 @@ OUTCOME_PAGES = {
 }
 
 
+def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"requestBody": {"required": bool(required), "content": {
+        "application/x-www-form-urlencoded": {"schema": schema}}}}  # fmt: skip
+
+
+_ON: dict[str, Any] = {"type": "string", "enum": ["on"], "description": "A ticked checkbox."}
+PREFERENCES_FORM = _form({
+    "action": {"type": "string", "enum": ["save", "pause", "resume", "unsubscribe", "erase"]},
+    "channel_email": _ON, "objected": _ON, "confirm": _ON,
+    "frequency": {"type": "string", "enum": list(pages.FREQUENCIES)},
+    "weeks": {"type": "integer", "enum": list(pages.PAUSE_WEEKS)},
+}, ["action"])  # fmt: skip
+ONE_CLICK_FORM = _form({"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}}, [])
+
+
 def router(settings: Settings, engine: sa.Engine, clock: Clock,
            service: OfferService) -> APIRouter:  # fmt: skip
     """The customer pages (documented in the OpenAPI schema under "customer pages")."""
@@ -234,12 +250,16 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
     api.add_api_route("/u/{token}", handlers.unsubscribe_page, methods=["GET"],
                       response_class=html, responses={200: page, **refused})  # fmt: skip
     api.add_api_route("/u/{token}", handlers.unsubscribe, methods=["POST"], response_class=html,
-                      responses={200: page, **refused})  # fmt: skip
+                      responses={200: page, **refused}, openapi_extra=ONE_CLICK_FORM)  # fmt: skip
     api.add_api_route("/p/{token}", handlers.preferences_page, methods=["GET"],
                       response_class=html, responses={200: page, **refused, **gone})  # fmt: skip
     api.add_api_route(
         "/p/{token}", handlers.preferences_change, methods=["POST"], response_class=html,
-        responses={200: page, 303: {"description": "Done: back to the page."}, **refused, **gone},
+        responses={200: page, 303: {"description": "Done: back to the page."}, **refused, **gone,
+                   400: {"description": "The link is not valid, or the form is not (a field "
+                                        "missing, of the wrong kind, or not one of its "
+                                        "choices).", "content": {"text/html": {}}}},
+        openapi_extra=PREFERENCES_FORM,
     )  # fmt: skip
     api.add_api_route(
         "/p/{token}/data.json", handlers.download, methods=["GET"],
