@@ -10,7 +10,7 @@ import json
 import logging
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
+from pydantic import BaseModel, Field
 
 from recocamp import tokens
 from recocamp.api import create_app
@@ -89,6 +90,19 @@ def test_422_names_the_field_and_never_echoes_the_address(
     assert "@" not in reply.text
     no_address(reply, caplog, "a@b.c")
     assert snapshot(app) == before
+
+
+def test_a_pydantic_error_raised_in_a_handler_is_a_422_without_the_value(app: FastAPI) -> None:
+    class Contact(BaseModel):
+        email: Annotated[str, Field(max_length=5)]
+
+    def reads_a_body_itself() -> None:
+        Contact.model_validate({"email": ADDRESS})
+
+    app.add_api_route("/v1/test-only", reads_a_body_itself, methods=["POST"])
+    reply = call(app, "POST", "/v1/test-only")
+    assert reply.status == 422 and reply.json()["detail"][0]["loc"] == ["email"]
+    assert "@" not in reply.text
 
 
 def test_a_query_parameter_is_not_echoed_either(app: FastAPI) -> None:
