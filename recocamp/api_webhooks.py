@@ -18,7 +18,7 @@ from fastapi import Path as FastPath
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from recocamp import webhooks
+from recocamp import metrics, webhooks
 from recocamp.clock import Clock
 from recocamp.settings import Settings
 from recocamp.store import contacts
@@ -58,10 +58,13 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
         except webhooks.WebhookError as exc:
             raise HTTPException(exc.status, str(exc)) from None
         if parsed.rejected:
-            log.warning("%s webhook: %d problem(s) in events left out: %s", provider,
-                        len(parsed.rejected), "; ".join(parsed.rejected[:MAX_NAMED]))  # fmt: skip
+            log.warning("%s webhook: %d event(s) left out: %s", provider, parsed.left_out,
+                        "; ".join(parsed.rejected[:MAX_NAMED]))  # fmt: skip
+        metrics.WEBHOOK_EVENTS.labels(provider, "rejected").inc(parsed.left_out)
         applied = await run_in_threadpool(store, parsed.events)  # off the event loop, which
         #                                                    also serves cached next-best offers
+        metrics.WEBHOOK_EVENTS.labels(provider, "accepted").inc(applied.new)
+        metrics.WEBHOOK_EVENTS.labels(provider, "duplicate").inc(applied.duplicates)
         return WebhookOut(accepted=applied.new, duplicates=applied.duplicates,
                           rejected=parsed.rejected[:MAX_NAMED])  # fmt: skip
 

@@ -130,10 +130,12 @@ EPOCH = datetime.fromtimestamp(0, UTC)
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    """The events of one post, and what was wrong with those left out."""
+    """The events of one post, and what was wrong with those left out (``rejected``: one
+    line per problem, ``left_out`` events)."""
 
     events: list[Event]
     rejected: list[str]
+    left_out: int
 
 
 def read(provider: str, body: bytes) -> Parsed:
@@ -150,21 +152,28 @@ def read(provider: str, body: bytes) -> Parsed:
     items = document if isinstance(document, list) else [document]
     events: list[Event] = []
     rejected: list[str] = []
+    left_out = 0
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            rejected.append(f"[{index}]: is not an object")
-            continue
-        try:
-            event = parser(item)
-        except ValidationError as exc:
-            rejected += [f"[{index}].{_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
-            continue
-        except RecursionError:  # the digest of an event nested as deep as JSON allows
-            rejected.append(f"[{index}]: is nested too deeply")
-            continue
-        if event is not None:
-            events.append(event)
-    return Parsed(events, rejected)
+        found = _one(parser, index, item)
+        if isinstance(found, Event):
+            events.append(found)
+        elif found:
+            rejected += found
+            left_out += 1
+    return Parsed(events, rejected, left_out)
+
+
+def _one(parser: Callable[[dict[str, Any]], Event | None], index: int,
+         item: object) -> Event | list[str] | None:  # fmt: skip
+    """One item of a post: its event, None (a kind we do not use), or its problems."""
+    if not isinstance(item, dict):
+        return [f"[{index}]: is not an object"]
+    try:
+        return parser(item)
+    except ValidationError as exc:
+        return [f"[{index}].{_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
+    except RecursionError:  # the digest of an event nested as deep as JSON allows
+        return [f"[{index}]: is nested too deeply"]
 
 
 def parse(provider: str, body: bytes) -> list[Event]:

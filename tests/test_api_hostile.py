@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from pydantic import BaseModel, Field
 
 from recocamp import tokens
@@ -217,11 +218,29 @@ def test_an_event_with_a_wrong_field_is_rejected_by_name_and_stores_nothing(
 def test_the_good_events_of_a_batch_are_applied_and_the_bad_one_named(app: FastAPI) -> None:
     good = {"event": "bounce", "type": "bounce", "email": ADDRESS, "sg_event_id": "e1",
             "timestamp": int(NOW.timestamp()) - 60}  # fmt: skip
-    bad = {"event": "bounce", "email": "b@example.test", "timestamp": "1e20"}
+    bad = {
+        "event": "bounce",
+        "email": "b@example.test",
+        "timestamp": "1e20",
+        "sg_message_id": ["two problems", "one event"],
+    }
+    rejected_before = (
+        REGISTRY.get_sample_value(
+            "recocamp_webhook_events_total", {"provider": "sendgrid", "outcome": "rejected"}
+        )
+        or 0
+    )
     reply = hook(app, "sendgrid", json.dumps([bad, 3, good]).encode())
     assert reply.status == 200, reply.text
     assert reply.json()["accepted"] == 1
-    assert [r.split(":")[0] for r in reply.json()["rejected"]] == ["[0].timestamp", "[1]"]
+    assert [r.split(":")[0] for r in reply.json()["rejected"]] == [
+        "[0].sg_message_id",
+        "[0].timestamp",
+        "[1]",
+    ]
+    sample = REGISTRY.get_sample_value
+    labels = {"provider": "sendgrid", "outcome": "rejected"}
+    assert sample("recocamp_webhook_events_total", labels) == rejected_before + 2
     engine: sa.Engine = app.state.service.engine
     with engine.connect() as connection:
         kinds = connection.execute(sa.select(contact_events.c.kind)).scalars().all()
