@@ -193,10 +193,10 @@ def _moment(value: Any) -> datetime:
     """A provider's time: seconds since the epoch or ISO 8601 (UTC unless it says)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("must be a number of seconds or an ISO 8601 time")
+    if isinstance(value, str) and len(value) > 64:
+        raise ValueError("is too long for a time")
     try:
         if isinstance(value, str):
-            if len(value) > 64:
-                raise ValueError("is too long for a time")
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
             at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
         else:
