@@ -28,23 +28,21 @@ The old paths ``/health`` and ``/webhooks/{provider}`` keep working.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recocamp import (
@@ -114,6 +112,7 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
                     "Send API keys as `Authorization: Bearer <key>`.",
     )  # fmt: skip
     app.add_exception_handler(RequestValidationError, _unprocessable)
+    app.add_exception_handler(ValidationError, _unprocessable)
     app.state.service = service
     app.state.authenticator = auth
     _health_routes(app, engine, service)
@@ -124,6 +123,7 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
     app.include_router(api_measure.router(settings, engine, clock, auth.require))
     app.include_router(api_pages.router(settings, engine, clock, service))
     app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
+    app.add_middleware(api_pages.PrivateHeaders)
     app.add_middleware(HttpMetrics)
     if settings.api.cors_origins:
         app.add_middleware(
@@ -180,20 +180,20 @@ def _health_routes(app: FastAPI, engine: sa.Engine, service: OfferService) -> No
 
 
 async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422 body, except that a NaN or infinity a client sent is named as text:
-    JSON has no such numbers, and the default handler fails on them with a 500."""
-    assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, 422)
+    """422 naming where each problem is and what it is, never the value sent: request
+    bodies carry addresses, names and birthdays, and error bodies end up in clients' logs
+    and proxies. Pydantic's ``input`` and ``ctx`` (which may hold the value, or an exception
+    quoting it) are dropped; an address a message might quote is masked."""
+    assert isinstance(exc, RequestValidationError | ValidationError)
+    return JSONResponse({"detail": redacted(exc.errors())}, 422)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic / FastAPI error entries reduced to ``type``, ``loc`` and ``msg``."""
+    return [{"type": str(error.get("type", "value_error")),
+             "loc": [part if isinstance(part, int) else str(part) for part in error["loc"]],
+             "msg": EMAIL.sub("<address>", str(error.get("msg", "")))}
+            for error in errors]  # fmt: skip
 
 
 class HttpMetrics:

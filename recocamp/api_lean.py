@@ -7,8 +7,8 @@ stack that costs about 100 µs a request, more than a cached next-best offer tak
 schema and calls the endpoint itself, but gets the arguments from a hand-written ``parse``
 function that applies the same rules (the tests compare both with the same bad inputs, and
 schemathesis checks the route against its schema). Errors look exactly like FastAPI's own:
-``RequestValidationError`` → 422 with ``detail[].loc/msg/input``, ``HTTPException`` → status
-and ``detail``.
+``RequestValidationError`` → 422 with ``detail[].loc/msg`` (the app's handler drops the
+``input``), ``HTTPException`` → status and ``detail``.
 
 Only the hot endpoints use it: ``GET /healthz`` (the benchmark's bare endpoint, so the
 comparison measures our work, not the framework) and ``next-best-offer``.

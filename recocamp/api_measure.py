@@ -25,7 +25,6 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
@@ -33,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from recocamp import measure_jobs, tokens
+from recocamp import forms, measure_jobs, tokens
 from recocamp.clock import Clock
 from recocamp.report import PAGES
 from recocamp.settings import Settings
@@ -150,8 +149,10 @@ def _fields(body: bytes, is_json: bool) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise Refused(422, 'expected a JSON object {"token", "score", "comment"}')
         return data
-    parsed = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-    return {name: values[0] for name, values in parsed.items()}
+    try:
+        return dict(forms.fields(body))
+    except forms.FormError as exc:
+        raise Refused(400, str(exc)) from None
 
 
 def _score(value: Any) -> int:

@@ -16,6 +16,10 @@ data was erased and they will not be contacted, and changes nothing: no unsubscr
 is recorded under the erased id, no profile is created again.
 Tokens prove who the customer is; a page shows their address only masked. Every change is
 recorded in the audit log with ``actor = customer`` and the page as its source.
+
+Every answer under these paths (pages, the download, errors) carries :data:`PRIVATE_HEADERS`
+(:class:`PrivateHeaders`): personal data is not cached, the token in the URL is not sent on
+as a referrer, and no other site may frame a page to trick a click on its buttons.
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recocamp import metrics, pages, privacy, profiles, tokens
+from recocamp import forms, metrics, pages, privacy, profiles, tokens
 from recocamp.clock import Clock
 from recocamp.serving import OfferService, Query
 from recocamp.settings import Settings
@@ -41,6 +46,44 @@ from recocamp.store.schema import customers, outbox, recommendations
 log = logging.getLogger(__name__)
 ACTOR = "customer"
 SOURCE = "preferences page"
+
+
+PRIVATE_PREFIXES = ("/u/", "/p/", "/v1/feedback")  # paths with a signed link's token
+PRIVATE_HEADERS = {
+    b"cache-control": b"no-store",
+    b"referrer-policy": b"no-referrer",
+    b"x-frame-options": b"DENY",
+    b"x-content-type-options": b"nosniff",
+}
+FRAME_ANCESTORS = b"frame-ancestors 'none'"
+
+
+class PrivateHeaders:
+    """Sets :data:`PRIVATE_HEADERS` and CSP ``frame-ancestors 'none'`` (added to a policy the
+    handler set) on every answer under :data:`PRIVATE_PREFIXES` (pure ASGI, in one place)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope["path"]).startswith(PRIVATE_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _private(list(message.get("headers", [])))
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def _private(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    kept = [(k, v) for k, v in headers if k.lower() not in PRIVATE_HEADERS]
+    policies = [v for k, v in kept if k.lower() == b"content-security-policy"]
+    kept = [(k, v) for k, v in kept if k.lower() != b"content-security-policy"]
+    policy = b"; ".join([*policies, FRAME_ANCESTORS])
+    return [*kept, *PRIVATE_HEADERS.items(), (b"content-security-policy", policy)]
 
 
 class LinkError(Exception):
@@ -152,12 +195,15 @@ class Pages:
             found = self.verify(token, "preferences")
         except LinkError as error:
             return self.failed(request, error)
-        text = (await request.body()).decode("utf-8", "replace")
-        form = {key: values[-1] for key, values in parse_qs(text).items()}
         lang = await run_in_threadpool(self.lang, request, found.customer_id)  # a query: off
-        outcome = await run_in_threadpool(  # the event loop, which serves cached offers
-            _change, self.engine, self.settings, found, form, self.clock.now()
-        )
+        try:
+            form = forms.fields(await request.body())
+            outcome = await run_in_threadpool(  # the event loop, which serves cached offers
+                _change, self.engine, self.settings, found, form, self.clock.now()
+            )
+        except forms.FormError as error:
+            log.info("preferences form of customer %s refused: %s", found.customer_id, error)
+            outcome = "invalid"
         t = pages.TEXTS[lang]
         if outcome in OUTCOME_PAGES:
             title, status, text = OUTCOME_PAGES[outcome]
@@ -190,6 +236,22 @@ OUTCOME_PAGES = {
 }
 
 
+def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"requestBody": {"required": bool(required), "content": {
+        "application/x-www-form-urlencoded": {"schema": schema}}}}  # fmt: skip
+
+
+_ON: dict[str, Any] = {"type": "string", "enum": ["on"], "description": "A ticked checkbox."}
+PREFERENCES_FORM = _form({
+    "action": {"type": "string", "enum": ["save", "pause", "resume", "unsubscribe", "erase"]},
+    "channel_email": _ON, "objected": _ON, "confirm": _ON,
+    "frequency": {"type": "string", "enum": list(pages.FREQUENCIES)},
+    "weeks": {"type": "integer", "enum": list(pages.PAUSE_WEEKS)},
+}, ["action"])  # fmt: skip
+ONE_CLICK_FORM = _form({"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}}, [])
+
+
 def router(settings: Settings, engine: sa.Engine, clock: Clock,
            service: OfferService) -> APIRouter:  # fmt: skip
     """The customer pages (documented in the OpenAPI schema under "customer pages")."""
@@ -211,12 +273,17 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
     api.add_api_route("/u/{token}", handlers.unsubscribe_page, methods=["GET"],
                       response_class=html, responses={200: page, **refused, **erased})  # fmt: skip
     api.add_api_route("/u/{token}", handlers.unsubscribe, methods=["POST"], response_class=html,
-                      responses={200: page, **refused, **erased})  # fmt: skip
+                      responses={200: page, **refused, **erased},
+                      openapi_extra=ONE_CLICK_FORM)  # fmt: skip
     api.add_api_route("/p/{token}", handlers.preferences_page, methods=["GET"],
                       response_class=html, responses={200: page, **refused, **gone})  # fmt: skip
     api.add_api_route(
         "/p/{token}", handlers.preferences_change, methods=["POST"], response_class=html,
-        responses={200: page, 303: {"description": "Done: back to the page."}, **refused, **gone},
+        responses={200: page, 303: {"description": "Done: back to the page."}, **refused, **gone,
+                   400: {"description": "The link is not valid, or the form is not (a field "
+                                        "missing, of the wrong kind, or not one of its "
+                                        "choices).", "content": {"text/html": {}}}},
+        openapi_extra=PREFERENCES_FORM,
     )  # fmt: skip
     api.add_api_route(
         "/p/{token}/data.json", handlers.download, methods=["GET"],
@@ -233,7 +300,7 @@ def _change(engine: sa.Engine, settings: Settings, found: tokens.Claims, form: d
     """Apply one form of the page; returns the outcome (a TEXTS key suffix)."""
     action = form.get("action", "")
     if action == "erase":
-        if form.get("confirm") != "on":
+        if not forms.checked(form, "confirm"):
             return "confirm_needed"
         report = privacy.erase(engine, settings, found.customer_id, now, via=SOURCE)
         return "erased" if report is not None else "unknown"
@@ -259,18 +326,15 @@ def _change(engine: sa.Engine, settings: Settings, found: tokens.Claims, form: d
 
 
 def _changes(action: str, form: dict[str, str], now: datetime) -> dict[str, Any] | None:
+    """The profile changes of a form (``forms.FormError`` if a field is wrong)."""
     if action == "save":
-        frequency = form.get("frequency", "any")
-        if frequency not in pages.FREQUENCIES:
-            return None
-        return {"channel_email": form.get("channel_email") == "on",
+        frequency = forms.choice(form, "frequency", pages.FREQUENCIES, "any")
+        return {"channel_email": forms.checked(form, "channel_email"),
                 "frequency_preference": None if frequency == "any" else frequency,
-                "objected_to_profiling": form.get("objected") == "on"}  # fmt: skip
+                "objected_to_profiling": forms.checked(form, "objected")}  # fmt: skip
     if action == "pause":
-        weeks = form.get("weeks", "")
-        if not weeks.isdigit() or int(weeks) not in pages.PAUSE_WEEKS:
-            return None
-        return {"paused_until": now + timedelta(weeks=int(weeks))}
+        weeks = forms.integer(form, "weeks", pages.PAUSE_WEEKS)
+        return {"paused_until": now + timedelta(weeks=weeks)}
     if action == "resume":
         return {"paused_until": None}
     return None

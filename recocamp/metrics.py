@@ -52,3 +52,9 @@ API_EVENTS = Counter(
 PRIVACY_REQUESTS = Counter(
     "recocamp_privacy_requests_total", "Exports and erasures by channel.", ["kind", "via"]
 )
+WEBHOOK_EVENTS = Counter(
+    "recocamp_webhook_events_total",
+    "Provider webhook events by outcome: accepted, duplicate, rejected (a wrong field: left "
+    "out and answered 200, so it shows here, not in the provider's failed-post list).",
+    ["provider", "outcome"],
+)

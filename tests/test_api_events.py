@@ -117,13 +117,14 @@ def test_an_order_stored_with_other_lines_is_a_409_and_nothing_is_written(app: F
                  '[{"item_id": "i1", "quantity": 1, "unit_price": NaN}]}',
                  ["body", "order", "lines", 0, "unit_price"], "nan", id="nan-price"),
 ])  # fmt: skip
-def test_bad_input_is_422_naming_field_and_value_and_writes_nothing(
+def test_bad_input_is_422_naming_the_field_not_the_value_and_writes_nothing(
     app: FastAPI, body: Any, loc: list[Any], value: str
 ) -> None:
     reply = post(app, body)
     assert reply.status == 422, reply.text
-    assert {"loc": loc, "input": value} in [{"loc": d["loc"], "input": d["input"]}
-                                            for d in reply.json()["detail"]]  # fmt: skip
+    assert loc in [d["loc"] for d in reply.json()["detail"]]
+    assert all(set(d) == {"type", "loc", "msg"} for d in reply.json()["detail"])
+    assert f'"{value}"' not in reply.text  # the value sent is not echoed
     assert lines(engine_of(app)) == []
 
 

@@ -281,13 +281,15 @@ def test_a_new_live_model_is_served_without_a_restart(app: FastAPI, tmp_path: Pa
 
 
 def fastapi_twin(app: FastAPI) -> FastAPI:
-    """The same endpoint behind a plain APIRoute: FastAPI parses and validates."""
+    """The same endpoint behind a plain APIRoute (FastAPI parses and validates), answered by
+    the same error handlers."""
     lean = next(
         r for r in app.router.routes if getattr(r, "path", "") == NBO.format("{customer_id}")
     )
     assert isinstance(lean, APIRoute)
     twin = FastAPI()
     twin.state.authenticator = app.state.authenticator
+    twin.exception_handlers.update(app.exception_handlers)
     twin.router.routes.append(APIRoute(lean.path, lean.endpoint, methods=["GET"]))
     return twin
 

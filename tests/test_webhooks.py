@@ -19,6 +19,7 @@ from recocamp.webhooks import (
     check_sendgrid_signature,
     check_shared_secret,
     parse,
+    read,
 )
 
 AT = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -365,3 +366,31 @@ def test_sendgrid_without_public_key_is_503(key: str | None) -> None:
     with pytest.raises(WebhookError) as caught:
         check_sendgrid_signature(signed(SG_BODY, AT), SG_BODY, key, AT)
     assert caught.value.status == 503
+
+
+# -- typed reading: wrong fields reject the event, never the post ----------------------------
+
+
+def test_an_empty_time_falls_back_to_the_next_and_a_numeric_id_is_its_text() -> None:
+    payload = {"RecordType": "Bounce", "ID": 42, "Email": "anna@example.test", "BouncedAt": "",
+               "ReceivedAt": "2026-01-15T07:00:00.1234567-05:00", "Type": "HardBounce"}  # fmt: skip
+    event = one("postmark", payload)
+    assert event.at == AT + timedelta(microseconds=123456)  # 7 digits, as Postmark sends
+    assert event.event_key == "postmark:Bounce:42"
+
+
+@pytest.mark.parametrize("kind", [["Bounce"], {"a": 1}, 7, None])
+def test_a_kind_that_is_not_text_is_ignored_like_any_unknown_kind(kind: object) -> None:
+    parsed = read("postmark", body({"RecordType": kind, "Email": ["x"]}))
+    assert (parsed.events, parsed.rejected) == ([], [])
+
+
+@pytest.mark.parametrize(("stamp", "ok"), [
+    (int(AT.timestamp()), True), (AT.timestamp() + 0.5, True), ("2026-01-15T12:00:00Z", True),
+    ("2026-01-15 12:00:00", True), (-2208988800, True), (-2208988801, False), (1e20, False),
+    (253402300800, False), ("9999-12-31T23:59:59-01:00", False), (True, False), ("x" * 65, False),
+    ({"t": 1}, False),
+])  # fmt: skip
+def test_times_are_read_within_1900_to_9000(stamp: object, ok: bool) -> None:
+    parsed = read("sendgrid", body([{"event": "delivered", "timestamp": stamp}]))
+    assert (len(parsed.events), len(parsed.rejected)) == ((1, 0) if ok else (0, 1))
