@@ -61,11 +61,15 @@ def uci_quality() -> dict[str, object]:
         evaluation = f.evaluate(purchases, day, 90)
         live, _ = f.live_model(purchases, day, 90)
         first = next(iter(evaluation.qualities.values()))
-        print(f"cutoff {cutoff}: {first.customers:,} customers, {first.actual_total:,.0f} "
-              f"purchase days in 90 days; live forecaster (chosen before it): {live}")  # fmt: skip
+        print(
+            f"cutoff {cutoff}: {first.customers:,} customers, {first.actual_total:,.0f} "
+            f"purchase days in 90 days; live forecaster (chosen before it): {live}"
+        )
         for name, q in evaluation.qualities.items():
-            print(f"  {name:7s} MAE {q.mae:.3f}  total {q.predicted_total:7,.0f}  "
-                  f"AUC {q.auc or 0:.3f}  Spearman {q.spearman or 0:.3f}")  # fmt: skip
+            print(
+                f"  {name:7s} MAE {q.mae:.3f}  total {q.predicted_total:7,.0f}  "
+                f"AUC {q.auc or 0:.3f}  Spearman {q.spearman or 0:.3f}"
+            )
             figures[f"{cutoff}_{name}_mae"] = round(q.mae, 4)
             figures[f"{cutoff}_{name}_auc"] = round(q.auc or 0.0, 4)
             figures[f"{cutoff}_{name}_total"] = round(q.predicted_total, 1)
@@ -108,11 +112,18 @@ def speed(customers: int) -> dict[str, object]:
     chosen = time.perf_counter()
     rows = f.forecast(purchases, as_of, 90, model)
     done = time.perf_counter()
-    print(f"  purchase days {folded - began:.1f} s, choosing the forecaster ({model}) "
-          f"{chosen - folded:.1f} s, forecasting {len(rows):,} customers {done - chosen:.1f} s; "
-          f"total {done - began:.1f} s, peak RSS {peak_gb():.2f} GB")  # fmt: skip
-    return {"customers": len(rows), "lines": len(ids), "model": model,
-            "forecast_s": round(done - began, 1), "peak_rss_gb": round(peak_gb(), 2)}  # fmt: skip
+    print(
+        f"  purchase days {folded - began:.1f} s, choosing the forecaster ({model}) "
+        f"{chosen - folded:.1f} s, forecasting {len(rows):,} customers {done - chosen:.1f} s; "
+        f"total {done - began:.1f} s, peak RSS {peak_gb():.2f} GB"
+    )
+    return {
+        "customers": len(rows),
+        "lines": len(ids),
+        "model": model,
+        "forecast_s": round(done - began, 1),
+        "peak_rss_gb": round(peak_gb(), 2),
+    }
 
 
 def main() -> None:

@@ -102,17 +102,29 @@ def _print_forecasts(
     risks = {tier: sum(r.churn_risk == tier for r in rows) for tier in ("high", "medium", "low")}
     console.print("churn risk: " + ", ".join(f"{tier} {n:,}" for tier, n in risks.items()))
     table = Table(title=f"the {min(limit, len(rows))} customers with the highest lifetime value")
-    for heading in ("customer", "purchase days", "P(buys again)", "churn risk",
-                    "revenue", "lifetime value", "next purchase by", "overdue ×"):  # fmt: skip
+    for heading in (
+        "customer",
+        "purchase days",
+        "P(buys again)",
+        "churn risk",
+        "revenue",
+        "lifetime value",
+        "next purchase by",
+        "overdue ×",
+    ):
         table.add_column(heading, justify="left" if heading == "customer" else "right")
     top = sorted(rows, key=lambda r: (-r.lifetime_value, r.customer_id))[:limit]
     for r in top:
         table.add_row(
-            r.customer_id, f"{r.expected_purchase_days:.2f}", f"{r.p_active:.0%}", r.churn_risk,
-            f"{r.expected_revenue:,.2f}", f"{r.lifetime_value:,.2f}",
+            r.customer_id,
+            f"{r.expected_purchase_days:.2f}",
+            f"{r.p_active:.0%}",
+            r.churn_risk,
+            f"{r.expected_revenue:,.2f}",
+            f"{r.lifetime_value:,.2f}",
             r.next_purchase_by.isoformat() if r.next_purchase_by else "—",
             "—" if r.overdue_ratio is None else f"{r.overdue_ratio:.1f}",
-        )  # fmt: skip
+        )
     console.print(table)
 
 
@@ -152,10 +164,12 @@ def _print_evaluation(evaluation: forecasting.Evaluation) -> None:
         table.add_column(heading, justify="left" if heading == "model" else "right")
     for name, q in evaluation.qualities.items():
         table.add_row(
-            name, f"{q.mae:.3f}", f"{q.predicted_total:,.0f}",
+            name,
+            f"{q.mae:.3f}",
+            f"{q.predicted_total:,.0f}",
             "—" if q.auc is None else f"{q.auc:.3f}",
             "—" if q.spearman is None else f"{q.spearman:.3f}",
-        )  # fmt: skip
+        )
     console.print(table)
     calibration = Table(title="calibration by decile of the forecast: mean purchase days")
     calibration.add_column("decile", justify="right")

@@ -46,8 +46,13 @@ def test_bgnbd_reproduces_the_papers_estimates_on_cdnow() -> None:
     history = f.History.at(cdnow(), f.day_number(date(1997, 10, 1)))
     assert len(history.rows) == 2357
     model = f.BgNbd.fit(history.x, history.t_x, history.T)
-    for got, paper in ((model.r, 0.243), (model.alpha, 4.414), (model.a, 0.793),
-                       (model.b, 2.426), (model.log_likelihood, -9582.4)):  # fmt: skip
+    for got, paper in (
+        (model.r, 0.243),
+        (model.alpha, 4.414),
+        (model.a, 0.793),
+        (model.b, 2.426),
+        (model.log_likelihood, -9582.4),
+    ):
         assert got == pytest.approx(paper, rel=0.01)
     predicted = model.expected(39.0, history.x, history.t_x, history.T).sum()
     assert predicted == pytest.approx(1653, rel=0.01)
@@ -97,8 +102,11 @@ def test_local_days_follow_the_shops_calendar_across_dst() -> None:
     ]
     days = f.local_days(np.array([i.timestamp() for i in instants]), berlin)
     assert [f.day_of(d) for d in days] == [
-        date(2011, 7, 2), date(2011, 12, 1), date(2011, 3, 27), date(2011, 3, 27)
-    ]  # fmt: skip
+        date(2011, 7, 2),
+        date(2011, 12, 1),
+        date(2011, 3, 27),
+        date(2011, 3, 27),
+    ]
 
 
 def synthetic_shop(seed: int = 7, customers: int = 400, days: int = 720) -> f.PurchaseDays:
@@ -159,8 +167,13 @@ def test_forecast_rows_hold_every_field_with_the_documented_meaning() -> None:
 
 def test_risk_tiers_cut_at_a_third_and_two_thirds() -> None:
     assert [risk_tier(p) for p in (0.0, 0.333, 1 / 3, 0.666, 2 / 3, 1.0)] == [
-        "high", "high", "medium", "medium", "low", "low"
-    ]  # fmt: skip
+        "high",
+        "high",
+        "medium",
+        "medium",
+        "low",
+        "low",
+    ]
 
 
 def test_auc_counts_ties_at_mid_rank_and_calibration_is_by_decile() -> None:
@@ -209,15 +222,21 @@ def fill(engine: sa.Engine) -> None:
         Purchase("o8", 1, "a", "i1", 1, 10.0, _at(date(2011, 6, 1))),  # at as_of: not history
     ]
     people = [
-        Customer("a", "a@example.test"), Customer("b", "b@example.test"),
+        Customer("a", "a@example.test"),
+        Customer("b", "b@example.test"),
         Customer("c", "c@example.test", objected_to_profiling=True),
         Customer("d", "d@example.test"),
-    ]  # fmt: skip
+    ]
     with engine.begin() as connection:
-        queries.upsert_items(connection, [
-            Item("i1", "Mug", "home", 10.0), Item("i2", "Cup", "home", 4.0),
-            Item("POST", "Postage", "service", 5.0, is_service=True),
-        ], NOW)  # fmt: skip
+        queries.upsert_items(
+            connection,
+            [
+                Item("i1", "Mug", "home", 10.0),
+                Item("i2", "Cup", "home", 4.0),
+                Item("POST", "Postage", "service", 5.0, is_service=True),
+            ],
+            NOW,
+        )
         queries.upsert_customers(connection, people, NOW)
         queries.insert_purchases(connection, lines, None)
         erase = customers.update().where(customers.c.id == "d").values(erased_at=NOW, email=None)
@@ -252,20 +271,28 @@ def test_forecast_command_prints_the_documented_json(
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
     assert (document["as_of"], document["horizon_days"], document["model"]) == (
-        "2011-06-01", 90, "bgnbd"  # too little history for a time split: the textbook model
-    )  # fmt: skip
+        "2011-06-01",
+        90,
+        "bgnbd",  # too little history for a time split: the textbook model
+    )
     (row,) = document["customers"]
     assert set(row) == {
-        "customer_id", "expected_purchase_days", "p_active", "churn_risk", "expected_revenue",
-        "lifetime_value", "next_purchase_by", "overdue_ratio",
-    }  # fmt: skip
+        "customer_id",
+        "expected_purchase_days",
+        "p_active",
+        "churn_risk",
+        "expected_revenue",
+        "lifetime_value",
+        "next_purchase_by",
+        "overdue_ratio",
+    }
     assert row["customer_id"] == "a" and row["next_purchase_by"] == "2011-04-30"  # + 20 days
     bad = runner.invoke(app, ["forecast", "--as-of", "June"])
     assert bad.exit_code == 2 and "not a date" in bad.output
     evaluated = runner.invoke(
-        app, ["forecast-evaluate", "--cutoff", "2011-03-10", "--horizon-days", "60",
-              "--format", "json"],
-    )  # fmt: skip
+        app,
+        ["forecast-evaluate", "--cutoff", "2011-03-10", "--horizon-days", "60", "--format", "json"],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     models = json.loads(evaluated.output)["models"]
     assert sorted(models) == sorted(f.FORECASTERS)

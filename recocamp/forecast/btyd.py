@@ -27,22 +27,27 @@ class BgNbd:
 
     @staticmethod
     def fit(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BgNbd:
-        """Maximum-likelihood estimates (log-parameters: L-BFGS-B, then Nelder-Mead to polish)."""
+        """Maximum-likelihood estimates: L-BFGS-B on the log-parameters, analytic gradient."""
         if len(x) == 0:
             raise ModelError("BG/NBD: no customer with a purchase before the cutoff")
         keys, weight = np.unique(np.stack([x, t_x, T], axis=1), axis=0, return_counts=True)
         kx, kt, kT = keys[:, 0], keys[:, 1], keys[:, 2]
 
-        def negative(log_params: np.ndarray) -> float:
-            r, alpha, a, b = np.exp(np.clip(log_params, -30.0, 30.0))
-            return -float(np.dot(weight, _log_likelihood(r, alpha, a, b, kx, kt, kT)))
+        def negative(log_params: np.ndarray) -> tuple[float, np.ndarray]:
+            params = np.exp(np.clip(log_params, -30.0, 30.0))
+            r, alpha, a, b = (float(v) for v in params)
+            value, gradient = _log_likelihood_and_gradient(r, alpha, a, b, kx, kt, kT)
+            return -float(np.dot(weight, value)), -(gradient @ weight) * params
 
-        bounds = [(-12.0, 12.0)] * 4
-        rough = optimize.minimize(negative, np.zeros(4), method="L-BFGS-B", bounds=bounds)
-        polish = {"xatol": 1e-6, "fatol": 1e-6, "maxiter": 300}
-        fine = optimize.minimize(negative, rough.x, method="Nelder-Mead", bounds=bounds,
-                                 options=polish)  # fmt: skip
-        best = fine if fine.fun <= rough.fun else rough
+        tight = {"ftol": 1e-13, "gtol": 1e-9, "maxiter": 2000}
+        best = optimize.minimize(
+            negative,
+            np.zeros(4),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(-12.0, 12.0)] * 4,
+            options=tight,
+        )
         r, alpha, a, b = (float(v) for v in np.exp(best.x))
         return BgNbd(r, alpha, a, b, -float(best.fun))
 
@@ -68,27 +73,38 @@ class BgNbd:
         return np.asarray(np.clip(finite, 0.0, None))
 
 
-def _log_likelihood(
-    r: float,
-    alpha: float,
-    a: float,
-    b: float,
-    x: np.ndarray,
-    t_x: np.ndarray,
-    T: np.ndarray,
-) -> np.ndarray:
-    """Per-customer BG/NBD log-likelihood (eq. 6 of the paper, in a stable form)."""
+def _log_likelihood_and_gradient(
+    r: float, alpha: float, a: float, b: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-customer BG/NBD log-likelihood (eq. 6 of the paper, in a stable form) and its
+    gradient in (r, alpha, a, b), one row per parameter."""
     a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
-    a2 = (special.gammaln(a + b) + special.gammaln(b + x) - special.gammaln(b)
-          - special.gammaln(a + b + x))  # fmt: skip
+    a2 = (
+        special.gammaln(a + b)
+        + special.gammaln(b + x)
+        - special.gammaln(b)
+        - special.gammaln(a + b + x)
+    )
     a3 = -(r + x) * np.log(alpha + T)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a4 = np.where(
-            x > 0,
-            np.log(a) - np.log(np.maximum(b + x - 1.0, 1e-300)) - (r + x) * np.log(alpha + t_x),
-            -np.inf,
-        )
-    return np.asarray(a1 + a2 + np.logaddexp(a3, a4))
+    repeat = x > 0
+    b_x = np.where(repeat, b + x - 1.0, 1.0)
+    a4 = np.where(repeat, np.log(a) - np.log(b_x) - (r + x) * np.log(alpha + t_x), -np.inf)
+    mix = np.logaddexp(a3, a4)
+    w3, w4 = np.exp(a3 - mix), np.exp(a4 - mix)  # the two terms' shares (w4 = 0 without x)
+    psi_ab, psi_abx = special.digamma(a + b), special.digamma(a + b + x)
+    gradient = np.stack(
+        [
+            special.digamma(r + x)
+            - special.digamma(r)
+            + np.log(alpha)
+            - w3 * np.log(alpha + T)
+            - w4 * np.log(alpha + t_x),
+            r / alpha - (r + x) * (w3 / (alpha + T) + w4 / (alpha + t_x)),
+            psi_ab - psi_abx + w4 / a,
+            psi_ab + special.digamma(b + x) - special.digamma(b) - psi_abx - w4 / b_x,
+        ]
+    )
+    return np.asarray(a1 + a2 + mix), gradient
 
 
 @dataclass(frozen=True)
@@ -108,16 +124,35 @@ class GammaGamma:
         if len(n) < 2:
             raise ModelError("Gamma-Gamma: fewer than two customers with spend")
 
-        def negative(log_params: np.ndarray) -> float:
-            p, q, v = np.exp(np.clip(log_params, -30.0, 30.0))
-            value = (special.gammaln(p * n + q) - special.gammaln(p * n) - special.gammaln(q)
-                     + q * np.log(v) + (p * n - 1.0) * np.log(m) + p * n * np.log(n)
-                     - (p * n + q) * np.log(n * m + v))  # fmt: skip
-            return -float(value.sum())
+        log_n, log_m, spent = np.log(n), np.log(m), n * m
+
+        def negative(log_params: np.ndarray) -> tuple[float, np.ndarray]:
+            p, q, v = (float(value) for value in np.exp(np.clip(log_params, -30.0, 30.0)))
+            pn, log_total = p * n, np.log(spent + v)
+            value = (
+                special.gammaln(pn + q)
+                - special.gammaln(pn)
+                - special.gammaln(q)
+                + q * np.log(v)
+                + (pn - 1.0) * log_m
+                + pn * log_n
+                - (pn + q) * log_total
+            )
+            psi = special.digamma(pn + q)
+            gradient = np.array(
+                [
+                    np.sum(n * (psi - special.digamma(pn) + log_m + log_n - log_total)) * p,
+                    np.sum(psi - special.digamma(q) + np.log(v) - log_total) * q,
+                    np.sum(q / v - (pn + q) / (spent + v)) * v,
+                ]
+            )
+            return -float(value.sum()), -gradient
 
         start = np.log([1.0, 2.0, float(np.mean(m))])
-        polish = {"xatol": 1e-8, "fatol": 1e-8, "maxiter": 4000}
-        best = optimize.minimize(negative, start, method="Nelder-Mead", options=polish)
+        tight = {"ftol": 1e-13, "gtol": 1e-9, "maxiter": 2000}
+        best = optimize.minimize(
+            negative, start, jac=True, method="L-BFGS-B", bounds=[(-12.0, 12.0)] * 3, options=tight
+        )
         p, q, v = (float(value) for value in np.exp(best.x))
         return GammaGamma(p, q, v, -float(best.fun))
 

@@ -7,13 +7,17 @@ the shop-local calendar. Everything is numpy arrays, so a million customers stay
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import cached_property
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from recocamp.forecast.btyd import BgNbd
+
 EPOCH = date(1970, 1, 1)
+FIT_SAMPLE = 200_000  # customers BG/NBD is fitted on, at most
 WINDOWS = (30, 90, 180, 365)  # recent-activity windows in days, features of the own model
 
 
@@ -53,6 +57,8 @@ class PurchaseDays:
     start: np.ndarray
     day: np.ndarray
     spend: np.ndarray
+    # histories already built, by cutoff: forecasters and their evaluation ask for the same ones
+    seen: dict[int, History] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def from_lines(customer_ids: np.ndarray, days: np.ndarray, revenue: np.ndarray) -> PurchaseDays:
@@ -105,6 +111,12 @@ class History:
 
     @staticmethod
     def at(purchases: PurchaseDays, cutoff: int) -> History:
+        if cutoff not in purchases.seen:
+            purchases.seen[cutoff] = History._build(purchases, cutoff)
+        return purchases.seen[cutoff]
+
+    @staticmethod
+    def _build(purchases: PurchaseDays, cutoff: int) -> History:
         before = purchases.day < cutoff
         owner = purchases.owner[before]
         n = len(purchases.customers)
@@ -115,9 +127,31 @@ class History:
         spend = np.bincount(owner, weights=purchases.spend[before], minlength=n)[rows]
         recent = np.stack([purchases.count_in(cutoff - w, cutoff)[rows] for w in WINDOWS], axis=1)
         return History(
-            cutoff, rows, days[rows].astype(np.float64), purchases.day[start],
-            purchases.day[last_at], spend, purchases.spend[start], recent,
-        )  # fmt: skip
+            cutoff,
+            rows,
+            days[rows].astype(np.float64),
+            purchases.day[start],
+            purchases.day[last_at],
+            spend,
+            purchases.spend[start],
+            recent,
+        )
+
+    @cached_property
+    def textbook(self) -> BgNbd:
+        """BG/NBD fitted on this history (once: several forecasters use it). Past
+        FIT_SAMPLE customers it is fitted on a fixed random sample of that many: the estimates
+        of four parameters settle long before, and the fit stays seconds at a million."""
+        chosen = self.fit_sample()
+        return BgNbd.fit(self.x[chosen], self.t_x[chosen], self.T[chosen])
+
+    def fit_sample(self) -> slice | np.ndarray:
+        """The customers a population model is fitted on: all, or a fixed random sample of
+        FIT_SAMPLE (the same for the same cutoff)."""
+        if len(self.rows) <= FIT_SAMPLE:
+            return slice(None)
+        rng = np.random.default_rng(self.cutoff)
+        return np.sort(rng.choice(len(self.rows), FIT_SAMPLE, replace=False))
 
     @property
     def x(self) -> np.ndarray:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from recocamp.forecast.btyd import BgNbd
 from recocamp.forecast.history import History, PurchaseDays
 
 YEAR = 365
@@ -33,8 +32,7 @@ def naive(purchases: PurchaseDays, history: History, horizon_days: int) -> np.nd
 
 
 def bgnbd(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
-    model = BgNbd.fit(history.x, history.t_x, history.T)
-    return model.expected(horizon_days / 7.0, history.x, history.t_x, history.T)
+    return history.textbook.expected(horizon_days / 7.0, history.x, history.t_x, history.T)
 
 
 def rhythm(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
@@ -56,8 +54,7 @@ FORECASTERS: dict[str, Callable[[PurchaseDays, History, int], np.ndarray]] = {
 
 
 def _features(history: History, horizon_days: int) -> np.ndarray:
-    textbook = BgNbd.fit(history.x, history.t_x, history.T)
-    expected = textbook.expected(horizon_days / 7.0, history.x, history.t_x, history.T)
+    expected = history.textbook.expected(horizon_days / 7.0, history.x, history.t_x, history.T)
     overdue = np.nan_to_num(history.overdue, nan=0.0)
     columns = [
         np.log1p(expected),

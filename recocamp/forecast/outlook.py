@@ -22,7 +22,7 @@ from datetime import date
 import numpy as np
 
 from recocamp.errors import ModelError
-from recocamp.forecast.btyd import BgNbd, GammaGamma
+from recocamp.forecast.btyd import GammaGamma
 from recocamp.forecast.evaluate import Quality, quality
 from recocamp.forecast.history import History, PurchaseDays, day_of
 from recocamp.forecast.models import FORECASTERS
@@ -72,30 +72,42 @@ def forecast(
     expected = FORECASTERS[model](purchases, history, horizon_days)
     spend = _spend_per_day(history)
     stretch = _lifetime_stretch(history, horizon_days, lifetime_days)
-    gap, overdue = history.gap, history.overdue
-    result = []
-    for i, row in enumerate(history.rows.tolist()):
-        p_active = float(1.0 - np.exp(-expected[i]))
-        has_gap = bool(np.isfinite(gap[i]))
-        result.append(CustomerForecast(
-            customer_id=str(purchases.customers[row]),
-            expected_purchase_days=float(expected[i]),
-            p_active=p_active,
-            churn_risk=risk_tier(p_active),
-            expected_revenue=float(expected[i] * spend[i]),
-            lifetime_value=float(expected[i] * stretch[i] * spend[i]),
-            next_purchase_by=day_of(int(history.last[i] + round(gap[i]))) if has_gap else None,
-            overdue_ratio=float(overdue[i]) if has_gap else None,
-        ))  # fmt: skip
-    return result
+    has_gap = np.isfinite(history.gap)
+    due = np.where(has_gap, history.last + np.round(np.nan_to_num(history.gap)), 0).astype(int)
+    p_active = 1.0 - np.exp(-expected)
+    columns = zip(
+        purchases.customers[history.rows].tolist(),
+        expected.tolist(),
+        p_active.tolist(),
+        (expected * spend).tolist(),
+        (expected * stretch * spend).tolist(),
+        has_gap.tolist(),
+        due.tolist(),
+        history.overdue.tolist(),
+        strict=True,
+    )
+    return [
+        CustomerForecast(
+            str(customer),
+            e,
+            p,
+            risk_tier(p),
+            revenue,
+            value,
+            day_of(by) if gap else None,
+            overdue if gap else None,
+        )
+        for customer, e, p, revenue, value, gap, by, overdue in columns
+    ]
 
 
 def _spend_per_day(history: History) -> np.ndarray:
     """Expected spend per future purchase day: Gamma-Gamma on repeat purchase days (the
     textbook's input), the customer's own mean where it cannot be fitted."""
     x, repeat = history.x, np.nan_to_num(history.repeat_spend, nan=0.0)
+    sample = history.fit_sample()
     try:
-        model = GammaGamma.fit(x, repeat)
+        model = GammaGamma.fit(x[sample], repeat[sample])
     except ModelError:
         return history.spend_per_day
     return model.expected_spend(x, repeat)
@@ -104,7 +116,7 @@ def _spend_per_day(history: History) -> np.ndarray:
 def _lifetime_stretch(history: History, horizon_days: int, lifetime_days: int) -> np.ndarray:
     """Expected purchase days over the lifetime span per expected purchase day in the horizon,
     by BG/NBD's shape (the plain ratio of spans where BG/NBD expects nothing)."""
-    textbook = BgNbd.fit(history.x, history.t_x, history.T)
+    textbook = history.textbook
     span = textbook.expected(horizon_days / 7.0, history.x, history.t_x, history.T)
     life = textbook.expected(lifetime_days / 7.0, history.x, history.t_x, history.T)
     plain = lifetime_days / horizon_days
@@ -125,10 +137,14 @@ def evaluate(purchases: PurchaseDays, cutoff: int, horizon_days: int) -> Evaluat
     if len(history.rows) == 0:
         raise ModelError(f"no customer has a purchase before {day_of(cutoff).isoformat()}")
     actual = purchases.count_in(cutoff, cutoff + horizon_days)[history.rows]
-    return Evaluation(cutoff, horizon_days, {
-        name: quality(forecaster(purchases, history, horizon_days), actual)
-        for name, forecaster in FORECASTERS.items()
-    })  # fmt: skip
+    return Evaluation(
+        cutoff,
+        horizon_days,
+        {
+            name: quality(forecaster(purchases, history, horizon_days), actual)
+            for name, forecaster in FORECASTERS.items()
+        },
+    )
 
 
 def choose(evaluation: Evaluation) -> str:
