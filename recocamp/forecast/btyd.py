@@ -65,6 +65,8 @@ class BgNbd:
     def expected(self, t: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
         """Expected purchases in the next ``t`` weeks given each customer's history (eq. 10)."""
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
+        if abs(a - 1.0) < 1e-6:  # the expression is continuous in a; 1 itself divides by 0
+            a = 1.0 + 1e-6
         z = t / (alpha + T + t)
         hyper = special.hyp2f1(r + x, b + x, a + b + x - 1.0, z)
         part = 1.0 - np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t))) * hyper
