@@ -739,6 +739,7 @@ _EPHEMERAL = secrets.token_bytes(32)  # previews without RECOCAMP_SIGNING_KEY: n
 from recocamp import (  # noqa: E402
     cli_api,  # noqa: F401 — serve, privacy
     cli_delivery,  # noqa: F401 — send, outbox, fake-esp, demo
+    cli_forecast,  # noqa: F401 — forecast, forecast-evaluate
     cli_measure,  # noqa: F401 — report
     cli_worker,  # noqa: F401 — worker, runs
 )

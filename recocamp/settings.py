@@ -88,6 +88,11 @@ class KpiSettings(_Section):
     window_days: int = Field(default=365, ge=1)
 
 
+class ForecastSettings(_Section):
+    horizon_days: int = Field(default=90, ge=7, le=730)
+    lifetime_days: int = Field(default=365, ge=30, le=3650)
+
+
 class RecommenderSettings(_Section):
     model: Literal["als", "bpr", "item_knn", "popularity", "repeat_frequency", "hybrid"] = "hybrid"
     artifacts_dir: Path = Path("artifacts/models")
@@ -248,6 +253,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     demo: DemoSettings = DemoSettings()
     kpis: KpiSettings = KpiSettings()
+    forecast: ForecastSettings = ForecastSettings()
     recommender: RecommenderSettings = RecommenderSettings()
     caps: CapsSettings = CapsSettings()
     loyalty: LoyaltySettings = LoyaltySettings()

@@ -326,7 +326,7 @@ def first_order_time(connection: sa.Connection) -> datetime | None:
     return value  # type: ignore[no-any-return]
 
 
-def _epoch(connection: sa.Connection, column: Any) -> Any:
+def epoch_seconds(connection: sa.Connection, column: Any) -> Any:
     """UTC epoch seconds in SQL, so millions of rows never become datetime objects."""
     if connection.dialect.name == "sqlite":
         return (sa.func.julianday(column) - 2440587.5) * 86400.0
@@ -346,7 +346,7 @@ def training_lines(
     """
     p, c, i = purchases.c, customers.c, items.c
     objected = sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
-    epoch = _epoch(connection, p.ordered_at)
+    epoch = epoch_seconds(connection, p.ordered_at)
     query = sa.select(p.customer_id, p.item_id, p.order_id, epoch).where(
         p.customer_id.is_not(None),
         p.is_return.is_(False),

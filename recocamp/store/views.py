@@ -161,7 +161,7 @@ def customer_history(
 
 def _lines(connection: sa.Connection, customer_id: str, now: datetime) -> list[Any]:
     p = purchases.c
-    epoch = queries._epoch(connection, p.ordered_at)
+    epoch = queries.epoch_seconds(connection, p.ordered_at)
     query = sa.select(p.item_id, p.order_id, epoch, p.quantity * p.unit_price).where(
         p.customer_id == customer_id, p.is_return.is_(False), p.quantity > 0, p.unit_price > 0,
         epoch < now.timestamp())  # fmt: skip

@@ -1,0 +1,42 @@
+"""Per-customer purchase forecasts: purchase days in a horizon, the chance of buying again
+(churn risk), expected revenue and lifetime value, when the next purchase is due (pure).
+
+Owns: purchase-day histories (:mod:`.history`), the buy-till-you-die models BG/NBD and
+Gamma-Gamma (:mod:`.btyd`), the forecasters — ``naive``, ``bgnbd`` and our ``rhythm``
+(:mod:`.models`) —, their evaluation on a time split (:mod:`.evaluate`) and the per-customer
+outlook with the choice of the live forecaster (:mod:`.outlook`). Values in, values out: the
+store reads the purchase lines, the CLI prints.
+
+Exports: :class:`PurchaseDays`, :class:`History`, :class:`BgNbd`, :class:`GammaGamma`,
+:data:`FORECASTERS`, :func:`forecast`, :func:`evaluate`, :func:`live_model`,
+:class:`CustomerForecast`, :class:`Evaluation`, :class:`Quality`.
+"""
+
+from recocamp.forecast.btyd import BgNbd, GammaGamma
+from recocamp.forecast.evaluate import Quality
+from recocamp.forecast.history import History, PurchaseDays, day_number, day_of, local_days
+from recocamp.forecast.models import FORECASTERS
+from recocamp.forecast.outlook import (
+    CustomerForecast,
+    Evaluation,
+    evaluate,
+    forecast,
+    live_model,
+)
+
+__all__ = [
+    "FORECASTERS",
+    "BgNbd",
+    "CustomerForecast",
+    "Evaluation",
+    "GammaGamma",
+    "History",
+    "PurchaseDays",
+    "Quality",
+    "day_number",
+    "day_of",
+    "evaluate",
+    "forecast",
+    "live_model",
+    "local_days",
+]

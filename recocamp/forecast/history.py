@@ -1,0 +1,195 @@
+"""Purchase days per customer, and what forecasters see of them at a cutoff (pure).
+
+A *purchase day* is a calendar day in the shop's time zone on which a customer has at least one
+purchase line (DESIGN.md, Forecast definitions). Days are integers: days since 1970-01-01 of
+the shop-local calendar. Everything is numpy arrays, so a million customers stay cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from functools import cached_property
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from recocamp.forecast.btyd import BgNbd
+
+EPOCH = date(1970, 1, 1)
+FIT_SAMPLE = 200_000  # customers BG/NBD is fitted on, at most
+WINDOWS = (30, 90, 180, 365)  # recent-activity windows in days, features of the own model
+
+
+def day_number(day: date) -> int:
+    return (day - EPOCH).days
+
+
+def day_of(number: int) -> date:
+    return date.fromordinal(EPOCH.toordinal() + int(number))
+
+
+def local_days(epoch_seconds: np.ndarray, zone: ZoneInfo) -> np.ndarray:
+    """Shop-local day numbers of UTC instants: the zone's offset is looked up once per distinct
+    UTC hour (offsets change on the hour in every zone in use), not once per line."""
+    seconds = np.asarray(epoch_seconds, dtype=np.float64)
+    hours, where = np.unique(np.floor(seconds / 3600.0).astype(np.int64), return_inverse=True)
+    offsets = np.array(
+        [_offset(int(hour) * 3600, zone) for hour in hours.tolist()], dtype=np.float64
+    )
+    local = seconds + offsets[where.ravel()]
+    return np.floor(local / 86400.0).astype(np.int64)
+
+
+def _offset(epoch: int, zone: ZoneInfo) -> float:
+    offset = datetime.fromtimestamp(epoch, UTC).astimezone(zone).utcoffset()
+    return offset.total_seconds() if offset is not None else 0.0
+
+
+@dataclass(frozen=True)
+class PurchaseDays:
+    """Each customer's distinct purchase days (ascending) and the spend of each day.
+
+    ``customers`` is sorted; the days of customer ``i`` are ``day[start[i]:start[i + 1]]``.
+    """
+
+    customers: np.ndarray
+    start: np.ndarray
+    day: np.ndarray
+    spend: np.ndarray
+    # histories already built, by cutoff: forecasters and their evaluation ask for the same ones
+    seen: dict[int, History] = field(default_factory=dict, compare=False, repr=False)
+
+    @staticmethod
+    def from_lines(customer_ids: np.ndarray, days: np.ndarray, revenue: np.ndarray) -> PurchaseDays:
+        """Purchase lines (customer, local day number, line revenue) folded into days."""
+        customers, code = np.unique(np.asarray(customer_ids), return_inverse=True)
+        code = code.ravel().astype(np.int64)
+        days = np.asarray(days, dtype=np.int64)
+        key = code * (1 << 32) + (days - days.min() if len(days) else days)
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        first = np.ones(len(key), dtype=bool)
+        first[1:] = key[1:] != key[:-1]
+        at = np.flatnonzero(first)
+        spend = (
+            np.add.reduceat(np.asarray(revenue, dtype=np.float64)[order], at)
+            if len(at)
+            else (np.zeros(0))
+        )
+        owner = code[order][at]
+        start = np.searchsorted(owner, np.arange(len(customers) + 1))
+        return PurchaseDays(customers, start, days[order][at], spend)
+
+    @property
+    def owner(self) -> np.ndarray:
+        """The customer index of every entry."""
+        return np.repeat(np.arange(len(self.customers)), np.diff(self.start))
+
+    def count_in(self, first: int, end: int) -> np.ndarray:
+        """Purchase days per customer in ``[first, end)``."""
+        inside = (self.day >= first) & (self.day < end)
+        return np.bincount(self.owner[inside], minlength=len(self.customers)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class History:
+    """What every forecaster knows of each customer with a purchase day before ``cutoff``.
+
+    ``rows`` index into :class:`PurchaseDays`. Recency and rhythm are in days; BG/NBD's inputs
+    (:attr:`x`, :attr:`t_x`, :attr:`T`) in weeks, as the literature counts them.
+    """
+
+    cutoff: int
+    rows: np.ndarray
+    days: np.ndarray  # purchase days before the cutoff (x + 1)
+    first: np.ndarray
+    last: np.ndarray
+    spend: np.ndarray
+    first_spend: np.ndarray  # spend on the first purchase day
+    recent: np.ndarray  # purchase days in each of WINDOWS before the cutoff (rows × windows)
+
+    @staticmethod
+    def at(purchases: PurchaseDays, cutoff: int) -> History:
+        if cutoff not in purchases.seen:
+            purchases.seen[cutoff] = History._build(purchases, cutoff)
+        return purchases.seen[cutoff]
+
+    @staticmethod
+    def _build(purchases: PurchaseDays, cutoff: int) -> History:
+        before = purchases.day < cutoff
+        owner = purchases.owner[before]
+        n = len(purchases.customers)
+        days = np.bincount(owner, minlength=n)
+        rows = np.flatnonzero(days)
+        start = purchases.start[rows]
+        last_at = start + days[rows] - 1
+        spend = np.bincount(owner, weights=purchases.spend[before], minlength=n)[rows]
+        recent = np.stack([purchases.count_in(cutoff - w, cutoff)[rows] for w in WINDOWS], axis=1)
+        return History(
+            cutoff,
+            rows,
+            days[rows].astype(np.float64),
+            purchases.day[start],
+            purchases.day[last_at],
+            spend,
+            purchases.spend[start],
+            recent,
+        )
+
+    @cached_property
+    def textbook(self) -> BgNbd:
+        """BG/NBD fitted on this history (once: several forecasters use it). Past
+        FIT_SAMPLE customers it is fitted on a fixed random sample of that many: the estimates
+        of four parameters settle long before, and the fit stays seconds at a million."""
+        chosen = self.fit_sample()
+        return BgNbd.fit(self.x[chosen], self.t_x[chosen], self.T[chosen])
+
+    def fit_sample(self) -> slice | np.ndarray:
+        """The customers a population model is fitted on: all, or a fixed random sample of
+        FIT_SAMPLE (the same for the same cutoff)."""
+        if len(self.rows) <= FIT_SAMPLE:
+            return slice(None)
+        rng = np.random.default_rng(self.cutoff)
+        return np.sort(rng.choice(len(self.rows), FIT_SAMPLE, replace=False))
+
+    @property
+    def x(self) -> np.ndarray:
+        """Repeat purchase days."""
+        return self.days - 1.0
+
+    @property
+    def t_x(self) -> np.ndarray:
+        return np.asarray((self.last - self.first) / 7.0, dtype=np.float64)
+
+    @property
+    def T(self) -> np.ndarray:
+        """Weeks from the first purchase day to the last day of history (cutoff − 1 day)."""
+        return (self.cutoff - 1 - self.first) / 7.0
+
+    @property
+    def recency(self) -> np.ndarray:
+        """Days since the last purchase day, counted from the cutoff (1 = the day before)."""
+        return (self.cutoff - self.last).astype(np.float64)
+
+    @property
+    def gap(self) -> np.ndarray:
+        """The customer's own rhythm: mean days between purchase days (NaN with one day)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gap = np.where(self.days > 1, (self.last - self.first) / (self.days - 1), np.nan)
+        return np.asarray(gap, dtype=np.float64)
+
+    @property
+    def overdue(self) -> np.ndarray:
+        """Days since the last purchase day over the customer's own rhythm (NaN with one day)."""
+        return np.asarray(self.recency / self.gap, dtype=np.float64)
+
+    @property
+    def repeat_spend(self) -> np.ndarray:
+        """Mean spend per repeat purchase day, as Gamma-Gamma counts it (NaN without one)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.asarray((self.spend - self.first_spend) / self.x, dtype=np.float64)
+
+    @property
+    def spend_per_day(self) -> np.ndarray:
+        return np.asarray(self.spend / self.days, dtype=np.float64)

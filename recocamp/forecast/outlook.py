@@ -1,0 +1,175 @@
+"""Per-customer forecasts at ``as_of``, and the choice of forecaster by a time split (pure).
+
+For each customer with a purchase day before ``as_of`` (horizon ``[as_of, as_of + H)``):
+
+- ``expected_purchase_days``: the chosen forecaster's expectation;
+- ``p_active``: the probability of at least one purchase day in the horizon, 1 − e^(−expected)
+  (a Poisson count with that mean; its calibration is in ``forecast-evaluate``);
+- ``churn_risk``: ``high`` below p_active 1/3, ``medium`` below 2/3, else ``low``;
+- ``expected_revenue``: expected purchase days × expected spend per purchase day (Gamma-Gamma);
+- ``lifetime_value``: expected revenue over ``lifetime_days`` (default 365), the horizon's
+  forecast stretched by BG/NBD's shape over the longer span;
+- ``next_purchase_by``: the last purchase day plus the customer's own mean gap between purchase
+  days (None with a single purchase day); ``overdue_ratio``: days since the last purchase day
+  over that gap (None likewise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+
+from recocamp.errors import ModelError
+from recocamp.forecast.btyd import GammaGamma
+from recocamp.forecast.evaluate import Quality, quality
+from recocamp.forecast.history import History, PurchaseDays, day_of
+from recocamp.forecast.models import FORECASTERS
+
+MIN_CUSTOMERS_TO_CHOOSE = 50  # fewer customers on the split: too few to judge, BG/NBD is used
+RISK_CUTS = (1 / 3, 2 / 3)  # p_active below the first: high risk; below the second: medium
+
+
+@dataclass(frozen=True)
+class CustomerForecast:
+    customer_id: str
+    expected_purchase_days: float
+    p_active: float
+    churn_risk: str
+    expected_revenue: float
+    lifetime_value: float
+    next_purchase_by: date | None
+    overdue_ratio: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        by = self.next_purchase_by
+        return {
+            "customer_id": self.customer_id,
+            "expected_purchase_days": round(self.expected_purchase_days, 4),
+            "p_active": round(self.p_active, 4),
+            "churn_risk": self.churn_risk,
+            "expected_revenue": round(self.expected_revenue, 2),
+            "lifetime_value": round(self.lifetime_value, 2),
+            "next_purchase_by": None if by is None else by.isoformat(),
+            "overdue_ratio": None if self.overdue_ratio is None else round(self.overdue_ratio, 3),
+        }
+
+
+def risk_tier(p_active: float) -> str:
+    if p_active < RISK_CUTS[0]:
+        return "high"
+    return "medium" if p_active < RISK_CUTS[1] else "low"
+
+
+def forecast(
+    purchases: PurchaseDays, as_of: int, horizon_days: int, model: str, lifetime_days: int = 365
+) -> list[CustomerForecast]:
+    """Forecasts for every customer with a purchase day before ``as_of``, in customer-id order."""
+    history = History.at(purchases, as_of)
+    if len(history.rows) == 0:
+        return []
+    expected = FORECASTERS[model](purchases, history, horizon_days)
+    spend = _spend_per_day(history)
+    stretch = _lifetime_stretch(history, horizon_days, lifetime_days)
+    has_gap = np.isfinite(history.gap)
+    due = np.where(has_gap, history.last + np.round(np.nan_to_num(history.gap)), 0).astype(int)
+    p_active = 1.0 - np.exp(-expected)
+    columns = zip(
+        purchases.customers[history.rows].tolist(),
+        expected.tolist(),
+        p_active.tolist(),
+        (expected * spend).tolist(),
+        (expected * stretch * spend).tolist(),
+        has_gap.tolist(),
+        due.tolist(),
+        history.overdue.tolist(),
+        strict=True,
+    )
+    return [
+        CustomerForecast(
+            str(customer),
+            e,
+            p,
+            risk_tier(p),
+            revenue,
+            value,
+            day_of(by) if gap else None,
+            overdue if gap else None,
+        )
+        for customer, e, p, revenue, value, gap, by, overdue in columns
+    ]
+
+
+def _spend_per_day(history: History) -> np.ndarray:
+    """Expected spend per future purchase day: Gamma-Gamma on repeat purchase days (the
+    textbook's input), the customer's own mean where it cannot be fitted."""
+    x, repeat = history.x, np.nan_to_num(history.repeat_spend, nan=0.0)
+    sample = history.fit_sample()
+    try:
+        model = GammaGamma.fit(x[sample], repeat[sample])
+    except ModelError:
+        return history.spend_per_day
+    return model.expected_spend(x, repeat)
+
+
+def _lifetime_stretch(history: History, horizon_days: int, lifetime_days: int) -> np.ndarray:
+    """Expected purchase days over the lifetime span per expected purchase day in the horizon,
+    by BG/NBD's shape (the plain ratio of spans where BG/NBD expects nothing)."""
+    textbook = history.textbook
+    span = textbook.expected(horizon_days / 7.0, history.x, history.t_x, history.T)
+    life = textbook.expected(lifetime_days / 7.0, history.x, history.t_x, history.T)
+    plain = lifetime_days / horizon_days
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(span > 1e-9, life / span, plain)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    cutoff: int
+    horizon_days: int
+    qualities: dict[str, Quality]
+
+
+def evaluate(purchases: PurchaseDays, cutoff: int, horizon_days: int) -> Evaluation:
+    """Every forecaster on history before ``cutoff`` against ``[cutoff, cutoff + H)``."""
+    history = History.at(purchases, cutoff)
+    if len(history.rows) == 0:
+        raise ModelError(f"no customer has a purchase before {day_of(cutoff).isoformat()}")
+    actual = purchases.count_in(cutoff, cutoff + horizon_days)[history.rows]
+    return Evaluation(
+        cutoff,
+        horizon_days,
+        {
+            name: quality(forecaster(purchases, history, horizon_days), actual)
+            for name, forecaster in FORECASTERS.items()
+        },
+    )
+
+
+def choose(evaluation: Evaluation) -> str:
+    """The live forecaster: the lowest MAE among those that rank "buys again" at least as well
+    as the textbook model (BG/NBD itself always qualifies); the order of FORECASTERS breaks a
+    tie, so the simpler model wins it."""
+    textbook = evaluation.qualities["bgnbd"].auc or 0.0
+    fit = [
+        (q.mae, order, name)
+        for order, (name, q) in enumerate(evaluation.qualities.items())
+        if name == "bgnbd" or (q.auc or 0.0) >= textbook
+    ]
+    return min(fit)[2]
+
+
+def live_model(
+    purchases: PurchaseDays, as_of: int, horizon_days: int
+) -> tuple[str, Evaluation | None]:
+    """The forecaster to use at ``as_of``, chosen on the last closed horizon before it
+    (cutoff ``as_of − H``): no day at or after ``as_of`` is seen. BG/NBD where that split
+    holds fewer than 50 customers."""
+    try:
+        evaluation = evaluate(purchases, as_of - horizon_days, horizon_days)
+    except ModelError:
+        return "bgnbd", None
+    if next(iter(evaluation.qualities.values())).customers < MIN_CUSTOMERS_TO_CHOOSE:
+        return "bgnbd", None
+    return choose(evaluation), evaluation
