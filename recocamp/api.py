@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -58,7 +57,7 @@ from recocamp import (
 )
 from recocamp.api_auth import Authenticator, RateLimiter, parse_keys
 from recocamp.clock import Clock
-from recocamp.errors import RecocampError
+from recocamp.errors import RecocampError, mask_addresses
 from recocamp.serving import OfferService
 from recocamp.settings import Settings
 from recocamp.store.engine import require_current
@@ -192,7 +191,7 @@ def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """Pydantic / FastAPI error entries reduced to ``type``, ``loc`` and ``msg``."""
     return [{"type": str(error.get("type", "value_error")),
              "loc": [part if isinstance(part, int) else str(part) for part in error["loc"]],
-             "msg": EMAIL.sub("<address>", str(error.get("msg", "")))}
+             "msg": mask_addresses(str(error.get("msg", "")))}
             for error in errors]  # fmt: skip
 
 
@@ -236,9 +235,6 @@ class HttpMetrics:
         timer.observe(seconds)
 
 
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-
-
 class EmailRedactor(logging.Filter):
     """Masks e-mail addresses in log records, whoever logs them (a second line of defence:
     recocamp's own log lines name customers by id only)."""
@@ -246,7 +242,7 @@ class EmailRedactor(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "@" in message:
-            record.msg, record.args = EMAIL.sub("<address>", message), None
+            record.msg, record.args = mask_addresses(message), None
         return True
 
 

@@ -21,8 +21,18 @@ Jinja's ``TemplateSyntaxError``; callers can print ``str(error)`` as it is.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def mask_addresses(text: str) -> str:
+    """``text`` with every e-mail address replaced by ``<address>``: for messages that reach
+    logs, error bodies or stored error columns, whoever wrote them (a provider's error text
+    can quote the recipient)."""
+    return EMAIL.sub("<address>", text) if "@" in text else text
 
 
 class RecocampError(Exception):

@@ -42,6 +42,7 @@ import orjson
 import sqlalchemy as sa
 
 from recocamp.domain import BodyTemplate, OutgoingEmail, email_hash
+from recocamp.errors import mask_addresses
 from recocamp.store.queries import _insert
 from recocamp.store.schema import campaign_pauses, customers, outbox, suppressions
 
@@ -227,9 +228,9 @@ def retry_later(connection: sa.Connection, delays: dict[int, float], errors: dic
     mine = {r.id for r in rows}
     out = set() if refund else {r.id for r in rows if r.attempts >= max_attempts}
     for row_id in out:
-        _set(connection, [row_id], now, by=by, state="failed", last_error=errors[row_id][:1000])
+        _set(connection, [row_id], now, by=by, state="failed", last_error=_said(errors[row_id]))
     again = [
-        {"row_id": i, "not_before": now + timedelta(seconds=delays[i]), "error": errors[i][:1000]}
+        {"row_id": i, "not_before": now + timedelta(seconds=delays[i]), "error": _said(errors[i])}
         for i in ids if i in mine and i not in out
     ]  # fmt: skip
     if again:
@@ -246,7 +247,7 @@ def retry_later(connection: sa.Connection, delays: dict[int, float], errors: dic
 def fail(connection: sa.Connection, errors: dict[int, str], now: datetime,
          by: str | None = None) -> None:  # fmt: skip
     for row_id, error in errors.items():
-        _set(connection, [row_id], now, by=by, state="failed", last_error=error[:1000])
+        _set(connection, [row_id], now, by=by, state="failed", last_error=_said(error))
 
 
 def release(connection: sa.Connection, ids: Iterable[int], now: datetime,
@@ -365,3 +366,9 @@ def resume(connection: sa.Connection, campaign: str) -> bool:
 
 def paused(connection: sa.Connection) -> dict[str, str]:
     return {r.campaign: r.reason for r in connection.execute(sa.select(campaign_pauses))}
+
+
+def _said(error: str) -> str:
+    """An error as stored: at most 1,000 characters and no e-mail address (a provider's
+    message may quote the recipient)."""
+    return mask_addresses(error)[:1000]

@@ -415,3 +415,21 @@ def test_delivery_processes_share_a_run_without_duplicates(engine: sa.Engine) ->
         workers = set(connection.execute(sa.select(outbox_table.c.claimed_by)).scalars())
     assert states(engine) == Counter({"sent": 40})
     assert all(str(os.getpid()) != w.split(":")[1] for w in workers)  # the children sent
+
+
+def test_stored_errors_never_hold_the_recipients_address(engine: sa.Engine) -> None:
+    """Providers quote the recipient in their messages (Postmark: "Invalid 'To' address:
+    'c0@example.test'"); the outbox keeps the message, not the address."""
+
+    class Quoting(FakeProvider):
+        def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+            status = {"winback/c0/2026-01-15": SendStatus.REJECTED}
+            return [SendResult(m.send_key, status.get(m.send_key, SendStatus.RETRY),
+                               error=f"postmark 300: Invalid 'To' address: '{m.to}'")
+                    for m in messages]  # fmt: skip
+
+    fill(engine, 2)
+    deliverer(engine, Quoting(), FixedClock(NOW)).drain(max_wait_s=3600)
+    with engine.connect() as connection:
+        errors = connection.execute(sa.select(outbox_table.c.last_error)).scalars().all()
+    assert sorted(errors) == ["postmark 300: Invalid 'To' address: '<address>'"] * 2
