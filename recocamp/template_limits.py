@@ -57,7 +57,7 @@ class Budget:
     ) -> None:
         self.limits, self.clock = limits, clock
         self.deadline = clock() + limits.render_time_s
-        self.steps = self.depth = self.output = self.produced = 0
+        self.steps = self.depth = self.produced = 0
 
     def tick(self) -> None:
         if self.clock() > self.deadline:
@@ -66,17 +66,16 @@ class Budget:
                 "budget, [templates] render_time_s)"
             )
 
-    def produce(self, value: object) -> None:
-        """A string or list the render made: all of them together are bounded, so a loop
-        cannot pile up copies of values that are each within the bound (memory)."""
-        if isinstance(value, (str, list, tuple)):
-            self.produced += len(value)
-            if self.produced > self.limits.max_output_chars * PRODUCED_FACTOR:
-                raise LimitExceeded(
-                    f"the render made more than {PRODUCED_FACTOR} × "
-                    f"{self.limits.max_output_chars:,} characters of text and lists in all "
-                    "([templates] max_output_chars)"
-                )
+    def produce(self, size: int) -> None:
+        """A string or list of ``size`` the render made: all of them together are bounded,
+        so a loop cannot pile up copies of values that are each within the bound (memory)."""
+        self.produced += size
+        if self.produced > self.limits.max_output_chars * PRODUCED_FACTOR:
+            raise LimitExceeded(
+                f"the render made more than {PRODUCED_FACTOR} × "
+                f"{self.limits.max_output_chars:,} characters of text and lists in all "
+                "([templates] max_output_chars)"
+            )
 
     def step(self) -> None:
         """One loop iteration or call."""
@@ -155,14 +154,16 @@ class LimitedEnvironment(SandboxedEnvironment):
         budget = Budget(self.limits, self.clock)
         token = _BUDGET.set(budget)
         try:
-            parts = []
+            parts: list[str] = []
+            size, bound = 0, self.limits.max_output_chars
             events = template.root_render_func(template.new_context(dict(context)))
-            for part in events:
-                try:
-                    self._emit(budget, part)
-                except LimitExceeded as exc:
+            for part in events:  # inline: this loop runs for every piece of every e-mail
+                size += len(part)
+                if size > bound:
                     name, line = suspended(events, template)
-                    raise TemplateLimitError(name, [Problem(str(exc), line=line)]) from None
+                    message = (f"the output is longer than {bound:,} characters "
+                               "([templates] max_output_chars)")  # fmt: skip
+                    raise TemplateLimitError(name, [Problem(message, line=line)])
                 parts.append(part)
             return "".join(parts)
         except LimitExceeded as exc:
@@ -174,13 +175,6 @@ class LimitedEnvironment(SandboxedEnvironment):
             raise located(exc, "out of memory", template) from None
         finally:
             _BUDGET.reset(token)
-
-    def _emit(self, budget: Budget, part: str) -> None:
-        budget.output += len(part)
-        if budget.output > self.limits.max_output_chars:
-            raise LimitExceeded(f"the output is longer than {self.limits.max_output_chars:,} "
-                                "characters ([templates] max_output_chars)")  # fmt: skip
-        budget.tick()
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         """Every ``for`` iterates through :func:`counted`."""
@@ -301,9 +295,19 @@ class LimitedEnvironment(SandboxedEnvironment):
         return bounded
 
     def _finalize(self, value: Any) -> Any:
-        """Every ``{{ … }}`` before it is turned into text."""
-        self._check_size(size_of(value, self.limits.max_output_chars), "output")
-        return self._made(value)  # printed into the output or a block: a copy when escaped
+        """Every ``{{ … }}`` before it is turned into text: printed into the output or a
+        block, it counts as made (escaping copies it). Inline: it runs for every value of
+        every e-mail."""
+        bound = self.limits.max_output_chars
+        size = len(value) if isinstance(value, str) else size_of(value, bound)
+        if size > bound:
+            raise LimitExceeded(self._size_message("output", bound))
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.produced += size
+            if budget.produced > bound * PRODUCED_FACTOR:
+                budget.produce(0)  # raises, with the message
+        return value
 
     def _range(self, *args: int) -> range:
         """``range``: at most ``max_loop_iterations`` numbers (its loop is counted too)."""
@@ -318,8 +322,8 @@ class LimitedEnvironment(SandboxedEnvironment):
 
     def _made(self, value: T) -> T:
         budget = _BUDGET.get()
-        if budget is not None:
-            budget.produce(value)
+        if budget is not None and isinstance(value, (str, list, tuple)):
+            budget.produce(len(value))
         return value
 
     def _tick(self) -> None:
