@@ -8,10 +8,13 @@ Pure-Python checks cannot interrupt one long C call (``9 ** (9 ** 9)`` holds the
 hours, and with it every thread of the worker), so every operation that could make one is
 refused *before* it runs when its result would pass a bound: the intercepted arithmetic
 operators, string concatenation (``~``), method calls and filters that expand their input,
-``range``. Each of those is then cheap, and a deadline check at each of them, at each loop
-iteration and at each piece of output is the time budget. Loops are counted because every
-``for`` of a template iterates through :func:`counted` (added to the parsed tree), which
-stops nested loops that Jinja's own ``MAX_RANGE`` (one range at a time) lets through.
+``range``. Each of those is then cheap, and a deadline check at each of them and at each
+loop iteration and call is the time budget (what runs between two of them is bounded by the
+template's own size). A render's strings and lists together are bounded too (ten times the
+output bound), so a loop cannot pile up copies that are each small enough. Loops are counted
+because every ``for`` of a template iterates through :func:`counted` (added to the parsed
+tree), which stops nested loops that Jinja's own ``MAX_RANGE`` (one range at a time) lets
+through.
 
 The budget of the render in progress lives in a :class:`~contextvars.ContextVar`: renders in
 different threads of a worker never share one.
@@ -45,8 +48,8 @@ _PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]
 
 
 class LimitExceeded(RecocampError):
-    """A limit was passed; :func:`render` turns it into a ``TemplateLimitError`` with the
-    template's name and line."""
+    """A limit was passed; :meth:`LimitedEnvironment.render` turns it into a
+    ``TemplateLimitError`` with the template's name and line."""
 
 
 class Budget:
