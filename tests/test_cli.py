@@ -128,6 +128,10 @@ def test_check_lists_hostile_templates_and_healthy_campaigns_still_plan(workdir:
     assert "4,096 bits" in result.stderr
     broken = runner.invoke(app, ["plan", "winback"])
     assert broken.exit_code == 2 and "_offer.html" in broken.stderr
+    for command in (["plan", "birthday"], ["preview", "birthday", "--customer", "1"]):
+        stuck = runner.invoke(app, command)
+        assert stuck.exit_code == 2 and "birthday.html" in stuck.stderr
+        assert "4,096 bits" in stuck.stderr
     assert runner.invoke(app, ["demo-data"]).exit_code == 0
     healthy = runner.invoke(app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00"])
     assert healthy.exit_code == 0, healthy.output

@@ -235,7 +235,7 @@ def test_includes_and_errors_at_render_are_problems_not_crashes(
     assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
 
 
-def test_a_render_is_within_its_own_limits_per_thread(tmp_path: Path) -> None:
+def test_each_render_has_its_own_budget(tmp_path: Path) -> None:
     """Budgets are per render: many renders that each stay below a limit all pass."""
     write(tmp_path, "t.html", "{% for i in range(900) %}.{% endfor %}")
     renderer = Renderer(tmp_path, limits=SMALL)

@@ -316,7 +316,7 @@ def test_a_failure_while_becoming_leader_gives_the_lock_back(
 FOREVER = (  # passes check (the sample customer is 12748), then 10**10 slow iterations
     "{% extends 'base.html' %}{% block content %}{% set s = 'x' * 999999 %}<p>Hi</p>\n"
     "{% if customer.id != '12748' %}\n"
-    "{% for i in range(100000) %}{% for j in range(100000) %}{% if 'y' in s %}{% endif %}"
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% if s.count('xy') %}{% endif %}"
     "{% endfor %}{% endfor %}{% endif %}{% endblock %}"
 )
 
@@ -403,6 +403,17 @@ def test_reload_refuses_a_template_past_a_limit_and_keeps_its_heartbeat(
             process.tick()
         assert "reload refused" in caplog.text and "stuck.html" in caplog.text
         assert "line 2" in caplog.text and "4,096 bits" in caplog.text
+        (shop / "templates" / "stuck.html").write_text(
+            "{% extends 'base.html' %}{% block content %}\n{% include '_offer.html' %}"
+            "{% endblock %}")  # fmt: skip
+        os.utime(shop / "templates" / "stuck.html", ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            process.tick()
+        assert (
+            "reload refused" in caplog.text and "template not found: '_offer.html'" in caplog.text
+        )
+        assert "worker loop" not in caplog.text and "Traceback" not in caplog.text
         assert set(process.campaigns) == {"everyone", "stuck"}  # the last good set runs on
         before = scalar(process.engine, "SELECT heartbeat_at FROM workers")
         time.sleep(0.01)
