@@ -15,7 +15,7 @@ from recocamp import campaigns as campaign_files
 from recocamp import render
 from recocamp.campaigns import Campaign
 from recocamp.errors import ConfigError, Problem
-from recocamp.settings import Settings
+from recocamp.settings import Settings, TemplateSettings
 
 
 def campaign_problems(settings: Settings, campaigns: Path,
@@ -24,7 +24,7 @@ def campaign_problems(settings: Settings, campaigns: Path,
     loaded, failures = campaign_files.load_all(campaigns, settings, templates)
     good = []
     for campaign in loaded:
-        found = template_problems(campaign, templates)
+        found = template_problems(campaign, templates, settings.templates)
         if found:
             failures.append(ConfigError(campaigns / f"{campaign.name}.toml", found))
         else:
@@ -32,9 +32,11 @@ def campaign_problems(settings: Settings, campaigns: Path,
     return good, failures
 
 
-def template_problems(campaign: Campaign, templates: Path) -> list[Problem]:
+def template_problems(campaign: Campaign, templates: Path,
+                      limits: TemplateSettings | None = None) -> list[Problem]:  # fmt: skip
     """Every template and subject of a campaign, rendered with the sample context in each
-    locale (a variable outside the context, a sandbox escape, a syntax error)."""
+    locale within the render limits (a variable outside the context, a sandbox escape, a
+    syntax error, a missing include, a limit passed)."""
     parts = [campaign.template.html, campaign.template.text]
     parts += [p for v in campaign.variants for p in (v.html, v.text) if p]
     subjects = [*campaign.template.subject.values()]
@@ -44,9 +46,9 @@ def template_problems(campaign: Campaign, templates: Path) -> list[Problem]:
         sample = render.sample_context(locale)
         for name in dict.fromkeys(parts):
             found += [replace(p, key=f"template {p.key}")
-                      for p in render.check_template(templates, name, sample)]  # fmt: skip
+                      for p in render.check_template(templates, name, sample, limits)]  # fmt: skip
         for subject in subjects:
-            problem = render.check_subject(subject, sample, templates)
+            problem = render.check_subject(subject, sample, templates, limits)
             if problem:
                 found.append(Problem(f"subject: {problem}", key="template.subject", value=subject))
     return list(dict.fromkeys(found))

@@ -699,8 +699,8 @@ def preview(
         offers = None if decision.offers else tuple(planner.offers_for(chosen, view, context))
         key = settings.signing_key.get_secret_value().encode() if settings.signing_key else None
         link = compose.links(settings, key or _EPHEMERAL, customer, chosen.name, clock.now())
-        email = compose.render_for(decision, view, chosen, settings, render.Renderer(templates),
-                                   link, offers)  # fmt: skip
+        renderer = render.Renderer(templates, limits=settings.templates)
+        email = compose.render_for(decision, view, chosen, settings, renderer, link, offers)
     console.print(
         f"decision: {decision.outcome.value} ({decision.reason}); variant {decision.variant or '-'}"
     )

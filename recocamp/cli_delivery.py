@@ -49,7 +49,7 @@ def _deliver(settings: Settings, engine: sa.Engine, campaign: str | None, wait: 
     provider = make_provider(settings)
     try:
         deliverer = Deliverer(engine, provider, settings.esp, clock,
-                              renderer=Renderer(templates))  # fmt: skip
+                              renderer=Renderer(templates, limits=settings.templates))  # fmt: skip
         with _progress() as bar:
             bar.phase("delivering", total)
             deliverer.on_progress = bar.advance
@@ -85,7 +85,7 @@ def _send_run(settings: Settings, engine: sa.Engine, campaign: Campaign, templat
     provider = make_provider(settings)
     try:
         deliverer = Deliverer(engine, provider, settings.esp, clock,
-                              renderer=Renderer(templates))  # fmt: skip
+                              renderer=Renderer(templates, limits=settings.templates))  # fmt: skip
         with _progress() as bar:
             rendering = bar.progress.add_task(f"{campaign.name}: planning", total=None)
             sending = bar.progress.add_task(f"{campaign.name}: delivering", total=None)

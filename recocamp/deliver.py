@@ -217,7 +217,12 @@ class Deliverer:
     def _render(self, claimed: list[outbox.Claimed]) -> tuple[list[outbox.Claimed], Broken]:
         """Render deferred bodies (see ``domain.BodyTemplate``) just before they go out."""
         ready, broken = [], []
-        for c in claimed:
+        for index, c in enumerate(claimed):
+            if index and self.stopping():  # a render may take its whole time budget
+                with self.engine.begin() as connection:
+                    outbox.release(connection, [x.id for x in claimed[index:]],
+                                   self.clock.now(), self.worker)  # fmt: skip
+                break
             template = c.email.template
             if template is not None and self.renderer is None:
                 with self.engine.begin() as connection:
@@ -426,8 +431,9 @@ def _child_drain(url: str, settings: Settings, templates: Path, sources: Mapping
     engine, provider = make_engine(url), make_provider(settings)
     stop, parent = _shared["stop"], _shared["parent"]
     try:
+        renderer = Renderer(templates, sources, settings.templates)
         deliverer = Deliverer(
-            engine, provider, settings.esp, SystemClock(), renderer=Renderer(templates, sources),
+            engine, provider, settings.esp, SystemClock(), renderer=renderer,
             stopping=lambda: os.getppid() != parent or bool(stop.is_set()),
         )  # fmt: skip
         deliverer.on_progress = _child_progress

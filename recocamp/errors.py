@@ -4,6 +4,7 @@
 
     RecocampError
     ├── ConfigError          settings.toml, campaigns, templates: file + key path (+ line)
+    │   └── TemplateLimitError   a render ran past a limit of [templates]: template + line
     ├── DataImportError      a source file that cannot be imported: file + every bad line/column
     ├── StoreError           the database is missing, not migrated or unreachable
     ├── OrderConflictError   orders already stored with other lines (an order is written once)
@@ -84,6 +85,15 @@ class _ProblemsError(RecocampError):
 
 class ConfigError(_ProblemsError):
     """A settings, campaign or template file is invalid."""
+
+
+class TemplateLimitError(ConfigError):
+    """Rendering a template ran past a limit of ``[templates]`` (time, output size, loop
+    iterations, number size, nesting depth): that one render fails, nothing else. One line,
+    as it is recorded with the message it failed."""
+
+    def _render(self) -> str:
+        return "; ".join(f"{self.path}: {problem}" for problem in self.problems)
 
 
 class DataImportError(_ProblemsError):

@@ -126,7 +126,7 @@ def enqueue_decisions(engine: sa.Engine, settings: Settings, campaign: Campaign,
     enqueued). Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only
     the subject is rendered here."""
     key = signing_key(settings)
-    renderer = options.renderer or render.Renderer(templates)
+    renderer = options.renderer or render.Renderer(templates, limits=settings.templates)
     report = planned.report
     period = report.run_key.rpartition("/")[2]
     issued_at = options.issued_at or now
@@ -206,7 +206,7 @@ def deliver_planned(engine: sa.Engine, settings: Settings, campaign: Campaign, t
 
     def drain(producing: Callable[[], bool]) -> DeliveryReport:
         if processes > 1:
-            renderer = deliverer.renderer or render.Renderer(templates)
+            renderer = deliverer.renderer or render.Renderer(templates, limits=settings.templates)
             return drain_in_processes(engine, settings, renderer, campaign.name, processes,
                                       options.max_wait_s, producing, deliverer.on_progress,
                                       options.stopping, deliverer.limiter.rate)  # fmt: skip

@@ -3,6 +3,13 @@
 - ``SandboxedEnvironment``: templates are written by marketers, so they may not reach
   Python internals (``''.__class__``, globals, unsafe ``str.format``); attempts raise
   ``SecurityError`` and fail ``recocamp check``.
+- TemplateSettings (``template_limits``, ``[templates]``): every render has a time budget and bounds
+  on output, loop iterations, numbers and nesting; past one it raises
+  ``TemplateLimitError`` with the template and line. A template that ran out of time
+  ``QUARANTINE_AFTER`` times is not rendered again by that renderer (a worker takes a new
+  one when the templates change), so one broken campaign costs seconds, not hours.
+- The loader reads only files inside the templates folder: ``include '/etc/passwd'`` or
+  ``extends '../x'`` is "not found", with the reason.
 - ``StrictUndefined``: a variable outside the documented context is an error, not an empty
   string; ``check`` renders every template with a sample context, so that happens before a
   campaign runs, never mid-run.
@@ -18,7 +25,8 @@ The documented context (README.md §Templates) is :data:`CONTEXT_KEYS`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,15 +44,18 @@ from jinja2 import (
     meta,
 )
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 
-from recocamp.errors import Problem
+from recocamp.errors import Problem, TemplateLimitError
+from recocamp.settings import TemplateSettings
+from recocamp.template_limits import LimitedEnvironment, location
 
 CONTEXT_KEYS = frozenset({
     "customer", "offers", "shop", "campaign", "loyalty", "reason", "discount_percent",
     "unsubscribe_url", "preferences_url", "existing_customer_notice", "locale", "survey",
 })  # fmt: skip
 STYLESHEET = "email.css"
+QUARANTINE_AFTER = 3  # a template that ran out of time this often is not rendered any more
+SUBJECT = "subject"  # the name a subject line's errors carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +71,10 @@ def snapshot(directory: Path) -> dict[str, str]:
         path.relative_to(directory).as_posix(): path.read_text(encoding="utf-8")
         for path in sorted(directory.rglob("*")) if path.is_file()
     }  # fmt: skip
+
+
+class OutsideTemplates(TemplateNotFound):
+    """An include or extends of a path outside the templates folder (``/etc/passwd``)."""
 
 
 class InliningLoader(BaseLoader):
@@ -81,6 +96,9 @@ class InliningLoader(BaseLoader):
         )
 
     def get_source(self, environment: Environment, template: str) -> tuple[str, str | None, Any]:
+        pieces = template.replace("\\", "/").split("/")
+        if template.startswith("/") or ".." in pieces or ":" in pieces[0]:
+            raise OutsideTemplates(template, f"{template!r} is outside the templates folder")
         source, filename, uptodate = self.files.get_source(environment, template)
         if template.endswith(".html") and self.css:
             source = self._inline(source)
@@ -92,8 +110,12 @@ class InliningLoader(BaseLoader):
         return str(self.fragments.inline_fragment(source, self.css))
 
 
-def environment(directory: Path, sources: Mapping[str, str] | None = None) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+def environment(directory: Path, sources: Mapping[str, str] | None = None,
+                limits: TemplateSettings | None = None,
+                clock: Callable[[], float] = time.monotonic) -> LimitedEnvironment:  # fmt: skip
+    return LimitedEnvironment(
+        limits or TemplateSettings(),
+        clock,
         loader=InliningLoader(directory, sources),
         undefined=StrictUndefined,
         autoescape=lambda name: name is not None and name.endswith(".html"),
@@ -104,21 +126,25 @@ def environment(directory: Path, sources: Mapping[str, str] | None = None) -> Sa
 
 
 class Renderer:
-    """Renders one campaign's subject, HTML and text part with a context.
+    """Renders one campaign's subject, HTML and text part with a context, within ``limits``.
 
     :meth:`frozen` renders from the templates as they are *now*: a worker keeps the last set
     that passed ``check`` while a marketer edits the files, and hands the same set to its
     delivering processes, so queued mail never meets a half-saved template.
     """
 
-    def __init__(self, directory: Path, sources: Mapping[str, str] | None = None) -> None:
+    def __init__(self, directory: Path, sources: Mapping[str, str] | None = None,
+                 limits: TemplateSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.directory, self.sources = directory, sources
-        self.env = environment(directory, sources)
+        self.limits = limits or TemplateSettings()
+        self.env = environment(directory, sources, self.limits, clock)
         self._subjects: dict[str, Any] = {}
+        self._timeouts: dict[str, int] = {}  # template → renders that ran out of time
 
     @classmethod
-    def frozen(cls, directory: Path) -> Renderer:
-        return cls(directory, snapshot(directory))
+    def frozen(cls, directory: Path, limits: TemplateSettings | None = None) -> Renderer:
+        return cls(directory, snapshot(directory), limits)
 
     def render(self, subject: str, html: str, text: str, context: dict[str, Any]) -> RenderedEmail:
         return RenderedEmail(self.subject(subject, context), *self.body(html, text, context))
@@ -128,23 +154,42 @@ class Renderer:
         compiled = self._subjects.get(subject)
         if compiled is None:
             compiled = self._subjects[subject] = self.env.from_string(subject)
-        return " ".join(compiled.render(context).split())
+            compiled.name = SUBJECT
+        return " ".join(self._render(compiled, context, subject).split())
 
     def body(self, html: str, text: str, context: Mapping[str, Any]) -> tuple[str, str]:
-        """The HTML and the text part; raises jinja2's ``TemplateError`` subclasses."""
-        return self.env.get_template(html).render(context), self.env.get_template(
-            text).render(context)  # fmt: skip
+        """The HTML and the text part; raises jinja2's ``TemplateError`` subclasses and
+        ``TemplateLimitError``."""
+        return (self._render(self.env.get_template(html), context, html),
+                self._render(self.env.get_template(text), context, text))  # fmt: skip
+
+    def _render(self, template: Any, context: Mapping[str, Any], key: str) -> str:
+        """One render; a template that keeps running out of time is refused at once (its
+        renders would each cost the whole budget)."""
+        name = str(template.name)
+        if self._timeouts.get(key, 0) >= QUARANTINE_AFTER:
+            raise TemplateLimitError(name, [Problem(
+                f"ran out of render time {QUARANTINE_AFTER} times: not rendered again until "
+                "the templates change")])  # fmt: skip
+        try:
+            return self.env.render(template, context)
+        except TemplateLimitError as exc:
+            if any("render time" in p.message for p in exc.problems):
+                self._timeouts[key] = self._timeouts.get(key, 0) + 1
+            raise
 
 
-def check_template(directory: Path, name: str, sample: dict[str, Any]) -> list[Problem]:
-    """Syntax, variables outside the documented context, and a sandboxed sample render."""
-    env = environment(directory)
+def check_template(directory: Path, name: str, sample: dict[str, Any],
+                   limits: TemplateSettings | None = None) -> list[Problem]:  # fmt: skip
+    """Syntax, variables outside the documented context, and a sandboxed sample render
+    within the limits; every failure is a problem with the template and line."""
+    env = environment(directory, limits=limits)
     try:
         assert env.loader is not None
         source = env.loader.get_source(env, name)[0]
         parsed = env.parse(source)
-    except TemplateNotFound:
-        return [Problem("template not found", key=name)]
+    except TemplateNotFound as exc:
+        return [Problem(_not_found(exc), key=name)]
     except TemplateSyntaxError as exc:
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
     unknown = sorted(meta.find_undeclared_variables(parsed) - CONTEXT_KEYS)
@@ -156,22 +201,45 @@ def check_template(directory: Path, name: str, sample: dict[str, Any]) -> list[P
     if found:
         return found
     try:
-        env.get_template(name).render(sample)
-    except SecurityError as exc:
-        return [Problem(f"blocked by the sandbox: {exc}", key=name)]
-    except UndefinedError as exc:
-        return [Problem(f"reads something outside the template context: {exc.message}", key=name)]
-    except TemplateSyntaxError as exc:
-        return [Problem(f"syntax error: {exc.message}", key=exc.name or name, line=exc.lineno)]
+        env.render(env.get_template(name), sample)
+    except Exception as exc:  # whatever a template does is a problem, not a crash
+        return [render_problem(exc, name)]
     return []
 
 
-def check_subject(subject: str, sample: dict[str, Any], directory: Path) -> str | None:
+def render_problem(exc: Exception, name: str) -> Problem:
+    """What went wrong in a render, at the template and line where it happened."""
+    if isinstance(exc, TemplateLimitError):
+        problem = exc.problems[0]
+        return Problem(problem.message, key=str(exc.path), line=problem.line)
+    if isinstance(exc, TemplateSyntaxError):  # in an included template
+        return Problem(f"syntax error: {exc.message}", key=exc.name or name, line=exc.lineno)
+    where, line = location(exc)
+    key = name if where == "<template>" else where
+    if isinstance(exc, TemplateNotFound):
+        return Problem(_not_found(exc, included=True), key=key, line=line)
+    if isinstance(exc, SecurityError):
+        return Problem(f"blocked by the sandbox: {exc}", key=key, line=line)
+    if isinstance(exc, UndefinedError):
+        return Problem(f"reads something outside the template context: {exc.message}",
+                       key=key, line=line)  # fmt: skip
+    return Problem(f"fails to render: {type(exc).__name__}: {exc}", key=key, line=line)
+
+
+def _not_found(exc: TemplateNotFound, *, included: bool = False) -> str:
+    """The "template not found" message, with the loader's reason or the included name."""
+    if isinstance(exc, OutsideTemplates):
+        return f"template not found: {exc.message}"
+    return f"template not found: {exc.name!r}" if included else "template not found"
+
+
+def check_subject(subject: str, sample: dict[str, Any], directory: Path,
+                  limits: TemplateSettings | None = None) -> str | None:  # fmt: skip
     """A problem with a subject line template, or None."""
     try:
-        environment(directory).from_string(subject).render(sample)
-    except (TemplateSyntaxError, UndefinedError, SecurityError) as exc:
-        return str(exc)
+        Renderer(directory, limits=limits).subject(subject, sample)
+    except Exception as exc:  # a problem to list, not a crash
+        return str(render_problem(exc, SUBJECT))
     return None
 
 

@@ -189,6 +189,18 @@ class PrivacySettings(_Section):
     retired_model_days: int = Field(default=90, ge=1)
 
 
+class TemplateSettings(_Section):
+    """Hard limits on one render of a template (check, preview, plan, send, delivery): a
+    template is written by a person, and one must not be able to stop the sending. Past a
+    limit the render fails (that message, or a problem for ``check``)."""
+
+    render_time_s: float = Field(default=1.0, gt=0, le=60)
+    max_output_chars: int = Field(default=1_000_000, ge=10_000)  # per part, and per value
+    max_loop_iterations: int = Field(default=100_000, ge=100)  # loop iterations and calls
+    max_int_bits: int = Field(default=4096, ge=64)  # 4096 bits: about 10**1233
+    max_depth: int = Field(default=50, ge=1, le=100)  # macros, recursive loops
+
+
 def _crontab(value: str) -> str:
     from apscheduler.triggers.cron import CronTrigger
 
@@ -262,6 +274,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     measure: MeasureSettings = MeasureSettings()
     worker: WorkerSettings = WorkerSettings()
+    templates: TemplateSettings = TemplateSettings()
     # secrets: environment only (RECOCAMP_ESP_TOKEN, RECOCAMP_SIGNING_KEY, RECOCAMP_API_KEYS,
     # RECOCAMP_WEBHOOK_SECRET)
     esp_token: SecretStr | None = None

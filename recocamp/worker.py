@@ -92,7 +92,8 @@ class Worker:
         self._reload_checked = 0.0
         limiter = RateLimiter(settings.esp.rate_limit_per_s, self.stop.wait)
         self.context = jobs.JobContext(settings, engine, templates_dir, self.clock, self.stop,
-                                       Renderer(templates_dir), limiter)  # fmt: skip
+                                       Renderer(templates_dir, limits=settings.templates),
+                                       limiter)  # fmt: skip
 
     # -- campaigns and the schedule -------------------------------------------------------
 
@@ -108,7 +109,7 @@ class Worker:
         """The campaigns and templates as they are now: the good ones, every problem, and
         the templates frozen before the check (never newer than what was checked)."""
         self._files = self._fingerprint()
-        renderer = Renderer.frozen(self.templates_dir)
+        renderer = Renderer.frozen(self.templates_dir, self.settings.templates)
         good, failures = checks.campaign_problems(self.settings, self.campaigns_dir,
                                                   self.templates_dir)  # fmt: skip
         return good, failures, renderer

@@ -100,6 +100,52 @@ def test_check_lists_every_broken_campaign_and_template(workdir: Path) -> None:
     assert "birthday.txt" in result.stderr and "outside the template context" in result.stderr
 
 
+def test_check_lists_hostile_templates_and_healthy_campaigns_still_plan(workdir: Path) -> None:
+    """Issue 15: a template that would never finish, a misspelt include, an include or
+    extends outside the templates folder: each a problem with file and line, exit 2; the
+    other campaigns plan and preview as before."""
+    import json
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    edits = {  # file → (line, replaced, replacement)
+        "winback.html": (4, '"_offers.html"', '"_offer.html"'),
+        "birthday.html": (4, '{% include "_offers.html" %}', "{{ 9**(9**9) }}"),
+        "vip_tier.txt": (5, '"_offers.txt"', "'/etc/passwd'"),
+        "replenish.html": (1, '"base.html"', "'../../x'"),
+    }
+    for name, (line, old, replacement) in edits.items():
+        path = workdir / "templates" / name
+        lines = path.read_text().split("\n")
+        assert old in lines[line - 1]
+        lines[line - 1] = lines[line - 1].replace(old, replacement)
+        path.write_text("\n".join(lines))
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    for name, (line, _old, _new) in edits.items():
+        assert f"line {line}, key 'template {name}'" in result.stderr, name
+    assert "template not found: '_offer.html'" in result.stderr
+    assert "'/etc/passwd' is outside the templates folder" in result.stderr
+    assert "'../../x' is outside the templates folder" in result.stderr
+    assert "4,096 bits" in result.stderr
+    broken = runner.invoke(app, ["plan", "winback"])
+    assert broken.exit_code == 2 and "_offer.html" in broken.stderr
+    for command in (["plan", "birthday"], ["preview", "birthday", "--customer", "1"]):
+        stuck = runner.invoke(app, command)
+        assert stuck.exit_code == 2 and "birthday.html" in stuck.stderr
+        assert "4,096 bits" in stuck.stderr
+    assert runner.invoke(app, ["demo-data"]).exit_code == 0
+    healthy = runner.invoke(app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00"])
+    assert healthy.exit_code == 0, healthy.output
+    planned = runner.invoke(app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00",
+                                  "--format", "json"]).stdout  # fmt: skip
+    first = json.loads(planned)["decisions"][0]["customer_id"]
+    preview = runner.invoke(app, ["preview", "cross_sell", "--customer", first,
+                                  "--as-of", "2011-12-15T10:00:00"])  # fmt: skip
+    assert preview.exit_code == 0, preview.output
+
+
 def test_plan_json_and_preview_on_the_synthetic_shop(workdir: Path) -> None:
     import json
     import shutil

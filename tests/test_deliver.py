@@ -388,6 +388,39 @@ def test_deferred_bodies_are_rendered_when_they_go_out(engine: sa.Engine) -> Non
     assert suppressed == []  # our template's fault, not the recipient's
 
 
+def test_a_body_past_a_render_limit_fails_alone_with_its_template_and_line(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    (templates / "stuck.html").write_text(  # would loop 10**10 times
+        "<p>\n{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    )
+    (templates / "huge.html").write_text("<p>{{ customer.first_name }}</p>\n{{ 9**(9**9) }}")
+    store(engine, [deferred(0, html="stuck.html"), deferred(1), deferred(2, html="huge.html")])
+    fake = FakeProvider()
+    Deliverer(engine, fake, ESP, FixedClock(NOW), renderer=Renderer(templates)).drain()
+    assert [m.send_key for m in fake.sent] == [deferred(1).send_key]
+    with engine.connect() as connection:
+        errors = dict(connection.execute(sa.select(outbox_table.c.send_key,
+            outbox_table.c.last_error).where(outbox_table.c.state == "failed")).all())  # fmt: skip
+    assert "stuck.html: line 2: more than 100,000 loop iterations" in errors[deferred(0).send_key]
+    assert "huge.html: line 2: ** would make a number of more than 4,096 bits" in errors[
+        deferred(2).send_key]  # fmt: skip
+
+
+def test_a_deliverer_told_to_stop_gives_back_what_it_has_not_rendered(
+    engine: sa.Engine,
+) -> None:
+    store(engine, [deferred(n) for n in range(3)])
+    answers = iter([False, True])  # the drain starts, then the stop comes during the renders
+    fake = FakeProvider()
+    Deliverer(engine, fake, ESP, FixedClock(NOW), renderer=Renderer(TEMPLATES),
+              stopping=lambda: next(answers, True)).drain()  # fmt: skip
+    assert [m.send_key for m in fake.sent] == [deferred(0).send_key]
+    assert states(engine) == Counter({"sent": 1, "queued": 2})
+
+
 def test_deferred_bodies_without_templates_stop_and_give_the_claims_back(
     engine: sa.Engine,
 ) -> None:

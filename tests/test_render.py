@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from recocamp.render import Renderer, check_subject, check_template, sample_context
+from recocamp.errors import TemplateLimitError
+from recocamp.render import (
+    QUARANTINE_AFTER,
+    Renderer,
+    check_subject,
+    check_template,
+    sample_context,
+)
+from recocamp.settings import TemplateSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates"
@@ -116,3 +124,133 @@ def test_css_is_inlined_when_the_template_is_loaded_not_per_email(
         email = renderer.render("s", "t.html", "t.html", context)
         assert email.html == f'<div class="x" style="color: red;">{name}</div>'
     assert len(calls) == 1
+
+
+# --- limits: one template must not be able to stop the sending (issue 15) ------------------
+
+SMALL = TemplateSettings(max_output_chars=10_000, max_loop_iterations=1000, max_depth=10)
+LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the problem says
+    "{{ 9**(9**9) }}": "max_int_bits",
+    "{{ 2**5000 }}": "max_int_bits",
+    "{{ (2**4000) * (2**4000) }}": "max_int_bits",
+    "{{ 'x'*3000000000 }}": "max_output_chars",
+    "{{ ['x'] * 20000 }}": "max_output_chars",
+    "{% for i in range(10**9) %}{% endfor %}": "max_loop_iterations",
+    "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}":
+        "max_loop_iterations",
+    "{% for c in 'x' * 5000 %}{% endfor %}": "max_loop_iterations",
+    "{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(1) }}": "max_depth",
+    "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}": "max_depth",
+    "{{ 'x'|center(10**9) }}": "max_output_chars",
+    "{{ 'x'.ljust(10**9) }}": "max_output_chars",
+    "{{ ('x' * 5000).replace('', 'yy') }}": "max_output_chars",
+    "{{ ('x' * 5000)|replace('x', 'yyy') }}": "max_output_chars",
+    "{{ 'ab'|indent(20000) }}": "max_output_chars",
+    "{{ ('a b ' * 2000)|wordwrap(1, wrapstring='-' * 10) }}": "max_output_chars",
+    "{{ '{:>999999999}'.format(1) }}": "max_output_chars",
+    "{{ '{:>{w}}'.format(1, w=10**8) }}": "max_output_chars",
+    "{{ '%999999999s' % 'x' }}": "max_output_chars",
+    "{{ '%*s'|format(10**8, 'x') }}": "max_output_chars",
+    "{{ (['x' * 100] * 1000)|join('-' * 100) }}": "max_output_chars",
+    "{{ ('x' * 100).join(['y'] * 1000) }}": "max_output_chars",
+    "{{ [1]|batch(10**9, 'x')|list }}": "max_output_chars",
+    "{{ ([[1] * 100] * 100)|sum(start=[]) }}": "max_output_chars",
+    "{% set a = [1] * 5000 %}{{ [a] * 5000 }}": "max_output_chars",
+    "{% set ns = namespace(s='x' * 5000) %}{% for i in range(30) %}"
+    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}": "max_output_chars",
+    "{% set s = 'x' * 9000 %}{% set y %}{% for i in range(100) %}{{ s }}{% endfor %}{% endset %}"
+    "{{ y|length }}": "max_output_chars",
+    "{% for i in range(900) %}{{ 'x' * 12 }}{% endfor %}": "max_output_chars",
+    "{{ ('x' * 100).translate({120: 'y'}) }}": "not available",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("body", list(LIMIT_CASES))
+def test_a_template_past_a_limit_is_a_problem_with_its_file_and_line(
+    tmp_path: Path, body: str
+) -> None:
+    write(tmp_path, "hostile.html", f"<p>{{{{ customer.first_name }}}}</p>\n{body}\n")
+    (problem,) = check_template(tmp_path, "hostile.html", sample_context(), SMALL)
+    assert (problem.key, problem.line) == ("hostile.html", 2)
+    assert LIMIT_CASES[body] in problem.message
+    with pytest.raises(TemplateLimitError) as raised:
+        Renderer(tmp_path, limits=SMALL).body("hostile.html", "hostile.html", sample_context())
+    assert "hostile.html: line 2: " in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_defaults_stop_the_issue_s_templates(tmp_path: Path) -> None:
+    write(tmp_path, "a.html", "x\n{{ 9**(9**9) }}")
+    write(tmp_path, "b.html", "x\n{{ 'x'*3000000000 }}")
+    write(tmp_path, "c.html", "x\n{% for i in range(10**9) %}{% endfor %}")
+    write(tmp_path, "d.html", "{% macro m() %}{{ m() }}{% endmacro %}\n{{ m() }}")
+    for name, limit in [("a.html", "4,096 bits"), ("b.html", "1,000,000 characters"),
+                        ("c.html", "100,000"), ("d.html", "deeper than 50")]:  # fmt: skip
+        (problem,) = check_template(tmp_path, name, sample_context())
+        assert problem.line in (1, 2) and limit in problem.message, problem
+
+
+def test_a_loop_that_runs_only_for_real_data_fails_that_render(tmp_path: Path) -> None:
+    write(tmp_path, "real.html", "<p>Hi</p>\n{% if customer.id != '12748' %}\n"
+          "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n"
+          "{% endif %}")  # fmt: skip
+    assert check_template(tmp_path, "real.html", sample_context()) == []  # the sample is 12748
+    context = sample_context()
+    context["customer"] = {"id": "1", "first_name": "A", "locale": "en"}
+    with pytest.raises(TemplateLimitError, match="line 3: more than 100,000 loop iterations"):
+        Renderer(tmp_path).body("real.html", "real.html", context)
+
+
+class TickingClock:
+    """Each reading is ``step`` seconds after the last: a render's time, without waiting."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_the_time_budget_and_a_template_that_keeps_running_out_of_it(tmp_path: Path) -> None:
+    write(tmp_path, "slow.html", "<p>\n{% for i in range(50) %}{{ i }}{% endfor %}</p>")
+    write(tmp_path, "ok.html", "<p>{{ customer.first_name }}</p>")
+    renderer = Renderer(tmp_path, clock=TickingClock(0.1))  # 1 s budget: about 10 steps
+    for _ in range(QUARANTINE_AFTER):
+        with pytest.raises(TemplateLimitError, match=r"slow\.html: line 2: rendering took longer"):
+            renderer.body("slow.html", "ok.html", sample_context())
+    with pytest.raises(TemplateLimitError, match="ran out of render time 3 times"):
+        renderer.body("slow.html", "ok.html", sample_context())  # refused before rendering
+    assert renderer.body("ok.html", "ok.html", sample_context()) == ("<p>Anna</p>",) * 2
+    assert Renderer(tmp_path, clock=TickingClock(0.001)).body(
+        "slow.html", "ok.html", sample_context())[0].startswith("<p>\n0123")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{% include '_offer.html' %}", "template not found: '_offer.html'"),
+        ("{% include '/etc/passwd' %}", "'/etc/passwd' is outside the templates folder"),
+        ("{% extends '../../x' %}", "'../../x' is outside the templates folder"),
+        ("{% include 'loop.html' %}", "recursion too deep"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    ],
+)
+def test_includes_and_errors_at_render_are_problems_not_crashes(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    write(tmp_path, "_offers.html", "offers")
+    write(tmp_path, "loop.html", "{% include 'loop.html' %}")
+    write(tmp_path, "t.html", f"<p>Hi</p>\n{body}")
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert problem.key in ("t.html", "loop.html") and problem.line in (1, 2)
+    assert message in problem.message
+    subject = check_subject("{{ 9**(9**9) }}", sample_context(), tmp_path)
+    assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
+
+
+def test_each_render_has_its_own_budget(tmp_path: Path) -> None:
+    """Budgets are per render: many renders that each stay below a limit all pass."""
+    write(tmp_path, "t.html", "{% for i in range(900) %}.{% endfor %}")
+    renderer = Renderer(tmp_path, limits=SMALL)
+    for _ in range(5):
+        assert renderer.body("t.html", "t.html", sample_context())[0] == "." * 900

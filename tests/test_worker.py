@@ -26,7 +26,7 @@ from recocamp.settings import Settings, load_settings
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import Worker
-from tests.worker_shop import make_shop, recocamp, start_worker, wait_for
+from tests.worker_shop import make_shop, recocamp, scalar, start_worker, wait_for
 
 
 def free_port() -> int:
@@ -315,6 +315,119 @@ def test_a_failure_while_becoming_leader_gives_the_lock_back(
         process.tick()
         assert process.leader_since is not None  # the next round leads for real
         assert process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+
+
+# --- a template that would run forever (issue 15) ----------------------------------------
+
+FOREVER = (  # passes check (the sample customer is 12748), then 10**10 slow iterations
+    "{% extends 'base.html' %}{% block content %}{% set s = 'x' * 999999 %}<p>Hi</p>\n"
+    "{% if customer.id != '12748' %}\n"
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% if s.count('xy') %}{% endif %}"
+    "{% endfor %}{% endfor %}{% endif %}{% endblock %}"
+)
+
+
+def trigger(engine: sa.Engine, *jobs: str) -> bool:
+    """Make ``jobs`` due now at once (``recocamp runs trigger``), once the worker has
+    scheduled them."""
+    sched = scheduler.make_scheduler()
+    scheduler.attach_shared(sched, engine)
+    sched.start(paused=True)
+    try:
+        if not set(jobs) <= {j.id for j in sched.get_jobs(jobstore=scheduler.SHARED)}:
+            return False
+        for job in jobs:
+            sched.modify_job(job, jobstore=scheduler.SHARED, next_run_time=datetime.now(UTC))
+        return True
+    finally:
+        scheduler.quiesce(sched)
+        sched.shutdown(wait=False)
+
+
+def two_campaigns(shop: Path) -> None:
+    """``everyone`` (healthy) mails who ordered 8-60 days ago, ``stuck`` the others with
+    the template above."""
+    healthy = (shop / "campaigns" / "everyone.toml").read_text()
+    (shop / "campaigns" / "everyone.toml").write_text(
+        healthy.replace("lapsed_days = [0, 60]", "lapsed_days = [8, 60]"))  # fmt: skip
+    (shop / "campaigns" / "stuck.toml").write_text(
+        healthy.replace('name = "everyone"', 'name = "stuck"')
+        .replace("lapsed_days = [0, 60]", "lapsed_days = [0, 8]")
+        .replace('html = "cross_sell.html"', 'html = "stuck.html"'))  # fmt: skip
+    (shop / "templates" / "stuck.html").write_text(FOREVER)
+
+
+def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing(
+    tmp_path: Path, esp: tuple[FakeEsp, str]
+) -> None:
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url, shutdown_timeout_s=12)
+    with (shop / "settings.toml").open("a") as settings:  # a stuck render takes 8 s: the
+        settings.write("[templates]\nrender_time_s = 8\n")  # 3rd ends 16 s after the 1st
+    two_campaigns(shop)
+    engine = make_engine(f"sqlite:///{shop / 'shop.db'}")
+    by_state = "SELECT count(*) FROM outbox WHERE campaign = '{}' AND state {}"
+    worker = start_worker(shop)
+    try:
+        wait_for(lambda: trigger(engine, "campaign:stuck", "campaign:everyone"))
+        wait_for(lambda: scalar(engine, by_state.format("everyone", "IS NOT NULL")) == scalar(
+            engine, by_state.format("everyone", "= 'sent'")) > 0)  # fmt: skip
+        assert scalar(engine, by_state.format("stuck", "= 'claimed'"))  # still rendering
+        beat = scalar(engine, "SELECT max(heartbeat_at) FROM workers")
+        wait_for(lambda: scalar(engine, "SELECT max(heartbeat_at) FROM workers") != beat, 10)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0  # 3: jobs still ran after shutdown_timeout_s
+    finally:
+        worker.kill()
+    assert scalar(engine, by_state.format("stuck", "IN ('sent', 'claimed')")) == 0
+    sent = scalar(engine, by_state.format("everyone", "= 'sent'"))
+    assert fake.stats() == {"received": sent, "unique_send_keys": sent, "duplicates": 0}
+    with engine.connect() as connection:
+        errors = connection.execute(sa.text(
+            "SELECT last_error FROM outbox WHERE state = 'failed'")).scalars().all()  # fmt: skip
+    assert errors and all("stuck.html: line 3: rendering took longer than 8 s" in e
+                          or "ran out of render time" in e for e in errors)  # fmt: skip
+    log = (shop / "worker-0.log").read_text()
+    assert "SIGTERM: stopping" in log and "Traceback" not in log
+    engine.dispose()
+
+
+def test_reload_refuses_a_template_past_a_limit_and_keeps_its_heartbeat(
+    tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    two_campaigns(shop)
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        (shop / "templates" / "stuck.html").write_text(
+            "{% extends 'base.html' %}{% block content %}\n{{ 9**(9**9) }}{% endblock %}"
+        )
+        os.utime(shop / "templates" / "stuck.html", ns=(time.time_ns(), time.time_ns() + 10**9))
+        with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
+            process.tick()
+        assert "reload refused" in caplog.text and "stuck.html" in caplog.text
+        assert "line 2" in caplog.text and "4,096 bits" in caplog.text
+        (shop / "templates" / "stuck.html").write_text(
+            "{% extends 'base.html' %}{% block content %}\n{% include '_offer.html' %}"
+            "{% endblock %}")  # fmt: skip
+        os.utime(shop / "templates" / "stuck.html", ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            process.tick()
+        assert (
+            "reload refused" in caplog.text and "template not found: '_offer.html'" in caplog.text
+        )
+        assert "worker loop" not in caplog.text and "Traceback" not in caplog.text
+        assert set(process.campaigns) == {"everyone", "stuck"}  # the last good set runs on
+        before = scalar(process.engine, "SELECT heartbeat_at FROM workers")
+        time.sleep(0.01)
+        process.tick()
+        assert scalar(process.engine, "SELECT heartbeat_at FROM workers") != before
     finally:
         process.shutdown()
         process.engine.dispose()
