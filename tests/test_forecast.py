@@ -127,17 +127,30 @@ def synthetic_shop(seed: int = 7, customers: int = 400, days: int = 720) -> f.Pu
 
 
 @pytest.mark.parametrize("model", sorted(f.FORECASTERS))
-def test_no_forecaster_sees_a_day_at_or_after_the_cutoff(model: str) -> None:
-    shop = synthetic_shop()
-    cutoff = 600
+@pytest.mark.parametrize(("days", "cutoff", "horizon"), [(720, 600, 90), (1400, 1000, 400)])
+def test_no_forecaster_sees_a_day_at_or_after_the_cutoff(
+    model: str, days: int, cutoff: int, horizon: int
+) -> None:
+    """Also with a horizon over a year, where last year's season ahead would pass the cutoff."""
+    shop = synthetic_shop(days=days)
     keep = shop.day < cutoff
-    owner = shop.owner
     truncated = f.PurchaseDays.from_lines(
-        shop.customers[owner[keep]], shop.day[keep], shop.spend[keep]
+        shop.customers[shop.owner[keep]], shop.day[keep], shop.spend[keep]
     )
-    full = f.forecast(shop, cutoff, 90, model)
-    cut = f.forecast(truncated, cutoff, 90, model)
+    full = f.forecast(shop, cutoff, horizon, model)
+    cut = f.forecast(truncated, cutoff, horizon, model)
     assert [r.as_dict() for r in full] == [r.as_dict() for r in cut]
+
+
+def test_bgnbd_expects_purchases_of_heavy_buyers_over_long_spans() -> None:
+    """Eq. 10 in Euler's transformed form: 600 purchase days over two years, ten years ahead,
+    was inf × 0 (NaN, then 0) in the paper's form."""
+    model = f.BgNbd(r=0.8, alpha=20.0, a=0.05, b=0.5, log_likelihood=0.0)
+    x, t_x, T = np.array([600.0, 3.0]), np.array([103.0, 50.0]), np.array([104.0, 104.0])
+    ten_years = model.expected(3650 / 7, x, t_x, T)
+    quarter = model.expected(90 / 7, x, t_x, T)
+    assert np.all(np.isfinite(ten_years)) and np.all(ten_years > 10 * quarter)
+    assert quarter[0] == pytest.approx(600 / 104 * 90 / 7, rel=0.2)  # about the past rate
 
 
 def test_every_forecaster_is_sane_on_a_shop_with_a_known_structure() -> None:

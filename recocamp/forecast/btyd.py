@@ -68,8 +68,10 @@ class BgNbd:
         if abs(a - 1.0) < 1e-6:  # the expression is continuous in a; 1 itself divides by 0
             a = 1.0 + 1e-6
         z = t / (alpha + T + t)
-        hyper = special.hyp2f1(r + x, b + x, a + b + x - 1.0, z)
-        part = 1.0 - np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t))) * hyper
+        # eq. 10's ((α+T)/(α+T+t))^(r+x) · 2F1(r+x, b+x; a+b+x−1; z) after Euler's transformation
+        # (1 − z = (α+T)/(α+T+t)): the same value, but no inf × 0 for heavy buyers over long spans
+        hyper = special.hyp2f1(a + b - 1.0 - r, a - 1.0, a + b + x - 1.0, z)
+        part = 1.0 - np.exp((a - 1.0) * np.log1p(-z)) * hyper
         value = (a + b + x - 1.0) / (a - 1.0) * part / (1.0 + self._alive_odds(x, t_x, T))
         finite = np.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
         return np.asarray(np.clip(finite, 0.0, None))
@@ -162,7 +164,9 @@ class GammaGamma:
         """Each customer's expected spend per purchase: a weighted mean of their own mean and
         the population's (the population's alone without history)."""
         p, q, v = self.p, self.q, self.v
-        population = p * v / (q - 1.0) if q > 1.0 else float(np.nanmean(mean_spend))
+        seen = mean_spend[(frequency > 0) & np.isfinite(mean_spend) & (mean_spend > 0)]
+        plain = float(seen.mean()) if len(seen) else 0.0  # q <= 1: the model has no mean
+        population = p * v / (q - 1.0) if q > 1.0 else plain
         with np.errstate(divide="ignore", invalid="ignore"):
             own = p * (v + frequency * mean_spend) / (p * frequency + q - 1.0)
         return np.where((frequency > 0) & np.isfinite(own) & (own > 0), own, population)

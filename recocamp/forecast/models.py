@@ -79,8 +79,8 @@ def _seasonal_level(purchases: PurchaseDays, cutoff: int, horizon_days: int) -> 
     """Last year's purchase days in the season ahead over those in the training season; 1
     where the history does not reach back that far."""
     first_day = int(purchases.day.min()) if len(purchases.day) else cutoff
-    if cutoff - YEAR - horizon_days < first_day:
-        return 1.0
+    if horizon_days > YEAR or cutoff - YEAR - horizon_days < first_day:
+        return 1.0  # past a year, last year's season ahead would reach beyond the cutoff
     ahead = purchases.count_in(cutoff - YEAR, cutoff - YEAR + horizon_days).sum()
     trained = purchases.count_in(cutoff - YEAR - horizon_days, cutoff - YEAR).sum()
     return float(ahead / trained) if trained > 0 and ahead > 0 else 1.0

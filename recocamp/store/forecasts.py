@@ -15,7 +15,7 @@ def purchase_lines(
     connection: sa.Connection, until: datetime, chunk: int = 100_000
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(customer ids, UTC epoch seconds, revenue)`` of the purchase lines before ``until`` of
-    known customers who neither objected to profiling nor were erased (a forecast is
+    customers (not guests) who neither objected to profiling nor were erased (a forecast is
     profiling). A purchase line has quantity > 0, unit price > 0 and is no return; a service
     line (postage, fees) counts only when its order has a product line."""
     p, c = purchases.c, customers.c
