@@ -361,6 +361,7 @@ def train(
             result = training.train(
                 _engine(settings), settings.recommender, now=clock.now(), as_of=end,
                 name=model.value if model else None, step=lambda text: status.update(text),
+                zone=ZoneInfo(settings.shop.time_zone),
             )  # fmt: skip
     if result.metrics:
         console.print(_metrics_table(f"time split, k = {settings.recommender.evaluation_k}",
@@ -426,6 +427,7 @@ def models_list() -> None:
     with _errors_to_exit():
         settings = _settings()
         metric = settings.recommender.promote_metric
+        zone = ZoneInfo(settings.shop.time_zone)
         with _engine(settings).connect() as connection:
             rows = registry.listing(connection)
     table = Table(title="models")
@@ -445,8 +447,10 @@ def models_list() -> None:
         candidate = row.metrics.get("candidate", {})
         gate = row.metrics.get("gate", {})
         live = row.metrics.get("live", {})
-        table.add_row(row.version, row.status, _split_text(gate), _fmt(candidate.get(metric)),
-                      _fmt(live.get(metric)), _difference_text(gate.get("difference")),
+        measured = gate.get("metric", metric)  # the gate's metric when it was trained
+        table.add_row(row.version, row.status, _split_text(gate, zone),
+                      _fmt(candidate.get(measured)), _fmt(live.get(measured)),
+                      _difference_text(gate.get("difference"), measured, metric),
                       _fmt(candidate.get("recall_new")))  # fmt: skip
     console.print(table)
     console.print(
@@ -457,16 +461,20 @@ def models_list() -> None:
     )
 
 
-def _split_text(gate: dict[str, Any]) -> str:
+def _split_text(gate: dict[str, Any], zone: ZoneInfo) -> str:
+    """The split's cutoff as the shop-local date a person gave, and its horizon."""
     if "split_cutoff" not in gate:
         return "—"
-    return f"{datetime.fromisoformat(gate['split_cutoff']).date()} +{gate['horizon_days']}d"
+    cutoff = datetime.fromisoformat(gate["split_cutoff"]).astimezone(zone)
+    return f"{cutoff.date()} +{gate['horizon_days']}d"
 
 
-def _difference_text(difference: dict[str, Any] | None) -> str:
+def _difference_text(difference: dict[str, Any] | None, measured: str, metric: str) -> str:
+    """The gate's interval; named by its metric where that is not today's promote_metric."""
     if not difference:
         return "—"
-    return f"{difference['mean']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]"
+    text = f"{difference['mean']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]"
+    return text if measured == metric else f"{text} ({measured})"
 
 
 @models_app.command("promote")

@@ -326,7 +326,8 @@ def train(ctx: JobContext, now: datetime) -> Counts:
     data = _training_inputs(ctx)
     if _unchanged_since_last_training(ctx.engine, data):
         return {"outcome": "skipped_no_new_data", **data}
-    result = training.train(ctx.engine, ctx.settings.recommender, now=now, as_of=now)
+    zone = ZoneInfo(ctx.settings.shop.time_zone)
+    result = training.train(ctx.engine, ctx.settings.recommender, now=now, as_of=now, zone=zone)
     if result.seconds:
         metrics.TRAIN_SECONDS.set(result.seconds.get("total", 0.0))
     if result.outcome == "promoted":

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +172,10 @@ def train(
     as_of: datetime | None = None,
     name: str | None = None,
     step: Step | None = None,
+    zone: tzinfo = UTC,
 ) -> TrainResult:
-    """One training cycle; see the module docstring."""
+    """One training cycle; see the module docstring. ``zone``: the shop's, in which the
+    split's cutoff is named (the date a person gave)."""
     say = step or (lambda _message: None)
     name = name or settings.model
     as_of = as_of or now
@@ -203,7 +205,7 @@ def train(
     data = matrix.build(lines, as_of.timestamp(), **_split_args(settings))
     final.fit(data)
     clock.lap("fit")
-    gate = _gate(evaluation, settings.promote_metric)
+    gate = _gate(evaluation, settings.promote_metric, zone)
     promote, reason = gate.promote, gate.reason
     version = f"{as_of.astimezone(UTC):%Y%m%dT%H%M%S}-{name}-{print_[:8]}"
     path = Path(settings.artifacts_dir) / version
@@ -310,7 +312,7 @@ def gate_rule(metric: str) -> str:
                             resamples=evaluate.BOOTSTRAP_RESAMPLES)  # fmt: skip
 
 
-def _gate(evaluation: Evaluation, metric: str) -> Gate:
+def _gate(evaluation: Evaluation, metric: str, zone: tzinfo = UTC) -> Gate:
     """Promote unless the candidate is worse than the live model on ``metric`` beyond the
     evaluation's own uncertainty: a difference of 0.0001 in recall over a few thousand
     customers is noise, and rejecting on it would keep a model trained on older data."""
@@ -326,7 +328,8 @@ def _gate(evaluation: Evaluation, metric: str) -> Gate:
     verdict = "clearly worse" if difference.clearly_worse else "not clearly worse"
     reason = (
         f"{metric} {new:.4f} vs live {old:.4f} on the same split "
-        f"(cutoff {evaluation.cutoff.date()}, {evaluation.horizon_days} days): difference "
+        f"(cutoff {evaluation.cutoff.astimezone(zone).date()}, {evaluation.horizon_days} days): "
+        f"difference "
         f"{difference.mean:+.4f}, {difference.level * 100:g} % interval "
         f"[{difference.low:+.4f}, {difference.high:+.4f}] over {difference.customers:,} "
         f"customers: {verdict}"
