@@ -55,9 +55,9 @@ def refused(engine: sa.Engine, run: Any) -> DataImportError:
 @pytest.mark.parametrize(("column", "bad", "message", "shown"), [
     ("quantity", "99999999999999999999999", "is out of range (-1,000,000 to 1,000,000)", None),
     ("quantity", "1e300", "is out of range (-1,000,000 to 1,000,000)", None),
-    ("line_no", "99999999999999999999999", "is out of range (1 to 1,000,000)", None),
-    ("line_no", "1e300", "is out of range (1 to 1,000,000)", None),
-    ("line_no", "0", "is out of range (1 to 1,000,000)", None),
+    ("line_no", "99999999999999999999999", "is out of range (0 to 1,000,000)", None),
+    ("line_no", "1e300", "is out of range (0 to 1,000,000)", None),
+    ("line_no", "-1", "is out of range (0 to 1,000,000)", None),
     ("unit_price", "1e308", "is out of range (-1,000,000,000 to 1,000,000,000)", None),
     ("order_id", "A\x002", "contains a NUL character", None),
     ("item_id", "i\n2", "contains a control character (NUL, line break, tab, …)", None),

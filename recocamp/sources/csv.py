@@ -370,7 +370,7 @@ def standard_purchase(
     unit_price = number(row, "unit_price", -PRICE_MAX, PRICE_MAX)
     is_return = boolean(row, "is_return", default=quantity < 0)
     given_line = row.get("line_no", "").strip()
-    line_no = integer(row, "line_no", 1, LINE_NO_MAX) if given_line else lines.next(order_id)
+    line_no = integer(row, "line_no", 0, LINE_NO_MAX) if given_line else lines.next(order_id)
     purchase = Purchase(
         order_id=order_id,
         line_no=line_no,
