@@ -163,6 +163,16 @@ def test_bad_feedback_forms_get_a_400_page(app: FastAPI) -> None:
         assert reply.status == 400 and reply.headers["content-type"].startswith("text/html")
 
 
+def test_feedback_json_nested_past_the_parsers_stack_is_a_400(app: FastAPI) -> None:
+    """5,000 levels fit the 16 KB cap and exceed the JSON parser's recursion limit."""
+    before = snapshot(app)
+    for body in (b"[" * 5_000 + b"]" * 5_000, b'{"token": ' + b"[" * 8_000):
+        reply = call(app, "POST", "/v1/feedback", content=body,
+                     headers={"content-type": "application/json"})  # fmt: skip
+        assert reply.status == 400, (reply.status, reply.text[:200])
+    assert snapshot(app) == before
+
+
 # -- webhooks with odd fields -----------------------------------------------------------------
 
 
