@@ -8,7 +8,7 @@ orders: they count for item popularity and the guest-checkout rate, never for a 
 from __future__ import annotations
 
 import hashlib
-import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -32,18 +32,21 @@ TEXT_MAX = {  # free-text columns: their column sizes
     "email": 320, "first_name": 200, "locale": 16, "time_zone": 64, "country": 64,
     "consent_source": 200, "title": 500, "category": 100, "url": 2000, "image_url": 2000,
 }  # fmt: skip
-_NOT_ID = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def id_problem(value: str) -> str | None:
-    """Why ``value`` cannot be an id, or None; ids are keys in URLs, logs and e-mails."""
+    """Why ``value`` cannot be an id, or None; ids are keys in URLs, logs and e-mails, so
+    every character must be printable (``str.isprintable``): no controls (C0, DEL, C1 such
+    as NEL), no line or paragraph separators (U+2028/2029), no format characters such as
+    the bidi overrides (U+202E shows ``abc`` as ``cba``) or zero-width ones. The message
+    names the code point, not the character itself."""
     if len(value) <= ID_MAX and value.isprintable():  # the usual case, one C call
         return None
     if len(value) > ID_MAX:
         return f"is longer than {ID_MAX} characters"
-    if _NOT_ID.search(value):
-        return "contains a control character (NUL, line break, tab, …)"
-    return None
+    bad = next(c for c in value if not c.isprintable())
+    kind = "a control" if unicodedata.category(bad) == "Cc" else "a non-printable"
+    return f"contains {kind} character (U+{ord(bad):04X})"
 
 
 def text_problem(value: str, limit: int) -> str | None:
