@@ -77,6 +77,7 @@ def no_address(reply: Reply, caplog: pytest.LogCaptureFixture, *addresses: str) 
     ({"email": "a@b.c"}, ["body", "source"]),  # missing: pydantic's input is the whole body
     ({"email": "a@b.c", "source": "t", "surprise": "a@b.c"}, ["body", "surprise"]),
     ({"email": "a@b.c", "source": "t", "birthday": "a@b.c"}, ["body", "birthday"]),
+    ({"source": "t", "a@b.c": 1}, ["body", "<address>"]),  # an unknown key is the loc
 ])  # fmt: skip
 def test_422_names_the_field_and_never_echoes_the_address(
     app: FastAPI, caplog: pytest.LogCaptureFixture, body: dict[str, Any], loc: list[str]
