@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -27,6 +28,7 @@ QUANTITY_MAX = 1_000_000  # per order line, either sign (negative: returned)
 PRICE_MAX = 1e9  # a unit price, either sign; NUMERIC(14, 4) holds below 1e10
 LINE_NO_MAX = 1_000_000  # line numbers of an order start at 1
 YEAR_MIN, YEAR_MAX = 1900, 9000  # instants, in UTC: every time zone and both stores manage
+MONEY_QUANTUM = Decimal("0.0001")  # the scale of NUMERIC(14, 4) (Money)
 FIELD_MAX = 100_000  # characters in one CSV field; every column's own limit is lower
 TEXT_MAX = {  # free-text columns: their column sizes
     "email": 320, "first_name": 200, "locale": 16, "time_zone": 64, "country": 64,
@@ -181,13 +183,27 @@ def order_digest(lines: Iterable[Purchase]) -> str:
 
     The customer is left out on purpose: an erasure takes the customer off the stored lines,
     and an order posted again after that is still the same order (and its digest must not
-    identify anybody)."""
+    identify anybody). Prices count as the store keeps them (:func:`stored_price`), so an
+    order digested from stored lines (migration 0010's backfill) matches the order posted.
+
+    Migration 0010 holds a frozen copy of this function: a change here needs a migration
+    that recomputes ``orders.content_sha256``."""
     digest = hashlib.sha256()
     for line in sorted(lines, key=lambda p: p.line_no):
         digest.update(f"{line.line_no}\x1f{line.item_id}\x1f{line.quantity}\x1f"
-                      f"{line.unit_price:.4f}\x1f{line.ordered_at.astimezone(UTC).isoformat()}\x1f"
+                      f"{stored_price(line.unit_price)}\x1f"
+                      f"{line.ordered_at.astimezone(UTC).isoformat()}\x1f"
                       f"{int(line.is_return)}\x1e".encode())  # fmt: skip
     return digest.hexdigest()
+
+
+def stored_price(price: float) -> str:
+    """A price as NUMERIC(14, 4) keeps it: PostgreSQL rounds the decimal the float prints as
+    half away from zero (2.00005 is 2.0001; ``f"{2.00005:.4f}"`` is 2.0000, the binary
+    value lying just below), and has no negative zero. SQLite keeps the float itself, which
+    this maps to the same text."""
+    rounded = Decimal(repr(float(price))).quantize(MONEY_QUANTUM, ROUND_HALF_UP)
+    return str(rounded.copy_abs() if rounded.is_zero() else rounded)
 
 
 def email_hash(address: str) -> str:
