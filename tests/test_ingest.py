@@ -514,3 +514,37 @@ def test_sqlite_an_erasure_between_a_feeds_check_and_its_write_is_not_undone(
     assert len(outcome) == 1 and (erased == 1) != ("c1" in people(engine)), outcome
     assert privacy.erase(engine, settings, "c1", NOW, via="test") is not None
     assert "c1" not in people(engine)
+
+
+def test_drop_files_that_arrive_after_an_erasure_are_kept_without_the_erased(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The import skips Erin's rows; the copies the drop folder keeps (processed, rejected
+    and the reasons beside it) must not hold them either: by id, by address, in orders."""
+    settings = shop_settings(tmp_path, keep_processed_days=3)
+    erased_shop(engine, tmp_path, settings)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    same_address = ["c3", " ERIN@example.test", "Erin", "none", ""]
+    orders = [["o5", "c1", "i1", 1, 2.5, "2011-08-01T10:00:00Z"],
+              ["o6", "c2", "i1", 1, 2.5, "2011-08-01T10:00:00Z"]]  # fmt: skip
+    files = [write_csv(drop / "customers-3.csv", CUSTOMER_HEADER, [ERIN, OTTO, same_address]),
+             write_csv(drop / "purchases-4.csv", ORDER_HEADER, orders),
+             write_csv(drop / "customers-5.csv", CUSTOMER_HEADER, [ERIN, OTTO, ERIN])]  # fmt: skip
+    for path in files:
+        os.utime(path, (0, 0))
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (2, 1)
+    assert people(engine) == {"c2": "otto@example.test"}
+
+    kept = settings.ingest.processed_dir
+    assert (kept / "customers-3.csv").read_text().splitlines() == [
+        ",".join(CUSTOMER_HEADER), ",".join(OTTO)]  # fmt: skip
+    assert (kept / "purchases-4.csv").read_text().splitlines()[1:] == [
+        "o5,,i1,1,2.5,2011-08-01T10:00:00Z", "o6,c2,i1,1,2.5,2011-08-01T10:00:00Z"]  # fmt: skip
+    assert (kept / "customers-3.csv").stat().st_mtime == NOW.timestamp()  # retention clock
+    rejected = drop / "rejected"
+    assert (rejected / "customers-5.csv").read_text().splitlines() == [
+        ",".join(CUSTOMER_HEADER), ",".join(OTTO)]  # fmt: skip
+    reasons = (rejected / "customers-5.csv.errors.txt").read_text()
+    assert "'c1'" not in reasons and "erin" not in reasons.lower()

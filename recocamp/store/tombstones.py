@@ -145,6 +145,26 @@ def _present(connection: sa.Connection, column: sa.Column[str], hashes: list[str
     return found
 
 
+def checkable(connection: sa.Connection, key: bytes | None, why: str) -> bytes | None:
+    """The key, None when there are no tombstones; KeyMissing when they cannot be checked
+    (read-only: for a caller that must know before it moves anything)."""
+    return _key(connection, key, why, writing=False)
+
+
+def tombstoned(connection: sa.Connection, key: bytes | None, ids: Iterable[str],
+               addresses: Iterable[str], why: str) -> tuple[set[str], set[str]]:  # fmt: skip
+    """Which of ``ids`` and of ``addresses`` (as given: trim and lower-case them first) a
+    tombstone names. Read-only: for files kept after an import (``erasure_files``)."""
+    key = _key(connection, key, why, writing=False)
+    if key is None:
+        return set(), set()
+    by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
+    by_email = {tokens.keyed_hash(key, "email", a): a for a in set(addresses)}
+    return ({by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))},
+            {by_email[h] for h in _present(connection, tombstones.c.email_hash,
+                                           list(by_email))})  # fmt: skip
+
+
 def lift(connection: sa.Connection, key: bytes, customer_id: str, match: Match) -> int:
     """A new sign-up with a fresh consent: the tombstone of this id goes; one that matched
     only by the address keeps its id (the old record stays erased) and loses the address."""
