@@ -188,9 +188,11 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
 
 
 def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic / FastAPI error entries reduced to ``type``, ``loc`` and ``msg``."""
+    """Pydantic / FastAPI error entries reduced to ``type``, ``loc`` and ``msg``, addresses
+    masked in both: a ``loc`` part can be a key the client chose (an unknown field)."""
     return [{"type": str(error.get("type", "value_error")),
-             "loc": [part if isinstance(part, int) else str(part) for part in error["loc"]],
+             "loc": [part if isinstance(part, int) else mask_addresses(str(part))
+                     for part in error["loc"]],
              "msg": mask_addresses(str(error.get("msg", "")))}
             for error in errors]  # fmt: skip
 

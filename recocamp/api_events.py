@@ -58,6 +58,7 @@ from recocamp.domain import (
     YEAR_MIN,
     ConsentBasis,
     Purchase,
+    id_problem,
 )
 from recocamp.errors import OrderConflictError
 from recocamp.ingest import detach
@@ -66,7 +67,19 @@ from recocamp.sources import csv as sources
 from recocamp.store import queries, tombstones
 
 log = logging.getLogger(__name__)
-Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+
+
+def _printable(value: str) -> str:
+    """The importer's id rule (``domain.id_problem``): the pattern only keeps out ASCII
+    controls, and a regex for every non-printable character is not portable to OpenAPI."""
+    problem = id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN),
+               AfterValidator(_printable)]  # fmt: skip
 Text = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
 
 
@@ -237,7 +250,8 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
     @api.put("/v1/customers/{customer_id}", response_model=CustomerOut,
              responses={**problems, **gone, **unchecked})  # fmt: skip
     def put_customer(customer_id: Annotated[str, Path(min_length=1, max_length=ID_MAX,
-                                                      pattern=ID_PATTERN)],
+                                                      pattern=ID_PATTERN),
+                                            AfterValidator(_printable)],
                      body: CustomerIn, key: EventsWrite) -> CustomerOut:  # fmt: skip
         """Create or change a customer's profile, consent or contact preferences; recorded in
         the audit log with the time and source of the change."""

@@ -144,7 +144,7 @@ def _fields(body: bytes, is_json: bool) -> dict[str, Any]:
     if is_json:
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting deeper than the parser's stack
             raise Refused(400, "the body is not JSON") from None
         if not isinstance(data, dict):
             raise Refused(422, 'expected a JSON object {"token", "score", "comment"}')

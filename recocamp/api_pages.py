@@ -129,9 +129,11 @@ class Pages:
         lang = self.lang(request, None)
         return self.page(lang, "error_page", pages.TEXTS[lang][error.key], error.status)
 
-    def erased(self, connection: sa.Connection, customer_id: str) -> bool:
-        """Whether the customer of a (verified) link was erased."""
-        return bool(tombstones.matches(connection, self.secret, customer_id, None, "links"))
+    def erased(self, connection: sa.Connection, customer_id: str, *, writing: bool) -> bool:
+        """Whether the customer of a (verified) link was erased; ``writing``: the caller
+        writes next, in this transaction (``tombstones.serialise``)."""
+        return bool(tombstones.matches(connection, self.secret, customer_id, None, "links",
+                                       writing=writing))  # fmt: skip
 
     def gone(self, request: Request) -> HTMLResponse:
         """The answer to a link of an erased customer: we hold nothing, we will not write."""
@@ -145,7 +147,7 @@ class Pages:
         except LinkError as error:
             return self.failed(request, error)
         with self.engine.connect() as connection:
-            if self.erased(connection, found.customer_id):
+            if self.erased(connection, found.customer_id, writing=False):
                 return self.gone(request)
         lang = self.lang(request, found.customer_id)
         t = pages.TEXTS[lang]
@@ -159,7 +161,7 @@ class Pages:
         except LinkError as error:
             return self.failed(request, error)
         with self.engine.begin() as connection:
-            if self.erased(connection, found.customer_id):
+            if self.erased(connection, found.customer_id, writing=True):
                 return self.gone(request)
             changed = contacts.record_link_unsubscribe(
                 connection, found.customer_id, found.campaign, found.issued_at, self.clock.now()
@@ -178,7 +180,7 @@ class Pages:
             return self.failed(request, error)
         lang = self.lang(request, found.customer_id)
         with self.engine.connect() as connection:
-            if self.erased(connection, found.customer_id):
+            if self.erased(connection, found.customer_id, writing=False):
                 return self.gone(request)
             context = _context(connection, found, lang, self.clock.now(), self.service)
         if context is None:

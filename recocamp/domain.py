@@ -8,10 +8,11 @@ orders: they count for item popularity and the guest-checkout rate, never for a 
 from __future__ import annotations
 
 import hashlib
-import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -27,23 +28,27 @@ QUANTITY_MAX = 1_000_000  # per order line, either sign (negative: returned)
 PRICE_MAX = 1e9  # a unit price, either sign; NUMERIC(14, 4) holds below 1e10
 LINE_NO_MAX = 1_000_000  # line numbers of an order: 0 (0-based exports) to this
 YEAR_MIN, YEAR_MAX = 1900, 9000  # instants, in UTC: every time zone and both stores manage
+MONEY_QUANTUM = Decimal("0.0001")  # the scale of NUMERIC(14, 4) (Money)
 FIELD_MAX = 100_000  # characters in one CSV field; every column's own limit is lower
 TEXT_MAX = {  # free-text columns: their column sizes
     "email": 320, "first_name": 200, "locale": 16, "time_zone": 64, "country": 64,
     "consent_source": 200, "title": 500, "category": 100, "url": 2000, "image_url": 2000,
 }  # fmt: skip
-_NOT_ID = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def id_problem(value: str) -> str | None:
-    """Why ``value`` cannot be an id, or None; ids are keys in URLs, logs and e-mails."""
+    """Why ``value`` cannot be an id, or None; ids are keys in URLs, logs and e-mails, so
+    every character must be printable (``str.isprintable``): no controls (C0, DEL, C1 such
+    as NEL), no line or paragraph separators (U+2028/2029), no format characters such as
+    the bidi overrides (U+202E shows ``abc`` as ``cba``) or zero-width ones. The message
+    names the code point, not the character itself."""
     if len(value) <= ID_MAX and value.isprintable():  # the usual case, one C call
         return None
     if len(value) > ID_MAX:
         return f"is longer than {ID_MAX} characters"
-    if _NOT_ID.search(value):
-        return "contains a control character (NUL, line break, tab, …)"
-    return None
+    bad = next(c for c in value if not c.isprintable())
+    kind = "a control" if unicodedata.category(bad) == "Cc" else "a non-printable"
+    return f"contains {kind} character (U+{ord(bad):04X})"
 
 
 def text_problem(value: str, limit: int) -> str | None:
@@ -178,13 +183,27 @@ def order_digest(lines: Iterable[Purchase]) -> str:
 
     The customer is left out on purpose: an erasure takes the customer off the stored lines,
     and an order posted again after that is still the same order (and its digest must not
-    identify anybody)."""
+    identify anybody). Prices count as the store keeps them (:func:`stored_price`), so an
+    order digested from stored lines (migration 0010's backfill) matches the order posted.
+
+    Migration 0010 holds a frozen copy of this function: a change here needs a migration
+    that recomputes ``orders.content_sha256``."""
     digest = hashlib.sha256()
     for line in sorted(lines, key=lambda p: p.line_no):
         digest.update(f"{line.line_no}\x1f{line.item_id}\x1f{line.quantity}\x1f"
-                      f"{line.unit_price:.4f}\x1f{line.ordered_at.astimezone(UTC).isoformat()}\x1f"
+                      f"{stored_price(line.unit_price)}\x1f"
+                      f"{line.ordered_at.astimezone(UTC).isoformat()}\x1f"
                       f"{int(line.is_return)}\x1e".encode())  # fmt: skip
     return digest.hexdigest()
+
+
+def stored_price(price: float) -> str:
+    """A price as NUMERIC(14, 4) keeps it: PostgreSQL rounds the decimal the float prints as
+    half away from zero (2.00005 is 2.0001; ``f"{2.00005:.4f}"`` is 2.0000, the binary
+    value lying just below), and has no negative zero. SQLite keeps the float itself, which
+    this maps to the same text."""
+    rounded = Decimal(repr(float(price))).quantize(MONEY_QUANTUM, ROUND_HALF_UP)
+    return str(rounded.copy_abs() if rounded.is_zero() else rounded)
 
 
 def email_hash(address: str) -> str:

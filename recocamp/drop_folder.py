@@ -12,7 +12,9 @@ deleted by the retention purge that many days later (``privacy.purge``; its modi
 time is set to the import's). Refused, it goes to ``<drop_dir>/rejected/`` with a
 ``<name>.errors.txt`` beside it — so a broken file is reported once, not every few minutes,
 and nothing in it is half-imported; the operator deletes it once dealt with.
-Erased customers in a file are skipped like in every import (``ingest``).
+Erased customers in a file are skipped like in every import (``ingest``), and a file kept
+in ``processed_dir`` or ``rejected/`` (and its ``.errors.txt``) is cleaned of them
+(``erasure_files.drop_erased``).
 A file modified in the last ``SETTLE_S`` seconds is left for the next run: it may still be
 being written.
 """
@@ -30,6 +32,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from recocamp import erasure_files
 from recocamp.errors import DataImportError, Problem
 from recocamp.ingest import Importer, ImportReport
 from recocamp.settings import Settings
@@ -88,9 +91,13 @@ def import_drop_folder(engine: sa.Engine, settings: Settings, now: datetime) -> 
     done_dir = settings.ingest.processed_dir if settings.ingest.keep_processed_days else None
     files, waiting = pending(drop_dir, time.time())
     report = DropReport(waiting=waiting)
+    key = tombstones.key_of(settings)
+    if files:  # a file refused before the store is asked is kept: its check must not fail
+        with engine.connect() as connection:
+            tombstones.checkable(connection, key, "importing the drop folder")
     importer = Importer(engine, zone=ZoneInfo(settings.shop.time_zone), now=now,
                         max_listed=settings.ingest.max_errors_listed,
-                        erasure_key=tombstones.key_of(settings))  # fmt: skip
+                        erasure_key=key)  # fmt: skip
     for path in files:
         _one(importer, path, drop_dir, done_dir, report)
     return report
@@ -106,12 +113,14 @@ def _one(importer: Importer, path: Path, drop_dir: Path, done_dir: Path | None,
                 f"unknown kind of file: the name must start with one of {prefixes}")])  # fmt: skip
         result = _import(importer, path, *kind)
     except DataImportError as exc:
-        _reject(path, drop_dir / "rejected", str(exc))
+        kept = _reject(path, drop_dir / "rejected", str(exc))
+        erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)
         report.rejected += 1
         log.error("import of %s refused, moved to %s: %s", path.name, drop_dir / "rejected",
                   str(exc).splitlines()[0])  # fmt: skip
         return
-    _done(path, done_dir, importer.now)
+    kept = _done(path, done_dir, importer.now)
+    erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)
     if result.already_imported:
         report.already_imported += 1
     else:
@@ -128,14 +137,15 @@ def _import(importer: Importer, path: Path, kind: str, fmt: str) -> ImportReport
     return importer.purchases(path, fmt)
 
 
-def _done(path: Path, directory: Path | None, now: datetime) -> None:
+def _done(path: Path, directory: Path | None, now: datetime) -> list[Path]:
     """An imported file: deleted, or kept in ``directory`` with the import's time as its
-    modification time (the retention purge's clock)."""
+    modification time (the retention purge's clock); returns what is kept."""
     if directory is None:
         path.unlink()
-        return
+        return []
     target = _move(path, directory)
     os.utime(target, (now.timestamp(), now.timestamp()))
+    return [target]
 
 
 def expired(directory: Path, before: datetime) -> list[Path]:
@@ -157,6 +167,9 @@ def _move(path: Path, directory: Path) -> Path:
     return target
 
 
-def _reject(path: Path, directory: Path, reason: str) -> None:
+def _reject(path: Path, directory: Path, reason: str) -> list[Path]:
+    """A refused file, kept with its reasons beside it; returns both."""
     target = _move(path, directory)
-    target.with_name(target.name + ".errors.txt").write_text(reason + "\n", encoding="utf-8")
+    errors = target.with_name(target.name + ".errors.txt")
+    errors.write_text(reason + "\n", encoding="utf-8")
+    return [target, errors]

@@ -260,7 +260,7 @@ def erase(engine: sa.Engine, settings: Settings, customer_id: str, now: datetime
     if key is None:
         raise tombstones.KeyMissing("erasure")
     with engine.begin() as connection, _scrubbing(connection):
-        tombstones.serialise(connection, erasing=True)
+        tombstones.serialise(connection, erasing=True)  # first: see serialise (SQLite too)
         person = connection.execute(sa.select(customers.c.email).where(
             customers.c.id == customer_id)).first()  # fmt: skip
         email = person.email if person is not None else None

@@ -61,6 +61,14 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+def impatient(engine: sa.Engine) -> sa.Engine:
+    """A second engine on the same SQLite file that waits 0.1 s for a lock, not 10 s: a
+    writer that must wait for another connection's lock fails fast ("database is locked")."""
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    sa.event.listen(other, "connect", lambda raw, _: raw.execute("PRAGMA busy_timeout=100"))
+    return other
+
+
 def uci_rows(predicate: object = None) -> tuple[list[str], list[list[str]]]:
     if not UCI.exists():
         pytest.skip(f"the UCI file is absent ({UCI})")

@@ -11,11 +11,21 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from recocamp import privacy, tokens
 from recocamp.api import create_app
 from recocamp.clock import FixedClock
 from recocamp.domain import email_hash
-from recocamp.store.schema import audit_log, customers, purchases, recommendations, suppressions
-from tests.api_shop import NOW, bearer, call, engine_of, make_app, settings_for
+from recocamp.store import tombstones
+from recocamp.store.schema import (
+    audit_log,
+    contact_events,
+    customers,
+    purchases,
+    recommendations,
+    suppressions,
+)
+from tests.api_shop import NOW, SIGNING_KEY, bearer, call, engine_of, make_app, settings_for
+from tests.conftest import impatient
 
 EVENTS = "/v1/events/purchases"
 
@@ -330,3 +340,45 @@ def test_without_the_key_erased_customers_cannot_be_checked_so_nothing_is_writte
     assert (lines(engine), audits(engine)) == before and person(engine) is None
     kept = call(unkeyed, "DELETE", "/v1/privacy/customers/c9", headers=bearer("dpo"))
     assert kept.status == 503 and "nothing was erased" in kept.text
+
+
+@pytest.mark.parametrize("route", ["customer", "purchase", "unsubscribe link"])
+def test_sqlite_an_erasure_between_a_requests_check_and_its_write_is_not_undone(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """SQLite: a PUT, an order or an unsubscribe link of c1 has checked the tombstones (none)
+    and not written yet when c1's erasure runs on another connection. Either the erasure
+    waits for the request (its check holds the write lock) or the request must not bring c1
+    back: never both a tombstone and c1's profile, orders or contact events."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL serialises checks and erasures with an advisory lock")
+    app = make_app(engine, tmp_path)
+    assert put(app, {"source": "signup", "email": "x@example.test"}).status == 200
+    eraser, outcome = impatient(engine), []
+    check = tombstones.erased_ids if route == "purchase" else tombstones.matches
+
+    def check_then_erase(*args: Any, **kwargs: Any) -> Any:
+        found = check(*args, **kwargs)
+        try:  # on another connection, while the request's transaction is open
+            erased = privacy.erase(eraser, settings_for(tmp_path), "c1", NOW, via="test")
+            outcome.append(erased is not None)
+        except sa.exc.OperationalError as exc:
+            outcome.append(str(exc.orig))
+        return found
+
+    monkeypatch.setattr(tombstones, check.__name__, check_then_erase)
+    if route == "customer":
+        reply = put(app, {"source": "crm sync", "first_name": "Erin"})
+    elif route == "purchase":
+        reply = post(app, order("A1"))
+    else:
+        token = tokens.sign(SIGNING_KEY.encode(), "c1", "winback", "unsubscribe", NOW)
+        reply = call(app, "POST", f"/u/{token}")
+    monkeypatch.undo()
+    eraser.dispose()
+    with engine.connect() as connection:
+        tombstoned = tombstones.count(connection) == 1
+        mine = contact_events.c.customer_id == "c1"
+        events = connection.execute(sa.select(contact_events.c.id).where(mine)).all()
+    back = person(engine) is not None or bool(events) or any(r[2] == "c1" for r in lines(engine))
+    assert len(outcome) == 1 and tombstoned != back, (outcome, reply.status)

@@ -77,6 +77,7 @@ def no_address(reply: Reply, caplog: pytest.LogCaptureFixture, *addresses: str) 
     ({"email": "a@b.c"}, ["body", "source"]),  # missing: pydantic's input is the whole body
     ({"email": "a@b.c", "source": "t", "surprise": "a@b.c"}, ["body", "surprise"]),
     ({"email": "a@b.c", "source": "t", "birthday": "a@b.c"}, ["body", "birthday"]),
+    ({"source": "t", "a@b.c": 1}, ["body", "<address>"]),  # an unknown key is the loc
 ])  # fmt: skip
 def test_422_names_the_field_and_never_echoes_the_address(
     app: FastAPI, caplog: pytest.LogCaptureFixture, body: dict[str, Any], loc: list[str]
@@ -161,6 +162,16 @@ def test_bad_feedback_forms_get_a_400_page(app: FastAPI) -> None:
                  b"&".join(b"f%d=1" % i for i in range(30))):  # fmt: skip
         reply = call(app, "POST", "/v1/feedback", content=body, headers=FORM)
         assert reply.status == 400 and reply.headers["content-type"].startswith("text/html")
+
+
+def test_feedback_json_nested_past_the_parsers_stack_is_a_400(app: FastAPI) -> None:
+    """5,000 levels fit the 16 KB cap and exceed the JSON parser's recursion limit."""
+    before = snapshot(app)
+    for body in (b"[" * 5_000 + b"]" * 5_000, b'{"token": ' + b"[" * 8_000):
+        reply = call(app, "POST", "/v1/feedback", content=body,
+                     headers={"content-type": "application/json"})  # fmt: skip
+        assert reply.status == 400, (reply.status, reply.text[:200])
+    assert snapshot(app) == before
 
 
 # -- webhooks with odd fields -----------------------------------------------------------------

@@ -60,7 +60,10 @@ def refused(engine: sa.Engine, run: Any) -> DataImportError:
     ("line_no", "-1", "is out of range (0 to 1,000,000)", None),
     ("unit_price", "1e308", "is out of range (-1,000,000,000 to 1,000,000,000)", None),
     ("order_id", "A\x002", "contains a NUL character", None),
-    ("item_id", "i\n2", "contains a control character (NUL, line break, tab, …)", None),
+    ("item_id", "i\n2", "contains a control character (U+000A)", None),
+    ("customer_id", "c\x852", "contains a control character (U+0085)", None),  # C1: NEL
+    ("order_id", "A\u20281", "contains a non-printable character (U+2028)", None),
+    ("item_id", "i\u202e2", "contains a non-printable character (U+202E)", None),  # bidi
     ("ordered_at", "1850-01-01T00:00:00Z",
      "is out of range (in UTC it falls outside the years 1900–9000)", None),
     ("customer_id", LONG_ID, "is longer than 64 characters",
@@ -222,6 +225,7 @@ def api(engine: sa.Engine, tmp_path: Path) -> FastAPI:
 
 @pytest.mark.parametrize(("change", "where"), [
     ({"order_id": "A\x001"}, ["body", "order", "order_id"]),
+    ({"customer_id": "c\u20291"}, ["body", "order", "customer_id"]),
     ({"customer_id": LONG_ID}, ["body", "order", "customer_id"]),
     ({"lines": [{"item_id": "i1", "quantity": 10**23, "unit_price": 1.0}]},
      ["body", "order", "lines", 0, "quantity"]),
@@ -241,6 +245,8 @@ def test_purchase_events_have_the_importers_bounds(api: FastAPI, engine: sa.Engi
 
 @pytest.mark.parametrize(("path", "body", "where"), [
     ("/v1/customers/c%001", {"source": "crm"}, ["path", "customer_id"]),
+    ("/v1/customers/c%E2%80%AE1", {"source": "crm"}, ["path", "customer_id"]),  # U+202E
+    ("/v1/customers/c%C2%851", {"source": "crm"}, ["path", "customer_id"]),  # U+0085
     (f"/v1/customers/{'c' * 65}", {"source": "crm"}, ["path", "customer_id"]),
     ("/v1/customers/c1", {"source": "crm", "first_name": "A\x00"}, ["body", "first_name"]),
     ("/v1/customers/c1", {"source": "crm", "country": "X" * 65}, ["body", "country"]),

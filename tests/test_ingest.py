@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -24,7 +25,7 @@ from recocamp.ingest import Importer
 from recocamp.settings import Settings
 from recocamp.store import tombstones
 from recocamp.store.schema import audit_log, customers, import_runs, items, purchases
-from tests.conftest import NOW, write_csv
+from tests.conftest import NOW, impatient, write_csv
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -457,7 +458,7 @@ def test_an_erasure_waits_for_a_write_already_checked_and_erases_it_too(
     """PostgreSQL: a feed checked c1 (no tombstone yet) and wrote them, uncommitted, when the
     erasure starts: the erasure waits for that commit and then erases the row."""
     if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite runs one writer at a time")
+        pytest.skip("SQLite: the next test (a check takes the write lock)")
     settings = shop_settings(tmp_path)
     outcome: list[object] = []
     with engine.connect() as feed, engine.connect() as observer:
@@ -480,3 +481,70 @@ def test_an_erasure_waits_for_a_write_already_checked_and_erases_it_too(
         eraser.join(30)
     assert outcome and outcome[0] is not None
     assert people(engine) == {}
+
+
+def test_sqlite_an_erasure_between_a_feeds_check_and_its_write_is_not_undone(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: an import of Erin's row has checked the tombstones (none) and not written yet
+    when her erasure runs. Either the erasure waits (the check holds the write lock) or it
+    wins and the import must not bring her back; never both an erasure and Erin."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL: the test above (advisory locks)")
+    settings = shop_settings(tmp_path)
+    keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=tombstones.key_of(settings))
+    keyed.customers(write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, [ERIN, OTTO]))
+    eraser, check = impatient(engine), tombstones.erased_ids
+    outcome: list[object] = []
+
+    def check_then_erase(*args: Any, **kwargs: Any) -> set[str]:
+        found = check(*args, **kwargs)
+        try:  # on another connection, while the import's transaction is open
+            outcome.append(privacy.erase(eraser, settings, "c1", NOW, via="test"))
+        except sa.exc.OperationalError as exc:
+            outcome.append(str(exc.orig))
+        return found
+
+    monkeypatch.setattr(tombstones, "erased_ids", check_then_erase)
+    keyed.customers(write_csv(tmp_path / "people-2.csv", CUSTOMER_HEADER, [ERIN]))
+    monkeypatch.undo()
+    eraser.dispose()
+    with engine.connect() as connection:
+        erased = tombstones.count(connection)
+    assert len(outcome) == 1 and (erased == 1) != ("c1" in people(engine)), outcome
+    assert privacy.erase(engine, settings, "c1", NOW, via="test") is not None
+    assert "c1" not in people(engine)
+
+
+def test_drop_files_that_arrive_after_an_erasure_are_kept_without_the_erased(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The import skips Erin's rows; the copies the drop folder keeps (processed, rejected
+    and the reasons beside it) must not hold them either: by id, by address, in orders."""
+    settings = shop_settings(tmp_path, keep_processed_days=3)
+    erased_shop(engine, tmp_path, settings)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    same_address = ["c3", " ERIN@example.test", "Erin", "none", ""]
+    orders = [["o5", "c1", "i1", 1, 2.5, "2011-08-01T10:00:00Z"],
+              ["o6", "c2", "i1", 1, 2.5, "2011-08-01T10:00:00Z"]]  # fmt: skip
+    files = [write_csv(drop / "customers-3.csv", CUSTOMER_HEADER, [ERIN, OTTO, same_address]),
+             write_csv(drop / "purchases-4.csv", ORDER_HEADER, orders),
+             write_csv(drop / "customers-5.csv", CUSTOMER_HEADER, [ERIN, OTTO, ERIN])]  # fmt: skip
+    for path in files:
+        os.utime(path, (0, 0))
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (2, 1)
+    assert people(engine) == {"c2": "otto@example.test"}
+
+    kept = settings.ingest.processed_dir
+    assert (kept / "customers-3.csv").read_text().splitlines() == [
+        ",".join(CUSTOMER_HEADER), ",".join(OTTO)]  # fmt: skip
+    assert (kept / "purchases-4.csv").read_text().splitlines()[1:] == [
+        "o5,,i1,1,2.5,2011-08-01T10:00:00Z", "o6,c2,i1,1,2.5,2011-08-01T10:00:00Z"]  # fmt: skip
+    assert (kept / "customers-3.csv").stat().st_mtime == NOW.timestamp()  # retention clock
+    rejected = drop / "rejected"
+    assert (rejected / "customers-5.csv").read_text().splitlines() == [
+        ",".join(CUSTOMER_HEADER), ",".join(OTTO)]  # fmt: skip
+    reasons = (rejected / "customers-5.csv.errors.txt").read_text()
+    assert "'c1'" not in reasons and "erin" not in reasons.lower()

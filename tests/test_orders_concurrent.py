@@ -142,22 +142,23 @@ def test_two_imports_of_overlapping_files_at_once_write_each_order_whole(
 
 
 def test_orders_stored_before_the_orders_table_are_backfilled(db_url: str) -> None:
-    """Migration 0010 gives every stored order its digest: posting one again is a repeat."""
+    """Migration 0010 gives every stored order its digest: posting one again is a repeat,
+    also with a price that NUMERIC(14, 4) rounds (PostgreSQL keeps 2.00005 as 2.0001)."""
     engine = make_engine(db_url)
     upgrade(engine, "0009")
     line = {"order_id": "old", "customer_id": "c1", "item_id": "i1", "quantity": 1,
             "unit_price": 2.5, "is_return": False}  # fmt: skip
     with engine.begin() as connection:
-        connection.execute(sa.insert(purchases), [
-            {**line, "line_no": 1, "ordered_at": NOW}, {**line, "line_no": 2, "ordered_at": NOW,
-                                                       "item_id": "i2"}])  # fmt: skip
+        second = {"line_no": 2, "item_id": "i2", "unit_price": 2.00005}
+        rows = [{**line, "line_no": 1, "ordered_at": NOW}, {**line, **second, "ordered_at": NOW}]
+        connection.execute(sa.insert(purchases), rows)
     upgrade(engine)
     with engine.connect() as connection:
         assert connection.execute(sa.select(orders.c.order_id)).scalars().all() == ["old"]
     app = make_app(engine, Path("/nonexistent"))
     same = {"order_id": "old", "customer_id": "c1", "ordered_at": NOW.isoformat(),
             "lines": [{"item_id": "i1", "quantity": 1, "unit_price": 2.5},
-                      {"item_id": "i2", "quantity": 1, "unit_price": 2.5}]}  # fmt: skip
+                      {"item_id": "i2", "quantity": 1, "unit_price": 2.00005}]}  # fmt: skip
     reply = call(app, "POST", EVENTS, json=same, headers=bearer("shop"))
     assert reply.status == 200 and reply.json()["duplicate_orders"] == ["old"], reply.text
     other = same | {"lines": same["lines"][:1]}

@@ -28,6 +28,7 @@ from recocamp import tokens
 from recocamp.errors import ConfigError, Problem
 from recocamp.leadership import lock_key
 from recocamp.settings import Settings
+from recocamp.store.queries import write_lock
 from recocamp.store.schema import tombstones
 
 CHUNK = 1000  # hashes per IN (...) list: far below every backend's parameter limit
@@ -70,22 +71,32 @@ def record(connection: sa.Connection, key: bytes, customer_id: str, email: str |
         erased_at=now))  # fmt: skip
 
 
-def serialise(connection: sa.Connection, *, erasing: bool) -> None:
-    """PostgreSQL: an erasure (``erasing``) and every check take one transaction-level
-    advisory lock, the erasure exclusively, checks shared. A check made while an erasure is
-    under way waits for it and then sees its tombstone; an erasure waits for the writes
-    already checked and then erases them too. Without it a feed could check, miss the
-    tombstone being written, and bring the customer back. (SQLite runs one writer at a time;
-    a check whose write comes after another writer's commit fails as busy instead.)"""
+def serialise(connection: sa.Connection, *, erasing: bool, writing: bool = True) -> None:
+    """Make a check and the write it allows one atomic step with respect to an erasure.
+
+    PostgreSQL: an erasure (``erasing``) and every check take one transaction-level advisory
+    lock, the erasure exclusively, checks shared. A check made while an erasure is under way
+    waits for it and then sees its tombstone; an erasure waits for the writes already checked
+    and then erases them too. Without it a feed could check, miss the tombstone being
+    written, and bring the customer back.
+
+    SQLite: the sqlite3 driver opens a transaction only at the first write, so a check (a
+    SELECT) inside ``engine.begin()`` holds no lock, and an erasure could commit between the
+    check and the write. An erasure and every check followed by a write (``writing``) take
+    the database's write lock first (``BEGIN IMMEDIATE``): one waits for the other's commit,
+    and a check made after an erasure sees its tombstone. A read-only check
+    (``writing=False``: a link page) takes no lock."""
     if connection.dialect.name == "postgresql":
         lock = "pg_advisory_xact_lock" if erasing else "pg_advisory_xact_lock_shared"
         connection.execute(sa.text(f"SELECT {lock}(:key)"), {"key": LOCK})
+    elif erasing or writing:
+        write_lock(connection)
 
 
-def _key(connection: sa.Connection, key: bytes | None, why: str) -> bytes | None:
+def _key(connection: sa.Connection, key: bytes | None, why: str, writing: bool) -> bytes | None:
     """The key when there are tombstones to check, None when there are none (a shop that
     never erased anybody pays one cheap query); KeyMissing when they cannot be checked."""
-    serialise(connection, erasing=False)
+    serialise(connection, erasing=False, writing=writing)
     if connection.execute(sa.select(tombstones.c.id_hash).limit(1)).first() is None:
         return None
     if key is None:
@@ -94,9 +105,10 @@ def _key(connection: sa.Connection, key: bytes | None, why: str) -> bytes | None
 
 
 def matches(connection: sa.Connection, key: bytes | None, customer_id: str,
-            email: str | None, why: str) -> Match:  # fmt: skip
-    """The tombstones of this id or this address (an empty Match when none)."""
-    key = _key(connection, key, why)
+            email: str | None, why: str, *, writing: bool = True) -> Match:  # fmt: skip
+    """The tombstones of this id or this address (an empty Match when none). ``writing``:
+    the caller writes what the answer allows, in the same transaction (see serialise)."""
+    key = _key(connection, key, why, writing)
     if key is None:
         return Match((), None)
     t = tombstones.c
@@ -108,10 +120,11 @@ def matches(connection: sa.Connection, key: bytes | None, customer_id: str,
 
 
 def erased_ids(connection: sa.Connection, key: bytes | None, ids: Iterable[str], why: str,
-               emails: Sequence[tuple[str, str]] = ()) -> set[str]:  # fmt: skip
+               emails: Sequence[tuple[str, str]] = (), *,
+               writing: bool = True) -> set[str]:  # fmt: skip
     """Which of ``ids`` are erased: by their own id, or (``emails``: pairs of id and
-    address) by their address."""
-    key = _key(connection, key, why)
+    address) by their address. ``writing``: as for :func:`matches`."""
+    key = _key(connection, key, why, writing)
     if key is None:
         return set()
     by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
@@ -130,6 +143,26 @@ def _present(connection: sa.Connection, column: sa.Column[str], hashes: list[str
         chunk = hashes[start : start + CHUNK]
         found |= set(connection.execute(sa.select(column).where(column.in_(chunk))).scalars())
     return found
+
+
+def checkable(connection: sa.Connection, key: bytes | None, why: str) -> bytes | None:
+    """The key, None when there are no tombstones; KeyMissing when they cannot be checked
+    (read-only: for a caller that must know before it moves anything)."""
+    return _key(connection, key, why, writing=False)
+
+
+def tombstoned(connection: sa.Connection, key: bytes | None, ids: Iterable[str],
+               addresses: Iterable[str], why: str) -> tuple[set[str], set[str]]:  # fmt: skip
+    """Which of ``ids`` and of ``addresses`` (as given: trim and lower-case them first) a
+    tombstone names. Read-only: for files kept after an import (``erasure_files``)."""
+    key = _key(connection, key, why, writing=False)
+    if key is None:
+        return set(), set()
+    by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
+    by_email = {tokens.keyed_hash(key, "email", a): a for a in set(addresses)}
+    return ({by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))},
+            {by_email[h] for h in _present(connection, tombstones.c.email_hash,
+                                           list(by_email))})  # fmt: skip
 
 
 def lift(connection: sa.Connection, key: bytes, customer_id: str, match: Match) -> int:

@@ -7,12 +7,16 @@ Create Date: 2026-12-03 14:00:00
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+from collections.abc import Sequence
+from datetime import UTC
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
-from recocamp.domain import Purchase, order_digest
 from recocamp.store.schema import Money, UtcDateTime
 
 revision = "0010"
@@ -52,13 +56,26 @@ def _backfill(connection: sa.Connection, orders: sa.Table) -> None:
     rows = connection.execute(query.execution_options(yield_per=_CHUNK))
     batch: list[dict[str, str]] = []
     for order_id, group in itertools.groupby(rows, key=lambda row: row[0]):
-        lines = [Purchase(order_id, r[1], None, r[2], r[3], r[4], r[5], r[6]) for r in group]
-        batch.append({"order_id": order_id, "content_sha256": order_digest(lines)})
+        batch.append({"order_id": order_id, "content_sha256": _digest(list(group))})
         if len(batch) >= _CHUNK:
             connection.execute(orders.insert(), batch)
             batch = []
     if batch:
         connection.execute(orders.insert(), batch)
+
+
+def _digest(lines: Sequence[Any]) -> str:
+    """``domain.order_digest`` as it was at this revision, copied so that a later change of
+    the application's digest cannot change what this revision writes (rows of order_id,
+    line_no, item_id, quantity, unit_price, ordered_at, is_return, by line_no)."""
+    digest = hashlib.sha256()
+    for _, line_no, item_id, quantity, unit_price, ordered_at, is_return in lines:
+        price = Decimal(repr(float(unit_price))).quantize(Decimal("0.0001"), ROUND_HALF_UP)
+        price = price.copy_abs() if price.is_zero() else price
+        digest.update(f"{line_no}\x1f{item_id}\x1f{quantity}\x1f{price}\x1f"
+                      f"{ordered_at.astimezone(UTC).isoformat()}\x1f{int(is_return)}\x1e"
+                      .encode())  # fmt: skip
+    return digest.hexdigest()
 
 
 def downgrade() -> None:
