@@ -254,3 +254,18 @@ def test_each_render_has_its_own_budget(tmp_path: Path) -> None:
     renderer = Renderer(tmp_path, limits=SMALL)
     for _ in range(5):
         assert renderer.body("t.html", "t.html", sample_context())[0] == "." * 900
+
+
+def test_only_timeouts_in_a_row_quarantine_a_template(tmp_path: Path) -> None:
+    """A success between timeouts starts the count again: a busy moment, repeated over a
+    long-running worker's life, does not stop a template for good."""
+    write(tmp_path, "slow.html", "{% for i in range(50) %}{{ i }}{% endfor %}")
+    clock = TickingClock(0.1)  # 1 s budget: about 10 steps
+    renderer = Renderer(tmp_path, clock=clock)
+    for _ in range(2):
+        for _ in range(QUARANTINE_AFTER - 1):
+            with pytest.raises(TemplateLimitError, match="rendering took longer"):
+                renderer.body("slow.html", "slow.html", sample_context())
+        clock.step = 0.001
+        assert renderer.body("slow.html", "slow.html", sample_context())[0].startswith("0123")
+        clock.step = 0.1
