@@ -32,6 +32,7 @@ different threads of a worker never share one.
 
 from __future__ import annotations
 
+import codecs
 import re
 import string
 import time
@@ -57,6 +58,8 @@ PRODUCED_FACTOR = 10  # a render makes at most 10 × max_output_chars of strings
 _EXPANDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"})
 _REFUSED = frozenset({"translate", "maketrans"})  # a table can blow up every character
 _TEXT = (str, bytes, bytearray)
+_CODECS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252", "utf-16", "utf-32"})
+_SUMMED = (*_TEXT, list, tuple)  # ``+`` makes their lengths' sum
 _CONTAINERS = (list, tuple, dict, set, frozenset, Namespace)
 _PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
 
@@ -208,12 +211,11 @@ class LimitedEnvironment(SandboxedEnvironment):
         token = _BUDGET.set(budget)
         try:
             parts: list[str] = []
-            size, bound, parts_seen = 0, self.limits.max_output_chars, 0
+            size, bound = 0, self.limits.max_output_chars
             events = template.root_render_func(template.new_context(dict(context)))
-            for part in events:  # inline: this loop runs for every piece of every e-mail
+            for seen, part in enumerate(events, 1):  # inline: runs for every piece of every e-mail
                 size += len(part)
-                parts_seen += 1
-                if not parts_seen & 1023:
+                if not seen & 1023:
                     budget.tick()
                 if size > bound:
                     name, line = suspended(events, template)
@@ -235,7 +237,8 @@ class LimitedEnvironment(SandboxedEnvironment):
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         """Every ``for`` iterates through :func:`counted`; every list, tuple and dict literal
         is measured (:meth:`_made`)."""
-        tree = _MeasuredLiterals().visit(super()._parse(source, name, filename))
+        tree = super()._parse(source, name, filename)
+        _MeasuredLiterals().visit(tree)  # replaces the literals inside ``tree``
         for loop in list(tree.find_all(nodes.For)):
             loop.iter = nodes.Filter(loop.iter, COUNTED, [], [], None, None,
                                      lineno=loop.iter.lineno)  # fmt: skip
@@ -264,7 +267,7 @@ class LimitedEnvironment(SandboxedEnvironment):
             sequence, times = (left, right) if _is_int(right) else (right, left)
             if _is_int(times) and hasattr(sequence, "__len__") and len(sequence) * times > bound:
                 raise LimitExceeded(self._size_message("*", bound))
-        elif operator == "+" and isinstance(left, (*_TEXT, list, tuple)) and hasattr(right, "__len__"):
+        elif operator == "+" and isinstance(left, _SUMMED) and hasattr(right, "__len__"):
             if len(left) + len(right) > bound:
                 raise LimitExceeded(self._size_message("+", bound))
         elif operator == "%" and isinstance(left, _TEXT):
@@ -308,6 +311,8 @@ class LimitedEnvironment(SandboxedEnvironment):
                     "a namespace())"
                 )
             return args
+        if name in ("encode", "decode"):
+            self._check_codec(owner, name, args, kwargs)
         if name not in _EXPANDING | _REFUSED:
             return args
         if name in _REFUSED:
@@ -316,6 +321,21 @@ class LimitedEnvironment(SandboxedEnvironment):
             args = (list(args[0]), *args[1:])
         self._check_size(method_size(owner, name, args, kwargs, self.limits), name)
         return args
+
+    @staticmethod
+    def _check_codec(owner: object, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                     ) -> None:  # fmt: skip
+        """Only codecs that take linear time: some are written in Python and are quadratic
+        (``punycode`` spends 16 s on 10,000 characters, inside one call)."""
+        encoding = kwargs.get("encoding", args[0] if args else "utf-8")
+        try:
+            known = codecs.lookup(str(encoding)).name
+        except LookupError:
+            known = ""
+        if known not in _CODECS:
+            shown = ", ".join(sorted(_CODECS))
+            raise LimitExceeded(f"{type(owner).__name__}.{name}({str(encoding)[:40]!r}) is not "
+                                f"available in templates (only {shown})")  # fmt: skip
 
     # -- filters, ``~``, buffers, output ------------------------------------------------------
 
@@ -459,8 +479,8 @@ def replace_size(length: int, old: str, new: str, count: int | None) -> int:
     return length + times * grows
 
 
-def method_size(owner: str | bytes | bytearray, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                limits: TemplateSettings) -> int:  # fmt: skip
+def method_size(owner: str | bytes | bytearray, name: str, args: tuple[Any, ...],
+                kwargs: dict[str, Any], limits: TemplateSettings) -> int:  # fmt: skip
     bound = limits.max_output_chars
     values = [*args, *kwargs.values()]
     if name in ("center", "ljust", "rjust", "zfill"):

@@ -175,6 +175,7 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
     "{{ 'x'.encode().ljust(10**6)|length }}": "max_output_chars",
     "{{ ('x'.encode() * 6000 + 'x'.encode() * 6000)|length }}": "max_output_chars",
     "{{ ('%999999s'.encode() % 'x'.encode())|length }}": "max_output_chars",
+    "{{ ('\u0100' * 1000).encode('punycode')|length }}": "not available",  # quadratic
     # a list, dict or set cannot grow in place, where no operator sees it
     "{% set l = [1] %}{% for i in range(16) %}{{ l.extend(l) or '' }}{% endfor %}{{ l[0] }}":
         "list.extend is not available",
