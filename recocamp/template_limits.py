@@ -132,12 +132,12 @@ def size_of(value: object, cap: int) -> int:
             total += len(item) + (0 if item is value else 3)  # quoted inside a container
         elif isinstance(item, int):
             total += item.bit_length() // 3 + 2
+        elif isinstance(item, (list, tuple, set, frozenset)):  # before the slower ABC check
+            total += 2 * len(item) + 2
+            stack.extend(item if len(item) <= cap else islice(item, cap + 1))
         elif isinstance(item, Mapping):
             total += 2 * len(item) + 2
             stack.extend(k for pair in islice(item.items(), cap + 1) for k in pair)
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            total += 2 * len(item) + 2
-            stack.extend(islice(item, cap + 1))
         elif isinstance(item, Namespace):
             stack.append(item._Namespace__attrs)
         else:  # numbers, None, dates, jinja's helpers: short when printed
