@@ -77,7 +77,8 @@ class Budget:
     ) -> None:
         self.limits, self.clock = limits, clock
         self.deadline = clock() + limits.render_time_s
-        self.steps = self.depth = self.produced = self.templates = 0
+        self.steps = self.depth = self.produced = 0
+        self.templates: list[Iterator[str]] = []  # included, imported, extended: see nest()
 
     def tick(self) -> None:
         if self.clock() > self.deadline:
@@ -97,10 +98,29 @@ class Budget:
                 "([templates] max_output_chars)"
             )
 
+    def enter(self, template: Iterator[str]) -> None:
+        """A template's render (an include, import or extends) begins: one step, and one
+        level while it runs."""
+        self.step()
+        self._running().append(template)
+        self._check_depth()
+
     def nest(self) -> None:
-        """One level deeper: a macro, a recursive loop, an include, import or extends."""
+        """One level deeper: a macro or a recursive loop (counted down by the caller)."""
         self.depth += 1
-        if self.depth > self.limits.max_depth:
+        self._check_depth()
+
+    def _running(self) -> list[Iterator[str]]:
+        """The included, imported and extended templates whose render still runs. Those end
+        inside ``yield from``, where nothing can count them down: a finished generator has no
+        frame, and they nest like a stack."""
+        running = self.templates
+        while running and getattr(running[-1], "gi_frame", True) is None:
+            running.pop()
+        return running
+
+    def _check_depth(self) -> None:
+        if self.depth + len(self._running()) > self.limits.max_depth:
             raise LimitExceeded(
                 f"macros, recursive loops or includes nested deeper than "
                 f"{self.limits.max_depth} ([templates] max_depth)"
@@ -162,26 +182,23 @@ class LimitedTemplate(Template):
         return template
 
 
-def nested(root: Callable[[Context], Iterator[str]]) -> Callable[[Context], Iterator[str]]:
-    """A template's render function, as a step and (but for the outermost template of a
-    render) one level of nesting: includes, imports and extends go through it."""
+Root = Callable[[Context], Iterator[str]]
+
+
+def nested(root: Root) -> Root:
+    """A template's render function, as a step and one level of nesting: includes, imports
+    and extends call it (the outermost template of a render is called unwrapped, as
+    ``__wrapped__``). It hands back the template's own generator, not a wrapping one: every
+    piece of every e-mail passes through each level (a wrapper cost 17 % of a render)."""
 
     def root_render_func(context: Context) -> Iterator[str]:
+        events = root(context)
         budget = _BUDGET.get()
-        if budget is None:
-            yield from root(context)
-            return
-        budget.step()
-        budget.templates += 1
-        outer = budget.templates == 1
-        try:
-            if not outer:
-                budget.nest()
-            yield from root(context)
-        finally:
-            budget.templates -= 1
-            budget.depth -= 0 if outer else 1
+        if budget is not None:
+            budget.enter(events)
+        return events
 
+    root_render_func.__wrapped__ = root  # type: ignore[attr-defined]
     return root_render_func
 
 
@@ -212,7 +229,8 @@ class LimitedEnvironment(SandboxedEnvironment):
         try:
             parts: list[str] = []
             size, bound = 0, self.limits.max_output_chars
-            events = template.root_render_func(template.new_context(dict(context)))
+            root = template.root_render_func
+            events = getattr(root, "__wrapped__", root)(template.new_context(dict(context)))
             for seen, part in enumerate(events, 1):  # inline: runs for every piece of every e-mail
                 size += len(part)
                 if not seen & 1023:
