@@ -6,7 +6,8 @@
 - TemplateSettings (``template_limits``, ``[templates]``): every render has a time budget and bounds
   on output, loop iterations, numbers and nesting; past one it raises
   ``TemplateLimitError`` with the template and line. A template that ran out of time
-  ``QUARANTINE_AFTER`` times is not rendered again by that renderer (a worker takes a new
+  ``QUARANTINE_AFTER`` times in a row (no render of it succeeded between) is not rendered
+  again by that renderer (a worker takes a new
   one when the templates change), so one broken campaign costs seconds, not hours.
 - The loader reads only files inside the templates folder: ``include '/etc/passwd'`` or
   ``extends '../x'`` is "not found", with the reason.
@@ -140,7 +141,7 @@ class Renderer:
         self.limits = limits or TemplateSettings()
         self.env = environment(directory, sources, self.limits, clock)
         self._subjects: dict[str, Any] = {}
-        self._timeouts: dict[str, int] = {}  # template → renders that ran out of time
+        self._timeouts: dict[str, int] = {}  # template → renders in a row that ran out of time
 
     @classmethod
     def frozen(cls, directory: Path, limits: TemplateSettings | None = None) -> Renderer:
@@ -172,11 +173,13 @@ class Renderer:
                 f"ran out of render time {QUARANTINE_AFTER} times: not rendered again until "
                 "the templates change")])  # fmt: skip
         try:
-            return self.env.render(template, context)
+            rendered = self.env.render(template, context)
         except TemplateLimitError as exc:
             if any("render time" in p.message for p in exc.problems):
                 self._timeouts[key] = self._timeouts.get(key, 0) + 1
             raise
+        self._timeouts.pop(key, None)  # only timeouts in a row count: a slow moment is not a loop
+        return rendered
 
 
 def check_template(directory: Path, name: str, sample: dict[str, Any],

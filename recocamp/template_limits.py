@@ -14,7 +14,17 @@ template's own size). A render's strings and lists together are bounded too (ten
 output bound), so a loop cannot pile up copies that are each small enough. Loops are counted
 because every ``for`` of a template iterates through :func:`counted` (added to the parsed
 tree), which stops nested loops that Jinja's own ``MAX_RANGE`` (one range at a time) lets
-through.
+through; every include, import and extends is a step and one level of nesting too, so a
+template that includes itself twice cannot grow exponentially.
+
+Every value a template makes (list, tuple and dict literals, results of operators, calls and
+filters) is measured as the tree it prints as: shared children count each time they occur
+(:func:`size_of`), so ``[x, x]`` repeated 40 times is refused after a few steps instead of
+being a value whose comparison or hash costs 2 ** 40. Templates cannot change a list, dict or
+set in place (``append``, ``extend``, ``update`` …; a ``namespace()`` can still be assigned):
+otherwise a value measured when it was made could grow behind the measurement. With every
+value bounded, comparing, hashing and testing one is bounded too. ``bytes`` are bounded like
+``str``.
 
 The budget of the render in progress lives in a :class:`~contextvars.ContextVar`: renders in
 different threads of a worker never share one.
@@ -22,6 +32,7 @@ different threads of a worker never share one.
 
 from __future__ import annotations
 
+import codecs
 import re
 import string
 import time
@@ -33,17 +44,23 @@ from typing import Any, TypeGuard, TypeVar
 
 from jinja2 import Template, nodes, pass_context
 from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment, modifies_known_mutable
 from jinja2.utils import Namespace
+from jinja2.visitor import NodeTransformer
 
 from recocamp.errors import Problem, RecocampError, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
 COUNTED = "__counted_loop"  # the filter every ``for`` iterates through (see ``_parse``)
+MADE = "__made_value"  # the filter every list, tuple and dict literal goes through
 T = TypeVar("T")
 PRODUCED_FACTOR = 10  # a render makes at most 10 × max_output_chars of strings and lists in all
 _EXPANDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"})
 _REFUSED = frozenset({"translate", "maketrans"})  # a table can blow up every character
+_TEXT = (str, bytes, bytearray)
+_CODECS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252", "utf-16", "utf-32"})
+_SUMMED = (*_TEXT, list, tuple)  # ``+`` makes their lengths' sum
+_CONTAINERS = (list, tuple, dict, set, frozenset, Namespace)
 _PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
 
 
@@ -61,6 +78,7 @@ class Budget:
         self.limits, self.clock = limits, clock
         self.deadline = clock() + limits.render_time_s
         self.steps = self.depth = self.produced = 0
+        self.templates: list[Iterator[str]] = []  # included, imported, extended: see nest()
 
     def tick(self) -> None:
         if self.clock() > self.deadline:
@@ -80,6 +98,34 @@ class Budget:
                 "([templates] max_output_chars)"
             )
 
+    def enter(self, template: Iterator[str]) -> None:
+        """A template's render (an include, import or extends) begins: one step, and one
+        level while it runs."""
+        self.step()
+        self._running().append(template)
+        self._check_depth()
+
+    def nest(self) -> None:
+        """One level deeper: a macro or a recursive loop (counted down by the caller)."""
+        self.depth += 1
+        self._check_depth()
+
+    def _running(self) -> list[Iterator[str]]:
+        """The included, imported and extended templates whose render still runs. Those end
+        inside ``yield from``, where nothing can count them down: a finished generator has no
+        frame, and they nest like a stack."""
+        running = self.templates
+        while running and getattr(running[-1], "gi_frame", True) is None:
+            running.pop()
+        return running
+
+    def _check_depth(self) -> None:
+        if self.depth + len(self._running()) > self.limits.max_depth:
+            raise LimitExceeded(
+                f"macros, recursive loops or includes nested deeper than "
+                f"{self.limits.max_depth} ([templates] max_depth)"
+            )
+
     def step(self) -> None:
         """One loop iteration or call."""
         self.steps += 1
@@ -96,20 +142,22 @@ _BUDGET: ContextVar[Budget | None] = ContextVar("recocamp_template_budget", defa
 
 def size_of(value: object, cap: int) -> int:
     """An upper estimate of ``len(str(value))``; stops counting once it passes ``cap`` (a list
-    that holds one big list a million times costs ``cap`` steps, not its printed size)."""
+    that holds one big list a million times costs ``cap`` steps, not its printed size). A child
+    shared by several containers counts each time it occurs: this is also the bound of the
+    work to compare, hash or copy ``value``."""
     total, stack = 0, [value]
     while stack and total <= cap:
         item = stack.pop()
-        if isinstance(item, str):
-            total += len(item) + (0 if item is value else 2)  # quoted inside a container
+        if isinstance(item, _TEXT):
+            total += len(item) + (0 if item is value else 3)  # quoted inside a container
         elif isinstance(item, int):
             total += item.bit_length() // 3 + 2
+        elif isinstance(item, (list, tuple, set, frozenset)):  # before the slower ABC check
+            total += 2 * len(item) + 2
+            stack.extend(item if len(item) <= cap else islice(item, cap + 1))
         elif isinstance(item, Mapping):
             total += 2 * len(item) + 2
             stack.extend(k for pair in islice(item.items(), cap + 1) for k in pair)
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            total += 2 * len(item) + 2
-            stack.extend(islice(item, cap + 1))
         elif isinstance(item, Namespace):
             stack.append(item._Namespace__attrs)
         else:  # numbers, None, dates, jinja's helpers: short when printed
@@ -128,9 +176,30 @@ class LimitedTemplate(Template):
         if isinstance(environment, LimitedEnvironment):
             namespace["str_join"] = environment.joiner(markup=False)
             namespace["markup_join"] = environment.joiner(markup=True)
+            namespace["root"] = nested(namespace["root"])
         template = cls._from_namespace(environment, namespace, globals)
         template._uptodate = uptodate
         return template
+
+
+Root = Callable[[Context], Iterator[str]]
+
+
+def nested(root: Root) -> Root:
+    """A template's render function, as a step and one level of nesting: includes, imports
+    and extends call it (the outermost template of a render is called unwrapped, as
+    ``__wrapped__``). It hands back the template's own generator, not a wrapping one: every
+    piece of every e-mail passes through each level (a wrapper cost 17 % of a render)."""
+
+    def root_render_func(context: Context) -> Iterator[str]:
+        events = root(context)
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.enter(events)
+        return events
+
+    root_render_func.__wrapped__ = root  # type: ignore[attr-defined]
+    return root_render_func
 
 
 class LimitedEnvironment(SandboxedEnvironment):
@@ -147,6 +216,7 @@ class LimitedEnvironment(SandboxedEnvironment):
         self.globals.pop("lipsum", None)  # lipsum(10**9): nothing an e-mail needs
         self.filters = {name: self._guard(name, f) for name, f in self.filters.items()}
         self.filters[COUNTED] = counted
+        self.filters[MADE] = self._made
         self.concat = self._concat  # type: ignore[method-assign]
 
     # -- rendering ---------------------------------------------------------------------------
@@ -159,9 +229,12 @@ class LimitedEnvironment(SandboxedEnvironment):
         try:
             parts: list[str] = []
             size, bound = 0, self.limits.max_output_chars
-            events = template.root_render_func(template.new_context(dict(context)))
-            for part in events:  # inline: this loop runs for every piece of every e-mail
+            root = template.root_render_func
+            events = getattr(root, "__wrapped__", root)(template.new_context(dict(context)))
+            for seen, part in enumerate(events, 1):  # inline: runs for every piece of every e-mail
                 size += len(part)
+                if not seen & 1023:
+                    budget.tick()
                 if size > bound:
                     name, line = suspended(events, template)
                     message = (f"the output is longer than {bound:,} characters "
@@ -180,8 +253,10 @@ class LimitedEnvironment(SandboxedEnvironment):
             _BUDGET.reset(token)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        """Every ``for`` iterates through :func:`counted`."""
+        """Every ``for`` iterates through :func:`counted`; every list, tuple and dict literal
+        is measured (:meth:`_made`)."""
         tree = super()._parse(source, name, filename)
+        _MeasuredLiterals().visit(tree)  # replaces the literals inside ``tree``
         for loop in list(tree.find_all(nodes.For)):
             loop.iter = nodes.Filter(loop.iter, COUNTED, [], [], None, None,
                                      lineno=loop.iter.lineno)  # fmt: skip
@@ -210,11 +285,12 @@ class LimitedEnvironment(SandboxedEnvironment):
             sequence, times = (left, right) if _is_int(right) else (right, left)
             if _is_int(times) and hasattr(sequence, "__len__") and len(sequence) * times > bound:
                 raise LimitExceeded(self._size_message("*", bound))
-        elif operator == "+" and isinstance(left, (str, list, tuple)) and hasattr(right, "__len__"):
+        elif operator == "+" and isinstance(left, _SUMMED) and hasattr(right, "__len__"):
             if len(left) + len(right) > bound:
                 raise LimitExceeded(self._size_message("+", bound))
-        elif operator == "%" and isinstance(left, str):
-            self._check_size(percent_size(left, right, bound), "%")
+        elif operator == "%" and isinstance(left, _TEXT):
+            text = left if isinstance(left, str) else bytes(left).decode("latin-1")
+            self._check_size(percent_size(text, right, bound), "%")
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         """Every call from a template: counted, timed, depth-limited for macros and
@@ -225,20 +301,17 @@ class LimitedEnvironment(SandboxedEnvironment):
         args = __self._check_method(__obj, args, kwargs)
         if not isinstance(__obj, (Macro, LoopContext)) or budget is None:
             return __self._made(super().call(__context, __obj, *args, **kwargs))
-        budget.depth += 1
         try:
-            if budget.depth > __self.limits.max_depth:
-                depth = __self.limits.max_depth
-                raise LimitExceeded(f"macros or recursive loops nested deeper than {depth} "
-                                    "([templates] max_depth)")  # fmt: skip
+            budget.nest()
             return super().call(__context, __obj, *args, **kwargs)
         finally:
             budget.depth -= 1
 
     def _check_method(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                       ) -> tuple[Any, ...]:  # fmt: skip
-        """Refuse a string method whose result would pass the output bound; a ``join``
-        argument comes back as a list (it is counted, so a generator is read once)."""
+        """Refuse a string or bytes method whose result would pass the output bound, and a
+        method that changes a list, dict or set in place (see the module docstring); a
+        ``join`` argument comes back as a list (it is counted, so a generator is read once)."""
         wrapped = getattr(obj, "__wrapped__", None)  # the sandbox's str.format wrapper
         if isinstance(getattr(wrapped, "__self__", None), str):
             source = wrapped.__self__  # type: ignore[union-attr]
@@ -248,14 +321,39 @@ class LimitedEnvironment(SandboxedEnvironment):
                 self._check_size(format_size(source, args, kwargs, self.limits), "format")
             return args
         owner, name = getattr(obj, "__self__", None), getattr(obj, "__name__", "")
-        if not isinstance(owner, str) or name not in _EXPANDING | _REFUSED:
+        if not isinstance(owner, _TEXT):
+            if owner is not None and modifies_known_mutable(owner, name):
+                raise LimitExceeded(
+                    f"{type(owner).__name__}.{name} is not available in templates (they may "
+                    "not change a list, dict or set in place: make a new one, or assign to "
+                    "a namespace())"
+                )
+            return args
+        if name in ("encode", "decode"):
+            self._check_codec(owner, name, args, kwargs)
+        if name not in _EXPANDING | _REFUSED:
             return args
         if name in _REFUSED:
-            raise LimitExceeded(f"str.{name} is not available in templates")
+            raise LimitExceeded(f"{type(owner).__name__}.{name} is not available in templates")
         if name == "join" and args:
             args = (list(args[0]), *args[1:])
         self._check_size(method_size(owner, name, args, kwargs, self.limits), name)
         return args
+
+    @staticmethod
+    def _check_codec(owner: object, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                     ) -> None:  # fmt: skip
+        """Only codecs that take linear time: some are written in Python and are quadratic
+        (``punycode`` spends 16 s on 10,000 characters, inside one call)."""
+        encoding = kwargs.get("encoding", args[0] if args else "utf-8")
+        try:
+            known = codecs.lookup(str(encoding)).name
+        except LookupError:
+            known = ""
+        if known not in _CODECS:
+            shown = ", ".join(sorted(_CODECS))
+            raise LimitExceeded(f"{type(owner).__name__}.{name}({str(encoding)[:40]!r}) is not "
+                                f"available in templates (only {shown})")  # fmt: skip
 
     # -- filters, ``~``, buffers, output ------------------------------------------------------
 
@@ -324,9 +422,19 @@ class LimitedEnvironment(SandboxedEnvironment):
     # -- helpers ------------------------------------------------------------------------------
 
     def _made(self, value: T) -> T:
+        """A value the template made: text counts its length, a container the tree it prints
+        as (refused past the output bound: comparing or hashing it costs that much)."""
         budget = _BUDGET.get()
-        if budget is not None and isinstance(value, (str, list, tuple)):
+        if budget is None:
+            return value
+        if isinstance(value, _TEXT):
             budget.produce(len(value))
+        elif isinstance(value, _CONTAINERS):
+            bound = self.limits.max_output_chars
+            size = size_of(value, bound)
+            if size > bound:
+                raise LimitExceeded(self._size_message(f"a {type(value).__name__}", bound))
+            budget.produce(size)
         return value
 
     def _tick(self) -> None:
@@ -346,6 +454,24 @@ class LimitedEnvironment(SandboxedEnvironment):
     def _int_message(self, operator: str) -> str:
         return (f"{operator} would make a number of more than {self.limits.max_int_bits:,} "
                 "bits ([templates] max_int_bits)")  # fmt: skip
+
+
+class _MeasuredLiterals(NodeTransformer):
+    """Wraps every list, tuple and dict literal (not an assignment's target) in the
+    :data:`MADE` filter."""
+
+    def visit_List(self, node: nodes.List) -> nodes.Expr:
+        return self._measured(node)
+
+    def visit_Dict(self, node: nodes.Dict) -> nodes.Expr:
+        return self._measured(node)
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Expr:
+        return self._measured(node) if node.ctx == "load" else node
+
+    def _measured(self, node: nodes.Expr) -> nodes.Expr:
+        self.generic_visit(node)
+        return nodes.Filter(node, MADE, [], [], None, None, lineno=node.lineno)
 
 
 @pass_context
@@ -371,8 +497,8 @@ def replace_size(length: int, old: str, new: str, count: int | None) -> int:
     return length + times * grows
 
 
-def method_size(owner: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                limits: TemplateSettings) -> int:  # fmt: skip
+def method_size(owner: str | bytes | bytearray, name: str, args: tuple[Any, ...],
+                kwargs: dict[str, Any], limits: TemplateSettings) -> int:  # fmt: skip
     bound = limits.max_output_chars
     values = [*args, *kwargs.values()]
     if name in ("center", "ljust", "rjust", "zfill"):
@@ -380,7 +506,8 @@ def method_size(owner: str, name: str, args: tuple[Any, ...], kwargs: dict[str, 
         return max(len(owner), width)
     if name == "expandtabs":
         tab = values[0] if values and _is_int(values[0]) else 8
-        return len(owner) + owner.count("\t") * max(tab, 0)
+        tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
+        return len(owner) + tabs * max(tab, 0)
     if name == "replace" and len(values) >= 2:
         count = values[2] if len(values) > 2 and _is_int(values[2]) else None
         return replace_size(len(owner), str(values[0]), str(values[1]), count)

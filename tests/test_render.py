@@ -162,6 +162,24 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
     "{{ y|length }}": "max_output_chars",
     "{% for i in range(900) %}{{ 'x' * 12 }}{% endfor %}": "max_output_chars",
     "{{ ('x' * 100).translate({120: 'y'}) }}": "not available",
+    # values that share children: each doubles a tree that compares and hashes in 2 ** steps
+    "{% set ns = namespace(x=[0], y=[0]) %}{% for i in range(22) %}{% set ns.x = [ns.x, ns.x] %}"
+    "{% set ns.y = [ns.y, ns.y] %}{% endfor %}{{ ns.x == ns.y }}": "max_output_chars",
+    "{% set ns = namespace(t=(0,)) %}{% for i in range(22) %}{% set ns.t = (ns.t, ns.t) %}"
+    "{% endfor %}{{ {ns.t: 1} is mapping }}": "max_output_chars",
+    "{% set ns = namespace(x={}, y={}) %}{% for i in range(22) %}"
+    "{% set ns.x = {'a': ns.x, 'b': ns.x} %}{% set ns.y = dict(a=ns.y, b=ns.y) %}{% endfor %}"
+    "{{ ns.x is eq(ns.y) }}{% for v in [ns.x, ns.y] %}{{ loop.changed(v) }}{% endfor %}":
+        "max_output_chars",
+    # bytes are text too
+    "{{ 'x'.encode().ljust(10**6)|length }}": "max_output_chars",
+    "{{ ('x'.encode() * 6000 + 'x'.encode() * 6000)|length }}": "max_output_chars",
+    "{{ ('%999999s'.encode() % 'x'.encode())|length }}": "max_output_chars",
+    "{{ ('\u0100' * 1000).encode('punycode')|length }}": "not available",  # quadratic
+    # a list, dict or set cannot grow in place, where no operator sees it
+    "{% set l = [1] %}{% for i in range(16) %}{{ l.extend(l) or '' }}{% endfor %}{{ l[0] }}":
+        "list.extend is not available",
+    "{% set d = {} %}{{ d.update(a=1) or '' }}": "dict.update is not available",
 }  # fmt: skip
 
 
@@ -231,7 +249,7 @@ def test_the_time_budget_and_a_template_that_keeps_running_out_of_it(tmp_path: P
         ("{% include '_offer.html' %}", "template not found: '_offer.html'"),
         ("{% include '/etc/passwd' %}", "'/etc/passwd' is outside the templates folder"),
         ("{% extends '../../x' %}", "'../../x' is outside the templates folder"),
-        ("{% include 'loop.html' %}", "recursion too deep"),
+        ("{% include 'loop.html' %}", "includes nested deeper than 50"),
         ("{{ 1 / 0 }}", "ZeroDivisionError"),
     ],
 )
@@ -254,3 +272,41 @@ def test_each_render_has_its_own_budget(tmp_path: Path) -> None:
     renderer = Renderer(tmp_path, limits=SMALL)
     for _ in range(5):
         assert renderer.body("t.html", "t.html", sample_context())[0] == "." * 900
+
+
+def test_a_template_that_includes_itself_is_counted_and_nested(tmp_path: Path) -> None:
+    """Each include is a step and a level: twice per level grows exponentially, once per
+    level nests deeply, and neither goes through a loop, a call or an operator."""
+    write(tmp_path, "main.html", "{% set ns = namespace(d='') %}\n{% include 'twice.html' %}")
+    write(tmp_path, "twice.html", "{% set ns.d = ns.d ~ 'x' %}{% if ns.d < 'xxxxxxxxxxxx' %}"
+          "{% include 'twice.html' %}{% include 'twice.html' %}{% endif %}"
+          "{% set ns.d = ns.d[:-1] %}")  # fmt: skip
+    deep = SMALL.model_copy(update={"max_depth": 20})  # 12 levels, 4,095 includes
+    (problem,) = check_template(tmp_path, "main.html", sample_context(), deep)
+    assert problem.key == "twice.html" and "more than 1,000 loop iterations" in problem.message
+    write(tmp_path, "main.html", "{% set ns = namespace(d='') %}\n{% include 'once.html' %}")
+    write(tmp_path, "once.html", "{% set ns.d = ns.d ~ 'x' %}{% if ns.d < 'x' * 15 %}"
+          "{% include 'once.html' %}{% endif %}")  # fmt: skip
+    (problem,) = check_template(tmp_path, "main.html", sample_context(), SMALL)
+    assert problem.key == "once.html" and "nested deeper than 10" in problem.message
+    write(tmp_path, "main.html", "{% extends 'base.html' %}{% block b %}{% include 'part.html' %}"
+          "{% endblock %}")  # fmt: skip
+    write(tmp_path, "base.html", "{% block b %}{% endblock %}")
+    write(tmp_path, "part.html", "{% macro m() %}ok{% endmacro %}{{ m() }}")
+    three = TemplateSettings(max_depth=3)  # extends, include, macro: the outermost is no level
+    assert Renderer(tmp_path, limits=three).body("main.html", "main.html", {}) == ("ok", "ok")
+
+
+def test_only_timeouts_in_a_row_quarantine_a_template(tmp_path: Path) -> None:
+    """A success between timeouts starts the count again: a busy moment, repeated over a
+    long-running worker's life, does not stop a template for good."""
+    write(tmp_path, "slow.html", "{% for i in range(50) %}{{ i }}{% endfor %}")
+    clock = TickingClock(0.1)  # 1 s budget: about 10 steps
+    renderer = Renderer(tmp_path, clock=clock)
+    for _ in range(2):
+        for _ in range(QUARANTINE_AFTER - 1):
+            with pytest.raises(TemplateLimitError, match="rendering took longer"):
+                renderer.body("slow.html", "slow.html", sample_context())
+        clock.step = 0.001
+        assert renderer.body("slow.html", "slow.html", sample_context())[0].startswith("0123")
+        clock.step = 0.1
