@@ -256,21 +256,34 @@ def _when(value: str, end_of_day: bool) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=EASTERN)
 
 
-def search_messages(records: Iterable[dict[str, Any]], params: Mapping[str, str]) -> Found:
-    """``GET /messages/outbound``: newest first; ``messagestream`` defaults to ``outbound``."""
-    page = paging(params, 700)
-    span = window(params, 700)
+def listing(
+    params: Mapping[str, str], code: int
+) -> Refusal | tuple[tuple[int, int], tuple[datetime, datetime]]:
+    """The paging and the date window every list endpoint takes, or the first refusal."""
+    page, span = paging(params, code), window(params, code)
     if isinstance(page, Refusal):
         return page
-    if isinstance(span, Refusal):
-        return span
+    return span if isinstance(span, Refusal) else (page, span)
+
+
+def newest_first(found: list[dict[str, Any]], page: tuple[int, int]) -> Found:
+    """The total and one page of ``found`` (stored oldest first), newest first."""
+    count, offset = page
+    found.reverse()
+    return len(found), found[offset : offset + count]
+
+
+def search_messages(records: Iterable[dict[str, Any]], params: Mapping[str, str]) -> Found:
+    """``GET /messages/outbound``: newest first; ``messagestream`` defaults to ``outbound``."""
+    asked = listing(params, 700)
+    if isinstance(asked, Refusal):
+        return asked
+    page, span = asked
     status = (params.get("status") or "sent").lower()
     if status not in ("queued", "sent", "processed"):
         return Refusal(422, 700, "The 'status' parameter must be queued, sent or processed.")
     found = [r for r in records if status != "queued" and _matches(r, params, span)]
-    found.reverse()
-    count, offset = page
-    return len(found), found[offset : offset + count]
+    return newest_first(found, page)
 
 
 def _matches(record: dict[str, Any], params: Mapping[str, str],
@@ -296,12 +309,10 @@ def _matches(record: dict[str, Any], params: Mapping[str, str],
 
 def search_bounces(bounces: Iterable[dict[str, Any]], params: Mapping[str, str]) -> Found:
     """``GET /bounces``: filters type, inactive, emailFilter, tag, messageID, dates, stream."""
-    page = paging(params, 1000)
-    span = window(params, 1000)
-    if isinstance(page, Refusal):
-        return page
-    if isinstance(span, Refusal):
-        return span
+    asked = listing(params, 1000)
+    if isinstance(asked, Refusal):
+        return asked
+    page, span = asked
     stream = params.get("messagestream") or "outbound"
     inactive = params.get("inactive")
     if inactive not in (None, "", "true", "false", "True", "False"):
@@ -316,9 +327,7 @@ def search_bounces(bounces: Iterable[dict[str, Any]], params: Mapping[str, str])
         and params.get("tag", b["Tag"]) == b["Tag"]
         and params.get("messageID", b["MessageID"]) == b["MessageID"]
     ]  # fmt: skip
-    found.reverse()
-    count, offset = page
-    return len(found), found[offset : offset + count]
+    return newest_first(found, page)
 
 
 # --- answers -----------------------------------------------------------------------------
