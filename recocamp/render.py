@@ -26,7 +26,6 @@ The documented context (README.md §Templates) is :data:`CONTEXT_KEYS`.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +112,7 @@ class InliningLoader(BaseLoader):
 
 def environment(directory: Path, sources: Mapping[str, str] | None = None,
                 limits: TemplateSettings | None = None,
-                clock: Callable[[], float] = time.monotonic) -> LimitedEnvironment:  # fmt: skip
+                clock: Callable[[], float] | None = None) -> LimitedEnvironment:  # fmt: skip
     return LimitedEnvironment(
         limits or TemplateSettings(),
         clock,
@@ -136,7 +135,7 @@ class Renderer:
 
     def __init__(self, directory: Path, sources: Mapping[str, str] | None = None,
                  limits: TemplateSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] | None = None) -> None:  # fmt: skip
         self.directory, self.sources = directory, sources
         self.limits = limits or TemplateSettings()
         self.env = environment(directory, sources, self.limits, clock)

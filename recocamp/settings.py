@@ -194,7 +194,7 @@ class TemplateSettings(_Section):
     template is written by a person, and one must not be able to stop the sending. Past a
     limit the render fails (that message, or a problem for ``check``)."""
 
-    render_time_s: float = Field(default=1.0, gt=0, le=60)
+    render_time_s: float = Field(default=1.0, gt=0, le=60)  # CPU seconds (a busy machine waits)
     max_output_chars: int = Field(default=1_000_000, ge=10_000)  # per part, and per value
     max_loop_iterations: int = Field(default=100_000, ge=100)  # loop iterations and calls
     max_int_bits: int = Field(default=4096, ge=64)  # 4096 bits: about 10**1233

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,18 @@ def test_only_timeouts_in_a_row_quarantine_a_template(tmp_path: Path) -> None:
         clock.step = 0.001
         assert renderer.body("slow.html", "slow.html", sample_context())[0].startswith("0123")
         clock.step = 0.1
+
+
+def test_the_budget_counts_the_renders_cpu_not_a_stalled_machine(tmp_path: Path) -> None:
+    """A render that is paused (a loaded machine, another thread's GC: here a call that
+    sleeps) has not spent its budget: the message goes out. A render that computes for
+    longer than the budget still fails, with the real clocks."""
+    write(tmp_path, "paused.html",
+          "<p>{{ pause() }}{% for i in range(3) %}{{ i|string }}{% endfor %}</p>")  # fmt: skip
+    write(tmp_path, "busy.html", "{% for i in range(100000) %}{{ i * i * i }}{% endfor %}")
+    tight = TemplateSettings(render_time_s=0.05)
+    context = {**sample_context(), "pause": lambda: time.sleep(0.2) or ""}
+    renderer = Renderer(tmp_path, limits=tight)
+    assert renderer.body("paused.html", "paused.html", context)[0] == "<p>012</p>"
+    with pytest.raises(TemplateLimitError, match=r"rendering took longer than 0\.05 s"):
+        renderer.body("busy.html", "busy.html", context)
