@@ -50,7 +50,7 @@ from pathlib import Path
 
 import httpx
 
-from recocamp.api_auth import mint
+from recocamp.api.auth import mint
 
 ROOT = Path(__file__).resolve().parents[1]
 UCI = ROOT.parent / "shared/data/online-retail/online_retail.csv.gz"

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from recocamp import kpis
-from recocamp.ingest import Importer
+from recocamp.data.ingest import Importer
+from recocamp.measure import kpis
 from recocamp.store import queries
 from recocamp.store.engine import make_engine, upgrade
 

@@ -19,12 +19,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from jinja2 import Environment, FileSystemLoader
 
-from recocamp import caps, render
-from recocamp.campaigns import load_all
+from recocamp.campaigns import caps, render
+from recocamp.campaigns.files import load_all
+from recocamp.campaigns.loyalty import Standing
+from recocamp.campaigns.planner import Context, CustomerView, Outcome, plan
+from recocamp.campaigns.segments import History, Order
 from recocamp.domain import ConsentBasis, Customer, Item
-from recocamp.loyalty import Standing
-from recocamp.planner import Context, CustomerView, Outcome, plan
-from recocamp.segments import History, Order
 from recocamp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

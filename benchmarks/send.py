@@ -37,14 +37,15 @@ from zoneinfo import ZoneInfo
 import httpx
 from pydantic import SecretStr
 
-from recocamp import compose, planner, render
-from recocamp.campaigns import caps_defaults, load_all
+from recocamp.campaigns import compose, planner, render
+from recocamp.campaigns.files import caps_defaults, load_all
+from recocamp.campaigns.run import RunOptions, plan_views
 from recocamp.clock import SystemClock
-from recocamp.deliver import Deliverer
-from recocamp.demo import build_demo
+from recocamp.data.demo import build_demo
+from recocamp.delivery.campaign_send import deliver_planned, delivery_processes
+from recocamp.delivery.deliverer import Deliverer
+from recocamp.delivery.esp import make_provider
 from recocamp.domain import ConsentBasis
-from recocamp.esp import make_provider
-from recocamp.jobs import RunOptions, deliver_planned, delivery_processes, plan_views
 from recocamp.settings import Settings, load_settings
 from recocamp.store import views
 from recocamp.store.engine import make_engine, upgrade

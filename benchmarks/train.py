@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from recocamp.matrix import TrainingData
+from recocamp.recommender.matrix import TrainingData
 from recocamp.settings import RecommenderSettings
 
 UCI = Path(__file__).resolve().parents[2] / "shared/data/online-retail/online_retail.csv.gz"
@@ -55,10 +55,10 @@ def child(*args: str) -> dict[str, object]:
 
 
 def uci(workdir: Path) -> None:
-    from recocamp.ingest import Importer
+    from recocamp.data.ingest import Importer
+    from recocamp.recommender.training import compare
     from recocamp.settings import Settings
     from recocamp.store.engine import make_engine, upgrade
-    from recocamp.training import compare
 
     url = f"sqlite:///{workdir / 'uci.db'}"
     engine = make_engine(url)
@@ -127,11 +127,12 @@ def synthetic_db(path: Path, customers: int, items: int, lines: int, seed: int =
 
 def pipeline(url: str, name: str, as_of: str) -> dict[str, object]:
     """The steps of `recocamp train` after the gate: load, matrix, fit, top-N cache."""
-    from recocamp import matrix, model
+    from recocamp.recommender import matrix
+    from recocamp.recommender import models as model
+    from recocamp.recommender.training import load_lines, top_lists
     from recocamp.settings import Settings
     from recocamp.store import registry
     from recocamp.store.engine import make_engine
-    from recocamp.training import load_lines, top_lists
 
     settings = Settings().recommender
     engine = make_engine(url)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
@@ -209,3 +209,23 @@ def stored_price(price: float) -> str:
 def email_hash(address: str) -> str:
     """How suppressions know an address without keeping it: SHA-256 of the trimmed lowercase."""
     return hashlib.sha256(address.strip().lower().encode()).hexdigest()
+
+
+@dataclass
+class DeliveryReport:
+    """What one drain of the outbox did (the deliverer's answer, a campaign run's part)."""
+
+    sent: int = 0
+    rejected: int = 0  # permanent for the recipient: suppressed
+    failed: int = 0  # out of attempts or refused for good
+    retried: int = 0  # put back for a later attempt
+    cancelled: int = 0
+    reconciled: int = 0  # stale claims the provider had already accepted
+    requests: int = 0
+    paused: dict[str, str] = field(default_factory=dict)
+    waiting: int = 0  # still queued for later (retry or quiet hours) when the drain ended
+
+    def add(self, other: DeliveryReport) -> None:
+        for name in ("sent", "rejected", "failed", "retried", "cancelled", "reconciled",
+                     "requests"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))

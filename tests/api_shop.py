@@ -25,15 +25,15 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from recocamp import training
-from recocamp.api import create_app
-from recocamp.api_auth import digest
+from recocamp.api.app import create_app
+from recocamp.api.auth import digest
 from recocamp.clock import FixedClock
+from recocamp.data.synthetic import END, ConsentMix, customer_record, generate_shop
+from recocamp.recommender import training
 from recocamp.settings import Settings
 from recocamp.store import queries
 from recocamp.store.engine import make_engine, upgrade
 from recocamp.store.schema import models
-from recocamp.synthetic import END, ConsentMix, customer_record, generate_shop
 from tests.conftest import POSTGRES_URL
 
 NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from recocamp.matrix import Lines
+from recocamp.recommender.matrix import Lines
 
 CUTOFF = datetime(2024, 6, 1, tzinfo=UTC)
 

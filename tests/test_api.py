@@ -19,15 +19,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
-from recocamp import outbox, tokens
-from recocamp.api import EmailRedactor, create_app
-from recocamp.campaigns import caps_defaults, load_all
+from recocamp import tokens
+from recocamp.api.app import EmailRedactor, create_app
+from recocamp.campaigns.files import caps_defaults, load_all
+from recocamp.campaigns.planner import Context, Outcome, decide
 from recocamp.clock import FixedClock
+from recocamp.delivery.esp.fake_server import postmark_event
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, email_hash
-from recocamp.esp.fake_server import postmark_event
-from recocamp.planner import Context, Outcome, decide
 from recocamp.settings import EspSettings, Settings
-from recocamp.store import views
+from recocamp.store import outbox, views
 from recocamp.store.engine import make_engine
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel, Field
 
 from recocamp import tokens
-from recocamp.api import create_app
+from recocamp.api.app import create_app
 from recocamp.clock import FixedClock
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions
 from tests.api_shop import NOW, SIGNING_KEY, Reply, bearer, call, settings_for

@@ -16,9 +16,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY
 
-from recocamp import planner, training
-from recocamp.campaigns import caps_defaults, load_all
-from recocamp.recommend import Mode
+from recocamp.campaigns import planner
+from recocamp.campaigns.files import caps_defaults, load_all
+from recocamp.recommender import training
+from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
 from recocamp.store import registry, views
 from recocamp.store.schema import customers, items, recommendations

@@ -37,7 +37,7 @@ from schemathesis.core import NotSet
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from recocamp import tokens
-from recocamp.api import create_app
+from recocamp.api.app import create_app
 from recocamp.clock import FixedClock
 from tests.api_shop import KEYS, NOW, OBJECTOR, SIGNING_KEY, Template, clone, make_app
 

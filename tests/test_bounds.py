@@ -17,11 +17,11 @@ import typer
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from recocamp.cli import app as cli_app
-from recocamp.cli import print_json
-from recocamp.drop_folder import import_drop_folder
+from recocamp.cli.main import app as cli_app
+from recocamp.cli.main import print_json
+from recocamp.data.drop_folder import import_drop_folder
+from recocamp.data.ingest import Importer
 from recocamp.errors import DataImportError
-from recocamp.ingest import Importer
 from recocamp.settings import Settings
 from recocamp.store.schema import customers, import_runs, items, orders, purchases
 from tests.api_shop import bearer, call, make_app
@@ -202,7 +202,7 @@ def test_json_output_is_always_standard_json(
 def test_the_drop_folder_sets_a_file_aside_naming_the_line_and_column(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("recocamp.drop_folder.SETTLE_S", 0.0)
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
     drop = tmp_path / "incoming"
     drop.mkdir()
     header = ",".join(STANDARD).encode()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recocamp.campaigns import load_all
+from recocamp.campaigns.files import load_all
 from recocamp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from recocamp.caps import CapPolicy, Contact, Reason, check, in_holdout, quiet_until, stricter
+from recocamp.campaigns.caps import (
+    CapPolicy,
+    Contact,
+    Reason,
+    check,
+    in_holdout,
+    quiet_until,
+    stricter,
+)
 
 BERLIN, SYDNEY, LA = (
     ZoneInfo("Europe/Berlin"),

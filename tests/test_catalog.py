@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from recocamp.catalog import (
+from recocamp.data.catalog import (
     OTHER_CATEGORY,
     SERVICE_CATEGORY,
     SaleLine,

@@ -19,9 +19,12 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from recocamp import outbox
+from recocamp.campaigns.render import Renderer, sample_context, snapshot
 from recocamp.clock import FixedClock
-from recocamp.deliver import Deliverer, RateLimiter, backoff, drain_in_processes
+from recocamp.delivery.deliverer import Deliverer, RateLimiter, backoff, drain_in_processes
+from recocamp.delivery.esp.fake import FakeProvider
+from recocamp.delivery.esp.fake_server import FakeEsp, running
+from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.domain import (
     BodyTemplate,
     ConsentBasis,
@@ -32,11 +35,8 @@ from recocamp.domain import (
     email_hash,
 )
 from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDeliveryError
-from recocamp.esp.fake import FakeProvider
-from recocamp.esp.fake_server import FakeEsp, running
-from recocamp.esp.fake_server import create_app as create_fake
-from recocamp.render import Renderer, sample_context, snapshot
 from recocamp.settings import EspSettings, Settings
+from recocamp.store import outbox
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import customers, suppressions
 from recocamp.store.schema import outbox as outbox_table

@@ -8,8 +8,9 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from recocamp import evaluate, model
-from recocamp.matrix import DAY, Lines
+from recocamp.recommender import evaluate
+from recocamp.recommender import models as model
+from recocamp.recommender.matrix import DAY, Lines
 from recocamp.settings import Settings
 from tests.recommender_data import CUTOFF, toy_lines
 

@@ -14,15 +14,17 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Header, HTTPException
 
-from recocamp import api, api_auth, tokens
-from recocamp.api_measure import router
-from recocamp.campaigns import Campaign, load_all
+from recocamp import tokens
+from recocamp.api import app as api
+from recocamp.api import auth as api_auth
+from recocamp.api.measure import router
+from recocamp.campaigns.files import Campaign, load_all
+from recocamp.campaigns.render import Renderer
+from recocamp.campaigns.run import plan_and_enqueue
 from recocamp.clock import FixedClock
-from recocamp.deliver import Deliverer
+from recocamp.delivery.deliverer import Deliverer
+from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, Purchase
-from recocamp.esp.fake import FakeProvider
-from recocamp.jobs import plan_and_enqueue
-from recocamp.render import Renderer
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import measure as measure_store
 from recocamp.store.queries import insert_purchases, upsert_customers

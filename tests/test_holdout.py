@@ -13,9 +13,9 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from recocamp.campaigns import Campaign
+from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.run import plan_and_enqueue
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase
-from recocamp.jobs import plan_and_enqueue
 from recocamp.settings import Settings
 from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
 from recocamp.store.schema import decisions

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from recocamp import kpis
+from recocamp.data.ingest import Importer
 from recocamp.domain import Purchase
-from recocamp.ingest import Importer
+from recocamp.measure import kpis
 from recocamp.store import queries
 from recocamp.store.engine import make_engine, upgrade
 from tests.conftest import NOW, UCI
@@ -103,7 +103,7 @@ def test_reference_figures_on_the_whole_uci_file(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECOCAMP_DATABASE_URL", uci_store)
     monkeypatch.setenv("RECOCAMP_SHOP__TIME_ZONE", "Europe/London")
-    from recocamp.cli import app
+    from recocamp.cli.main import app
 
     result = CliRunner().invoke(
         app, ["kpis", "--as-of", "2011-12-10", "--window-days", "90", "--format", "json"]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from recocamp.matrix import DAY, Lines, build
+from recocamp.recommender.matrix import DAY, Lines, build
 
 CUT = 100 * DAY
 
@@ -57,7 +57,7 @@ def test_empty_lines_build_an_empty_matrix() -> None:
 
 
 def test_distinct_orders_key_does_not_overflow_at_real_shop_sizes() -> None:
-    from recocamp.matrix import _first_line_per_order_and_item
+    from recocamp.recommender.matrix import _first_line_per_order_and_item
 
     rows = np.array([999_999, 999_999, 999_999, 5])
     cols = np.array([99_999, 99_999, 99_999, 3])

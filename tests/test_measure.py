@@ -12,10 +12,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from recocamp import measure, stats
-from recocamp.kpis import OrderTotal
-from recocamp.measure import Result, Thresholds, Touch
-from recocamp.stats import Interval, Sample
+from recocamp.measure import attribution as measure
+from recocamp.measure import statistics as stats
+from recocamp.measure.attribution import Result, Thresholds, Touch
+from recocamp.measure.kpis import OrderTotal
+from recocamp.measure.statistics import Interval, Sample
 
 T0 = datetime(2024, 3, 5, 10, 0, tzinfo=UTC)
 WEEK = timedelta(days=7)

@@ -17,14 +17,15 @@ import sqlalchemy as sa
 from alembic import command
 from typer.testing import CliRunner
 
-from recocamp import measure, measure_jobs, outbox
-from recocamp.cli import app
+from recocamp.cli.main import app
+from recocamp.data.ingest import Importer
 from recocamp.domain import OutgoingEmail, Purchase
-from recocamp.ingest import Importer
-from recocamp.kpis import OrderTotal
+from recocamp.measure import attribution as measure
+from recocamp.measure import jobs as measure_jobs
+from recocamp.measure.kpis import OrderTotal
 from recocamp.settings import MeasureSettings, Settings, ShopSettings
 from recocamp.store import measure as store
-from recocamp.store import queries
+from recocamp.store import outbox, queries
 from recocamp.store.engine import _alembic_config, make_engine, upgrade
 from recocamp.store.schema import decisions, kpi_snapshots
 from recocamp.store.schema import outbox as outbox_table

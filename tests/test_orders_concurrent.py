@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from recocamp.data.ingest import Importer, ImportReport
 from recocamp.errors import DataImportError
-from recocamp.ingest import Importer, ImportReport
 from recocamp.store.engine import make_engine, upgrade
 from recocamp.store.schema import orders, purchases
 from tests.api_shop import Reply, bearer, call, engine_of, make_app

@@ -8,12 +8,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from recocamp import caps
-from recocamp.campaigns import Campaign
+from recocamp.campaigns import caps
+from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.loyalty import Standing
+from recocamp.campaigns.planner import Context, CustomerView, Outcome, counts, decide, plan
+from recocamp.campaigns.segments import History, Order
 from recocamp.domain import ConsentBasis, Customer, Item
-from recocamp.loyalty import Standing
-from recocamp.planner import Context, CustomerView, Outcome, counts, decide, plan
-from recocamp.segments import History, Order
 
 NOW = datetime(2024, 6, 4, 10, 0, tzinfo=UTC)  # a Tuesday, 12:00 in Berlin
 ITEMS = {

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from recocamp import tokens
-from recocamp.api import create_app
+from recocamp.api.app import create_app
 from recocamp.clock import FixedClock
 from recocamp.store.schema import audit_log, contact_events, customers
 from tests.api_shop import (

@@ -17,14 +17,17 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from recocamp import outbox, privacy, tokens, training
-from recocamp.api import create_app
-from recocamp.cli import app as cli
+from recocamp import tokens
+from recocamp.api.app import create_app
+from recocamp.cli.main import app as cli
 from recocamp.clock import FixedClock
+from recocamp.data.drop_folder import import_drop_folder
+from recocamp.data.synthetic import END
+from recocamp.delivery.esp.fake_server import postmark_event
 from recocamp.domain import OutgoingEmail, email_hash
-from recocamp.drop_folder import import_drop_folder
-from recocamp.esp.fake_server import postmark_event
-from recocamp.store import registry
+from recocamp.privacy import rights as privacy
+from recocamp.recommender import training
+from recocamp.store import outbox, registry
 from recocamp.store.schema import (
     audit_log,
     contact_events,
@@ -37,7 +40,6 @@ from recocamp.store.schema import (
     suppressions,
 )
 from recocamp.store.schema import outbox as outbox_table
-from recocamp.synthetic import END
 from tests.api_shop import (
     NOW,
     SIGNING_KEY,
@@ -481,7 +483,7 @@ def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)  # the default [ingest] folders and demo/ are relative
-    monkeypatch.setattr("recocamp.drop_folder.SETTLE_S", 0.0)
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
     base = settings_for(artifacts)
     settings = base.model_copy(update={"ingest": base.ingest.model_copy(
         update={"keep_processed_days": 30})})  # fmt: skip

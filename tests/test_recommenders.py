@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recocamp import model
 from recocamp.errors import ModelError
-from recocamp.matrix import TrainingData, build
-from recocamp.recommend import Mode, Recommender, personal_or_popular, top_k
+from recocamp.recommender import models as model
+from recocamp.recommender.matrix import TrainingData, build
+from recocamp.recommender.ranking import Mode, Recommender, personal_or_popular, top_k
 from recocamp.settings import RecommenderSettings, Settings
 from tests.recommender_data import CUTOFF, toy_lines
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from recocamp.errors import TemplateLimitError
-from recocamp.render import (
+from recocamp.campaigns.render import (
     QUARANTINE_AFTER,
     Renderer,
     check_subject,
     check_template,
     sample_context,
 )
+from recocamp.errors import TemplateLimitError
 from recocamp.settings import TemplateSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_css_is_inlined_when_the_template_is_loaded_not_per_email(
     write(tmp_path, "email.css", ".x { color: red; }")
     write(tmp_path, "t.html", '<div class="x">{{ customer.first_name }}</div>')
     renderer = Renderer(tmp_path)
-    import recocamp.render as render_module
+    import recocamp.campaigns.render as render_module
 
     calls = []
     original = render_module.InliningLoader._inline

@@ -28,17 +28,20 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from recocamp import labels, measure, measure_jobs, planner, report, segments
-from recocamp.campaigns import Campaign, load_all
-from recocamp.cli import app as cli_app
+from recocamp.campaigns import labels, planner, segments
+from recocamp.campaigns.files import Campaign, load_all
+from recocamp.campaigns.render import Renderer
+from recocamp.campaigns.run import plan_and_enqueue
+from recocamp.cli.main import app as cli_app
 from recocamp.clock import FixedClock
-from recocamp.deliver import Deliverer
-from recocamp.demo import build_demo
+from recocamp.data.demo import build_demo
+from recocamp.delivery.deliverer import Deliverer
+from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.domain import Purchase
-from recocamp.esp.fake import FakeProvider
-from recocamp.jobs import plan_and_enqueue
-from recocamp.kpis import OrderTotal
-from recocamp.render import Renderer
+from recocamp.measure import attribution as measure
+from recocamp.measure import jobs as measure_jobs
+from recocamp.measure import report
+from recocamp.measure.kpis import OrderTotal
 from recocamp.settings import EspSettings, MeasureSettings, Settings, ShopSettings
 from recocamp.store import measure as store
 from recocamp.store import queries, registry
@@ -142,7 +145,7 @@ def _answer_surveys(engine: sa.Engine, settings: Settings) -> int:
     """40 % of the NPS recipients answer through POST /v1/feedback, mostly happily."""
     from fastapi import FastAPI
 
-    from recocamp.api_measure import router
+    from recocamp.api.measure import router
 
     api = FastAPI()
     api.include_router(router(settings, engine, FixedClock(NPS_RUN + timedelta(days=2)),
@@ -152,7 +155,7 @@ def _answer_surveys(engine: sa.Engine, settings: Settings) -> int:
                 if t.campaign == "nps"]  # fmt: skip
     scores = (10, 10, 9, 9, 9, 8, 7, 6, 3, 10)
     answered = 0
-    from recocamp import compose
+    from recocamp.campaigns import compose
 
     for touch in sent:
         if bucket(touch.customer_id, "answer") >= 40:

@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from recocamp import scheduler
-from recocamp.campaigns import Campaign, load
+from recocamp.campaigns.files import Campaign, load
 from recocamp.settings import load_settings
 from recocamp.store.engine import make_engine
-from recocamp.worker import Worker
+from recocamp.worker import scheduler
+from recocamp.worker.process import Worker
 from tests.worker_shop import CAMPAIGN, make_shop
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from recocamp import loyalty
-from recocamp.segments import (
+from recocamp.campaigns import loyalty
+from recocamp.campaigns.segments import (
     EMPTY,
     History,
     Order,

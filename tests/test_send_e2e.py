@@ -22,11 +22,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from recocamp.api import create_app
-from recocamp.cli import app
+from recocamp.api.app import create_app
+from recocamp.cli.main import app
 from recocamp.clock import SystemClock
-from recocamp.esp.fake_server import FakeEsp, Faults, running
-from recocamp.esp.fake_server import create_app as create_fake
+from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
+from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.settings import load_settings
 from recocamp.store.engine import make_engine
 

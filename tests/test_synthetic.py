@@ -8,9 +8,9 @@ from functools import cache
 
 import pytest
 
-from recocamp import synthetic
+from recocamp.data import synthetic
+from recocamp.data.synthetic import COUNTRY_ZONES, ConsentMix, SyntheticShop, customer_record
 from recocamp.domain import ConsentBasis
-from recocamp.synthetic import COUNTRY_ZONES, ConsentMix, SyntheticShop, customer_record
 
 SEED = 20111209
 

@@ -13,12 +13,13 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from recocamp import evaluate, model, training
+from recocamp.data.synthetic import END, ConsentMix, customer_record, generate_shop
 from recocamp.errors import ModelError
+from recocamp.recommender import evaluate, training
+from recocamp.recommender import models as model
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
 from recocamp.store.schema import models, recommendations
-from recocamp.synthetic import END, ConsentMix, customer_record, generate_shop
 
 NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
 OBJECTOR = "10003"
@@ -138,7 +139,7 @@ def test_the_gate_compares_like_with_like_in_models_list(
     result = gated(shop, tmp_path, knn_neighbours=15)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
-    from recocamp.cli import app
+    from recocamp.cli.main import app
 
     listing = CliRunner().invoke(app, ["models", "list"], terminal_width=250)
     assert listing.exit_code == 0, listing.output
@@ -187,7 +188,7 @@ def test_recommend_command_personal_cold_and_objected(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
     monkeypatch.setenv("RECOCAMP_RECOMMENDER__ARTIFACTS_DIR", str(settings.artifacts_dir))
-    from recocamp.cli import app
+    from recocamp.cli.main import app
 
     runner = CliRunner()
     with shop.connect() as connection:

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from recocamp.esp.fake_server import postmark_event
-from recocamp.webhooks import (
+from recocamp.delivery.esp.fake_server import postmark_event
+from recocamp.delivery.webhooks import (
     Event,
     WebhookError,
     check_sendgrid_signature,

@@ -17,15 +17,16 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from recocamp import jobs, leadership, scheduler
-from recocamp.drop_folder import import_drop_folder
+from recocamp.campaigns import run as jobs
+from recocamp.data.drop_folder import import_drop_folder
+from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
+from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.errors import Interrupted, StoreError
-from recocamp.esp.fake_server import FakeEsp, Faults, running
-from recocamp.esp.fake_server import create_app as create_fake
 from recocamp.settings import Settings, load_settings
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
-from recocamp.worker import Worker
+from recocamp.worker import leadership, scheduler
+from recocamp.worker.process import Worker
 from tests.worker_shop import make_shop, recocamp, scalar, start_worker, wait_for
 
 
@@ -225,7 +226,7 @@ def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_o
 def test_dropped_files_are_imported_once_and_broken_ones_set_aside(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("recocamp.drop_folder.SETTLE_S", 0.0)
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
     drop = tmp_path / "incoming"
     drop.mkdir()
     (drop / "customers-1.csv").write_text(

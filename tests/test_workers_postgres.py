@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from recocamp.esp.fake_server import FakeEsp, Faults, running
-from recocamp.esp.fake_server import create_app as create_fake
+from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
+from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from tests.worker_shop import make_shop, recocamp, start_worker, wait_for

@@ -16,9 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from recocamp.data.ingest import Importer
+from recocamp.data.sources.csv import write_customers, write_items, write_purchases
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase
-from recocamp.ingest import Importer
-from recocamp.sources.csv import write_customers, write_items, write_purchases
 from recocamp.store.engine import make_engine, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]

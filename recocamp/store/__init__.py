@@ -1,1 +1,11 @@
-"""The store: schema (``schema``), engines and migrations (``engine``), queries (``queries``)."""
+"""The store: every SQL statement of recocamp, on SQLite or PostgreSQL.
+
+Owns: the schema (:mod:`.schema`), engines and migrations (:mod:`.engine`, ``migrations/``),
+and the statements per area: purchases, customers and the audit log (:mod:`.queries`), the
+outbox (:mod:`.outbox`), the planner's snapshot (:mod:`.views`), contact events
+(:mod:`.contacts`), job runs (:mod:`.runs`), the model registry (:mod:`.registry`),
+measurement (:mod:`.measure`), forecasts' inputs (:mod:`.forecasts`), tombstones of erased
+customers (:mod:`.tombstones`) and advisory lock keys (:mod:`.locks`).
+
+May import: the base modules only; every other package reaches the database through here.
+"""

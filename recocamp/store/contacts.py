@@ -16,10 +16,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from recocamp.delivery.webhooks import SUPPRESSING, Event
 from recocamp.domain import email_hash
-from recocamp.store.queries import _insert, audit
+from recocamp.store.queries import upsert_statement, audit
 from recocamp.store.schema import contact_events, customers, outbox, suppressions
-from recocamp.webhooks import SUPPRESSING, Event
 
 OPT_OUTS = frozenset({"complained", "unsubscribed"})
 OUTBOX_STATES = {"delivered": "delivered", "bounced": "bounced"}
@@ -36,7 +36,7 @@ def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> 
     for event in events:
         row = _outbox_row(connection, event)
         inserted = connection.execute(
-            _insert(connection, contact_events)
+            upsert_statement(connection, contact_events)
             .on_conflict_do_nothing(index_elements=["event_key"])
             .returning(contact_events.c.id),
             {
@@ -84,7 +84,7 @@ def _consequences(connection: sa.Connection, event: Event, row: Any, now: dateti
 
 def suppress(connection: sa.Connection, address: str, reason: str, source: str,
              now: datetime) -> None:  # fmt: skip
-    statement = _insert(connection, suppressions).on_conflict_do_nothing(
+    statement = upsert_statement(connection, suppressions).on_conflict_do_nothing(
         index_elements=["email_hash"])  # fmt: skip
     connection.execute(statement, {"email_hash": email_hash(address), "reason": reason,
                                    "source": source[:64], "created_at": now})  # fmt: skip
@@ -109,7 +109,7 @@ def record_link_unsubscribe(connection: sa.Connection, customer_id: str, campaig
                             issued: datetime, now: datetime) -> bool:  # fmt: skip
     """A click on a signed unsubscribe link (one-click POST or the confirm page)."""
     connection.execute(
-        _insert(connection, contact_events).on_conflict_do_nothing(index_elements=["event_key"]),
+        upsert_statement(connection, contact_events).on_conflict_do_nothing(index_elements=["event_key"]),
         {"event_key": f"link:{customer_id}:{campaign}:{int(issued.timestamp())}"[:200],
          "kind": "unsubscribed", "provider": "link", "customer_id": customer_id,
          "campaign": campaign, "send_key": None, "at": now, "details": {}},

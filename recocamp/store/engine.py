@@ -16,6 +16,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection as Connection  # re-exported: the types other packages hold
+from sqlalchemy import Engine as Engine
 
 from recocamp.errors import StoreError
 

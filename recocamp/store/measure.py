@@ -19,8 +19,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.measure import Touch
-from recocamp.store.queries import _insert
+from recocamp.measure.attribution import Touch
+from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import (
     decisions,
     feedback,
@@ -94,7 +94,7 @@ def write_snapshots(connection: sa.Connection, kpi_rows: Sequence[dict[str, Any]
         if replace:
             days = sorted({row["day"] for row in rows})
             connection.execute(sa.delete(table).where(table.c.day.in_(days)))
-        statement = _insert(connection, table).on_conflict_do_nothing(index_elements=list(keys))
+        statement = upsert_statement(connection, table).on_conflict_do_nothing(index_elements=list(keys))
         if connection.dialect.name == "sqlite":
             written += int(connection.execute(statement, list(rows)).rowcount)
         else:
@@ -143,7 +143,7 @@ def record_feedback(connection: sa.Connection, survey: str, campaign: str, custo
                     now: datetime) -> tuple[bool, int]:  # fmt: skip
     """Store an answer unless the customer answered this survey already; returns whether it
     was new and the score that stands (the first answer)."""
-    statement = _insert(connection, feedback).on_conflict_do_nothing(
+    statement = upsert_statement(connection, feedback).on_conflict_do_nothing(
         index_elements=["survey", "customer_id"]
     )
     values = {"survey": survey, "campaign": campaign, "customer_id": customer_id, "score": score,

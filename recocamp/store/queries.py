@@ -30,8 +30,9 @@ from recocamp.store.schema import (
 CHUNK = 5000
 
 
-def _insert(connection: sa.Connection, table: sa.Table) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL do)."""
+def upsert_statement(connection: sa.Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL do): the
+    store's modules build their inserts that skip or update existing rows on it."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -107,7 +108,7 @@ def store_orders(
 def _claim_orders(connection: sa.Connection, digests: dict[str, str]) -> set[str]:
     """Insert the orders' rows in id order (two writers lock them in the same order: no
     deadlock); returns the ids this transaction inserted."""
-    statement = _insert(connection, orders).on_conflict_do_nothing(index_elements=["order_id"])
+    statement = upsert_statement(connection, orders).on_conflict_do_nothing(index_elements=["order_id"])
     statement = statement.returning(orders.c.order_id)
     values = [{"order_id": key, "content_sha256": digests[key]} for key in sorted(digests)]
     won: set[str] = set()
@@ -164,7 +165,7 @@ def _upsert(
     if not rows:
         return 0
     keep = set(keep) | {"id"}
-    statement = _insert(connection, table)
+    statement = upsert_statement(connection, table)
     updates = {name: statement.excluded[name] for name in rows[0] if name not in keep}
     for name, combine in (merge or {}).items():
         updates[name] = combine(table.c[name], statement.excluded[name])
@@ -182,7 +183,7 @@ def add_missing_items(connection: sa.Connection, rows: Sequence[Item], now: date
     """Catalogue rows derived from sales fill gaps only: an explicitly imported item (its
     URL, stock flag, curated title) is never overwritten by a purchases file."""
     before = count(connection, items)
-    statement = _insert(connection, items).on_conflict_do_nothing(index_elements=["id"])
+    statement = upsert_statement(connection, items).on_conflict_do_nothing(index_elements=["id"])
     for chunk in _chunks([dict(asdict(row), updated_at=now) for row in rows]):
         connection.execute(statement, chunk)
     return count(connection, items) - before
@@ -288,7 +289,7 @@ def add_missing_customers(
 ) -> int:
     """Create bare customer rows (id and country, no consent) for ids seen in orders."""
     before = count(connection, customers)
-    statement = _insert(connection, customers).on_conflict_do_nothing(index_elements=["id"])
+    statement = upsert_statement(connection, customers).on_conflict_do_nothing(index_elements=["id"])
     rows = [
         {"id": customer_id, "country": country or None, "updated_at": now}
         for customer_id, country in sorted(countries.items())

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.store.queries import _insert
+from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import runs, workers
 
 CAMPAIGN_PREFIX = "campaign:"
@@ -94,7 +94,7 @@ def heartbeat(connection: sa.Connection, worker: str, now: datetime,
               leader_since: datetime | None) -> None:  # fmt: skip
     """Insert or refresh this worker's row (one statement, any backend)."""
     pid = int(worker.split(":")[1])
-    statement = _insert(connection, workers).values(
+    statement = upsert_statement(connection, workers).values(
         id=worker, host=socket.gethostname(), pid=pid, started_at=now, heartbeat_at=now,
         leader_since=leader_since,
     )  # fmt: skip

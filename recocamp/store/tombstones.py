@@ -26,8 +26,8 @@ import sqlalchemy as sa
 
 from recocamp import tokens
 from recocamp.errors import ConfigError, Problem
-from recocamp.leadership import lock_key
 from recocamp.settings import Settings
+from recocamp.store.locks import lock_key
 from recocamp.store.queries import write_lock
 from recocamp.store.schema import tombstones
 

@@ -20,14 +20,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.caps import Contact
+from recocamp.campaigns.caps import Contact
+from recocamp.campaigns.loyalty import points, standing, tiers_of
+from recocamp.campaigns.planner import CustomerView
+from recocamp.campaigns.segments import History, Order, rfm_scores
 from recocamp.domain import ConsentBasis, Customer, Item, email_hash
-from recocamp.loyalty import points, standing, tiers_of
-from recocamp.outbox import LIVE_STATES
-from recocamp.planner import CustomerView
-from recocamp.segments import History, Order, rfm_scores
 from recocamp.settings import Settings
 from recocamp.store import queries
+from recocamp.store.outbox import LIVE_STATES
 from recocamp.store.schema import (
     customers,
     decisions,

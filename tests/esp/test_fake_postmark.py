@@ -24,7 +24,7 @@ import pytest
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
-from recocamp.esp.fake_server import FakeEsp, create_app, running
+from recocamp.delivery.esp.fake_server import FakeEsp, create_app, running
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "fake-server-token"

@@ -22,6 +22,13 @@ from typing import Any
 import httpx
 import pytest
 
+from recocamp.delivery.esp import Provider, make_provider
+from recocamp.delivery.esp import http as esp_http
+from recocamp.delivery.esp.brevo import Brevo, idempotency_key
+from recocamp.delivery.esp.fake import FakeProvider
+from recocamp.delivery.esp.mailpit import Mailpit
+from recocamp.delivery.esp.postmark import Postmark
+from recocamp.delivery.esp.sendgrid import SendGrid
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import (
     BatchTooLargeError,
@@ -30,13 +37,6 @@ from recocamp.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from recocamp.esp import Provider, make_provider
-from recocamp.esp import http as esp_http
-from recocamp.esp.brevo import Brevo, idempotency_key
-from recocamp.esp.fake import FakeProvider
-from recocamp.esp.mailpit import Mailpit
-from recocamp.esp.postmark import Postmark
-from recocamp.esp.sendgrid import SendGrid
 from recocamp.settings import EspSettings, Settings
 
 BASE_URL = "http://esp.test"
