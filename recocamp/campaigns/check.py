@@ -13,6 +13,7 @@ from pathlib import Path
 
 from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns import render
+from recocamp.campaigns.context import LOCALES, sample_context
 from recocamp.campaigns.files import Campaign
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
@@ -34,16 +35,17 @@ def campaign_problems(settings: Settings, campaigns: Path,
 
 def template_problems(campaign: Campaign, templates: Path,
                       limits: TemplateSettings | None = None) -> list[Problem]:  # fmt: skip
-    """Every template and subject of a campaign, rendered with the sample context in each
-    locale within the render limits (a variable outside the context, a sandbox escape, a
-    syntax error, a missing include, a limit passed)."""
+    """Every template and subject of a campaign, checked against the template context (a
+    variable or key outside it, see ``render.contract_problems``) and rendered with its sample
+    in each locale within the render limits (a sandbox escape, a syntax error, a missing
+    include, a limit passed)."""
     parts = [campaign.template.html, campaign.template.text]
     parts += [p for v in campaign.variants for p in (v.html, v.text) if p]
     subjects = [*campaign.template.subject.values()]
     subjects += [s for v in campaign.variants if v.subject for s in v.subject.values()]
     found: list[Problem] = []
-    for locale in ("de", "en"):
-        sample = render.sample_context(locale)
+    for locale in LOCALES:
+        sample = sample_context(locale)
         for name in dict.fromkeys(parts):
             found += [replace(p, key=f"template {p.key}")
                       for p in render.check_template(templates, name, sample, limits)]  # fmt: skip

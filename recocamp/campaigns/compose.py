@@ -18,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from recocamp import tokens
 from recocamp.campaigns import render
+from recocamp.campaigns.context import SurveyAnswer, SurveyContext, TemplateContext, context_for
 from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.offers import Offer
 from recocamp.campaigns.planner import CustomerView, Decision
 from recocamp.domain import BodyTemplate, OutgoingEmail
 from recocamp.settings import Settings
@@ -62,14 +63,15 @@ def survey_of(campaign: str, send_key: str | None) -> str:
     return f"{campaign}/{send_key.rpartition('/')[2] if send_key else 'preview'}"
 
 
-def survey_context(campaign: Campaign, link: Links, send_key: str | None) -> dict[str, Any] | None:
+def survey_context(campaign: Campaign, link: Links, send_key: str | None) -> SurveyContext | None:
     """The template's ``survey``: the 0–10 answer links of an NPS campaign, else None. The
     links open a confirm page (``GET /v1/feedback``): a mail scanner records nothing."""
     if not campaign.is_survey or link.feedback is None:
         return None
     survey = survey_of(campaign.name, send_key)
     url = link.feedback(survey)
-    return {"id": survey, "scores": [{"score": n, "url": f"{url}&score={n}"} for n in range(11)]}
+    scores = [SurveyAnswer(score=n, url=f"{url}&score={n}") for n in range(11)]
+    return SurveyContext(id=survey, scores=scores)
 
 
 def headers(send_key: str, link: Links) -> tuple[tuple[str, str], ...]:
@@ -103,8 +105,7 @@ def compose(decision: Decision, view: CustomerView, campaign: Campaign, settings
     """The e-mail for one decision. With ``defer_body`` only the subject is rendered now and
     the body travels as a :class:`BodyTemplate` that the deliverer renders when it sends."""
     context = _context(decision, view, campaign, settings, link, send_key)
-    subject = renderer.subject(subject_of(campaign, decision.variant, str(context["locale"])),
-                               context)  # fmt: skip
+    subject = renderer.subject(subject_of(campaign, decision.variant, context["locale"]), context)
     html, text = parts_of(campaign, decision.variant)
     template = BodyTemplate(html, text, context) if defer_body else None
     if template is None:
@@ -119,19 +120,17 @@ def compose(decision: Decision, view: CustomerView, campaign: Campaign, settings
 
 def render_for(decision: Decision, view: CustomerView, campaign: Campaign, settings: Settings,
                renderer: render.Renderer, link: Links,
-               offers: tuple[Any, ...] | None = None) -> render.RenderedEmail:  # fmt: skip
+               offers: tuple[Offer, ...] | None = None) -> render.RenderedEmail:  # fmt: skip
     shown = decision if offers is None else replace(decision, offers=offers)
     context = _context(shown, view, campaign, settings, link)
-    locale = str(context["locale"])
     return renderer.render(
-        subject_of(campaign, decision.variant, locale), *parts_of(campaign, decision.variant),
-        context,
+        subject_of(campaign, decision.variant, context["locale"]),
+        *parts_of(campaign, decision.variant), context,
     )  # fmt: skip
 
 
 def _context(decision: Decision, view: CustomerView, campaign: Campaign, settings: Settings,
-             link: Links, send_key: str | None = None) -> dict[str, Any]:  # fmt: skip
-    context = render.context_for(decision, view, campaign, settings.shop,
-                                 (link.unsubscribe, link.preferences))  # fmt: skip
-    context["survey"] = survey_context(campaign, link, send_key)
-    return context
+             link: Links, send_key: str | None = None) -> TemplateContext:  # fmt: skip
+    return context_for(decision, view, campaign, settings.shop,
+                       (link.unsubscribe, link.preferences),
+                       survey=survey_context(campaign, link, send_key))  # fmt: skip

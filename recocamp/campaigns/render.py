@@ -12,22 +12,25 @@
 - The loader reads only files inside the templates folder: ``include '/etc/passwd'`` or
   ``extends '../x'`` is "not found", with the reason.
 - ``StrictUndefined``: a variable outside the documented context is an error, not an empty
-  string; ``check`` renders every template with a sample context, so that happens before a
-  campaign runs, never mid-run.
+  string; ``check`` refuses a template that reads a variable or a key outside the contract
+  (:func:`contract_problems`, also in branches a sample never takes) and renders every
+  template with the sample context, so that happens before a campaign runs, never mid-run.
 - Autoescape for ``.html``; the text part is not escaped.
 - CSS: ``templates/email.css`` is inlined into each HTML template's *source* when Jinja loads
   it (css-inline's fragment mode leaves Jinja syntax alone; templates use ``div``s, because an
   HTML parser moves text out of tables). Jinja caches the compiled result, so the cost is paid
   once per template, not per e-mail.
 
-The documented context (README.md §Templates) is :data:`CONTEXT_KEYS`.
+The context templates read is a typed contract, documented key by key (README.md §The
+template context): :mod:`recocamp.campaigns.context`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +45,19 @@ from jinja2 import (
     TemplateSyntaxError,
     UndefinedError,
     meta,
+    nodes,
 )
 from jinja2.exceptions import SecurityError
+from jinja2.visitor import NodeVisitor
 
+from recocamp.campaigns import context as contract
+from recocamp.campaigns.context import context_for as context_for  # the callers' old home
+from recocamp.campaigns.context import money as money
+from recocamp.campaigns.context import sample_context as sample_context
 from recocamp.campaigns.render_limits import LimitedEnvironment, location
 from recocamp.errors import Problem, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
-CONTEXT_KEYS = frozenset({
-    "customer", "offers", "shop", "campaign", "loyalty", "reason", "discount_percent",
-    "unsubscribe_url", "preferences_url", "existing_customer_notice", "locale", "survey",
-})  # fmt: skip
 STYLESHEET = "email.css"
 QUARANTINE_AFTER = 3  # a template that ran out of time this often is not rendered any more
 SUBJECT = "subject"  # the name a subject line's errors carry
@@ -146,10 +151,11 @@ class Renderer:
     def frozen(cls, directory: Path, limits: TemplateSettings | None = None) -> Renderer:
         return cls(directory, snapshot(directory), limits)
 
-    def render(self, subject: str, html: str, text: str, context: dict[str, Any]) -> RenderedEmail:
+    def render(self, subject: str, html: str, text: str,
+               context: Mapping[str, object]) -> RenderedEmail:  # fmt: skip
         return RenderedEmail(self.subject(subject, context), *self.body(html, text, context))
 
-    def subject(self, subject: str, context: Mapping[str, Any]) -> str:
+    def subject(self, subject: str, context: Mapping[str, object]) -> str:
         """The subject line (a Jinja string), on one line."""
         compiled = self._subjects.get(subject)
         if compiled is None:
@@ -157,13 +163,13 @@ class Renderer:
             compiled.name = SUBJECT
         return " ".join(self._render(compiled, context, subject).split())
 
-    def body(self, html: str, text: str, context: Mapping[str, Any]) -> tuple[str, str]:
+    def body(self, html: str, text: str, context: Mapping[str, object]) -> tuple[str, str]:
         """The HTML and the text part; raises jinja2's ``TemplateError`` subclasses and
         ``TemplateLimitError``."""
         return (self._render(self.env.get_template(html), context, html),
                 self._render(self.env.get_template(text), context, text))  # fmt: skip
 
-    def _render(self, template: Any, context: Mapping[str, Any], key: str) -> str:
+    def _render(self, template: Any, context: Mapping[str, object], key: str) -> str:
         """One render; a template that keeps running out of time is refused at once (its
         renders would each cost the whole budget)."""
         name = str(template.name)
@@ -181,25 +187,23 @@ class Renderer:
         return rendered
 
 
-def check_template(directory: Path, name: str, sample: dict[str, Any],
+def check_template(directory: Path, name: str, sample: Mapping[str, object],
                    limits: TemplateSettings | None = None) -> list[Problem]:  # fmt: skip
-    """Syntax, variables outside the documented context, and a sandboxed sample render
-    within the limits; every failure is a problem with the template and line."""
+    """Syntax, what the template and the templates it includes or extends read outside the
+    contract (a variable, or a key of one: see :func:`contract_problems`), and a sandboxed
+    sample render within the limits; every failure is a problem with the template and line."""
     env = environment(directory, limits=limits)
     try:
-        assert env.loader is not None
-        source = env.loader.get_source(env, name)[0]
-        parsed = env.parse(source)
+        parsed = _parse(env, name)
     except TemplateNotFound as exc:
         return [Problem(_not_found(exc), key=name)]
     except TemplateSyntaxError as exc:
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
-    unknown = sorted(meta.find_undeclared_variables(parsed) - CONTEXT_KEYS)
-    found = [
-        Problem("uses a variable outside the template context", key=name,
-                line=_line(source, variable), value=variable)
-        for variable in unknown
-    ]  # fmt: skip
+    others = _referenced(env, parsed[1])
+    around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
+    found = contract_problems(parsed, name)
+    for other, template in others.items():  # they also see what the templates around them set
+        found += contract_problems(template, other, around)
     if found:
         return found
     try:
@@ -207,6 +211,166 @@ def check_template(directory: Path, name: str, sample: dict[str, Any],
     except Exception as exc:  # whatever a template does is a problem, not a crash
         return [render_problem(exc, name)]
     return []
+
+
+def _parse(env: Environment, name: str) -> tuple[str, nodes.Template]:
+    assert env.loader is not None
+    source = env.loader.get_source(env, name)[0]
+    return source, env.parse(source, name)
+
+
+def _referenced(env: Environment, parsed: nodes.Template) -> dict[str, tuple[str, nodes.Template]]:
+    """The templates ``parsed`` includes, imports or extends by a constant name, and theirs;
+    one that is missing or broken is left to the sample render, which names it."""
+    found: dict[str, tuple[str, nodes.Template]] = {}
+    waiting = [parsed]
+    while waiting:
+        for name in meta.find_referenced_templates(waiting.pop()):
+            if name is None or name in found:
+                continue
+            try:
+                found[name] = _parse(env, name)
+            except (TemplateNotFound, TemplateSyntaxError):
+                continue
+            waiting.append(found[name][1])
+    return found
+
+
+Scope = dict[str, object]  # a name a template reads → its type in the contract (None: not of it)
+MAPPING_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
+
+
+def contract_problems(template: tuple[str, nodes.Template], name: str,
+                      defined: AbstractSet[str] = frozenset()) -> list[Problem]:  # fmt: skip
+    """What a parsed template (source and tree) reads outside the contract
+    (``context.TemplateContext``): a variable (``custmer``), or a key of a value of the
+    contract, also through a loop variable or ``set`` (``customer.frist_name``, ``offer.titel``
+    in ``for offer in offers``); ``defined`` are names the templates around it set."""
+    source, parsed = template
+    unknown = sorted(meta.find_undeclared_variables(parsed) - contract.CONTEXT_KEYS - defined)
+    found = [
+        Problem("uses a variable outside the template context", key=name,
+                line=_line(source, variable), value=variable)
+        for variable in unknown
+    ]  # fmt: skip
+    reads = ContractReads()
+    reads.visit(
+        parsed, {k: kind for k, (kind, _) in contract.fields(contract.TemplateContext).items()}
+    )
+    return found + [replace(p, key=name) for p in reads.problems]
+
+
+class ContractReads(NodeVisitor):
+    """Follows the contract's types through a template: ``visit`` of an expression returns
+    the type of its value (None where it is not a contract value: a literal, a filter's
+    result) and records each key read from a contract mapping that the contract lacks.
+    Attributes with an underscore are the sandbox's business, dict methods are allowed."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def read(self, node: nodes.Node, scope: Scope) -> object:
+        kind: object = self.visit(node, scope)
+        return kind
+
+    def visit_Name(self, node: nodes.Name, scope: Scope) -> object:
+        return scope.get(node.name) if node.ctx == "load" else None
+
+    def visit_Getattr(self, node: nodes.Getattr, scope: Scope) -> object:
+        return self._key(node, self.read(node.node, scope), node.attr)
+
+    def visit_Getitem(self, node: nodes.Getitem, scope: Scope) -> object:
+        parent = self.read(node.node, scope)
+        value = node.arg.value if isinstance(node.arg, nodes.Const) else self.read(node.arg, scope)
+        if isinstance(value, str):
+            return self._key(node, parent, value)
+        return contract.element(parent) if isinstance(value, int) else None
+
+    def visit_For(self, node: nodes.For, scope: Scope) -> None:
+        item = contract.element(self.read(node.iter, scope))
+        inner = {**scope, **_bound(node.target, item), "loop": None}
+        for child in [*([node.test] if node.test else []), *node.body]:
+            self.visit(child, inner)
+        for child in node.else_:
+            self.visit(child, scope)
+
+    def visit_Assign(self, node: nodes.Assign, scope: Scope) -> None:
+        scope.update(_bound(node.target, self.read(node.node, scope)))
+
+    def visit_AssignBlock(self, node: nodes.AssignBlock, scope: Scope) -> None:
+        self.generic_visit(node, scope)
+        scope.update(_bound(node.target, None))
+
+    def visit_With(self, node: nodes.With, scope: Scope) -> None:
+        inner = dict(scope)
+        for target, value in zip(node.targets, node.values, strict=True):
+            inner.update(_bound(target, self.read(value, scope)))
+        for child in node.body:
+            self.visit(child, inner)
+
+    def visit_Macro(self, node: nodes.Macro, scope: Scope) -> None:
+        self._callable(node, scope)
+        scope[node.name] = None
+
+    def visit_CallBlock(self, node: nodes.CallBlock, scope: Scope) -> None:
+        self.visit(node.call, scope)
+        self._callable(node, scope)
+
+    def visit_Import(self, node: nodes.Import, scope: Scope) -> None:
+        scope[node.target] = None
+
+    def visit_FromImport(self, node: nodes.FromImport, scope: Scope) -> None:
+        scope.update({n if isinstance(n, str) else n[1]: None for n in node.names})
+
+    def _callable(self, node: nodes.Macro | nodes.CallBlock, scope: Scope) -> None:
+        for default in node.defaults:
+            self.visit(default, scope)
+        inner = {**scope, **{arg.name: None for arg in node.args}, "caller": None}
+        for child in node.body:
+            self.visit(child, inner)
+
+    def _key(self, node: nodes.Getattr | nodes.Getitem, parent: object, key: str) -> object:
+        mapping = contract.contract_of(parent)
+        if mapping is None:
+            return None
+        known = contract.fields(mapping)
+        if key in known:
+            return known[key][0]
+        if not key.startswith("_") and key not in MAPPING_METHODS:
+            spelled = _spelled(node.node)
+            self.problems.append(Problem(
+                f"reads a key outside the template context: {spelled} has no key {key!r}",
+                line=node.lineno, value=f"{spelled}.{key}"))  # fmt: skip
+        return None
+
+
+def _bound(target: nodes.Node, kind: object) -> Scope:
+    """The names an assignment or loop target binds, with their types."""
+    if isinstance(target, nodes.Name):
+        return {target.name: kind}
+    return {name.name: None for name in target.find_all(nodes.Name)}
+
+
+def _defined(parsed: nodes.Template) -> frozenset[str]:
+    """The names a template sets (variables, loop variables, macros and their arguments,
+    imports): an included template sees those of the template that includes it."""
+    names = {n.name for n in parsed.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    names |= {m.name for m in parsed.find_all(nodes.Macro)}
+    names |= {i.target for i in parsed.find_all(nodes.Import)}
+    for imported in parsed.find_all(nodes.FromImport):
+        names |= {n if isinstance(n, str) else n[1] for n in imported.names}
+    return frozenset(names)
+
+
+def _spelled(node: nodes.Node) -> str:
+    """An expression as the template writes it (``customer``, ``survey.scores[0]``)."""
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr):
+        return f"{_spelled(node.node)}.{node.attr}"
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        return f"{_spelled(node.node)}[{node.arg.value!r}]"
+    return "the value"
 
 
 def render_problem(exc: Exception, name: str) -> Problem:
@@ -235,11 +399,15 @@ def _not_found(exc: TemplateNotFound, *, included: bool = False) -> str:
     return f"template not found: {exc.name!r}" if included else "template not found"
 
 
-def check_subject(subject: str, sample: dict[str, Any], directory: Path,
+def check_subject(subject: str, sample: Mapping[str, object], directory: Path,
                   limits: TemplateSettings | None = None) -> str | None:  # fmt: skip
     """A problem with a subject line template, or None."""
     try:
-        Renderer(directory, limits=limits).subject(subject, sample)
+        renderer = Renderer(directory, limits=limits)
+        static = contract_problems((subject, renderer.env.parse(subject)), SUBJECT)
+        if static:
+            return str(static[0])
+        renderer.subject(subject, sample)
     except Exception as exc:  # a problem to list, not a crash
         return str(render_problem(exc, SUBJECT))
     return None
@@ -248,112 +416,3 @@ def check_subject(subject: str, sample: dict[str, Any], directory: Path,
 def _line(source: str, variable: str) -> int | None:
     match = re.search(rf"\b{re.escape(variable)}\b", source)
     return source.count("\n", 0, match.start()) + 1 if match else None
-
-
-def sample_context(locale: str = "en") -> dict[str, Any]:
-    """The documented template context with example values (used by ``check`` and docs)."""
-    offer = {
-        "item_id": "22423", "title": "REGENCY CAKESTAND 3 TIER", "price": "£12.75",
-        "discounted_price": "£11.48", "discount_percent": 10,
-        "url": "https://shop.example.test/items/22423", "image_url": None,
-        "why": "because you bought JUMBO BAG RED RETROSPOT",
-    }  # fmt: skip
-    return {
-        "locale": locale,
-        "customer": {"id": "12748", "first_name": "Anna", "locale": locale},
-        "offers": [offer],
-        "shop": {
-            "name": "Demo Gift Shop",
-            "base_url": "https://shop.example.test",
-            "currency": "GBP",
-        },
-        "campaign": {
-            "name": "winback",
-            "description": "Win back lapsed customers",
-            "variant": None,
-        },
-        "loyalty": {
-            "points": 2300,
-            "tier": "gold",
-            "next_tier": "platinum",
-            "points_to_next": 7700,
-        },
-        "reason": "your last order was 75 days ago",
-        "discount_percent": 10,
-        "unsubscribe_url": "https://shop.example.test/u/token",
-        "preferences_url": "https://shop.example.test/p/token",
-        "existing_customer_notice": True,
-        "survey": {  # NPS campaigns (type = "nps"); None for every other campaign
-            "id": "nps/2026-01-15",
-            "scores": [
-                {"score": n, "url": f"https://shop.example.test/v1/feedback?token=t&score={n}"}
-                for n in range(11)
-            ],
-        },
-    }
-
-
-def money(amount: float, currency: str) -> str:
-    symbol = {"EUR": "€", "GBP": "£", "USD": "$"}.get(currency)
-    return f"{symbol}{amount:,.2f}" if symbol else f"{amount:,.2f} {currency}"
-
-
-def context_for(
-    decision: Any,
-    view: Any,
-    campaign: Any,
-    shop: Any,
-    links: tuple[str, str],
-    reason: str | None = None,
-) -> dict[str, Any]:
-    """The documented template context for one decision (see :data:`CONTEXT_KEYS`)."""
-    customer = view.customer
-    locale = customer.locale if customer.locale in ("de", "en") else shop.default_locale
-    offers = [
-        {
-            "item_id": o.item_id,
-            "title": o.title,
-            "price": money(o.price, shop.currency),
-            "discounted_price": money(o.discounted_price, shop.currency)
-            if o.discounted_price
-            else None,
-            "discount_percent": _number(o.discount_percent),
-            "url": o.url or f"{str(shop.base_url).rstrip('/')}/items/{o.item_id}",
-            "image_url": o.image_url,
-            "why": o.why,
-        }
-        for o in decision.offers
-    ]
-    standing = view.standing
-    return {
-        "locale": locale,
-        "customer": {"id": customer.id, "first_name": customer.first_name, "locale": locale},
-        "offers": offers,
-        "shop": {
-            "name": shop.name,
-            "base_url": str(shop.base_url).rstrip("/"),
-            "currency": shop.currency,
-        },
-        "campaign": {
-            "name": campaign.name,
-            "description": campaign.description,
-            "variant": decision.variant,
-        },
-        "loyalty": {
-            "points": standing.points if standing else 0,
-            "tier": standing.tier if standing else None,
-            "next_tier": standing.next_tier if standing else None,
-            "points_to_next": standing.points_to_next if standing else None,
-        },
-        "reason": reason,
-        "discount_percent": _number(campaign.offer.discount_percent),
-        "unsubscribe_url": links[0],
-        "preferences_url": links[1],
-        "existing_customer_notice": customer.consent_basis.value == "existing_customer",
-        "survey": None,  # set by compose for NPS campaigns
-    }
-
-
-def _number(value: float | None) -> float | int | None:
-    """``10.0`` reads as ``10`` in an e-mail."""
-    return int(value) if value is not None and float(value).is_integer() else value
