@@ -32,7 +32,6 @@ from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import css_inline
 from jinja2 import (
@@ -41,6 +40,7 @@ from jinja2 import (
     Environment,
     FileSystemLoader,
     StrictUndefined,
+    Template,
     TemplateNotFound,
     TemplateSyntaxError,
     UndefinedError,
@@ -100,7 +100,8 @@ class InliningLoader(BaseLoader):
             load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
         )
 
-    def get_source(self, environment: Environment, template: str) -> tuple[str, str | None, Any]:
+    def get_source(self, environment: Environment,
+                   template: str) -> tuple[str, str | None, Callable[[], bool] | None]:  # fmt: skip
         pieces = template.replace("\\", "/").split("/")
         if template.startswith("/") or ".." in pieces or ":" in pieces[0]:
             raise OutsideTemplates(template, f"{template!r} is outside the templates folder")
@@ -144,7 +145,7 @@ class Renderer:
         self.directory, self.sources = directory, sources
         self.limits = limits or TemplateSettings()
         self.env = environment(directory, sources, self.limits, clock)
-        self._subjects: dict[str, Any] = {}
+        self._subjects: dict[str, Template] = {}
         self._timeouts: dict[str, int] = {}  # template → renders in a row that ran out of time
 
     @classmethod
@@ -169,7 +170,7 @@ class Renderer:
         return (self._render(self.env.get_template(html), context, html),
                 self._render(self.env.get_template(text), context, text))  # fmt: skip
 
-    def _render(self, template: Any, context: Mapping[str, object], key: str) -> str:
+    def _render(self, template: Template, context: Mapping[str, object], key: str) -> str:
         """One render; a template that keeps running out of time is refused at once (its
         renders would each cost the whole budget)."""
         name = str(template.name)
