@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -101,6 +102,68 @@ def test_unknown_variables_and_attributes_fail_check_with_their_line(tmp_path: P
     )
     assert check_subject("{{ customer.nope }}", sample_context(), tmp_path) is not None
     assert check_subject("Hello {{ customer.first_name }}", sample_context(), tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "value"),
+    [
+        ("<p>\n{{ customer.frist_name }}</p>", 2, "customer.frist_name"),
+        ("{% if locale == 'fr' %}\n\n{{ customer['frist_name'] }}{% endif %}", 3,
+         "customer['frist_name']"),  # a branch the sample never takes
+        ("{% for offer in offers %}\n{{ offer.titel }}{% endfor %}", 2, "offer.titel"),
+        ("{% for a in survey.scores %}{{ a.score }}{% endfor %}\n{{ survey.scores[0].scor }}", 2,
+         "survey.scores[0].scor"),
+        ("{% with s = shop %}\n{{ s.url }}{% endwith %}", 2, "s.url"),
+        ("{% set who = customer %}\n\n{{ who.name }}", 3, "who.name"),
+        ("{{ loyalty.tier }}\n{{ loyalty.points_to_next_tier }}", 2,
+         "loyalty.points_to_next_tier"),
+    ],
+)  # fmt: skip
+def test_check_names_each_key_outside_the_contract_with_its_line(
+    tmp_path: Path, body: str, line: int, value: str
+) -> None:
+    write(tmp_path, "t.html", body)
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    key = re.findall(r"\w+", value)[-1]
+    assert problem.message.endswith(f"has no key {key!r}") and "outside the template" in (
+        problem.message
+    )
+    assert (problem.key, problem.line, problem.value) == ("t.html", line, value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{{ customer.get('first_name') }} {{ customer.items() | list | length }}",  # dict methods
+        "{% set customer = {'nick': 'A'} %}{{ customer.nick }}",  # a name of one's own
+        "{% macro card(customer) %}{{ customer.nick }}{% endmacro %}{{ card({'nick': 1}) }}",
+        "{% for offer in offers %}{{ loop.index }} {{ offer.title }}{% endfor %}",
+        "{{ (offers | first).title }} {{ offers[0].price }} {{ survey.scores[-1].url }}",
+    ],
+)
+def test_check_accepts_what_the_contract_has(tmp_path: Path, body: str) -> None:
+    write(tmp_path, "t.html", body)
+    assert check_template(tmp_path, "t.html", sample_context()) == []
+
+
+def test_check_reads_the_templates_a_template_includes_and_extends(tmp_path: Path) -> None:
+    write(tmp_path, "layout.html", "{% block c %}{% endblock %}\n{{ shop.nmae }}")
+    write(
+        tmp_path, "_one.html", "{{ offer.title }}{% if not offer %}{{ customer.nick }}{% endif %}"
+    )
+    write(tmp_path, "main.html", '{% extends "layout.html" %}{% block c %}{% for offer in '
+          'offers %}{% include "_one.html" %}{% endfor %}{% endblock %}')  # fmt: skip
+    problems = check_template(tmp_path, "main.html", sample_context())
+    assert sorted((p.key, p.line, p.value) for p in problems) == [
+        ("_one.html", 1, "customer.nick"),  # ``offer``: the includer's loop variable, not unknown
+        ("layout.html", 2, "shop.nmae"),
+    ]
+
+
+def test_a_subject_reading_a_key_outside_the_contract_fails_check(tmp_path: Path) -> None:
+    problem = check_subject("{% if false %}{{ customer.frist_name }}{% endif %}",
+                            sample_context(), tmp_path)  # fmt: skip
+    assert problem is not None and "customer has no key 'frist_name'" in problem
 
 
 def test_css_is_inlined_when_the_template_is_loaded_not_per_email(

@@ -54,7 +54,7 @@ from recocamp.campaigns import context as contract
 from recocamp.campaigns.context import context_for as context_for  # the callers' old home
 from recocamp.campaigns.context import money as money
 from recocamp.campaigns.context import sample_context as sample_context
-from recocamp.campaigns.render_limits import LimitedEnvironment, location
+from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
 from recocamp.errors import Problem, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
@@ -287,6 +287,13 @@ class ContractReads(NodeVisitor):
             return self._key(node, parent, value)
         return contract.element(parent) if isinstance(value, int) else None
 
+    def visit_Filter(self, node: nodes.Filter, scope: Scope) -> object:
+        """The limits' own filters (every loop and literal goes through one) keep the type."""
+        if node.name in (COUNTED, MADE) and node.node is not None:
+            return self.read(node.node, scope)
+        self.generic_visit(node, scope)
+        return None
+
     def visit_For(self, node: nodes.For, scope: Scope) -> None:
         item = contract.element(self.read(node.iter, scope))
         inner = {**scope, **_bound(node.target, item), "loop": None}
@@ -338,10 +345,9 @@ class ContractReads(NodeVisitor):
         if key in known:
             return known[key][0]
         if not key.startswith("_") and key not in MAPPING_METHODS:
-            spelled = _spelled(node.node)
             self.problems.append(Problem(
-                f"reads a key outside the template context: {spelled} has no key {key!r}",
-                line=node.lineno, value=f"{spelled}.{key}"))  # fmt: skip
+                f"reads a key outside the template context: {_spelled(node.node)} has no key "
+                f"{key!r}", line=node.lineno, value=_spelled(node)))  # fmt: skip
         return None
 
 
