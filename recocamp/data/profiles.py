@@ -28,9 +28,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from recocamp.campaigns.caps import PREFERENCE_PERIODS
 from recocamp.data.sources import csv as sources
-from recocamp.domain import email_hash
+from recocamp.domain import PREFERENCE_PERIODS, email_hash
 from recocamp.errors import RecocampError
 from recocamp.store import contacts
 from recocamp.store.queries import audit
