@@ -39,7 +39,7 @@ from pydantic import SecretStr
 
 from recocamp.campaigns import compose, planner, render
 from recocamp.campaigns.files import caps_defaults, load_all
-from recocamp.campaigns.run import RunOptions, plan_views
+from recocamp.campaigns.run import RunOptions, load_snapshot, plan_views
 from recocamp.clock import SystemClock
 from recocamp.data.demo import build_demo
 from recocamp.delivery.campaign_send import deliver_planned, delivery_processes
@@ -47,7 +47,6 @@ from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import make_provider
 from recocamp.domain import ConsentBasis
 from recocamp.settings import Settings, load_settings
-from recocamp.store import views
 from recocamp.store.engine import make_engine, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +72,7 @@ def scaled_views(settings: Settings, work: Path, customers: int) -> tuple[list[A
     engine = make_engine(f"sqlite:///{work / 'shop.db'}")
     build_demo(engine, settings, now=datetime.now(UTC), demo_dir=work / "demo")
     with engine.connect() as connection:
-        snapshot = views.load(connection, settings, datetime(2011, 12, 10, tzinfo=UTC))
+        snapshot = load_snapshot(connection, settings, datetime(2011, 12, 10, tzinfo=UTC))
     engine.dispose()
     real = [v for v in snapshot.views if len(v.history.orders)]
     out = []

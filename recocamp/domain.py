@@ -11,7 +11,7 @@ import hashlib
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
@@ -229,3 +229,91 @@ class DeliveryReport:
         for name in ("sent", "rejected", "failed", "retried", "cancelled", "reconciled",
                      "requests"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+# --- contacts: what went out to a customer and what came back ----------------------------
+
+# a customer's own choice on the preferences page: at most one marketing mail per …
+PREFERENCE_PERIODS = {"daily": timedelta(days=1), "weekly": timedelta(days=7),
+                      "monthly": timedelta(days=30)}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A marketing e-mail that went (or is going) out to the customer.
+
+    Here, not in ``campaigns.caps``, because the store reads contact histories for the caps."""
+
+    campaign: str
+    at: datetime
+
+
+# the contact events that put an address on the suppression list
+SUPPRESSING = frozenset({"bounced", "complained", "unsubscribed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A contact event from a provider's webhook (``delivery.webhooks`` reads them; the
+    store records them and applies their consequences)."""
+
+    provider: str
+    kind: str  # delivered | bounced | soft_bounced | complained | unsubscribed | opened | clicked
+    event_key: str
+    at: datetime
+    email: str | None = None
+    message_id: str | None = None
+    send_key: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """A send (treated) or a holdout decision (a would-have-been send) of one customer.
+
+    The store reads touches; ``measure.attribution`` attributes orders to them."""
+
+    campaign: str
+    customer_id: str
+    at: datetime
+    holdout: bool
+    variant: str | None = None
+    key: str = ""  # send key, or run key for a holdout
+
+
+# --- what the planner reads: the store's rows, before campaigns make views of them --------
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerOrder:
+    """One order of a known customer as the store keeps it: when (its earliest line), its
+    revenue and items (purchase lines only: no returns, adjustments or free lines)."""
+
+    customer_id: str
+    order_id: str
+    at: datetime
+    revenue: float
+    items: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRecord:
+    """A customer with the choices that bound their contacts (preferences page, pauses)."""
+
+    customer: Customer
+    frequency_preference: str | None = None
+    paused_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanningRows:
+    """Everything the store holds that a campaign run plans with, read at one instant;
+    ``campaigns.audience`` turns it into the planner's views."""
+
+    customers: list[CustomerRecord]
+    orders: list[CustomerOrder]  # in the order first seen: histories sort them
+    personal: dict[str, list[Any]]  # customer → top-N from the live model
+    contacts: dict[str, tuple[Contact, ...]]  # customer → contacts, oldest first
+    suppressed: frozenset[str]  # address hashes
+    items: dict[str, Item]
+    popular: list[list[Any]]  # the cold-start list: [item, score]

@@ -23,11 +23,12 @@ from recocamp import tokens
 from recocamp.api.app import EmailRedactor, create_app
 from recocamp.campaigns.files import caps_defaults, load_all
 from recocamp.campaigns.planner import Context, Outcome, decide
+from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import FixedClock
 from recocamp.delivery.esp.fake_server import postmark_event
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, email_hash
 from recocamp.settings import EspSettings, Settings
-from recocamp.store import outbox, views
+from recocamp.store import outbox
 from recocamp.store.engine import make_engine
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions
@@ -353,7 +354,7 @@ def next_decision(engine: sa.Engine) -> tuple[bool, Outcome, str]:
     assert failures == []
     winback = next(c for c in campaigns if c.name == "winback")
     with engine.connect() as connection:
-        snapshot = views.load(connection, SETTINGS, NOW)
+        snapshot = load_snapshot(connection, SETTINGS, NOW)
     (view,) = [v for v in snapshot.views if v.customer.id == CUSTOMER]
     context = Context(NOW, snapshot.items, snapshot.popular, caps_defaults(SETTINGS),
                       ZoneInfo(SETTINGS.shop.time_zone))  # fmt: skip

@@ -17,7 +17,9 @@ from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY
 
 from recocamp.campaigns import planner
+from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.files import caps_defaults, load_all
+from recocamp.campaigns.run import load_snapshot
 from recocamp.recommender import training
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
@@ -53,7 +55,7 @@ def cached_customer(engine: sa.Engine) -> tuple[str, list[list[object]]]:
         rows = connection.execute(sa.select(recommendations).order_by(
             recommendations.c.customer_id)).all()  # fmt: skip
         for row in rows:
-            history = views.customer_history(connection, row.customer_id, {}, NOW)
+            history = history_of(views.customer_orders(connection, row.customer_id, NOW), {})
             if history.count >= 3:
                 return str(row.customer_id), list(row.items)
     raise AssertionError("no customer with a history in the cache")
@@ -89,7 +91,7 @@ def test_discover_explains_with_a_bought_item(app: FastAPI) -> None:
     assert len(reasons) == 6
     assert any(reason.startswith("because you bought ") for reason in reasons), reasons
     with engine_of(app).connect() as connection:
-        owned = views.customer_history(connection, customer, {}, NOW).items
+        owned = history_of(views.customer_orders(connection, customer, NOW), {}).items
     assert not owned & set(ids(answer))
 
 
@@ -216,7 +218,7 @@ def test_widget_and_email_offer_the_same_items(app: FastAPI, campaign_name: str,
     campaign = campaign.model_copy(update={"offer": rules, "audience": campaign.audience.model_copy(
         update={"replenishment_due": False})})  # fmt: skip
     with engine.connect() as connection:
-        snapshot = views.load(connection, settings, NOW)
+        snapshot = load_snapshot(connection, settings, NOW)
     context = planner.Context(NOW, snapshot.items, snapshot.popular, caps_defaults(settings),
                               ZoneInfo(settings.shop.time_zone))  # fmt: skip
     compared = 0

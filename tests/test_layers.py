@@ -70,6 +70,7 @@ PURE_MODULES = (
     "campaigns/loyalty.py",
     "campaigns/compose.py",
     "campaigns/planner.py",
+    "campaigns/audience.py",
     "campaigns/offers.py",
     "campaigns/context.py",
     "delivery/webhooks.py",

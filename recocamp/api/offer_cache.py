@@ -46,6 +46,7 @@ import sqlalchemy as sa
 
 from recocamp import metrics
 from recocamp.campaigns import offers, segments
+from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.segments import History
 from recocamp.clock import Clock
 from recocamp.domain import Item
@@ -371,7 +372,8 @@ class OfferService:
                 sa.select(customers.c.objected_to_profiling, customers.c.erased_at).where(
                     customers.c.id == customer_id)).first()  # fmt: skip
             cached = registry.cached(connection, customer_id)
-            history = views.customer_history(connection, customer_id, snapshot.catalogue, now)
+            orders = views.customer_orders(connection, customer_id, now)
+        history = history_of(orders, snapshot.catalogue)
         objected = person is not None and (
             person.objected_to_profiling or person.erased_at is not None)  # fmt: skip
         known = person is not None or cached is not None or history.count > 0

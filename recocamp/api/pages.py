@@ -40,6 +40,7 @@ from recocamp import metrics, tokens
 from recocamp.api import forms
 from recocamp.api import page_views as pages
 from recocamp.api.offer_cache import OfferService, Query
+from recocamp.campaigns.audience import history_of
 from recocamp.clock import Clock
 from recocamp.data import profiles
 from recocamp.privacy import rights as privacy
@@ -369,7 +370,8 @@ def _context(connection: sa.Connection, found: tokens.Claims, lang: str, now: da
 
 def _facts(connection: sa.Connection, person: Any, t: dict[str, str], lang: str,
            now: datetime, service: OfferService) -> list[tuple[str, str]]:  # fmt: skip
-    history = views.customer_history(connection, person.id, service.snapshot().catalogue, now)
+    placed = views.customer_orders(connection, person.id, now)
+    history = history_of(placed, service.snapshot().catalogue)
     orders = t["none"]
     if history.count:
         first, last = _day(history.orders[0].at, lang), _day(history.orders[-1].at, lang)

@@ -20,6 +20,9 @@ from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from recocamp.domain import PREFERENCE_PERIODS as PREFERENCE_PERIODS  # shared values, re-exported
+from recocamp.domain import Contact as Contact
+
 
 class Reason(StrEnum):
     PAUSED = "paused_by_customer"
@@ -28,19 +31,6 @@ class Reason(StrEnum):
     CAPPED_7D = "capped_7d"
     COOLDOWN = "cooldown"
     QUIET_HOURS = "quiet_hours_deferred"
-
-
-# a customer's own choice on the preferences page: at most one marketing mail per …
-PREFERENCE_PERIODS = {"daily": timedelta(days=1), "weekly": timedelta(days=7),
-                      "monthly": timedelta(days=30)}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Contact:
-    """A marketing e-mail that went (or is going) out to the customer."""
-
-    campaign: str
-    at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,17 +17,15 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
-
-from recocamp.campaigns import compose, planner, render
+from recocamp.campaigns import audience, compose, planner, render
 from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns.files import Campaign
 from recocamp.domain import DeliveryReport, OutgoingEmail
 from recocamp.errors import ConfigError, Interrupted, Problem
 from recocamp.settings import Settings
+from recocamp.store import decisions as decisions_store
 from recocamp.store import outbox, views
-from recocamp.store.queries import upsert_statement
-from recocamp.store.schema import decisions as decisions_table
+from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 CHUNK = 1000
@@ -69,14 +67,23 @@ class Planned:
         return sum(d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER) for d in self.decided)
 
 
-def plan_run(engine: sa.Engine, settings: Settings, campaign: Campaign,
+def plan_run(engine: Engine, settings: Settings, campaign: Campaign,
              now: datetime) -> Planned:  # fmt: skip
     """Load the planner's snapshot and decide for every customer at ``now``."""
     signing_key(settings)  # refuse before any work, not after planning
     own = run_key(campaign.name, now, ZoneInfo(settings.shop.time_zone))
     with engine.connect() as connection:
-        snapshot = views.load(connection, settings, now, own_run=own)
+        snapshot = load_snapshot(connection, settings, now, own_run=own)
     return plan_views(settings, campaign, snapshot.views, snapshot.items, snapshot.popular, now)
+
+
+def load_snapshot(connection: Connection, settings: Settings, now: datetime, *,
+                  own_run: str | None = None) -> audience.Snapshot:  # fmt: skip
+    """The planner's snapshot at ``now`` (the run's, and the CLI's ``plan`` and ``preview``):
+    the store's rows made into views. ``own_run`` leaves that run's own e-mails out of the
+    contact history, so a resumed run decides as it did the first time."""
+    rows = views.planning_rows(connection, now, settings.recommender.top_n, own_run=own_run)
+    return audience.snapshot(rows, settings.loyalty, now)
 
 
 def plan_views(settings: Settings, campaign: Campaign, customers: Sequence[planner.CustomerView],
@@ -101,7 +108,7 @@ class RunOptions:
     renderer: render.Renderer | None = None  # default: the templates directory as it is now
 
 
-def plan_and_enqueue(engine: sa.Engine, settings: Settings, campaign: Campaign,
+def plan_and_enqueue(engine: Engine, settings: Settings, campaign: Campaign,
                      templates: Path, now: datetime,
                      options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
     """Decide at ``now`` and enqueue (nothing is delivered)."""
@@ -109,7 +116,7 @@ def plan_and_enqueue(engine: sa.Engine, settings: Settings, campaign: Campaign,
     return enqueue_decisions(engine, settings, campaign, templates, planned, now, options)
 
 
-def enqueue_decisions(engine: sa.Engine, settings: Settings, campaign: Campaign,
+def enqueue_decisions(engine: Engine, settings: Settings, campaign: Campaign,
                       templates: Path, planned: Planned, now: datetime,
                       options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
     """Record every decision and enqueue the e-mails of sends and deferrals, chunk by chunk
@@ -163,14 +170,11 @@ def _chunks(decided: Sequence[planner.Decision]) -> Iterator[Sequence[planner.De
         yield decided[start : start + CHUNK]
 
 
-def _record_decisions(connection: sa.Connection, key: str,
+def _record_decisions(connection: Connection, key: str,
                       chunk: Sequence[planner.Decision], now: datetime) -> None:  # fmt: skip
     rows = [
-        {"run_key": key, "campaign": d.campaign, "customer_id": d.customer_id,
-         "outcome": d.outcome.value, "reason": d.reason, "variant": d.variant,
-         "holdout": d.outcome is planner.Outcome.HOLDOUT, "decided_at": now}
+        decisions_store.DecisionRow(d.campaign, d.customer_id, d.outcome.value, d.reason,
+                                    d.variant, d.outcome is planner.Outcome.HOLDOUT)
         for d in chunk
     ]  # fmt: skip
-    statement = upsert_statement(connection, decisions_table).on_conflict_do_nothing(
-        index_elements=["run_key", "customer_id"])  # fmt: skip
-    connection.execute(statement, rows)
+    decisions_store.record(connection, key, rows, now)

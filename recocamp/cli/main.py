@@ -28,6 +28,7 @@ from rich.table import Table
 from recocamp.campaigns import check as checks
 from recocamp.campaigns import compose, planner, render, segments
 from recocamp.campaigns import files as campaign_files
+from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import SystemClock
 from recocamp.data.demo import build_demo
 from recocamp.data.ingest import Importer, ImportReport
@@ -41,7 +42,6 @@ from recocamp.recommender.models import MODEL_NAMES
 from recocamp.recommender.ranking import personal_or_popular
 from recocamp.settings import Settings, load_settings
 from recocamp.store import queries, registry, tombstones
-from recocamp.store import views as store_views
 from recocamp.store.engine import current_revision, head_revision, make_engine, require_current
 from recocamp.store.engine import upgrade as upgrade_schema
 
@@ -600,7 +600,7 @@ def _one_campaign(settings: Settings, name: str, campaigns: Path, templates: Pat
 def _planning(settings: Settings, as_of: str | None) -> tuple[Any, Any]:
     end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
     with _engine(settings).connect() as connection:
-        snapshot = store_views.load(connection, settings, end)
+        snapshot = load_snapshot(connection, settings, end)
     policy = campaign_files.caps_defaults(settings)
     zone = ZoneInfo(settings.shop.time_zone)
     context = planner.Context(end, snapshot.items, snapshot.popular, policy, zone)

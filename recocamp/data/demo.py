@@ -13,14 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
-
 from recocamp.data.ingest import Importer, ImportReport, ProgressSink
 from recocamp.data.sources import csv as sources
 from recocamp.data.synthetic import ConsentMix, customer_record, generate_shop
 from recocamp.settings import Settings
 from recocamp.store import queries, tombstones
-from recocamp.store.engine import upgrade
+from recocamp.store.engine import Engine, upgrade
 
 UCI_ZONE = "Europe/London"  # the UCI shop is in the UK; its InvoiceDates are local times
 
@@ -32,7 +30,7 @@ class DemoReport:
 
 
 def build_demo(
-    engine: sa.Engine,
+    engine: Engine,
     settings: Settings,
     *,
     now: datetime,
@@ -74,7 +72,7 @@ def _synthetic(importer: Importer, settings: Settings, demo_dir: Path) -> list[I
 
 
 def _customers(
-    engine: sa.Engine, importer: Importer, settings: Settings, demo_dir: Path
+    engine: Engine, importer: Importer, settings: Settings, demo_dir: Path
 ) -> ImportReport:
     demo = settings.demo
     mix = ConsentMix(demo.double_opt_in_share, demo.existing_customer_share, demo.objected_share)

@@ -30,13 +30,12 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
-
 from recocamp.data import erasure_files
 from recocamp.data.ingest import Importer, ImportReport
 from recocamp.errors import DataImportError, Problem
 from recocamp.settings import Settings
 from recocamp.store import tombstones
+from recocamp.store.engine import Engine
 
 log = logging.getLogger(__name__)
 SETTLE_S = 5.0
@@ -86,7 +85,7 @@ def pending(drop_dir: Path, now_s: float) -> tuple[list[Path], int]:
     return sorted(ready, key=_rank), len(files) - len(ready)
 
 
-def import_drop_folder(engine: sa.Engine, settings: Settings, now: datetime) -> DropReport:
+def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> DropReport:
     drop_dir = settings.ingest.drop_dir
     done_dir = settings.ingest.processed_dir if settings.ingest.keep_processed_days else None
     files, waiting = pending(drop_dir, time.time())

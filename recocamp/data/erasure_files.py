@@ -43,11 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import sqlalchemy as sa
-
 from recocamp.errors import EMAIL
 from recocamp.settings import Settings
 from recocamp.store import tombstones
+from recocamp.store.engine import Engine
 
 log = logging.getLogger(__name__)
 DEMO_DIR = Path("demo")  # the demo commands' default --demo-dir
@@ -112,7 +111,7 @@ def _id_text(value: str) -> str:
     return value[:-2] if value.endswith(".0") else value
 
 
-def drop_erased(engine: sa.Engine, key: bytes | None, paths: Sequence[Path]) -> int:
+def drop_erased(engine: Engine, key: bytes | None, paths: Sequence[Path]) -> int:
     """Clean files the drop folder keeps (``processed_dir``, ``rejected/``) of customers
     erased before the file arrived: the import skipped their rows, the kept copy must not
     hold them either. Their ids and addresses are found by the tombstones (keyed hashes) and

@@ -30,13 +30,12 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import sqlalchemy as sa
-
 from recocamp.data.catalog import SaleLine, build_catalog
 from recocamp.data.sources import csv as sources
 from recocamp.domain import Customer, Purchase
 from recocamp.errors import DataImportError, OrderConflictError, Problem
 from recocamp.store import queries, tombstones
+from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,7 +127,7 @@ class Importer:
 
     def __init__(
         self,
-        engine: sa.Engine,
+        engine: Engine,
         *,
         zone: tzinfo,
         now: datetime,
@@ -175,7 +174,7 @@ class Importer:
         return ImportReport(**{**_fields(report), "seconds": round(seconds, 3)})
 
     def _begin_run(
-        self, connection: sa.Connection, kind: str, fmt: str, path: Path, sha: str, read: int
+        self, connection: Connection, kind: str, fmt: str, path: Path, sha: str, read: int
     ) -> int:
         return queries.record_import(
             connection, kind=kind, format=fmt, file_name=path.name, file_sha256=sha,
@@ -221,7 +220,7 @@ class Importer:
         return report
 
     def _catalogue_from_retail(
-        self, connection: sa.Connection, retail: list[sources.RetailLine]
+        self, connection: Connection, retail: list[sources.RetailLine]
     ) -> dict[str, int]:
         """The online-retail file also tells us the items and each customer's country."""
         catalog = build_catalog(
@@ -261,7 +260,7 @@ class Importer:
             self._finish(connection, run_id, report)
         return report
 
-    def _detach_erased(self, connection: sa.Connection, rows: list[Purchase],
+    def _detach_erased(self, connection: Connection, rows: list[Purchase],
                        retail: list[sources.RetailLine],
                        ) -> tuple[list[Purchase], list[sources.RetailLine], int]:  # fmt: skip
         """Order lines of erased customers become guest lines (and name no country)."""
@@ -289,7 +288,7 @@ class Importer:
             self._finish(connection, run_id, report)
         return report
 
-    def _finish(self, connection: sa.Connection, run_id: int, report: ImportReport) -> None:
+    def _finish(self, connection: Connection, run_id: int, report: ImportReport) -> None:
         queries.finish_import(
             connection, run_id, imported=report.imported, duplicates=report.duplicates,
             skipped=report.skipped, finished_at=self.now,

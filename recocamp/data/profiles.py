@@ -26,15 +26,12 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
-
-from recocamp.campaigns.caps import PREFERENCE_PERIODS
 from recocamp.data.sources import csv as sources
-from recocamp.domain import email_hash
+from recocamp.domain import PREFERENCE_PERIODS
 from recocamp.errors import RecocampError
-from recocamp.store import contacts
+from recocamp.store import contacts, profiles
+from recocamp.store.engine import Connection
 from recocamp.store.queries import audit
-from recocamp.store.schema import customers, recommendations, suppressions
 
 PROFILE = ("email", "first_name", "locale", "time_zone", "country", "birthday")
 CONSENT = ("consent_basis", "consent_at", "consent_source")
@@ -58,16 +55,16 @@ class Changed:
     fields: tuple[str, ...]
 
 
-def apply(connection: sa.Connection, customer_id: str, changes: Mapping[str, Any], *,
+def apply(connection: Connection, customer_id: str, changes: Mapping[str, Any], *,
           at: datetime, actor: str, source: str, unsubscribed: bool | None = None,
           zone: ZoneInfo | None = None) -> Changed:  # fmt: skip
     """Create or update one customer with ``changes`` (a subset of :data:`FIELDS`)."""
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         raise ProfileError(unknown[0], "is not a customer field", unknown[0])
-    row = connection.execute(sa.select(customers).where(customers.c.id == customer_id)).first()
+    row = profiles.profile(connection, customer_id)
     before = (
-        dict(row._mapping)
+        row
         if row is not None
         else {"locale": "en", "channel_email": True, "objected_to_profiling": False}
     )
@@ -76,14 +73,12 @@ def apply(connection: sa.Connection, customer_id: str, changes: Mapping[str, Any
     changed = tuple(name for name in FIELDS if name in changes and before.get(name) != after[name])
     values = {name: after[name] for name in changed}
     if row is None:
-        connection.execute(sa.insert(customers).values(id=customer_id, updated_at=at, **{
-            name: after[name] for name in FIELDS if after.get(name) is not None}))  # fmt: skip
+        given = {name: after[name] for name in FIELDS if after.get(name) is not None}
+        profiles.create(connection, customer_id, given, at)
     elif changed:
-        connection.execute(sa.update(customers).where(customers.c.id == customer_id).values(
-            updated_at=at, **values))  # fmt: skip
+        profiles.update(connection, customer_id, values, at)
     if values.get("objected_to_profiling"):
-        connection.execute(sa.delete(recommendations).where(
-            recommendations.c.customer_id == customer_id))  # fmt: skip
+        profiles.drop_personal_list(connection, customer_id)
     opted = _subscription(connection, customer_id, unsubscribed, after, at, source)
     if changed or row is None or opted == "resubscribed":  # contacts audits unsubscribes
         details = {
@@ -126,13 +121,12 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime | date) else value
 
 
-def _subscription(connection: sa.Connection, customer_id: str, unsubscribed: bool | None,
+def _subscription(connection: Connection, customer_id: str, unsubscribed: bool | None,
                   after: Mapping[str, Any], at: datetime, source: str) -> str | None:  # fmt: skip
     """Apply ``unsubscribed``; returns "unsubscribed" / "resubscribed" when it changed."""
     if unsubscribed is None:
         return None
-    current = connection.execute(sa.select(customers.c.unsubscribed_at, customers.c.email).where(
-        customers.c.id == customer_id)).first()  # fmt: skip
+    current = profiles.subscription(connection, customer_id)
     if current is None:
         return None
     if unsubscribed:
@@ -144,10 +138,5 @@ def _subscription(connection: sa.Connection, customer_id: str, unsubscribed: boo
             consent_at <= current.unsubscribed_at):  # fmt: skip
         raise ProfileError("unsubscribed", "re-subscribing needs a new consent: consent_basis "
                            "and a consent_at after the unsubscribe", False)  # fmt: skip
-    connection.execute(sa.update(customers).where(customers.c.id == customer_id).values(
-        unsubscribed_at=None, updated_at=at))  # fmt: skip
-    if current.email:
-        connection.execute(sa.delete(suppressions).where(
-            suppressions.c.email_hash == email_hash(current.email),
-            suppressions.c.reason == "unsubscribed"))  # fmt: skip
+    profiles.resubscribe(connection, customer_id, current.email, at)
     return "resubscribed"

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -41,9 +41,10 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from recocamp.domain import SUPPRESSING as SUPPRESSING  # shared values, re-exported
+from recocamp.domain import Event as Event
 from recocamp.errors import RecocampError
 
-SUPPRESSING = frozenset({"bounced", "complained", "unsubscribed"})
 MAX_SIGNATURE_AGE_S = 600
 
 
@@ -53,18 +54,6 @@ class WebhookError(RecocampError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    provider: str
-    kind: str  # delivered | bounced | soft_bounced | complained | unsubscribed | opened | clicked
-    event_key: str
-    at: datetime
-    email: str | None = None
-    message_id: str | None = None
-    send_key: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 # -- authentication -------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate, matrix
@@ -42,6 +41,7 @@ from recocamp.recommender.models import Hybrid, HybridWeights
 from recocamp.recommender.ranking import Mode, Recommender, batches, top_k
 from recocamp.settings import RecommenderSettings
 from recocamp.store import queries, registry
+from recocamp.store.engine import Engine
 
 log = logging.getLogger(__name__)
 Step = Callable[[str], None]
@@ -59,7 +59,7 @@ class TrainResult:
     rule: str = ""  # the promotion rule that applied (empty without a live model)
 
 
-def load_lines(engine: sa.Engine, until: datetime | None = None) -> Lines:
+def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
     """Learnable purchase lines as integer-coded arrays, encoded while streaming from the
     store. Service items are excluded by the catalogue's ``is_service`` flag (the
     online-retail import sets it from the UCI code rule; other shops say so in items.csv)."""
@@ -166,7 +166,7 @@ def _configured(name: str, params: dict[str, Any], settings: RecommenderSettings
 
 
 def train(
-    engine: sa.Engine,
+    engine: Engine,
     settings: RecommenderSettings,
     *,
     now: datetime,
@@ -261,7 +261,7 @@ class Evaluation:
 
 
 def _evaluate_all(
-    engine: sa.Engine, settings: RecommenderSettings, name: str, lines: Lines, as_of: datetime
+    engine: Engine, settings: RecommenderSettings, name: str, lines: Lines, as_of: datetime
 ) -> Evaluation:
     """Candidate, baselines and the live model's configuration on one split."""
     horizon, k = settings.evaluation_horizon_days, settings.evaluation_k
@@ -339,7 +339,7 @@ def _gate(evaluation: Evaluation, metric: str, zone: tzinfo = UTC) -> Gate:
 
 
 def _register(
-    engine: sa.Engine,
+    engine: Engine,
     fitted: Recommender,
     data: TrainingData,
     meta: dict[str, Any],
@@ -391,7 +391,7 @@ def top_lists(
             yield str(data.customers[row]), ranked
 
 
-def promote(engine: sa.Engine, settings: RecommenderSettings, version: str, now: datetime) -> int:
+def promote(engine: Engine, settings: RecommenderSettings, version: str, now: datetime) -> int:
     """Make a registered model live (also a rejected or retired one); rebuild the cache."""
     with engine.connect() as connection:
         row = registry.get(connection, version)
@@ -402,7 +402,7 @@ def promote(engine: sa.Engine, settings: RecommenderSettings, version: str, now:
         return registry.make_live(connection, version, now, top_lists(fitted, data, settings.top_n))
 
 
-def rollback(engine: sa.Engine, settings: RecommenderSettings, now: datetime) -> str:
+def rollback(engine: Engine, settings: RecommenderSettings, now: datetime) -> str:
     """Return to the model that was live before the current one."""
     with engine.connect() as connection:
         previous = registry.previous_live(connection)
@@ -413,7 +413,7 @@ def rollback(engine: sa.Engine, settings: RecommenderSettings, now: datetime) ->
 
 
 def compare(
-    engine: sa.Engine,
+    engine: Engine,
     settings: RecommenderSettings,
     names: list[str],
     cutoff: datetime,

@@ -16,9 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.delivery.webhooks import SUPPRESSING, Event
-from recocamp.domain import email_hash
-from recocamp.store.queries import upsert_statement, audit
+from recocamp.domain import SUPPRESSING, Event, email_hash
+from recocamp.store.queries import audit, upsert_statement
 from recocamp.store.schema import contact_events, customers, outbox, suppressions
 
 OPT_OUTS = frozenset({"complained", "unsubscribed"})

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.measure.attribution import Touch
+from recocamp.domain import Touch
 from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import (
     decisions,
