@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from recocamp.api import auth as api_auth
 from recocamp.api.auth import ApiKey, Authenticator, RateLimiter, digest, mint, parse_keys
-from recocamp.cli.main import app as cli
+from recocamp.cli import app as cli
 from recocamp.errors import ConfigError
 from tests.api_shop import ENTRIES, KEYS, bearer, call, make_app
 

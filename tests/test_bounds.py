@@ -17,8 +17,8 @@ import typer
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from recocamp.cli.main import app as cli_app
-from recocamp.cli.main import print_json
+from recocamp.cli import app as cli_app
+from recocamp.cli.common import print_json
 from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.ingest import Importer
 from recocamp.errors import DataImportError

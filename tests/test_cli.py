@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from recocamp.cli.main import app
+from recocamp.cli import app
 from recocamp.store.engine import head_revision, make_engine
 from recocamp.store.schema import customers, items, purchases
 from tests.conftest import write_csv

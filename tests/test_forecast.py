@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from recocamp import forecast as f
-from recocamp.cli.main import app
+from recocamp.cli import app
 from recocamp.domain import Customer, Item, Purchase
 from recocamp.forecast.evaluate import auc, calibration
 from recocamp.forecast.outlook import Evaluation, choose, risk_tier

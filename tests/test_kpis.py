@@ -103,7 +103,7 @@ def test_reference_figures_on_the_whole_uci_file(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECOCAMP_DATABASE_URL", uci_store)
     monkeypatch.setenv("RECOCAMP_SHOP__TIME_ZONE", "Europe/London")
-    from recocamp.cli.main import app
+    from recocamp.cli import app
 
     result = CliRunner().invoke(
         app, ["kpis", "--as-of", "2011-12-10", "--window-days", "90", "--format", "json"]

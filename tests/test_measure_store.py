@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import command
 from typer.testing import CliRunner
 
-from recocamp.cli.main import app
+from recocamp.cli import app
 from recocamp.data.ingest import Importer
 from recocamp.domain import OutgoingEmail, Purchase
 from recocamp.measure import attribution as measure

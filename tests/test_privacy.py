@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from recocamp import tokens
 from recocamp.api.app import create_app
-from recocamp.cli.main import app as cli
+from recocamp.cli import app as cli
 from recocamp.clock import FixedClock
 from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.synthetic import END

@@ -32,7 +32,7 @@ from recocamp.campaigns import labels, planner, segments
 from recocamp.campaigns.files import Campaign, load_all
 from recocamp.campaigns.render import Renderer
 from recocamp.campaigns.run import plan_and_enqueue
-from recocamp.cli.main import app as cli_app
+from recocamp.cli import app as cli_app
 from recocamp.clock import FixedClock
 from recocamp.data.demo import build_demo
 from recocamp.delivery.deliverer import Deliverer

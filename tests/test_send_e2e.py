@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from recocamp.api.app import create_app
-from recocamp.cli.main import app
+from recocamp.cli import app
 from recocamp.clock import SystemClock
 from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake

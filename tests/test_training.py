@@ -139,7 +139,7 @@ def test_the_gate_compares_like_with_like_in_models_list(
     result = gated(shop, tmp_path, knn_neighbours=15)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
-    from recocamp.cli.main import app
+    from recocamp.cli import app
 
     listing = CliRunner().invoke(app, ["models", "list"], terminal_width=250)
     assert listing.exit_code == 0, listing.output
@@ -188,7 +188,7 @@ def test_recommend_command_personal_cold_and_objected(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
     monkeypatch.setenv("RECOCAMP_RECOMMENDER__ARTIFACTS_DIR", str(settings.artifacts_dir))
-    from recocamp.cli.main import app
+    from recocamp.cli import app
 
     runner = CliRunner()
     with shop.connect() as connection:

@@ -1,8 +1,5 @@
 """Shop API and privacy commands: ``recocamp serve``, ``recocamp privacy …``, ``recocamp
-api-key new``.
-
-Registers on the same typer app as ``cli.py`` (imported at its end).
-"""
+api-key new``."""
 
 from __future__ import annotations
 
@@ -20,7 +17,15 @@ import typer
 from rich.table import Table
 
 from recocamp.api import auth as api_auth
-from recocamp.cli.main import State, _engine, _errors_to_exit, _settings, app, clock, console
+from recocamp.cli.common import (
+    State,
+    app,
+    clock,
+    console,
+    current_settings,
+    engine_for,
+    errors_to_exit,
+)
 from recocamp.errors import RecocampError
 from recocamp.privacy import rights as privacy
 from recocamp.store.queries import audit
@@ -46,9 +51,9 @@ def serve(
     """Run the shop API: next-best offers, events, preferences and privacy pages, webhooks."""
     import uvicorn
 
-    with _errors_to_exit():
-        settings = _settings()
-        _engine(settings)  # refuses a database that is missing migrations
+    with errors_to_exit():
+        settings = current_settings()
+        engine_for(settings)  # refuses a database that is missing migrations
         api_auth.parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
     processes = workers or settings.api.workers
     # every worker process reads the same settings, and shares out the rate limit
@@ -93,9 +98,9 @@ def privacy_export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None,
 ) -> None:
     """Everything we hold about CUSTOMER as JSON (GDPR Art. 15/20)."""
-    with _errors_to_exit():
-        settings = _settings()
-        engine = _engine(settings)
+    with errors_to_exit():
+        settings = current_settings()
+        engine = engine_for(settings)
         now = clock.now()
         document = privacy.export(engine, customer, now)
         if document is None:
@@ -120,9 +125,9 @@ def privacy_erase(
     """Erase CUSTOMER everywhere (GDPR Art. 17); non-identifying aggregates stay."""
     if not yes:
         typer.confirm(f"Erase customer {customer} for good?", abort=True)
-    with _errors_to_exit():
-        settings = _settings()
-        report = privacy.erase(_engine(settings), settings, customer, clock.now(), via="cli")
+    with errors_to_exit():
+        settings = current_settings()
+        report = privacy.erase(engine_for(settings), settings, customer, clock.now(), via="cli")
         if report is None:
             raise NothingHeld(f"we hold no data about customer {customer!r}")
     table = Table(title=f"erasure {report.erasure_id}: customer {customer}")
@@ -144,9 +149,9 @@ def privacy_erase(
 @privacy_app.command("purge")
 def privacy_purge() -> None:
     """Remove personal data past its retention period ([privacy] settings)."""
-    with _errors_to_exit():
-        settings = _settings()
-        report = privacy.purge(_engine(settings), settings, clock.now())
+    with errors_to_exit():
+        settings = current_settings()
+        report = privacy.purge(engine_for(settings), settings, clock.now())
     table = Table(title="privacy purge")
     table.add_column("removed")
     table.add_column("", justify="right")
@@ -164,7 +169,7 @@ def api_key_new(
     scope: Annotated[list[str], typer.Option("--scope", help=f"One of {api_auth.SCOPES}.")],
 ) -> None:
     """Mint a key: prints it once (for the client) and its RECOCAMP_API_KEYS entry."""
-    with _errors_to_exit():
+    with errors_to_exit():
         key, entry = api_auth.mint(name, scope)
     console.print(f"key for the client (shown once): {key}", soft_wrap=True, highlight=False)
     console.print(f"add to {api_auth.ENV_NAME} (entries separated by ';'):", highlight=False)

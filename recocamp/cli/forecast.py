@@ -1,7 +1,4 @@
-"""Forecast commands: ``recocamp forecast`` and ``recocamp forecast-evaluate``.
-
-Registers on the same typer app as ``cli.py`` (imported at its end).
-"""
+"""Forecast commands: ``recocamp forecast`` and ``recocamp forecast-evaluate``."""
 
 from __future__ import annotations
 
@@ -15,7 +12,15 @@ import typer
 from rich.table import Table
 
 from recocamp import forecast as forecasting
-from recocamp.cli.main import Output, _engine, _errors_to_exit, _settings, app, clock, console
+from recocamp.cli.common import (
+    Output,
+    app,
+    clock,
+    console,
+    current_settings,
+    engine_for,
+    errors_to_exit,
+)
 from recocamp.settings import Settings
 from recocamp.store import forecasts as forecast_store
 
@@ -43,7 +48,7 @@ def _purchase_days(settings: Settings, day: int) -> forecasting.PurchaseDays:
     """Purchase days of every profiled customer strictly before the shop-local ``day``."""
     zone = ZoneInfo(settings.shop.time_zone)
     until = datetime.combine(forecasting.day_of(day), datetime.min.time(), tzinfo=zone)
-    with _engine(settings).connect() as connection:
+    with engine_for(settings).connect() as connection:
         ids, seconds, revenue = forecast_store.purchase_lines(connection, until)
     return forecasting.PurchaseDays.from_lines(ids, forecasting.local_days(seconds, zone), revenue)
 
@@ -57,8 +62,8 @@ def forecast_command(
 ) -> None:
     """Per-customer forecasts: purchase days in the horizon, chance of buying again, churn risk,
     expected revenue, lifetime value, when the next purchase is due."""
-    with _errors_to_exit():
-        settings = _settings()
+    with errors_to_exit():
+        settings = current_settings()
         zone = ZoneInfo(settings.shop.time_zone)
         day = _day(as_of, "--as-of", zone)
         horizon = horizon_days or settings.forecast.horizon_days
@@ -136,8 +141,8 @@ def forecast_evaluate(
 ) -> None:
     """Every forecaster on history before --cutoff against the horizon after it: MAE of purchase
     days, total predicted vs actual, AUC of buying again, Spearman, calibration by decile."""
-    with _errors_to_exit():
-        settings = _settings()
+    with errors_to_exit():
+        settings = current_settings()
         day = _day(cutoff, "--cutoff", ZoneInfo(settings.shop.time_zone))
         horizon = horizon_days or settings.forecast.horizon_days
         evaluation = forecasting.evaluate(_purchase_days(settings, day + horizon), day, horizon)

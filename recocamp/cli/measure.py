@@ -1,11 +1,8 @@
-"""Measurement commands: ``recocamp report`` and ``recocamp snapshots take|backfill``.
-
-Registers on the same typer app as ``cli.py`` (imported at its end).
-"""
+"""Measurement commands: ``recocamp kpis``, ``report`` and ``snapshots take|backfill``."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -14,28 +11,77 @@ import typer
 from rich.table import Table
 
 from recocamp.campaigns import labels
-from recocamp.cli.main import (
+from recocamp.cli.common import (
     Output,
-    _engine,
-    _errors_to_exit,
-    _fmt,
-    _progress,
-    _settings,
     app,
     clock,
     console,
+    current_settings,
+    engine_for,
+    errors,
+    errors_to_exit,
+    fmt,
     parse_as_of,
     print_json,
+    progress_bars,
 )
 from recocamp.errors import ConfigError, Problem
 from recocamp.measure import jobs as measure_jobs
+from recocamp.measure import kpis as kpi_module
 from recocamp.measure import report
+from recocamp.store import queries
 
 snapshots_app = typer.Typer(help="Daily KPI and segment snapshots: take one, backfill past days.",
                             no_args_is_help=True)  # fmt: skip
 app.add_typer(snapshots_app, name="snapshots")
 
 AsOf = Annotated[str | None, typer.Option(help="As if it were this date or time (default: now).")]
+
+
+@app.command("kpis")
+def kpis(
+    as_of: Annotated[str | None, typer.Option(help="End of the window (default: now).")] = None,
+    window_days: Annotated[int | None, typer.Option(min=1, help="Window W in days.")] = None,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+) -> None:
+    """Retention KPIs over the window ending at --as-of (definitions in README.md)."""
+    with errors_to_exit():
+        settings = current_settings()
+        end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+        days = window_days or settings.kpis.window_days
+        with engine_for(settings).connect() as connection:
+            rows = queries.order_totals(connection, end - timedelta(days=2 * days), end)
+            latest = queries.latest_order_time(connection)
+        result = kpi_module.compute([kpi_module.OrderTotal(*row) for row in rows], end, days)
+    empty = _empty_window_note(result, latest, ZoneInfo(settings.shop.time_zone))
+    if format is Output.json:
+        print_json(result.as_dict(), indent=2)
+        if empty:
+            errors.print(f"note: {empty}", highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"retention KPIs, {days} days to {result.as_of.isoformat()}")
+    table.add_column("kpi")
+    table.add_column("value", justify="right")
+    for name, value in result.as_dict().items():
+        if name not in ("as_of", "window_days"):
+            table.add_row(name, fmt(value))
+    console.print(table)
+    if empty:
+        console.print(f"note: {empty}", highlight=False, soft_wrap=True)
+
+
+def _empty_window_note(result: kpi_module.Kpis, latest: datetime | None, zone: ZoneInfo) -> str:
+    """All zeros without a word read like a dead shop; usually the window is just in the
+    wrong place (the default ends now, imported history may end years ago)."""
+    if result.orders or result.guest_orders:
+        return ""
+    if latest is None:
+        return "the store holds no orders at all: import purchases first"
+    start = (result.as_of - timedelta(days=result.window_days)).astimezone(zone)
+    last = latest.astimezone(zone).date()
+    return (f"the window {start:%Y-%m-%d} – {result.as_of.astimezone(zone):%Y-%m-%d} holds no "
+            f"orders; the last order was on {last} (try --as-of "
+            f"{last + timedelta(days=1)})")  # fmt: skip
 
 
 @app.command("report")
@@ -46,9 +92,9 @@ def report_command(
     store: Annotated[bool, typer.Option(help="Keep it for GET /reports/latest.")] = True,
 ) -> None:
     """Campaign uplift against holdouts, KPI trends, cohorts, segments, NPS, model quality."""
-    with _errors_to_exit():
-        settings = _settings()
-        engine = _engine(settings)
+    with errors_to_exit():
+        settings = current_settings()
+        engine = engine_for(settings)
         now = clock.now()
         end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else now
         data = measure_jobs.gather(engine, settings, end, now)
@@ -88,7 +134,7 @@ def _kpi_table(data: report.Data) -> Table | None:
     for window in latest:
         table.add_column(f"{window} d", justify="right")
     for kpi in next(iter(latest.values())):
-        table.add_row(labels.kpi(kpi), *(_fmt(values[kpi]) for values in latest.values()))
+        table.add_row(labels.kpi(kpi), *(fmt(values[kpi]) for values in latest.values()))
     return table
 
 
@@ -100,8 +146,8 @@ def _changes_table(data: report.Data) -> Table | None:
         table.add_column(column, justify="left" if column in ("kpi", "period") else "right")
     for c in data.changes:
         change = "—" if c.relative is None else f"{100 * c.relative:+.1f} %"
-        table.add_row(labels.kpi(c.kpi), f"{c.period} ({c.window_days} d)", _fmt(c.current),
-                      _fmt(c.previous), change)  # fmt: skip
+        table.add_row(labels.kpi(c.kpi), f"{c.period} ({c.window_days} d)", fmt(c.current),
+                      fmt(c.previous), change)  # fmt: skip
     return table
 
 
@@ -167,10 +213,10 @@ def _cohort_table(data: report.Data) -> Table | None:
 @snapshots_app.command("take")
 def snapshots_take(as_of: AsOf = None) -> None:
     """Snapshot the last complete shop-local day before --as-of (what the worker does daily)."""
-    with _errors_to_exit():
-        settings = _settings()
+    with errors_to_exit():
+        settings = current_settings()
         now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
-        written = measure_jobs.snapshot_kpis(_engine(settings), settings, now)
+        written = measure_jobs.snapshot_kpis(engine_for(settings), settings, now)
     day = measure_jobs.last_complete_day(now, ZoneInfo(settings.shop.time_zone))
     console.print(f"snapshot of {day}: {written} rows written" + ("" if written else " (had it)"))
 
@@ -195,8 +241,8 @@ def snapshots_backfill(
     replace: Annotated[bool, typer.Option(help="Recompute days already snapshotted.")] = False,
 ) -> None:
     """Snapshot past days (KPIs can be computed as of any day), e.g. the demo shop's 2011."""
-    with _errors_to_exit():
-        settings = _settings()
+    with errors_to_exit():
+        settings = current_settings()
         zone = ZoneInfo(settings.shop.time_zone)
         end = _day(last, "--to") or measure_jobs.last_complete_day(clock.now(), zone)
         start = _day(first, "--from") or end - timedelta(days=settings.measure.history_days)
@@ -204,8 +250,8 @@ def snapshots_backfill(
             problem = Problem(f"the first day is after the last day {end}", key="--from",
                               value=str(start))  # fmt: skip
             raise ConfigError(Path("<command line>"), [problem])
-        with _progress() as bar:
+        with progress_bars() as bar:
             bar.phase("snapshot days", (end - start).days + 1)
-            written = measure_jobs.backfill(_engine(settings), settings, start, end, clock.now(),
+            written = measure_jobs.backfill(engine_for(settings), settings, start, end, clock.now(),
                                             replace=replace, on_days=bar.advance)  # fmt: skip
     console.print(f"snapshots {start} … {end}: {written:,} rows written")

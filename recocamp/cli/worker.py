@@ -1,7 +1,5 @@
-"""Worker commands: ``recocamp worker`` and ``recocamp runs``.
-
-Registers on the same typer app as ``cli.py`` (imported at its end).
-"""
+"""Worker commands: ``recocamp worker`` (also ``--demo``, the demo shop's week on a simulated
+clock) and ``recocamp runs …``."""
 
 from __future__ import annotations
 
@@ -13,25 +11,29 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 import typer
 from rich.table import Table
 
 from recocamp import metrics
-from recocamp.cli.main import (
+from recocamp.cli.common import (
     CampaignsDir,
     Output,
     TemplatesDir,
-    _engine,
-    _errors_to_exit,
-    _settings,
     app,
     clock,
     console,
+    current_settings,
+    engine_for,
+    errors_to_exit,
+    parse_as_of,
 )
+from recocamp.cli.demo import demo_settings, demo_shop
+from recocamp.clock import FixedClock
 from recocamp.errors import RecocampError
+from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
-from recocamp.store import runs
+from recocamp.store import queries, runs
+from recocamp.store.engine import Engine
 from recocamp.worker.process import Worker
 
 runs_app = typer.Typer(help="The history of job and campaign runs; workers.",
@@ -68,12 +70,12 @@ def worker(
     # overlaps and misses are logged (and counted) by the worker itself
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     if demo:
-        with _errors_to_exit():
+        with errors_to_exit():
             _demo(campaigns, templates, start, days)
         return
-    with _errors_to_exit():
-        settings = _settings()
-        process = Worker(settings, _engine(settings), campaigns, templates, clock)
+    with errors_to_exit():
+        settings = current_settings()
+        process = Worker(settings, engine_for(settings), campaigns, templates, clock)
         process.load()
         if once:
             outcomes = process.run_due_once()
@@ -97,19 +99,16 @@ def worker(
 
 def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
     """``worker --demo``: the demo shop's week, compressed (see ``Worker.simulate``)."""
-    from recocamp.cli.delivery import _demo_settings, _demo_shop
-    from recocamp.cli.main import parse_as_of
-    from recocamp.clock import FixedClock
     from recocamp.delivery.esp.fake_server import FakeEsp, create_app, running
 
-    settings, demo_dir = _settings(), Path("demo")
-    engine, untrained = _demo_shop(settings, demo_dir)
+    settings, demo_dir = current_settings(), Path("demo")
+    engine, untrained = demo_shop(settings, demo_dir)
     zone = ZoneInfo(settings.shop.time_zone)
     begin = parse_as_of(start, zone)
     _history(engine, settings, clock.now())
     fake = FakeEsp(data_dir=demo_dir / "fake-esp")
     with running(create_app(fake)) as url:
-        process = Worker(_demo_settings(settings, url, demo_dir), engine, campaigns, templates,
+        process = Worker(demo_settings(settings, url, demo_dir), engine, campaigns, templates,
                          FixedClock(begin))  # fmt: skip
         process.load()
         first = begin.astimezone(zone)
@@ -129,11 +128,8 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
     )
 
 
-def _history(engine: sa.Engine, settings: Settings, now: datetime) -> None:
+def _history(engine: Engine, settings: Settings, now: datetime) -> None:
     """The KPI snapshots of every day the shop has orders (the report's history)."""
-    from recocamp.measure import jobs as measure_jobs
-    from recocamp.store import queries
-
     with engine.connect() as connection:
         first, last = queries.first_order_time(connection), queries.latest_order_time(connection)
     if first is None or last is None:
@@ -177,7 +173,7 @@ def runs_list(
     format: Annotated[Output, typer.Option("--format")] = Output.table,
 ) -> None:
     """The latest job and campaign runs, newest first (times in UTC)."""
-    with _errors_to_exit(), _engine(_settings()).connect() as connection:
+    with errors_to_exit(), engine_for(current_settings()).connect() as connection:
         rows = runs.recent(connection, job, limit)
         total = runs.count(connection, job)
     if format is Output.json:
@@ -230,9 +226,9 @@ def runs_trigger(job: str) -> None:
     """Make a scheduled job due now; the scheduling worker runs it within a few seconds."""
     from recocamp.worker import scheduler
 
-    with _errors_to_exit():
-        settings = _settings()
-        engine = _engine(settings)
+    with errors_to_exit():
+        settings = current_settings()
+        engine = engine_for(settings)
         sched = scheduler.make_scheduler()
         scheduler.attach_shared(sched, engine)
         sched.start(paused=True)
@@ -251,7 +247,7 @@ def runs_trigger(job: str) -> None:
 @runs_app.command("workers")
 def runs_workers() -> None:
     """Workers with their heartbeat, and which one schedules."""
-    with _errors_to_exit(), _engine(_settings()).connect() as connection:
+    with errors_to_exit(), engine_for(current_settings()).connect() as connection:
         rows = runs.all_workers(connection)
     table = Table(title="workers")
     for column in ("worker", "started (UTC)", "heartbeat", "leader since", "stopped"):

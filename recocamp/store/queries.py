@@ -381,3 +381,8 @@ def item_titles(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str]
         return {}
     query = sa.select(items.c.id, items.c.title).where(items.c.id.in_(list(ids)))
     return {row[0]: row[1] for row in connection.execute(query)}
+
+
+def has_purchases(connection: sa.Connection) -> bool:
+    """Whether any order line is stored (the demo builds its shop into an empty store)."""
+    return count(connection, purchases) > 0
