@@ -50,36 +50,23 @@ import base64
 import logging
 import re
 import shutil
-import time
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from recocamp import metrics
 from recocamp.data import drop_folder, erasure_files
-from recocamp.domain import OutgoingEmail, email_hash
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
 from recocamp.store import outbox, registry, tombstones
+from recocamp.store import privacy as store
+from recocamp.store.engine import Connection, Engine
+from recocamp.store.privacy import Column, MetaData, Person, Ties
 from recocamp.store.queries import audit
-from recocamp.store.schema import (
-    audit_log,
-    contact_events,
-    customers,
-    decisions,
-    erasures,
-    metadata,
-    models,
-    purchases,
-    suppressions,
-)
-from recocamp.store.schema import outbox as outbox_table
+from recocamp.store.schema import metadata
 
 log = logging.getLogger(__name__)
 CUSTOMER_KEY = re.compile(r"^(?:.+_)?customer_id$")
@@ -89,70 +76,34 @@ PERSONAL = re.compile(
     r"phone(?:_number)?|birthday|date_of_birth|(?:street_|postal_|home_)?address|ip_address)$"
 )
 FINAL_STATES = ("sent", "delivered", "bounced", "failed", "cancelled")
+STAND_IN = "erased-"  # + the erasure's id: the anonymous stand-in of an erased customer
 
 
-def empty_body() -> bytes:
-    """An outbox body with nothing in it, in the outbox's own format."""
-    return outbox.pack(OutgoingEmail(send_key="", to="", subject="", html="", text=""))
-
-
-@dataclass(frozen=True, slots=True)
-class Ties:
-    """How rows of one table are tied to a person: customer-id and address columns."""
-
-    table: sa.Table
-    customer: tuple[sa.Column[Any], ...]
-    address: tuple[sa.Column[Any], ...]
-
-    def where(self, customer_id: str, email: str | None) -> Any:
-        clauses = [column == customer_id for column in self.customer]
-        if email:
-            clauses += [sa.func.lower(column) == email.strip().lower() for column in self.address]
-        return sa.or_(*clauses) if clauses else sa.false()
-
-
-def ties(schema: sa.MetaData = metadata) -> list[Ties]:
+def ties(schema: MetaData = metadata) -> list[Ties]:
     """Every table that holds rows about a customer, found by column names."""
-    found = []
-    for table in schema.sorted_tables:
-        text = [c for c in table.columns if isinstance(c.type, sa.String)]
-        customer = tuple(c for c in text if CUSTOMER_KEY.match(c.name))
-        if table.name == customers.name:
-            customer = (table.c.id,)
-        address = tuple(c for c in text if ADDRESS.match(c.name))
-        if customer or address:
-            found.append(Ties(table, customer, address))
-    return found
+    return store.ties(schema, CUSTOMER_KEY, ADDRESS)
 
 
-def personal_columns(schema: sa.MetaData = metadata) -> list[sa.Column[Any]]:
+def personal_columns(schema: MetaData = metadata) -> list[Column[Any]]:
     """Columns that identify a person by their name (flags like ``channel_email`` do not)."""
-    return [c for t in schema.sorted_tables for c in t.columns
-            if PERSONAL.match(c.name) and not isinstance(c.type, sa.Boolean)]  # fmt: skip
+    return store.named_columns(schema, PERSONAL)
 
 
 # --- export --------------------------------------------------------------------------------
 
 
-def export(engine: sa.Engine, customer_id: str, now: datetime,
-           schema: sa.MetaData = metadata) -> dict[str, Any] | None:  # fmt: skip
+def export(engine: Engine, customer_id: str, now: datetime,
+           schema: MetaData = metadata) -> dict[str, Any] | None:  # fmt: skip
     """Everything we hold about one customer as a JSON-ready document; None if nothing."""
     with engine.connect() as connection:
-        person = connection.execute(
-            sa.select(customers).where(customers.c.id == customer_id)).first()  # fmt: skip
-        email = person.email if person is not None else None
+        _, email = store.customer_email(connection, customer_id)
         tables = {}
         for tie in ties(schema):
-            rows = connection.execute(sa.select(tie.table).where(tie.where(customer_id, email)))
-            found = [{k: _json(v) for k, v in row._mapping.items()} for row in rows]
+            found = [_document(row) for row in store.tied_rows(connection, tie, customer_id, email)]
             if found:
                 tables[tie.table.name] = found
-        audits = [{k: _json(v) for k, v in row._mapping.items()} for row in connection.execute(
-            sa.select(audit_log).where(audit_log.c.subject_type == "customer",
-                                       audit_log.c.subject_id == customer_id)
-            .order_by(audit_log.c.id))]  # fmt: skip
-        suppressed = connection.execute(sa.select(suppressions).where(
-            suppressions.c.email_hash == email_hash(email))).first() if email else None  # fmt: skip
+        audits = [_document(row) for row in store.audit_entries(connection, customer_id)]
+        suppressed = store.suppression(connection, email) if email else None
     if not tables and not audits:
         return None
     return {
@@ -161,8 +112,12 @@ def export(engine: sa.Engine, customer_id: str, now: datetime,
                  "list of rows per table; e-mail bodies unpacked.",
         "tables": tables, "audit_log": audits,
         "suppressed": None if suppressed is None else {
-            "reason": suppressed.reason, "since": suppressed.created_at.isoformat()},
+            "reason": suppressed[0], "since": suppressed[1].isoformat()},
     }  # fmt: skip
+
+
+def _document(row: store.Record) -> dict[str, Any]:
+    return {k: _json(v) for k, v in row.items()}
 
 
 def _json(value: Any) -> Any:
@@ -191,95 +146,39 @@ class ErasureReport:
     not_covered: tuple[str, ...] = erasure_files.NOT_COVERED
 
 
-@dataclass(frozen=True, slots=True)
-class Person:
-    """Who is being erased, and the anonymous stand-in that replaces them."""
-
-    customer_id: str
-    email: str | None
-    stand_in: str
-    send_keys: tuple[str, ...]  # of their e-mails: provider events may name only those
-
-
-Keep = Callable[[sa.Connection, sa.Table, Any, Person], int]
-
-
-def _purchases(connection: sa.Connection, table: sa.Table, where: Any, person: Person) -> int:
-    return _count(connection.execute(sa.update(table).where(where).values(customer_id=None)))
-
-
-def _decisions(connection: sa.Connection, table: sa.Table, where: Any, person: Person) -> int:
-    return _count(connection.execute(sa.update(table).where(where).values(
-        customer_id=person.stand_in)))  # fmt: skip
-
-
-def _outbox(connection: sa.Connection, table: sa.Table, where: Any, person: Person) -> int:
-    o = table.c
-    state = sa.case((o.state.in_(("queued", "claimed")), "cancelled"), else_=o.state)
-    return _count(connection.execute(sa.update(table).where(where).values(
-        customer_id=person.stand_in, recipient="", subject="", body=empty_body(), state=state,
-        send_key=sa.literal(f"erased/{person.stand_in}/") + sa.cast(o.id, sa.String),
-        provider_message_id=None, last_error=None)))  # fmt: skip
-
-
-def _contact_events(connection: sa.Connection, table: sa.Table, where: Any,
-                    person: Person) -> int:  # fmt: skip
-    e = table.c
-    where = sa.or_(where, e.send_key.in_(person.send_keys)) if person.send_keys else where
-    return _count(
-        connection.execute(
-            sa.update(table)
-            .where(where)
-            .values(
-                customer_id=None,
-                send_key=None,
-                details={},
-                event_key=sa.literal(f"erased/{person.stand_in}/") + sa.cast(e.id, sa.String),
-            )
-        )
-    )
-
+Keep = Callable[[Connection, Ties, Person], int]
 
 # tables that keep their rows, with the person taken out (the rest lose the rows)
 KEEPS: dict[str, Keep] = {
-    "purchases": _purchases,
-    "decisions": _decisions,
-    "outbox": _outbox,
-    "contact_events": _contact_events,
+    "purchases": store.unlink_purchases,  # popularity and revenue KPIs stay right
+    "decisions": store.stand_in_decisions,  # the campaign counts stay right
+    "outbox": store.blank_emails,
+    "contact_events": store.blank_contact_events,
 }
 
 
-def _count(result: Any) -> int:
-    return max(0, int(result.rowcount or 0))
-
-
-def erase(engine: sa.Engine, settings: Settings, customer_id: str, now: datetime, via: str,
-          schema: sa.MetaData = metadata) -> ErasureReport | None:  # fmt: skip
+def erase(engine: Engine, settings: Settings, customer_id: str, now: datetime, via: str,
+          schema: MetaData = metadata) -> ErasureReport | None:  # fmt: skip
     """Remove a customer everywhere (see the module docstring); None if we hold nothing.
     Needs the tombstones' key (``tombstones.KeyMissing`` without it): an erasure that a
     re-import could undo is not done at all."""
     key = tombstones.key_of(settings)
     if key is None:
         raise tombstones.KeyMissing("erasure")
-    with engine.begin() as connection, _scrubbing(connection):
+    with engine.begin() as connection, store.scrubbing(connection):
         tombstones.serialise(connection, erasing=True)  # first: see serialise (SQLite too)
-        person = connection.execute(sa.select(customers.c.email).where(
-            customers.c.id == customer_id)).first()  # fmt: skip
-        email = person.email if person is not None else None
-        tied = [(tie, tie.where(customer_id, email)) for tie in ties(schema)]
-        if person is None and not any(_exists(connection, tie.table, where) for tie, where in tied):
+        known, email = store.customer_email(connection, customer_id)
+        tied = ties(schema)
+        if not known and not store.holds_any(connection, tied, customer_id, email):
             return None
-        erasure_id = _new_erasure(connection, now, via)
+        erasure_id = store.new_erasure(connection, now, via)
         tombstones.record(connection, key, customer_id, email, now)
-        keys = tuple(connection.execute(sa.select(outbox_table.c.send_key).where(
-            outbox_table.c.customer_id == customer_id)).scalars())  # fmt: skip
-        who = Person(customer_id, email, f"erased-{erasure_id}", keys)
-        rows = {tie.table.name: _erase_rows(connection, tie, where, who) for tie, where in tied}
-        rows["audit_log"] = _count(connection.execute(sa.update(audit_log).where(
-            audit_log.c.subject_type == "customer", audit_log.c.subject_id == customer_id)
-            .values(subject_id=who.stand_in, details={})))  # fmt: skip
+        keys = store.send_keys(connection, customer_id)
+        who = Person(customer_id, email, f"{STAND_IN}{erasure_id}", keys)
+        rows = {tie.table.name: _erase_rows(connection, tie, who) for tie in tied}
+        rows["audit_log"] = store.stand_in_audit(connection, who)
         rows = {name: number for name, number in rows.items() if number}
-        connection.execute(sa.update(erasures).where(erasures.c.id == erasure_id).values(rows=rows))
+        store.finish_erasure(connection, erasure_id, rows)
         audit(
             connection,
             at=now,
@@ -291,7 +190,7 @@ def erase(engine: sa.Engine, settings: Settings, customer_id: str, now: datetime
         )
     artifacts = _scrub_artifacts(engine, {customer_id})
     files = erasure_files.scrub(erasure_files.written_dirs(settings), customer_id, email)
-    clean = _empty_wal(engine) and not files.failed
+    clean = store.empty_wal(engine) and not files.failed
     metrics.PRIVACY_REQUESTS.labels("erasure", via).inc()
     log.info("erasure %d via %s: rows %s, %d model(s), %d file(s) scrubbed, %d not", erasure_id,
              via, rows, artifacts, len(files.rewritten), len(files.failed))  # fmt: skip
@@ -299,65 +198,21 @@ def erase(engine: sa.Engine, settings: Settings, customer_id: str, now: datetime
                          tuple(str(path) for path in files.failed))  # fmt: skip
 
 
-def _new_erasure(connection: sa.Connection, now: datetime, via: str) -> int:
-    result = connection.execute(sa.insert(erasures).values(erased_at=now, via=via[:64], rows={}))
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
+def _erase_rows(connection: Connection, tie: Ties, person: Person) -> int:
+    keep = KEEPS.get(tie.table.name, store.delete_rows)
+    return keep(connection, tie, person)
 
 
-def _exists(connection: sa.Connection, table: sa.Table, where: Any) -> bool:
-    return connection.execute(sa.select(sa.literal(1)).select_from(table).where(where)
-                              .limit(1)).first() is not None  # fmt: skip
-
-
-def _erase_rows(connection: sa.Connection, tie: Ties, where: Any, person: Person) -> int:
-    keep = KEEPS.get(tie.table.name)
-    if keep is not None:
-        return keep(connection, tie.table, where, person)
-    return _count(connection.execute(sa.delete(tie.table).where(where)))
-
-
-def _scrub_artifacts(engine: sa.Engine, customer_ids: set[str]) -> int:
+def _scrub_artifacts(engine: Engine, customer_ids: set[str]) -> int:
     """Remove the customers from every saved model that still has artifacts."""
     with engine.connect() as connection:
-        paths = list(connection.execute(sa.select(models.c.path)).scalars())
+        paths = registry.artifact_paths(connection)
     scrubbed = 0
     for path in paths:
         directory = Path(path)
         if (directory / "model.npz").exists() and model.drop_customers(directory, customer_ids):
             scrubbed += 1
     return scrubbed
-
-
-@contextmanager
-def _scrubbing(connection: sa.Connection) -> Iterator[None]:
-    """SQLite overwrites what this connection deletes or rewrites, instead of leaving it in
-    free pages of the database file."""
-    sqlite = connection.dialect.name == "sqlite"
-    if sqlite:
-        connection.exec_driver_sql("PRAGMA secure_delete = ON")
-    try:
-        yield
-    finally:
-        if sqlite:
-            connection.exec_driver_sql("PRAGMA secure_delete = OFF")
-
-
-def _empty_wal(engine: sa.Engine, attempts: int = 20) -> bool:
-    """SQLite: copy the (overwritten) pages into the database file and truncate the
-    write-ahead log, which still holds the old page images; retried while readers hold it."""
-    if engine.dialect.name != "sqlite":
-        return True
-    for _ in range(attempts):
-        with engine.connect() as connection:
-            busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
-        if busy is not None and busy[0] == 0:
-            return True
-        time.sleep(0.05)
-    log.warning("the SQLite write-ahead log could not be emptied now: readers hold it; "
-                "the next checkpoint overwrites it")  # fmt: skip
-    return False
 
 
 # --- retention -----------------------------------------------------------------------------
@@ -396,27 +251,22 @@ KEPT = {
 }  # fmt: skip
 
 
-def purge(engine: sa.Engine, settings: Settings, now: datetime) -> PurgeReport:
+def purge(engine: Engine, settings: Settings, now: datetime) -> PurgeReport:
     """Remove personal data past its retention period (``[privacy]``); safe to run often."""
     days = settings.privacy
-    o, e, d, a = outbox_table.c, contact_events.c, decisions.c, audit_log.c
-    with engine.begin() as connection, _scrubbing(connection):
-        bodies = _count(connection.execute(sa.update(outbox_table).where(
-            o.state.in_(FINAL_STATES), o.created_at < now - timedelta(days=days.outbox_body_days),
-            sa.or_(o.recipient != "", o.subject != ""),
-        ).values(recipient="", subject="", body=empty_body(), last_error=None)))  # fmt: skip
-        events = _count(connection.execute(sa.delete(contact_events).where(
-            e.at < now - timedelta(days=days.contact_events_days))))  # fmt: skip
-        decided = _count(connection.execute(sa.delete(decisions).where(
-            d.decided_at < now - timedelta(days=days.decisions_days))))  # fmt: skip
-        audits = _count(connection.execute(sa.delete(audit_log).where(
-            a.subject_type == "customer", a.subject_id.like("erased-%"),
-            a.at < now - timedelta(days=days.erased_audit_days))))  # fmt: skip
+    def before(period: int) -> datetime:
+        return now - timedelta(days=period)
+
+    with engine.begin() as connection, store.scrubbing(connection):
+        bodies = store.blank_bodies(connection, FINAL_STATES, before(days.outbox_body_days))
+        events = store.delete_contact_events(connection, before(days.contact_events_days))
+        decided = store.delete_decisions(connection, before(days.decisions_days))
+        audits = store.delete_stand_in_audit(connection, STAND_IN, before(days.erased_audit_days))
         directories = _old_artifacts(connection, now - timedelta(days=days.retired_model_days))
     for directory in directories:
         shutil.rmtree(directory, ignore_errors=True)
     orphans = _scrub_orphans(engine)
-    _empty_wal(engine)
+    store.empty_wal(engine)
     files = _old_processed_files(settings, now)
     report = PurgeReport(bodies, events, decided, audits, len(directories), orphans, files, KEPT)
     log.info("privacy purge: %s", {k: v for k, v in report.as_dict().items() if k != "kept"})
@@ -433,14 +283,13 @@ def _old_processed_files(settings: Settings, now: datetime) -> int:
     return removed
 
 
-def _scrub_orphans(engine: sa.Engine) -> int:
+def _scrub_orphans(engine: Engine) -> int:
     """Remove from saved models every customer the store holds no order lines of any more:
     somebody erased while that model was being trained (erasure scrubs the models that
     existed then; this catches the one that was still being written)."""
     with engine.connect() as connection:
-        paths = [Path(p) for p in connection.execute(sa.select(models.c.path)).scalars()]
-        known = set(connection.execute(sa.select(purchases.c.customer_id).where(
-            purchases.c.customer_id.is_not(None)).distinct()).scalars())  # fmt: skip
+        paths = [Path(p) for p in registry.artifact_paths(connection)]
+        known = store.customers_with_orders(connection)
     removed = 0
     for directory in paths:
         if (directory / "model.npz").exists():
@@ -449,13 +298,11 @@ def _scrub_orphans(engine: sa.Engine) -> int:
     return removed
 
 
-def _old_artifacts(connection: sa.Connection, before: datetime) -> list[Path]:
+def _old_artifacts(connection: Connection, before: datetime) -> list[Path]:
     """Artifact directories of retired/rejected models trained before ``before``."""
     keep = registry.previous_live(connection)
-    rows = connection.execute(sa.select(models.c.version, models.c.path).where(
-        models.c.status.in_(("retired", "rejected")), models.c.trained_at < before))  # fmt: skip
     return [
-        Path(row.path)
-        for row in rows
-        if (keep is None or row.version != keep.version) and Path(row.path).exists()
+        Path(path)
+        for version, path in registry.retired_before(connection, before)
+        if (keep is None or version != keep.version) and Path(path).exists()
     ]
