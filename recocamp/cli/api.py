@@ -19,10 +19,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from recocamp import privacy
 from recocamp.api import auth as api_auth
 from recocamp.cli.main import State, _engine, _errors_to_exit, _settings, app, clock, console
 from recocamp.errors import RecocampError
-from recocamp.privacy import rights as privacy
 from recocamp.store.queries import audit
 
 privacy_app = typer.Typer(help="Privacy: export, erase, retention purge.", no_args_is_help=True)
