@@ -229,3 +229,16 @@ class DeliveryReport:
         for name in ("sent", "rejected", "failed", "retried", "cancelled", "reconciled",
                      "requests"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """A send (treated) or a holdout decision (a would-have-been send) of one customer: what
+    measurement attributes orders to (``measure.attribution``; read by ``store.measure``)."""
+
+    campaign: str
+    customer_id: str
+    at: datetime
+    holdout: bool
+    variant: str | None = None
+    key: str = ""  # send key, or run key for a holdout

@@ -45,23 +45,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from recocamp.domain import Touch as Touch  # re-exported: the type measurement works on
 from recocamp.measure import statistics as stats
 from recocamp.measure.kpis import OrderTotal
 from recocamp.measure.statistics import Interval, Sample
 
 METRICS = ("conversion_rate", "revenue_per_recipient", "orders_per_recipient")
-
-
-@dataclass(frozen=True, slots=True)
-class Touch:
-    """A send (treated) or a holdout decision (a would-have-been send) of one customer."""
-
-    campaign: str
-    customer_id: str
-    at: datetime
-    holdout: bool
-    variant: str | None = None
-    key: str = ""  # send key, or run key for a holdout
 
 
 @dataclass(frozen=True, slots=True)
