@@ -4,8 +4,9 @@ Owns: the schema (:mod:`.schema`), engines and migrations (:mod:`.engine`, ``mig
 and the statements per area: purchases, customers and the audit log (:mod:`.queries`), the
 outbox (:mod:`.outbox`), the planner's snapshot (:mod:`.views`), contact events
 (:mod:`.contacts`), job runs (:mod:`.runs`), the model registry (:mod:`.registry`),
-measurement (:mod:`.measure`), forecasts' inputs (:mod:`.forecasts`), tombstones of erased
-customers (:mod:`.tombstones`) and advisory lock keys (:mod:`.locks`).
+measurement (:mod:`.measure`), forecasts' inputs (:mod:`.forecasts`), export, erasure and
+retention purge (:mod:`.privacy`), tombstones of erased customers (:mod:`.tombstones`) and
+advisory lock keys (:mod:`.locks`).
 
 May import: the base modules only; every other package reaches the database through here.
 """

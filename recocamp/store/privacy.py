@@ -3,8 +3,9 @@
 What is erased where, in which order, and what is kept is decided by ``privacy`` (the
 rules); this module only reads and writes. Where personal data lives is read from the schema
 by column names the rules give (:func:`ties`), so a table added later is covered the day it
-appears. Every function takes the caller's ``Connection``: an erasure is one transaction
-(serialised by ``tombstones.serialise``), and so is one purge.
+appears. Every statement runs on the caller's ``Connection``: an erasure is one transaction
+(serialised by ``tombstones.serialise``), and so is one purge; only :func:`empty_wal`, which
+must run after the commit, takes the engine.
 """
 
 from __future__ import annotations
