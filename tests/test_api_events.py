@@ -11,11 +11,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from recocamp import tokens
+from recocamp import privacy, tokens
 from recocamp.api.app import create_app
 from recocamp.clock import FixedClock
 from recocamp.domain import email_hash
-from recocamp.privacy import rights as privacy
 from recocamp.store import tombstones
 from recocamp.store.schema import (
     audit_log,

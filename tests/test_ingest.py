@@ -17,11 +17,11 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
+from recocamp import privacy
 from recocamp.data.catalog import is_service_code
 from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.ingest import Importer
 from recocamp.errors import ConfigError, DataImportError
-from recocamp.privacy import rights as privacy
 from recocamp.settings import Settings
 from recocamp.store import tombstones
 from recocamp.store.schema import audit_log, customers, import_runs, items, purchases

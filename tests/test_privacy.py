@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from recocamp import tokens
+from recocamp import privacy, tokens
 from recocamp.api.app import create_app
 from recocamp.cli import app as cli
 from recocamp.clock import FixedClock
@@ -25,7 +25,6 @@ from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.synthetic import END
 from recocamp.delivery.esp.fake_server import postmark_event
 from recocamp.domain import OutgoingEmail, email_hash
-from recocamp.privacy import rights as privacy
 from recocamp.recommender import training
 from recocamp.store import outbox, registry
 from recocamp.store.schema import (

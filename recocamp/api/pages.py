@@ -36,14 +36,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recocamp import metrics, tokens
+from recocamp import metrics, privacy, tokens
 from recocamp.api import forms
 from recocamp.api import page_views as pages
 from recocamp.api.offer_cache import OfferService, Query
 from recocamp.campaigns.audience import history_of
 from recocamp.clock import Clock
 from recocamp.data import profiles
-from recocamp.privacy import rights as privacy
 from recocamp.settings import Settings
 from recocamp.store import contacts, tombstones, views
 from recocamp.store.schema import customers, outbox, recommendations

@@ -17,10 +17,9 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, Field
 
-from recocamp import metrics
+from recocamp import metrics, privacy
 from recocamp.api.auth import PrivacyAdmin
 from recocamp.clock import Clock
-from recocamp.privacy import rights as privacy
 from recocamp.settings import PrivacySettings, Settings
 from recocamp.store import tombstones
 from recocamp.store.queries import audit

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from recocamp import privacy
 from recocamp.api import auth as api_auth
 from recocamp.cli.common import (
     State,
@@ -27,7 +28,6 @@ from recocamp.cli.common import (
     errors_to_exit,
 )
 from recocamp.errors import RecocampError
-from recocamp.privacy import rights as privacy
 from recocamp.store.queries import audit
 
 privacy_app = typer.Typer(help="Privacy: export, erase, retention purge.", no_args_is_help=True)

@@ -10,8 +10,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from recocamp.campaigns import render
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.run import Planned, RunOptions, RunReport, enqueue_decisions, plan_run
@@ -19,11 +17,12 @@ from recocamp.clock import SystemClock
 from recocamp.delivery.deliverer import Deliverer, drain_in_processes
 from recocamp.domain import DeliveryReport
 from recocamp.settings import Settings
+from recocamp.store.engine import Engine
 
 PARALLEL_FROM = 5000  # smaller runs are delivered by a thread: starting processes costs ~1 s
 
 
-def send_campaign(engine: sa.Engine, settings: Settings, campaign: Campaign, templates: Path,
+def send_campaign(engine: Engine, settings: Settings, campaign: Campaign, templates: Path,
                   now: datetime, deliverer: Deliverer,
                   options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
     """Plan, then enqueue while the same campaign is being delivered."""
@@ -32,7 +31,7 @@ def send_campaign(engine: sa.Engine, settings: Settings, campaign: Campaign, tem
                            options)  # fmt: skip
 
 
-def deliver_planned(engine: sa.Engine, settings: Settings, campaign: Campaign, templates: Path,
+def deliver_planned(engine: Engine, settings: Settings, campaign: Campaign, templates: Path,
                     planned: Planned, now: datetime, deliverer: Deliverer,
                     options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
     """Enqueue ``planned`` while it is delivered: by ``deliverer`` in a thread, or, for a big

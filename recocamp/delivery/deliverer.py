@@ -32,12 +32,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from recocamp.campaigns.render import Renderer, snapshot
 from recocamp.clock import Clock
 from recocamp.delivery.esp import Provider
-from recocamp.domain import DeliveryReport, SendResult, SendStatus, email_hash
+from recocamp.domain import DeliveryReport, SendResult, SendStatus
 from recocamp.errors import (
     BatchTooLargeError,
     DeliveryError,
@@ -46,8 +44,7 @@ from recocamp.errors import (
 )
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
-from recocamp.store.queries import upsert_statement
-from recocamp.store.schema import suppressions
+from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER_S = 86_400.0  # a provider asking for more than a day is not taken literally
@@ -101,7 +98,7 @@ class Deliverer:
     batch in flight, records it, and returns; nothing is left half-sent.
     """
 
-    def __init__(self, engine: sa.Engine, provider: Provider, settings: EspSettings,
+    def __init__(self, engine: Engine, provider: Provider, settings: EspSettings,
                  clock: Clock, *, sleep: Callable[[float], object] = time.sleep,
                  rng: random.Random | None = None, worker: str | None = None,
                  renderer: Renderer | None = None, stopping: Callable[[], bool] = lambda: False,
@@ -309,15 +306,14 @@ class Deliverer:
         delay = backoff(attempts, self.settings.retry_base_s, self.settings.retry_max_s, self.rng)
         return min(max(delay, retry_after or 0.0), MAX_RETRY_AFTER_S)
 
-    def _suppress(self, connection: sa.Connection, rejected: list[outbox.Claimed]) -> None:
-        if not rejected:
-            return
-        rows = [{"email_hash": email_hash(c.email.to), "reason": "rejected",
-                 "source": self.provider.name, "created_at": self.clock.now()}
-                for c in rejected]  # fmt: skip
-        statement = upsert_statement(connection, suppressions).on_conflict_do_nothing(
-            index_elements=["email_hash"])  # fmt: skip
-        connection.execute(statement, rows)
+    def _suppress(self, connection: Connection, rejected: list[outbox.Claimed]) -> None:
+        outbox.suppress(
+            connection,
+            [c.email.to for c in rejected],
+            "rejected",
+            self.provider.name,
+            self.clock.now(),
+        )
 
     # -- error-rate pause -------------------------------------------------------------------
 
@@ -346,7 +342,7 @@ class Deliverer:
 _shared: dict[str, Any] = {}  # in a delivery process: the parent's flags and counter
 
 
-def drain_in_processes(engine: sa.Engine, settings: Settings, renderer: Renderer,
+def drain_in_processes(engine: Engine, settings: Settings, renderer: Renderer,
                        campaign: str | None, processes: int, max_wait_s: float,
                        producing: Callable[[], bool], on_progress: Progress = lambda n: None,
                        stopping: Callable[[], bool] = lambda: False,

@@ -23,8 +23,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
-
 from recocamp.campaigns.segments import History, Order, rfm_scores
 from recocamp.measure import attribution as measure
 from recocamp.measure import kpis, report
@@ -33,6 +31,7 @@ from recocamp.measure.kpis import OrderTotal
 from recocamp.settings import Settings
 from recocamp.store import measure as store
 from recocamp.store import queries, registry
+from recocamp.store.engine import Engine
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -52,7 +51,7 @@ def last_complete_day(now: datetime, zone: ZoneInfo) -> date:
     return now.astimezone(zone).date() - timedelta(days=1)
 
 
-def snapshot_kpis(engine: sa.Engine, settings: Settings, now: datetime) -> int:
+def snapshot_kpis(engine: Engine, settings: Settings, now: datetime) -> int:
     """The daily job: snapshot the last complete shop-local day; returns rows written (0
     when that day was done already)."""
     day = last_complete_day(now, ZoneInfo(settings.shop.time_zone))
@@ -61,7 +60,7 @@ def snapshot_kpis(engine: sa.Engine, settings: Settings, now: datetime) -> int:
     return written
 
 
-def backfill(engine: sa.Engine, settings: Settings, first: date, last: date, now: datetime, *,
+def backfill(engine: Engine, settings: Settings, first: date, last: date, now: datetime, *,
              replace: bool = False,
              on_days: Callable[[int], None] = lambda n: None) -> int:  # fmt: skip
     """Snapshot every day from ``first`` to ``last`` (inclusive) that is missing (all of them
@@ -141,7 +140,7 @@ class _SegmentTracker:
 # --- the report --------------------------------------------------------------------------
 
 
-def gather(engine: sa.Engine, settings: Settings, as_of: datetime, now: datetime) -> report.Data:
+def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -> report.Data:
     """Everything the report shows, as of ``as_of`` (an instant; the report of the demo shop
     is as of a day in 2011)."""
     zone = ZoneInfo(settings.shop.time_zone)
@@ -208,7 +207,7 @@ def _nps(answered: Sequence[tuple[str, str, int, datetime]], sent: Counter[str],
     )  # fmt: skip
 
 
-def store_report(engine: sa.Engine, settings: Settings, now: datetime,
+def store_report(engine: Engine, settings: Settings, now: datetime,
                  as_of: datetime | None = None) -> int:  # fmt: skip
     """Render the report as of ``as_of`` (default ``now``) and keep it for
     ``/reports/latest``; returns its id."""

@@ -5,8 +5,8 @@ and the statements per area: purchases, customers and the audit log (:mod:`.quer
 outbox (:mod:`.outbox`), the rows the planner plans with (:mod:`.views`), planner decisions
 (:mod:`.decisions`), customer profiles (:mod:`.profiles`), contact events (:mod:`.contacts`),
 job runs (:mod:`.runs`), the model registry (:mod:`.registry`), measurement (:mod:`.measure`),
-forecasts' inputs (:mod:`.forecasts`), tombstones of erased customers (:mod:`.tombstones`)
-and advisory lock keys (:mod:`.locks`).
+forecasts' inputs (:mod:`.forecasts`), export, erasure and retention purge (:mod:`.privacy`),
+tombstones of erased customers (:mod:`.tombstones`) and advisory lock keys (:mod:`.locks`).
 
 May import: the base modules only; every other package reaches the database through here.
 """

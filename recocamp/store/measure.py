@@ -94,7 +94,9 @@ def write_snapshots(connection: sa.Connection, kpi_rows: Sequence[dict[str, Any]
         if replace:
             days = sorted({row["day"] for row in rows})
             connection.execute(sa.delete(table).where(table.c.day.in_(days)))
-        statement = upsert_statement(connection, table).on_conflict_do_nothing(index_elements=list(keys))
+        statement = upsert_statement(connection, table).on_conflict_do_nothing(
+            index_elements=list(keys)
+        )
         if connection.dialect.name == "sqlite":
             written += int(connection.execute(statement, list(rows)).rowcount)
         else:

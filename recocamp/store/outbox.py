@@ -114,7 +114,9 @@ def enqueue(connection: sa.Connection, emails: Iterable[tuple[OutgoingEmail, str
     ]  # fmt: skip
     if not rows:
         return 0
-    statement = upsert_statement(connection, outbox).on_conflict_do_nothing(index_elements=["send_key"])
+    statement = upsert_statement(connection, outbox).on_conflict_do_nothing(
+        index_elements=["send_key"]
+    )
     if connection.dialect.name == "sqlite":  # sqlite3's executemany sums rowcounts, in C
         return int(connection.execute(statement, rows).rowcount)
     # rowcount of an executemany is -1 on psycopg; RETURNING counts what was really inserted
@@ -366,6 +368,23 @@ def resume(connection: sa.Connection, campaign: str) -> bool:
 
 def paused(connection: sa.Connection) -> dict[str, str]:
     return {r.campaign: r.reason for r in connection.execute(sa.select(campaign_pauses))}
+
+
+def suppress(
+    connection: sa.Connection, addresses: Sequence[str], reason: str, source: str, now: datetime
+) -> None:
+    """Keep ``addresses`` from being mailed again (by their hash); an address suppressed
+    already keeps its first reason."""
+    if not addresses:
+        return
+    rows = [
+        {"email_hash": email_hash(address), "reason": reason, "source": source, "created_at": now}
+        for address in addresses
+    ]
+    statement = upsert_statement(connection, suppressions).on_conflict_do_nothing(
+        index_elements=["email_hash"]
+    )
+    connection.execute(statement, rows)
 
 
 def _said(error: str) -> str:

@@ -46,6 +46,19 @@ def previous_live(connection: sa.Connection) -> sa.Row[Any] | None:
     return connection.execute(query).first()
 
 
+def artifact_paths(connection: sa.Connection) -> list[str]:
+    """Where every registered model keeps (or kept) its artifacts."""
+    return list(connection.execute(sa.select(models.c.path)).scalars())
+
+
+def retired_before(connection: sa.Connection, before: datetime) -> list[tuple[str, str]]:
+    """``(version, artifact path)`` of retired or rejected models trained before ``before``."""
+    query = sa.select(models.c.version, models.c.path).where(
+        models.c.status.in_(("retired", "rejected")), models.c.trained_at < before
+    )
+    return [(row.version, row.path) for row in connection.execute(query)]
+
+
 def register(connection: sa.Connection, **values: Any) -> None:
     connection.execute(sa.insert(models).values(**values))
 

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from recocamp import metrics
+from recocamp import metrics, privacy
 from recocamp.campaigns import render
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.run import RunOptions
@@ -27,7 +27,6 @@ from recocamp.delivery.esp import Provider, make_provider
 from recocamp.domain import DeliveryReport
 from recocamp.errors import Problem
 from recocamp.measure import jobs as measure_jobs
-from recocamp.privacy import rights as privacy
 from recocamp.recommender import training
 from recocamp.settings import Settings
 from recocamp.store import registry
