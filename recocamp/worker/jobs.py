@@ -22,12 +22,13 @@ from recocamp.campaigns.run import RunOptions
 from recocamp.clock import Clock
 from recocamp.data import drop_folder
 from recocamp.delivery.campaign_send import send_campaign
-from recocamp.delivery.deliverer import Deliverer, RateLimiter
+from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import Provider, make_provider
 from recocamp.domain import DeliveryReport
 from recocamp.errors import Problem
 from recocamp.measure import jobs as measure_jobs
 from recocamp.privacy import rights as privacy
+from recocamp.ratelimit import RateLimiter
 from recocamp.recommender import training
 from recocamp.settings import Settings
 from recocamp.store import registry

@@ -51,8 +51,8 @@ from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.render import Renderer
 from recocamp.campaigns.run import run_key
 from recocamp.clock import Clock, FixedClock, SystemClock
-from recocamp.delivery.deliverer import RateLimiter
 from recocamp.errors import ConfigError, Interrupted
+from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
 from recocamp.store import outbox, runs
 from recocamp.store.runs import CAMPAIGN_PREFIX
