@@ -308,7 +308,7 @@ def test_lean_parameters_are_validated_like_fastapi(app: FastAPI, query: str) ->
         assert lean.json() == plain.json()
 
 
-@pytest.mark.parametrize("customer", ["x" * 65, "a%00b", "tab%09"])
+@pytest.mark.parametrize("customer", ["x" * 65, "a%00b", "tab%09", "del%7F", "bidi%E2%80%AE"])
 def test_customer_ids_the_store_cannot_hold_are_422(app: FastAPI, customer: str) -> None:
     path = NBO.format(customer)
     reply = call(app, "GET", path, headers=bearer("shop"))
