@@ -351,3 +351,15 @@ def test_the_repository_settings_file_loads() -> None:
     assert settings.shop.default_locale == "en"
     assert settings.caps.quiet_hours_end == time(8, 0)
     assert settings.recommender.time_decay_half_life_days is None
+
+
+def test_the_signing_key_is_read_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    unset = load_settings(REPO_SETTINGS)
+    assert unset.signing_key_bytes() is None
+    with pytest.raises(ConfigError) as refused:
+        unset.require_signing_key()
+    assert refused.value.problems[0].key == "signing_key"
+    assert "RECOCAMP_SIGNING_KEY" in str(refused.value)
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "sign-0123456789")
+    settings = load_settings(REPO_SETTINGS)
+    assert settings.signing_key_bytes() == settings.require_signing_key() == b"sign-0123456789"

@@ -23,7 +23,7 @@ from recocamp.campaigns import compose, planner, render
 from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns.files import Campaign
 from recocamp.domain import DeliveryReport, OutgoingEmail
-from recocamp.errors import ConfigError, Interrupted, Problem
+from recocamp.errors import Interrupted
 from recocamp.settings import Settings
 from recocamp.store import outbox, views
 from recocamp.store.queries import upsert_statement
@@ -42,14 +42,6 @@ class RunReport:
     enqueued: int = 0
     already_enqueued: int = 0
     delivery: DeliveryReport | None = None
-
-
-def signing_key(settings: Settings) -> bytes:
-    if settings.signing_key is None:
-        raise ConfigError(Path("settings.toml"), [Problem(
-            "sending needs a secret for unsubscribe links: set RECOCAMP_SIGNING_KEY",
-            key="signing_key")])  # fmt: skip
-    return settings.signing_key.get_secret_value().encode()
 
 
 def run_key(campaign: str, now: datetime, zone: ZoneInfo) -> str:
@@ -72,7 +64,7 @@ class Planned:
 def plan_run(engine: sa.Engine, settings: Settings, campaign: Campaign,
              now: datetime) -> Planned:  # fmt: skip
     """Load the planner's snapshot and decide for every customer at ``now``."""
-    signing_key(settings)  # refuse before any work, not after planning
+    settings.require_signing_key()  # refuse before any work, not after planning
     own = run_key(campaign.name, now, ZoneInfo(settings.shop.time_zone))
     with engine.connect() as connection:
         snapshot = views.load(connection, settings, now, own_run=own)
@@ -116,7 +108,7 @@ def enqueue_decisions(engine: sa.Engine, settings: Settings, campaign: Campaign,
     (a crash or a stop loses at most the chunk in flight, and the re-run skips what is
     enqueued). Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only
     the subject is rendered here."""
-    key = signing_key(settings)
+    key = settings.require_signing_key()
     renderer = options.renderer or render.Renderer(templates, limits=settings.templates)
     report = planned.report
     period = report.run_key.rpartition("/")[2]

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.render import Renderer
-from recocamp.campaigns.run import RunOptions, RunReport, signing_key
+from recocamp.campaigns.run import RunOptions, RunReport
 from recocamp.cli.main import (
     CampaignsDir,
     TemplatesDir,
@@ -74,7 +74,7 @@ def send(
     with _errors_to_exit():
         settings = _settings()
         chosen = _one_campaign(settings, campaign, campaigns, templates)
-        signing_key(settings)
+        settings.require_signing_key()
         now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
         report = _send_run(settings, _engine(settings), chosen, templates, now, wait)
     _print_run(report)

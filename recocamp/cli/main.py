@@ -707,7 +707,7 @@ def preview(
             console.print("nothing rendered; --anyway renders it regardless")
             return
         offers = None if decision.offers else tuple(planner.offers_for(chosen, view, context))
-        key = settings.signing_key.get_secret_value().encode() if settings.signing_key else None
+        key = settings.signing_key_bytes()
         link = compose.links(settings, key or _EPHEMERAL, customer, chosen.name, clock.now())
         renderer = render.Renderer(templates, limits=settings.templates)
         email = compose.render_for(decision, view, chosen, settings, renderer, link, offers)
