@@ -15,9 +15,11 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
 from recocamp.campaigns import planner
 from recocamp.campaigns.files import caps_defaults, load_all
+from recocamp.cli.main import app as cli
 from recocamp.recommender import training
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
@@ -333,3 +335,26 @@ def test_a_commit_is_seen_by_every_request_that_arrives_after_it(app: FastAPI) -
             first_name="Committed"))  # fmt: skip
     assert service.data_version(queued) == first  # entered before the reading: shares it
     assert service.data_version(time.perf_counter()) != first  # arrived after the commit
+
+
+def test_the_cli_and_the_api_apply_one_objection_rule(
+    app: FastAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer who objected keeps a cached list until the next training (an import sets
+    the flag, nothing else): ``recocamp recommend`` and the API both ignore it."""
+    engine = engine_of(app)
+    customer, _ = cached_customer(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.update(customers).where(customers.c.id == customer).values(
+            objected_to_profiling=True))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    shown = CliRunner().invoke(cli, ["recommend", customer, "--n", "5"])
+    answer = offers(app, customer, "n=5")
+    assert shown.exit_code == 0, shown.output
+    assert f"customer {customer}: popular: objected to profiling" in shown.stdout
+    assert answer["basis_reason"] == "popular: objected to profiling"
+    assert answer["basis"] == "popular" and answer["personalised"] is False
+    assert str(live(engine).popular[0][0]) in shown.stdout  # the popularity list, not the cache
+    sources = {entry["source"] for entry in answer["items"]}  # type: ignore[attr-defined]
+    assert sources <= {"popular", "history", "due"}

@@ -38,7 +38,7 @@ from recocamp.recommender import models as model_module
 from recocamp.recommender import training
 from recocamp.recommender.evaluate import Metrics
 from recocamp.recommender.models import MODEL_NAMES
-from recocamp.recommender.ranking import personal_or_popular
+from recocamp.recommender.ranking import objects_to_profiling, personal_or_popular
 from recocamp.settings import Settings, load_settings
 from recocamp.store import queries, registry, tombstones
 from recocamp.store import views as store_views
@@ -508,12 +508,9 @@ def recommend(customer_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
                 raise ModelError("no live model: run `recocamp train` first")
             person = registry.customer(connection, customer_id)
             cached = registry.cached(connection, customer_id)
-            objected = person is not None and (
-                person.objected_to_profiling or person.erased_at is not None
-            )
             ranked, why = personal_or_popular(
                 known=person is not None or cached is not None,
-                objected=objected,
+                objected=objects_to_profiling(person),
                 personal=cached.items if cached else None,
                 popular=live.popular,
             )
