@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +17,7 @@ from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from recocamp.campaigns import planner
-from recocamp.campaigns.files import caps_defaults, load_all
+from recocamp.campaigns.files import load_all
 from recocamp.cli.main import app as cli
 from recocamp.recommender import training
 from recocamp.recommender.ranking import Mode
@@ -219,8 +218,7 @@ def test_widget_and_email_offer_the_same_items(app: FastAPI, campaign_name: str,
         update={"replenishment_due": False})})  # fmt: skip
     with engine.connect() as connection:
         snapshot = views.load(connection, settings, NOW)
-    context = planner.Context(NOW, snapshot.items, snapshot.popular, caps_defaults(settings),
-                              ZoneInfo(settings.shop.time_zone))  # fmt: skip
+    context = planner.context_for(settings, NOW, snapshot.items, snapshot.popular)
     compared = 0
     for view in snapshot.views:
         if view.customer.consent_basis.value != "double_opt_in" or compared >= 25:

@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from recocamp.campaigns import compose, planner, render
-from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns.files import Campaign
 from recocamp.domain import DeliveryReport, OutgoingEmail
 from recocamp.errors import Interrupted
@@ -74,7 +73,7 @@ def plan_run(engine: sa.Engine, settings: Settings, campaign: Campaign,
 def plan_views(settings: Settings, campaign: Campaign, customers: Sequence[planner.CustomerView],
                items: Any, popular: Any, now: datetime) -> Planned:  # fmt: skip
     zone = ZoneInfo(settings.shop.time_zone)
-    context = planner.Context(now, items, popular, campaign_files.caps_defaults(settings), zone)
+    context = planner.context_for(settings, now, items, popular)
     decided = planner.plan(campaign, customers, context)
     report = RunReport(campaign.name, run_key(campaign.name, now, zone), planner.counts(decided))
     return Planned(report, decided, {v.customer.id: v for v in customers})

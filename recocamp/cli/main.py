@@ -27,7 +27,6 @@ from rich.table import Table
 
 from recocamp.campaigns import check as checks
 from recocamp.campaigns import compose, planner, render, segments
-from recocamp.campaigns import files as campaign_files
 from recocamp.clock import SystemClock
 from recocamp.data.demo import build_demo
 from recocamp.data.ingest import Importer, ImportReport
@@ -598,9 +597,7 @@ def _planning(settings: Settings, as_of: str | None) -> tuple[Any, Any]:
     end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
     with _engine(settings).connect() as connection:
         snapshot = store_views.load(connection, settings, end)
-    policy = campaign_files.caps_defaults(settings)
-    zone = ZoneInfo(settings.shop.time_zone)
-    context = planner.Context(end, snapshot.items, snapshot.popular, policy, zone)
+    context = planner.context_for(settings, end, snapshot.items, snapshot.popular)
     return snapshot, context
 
 
