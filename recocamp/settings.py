@@ -65,6 +65,13 @@ class ShopSettings(_Section):
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     default_locale: Literal["de", "en"] = "de"
 
+    @property
+    def zone(self) -> ZoneInfo:
+        """The shop's zone (``time_zone``, checked when the settings load). ``ZoneInfo`` keeps
+        its instances, so this is the same object every time; a property rather than a cached
+        one, so a ``model_copy`` with another ``time_zone`` never answers with the old zone."""
+        return ZoneInfo(self.time_zone)
+
 
 class IngestSettings(_Section):
     drop_dir: Path = Path("incoming")

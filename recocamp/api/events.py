@@ -196,7 +196,7 @@ class CustomerOut(BaseModel):
 def router(settings: Settings, engine: sa.Engine, clock: Clock,
            problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
     api = APIRouter(tags=["events"])
-    zone = ZoneInfo(settings.shop.time_zone)
+    zone = settings.shop.zone
     secret = tombstones.key_of(settings)
     model = problems[401]["model"]
     unchecked: dict[int | str, dict[str, Any]] = {503: {"model": model, "description": (

@@ -146,7 +146,7 @@ def context_for(
     """The one way to build a run's context (campaign runs, ``recocamp plan`` and ``preview``):
     the shop's cap policy and time zone from the settings, the snapshot's items and popularity."""
     policy = caps.CapPolicy.from_settings(settings.caps)
-    return Context(now, items, popular, policy, ZoneInfo(settings.shop.time_zone))
+    return Context(now, items, popular, policy, settings.shop.zone)
 
 
 def plan(campaign: Campaign, views: Iterable[CustomerView], context: Context) -> list[Decision]:

@@ -64,7 +64,7 @@ def plan_run(engine: sa.Engine, settings: Settings, campaign: Campaign,
              now: datetime) -> Planned:  # fmt: skip
     """Load the planner's snapshot and decide for every customer at ``now``."""
     settings.require_signing_key()  # refuse before any work, not after planning
-    own = run_key(campaign.name, now, ZoneInfo(settings.shop.time_zone))
+    own = run_key(campaign.name, now, settings.shop.zone)
     with engine.connect() as connection:
         snapshot = views.load(connection, settings, now, own_run=own)
     return plan_views(settings, campaign, snapshot.views, snapshot.items, snapshot.popular, now)
@@ -72,7 +72,7 @@ def plan_run(engine: sa.Engine, settings: Settings, campaign: Campaign,
 
 def plan_views(settings: Settings, campaign: Campaign, customers: Sequence[planner.CustomerView],
                items: Any, popular: Any, now: datetime) -> Planned:  # fmt: skip
-    zone = ZoneInfo(settings.shop.time_zone)
+    zone = settings.shop.zone
     context = planner.context_for(settings, now, items, popular)
     decided = planner.plan(campaign, customers, context)
     report = RunReport(campaign.name, run_key(campaign.name, now, zone), planner.counts(decided))

@@ -69,13 +69,12 @@ def send(
     templates: TemplatesDir = Path("templates"),
 ) -> None:
     """Plan, render, enqueue and deliver one campaign run (idempotent per shop-local day)."""
-    from zoneinfo import ZoneInfo
 
     with _errors_to_exit():
         settings = _settings()
         chosen = _one_campaign(settings, campaign, campaigns, templates)
         settings.require_signing_key()
-        now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
+        now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
         report = _send_run(settings, _engine(settings), chosen, templates, now, wait)
     _print_run(report)
 
@@ -226,7 +225,6 @@ def demo(
 ) -> None:
     """The whole loop on the demo shop: build it, train, run every campaign through a local
     fake ESP (started in this process), and show what went out."""
-    from zoneinfo import ZoneInfo
 
     from recocamp.campaigns.check import campaign_problems
     from recocamp.cli.main import train
@@ -243,7 +241,7 @@ def demo(
         fake = FakeEsp(data_dir=demo_dir / "fake-esp")
         with running(create_app(fake)) as url:
             local = _demo_settings(settings, url, demo_dir)
-            now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+            now = parse_as_of(as_of, settings.shop.zone)
             for campaign in loaded:
                 _print_run(_send_run(local, engine, campaign, templates, now, 5.0))
         stats = fake.stats()

@@ -41,7 +41,7 @@ def _day(value: str | None, option: str, zone: ZoneInfo) -> int:
 
 def _purchase_days(settings: Settings, day: int) -> forecasting.PurchaseDays:
     """Purchase days of every profiled customer strictly before the shop-local ``day``."""
-    zone = ZoneInfo(settings.shop.time_zone)
+    zone = settings.shop.zone
     until = datetime.combine(forecasting.day_of(day), datetime.min.time(), tzinfo=zone)
     with _engine(settings).connect() as connection:
         ids, seconds, revenue = forecast_store.purchase_lines(connection, until)
@@ -59,7 +59,7 @@ def forecast_command(
     expected revenue, lifetime value, when the next purchase is due."""
     with _errors_to_exit():
         settings = _settings()
-        zone = ZoneInfo(settings.shop.time_zone)
+        zone = settings.shop.zone
         day = _day(as_of, "--as-of", zone)
         horizon = horizon_days or settings.forecast.horizon_days
         purchases = _purchase_days(settings, day)
@@ -138,7 +138,7 @@ def forecast_evaluate(
     days, total predicted vs actual, AUC of buying again, Spearman, calibration by decile."""
     with _errors_to_exit():
         settings = _settings()
-        day = _day(cutoff, "--cutoff", ZoneInfo(settings.shop.time_zone))
+        day = _day(cutoff, "--cutoff", settings.shop.zone)
         horizon = horizon_days or settings.forecast.horizon_days
         evaluation = forecasting.evaluate(_purchase_days(settings, day + horizon), day, horizon)
     if format is Output.json:

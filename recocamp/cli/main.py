@@ -180,7 +180,7 @@ def db_current() -> None:
 def _importer(settings: Settings, progress: RichProgress, zone: str | None) -> Importer:
     return Importer(
         _engine(settings),
-        zone=ZoneInfo(zone or settings.shop.time_zone),
+        zone=ZoneInfo(zone) if zone else settings.shop.zone,
         now=clock.now(),
         progress=progress,
         max_listed=settings.ingest.max_errors_listed,
@@ -293,13 +293,13 @@ def kpis(
     """Retention KPIs over the window ending at --as-of (definitions in README.md)."""
     with _errors_to_exit():
         settings = _settings()
-        end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+        end = parse_as_of(as_of, settings.shop.zone)
         days = window_days or settings.kpis.window_days
         with _engine(settings).connect() as connection:
             rows = queries.order_totals(connection, end - timedelta(days=2 * days), end)
             latest = queries.latest_order_time(connection)
         result = kpi_module.compute([kpi_module.OrderTotal(*row) for row in rows], end, days)
-    empty = _empty_window_note(result, latest, ZoneInfo(settings.shop.time_zone))
+    empty = _empty_window_note(result, latest, settings.shop.zone)
     if format is Output.json:
         print_json(result.as_dict(), indent=2)
         if empty:
@@ -357,12 +357,12 @@ def train(
     """Train, evaluate against the live model and baselines, promote if not worse."""
     with _errors_to_exit():
         settings = _settings()
-        end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+        end = parse_as_of(as_of, settings.shop.zone)
         with console.status("training") as status:
             result = training.train(
                 _engine(settings), settings.recommender, now=clock.now(), as_of=end,
                 name=model.value if model else None, step=lambda text: status.update(text),
-                zone=ZoneInfo(settings.shop.time_zone),
+                zone=settings.shop.zone,
             )  # fmt: skip
     if result.metrics:
         console.print(_metrics_table(f"time split, k = {settings.recommender.evaluation_k}",
@@ -403,7 +403,7 @@ def evaluate_models(
         horizon = horizon_days or rec.evaluation_horizon_days
         top = k or rec.evaluation_k
         engine = _engine(settings)
-        zone = ZoneInfo(settings.shop.time_zone)
+        zone = settings.shop.zone
         split_at = (parse_as_of(cutoff, zone) if cutoff
                     else _default_cutoff(engine, horizon))  # fmt: skip
         names = [m.value for m in models] if models else list(MODEL_NAMES)
@@ -428,7 +428,7 @@ def models_list() -> None:
     with _errors_to_exit():
         settings = _settings()
         metric = settings.recommender.promote_metric
-        zone = ZoneInfo(settings.shop.time_zone)
+        zone = settings.shop.zone
         with _engine(settings).connect() as connection:
             rows = registry.listing(connection)
     table = Table(title="models")
@@ -594,7 +594,7 @@ def _one_campaign(settings: Settings, name: str, campaigns: Path, templates: Pat
 
 
 def _planning(settings: Settings, as_of: str | None) -> tuple[Any, Any]:
-    end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
+    end = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
     with _engine(settings).connect() as connection:
         snapshot = store_views.load(connection, settings, end)
     context = planner.context_for(settings, end, snapshot.items, snapshot.popular)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
@@ -50,7 +49,7 @@ def report_command(
         settings = _settings()
         engine = _engine(settings)
         now = clock.now()
-        end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else now
+        end = parse_as_of(as_of, settings.shop.zone) if as_of else now
         data = measure_jobs.gather(engine, settings, end, now)
         document = report.render_html(data) if html is not None or store else ""
         if store:
@@ -169,9 +168,9 @@ def snapshots_take(as_of: AsOf = None) -> None:
     """Snapshot the last complete shop-local day before --as-of (what the worker does daily)."""
     with _errors_to_exit():
         settings = _settings()
-        now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
+        now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
         written = measure_jobs.snapshot_kpis(_engine(settings), settings, now)
-    day = measure_jobs.last_complete_day(now, ZoneInfo(settings.shop.time_zone))
+    day = measure_jobs.last_complete_day(now, settings.shop.zone)
     console.print(f"snapshot of {day}: {written} rows written" + ("" if written else " (had it)"))
 
 
@@ -197,7 +196,7 @@ def snapshots_backfill(
     """Snapshot past days (KPIs can be computed as of any day), e.g. the demo shop's 2011."""
     with _errors_to_exit():
         settings = _settings()
-        zone = ZoneInfo(settings.shop.time_zone)
+        zone = settings.shop.zone
         end = _day(last, "--to") or measure_jobs.last_complete_day(clock.now(), zone)
         start = _day(first, "--from") or end - timedelta(days=settings.measure.history_days)
         if start > end:

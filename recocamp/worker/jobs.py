@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -110,7 +109,7 @@ def train(ctx: JobContext, now: datetime) -> Counts:
     data = _training_inputs(ctx)
     if _unchanged_since_last_training(ctx.engine, data):
         return {"outcome": "skipped_no_new_data", **data}
-    zone = ZoneInfo(ctx.settings.shop.time_zone)
+    zone = ctx.settings.shop.zone
     result = training.train(ctx.engine, ctx.settings.recommender, now=now, as_of=now, zone=zone)
     if result.seconds:
         metrics.TRAIN_SECONDS.set(result.seconds.get("total", 0.0))

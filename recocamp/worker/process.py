@@ -245,7 +245,7 @@ class Worker:
         log.info("job=%s run=%d status=%s seconds=%.2f %s", job, run_id, status, seconds, shown)
 
     def _zone(self) -> ZoneInfo:
-        return ZoneInfo(self.settings.shop.time_zone)
+        return self.settings.shop.zone
 
     # -- leadership, resume, reload: the loop -----------------------------------------------
 
