@@ -51,6 +51,15 @@ def id_problem(value: str) -> str | None:
     return f"contains {kind} character (U+{ord(bad):04X})"
 
 
+def check_id(value: str) -> str:
+    """``value`` when it can be an id, else ValueError with :func:`id_problem`'s message: the
+    one id rule as a validator (pydantic's ``AfterValidator`` on the API's ids)."""
+    problem = id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def text_problem(value: str, limit: int) -> str | None:
     """Why ``value`` cannot be stored as free text of at most ``limit`` characters, or None."""
     if len(value) > limit:

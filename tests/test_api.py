@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -21,8 +20,8 @@ from fastapi import FastAPI
 
 from recocamp import tokens
 from recocamp.api.app import EmailRedactor, create_app
-from recocamp.campaigns.files import caps_defaults, load_all
-from recocamp.campaigns.planner import Context, Outcome, decide
+from recocamp.campaigns.files import load_all
+from recocamp.campaigns.planner import Outcome, context_for, decide
 from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import FixedClock
 from recocamp.delivery.esp.fake_server import postmark_event
@@ -356,8 +355,7 @@ def next_decision(engine: sa.Engine) -> tuple[bool, Outcome, str]:
     with engine.connect() as connection:
         snapshot = load_snapshot(connection, SETTINGS, NOW)
     (view,) = [v for v in snapshot.views if v.customer.id == CUSTOMER]
-    context = Context(NOW, snapshot.items, snapshot.popular, caps_defaults(SETTINGS),
-                      ZoneInfo(SETTINGS.shop.time_zone))  # fmt: skip
+    context = context_for(SETTINGS, NOW, snapshot.items, snapshot.popular)
     decision = decide(winback, view, context, winback.policy(context.policy))
     return view.suppressed, decision.outcome, decision.reason
 

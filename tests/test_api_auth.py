@@ -12,9 +12,10 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from recocamp.api import auth as api_auth
-from recocamp.api.auth import ApiKey, Authenticator, RateLimiter, digest, mint, parse_keys
+from recocamp.api.auth import ApiKey, Authenticator, digest, mint, parse_keys
 from recocamp.cli import app as cli
 from recocamp.errors import ConfigError
+from recocamp.ratelimit import RateLimiter
 from tests.api_shop import ENTRIES, KEYS, bearer, call, make_app
 
 HEX = "ab" * 32
@@ -82,14 +83,14 @@ def test_every_configured_hash_is_compared(monkeypatch: pytest.MonkeyPatch) -> N
         return real(a, b)
 
     monkeypatch.setattr(api_auth.hmac, "compare_digest", counting)
-    found = Authenticator(keys, RateLimiter(60)).find(KEYS["shop"][0])
+    found = Authenticator(keys, RateLimiter.per_minute(60)).find(KEYS["shop"][0])
     assert found is not None and found.name == "shop"
     assert compared == [key.digest for key in keys]  # no early exit at the first match
 
 
 def test_the_rate_limit_is_a_token_bucket_per_key() -> None:
     now = [100.0]
-    limiter = RateLimiter(120, monotonic=lambda: now[0])  # 2 a second, bursts of 120
+    limiter = RateLimiter.per_minute(120, monotonic=lambda: now[0])  # 2 a second, bursts of 120
     assert all(limiter.wait_s("a") == 0 for _ in range(120))
     assert limiter.wait_s("a") == pytest.approx(0.5)
     assert limiter.wait_s("b") == 0  # another key has its own bucket

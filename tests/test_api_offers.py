@@ -8,18 +8,19 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
 from recocamp.campaigns import planner
 from recocamp.campaigns.audience import history_of
-from recocamp.campaigns.files import caps_defaults, load_all
+from recocamp.campaigns.files import load_all
 from recocamp.campaigns.run import load_snapshot
+from recocamp.cli import app as cli
 from recocamp.recommender import training
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
@@ -219,8 +220,7 @@ def test_widget_and_email_offer_the_same_items(app: FastAPI, campaign_name: str,
         update={"replenishment_due": False})})  # fmt: skip
     with engine.connect() as connection:
         snapshot = load_snapshot(connection, settings, NOW)
-    context = planner.Context(NOW, snapshot.items, snapshot.popular, caps_defaults(settings),
-                              ZoneInfo(settings.shop.time_zone))  # fmt: skip
+    context = planner.context_for(settings, NOW, snapshot.items, snapshot.popular)
     compared = 0
     for view in snapshot.views:
         if view.customer.consent_basis.value != "double_opt_in" or compared >= 25:
@@ -310,7 +310,7 @@ def test_lean_parameters_are_validated_like_fastapi(app: FastAPI, query: str) ->
         assert lean.json() == plain.json()
 
 
-@pytest.mark.parametrize("customer", ["x" * 65, "a%00b", "tab%09"])
+@pytest.mark.parametrize("customer", ["x" * 65, "a%00b", "tab%09", "del%7F", "bidi%E2%80%AE"])
 def test_customer_ids_the_store_cannot_hold_are_422(app: FastAPI, customer: str) -> None:
     path = NBO.format(customer)
     reply = call(app, "GET", path, headers=bearer("shop"))
@@ -335,3 +335,26 @@ def test_a_commit_is_seen_by_every_request_that_arrives_after_it(app: FastAPI) -
             first_name="Committed"))  # fmt: skip
     assert service.data_version(queued) == first  # entered before the reading: shares it
     assert service.data_version(time.perf_counter()) != first  # arrived after the commit
+
+
+def test_the_cli_and_the_api_apply_one_objection_rule(
+    app: FastAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer who objected keeps a cached list until the next training (an import sets
+    the flag, nothing else): ``recocamp recommend`` and the API both ignore it."""
+    engine = engine_of(app)
+    customer, _ = cached_customer(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.update(customers).where(customers.c.id == customer).values(
+            objected_to_profiling=True))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    shown = CliRunner().invoke(cli, ["recommend", customer, "--n", "5"])
+    answer = offers(app, customer, "n=5")
+    assert shown.exit_code == 0, shown.output
+    assert f"customer {customer}: popular: objected to profiling" in shown.stdout
+    assert answer["basis_reason"] == "popular: objected to profiling"
+    assert answer["basis"] == "popular" and answer["personalised"] is False
+    assert str(live(engine).popular[0][0]) in shown.stdout  # the popularity list, not the cache
+    sources = {entry["source"] for entry in answer["items"]}  # type: ignore[attr-defined]
+    assert sources <= {"popular", "history", "due"}

@@ -258,3 +258,32 @@ def test_customer_updates_have_the_importers_bounds(api: FastAPI, engine: sa.Eng
     assert reply.status == 422, reply.text
     assert [d["loc"] for d in reply.json()["detail"]] == [where]
     assert nothing_written(engine)
+
+
+ID_ROUTES = (
+    ("PUT", "/v1/customers/{}", "shop"),
+    ("GET", "/v1/customers/{}/next-best-offer", "shop"),
+    ("GET", "/v1/privacy/customers/{}", "dpo"),
+    ("DELETE", "/v1/privacy/customers/{}", "dpo"),
+)
+
+
+@pytest.mark.parametrize(("customer", "message"), [
+    ("c%7F1", None),  # DEL: the pattern's message
+    ("c%C2%851", "Value error, contains a control character (U+0085)"),
+    ("c%E2%80%AE1", "Value error, contains a non-printable character (U+202E)"),
+    ("c" * 65, "String should have at most 64 characters"),
+])  # fmt: skip
+def test_every_customer_id_route_refuses_what_the_importer_refuses(
+    api: FastAPI, engine: sa.Engine, customer: str, message: str | None
+) -> None:
+    details = []
+    for method, route, who in ID_ROUTES:
+        reply = call(api, method, route.format(customer), headers=bearer(who),
+                     **({"json": {"source": "crm"}} if method == "PUT" else {}))  # fmt: skip
+        assert reply.status == 422, (route, reply.text)
+        details.append(reply.json()["detail"])
+    assert all(detail == details[0] for detail in details), details  # one rule, one message
+    assert [d["loc"] for d in details[0]] == [["path", "customer_id"]]
+    assert message is None or details[0][0]["msg"] == message
+    assert nothing_written(engine)

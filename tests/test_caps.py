@@ -16,6 +16,7 @@ from recocamp.campaigns.caps import (
     quiet_until,
     stricter,
 )
+from recocamp.settings import CapsSettings
 
 BERLIN, SYDNEY, LA = (
     ZoneInfo("Europe/Berlin"),
@@ -133,3 +134,18 @@ def test_overrides_may_tighten_and_relaxing_is_detected() -> None:
     assert (tighter.max_per_7d, tighter.cooldown_days, relaxing) == (1, 14, [])
     _, relaxing = stricter(POLICY, {"max_per_24h": 2, "cooldown_days": 1, "quiet_end": time(6, 0)})
     assert relaxing == ["max_per_24h", "cooldown_days", "quiet_hours"]
+
+
+def test_the_cap_defaults_are_the_settings_defaults() -> None:
+    """One place for them: ``[caps]`` of the settings; the policy reads them from there."""
+    assert CapPolicy() == CapPolicy.from_settings(CapsSettings())
+    assumed = CapPolicy(1, 3, 7, time(21, 0), time(8, 0))  # what the tests above assume
+    assert assumed == POLICY
+    caps = CapsSettings(
+        max_per_24h=2,
+        max_per_7d=5,
+        campaign_cooldown_days=3,
+        quiet_hours_start=time(22, 0),
+        quiet_hours_end=time(7, 30),
+    )
+    assert CapPolicy.from_settings(caps) == CapPolicy(2, 5, 3, time(22, 0), time(7, 30))

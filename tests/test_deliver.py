@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from recocamp.campaigns.render import Renderer, sample_context, snapshot
 from recocamp.clock import FixedClock
-from recocamp.delivery.deliverer import Deliverer, RateLimiter, backoff, drain_in_processes
+from recocamp.delivery.deliverer import Deliverer, backoff, drain_in_processes
 from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.delivery.esp.fake_server import FakeEsp, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
@@ -35,6 +35,7 @@ from recocamp.domain import (
     email_hash,
 )
 from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDeliveryError
+from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
 from recocamp.store.queries import upsert_customers

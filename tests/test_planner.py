@@ -11,9 +11,18 @@ import pytest
 from recocamp.campaigns import caps
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.loyalty import Standing
-from recocamp.campaigns.planner import Context, CustomerView, Outcome, counts, decide, plan
+from recocamp.campaigns.planner import (
+    Context,
+    CustomerView,
+    Outcome,
+    context_for,
+    counts,
+    decide,
+    plan,
+)
 from recocamp.campaigns.segments import History, Order
 from recocamp.domain import ConsentBasis, Customer, Item
+from recocamp.settings import CapsSettings, Settings, ShopSettings
 
 NOW = datetime(2024, 6, 4, 10, 0, tzinfo=UTC)  # a Tuesday, 12:00 in Berlin
 ITEMS = {
@@ -164,3 +173,16 @@ def test_variants_are_stable_and_follow_their_weights() -> None:
     share = sum(d.variant == "A" for d in first) / len(first)
     assert 0.71 < share < 0.79
     assert counts(first) == {"eligible": 2000}
+
+
+def test_one_builder_makes_the_context_from_the_settings() -> None:
+    """Campaign runs and ``recocamp plan``/``preview`` share it: the shop's caps and zone."""
+    settings = Settings(
+        shop=ShopSettings(time_zone="America/New_York"),
+        caps=CapsSettings(max_per_7d=2, campaign_cooldown_days=10),
+    )
+    context = context_for(settings, NOW, ITEMS, POPULAR)
+    assert context.policy == caps.CapPolicy.from_settings(settings.caps)
+    assert (context.policy.max_per_7d, context.policy.cooldown_days) == (2, 10)
+    assert context.shop_zone == ZoneInfo("America/New_York") == context.zone(None)
+    assert (context.now, context.items, context.popular) == (NOW, ITEMS, POPULAR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +11,13 @@ import pytest
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
 from recocamp.recommender.matrix import TrainingData, build
-from recocamp.recommender.ranking import Mode, Recommender, personal_or_popular, top_k
+from recocamp.recommender.ranking import (
+    Mode,
+    Recommender,
+    objects_to_profiling,
+    personal_or_popular,
+    top_k,
+)
 from recocamp.settings import RecommenderSettings, Settings
 from tests.recommender_data import CUTOFF, toy_lines
 
@@ -108,6 +115,15 @@ def test_similar_items_stay_in_the_cluster(name: str, data: TrainingData) -> Non
     similar = model.similar(fitted(name, data), data, "p1", 2)
     assert {item for item, _ in similar} == {"p2", "p3"}
     assert model.similar(fitted(name, data), data, "nope", 2) == []
+
+
+def test_the_objection_rule() -> None:
+    """One rule for the API and ``recocamp recommend``: objected or erased, never personal."""
+    person = SimpleNamespace(objected_to_profiling=False, erased_at=None)
+    assert objects_to_profiling(None) is False  # unknown: nothing to object with
+    assert objects_to_profiling(person) is False
+    assert objects_to_profiling(SimpleNamespace(objected_to_profiling=True, erased_at=None))
+    assert objects_to_profiling(SimpleNamespace(objected_to_profiling=False, erased_at=CUTOFF))
 
 
 def test_cold_start_and_objection_get_popularity() -> None:

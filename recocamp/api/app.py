@@ -52,10 +52,11 @@ from recocamp.api import offers as api_offers
 from recocamp.api import pages as api_pages
 from recocamp.api import privacy as api_privacy
 from recocamp.api import webhooks as api_webhooks
-from recocamp.api.auth import Authenticator, RateLimiter, parse_keys
+from recocamp.api.auth import Authenticator, parse_keys
 from recocamp.api.offer_cache import OfferService
 from recocamp.clock import Clock
 from recocamp.errors import RecocampError, mask_addresses
+from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
 from recocamp.store.engine import require_current
 
@@ -89,7 +90,7 @@ class ReadyOut(BaseModel):
 def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
     """The whole API for one process (each ``recocamp serve`` worker builds its own)."""
     keys = parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
-    limiter = RateLimiter(settings.api.rate_limit_per_minute / settings.api.workers)
+    limiter = RateLimiter.per_minute(settings.api.rate_limit_per_minute / settings.api.workers)
     auth = Authenticator(keys, limiter)
     service = OfferService(engine, settings, clock)
 

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from recocamp.errors import ConfigError, Problem
+from recocamp.ratelimit import RateLimiter
 
 SCOPES = ("offers:read", "events:write", "privacy:admin", "reports:read")
 KEY_PREFIX = "rck_"
@@ -105,27 +105,6 @@ def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
     if problems:
         raise ConfigError(Path(ENV_NAME), problems)
     return tuple(keys)
-
-
-class RateLimiter:
-    """Token buckets by key name: ``per_minute`` requests a minute, bursts up to that many."""
-
-    def __init__(self, per_minute: float, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, per_minute)
-        self.monotonic = monotonic
-        self.buckets: dict[str, tuple[float, float]] = {}  # name → (tokens, at)
-
-    def wait_s(self, name: str) -> float:
-        """0 when the request may go ahead (and counts it), else seconds until it may."""
-        now = self.monotonic()
-        tokens, at = self.buckets.get(name, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - at) * self.rate)
-        if tokens < 1.0:
-            self.buckets[name] = (tokens, now)
-            return (1.0 - tokens) / self.rate
-        self.buckets[name] = (tokens - 1.0, now)
-        return 0.0
 
 
 class Authenticator:

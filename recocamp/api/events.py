@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, HTTPException, Path
+from fastapi import APIRouter, Body, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
@@ -62,7 +62,7 @@ from recocamp.domain import (
     YEAR_MIN,
     ConsentBasis,
     Purchase,
-    id_problem,
+    check_id,
 )
 from recocamp.errors import OrderConflictError
 from recocamp.settings import Settings
@@ -71,17 +71,10 @@ from recocamp.store import queries, tombstones
 log = logging.getLogger(__name__)
 
 
-def _printable(value: str) -> str:
-    """The importer's id rule (``domain.id_problem``): the pattern only keeps out ASCII
-    controls, and a regex for every non-printable character is not portable to OpenAPI."""
-    problem = id_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
+# the importer's id rule: the pattern keeps out ASCII controls, ``check_id`` the rest (a regex
+# for every non-printable character is not portable to OpenAPI)
 Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN),
-               AfterValidator(_printable)]  # fmt: skip
+               AfterValidator(check_id)]  # fmt: skip
 Text = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
 
 
@@ -203,7 +196,7 @@ class CustomerOut(BaseModel):
 def router(settings: Settings, engine: sa.Engine, clock: Clock,
            problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
     api = APIRouter(tags=["events"])
-    zone = ZoneInfo(settings.shop.time_zone)
+    zone = settings.shop.zone
     secret = tombstones.key_of(settings)
     model = problems[401]["model"]
     unchecked: dict[int | str, dict[str, Any]] = {503: {"model": model, "description": (
@@ -251,9 +244,7 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
 
     @api.put("/v1/customers/{customer_id}", response_model=CustomerOut,
              responses={**problems, **gone, **unchecked})  # fmt: skip
-    def put_customer(customer_id: Annotated[str, Path(min_length=1, max_length=ID_MAX,
-                                                      pattern=ID_PATTERN),
-                                            AfterValidator(_printable)],
+    def put_customer(customer_id: api_lean.PathId,
                      body: CustomerIn, key: EventsWrite) -> CustomerOut:  # fmt: skip
         """Create or change a customer's profile, consent or contact preferences; recorded in
         the audit log with the time and source of the change."""

@@ -16,15 +16,25 @@ comparison measures our work, not the framework) and ``next-best-offer``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import Request, Response
+from fastapi import Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import AfterValidator
+
+from recocamp.domain import ID_MAX, ID_PATTERN, check_id, id_problem
 
 Parse = Callable[[Request], Awaitable[dict[str, Any]]]
+# a customer or item id in a path: the importer's rule (``domain.id_problem``); the pattern
+# keeps out ASCII controls in the schema, ``check_id`` the other non-printable characters
+PathId = Annotated[
+    str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN), AfterValidator(check_id)
+]
+ID_MATCH = re.compile(ID_PATTERN)
 ENTERED = "recocamp.entered"  # scope key: time.perf_counter() as the request entered the app
 
 
@@ -57,6 +67,19 @@ def header(request: Request, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def id_errors(value: str, loc: Sequence[str | int]) -> list[dict[str, Any]]:
+    """What FastAPI says about ``value`` as a :data:`PathId` (no errors: an id)."""
+    if len(value) > ID_MAX:
+        return [problem("string_too_long", loc, f"String should have at most {ID_MAX} characters",
+                        value, {"max_length": ID_MAX})]  # fmt: skip
+    if not ID_MATCH.match(value):
+        return [problem("string_pattern_mismatch", loc,
+                        f"String should match pattern '{ID_PATTERN}'", value,
+                        {"pattern": ID_PATTERN})]  # fmt: skip
+    found = id_problem(value)
+    return [problem("value_error", loc, f"Value error, {found}", value)] if found else []
 
 
 def problem(kind: str, loc: Sequence[str | int], msg: str, value: Any,

@@ -185,8 +185,7 @@ class _Answers:
 
     def __init__(self, settings: Settings, engine: sa.Engine, clock: Clock) -> None:
         self.settings, self.engine, self.clock = settings, engine, clock
-        secret = settings.signing_key
-        self.key = secret.get_secret_value().encode() if secret is not None else None
+        self.key = settings.signing_key_bytes()
         self.pages = SandboxedEnvironment(loader=FileSystemLoader(str(PAGES)),
                                           undefined=StrictUndefined, autoescape=True)  # fmt: skip
 

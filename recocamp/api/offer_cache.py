@@ -53,7 +53,12 @@ from recocamp.domain import Item
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
 from recocamp.recommender.matrix import TrainingData
-from recocamp.recommender.ranking import Mode, Recommender, personal_or_popular
+from recocamp.recommender.ranking import (
+    Mode,
+    Recommender,
+    objects_to_profiling,
+    personal_or_popular,
+)
 from recocamp.settings import Settings
 from recocamp.store import registry, views
 from recocamp.store.schema import customers, items, purchases, recommendations
@@ -374,8 +379,7 @@ class OfferService:
             cached = registry.cached(connection, customer_id)
             orders = views.customer_orders(connection, customer_id, now)
         history = history_of(orders, snapshot.catalogue)
-        objected = person is not None and (
-            person.objected_to_profiling or person.erased_at is not None)  # fmt: skip
+        objected = objects_to_profiling(person)
         known = person is not None or cached is not None or history.count > 0
         personal, why, version = self._personal(snapshot, history, cached, objected, known)
         chosen = self._select(snapshot, query, history, personal, now)

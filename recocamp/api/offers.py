@@ -9,10 +9,9 @@ per-request check against the store.
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -22,9 +21,6 @@ from recocamp.api.offer_cache import MAX_N, OfferService
 from recocamp.api.offer_cache import Query as OfferQuery
 from recocamp.recommender.ranking import Mode
 
-ID_LENGTH = 64
-ID_PATTERN = r"^[^\x00-\x1f]+$"  # no control characters (PostgreSQL refuses NUL in text)
-ID_MATCH = re.compile(ID_PATTERN)
 PARSED_QUERIES = 1024  # distinct query strings remembered
 MODES = tuple(m.value for m in Mode)
 NOTHING: frozenset[str] = frozenset()
@@ -74,7 +70,7 @@ def next_best_offer_route(
 
     async def next_best_offer(
         request: Request,
-        customer_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH, pattern=ID_PATTERN)],
+        customer_id: api_lean.PathId,
         key: OffersRead,
         n: Annotated[int, Query(ge=1, le=MAX_N, description="How many offers.")] = 5,
         mode: Annotated[
@@ -132,17 +128,8 @@ def next_best_offer_route(
         key = auth.check(api_lean.header(request, b"authorization"), "offers:read")
         values, errors = query_of(request.scope.get("query_string", b""))
         customer_id = str(request.path_params["customer_id"])
-        if len(customer_id) > ID_LENGTH:
-            errors = [*errors, api_lean.problem(
-                "string_too_long", ("path", "customer_id"),
-                f"String should have at most {ID_LENGTH} characters", customer_id,
-                {"max_length": ID_LENGTH})]  # fmt: skip
-        elif not ID_MATCH.match(customer_id):
-            errors = [*errors, api_lean.problem(
-                "string_pattern_mismatch", ("path", "customer_id"),
-                f"String should match pattern '{ID_PATTERN}'", customer_id,
-                {"pattern": ID_PATTERN})]  # fmt: skip
-        api_lean.raise_if(errors)
+        bad_id = api_lean.id_errors(customer_id, ("path", "customer_id"))
+        api_lean.raise_if([*errors, *bad_id] if bad_id else errors)
         return {"request": request, "customer_id": customer_id, "key": key, **values}
 
     return api_lean.LeanRoute(
@@ -158,7 +145,7 @@ def router(service: OfferService, problems: dict[int | str, Any]) -> APIRouter:
 
     @api.get("/v1/items/{item_id}/similar", response_model=SimilarOut, responses=problems)
     def similar(
-        item_id: Annotated[str, Path(min_length=1, max_length=ID_LENGTH, pattern=ID_PATTERN)],
+        item_id: api_lean.PathId,
         key: OffersRead,
         n: Annotated[int, Query(ge=1, le=MAX_N)] = 5,
     ) -> SimilarOut:

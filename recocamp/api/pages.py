@@ -104,8 +104,7 @@ class Pages:
     def __init__(self, settings: Settings, engine: sa.Engine, clock: Clock,
                  service: OfferService) -> None:  # fmt: skip
         self.settings, self.engine, self.clock, self.service = settings, engine, clock, service
-        key = settings.signing_key
-        self.secret = key.get_secret_value().encode() if key is not None else None
+        self.secret = settings.signing_key_bytes()
         self.shop = settings.shop.name
 
     def verify(self, token: str, purpose: str) -> tokens.Claims:

@@ -11,13 +11,14 @@ Every request is recorded in the audit log under the API key's name.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from recocamp import metrics, privacy
+from recocamp.api import lean as api_lean
 from recocamp.api.auth import PrivacyAdmin
 from recocamp.clock import Clock
 from recocamp.settings import PrivacySettings, Settings
@@ -25,7 +26,7 @@ from recocamp.store import tombstones
 from recocamp.store.queries import audit
 
 log = logging.getLogger(__name__)
-CustomerId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
+CustomerId = api_lean.PathId
 
 
 class ErasureOut(BaseModel):

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from recocamp.domain import PREFERENCE_PERIODS as PREFERENCE_PERIODS  # shared values, re-exported
 from recocamp.domain import Contact as Contact
+from recocamp.settings import CapsSettings
 
 
 class Reason(StrEnum):
@@ -33,13 +34,30 @@ class Reason(StrEnum):
     QUIET_HOURS = "quiet_hours_deferred"
 
 
+SHOP_DEFAULTS = CapsSettings()  # the defaults live in settings, where marketers set caps
+
+
 @dataclass(frozen=True, slots=True)
 class CapPolicy:
-    max_per_24h: int = 1
-    max_per_7d: int = 3
-    cooldown_days: int = 7
-    quiet_start: time = time(21, 0)
-    quiet_end: time = time(8, 0)
+    """The caps one decision obeys: ``[caps]`` of the settings, tightened (or, where the shop
+    allows it, relaxed) by a campaign's own ``[caps]``."""
+
+    max_per_24h: int = SHOP_DEFAULTS.max_per_24h
+    max_per_7d: int = SHOP_DEFAULTS.max_per_7d
+    cooldown_days: int = SHOP_DEFAULTS.campaign_cooldown_days
+    quiet_start: time = SHOP_DEFAULTS.quiet_hours_start
+    quiet_end: time = SHOP_DEFAULTS.quiet_hours_end
+
+    @classmethod
+    def from_settings(cls, caps: CapsSettings) -> CapPolicy:
+        """The shop's policy, from ``[caps]`` of the settings."""
+        return cls(
+            caps.max_per_24h,
+            caps.max_per_7d,
+            caps.campaign_cooldown_days,
+            caps.quiet_hours_start,
+            caps.quiet_hours_end,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,9 +141,8 @@ class Campaign(_Strict):
 
 
 def caps_defaults(settings: Settings) -> CapPolicy:
-    caps = settings.caps
-    return CapPolicy(caps.max_per_24h, caps.max_per_7d, caps.campaign_cooldown_days,
-                     caps.quiet_hours_start, caps.quiet_hours_end)  # fmt: skip
+    """The shop's cap policy, which every campaign's own ``[caps]`` starts from."""
+    return CapPolicy.from_settings(settings.caps)
 
 
 def load(path: Path) -> tuple[Campaign, str]:

@@ -40,6 +40,7 @@ from recocamp.campaigns.loyalty import Standing
 from recocamp.campaigns.segments import History, Rfm
 from recocamp.domain import ConsentBasis, Customer, Item
 from recocamp.recommender.ranking import Mode
+from recocamp.settings import Settings
 
 
 class Outcome(StrEnum):
@@ -134,6 +135,18 @@ class Context:
         if zone is None:
             zone = self.zones[name] = ZoneInfo(name)
         return zone
+
+
+def context_for(
+    settings: Settings,
+    now: datetime,
+    items: Mapping[str, Item],
+    popular: Sequence[Sequence[object]],
+) -> Context:
+    """The one way to build a run's context (campaign runs, ``recocamp plan`` and ``preview``):
+    the shop's cap policy and time zone from the settings, the snapshot's items and popularity."""
+    policy = caps.CapPolicy.from_settings(settings.caps)
+    return Context(now, items, popular, policy, settings.shop.zone)
 
 
 def plan(campaign: Campaign, views: Iterable[CustomerView], context: Context) -> list[Decision]:

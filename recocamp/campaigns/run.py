@@ -18,10 +18,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from recocamp.campaigns import audience, compose, planner, render
-from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns.files import Campaign
 from recocamp.domain import DeliveryReport, OutgoingEmail
-from recocamp.errors import ConfigError, Interrupted, Problem
+from recocamp.errors import Interrupted
 from recocamp.settings import Settings
 from recocamp.store import decisions as decisions_store
 from recocamp.store import outbox, views
@@ -40,14 +39,6 @@ class RunReport:
     enqueued: int = 0
     already_enqueued: int = 0
     delivery: DeliveryReport | None = None
-
-
-def signing_key(settings: Settings) -> bytes:
-    if settings.signing_key is None:
-        raise ConfigError(Path("settings.toml"), [Problem(
-            "sending needs a secret for unsubscribe links: set RECOCAMP_SIGNING_KEY",
-            key="signing_key")])  # fmt: skip
-    return settings.signing_key.get_secret_value().encode()
 
 
 def run_key(campaign: str, now: datetime, zone: ZoneInfo) -> str:
@@ -70,8 +61,8 @@ class Planned:
 def plan_run(engine: Engine, settings: Settings, campaign: Campaign,
              now: datetime) -> Planned:  # fmt: skip
     """Load the planner's snapshot and decide for every customer at ``now``."""
-    signing_key(settings)  # refuse before any work, not after planning
-    own = run_key(campaign.name, now, ZoneInfo(settings.shop.time_zone))
+    settings.require_signing_key()  # refuse before any work, not after planning
+    own = run_key(campaign.name, now, settings.shop.zone)
     with engine.connect() as connection:
         snapshot = load_snapshot(connection, settings, now, own_run=own)
     return plan_views(settings, campaign, snapshot.views, snapshot.items, snapshot.popular, now)
@@ -88,8 +79,8 @@ def load_snapshot(connection: Connection, settings: Settings, now: datetime, *,
 
 def plan_views(settings: Settings, campaign: Campaign, customers: Sequence[planner.CustomerView],
                items: Any, popular: Any, now: datetime) -> Planned:  # fmt: skip
-    zone = ZoneInfo(settings.shop.time_zone)
-    context = planner.Context(now, items, popular, campaign_files.caps_defaults(settings), zone)
+    zone = settings.shop.zone
+    context = planner.context_for(settings, now, items, popular)
     decided = planner.plan(campaign, customers, context)
     report = RunReport(campaign.name, run_key(campaign.name, now, zone), planner.counts(decided))
     return Planned(report, decided, {v.customer.id: v for v in customers})
@@ -123,7 +114,7 @@ def enqueue_decisions(engine: Engine, settings: Settings, campaign: Campaign,
     (a crash or a stop loses at most the chunk in flight, and the re-run skips what is
     enqueued). Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only
     the subject is rendered here."""
-    key = signing_key(settings)
+    key = settings.require_signing_key()
     renderer = options.renderer or render.Renderer(templates, limits=settings.templates)
     report = planned.report
     period = report.run_key.rpartition("/")[2]

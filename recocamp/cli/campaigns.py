@@ -8,14 +8,12 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
 
 from recocamp.campaigns import audience, compose, planner, render, segments
 from recocamp.campaigns import check as checks
-from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli.common import (
@@ -56,12 +54,10 @@ def check(
 def _planning(
     settings: Settings, as_of: str | None
 ) -> tuple[audience.Snapshot, planner.Context]:
-    end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
+    end = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
     with engine_for(settings).connect() as connection:
         snapshot = load_snapshot(connection, settings, end)
-    policy = campaign_files.caps_defaults(settings)
-    zone = ZoneInfo(settings.shop.time_zone)
-    context = planner.Context(end, snapshot.items, snapshot.popular, policy, zone)
+    context = planner.context_for(settings, end, snapshot.items, snapshot.popular)
     return snapshot, context
 
 
@@ -165,7 +161,7 @@ def preview(
             console.print("nothing rendered; --anyway renders it regardless")
             return
         offers = None if decision.offers else tuple(planner.offers_for(chosen, view, context))
-        key = settings.signing_key.get_secret_value().encode() if settings.signing_key else None
+        key = settings.signing_key_bytes()
         link = compose.links(settings, key or _EPHEMERAL, customer, chosen.name, clock.now())
         renderer = render.Renderer(templates, limits=settings.templates)
         email = compose.render_for(decision, view, chosen, settings, renderer, link, offers)

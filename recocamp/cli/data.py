@@ -70,7 +70,7 @@ def db_current() -> None:
 def _importer(settings: Settings, progress: RichProgress, zone: str | None) -> Importer:
     return Importer(
         engine_for(settings),
-        zone=ZoneInfo(zone or settings.shop.time_zone),
+        zone=ZoneInfo(zone) if zone else settings.shop.zone,
         now=clock.now(),
         progress=progress,
         max_listed=settings.ingest.max_errors_listed,

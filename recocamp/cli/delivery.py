@@ -6,14 +6,13 @@ import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
 
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.render import Renderer
-from recocamp.campaigns.run import RunOptions, RunReport, signing_key
+from recocamp.campaigns.run import RunOptions, RunReport
 from recocamp.cli.common import (
     CampaignsDir,
     TemplatesDir,
@@ -70,8 +69,8 @@ def send(
     with errors_to_exit():
         settings = current_settings()
         chosen = one_campaign(settings, campaign, campaigns, templates)
-        signing_key(settings)
-        now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
+        settings.require_signing_key()
+        now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
         report = send_run(settings, engine_for(settings), chosen, templates, now, wait)
     print_run(report)
 

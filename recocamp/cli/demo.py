@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from secrets import token_urlsafe
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 import typer
 from pydantic import SecretStr
@@ -54,7 +53,7 @@ def demo(
         fake = FakeEsp(data_dir=demo_dir / "fake-esp")
         with running(create_app(fake)) as url:
             local = demo_settings(settings, url, demo_dir)
-            now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+            now = parse_as_of(as_of, settings.shop.zone)
             for campaign in loaded:
                 print_run(send_run(local, engine, campaign, templates, now, 5.0))
         stats = fake.stats()

@@ -46,7 +46,7 @@ def _day(value: str | None, option: str, zone: ZoneInfo) -> int:
 
 def _purchase_days(settings: Settings, day: int) -> forecasting.PurchaseDays:
     """Purchase days of every profiled customer strictly before the shop-local ``day``."""
-    zone = ZoneInfo(settings.shop.time_zone)
+    zone = settings.shop.zone
     until = datetime.combine(forecasting.day_of(day), datetime.min.time(), tzinfo=zone)
     with engine_for(settings).connect() as connection:
         ids, seconds, revenue = forecast_store.purchase_lines(connection, until)
@@ -64,7 +64,7 @@ def forecast_command(
     expected revenue, lifetime value, when the next purchase is due."""
     with errors_to_exit():
         settings = current_settings()
-        zone = ZoneInfo(settings.shop.time_zone)
+        zone = settings.shop.zone
         day = _day(as_of, "--as-of", zone)
         horizon = horizon_days or settings.forecast.horizon_days
         purchases = _purchase_days(settings, day)
@@ -143,7 +143,7 @@ def forecast_evaluate(
     days, total predicted vs actual, AUC of buying again, Spearman, calibration by decile."""
     with errors_to_exit():
         settings = current_settings()
-        day = _day(cutoff, "--cutoff", ZoneInfo(settings.shop.time_zone))
+        day = _day(cutoff, "--cutoff", settings.shop.zone)
         horizon = horizon_days or settings.forecast.horizon_days
         evaluation = forecasting.evaluate(_purchase_days(settings, day + horizon), day, horizon)
     if format is Output.json:

@@ -47,13 +47,13 @@ def kpis(
     """Retention KPIs over the window ending at --as-of (definitions in README.md)."""
     with errors_to_exit():
         settings = current_settings()
-        end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+        end = parse_as_of(as_of, settings.shop.zone)
         days = window_days or settings.kpis.window_days
         with engine_for(settings).connect() as connection:
             rows = queries.order_totals(connection, end - timedelta(days=2 * days), end)
             latest = queries.latest_order_time(connection)
         result = kpi_module.compute([kpi_module.OrderTotal(*row) for row in rows], end, days)
-    empty = _empty_window_note(result, latest, ZoneInfo(settings.shop.time_zone))
+    empty = _empty_window_note(result, latest, settings.shop.zone)
     if format is Output.json:
         print_json(result.as_dict(), indent=2)
         if empty:
@@ -96,7 +96,7 @@ def report_command(
         settings = current_settings()
         engine = engine_for(settings)
         now = clock.now()
-        end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else now
+        end = parse_as_of(as_of, settings.shop.zone) if as_of else now
         data = measure_jobs.gather(engine, settings, end, now)
         document = report.render_html(data) if html is not None or store else ""
         if store:
@@ -215,9 +215,9 @@ def snapshots_take(as_of: AsOf = None) -> None:
     """Snapshot the last complete shop-local day before --as-of (what the worker does daily)."""
     with errors_to_exit():
         settings = current_settings()
-        now = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone)) if as_of else clock.now()
+        now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
         written = measure_jobs.snapshot_kpis(engine_for(settings), settings, now)
-    day = measure_jobs.last_complete_day(now, ZoneInfo(settings.shop.time_zone))
+    day = measure_jobs.last_complete_day(now, settings.shop.zone)
     console.print(f"snapshot of {day}: {written} rows written" + ("" if written else " (had it)"))
 
 
@@ -243,7 +243,7 @@ def snapshots_backfill(
     """Snapshot past days (KPIs can be computed as of any day), e.g. the demo shop's 2011."""
     with errors_to_exit():
         settings = current_settings()
-        zone = ZoneInfo(settings.shop.time_zone)
+        zone = settings.shop.zone
         end = _day(last, "--to") or measure_jobs.last_complete_day(clock.now(), zone)
         start = _day(first, "--from") or end - timedelta(days=settings.measure.history_days)
         if start > end:

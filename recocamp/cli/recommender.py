@@ -31,7 +31,7 @@ from recocamp.recommender import models as model_module
 from recocamp.recommender import training
 from recocamp.recommender.evaluate import Metrics
 from recocamp.recommender.models import MODEL_NAMES
-from recocamp.recommender.ranking import personal_or_popular
+from recocamp.recommender.ranking import objects_to_profiling, personal_or_popular
 from recocamp.settings import Settings
 from recocamp.store import queries, registry
 from recocamp.store.engine import Engine
@@ -66,12 +66,12 @@ def train(
 def train_and_show(settings: Settings, as_of: str | None, name: str | None) -> None:
     """One training cycle with its steps on a spinner, then its figures and outcome
     (``train``, and ``demo`` before its first campaign run)."""
-    end = parse_as_of(as_of, ZoneInfo(settings.shop.time_zone))
+    end = parse_as_of(as_of, settings.shop.zone)
     with console.status("training") as status:
         result = training.train(
             engine_for(settings), settings.recommender, now=clock.now(), as_of=end,
             name=name, step=lambda text: status.update(text),
-            zone=ZoneInfo(settings.shop.time_zone),
+            zone=settings.shop.zone,
         )  # fmt: skip
     if result.metrics:
         console.print(_metrics_table(f"time split, k = {settings.recommender.evaluation_k}",
@@ -112,7 +112,7 @@ def evaluate_models(
         horizon = horizon_days or rec.evaluation_horizon_days
         top = k or rec.evaluation_k
         engine = engine_for(settings)
-        zone = ZoneInfo(settings.shop.time_zone)
+        zone = settings.shop.zone
         split_at = (parse_as_of(cutoff, zone) if cutoff
                     else _default_cutoff(engine, horizon))  # fmt: skip
         names = [m.value for m in models] if models else list(MODEL_NAMES)
@@ -137,7 +137,7 @@ def models_list() -> None:
     with errors_to_exit():
         settings = current_settings()
         metric = settings.recommender.promote_metric
-        zone = ZoneInfo(settings.shop.time_zone)
+        zone = settings.shop.zone
         with engine_for(settings).connect() as connection:
             rows = registry.listing(connection)
     table = Table(title="models")
@@ -216,12 +216,9 @@ def recommend(customer_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
                 raise ModelError("no live model: run `recocamp train` first")
             person = registry.customer(connection, customer_id)
             cached = registry.cached(connection, customer_id)
-            objected = person is not None and (
-                person.objected_to_profiling or person.erased_at is not None
-            )
             ranked, why = personal_or_popular(
                 known=person is not None or cached is not None,
-                objected=objected,
+                objected=objects_to_profiling(person),
                 personal=cached.items if cached else None,
                 popular=live.popular,
             )

@@ -9,7 +9,6 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
@@ -103,7 +102,7 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
 
     settings, demo_dir = current_settings(), Path("demo")
     engine, untrained = demo_shop(settings, demo_dir)
-    zone = ZoneInfo(settings.shop.time_zone)
+    zone = settings.shop.zone
     begin = parse_as_of(start, zone)
     _history(engine, settings, clock.now())
     fake = FakeEsp(data_dir=demo_dir / "fake-esp")
@@ -134,7 +133,7 @@ def _history(engine: Engine, settings: Settings, now: datetime) -> None:
         first, last = queries.first_order_time(connection), queries.latest_order_time(connection)
     if first is None or last is None:
         return
-    zone = ZoneInfo(settings.shop.time_zone)
+    zone = settings.shop.zone
     with console.status("KPI history: a snapshot of every day with orders …"):
         measure_jobs.backfill(engine, settings, first.astimezone(zone).date(),
                               last.astimezone(zone).date(), now)  # fmt: skip
@@ -144,7 +143,7 @@ def _show(process: Worker, at: datetime, job: str, status: str) -> None:
     counts, error = process.last.pop(job, ({}, None))
     if not counts and not error and status in ("ok", "skipped"):
         return  # an idle poll
-    when = at.astimezone(ZoneInfo(process.settings.shop.time_zone))
+    when = at.astimezone(process.settings.shop.zone)
     console.print(
         f"{when:%a %d %b %H:%M}  {job:<20} {status:<8} {error or _counts_text(counts)}",
         highlight=False,

@@ -48,7 +48,7 @@ def build_demo(
         reports = [importer.purchases(path, "online-retail")]
         label = f"UCI Online Retail ({path})"
     else:
-        importer = Importer(engine, zone=ZoneInfo(settings.shop.time_zone), now=now,
+        importer = Importer(engine, zone=settings.shop.zone, now=now,
                             progress=progress, erasure_key=tombstones.key_of(settings))  # fmt: skip
         reports = _synthetic(importer, settings, demo_dir)
         label = f"synthetic shop (seed {settings.demo.seed})"

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from recocamp.data import erasure_files
 from recocamp.data.ingest import Importer, ImportReport
@@ -94,7 +93,7 @@ def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> Dro
     if files:  # a file refused before the store is asked is kept: its check must not fail
         with engine.connect() as connection:
             tombstones.checkable(connection, key, "importing the drop folder")
-    importer = Importer(engine, zone=ZoneInfo(settings.shop.time_zone), now=now,
+    importer = Importer(engine, zone=settings.shop.zone, now=now,
                         max_listed=settings.ingest.max_errors_listed,
                         erasure_key=key)  # fmt: skip
     for path in files:

@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import random
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +41,7 @@ from recocamp.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
 from recocamp.store.engine import Connection, Engine
@@ -55,37 +55,6 @@ POLL_S = 0.05  # while a campaign is still being rendered: look for new mail thi
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^(attempt−1))]."""
     return rng.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
-
-
-class RateLimiter:
-    """A token bucket: at most ``rate`` requests per second, bursts up to one second's worth.
-
-    Shared by every deliverer of a worker (thread-safe); a worker sets ``rate`` to its share
-    of ``[esp] rate_limit_per_s`` when other workers run (see ``worker``), and delivering
-    processes get their share too, so the provider sees the configured rate in total.
-    """
-
-    def __init__(self, rate: float, sleep: Callable[[float], object],
-                 monotonic: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self.rate, self.capacity = rate, max(1.0, rate)
-        self.tokens, self.sleep, self.monotonic = self.capacity, sleep, monotonic
-        self.last = monotonic()
-        self.lock = threading.Lock()
-
-    def take(self) -> None:
-        with self.lock:
-            now = self.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-            self.last = now
-            wait = (1 - self.tokens) / self.rate if self.tokens < 1 else 0.0
-            self.tokens -= 1  # taken now, paid for by waiting outside the lock
-        if wait > 0:
-            self.sleep(wait)
-
-    def share(self, total: float, parts: int) -> None:
-        with self.lock:
-            self.rate = total / max(1, parts)
-            self.capacity = max(1.0, self.rate)
 
 
 Broken = list[tuple[outbox.Claimed, SendResult]]

@@ -54,7 +54,7 @@ def last_complete_day(now: datetime, zone: ZoneInfo) -> date:
 def snapshot_kpis(engine: Engine, settings: Settings, now: datetime) -> int:
     """The daily job: snapshot the last complete shop-local day; returns rows written (0
     when that day was done already)."""
-    day = last_complete_day(now, ZoneInfo(settings.shop.time_zone))
+    day = last_complete_day(now, settings.shop.zone)
     written = backfill(engine, settings, day, day, now)
     log.info("kpi snapshot of %s: %d rows written", day, written)
     return written
@@ -67,7 +67,7 @@ def backfill(engine: Engine, settings: Settings, first: date, last: date, now: d
     with ``replace``); returns rows written."""
     if first > last:
         raise ValueError(f"the first day {first} is after the last day {last}")
-    zone = ZoneInfo(settings.shop.time_zone)
+    zone = settings.shop.zone
     windows = settings.measure.snapshot_window_days
     with engine.connect() as connection:
         have = set() if replace else store.snapshot_keys(connection, first, last)
@@ -143,7 +143,7 @@ class _SegmentTracker:
 def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -> report.Data:
     """Everything the report shows, as of ``as_of`` (an instant; the report of the demo shop
     is as of a day in 2011)."""
-    zone = ZoneInfo(settings.shop.time_zone)
+    zone = settings.shop.zone
     m = settings.measure
     window = timedelta(days=m.attribution_window_days)
     start = as_of - timedelta(days=m.report_days)

@@ -13,6 +13,7 @@ Ties are broken by item index (ascending item id), so results are reproducible.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -104,6 +105,23 @@ def normalised(scores: np.ndarray) -> np.ndarray:
     span = scores.max(axis=1, keepdims=True) - low
     scaled: np.ndarray = (scores - low) / np.where(span > 0, span, 1.0)
     return scaled
+
+
+class Profiled(Protocol):
+    """What the objection rule reads of a customer (a ``customers`` row will do)."""
+
+    @property
+    def objected_to_profiling(self) -> bool: ...
+
+    @property
+    def erased_at(self) -> datetime | None: ...
+
+
+def objects_to_profiling(person: Profiled | None) -> bool:
+    """The one objection rule (GDPR Art. 21), for the API and ``recocamp recommend`` alike: a
+    customer who objected to profiling, or was erased, gets no personal scores; an unknown
+    customer has not objected."""
+    return person is not None and (person.objected_to_profiling or person.erased_at is not None)
 
 
 def personal_or_popular(

@@ -46,8 +46,7 @@ class KeyMissing(ConfigError):
 
 def key_of(settings: Settings) -> bytes | None:
     """The tombstones' key: the link tokens' key, from the same setting."""
-    key = settings.signing_key
-    return key.get_secret_value().encode() if key is not None else None
+    return settings.signing_key_bytes()
 
 
 @dataclass(frozen=True, slots=True)

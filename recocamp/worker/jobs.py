@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -22,11 +21,12 @@ from recocamp.campaigns.run import RunOptions
 from recocamp.clock import Clock
 from recocamp.data import drop_folder
 from recocamp.delivery.campaign_send import send_campaign
-from recocamp.delivery.deliverer import Deliverer, RateLimiter
+from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import Provider, make_provider
 from recocamp.domain import DeliveryReport
 from recocamp.errors import Problem
 from recocamp.measure import jobs as measure_jobs
+from recocamp.ratelimit import RateLimiter
 from recocamp.recommender import training
 from recocamp.settings import Settings
 from recocamp.store import registry
@@ -108,7 +108,7 @@ def train(ctx: JobContext, now: datetime) -> Counts:
     data = _training_inputs(ctx)
     if _unchanged_since_last_training(ctx.engine, data):
         return {"outcome": "skipped_no_new_data", **data}
-    zone = ZoneInfo(ctx.settings.shop.time_zone)
+    zone = ctx.settings.shop.zone
     result = training.train(ctx.engine, ctx.settings.recommender, now=now, as_of=now, zone=zone)
     if result.seconds:
         metrics.TRAIN_SECONDS.set(result.seconds.get("total", 0.0))

@@ -51,8 +51,8 @@ from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.render import Renderer
 from recocamp.campaigns.run import run_key
 from recocamp.clock import Clock, FixedClock, SystemClock
-from recocamp.delivery.deliverer import RateLimiter
 from recocamp.errors import ConfigError, Interrupted
+from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
 from recocamp.store import outbox, runs
 from recocamp.store.runs import CAMPAIGN_PREFIX
@@ -245,7 +245,7 @@ class Worker:
         log.info("job=%s run=%d status=%s seconds=%.2f %s", job, run_id, status, seconds, shown)
 
     def _zone(self) -> ZoneInfo:
-        return ZoneInfo(self.settings.shop.time_zone)
+        return self.settings.shop.zone
 
     # -- leadership, resume, reload: the loop -----------------------------------------------
 
