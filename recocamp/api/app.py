@@ -34,7 +34,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -57,7 +56,7 @@ from recocamp.api.offer_cache import OfferService
 from recocamp.clock import Clock
 from recocamp.errors import RecocampError, mask_addresses
 from recocamp.settings import Settings
-from recocamp.store.engine import require_current
+from recocamp.store.engine import Engine, SQLAlchemyError, ping, require_current
 
 log = logging.getLogger(__name__)
 HEALTHY = b'{"status":"ok"}'
@@ -86,7 +85,7 @@ class ReadyOut(BaseModel):
     detail: str | None = None
 
 
-def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
+def create_app(settings: Settings, engine: Engine, clock: Clock) -> FastAPI:
     """The whole API for one process (each ``recocamp serve`` worker builds its own)."""
     keys = parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
     limiter = RateLimiter(settings.api.rate_limit_per_minute / settings.api.workers)
@@ -97,7 +96,7 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:  # load the live model and catalogue before the first request needs them
             await run_in_threadpool(service.snapshot)
-        except (sa.exc.SQLAlchemyError, RecocampError) as exc:
+        except (SQLAlchemyError, RecocampError) as exc:
             log.warning("not ready at start: %s", exc)
         yield
 
@@ -132,7 +131,7 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
     return app
 
 
-def _health_routes(app: FastAPI, engine: sa.Engine, service: OfferService) -> None:
+def _health_routes(app: FastAPI, engine: Engine, service: OfferService) -> None:
     async def healthz() -> Response:
         """Liveness: the process answers (constant JSON; touches nothing)."""
         return Response(HEALTHY, media_type="application/json")
@@ -146,8 +145,7 @@ def _health_routes(app: FastAPI, engine: sa.Engine, service: OfferService) -> No
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
+        ping(engine)
         return {"status": "ok"}
 
     @app.get("/readyz", response_model=ReadyOut, tags=["health"],
@@ -158,7 +156,7 @@ def _health_routes(app: FastAPI, engine: sa.Engine, service: OfferService) -> No
         try:
             require_current(engine)
             version = service.snapshot().live
-        except (sa.exc.SQLAlchemyError, RecocampError) as exc:
+        except (SQLAlchemyError, RecocampError) as exc:
             return JSONResponse({"status": "not ready", "detail": str(exc)}, 503)
         return ReadyOut(status="ready", model_version=version.version if version else None)
 
