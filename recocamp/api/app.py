@@ -206,7 +206,7 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500
-        scope[api_lean.ENTERED] = started  # serving.OfferService.data_version relies on it
+        scope[api_lean.ENTERED] = started  # OfferService.data_version relies on it
 
         async def sending(message: Message) -> None:
             nonlocal status

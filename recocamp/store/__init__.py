@@ -5,7 +5,9 @@ and the statements per area: purchases, customers and the audit log (:mod:`.quer
 outbox (:mod:`.outbox`), the planner's snapshot (:mod:`.views`), contact events
 (:mod:`.contacts`), job runs (:mod:`.runs`), the model registry (:mod:`.registry`),
 measurement (:mod:`.measure`), forecasts' inputs (:mod:`.forecasts`), tombstones of erased
-customers (:mod:`.tombstones`) and advisory lock keys (:mod:`.locks`).
+customers (:mod:`.tombstones`), advisory lock keys (:mod:`.locks`), the worker's advisory locks
+(:mod:`.leadership`) and scheduler job store (:mod:`.jobstore`), the offer API's reads and
+per-request check (:mod:`.serving`) and the customer pages' reads (:mod:`.pages`).
 
 May import: the base modules only; every other package reaches the database through here.
 """
