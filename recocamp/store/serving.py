@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.pool import PoolProxiedConnection
 
 from recocamp.store.engine import Connection, Engine
 from recocamp.store.schema import customers, items, purchases, recommendations
@@ -48,7 +49,7 @@ class Freshness:
         self._compiled = self._statement.compile(dialect=engine.dialect)
         self._sql = str(self._compiled)
         self._positions = len(self._compiled.positiontup or ())
-        self._pooled: Any = None  # held so the raw connection is never returned to the pool
+        self._pooled: PoolProxiedConnection | None = None  # held: never back to the pool
         self._raw: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None  # reused for data_version
 
@@ -70,6 +71,7 @@ class Freshness:
         if self._raw is None:
             self._pooled = self.engine.raw_connection()
             raw = self._pooled.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
             raw.isolation_level = None  # autocommit: a read never holds a transaction
             self._raw = raw
         return self._raw
