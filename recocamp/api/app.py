@@ -34,7 +34,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -58,7 +57,7 @@ from recocamp.clock import Clock
 from recocamp.errors import RecocampError, mask_addresses
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
-from recocamp.store.engine import require_current
+from recocamp.store.engine import Engine, SQLAlchemyError, ping, require_current
 
 log = logging.getLogger(__name__)
 HEALTHY = b'{"status":"ok"}'
@@ -87,7 +86,7 @@ class ReadyOut(BaseModel):
     detail: str | None = None
 
 
-def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
+def create_app(settings: Settings, engine: Engine, clock: Clock) -> FastAPI:
     """The whole API for one process (each ``recocamp serve`` worker builds its own)."""
     keys = parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
     limiter = RateLimiter.per_minute(settings.api.rate_limit_per_minute / settings.api.workers)
@@ -98,7 +97,7 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:  # load the live model and catalogue before the first request needs them
             await run_in_threadpool(service.snapshot)
-        except (sa.exc.SQLAlchemyError, RecocampError) as exc:
+        except (SQLAlchemyError, RecocampError) as exc:
             log.warning("not ready at start: %s", exc)
         yield
 
@@ -133,7 +132,7 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Clock) -> FastAPI:
     return app
 
 
-def _health_routes(app: FastAPI, engine: sa.Engine, service: OfferService) -> None:
+def _health_routes(app: FastAPI, engine: Engine, service: OfferService) -> None:
     async def healthz() -> Response:
         """Liveness: the process answers (constant JSON; touches nothing)."""
         return Response(HEALTHY, media_type="application/json")
@@ -147,8 +146,7 @@ def _health_routes(app: FastAPI, engine: sa.Engine, service: OfferService) -> No
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
+        ping(engine)
         return {"status": "ok"}
 
     @app.get("/readyz", response_model=ReadyOut, tags=["health"],
@@ -159,7 +157,7 @@ def _health_routes(app: FastAPI, engine: sa.Engine, service: OfferService) -> No
         try:
             require_current(engine)
             version = service.snapshot().live
-        except (sa.exc.SQLAlchemyError, RecocampError) as exc:
+        except (SQLAlchemyError, RecocampError) as exc:
             return JSONResponse({"status": "not ready", "detail": str(exc)}, 503)
         return ReadyOut(status="ready", model_version=version.version if version else None)
 
@@ -209,7 +207,7 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500
-        scope[api_lean.ENTERED] = started  # serving.OfferService.data_version relies on it
+        scope[api_lean.ENTERED] = started  # OfferService.data_version relies on it
 
         async def sending(message: Message) -> None:
             nonlocal status

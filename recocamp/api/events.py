@@ -30,7 +30,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Body, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
@@ -67,6 +66,7 @@ from recocamp.domain import (
 from recocamp.errors import OrderConflictError
 from recocamp.settings import Settings
 from recocamp.store import queries, tombstones
+from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class CustomerOut(BaseModel):
     changed: list[str]
 
 
-def router(settings: Settings, engine: sa.Engine, clock: Clock,
+def router(settings: Settings, engine: Engine, clock: Clock,
            problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
     api = APIRouter(tags=["events"])
     zone = settings.shop.zone
@@ -287,7 +287,7 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
 
 
 @contextmanager
-def _checked(engine: sa.Engine) -> Iterator[sa.Connection]:
+def _checked(engine: Engine) -> Iterator[Connection]:
     """A transaction whose tombstone checks answer 503 when they cannot be made."""
     try:
         with engine.begin() as connection:
@@ -297,7 +297,7 @@ def _checked(engine: sa.Engine) -> Iterator[sa.Connection]:
                                  "set: they cannot be checked") from None  # fmt: skip
 
 
-def _admit(connection: sa.Connection, secret: bytes | None, customer_id: str, body: CustomerIn,
+def _admit(connection: Connection, secret: bytes | None, customer_id: str, body: CustomerIn,
            actor: str, now: datetime) -> None:  # fmt: skip
     """Refuse an erased id or address (410) unless this is a new sign-up with a consent
     given after the erasure, which lifts the tombstone (audited)."""

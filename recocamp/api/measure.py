@@ -26,7 +26,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import FileSystemLoader, StrictUndefined
@@ -40,6 +39,7 @@ from recocamp.measure.report import PAGES
 from recocamp.settings import Settings
 from recocamp.store import measure as store
 from recocamp.store import registry
+from recocamp.store.engine import Engine
 
 log = logging.getLogger(__name__)
 MAX_COMMENT = 2000
@@ -90,7 +90,7 @@ class Refused(Exception):
         self.status, self.message = status, message
 
 
-def router(settings: Settings, engine: sa.Engine, clock: Clock,
+def router(settings: Settings, engine: Engine, clock: Clock,
            require: Callable[[str], Any]) -> APIRouter:  # fmt: skip
     """The measurement routes (``GET|POST /v1/feedback``, ``GET /reports/latest``)."""
     routes = APIRouter()
@@ -183,7 +183,7 @@ def _comment(value: Any) -> str | None:
 class _Answers:
     """Token checks, recording and the pages, shared by the routes."""
 
-    def __init__(self, settings: Settings, engine: sa.Engine, clock: Clock) -> None:
+    def __init__(self, settings: Settings, engine: Engine, clock: Clock) -> None:
         self.settings, self.engine, self.clock = settings, engine, clock
         self.key = settings.signing_key_bytes()
         self.pages = SandboxedEnvironment(loader=FileSystemLoader(str(PAGES)),

@@ -30,7 +30,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -44,8 +43,9 @@ from recocamp.campaigns.audience import history_of
 from recocamp.clock import Clock
 from recocamp.data import profiles
 from recocamp.settings import Settings
-from recocamp.store import contacts, tombstones, views
-from recocamp.store.schema import customers, outbox, recommendations
+from recocamp.store import contacts, registry, tombstones, views
+from recocamp.store import pages as store
+from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 ACTOR = "customer"
@@ -101,7 +101,7 @@ class LinkError(Exception):
 class Pages:
     """The page handlers, bound to the shop's settings, store, clock and offer service."""
 
-    def __init__(self, settings: Settings, engine: sa.Engine, clock: Clock,
+    def __init__(self, settings: Settings, engine: Engine, clock: Clock,
                  service: OfferService) -> None:  # fmt: skip
         self.settings, self.engine, self.clock, self.service = settings, engine, clock, service
         self.secret = settings.signing_key_bytes()
@@ -119,8 +119,7 @@ class Pages:
         locale = None
         if customer_id is not None:
             with self.engine.connect() as connection:
-                locale = connection.execute(sa.select(customers.c.locale).where(
-                    customers.c.id == customer_id)).scalar_one_or_none()  # fmt: skip
+                locale = store.locale(connection, customer_id)
         default = self.settings.shop.default_locale
         return pages.language(request.query_params.get("lang"), locale, default)
 
@@ -132,7 +131,7 @@ class Pages:
         lang = self.lang(request, None)
         return self.page(lang, "error_page", pages.TEXTS[lang][error.key], error.status)
 
-    def erased(self, connection: sa.Connection, customer_id: str, *, writing: bool) -> bool:
+    def erased(self, connection: Connection, customer_id: str, *, writing: bool) -> bool:
         """Whether the customer of a (verified) link was erased; ``writing``: the caller
         writes next, in this transaction (``tombstones.serialise``)."""
         return bool(tombstones.matches(connection, self.secret, customer_id, None, "links",
@@ -257,7 +256,7 @@ PREFERENCES_FORM = _form({
 ONE_CLICK_FORM = _form({"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}}, [])
 
 
-def router(settings: Settings, engine: sa.Engine, clock: Clock,
+def router(settings: Settings, engine: Engine, clock: Clock,
            service: OfferService) -> APIRouter:  # fmt: skip
     """The customer pages (documented in the OpenAPI schema under "customer pages")."""
     handlers = Pages(settings, engine, clock, service)
@@ -300,7 +299,7 @@ def router(settings: Settings, engine: sa.Engine, clock: Clock,
     return api
 
 
-def _change(engine: sa.Engine, settings: Settings, found: tokens.Claims, form: dict[str, str],
+def _change(engine: Engine, settings: Settings, found: tokens.Claims, form: dict[str, str],
             now: datetime) -> str:  # fmt: skip
     """Apply one form of the page; returns the outcome (a TEXTS key suffix)."""
     action = form.get("action", "")
@@ -316,9 +315,7 @@ def _change(engine: sa.Engine, settings: Settings, found: tokens.Claims, form: d
         if tombstones.matches(connection, tombstones.key_of(settings), found.customer_id, None,
                               "links"):  # fmt: skip
             return "gone"
-        exists = connection.execute(sa.select(customers.c.id).where(
-            customers.c.id == found.customer_id)).first()  # fmt: skip
-        if exists is None:
+        if not store.exists(connection, found.customer_id):
             return "unknown"
         if action == "unsubscribe":
             contacts.record_link_unsubscribe(connection, found.customer_id, found.campaign,
@@ -345,11 +342,10 @@ def _changes(action: str, form: dict[str, str], now: datetime) -> dict[str, Any]
     return None
 
 
-def _context(connection: sa.Connection, found: tokens.Claims, lang: str, now: datetime,
+def _context(connection: Connection, found: tokens.Claims, lang: str, now: datetime,
              service: OfferService) -> dict[str, Any] | None:  # fmt: skip
     """What the page shows: the settings, what we hold, and why the offers."""
-    person = connection.execute(sa.select(customers).where(
-        customers.c.id == found.customer_id)).first()  # fmt: skip
+    person = registry.customer(connection, found.customer_id)
     if person is None:
         return None
     t = pages.TEXTS[lang]
@@ -366,7 +362,7 @@ def _context(connection: sa.Connection, found: tokens.Claims, lang: str, now: da
     }  # fmt: skip
 
 
-def _facts(connection: sa.Connection, person: Any, t: dict[str, str], lang: str,
+def _facts(connection: Connection, person: Any, t: dict[str, str], lang: str,
            now: datetime, service: OfferService) -> list[tuple[str, str]]:  # fmt: skip
     placed = views.customer_orders(connection, person.id, now)
     history = history_of(placed, service.snapshot().catalogue)
@@ -376,14 +372,12 @@ def _facts(connection: sa.Connection, person: Any, t: dict[str, str], lang: str,
         key = "orders_one" if history.count == 1 else "orders_summary"
         orders = t[key].format(orders=history.count, items=len(history.items), first=first,
                                last=last)  # fmt: skip
-    sent = connection.execute(sa.select(sa.func.count(), sa.func.max(outbox.c.sent_at)).where(
-        outbox.c.customer_id == person.id, outbox.c.sent_at.is_not(None))).one()  # fmt: skip
+    sent = store.emails_sent(connection, person.id)
     emails = t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang)) if sent[0] else (
         t["none"])  # fmt: skip
-    cached = connection.execute(sa.select(recommendations.c.customer_id).where(
-        recommendations.c.customer_id == person.id)).first()  # fmt: skip
+    cached = store.has_cached_list(connection, person.id)
     profiling = t["profiling_off"] if person.objected_to_profiling else (
-        t["profiling_on"] if cached is not None or history.count else t["none"])  # fmt: skip
+        t["profiling_on"] if cached or history.count else t["none"])  # fmt: skip
     return [
         (t["field_email"], _masked(person.email)), (t["field_first_name"], person.first_name or ""),
         (t["field_locale"], person.locale), (t["field_time_zone"], person.time_zone or ""),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
@@ -23,6 +22,7 @@ from recocamp.api.auth import PrivacyAdmin
 from recocamp.clock import Clock
 from recocamp.settings import PrivacySettings, Settings
 from recocamp.store import tombstones
+from recocamp.store.engine import Engine
 from recocamp.store.queries import audit
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class RetentionOut(BaseModel):
     kept: dict[str, str]
 
 
-def router(settings: Settings, engine: sa.Engine, clock: Clock,
+def router(settings: Settings, engine: Engine, clock: Clock,
            problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
     api = APIRouter(tags=["privacy"], prefix="/v1/privacy")
 

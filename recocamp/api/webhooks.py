@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as FastPath
 from fastapi.concurrency import run_in_threadpool
@@ -23,6 +22,7 @@ from recocamp.clock import Clock
 from recocamp.delivery import webhooks
 from recocamp.settings import Settings
 from recocamp.store import contacts
+from recocamp.store.engine import Engine
 
 log = logging.getLogger(__name__)
 MAX_NAMED = 20  # rejected events named in one answer
@@ -45,7 +45,7 @@ WEBHOOK_BODY: dict[str, Any] = {
 PROVIDERS = sorted(webhooks.PARSERS)
 
 
-def router(settings: Settings, engine: sa.Engine, clock: Clock,
+def router(settings: Settings, engine: Engine, clock: Clock,
            problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
     api = APIRouter(tags=["webhooks"])
 

@@ -6,7 +6,10 @@ outbox (:mod:`.outbox`), the rows the planner plans with (:mod:`.views`), planne
 (:mod:`.decisions`), customer profiles (:mod:`.profiles`), contact events (:mod:`.contacts`),
 job runs (:mod:`.runs`), the model registry (:mod:`.registry`), measurement (:mod:`.measure`),
 forecasts' inputs (:mod:`.forecasts`), export, erasure and retention purge (:mod:`.privacy`),
-tombstones of erased customers (:mod:`.tombstones`) and advisory lock keys (:mod:`.locks`).
+tombstones of erased customers (:mod:`.tombstones`), advisory lock keys (:mod:`.locks`), the
+worker's advisory locks (:mod:`.leadership`) and scheduler job store (:mod:`.jobstore`), the
+offer API's reads and per-request check (:mod:`.serving`) and the customer pages' reads
+(:mod:`.pages`).
 
 May import: the base modules only; every other package reaches the database through here.
 """

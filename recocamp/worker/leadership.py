@@ -19,14 +19,15 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Protocol
 
-import sqlalchemy as sa
-
 from recocamp.errors import StoreError
+from recocamp.store import leadership as store
+from recocamp.store.engine import Connection, Engine
+from recocamp.store.leadership import DBAPIError
 from recocamp.store.locks import lock_key
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ class Leadership(Protocol):
         yield True  # pragma: no cover - protocol
 
 
-def for_engine(engine: sa.Engine) -> Leadership:
-    if engine.dialect.name == "postgresql":
+def for_engine(engine: Engine) -> Leadership:
+    if store.is_postgresql(engine):
         return AdvisoryLockLeadership(engine)
     return SoleWorker(engine)
 
@@ -97,11 +98,11 @@ class AdvisoryLockLeadership(_JobLocks):
 
     KEY = lock_key("scheduler-leader")
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: Engine) -> None:
         super().__init__()
         self.engine = engine
-        self.connection: sa.Connection | None = None
-        self.job_connection: sa.Connection | None = None
+        self.connection: Connection | None = None
+        self.job_connection: Connection | None = None
 
     def register(self) -> None:
         """Any number of workers may run on PostgreSQL."""
@@ -111,10 +112,8 @@ class AdvisoryLockLeadership(_JobLocks):
             return self.held()
         connection = self.engine.connect()
         try:
-            got = bool(connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"),
-                                          {"key": self.KEY}).scalar_one())  # fmt: skip
-            connection.commit()
-        except sa.exc.DBAPIError:
+            got = store.try_lock(connection, self.KEY)
+        except DBAPIError:
             connection.close()
             raise
         if got:
@@ -127,9 +126,8 @@ class AdvisoryLockLeadership(_JobLocks):
         if self.connection is None:
             return False
         try:
-            self.connection.execute(sa.text("SELECT 1"))
-            self.connection.commit()
-        except sa.exc.DBAPIError:
+            store.ping(self.connection)
+        except DBAPIError:
             log.error("lost the connection that holds the scheduler lock: no longer leader")
             self._drop()
             return False
@@ -147,39 +145,30 @@ class AdvisoryLockLeadership(_JobLocks):
     def _unlock(self) -> None:
         if self.connection is None:
             return
-        try:
-            self.connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self.KEY})
-            self.connection.commit()
-        except sa.exc.DBAPIError:
-            pass  # the connection is gone, and the lock with it
+        with suppress(DBAPIError):  # the connection is gone, and the lock with it
+            store.unlock(self.connection, self.KEY)
         self._drop()
 
     def _drop(self) -> None:
         connection, self.connection = self.connection, None
         if connection is not None:
-            try:
-                connection.invalidate()
-                connection.close()
-            except sa.exc.DBAPIError:  # pragma: no cover - already broken
-                pass
+            store.discard(connection)
 
     def _lock_job(self, job: str) -> bool:
         """Per-job advisory locks, all on one connection of their own (a connection per
         running job could empty the pool); session locks are re-entrant, hence also the
         in-process set of :class:`_JobLocks`."""
-        return self._job_sql("SELECT pg_try_advisory_lock(:k)", lock_key(f"job:{job}"))
+        return self._on_job_connection(store.try_lock, lock_key(f"job:{job}"))
 
     def _unlock_job(self, job: str) -> None:
-        self._job_sql("SELECT pg_advisory_unlock(:k)", lock_key(f"job:{job}"))
+        self._on_job_connection(store.unlock, lock_key(f"job:{job}"))
 
-    def _job_sql(self, statement: str, key: int) -> bool:
+    def _on_job_connection(self, statement: Callable[[Connection, int], bool], key: int) -> bool:
         try:
             if self.job_connection is None:
                 self.job_connection = self.engine.connect()
-            value = self.job_connection.execute(sa.text(statement), {"k": key}).scalar_one()
-            self.job_connection.commit()
-            return bool(value)
-        except sa.exc.DBAPIError:  # the connection (and its locks) is gone: a new one next time
+            return statement(self.job_connection, key)
+        except DBAPIError:  # the connection (and its locks) is gone: a new one next time
             connection, self.job_connection = self.job_connection, None
             if connection is not None:
                 connection.invalidate()
@@ -190,9 +179,9 @@ class SoleWorker(_JobLocks):
     """SQLite: one worker per database file, enforced by an exclusive file lock; a job runs
     once at a time in this process (a resumed run and its scheduled next run never overlap)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        database = engine.url.database
-        self.path = Path(f"{database}.worker-lock") if database and database != ":memory:" else None
+    def __init__(self, engine: Engine) -> None:
+        database = store.sqlite_file(engine)
+        self.path = Path(f"{database}.worker-lock") if database is not None else None
         self.handle: IO[str] | None = None
         super().__init__()
 

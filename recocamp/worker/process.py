@@ -35,7 +35,6 @@ from types import FrameType
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
@@ -55,6 +54,7 @@ from recocamp.errors import ConfigError, Interrupted
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
 from recocamp.store import outbox, runs
+from recocamp.store.engine import Engine
 from recocamp.store.runs import CAMPAIGN_PREFIX
 from recocamp.worker import jobs, leadership, scheduler
 
@@ -74,7 +74,7 @@ def dispatch(job_id: str) -> None:
 
 
 class Worker:
-    def __init__(self, settings: Settings, engine: sa.Engine, campaigns_dir: Path,
+    def __init__(self, settings: Settings, engine: Engine, campaigns_dir: Path,
                  templates_dir: Path, clock: Clock | None = None) -> None:  # fmt: skip
         self.settings, self.engine = settings, engine
         self.campaigns_dir, self.templates_dir = campaigns_dir, templates_dir

@@ -39,9 +39,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Literal
 
-import sqlalchemy as sa
 from apscheduler.jobstores.memory import MemoryJobStore
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -49,7 +47,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from recocamp.campaigns.files import Campaign
 from recocamp.settings import Settings
-from recocamp.store.engine import make_engine
+from recocamp.store.engine import Engine
+from recocamp.store.jobstore import job_store
 from recocamp.store.runs import CAMPAIGN_PREFIX
 
 log = logging.getLogger(__name__)
@@ -108,12 +107,12 @@ def make_scheduler() -> BackgroundScheduler:
     )
 
 
-def attach_shared(scheduler: BackgroundScheduler, engine: sa.Engine) -> None:
+def attach_shared(scheduler: BackgroundScheduler, engine: Engine) -> None:
     """The persistent store of leader jobs (becoming the leader). It gets an engine of its
     own: the store disposes of its engine when it is detached."""
-    own = make_engine(engine.url.render_as_string(hide_password=False))
+    store, own = job_store(engine)
     try:
-        scheduler.add_jobstore(SQLAlchemyJobStore(engine=own), SHARED)
+        scheduler.add_jobstore(store, SHARED)
     except ValueError:  # attached already
         own.dispose()
 
