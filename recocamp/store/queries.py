@@ -386,3 +386,11 @@ def item_titles(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str]
 def has_purchases(connection: sa.Connection) -> bool:
     """Whether any order line is stored (the demo builds its shop into an empty store)."""
     return count(connection, purchases) > 0
+
+
+def purchase_lines_seen(connection: sa.Connection) -> tuple[int, int]:
+    """(the newest purchase line's id, how many lines there are): what a training saw."""
+    last_line, lines = connection.execute(
+        sa.select(sa.func.max(purchases.c.id), sa.func.count())
+    ).one()
+    return int(last_line or 0), int(lines)

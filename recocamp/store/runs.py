@@ -122,3 +122,14 @@ def live_worker_count(connection: sa.Connection, alive_after: datetime) -> int:
 def all_workers(connection: sa.Connection, limit: int = 50) -> Sequence[Any]:
     query = sa.select(workers).order_by(workers.c.heartbeat_at.desc()).limit(limit)
     return list(connection.execute(query))
+
+
+def last_ok_counts(connection: sa.Connection, job: str) -> Any:
+    """The counts the last successful run of ``job`` recorded (None when there is none)."""
+    query = (
+        sa.select(runs.c.counts)
+        .where(runs.c.job == job, runs.c.status == "ok")
+        .order_by(runs.c.id.desc())
+        .limit(1)
+    )
+    return connection.execute(query).scalar()

@@ -12,8 +12,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from recocamp import metrics, privacy
 from recocamp.campaigns import render
 from recocamp.campaigns.files import Campaign
@@ -29,9 +27,8 @@ from recocamp.measure import jobs as measure_jobs
 from recocamp.ratelimit import RateLimiter
 from recocamp.recommender import training
 from recocamp.settings import Settings
-from recocamp.store import registry
-from recocamp.store.schema import purchases
-from recocamp.store.schema import runs as runs_table
+from recocamp.store import queries, registry, runs
+from recocamp.store.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +40,7 @@ class JobContext:
     the provider's rate limit; ``stop`` is set on SIGTERM."""
 
     settings: Settings
-    engine: sa.Engine
+    engine: Engine
     templates: Path
     clock: Clock
     stop: threading.Event
@@ -121,21 +118,17 @@ def train(ctx: JobContext, now: datetime) -> Counts:
 
 def _training_inputs(ctx: JobContext) -> Counts:
     with ctx.engine.connect() as connection:
-        last_line, lines = connection.execute(
-            sa.select(sa.func.max(purchases.c.id), sa.func.count())).one()  # fmt: skip
+        last_line, lines = queries.purchase_lines_seen(connection)
     digest = hashlib.sha256(ctx.settings.recommender.model_dump_json().encode()).hexdigest()
     return {"last_purchase_line": int(last_line or 0), "purchase_lines": int(lines),
             "settings": digest[:16]}  # fmt: skip
 
 
-def _unchanged_since_last_training(engine: sa.Engine, data: Counts) -> bool:
+def _unchanged_since_last_training(engine: Engine, data: Counts) -> bool:
     with engine.connect() as connection:
         if registry.live(connection) is None:
             return False
-        previous = connection.execute(
-            sa.select(runs_table.c.counts).where(runs_table.c.job == "train",
-                                                 runs_table.c.status == "ok")
-            .order_by(runs_table.c.id.desc()).limit(1)).scalar()  # fmt: skip
+        previous = runs.last_ok_counts(connection, "train")
     return isinstance(previous, dict) and all(previous.get(k) == v for k, v in data.items())
 
 
