@@ -104,8 +104,10 @@ def main() -> None:
         seconds = time.perf_counter() - started
         sends[campaign.name] = [d for d in decisions if d.outcome is Outcome.SEND]
         rate, to_send = len(decisions) / seconds, len(sends[campaign.name])
-        print(f"plan {campaign.name:10}: {rate:10,.0f} decisions/s ({seconds:.1f} s; "
-              f"{to_send:,} to send; target >= 20,000/s)")  # fmt: skip
+        print(
+            f"plan {campaign.name:10}: {rate:10,.0f} decisions/s ({seconds:.1f} s; "
+            f"{to_send:,} to send; target >= 20,000/s)"
+        )
     winback = next(c for c in campaigns if c.name == "winback")
     chosen = sends["winback"][: args.renders]
     by_id = {v.customer.id: v for v in views}

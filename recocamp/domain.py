@@ -31,9 +31,17 @@ YEAR_MIN, YEAR_MAX = 1900, 9000  # instants, in UTC: every time zone and both st
 MONEY_QUANTUM = Decimal("0.0001")  # the scale of NUMERIC(14, 4) (Money)
 FIELD_MAX = 100_000  # characters in one CSV field; every column's own limit is lower
 TEXT_MAX = {  # free-text columns: their column sizes
-    "email": 320, "first_name": 200, "locale": 16, "time_zone": 64, "country": 64,
-    "consent_source": 200, "title": 500, "category": 100, "url": 2000, "image_url": 2000,
-}  # fmt: skip
+    "email": 320,
+    "first_name": 200,
+    "locale": 16,
+    "time_zone": 64,
+    "country": 64,
+    "consent_source": 200,
+    "title": 500,
+    "category": 100,
+    "url": 2000,
+    "image_url": 2000,
+}
 
 
 def id_problem(value: str) -> str | None:
@@ -199,10 +207,12 @@ def order_digest(lines: Iterable[Purchase]) -> str:
     that recomputes ``orders.content_sha256``."""
     digest = hashlib.sha256()
     for line in sorted(lines, key=lambda p: p.line_no):
-        digest.update(f"{line.line_no}\x1f{line.item_id}\x1f{line.quantity}\x1f"
-                      f"{stored_price(line.unit_price)}\x1f"
-                      f"{line.ordered_at.astimezone(UTC).isoformat()}\x1f"
-                      f"{int(line.is_return)}\x1e".encode())  # fmt: skip
+        digest.update(
+            f"{line.line_no}\x1f{line.item_id}\x1f{line.quantity}\x1f"
+            f"{stored_price(line.unit_price)}\x1f"
+            f"{line.ordered_at.astimezone(UTC).isoformat()}\x1f"
+            f"{int(line.is_return)}\x1e".encode()
+        )
     return digest.hexdigest()
 
 
@@ -235,16 +245,26 @@ class DeliveryReport:
     waiting: int = 0  # still queued for later (retry or quiet hours) when the drain ended
 
     def add(self, other: DeliveryReport) -> None:
-        for name in ("sent", "rejected", "failed", "retried", "cancelled", "reconciled",
-                     "requests"):  # fmt: skip
+        for name in (
+            "sent",
+            "rejected",
+            "failed",
+            "retried",
+            "cancelled",
+            "reconciled",
+            "requests",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 # --- contacts: what went out to a customer and what came back ----------------------------
 
 # a customer's own choice on the preferences page: at most one marketing mail per …
-PREFERENCE_PERIODS = {"daily": timedelta(days=1), "weekly": timedelta(days=7),
-                      "monthly": timedelta(days=30)}  # fmt: skip
+PREFERENCE_PERIODS = {
+    "daily": timedelta(days=1),
+    "weekly": timedelta(days=7),
+    "monthly": timedelta(days=30),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -311,9 +311,15 @@ class Settings(BaseSettings):
         """The signing key, or a ConfigError: sending needs it for unsubscribe links."""
         key = self.signing_key_bytes()
         if key is None:
-            raise ConfigError(Path("settings.toml"), [Problem(
-                "sending needs a secret for unsubscribe links: set RECOCAMP_SIGNING_KEY",
-                key="signing_key")])  # fmt: skip
+            raise ConfigError(
+                Path("settings.toml"),
+                [
+                    Problem(
+                        "sending needs a secret for unsubscribe links: set RECOCAMP_SIGNING_KEY",
+                        key="signing_key",
+                    )
+                ],
+            )
         return key
 
 

@@ -57,8 +57,13 @@ def make_app(engine: sa.Engine, settings: Settings = SETTINGS) -> FastAPI:
 def store(engine: sa.Engine) -> sa.Engine:
     """One customer with consent and one e-mail the provider accepted two days ago."""
     sent_at = NOW - timedelta(days=2)
-    person = Customer(CUSTOMER, ADDRESS, "Anna", consent_basis=ConsentBasis.DOUBLE_OPT_IN,
-                      consent_at=NOW - timedelta(days=400))  # fmt: skip
+    person = Customer(
+        CUSTOMER,
+        ADDRESS,
+        "Anna",
+        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+        consent_at=NOW - timedelta(days=400),
+    )
     mail = OutgoingEmail(SEND_KEY, ADDRESS, "We miss you", "<p>hi</p>", "hi", campaign="winback")
     with engine.begin() as connection:
         upsert_customers(connection, [person], sent_at)
@@ -88,8 +93,10 @@ def state(engine: sa.Engine) -> State:
             sa.select(customers.c.unsubscribed_at).where(customers.c.id == CUSTOMER)
         ).scalar_one()
         suppressed = {r.email_hash: r.reason for r in connection.execute(sa.select(suppressions))}
-        events = [(r.kind, r.provider, r.customer_id) for r in connection.execute(
-            sa.select(contact_events).order_by(contact_events.c.id))]  # fmt: skip
+        events = [
+            (r.kind, r.provider, r.customer_id)
+            for r in connection.execute(sa.select(contact_events).order_by(contact_events.c.id))
+        ]
         audits = [(r.action, r.subject_id) for r in connection.execute(sa.select(audit_log))]
         row = connection.execute(sa.select(outbox_table.c.state)).scalar_one()
     return State(unsubscribed, suppressed, events, audits, row)
@@ -109,8 +116,11 @@ def test_health(engine: sa.Engine) -> None:
 def test_liveness_readiness_docs_and_metrics(engine: sa.Engine) -> None:
     app = make_app(engine)
     assert call(app, "GET", "/healthz").json() == {"status": "ok"}
-    assert call(app, "GET", "/readyz").json() == {"status": "ready", "model_version": None,
-                                                  "detail": None}  # fmt: skip
+    assert call(app, "GET", "/readyz").json() == {
+        "status": "ready",
+        "model_version": None,
+        "detail": None,
+    }
     assert call(app, "GET", "/docs").status == 200
     schema = call(app, "GET", "/openapi.json").json()
     assert "/v1/customers/{customer_id}/next-best-offer" in schema["paths"]
@@ -132,12 +142,17 @@ def test_cors_is_off_unless_origins_are_listed(engine: sa.Engine) -> None:
     asked = {"origin": "https://shop.example", "access-control-request-method": "GET"}
     closed = call(make_app(engine), "OPTIONS", "/healthz", headers=asked)
     assert "access-control-allow-origin" not in closed.headers
-    settings = SETTINGS.model_copy(update={"api": SETTINGS.api.model_copy(
-        update={"cors_origins": ("https://shop.example",)})})  # fmt: skip
+    settings = SETTINGS.model_copy(
+        update={"api": SETTINGS.api.model_copy(update={"cors_origins": ("https://shop.example",)})}
+    )
     opened = call(make_app(engine, settings), "OPTIONS", "/healthz", headers=asked)
     assert opened.headers["access-control-allow-origin"] == "https://shop.example"
-    other = call(make_app(engine, settings), "OPTIONS", "/healthz",
-                 headers={**asked, "origin": "https://evil.example"})  # fmt: skip
+    other = call(
+        make_app(engine, settings),
+        "OPTIONS",
+        "/healthz",
+        headers={**asked, "origin": "https://evil.example"},
+    )
     assert "access-control-allow-origin" not in other.headers
 
 
@@ -162,8 +177,10 @@ def test_get_shows_a_form_and_changes_nothing(store: sa.Engine) -> None:
 
 def test_one_click_post_unsubscribes_once(store: sa.Engine) -> None:
     app, link = make_app(store), f"/u/{token()}"
-    form = {"content": b"List-Unsubscribe=One-Click",
-            "headers": {"content-type": "application/x-www-form-urlencoded"}}  # fmt: skip
+    form = {
+        "content": b"List-Unsubscribe=One-Click",
+        "headers": {"content-type": "application/x-www-form-urlencoded"},
+    }
     reply = call(app, "POST", link, **form)
     assert reply.status == 200
     assert "Unsubscribed" in reply.text
@@ -208,8 +225,9 @@ def test_invalid_link_is_400_and_changes_nothing(
 
 
 def test_expired_link_is_400(store: sa.Engine) -> None:
-    old = tokens.sign(SIGNING_KEY.encode(), CUSTOMER, "winback", "unsubscribe",
-                      NOW - timedelta(days=401))  # fmt: skip
+    old = tokens.sign(
+        SIGNING_KEY.encode(), CUSTOMER, "winback", "unsubscribe", NOW - timedelta(days=401)
+    )
     assert call(make_app(store), "POST", f"/u/{old}").status == 400
     assert state(store) == UNTOUCHED
 
@@ -228,11 +246,17 @@ def basic(password: str, user: str = "postmark") -> dict[str, str]:
     return {"authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def post_hook(engine: sa.Engine, kind: str, headers: Mapping[str, str],
-              provider: str = "postmark") -> Reply:  # fmt: skip
+def post_hook(
+    engine: sa.Engine, kind: str, headers: Mapping[str, str], provider: str = "postmark"
+) -> Reply:
     payload = json.dumps(postmark_event(kind, RECORD, NOW - timedelta(hours=1))).encode()
-    return call(make_app(engine), "POST", f"/webhooks/{provider}", content=payload,
-                headers={"content-type": "application/json", **headers})  # fmt: skip
+    return call(
+        make_app(engine),
+        "POST",
+        f"/webhooks/{provider}",
+        content=payload,
+        headers={"content-type": "application/json", **headers},
+    )
 
 
 def test_postmark_bounce_suppresses_and_marks_the_outbox(store: sa.Engine) -> None:
@@ -292,15 +316,17 @@ def test_webhook_for_provider_without_webhooks_is_404(store: sa.Engine) -> None:
 
 
 def test_webhook_body_not_json_is_400(store: sa.Engine) -> None:
-    reply = call(make_app(store), "POST", "/webhooks/postmark", content=b"<xml/>",
-                 headers=basic(SECRET))  # fmt: skip
+    reply = call(
+        make_app(store), "POST", "/webhooks/postmark", content=b"<xml/>", headers=basic(SECRET)
+    )
     assert reply.status == 400
     assert state(store) == UNTOUCHED
 
 
 def test_sendgrid_webhook_without_public_key_is_503(store: sa.Engine) -> None:
-    reply = call(make_app(store), "POST", "/webhooks/sendgrid", content=b"[]",
-                 headers=basic(SECRET))  # fmt: skip
+    reply = call(
+        make_app(store), "POST", "/webhooks/sendgrid", content=b"[]", headers=basic(SECRET)
+    )
     assert reply.status == 503
 
 
@@ -309,14 +335,22 @@ def test_signed_sendgrid_bounce_suppresses(store: sa.Engine) -> None:
     public = private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     esp = EspSettings(provider="sendgrid", webhook_public_key=base64.b64encode(public).decode())
     app = make_app(store, Settings(esp=esp))
-    event = {"event": "bounce", "type": "bounce", "email": ADDRESS, "send_key": SEND_KEY,
-             "sg_event_id": "e1", "sg_message_id": f"{MESSAGE_ID}.filter0001",
-             "timestamp": int(NOW.timestamp()) - 60}  # fmt: skip
+    event = {
+        "event": "bounce",
+        "type": "bounce",
+        "email": ADDRESS,
+        "send_key": SEND_KEY,
+        "sg_event_id": "e1",
+        "sg_message_id": f"{MESSAGE_ID}.filter0001",
+        "timestamp": int(NOW.timestamp()) - 60,
+    }
     payload = json.dumps([event]).encode()
     stamp = str(int(NOW.timestamp()))
     signature = private.sign(stamp.encode() + payload, ec.ECDSA(hashes.SHA256()))
-    headers = {"x-twilio-email-event-webhook-signature": base64.b64encode(signature).decode(),
-               "x-twilio-email-event-webhook-timestamp": stamp}  # fmt: skip
+    headers = {
+        "x-twilio-email-event-webhook-signature": base64.b64encode(signature).decode(),
+        "x-twilio-email-event-webhook-timestamp": stamp,
+    }
     tampered = call(app, "POST", "/webhooks/sendgrid", content=payload + b" ", headers=headers)
     assert tampered.status == 401
     assert state(store) == UNTOUCHED

@@ -24,16 +24,25 @@ HEX = "ab" * 32
 ENDPOINTS: list[tuple[str, str, dict[str, Any], str]] = [
     ("GET", "/v1/customers/c1/next-best-offer", {}, "offers:read"),
     ("GET", "/v1/items/i1/similar", {}, "offers:read"),
-    ("POST", "/v1/events/purchases", {"json": {"order_id": "o1", "ordered_at":
-        "2012-01-01T10:00:00+00:00", "lines": [{"item_id": "i1", "quantity": 1,
-                                               "unit_price": 2.0}]}}, "events:write"),
+    (
+        "POST",
+        "/v1/events/purchases",
+        {
+            "json": {
+                "order_id": "o1",
+                "ordered_at": "2012-01-01T10:00:00+00:00",
+                "lines": [{"item_id": "i1", "quantity": 1, "unit_price": 2.0}],
+            }
+        },
+        "events:write",
+    ),
     ("PUT", "/v1/customers/c1", {"json": {"source": "test", "locale": "de"}}, "events:write"),
     ("GET", "/v1/privacy/customers/c1", {}, "privacy:admin"),
     ("DELETE", "/v1/privacy/customers/c1", {}, "privacy:admin"),
     ("POST", "/v1/privacy/purge", {}, "privacy:admin"),
     ("GET", "/v1/privacy/retention", {}, "privacy:admin"),
     ("GET", "/reports/latest", {}, "reports:read"),
-]  # fmt: skip
+]
 
 
 def test_keys_are_read_from_their_entries() -> None:
@@ -48,8 +57,10 @@ def test_keys_are_read_from_their_entries() -> None:
 
 
 def test_every_broken_entry_is_reported_by_position_and_name() -> None:
-    text = (f"web=offers:read=sha256:{HEX}; bad-entry; x=offers:write=sha256:{HEX}; "
-            f"web=events:write=sha256:{HEX}; short=offers:read=sha256:abc")  # fmt: skip
+    text = (
+        f"web=offers:read=sha256:{HEX}; bad-entry; x=offers:write=sha256:{HEX}; "
+        f"web=events:write=sha256:{HEX}; short=offers:read=sha256:abc"
+    )
     with pytest.raises(ConfigError) as caught:
         parse_keys(text)
     message = str(caught.value)
@@ -154,8 +165,9 @@ def test_serve_refuses_broken_keys_before_starting(
 
 
 def test_api_key_new_prints_the_key_once_and_its_entry() -> None:
-    result = CliRunner().invoke(cli, ["api-key", "new", "shop-web", "--scope", "offers:read",
-                                      "--scope", "events:write"])  # fmt: skip
+    result = CliRunner().invoke(
+        cli, ["api-key", "new", "shop-web", "--scope", "offers:read", "--scope", "events:write"]
+    )
     assert result.exit_code == 0, result.output
     key = next(word for word in result.output.split() if word.startswith("rck_"))
     entry = result.output.strip().splitlines()[-1]

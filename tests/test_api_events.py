@@ -36,10 +36,15 @@ def app(engine: sa.Engine, tmp_path: Path) -> FastAPI:
 
 
 def order(order_id: str = "A1", customer: str | None = "c1", **changes: Any) -> dict[str, Any]:
-    document = {"order_id": order_id, "customer_id": customer,
-                "ordered_at": "2012-01-04T18:30:00+01:00",
-                "lines": [{"item_id": "i1", "quantity": 2, "unit_price": 3.5},
-                          {"item_id": "i2", "quantity": 1, "unit_price": 10.0}]}  # fmt: skip
+    document = {
+        "order_id": order_id,
+        "customer_id": customer,
+        "ordered_at": "2012-01-04T18:30:00+01:00",
+        "lines": [
+            {"item_id": "i1", "quantity": 2, "unit_price": 3.5},
+            {"item_id": "i2", "quantity": 1, "unit_price": 10.0},
+        ],
+    }
     return document | changes
 
 
@@ -73,26 +78,43 @@ def post(app: FastAPI, body: Any, key: str = "shop") -> Any:
 def test_one_order_is_stored_with_the_importers_semantics(app: FastAPI) -> None:
     reply = post(app, order())
     assert reply.status == 200, reply.text
-    assert reply.json() == {"orders": 1, "new_orders": 1, "duplicate_orders": [],
-                            "lines_written": 2, "lines_skipped": {},
-                            "erased_customer_lines": 0}  # fmt: skip
+    assert reply.json() == {
+        "orders": 1,
+        "new_orders": 1,
+        "duplicate_orders": [],
+        "lines_written": 2,
+        "lines_skipped": {},
+        "erased_customer_lines": 0,
+    }
     at = datetime(2012, 1, 4, 17, 30, tzinfo=UTC)
-    assert lines(engine_of(app)) == [("A1", 1, "c1", "i1", 2, 3.5, at, False),
-                                     ("A1", 2, "c1", "i2", 1, 10.0, at, False)]  # fmt: skip
+    assert lines(engine_of(app)) == [
+        ("A1", 1, "c1", "i1", 2, 3.5, at, False),
+        ("A1", 2, "c1", "i2", 1, 10.0, at, False),
+    ]
 
 
 def test_a_batch_with_a_guest_a_return_and_an_adjustment(app: FastAPI) -> None:
-    batch = {"orders": [
-        order("B1", None, ordered_at="2012-01-04 09:00:00"),  # guest; shop zone: Berlin
-        order("B2", lines=[{"item_id": "i1", "quantity": -1, "unit_price": 3.5},
-                           {"item_id": "i3", "quantity": 1, "unit_price": 0.0}]),
-    ]}  # fmt: skip
+    batch = {
+        "orders": [
+            order("B1", None, ordered_at="2012-01-04 09:00:00"),  # guest; shop zone: Berlin
+            order(
+                "B2",
+                lines=[
+                    {"item_id": "i1", "quantity": -1, "unit_price": 3.5},
+                    {"item_id": "i3", "quantity": 1, "unit_price": 0.0},
+                ],
+            ),
+        ]
+    }
     reply = post(app, batch)
     assert reply.status == 200, reply.text
     assert reply.json()["lines_skipped"] == {"adjustment": 1}
     stored = lines(engine_of(app))
-    assert [(r[0], r[2], r[7]) for r in stored] == [("B1", None, False), ("B1", None, False),
-                                                    ("B2", "c1", True)]  # fmt: skip
+    assert [(r[0], r[2], r[7]) for r in stored] == [
+        ("B1", None, False),
+        ("B1", None, False),
+        ("B2", "c1", True),
+    ]
     assert stored[0][6] == datetime(2012, 1, 4, 8, 0, tzinfo=UTC)  # 09:00 in Berlin
 
 
@@ -115,18 +137,37 @@ def test_an_order_stored_with_other_lines_is_a_409_and_nothing_is_written(app: F
     assert lines(engine_of(app)) == before
 
 
-@pytest.mark.parametrize(("body", "loc", "value"), [
-    pytest.param(order(ordered_at="yesterday"), ["body", "ordered_at"], "yesterday", id="time"),
-    pytest.param(order(ordered_at="0001-01-01T00:00:00+05:00"), ["body", "ordered_at"],
-                 "0001-01-01T00:00:00+05:00", id="time-out-of-range"),
-    pytest.param({"orders": [order("X1"), order("X1")]}, ["body", "orders", 1, "order_id"], "X1",
-                 id="twice"),
-    pytest.param({"orders": [order("X1"), order("X2", ordered_at="13/01/2012")]},
-                 ["body", "orders", 1, "ordered_at"], "13/01/2012", id="second-order"),
-    pytest.param('{"order_id": "N", "ordered_at": "2012-01-04T10:00:00+00:00", "lines": '
-                 '[{"item_id": "i1", "quantity": 1, "unit_price": NaN}]}',
-                 ["body", "order", "lines", 0, "unit_price"], "nan", id="nan-price"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "loc", "value"),
+    [
+        pytest.param(order(ordered_at="yesterday"), ["body", "ordered_at"], "yesterday", id="time"),
+        pytest.param(
+            order(ordered_at="0001-01-01T00:00:00+05:00"),
+            ["body", "ordered_at"],
+            "0001-01-01T00:00:00+05:00",
+            id="time-out-of-range",
+        ),
+        pytest.param(
+            {"orders": [order("X1"), order("X1")]},
+            ["body", "orders", 1, "order_id"],
+            "X1",
+            id="twice",
+        ),
+        pytest.param(
+            {"orders": [order("X1"), order("X2", ordered_at="13/01/2012")]},
+            ["body", "orders", 1, "ordered_at"],
+            "13/01/2012",
+            id="second-order",
+        ),
+        pytest.param(
+            '{"order_id": "N", "ordered_at": "2012-01-04T10:00:00+00:00", "lines": '
+            '[{"item_id": "i1", "quantity": 1, "unit_price": NaN}]}',
+            ["body", "order", "lines", 0, "unit_price"],
+            "nan",
+            id="nan-price",
+        ),
+    ],
+)
 def test_bad_input_is_422_naming_the_field_not_the_value_and_writes_nothing(
     app: FastAPI, body: Any, loc: list[Any], value: str
 ) -> None:
@@ -138,16 +179,31 @@ def test_bad_input_is_422_naming_the_field_not_the_value_and_writes_nothing(
     assert lines(engine_of(app)) == []
 
 
-@pytest.mark.parametrize("body", [
-    {"order_id": "A", "ordered_at": "2012-01-01", "lines": []},
-    {"order_id": "A", "ordered_at": "2012-01-01", "lines": [{"item_id": "i", "quantity": "x",
-                                                             "unit_price": 1}]},
-    {"order_id": "", "ordered_at": "2012-01-01", "lines": [{"item_id": "i", "quantity": 1,
-                                                            "unit_price": 1}]},
-    {"orders": []}, {"order_id": "A", "surprise": 1}, [], "text",
-    {"order_id": "A\x00B", "ordered_at": "2012-01-01", "lines": [{"item_id": "i",
-                                                                  "quantity": 1, "unit_price": 1}]},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"order_id": "A", "ordered_at": "2012-01-01", "lines": []},
+        {
+            "order_id": "A",
+            "ordered_at": "2012-01-01",
+            "lines": [{"item_id": "i", "quantity": "x", "unit_price": 1}],
+        },
+        {
+            "order_id": "",
+            "ordered_at": "2012-01-01",
+            "lines": [{"item_id": "i", "quantity": 1, "unit_price": 1}],
+        },
+        {"orders": []},
+        {"order_id": "A", "surprise": 1},
+        [],
+        "text",
+        {
+            "order_id": "A\x00B",
+            "ordered_at": "2012-01-01",
+            "lines": [{"item_id": "i", "quantity": 1, "unit_price": 1}],
+        },
+    ],
+)
 def test_malformed_bodies_are_422(app: FastAPI, body: Any) -> None:
     assert post(app, body).status == 422
     assert lines(engine_of(app)) == []
@@ -170,8 +226,10 @@ def person(engine: sa.Engine, customer: str = "c1") -> Any:
 
 def audits(engine: sa.Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as connection:
-        return [(r.action, r.actor, r.subject_id, r.details) for r in connection.execute(
-            sa.select(audit_log).order_by(audit_log.c.id))]  # fmt: skip
+        return [
+            (r.action, r.actor, r.subject_id, r.details)
+            for r in connection.execute(sa.select(audit_log).order_by(audit_log.c.id))
+        ]
 
 
 def put(app: FastAPI, body: dict[str, Any], customer: str = "c1") -> Any:
@@ -180,44 +238,69 @@ def put(app: FastAPI, body: dict[str, Any], customer: str = "c1") -> Any:
 
 def test_a_customer_is_created_and_changed_with_an_audit_trail(app: FastAPI) -> None:
     engine = engine_of(app)
-    created = put(app, {"source": "checkout", "email": "Anna@Example.test", "first_name": "Anna",
-                        "locale": "de", "consent_basis": "double_opt_in",
-                        "consent_at": "2012-01-04T10:00:00+01:00", "consent_source": "newsletter",
-                        "at": "2012-01-04T10:05:00+01:00"})  # fmt: skip
+    created = put(
+        app,
+        {
+            "source": "checkout",
+            "email": "Anna@Example.test",
+            "first_name": "Anna",
+            "locale": "de",
+            "consent_basis": "double_opt_in",
+            "consent_at": "2012-01-04T10:00:00+01:00",
+            "consent_source": "newsletter",
+            "at": "2012-01-04T10:05:00+01:00",
+        },
+    )
     assert created.status == 200, created.text
     assert created.json()["created"] is True
     row = person(engine)
-    assert (row.email, row.locale, row.consent_basis) == ("Anna@Example.test", "de",
-                                                          "double_opt_in")  # fmt: skip
+    assert (row.email, row.locale, row.consent_basis) == (
+        "Anna@Example.test",
+        "de",
+        "double_opt_in",
+    )
     assert row.consent_at == datetime(2012, 1, 4, 9, 0, tzinfo=UTC)
-    changed = put(app, {"source": "account page", "frequency_preference": "weekly",
-                        "channel_email": True})  # fmt: skip
-    assert changed.json() == {"customer_id": "c1", "created": False,
-                              "changed": ["frequency_preference"]}  # fmt: skip
+    changed = put(
+        app, {"source": "account page", "frequency_preference": "weekly", "channel_email": True}
+    )
+    assert changed.json() == {
+        "customer_id": "c1",
+        "created": False,
+        "changed": ["frequency_preference"],
+    }
     trail = audits(engine)
-    assert [t[:3] for t in trail] == [("customer_created", "api:shop", "c1"),
-                                      ("customer_changed", "api:shop", "c1")]  # fmt: skip
+    assert [t[:3] for t in trail] == [
+        ("customer_created", "api:shop", "c1"),
+        ("customer_changed", "api:shop", "c1"),
+    ]
     first, second = trail[0][3], trail[1][3]
     assert first["source"] == "checkout" and "email" in first["fields"]
     assert first["values"]["consent_basis"] == "double_opt_in"
     assert "Anna" not in str(first) and "example.test" not in str(first).lower()
-    assert second == {"source": "account page", "fields": ["frequency_preference"],
-                      "values": {"frequency_preference": "weekly"}}  # fmt: skip
+    assert second == {
+        "source": "account page",
+        "fields": ["frequency_preference"],
+        "values": {"frequency_preference": "weekly"},
+    }
     assert person(engine).updated_at == NOW  # the second change happened "now"
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"source": "x", "consent_basis": "double_opt_in"}, "consent_at"),
-    ({"source": "x", "email": "no-at-sign"}, "email"),
-    ({"source": "x", "time_zone": "Mars/Olympus"}, "time_zone"),
-    ({"source": "x", "at": (NOW + timedelta(days=1)).isoformat()}, "at"),
-    ({"source": "x", "consent_at": "2012-01-01T10:00:00"}, "consent_at"),  # no offset
-    ({"source": "x", "frequency_preference": "hourly"}, "frequency_preference"),
-    ({"source": "x", "paused_until": "0001-01-01T00:00:00+01:00"}, "paused_until"),
-    ({"first_name": "no source"}, "source"),
-])  # fmt: skip
-def test_bad_profile_changes_are_422_naming_the_field(app: FastAPI, body: dict[str, Any],
-                                                      field: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"source": "x", "consent_basis": "double_opt_in"}, "consent_at"),
+        ({"source": "x", "email": "no-at-sign"}, "email"),
+        ({"source": "x", "time_zone": "Mars/Olympus"}, "time_zone"),
+        ({"source": "x", "at": (NOW + timedelta(days=1)).isoformat()}, "at"),
+        ({"source": "x", "consent_at": "2012-01-01T10:00:00"}, "consent_at"),  # no offset
+        ({"source": "x", "frequency_preference": "hourly"}, "frequency_preference"),
+        ({"source": "x", "paused_until": "0001-01-01T00:00:00+01:00"}, "paused_until"),
+        ({"first_name": "no source"}, "source"),
+    ],
+)
+def test_bad_profile_changes_are_422_naming_the_field(
+    app: FastAPI, body: dict[str, Any], field: str
+) -> None:
     reply = put(app, body)
     assert reply.status == 422, reply.text
     assert field in [d["loc"][-1] for d in reply.json()["detail"]]
@@ -238,8 +321,9 @@ def test_objection_drops_the_personal_list_at_once(app: FastAPI) -> None:
     assert person(engine).objected_to_profiling is True
 
 
-def test_unsubscribe_and_resubscribe_only_with_a_new_consent(engine: sa.Engine,
-                                                            tmp_path: Path) -> None:  # fmt: skip
+def test_unsubscribe_and_resubscribe_only_with_a_new_consent(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     clock = FixedClock(NOW)
     app = make_app(engine, tmp_path, clock)
     consent = {"consent_basis": "double_opt_in", "consent_at": "2011-06-01T10:00:00+00:00"}
@@ -274,8 +358,9 @@ def erase(app: FastAPI, customer: str = "c1") -> Any:
     return call(app, "DELETE", f"/v1/privacy/customers/{customer}", headers=bearer("dpo"))
 
 
-def test_an_erased_customer_comes_back_only_by_a_new_sign_up(engine: sa.Engine,
-                                                             tmp_path: Path) -> None:  # fmt: skip
+def test_an_erased_customer_comes_back_only_by_a_new_sign_up(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     clock = FixedClock(NOW)
     app = make_app(engine, tmp_path, clock)
     consent = {"consent_basis": "double_opt_in", "consent_at": "2011-06-01T10:00:00+00:00"}
@@ -301,16 +386,19 @@ def test_an_erased_customer_comes_back_only_by_a_new_sign_up(engine: sa.Engine,
     assert put(app, {"source": "account page", "first_name": "Erin B."}).status == 200
 
     assert erase(app).status == 200  # erased again; she signs up under a new id
-    fresh = {"consent_basis": "double_opt_in", "consent_at": clock.advance(timedelta(days=1))
-             .isoformat()}  # fmt: skip
+    fresh = {
+        "consent_basis": "double_opt_in",
+        "consent_at": clock.advance(timedelta(days=1)).isoformat(),
+    }
     renewed = {"source": "signup", "email": "erin@example.test", "new_sign_up": True, **fresh}
     assert put(app, renewed, customer="c2").status == 200
     assert put(app, profile).status == 410  # the old record stays erased
     assert person(engine) is None and person(engine, "c2").email == "erin@example.test"
 
 
-def test_orders_of_an_erased_customer_are_kept_as_guest_orders(engine: sa.Engine,
-                                                               tmp_path: Path) -> None:  # fmt: skip
+def test_orders_of_an_erased_customer_are_kept_as_guest_orders(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     app = make_app(engine, tmp_path)
     assert put(app, {"source": "signup", "email": "x@example.test"}).status == 200
     assert post(app, order("A1")).status == 200
@@ -319,8 +407,14 @@ def test_orders_of_an_erased_customer_are_kept_as_guest_orders(engine: sa.Engine
     assert reply.status == 200, reply.text
     assert reply.json()["erased_customer_lines"] == 2 and reply.json()["lines_written"] == 4
     owners = {(row[0], row[1]): row[2] for row in lines(engine)}
-    assert owners == {("A1", 1): None, ("A1", 2): None, ("A2", 1): None, ("A2", 2): None,
-                      ("A3", 1): "c2", ("A3", 2): "c2"}  # fmt: skip
+    assert owners == {
+        ("A1", 1): None,
+        ("A1", 2): None,
+        ("A2", 1): None,
+        ("A2", 2): None,
+        ("A3", 1): "c2",
+        ("A3", 2): "c2",
+    }
     assert person(engine) is None
 
 
@@ -333,8 +427,13 @@ def test_without_the_key_erased_customers_cannot_be_checked_so_nothing_is_writte
     settings = settings_for(tmp_path).model_copy(update={"signing_key": None})
     unkeyed = create_app(settings, engine, FixedClock(NOW))
     before = lines(engine), audits(engine)
-    refused = call(unkeyed, "PUT", "/v1/customers/c1", json={"source": "crm", "first_name": "X"},
-                   headers=bearer("shop"))  # fmt: skip
+    refused = call(
+        unkeyed,
+        "PUT",
+        "/v1/customers/c1",
+        json={"source": "crm", "first_name": "X"},
+        headers=bearer("shop"),
+    )
     assert refused.status == 503 and "RECOCAMP_SIGNING_KEY" in refused.text
     assert call(unkeyed, "POST", EVENTS, json=order("A9"), headers=bearer("shop")).status == 503
     assert (lines(engine), audits(engine)) == before and person(engine) is None

@@ -30,8 +30,9 @@ from tests.api_shop import NOW, SIGNING_KEY, Reply, bearer, call, settings_for
 ADDRESS = "anna.hostile@example.test"
 CUSTOMER = "90001"
 PRIVATE = ec.generate_private_key(ec.SECP256R1())
-PUBLIC = base64.b64encode(PRIVATE.public_key().public_bytes(
-    Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).decode()  # fmt: skip
+PUBLIC = base64.b64encode(
+    PRIVATE.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+).decode()
 
 
 @pytest.fixture
@@ -40,8 +41,13 @@ def app(engine: sa.Engine, tmp_path: Path) -> FastAPI:
     settings = settings_for(tmp_path / "models")
     esp = settings.esp.model_copy(update={"webhook_public_key": PUBLIC})
     app = create_app(settings.model_copy(update={"esp": esp}), engine, FixedClock(NOW))
-    created = call(app, "PUT", f"/v1/customers/{CUSTOMER}", headers=bearer("shop"),
-                   json={"source": "test", "email": ADDRESS, "first_name": "Anna"})  # fmt: skip
+    created = call(
+        app,
+        "PUT",
+        f"/v1/customers/{CUSTOMER}",
+        headers=bearer("shop"),
+        json={"source": "test", "email": ADDRESS, "first_name": "Anna"},
+    )
     assert created.status == 200, created.text
     return app
 
@@ -69,16 +75,19 @@ def no_address(reply: Reply, caplog: pytest.LogCaptureFixture, *addresses: str) 
 # -- 422 bodies name the field, never the value ----------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "loc"), [
-    ({"email": ["a@b.c"], "source": "t"}, ["body", "email"]),  # the issue's case
-    ({"email": {"to": "a@b.c"}, "source": "t"}, ["body", "email"]),
-    ({"email": "a@b.c\x00", "source": "t"}, ["body", "email"]),  # pattern: echoed the value
-    ({"email": "a@b.c" + "x" * 320, "source": "t"}, ["body", "email"]),
-    ({"email": "a@b.c"}, ["body", "source"]),  # missing: pydantic's input is the whole body
-    ({"email": "a@b.c", "source": "t", "surprise": "a@b.c"}, ["body", "surprise"]),
-    ({"email": "a@b.c", "source": "t", "birthday": "a@b.c"}, ["body", "birthday"]),
-    ({"source": "t", "a@b.c": 1}, ["body", "<address>"]),  # an unknown key is the loc
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"email": ["a@b.c"], "source": "t"}, ["body", "email"]),  # the issue's case
+        ({"email": {"to": "a@b.c"}, "source": "t"}, ["body", "email"]),
+        ({"email": "a@b.c\x00", "source": "t"}, ["body", "email"]),  # pattern: echoed the value
+        ({"email": "a@b.c" + "x" * 320, "source": "t"}, ["body", "email"]),
+        ({"email": "a@b.c"}, ["body", "source"]),  # missing: pydantic's input is the whole body
+        ({"email": "a@b.c", "source": "t", "surprise": "a@b.c"}, ["body", "surprise"]),
+        ({"email": "a@b.c", "source": "t", "birthday": "a@b.c"}, ["body", "birthday"]),
+        ({"source": "t", "a@b.c": 1}, ["body", "<address>"]),  # an unknown key is the loc
+    ],
+)
 def test_422_names_the_field_and_never_echoes_the_address(
     app: FastAPI, caplog: pytest.LogCaptureFixture, body: dict[str, Any], loc: list[str]
 ) -> None:
@@ -108,8 +117,9 @@ def test_a_pydantic_error_raised_in_a_handler_is_a_422_without_the_value(app: Fa
 
 
 def test_a_query_parameter_is_not_echoed_either(app: FastAPI) -> None:
-    reply = call(app, "GET", f"/v1/customers/{CUSTOMER}/next-best-offer?n=a@b.c",
-                 headers=bearer("shop"))  # fmt: skip
+    reply = call(
+        app, "GET", f"/v1/customers/{CUSTOMER}/next-best-offer?n=a@b.c", headers=bearer("shop")
+    )
     assert reply.status == 422 and reply.json()["detail"][0]["loc"] == ["query", "n"]
     assert "@" not in reply.text
 
@@ -129,14 +139,24 @@ BAD_FORMS = [
     b"action=pause&weeks=%C2%B2",  # '²': str.isdigit() but not int() (the issue's case)
     "action=pause&weeks=²".encode(),
     "action=pause&weeks=٤".encode(),  # ARABIC-INDIC DIGIT FOUR: int() reads 4
-    b"action=pause&weeks=4.0", b"action=pause&weeks=-4", b"action=pause&weeks=%2B4",
-    b"action=pause&weeks=" + b"9" * 5000, b"action=pause",
-    b"action=save&frequency=hourly", b"action=save&frequency=%00",
+    b"action=pause&weeks=4.0",
+    b"action=pause&weeks=-4",
+    b"action=pause&weeks=%2B4",
+    b"action=pause&weeks=" + b"9" * 5000,
+    b"action=pause",
+    b"action=save&frequency=hourly",
+    b"action=save&frequency=%00",
     b"action=pause&weeks=4&" + b"&".join(b"f%d=1" % i for i in range(30)),  # too many fields
     b"action=pause&weeks=%FF",  # not UTF-8
-    b"action=pause\xff&weeks=4", b"action=%00pause&weeks=4", b"act%00ion=pause&weeks=4",
-    b"action=" + b"x" * 5000, b"action=launch", b"", b"%", b"&&&==",
-]  # fmt: skip
+    b"action=pause\xff&weeks=4",
+    b"action=%00pause&weeks=4",
+    b"act%00ion=pause&weeks=4",
+    b"action=" + b"x" * 5000,
+    b"action=launch",
+    b"",
+    b"%",
+    b"&&&==",
+]
 
 
 def test_bad_preference_forms_get_a_400_page_and_change_nothing(app: FastAPI) -> None:
@@ -158,8 +178,11 @@ def test_the_pause_form_still_works(app: FastAPI) -> None:
 
 
 def test_bad_feedback_forms_get_a_400_page(app: FastAPI) -> None:
-    for body in (b"token=x&score=%FF", b"token=%00&score=5",
-                 b"&".join(b"f%d=1" % i for i in range(30))):  # fmt: skip
+    for body in (
+        b"token=x&score=%FF",
+        b"token=%00&score=5",
+        b"&".join(b"f%d=1" % i for i in range(30)),
+    ):
         reply = call(app, "POST", "/v1/feedback", content=body, headers=FORM)
         assert reply.status == 400 and reply.headers["content-type"].startswith("text/html")
 
@@ -168,8 +191,9 @@ def test_feedback_json_nested_past_the_parsers_stack_is_a_400(app: FastAPI) -> N
     """5,000 levels fit the 16 KB cap and exceed the JSON parser's recursion limit."""
     before = snapshot(app)
     for body in (b"[" * 5_000 + b"]" * 5_000, b'{"token": ' + b"[" * 8_000):
-        reply = call(app, "POST", "/v1/feedback", content=body,
-                     headers={"content-type": "application/json"})  # fmt: skip
+        reply = call(
+            app, "POST", "/v1/feedback", content=body, headers={"content-type": "application/json"}
+        )
         assert reply.status == 400, (reply.status, reply.text[:200])
     assert snapshot(app) == before
 
@@ -181,26 +205,39 @@ def hook(app: FastAPI, provider: str, payload: bytes) -> Reply:
     if provider == "sendgrid":
         stamp = str(int(NOW.timestamp()))
         signature = PRIVATE.sign(stamp.encode() + payload, ec.ECDSA(hashes.SHA256()))
-        headers = {"x-twilio-email-event-webhook-signature": base64.b64encode(signature).decode(),
-                   "x-twilio-email-event-webhook-timestamp": stamp}  # fmt: skip
+        headers = {
+            "x-twilio-email-event-webhook-signature": base64.b64encode(signature).decode(),
+            "x-twilio-email-event-webhook-timestamp": stamp,
+        }
     else:
         headers = {"authorization": "Bearer hook-secret"}
-    return call(app, "POST", f"/v1/webhooks/{provider}", content=payload,
-                headers={"content-type": "application/json", **headers})  # fmt: skip
+    return call(
+        app,
+        "POST",
+        f"/v1/webhooks/{provider}",
+        content=payload,
+        headers={"content-type": "application/json", **headers},
+    )
 
 
 ODD_EVENTS = [  # (provider, event, the field named in the answer)
     ("postmark", {"RecordType": "Delivery", "ID": 5, "Metadata": "x"}, "Metadata"),
     ("postmark", {"RecordType": "Bounce", "Email": [ADDRESS], "Type": "HardBounce"}, "Email"),
     ("postmark", {"RecordType": "Bounce", "Email": ADDRESS, "BouncedAt": 1e20}, "BouncedAt"),
-    ("postmark", {"RecordType": "Bounce", "Email": ADDRESS,
-                  "BouncedAt": "0001-01-01T00:00:00+05:00"}, "BouncedAt"),
+    (
+        "postmark",
+        {"RecordType": "Bounce", "Email": ADDRESS, "BouncedAt": "0001-01-01T00:00:00+05:00"},
+        "BouncedAt",
+    ),
     ("postmark", {"RecordType": "Bounce", "Email": ADDRESS, "BouncedAt": "yesterday"}, "BouncedAt"),
     ("postmark", {"RecordType": "Bounce", "Email": ADDRESS, "MessageID": "m\x00"}, "MessageID"),
     ("postmark", {"RecordType": "Delivery", "Recipient": ADDRESS, "Inactive": {}}, "Inactive"),
     ("postmark", {"RecordType": "SpamComplaint", "Email": ADDRESS, "ID": -1}, "ID"),
-    ("postmark", {"RecordType": "Delivery", "Metadata": {"send_key": "k" * 201}},
-     "Metadata.send_key"),
+    (
+        "postmark",
+        {"RecordType": "Delivery", "Metadata": {"send_key": "k" * 201}},
+        "Metadata.send_key",
+    ),
     ("sendgrid", {"event": "bounce", "email": ADDRESS, "timestamp": 1e20}, "timestamp"),
     ("sendgrid", {"event": "bounce", "email": ADDRESS, "timestamp": True}, "timestamp"),
     ("sendgrid", {"event": "delivered", "email": 7, "timestamp": 1}, "email"),
@@ -208,7 +245,7 @@ ODD_EVENTS = [  # (provider, event, the field named in the answer)
     ("brevo", {"event": "hard_bounce", "email": ADDRESS, "ts_event": -1e20}, "ts_event"),
     ("brevo", {"event": "spam", "email": ADDRESS, "id": 1.5}, "id"),
     ("brevo", {"event": "delivered", "message-id": {"$ne": None}}, "message-id"),
-]  # fmt: skip
+]
 
 
 def test_an_event_with_a_wrong_field_is_rejected_by_name_and_stores_nothing(
@@ -227,8 +264,13 @@ def test_an_event_with_a_wrong_field_is_rejected_by_name_and_stores_nothing(
 
 
 def test_the_good_events_of_a_batch_are_applied_and_the_bad_one_named(app: FastAPI) -> None:
-    good = {"event": "bounce", "type": "bounce", "email": ADDRESS, "sg_event_id": "e1",
-            "timestamp": int(NOW.timestamp()) - 60}  # fmt: skip
+    good = {
+        "event": "bounce",
+        "type": "bounce",
+        "email": ADDRESS,
+        "sg_event_id": "e1",
+        "timestamp": int(NOW.timestamp()) - 60,
+    }
     bad = {
         "event": "bounce",
         "email": "b@example.test",
@@ -276,23 +318,28 @@ def test_bodies_that_are_no_events_are_400(app: FastAPI) -> None:
 
 
 PRIVATE_HEADERS = {
-    "cache-control": "no-store", "referrer-policy": "no-referrer", "x-frame-options": "DENY",
+    "cache-control": "no-store",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-}  # fmt: skip
+}
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status"), [
-    ("GET", link(), None, 200),
-    ("GET", link() + "/data.json", None, 200),
-    ("POST", link(), b"action=pause&weeks=4", 303),
-    ("POST", link(), b"action=pause&weeks=3", 400),
-    ("GET", link("u", "unsubscribe"), None, 200),
-    ("POST", link("u", "unsubscribe"), b"List-Unsubscribe=One-Click", 200),
-    ("GET", link(purpose="unsubscribe"), None, 400),  # a link for another purpose
-    ("GET", link(customer="nobody") + "/data.json", None, 404),
-    ("GET", link() + "/elsewhere", None, 404),
-    ("GET", "/v1/feedback?token=x&score=5", None, 400),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", link(), None, 200),
+        ("GET", link() + "/data.json", None, 200),
+        ("POST", link(), b"action=pause&weeks=4", 303),
+        ("POST", link(), b"action=pause&weeks=3", 400),
+        ("GET", link("u", "unsubscribe"), None, 200),
+        ("POST", link("u", "unsubscribe"), b"List-Unsubscribe=One-Click", 200),
+        ("GET", link(purpose="unsubscribe"), None, 400),  # a link for another purpose
+        ("GET", link(customer="nobody") + "/data.json", None, 404),
+        ("GET", link() + "/elsewhere", None, 404),
+        ("GET", "/v1/feedback?token=x&score=5", None, 400),
+    ],
+)
 def test_pages_with_personal_data_are_not_cached_framed_or_referred(
     app: FastAPI, method: str, path: str, body: bytes | None, status: int
 ) -> None:
@@ -305,8 +352,7 @@ def test_pages_with_personal_data_are_not_cached_framed_or_referred(
 
 
 def test_a_page_keeps_its_own_policy_and_gains_frame_ancestors(app: FastAPI) -> None:
-    token = tokens.sign(SIGNING_KEY.encode(), CUSTOMER, "nps", "feedback", NOW,
-                        survey="nps")  # fmt: skip
+    token = tokens.sign(SIGNING_KEY.encode(), CUSTOMER, "nps", "feedback", NOW, survey="nps")
     reply = call(app, "GET", f"/v1/feedback?token={token}&score=9")
     policy = [p.strip() for p in reply.headers["content-security-policy"].split(";")]
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy

@@ -40,8 +40,9 @@ NBO = "/v1/customers/{}/next-best-offer"
 
 
 def offers(app: FastAPI, customer: str, query: str = "", key: str = "shop") -> dict[str, object]:
-    reply = call(app, "GET", NBO.format(customer) + (f"?{query}" if query else ""),
-                 headers=bearer(key))  # fmt: skip
+    reply = call(
+        app, "GET", NBO.format(customer) + (f"?{query}" if query else ""), headers=bearer(key)
+    )
     assert reply.status == 200, reply.text
     return reply.json()  # type: ignore[no-any-return]
 
@@ -53,8 +54,9 @@ def ids(document: dict[str, object]) -> list[str]:
 def cached_customer(engine: sa.Engine) -> tuple[str, list[list[object]]]:
     """A customer with a cached list and at least three orders (a real history)."""
     with engine.connect() as connection:
-        rows = connection.execute(sa.select(recommendations).order_by(
-            recommendations.c.customer_id)).all()  # fmt: skip
+        rows = connection.execute(
+            sa.select(recommendations).order_by(recommendations.c.customer_id)
+        ).all()
         for row in rows:
             history = history_of(views.customer_orders(connection, row.customer_id, NOW), {})
             if history.count >= 3:
@@ -77,8 +79,9 @@ def test_a_known_customer_gets_the_cached_list_with_reasons(app: FastAPI) -> Non
     assert answer["model_version"] == live(engine).version
     with engine.connect() as connection:
         catalogue = views.catalogue(connection)
-    expected = [str(i) for i, _ in cached if catalogue[str(i)].in_stock
-                and not catalogue[str(i)].is_service][:5]  # fmt: skip
+    expected = [
+        str(i) for i, _ in cached if catalogue[str(i)].in_stock and not catalogue[str(i)].is_service
+    ][:5]
     assert ids(answer) == expected  # the cache's order, nothing invented
     for entry in answer["items"]:  # type: ignore[attr-defined]
         assert entry["reason"] and entry["title"] == catalogue[entry["item_id"]].title
@@ -128,8 +131,11 @@ def test_items_out_of_stock_are_never_offered(app: FastAPI) -> None:
     customer, _ = cached_customer(engine)
     first = ids(offers(app, customer, "n=5"))[0]
     with engine.begin() as connection:
-        connection.execute(sa.update(items).where(items.c.id == first).values(
-            in_stock=False, updated_at=NOW + timedelta(minutes=1)))  # fmt: skip
+        connection.execute(
+            sa.update(items)
+            .where(items.c.id == first)
+            .values(in_stock=False, updated_at=NOW + timedelta(minutes=1))
+        )
     app.state.service.snapshot(force=True)  # what the refresh every [api] refresh_s does
     assert first not in ids(offers(app, customer, "n=5"))
 
@@ -138,9 +144,12 @@ def test_a_purchase_event_is_visible_to_the_next_request(app: FastAPI) -> None:
     customer, _ = cached_customer(engine_of(app))
     before = offers(app, customer, "n=5&mode=discover")
     bought = ids(before)[0]
-    order = {"order_id": "live-1", "customer_id": customer,
-             "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
-             "lines": [{"item_id": bought, "quantity": 2, "unit_price": 3.5}]}  # fmt: skip
+    order = {
+        "order_id": "live-1",
+        "customer_id": customer,
+        "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
+        "lines": [{"item_id": bought, "quantity": 2, "unit_price": 3.5}],
+    }
     posted = call(app, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
     assert posted.status == 200, posted.text
     after = offers(app, customer, "n=5&mode=discover")
@@ -151,9 +160,12 @@ def test_a_purchase_event_is_visible_to_the_next_request(app: FastAPI) -> None:
 
 def test_a_new_customer_is_scored_from_their_first_order(app: FastAPI) -> None:
     popular = [str(i) for i, _ in live(engine_of(app)).popular]
-    order = {"order_id": "first-1", "customer_id": "brand-new",
-             "ordered_at": (NOW - timedelta(minutes=5)).isoformat(),
-             "lines": [{"item_id": popular[0], "quantity": 1, "unit_price": 9.0}]}  # fmt: skip
+    order = {
+        "order_id": "first-1",
+        "customer_id": "brand-new",
+        "ordered_at": (NOW - timedelta(minutes=5)).isoformat(),
+        "lines": [{"item_id": popular[0], "quantity": 1, "unit_price": 9.0}],
+    }
     assert (
         call(app, "POST", "/v1/events/purchases", json=order, headers=bearer("shop")).status == 200
     )
@@ -167,8 +179,10 @@ def test_an_objection_and_an_erasure_apply_at_once(app: FastAPI) -> None:
     customer, _ = cached_customer(engine)
     assert offers(app, customer)["basis"] == "personal"
     change = {"source": "account page", "objected_to_profiling": True}
-    assert call(app, "PUT", f"/v1/customers/{customer}", json=change,
-                headers=bearer("shop")).status == 200  # fmt: skip
+    assert (
+        call(app, "PUT", f"/v1/customers/{customer}", json=change, headers=bearer("shop")).status
+        == 200
+    )
     assert offers(app, customer)["basis_reason"] == "popular: objected to profiling"
     with engine.connect() as connection:
         assert registry.cached(connection, customer) is None
@@ -193,11 +207,13 @@ def cached_customer_after(engine: sa.Engine, skip: str) -> tuple[str, list[list[
     return str(row.customer_id), list(row.items)
 
 
-@pytest.mark.parametrize(("campaign_name", "mode"), [("cross_sell", Mode.DISCOVER),
-                                                     ("replenish", Mode.REPLENISH),
-                                                     ("winback", Mode.MIXED)])  # fmt: skip
-def test_widget_and_email_offer_the_same_items(app: FastAPI, campaign_name: str,
-                                               mode: Mode) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("campaign_name", "mode"),
+    [("cross_sell", Mode.DISCOVER), ("replenish", Mode.REPLENISH), ("winback", Mode.MIXED)],
+)
+def test_widget_and_email_offer_the_same_items(
+    app: FastAPI, campaign_name: str, mode: Mode
+) -> None:
     """For every double opt-in customer, the API's list starts with exactly the items the
     planner would put into a campaign e-mail with the same offer rules."""
     engine = engine_of(app)
@@ -216,8 +232,12 @@ def test_widget_and_email_offer_the_same_items(app: FastAPI, campaign_name: str,
             "exclude_categories": (),
         }
     )
-    campaign = campaign.model_copy(update={"offer": rules, "audience": campaign.audience.model_copy(
-        update={"replenishment_due": False})})  # fmt: skip
+    campaign = campaign.model_copy(
+        update={
+            "offer": rules,
+            "audience": campaign.audience.model_copy(update={"replenishment_due": False}),
+        }
+    )
     with engine.connect() as connection:
         snapshot = load_snapshot(connection, settings, NOW)
     context = planner.context_for(settings, NOW, snapshot.items, snapshot.popular)
@@ -261,8 +281,11 @@ def test_answers_are_cached_and_checked_against_the_store(app: FastAPI) -> None:
     else:
         assert answers("checked") == counts["checked"] + 1
     with engine.begin() as connection:  # a change for somebody else
-        connection.execute(sa.update(customers).where(customers.c.id == OBJECTOR).values(
-            first_name="Changed", updated_at=NOW))  # fmt: skip
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id == OBJECTOR)
+            .values(first_name="Changed", updated_at=NOW)
+        )
     assert offers(app, customer, "n=3") == first
     assert answers("computed") == counts["computed"]  # checked, still right: not recomputed
 
@@ -272,8 +295,13 @@ def test_a_new_live_model_is_served_without_a_restart(app: FastAPI, tmp_path: Pa
     customer, _ = cached_customer(engine)
     old = offers(app, customer)["model_version"]
     settings = settings_for(Path(app.state.service.settings.recommender.artifacts_dir))
-    result = training.train(engine, settings.recommender, now=NOW + timedelta(days=1),
-                            as_of=NOW - timedelta(days=3), name="item_knn")  # fmt: skip
+    result = training.train(
+        engine,
+        settings.recommender,
+        now=NOW + timedelta(days=1),
+        as_of=NOW - timedelta(days=3),
+        name="item_knn",
+    )
     assert result.version != old
     if result.outcome != "promoted":
         training.promote(engine, settings.recommender, str(result.version), NOW)
@@ -297,10 +325,22 @@ def fastapi_twin(app: FastAPI) -> FastAPI:
     return twin
 
 
-@pytest.mark.parametrize("query", [
-    "n=0", "n=51", "n=abc", "n=2.5", "mode=sometimes", "n=0&mode=x", "n=-3&mode=MIXED",
-    "category=" + "c" * 201, "exclude=" + "e" * 201, "n=50&mode=replenish", "n=&mode=",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "query",
+    [
+        "n=0",
+        "n=51",
+        "n=abc",
+        "n=2.5",
+        "mode=sometimes",
+        "n=0&mode=x",
+        "n=-3&mode=MIXED",
+        "category=" + "c" * 201,
+        "exclude=" + "e" * 201,
+        "n=50&mode=replenish",
+        "n=&mode=",
+    ],
+)
 def test_lean_parameters_are_validated_like_fastapi(app: FastAPI, query: str) -> None:
     path = NBO.format("12345") + "?" + query
     lean = call(app, "GET", path, headers=bearer("shop"))
@@ -331,8 +371,9 @@ def test_a_commit_is_seen_by_every_request_that_arrives_after_it(app: FastAPI) -
     queued = time.perf_counter()
     first = service.data_version(time.perf_counter())
     with engine.begin() as connection:  # another connection commits a change
-        connection.execute(sa.update(customers).where(customers.c.id == OBJECTOR).values(
-            first_name="Committed"))  # fmt: skip
+        connection.execute(
+            sa.update(customers).where(customers.c.id == OBJECTOR).values(first_name="Committed")
+        )
     assert service.data_version(queued) == first  # entered before the reading: shares it
     assert service.data_version(time.perf_counter()) != first  # arrived after the commit
 
@@ -345,8 +386,11 @@ def test_the_cli_and_the_api_apply_one_objection_rule(
     engine = engine_of(app)
     customer, _ = cached_customer(engine)
     with engine.begin() as connection:
-        connection.execute(sa.update(customers).where(customers.c.id == customer).values(
-            objected_to_profiling=True))  # fmt: skip
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id == customer)
+            .values(objected_to_profiling=True)
+        )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
     shown = CliRunner().invoke(cli, ["recommend", customer, "--n", "5"])

@@ -43,10 +43,14 @@ from tests.api_shop import KEYS, NOW, OBJECTOR, SIGNING_KEY, Template, clone, ma
 
 EXAMPLES = 40  # per operation
 PRIVATE_KEY = ec.generate_private_key(ec.SECP256R1())
-PUBLIC_KEY = base64.b64encode(PRIVATE_KEY.public_key().public_bytes(
-    Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).decode()  # fmt: skip
-LINKS = {"/p/{token}": "preferences", "/p/{token}/data.json": "preferences",
-         "/u/{token}": "unsubscribe"}  # fmt: skip
+PUBLIC_KEY = base64.b64encode(
+    PRIVATE_KEY.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+).decode()
+LINKS = {
+    "/p/{token}": "preferences",
+    "/p/{token}/data.json": "preferences",
+    "/u/{token}": "unsubscribe",
+}
 WEBHOOKS = {"/v1/webhooks/{provider}"}
 # the stored report is an HTML page rendered by matplotlib: held to "no 5xx" here (its own
 # tests open it in a browser)
@@ -70,8 +74,9 @@ def prepared(case: schemathesis.Case, customer: str, valid_link: bool) -> dict[s
     ``call_and_validate``)."""
     path = case.operation.path
     if path in LINKS and valid_link:
-        token = tokens.sign(SIGNING_KEY.encode(), customer, "winback", LINKS[path],
-                            NOW - timedelta(days=1))  # fmt: skip
+        token = tokens.sign(
+            SIGNING_KEY.encode(), customer, "winback", LINKS[path], NOW - timedelta(days=1)
+        )
         case.path_parameters = {**(case.path_parameters or {}), "token": token}
     if path not in WEBHOOKS:
         return {}
@@ -80,8 +85,10 @@ def prepared(case: schemathesis.Case, customer: str, valid_link: bool) -> dict[s
     if (case.path_parameters or {}).get("provider") == "sendgrid":
         stamp = str(int(NOW.timestamp()))
         signature = PRIVATE_KEY.sign(stamp.encode() + payload, ec.ECDSA(hashes.SHA256()))
-        headers |= {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-                    "X-Twilio-Email-Event-Webhook-Timestamp": stamp}  # fmt: skip
+        headers |= {
+            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+            "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+        }
     return {"data": payload, "headers": headers}
 
 
@@ -100,15 +107,21 @@ def test_no_server_error_and_no_schema_violation(template: Template, tmp_path: P
         for operation in operations:
 
             @given(case=operation.as_strategy(), valid_link=st.booleans())
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
             def check(case: schemathesis.Case, valid_link: bool) -> None:
                 extra = prepared(case, OBJECTOR, valid_link)
                 if case.operation.path in MEASUREMENT:
                     case.call_and_validate(checks=[not_a_server_error])
                 elif case.operation.path in WEBHOOKS:
-                    case.call_and_validate(excluded_checks=[
-                        positive_data_acceptance, negative_data_rejection], **extra)  # fmt: skip
+                    case.call_and_validate(
+                        excluded_checks=[positive_data_acceptance, negative_data_rejection], **extra
+                    )
                 else:
                     case.call_and_validate(excluded_checks=[positive_data_acceptance])
 

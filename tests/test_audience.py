@@ -26,13 +26,15 @@ ITEMS = {
 def order(
     customer: str, order_id: str, days_ago: int, revenue: float, *items: str
 ) -> CustomerOrder:
-    return CustomerOrder(customer, order_id, NOW - timedelta(days=days_ago), revenue,
-                         frozenset(items))  # fmt: skip
+    return CustomerOrder(
+        customer, order_id, NOW - timedelta(days=days_ago), revenue, frozenset(items)
+    )
 
 
 def test_service_items_count_for_revenue_not_as_interest_and_orders_sort_oldest_first() -> None:
-    history = history_of([order("a", "2", 1, 11.0, "mug", "wrap"), order("a", "1", 9, 5.0, "old")],
-                         ITEMS)  # fmt: skip
+    history = history_of(
+        [order("a", "2", 1, 11.0, "mug", "wrap"), order("a", "1", 9, 5.0, "old")], ITEMS
+    )
     assert [o.at for o in history.orders] == [NOW - timedelta(days=9), NOW - timedelta(days=1)]
     assert history.items == {"mug", "old"}  # unknown items stay, without a category
     assert history.categories == {"kitchen"}

@@ -27,8 +27,7 @@ from recocamp.store.schema import customers, import_runs, items, orders, purchas
 from tests.api_shop import bearer, call, make_app
 from tests.conftest import NOW, write_csv
 
-STANDARD = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at",
-            "line_no"]  # fmt: skip
+STANDARD = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at", "line_no"]
 GOOD = ["A1", "c1", "i1", "1", "9.99", "2024-04-01T12:00:00Z", "1"]
 LONG_ID = "c" * 100_000
 
@@ -52,23 +51,34 @@ def refused(engine: sa.Engine, run: Any) -> DataImportError:
     return caught.value
 
 
-@pytest.mark.parametrize(("column", "bad", "message", "shown"), [
-    ("quantity", "99999999999999999999999", "is out of range (-1,000,000 to 1,000,000)", None),
-    ("quantity", "1e300", "is out of range (-1,000,000 to 1,000,000)", None),
-    ("line_no", "99999999999999999999999", "is out of range (0 to 1,000,000)", None),
-    ("line_no", "1e300", "is out of range (0 to 1,000,000)", None),
-    ("line_no", "-1", "is out of range (0 to 1,000,000)", None),
-    ("unit_price", "1e308", "is out of range (-1,000,000,000 to 1,000,000,000)", None),
-    ("order_id", "A\x002", "contains a NUL character", None),
-    ("item_id", "i\n2", "contains a control character (U+000A)", None),
-    ("customer_id", "c\x852", "contains a control character (U+0085)", None),  # C1: NEL
-    ("order_id", "A\u20281", "contains a non-printable character (U+2028)", None),
-    ("item_id", "i\u202e2", "contains a non-printable character (U+202E)", None),  # bidi
-    ("ordered_at", "1850-01-01T00:00:00Z",
-     "is out of range (in UTC it falls outside the years 1900–9000)", None),
-    ("customer_id", LONG_ID, "is longer than 64 characters",
-     f"{'c' * 60}… (100,000 characters)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("column", "bad", "message", "shown"),
+    [
+        ("quantity", "99999999999999999999999", "is out of range (-1,000,000 to 1,000,000)", None),
+        ("quantity", "1e300", "is out of range (-1,000,000 to 1,000,000)", None),
+        ("line_no", "99999999999999999999999", "is out of range (0 to 1,000,000)", None),
+        ("line_no", "1e300", "is out of range (0 to 1,000,000)", None),
+        ("line_no", "-1", "is out of range (0 to 1,000,000)", None),
+        ("unit_price", "1e308", "is out of range (-1,000,000,000 to 1,000,000,000)", None),
+        ("order_id", "A\x002", "contains a NUL character", None),
+        ("item_id", "i\n2", "contains a control character (U+000A)", None),
+        ("customer_id", "c\x852", "contains a control character (U+0085)", None),  # C1: NEL
+        ("order_id", "A\u20281", "contains a non-printable character (U+2028)", None),
+        ("item_id", "i\u202e2", "contains a non-printable character (U+202E)", None),  # bidi
+        (
+            "ordered_at",
+            "1850-01-01T00:00:00Z",
+            "is out of range (in UTC it falls outside the years 1900–9000)",
+            None,
+        ),
+        (
+            "customer_id",
+            LONG_ID,
+            "is longer than 64 characters",
+            f"{'c' * 60}… (100,000 characters)",
+        ),
+    ],
+)
 def test_a_purchase_value_past_the_bounds_is_a_row_problem(
     engine: sa.Engine, tmp_path: Path, column: str, bad: str, message: str, shown: str | None
 ) -> None:
@@ -82,11 +92,24 @@ def test_a_purchase_value_past_the_bounds_is_a_row_problem(
 
 
 def test_online_retail_rows_have_the_same_bounds(engine: sa.Engine, tmp_path: Path) -> None:
-    header = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
-              "CustomerID", "Country"]  # fmt: skip
+    header = [
+        "InvoiceNo",
+        "StockCode",
+        "Description",
+        "Quantity",
+        "InvoiceDate",
+        "UnitPrice",
+        "CustomerID",
+        "Country",
+    ]
     good = ["536365", "85123A", "HEART", "6", "2010-12-01 08:26:00", "2.55", "17850", "UK"]
-    rows = [good, [*good[:3], "1e300", *good[4:]], [*good[:6], LONG_ID, good[7]],
-            [*good[:5], "1e308", *good[6:]], [good[0], "X", "T" * 501, *good[3:]]]  # fmt: skip
+    rows = [
+        good,
+        [*good[:3], "1e300", *good[4:]],
+        [*good[:6], LONG_ID, good[7]],
+        [*good[:5], "1e308", *good[6:]],
+        [good[0], "X", "T" * 501, *good[3:]],
+    ]
     path = write_csv(tmp_path / "retail.csv", header, rows)
     error = refused(engine, lambda: importer(engine).purchases(path, "online-retail"))
     assert [(p.line, p.column) for p in error.problems] == [
@@ -98,9 +121,17 @@ def test_online_retail_rows_have_the_same_bounds(engine: sa.Engine, tmp_path: Pa
 
 
 def test_customer_and_item_files_have_the_same_bounds(engine: sa.Engine, tmp_path: Path) -> None:
-    people = write_csv(tmp_path / "customers.csv", ["id", "email", "first_name"], [
-        ["c1", "a@example.test", "Ann"], ["c\x002", "b@example.test", ""], [LONG_ID, "", ""],
-        ["c4", "x" * 400 + "@example.test", ""], ["c5", "", "N" * 201]])  # fmt: skip
+    people = write_csv(
+        tmp_path / "customers.csv",
+        ["id", "email", "first_name"],
+        [
+            ["c1", "a@example.test", "Ann"],
+            ["c\x002", "b@example.test", ""],
+            [LONG_ID, "", ""],
+            ["c4", "x" * 400 + "@example.test", ""],
+            ["c5", "", "N" * 201],
+        ],
+    )
     error = refused(engine, lambda: importer(engine).customers(people))
     assert [(p.line, p.column) for p in error.problems] == [
         (3, "id"),
@@ -109,9 +140,16 @@ def test_customer_and_item_files_have_the_same_bounds(engine: sa.Engine, tmp_pat
         (6, "first_name"),
     ]
     assert "example.test" not in str(error)  # addresses are never shown
-    goods = write_csv(tmp_path / "items.csv", ["id", "title", "category", "price"], [
-        ["i1", "Mug", "home", "4.5"], ["i2", "Mug\x00", "home", "4.5"],
-        ["i3", "Mug", "home", "1e308"], ["i4", "Mug", "home", "-1"]])  # fmt: skip
+    goods = write_csv(
+        tmp_path / "items.csv",
+        ["id", "title", "category", "price"],
+        [
+            ["i1", "Mug", "home", "4.5"],
+            ["i2", "Mug\x00", "home", "4.5"],
+            ["i3", "Mug", "home", "1e308"],
+            ["i4", "Mug", "home", "-1"],
+        ],
+    )
     error = refused(engine, lambda: importer(engine).items(goods))
     assert [(p.line, p.column, p.message) for p in error.problems] == [
         (3, "title", "contains a NUL character"),
@@ -120,8 +158,7 @@ def test_customer_and_item_files_have_the_same_bounds(engine: sa.Engine, tmp_pat
     ]
 
 
-def test_a_line_repeated_with_other_content_is_refused(engine: sa.Engine,
-                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_a_line_repeated_with_other_content_is_refused(engine: sa.Engine, tmp_path: Path) -> None:
     other = [*GOOD[:2], "i2", *GOOD[3:]]
     path = write_csv(tmp_path / "p.csv", STANDARD, [GOOD, other])
     error = refused(engine, lambda: importer(engine).purchases(path))
@@ -151,8 +188,9 @@ def test_bytes_that_are_not_utf8_are_a_problem_of_their_line_and_column(
     ]
 
 
-def test_a_field_past_the_size_limit_is_a_problem_of_its_line(engine: sa.Engine,
-                                                              tmp_path: Path) -> None:  # fmt: skip
+def test_a_field_past_the_size_limit_is_a_problem_of_its_line(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     huge = [*GOOD[:2], "x" * 10_000_000, *GOOD[3:]]
     path = write_csv(tmp_path / "p.csv", STANDARD, [GOOD, GOOD, huge, GOOD])
     error = refused(engine, lambda: importer(engine).purchases(path))
@@ -209,8 +247,10 @@ def test_the_drop_folder_sets_a_file_aside_naming_the_line_and_column(
     (drop / "purchases-1.csv").write_bytes(
         header + b"\n" + ",".join(GOOD).encode() + b"\nA2,c\xe9,i1,1,1,2024-04-01T12:00:00Z,1\n"
     )
-    settings = Settings(database_url=engine.url.render_as_string(hide_password=False),
-                        ingest={"drop_dir": drop, "processed_dir": drop / "done"})  # type: ignore[arg-type]  # fmt: skip
+    settings = Settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        ingest={"drop_dir": drop, "processed_dir": drop / "done"},
+    )  # type: ignore[arg-type]
     report = import_drop_folder(engine, settings, NOW)
     assert (report.imported, report.rejected) == (0, 1)
     errors = (drop / "rejected" / "purchases-1.csv.errors.txt").read_text()
@@ -223,37 +263,51 @@ def api(engine: sa.Engine, tmp_path: Path) -> FastAPI:
     return make_app(engine, tmp_path)
 
 
-@pytest.mark.parametrize(("change", "where"), [
-    ({"order_id": "A\x001"}, ["body", "order", "order_id"]),
-    ({"customer_id": "c\u20291"}, ["body", "order", "customer_id"]),
-    ({"customer_id": LONG_ID}, ["body", "order", "customer_id"]),
-    ({"lines": [{"item_id": "i1", "quantity": 10**23, "unit_price": 1.0}]},
-     ["body", "order", "lines", 0, "quantity"]),
-    ({"lines": [{"item_id": "i1", "quantity": 1, "unit_price": 1e308}]},
-     ["body", "order", "lines", 0, "unit_price"]),
-])  # fmt: skip
-def test_purchase_events_have_the_importers_bounds(api: FastAPI, engine: sa.Engine,
-                                                   change: dict[str, Any],
-                                                   where: list[Any]) -> None:  # fmt: skip
-    body = {"order_id": "A1", "customer_id": "c1", "ordered_at": "2024-04-01T12:00:00Z",
-            "lines": [{"item_id": "i1", "quantity": 1, "unit_price": 9.99}]} | change  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"order_id": "A\x001"}, ["body", "order", "order_id"]),
+        ({"customer_id": "c\u20291"}, ["body", "order", "customer_id"]),
+        ({"customer_id": LONG_ID}, ["body", "order", "customer_id"]),
+        (
+            {"lines": [{"item_id": "i1", "quantity": 10**23, "unit_price": 1.0}]},
+            ["body", "order", "lines", 0, "quantity"],
+        ),
+        (
+            {"lines": [{"item_id": "i1", "quantity": 1, "unit_price": 1e308}]},
+            ["body", "order", "lines", 0, "unit_price"],
+        ),
+    ],
+)
+def test_purchase_events_have_the_importers_bounds(
+    api: FastAPI, engine: sa.Engine, change: dict[str, Any], where: list[Any]
+) -> None:
+    body = {
+        "order_id": "A1",
+        "customer_id": "c1",
+        "ordered_at": "2024-04-01T12:00:00Z",
+        "lines": [{"item_id": "i1", "quantity": 1, "unit_price": 9.99}],
+    } | change
     reply = call(api, "POST", "/v1/events/purchases", json=body, headers=bearer("shop"))
     assert reply.status == 422, reply.text
     assert [d["loc"] for d in reply.json()["detail"]] == [where]
     assert nothing_written(engine)
 
 
-@pytest.mark.parametrize(("path", "body", "where"), [
-    ("/v1/customers/c%001", {"source": "crm"}, ["path", "customer_id"]),
-    ("/v1/customers/c%E2%80%AE1", {"source": "crm"}, ["path", "customer_id"]),  # U+202E
-    ("/v1/customers/c%C2%851", {"source": "crm"}, ["path", "customer_id"]),  # U+0085
-    (f"/v1/customers/{'c' * 65}", {"source": "crm"}, ["path", "customer_id"]),
-    ("/v1/customers/c1", {"source": "crm", "first_name": "A\x00"}, ["body", "first_name"]),
-    ("/v1/customers/c1", {"source": "crm", "country": "X" * 65}, ["body", "country"]),
-])  # fmt: skip
-def test_customer_updates_have_the_importers_bounds(api: FastAPI, engine: sa.Engine, path: str,
-                                                    body: dict[str, Any],
-                                                    where: list[Any]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        ("/v1/customers/c%001", {"source": "crm"}, ["path", "customer_id"]),
+        ("/v1/customers/c%E2%80%AE1", {"source": "crm"}, ["path", "customer_id"]),  # U+202E
+        ("/v1/customers/c%C2%851", {"source": "crm"}, ["path", "customer_id"]),  # U+0085
+        (f"/v1/customers/{'c' * 65}", {"source": "crm"}, ["path", "customer_id"]),
+        ("/v1/customers/c1", {"source": "crm", "first_name": "A\x00"}, ["body", "first_name"]),
+        ("/v1/customers/c1", {"source": "crm", "country": "X" * 65}, ["body", "country"]),
+    ],
+)
+def test_customer_updates_have_the_importers_bounds(
+    api: FastAPI, engine: sa.Engine, path: str, body: dict[str, Any], where: list[Any]
+) -> None:
     reply = call(api, "PUT", path, json=body, headers=bearer("shop"))
     assert reply.status == 422, reply.text
     assert [d["loc"] for d in reply.json()["detail"]] == [where]
@@ -268,19 +322,27 @@ ID_ROUTES = (
 )
 
 
-@pytest.mark.parametrize(("customer", "message"), [
-    ("c%7F1", None),  # DEL: the pattern's message
-    ("c%C2%851", "Value error, contains a control character (U+0085)"),
-    ("c%E2%80%AE1", "Value error, contains a non-printable character (U+202E)"),
-    ("c" * 65, "String should have at most 64 characters"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("customer", "message"),
+    [
+        ("c%7F1", None),  # DEL: the pattern's message
+        ("c%C2%851", "Value error, contains a control character (U+0085)"),
+        ("c%E2%80%AE1", "Value error, contains a non-printable character (U+202E)"),
+        ("c" * 65, "String should have at most 64 characters"),
+    ],
+)
 def test_every_customer_id_route_refuses_what_the_importer_refuses(
     api: FastAPI, engine: sa.Engine, customer: str, message: str | None
 ) -> None:
     details = []
     for method, route, who in ID_ROUTES:
-        reply = call(api, method, route.format(customer), headers=bearer(who),
-                     **({"json": {"source": "crm"}} if method == "PUT" else {}))  # fmt: skip
+        reply = call(
+            api,
+            method,
+            route.format(customer),
+            headers=bearer(who),
+            **({"json": {"source": "crm"}} if method == "PUT" else {}),
+        )
         assert reply.status == 422, (route, reply.text)
         details.append(reply.json()["detail"])
     assert all(detail == details[0] for detail in details), details  # one rule, one message

@@ -138,11 +138,13 @@ def test_check_lists_hostile_templates_and_healthy_campaigns_still_plan(workdir:
     assert runner.invoke(app, ["demo-data"]).exit_code == 0
     healthy = runner.invoke(app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00"])
     assert healthy.exit_code == 0, healthy.output
-    planned = runner.invoke(app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00",
-                                  "--format", "json"]).stdout  # fmt: skip
+    planned = runner.invoke(
+        app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00", "--format", "json"]
+    ).stdout
     first = json.loads(planned)["decisions"][0]["customer_id"]
-    preview = runner.invoke(app, ["preview", "cross_sell", "--customer", first,
-                                  "--as-of", "2011-12-15T10:00:00"])  # fmt: skip
+    preview = runner.invoke(
+        app, ["preview", "cross_sell", "--customer", first, "--as-of", "2011-12-15T10:00:00"]
+    )
     assert preview.exit_code == 0, preview.output
 
 
@@ -256,8 +258,9 @@ def in_trained(trained: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_evaluate_prints_the_cutoff_it_was_given(in_trained: Path) -> None:
-    result = runner.invoke(app, ["evaluate", "--cutoff", "2011-11-01", "--horizon-days", "30",
-                                 "--model", "popularity"])  # fmt: skip
+    result = runner.invoke(
+        app, ["evaluate", "--cutoff", "2011-11-01", "--horizon-days", "30", "--model", "popularity"]
+    )
     assert result.exit_code == 0, result.output
     # midnight in the shop's zone (Europe/Berlin), not the UTC date 2011-10-31
     assert "cutoff 2011-11-01 00:00 (Europe/Berlin), horizon 30 days" in result.stdout
@@ -268,8 +271,10 @@ def test_kpis_say_when_the_window_holds_no_orders(in_trained: Path) -> None:
         last = connection.execute(sa.select(sa.func.max(purchases.c.ordered_at))).scalar_one()
     empty = runner.invoke(app, ["kpis", "--as-of", "2015-01-01"])
     assert empty.exit_code == 0, empty.output
-    assert (f"note: the window 2014-01-01 – 2015-01-01 holds no orders; the last order was on "
-            f"{last.astimezone(ZoneInfo('Europe/Berlin')).date()}") in empty.stdout  # fmt: skip
+    assert (
+        f"note: the window 2014-01-01 – 2015-01-01 holds no orders; the last order was on "
+        f"{last.astimezone(ZoneInfo('Europe/Berlin')).date()}"
+    ) in empty.stdout
     as_json = runner.invoke(app, ["kpis", "--as-of", "2015-01-01", "--format", "json"])
     assert json.loads(as_json.stdout)["orders"] == 0 and "holds no orders" in as_json.stderr
     busy = runner.invoke(app, ["kpis", "--as-of", "2011-12-10"])
@@ -303,13 +308,18 @@ def test_plan_shows_item_titles(in_trained: Path) -> None:
 def test_preview_does_not_render_for_a_customer_the_plan_skips(in_trained: Path) -> None:
     as_of = "2011-12-15T10:00:00"
     document = runner.invoke(app, ["plan", "winback", "--as-of", as_of, "--format", "json"])
-    skipped = next(d["customer_id"] for d in json.loads(document.stdout)["decisions"]
-                   if d["reason"] == "not_in_audience:lapsed_days")  # fmt: skip
+    skipped = next(
+        d["customer_id"]
+        for d in json.loads(document.stdout)["decisions"]
+        if d["reason"] == "not_in_audience:lapsed_days"
+    )
     args = ["preview", "winback", "--customer", skipped, "--as-of", as_of]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert (f"customer {skipped} would be skipped by winback: not_in_audience:lapsed_days "
-            "(the campaign's audience has lapsed_days = [") in result.stdout  # fmt: skip
+    assert (
+        f"customer {skipped} would be skipped by winback: not_in_audience:lapsed_days "
+        "(the campaign's audience has lapsed_days = ["
+    ) in result.stdout
     assert "days ago)" in result.stdout and "nothing rendered; --anyway" in result.stdout
     assert "subject:" not in result.stdout and "not seen you" not in result.stdout
     anyway = runner.invoke(app, [*args, "--anyway"])

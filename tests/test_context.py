@@ -125,24 +125,47 @@ def queued(name: str) -> bytes:
     an offer with and one without a discount (and HTML in its id and title)."""
     survey = name == "nps"
     campaign = Campaign(
-        name=name, description="Win back lapsed customers", type="nps" if survey else "offers",
-        schedule={"cron": "0 10 * * TUE"}, offer={} if survey else {"discount_percent": 10.0},
-        template={"subject": {"en": "Hi {{ customer.first_name }}"}, "html": f"{name}.html",
-                  "text": f"{name}.txt"},
-    )  # type: ignore[arg-type]  # fmt: skip
-    customer = Customer("c1", "c1@example.test", "Anna", "fr",
-                        consent_basis=ConsentBasis.EXISTING_CUSTOMER)  # fmt: skip
+        name=name,
+        description="Win back lapsed customers",
+        type="nps" if survey else "offers",
+        schedule={"cron": "0 10 * * TUE"},
+        offer={} if survey else {"discount_percent": 10.0},
+        template={
+            "subject": {"en": "Hi {{ customer.first_name }}"},
+            "html": f"{name}.html",
+            "text": f"{name}.txt",
+        },
+    )  # type: ignore[arg-type]
+    customer = Customer(
+        "c1", "c1@example.test", "Anna", "fr", consent_basis=ConsentBasis.EXISTING_CUSTOMER
+    )
     view = CustomerView(customer, History(()), standing=Standing(2300, "gold", "platinum", 7700))
     offers = (
         Offer("22423", "CAKESTAND", "kitchen", 12.75, 1.0, "because", discount_percent=10.0),
-        Offer("x<1>", "Mug & Cup", "kitchen", 8.0, 0.5, "popular", url="https://x.test/m",
-              image_url="https://x.test/i.png"),
-    )  # fmt: skip
+        Offer(
+            "x<1>",
+            "Mug & Cup",
+            "kitchen",
+            8.0,
+            0.5,
+            "popular",
+            url="https://x.test/m",
+            image_url="https://x.test/i.png",
+        ),
+    )
     decision = Decision(name, "c1", Outcome.SEND, "eligible", () if survey else offers)
     settings = Settings()
     link = compose.links(settings, b"k" * 32, "c1", name, NOW)
-    email = compose.compose(decision, view, campaign, settings, Renderer(TEMPLATES), link,
-                            f"{name}/c1/2024-06-04", defer_body=True)  # fmt: skip
+    email = compose.compose(
+        decision,
+        view,
+        campaign,
+        settings,
+        Renderer(TEMPLATES),
+        link,
+        f"{name}/c1/2024-06-04",
+        defer_body=True,
+    )
     return outbox.pack(email)
 
 

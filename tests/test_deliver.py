@@ -47,10 +47,15 @@ ESP = EspSettings(retry_base_s=1.0, retry_max_s=60.0, max_attempts=4, pause_min_
 
 
 def email(n: int, campaign: str = "winback") -> OutgoingEmail:
-    return OutgoingEmail(send_key=f"{campaign}/c{n}/2026-01-15", to=f"c{n}@example.test",
-                         subject=f"Hello {n}", html=f"<p>{n}</p>", text=str(n),
-                         headers=(("X-Recocamp-Send-Key", f"{campaign}/c{n}/2026-01-15"),),
-                         campaign=campaign)  # fmt: skip
+    return OutgoingEmail(
+        send_key=f"{campaign}/c{n}/2026-01-15",
+        to=f"c{n}@example.test",
+        subject=f"Hello {n}",
+        html=f"<p>{n}</p>",
+        text=str(n),
+        headers=(("X-Recocamp-Send-Key", f"{campaign}/c{n}/2026-01-15"),),
+        campaign=campaign,
+    )
 
 
 def fill(engine: sa.Engine, count: int, campaign: str = "winback") -> list[OutgoingEmail]:
@@ -62,8 +67,10 @@ def fill(engine: sa.Engine, count: int, campaign: str = "winback") -> list[Outgo
 def store(engine: sa.Engine, emails: Sequence[OutgoingEmail]) -> None:
     """Customers c0, c1, … with consent, and their e-mails in the outbox."""
     opted_in = ConsentBasis.DOUBLE_OPT_IN
-    people = [Customer(id=f"c{n}", email=f"c{n}@example.test", consent_basis=opted_in)
-              for n in range(len(emails))]  # fmt: skip
+    people = [
+        Customer(id=f"c{n}", email=f"c{n}@example.test", consent_basis=opted_in)
+        for n in range(len(emails))
+    ]
     with engine.begin() as connection:
         upsert_customers(connection, people, NOW)
         outbox.enqueue(connection, [(e, f"c{n}", None, NOW) for n, e in enumerate(emails)], NOW)
@@ -85,10 +92,16 @@ class Sleeper:
         self.clock.advance(timedelta(seconds=seconds))
 
 
-def deliverer(engine: sa.Engine, provider: FakeProvider, clock: FixedClock,
-              settings: EspSettings = ESP, worker: str | None = None) -> Deliverer:  # fmt: skip
-    return Deliverer(engine, provider, settings, clock, sleep=Sleeper(clock),
-                     rng=random.Random(1), worker=worker)  # fmt: skip
+def deliverer(
+    engine: sa.Engine,
+    provider: FakeProvider,
+    clock: FixedClock,
+    settings: EspSettings = ESP,
+    worker: str | None = None,
+) -> Deliverer:
+    return Deliverer(
+        engine, provider, settings, clock, sleep=Sleeper(clock), rng=random.Random(1), worker=worker
+    )
 
 
 def test_enqueue_is_idempotent_by_send_key(engine: sa.Engine) -> None:
@@ -111,7 +124,9 @@ def test_small_bodies_are_stored_as_json_large_ones_compressed_and_both_come_bac
     assert len(big_body) < len(big.html) // 10
     claimed = outbox.claim(engine, "w", NOW, 10)
     assert {c.email.send_key: c.email.html for c in claimed} == {
-        email(0).send_key: email(0).html, big.send_key: big.html}  # fmt: skip
+        email(0).send_key: email(0).html,
+        big.send_key: big.html,
+    }
 
 
 def test_drain_sends_every_message_once_in_provider_sized_batches(engine: sa.Engine) -> None:
@@ -172,8 +187,9 @@ def test_rejected_recipient_is_suppressed_and_later_mail_to_it_cancelled(
 def test_unsubscribe_after_enqueue_cancels_the_waiting_mail(engine: sa.Engine) -> None:
     fill(engine, 2)
     with engine.begin() as connection:
-        connection.execute(sa.update(customers).where(customers.c.id == "c1").values(
-            unsubscribed_at=NOW))  # fmt: skip
+        connection.execute(
+            sa.update(customers).where(customers.c.id == "c1").values(unsubscribed_at=NOW)
+        )
     fake = FakeProvider()
     deliverer(engine, fake, FixedClock(NOW)).drain()
     assert [m.send_key for m in fake.sent] == ["winback/c0/2026-01-15"]
@@ -279,8 +295,7 @@ def test_two_deliverers_settling_one_dead_workers_claims_never_both_act(
     assert rows == [("claimed", "a:1:x")] * 4
 
 
-def test_a_body_failing_with_a_python_error_fails_alone(engine: sa.Engine,
-                                                         tmp_path: Path) -> None:  # fmt: skip
+def test_a_body_failing_with_a_python_error_fails_alone(engine: sa.Engine, tmp_path: Path) -> None:
     templates = tmp_path / "templates"
     shutil.copytree(TEMPLATES, templates)
     (templates / "bad.html").write_text("{{ customer.id + 1 }}")  # str + int: a TypeError
@@ -289,8 +304,9 @@ def test_a_body_failing_with_a_python_error_fails_alone(engine: sa.Engine,
     Deliverer(engine, fake, ESP, FixedClock(NOW), renderer=Renderer(templates)).drain()
     assert [m.send_key for m in fake.sent] == [deferred(1).send_key]
     with engine.connect() as connection:
-        error = connection.execute(sa.select(outbox_table.c.last_error).where(
-            outbox_table.c.state == "failed")).scalar_one()  # fmt: skip
+        error = connection.execute(
+            sa.select(outbox_table.c.last_error).where(outbox_table.c.state == "failed")
+        ).scalar_one()
     assert "TypeError" in error and "bad.html" in error
 
 
@@ -382,8 +398,9 @@ def test_deferred_bodies_are_rendered_when_they_go_out(engine: sa.Engine) -> Non
     assert sent.template is None and "REGENCY CAKESTAND 3 TIER" in sent.html
     assert "REGENCY CAKESTAND 3 TIER" in sent.text and 'style="' in sent.html  # CSS inlined
     with engine.connect() as connection:
-        row = connection.execute(sa.select(outbox_table).where(
-            outbox_table.c.send_key == deferred(1).send_key)).one()  # fmt: skip
+        row = connection.execute(
+            sa.select(outbox_table).where(outbox_table.c.send_key == deferred(1).send_key)
+        ).one()
         suppressed = connection.execute(sa.select(suppressions)).all()
     assert row.state == "failed" and "missing.html" in row.last_error
     assert suppressed == []  # our template's fault, not the recipient's
@@ -403,11 +420,18 @@ def test_a_body_past_a_render_limit_fails_alone_with_its_template_and_line(
     Deliverer(engine, fake, ESP, FixedClock(NOW), renderer=Renderer(templates)).drain()
     assert [m.send_key for m in fake.sent] == [deferred(1).send_key]
     with engine.connect() as connection:
-        errors = dict(connection.execute(sa.select(outbox_table.c.send_key,
-            outbox_table.c.last_error).where(outbox_table.c.state == "failed")).all())  # fmt: skip
+        errors = dict(
+            connection.execute(
+                sa.select(outbox_table.c.send_key, outbox_table.c.last_error).where(
+                    outbox_table.c.state == "failed"
+                )
+            ).all()
+        )
     assert "stuck.html: line 2: more than 100,000 loop iterations" in errors[deferred(0).send_key]
-    assert "huge.html: line 2: ** would make a number of more than 4,096 bits" in errors[
-        deferred(2).send_key]  # fmt: skip
+    assert (
+        "huge.html: line 2: ** would make a number of more than 4,096 bits"
+        in errors[deferred(2).send_key]
+    )
 
 
 def test_a_deliverer_told_to_stop_gives_back_what_it_has_not_rendered(
@@ -416,8 +440,14 @@ def test_a_deliverer_told_to_stop_gives_back_what_it_has_not_rendered(
     store(engine, [deferred(n) for n in range(3)])
     answers = iter([False, True])  # the drain starts, then the stop comes during the renders
     fake = FakeProvider()
-    Deliverer(engine, fake, ESP, FixedClock(NOW), renderer=Renderer(TEMPLATES),
-              stopping=lambda: next(answers, True)).drain()  # fmt: skip
+    Deliverer(
+        engine,
+        fake,
+        ESP,
+        FixedClock(NOW),
+        renderer=Renderer(TEMPLATES),
+        stopping=lambda: next(answers, True),
+    ).drain()
     assert [m.send_key for m in fake.sent] == [deferred(0).send_key]
     assert states(engine) == Counter({"sent": 1, "queued": 2})
 
@@ -438,12 +468,26 @@ def test_delivery_processes_share_a_run_without_duplicates(engine: sa.Engine) ->
         esp = EspSettings(base_url=url, batch_size=3, rate_limit_per_s=1000)  # type: ignore[arg-type]
         settings = Settings(esp=esp, esp_token=SecretStr("t"))
         # the processes render with the caller's templates, not with the files as they are now
-        frozen = {**snapshot(TEMPLATES), "winback.html": '{% extends "base.html" %}'
-                  "{% block content %}FROZEN {{ offers[0].title }}{% endblock %}"}  # fmt: skip
-        report = drain_in_processes(engine, settings, Renderer(TEMPLATES, frozen), "winback", 2,
-                                    0.0, producing=lambda: False)  # fmt: skip
+        frozen = {
+            **snapshot(TEMPLATES),
+            "winback.html": '{% extends "base.html" %}'
+            "{% block content %}FROZEN {{ offers[0].title }}{% endblock %}",
+        }
+        report = drain_in_processes(
+            engine,
+            settings,
+            Renderer(TEMPLATES, frozen),
+            "winback",
+            2,
+            0.0,
+            producing=lambda: False,
+        )
     assert report.sent == 40 and fake.stats() == {
-        "received": 40, "unique_send_keys": 40, "duplicates": 0, "without_send_key": 0}  # fmt: skip
+        "received": 40,
+        "unique_send_keys": 40,
+        "duplicates": 0,
+        "without_send_key": 0,
+    }
     assert all("FROZEN REGENCY CAKESTAND" in m["HtmlBody"] for m in fake.messages)
     with engine.connect() as connection:
         workers = set(connection.execute(sa.select(outbox_table.c.claimed_by)).scalars())
@@ -458,9 +502,14 @@ def test_stored_errors_never_hold_the_recipients_address(engine: sa.Engine) -> N
     class Quoting(FakeProvider):
         def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
             status = {"winback/c0/2026-01-15": SendStatus.REJECTED}
-            return [SendResult(m.send_key, status.get(m.send_key, SendStatus.RETRY),
-                               error=f"postmark 300: Invalid 'To' address: '{m.to}'")
-                    for m in messages]  # fmt: skip
+            return [
+                SendResult(
+                    m.send_key,
+                    status.get(m.send_key, SendStatus.RETRY),
+                    error=f"postmark 300: Invalid 'To' address: '{m.to}'",
+                )
+                for m in messages
+            ]
 
     fill(engine, 2)
     deliverer(engine, Quoting(), FixedClock(NOW)).drain(max_wait_s=3600)

@@ -91,10 +91,11 @@ def test_hybrid_tuning_ignores_what_happens_after_the_cutoff() -> None:
     cutoff = CUTOFF.timestamp() + 30 * DAY
     quiet = future(("a_new", "p3", 1), ("b0", "q2", 3))
     flooded = future(
-        ("a_new", "p3", 1), ("b0", "q2", 3),
+        ("a_new", "p3", 1),
+        ("b0", "q2", 3),
         *((f"a{n}", "q1", 40 + n) for n in range(6)),  # after the cutoff: must not matter
         *((f"b{n}", "p2", 45 + n) for n in range(6)),
-    )  # fmt: skip
+    )
     first = evaluate.tune_hybrid(model.make("hybrid", SETTINGS), quiet, cutoff, 30)  # type: ignore[arg-type]
     second = evaluate.tune_hybrid(model.make("hybrid", SETTINGS), flooded, cutoff, 30)  # type: ignore[arg-type]
     assert first == second

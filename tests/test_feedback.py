@@ -64,16 +64,29 @@ def mailed(engine: sa.Engine) -> dict[str, OutgoingEmail]:
     """Two customers who ordered 20 days ago got the shipped NPS e-mail (rendered by the
     deliverer, accepted by the fake provider)."""
     people = [
-        Customer("c1", ADDRESSES["c1"], "Anna", locale="de",
-                 consent_basis=ConsentBasis.DOUBLE_OPT_IN, consent_at=NOW - timedelta(days=500)),
-        Customer("c2", ADDRESSES["c2"], "Ben", locale="en",
-                 consent_basis=ConsentBasis.DOUBLE_OPT_IN, consent_at=NOW - timedelta(days=500)),
-    ]  # fmt: skip
+        Customer(
+            "c1",
+            ADDRESSES["c1"],
+            "Anna",
+            locale="de",
+            consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+            consent_at=NOW - timedelta(days=500),
+        ),
+        Customer(
+            "c2",
+            ADDRESSES["c2"],
+            "Ben",
+            locale="en",
+            consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+            consent_at=NOW - timedelta(days=500),
+        ),
+    ]
     bought = NOW - timedelta(days=20)
     with engine.begin() as connection:
         upsert_customers(connection, people, NOW)
-        insert_purchases(connection, [Purchase(f"o-{p.id}", 1, p.id, "i1", 1, 9.5, bought)
-                                      for p in people], None)  # fmt: skip
+        insert_purchases(
+            connection, [Purchase(f"o-{p.id}", 1, p.id, "i1", 1, 9.5, bought) for p in people], None
+        )
     report = plan_and_enqueue(engine, SETTINGS, nps_campaign(), ROOT / "templates", NOW)
     assert report.counts == {"eligible": 2} and report.enqueued == 2
     provider = FakeProvider()
@@ -95,8 +108,9 @@ def path_of(url: str) -> str:
 
 def stored(engine: sa.Engine) -> list[tuple[str, str, int, str | None]]:
     with engine.connect() as connection:
-        query = sa.select(feedback.c.survey, feedback.c.customer_id, feedback.c.score,
-                          feedback.c.comment).order_by(feedback.c.customer_id)  # fmt: skip
+        query = sa.select(
+            feedback.c.survey, feedback.c.customer_id, feedback.c.score, feedback.c.comment
+        ).order_by(feedback.c.customer_id)
         return [tuple(row) for row in connection.execute(query)]  # type: ignore[misc]
 
 
@@ -138,8 +152,9 @@ def test_a_scanner_records_nothing_a_person_answers_once(
     assert stored(engine) == [(survey, "c1", 9, "Schnelle Lieferung!")]
 
 
-def test_json_answers_and_another_customer(engine: sa.Engine,
-                                           mailed: dict[str, OutgoingEmail]) -> None:  # fmt: skip
+def test_json_answers_and_another_customer(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail]
+) -> None:
     app = make_app(engine, FixedClock(NOW + timedelta(days=1)))
     token = parse_qs(urlsplit(links_of(mailed[ADDRESSES["c2"]])[3]).query)["token"][0]
     reply = call(app, "POST", "/v1/feedback", json={"token": token, "score": 3})
@@ -189,8 +204,7 @@ def test_tokens_of_other_purposes_old_surveys_and_erased_customers(
     late = make_app(engine, FixedClock(NOW + timedelta(days=61)))  # survey_valid_days = 60
     assert call(late, "POST", "/v1/feedback", data={"token": token, "score": "5"}).status == 410
     with engine.begin() as connection:
-        connection.execute(sa.update(customers).where(customers.c.id == "c1")
-                           .values(erased_at=NOW))  # fmt: skip
+        connection.execute(sa.update(customers).where(customers.c.id == "c1").values(erased_at=NOW))
     gone = call(app, "POST", "/v1/feedback", json={"token": token, "score": 5})
     assert gone.status == 410 and stored(engine) == []
     off = make_app(engine, FixedClock(NOW), Settings())  # no RECOCAMP_SIGNING_KEY
@@ -211,8 +225,9 @@ def test_latest_report_needs_the_scope_and_is_rendered_once(engine: sa.Engine) -
     assert second.headers["x-report-id"] == first.headers["x-report-id"]  # stored, not redone
 
 
-def test_through_the_real_app_with_api_keys(engine: sa.Engine,
-                                            mailed: dict[str, OutgoingEmail]) -> None:  # fmt: skip
+def test_through_the_real_app_with_api_keys(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail]
+) -> None:
     """The measurement routes inside ``api.create_app``: real API keys and scopes."""
     reader, reader_entry = api_auth.mint("dashboard", ["reports:read"])
     other, other_entry = api_auth.mint("shop-web", ["offers:read"])

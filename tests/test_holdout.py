@@ -26,18 +26,37 @@ PEOPLE = 200
 
 
 def daily(holdout_percent: int = 30) -> Campaign:
-    return Campaign(**{
-        "name": "daily", "legal_basis": ["double_opt_in"], "holdout_percent": holdout_percent,
-        "schedule": {"cron": "0 11 * * *"}, "audience": {"lapsed_days": [0, 1000]},
-        "offer": {"mode": "replenish", "items": 1}, "caps": {"cooldown_days": 3},
-        "template": {"subject": {"en": "Hi"}, "html": "replenish.html", "text": "replenish.txt"},
-    })  # type: ignore[arg-type]  # fmt: skip
+    return Campaign(
+        **{
+            "name": "daily",
+            "legal_basis": ["double_opt_in"],
+            "holdout_percent": holdout_percent,
+            "schedule": {"cron": "0 11 * * *"},
+            "audience": {"lapsed_days": [0, 1000]},
+            "offer": {"mode": "replenish", "items": 1},
+            "caps": {"cooldown_days": 3},
+            "template": {
+                "subject": {"en": "Hi"},
+                "html": "replenish.html",
+                "text": "replenish.txt",
+            },
+        }
+    )  # type: ignore[arg-type]
 
 
 def shop(engine: sa.Engine) -> None:
-    people = [Customer(f"c{n}", f"c{n}@example.test", "Kim", "en", "Europe/London",
-                       consent_basis=ConsentBasis.DOUBLE_OPT_IN,
-                       consent_at=NOW - timedelta(days=400)) for n in range(PEOPLE)]  # fmt: skip
+    people = [
+        Customer(
+            f"c{n}",
+            f"c{n}@example.test",
+            "Kim",
+            "en",
+            "Europe/London",
+            consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+            consent_at=NOW - timedelta(days=400),
+        )
+        for n in range(PEOPLE)
+    ]
     bought = NOW - timedelta(days=20)
     lines = [Purchase(f"o{n}", 1, f"c{n}", "i1", 1, 9.5, bought) for n in range(PEOPLE)]
     with engine.begin() as connection:

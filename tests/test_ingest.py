@@ -367,8 +367,10 @@ def erased_shop(engine: sa.Engine, tmp_path: Path, settings: Settings) -> None:
     """Erin and Otto with orders; then Erin is erased."""
     keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=tombstones.key_of(settings))
     keyed.customers(write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, [ERIN, OTTO]))
-    orders = [["o1", "c1", "i1", 1, 2.5, "2011-07-01T10:00:00Z"],
-              ["o2", "c2", "i1", 1, 2.5, "2011-07-01T10:00:00Z"]]  # fmt: skip
+    orders = [
+        ["o1", "c1", "i1", 1, 2.5, "2011-07-01T10:00:00Z"],
+        ["o2", "c2", "i1", 1, 2.5, "2011-07-01T10:00:00Z"],
+    ]
     keyed.purchases(write_csv(tmp_path / "orders.csv", ORDER_HEADER, orders))
     assert privacy.erase(engine, settings, "c1", NOW, via="test") is not None
 
@@ -378,8 +380,9 @@ def people(engine: sa.Engine) -> dict[str, str | None]:
         return dict(connection.execute(sa.select(customers.c.id, customers.c.email)).all())
 
 
-def test_a_re_import_never_brings_an_erased_customer_back(engine: sa.Engine,
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_a_re_import_never_brings_an_erased_customer_back(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
     settings = shop_settings(tmp_path)
     erased_shop(engine, tmp_path, settings)
     keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=tombstones.key_of(settings))
@@ -392,8 +395,10 @@ def test_a_re_import_never_brings_an_erased_customer_back(engine: sa.Engine,
         run = connection.execute(sa.select(import_runs).order_by(import_runs.c.id.desc())).first()
     assert run is not None and run.skipped == {"erased": 2}
 
-    orders = [["o3", "c1", "i1", 1, 2.5, "2011-08-01T10:00:00Z"],
-              ["o4", "c2", "i1", 1, 2.5, "2011-08-01T10:00:00Z"]]  # fmt: skip
+    orders = [
+        ["o3", "c1", "i1", 1, 2.5, "2011-08-01T10:00:00Z"],
+        ["o4", "c2", "i1", 1, 2.5, "2011-08-01T10:00:00Z"],
+    ]
     bought = keyed.purchases(write_csv(tmp_path / "orders-2.csv", ORDER_HEADER, orders))
     assert bought.imported == 2 and bought.details["erased_customer_lines"] == 1
     with engine.connect() as connection:
@@ -464,13 +469,18 @@ def test_an_erasure_waits_for_a_write_already_checked_and_erases_it_too(
     with engine.connect() as feed, engine.connect() as observer:
         with feed.begin():
             assert tombstones.erased_ids(feed, tombstones.key_of(settings), ["c1"], "t") == set()
-            feed.execute(sa.insert(customers).values(id="c1", email="e@example.test",
-                                                     updated_at=NOW))  # fmt: skip
-            eraser = threading.Thread(target=lambda: outcome.append(
-                privacy.erase(engine, settings, "c1", NOW, via="test")))  # fmt: skip
+            feed.execute(
+                sa.insert(customers).values(id="c1", email="e@example.test", updated_at=NOW)
+            )
+            eraser = threading.Thread(
+                target=lambda: outcome.append(
+                    privacy.erase(engine, settings, "c1", NOW, via="test")
+                )
+            )
             eraser.start()
-            waiting = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                              "AND NOT granted")  # fmt: skip
+            waiting = sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
             for _ in range(200):  # the erasure queues behind the feed's lock (bounded wait)
                 if observer.execute(waiting).scalar_one():
                     break
@@ -526,11 +536,15 @@ def test_drop_files_that_arrive_after_an_erasure_are_kept_without_the_erased(
     drop = settings.ingest.drop_dir
     drop.mkdir()
     same_address = ["c3", " ERIN@example.test", "Erin", "none", ""]
-    orders = [["o5", "c1", "i1", 1, 2.5, "2011-08-01T10:00:00Z"],
-              ["o6", "c2", "i1", 1, 2.5, "2011-08-01T10:00:00Z"]]  # fmt: skip
-    files = [write_csv(drop / "customers-3.csv", CUSTOMER_HEADER, [ERIN, OTTO, same_address]),
-             write_csv(drop / "purchases-4.csv", ORDER_HEADER, orders),
-             write_csv(drop / "customers-5.csv", CUSTOMER_HEADER, [ERIN, OTTO, ERIN])]  # fmt: skip
+    orders = [
+        ["o5", "c1", "i1", 1, 2.5, "2011-08-01T10:00:00Z"],
+        ["o6", "c2", "i1", 1, 2.5, "2011-08-01T10:00:00Z"],
+    ]
+    files = [
+        write_csv(drop / "customers-3.csv", CUSTOMER_HEADER, [ERIN, OTTO, same_address]),
+        write_csv(drop / "purchases-4.csv", ORDER_HEADER, orders),
+        write_csv(drop / "customers-5.csv", CUSTOMER_HEADER, [ERIN, OTTO, ERIN]),
+    ]
     for path in files:
         os.utime(path, (0, 0))
     report = import_drop_folder(engine, settings, NOW)
@@ -539,12 +553,18 @@ def test_drop_files_that_arrive_after_an_erasure_are_kept_without_the_erased(
 
     kept = settings.ingest.processed_dir
     assert (kept / "customers-3.csv").read_text().splitlines() == [
-        ",".join(CUSTOMER_HEADER), ",".join(OTTO)]  # fmt: skip
+        ",".join(CUSTOMER_HEADER),
+        ",".join(OTTO),
+    ]
     assert (kept / "purchases-4.csv").read_text().splitlines()[1:] == [
-        "o5,,i1,1,2.5,2011-08-01T10:00:00Z", "o6,c2,i1,1,2.5,2011-08-01T10:00:00Z"]  # fmt: skip
+        "o5,,i1,1,2.5,2011-08-01T10:00:00Z",
+        "o6,c2,i1,1,2.5,2011-08-01T10:00:00Z",
+    ]
     assert (kept / "customers-3.csv").stat().st_mtime == NOW.timestamp()  # retention clock
     rejected = drop / "rejected"
     assert (rejected / "customers-5.csv").read_text().splitlines() == [
-        ",".join(CUSTOMER_HEADER), ",".join(OTTO)]  # fmt: skip
+        ",".join(CUSTOMER_HEADER),
+        ",".join(OTTO),
+    ]
     reasons = (rejected / "customers-5.csv.errors.txt").read_text()
     assert "'c1'" not in reasons and "erin" not in reasons.lower()

@@ -31,13 +31,19 @@ def order(
 def test_hand_computed_example() -> None:
     orders = [
         # previous window [as_of-60, as_of-30): a, b, c bought
-        order("p1", "a", 50, 10), order("p2", "b", 45, 10), order("p3", "c", 31, 10),
+        order("p1", "a", 50, 10),
+        order("p2", "b", 45, 10),
+        order("p3", "c", 31, 10),
         # window [as_of-30, as_of): a twice, b once, d once, one guest; c churned
-        order("o1", "a", 29, 100), order("o2", "a", 1, 50), order("o3", "b", 10, 30),
-        order("o4", "d", 0.5, 20), order("g1", None, 5, 999),
+        order("o1", "a", 29, 100),
+        order("o2", "a", 1, 50),
+        order("o3", "b", 10, 30),
+        order("o4", "d", 0.5, 20),
+        order("g1", None, 5, 999),
         # outside both windows / at as_of itself (exclusive): ignored
-        order("x1", "e", 61, 5), order("x2", "e", 0, 5),
-    ]  # fmt: skip
+        order("x1", "e", 61, 5),
+        order("x2", "e", 0, 5),
+    ]
     result = kpis.compute(orders, AS_OF, 30)
     assert (result.orders, result.customers, result.guest_orders) == (4, 3, 1)
     assert result.purchase_frequency == pytest.approx(4 / 3)
@@ -86,10 +92,15 @@ def uci_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 REFERENCE = {  # shared/data/README.md, as_of 2011-12-10, window 90 days, as printed there
-    "orders": "6626", "customers": "2889", "guest_orders": "317", "purchase_frequency": "2.2935",
-    "average_order_value": "521.58", "repeat_purchase_rate": "0.4801",
-    "guest_checkout_rate": "0.0457", "churn_rate": "0.3101",
-}  # fmt: skip
+    "orders": "6626",
+    "customers": "2889",
+    "guest_orders": "317",
+    "purchase_frequency": "2.2935",
+    "average_order_value": "521.58",
+    "repeat_purchase_rate": "0.4801",
+    "guest_checkout_rate": "0.0457",
+    "churn_rate": "0.3101",
+}
 
 
 def decimals(text: str) -> int:
@@ -111,9 +122,18 @@ def test_reference_figures_on_the_whole_uci_file(
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
     assert list(figures) == [
-        "as_of", "window_days", "orders", "customers", "guest_orders", "purchase_frequency",
-        "average_order_value", "repeat_purchase_rate", "guest_checkout_rate", "churn_rate", "clv",
-    ]  # fmt: skip
+        "as_of",
+        "window_days",
+        "orders",
+        "customers",
+        "guest_orders",
+        "purchase_frequency",
+        "average_order_value",
+        "repeat_purchase_rate",
+        "guest_checkout_rate",
+        "churn_rate",
+        "clv",
+    ]
     for name, expected in REFERENCE.items():  # equal at the precision the README prints
         assert round(figures[name], decimals(expected)) == float(expected), name
     assert figures["clv"] == pytest.approx(521.582 * 2.29353 / 0.310127, rel=1e-4)

@@ -5,6 +5,7 @@ modules do no I/O, only the shell reads the clock, only the provider edge import
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,8 +243,14 @@ def later():
     import httpx
 """
     found = {n for n in imported_modules(source, "recocamp.kpis") if is_forbidden(n)}
-    assert {"socket", "urllib.request", "sqlalchemy.orm", "recocamp.store",
-            "recocamp.data.sources.csv", "httpx"} <= found  # fmt: skip
+    assert {
+        "socket",
+        "urllib.request",
+        "sqlalchemy.orm",
+        "recocamp.store",
+        "recocamp.data.sources.csv",
+        "httpx",
+    } <= found
     assert not is_forbidden("richer")
     assert not is_forbidden("recocamp.storefront")
 
@@ -336,3 +343,26 @@ def test_only_the_provider_edge_imports_httpx() -> None:
         ):
             offenders.append(name)
     assert offenders == []
+
+
+def exported_names(init: Path) -> list[str]:
+    """The names a package's docstring says it exports (after ``Exports``)."""
+    doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+    part = doc[doc.find("Exports") :] if "Exports" in doc else ""
+    found = re.findall(r"``([\w.]+)``|:(?:func|class|data):`~?\.?([\w.]+)`", part)
+    return [a or b for a, b in found]
+
+
+@pytest.mark.parametrize("init", sorted(PACKAGE.glob("*/__init__.py")), ids=lambda p: p.parent.name)
+def test_what_a_package_says_it_exports_exists(init: Path) -> None:
+    """A newcomer trusts the docstring: every name it exports is there."""
+    names = exported_names(init)
+    assert names, f"{init.parent.name}/__init__.py names no exports"
+    for dotted in names:
+        where, target = module_name(init), importlib.import_module(module_name(init))
+        for part in dotted.split("."):
+            if hasattr(target, part):
+                target = getattr(target, part)
+            else:  # a submodule the package does not import itself
+                target = importlib.import_module(f"{where}.{part}")
+            where = f"{where}.{part}"

@@ -18,11 +18,17 @@ def lines(*rows: tuple[str, str, str, float]) -> Lines:
 
 
 def test_confidence_counts_distinct_orders_with_log_weighting() -> None:
-    data = build(lines(
-        ("c1", "x", "o1", 10), ("c1", "x", "o1", 10),  # the same item twice in one order: once
-        ("c1", "x", "o2", 20), ("c1", "y", "o2", 20), ("c2", "y", "o3", 30),
-        ("c2", "z", "o4", 150),  # after the cutoff: ignored
-    ), CUT)  # fmt: skip
+    data = build(
+        lines(
+            ("c1", "x", "o1", 10),
+            ("c1", "x", "o1", 10),  # the same item twice in one order: once
+            ("c1", "x", "o2", 20),
+            ("c1", "y", "o2", 20),
+            ("c2", "y", "o3", 30),
+            ("c2", "z", "o4", 150),  # after the cutoff: ignored
+        ),
+        CUT,
+    )
     assert list(data.customers) == ["c1", "c2"] and list(data.items) == ["x", "y"]
     assert data.orders.toarray().tolist() == [[2, 1], [0, 1]]
     assert data.confidence[0, 0] == pytest.approx(1 + math.log(3))
@@ -32,10 +38,17 @@ def test_confidence_counts_distinct_orders_with_log_weighting() -> None:
 
 
 def test_popularity_window_and_item_age() -> None:
-    data = build(lines(
-        ("c1", "x", "o1", 5), ("c2", "x", "o2", 95), ("c3", "y", "o3", 96), ("c3", "y", "o4", 97),
-        ("c4", "y", "o5", 98),
-    ), CUT, popularity_days=10)  # fmt: skip
+    data = build(
+        lines(
+            ("c1", "x", "o1", 5),
+            ("c2", "x", "o2", 95),
+            ("c3", "y", "o3", 96),
+            ("c3", "y", "o4", 97),
+            ("c4", "y", "o5", 98),
+        ),
+        CUT,
+        popularity_days=10,
+    )
     assert data.popularity.tolist() == [1, 2]  # x: only c2 within 10 days; y: c3, c4 (distinct)
     assert data.age_days.tolist() == pytest.approx([95, 4])
 

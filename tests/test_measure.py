@@ -162,13 +162,20 @@ def test_last_touch_wins_and_holdouts_compete_alike() -> None:
         order("b", T0 + timedelta(days=11), 160),  # outside every window
     ]
     got = by_key(measure.attribute([first, second, kept_out, later], orders, WEEK))
-    assert got == {first.key: (1, 10.0), second.key: (1, 20.0), kept_out.key: (1, 40.0),
-                   later.key: (1, 80.0)}  # fmt: skip
+    assert got == {
+        first.key: (1, 10.0),
+        second.key: (1, 20.0),
+        kept_out.key: (1, 40.0),
+        later.key: (1, 80.0),
+    }
 
 
 def test_closed_windows_and_pending_touches() -> None:
-    results = [Result(send("a", T0)), Result(send("b", T0 + timedelta(days=5))),
-               Result(send("c", T0 + timedelta(days=30)))]  # fmt: skip
+    results = [
+        Result(send("a", T0)),
+        Result(send("b", T0 + timedelta(days=5))),
+        Result(send("c", T0 + timedelta(days=30))),
+    ]
     done, pending = measure.closed(results, T0 + timedelta(days=8), WEEK)
     assert [r.touch.customer_id for r in done] == ["a"] and pending == 1  # c is in the future
 
@@ -176,12 +183,24 @@ def test_closed_windows_and_pending_touches() -> None:
 # --- uplift ------------------------------------------------------------------------------
 
 
-def units(n: int, converted: int, holdout_group: bool, revenue: float = 20.0,
-          variant: str | None = None, campaign: str = "winback") -> list[Result]:  # fmt: skip
+def units(
+    n: int,
+    converted: int,
+    holdout_group: bool,
+    revenue: float = 20.0,
+    variant: str | None = None,
+    campaign: str = "winback",
+) -> list[Result]:
     found = []
     for k in range(n):
-        touch = Touch(campaign, f"{'h' if holdout_group else 't'}{variant}{k}", T0, holdout_group,
-                      variant, str(k))  # fmt: skip
+        touch = Touch(
+            campaign,
+            f"{'h' if holdout_group else 't'}{variant}{k}",
+            T0,
+            holdout_group,
+            variant,
+            str(k),
+        )
         found.append(Result(touch, 1, revenue) if k < converted else Result(touch))
     return found
 
@@ -219,8 +238,9 @@ def test_not_enough_data_yet() -> None:
         small.note
         == "not enough data yet: 99 mailed and 150 in the holdout, at least 100 each needed"
     )
-    head_to_head = measure.compare("w", "b", units(99, 30, False), units(150, 10, False),
-                                   Thresholds(100, 10), against="a")  # fmt: skip
+    head_to_head = measure.compare(
+        "w", "b", units(99, 30, False), units(150, 10, False), Thresholds(100, 10), against="a"
+    )
     assert head_to_head.note == (
         "not enough data yet: 99 mailed and 150 in variant a, at least 100 each needed"
     )
@@ -236,12 +256,19 @@ def test_not_enough_data_yet() -> None:
 
 
 def test_variants_against_the_holdout_and_each_other() -> None:
-    results = (units(300, 60, False, variant="personal") + units(300, 30, False, variant="urgency")
-               + units(200, 20, True))  # fmt: skip
+    results = (
+        units(300, 60, False, variant="personal")
+        + units(300, 30, False, variant="urgency")
+        + units(200, 20, True)
+    )
     found = measure.uplifts(results, Thresholds(100, 10), pending={"winback": 7})
     rows = {(u.variant, u.against): u for u in found}
-    assert set(rows) == {(None, "holdout"), ("personal", "holdout"), ("urgency", "holdout"),
-                         ("urgency", "personal")}  # fmt: skip
+    assert set(rows) == {
+        (None, "holdout"),
+        ("personal", "holdout"),
+        ("urgency", "holdout"),
+        ("urgency", "personal"),
+    }
     assert rows[(None, "holdout")].treated.units == 600 and rows[(None, "holdout")].pending == 7
     head_to_head = rows[("urgency", "personal")].comparisons["conversion_rate"]
     assert head_to_head.absolute == pytest.approx(0.10 - 0.20)
@@ -256,13 +283,16 @@ def test_cohorts_in_the_shop_zone_with_unfinished_months() -> None:
     berlin = ZoneInfo("Europe/Berlin")
     at = lambda y, m, d, h=12: datetime(y, m, d, h, tzinfo=UTC)  # noqa: E731
     orders = [
-        order("a", at(2024, 1, 10)), order("a", at(2024, 2, 3)), order("a", at(2024, 4, 2)),
+        order("a", at(2024, 1, 10)),
+        order("a", at(2024, 2, 3)),
+        order("a", at(2024, 4, 2)),
         order("b", at(2024, 1, 20)),
         # 23:30 UTC on 31 January is 00:30 on 1 February in Berlin: a February customer
-        order("c", at(2024, 1, 31, 23).replace(minute=30)), order("c", at(2024, 3, 9)),
+        order("c", at(2024, 1, 31, 23).replace(minute=30)),
+        order("c", at(2024, 3, 9)),
         order(None, at(2024, 1, 5)),  # guests have no cohort
         order("d", at(2024, 4, 20)),  # after as_of: not seen
-    ]  # fmt: skip
+    ]
     table = measure.cohorts(orders, berlin, at(2024, 4, 15), max_months=3)
     assert [(c.month, c.customers, c.retention) for c in table] == [
         (date(2024, 1, 1), 2, (0.5, 0.0, None)),  # April is not over on 15 April
@@ -286,10 +316,12 @@ def test_nps_summary() -> None:
 def test_kpi_changes_week_month_quarter() -> None:
     day = date(2011, 12, 9)
     snapshots = {
-        (day, 7): {"orders": 120.0}, (day - timedelta(days=7), 7): {"orders": 100.0},
-        (day, 30): {"orders": 400.0}, (day - timedelta(days=30), 30): {"orders": 500.0},
+        (day, 7): {"orders": 120.0},
+        (day - timedelta(days=7), 7): {"orders": 100.0},
+        (day, 30): {"orders": 400.0},
+        (day - timedelta(days=30), 30): {"orders": 500.0},
         (day, 90): {"orders": 1.0},  # the quarter before is missing: no quarter row
-    }  # fmt: skip
+    }
     found = {(c.period, c.kpi): c for c in measure.changes(snapshots, day, ["orders"])}
     assert set(found) == {("week", "orders"), ("month", "orders")}
     assert found[("week", "orders")].relative == pytest.approx(0.2)

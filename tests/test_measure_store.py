@@ -32,8 +32,10 @@ from recocamp.store.schema import outbox as outbox_table
 from tests.conftest import NOW, uci_rows
 
 LONDON = ZoneInfo("Europe/London")
-SETTINGS = Settings(shop=ShopSettings(time_zone="Europe/London"),
-                    measure=MeasureSettings(snapshot_window_days=(7, 30)))  # fmt: skip
+SETTINGS = Settings(
+    shop=ShopSettings(time_zone="Europe/London"),
+    measure=MeasureSettings(snapshot_window_days=(7, 30)),
+)
 
 
 def buy(order: str, customer: str | None, at: datetime, price: float = 10.0) -> Purchase:
@@ -81,10 +83,15 @@ def test_backfill_equals_the_kpis_command_and_replace_recomputes(
     )
     runner = CliRunner()
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
-    assert runner.invoke(app, ["import", "purchases", str(uci_slice), "--format",
-                               "online-retail"]).exit_code == 0  # fmt: skip
-    done = runner.invoke(app, ["snapshots", "backfill", "--from", "2010-12-05", "--to",
-                               "2010-12-14"])  # fmt: skip
+    assert (
+        runner.invoke(
+            app, ["import", "purchases", str(uci_slice), "--format", "online-retail"]
+        ).exit_code
+        == 0
+    )
+    done = runner.invoke(
+        app, ["snapshots", "backfill", "--from", "2010-12-05", "--to", "2010-12-14"]
+    )
     assert done.exit_code == 0, done.output
     engine = make_engine("sqlite:///shop.db")
     with engine.connect() as connection:
@@ -96,23 +103,27 @@ def test_backfill_equals_the_kpis_command_and_replace_recomputes(
     assert f"snapshots 2010-12-05 … 2010-12-14: {written} rows written" in done.output
     for day in (date(2010, 12, 5), date(2010, 12, 14)):
         as_of = (day + timedelta(days=1)).isoformat()
-        result = runner.invoke(app, ["kpis", "--as-of", as_of, "--window-days", "7", "--format",
-                                     "json"])  # fmt: skip
+        result = runner.invoke(
+            app, ["kpis", "--as-of", as_of, "--window-days", "7", "--format", "json"]
+        )
         expected = json.loads(result.output)
         assert history[(day, 7)] == {k: expected[k] for k in history[(day, 7)]}
     assert history[(date(2010, 12, 14), 7)]["orders"] > 0
-    again = runner.invoke(app, ["snapshots", "backfill", "--from", "2010-12-05", "--to",
-                                "2010-12-14"])  # fmt: skip
+    again = runner.invoke(
+        app, ["snapshots", "backfill", "--from", "2010-12-05", "--to", "2010-12-14"]
+    )
     assert ": 0 rows written" in again.output
     with engine.begin() as connection:
         connection.execute(sa.update(kpi_snapshots).values(orders=-1))
-    redo = runner.invoke(app, ["snapshots", "backfill", "--from", "2010-12-05", "--to",
-                               "2010-12-14", "--replace"])  # fmt: skip
+    redo = runner.invoke(
+        app, ["snapshots", "backfill", "--from", "2010-12-05", "--to", "2010-12-14", "--replace"]
+    )
     assert redo.exit_code == 0
     with engine.connect() as connection:
         assert store.kpi_history(connection, date(2010, 12, 5), date(2010, 12, 14)) == history
-    bad = runner.invoke(app, ["snapshots", "backfill", "--from", "2010-12-15", "--to",
-                              "2010-12-14"])  # fmt: skip
+    bad = runner.invoke(
+        app, ["snapshots", "backfill", "--from", "2010-12-15", "--to", "2010-12-14"]
+    )
     assert bad.exit_code == 2 and "--from" in bad.output and "2010-12-15" in bad.output
     engine.dispose()
 
@@ -134,8 +145,10 @@ def test_cohorts_on_a_real_uci_slice_against_an_independent_computation(
     Importer(engine, zone=LONDON, now=NOW).purchases(path, "online-retail")
     as_of = datetime(2011, 12, 10, tzinfo=LONDON).astimezone(UTC)
     with engine.connect() as connection:
-        orders = [OrderTotal(*r) for r in queries.order_totals(connection, datetime(2000, 1, 1,
-                  tzinfo=UTC), as_of)]  # fmt: skip
+        orders = [
+            OrderTotal(*r)
+            for r in queries.order_totals(connection, datetime(2000, 1, 1, tzinfo=UTC), as_of)
+        ]
     table = measure.cohorts(orders, LONDON, as_of, max_months=12)
 
     # independent: straight from the CSV text, months from the local timestamp's "YYYY-MM"
@@ -150,11 +163,18 @@ def test_cohorts_on_a_real_uci_slice_against_an_independent_computation(
         cohorts[min(indices)].append(indices)
     last_complete = index((2011, 11))
     expected = [
-        (date(first // 12, first % 12 + 1, 1), len(group),
-         tuple(None if first + k > last_complete
-               else sum(first + k in g for g in group) / len(group) for k in range(1, 13)))
+        (
+            date(first // 12, first % 12 + 1, 1),
+            len(group),
+            tuple(
+                None
+                if first + k > last_complete
+                else sum(first + k in g for g in group) / len(group)
+                for k in range(1, 13)
+            ),
+        )
         for first, group in sorted(cohorts.items())
-    ]  # fmt: skip
+    ]
     assert [(c.month, c.customers, c.retention) for c in table] == expected
     assert len(table) == 13 and table[0].customers == 18 and sum(c.customers for c in table) > 90
 
@@ -162,37 +182,68 @@ def test_cohorts_on_a_real_uci_slice_against_an_independent_computation(
 def test_touches_and_decision_reasons_from_the_store(engine: sa.Engine) -> None:
     run = NOW - timedelta(days=10)
     emails = [
-        (OutgoingEmail(f"winback/{c}/d", f"{c}@example.test", "s", "h", "t", campaign="winback"),
-         c, variant, run)
+        (
+            OutgoingEmail(f"winback/{c}/d", f"{c}@example.test", "s", "h", "t", campaign="winback"),
+            c,
+            variant,
+            run,
+        )
         for c, variant in (("a", "personal"), ("b", "urgency"), ("c", "personal"))
-    ]  # fmt: skip
+    ]
     with engine.begin() as connection:
         outbox.enqueue(connection, emails, run)
-        connection.execute(sa.update(outbox_table).where(outbox_table.c.customer_id == "a")
-                           .values(state="delivered", sent_at=NOW))  # fmt: skip
-        connection.execute(sa.update(outbox_table).where(outbox_table.c.customer_id == "b")
-                           .values(state="failed"))  # fmt: skip
-        connection.execute(sa.insert(decisions), [
-            {"run_key": "winback/d", "campaign": "winback", "customer_id": c, "outcome": o,
-             "reason": r, "variant": None, "holdout": o == "holdout", "decided_at": run}
-            for c, o, r in (("a", "send", "eligible"), ("h", "holdout", "holdout"),
-                            ("x", "skip", "capped_7d"), ("y", "skip", "capped_7d"))
-        ])  # fmt: skip
-        found = sorted(store.touches(connection, run - timedelta(days=1), NOW),
-                       key=lambda t: t.customer_id)  # fmt: skip
+        connection.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.customer_id == "a")
+            .values(state="delivered", sent_at=NOW)
+        )
+        connection.execute(
+            sa.update(outbox_table).where(outbox_table.c.customer_id == "b").values(state="failed")
+        )
+        connection.execute(
+            sa.insert(decisions),
+            [
+                {
+                    "run_key": "winback/d",
+                    "campaign": "winback",
+                    "customer_id": c,
+                    "outcome": o,
+                    "reason": r,
+                    "variant": None,
+                    "holdout": o == "holdout",
+                    "decided_at": run,
+                }
+                for c, o, r in (
+                    ("a", "send", "eligible"),
+                    ("h", "holdout", "holdout"),
+                    ("x", "skip", "capped_7d"),
+                    ("y", "skip", "capped_7d"),
+                )
+            ],
+        )
+        found = sorted(
+            store.touches(connection, run - timedelta(days=1), NOW), key=lambda t: t.customer_id
+        )
         reasons = store.decision_reasons(connection, run, NOW)
         assert store.touches(connection, run + timedelta(seconds=1), NOW) == []
     # a: delivered (timed at the run, not at delivery); b failed and c never went out
     assert [(t.customer_id, t.holdout, t.variant, t.at) for t in found] == [
-        ("a", False, "personal", run), ("h", True, None, run)]  # fmt: skip
-    assert reasons == [("winback", "skip", "capped_7d", 2), ("winback", "send", "eligible", 1),
-                       ("winback", "holdout", "holdout", 1)]  # fmt: skip
+        ("a", False, "personal", run),
+        ("h", True, None, run),
+    ]
+    assert reasons == [
+        ("winback", "skip", "capped_7d", 2),
+        ("winback", "send", "eligible", 1),
+        ("winback", "holdout", "holdout", 1),
+    ]
 
 
 def test_reports_are_stored_and_pruned(engine: sa.Engine) -> None:
     with engine.begin() as connection:
-        ids = [store.store_report(connection, f"<p>{n}</p>", {"n": n}, NOW, NOW, keep=2)
-               for n in range(3)]  # fmt: skip
+        ids = [
+            store.store_report(connection, f"<p>{n}</p>", {"n": n}, NOW, NOW, keep=2)
+            for n in range(3)
+        ]
         latest = store.latest_report(connection)
         kept = connection.execute(sa.text("SELECT count(*) FROM reports")).scalar_one()
     assert latest is not None and latest[0] == ids[-1] and latest[3] == "<p>2</p>"

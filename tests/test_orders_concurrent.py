@@ -54,8 +54,12 @@ def at_once(*tasks: Callable[[], Any]) -> list[Any]:
 
 def order(order_id: str, items: list[str]) -> dict[str, Any]:
     lines = [{"item_id": item, "quantity": 1, "unit_price": 2.5} for item in items]
-    return {"order_id": order_id, "customer_id": "c1",
-            "ordered_at": "2012-01-04T18:30:00+00:00", "lines": lines}  # fmt: skip
+    return {
+        "order_id": order_id,
+        "customer_id": "c1",
+        "ordered_at": "2012-01-04T18:30:00+00:00",
+        "lines": lines,
+    }
 
 
 def stored_items(engine: sa.Engine) -> dict[str, list[str]]:
@@ -108,8 +112,11 @@ def test_two_posts_of_one_new_order_with_the_same_lines_write_it_once(app: FastA
 
 
 def _lines(order_ids: list[str]) -> list[list[object]]:
-    return [[order_id, "c1", f"x-{order_id}-{line}", 1, 2.5, "2024-01-01T10:00:00+00:00", line]
-            for order_id in order_ids for line in (1, 2)]  # fmt: skip
+    return [
+        [order_id, "c1", f"x-{order_id}-{line}", 1, 2.5, "2024-01-01T10:00:00+00:00", line]
+        for order_id in order_ids
+        for line in (1, 2)
+    ]
 
 
 def test_two_imports_of_overlapping_files_at_once_write_each_order_whole(
@@ -146,8 +153,14 @@ def test_orders_stored_before_the_orders_table_are_backfilled(db_url: str) -> No
     also with a price that NUMERIC(14, 4) rounds (PostgreSQL keeps 2.00005 as 2.0001)."""
     engine = make_engine(db_url)
     upgrade(engine, "0009")
-    line = {"order_id": "old", "customer_id": "c1", "item_id": "i1", "quantity": 1,
-            "unit_price": 2.5, "is_return": False}  # fmt: skip
+    line = {
+        "order_id": "old",
+        "customer_id": "c1",
+        "item_id": "i1",
+        "quantity": 1,
+        "unit_price": 2.5,
+        "is_return": False,
+    }
     with engine.begin() as connection:
         second = {"line_no": 2, "item_id": "i2", "unit_price": 2.00005}
         rows = [{**line, "line_no": 1, "ordered_at": NOW}, {**line, **second, "ordered_at": NOW}]
@@ -156,9 +169,15 @@ def test_orders_stored_before_the_orders_table_are_backfilled(db_url: str) -> No
     with engine.connect() as connection:
         assert connection.execute(sa.select(orders.c.order_id)).scalars().all() == ["old"]
     app = make_app(engine, Path("/nonexistent"))
-    same = {"order_id": "old", "customer_id": "c1", "ordered_at": NOW.isoformat(),
-            "lines": [{"item_id": "i1", "quantity": 1, "unit_price": 2.5},
-                      {"item_id": "i2", "quantity": 1, "unit_price": 2.00005}]}  # fmt: skip
+    same = {
+        "order_id": "old",
+        "customer_id": "c1",
+        "ordered_at": NOW.isoformat(),
+        "lines": [
+            {"item_id": "i1", "quantity": 1, "unit_price": 2.5},
+            {"item_id": "i2", "quantity": 1, "unit_price": 2.00005},
+        ],
+    }
     reply = call(app, "POST", EVENTS, json=same, headers=bearer("shop"))
     assert reply.status == 200 and reply.json()["duplicate_orders"] == ["old"], reply.text
     other = same | {"lines": same["lines"][:1]}

@@ -39,19 +39,27 @@ CONTEXT = Context(NOW, ITEMS, POPULAR, caps.CapPolicy(), ZoneInfo("Europe/Berlin
 
 def campaign(**changes: object) -> Campaign:
     base = {
-        "name": "winback", "legal_basis": ["double_opt_in", "existing_customer"],
-        "schedule": {"cron": "0 10 * * TUE"}, "holdout_percent": 0,
-        "audience": {"lapsed_days": [30, 180]}, "offer": {"mode": "mixed", "items": 2},
+        "name": "winback",
+        "legal_basis": ["double_opt_in", "existing_customer"],
+        "schedule": {"cron": "0 10 * * TUE"},
+        "holdout_percent": 0,
+        "audience": {"lapsed_days": [30, 180]},
+        "offer": {"mode": "mixed", "items": 2},
         "template": {"subject": {"en": "Hi"}, "html": "winback.html", "text": "winback.txt"},
-    }  # fmt: skip
+    }
     return Campaign(**(base | changes))  # type: ignore[arg-type]
 
 
 def view(**changes: object) -> CustomerView:
     customer = Customer(
-        "c1", "c1@example.test", "Anna", "en", "Europe/Berlin",
-        consent_basis=ConsentBasis.DOUBLE_OPT_IN, consent_at=NOW - timedelta(days=400),
-    )  # fmt: skip
+        "c1",
+        "c1@example.test",
+        "Anna",
+        "en",
+        "Europe/Berlin",
+        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+        consent_at=NOW - timedelta(days=400),
+    )
     order = Order(NOW - timedelta(days=60), 20.0, frozenset({"mug"}), frozenset({"kitchen"}))
     base = CustomerView(
         customer, History((order,)), personal=[["mug", 2.0], ["cup", 0.5], ["lamp", 0.4]]

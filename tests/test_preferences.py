@@ -87,7 +87,10 @@ def test_saving_frequency_channel_and_objection(app: FastAPI) -> None:
         row = connection.execute(sa.select(customers).where(customers.c.id == person.id)).one()
         entry = connection.execute(sa.select(audit_log).order_by(audit_log.c.id.desc())).first()
     assert (row.frequency_preference, row.channel_email, row.objected_to_profiling) == (
-        "weekly", False, True)  # fmt: skip
+        "weekly",
+        False,
+        True,
+    )
     assert entry is not None and (entry.actor, entry.details["source"]) == (
         "customer",
         "preferences page",
@@ -104,7 +107,8 @@ def test_pause_and_resume(app: FastAPI) -> None:
     person = someone(engine, "en")
     assert call(app, "POST", page(person.id), data={"action": "pause", "weeks": "4"}).status == 303
     assert state(engine, person.id)[0][customers.c.keys().index("paused_until")] == (
-        NOW + timedelta(weeks=4))  # fmt: skip
+        NOW + timedelta(weeks=4)
+    )
     html = call(app, "GET", page(person.id)).text
     assert "E-mails are paused until 2012-02-02." in html and "Resume now" in html
     assert call(app, "POST", page(person.id), data={"action": "resume"}).status == 303
@@ -117,8 +121,9 @@ def test_unsubscribe_from_everything(app: FastAPI) -> None:
     assert call(app, "POST", page(person.id), data={"action": "unsubscribe"}).status == 303
     with engine.connect() as connection:
         row = connection.execute(sa.select(customers).where(customers.c.id == person.id)).one()
-        events = connection.execute(sa.select(contact_events.c.kind, contact_events.c.provider,
-                                              contact_events.c.campaign)).all()  # fmt: skip
+        events = connection.execute(
+            sa.select(contact_events.c.kind, contact_events.c.provider, contact_events.c.campaign)
+        ).all()
     assert row.unsubscribed_at == NOW
     assert events == [("unsubscribed", "link", "winback")]
     assert "You are unsubscribed" in call(app, "GET", page(person.id)).text
@@ -148,9 +153,16 @@ def test_erasure_needs_the_box_ticked(app: FastAPI) -> None:
     assert gone.status == 410 and "Your data has been erased." in gone.text
 
 
-@pytest.mark.parametrize("form", [{"action": "launch"}, {"action": "pause", "weeks": "3"},
-                                  {"action": "pause", "weeks": "x"},
-                                  {"action": "save", "frequency": "hourly"}, {}])  # fmt: skip
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"action": "launch"},
+        {"action": "pause", "weeks": "3"},
+        {"action": "pause", "weeks": "x"},
+        {"action": "save", "frequency": "hourly"},
+        {},
+    ],
+)
 def test_unknown_forms_change_nothing(app: FastAPI, form: dict[str, str]) -> None:
     engine = engine_of(app)
     person = someone(engine, "en")
@@ -164,8 +176,12 @@ def test_links_that_are_not_valid_change_nothing(app: FastAPI, method: str) -> N
     engine = engine_of(app)
     person = someone(engine, "en")
     before = state(engine, person.id)
-    for link in (page(person.id, purpose="unsubscribe"), page(person.id, key="another" * 5),
-                 "/p/garbage", page(person.id) + "x"):  # fmt: skip
+    for link in (
+        page(person.id, purpose="unsubscribe"),
+        page(person.id, key="another" * 5),
+        "/p/garbage",
+        page(person.id) + "x",
+    ):
         reply = call(app, method, link, data={"action": "unsubscribe"})
         assert reply.status == 400, link
         assert "Dieser Link ist (nicht mehr) gültig." in reply.text  # the shop's language
@@ -183,8 +199,11 @@ def test_names_are_escaped(app: FastAPI) -> None:
     engine = engine_of(app)
     person = someone(engine, "en")
     with engine.begin() as connection:
-        connection.execute(sa.update(customers).where(customers.c.id == person.id).values(
-            first_name="<script>alert(1)</script>", updated_at=NOW))  # fmt: skip
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id == person.id)
+            .values(first_name="<script>alert(1)</script>", updated_at=NOW)
+        )
     html = call(app, "GET", page(person.id)).text
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 

@@ -27,10 +27,19 @@ from tests.api_shop import NOW, SIGNING_KEY, Template, build_template, clone, ma
 # read at import: an autouse fixture hides RECOCAMP_* variables from the tests themselves
 CHROMIUM = os.environ.get("RECOCAMP_TEST_CHROMIUM") or shutil.which("chromium")
 SCREENSHOT = os.environ.get("RECOCAMP_TEST_SCREENSHOT")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-pytestmark = pytest.mark.skipif(not CHROMIUM, reason="Chromium is absent (Debian: apt-get "
-                                "install chromium; CI sets RECOCAMP_TEST_CHROMIUM)")  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM,
+    reason="Chromium is absent (Debian: apt-get install chromium; CI sets RECOCAMP_TEST_CHROMIUM)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,9 @@ def served(template: Template, tmp_path: Path) -> Iterator[tuple[str, sa.Engine]
     for engine, artifacts in clone(template, tmp_path):
         listening = socket.socket()
         listening.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(make_app(engine, artifacts), log_level="warning",
-                                               lifespan="off"))  # fmt: skip
+        server = uvicorn.Server(
+            uvicorn.Config(make_app(engine, artifacts), log_level="warning", lifespan="off")
+        )
         thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
         thread.start()
         while not server.started:
@@ -58,18 +68,26 @@ def served(template: Template, tmp_path: Path) -> Iterator[tuple[str, sa.Engine]
             listening.close()
 
 
-def test_change_frequency_and_unsubscribe_in_chromium(served: tuple[str, sa.Engine],
-                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_change_frequency_and_unsubscribe_in_chromium(
+    served: tuple[str, sa.Engine], tmp_path: Path
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     base, engine = served
     with engine.connect() as connection:
-        person = connection.execute(sa.select(customers).where(
-            customers.c.locale == "en", customers.c.consent_basis == "double_opt_in",
-            customers.c.email.is_not(None)).order_by(customers.c.id)).first()  # fmt: skip
+        person = connection.execute(
+            sa.select(customers)
+            .where(
+                customers.c.locale == "en",
+                customers.c.consent_basis == "double_opt_in",
+                customers.c.email.is_not(None),
+            )
+            .order_by(customers.c.id)
+        ).first()
     assert person is not None and person.frequency_preference is None
-    token = tokens.sign(SIGNING_KEY.encode(), person.id, "winback", "preferences",
-                        NOW - timedelta(days=1))  # fmt: skip
+    token = tokens.sign(
+        SIGNING_KEY.encode(), person.id, "winback", "preferences", NOW - timedelta(days=1)
+    )
     shot = Path(SCREENSHOT or tmp_path / "preferences.png")
 
     with sync_playwright() as playwright:
@@ -90,7 +108,8 @@ def test_change_frequency_and_unsubscribe_in_chromium(served: tuple[str, sa.Engi
             page.get_by_role("button", name="Unsubscribe from everything").click()
             page.wait_for_url("**/p/*?done=unsubscribed&lang=en")
             expect(page.locator("#status")).to_have_text(
-                "You are unsubscribed: we send you no marketing e-mails.")  # fmt: skip
+                "You are unsubscribed: we send you no marketing e-mails."
+            )
         finally:
             browser.close()
     row = _row(engine, person.id)

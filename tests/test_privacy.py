@@ -86,10 +86,17 @@ def make_victim(app: FastAPI, engine: sa.Engine, artifacts: Path) -> None:
         == 200
     )
     items = popular_items(engine)
-    orders = [{"order_id": f"V{n}", "customer_id": VICTIM,
-               "ordered_at": (END - timedelta(days=50 - 10 * n)).isoformat(),
-               "lines": [{"item_id": item, "quantity": 1, "unit_price": 2.5}
-                         for item in items[n: n + 3]]} for n in range(4)]  # fmt: skip
+    orders = [
+        {
+            "order_id": f"V{n}",
+            "customer_id": VICTIM,
+            "ordered_at": (END - timedelta(days=50 - 10 * n)).isoformat(),
+            "lines": [
+                {"item_id": item, "quantity": 1, "unit_price": 2.5} for item in items[n : n + 3]
+            ],
+        }
+        for n in range(4)
+    ]
     reply = call(
         app, "POST", "/v1/events/purchases", json={"orders": orders}, headers=bearer("shop")
     )
@@ -101,10 +108,18 @@ def make_victim(app: FastAPI, engine: sa.Engine, artifacts: Path) -> None:
     if trained.outcome != "promoted":
         training.promote(engine, settings, str(trained.version), NOW)
     _send_one_email(engine)
-    record = {"MessageID": MESSAGE_ID, "To": EMAIL,
-              "Metadata": {"send_key": f"winback/{VICTIM}/2012-01-04"}}  # fmt: skip
-    hook = call(app, "POST", "/v1/webhooks/postmark", json=postmark_event("delivery", record, NOW),
-                headers={"authorization": "Bearer hook-secret"})  # fmt: skip
+    record = {
+        "MessageID": MESSAGE_ID,
+        "To": EMAIL,
+        "Metadata": {"send_key": f"winback/{VICTIM}/2012-01-04"},
+    }
+    hook = call(
+        app,
+        "POST",
+        "/v1/webhooks/postmark",
+        json=postmark_event("delivery", record, NOW),
+        headers={"authorization": "Bearer hook-secret"},
+    )
     assert hook.json() == {"accepted": 1, "duplicates": 0}
     form = {"action": "save", "frequency": "weekly", "channel_email": "on"}
     assert call(app, "POST", link("preferences"), data=form).status == 303
@@ -126,8 +141,9 @@ def _send_one_email(engine: sa.Engine) -> None:
     )
     with engine.begin() as connection:
         outbox.enqueue(connection, [(mail, VICTIM, None, NOW - timedelta(days=1))], NOW)
-        row_id = connection.execute(sa.select(outbox_table.c.id).where(
-            outbox_table.c.send_key == key)).scalar_one()  # fmt: skip
+        row_id = connection.execute(
+            sa.select(outbox_table.c.id).where(outbox_table.c.send_key == key)
+        ).scalar_one()
         outbox.mark_sent(connection, {row_id: MESSAGE_ID}, NOW - timedelta(days=1))
         connection.execute(
             sa.insert(decisions).values(
@@ -165,8 +181,11 @@ def personal_cells(engine: sa.Engine, schema: sa.MetaData = metadata) -> list[st
             for row in connection.execute(sa.select(table)):
                 for column, value in row._mapping.items():
                     text = _text(value).lower()
-                    found += [f"{table.name}.{column}={value!r}" for needle in PERSONAL_VALUES
-                              if needle.lower() in text]  # fmt: skip
+                    found += [
+                        f"{table.name}.{column}={value!r}"
+                        for needle in PERSONAL_VALUES
+                        if needle.lower() in text
+                    ]
     return found
 
 
@@ -185,8 +204,10 @@ def personal_files(directory: Path) -> list[str]:
 
 def counts(engine: sa.Engine) -> dict[str, int]:
     with engine.connect() as connection:
-        return {t.name: connection.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
-                for t in (purchases, outbox_table, decisions, contact_events)}  # fmt: skip
+        return {
+            t.name: connection.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            for t in (purchases, outbox_table, decisions, contact_events)
+        }
 
 
 def test_export_holds_everything_and_erasure_leaves_nothing(
@@ -200,12 +221,21 @@ def test_export_holds_everything_and_erasure_leaves_nothing(
 
     exported = call(app, "GET", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo")).json()
     tables = exported["tables"]
-    assert set(tables) >= {"customers", "purchases", "recommendations", "outbox", "decisions",
-                           "contact_events"}  # fmt: skip
+    assert set(tables) >= {
+        "customers",
+        "purchases",
+        "recommendations",
+        "outbox",
+        "decisions",
+        "contact_events",
+    }
     assert tables["customers"][0]["email"] == EMAIL and len(tables["purchases"]) == 12
     assert NAME in tables["outbox"][0]["body"]["text"]  # bodies unpacked
-    assert {a["action"] for a in exported["audit_log"]} >= {"customer_created", "unsubscribe",
-                                                           "customer_changed"}  # fmt: skip
+    assert {a["action"] for a in exported["audit_log"]} >= {
+        "customer_created",
+        "unsubscribe",
+        "customer_changed",
+    }
     assert exported["suppressed"]["reason"] == "unsubscribed"
 
     before = counts(engine)
@@ -229,16 +259,22 @@ def test_export_holds_everything_and_erasure_leaves_nothing(
         erasure = connection.execute(sa.select(erasures)).one()
         assert erasure.rows == report["rows"] and erasure.via == "api:dpo"
         stand_in = f"erased-{erasure.id}"
-        assert connection.execute(sa.select(outbox_table.c.customer_id, outbox_table.c.recipient)
-                                  ).all() == [(stand_in, "")]  # fmt: skip
+        assert connection.execute(
+            sa.select(outbox_table.c.customer_id, outbox_table.c.recipient)
+        ).all() == [(stand_in, "")]
 
     assert call(app, "GET", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo")).status == 404
     assert call(app, "GET", link("preferences")).status == 410  # erased: nothing held
     answer = call(app, "GET", f"/v1/customers/{VICTIM}/next-best-offer", headers=bearer("shop"))
     assert answer.json()["basis_reason"] == "popular: unknown customer"
 
-    again = training.train(engine, settings_for(artifacts).recommender, now=NOW + timedelta(days=1),
-                           as_of=END + timedelta(days=2), name="hybrid")  # fmt: skip
+    again = training.train(
+        engine,
+        settings_for(artifacts).recommender,
+        now=NOW + timedelta(days=1),
+        as_of=END + timedelta(days=2),
+        name="hybrid",
+    )
     assert again.outcome in ("promoted", "rejected")
     assert personal_files(artifacts) == []  # the next model learnt nothing about them either
 
@@ -247,8 +283,12 @@ def _fabricated(table: sa.Table, customer_id: str, email: str) -> dict[str, Any]
     """A row for any table, tied to the victim through its customer and address columns;
     None when a column cannot be filled without knowing the table."""
     values: dict[str, Any] = {}
-    ties = {c.name for tie in privacy.ties(metadata) if tie.table is table
-            for c in (*tie.customer, *tie.address)}  # fmt: skip
+    ties = {
+        c.name
+        for tie in privacy.ties(metadata)
+        if tie.table is table
+        for c in (*tie.customer, *tie.address)
+    }
     samples = {
         sa.String: "x",
         sa.Integer: 1,
@@ -261,8 +301,9 @@ def _fabricated(table: sa.Table, customer_id: str, email: str) -> dict[str, Any]
     }
     for column in table.columns:
         if column.name in ties:
-            values[column.name] = customer_id if "customer" in column.name or (
-                column.name == "id") else email  # fmt: skip
+            values[column.name] = (
+                customer_id if "customer" in column.name or (column.name == "id") else email
+            )
         elif (
             (
                 column.primary_key
@@ -309,11 +350,20 @@ def test_every_table_tied_to_a_customer_is_emptied_of_them(shop: tuple[sa.Engine
 def test_every_personal_column_is_covered_by_a_rule() -> None:
     """A column named like personal data must be in a table erasure can find rows of."""
     tied = {tie.table.name for tie in privacy.ties(metadata)}
-    uncovered = [f"{c.table.name}.{c.name}" for c in privacy.personal_columns(metadata)
-                 if c.table.name not in tied]  # fmt: skip
+    uncovered = [
+        f"{c.table.name}.{c.name}"
+        for c in privacy.personal_columns(metadata)
+        if c.table.name not in tied
+    ]
     assert uncovered == []
-    assert {"customers", "purchases", "outbox", "contact_events", "decisions",
-            "recommendations"} <= tied  # fmt: skip
+    assert {
+        "customers",
+        "purchases",
+        "outbox",
+        "contact_events",
+        "decisions",
+        "recommendations",
+    } <= tied
     assert "suppressions" not in tied  # hashes only, kept on purpose
 
 
@@ -322,18 +372,39 @@ def test_a_table_added_later_is_erased_too(shop: tuple[sa.Engine, Path]) -> None
     later = sa.MetaData()
     for table in metadata.sorted_tables:
         table.to_metadata(later)
-    cards = sa.Table("loyalty_cards", later, sa.Column("card", sa.String(20), primary_key=True),
-                     sa.Column("holder_customer_id", sa.String(64)),
-                     sa.Column("contact_email", sa.String(320)),
-                     sa.Column("first_name", sa.String(100)))  # fmt: skip
+    cards = sa.Table(
+        "loyalty_cards",
+        later,
+        sa.Column("card", sa.String(20), primary_key=True),
+        sa.Column("holder_customer_id", sa.String(64)),
+        sa.Column("contact_email", sa.String(320)),
+        sa.Column("first_name", sa.String(100)),
+    )
     cards.create(engine)
     with engine.begin() as connection:
-        connection.execute(sa.insert(cards), [
-            {"card": "1", "holder_customer_id": VICTIM, "contact_email": None, "first_name": NAME},
-            {"card": "2", "holder_customer_id": None, "contact_email": EMAIL.upper(),
-             "first_name": NAME},
-            {"card": "3", "holder_customer_id": "someone-else", "contact_email": "a@b.test",
-             "first_name": "Other"}])  # fmt: skip
+        connection.execute(
+            sa.insert(cards),
+            [
+                {
+                    "card": "1",
+                    "holder_customer_id": VICTIM,
+                    "contact_email": None,
+                    "first_name": NAME,
+                },
+                {
+                    "card": "2",
+                    "holder_customer_id": None,
+                    "contact_email": EMAIL.upper(),
+                    "first_name": NAME,
+                },
+                {
+                    "card": "3",
+                    "holder_customer_id": "someone-else",
+                    "contact_email": "a@b.test",
+                    "first_name": "Other",
+                },
+            ],
+        )
     app = make_app(engine, artifacts)
     profile = {"source": "test", "email": EMAIL, "first_name": NAME}
     assert (
@@ -358,12 +429,15 @@ def test_a_model_trained_during_an_erasure_never_serves_them(shop: tuple[sa.Engi
     gone = cached[0]
     settings = settings_for(artifacts)
     with engine.begin() as connection:  # erased while the model (trained_at NOW) was training
-        connection.execute(sa.update(purchases).where(purchases.c.customer_id == gone).values(
-            customer_id=None))  # fmt: skip
-        connection.execute(sa.insert(erasures).values(erased_at=live.trained_at, via="test",
-                                                      rows={}))  # fmt: skip
-        rows = registry.make_live(connection, live.version, NOW,
-                                  [(c, [["i", 1.0]]) for c in cached])  # fmt: skip
+        connection.execute(
+            sa.update(purchases).where(purchases.c.customer_id == gone).values(customer_id=None)
+        )
+        connection.execute(
+            sa.insert(erasures).values(erased_at=live.trained_at, via="test", rows={})
+        )
+        rows = registry.make_live(
+            connection, live.version, NOW, [(c, [["i", 1.0]]) for c in cached]
+        )
         remaining = connection.execute(sa.select(recommendations.c.customer_id)).scalars().all()
     assert gone not in remaining and rows == len(cached) - 1
     report = privacy.purge(engine, settings, NOW)  # and the saved model forgets them
@@ -376,27 +450,67 @@ def test_purge_removes_what_is_past_retention_and_keeps_the_rest(
     engine, artifacts = shop
     settings = settings_for(artifacts)
     old, recent = NOW - timedelta(days=800), NOW - timedelta(days=10)
-    mails = [OutgoingEmail(f"c/{n}/{at.date()}", f"p{n}@example.test", "Hi Pat", "<p>Pat</p>",
-                           "Pat", (), "c") for n, at in enumerate((old, recent))]  # fmt: skip
+    mails = [
+        OutgoingEmail(
+            f"c/{n}/{at.date()}", f"p{n}@example.test", "Hi Pat", "<p>Pat</p>", "Pat", (), "c"
+        )
+        for n, at in enumerate((old, recent))
+    ]
     with engine.begin() as connection:
         for mail, at in zip(mails, (old, recent), strict=True):
             outbox.enqueue(connection, [(mail, "10001", None, at)], at)
         connection.execute(sa.update(outbox_table).values(state="sent"))
-        connection.execute(sa.insert(contact_events), [
-            {"event_key": f"e{n}", "kind": "delivered", "customer_id": "10001", "provider": "p",
-             "at": at, "details": {}} for n, at in enumerate((old, recent))])  # fmt: skip
-        connection.execute(sa.insert(decisions), [
-            {"run_key": f"c/{at.date()}", "campaign": "c", "customer_id": "10001",
-             "outcome": "skip", "reason": "cooldown", "holdout": False, "decided_at": at}
-            for at in (old, recent)])  # fmt: skip
-        connection.execute(sa.insert(audit_log), [
-            {"at": at, "actor": "x", "action": "unsubscribe", "subject_type": "customer",
-             "subject_id": subject, "details": {}}
-            for at in (old - timedelta(days=400), recent)
-            for subject in ("erased-1", "10001")])  # fmt: skip
+        connection.execute(
+            sa.insert(contact_events),
+            [
+                {
+                    "event_key": f"e{n}",
+                    "kind": "delivered",
+                    "customer_id": "10001",
+                    "provider": "p",
+                    "at": at,
+                    "details": {},
+                }
+                for n, at in enumerate((old, recent))
+            ],
+        )
+        connection.execute(
+            sa.insert(decisions),
+            [
+                {
+                    "run_key": f"c/{at.date()}",
+                    "campaign": "c",
+                    "customer_id": "10001",
+                    "outcome": "skip",
+                    "reason": "cooldown",
+                    "holdout": False,
+                    "decided_at": at,
+                }
+                for at in (old, recent)
+            ],
+        )
+        connection.execute(
+            sa.insert(audit_log),
+            [
+                {
+                    "at": at,
+                    "actor": "x",
+                    "action": "unsubscribe",
+                    "subject_type": "customer",
+                    "subject_id": subject,
+                    "details": {},
+                }
+                for at in (old - timedelta(days=400), recent)
+                for subject in ("erased-1", "10001")
+            ],
+        )
     report = privacy.purge(engine, settings, NOW)
-    assert (report.outbox_bodies, report.contact_events, report.decisions,
-            report.erased_audit_entries) == (1, 1, 1, 1)  # fmt: skip
+    assert (
+        report.outbox_bodies,
+        report.contact_events,
+        report.decisions,
+        report.erased_audit_entries,
+    ) == (1, 1, 1, 1)
     with engine.connect() as connection:
         rows = connection.execute(sa.select(outbox_table).order_by(outbox_table.c.created_at)).all()
         assert [(r.recipient, r.subject) for r in rows] == [("", ""), ("p1@example.test", "Hi Pat")]
@@ -412,13 +526,16 @@ def test_purge_deletes_old_retired_artifacts_but_keeps_the_rollback_target(
 ) -> None:
     engine, artifacts = shop
     settings = settings_for(artifacts)
-    first = training.train(engine, settings.recommender, now=NOW, as_of=END - timedelta(days=20),
-                           name="item_knn")  # fmt: skip
-    second = training.train(engine, settings.recommender, now=NOW, as_of=END - timedelta(days=10),
-                            name="popularity")  # fmt: skip
+    first = training.train(
+        engine, settings.recommender, now=NOW, as_of=END - timedelta(days=20), name="item_knn"
+    )
+    second = training.train(
+        engine, settings.recommender, now=NOW, as_of=END - timedelta(days=10), name="popularity"
+    )
     for hours, result in ((1, first), (2, second)):
-        training.promote(engine, settings.recommender, str(result.version),
-                         NOW + timedelta(hours=hours))  # fmt: skip
+        training.promote(
+            engine, settings.recommender, str(result.version), NOW + timedelta(hours=hours)
+        )
     with engine.connect() as connection:
         paths = {r.version: Path(r.path) for r in connection.execute(sa.select(models))}
         target = registry.previous_live(connection)
@@ -429,8 +546,9 @@ def test_purge_deletes_old_retired_artifacts_but_keeps_the_rollback_target(
     assert paths[str(second.version)].exists() and paths[str(first.version)].exists()
 
 
-def test_the_command_line_twins(shop: tuple[sa.Engine, Path], tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_the_command_line_twins(
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine, artifacts = shop
     app = make_app(engine, artifacts)
     profile = {"source": "test", "email": EMAIL, "first_name": NAME}
@@ -484,15 +602,20 @@ def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
     monkeypatch.chdir(work)  # the default [ingest] folders and demo/ are relative
     monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
     base = settings_for(artifacts)
-    settings = base.model_copy(update={"ingest": base.ingest.model_copy(
-        update={"keep_processed_days": 30})})  # fmt: skip
+    settings = base.model_copy(
+        update={"ingest": base.ingest.model_copy(update={"keep_processed_days": 30})}
+    )
     app = create_app(settings, engine, FixedClock(NOW))
-    people = ("id,email,first_name,consent_basis,consent_at\n"
-              f"{VICTIM},{EMAIL},{NAME},double_opt_in,2011-06-01T10:00:00Z\n"
-              "keeper,keeper@example.test,Kim,none,\n")  # fmt: skip
-    orders = ("order_id,customer_id,item_id,quantity,unit_price,ordered_at\n"
-              f"V1,{VICTIM},85123A,1,2.5,2011-07-01T10:00:00Z\n"
-              "K1,keeper,85123A,1,2.5,2011-07-01T10:00:00Z\n")  # fmt: skip
+    people = (
+        "id,email,first_name,consent_basis,consent_at\n"
+        f"{VICTIM},{EMAIL},{NAME},double_opt_in,2011-06-01T10:00:00Z\n"
+        "keeper,keeper@example.test,Kim,none,\n"
+    )
+    orders = (
+        "order_id,customer_id,item_id,quantity,unit_price,ordered_at\n"
+        f"V1,{VICTIM},85123A,1,2.5,2011-07-01T10:00:00Z\n"
+        "K1,keeper,85123A,1,2.5,2011-07-01T10:00:00Z\n"
+    )
     incoming = work / "incoming"
     incoming.mkdir()
     (incoming / "customers-1.csv").write_text(people)
@@ -504,10 +627,13 @@ def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
     demo = work / "demo"
     (demo / "fake-esp").mkdir(parents=True)
     (demo / "customers.csv").write_text(people)
-    messages = [{"To": EMAIL, "send_key": f"winback/{VICTIM}/2012-01-04", "TextBody": NAME},
-                {"To": "keeper@example.test", "send_key": "winback/keeper/2012-01-04"}]  # fmt: skip
-    (demo / "fake-esp" / "messages.jsonl").write_text("".join(json.dumps(m) + "\n"
-                                                              for m in messages))  # fmt: skip
+    messages = [
+        {"To": EMAIL, "send_key": f"winback/{VICTIM}/2012-01-04", "TextBody": NAME},
+        {"To": "keeper@example.test", "send_key": "winback/keeper/2012-01-04"},
+    ]
+    (demo / "fake-esp" / "messages.jsonl").write_text(
+        "".join(json.dumps(m) + "\n" for m in messages)
+    )
     assert len(personal_files(work)) >= 5
 
     erased = call(app, "DELETE", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo"))
@@ -519,11 +645,13 @@ def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
     assert personal_files(work) == []
     done = incoming / "processed"
     assert (done / "customers-1.csv").read_text().splitlines()[1:] == [
-        "keeper,keeper@example.test,Kim,none,"]  # fmt: skip
+        "keeper,keeper@example.test,Kim,none,"
+    ]
     with gzip.open(done / "purchases-1.csv.gz", "rt") as handle:
         assert handle.read().splitlines()[1:] == [
             "V1,,85123A,1,2.5,2011-07-01T10:00:00Z",  # a guest line, as in the store
-            "K1,keeper,85123A,1,2.5,2011-07-01T10:00:00Z"]  # fmt: skip
+            "K1,keeper,85123A,1,2.5,2011-07-01T10:00:00Z",
+        ]
     assert "keeper" in (incoming / "rejected" / "customers-2.csv").read_text()
     assert (done / "customers-1.csv").stat().st_mtime == NOW.timestamp()  # retention clock kept
     assert "keeper@example.test" in (demo / "fake-esp" / "messages.jsonl").read_text()
@@ -539,8 +667,10 @@ def test_a_link_of_an_erased_customer_records_nothing(shop: tuple[sa.Engine, Pat
     engine, artifacts = shop
     app = make_app(engine, artifacts)
     profile = {"source": "test", "email": EMAIL, "first_name": NAME}
-    assert call(app, "PUT", f"/v1/customers/{VICTIM}", json=profile,
-                headers=bearer("shop")).status == 200  # fmt: skip
+    assert (
+        call(app, "PUT", f"/v1/customers/{VICTIM}", json=profile, headers=bearer("shop")).status
+        == 200
+    )
     assert (
         call(app, "DELETE", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo")).status == 200
     )
@@ -551,8 +681,16 @@ def test_a_link_of_an_erased_customer_records_nothing(shop: tuple[sa.Engine, Pat
     form = call(app, "POST", link("preferences"), data={"action": "unsubscribe"})
     assert form.status == 410
     assert counts(engine) == before and personal_cells(engine) == []
-    record = {"MessageID": MESSAGE_ID, "To": EMAIL,
-              "Metadata": {"send_key": f"winback/{VICTIM}/2012-01-04"}}  # fmt: skip
-    late = call(app, "POST", "/v1/webhooks/postmark", json=postmark_event("bounce", record, NOW),
-                headers={"authorization": "Bearer hook-secret"})  # fmt: skip
+    record = {
+        "MessageID": MESSAGE_ID,
+        "To": EMAIL,
+        "Metadata": {"send_key": f"winback/{VICTIM}/2012-01-04"},
+    }
+    late = call(
+        app,
+        "POST",
+        "/v1/webhooks/postmark",
+        json=postmark_event("bounce", record, NOW),
+        headers={"authorization": "Bearer hook-secret"},
+    )
     assert late.status == 200 and personal_cells(engine) == []  # a late bounce names nobody

@@ -22,9 +22,14 @@ from recocamp.settings import RecommenderSettings, Settings
 from tests.recommender_data import CUTOFF, toy_lines
 
 SETTINGS = Settings().recommender.model_copy(
-    update={"factors": 8, "iterations": 20, "bpr_iterations": 200, "bpr_learning_rate": 0.05,
-            "use_gpu": "false"}
-)  # fmt: skip
+    update={
+        "factors": 8,
+        "iterations": 20,
+        "bpr_iterations": 200,
+        "bpr_learning_rate": 0.05,
+        "use_gpu": "false",
+    }
+)
 
 
 @pytest.fixture(scope="module")

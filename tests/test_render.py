@@ -108,17 +108,22 @@ def test_unknown_variables_and_attributes_fail_check_with_their_line(tmp_path: P
     ("body", "line", "value"),
     [
         ("<p>\n{{ customer.frist_name }}</p>", 2, "customer.frist_name"),
-        ("{% if locale == 'fr' %}\n\n{{ customer['frist_name'] }}{% endif %}", 3,
-         "customer['frist_name']"),  # a branch the sample never takes
+        (
+            "{% if locale == 'fr' %}\n\n{{ customer['frist_name'] }}{% endif %}",
+            3,
+            "customer['frist_name']",
+        ),  # a branch the sample never takes
         ("{% for offer in offers %}\n{{ offer.titel }}{% endfor %}", 2, "offer.titel"),
-        ("{% for a in survey.scores %}{{ a.score }}{% endfor %}\n{{ survey.scores[0].scor }}", 2,
-         "survey.scores[0].scor"),
+        (
+            "{% for a in survey.scores %}{{ a.score }}{% endfor %}\n{{ survey.scores[0].scor }}",
+            2,
+            "survey.scores[0].scor",
+        ),
         ("{% with s = shop %}\n{{ s.url }}{% endwith %}", 2, "s.url"),
         ("{% set who = customer %}\n\n{{ who.name }}", 3, "who.name"),
-        ("{{ loyalty.tier }}\n{{ loyalty.points_to_next_tier }}", 2,
-         "loyalty.points_to_next_tier"),
+        ("{{ loyalty.tier }}\n{{ loyalty.points_to_next_tier }}", 2, "loyalty.points_to_next_tier"),
     ],
-)  # fmt: skip
+)
 def test_check_names_each_key_outside_the_contract_with_its_line(
     tmp_path: Path, body: str, line: int, value: str
 ) -> None:
@@ -151,8 +156,12 @@ def test_check_reads_the_templates_a_template_includes_and_extends(tmp_path: Pat
     write(
         tmp_path, "_one.html", "{{ offer.title }}{% if not offer %}{{ customer.nick }}{% endif %}"
     )
-    write(tmp_path, "main.html", '{% extends "layout.html" %}{% block c %}{% for offer in '
-          'offers %}{% include "_one.html" %}{% endfor %}{% endblock %}')  # fmt: skip
+    write(
+        tmp_path,
+        "main.html",
+        '{% extends "layout.html" %}{% block c %}{% for offer in '
+        'offers %}{% include "_one.html" %}{% endfor %}{% endblock %}',
+    )
     problems = check_template(tmp_path, "main.html", sample_context())
     assert sorted((p.key, p.line, p.value) for p in problems) == [
         ("_one.html", 1, "customer.nick"),  # ``offer``: the includer's loop variable, not unknown
@@ -161,8 +170,9 @@ def test_check_reads_the_templates_a_template_includes_and_extends(tmp_path: Pat
 
 
 def test_a_subject_reading_a_key_outside_the_contract_fails_check(tmp_path: Path) -> None:
-    problem = check_subject("{% if false %}{{ customer.frist_name }}{% endif %}",
-                            sample_context(), tmp_path)  # fmt: skip
+    problem = check_subject(
+        "{% if false %}{{ customer.frist_name }}{% endif %}", sample_context(), tmp_path
+    )
     assert problem is not None and "customer has no key 'frist_name'" in problem
 
 
@@ -200,8 +210,9 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
     "{{ 'x'*3000000000 }}": "max_output_chars",
     "{{ ['x'] * 20000 }}": "max_output_chars",
     "{% for i in range(10**9) %}{% endfor %}": "max_loop_iterations",
-    "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}":
-        "max_loop_iterations",
+    "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}": (
+        "max_loop_iterations"
+    ),
     "{% for c in 'x' * 5000 %}{% endfor %}": "max_loop_iterations",
     "{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(1) }}": "max_depth",
     "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}": "max_depth",
@@ -233,18 +244,20 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
     "{% endfor %}{{ {ns.t: 1} is mapping }}": "max_output_chars",
     "{% set ns = namespace(x={}, y={}) %}{% for i in range(22) %}"
     "{% set ns.x = {'a': ns.x, 'b': ns.x} %}{% set ns.y = dict(a=ns.y, b=ns.y) %}{% endfor %}"
-    "{{ ns.x is eq(ns.y) }}{% for v in [ns.x, ns.y] %}{{ loop.changed(v) }}{% endfor %}":
-        "max_output_chars",
+    "{{ ns.x is eq(ns.y) }}{% for v in [ns.x, ns.y] %}{{ loop.changed(v) }}{% endfor %}": (
+        "max_output_chars"
+    ),
     # bytes are text too
     "{{ 'x'.encode().ljust(10**6)|length }}": "max_output_chars",
     "{{ ('x'.encode() * 6000 + 'x'.encode() * 6000)|length }}": "max_output_chars",
     "{{ ('%999999s'.encode() % 'x'.encode())|length }}": "max_output_chars",
     "{{ ('\u0100' * 1000).encode('punycode')|length }}": "not available",  # quadratic
     # a list, dict or set cannot grow in place, where no operator sees it
-    "{% set l = [1] %}{% for i in range(16) %}{{ l.extend(l) or '' }}{% endfor %}{{ l[0] }}":
-        "list.extend is not available",
+    "{% set l = [1] %}{% for i in range(16) %}{{ l.extend(l) or '' }}{% endfor %}{{ l[0] }}": (
+        "list.extend is not available"
+    ),
     "{% set d = {} %}{{ d.update(a=1) or '' }}": "dict.update is not available",
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("body", list(LIMIT_CASES))
@@ -265,16 +278,24 @@ def test_the_defaults_stop_the_issue_s_templates(tmp_path: Path) -> None:
     write(tmp_path, "b.html", "x\n{{ 'x'*3000000000 }}")
     write(tmp_path, "c.html", "x\n{% for i in range(10**9) %}{% endfor %}")
     write(tmp_path, "d.html", "{% macro m() %}{{ m() }}{% endmacro %}\n{{ m() }}")
-    for name, limit in [("a.html", "4,096 bits"), ("b.html", "1,000,000 characters"),
-                        ("c.html", "100,000"), ("d.html", "deeper than 50")]:  # fmt: skip
+    for name, limit in [
+        ("a.html", "4,096 bits"),
+        ("b.html", "1,000,000 characters"),
+        ("c.html", "100,000"),
+        ("d.html", "deeper than 50"),
+    ]:
         (problem,) = check_template(tmp_path, name, sample_context())
         assert problem.line in (1, 2) and limit in problem.message, problem
 
 
 def test_a_loop_that_runs_only_for_real_data_fails_that_render(tmp_path: Path) -> None:
-    write(tmp_path, "real.html", "<p>Hi</p>\n{% if customer.id != '12748' %}\n"
-          "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n"
-          "{% endif %}")  # fmt: skip
+    write(
+        tmp_path,
+        "real.html",
+        "<p>Hi</p>\n{% if customer.id != '12748' %}\n"
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n"
+        "{% endif %}",
+    )
     assert check_template(tmp_path, "real.html", sample_context()) == []  # the sample is 12748
     context = sample_context()
     context["customer"] = {"id": "1", "first_name": "A", "locale": "en"}
@@ -303,8 +324,11 @@ def test_the_time_budget_and_a_template_that_keeps_running_out_of_it(tmp_path: P
     with pytest.raises(TemplateLimitError, match="ran out of render time 3 times"):
         renderer.body("slow.html", "ok.html", sample_context())  # refused before rendering
     assert renderer.body("ok.html", "ok.html", sample_context()) == ("<p>Anna</p>",) * 2
-    assert Renderer(tmp_path, clock=TickingClock(0.001)).body(
-        "slow.html", "ok.html", sample_context())[0].startswith("<p>\n0123")  # fmt: skip
+    assert (
+        Renderer(tmp_path, clock=TickingClock(0.001))
+        .body("slow.html", "ok.html", sample_context())[0]
+        .startswith("<p>\n0123")
+    )
 
 
 @pytest.mark.parametrize(
@@ -342,19 +366,29 @@ def test_a_template_that_includes_itself_is_counted_and_nested(tmp_path: Path) -
     """Each include is a step and a level: twice per level grows exponentially, once per
     level nests deeply, and neither goes through a loop, a call or an operator."""
     write(tmp_path, "main.html", "{% set ns = namespace(d='') %}\n{% include 'twice.html' %}")
-    write(tmp_path, "twice.html", "{% set ns.d = ns.d ~ 'x' %}{% if ns.d < 'xxxxxxxxxxxx' %}"
-          "{% include 'twice.html' %}{% include 'twice.html' %}{% endif %}"
-          "{% set ns.d = ns.d[:-1] %}")  # fmt: skip
+    write(
+        tmp_path,
+        "twice.html",
+        "{% set ns.d = ns.d ~ 'x' %}{% if ns.d < 'xxxxxxxxxxxx' %}"
+        "{% include 'twice.html' %}{% include 'twice.html' %}{% endif %}"
+        "{% set ns.d = ns.d[:-1] %}",
+    )
     deep = SMALL.model_copy(update={"max_depth": 20})  # 12 levels, 4,095 includes
     (problem,) = check_template(tmp_path, "main.html", sample_context(), deep)
     assert problem.key == "twice.html" and "more than 1,000 loop iterations" in problem.message
     write(tmp_path, "main.html", "{% set ns = namespace(d='') %}\n{% include 'once.html' %}")
-    write(tmp_path, "once.html", "{% set ns.d = ns.d ~ 'x' %}{% if ns.d < 'x' * 15 %}"
-          "{% include 'once.html' %}{% endif %}")  # fmt: skip
+    write(
+        tmp_path,
+        "once.html",
+        "{% set ns.d = ns.d ~ 'x' %}{% if ns.d < 'x' * 15 %}{% include 'once.html' %}{% endif %}",
+    )
     (problem,) = check_template(tmp_path, "main.html", sample_context(), SMALL)
     assert problem.key == "once.html" and "nested deeper than 10" in problem.message
-    write(tmp_path, "main.html", "{% extends 'base.html' %}{% block b %}{% include 'part.html' %}"
-          "{% endblock %}")  # fmt: skip
+    write(
+        tmp_path,
+        "main.html",
+        "{% extends 'base.html' %}{% block b %}{% include 'part.html' %}{% endblock %}",
+    )
     write(tmp_path, "base.html", "{% block b %}{% endblock %}")
     write(tmp_path, "part.html", "{% macro m() %}ok{% endmacro %}{{ m() }}")
     three = TemplateSettings(max_depth=3)  # extends, include, macro: the outermost is no level
@@ -380,8 +414,11 @@ def test_the_budget_counts_the_renders_cpu_not_a_stalled_machine(tmp_path: Path)
     """A render that is paused (a loaded machine, another thread's GC: here a call that
     sleeps) has not spent its budget: the message goes out. A render that computes for
     longer than the budget still fails, with the real clocks."""
-    write(tmp_path, "paused.html",
-          "<p>{{ pause() }}{% for i in range(3) %}{{ i|string }}{% endfor %}</p>")  # fmt: skip
+    write(
+        tmp_path,
+        "paused.html",
+        "<p>{{ pause() }}{% for i in range(3) %}{{ i|string }}{% endfor %}</p>",
+    )
     write(tmp_path, "busy.html", "{% for i in range(100000) %}{{ i * i * i }}{% endfor %}")
     tight = TemplateSettings(render_time_s=0.05)
     context = {**sample_context(), "pause": lambda: time.sleep(0.2) or ""}

@@ -116,8 +116,9 @@ def _send(shop: tuple[sa.Engine, Settings], campaign: Campaign, at: datetime) ->
     engine, settings = shop
     plan_and_enqueue(engine, settings, campaign, ROOT / "templates", at)
     later = FixedClock(at + timedelta(hours=12))  # quiet-hours deferrals are due by then
-    deliverer = Deliverer(engine, FakeProvider(), EspSettings(), later,
-                          renderer=Renderer(ROOT / "templates"))  # fmt: skip
+    deliverer = Deliverer(
+        engine, FakeProvider(), EspSettings(), later, renderer=Renderer(ROOT / "templates")
+    )
     deliverer.drain(campaign.name)
 
 
@@ -125,19 +126,34 @@ def _inject(engine: sa.Engine) -> tuple[int, int, int]:
     """One £250 order 1–47 hours after the mail for a fixed 30 % of sim_effect's recipients."""
     window = timedelta(days=7)
     with engine.connect() as connection:
-        touches = [t for t in store.touches(connection, EFFECT_RUN, NULL_RUN)
-                   if t.campaign == "sim_effect"]  # fmt: skip
-        before = [OrderTotal(*r) for r in queries.order_totals(connection, EFFECT_RUN,
-                                                               EFFECT_RUN + window)]  # fmt: skip
+        touches = [
+            t for t in store.touches(connection, EFFECT_RUN, NULL_RUN) if t.campaign == "sim_effect"
+        ]
+        before = [
+            OrderTotal(*r)
+            for r in queries.order_totals(connection, EFFECT_RUN, EFFECT_RUN + window)
+        ]
     treated = [t for t in touches if not t.holdout]
     chosen = [t for t in treated if bucket(t.customer_id, "inject") < 30]
-    added = [Purchase(f"SIM{n}", 1, t.customer_id, "85123A", 1, INJECTED_REVENUE,
-                      t.at + timedelta(hours=1 + bucket(t.customer_id, "hour") % 47))
-             for n, t in enumerate(chosen)]  # fmt: skip
+    added = [
+        Purchase(
+            f"SIM{n}",
+            1,
+            t.customer_id,
+            "85123A",
+            1,
+            INJECTED_REVENUE,
+            t.at + timedelta(hours=1 + bucket(t.customer_id, "hour") % 47),
+        )
+        for n, t in enumerate(chosen)
+    ]
     with engine.begin() as connection:
         queries.insert_purchases(connection, added, None)
-    base = {r.touch.customer_id for r in measure.attribute(touches, before, window)
-            if r.converted and not r.touch.holdout}  # fmt: skip
+    base = {
+        r.touch.customer_id
+        for r in measure.attribute(touches, before, window)
+        if r.converted and not r.touch.holdout
+    }
     return len(added), len(treated), len({t.customer_id for t in chosen} - base)
 
 
@@ -148,11 +164,15 @@ def _answer_surveys(engine: sa.Engine, settings: Settings) -> int:
     from recocamp.api.measure import router
 
     api = FastAPI()
-    api.include_router(router(settings, engine, FixedClock(NPS_RUN + timedelta(days=2)),
-                              fake_require))  # fmt: skip
+    api.include_router(
+        router(settings, engine, FixedClock(NPS_RUN + timedelta(days=2)), fake_require)
+    )
     with engine.connect() as connection:
-        sent = [t for t in store.touches(connection, NPS_RUN, NPS_RUN + timedelta(seconds=1))
-                if t.campaign == "nps"]  # fmt: skip
+        sent = [
+            t
+            for t in store.touches(connection, NPS_RUN, NPS_RUN + timedelta(seconds=1))
+            if t.campaign == "nps"
+        ]
     scores = (10, 10, 9, 9, 9, 8, 7, 6, 3, 10)
     answered = 0
     from recocamp.campaigns import compose
@@ -172,16 +192,30 @@ def _answer_surveys(engine: sa.Engine, settings: Settings) -> int:
 
 def _register_models(engine: sa.Engine) -> None:
     """Two trained versions as `recocamp train` registers them (metrics from its split)."""
-    for n, (cutoff, recall, ndcg, hit) in enumerate(((datetime(2011, 9, 1, tzinfo=UTC), 0.3734,
-                                                     0.3906, 0.8386),
-                                                    (datetime(2011, 11, 1, tzinfo=UTC), 0.3908,
-                                                     0.4055, 0.8515))):  # fmt: skip
-        metrics = {"candidate": {"recall": recall, "ndcg": ndcg, "hit_rate": hit},
-                   "popularity": {"recall": 0.13 + n / 100}}  # fmt: skip
+    for n, (cutoff, recall, ndcg, hit) in enumerate(
+        (
+            (datetime(2011, 9, 1, tzinfo=UTC), 0.3734, 0.3906, 0.8386),
+            (datetime(2011, 11, 1, tzinfo=UTC), 0.3908, 0.4055, 0.8515),
+        )
+    ):
+        metrics = {
+            "candidate": {"recall": recall, "ndcg": ndcg, "hit_rate": hit},
+            "popularity": {"recall": 0.13 + n / 100},
+        }
         with engine.begin() as connection:
-            registry.register(connection, version=f"v{n}", name="hybrid", trained_at=cutoff,
-                              data_cutoff=cutoff, fingerprint=f"f{n}", params={}, metrics=metrics,
-                              path="-", popular=[], status="live" if n else "retired")  # fmt: skip
+            registry.register(
+                connection,
+                version=f"v{n}",
+                name="hybrid",
+                trained_at=cutoff,
+                data_cutoff=cutoff,
+                fingerprint=f"f{n}",
+                params={},
+                metrics=metrics,
+                path="-",
+                popular=[],
+                status="live" if n else "retired",
+            )
 
 
 @pytest.fixture(scope="module")
@@ -190,11 +224,13 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
         pytest.skip(f"the UCI file is absent ({UCI})")
     directory = tmp_path_factory.mktemp("demo-shop")
     settings = Settings(
-        database_url=f"sqlite:///{directory / 'demo.db'}", signing_key="s" * 32,
-        shop=ShopSettings(name="Demo Gift Shop", time_zone="Europe/London", currency="GBP",
-                          default_locale="en"),
+        database_url=f"sqlite:///{directory / 'demo.db'}",
+        signing_key="s" * 32,
+        shop=ShopSettings(
+            name="Demo Gift Shop", time_zone="Europe/London", currency="GBP", default_locale="en"
+        ),
         measure=MeasureSettings(history_days=190),
-    )  # fmt: skip
+    )
     engine = make_engine(settings.database_url)
     build_demo(engine, settings, now=NOW, source=UCI, demo_dir=directory)
     campaigns = _campaigns(directory, settings)
@@ -214,10 +250,14 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
     engine.dispose()
 
 
-def _uplift(data: report.Data, campaign: str, variant: str | None = None,
-            against: str = "holdout") -> measure.Uplift:  # fmt: skip
-    return next(u for u in data.uplifts
-                if (u.campaign, u.variant, u.against) == (campaign, variant, against))  # fmt: skip
+def _uplift(
+    data: report.Data, campaign: str, variant: str | None = None, against: str = "holdout"
+) -> measure.Uplift:
+    return next(
+        u
+        for u in data.uplifts
+        if (u.campaign, u.variant, u.against) == (campaign, variant, against)
+    )
 
 
 @slow
@@ -263,8 +303,9 @@ def test_a_campaign_without_an_effect_has_intervals_containing_zero(shop: Shop) 
 def test_report_command_tables_json_and_html(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(shop.directory)
     runner = CliRunner()
-    result = runner.invoke(cli_app, ["report", "--as-of", "2011-12-10", "--format", "json",
-                                     "--html", "report.html"])  # fmt: skip
+    result = runner.invoke(
+        cli_app, ["report", "--as-of", "2011-12-10", "--format", "json", "--html", "report.html"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[: result.output.rindex("}") + 1])
     campaigns = {(c["campaign"], c["variant"], c["against"]): c for c in summary["campaigns"]}
@@ -282,8 +323,15 @@ def test_report_command_tables_json_and_html(shop: Shop, monkeypatch: pytest.Mon
     assert "Average order value" in table.output and "average_order_value" not in table.output
 
 
-CHARTS = ("kpi-trends", "uplift", "cohort-heatmap", "segments", "skip-reasons", "nps",
-          "model-metrics")  # fmt: skip
+CHARTS = (
+    "kpi-trends",
+    "uplift",
+    "cohort-heatmap",
+    "segments",
+    "skip-reasons",
+    "nps",
+    "model-metrics",
+)
 
 
 def _chromium() -> str:
@@ -304,8 +352,15 @@ def test_the_report_in_a_real_headless_browser(shop: Shop, tmp_path: Path) -> No
     path.write_text(report.render_html(data), encoding="utf-8")
     requests: list[str] = []
     problems: list[str] = []
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=args)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -338,18 +393,29 @@ def test_the_report_in_a_real_headless_browser(shop: Shop, tmp_path: Path) -> No
 # --- the page's words, signs and charts, from data built by hand ----------------------------
 
 DAY = date(2011, 11, 20)
-KPI_VALUES = {"orders": 968.0, "customers": 700.0, "average_order_value": 785.61,
-              "purchase_frequency": 1.4, "repeat_purchase_rate": 0.3, "churn_rate": 0.25,
-              "clv": 4400.0, "guest_checkout_rate": 0.1}  # fmt: skip
+KPI_VALUES = {
+    "orders": 968.0,
+    "customers": 700.0,
+    "average_order_value": 785.61,
+    "purchase_frequency": 1.4,
+    "repeat_purchase_rate": 0.3,
+    "churn_rate": 0.25,
+    "clv": 4400.0,
+    "guest_checkout_rate": 0.1,
+}
 
 
-def _units(campaign: str, n: int, converted: int, holdout: bool,
-           variant: str | None = None) -> list[measure.Result]:  # fmt: skip
+def _units(
+    campaign: str, n: int, converted: int, holdout: bool, variant: str | None = None
+) -> list[measure.Result]:
     at = datetime(2011, 10, 4, 10, tzinfo=UTC)
-    return [measure.Result(measure.Touch(campaign, f"{campaign}-{holdout}-{variant}-{k}", at,
-                                         holdout, variant),
-                           *((1, 50.0) if k < converted else (0, 0.0)))
-            for k in range(n)]  # fmt: skip
+    return [
+        measure.Result(
+            measure.Touch(campaign, f"{campaign}-{holdout}-{variant}-{k}", at, holdout, variant),
+            *((1, 50.0) if k < converted else (0, 0.0)),
+        )
+        for k in range(n)
+    ]
 
 
 def _model(version: str, cutoff: datetime) -> report.ModelPoint:
@@ -364,26 +430,41 @@ def _data(**changed: object) -> report.Data:
     days = [DAY - timedelta(days=n) for n in range(50)]
     thresholds = measure.Thresholds(10, 2)
     uplifts = [
-        measure.compare("winback", None, _units("winback", 200, 40, False),
-                        _units("winback", 200, 10, True), thresholds),
+        measure.compare(
+            "winback",
+            None,
+            _units("winback", 200, 40, False),
+            _units("winback", 200, 10, True),
+            thresholds,
+        ),
         measure.compare("birthday", None, _units("birthday", 200, 40, False), [], thresholds),
-    ]  # fmt: skip
+    ]
     reasons = [("winback", "skip", code, 10 + n) for n, code in enumerate(planner.REASONS)]
     reasons += [("birthday", "skip", "not_in_audience:birthday_today", 5000)]
     values: dict[str, object] = {
-        "shop": "Test Shop", "currency": "GBP", "zone": "Europe/London",
-        "as_of": datetime(2011, 11, 21, tzinfo=UTC), "generated_at": NOW,
-        "attribution_days": 7, "report_days": 90, "confidence": 0.95, "uplifts": uplifts,
+        "shop": "Test Shop",
+        "currency": "GBP",
+        "zone": "Europe/London",
+        "as_of": datetime(2011, 11, 21, tzinfo=UTC),
+        "generated_at": NOW,
+        "attribution_days": 7,
+        "report_days": 90,
+        "confidence": 0.95,
+        "uplifts": uplifts,
         "reasons": reasons,
         "kpi_history": {(d, w): dict(KPI_VALUES) for d in days for w in (30, 365)},
         "latest_day": DAY,
-        "changes": [measure.Change("week", 7, "average_order_value", 785.61, 396.67),
-                    measure.Change("week", 7, "orders", 968.0, 1000.0)],
+        "changes": [
+            measure.Change("week", 7, "average_order_value", 785.61, 396.67),
+            measure.Change("week", 7, "orders", 968.0, 1000.0),
+        ],
         "segments": {d: {"cant_lose_them": 10, "champions": 20, "others": 3} for d in days},
-        "cohorts": [], "models": [_model("v1", datetime(2011, 11, 1, tzinfo=UTC))],
-        "nps": report.NpsSection(measure.nps([10, 9, 3] * 20), [],
-                                 [(date(2011, 10, 1), measure.nps([10, 9, 3] * 20))]),
-    }  # fmt: skip
+        "cohorts": [],
+        "models": [_model("v1", datetime(2011, 11, 1, tzinfo=UTC))],
+        "nps": report.NpsSection(
+            measure.nps([10, 9, 3] * 20), [], [(date(2011, 10, 1), measure.nps([10, 9, 3] * 20))]
+        ),
+    }
     values.update(changed)
     return report.Data(**values)  # type: ignore[arg-type]
 
@@ -417,8 +498,9 @@ def test_every_reason_and_segment_code_has_words() -> None:
     assert len(planner.REASONS) == len(set(planner.REASONS)) > 20
     for code in planner.REASONS:
         prefix, _, rule = code.partition(":")
-        assert code in labels.REASONS or (prefix == planner.NOT_IN_AUDIENCE
-                                          and rule in labels.AUDIENCE), code  # fmt: skip
+        assert code in labels.REASONS or (
+            prefix == planner.NOT_IN_AUDIENCE and rule in labels.AUDIENCE
+        ), code
         assert "_" not in labels.reason(code) and labels.reason(code) != code, code
     for code in [name for name, _, _ in segments.RFM_SEGMENTS] + [segments.OTHERS]:
         assert code in labels.SEGMENTS and "_" not in labels.segment(code), code
@@ -434,8 +516,9 @@ def test_the_planner_records_only_named_reasons() -> None:
     import inspect
 
     tree = ast.parse(inspect.getsource(planner))
-    decide = next(n for n in ast.walk(tree)
-                  if isinstance(n, ast.FunctionDef) and n.name == "decide")  # fmt: skip
+    decide = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "decide"
+    )
     for node in ast.walk(decide):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             reason = {"skip": 0, "Decision": 3}.get(node.func.id)
@@ -452,8 +535,14 @@ def test_charts_and_tables_show_words_and_keep_the_codes_in_tooltips() -> None:
     assert "<title>not_in_audience:birthday_today</title>" in reasons
     assert "<title>cant_lose_them</title>" in segment_chart
     visible = _visible(html)
-    for code in ("not_in_audience", "birthday_today", "cant_lose_them", "average_order_value",
-                 "eligible", "repeat_purchase_rate"):  # fmt: skip
+    for code in (
+        "not_in_audience",
+        "birthday_today",
+        "cant_lose_them",
+        "average_order_value",
+        "eligible",
+        "repeat_purchase_rate",
+    ):
         assert code not in visible, code
     assert "Average order value" in visible
 
@@ -485,8 +574,12 @@ def test_one_model_version_is_a_table_row_not_a_line() -> None:
     html = _page()
     assert 'data-chart="model-metrics"' not in html
     assert "One trained version so far" in html and "0.3700" in html
-    two = _data(models=[_model("v1", datetime(2011, 9, 1, tzinfo=UTC)),
-                        _model("v2", datetime(2011, 11, 1, tzinfo=UTC))])  # fmt: skip
+    two = _data(
+        models=[
+            _model("v1", datetime(2011, 9, 1, tzinfo=UTC)),
+            _model("v2", datetime(2011, 11, 1, tzinfo=UTC)),
+        ]
+    )
     chart = report.models_chart(two)
     assert chart is not None
     assert "recall@10 of the popularity baseline" in chart
@@ -507,8 +600,11 @@ def test_date_axes_name_their_months() -> None:
     assert ticks and all(re.fullmatch(r"\d\d [A-Z][a-z]{2}", t) for t in ticks), ticks
     assert re.search(r"\d{4}-[A-Z][a-z]{2}", chart) is None
     assert ">2011<" in chart
-    long = _data(kpi_history={(date(2011, 6, 1) + timedelta(days=n), 30): dict(KPI_VALUES)
-                              for n in range(190)})  # fmt: skip
+    long = _data(
+        kpi_history={
+            (date(2011, 6, 1) + timedelta(days=n), 30): dict(KPI_VALUES) for n in range(190)
+        }
+    )
     months = _x_ticks(str(report.kpi_chart(long)))
     assert months[:3] == ["Jun", "Jul", "Aug"], months
 
@@ -528,10 +624,14 @@ OVERFLOW = """() => ({
 def _fits(page: object, width: int) -> list[str]:
     """What sticks out at this width: tables wider than their box, cut header cells."""
     found = page.evaluate(OVERFLOW)  # type: ignore[attr-defined]
-    problems = [f"table {t[0]!r}: {t[1]} px in {t[2]} px" for t in found["tables"]
-                if t[1] > t[2] or t[3] > min(t[4], width) + 0.5]  # fmt: skip
-    problems += [f"header {h[0]!r} ends at {h[1]} px" for h in found["headers"]
-                 if h[1] > width + 0.5]  # fmt: skip
+    problems = [
+        f"table {t[0]!r}: {t[1]} px in {t[2]} px"
+        for t in found["tables"]
+        if t[1] > t[2] or t[3] > min(t[4], width) + 0.5
+    ]
+    problems += [
+        f"header {h[0]!r} ends at {h[1]} px" for h in found["headers"] if h[1] > width + 0.5
+    ]
     if found["page"] > width:
         problems.append(f"the page is {found['page']} px wide")
     assert len(found["headers"]) == 9 and len(found["tables"]) >= 4

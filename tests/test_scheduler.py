@@ -20,11 +20,14 @@ from tests.worker_shop import CAMPAIGN, make_shop
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def campaign(tmp_path: Path, cron: str, zone: str = "Europe/Berlin",
-             name: str = "everyone") -> Campaign:  # fmt: skip
-    text = CAMPAIGN.replace('cron = "0 9 * * THU"', f'cron = "{cron}"').replace(
-        'time_zone = "Europe/Berlin"', f'time_zone = "{zone}"').replace(
-        'name = "everyone"', f'name = "{name}"')  # fmt: skip
+def campaign(
+    tmp_path: Path, cron: str, zone: str = "Europe/Berlin", name: str = "everyone"
+) -> Campaign:
+    text = (
+        CAMPAIGN.replace('cron = "0 9 * * THU"', f'cron = "{cron}"')
+        .replace('time_zone = "Europe/Berlin"', f'time_zone = "{zone}"')
+        .replace('name = "everyone"', f'name = "{name}"')
+    )
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     return load(path)[0]
@@ -44,8 +47,14 @@ def test_the_table_has_every_job_once_with_scope_and_grace(tmp_path: Path) -> No
     settings = load_settings(None)
     table = scheduler.job_table(settings, [campaign(tmp_path, "0 9 * * *")])
     by_id = {spec.id: spec for spec in table}
-    assert list(by_id) == ["import", "train", "kpi_snapshot", "purge", "deliver",
-                           "campaign:everyone"]  # fmt: skip
+    assert list(by_id) == [
+        "import",
+        "train",
+        "kpi_snapshot",
+        "purge",
+        "deliver",
+        "campaign:everyone",
+    ]
     assert {i for i, s in by_id.items() if s.scope == "every_worker"} == {"deliver"}
     assert by_id["train"].misfire_grace_s == settings.worker.misfire_grace_s
     assert by_id["deliver"].misfire_grace_s == round(settings.worker.deliver_every_s)
@@ -75,7 +84,10 @@ def test_a_wall_time_that_dst_skips_runs_late_and_one_it_repeats_runs_twice(
     assert [t.astimezone(UTC).strftime("%d %H:%M") for t in spring] == ["29 01:30", "30 00:30"]
     # 02:30 happens twice on 25 October (CEST, then CET): two runs that day
     assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == [
-        "25 00:30", "25 01:30", "26 01:30"]  # fmt: skip
+        "25 00:30",
+        "25 01:30",
+        "26 01:30",
+    ]
 
 
 def test_a_campaign_in_another_zone_runs_on_its_own_clock(tmp_path: Path) -> None:
@@ -105,8 +117,11 @@ def test_sync_keeps_next_run_times_and_reschedules_only_what_changed(
     changes = scheduler.sync(sched, table, scheduler.SHARED, "leader")  # type: ignore[arg-type]
     assert set(changes.values()) == {"added"} and "deliver" not in changes
     missed = datetime.now(UTC) - timedelta(hours=3)
-    sched.modify_job("campaign:everyone", jobstore=scheduler.SHARED,  # type: ignore[attr-defined]
-                     next_run_time=missed)  # fmt: skip
+    sched.modify_job(
+        "campaign:everyone",
+        jobstore=scheduler.SHARED,  # type: ignore[attr-defined]
+        next_run_time=missed,
+    )
     assert scheduler.sync(sched, table, scheduler.SHARED, "leader") == {}  # type: ignore[arg-type]
     # a restart: a new scheduler on the same database sees the missed run time
     again = scheduler.make_scheduler()
@@ -116,11 +131,13 @@ def test_sync_keeps_next_run_times_and_reschedules_only_what_changed(
     assert job is not None and job.next_run_time == missed
     moved = scheduler.job_table(settings, [campaign(tmp_path, "0 10 * * FRI")])
     assert scheduler.sync(again, moved, scheduler.SHARED, "leader") == {
-        "campaign:everyone": "rescheduled"}  # fmt: skip
+        "campaign:everyone": "rescheduled"
+    }
     job = again.get_job("campaign:everyone", jobstore=scheduler.SHARED)
     assert job.next_run_time.astimezone(BERLIN).weekday() == 4  # Friday
-    assert scheduler.sync(again, scheduler.job_table(settings, []), scheduler.SHARED,
-                          "leader") == {"campaign:everyone": "removed"}  # fmt: skip
+    assert scheduler.sync(again, scheduler.job_table(settings, []), scheduler.SHARED, "leader") == {
+        "campaign:everyone": "removed"
+    }
     scheduler.quiesce(again)
     again.shutdown(wait=False)
 
@@ -145,12 +162,16 @@ def _set_next_run(process: Worker, job: str, when: datetime) -> None:
 
 def _runs(process: Worker, job: str) -> list[str]:
     with process.engine.connect() as connection:
-        return list(connection.execute(sa.text(
-            "SELECT status FROM runs WHERE job = :job"), {"job": job}).scalars())  # fmt: skip
+        return list(
+            connection.execute(
+                sa.text("SELECT status FROM runs WHERE job = :job"), {"job": job}
+            ).scalars()
+        )
 
 
-def test_once_runs_ten_missed_runs_once(tmp_path: Path, db_url: str,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_once_runs_ten_missed_runs_once(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "k")
     monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
     process = _shop_worker(tmp_path, db_url, train_cron="* * * * *")
@@ -173,8 +194,12 @@ def test_once_skips_a_run_missed_by_more_than_the_grace_time(
     monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
     two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
     local = two_hours_ago.astimezone(BERLIN)
-    process = _shop_worker(tmp_path, db_url, misfire_grace_s=3600,
-                           kpi_snapshot_cron=f"{local.minute} {local.hour} * * *")  # fmt: skip
+    process = _shop_worker(
+        tmp_path,
+        db_url,
+        misfire_grace_s=3600,
+        kpi_snapshot_cron=f"{local.minute} {local.hour} * * *",
+    )
     _set_next_run(process, "kpi_snapshot", two_hours_ago)
     outcomes = process.run_due_once()
     assert outcomes["kpi_snapshot"] == "missed"

@@ -84,16 +84,23 @@ def plan(as_of: str) -> dict[str, str]:
 
 def test_exactly_once_under_429_5xx_and_lost_answers(shop: Path, esp: tuple[FakeEsp, str]) -> None:
     fake, url = esp
-    fake.set_faults(Faults(rate_429=0.15, rate_5xx=0.15, rate_drop=0.15, drop_stall_s=3,
-                           retry_after_s=0.05, seed=3))  # fmt: skip
+    fake.set_faults(
+        Faults(
+            rate_429=0.15, rate_5xx=0.15, rate_drop=0.15, drop_stall_s=3, retry_after_s=0.05, seed=3
+        )
+    )
     (shop / "settings.toml").write_text(settings_text(url))
     result = runner.invoke(app, ["send", "cross_sell", "--as-of", AS_OF, "--wait", "60"])
     assert result.exit_code == 0, result.output
     counts = outbox_counts()
     stats = fake.stats()
     assert counts["sent"] > 10 and counts["queued"] == counts["claimed"] == counts["failed"] == 0
-    assert stats == {"received": counts["sent"], "unique_send_keys": counts["sent"],
-                     "duplicates": 0, "without_send_key": 0}  # fmt: skip
+    assert stats == {
+        "received": counts["sent"],
+        "unique_send_keys": counts["sent"],
+        "duplicates": 0,
+        "without_send_key": 0,
+    }
     again = runner.invoke(app, ["send", "cross_sell", "--as-of", AS_OF, "--wait", "0"])
     assert again.exit_code == 0 and fake.stats()["received"] == counts["sent"]
 
@@ -116,8 +123,11 @@ def test_a_sender_killed_mid_send_resumes_without_duplicates_or_gaps(
     log = (shop / "sender.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "recocamp", "send", "cross_sell", "--as-of", AS_OF],
-        cwd=shop, env=environment, stdout=log, stderr=log,
-    )  # fmt: skip
+        cwd=shop,
+        env=environment,
+        stdout=log,
+        stderr=log,
+    )
     try:
         wait_for(lambda: fake.stats()["received"] >= 5 or process.poll() is not None)
         assert process.poll() is None, (shop / "sender.log").read_text()
@@ -134,8 +144,12 @@ def test_a_sender_killed_mid_send_resumes_without_duplicates_or_gaps(
     assert "5 reconciled" in result.stdout
     counts = outbox_counts()
     assert counts["queued"] == counts["claimed"] == 0 and counts["sent"] > 5
-    assert fake.stats() == {"received": counts["sent"], "unique_send_keys": counts["sent"],
-                            "duplicates": 0, "without_send_key": 0}  # fmt: skip
+    assert fake.stats() == {
+        "received": counts["sent"],
+        "unique_send_keys": counts["sent"],
+        "duplicates": 0,
+        "without_send_key": 0,
+    }
 
 
 def test_one_click_unsubscribe_and_bounce_webhook_reach_the_next_run(
@@ -147,7 +161,8 @@ def test_one_click_unsubscribe_and_bounce_webhook_reach_the_next_run(
     with running(create_app(settings, engine, SystemClock())) as api_url:
         (shop / "settings.toml").write_text(settings_text(esp_url, api_url))
         fake.webhook_url = api_url.replace("://", "://postmark:hook-secret@") + (
-            "/webhooks/postmark")  # fmt: skip
+            "/webhooks/postmark"
+        )
         assert runner.invoke(app, ["send", "cross_sell", "--as-of", AS_OF]).exit_code == 0
         first, second = fake.messages[0], fake.messages[1]
         header = first["Headers"]["List-Unsubscribe"]
@@ -159,8 +174,9 @@ def test_one_click_unsubscribe_and_bounce_webhook_reach_the_next_run(
             assert client.post(tampered, data={"List-Unsubscribe": "One-Click"}).status_code == 400
             done = client.post(link, data={"List-Unsubscribe": "One-Click"})
             assert done.status_code == 200 and not done.cookies
-            bounced = client.post(f"{esp_url}/_webhooks/bounce",
-                                  json={"message_id": second["MessageID"]})  # fmt: skip
+            bounced = client.post(
+                f"{esp_url}/_webhooks/bounce", json={"message_id": second["MessageID"]}
+            )
             assert bounced.json()["status"] == 200
     engine.dispose()
     reasons = plan("2011-12-16T10:00:00")

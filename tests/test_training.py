@@ -26,10 +26,16 @@ OBJECTOR = "10003"
 
 
 def settings_for(tmp_path: Path) -> RecommenderSettings:
-    return Settings().recommender.model_copy(update={
-        "artifacts_dir": tmp_path / "models", "factors": 8, "iterations": 5,
-        "evaluation_horizon_days": 30, "use_gpu": "false", "top_n": 10,
-    })  # fmt: skip
+    return Settings().recommender.model_copy(
+        update={
+            "artifacts_dir": tmp_path / "models",
+            "factors": 8,
+            "iterations": 5,
+            "evaluation_horizon_days": 30,
+            "use_gpu": "false",
+            "top_n": 10,
+        }
+    )
 
 
 @pytest.fixture

@@ -372,8 +372,14 @@ def test_sendgrid_without_public_key_is_503(key: str | None) -> None:
 
 
 def test_an_empty_time_falls_back_to_the_next_and_a_numeric_id_is_its_text() -> None:
-    payload = {"RecordType": "Bounce", "ID": 42, "Email": "anna@example.test", "BouncedAt": "",
-               "ReceivedAt": "2026-01-15T07:00:00.1234567-05:00", "Type": "HardBounce"}  # fmt: skip
+    payload = {
+        "RecordType": "Bounce",
+        "ID": 42,
+        "Email": "anna@example.test",
+        "BouncedAt": "",
+        "ReceivedAt": "2026-01-15T07:00:00.1234567-05:00",
+        "Type": "HardBounce",
+    }
     event = one("postmark", payload)
     assert event.at == AT + timedelta(microseconds=123456)  # 7 digits, as Postmark sends
     assert event.event_key == "postmark:Bounce:42"
@@ -385,12 +391,23 @@ def test_a_kind_that_is_not_text_is_ignored_like_any_unknown_kind(kind: object) 
     assert (parsed.events, parsed.rejected) == ([], [])
 
 
-@pytest.mark.parametrize(("stamp", "ok"), [
-    (int(AT.timestamp()), True), (AT.timestamp() + 0.5, True), ("2026-01-15T12:00:00Z", True),
-    ("2026-01-15 12:00:00", True), (-2208988800, True), (-2208988801, False), (1e20, False),
-    (253402300800, False), ("9999-12-31T23:59:59-01:00", False), (True, False), ("x" * 65, False),
-    ({"t": 1}, False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("stamp", "ok"),
+    [
+        (int(AT.timestamp()), True),
+        (AT.timestamp() + 0.5, True),
+        ("2026-01-15T12:00:00Z", True),
+        ("2026-01-15 12:00:00", True),
+        (-2208988800, True),
+        (-2208988801, False),
+        (1e20, False),
+        (253402300800, False),
+        ("9999-12-31T23:59:59-01:00", False),
+        (True, False),
+        ("x" * 65, False),
+        ({"t": 1}, False),
+    ],
+)
 def test_times_are_read_within_1900_to_9000(stamp: object, ok: bool) -> None:
     parsed = read("sendgrid", body([{"event": "delivered", "timestamp": stamp}]))
     assert (len(parsed.events), len(parsed.rejected)) == ((1, 0) if ok else (0, 1))

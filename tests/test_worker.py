@@ -54,15 +54,17 @@ def esp() -> Iterator[tuple[FakeEsp, str]]:
 
 def worker_for(shop: Path) -> Worker:
     settings = load_settings(shop / "settings.toml")
-    process = Worker(settings, make_engine(settings.database_url), shop / "campaigns",
-                     shop / "templates")  # fmt: skip
+    process = Worker(
+        settings, make_engine(settings.database_url), shop / "campaigns", shop / "templates"
+    )
     process.load()
     return process
 
 
 def sqlite_shop(tmp_path: Path, esp_url: str = "http://127.0.0.1:1", **worker: object) -> Path:
-    return make_shop(tmp_path / "shop", f"sqlite:///{tmp_path / 'shop' / 'shop.db'}", esp_url,
-                     **worker)  # fmt: skip
+    return make_shop(
+        tmp_path / "shop", f"sqlite:///{tmp_path / 'shop' / 'shop.db'}", esp_url, **worker
+    )
 
 
 def test_a_second_worker_on_one_sqlite_database_is_refused(tmp_path: Path, secrets: None) -> None:
@@ -100,7 +102,8 @@ def test_reload_takes_a_good_change_and_keeps_the_last_good_set_on_a_broken_one(
     try:
         process.tick()
         assert process.leader_since is not None and "day_of_week='thu'" in _cron(
-            process, "campaign:everyone")  # fmt: skip
+            process, "campaign:everyone"
+        )
         path = shop / "campaigns" / "everyone.toml"
         path.write_text(path.read_text().replace('"0 9 * * THU"', '"0 10 * * FRI"'))
         process.tick()
@@ -149,8 +152,14 @@ def test_an_unfinished_campaign_run_is_resumed_with_its_own_instant(
     decided_at = datetime.now(UTC) - timedelta(hours=1)
     key = jobs.run_key("everyone", decided_at, process._zone())
     with process.engine.begin() as connection:
-        dead = runs.start(connection, "campaign:everyone", "elsewhere:1:dead", decided_at,
-                          as_of=decided_at, run_key=key)  # fmt: skip
+        dead = runs.start(
+            connection,
+            "campaign:everyone",
+            "elsewhere:1:dead",
+            decided_at,
+            as_of=decided_at,
+            run_key=key,
+        )
         old = runs.start(
             connection,
             "campaign:everyone",
@@ -265,8 +274,10 @@ def test_dropped_files_are_imported_once_and_broken_ones_set_aside(
 def test_job_runs_are_recorded_and_counted(tmp_path: Path, secrets: None) -> None:
     shop = sqlite_shop(tmp_path)
     process = worker_for(shop)
-    before = REGISTRY.get_sample_value("recocamp_job_runs_total",
-                                       {"job": "train", "outcome": "ok"}) or 0.0  # fmt: skip
+    before = (
+        REGISTRY.get_sample_value("recocamp_job_runs_total", {"job": "train", "outcome": "ok"})
+        or 0.0
+    )
     assert process.run("train") == "ok"
     assert process.run("no-such-job") == "skipped"
     after = REGISTRY.get_sample_value("recocamp_job_runs_total", {"job": "train", "outcome": "ok"})
@@ -280,10 +291,14 @@ def test_job_runs_are_recorded_and_counted(tmp_path: Path, secrets: None) -> Non
     with process.engine.connect() as connection:
         assert runs.recent(connection, "train")[0].counts["outcome"] == "skipped_no_new_data"
     with process.engine.begin() as connection:
-        connection.execute(sa.text(
-            "INSERT INTO purchases (order_id, line_no, customer_id, item_id, quantity, "
-            "unit_price, ordered_at, is_return) VALUES ('new', 0, 'w1', 'i1', 1, 3.0, "
-            ":at, false)"), {"at": datetime.now(UTC).replace(tzinfo=None)})  # fmt: skip
+        connection.execute(
+            sa.text(
+                "INSERT INTO purchases (order_id, line_no, customer_id, item_id, quantity, "
+                "unit_price, ordered_at, is_return) VALUES ('new', 0, 'w1', 'i1', 1, 3.0, "
+                ":at, false)"
+            ),
+            {"at": datetime.now(UTC).replace(tzinfo=None)},
+        )
     assert process.run("train") == "ok"
     with process.engine.connect() as connection:
         assert runs.recent(connection, "train")[0].counts["outcome"] != "skipped_no_new_data"
@@ -361,11 +376,13 @@ def two_campaigns(shop: Path) -> None:
     the template above."""
     healthy = (shop / "campaigns" / "everyone.toml").read_text()
     (shop / "campaigns" / "everyone.toml").write_text(
-        healthy.replace("lapsed_days = [0, 60]", "lapsed_days = [8, 60]"))  # fmt: skip
+        healthy.replace("lapsed_days = [0, 60]", "lapsed_days = [8, 60]")
+    )
     (shop / "campaigns" / "stuck.toml").write_text(
         healthy.replace('name = "everyone"', 'name = "stuck"')
         .replace("lapsed_days = [0, 60]", "lapsed_days = [0, 8]")
-        .replace('html = "cross_sell.html"', 'html = "stuck.html"'))  # fmt: skip
+        .replace('html = "cross_sell.html"', 'html = "stuck.html"')
+    )
     (shop / "templates" / "stuck.html").write_text(FOREVER)
 
 
@@ -384,8 +401,13 @@ def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing
     worker = start_worker(shop)
     try:
         wait_for(lambda: trigger(engine, "campaign:stuck", "campaign:everyone"))
-        wait_for(lambda: scalar(engine, by_state.format("everyone", "IS NOT NULL")) == scalar(
-            engine, by_state.format("everyone", "= 'sent'")) > 0)  # fmt: skip
+        wait_for(
+            lambda: (
+                scalar(engine, by_state.format("everyone", "IS NOT NULL"))
+                == scalar(engine, by_state.format("everyone", "= 'sent'"))
+                > 0
+            )
+        )
         beat = scalar(engine, "SELECT max(heartbeat_at) FROM workers")
         wait_for(lambda: scalar(engine, "SELECT max(heartbeat_at) FROM workers") != beat, 10)
         worker.send_signal(signal.SIGTERM)
@@ -407,10 +429,15 @@ def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing
         "without_send_key": 0,
     }
     with engine.connect() as connection:
-        errors = connection.execute(sa.text(
-            "SELECT last_error FROM outbox WHERE state = 'failed'")).scalars().all()  # fmt: skip
-    assert errors and all("stuck.html: line 3: rendering took longer than 8 s" in e
-                          or "ran out of render time" in e for e in errors)  # fmt: skip
+        errors = (
+            connection.execute(sa.text("SELECT last_error FROM outbox WHERE state = 'failed'"))
+            .scalars()
+            .all()
+        )
+    assert errors and all(
+        "stuck.html: line 3: rendering took longer than 8 s" in e or "ran out of render time" in e
+        for e in errors
+    )
     log = (shop / "worker-0.log").read_text()
     assert "SIGTERM: stopping" in log and "Traceback" not in log
     engine.dispose()
@@ -435,7 +462,8 @@ def test_reload_refuses_a_template_past_a_limit_and_keeps_its_heartbeat(
         assert "line 2" in caplog.text and "4,096 bits" in caplog.text
         (shop / "templates" / "stuck.html").write_text(
             "{% extends 'base.html' %}{% block content %}\n{% include '_offer.html' %}"
-            "{% endblock %}")  # fmt: skip
+            "{% endblock %}"
+        )
         os.utime(shop / "templates" / "stuck.html", ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
         caplog.clear()
         with caplog.at_level(logging.ERROR):

@@ -36,8 +36,11 @@ def leaders(engine: sa.Engine) -> list[Any]:
     fresh = datetime.now(UTC).timestamp() - 2
     with engine.connect() as connection:
         rows = runs.all_workers(connection)
-    return [r for r in rows if r.leader_since and not r.stopped_at
-            and r.heartbeat_at.timestamp() >= fresh]  # fmt: skip
+    return [
+        r
+        for r in rows
+        if r.leader_since and not r.stopped_at and r.heartbeat_at.timestamp() >= fresh
+    ]
 
 
 @pytest.mark.timeout(240)
@@ -72,13 +75,18 @@ def test_three_workers_one_scheduler_takeover_and_every_email_once(
         for process in processes:
             process.kill()
     assert takeover < 5 * POLL_S + 5  # a follower asks every leader_poll_s (+ a slow machine)
-    assert fake.stats() == {"received": CUSTOMERS, "unique_send_keys": CUSTOMERS,
-                            "duplicates": 0, "without_send_key": 0}  # fmt: skip
+    assert fake.stats() == {
+        "received": CUSTOMERS,
+        "unique_send_keys": CUSTOMERS,
+        "duplicates": 0,
+        "without_send_key": 0,
+    }
     with engine.connect() as connection:
         history = runs.recent(connection, "campaign:everyone")
         senders = connection.execute(sa.text("SELECT DISTINCT claimed_by FROM outbox")).scalars()
-        states = dict(connection.execute(sa.text(
-            "SELECT state, count(*) FROM outbox GROUP BY state")).all())  # fmt: skip
+        states = dict(
+            connection.execute(sa.text("SELECT state, count(*) FROM outbox GROUP BY state")).all()
+        )
     assert states == {"sent": CUSTOMERS}
     assert len({s.split(":")[1] for s in senders}) >= 2  # more than one worker delivered
     cut = next(r for r in history if r.worker == first.id)
@@ -101,8 +109,10 @@ def _no_overlapping_leader_runs(engine: sa.Engine, killed_at: datetime, killed: 
     """Runs of scheduled (leader) jobs by different workers never overlap in time."""
     with engine.connect() as connection:
         rows = [r for r in runs.recent(connection, limit=1000) if r.job != "deliver"]
-    spans = sorted((r.started_at, r.finished_at or (killed_at if r.worker == killed else None),
-                    r.worker) for r in rows)  # fmt: skip
+    spans = sorted(
+        (r.started_at, r.finished_at or (killed_at if r.worker == killed else None), r.worker)
+        for r in rows
+    )
     for (_, end, worker), (start, _, other) in itertools.pairwise(spans):
         if worker != other:
             assert end is not None and end <= start, (worker, other)

@@ -102,11 +102,13 @@ def create_app(settings: Settings, engine: Engine, clock: Clock) -> FastAPI:
         yield
 
     app = FastAPI(
-        title="recocamp shop API", version=__version__, lifespan=lifespan,
+        title="recocamp shop API",
+        version=__version__,
+        lifespan=lifespan,
         max_body_size=settings.api.max_body_bytes,
         description="Next-best offers, live events, preferences and privacy rights. "
-                    "Send API keys as `Authorization: Bearer <key>`.",
-    )  # fmt: skip
+        "Send API keys as `Authorization: Bearer <key>`.",
+    )
     app.add_exception_handler(RequestValidationError, _unprocessable)
     app.add_exception_handler(ValidationError, _unprocessable)
     app.state.service = service
@@ -140,17 +142,30 @@ def _health_routes(app: FastAPI, engine: Engine, service: OfferService) -> None:
     async def nothing(request: Request) -> dict[str, Any]:
         return {}
 
-    app.router.routes.insert(0, api_lean.LeanRoute(
-        "/healthz", healthz, parse=nothing, methods=["GET"], response_model=HealthOut,
-        tags=["health"], summary="Liveness"))  # fmt: skip
+    app.router.routes.insert(
+        0,
+        api_lean.LeanRoute(
+            "/healthz",
+            healthz,
+            parse=nothing,
+            methods=["GET"],
+            response_model=HealthOut,
+            tags=["health"],
+            summary="Liveness",
+        ),
+    )
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
         ping(engine)
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=ReadyOut, tags=["health"],
-             responses={503: {"model": ReadyOut, "description": "Not ready (yet)."}})  # fmt: skip
+    @app.get(
+        "/readyz",
+        response_model=ReadyOut,
+        tags=["health"],
+        responses={503: {"model": ReadyOut, "description": "Not ready (yet)."}},
+    )
     def readyz() -> Any:
         """Readiness: the database answers at the newest schema and the live model (if any)
         and the catalogue are loaded."""
@@ -161,8 +176,12 @@ def _health_routes(app: FastAPI, engine: Engine, service: OfferService) -> None:
             return JSONResponse({"status": "not ready", "detail": str(exc)}, 503)
         return ReadyOut(status="ready", model_version=version.version if version else None)
 
-    @app.get("/metrics", tags=["health"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}}})  # fmt: skip
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     def prometheus() -> Response:
         """Prometheus metrics of this API (all worker processes of ``recocamp serve``)."""
         registry: Any = REGISTRY
@@ -186,11 +205,17 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
 def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """Pydantic / FastAPI error entries reduced to ``type``, ``loc`` and ``msg``, addresses
     masked in both: a ``loc`` part can be a key the client chose (an unknown field)."""
-    return [{"type": str(error.get("type", "value_error")),
-             "loc": [part if isinstance(part, int) else mask_addresses(str(part))
-                     for part in error["loc"]],
-             "msg": mask_addresses(str(error.get("msg", "")))}
-            for error in errors]  # fmt: skip
+    return [
+        {
+            "type": str(error.get("type", "value_error")),
+            "loc": [
+                part if isinstance(part, int) else mask_addresses(str(part))
+                for part in error["loc"]
+            ],
+            "msg": mask_addresses(str(error.get("msg", ""))),
+        }
+        for error in errors
+    ]
 
 
 class HttpMetrics:

@@ -73,12 +73,18 @@ def mint(name: str, scopes: list[str]) -> tuple[str, str]:
 def _entry_problems(name: str, scopes: list[str], key: str | None = None) -> list[Problem]:
     found = []
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-        found.append(Problem("a key name is 1-64 letters, digits, '_', '.' or '-'", key=key,
-                             value=name))  # fmt: skip
+        found.append(
+            Problem("a key name is 1-64 letters, digits, '_', '.' or '-'", key=key, value=name)
+        )
     unknown = [scope for scope in scopes if scope not in SCOPES]
     if unknown or not scopes:
-        found.append(Problem(f"scopes must be some of {', '.join(SCOPES)}", key=key,
-                             value=",".join(unknown) or "(none)"))  # fmt: skip
+        found.append(
+            Problem(
+                f"scopes must be some of {', '.join(SCOPES)}",
+                key=key,
+                value=",".join(unknown) or "(none)",
+            )
+        )
     return found
 
 
@@ -93,8 +99,13 @@ def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
         where = f"entry {number}"
         match = _ENTRY.match(entry)
         if match is None:
-            problems.append(Problem("expected NAME=SCOPE[,SCOPE…]=sha256:<64 lowercase hex>",
-                                    key=where, value=entry.split("=", 1)[0]))  # fmt: skip
+            problems.append(
+                Problem(
+                    "expected NAME=SCOPE[,SCOPE…]=sha256:<64 lowercase hex>",
+                    key=where,
+                    value=entry.split("=", 1)[0],
+                )
+            )
             continue
         scopes = match["scopes"].split(",")
         found = _entry_problems(match["name"], scopes, where)
@@ -136,8 +147,9 @@ class Authenticator:
         wait = self.limiter.wait_s(key.name)
         if wait > 0:
             retry = str(max(1, round(wait + 0.5)))
-            raise HTTPException(429, f"rate limit of API key {key.name!r} reached",
-                                {"Retry-After": retry})  # fmt: skip
+            raise HTTPException(
+                429, f"rate limit of API key {key.name!r} reached", {"Retry-After": retry}
+            )
         return key
 
     def require(self, scope: str) -> Callable[..., Coroutine[Any, Any, ApiKey]]:

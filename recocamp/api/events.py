@@ -73,8 +73,9 @@ log = logging.getLogger(__name__)
 
 # the importer's id rule: the pattern keeps out ASCII controls, ``check_id`` the rest (a regex
 # for every non-printable character is not portable to OpenAPI)
-Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN),
-               AfterValidator(check_id)]  # fmt: skip
+Id = Annotated[
+    str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN), AfterValidator(check_id)
+]
 Text = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
 
 
@@ -193,18 +194,31 @@ class CustomerOut(BaseModel):
     changed: list[str]
 
 
-def router(settings: Settings, engine: Engine, clock: Clock,
-           problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
+def router(
+    settings: Settings, engine: Engine, clock: Clock, problems: dict[int | str, Any]
+) -> APIRouter:
     api = APIRouter(tags=["events"])
     zone = settings.shop.zone
     secret = tombstones.key_of(settings)
     model = problems[401]["model"]
-    unchecked: dict[int | str, dict[str, Any]] = {503: {"model": model, "description": (
-        "Erasure tombstones exist but RECOCAMP_SIGNING_KEY is not set: they cannot be "
-        "checked.")}}  # fmt: skip
-    gone: dict[int | str, dict[str, Any]] = {410: {"model": model, "description": (
-        "The customer id or address was erased; only a new sign-up (new_sign_up) with a "
-        "fresh consent is taken.")}}  # fmt: skip
+    unchecked: dict[int | str, dict[str, Any]] = {
+        503: {
+            "model": model,
+            "description": (
+                "Erasure tombstones exist but RECOCAMP_SIGNING_KEY is not set: they cannot be "
+                "checked."
+            ),
+        }
+    }
+    gone: dict[int | str, dict[str, Any]] = {
+        410: {
+            "model": model,
+            "description": (
+                "The customer id or address was erased; only a new sign-up (new_sign_up) with a "
+                "fresh consent is taken."
+            ),
+        }
+    }
 
     conflict: dict[int | str, Any] = {
         409: {
@@ -213,14 +227,17 @@ def router(settings: Settings, engine: Engine, clock: Clock,
         }
     }
 
-    @api.post("/v1/events/purchases", response_model=PurchasesOut,
-              responses={**problems, **conflict, **unchecked})  # fmt: skip
-    def post_purchases(body: Annotated[PurchasesIn, Body()],
-                       key: EventsWrite) -> PurchasesOut:  # fmt: skip
+    @api.post(
+        "/v1/events/purchases",
+        response_model=PurchasesOut,
+        responses={**problems, **conflict, **unchecked},
+    )
+    def post_purchases(body: Annotated[PurchasesIn, Body()], key: EventsWrite) -> PurchasesOut:
         """One order or a batch (``{"orders": […]}``): all written or none."""
         orders = body.orders if isinstance(body, OrdersIn) else [body]
-        prefix: tuple[str | int, ...] = ("body", "orders") if isinstance(body, OrdersIn) else (
-            "body",)  # fmt: skip
+        prefix: tuple[str | int, ...] = (
+            ("body", "orders") if isinstance(body, OrdersIn) else ("body",)
+        )
         rows, skipped = _validated(orders, prefix, zone, isinstance(body, OrdersIn))
         try:
             with _checked(engine) as connection:
@@ -236,16 +253,30 @@ def router(settings: Settings, engine: Engine, clock: Clock,
         detached = sum(1 for row in rows if row.customer_id in erased and row.order_id in new)
         metrics.API_EVENTS.labels("new").inc(len(stored.new))
         metrics.API_EVENTS.labels("duplicate").inc(len(stored.repeated))
-        log.info("purchase events from %s: %d orders, %d new, %d lines", key.name, len(orders),
-                 len(stored.new), stored.lines_written)  # fmt: skip
-        return PurchasesOut(orders=len(orders), new_orders=len(stored.new),
-                            duplicate_orders=stored.repeated, lines_written=stored.lines_written,
-                            lines_skipped=skipped, erased_customer_lines=detached)  # fmt: skip
+        log.info(
+            "purchase events from %s: %d orders, %d new, %d lines",
+            key.name,
+            len(orders),
+            len(stored.new),
+            stored.lines_written,
+        )
+        return PurchasesOut(
+            orders=len(orders),
+            new_orders=len(stored.new),
+            duplicate_orders=stored.repeated,
+            lines_written=stored.lines_written,
+            lines_skipped=skipped,
+            erased_customer_lines=detached,
+        )
 
-    @api.put("/v1/customers/{customer_id}", response_model=CustomerOut,
-             responses={**problems, **gone, **unchecked})  # fmt: skip
-    def put_customer(customer_id: api_lean.PathId,
-                     body: CustomerIn, key: EventsWrite) -> CustomerOut:  # fmt: skip
+    @api.put(
+        "/v1/customers/{customer_id}",
+        response_model=CustomerOut,
+        responses={**problems, **gone, **unchecked},
+    )
+    def put_customer(
+        customer_id: api_lean.PathId, body: CustomerIn, key: EventsWrite
+    ) -> CustomerOut:
         """Create or change a customer's profile, consent or contact preferences; recorded in
         the audit log with the time and source of the change."""
         now = clock.now()
@@ -265,23 +296,42 @@ def router(settings: Settings, engine: Engine, clock: Clock,
         )
         nulls = [name for name in NEVER_NULL if name in changes and changes[name] is None]
         if nulls:
-            raise RequestValidationError([api_lean.problem(
-                "value_error", ("body", name), "may be left out, not set to null", None)
-                for name in nulls])  # fmt: skip
+            raise RequestValidationError(
+                [
+                    api_lean.problem(
+                        "value_error", ("body", name), "may be left out, not set to null", None
+                    )
+                    for name in nulls
+                ]
+            )
         try:
             with _checked(engine) as connection:
                 _admit(connection, secret, customer_id, body, f"api:{key.name}", now)
                 changed = profiles.apply(
-                    connection, customer_id, changes, at=at, actor=f"api:{key.name}",
-                    source=body.source, unsubscribed=body.unsubscribed, zone=zone)  # fmt: skip
+                    connection,
+                    customer_id,
+                    changes,
+                    at=at,
+                    actor=f"api:{key.name}",
+                    source=body.source,
+                    unsubscribed=body.unsubscribed,
+                    zone=zone,
+                )
         except profiles.ProfileError as exc:
-            raise RequestValidationError([api_lean.problem(
-                "value_error", ("body", exc.field), exc.message, exc.value)]) from None  # fmt: skip
-        log.info("customer %s %s by %s (%s): %s", customer_id,
-                 "created" if changed.created else "changed", key.name, body.source,
-                 ",".join(changed.fields) or "nothing")  # fmt: skip
-        return CustomerOut(customer_id=customer_id, created=changed.created,
-                           changed=list(changed.fields))  # fmt: skip
+            raise RequestValidationError(
+                [api_lean.problem("value_error", ("body", exc.field), exc.message, exc.value)]
+            ) from None
+        log.info(
+            "customer %s %s by %s (%s): %s",
+            customer_id,
+            "created" if changed.created else "changed",
+            key.name,
+            body.source,
+            ",".join(changed.fields) or "nothing",
+        )
+        return CustomerOut(
+            customer_id=customer_id, created=changed.created, changed=list(changed.fields)
+        )
 
     return api
 
@@ -293,36 +343,63 @@ def _checked(engine: Engine) -> Iterator[Connection]:
         with engine.begin() as connection:
             yield connection
     except tombstones.KeyMissing:
-        raise HTTPException(503, "erasure tombstones exist but RECOCAMP_SIGNING_KEY is not "
-                                 "set: they cannot be checked") from None  # fmt: skip
+        raise HTTPException(
+            503,
+            "erasure tombstones exist but RECOCAMP_SIGNING_KEY is not set: they cannot be checked",
+        ) from None
 
 
-def _admit(connection: Connection, secret: bytes | None, customer_id: str, body: CustomerIn,
-           actor: str, now: datetime) -> None:  # fmt: skip
+def _admit(
+    connection: Connection,
+    secret: bytes | None,
+    customer_id: str,
+    body: CustomerIn,
+    actor: str,
+    now: datetime,
+) -> None:
     """Refuse an erased id or address (410) unless this is a new sign-up with a consent
     given after the erasure, which lifts the tombstone (audited)."""
     match = tombstones.matches(connection, secret, customer_id, body.email, "customer changes")
     if not match:
         return
     if not body.new_sign_up:
-        raise HTTPException(410, "this customer id or address was erased; only a new sign-up "
-                                 "(new_sign_up: true, with a fresh consent) is taken")  # fmt: skip
+        raise HTTPException(
+            410,
+            "this customer id or address was erased; only a new sign-up "
+            "(new_sign_up: true, with a fresh consent) is taken",
+        )
     basis, consent_at = body.consent_basis, body.consent_at
-    if basis in (None, ConsentBasis.NONE) or consent_at is None or (
-            match.erased_at is not None and consent_at <= match.erased_at):  # fmt: skip
-        raise RequestValidationError([api_lean.problem(
-            "value_error", ("body", "consent_at"), "a new sign-up needs consent_basis and a "
-            "consent_at after the erasure", None if consent_at is None else
-            consent_at.isoformat())])  # fmt: skip
+    if (
+        basis in (None, ConsentBasis.NONE)
+        or consent_at is None
+        or (match.erased_at is not None and consent_at <= match.erased_at)
+    ):
+        raise RequestValidationError(
+            [
+                api_lean.problem(
+                    "value_error",
+                    ("body", "consent_at"),
+                    "a new sign-up needs consent_basis and a consent_at after the erasure",
+                    None if consent_at is None else consent_at.isoformat(),
+                )
+            ]
+        )
     assert secret is not None  # matches() found tombstones: it had the key
     lifted = tombstones.lift(connection, secret, customer_id, match)
-    queries.audit(connection, at=now, actor=actor[:200], action="erasure_lifted",
-                  subject_type="customer", subject_id=customer_id,
-                  details={"source": body.source[:200], "tombstones": lifted})  # fmt: skip
+    queries.audit(
+        connection,
+        at=now,
+        actor=actor[:200],
+        action="erasure_lifted",
+        subject_type="customer",
+        subject_id=customer_id,
+        details={"source": body.source[:200], "tombstones": lifted},
+    )
 
 
-def _validated(orders: list[OrderIn], prefix: tuple[str | int, ...], zone: ZoneInfo,
-               batch: bool) -> tuple[list[Purchase], dict[str, int]]:  # fmt: skip
+def _validated(
+    orders: list[OrderIn], prefix: tuple[str | int, ...], zone: ZoneInfo, batch: bool
+) -> tuple[list[Purchase], dict[str, int]]:
     """Every line through the importer's row rules; all problems at once, as a 422."""
     stamps, numbers = sources.Timestamps(zone), sources.LineNumbers()
     rows: list[Purchase] = []
@@ -345,8 +422,11 @@ def _validated(orders: list[OrderIn], prefix: tuple[str | int, ...], zone: ZoneI
             try:
                 value = sources.standard_purchase(_row(order, line, j), stamps, numbers)
             except sources.RowProblem as exc:
-                place = (*where, "ordered_at") if exc.column == "ordered_at" else (
-                    *where, "lines", j, exc.column)  # fmt: skip
+                place = (
+                    (*where, "ordered_at")
+                    if exc.column == "ordered_at"
+                    else (*where, "lines", j, exc.column)
+                )
                 errors.append(api_lean.problem("value_error", place, exc.message, exc.value))
                 continue
             if isinstance(value, sources.Skip):
@@ -360,7 +440,13 @@ def _validated(orders: list[OrderIn], prefix: tuple[str | int, ...], zone: ZoneI
 def _row(order: OrderIn, line: LineIn, index: int) -> dict[str, str]:
     """A line in the standard CSV format's shape, so the importer's parser applies as is."""
     is_return = "" if line.is_return is None else str(line.is_return).lower()
-    return {"order_id": order.order_id, "customer_id": order.customer_id or "",
-            "item_id": line.item_id, "quantity": str(line.quantity),
-            "unit_price": repr(line.unit_price), "ordered_at": order.ordered_at,
-            "line_no": str(index + 1), "is_return": is_return}  # fmt: skip
+    return {
+        "order_id": order.order_id,
+        "customer_id": order.customer_id or "",
+        "item_id": line.item_id,
+        "quantity": str(line.quantity),
+        "unit_price": repr(line.unit_price),
+        "ordered_at": order.ordered_at,
+        "line_no": str(index + 1),
+        "is_return": is_return,
+    }

@@ -32,8 +32,7 @@ def fields(body: bytes, max_fields: int = MAX_FIELDS) -> dict[str, str]:
     string's). Strict UTF-8: a browser never sends anything else for a UTF-8 page."""
     try:
         text = body.decode("utf-8")
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=max_fields,
-                          errors="strict")  # fmt: skip
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=max_fields, errors="strict")
     except UnicodeDecodeError:
         raise FormError("the form is not UTF-8") from None
     except ValueError:  # parse_qsl: more than max_num_fields

@@ -41,8 +41,9 @@ ENTERED = "recocamp.entered"  # scope key: time.perf_counter() as the request en
 class LeanRoute(APIRoute):
     """An APIRoute whose arguments come from ``parse(request)`` instead of FastAPI's solver."""
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], *, parse: Parse,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, path: str, endpoint: Callable[..., Any], *, parse: Parse, **kwargs: Any
+    ) -> None:
         self.parse = parse
         super().__init__(path, endpoint, **kwargs)
 
@@ -72,18 +73,32 @@ def header(request: Request, name: bytes) -> str | None:
 def id_errors(value: str, loc: Sequence[str | int]) -> list[dict[str, Any]]:
     """What FastAPI says about ``value`` as a :data:`PathId` (no errors: an id)."""
     if len(value) > ID_MAX:
-        return [problem("string_too_long", loc, f"String should have at most {ID_MAX} characters",
-                        value, {"max_length": ID_MAX})]  # fmt: skip
+        return [
+            problem(
+                "string_too_long",
+                loc,
+                f"String should have at most {ID_MAX} characters",
+                value,
+                {"max_length": ID_MAX},
+            )
+        ]
     if not ID_MATCH.match(value):
-        return [problem("string_pattern_mismatch", loc,
-                        f"String should match pattern '{ID_PATTERN}'", value,
-                        {"pattern": ID_PATTERN})]  # fmt: skip
+        return [
+            problem(
+                "string_pattern_mismatch",
+                loc,
+                f"String should match pattern '{ID_PATTERN}'",
+                value,
+                {"pattern": ID_PATTERN},
+            )
+        ]
     found = id_problem(value)
     return [problem("value_error", loc, f"Value error, {found}", value)] if found else []
 
 
-def problem(kind: str, loc: Sequence[str | int], msg: str, value: Any,
-            ctx: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def problem(
+    kind: str, loc: Sequence[str | int], msg: str, value: Any, ctx: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One error in FastAPI's (pydantic's) shape."""
     found: dict[str, Any] = {"type": kind, "loc": tuple(loc), "msg": msg, "input": value}
     if ctx:
@@ -91,8 +106,14 @@ def problem(kind: str, loc: Sequence[str | int], msg: str, value: Any,
     return found
 
 
-def integer(pairs: list[tuple[str, str]], name: str, default: int, low: int, high: int,
-            errors: list[dict[str, Any]]) -> int:  # fmt: skip
+def integer(
+    pairs: list[tuple[str, str]],
+    name: str,
+    default: int,
+    low: int,
+    high: int,
+    errors: list[dict[str, Any]],
+) -> int:
     """The last value of ``name`` as an int in [low, high], as FastAPI's Query(ge, le)."""
     raw = next((v for k, v in reversed(pairs) if k == name), None)
     if raw is None:
@@ -100,43 +121,75 @@ def integer(pairs: list[tuple[str, str]], name: str, default: int, low: int, hig
     try:
         value = int(raw.strip())
     except ValueError:
-        errors.append(problem("int_parsing", ("query", name),
-                              "Input should be a valid integer, unable to parse string as an "
-                              "integer", raw))  # fmt: skip
+        errors.append(
+            problem(
+                "int_parsing",
+                ("query", name),
+                "Input should be a valid integer, unable to parse string as an integer",
+                raw,
+            )
+        )
         return default
     if value < low:
-        errors.append(problem("greater_than_equal", ("query", name),
-                              f"Input should be greater than or equal to {low}", raw,
-                              {"ge": low}))  # fmt: skip
+        errors.append(
+            problem(
+                "greater_than_equal",
+                ("query", name),
+                f"Input should be greater than or equal to {low}",
+                raw,
+                {"ge": low},
+            )
+        )
     elif value > high:
-        errors.append(problem("less_than_equal", ("query", name),
-                              f"Input should be less than or equal to {high}", raw,
-                              {"le": high}))  # fmt: skip
+        errors.append(
+            problem(
+                "less_than_equal",
+                ("query", name),
+                f"Input should be less than or equal to {high}",
+                raw,
+                {"le": high},
+            )
+        )
     return value
 
 
-def choice(pairs: list[tuple[str, str]], name: str, default: str, allowed: Sequence[str],
-           errors: list[dict[str, Any]]) -> str:  # fmt: skip
+def choice(
+    pairs: list[tuple[str, str]],
+    name: str,
+    default: str,
+    allowed: Sequence[str],
+    errors: list[dict[str, Any]],
+) -> str:
     """The last value of ``name``, one of ``allowed`` (an enum query parameter)."""
     raw = next((v for k, v in reversed(pairs) if k == name), None)
     if raw is None:
         return default
     if raw not in allowed:
         expected = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" or '{allowed[-1]}'"
-        errors.append(problem("enum", ("query", name), f"Input should be {expected}", raw,
-                              {"expected": expected}))  # fmt: skip
+        errors.append(
+            problem(
+                "enum", ("query", name), f"Input should be {expected}", raw, {"expected": expected}
+            )
+        )
     return raw
 
 
-def strings(pairs: list[tuple[str, str]], name: str, max_length: int,
-            errors: list[dict[str, Any]]) -> list[str]:  # fmt: skip
+def strings(
+    pairs: list[tuple[str, str]], name: str, max_length: int, errors: list[dict[str, Any]]
+) -> list[str]:
     """Every value of a repeatable parameter; a value may also list several, comma-separated."""
     found: list[str] = []
     for position, (_, value) in enumerate(p for p in pairs if p[0] == name):
         if len(value) > max_length:
-            errors.append(problem("string_too_long", ("query", name, position),
-                                  f"String should have at most {max_length} characters", value,
-                                  {"max_length": max_length}))  # fmt: skip
+            errors.append(
+                problem(
+                    "string_too_long",
+                    ("query", name, position),
+                    f"String should have at most {max_length} characters",
+                    value,
+                    {"max_length": max_length},
+                )
+            )
             continue
         found += [part.strip() for part in value.split(",") if part.strip()]
     return found

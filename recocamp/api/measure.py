@@ -49,37 +49,72 @@ REPORT_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 _HTML: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
-_DETAIL: dict[str, Any] = {"application/json": {"schema": {
-    "type": "object", "required": ["detail"],
-    "properties": {"detail": {"type": "string"}}}}}  # fmt: skip
+_DETAIL: dict[str, Any] = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "required": ["detail"],
+            "properties": {"detail": {"type": "string"}},
+        }
+    }
+}
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"description": "The link's token is not valid."},
-    410: {"description": "The survey is closed (older than `survey_valid_days`), or the "
-                         "customer was erased."},
+    410: {
+        "description": "The survey is closed (older than `survey_valid_days`), or the "
+        "customer was erased."
+    },
     503: {"description": "Feedback links are off: RECOCAMP_SIGNING_KEY is not set."},
-}  # fmt: skip
-_ANSWER: dict[str, Any] = {"type": "object", "required": ["token", "score"], "properties": {
-    "token": {"type": "string", "description": "The signed token of the e-mail's link."},
-    "score": {"type": "integer", "minimum": 0, "maximum": 10},
-    "comment": {"type": "string", "maxLength": MAX_COMMENT}}}  # fmt: skip
+}
+_ANSWER: dict[str, Any] = {
+    "type": "object",
+    "required": ["token", "score"],
+    "properties": {
+        "token": {"type": "string", "description": "The signed token of the e-mail's link."},
+        "score": {"type": "integer", "minimum": 0, "maximum": 10},
+        "comment": {"type": "string", "maxLength": MAX_COMMENT},
+    },
+}
 PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {**answer, "content": _HTML} for code, answer in _REFUSALS.items()
 }
 ANSWER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Recorded, or already recorded (the first answer stands): JSON for "
-                         "a JSON request, else the thank-you page.",
-          "content": {**_HTML, "application/json": {"schema": {
-              "type": "object", "required": ["recorded", "survey", "score"],
-              "properties": {"recorded": {"type": "boolean"}, "survey": {"type": "string"},
-                             "score": {"type": "integer"}}}}}},
-    **{code: {**answer, "content": {**_HTML, **_DETAIL}} for code, answer in {
-        **_REFUSALS, 413: {"description": "The body is too long."},
-        422: {"description": "No token, a score outside 0–10, or a comment too long."},
-    }.items()},
-}  # fmt: skip
-ANSWER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": _ANSWER},
-    "application/x-www-form-urlencoded": {"schema": _ANSWER}}}}  # fmt: skip
+    200: {
+        "description": "Recorded, or already recorded (the first answer stands): JSON for "
+        "a JSON request, else the thank-you page.",
+        "content": {
+            **_HTML,
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["recorded", "survey", "score"],
+                    "properties": {
+                        "recorded": {"type": "boolean"},
+                        "survey": {"type": "string"},
+                        "score": {"type": "integer"},
+                    },
+                }
+            },
+        },
+    },
+    **{
+        code: {**answer, "content": {**_HTML, **_DETAIL}}
+        for code, answer in {
+            **_REFUSALS,
+            413: {"description": "The body is too long."},
+            422: {"description": "No token, a score outside 0–10, or a comment too long."},
+        }.items()
+    },
+}
+ANSWER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _ANSWER},
+            "application/x-www-form-urlencoded": {"schema": _ANSWER},
+        },
+    }
+}
 
 
 class Refused(Exception):
@@ -90,8 +125,9 @@ class Refused(Exception):
         self.status, self.message = status, message
 
 
-def router(settings: Settings, engine: Engine, clock: Clock,
-           require: Callable[[str], Any]) -> APIRouter:  # fmt: skip
+def router(
+    settings: Settings, engine: Engine, clock: Clock, require: Callable[[str], Any]
+) -> APIRouter:
     """The measurement routes (``GET|POST /v1/feedback``, ``GET /reports/latest``)."""
     routes = APIRouter()
     answers = _Answers(settings, engine, clock)
@@ -103,8 +139,9 @@ def router(settings: Settings, engine: Engine, clock: Clock,
         except Refused as exc:
             return answers.page("error", exc.status, message=exc.message)
         chosen = score if score is not None and 0 <= score <= 10 else None
-        return answers.page("form", 200, answers.locale(claims.customer_id), token=token,
-                            score=chosen)  # fmt: skip
+        return answers.page(
+            "form", 200, answers.locale(claims.customer_id), token=token, score=chosen
+        )
 
     @routes.post("/v1/feedback", responses=ANSWER_RESPONSES, openapi_extra=ANSWER_BODY)
     async def feedback(request: Request) -> Response:
@@ -119,11 +156,15 @@ def router(settings: Settings, engine: Engine, clock: Clock,
             return answers.page("error", exc.status, message=exc.message)
         if is_json:
             return JSONResponse({"recorded": new, "survey": claims.survey, "score": stored})
-        return answers.page("thanks", 200, answers.locale(claims.customer_id), score=stored,
-                            new=new)  # fmt: skip
+        return answers.page(
+            "thanks", 200, answers.locale(claims.customer_id), score=stored, new=new
+        )
 
-    @routes.get("/reports/latest", response_class=HTMLResponse,
-                dependencies=[Depends(require("reports:read"))])  # fmt: skip
+    @routes.get(
+        "/reports/latest",
+        response_class=HTMLResponse,
+        dependencies=[Depends(require("reports:read"))],
+    )
     def latest_report() -> HTMLResponse:
         with engine.connect() as connection:
             found = store.latest_report(connection)
@@ -133,8 +174,12 @@ def router(settings: Settings, engine: Engine, clock: Clock,
                 found = store.latest_report(connection)
         assert found is not None
         report_id, _, as_of, html = found
-        headers = {"Content-Security-Policy": REPORT_POLICY, "X-Report-Id": str(report_id),
-                   "X-Report-As-Of": as_of.isoformat(), "Cache-Control": "no-store"}  # fmt: skip
+        headers = {
+            "Content-Security-Policy": REPORT_POLICY,
+            "X-Report-Id": str(report_id),
+            "X-Report-As-Of": as_of.isoformat(),
+            "Cache-Control": "no-store",
+        }
         return HTMLResponse(html, headers=headers)
 
     return routes
@@ -186,8 +231,9 @@ class _Answers:
     def __init__(self, settings: Settings, engine: Engine, clock: Clock) -> None:
         self.settings, self.engine, self.clock = settings, engine, clock
         self.key = settings.signing_key_bytes()
-        self.pages = SandboxedEnvironment(loader=FileSystemLoader(str(PAGES)),
-                                          undefined=StrictUndefined, autoescape=True)  # fmt: skip
+        self.pages = SandboxedEnvironment(
+            loader=FileSystemLoader(str(PAGES)), undefined=StrictUndefined, autoescape=True
+        )
 
     def claims(self, token: str) -> tokens.Claims:
         if self.key is None:
@@ -215,11 +261,21 @@ class _Answers:
             if person is None or person.erased_at is not None:
                 raise Refused(410, "this survey is closed")
             new, stored = store.record_feedback(
-                connection, str(claims.survey), claims.campaign, claims.customer_id, score,
-                comment, now,
-            )  # fmt: skip
-        log.info("feedback %s customer %s score %d (new: %s)", claims.survey,
-                 claims.customer_id, stored, new)  # fmt: skip
+                connection,
+                str(claims.survey),
+                claims.campaign,
+                claims.customer_id,
+                score,
+                comment,
+                now,
+            )
+        log.info(
+            "feedback %s customer %s score %d (new: %s)",
+            claims.survey,
+            claims.customer_id,
+            stored,
+            new,
+        )
         return claims, new, stored
 
     def locale(self, customer_id: str) -> str:
@@ -228,13 +284,30 @@ class _Answers:
         locale = person.locale if person is not None else None
         return locale if locale in ("de", "en") else self.settings.shop.default_locale
 
-    def page(self, mode: str, status: int, locale: str | None = None, *, token: str = "",
-             score: int | None = None, new: bool = True,
-             message: str = "") -> HTMLResponse:  # fmt: skip
+    def page(
+        self,
+        mode: str,
+        status: int,
+        locale: str | None = None,
+        *,
+        token: str = "",
+        score: int | None = None,
+        new: bool = True,
+        message: str = "",
+    ) -> HTMLResponse:
         html = self.pages.get_template("feedback.html").render(
-            mode=mode, locale=locale or self.settings.shop.default_locale, token=token,
-            score=score, new=new, message=message, shop=self.settings.shop.name,
-            action="feedback", max_comment=MAX_COMMENT,
-        )  # fmt: skip
-        return HTMLResponse(html, status, headers={"Content-Security-Policy": PAGE_POLICY,
-                                                   "Cache-Control": "no-store"})  # fmt: skip
+            mode=mode,
+            locale=locale or self.settings.shop.default_locale,
+            token=token,
+            score=score,
+            new=new,
+            message=message,
+            shop=self.settings.shop.name,
+            action="feedback",
+            max_comment=MAX_COMMENT,
+        )
+        return HTMLResponse(
+            html,
+            status,
+            headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-store"},
+        )

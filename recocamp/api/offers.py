@@ -133,10 +133,15 @@ def next_best_offer_route(
         return {"request": request, "customer_id": customer_id, "key": key, **values}
 
     return api_lean.LeanRoute(
-        "/v1/customers/{customer_id}/next-best-offer", next_best_offer, parse=parse,
-        methods=["GET"], response_model=OffersOut, responses=problems, tags=["offers"],
+        "/v1/customers/{customer_id}/next-best-offer",
+        next_best_offer,
+        parse=parse,
+        methods=["GET"],
+        response_model=OffersOut,
+        responses=problems,
+        tags=["offers"],
         summary="Next-best offers for a customer",
-    )  # fmt: skip
+    )
 
 
 def router(service: OfferService, problems: dict[int | str, Any]) -> APIRouter:
@@ -153,14 +158,29 @@ def router(service: OfferService, problems: dict[int | str, Any]) -> APIRouter:
         for product pages. 404 when no model is live or the model does not know the item."""
         found = service.similar(item_id, n)
         if found is None:
-            raise HTTPException(404, f"no similar items for {item_id!r}: the live model does "
-                                     "not know it (or no model is live yet)")  # fmt: skip
+            raise HTTPException(
+                404,
+                f"no similar items for {item_id!r}: the live model does "
+                "not know it (or no model is live yet)",
+            )
         version, pairs = found
-        return SimilarOut(item_id=item_id, model_version=version, items=[
-            OfferOut(item_id=i.id, title=i.title, category=i.category, price=i.price, url=i.url,
-                     image_url=i.image_url, score=round(score, 6),
-                     reason="often bought together", source="similar")
-            for i, score in pairs
-        ])  # fmt: skip
+        return SimilarOut(
+            item_id=item_id,
+            model_version=version,
+            items=[
+                OfferOut(
+                    item_id=i.id,
+                    title=i.title,
+                    category=i.category,
+                    price=i.price,
+                    url=i.url,
+                    image_url=i.image_url,
+                    score=round(score, 6),
+                    reason="often bought together",
+                    source="similar",
+                )
+                for i, score in pairs
+            ],
+        )
 
     return api

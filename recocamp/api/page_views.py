@@ -267,11 +267,18 @@ def language(requested: str | None, locale: str | None, default: str) -> str:
 def message(lang: str, title_key: str, lines: list[str], form: str | None = None) -> str:
     t = TEXTS[lang]
     return ENVIRONMENT.get_template("message.html").render(
-        lang=lang, title=t[title_key], lines=lines, form=form)  # fmt: skip
+        lang=lang, title=t[title_key], lines=lines, form=form
+    )
 
 
 def preferences(lang: str, **context: Any) -> str:
     t = TEXTS[lang]
     return ENVIRONMENT.get_template("preferences.html").render(
-        lang=lang, title=t["title"], t=t, other="en" if lang == "de" else "de",
-        frequencies=FREQUENCIES, weeks=PAUSE_WEEKS, **context)  # fmt: skip
+        lang=lang,
+        title=t["title"],
+        t=t,
+        other="en" if lang == "de" else "de",
+        frequencies=FREQUENCIES,
+        weeks=PAUSE_WEEKS,
+        **context,
+    )

@@ -101,8 +101,9 @@ class LinkError(Exception):
 class Pages:
     """The page handlers, bound to the shop's settings, store, clock and offer service."""
 
-    def __init__(self, settings: Settings, engine: Engine, clock: Clock,
-                 service: OfferService) -> None:  # fmt: skip
+    def __init__(
+        self, settings: Settings, engine: Engine, clock: Clock, service: OfferService
+    ) -> None:
         self.settings, self.engine, self.clock, self.service = settings, engine, clock, service
         self.secret = settings.signing_key_bytes()
         self.shop = settings.shop.name
@@ -123,8 +124,9 @@ class Pages:
         default = self.settings.shop.default_locale
         return pages.language(request.query_params.get("lang"), locale, default)
 
-    def page(self, lang: str, title: str, line: str, status: int = 200,
-             form: str | None = None) -> HTMLResponse:  # fmt: skip
+    def page(
+        self, lang: str, title: str, line: str, status: int = 200, form: str | None = None
+    ) -> HTMLResponse:
         return HTMLResponse(pages.message(lang, title, [line], form), status)
 
     def failed(self, request: Request, error: LinkError) -> HTMLResponse:
@@ -134,8 +136,9 @@ class Pages:
     def erased(self, connection: Connection, customer_id: str, *, writing: bool) -> bool:
         """Whether the customer of a (verified) link was erased; ``writing``: the caller
         writes next, in this transaction (``tombstones.serialise``)."""
-        return bool(tombstones.matches(connection, self.secret, customer_id, None, "links",
-                                       writing=writing))  # fmt: skip
+        return bool(
+            tombstones.matches(connection, self.secret, customer_id, None, "links", writing=writing)
+        )
 
     def gone(self, request: Request) -> HTMLResponse:
         """The answer to a link of an erased customer: we hold nothing, we will not write."""
@@ -168,8 +171,12 @@ class Pages:
             changed = contacts.record_link_unsubscribe(
                 connection, found.customer_id, found.campaign, found.issued_at, self.clock.now()
             )
-        log.info("unsubscribe customer %s via %s link (new: %s)", found.customer_id,
-                 found.campaign, changed)  # fmt: skip
+        log.info(
+            "unsubscribe customer %s via %s link (new: %s)",
+            found.customer_id,
+            found.campaign,
+            changed,
+        )
         lang = self.lang(request, found.customer_id)
         done = pages.TEXTS[lang]["unsubscribe_done"].format(shop=self.shop)
         return self.page(lang, "unsubscribed_page", done)
@@ -189,8 +196,14 @@ class Pages:
             return self.page(lang, "title", pages.TEXTS[lang]["unknown"], 404)
         done = request.query_params.get("done")
         notice = pages.TEXTS[lang].get(f"done_{done}") if done else None
-        html = pages.preferences(lang, shop=self.shop, done=notice, problem=None,
-                                 download=f"/p/{token}/data.json", **context)  # fmt: skip
+        html = pages.preferences(
+            lang,
+            shop=self.shop,
+            done=notice,
+            problem=None,
+            download=f"/p/{token}/data.json",
+            **context,
+        )
         return HTMLResponse(html)
 
     async def preferences_change(self, token: str, request: Request) -> Response:
@@ -242,65 +255,117 @@ OUTCOME_PAGES = {
 
 def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     schema = {"type": "object", "properties": properties, "required": required}
-    return {"requestBody": {"required": bool(required), "content": {
-        "application/x-www-form-urlencoded": {"schema": schema}}}}  # fmt: skip
+    return {
+        "requestBody": {
+            "required": bool(required),
+            "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+        }
+    }
 
 
 _ON: dict[str, Any] = {"type": "string", "enum": ["on"], "description": "A ticked checkbox."}
-PREFERENCES_FORM = _form({
-    "action": {"type": "string", "enum": ["save", "pause", "resume", "unsubscribe", "erase"]},
-    "channel_email": _ON, "objected": _ON, "confirm": _ON,
-    "frequency": {"type": "string", "enum": list(pages.FREQUENCIES)},
-    "weeks": {"type": "integer", "enum": list(pages.PAUSE_WEEKS)},
-}, ["action"])  # fmt: skip
+PREFERENCES_FORM = _form(
+    {
+        "action": {"type": "string", "enum": ["save", "pause", "resume", "unsubscribe", "erase"]},
+        "channel_email": _ON,
+        "objected": _ON,
+        "confirm": _ON,
+        "frequency": {"type": "string", "enum": list(pages.FREQUENCIES)},
+        "weeks": {"type": "integer", "enum": list(pages.PAUSE_WEEKS)},
+    },
+    ["action"],
+)
 ONE_CLICK_FORM = _form({"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}}, [])
 
 
-def router(settings: Settings, engine: Engine, clock: Clock,
-           service: OfferService) -> APIRouter:  # fmt: skip
+def router(settings: Settings, engine: Engine, clock: Clock, service: OfferService) -> APIRouter:
     """The customer pages (documented in the OpenAPI schema under "customer pages")."""
     handlers = Pages(settings, engine, clock, service)
     api = APIRouter(tags=["customer pages"])
     html = HTMLResponse
     page: dict[str, Any] = {"description": "The page.", "content": {"text/html": {}}}
     refused: dict[int | str, dict[str, Any]] = {
-        400: {"description": "The link is not valid (tampered with, expired, or made for "
-                             "another purpose).", "content": {"text/html": {}}},
-        503: {"description": "Links are off: RECOCAMP_SIGNING_KEY is not set.",
-              "content": {"text/html": {}}},
-    }  # fmt: skip
+        400: {
+            "description": "The link is not valid (tampered with, expired, or made for "
+            "another purpose).",
+            "content": {"text/html": {}},
+        },
+        503: {
+            "description": "Links are off: RECOCAMP_SIGNING_KEY is not set.",
+            "content": {"text/html": {}},
+        },
+    }
     missing = {"description": "We hold no data about the customer.", "content": {"text/html": {}}}
-    erased: dict[int | str, dict[str, Any]] = {410: {
-        "description": "The customer was erased: nothing is held or changed.",
-        "content": {"text/html": {}}}}  # fmt: skip
+    erased: dict[int | str, dict[str, Any]] = {
+        410: {
+            "description": "The customer was erased: nothing is held or changed.",
+            "content": {"text/html": {}},
+        }
+    }
     gone: dict[int | str, dict[str, Any]] = {404: missing, **erased}
-    api.add_api_route("/u/{token}", handlers.unsubscribe_page, methods=["GET"],
-                      response_class=html, responses={200: page, **refused, **erased})  # fmt: skip
-    api.add_api_route("/u/{token}", handlers.unsubscribe, methods=["POST"], response_class=html,
-                      responses={200: page, **refused, **erased},
-                      openapi_extra=ONE_CLICK_FORM)  # fmt: skip
-    api.add_api_route("/p/{token}", handlers.preferences_page, methods=["GET"],
-                      response_class=html, responses={200: page, **refused, **gone})  # fmt: skip
     api.add_api_route(
-        "/p/{token}", handlers.preferences_change, methods=["POST"], response_class=html,
-        responses={200: page, 303: {"description": "Done: back to the page."}, **refused, **gone,
-                   400: {"description": "The link is not valid, or the form is not (a field "
-                                        "missing, of the wrong kind, or not one of its "
-                                        "choices).", "content": {"text/html": {}}}},
+        "/u/{token}",
+        handlers.unsubscribe_page,
+        methods=["GET"],
+        response_class=html,
+        responses={200: page, **refused, **erased},
+    )
+    api.add_api_route(
+        "/u/{token}",
+        handlers.unsubscribe,
+        methods=["POST"],
+        response_class=html,
+        responses={200: page, **refused, **erased},
+        openapi_extra=ONE_CLICK_FORM,
+    )
+    api.add_api_route(
+        "/p/{token}",
+        handlers.preferences_page,
+        methods=["GET"],
+        response_class=html,
+        responses={200: page, **refused, **gone},
+    )
+    api.add_api_route(
+        "/p/{token}",
+        handlers.preferences_change,
+        methods=["POST"],
+        response_class=html,
+        responses={
+            200: page,
+            303: {"description": "Done: back to the page."},
+            **refused,
+            **gone,
+            400: {
+                "description": "The link is not valid, or the form is not (a field "
+                "missing, of the wrong kind, or not one of its "
+                "choices).",
+                "content": {"text/html": {}},
+            },
+        },
         openapi_extra=PREFERENCES_FORM,
-    )  # fmt: skip
+    )
     api.add_api_route(
-        "/p/{token}/data.json", handlers.download, methods=["GET"],
-        responses={200: {"description": "Everything we hold (GDPR Art. 15/20).",
-                         "content": {"application/json": {"schema": {"type": "object"}}}},
-                   404: {"description": "We hold no data about the customer.",
-                         "content": {"application/json": {}}}, **refused},
-    )  # fmt: skip
+        "/p/{token}/data.json",
+        handlers.download,
+        methods=["GET"],
+        responses={
+            200: {
+                "description": "Everything we hold (GDPR Art. 15/20).",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            404: {
+                "description": "We hold no data about the customer.",
+                "content": {"application/json": {}},
+            },
+            **refused,
+        },
+    )
     return api
 
 
-def _change(engine: Engine, settings: Settings, found: tokens.Claims, form: dict[str, str],
-            now: datetime) -> str:  # fmt: skip
+def _change(
+    engine: Engine, settings: Settings, found: tokens.Claims, form: dict[str, str], now: datetime
+) -> str:
     """Apply one form of the page; returns the outcome (a TEXTS key suffix)."""
     action = form.get("action", "")
     if action == "erase":
@@ -312,18 +377,19 @@ def _change(engine: Engine, settings: Settings, found: tokens.Claims, form: dict
     if changes is None and action != "unsubscribe":
         return "invalid"
     with engine.begin() as connection:
-        if tombstones.matches(connection, tombstones.key_of(settings), found.customer_id, None,
-                              "links"):  # fmt: skip
+        if tombstones.matches(
+            connection, tombstones.key_of(settings), found.customer_id, None, "links"
+        ):
             return "gone"
         if not store.exists(connection, found.customer_id):
             return "unknown"
         if action == "unsubscribe":
-            contacts.record_link_unsubscribe(connection, found.customer_id, found.campaign,
-                                             found.issued_at, now)  # fmt: skip
+            contacts.record_link_unsubscribe(
+                connection, found.customer_id, found.campaign, found.issued_at, now
+            )
             return "unsubscribed"
         assert changes is not None
-        profiles.apply(connection, found.customer_id, changes, at=now, actor=ACTOR,
-                       source=SOURCE)  # fmt: skip
+        profiles.apply(connection, found.customer_id, changes, at=now, actor=ACTOR, source=SOURCE)
     return {"save": "saved", "pause": "paused", "resume": "resumed"}[action]
 
 
@@ -331,9 +397,11 @@ def _changes(action: str, form: dict[str, str], now: datetime) -> dict[str, Any]
     """The profile changes of a form (``forms.FormError`` if a field is wrong)."""
     if action == "save":
         frequency = forms.choice(form, "frequency", pages.FREQUENCIES, "any")
-        return {"channel_email": forms.checked(form, "channel_email"),
-                "frequency_preference": None if frequency == "any" else frequency,
-                "objected_to_profiling": forms.checked(form, "objected")}  # fmt: skip
+        return {
+            "channel_email": forms.checked(form, "channel_email"),
+            "frequency_preference": None if frequency == "any" else frequency,
+            "objected_to_profiling": forms.checked(form, "objected"),
+        }
     if action == "pause":
         weeks = forms.integer(form, "weeks", pages.PAUSE_WEEKS)
         return {"paused_until": now + timedelta(weeks=weeks)}
@@ -342,50 +410,76 @@ def _changes(action: str, form: dict[str, str], now: datetime) -> dict[str, Any]
     return None
 
 
-def _context(connection: Connection, found: tokens.Claims, lang: str, now: datetime,
-             service: OfferService) -> dict[str, Any] | None:  # fmt: skip
+def _context(
+    connection: Connection, found: tokens.Claims, lang: str, now: datetime, service: OfferService
+) -> dict[str, Any] | None:
     """What the page shows: the settings, what we hold, and why the offers."""
     person = registry.customer(connection, found.customer_id)
     if person is None:
         return None
     t = pages.TEXTS[lang]
     paused = person.paused_until is not None and person.paused_until > now
-    status = t["unsubscribed"] if person.unsubscribed_at is not None else (
-        t["paused"].format(date=_day(person.paused_until, lang)) if paused
-        else t["subscribed"])  # fmt: skip
+    status = (
+        t["unsubscribed"]
+        if person.unsubscribed_at is not None
+        else (
+            t["paused"].format(date=_day(person.paused_until, lang)) if paused else t["subscribed"]
+        )
+    )
     answer = service.answer(found.customer_id, Query(n=4))
     return {
-        "c": person, "status": status, "paused": paused, "facts": _facts(connection, person, t,
-                                                                           lang, now, service),
-        "campaign": found.campaign, "consent": _consent(person, t, lang),
-        "personal": answer.personalised, "offers": answer.offers,
-    }  # fmt: skip
+        "c": person,
+        "status": status,
+        "paused": paused,
+        "facts": _facts(connection, person, t, lang, now, service),
+        "campaign": found.campaign,
+        "consent": _consent(person, t, lang),
+        "personal": answer.personalised,
+        "offers": answer.offers,
+    }
 
 
-def _facts(connection: Connection, person: Any, t: dict[str, str], lang: str,
-           now: datetime, service: OfferService) -> list[tuple[str, str]]:  # fmt: skip
+def _facts(
+    connection: Connection,
+    person: Any,
+    t: dict[str, str],
+    lang: str,
+    now: datetime,
+    service: OfferService,
+) -> list[tuple[str, str]]:
     placed = views.customer_orders(connection, person.id, now)
     history = history_of(placed, service.snapshot().catalogue)
     orders = t["none"]
     if history.count:
         first, last = _day(history.orders[0].at, lang), _day(history.orders[-1].at, lang)
         key = "orders_one" if history.count == 1 else "orders_summary"
-        orders = t[key].format(orders=history.count, items=len(history.items), first=first,
-                               last=last)  # fmt: skip
+        orders = t[key].format(
+            orders=history.count, items=len(history.items), first=first, last=last
+        )
     sent = store.emails_sent(connection, person.id)
-    emails = t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang)) if sent[0] else (
-        t["none"])  # fmt: skip
+    emails = (
+        t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang))
+        if sent[0]
+        else (t["none"])
+    )
     cached = store.has_cached_list(connection, person.id)
-    profiling = t["profiling_off"] if person.objected_to_profiling else (
-        t["profiling_on"] if cached or history.count else t["none"])  # fmt: skip
+    profiling = (
+        t["profiling_off"]
+        if person.objected_to_profiling
+        else (t["profiling_on"] if cached or history.count else t["none"])
+    )
     return [
-        (t["field_email"], _masked(person.email)), (t["field_first_name"], person.first_name or ""),
-        (t["field_locale"], person.locale), (t["field_time_zone"], person.time_zone or ""),
+        (t["field_email"], _masked(person.email)),
+        (t["field_first_name"], person.first_name or ""),
+        (t["field_locale"], person.locale),
+        (t["field_time_zone"], person.time_zone or ""),
         (t["field_country"], person.country or ""),
         (t["field_birthday"], _day(person.birthday, lang) if person.birthday else ""),
-        (t["field_consent"], _consent(person, t, lang)), (t["field_orders"], orders),
-        (t["field_emails"], emails), (t["field_profiling"], profiling),
-    ]  # fmt: skip
+        (t["field_consent"], _consent(person, t, lang)),
+        (t["field_orders"], orders),
+        (t["field_emails"], emails),
+        (t["field_profiling"], profiling),
+    ]
 
 
 def _consent(person: Any, t: dict[str, str], lang: str) -> str:

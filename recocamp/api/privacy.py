@@ -33,9 +33,12 @@ class ErasureOut(BaseModel):
     erasure_id: int
     rows: dict[str, int]
     model_artifacts: int
-    files_clean: bool = Field(description=(
-        "true only when every file recocamp writes that could hold the customer was cleaned "
-        "(files_left is empty and the SQLite write-ahead log was emptied)"))  # fmt: skip
+    files_clean: bool = Field(
+        description=(
+            "true only when every file recocamp writes that could hold the customer was cleaned "
+            "(files_left is empty and the SQLite write-ahead log was emptied)"
+        )
+    )
     files_rewritten: int = Field(description="drop-folder and demo files rewritten without them")
     files_left: list[str] = Field(description="files that could not be cleaned")
     not_covered: list[str] = Field(description="where erasure cannot reach, always")
@@ -57,8 +60,9 @@ class RetentionOut(BaseModel):
     kept: dict[str, str]
 
 
-def router(settings: Settings, engine: Engine, clock: Clock,
-           problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
+def router(
+    settings: Settings, engine: Engine, clock: Clock, problems: dict[int | str, Any]
+) -> APIRouter:
     api = APIRouter(tags=["privacy"], prefix="/v1/privacy")
 
     @api.get("/customers/{customer_id}", responses=problems)
@@ -69,25 +73,41 @@ def router(settings: Settings, engine: Engine, clock: Clock,
         if document is None:
             raise HTTPException(404, f"we hold no data about customer {customer_id!r}")
         with engine.begin() as connection:
-            audit(connection, at=now, actor=f"api:{key.name}", action="customer_exported",
-                  subject_type="customer", subject_id=customer_id, details={})  # fmt: skip
+            audit(
+                connection,
+                at=now,
+                actor=f"api:{key.name}",
+                action="customer_exported",
+                subject_type="customer",
+                subject_id=customer_id,
+                details={},
+            )
         metrics.PRIVACY_REQUESTS.labels("export", "api").inc()
         return document
 
-    unkeyed: dict[int | str, Any] = {503: {"description": (
-        "RECOCAMP_SIGNING_KEY is not set: an erasure needs it for the tombstone that keeps "
-        "the customer from coming back.")}}  # fmt: skip
+    unkeyed: dict[int | str, Any] = {
+        503: {
+            "description": (
+                "RECOCAMP_SIGNING_KEY is not set: an erasure needs it for the tombstone that keeps "
+                "the customer from coming back."
+            )
+        }
+    }
 
-    @api.delete("/customers/{customer_id}", response_model=ErasureOut,
-                responses={**problems, **unkeyed})  # fmt: skip
+    @api.delete(
+        "/customers/{customer_id}", response_model=ErasureOut, responses={**problems, **unkeyed}
+    )
     def erase(customer_id: CustomerId, key: PrivacyAdmin) -> ErasureOut:
         """Erase a customer everywhere; 404 when we hold nothing about them."""
         try:
-            report = privacy.erase(engine, settings, customer_id, clock.now(),
-                                   via=f"api:{key.name}")  # fmt: skip
+            report = privacy.erase(
+                engine, settings, customer_id, clock.now(), via=f"api:{key.name}"
+            )
         except tombstones.KeyMissing:
-            raise HTTPException(503, "erasure needs RECOCAMP_SIGNING_KEY (it keys the "
-                                     "tombstone); nothing was erased") from None  # fmt: skip
+            raise HTTPException(
+                503,
+                "erasure needs RECOCAMP_SIGNING_KEY (it keys the tombstone); nothing was erased",
+            ) from None
         if report is None:
             raise HTTPException(404, f"we hold no data about customer {customer_id!r}")
         return ErasureOut(

@@ -39,18 +39,22 @@ class WebhookOut(BaseModel):
 
 
 WEBHOOK_BODY: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {"application/json": {
-        "schema": webhooks.json_schema()}}},
-}  # fmt: skip
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": webhooks.json_schema()}},
+    },
+}
 PROVIDERS = sorted(webhooks.PARSERS)
 
 
-def router(settings: Settings, engine: Engine, clock: Clock,
-           problems: dict[int | str, Any]) -> APIRouter:  # fmt: skip
+def router(
+    settings: Settings, engine: Engine, clock: Clock, problems: dict[int | str, Any]
+) -> APIRouter:
     api = APIRouter(tags=["webhooks"])
 
-    async def receive(provider: Annotated[str, FastPath(json_schema_extra={"enum": PROVIDERS})],
-                      request: Request) -> WebhookOut:  # fmt: skip
+    async def receive(
+        provider: Annotated[str, FastPath(json_schema_extra={"enum": PROVIDERS})], request: Request
+    ) -> WebhookOut:
         """Delivery, bounce, complaint and unsubscribe events from an e-mail provider."""
         body = await request.body()
         try:
@@ -59,15 +63,22 @@ def router(settings: Settings, engine: Engine, clock: Clock,
         except webhooks.WebhookError as exc:
             raise HTTPException(exc.status, str(exc)) from None
         if parsed.rejected:
-            log.warning("%s webhook: %d event(s) left out: %s", provider, parsed.left_out,
-                        "; ".join(parsed.rejected[:MAX_NAMED]))  # fmt: skip
+            log.warning(
+                "%s webhook: %d event(s) left out: %s",
+                provider,
+                parsed.left_out,
+                "; ".join(parsed.rejected[:MAX_NAMED]),
+            )
         metrics.WEBHOOK_EVENTS.labels(provider, "rejected").inc(parsed.left_out)
         applied = await run_in_threadpool(store, parsed.events)  # off the event loop, which
         #                                                    also serves cached next-best offers
         metrics.WEBHOOK_EVENTS.labels(provider, "accepted").inc(applied.new)
         metrics.WEBHOOK_EVENTS.labels(provider, "duplicate").inc(applied.duplicates)
-        return WebhookOut(accepted=applied.new, duplicates=applied.duplicates,
-                          rejected=parsed.rejected[:MAX_NAMED])  # fmt: skip
+        return WebhookOut(
+            accepted=applied.new,
+            duplicates=applied.duplicates,
+            rejected=parsed.rejected[:MAX_NAMED],
+        )
 
     def store(events: list[webhooks.Event]) -> contacts.Applied:
         with engine.begin() as connection:
@@ -76,23 +87,39 @@ def router(settings: Settings, engine: Engine, clock: Clock,
     documented: dict[int | str, dict[str, Any]] = {
         **problems,
         400: {"description": "The body is not the provider's webhook format."},
-        503: {"description": "Webhooks of this provider are not configured (a secret or a "
-                             "public key is missing)."},
-    }  # fmt: skip
-    api.add_api_route("/v1/webhooks/{provider}", receive, methods=["POST"],
-                      response_model=WebhookOut, responses=documented,
-                      response_model_exclude_defaults=True, openapi_extra=WEBHOOK_BODY)  # fmt: skip
-    api.add_api_route("/webhooks/{provider}", receive, methods=["POST"], response_model=WebhookOut,
-                      response_model_exclude_defaults=True, include_in_schema=False)  # fmt: skip
+        503: {
+            "description": "Webhooks of this provider are not configured (a secret or a "
+            "public key is missing)."
+        },
+    }
+    api.add_api_route(
+        "/v1/webhooks/{provider}",
+        receive,
+        methods=["POST"],
+        response_model=WebhookOut,
+        responses=documented,
+        response_model_exclude_defaults=True,
+        openapi_extra=WEBHOOK_BODY,
+    )
+    api.add_api_route(
+        "/webhooks/{provider}",
+        receive,
+        methods=["POST"],
+        response_model=WebhookOut,
+        response_model_exclude_defaults=True,
+        include_in_schema=False,
+    )
     return api
 
 
-def _authenticate(settings: Settings, provider: str, request: Request, body: bytes,
-                  clock: Clock) -> None:  # fmt: skip
+def _authenticate(
+    settings: Settings, provider: str, request: Request, body: bytes, clock: Clock
+) -> None:
     headers = {k.lower(): v for k, v in request.headers.items()}
     if provider == "sendgrid":
-        webhooks.check_sendgrid_signature(headers, body, settings.esp.webhook_public_key,
-                                          clock.now())  # fmt: skip
+        webhooks.check_sendgrid_signature(
+            headers, body, settings.esp.webhook_public_key, clock.now()
+        )
         return
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     webhooks.check_shared_secret(headers, secret)

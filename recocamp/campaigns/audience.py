@@ -40,15 +40,22 @@ def snapshot(rows: PlanningRows, loyalty: LoyaltySettings, now: datetime) -> Sna
     for record in rows.customers:
         customer = record.customer
         history = histories.get(customer.id, History(()))
-        suppressed = bool(rows.suppressed and customer.email
-                          and email_hash(customer.email) in rows.suppressed)  # fmt: skip
-        views.append(CustomerView(
-            customer=customer, history=history, personal=rows.personal.get(customer.id),
-            contacts=rows.contacts.get(customer.id, ()), suppressed=suppressed,
-            standing=standing(points(history, {}, loyalty), tiers),
-            rfm=scores.get(customer.id), frequency_preference=record.frequency_preference,
-            paused_until=record.paused_until,
-        ))  # fmt: skip
+        suppressed = bool(
+            rows.suppressed and customer.email and email_hash(customer.email) in rows.suppressed
+        )
+        views.append(
+            CustomerView(
+                customer=customer,
+                history=history,
+                personal=rows.personal.get(customer.id),
+                contacts=rows.contacts.get(customer.id, ()),
+                suppressed=suppressed,
+                standing=standing(points(history, {}, loyalty), tiers),
+                rfm=scores.get(customer.id),
+                frequency_preference=record.frequency_preference,
+                paused_until=record.paused_until,
+            )
+        )
     return Snapshot(views, rows.items, rows.popular)
 
 

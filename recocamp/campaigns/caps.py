@@ -147,8 +147,11 @@ def stricter(
     """Apply a campaign's cap overrides; returns the policy and the keys that would relax
     the defaults (callers refuse those unless the shop allows relaxing)."""
     policy = replace(defaults, **overrides)  # type: ignore[arg-type]
-    relaxing = [key for key in ("max_per_24h", "max_per_7d")
-                if getattr(policy, key) > getattr(defaults, key)]  # fmt: skip
+    relaxing = [
+        key
+        for key in ("max_per_24h", "max_per_7d")
+        if getattr(policy, key) > getattr(defaults, key)
+    ]
     if policy.cooldown_days < defaults.cooldown_days:
         relaxing.append("cooldown_days")
     if _quiet_minutes(policy) < _quiet_minutes(defaults):

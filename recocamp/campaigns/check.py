@@ -19,8 +19,9 @@ from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
 
 
-def campaign_problems(settings: Settings, campaigns: Path,
-                      templates: Path) -> tuple[list[Campaign], list[ConfigError]]:  # fmt: skip
+def campaign_problems(
+    settings: Settings, campaigns: Path, templates: Path
+) -> tuple[list[Campaign], list[ConfigError]]:
     """The valid campaigns, and one error per broken campaign file."""
     loaded, failures = campaign_files.load_all(campaigns, settings, templates)
     good = []
@@ -33,8 +34,9 @@ def campaign_problems(settings: Settings, campaigns: Path,
     return good, failures
 
 
-def template_problems(campaign: Campaign, templates: Path,
-                      limits: TemplateSettings | None = None) -> list[Problem]:  # fmt: skip
+def template_problems(
+    campaign: Campaign, templates: Path, limits: TemplateSettings | None = None
+) -> list[Problem]:
     """Every template and subject of a campaign, checked against the template context (a
     variable or key outside it, see ``render.contract_problems``) and rendered with its sample
     in each locale within the render limits (a sandbox escape, a syntax error, a missing
@@ -47,8 +49,10 @@ def template_problems(campaign: Campaign, templates: Path,
     for locale in LOCALES:
         sample = sample_context(locale)
         for name in dict.fromkeys(parts):
-            found += [replace(p, key=f"template {p.key}")
-                      for p in render.check_template(templates, name, sample, limits)]  # fmt: skip
+            found += [
+                replace(p, key=f"template {p.key}")
+                for p in render.check_template(templates, name, sample, limits)
+            ]
         for subject in subjects:
             problem = render.check_subject(subject, sample, templates, limits)
             if problem:

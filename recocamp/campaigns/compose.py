@@ -40,8 +40,7 @@ class Links:
     feedback: Callable[[str], str] | None = None
 
 
-def links(settings: Settings, key: bytes, customer_id: str, campaign: str,
-          now: datetime) -> Links:  # fmt: skip
+def links(settings: Settings, key: bytes, customer_id: str, campaign: str, now: datetime) -> Links:
     base = str(settings.api.public_url).rstrip("/")
     unsubscribe = tokens.sign(key, customer_id, campaign, "unsubscribe", now)
     preferences = tokens.sign(key, customer_id, campaign, "preferences", now)
@@ -99,9 +98,17 @@ def parts_of(campaign: Campaign, variant: str | None) -> tuple[str, str]:
     return html, text
 
 
-def compose(decision: Decision, view: CustomerView, campaign: Campaign, settings: Settings,
-            renderer: render.Renderer, link: Links, send_key: str, *,
-            defer_body: bool = False) -> OutgoingEmail:  # fmt: skip
+def compose(
+    decision: Decision,
+    view: CustomerView,
+    campaign: Campaign,
+    settings: Settings,
+    renderer: render.Renderer,
+    link: Links,
+    send_key: str,
+    *,
+    defer_body: bool = False,
+) -> OutgoingEmail:
     """The e-mail for one decision. With ``defer_body`` only the subject is rendered now and
     the body travels as a :class:`BodyTemplate` that the deliverer renders when it sends."""
     context = _context(decision, view, campaign, settings, link, send_key)
@@ -113,24 +120,48 @@ def compose(decision: Decision, view: CustomerView, campaign: Campaign, settings
     else:
         html = text = ""
     return OutgoingEmail(
-        send_key=send_key, to=view.customer.email or "", subject=subject, html=html, text=text,
-        headers=headers(send_key, link), campaign=campaign.name, template=template,
-    )  # fmt: skip
+        send_key=send_key,
+        to=view.customer.email or "",
+        subject=subject,
+        html=html,
+        text=text,
+        headers=headers(send_key, link),
+        campaign=campaign.name,
+        template=template,
+    )
 
 
-def render_for(decision: Decision, view: CustomerView, campaign: Campaign, settings: Settings,
-               renderer: render.Renderer, link: Links,
-               offers: tuple[Offer, ...] | None = None) -> render.RenderedEmail:  # fmt: skip
+def render_for(
+    decision: Decision,
+    view: CustomerView,
+    campaign: Campaign,
+    settings: Settings,
+    renderer: render.Renderer,
+    link: Links,
+    offers: tuple[Offer, ...] | None = None,
+) -> render.RenderedEmail:
     shown = decision if offers is None else replace(decision, offers=offers)
     context = _context(shown, view, campaign, settings, link)
     return renderer.render(
         subject_of(campaign, decision.variant, context["locale"]),
-        *parts_of(campaign, decision.variant), context,
-    )  # fmt: skip
+        *parts_of(campaign, decision.variant),
+        context,
+    )
 
 
-def _context(decision: Decision, view: CustomerView, campaign: Campaign, settings: Settings,
-             link: Links, send_key: str | None = None) -> TemplateContext:  # fmt: skip
-    return context_for(decision, view, campaign, settings.shop,
-                       (link.unsubscribe, link.preferences),
-                       survey=survey_context(campaign, link, send_key))  # fmt: skip
+def _context(
+    decision: Decision,
+    view: CustomerView,
+    campaign: Campaign,
+    settings: Settings,
+    link: Links,
+    send_key: str | None = None,
+) -> TemplateContext:
+    return context_for(
+        decision,
+        view,
+        campaign,
+        settings.shop,
+        (link.unsubscribe, link.preferences),
+        survey=survey_context(campaign, link, send_key),
+    )

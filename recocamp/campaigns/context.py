@@ -169,11 +169,15 @@ def sample_context(locale: Locale = "en") -> TemplateContext:
     """The whole context with example values: ``check`` renders every template with it, and
     the README's examples are its values (a fresh copy per call: tests change it)."""
     offer = OfferContext(
-        item_id="22423", title="REGENCY CAKESTAND 3 TIER", price="£12.75",
-        discounted_price="£11.48", discount_percent=10,
-        url="https://shop.example.test/items/22423", image_url=None,
+        item_id="22423",
+        title="REGENCY CAKESTAND 3 TIER",
+        price="£12.75",
+        discounted_price="£11.48",
+        discount_percent=10,
+        url="https://shop.example.test/items/22423",
+        image_url=None,
         why="because you bought JUMBO BAG RED RETROSPOT",
-    )  # fmt: skip
+    )
     answers = [
         SurveyAnswer(score=n, url=f"https://shop.example.test/v1/feedback?token=t&score={n}")
         for n in range(11)
@@ -201,9 +205,16 @@ def sample_context(locale: Locale = "en") -> TemplateContext:
 # -- one e-mail's context ---------------------------------------------------------------------
 
 
-def context_for(decision: Decision, view: CustomerView, campaign: Campaign, shop: ShopSettings,
-                links: tuple[str, str], reason: str | None = None, *,
-                survey: SurveyContext | None = None) -> TemplateContext:  # fmt: skip
+def context_for(
+    decision: Decision,
+    view: CustomerView,
+    campaign: Campaign,
+    shop: ShopSettings,
+    links: tuple[str, str],
+    reason: str | None = None,
+    *,
+    survey: SurveyContext | None = None,
+) -> TemplateContext:
     """The context of one decision's e-mail; ``links`` are the unsubscribe and preferences
     URLs, ``survey`` the answer links of an NPS campaign (see ``compose.survey_context``)."""
     customer = view.customer
@@ -254,9 +265,12 @@ def _offer(offer: Offer, currency: str, base_url: str) -> OfferContext:
 def _loyalty(standing: Standing | None) -> LoyaltyContext:
     if standing is None:
         return LoyaltyContext(points=0, tier=None, next_tier=None, points_to_next=None)
-    return LoyaltyContext(points=standing.points, tier=standing.tier,
-                          next_tier=standing.next_tier,
-                          points_to_next=standing.points_to_next)  # fmt: skip
+    return LoyaltyContext(
+        points=standing.points,
+        tier=standing.tier,
+        next_tier=standing.next_tier,
+        points_to_next=standing.points_to_next,
+    )
 
 
 def _number(value: float | None) -> float | None:
@@ -278,8 +292,9 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rows(contract: type, sample: Mapping[str, object],
-          prefix: str) -> Iterator[tuple[str, object, str, object]]:  # fmt: skip
+def _rows(
+    contract: type, sample: Mapping[str, object], prefix: str
+) -> Iterator[tuple[str, object, str, object]]:
     for name, (kind, meaning) in fields(contract).items():
         path, value = prefix + name, sample[name]
         yield path, kind, meaning, value

@@ -154,8 +154,17 @@ def load(path: Path) -> tuple[Campaign, str]:
         raise ConfigError(path, problems(exc, text)) from None
     if campaign.name != path.stem:
         line = line_of(text, ("name",))
-        raise ConfigError(path, [Problem(f"must equal the file name {path.stem!r}", key="name",
-                                         line=line, value=campaign.name)])  # fmt: skip
+        raise ConfigError(
+            path,
+            [
+                Problem(
+                    f"must equal the file name {path.stem!r}",
+                    key="name",
+                    line=line,
+                    value=campaign.name,
+                )
+            ],
+        )
     return campaign, text
 
 
@@ -180,16 +189,27 @@ def cross_check(
         if tier not in tiers:
             known = ", ".join(sorted(tiers))
             line = line_of(text, ("audience", "loyalty_tiers"))
-            found.append(Problem(f"unknown loyalty tier (settings has {known})",
-                                 key="audience.loyalty_tiers", line=line, value=tier))  # fmt: skip
+            found.append(
+                Problem(
+                    f"unknown loyalty tier (settings has {known})",
+                    key="audience.loyalty_tiers",
+                    line=line,
+                    value=tier,
+                )
+            )
     _, relaxing = stricter(caps_defaults(settings), campaign.caps.model_dump(exclude_none=True))
     if relaxing and not settings.caps.campaigns_may_relax:
         for key in relaxing:
             value = getattr(campaign.caps, key, None)
-            found.append(Problem("may only be stricter than [caps] in settings "
-                                 "(set caps.campaigns_may_relax = true to allow)",
-                                 key=f"caps.{key}", line=line_of(text, ("caps", key)),
-                                 value=value))  # fmt: skip
+            found.append(
+                Problem(
+                    "may only be stricter than [caps] in settings "
+                    "(set caps.campaigns_may_relax = true to allow)",
+                    key=f"caps.{key}",
+                    line=line_of(text, ("caps", key)),
+                    value=value,
+                )
+            )
     return found
 
 
@@ -208,8 +228,13 @@ def load_all(
             continue
         found = cross_check(campaign, text, path, settings, templates)
         if campaign.name in seen:
-            found.append(Problem(f"the same name is used by {seen[campaign.name]}", key="name",
-                                 value=campaign.name))  # fmt: skip
+            found.append(
+                Problem(
+                    f"the same name is used by {seen[campaign.name]}",
+                    key="name",
+                    value=campaign.name,
+                )
+            )
         seen[campaign.name] = path
         if found:
             failures.append(ConfigError(path, found))

@@ -87,8 +87,11 @@ def audience_reason(rule: AudienceRule) -> str:
 
 
 # every reason ``decide`` can record
-REASONS: tuple[str, ...] = (*(r.value for r in Reason), *(r.value for r in caps.Reason),
-                            *(audience_reason(r) for r in AudienceRule))  # fmt: skip
+REASONS: tuple[str, ...] = (
+    *(r.value for r in Reason),
+    *(r.value for r in caps.Reason),
+    *(audience_reason(r) for r in AudienceRule),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +173,14 @@ def decide(
     if outside is not None:
         return skip(audience_reason(outside))
     verdict = caps.check(
-        view.contacts, policy, campaign.name, context.now, zone,
-        preference=view.frequency_preference, paused_until=view.paused_until,
-    )  # fmt: skip
+        view.contacts,
+        policy,
+        campaign.name,
+        context.now,
+        zone,
+        preference=view.frequency_preference,
+        paused_until=view.paused_until,
+    )
     if not verdict.allowed and not verdict.deferred:
         return skip(str(verdict.reason))
     chosen = () if campaign.is_survey else tuple(offers_for(campaign, view, context))
@@ -182,8 +190,15 @@ def decide(
         return Decision(campaign.name, customer.id, Outcome.HOLDOUT, Reason.HOLDOUT.value)
     variant = _variant(campaign, customer.id)
     if verdict.deferred:
-        return Decision(campaign.name, customer.id, Outcome.DEFER, str(verdict.reason), chosen,
-                        variant, verdict.send_at)  # fmt: skip
+        return Decision(
+            campaign.name,
+            customer.id,
+            Outcome.DEFER,
+            str(verdict.reason),
+            chosen,
+            variant,
+            verdict.send_at,
+        )
     return Decision(
         campaign.name, customer.id, Outcome.SEND, Reason.ELIGIBLE.value, chosen, variant
     )
@@ -241,13 +256,16 @@ def _audience(
 def offers_for(campaign: Campaign, view: CustomerView, context: Context) -> list[offers.Offer]:
     rule = campaign.offer
     rules = offers.Rules(
-        mode=Mode(rule.mode), count=rule.items, categories=frozenset(rule.categories),
-        min_price=rule.min_price, max_price=rule.max_price,
+        mode=Mode(rule.mode),
+        count=rule.items,
+        categories=frozenset(rule.categories),
+        min_price=rule.min_price,
+        max_price=rule.max_price,
         exclude_items=frozenset(rule.exclude_items),
         exclude_categories=frozenset(rule.exclude_categories),
         discount_percent=rule.discount_percent,
         same_categories_only=view.customer.consent_basis is ConsentBasis.EXISTING_CUSTOMER,
-    )  # fmt: skip
+    )
     sources = []
     if campaign.audience.replenishment_due or rules.mode is Mode.REPLENISH:
         due = segments.due_for_replenishment(view.history, context.now)

@@ -74,8 +74,9 @@ def snapshot(directory: Path) -> dict[str, str]:
     """Every template file of ``directory`` as text, by its name in the directory."""
     return {
         path.relative_to(directory).as_posix(): path.read_text(encoding="utf-8")
-        for path in sorted(directory.rglob("*")) if path.is_file()
-    }  # fmt: skip
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
 
 
 class OutsideTemplates(TemplateNotFound):
@@ -100,8 +101,9 @@ class InliningLoader(BaseLoader):
             load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
         )
 
-    def get_source(self, environment: Environment,
-                   template: str) -> tuple[str, str | None, Callable[[], bool] | None]:  # fmt: skip
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
         pieces = template.replace("\\", "/").split("/")
         if template.startswith("/") or ".." in pieces or ":" in pieces[0]:
             raise OutsideTemplates(template, f"{template!r} is outside the templates folder")
@@ -116,9 +118,12 @@ class InliningLoader(BaseLoader):
         return str(self.fragments.inline_fragment(source, self.css))
 
 
-def environment(directory: Path, sources: Mapping[str, str] | None = None,
-                limits: TemplateSettings | None = None,
-                clock: Callable[[], float] | None = None) -> LimitedEnvironment:  # fmt: skip
+def environment(
+    directory: Path,
+    sources: Mapping[str, str] | None = None,
+    limits: TemplateSettings | None = None,
+    clock: Callable[[], float] | None = None,
+) -> LimitedEnvironment:
     return LimitedEnvironment(
         limits or TemplateSettings(),
         clock,
@@ -139,9 +144,13 @@ class Renderer:
     delivering processes, so queued mail never meets a half-saved template.
     """
 
-    def __init__(self, directory: Path, sources: Mapping[str, str] | None = None,
-                 limits: TemplateSettings | None = None,
-                 clock: Callable[[], float] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: Path,
+        sources: Mapping[str, str] | None = None,
+        limits: TemplateSettings | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.directory, self.sources = directory, sources
         self.limits = limits or TemplateSettings()
         self.env = environment(directory, sources, self.limits, clock)
@@ -152,8 +161,9 @@ class Renderer:
     def frozen(cls, directory: Path, limits: TemplateSettings | None = None) -> Renderer:
         return cls(directory, snapshot(directory), limits)
 
-    def render(self, subject: str, html: str, text: str,
-               context: Mapping[str, object]) -> RenderedEmail:  # fmt: skip
+    def render(
+        self, subject: str, html: str, text: str, context: Mapping[str, object]
+    ) -> RenderedEmail:
         return RenderedEmail(self.subject(subject, context), *self.body(html, text, context))
 
     def subject(self, subject: str, context: Mapping[str, object]) -> str:
@@ -167,17 +177,25 @@ class Renderer:
     def body(self, html: str, text: str, context: Mapping[str, object]) -> tuple[str, str]:
         """The HTML and the text part; raises jinja2's ``TemplateError`` subclasses and
         ``TemplateLimitError``."""
-        return (self._render(self.env.get_template(html), context, html),
-                self._render(self.env.get_template(text), context, text))  # fmt: skip
+        return (
+            self._render(self.env.get_template(html), context, html),
+            self._render(self.env.get_template(text), context, text),
+        )
 
     def _render(self, template: Template, context: Mapping[str, object], key: str) -> str:
         """One render; a template that keeps running out of time is refused at once (its
         renders would each cost the whole budget)."""
         name = str(template.name)
         if self._timeouts.get(key, 0) >= QUARANTINE_AFTER:
-            raise TemplateLimitError(name, [Problem(
-                f"ran out of render time {QUARANTINE_AFTER} times: not rendered again until "
-                "the templates change")])  # fmt: skip
+            raise TemplateLimitError(
+                name,
+                [
+                    Problem(
+                        f"ran out of render time {QUARANTINE_AFTER} times: not rendered again "
+                        "until the templates change"
+                    )
+                ],
+            )
         try:
             rendered = self.env.render(template, context)
         except TemplateLimitError as exc:
@@ -188,8 +206,9 @@ class Renderer:
         return rendered
 
 
-def check_template(directory: Path, name: str, sample: Mapping[str, object],
-                   limits: TemplateSettings | None = None) -> list[Problem]:  # fmt: skip
+def check_template(
+    directory: Path, name: str, sample: Mapping[str, object], limits: TemplateSettings | None = None
+) -> list[Problem]:
     """Syntax, what the template and the templates it includes or extends read outside the
     contract (a variable, or a key of one: see :func:`contract_problems`), and a sandboxed
     sample render within the limits; every failure is a problem with the template and line."""
@@ -241,8 +260,9 @@ Scope = dict[str, object]  # a name a template reads → its type in the contrac
 MAPPING_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
-def contract_problems(template: tuple[str, nodes.Template], name: str,
-                      defined: AbstractSet[str] = frozenset()) -> list[Problem]:  # fmt: skip
+def contract_problems(
+    template: tuple[str, nodes.Template], name: str, defined: AbstractSet[str] = frozenset()
+) -> list[Problem]:
     """What a parsed template (source and tree) reads outside the contract
     (``context.TemplateContext``): a variable (``custmer``), or a key of a value of the
     contract, also through a loop variable or ``set`` (``customer.frist_name``, ``offer.titel``
@@ -250,10 +270,14 @@ def contract_problems(template: tuple[str, nodes.Template], name: str,
     source, parsed = template
     unknown = sorted(meta.find_undeclared_variables(parsed) - contract.CONTEXT_KEYS - defined)
     found = [
-        Problem("uses a variable outside the template context", key=name,
-                line=_line(source, variable), value=variable)
+        Problem(
+            "uses a variable outside the template context",
+            key=name,
+            line=_line(source, variable),
+            value=variable,
+        )
         for variable in unknown
-    ]  # fmt: skip
+    ]
     reads = ContractReads()
     reads.visit(
         parsed, {k: kind for k, (kind, _) in contract.fields(contract.TemplateContext).items()}
@@ -345,9 +369,14 @@ class ContractReads(NodeVisitor):
         if key in known:
             return known[key][0]
         if not key.startswith("_") and key not in MAPPING_METHODS:
-            self.problems.append(Problem(
-                f"reads a key outside the template context: {_spelled(node.node)} has no key "
-                f"{key!r}", line=node.lineno, value=_spelled(node)))  # fmt: skip
+            self.problems.append(
+                Problem(
+                    f"reads a key outside the template context: {_spelled(node.node)} has no key "
+                    f"{key!r}",
+                    line=node.lineno,
+                    value=_spelled(node),
+                )
+            )
         return None
 
 
@@ -394,8 +423,9 @@ def render_problem(exc: Exception, name: str) -> Problem:
     if isinstance(exc, SecurityError):
         return Problem(f"blocked by the sandbox: {exc}", key=key, line=line)
     if isinstance(exc, UndefinedError):
-        return Problem(f"reads something outside the template context: {exc.message}",
-                       key=key, line=line)  # fmt: skip
+        return Problem(
+            f"reads something outside the template context: {exc.message}", key=key, line=line
+        )
     return Problem(f"fails to render: {type(exc).__name__}: {exc}", key=key, line=line)
 
 
@@ -406,8 +436,12 @@ def _not_found(exc: TemplateNotFound, *, included: bool = False) -> str:
     return f"template not found: {exc.name!r}" if included else "template not found"
 
 
-def check_subject(subject: str, sample: Mapping[str, object], directory: Path,
-                  limits: TemplateSettings | None = None) -> str | None:  # fmt: skip
+def check_subject(
+    subject: str,
+    sample: Mapping[str, object],
+    directory: Path,
+    limits: TemplateSettings | None = None,
+) -> str | None:
     """A problem with a subject line template, or None."""
     try:
         renderer = Renderer(directory, limits=limits)

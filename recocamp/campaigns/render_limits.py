@@ -185,8 +185,13 @@ class LimitedTemplate(Template):
     """A template whose ``~`` goes through :meth:`LimitedEnvironment.joiner`."""
 
     @classmethod
-    def from_code(cls, environment: Any, code: CodeType, globals: Any,
-                  uptodate: Callable[[], bool] | None = None) -> Template:  # fmt: skip
+    def from_code(
+        cls,
+        environment: Any,
+        code: CodeType,
+        globals: Any,
+        uptodate: Callable[[], bool] | None = None,
+    ) -> Template:
         namespace: dict[str, Any] = {"environment": environment, "__file__": code.co_filename}
         exec(code, namespace)  # noqa: S102 - Template.from_code, then the two joins replaced
         if isinstance(environment, LimitedEnvironment):
@@ -224,8 +229,9 @@ class LimitedEnvironment(SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     template_class = LimitedTemplate
 
-    def __init__(self, limits: TemplateSettings, clock: Callable[[], float] | None = None,
-                 **options: Any) -> None:  # fmt: skip
+    def __init__(
+        self, limits: TemplateSettings, clock: Callable[[], float] | None = None, **options: Any
+    ) -> None:
         """``clock``: the render time (default: the thread's CPU time, see :class:`Budget`);
         a test's clock stands for both the CPU and the wall clock."""
         self.limits = limits
@@ -258,16 +264,19 @@ class LimitedEnvironment(SandboxedEnvironment):
                     budget.tick()
                 if size > bound:
                     name, line = suspended(events, template)
-                    message = (f"the output is longer than {bound:,} characters "
-                               "([templates] max_output_chars)")  # fmt: skip
+                    message = (
+                        f"the output is longer than {bound:,} characters "
+                        "([templates] max_output_chars)"
+                    )
                     raise TemplateLimitError(name, [Problem(message, line=line)])
                 parts.append(part)
             return "".join(parts)
         except LimitExceeded as exc:
             raise located(exc, str(exc), template) from None
         except RecursionError as exc:
-            raise located(exc, "recursion too deep (a macro or include that calls itself)",
-                          template) from None  # fmt: skip
+            raise located(
+                exc, "recursion too deep (a macro or include that calls itself)", template
+            ) from None
         except MemoryError as exc:
             raise located(exc, "out of memory", template) from None
         finally:
@@ -279,8 +288,9 @@ class LimitedEnvironment(SandboxedEnvironment):
         tree = super()._parse(source, name, filename)
         _MeasuredLiterals().visit(tree)  # replaces the literals inside ``tree``
         for loop in list(tree.find_all(nodes.For)):
-            loop.iter = nodes.Filter(loop.iter, COUNTED, [], [], None, None,
-                                     lineno=loop.iter.lineno)  # fmt: skip
+            loop.iter = nodes.Filter(
+                loop.iter, COUNTED, [], [], None, None, lineno=loop.iter.lineno
+            )
         tree.set_environment(self)
         return tree
 
@@ -328,8 +338,9 @@ class LimitedEnvironment(SandboxedEnvironment):
         finally:
             budget.depth -= 1
 
-    def _check_method(self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-                      ) -> tuple[Any, ...]:  # fmt: skip
+    def _check_method(
+        self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, ...]:
         """Refuse a string or bytes method whose result would pass the output bound, and a
         method that changes a list, dict or set in place (see the module docstring); a
         ``join`` argument comes back as a list (it is counted, so a generator is read once)."""
@@ -362,8 +373,9 @@ class LimitedEnvironment(SandboxedEnvironment):
         return args
 
     @staticmethod
-    def _check_codec(owner: object, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-                     ) -> None:  # fmt: skip
+    def _check_codec(
+        owner: object, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         """Only codecs that take linear time: some are written in Python and are quadratic
         (``punycode`` spends 16 s on 10,000 characters, inside one call)."""
         encoding = kwargs.get("encoding", args[0] if args else "utf-8")
@@ -373,8 +385,10 @@ class LimitedEnvironment(SandboxedEnvironment):
             known = ""
         if known not in _CODECS:
             shown = ", ".join(sorted(_CODECS))
-            raise LimitExceeded(f"{type(owner).__name__}.{name}({str(encoding)[:40]!r}) is not "
-                                f"available in templates (only {shown})")  # fmt: skip
+            raise LimitExceeded(
+                f"{type(owner).__name__}.{name}({str(encoding)[:40]!r}) is not "
+                f"available in templates (only {shown})"
+            )
 
     # -- filters, ``~``, buffers, output ------------------------------------------------------
 
@@ -436,8 +450,10 @@ class LimitedEnvironment(SandboxedEnvironment):
         numbers = range(*args)
         if len(numbers) > self.limits.max_loop_iterations:
             shown = ", ".join(map(str, args))
-            raise LimitExceeded(f"range({shown}) has more than {self.limits.max_loop_iterations:,} "
-                                "numbers ([templates] max_loop_iterations)")  # fmt: skip
+            raise LimitExceeded(
+                f"range({shown}) has more than {self.limits.max_loop_iterations:,} "
+                "numbers ([templates] max_loop_iterations)"
+            )
         return numbers
 
     # -- helpers ------------------------------------------------------------------------------
@@ -469,12 +485,16 @@ class LimitedEnvironment(SandboxedEnvironment):
 
     @staticmethod
     def _size_message(what: str, bound: int) -> str:
-        return (f"{what} would make a value longer than {bound:,} characters "
-                "([templates] max_output_chars)")  # fmt: skip
+        return (
+            f"{what} would make a value longer than {bound:,} characters "
+            "([templates] max_output_chars)"
+        )
 
     def _int_message(self, operator: str) -> str:
-        return (f"{operator} would make a number of more than {self.limits.max_int_bits:,} "
-                "bits ([templates] max_int_bits)")  # fmt: skip
+        return (
+            f"{operator} would make a number of more than {self.limits.max_int_bits:,} "
+            "bits ([templates] max_int_bits)"
+        )
 
 
 class _MeasuredLiterals(NodeTransformer):
@@ -518,8 +538,13 @@ def replace_size(length: int, old: str, new: str, count: int | None) -> int:
     return length + times * grows
 
 
-def method_size(owner: str | bytes | bytearray, name: str, args: tuple[Any, ...],
-                kwargs: dict[str, Any], limits: TemplateSettings) -> int:  # fmt: skip
+def method_size(
+    owner: str | bytes | bytearray,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    limits: TemplateSettings,
+) -> int:
     bound = limits.max_output_chars
     values = [*args, *kwargs.values()]
     if name in ("center", "ljust", "rjust", "zfill"):
@@ -574,8 +599,11 @@ def filter_size(
 
 def percent_size(template: str, values: Any, bound: int) -> int:
     """``template % values``: the fields' widths and precisions, and the values."""
-    items = list(values.values()) if isinstance(values, Mapping) else (
-        list(values) if isinstance(values, tuple) else [values])  # fmt: skip
+    items = (
+        list(values.values())
+        if isinstance(values, Mapping)
+        else (list(values) if isinstance(values, tuple) else [values])
+    )
     widest = max((size_of(v, bound) for v in items), default=0)
     largest = max((abs(v) for v in items if _is_int(v)), default=0)
     total = len(template)

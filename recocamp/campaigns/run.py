@@ -58,8 +58,7 @@ class Planned:
         return sum(d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER) for d in self.decided)
 
 
-def plan_run(engine: Engine, settings: Settings, campaign: Campaign,
-             now: datetime) -> Planned:  # fmt: skip
+def plan_run(engine: Engine, settings: Settings, campaign: Campaign, now: datetime) -> Planned:
     """Load the planner's snapshot and decide for every customer at ``now``."""
     settings.require_signing_key()  # refuse before any work, not after planning
     own = run_key(campaign.name, now, settings.shop.zone)
@@ -68,8 +67,9 @@ def plan_run(engine: Engine, settings: Settings, campaign: Campaign,
     return plan_views(settings, campaign, snapshot.views, snapshot.items, snapshot.popular, now)
 
 
-def load_snapshot(connection: Connection, settings: Settings, now: datetime, *,
-                  own_run: str | None = None) -> audience.Snapshot:  # fmt: skip
+def load_snapshot(
+    connection: Connection, settings: Settings, now: datetime, *, own_run: str | None = None
+) -> audience.Snapshot:
     """The planner's snapshot at ``now`` (the run's, and the CLI's ``plan`` and ``preview``):
     the store's rows made into views. ``own_run`` leaves that run's own e-mails out of the
     contact history, so a resumed run decides as it did the first time."""
@@ -77,8 +77,14 @@ def load_snapshot(connection: Connection, settings: Settings, now: datetime, *,
     return audience.snapshot(rows, settings.loyalty, now)
 
 
-def plan_views(settings: Settings, campaign: Campaign, customers: Sequence[planner.CustomerView],
-               items: Any, popular: Any, now: datetime) -> Planned:  # fmt: skip
+def plan_views(
+    settings: Settings,
+    campaign: Campaign,
+    customers: Sequence[planner.CustomerView],
+    items: Any,
+    popular: Any,
+    now: datetime,
+) -> Planned:
     zone = settings.shop.zone
     context = planner.context_for(settings, now, items, popular)
     decided = planner.plan(campaign, customers, context)
@@ -99,17 +105,28 @@ class RunOptions:
     renderer: render.Renderer | None = None  # default: the templates directory as it is now
 
 
-def plan_and_enqueue(engine: Engine, settings: Settings, campaign: Campaign,
-                     templates: Path, now: datetime,
-                     options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
+def plan_and_enqueue(
+    engine: Engine,
+    settings: Settings,
+    campaign: Campaign,
+    templates: Path,
+    now: datetime,
+    options: RunOptions = RunOptions(),
+) -> RunReport:
     """Decide at ``now`` and enqueue (nothing is delivered)."""
     planned = plan_run(engine, settings, campaign, now)
     return enqueue_decisions(engine, settings, campaign, templates, planned, now, options)
 
 
-def enqueue_decisions(engine: Engine, settings: Settings, campaign: Campaign,
-                      templates: Path, planned: Planned, now: datetime,
-                      options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
+def enqueue_decisions(
+    engine: Engine,
+    settings: Settings,
+    campaign: Campaign,
+    templates: Path,
+    planned: Planned,
+    now: datetime,
+    options: RunOptions = RunOptions(),
+) -> RunReport:
     """Record every decision and enqueue the e-mails of sends and deferrals, chunk by chunk
     (a crash or a stop loses at most the chunk in flight, and the re-run skips what is
     enqueued). Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only
@@ -121,38 +138,64 @@ def enqueue_decisions(engine: Engine, settings: Settings, campaign: Campaign,
     issued_at = options.issued_at or now
     for chunk in _chunks(planned.decided):
         if options.stopping():
-            raise Interrupted(f"campaign run {report.run_key} stopped after "
-                              f"{report.enqueued:,} e-mails enqueued")  # fmt: skip
+            raise Interrupted(
+                f"campaign run {report.run_key} stopped after {report.enqueued:,} e-mails enqueued"
+            )
         wanted = [d for d in chunk if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)]
-        keys = {d.customer_id: outbox.send_key(campaign.name, d.customer_id, period)
-                for d in wanted}  # fmt: skip
+        keys = {
+            d.customer_id: outbox.send_key(campaign.name, d.customer_id, period) for d in wanted
+        }
         with engine.connect() as connection:
             done = outbox.existing_keys(connection, campaign.name, list(keys.values()))
         emails = [  # composed outside the write transaction: a deliverer may be draining
-            _email(d, planned.by_customer[d.customer_id], campaign, settings, renderer, key,
-                   now, issued_at, keys[d.customer_id])
-            for d in wanted if keys[d.customer_id] not in done
-        ]  # fmt: skip
+            _email(
+                d,
+                planned.by_customer[d.customer_id],
+                campaign,
+                settings,
+                renderer,
+                key,
+                now,
+                issued_at,
+                keys[d.customer_id],
+            )
+            for d in wanted
+            if keys[d.customer_id] not in done
+        ]
         with engine.begin() as connection:
             _record_decisions(connection, report.run_key, chunk, now)
             report.enqueued += outbox.enqueue(connection, emails, now)
         report.already_enqueued += len(done)
         options.on_progress(len(chunk))
-    log.info("campaign %s run %s: %d decisions, %d enqueued, %d already enqueued",
-             campaign.name, report.run_key, len(planned.decided), report.enqueued,
-             report.already_enqueued)  # fmt: skip
+    log.info(
+        "campaign %s run %s: %d decisions, %d enqueued, %d already enqueued",
+        campaign.name,
+        report.run_key,
+        len(planned.decided),
+        report.enqueued,
+        report.already_enqueued,
+    )
     return report
 
 
 Queued = tuple[OutgoingEmail, str, str | None, datetime]
 
 
-def _email(decision: planner.Decision, view: planner.CustomerView, campaign: Campaign,
-           settings: Settings, renderer: render.Renderer, key: bytes, now: datetime,
-           issued_at: datetime, send_key: str) -> Queued:  # fmt: skip
+def _email(
+    decision: planner.Decision,
+    view: planner.CustomerView,
+    campaign: Campaign,
+    settings: Settings,
+    renderer: render.Renderer,
+    key: bytes,
+    now: datetime,
+    issued_at: datetime,
+    send_key: str,
+) -> Queued:
     link = compose.links(settings, key, decision.customer_id, campaign.name, issued_at)
-    email = compose.compose(decision, view, campaign, settings, renderer, link, send_key,
-                            defer_body=True)  # fmt: skip
+    email = compose.compose(
+        decision, view, campaign, settings, renderer, link, send_key, defer_body=True
+    )
     return email, decision.customer_id, decision.variant, decision.send_at or now
 
 
@@ -161,11 +204,18 @@ def _chunks(decided: Sequence[planner.Decision]) -> Iterator[Sequence[planner.De
         yield decided[start : start + CHUNK]
 
 
-def _record_decisions(connection: Connection, key: str,
-                      chunk: Sequence[planner.Decision], now: datetime) -> None:  # fmt: skip
+def _record_decisions(
+    connection: Connection, key: str, chunk: Sequence[planner.Decision], now: datetime
+) -> None:
     rows = [
-        decisions_store.DecisionRow(d.campaign, d.customer_id, d.outcome.value, d.reason,
-                                    d.variant, d.outcome is planner.Outcome.HOLDOUT)
+        decisions_store.DecisionRow(
+            d.campaign,
+            d.customer_id,
+            d.outcome.value,
+            d.reason,
+            d.variant,
+            d.outcome is planner.Outcome.HOLDOUT,
+        )
         for d in chunk
-    ]  # fmt: skip
+    ]
     decisions_store.record(connection, key, rows, now)

@@ -35,5 +35,15 @@ in_help_order(
     groups=("db", "import", "models", "privacy", "api-key", "outbox", "snapshots", "runs"),
 )
 
-__all__ = ["api", "app", "campaigns", "data", "delivery", "demo", "forecast", "measure",
-           "recommender", "worker"]  # fmt: skip
+__all__ = [
+    "api",
+    "app",
+    "campaigns",
+    "data",
+    "delivery",
+    "demo",
+    "forecast",
+    "measure",
+    "recommender",
+    "worker",
+]

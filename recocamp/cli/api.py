@@ -70,26 +70,36 @@ def serve(
         f"({processes} process{'es' if processes > 1 else ''}; docs at /docs)"
     )
     uvicorn.run(
-        "recocamp.api:app_from_environment", factory=True,
-        host=host or settings.api.host, port=port or settings.api.port, workers=processes,
+        "recocamp.api:app_from_environment",
+        factory=True,
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        workers=processes,
         access_log=False,  # paths carry link tokens, which are credentials
         log_config=_log_config(),
         timeout_worker_healthcheck=60,  # a worker loads the live model before it answers
-    )  # fmt: skip
+    )
 
 
 def _log_config() -> dict[str, Any]:
     """Compact log lines on stderr with e-mail addresses masked, in every worker process."""
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     return {
-        "version": 1, "disable_existing_loggers": False,
+        "version": 1,
+        "disable_existing_loggers": False,
         "filters": {"redact": {"()": "recocamp.api.app.EmailRedactor"}},
         "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
-                                "filters": ["redact"], "stream": "ext://sys.stderr"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "filters": ["redact"],
+                "stream": "ext://sys.stderr",
+            }
+        },
         "root": {"handlers": ["stderr"], "level": level},
         "loggers": {"uvicorn": {"level": "INFO"}, "uvicorn.error": {"level": "INFO"}},
-    }  # fmt: skip
+    }
 
 
 @privacy_app.command("export")
@@ -106,8 +116,15 @@ def privacy_export(
         if document is None:
             raise NothingHeld(f"we hold no data about customer {customer!r}")
         with engine.begin() as connection:
-            audit(connection, at=now, actor="cli", action="customer_exported",
-                  subject_type="customer", subject_id=customer, details={})  # fmt: skip
+            audit(
+                connection,
+                at=now,
+                actor="cli",
+                action="customer_exported",
+                subject_type="customer",
+                subject_id=customer,
+                details={},
+            )
     text = json.dumps(document, indent=1, ensure_ascii=False)
     if output is None:
         sys.stdout.write(text + "\n")
@@ -141,8 +158,9 @@ def privacy_erase(
     for path in report.files_left:
         console.print(f"NOT cleaned (remove the customer by hand): {path}")
     if not report.files_clean and not report.files_left:
-        console.print("the SQLite write-ahead log was busy: it is overwritten at the next "
-                      "checkpoint")  # fmt: skip
+        console.print(
+            "the SQLite write-ahead log was busy: it is overwritten at the next checkpoint"
+        )
     console.print("erasure cannot reach: " + "; ".join(report.not_covered))
 
 

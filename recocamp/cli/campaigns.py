@@ -51,9 +51,7 @@ def check(
     console.print(f"ok: settings, {len(loaded)} campaign(s) and their templates are valid")
 
 
-def _planning(
-    settings: Settings, as_of: str | None
-) -> tuple[audience.Snapshot, planner.Context]:
+def _planning(settings: Settings, as_of: str | None) -> tuple[audience.Snapshot, planner.Context]:
     end = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
     with engine_for(settings).connect() as connection:
         snapshot = load_snapshot(connection, settings, end)
@@ -81,9 +79,11 @@ def plan_campaign(
     tally = planner.counts(decisions)
     if format is Output.json:
         document = {
-            "campaign": chosen.name, "as_of": context.now.isoformat(),
-            "decisions": [_decision_json(d) for d in decisions], "counts": tally,
-        }  # fmt: skip
+            "campaign": chosen.name,
+            "as_of": context.now.isoformat(),
+            "decisions": [_decision_json(d) for d in decisions],
+            "counts": tally,
+        }
         print_json(document, indent=1)
         return
     table = Table(
@@ -115,14 +115,16 @@ def _title(items: Mapping[str, Item], item_id: str) -> str:
 
 def _decision_json(decision: planner.Decision) -> dict[str, Any]:
     return {
-        "customer_id": decision.customer_id, "outcome": decision.outcome.value,
-        "reason": decision.reason, "variant": decision.variant,
+        "customer_id": decision.customer_id,
+        "outcome": decision.outcome.value,
+        "reason": decision.reason,
+        "variant": decision.variant,
         "send_at": decision.send_at.isoformat() if decision.send_at else None,
         "offers": [
             {"item_id": o.item_id, "score": round(o.score, 6), "why": o.why}
             for o in decision.offers
         ],
-    }  # fmt: skip
+    }
 
 
 @app.command("preview")
@@ -156,8 +158,9 @@ def preview(
             )
         decision = planner.decide(chosen, view, context, chosen.policy(context.policy))
         if decision.outcome not in _CONTACTED and not anyway:
-            console.print(_not_contacted(decision, chosen, view, context), highlight=False,
-                          soft_wrap=True)  # fmt: skip
+            console.print(
+                _not_contacted(decision, chosen, view, context), highlight=False, soft_wrap=True
+            )
             console.print("nothing rendered; --anyway renders it regardless")
             return
         offers = None if decision.offers else tuple(planner.offers_for(chosen, view, context))
@@ -196,8 +199,11 @@ def _not_contacted(
     text += f" (the campaign's audience has {rule} = {json.dumps(wanted, default=str)}"
     if rule == "lapsed_days":
         days = segments.days_since_last_order(view.history, context.now)
-        text += (", the customer never ordered" if days is None
-                 else f", the customer's last order was {days:.1f} days ago")  # fmt: skip
+        text += (
+            ", the customer never ordered"
+            if days is None
+            else f", the customer's last order was {days:.1f} days ago"
+        )
     return text + ")"
 
 

@@ -104,8 +104,12 @@ def print_json(document: object, *, indent: int) -> None:
     try:
         text = json.dumps(document, indent=indent, allow_nan=False)
     except ValueError as exc:
-        errors.print(f"[bold red]error:[/] cannot write JSON: {exc}", markup=True,
-                     highlight=False, soft_wrap=True)  # fmt: skip
+        errors.print(
+            f"[bold red]error:[/] cannot write JSON: {exc}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1) from None
     sys.stdout.write(text + "\n")
 
@@ -144,8 +148,12 @@ class RichProgress:
 @contextmanager
 def progress_bars() -> Iterator[RichProgress]:
     """Progress bars on stderr, gone when done (stdout stays the command's output)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=errors, transient=True) as bars:
         yield RichProgress(bars)
 

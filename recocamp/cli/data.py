@@ -28,8 +28,9 @@ from recocamp.store.engine import Engine, current_revision, head_revision
 from recocamp.store.engine import upgrade as upgrade_schema
 
 db_app = typer.Typer(help="Create and migrate the database.", no_args_is_help=True)
-import_app = typer.Typer(help="Import purchases, customers and items from CSV files.",
-                         no_args_is_help=True)  # fmt: skip
+import_app = typer.Typer(
+    help="Import purchases, customers and items from CSV files.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(import_app, name="import")
 
@@ -137,19 +138,24 @@ def demo_data(
     """Build the demo shop (creates/migrates the database first)."""
     with errors_to_exit():
         settings = current_settings()
-        build_demo_shop(engine_for(settings, migrated=False), settings, source, synthetic,
-                        demo_dir)  # fmt: skip
+        build_demo_shop(engine_for(settings, migrated=False), settings, source, synthetic, demo_dir)
 
 
-def build_demo_shop(engine: Engine, settings: Settings, source: Path | None, synthetic: bool,
-                    demo_dir: Path) -> None:  # fmt: skip
+def build_demo_shop(
+    engine: Engine, settings: Settings, source: Path | None, synthetic: bool, demo_dir: Path
+) -> None:
     """Fill the database with the demo shop (``demo-data``, and ``demo`` / ``worker --demo``
     on an empty database) and show what was imported."""
     with progress_bars() as progress:
         report = build_demo(
-            engine, settings, now=clock.now(), source=source, synthetic=synthetic,
-            demo_dir=demo_dir, progress=progress,
-        )  # fmt: skip
+            engine,
+            settings,
+            now=clock.now(),
+            source=source,
+            synthetic=synthetic,
+            demo_dir=demo_dir,
+            progress=progress,
+        )
     console.print(f"demo shop from {report.source}")
     for each in report.reports:
         print_import_report(each)

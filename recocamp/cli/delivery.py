@@ -43,12 +43,23 @@ WaitOption = Annotated[
 ]
 
 
-def _deliver(settings: Settings, engine: Engine, campaign: str | None, wait: float,
-             templates: Path, total: int | None = None) -> DeliveryReport:  # fmt: skip
+def _deliver(
+    settings: Settings,
+    engine: Engine,
+    campaign: str | None,
+    wait: float,
+    templates: Path,
+    total: int | None = None,
+) -> DeliveryReport:
     provider = make_provider(settings)
     try:
-        deliverer = Deliverer(engine, provider, settings.esp, clock,
-                              renderer=Renderer(templates, limits=settings.templates))  # fmt: skip
+        deliverer = Deliverer(
+            engine,
+            provider,
+            settings.esp,
+            clock,
+            renderer=Renderer(templates, limits=settings.templates),
+        )
         with progress_bars() as bar:
             bar.phase("delivering", total)
             deliverer.on_progress = bar.advance
@@ -75,14 +86,25 @@ def send(
     print_run(report)
 
 
-def send_run(settings: Settings, engine: Engine, campaign: Campaign, templates: Path,
-             now: datetime, wait: float) -> RunReport:  # fmt: skip
+def send_run(
+    settings: Settings,
+    engine: Engine,
+    campaign: Campaign,
+    templates: Path,
+    now: datetime,
+    wait: float,
+) -> RunReport:
     """One campaign run with two progress bars: planning and enqueueing, and delivering
     (which renders the bodies) alongside it (``send``, and ``demo`` for each campaign)."""
     provider = make_provider(settings)
     try:
-        deliverer = Deliverer(engine, provider, settings.esp, clock,
-                              renderer=Renderer(templates, limits=settings.templates))  # fmt: skip
+        deliverer = Deliverer(
+            engine,
+            provider,
+            settings.esp,
+            clock,
+            renderer=Renderer(templates, limits=settings.templates),
+        )
         with progress_bars() as bar:
             rendering = bar.progress.add_task(f"{campaign.name}: planning", total=None)
             sending = bar.progress.add_task(f"{campaign.name}: delivering", total=None)
@@ -203,8 +225,9 @@ def fake_esp(
 
     from recocamp.delivery.esp.fake_server import FakeEsp, Faults, create_app
 
-    faults = Faults(latency_ms=latency_ms, rate_429=rate_429, rate_5xx=rate_5xx,
-                    rate_drop=rate_drop)  # fmt: skip
+    faults = Faults(
+        latency_ms=latency_ms, rate_429=rate_429, rate_5xx=rate_5xx, rate_drop=rate_drop
+    )
     esp = FakeEsp(data_dir, faults, webhook_url, token or None)
     console.print(f"fake ESP on http://{host}:{port} (GET /_stats)")
     uvicorn.run(create_app(esp), host=host, port=port, log_level="warning")

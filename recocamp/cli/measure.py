@@ -31,8 +31,9 @@ from recocamp.measure import kpis as kpi_module
 from recocamp.measure import report
 from recocamp.store import queries
 
-snapshots_app = typer.Typer(help="Daily KPI and segment snapshots: take one, backfill past days.",
-                            no_args_is_help=True)  # fmt: skip
+snapshots_app = typer.Typer(
+    help="Daily KPI and segment snapshots: take one, backfill past days.", no_args_is_help=True
+)
 app.add_typer(snapshots_app, name="snapshots")
 
 AsOf = Annotated[str | None, typer.Option(help="As if it were this date or time (default: now).")]
@@ -79,9 +80,11 @@ def _empty_window_note(result: kpi_module.Kpis, latest: datetime | None, zone: Z
         return "the store holds no orders at all: import purchases first"
     start = (result.as_of - timedelta(days=result.window_days)).astimezone(zone)
     last = latest.astimezone(zone).date()
-    return (f"the window {start:%Y-%m-%d} – {result.as_of.astimezone(zone):%Y-%m-%d} holds no "
-            f"orders; the last order was on {last} (try --as-of "
-            f"{last + timedelta(days=1)})")  # fmt: skip
+    return (
+        f"the window {start:%Y-%m-%d} – {result.as_of.astimezone(zone):%Y-%m-%d} holds no "
+        f"orders; the last order was on {last} (try --as-of "
+        f"{last + timedelta(days=1)})"
+    )
 
 
 @app.command("report")
@@ -115,11 +118,18 @@ def report_command(
 
 
 def _print_tables(data: report.Data) -> None:
-    console.print(f"[bold]{data.shop}[/]: report as of {data.as_of.isoformat()}, campaigns of "
-                  f"the last {data.report_days} days, {data.attribution_days}-day attribution "
-                  "window (last touch)")  # fmt: skip
-    for table in (_kpi_table(data), _changes_table(data), _uplift_table(data), _nps_table(data),
-                  _cohort_table(data)):  # fmt: skip
+    console.print(
+        f"[bold]{data.shop}[/]: report as of {data.as_of.isoformat()}, campaigns of "
+        f"the last {data.report_days} days, {data.attribution_days}-day attribution "
+        "window (last touch)"
+    )
+    for table in (
+        _kpi_table(data),
+        _changes_table(data),
+        _uplift_table(data),
+        _nps_table(data),
+        _cohort_table(data),
+    ):
         if table is not None:
             console.print(table)
 
@@ -146,8 +156,13 @@ def _changes_table(data: report.Data) -> Table | None:
         table.add_column(column, justify="left" if column in ("kpi", "period") else "right")
     for c in data.changes:
         change = "—" if c.relative is None else f"{100 * c.relative:+.1f} %"
-        table.add_row(labels.kpi(c.kpi), f"{c.period} ({c.window_days} d)", fmt(c.current),
-                      fmt(c.previous), change)  # fmt: skip
+        table.add_row(
+            labels.kpi(c.kpi),
+            f"{c.period} ({c.window_days} d)",
+            fmt(c.current),
+            fmt(c.previous),
+            change,
+        )
     return table
 
 
@@ -156,26 +171,38 @@ def _uplift_table(data: report.Data) -> Table | None:
         console.print(f"no campaign touches in the last {data.report_days} days")
         return None
     level = f"{100 * data.confidence:g} %"
-    table = Table(title=f"uplift against the holdout ({level} intervals; mailed − holdout, or "
-                        "variant against variant)")  # fmt: skip
-    for column in ("campaign", "mailed", "holdout", "conversion", "uplift", "interval",
-                   "revenue/recipient uplift", "interval"):  # fmt: skip
+    table = Table(
+        title=f"uplift against the holdout ({level} intervals; mailed − holdout, or "
+        "variant against variant)"
+    )
+    for column in (
+        "campaign",
+        "mailed",
+        "holdout",
+        "conversion",
+        "uplift",
+        "interval",
+        "revenue/recipient uplift",
+        "interval",
+    ):
         table.add_column(column, justify="left" if column == "campaign" else "right")
     for u in data.uplifts:
-        name = report._label(u)
+        name = report.uplift_label(u)
         compared = f"{u.control.units:,}" + ("" if u.against == "holdout" else f" ({u.against})")
         if not u.enough:
             table.add_row(name, f"{u.treated.units:,}", compared, "", "", u.note)
             continue
         c, r = u.comparisons["conversion_rate"], u.comparisons["revenue_per_recipient"]
         table.add_row(
-            name, f"{u.treated.units:,}", compared,
+            name,
+            f"{u.treated.units:,}",
+            compared,
             f"{100 * c.treated:.1f} % vs {100 * c.control:.1f} %",
             f"{100 * c.absolute:+.1f} pp",
             f"{100 * c.absolute_interval.low:+.1f} … {100 * c.absolute_interval.high:+.1f} pp",
             f"{r.absolute:+,.2f}",
             f"{r.absolute_interval.low:+,.2f} … {r.absolute_interval.high:+,.2f}",
-        )  # fmt: skip
+        )
     return table
 
 
@@ -190,8 +217,9 @@ def _nps_table(data: report.Data) -> Table | None:
     for name, sent, n in rows:
         interval = f"{n.interval.low:.0f} … {n.interval.high:.0f}" if n.interval else ""
         score = "—" if n.score is None else f"{n.score:.0f}" + ("" if n.enough else " (few)")
-        table.add_row(name, "" if sent is None else f"{sent:,}", f"{n.responses:,}", score,
-                      interval)  # fmt: skip
+        table.add_row(
+            name, "" if sent is None else f"{sent:,}", f"{n.responses:,}", score, interval
+        )
     return table
 
 
@@ -227,8 +255,9 @@ def _day(value: str | None, option: str) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise ConfigError(Path("<command line>"), [Problem("not a date (YYYY-MM-DD)", key=option,
-                                                           value=value)]) from None  # fmt: skip
+        raise ConfigError(
+            Path("<command line>"), [Problem("not a date (YYYY-MM-DD)", key=option, value=value)]
+        ) from None
 
 
 @snapshots_app.command("backfill")
@@ -247,11 +276,19 @@ def snapshots_backfill(
         end = _day(last, "--to") or measure_jobs.last_complete_day(clock.now(), zone)
         start = _day(first, "--from") or end - timedelta(days=settings.measure.history_days)
         if start > end:
-            problem = Problem(f"the first day is after the last day {end}", key="--from",
-                              value=str(start))  # fmt: skip
+            problem = Problem(
+                f"the first day is after the last day {end}", key="--from", value=str(start)
+            )
             raise ConfigError(Path("<command line>"), [problem])
         with progress_bars() as bar:
             bar.phase("snapshot days", (end - start).days + 1)
-            written = measure_jobs.backfill(engine_for(settings), settings, start, end, clock.now(),
-                                            replace=replace, on_days=bar.advance)  # fmt: skip
+            written = measure_jobs.backfill(
+                engine_for(settings),
+                settings,
+                start,
+                end,
+                clock.now(),
+                replace=replace,
+                on_days=bar.advance,
+            )
     console.print(f"snapshots {start} … {end}: {written:,} rows written")

@@ -69,19 +69,27 @@ def train_and_show(settings: Settings, as_of: str | None, name: str | None) -> N
     end = parse_as_of(as_of, settings.shop.zone)
     with console.status("training") as status:
         result = training.train(
-            engine_for(settings), settings.recommender, now=clock.now(), as_of=end,
-            name=name, step=lambda text: status.update(text),
+            engine_for(settings),
+            settings.recommender,
+            now=clock.now(),
+            as_of=end,
+            name=name,
+            step=lambda text: status.update(text),
             zone=settings.shop.zone,
-        )  # fmt: skip
+        )
     if result.metrics:
-        console.print(_metrics_table(f"time split, k = {settings.recommender.evaluation_k}",
-                                     result.metrics))  # fmt: skip
+        console.print(
+            _metrics_table(f"time split, k = {settings.recommender.evaluation_k}", result.metrics)
+        )
     console.print(f"{result.outcome}: {result.version} ({result.reason})", soft_wrap=True)
     if result.rule:
         console.print(f"rule: {result.rule}", soft_wrap=True)
     if result.seconds:
-        cache = (f"{result.cache_rows:,} customers" if result.outcome == "promoted"
-                 else "unchanged, the live model keeps serving")  # fmt: skip
+        cache = (
+            f"{result.cache_rows:,} customers"
+            if result.outcome == "promoted"
+            else "unchanged, the live model keeps serving"
+        )
         console.print(f"top-N cache: {cache}; seconds: {result.seconds}")
 
 
@@ -113,21 +121,27 @@ def evaluate_models(
         top = k or rec.evaluation_k
         engine = engine_for(settings)
         zone = settings.shop.zone
-        split_at = (parse_as_of(cutoff, zone) if cutoff
-                    else _default_cutoff(engine, horizon))  # fmt: skip
+        split_at = parse_as_of(cutoff, zone) if cutoff else _default_cutoff(engine, horizon)
         names = [m.value for m in models] if models else list(MODEL_NAMES)
         with errors.status("evaluating") as status:
             results = training.compare(engine, rec, names, split_at, horizon, top, status.update)
     if format is Output.json:
-        document = {"cutoff": split_at.astimezone(zone).isoformat(), "horizon_days": horizon,
-                    "k": top,
-                    "models": {name: m.as_dict() for name, m in results.items()}}  # fmt: skip
+        document = {
+            "cutoff": split_at.astimezone(zone).isoformat(),
+            "horizon_days": horizon,
+            "k": top,
+            "models": {name: m.as_dict() for name, m in results.items()},
+        }
         print_json(document, indent=2)
         return
     # the date the user gave: the split's instant in the shop's zone, not in UTC
     local = split_at.astimezone(zone)
-    console.print(_metrics_table(f"cutoff {local:%Y-%m-%d %H:%M} ({zone.key}), horizon {horizon} "
-                                 f"days, k = {top}", results))  # fmt: skip
+    console.print(
+        _metrics_table(
+            f"cutoff {local:%Y-%m-%d %H:%M} ({zone.key}), horizon {horizon} days, k = {top}",
+            results,
+        )
+    )
 
 
 @models_app.command("list")
@@ -158,10 +172,15 @@ def models_list() -> None:
         gate = row.metrics.get("gate", {})
         live = row.metrics.get("live", {})
         measured = gate.get("metric", metric)  # the gate's metric when it was trained
-        table.add_row(row.version, row.status, _split_text(gate, zone),
-                      fmt(candidate.get(measured)), fmt(live.get(measured)),
-                      _difference_text(gate.get("difference"), measured, metric),
-                      fmt(candidate.get("recall_new")))  # fmt: skip
+        table.add_row(
+            row.version,
+            row.status,
+            _split_text(gate, zone),
+            fmt(candidate.get(measured)),
+            fmt(live.get(measured)),
+            _difference_text(gate.get("difference"), measured, metric),
+            fmt(candidate.get("recall_new")),
+        )
     console.print(table)
     console.print(
         f"split: the evaluation's cutoff and horizon; {metric}: each version on its own "
@@ -251,8 +270,10 @@ def similar_items(item_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
 
 def _unknown_item(item_id: str, in_catalogue: bool, version: str) -> str:
     if in_catalogue:
-        return (f"item {item_id!r} is in the catalogue but not in the live model {version} "
-                "(nobody bought it before the model's data cutoff)")  # fmt: skip
+        return (
+            f"item {item_id!r} is in the catalogue but not in the live model {version} "
+            "(nobody bought it before the model's data cutoff)"
+        )
     return f"no item {item_id!r} in the catalogue"
 
 

@@ -35,8 +35,7 @@ from recocamp.store import queries, runs
 from recocamp.store.engine import Engine
 from recocamp.worker.process import Worker
 
-runs_app = typer.Typer(help="The history of job and campaign runs; workers.",
-                       no_args_is_help=True)  # fmt: skip
+runs_app = typer.Typer(help="The history of job and campaign runs; workers.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,9 @@ def worker(
         )
         process.install_signals()
         process.start()
-        console.print(f"worker {process.id} running {len(process.specs)} jobs; "
-                      "SIGTERM or Ctrl-C stops it")  # fmt: skip
+        console.print(
+            f"worker {process.id} running {len(process.specs)} jobs; SIGTERM or Ctrl-C stops it"
+        )
         process.wait()
         if not process.shutdown():
             # running jobs (a training, an import) cannot be cut short, and the interpreter
@@ -107,12 +107,15 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
     _history(engine, settings, clock.now())
     fake = FakeEsp(data_dir=demo_dir / "fake-esp")
     with running(create_app(fake)) as url:
-        process = Worker(demo_settings(settings, url, demo_dir), engine, campaigns, templates,
-                         FixedClock(begin))  # fmt: skip
+        process = Worker(
+            demo_settings(settings, url, demo_dir), engine, campaigns, templates, FixedClock(begin)
+        )
         process.load()
         first = begin.astimezone(zone)
-        console.print(f"simulating {days} days of the schedule from {first:%a %d %b %Y %H:%M} "
-                      f"({len(process.specs)} jobs; polling jobs hourly)")  # fmt: skip
+        console.print(
+            f"simulating {days} days of the schedule from {first:%a %d %b %Y %H:%M} "
+            f"({len(process.specs)} jobs; polling jobs hourly)"
+        )
         if untrained:
             console.print("training the first model (a minute or so) …")
             _show(process, begin, "train", process.run("train"))
@@ -135,8 +138,9 @@ def _history(engine: Engine, settings: Settings, now: datetime) -> None:
         return
     zone = settings.shop.zone
     with console.status("KPI history: a snapshot of every day with orders …"):
-        measure_jobs.backfill(engine, settings, first.astimezone(zone).date(),
-                              last.astimezone(zone).date(), now)  # fmt: skip
+        measure_jobs.backfill(
+            engine, settings, first.astimezone(zone).date(), last.astimezone(zone).date(), now
+        )
 
 
 def _show(process: Worker, at: datetime, job: str, status: str) -> None:
@@ -182,11 +186,20 @@ def runs_list(
     for column in ("id", "job", "status", "started (UTC)", "seconds", "counts / error", "worker"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(str(row.id), row.job, row.status, f"{row.started_at:%Y-%m-%d %H:%M:%S}",
-                      _seconds_text(row), row.error or _counts_text(row.counts),
-                      row.worker)  # fmt: skip
-    table.caption = (f"newest {len(rows):,} of {total:,} runs" + (f" of {job}" if job else "")
-                     + ("; --limit N shows more" if total > len(rows) else ""))  # fmt: skip
+        table.add_row(
+            str(row.id),
+            row.job,
+            row.status,
+            f"{row.started_at:%Y-%m-%d %H:%M:%S}",
+            _seconds_text(row),
+            row.error or _counts_text(row.counts),
+            row.worker,
+        )
+    table.caption = (
+        f"newest {len(rows):,} of {total:,} runs"
+        + (f" of {job}" if job else "")
+        + ("; --limit N shows more" if total > len(rows) else "")
+    )
     console.print(table)
 
 
@@ -213,11 +226,20 @@ def _run_json(row: Any) -> dict[str, Any]:
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
 
-    return {"id": row.id, "job": row.job, "status": row.status, "worker": row.worker,
-            "started_at": iso(row.started_at), "finished_at": iso(row.finished_at),
-            "as_of": iso(row.as_of), "run_key": row.run_key, "counts": row.counts,
-            "error": row.error, "resumed_from": row.resumed_from,
-            "seconds": row.seconds}  # fmt: skip
+    return {
+        "id": row.id,
+        "job": row.job,
+        "status": row.status,
+        "worker": row.worker,
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "as_of": iso(row.as_of),
+        "run_key": row.run_key,
+        "counts": row.counts,
+        "error": row.error,
+        "resumed_from": row.resumed_from,
+        "seconds": row.seconds,
+    }
 
 
 @runs_app.command("trigger")
@@ -252,8 +274,11 @@ def runs_workers() -> None:
     for column in ("worker", "started (UTC)", "heartbeat", "leader since", "stopped"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.id, f"{row.started_at:%Y-%m-%d %H:%M:%S}",
-                      f"{row.heartbeat_at:%Y-%m-%d %H:%M:%S}",
-                      f"{row.leader_since:%Y-%m-%d %H:%M:%S}" if row.leader_since else "",
-                      f"{row.stopped_at:%Y-%m-%d %H:%M:%S}" if row.stopped_at else "")  # fmt: skip
+        table.add_row(
+            row.id,
+            f"{row.started_at:%Y-%m-%d %H:%M:%S}",
+            f"{row.heartbeat_at:%Y-%m-%d %H:%M:%S}",
+            f"{row.leader_since:%Y-%m-%d %H:%M:%S}" if row.leader_since else "",
+            f"{row.stopped_at:%Y-%m-%d %H:%M:%S}" if row.stopped_at else "",
+        )
     console.print(table)

@@ -7,6 +7,7 @@ keep (:mod:`.erasure_files`), profile and consent changes (:mod:`.profiles`), an
 shop: the UCI purchases or the deterministic synthetic shop (:mod:`.demo`, :mod:`.synthetic`).
 
 May import: the base modules and ``store``.
-Exports (by module): ``ingest.Importer``, ``ingest.ImportReport``, ``drop_folder.import_drop_folder``,
-``demo.build_demo_shop``, ``synthetic.generate_shop``, ``catalog.build_catalog``, ``profiles``.
+Exports (by module): ``ingest.Importer``, ``ingest.ImportReport``,
+``drop_folder.import_drop_folder``, ``demo.build_demo``, ``synthetic.generate_shop``,
+``catalog.build_catalog``.
 """

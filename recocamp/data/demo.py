@@ -43,13 +43,23 @@ def build_demo(
     upgrade(engine)
     path = source or settings.demo.online_retail_path
     if not synthetic and path.exists():
-        importer = Importer(engine, zone=ZoneInfo(UCI_ZONE), now=now, progress=progress,
-                            erasure_key=tombstones.key_of(settings))  # fmt: skip
+        importer = Importer(
+            engine,
+            zone=ZoneInfo(UCI_ZONE),
+            now=now,
+            progress=progress,
+            erasure_key=tombstones.key_of(settings),
+        )
         reports = [importer.purchases(path, "online-retail")]
         label = f"UCI Online Retail ({path})"
     else:
-        importer = Importer(engine, zone=settings.shop.zone, now=now,
-                            progress=progress, erasure_key=tombstones.key_of(settings))  # fmt: skip
+        importer = Importer(
+            engine,
+            zone=settings.shop.zone,
+            now=now,
+            progress=progress,
+            erasure_key=tombstones.key_of(settings),
+        )
         reports = _synthetic(importer, settings, demo_dir)
         label = f"synthetic shop (seed {settings.demo.seed})"
     reports.append(_customers(engine, importer, settings, demo_dir))
@@ -58,8 +68,9 @@ def build_demo(
 
 def _synthetic(importer: Importer, settings: Settings, demo_dir: Path) -> list[ImportReport]:
     demo = settings.demo
-    shop = generate_shop(demo.seed, demo.synthetic_customers, demo.synthetic_items,
-                         demo.synthetic_days)  # fmt: skip
+    shop = generate_shop(
+        demo.seed, demo.synthetic_customers, demo.synthetic_items, demo.synthetic_days
+    )
     sources.write_items(demo_dir / "items.csv", shop.items)
     sources.write_purchases(demo_dir / "purchases.csv", shop.purchases)
     reports = [importer.items(demo_dir / "items.csv")]

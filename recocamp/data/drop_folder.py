@@ -56,8 +56,13 @@ class DropReport:
     rows: int = 0
 
     def counts(self) -> dict[str, int]:
-        return {"imported": self.imported, "already_imported": self.already_imported,
-                "rejected": self.rejected, "waiting": self.waiting, "rows": self.rows}  # fmt: skip
+        return {
+            "imported": self.imported,
+            "already_imported": self.already_imported,
+            "rejected": self.rejected,
+            "waiting": self.waiting,
+            "rows": self.rows,
+        }
 
 
 def kind_of(path: Path) -> tuple[str, str] | None:
@@ -78,8 +83,11 @@ def pending(drop_dir: Path, now_s: float) -> tuple[list[Path], int]:
     """Files to import now (in import order), and how many are still settling."""
     if not drop_dir.is_dir():
         return [], 0
-    files = [p for p in drop_dir.iterdir() if p.is_file() and p.name.lower().endswith(
-        (".csv", ".csv.gz"))]  # fmt: skip
+    files = [
+        p
+        for p in drop_dir.iterdir()
+        if p.is_file() and p.name.lower().endswith((".csv", ".csv.gz"))
+    ]
     ready = [p for p in files if now_s - p.stat().st_mtime >= SETTLE_S]
     return sorted(ready, key=_rank), len(files) - len(ready)
 
@@ -93,29 +101,39 @@ def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> Dro
     if files:  # a file refused before the store is asked is kept: its check must not fail
         with engine.connect() as connection:
             tombstones.checkable(connection, key, "importing the drop folder")
-    importer = Importer(engine, zone=settings.shop.zone, now=now,
-                        max_listed=settings.ingest.max_errors_listed,
-                        erasure_key=key)  # fmt: skip
+    importer = Importer(
+        engine,
+        zone=settings.shop.zone,
+        now=now,
+        max_listed=settings.ingest.max_errors_listed,
+        erasure_key=key,
+    )
     for path in files:
         _one(importer, path, drop_dir, done_dir, report)
     return report
 
 
-def _one(importer: Importer, path: Path, drop_dir: Path, done_dir: Path | None,
-         report: DropReport) -> None:  # fmt: skip
+def _one(
+    importer: Importer, path: Path, drop_dir: Path, done_dir: Path | None, report: DropReport
+) -> None:
     kind = kind_of(path)
     try:
         if kind is None:
             prefixes = ", ".join(prefix for prefix, _, _ in KINDS)
-            raise DataImportError(path, [Problem(
-                f"unknown kind of file: the name must start with one of {prefixes}")])  # fmt: skip
+            raise DataImportError(
+                path, [Problem(f"unknown kind of file: the name must start with one of {prefixes}")]
+            )
         result = _import(importer, path, *kind)
     except DataImportError as exc:
         kept = _reject(path, drop_dir / "rejected", str(exc))
         erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)
         report.rejected += 1
-        log.error("import of %s refused, moved to %s: %s", path.name, drop_dir / "rejected",
-                  str(exc).splitlines()[0])  # fmt: skip
+        log.error(
+            "import of %s refused, moved to %s: %s",
+            path.name,
+            drop_dir / "rejected",
+            str(exc).splitlines()[0],
+        )
         return
     kept = _done(path, done_dir, importer.now)
     erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)

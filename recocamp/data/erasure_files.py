@@ -139,8 +139,11 @@ def drop_erased(engine: Engine, key: bytes | None, paths: Sequence[Path]) -> int
         return 0
     who = _Erased(frozenset(erased[0]), frozenset(erased[1]))
     rewritten = sum(1 for path in texts if _scrub_file(path, who))
-    log.info("kept drop-folder file(s) cleaned of %d erased customer(s): %d file(s)",
-             len(erased[0]) + len(erased[1]), rewritten)  # fmt: skip
+    log.info(
+        "kept drop-folder file(s) cleaned of %d erased customer(s): %d file(s)",
+        len(erased[0]) + len(erased[1]),
+        rewritten,
+    )
     return rewritten
 
 
@@ -270,8 +273,11 @@ def _columns(first: list[str]) -> tuple[list[int], list[int], list[int]]:
     file (an ``id`` column beside an address column)."""
     header = [name.strip() for name in first]
     addresses = [n for n, name in enumerate(header) if ADDRESS.match(name)]
-    ids = [n for n, name in enumerate(header)
-           if name.lower().replace("_", "").replace(" ", "") in ID_COLUMNS]  # fmt: skip
+    ids = [
+        n
+        for n, name in enumerate(header)
+        if name.lower().replace("_", "").replace(" ", "") in ID_COLUMNS
+    ]
     people = [n for n, name in enumerate(header) if name.lower() == "id"] if addresses else []
     return addresses, ids, people
 
@@ -284,7 +290,8 @@ def _csv(text: str, who: Who) -> str | None:
     kept, changed = [rows[0]], False
     for row in rows[1:]:
         if any(n < len(row) and who.is_address(row[n]) for n in addresses) or any(
-                n < len(row) and who.is_id(row[n]) for n in people):  # fmt: skip
+            n < len(row) and who.is_id(row[n]) for n in people
+        ):
             changed = True
             continue
         for n in ids:

@@ -168,19 +168,32 @@ class Importer:
         seconds = time.perf_counter() - started
         log.info(
             "import %s %s: read=%d imported=%d duplicates=%d skipped=%s in %.1fs",
-            kind, path.name, report.rows_read, report.imported, report.duplicates,
-            report.skipped, seconds,
-        )  # fmt: skip
+            kind,
+            path.name,
+            report.rows_read,
+            report.imported,
+            report.duplicates,
+            report.skipped,
+            seconds,
+        )
         return ImportReport(**{**_fields(report), "seconds": round(seconds, 3)})
 
     def _begin_run(
         self, connection: Connection, kind: str, fmt: str, path: Path, sha: str, read: int
     ) -> int:
         return queries.record_import(
-            connection, kind=kind, format=fmt, file_name=path.name, file_sha256=sha,
-            started_at=self.now, finished_at=self.now, rows_read=read, imported=0,
-            duplicates=0, skipped={},
-        )  # fmt: skip
+            connection,
+            kind=kind,
+            format=fmt,
+            file_name=path.name,
+            file_sha256=sha,
+            started_at=self.now,
+            finished_at=self.now,
+            rows_read=read,
+            imported=0,
+            duplicates=0,
+            skipped={},
+        )
 
     def _write_purchases(self, path: Path, fmt: str, sha: str) -> ImportReport:
         stamps = sources.Timestamps(self.zone, "%Y-%m-%d %H:%M:%S" if fmt != "standard" else None)
@@ -188,17 +201,23 @@ class Importer:
         first_lines: dict[str, int] = {}
         if fmt == "online-retail":
             retail, skipped, read = _parse(
-                path, sources.ONLINE_RETAIL_COLUMNS,
+                path,
+                sources.ONLINE_RETAIL_COLUMNS,
                 lambda row: sources.online_retail_line(row, stamps, lines),
-                self.progress, self.max_listed, ("InvoiceNo", first_lines),
-            )  # fmt: skip
+                self.progress,
+                self.max_listed,
+                ("InvoiceNo", first_lines),
+            )
             rows = [line.purchase for line in retail]
         else:
             rows, skipped, read = _parse(
-                path, sources.STANDARD_COLUMNS,
+                path,
+                sources.STANDARD_COLUMNS,
                 lambda row: repeats.check(sources.standard_purchase(row, stamps, lines)),
-                self.progress, self.max_listed, ("order_id", first_lines),
-            )  # fmt: skip
+                self.progress,
+                self.max_listed,
+                ("order_id", first_lines),
+            )
             retail = []
         self.progress.phase(f"writing {len(rows):,} order lines", len(rows))
         try:
@@ -211,8 +230,16 @@ class Importer:
                     details |= {"erased_customer_lines": detached}
                 if retail:
                     details |= self._catalogue_from_retail(connection, retail)
-                report = ImportReport("purchases", fmt, str(path), read, stored.lines_written,
-                                      stored.lines_repeated, skipped, details=details)  # fmt: skip
+                report = ImportReport(
+                    "purchases",
+                    fmt,
+                    str(path),
+                    read,
+                    stored.lines_written,
+                    stored.lines_repeated,
+                    skipped,
+                    details=details,
+                )
                 self._finish(connection, run_id, report)
         except OrderConflictError as exc:
             column = "InvoiceNo" if fmt == "online-retail" else "order_id"
@@ -225,11 +252,14 @@ class Importer:
         """The online-retail file also tells us the items and each customer's country."""
         catalog = build_catalog(
             SaleLine(
-                line.purchase.item_id, line.description, line.purchase.unit_price,
-                line.purchase.ordered_at, line.purchase.is_purchase,
+                line.purchase.item_id,
+                line.description,
+                line.purchase.unit_price,
+                line.purchase.ordered_at,
+                line.purchase.is_purchase,
             )
             for line in retail
-        )  # fmt: skip
+        )
         queries.add_missing_items(connection, catalog, self.now)
         countries = {
             line.purchase.customer_id: line.country
@@ -243,14 +273,21 @@ class Importer:
         stamps = sources.Timestamps(self.zone)
         rows: list[Customer]
         rows, skipped, read = _parse(
-            path, sources.CUSTOMER_COLUMNS, lambda row: sources.customer_row(row, stamps),
-            self.progress, self.max_listed,
-        )  # fmt: skip
+            path,
+            sources.CUSTOMER_COLUMNS,
+            lambda row: sources.customer_row(row, stamps),
+            self.progress,
+            self.max_listed,
+        )
         _refuse_duplicate_ids(path, [row.id for row in rows])
         with self.engine.begin() as connection:
-            erased = tombstones.erased_ids(connection, self.erasure_key, [r.id for r in rows],
-                                           "importing customers",
-                                           [(r.id, r.email) for r in rows if r.email])  # fmt: skip
+            erased = tombstones.erased_ids(
+                connection,
+                self.erasure_key,
+                [r.id for r in rows],
+                "importing customers",
+                [(r.id, r.email) for r in rows if r.email],
+            )
             if erased:
                 rows = [row for row in rows if row.id not in erased]
                 skipped = {**skipped, "erased": len(erased)}
@@ -260,15 +297,19 @@ class Importer:
             self._finish(connection, run_id, report)
         return report
 
-    def _detach_erased(self, connection: Connection, rows: list[Purchase],
-                       retail: list[sources.RetailLine],
-                       ) -> tuple[list[Purchase], list[sources.RetailLine], int]:  # fmt: skip
+    def _detach_erased(
+        self,
+        connection: Connection,
+        rows: list[Purchase],
+        retail: list[sources.RetailLine],
+    ) -> tuple[list[Purchase], list[sources.RetailLine], int]:
         """Order lines of erased customers become guest lines (and name no country)."""
         erased = tombstones.erased_ids(
-            connection, self.erasure_key,
+            connection,
+            self.erasure_key,
             {row.customer_id for row in rows if row.customer_id is not None},
             "importing purchases",
-        )  # fmt: skip
+        )
         if not erased:
             return rows, retail, 0
         detached = sum(1 for row in rows if row.customer_id in erased)
@@ -290,15 +331,27 @@ class Importer:
 
     def _finish(self, connection: Connection, run_id: int, report: ImportReport) -> None:
         queries.finish_import(
-            connection, run_id, imported=report.imported, duplicates=report.duplicates,
-            skipped=report.skipped, finished_at=self.now,
-        )  # fmt: skip
+            connection,
+            run_id,
+            imported=report.imported,
+            duplicates=report.duplicates,
+            skipped=report.skipped,
+            finished_at=self.now,
+        )
         queries.audit(
-            connection, at=self.now, actor="import", action=f"import_{report.kind}",
-            subject_type="import_run", subject_id=str(run_id),
-            details={"file": Path(report.file).name, "imported": report.imported,
-                     "skipped": report.skipped, **report.details},
-        )  # fmt: skip
+            connection,
+            at=self.now,
+            actor="import",
+            action=f"import_{report.kind}",
+            subject_type="import_run",
+            subject_id=str(run_id),
+            details={
+                "file": Path(report.file).name,
+                "imported": report.imported,
+                "skipped": report.skipped,
+                **report.details,
+            },
+        )
 
 
 def detach(row: Purchase, erased: set[str]) -> Purchase:
@@ -316,8 +369,9 @@ def _purchase_details(rows: list[Purchase]) -> dict[str, int]:
     return {"purchase_lines": len(rows) - returns, "return_lines": returns, "guest_lines": guests}
 
 
-def _conflict(path: Path, order_ids: list[str], column: str, first_lines: dict[str, int],
-              max_listed: int) -> DataImportError:  # fmt: skip
+def _conflict(
+    path: Path, order_ids: list[str], column: str, first_lines: dict[str, int], max_listed: int
+) -> DataImportError:
     problems = [
         Problem(
             "this order is already stored with other lines",

@@ -55,9 +55,17 @@ class Changed:
     fields: tuple[str, ...]
 
 
-def apply(connection: Connection, customer_id: str, changes: Mapping[str, Any], *,
-          at: datetime, actor: str, source: str, unsubscribed: bool | None = None,
-          zone: ZoneInfo | None = None) -> Changed:  # fmt: skip
+def apply(
+    connection: Connection,
+    customer_id: str,
+    changes: Mapping[str, Any],
+    *,
+    at: datetime,
+    actor: str,
+    source: str,
+    unsubscribed: bool | None = None,
+    zone: ZoneInfo | None = None,
+) -> Changed:
     """Create or update one customer with ``changes`` (a subset of :data:`FIELDS`)."""
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
@@ -86,9 +94,15 @@ def apply(connection: Connection, customer_id: str, changes: Mapping[str, Any], 
             "fields": list(changed) + ([opted] if opted else []),
             "values": {k: _plain(values[k]) for k in changed if k in AUDITED_VALUES},
         }
-        audit(connection, at=at, actor=actor[:200],
-              action="customer_created" if row is None else "customer_changed",
-              subject_type="customer", subject_id=customer_id, details=details)  # fmt: skip
+        audit(
+            connection,
+            at=at,
+            actor=actor[:200],
+            action="customer_created" if row is None else "customer_changed",
+            subject_type="customer",
+            subject_id=customer_id,
+            details=details,
+        )
     return Changed(row is None, changed + ((opted,) if opted else ()))
 
 
@@ -103,8 +117,9 @@ def _validate(customer_id: str, after: Mapping[str, Any], zone: ZoneInfo) -> Non
         raise ProfileError("locale", "must be de or en", after.get("locale"))
     frequency = after.get("frequency_preference")
     if frequency is not None and frequency not in FREQUENCIES:
-        raise ProfileError("frequency_preference", f"must be one of {', '.join(FREQUENCIES)}",
-                           frequency)  # fmt: skip
+        raise ProfileError(
+            "frequency_preference", f"must be one of {', '.join(FREQUENCIES)}", frequency
+        )
 
 
 def _text(value: Any) -> str:
@@ -121,8 +136,14 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime | date) else value
 
 
-def _subscription(connection: Connection, customer_id: str, unsubscribed: bool | None,
-                  after: Mapping[str, Any], at: datetime, source: str) -> str | None:  # fmt: skip
+def _subscription(
+    connection: Connection,
+    customer_id: str,
+    unsubscribed: bool | None,
+    after: Mapping[str, Any],
+    at: datetime,
+    source: str,
+) -> str | None:
     """Apply ``unsubscribed``; returns "unsubscribed" / "resubscribed" when it changed."""
     if unsubscribed is None:
         return None
@@ -134,9 +155,16 @@ def _subscription(connection: Connection, customer_id: str, unsubscribed: bool |
     if current.unsubscribed_at is None:
         return None
     consent_at = after.get("consent_at")
-    if after.get("consent_basis") in (None, "none") or consent_at is None or (
-            consent_at <= current.unsubscribed_at):  # fmt: skip
-        raise ProfileError("unsubscribed", "re-subscribing needs a new consent: consent_basis "
-                           "and a consent_at after the unsubscribe", False)  # fmt: skip
+    if (
+        after.get("consent_basis") in (None, "none")
+        or consent_at is None
+        or (consent_at <= current.unsubscribed_at)
+    ):
+        raise ProfileError(
+            "unsubscribed",
+            "re-subscribing needs a new consent: consent_basis "
+            "and a consent_at after the unsubscribe",
+            False,
+        )
     profiles.resubscribe(connection, customer_id, current.email, at)
     return "resubscribed"

@@ -23,24 +23,65 @@ from recocamp.domain import ConsentBasis, Customer, Item, Purchase
 
 END = datetime(2011, 12, 9, 18, 0, tzinfo=UTC)  # the UCI file's last day, so demos line up
 FIRST_NAMES = (
-    "Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hannah", "Jonas", "Lena",
-    "Lukas", "Marie", "Noah", "Olivia", "Paul", "Sophie", "Tom", "Ulla", "Yusuf", "Zoe",
-)  # fmt: skip
+    "Anna",
+    "Ben",
+    "Clara",
+    "David",
+    "Emma",
+    "Felix",
+    "Greta",
+    "Hannah",
+    "Jonas",
+    "Lena",
+    "Lukas",
+    "Marie",
+    "Noah",
+    "Olivia",
+    "Paul",
+    "Sophie",
+    "Tom",
+    "Ulla",
+    "Yusuf",
+    "Zoe",
+)
 COUNTRY_ZONES = {
-    "Australia": "Australia/Sydney", "Austria": "Europe/Vienna", "Bahrain": "Asia/Bahrain",
-    "Belgium": "Europe/Brussels", "Brazil": "America/Sao_Paulo", "Canada": "America/Toronto",
-    "Channel Islands": "Europe/Jersey", "Cyprus": "Asia/Nicosia",
-    "Czech Republic": "Europe/Prague", "Denmark": "Europe/Copenhagen", "EIRE": "Europe/Dublin",
-    "Finland": "Europe/Helsinki", "France": "Europe/Paris", "Germany": "Europe/Berlin",
-    "Greece": "Europe/Athens", "Hong Kong": "Asia/Hong_Kong", "Iceland": "Atlantic/Reykjavik",
-    "Israel": "Asia/Jerusalem", "Italy": "Europe/Rome", "Japan": "Asia/Tokyo",
-    "Lebanon": "Asia/Beirut", "Lithuania": "Europe/Vilnius", "Malta": "Europe/Malta",
-    "Netherlands": "Europe/Amsterdam", "Norway": "Europe/Oslo", "Poland": "Europe/Warsaw",
-    "Portugal": "Europe/Lisbon", "RSA": "Africa/Johannesburg", "Saudi Arabia": "Asia/Riyadh",
-    "Singapore": "Asia/Singapore", "Spain": "Europe/Madrid", "Sweden": "Europe/Stockholm",
-    "Switzerland": "Europe/Zurich", "USA": "America/New_York",
-    "United Arab Emirates": "Asia/Dubai", "United Kingdom": "Europe/London",
-}  # fmt: skip
+    "Australia": "Australia/Sydney",
+    "Austria": "Europe/Vienna",
+    "Bahrain": "Asia/Bahrain",
+    "Belgium": "Europe/Brussels",
+    "Brazil": "America/Sao_Paulo",
+    "Canada": "America/Toronto",
+    "Channel Islands": "Europe/Jersey",
+    "Cyprus": "Asia/Nicosia",
+    "Czech Republic": "Europe/Prague",
+    "Denmark": "Europe/Copenhagen",
+    "EIRE": "Europe/Dublin",
+    "Finland": "Europe/Helsinki",
+    "France": "Europe/Paris",
+    "Germany": "Europe/Berlin",
+    "Greece": "Europe/Athens",
+    "Hong Kong": "Asia/Hong_Kong",
+    "Iceland": "Atlantic/Reykjavik",
+    "Israel": "Asia/Jerusalem",
+    "Italy": "Europe/Rome",
+    "Japan": "Asia/Tokyo",
+    "Lebanon": "Asia/Beirut",
+    "Lithuania": "Europe/Vilnius",
+    "Malta": "Europe/Malta",
+    "Netherlands": "Europe/Amsterdam",
+    "Norway": "Europe/Oslo",
+    "Poland": "Europe/Warsaw",
+    "Portugal": "Europe/Lisbon",
+    "RSA": "Africa/Johannesburg",
+    "Saudi Arabia": "Asia/Riyadh",
+    "Singapore": "Asia/Singapore",
+    "Spain": "Europe/Madrid",
+    "Sweden": "Europe/Stockholm",
+    "Switzerland": "Europe/Zurich",
+    "USA": "America/New_York",
+    "United Arab Emirates": "Asia/Dubai",
+    "United Kingdom": "Europe/London",
+}
 GERMAN_SPEAKING = {"Germany", "Austria", "Switzerland"}
 
 
@@ -99,10 +140,15 @@ def generate_shop(seed: int, customers: int, items: int, days: int) -> Synthetic
     rng = np.random.default_rng(seed)
     catalogue = _items(rng, items)
     countries = {
-        f"{10000 + n}": ("United Kingdom" if rng.random() < 0.8 else str(rng.choice(
-            ["Germany", "France", "EIRE", "Netherlands", "Spain", "Austria", "USA"])))
+        f"{10000 + n}": (
+            "United Kingdom"
+            if rng.random() < 0.8
+            else str(
+                rng.choice(["Germany", "France", "EIRE", "Netherlands", "Spain", "Austria", "USA"])
+            )
+        )
         for n in range(customers)
-    }  # fmt: skip
+    }
     purchases = list(_orders(rng, catalogue, list(countries), days))
     return SyntheticShop(catalogue, purchases, countries)
 
@@ -114,9 +160,13 @@ def _items(rng: np.random.Generator, count: int) -> list[Item]:
         category, keywords = CATEGORY_RULES[n % len(CATEGORY_RULES)]
         keyword = keywords[(n // len(CATEGORY_RULES)) % len(keywords)]
         result.append(
-            Item(id=f"{20000 + n}", title=f"{keyword.strip()} NO. {n}", category=category,
-                 price=float(prices[n]))
-        )  # fmt: skip
+            Item(
+                id=f"{20000 + n}",
+                title=f"{keyword.strip()} NO. {n}",
+                category=category,
+                price=float(prices[n]),
+            )
+        )
     result.append(Item(id="POST", title="POSTAGE", category="service", price=18.0, is_service=True))
     return result
 
@@ -163,8 +213,16 @@ def _orders(
             if rng.random() < 0.02:  # a return a few days later, on its own credit note
                 returned_at = at + timedelta(days=int(rng.integers(1, 14)))
                 if returned_at <= END:  # a return after END has not happened yet
-                    yield Purchase(f"C{order_id}", line_no, customer, item.id, -quantity,
-                                   item.price, returned_at, is_return=True)  # fmt: skip
+                    yield Purchase(
+                        f"C{order_id}",
+                        line_no,
+                        customer,
+                        item.id,
+                        -quantity,
+                        item.price,
+                        returned_at,
+                        is_return=True,
+                    )
         if rng.random() < 0.5:
             yield Purchase(order_id, len(lines) + 1, customer, "POST", 1, 18.0, at)
 

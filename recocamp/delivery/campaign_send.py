@@ -22,18 +22,30 @@ from recocamp.store.engine import Engine
 PARALLEL_FROM = 5000  # smaller runs are delivered by a thread: starting processes costs ~1 s
 
 
-def send_campaign(engine: Engine, settings: Settings, campaign: Campaign, templates: Path,
-                  now: datetime, deliverer: Deliverer,
-                  options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
+def send_campaign(
+    engine: Engine,
+    settings: Settings,
+    campaign: Campaign,
+    templates: Path,
+    now: datetime,
+    deliverer: Deliverer,
+    options: RunOptions = RunOptions(),
+) -> RunReport:
     """Plan, then enqueue while the same campaign is being delivered."""
     planned = plan_run(engine, settings, campaign, now)
-    return deliver_planned(engine, settings, campaign, templates, planned, now, deliverer,
-                           options)  # fmt: skip
+    return deliver_planned(engine, settings, campaign, templates, planned, now, deliverer, options)
 
 
-def deliver_planned(engine: Engine, settings: Settings, campaign: Campaign, templates: Path,
-                    planned: Planned, now: datetime, deliverer: Deliverer,
-                    options: RunOptions = RunOptions()) -> RunReport:  # fmt: skip
+def deliver_planned(
+    engine: Engine,
+    settings: Settings,
+    campaign: Campaign,
+    templates: Path,
+    planned: Planned,
+    now: datetime,
+    deliverer: Deliverer,
+    options: RunOptions = RunOptions(),
+) -> RunReport:
     """Enqueue ``planned`` while it is delivered: by ``deliverer`` in a thread, or, for a big
     run, by several delivering processes (``[esp] delivery_processes``), because rendering
     the bodies is the expensive part and one process renders on one core."""
@@ -44,13 +56,24 @@ def deliver_planned(engine: Engine, settings: Settings, campaign: Campaign, temp
     def drain(producing: Callable[[], bool]) -> DeliveryReport:
         if processes > 1:
             renderer = deliverer.renderer or render.Renderer(templates, limits=settings.templates)
-            return drain_in_processes(engine, settings, renderer, campaign.name, processes,
-                                      options.max_wait_s, producing, deliverer.on_progress,
-                                      options.stopping, deliverer.limiter.rate)  # fmt: skip
+            return drain_in_processes(
+                engine,
+                settings,
+                renderer,
+                campaign.name,
+                processes,
+                options.max_wait_s,
+                producing,
+                deliverer.on_progress,
+                options.stopping,
+                deliverer.limiter.rate,
+            )
         return deliverer.drain(campaign.name, options.max_wait_s, producing)
 
-    return while_delivering(drain, lambda: enqueue_decisions(
-        engine, settings, campaign, templates, planned, now, options))  # fmt: skip
+    return while_delivering(
+        drain,
+        lambda: enqueue_decisions(engine, settings, campaign, templates, planned, now, options),
+    )
 
 
 def delivery_processes(settings: Settings, sends: int) -> int:
@@ -61,8 +84,9 @@ def delivery_processes(settings: Settings, sends: int) -> int:
     return max(1, min(wanted, sends // (PARALLEL_FROM // 2)))
 
 
-def while_delivering(drain: Callable[[Callable[[], bool]], DeliveryReport],
-                     produce: Callable[[], RunReport]) -> RunReport:  # fmt: skip
+def while_delivering(
+    drain: Callable[[Callable[[], bool]], DeliveryReport], produce: Callable[[], RunReport]
+) -> RunReport:
     """Run ``produce`` (which enqueues) while ``drain`` delivers in a thread: the first
     e-mails go out while the rest are still being enqueued."""
     producing = threading.Event()

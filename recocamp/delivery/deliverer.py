@@ -67,11 +67,20 @@ class Deliverer:
     batch in flight, records it, and returns; nothing is left half-sent.
     """
 
-    def __init__(self, engine: Engine, provider: Provider, settings: EspSettings,
-                 clock: Clock, *, sleep: Callable[[float], object] = time.sleep,
-                 rng: random.Random | None = None, worker: str | None = None,
-                 renderer: Renderer | None = None, stopping: Callable[[], bool] = lambda: False,
-                 limiter: RateLimiter | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: Engine,
+        provider: Provider,
+        settings: EspSettings,
+        clock: Clock,
+        *,
+        sleep: Callable[[float], object] = time.sleep,
+        rng: random.Random | None = None,
+        worker: str | None = None,
+        renderer: Renderer | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.engine, self.provider, self.settings, self.clock = engine, provider, settings, clock
         self.sleep, self.renderer, self.stopping = sleep, renderer, stopping
         self.rng = rng or random.Random()
@@ -88,9 +97,11 @@ class Deliverer:
         now = self.clock.now()
         with self.engine.connect() as connection:
             stale = outbox.stale_claims(
-                connection, now, self.settings.claim_lease_s,
+                connection,
+                now,
+                self.settings.claim_lease_s,
                 lambda who: outbox.process_alive(who, self.worker),
-            )  # fmt: skip
+            )
         with self.engine.begin() as connection:
             stale = outbox.take_over(connection, stale, self.worker, now)
         if not stale:
@@ -99,10 +110,13 @@ class Deliverer:
         sent = {c.id: found[c.email.send_key] for c in stale if c.email.send_key in found}
         with self.engine.begin() as connection:
             outbox.mark_sent(connection, sent, now, self.worker)
-            outbox.release(connection, [c.id for c in stale if c.id not in sent], now,
-                           self.worker)  # fmt: skip
-        log.info("reconciled %d stale claims: %d already accepted, %d queued again",
-                 len(stale), len(sent), len(stale) - len(sent))  # fmt: skip
+            outbox.release(connection, [c.id for c in stale if c.id not in sent], now, self.worker)
+        log.info(
+            "reconciled %d stale claims: %d already accepted, %d queued again",
+            len(stale),
+            len(sent),
+            len(stale) - len(sent),
+        )
         return len(sent)
 
     def _lookup(self, keys: Sequence[str]) -> dict[str, str]:
@@ -113,8 +127,12 @@ class Deliverer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def drain(self, campaign: str | None = None, max_wait_s: float = 0.0,
-              producing: Callable[[], bool] = lambda: False) -> DeliveryReport:  # fmt: skip
+    def drain(
+        self,
+        campaign: str | None = None,
+        max_wait_s: float = 0.0,
+        producing: Callable[[], bool] = lambda: False,
+    ) -> DeliveryReport:
         """Send everything due; wait up to ``max_wait_s`` for retries that come due, and
         keep polling for new messages as long as ``producing()`` says more are coming."""
         outbox.draining.add(self.worker)
@@ -168,16 +186,20 @@ class Deliverer:
         for index, c in enumerate(claimed):
             if index and self.stopping():  # a render may take its whole time budget
                 with self.engine.begin() as connection:
-                    outbox.release(connection, [x.id for x in claimed[index:]],
-                                   self.clock.now(), self.worker)  # fmt: skip
+                    outbox.release(
+                        connection, [x.id for x in claimed[index:]], self.clock.now(), self.worker
+                    )
                 break
             template = c.email.template
             if template is not None and self.renderer is None:
                 with self.engine.begin() as connection:
-                    outbox.release(connection, [x.id for x in claimed], self.clock.now(),
-                                   self.worker)  # fmt: skip
-                raise DeliveryError("the outbox holds e-mails to render: the deliverer needs "
-                                    "the templates directory (--templates)")  # fmt: skip
+                    outbox.release(
+                        connection, [x.id for x in claimed], self.clock.now(), self.worker
+                    )
+                raise DeliveryError(
+                    "the outbox holds e-mails to render: the deliverer needs "
+                    "the templates directory (--templates)"
+                )
             if template is None or self.renderer is None:
                 ready.append(c)
                 continue
@@ -201,13 +223,13 @@ class Deliverer:
         except TransientDeliveryError as exc:
             return self._transient(claimed, exc)
         except PermanentDeliveryError as exc:
-            results = [SendResult(c.email.send_key, SendStatus.REJECTED, error=str(exc))
-                       for c in claimed]  # fmt: skip
+            results = [
+                SendResult(c.email.send_key, SendStatus.REJECTED, error=str(exc)) for c in claimed
+            ]
             return self._record(claimed, results, report, suppress=False)
         except DeliveryError:  # refused (credentials): nothing went out, give the claims back
             with self.engine.begin() as connection:
-                outbox.release(connection, [c.id for c in claimed], self.clock.now(),
-                               self.worker)  # fmt: skip
+                outbox.release(connection, [c.id for c in claimed], self.clock.now(), self.worker)
             raise
         # anything else (a bug, KeyboardInterrupt) may have come after the provider took the
         # batch: the claims stay, and the next deliverer looks them up before resending
@@ -215,34 +237,48 @@ class Deliverer:
 
     def _split(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
         if len(claimed) == 1:
-            results = [SendResult(claimed[0].email.send_key, SendStatus.REJECTED,
-                                  error="too large for the provider (HTTP 413)")]  # fmt: skip
+            results = [
+                SendResult(
+                    claimed[0].email.send_key,
+                    SendStatus.REJECTED,
+                    error="too large for the provider (HTTP 413)",
+                )
+            ]
             return self._record(claimed, results, DeliveryReport(requests=1), suppress=False)
         half = len(claimed) // 2
         report = self._request(claimed[:half])
         report.add(self._request(claimed[half:]))
         return report
 
-    def _transient(self, claimed: list[outbox.Claimed],
-                   exc: TransientDeliveryError) -> DeliveryReport:  # fmt: skip
+    def _transient(
+        self, claimed: list[outbox.Claimed], exc: TransientDeliveryError
+    ) -> DeliveryReport:
         found = self._lookup([c.email.send_key for c in claimed]) if exc.ambiguous else {}
         results = [
             SendResult(c.email.send_key, SendStatus.ACCEPTED, message_id=found[c.email.send_key])
             if c.email.send_key in found
-            else SendResult(c.email.send_key, SendStatus.RETRY, error=str(exc),
-                            retry_after=exc.retry_after)
+            else SendResult(
+                c.email.send_key, SendStatus.RETRY, error=str(exc), retry_after=exc.retry_after
+            )
             for c in claimed
-        ]  # fmt: skip
-        log.warning("%s: %d messages, %d found accepted after the error", exc, len(claimed),
-                    len(found))  # fmt: skip
+        ]
+        log.warning(
+            "%s: %d messages, %d found accepted after the error", exc, len(claimed), len(found)
+        )
         # a provider-wide 429/5xx says nothing about this campaign: it is not in the tally,
         # and it costs no attempt (an outage makes mail wait, never fail)
-        return self._record(claimed, results, DeliveryReport(requests=1), tally=False,
-                            refund=True)  # fmt: skip
+        return self._record(claimed, results, DeliveryReport(requests=1), tally=False, refund=True)
 
-    def _record(self, claimed: list[outbox.Claimed], results: list[SendResult],
-                report: DeliveryReport, *, suppress: bool = True, tally: bool = True,
-                refund: bool = False) -> DeliveryReport:  # fmt: skip
+    def _record(
+        self,
+        claimed: list[outbox.Claimed],
+        results: list[SendResult],
+        report: DeliveryReport,
+        *,
+        suppress: bool = True,
+        tally: bool = True,
+        refund: bool = False,
+    ) -> DeliveryReport:
         now = self.clock.now()
         by_key = {r.send_key: r for r in results}
         sent, delays, errors, rejected = {}, {}, {}, {}
@@ -257,9 +293,15 @@ class Deliverer:
                 rejected[c.id] = result.error or "rejected"
         with self.engine.begin() as connection:
             outbox.mark_sent(connection, sent, now, self.worker)
-            out_of_attempts = outbox.retry_later(connection, delays, errors, now,
-                                                 self.settings.max_attempts, self.worker,
-                                                 refund=refund)  # fmt: skip
+            out_of_attempts = outbox.retry_later(
+                connection,
+                delays,
+                errors,
+                now,
+                self.settings.max_attempts,
+                self.worker,
+                refund=refund,
+            )
             outbox.fail(connection, rejected, now, self.worker)
             if suppress:
                 self._suppress(connection, [c for c in claimed if c.id in rejected])
@@ -294,12 +336,15 @@ class Deliverer:
         for campaign, tally in self.tally.items():
             rate = tally["errors"] / tally["messages"]
             if tally["messages"] >= self.settings.pause_min_messages and (
-                    rate > self.settings.pause_error_rate):  # fmt: skip
+                rate > self.settings.pause_error_rate
+            ):
                 self._pause(campaign, rate, tally["messages"])
 
     def _pause(self, campaign: str, rate: float, messages: int) -> None:
-        reason = (f"error rate {rate:.0%} over {messages} messages passed "
-                  f"{self.settings.pause_error_rate:.0%}")  # fmt: skip
+        reason = (
+            f"error rate {rate:.0%} over {messages} messages passed "
+            f"{self.settings.pause_error_rate:.0%}"
+        )
         with self.engine.begin() as connection:
             outbox.pause(connection, campaign, reason, self.clock.now())
         log.warning("campaign %s paused: %s", campaign, reason)
@@ -311,11 +356,18 @@ class Deliverer:
 _shared: dict[str, Any] = {}  # in a delivery process: the parent's flags and counter
 
 
-def drain_in_processes(engine: Engine, settings: Settings, renderer: Renderer,
-                       campaign: str | None, processes: int, max_wait_s: float,
-                       producing: Callable[[], bool], on_progress: Progress = lambda n: None,
-                       stopping: Callable[[], bool] = lambda: False,
-                       rate: float | None = None) -> DeliveryReport:  # fmt: skip
+def drain_in_processes(
+    engine: Engine,
+    settings: Settings,
+    renderer: Renderer,
+    campaign: str | None,
+    processes: int,
+    max_wait_s: float,
+    producing: Callable[[], bool],
+    on_progress: Progress = lambda n: None,
+    stopping: Callable[[], bool] = lambda: False,
+    rate: float | None = None,
+) -> DeliveryReport:
     """Drain with ``processes`` delivering processes while ``producing()`` holds.
 
     Rendering a body costs more than sending it, and one Python process renders on one
@@ -328,16 +380,26 @@ def drain_in_processes(engine: Engine, settings: Settings, renderer: Renderer,
     in-flight batches claimed, which the next deliverer reconciles.
     """
     context = multiprocessing.get_context("spawn")
-    flags: dict[str, Any] = {"producing": context.Event(), "stop": context.Event(),
-                             "done": context.Value("q", 0)}  # fmt: skip
+    flags: dict[str, Any] = {
+        "producing": context.Event(),
+        "stop": context.Event(),
+        "done": context.Value("q", 0),
+    }
     flags["producing"].set()
     sources = renderer.sources if renderer.sources is not None else snapshot(renderer.directory)
     share = settings.esp.rate_limit_per_s if rate is None else rate  # the caller's share
     esp = settings.esp.model_copy(update={"rate_limit_per_s": share / processes})
-    child = (engine.url.render_as_string(hide_password=False), settings.model_copy(
-        update={"esp": esp}), renderer.directory, sources, campaign, max_wait_s)  # fmt: skip
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=_child_init,
-                             initargs=(flags, os.getpid())) as pool:  # fmt: skip
+    child = (
+        engine.url.render_as_string(hide_password=False),
+        settings.model_copy(update={"esp": esp}),
+        renderer.directory,
+        sources,
+        campaign,
+        max_wait_s,
+    )
+    with ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_child_init, initargs=(flags, os.getpid())
+    ) as pool:
         futures = [pool.submit(_child_drain, *child) for _ in range(processes)]
         reported = 0
         while not all(f.done() for f in futures):
@@ -369,8 +431,14 @@ def _child_progress(n: int) -> None:
         _shared["done"].value += n
 
 
-def _child_drain(url: str, settings: Settings, templates: Path, sources: Mapping[str, str],
-                 campaign: str | None, max_wait_s: float) -> DeliveryReport:  # fmt: skip
+def _child_drain(
+    url: str,
+    settings: Settings,
+    templates: Path,
+    sources: Mapping[str, str],
+    campaign: str | None,
+    max_wait_s: float,
+) -> DeliveryReport:
     from recocamp.clock import SystemClock
     from recocamp.delivery.esp import make_provider
     from recocamp.store.engine import make_engine
@@ -380,9 +448,13 @@ def _child_drain(url: str, settings: Settings, templates: Path, sources: Mapping
     try:
         renderer = Renderer(templates, sources, settings.templates)
         deliverer = Deliverer(
-            engine, provider, settings.esp, SystemClock(), renderer=renderer,
+            engine,
+            provider,
+            settings.esp,
+            SystemClock(),
+            renderer=renderer,
             stopping=lambda: os.getppid() != parent or bool(stop.is_set()),
-        )  # fmt: skip
+        )
         deliverer.on_progress = _child_progress
         return deliverer.drain(campaign, max_wait_s, lambda: bool(_shared["producing"].is_set()))
     finally:

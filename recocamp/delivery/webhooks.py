@@ -76,8 +76,9 @@ def check_shared_secret(headers: Mapping[str, str], secret: str | None) -> None:
         raise WebhookError("webhook credentials missing or wrong", status=401)
 
 
-def check_sendgrid_signature(headers: Mapping[str, str], body: bytes, public_key: str | None,
-                             now: datetime) -> None:  # fmt: skip
+def check_sendgrid_signature(
+    headers: Mapping[str, str], body: bytes, public_key: str | None, now: datetime
+) -> None:
     if not public_key:
         raise WebhookError("set [esp] webhook_public_key to accept SendGrid webhooks", 503)
     signature = headers.get("x-twilio-email-event-webhook-signature", "")
@@ -152,8 +153,9 @@ def read(provider: str, body: bytes) -> Parsed:
     return Parsed(events, rejected, left_out)
 
 
-def _one(parser: Callable[[dict[str, Any]], Event | None], index: int,
-         item: object) -> Event | list[str] | None:  # fmt: skip
+def _one(
+    parser: Callable[[dict[str, Any]], Event | None], index: int, item: object
+) -> Event | list[str] | None:
     """One item of a post: its event, None (a kind we do not use), or its problems."""
     if not isinstance(item, dict):
         return [f"[{index}]: is not an object"]
@@ -218,32 +220,65 @@ def _ident(value: Any) -> Any:
 
 
 Ident = Annotated[
-    Text, BeforeValidator(_ident),
+    Text,
+    BeforeValidator(_ident),
     WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}),
-]  # fmt: skip
+]
 
 
 def _kinds(names: Collection[str]) -> Any:
     """The field naming an event's kind; the schema lists those recocamp reads (others are
     ignored, so generated examples reach the fields that matter)."""
-    return WithJsonSchema({"type": "string", "enum": sorted(names),
-                           "description": "Other kinds are accepted and ignored."})  # fmt: skip
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "enum": sorted(names),
+            "description": "Other kinds are accepted and ignored.",
+        }
+    )
 
 
-POSTMARK_KINDS = {"Delivery": "delivered", "SpamComplaint": "complained", "Open": "opened",
-                  "Click": "clicked", "SubscriptionChange": "unsubscribed"}  # fmt: skip
-HARD_BOUNCES = frozenset({"HardBounce", "BadEmailAddress", "ManuallyDeactivated", "Blocked",
-                          "SpamNotification", "Unsubscribe"})  # fmt: skip
+POSTMARK_KINDS = {
+    "Delivery": "delivered",
+    "SpamComplaint": "complained",
+    "Open": "opened",
+    "Click": "clicked",
+    "SubscriptionChange": "unsubscribed",
+}
+HARD_BOUNCES = frozenset(
+    {
+        "HardBounce",
+        "BadEmailAddress",
+        "ManuallyDeactivated",
+        "Blocked",
+        "SpamNotification",
+        "Unsubscribe",
+    }
+)
 POSTMARK_TIMES = ("BouncedAt", "DeliveredAt", "ChangedAt", "ReceivedAt")
 
-SENDGRID_KINDS = {"delivered": "delivered", "spamreport": "complained", "open": "opened",
-                  "click": "clicked", "unsubscribe": "unsubscribed",
-                  "group_unsubscribe": "unsubscribed", "dropped": "bounced"}  # fmt: skip
+SENDGRID_KINDS = {
+    "delivered": "delivered",
+    "spamreport": "complained",
+    "open": "opened",
+    "click": "clicked",
+    "unsubscribe": "unsubscribed",
+    "group_unsubscribe": "unsubscribed",
+    "dropped": "bounced",
+}
 
-BREVO_KINDS = {"delivered": "delivered", "hard_bounce": "bounced", "soft_bounce": "soft_bounced",
-               "spam": "complained", "unsubscribed": "unsubscribed", "opened": "opened",
-               "unique_opened": "opened", "click": "clicked", "invalid_email": "bounced",
-               "blocked": "bounced"}  # fmt: skip
+BREVO_KINDS = {
+    "delivered": "delivered",
+    "hard_bounce": "bounced",
+    "soft_bounce": "soft_bounced",
+    "spam": "complained",
+    "unsubscribed": "unsubscribed",
+    "opened": "opened",
+    "unique_opened": "opened",
+    "click": "clicked",
+    "invalid_email": "bounced",
+    "blocked": "bounced",
+}
 
 
 class _Payload(BaseModel):
@@ -288,11 +323,15 @@ def _postmark(item: dict[str, Any]) -> Event | None:
     at = e.bounced_at or e.delivered_at or e.changed_at or e.received_at or EPOCH
     ident = e.id or f"{e.message_id}:{raw_at}"
     return Event(
-        provider="postmark", kind=kind, event_key=f"postmark:{e.record_type}:{ident}", at=at,
-        email=e.email or e.recipient, message_id=e.message_id,
+        provider="postmark",
+        kind=kind,
+        event_key=f"postmark:{e.record_type}:{ident}",
+        at=at,
+        email=e.email or e.recipient,
+        message_id=e.message_id,
         send_key=e.metadata.send_key if e.metadata else None,
         details={"type": e.type, "description": _short(e.description)},
-    )  # fmt: skip
+    )
 
 
 class SendgridEvent(_Payload):
@@ -317,11 +356,15 @@ def _sendgrid(item: dict[str, Any]) -> Event | None:
     assert kind is not None
     message_id = (e.sg_message_id or "").split(".")[0] or None
     return Event(
-        provider="sendgrid", kind=kind,
+        provider="sendgrid",
+        kind=kind,
         event_key=f"sendgrid:{e.sg_event_id or _digest(item)}",
-        at=e.timestamp or EPOCH, email=e.email, message_id=message_id,
-        send_key=e.send_key, details={"reason": _short(e.reason)},
-    )  # fmt: skip
+        at=e.timestamp or EPOCH,
+        email=e.email,
+        message_id=message_id,
+        send_key=e.send_key,
+        details={"reason": _short(e.reason)},
+    )
 
 
 class BrevoEvent(_Payload):
@@ -342,10 +385,14 @@ def _brevo(item: dict[str, Any]) -> Event | None:
     parts = (e.id, e.event, e.message_id, e.email)
     key = ":".join(str(p) for p in parts) if e.id else _digest(item)
     return Event(
-        provider="brevo", kind=BREVO_KINDS[e.event], event_key=f"brevo:{key}",
-        at=e.ts_event or e.date or EPOCH, email=e.email, message_id=e.message_id,
+        provider="brevo",
+        kind=BREVO_KINDS[e.event],
+        event_key=f"brevo:{key}",
+        at=e.ts_event or e.date or EPOCH,
+        email=e.email,
+        message_id=e.message_id,
         details={"reason": _short(e.reason)},
-    )  # fmt: skip
+    )
 
 
 def _short(text: str | None) -> str | None:
@@ -353,9 +400,15 @@ def _short(text: str | None) -> str | None:
 
 
 PARSERS: dict[str, Callable[[dict[str, Any]], Event | None]] = {
-    "postmark": _postmark, "sendgrid": _sendgrid, "brevo": _brevo}  # fmt: skip
+    "postmark": _postmark,
+    "sendgrid": _sendgrid,
+    "brevo": _brevo,
+}
 MODELS: dict[str, type[_Payload]] = {
-    "postmark": PostmarkEvent, "sendgrid": SendgridEvent, "brevo": BrevoEvent}  # fmt: skip
+    "postmark": PostmarkEvent,
+    "sendgrid": SendgridEvent,
+    "brevo": BrevoEvent,
+}
 
 
 def json_schema() -> dict[str, Any]:

@@ -6,6 +6,6 @@ measurement jobs — daily snapshots, the report's inputs — (:mod:`.jobs`) and
 report with its charts (:mod:`.report`, page templates in ``html/``).
 
 May import: the base modules, ``store``, ``data``, ``campaigns`` and ``delivery``.
-Exports (by module): ``kpis.compute``, ``attribution.uplift``, ``jobs.snapshot_kpis``,
-``report.write``.
+Exports (by module): ``kpis.compute``, ``attribution.uplifts``, ``jobs.snapshot_kpis``,
+``report.render_html``, ``report.summary``.
 """

@@ -66,15 +66,17 @@ class Result:
         return self.orders > 0
 
 
-def attribute(touches: Iterable[Touch], orders: Iterable[OrderTotal],
-              window: timedelta) -> list[Result]:  # fmt: skip
+def attribute(
+    touches: Iterable[Touch], orders: Iterable[OrderTotal], window: timedelta
+) -> list[Result]:
     """Last-touch attribution: each order goes to its customer's latest touch at or before
     it, when the order is inside that touch's window. Returns one result per touch."""
     per_customer: dict[str, list[Touch]] = defaultdict(list)
     for touch in touches:
         per_customer[touch.customer_id].append(touch)
-    timelines = {c: sorted(ts, key=lambda t: (t.at, t.holdout, t.key)) for c, ts in
-                 per_customer.items()}  # fmt: skip
+    timelines = {
+        c: sorted(ts, key=lambda t: (t.at, t.holdout, t.key)) for c, ts in per_customer.items()
+    }
     times = {c: [t.at for t in ts] for c, ts in timelines.items()}
     tally: dict[tuple[str, int], tuple[int, float]] = {}
     for order in orders:
@@ -163,9 +165,14 @@ class Thresholds:
     confidence: float = stats.CONFIDENCE
 
 
-def compare(campaign: str, variant: str | None, treated: Sequence[Result],
-            control: Sequence[Result], thresholds: Thresholds,
-            against: str = "holdout") -> Uplift:  # fmt: skip
+def compare(
+    campaign: str,
+    variant: str | None,
+    treated: Sequence[Result],
+    control: Sequence[Result],
+    thresholds: Thresholds,
+    against: str = "holdout",
+) -> Uplift:
     """Uplift of ``treated`` over ``control``, or "not enough data yet" with the reason."""
     t, c = Group.of(treated), Group.of(control)
     other = "the holdout" if against == "holdout" else f"variant {against}"
@@ -188,14 +195,20 @@ def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
     if c.units == 0:
         if other != "the holdout":
             return f"not enough data yet: nobody got {other}"
-        return ("no holdout: this campaign holds nobody out (holdout_percent = 0), so its "
-                "uplift is not measured")  # fmt: skip
+        return (
+            "no holdout: this campaign holds nobody out (holdout_percent = 0), so its "
+            "uplift is not measured"
+        )
     if min(t.units, c.units) < max(smallest, 2):
-        return (f"not enough data yet: {t.units} mailed and {c.units} in {other}, "
-                f"at least {max(smallest, 2)} each needed")  # fmt: skip
+        return (
+            f"not enough data yet: {t.units} mailed and {c.units} in {other}, "
+            f"at least {max(smallest, 2)} each needed"
+        )
     if t.converted + c.converted < thresholds.min_conversions:
-        return (f"not enough data yet: {t.converted + c.converted} conversions, at least "
-                f"{thresholds.min_conversions} needed")  # fmt: skip
+        return (
+            f"not enough data yet: {t.converted + c.converted} conversions, at least "
+            f"{thresholds.min_conversions} needed"
+        )
     return ""
 
 
@@ -203,26 +216,36 @@ def _rates(t: Group, c: Group, level: float) -> Comparison:
     pt, pc = t.converted / t.units, c.converted / c.units
     ratio = stats.risk_ratio(t.converted, t.units, c.converted, c.units, level)
     return Comparison(
-        "conversion_rate", pt, pc,
-        stats.wilson(t.converted, t.units, level), stats.wilson(c.converted, c.units, level),
-        pt - pc, stats.newcombe(t.converted, t.units, c.converted, c.units, level),
+        "conversion_rate",
+        pt,
+        pc,
+        stats.wilson(t.converted, t.units, level),
+        stats.wilson(c.converted, c.units, level),
+        pt - pc,
+        stats.newcombe(t.converted, t.units, c.converted, c.units, level),
         pt / pc - 1 if pc else None,
         Interval(ratio.low - 1, ratio.high - 1) if ratio else None,
-    )  # fmt: skip
+    )
 
 
 def _means(metric: str, t: Sample, c: Sample, level: float) -> Comparison:
     ratio = stats.ratio_of_means(t, c, level)
     return Comparison(
-        metric, t.mean, c.mean, stats.mean_interval(t, level), stats.mean_interval(c, level),
-        t.mean - c.mean, stats.welch(t, c, level),
+        metric,
+        t.mean,
+        c.mean,
+        stats.mean_interval(t, level),
+        stats.mean_interval(c, level),
+        t.mean - c.mean,
+        stats.welch(t, c, level),
         t.mean / c.mean - 1 if c.mean else None,
         Interval(ratio.low - 1, ratio.high - 1) if ratio else None,
-    )  # fmt: skip
+    )
 
 
-def closed(results: Iterable[Result], as_of: datetime, window: timedelta) -> tuple[
-        list[Result], int]:  # fmt: skip
+def closed(
+    results: Iterable[Result], as_of: datetime, window: timedelta
+) -> tuple[list[Result], int]:
     """Results whose attribution window has ended by ``as_of``, and how many are pending."""
     done, pending = [], 0
     for result in results:
@@ -233,8 +256,9 @@ def closed(results: Iterable[Result], as_of: datetime, window: timedelta) -> tup
     return done, pending
 
 
-def uplifts(results: Sequence[Result], thresholds: Thresholds,
-            pending: Mapping[str, int] | None = None) -> list[Uplift]:  # fmt: skip
+def uplifts(
+    results: Sequence[Result], thresholds: Thresholds, pending: Mapping[str, int] | None = None
+) -> list[Uplift]:
     """Per campaign: all variants against the holdout, each variant against the holdout, and
     each pair of variants against each other (the first named is the control)."""
     by_campaign: dict[str, list[Result]] = defaultdict(list)
@@ -259,8 +283,17 @@ def uplifts(results: Sequence[Result], thresholds: Thresholds,
 
 
 def _with_pending(uplift: Uplift, pending: int) -> Uplift:
-    return Uplift(uplift.campaign, uplift.variant, uplift.treated, uplift.control, uplift.enough,
-                  uplift.note, uplift.comparisons, uplift.against, pending)  # fmt: skip
+    return Uplift(
+        uplift.campaign,
+        uplift.variant,
+        uplift.treated,
+        uplift.control,
+        uplift.enough,
+        uplift.note,
+        uplift.comparisons,
+        uplift.against,
+        pending,
+    )
 
 
 # --- cohorts -----------------------------------------------------------------------------
@@ -276,8 +309,9 @@ class Cohort:
     retention: tuple[float | None, ...]
 
 
-def cohorts(orders: Iterable[OrderTotal], zone: ZoneInfo, as_of: datetime,
-            max_months: int = 12) -> list[Cohort]:  # fmt: skip
+def cohorts(
+    orders: Iterable[OrderTotal], zone: ZoneInfo, as_of: datetime, max_months: int = 12
+) -> list[Cohort]:
     """Monthly cohort retention in the shop's zone from orders before ``as_of`` (guests left
     out). Month k counts only once it has ended by ``as_of``."""
     months: dict[str, set[int]] = defaultdict(set)
@@ -320,8 +354,9 @@ class Nps:
     distribution: tuple[int, ...]  # answers per score 0…10
 
 
-def nps(scores: Iterable[int], min_responses: int = 30,
-        confidence: float = stats.CONFIDENCE) -> Nps:  # fmt: skip
+def nps(
+    scores: Iterable[int], min_responses: int = 30, confidence: float = stats.CONFIDENCE
+) -> Nps:
     distribution = [0] * 11
     for answer in scores:
         if not 0 <= answer <= 10:
@@ -331,8 +366,16 @@ def nps(scores: Iterable[int], min_responses: int = 30,
     promoters, detractors = distribution[9] + distribution[10], sum(distribution[:7])
     value = 100 * (promoters - detractors) / n if n else None
     interval = stats.nps_interval(promoters, detractors, n, confidence) if n else None
-    return Nps(n, promoters, n - promoters - detractors, detractors, value, interval,
-               n >= min_responses, tuple(distribution))  # fmt: skip
+    return Nps(
+        n,
+        promoters,
+        n - promoters - detractors,
+        detractors,
+        value,
+        interval,
+        n >= min_responses,
+        tuple(distribution),
+    )
 
 
 # --- KPI changes -------------------------------------------------------------------------
@@ -356,8 +399,9 @@ class Change:
         return self.current / self.previous - 1
 
 
-def changes(snapshots: Mapping[tuple[date, int], Mapping[str, float | None]], day: date,
-            kpis: Sequence[str]) -> list[Change]:  # fmt: skip
+def changes(
+    snapshots: Mapping[tuple[date, int], Mapping[str, float | None]], day: date, kpis: Sequence[str]
+) -> list[Change]:
     """Each KPI over the week, month and quarter ending with ``day`` against the one before
     (snapshots keyed by day and window); periods without both snapshots are left out."""
     found = []

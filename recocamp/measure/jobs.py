@@ -60,9 +60,16 @@ def snapshot_kpis(engine: Engine, settings: Settings, now: datetime) -> int:
     return written
 
 
-def backfill(engine: Engine, settings: Settings, first: date, last: date, now: datetime, *,
-             replace: bool = False,
-             on_days: Callable[[int], None] = lambda n: None) -> int:  # fmt: skip
+def backfill(
+    engine: Engine,
+    settings: Settings,
+    first: date,
+    last: date,
+    now: datetime,
+    *,
+    replace: bool = False,
+    on_days: Callable[[int], None] = lambda n: None,
+) -> int:
     """Snapshot every day from ``first`` to ``last`` (inclusive) that is missing (all of them
     with ``replace``); returns rows written."""
     if first > last:
@@ -72,8 +79,9 @@ def backfill(engine: Engine, settings: Settings, first: date, last: date, now: d
     with engine.connect() as connection:
         have = set() if replace else store.snapshot_keys(connection, first, last)
         have_segments = set() if replace else store.segment_days(connection, first, last)
-        orders = sorted(queries.order_totals(connection, EPOCH, day_end(last, zone)),
-                        key=lambda row: row[2])  # fmt: skip
+        orders = sorted(
+            queries.order_totals(connection, EPOCH, day_end(last, zone)), key=lambda row: row[2]
+        )
     totals = [OrderTotal(*row) for row in orders]
     times = [order.ordered_at for order in totals]
     segments = _SegmentTracker(totals)
@@ -91,8 +99,10 @@ def backfill(engine: Engine, settings: Settings, first: date, last: date, now: d
                     kpi_rows.append(_kpi_row(day, kpis.compute(found, as_of, window), now))
             if day not in have_segments:
                 sizes = sorted(segments.sizes(as_of).items())
-                segment_rows += [{"day": day, "segment": name, "customers": count,
-                                  "computed_at": now} for name, count in sizes]  # fmt: skip
+                segment_rows += [
+                    {"day": day, "segment": name, "customers": count, "computed_at": now}
+                    for name, count in sizes
+                ]
         if kpi_rows or segment_rows:
             with engine.begin() as connection:
                 written += store.write_snapshots(connection, kpi_rows, segment_rows, replace)
@@ -100,16 +110,22 @@ def backfill(engine: Engine, settings: Settings, first: date, last: date, now: d
     return written
 
 
-def _window(totals: Sequence[OrderTotal], times: Sequence[datetime], as_of: datetime,
-            window: int) -> Sequence[OrderTotal]:  # fmt: skip
+def _window(
+    totals: Sequence[OrderTotal], times: Sequence[datetime], as_of: datetime, window: int
+) -> Sequence[OrderTotal]:
     low = bisect.bisect_left(times, as_of - timedelta(days=2 * window))
     return totals[low : bisect.bisect_left(times, as_of)]
 
 
 def _kpi_row(day: date, result: kpis.Kpis, now: datetime) -> dict[str, Any]:
     values = {name: getattr(result, name) for name in store.KPI_COLUMNS}
-    return {"day": day, "window_days": result.window_days, "as_of": result.as_of,
-            "computed_at": now, **values}  # fmt: skip
+    return {
+        "day": day,
+        "window_days": result.window_days,
+        "as_of": result.as_of,
+        "computed_at": now,
+        **values,
+    }
 
 
 class _SegmentTracker:
@@ -160,22 +176,28 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         sent = store.surveys_sent(connection, {campaign for _, campaign, _, _ in answered})
     results = measure.attribute(touches, (o for o in orders if o.ordered_at >= start), window)
     done, _ = measure.closed(results, as_of, window)
-    pending = Counter(r.touch.campaign for r in results
-                      if as_of - window < r.touch.at < as_of)  # fmt: skip
+    pending = Counter(r.touch.campaign for r in results if as_of - window < r.touch.at < as_of)
     thresholds = Thresholds(m.min_group_size, m.min_conversions, m.confidence)
     day = max((d for d, _ in history), default=None)
     return report.Data(
-        shop=settings.shop.name, currency=settings.shop.currency, zone=settings.shop.time_zone,
-        as_of=as_of, generated_at=now, attribution_days=m.attribution_window_days,
-        report_days=m.report_days, confidence=m.confidence,
+        shop=settings.shop.name,
+        currency=settings.shop.currency,
+        zone=settings.shop.time_zone,
+        as_of=as_of,
+        generated_at=now,
+        attribution_days=m.attribution_window_days,
+        report_days=m.report_days,
+        confidence=m.confidence,
         uplifts=measure.uplifts(done, thresholds, pending),
-        reasons=reasons, kpi_history=history, latest_day=day,
+        reasons=reasons,
+        kpi_history=history,
+        latest_day=day,
         changes=measure.changes(history, day, report.CHANGE_KPIS) if day else [],
         segments=segment_sizes,
         cohorts=measure.cohorts(orders, zone, as_of, m.cohort_months)[-m.cohort_months - 1 :],
-        models=models, nps=_nps(answered, sent, as_of, m.report_days, m.nps_min_responses,
-                                m.confidence, zone),
-    )  # fmt: skip
+        models=models,
+        nps=_nps(answered, sent, as_of, m.report_days, m.nps_min_responses, m.confidence, zone),
+    )
 
 
 def _model_point(row: Any) -> report.ModelPoint:
@@ -184,13 +206,25 @@ def _model_point(row: Any) -> report.ModelPoint:
     popularity = metrics.get("popularity", {})
     values = {name: candidate.get(name) for name in ("recall", "ndcg", "hit_rate")}
     values["popularity_recall"] = popularity.get("recall")
-    return report.ModelPoint(row.version, row.name, row.status, row.trained_at, row.data_cutoff,
-                             {k: float(v) for k, v in values.items() if v is not None})  # fmt: skip
+    return report.ModelPoint(
+        row.version,
+        row.name,
+        row.status,
+        row.trained_at,
+        row.data_cutoff,
+        {k: float(v) for k, v in values.items() if v is not None},
+    )
 
 
-def _nps(answered: Sequence[tuple[str, str, int, datetime]], sent: Counter[str],
-         as_of: datetime, days: int, minimum: int, confidence: float,
-         zone: ZoneInfo) -> report.NpsSection:  # fmt: skip
+def _nps(
+    answered: Sequence[tuple[str, str, int, datetime]],
+    sent: Counter[str],
+    as_of: datetime,
+    days: int,
+    minimum: int,
+    confidence: float,
+    zone: ZoneInfo,
+) -> report.NpsSection:
     recent = [score for _, _, score, at in answered if at >= as_of - timedelta(days=days)]
     by_survey: dict[str, list[int]] = {}
     by_month: dict[date, list[int]] = {}
@@ -200,15 +234,19 @@ def _nps(answered: Sequence[tuple[str, str, int, datetime]], sent: Counter[str],
         by_month.setdefault(date(local.year, local.month, 1), []).append(score)
     return report.NpsSection(
         overall=measure.nps(recent, minimum, confidence),
-        surveys=[(s, sent.get(s, 0), measure.nps(v, minimum, confidence))
-                 for s, v in sorted(by_survey.items())],
-        monthly=[(month, measure.nps(v, minimum, confidence))
-                 for month, v in sorted(by_month.items())],
-    )  # fmt: skip
+        surveys=[
+            (s, sent.get(s, 0), measure.nps(v, minimum, confidence))
+            for s, v in sorted(by_survey.items())
+        ],
+        monthly=[
+            (month, measure.nps(v, minimum, confidence)) for month, v in sorted(by_month.items())
+        ],
+    )
 
 
-def store_report(engine: Engine, settings: Settings, now: datetime,
-                 as_of: datetime | None = None) -> int:  # fmt: skip
+def store_report(
+    engine: Engine, settings: Settings, now: datetime, as_of: datetime | None = None
+) -> int:
     """Render the report as of ``as_of`` (default ``now``) and keep it for
     ``/reports/latest``; returns its id."""
     data = gather(engine, settings, as_of or now, now)

@@ -43,16 +43,34 @@ if TYPE_CHECKING:  # matplotlib is imported when a chart is drawn: 0.6 s every C
     from matplotlib.figure import Figure
 
 PAGES = Path(__file__).with_name("html")  # page templates (report.html, feedback.html)
-CHANGE_KPIS = ("orders", "customers", "average_order_value", "purchase_frequency",
-               "repeat_purchase_rate")  # fmt: skip
+CHANGE_KPIS = (
+    "orders",
+    "customers",
+    "average_order_value",
+    "purchase_frequency",
+    "repeat_purchase_rate",
+)
 # (KPI, preferred window W, title): each trend chart uses the snapshot window nearest W; churn
 # and CLV over 90 days, because the 365-day churn needs two years of history to exist at all
-KPI_CHARTS = (("orders", 30), ("customers", 30), ("average_order_value", 30),
-              ("repeat_purchase_rate", 90), ("churn_rate", 90), ("clv", 90))  # fmt: skip
+KPI_CHARTS = (
+    ("orders", 30),
+    ("customers", 30),
+    ("average_order_value", 30),
+    ("repeat_purchase_rate", 90),
+    ("churn_rate", 90),
+    ("clv", 90),
+)
 RATES = {"repeat_purchase_rate", "churn_rate", "guest_checkout_rate", "conversion_rate"}
-RC: Any = {"svg.fonttype": "none", "svg.hashsalt": "recocamp", "font.size": 9,
-      "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 10,
-      "axes.titleweight": "bold", "font.family": ["DejaVu Sans", "sans-serif"]}  # fmt: skip
+RC: Any = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "recocamp",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 10,
+    "axes.titleweight": "bold",
+    "font.family": ["DejaVu Sans", "sans-serif"],
+}
 # no RDF block (dates would make reports differ, and it only names namespaces)
 NO_METADATA = {"Creator": None, "Date": None, "Format": None, "Type": None}
 BLUE, GREY, RED, GREEN = "#2f4858", "#9aa5ad", "#c0392b", "#2e8b57"
@@ -64,10 +82,18 @@ NBSP = "\u00a0"  # between a number and its unit: "12.3 %" never breaks across l
 DATE_FORMATS = ["%Y", "%b", "%d %b", "%H:%M", "%H:%M", "%S.%f"]
 DATE_ZERO_FORMATS = ["", "%b\n%Y", "%d %b", "%d %b", "%H:%M", "%H:%M"]
 DATE_OFFSETS = ["", "%Y", "%Y", "%d %b %Y", "%d %b %Y", "%d %b %Y %H:%M"]
-MODEL_METRICS = {"recall": "recall@10", "ndcg": "NDCG@10", "hit_rate": "hit rate@10",
-                 "popularity_recall": "recall@10 of the popularity baseline"}  # fmt: skip
-MODEL_LINES = (("recall", BLUE, "-"), ("ndcg", GREEN, "-"), ("hit_rate", "#8e6c8a", "-"),
-               ("popularity_recall", GREY, "--"))  # fmt: skip
+MODEL_METRICS = {
+    "recall": "recall@10",
+    "ndcg": "NDCG@10",
+    "hit_rate": "hit rate@10",
+    "popularity_recall": "recall@10 of the popularity baseline",
+}
+MODEL_LINES = (
+    ("recall", BLUE, "-"),
+    ("ndcg", GREEN, "-"),
+    ("hit_rate", "#8e6c8a", "-"),
+    ("popularity_recall", GREY, "--"),
+)
 _LOCK = threading.Lock()  # rcParams are process-global; the API renders in a thread pool
 
 
@@ -139,9 +165,11 @@ def _svg(figure: Figure, codes: Sequence[str] = ()) -> Markup:
     with matplotlib.rc_context(RC):
         figure.savefig(buffer, format="svg", metadata=NO_METADATA)
     text = buffer.getvalue()
-    text = re.sub(r'<g id="code-(\d+)">',
-                  lambda m: f'{m.group(0)}<title>{_escape(codes[int(m.group(1))])}</title>',
-                  text[text.index("<svg") :])  # fmt: skip
+    text = re.sub(
+        r'<g id="code-(\d+)">',
+        lambda m: f"{m.group(0)}<title>{_escape(codes[int(m.group(1))])}</title>",
+        text[text.index("<svg") :],
+    )
     return Markup(text)  # noqa: S704 — matplotlib's own SVG, text escaped
 
 
@@ -162,9 +190,14 @@ def _dates(axes: Axes) -> None:
 
     locator = AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]
     axes.xaxis.set_major_locator(locator)
-    axes.xaxis.set_major_formatter(ConciseDateFormatter(  # type: ignore[no-untyped-call]
-        locator, formats=DATE_FORMATS, zero_formats=DATE_ZERO_FORMATS,
-        offset_formats=DATE_OFFSETS))  # fmt: skip
+    axes.xaxis.set_major_formatter(
+        ConciseDateFormatter(  # type: ignore[no-untyped-call]
+            locator,
+            formats=DATE_FORMATS,
+            zero_formats=DATE_ZERO_FORMATS,
+            offset_formats=DATE_OFFSETS,
+        )
+    )
 
 
 def _nearest(wanted: int, windows: set[int]) -> int:
@@ -180,8 +213,11 @@ def kpi_chart(data: Data) -> Markup | None:
     with _figure(10, 5.4) as figure:
         for axes, (kpi, wanted) in zip(figure.subplots(2, 3).flat, KPI_CHARTS, strict=True):
             window = _nearest(wanted, windows)
-            points = sorted((d, v[kpi]) for (d, w), v in data.kpi_history.items()
-                            if w == window and v[kpi] is not None)  # fmt: skip
+            points = sorted(
+                (d, v[kpi])
+                for (d, w), v in data.kpi_history.items()
+                if w == window and v[kpi] is not None
+            )
             axes.set_title(f"{labels.kpi(kpi)} ({window} days)", loc="left")
             if points:
                 axes.plot([p[0] for p in points], [p[1] for p in points], color=BLUE, lw=1.4)
@@ -206,24 +242,37 @@ def cohort_chart(data: Data) -> Markup | None:
         axes = figure.subplots()
         # pcolormesh, not imshow: vector cells (imshow embeds a PNG in the SVG); every cell is
         # labelled with its value, so no colour bar (which matplotlib would rasterise)
-        axes.pcolormesh(np.ma.masked_invalid(matrix), cmap="Blues", vmin=0,
-                                vmax=max(float(np.nanmax(matrix)), 1.0), edgecolors="white",
-                                linewidth=0.5)  # fmt: skip
+        axes.pcolormesh(
+            np.ma.masked_invalid(matrix),
+            cmap="Blues",
+            vmin=0,
+            vmax=max(float(np.nanmax(matrix)), 1.0),
+            edgecolors="white",
+            linewidth=0.5,
+        )
         for (n, k), value in np.ndenumerate(matrix):
             if not np.isnan(value):
                 colour = "white" if value > 0.6 * np.nanmax(matrix) else "#222222"
-                axes.text(k + 0.5, n + 0.5, f"{value:.0f}", ha="center", va="center", fontsize=8,
-                          color=colour)  # fmt: skip
+                axes.text(
+                    k + 0.5,
+                    n + 0.5,
+                    f"{value:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color=colour,
+                )
         axes.set_xticks(np.arange(width) + 0.5, [str(k + 1) for k in range(width)])
-        axes.set_yticks(np.arange(len(rows)) + 0.5,
-                        [f"{c.month:%Y-%m} (n={c.customers})" for c in rows])  # fmt: skip
+        axes.set_yticks(
+            np.arange(len(rows)) + 0.5, [f"{c.month:%Y-%m} (n={c.customers})" for c in rows]
+        )
         axes.invert_yaxis()
         axes.set_xlabel("months after the first order")
         axes.set_title("Customers who ordered again in month k, % of the cohort", loc="left")
         return _svg(figure)
 
 
-def _label(uplift: Uplift) -> str:
+def uplift_label(uplift: Uplift) -> str:
     if uplift.variant is None:
         return uplift.campaign
     if uplift.against == "holdout":
@@ -235,12 +284,15 @@ def uplift_chart(data: Data) -> Markup | None:
     rows = [u for u in data.uplifts if u.enough]
     if not rows:
         return None
-    panels = (("conversion_rate", "Conversion uplift (pp)", 100.0),
-              ("revenue_per_recipient", f"Revenue per recipient ({data.currency})", 1.0),
-              ("orders_per_recipient", "Orders per recipient", 1.0))  # fmt: skip
+    panels = (
+        ("conversion_rate", "Conversion uplift (pp)", 100.0),
+        ("revenue_per_recipient", f"Revenue per recipient ({data.currency})", 1.0),
+        ("orders_per_recipient", "Orders per recipient", 1.0),
+    )
     with _figure(10, 1.2 + 0.42 * len(rows)) as figure:
-        for axes, (metric, title, scale) in zip(figure.subplots(1, 3, sharey=True), panels,
-                                                strict=True):  # fmt: skip
+        for axes, (metric, title, scale) in zip(
+            figure.subplots(1, 3, sharey=True), panels, strict=True
+        ):
             _interval_panel(axes, rows, metric, scale)
             axes.set_title(title, loc="left", fontsize=9)
         return _svg(figure)
@@ -252,10 +304,17 @@ def _interval_panel(axes: Axes, rows: Sequence[Uplift], metric: str, scale: floa
         low, high = c.absolute_interval.low * scale, c.absolute_interval.high * scale
         value = c.absolute * scale
         colour = GREEN if low > 0 else RED if high < 0 else GREY
-        axes.errorbar([value], [n], xerr=[[value - low], [high - value]], fmt="o", color=colour,
-                      capsize=3, lw=1.6)  # fmt: skip
+        axes.errorbar(
+            [value],
+            [n],
+            xerr=[[value - low], [high - value]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+            lw=1.6,
+        )
     axes.axvline(0, color="#444444", lw=0.8)
-    axes.set_yticks(range(len(rows)), [_label(u) for u in rows])
+    axes.set_yticks(range(len(rows)), [uplift_label(u) for u in rows])
     axes.invert_yaxis()
     axes.grid(axis="x", color="#e5e5e5")
 
@@ -281,8 +340,9 @@ def reasons_chart(data: Data) -> Markup | None:
         left = np.zeros(len(campaigns))
         for k, (code, name) in enumerate(series):
             if table[:, k].any():
-                bars = axes.barh(campaigns, table[:, k], left=left, label=name,
-                                 color=colours[k % 20])  # fmt: skip
+                bars = axes.barh(
+                    campaigns, table[:, k], left=left, label=name, color=colours[k % 20]
+                )
                 for patch in bars.patches:
                     _coded(patch, code, codes)
                 plotted.append(code)
@@ -296,8 +356,7 @@ def reasons_chart(data: Data) -> Markup | None:
 
 def _legend(axes: Axes, plotted: Sequence[str], codes: list[str]) -> None:
     """The legend beside the plot, each entry's words tagged with its code."""
-    legend = axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8,
-                         frameon=False)  # fmt: skip
+    legend = axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     for text, code in zip(legend.get_texts(), plotted, strict=True):
         _coded(text, code, codes)
 
@@ -313,8 +372,12 @@ def segments_chart(data: Data) -> Markup | None:
     with _figure(10, 3.6) as figure:
         axes = figure.subplots()
         stacks = [[data.segments[d].get(n, 0) for d in days] for n in present]
-        areas = axes.stackplot(cast(Any, days), stacks, labels=[labels.segment(n) for n in present],
-                               colors=colours[: len(present)])  # fmt: skip
+        areas = axes.stackplot(
+            cast(Any, days),
+            stacks,
+            labels=[labels.segment(n) for n in present],
+            colors=colours[: len(present)],
+        )
         for area, code in zip(areas, present, strict=True):
             _coded(area, code, codes)
         _dates(axes)
@@ -335,15 +398,15 @@ def models_chart(data: Data) -> Markup | None:
         at = [m.data_cutoff for m in points]
         for metric, colour, style in MODEL_LINES:
             values = [m.metrics.get(metric, np.nan) for m in points]
-            axes.plot(cast(Any, at), values, style, marker="o", color=colour,
-                      label=MODEL_METRICS[metric])  # fmt: skip
+            axes.plot(
+                cast(Any, at), values, style, marker="o", color=colour, label=MODEL_METRICS[metric]
+            )
         pad = max((at[-1] - at[0]) / 12, timedelta(days=7))
         axes.set_xlim(cast(Any, at[0] - pad), cast(Any, at[-1] + pad))
         _dates(axes)
         axes.set_ylim(0, 1)
         axes.set_xlabel("data up to (the model version's cutoff)")
-        axes.set_title("Recommender quality per trained version (time split, k = 10)",
-                       loc="left")  # fmt: skip
+        axes.set_title("Recommender quality per trained version (time split, k = 10)", loc="left")
         axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
         return _svg(figure)
 
@@ -387,18 +450,27 @@ def _scored(data: Data) -> list[tuple[date, Any]]:
 
 def charts(data: Data) -> dict[str, Markup | None]:
     return {
-        "kpis": kpi_chart(data), "cohorts": cohort_chart(data), "uplift": uplift_chart(data),
-        "reasons": reasons_chart(data), "segments": segments_chart(data),
-        "models": models_chart(data), "nps": nps_chart(data),
-    }  # fmt: skip
+        "kpis": kpi_chart(data),
+        "cohorts": cohort_chart(data),
+        "uplift": uplift_chart(data),
+        "reasons": reasons_chart(data),
+        "segments": segments_chart(data),
+        "models": models_chart(data),
+        "nps": nps_chart(data),
+    }
 
 
 # --- the page and the summary ------------------------------------------------------------
 
 
 def _environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(loader=FileSystemLoader(str(PAGES)), undefined=StrictUndefined,
-                               autoescape=True, trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+    env = SandboxedEnvironment(
+        loader=FileSystemLoader(str(PAGES)),
+        undefined=StrictUndefined,
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(pct=_pct, change=_change, points=_points, num=_num, signed=_signed)
     return env
 
@@ -437,12 +509,22 @@ def _minus(text: str) -> str:
 def render_html(data: Data) -> str:
     """The whole report as one HTML document."""
     latest = {w: v for (d, w), v in data.kpi_history.items() if d == data.latest_day}
-    return _environment().get_template("report.html").render(
-        data=data, charts=charts(data), latest=dict(sorted(latest.items())),
-        label=_label, money=lambda v: "—" if v is None else money(v, data.currency),
-        metrics=METRICS, level=f"{100 * data.confidence:g} %", kpi=labels.kpi,
-        model_metrics=MODEL_METRICS, scored_months=len(_scored(data)),
-    )  # fmt: skip
+    return (
+        _environment()
+        .get_template("report.html")
+        .render(
+            data=data,
+            charts=charts(data),
+            latest=dict(sorted(latest.items())),
+            label=uplift_label,
+            money=lambda v: "—" if v is None else money(v, data.currency),
+            metrics=METRICS,
+            level=f"{100 * data.confidence:g} %",
+            kpi=labels.kpi,
+            model_metrics=MODEL_METRICS,
+            scored_months=len(_scored(data)),
+        )
+    )
 
 
 def summary(data: Data) -> dict[str, Any]:
@@ -450,25 +532,48 @@ def summary(data: Data) -> dict[str, Any]:
     latest = {str(w): v for (d, w), v in sorted(data.kpi_history.items()) if d == data.latest_day}
     segments = data.segments.get(data.latest_day) if data.latest_day else None
     return {
-        "shop": data.shop, "as_of": data.as_of.isoformat(),
+        "shop": data.shop,
+        "as_of": data.as_of.isoformat(),
         "generated_at": data.generated_at.isoformat(),
-        "attribution_window_days": data.attribution_days, "report_days": data.report_days,
+        "attribution_window_days": data.attribution_days,
+        "report_days": data.report_days,
         "confidence": data.confidence,
         "campaigns": [_uplift_json(u) for u in data.uplifts],
-        "kpis": {"day": data.latest_day.isoformat() if data.latest_day else None,
-                 "by_window_days": latest},
-        "changes": [{"period": c.period, "window_days": c.window_days, "kpi": c.kpi,
-                     "current": c.current, "previous": c.previous, "relative": c.relative}
-                    for c in data.changes],
-        "cohorts": [{"month": c.month.isoformat(), "customers": c.customers,
-                     "retention": list(c.retention)} for c in data.cohorts],
+        "kpis": {
+            "day": data.latest_day.isoformat() if data.latest_day else None,
+            "by_window_days": latest,
+        },
+        "changes": [
+            {
+                "period": c.period,
+                "window_days": c.window_days,
+                "kpi": c.kpi,
+                "current": c.current,
+                "previous": c.previous,
+                "relative": c.relative,
+            }
+            for c in data.changes
+        ],
+        "cohorts": [
+            {"month": c.month.isoformat(), "customers": c.customers, "retention": list(c.retention)}
+            for c in data.cohorts
+        ],
         "segments": segments or {},
-        "decisions": [{"campaign": c, "outcome": o, "reason": r, "customers": n}
-                      for c, o, r, n in data.reasons],
-        "models": [{"version": m.version, "status": m.status,
-                    "trained_at": m.trained_at.isoformat(), **m.metrics} for m in data.models],
+        "decisions": [
+            {"campaign": c, "outcome": o, "reason": r, "customers": n}
+            for c, o, r, n in data.reasons
+        ],
+        "models": [
+            {
+                "version": m.version,
+                "status": m.status,
+                "trained_at": m.trained_at.isoformat(),
+                **m.metrics,
+            }
+            for m in data.models
+        ],
         "nps": _nps_json(data.nps),
-    }  # fmt: skip
+    }
 
 
 def _interval(interval: Any) -> list[float] | None:
@@ -477,27 +582,47 @@ def _interval(interval: Any) -> list[float] | None:
 
 def _uplift_json(uplift: Uplift) -> dict[str, Any]:
     groups = {
-        name: {"units": g.units, "converted": g.converted, "orders": round(g.orders.mean * g.units),
-               "revenue": g.revenue.mean * g.units}
+        name: {
+            "units": g.units,
+            "converted": g.converted,
+            "orders": round(g.orders.mean * g.units),
+            "revenue": g.revenue.mean * g.units,
+        }
         for name, g in (("treated", uplift.treated), ("control", uplift.control))
-    }  # fmt: skip
+    }
     return {
-        "campaign": uplift.campaign, "variant": uplift.variant, "against": uplift.against,
-        "enough_data": uplift.enough, "note": uplift.note, "pending": uplift.pending, **groups,
+        "campaign": uplift.campaign,
+        "variant": uplift.variant,
+        "against": uplift.against,
+        "enough_data": uplift.enough,
+        "note": uplift.note,
+        "pending": uplift.pending,
+        **groups,
         "metrics": {
-            name: {"treated": c.treated, "control": c.control, "absolute": c.absolute,
-                   "absolute_interval": _interval(c.absolute_interval), "relative": c.relative,
-                   "relative_interval": _interval(c.relative_interval)}
+            name: {
+                "treated": c.treated,
+                "control": c.control,
+                "absolute": c.absolute,
+                "absolute_interval": _interval(c.absolute_interval),
+                "relative": c.relative,
+                "relative_interval": _interval(c.relative_interval),
+            }
             for name, c in uplift.comparisons.items()
         },
-    }  # fmt: skip
+    }
 
 
 def _nps_json(section: NpsSection) -> dict[str, Any]:
     def one(n: Nps) -> dict[str, Any]:
-        return {"responses": n.responses, "score": n.score, "interval": _interval(n.interval),
-                "promoters": n.promoters, "passives": n.passives, "detractors": n.detractors,
-                "enough_data": n.enough}  # fmt: skip
+        return {
+            "responses": n.responses,
+            "score": n.score,
+            "interval": _interval(n.interval),
+            "promoters": n.promoters,
+            "passives": n.passives,
+            "detractors": n.detractors,
+            "enough_data": n.enough,
+        }
 
     return {
         "overall": one(section.overall),

@@ -79,8 +79,9 @@ def newcombe(x1: int, n1: int, x2: int, n2: int, confidence: float = CONFIDENCE)
     return Interval(low, high)
 
 
-def risk_ratio(x1: int, n1: int, x2: int, n2: int,
-               confidence: float = CONFIDENCE) -> Interval | None:  # fmt: skip
+def risk_ratio(
+    x1: int, n1: int, x2: int, n2: int, confidence: float = CONFIDENCE
+) -> Interval | None:
     """Interval of p₁ / p₂ by the log method (Katz et al. 1978); None when a group has no
     success (the ratio is then 0 or unbounded and the log method undefined)."""
     _check_counts(x1, n1)
@@ -147,8 +148,9 @@ def mean_interval(sample: Sample, confidence: float = CONFIDENCE) -> Interval:
     return Interval(sample.mean - half, sample.mean + half)
 
 
-def ratio_of_means(first: Sample, second: Sample,
-                   confidence: float = CONFIDENCE) -> Interval | None:  # fmt: skip
+def ratio_of_means(
+    first: Sample, second: Sample, confidence: float = CONFIDENCE
+) -> Interval | None:
     """Fieller's interval of mean₁ / mean₂ for independent groups, with Welch's t quantile:
     all ρ with (m₁ − ρ·m₂)² ≤ t²·(v₁/n₁ + ρ²·v₂/n₂). None when it is unbounded (the control
     mean is not distinguishable from 0) or a group has fewer than two units."""
@@ -168,8 +170,9 @@ def ratio_of_means(first: Sample, second: Sample,
     return Interval((m1 * m2 - root) / lead, (m1 * m2 + root) / lead)
 
 
-def nps_interval(promoters: int, detractors: int, responses: int,
-                 confidence: float = CONFIDENCE) -> Interval:  # fmt: skip
+def nps_interval(
+    promoters: int, detractors: int, responses: int, confidence: float = CONFIDENCE
+) -> Interval:
     """Normal interval of the NPS on the −100…100 scale: the difference of two shares of one
     multinomial sample, variance (p + d − (p − d)²) / n; clipped to the scale."""
     if responses <= 0 or promoters + detractors > responses or min(promoters, detractors) < 0:

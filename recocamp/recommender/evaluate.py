@@ -63,8 +63,9 @@ def make_split(
     max_customers: int | None = None,
 ) -> Split:
     """Training data before ``cutoff`` and each known customer's test items after it."""
-    data = matrix.build(lines, cutoff, popularity_days=popularity_days,
-                        half_life_days=half_life_days)  # fmt: skip
+    data = matrix.build(
+        lines, cutoff, popularity_days=popularity_days, half_life_days=half_life_days
+    )
     future = lines.between(cutoff, cutoff + horizon_days * DAY)
     rows = _lookup(lines.customer_ids, data.customers)[future.customer]
     known = rows >= 0
@@ -157,10 +158,14 @@ def evaluate_per_customer(
     repeat = np.concatenate(totals["repeat"]) if totals["repeat"] else np.zeros(0)
     new = np.concatenate(totals["new"]) if totals["new"] else np.zeros(0)
     metrics = Metrics(
-        recall=_mean(every[0]), ndcg=_mean(every[1]), hit_rate=_mean(every[2]),
-        recall_repeat=_mean(repeat[~np.isnan(repeat)]), recall_new=_mean(new[~np.isnan(new)]),
-        customers=len(split.rows), fit_s=round(fit_s, 3),
-    )  # fmt: skip
+        recall=_mean(every[0]),
+        ndcg=_mean(every[1]),
+        hit_rate=_mean(every[2]),
+        recall_repeat=_mean(repeat[~np.isnan(repeat)]),
+        recall_new=_mean(new[~np.isnan(new)]),
+        customers=len(split.rows),
+        fit_s=round(fit_s, 3),
+    )
     return metrics, dict(zip(PAIRED_METRICS, every, strict=True))
 
 
@@ -220,8 +225,7 @@ def paired_bootstrap(
         means[start : start + size] = differences[picks].mean(axis=1)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
-    return PairedDifference(float(differences.mean()), float(low), float(high), n, resamples,
-                            level)  # fmt: skip
+    return PairedDifference(float(differences.mean()), float(low), float(high), n, resamples, level)
 
 
 def _mean(values: np.ndarray) -> float:
@@ -230,8 +234,11 @@ def _mean(values: np.ndarray) -> float:
 
 # --- tuning the hybrid on a validation split before the cutoff -----------------------
 
-DISCOVER_GRID = {"als": (0.3, 0.5, 0.7), "popularity": (0.0, 0.1, 0.2, 0.5, 2.0),
-                 "new_arrivals": (0.0, 0.1, 0.2, 0.3)}  # fmt: skip
+DISCOVER_GRID = {
+    "als": (0.3, 0.5, 0.7),
+    "popularity": (0.0, 0.1, 0.2, 0.5, 2.0),
+    "new_arrivals": (0.0, 0.1, 0.2, 0.3),
+}
 BOOST_GRID = (0.5, 1.0, 1.6)
 # Validation optima are flat: several grid points score within noise of each other, and on
 # retail data the largest new-arrival bonus sits next to a cliff on later windows (measured
@@ -267,15 +274,19 @@ def tune_hybrid(
 
 def _simplest_within(scored: list[tuple[float, HybridWeights]], tolerance: float) -> HybridWeights:
     best = max(score for score, _ in scored)
-    close = [(w.new_arrivals, w.popularity, -score, w.als, w) for score, w in scored
-             if score >= best * (1 - tolerance)]  # fmt: skip
+    close = [
+        (w.new_arrivals, w.popularity, -score, w.als, w)
+        for score, w in scored
+        if score >= best * (1 - tolerance)
+    ]
     return min(close, key=lambda entry: entry[:4])[4]
 
 
 def _with_boost(weights: HybridWeights, boost: float) -> HybridWeights:
     ceiling = 1.0 + weights.popularity + weights.new_arrivals
-    return HybridWeights(weights.als, weights.popularity, weights.new_arrivals, weights.new_days,
-                         boost * ceiling)  # fmt: skip
+    return HybridWeights(
+        weights.als, weights.popularity, weights.new_arrivals, weights.new_days, boost * ceiling
+    )
 
 
 def _recall_of(scores: np.ndarray, split: Split, k: int, *, new_only: bool = False) -> float:

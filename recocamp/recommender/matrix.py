@@ -49,15 +49,27 @@ class Lines:
         customer_ids, customer = np.unique(np.asarray(customers, dtype=str), return_inverse=True)
         item_ids, item = np.unique(np.asarray(items, dtype=str), return_inverse=True)
         order = np.unique(np.asarray(orders, dtype=str), return_inverse=True)[1]
-        return cls(customer.astype(np.int64), item.astype(np.int64), order.astype(np.int64),
-                   np.asarray(at, dtype=np.float64), customer_ids, item_ids)  # fmt: skip
+        return cls(
+            customer.astype(np.int64),
+            item.astype(np.int64),
+            order.astype(np.int64),
+            np.asarray(at, dtype=np.float64),
+            customer_ids,
+            item_ids,
+        )
 
     def __len__(self) -> int:
         return len(self.at)
 
     def _subset(self, keep: np.ndarray) -> Lines:
-        return Lines(self.customer[keep], self.item[keep], self.order[keep], self.at[keep],
-                     self.customer_ids, self.item_ids)  # fmt: skip
+        return Lines(
+            self.customer[keep],
+            self.item[keep],
+            self.order[keep],
+            self.at[keep],
+            self.customer_ids,
+            self.item_ids,
+        )
 
     def before(self, epoch: float) -> Lines:
         return self._subset(self.at < epoch)

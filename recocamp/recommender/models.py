@@ -231,8 +231,11 @@ class Hybrid:
         return combine(self.parts(rows), self.weights)
 
     def params(self) -> dict[str, Any]:
-        return {"weights": asdict(self.weights), "als": self.als.params(),
-                "item_knn": self.knn.params()}  # fmt: skip
+        return {
+            "weights": asdict(self.weights),
+            "als": self.als.params(),
+            "item_knn": self.knn.params(),
+        }
 
     def arrays(self) -> dict[str, np.ndarray]:
         prefixed = {f"als_{k}": v for k, v in self.als.arrays().items()}
@@ -365,9 +368,14 @@ def history_rows(
         return HistoryRows(empty, empty)
     codes, order, at = (np.asarray(part) for part in zip(*known, strict=True))
     cutoff = max(data.cutoff, float(at.max()) + 1.0)
-    lines = Lines(np.zeros(len(codes), dtype=np.int64), codes.astype(np.int64),
-                  order.astype(np.int64), at.astype(np.float64), np.array(["c"]),
-                  data.items)  # fmt: skip
+    lines = Lines(
+        np.zeros(len(codes), dtype=np.int64),
+        codes.astype(np.int64),
+        order.astype(np.int64),
+        at.astype(np.float64),
+        np.array(["c"]),
+        data.items,
+    )
     built = build(lines, cutoff, half_life_days=half_life_days)
     wide = np.searchsorted(data.items, built.items)
 
@@ -488,9 +496,13 @@ def _unprefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndar
 def save(directory: Path, model: Recommender, data: TrainingData, meta: dict[str, Any]) -> None:
     """Write ``model.npz`` (ids, matrices, model arrays) and ``meta.json``."""
     directory.mkdir(parents=True, exist_ok=True)
-    arrays = {"customers": data.customers.astype(str), "items": data.items.astype(str),
-              "popularity": data.popularity, "age_days": data.age_days,
-              "cutoff": np.array([data.cutoff])}  # fmt: skip
+    arrays = {
+        "customers": data.customers.astype(str),
+        "items": data.items.astype(str),
+        "popularity": data.popularity,
+        "age_days": data.age_days,
+        "cutoff": np.array([data.cutoff]),
+    }
     for name in ("orders", "confidence", "last_days"):
         arrays |= _csr_arrays(name, getattr(data, name))
     arrays |= {f"model_{k}": v for k, v in model.arrays().items()}
@@ -506,11 +518,15 @@ def load(directory: Path, settings: Any) -> tuple[Recommender, TrainingData, dic
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model artifacts from {directory}: {exc}") from None
     data = TrainingData(
-        customers=arrays["customers"], items=arrays["items"],
-        orders=_csr_from(arrays, "orders"), confidence=_csr_from(arrays, "confidence"),
-        last_days=_csr_from(arrays, "last_days"), popularity=arrays["popularity"],
-        age_days=arrays["age_days"], cutoff=float(arrays["cutoff"][0]),
-    )  # fmt: skip
+        customers=arrays["customers"],
+        items=arrays["items"],
+        orders=_csr_from(arrays, "orders"),
+        confidence=_csr_from(arrays, "confidence"),
+        last_days=_csr_from(arrays, "last_days"),
+        popularity=arrays["popularity"],
+        age_days=arrays["age_days"],
+        cutoff=float(arrays["cutoff"][0]),
+    )
     weights = HybridWeights(**meta["params"]["weights"]) if meta["name"] == "hybrid" else None
     model = make(meta["name"], _no_gpu(settings), weights)
     model.restore(data, _unprefixed(arrays, "model_"))

@@ -74,8 +74,14 @@ def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
             at.extend(epoch)
     customer_codes, customer_ids = customers.sorted()
     item_codes, item_ids = items.sorted()
-    return Lines(customer_codes, item_codes, orders.codes, np.asarray(at, dtype=np.float64),
-                 customer_ids, item_ids)  # fmt: skip
+    return Lines(
+        customer_codes,
+        item_codes,
+        orders.codes,
+        np.asarray(at, dtype=np.float64),
+        customer_ids,
+        item_ids,
+    )
 
 
 class _Codes:
@@ -89,8 +95,9 @@ class _Codes:
     def add(self, values: tuple[str, ...]) -> None:
         distinct, inverse = np.unique(np.array(values, dtype=str), return_inverse=True)
         index = self.index
-        local = np.array([index.setdefault(value, len(index)) for value in distinct.tolist()],
-                         dtype=np.int64)  # fmt: skip
+        local = np.array(
+            [index.setdefault(value, len(index)) for value in distinct.tolist()], dtype=np.int64
+        )
         self.chunks.append(local[inverse])
 
     @property
@@ -119,8 +126,10 @@ def fingerprint(lines: Lines, params: dict[str, Any]) -> str:
 
 
 def _split_args(settings: RecommenderSettings) -> dict[str, Any]:
-    return {"popularity_days": settings.recent_popularity_days,
-            "half_life_days": settings.time_decay_half_life_days}  # fmt: skip
+    return {
+        "popularity_days": settings.recent_popularity_days,
+        "half_life_days": settings.time_decay_half_life_days,
+    }
 
 
 def _sample(settings: RecommenderSettings) -> dict[str, Any]:
@@ -134,9 +143,13 @@ def _candidate(
     candidate = model.make(name, settings)
     if isinstance(candidate, Hybrid):
         weights = evaluate.tune_hybrid(
-            candidate, lines, cutoff, settings.evaluation_horizon_days,
-            settings.evaluation_k, **_split_args(settings),
-        )  # fmt: skip
+            candidate,
+            lines,
+            cutoff,
+            settings.evaluation_horizon_days,
+            settings.evaluation_k,
+            **_split_args(settings),
+        )
         candidate = model.make(name, settings, weights)
     return candidate
 
@@ -228,8 +241,16 @@ def train(
     clock.lap("cache")
     outcome = "promoted" if promote else "rejected"
     log.info("train %s: %s (%s) cache=%d in %.1fs", version, outcome, reason, rows, clock.total)
-    return TrainResult(version, name, outcome, reason, results, rows, clock.laps,
-                       gate_rule(settings.promote_metric) if gate.difference else "")  # fmt: skip
+    return TrainResult(
+        version,
+        name,
+        outcome,
+        reason,
+        results,
+        rows,
+        clock.laps,
+        gate_rule(settings.promote_metric) if gate.difference else "",
+    )
 
 
 class _Stopwatch:
@@ -269,8 +290,11 @@ def _evaluate_all(
     split = evaluate.make_split(
         lines, cutoff, horizon, **_split_args(settings), **_sample(settings)
     )
-    scored = {"candidate": evaluate.evaluate_per_customer(
-        _candidate(name, settings, lines, cutoff), split, k)}  # fmt: skip
+    scored = {
+        "candidate": evaluate.evaluate_per_customer(
+            _candidate(name, settings, lines, cutoff), split, k
+        )
+    }
     results = {"candidate": scored["candidate"][0]}
     for baseline in ("popularity", "repeat_frequency"):
         results[baseline] = evaluate.evaluate(model.make(baseline, settings), split, k)
@@ -300,17 +324,22 @@ class Gate:
         """What the registry keeps: the split both figures were measured on, the rule and
         the interval, so ``models list`` compares like with like."""
         gate: dict[str, Any] = {
-            "split_cutoff": evaluation.cutoff.isoformat(), "horizon_days": evaluation.horizon_days,
-            "k": evaluation.k, "metric": metric, "promoted": self.promote, "reason": self.reason,
-        }  # fmt: skip
+            "split_cutoff": evaluation.cutoff.isoformat(),
+            "horizon_days": evaluation.horizon_days,
+            "k": evaluation.k,
+            "metric": metric,
+            "promoted": self.promote,
+            "reason": self.reason,
+        }
         if self.difference is not None:
             gate["difference"] = self.difference.as_dict()
         return gate
 
 
 def gate_rule(metric: str) -> str:
-    return GATE_RULE.format(level=evaluate.GATE_LEVEL * 100, metric=metric,
-                            resamples=evaluate.BOOTSTRAP_RESAMPLES)  # fmt: skip
+    return GATE_RULE.format(
+        level=evaluate.GATE_LEVEL * 100, metric=metric, resamples=evaluate.BOOTSTRAP_RESAMPLES
+    )
 
 
 def _gate(evaluation: Evaluation, metric: str, zone: tzinfo = UTC) -> Gate:
@@ -372,8 +401,11 @@ def popular_list(data: TrainingData, n: int) -> list[list[Any]]:
     """The cold-start list: recent popularity, ties by item id."""
     order = np.lexsort((np.arange(len(data.items)), -data.popularity))[:n]
     top = float(data.popularity.max()) if len(data.popularity) else 1.0
-    return [[str(data.items[i]), round(float(data.popularity[i]) / top, 6)] for i in order
-            if data.popularity[i] > 0]  # fmt: skip
+    return [
+        [str(data.items[i]), round(float(data.popularity[i]) / top, 6)]
+        for i in order
+        if data.popularity[i] > 0
+    ]
 
 
 def top_lists(

@@ -12,4 +12,7 @@ offer API's reads and per-request check (:mod:`.serving`) and the customer pages
 (:mod:`.pages`).
 
 May import: the base modules only; every other package reaches the database through here.
+Exports (by module): ``engine.make_engine``, ``engine.upgrade``, ``engine.Engine`` and
+``engine.Connection`` (the types other packages hold), ``queries.upsert_statement``,
+``outbox.claim``, ``views.planning_rows``, ``tombstones.serialise``.
 """

@@ -28,15 +28,24 @@ class DecisionRow:
     holdout: bool
 
 
-def record(connection: sa.Connection, run_key: str, decided: Sequence[DecisionRow],
-           now: datetime) -> None:  # fmt: skip
+def record(
+    connection: sa.Connection, run_key: str, decided: Sequence[DecisionRow], now: datetime
+) -> None:
     """Record ``decided`` under ``run_key`` at ``now``; decisions already recorded stay."""
     rows = [
-        {"run_key": run_key, "campaign": d.campaign, "customer_id": d.customer_id,
-         "outcome": d.outcome, "reason": d.reason, "variant": d.variant,
-         "holdout": d.holdout, "decided_at": now}
+        {
+            "run_key": run_key,
+            "campaign": d.campaign,
+            "customer_id": d.customer_id,
+            "outcome": d.outcome,
+            "reason": d.reason,
+            "variant": d.variant,
+            "holdout": d.holdout,
+            "decided_at": now,
+        }
         for d in decided
-    ]  # fmt: skip
+    ]
     statement = upsert_statement(connection, decisions).on_conflict_do_nothing(
-        index_elements=["run_key", "customer_id"])  # fmt: skip
+        index_elements=["run_key", "customer_id"]
+    )
     connection.execute(statement, rows)

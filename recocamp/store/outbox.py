@@ -64,8 +64,11 @@ def pack(email: OutgoingEmail) -> bytes:
         document.update(html=email.html, text=email.text)
     else:
         template = email.template
-        document["template"] = {"html": template.html, "text": template.text,
-                                "context": template.context}  # fmt: skip
+        document["template"] = {
+            "html": template.html,
+            "text": template.text,
+            "context": template.context,
+        }
     data = orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
     if len(data) < COMPRESS_FROM:
         return data
@@ -95,23 +98,41 @@ def _unpack(row: Any) -> Claimed:
         BodyTemplate(deferred["html"], deferred["text"], deferred["context"]) if deferred else None
     )
     email = OutgoingEmail(
-        send_key=row.send_key, to=row.recipient, subject=row.subject,
-        html=document.get("html", ""), text=document.get("text", ""),
-        headers=tuple((k, v) for k, v in document["headers"]), campaign=row.campaign,
+        send_key=row.send_key,
+        to=row.recipient,
+        subject=row.subject,
+        html=document.get("html", ""),
+        text=document.get("text", ""),
+        headers=tuple((k, v) for k, v in document["headers"]),
+        campaign=row.campaign,
         template=template,
-    )  # fmt: skip
+    )
     return Claimed(row.id, row.attempts, row.customer_id, email, row.claimed_by)
 
 
-def enqueue(connection: sa.Connection, emails: Iterable[tuple[OutgoingEmail, str, str | None,
-            datetime]], now: datetime) -> int:  # fmt: skip
+def enqueue(
+    connection: sa.Connection,
+    emails: Iterable[tuple[OutgoingEmail, str, str | None, datetime]],
+    now: datetime,
+) -> int:
     """Insert (email, customer id, variant, not before) rows; returns how many were new."""
     rows = [
-        {"send_key": e.send_key, "campaign": e.campaign, "customer_id": customer, "variant": v,
-         "recipient": e.to, "subject": e.subject, "body": pack(e), "state": "queued",
-         "attempts": 0, "not_before": not_before, "created_at": now, "updated_at": now}
+        {
+            "send_key": e.send_key,
+            "campaign": e.campaign,
+            "customer_id": customer,
+            "variant": v,
+            "recipient": e.to,
+            "subject": e.subject,
+            "body": pack(e),
+            "state": "queued",
+            "attempts": 0,
+            "not_before": not_before,
+            "created_at": now,
+            "updated_at": now,
+        }
         for e, customer, v, not_before in emails
-    ]  # fmt: skip
+    ]
     if not rows:
         return 0
     statement = upsert_statement(connection, outbox).on_conflict_do_nothing(
@@ -143,19 +164,28 @@ def _claimable(now: datetime, campaign: str | None) -> sa.Select[Any]:
     return query.where(outbox.c.campaign == campaign) if campaign else query
 
 
-def claim(engine: sa.Engine, worker: str, now: datetime, limit: int,
-          campaign: str | None = None) -> list[Claimed]:  # fmt: skip
+def claim(
+    engine: sa.Engine, worker: str, now: datetime, limit: int, campaign: str | None = None
+) -> list[Claimed]:
     """Atomically take up to ``limit`` due messages; cancel those whose recipient opted out."""
     chosen = (
-        _claimable(now, campaign).order_by(outbox.c.not_before, outbox.c.id).limit(limit)
+        _claimable(now, campaign)
+        .order_by(outbox.c.not_before, outbox.c.id)
+        .limit(limit)
         .with_for_update(skip_locked=True)
-    )  # fmt: skip
+    )
     statement = (
-        sa.update(outbox).where(outbox.c.id.in_(chosen.scalar_subquery()))
-        .values(state="claimed", claimed_by=worker, claimed_at=now,
-                attempts=outbox.c.attempts + 1, updated_at=now)
+        sa.update(outbox)
+        .where(outbox.c.id.in_(chosen.scalar_subquery()))
+        .values(
+            state="claimed",
+            claimed_by=worker,
+            claimed_at=now,
+            attempts=outbox.c.attempts + 1,
+            updated_at=now,
+        )
         .returning(*outbox.c)
-    )  # fmt: skip
+    )
     with engine.begin() as connection:
         claimed = [_unpack(row) for row in connection.execute(statement)]
         blocked = _opted_out(connection, claimed)
@@ -169,27 +199,43 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int
     if not claimed:
         return set()
     ids = {c.customer_id for c in claimed}
-    gone = set(connection.execute(sa.select(customers.c.id).where(
-        customers.c.id.in_(ids),
-        sa.or_(customers.c.unsubscribed_at.is_not(None), customers.c.erased_at.is_not(None),
-               customers.c.channel_email.is_(False)),
-    )).scalars())  # fmt: skip
+    gone = set(
+        connection.execute(
+            sa.select(customers.c.id).where(
+                customers.c.id.in_(ids),
+                sa.or_(
+                    customers.c.unsubscribed_at.is_not(None),
+                    customers.c.erased_at.is_not(None),
+                    customers.c.channel_email.is_(False),
+                ),
+            )
+        ).scalars()
+    )
     hashes = {email_hash(c.email.to): c.id for c in claimed}
-    suppressed = set(connection.execute(
-        sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(hashes))
-    ).scalars())  # fmt: skip
+    suppressed = set(
+        connection.execute(
+            sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(hashes))
+        ).scalars()
+    )
     return {c.id for c in claimed if c.customer_id in gone} | {hashes[h] for h in suppressed}
 
 
-def _set(connection: sa.Connection, ids: Iterable[int], now: datetime, *,
-         by: str | None = None, **values: Any) -> None:  # fmt: skip
+def _set(
+    connection: sa.Connection,
+    ids: Iterable[int],
+    now: datetime,
+    *,
+    by: str | None = None,
+    **values: Any,
+) -> None:
     """Set ``values`` on the rows ``ids`` (those still claimed by ``by``, when given)."""
     ids = list(ids)
     for start in range(0, len(ids), 5000):
         connection.execute(
-            sa.update(outbox).where(outbox.c.id.in_(ids[start : start + 5000]), _owned(by))
+            sa.update(outbox)
+            .where(outbox.c.id.in_(ids[start : start + 5000]), _owned(by))
             .values(updated_at=now, **values)
-        )  # fmt: skip
+        )
 
 
 def _owned(by: str | None) -> Any:
@@ -200,22 +246,36 @@ def _owned(by: str | None) -> Any:
     return sa.and_(outbox.c.state == "claimed", outbox.c.claimed_by == by)
 
 
-def mark_sent(connection: sa.Connection, sent: dict[int, str], now: datetime,
-              by: str | None = None) -> None:  # fmt: skip
+def mark_sent(
+    connection: sa.Connection, sent: dict[int, str], now: datetime, by: str | None = None
+) -> None:
     """Record what the provider accepted, with its message ids (one statement per batch)."""
     if not sent:
         return
     connection.execute(
-        sa.update(outbox).where(outbox.c.id == sa.bindparam("row_id"), _owned(by))
-        .values(state="sent", provider_message_id=sa.bindparam("message_id"), sent_at=now,
-                updated_at=now, last_error=None),
+        sa.update(outbox)
+        .where(outbox.c.id == sa.bindparam("row_id"), _owned(by))
+        .values(
+            state="sent",
+            provider_message_id=sa.bindparam("message_id"),
+            sent_at=now,
+            updated_at=now,
+            last_error=None,
+        ),
         [{"row_id": i, "message_id": m} for i, m in sent.items()],
-    )  # fmt: skip
+    )
 
 
-def retry_later(connection: sa.Connection, delays: dict[int, float], errors: dict[int, str],
-                now: datetime, max_attempts: int, by: str | None = None, *,
-                refund: bool = False) -> int:  # fmt: skip
+def retry_later(
+    connection: sa.Connection,
+    delays: dict[int, float],
+    errors: dict[int, str],
+    now: datetime,
+    max_attempts: int,
+    by: str | None = None,
+    *,
+    refund: bool = False,
+) -> int:
     """Back to the queue after ``delays[id]`` seconds, or failed when out of attempts.
 
     ``refund``: the whole request failed (a provider-wide 429 or 5xx, an outage), which says
@@ -225,42 +285,55 @@ def retry_later(connection: sa.Connection, delays: dict[int, float], errors: dic
     if not delays:
         return 0
     ids = list(delays)
-    rows = connection.execute(sa.select(outbox.c.id, outbox.c.attempts).where(
-        outbox.c.id.in_(ids), _owned(by))).all()  # fmt: skip
+    rows = connection.execute(
+        sa.select(outbox.c.id, outbox.c.attempts).where(outbox.c.id.in_(ids), _owned(by))
+    ).all()
     mine = {r.id for r in rows}
     out = set() if refund else {r.id for r in rows if r.attempts >= max_attempts}
     for row_id in out:
         _set(connection, [row_id], now, by=by, state="failed", last_error=_said(errors[row_id]))
     again = [
         {"row_id": i, "not_before": now + timedelta(seconds=delays[i]), "error": _said(errors[i])}
-        for i in ids if i in mine and i not in out
-    ]  # fmt: skip
+        for i in ids
+        if i in mine and i not in out
+    ]
     if again:
         spent = outbox.c.attempts - 1 if refund else outbox.c.attempts
         connection.execute(
-            sa.update(outbox).where(outbox.c.id == sa.bindparam("row_id"), _owned(by))
-            .values(state="queued", not_before=sa.bindparam("not_before"), attempts=spent,
-                    last_error=sa.bindparam("error"), updated_at=now, claimed_by=None),
+            sa.update(outbox)
+            .where(outbox.c.id == sa.bindparam("row_id"), _owned(by))
+            .values(
+                state="queued",
+                not_before=sa.bindparam("not_before"),
+                attempts=spent,
+                last_error=sa.bindparam("error"),
+                updated_at=now,
+                claimed_by=None,
+            ),
             again,
-        )  # fmt: skip
+        )
     return len(out)
 
 
-def fail(connection: sa.Connection, errors: dict[int, str], now: datetime,
-         by: str | None = None) -> None:  # fmt: skip
+def fail(
+    connection: sa.Connection, errors: dict[int, str], now: datetime, by: str | None = None
+) -> None:
     for row_id, error in errors.items():
         _set(connection, [row_id], now, by=by, state="failed", last_error=_said(error))
 
 
-def release(connection: sa.Connection, ids: Iterable[int], now: datetime,
-            by: str | None = None) -> None:  # fmt: skip
+def release(
+    connection: sa.Connection, ids: Iterable[int], now: datetime, by: str | None = None
+) -> None:
     """Back to the queue untouched (the attempt did not reach the provider)."""
-    _set(connection, ids, now, by=by, state="queued", claimed_by=None,
-         attempts=outbox.c.attempts - 1)  # fmt: skip
+    _set(
+        connection, ids, now, by=by, state="queued", claimed_by=None, attempts=outbox.c.attempts - 1
+    )
 
 
-def take_over(connection: sa.Connection, stale: Sequence[Claimed], me: str,
-              now: datetime) -> list[Claimed]:  # fmt: skip
+def take_over(
+    connection: sa.Connection, stale: Sequence[Claimed], me: str, now: datetime
+) -> list[Claimed]:
     """Make stale claims ours before settling them: only rows still claimed by the worker
     we found them with move, so two deliverers settling the same dead worker's claims never
     both act on one row (one would resend what the other just sent)."""
@@ -270,23 +343,31 @@ def take_over(connection: sa.Connection, stale: Sequence[Claimed], me: str,
     statement = (
         sa.update(outbox)
         .where(outbox.c.state == "claimed", sa.tuple_(outbox.c.id, outbox.c.claimed_by).in_(pairs))
-        .values(claimed_by=me, claimed_at=now, updated_at=now).returning(outbox.c.id)
-    )  # fmt: skip
+        .values(claimed_by=me, claimed_at=now, updated_at=now)
+        .returning(outbox.c.id)
+    )
     taken = set(connection.execute(statement).scalars())
     return [c for c in stale if c.id in taken]
 
 
-def stale_claims(connection: sa.Connection, now: datetime, lease_s: float,
-                 alive: Callable[[str], bool]) -> list[Claimed]:  # fmt: skip
+def stale_claims(
+    connection: sa.Connection, now: datetime, lease_s: float, alive: Callable[[str], bool]
+) -> list[Claimed]:
     """Claims whose lease ran out or whose worker is gone (bodies are read only for those)."""
-    claims = connection.execute(sa.select(outbox.c.id, outbox.c.claimed_by, outbox.c.claimed_at)
-                                .where(outbox.c.state == "claimed")).all()  # fmt: skip
+    claims = connection.execute(
+        sa.select(outbox.c.id, outbox.c.claimed_by, outbox.c.claimed_at).where(
+            outbox.c.state == "claimed"
+        )
+    ).all()
     expired = now - timedelta(seconds=lease_s)
     ids = [r.id for r in claims if r.claimed_at <= expired or not alive(r.claimed_by or "")]
     found: list[Claimed] = []
     for start in range(0, len(ids), 5000):
-        rows = connection.execute(sa.select(outbox).where(
-            outbox.c.id.in_(ids[start : start + 5000]), outbox.c.state == "claimed"))  # fmt: skip
+        rows = connection.execute(
+            sa.select(outbox).where(
+                outbox.c.id.in_(ids[start : start + 5000]), outbox.c.state == "claimed"
+            )
+        )
         found += [_unpack(row) for row in rows]
     return found
 
@@ -346,8 +427,11 @@ def status(connection: sa.Connection) -> dict[str, dict[str, int]]:
 
 def retry_failed(connection: sa.Connection, now: datetime, campaign: str | None = None) -> int:
     """Put failed messages back in the queue with fresh attempts (not suppressed ones)."""
-    query = sa.update(outbox).where(outbox.c.state == "failed").values(
-        state="queued", attempts=0, not_before=now, updated_at=now, claimed_by=None)  # fmt: skip
+    query = (
+        sa.update(outbox)
+        .where(outbox.c.state == "failed")
+        .values(state="queued", attempts=0, not_before=now, updated_at=now, claimed_by=None)
+    )
     if campaign:
         query = query.where(outbox.c.campaign == campaign)
     return int(connection.execute(query).rowcount or 0)
@@ -362,7 +446,8 @@ def pause(connection: sa.Connection, campaign: str, reason: str, now: datetime) 
 
 def resume(connection: sa.Connection, campaign: str) -> bool:
     deleted = connection.execute(
-        sa.delete(campaign_pauses).where(campaign_pauses.c.campaign == campaign))  # fmt: skip
+        sa.delete(campaign_pauses).where(campaign_pauses.c.campaign == campaign)
+    )
     return bool(deleted.rowcount)
 
 

@@ -30,37 +30,51 @@ def profile(connection: sa.Connection, customer_id: str) -> dict[str, Any] | Non
     return None if row is None else dict(row._mapping)
 
 
-def create(connection: sa.Connection, customer_id: str, values: Mapping[str, Any],
-           at: datetime) -> None:  # fmt: skip
+def create(
+    connection: sa.Connection, customer_id: str, values: Mapping[str, Any], at: datetime
+) -> None:
     """A new customer with ``values`` (columns left out keep their defaults)."""
     connection.execute(sa.insert(customers).values(id=customer_id, updated_at=at, **values))
 
 
-def update(connection: sa.Connection, customer_id: str, values: Mapping[str, Any],
-           at: datetime) -> None:  # fmt: skip
-    connection.execute(sa.update(customers).where(customers.c.id == customer_id).values(
-        updated_at=at, **values))  # fmt: skip
+def update(
+    connection: sa.Connection, customer_id: str, values: Mapping[str, Any], at: datetime
+) -> None:
+    connection.execute(
+        sa.update(customers).where(customers.c.id == customer_id).values(updated_at=at, **values)
+    )
 
 
 def drop_personal_list(connection: sa.Connection, customer_id: str) -> None:
     """Forget the customer's cached recommendations (an objection to profiling)."""
-    connection.execute(sa.delete(recommendations).where(
-        recommendations.c.customer_id == customer_id))  # fmt: skip
+    connection.execute(
+        sa.delete(recommendations).where(recommendations.c.customer_id == customer_id)
+    )
 
 
 def subscription(connection: sa.Connection, customer_id: str) -> Subscription | None:
-    row = connection.execute(sa.select(customers.c.unsubscribed_at, customers.c.email).where(
-        customers.c.id == customer_id)).first()  # fmt: skip
+    row = connection.execute(
+        sa.select(customers.c.unsubscribed_at, customers.c.email).where(
+            customers.c.id == customer_id
+        )
+    ).first()
     return None if row is None else Subscription(row.unsubscribed_at, row.email)
 
 
-def resubscribe(connection: sa.Connection, customer_id: str, email: str | None,
-                at: datetime) -> None:  # fmt: skip
+def resubscribe(
+    connection: sa.Connection, customer_id: str, email: str | None, at: datetime
+) -> None:
     """Clear ``unsubscribed_at`` and lift the unsubscribe's suppression of ``email`` (bounces
     and complaints stay suppressed)."""
-    connection.execute(sa.update(customers).where(customers.c.id == customer_id).values(
-        unsubscribed_at=None, updated_at=at))  # fmt: skip
+    connection.execute(
+        sa.update(customers)
+        .where(customers.c.id == customer_id)
+        .values(unsubscribed_at=None, updated_at=at)
+    )
     if email:
-        connection.execute(sa.delete(suppressions).where(
-            suppressions.c.email_hash == email_hash(email),
-            suppressions.c.reason == "unsubscribed"))  # fmt: skip
+        connection.execute(
+            sa.delete(suppressions).where(
+                suppressions.c.email_hash == email_hash(email),
+                suppressions.c.reason == "unsubscribed",
+            )
+        )

@@ -101,14 +101,17 @@ def store_orders(
     written = _insert_lines(connection, fresh, import_run_id, progress)
     if progress is not None and len(rows) > written:
         progress(len(rows) - written)
-    return StoredOrders(new=sorted(won), repeated=lost, lines_written=written,
-                        lines_repeated=len(rows) - written)  # fmt: skip
+    return StoredOrders(
+        new=sorted(won), repeated=lost, lines_written=written, lines_repeated=len(rows) - written
+    )
 
 
 def _claim_orders(connection: sa.Connection, digests: dict[str, str]) -> set[str]:
     """Insert the orders' rows in id order (two writers lock them in the same order: no
     deadlock); returns the ids this transaction inserted."""
-    statement = upsert_statement(connection, orders).on_conflict_do_nothing(index_elements=["order_id"])
+    statement = upsert_statement(connection, orders).on_conflict_do_nothing(
+        index_elements=["order_id"]
+    )
     statement = statement.returning(orders.c.order_id)
     values = [{"order_id": key, "content_sha256": digests[key]} for key in sorted(digests)]
     won: set[str] = set()
@@ -289,7 +292,9 @@ def add_missing_customers(
 ) -> int:
     """Create bare customer rows (id and country, no consent) for ids seen in orders."""
     before = count(connection, customers)
-    statement = upsert_statement(connection, customers).on_conflict_do_nothing(index_elements=["id"])
+    statement = upsert_statement(connection, customers).on_conflict_do_nothing(
+        index_elements=["id"]
+    )
     rows = [
         {"id": customer_id, "country": country or None, "updated_at": now}
         for customer_id, country in sorted(countries.items())

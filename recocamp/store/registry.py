@@ -97,12 +97,16 @@ def _drop_erased_since_training(connection: sa.Connection, version: str) -> None
     """A customer erased while this model was training is in its lists (their row is gone,
     so the check above cannot see them); erasure left them no order lines: drop those."""
     trained_at = connection.execute(
-        sa.select(models.c.trained_at).where(models.c.version == version)).scalar_one()  # fmt: skip
+        sa.select(models.c.trained_at).where(models.c.version == version)
+    ).scalar_one()
     recent = sa.select(erasures.c.id).where(erasures.c.erased_at >= trained_at).limit(1)
     if connection.execute(recent).first() is None:
         return
-    has_orders = sa.select(purchases.c.id).where(
-        purchases.c.customer_id == recommendations.c.customer_id).exists()  # fmt: skip
+    has_orders = (
+        sa.select(purchases.c.id)
+        .where(purchases.c.customer_id == recommendations.c.customer_id)
+        .exists()
+    )
     connection.execute(sa.delete(recommendations).where(~has_orders))
 
 

@@ -42,8 +42,9 @@ from recocamp.store.schema import (
 )
 
 
-def planning_rows(connection: sa.Connection, now: datetime, top_n: int, *,
-                  own_run: str | None = None) -> PlanningRows:  # fmt: skip
+def planning_rows(
+    connection: sa.Connection, now: datetime, top_n: int, *, own_run: str | None = None
+) -> PlanningRows:
     """Everything the planner needs at ``now``. ``own_run`` (a run key, ``campaign/day``)
     leaves that run's own e-mails out of the contact history: a run resumed after a crash
     decides as it did the first time instead of seeing its own mail as a cap."""
@@ -62,17 +63,23 @@ def planning_rows(connection: sa.Connection, now: datetime, top_n: int, *,
     return PlanningRows(records, orders, personal, contacts, suppressed, catalogue, popular)
 
 
-def _contacts(connection: sa.Connection, now: datetime,
-              own_run: str | None = None) -> dict[str, tuple[Contact, ...]]:  # fmt: skip
+def _contacts(
+    connection: sa.Connection, now: datetime, own_run: str | None = None
+) -> dict[str, tuple[Contact, ...]]:
     at = sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
-    query = sa.select(outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at,
-                      outbox.c.not_before).where(
-        outbox.c.state.in_(LIVE_STATES), at >= now - timedelta(days=35))  # fmt: skip
+    query = sa.select(
+        outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at, outbox.c.not_before
+    ).where(outbox.c.state.in_(LIVE_STATES), at >= now - timedelta(days=35))
     if own_run is not None:  # send keys are campaign/customer/day, run keys campaign/day
         campaign, _, day = own_run.rpartition("/")
-        query = query.where(sa.not_(sa.and_(
-            outbox.c.campaign == campaign,
-            outbox.c.send_key.endswith(f"/{day}", autoescape=True))))  # fmt: skip
+        query = query.where(
+            sa.not_(
+                sa.and_(
+                    outbox.c.campaign == campaign,
+                    outbox.c.send_key.endswith(f"/{day}", autoescape=True),
+                )
+            )
+        )
     found: dict[str, list[Contact]] = defaultdict(list)
     for row in connection.execute(query):
         found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
@@ -85,19 +92,29 @@ def _held_out(now: datetime, own_run: str | None) -> sa.Select[Any]:
     """Holdout decisions of the last 35 days (not the run's own: a resumed run decides as
     it did the first time)."""
     query = sa.select(decisions.c.customer_id, decisions.c.campaign, decisions.c.decided_at).where(
-        decisions.c.holdout.is_(True), decisions.c.decided_at >= now - timedelta(days=35),
-        decisions.c.decided_at <= now)  # fmt: skip
+        decisions.c.holdout.is_(True),
+        decisions.c.decided_at >= now - timedelta(days=35),
+        decisions.c.decided_at <= now,
+    )
     return query if own_run is None else query.where(decisions.c.run_key != own_run)
 
 
 def _customer(row: Any) -> Customer:
     return Customer(
-        id=row.id, email=row.email, first_name=row.first_name, locale=row.locale,
-        time_zone=row.time_zone, country=row.country, birthday=row.birthday,
-        consent_basis=ConsentBasis(row.consent_basis), consent_at=row.consent_at,
-        consent_source=row.consent_source, unsubscribed_at=row.unsubscribed_at,
-        objected_to_profiling=row.objected_to_profiling, erased_at=row.erased_at,
-    )  # fmt: skip
+        id=row.id,
+        email=row.email,
+        first_name=row.first_name,
+        locale=row.locale,
+        time_zone=row.time_zone,
+        country=row.country,
+        birthday=row.birthday,
+        consent_basis=ConsentBasis(row.consent_basis),
+        consent_at=row.consent_at,
+        consent_source=row.consent_source,
+        unsubscribed_at=row.unsubscribed_at,
+        objected_to_profiling=row.objected_to_profiling,
+        erased_at=row.erased_at,
+    )
 
 
 def _items(connection: sa.Connection) -> dict[str, Item]:
@@ -131,18 +148,27 @@ def customer_orders(
         entry[1] += revenue
         entry[2].add(item)
     return [
-        CustomerOrder(customer_id, order, datetime.fromtimestamp(round(at, 3), UTC), revenue,
-                      frozenset(bought))
+        CustomerOrder(
+            customer_id,
+            order,
+            datetime.fromtimestamp(round(at, 3), UTC),
+            revenue,
+            frozenset(bought),
+        )
         for order, (at, revenue, bought) in orders.items()
-    ]  # fmt: skip
+    ]
 
 
 def _lines(connection: sa.Connection, customer_id: str, now: datetime) -> list[Any]:
     p = purchases.c
     epoch = queries.epoch_seconds(connection, p.ordered_at)
     query = sa.select(p.item_id, p.order_id, epoch, p.quantity * p.unit_price).where(
-        p.customer_id == customer_id, p.is_return.is_(False), p.quantity > 0, p.unit_price > 0,
-        epoch < now.timestamp())  # fmt: skip
+        p.customer_id == customer_id,
+        p.is_return.is_(False),
+        p.quantity > 0,
+        p.unit_price > 0,
+        epoch < now.timestamp(),
+    )
     compiled = query.compile(dialect=connection.dialect)
     values = compiled.construct_params()
     names = compiled.positiontup

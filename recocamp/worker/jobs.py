@@ -52,9 +52,16 @@ Counts = dict[str, Any]
 
 
 def _deliverer(ctx: JobContext, provider: Provider) -> Deliverer:
-    return Deliverer(ctx.engine, provider, ctx.settings.esp, ctx.clock, sleep=ctx.stop.wait,
-                     renderer=ctx.renderer, stopping=ctx.stop.is_set,
-                     limiter=ctx.limiter)  # fmt: skip
+    return Deliverer(
+        ctx.engine,
+        provider,
+        ctx.settings.esp,
+        ctx.clock,
+        sleep=ctx.stop.wait,
+        renderer=ctx.renderer,
+        stopping=ctx.stop.is_set,
+        limiter=ctx.limiter,
+    )
 
 
 def run_campaign(ctx: JobContext, campaign: Campaign, as_of: datetime) -> Counts:
@@ -62,24 +69,37 @@ def run_campaign(ctx: JobContext, campaign: Campaign, as_of: datetime) -> Counts
     several processes); a stop between chunks raises ``Interrupted``."""
     provider = make_provider(ctx.settings)
     try:
-        options = RunOptions(issued_at=ctx.clock.now(), stopping=ctx.stop.is_set,
-                             renderer=ctx.renderer)  # fmt: skip
-        report = send_campaign(ctx.engine, ctx.settings, campaign, ctx.templates, as_of,
-                               _deliverer(ctx, provider), options)  # fmt: skip
+        options = RunOptions(
+            issued_at=ctx.clock.now(), stopping=ctx.stop.is_set, renderer=ctx.renderer
+        )
+        report = send_campaign(
+            ctx.engine,
+            ctx.settings,
+            campaign,
+            ctx.templates,
+            as_of,
+            _deliverer(ctx, provider),
+            options,
+        )
     finally:
         provider.close()
     for reason, number in report.counts.items():
         metrics.DECISIONS.labels(campaign.name, reason).inc(number)
-    counts: Counts = {"decisions": dict(report.counts), "enqueued": report.enqueued,
-                      "already_enqueued": report.already_enqueued}  # fmt: skip
+    counts: Counts = {
+        "decisions": dict(report.counts),
+        "enqueued": report.enqueued,
+        "already_enqueued": report.already_enqueued,
+    }
     if report.delivery is not None:
         counts |= _delivery_counts(campaign.name, report.delivery)
     return counts
 
 
 def _delivery_counts(campaign: str | None, report: DeliveryReport) -> Counts:
-    counts = {name: getattr(report, name) for name in (
-        "sent", "rejected", "failed", "retried", "cancelled", "reconciled")}  # fmt: skip
+    counts = {
+        name: getattr(report, name)
+        for name in ("sent", "rejected", "failed", "retried", "cancelled", "reconciled")
+    }
     for name, number in counts.items():
         if number:
             metrics.EMAILS.labels(campaign or "all", name).inc(number)
@@ -112,16 +132,24 @@ def train(ctx: JobContext, now: datetime) -> Counts:
     if result.outcome == "promoted":
         metrics.MODEL_INFO.clear()
         metrics.MODEL_INFO.labels(result.version).set(1)
-    return {"outcome": result.outcome, "version": result.version, "reason": result.reason,
-            "cache_rows": result.cache_rows, **data}  # fmt: skip
+    return {
+        "outcome": result.outcome,
+        "version": result.version,
+        "reason": result.reason,
+        "cache_rows": result.cache_rows,
+        **data,
+    }
 
 
 def _training_inputs(ctx: JobContext) -> Counts:
     with ctx.engine.connect() as connection:
         last_line, lines = queries.purchase_lines_seen(connection)
     digest = hashlib.sha256(ctx.settings.recommender.model_dump_json().encode()).hexdigest()
-    return {"last_purchase_line": int(last_line or 0), "purchase_lines": int(lines),
-            "settings": digest[:16]}  # fmt: skip
+    return {
+        "last_purchase_line": int(last_line or 0),
+        "purchase_lines": int(lines),
+        "settings": digest[:16],
+    }
 
 
 def _unchanged_since_last_training(engine: Engine, data: Counts) -> bool:

@@ -74,8 +74,14 @@ def dispatch(job_id: str) -> None:
 
 
 class Worker:
-    def __init__(self, settings: Settings, engine: Engine, campaigns_dir: Path,
-                 templates_dir: Path, clock: Clock | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        campaigns_dir: Path,
+        templates_dir: Path,
+        clock: Clock | None = None,
+    ) -> None:
         self.settings, self.engine = settings, engine
         self.campaigns_dir, self.templates_dir = campaigns_dir, templates_dir
         self.clock = clock or SystemClock()
@@ -94,9 +100,15 @@ class Worker:
         self._loop_thread: threading.Thread | None = None
         self._reload_checked = 0.0
         limiter = RateLimiter(settings.esp.rate_limit_per_s, self.stop.wait)
-        self.context = jobs.JobContext(settings, engine, templates_dir, self.clock, self.stop,
-                                       Renderer(templates_dir, limits=settings.templates),
-                                       limiter)  # fmt: skip
+        self.context = jobs.JobContext(
+            settings,
+            engine,
+            templates_dir,
+            self.clock,
+            self.stop,
+            Renderer(templates_dir, limits=settings.templates),
+            limiter,
+        )
 
     # -- campaigns and the schedule -------------------------------------------------------
 
@@ -104,8 +116,11 @@ class Worker:
         """Check every campaign and template; refuse to start when anything is broken."""
         good, failures, renderer = self._check()
         if failures:
-            raise failures[0] if len(failures) == 1 else ConfigError(
-                self.campaigns_dir, [p for f in failures for p in f.problems])  # fmt: skip
+            raise (
+                failures[0]
+                if len(failures) == 1
+                else ConfigError(self.campaigns_dir, [p for f in failures for p in f.problems])
+            )
         self._use(good, renderer)
 
     def _check(self) -> tuple[list[Campaign], list[ConfigError], Renderer]:
@@ -113,8 +128,9 @@ class Worker:
         the templates frozen before the check (never newer than what was checked)."""
         self._files = self._fingerprint()
         renderer = Renderer.frozen(self.templates_dir, self.settings.templates)
-        good, failures = checks.campaign_problems(self.settings, self.campaigns_dir,
-                                                  self.templates_dir)  # fmt: skip
+        good, failures = checks.campaign_problems(
+            self.settings, self.campaigns_dir, self.templates_dir
+        )
         return good, failures, renderer
 
     def _use(self, good: list[Campaign], renderer: Renderer) -> None:
@@ -134,8 +150,7 @@ class Worker:
             return False
         self._use(good, renderer)
         if self.leader_since is not None:
-            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED,
-                           "leader")  # fmt: skip
+            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
         log.info("reloaded %d campaign(s): %s", len(good), ", ".join(sorted(self.campaigns)))
         return True
 
@@ -143,14 +158,18 @@ class Worker:
         found = []
         for directory in (self.campaigns_dir, self.templates_dir):
             if directory.is_dir():
-                found += [(str(p), p.stat().st_mtime_ns, p.stat().st_size)
-                          for p in sorted(directory.iterdir()) if p.is_file()]  # fmt: skip
+                found += [
+                    (str(p), p.stat().st_mtime_ns, p.stat().st_size)
+                    for p in sorted(directory.iterdir())
+                    if p.is_file()
+                ]
         return tuple(found)
 
     # -- running jobs -----------------------------------------------------------------------
 
-    def run(self, job_id: str, *, as_of: datetime | None = None,
-            resumed_from: int | None = None) -> str:  # fmt: skip
+    def run(
+        self, job_id: str, *, as_of: datetime | None = None, resumed_from: int | None = None
+    ) -> str:
         """Run one job now, record it, and return its status."""
         spec = self.specs.get(job_id)
         if spec is None:
@@ -219,26 +238,37 @@ class Worker:
         self.last[spec.id] = (counts, error)
         return status
 
-    def _started(self, job: str, begun: datetime, as_of: datetime, key: str | None,
-                 resumed_from: int | None) -> int:  # fmt: skip
+    def _started(
+        self, job: str, begun: datetime, as_of: datetime, key: str | None, resumed_from: int | None
+    ) -> int:
         is_campaign = job.startswith(CAMPAIGN_PREFIX)
         with self.engine.begin() as connection:
-            return runs.start(connection, job, self.id, begun,
-                              as_of=as_of if is_campaign else None, run_key=key,
-                              resumed_from=resumed_from)  # fmt: skip
+            return runs.start(
+                connection,
+                job,
+                self.id,
+                begun,
+                as_of=as_of if is_campaign else None,
+                run_key=key,
+                resumed_from=resumed_from,
+            )
 
-    def _call(self, spec: scheduler.JobSpec, campaign: Campaign | None,
-              as_of: datetime) -> dict[str, Any]:  # fmt: skip
+    def _call(
+        self, spec: scheduler.JobSpec, campaign: Campaign | None, as_of: datetime
+    ) -> dict[str, Any]:
         if spec.campaign is not None:
             if campaign is None:
-                raise ConfigError(self.campaigns_dir / f"{spec.campaign}.toml",
-                                  [jobs.missing_campaign(spec.campaign)])  # fmt: skip
+                raise ConfigError(
+                    self.campaigns_dir / f"{spec.campaign}.toml",
+                    [jobs.missing_campaign(spec.campaign)],
+                )
             return jobs.run_campaign(self.context, campaign, as_of)
         job: Callable[[jobs.JobContext, datetime], dict[str, Any]] = jobs.JOBS[spec.id]
         return job(self.context, as_of)
 
-    def _observe(self, job: str, status: str, seconds: float, counts: dict[str, Any],
-                 run_id: int) -> None:  # fmt: skip
+    def _observe(
+        self, job: str, status: str, seconds: float, counts: dict[str, Any], run_id: int
+    ) -> None:
         metrics.JOB_RUNS.labels(job, status).inc()
         metrics.JOB_SECONDS.labels(job).observe(seconds)
         shown = " ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, dict))
@@ -289,8 +319,7 @@ class Worker:
         another worker can lead instead of one that holds the lock and schedules nothing."""
         try:
             scheduler.attach_shared(self.scheduler, self.engine)
-            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED,
-                           "leader")  # fmt: skip
+            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
         except Exception:
             scheduler.detach_shared(self.scheduler)
             self.leadership.resign()
@@ -312,19 +341,29 @@ class Worker:
         now, w = self.clock.now(), self.settings.worker
         with self.engine.connect() as connection:
             found = runs.unfinished_campaign_runs(
-                connection, now - timedelta(seconds=w.resume_window_s),
+                connection,
+                now - timedelta(seconds=w.resume_window_s),
                 dead_before=now - timedelta(seconds=5 * w.leader_poll_s),
-                failed_before=now - timedelta(seconds=RETRY_FAILED_S))  # fmt: skip
+                failed_before=now - timedelta(seconds=RETRY_FAILED_S),
+            )
         found = [row for row in found if row.id not in self._resuming]
         for row in found:
             self._resuming.add(row.id)
             with self.engine.begin() as connection:
                 runs.mark_interrupted(connection, row.id, now, "its worker stopped or died")
-            log.info("resuming campaign run %s (run %d, decided for %s)", row.run_key, row.id,
-                     row.as_of.isoformat())  # fmt: skip
-            self.scheduler.add_job(self.run, args=[row.job], id=f"resume:{row.id}",
-                                   kwargs={"as_of": row.as_of, "resumed_from": row.id},
-                                   jobstore=scheduler.LOCAL)  # fmt: skip
+            log.info(
+                "resuming campaign run %s (run %d, decided for %s)",
+                row.run_key,
+                row.id,
+                row.as_of.isoformat(),
+            )
+            self.scheduler.add_job(
+                self.run,
+                args=[row.job],
+                id=f"resume:{row.id}",
+                kwargs={"as_of": row.as_of, "resumed_from": row.id},
+                jobstore=scheduler.LOCAL,
+            )
         return len(found)
 
     def _loop(self) -> None:
@@ -345,11 +384,9 @@ class Worker:
         _current = self
         self.scheduler.add_listener(self._not_run, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()
-        scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.LOCAL,
-                       "every_worker")  # fmt: skip
+        scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.LOCAL, "every_worker")
         if loop:
-            self._loop_thread = threading.Thread(target=self._loop, name="worker-loop",
-                                                 daemon=True)  # fmt: skip
+            self._loop_thread = threading.Thread(target=self._loop, name="worker-loop", daemon=True)
             self._loop_thread.start()
 
     def _not_run(self, event: JobEvent) -> None:
@@ -401,8 +438,11 @@ class Worker:
         if self._loop_thread is not None:
             self._loop_thread.join(timeout=5)
         if not clean:  # the caller exits the process now: the locks go with it
-            log.error("jobs still running after %.0f s: exiting anyway (campaign runs are "
-                      "resumed by the next scheduling worker)", timeout)  # fmt: skip
+            log.error(
+                "jobs still running after %.0f s: exiting anyway (campaign runs are "
+                "resumed by the next scheduling worker)",
+                timeout,
+            )
             return False
         with self.engine.begin() as connection:
             runs.stopped(connection, self.id, self.clock.now())
@@ -439,14 +479,19 @@ class Worker:
                 outcomes.setdefault(event.job_id, _OUTCOME[event.code])
                 done.notify_all()
 
-        self.scheduler.add_listener(listen, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
-                                    | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)  # fmt: skip
+        self.scheduler.add_listener(
+            listen,
+            EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
+        )
         self.scheduler.start(paused=True)
         scheduler.attach_shared(self.scheduler, self.engine)
         scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
         now = self.clock.now()
-        due = {j.id for j in self.scheduler.get_jobs(jobstore=scheduler.SHARED)
-               if j.next_run_time is not None and j.next_run_time <= now}  # fmt: skip
+        due = {
+            j.id
+            for j in self.scheduler.get_jobs(jobstore=scheduler.SHARED)
+            if j.next_run_time is not None and j.next_run_time <= now
+        }
         self.scheduler.resume()
         with done:
             while not due <= outcomes.keys() and not self.stop.is_set():
@@ -457,8 +502,7 @@ class Worker:
 
     # -- the demo's compressed schedule ------------------------------------------------------
 
-    def simulate(self, until: datetime,
-                 on_run: Callable[[datetime, str, str], None]) -> None:  # fmt: skip
+    def simulate(self, until: datetime, on_run: Callable[[datetime, str, str], None]) -> None:
         """Run the schedule on a simulated clock up to ``until``, job after job at its fire
         time, as fast as the jobs go (``recocamp worker --demo``). The clock must be a
         ``FixedClock`` at the start; cron jobs fire by their own triggers, polling jobs
@@ -492,5 +536,9 @@ def _simulated(trigger: Any, start: datetime) -> Any:
     return trigger
 
 
-_OUTCOME = {EVENT_JOB_EXECUTED: "ran", EVENT_JOB_ERROR: "error", EVENT_JOB_MISSED: "missed",
-            EVENT_JOB_MAX_INSTANCES: "skipped (still running)"}  # fmt: skip
+_OUTCOME = {
+    EVENT_JOB_EXECUTED: "ran",
+    EVENT_JOB_ERROR: "error",
+    EVENT_JOB_MISSED: "missed",
+    EVENT_JOB_MAX_INSTANCES: "skipped (still running)",
+}

@@ -82,18 +82,27 @@ def job_table(settings: Settings, campaigns: Iterable[Campaign]) -> list[JobSpec
         return CronTrigger.from_crontab(expression, timezone=zone)
 
     table = [
-        JobSpec("import", IntervalTrigger(seconds=w.import_every_s), "leader",
-                max(1, round(w.import_every_s))),
+        JobSpec(
+            "import",
+            IntervalTrigger(seconds=w.import_every_s),
+            "leader",
+            max(1, round(w.import_every_s)),
+        ),
         JobSpec("train", cron(w.train_cron), "leader", grace),
         JobSpec("kpi_snapshot", cron(w.kpi_snapshot_cron), "leader", grace),
         JobSpec("purge", cron(w.purge_cron), "leader", grace),
-        JobSpec("deliver", IntervalTrigger(seconds=w.deliver_every_s), "every_worker",
-                max(1, round(w.deliver_every_s))),
-    ]  # fmt: skip
+        JobSpec(
+            "deliver",
+            IntervalTrigger(seconds=w.deliver_every_s),
+            "every_worker",
+            max(1, round(w.deliver_every_s)),
+        ),
+    ]
     table += [
         JobSpec(f"{CAMPAIGN_PREFIX}{c.name}", c.schedule.trigger(), "leader", grace)
-        for c in campaigns if c.enabled
-    ]  # fmt: skip
+        for c in campaigns
+        if c.enabled
+    ]
     return table
 
 
@@ -139,8 +148,9 @@ def _signature(trigger: BaseTrigger) -> tuple[str, str, str]:
     return type(trigger).__name__, str(trigger), str(getattr(trigger, "timezone", ""))
 
 
-def sync(scheduler: BackgroundScheduler, specs: Sequence[JobSpec], store: str,
-         scope: Scope) -> dict[str, str]:  # fmt: skip
+def sync(
+    scheduler: BackgroundScheduler, specs: Sequence[JobSpec], store: str, scope: Scope
+) -> dict[str, str]:
     """Make ``store`` hold exactly the ``scope`` jobs of ``specs``; returns what changed.
 
     A job whose trigger and grace time are unchanged is left alone, so it keeps the next run
@@ -158,7 +168,8 @@ def sync(scheduler: BackgroundScheduler, specs: Sequence[JobSpec], store: str,
             _add(scheduler, spec, store)
             changes[job_id] = "added"
         elif _signature(job.trigger) != _signature(spec.trigger) or (
-                job.misfire_grace_time != spec.misfire_grace_s):  # fmt: skip
+            job.misfire_grace_time != spec.misfire_grace_s
+        ):
             scheduler.remove_job(job_id, jobstore=store)
             _add(scheduler, spec, store)
             changes[job_id] = "rescheduled"
@@ -169,7 +180,14 @@ def sync(scheduler: BackgroundScheduler, specs: Sequence[JobSpec], store: str,
 
 def _add(scheduler: BackgroundScheduler, spec: JobSpec, store: str) -> None:
     scheduler.add_job(
-        DISPATCH, trigger=spec.trigger, args=[spec.id], id=spec.id, name=spec.id,
-        jobstore=store, misfire_grace_time=spec.misfire_grace_s, coalesce=True,
-        max_instances=1, replace_existing=True,
-    )  # fmt: skip
+        DISPATCH,
+        trigger=spec.trigger,
+        args=[spec.id],
+        id=spec.id,
+        name=spec.id,
+        jobstore=store,
+        misfire_grace_time=spec.misfire_grace_s,
+        coalesce=True,
+        max_instances=1,
+        replace_existing=True,
+    )

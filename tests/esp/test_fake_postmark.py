@@ -45,8 +45,10 @@ def server() -> Iterator[str]:
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "recocamp", "fake-esp", "--port", str(port), "--token", TOKEN],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -80,8 +82,14 @@ def stats(url: str) -> dict[str, int]:
 
 
 def message(to: str, n: int = 0, **fields: Any) -> dict[str, Any]:
-    return {"From": FROM, "To": to, "Subject": f"Hello {n}", "TextBody": f"text {n}",
-            "HtmlBody": f"<p>html {n}</p>", **fields}  # fmt: skip
+    return {
+        "From": FROM,
+        "To": to,
+        "Subject": f"Hello {n}",
+        "TextBody": f"text {n}",
+        "HtmlBody": f"<p>html {n}</p>",
+        **fields,
+    }
 
 
 # --- sending -------------------------------------------------------------------------------
@@ -91,10 +99,16 @@ def test_single_send_answers_like_postmark_and_the_message_reads_back(
     postmark: PostmarkClient, url: str
 ) -> None:
     sent = postmark.emails.send(
-        From=FROM, To="anna@example.test", Subject="Your basket", TextBody="plain",
-        HtmlBody="<b>html</b>", Tag="winback", Metadata={"send_key": "winback/c1/2026-01-15"},
-        Headers={KEY: "winback/c1/2026-01-15"}, MessageStream="broadcast",
-    )  # fmt: skip
+        From=FROM,
+        To="anna@example.test",
+        Subject="Your basket",
+        TextBody="plain",
+        HtmlBody="<b>html</b>",
+        Tag="winback",
+        Metadata={"send_key": "winback/c1/2026-01-15"},
+        Headers={KEY: "winback/c1/2026-01-15"},
+        MessageStream="broadcast",
+    )
     assert sent["ErrorCode"] == 0 and sent["Message"] == "OK"
     assert sent["To"] == "anna@example.test"
     assert datetime.fromisoformat(sent["SubmittedAt"]).utcoffset() is not None
@@ -102,7 +116,11 @@ def test_single_send_answers_like_postmark_and_the_message_reads_back(
     details = postmark.messages.outbound.get(sent["MessageID"])
     assert str(details) == "Sent message to anna@example.test"
     assert (details.Subject, details.TextBody, details.HtmlBody, details.Tag) == (
-        "Your basket", "plain", "<b>html</b>", "winback")  # fmt: skip
+        "Your basket",
+        "plain",
+        "<b>html</b>",
+        "winback",
+    )
     assert details.To == [{"Email": "anna@example.test", "Name": ""}]
     assert details.Metadata == {"send_key": "winback/c1/2026-01-15"}
     assert details.MessageStream == "broadcast" and details.MessageEvents == []
@@ -111,21 +129,28 @@ def test_single_send_answers_like_postmark_and_the_message_reads_back(
     assert dump == details.Body
     assert "Subject: Your basket" in dump and f"{KEY}: winback/c1/2026-01-15" in dump
     assert "<b>html</b>" in dump and "plain" in dump
-    assert stats(url) == {"received": 1, "unique_send_keys": 1, "duplicates": 0,
-                          "without_send_key": 0}  # fmt: skip
+    assert stats(url) == {
+        "received": 1,
+        "unique_send_keys": 1,
+        "duplicates": 0,
+        "without_send_key": 0,
+    }
 
 
 def test_a_batch_of_501_is_split_by_the_client_and_every_message_is_stored(
     postmark: PostmarkClient, url: str
 ) -> None:
-    emails = [message(f"c{n}@example.test", n, Metadata={"send_key": f"k{n}"})
-              for n in range(501)]  # fmt: skip
+    emails = [message(f"c{n}@example.test", n, Metadata={"send_key": f"k{n}"}) for n in range(501)]
     answers = postmark.emails.send_batch(*emails)
     assert len(answers) == 501 and {a["ErrorCode"] for a in answers} == {0}
     assert [a["To"] for a in answers] == [f"c{n}@example.test" for n in range(501)]
     assert len({a["MessageID"] for a in answers}) == 501
-    assert stats(url) == {"received": 501, "unique_send_keys": 501, "duplicates": 0,
-                          "without_send_key": 0}  # fmt: skip
+    assert stats(url) == {
+        "received": 501,
+        "unique_send_keys": 501,
+        "duplicates": 0,
+        "without_send_key": 0,
+    }
 
 
 def test_more_than_500_in_one_request_is_error_410_and_nothing_is_stored(url: str) -> None:
@@ -138,15 +163,20 @@ def test_more_than_500_in_one_request_is_error_410_and_nothing_is_stored(url: st
 def test_comma_separated_recipients_are_one_message_to_each_of_them(
     postmark: PostmarkClient,
 ) -> None:
-    sent = postmark.emails.send(From=FROM, To="a@example.test, B <b@example.test>",
-                                Cc=["c@example.test"], TextBody="x")  # fmt: skip
+    sent = postmark.emails.send(
+        From=FROM, To="a@example.test, B <b@example.test>", Cc=["c@example.test"], TextBody="x"
+    )
     details = postmark.messages.outbound.get(sent["MessageID"])
     assert details.Recipients == ["a@example.test", "b@example.test", "c@example.test"]
-    assert details.To == [{"Email": "a@example.test", "Name": ""},
-                          {"Email": "b@example.test", "Name": "B"}]  # fmt: skip
+    assert details.To == [
+        {"Email": "a@example.test", "Name": ""},
+        {"Email": "b@example.test", "Name": "B"},
+    ]
     plain = postmark.emails.send(From=FROM, To="a@example.test,b@example.test", TextBody="x")
     assert postmark.messages.outbound.get(plain["MessageID"]).Recipients == [
-        "a@example.test", "b@example.test"]  # fmt: skip
+        "a@example.test",
+        "b@example.test",
+    ]
 
 
 def test_plain_client_traffic_is_counted_without_send_key_not_as_duplicates(
@@ -155,8 +185,12 @@ def test_plain_client_traffic_is_counted_without_send_key_not_as_duplicates(
     postmark.emails.send_batch(*[message(f"c{n}@example.test", n) for n in range(3)])
     keyed = [message("k@example.test", n, Metadata={"send_key": "same"}) for n in range(2)]
     postmark.emails.send_batch(*keyed)
-    assert stats(url) == {"received": 5, "unique_send_keys": 1, "duplicates": 1,
-                          "without_send_key": 3}  # fmt: skip
+    assert stats(url) == {
+        "received": 5,
+        "unique_send_keys": 1,
+        "duplicates": 1,
+        "without_send_key": 3,
+    }
 
 
 # --- refusals ------------------------------------------------------------------------------
@@ -191,8 +225,11 @@ def test_an_invalid_single_message_is_422_with_postmarks_error_code(
 def test_an_invalid_message_in_a_batch_gets_its_own_error_and_the_rest_are_sent(
     postmark: PostmarkClient, url: str
 ) -> None:
-    batch = [message("a@example.test"), message("b@example.test", Headers="notalist"),
-             message("c@example.test", MessageStream="nope")]  # fmt: skip
+    batch = [
+        message("a@example.test"),
+        message("b@example.test", Headers="notalist"),
+        message("c@example.test", MessageStream="nope"),
+    ]
     answers = postmark.emails._send_batch(*batch)
     assert [a["ErrorCode"] for a in answers] == [0, 403, 1235]
     assert "MessageID" not in answers[1] and "MessageID" not in answers[2]
@@ -207,8 +244,11 @@ def test_an_invalid_message_in_a_batch_gets_its_own_error_and_the_rest_are_sent(
 def test_a_batch_request_that_is_not_a_list_of_1_to_500_is_refused_whole(
     url: str, body: bytes, code: int
 ) -> None:
-    reply = httpx.post(f"{url}/email/batch", content=body, headers={
-        "X-Postmark-Server-Token": TOKEN, "Content-Type": "application/json"})  # fmt: skip
+    reply = httpx.post(
+        f"{url}/email/batch",
+        content=body,
+        headers={"X-Postmark-Server-Token": TOKEN, "Content-Type": "application/json"},
+    )
     assert (reply.status_code, reply.json()["ErrorCode"]) == (422, code)
     assert set(reply.json()) == {"ErrorCode", "Message"}
 
@@ -222,8 +262,12 @@ def test_a_request_over_postmarks_size_limit_is_413(url: str) -> None:
 
 def test_a_wrong_or_missing_token_is_401_error_10(url: str) -> None:
     wrong = PostmarkClient(server_token="not-the-token", root_api_url=f"{url}/")
-    for call in (lambda: wrong.emails.send(From=FROM, To="a@example.test", TextBody="x"),
-                 wrong.messages.outbound.all, wrong.server.get, wrong.bounces.all):  # fmt: skip
+    for call in (
+        lambda: wrong.emails.send(From=FROM, To="a@example.test", TextBody="x"),
+        wrong.messages.outbound.all,
+        wrong.server.get,
+        wrong.bounces.all,
+    ):
         with pytest.raises(ClientError) as refused:
             call()
         assert refused.value.error_code == 10 and "was invalid" in str(refused.value)
@@ -240,9 +284,14 @@ def test_an_unknown_message_or_bad_paging_is_422_with_the_messages_api_codes(
         postmark.messages.outbound.get("00000000-0000-0000-0000-000000000000")
     assert unknown.value.error_code == 701
     headers = {"X-Postmark-Server-Token": TOKEN}
-    for query in ("count=abc&offset=0", "offset=0", "count=501&offset=0",
-                  "count=10&offset=9991", "count=1&offset=0&status=bounced",
-                  "count=1&offset=0&fromdate=yesterday"):  # fmt: skip
+    for query in (
+        "count=abc&offset=0",
+        "offset=0",
+        "count=501&offset=0",
+        "count=10&offset=9991",
+        "count=1&offset=0&status=bounced",
+        "count=1&offset=0&fromdate=yesterday",
+    ):
         reply = httpx.get(f"{url}/messages/outbound?{query}", headers=headers)
         assert (reply.status_code, reply.json()["ErrorCode"]) == (422, 700), query
 
@@ -253,11 +302,21 @@ def test_an_unknown_message_or_bad_paging_is_422_with_the_messages_api_codes(
 def test_outbound_search_applies_each_documented_filter(postmark: PostmarkClient) -> None:
     postmark.emails.send_batch(
         message("anna@example.test", 1, Tag="winback", Metadata={"send_key": "a"}),
-        message("ben@example.test", 2, From="Other <other@example.org>", Tag="welcome",
-                Metadata={"send_key": "b"}),
-        message("cleo@example.test", 3, Subject="Spring sale", MessageStream="broadcast",
-                Metadata={"send_key": "c"}),
-    )  # fmt: skip
+        message(
+            "ben@example.test",
+            2,
+            From="Other <other@example.org>",
+            Tag="welcome",
+            Metadata={"send_key": "b"},
+        ),
+        message(
+            "cleo@example.test",
+            3,
+            Subject="Spring sale",
+            MessageStream="broadcast",
+            Metadata={"send_key": "c"},
+        ),
+    )
     outbound = postmark.messages.outbound
 
     def recipients(**filters: Any) -> list[str]:
@@ -273,11 +332,13 @@ def test_outbound_search_applies_each_documented_filter(postmark: PostmarkClient
     assert recipients(status="sent") == recipients(status="processed") == recipients()
     assert recipients(status="queued") == []
     assert [m.Recipients[0] for m in outbound.all(count=10)] == recipients()
-    stream = postmark.messages.outbound.call("GET", "/messages/outbound", count=10, offset=0,
-                                             messagestream="broadcast")  # fmt: skip
+    stream = postmark.messages.outbound.call(
+        "GET", "/messages/outbound", count=10, offset=0, messagestream="broadcast"
+    )
     assert [m["Recipients"] for m in stream["Messages"]] == [["cleo@example.test"]]
-    by_key = postmark.messages.outbound.call("GET", "/messages/outbound", count=1, offset=0,
-                                             metadata_send_key="b")  # fmt: skip
+    by_key = postmark.messages.outbound.call(
+        "GET", "/messages/outbound", count=1, offset=0, metadata_send_key="b"
+    )
     assert by_key["TotalCount"] == 1 and by_key["Messages"][0]["Metadata"] == {"send_key": "b"}
 
 
@@ -296,7 +357,8 @@ def test_fromdate_and_todate_are_inclusive_eastern_times() -> None:
         assert recipients(fromdate="2026-03-10") == ["c@example.test", "b@example.test"]
         assert recipients(todate="2026-03-10") == ["b@example.test", "a@example.test"]
         assert recipients(fromdate="2026-03-10T10:00:00", todate="2026-03-10T10:00:00") == [
-            "b@example.test"]  # fmt: skip
+            "b@example.test"
+        ]
         assert recipients(fromdate="2026-03-10T10:00:01") == ["c@example.test"]
 
 
@@ -312,7 +374,12 @@ def test_a_bounce_is_listed_deactivates_the_address_and_can_be_reactivated(
 
     [bounce] = postmark.bounces.all()
     assert (bounce.Type, bounce.TypeCode, bounce.Email, bounce.MessageID, bounce.Inactive) == (
-        "HardBounce", 1, "gone@example.test", sent["MessageID"], True)  # fmt: skip
+        "HardBounce",
+        1,
+        "gone@example.test",
+        sent["MessageID"],
+        True,
+    )
     assert recorded.json()["event"]["ID"] == bounce.ID
     assert postmark.bounces.get(bounce.ID).Email == "gone@example.test"
     assert bounce.dump is None  # DumpAvailable: false

@@ -110,8 +110,9 @@ class Sent:
 
     @classmethod
     def of(cls, message: OutgoingEmail, sender: str = FROM) -> Sent:
-        return cls(sender, message.to, message.subject, message.html, message.text,
-                   dict(message.headers))  # fmt: skip
+        return cls(
+            sender, message.to, message.subject, message.html, message.text, dict(message.headers)
+        )
 
 
 @dataclass(frozen=True)
@@ -132,19 +133,30 @@ def _postmark_id(n: int) -> str:
 
 def _postmark_accepted(request: httpx.Request, n: int) -> httpx.Response:
     answers = [
-        {"To": m["To"], "SubmittedAt": "2026-01-15T07:00:00.1794748-05:00",
-         "MessageID": _postmark_id(i), "ErrorCode": 0, "Message": "OK"}
+        {
+            "To": m["To"],
+            "SubmittedAt": "2026-01-15T07:00:00.1794748-05:00",
+            "MessageID": _postmark_id(i),
+            "ErrorCode": 0,
+            "Message": "OK",
+        }
         for i, m in enumerate(json.loads(request.content))
-    ]  # fmt: skip
+    ]
     return httpx.Response(200, json=answers)
 
 
 def _postmark_sent(body: Any) -> list[Sent]:
     return [
-        Sent(m["From"], m["To"], m["Subject"], m["HtmlBody"], m["TextBody"],
-             {h["Name"]: h["Value"] for h in m["Headers"]})
+        Sent(
+            m["From"],
+            m["To"],
+            m["Subject"],
+            m["HtmlBody"],
+            m["TextBody"],
+            {h["Name"]: h["Value"] for h in m["Headers"]},
+        )
         for m in body
-    ]  # fmt: skip
+    ]
 
 
 def _sendgrid_id(n: int) -> str:
@@ -159,8 +171,16 @@ def _sendgrid_sent(body: Any) -> list[Sent]:
     [personalization] = body["personalizations"]
     [to] = personalization["to"]
     content = {part["type"]: part["value"] for part in body["content"]}
-    return [Sent(body["from"]["email"], to["email"], body["subject"], content["text/html"],
-                 content["text/plain"], body["headers"])]  # fmt: skip
+    return [
+        Sent(
+            body["from"]["email"],
+            to["email"],
+            body["subject"],
+            content["text/html"],
+            content["text/plain"],
+            body["headers"],
+        )
+    ]
 
 
 def _brevo_id(n: int) -> str:
@@ -174,8 +194,16 @@ def _brevo_accepted(request: httpx.Request, n: int) -> httpx.Response:
 def _brevo_sent(body: Any) -> list[Sent]:
     [to] = body["to"]
     headers = {k: v for k, v in body["headers"].items() if k != "idempotencyKey"}
-    return [Sent(body["sender"]["email"], to["email"], body["subject"], body["htmlContent"],
-                 body["textContent"], headers)]  # fmt: skip
+    return [
+        Sent(
+            body["sender"]["email"],
+            to["email"],
+            body["subject"],
+            body["htmlContent"],
+            body["textContent"],
+            headers,
+        )
+    ]
 
 
 def _mailpit_id(n: int) -> str:
@@ -188,8 +216,16 @@ def _mailpit_accepted(request: httpx.Request, n: int) -> httpx.Response:
 
 def _mailpit_sent(body: Any) -> list[Sent]:
     [to] = body["To"]
-    return [Sent(body["From"]["Email"], to["Email"], body["Subject"], body["HTML"], body["Text"],
-                 body["Headers"])]  # fmt: skip
+    return [
+        Sent(
+            body["From"]["Email"],
+            to["Email"],
+            body["Subject"],
+            body["HTML"],
+            body["Text"],
+            body["Headers"],
+        )
+    ]
 
 
 POSTMARK = Case(
@@ -200,9 +236,12 @@ POSTMARK = Case(
     accepted=_postmark_accepted,
     message_id=_postmark_id,
     decode=_postmark_sent,
-    unauthorized={"ErrorCode": 10, "Message": "The Server Token you provided in the "
-                  "X-Postmark-Server-Token request header was invalid."},
-)  # fmt: skip
+    unauthorized={
+        "ErrorCode": 10,
+        "Message": "The Server Token you provided in the "
+        "X-Postmark-Server-Token request header was invalid.",
+    },
+)
 SENDGRID = Case(
     name="sendgrid",
     build=lambda t: SendGrid(BASE_URL, TOKEN, FROM, transport=t),
@@ -211,9 +250,16 @@ SENDGRID = Case(
     accepted=_sendgrid_accepted,
     message_id=_sendgrid_id,
     decode=_sendgrid_sent,
-    unauthorized={"errors": [{"field": None, "help": None, "message": "The provided "
-                  "authorization grant is invalid, expired, or revoked"}]},
-)  # fmt: skip
+    unauthorized={
+        "errors": [
+            {
+                "field": None,
+                "help": None,
+                "message": "The provided authorization grant is invalid, expired, or revoked",
+            }
+        ]
+    },
+)
 BREVO = Case(
     name="brevo",
     build=lambda t: Brevo(BASE_URL, TOKEN, FROM, transport=t),
@@ -276,8 +322,9 @@ def test_send_makes_the_documented_request_and_returns_accepted(case: Case) -> N
     results = provider.send_batch([message])
     provider.close()
 
-    assert results == [SendResult(message.send_key, SendStatus.ACCEPTED,
-                                  message_id=case.message_id(0))]  # fmt: skip
+    assert results == [
+        SendResult(message.send_key, SendStatus.ACCEPTED, message_id=case.message_id(0))
+    ]
     [request] = recorder.requests
     assert request.method == "POST"
     assert str(request.url) == BASE_URL + case.path
@@ -309,8 +356,12 @@ def test_send_batch_answers_one_result_per_message_in_order(case: Case) -> None:
 def test_provider_flags_and_lookup_without_search(case: Case) -> None:
     recorder = Recorder(reply(500))
     provider = case.build(httpx.MockTransport(recorder))
-    expected = {"postmark": (500, False), "sendgrid": (1, False), "brevo": (1, True),
-                "mailpit": (1, False)}[case.name]  # fmt: skip
+    expected = {
+        "postmark": (500, False),
+        "sendgrid": (1, False),
+        "brevo": (1, True),
+        "mailpit": (1, False),
+    }[case.name]
     assert (provider.batch_limit, provider.resend_is_safe) == expected
     assert provider.name == case.name
     if case is not POSTMARK:  # Postmark searches: see test_postmark_lookup_*
@@ -340,8 +391,11 @@ def test_429_with_retry_after_http_date(case: Case, frozen_clock: None) -> None:
 
 @every_provider
 def test_429_with_only_a_rate_limit_reset_epoch(case: Case, frozen_clock: None) -> None:
-    reset = {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0",
-             "X-RateLimit-Reset": str(int(NOW) + 12)}  # fmt: skip
+    reset = {
+        "X-RateLimit-Limit": "600",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(int(NOW) + 12),
+    }
     error = transient(case, reply(429, reset))
     assert error.retry_after == 12.0
     assert error.ambiguous is False
@@ -414,8 +468,9 @@ def test_transport_failures(
 
 def test_postmark_request_body_is_a_list_with_metadata_and_stream() -> None:
     recorder = Recorder(_postmark_accepted)
-    provider = Postmark(BASE_URL, TOKEN, FROM, message_stream="outbound",
-                        transport=httpx.MockTransport(recorder))  # fmt: skip
+    provider = Postmark(
+        BASE_URL, TOKEN, FROM, message_stream="outbound", transport=httpx.MockTransport(recorder)
+    )
     messages = [email(1), email(2)]
     provider.send_batch(messages)
     provider.close()
@@ -431,13 +486,20 @@ def test_postmark_request_body_is_a_list_with_metadata_and_stream() -> None:
 
 def test_postmark_partial_batch_failure_maps_each_error_code() -> None:
     answers = [
-        {"ErrorCode": 0, "Message": "OK", "MessageID": _postmark_id(0), "To": "kunde1@example.org",
-         "SubmittedAt": "2026-01-15T07:00:00.1794748-05:00"},
-        {"ErrorCode": 406, "Message": "You tried to send to recipient(s) that have been marked "
-         "as inactive."},
+        {
+            "ErrorCode": 0,
+            "Message": "OK",
+            "MessageID": _postmark_id(0),
+            "To": "kunde1@example.org",
+            "SubmittedAt": "2026-01-15T07:00:00.1794748-05:00",
+        },
+        {
+            "ErrorCode": 406,
+            "Message": "You tried to send to recipient(s) that have been marked as inactive.",
+        },
         {"ErrorCode": 300, "Message": "Invalid 'To' address: 'kunde3@@example'."},
         {"ErrorCode": 429, "Message": "Rate limit exceeded."},
-    ]  # fmt: skip
+    ]
     messages = [email(1), email(2), email(3, to="kunde3@@example"), email(4)]
     results = send(POSTMARK, reply(200, body=answers), messages)
 
@@ -471,8 +533,17 @@ def _postmark_search(request: httpx.Request, n: int) -> httpx.Response:
     """GET /messages/outbound: only winback:2026-01-15:1 was accepted before."""
     key = request.url.params["metadata_send_key"]
     found = key == "winback:2026-01-15:1"
-    messages = [{"MessageID": "0ac29aee-e1cd-480d-b08d-4f48548ff48d", "Status": "Sent",
-                 "Metadata": {"send_key": key}}] if found else []  # fmt: skip
+    messages = (
+        [
+            {
+                "MessageID": "0ac29aee-e1cd-480d-b08d-4f48548ff48d",
+                "Status": "Sent",
+                "Metadata": {"send_key": key},
+            }
+        ]
+        if found
+        else []
+    )
     return httpx.Response(200, json={"TotalCount": len(messages), "Messages": messages})
 
 
@@ -496,8 +567,9 @@ def test_postmark_lookup_searches_by_metadata_send_key() -> None:
 
 
 def test_postmark_lookup_maps_errors_like_a_send() -> None:
-    provider = Postmark(BASE_URL, TOKEN, FROM, transport=httpx.MockTransport(
-        Recorder(failing(httpx.ReadTimeout))))  # fmt: skip
+    provider = Postmark(
+        BASE_URL, TOKEN, FROM, transport=httpx.MockTransport(Recorder(failing(httpx.ReadTimeout)))
+    )
     with pytest.raises(TransientDeliveryError):
         provider.lookup(["winback:2026-01-15:1"])
     provider.close()
@@ -507,14 +579,25 @@ def test_postmark_lookup_maps_errors_like_a_send() -> None:
 
 
 def test_sendgrid_invalid_recipient_is_rejected_for_that_message() -> None:
-    body = {"errors": [{"message": "Does not contain a valid address.",
-                        "field": "personalizations.0.to.0.email",
-                        "help": "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/"
-                                "errors.html#message.personalizations.to"}]}  # fmt: skip
+    body = {
+        "errors": [
+            {
+                "message": "Does not contain a valid address.",
+                "field": "personalizations.0.to.0.email",
+                "help": "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/"
+                "errors.html#message.personalizations.to",
+            }
+        ]
+    }
     message = email(1, to="kunde1@@example")
     results = send(SENDGRID, reply(400, body=body), [message])
-    assert results == [SendResult(message.send_key, SendStatus.REJECTED,
-                                  error="sendgrid: Does not contain a valid address.")]  # fmt: skip
+    assert results == [
+        SendResult(
+            message.send_key,
+            SendStatus.REJECTED,
+            error="sendgrid: Does not contain a valid address.",
+        )
+    ]
 
 
 @pytest.mark.parametrize(
@@ -581,9 +664,10 @@ def test_brevo_400_about_the_recipient_is_rejected_other_400_permanent() -> None
 
 
 def _settings(provider: str, token: str | None = TOKEN, **esp: Any) -> Settings:
-    return Settings(esp=EspSettings(provider=provider, base_url=BASE_URL,
-                                    from_email="news@shop.test", **esp),
-                    esp_token=token)  # fmt: skip
+    return Settings(
+        esp=EspSettings(provider=provider, base_url=BASE_URL, from_email="news@shop.test", **esp),
+        esp_token=token,
+    )
 
 
 @pytest.mark.parametrize(
@@ -594,8 +678,10 @@ def _settings(provider: str, token: str | None = TOKEN, **esp: Any) -> Settings:
 def test_make_provider_builds_the_configured_provider(case: Case, cls: type[Any]) -> None:
     token = None if case is MAILPIT else TOKEN
     recorder = Recorder(case.accepted)
-    provider = make_provider(_settings(case.name, token, message_stream="outbound"),
-                             transport=httpx.MockTransport(recorder))  # fmt: skip
+    provider = make_provider(
+        _settings(case.name, token, message_stream="outbound"),
+        transport=httpx.MockTransport(recorder),
+    )
     assert isinstance(provider, cls)
     message = email()
     assert provider.send_batch([message]) == [
@@ -644,10 +730,11 @@ def test_make_provider_fake() -> None:
     [
         ({"Retry-After": "7"}, 7.0),
         ({"Retry-After": " 0 "}, 0.0),
-        ({"Retry-After": format_datetime(datetime.fromtimestamp(NOW + 90, UTC), usegmt=True)},
-         90.0),
-        ({"Retry-After": format_datetime(datetime.fromtimestamp(NOW - 90, UTC), usegmt=True)},
-         0.0),
+        (
+            {"Retry-After": format_datetime(datetime.fromtimestamp(NOW + 90, UTC), usegmt=True)},
+            90.0,
+        ),
+        ({"Retry-After": format_datetime(datetime.fromtimestamp(NOW - 90, UTC), usegmt=True)}, 0.0),
         ({"X-RateLimit-Reset": str(int(NOW) + 12)}, 12.0),
         ({"X-RateLimit-Reset": str(int(NOW) - 12)}, 0.0),
         ({"RateLimit-Reset": "5"}, 5.0),
@@ -659,10 +746,23 @@ def test_make_provider_fake() -> None:
         ({"X-RateLimit-Reset": "tomorrow"}, None),
         ({}, None),
     ],
-    ids=["seconds", "zero", "http-date", "past-date", "epoch-reset", "past-epoch", "delta-reset",
-         "brevo-reset", "retry-after-wins", "next-reset-header", "garbage", "empty",
-         "garbage-reset", "none"],
-)  # fmt: skip
+    ids=[
+        "seconds",
+        "zero",
+        "http-date",
+        "past-date",
+        "epoch-reset",
+        "past-epoch",
+        "delta-reset",
+        "brevo-reset",
+        "retry-after-wins",
+        "next-reset-header",
+        "garbage",
+        "empty",
+        "garbage-reset",
+        "none",
+    ],
+)
 def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
     assert esp_http.retry_after(httpx.Headers(headers), now=NOW) == expected
 
@@ -671,6 +771,6 @@ def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
     "headers",
     [{"Retry-After": "inf"}, {"Retry-After": "1e400"}, {"X-RateLimit-Reset": "Infinity"}],
     ids=["inf", "1e400", "reset-infinity"],
-)  # fmt: skip
+)
 def test_retry_after_ignores_non_finite_values(headers: dict[str, str]) -> None:
     assert esp_http.retry_after(httpx.Headers(headers), now=NOW) is None

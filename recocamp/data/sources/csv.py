@@ -201,8 +201,9 @@ def _unreadable_field(row: dict[str, str]) -> dict[str, str]:
     if first.group() == "\x00":
         return _unreadable(column, "contains a NUL character", value)
     byte = ord(first.group()) - 0xDC00
-    return _unreadable(column, f"is not UTF-8 (byte 0x{byte:02X} at character "
-                               f"{first.start() + 1})", value)  # fmt: skip
+    return _unreadable(
+        column, f"is not UTF-8 (byte 0x{byte:02X} at character {first.start() + 1})", value
+    )
 
 
 def check_width(row: dict[str, str]) -> None:
@@ -214,8 +215,9 @@ def check_width(row: dict[str, str]) -> None:
 # --- field parsers: each raises RowProblem naming its column ---------------------------
 
 
-def text(row: dict[str, str], column: str, *, required: bool = True, limit: int = 0,
-         redact: bool = False) -> str | None:  # fmt: skip
+def text(
+    row: dict[str, str], column: str, *, required: bool = True, limit: int = 0, redact: bool = False
+) -> str | None:
     """Free text of at most ``limit`` characters (default: the column's own size in
     ``TEXT_MAX``), no NUL; ``redact`` keeps the value (an address) out of the problem."""
     value = row.get(column, "").strip()
@@ -311,8 +313,11 @@ class Timestamps:
         except (OverflowError, ValueError):  # 9999-12-31T23:00-05:00 lies past year 9999 in UTC
             utc = None
         if utc is None or not YEAR_MIN <= utc.year <= YEAR_MAX:
-            raise RowProblem(column, f"is out of range (in UTC it falls outside the years "
-                             f"{YEAR_MIN}–{YEAR_MAX})", raw)  # fmt: skip
+            raise RowProblem(
+                column,
+                f"is out of range (in UTC it falls outside the years {YEAR_MIN}–{YEAR_MAX})",
+                raw,
+            )
         return utc
 
 
@@ -527,28 +532,77 @@ def _iso(value: datetime | date | None) -> str | None:
 
 def write_purchases(path: Path, rows: list[Purchase]) -> None:
     header = (*STANDARD_COLUMNS, "line_no", "is_return")
-    _write(path, header, (
-        (p.order_id, p.customer_id, p.item_id, p.quantity, p.unit_price,
-         _iso(p.ordered_at), p.line_no, str(p.is_return).lower())
-        for p in rows
-    ))  # fmt: skip
+    _write(
+        path,
+        header,
+        (
+            (
+                p.order_id,
+                p.customer_id,
+                p.item_id,
+                p.quantity,
+                p.unit_price,
+                _iso(p.ordered_at),
+                p.line_no,
+                str(p.is_return).lower(),
+            )
+            for p in rows
+        ),
+    )
 
 
 def write_customers(path: Path, rows: list[Customer]) -> None:
-    header = ("id", "email", "first_name", "locale", "time_zone", "country", "birthday",
-              "consent_basis", "consent_at", "consent_source", "objected_to_profiling")  # fmt: skip
-    _write(path, header, (
-        (c.id, c.email, c.first_name, c.locale, c.time_zone, c.country, _iso(c.birthday),
-         c.consent_basis.value, _iso(c.consent_at), c.consent_source,
-         str(c.objected_to_profiling).lower())
-        for c in rows
-    ))  # fmt: skip
+    header = (
+        "id",
+        "email",
+        "first_name",
+        "locale",
+        "time_zone",
+        "country",
+        "birthday",
+        "consent_basis",
+        "consent_at",
+        "consent_source",
+        "objected_to_profiling",
+    )
+    _write(
+        path,
+        header,
+        (
+            (
+                c.id,
+                c.email,
+                c.first_name,
+                c.locale,
+                c.time_zone,
+                c.country,
+                _iso(c.birthday),
+                c.consent_basis.value,
+                _iso(c.consent_at),
+                c.consent_source,
+                str(c.objected_to_profiling).lower(),
+            )
+            for c in rows
+        ),
+    )
 
 
 def write_items(path: Path, rows: list[Item]) -> None:
     header = (*ITEM_COLUMNS, "in_stock", "url", "image_url", "is_service")
-    _write(path, header, (
-        (i.id, i.title, i.category, i.price, str(i.in_stock).lower(), i.url, i.image_url,
-         str(i.is_service).lower())
-        for i in rows
-    ))  # fmt: skip
+    _write(
+        path,
+        header,
+        (
+            (
+                i.id,
+                i.title,
+                i.category,
+                i.price,
+                str(i.in_stock).lower(),
+                i.url,
+                i.image_url,
+                str(i.is_service).lower(),
+            )
+            for i in rows
+        ),
+    )

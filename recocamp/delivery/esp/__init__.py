@@ -53,13 +53,22 @@ def make_provider(settings: Settings, transport: Any = None) -> Provider:
         return FakeProvider(esp.batch_size)
     token = settings.esp_token.get_secret_value() if settings.esp_token else ""
     if not token and esp.provider != "mailpit":
-        raise ConfigError(Path("settings.toml"), [Problem(
-            f"the {esp.provider} provider needs a token: set RECOCAMP_ESP_TOKEN",
-            key="esp_token")])  # fmt: skip
+        raise ConfigError(
+            Path("settings.toml"),
+            [
+                Problem(
+                    f"the {esp.provider} provider needs a token: set RECOCAMP_ESP_TOKEN",
+                    key="esp_token",
+                )
+            ],
+        )
     common = {
-        "base_url": str(esp.base_url).rstrip("/"), "token": token,
-        "from_email": esp.from_email, "timeout_s": esp.timeout_s, "transport": transport,
-    }  # fmt: skip
+        "base_url": str(esp.base_url).rstrip("/"),
+        "token": token,
+        "from_email": esp.from_email,
+        "timeout_s": esp.timeout_s,
+        "transport": transport,
+    }
     if esp.provider == "postmark":
         from recocamp.delivery.esp.postmark import Postmark
 

@@ -30,8 +30,14 @@ class Brevo:
     batch_limit = 1
     resend_is_safe = True
 
-    def __init__(self, base_url: str, token: str, from_email: str, timeout_s: float = 10.0,
-                 transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        from_email: str,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.client = make_client(base_url, {"api-key": token}, timeout_s, transport)
         self.from_email = from_email
 
@@ -39,12 +45,18 @@ class Brevo:
         return [self._send(message) for message in messages]
 
     def _send(self, message: OutgoingEmail) -> SendResult:
-        response = request(self.client, self.name, "POST", "/v3/smtp/email", json=_payload(
-            message, self.from_email))  # fmt: skip
+        response = request(
+            self.client,
+            self.name,
+            "POST",
+            "/v3/smtp/email",
+            json=_payload(message, self.from_email),
+        )
         body = json_body(response) or {}
         if response.status_code < 300:
-            return SendResult(message.send_key, SendStatus.ACCEPTED,
-                              message_id=str(body.get("messageId", "")))  # fmt: skip
+            return SendResult(
+                message.send_key, SendStatus.ACCEPTED, message_id=str(body.get("messageId", ""))
+            )
         detail = f"brevo {body.get('code', response.status_code)}: {body.get('message', '')}"
         if response.status_code == 400 and "email" in str(body.get("message", "")).lower():
             return SendResult(message.send_key, SendStatus.REJECTED, error=detail[:500])

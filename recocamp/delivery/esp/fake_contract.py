@@ -31,16 +31,34 @@ MAX_EMAIL_BYTES = 10 * 1024 * 1024  # /email
 MAX_BATCH_BYTES = 50 * 1024 * 1024  # /email/batch
 MAX_PAGE = 500
 MAX_WINDOW = 10_000  # count + offset
-LIMITS = {"From": 255, "Subject": 2000, "Tag": 1000, "TextBody": 5 * 1024 * 1024,
-          "HtmlBody": 5 * 1024 * 1024}  # fmt: skip
+LIMITS = {
+    "From": 255,
+    "Subject": 2000,
+    "Tag": 1000,
+    "TextBody": 5 * 1024 * 1024,
+    "HtmlBody": 5 * 1024 * 1024,
+}
 TRACK_LINKS = ("None", "HtmlAndText", "HtmlOnly", "TextOnly")
 # Postmark's support article "What does Error Code 300 mean?" gives these two patterns
 MAILBOX = re.compile(r"^[a-z0-9.!#$%&'`*+\-/=^_{}|~]+$", re.IGNORECASE)
 DOMAIN = re.compile(r"^((\.)?[a-zA-Z0-9\-])+$")
-BOUNCE_TYPES = {"bounce": ("HardBounce", 1, "Hard bounce", True),
-                "complaint": ("SpamComplaint", 512, "Spam complaint", False)}  # fmt: skip
-STRING_FIELDS = ("From", "To", "Cc", "Bcc", "ReplyTo", "Subject", "Tag", "HtmlBody",
-                 "TextBody", "MessageStream", "TrackLinks")  # fmt: skip
+BOUNCE_TYPES = {
+    "bounce": ("HardBounce", 1, "Hard bounce", True),
+    "complaint": ("SpamComplaint", 512, "Spam complaint", False),
+}
+STRING_FIELDS = (
+    "From",
+    "To",
+    "Cc",
+    "Bcc",
+    "ReplyTo",
+    "Subject",
+    "Tag",
+    "HtmlBody",
+    "TextBody",
+    "MessageStream",
+    "TrackLinks",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +76,20 @@ class Refusal:
 def unauthorised(given: str | None) -> Refusal:
     """ErrorCode 10 with HTTP 401, worded as Postmark words a missing and a wrong token."""
     if not given:
-        return Refusal(401, 10, "No Account or Server API tokens were supplied in the HTTP "
-                       "headers. Please add a header for either X-Postmark-Server-Token or "
-                       "X-Postmark-Account-Token.")  # fmt: skip
-    return Refusal(401, 10, "The Server Token you provided in the X-Postmark-Server-Token "
-                   "request header was invalid. "
-                   "Please verify that you are using a valid token.")  # fmt: skip
+        return Refusal(
+            401,
+            10,
+            "No Account or Server API tokens were supplied in the HTTP "
+            "headers. Please add a header for either X-Postmark-Server-Token or "
+            "X-Postmark-Account-Token.",
+        )
+    return Refusal(
+        401,
+        10,
+        "The Server Token you provided in the X-Postmark-Server-Token "
+        "request header was invalid. "
+        "Please verify that you are using a valid token.",
+    )
 
 
 def invalid(message: str) -> Refusal:
@@ -109,8 +135,12 @@ def validate(raw: object, streams: Mapping[str, str] = STREAMS) -> Refusal | dic
     if isinstance(content, Refusal):
         return content
     everyone = recipients["To"] + recipients["Cc"] + recipients["Bcc"]
-    people = {"To": everyone[0]["Email"], "ToFull": recipients["To"], "Cc": recipients["Cc"],
-              "Bcc": recipients["Bcc"]}  # fmt: skip
+    people = {
+        "To": everyone[0]["Email"],
+        "ToFull": recipients["To"],
+        "Cc": recipients["Cc"],
+        "Bcc": recipients["Bcc"],
+    }
     return {"From": raw["From"], "FromEmail": sender, **people, **content, **typed}
 
 
@@ -123,9 +153,11 @@ def _typed(raw: dict[str, Any]) -> Refusal | dict[str, Any]:
     if isinstance(headers, dict):  # a mapping is how some clients write them
         headers = [{"Name": k, "Value": v} for k, v in headers.items()]
     if not isinstance(headers, list) or not all(
-        isinstance(h, dict) and isinstance(h.get("Name"), str)
-        and isinstance(h.get("Value", ""), str) for h in headers
-    ):  # fmt: skip
+        isinstance(h, dict)
+        and isinstance(h.get("Name"), str)
+        and isinstance(h.get("Value", ""), str)
+        for h in headers
+    ):
         return field_error("Headers")
     metadata = raw.get("Metadata") or {}
     if not isinstance(metadata, dict) or not all(
@@ -139,9 +171,12 @@ def _typed(raw: dict[str, Any]) -> Refusal | dict[str, Any]:
         return field_error("Attachments")
     if raw.get("TrackOpens") is not None and not isinstance(raw["TrackOpens"], bool):
         return field_error("TrackOpens")
-    return {"Headers": {h["Name"]: h.get("Value", "") for h in headers}, "Metadata": metadata,
-            "Attachments": [a["Name"] for a in attachments],
-            "TrackOpens": bool(raw.get("TrackOpens"))}  # fmt: skip
+    return {
+        "Headers": {h["Name"]: h.get("Value", "") for h in headers},
+        "Metadata": metadata,
+        "Attachments": [a["Name"] for a in attachments],
+        "TrackOpens": bool(raw.get("TrackOpens")),
+    }
 
 
 def _sender(value: object) -> Refusal | str:
@@ -175,8 +210,9 @@ def _parse(field: str, value: str) -> Refusal | tuple[tuple[tuple[str, str], ...
             continue
         mailbox, at, domain = email.rpartition("@")
         if not at:
-            return invalid(f"Error parsing '{field}': Illegal email address. "
-                           "It must contain the '@' symbol.")  # fmt: skip
+            return invalid(
+                f"Error parsing '{field}': Illegal email address. It must contain the '@' symbol."
+            )
         if not MAILBOX.match(mailbox) or not DOMAIN.match(domain):
             return invalid(f"Error parsing '{field}': Illegal email address.")
         found.append((("Email", email), ("Name", name)))
@@ -185,8 +221,9 @@ def _parse(field: str, value: str) -> Refusal | tuple[tuple[tuple[str, str], ...
     return tuple(found)
 
 
-def _content(raw: dict[str, Any], recipients: dict[str, list[dict[str, str]]],
-             streams: Mapping[str, str]) -> Refusal | dict[str, Any]:  # fmt: skip
+def _content(
+    raw: dict[str, Any], recipients: dict[str, list[dict[str, str]]], streams: Mapping[str, str]
+) -> Refusal | dict[str, Any]:
     everyone = sum(len(v) for v in recipients.values())
     if everyone == 0:
         return invalid("Zero recipients specified")
@@ -205,10 +242,15 @@ def _content(raw: dict[str, Any], recipients: dict[str, list[dict[str, str]]],
     track_links = raw.get("TrackLinks") or "None"
     if track_links not in TRACK_LINKS:
         return invalid(f"Invalid 'TrackLinks' value: use one of {', '.join(TRACK_LINKS)}.")
-    return {"Subject": raw.get("Subject") or "", "TextBody": raw.get("TextBody"),
-            "HtmlBody": raw.get("HtmlBody"), "Tag": raw.get("Tag"),
-            "ReplyTo": raw.get("ReplyTo"), "MessageStream": stream,
-            "TrackLinks": track_links}  # fmt: skip
+    return {
+        "Subject": raw.get("Subject") or "",
+        "TextBody": raw.get("TextBody"),
+        "HtmlBody": raw.get("HtmlBody"),
+        "Tag": raw.get("Tag"),
+        "ReplyTo": raw.get("ReplyTo"),
+        "MessageStream": stream,
+        "TrackLinks": track_links,
+    }
 
 
 def recipients_of(record: Mapping[str, Any]) -> list[str]:
@@ -225,11 +267,18 @@ def paging(params: Mapping[str, str], code: int) -> Refusal | tuple[int, int]:
     try:
         count, offset = int(params["count"]), int(params["offset"])
     except (KeyError, ValueError):
-        return Refusal(422, code, "The 'count' and 'offset' query parameters are required "
-                       "and must be integers.")  # fmt: skip
+        return Refusal(
+            422,
+            code,
+            "The 'count' and 'offset' query parameters are required and must be integers.",
+        )
     if not 0 < count <= MAX_PAGE or offset < 0 or count + offset > MAX_WINDOW:
-        return Refusal(422, code, f"'count' must be 1 to {MAX_PAGE}, 'offset' at least 0, "
-                       f"and count + offset cannot exceed {MAX_WINDOW:,}.")  # fmt: skip
+        return Refusal(
+            422,
+            code,
+            f"'count' must be 1 to {MAX_PAGE}, 'offset' at least 0, "
+            f"and count + offset cannot exceed {MAX_WINDOW:,}.",
+        )
     return count, offset
 
 
@@ -242,8 +291,12 @@ def window(params: Mapping[str, str], code: int) -> Refusal | tuple[datetime, da
         try:
             bounds.append(_when(value, end) if value else default.replace(tzinfo=EASTERN))
         except ValueError:
-            return Refusal(422, code, f"The '{name}' parameter must be a date or a date/time, "
-                           "e.g. 2021-01-01 or 2021-01-01T12:00:00.")  # fmt: skip
+            return Refusal(
+                422,
+                code,
+                f"The '{name}' parameter must be a date or a date/time, "
+                "e.g. 2021-01-01 or 2021-01-01T12:00:00.",
+            )
     return bounds[0], bounds[1]
 
 
@@ -286,8 +339,9 @@ def search_messages(records: Iterable[dict[str, Any]], params: Mapping[str, str]
     return newest_first(found, page)
 
 
-def _matches(record: dict[str, Any], params: Mapping[str, str],
-             span: tuple[datetime, datetime]) -> bool:  # fmt: skip
+def _matches(
+    record: dict[str, Any], params: Mapping[str, str], span: tuple[datetime, datetime]
+) -> bool:
     if record["MessageStream"] != (params.get("messagestream") or "outbound"):
         return False
     if not span[0] <= datetime.fromisoformat(record["ReceivedAt"]) <= span[1]:
@@ -318,7 +372,8 @@ def search_bounces(bounces: Iterable[dict[str, Any]], params: Mapping[str, str])
     if inactive not in (None, "", "true", "false", "True", "False"):
         return Refusal(422, 1000, "The 'inactive' parameter must be true or false.")
     found = [
-        b for b in bounces
+        b
+        for b in bounces
         if b["MessageStream"] == stream
         and span[0] <= datetime.fromisoformat(b["BouncedAt"]) <= span[1]
         and params.get("type", b["Type"]) == b["Type"]
@@ -326,7 +381,7 @@ def search_bounces(bounces: Iterable[dict[str, Any]], params: Mapping[str, str])
         and params.get("emailFilter", "").lower() in b["Email"].lower()
         and params.get("tag", b["Tag"]) == b["Tag"]
         and params.get("messageID", b["MessageID"]) == b["MessageID"]
-    ]  # fmt: skip
+    ]
     return newest_first(found, page)
 
 
@@ -336,21 +391,34 @@ def search_bounces(bounces: Iterable[dict[str, Any]], params: Mapping[str, str])
 def summary(record: Mapping[str, Any]) -> dict[str, Any]:
     """One message of the outbound search, in Postmark's field names."""
     return {
-        "Tag": record["Tag"], "MessageID": record["MessageID"],
-        "MessageStream": record["MessageStream"], "To": record["ToFull"], "Cc": record["Cc"],
-        "Bcc": record["Bcc"], "Recipients": recipients_of(record),
-        "ReceivedAt": record["ReceivedAt"], "From": record["From"],
-        "Subject": record["Subject"], "Attachments": record["Attachments"],
-        "Status": "Sent", "TrackOpens": record["TrackOpens"],
-        "TrackLinks": record["TrackLinks"], "Metadata": record["Metadata"], "Sandboxed": True,
-    }  # fmt: skip
+        "Tag": record["Tag"],
+        "MessageID": record["MessageID"],
+        "MessageStream": record["MessageStream"],
+        "To": record["ToFull"],
+        "Cc": record["Cc"],
+        "Bcc": record["Bcc"],
+        "Recipients": recipients_of(record),
+        "ReceivedAt": record["ReceivedAt"],
+        "From": record["From"],
+        "Subject": record["Subject"],
+        "Attachments": record["Attachments"],
+        "Status": "Sent",
+        "TrackOpens": record["TrackOpens"],
+        "TrackLinks": record["TrackLinks"],
+        "Metadata": record["Metadata"],
+        "Sandboxed": True,
+    }
 
 
 def details(record: Mapping[str, Any]) -> dict[str, Any]:
     """``GET /messages/outbound/{id}/details``: the summary, the bodies, the events."""
-    return {**summary(record), "TextBody": record["TextBody"] or "",
-            "HtmlBody": record["HtmlBody"] or "", "Body": mime(record),
-            "MessageEvents": record.get("Events", [])}  # fmt: skip
+    return {
+        **summary(record),
+        "TextBody": record["TextBody"] or "",
+        "HtmlBody": record["HtmlBody"] or "",
+        "Body": mime(record),
+        "MessageEvents": record.get("Events", []),
+    }
 
 
 def mime(record: Mapping[str, Any]) -> str:
@@ -378,41 +446,66 @@ def mime(record: Mapping[str, Any]) -> str:
 
 def event(kind: str, record: Mapping[str, Any], at: datetime) -> dict[str, Any]:
     """A ``MessageEvents`` entry of the details answer for a webhook the fake posted."""
-    kinds = {"delivery": ("Delivered", {"DeliveryMessage": "250 OK"}),
-             "bounce": ("Bounced", {"Summary": "Hard bounce"}),
-             "complaint": ("Bounced", {"Summary": "Spam complaint"}),
-             "unsubscribe": ("SubscriptionChanged", {"SuppressSending": "True",
-                                                     "Origin": "Recipient"})}  # fmt: skip
+    kinds = {
+        "delivery": ("Delivered", {"DeliveryMessage": "250 OK"}),
+        "bounce": ("Bounced", {"Summary": "Hard bounce"}),
+        "complaint": ("Bounced", {"Summary": "Spam complaint"}),
+        "unsubscribe": ("SubscriptionChanged", {"SuppressSending": "True", "Origin": "Recipient"}),
+    }
     name, info = kinds[kind]
-    return {"Recipient": record["To"], "ReceivedAt": stamp(at), "Type": name,
-            "Details": info}  # fmt: skip
+    return {"Recipient": record["To"], "ReceivedAt": stamp(at), "Type": name, "Details": info}
 
 
 def bounce(kind: str, record: Mapping[str, Any], bounce_id: int, at: datetime) -> dict[str, Any]:
     """A bounce of ``GET /bounces`` for a hard bounce or spam complaint of ``record``."""
     type_, code, name, can_activate = BOUNCE_TYPES[kind]
     return {
-        "RecordType": "Bounce", "ID": bounce_id, "Type": type_, "TypeCode": code, "Name": name,
-        "Tag": record["Tag"] or "", "MessageID": record["MessageID"], "ServerID": 1,
+        "RecordType": "Bounce",
+        "ID": bounce_id,
+        "Type": type_,
+        "TypeCode": code,
+        "Name": name,
+        "Tag": record["Tag"] or "",
+        "MessageID": record["MessageID"],
+        "ServerID": 1,
         "MessageStream": record["MessageStream"],
         "Description": "The server was unable to deliver your message "
-                       "(ex: unknown user, mailbox not found).",
-        "Details": "action: failed\r\n", "Email": record["To"],
-        "From": record["FromEmail"], "BouncedAt": stamp(at), "DumpAvailable": False,
-        "Inactive": True, "CanActivate": can_activate, "Subject": record["Subject"],
-    }  # fmt: skip
+        "(ex: unknown user, mailbox not found).",
+        "Details": "action: failed\r\n",
+        "Email": record["To"],
+        "From": record["FromEmail"],
+        "BouncedAt": stamp(at),
+        "DumpAvailable": False,
+        "Inactive": True,
+        "CanActivate": can_activate,
+        "Subject": record["Subject"],
+    }
 
 
 def server(token: str | None, webhook_url: str | None) -> dict[str, Any]:
     """``GET /server``: the one server the fake is (a sandbox: nothing is delivered)."""
     inbound = "0" * 32
     return {
-        "ID": 1, "Name": "recocamp fake ESP", "ApiTokens": [token] if token else [],
-        "Color": "Purple", "SmtpApiActivated": False, "RawEmailEnabled": False,
-        "DeliveryType": "Sandbox", "ServerLink": "", "InboundAddress": f"{inbound}@inbound.invalid",
-        "InboundHookUrl": "", "BounceHookUrl": webhook_url or "", "OpenHookUrl": "",
-        "DeliveryHookUrl": webhook_url or "", "ClickHookUrl": "", "PostFirstOpenOnly": False,
-        "InboundDomain": "", "InboundHash": inbound, "InboundSpamThreshold": 0,
-        "TrackOpens": False, "TrackLinks": "None", "IncludeBounceContentInHook": False,
+        "ID": 1,
+        "Name": "recocamp fake ESP",
+        "ApiTokens": [token] if token else [],
+        "Color": "Purple",
+        "SmtpApiActivated": False,
+        "RawEmailEnabled": False,
+        "DeliveryType": "Sandbox",
+        "ServerLink": "",
+        "InboundAddress": f"{inbound}@inbound.invalid",
+        "InboundHookUrl": "",
+        "BounceHookUrl": webhook_url or "",
+        "OpenHookUrl": "",
+        "DeliveryHookUrl": webhook_url or "",
+        "ClickHookUrl": "",
+        "PostFirstOpenOnly": False,
+        "InboundDomain": "",
+        "InboundHash": inbound,
+        "InboundSpamThreshold": 0,
+        "TrackOpens": False,
+        "TrackLinks": "None",
+        "IncludeBounceContentInHook": False,
         "EnableSmtpApiErrorHooks": False,
-    }  # fmt: skip
+    }

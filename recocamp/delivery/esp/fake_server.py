@@ -152,8 +152,13 @@ class FakeEsp:
 
     def _record(self, message: dict[str, Any], received_at: str) -> dict[str, Any]:
         key = str(message["Headers"].get(SEND_KEY) or message["Metadata"].get("send_key") or "")
-        return {"MessageID": str(uuid.uuid4()), "ReceivedAt": received_at, "send_key": key,
-                **message, "Events": []}  # fmt: skip
+        return {
+            "MessageID": str(uuid.uuid4()),
+            "ReceivedAt": received_at,
+            "send_key": key,
+            **message,
+            "Events": [],
+        }
 
     def _store(self, records: list[dict[str, Any]]) -> None:
         for record in records:
@@ -202,14 +207,16 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"ErrorCode": exc.status_code, "Message": str(exc.detail)},
-                            exc.status_code)  # fmt: skip
+        return JSONResponse(
+            {"ErrorCode": exc.status_code, "Message": str(exc.detail)}, exc.status_code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def bad_field(request: Request, exc: RequestValidationError) -> JSONResponse:
         names = ", ".join(f"'{e['loc'][-1]}'" for e in exc.errors())
-        return JSONResponse({"ErrorCode": 403, "Message": f"Invalid request field(s): {names}."},
-                            422)  # fmt: skip
+        return JSONResponse(
+            {"ErrorCode": 403, "Message": f"Invalid request field(s): {names}."}, 422
+        )
 
 
 def _add_send_routes(app: FastAPI, esp: FakeEsp) -> None:
@@ -228,13 +235,21 @@ def _add_send_routes(app: FastAPI, esp: FakeEsp) -> None:
         if isinstance(body, JSONResponse):
             return body
         if not isinstance(body, list):
-            return _answer(pm.Refusal(422, 403, "Incompatible JSON: the batch endpoint "
-                                      "expects a JSON array of messages."))  # fmt: skip
+            return _answer(
+                pm.Refusal(
+                    422,
+                    403,
+                    "Incompatible JSON: the batch endpoint expects a JSON array of messages.",
+                )
+            )
         if not body:
             return _answer(pm.invalid("The batch has no messages: send 1 to 500."))
         if len(body) > pm.MAX_BATCH:
-            return _answer(pm.Refusal(422, 410, "You may only send up to 500 messages in a "
-                                      "single batched request."))  # fmt: skip
+            return _answer(
+                pm.Refusal(
+                    422, 410, "You may only send up to 500 messages in a single batched request."
+                )
+            )
         answers = esp.submit(body)
         await _maybe_drop(esp)
         return [a.body() if isinstance(a, pm.Refusal) else _accepted(a) for a in answers]
@@ -255,8 +270,9 @@ async def _send_request(esp: FakeEsp, request: Request, limit: int) -> Any:
 
 
 async def _json_body(request: Request, limit: int) -> Any:
-    too_large = pm.Refusal(413, 300, f"Payload Too Large: this endpoint takes at most "
-                           f"{limit // 2**20} MB.")  # fmt: skip
+    too_large = pm.Refusal(
+        413, 300, f"Payload Too Large: this endpoint takes at most {limit // 2**20} MB."
+    )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return too_large
@@ -272,8 +288,13 @@ async def _json_body(request: Request, limit: int) -> Any:
 
 
 def _accepted(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {"To": ", ".join(pm.recipients_of(record)), "SubmittedAt": record["ReceivedAt"],
-            "MessageID": record["MessageID"], "ErrorCode": 0, "Message": "OK"}  # fmt: skip
+    return {
+        "To": ", ".join(pm.recipients_of(record)),
+        "SubmittedAt": record["ReceivedAt"],
+        "MessageID": record["MessageID"],
+        "ErrorCode": 0,
+        "Message": "OK",
+    }
 
 
 async def _maybe_drop(esp: FakeEsp) -> None:
@@ -339,8 +360,11 @@ def _add_bounce_routes(app: FastAPI, esp: FakeEsp) -> None:
         if isinstance(found, pm.Refusal):
             return _answer(found)
         if not found["CanActivate"]:
-            return _answer(pm.Refusal(422, 1003, "Due to the type of bounce, this address "
-                                      "cannot be reactivated."))  # fmt: skip
+            return _answer(
+                pm.Refusal(
+                    422, 1003, "Due to the type of bounce, this address cannot be reactivated."
+                )
+            )
         found["Inactive"] = False
         esp.deactivated.discard(found["Email"].lower())
         return {"Message": "OK", "Bounce": found}
@@ -372,8 +396,13 @@ def _add_control_routes(app: FastAPI, esp: FakeEsp) -> None:
         try:
             esp.set_faults(Faults(**body))
         except TypeError:  # not an object, or a key Faults does not have
-            return _answer(pm.Refusal(422, 403, f"Invalid request field(s): use "
-                                      f"{', '.join(Faults.__dataclass_fields__)}."))  # fmt: skip
+            return _answer(
+                pm.Refusal(
+                    422,
+                    403,
+                    f"Invalid request field(s): use {', '.join(Faults.__dataclass_fields__)}.",
+                )
+            )
         return asdict(esp.faults)
 
     @app.post("/_webhooks/{kind}")
@@ -402,8 +431,9 @@ async def _post_webhook(esp: FakeEsp, kind: str, body: dict[str, Any]) -> dict[s
     return {"posted": payload, "status": response.status_code, "event": payload}
 
 
-def postmark_event(kind: str, record: dict[str, Any], at: datetime,
-                   bounce_id: int | None = None) -> dict[str, Any]:  # fmt: skip
+def postmark_event(
+    kind: str, record: dict[str, Any], at: datetime, bounce_id: int | None = None
+) -> dict[str, Any]:
     """A webhook body the way Postmark posts it (``bounce_id``: the bounce's ``ID`` at
     ``GET /bounces``; by default one derived from the message id)."""
     common = {

@@ -22,8 +22,14 @@ class Mailpit:
     batch_limit = 1
     resend_is_safe = False
 
-    def __init__(self, base_url: str, token: str, from_email: str, timeout_s: float = 10.0,
-                 transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        from_email: str,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = make_client(base_url, headers, timeout_s, transport)
         self.from_email = from_email
@@ -32,8 +38,9 @@ class Mailpit:
         return [self._send(message) for message in messages]
 
     def _send(self, message: OutgoingEmail) -> SendResult:
-        response = request(self.client, self.name, "POST", "/api/v1/send", json=_payload(
-            message, self.from_email))  # fmt: skip
+        response = request(
+            self.client, self.name, "POST", "/api/v1/send", json=_payload(message, self.from_email)
+        )
         body = json_body(response)
         if response.status_code < 300 and isinstance(body, dict):
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=str(body["ID"]))

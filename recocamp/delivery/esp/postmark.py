@@ -29,9 +29,15 @@ class Postmark:
     batch_limit = 500
     resend_is_safe = False
 
-    def __init__(self, base_url: str, token: str, from_email: str, timeout_s: float = 10.0,
-                 message_stream: str = "broadcast",
-                 transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        from_email: str,
+        timeout_s: float = 10.0,
+        message_stream: str = "broadcast",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.client = make_client(
             base_url, {"X-Postmark-Server-Token": token}, timeout_s, transport
         )
@@ -65,8 +71,12 @@ class Postmark:
     def lookup(self, send_keys: Sequence[str]) -> dict[str, str] | None:
         found = {}
         for key in send_keys:
-            params = {"count": 1, "offset": 0, "metadata_send_key": key,
-                      "messagestream": self.message_stream}  # fmt: skip
+            params = {
+                "count": 1,
+                "offset": 0,
+                "metadata_send_key": key,
+                "messagestream": self.message_stream,
+            }
             response = request(self.client, self.name, "GET", "/messages/outbound", params=params)
             if response.status_code >= 400:  # unknown is not "not sent": never guess here
                 raise DeliveryError(f"postmark: search failed with HTTP {response.status_code}")

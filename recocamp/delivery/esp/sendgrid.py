@@ -24,8 +24,14 @@ class SendGrid:
     batch_limit = 1
     resend_is_safe = False
 
-    def __init__(self, base_url: str, token: str, from_email: str, timeout_s: float = 10.0,
-                 transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        from_email: str,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.client = make_client(
             base_url, {"Authorization": f"Bearer {token}"}, timeout_s, transport
         )
@@ -35,13 +41,15 @@ class SendGrid:
         return [self._send(message) for message in messages]
 
     def _send(self, message: OutgoingEmail) -> SendResult:
-        response = request(self.client, self.name, "POST", "/v3/mail/send", json=_payload(
-            message, self.from_email))  # fmt: skip
+        response = request(
+            self.client, self.name, "POST", "/v3/mail/send", json=_payload(message, self.from_email)
+        )
         if response.status_code < 300:
             return SendResult(
-                message.send_key, SendStatus.ACCEPTED, message_id=response.headers.get(
-                    "x-message-id", ""),
-            )  # fmt: skip
+                message.send_key,
+                SendStatus.ACCEPTED,
+                message_id=response.headers.get("x-message-id", ""),
+            )
         errors = (json_body(response) or {}).get("errors") or [{}]
         fields = [str(e.get("field") or "") for e in errors]
         detail = "; ".join(str(e.get("message") or "") for e in errors)[:500]
