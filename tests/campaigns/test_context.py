@@ -29,7 +29,7 @@ from recocamp.domain import ConsentBasis, Customer
 from recocamp.settings import Settings
 from recocamp.store import outbox
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 NOW = datetime(2024, 6, 4, 10, 0, tzinfo=UTC)
 

@@ -47,7 +47,7 @@ from recocamp.store import measure as store
 from recocamp.store import queries, registry
 from recocamp.store.engine import make_engine
 from tests.conftest import NOW, ROOT, UCI
-from tests.test_feedback import call, fake_require
+from tests.measure.test_feedback import call, fake_require
 
 LONDON = ZoneInfo("Europe/London")
 EFFECT_RUN = datetime(2011, 10, 4, 10, tzinfo=LONDON).astimezone(UTC)

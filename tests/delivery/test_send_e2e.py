@@ -30,7 +30,7 @@ from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.settings import load_settings
 from recocamp.store.engine import make_engine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AS_OF = "2011-12-15T10:00:00"
 runner = CliRunner()
 

@@ -381,7 +381,7 @@ def test_backoff_is_exponential_jittered_and_capped() -> None:
 
 # --- bodies rendered by the deliverer (campaign runs enqueue templates, not HTML) ----------
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 
 def deferred(n: int, html: str = "winback.html") -> OutgoingEmail:

@@ -23,7 +23,7 @@ from recocamp.store import queries
 from recocamp.store.schema import customers
 
 CDNOW = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "cdnow-sample" / "CDNOW_sample.txt"
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "cdnow-sample" / "CDNOW_sample.txt"
 )
 NOW = datetime(2012, 1, 1, tzinfo=UTC)
 

@@ -18,7 +18,7 @@ from recocamp.campaigns.render import (
 from recocamp.errors import TemplateLimitError
 from recocamp.settings import TemplateSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 CAMPAIGNS = ("winback", "cross_sell", "replenish", "birthday", "vip_tier")
 

@@ -77,7 +77,7 @@ def test_synthetic_demo_shop_end_to_end(workdir: Path) -> None:
     assert kpis.exit_code == 0 and "repeat_purchase_rate" in kpis.stdout
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_check_lists_every_broken_campaign_and_template(workdir: Path) -> None:

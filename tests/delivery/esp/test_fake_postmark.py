@@ -26,7 +26,7 @@ from postmarker.exceptions import ClientError
 
 from recocamp.delivery.esp.fake_server import FakeEsp, create_app, running
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "fake-server-token"
 FROM = "Shop <shop@example.org>"
 KEY = "X-Recocamp-Send-Key"

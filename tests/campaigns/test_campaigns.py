@@ -9,7 +9,7 @@ import pytest
 from recocamp.campaigns.files import load_all
 from recocamp.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = """name = "{name}"
 description = "test"
 legal_basis = ["double_opt_in"]
