@@ -50,7 +50,7 @@ from pathlib import Path
 
 import httpx
 
-from recocamp.api_auth import mint
+from recocamp.api.auth import mint
 
 ROOT = Path(__file__).resolve().parents[1]
 UCI = ROOT.parent / "shared/data/online-retail/online_retail.csv.gz"
@@ -82,8 +82,10 @@ def main() -> None:
     options = arguments()
     wrk = shutil.which("wrk")
     if wrk is None:
-        sys.exit("benchmarks/api.py needs wrk, an HTTP load generator, which is missing here: "
-                 "apt-get install -y wrk (Debian), then run this again.")  # fmt: skip
+        sys.exit(
+            "benchmarks/api.py needs wrk, an HTTP load generator, which is missing here: "
+            "apt-get install -y wrk (Debian), then run this again."
+        )
     workdir = Path(options.workdir).resolve()
     build_shop(workdir)
     key, entry = mint("bench", ["offers:read", "events:write"])
@@ -111,8 +113,11 @@ def main() -> None:
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "recocamp-api"),
-                        help="where the demo shop is built and kept")  # fmt: skip
+    parser.add_argument(
+        "--workdir",
+        default=str(Path(tempfile.gettempdir()) / "recocamp-api"),
+        help="where the demo shop is built and kept",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--duration", type=int, default=15, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=3)
@@ -125,8 +130,14 @@ def arguments() -> argparse.Namespace:
 
 
 def recocamp(workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-    done = subprocess.run([sys.executable, "-m", "recocamp", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "recocamp", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         sys.exit(f"recocamp {' '.join(args)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
 
@@ -167,13 +178,30 @@ def free_port() -> int:
 
 
 def serve(workdir: Path, entry: str, port: int, workers: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RECOCAMP_API_KEYS": entry, "RECOCAMP_SIGNING_KEY": "b" * 32,
-           # the limiter still runs on every request; its limit is set out of the way
-           "RECOCAMP_API__RATE_LIMIT_PER_MINUTE": str(10**9)}  # fmt: skip
-    command = [sys.executable, "-m", "recocamp", "serve", "--port", str(port), "--workers",
-               str(workers)]  # fmt: skip
-    return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                            stderr=(workdir / "serve.log").open("wb"))  # fmt: skip
+    env = {
+        **os.environ,
+        "RECOCAMP_API_KEYS": entry,
+        "RECOCAMP_SIGNING_KEY": "b" * 32,
+        # the limiter still runs on every request; its limit is set out of the way
+        "RECOCAMP_API__RATE_LIMIT_PER_MINUTE": str(10**9),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "recocamp",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "serve.log").open("wb"),
+    )
 
 
 def wait_ready(base: str, timeout_s: float = 180) -> None:
@@ -236,10 +264,22 @@ class Driver:
     def run(self, paths: Path, seconds: int) -> Run:
         before = tree_cpu_s(self.server)
         done = subprocess.run(
-            [self.wrk, "-t1", f"-c{self.connections}", f"-d{seconds}s", "--latency", "-s",
-             str(self.script), self.base, "--", str(paths)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            [
+                self.wrk,
+                "-t1",
+                f"-c{self.connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                str(self.script),
+                self.base,
+                "--",
+                str(paths),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         spent = tree_cpu_s(self.server) - before
         run = parse(done.stdout)
         requests = re.search(r"(\d+) requests in", done.stdout)
@@ -273,8 +313,9 @@ def tree_cpu_s(root: int) -> float:
 
 def parse(output: str) -> Run:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    latency = {m[0]: _ms(m[1], m[2]) for m in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)\b",
-                                                          output)}  # fmt: skip
+    latency = {
+        m[0]: _ms(m[1], m[2]) for m in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)\b", output)
+    }
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     return Run(rps, latency["50"], latency["99"], int(errors.group(1)) if errors else 0)
 
@@ -304,8 +345,11 @@ def warm_up(drive: Driver, nbo: Path, base: str, rounds: int = 40) -> None:
         after = answers(base)
         total = sum(after.values()) - sum(before.values())
         computed = after.get("computed", 0) - before.get("computed", 0)
-        print(f"  round {number}: {total:,.0f} answers, {100 * computed / max(total, 1):.1f} % "
-              "computed", flush=True)  # fmt: skip
+        print(
+            f"  round {number}: {total:,.0f} answers, {100 * computed / max(total, 1):.1f} % "
+            "computed",
+            flush=True,
+        )
         if computed < 0.001 * total:
             return
 
@@ -313,8 +357,7 @@ def warm_up(drive: Driver, nbo: Path, base: str, rounds: int = 40) -> None:
 # --- measuring and reporting ------------------------------------------------------------------
 
 
-def post_events(base: str, key: str, per_s: float, paths: list[str], stop: threading.Event
-                ) -> None:  # fmt: skip
+def post_events(base: str, key: str, per_s: float, paths: list[str], stop: threading.Event) -> None:
     """New orders of customers from the mix at ``per_s`` a second (each one a commit that
     changes that customer's answers, and makes every other answer be checked again)."""
     rng, number = random.Random(11), 0
@@ -322,14 +365,26 @@ def post_events(base: str, key: str, per_s: float, paths: list[str], stop: threa
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
         while not stop.wait(1 / per_s):
             number += 1
-            client.post("/v1/events/purchases", json={
-                "order_id": f"bench-{os.getpid()}-{number}", "customer_id": rng.choice(customers),
-                "ordered_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-                "lines": [{"item_id": "85123A", "quantity": 1, "unit_price": 2.55}]})  # fmt: skip
+            client.post(
+                "/v1/events/purchases",
+                json={
+                    "order_id": f"bench-{os.getpid()}-{number}",
+                    "customer_id": rng.choice(customers),
+                    "ordered_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                    "lines": [{"item_id": "85123A", "quantity": 1, "unit_price": 2.55}],
+                },
+            )
 
 
-def report(options: argparse.Namespace, drive: Driver, nbo: Path, bare: Path, base: str,
-           key: str, workdir: Path) -> None:  # fmt: skip
+def report(
+    options: argparse.Namespace,
+    drive: Driver,
+    nbo: Path,
+    bare: Path,
+    base: str,
+    key: str,
+    workdir: Path,
+) -> None:
     load = os.getloadavg()
     runs: dict[str, list[Run]] = {"bare": [], "nbo": []}
     before = answers(base)
@@ -340,8 +395,9 @@ def report(options: argparse.Namespace, drive: Driver, nbo: Path, bare: Path, ba
     if options.events_per_s:
         stop = threading.Event()
         paths = nbo.read_text().split()
-        thread = threading.Thread(target=post_events,
-                                  args=(base, key, options.events_per_s, paths, stop))  # fmt: skip
+        thread = threading.Thread(
+            target=post_events, args=(base, key, options.events_per_s, paths, stop)
+        )
         thread.start()
         before = answers(base)
         runs["nbo + events"] = [drive.run(nbo, options.duration) for _ in range(options.rounds)]
@@ -350,16 +406,24 @@ def report(options: argparse.Namespace, drive: Driver, nbo: Path, bare: Path, ba
         thread.join()
     median = {name: _median(found) for name, found in runs.items()}
     print()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; load average before "
-          f"{load[0]:.2f}, after {os.getloadavg()[0]:.2f}")  # fmt: skip
-    print(f"server: recocamp serve --workers {options.workers} (SQLite demo shop, whole UCI "
-          f"file); wrk -t1 -c{options.connections}, {options.rounds} alternating rounds of "
-          f"{options.duration} s, medians")  # fmt: skip
-    print(f"{'endpoint':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU µs/req':>12}"
-          f"{'non-2xx':>10}")  # fmt: skip
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} CPUs; load average before "
+        f"{load[0]:.2f}, after {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"server: recocamp serve --workers {options.workers} (SQLite demo shop, whole UCI "
+        f"file); wrk -t1 -c{options.connections}, {options.rounds} alternating rounds of "
+        f"{options.duration} s, medians"
+    )
+    print(
+        f"{'endpoint':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU µs/req':>12}"
+        f"{'non-2xx':>10}"
+    )
     for name, run in median.items():
-        print(f"{name:<16}{run.rps:>10,.0f}{run.p50_ms:>10.2f}{run.p99_ms:>10.2f}"
-              f"{run.cpu_us:>12.0f}{run.errors:>10}")  # fmt: skip
+        print(
+            f"{name:<16}{run.rps:>10,.0f}{run.p50_ms:>10.2f}{run.p99_ms:>10.2f}"
+            f"{run.cpu_us:>12.0f}{run.errors:>10}"
+        )
     for name, found in runs.items():
         print(f"  {name} rounds: " + ", ".join(f"{r.rps:,.0f}/s p99 {r.p99_ms:.1f}" for r in found))
     throughput = median["nbo"].rps / median["bare"].rps
@@ -367,13 +431,17 @@ def report(options: argparse.Namespace, drive: Driver, nbo: Path, bare: Path, ba
     print(f"next-best-offer answers while measured: {mix}")
     if options.events_per_s:
         print(f"with {options.events_per_s:g} purchase events/s: {events_mix}")
-    print(f"throughput NBO / bare = {throughput:.2f} (target >= 0.80): "
-          f"{'met' if throughput >= 0.8 else 'NOT met'}")  # fmt: skip
+    print(
+        f"throughput NBO / bare = {throughput:.2f} (target >= 0.80): "
+        f"{'met' if throughput >= 0.8 else 'NOT met'}"
+    )
     print(f"p99 NBO / bare = {tail:.2f} (target <= 2.00): {'met' if tail <= 2.0 else 'NOT met'}")
     if median["nbo"].cpu_us > 0:
         cost = median["bare"].cpu_us / median["nbo"].cpu_us
-        print(f"server CPU per request, bare / NBO = {cost:.2f} (the throughput ratio of a "
-              "saturated server when nothing else competes for the CPUs)")  # fmt: skip
+        print(
+            f"server CPU per request, bare / NBO = {cost:.2f} (the throughput ratio of a "
+            "saturated server when nothing else competes for the CPUs)"
+        )
     print(f"(work directory {workdir})")
 
 

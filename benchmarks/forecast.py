@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from recocamp import forecast as f
-from recocamp.ingest import Importer
+from recocamp.data.ingest import Importer
 from recocamp.store import forecasts as forecast_store
 from recocamp.store.engine import make_engine, upgrade
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from recocamp import kpis
-from recocamp.ingest import Importer
+from recocamp.data.ingest import Importer
+from recocamp.measure import kpis
 from recocamp.store import queries
 from recocamp.store.engine import make_engine, upgrade
 
@@ -43,13 +43,19 @@ def run(url: str, path: Path) -> None:
     again_s = time.perf_counter() - started
     engine.dispose()
     backend = url.split(":", 1)[0]
-    print(f"[{backend}] import: {report.rows_read:,} rows read, {report.imported:,} stored in "
-          f"{imported_s:.1f} s ({report.rows_read / imported_s:,.0f} rows/s); target < 60 s: "
-          f"{imported_s / 60:.2f} of the budget")  # fmt: skip
-    print(f"[{backend}] re-import of the same file: {again_s:.2f} s "
-          f"(already imported: {again.already_imported})")  # fmt: skip
-    print(f"[{backend}] kpis (90 days to 2011-12-10): {kpi_s * 1000:.0f} ms; orders "
-          f"{result.orders}, customers {result.customers}, churn {result.churn_rate}")  # fmt: skip
+    print(
+        f"[{backend}] import: {report.rows_read:,} rows read, {report.imported:,} stored in "
+        f"{imported_s:.1f} s ({report.rows_read / imported_s:,.0f} rows/s); target < 60 s: "
+        f"{imported_s / 60:.2f} of the budget"
+    )
+    print(
+        f"[{backend}] re-import of the same file: {again_s:.2f} s "
+        f"(already imported: {again.already_imported})"
+    )
+    print(
+        f"[{backend}] kpis (90 days to 2011-12-10): {kpi_s * 1000:.0f} ms; orders "
+        f"{result.orders}, customers {result.customers}, churn {result.churn_rate}"
+    )
 
 
 def main() -> None:

@@ -19,12 +19,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from jinja2 import Environment, FileSystemLoader
 
-from recocamp import caps, render
-from recocamp.campaigns import load_all
+from recocamp.campaigns import caps, render
+from recocamp.campaigns.files import load_all
+from recocamp.campaigns.loyalty import Standing
+from recocamp.campaigns.planner import Context, CustomerView, Outcome, plan
+from recocamp.campaigns.segments import History, Order
 from recocamp.domain import ConsentBasis, Customer, Item
-from recocamp.loyalty import Standing
-from recocamp.planner import Context, CustomerView, Outcome, plan
-from recocamp.segments import History, Order
 from recocamp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +104,10 @@ def main() -> None:
         seconds = time.perf_counter() - started
         sends[campaign.name] = [d for d in decisions if d.outcome is Outcome.SEND]
         rate, to_send = len(decisions) / seconds, len(sends[campaign.name])
-        print(f"plan {campaign.name:10}: {rate:10,.0f} decisions/s ({seconds:.1f} s; "
-              f"{to_send:,} to send; target >= 20,000/s)")  # fmt: skip
+        print(
+            f"plan {campaign.name:10}: {rate:10,.0f} decisions/s ({seconds:.1f} s; "
+            f"{to_send:,} to send; target >= 20,000/s)"
+        )
     winback = next(c for c in campaigns if c.name == "winback")
     chosen = sends["winback"][: args.renders]
     by_id = {v.customer.id: v for v in views}

@@ -37,16 +37,16 @@ from zoneinfo import ZoneInfo
 import httpx
 from pydantic import SecretStr
 
-from recocamp import compose, planner, render
-from recocamp.campaigns import caps_defaults, load_all
+from recocamp.campaigns import compose, planner, render
+from recocamp.campaigns.files import caps_defaults, load_all
+from recocamp.campaigns.run import RunOptions, load_snapshot, plan_views
 from recocamp.clock import SystemClock
-from recocamp.deliver import Deliverer
-from recocamp.demo import build_demo
+from recocamp.data.demo import build_demo
+from recocamp.delivery.campaign_send import deliver_planned, delivery_processes
+from recocamp.delivery.deliverer import Deliverer
+from recocamp.delivery.esp import make_provider
 from recocamp.domain import ConsentBasis
-from recocamp.esp import make_provider
-from recocamp.jobs import RunOptions, deliver_planned, delivery_processes, plan_views
 from recocamp.settings import Settings, load_settings
-from recocamp.store import views
 from recocamp.store.engine import make_engine, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,15 +72,21 @@ def scaled_views(settings: Settings, work: Path, customers: int) -> tuple[list[A
     engine = make_engine(f"sqlite:///{work / 'shop.db'}")
     build_demo(engine, settings, now=datetime.now(UTC), demo_dir=work / "demo")
     with engine.connect() as connection:
-        snapshot = views.load(connection, settings, datetime(2011, 12, 10, tzinfo=UTC))
+        snapshot = load_snapshot(connection, settings, datetime(2011, 12, 10, tzinfo=UTC))
     engine.dispose()
     real = [v for v in snapshot.views if len(v.history.orders)]
     out = []
     for n in range(customers):
         view = real[n % len(real)]
-        person = replace(view.customer, id=f"b{n}", email=f"b{n}@example.test", time_zone=None,
-                         consent_basis=ConsentBasis.DOUBLE_OPT_IN, unsubscribed_at=None,
-                         erased_at=None)  # fmt: skip
+        person = replace(
+            view.customer,
+            id=f"b{n}",
+            email=f"b{n}@example.test",
+            time_zone=None,
+            consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+            unsubscribed_at=None,
+            erased_at=None,
+        )
         out.append(replace(view, customer=person))
     return out, snapshot
 
@@ -93,10 +99,21 @@ def free_port() -> int:
 
 def start_fake_esp(port: int, faults: float) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "recocamp", "fake-esp", "--port", str(port),
-         "--rate-429", str(faults / 2), "--rate-5xx", str(faults / 2)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "recocamp",
+            "fake-esp",
+            "--port",
+            str(port),
+            "--rate-429",
+            str(faults / 2),
+            "--rate-5xx",
+            str(faults / 2),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             httpx.get(f"http://127.0.0.1:{port}/_stats")
@@ -106,30 +123,50 @@ def start_fake_esp(port: int, faults: float) -> subprocess.Popen[bytes]:
     raise RuntimeError("fake ESP did not start")
 
 
-def run(settings: Settings, work: Path, all_views: list[Any], snapshot: Any,
-        faults: float) -> dict[str, float]:  # fmt: skip
+def run(
+    settings: Settings, work: Path, all_views: list[Any], snapshot: Any, faults: float
+) -> dict[str, float]:
     port = free_port()
     esp = start_fake_esp(port, faults)
     db = work / f"outbox-{faults}.db"
     engine = make_engine(f"sqlite:///{db}")
     upgrade(engine)
-    local = settings.model_copy(update={
-        "esp": settings.esp.model_copy(update={"base_url": f"http://127.0.0.1:{port}",
-                                               "retry_base_s": 0.05, "retry_max_s": 1.0,
-                                               "rate_limit_per_s": 1000.0, "max_attempts": 50}),
-        "esp_token": SecretStr("bench"), "signing_key": SecretStr("bench-key")})  # fmt: skip
+    local = settings.model_copy(
+        update={
+            "esp": settings.esp.model_copy(
+                update={
+                    "base_url": f"http://127.0.0.1:{port}",
+                    "retry_base_s": 0.05,
+                    "retry_max_s": 1.0,
+                    "rate_limit_per_s": 1000.0,
+                    "max_attempts": 50,
+                }
+            ),
+            "esp_token": SecretStr("bench"),
+            "signing_key": SecretStr("bench-key"),
+        }
+    )
     campaign = load_all(work / "campaigns", local, ROOT / "templates")[0][0]
     clock = SystemClock()
     provider = make_provider(local)
-    deliverer = Deliverer(engine, provider, local.esp, clock,
-                          renderer=render.Renderer(ROOT / "templates"))  # fmt: skip
+    deliverer = Deliverer(
+        engine, provider, local.esp, clock, renderer=render.Renderer(ROOT / "templates")
+    )
     try:
         started = time.perf_counter()
         now = daytime_now(local)
         planned = plan_views(local, campaign, all_views, snapshot.items, snapshot.popular, now)
         phases = {"plan_s": time.perf_counter() - started}
-        run_report = deliver_planned(engine, local, campaign, ROOT / "templates", planned, now,
-                                     deliverer, RunOptions(max_wait_s=30.0))  # fmt: skip
+        run_report = deliver_planned(
+            engine,
+            local,
+            campaign,
+            ROOT / "templates",
+            planned,
+            now,
+            deliverer,
+            RunOptions(max_wait_s=30.0),
+        )
         seconds = time.perf_counter() - started
         phases["enqueue_and_deliver_s"] = seconds - phases["plan_s"]
         report = run_report.delivery
@@ -142,10 +179,16 @@ def run(settings: Settings, work: Path, all_views: list[Any], snapshot: Any,
         esp.wait()
         engine.dispose()
     processes = delivery_processes(local, planned.sends)
-    return {"emails": len(rows), "seconds": seconds, "sent": report.sent,
-            "requests": report.requests, "retried": report.retried, **stats,
-            "delivery_processes": processes,
-            **{k: round(v, 2) for k, v in phases.items()}}  # fmt: skip
+    return {
+        "emails": len(rows),
+        "seconds": seconds,
+        "sent": report.sent,
+        "requests": report.requests,
+        "retried": report.retried,
+        **stats,
+        "delivery_processes": processes,
+        **{k: round(v, 2) for k, v in phases.items()},
+    }
 
 
 def daytime_now(settings: Settings) -> datetime:
@@ -161,10 +204,12 @@ def render_only(settings: Settings, work: Path, all_views: list[Any], snapshot: 
     local = settings.model_copy(update={"signing_key": SecretStr("bench-key")})
     campaign = load_all(work / "campaigns", local, ROOT / "templates")[0][0]
     now = daytime_now(settings)
-    context = planner.Context(now, snapshot.items, snapshot.popular, caps_defaults(local),
-                              ZoneInfo(local.shop.time_zone))  # fmt: skip
-    decided = [d for d in planner.plan(campaign, all_views, context)
-               if d.outcome is planner.Outcome.SEND]  # fmt: skip
+    context = planner.Context(
+        now, snapshot.items, snapshot.popular, caps_defaults(local), ZoneInfo(local.shop.time_zone)
+    )
+    decided = [
+        d for d in planner.plan(campaign, all_views, context) if d.outcome is planner.Outcome.SEND
+    ]
     by_id = {v.customer.id: v for v in all_views}
     renderer = render.Renderer(ROOT / "templates")
     started = time.perf_counter()
@@ -196,8 +241,10 @@ def main() -> None:
         for faults in (0.0, args.faults):
             result = run(settings, work, all_views, snapshot, faults)
             rate = result["emails"] / result["seconds"]
-            exact = (result["unique_send_keys"] == result["sent"] == result["emails"]
-                     and result["duplicates"] == 0)  # fmt: skip
+            exact = (
+                result["unique_send_keys"] == result["sent"] == result["emails"]
+                and result["duplicates"] == 0
+            )
             print(json.dumps(result))
             verdict = "met" if rate >= 2000 else "NOT met"
             ratio_verdict = "met" if rate / speed >= 0.4 else "NOT met"

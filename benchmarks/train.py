@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from recocamp.matrix import TrainingData
+from recocamp.recommender.matrix import TrainingData
 from recocamp.settings import RecommenderSettings
 
 UCI = Path(__file__).resolve().parents[2] / "shared/data/online-retail/online_retail.csv.gz"
@@ -55,10 +55,10 @@ def child(*args: str) -> dict[str, object]:
 
 
 def uci(workdir: Path) -> None:
-    from recocamp.ingest import Importer
+    from recocamp.data.ingest import Importer
+    from recocamp.recommender.training import compare
     from recocamp.settings import Settings
     from recocamp.store.engine import make_engine, upgrade
-    from recocamp.training import compare
 
     url = f"sqlite:///{workdir / 'uci.db'}"
     engine = make_engine(url)
@@ -74,13 +74,17 @@ def uci(workdir: Path) -> None:
     print("UCI Online Retail, cutoff 2011-09-01, horizon 90 days, k = 10")
     print(f"{'model':18}{'recall':>8}{'ndcg':>8}{'hit':>8}{'repeat':>8}{'new':>8}{'fit_s':>8}")
     for name, m in results.items():
-        print(f"{name:18}{m.recall:8.4f}{m.ndcg:8.4f}{m.hit_rate:8.4f}{m.recall_repeat:8.4f}"
-              f"{m.recall_new:8.4f}{m.fit_s:8.2f}")  # fmt: skip
+        print(
+            f"{name:18}{m.recall:8.4f}{m.ndcg:8.4f}{m.hit_rate:8.4f}{m.recall_repeat:8.4f}"
+            f"{m.recall_new:8.4f}{m.fit_s:8.2f}"
+        )
     for name, (recall, ndcg) in REFERENCE.items():
         got = results[name]
         ok = abs(got.recall - recall) <= 0.01 and abs(got.ndcg - ndcg) <= 0.01
-        print(f"  {name}: reference {recall}/{ndcg}, ours {got.recall:.4f}/{got.ndcg:.4f}: "
-              f"{'within' if ok else 'OUTSIDE'} ±0.01")  # fmt: skip
+        print(
+            f"  {name}: reference {recall}/{ndcg}, ours {got.recall:.4f}/{got.ndcg:.4f}: "
+            f"{'within' if ok else 'OUTSIDE'} ±0.01"
+        )
     best = max(("popularity", "repeat_frequency"), key=lambda n: results[n].recall)
     lift = results["hybrid"].recall / results[best].recall - 1
     print(f"  hybrid recall vs best baseline ({best}): {lift:+.1%} (target >= +10 %)")
@@ -106,8 +110,10 @@ def synthetic_db(path: Path, customers: int, items: int, lines: int, seed: int =
     popularity /= popularity.sum()
     start = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
     connection = sqlite3.connect(path)
-    sql = ("INSERT INTO purchases (order_id, line_no, customer_id, item_id, quantity, unit_price,"
-           " ordered_at, is_return) VALUES (?, ?, ?, ?, 1, 9.5, ?, 0)")  # fmt: skip
+    sql = (
+        "INSERT INTO purchases (order_id, line_no, customer_id, item_id, quantity, unit_price,"
+        " ordered_at, is_return) VALUES (?, ?, ?, ?, 1, 9.5, ?, 0)"
+    )
     chunk, order = 1_000_000, 0
     for offset in range(0, lines, chunk):
         size = min(chunk, lines - offset)
@@ -117,21 +123,29 @@ def synthetic_db(path: Path, customers: int, items: int, lines: int, seed: int =
         orders = order + np.arange(size) // 4  # four lines an order
         order = int(orders[-1]) + 1
         stamps = [datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.000000") for t in when]
-        connection.executemany(sql, zip(
-            (f"O{o}" for o in orders), (int(n) % 4 + 1 for n in range(size)),
-            (f"C{c}" for c in who), (f"I{i}" for i in what), stamps, strict=True,
-        ))  # fmt: skip
+        connection.executemany(
+            sql,
+            zip(
+                (f"O{o}" for o in orders),
+                (int(n) % 4 + 1 for n in range(size)),
+                (f"C{c}" for c in who),
+                (f"I{i}" for i in what),
+                stamps,
+                strict=True,
+            ),
+        )
         connection.commit()
     connection.close()
 
 
 def pipeline(url: str, name: str, as_of: str) -> dict[str, object]:
     """The steps of `recocamp train` after the gate: load, matrix, fit, top-N cache."""
-    from recocamp import matrix, model
+    from recocamp.recommender import matrix
+    from recocamp.recommender import models as model
+    from recocamp.recommender.training import load_lines, top_lists
     from recocamp.settings import Settings
     from recocamp.store import registry
     from recocamp.store.engine import make_engine
-    from recocamp.training import load_lines, top_lists
 
     settings = Settings().recommender
     engine = make_engine(url)
@@ -147,9 +161,19 @@ def pipeline(url: str, name: str, as_of: str) -> dict[str, object]:
     fitted.fit(data)
     laps["fit"] = time.perf_counter() - started - sum(laps.values())
     with engine.begin() as connection:
-        registry.register(connection, version="bench", name=name, trained_at=datetime.now(UTC),
-                          data_cutoff=datetime.now(UTC), fingerprint="-", params={}, metrics={},
-                          path="-", popular=[], status="candidate")  # fmt: skip
+        registry.register(
+            connection,
+            version="bench",
+            name=name,
+            trained_at=datetime.now(UTC),
+            data_cutoff=datetime.now(UTC),
+            fingerprint="-",
+            params={},
+            metrics={},
+            path="-",
+            popular=[],
+            status="candidate",
+        )
         rows = registry.make_live(
             connection, "bench", datetime.now(UTC), top_lists(fitted, data, settings.top_n)
         )
@@ -157,8 +181,15 @@ def pipeline(url: str, name: str, as_of: str) -> dict[str, object]:
     total = time.perf_counter() - started
     peak = peak_gb()
     bare = bare_fit(data, name, settings)
-    return {"laps": laps, "total": total, "bare": bare, "peak_gb": peak, "cache_rows": rows,
-            "shape": list(data.shape), "nnz": int(data.confidence.nnz)}  # fmt: skip
+    return {
+        "laps": laps,
+        "total": total,
+        "bare": bare,
+        "peak_gb": peak,
+        "cache_rows": rows,
+        "shape": list(data.shape),
+        "nnz": int(data.confidence.nnz),
+    }
 
 
 def bare_fit(data: TrainingData, name: str, settings: RecommenderSettings) -> float:
@@ -188,8 +219,10 @@ def print_timing(label: str, result: dict[str, object]) -> None:
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in laps.items())
     peak = float(result["peak_gb"])  # type: ignore[arg-type]
     print(f"{label}: matrix {result['shape']} nnz {result['nnz']:,}")
-    print(f"  pipeline {total:.1f} s ({steps}); bare implicit fit {bare:.1f} s; "
-          f"ratio {total / bare:.2f} (target <= 1.3)")  # fmt: skip
+    print(
+        f"  pipeline {total:.1f} s ({steps}); bare implicit fit {bare:.1f} s; "
+        f"ratio {total / bare:.2f} (target <= 1.3)"
+    )
     print(f"  peak memory {peak:.2f} GB (target < 8); cache rows {result['cache_rows']:,}")
 
 
@@ -217,8 +250,10 @@ def main() -> None:
             started = time.perf_counter()
             synthetic_db(work / "synthetic.db", args.customers, args.items, args.lines)
             setup_s = time.perf_counter() - started
-            print(f"synthetic shop: {args.customers:,} customers x {args.items:,} items x "
-                  f"{args.lines:,} lines written in {setup_s:.0f} s (setup)")  # fmt: skip
+            print(
+                f"synthetic shop: {args.customers:,} customers x {args.items:,} items x "
+                f"{args.lines:,} lines written in {setup_s:.0f} s (setup)"
+            )
             result = child(
                 "--pipeline", f"sqlite:///{work / 'synthetic.db'}", "--model", args.model
             )

@@ -72,8 +72,16 @@ PREPARE = (
     " item_id, quantity, unit_price, ordered_at, is_return"
     " FROM purchases, generate_series(2, :copies) AS k WHERE customer_id IS NOT NULL",
 )
-RESET = ("outbox", "decisions", "runs", "workers", "apscheduler_jobs", "campaign_pauses",
-         "contact_events", "suppressions")  # fmt: skip
+RESET = (
+    "outbox",
+    "decisions",
+    "runs",
+    "workers",
+    "apscheduler_jobs",
+    "campaign_pauses",
+    "contact_events",
+    "suppressions",
+)
 
 
 def free_port() -> int:
@@ -97,13 +105,18 @@ def settings_text(db_url: str, esp_url: str) -> str:
 
 def env(work: Path) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RECOCAMP_")}
-    return base | {"RECOCAMP_SETTINGS": str(work / "settings.toml"), "OPENBLAS_NUM_THREADS": "1",
-                   "RECOCAMP_SIGNING_KEY": "bench-key", "RECOCAMP_ESP_TOKEN": "bench"}  # fmt: skip
+    return base | {
+        "RECOCAMP_SETTINGS": str(work / "settings.toml"),
+        "OPENBLAS_NUM_THREADS": "1",
+        "RECOCAMP_SIGNING_KEY": "bench-key",
+        "RECOCAMP_ESP_TOKEN": "bench",
+    }
 
 
 def recocamp(work: Path, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "recocamp", *args], cwd=work, env=env(work),
-                            **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "recocamp", *args], cwd=work, env=env(work), **kwargs
+    )
 
 
 def build(admin_url: str, copies: int, work: Path) -> str:
@@ -132,8 +145,16 @@ def build(admin_url: str, copies: int, work: Path) -> str:
 
 
 def start_esp(work: Path, port: int, latency_ms: float) -> subprocess.Popen[bytes]:
-    esp = recocamp(work, "fake-esp", "--port", str(port), "--latency-ms", str(latency_ms),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    esp = recocamp(
+        work,
+        "fake-esp",
+        "--port",
+        str(port),
+        "--latency-ms",
+        str(latency_ms),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(300):
         try:
             httpx.get(f"http://127.0.0.1:{port}/_stats")
@@ -168,16 +189,28 @@ def one(url: str, work: Path, workers: int, latency_ms: float) -> dict[str, floa
             return connection.execute(sa.text(query)).scalar()
 
     try:
-        wait(lambda: scalar("SELECT count(*) FROM workers WHERE leader_since IS NOT NULL") == 1
-             and scalar("SELECT count(*) FROM workers") == workers, 120, "a leader")  # fmt: skip
+        wait(
+            lambda: (
+                scalar("SELECT count(*) FROM workers WHERE leader_since IS NOT NULL") == 1
+                and scalar("SELECT count(*) FROM workers") == workers
+            ),
+            120,
+            "a leader",
+        )
         started = time.perf_counter()
         trigger = recocamp(work, "runs", "trigger", "campaign:bench", stdout=subprocess.DEVNULL)
         assert trigger.wait() == 0
-        wait(lambda: scalar("SELECT status FROM runs WHERE job = 'campaign:bench'") == "ok",
-             900, "the campaign run")  # fmt: skip
+        wait(
+            lambda: scalar("SELECT status FROM runs WHERE job = 'campaign:bench'") == "ok",
+            900,
+            "the campaign run",
+        )
         total = scalar("SELECT count(*) FROM outbox")
-        wait(lambda: scalar("SELECT count(*) FROM outbox WHERE state = 'sent'") == total, 900,
-             "delivery")  # fmt: skip
+        wait(
+            lambda: scalar("SELECT count(*) FROM outbox WHERE state = 'sent'") == total,
+            900,
+            "delivery",
+        )
         seconds = time.perf_counter() - started
         phase = scalar("SELECT extract(epoch FROM max(sent_at) - min(sent_at)) FROM outbox")
         senders = scalar("SELECT count(DISTINCT split_part(claimed_by, ':', 2)) FROM outbox")
@@ -193,9 +226,16 @@ def one(url: str, work: Path, workers: int, latency_ms: float) -> dict[str, floa
         esp.wait()
         engine.dispose()
     exact = stats["unique_send_keys"] == stats["received"] == total and not stats["duplicates"]
-    return {"workers": workers, "emails": total, "seconds": seconds, "rate": total / seconds,
-            "delivery_s": float(phase), "delivery_rate": total / max(float(phase), 1e-9),
-            "delivering_processes": senders, "exactly_once": exact}  # fmt: skip
+    return {
+        "workers": workers,
+        "emails": total,
+        "seconds": seconds,
+        "rate": total / seconds,
+        "delivery_s": float(phase),
+        "delivery_rate": total / max(float(phase), 1e-9),
+        "delivering_processes": senders,
+        "exactly_once": exact,
+    }
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
@@ -31,9 +31,17 @@ YEAR_MIN, YEAR_MAX = 1900, 9000  # instants, in UTC: every time zone and both st
 MONEY_QUANTUM = Decimal("0.0001")  # the scale of NUMERIC(14, 4) (Money)
 FIELD_MAX = 100_000  # characters in one CSV field; every column's own limit is lower
 TEXT_MAX = {  # free-text columns: their column sizes
-    "email": 320, "first_name": 200, "locale": 16, "time_zone": 64, "country": 64,
-    "consent_source": 200, "title": 500, "category": 100, "url": 2000, "image_url": 2000,
-}  # fmt: skip
+    "email": 320,
+    "first_name": 200,
+    "locale": 16,
+    "time_zone": 64,
+    "country": 64,
+    "consent_source": 200,
+    "title": 500,
+    "category": 100,
+    "url": 2000,
+    "image_url": 2000,
+}
 
 
 def id_problem(value: str) -> str | None:
@@ -49,6 +57,15 @@ def id_problem(value: str) -> str | None:
     bad = next(c for c in value if not c.isprintable())
     kind = "a control" if unicodedata.category(bad) == "Cc" else "a non-printable"
     return f"contains {kind} character (U+{ord(bad):04X})"
+
+
+def check_id(value: str) -> str:
+    """``value`` when it can be an id, else ValueError with :func:`id_problem`'s message: the
+    one id rule as a validator (pydantic's ``AfterValidator`` on the API's ids)."""
+    problem = id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def text_problem(value: str, limit: int) -> str | None:
@@ -190,10 +207,12 @@ def order_digest(lines: Iterable[Purchase]) -> str:
     that recomputes ``orders.content_sha256``."""
     digest = hashlib.sha256()
     for line in sorted(lines, key=lambda p: p.line_no):
-        digest.update(f"{line.line_no}\x1f{line.item_id}\x1f{line.quantity}\x1f"
-                      f"{stored_price(line.unit_price)}\x1f"
-                      f"{line.ordered_at.astimezone(UTC).isoformat()}\x1f"
-                      f"{int(line.is_return)}\x1e".encode())  # fmt: skip
+        digest.update(
+            f"{line.line_no}\x1f{line.item_id}\x1f{line.quantity}\x1f"
+            f"{stored_price(line.unit_price)}\x1f"
+            f"{line.ordered_at.astimezone(UTC).isoformat()}\x1f"
+            f"{int(line.is_return)}\x1e".encode()
+        )
     return digest.hexdigest()
 
 
@@ -209,3 +228,121 @@ def stored_price(price: float) -> str:
 def email_hash(address: str) -> str:
     """How suppressions know an address without keeping it: SHA-256 of the trimmed lowercase."""
     return hashlib.sha256(address.strip().lower().encode()).hexdigest()
+
+
+@dataclass
+class DeliveryReport:
+    """What one drain of the outbox did (the deliverer's answer, a campaign run's part)."""
+
+    sent: int = 0
+    rejected: int = 0  # permanent for the recipient: suppressed
+    failed: int = 0  # out of attempts or refused for good
+    retried: int = 0  # put back for a later attempt
+    cancelled: int = 0
+    reconciled: int = 0  # stale claims the provider had already accepted
+    requests: int = 0
+    paused: dict[str, str] = field(default_factory=dict)
+    waiting: int = 0  # still queued for later (retry or quiet hours) when the drain ended
+
+    def add(self, other: DeliveryReport) -> None:
+        for name in (
+            "sent",
+            "rejected",
+            "failed",
+            "retried",
+            "cancelled",
+            "reconciled",
+            "requests",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+# --- contacts: what went out to a customer and what came back ----------------------------
+
+# a customer's own choice on the preferences page: at most one marketing mail per …
+PREFERENCE_PERIODS = {
+    "daily": timedelta(days=1),
+    "weekly": timedelta(days=7),
+    "monthly": timedelta(days=30),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A marketing e-mail that went (or is going) out to the customer.
+
+    Here, not in ``campaigns.caps``, because the store reads contact histories for the caps."""
+
+    campaign: str
+    at: datetime
+
+
+# the contact events that put an address on the suppression list
+SUPPRESSING = frozenset({"bounced", "complained", "unsubscribed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A contact event from a provider's webhook (``delivery.webhooks`` reads them; the
+    store records them and applies their consequences)."""
+
+    provider: str
+    kind: str  # delivered | bounced | soft_bounced | complained | unsubscribed | opened | clicked
+    event_key: str
+    at: datetime
+    email: str | None = None
+    message_id: str | None = None
+    send_key: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """A send (treated) or a holdout decision (a would-have-been send) of one customer.
+
+    The store reads touches; ``measure.attribution`` attributes orders to them."""
+
+    campaign: str
+    customer_id: str
+    at: datetime
+    holdout: bool
+    variant: str | None = None
+    key: str = ""  # send key, or run key for a holdout
+
+
+# --- what the planner reads: the store's rows, before campaigns make views of them --------
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerOrder:
+    """One order of a known customer as the store keeps it: when (its earliest line), its
+    revenue and items (purchase lines only: no returns, adjustments or free lines)."""
+
+    customer_id: str
+    order_id: str
+    at: datetime
+    revenue: float
+    items: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRecord:
+    """A customer with the choices that bound their contacts (preferences page, pauses)."""
+
+    customer: Customer
+    frequency_preference: str | None = None
+    paused_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanningRows:
+    """Everything the store holds that a campaign run plans with, read at one instant;
+    ``campaigns.audience`` turns it into the planner's views."""
+
+    customers: list[CustomerRecord]
+    orders: list[CustomerOrder]  # in the order first seen: histories sort them
+    personal: dict[str, list[Any]]  # customer → top-N from the live model
+    contacts: dict[str, tuple[Contact, ...]]  # customer → contacts, oldest first
+    suppressed: frozenset[str]  # address hashes
+    items: dict[str, Item]
+    popular: list[list[Any]]  # the cold-start list: [item, score]

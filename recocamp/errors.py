@@ -139,8 +139,9 @@ class TransientDeliveryError(DeliveryError):
     read timeout, a dropped connection): the sender must look them up before resending.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None,
-                 ambiguous: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, ambiguous: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.ambiguous = ambiguous

@@ -10,35 +10,42 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 JOB_RUNS = Counter(
-    "recocamp_job_runs_total", "Job runs by job and outcome (ok, error, skipped).",
+    "recocamp_job_runs_total",
+    "Job runs by job and outcome (ok, error, skipped).",
     ["job", "outcome"],
-)  # fmt: skip
+)
 JOB_SECONDS = Histogram(
-    "recocamp_job_duration_seconds", "Duration of job runs.", ["job"],
+    "recocamp_job_duration_seconds",
+    "Duration of job runs.",
+    ["job"],
     buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
-)  # fmt: skip
+)
 EMAILS = Counter(
     "recocamp_emails_total",
     "E-mails by campaign and outcome (enqueued, sent, rejected, failed, retried, cancelled).",
     ["campaign", "outcome"],
 )
 DECISIONS = Counter(
-    "recocamp_decisions_total", "Campaign decisions by campaign and reason (skips included).",
+    "recocamp_decisions_total",
+    "Campaign decisions by campaign and reason (skips included).",
     ["campaign", "reason"],
-)  # fmt: skip
+)
 TRAIN_SECONDS = Gauge("recocamp_train_duration_seconds", "Duration of the last training run.")
 MODEL_INFO = Gauge("recocamp_live_model", "The live model version (value 1).", ["version"])
 LEADER = Gauge("recocamp_scheduler_leader", "1 while this worker schedules jobs, else 0.")
 
 # --- the shop API (route = the route's path template, never a raw path with ids or tokens) ---
 HTTP_REQUESTS = Counter(
-    "recocamp_http_requests_total", "API requests by method, route and status code.",
+    "recocamp_http_requests_total",
+    "API requests by method, route and status code.",
     ["method", "route", "status"],
-)  # fmt: skip
+)
 HTTP_SECONDS = Histogram(
-    "recocamp_http_request_duration_seconds", "API request duration by route.", ["route"],
+    "recocamp_http_request_duration_seconds",
+    "API request duration by route.",
+    ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
-)  # fmt: skip
+)
 API_ANSWERS = Counter(
     "recocamp_api_next_best_offer_total",
     "Next-best-offer answers: cached (nothing committed since), checked (store unchanged for "
@@ -46,9 +53,10 @@ API_ANSWERS = Counter(
     ["outcome"],
 )
 API_EVENTS = Counter(
-    "recocamp_api_purchase_events_total", "Orders posted to the events endpoint by outcome.",
+    "recocamp_api_purchase_events_total",
+    "Orders posted to the events endpoint by outcome.",
     ["outcome"],
-)  # fmt: skip
+)
 PRIVACY_REQUESTS = Counter(
     "recocamp_privacy_requests_total", "Exports and erasures by channel.", ["kind", "via"]
 )

@@ -65,6 +65,13 @@ class ShopSettings(_Section):
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     default_locale: Literal["de", "en"] = "de"
 
+    @property
+    def zone(self) -> ZoneInfo:
+        """The shop's zone (``time_zone``, checked when the settings load). ``ZoneInfo`` keeps
+        its instances, so this is the same object every time; a property rather than a cached
+        one, so a ``model_copy`` with another ``time_zone`` never answers with the old zone."""
+        return ZoneInfo(self.time_zone)
+
 
 class IngestSettings(_Section):
     drop_dir: Path = Path("incoming")
@@ -293,6 +300,27 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # the file's values arrive as init kwargs; the environment must win over them
         return (env_settings, init_settings)
+
+    def signing_key_bytes(self) -> bytes | None:
+        """``RECOCAMP_SIGNING_KEY`` as the HMAC key of link tokens and erasure tombstones (the
+        one place it is read); None when it is not set."""
+        key = self.signing_key
+        return key.get_secret_value().encode() if key is not None else None
+
+    def require_signing_key(self) -> bytes:
+        """The signing key, or a ConfigError: sending needs it for unsubscribe links."""
+        key = self.signing_key_bytes()
+        if key is None:
+            raise ConfigError(
+                Path("settings.toml"),
+                [
+                    Problem(
+                        "sending needs a secret for unsubscribe links: set RECOCAMP_SIGNING_KEY",
+                        key="signing_key",
+                    )
+                ],
+            )
+        return key
 
 
 def settings_path(explicit: Path | None = None) -> Path | None:

@@ -44,10 +44,20 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign(key: bytes, customer_id: str, campaign: str, purpose: str, now: datetime,
-         survey: str | None = None) -> str:  # fmt: skip
-    claims: dict[str, object] = {"c": customer_id, "k": campaign, "p": purpose,
-                                 "i": int(now.timestamp())}  # fmt: skip
+def sign(
+    key: bytes,
+    customer_id: str,
+    campaign: str,
+    purpose: str,
+    now: datetime,
+    survey: str | None = None,
+) -> str:
+    claims: dict[str, object] = {
+        "c": customer_id,
+        "k": campaign,
+        "p": purpose,
+        "i": int(now.timestamp()),
+    }
     if survey is not None:
         claims["s"] = survey
     payload = json.dumps(claims, separators=(",", ":")).encode()
@@ -73,8 +83,13 @@ def verify(key: bytes, token: str, purpose: str, now: datetime, max_age_days: in
     if (now - issued).days > max_age_days:
         raise TokenError("token expired")
     survey = data.get("s")
-    return Claims(str(data["c"]), str(data["k"]), str(data["p"]), issued,
-                  None if survey is None else str(survey))  # fmt: skip
+    return Claims(
+        str(data["c"]),
+        str(data["k"]),
+        str(data["p"]),
+        issued,
+        None if survey is None else str(survey),
+    )
 
 
 def keyed_hash(key: bytes, kind: str, value: str) -> str:

@@ -25,15 +25,15 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from recocamp import training
-from recocamp.api import create_app
-from recocamp.api_auth import digest
+from recocamp.api.app import create_app
+from recocamp.api.auth import digest
 from recocamp.clock import FixedClock
+from recocamp.data.synthetic import END, ConsentMix, customer_record, generate_shop
+from recocamp.recommender import training
 from recocamp.settings import Settings
 from recocamp.store import queries
 from recocamp.store.engine import make_engine, upgrade
 from recocamp.store.schema import models
-from recocamp.synthetic import END, ConsentMix, customer_record, generate_shop
 from tests.conftest import POSTGRES_URL
 
 NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
@@ -57,15 +57,25 @@ def bearer(name: str) -> dict[str, str]:
 
 def settings_for(artifacts: Path, **api: Any) -> Settings:
     base = Settings()
-    recommender = base.recommender.model_copy(update={
-        "artifacts_dir": artifacts, "factors": 8, "iterations": 5, "top_n": 10,
-        "evaluation_horizon_days": 30, "use_gpu": "false",
-    })  # fmt: skip
-    return base.model_copy(update={
-        "recommender": recommender, "api": base.api.model_copy(update=api),
-        "api_keys": SecretStr(ENTRIES), "signing_key": SecretStr(SIGNING_KEY),
-        "webhook_secret": SecretStr("hook-secret"),
-    })  # fmt: skip
+    recommender = base.recommender.model_copy(
+        update={
+            "artifacts_dir": artifacts,
+            "factors": 8,
+            "iterations": 5,
+            "top_n": 10,
+            "evaluation_horizon_days": 30,
+            "use_gpu": "false",
+        }
+    )
+    return base.model_copy(
+        update={
+            "recommender": recommender,
+            "api": base.api.model_copy(update=api),
+            "api_keys": SecretStr(ENTRIES),
+            "signing_key": SecretStr(SIGNING_KEY),
+            "webhook_secret": SecretStr("hook-secret"),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -103,8 +113,10 @@ def build_template(backend: str, directory: Path) -> Iterator[Template]:
 
 def _fill(engine: sa.Engine) -> None:
     generated = generate_shop(seed=3, customers=150, items=60, days=150)
-    people = [customer_record(cid, country, None, 3, ConsentMix(objected=0.0))
-              for cid, country in generated.countries.items()]  # fmt: skip
+    people = [
+        customer_record(cid, country, None, 3, ConsentMix(objected=0.0))
+        for cid, country in generated.countries.items()
+    ]
     people = [replace(p, objected_to_profiling=p.id == OBJECTOR) for p in people]
     with engine.begin() as connection:
         queries.upsert_items(connection, generated.items, NOW)
@@ -142,8 +154,11 @@ def clone(template: Template, directory: Path) -> Iterator[tuple[sa.Engine, Path
         url = _url(name)
     engine = make_engine(url)
     with engine.begin() as connection:
-        connection.execute(sa.update(models).values(path=sa.func.replace(
-            models.c.path, str(template.artifacts), str(artifacts))))  # fmt: skip
+        connection.execute(
+            sa.update(models).values(
+                path=sa.func.replace(models.c.path, str(template.artifacts), str(artifacts))
+            )
+        )
     try:
         yield engine, artifacts
     finally:
@@ -174,8 +189,9 @@ def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> Reply:
     return asyncio.run(go())
 
 
-def make_app(engine: sa.Engine, artifacts: Path, clock: FixedClock | None = None,
-             **api: Any) -> FastAPI:  # fmt: skip
+def make_app(
+    engine: sa.Engine, artifacts: Path, clock: FixedClock | None = None, **api: Any
+) -> FastAPI:
     return create_app(settings_for(artifacts, **api), engine, clock or FixedClock(NOW))
 
 

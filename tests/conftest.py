@@ -119,8 +119,9 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Any]:  # fmt: skip
+def template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """One trained shop per backend and test module (``api_shop.Template``)."""
     from tests.api_shop import build_template
 

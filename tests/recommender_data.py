@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from recocamp.matrix import Lines
+from recocamp.recommender.matrix import Lines
 
 CUTOFF = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -34,5 +34,6 @@ def toy_lines(extra: tuple[tuple[str, str, str, datetime], ...] = ()) -> Lines:
     rows += [("a_new", "p2", "x-o2", day + timedelta(days=3))]
     rows += [("solo", "q1", "s-o1", day + timedelta(days=5)), ("solo2", "q1", "s-o2", day)]
     customer, item, order, at = zip(*(rows + list(extra)), strict=True)
-    return Lines.from_ids(np.array(customer), np.array(item), np.array(order),
-                          np.array([t.timestamp() for t in at]))  # fmt: skip
+    return Lines.from_ids(
+        np.array(customer), np.array(item), np.array(order), np.array([t.timestamp() for t in at])
+    )

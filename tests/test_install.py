@@ -64,15 +64,23 @@ def test_what_the_readme_commands_write_into_the_checkout_is_git_ignored() -> No
     defaults = Settings()
     written = {
         *re.findall(r"--html (\S+\.html)", readme),  # report.html, preview.html
-        "demo/purchases.csv", "demo/fake-esp/messages.jsonl",  # demo-data, worker --demo
-        f"{defaults.ingest.drop_dir}/orders.csv", f"{defaults.ingest.processed_dir}/orders.csv",
+        "demo/purchases.csv",
+        "demo/fake-esp/messages.jsonl",  # demo-data, worker --demo
+        f"{defaults.ingest.drop_dir}/orders.csv",
+        f"{defaults.ingest.processed_dir}/orders.csv",
         f"{defaults.recommender.artifacts_dir}/v1/meta.json",
-        database, f"{database}-wal", f"{database}-shm", f"{database}.worker-lock",
-    }  # fmt: skip
+        database,
+        f"{database}-wal",
+        f"{database}-shm",
+        f"{database}.worker-lock",
+    }
     assert {"report.html", "preview.html"} <= written
     found = subprocess.run(
         ["git", "check-ignore", "--no-index", *sorted(written)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert found.returncode in (0, 1), found.stderr
     assert sorted(written - set(found.stdout.split())) == []

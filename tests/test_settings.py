@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import SecretStr
@@ -351,3 +352,22 @@ def test_the_repository_settings_file_loads() -> None:
     assert settings.shop.default_locale == "en"
     assert settings.caps.quiet_hours_end == time(8, 0)
     assert settings.recommender.time_decay_half_life_days is None
+
+
+def test_the_signing_key_is_read_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    unset = load_settings(REPO_SETTINGS)
+    assert unset.signing_key_bytes() is None
+    with pytest.raises(ConfigError) as refused:
+        unset.require_signing_key()
+    assert refused.value.problems[0].key == "signing_key"
+    assert "RECOCAMP_SIGNING_KEY" in str(refused.value)
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "sign-0123456789")
+    settings = load_settings(REPO_SETTINGS)
+    assert settings.signing_key_bytes() == settings.require_signing_key() == b"sign-0123456789"
+
+
+def test_the_shop_zone_is_a_property_of_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECOCAMP_SHOP__TIME_ZONE", "America/New_York")
+    shop = load_settings(REPO_SETTINGS).shop
+    assert shop.zone == ZoneInfo("America/New_York") and shop.zone is shop.zone
+    assert shop.model_copy(update={"time_zone": "Asia/Tokyo"}).zone == ZoneInfo("Asia/Tokyo")

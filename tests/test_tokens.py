@@ -58,7 +58,8 @@ def test_wrong_key_purpose_or_age() -> None:
 def test_keyed_hashes_need_the_key_and_normalise_addresses_only() -> None:
     key, other = b"k" * 32, b"o" * 32
     assert keyed_hash(key, "email", " Erin@Example.TEST") == keyed_hash(
-        key, "email", "erin@example.test")  # fmt: skip
+        key, "email", "erin@example.test"
+    )
     assert keyed_hash(key, "customer", "C1") != keyed_hash(key, "customer", "c1")
     assert keyed_hash(key, "customer", "c1") != keyed_hash(other, "customer", "c1")
     assert keyed_hash(key, "customer", "x") != keyed_hash(key, "email", "x")

@@ -16,9 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from recocamp.data.ingest import Importer
+from recocamp.data.sources.csv import write_customers, write_items, write_purchases
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase
-from recocamp.ingest import Importer
-from recocamp.sources.csv import write_customers, write_items, write_purchases
 from recocamp.store.engine import make_engine, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,18 +42,37 @@ text = "cross_sell.txt"
 
 
 def write_shop(directory: Path, customers: int, now: datetime) -> dict[str, Path]:
-    people = [Customer(id=f"w{n}", email=f"w{n}@example.test", first_name=f"N{n}",
-                       consent_basis=ConsentBasis.DOUBLE_OPT_IN,
-                       consent_at=now - timedelta(days=200)) for n in range(customers)]  # fmt: skip
-    items = [Item(id=f"i{n}", title=f"ITEM {n}", category="other", price=2.0 + n)
-             for n in range(12)]  # fmt: skip
+    people = [
+        Customer(
+            id=f"w{n}",
+            email=f"w{n}@example.test",
+            first_name=f"N{n}",
+            consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+            consent_at=now - timedelta(days=200),
+        )
+        for n in range(customers)
+    ]
+    items = [
+        Item(id=f"i{n}", title=f"ITEM {n}", category="other", price=2.0 + n) for n in range(12)
+    ]
     lines = [
-        Purchase(order_id=f"o{n}", line_no=k, customer_id=f"w{n}", item_id=f"i{(n + 5 * k) % 12}",
-                 quantity=1, unit_price=3.0, ordered_at=now - timedelta(days=1 + n % 20))
-        for n in range(customers) for k in range(2)
-    ]  # fmt: skip
-    paths = {"customers": directory / "customers.csv", "items": directory / "items.csv",
-             "purchases": directory / "purchases.csv"}  # fmt: skip
+        Purchase(
+            order_id=f"o{n}",
+            line_no=k,
+            customer_id=f"w{n}",
+            item_id=f"i{(n + 5 * k) % 12}",
+            quantity=1,
+            unit_price=3.0,
+            ordered_at=now - timedelta(days=1 + n % 20),
+        )
+        for n in range(customers)
+        for k in range(2)
+    ]
+    paths = {
+        "customers": directory / "customers.csv",
+        "items": directory / "items.csv",
+        "purchases": directory / "purchases.csv",
+    }
     write_customers(paths["customers"], people)
     write_items(paths["items"], items)
     write_purchases(paths["purchases"], lines)
@@ -61,8 +80,13 @@ def write_shop(directory: Path, customers: int, now: datetime) -> dict[str, Path
 
 
 def settings_text(db_url: str, esp_url: str, **worker: object) -> str:
-    options = {"leader_poll_s": 0.5, "deliver_every_s": 0.5, "metrics_port": 0,
-               "shutdown_timeout_s": 20, **worker}  # fmt: skip
+    options = {
+        "leader_poll_s": 0.5,
+        "deliver_every_s": 0.5,
+        "metrics_port": 0,
+        "shutdown_timeout_s": 20,
+        **worker,
+    }
     return (
         f'database_url = "{db_url}"\n'
         '[shop]\ntime_zone = "Europe/Berlin"\n'
@@ -74,8 +98,9 @@ def settings_text(db_url: str, esp_url: str, **worker: object) -> str:
     )
 
 
-def make_shop(directory: Path, db_url: str, esp_url: str, customers: int = 60,
-              **worker: object) -> Path:  # fmt: skip
+def make_shop(
+    directory: Path, db_url: str, esp_url: str, customers: int = 60, **worker: object
+) -> Path:
     """A shop directory (settings, campaigns, templates) and its filled database."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "campaigns").mkdir(exist_ok=True)
@@ -98,9 +123,12 @@ def make_shop(directory: Path, db_url: str, esp_url: str, customers: int = 60,
 
 def environment(directory: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECOCAMP_")}
-    return env | {"RECOCAMP_SETTINGS": str(directory / "settings.toml"),
-                  "RECOCAMP_SIGNING_KEY": "worker-test-key", "RECOCAMP_ESP_TOKEN": "test-token",
-                  "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    return env | {
+        "RECOCAMP_SETTINGS": str(directory / "settings.toml"),
+        "RECOCAMP_SIGNING_KEY": "worker-test-key",
+        "RECOCAMP_ESP_TOKEN": "test-token",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def start_worker(directory: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
@@ -108,14 +136,21 @@ def start_worker(directory: Path, *args: str, log: Path | None = None) -> subpro
     path = log or directory / f"worker-{len(list(directory.glob('worker-*.log')))}.log"
     command = [sys.executable, "-m", "recocamp", "worker", *args]
     with path.open("wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(command, cwd=directory, env=environment(directory), stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        return subprocess.Popen(
+            command, cwd=directory, env=environment(directory), stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def recocamp(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "recocamp", *args], cwd=directory,
-                          env=environment(directory), capture_output=True, text=True,
-                          timeout=60, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "recocamp", *args],
+        cwd=directory,
+        env=environment(directory),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def wait_for(condition: Callable[[], Any], seconds: float = 60) -> Any:

@@ -16,13 +16,7 @@ from recocamp.forecast.btyd import BgNbd, GammaGamma
 from recocamp.forecast.evaluate import Quality
 from recocamp.forecast.history import History, PurchaseDays, day_number, day_of, local_days
 from recocamp.forecast.models import FORECASTERS
-from recocamp.forecast.outlook import (
-    CustomerForecast,
-    Evaluation,
-    evaluate,
-    forecast,
-    live_model,
-)
+from recocamp.forecast.outlook import CustomerForecast, Evaluation, evaluate, forecast, live_model
 
 __all__ = [
     "FORECASTERS",

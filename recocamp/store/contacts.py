@@ -16,10 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.domain import email_hash
-from recocamp.store.queries import _insert, audit
+from recocamp.domain import SUPPRESSING, Event, email_hash
+from recocamp.store.queries import audit, upsert_statement
 from recocamp.store.schema import contact_events, customers, outbox, suppressions
-from recocamp.webhooks import SUPPRESSING, Event
 
 OPT_OUTS = frozenset({"complained", "unsubscribed"})
 OUTBOX_STATES = {"delivered": "delivered", "bounced": "bounced"}
@@ -36,7 +35,7 @@ def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> 
     for event in events:
         row = _outbox_row(connection, event)
         inserted = connection.execute(
-            _insert(connection, contact_events)
+            upsert_statement(connection, contact_events)
             .on_conflict_do_nothing(index_elements=["event_key"])
             .returning(contact_events.c.id),
             {
@@ -51,7 +50,7 @@ def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> 
                 "at": event.at,
                 "details": {k: v for k, v in event.details.items() if v is not None},
             },
-        ).first()  # fmt: skip  (rowcount is -1 on psycopg: RETURNING tells what was inserted)
+        ).first()  # rowcount is -1 on psycopg: RETURNING tells what was inserted
         if inserted is not None:
             new += 1
             _consequences(connection, event, row, now)
@@ -65,8 +64,14 @@ def _outbox_row(connection: sa.Connection, event: Event) -> Any:
         where = outbox.c.provider_message_id == event.message_id
     else:
         return None
-    query = sa.select(outbox.c.id, outbox.c.send_key, outbox.c.customer_id, outbox.c.campaign,
-                      outbox.c.recipient, outbox.c.state).where(where)  # fmt: skip
+    query = sa.select(
+        outbox.c.id,
+        outbox.c.send_key,
+        outbox.c.customer_id,
+        outbox.c.campaign,
+        outbox.c.recipient,
+        outbox.c.state,
+    ).where(where)
     return connection.execute(query).first()
 
 
@@ -78,40 +83,73 @@ def _consequences(connection: sa.Connection, event: Event, row: Any, now: dateti
         unsubscribe(connection, row.customer_id, event.at, source=f"{event.provider} {event.kind}")
     state = OUTBOX_STATES.get(event.kind)
     if state and row is not None and row.state in ("sent", "delivered"):
-        connection.execute(sa.update(outbox).where(outbox.c.id == row.id).values(
-            state=state, updated_at=now))  # fmt: skip
+        connection.execute(
+            sa.update(outbox).where(outbox.c.id == row.id).values(state=state, updated_at=now)
+        )
 
 
-def suppress(connection: sa.Connection, address: str, reason: str, source: str,
-             now: datetime) -> None:  # fmt: skip
-    statement = _insert(connection, suppressions).on_conflict_do_nothing(
-        index_elements=["email_hash"])  # fmt: skip
-    connection.execute(statement, {"email_hash": email_hash(address), "reason": reason,
-                                   "source": source[:64], "created_at": now})  # fmt: skip
+def suppress(
+    connection: sa.Connection, address: str, reason: str, source: str, now: datetime
+) -> None:
+    statement = upsert_statement(connection, suppressions).on_conflict_do_nothing(
+        index_elements=["email_hash"]
+    )
+    connection.execute(
+        statement,
+        {
+            "email_hash": email_hash(address),
+            "reason": reason,
+            "source": source[:64],
+            "created_at": now,
+        },
+    )
 
 
 def unsubscribe(connection: sa.Connection, customer_id: str, at: datetime, source: str) -> bool:
     """Set ``unsubscribed_at`` (first time only), suppress the address, audit it."""
-    row = connection.execute(sa.select(customers.c.email, customers.c.unsubscribed_at).where(
-        customers.c.id == customer_id)).first()  # fmt: skip
+    row = connection.execute(
+        sa.select(customers.c.email, customers.c.unsubscribed_at).where(
+            customers.c.id == customer_id
+        )
+    ).first()
     if row is None or row.unsubscribed_at is not None:
         return False
-    connection.execute(sa.update(customers).where(customers.c.id == customer_id).values(
-        unsubscribed_at=at, updated_at=at))  # fmt: skip
+    connection.execute(
+        sa.update(customers)
+        .where(customers.c.id == customer_id)
+        .values(unsubscribed_at=at, updated_at=at)
+    )
     if row.email:
         suppress(connection, row.email, "unsubscribed", source, at)
-    audit(connection, at=at, actor=source[:200], action="unsubscribe", subject_type="customer",
-          subject_id=customer_id, details={})  # fmt: skip
+    audit(
+        connection,
+        at=at,
+        actor=source[:200],
+        action="unsubscribe",
+        subject_type="customer",
+        subject_id=customer_id,
+        details={},
+    )
     return True
 
 
-def record_link_unsubscribe(connection: sa.Connection, customer_id: str, campaign: str,
-                            issued: datetime, now: datetime) -> bool:  # fmt: skip
+def record_link_unsubscribe(
+    connection: sa.Connection, customer_id: str, campaign: str, issued: datetime, now: datetime
+) -> bool:
     """A click on a signed unsubscribe link (one-click POST or the confirm page)."""
     connection.execute(
-        _insert(connection, contact_events).on_conflict_do_nothing(index_elements=["event_key"]),
-        {"event_key": f"link:{customer_id}:{campaign}:{int(issued.timestamp())}"[:200],
-         "kind": "unsubscribed", "provider": "link", "customer_id": customer_id,
-         "campaign": campaign, "send_key": None, "at": now, "details": {}},
-    )  # fmt: skip
+        upsert_statement(connection, contact_events).on_conflict_do_nothing(
+            index_elements=["event_key"]
+        ),
+        {
+            "event_key": f"link:{customer_id}:{campaign}:{int(issued.timestamp())}"[:200],
+            "kind": "unsubscribed",
+            "provider": "link",
+            "customer_id": customer_id,
+            "campaign": campaign,
+            "send_key": None,
+            "at": now,
+            "details": {},
+        },
+    )
     return unsubscribe(connection, customer_id, now, source=f"link {campaign}")

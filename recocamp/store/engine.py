@@ -16,6 +16,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection as Connection  # re-exported: the types other packages hold
+from sqlalchemy import Engine as Engine
+from sqlalchemy.exc import SQLAlchemyError as SQLAlchemyError  # re-exported: any store failure
 
 from recocamp.errors import StoreError
 
@@ -47,6 +50,12 @@ def make_engine(url: str) -> sa.Engine:
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def ping(engine: sa.Engine) -> None:
+    """Raise :class:`SQLAlchemyError` unless the database answers (``SELECT 1``)."""
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

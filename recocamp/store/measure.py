@@ -19,8 +19,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.measure import Touch
-from recocamp.store.queries import _insert
+from recocamp.domain import Touch
+from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import (
     decisions,
     feedback,
@@ -31,8 +31,17 @@ from recocamp.store.schema import (
 )
 
 TREATED_STATES = ("sent", "delivered", "bounced")
-KPI_COLUMNS = ("orders", "customers", "guest_orders", "purchase_frequency", "average_order_value",
-               "repeat_purchase_rate", "guest_checkout_rate", "churn_rate", "clv")  # fmt: skip
+KPI_COLUMNS = (
+    "orders",
+    "customers",
+    "guest_orders",
+    "purchase_frequency",
+    "average_order_value",
+    "repeat_purchase_rate",
+    "guest_checkout_rate",
+    "churn_rate",
+    "clv",
+)
 REPORTS_KEPT = 30
 
 
@@ -42,18 +51,23 @@ def touches(connection: sa.Connection, start: datetime, end: datetime) -> list[T
     sent = sa.select(o.campaign, o.customer_id, o.created_at, o.variant, o.send_key).where(
         o.state.in_(TREATED_STATES), o.created_at >= start, o.created_at < end
     )
-    found = [Touch(r.campaign, r.customer_id, r.created_at, False, r.variant, r.send_key)
-             for r in connection.execute(sent)]  # fmt: skip
+    found = [
+        Touch(r.campaign, r.customer_id, r.created_at, False, r.variant, r.send_key)
+        for r in connection.execute(sent)
+    ]
     held = sa.select(d.campaign, d.customer_id, d.decided_at, d.run_key).where(
         d.outcome == "holdout", d.decided_at >= start, d.decided_at < end
     )
-    found += [Touch(r.campaign, r.customer_id, r.decided_at, True, None, r.run_key)
-              for r in connection.execute(held)]  # fmt: skip
+    found += [
+        Touch(r.campaign, r.customer_id, r.decided_at, True, None, r.run_key)
+        for r in connection.execute(held)
+    ]
     return found
 
 
-def decision_reasons(connection: sa.Connection, start: datetime,
-                     end: datetime) -> list[tuple[str, str, str, int]]:  # fmt: skip
+def decision_reasons(
+    connection: sa.Connection, start: datetime, end: datetime
+) -> list[tuple[str, str, str, int]]:
     """``(campaign, outcome, reason, decisions)`` of the runs decided in ``[start, end)``."""
     d = decisions.c
     query = (
@@ -81,20 +95,27 @@ def segment_days(connection: sa.Connection, first: date, last: date) -> set[date
     return set(connection.execute(query).scalars())
 
 
-def write_snapshots(connection: sa.Connection, kpi_rows: Sequence[dict[str, Any]],
-                    segment_rows: Sequence[dict[str, Any]],
-                    replace: bool = False) -> int:  # fmt: skip
+def write_snapshots(
+    connection: sa.Connection,
+    kpi_rows: Sequence[dict[str, Any]],
+    segment_rows: Sequence[dict[str, Any]],
+    replace: bool = False,
+) -> int:
     """Insert snapshot rows (existing days are kept, or replaced with ``replace``); returns
     the rows written."""
     written = 0
-    for table, keys, rows in ((kpi_snapshots, ("day", "window_days"), kpi_rows),
-                              (segment_snapshots, ("day", "segment"), segment_rows)):  # fmt: skip
+    for table, keys, rows in (
+        (kpi_snapshots, ("day", "window_days"), kpi_rows),
+        (segment_snapshots, ("day", "segment"), segment_rows),
+    ):
         if not rows:
             continue
         if replace:
             days = sorted({row["day"] for row in rows})
             connection.execute(sa.delete(table).where(table.c.day.in_(days)))
-        statement = _insert(connection, table).on_conflict_do_nothing(index_elements=list(keys))
+        statement = upsert_statement(connection, table).on_conflict_do_nothing(
+            index_elements=list(keys)
+        )
         if connection.dialect.name == "sqlite":
             written += int(connection.execute(statement, list(rows)).rowcount)
         else:
@@ -103,8 +124,9 @@ def write_snapshots(connection: sa.Connection, kpi_rows: Sequence[dict[str, Any]
     return written
 
 
-def kpi_history(connection: sa.Connection, first: date,
-                last: date) -> dict[tuple[date, int], dict[str, float | None]]:  # fmt: skip
+def kpi_history(
+    connection: sa.Connection, first: date, last: date
+) -> dict[tuple[date, int], dict[str, float | None]]:
     """Snapshots keyed by ``(day, window)``: KPI name → value."""
     k = kpi_snapshots.c
     query = sa.select(kpi_snapshots).where(k.day >= first, k.day <= last).order_by(k.day)
@@ -116,8 +138,9 @@ def kpi_history(connection: sa.Connection, first: date,
     }
 
 
-def segment_history(connection: sa.Connection, first: date,
-                    last: date) -> dict[date, dict[str, int]]:  # fmt: skip
+def segment_history(
+    connection: sa.Connection, first: date, last: date
+) -> dict[date, dict[str, int]]:
     s = segment_snapshots.c
     query = sa.select(s.day, s.segment, s.customers).where(s.day >= first, s.day <= last)
     found: dict[date, dict[str, int]] = {}
@@ -138,16 +161,28 @@ def _number(name: str, value: Any) -> float | None:
 # --- feedback ----------------------------------------------------------------------------
 
 
-def record_feedback(connection: sa.Connection, survey: str, campaign: str, customer_id: str,
-                    score: int, comment: str | None,
-                    now: datetime) -> tuple[bool, int]:  # fmt: skip
+def record_feedback(
+    connection: sa.Connection,
+    survey: str,
+    campaign: str,
+    customer_id: str,
+    score: int,
+    comment: str | None,
+    now: datetime,
+) -> tuple[bool, int]:
     """Store an answer unless the customer answered this survey already; returns whether it
     was new and the score that stands (the first answer)."""
-    statement = _insert(connection, feedback).on_conflict_do_nothing(
+    statement = upsert_statement(connection, feedback).on_conflict_do_nothing(
         index_elements=["survey", "customer_id"]
     )
-    values = {"survey": survey, "campaign": campaign, "customer_id": customer_id, "score": score,
-              "comment": comment, "answered_at": now}  # fmt: skip
+    values = {
+        "survey": survey,
+        "campaign": campaign,
+        "customer_id": customer_id,
+        "score": score,
+        "comment": comment,
+        "answered_at": now,
+    }
     inserted = connection.execute(statement.values(**values).returning(feedback.c.id)).first()
     new = inserted is not None  # RETURNING: rowcount of a conflicting insert differs by driver
     query = sa.select(feedback.c.score).where(
@@ -156,8 +191,9 @@ def record_feedback(connection: sa.Connection, survey: str, campaign: str, custo
     return new, int(connection.execute(query).scalar_one())
 
 
-def answers(connection: sa.Connection, start: datetime,
-            end: datetime) -> list[tuple[str, str, int, datetime]]:  # fmt: skip
+def answers(
+    connection: sa.Connection, start: datetime, end: datetime
+) -> list[tuple[str, str, int, datetime]]:
     """``(survey, campaign, score, answered_at)`` of answers in ``[start, end)``; no comments,
     no customer ids: the report shows aggregates only."""
     f = feedback.c
@@ -178,8 +214,9 @@ def surveys_sent(connection: sa.Connection, campaigns: Iterable[str]) -> Counter
     query = sa.select(o.campaign, o.send_key).where(
         o.campaign.in_(names), o.state.in_(TREATED_STATES)
     )
-    return Counter(f"{campaign}/{key.rpartition('/')[2]}" for campaign, key in
-                   connection.execute(query))  # fmt: skip
+    return Counter(
+        f"{campaign}/{key.rpartition('/')[2]}" for campaign, key in connection.execute(query)
+    )
 
 
 def customer_feedback(connection: sa.Connection, customer_id: str) -> list[dict[str, Any]]:
@@ -189,10 +226,14 @@ def customer_feedback(connection: sa.Connection, customer_id: str) -> list[dict[
         f.customer_id == customer_id
     )
     return [
-        {"survey": r.survey, "score": r.score, "comment": r.comment,
-         "answered_at": r.answered_at.isoformat()}
+        {
+            "survey": r.survey,
+            "score": r.score,
+            "comment": r.comment,
+            "answered_at": r.answered_at.isoformat(),
+        }
         for r in connection.execute(query.order_by(f.answered_at))
-    ]  # fmt: skip
+    ]
 
 
 def erase_feedback(connection: sa.Connection, customer_id: str) -> int:
@@ -204,8 +245,14 @@ def erase_feedback(connection: sa.Connection, customer_id: str) -> int:
 # --- reports -----------------------------------------------------------------------------
 
 
-def store_report(connection: sa.Connection, html: str, summary: dict[str, Any], as_of: datetime,
-                 now: datetime, keep: int = REPORTS_KEPT) -> int:  # fmt: skip
+def store_report(
+    connection: sa.Connection,
+    html: str,
+    summary: dict[str, Any],
+    as_of: datetime,
+    now: datetime,
+    keep: int = REPORTS_KEPT,
+) -> int:
     """Keep a rendered report (zlib) and drop all but the newest ``keep``; returns its id."""
     body = zlib.compress(html.encode(), 6)
     result = connection.execute(

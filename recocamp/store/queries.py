@@ -30,8 +30,9 @@ from recocamp.store.schema import (
 CHUNK = 5000
 
 
-def _insert(connection: sa.Connection, table: sa.Table) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL do)."""
+def upsert_statement(connection: sa.Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (both SQLite and PostgreSQL do): the
+    store's modules build their inserts that skip or update existing rows on it."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -100,14 +101,17 @@ def store_orders(
     written = _insert_lines(connection, fresh, import_run_id, progress)
     if progress is not None and len(rows) > written:
         progress(len(rows) - written)
-    return StoredOrders(new=sorted(won), repeated=lost, lines_written=written,
-                        lines_repeated=len(rows) - written)  # fmt: skip
+    return StoredOrders(
+        new=sorted(won), repeated=lost, lines_written=written, lines_repeated=len(rows) - written
+    )
 
 
 def _claim_orders(connection: sa.Connection, digests: dict[str, str]) -> set[str]:
     """Insert the orders' rows in id order (two writers lock them in the same order: no
     deadlock); returns the ids this transaction inserted."""
-    statement = _insert(connection, orders).on_conflict_do_nothing(index_elements=["order_id"])
+    statement = upsert_statement(connection, orders).on_conflict_do_nothing(
+        index_elements=["order_id"]
+    )
     statement = statement.returning(orders.c.order_id)
     values = [{"order_id": key, "content_sha256": digests[key]} for key in sorted(digests)]
     won: set[str] = set()
@@ -164,7 +168,7 @@ def _upsert(
     if not rows:
         return 0
     keep = set(keep) | {"id"}
-    statement = _insert(connection, table)
+    statement = upsert_statement(connection, table)
     updates = {name: statement.excluded[name] for name in rows[0] if name not in keep}
     for name, combine in (merge or {}).items():
         updates[name] = combine(table.c[name], statement.excluded[name])
@@ -182,7 +186,7 @@ def add_missing_items(connection: sa.Connection, rows: Sequence[Item], now: date
     """Catalogue rows derived from sales fill gaps only: an explicitly imported item (its
     URL, stock flag, curated title) is never overwritten by a purchases file."""
     before = count(connection, items)
-    statement = _insert(connection, items).on_conflict_do_nothing(index_elements=["id"])
+    statement = upsert_statement(connection, items).on_conflict_do_nothing(index_elements=["id"])
     for chunk in _chunks([dict(asdict(row), updated_at=now) for row in rows]):
         connection.execute(statement, chunk)
     return count(connection, items) - before
@@ -288,7 +292,9 @@ def add_missing_customers(
 ) -> int:
     """Create bare customer rows (id and country, no consent) for ids seen in orders."""
     before = count(connection, customers)
-    statement = _insert(connection, customers).on_conflict_do_nothing(index_elements=["id"])
+    statement = upsert_statement(connection, customers).on_conflict_do_nothing(
+        index_elements=["id"]
+    )
     rows = [
         {"id": customer_id, "country": country or None, "updated_at": now}
         for customer_id, country in sorted(countries.items())
@@ -380,3 +386,16 @@ def item_titles(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str]
         return {}
     query = sa.select(items.c.id, items.c.title).where(items.c.id.in_(list(ids)))
     return {row[0]: row[1] for row in connection.execute(query)}
+
+
+def has_purchases(connection: sa.Connection) -> bool:
+    """Whether any order line is stored (the demo builds its shop into an empty store)."""
+    return count(connection, purchases) > 0
+
+
+def purchase_lines_seen(connection: sa.Connection) -> tuple[int, int]:
+    """(the newest purchase line's id, how many lines there are): what a training saw."""
+    last_line, lines = connection.execute(
+        sa.select(sa.func.max(purchases.c.id), sa.func.count())
+    ).one()
+    return int(last_line or 0), int(lines)

@@ -46,6 +46,19 @@ def previous_live(connection: sa.Connection) -> sa.Row[Any] | None:
     return connection.execute(query).first()
 
 
+def artifact_paths(connection: sa.Connection) -> list[str]:
+    """Where every registered model keeps (or kept) its artifacts."""
+    return list(connection.execute(sa.select(models.c.path)).scalars())
+
+
+def retired_before(connection: sa.Connection, before: datetime) -> list[tuple[str, str]]:
+    """``(version, artifact path)`` of retired or rejected models trained before ``before``."""
+    query = sa.select(models.c.version, models.c.path).where(
+        models.c.status.in_(("retired", "rejected")), models.c.trained_at < before
+    )
+    return [(row.version, row.path) for row in connection.execute(query)]
+
+
 def register(connection: sa.Connection, **values: Any) -> None:
     connection.execute(sa.insert(models).values(**values))
 
@@ -84,12 +97,16 @@ def _drop_erased_since_training(connection: sa.Connection, version: str) -> None
     """A customer erased while this model was training is in its lists (their row is gone,
     so the check above cannot see them); erasure left them no order lines: drop those."""
     trained_at = connection.execute(
-        sa.select(models.c.trained_at).where(models.c.version == version)).scalar_one()  # fmt: skip
+        sa.select(models.c.trained_at).where(models.c.version == version)
+    ).scalar_one()
     recent = sa.select(erasures.c.id).where(erasures.c.erased_at >= trained_at).limit(1)
     if connection.execute(recent).first() is None:
         return
-    has_orders = sa.select(purchases.c.id).where(
-        purchases.c.customer_id == recommendations.c.customer_id).exists()  # fmt: skip
+    has_orders = (
+        sa.select(purchases.c.id)
+        .where(purchases.c.customer_id == recommendations.c.customer_id)
+        .exists()
+    )
     connection.execute(sa.delete(recommendations).where(~has_orders))
 
 

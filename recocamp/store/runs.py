@@ -15,34 +15,63 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.store.queries import _insert
+from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import runs, workers
 
 CAMPAIGN_PREFIX = "campaign:"
 
 
-def start(connection: sa.Connection, job: str, worker: str, now: datetime, *,
-          as_of: datetime | None = None, run_key: str | None = None,
-          resumed_from: int | None = None) -> int:  # fmt: skip
-    statement = sa.insert(runs).values(
-        job=job, worker=worker, status="running", started_at=now, as_of=as_of,
-        run_key=run_key, counts={}, resumed_from=resumed_from,
-    ).returning(runs.c.id)  # fmt: skip
+def start(
+    connection: sa.Connection,
+    job: str,
+    worker: str,
+    now: datetime,
+    *,
+    as_of: datetime | None = None,
+    run_key: str | None = None,
+    resumed_from: int | None = None,
+) -> int:
+    statement = (
+        sa.insert(runs)
+        .values(
+            job=job,
+            worker=worker,
+            status="running",
+            started_at=now,
+            as_of=as_of,
+            run_key=run_key,
+            counts={},
+            resumed_from=resumed_from,
+        )
+        .returning(runs.c.id)
+    )
     return int(connection.execute(statement).scalar_one())
 
 
-def finish(connection: sa.Connection, run_id: int, status: str, now: datetime,
-           counts: dict[str, Any], error: str | None = None,
-           seconds: float | None = None) -> None:  # fmt: skip
+def finish(
+    connection: sa.Connection,
+    run_id: int,
+    status: str,
+    now: datetime,
+    counts: dict[str, Any],
+    error: str | None = None,
+    seconds: float | None = None,
+) -> None:
     """``seconds``: the run's wall-clock duration (``now`` may come from a simulated clock)."""
-    connection.execute(sa.update(runs).where(runs.c.id == run_id).values(
-        status=status, finished_at=now, counts=counts,
-        error=error[:2000] if error else None,
-        seconds=round(seconds, 3) if seconds is not None else None))  # fmt: skip
+    connection.execute(
+        sa.update(runs)
+        .where(runs.c.id == run_id)
+        .values(
+            status=status,
+            finished_at=now,
+            counts=counts,
+            error=error[:2000] if error else None,
+            seconds=round(seconds, 3) if seconds is not None else None,
+        )
+    )
 
 
-def skipped(connection: sa.Connection, job: str, worker: str, now: datetime,
-            reason: str) -> None:  # fmt: skip
+def skipped(connection: sa.Connection, job: str, worker: str, now: datetime, reason: str) -> None:
     run_id = start(connection, job, worker, now)
     finish(connection, run_id, "skipped", now, {}, reason)
 
@@ -61,52 +90,69 @@ def count(connection: sa.Connection, job: str | None = None) -> int:
     return int(connection.execute(query).scalar_one())
 
 
-def unfinished_campaign_runs(connection: sa.Connection, since: datetime, *,
-                             dead_before: datetime,
-                             failed_before: datetime) -> list[Any]:  # fmt: skip
+def unfinished_campaign_runs(
+    connection: sa.Connection, since: datetime, *, dead_before: datetime, failed_before: datetime
+) -> list[Any]:
     """Campaign runs to resume, decided after ``since`` and not resumed yet: interrupted;
     still ``running`` although their worker stopped or has sent no heartbeat since
     ``dead_before``; or failed before ``failed_before`` (a database hiccup mid-run)."""
     resumed = sa.select(runs.c.resumed_from).where(runs.c.resumed_from.is_not(None))
     alive = sa.select(workers.c.id).where(_alive(dead_before))
-    query = sa.select(runs).where(
-        runs.c.job.startswith(CAMPAIGN_PREFIX, autoescape=True),
-        runs.c.as_of >= since,
-        runs.c.id.not_in(resumed),
-        sa.or_(runs.c.status == "interrupted",
-               sa.and_(runs.c.status == "running", runs.c.worker.not_in(alive)),
-               sa.and_(runs.c.status == "error", runs.c.finished_at < failed_before)),
-    ).order_by(runs.c.id)  # fmt: skip
+    query = (
+        sa.select(runs)
+        .where(
+            runs.c.job.startswith(CAMPAIGN_PREFIX, autoescape=True),
+            runs.c.as_of >= since,
+            runs.c.id.not_in(resumed),
+            sa.or_(
+                runs.c.status == "interrupted",
+                sa.and_(runs.c.status == "running", runs.c.worker.not_in(alive)),
+                sa.and_(runs.c.status == "error", runs.c.finished_at < failed_before),
+            ),
+        )
+        .order_by(runs.c.id)
+    )
     return list(connection.execute(query))
 
 
 def mark_interrupted(connection: sa.Connection, run_id: int, now: datetime, why: str) -> None:
     """A ``running`` run whose worker is gone becomes ``interrupted`` (others stay as they
     are: an error keeps its message)."""
-    connection.execute(sa.update(runs).where(runs.c.id == run_id, runs.c.status == "running")
-                       .values(status="interrupted", finished_at=now, error=why))  # fmt: skip
+    connection.execute(
+        sa.update(runs)
+        .where(runs.c.id == run_id, runs.c.status == "running")
+        .values(status="interrupted", finished_at=now, error=why)
+    )
 
 
 # --- workers ------------------------------------------------------------------------------
 
 
-def heartbeat(connection: sa.Connection, worker: str, now: datetime,
-              leader_since: datetime | None) -> None:  # fmt: skip
+def heartbeat(
+    connection: sa.Connection, worker: str, now: datetime, leader_since: datetime | None
+) -> None:
     """Insert or refresh this worker's row (one statement, any backend)."""
     pid = int(worker.split(":")[1])
-    statement = _insert(connection, workers).values(
-        id=worker, host=socket.gethostname(), pid=pid, started_at=now, heartbeat_at=now,
+    statement = upsert_statement(connection, workers).values(
+        id=worker,
+        host=socket.gethostname(),
+        pid=pid,
+        started_at=now,
+        heartbeat_at=now,
         leader_since=leader_since,
-    )  # fmt: skip
-    connection.execute(statement.on_conflict_do_update(
-        index_elements=["id"],
-        set_={"heartbeat_at": now, "leader_since": leader_since, "stopped_at": None},
-    ))  # fmt: skip
+    )
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"heartbeat_at": now, "leader_since": leader_since, "stopped_at": None},
+        )
+    )
 
 
 def stopped(connection: sa.Connection, worker: str, now: datetime) -> None:
-    connection.execute(sa.update(workers).where(workers.c.id == worker).values(
-        stopped_at=now, leader_since=None))  # fmt: skip
+    connection.execute(
+        sa.update(workers).where(workers.c.id == worker).values(stopped_at=now, leader_since=None)
+    )
 
 
 def _alive(after: datetime) -> Any:
@@ -122,3 +168,14 @@ def live_worker_count(connection: sa.Connection, alive_after: datetime) -> int:
 def all_workers(connection: sa.Connection, limit: int = 50) -> Sequence[Any]:
     query = sa.select(workers).order_by(workers.c.heartbeat_at.desc()).limit(limit)
     return list(connection.execute(query))
+
+
+def last_ok_counts(connection: sa.Connection, job: str) -> Any:
+    """The counts the last successful run of ``job`` recorded (None when there is none)."""
+    query = (
+        sa.select(runs.c.counts)
+        .where(runs.c.job == job, runs.c.status == "ok")
+        .order_by(runs.c.id.desc())
+        .limit(1)
+    )
+    return connection.execute(query).scalar()

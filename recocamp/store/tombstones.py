@@ -26,8 +26,8 @@ import sqlalchemy as sa
 
 from recocamp import tokens
 from recocamp.errors import ConfigError, Problem
-from recocamp.leadership import lock_key
 from recocamp.settings import Settings
+from recocamp.store.locks import lock_key
 from recocamp.store.queries import write_lock
 from recocamp.store.schema import tombstones
 
@@ -39,15 +39,21 @@ class KeyMissing(ConfigError):
     """Tombstones exist (or one must be written) but RECOCAMP_SIGNING_KEY is not set."""
 
     def __init__(self, why: str) -> None:
-        super().__init__(Path("<environment>"), [Problem(
-            f"{why} needs RECOCAMP_SIGNING_KEY: it keys the erasure tombstones that keep "
-            "erased customers from coming back", key="signing_key")])  # fmt: skip
+        super().__init__(
+            Path("<environment>"),
+            [
+                Problem(
+                    f"{why} needs RECOCAMP_SIGNING_KEY: it keys the erasure tombstones that keep "
+                    "erased customers from coming back",
+                    key="signing_key",
+                )
+            ],
+        )
 
 
 def key_of(settings: Settings) -> bytes | None:
     """The tombstones' key: the link tokens' key, from the same setting."""
-    key = settings.signing_key
-    return key.get_secret_value().encode() if key is not None else None
+    return settings.signing_key_bytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +67,19 @@ class Match:
         return bool(self.id_hashes)
 
 
-def record(connection: sa.Connection, key: bytes, customer_id: str, email: str | None,
-           now: datetime) -> None:  # fmt: skip
+def record(
+    connection: sa.Connection, key: bytes, customer_id: str, email: str | None, now: datetime
+) -> None:
     """Remember an erasure (replacing an earlier tombstone of the same id)."""
     id_hash = tokens.keyed_hash(key, "customer", customer_id)
     connection.execute(sa.delete(tombstones).where(tombstones.c.id_hash == id_hash))
-    connection.execute(sa.insert(tombstones).values(
-        id_hash=id_hash, email_hash=tokens.keyed_hash(key, "email", email) if email else None,
-        erased_at=now))  # fmt: skip
+    connection.execute(
+        sa.insert(tombstones).values(
+            id_hash=id_hash,
+            email_hash=tokens.keyed_hash(key, "email", email) if email else None,
+            erased_at=now,
+        )
+    )
 
 
 def serialise(connection: sa.Connection, *, erasing: bool, writing: bool = True) -> None:
@@ -104,8 +115,15 @@ def _key(connection: sa.Connection, key: bytes | None, why: str, writing: bool) 
     return key
 
 
-def matches(connection: sa.Connection, key: bytes | None, customer_id: str,
-            email: str | None, why: str, *, writing: bool = True) -> Match:  # fmt: skip
+def matches(
+    connection: sa.Connection,
+    key: bytes | None,
+    customer_id: str,
+    email: str | None,
+    why: str,
+    *,
+    writing: bool = True,
+) -> Match:
     """The tombstones of this id or this address (an empty Match when none). ``writing``:
     the caller writes what the answer allows, in the same transaction (see serialise)."""
     key = _key(connection, key, why, writing)
@@ -119,9 +137,15 @@ def matches(connection: sa.Connection, key: bytes | None, customer_id: str,
     return Match(tuple(r.id_hash for r in rows), max((r.erased_at for r in rows), default=None))
 
 
-def erased_ids(connection: sa.Connection, key: bytes | None, ids: Iterable[str], why: str,
-               emails: Sequence[tuple[str, str]] = (), *,
-               writing: bool = True) -> set[str]:  # fmt: skip
+def erased_ids(
+    connection: sa.Connection,
+    key: bytes | None,
+    ids: Iterable[str],
+    why: str,
+    emails: Sequence[tuple[str, str]] = (),
+    *,
+    writing: bool = True,
+) -> set[str]:
     """Which of ``ids`` are erased: by their own id, or (``emails``: pairs of id and
     address) by their address. ``writing``: as for :func:`matches`."""
     key = _key(connection, key, why, writing)
@@ -151,8 +175,13 @@ def checkable(connection: sa.Connection, key: bytes | None, why: str) -> bytes |
     return _key(connection, key, why, writing=False)
 
 
-def tombstoned(connection: sa.Connection, key: bytes | None, ids: Iterable[str],
-               addresses: Iterable[str], why: str) -> tuple[set[str], set[str]]:  # fmt: skip
+def tombstoned(
+    connection: sa.Connection,
+    key: bytes | None,
+    ids: Iterable[str],
+    addresses: Iterable[str],
+    why: str,
+) -> tuple[set[str], set[str]]:
     """Which of ``ids`` and of ``addresses`` (as given: trim and lower-case them first) a
     tombstone names. Read-only: for files kept after an import (``erasure_files``)."""
     key = _key(connection, key, why, writing=False)
@@ -160,9 +189,10 @@ def tombstoned(connection: sa.Connection, key: bytes | None, ids: Iterable[str],
         return set(), set()
     by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
     by_email = {tokens.keyed_hash(key, "email", a): a for a in set(addresses)}
-    return ({by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))},
-            {by_email[h] for h in _present(connection, tombstones.c.email_hash,
-                                           list(by_email))})  # fmt: skip
+    return (
+        {by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))},
+        {by_email[h] for h in _present(connection, tombstones.c.email_hash, list(by_email))},
+    )
 
 
 def lift(connection: sa.Connection, key: bytes, customer_id: str, match: Match) -> int:
@@ -171,8 +201,11 @@ def lift(connection: sa.Connection, key: bytes, customer_id: str, match: Match) 
     t = tombstones.c
     own = tokens.keyed_hash(key, "customer", customer_id)
     gone = connection.execute(sa.delete(tombstones).where(t.id_hash == own)).rowcount or 0
-    others = connection.execute(sa.update(tombstones).where(
-        t.id_hash.in_(match.id_hashes), t.id_hash != own).values(email_hash=None))  # fmt: skip
+    others = connection.execute(
+        sa.update(tombstones)
+        .where(t.id_hash.in_(match.id_hashes), t.id_hash != own)
+        .values(email_hash=None)
+    )
     return max(0, int(gone)) + max(0, int(others.rowcount or 0))
 
 

@@ -1,33 +1,35 @@
-"""What the planner needs from the store, read once per campaign run.
+"""What the planner needs from the store, read once per campaign run, as plain rows.
 
-Histories are order-level (time, revenue, items, categories) built from purchase lines of
-known customers; recommendation lists come from the top-N cache; the cold-start list from
-the live model, or straight from recent sales when no model is live yet. Contact history is
-the outbox (every e-mail queued, sent or delivered in the last 35 days, at the time it went
-or will go out) and the holdout decisions of those days, at the instant they were decided:
-a held-out customer meets the caps and cooldown as if the e-mail had gone out, so treated
-and held-out customers stay comparable run after run (see ``planner``). Suppressions are the
-hashed addresses of the suppression list.
+Orders are purchase lines of known customers grouped by order (time, revenue, items);
+recommendation lists come from the top-N cache; the cold-start list from the live model, or
+straight from recent sales when no model is live yet. Contact history is the outbox (every
+e-mail queued, sent or delivered in the last 35 days, at the time it went or will go out) and
+the holdout decisions of those days, at the instant they were decided: a held-out customer
+meets the caps and cooldown as if the e-mail had gone out, so treated and held-out customers
+stay comparable run after run (see ``planner``). Suppressions are the hashed addresses of the
+suppression list. ``campaigns.audience`` turns these rows into the planner's views.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.caps import Contact
-from recocamp.domain import ConsentBasis, Customer, Item, email_hash
-from recocamp.loyalty import points, standing, tiers_of
-from recocamp.outbox import LIVE_STATES
-from recocamp.planner import CustomerView
-from recocamp.segments import History, Order, rfm_scores
-from recocamp.settings import Settings
+from recocamp.domain import (
+    ConsentBasis,
+    Contact,
+    Customer,
+    CustomerOrder,
+    CustomerRecord,
+    Item,
+    PlanningRows,
+)
 from recocamp.store import queries
+from recocamp.store.outbox import LIVE_STATES
 from recocamp.store.schema import (
     customers,
     decisions,
@@ -40,52 +42,44 @@ from recocamp.store.schema import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    views: list[CustomerView]
-    items: dict[str, Item]
-    popular: list[list[Any]]
-
-
-def load(connection: sa.Connection, settings: Settings, now: datetime, *,
-         own_run: str | None = None) -> Snapshot:  # fmt: skip
+def planning_rows(
+    connection: sa.Connection, now: datetime, top_n: int, *, own_run: str | None = None
+) -> PlanningRows:
     """Everything the planner needs at ``now``. ``own_run`` (a run key, ``campaign/day``)
     leaves that run's own e-mails out of the contact history: a run resumed after a crash
     decides as it did the first time instead of seeing its own mail as a cap."""
     catalogue = _items(connection)
-    histories = _histories(connection, catalogue, now)
+    orders = _orders(connection, now)
     personal = {
         row.customer_id: row.items for row in connection.execute(sa.select(recommendations))
     }
-    scores = rfm_scores(histories, now)
-    tiers = tiers_of(settings.loyalty)
     contacts = _contacts(connection, now, own_run)
-    suppressed = set(connection.execute(sa.select(suppressions.c.email_hash)).scalars())
-    views = []
-    for row in connection.execute(sa.select(customers).order_by(customers.c.id)):
-        history = histories.get(row.id, History(()))
-        views.append(CustomerView(
-            customer=_customer(row), history=history, personal=personal.get(row.id),
-            contacts=contacts.get(row.id, ()),
-            suppressed=bool(suppressed and row.email and email_hash(row.email) in suppressed),
-            standing=standing(points(history, {}, settings.loyalty), tiers),
-            rfm=scores.get(row.id), frequency_preference=row.frequency_preference,
-            paused_until=row.paused_until,
-        ))  # fmt: skip
-    return Snapshot(views, catalogue, _popular(connection, now, settings.recommender.top_n))
+    suppressed = frozenset(connection.execute(sa.select(suppressions.c.email_hash)).scalars())
+    records = [
+        CustomerRecord(_customer(row), row.frequency_preference, row.paused_until)
+        for row in connection.execute(sa.select(customers).order_by(customers.c.id))
+    ]
+    popular = _popular(connection, now, top_n)
+    return PlanningRows(records, orders, personal, contacts, suppressed, catalogue, popular)
 
 
-def _contacts(connection: sa.Connection, now: datetime,
-              own_run: str | None = None) -> dict[str, tuple[Contact, ...]]:  # fmt: skip
+def _contacts(
+    connection: sa.Connection, now: datetime, own_run: str | None = None
+) -> dict[str, tuple[Contact, ...]]:
     at = sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
-    query = sa.select(outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at,
-                      outbox.c.not_before).where(
-        outbox.c.state.in_(LIVE_STATES), at >= now - timedelta(days=35))  # fmt: skip
+    query = sa.select(
+        outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at, outbox.c.not_before
+    ).where(outbox.c.state.in_(LIVE_STATES), at >= now - timedelta(days=35))
     if own_run is not None:  # send keys are campaign/customer/day, run keys campaign/day
         campaign, _, day = own_run.rpartition("/")
-        query = query.where(sa.not_(sa.and_(
-            outbox.c.campaign == campaign,
-            outbox.c.send_key.endswith(f"/{day}", autoescape=True))))  # fmt: skip
+        query = query.where(
+            sa.not_(
+                sa.and_(
+                    outbox.c.campaign == campaign,
+                    outbox.c.send_key.endswith(f"/{day}", autoescape=True),
+                )
+            )
+        )
     found: dict[str, list[Contact]] = defaultdict(list)
     for row in connection.execute(query):
         found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
@@ -98,19 +92,29 @@ def _held_out(now: datetime, own_run: str | None) -> sa.Select[Any]:
     """Holdout decisions of the last 35 days (not the run's own: a resumed run decides as
     it did the first time)."""
     query = sa.select(decisions.c.customer_id, decisions.c.campaign, decisions.c.decided_at).where(
-        decisions.c.holdout.is_(True), decisions.c.decided_at >= now - timedelta(days=35),
-        decisions.c.decided_at <= now)  # fmt: skip
+        decisions.c.holdout.is_(True),
+        decisions.c.decided_at >= now - timedelta(days=35),
+        decisions.c.decided_at <= now,
+    )
     return query if own_run is None else query.where(decisions.c.run_key != own_run)
 
 
 def _customer(row: Any) -> Customer:
     return Customer(
-        id=row.id, email=row.email, first_name=row.first_name, locale=row.locale,
-        time_zone=row.time_zone, country=row.country, birthday=row.birthday,
-        consent_basis=ConsentBasis(row.consent_basis), consent_at=row.consent_at,
-        consent_source=row.consent_source, unsubscribed_at=row.unsubscribed_at,
-        objected_to_profiling=row.objected_to_profiling, erased_at=row.erased_at,
-    )  # fmt: skip
+        id=row.id,
+        email=row.email,
+        first_name=row.first_name,
+        locale=row.locale,
+        time_zone=row.time_zone,
+        country=row.country,
+        birthday=row.birthday,
+        consent_basis=ConsentBasis(row.consent_basis),
+        consent_at=row.consent_at,
+        consent_source=row.consent_source,
+        unsubscribed_at=row.unsubscribed_at,
+        objected_to_profiling=row.objected_to_profiling,
+        erased_at=row.erased_at,
+    )
 
 
 def _items(connection: sa.Connection) -> dict[str, Item]:
@@ -129,42 +133,42 @@ def _items(connection: sa.Connection) -> dict[str, Item]:
     }
 
 
-def customer_history(
-    connection: sa.Connection, customer_id: str, catalogue: Mapping[str, Item], now: datetime
-) -> History:
-    """One customer's history with the rules of a campaign run's (the shop API's view).
+def customer_orders(
+    connection: sa.Connection, customer_id: str, now: datetime
+) -> list[CustomerOrder]:
+    """One customer's orders with the rules of a campaign run's (the shop API's view).
 
     Lines come straight from the driver as ``(item, order, epoch seconds, revenue)`` tuples:
     a wholesale customer has thousands, and turning each timestamp into a datetime would cost
     more than the whole answer; only orders become datetimes."""
     orders: dict[str, list[Any]] = {}
     for item, order, at, revenue in _lines(connection, customer_id, now):
-        entry = orders.setdefault(order, [at, 0.0, set(), set()])
+        entry = orders.setdefault(order, [at, 0.0, set()])
         entry[0] = min(entry[0], at)
         entry[1] += revenue
-        known = catalogue.get(item)
-        if known is None or not known.is_service:
-            entry[2].add(item)
-            if known is not None:
-                entry[3].add(known.category)
-    found = [
-        Order(
+        entry[2].add(item)
+    return [
+        CustomerOrder(
+            customer_id,
+            order,
             datetime.fromtimestamp(round(at, 3), UTC),
             revenue,
             frozenset(bought),
-            frozenset(categories),
         )
-        for at, revenue, bought, categories in orders.values()
+        for order, (at, revenue, bought) in orders.items()
     ]
-    return History(tuple(sorted(found, key=lambda order: order.at)))
 
 
 def _lines(connection: sa.Connection, customer_id: str, now: datetime) -> list[Any]:
     p = purchases.c
     epoch = queries.epoch_seconds(connection, p.ordered_at)
     query = sa.select(p.item_id, p.order_id, epoch, p.quantity * p.unit_price).where(
-        p.customer_id == customer_id, p.is_return.is_(False), p.quantity > 0, p.unit_price > 0,
-        epoch < now.timestamp())  # fmt: skip
+        p.customer_id == customer_id,
+        p.is_return.is_(False),
+        p.quantity > 0,
+        p.unit_price > 0,
+        epoch < now.timestamp(),
+    )
     compiled = query.compile(dialect=connection.dialect)
     values = compiled.construct_params()
     names = compiled.positiontup
@@ -188,11 +192,7 @@ def recent_popular(connection: sa.Connection, now: datetime, n: int) -> list[lis
     return _popular(connection, now, n)
 
 
-def _histories(
-    connection: sa.Connection,
-    catalogue: Mapping[str, Item],
-    now: datetime,
-) -> dict[str, History]:
+def _orders(connection: sa.Connection, now: datetime) -> list[CustomerOrder]:
     p = purchases.c
     columns = (p.customer_id, p.order_id, p.ordered_at, p.item_id, p.quantity, p.unit_price)
     query = sa.select(*columns).where(
@@ -202,20 +202,20 @@ def _histories(
         p.unit_price > 0,
         p.ordered_at < now,
     )
+    return list(_grouped(connection.execute(query)))
+
+
+def _grouped(lines: Iterable[Sequence[Any]]) -> Iterable[CustomerOrder]:
+    """Lines ``(customer, order, at, item, quantity, price)`` grouped by order, in the order
+    first seen: the earliest line's time, the summed revenue and the items."""
     orders: dict[tuple[str, str], list[Any]] = {}
-    for customer, order, at, item, quantity, price in connection.execute(query):
-        entry = orders.setdefault((customer, order), [at, 0.0, set(), set()])
+    for customer, order, at, item, quantity, price in lines:
+        entry = orders.setdefault((customer, order), [at, 0.0, set()])
         entry[0] = min(entry[0], at)
         entry[1] += quantity * price
-        known = catalogue.get(item)
-        if known is None or not known.is_service:
-            entry[2].add(item)
-            if known is not None:
-                entry[3].add(known.category)
-    per_customer: dict[str, list[Order]] = defaultdict(list)
-    for (customer, _), (at, revenue, bought, categories) in orders.items():
-        per_customer[customer].append(Order(at, revenue, frozenset(bought), frozenset(categories)))
-    return {c: History(tuple(sorted(o, key=lambda x: x.at))) for c, o in per_customer.items()}
+        entry[2].add(item)
+    for (customer, order), (at, revenue, bought) in orders.items():
+        yield CustomerOrder(customer, order, at, revenue, frozenset(bought))
 
 
 def _popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]]:

@@ -17,8 +17,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("decisions", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_decisions_holdout_decided_at"),
-                              ["holdout", "decided_at"])  # fmt: skip
+        batch_op.create_index(
+            batch_op.f("ix_decisions_holdout_decided_at"), ["holdout", "decided_at"]
+        )
 
 
 def downgrade() -> None:

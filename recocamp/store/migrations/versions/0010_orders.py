@@ -51,8 +51,9 @@ def _backfill(connection: sa.Connection, orders: sa.Table) -> None:
     """The digest of every stored order, streamed in order-id order (one pass, bounded
     memory): orders stored before this revision are repeats or conflicts like any other."""
     c = _lines.c
-    query = sa.select(c.order_id, c.line_no, c.item_id, c.quantity, c.unit_price,
-                      c.ordered_at, c.is_return).order_by(c.order_id, c.line_no)  # fmt: skip
+    query = sa.select(
+        c.order_id, c.line_no, c.item_id, c.quantity, c.unit_price, c.ordered_at, c.is_return
+    ).order_by(c.order_id, c.line_no)
     rows = connection.execute(query.execution_options(yield_per=_CHUNK))
     batch: list[dict[str, str]] = []
     for order_id, group in itertools.groupby(rows, key=lambda row: row[0]):
@@ -72,9 +73,10 @@ def _digest(lines: Sequence[Any]) -> str:
     for _, line_no, item_id, quantity, unit_price, ordered_at, is_return in lines:
         price = Decimal(repr(float(unit_price))).quantize(Decimal("0.0001"), ROUND_HALF_UP)
         price = price.copy_abs() if price.is_zero() else price
-        digest.update(f"{line_no}\x1f{item_id}\x1f{quantity}\x1f{price}\x1f"
-                      f"{ordered_at.astimezone(UTC).isoformat()}\x1f{int(is_return)}\x1e"
-                      .encode())  # fmt: skip
+        digest.update(
+            f"{line_no}\x1f{item_id}\x1f{quantity}\x1f{price}\x1f"
+            f"{ordered_at.astimezone(UTC).isoformat()}\x1f{int(is_return)}\x1e".encode()
+        )
     return digest.hexdigest()
 
 

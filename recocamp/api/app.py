@@ -1,0 +1,280 @@
+"""The HTTP API (FastAPI, served by ``recocamp serve``): one app, assembled from one router
+per concern.
+
+==========================================  ====================  ==============================
+route                                       who                   module
+==========================================  ====================  ==============================
+GET  /v1/customers/{id}/next-best-offer     API key offers:read   api_offers (serving, offers)
+GET  /v1/items/{id}/similar                 API key offers:read   api_offers
+POST /v1/events/purchases                   API key events:write  api_events
+PUT  /v1/customers/{id}                     API key events:write  api_events (profiles)
+GET|DELETE /v1/privacy/customers/{id}, …    API key privacy:admin api_privacy (privacy)
+/v1/feedback, /reports/latest               see api_measure       api_measure
+GET|POST /u/{token}, /p/{token}, …          signed link           api_pages (pages)
+POST /v1/webhooks/{provider}                provider secret       api_webhooks
+GET  /healthz, /readyz, /metrics, /docs     anyone
+==========================================  ====================  ==============================
+
+API keys: see ``api_auth`` (``RECOCAMP_API_KEYS``, hashed, scopes, rate limit per key).
+Bodies above ``[api] max_body_bytes`` are refused (413); CORS is off unless
+``[api] cors_origins`` lists origins. Requests are counted and timed per route *template*
+(``/metrics``), so neither logs nor metrics carry customer ids, tokens or addresses; the
+server's access log is off for the same reason (tokens in paths are credentials), and
+``EmailRedactor`` masks any address that would reach a log line.
+
+The old paths ``/health`` and ``/webhooks/{provider}`` keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recocamp import __version__, metrics
+from recocamp.api import events as api_events
+from recocamp.api import lean as api_lean
+from recocamp.api import measure as api_measure
+from recocamp.api import offers as api_offers
+from recocamp.api import pages as api_pages
+from recocamp.api import privacy as api_privacy
+from recocamp.api import webhooks as api_webhooks
+from recocamp.api.auth import Authenticator, parse_keys
+from recocamp.api.offer_cache import OfferService
+from recocamp.clock import Clock
+from recocamp.errors import RecocampError, mask_addresses
+from recocamp.ratelimit import RateLimiter
+from recocamp.settings import Settings
+from recocamp.store.engine import Engine, SQLAlchemyError, ping, require_current
+
+log = logging.getLogger(__name__)
+HEALTHY = b'{"status":"ok"}'
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No API key, or an unknown one."},
+    403: {"model": ErrorOut, "description": "The API key lacks the scope."},
+    404: {"model": ErrorOut, "description": "Not found."},
+    413: {"description": "The body is larger than [api] max_body_bytes."},
+    429: {"model": ErrorOut, "description": "Rate limit of the API key; see Retry-After."},
+}
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadyOut(BaseModel):
+    status: str
+    model_version: str | None = None
+    detail: str | None = None
+
+
+def create_app(settings: Settings, engine: Engine, clock: Clock) -> FastAPI:
+    """The whole API for one process (each ``recocamp serve`` worker builds its own)."""
+    keys = parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    limiter = RateLimiter.per_minute(settings.api.rate_limit_per_minute / settings.api.workers)
+    auth = Authenticator(keys, limiter)
+    service = OfferService(engine, settings, clock)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:  # load the live model and catalogue before the first request needs them
+            await run_in_threadpool(service.snapshot)
+        except (SQLAlchemyError, RecocampError) as exc:
+            log.warning("not ready at start: %s", exc)
+        yield
+
+    app = FastAPI(
+        title="recocamp shop API",
+        version=__version__,
+        lifespan=lifespan,
+        max_body_size=settings.api.max_body_bytes,
+        description="Next-best offers, live events, preferences and privacy rights. "
+        "Send API keys as `Authorization: Bearer <key>`.",
+    )
+    app.add_exception_handler(RequestValidationError, _unprocessable)
+    app.add_exception_handler(ValidationError, _unprocessable)
+    app.state.service = service
+    app.state.authenticator = auth
+    _health_routes(app, engine, service)
+    app.router.routes.insert(1, api_offers.next_best_offer_route(service, auth, PROBLEMS))
+    app.include_router(api_offers.router(service, PROBLEMS))
+    app.include_router(api_events.router(settings, engine, clock, PROBLEMS))
+    app.include_router(api_privacy.router(settings, engine, clock, PROBLEMS))
+    app.include_router(api_measure.router(settings, engine, clock, auth.require))
+    app.include_router(api_pages.router(settings, engine, clock, service))
+    app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
+    app.add_middleware(api_pages.PrivateHeaders)
+    app.add_middleware(HttpMetrics)
+    if settings.api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.api.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    return app
+
+
+def _health_routes(app: FastAPI, engine: Engine, service: OfferService) -> None:
+    async def healthz() -> Response:
+        """Liveness: the process answers (constant JSON; touches nothing)."""
+        return Response(HEALTHY, media_type="application/json")
+
+    async def nothing(request: Request) -> dict[str, Any]:
+        return {}
+
+    app.router.routes.insert(
+        0,
+        api_lean.LeanRoute(
+            "/healthz",
+            healthz,
+            parse=nothing,
+            methods=["GET"],
+            response_model=HealthOut,
+            tags=["health"],
+            summary="Liveness",
+        ),
+    )
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        ping(engine)
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        response_model=ReadyOut,
+        tags=["health"],
+        responses={503: {"model": ReadyOut, "description": "Not ready (yet)."}},
+    )
+    def readyz() -> Any:
+        """Readiness: the database answers at the newest schema and the live model (if any)
+        and the catalogue are loaded."""
+        try:
+            require_current(engine)
+            version = service.snapshot().live
+        except (SQLAlchemyError, RecocampError) as exc:
+            return JSONResponse({"status": "not ready", "detail": str(exc)}, 503)
+        return ReadyOut(status="ready", model_version=version.version if version else None)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    def prometheus() -> Response:
+        """Prometheus metrics of this API (all worker processes of ``recocamp serve``)."""
+        registry: Any = REGISTRY
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming where each problem is and what it is, never the value sent: request
+    bodies carry addresses, names and birthdays, and error bodies end up in clients' logs
+    and proxies. Pydantic's ``input`` and ``ctx`` (which may hold the value, or an exception
+    quoting it) are dropped; an address a message might quote is masked."""
+    assert isinstance(exc, RequestValidationError | ValidationError)
+    return JSONResponse({"detail": redacted(exc.errors())}, 422)
+
+
+def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic / FastAPI error entries reduced to ``type``, ``loc`` and ``msg``, addresses
+    masked in both: a ``loc`` part can be a key the client chose (an unknown field)."""
+    return [
+        {
+            "type": str(error.get("type", "value_error")),
+            "loc": [
+                part if isinstance(part, int) else mask_addresses(str(part))
+                for part in error["loc"]
+            ],
+            "msg": mask_addresses(str(error.get("msg", ""))),
+        }
+        for error in errors
+    ]
+
+
+class HttpMetrics:
+    """Counts and times every request by method, route template and status (pure ASGI: a
+    BaseHTTPMiddleware would cost more than a cached answer takes)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.counters: dict[tuple[str, str, int], Any] = {}  # label lookups are not free
+        self.timers: dict[str, Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+        scope[api_lean.ENTERED] = started  # OfferService.data_version relies on it
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.record(scope, status, time.perf_counter() - started)
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        key = (scope["method"], route, status)
+        counter = self.counters.get(key)
+        if counter is None:
+            counter = self.counters[key] = metrics.HTTP_REQUESTS.labels(key[0], route, status)
+        counter.inc()
+        timer = self.timers.get(route)
+        if timer is None:
+            timer = self.timers[route] = metrics.HTTP_SECONDS.labels(route)
+        timer.observe(seconds)
+
+
+class EmailRedactor(logging.Filter):
+    """Masks e-mail addresses in log records, whoever logs them (a second line of defence:
+    recocamp's own log lines name customers by id only)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = mask_addresses(message), None
+        return True
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``recocamp serve`` worker process: settings from ``RECOCAMP_SETTINGS``
+    (or ./settings.toml) and the environment, the system clock."""
+    from recocamp.clock import SystemClock
+    from recocamp.settings import load_settings
+    from recocamp.store.engine import make_engine
+
+    settings = load_settings()
+    return create_app(settings, make_engine(settings.database_url), SystemClock())

@@ -1,0 +1,182 @@
+"""API keys with scopes for the shop-facing endpoints, and a rate limit per key.
+
+A client sends ``Authorization: Bearer rck_…`` (``rck_`` + 43 URL-safe characters, 256
+random bits, minted by ``recocamp api-key new NAME --scope …``). The server knows keys only
+by their SHA-256, from the environment (``RECOCAMP_API_KEYS``, never a settings file)::
+
+    RECOCAMP_API_KEYS="shop-web=offers:read,events:write=sha256:<64 hex>;
+                       dpo=privacy:admin=sha256:<64 hex>"
+
+Entries are ``NAME=SCOPE[,SCOPE…]=sha256:HEX``, separated by ``;`` or white space. Scopes:
+``offers:read`` (next-best offers, similar items), ``events:write`` (purchases, customer
+profile and consent), ``privacy:admin`` (export, erasure, purge), ``reports:read``
+(measurement).
+
+Why a plain SHA-256 and not a password hash: the keys are long random strings, not
+passwords, so nobody can guess one from its hash, while a deliberately slow hash would cost
+tens of milliseconds on every request. Every configured hash is compared with
+``hmac.compare_digest`` and without an early exit, so response times reveal neither which
+key matched nor how much of a wrong one did.
+
+The rate limit is a token bucket per key and process: ``[api] rate_limit_per_minute`` is
+shared out evenly between the ``[api] workers`` processes of ``recocamp serve``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from recocamp.errors import ConfigError, Problem
+from recocamp.ratelimit import RateLimiter
+
+SCOPES = ("offers:read", "events:write", "privacy:admin", "reports:read")
+KEY_PREFIX = "rck_"
+ENV_NAME = "RECOCAMP_API_KEYS"
+_ENTRY = re.compile(
+    r"^(?P<name>[A-Za-z0-9_.-]{1,64})=(?P<scopes>[a-z:,]+)=sha256:(?P<hex>[0-9a-f]{64})$"
+)
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A configured key: its name (for logs, metrics and the audit log), scopes and hash."""
+
+    name: str
+    scopes: frozenset[str]
+    digest: bytes
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def mint(name: str, scopes: list[str]) -> tuple[str, str]:
+    """A new random key and its ``RECOCAMP_API_KEYS`` entry (the key itself is shown once)."""
+    problems = _entry_problems(name, scopes)
+    if problems:
+        raise ConfigError(Path("recocamp api-key new"), problems)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, f"{name}={','.join(scopes)}=sha256:{digest(key).hex()}"
+
+
+def _entry_problems(name: str, scopes: list[str], key: str | None = None) -> list[Problem]:
+    found = []
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        found.append(
+            Problem("a key name is 1-64 letters, digits, '_', '.' or '-'", key=key, value=name)
+        )
+    unknown = [scope for scope in scopes if scope not in SCOPES]
+    if unknown or not scopes:
+        found.append(
+            Problem(
+                f"scopes must be some of {', '.join(SCOPES)}",
+                key=key,
+                value=",".join(unknown) or "(none)",
+            )
+        )
+    return found
+
+
+def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
+    """The keys of ``RECOCAMP_API_KEYS``; every malformed entry is reported at once (by its
+    position and name: an entry carries no secret, only a hash)."""
+    keys: list[ApiKey] = []
+    problems: list[Problem] = []
+    for number, entry in enumerate(re.split(r"[;\s]+", (text or "").strip()), start=1):
+        if not entry:
+            continue
+        where = f"entry {number}"
+        match = _ENTRY.match(entry)
+        if match is None:
+            problems.append(
+                Problem(
+                    "expected NAME=SCOPE[,SCOPE…]=sha256:<64 lowercase hex>",
+                    key=where,
+                    value=entry.split("=", 1)[0],
+                )
+            )
+            continue
+        scopes = match["scopes"].split(",")
+        found = _entry_problems(match["name"], scopes, where)
+        if any(k.name == match["name"] for k in keys):
+            found.append(Problem("the same key name appears twice", key=where, value=match["name"]))
+        problems += found
+        keys.append(ApiKey(match["name"], frozenset(scopes), bytes.fromhex(match["hex"])))
+    if problems:
+        raise ConfigError(Path(ENV_NAME), problems)
+    return tuple(keys)
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer`` headers against the configured keys and scopes."""
+
+    def __init__(self, keys: tuple[ApiKey, ...], limiter: RateLimiter) -> None:
+        self.keys = keys
+        self.limiter = limiter
+
+    def find(self, presented: str) -> ApiKey | None:
+        wanted = digest(presented)
+        found = None
+        for key in self.keys:  # no early exit: the time taken does not depend on the match
+            if hmac.compare_digest(key.digest, wanted):
+                found = key
+        return found
+
+    def check(self, authorization: str | None, scope: str) -> ApiKey:
+        """The caller's key, or an HTTPException: 401 (no or unknown key), 403 (key without
+        ``scope``), 429 (over the rate limit, with ``Retry-After``)."""
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise HTTPException(401, "send an API key: Authorization: Bearer <key>", _CHALLENGE)
+        key = self.find(presented.strip())
+        if key is None:
+            raise HTTPException(401, "unknown API key", _CHALLENGE)
+        if scope not in key.scopes:
+            raise HTTPException(403, f"API key {key.name!r} lacks the scope {scope!r}")
+        wait = self.limiter.wait_s(key.name)
+        if wait > 0:
+            retry = str(max(1, round(wait + 0.5)))
+            raise HTTPException(
+                429, f"rate limit of API key {key.name!r} reached", {"Retry-After": retry}
+            )
+        return key
+
+    def require(self, scope: str) -> Callable[..., Coroutine[Any, Any, ApiKey]]:
+        """The FastAPI dependency that admits keys with ``scope`` (see :func:`scoped`)."""
+        return scoped(scope)
+
+
+BEARER = HTTPBearer(auto_error=False, description="An API key (rck_…).")
+
+
+def scoped(scope: str) -> Callable[..., Coroutine[Any, Any, ApiKey]]:
+    """A dependency admitting keys with ``scope``, checked by the app's Authenticator
+    (``app.state.authenticator``); async, so it costs no thread hop."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    async def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(BEARER),  # noqa: B008
+    ) -> ApiKey:
+        authenticator: Authenticator = request.app.state.authenticator
+        header = f"Bearer {credentials.credentials}" if credentials is not None else None
+        return authenticator.check(header, scope)
+
+    return dependency
+
+
+OffersRead = Annotated[ApiKey, Depends(scoped("offers:read"))]
+EventsWrite = Annotated[ApiKey, Depends(scoped("events:write"))]
+PrivacyAdmin = Annotated[ApiKey, Depends(scoped("privacy:admin"))]

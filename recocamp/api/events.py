@@ -1,0 +1,452 @@
+"""Shop API, live events: ``POST /v1/events/purchases`` and ``PUT /v1/customers/{id}``.
+
+Both need the ``events:write`` scope and write in one transaction, so what they change is
+visible to the very next request (the next-best-offer check sees the new purchase lines or
+the changed profile).
+
+Purchases are validated with the importer's rules (``sources.csv.standard_purchase``:
+numbers, timestamps — without an offset in the shop's time zone —, returns, adjustments
+skipped), all orders of a request or none, and are idempotent on the order id: an order
+already stored with the same lines is reported as a duplicate and left exactly as it is; one
+stored with other lines is a 409 naming it, and nothing of the request is written. An order
+is written whole by exactly one request, also when two post it at the same time
+(``queries.store_orders``). Ids, numbers and texts have the bounds of :mod:`recocamp.domain`,
+the importer's.
+
+Erased customers stay erased (``store.tombstones``). Their new orders are kept as guest
+orders — the shop's sales figures stay right, the person is not linked again — and counted
+(``erased_customer_lines``). A profile change for an erased id or address is refused with
+410 Gone, unless it is a new sign-up: ``new_sign_up: true`` with a consent basis and a
+``consent_at`` after the erasure; that lifts the tombstone and is audited. Without
+``RECOCAMP_SIGNING_KEY`` a store that holds tombstones cannot check them: 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Body, HTTPException
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+)
+
+from recocamp import metrics
+from recocamp.api import lean as api_lean
+from recocamp.api.auth import EventsWrite
+from recocamp.clock import Clock
+from recocamp.data import profiles
+from recocamp.data.ingest import detach
+from recocamp.data.sources import csv as sources
+from recocamp.domain import (
+    ID_MAX,
+    ID_PATTERN,
+    PRICE_MAX,
+    QUANTITY_MAX,
+    TEXT_MAX,
+    TEXT_PATTERN,
+    YEAR_MAX,
+    YEAR_MIN,
+    ConsentBasis,
+    Purchase,
+    check_id,
+)
+from recocamp.errors import OrderConflictError
+from recocamp.settings import Settings
+from recocamp.store import queries, tombstones
+from recocamp.store.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+
+# the importer's id rule: the pattern keeps out ASCII controls, ``check_id`` the rest (a regex
+# for every non-printable character is not portable to OpenAPI)
+Id = Annotated[
+    str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN), AfterValidator(check_id)
+]
+Text = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
+
+
+def _sane(value: datetime) -> datetime:
+    """Aware, in UTC, and within ``domain.YEAR_MIN``-``YEAR_MAX`` (the importer's bounds)."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+    if not YEAR_MIN <= utc.year <= YEAR_MAX:
+        raise ValueError(f"must lie between the years {YEAR_MIN} and {YEAR_MAX}")
+    return utc
+
+
+When = Annotated[AwareDatetime, AfterValidator(_sane)]
+MAX_ORDERS = 1000
+MAX_LINES = 1000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LineIn(_Strict):
+    item_id: Id
+    quantity: int = Field(ge=-QUANTITY_MAX, le=QUANTITY_MAX, description="Negative: returned.")
+    unit_price: float = Field(ge=-PRICE_MAX, le=PRICE_MAX, allow_inf_nan=False)
+    is_return: bool | None = Field(None, description="Default: quantity < 0.")
+
+
+class OrderIn(_Strict):
+    order_id: Id
+    customer_id: Id | None = Field(None, description="Empty for a guest order.")
+    ordered_at: str = Field(
+        max_length=64,
+        description="ISO 8601; without an offset it is read in the shop's time zone.",
+        examples=["2026-11-23T14:05:00+01:00"],
+    )
+    lines: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
+
+
+class OrdersIn(_Strict):
+    orders: list[OrderIn] = Field(min_length=1, max_length=MAX_ORDERS)
+
+
+def _shape(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "orders" in value else "order"
+
+
+PurchasesIn = Annotated[
+    Annotated[OrderIn, Tag("order")] | Annotated[OrdersIn, Tag("batch")],
+    Discriminator(_shape),
+]
+
+
+class PurchasesOut(BaseModel):
+    orders: int = Field(description="Orders in the request.")
+    new_orders: int
+    duplicate_orders: list[str] = Field(description="Already stored: left as they were.")
+    lines_written: int
+    lines_skipped: dict[str, int] = Field(description="e.g. adjustment: price or quantity 0.")
+    erased_customer_lines: int = Field(
+        0, description="Lines of erased customers, stored as guest lines (no customer)."
+    )
+
+
+def _never_null(kind: str, values: list[str] | None = None) -> WithJsonSchema:
+    """The schema of a field that may be left out but not set to null (its column is NOT
+    NULL); an explicit null is refused by the endpoint."""
+    schema: dict[str, Any] = {"type": kind}
+    if values is not None:
+        schema["enum"] = values
+    return WithJsonSchema(schema)
+
+
+NEVER_NULL = ("locale", "consent_basis", "channel_email", "objected_to_profiling")
+
+
+class CustomerIn(_Strict):
+    """Profile, consent and contact preferences; fields left out are not changed."""
+
+    source: Text = Field(
+        min_length=1, description="Where the change comes from: checkout, account page, …"
+    )
+    at: When | None = Field(None, description="When the customer made it (default: now).")
+    email: Annotated[str, Field(max_length=TEXT_MAX["email"], pattern=TEXT_PATTERN)] | None = None
+    first_name: Text | None = None
+    locale: Annotated[Literal["de", "en"] | None, _never_null("string", ["de", "en"])] = None
+    time_zone: Annotated[Text, Field(max_length=TEXT_MAX["time_zone"])] | None = None
+    country: Annotated[Text, Field(max_length=TEXT_MAX["country"])] | None = None
+    birthday: date | None = None
+    consent_basis: Annotated[
+        ConsentBasis | None, _never_null("string", [b.value for b in ConsentBasis])
+    ] = None
+    consent_at: When | None = None
+    consent_source: Text | None = None
+    channel_email: Annotated[bool | None, _never_null("boolean")] = None
+    frequency_preference: Literal["daily", "weekly", "monthly"] | None = None
+    paused_until: When | None = None
+    objected_to_profiling: Annotated[bool | None, _never_null("boolean")] = None
+    unsubscribed: bool | None = Field(
+        None,
+        description="true: unsubscribe from marketing "
+        "e-mail; false: re-subscribe (needs a new consent).",
+    )
+    new_sign_up: bool = Field(
+        False,
+        description="The person signs up again after an erasure of this id or address: "
+        "needs consent_basis and a consent_at after the erasure (else 410 Gone).",
+    )
+
+
+class CustomerOut(BaseModel):
+    customer_id: str
+    created: bool
+    changed: list[str]
+
+
+def router(
+    settings: Settings, engine: Engine, clock: Clock, problems: dict[int | str, Any]
+) -> APIRouter:
+    api = APIRouter(tags=["events"])
+    zone = settings.shop.zone
+    secret = tombstones.key_of(settings)
+    model = problems[401]["model"]
+    unchecked: dict[int | str, dict[str, Any]] = {
+        503: {
+            "model": model,
+            "description": (
+                "Erasure tombstones exist but RECOCAMP_SIGNING_KEY is not set: they cannot be "
+                "checked."
+            ),
+        }
+    }
+    gone: dict[int | str, dict[str, Any]] = {
+        410: {
+            "model": model,
+            "description": (
+                "The customer id or address was erased; only a new sign-up (new_sign_up) with a "
+                "fresh consent is taken."
+            ),
+        }
+    }
+
+    conflict: dict[int | str, Any] = {
+        409: {
+            "model": problems[401]["model"],
+            "description": "An order is already stored with other lines (nothing was written).",
+        }
+    }
+
+    @api.post(
+        "/v1/events/purchases",
+        response_model=PurchasesOut,
+        responses={**problems, **conflict, **unchecked},
+    )
+    def post_purchases(body: Annotated[PurchasesIn, Body()], key: EventsWrite) -> PurchasesOut:
+        """One order or a batch (``{"orders": […]}``): all written or none."""
+        orders = body.orders if isinstance(body, OrdersIn) else [body]
+        prefix: tuple[str | int, ...] = (
+            ("body", "orders") if isinstance(body, OrdersIn) else ("body",)
+        )
+        rows, skipped = _validated(orders, prefix, zone, isinstance(body, OrdersIn))
+        try:
+            with _checked(engine) as connection:
+                named = {row.customer_id for row in rows if row.customer_id}
+                erased = tombstones.erased_ids(connection, secret, named, "purchase events")
+                kept = [detach(row, erased) for row in rows]
+                ids = [o.order_id for o in orders]
+                stored = queries.store_orders(connection, kept, None, order_ids=ids)
+        except OrderConflictError as exc:
+            metrics.API_EVENTS.labels("conflict").inc(len(exc.order_ids))
+            raise HTTPException(409, str(exc)) from None
+        new = set(stored.new)
+        detached = sum(1 for row in rows if row.customer_id in erased and row.order_id in new)
+        metrics.API_EVENTS.labels("new").inc(len(stored.new))
+        metrics.API_EVENTS.labels("duplicate").inc(len(stored.repeated))
+        log.info(
+            "purchase events from %s: %d orders, %d new, %d lines",
+            key.name,
+            len(orders),
+            len(stored.new),
+            stored.lines_written,
+        )
+        return PurchasesOut(
+            orders=len(orders),
+            new_orders=len(stored.new),
+            duplicate_orders=stored.repeated,
+            lines_written=stored.lines_written,
+            lines_skipped=skipped,
+            erased_customer_lines=detached,
+        )
+
+    @api.put(
+        "/v1/customers/{customer_id}",
+        response_model=CustomerOut,
+        responses={**problems, **gone, **unchecked},
+    )
+    def put_customer(
+        customer_id: api_lean.PathId, body: CustomerIn, key: EventsWrite
+    ) -> CustomerOut:
+        """Create or change a customer's profile, consent or contact preferences; recorded in
+        the audit log with the time and source of the change."""
+        now = clock.now()
+        at = body.at or now
+        for name in ("at", "consent_at"):
+            value = getattr(body, name)
+            if value is not None and value > now + timedelta(minutes=5):
+                raise RequestValidationError(
+                    [
+                        api_lean.problem(
+                            "value_error", ("body", name), "lies in the future", value.isoformat()
+                        )
+                    ]
+                )
+        changes = body.model_dump(
+            exclude_unset=True, exclude={"source", "at", "unsubscribed", "new_sign_up"}
+        )
+        nulls = [name for name in NEVER_NULL if name in changes and changes[name] is None]
+        if nulls:
+            raise RequestValidationError(
+                [
+                    api_lean.problem(
+                        "value_error", ("body", name), "may be left out, not set to null", None
+                    )
+                    for name in nulls
+                ]
+            )
+        try:
+            with _checked(engine) as connection:
+                _admit(connection, secret, customer_id, body, f"api:{key.name}", now)
+                changed = profiles.apply(
+                    connection,
+                    customer_id,
+                    changes,
+                    at=at,
+                    actor=f"api:{key.name}",
+                    source=body.source,
+                    unsubscribed=body.unsubscribed,
+                    zone=zone,
+                )
+        except profiles.ProfileError as exc:
+            raise RequestValidationError(
+                [api_lean.problem("value_error", ("body", exc.field), exc.message, exc.value)]
+            ) from None
+        log.info(
+            "customer %s %s by %s (%s): %s",
+            customer_id,
+            "created" if changed.created else "changed",
+            key.name,
+            body.source,
+            ",".join(changed.fields) or "nothing",
+        )
+        return CustomerOut(
+            customer_id=customer_id, created=changed.created, changed=list(changed.fields)
+        )
+
+    return api
+
+
+@contextmanager
+def _checked(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose tombstone checks answer 503 when they cannot be made."""
+    try:
+        with engine.begin() as connection:
+            yield connection
+    except tombstones.KeyMissing:
+        raise HTTPException(
+            503,
+            "erasure tombstones exist but RECOCAMP_SIGNING_KEY is not set: they cannot be checked",
+        ) from None
+
+
+def _admit(
+    connection: Connection,
+    secret: bytes | None,
+    customer_id: str,
+    body: CustomerIn,
+    actor: str,
+    now: datetime,
+) -> None:
+    """Refuse an erased id or address (410) unless this is a new sign-up with a consent
+    given after the erasure, which lifts the tombstone (audited)."""
+    match = tombstones.matches(connection, secret, customer_id, body.email, "customer changes")
+    if not match:
+        return
+    if not body.new_sign_up:
+        raise HTTPException(
+            410,
+            "this customer id or address was erased; only a new sign-up "
+            "(new_sign_up: true, with a fresh consent) is taken",
+        )
+    basis, consent_at = body.consent_basis, body.consent_at
+    if (
+        basis in (None, ConsentBasis.NONE)
+        or consent_at is None
+        or (match.erased_at is not None and consent_at <= match.erased_at)
+    ):
+        raise RequestValidationError(
+            [
+                api_lean.problem(
+                    "value_error",
+                    ("body", "consent_at"),
+                    "a new sign-up needs consent_basis and a consent_at after the erasure",
+                    None if consent_at is None else consent_at.isoformat(),
+                )
+            ]
+        )
+    assert secret is not None  # matches() found tombstones: it had the key
+    lifted = tombstones.lift(connection, secret, customer_id, match)
+    queries.audit(
+        connection,
+        at=now,
+        actor=actor[:200],
+        action="erasure_lifted",
+        subject_type="customer",
+        subject_id=customer_id,
+        details={"source": body.source[:200], "tombstones": lifted},
+    )
+
+
+def _validated(
+    orders: list[OrderIn], prefix: tuple[str | int, ...], zone: ZoneInfo, batch: bool
+) -> tuple[list[Purchase], dict[str, int]]:
+    """Every line through the importer's row rules; all problems at once, as a 422."""
+    stamps, numbers = sources.Timestamps(zone), sources.LineNumbers()
+    rows: list[Purchase] = []
+    skipped: dict[str, int] = {}
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, order in enumerate(orders):
+        where: tuple[str | int, ...] = (*prefix, i) if batch else prefix
+        if order.order_id in seen:
+            errors.append(
+                api_lean.problem(
+                    "value_error",
+                    (*where, "order_id"),
+                    "appears twice in this request",
+                    order.order_id,
+                )
+            )
+        seen.add(order.order_id)
+        for j, line in enumerate(order.lines):
+            try:
+                value = sources.standard_purchase(_row(order, line, j), stamps, numbers)
+            except sources.RowProblem as exc:
+                place = (
+                    (*where, "ordered_at")
+                    if exc.column == "ordered_at"
+                    else (*where, "lines", j, exc.column)
+                )
+                errors.append(api_lean.problem("value_error", place, exc.message, exc.value))
+                continue
+            if isinstance(value, sources.Skip):
+                skipped[value.reason] = skipped.get(value.reason, 0) + 1
+            else:
+                rows.append(value)
+    api_lean.raise_if(errors)
+    return rows, skipped
+
+
+def _row(order: OrderIn, line: LineIn, index: int) -> dict[str, str]:
+    """A line in the standard CSV format's shape, so the importer's parser applies as is."""
+    is_return = "" if line.is_return is None else str(line.is_return).lower()
+    return {
+        "order_id": order.order_id,
+        "customer_id": order.customer_id or "",
+        "item_id": line.item_id,
+        "quantity": str(line.quantity),
+        "unit_price": repr(line.unit_price),
+        "ordered_at": order.ordered_at,
+        "line_no": str(index + 1),
+        "is_return": is_return,
+    }

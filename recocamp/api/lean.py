@@ -1,0 +1,200 @@
+"""Lean routes: documented like any FastAPI route, served without FastAPI's per-request
+dependency machinery.
+
+FastAPI resolves an endpoint's parameters and dependencies anew on every request; on this
+stack that costs about 100 µs a request, more than a cached next-best offer takes in all
+(``benchmarks/api.py``). A :class:`LeanRoute` keeps the endpoint's signature for the OpenAPI
+schema and calls the endpoint itself, but gets the arguments from a hand-written ``parse``
+function that applies the same rules (the tests compare both with the same bad inputs, and
+schemathesis checks the route against its schema). Errors look exactly like FastAPI's own:
+``RequestValidationError`` → 422 with ``detail[].loc/msg`` (the app's handler drops the
+``input``), ``HTTPException`` → status and ``detail``.
+
+Only the hot endpoints use it: ``GET /healthz`` (the benchmark's bare endpoint, so the
+comparison measures our work, not the framework) and ``next-best-offer``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator
+
+from recocamp.domain import ID_MAX, ID_PATTERN, check_id, id_problem
+
+Parse = Callable[[Request], Awaitable[dict[str, Any]]]
+# a customer or item id in a path: the importer's rule (``domain.id_problem``); the pattern
+# keeps out ASCII controls in the schema, ``check_id`` the other non-printable characters
+PathId = Annotated[
+    str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN), AfterValidator(check_id)
+]
+ID_MATCH = re.compile(ID_PATTERN)
+ENTERED = "recocamp.entered"  # scope key: time.perf_counter() as the request entered the app
+
+
+class LeanRoute(APIRoute):
+    """An APIRoute whose arguments come from ``parse(request)`` instead of FastAPI's solver."""
+
+    def __init__(
+        self, path: str, endpoint: Callable[..., Any], *, parse: Parse, **kwargs: Any
+    ) -> None:
+        self.parse = parse
+        super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint, parse = self.endpoint, self.parse
+
+        async def handler(request: Request) -> Response:
+            response: Response = await endpoint(**await parse(request))
+            return response
+
+        return handler
+
+
+def query_pairs(raw: bytes) -> list[tuple[str, str]]:
+    """A raw query string's pairs, without building Starlette's QueryParams object."""
+    return parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """One request header (``name`` lower-case), straight from the ASGI scope."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def id_errors(value: str, loc: Sequence[str | int]) -> list[dict[str, Any]]:
+    """What FastAPI says about ``value`` as a :data:`PathId` (no errors: an id)."""
+    if len(value) > ID_MAX:
+        return [
+            problem(
+                "string_too_long",
+                loc,
+                f"String should have at most {ID_MAX} characters",
+                value,
+                {"max_length": ID_MAX},
+            )
+        ]
+    if not ID_MATCH.match(value):
+        return [
+            problem(
+                "string_pattern_mismatch",
+                loc,
+                f"String should match pattern '{ID_PATTERN}'",
+                value,
+                {"pattern": ID_PATTERN},
+            )
+        ]
+    found = id_problem(value)
+    return [problem("value_error", loc, f"Value error, {found}", value)] if found else []
+
+
+def problem(
+    kind: str, loc: Sequence[str | int], msg: str, value: Any, ctx: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One error in FastAPI's (pydantic's) shape."""
+    found: dict[str, Any] = {"type": kind, "loc": tuple(loc), "msg": msg, "input": value}
+    if ctx:
+        found["ctx"] = ctx
+    return found
+
+
+def integer(
+    pairs: list[tuple[str, str]],
+    name: str,
+    default: int,
+    low: int,
+    high: int,
+    errors: list[dict[str, Any]],
+) -> int:
+    """The last value of ``name`` as an int in [low, high], as FastAPI's Query(ge, le)."""
+    raw = next((v for k, v in reversed(pairs) if k == name), None)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        errors.append(
+            problem(
+                "int_parsing",
+                ("query", name),
+                "Input should be a valid integer, unable to parse string as an integer",
+                raw,
+            )
+        )
+        return default
+    if value < low:
+        errors.append(
+            problem(
+                "greater_than_equal",
+                ("query", name),
+                f"Input should be greater than or equal to {low}",
+                raw,
+                {"ge": low},
+            )
+        )
+    elif value > high:
+        errors.append(
+            problem(
+                "less_than_equal",
+                ("query", name),
+                f"Input should be less than or equal to {high}",
+                raw,
+                {"le": high},
+            )
+        )
+    return value
+
+
+def choice(
+    pairs: list[tuple[str, str]],
+    name: str,
+    default: str,
+    allowed: Sequence[str],
+    errors: list[dict[str, Any]],
+) -> str:
+    """The last value of ``name``, one of ``allowed`` (an enum query parameter)."""
+    raw = next((v for k, v in reversed(pairs) if k == name), None)
+    if raw is None:
+        return default
+    if raw not in allowed:
+        expected = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" or '{allowed[-1]}'"
+        errors.append(
+            problem(
+                "enum", ("query", name), f"Input should be {expected}", raw, {"expected": expected}
+            )
+        )
+    return raw
+
+
+def strings(
+    pairs: list[tuple[str, str]], name: str, max_length: int, errors: list[dict[str, Any]]
+) -> list[str]:
+    """Every value of a repeatable parameter; a value may also list several, comma-separated."""
+    found: list[str] = []
+    for position, (_, value) in enumerate(p for p in pairs if p[0] == name):
+        if len(value) > max_length:
+            errors.append(
+                problem(
+                    "string_too_long",
+                    ("query", name, position),
+                    f"String should have at most {max_length} characters",
+                    value,
+                    {"max_length": max_length},
+                )
+            )
+            continue
+        found += [part.strip() for part in value.split(",") if part.strip()]
+    return found
+
+
+def raise_if(errors: list[dict[str, Any]]) -> None:
+    if errors:
+        raise RequestValidationError(errors)

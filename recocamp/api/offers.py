@@ -1,0 +1,186 @@
+"""Shop API, offers: ``GET /v1/customers/{id}/next-best-offer`` and ``GET /v1/items/{id}/similar``.
+
+Both need the ``offers:read`` scope. The answers come from ``offer_cache.OfferService``; the
+next-best-offer route is a :class:`~recocamp.api_lean.LeanRoute` (the hot path of a shop
+widget: see ``benchmarks/api.py``), served from the per-process answer cache after a
+per-request check against the store.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from recocamp.api import lean as api_lean
+from recocamp.api.auth import Authenticator, OffersRead
+from recocamp.api.offer_cache import MAX_N, OfferService
+from recocamp.api.offer_cache import Query as OfferQuery
+from recocamp.recommender.ranking import Mode
+
+PARSED_QUERIES = 1024  # distinct query strings remembered
+MODES = tuple(m.value for m in Mode)
+NOTHING: frozenset[str] = frozenset()
+FILTER_LENGTH = 200
+
+
+class OfferOut(BaseModel):
+    item_id: str
+    title: str
+    category: str
+    price: float
+    url: str | None
+    image_url: str | None
+    score: float = Field(description="The list's own score (not comparable across sources).")
+    reason: str = Field(description='e.g. "because you bought …", "popular this week".')
+    source: str = Field(description="personal | popular | due | history")
+
+
+class OffersOut(BaseModel):
+    customer_id: str
+    mode: Mode
+    personalised: bool = Field(description="False: recent popularity only.")
+    basis: str = Field(description="personal | recalculated | popular")
+    basis_reason: str = Field(
+        description='Why this list, e.g. "popular: objected to profiling", '
+        '"recalculated: changed since training".'
+    )
+    model_version: str | None
+    items: list[OfferOut]
+
+
+class SimilarOut(BaseModel):
+    item_id: str
+    model_version: str
+    items: list[OfferOut]
+
+
+def _set(values: list[str]) -> frozenset[str]:
+    return frozenset(values) if values else NOTHING
+
+
+def next_best_offer_route(
+    service: OfferService, auth: Authenticator, problems: dict[int | str, Any]
+) -> api_lean.LeanRoute:
+    """The widget's route, bound to one service (one per process) and the API keys; the app
+    puts it first in its route table, since it is the one matched most."""
+
+    async def next_best_offer(
+        request: Request,
+        customer_id: api_lean.PathId,
+        key: OffersRead,
+        n: Annotated[int, Query(ge=1, le=MAX_N, description="How many offers.")] = 5,
+        mode: Annotated[
+            Mode,
+            Query(
+                description="discover: new to the customer; replenish: bought before; mixed: both."
+            ),
+        ] = Mode.MIXED,
+        category: Annotated[
+            list[Annotated[str, Field(max_length=FILTER_LENGTH)]],
+            Query(description="Only these categories (repeat the parameter)."),
+        ] = [],  # noqa: B006
+        exclude: Annotated[
+            list[Annotated[str, Field(max_length=FILTER_LENGTH)]],
+            Query(
+                description="Never these item ids (repeat, or separate by commas), e.g. the cart."
+            ),
+        ] = [],  # noqa: B006
+    ) -> Response:
+        """Ranked offers for one customer, each with its score and reason, from the live
+        model's cached top-N (re-scored now if the customer bought something since the model
+        was trained), filtered by stock, category and exclusions with the campaign planner's
+        rules. Unknown customers, customers without a history and customers who objected to
+        profiling get recent popularity."""
+        query = OfferQuery(n, Mode(mode), _set(category), _set(exclude))
+        entered = request.scope.get(api_lean.ENTERED, math.inf)
+        if service.inline:
+            body, check = service.lookup(customer_id, query, entered)
+        else:
+            body, check = await run_in_threadpool(service.lookup, customer_id, query, entered)
+        if body is None:
+            body = await run_in_threadpool(service.respond, customer_id, query, check)
+        return Response(body, media_type="application/json")
+
+    parsed: dict[bytes, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+
+    def query_of(raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The query string's arguments and errors, remembered: widgets repeat a few."""
+        found = parsed.get(raw)
+        if found is None:
+            pairs = api_lean.query_pairs(raw)
+            errors: list[dict[str, Any]] = []
+            values = {
+                "n": api_lean.integer(pairs, "n", 5, 1, MAX_N, errors),
+                "mode": api_lean.choice(pairs, "mode", "mixed", MODES, errors),
+                "category": api_lean.strings(pairs, "category", FILTER_LENGTH, errors),
+                "exclude": api_lean.strings(pairs, "exclude", FILTER_LENGTH, errors),
+            }
+            if len(parsed) >= PARSED_QUERIES:
+                parsed.clear()
+            found = parsed[raw] = (values, errors)
+        return found
+
+    async def parse(request: Request) -> dict[str, Any]:
+        key = auth.check(api_lean.header(request, b"authorization"), "offers:read")
+        values, errors = query_of(request.scope.get("query_string", b""))
+        customer_id = str(request.path_params["customer_id"])
+        bad_id = api_lean.id_errors(customer_id, ("path", "customer_id"))
+        api_lean.raise_if([*errors, *bad_id] if bad_id else errors)
+        return {"request": request, "customer_id": customer_id, "key": key, **values}
+
+    return api_lean.LeanRoute(
+        "/v1/customers/{customer_id}/next-best-offer",
+        next_best_offer,
+        parse=parse,
+        methods=["GET"],
+        response_model=OffersOut,
+        responses=problems,
+        tags=["offers"],
+        summary="Next-best offers for a customer",
+    )
+
+
+def router(service: OfferService, problems: dict[int | str, Any]) -> APIRouter:
+    """The other offer routes."""
+    api = APIRouter(tags=["offers"])
+
+    @api.get("/v1/items/{item_id}/similar", response_model=SimilarOut, responses=problems)
+    def similar(
+        item_id: api_lean.PathId,
+        key: OffersRead,
+        n: Annotated[int, Query(ge=1, le=MAX_N)] = 5,
+    ) -> SimilarOut:
+        """Items bought together with this one (the live model's item-to-item view), in stock,
+        for product pages. 404 when no model is live or the model does not know the item."""
+        found = service.similar(item_id, n)
+        if found is None:
+            raise HTTPException(
+                404,
+                f"no similar items for {item_id!r}: the live model does "
+                "not know it (or no model is live yet)",
+            )
+        version, pairs = found
+        return SimilarOut(
+            item_id=item_id,
+            model_version=version,
+            items=[
+                OfferOut(
+                    item_id=i.id,
+                    title=i.title,
+                    category=i.category,
+                    price=i.price,
+                    url=i.url,
+                    image_url=i.image_url,
+                    score=round(score, 6),
+                    reason="often bought together",
+                    source="similar",
+                )
+                for i, score in pairs
+            ],
+        )
+
+    return api

@@ -1,0 +1,502 @@
+"""Customer-facing pages behind signed links (no API key): unsubscribe and preferences.
+
+- ``GET /u/{token}`` shows a confirm button and changes nothing (mail scanners and link
+  previews fetch every URL of an e-mail); ``POST /u/{token}`` unsubscribes: RFC 8058
+  one-click from a mail client (``List-Unsubscribe=One-Click``, no cookies, no session) and
+  the confirm button alike.
+- ``GET /p/{token}`` is the preferences page (German or English: ``?lang=``, else the
+  customer's locale): channel and frequency, a pause of some weeks, unsubscribe from
+  everything, objection to profiling, what we hold and why the e-mail's offers were chosen,
+  a download of all data (``/p/{token}/data.json``, GDPR Art. 15/20) and erasure (Art. 17).
+  Its forms post to ``/p/{token}`` and are answered with a redirect back (303).
+
+A token tampered with, expired or made for another purpose gets 400 and changes nothing.
+A link of an erased customer (``store.tombstones``) gets 410 with a page saying that their
+data was erased and they will not be contacted, and changes nothing: no unsubscribe event
+is recorded under the erased id, no profile is created again.
+Tokens prove who the customer is; a page shows their address only masked. Every change is
+recorded in the audit log with ``actor = customer`` and the page as its source.
+
+Every answer under these paths (pages, the download, errors) carries :data:`PRIVATE_HEADERS`
+(:class:`PrivateHeaders`): personal data is not cached, the token in the URL is not sent on
+as a referrer, and no other site may frame a page to trick a click on its buttons.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recocamp import metrics, privacy, tokens
+from recocamp.api import forms
+from recocamp.api import page_views as pages
+from recocamp.api.offer_cache import OfferService, Query
+from recocamp.campaigns.audience import history_of
+from recocamp.clock import Clock
+from recocamp.data import profiles
+from recocamp.settings import Settings
+from recocamp.store import contacts, registry, tombstones, views
+from recocamp.store import pages as store
+from recocamp.store.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+ACTOR = "customer"
+SOURCE = "preferences page"
+
+
+PRIVATE_PREFIXES = ("/u/", "/p/", "/v1/feedback")  # paths with a signed link's token
+PRIVATE_HEADERS = {
+    b"cache-control": b"no-store",
+    b"referrer-policy": b"no-referrer",
+    b"x-frame-options": b"DENY",
+    b"x-content-type-options": b"nosniff",
+}
+FRAME_ANCESTORS = b"frame-ancestors 'none'"
+
+
+class PrivateHeaders:
+    """Sets :data:`PRIVATE_HEADERS` and CSP ``frame-ancestors 'none'`` (added to a policy the
+    handler set) on every answer under :data:`PRIVATE_PREFIXES` (pure ASGI, in one place)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope["path"]).startswith(PRIVATE_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _private(list(message.get("headers", [])))
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def _private(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    kept = [(k, v) for k, v in headers if k.lower() not in PRIVATE_HEADERS]
+    policies = [v for k, v in kept if k.lower() == b"content-security-policy"]
+    kept = [(k, v) for k, v in kept if k.lower() != b"content-security-policy"]
+    policy = b"; ".join([*policies, FRAME_ANCESTORS])
+    return [*kept, *PRIVATE_HEADERS.items(), (b"content-security-policy", policy)]
+
+
+class LinkError(Exception):
+    """A link that cannot be used: rendered as a page with this status."""
+
+    def __init__(self, status: int, key: str) -> None:
+        super().__init__(key)
+        self.status, self.key = status, key
+
+
+class Pages:
+    """The page handlers, bound to the shop's settings, store, clock and offer service."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, clock: Clock, service: OfferService
+    ) -> None:
+        self.settings, self.engine, self.clock, self.service = settings, engine, clock, service
+        self.secret = settings.signing_key_bytes()
+        self.shop = settings.shop.name
+
+    def verify(self, token: str, purpose: str) -> tokens.Claims:
+        if self.secret is None:
+            raise LinkError(503, "links_off")
+        try:
+            return tokens.verify(self.secret, token, purpose, self.clock.now())
+        except tokens.TokenError:
+            raise LinkError(400, "invalid") from None
+
+    def lang(self, request: Request, customer_id: str | None) -> str:
+        locale = None
+        if customer_id is not None:
+            with self.engine.connect() as connection:
+                locale = store.locale(connection, customer_id)
+        default = self.settings.shop.default_locale
+        return pages.language(request.query_params.get("lang"), locale, default)
+
+    def page(
+        self, lang: str, title: str, line: str, status: int = 200, form: str | None = None
+    ) -> HTMLResponse:
+        return HTMLResponse(pages.message(lang, title, [line], form), status)
+
+    def failed(self, request: Request, error: LinkError) -> HTMLResponse:
+        lang = self.lang(request, None)
+        return self.page(lang, "error_page", pages.TEXTS[lang][error.key], error.status)
+
+    def erased(self, connection: Connection, customer_id: str, *, writing: bool) -> bool:
+        """Whether the customer of a (verified) link was erased; ``writing``: the caller
+        writes next, in this transaction (``tombstones.serialise``)."""
+        return bool(
+            tombstones.matches(connection, self.secret, customer_id, None, "links", writing=writing)
+        )
+
+    def gone(self, request: Request) -> HTMLResponse:
+        """The answer to a link of an erased customer: we hold nothing, we will not write."""
+        lang = self.lang(request, None)
+        return self.page(lang, "erased_page", pages.TEXTS[lang]["erased"], 410)
+
+    def unsubscribe_page(self, token: str, request: Request) -> HTMLResponse:
+        """Unsubscribe: a confirm button (a GET changes nothing)."""
+        try:
+            found = self.verify(token, "unsubscribe")
+        except LinkError as error:
+            return self.failed(request, error)
+        with self.engine.connect() as connection:
+            if self.erased(connection, found.customer_id, writing=False):
+                return self.gone(request)
+        lang = self.lang(request, found.customer_id)
+        t = pages.TEXTS[lang]
+        question = t["unsubscribe_question"].format(shop=self.shop)
+        return self.page(lang, "unsubscribe_page", question, form=t["unsubscribe_button"])
+
+    def unsubscribe(self, token: str, request: Request) -> HTMLResponse:
+        """Unsubscribe now: RFC 8058 one-click, or the confirm page's button."""
+        try:
+            found = self.verify(token, "unsubscribe")
+        except LinkError as error:
+            return self.failed(request, error)
+        with self.engine.begin() as connection:
+            if self.erased(connection, found.customer_id, writing=True):
+                return self.gone(request)
+            changed = contacts.record_link_unsubscribe(
+                connection, found.customer_id, found.campaign, found.issued_at, self.clock.now()
+            )
+        log.info(
+            "unsubscribe customer %s via %s link (new: %s)",
+            found.customer_id,
+            found.campaign,
+            changed,
+        )
+        lang = self.lang(request, found.customer_id)
+        done = pages.TEXTS[lang]["unsubscribe_done"].format(shop=self.shop)
+        return self.page(lang, "unsubscribed_page", done)
+
+    def preferences_page(self, token: str, request: Request) -> HTMLResponse:
+        """The preferences page."""
+        try:
+            found = self.verify(token, "preferences")
+        except LinkError as error:
+            return self.failed(request, error)
+        lang = self.lang(request, found.customer_id)
+        with self.engine.connect() as connection:
+            if self.erased(connection, found.customer_id, writing=False):
+                return self.gone(request)
+            context = _context(connection, found, lang, self.clock.now(), self.service)
+        if context is None:
+            return self.page(lang, "title", pages.TEXTS[lang]["unknown"], 404)
+        done = request.query_params.get("done")
+        notice = pages.TEXTS[lang].get(f"done_{done}") if done else None
+        html = pages.preferences(
+            lang,
+            shop=self.shop,
+            done=notice,
+            problem=None,
+            download=f"/p/{token}/data.json",
+            **context,
+        )
+        return HTMLResponse(html)
+
+    async def preferences_change(self, token: str, request: Request) -> Response:
+        """A form of the preferences page; answered with a redirect back to it (303)."""
+        try:
+            found = self.verify(token, "preferences")
+        except LinkError as error:
+            return self.failed(request, error)
+        lang = await run_in_threadpool(self.lang, request, found.customer_id)  # a query: off
+        try:
+            form = forms.fields(await request.body())
+            outcome = await run_in_threadpool(  # the event loop, which serves cached offers
+                _change, self.engine, self.settings, found, form, self.clock.now()
+            )
+        except forms.FormError as error:
+            log.info("preferences form of customer %s refused: %s", found.customer_id, error)
+            outcome = "invalid"
+        t = pages.TEXTS[lang]
+        if outcome in OUTCOME_PAGES:
+            title, status, text = OUTCOME_PAGES[outcome]
+            return self.page(lang, title, t[text], status)
+        query = urlencode({"done": outcome, "lang": lang})
+        return RedirectResponse(f"/p/{token}?{query}", status_code=303)
+
+    def download(self, token: str, request: Request) -> Response:
+        """Everything we hold about the customer, as a JSON file (GDPR Art. 15/20)."""
+        try:
+            found = self.verify(token, "preferences")
+        except LinkError as error:
+            return self.failed(request, error)
+        document = privacy.export(self.engine, found.customer_id, self.clock.now())
+        if document is None:
+            return Response(json.dumps({"detail": "no data"}), 404, media_type="application/json")
+        metrics.PRIVACY_REQUESTS.labels("export", SOURCE).inc()
+        disposition = {"Content-Disposition": 'attachment; filename="my-data.json"'}
+        text = json.dumps(document, indent=1, ensure_ascii=False)
+        return Response(text, media_type="application/json", headers=disposition)
+
+
+# outcomes of a form that are answered with a page of their own: (title, status, text)
+OUTCOME_PAGES = {
+    "erased": ("erased_page", 200, "erased"),
+    "gone": ("erased_page", 410, "erased"),  # erased before: nothing is held or changed
+    "confirm_needed": ("error_page", 400, "confirm_needed"),
+    "invalid": ("error_page", 400, "invalid"),
+    "unknown": ("title", 404, "unknown"),
+}
+
+
+def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {
+        "requestBody": {
+            "required": bool(required),
+            "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+        }
+    }
+
+
+_ON: dict[str, Any] = {"type": "string", "enum": ["on"], "description": "A ticked checkbox."}
+PREFERENCES_FORM = _form(
+    {
+        "action": {"type": "string", "enum": ["save", "pause", "resume", "unsubscribe", "erase"]},
+        "channel_email": _ON,
+        "objected": _ON,
+        "confirm": _ON,
+        "frequency": {"type": "string", "enum": list(pages.FREQUENCIES)},
+        "weeks": {"type": "integer", "enum": list(pages.PAUSE_WEEKS)},
+    },
+    ["action"],
+)
+ONE_CLICK_FORM = _form({"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}}, [])
+
+
+def router(settings: Settings, engine: Engine, clock: Clock, service: OfferService) -> APIRouter:
+    """The customer pages (documented in the OpenAPI schema under "customer pages")."""
+    handlers = Pages(settings, engine, clock, service)
+    api = APIRouter(tags=["customer pages"])
+    html = HTMLResponse
+    page: dict[str, Any] = {"description": "The page.", "content": {"text/html": {}}}
+    refused: dict[int | str, dict[str, Any]] = {
+        400: {
+            "description": "The link is not valid (tampered with, expired, or made for "
+            "another purpose).",
+            "content": {"text/html": {}},
+        },
+        503: {
+            "description": "Links are off: RECOCAMP_SIGNING_KEY is not set.",
+            "content": {"text/html": {}},
+        },
+    }
+    missing = {"description": "We hold no data about the customer.", "content": {"text/html": {}}}
+    erased: dict[int | str, dict[str, Any]] = {
+        410: {
+            "description": "The customer was erased: nothing is held or changed.",
+            "content": {"text/html": {}},
+        }
+    }
+    gone: dict[int | str, dict[str, Any]] = {404: missing, **erased}
+    api.add_api_route(
+        "/u/{token}",
+        handlers.unsubscribe_page,
+        methods=["GET"],
+        response_class=html,
+        responses={200: page, **refused, **erased},
+    )
+    api.add_api_route(
+        "/u/{token}",
+        handlers.unsubscribe,
+        methods=["POST"],
+        response_class=html,
+        responses={200: page, **refused, **erased},
+        openapi_extra=ONE_CLICK_FORM,
+    )
+    api.add_api_route(
+        "/p/{token}",
+        handlers.preferences_page,
+        methods=["GET"],
+        response_class=html,
+        responses={200: page, **refused, **gone},
+    )
+    api.add_api_route(
+        "/p/{token}",
+        handlers.preferences_change,
+        methods=["POST"],
+        response_class=html,
+        responses={
+            200: page,
+            303: {"description": "Done: back to the page."},
+            **refused,
+            **gone,
+            400: {
+                "description": "The link is not valid, or the form is not (a field "
+                "missing, of the wrong kind, or not one of its "
+                "choices).",
+                "content": {"text/html": {}},
+            },
+        },
+        openapi_extra=PREFERENCES_FORM,
+    )
+    api.add_api_route(
+        "/p/{token}/data.json",
+        handlers.download,
+        methods=["GET"],
+        responses={
+            200: {
+                "description": "Everything we hold (GDPR Art. 15/20).",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            404: {
+                "description": "We hold no data about the customer.",
+                "content": {"application/json": {}},
+            },
+            **refused,
+        },
+    )
+    return api
+
+
+def _change(
+    engine: Engine, settings: Settings, found: tokens.Claims, form: dict[str, str], now: datetime
+) -> str:
+    """Apply one form of the page; returns the outcome (a TEXTS key suffix)."""
+    action = form.get("action", "")
+    if action == "erase":
+        if not forms.checked(form, "confirm"):
+            return "confirm_needed"
+        report = privacy.erase(engine, settings, found.customer_id, now, via=SOURCE)
+        return "erased" if report is not None else "unknown"
+    changes = _changes(action, form, now)
+    if changes is None and action != "unsubscribe":
+        return "invalid"
+    with engine.begin() as connection:
+        if tombstones.matches(
+            connection, tombstones.key_of(settings), found.customer_id, None, "links"
+        ):
+            return "gone"
+        if not store.exists(connection, found.customer_id):
+            return "unknown"
+        if action == "unsubscribe":
+            contacts.record_link_unsubscribe(
+                connection, found.customer_id, found.campaign, found.issued_at, now
+            )
+            return "unsubscribed"
+        assert changes is not None
+        profiles.apply(connection, found.customer_id, changes, at=now, actor=ACTOR, source=SOURCE)
+    return {"save": "saved", "pause": "paused", "resume": "resumed"}[action]
+
+
+def _changes(action: str, form: dict[str, str], now: datetime) -> dict[str, Any] | None:
+    """The profile changes of a form (``forms.FormError`` if a field is wrong)."""
+    if action == "save":
+        frequency = forms.choice(form, "frequency", pages.FREQUENCIES, "any")
+        return {
+            "channel_email": forms.checked(form, "channel_email"),
+            "frequency_preference": None if frequency == "any" else frequency,
+            "objected_to_profiling": forms.checked(form, "objected"),
+        }
+    if action == "pause":
+        weeks = forms.integer(form, "weeks", pages.PAUSE_WEEKS)
+        return {"paused_until": now + timedelta(weeks=weeks)}
+    if action == "resume":
+        return {"paused_until": None}
+    return None
+
+
+def _context(
+    connection: Connection, found: tokens.Claims, lang: str, now: datetime, service: OfferService
+) -> dict[str, Any] | None:
+    """What the page shows: the settings, what we hold, and why the offers."""
+    person = registry.customer(connection, found.customer_id)
+    if person is None:
+        return None
+    t = pages.TEXTS[lang]
+    paused = person.paused_until is not None and person.paused_until > now
+    status = (
+        t["unsubscribed"]
+        if person.unsubscribed_at is not None
+        else (
+            t["paused"].format(date=_day(person.paused_until, lang)) if paused else t["subscribed"]
+        )
+    )
+    answer = service.answer(found.customer_id, Query(n=4))
+    return {
+        "c": person,
+        "status": status,
+        "paused": paused,
+        "facts": _facts(connection, person, t, lang, now, service),
+        "campaign": found.campaign,
+        "consent": _consent(person, t, lang),
+        "personal": answer.personalised,
+        "offers": answer.offers,
+    }
+
+
+def _facts(
+    connection: Connection,
+    person: Any,
+    t: dict[str, str],
+    lang: str,
+    now: datetime,
+    service: OfferService,
+) -> list[tuple[str, str]]:
+    placed = views.customer_orders(connection, person.id, now)
+    history = history_of(placed, service.snapshot().catalogue)
+    orders = t["none"]
+    if history.count:
+        first, last = _day(history.orders[0].at, lang), _day(history.orders[-1].at, lang)
+        key = "orders_one" if history.count == 1 else "orders_summary"
+        orders = t[key].format(
+            orders=history.count, items=len(history.items), first=first, last=last
+        )
+    sent = store.emails_sent(connection, person.id)
+    emails = (
+        t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang))
+        if sent[0]
+        else (t["none"])
+    )
+    cached = store.has_cached_list(connection, person.id)
+    profiling = (
+        t["profiling_off"]
+        if person.objected_to_profiling
+        else (t["profiling_on"] if cached or history.count else t["none"])
+    )
+    return [
+        (t["field_email"], _masked(person.email)),
+        (t["field_first_name"], person.first_name or ""),
+        (t["field_locale"], person.locale),
+        (t["field_time_zone"], person.time_zone or ""),
+        (t["field_country"], person.country or ""),
+        (t["field_birthday"], _day(person.birthday, lang) if person.birthday else ""),
+        (t["field_consent"], _consent(person, t, lang)),
+        (t["field_orders"], orders),
+        (t["field_emails"], emails),
+        (t["field_profiling"], profiling),
+    ]
+
+
+def _consent(person: Any, t: dict[str, str], lang: str) -> str:
+    text = t[f"consent_{person.consent_basis}"]
+    if person.consent_at is not None and person.consent_basis != "none":
+        text += ", " + t["since"].format(date=_day(person.consent_at, lang))
+    return text
+
+
+def _day(value: Any, lang: str) -> str:
+    if value is None:
+        return ""
+    return str(value.strftime("%d.%m.%Y" if lang == "de" else "%Y-%m-%d"))
+
+
+def _masked(email: str | None) -> str:
+    if not email or "@" not in email:
+        return ""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}•••@{domain}"

@@ -1,0 +1,134 @@
+"""Shop API, privacy administration (scope ``privacy:admin``), the twins of ``recocamp privacy``.
+
+- ``GET /v1/privacy/customers/{id}``: everything held about a customer (GDPR Art. 15/20);
+- ``DELETE /v1/privacy/customers/{id}``: erasure (Art. 17), see ``privacy``;
+- ``POST /v1/privacy/purge``: the retention purge now (the worker runs it daily);
+- ``GET /v1/privacy/retention``: how long what is kept.
+
+Every request is recorded in the audit log under the API key's name.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+
+from recocamp import metrics, privacy
+from recocamp.api import lean as api_lean
+from recocamp.api.auth import PrivacyAdmin
+from recocamp.clock import Clock
+from recocamp.settings import PrivacySettings, Settings
+from recocamp.store import tombstones
+from recocamp.store.engine import Engine
+from recocamp.store.queries import audit
+
+log = logging.getLogger(__name__)
+CustomerId = api_lean.PathId
+
+
+class ErasureOut(BaseModel):
+    erasure_id: int
+    rows: dict[str, int]
+    model_artifacts: int
+    files_clean: bool = Field(
+        description=(
+            "true only when every file recocamp writes that could hold the customer was cleaned "
+            "(files_left is empty and the SQLite write-ahead log was emptied)"
+        )
+    )
+    files_rewritten: int = Field(description="drop-folder and demo files rewritten without them")
+    files_left: list[str] = Field(description="files that could not be cleaned")
+    not_covered: list[str] = Field(description="where erasure cannot reach, always")
+
+
+class PurgeOut(BaseModel):
+    outbox_bodies: int
+    contact_events: int
+    decisions: int
+    erased_audit_entries: int
+    model_artifacts: int
+    model_customer_rows: int
+    processed_files: int
+    kept: dict[str, str]
+
+
+class RetentionOut(BaseModel):
+    days: PrivacySettings
+    kept: dict[str, str]
+
+
+def router(
+    settings: Settings, engine: Engine, clock: Clock, problems: dict[int | str, Any]
+) -> APIRouter:
+    api = APIRouter(tags=["privacy"], prefix="/v1/privacy")
+
+    @api.get("/customers/{customer_id}", responses=problems)
+    def export(customer_id: CustomerId, key: PrivacyAdmin) -> dict[str, Any]:
+        """Everything we hold about one customer, as JSON (404 when nothing)."""
+        now = clock.now()
+        document = privacy.export(engine, customer_id, now)
+        if document is None:
+            raise HTTPException(404, f"we hold no data about customer {customer_id!r}")
+        with engine.begin() as connection:
+            audit(
+                connection,
+                at=now,
+                actor=f"api:{key.name}",
+                action="customer_exported",
+                subject_type="customer",
+                subject_id=customer_id,
+                details={},
+            )
+        metrics.PRIVACY_REQUESTS.labels("export", "api").inc()
+        return document
+
+    unkeyed: dict[int | str, Any] = {
+        503: {
+            "description": (
+                "RECOCAMP_SIGNING_KEY is not set: an erasure needs it for the tombstone that keeps "
+                "the customer from coming back."
+            )
+        }
+    }
+
+    @api.delete(
+        "/customers/{customer_id}", response_model=ErasureOut, responses={**problems, **unkeyed}
+    )
+    def erase(customer_id: CustomerId, key: PrivacyAdmin) -> ErasureOut:
+        """Erase a customer everywhere; 404 when we hold nothing about them."""
+        try:
+            report = privacy.erase(
+                engine, settings, customer_id, clock.now(), via=f"api:{key.name}"
+            )
+        except tombstones.KeyMissing:
+            raise HTTPException(
+                503,
+                "erasure needs RECOCAMP_SIGNING_KEY (it keys the tombstone); nothing was erased",
+            ) from None
+        if report is None:
+            raise HTTPException(404, f"we hold no data about customer {customer_id!r}")
+        return ErasureOut(
+            erasure_id=report.erasure_id,
+            rows=report.rows,
+            model_artifacts=report.artifacts,
+            files_clean=report.files_clean,
+            files_rewritten=report.files,
+            files_left=list(report.files_left),
+            not_covered=list(report.not_covered),
+        )
+
+    @api.post("/purge", response_model=PurgeOut, responses=problems)
+    def purge(key: PrivacyAdmin) -> PurgeOut:
+        """Remove personal data past its retention period now."""
+        report = privacy.purge(engine, settings, clock.now())
+        return PurgeOut(**report.as_dict())
+
+    @api.get("/retention", response_model=RetentionOut, responses=problems)
+    def retention(key: PrivacyAdmin) -> RetentionOut:
+        """The retention periods (``[privacy]`` settings) and what is kept for good."""
+        return RetentionOut(days=settings.privacy, kept=privacy.KEPT)
+
+    return api

@@ -1,0 +1,88 @@
+"""The planner's audience, pure: the store's rows in, one :class:`CustomerView` per customer out.
+
+``store.views`` reads what a campaign run plans with (customers, their orders, contacts,
+suppressions, recommendation lists, the catalogue); this module gives it meaning: order
+histories without service items (a gift-wrap line is no interest in gift wrap), RFM scores
+across the customer base and the loyalty standing. ``campaigns.run.load_snapshot`` joins
+the two for the run and the CLI alike.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from recocamp.campaigns.loyalty import points, standing, tiers_of
+from recocamp.campaigns.planner import CustomerView
+from recocamp.campaigns.segments import History, Order, rfm_scores
+from recocamp.domain import CustomerOrder, Item, PlanningRows, email_hash
+from recocamp.settings import LoyaltySettings
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the planner plans with: the views, the catalogue and the cold-start list."""
+
+    views: list[CustomerView]
+    items: dict[str, Item]
+    popular: list[list[Any]]
+
+
+def snapshot(rows: PlanningRows, loyalty: LoyaltySettings, now: datetime) -> Snapshot:
+    """The planner's views of every customer at ``now``, in customer id order."""
+    histories = histories_of(rows.orders, rows.items)
+    scores = rfm_scores(histories, now)
+    tiers = tiers_of(loyalty)
+    views = []
+    for record in rows.customers:
+        customer = record.customer
+        history = histories.get(customer.id, History(()))
+        suppressed = bool(
+            rows.suppressed and customer.email and email_hash(customer.email) in rows.suppressed
+        )
+        views.append(
+            CustomerView(
+                customer=customer,
+                history=history,
+                personal=rows.personal.get(customer.id),
+                contacts=rows.contacts.get(customer.id, ()),
+                suppressed=suppressed,
+                standing=standing(points(history, {}, loyalty), tiers),
+                rfm=scores.get(customer.id),
+                frequency_preference=record.frequency_preference,
+                paused_until=record.paused_until,
+            )
+        )
+    return Snapshot(views, rows.items, rows.popular)
+
+
+def histories_of(
+    orders: Iterable[CustomerOrder], catalogue: Mapping[str, Item]
+) -> dict[str, History]:
+    """Every customer's history, oldest order first."""
+    per_customer: dict[str, list[Order]] = defaultdict(list)
+    for order in orders:
+        per_customer[order.customer_id].append(_order(order, catalogue))
+    return {c: History(tuple(sorted(o, key=lambda x: x.at))) for c, o in per_customer.items()}
+
+
+def history_of(orders: Iterable[CustomerOrder], catalogue: Mapping[str, Item]) -> History:
+    """One customer's history (the shop API's view), oldest order first."""
+    found = [_order(order, catalogue) for order in orders]
+    return History(tuple(sorted(found, key=lambda order: order.at)))
+
+
+def _order(order: CustomerOrder, catalogue: Mapping[str, Item]) -> Order:
+    """Service items (postage, gift wrap) count for revenue, not as items or categories;
+    items missing from the catalogue count as items without a category."""
+    bought, categories = set(), set()
+    for item in order.items:
+        known = catalogue.get(item)
+        if known is None or not known.is_service:
+            bought.add(item)
+            if known is not None:
+                categories.add(known.category)
+    return Order(order.at, order.revenue, frozenset(bought), frozenset(categories))

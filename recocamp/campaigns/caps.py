@@ -1,0 +1,165 @@
+"""Privacy-aware contact rules, pure: contact history × policy × ``now`` → a verdict.
+
+Applied to every marketing decision, in this order (the first rule that says no decides the
+recorded reason): paused by the customer → customer frequency preference → global caps
+(rolling 24 h and 7 days, across all campaigns) → per-campaign cooldown → quiet hours.
+Quiet hours never drop a decision: it is deferred to the next allowed instant.
+
+Quiet hours are wall-clock times in the customer's zone (the shop's when unknown), so
+"21:00–08:00" means the same to a customer in Berlin and in Sydney, and across DST changes.
+If the end of quiet hours falls into a DST gap (a wall time that does not exist that day),
+the deferral lands at the first instant after the gap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, time, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from recocamp.domain import PREFERENCE_PERIODS as PREFERENCE_PERIODS  # shared values, re-exported
+from recocamp.domain import Contact as Contact
+from recocamp.settings import CapsSettings
+
+
+class Reason(StrEnum):
+    PAUSED = "paused_by_customer"
+    PREFERENCE = "frequency_preference"
+    CAPPED_24H = "capped_24h"
+    CAPPED_7D = "capped_7d"
+    COOLDOWN = "cooldown"
+    QUIET_HOURS = "quiet_hours_deferred"
+
+
+SHOP_DEFAULTS = CapsSettings()  # the defaults live in settings, where marketers set caps
+
+
+@dataclass(frozen=True, slots=True)
+class CapPolicy:
+    """The caps one decision obeys: ``[caps]`` of the settings, tightened (or, where the shop
+    allows it, relaxed) by a campaign's own ``[caps]``."""
+
+    max_per_24h: int = SHOP_DEFAULTS.max_per_24h
+    max_per_7d: int = SHOP_DEFAULTS.max_per_7d
+    cooldown_days: int = SHOP_DEFAULTS.campaign_cooldown_days
+    quiet_start: time = SHOP_DEFAULTS.quiet_hours_start
+    quiet_end: time = SHOP_DEFAULTS.quiet_hours_end
+
+    @classmethod
+    def from_settings(cls, caps: CapsSettings) -> CapPolicy:
+        """The shop's policy, from ``[caps]`` of the settings."""
+        return cls(
+            caps.max_per_24h,
+            caps.max_per_7d,
+            caps.campaign_cooldown_days,
+            caps.quiet_hours_start,
+            caps.quiet_hours_end,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Allowed now (``reason`` None), skipped, or deferred until ``send_at``."""
+
+    reason: Reason | None = None
+    send_at: datetime | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason is None
+
+    @property
+    def deferred(self) -> bool:
+        return self.reason is Reason.QUIET_HOURS
+
+
+ALLOWED = Verdict()
+
+
+def check(
+    history: Sequence[Contact],
+    policy: CapPolicy,
+    campaign: str,
+    now: datetime,
+    zone: ZoneInfo,
+    *,
+    preference: str | None = None,
+    paused_until: datetime | None = None,
+) -> Verdict:
+    """The verdict for one marketing e-mail of ``campaign`` to one customer at ``now``."""
+    if paused_until is not None and now < paused_until:
+        return Verdict(Reason.PAUSED)
+    period = PREFERENCE_PERIODS.get(preference or "")
+    if period is not None and _count(history, now - period) >= 1:
+        return Verdict(Reason.PREFERENCE)
+    if _count(history, now - timedelta(hours=24)) >= policy.max_per_24h:
+        return Verdict(Reason.CAPPED_24H)
+    if _count(history, now - timedelta(days=7)) >= policy.max_per_7d:
+        return Verdict(Reason.CAPPED_7D)
+    since = now - timedelta(days=policy.cooldown_days)
+    if any(c.campaign == campaign and c.at > since for c in history):
+        return Verdict(Reason.COOLDOWN)
+    wake = quiet_until(now, zone, policy.quiet_start, policy.quiet_end)
+    return ALLOWED if wake is None else Verdict(Reason.QUIET_HOURS, wake)
+
+
+def _count(history: Sequence[Contact], since: datetime) -> int:
+    return sum(1 for contact in history if contact.at > since)
+
+
+def in_quiet_hours(local: time, start: time, end: time) -> bool:
+    if start == end:
+        return False
+    if start < end:
+        return start <= local < end
+    return local >= start or local < end  # across midnight
+
+
+def quiet_until(now: datetime, zone: ZoneInfo, start: time, end: time) -> datetime | None:
+    """``None`` outside quiet hours, else the UTC instant they end in the customer's zone."""
+    local = now.astimezone(zone)
+    if not in_quiet_hours(local.time().replace(tzinfo=None), start, end):
+        return None
+    day = local.date() if local.time() < end else local.date() + timedelta(days=1)
+    wake = datetime.combine(day, end, tzinfo=zone)
+    # round-trip through UTC: a wall time inside a DST gap maps to the instant after it
+    utc = wake.astimezone(UTC)
+    if utc.astimezone(zone).replace(tzinfo=None) != wake.replace(tzinfo=None):
+        utc = (wake + timedelta(hours=1)).replace(minute=0, second=0).astimezone(UTC)
+    return utc
+
+
+def in_holdout(campaign: str, customer_id: str, percent: float) -> bool:
+    """Deterministic, stable holdout: the same customer stays in (or out of) a campaign's
+    holdout on every run and machine, independently across campaigns."""
+    if percent <= 0:
+        return False
+    digest = hashlib.sha256(f"holdout:{campaign}:{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < percent / 100
+
+
+def stricter(
+    defaults: CapPolicy, overrides: Mapping[str, int | time]
+) -> tuple[CapPolicy, list[str]]:
+    """Apply a campaign's cap overrides; returns the policy and the keys that would relax
+    the defaults (callers refuse those unless the shop allows relaxing)."""
+    policy = replace(defaults, **overrides)  # type: ignore[arg-type]
+    relaxing = [
+        key
+        for key in ("max_per_24h", "max_per_7d")
+        if getattr(policy, key) > getattr(defaults, key)
+    ]
+    if policy.cooldown_days < defaults.cooldown_days:
+        relaxing.append("cooldown_days")
+    if _quiet_minutes(policy) < _quiet_minutes(defaults):
+        relaxing.append("quiet_hours")
+    return policy, relaxing
+
+
+def _quiet_minutes(policy: CapPolicy) -> int:
+    start = policy.quiet_start.hour * 60 + policy.quiet_start.minute
+    end = policy.quiet_end.hour * 60 + policy.quiet_end.minute
+    return (end - start) % (24 * 60)

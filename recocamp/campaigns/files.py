@@ -1,0 +1,243 @@
+"""``campaigns/*.toml`` → validated :class:`Campaign` objects; every problem of every file.
+
+One campaign per file; the file's stem must equal its ``name``. Validation happens in two
+steps: the file against the schema (pydantic, unknown keys refused), then cross-references
+against the shop (templates exist, cap overrides only stricter unless
+``caps.campaigns_may_relax``, loyalty tiers exist). Each problem names the file, the dotted
+key, its line and the bad value, like ``settings.toml`` errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recocamp.campaigns.caps import CapPolicy, stricter
+from recocamp.campaigns.segments import RFM_SEGMENTS
+from recocamp.config_files import line_of, problems, read_toml
+from recocamp.domain import ConsentBasis
+from recocamp.errors import ConfigError, Problem
+from recocamp.recommender.ranking import Mode
+from recocamp.settings import Settings, TimeZoneName
+
+RFM_NAMES = (*(name for name, _, _ in RFM_SEGMENTS), "others")
+LOCALES = ("de", "en")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _cron(expression: str) -> str:
+    try:
+        CronTrigger.from_crontab(expression)
+    except ValueError as exc:
+        raise ValueError(f"not a cron expression (minute hour day month weekday): {exc}") from None
+    return expression
+
+
+class Schedule(_Strict):
+    cron: Annotated[str, AfterValidator(_cron)]
+    time_zone: TimeZoneName = "Europe/Berlin"
+
+    def trigger(self) -> CronTrigger:
+        return CronTrigger.from_crontab(self.cron, timezone=self.time_zone)
+
+
+class Audience(_Strict):
+    """Every rule given must hold (AND); leave a rule out to not filter on it."""
+
+    lapsed_days: tuple[int, int] | None = None  # last order in [min, max) days ago
+    min_orders: int | None = Field(default=None, ge=0)
+    max_orders: int | None = Field(default=None, ge=0)
+    min_spend: float | None = Field(default=None, ge=0)
+    max_spend: float | None = Field(default=None, ge=0)
+    categories: tuple[str, ...] = ()  # bought in any of these
+    rfm_segments: tuple[Literal[RFM_NAMES], ...] = ()  # type: ignore[valid-type]
+    loyalty_tiers: tuple[str, ...] = ()
+    birthday_today: bool = False
+    replenishment_due: bool = False
+    not_contacted_days: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Audience:
+        if self.lapsed_days is not None and not 0 <= self.lapsed_days[0] < self.lapsed_days[1]:
+            raise ValueError(
+                f"lapsed_days must be [min, max) with 0 <= min < max, got {list(self.lapsed_days)}"
+            )
+        if None not in (self.min_orders, self.max_orders) and self.min_orders > self.max_orders:  # type: ignore[operator]
+            raise ValueError("min_orders is larger than max_orders")
+        if None not in (self.min_spend, self.max_spend) and self.min_spend > self.max_spend:  # type: ignore[operator]
+            raise ValueError("min_spend is larger than max_spend")
+        return self
+
+
+class OfferRules(_Strict):
+    mode: Mode = Mode.MIXED
+    items: int = Field(default=4, ge=1, le=20)
+    categories: tuple[str, ...] = ()
+    min_price: float | None = Field(default=None, ge=0)
+    max_price: float | None = Field(default=None, ge=0)
+    exclude_items: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    discount_percent: float | None = Field(default=None, gt=0, le=90)
+
+
+class Template(_Strict):
+    subject: dict[Literal["de", "en"], str] = Field(min_length=1)
+    html: str
+    text: str
+
+
+class Variant(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    weight: float = Field(gt=0)
+    subject: dict[Literal["de", "en"], str] | None = None
+    html: str | None = None
+    text: str | None = None
+
+
+class CapOverrides(_Strict):
+    max_per_24h: int | None = Field(default=None, ge=0)
+    max_per_7d: int | None = Field(default=None, ge=0)
+    cooldown_days: int | None = Field(default=None, ge=0)
+
+
+class Campaign(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
+    description: str = ""
+    enabled: bool = True
+    # "offers": personal offers (the default); "nps": a Net Promoter Score survey, a mail with
+    # 0–10 answer links and no offers (its answers are measured in the report)
+    type: Literal["offers", "nps"] = "offers"
+    legal_basis: tuple[Literal["double_opt_in", "existing_customer"], ...] = ("double_opt_in",)
+    schedule: Schedule
+    audience: Audience = Audience()
+    offer: OfferRules = OfferRules()
+    template: Template
+    caps: CapOverrides = CapOverrides()
+    holdout_percent: float = Field(default=10.0, ge=0, le=50)
+    variants: tuple[Variant, ...] = ()
+
+    @model_validator(mode="after")
+    def _variants(self) -> Campaign:
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        return self
+
+    @property
+    def is_survey(self) -> bool:
+        return self.type == "nps"
+
+    def allows(self, basis: ConsentBasis) -> bool:
+        return basis.value in self.legal_basis
+
+    def policy(self, defaults: CapPolicy) -> CapPolicy:
+        return stricter(defaults, self.caps.model_dump(exclude_none=True))[0]
+
+
+def caps_defaults(settings: Settings) -> CapPolicy:
+    """The shop's cap policy, which every campaign's own ``[caps]`` starts from."""
+    return CapPolicy.from_settings(settings.caps)
+
+
+def load(path: Path) -> tuple[Campaign, str]:
+    """One file against the schema; returns the campaign and the file's text."""
+    data, text = read_toml(path)
+    try:
+        campaign = Campaign(**data)
+    except ValidationError as exc:
+        raise ConfigError(path, problems(exc, text)) from None
+    if campaign.name != path.stem:
+        line = line_of(text, ("name",))
+        raise ConfigError(
+            path,
+            [
+                Problem(
+                    f"must equal the file name {path.stem!r}",
+                    key="name",
+                    line=line,
+                    value=campaign.name,
+                )
+            ],
+        )
+    return campaign, text
+
+
+def cross_check(
+    campaign: Campaign, text: str, path: Path, settings: Settings, templates: Path
+) -> list[Problem]:
+    """References to things outside the file: templates, tiers, cap policy."""
+    found: list[Problem] = []
+    names: list[tuple[str, str | None]] = [
+        ("template.html", campaign.template.html),
+        ("template.text", campaign.template.text),
+    ]
+    for n, variant in enumerate(campaign.variants):
+        names += [(f"variants.{n}.html", variant.html), (f"variants.{n}.text", variant.text)]
+    for key, name in names:
+        if name is not None and not (templates / name).is_file():
+            line = line_of(text, tuple(key.split(".")))
+            message = f"template not found in {templates}/"
+            found.append(Problem(message, key=key, line=line, value=name))
+    tiers = {tier.name for tier in settings.loyalty.tiers}
+    for tier in campaign.audience.loyalty_tiers:
+        if tier not in tiers:
+            known = ", ".join(sorted(tiers))
+            line = line_of(text, ("audience", "loyalty_tiers"))
+            found.append(
+                Problem(
+                    f"unknown loyalty tier (settings has {known})",
+                    key="audience.loyalty_tiers",
+                    line=line,
+                    value=tier,
+                )
+            )
+    _, relaxing = stricter(caps_defaults(settings), campaign.caps.model_dump(exclude_none=True))
+    if relaxing and not settings.caps.campaigns_may_relax:
+        for key in relaxing:
+            value = getattr(campaign.caps, key, None)
+            found.append(
+                Problem(
+                    "may only be stricter than [caps] in settings "
+                    "(set caps.campaigns_may_relax = true to allow)",
+                    key=f"caps.{key}",
+                    line=line_of(text, ("caps", key)),
+                    value=value,
+                )
+            )
+    return found
+
+
+def load_all(
+    directory: Path, settings: Settings, templates: Path
+) -> tuple[list[Campaign], list[ConfigError]]:
+    """Every campaign file, and every problem of every broken one (nothing stops early)."""
+    campaigns: list[Campaign] = []
+    failures: list[ConfigError] = []
+    seen: dict[str, Path] = {}
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            campaign, text = load(path)
+        except ConfigError as exc:
+            failures.append(exc)
+            continue
+        found = cross_check(campaign, text, path, settings, templates)
+        if campaign.name in seen:
+            found.append(
+                Problem(
+                    f"the same name is used by {seen[campaign.name]}",
+                    key="name",
+                    value=campaign.name,
+                )
+            )
+        seen[campaign.name] = path
+        if found:
+            failures.append(ConfigError(path, found))
+        else:
+            campaigns.append(campaign)
+    return campaigns, failures

@@ -1,0 +1,151 @@
+"""Offers, pure: candidate items with scores × business rules → ranked offers with reasons.
+
+The same function serves the campaign planner and the shop API, so an e-mail and a widget
+never disagree. Candidates come first from the customer's personal list (the recommender's
+top-N cache), then from the recent-popularity list; rules drop what may not be offered:
+service items, items out of stock, the offer mode (replenish: bought before; discover: never
+bought), category and price filters, exclusions, and — for customers who receive mail under
+the existing-customer exception (UWG §7(3)) — anything outside the categories they bought.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from recocamp.domain import Item
+from recocamp.recommender.ranking import Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    mode: Mode = Mode.MIXED
+    count: int = 4
+    categories: frozenset[str] = frozenset()
+    min_price: float | None = None
+    max_price: float | None = None
+    exclude_items: frozenset[str] = frozenset()
+    exclude_categories: frozenset[str] = frozenset()
+    discount_percent: float | None = None
+    same_categories_only: bool = False  # UWG §7(3): similar products only
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    item_id: str
+    title: str
+    category: str
+    price: float
+    score: float
+    why: str
+    url: str | None = None
+    image_url: str | None = None
+    discount_percent: float | None = None
+    source: str = "popular"  # the candidate list it came from (see Candidates.source)
+
+    @property
+    def discounted_price(self) -> float | None:
+        if not self.discount_percent:
+            return None
+        return round(self.price * (1 - self.discount_percent / 100), 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Scored item ids from one source, and how to explain an item picked from it:
+    ``because`` names, per personal item, the bought item it is most similar to."""
+
+    ranked: Sequence[Sequence[object]]  # [[item_id, score], ...]
+    source: str  # "personal" | "popular" | "due" | "history"
+    because: Mapping[str, str] = field(default_factory=dict)  # item id → a bought item's title
+
+
+def allowed(
+    item: Item | None, rules: Rules, bought: frozenset[str], categories: frozenset[str]
+) -> bool:
+    if item is None or item.is_service or not item.in_stock:
+        return False
+    if item.id in rules.exclude_items or item.category in rules.exclude_categories:
+        return False
+    owned = item.id in bought
+    if (rules.mode is Mode.REPLENISH and not owned) or (rules.mode is Mode.DISCOVER and owned):
+        return False
+    if rules.categories and item.category not in rules.categories:
+        return False
+    if rules.same_categories_only and item.category not in categories:
+        return False
+    if rules.min_price is not None and item.price < rules.min_price:
+        return False
+    return rules.max_price is None or item.price <= rules.max_price
+
+
+def why(item: Item, source: str, owned: bool, because: str | None = None) -> str:
+    if owned:
+        return "you bought this before" if source != "due" else "about time to restock"
+    if source == "personal":
+        if because:
+            return f"because you bought {because}"
+        return f"picked for you: you like {item.category.replace('_', ' ')}"
+    return "popular this week"
+
+
+def sources_for(
+    mode: Mode,
+    personal: Sequence[Sequence[object]] | None,
+    popular: Sequence[Sequence[object]],
+    owned: frozenset[str],
+    due: Sequence[str] = (),
+    because: Mapping[str, str] | None = None,
+) -> list[Candidates]:
+    """The candidate lists in the order the campaign planner uses them (``planner.offers_for``):
+    items due for replenishment, the personal list, in replenish mode everything bought
+    before, then recent popularity. ``personal`` is None for anybody who objected to
+    profiling."""
+    sources = []
+    if mode is Mode.REPLENISH:
+        sources.append(Candidates([[item, 1.0] for item in due], "due"))
+    if personal:
+        sources.append(Candidates(personal, "personal", because or {}))
+    if mode is Mode.REPLENISH:
+        sources.append(Candidates([[item, 0.0] for item in sorted(owned)], "history"))
+    sources.append(Candidates(popular, "popular"))
+    return sources
+
+
+def select(
+    sources: Iterable[Candidates],
+    items: Mapping[str, Item],
+    rules: Rules,
+    bought: frozenset[str],
+    categories: frozenset[str],
+) -> list[Offer]:
+    """The first ``rules.count`` allowed items over the sources, in order, without repeats."""
+    chosen: list[Offer] = []
+    seen: set[str] = set()
+    for source in sources:
+        for entry in source.ranked:
+            item_id, score = str(entry[0]), float(entry[1])  # type: ignore[arg-type]
+            if item_id in seen:
+                continue
+            seen.add(item_id)
+            item = items.get(item_id)
+            if item is None or not allowed(item, rules, bought, categories):
+                continue
+            reason = why(item, source.source, item.id in bought, source.because.get(item.id))
+            chosen.append(
+                Offer(
+                    item.id,
+                    item.title,
+                    item.category,
+                    item.price,
+                    score,
+                    reason,
+                    item.url,
+                    item.image_url,
+                    rules.discount_percent,
+                    source.source,
+                )
+            )
+            if len(chosen) == rules.count:
+                return chosen
+    return chosen

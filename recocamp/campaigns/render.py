@@ -1,0 +1,459 @@
+"""Render campaign e-mails: sandboxed Jinja, HTML + plain text, CSS inlined once per template.
+
+- ``SandboxedEnvironment``: templates are written by marketers, so they may not reach
+  Python internals (``''.__class__``, globals, unsafe ``str.format``); attempts raise
+  ``SecurityError`` and fail ``recocamp check``.
+- TemplateSettings (``template_limits``, ``[templates]``): every render has a time budget and bounds
+  on output, loop iterations, numbers and nesting; past one it raises
+  ``TemplateLimitError`` with the template and line. A template that ran out of time
+  ``QUARANTINE_AFTER`` times in a row (no render of it succeeded between) is not rendered
+  again by that renderer (a worker takes a new
+  one when the templates change), so one broken campaign costs seconds, not hours.
+- The loader reads only files inside the templates folder: ``include '/etc/passwd'`` or
+  ``extends '../x'`` is "not found", with the reason.
+- ``StrictUndefined``: a variable outside the documented context is an error, not an empty
+  string; ``check`` refuses a template that reads a variable or a key outside the contract
+  (:func:`contract_problems`, also in branches a sample never takes) and renders every
+  template with the sample context, so that happens before a campaign runs, never mid-run.
+- Autoescape for ``.html``; the text part is not escaped.
+- CSS: ``templates/email.css`` is inlined into each HTML template's *source* when Jinja loads
+  it (css-inline's fragment mode leaves Jinja syntax alone; templates use ``div``s, because an
+  HTML parser moves text out of tables). Jinja caches the compiled result, so the cost is paid
+  once per template, not per e-mail.
+
+The context templates read is a typed contract, documented key by key (README.md §The
+template context): :mod:`recocamp.campaigns.context`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import css_inline
+from jinja2 import (
+    BaseLoader,
+    DictLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+    meta,
+    nodes,
+)
+from jinja2.exceptions import SecurityError
+from jinja2.visitor import NodeVisitor
+
+from recocamp.campaigns import context as contract
+from recocamp.campaigns.context import context_for as context_for  # the callers' old home
+from recocamp.campaigns.context import money as money
+from recocamp.campaigns.context import sample_context as sample_context
+from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
+from recocamp.errors import Problem, TemplateLimitError
+from recocamp.settings import TemplateSettings
+
+STYLESHEET = "email.css"
+QUARANTINE_AFTER = 3  # a template that ran out of time this often is not rendered any more
+SUBJECT = "subject"  # the name a subject line's errors carry
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Every template file of ``directory`` as text, by its name in the directory."""
+    return {
+        path.relative_to(directory).as_posix(): path.read_text(encoding="utf-8")
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+class OutsideTemplates(TemplateNotFound):
+    """An include or extends of a path outside the templates folder (``/etc/passwd``)."""
+
+
+class InliningLoader(BaseLoader):
+    """A loader that inlines ``email.css`` into HTML sources as they are loaded; from the
+    files of a directory, or from a :func:`snapshot` of them (``sources``)."""
+
+    def __init__(self, directory: Path, sources: Mapping[str, str] | None = None) -> None:
+        self.files: BaseLoader = (
+            FileSystemLoader(str(directory)) if sources is None else DictLoader(dict(sources))
+        )
+        sheet = directory / STYLESHEET
+        if sources is not None:
+            self.css = sources.get(STYLESHEET, "")
+        else:
+            self.css = sheet.read_text(encoding="utf-8") if sheet.exists() else ""
+        self.fragments = css_inline.CSSInliner(load_remote_stylesheets=False)
+        self.documents = css_inline.CSSInliner(
+            load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
+        )
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        pieces = template.replace("\\", "/").split("/")
+        if template.startswith("/") or ".." in pieces or ":" in pieces[0]:
+            raise OutsideTemplates(template, f"{template!r} is outside the templates folder")
+        source, filename, uptodate = self.files.get_source(environment, template)
+        if template.endswith(".html") and self.css:
+            source = self._inline(source)
+        return source, filename, uptodate
+
+    def _inline(self, source: str) -> str:
+        if "<html" in source.lower():  # a layout: inline the document, keep its <style>
+            return str(self.documents.inline(source))
+        return str(self.fragments.inline_fragment(source, self.css))
+
+
+def environment(
+    directory: Path,
+    sources: Mapping[str, str] | None = None,
+    limits: TemplateSettings | None = None,
+    clock: Callable[[], float] | None = None,
+) -> LimitedEnvironment:
+    return LimitedEnvironment(
+        limits or TemplateSettings(),
+        clock,
+        loader=InliningLoader(directory, sources),
+        undefined=StrictUndefined,
+        autoescape=lambda name: name is not None and name.endswith(".html"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+
+
+class Renderer:
+    """Renders one campaign's subject, HTML and text part with a context, within ``limits``.
+
+    :meth:`frozen` renders from the templates as they are *now*: a worker keeps the last set
+    that passed ``check`` while a marketer edits the files, and hands the same set to its
+    delivering processes, so queued mail never meets a half-saved template.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        sources: Mapping[str, str] | None = None,
+        limits: TemplateSettings | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.directory, self.sources = directory, sources
+        self.limits = limits or TemplateSettings()
+        self.env = environment(directory, sources, self.limits, clock)
+        self._subjects: dict[str, Template] = {}
+        self._timeouts: dict[str, int] = {}  # template → renders in a row that ran out of time
+
+    @classmethod
+    def frozen(cls, directory: Path, limits: TemplateSettings | None = None) -> Renderer:
+        return cls(directory, snapshot(directory), limits)
+
+    def render(
+        self, subject: str, html: str, text: str, context: Mapping[str, object]
+    ) -> RenderedEmail:
+        return RenderedEmail(self.subject(subject, context), *self.body(html, text, context))
+
+    def subject(self, subject: str, context: Mapping[str, object]) -> str:
+        """The subject line (a Jinja string), on one line."""
+        compiled = self._subjects.get(subject)
+        if compiled is None:
+            compiled = self._subjects[subject] = self.env.from_string(subject)
+            compiled.name = SUBJECT
+        return " ".join(self._render(compiled, context, subject).split())
+
+    def body(self, html: str, text: str, context: Mapping[str, object]) -> tuple[str, str]:
+        """The HTML and the text part; raises jinja2's ``TemplateError`` subclasses and
+        ``TemplateLimitError``."""
+        return (
+            self._render(self.env.get_template(html), context, html),
+            self._render(self.env.get_template(text), context, text),
+        )
+
+    def _render(self, template: Template, context: Mapping[str, object], key: str) -> str:
+        """One render; a template that keeps running out of time is refused at once (its
+        renders would each cost the whole budget)."""
+        name = str(template.name)
+        if self._timeouts.get(key, 0) >= QUARANTINE_AFTER:
+            raise TemplateLimitError(
+                name,
+                [
+                    Problem(
+                        f"ran out of render time {QUARANTINE_AFTER} times: not rendered again "
+                        "until the templates change"
+                    )
+                ],
+            )
+        try:
+            rendered = self.env.render(template, context)
+        except TemplateLimitError as exc:
+            if any("render time" in p.message for p in exc.problems):
+                self._timeouts[key] = self._timeouts.get(key, 0) + 1
+            raise
+        self._timeouts.pop(key, None)  # only timeouts in a row count: a slow moment is not a loop
+        return rendered
+
+
+def check_template(
+    directory: Path, name: str, sample: Mapping[str, object], limits: TemplateSettings | None = None
+) -> list[Problem]:
+    """Syntax, what the template and the templates it includes or extends read outside the
+    contract (a variable, or a key of one: see :func:`contract_problems`), and a sandboxed
+    sample render within the limits; every failure is a problem with the template and line."""
+    env = environment(directory, limits=limits)
+    try:
+        parsed = _parse(env, name)
+    except TemplateNotFound as exc:
+        return [Problem(_not_found(exc), key=name)]
+    except TemplateSyntaxError as exc:
+        return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
+    others = _referenced(env, parsed[1])
+    around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
+    found = contract_problems(parsed, name)
+    for other, template in others.items():  # they also see what the templates around them set
+        found += contract_problems(template, other, around)
+    if found:
+        return found
+    try:
+        env.render(env.get_template(name), sample)
+    except Exception as exc:  # whatever a template does is a problem, not a crash
+        return [render_problem(exc, name)]
+    return []
+
+
+def _parse(env: Environment, name: str) -> tuple[str, nodes.Template]:
+    assert env.loader is not None
+    source = env.loader.get_source(env, name)[0]
+    return source, env.parse(source, name)
+
+
+def _referenced(env: Environment, parsed: nodes.Template) -> dict[str, tuple[str, nodes.Template]]:
+    """The templates ``parsed`` includes, imports or extends by a constant name, and theirs;
+    one that is missing or broken is left to the sample render, which names it."""
+    found: dict[str, tuple[str, nodes.Template]] = {}
+    waiting = [parsed]
+    while waiting:
+        for name in meta.find_referenced_templates(waiting.pop()):
+            if name is None or name in found:
+                continue
+            try:
+                found[name] = _parse(env, name)
+            except (TemplateNotFound, TemplateSyntaxError):
+                continue
+            waiting.append(found[name][1])
+    return found
+
+
+Scope = dict[str, object]  # a name a template reads → its type in the contract (None: not of it)
+MAPPING_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
+
+
+def contract_problems(
+    template: tuple[str, nodes.Template], name: str, defined: AbstractSet[str] = frozenset()
+) -> list[Problem]:
+    """What a parsed template (source and tree) reads outside the contract
+    (``context.TemplateContext``): a variable (``custmer``), or a key of a value of the
+    contract, also through a loop variable or ``set`` (``customer.frist_name``, ``offer.titel``
+    in ``for offer in offers``); ``defined`` are names the templates around it set."""
+    source, parsed = template
+    unknown = sorted(meta.find_undeclared_variables(parsed) - contract.CONTEXT_KEYS - defined)
+    found = [
+        Problem(
+            "uses a variable outside the template context",
+            key=name,
+            line=_line(source, variable),
+            value=variable,
+        )
+        for variable in unknown
+    ]
+    reads = ContractReads()
+    reads.visit(
+        parsed, {k: kind for k, (kind, _) in contract.fields(contract.TemplateContext).items()}
+    )
+    return found + [replace(p, key=name) for p in reads.problems]
+
+
+class ContractReads(NodeVisitor):
+    """Follows the contract's types through a template: ``visit`` of an expression returns
+    the type of its value (None where it is not a contract value: a literal, a filter's
+    result) and records each key read from a contract mapping that the contract lacks.
+    Attributes with an underscore are the sandbox's business, dict methods are allowed."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def read(self, node: nodes.Node, scope: Scope) -> object:
+        kind: object = self.visit(node, scope)
+        return kind
+
+    def visit_Name(self, node: nodes.Name, scope: Scope) -> object:
+        return scope.get(node.name) if node.ctx == "load" else None
+
+    def visit_Getattr(self, node: nodes.Getattr, scope: Scope) -> object:
+        return self._key(node, self.read(node.node, scope), node.attr)
+
+    def visit_Getitem(self, node: nodes.Getitem, scope: Scope) -> object:
+        parent = self.read(node.node, scope)
+        value = node.arg.value if isinstance(node.arg, nodes.Const) else self.read(node.arg, scope)
+        if isinstance(value, str):
+            return self._key(node, parent, value)
+        return contract.element(parent) if isinstance(value, int) else None
+
+    def visit_Filter(self, node: nodes.Filter, scope: Scope) -> object:
+        """The limits' own filters (every loop and literal goes through one) keep the type."""
+        if node.name in (COUNTED, MADE) and node.node is not None:
+            return self.read(node.node, scope)
+        self.generic_visit(node, scope)
+        return None
+
+    def visit_For(self, node: nodes.For, scope: Scope) -> None:
+        item = contract.element(self.read(node.iter, scope))
+        inner = {**scope, **_bound(node.target, item), "loop": None}
+        for child in [*([node.test] if node.test else []), *node.body]:
+            self.visit(child, inner)
+        for child in node.else_:
+            self.visit(child, scope)
+
+    def visit_Assign(self, node: nodes.Assign, scope: Scope) -> None:
+        scope.update(_bound(node.target, self.read(node.node, scope)))
+
+    def visit_AssignBlock(self, node: nodes.AssignBlock, scope: Scope) -> None:
+        self.generic_visit(node, scope)
+        scope.update(_bound(node.target, None))
+
+    def visit_With(self, node: nodes.With, scope: Scope) -> None:
+        inner = dict(scope)
+        for target, value in zip(node.targets, node.values, strict=True):
+            inner.update(_bound(target, self.read(value, scope)))
+        for child in node.body:
+            self.visit(child, inner)
+
+    def visit_Macro(self, node: nodes.Macro, scope: Scope) -> None:
+        self._callable(node, scope)
+        scope[node.name] = None
+
+    def visit_CallBlock(self, node: nodes.CallBlock, scope: Scope) -> None:
+        self.visit(node.call, scope)
+        self._callable(node, scope)
+
+    def visit_Import(self, node: nodes.Import, scope: Scope) -> None:
+        scope[node.target] = None
+
+    def visit_FromImport(self, node: nodes.FromImport, scope: Scope) -> None:
+        scope.update({n if isinstance(n, str) else n[1]: None for n in node.names})
+
+    def _callable(self, node: nodes.Macro | nodes.CallBlock, scope: Scope) -> None:
+        for default in node.defaults:
+            self.visit(default, scope)
+        inner = {**scope, **{arg.name: None for arg in node.args}, "caller": None}
+        for child in node.body:
+            self.visit(child, inner)
+
+    def _key(self, node: nodes.Getattr | nodes.Getitem, parent: object, key: str) -> object:
+        mapping = contract.contract_of(parent)
+        if mapping is None:
+            return None
+        known = contract.fields(mapping)
+        if key in known:
+            return known[key][0]
+        if not key.startswith("_") and key not in MAPPING_METHODS:
+            self.problems.append(
+                Problem(
+                    f"reads a key outside the template context: {_spelled(node.node)} has no key "
+                    f"{key!r}",
+                    line=node.lineno,
+                    value=_spelled(node),
+                )
+            )
+        return None
+
+
+def _bound(target: nodes.Node, kind: object) -> Scope:
+    """The names an assignment or loop target binds, with their types."""
+    if isinstance(target, nodes.Name):
+        return {target.name: kind}
+    return {name.name: None for name in target.find_all(nodes.Name)}
+
+
+def _defined(parsed: nodes.Template) -> frozenset[str]:
+    """The names a template sets (variables, loop variables, macros and their arguments,
+    imports): an included template sees those of the template that includes it."""
+    names = {n.name for n in parsed.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    names |= {m.name for m in parsed.find_all(nodes.Macro)}
+    names |= {i.target for i in parsed.find_all(nodes.Import)}
+    for imported in parsed.find_all(nodes.FromImport):
+        names |= {n if isinstance(n, str) else n[1] for n in imported.names}
+    return frozenset(names)
+
+
+def _spelled(node: nodes.Node) -> str:
+    """An expression as the template writes it (``customer``, ``survey.scores[0]``)."""
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr):
+        return f"{_spelled(node.node)}.{node.attr}"
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        return f"{_spelled(node.node)}[{node.arg.value!r}]"
+    return "the value"
+
+
+def render_problem(exc: Exception, name: str) -> Problem:
+    """What went wrong in a render, at the template and line where it happened."""
+    if isinstance(exc, TemplateLimitError):
+        problem = exc.problems[0]
+        return Problem(problem.message, key=str(exc.path), line=problem.line)
+    if isinstance(exc, TemplateSyntaxError):  # in an included template
+        return Problem(f"syntax error: {exc.message}", key=exc.name or name, line=exc.lineno)
+    where, line = location(exc)
+    key = name if where == "<template>" else where
+    if isinstance(exc, TemplateNotFound):
+        return Problem(_not_found(exc, included=True), key=key, line=line)
+    if isinstance(exc, SecurityError):
+        return Problem(f"blocked by the sandbox: {exc}", key=key, line=line)
+    if isinstance(exc, UndefinedError):
+        return Problem(
+            f"reads something outside the template context: {exc.message}", key=key, line=line
+        )
+    return Problem(f"fails to render: {type(exc).__name__}: {exc}", key=key, line=line)
+
+
+def _not_found(exc: TemplateNotFound, *, included: bool = False) -> str:
+    """The "template not found" message, with the loader's reason or the included name."""
+    if isinstance(exc, OutsideTemplates):
+        return f"template not found: {exc.message}"
+    return f"template not found: {exc.name!r}" if included else "template not found"
+
+
+def check_subject(
+    subject: str,
+    sample: Mapping[str, object],
+    directory: Path,
+    limits: TemplateSettings | None = None,
+) -> str | None:
+    """A problem with a subject line template, or None."""
+    try:
+        renderer = Renderer(directory, limits=limits)
+        static = contract_problems((subject, renderer.env.parse(subject)), SUBJECT)
+        if static:
+            return str(static[0])
+        renderer.subject(subject, sample)
+    except Exception as exc:  # a problem to list, not a crash
+        return str(render_problem(exc, SUBJECT))
+    return None
+
+
+def _line(source: str, variable: str) -> int | None:
+    match = re.search(rf"\b{re.escape(variable)}\b", source)
+    return source.count("\n", 0, match.start()) + 1 if match else None

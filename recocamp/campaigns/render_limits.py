@@ -1,0 +1,669 @@
+"""Hard limits on rendering one template: time, output size, loop iterations, integers, depth.
+
+Templates are written by people, and one template must not be able to stop all sending: a
+render that runs past a limit raises :class:`~recocamp.errors.TemplateLimitError` (file and
+line), which fails that one message (or is a problem for ``recocamp check``).
+
+Pure-Python checks cannot interrupt one long C call (``9 ** (9 ** 9)`` holds the GIL for
+hours, and with it every thread of the worker), so every operation that could make one is
+refused *before* it runs when its result would pass a bound: the intercepted arithmetic
+operators, string concatenation (``~``), method calls and filters that expand their input,
+``range``. Each of those is then cheap, and a deadline check at each of them and at each
+loop iteration and call is the time budget (what runs between two of them is bounded by the
+template's own size). A render's strings and lists together are bounded too (ten times the
+output bound), so a loop cannot pile up copies that are each small enough. Loops are counted
+because every ``for`` of a template iterates through :func:`counted` (added to the parsed
+tree), which stops nested loops that Jinja's own ``MAX_RANGE`` (one range at a time) lets
+through; every include, import and extends is a step and one level of nesting too, so a
+template that includes itself twice cannot grow exponentially.
+
+Every value a template makes (list, tuple and dict literals, results of operators, calls and
+filters) is measured as the tree it prints as: shared children count each time they occur
+(:func:`size_of`), so ``[x, x]`` repeated 40 times is refused after a few steps instead of
+being a value whose comparison or hash costs 2 ** 40. Templates cannot change a list, dict or
+set in place (``append``, ``extend``, ``update`` …; a ``namespace()`` can still be assigned):
+otherwise a value measured when it was made could grow behind the measurement. With every
+value bounded, comparing, hashing and testing one is bounded too. ``bytes`` are bounded like
+``str``.
+
+The budget of the render in progress lives in a :class:`~contextvars.ContextVar`: renders in
+different threads of a worker never share one.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import string
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from itertools import islice
+from types import CodeType, TracebackType
+from typing import Any, TypeGuard, TypeVar
+
+from jinja2 import Template, nodes, pass_context
+from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
+from jinja2.sandbox import SandboxedEnvironment, modifies_known_mutable
+from jinja2.utils import Namespace
+from jinja2.visitor import NodeTransformer
+
+from recocamp.errors import Problem, RecocampError, TemplateLimitError
+from recocamp.settings import TemplateSettings
+
+COUNTED = "__counted_loop"  # the filter every ``for`` iterates through (see ``_parse``)
+MADE = "__made_value"  # the filter every list, tuple and dict literal goes through
+T = TypeVar("T")
+PRODUCED_FACTOR = 10  # a render makes at most 10 × max_output_chars of strings and lists in all
+_EXPANDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"})
+_REFUSED = frozenset({"translate", "maketrans"})  # a table can blow up every character
+_TEXT = (str, bytes, bytearray)
+_CODECS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252", "utf-16", "utf-32"})
+_SUMMED = (*_TEXT, list, tuple)  # ``+`` makes their lengths' sum
+_CONTAINERS = (list, tuple, dict, set, frozenset, Namespace)
+_PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
+
+
+class LimitExceeded(RecocampError):
+    """A limit was passed; :meth:`LimitedEnvironment.render` turns it into a
+    ``TemplateLimitError`` with the template's name and line."""
+
+
+class Budget:
+    """What one render has used so far, against its :class:`TemplateSettings`.
+
+    Time is the render's own CPU time (``clock``, by default the thread's): a sandboxed
+    template cannot wait on anything, so CPU is what it spends, and a busy or paused machine
+    (a loaded CI runner, a GC pause of another thread) must not fail a healthy message. The
+    CPU clock costs a system call, so it is read only once the cheap wall clock (``wall``)
+    says the budget could be spent; until then the wall deadline moves on by what the render
+    has not used.
+    """
+
+    def __init__(
+        self,
+        limits: TemplateSettings,
+        clock: Callable[[], float] = time.thread_time,
+        wall: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits, self.clock, self.wall = limits, clock, wall
+        self.started = clock()
+        self.deadline = wall() + limits.render_time_s
+        self.steps = self.depth = self.produced = 0
+        self.templates: list[Iterator[str]] = []  # included, imported, extended: see nest()
+
+    def tick(self) -> None:
+        if self.wall() <= self.deadline:
+            return
+        left = self.limits.render_time_s - (self.clock() - self.started)
+        if left < 0:
+            raise LimitExceeded(
+                f"rendering took longer than {self.limits.render_time_s:g} s (the render time "
+                "budget, [templates] render_time_s)"
+            )
+        self.deadline = self.wall() + left
+
+    def produce(self, size: int) -> None:
+        """A string or list of ``size`` the render made: all of them together are bounded,
+        so a loop cannot pile up copies of values that are each within the bound (memory)."""
+        self.produced += size
+        if self.produced > self.limits.max_output_chars * PRODUCED_FACTOR:
+            raise LimitExceeded(
+                f"the render made more than {PRODUCED_FACTOR} × "
+                f"{self.limits.max_output_chars:,} characters of text and lists in all "
+                "([templates] max_output_chars)"
+            )
+
+    def enter(self, template: Iterator[str]) -> None:
+        """A template's render (an include, import or extends) begins: one step, and one
+        level while it runs."""
+        self.step()
+        self._running().append(template)
+        self._check_depth()
+
+    def nest(self) -> None:
+        """One level deeper: a macro or a recursive loop (counted down by the caller)."""
+        self.depth += 1
+        self._check_depth()
+
+    def _running(self) -> list[Iterator[str]]:
+        """The included, imported and extended templates whose render still runs. Those end
+        inside ``yield from``, where nothing can count them down: a finished generator has no
+        frame, and they nest like a stack."""
+        running = self.templates
+        while running and getattr(running[-1], "gi_frame", True) is None:
+            running.pop()
+        return running
+
+    def _check_depth(self) -> None:
+        if self.depth + len(self._running()) > self.limits.max_depth:
+            raise LimitExceeded(
+                f"macros, recursive loops or includes nested deeper than "
+                f"{self.limits.max_depth} ([templates] max_depth)"
+            )
+
+    def step(self) -> None:
+        """One loop iteration or call."""
+        self.steps += 1
+        if self.steps > self.limits.max_loop_iterations:
+            raise LimitExceeded(
+                f"more than {self.limits.max_loop_iterations:,} loop iterations and calls in "
+                "one render ([templates] max_loop_iterations)"
+            )
+        self.tick()
+
+
+_BUDGET: ContextVar[Budget | None] = ContextVar("recocamp_template_budget", default=None)
+
+
+def size_of(value: object, cap: int) -> int:
+    """An upper estimate of ``len(str(value))``; stops counting once it passes ``cap`` (a list
+    that holds one big list a million times costs ``cap`` steps, not its printed size). A child
+    shared by several containers counts each time it occurs: this is also the bound of the
+    work to compare, hash or copy ``value``."""
+    total, stack = 0, [value]
+    while stack and total <= cap:
+        item = stack.pop()
+        if isinstance(item, _TEXT):
+            total += len(item) + (0 if item is value else 3)  # quoted inside a container
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 2
+        elif isinstance(item, (list, tuple, set, frozenset)):  # before the slower ABC check
+            total += 2 * len(item) + 2
+            stack.extend(item if len(item) <= cap else islice(item, cap + 1))
+        elif isinstance(item, Mapping):
+            total += 2 * len(item) + 2
+            stack.extend(k for pair in islice(item.items(), cap + 1) for k in pair)
+        elif isinstance(item, Namespace):
+            stack.append(item._Namespace__attrs)
+        else:  # numbers, None, dates, jinja's helpers: short when printed
+            total += 40
+    return total
+
+
+class LimitedTemplate(Template):
+    """A template whose ``~`` goes through :meth:`LimitedEnvironment.joiner`."""
+
+    @classmethod
+    def from_code(
+        cls,
+        environment: Any,
+        code: CodeType,
+        globals: Any,
+        uptodate: Callable[[], bool] | None = None,
+    ) -> Template:
+        namespace: dict[str, Any] = {"environment": environment, "__file__": code.co_filename}
+        exec(code, namespace)  # noqa: S102 - Template.from_code, then the two joins replaced
+        if isinstance(environment, LimitedEnvironment):
+            namespace["str_join"] = environment.joiner(markup=False)
+            namespace["markup_join"] = environment.joiner(markup=True)
+            namespace["root"] = nested(namespace["root"])
+        template = cls._from_namespace(environment, namespace, globals)
+        template._uptodate = uptodate
+        return template
+
+
+Root = Callable[[Context], Iterator[str]]
+
+
+def nested(root: Root) -> Root:
+    """A template's render function, as a step and one level of nesting: includes, imports
+    and extends call it (the outermost template of a render is called unwrapped, as
+    ``__wrapped__``). It hands back the template's own generator, not a wrapping one: every
+    piece of every e-mail passes through each level (a wrapper cost 17 % of a render)."""
+
+    def root_render_func(context: Context) -> Iterator[str]:
+        events = root(context)
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.enter(events)
+        return events
+
+    root_render_func.__wrapped__ = root  # type: ignore[attr-defined]
+    return root_render_func
+
+
+class LimitedEnvironment(SandboxedEnvironment):
+    """The sandbox with every expanding operation bounded (see the module docstring)."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    template_class = LimitedTemplate
+
+    def __init__(
+        self, limits: TemplateSettings, clock: Callable[[], float] | None = None, **options: Any
+    ) -> None:
+        """``clock``: the render time (default: the thread's CPU time, see :class:`Budget`);
+        a test's clock stands for both the CPU and the wall clock."""
+        self.limits = limits
+        self.clock, self.wall = (
+            (time.thread_time, time.monotonic) if clock is None else (clock, clock)
+        )
+        super().__init__(finalize=self._finalize, **options)
+        self.globals["range"] = self._range
+        self.globals.pop("lipsum", None)  # lipsum(10**9): nothing an e-mail needs
+        self.filters = {name: self._guard(name, f) for name, f in self.filters.items()}
+        self.filters[COUNTED] = counted
+        self.filters[MADE] = self._made
+        self.concat = self._concat  # type: ignore[method-assign]
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def render(self, template: Template, context: Mapping[str, Any]) -> str:
+        """``template`` rendered with ``context`` within the limits: raises
+        ``TemplateLimitError`` naming the template and line where a limit was passed."""
+        budget = Budget(self.limits, self.clock, self.wall)
+        token = _BUDGET.set(budget)
+        try:
+            parts: list[str] = []
+            size, bound = 0, self.limits.max_output_chars
+            root = template.root_render_func
+            events = getattr(root, "__wrapped__", root)(template.new_context(dict(context)))
+            for seen, part in enumerate(events, 1):  # inline: runs for every piece of every e-mail
+                size += len(part)
+                if not seen & 1023:
+                    budget.tick()
+                if size > bound:
+                    name, line = suspended(events, template)
+                    message = (
+                        f"the output is longer than {bound:,} characters "
+                        "([templates] max_output_chars)"
+                    )
+                    raise TemplateLimitError(name, [Problem(message, line=line)])
+                parts.append(part)
+            return "".join(parts)
+        except LimitExceeded as exc:
+            raise located(exc, str(exc), template) from None
+        except RecursionError as exc:
+            raise located(
+                exc, "recursion too deep (a macro or include that calls itself)", template
+            ) from None
+        except MemoryError as exc:
+            raise located(exc, "out of memory", template) from None
+        finally:
+            _BUDGET.reset(token)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Every ``for`` iterates through :func:`counted`; every list, tuple and dict literal
+        is measured (:meth:`_made`)."""
+        tree = super()._parse(source, name, filename)
+        _MeasuredLiterals().visit(tree)  # replaces the literals inside ``tree``
+        for loop in list(tree.find_all(nodes.For)):
+            loop.iter = nodes.Filter(
+                loop.iter, COUNTED, [], [], None, None, lineno=loop.iter.lineno
+            )
+        tree.set_environment(self)
+        return tree
+
+    # -- the intercepted operations -----------------------------------------------------------
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        self._tick()
+        self._check_binop(operator, left, right)
+        result = self.binop_table[operator](left, right)
+        if isinstance(result, int) and result.bit_length() > self.limits.max_int_bits:
+            raise LimitExceeded(self._int_message(operator))
+        return self._made(result)
+
+    def _check_binop(self, operator: str, left: Any, right: Any) -> None:
+        bound, bits = self.limits.max_output_chars, self.limits.max_int_bits
+        if operator == "**" and _is_int(left) and _is_int(right) and right > 0:
+            if left.bit_length() > 1 and left.bit_length() * right > bits:
+                raise LimitExceeded(self._int_message("**"))
+        elif operator == "*" and _is_int(left) and _is_int(right):
+            if left.bit_length() + right.bit_length() > bits:
+                raise LimitExceeded(self._int_message("*"))
+        elif operator == "*":
+            sequence, times = (left, right) if _is_int(right) else (right, left)
+            if _is_int(times) and hasattr(sequence, "__len__") and len(sequence) * times > bound:
+                raise LimitExceeded(self._size_message("*", bound))
+        elif operator == "+" and isinstance(left, _SUMMED) and hasattr(right, "__len__"):
+            if len(left) + len(right) > bound:
+                raise LimitExceeded(self._size_message("+", bound))
+        elif operator == "%" and isinstance(left, _TEXT):
+            text = left if isinstance(left, str) else bytes(left).decode("latin-1")
+            self._check_size(percent_size(text, right, bound), "%")
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Every call from a template: counted, timed, depth-limited for macros and
+        recursive loops, and bounded for the string methods that expand."""
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.step()
+        args = __self._check_method(__obj, args, kwargs)
+        if not isinstance(__obj, (Macro, LoopContext)) or budget is None:
+            return __self._made(super().call(__context, __obj, *args, **kwargs))
+        try:
+            budget.nest()
+            return super().call(__context, __obj, *args, **kwargs)
+        finally:
+            budget.depth -= 1
+
+    def _check_method(
+        self, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, ...]:
+        """Refuse a string or bytes method whose result would pass the output bound, and a
+        method that changes a list, dict or set in place (see the module docstring); a
+        ``join`` argument comes back as a list (it is counted, so a generator is read once)."""
+        wrapped = getattr(obj, "__wrapped__", None)  # the sandbox's str.format wrapper
+        if isinstance(getattr(wrapped, "__self__", None), str):
+            source = wrapped.__self__  # type: ignore[union-attr]
+            if wrapped.__name__ == "format_map" and args:  # type: ignore[union-attr]
+                self._check_size(format_size(source, (), args[0], self.limits), "format_map")
+            else:
+                self._check_size(format_size(source, args, kwargs, self.limits), "format")
+            return args
+        owner, name = getattr(obj, "__self__", None), getattr(obj, "__name__", "")
+        if not isinstance(owner, _TEXT):
+            if owner is not None and modifies_known_mutable(owner, name):
+                raise LimitExceeded(
+                    f"{type(owner).__name__}.{name} is not available in templates (they may "
+                    "not change a list, dict or set in place: make a new one, or assign to "
+                    "a namespace())"
+                )
+            return args
+        if name in ("encode", "decode"):
+            self._check_codec(owner, name, args, kwargs)
+        if name not in _EXPANDING | _REFUSED:
+            return args
+        if name in _REFUSED:
+            raise LimitExceeded(f"{type(owner).__name__}.{name} is not available in templates")
+        if name == "join" and args:
+            args = (list(args[0]), *args[1:])
+        self._check_size(method_size(owner, name, args, kwargs, self.limits), name)
+        return args
+
+    @staticmethod
+    def _check_codec(
+        owner: object, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Only codecs that take linear time: some are written in Python and are quadratic
+        (``punycode`` spends 16 s on 10,000 characters, inside one call)."""
+        encoding = kwargs.get("encoding", args[0] if args else "utf-8")
+        try:
+            known = codecs.lookup(str(encoding)).name
+        except LookupError:
+            known = ""
+        if known not in _CODECS:
+            shown = ", ".join(sorted(_CODECS))
+            raise LimitExceeded(
+                f"{type(owner).__name__}.{name}({str(encoding)[:40]!r}) is not "
+                f"available in templates (only {shown})"
+            )
+
+    # -- filters, ``~``, buffers, output ------------------------------------------------------
+
+    def _guard(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func`` with its input and expected output size checked before it runs."""
+        pass_arg = getattr(func, "jinja_pass_arg", None)
+        skip = 1 if pass_arg is not None else 0
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            self._tick()
+            front, values = args[:skip], list(args[skip:])
+            if name == "join" and values:
+                values[0] = list(values[0])
+            if values:
+                self._check_size(size_of(values[0], self.limits.max_output_chars), name)
+                self._check_size(filter_size(name, values, kwargs, self.limits), name)
+            return self._made(func(*front, *values, **kwargs))
+
+        guarded.__name__ = getattr(func, "__name__", name)
+        if pass_arg is not None:
+            guarded.jinja_pass_arg = pass_arg  # type: ignore[attr-defined]
+        return guarded
+
+    def _concat(self, parts: Iterable[str]) -> str:
+        """Blocks, macros and ``{% set %}`` blocks join their buffers with this."""
+        parts = list(parts)
+        self._check_size(sum(map(len, parts)), "a block")
+        return self._made("".join(parts))
+
+    def joiner(self, markup: bool) -> Callable[[Iterable[Any]], str]:
+        """The ``~`` operator (Jinja's ``str_join``/``markup_join``), size-checked."""
+        join = markup_join if markup else str_join
+
+        def bounded(seq: Iterable[Any]) -> str:
+            items = list(seq)
+            bound = self.limits.max_output_chars
+            self._check_size(sum(size_of(x, bound) for x in items), "~")
+            return self._made(join(items))
+
+        return bounded
+
+    def _finalize(self, value: Any) -> Any:
+        """Every ``{{ … }}`` before it is turned into text: printed into the output or a
+        block, it counts as made (escaping copies it). Inline: it runs for every value of
+        every e-mail."""
+        bound = self.limits.max_output_chars
+        size = len(value) if isinstance(value, str) else size_of(value, bound)
+        if size > bound:
+            raise LimitExceeded(self._size_message("output", bound))
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.produced += size
+            if budget.produced > bound * PRODUCED_FACTOR:
+                budget.produce(0)  # raises, with the message
+        return value
+
+    def _range(self, *args: int) -> range:
+        """``range``: at most ``max_loop_iterations`` numbers (its loop is counted too)."""
+        numbers = range(*args)
+        if len(numbers) > self.limits.max_loop_iterations:
+            shown = ", ".join(map(str, args))
+            raise LimitExceeded(
+                f"range({shown}) has more than {self.limits.max_loop_iterations:,} "
+                "numbers ([templates] max_loop_iterations)"
+            )
+        return numbers
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _made(self, value: T) -> T:
+        """A value the template made: text counts its length, a container the tree it prints
+        as (refused past the output bound: comparing or hashing it costs that much)."""
+        budget = _BUDGET.get()
+        if budget is None:
+            return value
+        if isinstance(value, _TEXT):
+            budget.produce(len(value))
+        elif isinstance(value, _CONTAINERS):
+            bound = self.limits.max_output_chars
+            size = size_of(value, bound)
+            if size > bound:
+                raise LimitExceeded(self._size_message(f"a {type(value).__name__}", bound))
+            budget.produce(size)
+        return value
+
+    def _tick(self) -> None:
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.tick()
+
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self.limits.max_output_chars:
+            raise LimitExceeded(self._size_message(what, self.limits.max_output_chars))
+
+    @staticmethod
+    def _size_message(what: str, bound: int) -> str:
+        return (
+            f"{what} would make a value longer than {bound:,} characters "
+            "([templates] max_output_chars)"
+        )
+
+    def _int_message(self, operator: str) -> str:
+        return (
+            f"{operator} would make a number of more than {self.limits.max_int_bits:,} "
+            "bits ([templates] max_int_bits)"
+        )
+
+
+class _MeasuredLiterals(NodeTransformer):
+    """Wraps every list, tuple and dict literal (not an assignment's target) in the
+    :data:`MADE` filter."""
+
+    def visit_List(self, node: nodes.List) -> nodes.Expr:
+        return self._measured(node)
+
+    def visit_Dict(self, node: nodes.Dict) -> nodes.Expr:
+        return self._measured(node)
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Expr:
+        return self._measured(node) if node.ctx == "load" else node
+
+    def _measured(self, node: nodes.Expr) -> nodes.Expr:
+        self.generic_visit(node)
+        return nodes.Filter(node, MADE, [], [], None, None, lineno=node.lineno)
+
+
+@pass_context
+def counted(_context: Context, iterable: Iterable[Any]) -> Iterator[Any]:
+    """What a ``for`` loop iterates: each item is one step of the render's budget."""
+    budget = _BUDGET.get()
+    for item in iterable:
+        if budget is not None:
+            budget.step()
+        yield item
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int)
+
+
+# -- size estimates: an upper bound of the result's length, computed before the call ----------
+
+
+def replace_size(length: int, old: str, new: str, count: int | None) -> int:
+    grows = max(0, len(new) - len(old))
+    times = length + 1 if count is None or count < 0 else min(count, length + 1)
+    return length + times * grows
+
+
+def method_size(
+    owner: str | bytes | bytearray,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    limits: TemplateSettings,
+) -> int:
+    bound = limits.max_output_chars
+    values = [*args, *kwargs.values()]
+    if name in ("center", "ljust", "rjust", "zfill"):
+        width = values[0] if values and _is_int(values[0]) else 0
+        return max(len(owner), width)
+    if name == "expandtabs":
+        tab = values[0] if values and _is_int(values[0]) else 8
+        tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
+        return len(owner) + tabs * max(tab, 0)
+    if name == "replace" and len(values) >= 2:
+        count = values[2] if len(values) > 2 and _is_int(values[2]) else None
+        return replace_size(len(owner), str(values[0]), str(values[1]), count)
+    if name == "join" and values:
+        items = values[0]
+        return sum(size_of(x, bound) for x in items) + len(owner) * max(0, len(items) - 1)
+    return len(owner)
+
+
+def filter_size(
+    name: str, values: list[Any], kwargs: dict[str, Any], limits: TemplateSettings
+) -> int:
+    """The size a filter's result may reach, for the filters whose result can be larger than
+    their input; 0 for the others (their input is checked)."""
+    bound = limits.max_output_chars
+    value, rest = values[0], [*values[1:], *kwargs.values()]
+    first = rest[0] if rest else None
+    if name == "center":
+        return max(size_of(value, bound), first if _is_int(first) else 80)
+    if name == "indent":
+        width = first if _is_int(first) else len(str(first if first is not None else "    "))
+        return size_of(value, bound) + (str(value).count("\n") + 1) * width
+    if name == "wordwrap":
+        width = first if _is_int(first) and first > 0 else 1
+        wrap = kwargs.get("wrapstring") or (values[3] if len(values) > 3 else None) or "\n"
+        size = size_of(value, bound)
+        return size + (size // width + 1) * len(str(wrap))
+    if name == "replace" and len(rest) >= 2:
+        count = rest[2] if len(rest) > 2 and _is_int(rest[2]) else None
+        return replace_size(size_of(value, bound), str(rest[0]), str(rest[1]), count)
+    if name == "format":
+        return percent_size(str(value), kwargs or tuple(values[1:]), bound)
+    if name == "join":
+        sep = str(first) if isinstance(first, str) else ""
+        return sum(size_of(x, bound) for x in value) + len(sep) * max(0, len(value) - 1)
+    if name in ("batch", "slice") and _is_int(first):
+        return int(first)
+    start = kwargs.get("start", values[2] if len(values) > 2 else 0)
+    if name == "sum" and not isinstance(start, (int, float)):
+        return bound + 1  # sum(start=[]) adds up lists: quadratic
+    return 0
+
+
+def percent_size(template: str, values: Any, bound: int) -> int:
+    """``template % values``: the fields' widths and precisions, and the values."""
+    items = (
+        list(values.values())
+        if isinstance(values, Mapping)
+        else (list(values) if isinstance(values, tuple) else [values])
+    )
+    widest = max((size_of(v, bound) for v in items), default=0)
+    largest = max((abs(v) for v in items if _is_int(v)), default=0)
+    total = len(template)
+    for match in _PERCENT.finditer(template):
+        total += widest + sum(largest if n == "*" else int(n) for n in match.groups() if n)
+        if total > bound:
+            break
+    return total
+
+
+def format_size(template: str, args: Any, kwargs: Any, limits: TemplateSettings) -> int:
+    """``template.format(...)``: every field may print the widest value, padded to the
+    widths in its spec (a nested ``{}`` width may be the largest number passed)."""
+    bound = limits.max_output_chars
+    items = [*args, *(kwargs.values() if isinstance(kwargs, Mapping) else ())]
+    widest = max((size_of(v, bound) for v in items), default=0)
+    largest = max((abs(v) for v in items if _is_int(v)), default=0)
+    total = len(template)
+    for _literal, field, spec, _conversion in string.Formatter().parse(template):
+        if field is None:
+            continue
+        numbers = re.findall(r"\d+", spec or "")
+        total += widest + sum(int(n) if len(n) < 10 else bound + 1 for n in numbers)
+        total += largest if spec and "{" in spec else 0
+        if total > bound:
+            break
+    return total
+
+
+# -- where a limit was passed ----------------------------------------------------------------
+
+
+def location(exc: BaseException, fallback: Template | None = None) -> tuple[str, int | None]:
+    """The template and line of the innermost template frame of ``exc``'s traceback."""
+    name = fallback.name if fallback is not None and fallback.name else "<template>"
+    line: int | None = None
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        template = tb.tb_frame.f_globals.get("__jinja_template__")
+        if isinstance(template, Template):
+            name = template.name or "<template>"
+            line = template.get_corresponding_lineno(tb.tb_lineno)
+        tb = tb.tb_next
+    return name, line
+
+
+def suspended(events: Any, fallback: Template) -> tuple[str, int | None]:
+    """The template and line where a render's generator last yielded output (through
+    ``yield from`` into blocks of the templates it extends)."""
+    name, line = fallback.name or "<template>", None
+    while events is not None and getattr(events, "gi_frame", None) is not None:
+        frame = events.gi_frame
+        template = frame.f_globals.get("__jinja_template__")
+        if isinstance(template, Template):
+            name = template.name or "<template>"
+            line = template.get_corresponding_lineno(frame.f_lineno)
+        events = getattr(events, "gi_yieldfrom", None)
+    return name, line
+
+
+def located(exc: BaseException, message: str, template: Template) -> TemplateLimitError:
+    name, line = location(exc, template)
+    return TemplateLimitError(name, [Problem(message, line=line)])

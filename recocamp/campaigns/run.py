@@ -1,0 +1,221 @@
+"""The campaign run: decide for every customer at ``now``, record every decision, compose
+and enqueue the e-mails (their bodies are rendered by whoever delivers them).
+
+Re-running the same slot (campaign × shop-local day) adds nothing: decisions are unique per
+run key and customer, e-mails per send key; a crash in the middle resumes where it stopped,
+because already enqueued send keys are skipped before anything is composed again. Sending
+while enqueuing is ``delivery.campaign_send``; the worker's jobs are ``worker.jobs``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from recocamp.campaigns import audience, compose, planner, render
+from recocamp.campaigns.files import Campaign
+from recocamp.domain import DeliveryReport, OutgoingEmail
+from recocamp.errors import Interrupted
+from recocamp.settings import Settings
+from recocamp.store import decisions as decisions_store
+from recocamp.store import outbox, views
+from recocamp.store.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+CHUNK = 1000
+Progress = Callable[[int], None]
+
+
+@dataclass
+class RunReport:
+    campaign: str
+    run_key: str
+    counts: dict[str, int] = field(default_factory=dict)
+    enqueued: int = 0
+    already_enqueued: int = 0
+    delivery: DeliveryReport | None = None
+
+
+def run_key(campaign: str, now: datetime, zone: ZoneInfo) -> str:
+    return f"{campaign}/{now.astimezone(zone).date().isoformat()}"
+
+
+@dataclass
+class Planned:
+    """One campaign run, decided: what ``enqueue_decisions`` records and enqueues."""
+
+    report: RunReport
+    decided: Sequence[planner.Decision]
+    by_customer: dict[str, planner.CustomerView]
+
+    @property
+    def sends(self) -> int:
+        return sum(d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER) for d in self.decided)
+
+
+def plan_run(engine: Engine, settings: Settings, campaign: Campaign, now: datetime) -> Planned:
+    """Load the planner's snapshot and decide for every customer at ``now``."""
+    settings.require_signing_key()  # refuse before any work, not after planning
+    own = run_key(campaign.name, now, settings.shop.zone)
+    with engine.connect() as connection:
+        snapshot = load_snapshot(connection, settings, now, own_run=own)
+    return plan_views(settings, campaign, snapshot.views, snapshot.items, snapshot.popular, now)
+
+
+def load_snapshot(
+    connection: Connection, settings: Settings, now: datetime, *, own_run: str | None = None
+) -> audience.Snapshot:
+    """The planner's snapshot at ``now`` (the run's, and the CLI's ``plan`` and ``preview``):
+    the store's rows made into views. ``own_run`` leaves that run's own e-mails out of the
+    contact history, so a resumed run decides as it did the first time."""
+    rows = views.planning_rows(connection, now, settings.recommender.top_n, own_run=own_run)
+    return audience.snapshot(rows, settings.loyalty, now)
+
+
+def plan_views(
+    settings: Settings,
+    campaign: Campaign,
+    customers: Sequence[planner.CustomerView],
+    items: Any,
+    popular: Any,
+    now: datetime,
+) -> Planned:
+    zone = settings.shop.zone
+    context = planner.context_for(settings, now, items, popular)
+    decided = planner.plan(campaign, customers, context)
+    report = RunReport(campaign.name, run_key(campaign.name, now, zone), planner.counts(decided))
+    return Planned(report, decided, {v.customer.id: v for v in customers})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a campaign run reports progress and stops; the defaults suit one-off runs."""
+
+    issued_at: datetime | None = None  # link tokens' issue time: the real time when deciding
+    #                                    for a simulated ``--as-of`` (a token must not look
+    #                                    15 years old to the unsubscribe page)
+    max_wait_s: float = 0.0  # wait this long for retries before leaving them to the worker
+    on_progress: Progress = lambda n: None  # decisions recorded and enqueued
+    stopping: Callable[[], bool] = lambda: False  # checked between chunks and batches
+    renderer: render.Renderer | None = None  # default: the templates directory as it is now
+
+
+def plan_and_enqueue(
+    engine: Engine,
+    settings: Settings,
+    campaign: Campaign,
+    templates: Path,
+    now: datetime,
+    options: RunOptions = RunOptions(),
+) -> RunReport:
+    """Decide at ``now`` and enqueue (nothing is delivered)."""
+    planned = plan_run(engine, settings, campaign, now)
+    return enqueue_decisions(engine, settings, campaign, templates, planned, now, options)
+
+
+def enqueue_decisions(
+    engine: Engine,
+    settings: Settings,
+    campaign: Campaign,
+    templates: Path,
+    planned: Planned,
+    now: datetime,
+    options: RunOptions = RunOptions(),
+) -> RunReport:
+    """Record every decision and enqueue the e-mails of sends and deferrals, chunk by chunk
+    (a crash or a stop loses at most the chunk in flight, and the re-run skips what is
+    enqueued). Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only
+    the subject is rendered here."""
+    key = settings.require_signing_key()
+    renderer = options.renderer or render.Renderer(templates, limits=settings.templates)
+    report = planned.report
+    period = report.run_key.rpartition("/")[2]
+    issued_at = options.issued_at or now
+    for chunk in _chunks(planned.decided):
+        if options.stopping():
+            raise Interrupted(
+                f"campaign run {report.run_key} stopped after {report.enqueued:,} e-mails enqueued"
+            )
+        wanted = [d for d in chunk if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)]
+        keys = {
+            d.customer_id: outbox.send_key(campaign.name, d.customer_id, period) for d in wanted
+        }
+        with engine.connect() as connection:
+            done = outbox.existing_keys(connection, campaign.name, list(keys.values()))
+        emails = [  # composed outside the write transaction: a deliverer may be draining
+            _email(
+                d,
+                planned.by_customer[d.customer_id],
+                campaign,
+                settings,
+                renderer,
+                key,
+                now,
+                issued_at,
+                keys[d.customer_id],
+            )
+            for d in wanted
+            if keys[d.customer_id] not in done
+        ]
+        with engine.begin() as connection:
+            _record_decisions(connection, report.run_key, chunk, now)
+            report.enqueued += outbox.enqueue(connection, emails, now)
+        report.already_enqueued += len(done)
+        options.on_progress(len(chunk))
+    log.info(
+        "campaign %s run %s: %d decisions, %d enqueued, %d already enqueued",
+        campaign.name,
+        report.run_key,
+        len(planned.decided),
+        report.enqueued,
+        report.already_enqueued,
+    )
+    return report
+
+
+Queued = tuple[OutgoingEmail, str, str | None, datetime]
+
+
+def _email(
+    decision: planner.Decision,
+    view: planner.CustomerView,
+    campaign: Campaign,
+    settings: Settings,
+    renderer: render.Renderer,
+    key: bytes,
+    now: datetime,
+    issued_at: datetime,
+    send_key: str,
+) -> Queued:
+    link = compose.links(settings, key, decision.customer_id, campaign.name, issued_at)
+    email = compose.compose(
+        decision, view, campaign, settings, renderer, link, send_key, defer_body=True
+    )
+    return email, decision.customer_id, decision.variant, decision.send_at or now
+
+
+def _chunks(decided: Sequence[planner.Decision]) -> Iterator[Sequence[planner.Decision]]:
+    for start in range(0, len(decided), CHUNK):
+        yield decided[start : start + CHUNK]
+
+
+def _record_decisions(
+    connection: Connection, key: str, chunk: Sequence[planner.Decision], now: datetime
+) -> None:
+    rows = [
+        decisions_store.DecisionRow(
+            d.campaign,
+            d.customer_id,
+            d.outcome.value,
+            d.reason,
+            d.variant,
+            d.outcome is planner.Outcome.HOLDOUT,
+        )
+        for d in chunk
+    ]
+    decisions_store.record(connection, key, rows, now)

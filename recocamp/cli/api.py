@@ -1,0 +1,194 @@
+"""Shop API and privacy commands: ``recocamp serve``, ``recocamp privacy …``, ``recocamp
+api-key new``."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from recocamp import privacy
+from recocamp.api import auth as api_auth
+from recocamp.cli.common import (
+    State,
+    app,
+    clock,
+    console,
+    current_settings,
+    engine_for,
+    errors_to_exit,
+)
+from recocamp.errors import RecocampError
+from recocamp.store.queries import audit
+
+privacy_app = typer.Typer(help="Privacy: export, erase, retention purge.", no_args_is_help=True)
+key_app = typer.Typer(help="Shop API keys.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
+app.add_typer(key_app, name="api-key")
+
+
+class NothingHeld(RecocampError):
+    """We hold no data about that customer."""
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: [api] host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: [api] port.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Processes (default: [api] workers).")
+    ] = None,
+) -> None:
+    """Run the shop API: next-best offers, events, preferences and privacy pages, webhooks."""
+    import uvicorn
+
+    with errors_to_exit():
+        settings = current_settings()
+        engine_for(settings)  # refuses a database that is missing migrations
+        api_auth.parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    processes = workers or settings.api.workers
+    # every worker process reads the same settings, and shares out the rate limit
+    if State.settings_path is not None:
+        os.environ["RECOCAMP_SETTINGS"] = str(State.settings_path.resolve())
+    os.environ["RECOCAMP_API__WORKERS"] = str(processes)
+    if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # the workers' metrics are summed from files in here (prometheus-client's way)
+        shared = tempfile.mkdtemp(prefix="recocamp-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared
+        atexit.register(shutil.rmtree, shared, True)
+    console.print(
+        f"shop API on http://{host or settings.api.host}:{port or settings.api.port} "
+        f"({processes} process{'es' if processes > 1 else ''}; docs at /docs)"
+    )
+    uvicorn.run(
+        "recocamp.api:app_from_environment",
+        factory=True,
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        workers=processes,
+        access_log=False,  # paths carry link tokens, which are credentials
+        log_config=_log_config(),
+        timeout_worker_healthcheck=60,  # a worker loads the live model before it answers
+    )
+
+
+def _log_config() -> dict[str, Any]:
+    """Compact log lines on stderr with e-mail addresses masked, in every worker process."""
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": "recocamp.api.app.EmailRedactor"}},
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "filters": ["redact"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {"uvicorn": {"level": "INFO"}, "uvicorn.error": {"level": "INFO"}},
+    }
+
+
+@privacy_app.command("export")
+def privacy_export(
+    customer: str,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None,
+) -> None:
+    """Everything we hold about CUSTOMER as JSON (GDPR Art. 15/20)."""
+    with errors_to_exit():
+        settings = current_settings()
+        engine = engine_for(settings)
+        now = clock.now()
+        document = privacy.export(engine, customer, now)
+        if document is None:
+            raise NothingHeld(f"we hold no data about customer {customer!r}")
+        with engine.begin() as connection:
+            audit(
+                connection,
+                at=now,
+                actor="cli",
+                action="customer_exported",
+                subject_type="customer",
+                subject_id=customer,
+                details={},
+            )
+    text = json.dumps(document, indent=1, ensure_ascii=False)
+    if output is None:
+        sys.stdout.write(text + "\n")
+        return
+    output.write_text(text + "\n", encoding="utf-8")
+    output.chmod(0o600)
+    console.print(f"written to {output}")
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    customer: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+) -> None:
+    """Erase CUSTOMER everywhere (GDPR Art. 17); non-identifying aggregates stay."""
+    if not yes:
+        typer.confirm(f"Erase customer {customer} for good?", abort=True)
+    with errors_to_exit():
+        settings = current_settings()
+        report = privacy.erase(engine_for(settings), settings, customer, clock.now(), via="cli")
+        if report is None:
+            raise NothingHeld(f"we hold no data about customer {customer!r}")
+    table = Table(title=f"erasure {report.erasure_id}: customer {customer}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in sorted(report.rows.items()):
+        table.add_row(name, f"{rows:,}")
+    table.add_row("saved models", f"{report.artifacts:,}")
+    table.add_row("files rewritten", f"{report.files:,}")
+    console.print(table)
+    for path in report.files_left:
+        console.print(f"NOT cleaned (remove the customer by hand): {path}")
+    if not report.files_clean and not report.files_left:
+        console.print(
+            "the SQLite write-ahead log was busy: it is overwritten at the next checkpoint"
+        )
+    console.print("erasure cannot reach: " + "; ".join(report.not_covered))
+
+
+@privacy_app.command("purge")
+def privacy_purge() -> None:
+    """Remove personal data past its retention period ([privacy] settings)."""
+    with errors_to_exit():
+        settings = current_settings()
+        report = privacy.purge(engine_for(settings), settings, clock.now())
+    table = Table(title="privacy purge")
+    table.add_column("removed")
+    table.add_column("", justify="right")
+    for name, value in report.as_dict().items():
+        if name != "kept":
+            table.add_row(name.replace("_", " "), f"{value:,}")
+    console.print(table)
+    for what, how in report.kept.items():
+        console.print(f"kept: {what}: {how}")
+
+
+@key_app.command("new")
+def api_key_new(
+    name: str,
+    scope: Annotated[list[str], typer.Option("--scope", help=f"One of {api_auth.SCOPES}.")],
+) -> None:
+    """Mint a key: prints it once (for the client) and its RECOCAMP_API_KEYS entry."""
+    with errors_to_exit():
+        key, entry = api_auth.mint(name, scope)
+    console.print(f"key for the client (shown once): {key}", soft_wrap=True, highlight=False)
+    console.print(f"add to {api_auth.ENV_NAME} (entries separated by ';'):", highlight=False)
+    sys.stdout.write(entry + "\n")

@@ -1,0 +1,210 @@
+"""Campaign commands: ``recocamp check``, ``plan`` and ``preview`` (nothing is sent)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from recocamp.campaigns import audience, compose, planner, render, segments
+from recocamp.campaigns import check as checks
+from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.run import load_snapshot
+from recocamp.cli.common import (
+    CampaignsDir,
+    Output,
+    TemplatesDir,
+    app,
+    clock,
+    console,
+    current_settings,
+    engine_for,
+    errors,
+    errors_to_exit,
+    one_campaign,
+    parse_as_of,
+    print_json,
+)
+from recocamp.domain import Item
+from recocamp.errors import ConfigError, Problem
+from recocamp.settings import Settings
+
+
+@app.command("check")
+def check(
+    campaigns: CampaignsDir = Path("campaigns"), templates: TemplatesDir = Path("templates")
+) -> None:
+    """Validate settings, every campaign, every template and their cross-references."""
+    with errors_to_exit():
+        settings = current_settings()
+        loaded, failures = checks.campaign_problems(settings, campaigns, templates)
+    for failure in failures:
+        errors.print(f"[bold red]error:[/] {failure}", markup=True, highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(2)
+    console.print(f"ok: settings, {len(loaded)} campaign(s) and their templates are valid")
+
+
+def _planning(settings: Settings, as_of: str | None) -> tuple[audience.Snapshot, planner.Context]:
+    end = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
+    with engine_for(settings).connect() as connection:
+        snapshot = load_snapshot(connection, settings, end)
+    context = planner.context_for(settings, end, snapshot.items, snapshot.popular)
+    return snapshot, context
+
+
+@app.command("plan")
+def plan_campaign(
+    campaign: str,
+    as_of: Annotated[
+        str | None, typer.Option(help="Plan as if it were this time (default: now).")
+    ] = None,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+    limit: Annotated[int, typer.Option(help="Decisions shown in the table.")] = 20,
+) -> None:
+    """Dry run: who would get what, who is skipped by which rule. Writes nothing."""
+    with errors_to_exit():
+        settings = current_settings()
+        chosen = one_campaign(settings, campaign, campaigns, templates)
+        snapshot, context = _planning(settings, as_of)
+        decisions = planner.plan(chosen, snapshot.views, context)
+    tally = planner.counts(decisions)
+    if format is Output.json:
+        document = {
+            "campaign": chosen.name,
+            "as_of": context.now.isoformat(),
+            "decisions": [_decision_json(d) for d in decisions],
+            "counts": tally,
+        }
+        print_json(document, indent=1)
+        return
+    table = Table(
+        title=f"plan {chosen.name} at {context.now.isoformat()}: {len(decisions):,} customers"
+    )
+    table.add_column("reason")
+    table.add_column("customers", justify="right")
+    for reason, number in tally.items():
+        table.add_row(reason, f"{number:,}")
+    console.print(table)
+    sample = Table(title=f"first {limit} decisions that contact or defer")
+    for column in ("customer", "outcome", "variant", "send at", "offers"):
+        sample.add_column(column)
+    shown = [d for d in decisions if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)][
+        :limit
+    ]
+    items = context.items
+    for d in shown:
+        send_at = d.send_at.isoformat() if d.send_at else ""
+        offered = "; ".join(f"{_title(items, o.item_id)} ({o.why})" for o in d.offers)
+        sample.add_row(d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
+    console.print(sample)
+
+
+def _title(items: Mapping[str, Item], item_id: str) -> str:
+    item = items.get(item_id)
+    return f"{item.title} [{item_id}]" if item is not None and item.title else item_id
+
+
+def _decision_json(decision: planner.Decision) -> dict[str, Any]:
+    return {
+        "customer_id": decision.customer_id,
+        "outcome": decision.outcome.value,
+        "reason": decision.reason,
+        "variant": decision.variant,
+        "send_at": decision.send_at.isoformat() if decision.send_at else None,
+        "offers": [
+            {"item_id": o.item_id, "score": round(o.score, 6), "why": o.why}
+            for o in decision.offers
+        ],
+    }
+
+
+@app.command("preview")
+def preview(
+    campaign: str,
+    customer: Annotated[str, typer.Option("--customer", help="Customer id.")],
+    html: Annotated[Path | None, typer.Option("--html", help="Write the HTML part here.")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Decide as if it were this time.")] = None,
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+    anyway: Annotated[
+        bool,
+        typer.Option(
+            "--anyway",
+            help="Render even when the plan would not send this customer "
+            "the e-mail (skipped or held out).",
+        ),
+    ] = False,
+) -> None:
+    """Render one customer's e-mail as the plan would send it. A customer the plan would not
+    contact is not rendered (their e-mail would say things that are not true, e.g. "we have
+    not seen you for a while" to a regular) unless --anyway is given: the reason is shown."""
+    with errors_to_exit():
+        settings = current_settings()
+        chosen = one_campaign(settings, campaign, campaigns, templates)
+        snapshot, context = _planning(settings, as_of)
+        view = next((v for v in snapshot.views if v.customer.id == customer), None)
+        if view is None:
+            raise ConfigError(
+                Path("customers"), [Problem("no such customer", key="--customer", value=customer)]
+            )
+        decision = planner.decide(chosen, view, context, chosen.policy(context.policy))
+        if decision.outcome not in _CONTACTED and not anyway:
+            console.print(
+                _not_contacted(decision, chosen, view, context), highlight=False, soft_wrap=True
+            )
+            console.print("nothing rendered; --anyway renders it regardless")
+            return
+        offers = None if decision.offers else tuple(planner.offers_for(chosen, view, context))
+        key = settings.signing_key_bytes()
+        link = compose.links(settings, key or _EPHEMERAL, customer, chosen.name, clock.now())
+        renderer = render.Renderer(templates, limits=settings.templates)
+        email = compose.render_for(decision, view, chosen, settings, renderer, link, offers)
+    console.print(
+        f"decision: {decision.outcome.value} ({decision.reason}); variant {decision.variant or '-'}"
+    )
+    console.print(f"subject: {email.subject}\n")
+    sys.stdout.write(email.text + "\n")  # verbatim: links must not be wrapped
+    if html is not None:
+        html.write_text(email.html, encoding="utf-8")
+        console.print(f"HTML part written to {html}")
+
+
+_CONTACTED = (planner.Outcome.SEND, planner.Outcome.DEFER)
+
+
+def _not_contacted(
+    decision: planner.Decision,
+    campaign: Campaign,
+    view: planner.CustomerView,
+    context: planner.Context,
+) -> str:
+    """Why the plan would not send this customer the e-mail, in words."""
+    verb = (
+        "held out (never contacted)" if decision.outcome is planner.Outcome.HOLDOUT else "skipped"
+    )
+    text = f"customer {decision.customer_id} would be {verb} by {campaign.name}: {decision.reason}"
+    rule = decision.reason.removeprefix("not_in_audience:")
+    if rule == decision.reason:
+        return text
+    wanted = getattr(campaign.audience, rule, None)
+    text += f" (the campaign's audience has {rule} = {json.dumps(wanted, default=str)}"
+    if rule == "lapsed_days":
+        days = segments.days_since_last_order(view.history, context.now)
+        text += (
+            ", the customer never ordered"
+            if days is None
+            else f", the customer's last order was {days:.1f} days ago"
+        )
+    return text + ")"
+
+
+_EPHEMERAL = secrets.token_bytes(32)  # previews without RECOCAMP_SIGNING_KEY: never verifiable

@@ -1,0 +1,195 @@
+"""What every command shares: the one typer app, settings and engines, errors → exit codes,
+progress bars, the consoles, the clock and the parsing of ``--as-of``.
+
+Every command reads settings the same way (``--settings`` / ``$RECOCAMP_SETTINGS`` /
+``./settings.toml``), prints errors a person can act on (file, line/key, value; exit 2 for
+bad input, 1 for other failures) and never a traceback for an expected problem. The command
+modules import from here and never from each other's commands, so none calls another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from recocamp.campaigns import check as checks
+from recocamp.campaigns.files import Campaign
+from recocamp.clock import SystemClock
+from recocamp.errors import ConfigError, DataImportError, Problem, RecocampError
+from recocamp.settings import Settings, load_settings
+from recocamp.store.engine import Engine, make_engine, require_current
+
+app = typer.Typer(help="recocamp: a retention engine for online shops.", no_args_is_help=True)
+
+# piped output (files, CI logs) is not squeezed into 80 columns
+console = Console() if sys.stdout.isatty() else Console(width=140)
+errors = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=140)
+clock = SystemClock()  # the command line's only reader of the time
+
+CampaignsDir = Annotated[Path, typer.Option("--campaigns", help="Campaign files.")]
+TemplatesDir = Annotated[Path, typer.Option("--templates", help="Template files.")]
+
+
+class State:
+    settings_path: Path | None = None
+    engines: list[Engine] = []  # noqa: RUF012 — disposed when the command ends
+
+
+def dispose_engines() -> None:
+    while State.engines:
+        State.engines.pop().dispose()
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    settings: Annotated[
+        Path | None, typer.Option("--settings", help="Settings file (default: ./settings.toml).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+) -> None:
+    State.settings_path = settings
+    ctx.call_on_close(dispose_engines)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def in_help_order(commands: Sequence[str], groups: Sequence[str]) -> None:
+    """List the commands and groups in this order in ``recocamp --help`` (typer lists them
+    as they were registered, which is the order Python happened to import their modules);
+    any not named follow, as registered."""
+    app.registered_commands.sort(key=lambda c: _rank(commands, c.name))
+    app.registered_groups.sort(key=lambda g: _rank(groups, g.name))
+
+
+def _rank(order: Sequence[str], name: str | None) -> int:
+    return order.index(name) if name in order else len(order)
+
+
+@contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Expected problems become one readable message and an exit code, not a traceback."""
+    try:
+        yield
+    except (ConfigError, DataImportError) as exc:
+        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except RecocampError as exc:
+        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def print_json(document: object, *, indent: int) -> None:
+    """Standard JSON on stdout, never ``NaN`` or ``Infinity`` (Python's extensions, which
+    JSON parsers refuse): such a number is a clear error (exit 1), not broken output."""
+    try:
+        text = json.dumps(document, indent=indent, allow_nan=False)
+    except ValueError as exc:
+        errors.print(
+            f"[bold red]error:[/] cannot write JSON: {exc}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    sys.stdout.write(text + "\n")
+
+
+def current_settings() -> Settings:
+    """The settings the command was given (``--settings``), or the default ones."""
+    return load_settings(State.settings_path)
+
+
+def engine_for(settings: Settings, *, migrated: bool = True) -> Engine:
+    """The database's engine, disposed when the command ends; ``migrated`` refuses a
+    database that is missing migrations."""
+    made = make_engine(settings.database_url)
+    State.engines.append(made)
+    if migrated:
+        require_current(made)
+    return made
+
+
+class RichProgress:
+    """The importer's progress sink as a rich progress bar."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def phase(self, label: str, total: int | None) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+        self.task = self.progress.add_task(label, total=total)
+
+    def advance(self, amount: int) -> None:
+        self.progress.advance(self.task, amount)
+
+
+@contextmanager
+def progress_bars() -> Iterator[RichProgress]:
+    """Progress bars on stderr, gone when done (stdout stays the command's output)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=errors, transient=True) as bars:
+        yield RichProgress(bars)
+
+
+def parse_as_of(value: str | None, zone: ZoneInfo) -> datetime:
+    """``YYYY-MM-DD`` is midnight at the start of that day in the shop's zone."""
+    if value is None:
+        return clock.now()
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD) or date-time") from None
+    if len(value) == 10:
+        parsed = datetime.combine(date.fromisoformat(value), time(), tzinfo=zone)
+    elif parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(UTC)
+
+
+def fmt(value: object) -> str:
+    """A table cell: floats to four places, a missing value as a dash."""
+    if isinstance(value, float):
+        return f"{value:,.4f}"
+    return "—" if value is None else str(value)
+
+
+def one_campaign(settings: Settings, name: str, campaigns: Path, templates: Path) -> Campaign:
+    """The valid campaign ``name``; its file's problems, or the known names, if it is not."""
+    loaded, failures = checks.campaign_problems(settings, campaigns, templates)
+    broken = [f for f in failures if f.path.stem == name]
+    if broken:
+        raise broken[0]
+    chosen = [c for c in loaded if c.name == name]
+    if not chosen:
+        known = ", ".join(c.name for c in loaded) or "none"
+        raise ConfigError(
+            campaigns / f"{name}.toml", [Problem(f"no such campaign (known: {known})")]
+        )
+    return chosen[0]

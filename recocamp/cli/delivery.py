@@ -1,0 +1,233 @@
+"""Delivery commands: ``recocamp send``, ``outbox …`` and ``fake-esp``."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.render import Renderer
+from recocamp.campaigns.run import RunOptions, RunReport
+from recocamp.cli.common import (
+    CampaignsDir,
+    TemplatesDir,
+    app,
+    clock,
+    console,
+    current_settings,
+    engine_for,
+    errors_to_exit,
+    one_campaign,
+    parse_as_of,
+    progress_bars,
+)
+from recocamp.delivery.campaign_send import send_campaign
+from recocamp.delivery.deliverer import Deliverer
+from recocamp.delivery.esp import make_provider
+from recocamp.domain import DeliveryReport
+from recocamp.settings import Settings
+from recocamp.store import outbox
+from recocamp.store.engine import Engine
+
+outbox_app = typer.Typer(help="The outbox: status, deliver, retry, resume.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+log = logging.getLogger(__name__)
+
+WaitOption = Annotated[
+    float, typer.Option(help="Seconds to wait for retries coming due before leaving them.")
+]
+
+
+def _deliver(
+    settings: Settings,
+    engine: Engine,
+    campaign: str | None,
+    wait: float,
+    templates: Path,
+    total: int | None = None,
+) -> DeliveryReport:
+    provider = make_provider(settings)
+    try:
+        deliverer = Deliverer(
+            engine,
+            provider,
+            settings.esp,
+            clock,
+            renderer=Renderer(templates, limits=settings.templates),
+        )
+        with progress_bars() as bar:
+            bar.phase("delivering", total)
+            deliverer.on_progress = bar.advance
+            return deliverer.drain(campaign, max_wait_s=wait)
+    finally:
+        provider.close()
+
+
+@app.command("send")
+def send(
+    campaign: str,
+    as_of: Annotated[str | None, typer.Option(help="Decide as if it were this time.")] = None,
+    wait: WaitOption = 30.0,
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+) -> None:
+    """Plan, render, enqueue and deliver one campaign run (idempotent per shop-local day)."""
+    with errors_to_exit():
+        settings = current_settings()
+        chosen = one_campaign(settings, campaign, campaigns, templates)
+        settings.require_signing_key()
+        now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
+        report = send_run(settings, engine_for(settings), chosen, templates, now, wait)
+    print_run(report)
+
+
+def send_run(
+    settings: Settings,
+    engine: Engine,
+    campaign: Campaign,
+    templates: Path,
+    now: datetime,
+    wait: float,
+) -> RunReport:
+    """One campaign run with two progress bars: planning and enqueueing, and delivering
+    (which renders the bodies) alongside it (``send``, and ``demo`` for each campaign)."""
+    provider = make_provider(settings)
+    try:
+        deliverer = Deliverer(
+            engine,
+            provider,
+            settings.esp,
+            clock,
+            renderer=Renderer(templates, limits=settings.templates),
+        )
+        with progress_bars() as bar:
+            rendering = bar.progress.add_task(f"{campaign.name}: planning", total=None)
+            sending = bar.progress.add_task(f"{campaign.name}: delivering", total=None)
+            deliverer.on_progress = lambda n: bar.progress.advance(sending, n)
+            options = RunOptions(
+                issued_at=clock.now(),
+                max_wait_s=wait,
+                on_progress=lambda n: bar.progress.advance(rendering, n),
+            )
+            return send_campaign(engine, settings, campaign, templates, now, deliverer, options)
+    finally:
+        provider.close()
+
+
+def print_run(report: RunReport) -> None:
+    """A run's decisions by reason, what it enqueued, and what the ESP was given."""
+    table = Table(title=f"send {report.campaign} ({report.run_key})")
+    table.add_column("")
+    table.add_column("customers", justify="right")
+    for reason, number in report.counts.items():
+        table.add_row(f"decision: {reason}", f"{number:,}")
+    table.add_row("enqueued now", f"{report.enqueued:,}")
+    table.add_row("already enqueued earlier", f"{report.already_enqueued:,}")
+    console.print(table)
+    if report.delivery is not None:
+        _print_delivery(report.delivery)
+
+
+def _print_delivery(d: DeliveryReport) -> None:
+    console.print(
+        f"delivered to the ESP: {d.sent:,} sent, {d.rejected:,} rejected (suppressed), "
+        f"{d.failed:,} failed, {d.cancelled:,} cancelled, {d.retried:,} retries scheduled, "
+        f"{d.reconciled:,} reconciled, {d.requests:,} requests; {d.waiting:,} waiting "
+        "(quiet hours or retry) for `recocamp outbox deliver` or the worker"
+    )
+    for campaign, reason in d.paused.items():
+        console.print(f"[bold red]paused:[/] {campaign}: {reason} (`recocamp outbox resume`)")
+
+
+@outbox_app.command("status")
+def outbox_status() -> None:
+    """Messages per campaign and state, and paused campaigns."""
+    with errors_to_exit():
+        settings = current_settings()
+        with engine_for(settings).connect() as connection:
+            table_data = outbox.status(connection)
+            pauses = outbox.paused(connection)
+    states = ("queued", "claimed", "sent", "delivered", "bounced", "failed", "cancelled")
+    table = Table(title="outbox")
+    table.add_column("campaign")
+    for state in states:
+        table.add_column(state, justify="right")
+    for campaign, counts in sorted(table_data.items()):
+        table.add_row(campaign, *(f"{counts.get(s, 0):,}" for s in states))
+    console.print(table)
+    for campaign, reason in pauses.items():
+        console.print(f"[bold red]paused:[/] {campaign}: {reason}")
+
+
+@outbox_app.command("deliver")
+def outbox_deliver(
+    campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
+    wait: WaitOption = 0.0,
+    templates: TemplatesDir = Path("templates"),
+) -> None:
+    """Send what is due now (after reconciling claims of crashed workers)."""
+    with errors_to_exit():
+        settings = current_settings()
+        report = _deliver(settings, engine_for(settings), campaign, wait, templates)
+    _print_delivery(report)
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    failed: Annotated[bool, typer.Option("--failed", help="Queue failed messages again.")] = False,
+    campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
+) -> None:
+    """Queue failed messages again (suppressed recipients are cancelled when claimed)."""
+    if not failed:
+        raise typer.BadParameter("say what to retry: --failed", param_hint="--failed")
+    with errors_to_exit():
+        settings = current_settings()
+        with engine_for(settings).begin() as connection:
+            number = outbox.retry_failed(connection, clock.now(), campaign)
+    console.print(f"{number:,} failed message(s) queued again; `recocamp outbox deliver` sends")
+
+
+@outbox_app.command("resume")
+def outbox_resume(campaign: str) -> None:
+    """Let a campaign paused by its error rate deliver again."""
+    with errors_to_exit():
+        settings = current_settings()
+        with engine_for(settings).begin() as connection:
+            resumed = outbox.resume(connection, campaign)
+    console.print(f"{campaign}: {'resumed' if resumed else 'was not paused'}")
+
+
+@app.command("fake-esp")
+def fake_esp(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8025,
+    data_dir: Annotated[Path | None, typer.Option(help="Also store messages here.")] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Where to post webhooks.")] = None,
+    rate_429: Annotated[float, typer.Option(help="Share of requests answered 429.")] = 0.0,
+    rate_5xx: Annotated[float, typer.Option(help="Share of requests answered 500.")] = 0.0,
+    rate_drop: Annotated[float, typer.Option(help="Share accepted but never answered.")] = 0.0,
+    latency_ms: Annotated[float, typer.Option(help="Added latency per request.")] = 0.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="The only server token accepted (others get Postmark's 401); default: any.",
+            envvar="RECOCAMP_FAKE_ESP_TOKEN",
+        ),
+    ] = None,
+) -> None:
+    """Run the local stand-in ESP (Postmark's API) until interrupted."""
+    import uvicorn
+
+    from recocamp.delivery.esp.fake_server import FakeEsp, Faults, create_app
+
+    faults = Faults(
+        latency_ms=latency_ms, rate_429=rate_429, rate_5xx=rate_5xx, rate_drop=rate_drop
+    )
+    esp = FakeEsp(data_dir, faults, webhook_url, token or None)
+    console.print(f"fake ESP on http://{host}:{port} (GET /_stats)")
+    uvicorn.run(create_app(esp), host=host, port=port, log_level="warning")

@@ -1,0 +1,190 @@
+"""Forecast commands: ``recocamp forecast`` and ``recocamp forecast-evaluate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timedelta
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.table import Table
+
+from recocamp import forecast as forecasting
+from recocamp.cli.common import (
+    Output,
+    app,
+    clock,
+    console,
+    current_settings,
+    engine_for,
+    errors_to_exit,
+)
+from recocamp.settings import Settings
+from recocamp.store import forecasts as forecast_store
+
+Day = Annotated[
+    str | None, typer.Option(help="A date, YYYY-MM-DD: midnight in the shop's time zone.")
+]
+Horizon = Annotated[
+    int | None, typer.Option(min=7, max=730, help="Horizon H in days (default: settings).")
+]
+
+
+def _day(value: str | None, option: str, zone: ZoneInfo) -> int:
+    """The shop-local day number of ``--as-of``/``--cutoff`` (today in the shop without it)."""
+    if value is None:
+        return forecasting.day_number(clock.now().astimezone(zone).date())
+    try:
+        return forecasting.day_number(datetime.strptime(value, "%Y-%m-%d").date())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date (YYYY-MM-DD)", param_hint=option
+        ) from None
+
+
+def _purchase_days(settings: Settings, day: int) -> forecasting.PurchaseDays:
+    """Purchase days of every profiled customer strictly before the shop-local ``day``."""
+    zone = settings.shop.zone
+    until = datetime.combine(forecasting.day_of(day), datetime.min.time(), tzinfo=zone)
+    with engine_for(settings).connect() as connection:
+        ids, seconds, revenue = forecast_store.purchase_lines(connection, until)
+    return forecasting.PurchaseDays.from_lines(ids, forecasting.local_days(seconds, zone), revenue)
+
+
+@app.command("forecast")
+def forecast_command(
+    as_of: Day = None,
+    horizon_days: Horizon = None,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+    limit: Annotated[int, typer.Option(min=1, help="Rows of the table (JSON has all).")] = 30,
+) -> None:
+    """Per-customer forecasts: purchase days in the horizon, chance of buying again, churn risk,
+    expected revenue, lifetime value, when the next purchase is due."""
+    with errors_to_exit():
+        settings = current_settings()
+        zone = settings.shop.zone
+        day = _day(as_of, "--as-of", zone)
+        horizon = horizon_days or settings.forecast.horizon_days
+        purchases = _purchase_days(settings, day)
+        model, chosen_on = forecasting.live_model(purchases, day, horizon)
+        rows = forecasting.forecast(purchases, day, horizon, model, settings.forecast.lifetime_days)
+    if format is Output.json:
+        document = {
+            "as_of": forecasting.day_of(day).isoformat(),
+            "horizon_days": horizon,
+            "model": model,
+            "customers": [row.as_dict() for row in rows],
+        }
+        json.dump(document, sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+        return
+    _print_forecasts(rows, model, chosen_on, day, horizon, limit)
+
+
+def _print_forecasts(
+    rows: list[forecasting.CustomerForecast],
+    model: str,
+    chosen_on: forecasting.Evaluation | None,
+    day: int,
+    horizon: int,
+    limit: int,
+) -> None:
+    first = forecasting.day_of(day)
+    console.print(
+        f"{len(rows):,} customers, horizon {first.isoformat()} to "
+        f"{(first + timedelta(days=horizon - 1)).isoformat()} ({horizon} days), model {model}"
+    )
+    if chosen_on is None:
+        console.print("(too little history for a time split before --as-of: BG/NBD is used)")
+    else:
+        q = chosen_on.qualities[model]
+        console.print(
+            f"chosen on the horizon before: MAE {q.mae:.3f}, AUC {q.auc or 0:.3f} "
+            f"(forecast-evaluate --cutoff {forecasting.day_of(chosen_on.cutoff).isoformat()})"
+        )
+    risks = {tier: sum(r.churn_risk == tier for r in rows) for tier in ("high", "medium", "low")}
+    console.print("churn risk: " + ", ".join(f"{tier} {n:,}" for tier, n in risks.items()))
+    table = Table(title=f"the {min(limit, len(rows))} customers with the highest lifetime value")
+    for heading in (
+        "customer",
+        "purchase days",
+        "P(buys again)",
+        "churn risk",
+        "revenue",
+        "lifetime value",
+        "next purchase by",
+        "overdue ×",
+    ):
+        table.add_column(heading, justify="left" if heading == "customer" else "right")
+    top = sorted(rows, key=lambda r: (-r.lifetime_value, r.customer_id))[:limit]
+    for r in top:
+        table.add_row(
+            r.customer_id,
+            f"{r.expected_purchase_days:.2f}",
+            f"{r.p_active:.0%}",
+            r.churn_risk,
+            f"{r.expected_revenue:,.2f}",
+            f"{r.lifetime_value:,.2f}",
+            r.next_purchase_by.isoformat() if r.next_purchase_by else "—",
+            "—" if r.overdue_ratio is None else f"{r.overdue_ratio:.1f}",
+        )
+    console.print(table)
+
+
+@app.command("forecast-evaluate")
+def forecast_evaluate(
+    cutoff: Annotated[str, typer.Option(help="Split date, YYYY-MM-DD (shop time).")],
+    horizon_days: Horizon = None,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+) -> None:
+    """Every forecaster on history before --cutoff against the horizon after it: MAE of purchase
+    days, total predicted vs actual, AUC of buying again, Spearman, calibration by decile."""
+    with errors_to_exit():
+        settings = current_settings()
+        day = _day(cutoff, "--cutoff", settings.shop.zone)
+        horizon = horizon_days or settings.forecast.horizon_days
+        evaluation = forecasting.evaluate(_purchase_days(settings, day + horizon), day, horizon)
+    if format is Output.json:
+        document = {
+            "cutoff": forecasting.day_of(day).isoformat(),
+            "horizon_days": horizon,
+            "models": {name: q.as_dict() for name, q in evaluation.qualities.items()},
+        }
+        json.dump(document, sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+        return
+    _print_evaluation(evaluation)
+
+
+def _print_evaluation(evaluation: forecasting.Evaluation) -> None:
+    first = forecasting.day_of(evaluation.cutoff)
+    any_quality = next(iter(evaluation.qualities.values()))
+    table = Table(
+        title=f"forecasts at cutoff {first.isoformat()}, horizon {evaluation.horizon_days} days, "
+        f"{any_quality.customers:,} customers, {any_quality.actual_total:,.0f} purchase days"
+    )
+    for heading in ("model", "MAE", "predicted total", "AUC buys again", "Spearman"):
+        table.add_column(heading, justify="left" if heading == "model" else "right")
+    for name, q in evaluation.qualities.items():
+        table.add_row(
+            name,
+            f"{q.mae:.3f}",
+            f"{q.predicted_total:,.0f}",
+            "—" if q.auc is None else f"{q.auc:.3f}",
+            "—" if q.spearman is None else f"{q.spearman:.3f}",
+        )
+    console.print(table)
+    calibration = Table(title="calibration by decile of the forecast: mean purchase days")
+    calibration.add_column("decile", justify="right")
+    for name in evaluation.qualities:
+        calibration.add_column(f"{name} predicted", justify="right")
+        calibration.add_column(f"{name} actual", justify="right")
+    deciles = zip(*(q.calibration for q in evaluation.qualities.values()), strict=True)
+    for row in deciles:
+        cells = [str(row[0].decile)]
+        for d in row:
+            cells += [f"{d.predicted:.2f}", f"{d.actual:.2f}"]
+        calibration.add_row(*cells)
+    console.print(calibration)

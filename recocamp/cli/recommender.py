@@ -1,0 +1,288 @@
+"""Recommender commands: ``recocamp train``, ``evaluate``, ``models …``, ``recommend`` and
+``similar``."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.table import Table
+
+from recocamp.cli.common import (
+    Output,
+    app,
+    clock,
+    console,
+    current_settings,
+    engine_for,
+    errors,
+    errors_to_exit,
+    fmt,
+    parse_as_of,
+    print_json,
+)
+from recocamp.errors import ModelError
+from recocamp.recommender import evaluate as evaluate_module
+from recocamp.recommender import models as model_module
+from recocamp.recommender import training
+from recocamp.recommender.evaluate import Metrics
+from recocamp.recommender.models import MODEL_NAMES
+from recocamp.recommender.ranking import objects_to_profiling, personal_or_popular
+from recocamp.settings import Settings
+from recocamp.store import queries, registry
+from recocamp.store.engine import Engine
+
+models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+ModelName = StrEnum("ModelName", {name: name for name in MODEL_NAMES})  # type: ignore[misc]
+METRIC_COLUMNS = ("recall", "ndcg", "hit_rate", "recall_repeat", "recall_new", "customers", "fit_s")
+
+
+def _metrics_table(title: str, rows: dict[str, Metrics]) -> Table:
+    table = Table(title=title)
+    table.add_column("model")
+    for column in METRIC_COLUMNS:
+        table.add_column(column, justify="right")
+    for name, metrics in rows.items():
+        values = metrics.as_dict()
+        table.add_row(name, *(fmt(values[column]) for column in METRIC_COLUMNS))
+    return table
+
+
+@app.command("train")
+def train(
+    as_of: Annotated[str | None, typer.Option(help="Train on purchases before this.")] = None,
+    model: Annotated[ModelName | None, typer.Option(help="Default: [recommender] model.")] = None,
+) -> None:
+    """Train, evaluate against the live model and baselines, promote if not worse."""
+    with errors_to_exit():
+        train_and_show(current_settings(), as_of, model.value if model else None)
+
+
+def train_and_show(settings: Settings, as_of: str | None, name: str | None) -> None:
+    """One training cycle with its steps on a spinner, then its figures and outcome
+    (``train``, and ``demo`` before its first campaign run)."""
+    end = parse_as_of(as_of, settings.shop.zone)
+    with console.status("training") as status:
+        result = training.train(
+            engine_for(settings),
+            settings.recommender,
+            now=clock.now(),
+            as_of=end,
+            name=name,
+            step=lambda text: status.update(text),
+            zone=settings.shop.zone,
+        )
+    if result.metrics:
+        console.print(
+            _metrics_table(f"time split, k = {settings.recommender.evaluation_k}", result.metrics)
+        )
+    console.print(f"{result.outcome}: {result.version} ({result.reason})", soft_wrap=True)
+    if result.rule:
+        console.print(f"rule: {result.rule}", soft_wrap=True)
+    if result.seconds:
+        cache = (
+            f"{result.cache_rows:,} customers"
+            if result.outcome == "promoted"
+            else "unchanged, the live model keeps serving"
+        )
+        console.print(f"top-N cache: {cache}; seconds: {result.seconds}")
+
+
+def _default_cutoff(engine: Engine, horizon_days: int) -> datetime:
+    with engine.connect() as connection:
+        latest = queries.latest_order_time(connection)
+    if latest is None:
+        raise ModelError("no purchases in the store: import purchases first")
+    return datetime.combine(latest.date(), time(), tzinfo=latest.tzinfo) - timedelta(
+        days=horizon_days
+    )
+
+
+@app.command("evaluate")
+def evaluate_models(
+    cutoff: Annotated[
+        str | None, typer.Option(help="Split date (default: latest purchase − horizon).")
+    ] = None,
+    horizon_days: Annotated[int | None, typer.Option(min=1)] = None,
+    k: Annotated[int | None, typer.Option(min=1)] = None,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+    models: Annotated[list[ModelName] | None, typer.Option("--model", help="Repeatable.")] = None,
+) -> None:
+    """Every model and baseline on one time split (protocol in README.md)."""
+    with errors_to_exit():
+        settings = current_settings()
+        rec = settings.recommender
+        horizon = horizon_days or rec.evaluation_horizon_days
+        top = k or rec.evaluation_k
+        engine = engine_for(settings)
+        zone = settings.shop.zone
+        split_at = parse_as_of(cutoff, zone) if cutoff else _default_cutoff(engine, horizon)
+        names = [m.value for m in models] if models else list(MODEL_NAMES)
+        with errors.status("evaluating") as status:
+            results = training.compare(engine, rec, names, split_at, horizon, top, status.update)
+    if format is Output.json:
+        document = {
+            "cutoff": split_at.astimezone(zone).isoformat(),
+            "horizon_days": horizon,
+            "k": top,
+            "models": {name: m.as_dict() for name, m in results.items()},
+        }
+        print_json(document, indent=2)
+        return
+    # the date the user gave: the split's instant in the shop's zone, not in UTC
+    local = split_at.astimezone(zone)
+    console.print(
+        _metrics_table(
+            f"cutoff {local:%Y-%m-%d %H:%M} ({zone.key}), horizon {horizon} days, k = {top}",
+            results,
+        )
+    )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models, newest first. Each version's figures were measured on its own
+    time split; the live model it was gated against was measured on the same split."""
+    with errors_to_exit():
+        settings = current_settings()
+        metric = settings.recommender.promote_metric
+        zone = settings.shop.zone
+        with engine_for(settings).connect() as connection:
+            rows = registry.listing(connection)
+    table = Table(title="models")
+    level = f"{evaluate_module.GATE_LEVEL * 100:g} %"
+    columns = (
+        "version (data cutoff, model)",
+        "status",
+        "split",
+        metric,
+        f"live {metric} (same split)",
+        f"candidate − live ({level})",
+        "recall_new",
+    )
+    for column in columns:  # the version and the interval are read whole, never wrapped
+        table.add_column(column, no_wrap=column.startswith(("version", "candidate", "split")))
+    for row in rows:
+        candidate = row.metrics.get("candidate", {})
+        gate = row.metrics.get("gate", {})
+        live = row.metrics.get("live", {})
+        measured = gate.get("metric", metric)  # the gate's metric when it was trained
+        table.add_row(
+            row.version,
+            row.status,
+            _split_text(gate, zone),
+            fmt(candidate.get(measured)),
+            fmt(live.get(measured)),
+            _difference_text(gate.get("difference"), measured, metric),
+            fmt(candidate.get("recall_new")),
+        )
+    console.print(table)
+    console.print(
+        f"split: the evaluation's cutoff and horizon; {metric}: each version on its own "
+        "split; 'live … (same split)': the model that was live when it was trained, "
+        "re-measured on that split, which the promotion gate compared",
+        soft_wrap=True,
+    )
+
+
+def _split_text(gate: dict[str, Any], zone: ZoneInfo) -> str:
+    """The split's cutoff as the shop-local date a person gave, and its horizon."""
+    if "split_cutoff" not in gate:
+        return "—"
+    cutoff = datetime.fromisoformat(gate["split_cutoff"]).astimezone(zone)
+    return f"{cutoff.date()} +{gate['horizon_days']}d"
+
+
+def _difference_text(difference: dict[str, Any] | None, measured: str, metric: str) -> str:
+    """The gate's interval; named by its metric where that is not today's promote_metric."""
+    if not difference:
+        return "—"
+    text = f"{difference['mean']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]"
+    return text if measured == metric else f"{text} ({measured})"
+
+
+@models_app.command("promote")
+def models_promote(version: str) -> None:
+    """Make a registered model live and rebuild the top-N cache from its artifacts."""
+    with errors_to_exit():
+        settings = current_settings()
+        rows = training.promote(engine_for(settings), settings.recommender, version, clock.now())
+    console.print(f"{version} is live; top-N cache: {rows:,} customers")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Return to the model that was live before the current one."""
+    with errors_to_exit():
+        settings = current_settings()
+        version = training.rollback(engine_for(settings), settings.recommender, clock.now())
+    console.print(f"rolled back: {version} is live")
+
+
+@app.command("recommend")
+def recommend(customer_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> None:
+    """A customer's cached top-N from the live model (popularity for cold or objected ones)."""
+    with errors_to_exit():
+        settings = current_settings()
+        with engine_for(settings).connect() as connection:
+            live = registry.live(connection)
+            if live is None:
+                raise ModelError("no live model: run `recocamp train` first")
+            person = registry.customer(connection, customer_id)
+            cached = registry.cached(connection, customer_id)
+            ranked, why = personal_or_popular(
+                known=person is not None or cached is not None,
+                objected=objects_to_profiling(person),
+                personal=cached.items if cached else None,
+                popular=live.popular,
+            )
+            titles = queries.item_titles(connection, [item for item, _ in ranked[:n]])
+    console.print(f"customer {customer_id}: {why} (model {live.version})")
+    _ranked_table(None, ranked[:n], titles)
+
+
+@app.command("similar")
+def similar_items(item_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> None:
+    """Items similar to ITEM_ID according to the live model."""
+    with errors_to_exit():
+        settings = current_settings()
+        engine = engine_for(settings)
+        with engine.connect() as connection:
+            live = registry.live(connection)
+        if live is None:
+            raise ModelError("no live model: run `recocamp train` first")
+        fitted, data, _ = model_module.load(Path(live.path), settings.recommender)
+        with engine.connect() as connection:
+            known = queries.item_titles(connection, [item_id])
+        if item_id not in set(data.items.tolist()):
+            raise ModelError(_unknown_item(item_id, item_id in known, live.version))
+        ranked = [[item, score] for item, score in model_module.similar(fitted, data, item_id, n)]
+        with engine.connect() as connection:
+            titles = queries.item_titles(connection, [item_id, *(str(r[0]) for r in ranked)])
+    console.print(f"similar to {item_id} {titles.get(item_id, '')} (model {live.version})")
+    _ranked_table(None, ranked, titles, f"score: {model_module.similarity_measure(fitted)}")
+
+
+def _unknown_item(item_id: str, in_catalogue: bool, version: str) -> str:
+    if in_catalogue:
+        return (
+            f"item {item_id!r} is in the catalogue but not in the live model {version} "
+            "(nobody bought it before the model's data cutoff)"
+        )
+    return f"no item {item_id!r} in the catalogue"
+
+
+def _ranked_table(
+    title: str | None, ranked: list[list[Any]], titles: dict[str, str], score: str = "score"
+) -> None:
+    table = Table(title=title)
+    for column in ("rank", "item", "title", score):
+        table.add_column(column)
+    for rank, (item, value) in enumerate(ranked, start=1):
+        table.add_row(str(rank), item, titles.get(item, ""), f"{value:.4f}")
+    console.print(table)

@@ -1,0 +1,284 @@
+"""Worker commands: ``recocamp worker`` (also ``--demo``, the demo shop's week on a simulated
+clock) and ``recocamp runs …``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from recocamp import metrics
+from recocamp.cli.common import (
+    CampaignsDir,
+    Output,
+    TemplatesDir,
+    app,
+    clock,
+    console,
+    current_settings,
+    engine_for,
+    errors_to_exit,
+    parse_as_of,
+)
+from recocamp.cli.demo import demo_settings, demo_shop
+from recocamp.clock import FixedClock
+from recocamp.errors import RecocampError
+from recocamp.measure import jobs as measure_jobs
+from recocamp.settings import Settings
+from recocamp.store import queries, runs
+from recocamp.store.engine import Engine
+from recocamp.worker.process import Worker
+
+runs_app = typer.Typer(help="The history of job and campaign runs; workers.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+log = logging.getLogger(__name__)
+
+
+# six weeks before the UCI data ends: the report can measure what the campaigns did
+DEMO_START = "2011-10-25T00:00:00"
+
+
+@app.command("worker")
+def worker(
+    once: Annotated[bool, typer.Option(help="Run what is due now, deliver, and exit.")] = False,
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus metrics port (0: off; default: settings).")
+    ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            help="Build the demo shop if needed and run its schedule on a simulated clock, "
+            "through a local fake ESP, as fast as the jobs go."
+        ),
+    ] = False,
+    days: Annotated[int, typer.Option(min=1, help="--demo: days to simulate.")] = 7,
+    start: Annotated[str, typer.Option(help="--demo: the simulated start.")] = DEMO_START,
+) -> None:
+    """Run the schedule: campaigns, training, imports, delivery, KPI snapshots, purges."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's BLAS (see model.py)
+    logging.getLogger("recocamp").setLevel(logging.INFO if not demo else logging.WARNING)
+    # overlaps and misses are logged (and counted) by the worker itself
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    if demo:
+        with errors_to_exit():
+            _demo(campaigns, templates, start, days)
+        return
+    with errors_to_exit():
+        settings = current_settings()
+        process = Worker(settings, engine_for(settings), campaigns, templates, clock)
+        process.load()
+        if once:
+            outcomes = process.run_due_once()
+            console.print(", ".join(f"{job}: {what}" for job, what in outcomes.items()))
+            return
+        _serve_metrics(
+            settings.worker.metrics_host,
+            settings.worker.metrics_port if metrics_port is None else metrics_port,
+        )
+        process.install_signals()
+        process.start()
+        console.print(
+            f"worker {process.id} running {len(process.specs)} jobs; SIGTERM or Ctrl-C stops it"
+        )
+        process.wait()
+        if not process.shutdown():
+            # running jobs (a training, an import) cannot be cut short, and the interpreter
+            # would wait for their threads: leave now, the next worker resumes what matters
+            logging.shutdown()
+            os._exit(3)
+
+
+def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
+    """``worker --demo``: the demo shop's week, compressed (see ``Worker.simulate``)."""
+    from recocamp.delivery.esp.fake_server import FakeEsp, create_app, running
+
+    settings, demo_dir = current_settings(), Path("demo")
+    engine, untrained = demo_shop(settings, demo_dir)
+    zone = settings.shop.zone
+    begin = parse_as_of(start, zone)
+    _history(engine, settings, clock.now())
+    fake = FakeEsp(data_dir=demo_dir / "fake-esp")
+    with running(create_app(fake)) as url:
+        process = Worker(
+            demo_settings(settings, url, demo_dir), engine, campaigns, templates, FixedClock(begin)
+        )
+        process.load()
+        first = begin.astimezone(zone)
+        console.print(
+            f"simulating {days} days of the schedule from {first:%a %d %b %Y %H:%M} "
+            f"({len(process.specs)} jobs; polling jobs hourly)"
+        )
+        if untrained:
+            console.print("training the first model (a minute or so) …")
+            _show(process, begin, "train", process.run("train"))
+        process.simulate(
+            begin + timedelta(days=days), lambda at, job, status: _show(process, at, job, status)
+        )
+    stats = fake.stats()
+    console.print(
+        f"fake ESP: {stats['received']:,} e-mails, {stats['unique_send_keys']:,} "
+        f"unique send keys, {stats['duplicates']} duplicates "
+        f"({demo_dir / 'fake-esp'}/messages.jsonl); history: `recocamp runs list`"
+    )
+
+
+def _history(engine: Engine, settings: Settings, now: datetime) -> None:
+    """The KPI snapshots of every day the shop has orders (the report's history)."""
+    with engine.connect() as connection:
+        first, last = queries.first_order_time(connection), queries.latest_order_time(connection)
+    if first is None or last is None:
+        return
+    zone = settings.shop.zone
+    with console.status("KPI history: a snapshot of every day with orders …"):
+        measure_jobs.backfill(
+            engine, settings, first.astimezone(zone).date(), last.astimezone(zone).date(), now
+        )
+
+
+def _show(process: Worker, at: datetime, job: str, status: str) -> None:
+    counts, error = process.last.pop(job, ({}, None))
+    if not counts and not error and status in ("ok", "skipped"):
+        return  # an idle poll
+    when = at.astimezone(process.settings.shop.zone)
+    console.print(
+        f"{when:%a %d %b %H:%M}  {job:<20} {status:<8} {error or _counts_text(counts)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:  # another worker on this host has the port: run without
+        log.warning("metrics not served on %s:%d: %s", host, port, exc)
+        return
+    metrics.LEADER.set(0)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+@runs_app.command("list")
+def runs_list(
+    job: Annotated[str | None, typer.Option(help="Only this job (e.g. campaign:winback).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show the newest LIMIT runs.")] = 30,
+    format: Annotated[Output, typer.Option("--format")] = Output.table,
+) -> None:
+    """The latest job and campaign runs, newest first (times in UTC)."""
+    with errors_to_exit(), engine_for(current_settings()).connect() as connection:
+        rows = runs.recent(connection, job, limit)
+        total = runs.count(connection, job)
+    if format is Output.json:
+        print(json.dumps([_run_json(row) for row in rows], indent=2))
+        return
+    table = Table(title="runs")
+    for column in ("id", "job", "status", "started (UTC)", "seconds", "counts / error", "worker"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            row.job,
+            row.status,
+            f"{row.started_at:%Y-%m-%d %H:%M:%S}",
+            _seconds_text(row),
+            row.error or _counts_text(row.counts),
+            row.worker,
+        )
+    table.caption = (
+        f"newest {len(rows):,} of {total:,} runs"
+        + (f" of {job}" if job else "")
+        + ("; --limit N shows more" if total > len(rows) else "")
+    )
+    console.print(table)
+
+
+def _seconds_text(row: Any) -> str:
+    """The measured duration; rows from before it was recorded fall back to the clock's."""
+    if row.seconds is not None:
+        return f"{row.seconds:.1f}"
+    if row.finished_at is None:
+        return "…"
+    return f"{(row.finished_at - row.started_at).total_seconds():.1f}"
+
+
+def _counts_text(counts: dict[str, Any]) -> str:
+    parts = []
+    for key, value in counts.items():
+        if isinstance(value, dict):
+            parts += [f"{k}={v}" for k, v in value.items()]
+        elif value not in (0, None, ""):
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def _run_json(row: Any) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": row.id,
+        "job": row.job,
+        "status": row.status,
+        "worker": row.worker,
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "as_of": iso(row.as_of),
+        "run_key": row.run_key,
+        "counts": row.counts,
+        "error": row.error,
+        "resumed_from": row.resumed_from,
+        "seconds": row.seconds,
+    }
+
+
+@runs_app.command("trigger")
+def runs_trigger(job: str) -> None:
+    """Make a scheduled job due now; the scheduling worker runs it within a few seconds."""
+    from recocamp.worker import scheduler
+
+    with errors_to_exit():
+        settings = current_settings()
+        engine = engine_for(settings)
+        sched = scheduler.make_scheduler()
+        scheduler.attach_shared(sched, engine)
+        sched.start(paused=True)
+        try:
+            known = [j.id for j in sched.get_jobs(jobstore=scheduler.SHARED)]
+            if job not in known:
+                names = ", ".join(known) or "none yet: the scheduling worker adds them"
+                raise RecocampError(f"no scheduled job {job!r} (known: {names})")
+            sched.modify_job(job, jobstore=scheduler.SHARED, next_run_time=clock.now())
+        finally:
+            scheduler.quiesce(sched)
+            sched.shutdown(wait=False)
+    console.print(f"{job}: due now")
+
+
+@runs_app.command("workers")
+def runs_workers() -> None:
+    """Workers with their heartbeat, and which one schedules."""
+    with errors_to_exit(), engine_for(current_settings()).connect() as connection:
+        rows = runs.all_workers(connection)
+    table = Table(title="workers")
+    for column in ("worker", "started (UTC)", "heartbeat", "leader since", "stopped"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.id,
+            f"{row.started_at:%Y-%m-%d %H:%M:%S}",
+            f"{row.heartbeat_at:%Y-%m-%d %H:%M:%S}",
+            f"{row.leader_since:%Y-%m-%d %H:%M:%S}" if row.leader_since else "",
+            f"{row.stopped_at:%Y-%m-%d %H:%M:%S}" if row.stopped_at else "",
+        )
+    console.print(table)

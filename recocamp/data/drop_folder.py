@@ -1,0 +1,191 @@
+"""The worker's import job: CSV files dropped into ``[ingest] drop_dir`` are imported once.
+
+What a file holds is told by its name: ``customers*.csv``, ``items*.csv``,
+``purchases*.csv`` (the standard formats) or ``online-retail*.csv`` / ``online_retail*``
+(the UCI format); ``.gz`` is fine. Customers and items go first, so a drop of all three
+is imported in a sensible order.
+
+Each file is imported all-or-nothing (``ingest``) and then leaves the folder. Imported (or
+imported before: same SHA-256), it is deleted — it holds personal data the store now has —
+or, with ``[ingest] keep_processed_days`` above 0, moved to ``[ingest] processed_dir`` and
+deleted by the retention purge that many days later (``privacy.purge``; its modification
+time is set to the import's). Refused, it goes to ``<drop_dir>/rejected/`` with a
+``<name>.errors.txt`` beside it — so a broken file is reported once, not every few minutes,
+and nothing in it is half-imported; the operator deletes it once dealt with.
+Erased customers in a file are skipped like in every import (``ingest``), and a file kept
+in ``processed_dir`` or ``rejected/`` (and its ``.errors.txt``) is cleaned of them
+(``erasure_files.drop_erased``).
+A file modified in the last ``SETTLE_S`` seconds is left for the next run: it may still be
+being written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from recocamp.data import erasure_files
+from recocamp.data.ingest import Importer, ImportReport
+from recocamp.errors import DataImportError, Problem
+from recocamp.settings import Settings
+from recocamp.store import tombstones
+from recocamp.store.engine import Engine
+
+log = logging.getLogger(__name__)
+SETTLE_S = 5.0
+KINDS = (  # (name prefix, kind, purchase format), in import order
+    ("customers", "customers", ""),
+    ("items", "items", ""),
+    ("purchases", "purchases", "standard"),
+    ("online-retail", "purchases", "online-retail"),
+    ("online_retail", "purchases", "online-retail"),
+)
+
+
+@dataclass
+class DropReport:
+    imported: int = 0
+    already_imported: int = 0
+    rejected: int = 0
+    waiting: int = 0  # still being written
+    rows: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "imported": self.imported,
+            "already_imported": self.already_imported,
+            "rejected": self.rejected,
+            "waiting": self.waiting,
+            "rows": self.rows,
+        }
+
+
+def kind_of(path: Path) -> tuple[str, str] | None:
+    name = path.name.lower()
+    for prefix, kind, fmt in KINDS:
+        if name.startswith(prefix):
+            return kind, fmt
+    return None
+
+
+def _rank(path: Path) -> tuple[int, str]:
+    name = path.name.lower()
+    order = next((n for n, (prefix, _, _) in enumerate(KINDS) if name.startswith(prefix)), 99)
+    return order, name
+
+
+def pending(drop_dir: Path, now_s: float) -> tuple[list[Path], int]:
+    """Files to import now (in import order), and how many are still settling."""
+    if not drop_dir.is_dir():
+        return [], 0
+    files = [
+        p
+        for p in drop_dir.iterdir()
+        if p.is_file() and p.name.lower().endswith((".csv", ".csv.gz"))
+    ]
+    ready = [p for p in files if now_s - p.stat().st_mtime >= SETTLE_S]
+    return sorted(ready, key=_rank), len(files) - len(ready)
+
+
+def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> DropReport:
+    drop_dir = settings.ingest.drop_dir
+    done_dir = settings.ingest.processed_dir if settings.ingest.keep_processed_days else None
+    files, waiting = pending(drop_dir, time.time())
+    report = DropReport(waiting=waiting)
+    key = tombstones.key_of(settings)
+    if files:  # a file refused before the store is asked is kept: its check must not fail
+        with engine.connect() as connection:
+            tombstones.checkable(connection, key, "importing the drop folder")
+    importer = Importer(
+        engine,
+        zone=settings.shop.zone,
+        now=now,
+        max_listed=settings.ingest.max_errors_listed,
+        erasure_key=key,
+    )
+    for path in files:
+        _one(importer, path, drop_dir, done_dir, report)
+    return report
+
+
+def _one(
+    importer: Importer, path: Path, drop_dir: Path, done_dir: Path | None, report: DropReport
+) -> None:
+    kind = kind_of(path)
+    try:
+        if kind is None:
+            prefixes = ", ".join(prefix for prefix, _, _ in KINDS)
+            raise DataImportError(
+                path, [Problem(f"unknown kind of file: the name must start with one of {prefixes}")]
+            )
+        result = _import(importer, path, *kind)
+    except DataImportError as exc:
+        kept = _reject(path, drop_dir / "rejected", str(exc))
+        erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)
+        report.rejected += 1
+        log.error(
+            "import of %s refused, moved to %s: %s",
+            path.name,
+            drop_dir / "rejected",
+            str(exc).splitlines()[0],
+        )
+        return
+    kept = _done(path, done_dir, importer.now)
+    erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)
+    if result.already_imported:
+        report.already_imported += 1
+    else:
+        report.imported += 1
+        report.rows += result.imported
+    log.info("imported %s (%s): %d rows", path.name, result.kind, result.imported)
+
+
+def _import(importer: Importer, path: Path, kind: str, fmt: str) -> ImportReport:
+    if kind == "customers":
+        return importer.customers(path)
+    if kind == "items":
+        return importer.items(path)
+    return importer.purchases(path, fmt)
+
+
+def _done(path: Path, directory: Path | None, now: datetime) -> list[Path]:
+    """An imported file: deleted, or kept in ``directory`` with the import's time as its
+    modification time (the retention purge's clock); returns what is kept."""
+    if directory is None:
+        path.unlink()
+        return []
+    target = _move(path, directory)
+    os.utime(target, (now.timestamp(), now.timestamp()))
+    return [target]
+
+
+def expired(directory: Path, before: datetime) -> list[Path]:
+    """Kept imported files whose time is up (modified before ``before``)."""
+    if not directory.is_dir():
+        return []
+    cutoff = before.timestamp()
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.stat().st_mtime < cutoff)
+
+
+def _move(path: Path, directory: Path) -> Path:
+    """Move without overwriting: a second file of the same name gets a numbered name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target, n = directory / path.name, 1
+    while target.exists():
+        n += 1
+        target = directory / f"{n}-{path.name}"
+    shutil.move(path, target)
+    return target
+
+
+def _reject(path: Path, directory: Path, reason: str) -> list[Path]:
+    """A refused file, kept with its reasons beside it; returns both."""
+    target = _move(path, directory)
+    errors = target.with_name(target.name + ".errors.txt")
+    errors.write_text(reason + "\n", encoding="utf-8")
+    return [target, errors]

@@ -1,0 +1,324 @@
+"""Erasure in the files recocamp writes: copies of customers and orders outside the store.
+
+Files that can hold a customer, and what erasure does with them (:func:`scrub`):
+
+- ``[ingest] processed_dir`` — imported drop-folder files, kept when
+  ``[ingest] keep_processed_days`` is above 0 — and ``<drop_dir>/rejected/`` (refused files
+  and their ``.errors.txt``);
+- ``demo/`` (the default ``--demo-dir`` of ``recocamp demo``, ``demo-data``, ``worker
+  --demo``): the generated ``customers.csv`` / ``purchases.csv`` and the stand-in ESP's
+  ``fake-esp/messages.jsonl``.
+
+CSV files (also ``.csv.gz``) lose the customer's rows where an address column names them,
+or where the file is a customers file (it has an ``email`` column) and its ``id`` is
+theirs; order lines keep their row with the customer column emptied (a guest line, as in
+the store). JSON-lines files lose the messages to the address or with the customer's send
+key. An ``.errors.txt`` loses the lines naming the address or the id. Each file is
+rewritten atomically (a new file renamed over the old one, modification time kept, so the
+retention clock is unchanged). A file that cannot be read or rewritten is reported, never
+skipped in silence: the erasure then says ``files_clean: false`` and names it.
+
+Files that arrive after an erasure: the import skips the erased customer's rows, and
+:func:`drop_erased` cleans the copy the drop folder keeps (``processed_dir``,
+``rejected/`` and its ``.errors.txt``) the same way, finding them by the tombstones.
+
+What erasure cannot reach is listed in :data:`NOT_COVERED`: files written to paths the
+operator chose, logs, and copies outside recocamp.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import csv
+import gzip
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from recocamp.errors import EMAIL
+from recocamp.settings import Settings
+from recocamp.store import tombstones
+from recocamp.store.engine import Engine
+
+log = logging.getLogger(__name__)
+DEMO_DIR = Path("demo")  # the demo commands' default --demo-dir
+ID_COLUMNS = {"customerid", "customer"}  # lower-case, "_" and " " removed
+ADDRESS = re.compile(r"^(?:(?:.+_)?email|recipient)$", re.IGNORECASE)
+QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")  # repr()s in .errors.txt
+NOT_COVERED = (
+    "files written where the operator chose: `recocamp privacy export --output`, "
+    "`recocamp preview --html`, a --demo-dir other than demo/",
+    "the operator's own files given to `recocamp import` (recocamp reads them, never writes)",
+    "log output (it names customers by id only, never by address or name)",
+    "database backups, PostgreSQL's write-ahead log and not yet vacuumed row versions, "
+    "and the file system's copies of blocks freed by a rewrite",
+)
+
+
+@dataclass
+class Scrub:
+    """What :func:`scrub` did: files rewritten, and files it could not clean."""
+
+    rewritten: list[Path] = field(default_factory=list)
+    failed: list[Path] = field(default_factory=list)
+
+
+def written_dirs(settings: Settings) -> list[Path]:
+    """The directories recocamp writes customer data to."""
+    ingest = settings.ingest
+    return [ingest.processed_dir, ingest.drop_dir / "rejected", DEMO_DIR]
+
+
+def scrub(directories: list[Path], customer_id: str, email: str | None) -> Scrub:
+    """Remove one customer from every file under ``directories`` (see the module docstring)."""
+    who = _Who(customer_id, email.strip().lower() if email else None)
+    done = Scrub()
+    for path in _files(directories):
+        try:
+            changed = _scrub_file(path, who)
+        except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
+            log.error("erasure: could not clean %s: %s", path, type(exc).__name__)
+            done.failed.append(path)
+            continue
+        if changed:
+            done.rewritten.append(path)
+    return done
+
+
+class Who(Protocol):
+    """Whom a file is cleaned of: values of address and id columns, text in error reports."""
+
+    def is_address(self, value: str) -> bool: ...
+
+    def is_id(self, value: str) -> bool: ...
+
+    def needles(self) -> list[str]: ...  # lower-case text naming them in an .errors.txt
+
+    def in_send_key(self, key: str) -> bool: ...  # an e-mail's send key names them
+
+
+def _id_text(value: str) -> str:
+    """An id as a file holds it, without the ``.0`` a spreadsheet adds to numeric ids."""
+    value = value.strip()
+    return value[:-2] if value.endswith(".0") else value
+
+
+def drop_erased(engine: Engine, key: bytes | None, paths: Sequence[Path]) -> int:
+    """Clean files the drop folder keeps (``processed_dir``, ``rejected/``) of customers
+    erased before the file arrived: the import skipped their rows, the kept copy must not
+    hold them either. Their ids and addresses are found by the tombstones (keyed hashes) and
+    the files rewritten as by an erasure. Called once the files are in place: an erasure
+    committed after this check scrubs them there itself. Returns the files rewritten; a
+    file that cannot be read is logged and left (a refused file can be unreadable)."""
+    texts: dict[Path, str] = {}
+    ids: set[str] = set()
+    addresses: set[str] = set()
+    for path in paths:
+        try:
+            texts[path] = _read(path)
+            found = _values(path, texts[path])
+        except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
+            log.warning("could not check %s for erased customers: %s", path, type(exc).__name__)
+            texts.pop(path, None)
+            continue
+        ids |= found[0]
+        addresses |= found[1]
+    if not ids and not addresses:
+        return 0
+    with engine.connect() as connection:
+        erased = tombstones.tombstoned(connection, key, ids, addresses, "keeping imported files")
+    if not any(erased):
+        return 0
+    who = _Erased(frozenset(erased[0]), frozenset(erased[1]))
+    rewritten = sum(1 for path in texts if _scrub_file(path, who))
+    log.info(
+        "kept drop-folder file(s) cleaned of %d erased customer(s): %d file(s)",
+        len(erased[0]) + len(erased[1]),
+        rewritten,
+    )
+    return rewritten
+
+
+def _values(path: Path, text: str) -> tuple[set[str], set[str]]:
+    """The ids and addresses (trimmed, lower-case) a file names, as the cleaners see them."""
+    if path.name.lower().endswith(".errors.txt"):
+        quoted = set()
+        for literal in QUOTED.findall(text):
+            with contextlib.suppress(ValueError, SyntaxError):
+                quoted.add(_id_text(str(ast.literal_eval(literal))))
+        return quoted, {a.strip().lower() for a in EMAIL.findall(text)}
+    rows = csv.reader(io.StringIO(text, newline=""))
+    first = next(rows, None)
+    if first is None:
+        return set(), set()
+    address_columns, id_columns, people = _columns(first)
+    ids: set[str] = set()
+    addresses: set[str] = set()
+    for row in rows:
+        ids.update(_id_text(row[n]) for n in (*id_columns, *people) if n < len(row))
+        addresses.update(row[n].strip().lower() for n in address_columns if n < len(row))
+    ids.discard("")
+    addresses.discard("")
+    return ids, addresses
+
+
+@dataclass(frozen=True, slots=True)
+class _Who:
+    """One customer being erased."""
+
+    customer_id: str
+    email: str | None
+
+    def is_address(self, value: str) -> bool:
+        return self.email is not None and value.strip().lower() == self.email
+
+    def is_id(self, value: str) -> bool:
+        return _id_text(value) == self.customer_id
+
+    def needles(self) -> list[str]:
+        return [repr(self.customer_id).lower()] + ([self.email] if self.email else [])
+
+    def in_send_key(self, key: str) -> bool:
+        return f"/{self.customer_id}/" in key
+
+
+@dataclass(frozen=True, slots=True)
+class _Erased:
+    """Ids and addresses (trimmed, lower-case) of a file that erasure tombstones name."""
+
+    ids: frozenset[str]
+    addresses: frozenset[str]
+
+    def is_address(self, value: str) -> bool:
+        return value.strip().lower() in self.addresses
+
+    def is_id(self, value: str) -> bool:
+        return _id_text(value) in self.ids
+
+    def needles(self) -> list[str]:
+        return [repr(i).lower() for i in sorted(self.ids)] + sorted(self.addresses)
+
+    def in_send_key(self, key: str) -> bool:
+        return any(f"/{i}/" in key for i in self.ids)
+
+
+Cleaner = Callable[[str, Who], str | None]  # the new text, or None when nothing changed
+
+
+def _files(directories: list[Path]) -> Iterator[Path]:
+    seen: set[Path] = set()
+    for directory in directories:
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.rglob("*")):
+            if path.is_file() and path.resolve() not in seen:
+                seen.add(path.resolve())
+                yield path
+
+
+def _scrub_file(path: Path, who: Who) -> bool:
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return _rewrite(path, who, _csv)
+    if name.endswith(".jsonl"):
+        return _rewrite(path, who, _jsonl)
+    if name.endswith(".errors.txt"):
+        return _rewrite(path, who, _errors)
+    return False
+
+
+def _read(path: Path) -> str:
+    raw = path.read_bytes()
+    return (gzip.decompress(raw) if path.name.lower().endswith(".gz") else raw).decode("utf-8")
+
+
+def _rewrite(path: Path, who: Who, clean: Cleaner) -> bool:
+    """Rewrite ``path`` with ``clean``'s text when it changed anything; atomically."""
+    zipped = path.name.lower().endswith(".gz")
+    text = _read(path)
+    cleaned = clean(text, who)
+    if cleaned is None:
+        return False
+    data = cleaned.encode("utf-8")
+    _replace(path, gzip.compress(data, mtime=0) if zipped else data)
+    return True
+
+
+def _replace(path: Path, data: bytes) -> None:
+    stat = path.stat()
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".erasing-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, stat.st_mode & 0o777)
+        os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _columns(first: list[str]) -> tuple[list[int], list[int], list[int]]:
+    """Columns of addresses, of customer ids in order lines, and of the ids of a customers
+    file (an ``id`` column beside an address column)."""
+    header = [name.strip() for name in first]
+    addresses = [n for n, name in enumerate(header) if ADDRESS.match(name)]
+    ids = [
+        n
+        for n, name in enumerate(header)
+        if name.lower().replace("_", "").replace(" ", "") in ID_COLUMNS
+    ]
+    people = [n for n, name in enumerate(header) if name.lower() == "id"] if addresses else []
+    return addresses, ids, people
+
+
+def _csv(text: str, who: Who) -> str | None:
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    if not rows:
+        return None
+    addresses, ids, people = _columns(rows[0])
+    kept, changed = [rows[0]], False
+    for row in rows[1:]:
+        if any(n < len(row) and who.is_address(row[n]) for n in addresses) or any(
+            n < len(row) and who.is_id(row[n]) for n in people
+        ):
+            changed = True
+            continue
+        for n in ids:
+            if n < len(row) and who.is_id(row[n]):
+                row[n], changed = "", True
+        kept.append(row)
+    if not changed:
+        return None
+    out = io.StringIO(newline="")
+    csv.writer(out).writerows(kept)
+    return out.getvalue()
+
+
+def _jsonl(text: str, who: Who) -> str | None:
+    kept, changed = [], False
+    for line in text.splitlines(keepends=True):
+        record = json.loads(line) if line.strip() else {}
+        key = str(record.get("send_key") or (record.get("Metadata") or {}).get("send_key") or "")
+        if who.is_address(str(record.get("To") or "")) or who.in_send_key(key):
+            changed = True
+            continue
+        kept.append(line)
+    return "".join(kept) if changed else None
+
+
+def _errors(text: str, who: Who) -> str | None:
+    needles = who.needles()
+    lines = text.splitlines(keepends=True)
+    kept = [line for line in lines if not any(n in line.lower() for n in needles)]
+    return "".join(kept) if len(kept) != len(lines) else None

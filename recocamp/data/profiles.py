@@ -1,0 +1,170 @@
+"""Customer profile, consent and contact-preference changes, with their audit trail.
+
+One function applies every change, whoever makes it: the shop (``PUT /v1/customers/{id}``,
+a sign-up, a consent given at checkout, a CRM sync) or the customer (the preferences page).
+Values are checked with the customers import's own rules (``sources.csv.customer_row``: a
+consent basis needs its timestamp, addresses need an ``@``, IANA time zones, dates). Every
+change is written to the audit log with its time, actor and source; the entry names the
+fields that changed and the values of the consent and contact fields, never an address or
+a name.
+
+Semantics worth knowing:
+
+- fields that are not given are left as they are (a partial update, also for PUT);
+- an objection to profiling drops the customer's cached personal list at once;
+- ``unsubscribed = true`` unsubscribes (and suppresses the address) like a link click;
+  ``false`` re-subscribes only together with a new consent given after the unsubscribe —
+  an earlier consent does not outlive the customer's own opt-out. Bounces and complaints
+  stay suppressed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from recocamp.data.sources import csv as sources
+from recocamp.domain import PREFERENCE_PERIODS
+from recocamp.errors import RecocampError
+from recocamp.store import contacts, profiles
+from recocamp.store.engine import Connection
+from recocamp.store.queries import audit
+
+PROFILE = ("email", "first_name", "locale", "time_zone", "country", "birthday")
+CONSENT = ("consent_basis", "consent_at", "consent_source")
+CONTACT = ("channel_email", "frequency_preference", "paused_until", "objected_to_profiling")
+FIELDS = PROFILE + CONSENT + CONTACT
+AUDITED_VALUES = CONSENT + CONTACT  # identify nobody; the audit entry keeps their new values
+FREQUENCIES = tuple(PREFERENCE_PERIODS)
+
+
+class ProfileError(RecocampError):
+    """A change that breaks a rule; ``field`` and ``value`` say which (addresses redacted)."""
+
+    def __init__(self, field: str, message: str, value: object) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.value = field, message, value
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    created: bool
+    fields: tuple[str, ...]
+
+
+def apply(
+    connection: Connection,
+    customer_id: str,
+    changes: Mapping[str, Any],
+    *,
+    at: datetime,
+    actor: str,
+    source: str,
+    unsubscribed: bool | None = None,
+    zone: ZoneInfo | None = None,
+) -> Changed:
+    """Create or update one customer with ``changes`` (a subset of :data:`FIELDS`)."""
+    unknown = sorted(set(changes) - set(FIELDS))
+    if unknown:
+        raise ProfileError(unknown[0], "is not a customer field", unknown[0])
+    row = profiles.profile(connection, customer_id)
+    before = (
+        row
+        if row is not None
+        else {"locale": "en", "channel_email": True, "objected_to_profiling": False}
+    )
+    after = {**before, **changes}
+    _validate(customer_id, after, zone or ZoneInfo("UTC"))
+    changed = tuple(name for name in FIELDS if name in changes and before.get(name) != after[name])
+    values = {name: after[name] for name in changed}
+    if row is None:
+        given = {name: after[name] for name in FIELDS if after.get(name) is not None}
+        profiles.create(connection, customer_id, given, at)
+    elif changed:
+        profiles.update(connection, customer_id, values, at)
+    if values.get("objected_to_profiling"):
+        profiles.drop_personal_list(connection, customer_id)
+    opted = _subscription(connection, customer_id, unsubscribed, after, at, source)
+    if changed or row is None or opted == "resubscribed":  # contacts audits unsubscribes
+        details = {
+            "source": source[:200],
+            "fields": list(changed) + ([opted] if opted else []),
+            "values": {k: _plain(values[k]) for k in changed if k in AUDITED_VALUES},
+        }
+        audit(
+            connection,
+            at=at,
+            actor=actor[:200],
+            action="customer_created" if row is None else "customer_changed",
+            subject_type="customer",
+            subject_id=customer_id,
+            details=details,
+        )
+    return Changed(row is None, changed + ((opted,) if opted else ()))
+
+
+def _validate(customer_id: str, after: Mapping[str, Any], zone: ZoneInfo) -> None:
+    """The import's rules over the changed profile as a whole (consent needs its time …)."""
+    row = {"id": customer_id, **{name: _text(after.get(name)) for name in FIELDS}}
+    try:
+        sources.customer_row(row, sources.Timestamps(zone))
+    except sources.RowProblem as problem:
+        raise ProfileError(problem.column, problem.message, problem.value) from None
+    if after.get("locale") not in ("de", "en"):
+        raise ProfileError("locale", "must be de or en", after.get("locale"))
+    frequency = after.get("frequency_preference")
+    if frequency is not None and frequency not in FREQUENCIES:
+        raise ProfileError(
+            "frequency_preference", f"must be one of {', '.join(FREQUENCIES)}", frequency
+        )
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime | date) else value
+
+
+def _subscription(
+    connection: Connection,
+    customer_id: str,
+    unsubscribed: bool | None,
+    after: Mapping[str, Any],
+    at: datetime,
+    source: str,
+) -> str | None:
+    """Apply ``unsubscribed``; returns "unsubscribed" / "resubscribed" when it changed."""
+    if unsubscribed is None:
+        return None
+    current = profiles.subscription(connection, customer_id)
+    if current is None:
+        return None
+    if unsubscribed:
+        return "unsubscribed" if contacts.unsubscribe(connection, customer_id, at, source) else None
+    if current.unsubscribed_at is None:
+        return None
+    consent_at = after.get("consent_at")
+    if (
+        after.get("consent_basis") in (None, "none")
+        or consent_at is None
+        or (consent_at <= current.unsubscribed_at)
+    ):
+        raise ProfileError(
+            "unsubscribed",
+            "re-subscribing needs a new consent: consent_basis "
+            "and a consent_at after the unsubscribe",
+            False,
+        )
+    profiles.resubscribe(connection, customer_id, current.email, at)
+    return "resubscribed"

@@ -1,0 +1,608 @@
+"""CSV files in, domain values out: the import formats, each documented in README.md.
+
+Formats
+-------
+``standard`` purchases (our own): ``order_id, customer_id, item_id, quantity, unit_price,
+ordered_at`` required; ``line_no`` and ``is_return`` optional. An empty ``customer_id`` is a
+guest order; ``ordered_at`` is ISO 8601 (without an offset it is read in the shop's zone).
+
+``online-retail``: the UCI Online Retail file as it is (``InvoiceNo, StockCode, Description,
+Quantity, InvoiceDate, UnitPrice, CustomerID, Country``; local times of the shop). Invoices
+starting with ``C`` are returns; lines of normal invoices with quantity or price <= 0 are
+adjustments and are skipped (counted in the report); an empty CustomerID is a guest.
+
+``customers`` and ``items``: see :data:`CUSTOMER_COLUMNS` and :data:`ITEM_COLUMNS`.
+
+Every row either becomes a value, a skip with a reason, or a :class:`Problem` naming its
+line and column; files may be gzip-compressed (``.gz``). Nothing here touches the store.
+Values are held to the bounds of :mod:`recocamp.domain` (id length and characters, numeric
+ranges, text sizes), the same the API applies; bytes that are not UTF-8, a NUL, or a field
+past ``FIELD_MAX`` characters are problems of the line they are on.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, tzinfo
+from pathlib import Path
+from typing import IO, TypeVar, cast
+
+from recocamp.domain import (
+    FIELD_MAX,
+    LINE_NO_MAX,
+    PRICE_MAX,
+    QUANTITY_MAX,
+    TEXT_MAX,
+    YEAR_MAX,
+    YEAR_MIN,
+    ConsentBasis,
+    Customer,
+    Item,
+    Purchase,
+    id_problem,
+    range_problem,
+    text_problem,
+)
+from recocamp.errors import DataImportError, Problem
+
+T = TypeVar("T")
+
+STANDARD_COLUMNS = ("order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at")
+ONLINE_RETAIL_COLUMNS = (
+    "InvoiceNo",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+    "Country",
+)
+CUSTOMER_COLUMNS = ("id", "email")  # optional: first_name, locale, time_zone, country, birthday,
+# consent_basis, consent_at, consent_source, objected_to_profiling
+ITEM_COLUMNS = (
+    "id",
+    "title",
+    "category",
+    "price",
+)  # optional: in_stock, url, image_url, is_service
+PURCHASE_FORMATS = ("standard", "online-retail")
+TRUE_WORDS = {"1", "true", "yes", "y", "t"}
+FALSE_WORDS = {"0", "false", "no", "n", "f", ""}
+# undecodable bytes (kept as lone surrogates by errors="surrogateescape") and NUL
+_UNREADABLE = re.compile("[\x00\udc80-\udcff]")
+_UNDECODED = re.compile("[\udc80-\udcff]")
+_SHOWN = 60  # characters of a long value shown in a problem
+
+
+def shown(value: object) -> object:
+    """A value as a problem shows it: long text cut, undecodable bytes as bytes."""
+    if not isinstance(value, str):
+        return value
+    if _UNDECODED.search(value):
+        raw = value.encode("utf-8", "surrogateescape")
+        return raw[:_SHOWN] + (b"..." if len(raw) > _SHOWN else b"")
+    if len(value) > _SHOWN:
+        return f"{value[:_SHOWN]}… ({len(value):,} characters)"
+    return value
+
+
+class RowProblem(Exception):
+    """Raised by a row parser; becomes a :class:`Problem` with the row's line number."""
+
+    def __init__(self, column: str, message: str, value: object) -> None:
+        super().__init__(message)
+        self.column, self.message, self.value = column, message, shown(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A row that is read but deliberately not imported, with the reason for the report."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetailLine:
+    """An online-retail row: the purchase plus what the catalogue needs from it."""
+
+    purchase: Purchase
+    description: str
+    country: str
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a CSV file, transparently gunzipping ``.gz``; a missing file is a DataImportError.
+
+    Bytes that are not UTF-8 do not stop the reading (``surrogateescape``): :func:`read_rows`
+    reports them as a problem of their own line and column, next to the file's other problems.
+    """
+    try:
+        opened = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115
+    except OSError as exc:
+        raise DataImportError(path, [Problem(f"cannot open file: {exc.strerror}")]) from None
+    binary = cast(IO[bytes], opened)  # the TextIOWrapper owns and closes it
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def read_rows(
+    path: Path, required: tuple[str, ...], handle: IO[str]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line number, row)``; the header must contain every required column.
+
+    A row that cannot be read (wrong width, bytes that are not UTF-8, a NUL, a field past
+    ``FIELD_MAX``) is yielded as a marker that :func:`check_width` turns into its problem;
+    after a field past the limit the rest of the file is not read (where would it resume?).
+    """
+    csv.field_size_limit(FIELD_MAX)
+    reader = csv.reader(handle)
+    header = _header(path, reader)
+    missing = [name for name in required if name not in header]
+    if missing:
+        problem = Problem(
+            f"wrong header: missing column(s) {', '.join(missing)}; expected {', '.join(required)}",
+            line=1,
+            value=",".join(header),
+        )
+        raise DataImportError(path, [problem])
+    while True:
+        line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a field past FIELD_MAX, or a stray quote at the end
+            yield line, _unreadable("*", f"cannot be read: {exc}", "")
+            return
+        if not values or values == [""]:
+            continue
+        if len(values) != len(header):
+            yield line, _unreadable("*", f"expected {len(header)} fields", str(len(values)))
+            continue
+        row = dict(zip(header, values, strict=True))
+        if _UNREADABLE.search("".join(values)):
+            yield line, _unreadable_field(row)
+            continue
+        yield line, row
+
+
+def _header(path: Path, reader: Iterator[list[str]]) -> list[str]:
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise DataImportError(
+            path, [Problem("the file is empty (no header line)", line=1)]
+        ) from None
+    except (csv.Error, gzip.BadGzipFile, EOFError, OSError) as exc:
+        raise DataImportError(path, [Problem(f"not a readable CSV file: {exc}", line=1)]) from None
+    if _UNREADABLE.search("".join(header)):
+        bad = next(name for name in header if _UNREADABLE.search(name))
+        problem = Problem("the header is not UTF-8 text", line=1, value=shown(bad))
+        raise DataImportError(path, [problem])
+    return header
+
+
+_BAD = "\x00bad"  # the key of an unreadable row's marker (no header name holds a NUL)
+
+
+def _unreadable(column: str, message: str, value: str) -> dict[str, str]:
+    return {_BAD: message, "column": column, "value": value}
+
+
+def _unreadable_field(row: dict[str, str]) -> dict[str, str]:
+    column, value = next((c, v) for c, v in row.items() if _UNREADABLE.search(v))
+    first = _UNREADABLE.search(value)
+    assert first is not None
+    if first.group() == "\x00":
+        return _unreadable(column, "contains a NUL character", value)
+    byte = ord(first.group()) - 0xDC00
+    return _unreadable(
+        column, f"is not UTF-8 (byte 0x{byte:02X} at character {first.start() + 1})", value
+    )
+
+
+def check_width(row: dict[str, str]) -> None:
+    """Raise the problem of a row :func:`read_rows` could not read (wrong width, bytes)."""
+    if _BAD in row:
+        raise RowProblem(row["column"], row[_BAD], row["value"])
+
+
+# --- field parsers: each raises RowProblem naming its column ---------------------------
+
+
+def text(
+    row: dict[str, str], column: str, *, required: bool = True, limit: int = 0, redact: bool = False
+) -> str | None:
+    """Free text of at most ``limit`` characters (default: the column's own size in
+    ``TEXT_MAX``), no NUL; ``redact`` keeps the value (an address) out of the problem."""
+    value = row.get(column, "").strip()
+    if required and not value:
+        raise RowProblem(column, "is empty", value)
+    problem = text_problem(value, limit or TEXT_MAX.get(column, 200))
+    if problem:
+        raise RowProblem(column, problem, "<redacted>" if redact else value)
+    return value or None
+
+
+def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | None:
+    """An id (customer, item, order): ``domain.ID_MAX`` printable characters."""
+    value = row.get(column, "").strip()
+    if required and not value:
+        raise RowProblem(column, "is empty", value)
+    problem = id_problem(value)
+    if problem:
+        raise RowProblem(column, problem, value)
+    return value or None
+
+
+def integer(row: dict[str, str], column: str, low: int, high: int) -> int:
+    """A whole number in ``[low, high]`` (``2.0`` and ``2e3`` are whole numbers)."""
+    raw = row.get(column, "").strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        try:
+            number = float(raw)
+        except ValueError:
+            raise RowProblem(column, "is not a whole number", raw) from None
+        if not number.is_integer():  # NaN and infinities are not either
+            raise RowProblem(column, "is not a whole number", raw) from None
+        value = low - 1 if range_problem(number, low, high) else int(number)
+    problem = range_problem(value, low, high)
+    if problem:
+        raise RowProblem(column, problem, raw)
+    return value
+
+
+def number(row: dict[str, str], column: str, low: float, high: float) -> float:
+    """A finite number in ``[low, high]``."""
+    raw = row.get(column, "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RowProblem(column, "is not a number", raw) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise RowProblem(column, "is not a finite number", raw)
+    problem = range_problem(value, low, high)
+    if problem:
+        raise RowProblem(column, problem, raw)
+    return value
+
+
+def boolean(row: dict[str, str], column: str, default: bool) -> bool:
+    raw = row.get(column)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False if word else default
+    raise RowProblem(column, "is not a boolean (true/false)", raw)
+
+
+class Timestamps:
+    """Parses local or ISO 8601 timestamps to aware UTC, caching repeats (orders share them)."""
+
+    def __init__(self, zone: tzinfo, fmt: str | None = None) -> None:
+        self.zone, self.fmt = zone, fmt
+        self._cache: dict[str, datetime] = {}
+
+    def __call__(self, row: dict[str, str], column: str) -> datetime:
+        raw = row.get(column, "").strip()
+        cached = self._cache.get(raw)
+        if cached is None:
+            cached = self._cache[raw] = self._parse(raw, column)
+        return cached
+
+    def _parse(self, raw: str, column: str) -> datetime:
+        try:
+            value = datetime.strptime(raw, self.fmt) if self.fmt else datetime.fromisoformat(raw)
+        except ValueError:
+            expected = self.fmt or "ISO 8601, e.g. 2011-12-09T12:50:00+00:00"
+            raise RowProblem(column, f"is not a date-time ({expected})", raw) from None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=self.zone)
+        try:
+            utc = value.astimezone(UTC)
+        except (OverflowError, ValueError):  # 9999-12-31T23:00-05:00 lies past year 9999 in UTC
+            utc = None
+        if utc is None or not YEAR_MIN <= utc.year <= YEAR_MAX:
+            raise RowProblem(
+                column,
+                f"is out of range (in UTC it falls outside the years {YEAR_MIN}–{YEAR_MAX})",
+                raw,
+            )
+        return utc
+
+
+def day(row: dict[str, str], column: str) -> date | None:
+    raw = row.get(column, "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise RowProblem(column, "is not a date (YYYY-MM-DD)", "<redacted>") from None
+
+
+# --- row parsers ---------------------------------------------------------------------
+
+
+class LineNumbers:
+    """Numbers the lines of each order in file order, so re-imports hit the same keys."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def next(self, order_id: str) -> int:
+        number = self._seen.get(order_id, 0) + 1
+        self._seen[order_id] = number
+        return number
+
+
+class RepeatedLines:
+    """Each (order id, line number) once per file: a repeat with the same content is skipped,
+    one with other content is a problem of its line (storing either would lose the other)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, int], Purchase] = {}
+
+    def check(self, value: T | Skip) -> T | Skip:
+        if not isinstance(value, Purchase):
+            return value
+        first = self._seen.setdefault((value.order_id, value.line_no), value)
+        if first is value:
+            return value
+        if first == value:
+            return Skip("repeated line")
+        message = f"repeats line {value.line_no} of order {value.order_id!r} with other content"
+        raise RowProblem("line_no", message, str(value.line_no))
+
+
+def standard_purchase(
+    row: dict[str, str], stamps: Timestamps, lines: LineNumbers
+) -> Purchase | Skip:
+    check_width(row)
+    order_id = ident(row, "order_id")
+    assert order_id is not None
+    quantity = integer(row, "quantity", -QUANTITY_MAX, QUANTITY_MAX)
+    unit_price = number(row, "unit_price", -PRICE_MAX, PRICE_MAX)
+    is_return = boolean(row, "is_return", default=quantity < 0)
+    given_line = row.get("line_no", "").strip()
+    line_no = integer(row, "line_no", 0, LINE_NO_MAX) if given_line else lines.next(order_id)
+    purchase = Purchase(
+        order_id=order_id,
+        line_no=line_no,
+        customer_id=ident(row, "customer_id", required=False),
+        item_id=ident(row, "item_id") or "",
+        quantity=quantity,
+        unit_price=unit_price,
+        ordered_at=stamps(row, "ordered_at"),
+        is_return=is_return,
+    )
+    return purchase if purchase.is_purchase or is_return else Skip("adjustment")
+
+
+def online_retail_line(
+    row: dict[str, str], stamps: Timestamps, lines: LineNumbers
+) -> RetailLine | Skip:
+    check_width(row)
+    invoice = ident(row, "InvoiceNo") or ""
+    line_no = lines.next(invoice)
+    quantity = integer(row, "Quantity", -QUANTITY_MAX, QUANTITY_MAX)
+    unit_price = number(row, "UnitPrice", -PRICE_MAX, PRICE_MAX)
+    ordered_at = stamps(row, "InvoiceDate")
+    customer = ident(row, "CustomerID", required=False)
+    is_return = invoice.startswith("C")
+    if not is_return and (quantity <= 0 or unit_price <= 0):
+        return Skip("adjustment")
+    purchase = Purchase(
+        order_id=invoice,
+        line_no=line_no,
+        customer_id=_integer_id(customer),
+        item_id=ident(row, "StockCode") or "",
+        quantity=quantity,
+        unit_price=unit_price,
+        ordered_at=ordered_at,
+        is_return=is_return,
+    )
+    description = text(row, "Description", required=False, limit=TEXT_MAX["title"])
+    country = text(row, "Country", required=False, limit=TEXT_MAX["country"])
+    return RetailLine(purchase, description or "", country or "")
+
+
+def _integer_id(value: str | None) -> str | None:
+    """``17850.0`` and ``17850`` are the same customer; keep ids as strings."""
+    if value is None:
+        return None
+    return value[:-2] if value.endswith(".0") else value
+
+
+def customer_row(row: dict[str, str], stamps: Timestamps) -> Customer:
+    check_width(row)
+    basis_raw = (text(row, "consent_basis", required=False, limit=32) or "none").lower()
+    try:
+        basis = ConsentBasis(basis_raw)
+    except ValueError:
+        known = ", ".join(member.value for member in ConsentBasis)
+        raise RowProblem("consent_basis", f"is not one of {known}", basis_raw) from None
+    consent_at = stamps(row, "consent_at") if row.get("consent_at", "").strip() else None
+    if basis is not ConsentBasis.NONE and consent_at is None:
+        raise RowProblem("consent_at", f"is required for consent_basis {basis.value}", "")
+    email = text(row, "email", required=False, redact=True)
+    if email is not None and "@" not in email:
+        raise RowProblem("email", "is not an e-mail address", "<redacted>")
+    return Customer(
+        id=ident(row, "id") or "",
+        email=email,
+        first_name=text(row, "first_name", required=False),
+        locale=text(row, "locale", required=False) or "en",
+        time_zone=_zone_name(row),
+        country=text(row, "country", required=False),
+        birthday=day(row, "birthday"),
+        consent_basis=basis,
+        consent_at=consent_at,
+        consent_source=text(row, "consent_source", required=False),
+        objected_to_profiling=boolean(row, "objected_to_profiling", default=False),
+    )
+
+
+def _zone_name(row: dict[str, str]) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = text(row, "time_zone", required=False)
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RowProblem("time_zone", "is not an IANA time zone", name) from None
+    except OSError:  # a name the zone database cannot open as a file: "a/../b", very long
+        raise RowProblem("time_zone", "is not an IANA time zone", name) from None
+    return name
+
+
+def item_row(row: dict[str, str]) -> Item:
+    check_width(row)
+    price = number(row, "price", 0.0, PRICE_MAX)
+    return Item(
+        id=ident(row, "id") or "",
+        title=text(row, "title") or "",
+        category=text(row, "category") or "",
+        price=price,
+        in_stock=boolean(row, "in_stock", default=True),
+        url=text(row, "url", required=False),
+        image_url=text(row, "image_url", required=False),
+        is_service=boolean(row, "is_service", default=False),
+    )
+
+
+def collect(
+    path: Path,
+    rows: Iterator[tuple[int, dict[str, str]]],
+    parse: Callable[[dict[str, str]], T | Skip],
+    *,
+    max_listed: int = 20,
+) -> tuple[list[T], dict[str, int], int]:
+    """Parse every row; raise one DataImportError listing the problems, else return
+    ``(values, skipped counts by reason, rows read)``."""
+    values: list[T] = []
+    skipped: dict[str, int] = {}
+    problems: list[Problem] = []
+    more = read = 0
+    for line, row in rows:
+        read += 1
+        try:
+            value = parse(row)
+        except RowProblem as exc:
+            if len(problems) < max_listed:
+                problems.append(Problem(exc.message, line=line, column=exc.column, value=exc.value))
+            else:
+                more += 1
+            continue
+        if isinstance(value, Skip):
+            skipped[value.reason] = skipped.get(value.reason, 0) + 1
+        else:
+            values.append(value)
+    if problems:
+        raise DataImportError(path, problems, more=more)
+    return values, skipped, read
+
+
+# --- writers: the standard formats, so generated data goes through the same importer ------
+
+
+def _write(path: Path, header: tuple[str, ...], rows: Iterator[tuple[object, ...]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(("" if value is None else value for value in row) for row in rows)
+
+
+def _iso(value: datetime | date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def write_purchases(path: Path, rows: list[Purchase]) -> None:
+    header = (*STANDARD_COLUMNS, "line_no", "is_return")
+    _write(
+        path,
+        header,
+        (
+            (
+                p.order_id,
+                p.customer_id,
+                p.item_id,
+                p.quantity,
+                p.unit_price,
+                _iso(p.ordered_at),
+                p.line_no,
+                str(p.is_return).lower(),
+            )
+            for p in rows
+        ),
+    )
+
+
+def write_customers(path: Path, rows: list[Customer]) -> None:
+    header = (
+        "id",
+        "email",
+        "first_name",
+        "locale",
+        "time_zone",
+        "country",
+        "birthday",
+        "consent_basis",
+        "consent_at",
+        "consent_source",
+        "objected_to_profiling",
+    )
+    _write(
+        path,
+        header,
+        (
+            (
+                c.id,
+                c.email,
+                c.first_name,
+                c.locale,
+                c.time_zone,
+                c.country,
+                _iso(c.birthday),
+                c.consent_basis.value,
+                _iso(c.consent_at),
+                c.consent_source,
+                str(c.objected_to_profiling).lower(),
+            )
+            for c in rows
+        ),
+    )
+
+
+def write_items(path: Path, rows: list[Item]) -> None:
+    header = (*ITEM_COLUMNS, "in_stock", "url", "image_url", "is_service")
+    _write(
+        path,
+        header,
+        (
+            (
+                i.id,
+                i.title,
+                i.category,
+                i.price,
+                str(i.in_stock).lower(),
+                i.url,
+                i.image_url,
+                str(i.is_service).lower(),
+            )
+            for i in rows
+        ),
+    )

@@ -1,0 +1,467 @@
+"""Drain the outbox through a provider: batching, rate limit, retries, pause on errors.
+
+One loop per worker: reconcile stale claims → claim a batch (committed) → one HTTP request
+→ record every message's outcome (committed). A crash between the request and the record
+leaves the batch *claimed*; the next deliverer finds it stale and asks the provider which
+of those send keys it accepted (``Provider.lookup``) before queueing the rest again, so a
+crash causes neither a duplicate nor a gap. Ambiguous failures (read timeout, dropped
+connection) are looked up the same way before anything is resent.
+
+Retries use exponential backoff with full jitter (``retry_base_s × 2^(attempt−1)``, capped
+at ``retry_max_s``), never sooner than the provider's Retry-After. A campaign whose error
+rate in this drain exceeds ``pause_error_rate`` (after ``pause_min_messages``) is paused:
+its messages stay queued until ``recocamp outbox resume``. The rate counts what the
+provider said about the campaign's own messages (rejected recipients, per-message errors),
+not provider-wide 429/5xx answers: those are an outage or a rate limit, handled by backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from recocamp.campaigns.render import Renderer, snapshot
+from recocamp.clock import Clock
+from recocamp.delivery.esp import Provider
+from recocamp.domain import DeliveryReport, SendResult, SendStatus
+from recocamp.errors import (
+    BatchTooLargeError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from recocamp.ratelimit import RateLimiter
+from recocamp.settings import EspSettings, Settings
+from recocamp.store import outbox
+from recocamp.store.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+MAX_RETRY_AFTER_S = 86_400.0  # a provider asking for more than a day is not taken literally
+Progress = Callable[[int], None]
+POLL_S = 0.05  # while a campaign is still being rendered: look for new mail this often
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^(attempt−1))]."""
+    return rng.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+Broken = list[tuple[outbox.Claimed, SendResult]]
+
+
+class Deliverer:
+    """Drains the outbox through one provider; renders deferred bodies with ``renderer``.
+
+    ``stopping`` is asked before every batch: a worker told to stop (SIGTERM) finishes the
+    batch in flight, records it, and returns; nothing is left half-sent.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        provider: Provider,
+        settings: EspSettings,
+        clock: Clock,
+        *,
+        sleep: Callable[[float], object] = time.sleep,
+        rng: random.Random | None = None,
+        worker: str | None = None,
+        renderer: Renderer | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.engine, self.provider, self.settings, self.clock = engine, provider, settings, clock
+        self.sleep, self.renderer, self.stopping = sleep, renderer, stopping
+        self.rng = rng or random.Random()
+        self.worker = worker or outbox.worker_id()
+        self.limiter = limiter or RateLimiter(settings.rate_limit_per_s, sleep)
+        self.batch = min(settings.batch_size, provider.batch_limit)
+        self.tally: dict[str, Counter[str]] = {}
+        self.on_progress: Callable[[int], None] = lambda n: None
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """Settle claims of dead workers: accepted → sent, the rest back to the queue."""
+        now = self.clock.now()
+        with self.engine.connect() as connection:
+            stale = outbox.stale_claims(
+                connection,
+                now,
+                self.settings.claim_lease_s,
+                lambda who: outbox.process_alive(who, self.worker),
+            )
+        with self.engine.begin() as connection:
+            stale = outbox.take_over(connection, stale, self.worker, now)
+        if not stale:
+            return 0
+        found = self._lookup([c.email.send_key for c in stale])
+        sent = {c.id: found[c.email.send_key] for c in stale if c.email.send_key in found}
+        with self.engine.begin() as connection:
+            outbox.mark_sent(connection, sent, now, self.worker)
+            outbox.release(connection, [c.id for c in stale if c.id not in sent], now, self.worker)
+        log.info(
+            "reconciled %d stale claims: %d already accepted, %d queued again",
+            len(stale),
+            len(sent),
+            len(stale) - len(sent),
+        )
+        return len(sent)
+
+    def _lookup(self, keys: Sequence[str]) -> dict[str, str]:
+        if self.provider.resend_is_safe:
+            return {}
+        found = self.provider.lookup(keys)
+        return found or {}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def drain(
+        self,
+        campaign: str | None = None,
+        max_wait_s: float = 0.0,
+        producing: Callable[[], bool] = lambda: False,
+    ) -> DeliveryReport:
+        """Send everything due; wait up to ``max_wait_s`` for retries that come due, and
+        keep polling for new messages as long as ``producing()`` says more are coming."""
+        outbox.draining.add(self.worker)
+        try:
+            report = DeliveryReport(reconciled=self.reconcile())
+            while not self.stopping():
+                now = self.clock.now()
+                claimed = outbox.claim(self.engine, self.worker, now, self.batch, campaign)
+                if claimed:
+                    report.add(self._send(claimed))
+                    self.on_progress(len(claimed))
+                elif producing():
+                    time.sleep(POLL_S)  # real time: the producer needs the moment
+                elif not self._wait_for_due(campaign, max_wait_s):
+                    break
+        finally:
+            outbox.draining.discard(self.worker)
+        return self._finish(report, campaign)
+
+    def _wait_for_due(self, campaign: str | None, max_wait_s: float) -> bool:
+        with self.engine.connect() as connection:
+            due = outbox.next_due(connection, campaign)
+        if due is None:
+            return False
+        wait = (due - self.clock.now()).total_seconds()
+        if wait > max_wait_s:
+            return False
+        self.sleep(max(0.0, wait))
+        return True
+
+    def _finish(self, report: DeliveryReport, campaign: str | None) -> DeliveryReport:
+        with self.engine.connect() as connection:
+            report.paused = outbox.paused(connection)
+            report.waiting = outbox.queued(connection, campaign)
+        return report
+
+    # -- one batch ------------------------------------------------------------------------
+
+    def _send(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+        ready, broken = self._render(claimed)
+        report = DeliveryReport()
+        if broken:  # this message cannot be rendered: failed, never sent half-done
+            self._record([c for c, _ in broken], [r for _, r in broken], report, suppress=False)
+        if ready:
+            report.add(self._request(ready))
+        return report
+
+    def _render(self, claimed: list[outbox.Claimed]) -> tuple[list[outbox.Claimed], Broken]:
+        """Render deferred bodies (see ``domain.BodyTemplate``) just before they go out."""
+        ready, broken = [], []
+        for index, c in enumerate(claimed):
+            if index and self.stopping():  # a render may take its whole time budget
+                with self.engine.begin() as connection:
+                    outbox.release(
+                        connection, [x.id for x in claimed[index:]], self.clock.now(), self.worker
+                    )
+                break
+            template = c.email.template
+            if template is not None and self.renderer is None:
+                with self.engine.begin() as connection:
+                    outbox.release(
+                        connection, [x.id for x in claimed], self.clock.now(), self.worker
+                    )
+                raise DeliveryError(
+                    "the outbox holds e-mails to render: the deliverer needs "
+                    "the templates directory (--templates)"
+                )
+            if template is None or self.renderer is None:
+                ready.append(c)
+                continue
+            try:
+                html, text = self.renderer.body(template.html, template.text, template.context)
+            except Exception as exc:  # this message's template and context, no other's
+                error = f"template {template.html}/{template.text}: {type(exc).__name__}: {exc}"
+                broken.append((c, SendResult(c.email.send_key, SendStatus.REJECTED, error=error)))
+                continue
+            email = replace(c.email, html=html, text=text, template=None)
+            ready.append(replace(c, email=email))
+        return ready, broken
+
+    def _request(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+        self.limiter.take()
+        report = DeliveryReport(requests=1)
+        try:
+            results = self.provider.send_batch([c.email for c in claimed])
+        except BatchTooLargeError:
+            return self._split(claimed)
+        except TransientDeliveryError as exc:
+            return self._transient(claimed, exc)
+        except PermanentDeliveryError as exc:
+            results = [
+                SendResult(c.email.send_key, SendStatus.REJECTED, error=str(exc)) for c in claimed
+            ]
+            return self._record(claimed, results, report, suppress=False)
+        except DeliveryError:  # refused (credentials): nothing went out, give the claims back
+            with self.engine.begin() as connection:
+                outbox.release(connection, [c.id for c in claimed], self.clock.now(), self.worker)
+            raise
+        # anything else (a bug, KeyboardInterrupt) may have come after the provider took the
+        # batch: the claims stay, and the next deliverer looks them up before resending
+        return self._record(claimed, results, report)
+
+    def _split(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+        if len(claimed) == 1:
+            results = [
+                SendResult(
+                    claimed[0].email.send_key,
+                    SendStatus.REJECTED,
+                    error="too large for the provider (HTTP 413)",
+                )
+            ]
+            return self._record(claimed, results, DeliveryReport(requests=1), suppress=False)
+        half = len(claimed) // 2
+        report = self._request(claimed[:half])
+        report.add(self._request(claimed[half:]))
+        return report
+
+    def _transient(
+        self, claimed: list[outbox.Claimed], exc: TransientDeliveryError
+    ) -> DeliveryReport:
+        found = self._lookup([c.email.send_key for c in claimed]) if exc.ambiguous else {}
+        results = [
+            SendResult(c.email.send_key, SendStatus.ACCEPTED, message_id=found[c.email.send_key])
+            if c.email.send_key in found
+            else SendResult(
+                c.email.send_key, SendStatus.RETRY, error=str(exc), retry_after=exc.retry_after
+            )
+            for c in claimed
+        ]
+        log.warning(
+            "%s: %d messages, %d found accepted after the error", exc, len(claimed), len(found)
+        )
+        # a provider-wide 429/5xx says nothing about this campaign: it is not in the tally,
+        # and it costs no attempt (an outage makes mail wait, never fail)
+        return self._record(claimed, results, DeliveryReport(requests=1), tally=False, refund=True)
+
+    def _record(
+        self,
+        claimed: list[outbox.Claimed],
+        results: list[SendResult],
+        report: DeliveryReport,
+        *,
+        suppress: bool = True,
+        tally: bool = True,
+        refund: bool = False,
+    ) -> DeliveryReport:
+        now = self.clock.now()
+        by_key = {r.send_key: r for r in results}
+        sent, delays, errors, rejected = {}, {}, {}, {}
+        for c in claimed:
+            result = by_key[c.email.send_key]
+            if result.status is SendStatus.ACCEPTED:
+                sent[c.id] = result.message_id or ""
+            elif result.status is SendStatus.RETRY:
+                delays[c.id] = self._delay(c.attempts, result.retry_after)
+                errors[c.id] = result.error or "retry"
+            else:
+                rejected[c.id] = result.error or "rejected"
+        with self.engine.begin() as connection:
+            outbox.mark_sent(connection, sent, now, self.worker)
+            out_of_attempts = outbox.retry_later(
+                connection,
+                delays,
+                errors,
+                now,
+                self.settings.max_attempts,
+                self.worker,
+                refund=refund,
+            )
+            outbox.fail(connection, rejected, now, self.worker)
+            if suppress:
+                self._suppress(connection, [c for c in claimed if c.id in rejected])
+        report.sent += len(sent)
+        report.retried += len(delays) - out_of_attempts
+        report.failed += out_of_attempts + (0 if suppress else len(rejected))
+        report.rejected += len(rejected) if suppress else 0
+        if tally:
+            self._count(claimed, ok=set(sent))
+        return report
+
+    def _delay(self, attempts: int, retry_after: float | None) -> float:
+        delay = backoff(attempts, self.settings.retry_base_s, self.settings.retry_max_s, self.rng)
+        return min(max(delay, retry_after or 0.0), MAX_RETRY_AFTER_S)
+
+    def _suppress(self, connection: Connection, rejected: list[outbox.Claimed]) -> None:
+        outbox.suppress(
+            connection,
+            [c.email.to for c in rejected],
+            "rejected",
+            self.provider.name,
+            self.clock.now(),
+        )
+
+    # -- error-rate pause -------------------------------------------------------------------
+
+    def _count(self, claimed: list[outbox.Claimed], ok: set[int]) -> None:
+        for c in claimed:
+            tally = self.tally.setdefault(c.email.campaign, Counter())
+            tally["messages"] += 1
+            tally["errors"] += c.id not in ok
+        for campaign, tally in self.tally.items():
+            rate = tally["errors"] / tally["messages"]
+            if tally["messages"] >= self.settings.pause_min_messages and (
+                rate > self.settings.pause_error_rate
+            ):
+                self._pause(campaign, rate, tally["messages"])
+
+    def _pause(self, campaign: str, rate: float, messages: int) -> None:
+        reason = (
+            f"error rate {rate:.0%} over {messages} messages passed "
+            f"{self.settings.pause_error_rate:.0%}"
+        )
+        with self.engine.begin() as connection:
+            outbox.pause(connection, campaign, reason, self.clock.now())
+        log.warning("campaign %s paused: %s", campaign, reason)
+        self.tally[campaign] = Counter()
+
+
+# -- several delivering processes -----------------------------------------------------------
+
+_shared: dict[str, Any] = {}  # in a delivery process: the parent's flags and counter
+
+
+def drain_in_processes(
+    engine: Engine,
+    settings: Settings,
+    renderer: Renderer,
+    campaign: str | None,
+    processes: int,
+    max_wait_s: float,
+    producing: Callable[[], bool],
+    on_progress: Progress = lambda n: None,
+    stopping: Callable[[], bool] = lambda: False,
+    rate: float | None = None,
+) -> DeliveryReport:
+    """Drain with ``processes`` delivering processes while ``producing()`` holds.
+
+    Rendering a body costs more than sending it, and one Python process renders on one
+    core; several processes claim batches side by side (claims never overlap, see
+    ``outbox.claim``). They are *spawned*, not forked (the caller may run threads), render
+    with the caller's templates (a snapshot, see ``Renderer.frozen``), send at an equal share
+    of ``rate`` (the caller's share of the limit: a worker's, divided among live workers;
+    default ``[esp] rate_limit_per_s``), and ignore SIGINT/SIGTERM: they stop claiming when the
+    parent says so (``stopping()``) or goes away, so a killed ``send`` leaves at most its
+    in-flight batches claimed, which the next deliverer reconciles.
+    """
+    context = multiprocessing.get_context("spawn")
+    flags: dict[str, Any] = {
+        "producing": context.Event(),
+        "stop": context.Event(),
+        "done": context.Value("q", 0),
+    }
+    flags["producing"].set()
+    sources = renderer.sources if renderer.sources is not None else snapshot(renderer.directory)
+    share = settings.esp.rate_limit_per_s if rate is None else rate  # the caller's share
+    esp = settings.esp.model_copy(update={"rate_limit_per_s": share / processes})
+    child = (
+        engine.url.render_as_string(hide_password=False),
+        settings.model_copy(update={"esp": esp}),
+        renderer.directory,
+        sources,
+        campaign,
+        max_wait_s,
+    )
+    with ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_child_init, initargs=(flags, os.getpid())
+    ) as pool:
+        futures = [pool.submit(_child_drain, *child) for _ in range(processes)]
+        reported = 0
+        while not all(f.done() for f in futures):
+            if not producing():
+                flags["producing"].clear()
+            if stopping():
+                flags["stop"].set()
+            time.sleep(0.2)
+            done = int(flags["done"].value)
+            on_progress(done - reported)
+            reported = done
+        reports = [f.result() for f in futures]
+    total = DeliveryReport()
+    for each in reports:
+        total.add(each)
+        total.paused.update(each.paused)
+    total.waiting = reports[-1].waiting if reports else 0
+    return total
+
+
+def _child_init(flags: dict[str, Any], parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _shared.update(flags, parent=parent)
+
+
+def _child_progress(n: int) -> None:
+    with _shared["done"].get_lock():
+        _shared["done"].value += n
+
+
+def _child_drain(
+    url: str,
+    settings: Settings,
+    templates: Path,
+    sources: Mapping[str, str],
+    campaign: str | None,
+    max_wait_s: float,
+) -> DeliveryReport:
+    from recocamp.clock import SystemClock
+    from recocamp.delivery.esp import make_provider
+    from recocamp.store.engine import make_engine
+
+    engine, provider = make_engine(url), make_provider(settings)
+    stop, parent = _shared["stop"], _shared["parent"]
+    try:
+        renderer = Renderer(templates, sources, settings.templates)
+        deliverer = Deliverer(
+            engine,
+            provider,
+            settings.esp,
+            SystemClock(),
+            renderer=renderer,
+            stopping=lambda: os.getppid() != parent or bool(stop.is_set()),
+        )
+        deliverer.on_progress = _child_progress
+        return deliverer.drain(campaign, max_wait_s, lambda: bool(_shared["producing"].is_set()))
+    finally:
+        provider.close()
+        engine.dispose()
+
+
+def retry_wait(settings: EspSettings) -> timedelta:
+    """How long ``recocamp send`` waits for retries before leaving them to the worker."""
+    return timedelta(seconds=min(settings.retry_max_s, 60.0))

@@ -1,0 +1,79 @@
+"""E-mail service providers behind one small protocol; httpx lives only in this package.
+
+Each provider module turns :class:`~recocamp.domain.OutgoingEmail` values into its API's
+requests and its answers back into :class:`~recocamp.domain.SendResult` values, one per
+message. Failures of a whole request become the exceptions of ``recocamp.errors``
+(``TransientDeliveryError``, ``PermanentDeliveryError``, ``BatchTooLargeError``); nothing
+above this package sees an httpx type.
+
+``lookup`` answers "did you already accept these send keys?" after a crash or an ambiguous
+failure (read timeout, dropped connection). Postmark (and the fake ESP, which speaks its
+contract) search by metadata; Brevo needs no lookup because its idempotency key makes a
+resend harmless; SendGrid and Mailpit cannot answer, so a message whose fate is unknown is
+resent there (at-least-once, documented in the README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Protocol
+
+from recocamp.domain import OutgoingEmail, SendResult
+from recocamp.errors import ConfigError, Problem
+from recocamp.settings import Settings
+
+
+class Provider(Protocol):
+    name: str
+    batch_limit: int  # messages per request
+    resend_is_safe: bool  # the provider deduplicates resends itself (idempotency keys)
+
+    def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        """Send up to ``batch_limit`` messages; one result per message, in order."""
+        ...
+
+    def lookup(self, send_keys: Sequence[str]) -> dict[str, str] | None:
+        """Provider message ids of the keys it already accepted; None if it cannot tell."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_provider(settings: Settings, transport: Any = None) -> Provider:
+    """The provider ``[esp] provider`` names, configured from settings and the environment.
+
+    ``transport`` is an ``httpx.BaseTransport`` for tests (``httpx.MockTransport``).
+    """
+    esp = settings.esp
+    if esp.provider == "fake":
+        from recocamp.delivery.esp.fake import FakeProvider
+
+        return FakeProvider(esp.batch_size)
+    token = settings.esp_token.get_secret_value() if settings.esp_token else ""
+    if not token and esp.provider != "mailpit":
+        raise ConfigError(
+            Path("settings.toml"),
+            [
+                Problem(
+                    f"the {esp.provider} provider needs a token: set RECOCAMP_ESP_TOKEN",
+                    key="esp_token",
+                )
+            ],
+        )
+    common = {
+        "base_url": str(esp.base_url).rstrip("/"),
+        "token": token,
+        "from_email": esp.from_email,
+        "timeout_s": esp.timeout_s,
+        "transport": transport,
+    }
+    if esp.provider == "postmark":
+        from recocamp.delivery.esp.postmark import Postmark
+
+        return Postmark(message_stream=esp.message_stream, **common)
+    module = import_module(f"recocamp.delivery.esp.{esp.provider}")
+    cls = {"sendgrid": "SendGrid", "brevo": "Brevo", "mailpit": "Mailpit"}[esp.provider]
+    provider: Provider = getattr(module, cls)(**common)
+    return provider

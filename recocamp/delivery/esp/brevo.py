@@ -1,0 +1,83 @@
+"""Brevo: ``POST /v3/smtp/email``, one message per request, with an idempotency key.
+
+The key is a UUID derived from the send key (UUID v5), so a resend of the same e-mail
+within Brevo's idempotency window (15–30 minutes) is dropped by Brevo itself: that is what
+makes the resend after an ambiguous failure safe (``resend_is_safe``). A 201 carries
+``messageId``; a 400 about the recipient is permanent for that message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from recocamp.delivery.esp.http import json_body, make_client, request
+from recocamp.domain import OutgoingEmail, SendResult, SendStatus
+from recocamp.errors import PermanentDeliveryError
+
+NAMESPACE = uuid.UUID("5b0c4c8e-7e36-4f0e-9d7c-3f3a9a3c2f11")
+
+
+def idempotency_key(send_key: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, send_key))
+
+
+class Brevo:
+    name = "brevo"
+    batch_limit = 1
+    resend_is_safe = True
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        from_email: str,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.client = make_client(base_url, {"api-key": token}, timeout_s, transport)
+        self.from_email = from_email
+
+    def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        return [self._send(message) for message in messages]
+
+    def _send(self, message: OutgoingEmail) -> SendResult:
+        response = request(
+            self.client,
+            self.name,
+            "POST",
+            "/v3/smtp/email",
+            json=_payload(message, self.from_email),
+        )
+        body = json_body(response) or {}
+        if response.status_code < 300:
+            return SendResult(
+                message.send_key, SendStatus.ACCEPTED, message_id=str(body.get("messageId", ""))
+            )
+        detail = f"brevo {body.get('code', response.status_code)}: {body.get('message', '')}"
+        if response.status_code == 400 and "email" in str(body.get("message", "")).lower():
+            return SendResult(message.send_key, SendStatus.REJECTED, error=detail[:500])
+        raise PermanentDeliveryError(detail[:500])
+
+    def lookup(self, send_keys: Sequence[str]) -> dict[str, str] | None:
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _payload(message: OutgoingEmail, from_email: str) -> dict[str, Any]:
+    headers = dict(message.headers)
+    headers["idempotencyKey"] = idempotency_key(message.send_key)
+    return {
+        "sender": {"email": from_email},
+        "to": [{"email": message.to}],
+        "subject": message.subject,
+        "htmlContent": message.html,
+        "textContent": message.text,
+        "headers": headers,
+        "tags": [message.campaign] if message.campaign else [],
+    }

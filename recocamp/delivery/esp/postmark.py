@@ -1,0 +1,99 @@
+"""Postmark: ``POST /email/batch`` (≤ 500 messages), search by metadata for reconciliation.
+
+Per-message answers carry an ``ErrorCode``: 0 accepted (``MessageID``), 406 inactive
+recipient (bounced, complained or unsubscribed at Postmark) and 300 invalid request (a
+malformed address) are permanent for that recipient; 429 and anything else are retried.
+A 422 for the whole request is permanent for the whole batch. The search names the message
+stream we send on: without ``messagestream`` Postmark searches only its default
+``outbound`` stream, and a broadcast message would look unsent (and be sent again). The
+fake ESP answers as Postmark does, so pointing this provider at it is how the demo and the
+tests send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from recocamp.delivery.esp.http import json_body, make_client, request
+from recocamp.domain import OutgoingEmail, SendResult, SendStatus
+from recocamp.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+
+PERMANENT_CODES = frozenset({300, 406})
+
+
+class Postmark:
+    name = "postmark"
+    batch_limit = 500
+    resend_is_safe = False
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        from_email: str,
+        timeout_s: float = 10.0,
+        message_stream: str = "broadcast",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.client = make_client(
+            base_url, {"X-Postmark-Server-Token": token}, timeout_s, transport
+        )
+        self.from_email = from_email
+        self.message_stream = message_stream
+
+    def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        payload = [self._message(m) for m in messages]
+        response = request(self.client, self.name, "POST", "/email/batch", json=payload)
+        body = json_body(response)
+        if response.status_code >= 400:
+            detail = body.get("Message") if isinstance(body, dict) else response.text[:200]
+            raise PermanentDeliveryError(f"postmark: HTTP {response.status_code}: {detail}")
+        if not isinstance(body, list) or len(body) != len(messages):
+            raise TransientDeliveryError("postmark: unexpected batch answer", ambiguous=True)
+        return [_result(m.send_key, answer) for m, answer in zip(messages, body, strict=True)]
+
+    def _message(self, message: OutgoingEmail) -> dict[str, Any]:
+        return {
+            "From": self.from_email,
+            "To": message.to,
+            "Subject": message.subject,
+            "HtmlBody": message.html,
+            "TextBody": message.text,
+            "Headers": [{"Name": name, "Value": value} for name, value in message.headers],
+            "Metadata": {"send_key": message.send_key, "campaign": message.campaign},
+            "Tag": message.campaign,
+            "MessageStream": self.message_stream,
+        }
+
+    def lookup(self, send_keys: Sequence[str]) -> dict[str, str] | None:
+        found = {}
+        for key in send_keys:
+            params = {
+                "count": 1,
+                "offset": 0,
+                "metadata_send_key": key,
+                "messagestream": self.message_stream,
+            }
+            response = request(self.client, self.name, "GET", "/messages/outbound", params=params)
+            if response.status_code >= 400:  # unknown is not "not sent": never guess here
+                raise DeliveryError(f"postmark: search failed with HTTP {response.status_code}")
+            body = json_body(response)
+            messages = body.get("Messages") if isinstance(body, dict) else None
+            if messages:
+                found[key] = str(messages[0]["MessageID"])
+        return found
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _result(send_key: str, answer: Any) -> SendResult:
+    code = int(answer.get("ErrorCode", -1)) if isinstance(answer, dict) else -1
+    if code == 0:
+        return SendResult(send_key, SendStatus.ACCEPTED, message_id=str(answer["MessageID"]))
+    error = f"postmark {code}: {answer.get('Message', '') if isinstance(answer, dict) else ''}"
+    status = SendStatus.REJECTED if code in PERMANENT_CODES else SendStatus.RETRY
+    return SendResult(send_key, status, error=error[:500])

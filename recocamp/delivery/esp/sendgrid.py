@@ -1,0 +1,81 @@
+"""SendGrid: ``POST /v3/mail/send``, one fully rendered message per request.
+
+A 202 carries the message id in ``X-Message-Id``. A 400 names the bad field in
+``errors[].field``: a bad recipient (``personalizations.0.to…``) is permanent for that
+message, anything else for the request. SendGrid offers no lookup by our send key (its
+activity search is a paid add-on keyed by its own ids), so ``lookup`` answers None and a
+message whose fate is unknown after a crash is resent: at-least-once on SendGrid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from recocamp.delivery.esp.http import json_body, make_client, request
+from recocamp.domain import OutgoingEmail, SendResult, SendStatus
+from recocamp.errors import PermanentDeliveryError
+
+
+class SendGrid:
+    name = "sendgrid"
+    batch_limit = 1
+    resend_is_safe = False
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        from_email: str,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.client = make_client(
+            base_url, {"Authorization": f"Bearer {token}"}, timeout_s, transport
+        )
+        self.from_email = from_email
+
+    def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        return [self._send(message) for message in messages]
+
+    def _send(self, message: OutgoingEmail) -> SendResult:
+        response = request(
+            self.client, self.name, "POST", "/v3/mail/send", json=_payload(message, self.from_email)
+        )
+        if response.status_code < 300:
+            return SendResult(
+                message.send_key,
+                SendStatus.ACCEPTED,
+                message_id=response.headers.get("x-message-id", ""),
+            )
+        errors = (json_body(response) or {}).get("errors") or [{}]
+        fields = [str(e.get("field") or "") for e in errors]
+        detail = "; ".join(str(e.get("message") or "") for e in errors)[:500]
+        if response.status_code == 400 and any(
+            f.startswith("personalizations.") and ".to" in f for f in fields
+        ):
+            return SendResult(message.send_key, SendStatus.REJECTED, error=f"sendgrid: {detail}")
+        raise PermanentDeliveryError(f"sendgrid: HTTP {response.status_code}: {detail}")
+
+    def lookup(self, send_keys: Sequence[str]) -> dict[str, str] | None:
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _payload(message: OutgoingEmail, from_email: str) -> dict[str, Any]:
+    return {
+        "personalizations": [{"to": [{"email": message.to}]}],
+        "from": {"email": from_email},
+        "subject": message.subject,
+        "content": [
+            {"type": "text/plain", "value": message.text},
+            {"type": "text/html", "value": message.html},
+        ],
+        "headers": dict(message.headers),
+        "custom_args": {"send_key": message.send_key, "campaign": message.campaign},
+        "categories": [message.campaign] if message.campaign else [],
+    }

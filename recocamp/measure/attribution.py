@@ -1,0 +1,414 @@
+"""Campaign measurement, pure: touches and orders in, attribution and uplift out.
+
+**Touches.** A *treated* touch is an e-mail the provider accepted; a *holdout* touch is a
+holdout decision: that customer would have been mailed. Both are timed at their run's decision
+instant, so both groups' windows open together (see ``store.measure``). Both are units of
+analysis: a customer mailed by a weekly campaign four times is four units.
+
+**Attribution (last touch).** Every order of a customer belongs to the customer's latest
+touch at or before it, if the order falls inside that touch's window ``[at, at + W)``
+(``[measure] attribution_window_days``, default 7). Holdout touches take part in the same
+competition, so a holdout customer's "would-have" orders are counted exactly like a
+recipient's, and an order after a later e-mail of another campaign belongs to that one in
+both groups alike. Orders are whole orders of purchase lines (no returns or adjustments,
+postage included, as in the KPIs).
+
+**Uplift** compares treated with holdout units per campaign, and per A/B variant (every
+variant against the campaign's whole holdout, which is drawn before variants are), on
+
+- conversion rate: share of units with ≥ 1 attributed order;
+- revenue per recipient and orders per recipient: means over all units, zeros included;
+
+with absolute uplift (treated − holdout) and relative uplift (treated / holdout − 1) and
+their intervals (methods in :mod:`recocamp.stats`). Variants are also compared with each
+other the same way. Only touches whose window has closed by ``as_of`` count; the others are
+reported as pending. A comparison with fewer than ``min_group_size`` units in a group or
+fewer than ``min_conversions`` conversions in both groups together says "not enough data
+yet" instead of numbers that only look precise.
+
+Both groups meet the same rules: the planner draws the holdout among customers who would
+get the e-mail (after consent, audience, caps and offers), and a holdout decision counts as a
+contact for the held-out customer's later caps and cooldown (see ``planner``). What remains
+different: a treated touch whose e-mail the provider refused is not a unit, while its
+held-out twin would have been one (failures are rare and visible in the outbox).
+
+**Cohorts**, **NPS** and **KPI changes** (week/month/quarter over the previous one) are here
+too; see their functions.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from recocamp.domain import Touch as Touch  # a shared value, re-exported
+from recocamp.measure import statistics as stats
+from recocamp.measure.kpis import OrderTotal
+from recocamp.measure.statistics import Interval, Sample
+
+METRICS = ("conversion_rate", "revenue_per_recipient", "orders_per_recipient")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one touch got: its attributed orders and their revenue."""
+
+    touch: Touch
+    orders: int = 0
+    revenue: float = 0.0
+
+    @property
+    def converted(self) -> bool:
+        return self.orders > 0
+
+
+def attribute(
+    touches: Iterable[Touch], orders: Iterable[OrderTotal], window: timedelta
+) -> list[Result]:
+    """Last-touch attribution: each order goes to its customer's latest touch at or before
+    it, when the order is inside that touch's window. Returns one result per touch."""
+    per_customer: dict[str, list[Touch]] = defaultdict(list)
+    for touch in touches:
+        per_customer[touch.customer_id].append(touch)
+    timelines = {
+        c: sorted(ts, key=lambda t: (t.at, t.holdout, t.key)) for c, ts in per_customer.items()
+    }
+    times = {c: [t.at for t in ts] for c, ts in timelines.items()}
+    tally: dict[tuple[str, int], tuple[int, float]] = {}
+    for order in orders:
+        customer = order.customer_id
+        if customer is None or customer not in timelines:
+            continue
+        index = bisect.bisect_right(times[customer], order.ordered_at) - 1
+        if index >= 0 and order.ordered_at < times[customer][index] + window:
+            count, revenue = tally.get((customer, index), (0, 0.0))
+            tally[(customer, index)] = (count + 1, revenue + order.revenue)
+    return [
+        Result(touch, *tally.get((customer, index), (0, 0.0)))
+        for customer, timeline in timelines.items()
+        for index, touch in enumerate(timeline)
+    ]
+
+
+# --- uplift ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A group of units (treated or holdout) reduced to what the intervals need."""
+
+    units: int
+    converted: int
+    orders: Sample
+    revenue: Sample
+
+    @classmethod
+    def of(cls, results: Sequence[Result]) -> Group:
+        return cls(
+            units=len(results),
+            converted=sum(1 for r in results if r.converted),
+            orders=Sample.of([float(r.orders) for r in results]),
+            revenue=Sample.of([r.revenue for r in results]),
+        )
+
+    @property
+    def conversion_rate(self) -> float | None:
+        return self.converted / self.units if self.units else None
+
+    def value(self, metric: str) -> float | None:
+        if not self.units:
+            return None
+        if metric == "conversion_rate":
+            return self.converted / self.units
+        return self.revenue.mean if metric == "revenue_per_recipient" else self.orders.mean
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One metric, treated against control: both values, absolute and relative uplift."""
+
+    metric: str
+    treated: float
+    control: float
+    treated_interval: Interval
+    control_interval: Interval
+    absolute: float
+    absolute_interval: Interval
+    relative: float | None
+    relative_interval: Interval | None
+
+
+@dataclass(frozen=True, slots=True)
+class Uplift:
+    """Treated against control for one campaign (``variant`` None: all variants) or one
+    variant against another (``against`` names the control variant)."""
+
+    campaign: str
+    variant: str | None
+    treated: Group
+    control: Group
+    enough: bool
+    note: str
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
+    against: str = "holdout"
+    pending: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    min_group_size: int = 100
+    min_conversions: int = 10
+    confidence: float = stats.CONFIDENCE
+
+
+def compare(
+    campaign: str,
+    variant: str | None,
+    treated: Sequence[Result],
+    control: Sequence[Result],
+    thresholds: Thresholds,
+    against: str = "holdout",
+) -> Uplift:
+    """Uplift of ``treated`` over ``control``, or "not enough data yet" with the reason."""
+    t, c = Group.of(treated), Group.of(control)
+    other = "the holdout" if against == "holdout" else f"variant {against}"
+    note = _shortfall(t, c, thresholds, other)
+    if note:
+        return Uplift(campaign, variant, t, c, False, note, against=against)
+    level = thresholds.confidence
+    comparisons = {
+        "conversion_rate": _rates(t, c, level),
+        "revenue_per_recipient": _means("revenue_per_recipient", t.revenue, c.revenue, level),
+        "orders_per_recipient": _means("orders_per_recipient", t.orders, c.orders, level),
+    }
+    return Uplift(campaign, variant, t, c, True, "", comparisons, against)
+
+
+def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
+    """Why there are no numbers yet, naming the groups as the report does: the mailed
+    customers and the holdout (or the variant compared with)."""
+    smallest = thresholds.min_group_size
+    if c.units == 0:
+        if other != "the holdout":
+            return f"not enough data yet: nobody got {other}"
+        return (
+            "no holdout: this campaign holds nobody out (holdout_percent = 0), so its "
+            "uplift is not measured"
+        )
+    if min(t.units, c.units) < max(smallest, 2):
+        return (
+            f"not enough data yet: {t.units} mailed and {c.units} in {other}, "
+            f"at least {max(smallest, 2)} each needed"
+        )
+    if t.converted + c.converted < thresholds.min_conversions:
+        return (
+            f"not enough data yet: {t.converted + c.converted} conversions, at least "
+            f"{thresholds.min_conversions} needed"
+        )
+    return ""
+
+
+def _rates(t: Group, c: Group, level: float) -> Comparison:
+    pt, pc = t.converted / t.units, c.converted / c.units
+    ratio = stats.risk_ratio(t.converted, t.units, c.converted, c.units, level)
+    return Comparison(
+        "conversion_rate",
+        pt,
+        pc,
+        stats.wilson(t.converted, t.units, level),
+        stats.wilson(c.converted, c.units, level),
+        pt - pc,
+        stats.newcombe(t.converted, t.units, c.converted, c.units, level),
+        pt / pc - 1 if pc else None,
+        Interval(ratio.low - 1, ratio.high - 1) if ratio else None,
+    )
+
+
+def _means(metric: str, t: Sample, c: Sample, level: float) -> Comparison:
+    ratio = stats.ratio_of_means(t, c, level)
+    return Comparison(
+        metric,
+        t.mean,
+        c.mean,
+        stats.mean_interval(t, level),
+        stats.mean_interval(c, level),
+        t.mean - c.mean,
+        stats.welch(t, c, level),
+        t.mean / c.mean - 1 if c.mean else None,
+        Interval(ratio.low - 1, ratio.high - 1) if ratio else None,
+    )
+
+
+def closed(
+    results: Iterable[Result], as_of: datetime, window: timedelta
+) -> tuple[list[Result], int]:
+    """Results whose attribution window has ended by ``as_of``, and how many are pending."""
+    done, pending = [], 0
+    for result in results:
+        if result.touch.at + window <= as_of:
+            done.append(result)
+        elif result.touch.at < as_of:
+            pending += 1
+    return done, pending
+
+
+def uplifts(
+    results: Sequence[Result], thresholds: Thresholds, pending: Mapping[str, int] | None = None
+) -> list[Uplift]:
+    """Per campaign: all variants against the holdout, each variant against the holdout, and
+    each pair of variants against each other (the first named is the control)."""
+    by_campaign: dict[str, list[Result]] = defaultdict(list)
+    for result in results:
+        by_campaign[result.touch.campaign].append(result)
+    found: list[Uplift] = []
+    for campaign in sorted(by_campaign):
+        rows = by_campaign[campaign]
+        holdout = [r for r in rows if r.touch.holdout]
+        treated = [r for r in rows if not r.touch.holdout]
+        overall = compare(campaign, None, treated, holdout, thresholds)
+        found.append(_with_pending(overall, (pending or {}).get(campaign, 0)))
+        variants = sorted({r.touch.variant for r in treated if r.touch.variant is not None})
+        arms = {v: [r for r in treated if r.touch.variant == v] for v in variants}
+        found += [compare(campaign, v, arms[v], holdout, thresholds) for v in variants]
+        found += [
+            compare(campaign, b, arms[b], arms[a], thresholds, against=a)
+            for n, a in enumerate(variants)
+            for b in variants[n + 1 :]
+        ]
+    return found
+
+
+def _with_pending(uplift: Uplift, pending: int) -> Uplift:
+    return Uplift(
+        uplift.campaign,
+        uplift.variant,
+        uplift.treated,
+        uplift.control,
+        uplift.enough,
+        uplift.note,
+        uplift.comparisons,
+        uplift.against,
+        pending,
+    )
+
+
+# --- cohorts -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """Customers whose first order fell in ``month``; ``retention[k - 1]`` is the share of
+    them with an order in the k-th calendar month after it (None: not over yet)."""
+
+    month: date
+    customers: int
+    retention: tuple[float | None, ...]
+
+
+def cohorts(
+    orders: Iterable[OrderTotal], zone: ZoneInfo, as_of: datetime, max_months: int = 12
+) -> list[Cohort]:
+    """Monthly cohort retention in the shop's zone from orders before ``as_of`` (guests left
+    out). Month k counts only once it has ended by ``as_of``."""
+    months: dict[str, set[int]] = defaultdict(set)
+    for order in orders:
+        if order.customer_id is not None and order.ordered_at < as_of:
+            local = order.ordered_at.astimezone(zone)
+            months[order.customer_id].add(local.year * 12 + local.month - 1)
+    end = as_of.astimezone(zone)
+    last_complete = end.year * 12 + end.month - 2  # the month before as_of's month
+    members: dict[int, list[set[int]]] = defaultdict(list)
+    for bought in months.values():
+        members[min(bought)].append(bought)
+    table = []
+    for first in sorted(members):
+        group = members[first]
+        shares: list[float | None] = []
+        for k in range(1, max_months + 1):
+            if first + k > last_complete:
+                shares.append(None)
+                continue
+            shares.append(sum(1 for bought in group if first + k in bought) / len(group))
+        table.append(Cohort(date(first // 12, first % 12 + 1, 1), len(group), tuple(shares)))
+    return table
+
+
+# --- NPS ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Nps:
+    """Net Promoter Score: % promoters (9–10) − % detractors (0–6), on −100…100."""
+
+    responses: int
+    promoters: int
+    passives: int
+    detractors: int
+    score: float | None
+    interval: Interval | None
+    enough: bool
+    distribution: tuple[int, ...]  # answers per score 0…10
+
+
+def nps(
+    scores: Iterable[int], min_responses: int = 30, confidence: float = stats.CONFIDENCE
+) -> Nps:
+    distribution = [0] * 11
+    for answer in scores:
+        if not 0 <= answer <= 10:
+            raise ValueError(f"an NPS answer lies in 0…10, got {answer}")
+        distribution[answer] += 1
+    n = sum(distribution)
+    promoters, detractors = distribution[9] + distribution[10], sum(distribution[:7])
+    value = 100 * (promoters - detractors) / n if n else None
+    interval = stats.nps_interval(promoters, detractors, n, confidence) if n else None
+    return Nps(
+        n,
+        promoters,
+        n - promoters - detractors,
+        detractors,
+        value,
+        interval,
+        n >= min_responses,
+        tuple(distribution),
+    )
+
+
+# --- KPI changes -------------------------------------------------------------------------
+
+# (label, window in days, lag in days): a KPI over the last W days against the W days before
+PERIODS = (("week", 7, 7), ("month", 30, 30), ("quarter", 90, 90))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    period: str
+    window_days: int
+    kpi: str
+    current: float | None
+    previous: float | None
+
+    @property
+    def relative(self) -> float | None:
+        if self.current is None or not self.previous:
+            return None
+        return self.current / self.previous - 1
+
+
+def changes(
+    snapshots: Mapping[tuple[date, int], Mapping[str, float | None]], day: date, kpis: Sequence[str]
+) -> list[Change]:
+    """Each KPI over the week, month and quarter ending with ``day`` against the one before
+    (snapshots keyed by day and window); periods without both snapshots are left out."""
+    found = []
+    for label, window, lag in PERIODS:
+        now = snapshots.get((day, window))
+        before = snapshots.get((day - timedelta(days=lag), window))
+        if now is None or before is None:
+            continue
+        found += [Change(label, window, kpi, now.get(kpi), before.get(kpi)) for kpi in kpis]
+    return found

@@ -1,0 +1,255 @@
+"""Measurement jobs, thin and idempotent: load from the store, call the pure stages, write.
+
+- :func:`snapshot_kpis` is the worker's daily job: the KPI snapshot (every window in
+  ``[measure] snapshot_window_days``) and the RFM segment sizes of the last complete
+  shop-local day before ``now``. A day is snapshotted once; running it again writes nothing.
+- :func:`backfill` does the same for a range of past days (history for a shop that starts
+  using recocamp, or for the demo shop, whose orders are from 2010–2011). KPIs can be
+  computed as of any instant, so a backfilled day equals the day the job would have written.
+- :func:`gather` collects everything the report shows as of an instant; :func:`store_report`
+  renders it and keeps it for ``GET /reports/latest``.
+
+A snapshot day ``D`` is the window ending at the end of ``D`` in the shop's zone (as of the
+next local midnight, exclusive), so it covers all of ``D``'s orders.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from recocamp.campaigns.segments import History, Order, rfm_scores
+from recocamp.measure import attribution as measure
+from recocamp.measure import kpis, report
+from recocamp.measure.attribution import Thresholds
+from recocamp.measure.kpis import OrderTotal
+from recocamp.settings import Settings
+from recocamp.store import measure as store
+from recocamp.store import queries, registry
+from recocamp.store.engine import Engine
+
+log = logging.getLogger(__name__)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CHUNK_DAYS = 31
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
+
+
+def day_end(day: date, zone: ZoneInfo) -> datetime:
+    """The first instant after ``day`` in ``zone`` (a snapshot's ``as_of``), DST-aware."""
+    return local_midnight(day + timedelta(days=1), zone)
+
+
+def last_complete_day(now: datetime, zone: ZoneInfo) -> date:
+    return now.astimezone(zone).date() - timedelta(days=1)
+
+
+def snapshot_kpis(engine: Engine, settings: Settings, now: datetime) -> int:
+    """The daily job: snapshot the last complete shop-local day; returns rows written (0
+    when that day was done already)."""
+    day = last_complete_day(now, settings.shop.zone)
+    written = backfill(engine, settings, day, day, now)
+    log.info("kpi snapshot of %s: %d rows written", day, written)
+    return written
+
+
+def backfill(
+    engine: Engine,
+    settings: Settings,
+    first: date,
+    last: date,
+    now: datetime,
+    *,
+    replace: bool = False,
+    on_days: Callable[[int], None] = lambda n: None,
+) -> int:
+    """Snapshot every day from ``first`` to ``last`` (inclusive) that is missing (all of them
+    with ``replace``); returns rows written."""
+    if first > last:
+        raise ValueError(f"the first day {first} is after the last day {last}")
+    zone = settings.shop.zone
+    windows = settings.measure.snapshot_window_days
+    with engine.connect() as connection:
+        have = set() if replace else store.snapshot_keys(connection, first, last)
+        have_segments = set() if replace else store.segment_days(connection, first, last)
+        orders = sorted(
+            queries.order_totals(connection, EPOCH, day_end(last, zone)), key=lambda row: row[2]
+        )
+    totals = [OrderTotal(*row) for row in orders]
+    times = [order.ordered_at for order in totals]
+    segments = _SegmentTracker(totals)
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    written = 0
+    for start in range(0, len(days), CHUNK_DAYS):
+        chunk = days[start : start + CHUNK_DAYS]
+        kpi_rows: list[dict[str, Any]] = []
+        segment_rows: list[dict[str, Any]] = []
+        for day in chunk:
+            as_of = day_end(day, zone)
+            for window in windows:
+                if (day, window) not in have:
+                    found = _window(totals, times, as_of, window)
+                    kpi_rows.append(_kpi_row(day, kpis.compute(found, as_of, window), now))
+            if day not in have_segments:
+                sizes = sorted(segments.sizes(as_of).items())
+                segment_rows += [
+                    {"day": day, "segment": name, "customers": count, "computed_at": now}
+                    for name, count in sizes
+                ]
+        if kpi_rows or segment_rows:
+            with engine.begin() as connection:
+                written += store.write_snapshots(connection, kpi_rows, segment_rows, replace)
+        on_days(len(chunk))
+    return written
+
+
+def _window(
+    totals: Sequence[OrderTotal], times: Sequence[datetime], as_of: datetime, window: int
+) -> Sequence[OrderTotal]:
+    low = bisect.bisect_left(times, as_of - timedelta(days=2 * window))
+    return totals[low : bisect.bisect_left(times, as_of)]
+
+
+def _kpi_row(day: date, result: kpis.Kpis, now: datetime) -> dict[str, Any]:
+    values = {name: getattr(result, name) for name in store.KPI_COLUMNS}
+    return {
+        "day": day,
+        "window_days": result.window_days,
+        "as_of": result.as_of,
+        "computed_at": now,
+        **values,
+    }
+
+
+class _SegmentTracker:
+    """RFM segment sizes as of increasing instants, histories grown one order at a time
+    (a year of daily snapshots would otherwise rebuild every history every day)."""
+
+    def __init__(self, orders: Sequence[OrderTotal]) -> None:
+        self.orders = [o for o in orders if o.customer_id is not None]
+        self.next = 0
+        self.lists: dict[str, list[Order]] = {}
+        self.histories: dict[str, History] = {}
+
+    def sizes(self, as_of: datetime) -> Counter[str]:
+        changed = set()
+        while self.next < len(self.orders) and self.orders[self.next].ordered_at < as_of:
+            order = self.orders[self.next]
+            customer = str(order.customer_id)
+            self.lists.setdefault(customer, []).append(
+                Order(order.ordered_at, order.revenue, frozenset(), frozenset())
+            )
+            changed.add(customer)
+            self.next += 1
+        for customer in changed:
+            self.histories[customer] = History(tuple(self.lists[customer]))
+        return Counter(score.segment for score in rfm_scores(self.histories, as_of).values())
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -> report.Data:
+    """Everything the report shows, as of ``as_of`` (an instant; the report of the demo shop
+    is as of a day in 2011)."""
+    zone = settings.shop.zone
+    m = settings.measure
+    window = timedelta(days=m.attribution_window_days)
+    start = as_of - timedelta(days=m.report_days)
+    latest = last_complete_day(as_of, zone)
+    first_day = latest - timedelta(days=m.history_days)
+    with engine.connect() as connection:
+        touches = store.touches(connection, start, as_of)
+        orders = [OrderTotal(*row) for row in queries.order_totals(connection, EPOCH, as_of)]
+        reasons = store.decision_reasons(connection, start, as_of)
+        history = store.kpi_history(connection, first_day, latest)
+        segment_sizes = store.segment_history(connection, first_day, latest)
+        models = [_model_point(row) for row in registry.listing(connection)]
+        answered = store.answers(connection, as_of - timedelta(days=m.history_days), as_of)
+        sent = store.surveys_sent(connection, {campaign for _, campaign, _, _ in answered})
+    results = measure.attribute(touches, (o for o in orders if o.ordered_at >= start), window)
+    done, _ = measure.closed(results, as_of, window)
+    pending = Counter(r.touch.campaign for r in results if as_of - window < r.touch.at < as_of)
+    thresholds = Thresholds(m.min_group_size, m.min_conversions, m.confidence)
+    day = max((d for d, _ in history), default=None)
+    return report.Data(
+        shop=settings.shop.name,
+        currency=settings.shop.currency,
+        zone=settings.shop.time_zone,
+        as_of=as_of,
+        generated_at=now,
+        attribution_days=m.attribution_window_days,
+        report_days=m.report_days,
+        confidence=m.confidence,
+        uplifts=measure.uplifts(done, thresholds, pending),
+        reasons=reasons,
+        kpi_history=history,
+        latest_day=day,
+        changes=measure.changes(history, day, report.CHANGE_KPIS) if day else [],
+        segments=segment_sizes,
+        cohorts=measure.cohorts(orders, zone, as_of, m.cohort_months)[-m.cohort_months - 1 :],
+        models=models,
+        nps=_nps(answered, sent, as_of, m.report_days, m.nps_min_responses, m.confidence, zone),
+    )
+
+
+def _model_point(row: Any) -> report.ModelPoint:
+    metrics = row.metrics or {}
+    candidate = metrics.get("candidate", {})
+    popularity = metrics.get("popularity", {})
+    values = {name: candidate.get(name) for name in ("recall", "ndcg", "hit_rate")}
+    values["popularity_recall"] = popularity.get("recall")
+    return report.ModelPoint(
+        row.version,
+        row.name,
+        row.status,
+        row.trained_at,
+        row.data_cutoff,
+        {k: float(v) for k, v in values.items() if v is not None},
+    )
+
+
+def _nps(
+    answered: Sequence[tuple[str, str, int, datetime]],
+    sent: Counter[str],
+    as_of: datetime,
+    days: int,
+    minimum: int,
+    confidence: float,
+    zone: ZoneInfo,
+) -> report.NpsSection:
+    recent = [score for _, _, score, at in answered if at >= as_of - timedelta(days=days)]
+    by_survey: dict[str, list[int]] = {}
+    by_month: dict[date, list[int]] = {}
+    for survey, _, score, at in answered:
+        by_survey.setdefault(survey, []).append(score)
+        local = at.astimezone(zone)
+        by_month.setdefault(date(local.year, local.month, 1), []).append(score)
+    return report.NpsSection(
+        overall=measure.nps(recent, minimum, confidence),
+        surveys=[
+            (s, sent.get(s, 0), measure.nps(v, minimum, confidence))
+            for s, v in sorted(by_survey.items())
+        ],
+        monthly=[
+            (month, measure.nps(v, minimum, confidence)) for month, v in sorted(by_month.items())
+        ],
+    )
+
+
+def store_report(
+    engine: Engine, settings: Settings, now: datetime, as_of: datetime | None = None
+) -> int:
+    """Render the report as of ``as_of`` (default ``now``) and keep it for
+    ``/reports/latest``; returns its id."""
+    data = gather(engine, settings, as_of or now, now)
+    html = report.render_html(data)
+    with engine.begin() as connection:
+        return store.store_report(connection, html, report.summary(data), data.as_of, now)

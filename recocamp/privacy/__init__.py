@@ -1,0 +1,29 @@
+"""Privacy: what we hold about a customer (GDPR Art. 15/20), erasure (Art. 17), retention.
+
+Owns the rules, not the SQL: where personal data lives and the export of it
+(:mod:`.holdings`), what erasure removes where, in which order, and what it cannot reach
+(:mod:`.erasure`), and how long what is kept (:mod:`.retention`). Their statements are in
+``store.privacy``; ``store.tombstones`` keeps the erased out of every way data comes in
+again.
+
+May import: the base modules, ``store``, ``data``, ``recommender``, ``campaigns`` and
+``delivery``.
+Exports: :func:`export`, :func:`ties`, :func:`personal_columns`, :func:`erase`,
+:class:`ErasureReport`, :func:`purge`, :class:`PurgeReport`, :data:`KEPT` (callers import
+the package: ``from recocamp import privacy``).
+"""
+
+from recocamp.privacy.erasure import ErasureReport, erase
+from recocamp.privacy.holdings import export, personal_columns, ties
+from recocamp.privacy.retention import KEPT, PurgeReport, purge
+
+__all__ = [
+    "KEPT",
+    "ErasureReport",
+    "PurgeReport",
+    "erase",
+    "export",
+    "personal_columns",
+    "purge",
+    "ties",
+]

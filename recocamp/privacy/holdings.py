@@ -1,0 +1,89 @@
+"""What we hold about a customer, and where (GDPR Art. 15 and 20: access and portability).
+
+Where personal data lives is read from the schema (``store.schema.metadata``), not listed by
+hand, so a table somebody adds later is covered the day it appears:
+
+- a text column named ``customer_id`` or ``…_customer_id`` ties a row to a customer (the
+  ``customers`` table itself by its ``id``), and so does a text column holding an address
+  (``email``, ``…_email``, ``recipient``), matched case-insensitively;
+- :data:`PERSONAL` names every column that identifies a person; a test fails for any such
+  column of a table that neither ties rows to a customer nor has a rule here.
+
+**Export** (:func:`export`): every row of every table tied to the customer, with e-mail
+bodies unpacked, plus the audit entries about them and whether their address is suppressed.
+Erasure (``erasure``) removes the customer from the same tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import zlib
+from datetime import date, datetime
+from typing import Any
+
+from recocamp.store import outbox
+from recocamp.store import privacy as store
+from recocamp.store.engine import Engine
+from recocamp.store.privacy import Column, MetaData, Ties
+from recocamp.store.schema import metadata
+
+CUSTOMER_KEY = re.compile(r"^(?:.+_)?customer_id$")
+ADDRESS = re.compile(r"^(?:(?:.+_)?email|recipient)$")
+PERSONAL = re.compile(
+    r"^(?:(?:.+_)?customer_id|(?:.+_)?email|recipient|(?:first|last|full|middle)_name|"
+    r"phone(?:_number)?|birthday|date_of_birth|(?:street_|postal_|home_)?address|ip_address)$"
+)
+
+
+def ties(schema: MetaData = metadata) -> list[Ties]:
+    """Every table that holds rows about a customer, found by column names."""
+    return store.ties(schema, CUSTOMER_KEY, ADDRESS)
+
+
+def personal_columns(schema: MetaData = metadata) -> list[Column[Any]]:
+    """Columns that identify a person by their name (flags like ``channel_email`` do not)."""
+    return store.named_columns(schema, PERSONAL)
+
+
+def export(
+    engine: Engine, customer_id: str, now: datetime, schema: MetaData = metadata
+) -> dict[str, Any] | None:
+    """Everything we hold about one customer as a JSON-ready document; None if nothing."""
+    with engine.connect() as connection:
+        _, email = store.customer_email(connection, customer_id)
+        tables = {}
+        for tie in ties(schema):
+            found = [_document(row) for row in store.tied_rows(connection, tie, customer_id, email)]
+            if found:
+                tables[tie.table.name] = found
+        audits = [_document(row) for row in store.audit_entries(connection, customer_id)]
+        suppressed = store.suppression(connection, email) if email else None
+    if not tables and not audits:
+        return None
+    return {
+        "customer_id": customer_id,
+        "exported_at": now.isoformat(),
+        "about": "Everything recocamp holds about this customer (GDPR Art. 15 and 20): one "
+        "list of rows per table; e-mail bodies unpacked.",
+        "tables": tables,
+        "audit_log": audits,
+        "suppressed": None
+        if suppressed is None
+        else {"reason": suppressed[0], "since": suppressed[1].isoformat()},
+    }
+
+
+def _document(row: store.Record) -> dict[str, Any]:
+    return {k: _json(v) for k, v in row.items()}
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        try:
+            return outbox.load_body(value)
+        except (zlib.error, ValueError):
+            return {"base64": base64.b64encode(value).decode()}
+    return value

@@ -1,0 +1,79 @@
+"""One token bucket for every rate limit: the deliverer's requests to the ESP and the API's
+requests per key. Pure: the monotonic clock and the sleep are passed in.
+
+A bucket fills at ``rate`` tokens a second up to ``capacity`` (the burst: ``burst_s``
+seconds' worth, at least one token). Two ways to take a token:
+
+- :meth:`RateLimiter.take` blocks: the token is taken at once (the bucket may go into debt)
+  and the caller sleeps, outside the lock, for what it owes. The deliverer uses it, so
+  threads that share a limiter queue up at the configured rate.
+- :meth:`RateLimiter.wait_s` does not block: 0 when a token was free (and taken), else the
+  seconds until one is (nothing taken). The API answers 429 with that as ``Retry-After``.
+
+Each key (an API key's name; the deliverer uses the one default key) has its own bucket.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class RateLimiter:
+    """Token buckets by key: ``rate`` requests a second, bursts of ``burst_s`` seconds' worth.
+
+    Thread-safe. A worker sets the rate to its share of the configured total with
+    :meth:`share` when other workers run, so the provider sees the configured rate in total.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        sleep: Callable[[float], object] | None = None,
+        *,
+        burst_s: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst_s, self.sleep, self.monotonic = burst_s, sleep, monotonic
+        self.rate, self.capacity = rate, max(1.0, rate * burst_s)
+        self.buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, at)
+        self.lock = threading.Lock()
+
+    @classmethod
+    def per_minute(
+        cls, per_minute: float, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> RateLimiter:
+        """The API's limit: ``per_minute`` requests a minute, bursts of a minute's worth."""
+        return cls(per_minute / 60.0, burst_s=60.0, monotonic=monotonic)
+
+    def _refilled(self, key: str, now: float) -> float:
+        tokens, at = self.buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - at) * self.rate)
+
+    def wait_s(self, key: str = "") -> float:
+        """0 when the request may go ahead (and counts it), else seconds until it may."""
+        with self.lock:
+            now = self.monotonic()
+            tokens = self._refilled(key, now)
+            taken = 1.0 if tokens >= 1.0 else 0.0
+            self.buckets[key] = (tokens - taken, now)
+        return 0.0 if taken else (1.0 - tokens) / self.rate
+
+    def take(self, key: str = "") -> None:
+        """Take a token now, then sleep (with the injected sleep) until it was due."""
+        if self.sleep is None:
+            raise TypeError("RateLimiter.take needs the sleep passed to the constructor")
+        with self.lock:
+            now = self.monotonic()
+            tokens = self._refilled(key, now)
+            wait = (1.0 - tokens) / self.rate if tokens < 1.0 else 0.0
+            self.buckets[key] = (tokens - 1.0, now)  # taken now, paid for by waiting below
+        if wait > 0:
+            self.sleep(wait)
+
+    def share(self, total: float, parts: int) -> None:
+        """Set the rate to this process's share of ``total`` among ``parts`` processes."""
+        with self.lock:
+            self.rate = total / max(1, parts)
+            self.capacity = max(1.0, self.rate * self.burst_s)

@@ -1,0 +1,571 @@
+"""Learned recommenders on top of ``implicit`` — the only module that imports it.
+
+- ``ALS`` / ``BPR``: matrix factorisation (implicit's AlternatingLeastSquares and
+  BayesianPersonalizedRanking); scores are user · item factor products.
+- ``ItemKNN``: implicit's item-item neighbours (BM25 or cosine weighting); scores are the
+  customer's confidence row times the item similarity matrix.
+- ``Hybrid`` (ours): replenishment and discovery scored separately. Own items: distinct-order
+  count, popularity tie-break (many own items tie at one order, and the popular one is the
+  likelier rebuy), lifted by ``repeat_boost``. Other items: a blend of normalised ALS and
+  item-kNN scores plus recent popularity and a bonus for new arrivals (items first sold
+  within ``new_days``: repeat customers discover what is new). Weights are tuned on a
+  validation split before the evaluation cutoff (:func:`recocamp.evaluate.tune_hybrid`).
+
+Fitting is deterministic (fixed ``random_state``), runs with BLAS limited to one thread
+(implicit's own advice; without it a busy API collapses), and uses the GPU build of implicit
+only where ``use_gpu`` allows and CUDA is present. Artifacts are ``.npz`` (``allow_pickle``
+off) plus JSON metadata: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recocamp.errors import ModelError
+from recocamp.recommender.baselines import Popularity, RepeatFrequency
+from recocamp.recommender.matrix import Lines, TrainingData, build
+from recocamp.recommender.ranking import Recommender, normalised
+
+log = logging.getLogger(__name__)
+MODEL_NAMES = ("popularity", "repeat_frequency", "als", "bpr", "item_knn", "hybrid")
+
+
+def gpu_available(use_gpu: str) -> bool:
+    """``auto``: use implicit's CUDA build when it loads; ``true``: require it; ``false``: never."""
+    if use_gpu == "false":
+        return False
+    try:
+        import librmm  # type: ignore[import-not-found]  # the RAPIDS memory manager, see DESIGN.md
+
+        librmm.load_library()
+        import implicit.gpu
+
+        available = bool(implicit.gpu.HAS_CUDA)
+    except (ImportError, OSError, RuntimeError):
+        available = False
+    if use_gpu == "true" and not available:
+        raise ModelError("use_gpu = true, but implicit's CUDA build is not available")
+    return available
+
+
+class _Factors:
+    """Shared code of the factorisation models."""
+
+    name = ""
+
+    def __init__(self, **params: Any) -> None:
+        self._params = params
+        self.user_factors = np.zeros((0, 0), dtype=np.float32)
+        self.item_factors = np.zeros((0, 0), dtype=np.float32)
+        self._solver: Any = None  # implicit's ALS, for folding in customers at request time
+
+    def _model(self) -> Any:
+        raise NotImplementedError
+
+    def fit(self, data: TrainingData) -> None:
+        with threadpool_limits(1, "blas"):  # implicit checks BLAS threads when constructed
+            model = self._model()
+            model.fit(data.confidence, show_progress=False)
+        if hasattr(model, "to_cpu") and type(model).__module__.startswith("implicit.gpu"):
+            model = model.to_cpu()
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        with threadpool_limits(1, "blas"):
+            return self.user_factors[rows] @ self.item_factors.T  # type: ignore[no-any-return]
+
+    def top_k_all(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mixed-mode top-k straight from implicit's native blocked kernel (no dense matrix)."""
+        from implicit.cpu.topk import topk
+
+        with threadpool_limits(1, "blas"):
+            indices, scores = topk(self.item_factors, self.user_factors[rows], k, num_threads=0)
+        return np.asarray(indices), np.asarray(scores)
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in self._params.items() if k not in ("use_gpu", "num_threads")}
+
+    def fold_in(self, confidence: sp.csr_matrix) -> np.ndarray:
+        """A user factor for a 1 × items confidence row: implicit's ALS ``recalculate_user``,
+        the least-squares solution against the fixed item factors (for BPR's factors too)."""
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        with threadpool_limits(1, "blas"):  # implicit checks BLAS threads when constructed
+            solver = self._solver
+            if solver is None or solver.item_factors is not self.item_factors:
+                solver = AlternatingLeastSquares(
+                    factors=self.item_factors.shape[1],
+                    regularization=float(self._params.get("regularization", 0.01)),
+                    num_threads=1,
+                )
+                solver.item_factors = np.ascontiguousarray(self.item_factors, dtype=np.float32)
+                self.item_factors = solver.item_factors
+                self._solver = solver
+            factor = solver.recalculate_user(0, sp.csr_matrix(confidence, dtype=np.float32))
+        return np.asarray(factor, dtype=np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"user_factors": self.user_factors, "item_factors": self.item_factors}
+
+    def restore(self, data: TrainingData, arrays: dict[str, np.ndarray]) -> None:
+        self.user_factors, self.item_factors = arrays["user_factors"], arrays["item_factors"]
+
+
+class ALS(_Factors):
+    name = "als"
+
+    def _model(self) -> Any:
+        from implicit.als import AlternatingLeastSquares
+
+        return AlternatingLeastSquares(**self._params)
+
+
+class BPR(_Factors):
+    name = "bpr"
+
+    def _model(self) -> Any:
+        from implicit.bpr import BayesianPersonalizedRanking
+
+        return BayesianPersonalizedRanking(**self._params)
+
+
+class ItemKNN:
+    """implicit's item-item recommender; ``weighting`` is ``bm25`` or ``cosine``."""
+
+    name = "item_knn"
+
+    def __init__(self, weighting: str = "bm25", neighbours: int = 20) -> None:
+        self.weighting, self.neighbours = weighting, neighbours
+        self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
+        self._confidence = sp.csr_matrix((0, 0), dtype=np.float32)
+
+    def fit(self, data: TrainingData) -> None:
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+        cls = BM25Recommender if self.weighting == "bm25" else CosineRecommender
+        with threadpool_limits(1, "blas"), warnings.catch_warnings():
+            # implicit 0.7.3 weights into a COO matrix internally, then warns about it
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            model = cls(K=self.neighbours)
+            model.fit(data.confidence, show_progress=False)
+        self.similarity = model.similarity.tocsr().astype(np.float32)
+        self._confidence = data.confidence
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        return (self._confidence[rows] @ self.similarity).toarray()  # type: ignore[no-any-return]
+
+    def params(self) -> dict[str, Any]:
+        return {"weighting": self.weighting, "neighbours": self.neighbours}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return _csr_arrays("similarity", self.similarity)
+
+    def restore(self, data: TrainingData, arrays: dict[str, np.ndarray]) -> None:
+        self.similarity = _csr_from(arrays, "similarity")
+        self._confidence = data.confidence
+
+    def similar(self, column: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` most similar items to one item column (for product pages and reasons)."""
+        row = self.similarity.getrow(column)
+        order = np.argsort(-row.data, kind="stable")
+        keep = [i for i in order if row.indices[i] != column][:n]
+        return row.indices[keep], row.data[keep]
+
+
+@dataclass(frozen=True, slots=True)
+class HybridWeights:
+    """The hybrid's blend; tuned on a validation split (see evaluate.tune_hybrid)."""
+
+    als: float = 0.5  # share of ALS vs item-kNN in the discovery score
+    popularity: float = 0.1  # weight of recent popularity in the discovery score
+    new_arrivals: float = 0.2  # bonus for items first sold within new_days
+    new_days: float = 90.0
+    repeat_boost: float = 1.3  # own items above new ones when >= 1 + popularity + new_arrivals
+
+
+class Hybrid:
+    name = "hybrid"
+
+    def __init__(self, als: ALS, knn: ItemKNN, weights: HybridWeights | None = None) -> None:
+        self.als, self.knn = als, knn
+        self.weights = weights or HybridWeights()
+        self._popularity = Popularity()
+        self._data: TrainingData | None = None
+
+    def fit(self, data: TrainingData) -> None:
+        self.als.fit(data)
+        self.knn.fit(data)
+        self._after_fit(data)
+
+    def _after_fit(self, data: TrainingData) -> None:
+        self._popularity.fit(data)
+        self._data = data
+
+    def parts(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Normalised component scores, so a tuner can re-blend them without refitting."""
+        assert self._data is not None, "fit or restore first"
+        own = self._data.orders[rows].toarray()
+        top = own.max(axis=1, keepdims=True)
+        popularity = self._popularity.score(rows)
+        return {
+            "own": np.where(own > 0, own / np.where(top > 0, top, 1.0) + 1e-3 * popularity, 0.0),
+            "als": normalised(self.als.score(rows)),
+            "knn": normalised(self.knn.score(rows)),
+            "popularity": popularity,
+            "new": np.broadcast_to(self._data.age_days < self.weights.new_days, own.shape),
+        }
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        return combine(self.parts(rows), self.weights)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "weights": asdict(self.weights),
+            "als": self.als.params(),
+            "item_knn": self.knn.params(),
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        prefixed = {f"als_{k}": v for k, v in self.als.arrays().items()}
+        prefixed |= {f"knn_{k}": v for k, v in self.knn.arrays().items()}
+        return prefixed | {f"pop_{k}": v for k, v in self._popularity.arrays().items()}
+
+    def restore(self, data: TrainingData, arrays: dict[str, np.ndarray]) -> None:
+        self.als.restore(data, _unprefixed(arrays, "als_"))
+        self.knn.restore(data, _unprefixed(arrays, "knn_"))
+        self._popularity.restore(data, _unprefixed(arrays, "pop_"))
+        self._data = data
+
+
+def combine(parts: dict[str, np.ndarray], weights: HybridWeights) -> np.ndarray:
+    """Own items: ``repeat_boost + own``; other items: the discovery blend."""
+    discover = (
+        weights.als * parts["als"]
+        + (1 - weights.als) * parts["knn"]
+        + weights.popularity * parts["popularity"]
+        + weights.new_arrivals * parts["new"]
+    )
+    owned = parts["own"] > 0
+    blended: np.ndarray = np.where(owned, weights.repeat_boost + parts["own"], discover)
+    return blended
+
+
+def make(name: str, settings: Any, weights: HybridWeights | None = None) -> Recommender:
+    """A fresh model by name, parameters from ``[recommender]`` settings."""
+    if name not in MODEL_NAMES:
+        raise ModelError(f"unknown model {name!r} (known: {', '.join(MODEL_NAMES)})")
+    use_gpu = gpu_available(settings.use_gpu) if name in ("als", "bpr", "hybrid") else False
+    factors = {
+        "factors": settings.factors,
+        "regularization": settings.regularization,
+        "iterations": settings.iterations,
+        "random_state": settings.random_state,
+        "use_gpu": use_gpu,
+    }
+    knn = {"weighting": settings.knn_weighting, "neighbours": settings.knn_neighbours}
+    builders: dict[str, Any] = {
+        "popularity": Popularity,
+        "repeat_frequency": RepeatFrequency,
+        "als": lambda: ALS(**factors),
+        "bpr": lambda: BPR(
+            **{**factors, "iterations": settings.bpr_iterations},
+            learning_rate=settings.bpr_learning_rate,
+            num_threads=1,  # implicit's BPR is Hogwild-parallel: reproducible only single-threaded
+        ),
+        "item_knn": lambda: ItemKNN(**knn),
+        "hybrid": lambda: Hybrid(ALS(**factors), ItemKNN(**knn), weights),
+    }
+    model: Recommender = builders[name]()
+    return model
+
+
+def similar(
+    fitted: Recommender, data: TrainingData, item_id: str, n: int
+) -> list[tuple[str, float]]:
+    """Items most similar to ``item_id``: the model's own item-item view where it has one
+    (item-kNN, the hybrid's kNN, factor cosine), else co-purchase cosine on the data."""
+    columns = np.flatnonzero(data.items == item_id)
+    if len(columns) == 0:
+        return []
+    column = int(columns[0])
+    knn = fitted.knn if isinstance(fitted, Hybrid) else fitted
+    if isinstance(knn, ItemKNN):
+        indices, values = knn.similar(column, n)
+    else:
+        vectors = fitted.item_factors if isinstance(fitted, _Factors) else None
+        indices, values = _cosine_neighbours(data, column, n, vectors)
+    return [(str(data.items[i]), float(v)) for i, v in zip(indices, values, strict=True)]
+
+
+def similarity_measure(fitted: Recommender) -> str:
+    """What the scores of :func:`similar` are, for a column heading: item-kNN weights are
+    not bounded (BM25 weights of co-purchases run into the hundreds), cosines are in [-1, 1]."""
+    knn = fitted.knn if isinstance(fitted, Hybrid) else fitted
+    if isinstance(knn, ItemKNN):
+        return f"item-kNN {knn.weighting} weight (co-purchases; higher is closer, no upper bound)"
+    if isinstance(fitted, _Factors):
+        return "cosine of the item factors (-1 … 1)"
+    return "cosine of the co-purchase counts (0 … 1)"
+
+
+def _cosine_neighbours(
+    data: TrainingData, column: int, n: int, vectors: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if vectors is not None:
+        norms = np.linalg.norm(vectors, axis=1) + 1e-9
+        similarity = (vectors @ vectors[column]) / (norms * norms[column])
+    else:
+        by_item = data.confidence.T.tocsr()
+        norms = np.sqrt(np.asarray(by_item.multiply(by_item).sum(axis=1)).ravel()) + 1e-9
+        similarity = (by_item @ by_item[column].T).toarray().ravel() / (norms * norms[column])
+    similarity[column] = -np.inf
+    order = np.lexsort((np.arange(len(similarity)), -similarity))[:n]
+    order = order[similarity[order] > 0]
+    return order, similarity[order]
+
+
+# --- request time: one customer's scores from their current history ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRows:
+    """One customer's history as 1 × items rows aligned with a model's item columns."""
+
+    orders: sp.csr_matrix
+    confidence: sp.csr_matrix
+
+
+def item_columns(data: TrainingData) -> dict[str, int]:
+    """item id → column of a loaded model (built once per model by the caller)."""
+    return {str(item): column for column, item in enumerate(data.items)}
+
+
+def history_rows(
+    data: TrainingData,
+    columns: dict[str, int],
+    events: Sequence[tuple[str, int, float]],
+    half_life_days: float | None,
+) -> HistoryRows:
+    """``(item_id, order number, epoch seconds)`` events → the rows training would have built
+    (``matrix.build``: distinct orders per item, ``1 + ln(1 + n)``, the same time decay).
+    Items the model never saw have no column and are left out."""
+    known = [(columns[item], order, at) for item, order, at in events if item in columns]
+    n_items = len(data.items)
+    if not known:
+        empty = sp.csr_matrix((1, n_items), dtype=np.float32)
+        return HistoryRows(empty, empty)
+    codes, order, at = (np.asarray(part) for part in zip(*known, strict=True))
+    cutoff = max(data.cutoff, float(at.max()) + 1.0)
+    lines = Lines(
+        np.zeros(len(codes), dtype=np.int64),
+        codes.astype(np.int64),
+        order.astype(np.int64),
+        at.astype(np.float64),
+        np.array(["c"]),
+        data.items,
+    )
+    built = build(lines, cutoff, half_life_days=half_life_days)
+    wide = np.searchsorted(data.items, built.items)
+
+    def widen(row: sp.csr_matrix) -> sp.csr_matrix:
+        dense = np.zeros((1, n_items), dtype=np.float32)
+        dense[0, wide] = row.toarray()[0]
+        return sp.csr_matrix(dense)
+
+    return HistoryRows(widen(built.orders), widen(built.confidence))
+
+
+def rescore(fitted: Recommender, data: TrainingData, rows: HistoryRows) -> np.ndarray:
+    """Scores of every item for a customer given by history rows rather than a training row:
+    the customer bought something since the model was trained, or is new to it. ALS and BPR
+    fold the customer in with implicit's ``recalculate_user`` (least squares on the fixed
+    item factors); item-kNN multiplies the new row with the similarity matrix; the hybrid
+    recombines its parts from both."""
+    scores: np.ndarray
+    if isinstance(fitted, Hybrid):
+        scores = combine(_hybrid_parts(fitted, data, rows), fitted.weights)[0]
+        return scores
+    if isinstance(fitted, _Factors):
+        scores = fitted.fold_in(rows.confidence) @ fitted.item_factors.T
+        return scores
+    if isinstance(fitted, ItemKNN):
+        scores = (rows.confidence @ fitted.similarity).toarray()[0]
+        return scores
+    if isinstance(fitted, RepeatFrequency):
+        padding = 0.5 * _popularity_of(fitted._popularity)
+        own = rows.orders.toarray()[0]
+        return np.where(own > 0, 1.0 + own, padding)
+    if isinstance(fitted, Popularity):
+        return _popularity_of(fitted).copy()
+    raise ModelError(f"cannot rescore a {type(fitted).__name__}")
+
+
+def _popularity_of(model: Popularity) -> np.ndarray:
+    return np.asarray(model.arrays()["scores"], dtype=np.float64)
+
+
+def _hybrid_parts(fitted: Hybrid, data: TrainingData, rows: HistoryRows) -> dict[str, np.ndarray]:
+    own = rows.orders.toarray()
+    top = own.max(axis=1, keepdims=True)
+    popularity = _popularity_of(fitted._popularity)[None, :]
+    als = (fitted.als.fold_in(rows.confidence) @ fitted.als.item_factors.T)[None, :]
+    return {
+        "own": np.where(own > 0, own / np.where(top > 0, top, 1.0) + 1e-3 * popularity, 0.0),
+        "als": normalised(als),
+        "knn": normalised((rows.confidence @ fitted.knn.similarity).toarray()),
+        "popularity": popularity,
+        "new": (data.age_days < fitted.weights.new_days)[None, :],
+    }
+
+
+def because(
+    fitted: Recommender,
+    data: TrainingData,
+    columns: dict[str, int],
+    bought: Collection[str],
+    targets: Sequence[str],
+) -> dict[str, str]:
+    """For each target item, the bought item most similar to it (the "because you bought …"
+    of an offer): item-kNN similarity where the model has one, else the cosine of item
+    factors. Targets without any similar bought item are left out."""
+    owned = np.array(sorted({columns[i] for i in bought if i in columns}), dtype=np.int64)
+    wanted = [(t, columns[t]) for t in targets if t in columns]
+    if len(owned) == 0 or not wanted:
+        return {}
+    similarity = _similarity(fitted, owned, np.array([c for _, c in wanted], dtype=np.int64))
+    if similarity is None:
+        return {}
+    best = similarity.argmax(axis=0)
+    return {
+        target: str(data.items[owned[best[k]]])
+        for k, (target, _) in enumerate(wanted)
+        if similarity[best[k], k] > 0
+    }
+
+
+def _similarity(fitted: Recommender, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
+    """Similarity of bought items (rows) to targets (columns); per target the model's kNN
+    similarity where it knows one, else the cosine of the (ALS) item factors."""
+    knn = fitted.knn if isinstance(fitted, Hybrid) else fitted
+    factors = fitted.als if isinstance(fitted, Hybrid) else fitted
+    found = None
+    if isinstance(knn, ItemKNN) and knn.similarity.shape[0]:
+        found = knn.similarity[rows][:, cols].toarray()
+    if isinstance(factors, _Factors) and factors.item_factors.shape[0]:
+        vectors = factors.item_factors
+        norms = np.linalg.norm(vectors, axis=1) + 1e-9
+        cosine = (vectors[rows] @ vectors[cols].T) / np.outer(norms[rows], norms[cols])
+        found = cosine if found is None else np.where(found.max(axis=0) > 0, found, cosine)
+    return found
+
+
+# --- artifacts: npz (no pickle) + json -------------------------------------------------
+
+
+def _csr_arrays(prefix: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}_data": matrix.data,
+        f"{prefix}_indices": matrix.indices,
+        f"{prefix}_indptr": matrix.indptr,
+        f"{prefix}_shape": np.array(matrix.shape),
+    }
+
+
+def _csr_from(arrays: dict[str, np.ndarray], prefix: str) -> sp.csr_matrix:
+    shape = tuple(int(x) for x in arrays[f"{prefix}_shape"])
+    parts = (arrays[f"{prefix}_data"], arrays[f"{prefix}_indices"], arrays[f"{prefix}_indptr"])
+    return sp.csr_matrix(parts, shape=shape)
+
+
+def _unprefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def save(directory: Path, model: Recommender, data: TrainingData, meta: dict[str, Any]) -> None:
+    """Write ``model.npz`` (ids, matrices, model arrays) and ``meta.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "customers": data.customers.astype(str),
+        "items": data.items.astype(str),
+        "popularity": data.popularity,
+        "age_days": data.age_days,
+        "cutoff": np.array([data.cutoff]),
+    }
+    for name in ("orders", "confidence", "last_days"):
+        arrays |= _csr_arrays(name, getattr(data, name))
+    arrays |= {f"model_{k}": v for k, v in model.arrays().items()}
+    np.savez(directory / "model.npz", allow_pickle=False, **arrays)
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def load(directory: Path, settings: Any) -> tuple[Recommender, TrainingData, dict[str, Any]]:
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        with np.load(directory / "model.npz", allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model artifacts from {directory}: {exc}") from None
+    data = TrainingData(
+        customers=arrays["customers"],
+        items=arrays["items"],
+        orders=_csr_from(arrays, "orders"),
+        confidence=_csr_from(arrays, "confidence"),
+        last_days=_csr_from(arrays, "last_days"),
+        popularity=arrays["popularity"],
+        age_days=arrays["age_days"],
+        cutoff=float(arrays["cutoff"][0]),
+    )
+    weights = HybridWeights(**meta["params"]["weights"]) if meta["name"] == "hybrid" else None
+    model = make(meta["name"], _no_gpu(settings), weights)
+    model.restore(data, _unprefixed(arrays, "model_"))
+    return model, data, meta
+
+
+def _no_gpu(settings: Any) -> Any:
+    return settings.model_copy(update={"use_gpu": "false"})
+
+
+PER_CUSTOMER_MATRICES = ("orders", "confidence", "last_days")  # TrainingData rows
+
+
+def drop_customers(directory: Path, customer_ids: Collection[str]) -> int:
+    """Remove customers from a saved model (erasure, GDPR Art. 17): their id, their rows of
+    the training matrices and their user factors (every model array named ``*user_factors``
+    is per customer; item-side arrays and the aggregates ``popularity`` and ``age_days``
+    identify nobody and stay). Rewritten atomically; returns how many were removed."""
+    path = directory / "model.npz"
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    customers = arrays["customers"]
+    keep = ~np.isin(customers, np.array(sorted(customer_ids), dtype=customers.dtype))
+    removed = int((~keep).sum())
+    if removed == 0:
+        return 0
+    arrays["customers"] = customers[keep]
+    for name in PER_CUSTOMER_MATRICES:
+        arrays |= _csr_arrays(name, _csr_from(arrays, name)[keep])
+    for name in [n for n in arrays if n.startswith("model_") and n.endswith("user_factors")]:
+        arrays[name] = arrays[name][keep]
+    partial = directory / "model.npz.partial"
+    with partial.open("wb") as handle:
+        np.savez(handle, allow_pickle=False, **arrays)
+    os.replace(partial, path)
+    return removed
+
+
+def customer_ids(directory: Path) -> set[str]:
+    """The customers a saved model holds rows for (read without loading the rest)."""
+    with np.load(directory / "model.npz", allow_pickle=False) as stored:
+        return {str(value) for value in stored["customers"]}

@@ -1,0 +1,139 @@
+"""The one interface every recommender implements, and top-k selection per offer mode.
+
+A recommender is fitted on :class:`~recocamp.matrix.TrainingData` and scores customer rows
+against all items. Selection is shared, so every model honours the offer modes the same way:
+
+- ``replenish``: only items the customer bought before (replenishment, "buy again");
+- ``discover``: only items the customer has not bought (cross-sell);
+- ``mixed``: everything, ranked by the model's own score.
+
+Ties are broken by item index (ascending item id), so results are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+
+from recocamp.recommender.matrix import TrainingData
+
+
+class Mode(StrEnum):
+    REPLENISH = "replenish"
+    DISCOVER = "discover"
+    MIXED = "mixed"
+
+
+class Recommender(Protocol):
+    """Fitted on training data; ``score`` returns a dense rows × items float array."""
+
+    name: str
+
+    def fit(self, data: TrainingData) -> None: ...
+
+    def score(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def params(self) -> dict[str, Any]: ...
+
+    def arrays(self) -> dict[str, np.ndarray]: ...
+
+    def restore(self, data: TrainingData, arrays: dict[str, np.ndarray]) -> None: ...
+
+
+def top_k(
+    model: Recommender, data: TrainingData, rows: np.ndarray, k: int, mode: Mode = Mode.MIXED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item indices and scores of the best ``k`` items per row (-1 / -inf where fewer exist).
+
+    The order is defined, whatever the kernel: score descending, then item index ascending.
+    """
+    native = getattr(model, "top_k_all", None)
+    if native is not None and mode is Mode.MIXED and k < data.shape[1]:
+        indices, values = _native_top_k(native, rows, k)
+        tied = np.flatnonzero(values[:, k - 1] == values[:, k])
+        if len(tied):  # a tie crosses the cut: the kernel may have dropped an equal item
+            indices[tied], values[tied] = _dense_top_k(model, data, rows[tied], k + 1, mode)
+        return indices[:, :k], values[:, :k]
+    return _dense_top_k(model, data, rows, k, mode)
+
+
+def _native_top_k(native: Any, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k + 1`` candidates from the model's native kernel, put in the defined order (its own
+    order of equal scores is unspecified)."""
+    indices, values = native(rows, k + 1)
+    indices = np.asarray(indices, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    order = np.lexsort((indices, -values), axis=1)
+    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def _dense_top_k(
+    model: Recommender, data: TrainingData, rows: np.ndarray, k: int, mode: Mode
+) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(model.score(rows), dtype=np.float64)
+    if mode is not Mode.MIXED:
+        owned = data.orders[rows].toarray() > 0
+        scores[owned if mode is Mode.DISCOVER else ~owned] = -np.inf
+    k = min(k, scores.shape[1])
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # the k-th best score per row
+    above = scores > kth
+    equal = scores == kth  # of the items at the cut, the lowest indices are taken
+    room = k - above.sum(axis=1, keepdims=True)
+    chosen = above | (equal & (np.cumsum(equal, axis=1) <= room))
+    part = np.nonzero(chosen)[1].reshape(len(rows), k)
+    picked = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -picked), axis=1)
+    indices = np.take_along_axis(part, order, axis=1)
+    values = np.take_along_axis(picked, order, axis=1)
+    return np.where(np.isfinite(values), indices, -1), values
+
+
+def batches(rows: np.ndarray, n_items: int, budget_bytes: int = 256 << 20) -> Iterator[np.ndarray]:
+    """Row batches whose dense score matrix stays within ``budget_bytes``."""
+    size = max(1, budget_bytes // max(1, n_items * 8))
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def normalised(scores: np.ndarray) -> np.ndarray:
+    """Per-row min-max scaling to [0, 1], so scores of different models can be blended."""
+    low = scores.min(axis=1, keepdims=True)
+    span = scores.max(axis=1, keepdims=True) - low
+    scaled: np.ndarray = (scores - low) / np.where(span > 0, span, 1.0)
+    return scaled
+
+
+class Profiled(Protocol):
+    """What the objection rule reads of a customer (a ``customers`` row will do)."""
+
+    @property
+    def objected_to_profiling(self) -> bool: ...
+
+    @property
+    def erased_at(self) -> datetime | None: ...
+
+
+def objects_to_profiling(person: Profiled | None) -> bool:
+    """The one objection rule (GDPR Art. 21), for the API and ``recocamp recommend`` alike: a
+    customer who objected to profiling, or was erased, gets no personal scores; an unknown
+    customer has not objected."""
+    return person is not None and (person.objected_to_profiling or person.erased_at is not None)
+
+
+def personal_or_popular(
+    known: bool, objected: bool, personal: list[list[Any]] | None, popular: list[list[Any]]
+) -> tuple[list[list[Any]], str]:
+    """Which list a customer gets, and why: customers who objected to profiling (or are
+    erased) never get personal scores; unknown customers and customers without a personal
+    list (no history) get the recent-popularity list."""
+    if objected:
+        return popular, "popular: objected to profiling"
+    if not known:
+        return popular, "popular: unknown customer"
+    if not personal:
+        return popular, "popular: no purchase history"
+    return personal, "personal"

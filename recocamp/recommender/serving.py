@@ -1,0 +1,164 @@
+"""Which list a customer gets at request time, and the re-scoring behind it: pure rules.
+
+The offer API (``api.offer_cache``) reads a customer's state from the store and holds the
+live model in memory; the decisions it makes from them live here, values in and values out,
+so the CLI and the API apply one rule:
+
+- customers who objected to profiling (or were erased) get the recent-popularity list only
+  (:func:`objected`, then ``ranking.personal_or_popular`` for the reason);
+- a customer who bought something since the model's data cutoff, or who has a history but
+  no cached list (new, or objection withdrawn), is re-scored now from their history
+  (:meth:`Live.rescore`: implicit's ``recalculate_user`` for the factors, the hybrid's
+  own-items and kNN parts from the new row);
+- everybody else gets the cached list; unknown customers and customers without a history
+  get recent popularity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from recocamp.domain import Item
+from recocamp.recommender import models as model
+from recocamp.recommender.matrix import TrainingData
+from recocamp.recommender.ranking import Recommender, personal_or_popular
+
+Ranked = list[list[Any]]  # [[item_id, score], …], best first: the cached top-N's shape
+
+
+class Bought(Protocol):
+    """One order as the rules read it (``campaigns.segments.Order`` is one)."""
+
+    @property
+    def at(self) -> datetime: ...
+
+    @property
+    def items(self) -> frozenset[str]: ...
+
+
+class Purchases(Protocol):
+    """A customer's order history as the rules read it (``campaigns.segments.History``)."""
+
+    @property
+    def orders(self) -> Sequence[Bought]: ...
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def last_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """A customer's row of the live model's cached top-N."""
+
+    items: Ranked
+    model_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """The live model in memory: what request-time scoring and explanations need."""
+
+    version: str
+    fitted: Recommender
+    data: TrainingData
+    columns: dict[str, int]
+    data_cutoff: datetime
+
+    @classmethod
+    def of(cls, version: str, fitted: Recommender, data: TrainingData, cutoff: datetime) -> Live:
+        """The live model of a loaded artifact (the id↔column map is built once, here)."""
+        return cls(version, fitted, data, model.item_columns(data), cutoff)
+
+    def rescore(
+        self,
+        history: Purchases,
+        top_n: int,
+        half_life: float | None,
+        skip: frozenset[str] = frozenset(),
+    ) -> Ranked:
+        """A fresh personal top-N (mixed mode, without ``skip``) from the current history."""
+        events = [
+            (item, number, order.at.timestamp())
+            for number, order in enumerate(history.orders)
+            for item in order.items
+        ]
+        rows = model.history_rows(self.data, self.columns, events, half_life)
+        scores = np.asarray(model.rescore(self.fitted, self.data, rows), dtype=np.float64)
+        for item in skip:
+            column = self.columns.get(item)
+            if column is not None:
+                scores[column] = -np.inf
+        order = np.lexsort((np.arange(len(scores)), -scores))[:top_n]
+        return [
+            [str(self.data.items[c]), round(float(scores[c]), 6)]
+            for c in order
+            if np.isfinite(scores[c])
+        ]
+
+    def because(self, bought: frozenset[str], targets: list[str]) -> dict[str, str]:
+        return model.because(self.fitted, self.data, self.columns, bought, targets)
+
+    def similar(self, item_id: str, n: int) -> list[tuple[str, float]]:
+        return model.similar(self.fitted, self.data, item_id, n)
+
+
+@dataclass(frozen=True, slots=True)
+class Personal:
+    """Which list a customer gets: ``items`` None means recent popularity; ``why`` is the
+    reason an answer shows (``personal``, ``recalculated: …`` or ``popular: …``)."""
+
+    items: Ranked | None
+    why: str
+    model_version: str | None
+
+    @property
+    def basis(self) -> str:
+        """``personal``, ``recalculated`` or ``popular``."""
+        return "popular" if self.items is None else self.why.split(":")[0]
+
+
+def personal_list(
+    live: Live | None,
+    history: Purchases,
+    cached: Cached | None,
+    *,
+    objected: bool,
+    known: bool,
+    top_n: int,
+    half_life: float | None,
+) -> Personal:
+    """The personal list of one customer (see the module docstring), or popularity."""
+    if live is None:
+        return Personal(None, "popular: no live model yet", None)
+    if not objected:
+        changed = history.last_at is not None and history.last_at >= live.data_cutoff
+        if changed or (cached is None and history.count > 0):
+            reason = "changed since training" if changed else "not in the cached lists"
+            rescored = live.rescore(history, top_n, half_life)
+            return Personal(rescored, f"recalculated: {reason}", live.version)
+        if cached is not None:
+            return Personal(list(cached.items), "personal", cached.model_version)
+    _, why = personal_or_popular(known, objected, None, [])
+    return Personal(None, why, live.version)
+
+
+def explained(
+    live: Live | None, catalogue: dict[str, Item], ranked: Ranked, owned: frozenset[str]
+) -> dict[str, str]:
+    """Per new item of ``ranked``: the title of the most similar item the customer bought
+    (its id where the catalogue lacks it)."""
+    if not ranked or live is None or not owned:
+        return {}
+    targets = [str(entry[0]) for entry in ranked if str(entry[0]) not in owned]
+    return {
+        target: catalogue[bought].title if bought in catalogue else bought
+        for target, bought in live.because(owned, targets).items()
+    }

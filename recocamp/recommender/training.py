@@ -1,0 +1,471 @@
+"""Train, evaluate, promote: the recommender's life cycle against the store.
+
+``train`` runs the whole cycle for the configured model:
+
+1. load the learnable purchase lines before ``as_of`` (store.queries.training_lines);
+2. skip when a model with the same data fingerprint and parameters exists;
+3. on the time split ``cutoff = as_of − horizon``: tune the hybrid on a validation split
+   before that cutoff, then evaluate the candidate, the live model's configuration and the
+   baselines on the same split;
+4. fit the candidate on everything before ``as_of`` and save its artifacts;
+5. promote it unless its gate metric is worse than the live model's beyond the
+   evaluation's noise (a paired bootstrap over the split's customers, :data:`GATE_RULE`), or
+   when there is no live model, writing the top-N cache for every customer in the same
+   transaction; else register it as ``rejected``. Both figures, the split they were measured
+   on and the interval go into the registry (``metrics["gate"]``).
+
+``promote`` and ``rollback`` switch the live model by version and rebuild the cache from
+its artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recocamp.errors import ModelError
+from recocamp.recommender import evaluate, matrix
+from recocamp.recommender import models as model
+from recocamp.recommender.evaluate import Metrics
+from recocamp.recommender.matrix import DAY, Lines, TrainingData
+from recocamp.recommender.models import Hybrid, HybridWeights
+from recocamp.recommender.ranking import Mode, Recommender, batches, top_k
+from recocamp.settings import RecommenderSettings
+from recocamp.store import queries, registry
+from recocamp.store.engine import Engine
+
+log = logging.getLogger(__name__)
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    version: str | None
+    name: str
+    outcome: str  # promoted | rejected | skipped_unchanged
+    reason: str
+    metrics: dict[str, Metrics] = field(default_factory=dict)  # candidate, live, baselines
+    cache_rows: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    rule: str = ""  # the promotion rule that applied (empty without a live model)
+
+
+def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
+    """Learnable purchase lines as integer-coded arrays, encoded while streaming from the
+    store. Service items are excluded by the catalogue's ``is_service`` flag (the
+    online-retail import sets it from the UCI code rule; other shops say so in items.csv)."""
+    customers, items, orders = _Codes(), _Codes(), _Codes()
+    at: list[float] = []
+    with engine.connect() as connection:
+        for part in queries.training_lines(connection, until):
+            customer, item, order, epoch = zip(*part, strict=True)
+            customers.add(customer)
+            items.add(item)
+            orders.add(order)
+            at.extend(epoch)
+    customer_codes, customer_ids = customers.sorted()
+    item_codes, item_ids = items.sorted()
+    return Lines(
+        customer_codes,
+        item_codes,
+        orders.codes,
+        np.asarray(at, dtype=np.float64),
+        customer_ids,
+        item_ids,
+    )
+
+
+class _Codes:
+    """Factorises ids into integer codes while reading: ``np.unique`` per chunk, so the
+    Python-level dictionary only sees each chunk's distinct ids."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.chunks: list[np.ndarray] = []
+
+    def add(self, values: tuple[str, ...]) -> None:
+        distinct, inverse = np.unique(np.array(values, dtype=str), return_inverse=True)
+        index = self.index
+        local = np.array(
+            [index.setdefault(value, len(index)) for value in distinct.tolist()], dtype=np.int64
+        )
+        self.chunks.append(local[inverse])
+
+    @property
+    def codes(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.int64)
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """Codes renumbered so that code order is id order, and the sorted ids."""
+        ids = np.array(list(self.index), dtype=str)
+        order = np.argsort(ids, kind="stable")
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[order] = np.arange(len(ids))
+        return rank[self.codes], ids[order]
+
+
+def fingerprint(lines: Lines, params: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for array in (
+        lines.customer_ids[lines.customer],
+        lines.item_ids[lines.item],
+        lines.order,
+        lines.at,
+    ):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _split_args(settings: RecommenderSettings) -> dict[str, Any]:
+    return {
+        "popularity_days": settings.recent_popularity_days,
+        "half_life_days": settings.time_decay_half_life_days,
+    }
+
+
+def _sample(settings: RecommenderSettings) -> dict[str, Any]:
+    return {"max_customers": settings.evaluation_max_customers}
+
+
+def _candidate(
+    name: str, settings: RecommenderSettings, lines: Lines, cutoff: float
+) -> Recommender:
+    """A fresh model; the hybrid's weights tuned on the window before ``cutoff``."""
+    candidate = model.make(name, settings)
+    if isinstance(candidate, Hybrid):
+        weights = evaluate.tune_hybrid(
+            candidate,
+            lines,
+            cutoff,
+            settings.evaluation_horizon_days,
+            settings.evaluation_k,
+            **_split_args(settings),
+        )
+        candidate = model.make(name, settings, weights)
+    return candidate
+
+
+def _configured(name: str, params: dict[str, Any], settings: RecommenderSettings) -> Recommender:
+    """A fresh model with a registered model's own saved parameters (a fair re-evaluation),
+    not today's settings."""
+    factors = params.get("als", params) if name == "hybrid" else params
+    knn = params.get("item_knn", params) if name == "hybrid" else params
+    saved = {
+        key: value
+        for key, value in {
+            "factors": factors.get("factors"),
+            "regularization": factors.get("regularization"),
+            "iterations": factors.get("iterations"),
+            "random_state": factors.get("random_state"),
+            "knn_weighting": knn.get("weighting"),
+            "knn_neighbours": knn.get("neighbours"),
+        }.items()
+        if value is not None
+    }
+    if name == "bpr" and "iterations" in saved:
+        saved["bpr_iterations"] = saved.pop("iterations")
+        saved["bpr_learning_rate"] = factors.get("learning_rate", settings.bpr_learning_rate)
+    weights = HybridWeights(**params["weights"]) if name == "hybrid" else None
+    return model.make(name, settings.model_copy(update=saved), weights)
+
+
+def train(
+    engine: Engine,
+    settings: RecommenderSettings,
+    *,
+    now: datetime,
+    as_of: datetime | None = None,
+    name: str | None = None,
+    step: Step | None = None,
+    zone: tzinfo = UTC,
+) -> TrainResult:
+    """One training cycle; see the module docstring. ``zone``: the shop's, in which the
+    split's cutoff is named (the date a person gave)."""
+    say = step or (lambda _message: None)
+    name = name or settings.model
+    as_of = as_of or now
+    clock = _Stopwatch()
+    say("loading purchase lines")
+    lines = load_lines(engine, as_of)
+    clock.lap("load")
+    if len(lines) == 0:
+        raise ModelError("no learnable purchase lines before the cutoff: import purchases first")
+    params_key = {
+        "name": name,
+        "as_of": as_of.timestamp(),  # the popularity window and item ages depend on it
+        **settings.model_dump(mode="json", exclude={"artifacts_dir"}),
+    }
+    print_ = fingerprint(lines, params_key)
+    with engine.connect() as connection:
+        same = registry.with_fingerprint(connection, print_, name)
+    if same is not None:
+        reason = f"data and parameters unchanged since {same.version} ({same.status})"
+        return TrainResult(same.version, name, "skipped_unchanged", reason)
+    say("evaluating on the time split")
+    evaluation = _evaluate_all(engine, settings, name, lines, as_of)
+    results = evaluation.metrics
+    clock.lap("evaluate")
+    say("fitting on all data")
+    final = _candidate(name, settings, lines, as_of.timestamp())
+    data = matrix.build(lines, as_of.timestamp(), **_split_args(settings))
+    final.fit(data)
+    clock.lap("fit")
+    gate = _gate(evaluation, settings.promote_metric, zone)
+    promote, reason = gate.promote, gate.reason
+    version = f"{as_of.astimezone(UTC):%Y%m%dT%H%M%S}-{name}-{print_[:8]}"
+    path = Path(settings.artifacts_dir) / version
+    meta = {
+        "version": version,
+        "name": name,
+        "params": final.params(),
+        "data_cutoff": as_of.isoformat(),
+        "trained_at": now.isoformat(),
+        "fingerprint": print_,
+        "metrics": {
+            **{key: value.as_dict() for key, value in results.items()},
+            "gate": gate.as_dict(evaluation, settings.promote_metric),
+        },
+    }
+    model.save(path, final, data, meta)
+    say("writing the top-N cache" if promote else "registering the rejected model")
+    rows = _register(engine, final, data, meta, path, now, promote, settings.top_n)
+    clock.lap("cache")
+    outcome = "promoted" if promote else "rejected"
+    log.info("train %s: %s (%s) cache=%d in %.1fs", version, outcome, reason, rows, clock.total)
+    return TrainResult(
+        version,
+        name,
+        outcome,
+        reason,
+        results,
+        rows,
+        clock.laps,
+        gate_rule(settings.promote_metric) if gate.difference else "",
+    )
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
+        self.laps["total"] = round(now - self.started, 3)
+
+    @property
+    def total(self) -> float:
+        return self.laps.get("total", 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Every model's metrics on one split, and the customer-level scores of the candidate
+    and the live model that the gate compares."""
+
+    metrics: dict[str, Metrics]
+    cutoff: datetime
+    horizon_days: int
+    k: int
+    per_customer: dict[str, dict[str, np.ndarray]]
+
+
+def _evaluate_all(
+    engine: Engine, settings: RecommenderSettings, name: str, lines: Lines, as_of: datetime
+) -> Evaluation:
+    """Candidate, baselines and the live model's configuration on one split."""
+    horizon, k = settings.evaluation_horizon_days, settings.evaluation_k
+    cutoff = as_of.timestamp() - horizon * DAY
+    split = evaluate.make_split(
+        lines, cutoff, horizon, **_split_args(settings), **_sample(settings)
+    )
+    scored = {
+        "candidate": evaluate.evaluate_per_customer(
+            _candidate(name, settings, lines, cutoff), split, k
+        )
+    }
+    results = {"candidate": scored["candidate"][0]}
+    for baseline in ("popularity", "repeat_frequency"):
+        results[baseline] = evaluate.evaluate(model.make(baseline, settings), split, k)
+    with engine.connect() as connection:
+        current = registry.live(connection)
+    if current is not None:
+        configured = _configured(current.name, current.params, settings)
+        scored["live"] = evaluate.evaluate_per_customer(configured, split, k)
+        results["live"] = scored["live"][0]
+    at = datetime.fromtimestamp(cutoff, UTC)
+    return Evaluation(results, at, horizon, k, {key: pair[1] for key, pair in scored.items()})
+
+
+GATE_RULE = (
+    "promote unless the {level:g} % paired-bootstrap interval of candidate − live {metric} "
+    "({resamples:,} resamples of the evaluated customers) lies entirely below 0"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    promote: bool
+    reason: str
+    difference: evaluate.PairedDifference | None = None
+
+    def as_dict(self, evaluation: Evaluation, metric: str) -> dict[str, Any]:
+        """What the registry keeps: the split both figures were measured on, the rule and
+        the interval, so ``models list`` compares like with like."""
+        gate: dict[str, Any] = {
+            "split_cutoff": evaluation.cutoff.isoformat(),
+            "horizon_days": evaluation.horizon_days,
+            "k": evaluation.k,
+            "metric": metric,
+            "promoted": self.promote,
+            "reason": self.reason,
+        }
+        if self.difference is not None:
+            gate["difference"] = self.difference.as_dict()
+        return gate
+
+
+def gate_rule(metric: str) -> str:
+    return GATE_RULE.format(
+        level=evaluate.GATE_LEVEL * 100, metric=metric, resamples=evaluate.BOOTSTRAP_RESAMPLES
+    )
+
+
+def _gate(evaluation: Evaluation, metric: str, zone: tzinfo = UTC) -> Gate:
+    """Promote unless the candidate is worse than the live model on ``metric`` beyond the
+    evaluation's own uncertainty: a difference of 0.0001 in recall over a few thousand
+    customers is noise, and rejecting on it would keep a model trained on older data."""
+    results = evaluation.metrics
+    if "live" not in results:
+        return Gate(True, "no live model")
+    if results["candidate"].customers == 0:
+        return Gate(False, "no customers to evaluate on the time split: the live model stays")
+    difference = evaluate.paired_bootstrap(
+        evaluation.per_customer["candidate"][metric], evaluation.per_customer["live"][metric]
+    )
+    new, old = getattr(results["candidate"], metric), getattr(results["live"], metric)
+    verdict = "clearly worse" if difference.clearly_worse else "not clearly worse"
+    reason = (
+        f"{metric} {new:.4f} vs live {old:.4f} on the same split "
+        f"(cutoff {evaluation.cutoff.astimezone(zone).date()}, {evaluation.horizon_days} days): "
+        f"difference "
+        f"{difference.mean:+.4f}, {difference.level * 100:g} % interval "
+        f"[{difference.low:+.4f}, {difference.high:+.4f}] over {difference.customers:,} "
+        f"customers: {verdict}"
+    )
+    return Gate(not difference.clearly_worse, reason, difference)
+
+
+def _register(
+    engine: Engine,
+    fitted: Recommender,
+    data: TrainingData,
+    meta: dict[str, Any],
+    path: Path,
+    now: datetime,
+    promote: bool,
+    top_n: int,
+) -> int:
+    popular = popular_list(data, top_n)
+    with engine.begin() as connection:
+        registry.register(
+            connection,
+            version=meta["version"],
+            name=meta["name"],
+            trained_at=now,
+            data_cutoff=datetime.fromisoformat(meta["data_cutoff"]),
+            fingerprint=meta["fingerprint"],
+            params=meta["params"],
+            metrics=meta["metrics"],
+            path=str(path),
+            popular=popular,
+            status="candidate" if promote else "rejected",
+        )
+        if not promote:
+            return 0
+        return registry.make_live(connection, meta["version"], now, top_lists(fitted, data, top_n))
+
+
+def popular_list(data: TrainingData, n: int) -> list[list[Any]]:
+    """The cold-start list: recent popularity, ties by item id."""
+    order = np.lexsort((np.arange(len(data.items)), -data.popularity))[:n]
+    top = float(data.popularity.max()) if len(data.popularity) else 1.0
+    return [
+        [str(data.items[i]), round(float(data.popularity[i]) / top, 6)]
+        for i in order
+        if data.popularity[i] > 0
+    ]
+
+
+def top_lists(
+    fitted: Recommender, data: TrainingData, n: int
+) -> Iterator[tuple[str, list[list[Any]]]]:
+    """Every customer's top-``n`` (mixed mode) as ``(customer_id, [[item_id, score], …])``."""
+    for rows in batches(np.arange(data.shape[0]), data.shape[1]):
+        indices, scores = top_k(fitted, data, rows, n, Mode.MIXED)
+        for row, picked, values in zip(rows, indices, scores, strict=True):
+            ranked = [
+                [str(data.items[i]), round(float(v), 6)]
+                for i, v in zip(picked, values, strict=True)
+                if i >= 0
+            ]
+            yield str(data.customers[row]), ranked
+
+
+def promote(engine: Engine, settings: RecommenderSettings, version: str, now: datetime) -> int:
+    """Make a registered model live (also a rejected or retired one); rebuild the cache."""
+    with engine.connect() as connection:
+        row = registry.get(connection, version)
+    if row is None:
+        raise ModelError(f"no model with version {version!r} (see `recocamp models list`)")
+    fitted, data, _meta = model.load(Path(row.path), settings)
+    with engine.begin() as connection:
+        return registry.make_live(connection, version, now, top_lists(fitted, data, settings.top_n))
+
+
+def rollback(engine: Engine, settings: RecommenderSettings, now: datetime) -> str:
+    """Return to the model that was live before the current one."""
+    with engine.connect() as connection:
+        previous = registry.previous_live(connection)
+    if previous is None:
+        raise ModelError("nothing to roll back to: no model was live before the current one")
+    promote(engine, settings, previous.version, now)
+    return str(previous.version)
+
+
+def compare(
+    engine: Engine,
+    settings: RecommenderSettings,
+    names: list[str],
+    cutoff: datetime,
+    horizon_days: int,
+    k: int,
+    step: Step | None = None,
+) -> dict[str, Metrics]:
+    """``recocamp evaluate``: every named model on one split (the hybrid tuned before it)."""
+    lines = load_lines(engine)
+    if len(lines) == 0:
+        raise ModelError("no learnable purchase lines: import purchases first")
+    split_args = _split_args(settings)
+    split = evaluate.make_split(
+        lines, cutoff.timestamp(), horizon_days, **split_args, **_sample(settings)
+    )
+    tuned = settings.model_copy(update={"evaluation_horizon_days": horizon_days, "evaluation_k": k})
+    results = {}
+    for name in names:
+        if step is not None:
+            step(f"evaluating {name}")
+        candidate = _candidate(name, tuned, lines, cutoff.timestamp())
+        results[name] = evaluate.evaluate(candidate, split, k)
+    return results

@@ -1,0 +1,51 @@
+"""Planner decisions: one row per run key and customer, the record of every campaign run.
+
+A re-run of the same slot (or a run resumed after a crash) records nothing twice: the
+decision already there stays, with its original instant (``ON CONFLICT DO NOTHING``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from recocamp.store.queries import upsert_statement
+from recocamp.store.schema import decisions
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One planner decision as the store keeps it."""
+
+    campaign: str
+    customer_id: str
+    outcome: str
+    reason: str
+    variant: str | None
+    holdout: bool
+
+
+def record(
+    connection: sa.Connection, run_key: str, decided: Sequence[DecisionRow], now: datetime
+) -> None:
+    """Record ``decided`` under ``run_key`` at ``now``; decisions already recorded stay."""
+    rows = [
+        {
+            "run_key": run_key,
+            "campaign": d.campaign,
+            "customer_id": d.customer_id,
+            "outcome": d.outcome,
+            "reason": d.reason,
+            "variant": d.variant,
+            "holdout": d.holdout,
+            "decided_at": now,
+        }
+        for d in decided
+    ]
+    statement = upsert_statement(connection, decisions).on_conflict_do_nothing(
+        index_elements=["run_key", "customer_id"]
+    )
+    connection.execute(statement, rows)

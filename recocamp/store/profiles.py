@@ -1,0 +1,80 @@
+"""Customer profiles as ``data.profiles`` changes them: one customer's row, created or
+updated field by field, and the re-subscribe that lifts an unsubscribe's suppression.
+
+Every function takes the caller's connection: one profile change (the row, its audit entry,
+an unsubscribe or re-subscribe) is one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+
+from recocamp.domain import email_hash
+from recocamp.store.schema import customers, recommendations, suppressions
+
+
+class Subscription(NamedTuple):
+    """Whether and when a customer unsubscribed, and the address the suppression hashes."""
+
+    unsubscribed_at: datetime | None
+    email: str | None
+
+
+def profile(connection: sa.Connection, customer_id: str) -> dict[str, Any] | None:
+    """The customer's row by column name, or None for a customer not known yet."""
+    row = connection.execute(sa.select(customers).where(customers.c.id == customer_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def create(
+    connection: sa.Connection, customer_id: str, values: Mapping[str, Any], at: datetime
+) -> None:
+    """A new customer with ``values`` (columns left out keep their defaults)."""
+    connection.execute(sa.insert(customers).values(id=customer_id, updated_at=at, **values))
+
+
+def update(
+    connection: sa.Connection, customer_id: str, values: Mapping[str, Any], at: datetime
+) -> None:
+    connection.execute(
+        sa.update(customers).where(customers.c.id == customer_id).values(updated_at=at, **values)
+    )
+
+
+def drop_personal_list(connection: sa.Connection, customer_id: str) -> None:
+    """Forget the customer's cached recommendations (an objection to profiling)."""
+    connection.execute(
+        sa.delete(recommendations).where(recommendations.c.customer_id == customer_id)
+    )
+
+
+def subscription(connection: sa.Connection, customer_id: str) -> Subscription | None:
+    row = connection.execute(
+        sa.select(customers.c.unsubscribed_at, customers.c.email).where(
+            customers.c.id == customer_id
+        )
+    ).first()
+    return None if row is None else Subscription(row.unsubscribed_at, row.email)
+
+
+def resubscribe(
+    connection: sa.Connection, customer_id: str, email: str | None, at: datetime
+) -> None:
+    """Clear ``unsubscribed_at`` and lift the unsubscribe's suppression of ``email`` (bounces
+    and complaints stay suppressed)."""
+    connection.execute(
+        sa.update(customers)
+        .where(customers.c.id == customer_id)
+        .values(unsubscribed_at=None, updated_at=at)
+    )
+    if email:
+        connection.execute(
+            sa.delete(suppressions).where(
+                suppressions.c.email_hash == email_hash(email),
+                suppressions.c.reason == "unsubscribed",
+            )
+        )

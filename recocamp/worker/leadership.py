@@ -1,0 +1,242 @@
+"""Who schedules: exactly one worker at a time, and the locks that keep jobs from overlapping.
+
+- **PostgreSQL** (several workers): the scheduling leader holds a session-level advisory lock
+  (``pg_try_advisory_lock``) on a connection of its own. The lock goes with the connection:
+  a worker that dies (even by SIGKILL) loses it at once, and a follower asking every
+  ``[worker] leader_poll_s`` takes over. The leader checks its connection on every poll
+  and stops scheduling the moment it is gone, so two leaders cannot overlap for longer
+  than one poll — and campaign runs are idempotent anyway (send keys).
+  A job also takes a per-job advisory lock while it runs: a run that is still going on an
+  old leader makes the same job on the new leader skip, never run twice.
+- **SQLite** (the embedded default) supports one worker: it takes an exclusive ``flock`` on
+  ``<database>.worker-lock`` and a second worker is refused with a clear message. That
+  worker is always the leader; per-job locks are the scheduler's ``max_instances=1``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Protocol
+
+from recocamp.errors import StoreError
+from recocamp.store import leadership as store
+from recocamp.store.engine import Connection, Engine
+from recocamp.store.leadership import DBAPIError
+from recocamp.store.locks import lock_key
+
+log = logging.getLogger(__name__)
+
+
+class Leadership(Protocol):
+    def register(self) -> None:
+        """Claim a place as a worker; refuses a second SQLite worker (``StoreError``)."""
+        ...
+
+    def try_acquire(self) -> bool:
+        """Become the leader if nobody is; True while this worker leads."""
+        ...
+
+    def held(self) -> bool:
+        """Is the leadership still ours (the lock's connection alive)?"""
+        ...
+
+    def resign(self) -> None:
+        """Stop leading but stay registered as a worker."""
+        ...
+
+    def release(self) -> None: ...
+
+    @contextmanager
+    def job_lock(self, job: str) -> Iterator[bool]:
+        """Yields False when another worker is running ``job`` right now."""
+        yield True  # pragma: no cover - protocol
+
+
+def for_engine(engine: Engine) -> Leadership:
+    if store.is_postgresql(engine):
+        return AdvisoryLockLeadership(engine)
+    return SoleWorker(engine)
+
+
+class _JobLocks:
+    """A job runs once at a time: in this process (a set of running jobs) and, where the
+    subclass says so, across processes (``_lock_job`` / ``_unlock_job``)."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.running: set[str] = set()
+
+    @contextmanager
+    def job_lock(self, job: str) -> Iterator[bool]:
+        with self.mutex:
+            got = job not in self.running and self._lock_job(job)
+            if got:
+                self.running.add(job)
+        try:
+            yield got
+        finally:
+            if got:
+                with self.mutex:
+                    self.running.discard(job)
+                    self._unlock_job(job)
+
+    def _lock_job(self, job: str) -> bool:
+        return True
+
+    def _unlock_job(self, job: str) -> None:
+        pass
+
+
+class AdvisoryLockLeadership(_JobLocks):
+    """PostgreSQL: leadership is a session advisory lock on a dedicated connection."""
+
+    KEY = lock_key("scheduler-leader")
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.connection: Connection | None = None
+        self.job_connection: Connection | None = None
+
+    def register(self) -> None:
+        """Any number of workers may run on PostgreSQL."""
+
+    def try_acquire(self) -> bool:
+        if self.connection is not None:
+            return self.held()
+        connection = self.engine.connect()
+        try:
+            got = store.try_lock(connection, self.KEY)
+        except DBAPIError:
+            connection.close()
+            raise
+        if got:
+            self.connection = connection
+        else:
+            connection.close()
+        return got
+
+    def held(self) -> bool:
+        if self.connection is None:
+            return False
+        try:
+            store.ping(self.connection)
+        except DBAPIError:
+            log.error("lost the connection that holds the scheduler lock: no longer leader")
+            self._drop()
+            return False
+        return True
+
+    def resign(self) -> None:
+        self._unlock()
+
+    def release(self) -> None:
+        if self.job_connection is not None:
+            self.job_connection.close()
+            self.job_connection = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self.connection is None:
+            return
+        with suppress(DBAPIError):  # the connection is gone, and the lock with it
+            store.unlock(self.connection, self.KEY)
+        self._drop()
+
+    def _drop(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            store.discard(connection)
+
+    def _lock_job(self, job: str) -> bool:
+        """Per-job advisory locks, all on one connection of their own (a connection per
+        running job could empty the pool); session locks are re-entrant, hence also the
+        in-process set of :class:`_JobLocks`."""
+        return self._on_job_connection(store.try_lock, lock_key(f"job:{job}"))
+
+    def _unlock_job(self, job: str) -> None:
+        self._on_job_connection(store.unlock, lock_key(f"job:{job}"))
+
+    def _on_job_connection(self, statement: Callable[[Connection, int], bool], key: int) -> bool:
+        try:
+            if self.job_connection is None:
+                self.job_connection = self.engine.connect()
+            return statement(self.job_connection, key)
+        except DBAPIError:  # the connection (and its locks) is gone: a new one next time
+            connection, self.job_connection = self.job_connection, None
+            if connection is not None:
+                connection.invalidate()
+            raise
+
+
+class SoleWorker(_JobLocks):
+    """SQLite: one worker per database file, enforced by an exclusive file lock; a job runs
+    once at a time in this process (a resumed run and its scheduled next run never overlap)."""
+
+    def __init__(self, engine: Engine) -> None:
+        database = store.sqlite_file(engine)
+        self.path = Path(f"{database}.worker-lock") if database is not None else None
+        self.handle: IO[str] | None = None
+        super().__init__()
+
+    def register(self) -> None:
+        self.try_acquire()
+
+    def try_acquire(self) -> bool:
+        """Lock the file. The lock, not the file, says who runs: a file left by a dead
+        process (its pid in it) is locked by nobody and taken over. The holder removes the
+        file on release, so a worker that opened it just before may lock a file that no
+        longer has a name: it checks that its locked file is still the one at the path."""
+        if self.handle is not None or self.path is None:
+            return True
+        while True:
+            handle = self.path.open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise StoreError(
+                    f"another recocamp worker ({holder}) is running on the SQLite database "
+                    f"{self.path.with_suffix('')}: SQLite supports one worker. Stop it first, "
+                    'or use PostgreSQL (database_url = "postgresql://…") for several workers'
+                ) from None
+            if _same_file(handle, self.path):
+                break
+            handle.close()  # released and removed meanwhile: lock the new one
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self.handle = handle
+        return True
+
+    def held(self) -> bool:
+        return True
+
+    def resign(self) -> None:
+        """The only worker of a SQLite file keeps its lock: nobody else could lead."""
+
+    def release(self) -> None:
+        """Unlock and remove the lock file (removed while still locked: see try_acquire)."""
+        if self.handle is not None:
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+
+def _same_file(handle: IO[str], path: Path) -> bool:
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)

@@ -1,0 +1,544 @@
+"""The worker: one long-running process that runs the schedule (``recocamp worker``).
+
+On start it refuses to run when ``check`` fails, registers itself (``workers`` table,
+heartbeat every ``[worker] leader_poll_s``) and then, in one loop thread:
+
+- **leadership**: tries to become the scheduling leader (``leadership``); the leader
+  attaches the persistent job store and runs the leader jobs of the table in ``scheduler``;
+  a follower only delivers. A leader that loses its lock steps down at once.
+- **resume**: the leader resumes campaign runs that a dead or stopped worker left
+  unfinished, with their original instant (same run key, same send keys: no duplicates,
+  no gaps), if they are younger than ``[worker] resume_window_s``.
+- **reload**: when a file in ``campaigns/`` or ``templates/`` changes (or on SIGHUP), the
+  campaigns are checked again; good ones replace the running set and the schedule; a
+  broken file is logged with every problem and the last good version keeps running.
+
+Every job run is recorded in ``runs`` (started, finished, status, counts, error), logged
+as one ``key=value`` line and counted in Prometheus metrics (``metrics``; served on
+``[worker] metrics_port``). SIGTERM/SIGINT stop the worker: no new job starts, running
+ones stop at their next chunk or batch boundary (campaign runs are marked
+``interrupted`` and resumed later), and the process exits within
+``[worker] shutdown_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+)
+from apscheduler.triggers.interval import IntervalTrigger
+
+from recocamp import metrics
+from recocamp.campaigns import check as checks
+from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.render import Renderer
+from recocamp.campaigns.run import run_key
+from recocamp.clock import Clock, FixedClock, SystemClock
+from recocamp.errors import ConfigError, Interrupted
+from recocamp.ratelimit import RateLimiter
+from recocamp.settings import Settings
+from recocamp.store import outbox, runs
+from recocamp.store.engine import Engine
+from recocamp.store.runs import CAMPAIGN_PREFIX
+from recocamp.worker import jobs, leadership, scheduler
+
+log = logging.getLogger(__name__)
+RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is tried again then
+_current: Worker | None = None  # the worker of this process, for dispatch()
+
+
+def dispatch(job_id: str) -> None:
+    """Every scheduled job's entry point (see ``scheduler``): run it through this process's
+    worker."""
+    worker = _current
+    if worker is None:  # pragma: no cover - a job fired after the worker went away
+        log.warning("job %s fired without a running worker: ignored", job_id)
+        return
+    worker.run(job_id)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        campaigns_dir: Path,
+        templates_dir: Path,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings, self.engine = settings, engine
+        self.campaigns_dir, self.templates_dir = campaigns_dir, templates_dir
+        self.clock = clock or SystemClock()
+        self.id = outbox.worker_id()
+        self.stop = threading.Event()
+        self.reload_requested = threading.Event()
+        self.leadership = leadership.for_engine(engine)
+        self.scheduler = scheduler.make_scheduler()
+        self.campaigns: dict[str, Campaign] = {}
+        self.specs: dict[str, scheduler.JobSpec] = {}
+        self.leader_since: datetime | None = None
+        self._files: tuple[Any, ...] = ()
+        self._resuming: set[int] = set()
+        self.signals: list[str] = []  # received, not yet acted on (see install_signals)
+        self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
+        self._loop_thread: threading.Thread | None = None
+        self._reload_checked = 0.0
+        limiter = RateLimiter(settings.esp.rate_limit_per_s, self.stop.wait)
+        self.context = jobs.JobContext(
+            settings,
+            engine,
+            templates_dir,
+            self.clock,
+            self.stop,
+            Renderer(templates_dir, limits=settings.templates),
+            limiter,
+        )
+
+    # -- campaigns and the schedule -------------------------------------------------------
+
+    def load(self) -> None:
+        """Check every campaign and template; refuse to start when anything is broken."""
+        good, failures, renderer = self._check()
+        if failures:
+            raise (
+                failures[0]
+                if len(failures) == 1
+                else ConfigError(self.campaigns_dir, [p for f in failures for p in f.problems])
+            )
+        self._use(good, renderer)
+
+    def _check(self) -> tuple[list[Campaign], list[ConfigError], Renderer]:
+        """The campaigns and templates as they are now: the good ones, every problem, and
+        the templates frozen before the check (never newer than what was checked)."""
+        self._files = self._fingerprint()
+        renderer = Renderer.frozen(self.templates_dir, self.settings.templates)
+        good, failures = checks.campaign_problems(
+            self.settings, self.campaigns_dir, self.templates_dir
+        )
+        return good, failures, renderer
+
+    def _use(self, good: list[Campaign], renderer: Renderer) -> None:
+        """The campaigns and templates that passed ``check``: what runs and renders now."""
+        self.campaigns = {c.name: c for c in good}
+        table = scheduler.job_table(self.settings, good)
+        self.specs = {spec.id: spec for spec in table}
+        self.context.renderer = renderer
+
+    def reload(self) -> bool:
+        """Take changed campaigns and templates if they pass ``check``; keep the last good
+        set otherwise (queued mail keeps rendering with it, see ``Renderer.frozen``)."""
+        good, failures, renderer = self._check()
+        if failures:
+            for failure in failures:
+                log.error("reload refused, keeping the last good campaigns: %s", failure)
+            return False
+        self._use(good, renderer)
+        if self.leader_since is not None:
+            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
+        log.info("reloaded %d campaign(s): %s", len(good), ", ".join(sorted(self.campaigns)))
+        return True
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        found = []
+        for directory in (self.campaigns_dir, self.templates_dir):
+            if directory.is_dir():
+                found += [
+                    (str(p), p.stat().st_mtime_ns, p.stat().st_size)
+                    for p in sorted(directory.iterdir())
+                    if p.is_file()
+                ]
+        return tuple(found)
+
+    # -- running jobs -----------------------------------------------------------------------
+
+    def run(
+        self, job_id: str, *, as_of: datetime | None = None, resumed_from: int | None = None
+    ) -> str:
+        """Run one job now, record it, and return its status."""
+        spec = self.specs.get(job_id)
+        if spec is None:
+            log.warning("job %s is not in the schedule (any more): not run", job_id)
+            return "skipped"
+        if self.stop.is_set():
+            return "skipped"
+        with self._exclusive(spec) as held:
+            if not held:
+                return self._skip(job_id, "already running")
+            return self._run(spec, as_of or self._scheduled(spec), resumed_from)
+
+    def _scheduled(self, spec: scheduler.JobSpec) -> datetime:
+        """The instant a campaign run decides for: its trigger's latest fire time (within
+        the grace time), not the moment it got a thread. A 23:30 run that starts after
+        midnight still belongs to its day (run key), so the next day's run is not lost."""
+        now = self.clock.now()
+        if spec.campaign is None:
+            return now
+        earliest = now - timedelta(seconds=spec.misfire_grace_s)
+        fired, at = None, spec.trigger.get_next_fire_time(None, earliest)
+        while at is not None and at <= now:
+            fired = at
+            at = spec.trigger.get_next_fire_time(at, at.astimezone(UTC) + timedelta(seconds=1))
+        return fired.astimezone(UTC) if fired is not None else now
+
+    @contextmanager
+    def _exclusive(self, spec: scheduler.JobSpec) -> Iterator[bool]:
+        if spec.scope != "leader":
+            yield True
+            return
+        with self.leadership.job_lock(spec.id) as held:
+            yield held
+
+    def _skip(self, job_id: str, why: str) -> str:
+        with self.engine.begin() as connection:
+            runs.skipped(connection, job_id, self.id, self.clock.now(), why)
+        metrics.JOB_RUNS.labels(job_id, "skipped").inc()
+        log.info("job=%s status=skipped reason=%r", job_id, why)
+        return "skipped"
+
+    def _run(self, spec: scheduler.JobSpec, as_of: datetime, resumed_from: int | None) -> str:
+        campaign = self.campaigns.get(spec.campaign) if spec.campaign else None
+        key = run_key(campaign.name, as_of, self._zone()) if campaign else None
+        quiet = spec.scope == "every_worker" or spec.id == "import"  # an idle poll: no history
+        begun = self.clock.now()
+        run_id = None if quiet else self._started(spec.id, begun, as_of, key, resumed_from)
+        started = time.perf_counter()
+        status, error = "ok", None
+        counts: dict[str, Any] = {}
+        try:
+            counts = self._call(spec, campaign, as_of)
+        except Interrupted as exc:
+            status, error = "interrupted", str(exc)
+        except Exception as exc:  # one failing job never takes the worker down
+            status, error = "error", f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed", spec.id)
+        seconds = time.perf_counter() - started
+        if quiet and status == "ok" and not any(counts.values()):
+            return status
+        if run_id is None:
+            run_id = self._started(spec.id, begun, as_of, key, resumed_from)
+        with self.engine.begin() as connection:
+            runs.finish(connection, run_id, status, self.clock.now(), counts, error, seconds)
+        self._observe(spec.id, status, seconds, counts, run_id)
+        self.last[spec.id] = (counts, error)
+        return status
+
+    def _started(
+        self, job: str, begun: datetime, as_of: datetime, key: str | None, resumed_from: int | None
+    ) -> int:
+        is_campaign = job.startswith(CAMPAIGN_PREFIX)
+        with self.engine.begin() as connection:
+            return runs.start(
+                connection,
+                job,
+                self.id,
+                begun,
+                as_of=as_of if is_campaign else None,
+                run_key=key,
+                resumed_from=resumed_from,
+            )
+
+    def _call(
+        self, spec: scheduler.JobSpec, campaign: Campaign | None, as_of: datetime
+    ) -> dict[str, Any]:
+        if spec.campaign is not None:
+            if campaign is None:
+                raise ConfigError(
+                    self.campaigns_dir / f"{spec.campaign}.toml",
+                    [jobs.missing_campaign(spec.campaign)],
+                )
+            return jobs.run_campaign(self.context, campaign, as_of)
+        job: Callable[[jobs.JobContext, datetime], dict[str, Any]] = jobs.JOBS[spec.id]
+        return job(self.context, as_of)
+
+    def _observe(
+        self, job: str, status: str, seconds: float, counts: dict[str, Any], run_id: int
+    ) -> None:
+        metrics.JOB_RUNS.labels(job, status).inc()
+        metrics.JOB_SECONDS.labels(job).observe(seconds)
+        shown = " ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, dict))
+        log.info("job=%s run=%d status=%s seconds=%.2f %s", job, run_id, status, seconds, shown)
+
+    def _zone(self) -> ZoneInfo:
+        return self.settings.shop.zone
+
+    # -- leadership, resume, reload: the loop -----------------------------------------------
+
+    def tick(self) -> None:
+        """One round of the loop: heartbeat, leadership, rate share, resume, reload."""
+        self._lead()
+        self._heartbeat_and_share_rate()
+        if self.leader_since is not None:
+            self.scheduler.wakeup()  # notice jobs triggered from outside (`runs trigger`)
+            self.resume_unfinished()
+        if self.reload_requested.is_set() or self._files_changed():
+            self.reload_requested.clear()
+            self.reload()
+
+    def _files_changed(self) -> bool:
+        if time.monotonic() - self._reload_checked < self.settings.worker.reload_check_s:
+            return False
+        self._reload_checked = time.monotonic()
+        return self._fingerprint() != self._files
+
+    def _heartbeat_and_share_rate(self) -> None:
+        """This worker's heartbeat, and its share of ``[esp] rate_limit_per_s`` (the
+        provider's limit for all workers together), in one transaction."""
+        now = self.clock.now()
+        alive_after = now - timedelta(seconds=5 * self.settings.worker.leader_poll_s)
+        with self.engine.begin() as connection:
+            runs.heartbeat(connection, self.id, now, self.leader_since)
+            alive = runs.live_worker_count(connection, alive_after)
+        self.context.limiter.share(self.settings.esp.rate_limit_per_s, alive)
+
+    def _lead(self) -> None:
+        if self.leader_since is not None:
+            if not self.leadership.held():
+                self._step_down()
+            return
+        if self.leadership.try_acquire():
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        """Attach the schedule, then say so; a failure on the way gives the lock back, so
+        another worker can lead instead of one that holds the lock and schedules nothing."""
+        try:
+            scheduler.attach_shared(self.scheduler, self.engine)
+            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
+        except Exception:
+            scheduler.detach_shared(self.scheduler)
+            self.leadership.resign()
+            raise
+        self.leader_since = self.clock.now()
+        metrics.LEADER.set(1)
+        log.info("worker %s is the scheduling leader", self.id)
+
+    def _step_down(self) -> None:
+        scheduler.detach_shared(self.scheduler)
+        self.leader_since = None
+        metrics.LEADER.set(0)
+        log.warning("worker %s stepped down: it no longer holds the scheduler lock", self.id)
+
+    def resume_unfinished(self) -> int:
+        """Start resuming campaign runs left unfinished — by a dead or stopped worker, or
+        failed more than ``RETRY_FAILED_S`` ago — in the scheduler's threads (this loop
+        must keep its heartbeat); returns how many were started."""
+        now, w = self.clock.now(), self.settings.worker
+        with self.engine.connect() as connection:
+            found = runs.unfinished_campaign_runs(
+                connection,
+                now - timedelta(seconds=w.resume_window_s),
+                dead_before=now - timedelta(seconds=5 * w.leader_poll_s),
+                failed_before=now - timedelta(seconds=RETRY_FAILED_S),
+            )
+        found = [row for row in found if row.id not in self._resuming]
+        for row in found:
+            self._resuming.add(row.id)
+            with self.engine.begin() as connection:
+                runs.mark_interrupted(connection, row.id, now, "its worker stopped or died")
+            log.info(
+                "resuming campaign run %s (run %d, decided for %s)",
+                row.run_key,
+                row.id,
+                row.as_of.isoformat(),
+            )
+            self.scheduler.add_job(
+                self.run,
+                args=[row.job],
+                id=f"resume:{row.id}",
+                kwargs={"as_of": row.as_of, "resumed_from": row.id},
+                jobstore=scheduler.LOCAL,
+            )
+        return len(found)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the database may be away for a moment: try again
+                log.exception("worker loop")
+            self.stop.wait(self.settings.worker.leader_poll_s)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self, *, loop: bool = True) -> None:
+        """Register, start the scheduler (delivery on every worker) and the loop thread
+        (tests drive :meth:`tick` themselves with ``loop=False``)."""
+        global _current
+        self.leadership.register()
+        _current = self
+        self.scheduler.add_listener(self._not_run, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        self.scheduler.start()
+        scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.LOCAL, "every_worker")
+        if loop:
+            self._loop_thread = threading.Thread(target=self._loop, name="worker-loop", daemon=True)
+            self._loop_thread.start()
+
+    def _not_run(self, event: JobEvent) -> None:
+        """A run skipped because the previous one still runs, or missed beyond its grace."""
+        outcome = "overlap" if event.code == EVENT_JOB_MAX_INSTANCES else "missed"
+        metrics.JOB_RUNS.labels(event.job_id, outcome).inc()
+        level = logging.DEBUG if event.job_id == "deliver" else logging.INFO
+        log.log(level, "job=%s status=%s", event.job_id, outcome)
+
+    def install_signals(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads. The handlers only set a plain attribute: a
+        handler runs on the main thread between two bytecodes, possibly inside a lock that
+        ``Event.set`` would need again (a deadlock); :meth:`wait` turns it into ``stop``."""
+
+        def note(signum: int, _frame: FrameType | None) -> None:
+            self.signals.append(signal.Signals(signum).name)  # list.append takes no lock
+
+        for each in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(each, note)
+
+    def wait(self) -> None:
+        """Block the main thread until SIGTERM/SIGINT (SIGHUP asks for a reload)."""
+        while not self.stop.is_set():
+            while self.signals:
+                signalled = self.signals.pop(0)
+                if signalled == "SIGHUP":
+                    self.reload_requested.set()
+                else:
+                    log.info("%s: stopping after the current batch", signalled)
+                    self.stop.set()
+            time.sleep(0.2)
+
+    def shutdown(self) -> bool:
+        """Stop: no new runs, wait up to the shutdown timeout for running ones; True when
+        everything finished in time."""
+        global _current
+        self.stop.set()
+        timeout = self.settings.worker.shutdown_timeout_s
+        finished = threading.Event()
+
+        def wait() -> None:
+            if self.scheduler.running:
+                scheduler.quiesce(self.scheduler)
+                self.scheduler.shutdown(wait=True)
+            finished.set()
+
+        threading.Thread(target=wait, name="worker-shutdown", daemon=True).start()
+        clean = finished.wait(timeout)
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=5)
+        if not clean:  # the caller exits the process now: the locks go with it
+            log.error(
+                "jobs still running after %.0f s: exiting anyway (campaign runs are "
+                "resumed by the next scheduling worker)",
+                timeout,
+            )
+            return False
+        with self.engine.begin() as connection:
+            runs.stopped(connection, self.id, self.clock.now())
+        self.leadership.release()
+        metrics.LEADER.set(0)
+        _current = None
+        return True
+
+    def run_due_once(self) -> dict[str, str]:
+        """``--once``: every leader job that is due now (by the persistent schedule, with its
+        coalescing and misfire rules), then one delivery round; returns job → outcome."""
+        global _current
+        _current = self
+        outcomes: dict[str, str] = {}
+        try:
+            self.leadership.register()
+            if self.leadership.try_acquire():
+                self.leader_since = self.clock.now()
+                outcomes = self._fire_due()
+            else:
+                log.info("another worker schedules: --once only delivers")
+            outcomes["deliver"] = self.run("deliver")
+        finally:
+            self.leadership.release()
+            self.leader_since, _current = None, None
+        return outcomes
+
+    def _fire_due(self) -> dict[str, str]:
+        outcomes: dict[str, str] = {}
+        done = threading.Condition()
+
+        def listen(event: JobEvent) -> None:
+            with done:
+                outcomes.setdefault(event.job_id, _OUTCOME[event.code])
+                done.notify_all()
+
+        self.scheduler.add_listener(
+            listen,
+            EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
+        )
+        self.scheduler.start(paused=True)
+        scheduler.attach_shared(self.scheduler, self.engine)
+        scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
+        now = self.clock.now()
+        due = {
+            j.id
+            for j in self.scheduler.get_jobs(jobstore=scheduler.SHARED)
+            if j.next_run_time is not None and j.next_run_time <= now
+        }
+        self.scheduler.resume()
+        with done:
+            while not due <= outcomes.keys() and not self.stop.is_set():
+                done.wait(1.0)
+        scheduler.quiesce(self.scheduler)
+        self.scheduler.shutdown(wait=True)
+        return {job: outcomes.get(job, "not run") for job in sorted(due)}
+
+    # -- the demo's compressed schedule ------------------------------------------------------
+
+    def simulate(self, until: datetime, on_run: Callable[[datetime, str, str], None]) -> None:
+        """Run the schedule on a simulated clock up to ``until``, job after job at its fire
+        time, as fast as the jobs go (``recocamp worker --demo``). The clock must be a
+        ``FixedClock`` at the start; cron jobs fire by their own triggers, polling jobs
+        (delivery, imports) hourly. Nothing is scheduled for real."""
+        clock = self.clock
+        if not isinstance(clock, FixedClock):
+            raise TypeError("simulate() needs a FixedClock")
+        start = clock.now()
+        triggers = {spec.id: _simulated(spec.trigger, start) for spec in self.specs.values()}
+        upcoming = {job: t.get_next_fire_time(None, start) for job, t in triggers.items()}
+        self.leadership.register()
+        try:
+            while upcoming:
+                job, at = min(upcoming.items(), key=lambda pair: pair[1])
+                if at > until:
+                    return
+                clock.advance(at - clock.now())
+                on_run(at, job, self.run(job))
+                following = triggers[job].get_next_fire_time(at, at + timedelta(microseconds=1))
+                if following is None:
+                    del upcoming[job]
+                else:
+                    upcoming[job] = following.astimezone(UTC)
+        finally:
+            self.leadership.release()
+
+
+def _simulated(trigger: Any, start: datetime) -> Any:
+    if isinstance(trigger, IntervalTrigger):
+        return IntervalTrigger(hours=1, start_date=start, timezone=UTC)
+    return trigger
+
+
+_OUTCOME = {
+    EVENT_JOB_EXECUTED: "ran",
+    EVENT_JOB_ERROR: "error",
+    EVENT_JOB_MISSED: "missed",
+    EVENT_JOB_MAX_INSTANCES: "skipped (still running)",
+}

@@ -1,0 +1,193 @@
+"""The worker's schedule in one table, and its APScheduler 3 wiring.
+
+:func:`job_table` says what runs when; everything else here puts that table into an
+APScheduler ``BackgroundScheduler``:
+
+=================  =====================================  ==========  =======================
+job                trigger                                runs on     misfire grace
+=================  =====================================  ==========  =======================
+campaign:<name>    the campaign's cron, in its time zone  the leader  ``misfire_grace_s``
+train              ``[worker] train_cron`` (shop zone)    the leader  ``misfire_grace_s``
+import             every ``import_every_s``               the leader  one interval
+kpi_snapshot       ``[worker] kpi_snapshot_cron``         the leader  ``misfire_grace_s``
+purge              ``[worker] purge_cron``                the leader  ``misfire_grace_s``
+deliver            every ``deliver_every_s``              every one   one interval
+=================  =====================================  ==========  =======================
+
+Every job has ``coalesce=True`` (runs missed while the worker was down run once, not once
+per missed slot), ``max_instances=1`` (a run that overlaps its own previous run is skipped
+and logged) and an explicit misfire grace time (a run later than that is skipped).
+
+Leader jobs live in a persistent job store in the recocamp database (``apscheduler_jobs``),
+so their next run times survive restarts: a run that fell due while no worker was up runs
+when one comes back (within the grace time). That store is attached only while this worker
+is the leader (see ``leadership``); ``deliver`` lives in a memory store on every worker.
+Jobs are synchronised with the table without losing their next run time: a job whose
+trigger did not change keeps it. A persistent job can only name an importable function
+with picklable arguments, so every job is ``worker.dispatch(job_id)``, which finds the
+running worker of this process and runs the job through it. (APScheduler stores a job's
+state pickled: whoever may write to the database can make a worker run code. The database
+is the trust boundary anyway — it holds the customers and the outbox — so restrict writes
+to it accordingly.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Literal
+
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from recocamp.campaigns.files import Campaign
+from recocamp.settings import Settings
+from recocamp.store.engine import Engine
+from recocamp.store.jobstore import job_store
+from recocamp.store.runs import CAMPAIGN_PREFIX
+
+log = logging.getLogger(__name__)
+DISPATCH = "recocamp.worker:dispatch"
+SHARED, LOCAL = "shared", "local"
+Scope = Literal["leader", "every_worker"]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One row of the schedule."""
+
+    id: str
+    trigger: BaseTrigger
+    scope: Scope
+    misfire_grace_s: int
+
+    @property
+    def campaign(self) -> str | None:
+        return (
+            self.id.removeprefix(CAMPAIGN_PREFIX) if self.id.startswith(CAMPAIGN_PREFIX) else None
+        )
+
+
+def job_table(settings: Settings, campaigns: Iterable[Campaign]) -> list[JobSpec]:
+    """The whole schedule: the fixed jobs, then one job per enabled campaign."""
+    w, zone = settings.worker, settings.shop.time_zone
+    grace = w.misfire_grace_s
+
+    def cron(expression: str) -> CronTrigger:
+        return CronTrigger.from_crontab(expression, timezone=zone)
+
+    table = [
+        JobSpec(
+            "import",
+            IntervalTrigger(seconds=w.import_every_s),
+            "leader",
+            max(1, round(w.import_every_s)),
+        ),
+        JobSpec("train", cron(w.train_cron), "leader", grace),
+        JobSpec("kpi_snapshot", cron(w.kpi_snapshot_cron), "leader", grace),
+        JobSpec("purge", cron(w.purge_cron), "leader", grace),
+        JobSpec(
+            "deliver",
+            IntervalTrigger(seconds=w.deliver_every_s),
+            "every_worker",
+            max(1, round(w.deliver_every_s)),
+        ),
+    ]
+    table += [
+        JobSpec(f"{CAMPAIGN_PREFIX}{c.name}", c.schedule.trigger(), "leader", grace)
+        for c in campaigns
+        if c.enabled
+    ]
+    return table
+
+
+def make_scheduler() -> BackgroundScheduler:
+    """A scheduler in UTC with a small thread pool and the memory store for local jobs."""
+    return BackgroundScheduler(
+        timezone="UTC",
+        jobstores={LOCAL: MemoryJobStore()},
+        executors={"default": {"type": "threadpool", "max_workers": 8}},
+        job_defaults={"coalesce": True, "max_instances": 1},
+    )
+
+
+def attach_shared(scheduler: BackgroundScheduler, engine: Engine) -> None:
+    """The persistent store of leader jobs (becoming the leader). It gets an engine of its
+    own: the store disposes of its engine when it is detached."""
+    store, own = job_store(engine)
+    try:
+        scheduler.add_jobstore(store, SHARED)
+    except ValueError:  # attached already
+        own.dispose()
+
+
+def detach_shared(scheduler: BackgroundScheduler) -> None:
+    """Stop scheduling leader jobs (stepping down); their rows stay for the next leader."""
+    with suppress(KeyError):  # not attached
+        scheduler.remove_jobstore(SHARED, shutdown=True)
+
+
+def quiesce(scheduler: BackgroundScheduler) -> None:
+    """Make sure no job starts any more, before ``shutdown``. APScheduler 3 looks for due
+    jobs once more *after* ``shutdown`` and advances a due job's next run time although it
+    can no longer run it: that would silently skip a campaign due at that moment, so the
+    persistent store goes first (its jobs stay due for the next leader)."""
+    if scheduler.running:
+        scheduler.pause()
+    detach_shared(scheduler)
+    with suppress(KeyError):
+        scheduler.remove_all_jobs(jobstore=LOCAL)
+
+
+def _signature(trigger: BaseTrigger) -> tuple[str, str, str]:
+    return type(trigger).__name__, str(trigger), str(getattr(trigger, "timezone", ""))
+
+
+def sync(
+    scheduler: BackgroundScheduler, specs: Sequence[JobSpec], store: str, scope: Scope
+) -> dict[str, str]:
+    """Make ``store`` hold exactly the ``scope`` jobs of ``specs``; returns what changed.
+
+    A job whose trigger and grace time are unchanged is left alone, so it keeps the next run
+    time it has (a missed run survives a restart). A changed trigger is rescheduled from now.
+    """
+    wanted = {s.id: s for s in specs if s.scope == scope}
+    existing = {job.id: job for job in scheduler.get_jobs(jobstore=store)}
+    changes: dict[str, str] = {}
+    for job_id in existing.keys() - wanted.keys():
+        scheduler.remove_job(job_id, jobstore=store)
+        changes[job_id] = "removed"
+    for job_id, spec in wanted.items():
+        job = existing.get(job_id)
+        if job is None:
+            _add(scheduler, spec, store)
+            changes[job_id] = "added"
+        elif _signature(job.trigger) != _signature(spec.trigger) or (
+            job.misfire_grace_time != spec.misfire_grace_s
+        ):
+            scheduler.remove_job(job_id, jobstore=store)
+            _add(scheduler, spec, store)
+            changes[job_id] = "rescheduled"
+    if changes:
+        log.info("schedule (%s): %s", store, ", ".join(f"{k} {v}" for k, v in changes.items()))
+    return changes
+
+
+def _add(scheduler: BackgroundScheduler, spec: JobSpec, store: str) -> None:
+    scheduler.add_job(
+        DISPATCH,
+        trigger=spec.trigger,
+        args=[spec.id],
+        id=spec.id,
+        name=spec.id,
+        jobstore=store,
+        misfire_grace_time=spec.misfire_grace_s,
+        coalesce=True,
+        max_instances=1,
+        replace_existing=True,
+    )

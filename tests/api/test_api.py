@@ -1,0 +1,418 @@
+"""The HTTP face on real stores: unsubscribe links and ESP webhooks, and what they change."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fastapi import FastAPI
+
+from recocamp import tokens
+from recocamp.api.app import EmailRedactor, create_app
+from recocamp.campaigns.files import load_all
+from recocamp.campaigns.planner import Outcome, context_for, decide
+from recocamp.campaigns.run import load_snapshot
+from recocamp.clock import FixedClock
+from recocamp.delivery.esp.fake_server import postmark_event
+from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, email_hash
+from recocamp.settings import EspSettings, Settings
+from recocamp.store import outbox
+from recocamp.store.engine import make_engine
+from recocamp.store.queries import upsert_customers
+from recocamp.store.schema import audit_log, contact_events, customers, suppressions
+from recocamp.store.schema import outbox as outbox_table
+from tests.api_shop import Reply, call
+from tests.conftest import NOW, ROOT
+
+SIGNING_KEY = "k" * 32
+SECRET = "hook-secret"
+SETTINGS = Settings(signing_key=SIGNING_KEY, webhook_secret=SECRET)
+CUSTOMER = "c1"
+ADDRESS = "Anna@Example.test"
+SEND_KEY = "winback/c1/2026-01-13"
+MESSAGE_ID = "0d3c2a4e-5b6f-4a1b-9c8d-7e6f5a4b3c2d"
+RECORD: dict[str, Any] = {
+    "MessageID": MESSAGE_ID,
+    "To": ADDRESS,
+    "Metadata": {"send_key": SEND_KEY},
+}
+
+
+def make_app(engine: sa.Engine, settings: Settings = SETTINGS) -> FastAPI:
+    return create_app(settings, engine, FixedClock(NOW))
+
+
+@pytest.fixture
+def store(engine: sa.Engine) -> sa.Engine:
+    """One customer with consent and one e-mail the provider accepted two days ago."""
+    sent_at = NOW - timedelta(days=2)
+    person = Customer(
+        CUSTOMER,
+        ADDRESS,
+        "Anna",
+        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+        consent_at=NOW - timedelta(days=400),
+    )
+    mail = OutgoingEmail(SEND_KEY, ADDRESS, "We miss you", "<p>hi</p>", "hi", campaign="winback")
+    with engine.begin() as connection:
+        upsert_customers(connection, [person], sent_at)
+        assert outbox.enqueue(connection, [(mail, CUSTOMER, None, sent_at)], sent_at) == 1
+        row_id = connection.execute(sa.select(outbox_table.c.id)).scalar_one()
+        outbox.mark_sent(connection, {row_id: MESSAGE_ID}, sent_at)
+    return engine
+
+
+def token(purpose: str = "unsubscribe", key: str = SIGNING_KEY) -> str:
+    issued = NOW - timedelta(days=2)
+    return tokens.sign(key.encode(), CUSTOMER, "winback", purpose, issued)
+
+
+@dataclass(frozen=True)
+class State:
+    unsubscribed_at: Any
+    suppressed: dict[str, str]  # email hash → reason
+    events: list[tuple[str, str, str | None]]  # kind, provider, customer
+    audits: list[tuple[str, str | None]]  # action, subject
+    outbox: str
+
+
+def state(engine: sa.Engine) -> State:
+    with engine.connect() as connection:
+        unsubscribed = connection.execute(
+            sa.select(customers.c.unsubscribed_at).where(customers.c.id == CUSTOMER)
+        ).scalar_one()
+        suppressed = {r.email_hash: r.reason for r in connection.execute(sa.select(suppressions))}
+        events = [
+            (r.kind, r.provider, r.customer_id)
+            for r in connection.execute(sa.select(contact_events).order_by(contact_events.c.id))
+        ]
+        audits = [(r.action, r.subject_id) for r in connection.execute(sa.select(audit_log))]
+        row = connection.execute(sa.select(outbox_table.c.state)).scalar_one()
+    return State(unsubscribed, suppressed, events, audits, row)
+
+
+UNTOUCHED = State(None, {}, [], [], "sent")
+
+
+# -- health ---------------------------------------------------------------------------------
+
+
+def test_health(engine: sa.Engine) -> None:
+    reply = call(make_app(engine), "GET", "/health")
+    assert (reply.status, reply.json()) == (200, {"status": "ok"})
+
+
+def test_liveness_readiness_docs_and_metrics(engine: sa.Engine) -> None:
+    app = make_app(engine)
+    assert call(app, "GET", "/healthz").json() == {"status": "ok"}
+    assert call(app, "GET", "/readyz").json() == {
+        "status": "ready",
+        "model_version": None,
+        "detail": None,
+    }
+    assert call(app, "GET", "/docs").status == 200
+    schema = call(app, "GET", "/openapi.json").json()
+    assert "/v1/customers/{customer_id}/next-best-offer" in schema["paths"]
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    call(app, "GET", f"/u/{token()}")
+    metrics = call(app, "GET", "/metrics").text
+    assert 'route="/u/{token}"' in metrics and 'route="/readyz",status="200"' in metrics
+    assert token() not in metrics and CUSTOMER not in metrics  # templates, never raw paths
+
+
+def test_not_ready_on_a_database_without_the_schema(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    reply = call(make_app(engine), "GET", "/readyz")
+    assert reply.status == 503 and "recocamp db upgrade" in reply.json()["detail"]
+    engine.dispose()
+
+
+def test_cors_is_off_unless_origins_are_listed(engine: sa.Engine) -> None:
+    asked = {"origin": "https://shop.example", "access-control-request-method": "GET"}
+    closed = call(make_app(engine), "OPTIONS", "/healthz", headers=asked)
+    assert "access-control-allow-origin" not in closed.headers
+    settings = SETTINGS.model_copy(
+        update={"api": SETTINGS.api.model_copy(update={"cors_origins": ("https://shop.example",)})}
+    )
+    opened = call(make_app(engine, settings), "OPTIONS", "/healthz", headers=asked)
+    assert opened.headers["access-control-allow-origin"] == "https://shop.example"
+    other = call(
+        make_app(engine, settings),
+        "OPTIONS",
+        "/healthz",
+        headers={**asked, "origin": "https://evil.example"},
+    )
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_the_new_webhook_path_and_the_old_one_are_the_same(store: sa.Engine) -> None:
+    payload = json.dumps(postmark_event("delivery", RECORD, NOW)).encode()
+    for path in ("/v1/webhooks/postmark", "/webhooks/postmark"):
+        reply = call(make_app(store), "POST", path, content=payload, headers=basic(SECRET))
+        assert reply.status == 200
+    assert state(store).events == [("delivered", "postmark", CUSTOMER)]  # the second: duplicate
+
+
+# -- unsubscribe links ----------------------------------------------------------------------
+
+
+def test_get_shows_a_form_and_changes_nothing(store: sa.Engine) -> None:
+    reply = call(make_app(store), "GET", f"/u/{token()}")
+    assert reply.status == 200
+    assert '<form method="post">' in reply.text and "<button" in reply.text
+    assert ADDRESS.lower() not in reply.text.lower()  # pages carry no address
+    assert state(store) == UNTOUCHED
+
+
+def test_one_click_post_unsubscribes_once(store: sa.Engine) -> None:
+    app, link = make_app(store), f"/u/{token()}"
+    form = {
+        "content": b"List-Unsubscribe=One-Click",
+        "headers": {"content-type": "application/x-www-form-urlencoded"},
+    }
+    reply = call(app, "POST", link, **form)
+    assert reply.status == 200
+    assert "Unsubscribed" in reply.text
+    after = state(store)
+    assert after.unsubscribed_at == NOW
+    assert after.suppressed == {email_hash(ADDRESS): "unsubscribed"}
+    assert after.events == [("unsubscribed", "link", CUSTOMER)]
+    assert after.audits == [("unsubscribe", CUSTOMER)]
+
+    again = call(app, "POST", link, **form)
+    assert again.status == 200
+    assert state(store) == after  # one event, one audit entry, first instant kept
+
+
+def test_confirm_button_post_without_body_unsubscribes(store: sa.Engine) -> None:
+    assert call(make_app(store), "POST", f"/u/{token()}").status == 200
+    assert state(store).unsubscribed_at == NOW
+
+
+def tamper(value: str) -> str:
+    """Change the first character of the signature (the last one may be padding bits)."""
+    version, payload, mac = value.split(".")
+    return f"{version}.{payload}.{'B' if mac[0] == 'A' else 'A'}{mac[1:]}"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda: tamper(token()), id="tampered-signature"),
+        pytest.param(lambda: token(purpose="preferences"), id="other-purpose"),
+        pytest.param(lambda: token(key="another key"), id="other-key"),
+        pytest.param(lambda: "garbage", id="garbage"),
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_invalid_link_is_400_and_changes_nothing(
+    store: sa.Engine, bad: Callable[[], str], method: str
+) -> None:
+    reply = call(make_app(store), method, f"/u/{bad()}")
+    assert reply.status == 400
+    assert state(store) == UNTOUCHED
+
+
+def test_expired_link_is_400(store: sa.Engine) -> None:
+    old = tokens.sign(
+        SIGNING_KEY.encode(), CUSTOMER, "winback", "unsubscribe", NOW - timedelta(days=401)
+    )
+    assert call(make_app(store), "POST", f"/u/{old}").status == 400
+    assert state(store) == UNTOUCHED
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_links_are_off_without_signing_key(store: sa.Engine, method: str) -> None:
+    app = make_app(store, Settings(webhook_secret=SECRET))
+    assert call(app, method, f"/u/{token()}").status == 503
+    assert state(store) == UNTOUCHED
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+
+def basic(password: str, user: str = "postmark") -> dict[str, str]:
+    return {"authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def post_hook(
+    engine: sa.Engine, kind: str, headers: Mapping[str, str], provider: str = "postmark"
+) -> Reply:
+    payload = json.dumps(postmark_event(kind, RECORD, NOW - timedelta(hours=1))).encode()
+    return call(
+        make_app(engine),
+        "POST",
+        f"/webhooks/{provider}",
+        content=payload,
+        headers={"content-type": "application/json", **headers},
+    )
+
+
+def test_postmark_bounce_suppresses_and_marks_the_outbox(store: sa.Engine) -> None:
+    reply = post_hook(store, "bounce", basic(SECRET))
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.suppressed == {email_hash(ADDRESS): "bounced"}
+    assert after.outbox == "bounced"
+    assert after.events == [("bounced", "postmark", CUSTOMER)]
+    assert after.unsubscribed_at is None  # a bounce is not an opt-out
+
+
+@pytest.mark.parametrize("kind", ["bounce", "complaint", "delivery", "unsubscribe"])
+def test_retried_webhook_is_a_harmless_duplicate(store: sa.Engine, kind: str) -> None:
+    first = post_hook(store, kind, basic(SECRET))
+    assert (first.status, first.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    again = post_hook(store, kind, basic(SECRET))
+    assert (again.status, again.json()) == (200, {"accepted": 0, "duplicates": 1})
+    assert state(store) == after
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param(basic("wrong"), 401, id="wrong-password"),
+        pytest.param({"authorization": f"Bearer {SECRET}x"}, 401, id="wrong-bearer"),
+        pytest.param({"authorization": SECRET}, 401, id="no-scheme"),
+        pytest.param({}, 401, id="missing"),
+    ],
+)
+def test_postmark_webhook_wrong_credentials_store_nothing(
+    store: sa.Engine, headers: dict[str, str], status: int
+) -> None:
+    reply = post_hook(store, "bounce", headers)
+    assert reply.status == status
+    assert state(store) == UNTOUCHED
+
+
+def test_bearer_secret_is_accepted(store: sa.Engine) -> None:
+    reply = post_hook(store, "delivery", {"authorization": f"Bearer {SECRET}"}, provider="brevo")
+    # a Postmark body posted to the Brevo endpoint has no Brevo event: authenticated, ignored
+    assert (reply.status, reply.json()) == (200, {"accepted": 0, "duplicates": 0})
+
+
+def test_webhooks_off_without_secret(store: sa.Engine) -> None:
+    payload = json.dumps(postmark_event("bounce", RECORD, NOW)).encode()
+    app = make_app(store, Settings(signing_key=SIGNING_KEY))
+    reply = call(app, "POST", "/webhooks/postmark", content=payload, headers=basic(SECRET))
+    assert reply.status == 503
+    assert state(store) == UNTOUCHED
+
+
+def test_webhook_for_provider_without_webhooks_is_404(store: sa.Engine) -> None:
+    assert post_hook(store, "bounce", basic(SECRET), provider="mailpit").status == 404
+    assert state(store) == UNTOUCHED
+
+
+def test_webhook_body_not_json_is_400(store: sa.Engine) -> None:
+    reply = call(
+        make_app(store), "POST", "/webhooks/postmark", content=b"<xml/>", headers=basic(SECRET)
+    )
+    assert reply.status == 400
+    assert state(store) == UNTOUCHED
+
+
+def test_sendgrid_webhook_without_public_key_is_503(store: sa.Engine) -> None:
+    reply = call(
+        make_app(store), "POST", "/webhooks/sendgrid", content=b"[]", headers=basic(SECRET)
+    )
+    assert reply.status == 503
+
+
+def test_signed_sendgrid_bounce_suppresses(store: sa.Engine) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    esp = EspSettings(provider="sendgrid", webhook_public_key=base64.b64encode(public).decode())
+    app = make_app(store, Settings(esp=esp))
+    event = {
+        "event": "bounce",
+        "type": "bounce",
+        "email": ADDRESS,
+        "send_key": SEND_KEY,
+        "sg_event_id": "e1",
+        "sg_message_id": f"{MESSAGE_ID}.filter0001",
+        "timestamp": int(NOW.timestamp()) - 60,
+    }
+    payload = json.dumps([event]).encode()
+    stamp = str(int(NOW.timestamp()))
+    signature = private.sign(stamp.encode() + payload, ec.ECDSA(hashes.SHA256()))
+    headers = {
+        "x-twilio-email-event-webhook-signature": base64.b64encode(signature).decode(),
+        "x-twilio-email-event-webhook-timestamp": stamp,
+    }
+    tampered = call(app, "POST", "/webhooks/sendgrid", content=payload + b" ", headers=headers)
+    assert tampered.status == 401
+    assert state(store) == UNTOUCHED
+    reply = call(app, "POST", "/webhooks/sendgrid", content=payload, headers=headers)
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert (after.outbox, after.suppressed) == ("bounced", {email_hash(ADDRESS): "bounced"})
+    assert after.events == [("bounced", "sendgrid", CUSTOMER)]
+
+
+def test_postmark_complaint_unsubscribes(store: sa.Engine) -> None:
+    reply = post_hook(store, "complaint", basic(SECRET))
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.unsubscribed_at == NOW - timedelta(hours=1)  # when the complaint happened
+    assert after.suppressed == {email_hash(ADDRESS): "complained"}
+    assert after.events == [("complained", "postmark", CUSTOMER)]
+    assert after.audits == [("unsubscribe", CUSTOMER)]
+    assert after.outbox == "sent"  # the e-mail itself did arrive
+
+
+def test_postmark_delivery_marks_the_outbox_only(store: sa.Engine) -> None:
+    reply = post_hook(store, "delivery", basic(SECRET))
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert (after.outbox, after.suppressed, after.unsubscribed_at) == ("delivered", {}, None)
+
+
+# -- the consequence for the next decision ----------------------------------------------------
+
+
+def next_decision(engine: sa.Engine) -> tuple[bool, Outcome, str]:
+    campaigns, failures = load_all(ROOT / "campaigns", SETTINGS, ROOT / "templates")
+    assert failures == []
+    winback = next(c for c in campaigns if c.name == "winback")
+    with engine.connect() as connection:
+        snapshot = load_snapshot(connection, SETTINGS, NOW)
+    (view,) = [v for v in snapshot.views if v.customer.id == CUSTOMER]
+    context = context_for(SETTINGS, NOW, snapshot.items, snapshot.popular)
+    decision = decide(winback, view, context, winback.policy(context.policy))
+    return view.suppressed, decision.outcome, decision.reason
+
+
+def test_bounce_blocks_the_next_decision(store: sa.Engine) -> None:
+    suppressed, _, reason = next_decision(store)
+    assert not suppressed and reason != "suppressed"  # the planner got past consent before
+    assert post_hook(store, "bounce", basic(SECRET)).status == 200
+    assert next_decision(store) == (True, Outcome.SKIP, "suppressed")
+
+
+def test_link_unsubscribe_blocks_the_next_decision(store: sa.Engine) -> None:
+    assert call(make_app(store), "POST", f"/u/{token()}").status == 200
+    assert next_decision(store) == (True, Outcome.SKIP, "unsubscribed")
+
+
+def test_addresses_are_masked_in_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("recocamp.test_redaction")
+    redactor = EmailRedactor()
+    logger.addFilter(redactor)
+    try:
+        with caplog.at_level(logging.INFO, logger="recocamp.test_redaction"):
+            logger.info("mail to %s bounced (customer %s)", "Anna.B+shop@Example.co.uk", "c1")
+    finally:
+        logger.removeFilter(redactor)
+    assert caplog.messages == ["mail to <address> bounced (customer c1)"]

@@ -1,0 +1,175 @@
+"""API keys: the RECOCAMP_API_KEYS format, hashes compared in constant time, scopes per
+endpoint, the rate limit per key, and the command that mints keys."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp.api import auth as api_auth
+from recocamp.api.auth import ApiKey, Authenticator, digest, mint, parse_keys
+from recocamp.cli import app as cli
+from recocamp.errors import ConfigError
+from recocamp.ratelimit import RateLimiter
+from tests.api_shop import ENTRIES, KEYS, bearer, call, make_app
+
+HEX = "ab" * 32
+
+# every keyed endpoint, a request it accepts (given the scope), and the scope it needs
+ENDPOINTS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("GET", "/v1/customers/c1/next-best-offer", {}, "offers:read"),
+    ("GET", "/v1/items/i1/similar", {}, "offers:read"),
+    (
+        "POST",
+        "/v1/events/purchases",
+        {
+            "json": {
+                "order_id": "o1",
+                "ordered_at": "2012-01-01T10:00:00+00:00",
+                "lines": [{"item_id": "i1", "quantity": 1, "unit_price": 2.0}],
+            }
+        },
+        "events:write",
+    ),
+    ("PUT", "/v1/customers/c1", {"json": {"source": "test", "locale": "de"}}, "events:write"),
+    ("GET", "/v1/privacy/customers/c1", {}, "privacy:admin"),
+    ("DELETE", "/v1/privacy/customers/c1", {}, "privacy:admin"),
+    ("POST", "/v1/privacy/purge", {}, "privacy:admin"),
+    ("GET", "/v1/privacy/retention", {}, "privacy:admin"),
+    ("GET", "/reports/latest", {}, "reports:read"),
+]
+
+
+def test_keys_are_read_from_their_entries() -> None:
+    keys = parse_keys(
+        f"web=offers:read,events:write=sha256:{HEX};\n dpo=privacy:admin=sha256:{HEX}"
+    )
+    assert keys == (
+        ApiKey("web", frozenset({"offers:read", "events:write"}), bytes.fromhex(HEX)),
+        ApiKey("dpo", frozenset({"privacy:admin"}), bytes.fromhex(HEX)),
+    )
+    assert parse_keys(None) == () and parse_keys("  ") == ()
+
+
+def test_every_broken_entry_is_reported_by_position_and_name() -> None:
+    text = (
+        f"web=offers:read=sha256:{HEX}; bad-entry; x=offers:write=sha256:{HEX}; "
+        f"web=events:write=sha256:{HEX}; short=offers:read=sha256:abc"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_keys(text)
+    message = str(caught.value)
+    assert "RECOCAMP_API_KEYS" in message and "4 problem(s)" in message
+    assert "'entry 2'" in message and "'bad-entry'" in message
+    assert "'entry 3'" in message and "offers:write" in message  # unknown scope, named
+    assert "'entry 4'" in message and "appears twice" in message
+    assert "'entry 5'" in message
+
+
+def test_a_minted_key_matches_its_entry_and_is_random() -> None:
+    key, entry = mint("shop-web", ["offers:read"])
+    assert key.startswith("rck_") and len(key) == 47
+    (parsed,) = parse_keys(entry)
+    assert parsed.name == "shop-web" and parsed.digest == digest(key)
+    assert key not in entry  # the entry holds the hash only
+    assert mint("shop-web", ["offers:read"])[0] != key
+    with pytest.raises(ConfigError):
+        mint("no spaces allowed", ["offers:read"])
+    with pytest.raises(ConfigError):
+        mint("ok", ["everything"])
+
+
+def test_every_configured_hash_is_compared(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = parse_keys(ENTRIES)
+    compared: list[bytes] = []
+    real = api_auth.hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append(a)
+        return real(a, b)
+
+    monkeypatch.setattr(api_auth.hmac, "compare_digest", counting)
+    found = Authenticator(keys, RateLimiter.per_minute(60)).find(KEYS["shop"][0])
+    assert found is not None and found.name == "shop"
+    assert compared == [key.digest for key in keys]  # no early exit at the first match
+
+
+def test_the_rate_limit_is_a_token_bucket_per_key() -> None:
+    now = [100.0]
+    limiter = RateLimiter.per_minute(120, monotonic=lambda: now[0])  # 2 a second, bursts of 120
+    assert all(limiter.wait_s("a") == 0 for _ in range(120))
+    assert limiter.wait_s("a") == pytest.approx(0.5)
+    assert limiter.wait_s("b") == 0  # another key has its own bucket
+    now[0] += 0.5
+    assert limiter.wait_s("a") == 0
+    assert limiter.wait_s("a") > 0
+
+
+@pytest.mark.parametrize(("method", "path", "extra", "scope"), ENDPOINTS)
+def test_keyed_endpoints_refuse_missing_unknown_and_out_of_scope_keys(
+    engine: sa.Engine, tmp_path: Path, method: str, path: str, extra: dict[str, Any], scope: str
+) -> None:
+    app = make_app(engine, tmp_path)
+    missing = call(app, method, path, **extra)
+    assert missing.status == 401 and missing.headers["www-authenticate"] == "Bearer"
+    unknown = call(app, method, path, headers={"authorization": "Bearer rck_nope"}, **extra)
+    assert unknown.status == 401 and unknown.json() == {"detail": "unknown API key"}
+    basic = call(app, method, path, headers={"authorization": "Basic c2hvcDpzaG9w"}, **extra)
+    assert basic.status == 401
+    for name, (_, scopes) in KEYS.items():
+        reply = call(app, method, path, headers=bearer(name), **extra)
+        if scope in scopes.split(","):
+            assert reply.status not in (401, 403), (name, reply.text)
+        else:
+            assert reply.status == 403, (name, reply.text)
+            assert scope in reply.json()["detail"] and name in reply.json()["detail"]
+
+
+def test_over_the_rate_limit_is_429_with_retry_after(engine: sa.Engine, tmp_path: Path) -> None:
+    app = make_app(engine, tmp_path, rate_limit_per_minute=3)
+    path = "/v1/customers/c1/next-best-offer"
+    assert [call(app, "GET", path, headers=bearer("shop")).status for _ in range(3)] == [200] * 3
+    limited = call(app, "GET", path, headers=bearer("shop"))
+    assert limited.status == 429 and int(limited.headers["retry-after"]) >= 1
+    assert "'shop'" in limited.json()["detail"]
+    assert call(app, "GET", path, headers=bearer("reader")).status == 200  # its own bucket
+
+
+def test_no_key_and_no_address_reaches_the_logs(
+    engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(engine, tmp_path)
+    caplog.set_level(logging.DEBUG)
+    body = {"source": "checkout", "email": "secret.person@example.test", "first_name": "Zed"}
+    assert call(app, "PUT", "/v1/customers/c9", json=body, headers=bearer("shop")).status == 200
+    call(app, "GET", "/v1/customers/c9/next-best-offer", headers=bearer("shop"))
+    text = caplog.text
+    assert "customer c9 created by shop" in text
+    assert "secret.person" not in text and KEYS["shop"][0] not in text
+
+
+def test_serve_refuses_broken_keys_before_starting(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", str(engine.url.render_as_string(False)))
+    monkeypatch.setenv("RECOCAMP_API_KEYS", "web=offers:read=md5:1234")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 2
+    assert "RECOCAMP_API_KEYS" in result.output and "entry 1" in result.output
+
+
+def test_api_key_new_prints_the_key_once_and_its_entry() -> None:
+    result = CliRunner().invoke(
+        cli, ["api-key", "new", "shop-web", "--scope", "offers:read", "--scope", "events:write"]
+    )
+    assert result.exit_code == 0, result.output
+    key = next(word for word in result.output.split() if word.startswith("rck_"))
+    entry = result.output.strip().splitlines()[-1]
+    (parsed,) = parse_keys(entry)
+    assert parsed.digest == digest(key) and parsed.scopes == {"offers:read", "events:write"}

@@ -1,0 +1,404 @@
+"""Next-best offers and similar items through the real app, on a really trained shop (SQLite
+and PostgreSQL): cached lists, popularity for the cold and the objecting, filters, stock,
+re-scoring after a purchase event, erasure, the e-mail/widget agreement, and the lean
+route's parameter rules against FastAPI's own."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from prometheus_client import REGISTRY
+from typer.testing import CliRunner
+
+from recocamp.campaigns import planner
+from recocamp.campaigns.audience import history_of
+from recocamp.campaigns.files import load_all
+from recocamp.campaigns.run import load_snapshot
+from recocamp.cli import app as cli
+from recocamp.recommender import training
+from recocamp.recommender.ranking import Mode
+from recocamp.settings import Settings
+from recocamp.store import registry, views
+from recocamp.store.schema import customers, items, recommendations
+from tests.api_shop import (
+    NOW,
+    OBJECTOR,
+    bearer,
+    call,
+    engine_of,
+    settings_for,
+)
+from tests.conftest import ROOT
+
+NBO = "/v1/customers/{}/next-best-offer"
+
+
+def offers(app: FastAPI, customer: str, query: str = "", key: str = "shop") -> dict[str, object]:
+    reply = call(
+        app, "GET", NBO.format(customer) + (f"?{query}" if query else ""), headers=bearer(key)
+    )
+    assert reply.status == 200, reply.text
+    return reply.json()  # type: ignore[no-any-return]
+
+
+def ids(document: dict[str, object]) -> list[str]:
+    return [entry["item_id"] for entry in document["items"]]  # type: ignore[attr-defined, index]
+
+
+def cached_customer(engine: sa.Engine) -> tuple[str, list[list[object]]]:
+    """A customer with a cached list and at least three orders (a real history)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(recommendations).order_by(recommendations.c.customer_id)
+        ).all()
+        for row in rows:
+            history = history_of(views.customer_orders(connection, row.customer_id, NOW), {})
+            if history.count >= 3:
+                return str(row.customer_id), list(row.items)
+    raise AssertionError("no customer with a history in the cache")
+
+
+def live(engine: sa.Engine) -> sa.Row[object]:
+    with engine.connect() as connection:
+        row = registry.live(connection)
+    assert row is not None
+    return row
+
+
+def test_a_known_customer_gets_the_cached_list_with_reasons(app: FastAPI) -> None:
+    engine = engine_of(app)
+    customer, cached = cached_customer(engine)
+    answer = offers(app, customer, "n=5")
+    assert answer["basis"] == "personal" and answer["personalised"] is True
+    assert answer["model_version"] == live(engine).version
+    with engine.connect() as connection:
+        catalogue = views.catalogue(connection)
+    expected = [
+        str(i) for i, _ in cached if catalogue[str(i)].in_stock and not catalogue[str(i)].is_service
+    ][:5]
+    assert ids(answer) == expected  # the cache's order, nothing invented
+    for entry in answer["items"]:  # type: ignore[attr-defined]
+        assert entry["reason"] and entry["title"] == catalogue[entry["item_id"]].title
+        assert entry["score"] == pytest.approx(dict(map(tuple, cached))[entry["item_id"]])
+
+
+def test_discover_explains_with_a_bought_item(app: FastAPI) -> None:
+    customer, _ = cached_customer(engine_of(app))
+    answer = offers(app, customer, "n=6&mode=discover")
+    reasons = [entry["reason"] for entry in answer["items"]]  # type: ignore[attr-defined]
+    assert len(reasons) == 6
+    assert any(reason.startswith("because you bought ") for reason in reasons), reasons
+    with engine_of(app).connect() as connection:
+        owned = history_of(views.customer_orders(connection, customer, NOW), {}).items
+    assert not owned & set(ids(answer))
+
+
+def test_unknown_customers_get_recent_popularity(app: FastAPI) -> None:
+    answer = offers(app, "nobody-we-know", "n=4")
+    assert (answer["basis"], answer["basis_reason"]) == ("popular", "popular: unknown customer")
+    assert answer["personalised"] is False
+    assert ids(answer) == [str(item) for item, _ in live(engine_of(app)).popular][:4]
+    assert {e["reason"] for e in answer["items"]} == {"popular this week"}  # type: ignore[attr-defined]
+
+
+def test_an_objector_gets_popularity_and_no_explanations(app: FastAPI) -> None:
+    answer = offers(app, OBJECTOR, "n=5&mode=mixed")
+    assert answer["basis_reason"] == "popular: objected to profiling"
+    for entry in answer["items"]:  # type: ignore[attr-defined]
+        assert entry["source"] in ("popular", "history", "due")
+        assert not entry["reason"].startswith("because")
+
+
+def test_category_and_exclude_filters(app: FastAPI) -> None:
+    customer, _ = cached_customer(engine_of(app))
+    everything = offers(app, customer, "n=10&mode=discover")
+    first = ids(everything)[0]
+    without = offers(app, customer, f"n=10&mode=discover&exclude={first},nothing")
+    assert first not in ids(without)
+    category = everything["items"][0]["category"]  # type: ignore[index]
+    only = offers(app, customer, f"n=3&mode=discover&category={category}")
+    assert only["items"] and {e["category"] for e in only["items"]} == {category}  # type: ignore[attr-defined]
+
+
+def test_items_out_of_stock_are_never_offered(app: FastAPI) -> None:
+    engine = engine_of(app)
+    customer, _ = cached_customer(engine)
+    first = ids(offers(app, customer, "n=5"))[0]
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(items)
+            .where(items.c.id == first)
+            .values(in_stock=False, updated_at=NOW + timedelta(minutes=1))
+        )
+    app.state.service.snapshot(force=True)  # what the refresh every [api] refresh_s does
+    assert first not in ids(offers(app, customer, "n=5"))
+
+
+def test_a_purchase_event_is_visible_to_the_next_request(app: FastAPI) -> None:
+    customer, _ = cached_customer(engine_of(app))
+    before = offers(app, customer, "n=5&mode=discover")
+    bought = ids(before)[0]
+    order = {
+        "order_id": "live-1",
+        "customer_id": customer,
+        "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
+        "lines": [{"item_id": bought, "quantity": 2, "unit_price": 3.5}],
+    }
+    posted = call(app, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
+    assert posted.status == 200, posted.text
+    after = offers(app, customer, "n=5&mode=discover")
+    assert bought not in ids(after)
+    assert after["basis_reason"] == "recalculated: changed since training"
+    assert bought in ids(offers(app, customer, "n=20&mode=replenish"))
+
+
+def test_a_new_customer_is_scored_from_their_first_order(app: FastAPI) -> None:
+    popular = [str(i) for i, _ in live(engine_of(app)).popular]
+    order = {
+        "order_id": "first-1",
+        "customer_id": "brand-new",
+        "ordered_at": (NOW - timedelta(minutes=5)).isoformat(),
+        "lines": [{"item_id": popular[0], "quantity": 1, "unit_price": 9.0}],
+    }
+    assert (
+        call(app, "POST", "/v1/events/purchases", json=order, headers=bearer("shop")).status == 200
+    )
+    answer = offers(app, "brand-new", "n=5&mode=discover")
+    assert answer["basis"] == "recalculated" and answer["personalised"] is True
+    assert popular[0] not in ids(answer)
+
+
+def test_an_objection_and_an_erasure_apply_at_once(app: FastAPI) -> None:
+    engine = engine_of(app)
+    customer, _ = cached_customer(engine)
+    assert offers(app, customer)["basis"] == "personal"
+    change = {"source": "account page", "objected_to_profiling": True}
+    assert (
+        call(app, "PUT", f"/v1/customers/{customer}", json=change, headers=bearer("shop")).status
+        == 200
+    )
+    assert offers(app, customer)["basis_reason"] == "popular: objected to profiling"
+    with engine.connect() as connection:
+        assert registry.cached(connection, customer) is None
+
+    other, _ = cached_customer_after(engine, customer)
+    assert offers(app, other)["basis"] == "personal"
+    erased = call(app, "DELETE", f"/v1/privacy/customers/{other}", headers=bearer("dpo"))
+    assert erased.status == 200, erased.text
+    assert offers(app, other)["basis_reason"] == "popular: unknown customer"
+    with engine.connect() as connection:
+        assert registry.cached(connection, other) is None
+
+
+def cached_customer_after(engine: sa.Engine, skip: str) -> tuple[str, list[list[object]]]:
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.select(recommendations)
+            .where(recommendations.c.customer_id > skip)
+            .order_by(recommendations.c.customer_id)
+        ).first()
+    assert row is not None
+    return str(row.customer_id), list(row.items)
+
+
+@pytest.mark.parametrize(
+    ("campaign_name", "mode"),
+    [("cross_sell", Mode.DISCOVER), ("replenish", Mode.REPLENISH), ("winback", Mode.MIXED)],
+)
+def test_widget_and_email_offer_the_same_items(
+    app: FastAPI, campaign_name: str, mode: Mode
+) -> None:
+    """For every double opt-in customer, the API's list starts with exactly the items the
+    planner would put into a campaign e-mail with the same offer rules."""
+    engine = engine_of(app)
+    settings: Settings = app.state.service.settings
+    loaded, failures = load_all(ROOT / "campaigns", settings, ROOT / "templates")
+    assert failures == []
+    campaign = next(c for c in loaded if c.name == campaign_name)
+    rules = campaign.offer.model_copy(
+        update={
+            "mode": mode,
+            "items": 4,
+            "categories": (),
+            "min_price": None,
+            "max_price": None,
+            "exclude_items": (),
+            "exclude_categories": (),
+        }
+    )
+    campaign = campaign.model_copy(
+        update={
+            "offer": rules,
+            "audience": campaign.audience.model_copy(update={"replenishment_due": False}),
+        }
+    )
+    with engine.connect() as connection:
+        snapshot = load_snapshot(connection, settings, NOW)
+    context = planner.context_for(settings, NOW, snapshot.items, snapshot.popular)
+    compared = 0
+    for view in snapshot.views:
+        if view.customer.consent_basis.value != "double_opt_in" or compared >= 25:
+            continue
+        email = [offer.item_id for offer in planner.offers_for(campaign, view, context)]
+        widget = ids(offers(app, view.customer.id, f"n=4&mode={mode.value}"))
+        assert widget[: len(email)] == email, view.customer.id
+        compared += 1
+    assert compared == 25
+
+
+def test_similar_items(app: FastAPI) -> None:
+    engine = engine_of(app)
+    _, cached = cached_customer(engine)
+    item = str(cached[0][0])
+    reply = call(app, "GET", f"/v1/items/{item}/similar?n=3", headers=bearer("reader"))
+    assert reply.status == 200, reply.text
+    found = reply.json()
+    assert found["model_version"] == live(engine).version
+    assert 0 < len(found["items"]) <= 3 and item not in [e["item_id"] for e in found["items"]]
+    unknown = call(app, "GET", "/v1/items/NO-SUCH-ITEM/similar", headers=bearer("reader"))
+    assert unknown.status == 404 and "NO-SUCH-ITEM" in unknown.json()["detail"]
+
+
+def answers(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("recocamp_api_next_best_offer_total", {"outcome": outcome})
+    return value or 0.0
+
+
+def test_answers_are_cached_and_checked_against_the_store(app: FastAPI) -> None:
+    engine = engine_of(app)
+    customer, _ = cached_customer(engine)
+    first = offers(app, customer, "n=3")
+    counts = {o: answers(o) for o in ("cached", "checked", "computed")}
+    assert offers(app, customer, "n=3") == first
+    if engine.dialect.name == "sqlite":  # nothing committed since: not even the check ran
+        assert answers("cached") == counts["cached"] + 1
+    else:
+        assert answers("checked") == counts["checked"] + 1
+    with engine.begin() as connection:  # a change for somebody else
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id == OBJECTOR)
+            .values(first_name="Changed", updated_at=NOW)
+        )
+    assert offers(app, customer, "n=3") == first
+    assert answers("computed") == counts["computed"]  # checked, still right: not recomputed
+
+
+def test_a_new_live_model_is_served_without_a_restart(app: FastAPI, tmp_path: Path) -> None:
+    engine = engine_of(app)
+    customer, _ = cached_customer(engine)
+    old = offers(app, customer)["model_version"]
+    settings = settings_for(Path(app.state.service.settings.recommender.artifacts_dir))
+    result = training.train(
+        engine,
+        settings.recommender,
+        now=NOW + timedelta(days=1),
+        as_of=NOW - timedelta(days=3),
+        name="item_knn",
+    )
+    assert result.version != old
+    if result.outcome != "promoted":
+        training.promote(engine, settings.recommender, str(result.version), NOW)
+    assert offers(app, customer)["model_version"] == result.version
+
+
+# -- the lean route's parameters follow the same rules as FastAPI's own ----------------------
+
+
+def fastapi_twin(app: FastAPI) -> FastAPI:
+    """The same endpoint behind a plain APIRoute (FastAPI parses and validates), answered by
+    the same error handlers."""
+    lean = next(
+        r for r in app.router.routes if getattr(r, "path", "") == NBO.format("{customer_id}")
+    )
+    assert isinstance(lean, APIRoute)
+    twin = FastAPI()
+    twin.state.authenticator = app.state.authenticator
+    twin.exception_handlers.update(app.exception_handlers)
+    twin.router.routes.append(APIRoute(lean.path, lean.endpoint, methods=["GET"]))
+    return twin
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "n=0",
+        "n=51",
+        "n=abc",
+        "n=2.5",
+        "mode=sometimes",
+        "n=0&mode=x",
+        "n=-3&mode=MIXED",
+        "category=" + "c" * 201,
+        "exclude=" + "e" * 201,
+        "n=50&mode=replenish",
+        "n=&mode=",
+    ],
+)
+def test_lean_parameters_are_validated_like_fastapi(app: FastAPI, query: str) -> None:
+    path = NBO.format("12345") + "?" + query
+    lean = call(app, "GET", path, headers=bearer("shop"))
+    plain = call(fastapi_twin(app), "GET", path, headers=bearer("shop"))
+    assert lean.status == plain.status
+    if plain.status == 422:
+        assert lean.json() == plain.json()
+
+
+@pytest.mark.parametrize("customer", ["x" * 65, "a%00b", "tab%09", "del%7F", "bidi%E2%80%AE"])
+def test_customer_ids_the_store_cannot_hold_are_422(app: FastAPI, customer: str) -> None:
+    path = NBO.format(customer)
+    reply = call(app, "GET", path, headers=bearer("shop"))
+    assert reply.status == 422
+    assert reply.json()["detail"][0]["loc"] == ["path", "customer_id"]
+    plain = call(fastapi_twin(app), "GET", path, headers=bearer("shop"))
+    assert reply.json() == plain.json()
+
+
+def test_a_commit_is_seen_by_every_request_that_arrives_after_it(app: FastAPI) -> None:
+    """Requests that were already inside the app share the last commit-counter reading; one
+    that arrives after a commit always reads again (SQLite's PRAGMA data_version)."""
+    service = app.state.service
+    engine = engine_of(app)
+    if engine.dialect.name != "sqlite":
+        assert service.data_version(time.perf_counter()) is None  # PostgreSQL: always checked
+        return
+    queued = time.perf_counter()
+    first = service.data_version(time.perf_counter())
+    with engine.begin() as connection:  # another connection commits a change
+        connection.execute(
+            sa.update(customers).where(customers.c.id == OBJECTOR).values(first_name="Committed")
+        )
+    assert service.data_version(queued) == first  # entered before the reading: shares it
+    assert service.data_version(time.perf_counter()) != first  # arrived after the commit
+
+
+def test_the_cli_and_the_api_apply_one_objection_rule(
+    app: FastAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer who objected keeps a cached list until the next training (an import sets
+    the flag, nothing else): ``recocamp recommend`` and the API both ignore it."""
+    engine = engine_of(app)
+    customer, _ = cached_customer(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id == customer)
+            .values(objected_to_profiling=True)
+        )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    shown = CliRunner().invoke(cli, ["recommend", customer, "--n", "5"])
+    answer = offers(app, customer, "n=5")
+    assert shown.exit_code == 0, shown.output
+    assert f"customer {customer}: popular: objected to profiling" in shown.stdout
+    assert answer["basis_reason"] == "popular: objected to profiling"
+    assert answer["basis"] == "popular" and answer["personalised"] is False
+    assert str(live(engine).popular[0][0]) in shown.stdout  # the popularity list, not the cache
+    sources = {entry["source"] for entry in answer["items"]}  # type: ignore[attr-defined]
+    assert sources <= {"popular", "history", "due"}

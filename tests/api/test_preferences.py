@@ -1,0 +1,216 @@
+"""The preferences page through the real app (SQLite and PostgreSQL): signed links, both
+languages, every form, what it shows, and what it must never do."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from recocamp import tokens
+from recocamp.api.app import create_app
+from recocamp.clock import FixedClock
+from recocamp.store.schema import audit_log, contact_events, customers
+from tests.api_shop import (
+    NOW,
+    SIGNING_KEY,
+    call,
+    engine_of,
+    settings_for,
+)
+
+
+def someone(engine: sa.Engine, locale: str) -> Any:
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.select(customers)
+            .where(
+                customers.c.locale == locale,
+                customers.c.email.is_not(None),
+                customers.c.consent_basis == "double_opt_in",
+            )
+            .order_by(customers.c.id)
+        ).first()
+
+
+def page(customer: str, purpose: str = "preferences", key: str = SIGNING_KEY) -> str:
+    token = tokens.sign(key.encode(), customer, "winback", purpose, NOW - timedelta(days=2))
+    return f"/p/{token}"
+
+
+def state(engine: sa.Engine, customer: str) -> tuple[Any, ...]:
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(customers).where(customers.c.id == customer)).first()
+        trail = connection.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one()
+    return (tuple(row) if row else None, trail)
+
+
+def test_the_page_in_english_shows_settings_data_and_why(app: FastAPI) -> None:
+    person = someone(engine_of(app), "en")
+    before = state(engine_of(app), person.id)
+    reply = call(app, "GET", page(person.id))
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/html")
+    html = reply.text
+    assert '<html lang="en">' in html and "Your e-mail preferences" in html
+    assert person.email not in html  # only masked
+    assert f"{person.email[0]}•••@example.test" in html
+    assert person.first_name in html and "double opt-in" in html
+    assert "winback" in html and "picked from your purchases" in html
+    assert 'href="/p/' in html and "data.json" in html
+    assert html.count("<li>") >= 1  # the offers, with their reasons
+    assert state(engine_of(app), person.id) == before  # looking changes nothing
+
+
+def test_the_page_in_german_and_the_language_switch(app: FastAPI) -> None:
+    person = someone(engine_of(app), "de")
+    html = call(app, "GET", page(person.id)).text
+    assert '<html lang="de">' in html and "Ihre E-Mail-Einstellungen" in html
+    assert "Widerspruch gegen Profiling, Art. 21 DSGVO" in html
+    english = call(app, "GET", page(person.id) + "?lang=en").text
+    assert "Your e-mail preferences" in english
+
+
+def test_saving_frequency_channel_and_objection(app: FastAPI) -> None:
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    link = page(person.id)
+    form = {"action": "save", "frequency": "weekly", "objected": "on"}  # channel box unticked
+    reply = call(app, "POST", link, data=form)
+    assert reply.status == 303 and reply.headers["location"] == f"{link}?done=saved&lang=en"
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(customers).where(customers.c.id == person.id)).one()
+        entry = connection.execute(sa.select(audit_log).order_by(audit_log.c.id.desc())).first()
+    assert (row.frequency_preference, row.channel_email, row.objected_to_profiling) == (
+        "weekly",
+        False,
+        True,
+    )
+    assert entry is not None and (entry.actor, entry.details["source"]) == (
+        "customer",
+        "preferences page",
+    )
+    shown = call(app, "GET", reply.headers["location"]).text
+    assert "Your preferences are saved." in shown and "you objected to profiling" in shown
+    assert 'value="weekly"\nchecked' in shown or 'value="weekly" checked' in shown.replace(
+        "\n", " "
+    )
+
+
+def test_pause_and_resume(app: FastAPI) -> None:
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    assert call(app, "POST", page(person.id), data={"action": "pause", "weeks": "4"}).status == 303
+    assert state(engine, person.id)[0][customers.c.keys().index("paused_until")] == (
+        NOW + timedelta(weeks=4)
+    )
+    html = call(app, "GET", page(person.id)).text
+    assert "E-mails are paused until 2012-02-02." in html and "Resume now" in html
+    assert call(app, "POST", page(person.id), data={"action": "resume"}).status == 303
+    assert state(engine, person.id)[0][customers.c.keys().index("paused_until")] is None
+
+
+def test_unsubscribe_from_everything(app: FastAPI) -> None:
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    assert call(app, "POST", page(person.id), data={"action": "unsubscribe"}).status == 303
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(customers).where(customers.c.id == person.id)).one()
+        events = connection.execute(
+            sa.select(contact_events.c.kind, contact_events.c.provider, contact_events.c.campaign)
+        ).all()
+    assert row.unsubscribed_at == NOW
+    assert events == [("unsubscribed", "link", "winback")]
+    assert "You are unsubscribed" in call(app, "GET", page(person.id)).text
+
+
+def test_download_is_everything_we_hold(app: FastAPI) -> None:
+    person = someone(engine_of(app), "en")
+    reply = call(app, "GET", page(person.id) + "/data.json")
+    assert reply.status == 200
+    assert reply.headers["content-disposition"] == 'attachment; filename="my-data.json"'
+    document = json.loads(reply.text)
+    assert document["tables"]["customers"][0]["email"] == person.email
+    assert document["tables"]["purchases"]
+
+
+def test_erasure_needs_the_box_ticked(app: FastAPI) -> None:
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    before = state(engine, person.id)
+    refused = call(app, "POST", page(person.id), data={"action": "erase"})
+    assert refused.status == 400 and "tick the box" in refused.text
+    assert state(engine, person.id) == before
+    done = call(app, "POST", page(person.id), data={"action": "erase", "confirm": "on"})
+    assert done.status == 200 and "Your data has been erased." in done.text
+    assert state(engine, person.id)[0] is None
+    gone = call(app, "GET", page(person.id) + "?lang=en")  # the locale went with the data
+    assert gone.status == 410 and "Your data has been erased." in gone.text
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"action": "launch"},
+        {"action": "pause", "weeks": "3"},
+        {"action": "pause", "weeks": "x"},
+        {"action": "save", "frequency": "hourly"},
+        {},
+    ],
+)
+def test_unknown_forms_change_nothing(app: FastAPI, form: dict[str, str]) -> None:
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    before = state(engine, person.id)
+    assert call(app, "POST", page(person.id), data=form).status == 400
+    assert state(engine, person.id) == before
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_links_that_are_not_valid_change_nothing(app: FastAPI, method: str) -> None:
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    before = state(engine, person.id)
+    for link in (
+        page(person.id, purpose="unsubscribe"),
+        page(person.id, key="another" * 5),
+        "/p/garbage",
+        page(person.id) + "x",
+    ):
+        reply = call(app, method, link, data={"action": "unsubscribe"})
+        assert reply.status == 400, link
+        assert "Dieser Link ist (nicht mehr) gültig." in reply.text  # the shop's language
+    assert state(engine, person.id) == before
+
+
+def test_links_are_off_without_a_signing_key(shop: tuple[sa.Engine, Path]) -> None:
+    engine, artifacts = shop
+    settings = settings_for(artifacts).model_copy(update={"signing_key": None})
+    app = create_app(settings, engine, FixedClock(NOW))
+    assert call(app, "GET", page("10001")).status == 503
+
+
+def test_names_are_escaped(app: FastAPI) -> None:
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id == person.id)
+            .values(first_name="<script>alert(1)</script>", updated_at=NOW)
+        )
+    html = call(app, "GET", page(person.id)).text
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_signing_key_rotation_invalidates_old_links(shop: tuple[sa.Engine, Path]) -> None:
+    engine, artifacts = shop
+    person = someone(engine, "en")
+    rotated = settings_for(artifacts).model_copy(update={"signing_key": SecretStr("n" * 32)})
+    app = create_app(rotated, engine, FixedClock(NOW))
+    assert call(app, "GET", page(person.id)).status == 400

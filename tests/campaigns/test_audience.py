@@ -1,0 +1,63 @@
+"""The planner's audience: the store's rows made into views, without a database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from recocamp.campaigns.audience import history_of, snapshot
+from recocamp.domain import (
+    Contact,
+    Customer,
+    CustomerOrder,
+    CustomerRecord,
+    Item,
+    PlanningRows,
+    email_hash,
+)
+from recocamp.settings import LoyaltySettings
+
+NOW = datetime(2024, 6, 1, 12, tzinfo=UTC)
+ITEMS = {
+    "mug": Item("mug", "Mug", "kitchen", 9.0),
+    "wrap": Item("wrap", "Gift wrap", "services", 2.0, is_service=True),
+}
+
+
+def order(
+    customer: str, order_id: str, days_ago: int, revenue: float, *items: str
+) -> CustomerOrder:
+    return CustomerOrder(
+        customer, order_id, NOW - timedelta(days=days_ago), revenue, frozenset(items)
+    )
+
+
+def test_service_items_count_for_revenue_not_as_interest_and_orders_sort_oldest_first() -> None:
+    history = history_of(
+        [order("a", "2", 1, 11.0, "mug", "wrap"), order("a", "1", 9, 5.0, "old")], ITEMS
+    )
+    assert [o.at for o in history.orders] == [NOW - timedelta(days=9), NOW - timedelta(days=1)]
+    assert history.items == {"mug", "old"}  # unknown items stay, without a category
+    assert history.categories == {"kitchen"}
+    assert history.spend == 16.0
+
+
+def test_every_customer_gets_a_view_with_their_own_rows() -> None:
+    contact = Contact("winback", NOW - timedelta(days=3))
+    rows = PlanningRows(
+        customers=[
+            CustomerRecord(Customer("a", "a@example.com"), "weekly", None),
+            CustomerRecord(Customer("b", "b@example.com")),
+        ],
+        orders=[order("a", "1", 5, 20.0, "mug")],
+        personal={"a": [["mug", 1.0]]},
+        contacts={"b": (contact,)},
+        suppressed=frozenset({email_hash("B@example.com ")}),
+        items=ITEMS,
+        popular=[["mug", 1.0]],
+    )
+    found = snapshot(rows, LoyaltySettings(), NOW)
+    a, b = found.views
+    assert (a.customer.id, a.history.count, a.personal, a.contacts) == ("a", 1, [["mug", 1.0]], ())
+    assert a.frequency_preference == "weekly" and not a.suppressed and a.rfm is not None
+    assert (b.history.count, b.personal, b.contacts, b.suppressed) == (0, None, (contact,), True)
+    assert a.standing is not None and found.items is ITEMS and found.popular == [["mug", 1.0]]

@@ -1,0 +1,145 @@
+"""Campaign files: the shipped examples pass; one broken file per error class says where."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recocamp.campaigns.files import load_all
+from recocamp.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = """name = "{name}"
+description = "test"
+legal_basis = ["double_opt_in"]
+holdout_percent = 10
+
+[schedule]
+cron = "0 10 * * TUE"
+time_zone = "Europe/Berlin"
+
+[audience]
+lapsed_days = [60, 180]
+
+[offer]
+mode = "mixed"
+items = 4
+
+[template]
+subject = {{ en = "Hi" }}
+html = "winback.html"
+text = "winback.txt"
+"""
+
+
+def test_shipped_campaigns_are_valid() -> None:
+    campaigns, failures = load_all(ROOT / "campaigns", Settings(), ROOT / "templates")
+    assert failures == []
+    assert {c.name for c in campaigns} == {
+        "winback",
+        "cross_sell",
+        "replenish",
+        "birthday",
+        "vip_tier",
+        "nps",
+    }
+
+
+def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | None = None) -> str:
+    (tmp_path / f"{name}.toml").write_text(text, encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, settings or Settings(), ROOT / "templates")
+    assert not campaigns and len(failures) == 1
+    return str(failures[0])
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("items = 4", "items = 4\n", None),  # control: the template is valid
+        (
+            'cron = "0 10 * * TUE"',
+            'cron = "61 10 * * TUE"',
+            ["key 'schedule.cron'", "line 7", "61 10 * * TUE"],
+        ),
+        (
+            'time_zone = "Europe/Berlin"',
+            'time_zone = "Mars/Base"',
+            ["key 'schedule.time_zone'", "line 8", "Mars/Base"],
+        ),
+        ('mode = "mixed"', 'mode = "surprise"', ["key 'offer.mode'", "line 14", "surprise"]),
+        ("items = 4", "items = 0", ["key 'offer.items'", "line 15"]),
+        (
+            "items = 4",
+            "itemz = 4",
+            ["key 'offer.itemz'", "Extra inputs are not permitted", "line 15"],
+        ),
+        ("holdout_percent = 10", "holdout_percent = 80", ["key 'holdout_percent'", "line 4", "80"]),
+        ("lapsed_days = [60, 180]", "lapsed_days = [180, 60]", ["lapsed_days must be [min, max)"]),
+        (
+            'legal_basis = ["double_opt_in"]',
+            'legal_basis = ["none"]',
+            ["key 'legal_basis.0'", "line 3", "'none'"],
+        ),
+        (
+            'html = "winback.html"',
+            'html = "nope.html"',
+            ["key 'template.html'", "line 19", "template not found", "nope.html"],
+        ),
+        (
+            "[audience]",
+            '[audience]\nrfm_segments = ["vips"]',
+            ["key 'audience.rfm_segments.0'", "'vips'"],
+        ),
+        (
+            "[audience]",
+            '[audience]\nloyalty_tiers = ["diamond"]',
+            ["unknown loyalty tier", "diamond", "line 11"],
+        ),
+        (
+            "[offer]",
+            "[caps]\nmax_per_24h = 5\n\n[offer]",
+            ["key 'caps.max_per_24h'", "may only be stricter", "line 14"],
+        ),
+        ('name = "{name}"', 'name = "other"', ["key 'name'", "must equal the file name 'broken'"]),
+        ("[offer]", "[offer\n", ["not valid TOML", "line 13"]),
+    ],
+)
+def test_one_broken_file_per_error_class(
+    tmp_path: Path, old: str, new: str, expected: list[str] | None
+) -> None:
+    text = GOOD.replace(old, new).format(name="broken")
+    if expected is None:
+        (tmp_path / "broken.toml").write_text(text, encoding="utf-8")
+        assert load_all(tmp_path, Settings(), ROOT / "templates")[1] == []
+        return
+    message = check(tmp_path, text)
+    assert str(tmp_path / "broken.toml") in message
+    for part in expected:
+        assert part in message, (part, message)
+
+
+def test_every_problem_of_a_file_and_every_broken_file_at_once(tmp_path: Path) -> None:
+    many = (
+        GOOD.format(name="many")
+        .replace('mode = "mixed"', 'mode = "x"')
+        .replace("items = 4", "items = 99")
+    )
+    (tmp_path / "many.toml").write_text(many, encoding="utf-8")
+    (tmp_path / "also.toml").write_text(
+        GOOD.format(name="also").replace("0 10", "99 10"), encoding="utf-8"
+    )
+    (tmp_path / "fine.toml").write_text(GOOD.format(name="fine"), encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert [c.name for c in campaigns] == ["fine"]
+    assert sorted(f.path.name for f in failures) == ["also.toml", "many.toml"]
+    many_error = next(f for f in failures if f.path.name == "many.toml")
+    assert {p.key for p in many_error.problems} == {"offer.mode", "offer.items"}
+
+
+def test_relaxing_caps_is_allowed_only_when_the_shop_says_so(tmp_path: Path) -> None:
+    relaxed = GOOD.format(name="relaxed").replace("[offer]", "[caps]\ncooldown_days = 1\n\n[offer]")
+    assert "may only be stricter" in check(tmp_path, relaxed, "relaxed")
+    allowing = Settings(caps={"campaigns_may_relax": True})  # type: ignore[arg-type]
+    campaigns, failures = load_all(tmp_path, allowing, ROOT / "templates")
+    assert failures == [] and campaigns[0].caps.cooldown_days == 1

@@ -1,0 +1,151 @@
+"""Caps, quiet hours (time zones, DST) and holdouts with fixed instants."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from recocamp.campaigns.caps import (
+    CapPolicy,
+    Contact,
+    Reason,
+    check,
+    in_holdout,
+    quiet_until,
+    stricter,
+)
+from recocamp.settings import CapsSettings
+
+BERLIN, SYDNEY, LA = (
+    ZoneInfo("Europe/Berlin"),
+    ZoneInfo("Australia/Sydney"),
+    ZoneInfo("America/Los_Angeles"),
+)
+POLICY = CapPolicy()  # 1 per 24 h, 3 per 7 days, 7-day cooldown, quiet 21:00–08:00
+NOON = datetime(2024, 1, 10, 11, 0, tzinfo=UTC)  # 12:00 in Berlin, 22:00 in Sydney
+
+
+def ago(hours: float, campaign: str = "other") -> Contact:
+    return Contact(campaign, NOON - timedelta(hours=hours))
+
+
+@pytest.mark.parametrize(
+    ("history", "campaign", "expected"),
+    [
+        ([], "winback", None),
+        ([ago(23)], "winback", Reason.CAPPED_24H),
+        ([ago(25)], "winback", None),
+        ([ago(25), ago(49), ago(73)], "winback", Reason.CAPPED_7D),
+        ([ago(25), ago(49), ago(24 * 7 + 1)], "winback", None),  # the third is out of the 7 days
+        ([ago(6 * 24, "winback")], "winback", Reason.COOLDOWN),
+        ([ago(6 * 24, "winback")], "birthday", None),
+        ([ago(8 * 24, "winback")], "winback", None),
+        ([ago(23, "winback")], "winback", Reason.CAPPED_24H),  # the first rule that says no
+    ],
+)
+def test_caps_table(history: list[Contact], campaign: str, expected: Reason | None) -> None:
+    assert check(history, POLICY, campaign, NOON, BERLIN).reason == expected
+
+
+def test_customer_preferences_come_first() -> None:
+    assert (
+        check([], POLICY, "c", NOON, BERLIN, paused_until=NOON + timedelta(days=1)).reason
+        == Reason.PAUSED
+    )
+    assert check([], POLICY, "c", NOON, BERLIN, paused_until=NOON - timedelta(days=1)).allowed
+    weekly = [ago(3 * 24)]
+    assert check(weekly, POLICY, "c", NOON, BERLIN, preference="weekly").reason == Reason.PREFERENCE
+    assert check(weekly, POLICY, "c", NOON, BERLIN, preference="daily").allowed
+    assert (
+        check([ago(20 * 24)], POLICY, "c", NOON, BERLIN, preference="monthly").reason
+        == Reason.PREFERENCE
+    )
+
+
+@pytest.mark.parametrize(
+    ("local", "zone", "wake_local"),
+    [
+        ("2024-01-10 12:00", BERLIN, None),
+        ("2024-01-10 20:59", BERLIN, None),
+        ("2024-01-10 21:00", BERLIN, "2024-01-11 08:00"),
+        ("2024-01-10 23:30", BERLIN, "2024-01-11 08:00"),
+        ("2024-01-11 07:59", BERLIN, "2024-01-11 08:00"),
+        ("2024-01-11 08:00", BERLIN, None),
+        ("2024-07-10 22:00", LA, "2024-07-11 08:00"),
+        # DST: Berlin springs forward on 2024-03-31 (02:00 → 03:00) and falls back on 2024-10-27
+        ("2024-03-30 22:00", BERLIN, "2024-03-31 08:00"),
+        ("2024-10-26 22:00", BERLIN, "2024-10-27 08:00"),
+        ("2024-04-06 23:00", SYDNEY, "2024-04-07 08:00"),  # Sydney leaves DST that night
+    ],
+)
+def test_quiet_hours_in_the_customers_zone(
+    local: str, zone: ZoneInfo, wake_local: str | None
+) -> None:
+    now = datetime.fromisoformat(local).replace(tzinfo=zone)
+    verdict = check([], POLICY, "c", now.astimezone(UTC), zone)
+    if wake_local is None:
+        assert verdict.allowed
+        return
+    assert verdict.reason == Reason.QUIET_HOURS and verdict.deferred
+    assert verdict.send_at is not None and verdict.send_at.tzinfo == UTC
+    assert verdict.send_at.astimezone(zone).replace(tzinfo=None) == datetime.fromisoformat(
+        wake_local
+    )
+
+
+def test_the_same_instant_is_quiet_in_sydney_and_not_in_berlin() -> None:
+    assert check([], POLICY, "c", NOON, BERLIN).allowed
+    assert check([], POLICY, "c", NOON, SYDNEY).reason == Reason.QUIET_HOURS
+
+
+def test_deferral_into_a_dst_gap_lands_after_the_gap() -> None:
+    # quiet until 02:30, which does not exist in Berlin on 2024-03-31
+    night = datetime(2024, 3, 31, 1, 0, tzinfo=BERLIN)
+    wake = quiet_until(night.astimezone(UTC), BERLIN, time(21, 0), time(2, 30))
+    assert wake == datetime(2024, 3, 31, 3, 0, tzinfo=BERLIN).astimezone(UTC)
+
+
+def test_fall_back_hour_deferral_is_exact() -> None:
+    # 02:30 happens twice on 2024-10-27 in Berlin; both are quiet, both wake at 08:00 CET
+    for fold in (0, 1):
+        night = datetime(2024, 10, 27, 2, 30, tzinfo=BERLIN, fold=fold)
+        wake = quiet_until(night.astimezone(UTC), BERLIN, time(21, 0), time(8, 0))
+        assert wake == datetime(2024, 10, 27, 7, 0, tzinfo=UTC)
+
+
+def test_holdout_is_stable_independent_and_close_to_its_share() -> None:
+    ids = [str(n) for n in range(20000)]
+    winback = [in_holdout("winback", i, 10) for i in ids]
+    assert winback == [in_holdout("winback", i, 10) for i in ids]
+    assert 0.09 < sum(winback) / len(ids) < 0.11
+    other = [in_holdout("birthday", i, 10) for i in ids]
+    overlap = sum(a and b for a, b in zip(winback, other, strict=True)) / len(ids)
+    assert 0.005 < overlap < 0.015  # ≈ 10 % × 10 %: independent across campaigns
+    assert not any(in_holdout("winback", i, 0) for i in ids)
+    assert all(in_holdout("winback", i, 100) for i in ids)
+
+
+def test_overrides_may_tighten_and_relaxing_is_detected() -> None:
+    tighter, relaxing = stricter(
+        POLICY, {"max_per_7d": 1, "cooldown_days": 14, "quiet_start": time(20, 0)}
+    )
+    assert (tighter.max_per_7d, tighter.cooldown_days, relaxing) == (1, 14, [])
+    _, relaxing = stricter(POLICY, {"max_per_24h": 2, "cooldown_days": 1, "quiet_end": time(6, 0)})
+    assert relaxing == ["max_per_24h", "cooldown_days", "quiet_hours"]
+
+
+def test_the_cap_defaults_are_the_settings_defaults() -> None:
+    """One place for them: ``[caps]`` of the settings; the policy reads them from there."""
+    assert CapPolicy() == CapPolicy.from_settings(CapsSettings())
+    assumed = CapPolicy(1, 3, 7, time(21, 0), time(8, 0))  # what the tests above assume
+    assert assumed == POLICY
+    caps = CapsSettings(
+        max_per_24h=2,
+        max_per_7d=5,
+        campaign_cooldown_days=3,
+        quiet_hours_start=time(22, 0),
+        quiet_hours_end=time(7, 30),
+    )
+    assert CapPolicy.from_settings(caps) == CapPolicy(2, 5, 3, time(22, 0), time(7, 30))

@@ -1,0 +1,181 @@
+"""The template context contract: sample, README table and outbox JSON cannot drift from it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from recocamp.campaigns import compose
+from recocamp.campaigns.context import (
+    TemplateContext,
+    contract_of,
+    element,
+    fields,
+    markdown_table,
+    sample_context,
+)
+from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.loyalty import Standing
+from recocamp.campaigns.offers import Offer
+from recocamp.campaigns.planner import CustomerView, Decision, Outcome
+from recocamp.campaigns.render import Renderer
+from recocamp.campaigns.segments import History
+from recocamp.domain import ConsentBasis, Customer
+from recocamp.settings import Settings
+from recocamp.store import outbox
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "templates"
+NOW = datetime(2024, 6, 4, 10, 0, tzinfo=UTC)
+
+
+def contract_paths(contract: type, prefix: str = "") -> set[str]:
+    """Every key of a contract and of the contracts inside it (``offers[].title``)."""
+    found = set()
+    for name, (kind, _) in fields(contract).items():
+        path = prefix + name
+        found.add(path)
+        item = element(kind)
+        if item is not None:
+            path, kind = path + "[]", item
+        nested = contract_of(kind)
+        if nested is not None:
+            found |= contract_paths(nested, path + ".")
+    return found
+
+
+def value_paths(value: Mapping[str, object], prefix: str = "") -> set[str]:
+    """Every key of a context value, with each list's elements as ``[]``."""
+    found = set()
+    for name, inner in value.items():
+        path = prefix + name
+        found.add(path)
+        if isinstance(inner, list):
+            assert inner, f"{path}: the sample's lists show an element"
+            path, inner = path + "[]", inner[0]
+        if isinstance(inner, Mapping):
+            found |= value_paths(inner, path + ".")
+    return found
+
+
+@pytest.mark.parametrize("locale", ["de", "en"])
+def test_the_sample_has_every_key_of_the_contract_and_no_other(locale: str) -> None:
+    expected = contract_paths(TemplateContext)
+    assert value_paths(sample_context(locale)) == expected  # type: ignore[arg-type]
+    assert {"customer.first_name", "offers[].discounted_price", "survey.scores[].url"} <= expected
+
+
+def test_every_key_says_what_it_is() -> None:
+    contracts = [TemplateContext]
+    while contracts:
+        for name, (kind, meaning) in fields(contracts.pop()).items():
+            assert len(meaning) > 10 and "TODO" not in meaning, name
+            nested = contract_of(element(kind) or kind)
+            if nested is not None:
+                contracts.append(nested)
+
+
+def test_the_readme_table_is_the_contract() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The template context\n", 1)[1].split("\n#", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|")) + "\n"
+    assert table == markdown_table(), (
+        "README's table differs from the contract: paste the output of\n"
+        "python -c 'from recocamp.campaigns.context import markdown_table as t; print(t())'"
+    )
+    listed = set(re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE))
+    assert listed == contract_paths(TemplateContext)
+
+
+# --- the outbox keeps a deferred e-mail's context as JSON: rows queued before still render --
+
+OLD_WINBACK_ROW = (  # what the code before the contract packed (1,665 bytes of JSON)
+    '{"headers":[["List-Unsubscribe","<http://127.0.0.1:8000/u/v1.eyJjIjoiYzEiLCJrIjoid2luY'
+    "mFjayIsInAiOiJ1bnN1YnNjcmliZSIsImkiOjE3MTc0OTUyMDB9.WYlpFdla0EyVvkFcy0Kj0BtKidvB8UNjF5"
+    "UsM-ES8IM>, <mailto:unsubscribe@example.test?subject=unsubscribe%20v1.eyJjIjoiYzEiLCJr"
+    "Ijoid2luYmFjayIsInAiOiJ1bnN1YnNjcmliZSIsImkiOjE3MTc0OTUyMDB9.WYlpFdla0EyVvkFcy0Kj0BtKi"
+    'dvB8UNjF5UsM-ES8IM>"],["List-Unsubscribe-Post","List-Unsubscribe=One-Click"],["X-Recoc'
+    'amp-Send-Key","winback/c1/2024-06-04"]],"template":{"html":"winback.html","text":"winb'
+    'ack.txt","context":{"locale":"de","customer":{"id":"c1","first_name":"Anna","locale":"'
+    'de"},"offers":[{"item_id":"22423","title":"CAKESTAND","price":"€12.75","discounted_pri'
+    'ce":"€11.47","discount_percent":10,"url":"https://shop.example.test/items/22423","imag'
+    'e_url":null,"why":"because"},{"item_id":"x<1>","title":"Mug & Cup","price":"€8.00","di'
+    'scounted_price":null,"discount_percent":null,"url":"https://x.test/m","image_url":"htt'
+    'ps://x.test/i.png","why":"popular"}],"shop":{"name":"Demo Shop","base_url":"https://sh'
+    'op.example.test","currency":"EUR"},"campaign":{"name":"winback","description":"Win bac'
+    'k lapsed customers","variant":null},"loyalty":{"points":2300,"tier":"gold","next_tier"'
+    ':"platinum","points_to_next":7700},"reason":null,"discount_percent":10,"unsubscribe_ur'
+    'l":"http://127.0.0.1:8000/u/v1.eyJjIjoiYzEiLCJrIjoid2luYmFjayIsInAiOiJ1bnN1YnNjcmliZSI'
+    'sImkiOjE3MTc0OTUyMDB9.WYlpFdla0EyVvkFcy0Kj0BtKidvB8UNjF5UsM-ES8IM","preferences_url":"'
+    "http://127.0.0.1:8000/p/v1.eyJjIjoiYzEiLCJrIjoid2luYmFjayIsInAiOiJwcmVmZXJlbmNlcyIsImk"
+    'iOjE3MTc0OTUyMDB9.HCRx2e_Io59NZg5iD9eixXxxHFQp34iLiNreb3HUrZY","existing_customer_noti'
+    'ce":true,"survey":null}}}'
+).encode()
+OLD_NPS_ROW_SHA256 = "4e5ac24bd213db9214935e065205ca0e4b53228e1279e3edd579e3495a99cceb"
+
+
+def queued(name: str) -> bytes:
+    """A deferred e-mail of campaign ``name`` as the outbox stores it, packed by this code:
+    a customer in a language the templates lack, an existing customer with a loyalty standing,
+    an offer with and one without a discount (and HTML in its id and title)."""
+    survey = name == "nps"
+    campaign = Campaign(
+        name=name,
+        description="Win back lapsed customers",
+        type="nps" if survey else "offers",
+        schedule={"cron": "0 10 * * TUE"},
+        offer={} if survey else {"discount_percent": 10.0},
+        template={
+            "subject": {"en": "Hi {{ customer.first_name }}"},
+            "html": f"{name}.html",
+            "text": f"{name}.txt",
+        },
+    )  # type: ignore[arg-type]
+    customer = Customer(
+        "c1", "c1@example.test", "Anna", "fr", consent_basis=ConsentBasis.EXISTING_CUSTOMER
+    )
+    view = CustomerView(customer, History(()), standing=Standing(2300, "gold", "platinum", 7700))
+    offers = (
+        Offer("22423", "CAKESTAND", "kitchen", 12.75, 1.0, "because", discount_percent=10.0),
+        Offer(
+            "x<1>",
+            "Mug & Cup",
+            "kitchen",
+            8.0,
+            0.5,
+            "popular",
+            url="https://x.test/m",
+            image_url="https://x.test/i.png",
+        ),
+    )
+    decision = Decision(name, "c1", Outcome.SEND, "eligible", () if survey else offers)
+    settings = Settings()
+    link = compose.links(settings, b"k" * 32, "c1", name, NOW)
+    email = compose.compose(
+        decision,
+        view,
+        campaign,
+        settings,
+        Renderer(TEMPLATES),
+        link,
+        f"{name}/c1/2024-06-04",
+        defer_body=True,
+    )
+    return outbox.pack(email)
+
+
+def test_the_outbox_json_of_a_context_is_byte_for_byte_what_it_was() -> None:
+    assert queued("winback") == OLD_WINBACK_ROW
+    assert hashlib.sha256(queued("nps")).hexdigest() == OLD_NPS_ROW_SHA256  # under 4 KiB: JSON
+
+
+def test_a_row_queued_by_the_old_code_still_renders() -> None:
+    deferred = outbox.load_body(OLD_WINBACK_ROW)["template"]
+    html, text = Renderer(TEMPLATES).body(deferred["html"], deferred["text"], deferred["context"])
+    assert "Hallo Anna" in text and "€11.47 (statt €12.75)" in text
+    assert "Mug &amp; Cup" in html and "§ 7 Abs. 3 UWG" in html  # escaped; the opt-out notice

@@ -1,0 +1,196 @@
+"""The planner with a fixed clock: every consent and cap rule, holdouts, offers, variants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from recocamp.campaigns import caps
+from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.loyalty import Standing
+from recocamp.campaigns.planner import (
+    Context,
+    CustomerView,
+    Outcome,
+    context_for,
+    counts,
+    decide,
+    plan,
+)
+from recocamp.campaigns.segments import History, Order
+from recocamp.domain import ConsentBasis, Customer, Item
+from recocamp.settings import CapsSettings, Settings, ShopSettings
+
+NOW = datetime(2024, 6, 4, 10, 0, tzinfo=UTC)  # a Tuesday, 12:00 in Berlin
+ITEMS = {
+    "mug": Item("mug", "Mug", "kitchen", 8.0),
+    "cup": Item("cup", "Cup", "kitchen", 6.0),
+    "jar": Item("jar", "Jar", "kitchen", 4.0),
+    "lamp": Item("lamp", "Lamp", "lights", 30.0),
+    "gone": Item("gone", "Sold out", "kitchen", 5.0, in_stock=False),
+    "POST": Item("POST", "Postage", "service", 18.0, is_service=True),
+}
+POPULAR = [["lamp", 1.0], ["POST", 0.9], ["jar", 0.8], ["cup", 0.7]]
+CONTEXT = Context(NOW, ITEMS, POPULAR, caps.CapPolicy(), ZoneInfo("Europe/Berlin"))
+
+
+def campaign(**changes: object) -> Campaign:
+    base = {
+        "name": "winback",
+        "legal_basis": ["double_opt_in", "existing_customer"],
+        "schedule": {"cron": "0 10 * * TUE"},
+        "holdout_percent": 0,
+        "audience": {"lapsed_days": [30, 180]},
+        "offer": {"mode": "mixed", "items": 2},
+        "template": {"subject": {"en": "Hi"}, "html": "winback.html", "text": "winback.txt"},
+    }
+    return Campaign(**(base | changes))  # type: ignore[arg-type]
+
+
+def view(**changes: object) -> CustomerView:
+    customer = Customer(
+        "c1",
+        "c1@example.test",
+        "Anna",
+        "en",
+        "Europe/Berlin",
+        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+        consent_at=NOW - timedelta(days=400),
+    )
+    order = Order(NOW - timedelta(days=60), 20.0, frozenset({"mug"}), frozenset({"kitchen"}))
+    base = CustomerView(
+        customer, History((order,)), personal=[["mug", 2.0], ["cup", 0.5], ["lamp", 0.4]]
+    )
+    customer_changes = {k: v for k, v in changes.items() if k in Customer.__slots__}
+    view_changes = {k: v for k, v in changes.items() if k not in Customer.__slots__}
+    return replace(base, customer=replace(customer, **customer_changes), **view_changes)  # type: ignore[arg-type]
+
+
+def run(c: Campaign, v: CustomerView, context: Context = CONTEXT) -> tuple[Outcome, str]:
+    decision = decide(c, v, context, c.policy(context.policy))
+    return decision.outcome, decision.reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, (Outcome.SEND, "eligible")),
+        ({"erased_at": NOW}, (Outcome.SKIP, "erased")),
+        ({"email": None}, (Outcome.SKIP, "no_email")),
+        ({"unsubscribed_at": NOW - timedelta(days=1)}, (Outcome.SKIP, "unsubscribed")),
+        ({"suppressed": True}, (Outcome.SKIP, "suppressed")),
+        ({"consent_basis": ConsentBasis.NONE}, (Outcome.SKIP, "no_consent")),
+        ({"history": History(())}, (Outcome.SKIP, "not_in_audience:lapsed_days")),
+        (
+            {"contacts": (caps.Contact("other", NOW - timedelta(hours=3)),)},
+            (Outcome.SKIP, "capped_24h"),
+        ),
+        (
+            {"contacts": tuple(caps.Contact("other", NOW - timedelta(days=d)) for d in (2, 3, 4))},
+            (Outcome.SKIP, "capped_7d"),
+        ),
+        (
+            {"contacts": (caps.Contact("winback", NOW - timedelta(days=5)),)},
+            (Outcome.SKIP, "cooldown"),
+        ),
+        ({"paused_until": NOW + timedelta(days=7)}, (Outcome.SKIP, "paused_by_customer")),
+        (
+            {
+                "frequency_preference": "monthly",
+                "contacts": (caps.Contact("other", NOW - timedelta(days=10)),),
+            },
+            (Outcome.SKIP, "frequency_preference"),
+        ),
+    ],
+)
+def test_consent_audience_and_caps(
+    changes: dict[str, object], expected: tuple[Outcome, str]
+) -> None:
+    assert run(campaign(), view(**changes)) == expected
+
+
+def test_a_campaign_needs_the_right_legal_basis() -> None:
+    birthday_like = campaign(legal_basis=["double_opt_in"])
+    assert run(birthday_like, view(consent_basis=ConsentBasis.EXISTING_CUSTOMER)) == (
+        Outcome.SKIP,
+        "no_consent",
+    )
+
+
+def test_existing_customers_get_only_their_categories_and_objectors_no_personal_list() -> None:
+    existing = decide(
+        campaign(), view(consent_basis=ConsentBasis.EXISTING_CUSTOMER), CONTEXT, caps.CapPolicy()
+    )
+    assert [o.item_id for o in existing.offers] == ["mug", "cup"]  # the lamp is another category
+    objector = decide(campaign(), view(objected_to_profiling=True), CONTEXT, caps.CapPolicy())
+    assert [o.item_id for o in objector.offers] == ["lamp", "jar"]  # popular list, no service item
+    assert all(o.why == "popular this week" for o in objector.offers)
+
+
+def test_offer_modes_and_no_offer() -> None:
+    discover = decide(
+        campaign(offer={"mode": "discover", "items": 3}), view(), CONTEXT, caps.CapPolicy()
+    )
+    assert [o.item_id for o in discover.offers] == ["cup", "lamp", "jar"]
+    replenish = decide(
+        campaign(offer={"mode": "replenish", "items": 3}), view(), CONTEXT, caps.CapPolicy()
+    )
+    assert [o.item_id for o in replenish.offers] == ["mug"] and replenish.offers[
+        0
+    ].why == "you bought this before"
+    expensive = campaign(offer={"mode": "discover", "items": 2, "min_price": 100})
+    assert run(expensive, view()) == (Outcome.SKIP, "no_offer")
+
+
+def test_holdout_is_recorded_and_never_contacted() -> None:
+    held = [
+        decide(campaign(holdout_percent=50), view(id=str(n)), CONTEXT, caps.CapPolicy())
+        for n in range(400)
+    ]
+    holdout = [d for d in held if d.outcome is Outcome.HOLDOUT]
+    assert 150 < len(holdout) < 250 and all(d.reason == "holdout" and not d.offers for d in holdout)
+
+
+def test_quiet_hours_defer_with_the_instant_and_keep_the_offers() -> None:
+    late = replace(CONTEXT, now=datetime(2024, 6, 4, 20, 30, tzinfo=UTC))  # 22:30 in Berlin
+    decision = decide(campaign(), view(), late, caps.CapPolicy())
+    assert decision.outcome is Outcome.DEFER and decision.offers
+    assert decision.send_at == datetime(2024, 6, 5, 6, 0, tzinfo=UTC)  # 08:00 CEST
+
+
+def test_audience_rules() -> None:
+    loyal = campaign(audience={"loyalty_tiers": ["gold"]})
+    assert run(loyal, view())[1] == "not_in_audience:loyalty_tiers"
+    assert run(loyal, view(standing=Standing(2500, "gold", "platinum", 7500)))[0] is Outcome.SEND
+    birthday = campaign(audience={"birthday_today": True})
+    assert run(birthday, view(birthday=date(1990, 6, 4)))[0] is Outcome.SEND
+    assert run(birthday, view(birthday=date(1990, 6, 5)))[1] == "not_in_audience:birthday_today"
+    quiet = campaign(audience={"not_contacted_days": 30})
+    recent = (caps.Contact("other", NOW - timedelta(days=20)),)
+    assert run(quiet, view(contacts=recent))[1] == "not_in_audience:not_contacted_days"
+
+
+def test_variants_are_stable_and_follow_their_weights() -> None:
+    ab = campaign(variants=[{"name": "A", "weight": 75}, {"name": "B", "weight": 25}])
+    first = plan(ab, [view(id=str(n)) for n in range(2000)], CONTEXT)
+    again = plan(ab, [view(id=str(n)) for n in range(2000)], CONTEXT)
+    assert [d.variant for d in first] == [d.variant for d in again]
+    share = sum(d.variant == "A" for d in first) / len(first)
+    assert 0.71 < share < 0.79
+    assert counts(first) == {"eligible": 2000}
+
+
+def test_one_builder_makes_the_context_from_the_settings() -> None:
+    """Campaign runs and ``recocamp plan``/``preview`` share it: the shop's caps and zone."""
+    settings = Settings(
+        shop=ShopSettings(time_zone="America/New_York"),
+        caps=CapsSettings(max_per_7d=2, campaign_cooldown_days=10),
+    )
+    context = context_for(settings, NOW, ITEMS, POPULAR)
+    assert context.policy == caps.CapPolicy.from_settings(settings.caps)
+    assert (context.policy.max_per_7d, context.policy.cooldown_days) == (2, 10)
+    assert context.shop_zone == ZoneInfo("America/New_York") == context.zone(None)
+    assert (context.now, context.items, context.popular) == (NOW, ITEMS, POPULAR)

@@ -1,0 +1,428 @@
+"""Rendering: sandbox escapes, strict context, autoescape, CSS inlined once per template."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from recocamp.campaigns.render import (
+    QUARANTINE_AFTER,
+    Renderer,
+    check_subject,
+    check_template,
+    sample_context,
+)
+from recocamp.errors import TemplateLimitError
+from recocamp.settings import TemplateSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "templates"
+CAMPAIGNS = ("winback", "cross_sell", "replenish", "birthday", "vip_tier")
+
+
+@pytest.mark.parametrize("name", [f"{c}.{ext}" for c in CAMPAIGNS for ext in ("html", "txt")])
+@pytest.mark.parametrize("locale", ["de", "en"])
+def test_shipped_templates_pass_check(name: str, locale: str) -> None:
+    assert check_template(TEMPLATES, name, sample_context(locale)) == []
+
+
+def test_rendering_both_parts_with_inlined_css_and_the_opt_out() -> None:
+    email = Renderer(TEMPLATES).render(
+        "Hi {{ customer.first_name }}", "winback.html", "winback.txt", sample_context("en")
+    )
+    assert email.subject == "Hi Anna"
+    assert 'class="offer" style="border: 1px solid #e2e2e2' in email.html  # inlined
+    assert (
+        "https://shop.example.test/u/token" in email.html
+        and "https://shop.example.test/u/token" in email.text
+    )
+    assert "object to this use of your e-mail address" in email.text  # UWG § 7(3) notice
+    assert "<div" not in email.text and "style=" not in email.text  # a real plain-text part
+
+
+@pytest.mark.parametrize(
+    ("locale", "reads", "never"), [("en", "(instead of ", "statt"), ("de", "(statt ", "instead")]
+)
+def test_the_text_part_names_the_old_price_in_the_customers_language(
+    locale: str, reads: str, never: str
+) -> None:
+    context = sample_context(locale)
+    email = Renderer(TEMPLATES).render("x", "winback.html", "winback.txt", context)
+    offer = context["offers"][0]
+    assert f"{offer['discounted_price']} {reads}{offer['price']})" in email.text
+    assert never not in email.text
+
+
+def test_html_is_autoescaped_text_is_not() -> None:
+    context = sample_context("en")
+    context["customer"] = {"id": "1", "first_name": "<script>alert(1)</script>", "locale": "en"}
+    email = Renderer(TEMPLATES).render("x", "winback.html", "winback.txt", context)
+    assert "<script>" not in email.html and "&lt;script&gt;" in email.html
+    assert "<script>alert(1)</script>" in email.text
+
+
+def write(tmp: Path, name: str, body: str) -> Path:
+    (tmp / name).write_text(body, encoding="utf-8")
+    return tmp
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ customer.__class__.__init__.__globals__ }}",
+        "{{ offers.__class__.__base__.__subclasses__() }}",
+        "{{ '{0.__class__.__mro__}'.format(customer) }}",
+        "{{ self._TemplateReference__context }}",
+    ],
+)
+def test_sandbox_escapes_fail_check(tmp_path: Path, attack: str) -> None:
+    write(tmp_path, "evil.html", f"<p>{attack}</p>")
+    problems = check_template(tmp_path, "evil.html", sample_context())
+    assert problems, attack
+    assert any("sandbox" in p.message or "outside" in p.message for p in problems)
+
+
+def test_unknown_variables_and_attributes_fail_check_with_their_line(tmp_path: Path) -> None:
+    write(tmp_path, "typo.html", "<p>Hi</p>\n<p>{{ custmer.first_name }}</p>")
+    (problem,) = check_template(tmp_path, "typo.html", sample_context())
+    assert (problem.line, problem.value) == (2, "custmer")
+    write(tmp_path, "attr.html", "<p>{{ customer.last_name }}</p>")
+    (problem,) = check_template(tmp_path, "attr.html", sample_context())
+    assert "outside the template context" in problem.message and "last_name" in problem.message
+    write(tmp_path, "syntax.html", "<p>\n{% if customer %}</p>")
+    (problem,) = check_template(tmp_path, "syntax.html", sample_context())
+    assert problem.message.startswith("syntax error") and problem.line == 2
+    assert (
+        check_template(tmp_path, "missing.html", sample_context())[0].message
+        == "template not found"
+    )
+    assert check_subject("{{ customer.nope }}", sample_context(), tmp_path) is not None
+    assert check_subject("Hello {{ customer.first_name }}", sample_context(), tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "value"),
+    [
+        ("<p>\n{{ customer.frist_name }}</p>", 2, "customer.frist_name"),
+        (
+            "{% if locale == 'fr' %}\n\n{{ customer['frist_name'] }}{% endif %}",
+            3,
+            "customer['frist_name']",
+        ),  # a branch the sample never takes
+        ("{% for offer in offers %}\n{{ offer.titel }}{% endfor %}", 2, "offer.titel"),
+        (
+            "{% for a in survey.scores %}{{ a.score }}{% endfor %}\n{{ survey.scores[0].scor }}",
+            2,
+            "survey.scores[0].scor",
+        ),
+        ("{% with s = shop %}\n{{ s.url }}{% endwith %}", 2, "s.url"),
+        ("{% set who = customer %}\n\n{{ who.name }}", 3, "who.name"),
+        ("{{ loyalty.tier }}\n{{ loyalty.points_to_next_tier }}", 2, "loyalty.points_to_next_tier"),
+    ],
+)
+def test_check_names_each_key_outside_the_contract_with_its_line(
+    tmp_path: Path, body: str, line: int, value: str
+) -> None:
+    write(tmp_path, "t.html", body)
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    key = re.findall(r"\w+", value)[-1]
+    assert problem.message.endswith(f"has no key {key!r}") and "outside the template" in (
+        problem.message
+    )
+    assert (problem.key, problem.line, problem.value) == ("t.html", line, value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{{ customer.get('first_name') }} {{ customer.items() | list | length }}",  # dict methods
+        "{% set customer = {'nick': 'A'} %}{{ customer.nick }}",  # a name of one's own
+        "{% macro card(customer) %}{{ customer.nick }}{% endmacro %}{{ card({'nick': 1}) }}",
+        "{% for offer in offers %}{{ loop.index }} {{ offer.title }}{% endfor %}",
+        "{{ (offers | first).title }} {{ offers[0].price }} {{ survey.scores[-1].url }}",
+    ],
+)
+def test_check_accepts_what_the_contract_has(tmp_path: Path, body: str) -> None:
+    write(tmp_path, "t.html", body)
+    assert check_template(tmp_path, "t.html", sample_context()) == []
+
+
+def test_check_reads_the_templates_a_template_includes_and_extends(tmp_path: Path) -> None:
+    write(tmp_path, "layout.html", "{% block c %}{% endblock %}\n{{ shop.nmae }}")
+    write(
+        tmp_path, "_one.html", "{{ offer.title }}{% if not offer %}{{ customer.nick }}{% endif %}"
+    )
+    write(
+        tmp_path,
+        "main.html",
+        '{% extends "layout.html" %}{% block c %}{% for offer in '
+        'offers %}{% include "_one.html" %}{% endfor %}{% endblock %}',
+    )
+    problems = check_template(tmp_path, "main.html", sample_context())
+    assert sorted((p.key, p.line, p.value) for p in problems) == [
+        ("_one.html", 1, "customer.nick"),  # ``offer``: the includer's loop variable, not unknown
+        ("layout.html", 2, "shop.nmae"),
+    ]
+
+
+def test_a_subject_reading_a_key_outside_the_contract_fails_check(tmp_path: Path) -> None:
+    problem = check_subject(
+        "{% if false %}{{ customer.frist_name }}{% endif %}", sample_context(), tmp_path
+    )
+    assert problem is not None and "customer has no key 'frist_name'" in problem
+
+
+def test_css_is_inlined_when_the_template_is_loaded_not_per_email(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, "email.css", ".x { color: red; }")
+    write(tmp_path, "t.html", '<div class="x">{{ customer.first_name }}</div>')
+    renderer = Renderer(tmp_path)
+    import recocamp.campaigns.render as render_module
+
+    calls = []
+    original = render_module.InliningLoader._inline
+
+    def counting(self: render_module.InliningLoader, source: str) -> str:
+        calls.append(source)
+        return original(self, source)
+
+    monkeypatch.setattr(render_module.InliningLoader, "_inline", counting)
+    for name in ("A", "B", "C"):
+        context = sample_context()
+        context["customer"] = {"first_name": name}
+        email = renderer.render("s", "t.html", "t.html", context)
+        assert email.html == f'<div class="x" style="color: red;">{name}</div>'
+    assert len(calls) == 1
+
+
+# --- limits: one template must not be able to stop the sending (issue 15) ------------------
+
+SMALL = TemplateSettings(max_output_chars=10_000, max_loop_iterations=1000, max_depth=10)
+LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the problem says
+    "{{ 9**(9**9) }}": "max_int_bits",
+    "{{ 2**5000 }}": "max_int_bits",
+    "{{ (2**4000) * (2**4000) }}": "max_int_bits",
+    "{{ 'x'*3000000000 }}": "max_output_chars",
+    "{{ ['x'] * 20000 }}": "max_output_chars",
+    "{% for i in range(10**9) %}{% endfor %}": "max_loop_iterations",
+    "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}": (
+        "max_loop_iterations"
+    ),
+    "{% for c in 'x' * 5000 %}{% endfor %}": "max_loop_iterations",
+    "{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(1) }}": "max_depth",
+    "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}": "max_depth",
+    "{{ 'x'|center(10**9) }}": "max_output_chars",
+    "{{ 'x'.ljust(10**9) }}": "max_output_chars",
+    "{{ ('x' * 5000).replace('', 'yy') }}": "max_output_chars",
+    "{{ ('x' * 5000)|replace('x', 'yyy') }}": "max_output_chars",
+    "{{ 'ab'|indent(20000) }}": "max_output_chars",
+    "{{ ('a b ' * 2000)|wordwrap(1, wrapstring='-' * 10) }}": "max_output_chars",
+    "{{ '{:>999999999}'.format(1) }}": "max_output_chars",
+    "{{ '{:>{w}}'.format(1, w=10**8) }}": "max_output_chars",
+    "{{ '%999999999s' % 'x' }}": "max_output_chars",
+    "{{ '%*s'|format(10**8, 'x') }}": "max_output_chars",
+    "{{ (['x' * 100] * 1000)|join('-' * 100) }}": "max_output_chars",
+    "{{ ('x' * 100).join(['y'] * 1000) }}": "max_output_chars",
+    "{{ [1]|batch(10**9, 'x')|list }}": "max_output_chars",
+    "{{ ([[1] * 100] * 100)|sum(start=[]) }}": "max_output_chars",
+    "{% set a = [1] * 5000 %}{{ [a] * 5000 }}": "max_output_chars",
+    "{% set ns = namespace(s='x' * 5000) %}{% for i in range(30) %}"
+    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}": "max_output_chars",
+    "{% set s = 'x' * 9000 %}{% set y %}{% for i in range(100) %}{{ s }}{% endfor %}{% endset %}"
+    "{{ y|length }}": "max_output_chars",
+    "{% for i in range(900) %}{{ 'x' * 12 }}{% endfor %}": "max_output_chars",
+    "{{ ('x' * 100).translate({120: 'y'}) }}": "not available",
+    # values that share children: each doubles a tree that compares and hashes in 2 ** steps
+    "{% set ns = namespace(x=[0], y=[0]) %}{% for i in range(22) %}{% set ns.x = [ns.x, ns.x] %}"
+    "{% set ns.y = [ns.y, ns.y] %}{% endfor %}{{ ns.x == ns.y }}": "max_output_chars",
+    "{% set ns = namespace(t=(0,)) %}{% for i in range(22) %}{% set ns.t = (ns.t, ns.t) %}"
+    "{% endfor %}{{ {ns.t: 1} is mapping }}": "max_output_chars",
+    "{% set ns = namespace(x={}, y={}) %}{% for i in range(22) %}"
+    "{% set ns.x = {'a': ns.x, 'b': ns.x} %}{% set ns.y = dict(a=ns.y, b=ns.y) %}{% endfor %}"
+    "{{ ns.x is eq(ns.y) }}{% for v in [ns.x, ns.y] %}{{ loop.changed(v) }}{% endfor %}": (
+        "max_output_chars"
+    ),
+    # bytes are text too
+    "{{ 'x'.encode().ljust(10**6)|length }}": "max_output_chars",
+    "{{ ('x'.encode() * 6000 + 'x'.encode() * 6000)|length }}": "max_output_chars",
+    "{{ ('%999999s'.encode() % 'x'.encode())|length }}": "max_output_chars",
+    "{{ ('\u0100' * 1000).encode('punycode')|length }}": "not available",  # quadratic
+    # a list, dict or set cannot grow in place, where no operator sees it
+    "{% set l = [1] %}{% for i in range(16) %}{{ l.extend(l) or '' }}{% endfor %}{{ l[0] }}": (
+        "list.extend is not available"
+    ),
+    "{% set d = {} %}{{ d.update(a=1) or '' }}": "dict.update is not available",
+}
+
+
+@pytest.mark.parametrize("body", list(LIMIT_CASES))
+def test_a_template_past_a_limit_is_a_problem_with_its_file_and_line(
+    tmp_path: Path, body: str
+) -> None:
+    write(tmp_path, "hostile.html", f"<p>{{{{ customer.first_name }}}}</p>\n{body}\n")
+    (problem,) = check_template(tmp_path, "hostile.html", sample_context(), SMALL)
+    assert (problem.key, problem.line) == ("hostile.html", 2)
+    assert LIMIT_CASES[body] in problem.message
+    with pytest.raises(TemplateLimitError) as raised:
+        Renderer(tmp_path, limits=SMALL).body("hostile.html", "hostile.html", sample_context())
+    assert "hostile.html: line 2: " in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_defaults_stop_the_issue_s_templates(tmp_path: Path) -> None:
+    write(tmp_path, "a.html", "x\n{{ 9**(9**9) }}")
+    write(tmp_path, "b.html", "x\n{{ 'x'*3000000000 }}")
+    write(tmp_path, "c.html", "x\n{% for i in range(10**9) %}{% endfor %}")
+    write(tmp_path, "d.html", "{% macro m() %}{{ m() }}{% endmacro %}\n{{ m() }}")
+    for name, limit in [
+        ("a.html", "4,096 bits"),
+        ("b.html", "1,000,000 characters"),
+        ("c.html", "100,000"),
+        ("d.html", "deeper than 50"),
+    ]:
+        (problem,) = check_template(tmp_path, name, sample_context())
+        assert problem.line in (1, 2) and limit in problem.message, problem
+
+
+def test_a_loop_that_runs_only_for_real_data_fails_that_render(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "real.html",
+        "<p>Hi</p>\n{% if customer.id != '12748' %}\n"
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n"
+        "{% endif %}",
+    )
+    assert check_template(tmp_path, "real.html", sample_context()) == []  # the sample is 12748
+    context = sample_context()
+    context["customer"] = {"id": "1", "first_name": "A", "locale": "en"}
+    with pytest.raises(TemplateLimitError, match="line 3: more than 100,000 loop iterations"):
+        Renderer(tmp_path).body("real.html", "real.html", context)
+
+
+class TickingClock:
+    """Each reading is ``step`` seconds after the last: a render's time, without waiting."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_the_time_budget_and_a_template_that_keeps_running_out_of_it(tmp_path: Path) -> None:
+    write(tmp_path, "slow.html", "<p>\n{% for i in range(50) %}{{ i }}{% endfor %}</p>")
+    write(tmp_path, "ok.html", "<p>{{ customer.first_name }}</p>")
+    renderer = Renderer(tmp_path, clock=TickingClock(0.1))  # 1 s budget: about 10 steps
+    for _ in range(QUARANTINE_AFTER):
+        with pytest.raises(TemplateLimitError, match=r"slow\.html: line 2: rendering took longer"):
+            renderer.body("slow.html", "ok.html", sample_context())
+    with pytest.raises(TemplateLimitError, match="ran out of render time 3 times"):
+        renderer.body("slow.html", "ok.html", sample_context())  # refused before rendering
+    assert renderer.body("ok.html", "ok.html", sample_context()) == ("<p>Anna</p>",) * 2
+    assert (
+        Renderer(tmp_path, clock=TickingClock(0.001))
+        .body("slow.html", "ok.html", sample_context())[0]
+        .startswith("<p>\n0123")
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{% include '_offer.html' %}", "template not found: '_offer.html'"),
+        ("{% include '/etc/passwd' %}", "'/etc/passwd' is outside the templates folder"),
+        ("{% extends '../../x' %}", "'../../x' is outside the templates folder"),
+        ("{% include 'loop.html' %}", "includes nested deeper than 50"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    ],
+)
+def test_includes_and_errors_at_render_are_problems_not_crashes(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    write(tmp_path, "_offers.html", "offers")
+    write(tmp_path, "loop.html", "{% include 'loop.html' %}")
+    write(tmp_path, "t.html", f"<p>Hi</p>\n{body}")
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert problem.key in ("t.html", "loop.html") and problem.line in (1, 2)
+    assert message in problem.message
+    subject = check_subject("{{ 9**(9**9) }}", sample_context(), tmp_path)
+    assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
+
+
+def test_each_render_has_its_own_budget(tmp_path: Path) -> None:
+    """Budgets are per render: many renders that each stay below a limit all pass."""
+    write(tmp_path, "t.html", "{% for i in range(900) %}.{% endfor %}")
+    renderer = Renderer(tmp_path, limits=SMALL)
+    for _ in range(5):
+        assert renderer.body("t.html", "t.html", sample_context())[0] == "." * 900
+
+
+def test_a_template_that_includes_itself_is_counted_and_nested(tmp_path: Path) -> None:
+    """Each include is a step and a level: twice per level grows exponentially, once per
+    level nests deeply, and neither goes through a loop, a call or an operator."""
+    write(tmp_path, "main.html", "{% set ns = namespace(d='') %}\n{% include 'twice.html' %}")
+    write(
+        tmp_path,
+        "twice.html",
+        "{% set ns.d = ns.d ~ 'x' %}{% if ns.d < 'xxxxxxxxxxxx' %}"
+        "{% include 'twice.html' %}{% include 'twice.html' %}{% endif %}"
+        "{% set ns.d = ns.d[:-1] %}",
+    )
+    deep = SMALL.model_copy(update={"max_depth": 20})  # 12 levels, 4,095 includes
+    (problem,) = check_template(tmp_path, "main.html", sample_context(), deep)
+    assert problem.key == "twice.html" and "more than 1,000 loop iterations" in problem.message
+    write(tmp_path, "main.html", "{% set ns = namespace(d='') %}\n{% include 'once.html' %}")
+    write(
+        tmp_path,
+        "once.html",
+        "{% set ns.d = ns.d ~ 'x' %}{% if ns.d < 'x' * 15 %}{% include 'once.html' %}{% endif %}",
+    )
+    (problem,) = check_template(tmp_path, "main.html", sample_context(), SMALL)
+    assert problem.key == "once.html" and "nested deeper than 10" in problem.message
+    write(
+        tmp_path,
+        "main.html",
+        "{% extends 'base.html' %}{% block b %}{% include 'part.html' %}{% endblock %}",
+    )
+    write(tmp_path, "base.html", "{% block b %}{% endblock %}")
+    write(tmp_path, "part.html", "{% macro m() %}ok{% endmacro %}{{ m() }}")
+    three = TemplateSettings(max_depth=3)  # extends, include, macro: the outermost is no level
+    assert Renderer(tmp_path, limits=three).body("main.html", "main.html", {}) == ("ok", "ok")
+
+
+def test_only_timeouts_in_a_row_quarantine_a_template(tmp_path: Path) -> None:
+    """A success between timeouts starts the count again: a busy moment, repeated over a
+    long-running worker's life, does not stop a template for good."""
+    write(tmp_path, "slow.html", "{% for i in range(50) %}{{ i }}{% endfor %}")
+    clock = TickingClock(0.1)  # 1 s budget: about 10 steps
+    renderer = Renderer(tmp_path, clock=clock)
+    for _ in range(2):
+        for _ in range(QUARANTINE_AFTER - 1):
+            with pytest.raises(TemplateLimitError, match="rendering took longer"):
+                renderer.body("slow.html", "slow.html", sample_context())
+        clock.step = 0.001
+        assert renderer.body("slow.html", "slow.html", sample_context())[0].startswith("0123")
+        clock.step = 0.1
+
+
+def test_the_budget_counts_the_renders_cpu_not_a_stalled_machine(tmp_path: Path) -> None:
+    """A render that is paused (a loaded machine, another thread's GC: here a call that
+    sleeps) has not spent its budget: the message goes out. A render that computes for
+    longer than the budget still fails, with the real clocks."""
+    write(
+        tmp_path,
+        "paused.html",
+        "<p>{{ pause() }}{% for i in range(3) %}{{ i|string }}{% endfor %}</p>",
+    )
+    write(tmp_path, "busy.html", "{% for i in range(100000) %}{{ i * i * i }}{% endfor %}")
+    tight = TemplateSettings(render_time_s=0.05)
+    context = {**sample_context(), "pause": lambda: time.sleep(0.2) or ""}
+    renderer = Renderer(tmp_path, limits=tight)
+    assert renderer.body("paused.html", "paused.html", context)[0] == "<p>012</p>"
+    with pytest.raises(TemplateLimitError, match=r"rendering took longer than 0\.05 s"):
+        renderer.body("busy.html", "busy.html", context)

@@ -1,0 +1,335 @@
+"""The command line as a user runs it: exit codes and messages, on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp.cli import app
+from recocamp.store.engine import head_revision, make_engine
+from recocamp.store.schema import customers, items, purchases
+from tests.conftest import write_csv
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n'
+        "[demo]\nsynthetic_customers = 120\nsynthetic_items = 80\nsynthetic_days = 120\n"
+        'online_retail_path = "missing.csv.gz"\n'
+    )
+    return tmp_path
+
+
+def test_commands_refuse_an_unmigrated_database(workdir: Path) -> None:
+    result = runner.invoke(app, ["kpis"])
+    assert result.exit_code == 1
+    assert "run `recocamp db upgrade`" in result.stderr
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    head = head_revision()
+    assert f"database: {head}, newest: {head}" in runner.invoke(app, ["db", "current"]).stdout
+
+
+def test_broken_import_exits_2_with_file_line_and_column(workdir: Path) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    path = write_csv(workdir / "p.csv", header, [["o1", "c1", "i1", "1", "abc", "2024-01-01"]])
+    result = runner.invoke(app, ["import", "purchases", str(path)])
+    assert result.exit_code == 2
+    assert "p.csv: line 2, column 'unit_price': is not a number (value: 'abc')" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_bad_settings_exit_2_naming_the_key(workdir: Path) -> None:
+    (workdir / "settings.toml").write_text('[shop]\ntime_zone = "Mars/Base"\n')
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 2
+    assert "settings.toml" in result.stderr and "shop.time_zone" in result.stderr
+    assert "line 2" in result.stderr and "Mars/Base" in result.stderr
+
+
+def test_synthetic_demo_shop_end_to_end(workdir: Path) -> None:
+    result = runner.invoke(app, ["demo-data"])
+    assert result.exit_code == 0, result.output
+    assert "synthetic shop" in result.stdout
+    engine = make_engine("sqlite:///shop.db")
+    with engine.connect() as connection:
+        people = connection.execute(sa.select(customers)).all()
+        lines = connection.execute(sa.select(sa.func.count()).select_from(purchases)).scalar_one()
+    engine.dispose()
+    assert len(people) == 120 and lines > 500
+    assert all(p.email.endswith("@example.test") for p in people)
+    assert {p.consent_basis for p in people} == {"double_opt_in", "existing_customer", "none"}
+    assert (workdir / "demo" / "purchases.csv").exists()
+
+    again = runner.invoke(app, ["demo-data"])
+    assert again.exit_code == 0 and "already imported" in again.stdout
+    kpis = runner.invoke(app, ["kpis", "--as-of", "2011-12-10", "--window-days", "90"])
+    assert kpis.exit_code == 0 and "repeat_purchase_rate" in kpis.stdout
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_check_lists_every_broken_campaign_and_template(workdir: Path) -> None:
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    assert runner.invoke(app, ["check"]).exit_code == 0
+    winback = workdir / "campaigns" / "winback.toml"
+    winback.write_text(
+        winback.read_text().replace('cron = "0 10 * * TUE"', 'cron = "0 25 * * TUE"')
+    )
+    (workdir / "templates" / "birthday.txt").write_text(
+        '{% extends "base.txt" %}{% block content %}{{ customer.password }}{% endblock %}'
+    )
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 2
+    assert "winback.toml" in result.stderr and "schedule.cron" in result.stderr
+    assert "birthday.toml" in result.stderr and "customer.password" not in result.stdout
+    assert "birthday.txt" in result.stderr and "outside the template context" in result.stderr
+
+
+def test_check_lists_hostile_templates_and_healthy_campaigns_still_plan(workdir: Path) -> None:
+    """Issue 15: a template that would never finish, a misspelt include, an include or
+    extends outside the templates folder: each a problem with file and line, exit 2; the
+    other campaigns plan and preview as before."""
+    import json
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    edits = {  # file → (line, replaced, replacement)
+        "winback.html": (4, '"_offers.html"', '"_offer.html"'),
+        "birthday.html": (4, '{% include "_offers.html" %}', "{{ 9**(9**9) }}"),
+        "vip_tier.txt": (5, '"_offers.txt"', "'/etc/passwd'"),
+        "replenish.html": (1, '"base.html"', "'../../x'"),
+    }
+    for name, (line, old, replacement) in edits.items():
+        path = workdir / "templates" / name
+        lines = path.read_text().split("\n")
+        assert old in lines[line - 1]
+        lines[line - 1] = lines[line - 1].replace(old, replacement)
+        path.write_text("\n".join(lines))
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    for name, (line, _old, _new) in edits.items():
+        assert f"line {line}, key 'template {name}'" in result.stderr, name
+    assert "template not found: '_offer.html'" in result.stderr
+    assert "'/etc/passwd' is outside the templates folder" in result.stderr
+    assert "'../../x' is outside the templates folder" in result.stderr
+    assert "4,096 bits" in result.stderr
+    broken = runner.invoke(app, ["plan", "winback"])
+    assert broken.exit_code == 2 and "_offer.html" in broken.stderr
+    for command in (["plan", "birthday"], ["preview", "birthday", "--customer", "1"]):
+        stuck = runner.invoke(app, command)
+        assert stuck.exit_code == 2 and "birthday.html" in stuck.stderr
+        assert "4,096 bits" in stuck.stderr
+    assert runner.invoke(app, ["demo-data"]).exit_code == 0
+    healthy = runner.invoke(app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00"])
+    assert healthy.exit_code == 0, healthy.output
+    planned = runner.invoke(
+        app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00", "--format", "json"]
+    ).stdout
+    first = json.loads(planned)["decisions"][0]["customer_id"]
+    preview = runner.invoke(
+        app, ["preview", "cross_sell", "--customer", first, "--as-of", "2011-12-15T10:00:00"]
+    )
+    assert preview.exit_code == 0, preview.output
+
+
+def test_plan_json_and_preview_on_the_synthetic_shop(workdir: Path) -> None:
+    import json
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    assert runner.invoke(app, ["demo-data"]).exit_code == 0
+    result = runner.invoke(
+        app, ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["campaign"] == "cross_sell" and len(plan["decisions"]) == 120
+    assert sum(plan["counts"].values()) == 120
+    assert {d["outcome"] for d in plan["decisions"]} <= {"send", "skip", "holdout", "defer"}
+    sends = [d for d in plan["decisions"] if d["outcome"] == "send"]
+    assert sends and all(d["offers"] and d["reason"] == "eligible" for d in sends)
+    customer = sends[0]["customer_id"]
+    out = workdir / "mail.html"
+    preview = runner.invoke(
+        app,
+        [
+            "preview",
+            "cross_sell",
+            "--customer",
+            customer,
+            "--as-of",
+            "2011-12-15T10:00:00",
+            "--html",
+            str(out),
+        ],
+    )
+    assert preview.exit_code == 0, preview.output
+    assert "decision: send" in preview.stdout and "/u/v1." in preview.stdout
+    assert "style=" in out.read_text()  # inlined CSS
+    unknown = runner.invoke(app, ["plan", "nope"])
+    assert unknown.exit_code == 2 and "no such campaign" in unknown.stderr
+
+
+def test_worker_demo_runs_the_schedule_on_a_simulated_clock_exactly_once(workdir: Path) -> None:
+    """README's main command, on a small synthetic shop: the demo shop is built, the first
+    model trained, two simulated days of the real job table run through a fake ESP on
+    loopback, every run recorded, and no e-mail arrives twice."""
+    import json
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    result = runner.invoke(app, ["worker", "--demo", "--days", "2", "--start", "2011-12-07"])
+    assert result.exit_code == 0, result.output
+    assert "simulating 2 days of the schedule from Wed 07 Dec 2011 00:00" in result.stdout
+    assert "campaign:" in result.stdout and "train" in result.stdout
+    lines = (workdir / "demo" / "fake-esp" / "messages.jsonl").read_text().splitlines()
+    keys = [json.loads(line)["send_key"] for line in lines]
+    assert keys and len(keys) == len(set(keys))
+    assert f"fake ESP: {len(keys):,} e-mails, {len(keys):,} unique send keys, 0 duplicates" in (
+        result.stdout
+    )
+    runs = runner.invoke(app, ["runs", "list", "--format", "json", "--limit", "500"])
+    assert runs.exit_code == 0, runs.output
+    recorded = json.loads(runs.stdout)
+    jobs = {run["job"] for run in recorded}
+    assert {"train", "kpi_snapshot", "purge"} <= jobs
+    assert any(job.startswith("campaign:") for job in jobs)
+    # the simulated clock stands still during a job; the recorded duration does not
+    train = next(run for run in recorded if run["job"] == "train")
+    assert train["started_at"] == train["finished_at"] and train["seconds"] > 0
+    table = runner.invoke(app, ["runs", "list", "--limit", "3"], terminal_width=200)
+    assert "started (UTC)" in table.stdout
+    assert f"newest 3 of {len(recorded):,} runs; --limit N shows more" in table.stdout
+    assert not (workdir / "shop.db.worker-lock").exists()  # released and removed
+
+
+# -- one small trained shop shared by the read-only command tests below ----------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The synthetic demo shop (120 customers, data up to December 2011), the shipped
+    campaigns and templates, and a live model."""
+    import os
+    import shutil
+
+    directory = tmp_path_factory.mktemp("trained")
+    (directory / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n'
+        "[demo]\nsynthetic_customers = 120\nsynthetic_items = 80\nsynthetic_days = 120\n"
+        'online_retail_path = "missing.csv.gz"\n'
+        '[recommender]\nmodel = "item_knn"\nevaluation_horizon_days = 30\n'
+    )
+    shutil.copytree(ROOT / "campaigns", directory / "campaigns")
+    shutil.copytree(ROOT / "templates", directory / "templates")
+    before = Path.cwd()
+    os.chdir(directory)
+    try:
+        assert runner.invoke(app, ["demo-data"]).exit_code == 0
+        done = runner.invoke(app, ["train", "--as-of", "2011-12-10"])
+        assert done.exit_code == 0 and "promoted" in done.stdout, done.output
+        yield directory
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture
+def in_trained(trained: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(trained)
+    return trained
+
+
+def test_evaluate_prints_the_cutoff_it_was_given(in_trained: Path) -> None:
+    result = runner.invoke(
+        app, ["evaluate", "--cutoff", "2011-11-01", "--horizon-days", "30", "--model", "popularity"]
+    )
+    assert result.exit_code == 0, result.output
+    # midnight in the shop's zone (Europe/Berlin), not the UTC date 2011-10-31
+    assert "cutoff 2011-11-01 00:00 (Europe/Berlin), horizon 30 days" in result.stdout
+
+
+def test_kpis_say_when_the_window_holds_no_orders(in_trained: Path) -> None:
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        last = connection.execute(sa.select(sa.func.max(purchases.c.ordered_at))).scalar_one()
+    empty = runner.invoke(app, ["kpis", "--as-of", "2015-01-01"])
+    assert empty.exit_code == 0, empty.output
+    assert (
+        f"note: the window 2014-01-01 – 2015-01-01 holds no orders; the last order was on "
+        f"{last.astimezone(ZoneInfo('Europe/Berlin')).date()}"
+    ) in empty.stdout
+    as_json = runner.invoke(app, ["kpis", "--as-of", "2015-01-01", "--format", "json"])
+    assert json.loads(as_json.stdout)["orders"] == 0 and "holds no orders" in as_json.stderr
+    busy = runner.invoke(app, ["kpis", "--as-of", "2011-12-10"])
+    assert busy.exit_code == 0 and "note:" not in busy.stdout
+
+
+def test_similar_refuses_unknown_items_and_says_what_the_scores_are(in_trained: Path) -> None:
+    unknown = runner.invoke(app, ["similar", "NOPE"])
+    assert unknown.exit_code == 1
+    assert "no item 'NOPE' in the catalogue" in unknown.stderr and not unknown.stdout
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        item = connection.execute(sa.select(purchases.c.item_id).limit(1)).scalar_one()
+    known = runner.invoke(app, ["similar", item, "--n", "3"], terminal_width=200)
+    assert known.exit_code == 0, known.output
+    assert "item-kNN bm25 weight" in known.stdout and "no upper bound" in known.stdout
+
+
+def test_plan_shows_item_titles(in_trained: Path) -> None:
+    as_of = "2011-12-15T10:00:00"
+    document = runner.invoke(app, ["plan", "cross_sell", "--as-of", as_of, "--format", "json"])
+    first = next(d for d in json.loads(document.stdout)["decisions"] if d["offers"])
+    item = first["offers"][0]["item_id"]
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        title = connection.execute(sa.select(items.c.title).where(items.c.id == item)).scalar_one()
+    table = runner.invoke(app, ["plan", "cross_sell", "--as-of", as_of, "--limit", "1"])
+    assert table.exit_code == 0, table.output
+    flat = " ".join(part.strip(" │┃") for part in table.stdout.splitlines())
+    assert f"{title} [{item}]" in " ".join(flat.split())
+
+
+def test_preview_does_not_render_for_a_customer_the_plan_skips(in_trained: Path) -> None:
+    as_of = "2011-12-15T10:00:00"
+    document = runner.invoke(app, ["plan", "winback", "--as-of", as_of, "--format", "json"])
+    skipped = next(
+        d["customer_id"]
+        for d in json.loads(document.stdout)["decisions"]
+        if d["reason"] == "not_in_audience:lapsed_days"
+    )
+    args = ["preview", "winback", "--customer", skipped, "--as-of", as_of]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"customer {skipped} would be skipped by winback: not_in_audience:lapsed_days "
+        "(the campaign's audience has lapsed_days = ["
+    ) in result.stdout
+    assert "days ago)" in result.stdout and "nothing rendered; --anyway" in result.stdout
+    assert "subject:" not in result.stdout and "not seen you" not in result.stdout
+    anyway = runner.invoke(app, [*args, "--anyway"])
+    assert anyway.exit_code == 0 and "subject:" in anyway.stdout
+
+
+def test_train_says_which_rule_rejected_a_candidate(in_trained: Path) -> None:
+    result = runner.invoke(app, ["train", "--as-of", "2011-12-10", "--model", "popularity"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.stdout.split())
+    assert "rejected: " in flat and ": clearly worse)" in flat and "on the same split" in flat
+    assert "rule: promote unless the 95 % paired-bootstrap interval of candidate − live" in flat
+    assert "top-N cache: unchanged, the live model keeps serving" in flat

@@ -1,0 +1,351 @@
+"""One set of bounds for every way data comes in (``domain``: ids, numbers, texts): a value
+past them is a problem naming file, line, column and value (exit 2), never a driver error,
+the same on SQLite and PostgreSQL; unreadable bytes are problems of their own line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+import typer
+from fastapi import FastAPI
+from typer.testing import CliRunner
+
+from recocamp.cli import app as cli_app
+from recocamp.cli.common import print_json
+from recocamp.data.drop_folder import import_drop_folder
+from recocamp.data.ingest import Importer
+from recocamp.errors import DataImportError
+from recocamp.settings import Settings
+from recocamp.store.schema import customers, import_runs, items, orders, purchases
+from tests.api_shop import bearer, call, make_app
+from tests.conftest import NOW, write_csv
+
+STANDARD = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at", "line_no"]
+GOOD = ["A1", "c1", "i1", "1", "9.99", "2024-04-01T12:00:00Z", "1"]
+LONG_ID = "c" * 100_000
+
+
+def importer(engine: sa.Engine) -> Importer:
+    return Importer(engine, zone=ZoneInfo("Europe/London"), now=NOW)
+
+
+def nothing_written(engine: sa.Engine) -> bool:
+    with engine.connect() as connection:
+        return all(
+            connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0
+            for table in (purchases, orders, customers, items, import_runs)
+        )
+
+
+def refused(engine: sa.Engine, run: Any) -> DataImportError:
+    with pytest.raises(DataImportError) as caught:
+        run()
+    assert nothing_written(engine)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("column", "bad", "message", "shown"),
+    [
+        ("quantity", "99999999999999999999999", "is out of range (-1,000,000 to 1,000,000)", None),
+        ("quantity", "1e300", "is out of range (-1,000,000 to 1,000,000)", None),
+        ("line_no", "99999999999999999999999", "is out of range (0 to 1,000,000)", None),
+        ("line_no", "1e300", "is out of range (0 to 1,000,000)", None),
+        ("line_no", "-1", "is out of range (0 to 1,000,000)", None),
+        ("unit_price", "1e308", "is out of range (-1,000,000,000 to 1,000,000,000)", None),
+        ("order_id", "A\x002", "contains a NUL character", None),
+        ("item_id", "i\n2", "contains a control character (U+000A)", None),
+        ("customer_id", "c\x852", "contains a control character (U+0085)", None),  # C1: NEL
+        ("order_id", "A\u20281", "contains a non-printable character (U+2028)", None),
+        ("item_id", "i\u202e2", "contains a non-printable character (U+202E)", None),  # bidi
+        (
+            "ordered_at",
+            "1850-01-01T00:00:00Z",
+            "is out of range (in UTC it falls outside the years 1900–9000)",
+            None,
+        ),
+        (
+            "customer_id",
+            LONG_ID,
+            "is longer than 64 characters",
+            f"{'c' * 60}… (100,000 characters)",
+        ),
+    ],
+)
+def test_a_purchase_value_past_the_bounds_is_a_row_problem(
+    engine: sa.Engine, tmp_path: Path, column: str, bad: str, message: str, shown: str | None
+) -> None:
+    broken = [*GOOD[:6], "2"]
+    broken[STANDARD.index(column)] = bad
+    path = write_csv(tmp_path / "p.csv", STANDARD, [GOOD, broken])
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    assert [(p.line, p.column, p.message, p.value) for p in error.problems] == [
+        (3, column, message, shown or bad)
+    ]
+
+
+def test_online_retail_rows_have_the_same_bounds(engine: sa.Engine, tmp_path: Path) -> None:
+    header = [
+        "InvoiceNo",
+        "StockCode",
+        "Description",
+        "Quantity",
+        "InvoiceDate",
+        "UnitPrice",
+        "CustomerID",
+        "Country",
+    ]
+    good = ["536365", "85123A", "HEART", "6", "2010-12-01 08:26:00", "2.55", "17850", "UK"]
+    rows = [
+        good,
+        [*good[:3], "1e300", *good[4:]],
+        [*good[:6], LONG_ID, good[7]],
+        [*good[:5], "1e308", *good[6:]],
+        [good[0], "X", "T" * 501, *good[3:]],
+    ]
+    path = write_csv(tmp_path / "retail.csv", header, rows)
+    error = refused(engine, lambda: importer(engine).purchases(path, "online-retail"))
+    assert [(p.line, p.column) for p in error.problems] == [
+        (3, "Quantity"),
+        (4, "CustomerID"),
+        (5, "UnitPrice"),
+        (6, "Description"),
+    ]
+
+
+def test_customer_and_item_files_have_the_same_bounds(engine: sa.Engine, tmp_path: Path) -> None:
+    people = write_csv(
+        tmp_path / "customers.csv",
+        ["id", "email", "first_name"],
+        [
+            ["c1", "a@example.test", "Ann"],
+            ["c\x002", "b@example.test", ""],
+            [LONG_ID, "", ""],
+            ["c4", "x" * 400 + "@example.test", ""],
+            ["c5", "", "N" * 201],
+        ],
+    )
+    error = refused(engine, lambda: importer(engine).customers(people))
+    assert [(p.line, p.column) for p in error.problems] == [
+        (3, "id"),
+        (4, "id"),
+        (5, "email"),
+        (6, "first_name"),
+    ]
+    assert "example.test" not in str(error)  # addresses are never shown
+    goods = write_csv(
+        tmp_path / "items.csv",
+        ["id", "title", "category", "price"],
+        [
+            ["i1", "Mug", "home", "4.5"],
+            ["i2", "Mug\x00", "home", "4.5"],
+            ["i3", "Mug", "home", "1e308"],
+            ["i4", "Mug", "home", "-1"],
+        ],
+    )
+    error = refused(engine, lambda: importer(engine).items(goods))
+    assert [(p.line, p.column, p.message) for p in error.problems] == [
+        (3, "title", "contains a NUL character"),
+        (4, "price", "is out of range (0 to 1,000,000,000)"),
+        (5, "price", "is out of range (0 to 1,000,000,000)"),
+    ]
+
+
+def test_a_line_repeated_with_other_content_is_refused(engine: sa.Engine, tmp_path: Path) -> None:
+    other = [*GOOD[:2], "i2", *GOOD[3:]]
+    path = write_csv(tmp_path / "p.csv", STANDARD, [GOOD, other])
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    assert [(p.line, p.column, p.value) for p in error.problems] == [(3, "line_no", "1")]
+    assert "repeats line 1 of order 'A1' with other content" in str(error)
+    same = write_csv(tmp_path / "same.csv", STANDARD, [GOOD, GOOD])
+    report = importer(engine).purchases(same)
+    assert report.imported == 1 and report.skipped == {"repeated line": 1}
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_bytes_that_are_not_utf8_are_a_problem_of_their_line_and_column(
+    engine: sa.Engine, tmp_path: Path, gzipped: bool
+) -> None:
+    text = ",".join(STANDARD) + "\n" + ",".join(GOOD) + "\n"
+    content = (
+        text.encode()
+        + b"A2,c\xe9,i1,1,9.99,2024-04-01T12:00:00Z,1\n"
+        + b"A3,c1,i\xff\xfe,1,1,2024-04-01T12:00:00Z,1\n"
+    )
+    path = tmp_path / ("p.csv.gz" if gzipped else "p.csv")
+    path.write_bytes(gzip.compress(content) if gzipped else content)
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    assert [(p.line, p.column, p.message, p.value) for p in error.problems] == [
+        (3, "customer_id", "is not UTF-8 (byte 0xE9 at character 2)", b"c\xe9"),
+        (4, "item_id", "is not UTF-8 (byte 0xFF at character 2)", b"i\xff\xfe"),
+    ]
+
+
+def test_a_field_past_the_size_limit_is_a_problem_of_its_line(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    huge = [*GOOD[:2], "x" * 10_000_000, *GOOD[3:]]
+    path = write_csv(tmp_path / "p.csv", STANDARD, [GOOD, GOOD, huge, GOOD])
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    assert [(p.line, p.column) for p in error.problems] == [(4, "*")]
+    assert "field larger than field limit (100000)" in error.problems[0].message
+
+
+def test_the_cli_exits_2_naming_file_line_column_and_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    runner = CliRunner()
+    assert runner.invoke(cli_app, ["db", "upgrade"]).exit_code == 0
+    write_csv(tmp_path / "p.csv", STANDARD, [GOOD, [*GOOD[:3], "1e300", *GOOD[4:6], "2"]])
+    result = runner.invoke(cli_app, ["import", "purchases", "p.csv"])
+    assert result.exit_code == 2, result.output
+    assert "p.csv: line 3, column 'quantity': is out of range" in result.stderr
+    assert "'1e300'" in result.stderr and "Traceback" not in result.output
+
+
+def test_json_output_is_always_standard_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A number JSON cannot write (inf, NaN) is a clear error, never ``Infinity``."""
+
+    with pytest.raises(typer.Exit) as caught:
+        print_json({"clv": math.inf}, indent=2)
+    assert caught.value.exit_code == 1
+    assert capsys.readouterr().out == ""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    runner = CliRunner()
+    assert runner.invoke(cli_app, ["db", "upgrade"]).exit_code == 0
+    write_csv(tmp_path / "p.csv", STANDARD, [[*GOOD[:4], "999999999", GOOD[5], "1"]])
+    assert runner.invoke(cli_app, ["import", "purchases", "p.csv"]).exit_code == 0
+    result = runner.invoke(cli_app, ["kpis", "--as-of", "2024-04-02", "--format", "json"])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    kpis = json.loads(result.stdout, parse_constant=refuse)
+    assert kpis["average_order_value"] == 999999999.0
+
+
+def test_the_drop_folder_sets_a_file_aside_naming_the_line_and_column(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
+    drop = tmp_path / "incoming"
+    drop.mkdir()
+    header = ",".join(STANDARD).encode()
+    (drop / "purchases-1.csv").write_bytes(
+        header + b"\n" + ",".join(GOOD).encode() + b"\nA2,c\xe9,i1,1,1,2024-04-01T12:00:00Z,1\n"
+    )
+    settings = Settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        ingest={"drop_dir": drop, "processed_dir": drop / "done"},
+    )  # type: ignore[arg-type]
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (0, 1)
+    errors = (drop / "rejected" / "purchases-1.csv.errors.txt").read_text()
+    assert "line 3, column 'customer_id': is not UTF-8 (byte 0xE9 at character 2)" in errors
+    assert nothing_written(engine)
+
+
+@pytest.fixture
+def api(engine: sa.Engine, tmp_path: Path) -> FastAPI:
+    return make_app(engine, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"order_id": "A\x001"}, ["body", "order", "order_id"]),
+        ({"customer_id": "c\u20291"}, ["body", "order", "customer_id"]),
+        ({"customer_id": LONG_ID}, ["body", "order", "customer_id"]),
+        (
+            {"lines": [{"item_id": "i1", "quantity": 10**23, "unit_price": 1.0}]},
+            ["body", "order", "lines", 0, "quantity"],
+        ),
+        (
+            {"lines": [{"item_id": "i1", "quantity": 1, "unit_price": 1e308}]},
+            ["body", "order", "lines", 0, "unit_price"],
+        ),
+    ],
+)
+def test_purchase_events_have_the_importers_bounds(
+    api: FastAPI, engine: sa.Engine, change: dict[str, Any], where: list[Any]
+) -> None:
+    body = {
+        "order_id": "A1",
+        "customer_id": "c1",
+        "ordered_at": "2024-04-01T12:00:00Z",
+        "lines": [{"item_id": "i1", "quantity": 1, "unit_price": 9.99}],
+    } | change
+    reply = call(api, "POST", "/v1/events/purchases", json=body, headers=bearer("shop"))
+    assert reply.status == 422, reply.text
+    assert [d["loc"] for d in reply.json()["detail"]] == [where]
+    assert nothing_written(engine)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        ("/v1/customers/c%001", {"source": "crm"}, ["path", "customer_id"]),
+        ("/v1/customers/c%E2%80%AE1", {"source": "crm"}, ["path", "customer_id"]),  # U+202E
+        ("/v1/customers/c%C2%851", {"source": "crm"}, ["path", "customer_id"]),  # U+0085
+        (f"/v1/customers/{'c' * 65}", {"source": "crm"}, ["path", "customer_id"]),
+        ("/v1/customers/c1", {"source": "crm", "first_name": "A\x00"}, ["body", "first_name"]),
+        ("/v1/customers/c1", {"source": "crm", "country": "X" * 65}, ["body", "country"]),
+    ],
+)
+def test_customer_updates_have_the_importers_bounds(
+    api: FastAPI, engine: sa.Engine, path: str, body: dict[str, Any], where: list[Any]
+) -> None:
+    reply = call(api, "PUT", path, json=body, headers=bearer("shop"))
+    assert reply.status == 422, reply.text
+    assert [d["loc"] for d in reply.json()["detail"]] == [where]
+    assert nothing_written(engine)
+
+
+ID_ROUTES = (
+    ("PUT", "/v1/customers/{}", "shop"),
+    ("GET", "/v1/customers/{}/next-best-offer", "shop"),
+    ("GET", "/v1/privacy/customers/{}", "dpo"),
+    ("DELETE", "/v1/privacy/customers/{}", "dpo"),
+)
+
+
+@pytest.mark.parametrize(
+    ("customer", "message"),
+    [
+        ("c%7F1", None),  # DEL: the pattern's message
+        ("c%C2%851", "Value error, contains a control character (U+0085)"),
+        ("c%E2%80%AE1", "Value error, contains a non-printable character (U+202E)"),
+        ("c" * 65, "String should have at most 64 characters"),
+    ],
+)
+def test_every_customer_id_route_refuses_what_the_importer_refuses(
+    api: FastAPI, engine: sa.Engine, customer: str, message: str | None
+) -> None:
+    details = []
+    for method, route, who in ID_ROUTES:
+        reply = call(
+            api,
+            method,
+            route.format(customer),
+            headers=bearer(who),
+            **({"json": {"source": "crm"}} if method == "PUT" else {}),
+        )
+        assert reply.status == 422, (route, reply.text)
+        details.append(reply.json()["detail"])
+    assert all(detail == details[0] for detail in details), details  # one rule, one message
+    assert [d["loc"] for d in details[0]] == [["path", "customer_id"]]
+    assert message is None or details[0][0]["msg"] == message
+    assert nothing_written(engine)

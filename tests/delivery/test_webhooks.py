@@ -1,0 +1,413 @@
+"""Provider webhooks, pure: every provider's payloads → events, and their authentication."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from recocamp.delivery.esp.fake_server import postmark_event
+from recocamp.delivery.webhooks import (
+    Event,
+    WebhookError,
+    check_sendgrid_signature,
+    check_shared_secret,
+    parse,
+    read,
+)
+
+AT = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+MESSAGE_ID = "0d3c2a4e-5b6f-4a1b-9c8d-7e6f5a4b3c2d"
+RECORD: dict[str, Any] = {
+    "MessageID": MESSAGE_ID,
+    "To": "anna@example.test",
+    "Metadata": {"send_key": "winback/c1/2026-01-15"},
+}
+
+
+def body(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+def one(provider: str, document: object) -> Event:
+    events = parse(provider, body(document))
+    assert len(events) == 1, events
+    return events[0]
+
+
+# -- Postmark -------------------------------------------------------------------------------
+
+
+def test_postmark_hard_bounce_from_the_fake_server_payload() -> None:
+    event = one("postmark", postmark_event("bounce", RECORD, AT))
+    assert event.provider == "postmark"
+    assert event.kind == "bounced"
+    assert event.email == "anna@example.test"
+    assert event.message_id == MESSAGE_ID
+    assert event.send_key == "winback/c1/2026-01-15"
+    assert event.at == AT
+    assert event.event_key.startswith("postmark:Bounce:")
+    assert event.details["type"] == "HardBounce"
+
+
+@pytest.mark.parametrize(
+    ("bounce_type", "inactive", "kind"),
+    [
+        ("HardBounce", False, "bounced"),
+        ("HardBounce", True, "bounced"),
+        ("SoftBounce", True, "bounced"),  # Postmark deactivated the address: treat as hard
+        ("SoftBounce", False, "soft_bounced"),
+        ("Transient", False, "soft_bounced"),
+    ],
+)
+def test_postmark_bounce_hard_or_soft(bounce_type: str, inactive: bool, kind: str) -> None:
+    payload = postmark_event("bounce", RECORD, AT) | {"Type": bounce_type, "Inactive": inactive}
+    assert one("postmark", payload).kind == kind
+
+
+@pytest.mark.parametrize(
+    ("fake_kind", "kind", "email_key"),
+    [
+        ("complaint", "complained", "Email"),
+        ("delivery", "delivered", "Recipient"),
+        ("unsubscribe", "unsubscribed", "Recipient"),
+    ],
+)
+def test_postmark_other_record_types(fake_kind: str, kind: str, email_key: str) -> None:
+    payload = postmark_event(fake_kind, RECORD, AT)
+    assert email_key in payload  # the address comes from the field Postmark uses
+    event = one("postmark", payload)
+    assert (event.kind, event.email, event.at) == (kind, "anna@example.test", AT)
+    assert (event.message_id, event.send_key) == (MESSAGE_ID, "winback/c1/2026-01-15")
+
+
+def test_postmark_subscription_change_without_suppression_is_no_event() -> None:
+    payload = postmark_event("unsubscribe", RECORD, AT) | {"SuppressSending": False}
+    assert parse("postmark", body(payload)) == []
+
+
+def test_postmark_without_metadata_has_no_send_key() -> None:
+    payload = postmark_event("delivery", RECORD | {"Metadata": {}}, AT) | {"Metadata": None}
+    event = one("postmark", payload)
+    assert event.send_key is None
+    assert event.message_id == MESSAGE_ID
+
+
+def test_postmark_unknown_record_type_is_ignored() -> None:
+    payload = postmark_event("delivery", RECORD, AT) | {"RecordType": "Whatever"}
+    assert parse("postmark", body(payload)) == []
+
+
+def test_postmark_event_key_is_stable_and_distinguishes_events() -> None:
+    bounce = postmark_event("bounce", RECORD, AT)
+    first = one("postmark", bounce)
+    again = one("postmark", json.loads(json.dumps(bounce)))
+    assert first.event_key == again.event_key
+    later_delivery = one("postmark", postmark_event("delivery", RECORD, AT + timedelta(hours=1)))
+    delivery = one("postmark", postmark_event("delivery", RECORD, AT))
+    assert len({first.event_key, delivery.event_key, later_delivery.event_key}) == 3
+    other = RECORD | {"MessageID": "1f3c2a4e-5b6f-4a1b-9c8d-7e6f5a4b3c2d"}
+    assert one("postmark", postmark_event("bounce", other, AT)).event_key != first.event_key
+
+
+# -- SendGrid -------------------------------------------------------------------------------
+
+SG_BASE: dict[str, Any] = {
+    "email": "bert@example.test",
+    "timestamp": int(AT.timestamp()),
+    "sg_message_id": "abc123.filterdrecv-5645d9c87f-78xgx-1-5E8D2A37-3C.0",
+    "send_key": "winback/c2/2026-01-15",
+    "campaign": "winback",
+}
+
+
+def sendgrid_batch() -> list[dict[str, Any]]:
+    kinds = [
+        {"event": "processed"},
+        {"event": "delivered", "response": "250 OK"},
+        {"event": "bounce", "type": "bounce", "reason": "550 5.1.1 no such user"},
+        {"event": "bounce", "type": "blocked", "reason": "421 try later"},
+        {"event": "spamreport"},
+        {"event": "unsubscribe"},
+        {"event": "deferred"},
+    ]
+    return [SG_BASE | extra | {"sg_event_id": f"ev{n}"} for n, extra in enumerate(kinds)]
+
+
+def test_sendgrid_batch_maps_each_event() -> None:
+    events = parse("sendgrid", body(sendgrid_batch()))
+    assert [e.kind for e in events] == [
+        "delivered",
+        "bounced",
+        "soft_bounced",
+        "complained",
+        "unsubscribed",
+    ]
+    assert {e.message_id for e in events} == {"abc123"}
+    assert {e.send_key for e in events} == {"winback/c2/2026-01-15"}
+    assert {e.email for e in events} == {"bert@example.test"}
+    assert {e.at for e in events} == {AT}
+    assert [e.event_key for e in events] == [f"sendgrid:ev{n}" for n in (1, 2, 3, 4, 5)]
+    assert events[1].details == {"reason": "550 5.1.1 no such user"}
+
+
+def test_sendgrid_without_event_id_uses_a_stable_digest() -> None:
+    item = SG_BASE | {"event": "delivered"}
+    first, second = one("sendgrid", item), one("sendgrid", dict(reversed(item.items())))
+    assert first.event_key == second.event_key
+    assert first.event_key.startswith("sendgrid:") and len(first.event_key) > len("sendgrid:")
+    assert one("sendgrid", item | {"timestamp": 1}).event_key != first.event_key
+
+
+def test_sendgrid_without_message_id() -> None:
+    item = {k: v for k, v in SG_BASE.items() if k != "sg_message_id"} | {"event": "delivered"}
+    assert one("sendgrid", item).message_id is None
+
+
+# -- Brevo ----------------------------------------------------------------------------------
+
+BREVO_BASE: dict[str, Any] = {
+    "id": 26224,
+    "email": "cleo@example.test",
+    "date": "2026-01-15 13:00:00",
+    "ts_event": int(AT.timestamp()),
+    "message-id": "<202601151200.12345678901@smtp-relay.mailin.fr>",
+    "subject": "We miss you",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("hard_bounce", "bounced"),
+        ("soft_bounce", "soft_bounced"),
+        ("spam", "complained"),
+        ("delivered", "delivered"),
+        ("unsubscribed", "unsubscribed"),
+    ],
+)
+def test_brevo_events(name: str, kind: str) -> None:
+    event = one("brevo", BREVO_BASE | {"event": name, "reason": "why"})
+    assert event.provider == "brevo"
+    assert event.kind == kind
+    assert event.email == "cleo@example.test"
+    assert event.message_id == "<202601151200.12345678901@smtp-relay.mailin.fr>"
+    assert event.at == AT  # ts_event wins over the local-time "date"
+    assert event.send_key is None
+    assert event.details == {"reason": "why"}
+
+
+def test_brevo_event_keys_differ_per_message_and_kind() -> None:
+    delivered = one("brevo", BREVO_BASE | {"event": "delivered"})
+    assert delivered.event_key == one("brevo", BREVO_BASE | {"event": "delivered"}).event_key
+    bounced = one("brevo", BREVO_BASE | {"event": "hard_bounce"})
+    other = one("brevo", BREVO_BASE | {"event": "delivered", "message-id": "<other@x>"})
+    assert len({delivered.event_key, bounced.event_key, other.event_key}) == 3
+
+
+def test_brevo_unknown_event_is_ignored() -> None:
+    assert parse("brevo", body(BREVO_BASE | {"event": "request"})) == []
+
+
+# -- unreadable bodies and unknown providers --------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"{", b"\xff\xfe", b""])
+def test_body_that_is_not_json_is_400(raw: bytes) -> None:
+    with pytest.raises(WebhookError) as caught:
+        parse("postmark", raw)
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("provider", ["mailpit", "fake", "unknown"])
+def test_unknown_provider_is_404(provider: str) -> None:
+    with pytest.raises(WebhookError) as caught:
+        parse(provider, body(postmark_event("bounce", RECORD, AT)))
+    assert caught.value.status == 404
+
+
+def test_non_object_items_are_skipped() -> None:
+    document = [1, "x", None, postmark_event("delivery", RECORD, AT)]
+    assert [e.kind for e in parse("postmark", body(document))] == ["delivered"]
+
+
+# -- shared secret (Postmark, Brevo) --------------------------------------------------------
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        basic("postmark", "s3cret"),
+        basic("", "s3cret"),
+        basic("anyone", "s3cret"),
+        {"authorization": "Bearer s3cret"},
+        {"authorization": "bearer s3cret"},
+    ],
+)
+def test_shared_secret_accepted(headers: dict[str, str]) -> None:
+    check_shared_secret(headers, "s3cret")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": ""},
+        basic("postmark", "wrong"),
+        basic("s3cret", ""),  # the secret as user name is not the password
+        basic("postmark", "s3cret-and-more"),
+        {"authorization": "Bearer wrong"},
+        {"authorization": "Bearer"},
+        {"authorization": "s3cret"},
+        {"authorization": "Token s3cret"},
+        {"authorization": "Basic not-base64!"},
+        {"authorization": "Basic " + base64.b64encode(b"\xff:\xfe").decode()},
+    ],
+)
+def test_shared_secret_refused(headers: dict[str, str]) -> None:
+    with pytest.raises(WebhookError) as caught:
+        check_shared_secret(headers, "s3cret")
+    assert caught.value.status == 401
+
+
+@pytest.mark.parametrize("secret", [None, ""])
+def test_shared_secret_not_configured_is_503(secret: str | None) -> None:
+    with pytest.raises(WebhookError) as caught:
+        check_shared_secret({"authorization": "Bearer "}, secret)
+    assert caught.value.status == 503
+
+
+# -- SendGrid signature ---------------------------------------------------------------------
+
+SIGNATURE = "x-twilio-email-event-webhook-signature"
+TIMESTAMP = "x-twilio-email-event-webhook-timestamp"
+PRIVATE = ec.generate_private_key(ec.SECP256R1())
+PUBLIC = base64.b64encode(
+    PRIVATE.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+).decode()
+SG_BODY = body(sendgrid_batch())
+
+
+def signed(
+    payload: bytes, at: datetime, key: ec.EllipticCurvePrivateKey = PRIVATE
+) -> dict[str, str]:
+    stamp = str(int(at.timestamp()))
+    signature = key.sign(stamp.encode() + payload, ec.ECDSA(hashes.SHA256()))
+    return {SIGNATURE: base64.b64encode(signature).decode(), TIMESTAMP: stamp}
+
+
+@pytest.mark.parametrize("age", [timedelta(0), timedelta(seconds=599), timedelta(seconds=-30)])
+def test_sendgrid_signature_accepted(age: timedelta) -> None:
+    check_sendgrid_signature(signed(SG_BODY, AT - age), SG_BODY, PUBLIC, AT)
+
+
+def refused(headers: dict[str, str], payload: bytes = SG_BODY, key: str = PUBLIC) -> int:
+    with pytest.raises(WebhookError) as caught:
+        check_sendgrid_signature(headers, payload, key, AT)
+    return caught.value.status
+
+
+def test_sendgrid_tampered_body_is_401() -> None:
+    headers = signed(SG_BODY, AT)
+    assert refused(headers, SG_BODY.replace(b"bert@", b"eve@@")) == 401
+    assert refused(headers, SG_BODY + b" ") == 401
+
+
+def test_sendgrid_stale_or_future_timestamp_is_401() -> None:
+    assert refused(signed(SG_BODY, AT - timedelta(seconds=601))) == 401
+    assert refused(signed(SG_BODY, AT + timedelta(seconds=601))) == 401
+
+
+def test_sendgrid_timestamp_is_part_of_what_is_signed() -> None:
+    headers = signed(SG_BODY, AT) | {TIMESTAMP: str(int(AT.timestamp()) - 1)}
+    assert refused(headers) == 401
+
+
+def test_sendgrid_signed_by_another_key_is_401() -> None:
+    assert refused(signed(SG_BODY, AT, ec.generate_private_key(ec.SECP256R1()))) == 401
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {TIMESTAMP: str(int(AT.timestamp()))},
+        {SIGNATURE: "!!!not base64", TIMESTAMP: str(int(AT.timestamp()))},
+        {SIGNATURE: base64.b64encode(b"junk").decode(), TIMESTAMP: str(int(AT.timestamp()))},
+        {SIGNATURE: "", TIMESTAMP: "soon"},
+        {SIGNATURE: "", TIMESTAMP: "-1"},
+    ],
+)
+def test_sendgrid_missing_or_malformed_headers_are_401(headers: dict[str, str]) -> None:
+    assert refused(headers) == 401
+
+
+def test_sendgrid_public_key_that_is_not_a_key_is_401() -> None:
+    assert refused(signed(SG_BODY, AT), key=base64.b64encode(b"not a key").decode()) == 401
+
+
+def test_sendgrid_unicode_digit_timestamp_is_401() -> None:
+    headers = signed(SG_BODY, AT) | {TIMESTAMP: "\u00b2"}  # '²', a latin-1 header byte
+    assert refused(headers) == 401
+
+
+@pytest.mark.parametrize("key", [None, ""])
+def test_sendgrid_without_public_key_is_503(key: str | None) -> None:
+    with pytest.raises(WebhookError) as caught:
+        check_sendgrid_signature(signed(SG_BODY, AT), SG_BODY, key, AT)
+    assert caught.value.status == 503
+
+
+# -- typed reading: wrong fields reject the event, never the post ----------------------------
+
+
+def test_an_empty_time_falls_back_to_the_next_and_a_numeric_id_is_its_text() -> None:
+    payload = {
+        "RecordType": "Bounce",
+        "ID": 42,
+        "Email": "anna@example.test",
+        "BouncedAt": "",
+        "ReceivedAt": "2026-01-15T07:00:00.1234567-05:00",
+        "Type": "HardBounce",
+    }
+    event = one("postmark", payload)
+    assert event.at == AT + timedelta(microseconds=123456)  # 7 digits, as Postmark sends
+    assert event.event_key == "postmark:Bounce:42"
+
+
+@pytest.mark.parametrize("kind", [["Bounce"], {"a": 1}, 7, None])
+def test_a_kind_that_is_not_text_is_ignored_like_any_unknown_kind(kind: object) -> None:
+    parsed = read("postmark", body({"RecordType": kind, "Email": ["x"]}))
+    assert (parsed.events, parsed.rejected) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("stamp", "ok"),
+    [
+        (int(AT.timestamp()), True),
+        (AT.timestamp() + 0.5, True),
+        ("2026-01-15T12:00:00Z", True),
+        ("2026-01-15 12:00:00", True),
+        (-2208988800, True),
+        (-2208988801, False),
+        (1e20, False),
+        (253402300800, False),
+        ("9999-12-31T23:59:59-01:00", False),
+        (True, False),
+        ("x" * 65, False),
+        ({"t": 1}, False),
+    ],
+)
+def test_times_are_read_within_1900_to_9000(stamp: object, ok: bool) -> None:
+    parsed = read("sendgrid", body([{"event": "delivered", "timestamp": stamp}]))
+    assert (len(parsed.events), len(parsed.rejected)) == ((1, 0) if ok else (0, 1))

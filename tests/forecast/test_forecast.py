@@ -1,0 +1,312 @@
+"""Purchase forecasts: the textbook models reproduce the literature, our features mean what
+they say, nothing after the cutoff is seen, and the store reads exactly the purchase days."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp import forecast as f
+from recocamp.cli import app
+from recocamp.domain import Customer, Item, Purchase
+from recocamp.forecast.evaluate import auc, calibration
+from recocamp.forecast.outlook import Evaluation, choose, risk_tier
+from recocamp.store import forecasts as forecast_store
+from recocamp.store import queries
+from recocamp.store.schema import customers
+
+CDNOW = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "cdnow-sample" / "CDNOW_sample.txt"
+)
+NOW = datetime(2012, 1, 1, tzinfo=UTC)
+
+
+def cdnow() -> f.PurchaseDays:
+    if not CDNOW.exists():
+        pytest.skip(f"the CDNOW sample is absent ({CDNOW})")
+    ids, days, spend = [], [], []
+    for line in CDNOW.read_text(encoding="ascii").splitlines():
+        customer, _, when, _, value = line.split()
+        ids.append(customer)
+        days.append(f.day_number(datetime.strptime(when, "%Y%m%d").date()))
+        spend.append(float(value))
+    return f.PurchaseDays.from_lines(np.array(ids), np.array(days), np.array(spend))
+
+
+def test_bgnbd_reproduces_the_papers_estimates_on_cdnow() -> None:
+    """Fader, Hardie & Lee (2005) on CDNOW: r 0.243, alpha 4.414, a 0.793, b 2.426, LL -9582.4;
+    1,653 repeat purchase days predicted for the 39-week holdout (shared/data/README.md)."""
+    history = f.History.at(cdnow(), f.day_number(date(1997, 10, 1)))
+    assert len(history.rows) == 2357
+    model = f.BgNbd.fit(history.x, history.t_x, history.T)
+    for got, paper in (
+        (model.r, 0.243),
+        (model.alpha, 4.414),
+        (model.a, 0.793),
+        (model.b, 2.426),
+        (model.log_likelihood, -9582.4),
+    ):
+        assert got == pytest.approx(paper, rel=0.01)
+    predicted = model.expected(39.0, history.x, history.t_x, history.T).sum()
+    assert predicted == pytest.approx(1653, rel=0.01)
+
+
+def test_gamma_gamma_reproduces_the_published_estimates_on_cdnow() -> None:
+    """Fader, Hardie & Lee (2005), "RFM and CLV", on the same calibration period: p 6.25,
+    q 3.74, gamma 15.44 from the mean spend of repeat purchase days."""
+    history = f.History.at(cdnow(), f.day_number(date(1997, 10, 1)))
+    model = f.GammaGamma.fit(history.x, np.nan_to_num(history.repeat_spend))
+    assert (model.p, model.q, model.v) == pytest.approx((6.25, 3.74, 15.44), rel=0.01)
+
+
+def tiny() -> f.PurchaseDays:
+    """a: days 0, 10, 20 (spend 5 + 5 on day 10, two lines); b: day 5 only; c: day 30."""
+    return f.PurchaseDays.from_lines(
+        np.array(["a", "a", "a", "a", "b", "c"]),
+        np.array([10, 0, 20, 10, 5, 30]),
+        np.array([5.0, 1.0, 2.0, 5.0, 7.0, 3.0]),
+    )
+
+
+def test_history_at_a_cutoff_is_what_the_definitions_say() -> None:
+    history = f.History.at(tiny(), 25)  # c's day 30 is after the cutoff: c is not forecast
+    assert tiny().customers[history.rows].tolist() == ["a", "b"]
+    assert history.days.tolist() == [3.0, 1.0]
+    assert history.x.tolist() == [2.0, 0.0]
+    assert history.t_x.tolist() == [20 / 7, 0.0]
+    assert history.T.tolist() == [24 / 7, 19 / 7]  # to the last day of history, day 24
+    assert history.recency.tolist() == [5.0, 20.0]
+    assert history.gap[0] == 10.0 and np.isnan(history.gap[1])
+    assert history.overdue[0] == 0.5
+    assert history.spend.tolist() == [13.0, 7.0]  # day 10's two lines are one purchase day
+    assert history.repeat_spend[0] == 6.0  # (10 + 2) / 2 repeat days
+    assert history.recent[0].tolist() == [3.0, 3.0, 3.0, 3.0]
+    later = f.History.at(tiny(), 45)  # windows of 30, 90, 180, 365 days before day 45
+    assert later.recent[0].tolist() == [1.0, 3.0, 3.0, 3.0]  # day 20 alone in [15, 45)
+
+
+def test_local_days_follow_the_shops_calendar_across_dst() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    instants = [
+        datetime(2011, 7, 1, 22, 30, tzinfo=UTC),  # 00:30 on 2 July in Berlin (UTC+2)
+        datetime(2011, 12, 1, 22, 30, tzinfo=UTC),  # 23:30 on 1 December (UTC+1)
+        datetime(2011, 3, 27, 0, 59, tzinfo=UTC),  # 01:59 CET, just before the change
+        datetime(2011, 3, 27, 1, 0, tzinfo=UTC),  # 03:00 CEST
+    ]
+    days = f.local_days(np.array([i.timestamp() for i in instants]), berlin)
+    assert [f.day_of(d) for d in days] == [
+        date(2011, 7, 2),
+        date(2011, 12, 1),
+        date(2011, 3, 27),
+        date(2011, 3, 27),
+    ]
+
+
+def synthetic_shop(seed: int = 7, customers: int = 400, days: int = 720) -> f.PurchaseDays:
+    """Customers with their own rate and lifetime: enough to fit every forecaster."""
+    rng = np.random.default_rng(seed)
+    ids, when, spend = [], [], []
+    for c in range(customers):
+        start = int(rng.integers(0, days // 2))
+        rate = float(rng.gamma(1.0, 1 / 30))
+        end = min(days, start + int(rng.exponential(400)))
+        t = start
+        while t < end:
+            ids.append(f"c{c:04d}")
+            when.append(t)
+            spend.append(float(rng.gamma(2.0, 20.0)))
+            t += 1 + int(rng.exponential(1 / max(rate, 1e-3)))
+    return f.PurchaseDays.from_lines(np.array(ids), np.array(when), np.array(spend))
+
+
+@pytest.mark.parametrize("model", sorted(f.FORECASTERS))
+@pytest.mark.parametrize(("days", "cutoff", "horizon"), [(720, 600, 90), (1400, 1000, 400)])
+def test_no_forecaster_sees_a_day_at_or_after_the_cutoff(
+    model: str, days: int, cutoff: int, horizon: int
+) -> None:
+    """Also with a horizon over a year, where last year's season ahead would pass the cutoff."""
+    shop = synthetic_shop(days=days)
+    keep = shop.day < cutoff
+    truncated = f.PurchaseDays.from_lines(
+        shop.customers[shop.owner[keep]], shop.day[keep], shop.spend[keep]
+    )
+    full = f.forecast(shop, cutoff, horizon, model)
+    cut = f.forecast(truncated, cutoff, horizon, model)
+    assert [r.as_dict() for r in full] == [r.as_dict() for r in cut]
+
+
+def test_bgnbd_expects_purchases_of_heavy_buyers_over_long_spans() -> None:
+    """Eq. 10 in Euler's transformed form: 600 purchase days over two years, ten years ahead,
+    was inf × 0 (NaN, then 0) in the paper's form."""
+    model = f.BgNbd(r=0.8, alpha=20.0, a=0.05, b=0.5, log_likelihood=0.0)
+    x, t_x, T = np.array([600.0, 3.0]), np.array([103.0, 50.0]), np.array([104.0, 104.0])
+    ten_years = model.expected(3650 / 7, x, t_x, T)
+    quarter = model.expected(90 / 7, x, t_x, T)
+    assert np.all(np.isfinite(ten_years)) and np.all(ten_years > 10 * quarter)
+    assert quarter[0] == pytest.approx(600 / 104 * 90 / 7, rel=0.2)  # about the past rate
+
+
+def test_every_forecaster_is_sane_on_a_shop_with_a_known_structure() -> None:
+    """Customers who buy often and recently are forecast more purchase days than lapsed ones,
+    and the totals are of the right size."""
+    shop = synthetic_shop()
+    evaluation = f.evaluate(shop, 600, 90)
+    for name, q in evaluation.qualities.items():
+        assert q.auc is not None and q.auc > 0.7, name
+        assert 0.5 < q.predicted_total / q.actual_total < 2.0, name
+
+
+def test_forecast_rows_hold_every_field_with_the_documented_meaning() -> None:
+    shop = tiny()
+    rows = f.forecast(shop, 25, 90, "naive")
+    a, b = rows
+    assert (a.customer_id, b.customer_id) == ("a", "b")
+    assert a.expected_purchase_days == pytest.approx(2 / (24 / 7) * (90 / 7))  # naive rate
+    assert a.p_active == pytest.approx(1 - np.exp(-a.expected_purchase_days))
+    assert a.churn_risk == risk_tier(a.p_active) == "low"
+    assert b.expected_purchase_days == 0.0 and b.churn_risk == "high"
+    assert a.next_purchase_by == f.day_of(30) and a.overdue_ratio == 0.5
+    assert b.next_purchase_by is None and b.overdue_ratio is None
+    assert a.expected_revenue > 0 and a.lifetime_value >= a.expected_revenue
+    assert json.loads(json.dumps(a.as_dict()))["next_purchase_by"] == "1970-01-31"
+
+
+def test_risk_tiers_cut_at_a_third_and_two_thirds() -> None:
+    assert [risk_tier(p) for p in (0.0, 0.333, 1 / 3, 0.666, 2 / 3, 1.0)] == [
+        "high",
+        "high",
+        "medium",
+        "medium",
+        "low",
+        "low",
+    ]
+
+
+def test_auc_counts_ties_at_mid_rank_and_calibration_is_by_decile() -> None:
+    assert auc(np.array([1.0, 1.0, 0.0, 2.0]), np.array([True, False, False, True])) == 0.875
+    assert auc(np.array([1.0, 2.0]), np.array([True, True])) is None
+    deciles = calibration(np.arange(20.0), np.arange(20.0) * 2)
+    assert [d.customers for d in deciles] == [2] * 10
+    assert deciles[0].predicted == 0.5 and deciles[0].actual == 1.0
+
+
+def test_the_live_forecaster_has_the_lowest_mae_among_those_ranking_as_well_as_bgnbd() -> None:
+    def q(mae: float, auc_value: float) -> f.Quality:
+        return f.Quality(100, mae, 1.0, 1.0, auc_value, 0.5, ())
+
+    better_but_ranks_worse = {
+        "naive": q(0.80, 0.70),
+        "bgnbd": q(0.90, 0.73),
+        "rhythm": q(0.85, 0.74),
+    }
+    assert choose(Evaluation(0, 90, better_but_ranks_worse)) == "rhythm"
+    tie = {"naive": q(0.80, 0.73), "bgnbd": q(0.90, 0.73), "rhythm": q(0.80, 0.75)}
+    assert choose(Evaluation(0, 90, tie)) == "naive"  # the simpler model wins a tie
+
+
+# --- the store and the command ---------------------------------------------------------
+
+
+def _at(day: date, hour: int = 12) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
+
+
+def fill(engine: sa.Engine) -> None:
+    """a: product orders on three days (postage with one); b: an order of postage alone;
+    c: objected to profiling; d: erased; a guest order."""
+    d0 = date(2011, 3, 1)
+    lines = [
+        Purchase("o1", 1, "a", "i1", 1, 10.0, _at(d0)),
+        Purchase("o1", 2, "a", "POST", 1, 5.0, _at(d0)),
+        Purchase("o2", 1, "a", "i1", 2, 10.0, _at(d0 + timedelta(days=20))),
+        Purchase("o3", 1, "a", "i2", 1, 4.0, _at(d0 + timedelta(days=40))),
+        Purchase("C3", 1, "a", "i2", -1, 4.0, _at(d0 + timedelta(days=41)), is_return=True),
+        Purchase("o4", 1, "b", "POST", 1, 5.0, _at(d0)),
+        Purchase("o5", 1, "c", "i1", 1, 10.0, _at(d0)),
+        Purchase("o6", 1, "d", "i1", 1, 10.0, _at(d0)),
+        Purchase("o7", 1, None, "i1", 1, 10.0, _at(d0)),
+        Purchase("o8", 1, "a", "i1", 1, 10.0, _at(date(2011, 6, 1))),  # at as_of: not history
+    ]
+    people = [
+        Customer("a", "a@example.test"),
+        Customer("b", "b@example.test"),
+        Customer("c", "c@example.test", objected_to_profiling=True),
+        Customer("d", "d@example.test"),
+    ]
+    with engine.begin() as connection:
+        queries.upsert_items(
+            connection,
+            [
+                Item("i1", "Mug", "home", 10.0),
+                Item("i2", "Cup", "home", 4.0),
+                Item("POST", "Postage", "service", 5.0, is_service=True),
+            ],
+            NOW,
+        )
+        queries.upsert_customers(connection, people, NOW)
+        queries.insert_purchases(connection, lines, None)
+        erase = customers.update().where(customers.c.id == "d").values(erased_at=NOW, email=None)
+        connection.execute(erase)
+
+
+def test_the_store_reads_purchase_days_of_profiled_customers_only(engine: sa.Engine) -> None:
+    fill(engine)
+    with engine.connect() as connection:
+        ids, seconds, revenue = forecast_store.purchase_lines(
+            connection, datetime(2011, 6, 1, tzinfo=UTC)
+        )
+    days = f.PurchaseDays.from_lines(ids, f.local_days(seconds, ZoneInfo("UTC")), revenue)
+    assert days.customers.tolist() == ["a"]  # b: postage alone; c objected; d erased
+    assert np.diff(days.start).tolist() == [3]
+    assert days.spend.tolist() == [15.0, 20.0, 4.0]  # postage in revenue, the return is not
+
+
+def test_forecast_command_prints_the_documented_json(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(engine)
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        f'database_url = "{engine.url.render_as_string(hide_password=False)}"\n'
+        '[shop]\ntime_zone = "UTC"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("RECOCAMP_SETTINGS", str(settings))
+    runner = CliRunner()
+    result = runner.invoke(app, ["forecast", "--as-of", "2011-06-01", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert (document["as_of"], document["horizon_days"], document["model"]) == (
+        "2011-06-01",
+        90,
+        "bgnbd",  # too little history for a time split: the textbook model
+    )
+    (row,) = document["customers"]
+    assert set(row) == {
+        "customer_id",
+        "expected_purchase_days",
+        "p_active",
+        "churn_risk",
+        "expected_revenue",
+        "lifetime_value",
+        "next_purchase_by",
+        "overdue_ratio",
+    }
+    assert row["customer_id"] == "a" and row["next_purchase_by"] == "2011-04-30"  # + 20 days
+    bad = runner.invoke(app, ["forecast", "--as-of", "June"])
+    assert bad.exit_code == 2 and "not a date" in bad.output
+    evaluated = runner.invoke(
+        app,
+        ["forecast-evaluate", "--cutoff", "2011-03-10", "--horizon-days", "60", "--format", "json"],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    models = json.loads(evaluated.output)["models"]
+    assert sorted(models) == sorted(f.FORECASTERS)
+    assert models["naive"]["actual_total"] == 2.0  # 21 March and 10 April, not 1 June

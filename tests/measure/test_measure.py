@@ -1,0 +1,328 @@
+"""Measurement, pure: intervals against published and hand-computed values, last-touch
+attribution on a fixed clock, uplift and its "not enough data yet", cohorts, NPS, KPI changes."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from scipy import stats as scipy_stats
+
+from recocamp.measure import attribution as measure
+from recocamp.measure import statistics as stats
+from recocamp.measure.attribution import Result, Thresholds, Touch
+from recocamp.measure.kpis import OrderTotal
+from recocamp.measure.statistics import Interval, Sample
+
+T0 = datetime(2024, 3, 5, 10, 0, tzinfo=UTC)
+WEEK = timedelta(days=7)
+
+
+def close(interval: Interval | None, low: float, high: float, places: int = 4) -> bool:
+    assert interval is not None
+    return round(interval.low, places) == low and round(interval.high, places) == high
+
+
+# --- intervals ---------------------------------------------------------------------------
+
+
+def test_wilson_matches_published_values() -> None:
+    # Newcombe (1998a), Table I: 81/263 → 0.2553 to 0.3662
+    assert close(stats.wilson(81, 263), 0.2553, 0.3662)
+    # 0/10: the lower limit is 0 and the upper z²/(n + z²) = 3.8415 / 13.8415
+    assert close(stats.wilson(0, 10), 0.0, 0.2775)
+    assert stats.wilson(10, 10).high == 1.0
+    with pytest.raises(ValueError, match="successes must lie"):
+        stats.wilson(11, 10)
+
+
+def test_newcombe_hybrid_score_matches_the_paper() -> None:
+    # Newcombe (1998b), Table II, method 10
+    assert close(stats.newcombe(56, 70, 48, 80), 0.0524, 0.3339)
+    assert close(stats.newcombe(9, 10, 3, 10), 0.1705, 0.8090)
+    assert close(stats.newcombe(5, 56, 0, 29), -0.0381, 0.1926)
+
+
+def test_risk_ratio_by_hand() -> None:
+    # RR = 0.30 / 0.20 = 1.5; se(log RR) = sqrt(1/30 - 1/100 + 1/20 - 1/100) = 0.25166
+    ratio = stats.risk_ratio(30, 100, 20, 100)
+    se = math.sqrt(1 / 30 - 1 / 100 + 1 / 20 - 1 / 100)
+    assert round(se, 5) == 0.25166
+    assert close(
+        ratio, round(1.5 * math.exp(-1.959964 * se), 4), round(1.5 * math.exp(1.959964 * se), 4)
+    )
+    assert close(ratio, 0.9160, 2.4564)
+    assert stats.risk_ratio(0, 100, 20, 100) is None
+
+
+def test_welch_by_hand_and_against_scipy() -> None:
+    a = [0.0, 0, 5, 10, 0, 20, 0, 3]  # mean 4.75, variance 353.5 / 7 = 50.5
+    b = [0.0, 1, 0, 0, 2, 0, 0, 0, 4]  # mean 7/9, variance 15.5556 / 8 = 1.9444
+    first, second = Sample.of(a), Sample.of(b)
+    assert first.mean == 4.75 and first.variance == pytest.approx(50.5)
+    assert second.variance == pytest.approx(1.944444, abs=1e-6)
+    se = math.sqrt(50.5 / 8 + 1.944444 / 9)  # 2.55510
+    df = (50.5 / 8 + 1.944444 / 9) ** 2 / ((50.5 / 8) ** 2 / 7 + (1.944444 / 9) ** 2 / 8)
+    assert round(se, 4) == 2.5551 and round(df, 2) == 7.48
+    interval = stats.welch(first, second)
+    assert close(interval, -1.9920, 9.9364)
+    reference = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert interval.low == pytest.approx(reference.low) and interval.high == pytest.approx(
+        reference.high
+    )
+
+
+def test_ratio_of_means_by_fieller_by_hand() -> None:
+    first, second = Sample(100, 12.0, 400.0), Sample(100, 10.0, 300.0)
+    a, b = 4.0, 3.0  # variance / n
+    df = (a + b) ** 2 / (a * a / 99 + b * b / 99)  # 194.04
+    t2 = scipy_stats.t.ppf(0.975, df) ** 2  # 1.9723²
+    lead = 100 - t2 * b  # m₂² − t²·b
+    root = math.sqrt((12 * 10) ** 2 - lead * (144 - t2 * a))
+    interval = stats.ratio_of_means(first, second)
+    assert round(df, 2) == 194.04 and round(math.sqrt(t2), 4) == 1.9723
+    assert interval == Interval((120 - root) / lead, (120 + root) / lead)
+    assert close(interval, 0.7328, 1.9843)
+    assert stats.ratio_of_means(Sample(100, 1.0, 1.0), Sample(100, 0.1, 400.0)) is None  # unbounded
+
+
+@settings(max_examples=200, deadline=None)
+@example([0.0, 1e-100], [0.0, 0.0])  # variances whose squares underflow (df was 0 / 0)
+@example([0.0, 1e-100], [1.0, 1.0 + 1e-100])
+@given(
+    st.lists(st.floats(0, 500, allow_nan=False), min_size=2, max_size=40),
+    st.lists(st.floats(0, 500, allow_nan=False), min_size=2, max_size=40),
+)
+def test_relative_and_absolute_uplift_agree_about_zero(a: list[float], b: list[float]) -> None:
+    """Fieller's ratio contains 1 exactly when Welch's difference contains 0."""
+    first, second = Sample.of(a), Sample.of(b)
+    ratio = stats.ratio_of_means(first, second)
+    if ratio is None or first.variance + second.variance == 0:
+        return
+    difference = stats.welch(first, second)
+    if min(abs(difference.low), abs(difference.high)) > 1e-9:  # not on the boundary itself
+        assert ratio.contains(1.0) == difference.contains(0.0)
+
+
+def test_nps_interval_by_hand() -> None:
+    # 50 promoters, 20 detractors of 100: NPS 30, se = sqrt((0.5 + 0.2 - 0.09) / 100) = 0.07810
+    assert close(stats.nps_interval(50, 20, 100), 14.6922, 45.3078)
+    assert stats.nps_interval(100, 0, 100) == Interval(100.0, 100.0)
+    with pytest.raises(ValueError, match="bad NPS counts"):
+        stats.nps_interval(60, 50, 100)
+
+
+# --- attribution -------------------------------------------------------------------------
+
+
+def send(
+    customer: str, at: datetime, campaign: str = "winback", variant: str | None = None
+) -> Touch:
+    return Touch(campaign, customer, at, False, variant, f"{campaign}/{customer}/{at:%F}")
+
+
+def holdout(customer: str, at: datetime, campaign: str = "winback") -> Touch:
+    return Touch(campaign, customer, at, True, None, f"{campaign}/{at:%F}")
+
+
+def order(customer: str | None, at: datetime, revenue: float = 10.0, oid: str = "") -> OrderTotal:
+    return OrderTotal(oid or f"o-{customer}-{at.isoformat()}", customer, at, revenue)
+
+
+def by_key(results: list[Result]) -> dict[str, tuple[int, float]]:
+    return {r.touch.key: (r.orders, r.revenue) for r in results}
+
+
+def test_window_boundaries_on_a_fixed_clock() -> None:
+    touch = send("a", T0)
+    orders = [
+        order("a", T0 - timedelta(seconds=1), 1),  # before the send: not the send's
+        order("a", T0, 2),  # at the send: counts (the window is [at, at + W))
+        order("a", T0 + WEEK - timedelta(seconds=1), 4),  # last second of the window
+        order("a", T0 + WEEK, 8),  # the window has ended
+        order(None, T0 + timedelta(hours=1), 16),  # a guest
+        order("b", T0 + timedelta(hours=1), 32),  # somebody else
+    ]
+    assert by_key(measure.attribute([touch], orders, WEEK)) == {touch.key: (2, 6.0)}
+    assert by_key(measure.attribute([touch], orders, timedelta(days=3))) == {touch.key: (1, 2.0)}
+
+
+def test_last_touch_wins_and_holdouts_compete_alike() -> None:
+    first, second = send("a", T0, "winback"), send("a", T0 + timedelta(days=3), "cross_sell")
+    kept_out, later = holdout("b", T0), send("b", T0 + timedelta(days=3), "cross_sell")
+    orders = [
+        order("a", T0 + timedelta(days=2), 10),  # only the first e-mail so far
+        order("a", T0 + timedelta(days=4), 20),  # the later e-mail is the last touch
+        order("b", T0 + timedelta(days=1), 40),  # the holdout's would-have conversion
+        order("b", T0 + timedelta(days=5), 80),  # after a real e-mail: that one's
+        order("b", T0 + timedelta(days=11), 160),  # outside every window
+    ]
+    got = by_key(measure.attribute([first, second, kept_out, later], orders, WEEK))
+    assert got == {
+        first.key: (1, 10.0),
+        second.key: (1, 20.0),
+        kept_out.key: (1, 40.0),
+        later.key: (1, 80.0),
+    }
+
+
+def test_closed_windows_and_pending_touches() -> None:
+    results = [
+        Result(send("a", T0)),
+        Result(send("b", T0 + timedelta(days=5))),
+        Result(send("c", T0 + timedelta(days=30))),
+    ]
+    done, pending = measure.closed(results, T0 + timedelta(days=8), WEEK)
+    assert [r.touch.customer_id for r in done] == ["a"] and pending == 1  # c is in the future
+
+
+# --- uplift ------------------------------------------------------------------------------
+
+
+def units(
+    n: int,
+    converted: int,
+    holdout_group: bool,
+    revenue: float = 20.0,
+    variant: str | None = None,
+    campaign: str = "winback",
+) -> list[Result]:
+    found = []
+    for k in range(n):
+        touch = Touch(
+            campaign,
+            f"{'h' if holdout_group else 't'}{variant}{k}",
+            T0,
+            holdout_group,
+            variant,
+            str(k),
+        )
+        found.append(Result(touch, 1, revenue) if k < converted else Result(touch))
+    return found
+
+
+def test_uplift_against_hand_computed_numbers() -> None:
+    treated, control = units(200, 30, False, 20.0), units(100, 10, True, 20.0)
+    uplift = measure.compare("winback", None, treated, control, Thresholds(100, 10))
+    assert uplift.enough and uplift.note == ""
+    rate = uplift.comparisons["conversion_rate"]
+    assert (rate.treated, rate.control) == (0.15, 0.10)
+    assert rate.absolute == pytest.approx(0.05)
+    assert rate.absolute_interval == stats.newcombe(30, 200, 10, 100)
+    assert rate.relative == pytest.approx(0.5)
+    ratio = stats.risk_ratio(30, 200, 10, 100)
+    assert ratio is not None and rate.relative_interval == Interval(ratio.low - 1, ratio.high - 1)
+    revenue = uplift.comparisons["revenue_per_recipient"]
+    # revenue per recipient 30 × 20 / 200 = 3.00 against 10 × 20 / 100 = 2.00
+    assert (revenue.treated, revenue.control, revenue.absolute) == (3.0, 2.0, 1.0)
+    # variances: 20² × p(1 − p) × n / (n − 1)
+    t_var, c_var = 400 * 0.15 * 0.85 * 200 / 199, 400 * 0.1 * 0.9 * 100 / 99
+    assert revenue.absolute_interval == stats.welch(
+        Sample(200, 3.0, t_var), Sample(100, 2.0, c_var)
+    )
+    orders = uplift.comparisons["orders_per_recipient"]
+    assert (orders.treated, orders.control) == (0.15, 0.10)
+    assert orders.relative == pytest.approx(0.5)
+
+
+def test_not_enough_data_yet() -> None:
+    small = measure.compare(
+        "w", None, units(99, 30, False), units(150, 10, True), Thresholds(100, 10)
+    )
+    assert not small.enough and small.comparisons == {}
+    assert (
+        small.note
+        == "not enough data yet: 99 mailed and 150 in the holdout, at least 100 each needed"
+    )
+    head_to_head = measure.compare(
+        "w", "b", units(99, 30, False), units(150, 10, False), Thresholds(100, 10), against="a"
+    )
+    assert head_to_head.note == (
+        "not enough data yet: 99 mailed and 150 in variant a, at least 100 each needed"
+    )
+    none_held = measure.compare("w", None, units(500, 30, False), [], Thresholds(100, 10))
+    assert none_held.note.startswith("no holdout: ") and "control" not in none_held.note
+    rare = measure.compare(
+        "w", None, units(500, 4, False), units(500, 5, True), Thresholds(100, 10)
+    )
+    assert not rare.enough and rare.note == "not enough data yet: 9 conversions, at least 10 needed"
+    assert rare.treated.converted == 4 and rare.control.units == 500
+    survey = measure.compare("nps", None, units(500, 0, False), [], Thresholds(100, 10))
+    assert not survey.enough and "holds nobody out" in survey.note
+
+
+def test_variants_against_the_holdout_and_each_other() -> None:
+    results = (
+        units(300, 60, False, variant="personal")
+        + units(300, 30, False, variant="urgency")
+        + units(200, 20, True)
+    )
+    found = measure.uplifts(results, Thresholds(100, 10), pending={"winback": 7})
+    rows = {(u.variant, u.against): u for u in found}
+    assert set(rows) == {
+        (None, "holdout"),
+        ("personal", "holdout"),
+        ("urgency", "holdout"),
+        ("urgency", "personal"),
+    }
+    assert rows[(None, "holdout")].treated.units == 600 and rows[(None, "holdout")].pending == 7
+    head_to_head = rows[("urgency", "personal")].comparisons["conversion_rate"]
+    assert head_to_head.absolute == pytest.approx(0.10 - 0.20)
+    assert head_to_head.absolute_interval == stats.newcombe(30, 300, 60, 300)
+    assert head_to_head.absolute_interval.high < 0  # personal wins, and the interval says so
+
+
+# --- cohorts, NPS, KPI changes -----------------------------------------------------------
+
+
+def test_cohorts_in_the_shop_zone_with_unfinished_months() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    at = lambda y, m, d, h=12: datetime(y, m, d, h, tzinfo=UTC)  # noqa: E731
+    orders = [
+        order("a", at(2024, 1, 10)),
+        order("a", at(2024, 2, 3)),
+        order("a", at(2024, 4, 2)),
+        order("b", at(2024, 1, 20)),
+        # 23:30 UTC on 31 January is 00:30 on 1 February in Berlin: a February customer
+        order("c", at(2024, 1, 31, 23).replace(minute=30)),
+        order("c", at(2024, 3, 9)),
+        order(None, at(2024, 1, 5)),  # guests have no cohort
+        order("d", at(2024, 4, 20)),  # after as_of: not seen
+    ]
+    table = measure.cohorts(orders, berlin, at(2024, 4, 15), max_months=3)
+    assert [(c.month, c.customers, c.retention) for c in table] == [
+        (date(2024, 1, 1), 2, (0.5, 0.0, None)),  # April is not over on 15 April
+        (date(2024, 2, 1), 1, (1.0, None, None)),
+    ]
+
+
+def test_nps_summary() -> None:
+    answers = [10] * 5 + [9] * 3 + [8, 7] + [6, 0]
+    result = measure.nps(answers, min_responses=10)
+    assert (result.responses, result.promoters, result.passives, result.detractors) == (12, 8, 2, 2)
+    assert result.score == pytest.approx(100 * 6 / 12) and result.enough
+    assert result.distribution[10] == 5 and result.distribution[0] == 1
+    assert result.interval == stats.nps_interval(8, 2, 12)
+    assert not measure.nps(answers, min_responses=13).enough
+    assert measure.nps([]).score is None
+    with pytest.raises(ValueError, match="0…10"):
+        measure.nps([11])
+
+
+def test_kpi_changes_week_month_quarter() -> None:
+    day = date(2011, 12, 9)
+    snapshots = {
+        (day, 7): {"orders": 120.0},
+        (day - timedelta(days=7), 7): {"orders": 100.0},
+        (day, 30): {"orders": 400.0},
+        (day - timedelta(days=30), 30): {"orders": 500.0},
+        (day, 90): {"orders": 1.0},  # the quarter before is missing: no quarter row
+    }
+    found = {(c.period, c.kpi): c for c in measure.changes(snapshots, day, ["orders"])}
+    assert set(found) == {("week", "orders"), ("month", "orders")}
+    assert found[("week", "orders")].relative == pytest.approx(0.2)
+    assert found[("month", "orders")].relative == pytest.approx(-0.2)

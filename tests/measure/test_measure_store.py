@@ -1,0 +1,273 @@
+"""Measurement on real stores (SQLite and PostgreSQL): the daily snapshot job (idempotent per
+shop-local day, across DST), backfill against the `kpis` command, cohorts on a real UCI slice
+against an independent computation, touches and reasons, stored reports, migration 0006."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from typer.testing import CliRunner
+
+from recocamp.cli import app
+from recocamp.data.ingest import Importer
+from recocamp.domain import OutgoingEmail, Purchase
+from recocamp.measure import attribution as measure
+from recocamp.measure import jobs as measure_jobs
+from recocamp.measure.kpis import OrderTotal
+from recocamp.settings import MeasureSettings, Settings, ShopSettings
+from recocamp.store import measure as store
+from recocamp.store import outbox, queries
+from recocamp.store.engine import _alembic_config, make_engine, upgrade
+from recocamp.store.schema import decisions, kpi_snapshots
+from recocamp.store.schema import outbox as outbox_table
+from tests.conftest import NOW, uci_rows
+
+LONDON = ZoneInfo("Europe/London")
+SETTINGS = Settings(
+    shop=ShopSettings(time_zone="Europe/London"),
+    measure=MeasureSettings(snapshot_window_days=(7, 30)),
+)
+
+
+def buy(order: str, customer: str | None, at: datetime, price: float = 10.0) -> Purchase:
+    return Purchase(order, 1, customer, "i1", 1, price, at)
+
+
+def test_daily_snapshot_is_idempotent_per_shop_local_day_across_dst(engine: sa.Engine) -> None:
+    # British Summer Time starts on 31 March 2024 at 01:00 UTC: that day ends at 23:00 UTC
+    lines = [
+        buy("o1", "a", datetime(2024, 3, 20, 12, tzinfo=UTC)),
+        buy("o2", "a", datetime(2024, 3, 31, 22, 30, tzinfo=UTC), 20),  # 23:30 BST, 31 March
+        buy("o3", "b", datetime(2024, 3, 31, 23, 30, tzinfo=UTC), 40),  # 00:30 BST, 1 April
+        buy("g1", None, datetime(2024, 3, 30, 9, tzinfo=UTC)),
+    ]
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, lines, None)
+    now = datetime(2024, 4, 1, 6, 0, tzinfo=UTC)  # the worker's morning run
+    written = measure_jobs.snapshot_kpis(engine, SETTINGS, now)
+    assert written == 2 + 1  # windows 7 and 30, and one RFM segment: only a had ordered
+    assert measure_jobs.snapshot_kpis(engine, SETTINGS, now + timedelta(hours=5)) == 0
+    with engine.connect() as connection:
+        rows = {r.window_days: r for r in connection.execute(sa.select(kpi_snapshots))}
+        sizes = store.segment_history(connection, date(2024, 3, 31), date(2024, 3, 31))
+    week = rows[7]
+    assert week.day == date(2024, 3, 31)
+    assert week.as_of == datetime(2024, 3, 31, 23, 0, tzinfo=UTC)  # midnight BST
+    assert (week.orders, week.customers, week.guest_orders) == (1, 1, 1)  # o2 and g1, not o3
+    assert week.average_order_value == pytest.approx(20.0)
+    assert rows[30].orders == 2 and rows[30].repeat_purchase_rate == pytest.approx(1.0)
+    assert sum(sizes[date(2024, 3, 31)].values()) == 1  # only a had ordered by then
+    later = measure_jobs.snapshot_kpis(engine, SETTINGS, now + timedelta(days=1))
+    with engine.connect() as connection:
+        next_day = store.segment_history(connection, date(2024, 4, 1), date(2024, 4, 1))
+    assert sum(next_day[date(2024, 4, 1)].values()) == 2  # b's order on 1 April counts now
+    assert later == 2 + len(next_day[date(2024, 4, 1)])
+
+
+def test_backfill_equals_the_kpis_command_and_replace_recomputes(
+    tmp_path: Path, uci_slice: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n[shop]\ntime_zone = "Europe/London"\n'
+        "[measure]\nsnapshot_window_days = [7, 30]\n"
+    )
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["import", "purchases", str(uci_slice), "--format", "online-retail"]
+        ).exit_code
+        == 0
+    )
+    done = runner.invoke(
+        app, ["snapshots", "backfill", "--from", "2010-12-05", "--to", "2010-12-14"]
+    )
+    assert done.exit_code == 0, done.output
+    engine = make_engine("sqlite:///shop.db")
+    with engine.connect() as connection:
+        history = store.kpi_history(connection, date(2010, 12, 5), date(2010, 12, 14))
+        segment_days = store.segment_days(connection, date(2010, 12, 1), date(2010, 12, 31))
+        segment_rows = connection.execute(sa.text("SELECT count(*) FROM segment_snapshots"))
+        written = len(history) + segment_rows.scalar_one()
+    assert len(history) == 10 * 2 and len(segment_days) == 10  # days × windows, and RFM
+    assert f"snapshots 2010-12-05 … 2010-12-14: {written} rows written" in done.output
+    for day in (date(2010, 12, 5), date(2010, 12, 14)):
+        as_of = (day + timedelta(days=1)).isoformat()
+        result = runner.invoke(
+            app, ["kpis", "--as-of", as_of, "--window-days", "7", "--format", "json"]
+        )
+        expected = json.loads(result.output)
+        assert history[(day, 7)] == {k: expected[k] for k in history[(day, 7)]}
+    assert history[(date(2010, 12, 14), 7)]["orders"] > 0
+    again = runner.invoke(
+        app, ["snapshots", "backfill", "--from", "2010-12-05", "--to", "2010-12-14"]
+    )
+    assert ": 0 rows written" in again.output
+    with engine.begin() as connection:
+        connection.execute(sa.update(kpi_snapshots).values(orders=-1))
+    redo = runner.invoke(
+        app, ["snapshots", "backfill", "--from", "2010-12-05", "--to", "2010-12-14", "--replace"]
+    )
+    assert redo.exit_code == 0
+    with engine.connect() as connection:
+        assert store.kpi_history(connection, date(2010, 12, 5), date(2010, 12, 14)) == history
+    bad = runner.invoke(
+        app, ["snapshots", "backfill", "--from", "2010-12-15", "--to", "2010-12-14"]
+    )
+    assert bad.exit_code == 2 and "--from" in bad.output and "2010-12-15" in bad.output
+    engine.dispose()
+
+
+def _german_rows() -> tuple[list[str], list[list[str]]]:
+    return uci_rows(lambda row: row[7] == "Germany")
+
+
+def test_cohorts_on_a_real_uci_slice_against_an_independent_computation(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """All of the UCI file's German customers (≈ 95 customers, 9,500 lines, a whole year)."""
+    header, rows = _german_rows()
+    path = tmp_path / "germany.csv.gz"
+    with gzip.open(path, "wt", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    Importer(engine, zone=LONDON, now=NOW).purchases(path, "online-retail")
+    as_of = datetime(2011, 12, 10, tzinfo=LONDON).astimezone(UTC)
+    with engine.connect() as connection:
+        orders = [
+            OrderTotal(*r)
+            for r in queries.order_totals(connection, datetime(2000, 1, 1, tzinfo=UTC), as_of)
+        ]
+    table = measure.cohorts(orders, LONDON, as_of, max_months=12)
+
+    # independent: straight from the CSV text, months from the local timestamp's "YYYY-MM"
+    months: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for invoice, _, _, quantity, when, price, customer, _ in rows:
+        if customer and not invoice.startswith("C") and int(quantity) > 0 and float(price) > 0:
+            months[customer].add((int(when[:4]), int(when[5:7])))
+    index = lambda ym: ym[0] * 12 + ym[1] - 1  # noqa: E731
+    cohorts: dict[int, list[set[int]]] = defaultdict(list)
+    for bought in months.values():
+        indices = {index(m) for m in bought}
+        cohorts[min(indices)].append(indices)
+    last_complete = index((2011, 11))
+    expected = [
+        (
+            date(first // 12, first % 12 + 1, 1),
+            len(group),
+            tuple(
+                None
+                if first + k > last_complete
+                else sum(first + k in g for g in group) / len(group)
+                for k in range(1, 13)
+            ),
+        )
+        for first, group in sorted(cohorts.items())
+    ]
+    assert [(c.month, c.customers, c.retention) for c in table] == expected
+    assert len(table) == 13 and table[0].customers == 18 and sum(c.customers for c in table) > 90
+
+
+def test_touches_and_decision_reasons_from_the_store(engine: sa.Engine) -> None:
+    run = NOW - timedelta(days=10)
+    emails = [
+        (
+            OutgoingEmail(f"winback/{c}/d", f"{c}@example.test", "s", "h", "t", campaign="winback"),
+            c,
+            variant,
+            run,
+        )
+        for c, variant in (("a", "personal"), ("b", "urgency"), ("c", "personal"))
+    ]
+    with engine.begin() as connection:
+        outbox.enqueue(connection, emails, run)
+        connection.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.customer_id == "a")
+            .values(state="delivered", sent_at=NOW)
+        )
+        connection.execute(
+            sa.update(outbox_table).where(outbox_table.c.customer_id == "b").values(state="failed")
+        )
+        connection.execute(
+            sa.insert(decisions),
+            [
+                {
+                    "run_key": "winback/d",
+                    "campaign": "winback",
+                    "customer_id": c,
+                    "outcome": o,
+                    "reason": r,
+                    "variant": None,
+                    "holdout": o == "holdout",
+                    "decided_at": run,
+                }
+                for c, o, r in (
+                    ("a", "send", "eligible"),
+                    ("h", "holdout", "holdout"),
+                    ("x", "skip", "capped_7d"),
+                    ("y", "skip", "capped_7d"),
+                )
+            ],
+        )
+        found = sorted(
+            store.touches(connection, run - timedelta(days=1), NOW), key=lambda t: t.customer_id
+        )
+        reasons = store.decision_reasons(connection, run, NOW)
+        assert store.touches(connection, run + timedelta(seconds=1), NOW) == []
+    # a: delivered (timed at the run, not at delivery); b failed and c never went out
+    assert [(t.customer_id, t.holdout, t.variant, t.at) for t in found] == [
+        ("a", False, "personal", run),
+        ("h", True, None, run),
+    ]
+    assert reasons == [
+        ("winback", "skip", "capped_7d", 2),
+        ("winback", "send", "eligible", 1),
+        ("winback", "holdout", "holdout", 1),
+    ]
+
+
+def test_reports_are_stored_and_pruned(engine: sa.Engine) -> None:
+    with engine.begin() as connection:
+        ids = [
+            store.store_report(connection, f"<p>{n}</p>", {"n": n}, NOW, NOW, keep=2)
+            for n in range(3)
+        ]
+        latest = store.latest_report(connection)
+        kept = connection.execute(sa.text("SELECT count(*) FROM reports")).scalar_one()
+    assert latest is not None and latest[0] == ids[-1] and latest[3] == "<p>2</p>"
+    assert kept == 2
+
+
+def test_migration_0006_goes_down_and_up(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    command.downgrade(_alembic_config(engine), "0005")
+    names = sa.inspect(engine).get_table_names()
+    assert "kpi_snapshots" not in names and "feedback" not in names and "decisions" in names
+    upgrade(engine)
+    assert {"kpi_snapshots", "segment_snapshots", "feedback", "reports"} <= set(
+        sa.inspect(engine).get_table_names()
+    )
+    engine.dispose()
+
+
+def test_snapshot_days_end_at_local_midnight() -> None:
+    assert measure_jobs.day_end(date(2024, 10, 27), LONDON) == datetime(2024, 10, 28, 0, tzinfo=UTC)
+    assert measure_jobs.day_end(date(2024, 10, 26), LONDON) == datetime(
+        2024, 10, 26, 23, tzinfo=UTC
+    )
+    assert measure_jobs.last_complete_day(datetime(2024, 10, 26, 23, 30, tzinfo=UTC), LONDON) == (
+        date(2024, 10, 26)
+    )  # 00:30 BST on the 27th: the 26th is complete

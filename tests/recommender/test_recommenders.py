@@ -1,0 +1,185 @@
+"""One contract for every model and baseline, on a tiny shop with a known answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from recocamp.errors import ModelError
+from recocamp.recommender import models as model
+from recocamp.recommender.matrix import TrainingData, build
+from recocamp.recommender.ranking import (
+    Mode,
+    Recommender,
+    objects_to_profiling,
+    personal_or_popular,
+    top_k,
+)
+from recocamp.settings import RecommenderSettings, Settings
+from tests.recommender_data import CUTOFF, toy_lines
+
+SETTINGS = Settings().recommender.model_copy(
+    update={
+        "factors": 8,
+        "iterations": 20,
+        "bpr_iterations": 200,
+        "bpr_learning_rate": 0.05,
+        "use_gpu": "false",
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainingData:
+    return build(toy_lines(), CUTOFF.timestamp())
+
+
+def fitted(name: str, data: TrainingData, settings: RecommenderSettings = SETTINGS) -> Recommender:
+    recommender = model.make(name, settings)
+    recommender.fit(data)
+    return recommender
+
+
+def ranked(
+    recommender: Recommender, data: TrainingData, customer: str, mode: Mode, k: int = 3
+) -> list[str]:
+    indices, _ = top_k(recommender, data, data.rows_of(np.array([customer])), k, mode)
+    return [str(data.items[i]) for i in indices[0] if i >= 0]
+
+
+LEARNED = ("als", "bpr", "item_knn", "hybrid")
+
+
+@pytest.mark.parametrize("name", model.MODEL_NAMES)
+def test_modes_are_honoured_by_every_model(name: str, data: TrainingData) -> None:
+    recommender = fitted(name, data)
+    assert recommender.score(np.arange(3)).shape == (3, len(data.items))
+    assert set(ranked(recommender, data, "a_new", Mode.REPLENISH)) == {"p1", "p2"}
+    discover = ranked(recommender, data, "a_new", Mode.DISCOVER, k=10)
+    assert set(discover).isdisjoint({"p1", "p2"}) and len(discover) == 4
+    assert len(ranked(recommender, data, "a_new", Mode.MIXED, k=6)) == 6
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_learned_models_find_the_missing_item_of_the_cluster(name: str, data: TrainingData) -> None:
+    assert ranked(fitted(name, data), data, "a_new", Mode.DISCOVER)[0] == "p3"
+
+
+def test_baselines_known_answers(data: TrainingData) -> None:
+    popularity = fitted("popularity", data)
+    assert ranked(popularity, data, "a_new", Mode.MIXED) == ["q1", "p1", "p2"]  # 8, 7, 7 buyers
+    repeat = fitted("repeat_frequency", data)
+    assert ranked(repeat, data, "a_new", Mode.MIXED) == [
+        "p1",
+        "p2",
+        "q1",
+    ]  # 2 orders, 1, then padding
+    assert ranked(repeat, data, "b0", Mode.MIXED) == ["q1", "q2", "q3"]
+
+
+@pytest.mark.parametrize("name", ("repeat_frequency", "als", "item_knn", "hybrid"))
+def test_replenish_puts_the_more_often_bought_item_first(name: str, data: TrainingData) -> None:
+    assert ranked(fitted(name, data), data, "a_new", Mode.REPLENISH) == ["p1", "p2"]
+
+
+@pytest.mark.parametrize("name", model.MODEL_NAMES)
+def test_fitting_is_deterministic(name: str, data: TrainingData) -> None:
+    rows = np.arange(len(data.customers))
+    np.testing.assert_allclose(
+        fitted(name, data).score(rows), fitted(name, data).score(rows), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", model.MODEL_NAMES)
+def test_artifacts_round_trip_without_pickle(name: str, data: TrainingData, tmp_path: Path) -> None:
+    recommender = fitted(name, data)
+    meta = {"name": name, "params": recommender.params(), "version": "v1"}
+    model.save(tmp_path / "v1", recommender, data, meta)
+    with np.load(tmp_path / "v1" / "model.npz", allow_pickle=False) as stored:
+        assert all(stored[key].dtype != object for key in stored.files)
+    loaded, loaded_data, loaded_meta = model.load(tmp_path / "v1", SETTINGS)
+    rows = np.arange(len(data.customers))
+    np.testing.assert_allclose(loaded.score(rows), recommender.score(rows), rtol=1e-6)
+    assert list(loaded_data.items) == list(data.items) and loaded_meta == meta
+
+
+def test_broken_artifacts_and_unknown_models_are_model_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="cannot load model artifacts"):
+        model.load(tmp_path / "missing", SETTINGS)
+    with pytest.raises(ModelError, match="unknown model 'gru4rec'"):
+        model.make("gru4rec", SETTINGS)
+    with pytest.raises(ModelError, match="CUDA build is not available"):
+        model.make("als", SETTINGS.model_copy(update={"use_gpu": "true"}))
+
+
+@pytest.mark.parametrize("name", ("item_knn", "hybrid", "als", "repeat_frequency"))
+def test_similar_items_stay_in_the_cluster(name: str, data: TrainingData) -> None:
+    similar = model.similar(fitted(name, data), data, "p1", 2)
+    assert {item for item, _ in similar} == {"p2", "p3"}
+    assert model.similar(fitted(name, data), data, "nope", 2) == []
+
+
+def test_the_objection_rule() -> None:
+    """One rule for the API and ``recocamp recommend``: objected or erased, never personal."""
+    person = SimpleNamespace(objected_to_profiling=False, erased_at=None)
+    assert objects_to_profiling(None) is False  # unknown: nothing to object with
+    assert objects_to_profiling(person) is False
+    assert objects_to_profiling(SimpleNamespace(objected_to_profiling=True, erased_at=None))
+    assert objects_to_profiling(SimpleNamespace(objected_to_profiling=False, erased_at=CUTOFF))
+
+
+def test_cold_start_and_objection_get_popularity() -> None:
+    popular = [["q1", 1.0]]
+    personal = [["p3", 0.9]]
+    assert personal_or_popular(True, False, personal, popular) == (personal, "personal")
+    assert personal_or_popular(True, True, personal, popular)[1] == "popular: objected to profiling"
+    assert personal_or_popular(False, False, None, popular) == (
+        popular,
+        "popular: unknown customer",
+    )
+    assert personal_or_popular(True, False, [], popular)[1] == "popular: no purchase history"
+
+
+def _in_defined_order(indices: np.ndarray, scores: np.ndarray) -> bool:
+    """Score descending, then item index ascending: the order users see."""
+    return all(
+        list(zip(-row_scores, row, strict=True)) == sorted(zip(-row_scores, row, strict=True))
+        for row, row_scores in zip(indices, scores, strict=True)
+    )
+
+
+def test_native_top_k_of_factor_models_matches_dense_scoring(data: TrainingData) -> None:
+    als = fitted("als", data)
+    rows = np.arange(len(data.customers))
+    native, native_scores = top_k(als, data, rows, 4, Mode.MIXED)
+    dense = np.sort(als.score(rows), axis=1)[:, ::-1][:, :4]
+    np.testing.assert_allclose(native_scores, dense, rtol=1e-5)  # the best four scores
+    np.testing.assert_allclose(
+        native_scores, np.take_along_axis(als.score(rows), native, axis=1), rtol=1e-5
+    )
+    assert _in_defined_order(native, native_scores)
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_equal_scores_are_ordered_by_item_index_in_every_kernel(
+    data: TrainingData, mode: Mode
+) -> None:
+    """Item 0 scores best and all others the same, for every customer: the lowest indices win
+    the cut and come first, in the native kernel (mixed) and in the dense path alike."""
+    als = fitted("als", data)
+    assert isinstance(als, model.ALS)
+    items = np.tile(np.array([1.0, 0.5], dtype=np.float32), (len(data.items), 1))
+    items[0] = [2.0, 1.0]
+    als.item_factors = items
+    als.user_factors = np.ones((len(data.customers), 2), dtype=np.float32)
+    rows = np.arange(len(data.customers))
+    indices, scores = top_k(als, data, rows, 3, mode)
+    for row in indices:
+        kept = [int(i) for i in row if i >= 0]
+        assert kept == sorted(kept, key=lambda i: (i != 0, i)), (mode, row)
+    if mode is Mode.MIXED:
+        assert indices.tolist() == [[0, 1, 2]] * len(rows)
+    assert _in_defined_order(indices, scores)

@@ -1,0 +1,115 @@
+"""The request-time serving rules (``recommender.serving``): which list a customer gets, and
+the re-scoring from a history that changed since training; values in, values out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pytest
+
+from recocamp.recommender import serving
+from recocamp.recommender.baselines import RepeatFrequency
+from recocamp.recommender.matrix import build
+from recocamp.recommender.ranking import objects_to_profiling
+from recocamp.recommender.serving import Cached, Live
+from recocamp.store.serving import ProfilingFlags
+from tests.recommender_data import CUTOFF, toy_lines
+
+
+@dataclass(frozen=True)
+class Order:
+    at: datetime
+    items: frozenset[str]
+
+
+@dataclass(frozen=True)
+class History:
+    orders: tuple[Order, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.orders)
+
+    @property
+    def last_at(self) -> datetime | None:
+        return self.orders[-1].at if self.orders else None
+
+
+@pytest.fixture(scope="module")
+def live() -> Live:
+    data = build(toy_lines(), CUTOFF.timestamp())
+    fitted = RepeatFrequency()
+    fitted.fit(data)
+    return Live.of("v1", fitted, data, CUTOFF)
+
+
+BEFORE = History((Order(CUTOFF - timedelta(days=3), frozenset({"q2"})),))
+SINCE = History((*BEFORE.orders, Order(CUTOFF + timedelta(days=1), frozenset({"p3"}))))
+CACHED = Cached([["p1", 0.9], ["p2", 0.5]], "v0")
+
+
+def choose(
+    live: Live | None,
+    history: History,
+    cached: Cached | None,
+    *,
+    objected: bool = False,
+    known: bool = True,
+) -> serving.Personal:
+    return serving.personal_list(
+        live, history, cached, objected=objected, known=known, top_n=3, half_life=None
+    )
+
+
+def test_the_cached_list_while_the_history_is_as_trained(live: Live) -> None:
+    chosen = choose(live, BEFORE, CACHED)
+    assert (chosen.items, chosen.why, chosen.model_version) == (CACHED.items, "personal", "v0")
+    assert chosen.basis == "personal"
+
+
+def test_a_purchase_since_the_cutoff_or_no_cached_list_is_rescored(live: Live) -> None:
+    since = choose(live, SINCE, CACHED)
+    assert (since.basis, since.why, since.model_version) == (
+        "recalculated",
+        "recalculated: changed since training",
+        "v1",
+    )
+    assert since.items is not None and {since.items[0][0], since.items[1][0]} == {"p3", "q2"}
+    assert choose(live, BEFORE, None).why == "recalculated: not in the cached lists"
+
+
+@pytest.mark.parametrize(
+    ("objected", "known", "history", "why"),
+    [
+        (True, True, SINCE, "popular: objected to profiling"),
+        (False, False, History(()), "popular: unknown customer"),
+        (False, True, History(()), "popular: no purchase history"),
+    ],
+)
+def test_popularity_for_objection_unknown_and_empty_history(
+    live: Live, objected: bool, known: bool, history: History, why: str
+) -> None:
+    chosen = choose(live, history, CACHED if objected else None, objected=objected, known=known)
+    assert (chosen.items, chosen.why, chosen.basis) == (None, why, "popular")
+
+
+def test_no_live_model_means_popularity() -> None:
+    chosen = choose(None, SINCE, CACHED)
+    assert (chosen.items, chosen.why, chosen.model_version) == (
+        None,
+        "popular: no live model yet",
+        None,
+    )
+
+
+def test_an_erasure_counts_as_an_objection() -> None:
+    assert objects_to_profiling(ProfilingFlags(True, None))
+    assert objects_to_profiling(ProfilingFlags(False, CUTOFF))
+    assert not objects_to_profiling(ProfilingFlags(False, None))
+    assert not objects_to_profiling(None)  # an unknown customer has not objected
+
+
+def test_rescore_skips_items_and_drops_unscored_ones(live: Live) -> None:
+    ranked = live.rescore(SINCE, 10, None, skip=frozenset({"p3"}))
+    assert ranked[0][0] == "q2" and "p3" not in [item for item, _ in ranked]

@@ -1,0 +1,259 @@
+"""Train → promote → skip-unchanged → reject → promote/rollback, on SQLite and PostgreSQL,
+with a synthetic shop; objected customers never reach the model or the cache."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp.data.synthetic import END, ConsentMix, customer_record, generate_shop
+from recocamp.errors import ModelError
+from recocamp.recommender import evaluate, training
+from recocamp.recommender import models as model
+from recocamp.settings import RecommenderSettings, Settings
+from recocamp.store import queries, registry
+from recocamp.store.schema import models, recommendations
+
+NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
+OBJECTOR = "10003"
+
+
+def settings_for(tmp_path: Path) -> RecommenderSettings:
+    return Settings().recommender.model_copy(
+        update={
+            "artifacts_dir": tmp_path / "models",
+            "factors": 8,
+            "iterations": 5,
+            "evaluation_horizon_days": 30,
+            "use_gpu": "false",
+            "top_n": 10,
+        }
+    )
+
+
+@pytest.fixture
+def shop(engine: sa.Engine) -> sa.Engine:
+    generated = generate_shop(seed=3, customers=150, items=60, days=150)
+    people = [
+        customer_record(cid, country, None, 3, ConsentMix())
+        for cid, country in generated.countries.items()
+    ]
+    people = [replace(p, objected_to_profiling=p.id == OBJECTOR) for p in people]
+    with engine.begin() as connection:
+        queries.upsert_items(connection, generated.items, NOW)
+        queries.insert_purchases(connection, generated.purchases, None)
+        queries.upsert_customers(connection, people, NOW)
+    return engine
+
+
+def cache(engine: sa.Engine) -> dict[str, list[list[object]]]:
+    with engine.connect() as connection:
+        return {
+            row.customer_id: row.items for row in connection.execute(sa.select(recommendations))
+        }
+
+
+def statuses(engine: sa.Engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        return {row.name: row.status for row in connection.execute(sa.select(models))}
+
+
+def test_life_cycle(shop: sa.Engine, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    first = training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    assert first.outcome == "promoted" and first.reason == "no live model"
+    assert first.metrics["candidate"].recall > first.metrics["popularity"].recall
+    cached = cache(shop)
+    assert first.cache_rows == len(cached) > 50
+    assert OBJECTOR not in cached  # objection: no personal list at all
+    assert all(len(ranked) == 10 for ranked in cached.values())
+    _fitted, data, meta = model.load(Path(settings.artifacts_dir) / str(first.version), settings)
+    assert OBJECTOR not in set(data.customers.tolist())  # and never trained on
+    assert meta["params"]["weights"]["als"] in (0.3, 0.5, 0.7)
+    assert not any(item == "POST" for ranked in cached.values() for item, _ in ranked)
+
+    again = training.train(shop, settings, now=NOW + timedelta(hours=1), as_of=END, name="hybrid")
+    assert again.outcome == "skipped_unchanged" and again.version == first.version
+
+    worse = training.train(
+        shop, settings, now=NOW + timedelta(hours=2), as_of=END, name="popularity"
+    )
+    assert worse.outcome == "rejected" and worse.reason.endswith(": clearly worse")
+    assert worse.rule.startswith("promote unless the 95 % paired-bootstrap interval")
+    assert statuses(shop) == {"hybrid": "live", "popularity": "rejected"}
+    assert cache(shop) == cached
+
+    assert worse.version is not None
+    rows = training.promote(shop, settings, worse.version, NOW + timedelta(hours=3))
+    assert rows == len(cached)
+    lists = {tuple(map(tuple, ranked)) for ranked in cache(shop).values()}
+    assert len(lists) == 1  # popularity: everybody gets the same list
+    assert training.rollback(shop, settings, NOW + timedelta(hours=4)) == first.version
+    assert statuses(shop) == {"hybrid": "live", "popularity": "retired"}
+    assert cache(shop) == cached
+
+
+def test_new_purchases_retrain_and_gate_against_live(shop: sa.Engine, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    first = training.train(shop, settings, now=NOW, as_of=END - timedelta(days=7), name="hybrid")
+    second = training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    new, old = second.metrics["candidate"].recall, second.metrics["live"].recall
+    assert second.reason.startswith(f"recall {new:.4f} vs live {old:.4f} on the same split")
+    with shop.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    assert (live.version == second.version) == (second.outcome == "promoted")
+    assert live.version in (first.version, second.version)
+
+
+def gated(shop: sa.Engine, tmp_path: Path, **candidate: object) -> training.TrainResult:
+    """Train the live item-kNN (20 neighbours, deterministic), then a candidate item-kNN
+    with other parameters on the same data, gated against it."""
+    settings = settings_for(tmp_path)
+    training.train(shop, settings, now=NOW, as_of=END, name="item_knn")
+    return training.train(
+        shop, settings.model_copy(update=candidate), now=NOW, as_of=END, name="item_knn"
+    )
+
+
+def test_a_candidate_worse_only_within_noise_is_promoted(shop: sa.Engine, tmp_path: Path) -> None:
+    result = gated(shop, tmp_path, knn_neighbours=15)
+    new, old = result.metrics["candidate"].recall, result.metrics["live"].recall
+    assert new < old  # lower by a hair (0.6652 vs 0.6709 here): the old gate rejected it
+    assert result.outcome == "promoted"
+    assert result.reason.endswith(": not clearly worse")
+    assert re.search(r"95 % interval \[-0\.\d{4}, \+0\.\d{4}\] over 64 customers", result.reason)
+    with shop.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None and live.version == result.version
+    gate = live.metrics["gate"]  # the registry keeps the split and the comparison
+    assert gate["split_cutoff"] == (END - timedelta(days=30)).isoformat()
+    assert gate["promoted"] is True and live.metrics["live"]["recall"] == old
+    assert gate["difference"]["low"] < gate["difference"]["mean"] < 0 < gate["difference"]["high"]
+
+
+def test_the_gate_compares_like_with_like_in_models_list(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    result = gated(shop, tmp_path, knn_neighbours=15)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    from recocamp.cli import app
+
+    listing = CliRunner().invoke(app, ["models", "list"], terminal_width=250)
+    assert listing.exit_code == 0, listing.output
+    line = next(row for row in listing.stdout.splitlines() if str(result.version) in row)
+    cells = [cell.strip() for cell in line.split("│")]
+    with shop.connect() as connection:
+        stored = registry.get(connection, str(result.version))
+    assert stored is not None
+    interval = stored.metrics["gate"]["difference"]
+    new, old = result.metrics["candidate"].recall, result.metrics["live"].recall
+    assert cells[3:7] == [
+        "2011-11-09 +30d",  # 9 Nov 18:00 UTC is 19:00 in the shop's zone (Europe/Berlin)
+        f"{new:.4f}",
+        f"{old:.4f}",
+        f"{interval['mean']:+.4f} [{interval['low']:+.4f}, {interval['high']:+.4f}]",
+    ]
+    assert "(same split)" in listing.stdout
+
+
+def test_paired_bootstrap_separates_noise_from_a_real_loss() -> None:
+    live = np.linspace(0.2, 0.8, 400)
+    noisy = live + np.tile([0.1, -0.1], 200) - 0.001  # a hair lower on average, ±0.1 each
+    small = evaluate.paired_bootstrap(noisy, live)
+    assert small.mean == pytest.approx(-0.001) and small.low < -0.005
+    assert small.high > 0.005 and not small.clearly_worse  # the standard error is 0.005
+    assert evaluate.paired_bootstrap(noisy, live) == small  # fixed seed: same verdict
+    worse = evaluate.paired_bootstrap(live - 0.05, live)
+    assert worse.clearly_worse and worse.low == pytest.approx(-0.05) == worse.high
+    assert evaluate.paired_bootstrap(live, live).as_dict()["high"] == 0.0
+
+
+def test_training_without_purchases_is_a_clear_error(engine: sa.Engine, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="import purchases first"):
+        training.train(engine, settings_for(tmp_path), now=NOW)
+    with pytest.raises(ModelError, match="no model with version 'v9'"):
+        training.promote(engine, settings_for(tmp_path), "v9", NOW)
+    with pytest.raises(ModelError, match="nothing to roll back to"):
+        training.rollback(engine, settings_for(tmp_path), NOW)
+
+
+def test_recommend_command_personal_cold_and_objected(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    settings = settings_for(tmp_path)
+    training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    monkeypatch.setenv("RECOCAMP_RECOMMENDER__ARTIFACTS_DIR", str(settings.artifacts_dir))
+    from recocamp.cli import app
+
+    runner = CliRunner()
+    with shop.connect() as connection:
+        someone = next(iter(cache(shop)))
+        live = registry.live(connection)
+    assert live is not None
+    assert "personal" in runner.invoke(app, ["recommend", someone]).stdout
+    assert "popular: unknown customer" in runner.invoke(app, ["recommend", "nobody"]).stdout
+    assert "popular: objected to profiling" in runner.invoke(app, ["recommend", OBJECTOR]).stdout
+    similar = runner.invoke(app, ["similar", str(live.popular[0][0]), "--n", "3"])
+    assert similar.exit_code == 0 and similar.stdout.count("\n") > 4
+    listing = runner.invoke(app, ["models", "list"])
+    assert live.version in listing.stdout and "live" in listing.stdout
+    assert np.isfinite(live.popular[0][1])
+
+
+def test_an_objection_after_training_removes_the_list_for_good(
+    shop: sa.Engine, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path)
+    old = training.train(shop, settings, now=NOW, as_of=END - timedelta(days=7), name="hybrid")
+    training.train(shop, settings, now=NOW, as_of=END, name="item_knn")
+    someone = next(iter(cache(shop)))
+    with shop.begin() as connection:
+        person = registry.customer(connection, someone)
+        assert person is not None
+        objecting = customer_record(someone, person.country, None, 3, ConsentMix())
+        queries.upsert_customers(connection, [replace(objecting, objected_to_profiling=True)], NOW)
+    assert someone not in cache(shop)
+    assert old.version is not None
+    training.promote(shop, settings, old.version, NOW + timedelta(hours=1))  # artifacts know them
+    assert someone not in cache(shop) and len(cache(shop)) > 50
+
+
+def test_an_empty_evaluation_never_replaces_the_live_model(shop: sa.Engine, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    live = training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    later = training.train(shop, settings, now=NOW, as_of=END + timedelta(days=400), name="als")
+    assert later.metrics["candidate"].customers == 0
+    assert later.outcome == "rejected" and "no customers to evaluate" in later.reason
+    with shop.connect() as connection:
+        current = registry.live(connection)
+    assert current is not None and current.version == live.version
+
+
+def test_the_live_model_is_re_evaluated_with_its_own_parameters(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(tmp_path)
+    training.train(shop, settings, now=NOW, as_of=END - timedelta(days=7), name="als")
+    built: list[tuple[str, int]] = []
+    real = model.make
+
+    def spy(name: str, config: RecommenderSettings, weights: object = None) -> object:
+        built.append((name, config.factors))
+        return real(name, config, weights)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "make", spy)
+    training.train(
+        shop, settings.model_copy(update={"factors": 12}), now=NOW, as_of=END, name="als"
+    )
+    assert ("als", 8) in built and ("als", 12) in built  # live: saved 8 factors; candidate: 12

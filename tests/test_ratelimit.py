@@ -1,0 +1,58 @@
+"""The one token bucket (deliverer and API), on a fixed monotonic clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from recocamp.ratelimit import RateLimiter
+
+
+class Ticks:
+    """A monotonic clock that moves only when told to, and a sleep that moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_refused_check_takes_nothing_while_a_blocking_take_runs_into_debt() -> None:
+    clock = Ticks()
+    limiter = RateLimiter(1.0, clock.sleep, burst_s=2.0, monotonic=clock)
+    assert [limiter.wait_s() for _ in range(2)] == [0.0, 0.0]  # the burst of 2
+    assert limiter.wait_s() == pytest.approx(1.0)
+    assert limiter.wait_s() == pytest.approx(1.0)  # asking again costs nothing
+    limiter.take()  # the same bucket: waits the second it owes
+    assert clock.slept == [pytest.approx(1.0)]
+    assert limiter.wait_s() == pytest.approx(1.0)
+
+
+def test_per_minute_bursts_a_minutes_worth_and_keys_do_not_share() -> None:
+    clock = Ticks()
+    limiter = RateLimiter.per_minute(30, monotonic=clock)
+    assert all(limiter.wait_s("a") == 0 for _ in range(30))
+    assert limiter.wait_s("a") == pytest.approx(2.0)
+    assert limiter.wait_s("b") == 0
+    clock.now += 2.0
+    assert limiter.wait_s("a") == 0
+
+
+def test_share_splits_the_rate_between_processes() -> None:
+    clock = Ticks()
+    limiter = RateLimiter(10.0, clock.sleep, monotonic=clock)
+    limiter.share(10.0, 4)
+    assert (limiter.rate, limiter.capacity) == (2.5, 2.5)
+    for _ in range(6):
+        limiter.take()
+    assert sum(clock.slept) == pytest.approx(0.2 + 3 * 0.4)  # 2.5 at once, then 1 per 0.4 s
+
+
+def test_a_blocking_take_needs_a_sleep() -> None:
+    with pytest.raises(TypeError):
+        RateLimiter(1.0, monotonic=Ticks()).take()

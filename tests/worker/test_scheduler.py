@@ -1,0 +1,207 @@
+"""The schedule table and its APScheduler wiring: cron in time zones across DST, a
+persistent job store that keeps next run times, coalescing and misfires (``--once``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from recocamp.campaigns.files import Campaign, load
+from recocamp.settings import load_settings
+from recocamp.store.engine import make_engine
+from recocamp.worker import scheduler
+from recocamp.worker.process import Worker
+from tests.worker_shop import CAMPAIGN, make_shop
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def campaign(
+    tmp_path: Path, cron: str, zone: str = "Europe/Berlin", name: str = "everyone"
+) -> Campaign:
+    text = (
+        CAMPAIGN.replace('cron = "0 9 * * THU"', f'cron = "{cron}"')
+        .replace('time_zone = "Europe/Berlin"', f'time_zone = "{zone}"')
+        .replace('name = "everyone"', f'name = "{name}"')
+    )
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return load(path)[0]
+
+
+def fires(trigger: object, start: datetime, count: int) -> list[datetime]:
+    times, previous, now = [], None, start
+    for _ in range(count):
+        nxt = trigger.get_next_fire_time(previous, now)  # type: ignore[attr-defined]
+        times.append(nxt)
+        # via UTC: adding to a local time in a repeated DST hour would drop its fold
+        previous, now = nxt, nxt.astimezone(UTC) + timedelta(microseconds=1)
+    return times
+
+
+def test_the_table_has_every_job_once_with_scope_and_grace(tmp_path: Path) -> None:
+    settings = load_settings(None)
+    table = scheduler.job_table(settings, [campaign(tmp_path, "0 9 * * *")])
+    by_id = {spec.id: spec for spec in table}
+    assert list(by_id) == [
+        "import",
+        "train",
+        "kpi_snapshot",
+        "purge",
+        "deliver",
+        "campaign:everyone",
+    ]
+    assert {i for i, s in by_id.items() if s.scope == "every_worker"} == {"deliver"}
+    assert by_id["train"].misfire_grace_s == settings.worker.misfire_grace_s
+    assert by_id["deliver"].misfire_grace_s == round(settings.worker.deliver_every_s)
+    assert by_id["campaign:everyone"].campaign == "everyone"
+    disabled = campaign(tmp_path, "0 9 * * *", name="off").model_copy(update={"enabled": False})
+    assert "campaign:off" not in {s.id for s in scheduler.job_table(settings, [disabled])}
+
+
+def test_a_campaign_cron_keeps_its_wall_time_across_both_dst_changes(tmp_path: Path) -> None:
+    trigger = scheduler.job_table(load_settings(None), [campaign(tmp_path, "0 9 * * *")])[-1]
+    spring = fires(trigger.trigger, datetime(2026, 3, 27, 12, tzinfo=UTC), 2)  # 29 March
+    autumn = fires(trigger.trigger, datetime(2026, 10, 23, 12, tzinfo=UTC), 2)  # 25 October
+    assert [t.astimezone(UTC).hour for t in spring] == [8, 7]  # 09:00 CET, then 09:00 CEST
+    assert [t.astimezone(UTC).hour for t in autumn] == [7, 8]  # 09:00 CEST, then 09:00 CET
+    assert all(t.astimezone(BERLIN).hour == 9 for t in spring + autumn)
+
+
+def test_a_wall_time_that_dst_skips_runs_late_and_one_it_repeats_runs_twice(
+    tmp_path: Path,
+) -> None:
+    """APScheduler's rules, which campaign runs can live with: they are idempotent per
+    shop-local day (run key and send keys), so the repeated hour's second run sends nothing."""
+    trigger = scheduler.job_table(load_settings(None), [campaign(tmp_path, "30 2 * * *")])[-1]
+    spring = fires(trigger.trigger, datetime(2026, 3, 28, 12, tzinfo=UTC), 2)
+    autumn = fires(trigger.trigger, datetime(2026, 10, 24, 12, tzinfo=UTC), 3)
+    # 02:30 does not exist on 29 March in Berlin: the run comes at 01:30 UTC = 03:30 CEST
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in spring] == ["29 01:30", "30 00:30"]
+    # 02:30 happens twice on 25 October (CEST, then CET): two runs that day
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == [
+        "25 00:30",
+        "25 01:30",
+        "26 01:30",
+    ]
+
+
+def test_a_campaign_in_another_zone_runs_on_its_own_clock(tmp_path: Path) -> None:
+    trigger = scheduler.job_table(
+        load_settings(None), [campaign(tmp_path, "0 9 * * *", zone="America/New_York")]
+    )[-1]
+    [first] = fires(trigger.trigger, datetime(2026, 3, 8, 0, tzinfo=UTC), 1)  # US DST day
+    assert first == datetime(2026, 3, 8, 13, tzinfo=UTC)  # 09:00 EDT
+
+
+@pytest.fixture
+def paused(engine: sa.Engine) -> object:
+    sched = scheduler.make_scheduler()
+    sched.start(paused=True)
+    scheduler.attach_shared(sched, engine)
+    yield sched
+    scheduler.quiesce(sched)
+    sched.shutdown(wait=False)
+
+
+def test_sync_keeps_next_run_times_and_reschedules_only_what_changed(
+    engine: sa.Engine, paused: object, tmp_path: Path
+) -> None:
+    sched = paused
+    settings = load_settings(None)
+    table = scheduler.job_table(settings, [campaign(tmp_path, "0 9 * * *")])
+    changes = scheduler.sync(sched, table, scheduler.SHARED, "leader")  # type: ignore[arg-type]
+    assert set(changes.values()) == {"added"} and "deliver" not in changes
+    missed = datetime.now(UTC) - timedelta(hours=3)
+    sched.modify_job(
+        "campaign:everyone",
+        jobstore=scheduler.SHARED,  # type: ignore[attr-defined]
+        next_run_time=missed,
+    )
+    assert scheduler.sync(sched, table, scheduler.SHARED, "leader") == {}  # type: ignore[arg-type]
+    # a restart: a new scheduler on the same database sees the missed run time
+    again = scheduler.make_scheduler()
+    again.start(paused=True)
+    scheduler.attach_shared(again, engine)
+    job = again.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+    assert job is not None and job.next_run_time == missed
+    moved = scheduler.job_table(settings, [campaign(tmp_path, "0 10 * * FRI")])
+    assert scheduler.sync(again, moved, scheduler.SHARED, "leader") == {
+        "campaign:everyone": "rescheduled"
+    }
+    job = again.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+    assert job.next_run_time.astimezone(BERLIN).weekday() == 4  # Friday
+    assert scheduler.sync(again, scheduler.job_table(settings, []), scheduler.SHARED, "leader") == {
+        "campaign:everyone": "removed"
+    }
+    scheduler.quiesce(again)
+    again.shutdown(wait=False)
+
+
+def _shop_worker(tmp_path: Path, db_url: str, **worker: object) -> Worker:
+    shop = make_shop(tmp_path / "shop", db_url, "http://127.0.0.1:1", customers=30, **worker)
+    settings = load_settings(shop / "settings.toml")
+    process = Worker(settings, make_engine(db_url), shop / "campaigns", shop / "templates")
+    process.load()
+    return process
+
+
+def _set_next_run(process: Worker, job: str, when: datetime) -> None:
+    sched = scheduler.make_scheduler()
+    sched.start(paused=True)
+    scheduler.attach_shared(sched, process.engine)
+    scheduler.sync(sched, list(process.specs.values()), scheduler.SHARED, "leader")
+    sched.modify_job(job, jobstore=scheduler.SHARED, next_run_time=when)
+    scheduler.quiesce(sched)
+    sched.shutdown(wait=False)
+
+
+def _runs(process: Worker, job: str) -> list[str]:
+    with process.engine.connect() as connection:
+        return list(
+            connection.execute(
+                sa.text("SELECT status FROM runs WHERE job = :job"), {"job": job}
+            ).scalars()
+        )
+
+
+def test_once_runs_ten_missed_runs_once(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "k")
+    monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
+    process = _shop_worker(tmp_path, db_url, train_cron="* * * * *")
+    _set_next_run(process, "train", datetime.now(UTC) - timedelta(minutes=10))
+    outcomes = process.run_due_once()
+    assert outcomes["train"] == "ran" and outcomes["deliver"] == "ok"
+    assert _runs(process, "train") == ["ok"]  # coalesced: one run for ten missed minutes
+    with process.engine.connect() as connection:
+        stamp = connection.execute(
+            sa.text("SELECT next_run_time FROM apscheduler_jobs WHERE id = 'train'")
+        ).scalar_one()
+    assert stamp > datetime.now(UTC).timestamp() - 1  # the next run is the coming minute
+    process.engine.dispose()
+
+
+def test_once_skips_a_run_missed_by_more_than_the_grace_time(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "k")
+    monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
+    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
+    local = two_hours_ago.astimezone(BERLIN)
+    process = _shop_worker(
+        tmp_path,
+        db_url,
+        misfire_grace_s=3600,
+        kpi_snapshot_cron=f"{local.minute} {local.hour} * * *",
+    )
+    _set_next_run(process, "kpi_snapshot", two_hours_ago)
+    outcomes = process.run_due_once()
+    assert outcomes["kpi_snapshot"] == "missed"
+    assert _runs(process, "kpi_snapshot") == []
+    process.engine.dispose()

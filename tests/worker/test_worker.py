@@ -1,0 +1,482 @@
+"""The worker: one per SQLite database, reloads, resumes, graceful stop, drop folder, metrics."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from prometheus_client import REGISTRY
+
+from recocamp.campaigns import run as jobs
+from recocamp.data.drop_folder import import_drop_folder
+from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
+from recocamp.delivery.esp.fake_server import create_app as create_fake
+from recocamp.errors import Interrupted, StoreError
+from recocamp.settings import Settings, load_settings
+from recocamp.store import runs
+from recocamp.store.engine import make_engine
+from recocamp.worker import leadership, scheduler
+from recocamp.worker.process import Worker
+from tests.worker_shop import make_shop, recocamp, scalar, start_worker, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+SECRETS = {"RECOCAMP_SIGNING_KEY": "worker-test-key", "RECOCAMP_ESP_TOKEN": "test-token"}
+
+
+@pytest.fixture
+def secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def esp() -> Iterator[tuple[FakeEsp, str]]:
+    fake = FakeEsp(token="test-token")
+    with running(create_fake(fake)) as url:
+        yield fake, url
+
+
+def worker_for(shop: Path) -> Worker:
+    settings = load_settings(shop / "settings.toml")
+    process = Worker(
+        settings, make_engine(settings.database_url), shop / "campaigns", shop / "templates"
+    )
+    process.load()
+    return process
+
+
+def sqlite_shop(tmp_path: Path, esp_url: str = "http://127.0.0.1:1", **worker: object) -> Path:
+    return make_shop(
+        tmp_path / "shop", f"sqlite:///{tmp_path / 'shop' / 'shop.db'}", esp_url, **worker
+    )
+
+
+def test_a_second_worker_on_one_sqlite_database_is_refused(tmp_path: Path, secrets: None) -> None:
+    shop = sqlite_shop(tmp_path)
+    first, second = worker_for(shop), worker_for(shop)
+    first.start(loop=False)
+    try:
+        with pytest.raises(StoreError, match="SQLite supports one worker"):
+            second.start(loop=False)
+        refused = recocamp(shop, "worker", "--once")  # another process is refused too
+        assert refused.returncode == 1 and "SQLite supports one worker" in refused.stderr
+    finally:
+        first.shutdown()
+    lock = shop / "shop.db.worker-lock"
+    assert not lock.exists()  # a clean stop leaves no lock file behind
+    assert recocamp(shop, "worker", "--once").returncode == 0  # free again after a stop
+    assert not lock.exists()
+    lock.write_text("pid 5991")  # left by a killed worker: nobody holds its lock
+    assert recocamp(shop, "worker", "--once").returncode == 0
+    assert not lock.exists()
+
+
+def _cron(process: Worker, job: str) -> str:
+    found = process.scheduler.get_job(job, jobstore=scheduler.SHARED)
+    assert found is not None
+    return str(found.trigger)
+
+
+def test_reload_takes_a_good_change_and_keeps_the_last_good_set_on_a_broken_one(
+    tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert process.leader_since is not None and "day_of_week='thu'" in _cron(
+            process, "campaign:everyone"
+        )
+        path = shop / "campaigns" / "everyone.toml"
+        path.write_text(path.read_text().replace('"0 9 * * THU"', '"0 10 * * FRI"'))
+        process.tick()
+        assert "day_of_week='fri'" in _cron(process, "campaign:everyone")
+        good = path.read_text()
+        path.write_text(good.replace("[audience]", "[audience]\nlapsed_days = 3\n"))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+        with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
+            process.tick()
+        assert "reload refused" in caplog.text and "everyone.toml" in caplog.text
+        assert "day_of_week='fri'" in _cron(process, "campaign:everyone")  # the last good one
+        assert "everyone" in process.campaigns
+        (shop / "campaigns" / "everyone.toml").unlink()
+        process.tick()  # a campaign whose file is removed leaves the schedule
+        assert process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED) is None
+    finally:
+        process.shutdown()
+
+
+def test_a_stop_between_chunks_loses_nothing_and_the_rerun_completes(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop = sqlite_shop(tmp_path, customers=25)
+    process = worker_for(shop)
+    monkeypatch.setattr(jobs, "CHUNK", 10)
+    calls = iter([False, True])  # the first chunk goes through, then the worker is stopped
+    options = jobs.RunOptions(stopping=lambda: next(calls, True))
+    now = datetime.now(UTC)
+    campaign, templates = process.campaigns["everyone"], shop / "templates"
+    with pytest.raises(Interrupted, match="10 e-mails enqueued"):
+        jobs.plan_and_enqueue(process.engine, process.settings, campaign, templates, now, options)
+    again = jobs.plan_and_enqueue(process.engine, process.settings, campaign, templates, now)
+    assert (again.enqueued, again.already_enqueued) == (15, 10)
+    with process.engine.connect() as connection:
+        keys = connection.execute(sa.text("SELECT send_key FROM outbox")).scalars().all()
+        decided = connection.execute(sa.text("SELECT count(*) FROM decisions")).scalar_one()
+    assert len(keys) == len(set(keys)) == 25 and decided == 25
+
+
+def test_an_unfinished_campaign_run_is_resumed_with_its_own_instant(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    process = worker_for(shop)
+    decided_at = datetime.now(UTC) - timedelta(hours=1)
+    key = jobs.run_key("everyone", decided_at, process._zone())
+    with process.engine.begin() as connection:
+        dead = runs.start(
+            connection,
+            "campaign:everyone",
+            "elsewhere:1:dead",
+            decided_at,
+            as_of=decided_at,
+            run_key=key,
+        )
+        old = runs.start(
+            connection,
+            "campaign:everyone",
+            "elsewhere:1:dead",
+            decided_at - timedelta(days=2),
+            as_of=decided_at - timedelta(days=2),
+        )
+    process.start(loop=False)
+    try:
+        process.tick()  # leader now: finds the dead worker's run and resumes it
+        deadline = time.monotonic() + 60
+        while fake.stats()["received"] < 60 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        process.shutdown()
+    with process.engine.connect() as connection:
+        rows = {r.id: r for r in runs.recent(connection, "campaign:everyone")}
+    resumed = next(r for r in rows.values() if r.resumed_from == dead)
+    assert rows[dead].status == "interrupted" and resumed.status == "ok"
+    assert resumed.run_key == key and resumed.as_of == decided_at
+    assert rows[old].status == "running"  # too old to resume (resume_window_s): left alone
+    assert fake.stats() == {
+        "received": 60,
+        "unique_send_keys": 60,
+        "duplicates": 0,
+        "without_send_key": 0,
+    }
+
+
+def test_sigterm_stops_after_the_batch_and_a_restart_delivers_the_rest_exactly_once(
+    tmp_path: Path, esp: tuple[FakeEsp, str]
+) -> None:
+    fake, url = esp
+    fake.set_faults(Faults(latency_ms=500))
+    metrics_port = free_port()
+    shop = sqlite_shop(tmp_path, url, metrics_port=metrics_port)
+    worker = start_worker(shop)
+    try:
+        wait_for(lambda: recocamp(shop, "runs", "trigger", "campaign:everyone").returncode == 0)
+        wait_for(lambda: fake.stats()["received"] >= 10)
+        fake.set_faults(Faults(latency_ms=3000))  # the rest cannot go out before the signal
+        served = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert "recocamp_scheduler_leader 1.0" in served
+        assert "# TYPE recocamp_emails_total counter" in served
+        worker.send_signal(signal.SIGHUP)  # a reload request is harmless mid-run
+        wait_for(lambda: "reloaded 1 campaign" in (shop / "worker-0.log").read_text(), 10)
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        stopped_in = time.monotonic() - started
+    finally:
+        worker.kill()
+    partial = fake.stats()["received"]
+    assert partial < 60 and stopped_in < 20  # it did not go on to send everything
+    fake.set_faults(Faults())
+    again = start_worker(shop)
+    try:
+        wait_for(lambda: fake.stats()["received"] >= 60)
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(30) == 0
+    finally:
+        again.kill()
+    assert fake.stats() == {
+        "received": 60,
+        "unique_send_keys": 60,
+        "duplicates": 0,
+        "without_send_key": 0,
+    }
+    log = (shop / "worker-0.log").read_text()
+    assert "SIGTERM: stopping after the current batch" in log and "reloaded" in log
+
+
+def test_dropped_files_are_imported_once_and_broken_ones_set_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
+    drop = tmp_path / "incoming"
+    drop.mkdir()
+    (drop / "customers-1.csv").write_text(
+        "id,email,consent_basis,consent_at\nd1,d1@example.test,double_opt_in,2026-01-01\n"
+    )
+    with gzip.open(drop / "purchases-1.csv.gz", "wt") as handle:
+        handle.write(
+            "order_id,customer_id,item_id,quantity,unit_price,ordered_at\n"
+            "o1,d1,i1,2,3.5,2026-01-02T10:00:00\no2,d1,i2,one,3.5,2026-01-03\n"
+        )
+    (drop / "notes.csv").write_text("a,b\n1,2\n")
+    (drop / "readme.txt").write_text("not a csv")
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        ingest={"drop_dir": drop, "processed_dir": drop / "done", "keep_processed_days": 7},
+    )  # type: ignore[arg-type]
+    engine = make_engine(settings.database_url)
+    from recocamp.store.engine import upgrade
+
+    upgrade(engine)
+    report = import_drop_folder(engine, settings, datetime.now(UTC))
+    assert (report.imported, report.rejected) == (1, 2)
+    assert sorted(p.name for p in (drop / "done").iterdir()) == ["customers-1.csv"]
+    rejected = drop / "rejected"
+    assert "line 3" in (rejected / "purchases-1.csv.gz.errors.txt").read_text()
+    assert "unknown kind of file" in (rejected / "notes.csv.errors.txt").read_text()
+    assert (drop / "readme.txt").exists()
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM purchases")).scalar_one() == 0
+    (drop / "customers-2.csv").write_bytes((drop / "done" / "customers-1.csv").read_bytes())
+    assert import_drop_folder(engine, settings, datetime.now(UTC)).already_imported == 1
+    assert (drop / "done" / "customers-2.csv").exists()
+    engine.dispose()
+
+
+def test_job_runs_are_recorded_and_counted(tmp_path: Path, secrets: None) -> None:
+    shop = sqlite_shop(tmp_path)
+    process = worker_for(shop)
+    before = (
+        REGISTRY.get_sample_value("recocamp_job_runs_total", {"job": "train", "outcome": "ok"})
+        or 0.0
+    )
+    assert process.run("train") == "ok"
+    assert process.run("no-such-job") == "skipped"
+    after = REGISTRY.get_sample_value("recocamp_job_runs_total", {"job": "train", "outcome": "ok"})
+    assert after == before + 1
+    with process.engine.connect() as connection:
+        [row] = runs.recent(connection, "train")
+    assert row.status == "ok" and row.counts["outcome"] == "promoted" and row.finished_at
+    assert row.seconds > 0  # measured, whatever the worker's clock says
+    assert REGISTRY.get_sample_value("recocamp_train_duration_seconds") > 0
+    assert process.run("train") == "ok"  # nothing new since: the model stays, no refit
+    with process.engine.connect() as connection:
+        assert runs.recent(connection, "train")[0].counts["outcome"] == "skipped_no_new_data"
+    with process.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO purchases (order_id, line_no, customer_id, item_id, quantity, "
+                "unit_price, ordered_at, is_return) VALUES ('new', 0, 'w1', 'i1', 1, 3.0, "
+                ":at, false)"
+            ),
+            {"at": datetime.now(UTC).replace(tzinfo=None)},
+        )
+    assert process.run("train") == "ok"
+    with process.engine.connect() as connection:
+        assert runs.recent(connection, "train")[0].counts["outcome"] != "skipped_no_new_data"
+    process.engine.dispose()
+
+
+def test_the_worker_refuses_to_start_when_check_fails(tmp_path: Path) -> None:
+    shop = sqlite_shop(tmp_path)
+    path = shop / "campaigns" / "everyone.toml"
+    path.write_text(path.read_text().replace('"0 9 * * THU"', '"0 25 * * THU"'))
+    result = recocamp(shop, "worker", "--once")
+    assert result.returncode == 2
+    assert "everyone.toml" in result.stderr and "schedule.cron" in result.stderr
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_failure_while_becoming_leader_gives_the_lock_back(
+    tmp_path: Path, db_url: str, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop = make_shop(tmp_path / "shop", db_url, "http://127.0.0.1:1", customers=5)
+    process = worker_for(shop)
+    process.start(loop=False)
+    broken = iter([True])
+
+    def attach(*args: object) -> None:
+        if next(broken, False):
+            raise sa.exc.OperationalError("attach", {}, Exception("the database went away"))
+        return real(*args)  # type: ignore[arg-type]
+
+    real = scheduler.attach_shared
+    monkeypatch.setattr(scheduler, "attach_shared", attach)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            process.tick()
+        other = leadership.AdvisoryLockLeadership(process.engine)
+        assert process.leader_since is None and other.try_acquire()  # nobody holds it
+        other.release()
+        process.tick()
+        assert process.leader_since is not None  # the next round leads for real
+        assert process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+
+
+# --- a template that would run forever (issue 15) ----------------------------------------
+
+FOREVER = (  # passes check (the sample customer is 12748), then 10**10 slow iterations
+    "{% extends 'base.html' %}{% block content %}{% set s = 'x' * 999999 %}<p>Hi</p>\n"
+    "{% if customer.id != '12748' %}\n"
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% if s.count('xy') %}{% endif %}"
+    "{% endfor %}{% endfor %}{% endif %}{% endblock %}"
+)
+
+
+def trigger(engine: sa.Engine, *jobs: str) -> bool:
+    """Make ``jobs`` due now at once (``recocamp runs trigger``), once the worker has
+    scheduled them."""
+    sched = scheduler.make_scheduler()
+    scheduler.attach_shared(sched, engine)
+    sched.start(paused=True)
+    try:
+        if not set(jobs) <= {j.id for j in sched.get_jobs(jobstore=scheduler.SHARED)}:
+            return False
+        for job in jobs:
+            sched.modify_job(job, jobstore=scheduler.SHARED, next_run_time=datetime.now(UTC))
+        return True
+    finally:
+        scheduler.quiesce(sched)
+        sched.shutdown(wait=False)
+
+
+def two_campaigns(shop: Path) -> None:
+    """``everyone`` (healthy) mails who ordered 8-60 days ago, ``stuck`` the others with
+    the template above."""
+    healthy = (shop / "campaigns" / "everyone.toml").read_text()
+    (shop / "campaigns" / "everyone.toml").write_text(
+        healthy.replace("lapsed_days = [0, 60]", "lapsed_days = [8, 60]")
+    )
+    (shop / "campaigns" / "stuck.toml").write_text(
+        healthy.replace('name = "everyone"', 'name = "stuck"')
+        .replace("lapsed_days = [0, 60]", "lapsed_days = [0, 8]")
+        .replace('html = "cross_sell.html"', 'html = "stuck.html"')
+    )
+    (shop / "templates" / "stuck.html").write_text(FOREVER)
+
+
+def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing(
+    tmp_path: Path, esp: tuple[FakeEsp, str]
+) -> None:
+    fake, url = esp
+    # a stuck render takes 8 s of CPU, up to twice that in wall time while the worker's other
+    # threads and processes share the cores: a stop waits for the one in flight
+    shop = sqlite_shop(tmp_path, url, shutdown_timeout_s=40)
+    with (shop / "settings.toml").open("a") as settings:
+        settings.write("[templates]\nrender_time_s = 8\n")
+    two_campaigns(shop)
+    engine = make_engine(f"sqlite:///{shop / 'shop.db'}")
+    by_state = "SELECT count(*) FROM outbox WHERE campaign = '{}' AND state {}"
+    worker = start_worker(shop)
+    try:
+        wait_for(lambda: trigger(engine, "campaign:stuck", "campaign:everyone"))
+        wait_for(
+            lambda: (
+                scalar(engine, by_state.format("everyone", "IS NOT NULL"))
+                == scalar(engine, by_state.format("everyone", "= 'sent'"))
+                > 0
+            )
+        )
+        beat = scalar(engine, "SELECT max(heartbeat_at) FROM workers")
+        wait_for(lambda: scalar(engine, "SELECT max(heartbeat_at) FROM workers") != beat, 10)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0  # 3: jobs still ran after shutdown_timeout_s
+    finally:
+        worker.kill()
+    assert scalar(engine, by_state.format("stuck", "IN ('sent', 'claimed')")) == 0
+    # the healthy campaign went out while the stuck one was still rendering (not after it)
+    last_sent = "SELECT max(updated_at) FROM outbox WHERE campaign = 'everyone'"
+    first_failed = (
+        "SELECT min(updated_at) FROM outbox WHERE campaign = 'stuck' AND state = 'failed'"
+    )
+    assert scalar(engine, last_sent) < scalar(engine, first_failed)
+    sent = scalar(engine, by_state.format("everyone", "= 'sent'"))
+    assert fake.stats() == {
+        "received": sent,
+        "unique_send_keys": sent,
+        "duplicates": 0,
+        "without_send_key": 0,
+    }
+    with engine.connect() as connection:
+        errors = (
+            connection.execute(sa.text("SELECT last_error FROM outbox WHERE state = 'failed'"))
+            .scalars()
+            .all()
+        )
+    assert errors and all(
+        "stuck.html: line 3: rendering took longer than 8 s" in e or "ran out of render time" in e
+        for e in errors
+    )
+    log = (shop / "worker-0.log").read_text()
+    assert "SIGTERM: stopping" in log and "Traceback" not in log
+    engine.dispose()
+
+
+def test_reload_refuses_a_template_past_a_limit_and_keeps_its_heartbeat(
+    tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    two_campaigns(shop)
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        (shop / "templates" / "stuck.html").write_text(
+            "{% extends 'base.html' %}{% block content %}\n{{ 9**(9**9) }}{% endblock %}"
+        )
+        os.utime(shop / "templates" / "stuck.html", ns=(time.time_ns(), time.time_ns() + 10**9))
+        with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
+            process.tick()
+        assert "reload refused" in caplog.text and "stuck.html" in caplog.text
+        assert "line 2" in caplog.text and "4,096 bits" in caplog.text
+        (shop / "templates" / "stuck.html").write_text(
+            "{% extends 'base.html' %}{% block content %}\n{% include '_offer.html' %}"
+            "{% endblock %}"
+        )
+        os.utime(shop / "templates" / "stuck.html", ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            process.tick()
+        assert (
+            "reload refused" in caplog.text and "template not found: '_offer.html'" in caplog.text
+        )
+        assert "worker loop" not in caplog.text and "Traceback" not in caplog.text
+        assert set(process.campaigns) == {"everyone", "stuck"}  # the last good set runs on
+        before = scalar(process.engine, "SELECT heartbeat_at FROM workers")
+        time.sleep(0.01)
+        process.tick()
+        assert scalar(process.engine, "SELECT heartbeat_at FROM workers") != before
+    finally:
+        process.shutdown()
+        process.engine.dispose()
