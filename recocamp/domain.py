@@ -152,8 +152,9 @@ class BodyTemplate:
 
     Campaign runs enqueue this instead of the rendered HTML and text: rendering is the most
     expensive step of a send, and whoever delivers the e-mail renders it, so every delivering
-    process (and every worker) shares that work (see ``outbox`` and ``deliver``). The context
-    is plain JSON data, the documented template context (README.md §Templates).
+    process (and every worker) shares that work (see ``store.outbox`` and
+    ``delivery.deliverer``). The context is plain JSON data, the documented template context
+    (``campaigns.context``, README.md §The template context).
     """
 
     html: str

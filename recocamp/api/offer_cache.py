@@ -84,7 +84,7 @@ class Answer:
         return self.basis != "popular"
 
     def document(self) -> dict[str, Any]:
-        """The JSON body of the next-best-offer endpoint (``api_offers.OffersOut``)."""
+        """The JSON body of the next-best-offer endpoint (``api.offers.OffersOut``)."""
         return {
             "customer_id": self.customer_id,
             "mode": self.mode.value,

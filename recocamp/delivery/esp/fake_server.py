@@ -2,7 +2,7 @@
 
 ``recocamp fake-esp`` runs it; the demo and the end-to-end tests point the postmark
 provider at it, and a real Postmark client (``postmarker``) cannot tell it from Postmark
-on the endpoints below (tests/esp/test_fake_postmark.py drives it with one). The rules
+on the endpoints below (tests/delivery/esp/test_fake_postmark.py drives it with one). The rules
 come from Postmark's API reference (:mod:`recocamp.esp.fake_contract`); where the fake
 still differs, the README's table "Where the fake ESP differs from Postmark" says so.
 
