@@ -2,9 +2,10 @@
 
 Owns: the interaction matrix with its id↔index maps (:mod:`.matrix`), the learned models on
 ``implicit`` — the only importer of it — (:mod:`.models`), the simple baselines
-(:mod:`.baselines`), the interface every recommender implements, top-k selection and the
-objection rule (:mod:`.ranking`), which list a customer gets at request time — cached,
-re-scored with purchases since training, or popular — (:mod:`.serving`, pure), the
+(:mod:`.baselines`) and the published TIFU-KNN baseline (:mod:`.tifu_knn`, evaluation only),
+the interface every recommender implements, top-k selection and the objection rule
+(:mod:`.ranking`), which list a customer gets at request time — cached, re-scored with
+purchases since training, or popular — (:mod:`.serving`, pure), the
 time-split evaluation (:mod:`.evaluate`) and training with the promotion gate
 (:mod:`.training`).
 

@@ -96,6 +96,10 @@ class TrainingData:
     popularity: np.ndarray
     age_days: np.ndarray
     cutoff: float
+    # The lines it was built from (all of them, a reference, not a copy): the models that
+    # need the order of baskets (TIFU-KNN) read those before ``cutoff``. None once loaded
+    # from saved artifacts, which keep only the matrices.
+    lines: Lines | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -118,7 +122,7 @@ def build(
     half_life_days: float | None = None,
 ) -> TrainingData:
     """Encode ids and build the matrices from lines strictly before ``cutoff`` (epoch s)."""
-    lines = lines.before(cutoff)
+    source, lines = lines, lines.before(cutoff)
     customer_codes, rows = np.unique(lines.customer, return_inverse=True)
     item_codes, cols = np.unique(lines.item, return_inverse=True)
     customers, items = lines.customer_ids[customer_codes], lines.item_ids[item_codes]
@@ -143,6 +147,7 @@ def build(
         popularity=_popularity(rows, cols, lines.at, cutoff - popularity_days * DAY, len(items)),
         age_days=_age_days(cols, lines.at, cutoff, len(items)),
         cutoff=cutoff,
+        lines=source,
     )
 
 

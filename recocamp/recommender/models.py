@@ -36,9 +36,11 @@ from recocamp.errors import ModelError
 from recocamp.recommender.baselines import Popularity, RepeatFrequency
 from recocamp.recommender.matrix import Lines, TrainingData, build
 from recocamp.recommender.ranking import Recommender, normalised
+from recocamp.recommender.tifu_knn import TifuKNN
 
 log = logging.getLogger(__name__)
-MODEL_NAMES = ("popularity", "repeat_frequency", "als", "bpr", "item_knn", "hybrid")
+MODEL_NAMES = ("popularity", "repeat_frequency", "tifu_knn", "als", "bpr", "item_knn", "hybrid")
+EVALUATION_ONLY = ("tifu_knn",)  # measured by `recocamp evaluate`, never trained, saved or served
 
 
 def gpu_available(use_gpu: str) -> bool:
@@ -278,6 +280,7 @@ def make(name: str, settings: Any, weights: HybridWeights | None = None) -> Reco
     builders: dict[str, Any] = {
         "popularity": Popularity,
         "repeat_frequency": RepeatFrequency,
+        "tifu_knn": TifuKNN,
         "als": lambda: ALS(**factors),
         "bpr": lambda: BPR(
             **{**factors, "iterations": settings.bpr_iterations},

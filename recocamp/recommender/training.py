@@ -192,6 +192,8 @@ def train(
     split's cutoff is named (the date a person gave)."""
     say = step or (lambda _message: None)
     name = name or settings.model
+    if name in model.EVALUATION_ONLY:
+        raise ModelError(f"{name} is an evaluation baseline: compare it with `recocamp evaluate`")
     as_of = as_of or now
     clock = _Stopwatch()
     say("loading purchase lines")

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from recocamp.cli import app
+from recocamp.recommender.models import MODEL_NAMES
 from recocamp.store.engine import head_revision, make_engine
 from recocamp.store.schema import customers, items, purchases
 from tests.conftest import write_csv
@@ -333,3 +334,20 @@ def test_train_says_which_rule_rejected_a_candidate(in_trained: Path) -> None:
     assert "rejected: " in flat and ": clearly worse)" in flat and "on the same split" in flat
     assert "rule: promote unless the 95 % paired-bootstrap interval of candidate − live" in flat
     assert "top-N cache: unchanged, the live model keeps serving" in flat
+
+
+def test_evaluate_json_lists_every_model_with_tifu_knn_and_keeps_its_schema(
+    in_trained: Path,
+) -> None:
+    result = runner.invoke(
+        app, ["evaluate", "--cutoff", "2011-11-01", "--horizon-days", "30", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert set(document) == {"cutoff", "horizon_days", "k", "models"}
+    assert list(document["models"]) == list(MODEL_NAMES) and "tifu_knn" in document["models"]
+    tifu = document["models"]["tifu_knn"]
+    assert set(tifu) == set(document["models"]["repeat_frequency"]) >= {"recall", "ndcg"}
+    assert tifu["customers"] > 0 and 0 < tifu["recall"] <= 1
+    refused = runner.invoke(app, ["train", "--model", "tifu_knn"])
+    assert refused.exit_code != 0 and "evaluation baseline" in refused.output
