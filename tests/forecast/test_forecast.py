@@ -18,7 +18,7 @@ from recocamp.cli import app
 from recocamp.domain import Customer, Item, Purchase
 from recocamp.forecast.evaluate import auc, calibration
 from recocamp.forecast.outlook import Evaluation, choose, risk_tier
-from recocamp.settings import load_settings
+from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import queries
 from recocamp.store.schema import customers
@@ -353,3 +353,18 @@ def test_forecast_stored_prints_what_the_train_job_stored(
     assert table.exit_code == 0 and "stored forecast bgnbd-2011-06-01-h90" in table.output
     mixed = runner.invoke(app, ["forecast", "--stored", "--as-of", "2011-06-01"])
     assert mixed.exit_code == 2 and "own as_of" in mixed.output
+
+
+def test_a_customers_file_that_sets_an_objection_drops_the_stored_forecast(
+    engine: sa.Engine,
+) -> None:
+    fill(engine)
+    settings = Settings().model_copy(update={"shop": ShopSettings(time_zone="UTC")})
+    assert f.refresh(engine, settings, datetime(2011, 6, 1, 9, tzinfo=UTC)).customers == 1
+    with engine.begin() as connection:
+        queries.upsert_customers(
+            connection, [Customer("a", "a@example.test", objected_to_profiling=True)], NOW
+        )
+    with engine.connect() as connection:
+        assert forecast_store.stored_forecasts(connection) == []
+        assert forecast_store.current_version(connection) is not None  # the others' stay
