@@ -10,10 +10,12 @@ who objected to profiling or were erased get none (a forecast is profiling).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from recocamp.errors import ModelError
 from recocamp.forecast.history import PurchaseDays, day_number, day_of, local_days
 from recocamp.forecast.outlook import CustomerForecast, forecast, live_model
 from recocamp.settings import Settings
@@ -52,6 +54,7 @@ def refresh(engine: Engine, settings: Settings, now: datetime) -> Refreshed:
     purchases = purchase_days(engine, settings, day)
     model, chosen_on = live_model(purchases, day, horizon)
     rows = forecast(purchases, day, horizon, model, lifetime)
+    _require_finite(rows, model)
     split = None
     if chosen_on is not None:
         split = {
@@ -71,6 +74,30 @@ def refresh(engine: Engine, settings: Settings, now: datetime) -> Refreshed:
     with engine.begin() as connection:
         kept = store.replace(connection, version, rows)
     return Refreshed(version.version, model, kept)
+
+
+def _require_finite(rows: list[CustomerForecast], model: str) -> None:
+    """A forecast with a value that is not a number is not stored (the previous one stays):
+    the API could not answer it as JSON, and a campaign could not compare it."""
+    broken = [
+        row.customer_id
+        for row in rows
+        if not all(
+            math.isfinite(value)
+            for value in (
+                row.expected_purchase_days,
+                row.p_active,
+                row.expected_revenue,
+                row.lifetime_value,
+                0.0 if row.overdue_ratio is None else row.overdue_ratio,
+            )
+        )
+    ]
+    if broken:
+        raise ModelError(
+            f"forecaster {model} gave values that are not numbers for {len(broken)} "
+            f"customer(s), e.g. {broken[0]!r}: not stored"
+        )
 
 
 def customer_forecast(row: StoredForecast) -> CustomerForecast:

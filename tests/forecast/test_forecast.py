@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from recocamp import forecast as f
 from recocamp.cli import app
 from recocamp.domain import Customer, Item, Purchase
+from recocamp.errors import ModelError
 from recocamp.forecast.evaluate import auc, calibration
 from recocamp.forecast.outlook import Evaluation, choose, risk_tier
 from recocamp.settings import Settings, ShopSettings, load_settings
@@ -368,3 +369,20 @@ def test_a_customers_file_that_sets_an_objection_drops_the_stored_forecast(
     with engine.connect() as connection:
         assert forecast_store.stored_forecasts(connection) == []
         assert forecast_store.current_version(connection) is not None  # the others' stay
+
+
+def test_a_forecast_with_values_that_are_not_numbers_is_not_stored(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(engine)
+    settings = Settings().model_copy(update={"shop": ShopSettings(time_zone="UTC")})
+    first = f.refresh(engine, settings, datetime(2011, 6, 1, 9, tzinfo=UTC))
+    monkeypatch.setitem(
+        f.FORECASTERS, "bgnbd", lambda purchases, history, h: np.full(len(history.rows), np.nan)
+    )
+    with pytest.raises(ModelError, match="not numbers for 1 customer"):
+        f.refresh(engine, settings, datetime(2011, 6, 2, 9, tzinfo=UTC))
+    with engine.connect() as connection:
+        kept = forecast_store.current_version(connection)
+        assert kept is not None and kept.version == first.version  # the previous one stays
+        assert len(forecast_store.stored_forecasts(connection)) == 1
