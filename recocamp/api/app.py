@@ -6,6 +6,7 @@ route                                       who                   module
 ==========================================  ====================  ==============================
 GET  /v1/customers/{id}/next-best-offer     API key offers:read   api_offers (serving, offers)
 GET  /v1/items/{id}/similar                 API key offers:read   api_offers
+GET  /v1/customers/{id}/forecast            API key offers:read   api_forecasts (forecast)
 POST /v1/events/purchases                   API key events:write  api_events
 PUT  /v1/customers/{id}                     API key events:write  api_events (profiles)
 GET|DELETE /v1/privacy/customers/{id}, …    API key privacy:admin api_privacy (privacy)
@@ -45,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recocamp import __version__, metrics
 from recocamp.api import events as api_events
+from recocamp.api import forecasts as api_forecasts
 from recocamp.api import lean as api_lean
 from recocamp.api import measure as api_measure
 from recocamp.api import offers as api_offers
@@ -116,6 +118,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock) -> FastAPI:
     _health_routes(app, engine, service)
     app.router.routes.insert(1, api_offers.next_best_offer_route(service, auth, PROBLEMS))
     app.include_router(api_offers.router(service, PROBLEMS))
+    app.include_router(api_forecasts.router(engine, PROBLEMS))
     app.include_router(api_events.router(settings, engine, clock, PROBLEMS))
     app.include_router(api_privacy.router(settings, engine, clock, PROBLEMS))
     app.include_router(api_measure.router(settings, engine, clock, auth.require))

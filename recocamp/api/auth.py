@@ -8,7 +8,7 @@ by their SHA-256, from the environment (``RECOCAMP_API_KEYS``, never a settings 
                        dpo=privacy:admin=sha256:<64 hex>"
 
 Entries are ``NAME=SCOPE[,SCOPE…]=sha256:HEX``, separated by ``;`` or white space. Scopes:
-``offers:read`` (next-best offers, similar items), ``events:write`` (purchases, customer
+``offers:read`` (next-best offers, similar items, forecasts), ``events:write`` (purchases, customer
 profile and consent), ``privacy:admin`` (export, erasure, purge), ``reports:read``
 (measurement).
 

@@ -46,11 +46,7 @@ def _day(value: str | None, option: str, zone: ZoneInfo) -> int:
 
 def _purchase_days(settings: Settings, day: int) -> forecasting.PurchaseDays:
     """Purchase days of every profiled customer strictly before the shop-local ``day``."""
-    zone = settings.shop.zone
-    until = datetime.combine(forecasting.day_of(day), datetime.min.time(), tzinfo=zone)
-    with engine_for(settings).connect() as connection:
-        ids, seconds, revenue = forecast_store.purchase_lines(connection, until)
-    return forecasting.PurchaseDays.from_lines(ids, forecasting.local_days(seconds, zone), revenue)
+    return forecasting.purchase_days(engine_for(settings), settings, day)
 
 
 @app.command("forecast")
@@ -59,9 +55,24 @@ def forecast_command(
     horizon_days: Horizon = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
     limit: Annotated[int, typer.Option(min=1, help="Rows of the table (JSON has all).")] = 30,
+    stored: Annotated[
+        bool,
+        typer.Option(
+            "--stored",
+            help="Print the forecast the worker's train job stored (what the shop API "
+            "serves) instead of computing one now.",
+        ),
+    ] = False,
 ) -> None:
     """Per-customer forecasts: purchase days in the horizon, chance of buying again, churn risk,
     expected revenue, lifetime value, when the next purchase is due."""
+    if stored:
+        if as_of is not None or horizon_days is not None:
+            raise typer.BadParameter(
+                "the stored forecast has its own as_of and horizon", param_hint="--stored"
+            )
+        _print_stored(format, limit)
+        return
     with errors_to_exit():
         settings = current_settings()
         zone = settings.shop.zone
@@ -83,6 +94,31 @@ def forecast_command(
     _print_forecasts(rows, model, chosen_on, day, horizon, limit)
 
 
+def _print_stored(format: Output, limit: int) -> None:
+    with errors_to_exit(), engine_for(current_settings()).connect() as connection:
+        version = forecast_store.current_version(connection)
+        rows = forecast_store.stored_forecasts(connection) if version else []
+    if version is None:
+        console.print("no forecast stored yet: the worker's train job stores one")
+        raise typer.Exit(1)
+    day = forecasting.day_number(version.as_of)
+    customers = [forecasting.CustomerForecast(*row) for row in rows]
+    if format is Output.json:
+        document = {
+            "as_of": version.as_of.isoformat(),
+            "horizon_days": version.horizon_days,
+            "model": version.model,
+            "version": version.version,
+            "created_at": version.created_at.isoformat(),
+            "customers": [row.as_dict() for row in customers],
+        }
+        json.dump(document, sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+        return
+    console.print(f"stored forecast {version.version}, made {version.created_at.isoformat()}")
+    _print_forecasts(customers, version.model, None, day, version.horizon_days, limit, True)
+
+
 def _print_forecasts(
     rows: list[forecasting.CustomerForecast],
     model: str,
@@ -90,20 +126,21 @@ def _print_forecasts(
     day: int,
     horizon: int,
     limit: int,
+    stored: bool = False,
 ) -> None:
     first = forecasting.day_of(day)
     console.print(
         f"{len(rows):,} customers, horizon {first.isoformat()} to "
         f"{(first + timedelta(days=horizon - 1)).isoformat()} ({horizon} days), model {model}"
     )
-    if chosen_on is None:
-        console.print("(too little history for a time split before --as-of: BG/NBD is used)")
-    else:
+    if chosen_on is not None:
         q = chosen_on.qualities[model]
         console.print(
             f"chosen on the horizon before: MAE {q.mae:.3f}, AUC {q.auc or 0:.3f} "
             f"(forecast-evaluate --cutoff {forecasting.day_of(chosen_on.cutoff).isoformat()})"
         )
+    elif not stored:
+        console.print("(too little history for a time split before --as-of: BG/NBD is used)")
     risks = {tier: sum(r.churn_risk == tier for r in rows) for tier in ("high", "medium", "low")}
     console.print("churn risk: " + ", ".join(f"{tier} {n:,}" for tier, n in risks.items()))
     table = Table(title=f"the {min(limit, len(rows))} customers with the highest lifetime value")

@@ -69,9 +69,18 @@ class BgNbd:
             a = 1.0 + 1e-6
         z = t / (alpha + T + t)
         # eq. 10's ((α+T)/(α+T+t))^(r+x) · 2F1(r+x, b+x; a+b+x−1; z) after Euler's transformation
-        # (1 − z = (α+T)/(α+T+t)): the same value, but no inf × 0 for heavy buyers over long spans
-        hyper = special.hyp2f1(a + b - 1.0 - r, a - 1.0, a + b + x - 1.0, z)
-        part = 1.0 - np.exp((a - 1.0) * np.log1p(-z)) * hyper
+        # (1 − z = (α+T)/(α+T+t)): the same value, but no inf × 0 for heavy buyers over long spans.
+        # Where a fit puts a and b far out (a dropout chance that hardly varies between
+        # customers: a, b in the 10^4s) the transformed form is 0 × inf instead, and eq. 10 as
+        # printed is finite: each where the other is not.
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            euler = 1.0 - np.exp((a - 1.0) * np.log1p(-z)) * special.hyp2f1(
+                a + b - 1.0 - r, a - 1.0, a + b + x - 1.0, z
+            )
+            printed = 1.0 - np.exp((r + x) * np.log1p(-z)) * special.hyp2f1(
+                r + x, b + x, a + b + x - 1.0, z
+            )
+        part = np.where(np.isfinite(euler), euler, printed)
         value = (a + b + x - 1.0) / (a - 1.0) * part / (1.0 + self._alive_odds(x, t_x, T))
         finite = np.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
         return np.asarray(np.clip(finite, 0.0, None))

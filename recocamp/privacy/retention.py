@@ -63,6 +63,8 @@ KEPT = {
     "no feed brings them back (a new sign-up lifts them)",
     "rejected drop-folder files": "until the operator deletes them (erasure cleans them)",
     "rollback model": "the model that was live before the current one",
+    "purchase forecasts": "the newest only: each training replaces them (erasure and an "
+    "objection to profiling delete a customer's row)",
 }
 
 

@@ -1,14 +1,27 @@
-"""What the forecasts read: purchase lines as arrays (DESIGN.md, Forecast definitions)."""
+"""What the forecasts read and write: purchase lines as arrays (DESIGN.md, Forecast
+definitions), and the stored forecasts (one version, the newest, replaced whole)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import sqlalchemy as sa
 
-from recocamp.store.queries import epoch_seconds
-from recocamp.store.schema import customers, items, purchases
+from recocamp.store import tombstones
+from recocamp.store.queries import drop_unprofiled_forecasts, epoch_seconds
+from recocamp.store.schema import (
+    customers,
+    erasures,
+    forecast_versions,
+    forecasts,
+    items,
+    purchases,
+)
+
+CHUNK = 5000
 
 
 def purchase_lines(
@@ -43,3 +56,123 @@ def purchase_lines(
             seconds.append(float(at))
             revenue.append(float(value))
     return np.array(ids, dtype=object), np.array(seconds), np.array(revenue)
+
+
+class ForecastVersion(NamedTuple):
+    """One stored forecast: which forecaster, at which ``as_of`` (shop-local midnight,
+    history before it) for which horizon, and the split it was chosen on (JSON or None)."""
+
+    version: str
+    model: str
+    as_of: date
+    horizon_days: int
+    lifetime_days: int
+    customers: int
+    chosen_on: dict[str, Any] | None
+    created_at: datetime
+
+
+class ForecastRow(Protocol):
+    """One customer's forecast as written (``forecast.CustomerForecast`` is one)."""
+
+    @property
+    def customer_id(self) -> str: ...
+    @property
+    def expected_purchase_days(self) -> float: ...
+    @property
+    def p_active(self) -> float: ...
+    @property
+    def churn_risk(self) -> str: ...
+    @property
+    def expected_revenue(self) -> float: ...
+    @property
+    def lifetime_value(self) -> float: ...
+    @property
+    def next_purchase_by(self) -> date | None: ...
+    @property
+    def overdue_ratio(self) -> float | None: ...
+
+
+class StoredForecast(NamedTuple):
+    """One customer's stored forecast, as read back."""
+
+    customer_id: str
+    expected_purchase_days: float
+    p_active: float
+    churn_risk: str
+    expected_revenue: float
+    lifetime_value: float
+    next_purchase_by: date | None
+    overdue_ratio: float | None
+
+
+ROW_COLUMNS = StoredForecast._fields
+
+
+def replace(
+    connection: sa.Connection, version: ForecastVersion, rows: Iterable[ForecastRow]
+) -> int:
+    """Make ``version`` the stored forecast: every older version and its rows go, the new rows
+    are written, and rows of customers who objected to profiling or were erased while the
+    forecast was computed are dropped again (serialised against erasure like every write
+    about customers: an erasure either committed before, and is seen here, or waits and
+    removes the rows itself). Returns the rows kept. Call in one transaction."""
+    tombstones.serialise(connection, erasing=False)
+    connection.execute(sa.delete(forecasts))
+    connection.execute(sa.delete(forecast_versions))
+    connection.execute(sa.insert(forecast_versions).values(**version._asdict()))
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append({"version": version.version, **{k: getattr(row, k) for k in ROW_COLUMNS}})
+        if len(batch) >= CHUNK:
+            connection.execute(sa.insert(forecasts), batch)
+            batch = []
+    if batch:
+        connection.execute(sa.insert(forecasts), batch)
+    drop_unprofiled_forecasts(connection)
+    _drop_erased_since(connection, version.created_at)
+    kept = int(connection.execute(sa.select(sa.func.count()).select_from(forecasts)).scalar_one())
+    connection.execute(
+        sa.update(forecast_versions)
+        .where(forecast_versions.c.version == version.version)
+        .values(customers=kept)
+    )
+    return kept
+
+
+def _drop_erased_since(connection: sa.Connection, since: datetime) -> None:
+    """A customer erased after the purchase lines were read has no customers row any more
+    (the check above cannot see them), but erasure left them no order lines: drop those."""
+    recent = sa.select(erasures.c.id).where(erasures.c.erased_at >= since).limit(1)
+    if connection.execute(recent).first() is None:
+        return
+    has_orders = (
+        sa.select(purchases.c.id).where(purchases.c.customer_id == forecasts.c.customer_id).exists()
+    )
+    connection.execute(sa.delete(forecasts).where(~has_orders))
+
+
+def current_version(connection: sa.Connection) -> ForecastVersion | None:
+    """The stored forecast's version, None before the first one."""
+    v = forecast_versions.c
+    query = sa.select(*(getattr(v, name) for name in ForecastVersion._fields))
+    row = connection.execute(query.order_by(v.created_at.desc()).limit(1)).first()
+    return None if row is None else ForecastVersion(*row)
+
+
+def customer_forecast(connection: sa.Connection, customer_id: str) -> StoredForecast | None:
+    """The customer's row of the stored forecast, None when it holds none."""
+    f = forecasts.c
+    query = sa.select(*(getattr(f, name) for name in ROW_COLUMNS)).where(
+        f.customer_id == customer_id,
+        f.version.in_(sa.select(forecast_versions.c.version)),
+    )
+    row = connection.execute(query.limit(1)).first()
+    return None if row is None else StoredForecast(*row)
+
+
+def stored_forecasts(connection: sa.Connection) -> list[StoredForecast]:
+    """Every row of the stored forecast, in customer-id order."""
+    f = forecasts.c
+    query = sa.select(*(getattr(f, name) for name in ROW_COLUMNS)).order_by(f.customer_id)
+    return [StoredForecast(*row) for row in connection.execute(query)]

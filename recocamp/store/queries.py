@@ -20,6 +20,7 @@ from recocamp.errors import OrderConflictError
 from recocamp.store.schema import (
     audit_log,
     customers,
+    forecasts,
     import_runs,
     items,
     orders,
@@ -196,7 +197,7 @@ def upsert_customers(connection: sa.Connection, rows: Sequence[Customer], now: d
     """Profile and consent data from a feed. Unsubscribes and erasures recorded by recocamp
     are never touched, and a feed can set an objection to profiling but never clear one
     (withdrawing it is the customer's own act, through recocamp); personal recommendation
-    lists of objecting customers are dropped in the same transaction."""
+    lists and stored forecasts of objecting customers are dropped in the same transaction."""
     protected = ("unsubscribed_at", "erased_at")
     values = [
         {k: v for k, v in dict(asdict(row), updated_at=now).items() if k not in protected}
@@ -205,6 +206,7 @@ def upsert_customers(connection: sa.Connection, rows: Sequence[Customer], now: d
     merge = {"objected_to_profiling": sa.or_}
     written = _upsert(connection, customers, values, (), merge)
     drop_unprofiled_recommendations(connection)
+    drop_unprofiled_forecasts(connection)
     return written
 
 
@@ -217,6 +219,16 @@ def drop_unprofiled_recommendations(connection: sa.Connection) -> None:
     connection.execute(
         sa.delete(recommendations).where(recommendations.c.customer_id.in_(unprofiled))
     )
+
+
+def drop_unprofiled_forecasts(connection: sa.Connection) -> None:
+    """No stored forecast may exist for anybody who objected to profiling or was erased (a
+    forecast is profiling)."""
+    c = customers.c
+    unprofiled = sa.select(c.id).where(
+        sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
+    )
+    connection.execute(sa.delete(forecasts).where(forecasts.c.customer_id.in_(unprofiled)))
 
 
 def find_import(connection: sa.Connection, kind: str, sha256: str) -> sa.Row[Any] | None:

@@ -417,3 +417,37 @@ reports = sa.Table(
     sa.Column("summary", sa.JSON, nullable=False),
     sa.Index(None, "created_at"),
 )
+
+# --- forecasts (migration 0011) ------------------------------------------------------------
+
+# The stored per-customer forecasts: one version (the newest; each training replaces the
+# previous one in a single transaction) and one row per profiled customer. ``chosen_on``
+# holds the time split the live forecaster was chosen on (``forecast-evaluate``'s JSON
+# ``models``, with its cutoff), null when the history was too short for one.
+forecast_versions = sa.Table(
+    "forecast_versions",
+    metadata,
+    sa.Column("version", sa.String(100), primary_key=True),
+    sa.Column("model", sa.String(32), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),  # shop-local midnight; history before it
+    sa.Column("horizon_days", sa.Integer, nullable=False),
+    sa.Column("lifetime_days", sa.Integer, nullable=False),
+    sa.Column("customers", sa.Integer, nullable=False),
+    sa.Column("chosen_on", sa.JSON),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+forecasts = sa.Table(
+    "forecasts",
+    metadata,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(100), primary_key=True),
+    sa.Column("expected_purchase_days", sa.Float, nullable=False),
+    sa.Column("p_active", sa.Float, nullable=False),
+    sa.Column("churn_risk", sa.String(8), nullable=False),
+    sa.Column("expected_revenue", sa.Float, nullable=False),
+    sa.Column("lifetime_value", sa.Float, nullable=False),
+    sa.Column("next_purchase_by", sa.Date),
+    sa.Column("overdue_ratio", sa.Float),
+    sa.CheckConstraint("churn_risk IN ('low', 'medium', 'high')", name="churn_risk"),
+)

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from recocamp import forecast as forecasting
 from recocamp import metrics, privacy
 from recocamp.campaigns import render
 from recocamp.campaigns.files import Campaign
@@ -22,12 +23,12 @@ from recocamp.delivery.campaign_send import send_campaign
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import Provider, make_provider
 from recocamp.domain import DeliveryReport
-from recocamp.errors import Problem
+from recocamp.errors import ModelError, Problem
 from recocamp.measure import jobs as measure_jobs
 from recocamp.ratelimit import RateLimiter
 from recocamp.recommender import training
 from recocamp.settings import Settings
-from recocamp.store import queries, registry, runs
+from recocamp.store import forecasts, queries, registry, runs
 from recocamp.store.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,12 @@ def deliver(ctx: JobContext, now: datetime) -> Counts:
 
 
 def train(ctx: JobContext, now: datetime) -> Counts:
-    """The nightly training. Skipped while a model is live and nothing changed since the
-    last training (no purchase line stored since, same ``[recommender]`` settings): a shop
-    whose feed is quiet keeps its model instead of spending the night refitting it."""
+    """The nightly training: the recommender, then the purchase forecasts as of ``now``'s
+    shop-local day (``forecast.refresh``: stored, replacing the previous version). Skipped
+    while a model is live, a forecast is stored and nothing changed since the last training
+    (no purchase line stored since, same ``[recommender]`` and ``[forecast]`` settings): a
+    shop whose feed is quiet keeps its model and forecast (whose ``as_of`` says how old it
+    is) instead of spending the night refitting them."""
     data = _training_inputs(ctx)
     if _unchanged_since_last_training(ctx.engine, data):
         return {"outcome": "skipped_no_new_data", **data}
@@ -137,14 +141,28 @@ def train(ctx: JobContext, now: datetime) -> Counts:
         "version": result.version,
         "reason": result.reason,
         "cache_rows": result.cache_rows,
+        **_forecast(ctx, now),
         **data,
     }
+
+
+def _forecast(ctx: JobContext, now: datetime) -> Counts:
+    """Store the forecasts; a forecast that cannot be made keeps the previous one stored and
+    says why in the run's counts (the recommender's result stands either way)."""
+    try:
+        return forecasting.refresh(ctx.engine, ctx.settings, now).counts()
+    except ModelError as exc:
+        log.warning("forecast not stored: %s", exc)
+        return {"forecast_error": str(exc)[:500]}
 
 
 def _training_inputs(ctx: JobContext) -> Counts:
     with ctx.engine.connect() as connection:
         last_line, lines = queries.purchase_lines_seen(connection)
-    digest = hashlib.sha256(ctx.settings.recommender.model_dump_json().encode()).hexdigest()
+    configured = (
+        ctx.settings.recommender.model_dump_json() + ctx.settings.forecast.model_dump_json()
+    )
+    digest = hashlib.sha256(configured.encode()).hexdigest()
     return {
         "last_purchase_line": int(last_line or 0),
         "purchase_lines": int(lines),
@@ -154,7 +172,7 @@ def _training_inputs(ctx: JobContext) -> Counts:
 
 def _unchanged_since_last_training(engine: Engine, data: Counts) -> bool:
     with engine.connect() as connection:
-        if registry.live(connection) is None:
+        if registry.live(connection) is None or forecasts.current_version(connection) is None:
             return False
         previous = runs.last_ok_counts(connection, "train")
     return isinstance(previous, dict) and all(previous.get(k) == v for k, v in data.items())

@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 from recocamp import forecast as f
 from recocamp.cli import app
 from recocamp.domain import Customer, Item, Purchase
+from recocamp.errors import ModelError
 from recocamp.forecast.evaluate import auc, calibration
 from recocamp.forecast.outlook import Evaluation, choose, risk_tier
+from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import queries
 from recocamp.store.schema import customers
@@ -151,6 +153,19 @@ def test_bgnbd_expects_purchases_of_heavy_buyers_over_long_spans() -> None:
     quarter = model.expected(90 / 7, x, t_x, T)
     assert np.all(np.isfinite(ten_years)) and np.all(ten_years > 10 * quarter)
     assert quarter[0] == pytest.approx(600 / 104 * 90 / 7, rel=0.2)  # about the past rate
+
+
+def test_bgnbd_expects_purchases_when_the_fit_puts_a_and_b_far_out() -> None:
+    """A fit on a small shop (150 customers, 21 weeks) put a and b near 14,000 and 162,000: a
+    dropout chance of b/(a+b) ≈ 0.92 to stay, the same for everybody. The expectation then
+    is the fixed-p limit 1/p · (1 − ((1−z)/(1−qz))^(r+x)) / (1 + odds), not 0 or NaN."""
+    model = f.BgNbd(0.993, 4.2135, 14428.76, 162510.38, -1188.9)
+    x, t_x, T = np.array([0.0, 1.0, 5.0, 17.0]), np.array([0.0, 3.0, 5.0, 12.0]), np.full(4, 24.0)
+    got = model.expected(90 / 7, x, t_x, T)
+    p, z = model.a / (model.a + model.b), (90 / 7) / (model.alpha + T + 90 / 7)
+    limit = (1 - ((1 - z) / (1 - (1 - p) * z)) ** (model.r + x)) / p * model.p_alive(x, t_x, T)
+    assert got == pytest.approx(limit, rel=1e-3)
+    assert np.all(got > 0)
 
 
 def test_every_forecaster_is_sane_on_a_shop_with_a_known_structure() -> None:
@@ -310,3 +325,64 @@ def test_forecast_command_prints_the_documented_json(
     models = json.loads(evaluated.output)["models"]
     assert sorted(models) == sorted(f.FORECASTERS)
     assert models["naive"]["actual_total"] == 2.0  # 21 March and 10 April, not 1 June
+
+
+def test_forecast_stored_prints_what_the_train_job_stored(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(engine)
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        f'database_url = "{engine.url.render_as_string(hide_password=False)}"\n'
+        '[shop]\ntime_zone = "UTC"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("RECOCAMP_SETTINGS", str(settings))
+    runner = CliRunner()
+    none = runner.invoke(app, ["forecast", "--stored"])
+    assert none.exit_code == 1 and "no forecast stored yet" in none.output
+    f.refresh(engine, load_settings(settings), datetime(2011, 6, 1, 9, tzinfo=UTC))
+    result = runner.invoke(app, ["forecast", "--stored", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    stored = json.loads(result.output)
+    computed = runner.invoke(app, ["forecast", "--as-of", "2011-06-01", "--format", "json"])
+    assert {k: v for k, v in stored.items() if k not in ("version", "created_at")} == json.loads(
+        computed.output
+    )
+    assert stored["created_at"] == "2011-06-01T09:00:00+00:00"
+    table = runner.invoke(app, ["forecast", "--stored"])
+    assert table.exit_code == 0 and "stored forecast bgnbd-2011-06-01-h90" in table.output
+    mixed = runner.invoke(app, ["forecast", "--stored", "--as-of", "2011-06-01"])
+    assert mixed.exit_code == 2 and "own as_of" in mixed.output
+
+
+def test_a_customers_file_that_sets_an_objection_drops_the_stored_forecast(
+    engine: sa.Engine,
+) -> None:
+    fill(engine)
+    settings = Settings().model_copy(update={"shop": ShopSettings(time_zone="UTC")})
+    assert f.refresh(engine, settings, datetime(2011, 6, 1, 9, tzinfo=UTC)).customers == 1
+    with engine.begin() as connection:
+        queries.upsert_customers(
+            connection, [Customer("a", "a@example.test", objected_to_profiling=True)], NOW
+        )
+    with engine.connect() as connection:
+        assert forecast_store.stored_forecasts(connection) == []
+        assert forecast_store.current_version(connection) is not None  # the others' stay
+
+
+def test_a_forecast_with_values_that_are_not_numbers_is_not_stored(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(engine)
+    settings = Settings().model_copy(update={"shop": ShopSettings(time_zone="UTC")})
+    first = f.refresh(engine, settings, datetime(2011, 6, 1, 9, tzinfo=UTC))
+    monkeypatch.setitem(
+        f.FORECASTERS, "bgnbd", lambda purchases, history, h: np.full(len(history.rows), np.nan)
+    )
+    with pytest.raises(ModelError, match="not numbers for 1 customer"):
+        f.refresh(engine, settings, datetime(2011, 6, 2, 9, tzinfo=UTC))
+    with engine.connect() as connection:
+        kept = forecast_store.current_version(connection)
+        assert kept is not None and kept.version == first.version  # the previous one stays
+        assert len(forecast_store.stored_forecasts(connection)) == 1

@@ -1,0 +1,74 @@
+"""Shop API, forecasts: ``GET /v1/customers/{id}/forecast`` (scope ``offers:read``).
+
+The stored forecast of one customer (``forecast.stored``: made by the worker's ``train``
+job), never one computed on request. A forecast is profiling: a customer who objected to it
+(or was erased) gets a 404 that says so and no data, even in the moment between their
+objection and the next training (the objection deletes the row at once; the check here
+covers a forecast written concurrently).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+
+from recocamp import forecast
+from recocamp.api import lean as api_lean
+from recocamp.api.auth import OffersRead
+from recocamp.recommender.ranking import objects_to_profiling
+from recocamp.store import forecasts as store
+from recocamp.store import registry
+from recocamp.store.engine import Engine
+
+OBJECTED = "no forecast: the customer objected to profiling"
+
+
+class ForecastOut(BaseModel):
+    customer_id: str
+    expected_purchase_days: float = Field(description="Expected purchase days in the horizon.")
+    p_active: float = Field(description="Chance of at least one purchase day in the horizon.")
+    churn_risk: Literal["low", "medium", "high"] = Field(
+        description="high: p_active below 1/3; medium: below 2/3; else low."
+    )
+    expected_revenue: float = Field(description="Expected revenue in the horizon.")
+    lifetime_value: float = Field(description="Expected revenue over [forecast] lifetime_days.")
+    next_purchase_by: date | None = Field(
+        description="Last purchase day plus the customer's mean gap (null: one purchase day)."
+    )
+    overdue_ratio: float | None = Field(
+        description="Days since the last purchase day over the mean gap (null: one purchase day)."
+    )
+    model: str = Field(description="The forecaster: naive | bgnbd | rhythm.")
+    as_of: date = Field(description="Shop-local midnight the forecast was made at.")
+    horizon_days: int = Field(description="The horizon: [as_of, as_of + horizon_days).")
+
+
+def router(engine: Engine, problems: dict[int | str, Any]) -> APIRouter:
+    api = APIRouter(tags=["forecasts"])
+
+    @api.get("/v1/customers/{customer_id}/forecast", response_model=ForecastOut, responses=problems)
+    def customer_forecast(customer_id: api_lean.PathId, key: OffersRead) -> dict[str, Any]:
+        """The customer's stored purchase forecast: purchase days and revenue expected in the
+        horizon, chance of buying again, churn risk, lifetime value, when the next purchase
+        is due. 404 for an unknown customer, one without a forecast (no purchase before
+        ``as_of``, or none stored yet) and one who objected to profiling."""
+        with engine.connect() as connection:
+            person = registry.customer(connection, customer_id)
+            version = store.current_version(connection)
+            row = store.customer_forecast(connection, customer_id)
+        if objects_to_profiling(person):
+            raise HTTPException(404, OBJECTED)
+        if version is None or row is None:
+            if person is None:
+                raise HTTPException(404, f"we know no customer {customer_id!r}")
+            raise HTTPException(
+                404,
+                f"no forecast for customer {customer_id!r}: no purchase before the stored "
+                "forecast's as_of, or none stored yet",
+            )
+        return forecast.document(version, row)
+
+    return api

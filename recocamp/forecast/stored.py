@@ -1,0 +1,114 @@
+"""The stored forecasts: computed by the nightly ``train`` job, read by the shop API and
+``recocamp forecast --stored`` (reads and writes the store; the rest of the package is pure).
+
+At the job's ``now`` the forecast is made as of that shop-local day's midnight (history
+strictly before it) for ``[forecast] horizon_days``, with the live forecaster chosen by
+:func:`~recocamp.forecast.outlook.live_model` on the last closed horizon before it (no day at
+or after ``as_of`` is seen). It replaces the previous version in one transaction; customers
+who objected to profiling or were erased get none (a forecast is profiling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from recocamp.errors import ModelError
+from recocamp.forecast.history import PurchaseDays, day_number, day_of, local_days
+from recocamp.forecast.outlook import CustomerForecast, forecast, live_model
+from recocamp.settings import Settings
+from recocamp.store import forecasts as store
+from recocamp.store.engine import Engine
+from recocamp.store.forecasts import ForecastVersion, StoredForecast
+
+
+def purchase_days(engine: Engine, settings: Settings, day: int) -> PurchaseDays:
+    """Purchase days of every profiled customer strictly before the shop-local ``day``."""
+    zone = settings.shop.zone
+    until = datetime.combine(day_of(day), datetime.min.time(), tzinfo=zone)
+    with engine.connect() as connection:
+        ids, seconds, revenue = store.purchase_lines(connection, until)
+    return PurchaseDays.from_lines(ids, local_days(seconds, zone), revenue)
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    version: str
+    model: str
+    customers: int
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "forecast_version": self.version,
+            "forecast_model": self.model,
+            "forecast_customers": self.customers,
+        }
+
+
+def refresh(engine: Engine, settings: Settings, now: datetime) -> Refreshed:
+    """Compute the forecasts as of ``now``'s shop-local day and store them (see above)."""
+    day = day_number(now.astimezone(settings.shop.zone).date())
+    horizon, lifetime = settings.forecast.horizon_days, settings.forecast.lifetime_days
+    purchases = purchase_days(engine, settings, day)
+    model, chosen_on = live_model(purchases, day, horizon)
+    rows = forecast(purchases, day, horizon, model, lifetime)
+    _require_finite(rows, model)
+    split = None
+    if chosen_on is not None:
+        split = {
+            "cutoff": day_of(chosen_on.cutoff).isoformat(),
+            "models": {name: q.as_dict() for name, q in chosen_on.qualities.items()},
+        }
+    version = ForecastVersion(
+        version=f"{model}-{day_of(day).isoformat()}-h{horizon}-{now.astimezone(UTC):%Y%m%dT%H%M%S%fZ}",
+        model=model,
+        as_of=day_of(day),
+        horizon_days=horizon,
+        lifetime_days=lifetime,
+        customers=len(rows),
+        chosen_on=split,
+        created_at=now,
+    )
+    with engine.begin() as connection:
+        kept = store.replace(connection, version, rows)
+    return Refreshed(version.version, model, kept)
+
+
+def _require_finite(rows: list[CustomerForecast], model: str) -> None:
+    """A forecast with a value that is not a number is not stored (the previous one stays):
+    the API could not answer it as JSON, and a campaign could not compare it."""
+    broken = [
+        row.customer_id
+        for row in rows
+        if not all(
+            math.isfinite(value)
+            for value in (
+                row.expected_purchase_days,
+                row.p_active,
+                row.expected_revenue,
+                row.lifetime_value,
+                0.0 if row.overdue_ratio is None else row.overdue_ratio,
+            )
+        )
+    ]
+    if broken:
+        raise ModelError(
+            f"forecaster {model} gave values that are not numbers for {len(broken)} "
+            f"customer(s), e.g. {broken[0]!r}: not stored"
+        )
+
+
+def customer_forecast(row: StoredForecast) -> CustomerForecast:
+    return CustomerForecast(*row)
+
+
+def document(version: ForecastVersion, row: StoredForecast) -> dict[str, Any]:
+    """One customer's stored forecast as the API answers it: the keys of ``recocamp forecast
+    --format json``'s customer objects, plus the forecaster, ``as_of`` and the horizon."""
+    return customer_forecast(row).as_dict() | {
+        "model": version.model,
+        "as_of": version.as_of.isoformat(),
+        "horizon_days": version.horizon_days,
+    }
