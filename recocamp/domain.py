@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 # --- bounds: the one definition of what may come in --------------------------------------
 # Every way data enters (CSV imports, the drop folder, purchase events, customer updates)
@@ -347,3 +347,33 @@ class PlanningRows:
     suppressed: frozenset[str]  # address hashes
     items: dict[str, Item]
     popular: list[list[Any]]  # the cold-start list: [item, score]
+
+
+# --- forecasts: computed in ``forecast``, kept in ``store.forecasts`` ---------------------
+
+
+class CustomerForecast(NamedTuple):
+    """One customer's forecast for a horizon: what the forecaster computes, the store keeps
+    (one row per customer) and the API and ``recocamp forecast`` print (:meth:`as_dict`)."""
+
+    customer_id: str
+    expected_purchase_days: float
+    p_active: float
+    churn_risk: str
+    expected_revenue: float
+    lifetime_value: float
+    next_purchase_by: date | None
+    overdue_ratio: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        by = self.next_purchase_by
+        return {
+            "customer_id": self.customer_id,
+            "expected_purchase_days": round(self.expected_purchase_days, 4),
+            "p_active": round(self.p_active, 4),
+            "churn_risk": self.churn_risk,
+            "expected_revenue": round(self.expected_revenue, 2),
+            "lifetime_value": round(self.lifetime_value, 2),
+            "next_purchase_by": None if by is None else by.isoformat(),
+            "overdue_ratio": None if self.overdue_ratio is None else round(self.overdue_ratio, 3),
+        }

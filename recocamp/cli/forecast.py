@@ -102,7 +102,7 @@ def _print_stored(format: Output, limit: int) -> None:
         console.print("no forecast stored yet: the worker's train job stores one")
         raise typer.Exit(1)
     day = forecasting.day_number(version.as_of)
-    customers = [forecasting.CustomerForecast(*row) for row in rows]
+    customers = rows
     if format is Output.json:
         document = {
             "as_of": version.as_of.isoformat(),

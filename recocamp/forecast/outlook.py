@@ -17,10 +17,10 @@ For each customer with a purchase day before ``as_of`` (horizon ``[as_of, as_of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 
 import numpy as np
 
+from recocamp.domain import CustomerForecast as CustomerForecast  # re-exported
 from recocamp.errors import ModelError
 from recocamp.forecast.btyd import GammaGamma
 from recocamp.forecast.evaluate import Quality, quality
@@ -29,31 +29,6 @@ from recocamp.forecast.models import FORECASTERS
 
 MIN_CUSTOMERS_TO_CHOOSE = 50  # fewer customers on the split: too few to judge, BG/NBD is used
 RISK_CUTS = (1 / 3, 2 / 3)  # p_active below the first: high risk; below the second: medium
-
-
-@dataclass(frozen=True)
-class CustomerForecast:
-    customer_id: str
-    expected_purchase_days: float
-    p_active: float
-    churn_risk: str
-    expected_revenue: float
-    lifetime_value: float
-    next_purchase_by: date | None
-    overdue_ratio: float | None
-
-    def as_dict(self) -> dict[str, object]:
-        by = self.next_purchase_by
-        return {
-            "customer_id": self.customer_id,
-            "expected_purchase_days": round(self.expected_purchase_days, 4),
-            "p_active": round(self.p_active, 4),
-            "churn_risk": self.churn_risk,
-            "expected_revenue": round(self.expected_revenue, 2),
-            "lifetime_value": round(self.lifetime_value, 2),
-            "next_purchase_by": None if by is None else by.isoformat(),
-            "overdue_ratio": None if self.overdue_ratio is None else round(self.overdue_ratio, 3),
-        }
 
 
 def risk_tier(p_active: float) -> str:

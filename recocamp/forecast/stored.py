@@ -21,7 +21,7 @@ from recocamp.forecast.outlook import CustomerForecast, forecast, live_model
 from recocamp.settings import Settings
 from recocamp.store import forecasts as store
 from recocamp.store.engine import Engine
-from recocamp.store.forecasts import ForecastVersion, StoredForecast
+from recocamp.store.forecasts import ForecastVersion
 
 
 def purchase_days(engine: Engine, settings: Settings, day: int) -> PurchaseDays:
@@ -100,14 +100,10 @@ def _require_finite(rows: list[CustomerForecast], model: str) -> None:
         )
 
 
-def customer_forecast(row: StoredForecast) -> CustomerForecast:
-    return CustomerForecast(*row)
-
-
-def document(version: ForecastVersion, row: StoredForecast) -> dict[str, Any]:
+def document(version: ForecastVersion, row: CustomerForecast) -> dict[str, Any]:
     """One customer's stored forecast as the API answers it: the keys of ``recocamp forecast
     --format json``'s customer objects, plus the forecaster, ``as_of`` and the horizon."""
-    return customer_forecast(row).as_dict() | {
+    return row.as_dict() | {
         "model": version.model,
         "as_of": version.as_of.isoformat(),
         "horizon_days": version.horizon_days,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
 
+from recocamp.domain import CustomerForecast
 from recocamp.store import tombstones
 from recocamp.store.queries import drop_unprofiled_forecasts, epoch_seconds
 from recocamp.store.schema import (
@@ -72,45 +73,11 @@ class ForecastVersion(NamedTuple):
     created_at: datetime
 
 
-class ForecastRow(Protocol):
-    """One customer's forecast as written (``forecast.CustomerForecast`` is one)."""
-
-    @property
-    def customer_id(self) -> str: ...
-    @property
-    def expected_purchase_days(self) -> float: ...
-    @property
-    def p_active(self) -> float: ...
-    @property
-    def churn_risk(self) -> str: ...
-    @property
-    def expected_revenue(self) -> float: ...
-    @property
-    def lifetime_value(self) -> float: ...
-    @property
-    def next_purchase_by(self) -> date | None: ...
-    @property
-    def overdue_ratio(self) -> float | None: ...
-
-
-class StoredForecast(NamedTuple):
-    """One customer's stored forecast, as read back."""
-
-    customer_id: str
-    expected_purchase_days: float
-    p_active: float
-    churn_risk: str
-    expected_revenue: float
-    lifetime_value: float
-    next_purchase_by: date | None
-    overdue_ratio: float | None
-
-
-ROW_COLUMNS = StoredForecast._fields
+ROW_COLUMNS = CustomerForecast._fields
 
 
 def replace(
-    connection: sa.Connection, version: ForecastVersion, rows: Iterable[ForecastRow]
+    connection: sa.Connection, version: ForecastVersion, rows: Iterable[CustomerForecast]
 ) -> int:
     """Make ``version`` the stored forecast: every older version and its rows go, the new rows
     are written, and rows of customers who objected to profiling or were erased while the
@@ -123,7 +90,7 @@ def replace(
     connection.execute(sa.insert(forecast_versions).values(**version._asdict()))
     batch: list[dict[str, Any]] = []
     for row in rows:
-        batch.append({"version": version.version, **{k: getattr(row, k) for k in ROW_COLUMNS}})
+        batch.append({"version": version.version, **row._asdict()})
         if len(batch) >= CHUNK:
             connection.execute(sa.insert(forecasts), batch)
             batch = []
@@ -160,7 +127,7 @@ def current_version(connection: sa.Connection) -> ForecastVersion | None:
     return None if row is None else ForecastVersion(*row)
 
 
-def customer_forecast(connection: sa.Connection, customer_id: str) -> StoredForecast | None:
+def customer_forecast(connection: sa.Connection, customer_id: str) -> CustomerForecast | None:
     """The customer's row of the stored forecast, None when it holds none."""
     f = forecasts.c
     query = sa.select(*(getattr(f, name) for name in ROW_COLUMNS)).where(
@@ -168,11 +135,11 @@ def customer_forecast(connection: sa.Connection, customer_id: str) -> StoredFore
         f.version.in_(sa.select(forecast_versions.c.version)),
     )
     row = connection.execute(query.limit(1)).first()
-    return None if row is None else StoredForecast(*row)
+    return None if row is None else CustomerForecast(*row)
 
 
-def stored_forecasts(connection: sa.Connection) -> list[StoredForecast]:
+def stored_forecasts(connection: sa.Connection) -> list[CustomerForecast]:
     """Every row of the stored forecast, in customer-id order."""
     f = forecasts.c
     query = sa.select(*(getattr(f, name) for name in ROW_COLUMNS)).order_by(f.customer_id)
-    return [StoredForecast(*row) for row in connection.execute(query)]
+    return [CustomerForecast(*row) for row in connection.execute(query)]

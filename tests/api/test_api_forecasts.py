@@ -37,7 +37,7 @@ KEYS = {
 }
 
 
-def stored(app: FastAPI) -> list[store.StoredForecast]:
+def stored(app: FastAPI) -> list[forecast.CustomerForecast]:
     with engine_of(app).connect() as connection:
         return store.stored_forecasts(connection)
 
