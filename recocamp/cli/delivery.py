@@ -28,7 +28,7 @@ from recocamp.cli.common import (
 )
 from recocamp.delivery.campaign_send import send_campaign
 from recocamp.delivery.deliverer import Deliverer
-from recocamp.delivery.esp import make_provider
+from recocamp.delivery.esp import Provider, make_provider
 from recocamp.domain import DeliveryReport
 from recocamp.settings import Settings
 from recocamp.store import outbox
@@ -43,6 +43,14 @@ WaitOption = Annotated[
 ]
 
 
+def _deliverer(
+    settings: Settings, engine: Engine, provider: Provider, templates: Path
+) -> Deliverer:
+    """The CLI's deliverer: the real clock, the templates as they are now."""
+    renderer = Renderer(templates, limits=settings.templates)
+    return Deliverer(engine, provider, settings.esp, clock, renderer=renderer)
+
+
 def _deliver(
     settings: Settings,
     engine: Engine,
@@ -53,13 +61,7 @@ def _deliver(
 ) -> DeliveryReport:
     provider = make_provider(settings)
     try:
-        deliverer = Deliverer(
-            engine,
-            provider,
-            settings.esp,
-            clock,
-            renderer=Renderer(templates, limits=settings.templates),
-        )
+        deliverer = _deliverer(settings, engine, provider, templates)
         with progress_bars() as bar:
             bar.phase("delivering", total)
             deliverer.on_progress = bar.advance
@@ -98,13 +100,7 @@ def send_run(
     (which renders the bodies) alongside it (``send``, and ``demo`` for each campaign)."""
     provider = make_provider(settings)
     try:
-        deliverer = Deliverer(
-            engine,
-            provider,
-            settings.esp,
-            clock,
-            renderer=Renderer(templates, limits=settings.templates),
-        )
+        deliverer = _deliverer(settings, engine, provider, templates)
         with progress_bars() as bar:
             rendering = bar.progress.add_task(f"{campaign.name}: planning", total=None)
             sending = bar.progress.add_task(f"{campaign.name}: delivering", total=None)

@@ -5,7 +5,7 @@ live model in memory; the decisions it makes from them live here, values in and 
 so the CLI and the API apply one rule:
 
 - customers who objected to profiling (or were erased) get the recent-popularity list only
-  (:func:`objected`, then ``ranking.personal_or_popular`` for the reason);
+  (``ranking.objects_to_profiling``, then ``ranking.personal_or_popular`` for the reason);
 - a customer who bought something since the model's data cutoff, or who has a history but
   no cached list (new, or objection withdrawn), is re-scored now from their history
   (:meth:`Live.rescore`: implicit's ``recalculate_user`` for the factors, the hybrid's
