@@ -317,6 +317,7 @@ def test_customer_updates_have_the_importers_bounds(
 ID_ROUTES = (
     ("PUT", "/v1/customers/{}", "shop"),
     ("GET", "/v1/customers/{}/next-best-offer", "shop"),
+    ("GET", "/v1/customers/{}/forecast", "shop"),
     ("GET", "/v1/privacy/customers/{}", "dpo"),
     ("DELETE", "/v1/privacy/customers/{}", "dpo"),
 )
