@@ -33,6 +33,7 @@ different threads of a worker never share one.
 from __future__ import annotations
 
 import codecs
+import gc
 import re
 import string
 import time
@@ -88,9 +89,20 @@ class Budget:
     ) -> None:
         self.limits, self.clock, self.wall = limits, clock, wall
         self.started = clock()
+        self.collecting: float | None = None  # the clock when a garbage collection began
         self.deadline = wall() + limits.render_time_s
         self.steps = self.depth = self.produced = 0
         self.templates: list[Iterator[str]] = []  # included, imported, extended: see nest()
+
+    def collected(self, phase: str) -> None:
+        """Python's garbage collector ran in this render's thread: its time is the whole
+        process's housekeeping (a large heap takes seconds under load), not the template's
+        work, so it is not spent from the budget (see :func:`on_collection`)."""
+        if phase == "start":
+            self.collecting = self.clock()
+        elif self.collecting is not None:
+            self.started += self.clock() - self.collecting
+            self.collecting = None
 
     def tick(self) -> None:
         if self.wall() <= self.deadline:
@@ -154,6 +166,16 @@ class Budget:
 
 
 _BUDGET: ContextVar[Budget | None] = ContextVar("recocamp_template_budget", default=None)
+
+
+def on_collection(phase: str, info: dict[str, int]) -> None:
+    """``gc.callbacks`` entry: garbage collections during a render are credited back."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.collected(phase)
+
+
+gc.callbacks.append(on_collection)
 
 
 def size_of(value: object, cap: int) -> int:

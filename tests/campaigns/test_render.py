@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from recocamp.campaigns.render import (
     check_template,
     sample_context,
 )
+from recocamp.campaigns.render_limits import Budget, LimitExceeded, on_collection
 from recocamp.errors import TemplateLimitError
 from recocamp.settings import TemplateSettings
 
@@ -426,3 +428,37 @@ def test_the_budget_counts_the_renders_cpu_not_a_stalled_machine(tmp_path: Path)
     assert renderer.body("paused.html", "paused.html", context)[0] == "<p>012</p>"
     with pytest.raises(TemplateLimitError, match=r"rendering took longer than 0\.05 s"):
         renderer.body("busy.html", "busy.html", context)
+
+
+def test_a_garbage_collection_during_a_render_is_not_spent_from_its_budget() -> None:
+    """The collector runs in whatever thread allocates when it is due, and over a big heap
+    it takes seconds: that is the process's housekeeping, not the template's work."""
+    now = [0.0]
+    budget = Budget(TemplateSettings(render_time_s=1.0), lambda: now[0], lambda: now[0])
+    now[0] = 0.5
+    budget.collected("start")
+    now[0] = 4.5  # a four-second collection
+    budget.collected("stop")
+    now[0] = 4.9
+    budget.tick()  # 0.9 s of the render's own time: within the budget
+    now[0] = 5.6
+    with pytest.raises(LimitExceeded, match="rendering took longer than 1 s"):
+        budget.tick()
+    assert on_collection in gc.callbacks  # every render's budget hears of collections
+
+
+def test_a_real_collection_inside_a_render_is_credited(tmp_path: Path) -> None:
+    write(tmp_path, "t.html", "{{ collect() }}{% for i in range(3) %}{{ i|string }}{% endfor %}")
+    seen: list[str] = []
+    renderer = Renderer(tmp_path, limits=TemplateSettings(render_time_s=1.0))
+    original = Budget.collected
+
+    def spy(self: Budget, phase: str) -> None:
+        seen.append(phase)
+        original(self, phase)
+
+    context = {**sample_context(), "collect": lambda: gc.collect() and ""}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Budget, "collected", spy)
+        assert renderer.body("t.html", "t.html", context)[0].endswith("012")
+    assert seen[:2] == ["start", "stop"]
