@@ -451,3 +451,16 @@ forecasts = sa.Table(
     sa.Column("overdue_ratio", sa.Float),
     sa.CheckConstraint("churn_risk IN ('low', 'medium', 'high')", name="churn_risk"),
 )
+
+# --- serving changes (migration 0013) ------------------------------------------------------
+
+# Which customers' next-best offers a commit changed (NULL: everybody, a model went live),
+# written by triggers in the writing transaction whoever writes (``store.notifications``).
+# SQLite only: ``seq`` grows in commit order and serving processes read the rows after the
+# last one they saw; on PostgreSQL the triggers NOTIFY instead and the table stays empty.
+serving_changes = sa.Table(
+    "serving_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("customer_id", sa.String(64)),
+)
