@@ -214,7 +214,7 @@ class OfferService:
         self._seq: int | None = None  # the change log's last row read (SQLite)
         self._version_seen: int | None = None  # data_version when it was read
         self._last_reading: tuple[float, int | None] = (-math.inf, None)
-        self._listener: notifications.Listener | None = None
+        self.listener: notifications.Listener | None = None
         self._trusted = sqlite  # PostgreSQL: while the listener is connected
 
     # --- the generation: live model and catalogue ------------------------------------------
@@ -340,13 +340,19 @@ class OfferService:
 
     def start(self) -> None:
         """PostgreSQL: start listening for changes (once; the first lookup does it too)."""
-        if self._log is None and self._listener is None:
-            self._listener = notifications.Listener(self.engine, self._changed, self._connected)
-            self._listener.start()
+        if self._log is None and self.listener is None:
+            self.listener = notifications.Listener(self.engine, self._changed, self._connected)
+            self.listener.start()
+
+    @property
+    def trusted(self) -> bool:
+        """Whether cached answers may be served: always on SQLite; on PostgreSQL while the
+        listener is connected."""
+        return self._trusted
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.stop()
+        if self.listener is not None:
+            self.listener.stop()
 
     # --- serving ---------------------------------------------------------------------------------
 
@@ -359,7 +365,7 @@ class OfferService:
             self._refresh_soon()
         if self._log is not None:
             self.catch_up(entered)
-        elif self._listener is None:
+        elif self.listener is None:
             self.start()
         entry = self.cache.get(customer_id, query)
         if (
