@@ -44,6 +44,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -187,6 +188,12 @@ class Tally:
     computed: int = 0  # answers computed, not served from the cache
     forgotten: int = 0  # customers whose cached answers a change dropped
     cleared: int = 0  # times every answer was dropped (a model went live, a reconnection, …)
+
+
+def _alive(service: OfferService | None) -> OfferService:
+    if service is None:
+        raise notifications.Gone
+    return service
 
 
 class OfferService:
@@ -341,7 +348,15 @@ class OfferService:
     def start(self) -> None:
         """PostgreSQL: start listening for changes (once; the first lookup does it too)."""
         if self._log is None and self.listener is None:
-            self.listener = notifications.Listener(self.engine, self._changed, self._connected)
+            me = weakref.ref(self)  # the listener stops once this service is gone
+
+            def changed(customer_ids: notifications.Changed) -> None:
+                _alive(me())._changed(customer_ids)
+
+            def connected(up: bool) -> None:
+                _alive(me())._connected(up)
+
+            self.listener = notifications.Listener(self.engine, changed, connected)
             self.listener.start()
 
     @property

@@ -36,6 +36,10 @@ BEHIND = 10_000  # more new rows than this at once (an import): everything, not 
 Changed = list[str] | None  # customer ids; None: everything
 
 
+class Gone(Exception):
+    """Raised by a listener's callback whose receiver no longer exists: the listener stops."""
+
+
 class ChangeLog:
     """SQLite's commit counter and change log, read on one thread's own raw connection."""
 
@@ -86,7 +90,8 @@ class Listener:
     """A daemon thread that LISTENs for the triggers' notifications (PostgreSQL) and calls
     ``changed(ids)``; ``connected(True)`` after each (re)connection — the caller drops
     everything then, since notifications of the gap are lost — and ``connected(False)``
-    when the connection is lost (the caller stops trusting its cache until reconnected)."""
+    when the connection is lost (the caller stops trusting its cache until reconnected). A
+    callback raising :class:`Gone` stops it."""
 
     def __init__(
         self,
@@ -110,25 +115,34 @@ class Listener:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            raw: Any = None
-            try:
-                raw = self._connect()
-                self.connected(True)
-                while not self._stop.is_set():
-                    for note in raw.notifies(timeout=self.poll_s):
-                        payload = str(note.payload)
-                        self.changed(None if payload == EVERYTHING else payload.split("\n"))
-            except (psycopg.Error, OSError) as exc:
-                log.warning("serving notifications: connection lost (%s); reconnecting", exc)
-            except Exception:  # never die: a process without a listener serves no cache
-                log.exception("serving notifications: listener failed; restarting it")
-            finally:
-                self.backend_pid = None
-                self.connected(False)
-                if raw is not None:
-                    _close(raw)
-            self._stop.wait(self.retry_s)
+        try:
+            while not self._stop.is_set():
+                self._listen()
+                self._stop.wait(self.retry_s)
+        except Gone:
+            log.debug("serving notifications: nobody listens any more")
+
+    def _listen(self) -> None:
+        """One connection's life: report it, pass its notifications on, report its end."""
+        raw: Any = None
+        try:
+            raw = self._connect()
+            self.connected(True)
+            while not self._stop.is_set():
+                for note in raw.notifies(timeout=self.poll_s):
+                    payload = str(note.payload)
+                    self.changed(None if payload == EVERYTHING else payload.split("\n"))
+        except (psycopg.Error, OSError) as exc:
+            log.warning("serving notifications: connection lost (%s); reconnecting", exc)
+        except Gone:
+            raise
+        except Exception:  # never die: a process without a listener serves no cache
+            log.exception("serving notifications: listener failed; restarting it")
+        finally:
+            self.backend_pid = None
+            if raw is not None:
+                _close(raw)
+        self.connected(False)
 
     def _connect(self) -> Any:
         """A connection of its own (detached from the pool), autocommit, listening."""
