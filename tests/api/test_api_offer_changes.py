@@ -8,8 +8,7 @@ condition, with a generous timeout)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,21 +20,16 @@ from recocamp.recommender import training
 from recocamp.store import notifications
 from recocamp.store.engine import make_engine
 from tests.api.test_api_offers import cached_customer, cached_customer_after, ids, offers
-from tests.api_shop import NOW, bearer, call, engine_of, make_app, settings_for
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Wait for ``condition`` (PostgreSQL's notifications arrive on their own thread)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        time.sleep(0.01)
-
-
-def listening(*apps: FastAPI) -> None:
-    for app in apps:
-        app.state.service.start()
-    wait_until(lambda: all(app.state.service.trusted for app in apps))
+from tests.api_shop import (
+    NOW,
+    bearer,
+    call,
+    engine_of,
+    listening,
+    make_app,
+    settings_for,
+    wait_until,
+)
 
 
 @pytest.fixture
