@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from recocamp.campaigns import labels
 from recocamp.campaigns.segments import History, Order, rfm_scores
 from recocamp.measure import attribution as measure
 from recocamp.measure import kpis, report
@@ -168,7 +169,7 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
     with engine.connect() as connection:
         touches = store.touches(connection, start, as_of)
         orders = [OrderTotal(*row) for row in queries.order_totals(connection, EPOCH, as_of)]
-        reasons = store.decision_reasons(connection, start, as_of)
+        reasons = labels.by_code(store.decision_reasons(connection, start, as_of))
         history = store.kpi_history(connection, first_day, latest)
         segment_sizes = store.segment_history(connection, first_day, latest)
         models = [_model_point(row) for row in registry.listing(connection)]
