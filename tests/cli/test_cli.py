@@ -312,15 +312,19 @@ def test_preview_does_not_render_for_a_customer_the_plan_skips(in_trained: Path)
     skipped = next(
         d["customer_id"]
         for d in json.loads(document.stdout)["decisions"]
-        if d["reason"] == "not_in_audience:lapsed_days"
-    )
+        if d["reason"].startswith("not_in_audience:fallback_lapsed_days — ")
+    )  # no forecast is stored (the worker's train job stores it): winback's fallback decides
     args = ["preview", "winback", "--customer", skipped, "--as-of", as_of]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    flat = " ".join(result.stdout.split())
     assert (
-        f"customer {skipped} would be skipped by winback: not_in_audience:lapsed_days "
-        "(the campaign's audience has lapsed_days = ["
-    ) in result.stdout
+        f"customer {skipped} would be skipped by winback: not_in_audience:fallback_lapsed_days "
+        "— lapsed "
+    ) in flat
+    assert (
+        "(no live forecast) (the campaign's audience has fallback_lapsed_days = [60, 180]" in flat
+    )
     assert "days ago)" in result.stdout and "nothing rendered; --anyway" in result.stdout
     assert "subject:" not in result.stdout and "not seen you" not in result.stdout
     anyway = runner.invoke(app, [*args, "--anyway"])
