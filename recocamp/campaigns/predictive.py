@@ -56,7 +56,7 @@ class LiveForecast:
 
     @property
     def label(self) -> str:
-        return f"{self.model} of {self.as_of.isoformat()}"
+        return f"{self.model} {self.as_of.isoformat()}"
 
     def value_cut(self, share: float) -> float:
         """The lowest lifetime value in the top ``share`` of customers (ties included)."""
@@ -95,7 +95,7 @@ def trigger(
         return _fallback(audience, history, now, "no live forecast")
     first = next(key for key in FORECAST_KEYS if getattr(audience, key) not in (None, ()))
     if row is None:
-        return Trigger(first, f"forecast: none for this customer in {live.label}")
+        return Trigger(first, f"forecast: none for this customer ({live.label})")
     failed = _forecast_miss(audience, row, live)
     if failed is not None:
         return failed

@@ -150,10 +150,10 @@ def test_an_objector_goes_by_the_lapsed_rule_and_never_by_the_forecast(engine: s
     assert {c for c, r in reasons.items() if r.startswith("eligible")} == {"a", "b", "o"}
     assert reasons["o"] == "eligible — objected to profiling: lapsed rule (lapsed 100 days)"
     assert reasons["a"] == (
-        f"eligible — forecast churn_risk=high (p_active 0.10, overdue 2.0×, rhythm of {AS_OF})"
+        f"eligible — forecast churn_risk=high (p_active 0.10, overdue 2.0×, rhythm {AS_OF})"
     )
     assert reasons["n"] == (
-        f"not_in_audience:churn_risk — forecast: none for this customer in rhythm of {AS_OF}"
+        f"not_in_audience:churn_risk — forecast: none for this customer (rhythm {AS_OF})"
     )
     assert reasons["c"] == "not_in_audience:churn_risk — forecast: churn_risk=low (p_active 0.90)"
     assert reasons["d"] == (
@@ -236,7 +236,7 @@ def test_a_recorded_run_keeps_the_holdout_and_every_reason_names_the_forecast(
         for r in held
         if r.customer_id != "o"
     )
-    assert all("rhythm of" in r.reason for r in mailed if r.customer_id != "o")
+    assert all(f"rhythm {AS_OF})" in r.reason for r in mailed if r.customer_id != "o")
     assert report.counts["holdout"] == len(held) and report.enqueued == len(mailed)
     assert all(len(r.reason) <= REASON_LENGTH for r in recorded)
     summed = by_code([("winback", r.outcome, r.reason, 1) for r in recorded])
@@ -348,3 +348,59 @@ def test_the_shipped_winback_is_predictive_with_the_lapsed_fallback() -> None:
     assert winback.churn_risk == ("medium", "high") and winback.overdue_ratio_at_least == 1.2
     assert winback.fallback_lapsed_days == (60, 180) and winback.lapsed_days is None
     assert winback.uses_forecast
+
+
+def test_the_shipped_winback_plans_with_the_forecast_the_train_job_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole path on the synthetic demo shop: the real forecaster stores its forecast (as
+    the worker's train job does), and ``recocamp plan winback`` decides every customer with a
+    forecast by it: at risk and overdue → past the audience, else skipped naming the forecast."""
+    import json
+    import shutil
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from typer.testing import CliRunner
+
+    from recocamp.forecast.stored import refresh
+    from recocamp.store.engine import make_engine
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n'
+        "[demo]\nsynthetic_customers = 120\nsynthetic_items = 80\nsynthetic_days = 120\n"
+        'online_retail_path = "missing.csv.gz"\n'
+    )
+    shutil.copytree(ROOT / "campaigns", tmp_path / "campaigns")
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    runner = CliRunner()
+    assert runner.invoke(app, ["demo-data"]).exit_code == 0
+    engine = make_engine("sqlite:///shop.db")
+    settings = Settings(database_url="sqlite:///shop.db")
+    stored = refresh(engine, settings, datetime(2012, 2, 10, 3, tzinfo=ZoneInfo("Europe/Berlin")))
+    with engine.connect() as connection:
+        rows = {r.customer_id: r for r in forecast_store.stored_forecasts(connection)}
+    result = runner.invoke(
+        app, ["plan", "winback", "--as-of", "2012-02-10T10:00", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    decided = json.loads(result.stdout)["decisions"]
+    label = f"{stored.model} 2012-02-10)"  # two months after the shop's last order
+    picked, by_forecast = set(), 0
+    for d in decided:
+        code, _, words = d["reason"].partition(" — ")
+        forecast = rows.get(d["customer_id"])
+        if forecast is None or code in ("no_consent", "no_email", "unsubscribed", "erased"):
+            continue
+        by_forecast += 1
+        if code == "not_in_audience:churn_risk":
+            assert forecast.churn_risk == "low" and words.startswith("forecast: churn_risk=low")
+        elif code == "not_in_audience:overdue_ratio_at_least":
+            assert forecast.overdue_ratio is None or forecast.overdue_ratio < 1.2
+        elif code in ("eligible", "holdout", "quiet_hours_deferred"):
+            assert forecast.churn_risk in ("medium", "high") and forecast.overdue_ratio >= 1.2
+            assert words.startswith(f"forecast churn_risk={forecast.churn_risk} (p_active ")
+            assert words.endswith(label)
+            picked.add(d["customer_id"])
+    assert by_forecast > 50 and picked  # the forecast decided, and some were picked
