@@ -72,6 +72,7 @@ PURE_MODULES = (
     "campaigns/compose.py",
     "campaigns/planner.py",
     "campaigns/audience.py",
+    "campaigns/predictive.py",
     "campaigns/offers.py",
     "campaigns/context.py",
     "delivery/webhooks.py",
