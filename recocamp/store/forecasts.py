@@ -94,7 +94,10 @@ def replace(
     are written, and rows of customers who objected to profiling or were erased while the
     forecast was computed are dropped again (serialised against erasure like every write
     about customers: an erasure either committed before, and is seen here, or waits and
-    removes the rows itself). Returns the rows kept. Call in one transaction."""
+    removes the rows itself). The kept rows' customers per churn-risk tier are recorded for
+    good (``forecast_tiers``), and their expected purchase days are kept to judge the horizon
+    when it is the first version after the last kept one's horizon (``_checkpoint``). Returns
+    the rows kept. Call in one transaction."""
     tombstones.serialise(connection, erasing=False)
     connection.execute(sa.delete(forecasts))
     connection.execute(sa.delete(forecast_versions))
