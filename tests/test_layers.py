@@ -26,7 +26,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "recommender": frozenset({"store", "data"}),
     "campaigns": frozenset({"store", "data", "recommender", "forecast"}),
     "delivery": frozenset({"store", "campaigns"}),
-    "measure": frozenset({"store", "data", "campaigns", "delivery"}),
+    "measure": frozenset({"store", "data", "forecast", "campaigns", "delivery"}),
     "privacy": frozenset({"store", "data", "recommender", "campaigns", "delivery"}),
     "worker": frozenset(
         {"store", "data", "recommender", "forecast", "campaigns", "delivery", "measure", "privacy"}

@@ -15,13 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from recocamp.errors import ModelError
+from recocamp.forecast.evaluate import Quality, quality
 from recocamp.forecast.history import PurchaseDays, day_number, day_of, local_days
 from recocamp.forecast.outlook import CustomerForecast, forecast, live_model
 from recocamp.settings import Settings
 from recocamp.store import forecasts as store
 from recocamp.store.engine import Engine
-from recocamp.store.forecasts import ForecastVersion
+from recocamp.store.forecasts import ForecastVersion, TierCounts
 
 
 def purchase_days(engine: Engine, settings: Settings, day: int) -> PurchaseDays:
@@ -108,3 +111,19 @@ def document(version: ForecastVersion, row: CustomerForecast) -> dict[str, Any]:
         "as_of": version.as_of.isoformat(),
         "horizon_days": version.horizon_days,
     }
+
+
+def closed_horizon(engine: Engine, settings: Settings, version: TierCounts) -> Quality:
+    """How a kept version did once its horizon has ended: its stored expected purchase days
+    against each customer's purchase days in ``[as_of, as_of + H)`` (customers who objected
+    or were erased since are in neither)."""
+    first = day_number(version.as_of)
+    with engine.connect() as connection:
+        ids, predicted = store.kept_predictions(connection, version.version)
+    if not ids:
+        raise ModelError(f"no customer of forecast {version.version} is left to judge it on")
+    purchases = purchase_days(engine, settings, first + version.horizon_days)
+    counts = purchases.count_in(first, first + version.horizon_days)
+    row = {customer: n for n, customer in enumerate(purchases.customers.tolist())}
+    actual = np.array([counts[row[c]] if c in row else 0.0 for c in ids])
+    return quality(predicted, actual)

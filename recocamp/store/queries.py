@@ -20,6 +20,7 @@ from recocamp.errors import OrderConflictError
 from recocamp.store.schema import (
     audit_log,
     customers,
+    forecast_checkpoints,
     forecasts,
     import_runs,
     items,
@@ -229,6 +230,10 @@ def drop_unprofiled_forecasts(connection: sa.Connection) -> None:
         sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
     )
     connection.execute(sa.delete(forecasts).where(forecasts.c.customer_id.in_(unprofiled)))
+    checkpoints = forecast_checkpoints.c
+    connection.execute(
+        sa.delete(forecast_checkpoints).where(checkpoints.customer_id.in_(unprofiled))
+    )
 
 
 def find_import(connection: sa.Connection, kind: str, sha256: str) -> sa.Row[Any] | None:
