@@ -36,6 +36,7 @@ from recocamp.forecast.history import WINDOWS, History, PurchaseDays
 
 YEAR = 365
 RIDGE = 1.0  # L2 penalty of the Poisson regression on standardised features
+REGRESSION_SAMPLE = 50_000  # customers a regression learns from, at most: a dozen weights settle
 
 
 def naive(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
@@ -43,7 +44,7 @@ def naive(purchases: PurchaseDays, history: History, horizon_days: int) -> np.nd
 
 
 def bgnbd(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
-    return history.textbook.expected(horizon_days / 7.0, history.x, history.t_x, history.T)
+    return history.expected(horizon_days)
 
 
 def rhythm(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
@@ -51,7 +52,7 @@ def rhythm(purchases: PurchaseDays, history: History, horizon_days: int) -> np.n
     if window is None:
         return bgnbd(purchases, history, horizon_days)
     inner, target = window
-    chosen = inner.fit_sample()
+    chosen = inner.fit_sample(REGRESSION_SAMPLE)
     regression = PoissonRegression.fit(_features(inner, horizon_days)[chosen], target[chosen])
     predicted = regression.predict(_features(history, horizon_days))
     return np.asarray(predicted * seasonal_level(purchases, history.cutoff, horizon_days))
@@ -62,7 +63,7 @@ def hurdle(purchases: PurchaseDays, history: History, horizon_days: int) -> np.n
     if window is None:
         return bgnbd(purchases, history, horizon_days)
     inner, target = window
-    chosen = inner.fit_sample()
+    chosen = inner.fit_sample(REGRESSION_SAMPLE)
     train, seen = _rates(inner, horizon_days)[chosen], target[chosen]
     buys = seen > 0
     if buys.all() or not buys.any():  # one class: nothing to separate
@@ -99,7 +100,7 @@ def _training_window(
 
 
 def _features(history: History, horizon_days: int) -> np.ndarray:
-    expected = history.textbook.expected(horizon_days / 7.0, history.x, history.t_x, history.T)
+    expected = history.expected(horizon_days)
     overdue = np.nan_to_num(history.overdue, nan=0.0)
     columns = [
         np.log1p(expected),
@@ -119,7 +120,7 @@ def _rates(history: History, horizon_days: int) -> np.ndarray:
     """``hurdle``'s features: rates and ratios whose range does not grow with the history."""
     tenure = np.maximum((history.cutoff - history.first).astype(np.float64), 1.0)
     columns = [
-        np.log1p(history.textbook.expected(horizon_days / 7.0, history.x, history.t_x, history.T)),
+        np.log1p(history.expected(horizon_days)),
         np.log1p(naive_rate(history, horizon_days)),
         np.log1p(history.recency),
         np.log1p(np.nan_to_num(history.overdue, nan=0.0)),
