@@ -17,6 +17,7 @@ from recocamp import forecast as f
 from recocamp.cli import app
 from recocamp.domain import Customer, Item, Purchase
 from recocamp.errors import ModelError
+from recocamp.forecast import models as forecast_models
 from recocamp.forecast.evaluate import auc, calibration
 from recocamp.forecast.models import seasonal_level
 from recocamp.forecast.outlook import Evaluation, choose, risk_tier
@@ -143,6 +144,24 @@ def test_no_forecaster_sees_a_day_at_or_after_the_cutoff(
     full = f.forecast(shop, cutoff, horizon, model)
     cut = f.forecast(truncated, cutoff, horizon, model)
     assert [r.as_dict() for r in full] == [r.as_dict() for r in cut]
+
+
+@pytest.mark.parametrize("model", ["rhythm", "hurdle"])
+def test_a_regression_on_a_sample_of_customers_sees_no_day_after_the_cutoff(
+    model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past REGRESSION_SAMPLE customers the regressions learn from a sample: drawn from the
+    customers known before the cutoff, by a seed the cutoff alone sets."""
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 120)
+    shop = synthetic_shop()
+    keep = shop.day < 600
+    truncated = f.PurchaseDays.from_lines(
+        shop.customers[shop.owner[keep]], shop.day[keep], shop.spend[keep]
+    )
+    full = [r.as_dict() for r in f.forecast(shop, 600, 90, model)]
+    assert full == [r.as_dict() for r in f.forecast(truncated, 600, 90, model)]
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 50_000)
+    assert full != [r.as_dict() for r in f.forecast(shop, 600, 90, model)]  # it did sample
 
 
 def test_bgnbd_expects_purchases_of_heavy_buyers_over_long_spans() -> None:
