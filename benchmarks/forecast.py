@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 from recocamp import forecast as f
 from recocamp.data.ingest import Importer
@@ -183,6 +184,14 @@ def speed(customers: int) -> dict[str, object]:
 
 
 def main() -> None:
+    # One BLAS thread, as every recocamp process has (recocamp/__init__.py sets it before numpy
+    # loads; here numpy loaded first) and forecast.refresh holds to: on a busy two-core machine
+    # a pool of two made the regressions' matrix products 13 times slower.
+    with threadpool_limits(1, "blas"):
+        run()
+
+
+def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--skip-uci", action="store_true", help="skip every quality figure")
