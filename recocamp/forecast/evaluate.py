@@ -36,31 +36,34 @@ class Quality:
 
 
 def quality(predicted: np.ndarray, actual: np.ndarray) -> Quality:
+    ranks = stats.rankdata(predicted)  # once, for the AUC and Spearman both
     return Quality(
         customers=len(actual),
         mae=float(np.mean(np.abs(predicted - actual))) if len(actual) else 0.0,
         predicted_total=float(predicted.sum()),
         actual_total=float(actual.sum()),
-        auc=auc(predicted, actual > 0),
-        spearman=_spearman(predicted, actual),
+        auc=auc(predicted, actual > 0, ranks),
+        spearman=_spearman(predicted, actual, ranks),
         calibration=calibration(predicted, actual),
     )
 
 
-def auc(score: np.ndarray, positive: np.ndarray) -> float | None:
-    """The Mann-Whitney AUC, ties at mid-rank; None without both classes."""
+def auc(score: np.ndarray, positive: np.ndarray, ranks: np.ndarray | None = None) -> float | None:
+    """The Mann-Whitney AUC, ties at mid-rank; None without both classes. ``ranks``: the
+    scores' mid-ranks, where already computed."""
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = stats.rankdata(score)
+    ranks = stats.rankdata(score) if ranks is None else ranks
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _spearman(predicted: np.ndarray, actual: np.ndarray) -> float | None:
+def _spearman(predicted: np.ndarray, actual: np.ndarray, ranks: np.ndarray) -> float | None:
+    """Pearson's correlation of the mid-ranks (what ``scipy.stats.spearmanr`` computes)."""
     if len(actual) < 2 or np.ptp(predicted) == 0 or np.ptp(actual) == 0:
         return None
-    return float(stats.spearmanr(predicted, actual).statistic)
+    return float(np.corrcoef(ranks, stats.rankdata(actual))[0, 1])
 
 
 def calibration(predicted: np.ndarray, actual: np.ndarray, groups: int = 10) -> tuple[Decile, ...]:

@@ -16,6 +16,7 @@ For each customer with a purchase day before ``as_of`` (horizon ``[as_of, as_of 
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,31 +50,39 @@ def forecast(
     stretch = _lifetime_stretch(history, horizon_days, lifetime_days)
     has_gap = np.isfinite(history.gap)
     due = np.where(has_gap, history.last + np.round(np.nan_to_num(history.gap)), 0).astype(int)
+    due_dates = (np.datetime64("1970-01-01", "D") + due.astype("timedelta64[D]")).astype(object)
     p_active = 1.0 - np.exp(-expected)
-    columns = zip(
-        purchases.customers[history.rows].tolist(),
+    risk = np.where(
+        p_active < RISK_CUTS[0], "high", np.where(p_active < RISK_CUTS[1], "medium", "low")
+    )
+    columns = zip(  # whole columns to Python at once: a loop per customer would take seconds
+        purchases.customers[history.rows].astype(str).tolist(),
         expected.tolist(),
         p_active.tolist(),
+        risk.tolist(),
         (expected * spend).tolist(),
         (expected * stretch * spend).tolist(),
-        has_gap.tolist(),
-        due.tolist(),
-        history.overdue.tolist(),
+        _or_none(has_gap, due_dates),
+        _or_none(has_gap, history.overdue),
         strict=True,
     )
-    return [
-        CustomerForecast(
-            str(customer),
-            e,
-            p,
-            risk_tier(p),
-            revenue,
-            value,
-            day_of(by) if gap else None,
-            overdue if gap else None,
-        )
-        for customer, e, p, revenue, value, gap, by, overdue in columns
-    ]
+    # A million tuples of fresh objects set off the cyclic garbage collector dozens of times
+    # over an ever larger heap (3.6 s of 1.3 s here); tuples of numbers and strings hold no
+    # cycles, so it waits until they are built.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return list(map(CustomerForecast._make, columns))
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _or_none(where: np.ndarray, values: np.ndarray) -> list[object]:
+    """``values`` as Python objects, None where ``where`` is false."""
+    chosen = values.astype(object)
+    chosen[~where] = None
+    return list(chosen.tolist())
 
 
 def _spend_per_day(history: History) -> np.ndarray:
@@ -91,9 +100,7 @@ def _spend_per_day(history: History) -> np.ndarray:
 def _lifetime_stretch(history: History, horizon_days: int, lifetime_days: int) -> np.ndarray:
     """Expected purchase days over the lifetime span per expected purchase day in the horizon,
     by BG/NBD's shape (the plain ratio of spans where BG/NBD expects nothing)."""
-    textbook = history.textbook
-    span = textbook.expected(horizon_days / 7.0, history.x, history.t_x, history.T)
-    life = textbook.expected(lifetime_days / 7.0, history.x, history.t_x, history.T)
+    span, life = history.expected(horizon_days), history.expected(lifetime_days)
     plain = lifetime_days / horizon_days
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(span > 1e-9, life / span, plain)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from recocamp.errors import ModelError
 from recocamp.forecast.evaluate import Quality, quality
@@ -55,8 +56,11 @@ def refresh(engine: Engine, settings: Settings, now: datetime) -> Refreshed:
     day = day_number(now.astimezone(settings.shop.zone).date())
     horizon, lifetime = settings.forecast.horizon_days, settings.forecast.lifetime_days
     purchases = purchase_days(engine, settings, day)
-    model, chosen_on = live_model(purchases, day, horizon)
-    rows = forecast(purchases, day, horizon, model, lifetime)
+    # One BLAS thread, as recommender/models.py holds its fits to: the regressions' small
+    # matrix products ran 13 times slower on a pool of two threads on a busy two-core machine.
+    with threadpool_limits(1, "blas"):
+        model, chosen_on = live_model(purchases, day, horizon)
+        rows = forecast(purchases, day, horizon, model, lifetime)
     _require_finite(rows, model)
     split = None
     if chosen_on is not None:

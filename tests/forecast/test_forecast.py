@@ -17,7 +17,9 @@ from recocamp import forecast as f
 from recocamp.cli import app
 from recocamp.domain import Customer, Item, Purchase
 from recocamp.errors import ModelError
+from recocamp.forecast import models as forecast_models
 from recocamp.forecast.evaluate import auc, calibration
+from recocamp.forecast.models import seasonal_level
 from recocamp.forecast.outlook import Evaluation, choose, risk_tier
 from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
@@ -142,6 +144,24 @@ def test_no_forecaster_sees_a_day_at_or_after_the_cutoff(
     full = f.forecast(shop, cutoff, horizon, model)
     cut = f.forecast(truncated, cutoff, horizon, model)
     assert [r.as_dict() for r in full] == [r.as_dict() for r in cut]
+
+
+@pytest.mark.parametrize("model", ["rhythm", "hurdle"])
+def test_a_regression_on_a_sample_of_customers_sees_no_day_after_the_cutoff(
+    model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past REGRESSION_SAMPLE customers the regressions learn from a sample: drawn from the
+    customers known before the cutoff, by a seed the cutoff alone sets."""
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 120)
+    shop = synthetic_shop()
+    keep = shop.day < 600
+    truncated = f.PurchaseDays.from_lines(
+        shop.customers[shop.owner[keep]], shop.day[keep], shop.spend[keep]
+    )
+    full = [r.as_dict() for r in f.forecast(shop, 600, 90, model)]
+    assert full == [r.as_dict() for r in f.forecast(truncated, 600, 90, model)]
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 50_000)
+    assert full != [r.as_dict() for r in f.forecast(shop, 600, 90, model)]  # it did sample
 
 
 def test_bgnbd_expects_purchases_of_heavy_buyers_over_long_spans() -> None:
@@ -386,3 +406,31 @@ def test_a_forecast_with_values_that_are_not_numbers_is_not_stored(
         kept = forecast_store.current_version(connection)
         assert kept is not None and kept.version == first.version  # the previous one stays
         assert len(forecast_store.stored_forecasts(connection)) == 1
+
+
+def test_a_learning_forecaster_needs_a_horizon_of_history_before_its_training_window() -> None:
+    """Features at ``cutoff − H`` must see H days of the shop's history: learnt on 2 days (UCI at
+    2011-03-03), a regression forecast 50 times the purchase days there were."""
+    shop = synthetic_shop()  # history from day 0
+    bgnbd = f.FORECASTERS["bgnbd"]
+    for model in ("rhythm", "hurdle"):
+        learner = f.FORECASTERS[model]
+        short, enough = f.History.at(shop, 170), f.History.at(shop, 181)  # 80 / 91 days
+        assert np.array_equal(learner(shop, short, 90), bgnbd(shop, short, 90)), model
+        assert not np.allclose(learner(shop, enough, 90), bgnbd(shop, enough, 90)), model
+
+
+def test_the_seasonal_level_counts_repeat_days_of_customers_known_before_the_season() -> None:
+    """A year before the horizon, 50 known customers buy every 10 days all along, and a cohort
+    of 300 newcomers makes its first purchases in the training season only: the season ahead is
+    like the trained one (level 1), not 0.6 of it as the newcomers' first days made it."""
+    ids, days = [], []
+    for c in range(50):
+        for day in range(c % 10, 730, 10):
+            ids.append(f"k{c}")
+            days.append(day)
+    for c in range(300):
+        ids.append(f"n{c}")
+        days.append(90 + c % 90)  # first purchase in the training season [90, 180)
+    shop = f.PurchaseDays.from_lines(np.array(ids), np.array(days), np.ones(len(ids)))
+    assert seasonal_level(shop, 365 + 180, 90) == pytest.approx(1.0, abs=0.02)
