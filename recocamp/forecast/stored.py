@@ -51,9 +51,12 @@ class Refreshed:
         }
 
 
-def refresh(engine: Engine, settings: Settings, now: datetime) -> Refreshed:
-    """Compute the forecasts as of ``now``'s shop-local day and store them (see above)."""
-    day = day_number(now.astimezone(settings.shop.zone).date())
+def refresh(
+    engine: Engine, settings: Settings, now: datetime, as_of: datetime | None = None
+) -> Refreshed:
+    """Compute the forecasts as of ``as_of``'s shop-local day (default ``now``'s) and store
+    them (see above); ``now`` names and dates the version."""
+    day = day_number((now if as_of is None else as_of).astimezone(settings.shop.zone).date())
     horizon, lifetime = settings.forecast.horizon_days, settings.forecast.lifetime_days
     purchases = purchase_days(engine, settings, day)
     # One BLAS thread, as recommender/models.py holds its fits to: the regressions' small

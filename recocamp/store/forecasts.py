@@ -97,8 +97,10 @@ def replace(
     removes the rows itself). The kept rows' customers per churn-risk tier are recorded for
     good (``forecast_tiers``), and their expected purchase days are kept to judge the horizon
     when it is the first version after the last kept one's horizon (``_checkpoint``). Returns
-    the rows kept. Call in one transaction."""
+    the rows kept. Storing a version again (the same name: a clock held still) replaces its
+    records. Call in one transaction."""
     tombstones.serialise(connection, erasing=False)
+    _forget_records_of(connection, version.version)
     connection.execute(sa.delete(forecasts))
     connection.execute(sa.delete(forecast_versions))
     connection.execute(sa.insert(forecast_versions).values(**version._asdict()))
@@ -177,6 +179,13 @@ def _forget(connection: sa.Connection, versions: list[str]) -> None:
             .where(forecast_tiers.c.version.in_(versions))
             .values(predictions_kept=False)
         )
+
+
+def _forget_records_of(connection: sa.Connection, name: str) -> None:
+    connection.execute(
+        sa.delete(forecast_checkpoints).where(forecast_checkpoints.c.version == name)
+    )
+    connection.execute(sa.delete(forecast_tiers).where(forecast_tiers.c.version == name))
 
 
 def _drop_erased_since(connection: sa.Connection, since: datetime) -> None:

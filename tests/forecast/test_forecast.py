@@ -434,3 +434,20 @@ def test_the_seasonal_level_counts_repeat_days_of_customers_known_before_the_sea
         days.append(90 + c % 90)  # first purchase in the training season [90, 180)
     shop = f.PurchaseDays.from_lines(np.array(ids), np.array(days), np.ones(len(ids)))
     assert seasonal_level(shop, 365 + 180, 90) == pytest.approx(1.0, abs=0.02)
+
+
+def test_storing_a_forecast_again_under_a_still_clock_replaces_its_records(
+    engine: sa.Engine,
+) -> None:
+    """``recocamp train --as-of`` twice under a held clock names the same version twice: the
+    second store replaces the first's tier counts instead of failing on their unique key."""
+    fill(engine)
+    settings = Settings().model_copy(update={"shop": ShopSettings(time_zone="UTC")})
+    now, as_of = datetime(2026, 12, 3, 9, tzinfo=UTC), datetime(2011, 6, 1, tzinfo=UTC)
+    first = f.refresh(engine, settings, now, as_of)
+    again = f.refresh(engine, settings, now, as_of)
+    assert again.version == first.version
+    with engine.connect() as connection:
+        stored = forecast_store.current_version(connection)
+        assert stored is not None and stored.as_of.isoformat() == "2011-06-01"
+        assert len(forecast_store.stored_forecasts(connection)) == 1
