@@ -2,7 +2,12 @@
 
 For each customer with a purchase day before ``as_of`` (horizon ``[as_of, as_of + H)``):
 
-- ``expected_purchase_days``: the chosen forecaster's expectation;
+- ``expected_purchase_days``: the chosen forecaster's expectation — what totals, expected
+  revenue and lifetime value add up;
+- ``likely_purchase_days`` (in :func:`documents`, derived from the stored expectation): the
+  point forecast, the median of the predictive count (a Poisson with that mean) — what a
+  person's actual count is scored against (``mae_point`` in ``forecast-evaluate``; the
+  absolute error is smallest at the median, which is 0 for most customers);
 - ``p_active``: the probability of at least one purchase day in the horizon, 1 − e^(−expected)
   (a Poisson count with that mean; its calibration is in ``forecast-evaluate``);
 - ``churn_risk``: ``high`` below p_active 1/3, ``medium`` below 2/3, else ``low``;
@@ -17,6 +22,7 @@ For each customer with a purchase day before ``as_of`` (horizon ``[as_of, as_of 
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +30,7 @@ import numpy as np
 from recocamp.domain import CustomerForecast as CustomerForecast  # re-exported
 from recocamp.errors import ModelError
 from recocamp.forecast.btyd import GammaGamma
-from recocamp.forecast.evaluate import Quality, quality
+from recocamp.forecast.evaluate import Quality, poisson_median, quality
 from recocamp.forecast.history import History, PurchaseDays, day_of
 from recocamp.forecast.models import FORECASTERS
 
@@ -76,6 +82,21 @@ def forecast(
     finally:
         if collecting:
             gc.enable()
+
+
+def documents(rows: Sequence[CustomerForecast]) -> list[dict[str, object]]:
+    """The rows as ``recocamp forecast --format json`` and the shop API print them: the stored
+    fields with ``likely_purchase_days``, the point forecast, after the expectation. Derived
+    here, at once for all rows, so the store keeps only the expectation."""
+    expected = np.array([row.expected_purchase_days for row in rows], dtype=np.float64)
+    likely = poisson_median(expected).tolist()
+    return [_with_likely(row.as_dict(), k) for row, k in zip(rows, likely, strict=True)]
+
+
+def _with_likely(fields: dict[str, object], likely: int) -> dict[str, object]:
+    items = list(fields.items())
+    after = list(fields).index("expected_purchase_days") + 1
+    return dict([*items[:after], ("likely_purchase_days", likely), *items[after:]])
 
 
 def _or_none(where: np.ndarray, values: np.ndarray) -> list[object]:
