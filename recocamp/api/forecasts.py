@@ -44,10 +44,12 @@ class ForecastOut(BaseModel):
     expected_revenue: float = Field(description="Expected revenue in the horizon.")
     lifetime_value: float = Field(description="Expected revenue over [forecast] lifetime_days.")
     next_purchase_by: date | None = Field(
-        description="Last purchase day plus the customer's mean gap (null: one purchase day)."
+        description="Last purchase day plus the customer's mean gap between purchase days; with "
+        "one purchase day, the shop's typical gap (the median of repeat customers' own gaps). "
+        "Null only while the shop has no repeat customer."
     )
     overdue_ratio: float | None = Field(
-        description="Days since the last purchase day over the mean gap (null: one purchase day)."
+        description="Days since the last purchase day over that gap (null likewise)."
     )
     model: str = Field(description="The forecaster: naive | bgnbd | rhythm | hurdle.")
     as_of: date = Field(description="Shop-local midnight the forecast was made at.")

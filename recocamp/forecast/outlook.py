@@ -15,8 +15,12 @@ For each customer with a purchase day before ``as_of`` (horizon ``[as_of, as_of 
 - ``lifetime_value``: expected revenue over ``lifetime_days`` (default 365), the horizon's
   forecast stretched by BG/NBD's shape over the longer span;
 - ``next_purchase_by``: the last purchase day plus the customer's own mean gap between purchase
-  days (None with a single purchase day); ``overdue_ratio``: days since the last purchase day
-  over that gap (None likewise).
+  days; ``overdue_ratio``: days since the last purchase day over that gap. A customer with a
+  single purchase day has no gap of their own and gets the shop's typical one
+  (:attr:`History.typical_gap`: the median of the repeat customers' own gaps, history before
+  ``as_of`` only), so the predictive winback (``overdue_ratio_at_least``) reaches one-time
+  buyers too, about half of those at risk. Both None only where the shop has no repeat
+  customer yet.
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ def forecast(
     expected = FORECASTERS[model](purchases, history, horizon_days)
     spend = _spend_per_day(history)
     stretch = _lifetime_stretch(history, horizon_days, lifetime_days)
-    has_gap = np.isfinite(history.gap)
-    due = np.where(has_gap, history.last + np.round(np.nan_to_num(history.gap)), 0).astype(int)
+    gap = np.where(np.isfinite(history.gap), history.gap, history.typical_gap)
+    has_gap = np.isfinite(gap)
+    due = np.where(has_gap, history.last + np.round(np.nan_to_num(gap)), 0).astype(int)
     due_dates = (np.datetime64("1970-01-01", "D") + due.astype("timedelta64[D]")).astype(object)
     p_active = 1.0 - np.exp(-expected)
     risk = np.where(
@@ -69,7 +74,7 @@ def forecast(
         (expected * spend).tolist(),
         (expected * stretch * spend).tolist(),
         _or_none(has_gap, due_dates),
-        _or_none(has_gap, history.overdue),
+        _or_none(has_gap, history.recency / gap),
         strict=True,
     )
     # A million tuples of fresh objects set off the cyclic garbage collector dozens of times

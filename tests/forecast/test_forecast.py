@@ -208,9 +208,36 @@ def test_forecast_rows_hold_every_field_with_the_documented_meaning() -> None:
     assert a.churn_risk == risk_tier(a.p_active) == "low"
     assert b.expected_purchase_days == 0.0 and b.churn_risk == "high"
     assert a.next_purchase_by == f.day_of(30) and a.overdue_ratio == 0.5
-    assert b.next_purchase_by is None and b.overdue_ratio is None
+    # b bought once: the shop's typical gap, a's 10 days (the only repeat customer)
+    assert b.next_purchase_by == f.day_of(15) and b.overdue_ratio == 2.0
     assert a.expected_revenue > 0 and a.lifetime_value >= a.expected_revenue
     assert json.loads(json.dumps(a.as_dict()))["next_purchase_by"] == "1970-01-31"
+
+
+def test_one_time_buyers_are_due_after_the_shops_typical_gap() -> None:
+    """The median of the repeat customers' own mean gaps (each counted once, days before
+    as_of only) stands in for the gap one-time buyers lack; repeat customers keep theirs."""
+    purchases = f.PurchaseDays.from_lines(
+        np.array(["a", "a", "b", "b", *["f"] * 7, "o", "late", "late"]),
+        np.array([0, 20, 10, 40, 0, 1, 2, 3, 4, 5, 6, 50, 55, 100]),
+        np.ones(14),
+    )
+    # own gaps before day 60: a 20, b 30, f 1 (six gaps of 1 day: pooled, they would set it to 1);
+    # late's second day is day 100, after as_of: had it counted, the median would be 25
+    assert f.History.at(purchases, 60).typical_gap == 20.0
+    rows = {row.customer_id: row for row in f.forecast(purchases, 60, 90, "naive")}
+    assert (rows["o"].next_purchase_by, rows["o"].overdue_ratio) == (f.day_of(70), 0.5)
+    assert (rows["late"].next_purchase_by, rows["late"].overdue_ratio) == (f.day_of(75), 0.25)
+    assert (rows["a"].next_purchase_by, rows["a"].overdue_ratio) == (f.day_of(40), 2.0)
+    assert (rows["f"].next_purchase_by, rows["f"].overdue_ratio) == (f.day_of(7), 54.0)
+    # a shop with no repeat customer yet has no rhythm to lend
+    first_days = f.forecast(
+        f.PurchaseDays.from_lines(np.array(["x", "y"]), np.array([1, 3]), np.ones(2)),
+        5,
+        90,
+        "naive",
+    )
+    assert [(r.next_purchase_by, r.overdue_ratio) for r in first_days] == [(None, None)] * 2
 
 
 def test_risk_tiers_cut_at_a_third_and_two_thirds() -> None:
