@@ -189,6 +189,14 @@ class History:
             gap = np.where(self.days > 1, (self.last - self.first) / (self.days - 1), np.nan)
         return np.asarray(gap, dtype=np.float64)
 
+    @cached_property
+    def typical_gap(self) -> float:
+        """The shop's rhythm: the median over repeat customers of their own mean gap between
+        purchase days (each customer counts once, so frequent buyers' many short gaps do not
+        set it); NaN without a repeat customer. Stands in for the gap of one-time buyers."""
+        own = self.gap[self.days > 1]
+        return float(np.median(own)) if len(own) else float("nan")
+
     @property
     def overdue(self) -> np.ndarray:
         """Days since the last purchase day over the customer's own rhythm (NaN with one day)."""

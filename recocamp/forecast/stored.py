@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from recocamp.errors import ModelError
 from recocamp.forecast.evaluate import Quality, quality
 from recocamp.forecast.history import PurchaseDays, day_number, day_of, local_days
-from recocamp.forecast.outlook import CustomerForecast, forecast, live_model
+from recocamp.forecast.outlook import CustomerForecast, documents, forecast, live_model
 from recocamp.settings import Settings
 from recocamp.store import forecasts as store
 from recocamp.store.engine import Engine
@@ -113,7 +113,7 @@ def _require_finite(rows: list[CustomerForecast], model: str) -> None:
 def document(version: ForecastVersion, row: CustomerForecast) -> dict[str, Any]:
     """One customer's stored forecast as the API answers it: the keys of ``recocamp forecast
     --format json``'s customer objects, plus the forecaster, ``as_of`` and the horizon."""
-    return row.as_dict() | {
+    return documents([row])[0] | {
         "model": version.model,
         "as_of": version.as_of.isoformat(),
         "horizon_days": version.horizon_days,
