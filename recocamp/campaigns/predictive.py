@@ -119,7 +119,7 @@ def _forecast_miss(audience: Audience, row: CustomerForecast, live: LiveForecast
     least = audience.overdue_ratio_at_least
     if least is not None:
         if row.overdue_ratio is None:
-            words = "forecast: overdue unknown (a single purchase day)"
+            words = "forecast: overdue unknown (no gap to measure by)"
             return Trigger("overdue_ratio_at_least", words)
         if row.overdue_ratio < least:
             words = f"forecast: overdue {row.overdue_ratio:.2f}× < {least:g}×"

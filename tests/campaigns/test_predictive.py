@@ -43,7 +43,8 @@ FORECAST: dict[str, Spec] = {
     "a": (100, (0.10, "high", 500.0, 2.0)),
     "b": (100, (0.50, "medium", 100.0, 1.3)),
     "c": (10, (0.90, "low", 50.0, 0.5)),
-    "d": (100, (0.20, "high", 300.0, None)),  # a single purchase day: no rhythm, no overdue
+    # no gap to measure by (a shop without repeat customers yet): no overdue ratio
+    "d": (100, (0.20, "high", 300.0, None)),
     "e": (100, (0.40, "medium", 300.0, 1.0)),  # lifetime value tied with d
     "n": (100, None),  # new since the forecast: no row
     "o": (100, None),  # objected to profiling: no row, and the fallback path
@@ -157,7 +158,7 @@ def test_an_objector_goes_by_the_lapsed_rule_and_never_by_the_forecast(engine: s
     )
     assert reasons["c"] == "not_in_audience:churn_risk — forecast: churn_risk=low (p_active 0.90)"
     assert reasons["d"] == (
-        "not_in_audience:overdue_ratio_at_least — forecast: overdue unknown (a single purchase day)"
+        "not_in_audience:overdue_ratio_at_least — forecast: overdue unknown (no gap to measure by)"
     )
     assert reasons["e"] == (
         "not_in_audience:overdue_ratio_at_least — forecast: overdue 1.00× < 1.2×"
