@@ -193,20 +193,35 @@ class SaleLine:
 def build_catalog(lines: Iterable[SaleLine]) -> list[Item]:
     """Items from sale lines: title = most frequent description (ties: alphabetical),
     price = unit price of the latest purchase line, category from the title."""
-    titles: dict[str, Counter[str]] = {}
-    latest: dict[str, tuple[datetime, float]] = {}
+    builder = CatalogBuilder()
     for line in lines:
+        builder.add(line)
+    return builder.items()
+
+
+class CatalogBuilder:
+    """:func:`build_catalog` one line at a time, for an import that streams its file: it
+    holds the descriptions and the latest price per item, not the lines."""
+
+    def __init__(self) -> None:
+        self._titles: dict[str, Counter[str]] = {}
+        self._latest: dict[str, tuple[datetime, float]] = {}
+
+    def add(self, line: SaleLine) -> None:
+        counts = self._titles.get(line.item_id)
+        if counts is None:
+            counts = self._titles[line.item_id] = Counter()
         if line.description:
-            titles.setdefault(line.item_id, Counter())[line.description] += 1
-        else:
-            titles.setdefault(line.item_id, Counter())
-        seen = latest.get(line.item_id)
+            counts[line.description] += 1
+        seen = self._latest.get(line.item_id)
         if line.is_purchase and (seen is None or line.ordered_at >= seen[0]):
-            latest[line.item_id] = (line.ordered_at, line.unit_price)
-    return [
-        _item(item_id, counts, latest.get(item_id, (None, 0.0))[1])
-        for item_id, counts in sorted(titles.items())
-    ]
+            self._latest[line.item_id] = (line.ordered_at, line.unit_price)
+
+    def items(self) -> list[Item]:
+        return [
+            _item(item_id, counts, self._latest.get(item_id, (None, 0.0))[1])
+            for item_id, counts in sorted(self._titles.items())
+        ]
 
 
 def _item(item_id: str, counts: Counter[str], price: float) -> Item:
