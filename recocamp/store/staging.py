@@ -87,13 +87,13 @@ class Stager:
         self.connection, self.sql = connection, str(compiled)
         self.names = [column.name for column in staged.c]
         self.positional = compiled.positional and list(compiled.positiontup or ()) == self.names
-        self.time = staged.c.ordered_at.type.bind_processor(dialect)
+        self.time = staged.c.ordered_at.type.dialect_impl(dialect).bind_processor(dialect)
         self.times: dict[Any, Any] = {}
         self.others = [
             (n, processor)
             for n, column in enumerate(staged.c)
             if column.name != "ordered_at"
-            and (processor := column.type.bind_processor(dialect)) is not None
+            and (processor := column.type.dialect_impl(dialect).bind_processor(dialect))
         ]
 
     def add(self, rows: list[list[Any]]) -> None:
