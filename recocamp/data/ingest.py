@@ -135,41 +135,29 @@ class _Staged:
         row: dict[str, str],
         stamps: sources.Timestamps,
         lines: sources.LineNumbers,
-    ) -> list[Any] | None:
+    ) -> tuple[Any, ...] | None:
         """One row: its staging values, or None (a problem, or a skip)."""
         self.read += 1
         try:
-            if self.catalog is not None:
-                value: Purchase | sources.RetailLine | sources.Skip = sources.online_retail_line(
-                    row, stamps, lines
-                )
+            if self.catalog is None:
+                values = sources.standard_values(row, stamps, lines)
             else:
-                value = sources.standard_purchase(row, stamps, lines)
+                retail = sources.online_retail_line(row, stamps, lines)
+                values = retail if isinstance(retail, sources.Skip) else self._retail(retail)
         except sources.RowProblem as exc:
             self._problem(Problem(exc.message, line=line, column=exc.column, value=exc.value))
             return None
-        if isinstance(value, sources.Skip):
-            self.skipped[value.reason] = self.skipped.get(value.reason, 0) + 1
+        if isinstance(values, sources.Skip):
+            self.skipped[values.reason] = self.skipped.get(values.reason, 0) + 1
             return None
-        purchase = value.purchase if isinstance(value, sources.RetailLine) else value
-        if isinstance(value, sources.RetailLine):
-            self._retail(value)
-        if purchase.customer_id is not None:
-            self.customers.add(purchase.customer_id)
-        return [
-            line,
-            purchase.order_id,
-            purchase.line_no,
-            purchase.customer_id,
-            purchase.item_id,
-            purchase.quantity,
-            purchase.unit_price,
-            purchase.ordered_at,
-            purchase.is_return,
-            self.parts(purchase),
-        ]  # staging.STAGED_COLUMNS
+        _, line_no, customer_id, item_id, quantity, price, at, is_return = values
+        if customer_id is not None:
+            self.customers.add(customer_id)
+        part = self.parts.of(line_no, item_id, quantity, price, at, is_return)
+        return (line, *values, part)  # staging.STAGED_COLUMNS
 
-    def _retail(self, line: sources.RetailLine) -> None:
+    def _retail(self, line: sources.RetailLine) -> sources.PurchaseValues:
+        """Note the catalogue's and the country's part of the line; its purchase's values."""
         purchase = line.purchase
         assert self.catalog is not None
         self.catalog.add(
@@ -183,6 +171,16 @@ class _Staged:
         )
         if purchase.customer_id is not None:
             self.countries[purchase.customer_id] = line.country
+        return (
+            purchase.order_id,
+            purchase.line_no,
+            purchase.customer_id,
+            purchase.item_id,
+            purchase.quantity,
+            purchase.unit_price,
+            purchase.ordered_at,
+            purchase.is_return,
+        )
 
     def _problem(self, problem: Problem) -> None:
         self.problems.append(problem)
