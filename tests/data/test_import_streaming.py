@@ -18,9 +18,9 @@ from recocamp.data.ingest import Importer
 from recocamp.data.sources import csv as sources
 from recocamp.domain import OrderDigestParts, Purchase, order_digest
 from recocamp.errors import DataImportError
-from recocamp.store import queries
+from recocamp.store import queries, staging
 from recocamp.store.schema import import_runs, orders, purchases
-from tests.conftest import NOW, write_csv
+from tests.conftest import NOW, impatient, write_csv
 from tests.data.test_ingest import LONDON
 
 HEADER = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at", "line_no"]
@@ -211,3 +211,23 @@ def test_an_orders_digest_from_streamed_parts_is_the_orders_digest() -> None:
         digest.update(parts(purchase).encode())
     assert digest.hexdigest() == order_digest(order)
     assert "2.0001" in parts(order[0])
+
+
+def test_the_validating_pass_holds_no_write_lock(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big file takes minutes to read: the shop's purchase events must not wait for it
+    (an impatient writer fails after 0.1 s if a lock is held)."""
+    other = impatient(engine) if engine.dialect.name == "sqlite" else engine
+    index = staging.index
+
+    def index_then_let_another_write(connection: sa.Connection) -> None:
+        index(connection)
+        posted = Purchase("posted", 1, "c1", "i1", 1, 2.5, NOW, False)
+        with other.begin() as elsewhere:
+            queries.insert_purchases(elsewhere, [posted], None)
+
+    monkeypatch.setattr(staging, "index", index_then_let_another_write)
+    path = write_csv(tmp_path / "p.csv", HEADER, lines(4))
+    assert importer(engine).purchases(path).imported == 4
+    assert stored(engine) == (5, 3, 1)
