@@ -1,13 +1,19 @@
 """Import purchase, customer and item files: validated, all-or-nothing, idempotent.
 
-A file is parsed completely before anything is written. If any row is malformed, one
+A file is validated completely before anything is written. If any row is malformed, one
 :class:`~recocamp.errors.DataImportError` lists the problems (file, line, column, value)
 and the store is untouched. Otherwise its rows and its ``import_runs`` record are written in
 one transaction. Importing the same file again (same SHA-256) changes nothing and says so.
 Overlapping files are safe too, also when imported at the same time: an order is written
-whole by one import (``queries.store_orders``); another holding the same order with the
-same lines counts them as duplicates, one holding it with other lines is refused, naming
-the order and the line it starts on.
+whole by one import (claimed by its digest, as ``queries.store_orders`` does); another
+holding the same order with the same lines counts them as duplicates, one holding it with
+other lines is refused, naming the order and the line it starts on.
+
+A purchases file of any size is streamed (``store.staging``): the validating pass reads it
+once, staging its good lines in chunks in a temporary table, and checks the repeats of the
+whole file there; the writing pass digests and claims the orders in chunks and copies their
+lines over in the one transaction. Memory holds one entry per customer, item and (without
+``line_no``) order, never one per line. Customers and items files are read whole.
 
 Erased customers stay erased (``store.tombstones``): a customers row whose id or address
 was erased is skipped and counted as ``erased`` in the report (``skipped``), and order
