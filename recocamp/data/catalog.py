@@ -208,14 +208,27 @@ class CatalogBuilder:
         self._latest: dict[str, tuple[datetime, float]] = {}
 
     def add(self, line: SaleLine) -> None:
-        counts = self._titles.get(line.item_id)
+        self.note(
+            line.item_id, line.description, line.unit_price, line.ordered_at, line.is_purchase
+        )
+
+    def note(
+        self,
+        item_id: str,
+        description: str,
+        unit_price: float,
+        ordered_at: datetime,
+        is_purchase: bool,
+    ) -> None:
+        """:meth:`add` of a line given by its values (no SaleLine built)."""
+        counts = self._titles.get(item_id)
         if counts is None:
-            counts = self._titles[line.item_id] = Counter()
-        if line.description:
-            counts[line.description] += 1
-        seen = self._latest.get(line.item_id)
-        if line.is_purchase and (seen is None or line.ordered_at >= seen[0]):
-            self._latest[line.item_id] = (line.ordered_at, line.unit_price)
+            counts = self._titles[item_id] = Counter()
+        if description:
+            counts[description] += 1
+        seen = self._latest.get(item_id)
+        if is_purchase and (seen is None or ordered_at >= seen[0]):
+            self._latest[item_id] = (ordered_at, unit_price)
 
     def items(self) -> list[Item]:
         return [

@@ -38,7 +38,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from recocamp.data.catalog import CatalogBuilder, SaleLine
+from recocamp.data.catalog import CatalogBuilder
 from recocamp.data.sources import csv as sources
 from recocamp.domain import Customer, OrderDigestParts, Purchase
 from recocamp.errors import DataImportError, Problem
@@ -164,29 +164,13 @@ class _Staged:
 
     def _retail(self, line: sources.RetailLine) -> sources.PurchaseValues:
         """Note the catalogue's and the country's part of the line; its purchase's values."""
-        purchase = line.purchase
         assert self.catalog is not None
-        self.catalog.add(
-            SaleLine(
-                purchase.item_id,
-                line.description,
-                purchase.unit_price,
-                purchase.ordered_at,
-                purchase.is_purchase,
-            )
-        )
-        if purchase.customer_id is not None:
-            self.countries[purchase.customer_id] = line.country
-        return (
-            purchase.order_id,
-            purchase.line_no,
-            purchase.customer_id,
-            purchase.item_id,
-            purchase.quantity,
-            purchase.unit_price,
-            purchase.ordered_at,
-            purchase.is_return,
-        )
+        _, _, customer_id, item_id, quantity, price, at, is_return = line.values
+        is_purchase = not is_return and quantity > 0 and price > 0  # Purchase.is_purchase
+        self.catalog.note(item_id, line.description, price, at, is_purchase)
+        if customer_id is not None:
+            self.countries[customer_id] = line.country
+        return line.values
 
     def _problem(self, problem: Problem) -> None:
         self.problems.append(problem)

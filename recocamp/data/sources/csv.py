@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
-from typing import IO, TypeVar, cast
+from typing import IO, NamedTuple, TypeVar, cast
 
 from recocamp.domain import (
     FIELD_MAX,
@@ -108,11 +108,15 @@ class Skip:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class RetailLine:
-    """An online-retail row: the purchase plus what the catalogue needs from it."""
+# a purchase line's values, in Purchase's field order (building a Purchase per line cost a
+# fifth of an import's reading; the importer stages these, the API makes Purchases of them)
+PurchaseValues = tuple[str, int, str | None, str, int, float, datetime, bool]
 
-    purchase: Purchase
+
+class RetailLine(NamedTuple):
+    """An online-retail row: the purchase's values plus what the catalogue needs from it."""
+
+    values: PurchaseValues
     description: str
     country: str
 
@@ -386,11 +390,6 @@ class LineNumbers:
         return number
 
 
-# a standard line's values, in Purchase's field order (building the Purchase cost a fifth of
-# an import's reading; the importer stages these, the API makes Purchases of them)
-PurchaseValues = tuple[str, int, str | None, str, int, float, datetime, bool]
-
-
 def standard_purchase(
     row: dict[str, str], stamps: Timestamps, lines: LineNumbers
 ) -> Purchase | Skip:
@@ -432,19 +431,11 @@ def online_retail_line(
     is_return = invoice.startswith("C")
     if not is_return and (quantity <= 0 or unit_price <= 0):
         return Skip("adjustment")
-    purchase = Purchase(
-        order_id=invoice,
-        line_no=line_no,
-        customer_id=_integer_id(customer),
-        item_id=ident(row, "StockCode") or "",
-        quantity=quantity,
-        unit_price=unit_price,
-        ordered_at=ordered_at,
-        is_return=is_return,
-    )
+    item_id = ident(row, "StockCode") or ""
+    values = (invoice, line_no, _integer_id(customer), item_id, quantity, unit_price, ordered_at)
     description = text(row, "Description", required=False, limit=TEXT_MAX["title"])
     country = text(row, "Country", required=False, limit=TEXT_MAX["country"])
-    return RetailLine(purchase, description or "", country or "")
+    return RetailLine((*values, is_return), description or "", country or "")
 
 
 def _integer_id(value: str | None) -> str | None:
