@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 STAGE_CHUNK = 10_000  # lines staged per statement
 CLAIM_CHUNK = 5_000  # orders claimed per round
+ERASED_CHUNK = 50_000  # customers checked against the tombstones per round
 
 
 class ProgressSink(Protocol):
@@ -369,9 +370,7 @@ class Importer:
         """The writing pass, in the caller's transaction: erased customers detached, the
         orders claimed by their digests, the lines of the orders won copied over."""
         queries.write_lock(connection)
-        erased = tombstones.erased_ids(
-            connection, self.erasure_key, found.customers, "importing purchases"
-        )
+        erased = self._erased(connection, found.customers)
         detached = staging.detach(connection, erased)
         run_id = self._begin_run(connection, "purchases", fmt, path, sha, found.read)
         total = staging.totals(connection)
@@ -403,6 +402,17 @@ class Importer:
         )
         self._finish(connection, run_id, report)
         return report
+
+    def _erased(self, connection: Connection, customers: set[str]) -> set[str]:
+        """Which of the file's customers are erased, asked ERASED_CHUNK ids at a time (the
+        keyed hashes of a million customers at once would take a few hundred MB)."""
+        ids, erased = sorted(customers), set()
+        for start in range(0, max(1, len(ids)), ERASED_CHUNK):
+            chunk = ids[start : start + ERASED_CHUNK]
+            erased |= tombstones.erased_ids(
+                connection, self.erasure_key, chunk, "importing purchases"
+            )
+        return erased
 
     def _claim_staged(self, connection: Connection) -> tuple[int, list[str], int]:
         """Digest the staged orders (in order id order) and claim them chunk by chunk;

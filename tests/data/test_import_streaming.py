@@ -18,7 +18,7 @@ from recocamp.data.ingest import Importer
 from recocamp.data.sources import csv as sources
 from recocamp.domain import OrderDigestParts, Purchase, order_digest
 from recocamp.errors import DataImportError
-from recocamp.store import queries, staging
+from recocamp.store import queries, staging, tombstones
 from recocamp.store.schema import import_runs, orders, purchases
 from tests.conftest import NOW, impatient, write_csv
 from tests.data.test_ingest import LONDON
@@ -231,3 +231,21 @@ def test_the_validating_pass_holds_no_write_lock(
     path = write_csv(tmp_path / "p.csv", HEADER, lines(4))
     assert importer(engine).purchases(path).imported == 4
     assert stored(engine) == (5, 3, 1)
+
+
+def test_erased_customers_are_found_across_tombstone_rounds(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Customers are checked against the tombstones a round at a time: an erased one in any
+    round has their lines stored as guest lines."""
+    monkeypatch.setattr(ingest, "ERASED_CHUNK", 1)
+    key = b"k" * 32
+    with engine.begin() as connection:
+        tombstones.record(connection, key, "c2", None, NOW)
+    path = write_csv(tmp_path / "p.csv", HEADER, lines(12))  # customers c0, c1, c2
+    report = Importer(engine, zone=LONDON, now=NOW, erasure_key=key).purchases(path)
+    assert report.details["erased_customer_lines"] == 4
+    with engine.connect() as connection:
+        customers = connection.execute(sa.select(purchases.c.customer_id)).scalars().all()
+    assert sorted(set(customers), key=str) == [None, "c0", "c1"]
+    assert customers.count(None) == 4
