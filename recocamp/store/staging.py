@@ -162,7 +162,7 @@ def repeats(connection: sa.Connection) -> Iterator[StagedLine]:
         .join(twice, sa.and_(s.order_id == twice.c.order_id, s.line_no == twice.c.line_no))
         .order_by(s.order_id, s.line_no, s.src_line)
     )
-    for row in connection.execution_options(yield_per=CHUNK).execute(query):
+    for row in connection.execute(query.execution_options(yield_per=CHUNK)):
         yield StagedLine(*row)
 
 
@@ -190,7 +190,7 @@ def order_parts(connection: sa.Connection) -> Iterator[tuple[str, str]]:
     """``(order id, digest part)`` of every staged line, by order and line number."""
     s = staged.c
     query = sa.select(s.order_id, s.part).order_by(s.order_id, s.line_no)
-    for row in connection.execution_options(yield_per=CHUNK).execute(query):
+    for row in connection.execute(query.execution_options(yield_per=CHUNK)):
         yield row[0], row[1]
 
 
@@ -226,8 +226,11 @@ def copy_kept(connection: sa.Connection, import_run_id: int) -> int:
         staged.c.order_id.in_(sa.select(kept.c.order_id))
     )
     target = [*LINE_COLUMNS, "import_run_id"]
-    result = connection.execute(sa.insert(purchases).from_select(target, source))
-    return int(result.rowcount)
+    # Counted apart: psycopg reports no row count for INSERT … SELECT (−1), SQLite does.
+    copied = sa.select(sa.func.count()).select_from(source.subquery())
+    count = int(connection.execute(copied).scalar_one())
+    connection.execute(sa.insert(purchases).from_select(target, source))
+    return count
 
 
 @dataclass(frozen=True, slots=True)
