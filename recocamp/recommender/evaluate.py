@@ -278,7 +278,13 @@ def tune_hybrid(
     return _with_boost(chosen, max(boosts)[1])
 
 
-OWN_FIELDS = ("own_count", "own_recency", "own_propensity", "own_popularity")  # repeat.SIGNALS
+OWN_FIELDS = (
+    "own_count",
+    "own_recency",
+    "own_propensity",
+    "own_popularity",
+    "own_month",
+)  # repeat.SIGNALS
 
 
 def _simplest_within(scored: list[tuple[float, HybridWeights]], tolerance: float) -> HybridWeights:

@@ -202,10 +202,17 @@ class HybridWeights:
     own_recency: float = 0.0
     own_propensity: float = 0.0
     own_popularity: float = 0.0
+    own_month: float = 0.0
 
     @property
-    def own(self) -> tuple[float, float, float, float]:
-        return (self.own_count, self.own_recency, self.own_propensity, self.own_popularity)
+    def own(self) -> tuple[float, ...]:
+        return (
+            self.own_count,
+            self.own_recency,
+            self.own_propensity,
+            self.own_popularity,
+            self.own_month,
+        )
 
 
 class Hybrid:
@@ -216,7 +223,7 @@ class Hybrid:
         self.weights = weights or HybridWeights()
         self._popularity = Popularity()
         self._data: TrainingData | None = None
-        self.items = repeat.ItemSignals(np.zeros(0), np.zeros(0))
+        self.items = repeat.ItemSignals(np.zeros(0), np.zeros(0), np.zeros(0))
 
     def fit(self, data: TrainingData) -> None:
         self.als.fit(data)
@@ -226,7 +233,7 @@ class Hybrid:
     def _after_fit(self, data: TrainingData) -> None:
         self._popularity.fit(data)
         self._data = data
-        self.items = repeat.ItemSignals.of(data.orders, data.popularity)
+        self.items = repeat.ItemSignals.of(data.orders, data.popularity, repeat.month_buyers(data))
 
     def parts(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Normalised component scores, so a tuner can re-blend them without refitting."""
@@ -259,14 +266,16 @@ class Hybrid:
     def arrays(self) -> dict[str, np.ndarray]:
         prefixed = {f"als_{k}": v for k, v in self.als.arrays().items()}
         prefixed |= {f"knn_{k}": v for k, v in self.knn.arrays().items()}
-        return prefixed | {f"pop_{k}": v for k, v in self._popularity.arrays().items()}
+        prefixed |= {f"pop_{k}": v for k, v in self._popularity.arrays().items()}
+        return prefixed | {"repeat_month": self.items.month}  # per item: identifies nobody
 
     def restore(self, data: TrainingData, arrays: dict[str, np.ndarray]) -> None:
         self.als.restore(data, _unprefixed(arrays, "als_"))
         self.knn.restore(data, _unprefixed(arrays, "knn_"))
         self._popularity.restore(data, _unprefixed(arrays, "pop_"))
         self._data = data
-        self.items = repeat.ItemSignals.of(data.orders, data.popularity)
+        month = arrays.get("repeat_month", np.zeros(data.shape[1]))  # older artifacts: none
+        self.items = repeat.ItemSignals.of(data.orders, data.popularity, np.expm1(month))
 
 
 def combine(parts: dict[str, np.ndarray], weights: HybridWeights) -> np.ndarray:

@@ -10,7 +10,9 @@ bought again, the other every month). The replenishment score is a linear blend,
   items fade);
 - ``propensity``: the item's smoothed repurchase rate over all customers,
   ``ln((customers with >= 2 orders + 1) / (customers + 5))``;
-- ``popularity``: ``ln(1 + distinct recent customers)`` (what is selling now is rebought).
+- ``popularity``: ``ln(1 + distinct recent customers)`` (what is selling now is rebought);
+- ``month``: ``ln(1 + distinct customers in the last 30 days)`` (next to the 90-day figure:
+  what is rising, e.g. a season's items, against what is fading).
 
 The weights are a logistic regression of "bought again in the next ``horizon`` days" fitted
 on a validation split that ends at the cutoff (:func:`fit_weights`, called by
@@ -26,29 +28,51 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-SIGNALS = ("count", "recency", "propensity", "popularity")
+from recocamp.recommender.matrix import DAY, TrainingData
+
+SIGNALS = ("count", "recency", "propensity", "popularity", "month")
+MONTH_DAYS = 30.0
 RIDGE = 1.0  # keeps the fit finite on tiny or separable data; negligible on thousands of pairs
 NEWTON_STEPS = 25
 
 
 @dataclass(frozen=True, slots=True)
 class ItemSignals:
-    """Per-item aggregates (they identify nobody): log repurchase propensity, log popularity."""
+    """Per-item aggregates (they identify nobody): log repurchase propensity, log recent
+    popularity, log customers of the last month."""
 
     propensity: np.ndarray
     popularity: np.ndarray
+    month: np.ndarray
 
     @classmethod
-    def of(cls, orders: sp.csr_matrix, popularity: np.ndarray) -> ItemSignals:
+    def of(cls, orders: sp.csr_matrix, popularity: np.ndarray, month: np.ndarray) -> ItemSignals:
+        """From the distinct-order counts, the recent popularity and :func:`month_buyers`."""
         bought = np.asarray((orders > 0).sum(axis=0)).ravel()
         again = np.asarray((orders > 1).sum(axis=0)).ravel()
-        return cls(np.log((again + 1.0) / (bought + 5.0)), np.log1p(popularity.astype(np.float64)))
+        return cls(
+            np.log((again + 1.0) / (bought + 5.0)),
+            np.log1p(popularity.astype(np.float64)),
+            np.log1p(month.astype(np.float64)),
+        )
+
+
+def month_buyers(data: TrainingData) -> np.ndarray:
+    """Distinct customers per item (columns of ``data``) in the last :data:`MONTH_DAYS` days
+    before the cutoff; zeros when the lines are gone (saved matrices only)."""
+    if data.lines is None:
+        return np.zeros(data.shape[1])
+    lines = data.lines.between(data.cutoff - MONTH_DAYS * DAY, data.cutoff)
+    column = np.zeros(len(lines.item_ids), dtype=np.int64)  # item code → column of data
+    column[np.searchsorted(lines.item_ids, data.items)] = np.arange(data.shape[1])
+    pairs = np.unique(lines.customer * np.int64(data.shape[1]) + column[lines.item])
+    return np.bincount(pairs % data.shape[1], minlength=data.shape[1]).astype(np.float64)
 
 
 def pair_signals(
     orders: sp.csr_matrix, last_days: sp.csr_matrix, items: ItemSignals
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(row, column, signals)`` of every own pair of the given rows: signals is pairs × 4
+    """``(row, column, signals)`` of every own pair of the given rows: signals is pairs × 5
     in :data:`SIGNALS` order. ``last_days`` has the pattern of ``orders`` (``matrix.build``)."""
     owned = sp.coo_matrix(orders)
     keep = owned.data > 0
@@ -60,6 +84,7 @@ def pair_signals(
             np.log1p(np.maximum(last.astype(np.float64), 0.0)),
             items.propensity[col],
             items.popularity[col],
+            items.month[col],
         ],
         axis=1,
     )
