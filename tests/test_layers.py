@@ -60,6 +60,7 @@ PURE_MODULES = (
     "recommender/matrix.py",
     "recommender/baselines.py",
     "recommender/ranking.py",
+    "recommender/repeat.py",
     "recommender/serving.py",
     "forecast/btyd.py",
     "forecast/history.py",
