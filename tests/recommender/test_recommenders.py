@@ -210,3 +210,16 @@ def test_the_replenishment_blend_is_the_same_at_request_time(data: TrainingData)
     assert (
         trained[p1] == 1.0 and 0 < min(trained[p2], trained[p3]) < max(trained[p2], trained[p3]) < 1
     )
+
+
+def test_request_time_calls_hold_every_blas_library_to_one_thread() -> None:
+    """The scan behind ``one_blas_thread`` is made once, so it must already see implicit's and
+    scipy's BLAS besides numpy's (a fold-in runs on them)."""
+    import implicit.cpu.als  # noqa: F401  # every BLAS loaded, so the outer limit reaches all
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from recocamp.recommender.models import one_blas_thread
+
+    with threadpool_limits(2, "blas"), one_blas_thread():
+        blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
+        assert len(blas) >= 2 and {info["num_threads"] for info in blas} == {1}
