@@ -354,10 +354,8 @@ def test_the_store_reads_purchase_days_of_profiled_customers_only(engine: sa.Eng
     assert days.spend.tolist() == [15.0, 20.0, 4.0]  # postage in revenue, the return is not
 
 
-def test_forecast_command_prints_the_documented_json(
-    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fill(engine)
+def _use_utc_shop(engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the CLI at ``engine``'s database, a shop on UTC; returns the settings file."""
     settings = tmp_path / "settings.toml"
     settings.write_text(
         f'database_url = "{engine.url.render_as_string(hide_password=False)}"\n'
@@ -365,6 +363,14 @@ def test_forecast_command_prints_the_documented_json(
         encoding="utf-8",
     )
     monkeypatch.setenv("RECOCAMP_SETTINGS", str(settings))
+    return settings
+
+
+def test_forecast_command_prints_the_documented_json(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(engine)
+    _use_utc_shop(engine, tmp_path, monkeypatch)
     runner = CliRunner()
     result = runner.invoke(app, ["forecast", "--as-of", "2011-06-01", "--format", "json"])
     assert result.exit_code == 0, result.output
@@ -413,13 +419,7 @@ def test_forecast_stored_prints_what_the_train_job_stored(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(engine)
-    settings = tmp_path / "settings.toml"
-    settings.write_text(
-        f'database_url = "{engine.url.render_as_string(hide_password=False)}"\n'
-        '[shop]\ntime_zone = "UTC"\n',
-        encoding="utf-8",
-    )
-    monkeypatch.setenv("RECOCAMP_SETTINGS", str(settings))
+    settings = _use_utc_shop(engine, tmp_path, monkeypatch)
     runner = CliRunner()
     none = runner.invoke(app, ["forecast", "--stored"])
     assert none.exit_code == 1 and "no forecast stored yet" in none.output
