@@ -26,7 +26,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "recommender": frozenset({"store", "data"}),
     "campaigns": frozenset({"store", "data", "recommender", "forecast"}),
     "delivery": frozenset({"store", "campaigns"}),
-    "measure": frozenset({"store", "data", "campaigns", "delivery"}),
+    "measure": frozenset({"store", "data", "forecast", "campaigns", "delivery"}),
     "privacy": frozenset({"store", "data", "recommender", "campaigns", "delivery"}),
     "worker": frozenset(
         {"store", "data", "recommender", "forecast", "campaigns", "delivery", "measure", "privacy"}
@@ -60,6 +60,7 @@ PURE_MODULES = (
     "recommender/matrix.py",
     "recommender/baselines.py",
     "recommender/ranking.py",
+    "recommender/repeat.py",
     "recommender/serving.py",
     "forecast/btyd.py",
     "forecast/history.py",
@@ -72,6 +73,7 @@ PURE_MODULES = (
     "campaigns/compose.py",
     "campaigns/planner.py",
     "campaigns/audience.py",
+    "campaigns/predictive.py",
     "campaigns/offers.py",
     "campaigns/context.py",
     "delivery/webhooks.py",

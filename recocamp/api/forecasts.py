@@ -28,7 +28,15 @@ OBJECTED = "no forecast: the customer objected to profiling"
 
 class ForecastOut(BaseModel):
     customer_id: str
-    expected_purchase_days: float = Field(description="Expected purchase days in the horizon.")
+    expected_purchase_days: float = Field(
+        description="Expected purchase days in the horizon: what totals, expected revenue and "
+        "lifetime value add up."
+    )
+    likely_purchase_days: int = Field(
+        description="The likely count of purchase days in the horizon: the median of the "
+        "forecast's Poisson distribution (0 up to an expectation of ln 2 ≈ 0.69). The point "
+        "forecast to compare with one customer's actual count; do not add it up."
+    )
     p_active: float = Field(description="Chance of at least one purchase day in the horizon.")
     churn_risk: Literal["low", "medium", "high"] = Field(
         description="high: p_active below 1/3; medium: below 2/3; else low."
@@ -36,12 +44,14 @@ class ForecastOut(BaseModel):
     expected_revenue: float = Field(description="Expected revenue in the horizon.")
     lifetime_value: float = Field(description="Expected revenue over [forecast] lifetime_days.")
     next_purchase_by: date | None = Field(
-        description="Last purchase day plus the customer's mean gap (null: one purchase day)."
+        description="Last purchase day plus the customer's mean gap between purchase days; with "
+        "one purchase day, the shop's typical gap (the median of repeat customers' own gaps). "
+        "Null only while the shop has no repeat customer."
     )
     overdue_ratio: float | None = Field(
-        description="Days since the last purchase day over the mean gap (null: one purchase day)."
+        description="Days since the last purchase day over that gap (null likewise)."
     )
-    model: str = Field(description="The forecaster: naive | bgnbd | rhythm.")
+    model: str = Field(description="The forecaster: naive | bgnbd | rhythm | hurdle.")
     as_of: date = Field(description="Shop-local midnight the forecast was made at.")
     horizon_days: int = Field(description="The horizon: [as_of, as_of + horizon_days).")
 

@@ -58,6 +58,20 @@ TEXTS: dict[str, dict[str, str]] = {
         "none": "none",
         "profiling_on": "yes: computed from your purchases",
         "profiling_off": "no: you objected to profiling, you see popular items only",
+        "field_forecast": "Purchase forecast",
+        "forecast_low": "We estimate that you are likely to order again within the next "
+        "{days} days.",
+        "forecast_medium": "We are unsure whether you will order again within the next "
+        "{days} days.",
+        "forecast_high": "We estimate that you are unlikely to order again within the next "
+        "{days} days.",
+        "forecast_due": "Going by the time between your past orders, your next one would be "
+        "due around {date}.",
+        "forecast_off": "none: you objected to profiling",
+        "forecast_note": "The purchase forecast is an estimate computed from your orders; we "
+        "use it to decide which e-mails to send you. If you object to profiling, we delete it "
+        "and compute none.",
+        "objection_link": "Object to profiling (the box at the top)",
         "consent_double_opt_in": "you confirmed your sign-up (double opt-in)",
         "consent_existing_customer": "you are our customer: offers similar to what you "
         "bought (§ 7 (3) UWG), you may object at any time",
@@ -135,6 +149,20 @@ TEXTS: dict[str, dict[str, str]] = {
         "profiling_on": "ja: aus Ihren Einkäufen berechnet",
         "profiling_off": "nein: Sie haben dem Profiling widersprochen und sehen nur "
         "beliebte Artikel",
+        "field_forecast": "Kaufprognose",
+        "forecast_low": "Wir schätzen, dass Sie in den nächsten {days} Tagen "
+        "wahrscheinlich wieder bestellen.",
+        "forecast_medium": "Wir sind unsicher, ob Sie in den nächsten {days} Tagen wieder "
+        "bestellen.",
+        "forecast_high": "Wir schätzen, dass Sie in den nächsten {days} Tagen "
+        "wahrscheinlich nicht wieder bestellen.",
+        "forecast_due": "Nach den Abständen zwischen Ihren bisherigen Bestellungen wäre die "
+        "nächste um den {date} fällig.",
+        "forecast_off": "keine: Sie haben dem Profiling widersprochen",
+        "forecast_note": "Die Kaufprognose ist eine Schätzung aus Ihren Bestellungen; wir "
+        "entscheiden damit, welche E-Mails wir Ihnen senden. Widersprechen Sie dem Profiling, "
+        "löschen wir sie und berechnen keine.",
+        "objection_link": "Dem Profiling widersprechen (das Kästchen oben)",
         "consent_double_opt_in": "Sie haben Ihre Anmeldung bestätigt (Double-Opt-in)",
         "consent_existing_customer": "Sie sind unser Kunde: Angebote ähnlich Ihren Einkäufen "
         "(§ 7 Abs. 3 UWG), Sie können jederzeit widersprechen",
@@ -233,6 +261,8 @@ PREFERENCES = """{% extends "layout.html" %}{% block body %}
 <h2>{{ t.data_title }}</h2>
 <table id="data">{% for label, value in facts %}<tr><th scope="row">{{ label }}</th>
 <td>{{ value }}</td></tr>{% endfor %}</table>
+{% if forecast_held %}<p id="forecast-note">{{ t.forecast_note }}
+<a href="#preferences">{{ t.objection_link }}</a></p>{% endif %}
 <p><a href="{{ download }}" download>{{ t.download }}</a></p>
 
 <h2>{{ t.why_title }}</h2>

@@ -44,6 +44,7 @@ from recocamp.clock import Clock
 from recocamp.data import profiles
 from recocamp.settings import Settings
 from recocamp.store import contacts, registry, tombstones, views
+from recocamp.store import forecasts as forecast_store
 from recocamp.store import pages as store
 from recocamp.store.engine import Connection, Engine
 
@@ -427,11 +428,13 @@ def _context(
         )
     )
     answer = service.answer(found.customer_id, Query(n=4))
+    forecast = _forecast(connection, person, t, lang)
     return {
         "c": person,
         "status": status,
         "paused": paused,
-        "facts": _facts(connection, person, t, lang, now, service),
+        "facts": [*_facts(connection, person, t, lang, now, service), forecast[0]],
+        "forecast_held": forecast[1],
         "campaign": found.campaign,
         "consent": _consent(person, t, lang),
         "personal": answer.personalised,
@@ -480,6 +483,25 @@ def _facts(
         (t["field_emails"], emails),
         (t["field_profiling"], profiling),
     ]
+
+
+def _forecast(
+    connection: Connection, person: Any, t: dict[str, str], lang: str
+) -> tuple[tuple[str, str], bool]:
+    """The stored forecast in words (no figures: a probability or an amount would read as a
+    promise), and whether one is held. Its tier says likely / unsure / unlikely to order in
+    the horizon; the due date is the customer's own rhythm. An objector holds none."""
+    row = None
+    if not person.objected_to_profiling:
+        row = forecast_store.customer_forecast(connection, person.id)
+    version = forecast_store.current_version(connection) if row is not None else None
+    if row is None or version is None:
+        text = t["forecast_off"] if person.objected_to_profiling else t["none"]
+        return (t["field_forecast"], text), False
+    text = t[f"forecast_{row.churn_risk}"].format(days=version.horizon_days)
+    if row.next_purchase_by is not None:
+        text += " " + t["forecast_due"].format(date=_day(row.next_purchase_by, lang))
+    return (t["field_forecast"], text), True
 
 
 def _consent(person: Any, t: dict[str, str], lang: str) -> str:

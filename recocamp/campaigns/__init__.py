@@ -3,8 +3,9 @@
 Owns: the campaign files marketers write (:mod:`.files`) and ``recocamp check``
 (:mod:`.check`), RFM segments (:mod:`.segments`), loyalty tiers (:mod:`.loyalty`), offers
 (:mod:`.offers`), frequency caps and quiet hours (:mod:`.caps`), the planner's views of the
-customers built from the store's rows (:mod:`.audience`), the planner that decides per
-customer (:mod:`.planner`), the words for its reasons (:mod:`.labels`), composing one e-mail
+customers built from the store's rows (:mod:`.audience`), audiences by the live forecast
+with their lapsed-days fallback (:mod:`.predictive`), the planner that decides per customer
+(:mod:`.planner`), the words for its reasons (:mod:`.labels`), composing one e-mail
 (:mod:`.compose`), sandboxed rendering and its limits (:mod:`.render`,
 :mod:`.render_limits`), and the campaign run that records decisions and enqueues
 (:mod:`.run`). Everything but ``run``, ``check`` and ``files`` is pure: values and ``now`` in,

@@ -3,8 +3,9 @@
 ``store.views`` reads what a campaign run plans with (customers, their orders, contacts,
 suppressions, recommendation lists, the catalogue); this module gives it meaning: order
 histories without service items (a gift-wrap line is no interest in gift wrap), RFM scores
-across the customer base and the loyalty standing. ``campaigns.run.load_snapshot`` joins
-the two for the run and the CLI alike.
+across the customer base, the loyalty standing and each customer's row of the live forecast
+(never for a customer who objected to profiling). ``campaigns.run.load_snapshot`` joins the
+two for the run and the CLI alike.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from recocamp.campaigns.loyalty import points, standing, tiers_of
 from recocamp.campaigns.planner import CustomerView
+from recocamp.campaigns.predictive import LiveForecast
 from recocamp.campaigns.segments import History, Order, rfm_scores
 from recocamp.domain import CustomerOrder, Item, PlanningRows, email_hash
 from recocamp.settings import LoyaltySettings
@@ -24,15 +26,23 @@ from recocamp.settings import LoyaltySettings
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the planner plans with: the views, the catalogue and the cold-start list."""
+    """What the planner plans with: the views, the catalogue, the cold-start list and the
+    forecast live at ``now`` (None when none is)."""
 
     views: list[CustomerView]
     items: dict[str, Item]
     popular: list[list[Any]]
+    forecast: LiveForecast | None = None
 
 
-def snapshot(rows: PlanningRows, loyalty: LoyaltySettings, now: datetime) -> Snapshot:
+def snapshot(
+    rows: PlanningRows,
+    loyalty: LoyaltySettings,
+    now: datetime,
+    forecast: LiveForecast | None = None,
+) -> Snapshot:
     """The planner's views of every customer at ``now``, in customer id order."""
+    predicted = {} if forecast is None else forecast.rows
     histories = histories_of(rows.orders, rows.items)
     scores = rfm_scores(histories, now)
     tiers = tiers_of(loyalty)
@@ -54,9 +64,10 @@ def snapshot(rows: PlanningRows, loyalty: LoyaltySettings, now: datetime) -> Sna
                 rfm=scores.get(customer.id),
                 frequency_preference=record.frequency_preference,
                 paused_until=record.paused_until,
+                forecast=None if customer.objected_to_profiling else predicted.get(customer.id),
             )
         )
-    return Snapshot(views, rows.items, rows.popular)
+    return Snapshot(views, rows.items, rows.popular, forecast)
 
 
 def histories_of(

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from recocamp.campaigns.caps import CapPolicy, stricter
 from recocamp.campaigns.segments import RFM_SEGMENTS
@@ -24,6 +32,13 @@ from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings, TimeZoneName
 
 RFM_NAMES = (*(name for name, _, _ in RFM_SEGMENTS), "others")
+RISK_TIERS = ("low", "medium", "high")  # forecast.outlook.risk_tier's tiers
+FORECAST_KEYS = (
+    "churn_risk",
+    "p_active_below",
+    "overdue_ratio_at_least",
+    "lifetime_value_top_share",
+)
 LOCALES = ("de", "en")
 
 
@@ -61,6 +76,26 @@ class Audience(_Strict):
     birthday_today: bool = False
     replenishment_due: bool = False
     not_contacted_days: int | None = Field(default=None, ge=1)
+    # the live stored forecast (see campaigns.predictive): a customer without one never matches
+    churn_risk: tuple[Literal[RISK_TIERS], ...] = ()  # type: ignore[valid-type]
+    p_active_below: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    overdue_ratio_at_least: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    lifetime_value_top_share: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    # replaces the forecast keys when no forecast is live, and for customers who objected to
+    # profiling: last order in [min, max) days ago
+    fallback_lapsed_days: tuple[int, int] | None = None
+
+    @field_validator("fallback_lapsed_days")
+    @classmethod
+    def _fallback(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 0 <= value[0] < value[1]:
+            raise ValueError(f"must be [min, max) with 0 <= min < max, got {list(value)}")
+        return value
+
+    @property
+    def uses_forecast(self) -> bool:
+        """Whether any forecast key is given (the campaign's trigger is predictive)."""
+        return any(getattr(self, key) not in (None, ()) for key in FORECAST_KEYS)
 
     @model_validator(mode="after")
     def _ranges(self) -> Audience:
@@ -184,6 +219,7 @@ def cross_check(
             line = line_of(text, tuple(key.split(".")))
             message = f"template not found in {templates}/"
             found.append(Problem(message, key=key, line=line, value=name))
+    found += _fallback_problems(campaign, text)
     tiers = {tier.name for tier in settings.loyalty.tiers}
     for tier in campaign.audience.loyalty_tiers:
         if tier not in tiers:
@@ -211,6 +247,21 @@ def cross_check(
                 )
             )
     return found
+
+
+def _fallback_problems(campaign: Campaign, text: str) -> list[Problem]:
+    """A fallback rule without a forecast key would never apply: the marketer meant
+    ``lapsed_days``, or forgot the forecast keys."""
+    audience = campaign.audience
+    if audience.fallback_lapsed_days is None or audience.uses_forecast:
+        return []
+    message = (
+        "is used instead of the forecast keys when no forecast is live, but none is given "
+        f"({', '.join(FORECAST_KEYS)}); for a plain rule use lapsed_days"
+    )
+    key = ("audience", "fallback_lapsed_days")
+    value = list(audience.fallback_lapsed_days)
+    return [Problem(message, key=".".join(key), line=line_of(text, key), value=value)]
 
 
 def load_all(

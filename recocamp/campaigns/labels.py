@@ -11,8 +11,10 @@ tests instead of reaching a report raw; a code from an older version still reads
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from recocamp.campaigns.caps import Reason as Cap
-from recocamp.campaigns.planner import NOT_IN_AUDIENCE, AudienceRule
+from recocamp.campaigns.planner import NOT_IN_AUDIENCE, AudienceRule, reason_code
 from recocamp.campaigns.planner import Reason as Why
 from recocamp.campaigns.segments import OTHERS
 
@@ -41,6 +43,11 @@ AUDIENCE: dict[str, str] = {
     AudienceRule.LOYALTY_TIERS: "not in the campaign's loyalty tiers",
     AudienceRule.BIRTHDAY_TODAY: "no birthday today",
     AudienceRule.REPLENISHMENT_DUE: "nothing due for a reorder",
+    AudienceRule.CHURN_RISK: "forecast churn risk not in the campaign's tiers",
+    AudienceRule.P_ACTIVE_BELOW: "forecast chance of ordering again too high",
+    AudienceRule.OVERDUE_RATIO_AT_LEAST: "not overdue enough by their own rhythm",
+    AudienceRule.LIFETIME_VALUE_TOP_SHARE: "forecast lifetime value not in the top share",
+    AudienceRule.FALLBACK_LAPSED_DAYS: "last order outside the fallback time range",
     AudienceRule.NOT_CONTACTED_DAYS: "contacted too recently",
 }
 SEGMENTS: dict[str, str] = {
@@ -76,7 +83,9 @@ def _words(code: str) -> str:
 
 
 def reason(code: str) -> str:
-    """Why a customer was (not) mailed, in words."""
+    """Why a customer was (not) mailed, in words (a recorded reason's words after its code,
+    such as the forecast's, are left out: they are per customer)."""
+    code = reason_code(code)
     prefix, _, rule = code.partition(":")
     if prefix == NOT_IN_AUDIENCE and rule:
         return f"Not in the audience: {AUDIENCE.get(rule, _words(rule).lower())}"
@@ -89,3 +98,16 @@ def segment(code: str) -> str:
 
 def kpi(code: str) -> str:
     return KPIS.get(code) or _words(code)
+
+
+def by_code(
+    reasons: Iterable[tuple[str, str, str, int]],
+) -> list[tuple[str, str, str, int]]:
+    """``(campaign, outcome, reason, count)`` rows summed per reason code: a forecast-driven
+    campaign records each customer's figures with the code, and a report groups by the code."""
+    tally: dict[tuple[str, str, str], int] = {}
+    for campaign, outcome, recorded, count in reasons:
+        key = (campaign, outcome, reason_code(recorded))
+        tally[key] = tally.get(key, 0) + count
+    rows = [(*key, count) for key, count in tally.items()]
+    return sorted(rows, key=lambda row: (row[0], -row[3], row[2], row[1]))

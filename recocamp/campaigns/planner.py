@@ -4,7 +4,8 @@ Order of the rules (the first that says no is the recorded reason):
 
 1. e-mail allowed at all: erased, no address, unsubscribed, suppressed (bounces,
    complaints), consent basis not one the campaign's ``legal_basis`` allows → skip;
-2. audience rules → skip ``not_in_audience:<rule>``;
+2. audience rules → skip ``not_in_audience:<rule>``; a campaign with forecast keys checks
+   them (or their lapsed-days fallback, see ``predictive``) after the history rules;
 3. contact rules (customer pause and frequency preference, 24 h / 7 d caps, cooldown) →
    skip with the cap's reason;
 4. offers → ``no_offer`` when nothing may be offered (an NPS survey offers nothing and
@@ -23,6 +24,12 @@ mails nobody received).
 
 Customers who objected to profiling never get personal offers (only the popularity list),
 and the existing-customer basis limits offers to the categories the customer bought.
+
+A reason is a stable code (what ``counts``, the metrics and the report group by), and for a
+campaign with forecast keys every decision from the audience on adds `` — `` and the words of
+the forecast (or fallback) that drove it: ``eligible — forecast churn_risk=high (p_active
+0.23, overdue 1.8×, rhythm 2011-12-10)``, ``not_in_audience:p_active_below — forecast:
+p_active 0.81 ≥ 0.5``, ``eligible — lapsed 74 days (no live forecast)``.
 """
 
 from __future__ import annotations
@@ -34,11 +41,11 @@ from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from recocamp.campaigns import caps, offers, segments
+from recocamp.campaigns import caps, offers, predictive, segments
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.loyalty import Standing
 from recocamp.campaigns.segments import History, Rfm
-from recocamp.domain import ConsentBasis, Customer, Item
+from recocamp.domain import ConsentBasis, Customer, CustomerForecast, Item
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
 
@@ -76,14 +83,34 @@ class AudienceRule(StrEnum):
     LOYALTY_TIERS = "loyalty_tiers"
     BIRTHDAY_TODAY = "birthday_today"
     REPLENISHMENT_DUE = "replenishment_due"
+    CHURN_RISK = "churn_risk"
+    P_ACTIVE_BELOW = "p_active_below"
+    OVERDUE_RATIO_AT_LEAST = "overdue_ratio_at_least"
+    LIFETIME_VALUE_TOP_SHARE = "lifetime_value_top_share"
+    FALLBACK_LAPSED_DAYS = "fallback_lapsed_days"
     NOT_CONTACTED_DAYS = "not_contacted_days"
 
 
 NOT_IN_AUDIENCE = "not_in_audience"
+DETAIL = " — "  # between a reason's code and its words
+REASON_LENGTH = 100  # the decisions table's reason column
 
 
 def audience_reason(rule: AudienceRule) -> str:
     return f"{NOT_IN_AUDIENCE}:{rule.value}"
+
+
+def with_detail(code: str, detail: str | None) -> str:
+    """The recorded reason: the code, then the words when there are any (cut to the column)."""
+    if not detail:
+        return code
+    reason = f"{code}{DETAIL}{detail}"
+    return reason if len(reason) <= REASON_LENGTH else reason[: REASON_LENGTH - 1] + "…"
+
+
+def reason_code(reason: str) -> str:
+    """The code of a recorded reason (``eligible — forecast …`` → ``eligible``)."""
+    return reason.partition(DETAIL)[0]
 
 
 # every reason ``decide`` can record
@@ -107,6 +134,7 @@ class CustomerView:
     rfm: Rfm | None = None
     frequency_preference: str | None = None
     paused_until: datetime | None = None
+    forecast: CustomerForecast | None = None  # from the live stored forecast; None for objectors
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +158,7 @@ class Context:
     policy: caps.CapPolicy
     shop_zone: ZoneInfo
     zones: dict[str, ZoneInfo] = field(default_factory=dict)
+    forecast: predictive.LiveForecast | None = None  # None: no forecast is live at ``now``
 
     def zone(self, name: str | None) -> ZoneInfo:
         if not name:
@@ -145,11 +174,13 @@ def context_for(
     now: datetime,
     items: Mapping[str, Item],
     popular: Sequence[Sequence[object]],
+    forecast: predictive.LiveForecast | None = None,
 ) -> Context:
     """The one way to build a run's context (campaign runs, ``recocamp plan`` and ``preview``):
-    the shop's cap policy and time zone from the settings, the snapshot's items and popularity."""
+    the shop's cap policy and time zone from the settings, the snapshot's items, popularity
+    and live forecast."""
     policy = caps.CapPolicy.from_settings(settings.caps)
-    return Context(now, items, popular, policy, settings.shop.zone)
+    return Context(now, items, popular, policy, settings.shop.zone, forecast=forecast)
 
 
 def plan(campaign: Campaign, views: Iterable[CustomerView], context: Context) -> list[Decision]:
@@ -162,16 +193,22 @@ def decide(
 ) -> Decision:
     customer = view.customer
 
-    def skip(reason: str) -> Decision:
-        return Decision(campaign.name, customer.id, Outcome.SKIP, str(reason))
-
     blocked = _consent(campaign, view)
     if blocked is not None:
-        return skip(blocked)
+        return Decision(campaign.name, customer.id, Outcome.SKIP, blocked.value)
     zone = context.zone(customer.time_zone)
-    outside = _audience(campaign, view, context.now, zone)
+    trigger = _trigger(campaign, view, context)
+    why = trigger.detail if trigger is not None else None
+
+    def skip(reason: str) -> Decision:
+        return Decision(campaign.name, customer.id, Outcome.SKIP, with_detail(str(reason), why))
+
+    outside = _audience(campaign, view, context.now, zone, trigger)
     if outside is not None:
-        return skip(audience_reason(outside))
+        said = why if trigger is not None and trigger.failed == outside.value else None
+        return Decision(
+            campaign.name, customer.id, Outcome.SKIP, with_detail(audience_reason(outside), said)
+        )
     verdict = caps.check(
         view.contacts,
         policy,
@@ -187,20 +224,34 @@ def decide(
     if not chosen and not campaign.is_survey:
         return skip(Reason.NO_OFFER)
     if caps.in_holdout(campaign.name, customer.id, campaign.holdout_percent):
-        return Decision(campaign.name, customer.id, Outcome.HOLDOUT, Reason.HOLDOUT.value)
+        held = with_detail(Reason.HOLDOUT.value, why)
+        return Decision(campaign.name, customer.id, Outcome.HOLDOUT, held)
     variant = _variant(campaign, customer.id)
     if verdict.deferred:
         return Decision(
             campaign.name,
             customer.id,
             Outcome.DEFER,
-            str(verdict.reason),
+            with_detail(str(verdict.reason), why),
             chosen,
             variant,
             verdict.send_at,
         )
-    return Decision(
-        campaign.name, customer.id, Outcome.SEND, Reason.ELIGIBLE.value, chosen, variant
+    sent = with_detail(Reason.ELIGIBLE.value, why)
+    return Decision(campaign.name, customer.id, Outcome.SEND, sent, chosen, variant)
+
+
+def _trigger(campaign: Campaign, view: CustomerView, context: Context) -> predictive.Trigger | None:
+    """The forecast keys' verdict, None for a campaign without them."""
+    if not campaign.audience.uses_forecast:
+        return None
+    return predictive.trigger(
+        campaign.audience,
+        view.customer.objected_to_profiling,
+        view.forecast,
+        context.forecast,
+        view.history,
+        context.now,
     )
 
 
@@ -220,9 +271,31 @@ def _consent(campaign: Campaign, view: CustomerView) -> Reason | None:
 
 
 def _audience(
+    campaign: Campaign,
+    view: CustomerView,
+    now: datetime,
+    zone: ZoneInfo,
+    trigger: predictive.Trigger | None = None,
+) -> AudienceRule | None:
+    """The first audience rule the customer fails, or None (``trigger``: the forecast keys')."""
+    failed = _history_rules(campaign, view, now, zone)
+    if failed is not None:
+        return failed
+    if trigger is not None and trigger.failed is not None:
+        return AudienceRule(trigger.failed)
+    contacted = (contact.at for contact in view.contacts)
+    rules = campaign.audience
+    if rules.not_contacted_days and segments.last_contacted_within(
+        contacted, now, rules.not_contacted_days
+    ):
+        return AudienceRule.NOT_CONTACTED_DAYS
+    return None
+
+
+def _history_rules(
     campaign: Campaign, view: CustomerView, now: datetime, zone: ZoneInfo
 ) -> AudienceRule | None:
-    """The first audience rule the customer fails, or None."""
+    """The first rule on the customer's own data (orders, segments, tiers, dates) failed."""
     rules = campaign.audience
     history = view.history
     if rules.lapsed_days is not None and not segments.lapsed_between(
@@ -245,11 +318,6 @@ def _audience(
         return AudienceRule.BIRTHDAY_TODAY
     if rules.replenishment_due and not segments.due_for_replenishment(history, now):
         return AudienceRule.REPLENISHMENT_DUE
-    contacted = (contact.at for contact in view.contacts)
-    if rules.not_contacted_days and segments.last_contacted_within(
-        contacted, now, rules.not_contacted_days
-    ):
-        return AudienceRule.NOT_CONTACTED_DAYS
     return None
 
 
@@ -292,8 +360,9 @@ def _variant(campaign: Campaign, customer_id: str) -> str | None:
 
 
 def counts(decisions: Iterable[Decision]) -> dict[str, int]:
-    """Decisions per reason (sends counted as ``eligible``), largest first."""
+    """Decisions per reason code (sends counted as ``eligible``), largest first."""
     tally: dict[str, int] = {}
     for decision in decisions:
-        tally[decision.reason] = tally.get(decision.reason, 0) + 1
+        code = reason_code(decision.reason)
+        tally[code] = tally.get(code, 0) + 1
     return dict(sorted(tally.items(), key=lambda pair: (-pair[1], pair[0])))

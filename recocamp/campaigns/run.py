@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from recocamp.campaigns import audience, compose, planner, render
+from recocamp.campaigns import audience, compose, planner, predictive, render
 from recocamp.campaigns.files import Campaign
 from recocamp.domain import DeliveryReport, OutgoingEmail
 from recocamp.errors import Interrupted
 from recocamp.settings import Settings
 from recocamp.store import decisions as decisions_store
+from recocamp.store import forecasts as forecasts_store
 from recocamp.store import outbox, views
 from recocamp.store.engine import Connection, Engine
 
@@ -64,17 +65,39 @@ def plan_run(engine: Engine, settings: Settings, campaign: Campaign, now: dateti
     own = run_key(campaign.name, now, settings.shop.zone)
     with engine.connect() as connection:
         snapshot = load_snapshot(connection, settings, now, own_run=own)
-    return plan_views(settings, campaign, snapshot.views, snapshot.items, snapshot.popular, now)
+    return plan_views(
+        settings,
+        campaign,
+        snapshot.views,
+        snapshot.items,
+        snapshot.popular,
+        now,
+        forecast=snapshot.forecast,
+    )
 
 
 def load_snapshot(
     connection: Connection, settings: Settings, now: datetime, *, own_run: str | None = None
 ) -> audience.Snapshot:
     """The planner's snapshot at ``now`` (the run's, and the CLI's ``plan`` and ``preview``):
-    the store's rows made into views. ``own_run`` leaves that run's own e-mails out of the
-    contact history, so a resumed run decides as it did the first time."""
+    the store's rows made into views, with the stored forecast when it is live at ``now``
+    (``predictive.live_at``). ``own_run`` leaves that run's own e-mails out of the contact
+    history, so a resumed run decides as it did the first time."""
     rows = views.planning_rows(connection, now, settings.recommender.top_n, own_run=own_run)
-    return audience.snapshot(rows, settings.loyalty, now)
+    return audience.snapshot(rows, settings.loyalty, now, live_forecast(connection, settings, now))
+
+
+def live_forecast(
+    connection: Connection, settings: Settings, now: datetime
+) -> predictive.LiveForecast | None:
+    """The stored forecast with its rows when it is live at ``now``, else None."""
+    version = forecasts_store.current_version(connection)
+    if version is None or not predictive.live_at(
+        version.as_of, version.horizon_days, now, settings.shop.zone
+    ):
+        return None
+    rows = forecasts_store.stored_forecasts(connection)
+    return predictive.LiveForecast.of(version.model, version.as_of, version.horizon_days, rows)
 
 
 def plan_views(
@@ -84,9 +107,11 @@ def plan_views(
     items: Any,
     popular: Any,
     now: datetime,
+    *,
+    forecast: predictive.LiveForecast | None = None,
 ) -> Planned:
     zone = settings.shop.zone
-    context = planner.context_for(settings, now, items, popular)
+    context = planner.context_for(settings, now, items, popular, forecast)
     decided = planner.plan(campaign, customers, context)
     report = RunReport(campaign.name, run_key(campaign.name, now, zone), planner.counts(decided))
     return Planned(report, decided, {v.customer.id: v for v in customers})

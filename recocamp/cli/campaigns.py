@@ -55,7 +55,9 @@ def _planning(settings: Settings, as_of: str | None) -> tuple[audience.Snapshot,
     end = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
     with engine_for(settings).connect() as connection:
         snapshot = load_snapshot(connection, settings, end)
-    context = planner.context_for(settings, end, snapshot.items, snapshot.popular)
+    context = planner.context_for(
+        settings, end, snapshot.items, snapshot.popular, snapshot.forecast
+    )
     return snapshot, context
 
 
@@ -192,12 +194,13 @@ def _not_contacted(
         "held out (never contacted)" if decision.outcome is planner.Outcome.HOLDOUT else "skipped"
     )
     text = f"customer {decision.customer_id} would be {verb} by {campaign.name}: {decision.reason}"
-    rule = decision.reason.removeprefix("not_in_audience:")
-    if rule == decision.reason:
+    code = planner.reason_code(decision.reason)
+    rule = code.removeprefix("not_in_audience:")
+    if rule == code:
         return text
     wanted = getattr(campaign.audience, rule, None)
     text += f" (the campaign's audience has {rule} = {json.dumps(wanted, default=str)}"
-    if rule == "lapsed_days":
+    if rule in ("lapsed_days", "fallback_lapsed_days"):
         days = segments.days_since_last_order(view.history, context.now)
         text += (
             ", the customer never ordered"

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -64,8 +65,9 @@ def forecast_command(
         ),
     ] = False,
 ) -> None:
-    """Per-customer forecasts: purchase days in the horizon, chance of buying again, churn risk,
-    expected revenue, lifetime value, when the next purchase is due."""
+    """Per-customer forecasts: purchase days in the horizon (expected, and the likely count),
+    chance of buying again, churn risk, expected revenue, lifetime value, when the next
+    purchase is due."""
     if stored:
         if as_of is not None or horizon_days is not None:
             raise typer.BadParameter(
@@ -86,7 +88,7 @@ def forecast_command(
             "as_of": forecasting.day_of(day).isoformat(),
             "horizon_days": horizon,
             "model": model,
-            "customers": [row.as_dict() for row in rows],
+            "customers": forecasting.documents(rows),
         }
         json.dump(document, sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
@@ -110,7 +112,7 @@ def _print_stored(format: Output, limit: int) -> None:
             "model": version.model,
             "version": version.version,
             "created_at": version.created_at.isoformat(),
-            "customers": [row.as_dict() for row in customers],
+            "customers": forecasting.documents(customers),
         }
         json.dump(document, sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
@@ -136,7 +138,8 @@ def _print_forecasts(
     if chosen_on is not None:
         q = chosen_on.qualities[model]
         console.print(
-            f"chosen on the horizon before: MAE {q.mae:.3f}, AUC {q.auc or 0:.3f} "
+            f"chosen on the horizon before: MAE {q.mae:.3f} (likely count {q.mae_point:.3f}), "
+            f"AUC {q.auc or 0:.3f} "
             f"(forecast-evaluate --cutoff {forecasting.day_of(chosen_on.cutoff).isoformat()})"
         )
     elif not stored:
@@ -147,6 +150,7 @@ def _print_forecasts(
     for heading in (
         "customer",
         "purchase days",
+        "likely",
         "P(buys again)",
         "churn risk",
         "revenue",
@@ -156,10 +160,12 @@ def _print_forecasts(
     ):
         table.add_column(heading, justify="left" if heading == "customer" else "right")
     top = sorted(rows, key=lambda r: (-r.lifetime_value, r.customer_id))[:limit]
-    for r in top:
+    likely = forecasting.poisson_median(np.array([r.expected_purchase_days for r in top]))
+    for r, point in zip(top, likely.tolist(), strict=True):
         table.add_row(
             r.customer_id,
             f"{r.expected_purchase_days:.2f}",
+            str(point),
             f"{r.p_active:.0%}",
             r.churn_risk,
             f"{r.expected_revenue:,.2f}",
@@ -177,7 +183,8 @@ def forecast_evaluate(
     format: Annotated[Output, typer.Option("--format")] = Output.table,
 ) -> None:
     """Every forecaster on history before --cutoff against the horizon after it: MAE of purchase
-    days, total predicted vs actual, AUC of buying again, Spearman, calibration by decile."""
+    days (of the expectation, and of the likely count, its Poisson median), total predicted vs
+    actual, AUC of buying again, Spearman, calibration by decile."""
     with errors_to_exit():
         settings = current_settings()
         day = _day(cutoff, "--cutoff", settings.shop.zone)
@@ -202,12 +209,14 @@ def _print_evaluation(evaluation: forecasting.Evaluation) -> None:
         title=f"forecasts at cutoff {first.isoformat()}, horizon {evaluation.horizon_days} days, "
         f"{any_quality.customers:,} customers, {any_quality.actual_total:,.0f} purchase days"
     )
-    for heading in ("model", "MAE", "predicted total", "AUC buys again", "Spearman"):
+    headings = ("model", "MAE", "MAE likely", "predicted total", "AUC buys again", "Spearman")
+    for heading in headings:
         table.add_column(heading, justify="left" if heading == "model" else "right")
     for name, q in evaluation.qualities.items():
         table.add_row(
             name,
             f"{q.mae:.3f}",
+            f"{q.mae_point:.3f}",
             f"{q.predicted_total:,.0f}",
             "—" if q.auc is None else f"{q.auc:.3f}",
             "—" if q.spearman is None else f"{q.spearman:.3f}",

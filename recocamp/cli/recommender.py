@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.table import Table
 
+from recocamp import forecast as forecasting
 from recocamp.cli.common import (
     Output,
     app,
@@ -58,14 +59,17 @@ def train(
     as_of: Annotated[str | None, typer.Option(help="Train on purchases before this.")] = None,
     model: Annotated[ModelName | None, typer.Option(help="Default: [recommender] model.")] = None,
 ) -> None:
-    """Train, evaluate against the live model and baselines, promote if not worse."""
+    """Train, evaluate against the live model and baselines, promote if not worse; then store
+    the purchase forecasts as of the same day (as the worker's nightly train job does)."""
     with errors_to_exit():
         train_and_show(current_settings(), as_of, model.value if model else None)
 
 
 def train_and_show(settings: Settings, as_of: str | None, name: str | None) -> None:
-    """One training cycle with its steps on a spinner, then its figures and outcome
-    (``train``, and ``demo`` before its first campaign run)."""
+    """One training cycle with its steps on a spinner, then its figures and outcome, and the
+    purchase forecasts stored as of ``as_of``'s shop-local day (``train``, and ``demo`` before
+    its first campaign run). A forecast that cannot be made keeps the previous one stored and
+    says why; the recommender's result stands either way, as in the worker's job."""
     end = parse_as_of(as_of, settings.shop.zone)
     with console.status("training") as status:
         result = training.train(
@@ -91,6 +95,17 @@ def train_and_show(settings: Settings, as_of: str | None, name: str | None) -> N
             else "unchanged, the live model keeps serving"
         )
         console.print(f"top-N cache: {cache}; seconds: {result.seconds}")
+    _store_forecasts(settings, end)
+
+
+def _store_forecasts(settings: Settings, as_of: datetime) -> None:
+    with console.status("forecasting purchases"):
+        try:
+            stored = forecasting.refresh(engine_for(settings), settings, clock.now(), as_of)
+        except ModelError as exc:
+            console.print(f"[yellow]forecast not stored:[/] {exc}", soft_wrap=True)
+            return
+    console.print(f"forecast: {stored.version} for {stored.customers:,} customers", soft_wrap=True)
 
 
 def _default_cutoff(engine: Engine, horizon_days: int) -> datetime:

@@ -193,20 +193,48 @@ class SaleLine:
 def build_catalog(lines: Iterable[SaleLine]) -> list[Item]:
     """Items from sale lines: title = most frequent description (ties: alphabetical),
     price = unit price of the latest purchase line, category from the title."""
-    titles: dict[str, Counter[str]] = {}
-    latest: dict[str, tuple[datetime, float]] = {}
+    builder = CatalogBuilder()
     for line in lines:
-        if line.description:
-            titles.setdefault(line.item_id, Counter())[line.description] += 1
-        else:
-            titles.setdefault(line.item_id, Counter())
-        seen = latest.get(line.item_id)
-        if line.is_purchase and (seen is None or line.ordered_at >= seen[0]):
-            latest[line.item_id] = (line.ordered_at, line.unit_price)
-    return [
-        _item(item_id, counts, latest.get(item_id, (None, 0.0))[1])
-        for item_id, counts in sorted(titles.items())
-    ]
+        builder.add(line)
+    return builder.items()
+
+
+class CatalogBuilder:
+    """:func:`build_catalog` one line at a time, for an import that streams its file: it
+    holds the descriptions and the latest price per item, not the lines."""
+
+    def __init__(self) -> None:
+        self._titles: dict[str, Counter[str]] = {}
+        self._latest: dict[str, tuple[datetime, float]] = {}
+
+    def add(self, line: SaleLine) -> None:
+        self.note(
+            line.item_id, line.description, line.unit_price, line.ordered_at, line.is_purchase
+        )
+
+    def note(
+        self,
+        item_id: str,
+        description: str,
+        unit_price: float,
+        ordered_at: datetime,
+        is_purchase: bool,
+    ) -> None:
+        """:meth:`add` of a line given by its values (no SaleLine built)."""
+        counts = self._titles.get(item_id)
+        if counts is None:
+            counts = self._titles[item_id] = Counter()
+        if description:
+            counts[description] += 1
+        seen = self._latest.get(item_id)
+        if is_purchase and (seen is None or ordered_at >= seen[0]):
+            self._latest[item_id] = (ordered_at, unit_price)
+
+    def items(self) -> list[Item]:
+        return [
+            _item(item_id, counts, self._latest.get(item_id, (None, 0.0))[1])
+            for item_id, counts in sorted(self._titles.items())
+        ]
 
 
 def _item(item_id: str, counts: Counter[str], price: float) -> Item:

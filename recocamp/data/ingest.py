@@ -1,13 +1,19 @@
 """Import purchase, customer and item files: validated, all-or-nothing, idempotent.
 
-A file is parsed completely before anything is written. If any row is malformed, one
+A file is validated completely before anything is written. If any row is malformed, one
 :class:`~recocamp.errors.DataImportError` lists the problems (file, line, column, value)
 and the store is untouched. Otherwise its rows and its ``import_runs`` record are written in
 one transaction. Importing the same file again (same SHA-256) changes nothing and says so.
 Overlapping files are safe too, also when imported at the same time: an order is written
-whole by one import (``queries.store_orders``); another holding the same order with the
-same lines counts them as duplicates, one holding it with other lines is refused, naming
-the order and the line it starts on.
+whole by one import (claimed by its digest, as ``queries.store_orders`` does); another
+holding the same order with the same lines counts them as duplicates, one holding it with
+other lines is refused, naming the order and the line it starts on.
+
+A purchases file of any size is streamed (``store.staging``): the validating pass reads it
+once, staging its good lines in chunks in a temporary table, and checks the repeats of the
+whole file there; the writing pass digests and claims the orders in chunks and copies their
+lines over in the one transaction. Memory holds one entry per customer, item and (without
+``line_no``) order, never one per line. Customers and items files are read whole.
 
 Erased customers stay erased (``store.tombstones``): a customers row whose id or address
 was erased is skipped and counted as ``erased`` in the report (``skipped``), and order
@@ -21,8 +27,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import logging
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -30,15 +38,18 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from recocamp.data.catalog import SaleLine, build_catalog
+from recocamp.data.catalog import CatalogBuilder
 from recocamp.data.sources import csv as sources
-from recocamp.domain import Customer, Purchase
-from recocamp.errors import DataImportError, OrderConflictError, Problem
-from recocamp.store import queries, tombstones
+from recocamp.domain import Customer, OrderDigestParts, Purchase
+from recocamp.errors import DataImportError, Problem
+from recocamp.store import queries, staging, tombstones
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+STAGE_CHUNK = 10_000  # lines staged per statement
+CLAIM_CHUNK = 5_000  # orders claimed per round
+ERASED_CHUNK = 50_000  # customers checked against the tombstones per round
 
 
 class ProgressSink(Protocol):
@@ -90,27 +101,15 @@ def _parse(
     parse: Callable[[dict[str, str]], T | sources.Skip],
     progress: ProgressSink,
     max_listed: int,
-    first_lines: tuple[str, dict[str, int]] | None = None,
 ) -> tuple[list[T], dict[str, int], int]:
-    """Parse a whole file; ``first_lines`` (column, {}) is filled with the line each value
-    of that column (an order id) is first seen on, to name it in a later problem."""
+    """Parse a whole file (customers, items: one row per customer or item)."""
     progress.phase(f"reading {path.name}", None)
     with sources.open_text(path) as handle:
         rows = _counted(sources.read_rows(path, required, handle), progress)
-        if first_lines is not None:
-            rows = _first_lines(rows, *first_lines)
         try:
             return sources.collect(path, rows, parse, max_listed=max_listed)
         except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
             raise DataImportError(path, [Problem(f"unreadable content: {exc}")]) from None
-
-
-def _first_lines(
-    rows: Iterator[tuple[int, dict[str, str]]], column: str, seen: dict[str, int]
-) -> Iterator[tuple[int, dict[str, str]]]:
-    for line, row in rows:
-        seen.setdefault(row.get(column, "").strip(), line)
-        yield line, row
 
 
 def _counted(
@@ -120,6 +119,131 @@ def _counted(
         if number % 10000 == 0:
             progress.advance(10000)
         yield pair
+
+
+class _Staged:
+    """What the validating pass of a purchases file found: counts, the first problems, and
+    what the writing pass needs besides the staged lines (their customers; for the
+    online-retail format the catalogue and each customer's country). It holds one entry
+    per customer and per item, never one per line."""
+
+    def __init__(self, catalog: CatalogBuilder | None, max_listed: int) -> None:
+        self.catalog, self.max_listed = catalog, max_listed
+        self.parts = OrderDigestParts()
+        self.read = self.more = 0
+        self.skipped: dict[str, int] = {}
+        self.problems: list[Problem] = []
+        self.customers: set[str] = set()
+        self.countries: dict[str, str] = {}
+
+    def take(
+        self,
+        line: int,
+        row: dict[str, str],
+        stamps: sources.Timestamps,
+        lines: sources.LineNumbers,
+    ) -> tuple[Any, ...] | None:
+        """One row: its staging values, or None (a problem, or a skip)."""
+        self.read += 1
+        try:
+            if self.catalog is None:
+                values = sources.standard_values(row, stamps, lines)
+            else:
+                retail = sources.online_retail_line(row, stamps, lines)
+                values = retail if isinstance(retail, sources.Skip) else self._retail(retail)
+        except sources.RowProblem as exc:
+            self._problem(Problem(exc.message, line=line, column=exc.column, value=exc.value))
+            return None
+        if isinstance(values, sources.Skip):
+            self.skipped[values.reason] = self.skipped.get(values.reason, 0) + 1
+            return None
+        _, line_no, customer_id, item_id, quantity, price, at, is_return = values
+        if customer_id is not None:
+            self.customers.add(customer_id)
+        part = self.parts.of(line_no, item_id, quantity, price, at, is_return)
+        return (line, *values, part)  # staging.STAGED_COLUMNS
+
+    def _retail(self, line: sources.RetailLine) -> sources.PurchaseValues:
+        """Note the catalogue's and the country's part of the line; its purchase's values."""
+        assert self.catalog is not None
+        _, _, customer_id, item_id, quantity, price, at, is_return = line.values
+        is_purchase = not is_return and quantity > 0 and price > 0  # Purchase.is_purchase
+        self.catalog.note(item_id, line.description, price, at, is_purchase)
+        if customer_id is not None:
+            self.countries[customer_id] = line.country
+        return line.values
+
+    def _problem(self, problem: Problem) -> None:
+        self.problems.append(problem)
+        if len(self.problems) > self.max_listed:
+            self.problems.pop()
+            self.more += 1
+
+    def check_repeats(self, connection: Connection) -> None:
+        """Each (order id, line number) once per file, across the whole file: a repeat with
+        the same content is unstaged and counted as skipped, one with other content is a
+        problem of its line (storing either would lose the other)."""
+        again = array("q")  # file lines of repeats: 8 bytes each
+        worst: list[tuple[int, str, int]] = []  # the first problems, by -line (a max-heap)
+        total = 0
+        first: staging.StagedLine | None = None
+        for staged in staging.repeats(connection):
+            if first is None or (staged.order_id, staged.line_no) != (
+                first.order_id,
+                first.line_no,
+            ):
+                first = staged
+            elif (staged.customer_id, staged.part) == (first.customer_id, first.part):
+                again.append(staged.src_line)
+            else:
+                total += 1
+                heapq.heappush(worst, (-staged.src_line, staged.order_id, staged.line_no))
+                if len(worst) > self.max_listed:
+                    heapq.heappop(worst)
+        if again:
+            staging.remove(connection, again.tolist())
+            self.skipped["repeated line"] = self.skipped.get("repeated line", 0) + len(again)
+        if total:
+            self._merge([_repeat_problem(-line, order, no) for line, order, no in worst], total)
+
+    def _merge(self, found: list[Problem], total: int) -> None:
+        """Add problems found after the reading (the first of ``total``), keeping the
+        earliest lines of all."""
+        count = len(self.problems) + self.more + total
+        merged = sorted([*self.problems, *found], key=lambda problem: problem.line or 0)
+        self.problems = merged[: self.max_listed]
+        self.more = count - len(self.problems)
+
+
+def _repeat_problem(line: int, order_id: str, line_no: int) -> Problem:
+    message = f"repeats line {line_no} of order {order_id!r} with other content"
+    return Problem(message, line=line, column="line_no", value=str(line_no))
+
+
+def _order_digests(
+    parts: Iterator[tuple[str, str]],
+) -> Iterator[tuple[dict[str, str], dict[str, int]]]:
+    """Each order's digest (``domain.order_digest`` of its lines, from their parts in line
+    order) and line count, in dicts of about CLAIM_CHUNK orders."""
+    digests: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    current: str | None = None
+    digest = hashlib.sha256()
+    for order_id, part in parts:
+        if order_id != current:
+            if current is not None:
+                digests[current] = digest.hexdigest()
+                if len(digests) >= CLAIM_CHUNK:
+                    yield digests, sizes
+                    digests, sizes = {}, {}
+            current, digest = order_id, hashlib.sha256()
+            sizes[order_id] = 0
+        digest.update(part.encode())
+        sizes[order_id] += 1
+    if current is not None:
+        digests[current] = digest.hexdigest()
+    if digests:
+        yield digests, sizes
 
 
 class Importer:
@@ -196,76 +320,121 @@ class Importer:
         )
 
     def _write_purchases(self, path: Path, fmt: str, sha: str) -> ImportReport:
-        stamps = sources.Timestamps(self.zone, "%Y-%m-%d %H:%M:%S" if fmt != "standard" else None)
-        lines, repeats = sources.LineNumbers(), sources.RepeatedLines()
-        first_lines: dict[str, int] = {}
-        if fmt == "online-retail":
-            retail, skipped, read = _parse(
-                path,
-                sources.ONLINE_RETAIL_COLUMNS,
-                lambda row: sources.online_retail_line(row, stamps, lines),
-                self.progress,
-                self.max_listed,
-                ("InvoiceNo", first_lines),
-            )
-            rows = [line.purchase for line in retail]
-        else:
-            rows, skipped, read = _parse(
-                path,
-                sources.STANDARD_COLUMNS,
-                lambda row: repeats.check(sources.standard_purchase(row, stamps, lines)),
-                self.progress,
-                self.max_listed,
-                ("order_id", first_lines),
-            )
-            retail = []
-        self.progress.phase(f"writing {len(rows):,} order lines", len(rows))
-        try:
-            with self.engine.begin() as connection:
-                rows, retail, detached = self._detach_erased(connection, rows, retail)
-                run_id = self._begin_run(connection, "purchases", fmt, path, sha, read)
-                stored = queries.store_orders(connection, rows, run_id, self.progress.advance)
-                details = _purchase_details(rows)
-                if detached:
-                    details |= {"erased_customer_lines": detached}
-                if retail:
-                    details |= self._catalogue_from_retail(connection, retail)
-                report = ImportReport(
-                    "purchases",
-                    fmt,
-                    str(path),
-                    read,
-                    stored.lines_written,
-                    stored.lines_repeated,
-                    skipped,
-                    details=details,
-                )
-                self._finish(connection, run_id, report)
-        except OrderConflictError as exc:
-            column = "InvoiceNo" if fmt == "online-retail" else "order_id"
-            raise _conflict(path, exc.order_ids, column, first_lines, self.max_listed) from None
+        """Two passes: the file is read once into the staging table (validating every line,
+        no write lock held), then the staged lines are written in one transaction."""
+        with self.engine.connect() as connection:
+            try:
+                staging.create(connection)
+                found = self._stage(connection, path, fmt)
+                connection.commit()
+                with connection.begin():
+                    report = self._store_staged(connection, path, fmt, sha, found)
+            finally:
+                connection.rollback()
+                staging.drop(connection)
+                connection.commit()
         return report
 
+    def _stage(self, connection: Connection, path: Path, fmt: str) -> _Staged:
+        """The validating pass: every line parsed, the good ones staged in chunks; raises
+        the file's problems (lines repeated with other content included)."""
+        retail = fmt == "online-retail"
+        found = _Staged(CatalogBuilder() if retail else None, self.max_listed)
+        stamps = sources.Timestamps(self.zone, "%Y-%m-%d %H:%M:%S" if retail else None)
+        lines = sources.LineNumbers()
+        required = sources.ONLINE_RETAIL_COLUMNS if retail else sources.STANDARD_COLUMNS
+        self.progress.phase(f"reading {path.name}", None)
+        stager, batch = staging.Stager(connection), []
+        with sources.open_text(path) as handle:
+            rows = _counted(sources.read_rows(path, required, handle), self.progress)
+            try:
+                for line, row in rows:
+                    staged = found.take(line, row, stamps, lines)
+                    if staged is not None:
+                        batch.append(staged)
+                        if len(batch) >= STAGE_CHUNK:
+                            stager.add(batch)
+                            batch = []
+            except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
+                raise DataImportError(path, [Problem(f"unreadable content: {exc}")]) from None
+        stager.add(batch)
+        staging.index(connection)
+        found.check_repeats(connection)
+        if found.problems:
+            raise DataImportError(path, found.problems, more=found.more)
+        return found
+
+    def _store_staged(
+        self, connection: Connection, path: Path, fmt: str, sha: str, found: _Staged
+    ) -> ImportReport:
+        """The writing pass, in the caller's transaction: erased customers detached, the
+        orders claimed by their digests, the lines of the orders won copied over."""
+        queries.write_lock(connection)
+        erased = self._erased(connection, found.customers)
+        detached = staging.detach(connection, erased)
+        run_id = self._begin_run(connection, "purchases", fmt, path, sha, found.read)
+        total = staging.totals(connection)
+        self.progress.phase(f"writing {total.lines:,} order lines", total.lines)
+        repeated, conflicts, conflicted = self._claim_staged(connection)
+        if conflicted:
+            column = "InvoiceNo" if fmt == "online-retail" else "order_id"
+            first = staging.first_lines(connection, conflicts)
+            raise _conflict(path, conflicts, conflicted, column, first, self.max_listed)
+        written = staging.copy_kept(connection, run_id)
+        details = {
+            "purchase_lines": total.lines - total.returns,
+            "return_lines": total.returns,
+            "guest_lines": total.guests,
+        }
+        if detached:
+            details |= {"erased_customer_lines": detached}
+        if found.catalog is not None:
+            details |= self._catalogue_from_retail(connection, found, erased)
+        report = ImportReport(
+            "purchases",
+            fmt,
+            str(path),
+            found.read,
+            written,
+            repeated,
+            found.skipped,
+            details=details,
+        )
+        self._finish(connection, run_id, report)
+        return report
+
+    def _erased(self, connection: Connection, customers: set[str]) -> set[str]:
+        """Which of the file's customers are erased, asked ERASED_CHUNK ids at a time (the
+        keyed hashes of a million customers at once would take a few hundred MB)."""
+        ids, erased = sorted(customers), set()
+        for start in range(0, max(1, len(ids)), ERASED_CHUNK):
+            chunk = ids[start : start + ERASED_CHUNK]
+            erased |= tombstones.erased_ids(
+                connection, self.erasure_key, chunk, "importing purchases"
+            )
+        return erased
+
+    def _claim_staged(self, connection: Connection) -> tuple[int, list[str], int]:
+        """Digest the staged orders (in order id order) and claim them chunk by chunk;
+        returns lines of repeated orders, the first conflicting orders and their count."""
+        repeated_lines, conflicted = 0, 0
+        conflicts: list[str] = []
+        for digests, sizes in _order_digests(staging.order_parts(connection)):
+            claimed = staging.claim(connection, digests)
+            repeated_lines += sum(sizes[order_id] for order_id in claimed.repeated)
+            conflicted += len(claimed.conflicts)
+            conflicts.extend(claimed.conflicts[: max(0, self.max_listed - len(conflicts))])
+            self.progress.advance(sum(sizes.values()))
+        return repeated_lines, conflicts, conflicted
+
     def _catalogue_from_retail(
-        self, connection: Connection, retail: list[sources.RetailLine]
+        self, connection: Connection, found: _Staged, erased: set[str]
     ) -> dict[str, int]:
         """The online-retail file also tells us the items and each customer's country."""
-        catalog = build_catalog(
-            SaleLine(
-                line.purchase.item_id,
-                line.description,
-                line.purchase.unit_price,
-                line.purchase.ordered_at,
-                line.purchase.is_purchase,
-            )
-            for line in retail
-        )
+        assert found.catalog is not None
+        catalog = found.catalog.items()
         queries.add_missing_items(connection, catalog, self.now)
-        countries = {
-            line.purchase.customer_id: line.country
-            for line in retail
-            if line.purchase.customer_id is not None
-        }
+        countries = {key: value for key, value in found.countries.items() if key not in erased}
         known = queries.add_missing_customers(connection, countries, self.now)
         return {"items_catalogued": len(catalog), "customers_added": known}
 
@@ -296,26 +465,6 @@ class Importer:
             report = ImportReport("customers", fmt, str(path), read, len(rows), 0, skipped)
             self._finish(connection, run_id, report)
         return report
-
-    def _detach_erased(
-        self,
-        connection: Connection,
-        rows: list[Purchase],
-        retail: list[sources.RetailLine],
-    ) -> tuple[list[Purchase], list[sources.RetailLine], int]:
-        """Order lines of erased customers become guest lines (and name no country)."""
-        erased = tombstones.erased_ids(
-            connection,
-            self.erasure_key,
-            {row.customer_id for row in rows if row.customer_id is not None},
-            "importing purchases",
-        )
-        if not erased:
-            return rows, retail, 0
-        detached = sum(1 for row in rows if row.customer_id in erased)
-        rows = [detach(row, erased) for row in rows]
-        retail = [replace(line, purchase=detach(line.purchase, erased)) for line in retail]
-        return rows, retail, detached
 
     def _write_items(self, path: Path, fmt: str, sha: str) -> ImportReport:
         rows, skipped, read = _parse(
@@ -363,14 +512,13 @@ def _fields(report: ImportReport) -> dict[str, Any]:
     return {name: getattr(report, name) for name in ImportReport.__slots__}
 
 
-def _purchase_details(rows: list[Purchase]) -> dict[str, int]:
-    returns = sum(1 for row in rows if row.is_return)
-    guests = sum(1 for row in rows if row.customer_id is None)
-    return {"purchase_lines": len(rows) - returns, "return_lines": returns, "guest_lines": guests}
-
-
 def _conflict(
-    path: Path, order_ids: list[str], column: str, first_lines: dict[str, int], max_listed: int
+    path: Path,
+    order_ids: list[str],
+    count: int,
+    column: str,
+    first_lines: dict[str, int],
+    max_listed: int,
 ) -> DataImportError:
     problems = [
         Problem(
@@ -381,7 +529,7 @@ def _conflict(
         )
         for order_id in order_ids[:max_listed]
     ]
-    return DataImportError(path, problems, more=max(0, len(order_ids) - max_listed))
+    return DataImportError(path, problems, more=max(0, count - len(problems)))
 
 
 def _refuse_duplicate_ids(path: Path, ids: list[str]) -> None:

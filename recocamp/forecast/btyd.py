@@ -30,16 +30,17 @@ class BgNbd:
         """Maximum-likelihood estimates: L-BFGS-B on the log-parameters, analytic gradient."""
         if len(x) == 0:
             raise ModelError("BG/NBD: no customer with a purchase before the cutoff")
-        keys, weight = np.unique(np.stack([x, t_x, T], axis=1), axis=0, return_counts=True)
-        kx, kt, kT = keys[:, 0], keys[:, 1], keys[:, 2]
+        keys, weight = _distinct_rows(x, t_x, T)
+        summaries = _Summaries.of(keys)
 
         def negative(log_params: np.ndarray) -> tuple[float, np.ndarray]:
             params = np.exp(np.clip(log_params, -30.0, 30.0))
             r, alpha, a, b = (float(v) for v in params)
-            value, gradient = _log_likelihood_and_gradient(r, alpha, a, b, kx, kt, kT)
+            value, gradient = _log_likelihood_and_gradient(r, alpha, a, b, summaries)
             return -float(np.dot(weight, value)), -(gradient @ weight) * params
 
-        tight = {"ftol": 1e-13, "gtol": 1e-9, "maxiter": 2000}
+        # ftol 1e-10: the estimates agree with 1e-13 to 8 digits in half the iterations
+        tight = {"ftol": 1e-10, "gtol": 1e-9, "maxiter": 2000}
         best = optimize.minimize(
             negative,
             np.zeros(4),
@@ -63,7 +64,17 @@ class BgNbd:
         return 1.0 / (1.0 + self._alive_odds(x, t_x, T))
 
     def expected(self, t: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
-        """Expected purchases in the next ``t`` weeks given each customer's history (eq. 10)."""
+        """Expected purchases in the next ``t`` weeks given each customer's history (eq. 10).
+        The hypergeometric part depends on x and T alone: it is evaluated once per distinct
+        pair (at day resolution a million customers have a few ten thousand)."""
+        keys, at = _distinct_pairs(x, T)
+        part = self._unconditional(t, keys[:, 0], keys[:, 1])[at]
+        value = part / (1.0 + self._alive_odds(x, t_x, T))
+        finite = np.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+        return np.asarray(np.clip(finite, 0.0, None))
+
+    def _unconditional(self, t: float, x: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """Eq. 10 without the chance of being alive: (a+b+x−1)/(a−1) · (1 − …)."""
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
         if abs(a - 1.0) < 1e-6:  # the expression is continuous in a; 1 itself divides by 0
             a = 1.0 + 1e-6
@@ -81,40 +92,82 @@ class BgNbd:
                 r + x, b + x, a + b + x - 1.0, z
             )
         part = np.where(np.isfinite(euler), euler, printed)
-        value = (a + b + x - 1.0) / (a - 1.0) * part / (1.0 + self._alive_odds(x, t_x, T))
-        finite = np.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
-        return np.asarray(np.clip(finite, 0.0, None))
+        return np.asarray((a + b + x - 1.0) / (a - 1.0) * part)
+
+
+def _distinct_pairs(x: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``(x, T)`` pairs and, for each customer, the index of theirs: one sort of
+    a single key (x · 2^20 + T; purchase counts are whole, T is below 2^20 weeks), twice as
+    fast as sorting on both."""
+    key = x * 1048576.0 + T
+    _, first, at = np.unique(key, return_index=True, return_inverse=True)
+    return np.stack([x[first], T[first]], axis=1), at.ravel()
+
+
+def _distinct_rows(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``(x, t_x, T)`` rows and how many customers have each (a lexicographic sort:
+    ``np.unique(axis=0)`` compares rows as bytes, several times slower at a million)."""
+    order = np.lexsort((T, t_x, x))
+    rows = np.stack([x[order], t_x[order], T[order]], axis=1)
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = np.any(rows[1:] != rows[:-1], axis=1)
+    at = np.flatnonzero(first)
+    return rows[at], np.diff(np.r_[at, len(rows)])
+
+
+@dataclass(frozen=True)
+class _Summaries:
+    """Distinct customer summaries, each column as its distinct values and an index into them:
+    the special functions of the likelihood depend on x alone, the logarithms on t_x or T
+    alone, and purchase days and day-resolution spans take few distinct values, so each is
+    evaluated once per value rather than once per summary."""
+
+    x: np.ndarray
+    x_values: np.ndarray
+    x_at: np.ndarray
+    t_values: np.ndarray
+    t_at: np.ndarray
+    big_t_values: np.ndarray
+    big_t_at: np.ndarray
+
+    @staticmethod
+    def of(keys: np.ndarray) -> _Summaries:
+        columns = [np.unique(keys[:, i], return_inverse=True) for i in range(3)]
+        (xv, xi), (tv, ti), (bv, bi) = ((v, i.ravel()) for v, i in columns)
+        return _Summaries(keys[:, 0], xv, xi, tv, ti, bv, bi)
 
 
 def _log_likelihood_and_gradient(
-    r: float, alpha: float, a: float, b: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+    r: float, alpha: float, a: float, b: float, s: _Summaries
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-customer BG/NBD log-likelihood (eq. 6 of the paper, in a stable form) and its
+    """Per-summary BG/NBD log-likelihood (eq. 6 of the paper, in a stable form) and its
     gradient in (r, alpha, a, b), one row per parameter."""
-    a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
+    xv, x, at = s.x_values, s.x, s.x_at
+    log_t = np.log(alpha + s.t_values)[s.t_at]
+    log_big_t = np.log(alpha + s.big_t_values)[s.big_t_at]
+    a1 = (special.gammaln(r + xv) - special.gammaln(r))[at] + r * np.log(alpha)
     a2 = (
         special.gammaln(a + b)
-        + special.gammaln(b + x)
+        + special.gammaln(b + xv)
         - special.gammaln(b)
-        - special.gammaln(a + b + x)
-    )
-    a3 = -(r + x) * np.log(alpha + T)
+        - special.gammaln(a + b + xv)
+    )[at]
+    a3 = -(r + x) * log_big_t
     repeat = x > 0
     b_x = np.where(repeat, b + x - 1.0, 1.0)
-    a4 = np.where(repeat, np.log(a) - np.log(b_x) - (r + x) * np.log(alpha + t_x), -np.inf)
+    log_b_x = np.log(np.where(xv > 0, b + xv - 1.0, 1.0))[at]
+    a4 = np.where(repeat, np.log(a) - log_b_x - (r + x) * log_t, -np.inf)
     mix = np.logaddexp(a3, a4)
     w3, w4 = np.exp(a3 - mix), np.exp(a4 - mix)  # the two terms' shares (w4 = 0 without x)
-    psi_ab, psi_abx = special.digamma(a + b), special.digamma(a + b + x)
+    psi_ab, psi_abx = special.digamma(a + b), special.digamma(a + b + xv)
+    psi_r = (special.digamma(r + xv) - special.digamma(r))[at]
+    psi_b = (special.digamma(b + xv) - special.digamma(b) - psi_abx)[at]
     gradient = np.stack(
         [
-            special.digamma(r + x)
-            - special.digamma(r)
-            + np.log(alpha)
-            - w3 * np.log(alpha + T)
-            - w4 * np.log(alpha + t_x),
-            r / alpha - (r + x) * (w3 / (alpha + T) + w4 / (alpha + t_x)),
-            psi_ab - psi_abx + w4 / a,
-            psi_ab + special.digamma(b + x) - special.digamma(b) - psi_abx - w4 / b_x,
+            psi_r + np.log(alpha) - w3 * log_big_t - w4 * log_t,
+            r / alpha - (r + x) * (w3 / (alpha + s.big_t_values)[s.big_t_at] + w4 * np.exp(-log_t)),
+            (psi_ab - psi_abx)[at] + w4 / a,
+            psi_ab + psi_b - w4 / b_x,
         ]
     )
     return np.asarray(a1 + a2 + mix), gradient
@@ -137,32 +190,39 @@ class GammaGamma:
         if len(n) < 2:
             raise ModelError("Gamma-Gamma: fewer than two customers with spend")
 
-        log_n, log_m, spent = np.log(n), np.log(m), n * m
+        log_m, spent = np.log(m), n * m
+        counts, at = np.unique(n, return_inverse=True)  # few distinct purchase counts
+        at = at.ravel()
+        # the terms in the parameters and the data alone, summed once
+        fixed_m, fixed_n = float(np.dot(n, log_m)), float(np.dot(n, np.log(n)))
+        sum_log_m = float(log_m.sum())
 
         def negative(log_params: np.ndarray) -> tuple[float, np.ndarray]:
             p, q, v = (float(value) for value in np.exp(np.clip(log_params, -30.0, 30.0)))
-            pn, log_total = p * n, np.log(spent + v)
+            pn, log_total = p * counts, np.log(spent + v)
+            per_count = special.gammaln(pn + q) - special.gammaln(pn)
             value = (
-                special.gammaln(pn + q)
-                - special.gammaln(pn)
-                - special.gammaln(q)
-                + q * np.log(v)
-                + (pn - 1.0) * log_m
-                + pn * log_n
-                - (pn + q) * log_total
+                float(per_count[at].sum())
+                - len(n) * (special.gammaln(q) - q * np.log(v))
+                + p * (fixed_m + fixed_n)
+                - sum_log_m
+                - float(np.dot(p * n + q, log_total))
             )
             psi = special.digamma(pn + q)
+            psi_n = (counts * (psi - special.digamma(pn)))[at]
             gradient = np.array(
                 [
-                    np.sum(n * (psi - special.digamma(pn) + log_m + log_n - log_total)) * p,
-                    np.sum(psi - special.digamma(q) + np.log(v) - log_total) * q,
-                    np.sum(q / v - (pn + q) / (spent + v)) * v,
+                    (float(psi_n.sum()) + fixed_m + fixed_n - float(np.dot(n, log_total))) * p,
+                    (float(psi[at].sum()) - len(n) * (special.digamma(q) - np.log(v))) * q
+                    - float(log_total.sum()) * q,
+                    (len(n) * q / v - float(np.sum((p * n + q) / (spent + v)))) * v,
                 ]
             )
-            return -float(value.sum()), -gradient
+            return -value, -gradient
 
         start = np.log([1.0, 2.0, float(np.mean(m))])
-        tight = {"ftol": 1e-13, "gtol": 1e-9, "maxiter": 2000}
+        # ftol 1e-10: the estimates agree with 1e-13 to 8 digits in half the iterations
+        tight = {"ftol": 1e-10, "gtol": 1e-9, "maxiter": 2000}
         best = optimize.minimize(
             negative, start, jac=True, method="L-BFGS-B", bounds=[(-12.0, 12.0)] * 3, options=tight
         )

@@ -81,9 +81,9 @@ class PurchaseDays:
         start = np.searchsorted(owner, np.arange(len(customers) + 1))
         return PurchaseDays(customers, start, days[order][at], spend)
 
-    @property
+    @cached_property
     def owner(self) -> np.ndarray:
-        """The customer index of every entry."""
+        """The customer index of every entry (once: every count and history asks for it)."""
         return np.repeat(np.arange(len(self.customers)), np.diff(self.start))
 
     def count_in(self, first: int, end: int) -> np.ndarray:
@@ -108,6 +108,8 @@ class History:
     spend: np.ndarray
     first_spend: np.ndarray  # spend on the first purchase day
     recent: np.ndarray  # purchase days in each of WINDOWS before the cutoff (rows × windows)
+    # BG/NBD's expectations already computed, by span in days: several forecasters ask
+    expectations: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def at(purchases: PurchaseDays, cutoff: int) -> History:
@@ -145,13 +147,21 @@ class History:
         chosen = self.fit_sample()
         return BgNbd.fit(self.x[chosen], self.t_x[chosen], self.T[chosen])
 
-    def fit_sample(self) -> slice | np.ndarray:
+    def expected(self, days: int) -> np.ndarray:
+        """BG/NBD's expected purchase days in the next ``days`` days (computed once)."""
+        if days not in self.expectations:
+            value = self.textbook.expected(days / 7.0, self.x, self.t_x, self.T)
+            value.setflags(write=False)  # shared by every caller
+            self.expectations[days] = value
+        return self.expectations[days]
+
+    def fit_sample(self, size: int = FIT_SAMPLE) -> slice | np.ndarray:
         """The customers a population model is fitted on: all, or a fixed random sample of
-        FIT_SAMPLE (the same for the same cutoff)."""
-        if len(self.rows) <= FIT_SAMPLE:
+        ``size`` (the same for the same cutoff)."""
+        if len(self.rows) <= size:
             return slice(None)
         rng = np.random.default_rng(self.cutoff)
-        return np.sort(rng.choice(len(self.rows), FIT_SAMPLE, replace=False))
+        return np.sort(rng.choice(len(self.rows), size, replace=False))
 
     @property
     def x(self) -> np.ndarray:
@@ -178,6 +188,14 @@ class History:
         with np.errstate(divide="ignore", invalid="ignore"):
             gap = np.where(self.days > 1, (self.last - self.first) / (self.days - 1), np.nan)
         return np.asarray(gap, dtype=np.float64)
+
+    @cached_property
+    def typical_gap(self) -> float:
+        """The shop's rhythm: the median over repeat customers of their own mean gap between
+        purchase days (each customer counts once, so frequent buyers' many short gaps do not
+        set it); NaN without a repeat customer. Stands in for the gap of one-time buyers."""
+        own = self.gap[self.days > 1]
+        return float(np.median(own)) if len(own) else float("nan")
 
     @property
     def overdue(self) -> np.ndarray:

@@ -15,13 +15,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+from threadpoolctl import threadpool_limits
+
 from recocamp.errors import ModelError
+from recocamp.forecast.evaluate import Quality, quality
 from recocamp.forecast.history import PurchaseDays, day_number, day_of, local_days
-from recocamp.forecast.outlook import CustomerForecast, forecast, live_model
+from recocamp.forecast.outlook import CustomerForecast, documents, forecast, live_model
 from recocamp.settings import Settings
 from recocamp.store import forecasts as store
 from recocamp.store.engine import Engine
-from recocamp.store.forecasts import ForecastVersion
+from recocamp.store.forecasts import ForecastVersion, TierCounts
 
 
 def purchase_days(engine: Engine, settings: Settings, day: int) -> PurchaseDays:
@@ -47,13 +51,19 @@ class Refreshed:
         }
 
 
-def refresh(engine: Engine, settings: Settings, now: datetime) -> Refreshed:
-    """Compute the forecasts as of ``now``'s shop-local day and store them (see above)."""
-    day = day_number(now.astimezone(settings.shop.zone).date())
+def refresh(
+    engine: Engine, settings: Settings, now: datetime, as_of: datetime | None = None
+) -> Refreshed:
+    """Compute the forecasts as of ``as_of``'s shop-local day (default ``now``'s) and store
+    them (see above); ``now`` names and dates the version."""
+    day = day_number((now if as_of is None else as_of).astimezone(settings.shop.zone).date())
     horizon, lifetime = settings.forecast.horizon_days, settings.forecast.lifetime_days
     purchases = purchase_days(engine, settings, day)
-    model, chosen_on = live_model(purchases, day, horizon)
-    rows = forecast(purchases, day, horizon, model, lifetime)
+    # One BLAS thread, as recommender/models.py holds its fits to: the regressions' small
+    # matrix products ran 13 times slower on a pool of two threads on a busy two-core machine.
+    with threadpool_limits(1, "blas"):
+        model, chosen_on = live_model(purchases, day, horizon)
+        rows = forecast(purchases, day, horizon, model, lifetime)
     _require_finite(rows, model)
     split = None
     if chosen_on is not None:
@@ -103,8 +113,24 @@ def _require_finite(rows: list[CustomerForecast], model: str) -> None:
 def document(version: ForecastVersion, row: CustomerForecast) -> dict[str, Any]:
     """One customer's stored forecast as the API answers it: the keys of ``recocamp forecast
     --format json``'s customer objects, plus the forecaster, ``as_of`` and the horizon."""
-    return row.as_dict() | {
+    return documents([row])[0] | {
         "model": version.model,
         "as_of": version.as_of.isoformat(),
         "horizon_days": version.horizon_days,
     }
+
+
+def closed_horizon(engine: Engine, settings: Settings, version: TierCounts) -> Quality:
+    """How a kept version did once its horizon has ended: its stored expected purchase days
+    against each customer's purchase days in ``[as_of, as_of + H)`` (customers who objected
+    or were erased since are in neither)."""
+    first = day_number(version.as_of)
+    with engine.connect() as connection:
+        ids, predicted = store.kept_predictions(connection, version.version)
+    if not ids:
+        raise ModelError(f"no customer of forecast {version.version} is left to judge it on")
+    purchases = purchase_days(engine, settings, first + version.horizon_days)
+    counts = purchases.count_in(first, first + version.horizon_days)
+    row = {customer: n for n, customer in enumerate(purchases.customers.tolist())}
+    actual = np.array([counts[row[c]] if c in row else 0.0 for c in ids])
+    return quality(predicted, actual)

@@ -5,7 +5,8 @@ NPS (:mod:`.attribution`, pure), confidence intervals (:mod:`.statistics`, pure)
 measurement jobs — daily snapshots, the report's inputs — (:mod:`.jobs`) and the HTML/JSON
 report with its charts (:mod:`.report`, page templates in ``html/``).
 
-May import: the base modules, ``store``, ``data``, ``campaigns`` and ``delivery``.
+May import: the base modules, ``store``, ``data``, ``forecast`` (the report's forecast
+sections), ``campaigns`` and ``delivery``.
 Exports (by module): ``kpis.compute``, ``attribution.uplifts``, ``jobs.snapshot_kpis``,
 ``report.render_html``, ``report.summary``.
 """

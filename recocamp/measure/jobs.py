@@ -19,19 +19,25 @@ import bisect
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from recocamp.campaigns.segments import History, Order, rfm_scores
+from recocamp.campaigns import labels
+from recocamp.campaigns.segments import OTHERS, History, Order, Rfm, rfm_scores
+from recocamp.errors import ModelError
+from recocamp.forecast import stored as forecast
 from recocamp.measure import attribution as measure
 from recocamp.measure import kpis, report
 from recocamp.measure.attribution import Thresholds
 from recocamp.measure.kpis import OrderTotal
 from recocamp.settings import Settings
+from recocamp.store import forecasts as forecast_store
 from recocamp.store import measure as store
 from recocamp.store import queries, registry
 from recocamp.store.engine import Engine
+from recocamp.store.forecasts import TierCounts
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -139,6 +145,9 @@ class _SegmentTracker:
         self.histories: dict[str, History] = {}
 
     def sizes(self, as_of: datetime) -> Counter[str]:
+        return Counter(score.segment for score in self.scores(as_of).values())
+
+    def scores(self, as_of: datetime) -> dict[str, Rfm]:
         changed = set()
         while self.next < len(self.orders) and self.orders[self.next].ordered_at < as_of:
             order = self.orders[self.next]
@@ -150,7 +159,7 @@ class _SegmentTracker:
             self.next += 1
         for customer in changed:
             self.histories[customer] = History(tuple(self.lists[customer]))
-        return Counter(score.segment for score in rfm_scores(self.histories, as_of).values())
+        return rfm_scores(self.histories, as_of)
 
 
 # --- the report --------------------------------------------------------------------------
@@ -168,7 +177,7 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
     with engine.connect() as connection:
         touches = store.touches(connection, start, as_of)
         orders = [OrderTotal(*row) for row in queries.order_totals(connection, EPOCH, as_of)]
-        reasons = store.decision_reasons(connection, start, as_of)
+        reasons = labels.by_code(store.decision_reasons(connection, start, as_of))
         history = store.kpi_history(connection, first_day, latest)
         segment_sizes = store.segment_history(connection, first_day, latest)
         models = [_model_point(row) for row in registry.listing(connection)]
@@ -197,7 +206,66 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         cohorts=measure.cohorts(orders, zone, as_of, m.cohort_months)[-m.cohort_months - 1 :],
         models=models,
         nps=_nps(answered, sent, as_of, m.report_days, m.nps_min_responses, m.confidence, zone),
+        forecasts=forecasts(engine, settings, as_of),
     )
+
+
+def forecasts(engine: Engine, settings: Settings, as_of: datetime) -> report.ForecastSection:
+    """The forecast sections as of ``as_of``: only versions made by then (``as_of`` midnight
+    in the shop's zone at or before it), so a report of a past day shows that day's view."""
+    zone = settings.shop.zone
+    with engine.connect() as connection:
+        tiers = [
+            t
+            for t in forecast_store.tier_history(connection)
+            if local_midnight(t.as_of, zone) <= as_of
+        ]
+        current = forecast_store.current_version(connection)
+        if current is None or local_midnight(current.as_of, zone) > as_of:
+            rows, orders = [], []
+        else:
+            rows = forecast_store.stored_forecasts(connection)
+            orders = queries.order_totals(connection, EPOCH, local_midnight(current.as_of, zone))
+    section = report.ForecastSection(tiers=tiers, closed=_closed(engine, settings, tiers, as_of))
+    if not rows or current is None:
+        return section
+    at = local_midnight(current.as_of, zone)
+    totals = sorted((OrderTotal(*row) for row in orders), key=lambda order: order.ordered_at)
+    segments = {c: score.segment for c, score in _SegmentTracker(totals).scores(at).items()}
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        values.setdefault(segments.get(row.customer_id, OTHERS), []).append(row.lifetime_value)
+    return replace(
+        section,
+        version=current.version,
+        as_of=current.as_of,
+        lifetime_days=current.lifetime_days,
+        values=[
+            report.SegmentValue(name, len(found), float(sum(found)))
+            for name, found in sorted(values.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+        ],
+    )
+
+
+def _closed(
+    engine: Engine, settings: Settings, tiers: Sequence[TierCounts], as_of: datetime
+) -> report.ClosedHorizon | None:
+    """The newest version kept to be judged whose horizon ended by ``as_of``, judged."""
+    zone = settings.shop.zone
+    ended = [
+        t
+        for t in tiers
+        if t.predictions_kept
+        and local_midnight(t.as_of + timedelta(days=t.horizon_days), zone) <= as_of
+    ]
+    if not ended:
+        return None
+    last = ended[-1]
+    closed = report.ClosedHorizon(last.version, last.model, last.as_of, last.horizon_days, None)
+    try:
+        return replace(closed, quality=forecast.closed_horizon(engine, settings, last))
+    except ModelError as error:
+        return replace(closed, note=str(error))
 
 
 def _model_point(row: Any) -> report.ModelPoint:

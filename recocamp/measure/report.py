@@ -7,7 +7,9 @@ template (``html/report.html``); only the SVGs matplotlib wrote are marked safe.
 
 Charts: KPI trends (daily snapshots), cohort retention heat map, uplift per campaign and
 variant with its confidence intervals, decisions and skip reasons per campaign, RFM segment
-sizes over time, model quality per trained version, NPS. A chart without data is left out
+sizes over time, model quality per trained version, NPS, and the purchase forecasts: customers
+per churn-risk tier of every stored forecast version, lifetime value by RFM segment, the
+calibration of the last closed horizon. A chart without data is left out
 and the page says why; a trend with a single point is a number in the text or a table, not a
 line. Codes (reasons, segments, KPIs) are shown in words (``labels``); the code stays in a
 tooltip. A change is always signed (+98.1 %, −3.2 %): a marketer should not have to infer
@@ -35,7 +37,9 @@ from markupsafe import Markup
 from recocamp.campaigns import labels
 from recocamp.campaigns.render import money
 from recocamp.campaigns.segments import OTHERS, RFM_SEGMENTS
+from recocamp.forecast.evaluate import Quality
 from recocamp.measure.attribution import METRICS, Change, Cohort, Nps, Uplift
+from recocamp.store.forecasts import TierCounts
 
 if TYPE_CHECKING:  # matplotlib is imported when a chart is drawn: 0.6 s every CLI command and
     #                API process would pay for nothing
@@ -94,6 +98,12 @@ MODEL_LINES = (
     ("hit_rate", "#8e6c8a", "-"),
     ("popularity_recall", GREY, "--"),
 )
+TIERS = (
+    ("high", RED, "high risk"),
+    ("medium", "#e6a23c", "medium risk"),
+    ("low", GREEN, "low risk"),
+)
+TIER_ROWS = 12  # the tier table shows the newest versions; the chart and the JSON show all
 _LOCK = threading.Lock()  # rcParams are process-global; the API renders in a thread pool
 
 
@@ -112,6 +122,50 @@ class NpsSection:
     overall: Nps
     surveys: list[tuple[str, int, Nps]] = field(default_factory=list)  # survey, sent, NPS
     monthly: list[tuple[date, Nps]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentValue:
+    """The lifetime value of the forecast's customers in one RFM segment."""
+
+    segment: str
+    customers: int
+    total: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.customers
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedHorizon:
+    """A stored forecast version whose horizon ``[as_of, as_of + H)`` ended by the report's
+    ``as_of``, and how it did (``quality.calibration``: mean predicted and actual purchase
+    days per decile of the forecast)."""
+
+    version: str
+    model: str
+    as_of: date
+    horizon_days: int
+    quality: Quality | None  # None: no customer to judge it on
+    note: str = ""
+
+    @property
+    def last_day(self) -> date:
+        return self.as_of + timedelta(days=self.horizon_days - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastSection:
+    """The purchase forecasts as of the report: every stored version's tiers, the lifetime
+    value by segment of the newest (``version``), the last closed horizon (None: none yet)."""
+
+    tiers: list[TierCounts] = field(default_factory=list)
+    version: str | None = None
+    as_of: date | None = None
+    lifetime_days: int | None = None
+    values: list[SegmentValue] = field(default_factory=list)
+    closed: ClosedHorizon | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +189,7 @@ class Data:
     cohorts: list[Cohort]
     models: list[ModelPoint]
     nps: NpsSection
+    forecasts: ForecastSection = field(default_factory=ForecastSection)
 
 
 # --- charts ------------------------------------------------------------------------------
@@ -448,6 +503,72 @@ def _scored(data: Data) -> list[tuple[date, Any]]:
     return [(m, n) for m, n in data.nps.monthly if n.score is not None and n.interval]
 
 
+def tiers_chart(data: Data) -> Markup | None:
+    """Customers per churn-risk tier over the versions' ``as_of``, stacked (the newest version
+    of a day), from two days on (one day is the table's row)."""
+    by_day = {t.as_of: t for t in data.forecasts.tiers}
+    if len(by_day) < 2:
+        return None
+    days = sorted(by_day)
+    codes: list[str] = []
+    with _figure(10, 3.4) as figure:
+        axes = figure.subplots()
+        areas = axes.stackplot(
+            cast(Any, days),
+            [[getattr(by_day[d], tier) for d in days] for tier, _, _ in TIERS],
+            labels=[name for _, _, name in TIERS],
+            colors=[colour for _, colour, _ in TIERS],
+        )
+        for area, (tier, _, _) in zip(areas, TIERS, strict=True):
+            _coded(area, tier, codes)
+        _dates(axes)
+        axes.set_ylabel("customers")
+        axes.set_xlabel("forecast as of")
+        axes.set_title("Customers by churn risk, per forecast", loc="left")
+        _legend(axes, [tier for tier, _, _ in TIERS], codes)
+        return _svg(figure, codes)
+
+
+def values_chart(data: Data) -> Markup | None:
+    rows = data.forecasts.values
+    if not rows:
+        return None
+    codes: list[str] = []
+    with _figure(10, 1.0 + 0.32 * len(rows)) as figure:
+        axes = figure.subplots()
+        bars = axes.barh(
+            [labels.segment(v.segment) for v in rows], [v.mean for v in rows], color=BLUE
+        )
+        for patch, value in zip(bars.patches, rows, strict=True):
+            _coded(patch, value.segment, codes)
+        axes.invert_yaxis()
+        axes.set_xlabel(f"mean lifetime value per customer ({data.currency})")
+        axes.grid(axis="x", color="#e5e5e5")
+        axes.set_title("Forecast lifetime value by RFM segment", loc="left")
+        return _svg(figure, codes)
+
+
+def calibration_chart(data: Data) -> Markup | None:
+    closed = data.forecasts.closed
+    if closed is None or closed.quality is None:
+        return None
+    deciles = closed.quality.calibration
+    at = np.arange(len(deciles))
+    with _figure(10, 3.0) as figure:
+        axes = figure.subplots()
+        axes.bar(at - 0.2, [d.predicted for d in deciles], 0.4, color=GREY, label="predicted")
+        axes.bar(at + 0.2, [d.actual for d in deciles], 0.4, color=BLUE, label="actual")
+        axes.set_xticks(at, [str(d.decile) for d in deciles])
+        axes.set_xlabel("decile of the forecast (1: the fewest purchase days expected)")
+        axes.set_ylabel("purchase days per customer")
+        axes.grid(axis="y", color="#e5e5e5")
+        axes.set_title(
+            f"Predicted vs actual, forecast as of {closed.as_of.isoformat()}", loc="left"
+        )
+        axes.legend(loc="upper left", fontsize=8, frameon=False)
+        return _svg(figure)
+
+
 def charts(data: Data) -> dict[str, Markup | None]:
     return {
         "kpis": kpi_chart(data),
@@ -457,6 +578,9 @@ def charts(data: Data) -> dict[str, Markup | None]:
         "segments": segments_chart(data),
         "models": models_chart(data),
         "nps": nps_chart(data),
+        "tiers": tiers_chart(data),
+        "lifetime": values_chart(data),
+        "calibration": calibration_chart(data),
     }
 
 
@@ -523,6 +647,8 @@ def render_html(data: Data) -> str:
             kpi=labels.kpi,
             model_metrics=MODEL_METRICS,
             scored_months=len(_scored(data)),
+            tier_rows=data.forecasts.tiers[-TIER_ROWS:][::-1],
+            segment=labels.segment,
         )
     )
 
@@ -573,6 +699,62 @@ def summary(data: Data) -> dict[str, Any]:
             for m in data.models
         ],
         "nps": _nps_json(data.nps),
+        "forecasts": _forecasts_json(data.forecasts),
+    }
+
+
+def _forecasts_json(section: ForecastSection) -> dict[str, Any]:
+    """``churn_risk_history``: every stored version's customers per tier, oldest first;
+    ``lifetime_value_by_segment``: the newest version's customers, total and mean lifetime
+    value per RFM segment; ``closed_horizon``: the last version whose horizon ended, with its
+    totals and calibration by decile (null: no horizon has ended yet)."""
+    closed = section.closed
+    return {
+        "churn_risk_history": [
+            {
+                "version": t.version,
+                "model": t.model,
+                "as_of": t.as_of.isoformat(),
+                "horizon_days": t.horizon_days,
+                "low": t.low,
+                "medium": t.medium,
+                "high": t.high,
+            }
+            for t in section.tiers
+        ],
+        "version": section.version,
+        "as_of": section.as_of.isoformat() if section.as_of else None,
+        "lifetime_days": section.lifetime_days,
+        "lifetime_value_by_segment": [
+            {"segment": v.segment, "customers": v.customers, "total": v.total, "mean": v.mean}
+            for v in section.values
+        ],
+        "closed_horizon": None if closed is None else _closed_json(closed),
+    }
+
+
+def _closed_json(closed: ClosedHorizon) -> dict[str, Any]:
+    q = closed.quality
+    return {
+        "version": closed.version,
+        "model": closed.model,
+        "as_of": closed.as_of.isoformat(),
+        "horizon_days": closed.horizon_days,
+        "note": closed.note or None,
+        "customers": q.customers if q else 0,
+        "predicted_total": q.predicted_total if q else None,
+        "actual_total": q.actual_total if q else None,
+        "mae": q.mae if q else None,
+        "auc": q.auc if q else None,
+        "calibration": [
+            {
+                "decile": d.decile,
+                "customers": d.customers,
+                "predicted": d.predicted,
+                "actual": d.actual,
+            }
+            for d in (q.calibration if q else ())
+        ],
     }
 
 

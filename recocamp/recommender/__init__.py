@@ -3,6 +3,7 @@
 Owns: the interaction matrix with its id↔index maps (:mod:`.matrix`), the learned models on
 ``implicit`` — the only importer of it — (:mod:`.models`), the simple baselines
 (:mod:`.baselines`) and the published TIFU-KNN baseline (:mod:`.tifu_knn`, evaluation only),
+the replenishment blend of own items (:mod:`.repeat`, pure),
 the interface every recommender implements, top-k selection and the objection rule
 (:mod:`.ranking`), which list a customer gets at request time — cached, re-scored with
 purchases since training, or popular — (:mod:`.serving`, pure), the

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from recocamp.recommender import matrix
+from recocamp.recommender import matrix, repeat
 from recocamp.recommender.matrix import DAY, Lines, TrainingData
 from recocamp.recommender.models import Hybrid, HybridWeights, combine
 from recocamp.recommender.ranking import Mode, Recommender, batches, top_k
@@ -252,24 +252,39 @@ TOLERANCE = 0.01
 def tune_hybrid(
     hybrid: Hybrid, lines: Lines, cutoff: float, horizon_days: float, k: int = 10, **split_args: Any
 ) -> HybridWeights:
-    """Weights that maximise discover recall_new, then the repeat boost that maximises
-    recall, on the split ``[cutoff − horizon, cutoff)`` — never on the test window."""
+    """On the split ``[cutoff − horizon, cutoff)`` — never on the test window: the
+    replenishment blend (a logistic fit of which own items were bought again, see
+    :mod:`.repeat`), then the discovery weights that maximise discover recall_new, then the
+    repeat boost that maximises recall."""
     split = make_split(lines, cutoff - horizon_days * DAY, horizon_days, **split_args)
     if len(split.rows) == 0:
         return hybrid.weights
     hybrid.fit(split.data)
+    data = split.data
+    own = repeat.fit_weights(
+        data.orders[split.rows], data.last_days[split.rows], hybrid.items, split.test
+    )
+    if own is not None:
+        hybrid.weights = replace(hybrid.weights, **dict(zip(OWN_FIELDS, own, strict=True)))
     parts = hybrid.parts(split.rows)
     owned = parts["own"] > 0
     scored = []
     for als, popularity, new in itertools.product(*DISCOVER_GRID.values()):
-        weights = HybridWeights(
-            als, popularity, new, hybrid.weights.new_days, hybrid.weights.repeat_boost
-        )
+        weights = replace(hybrid.weights, als=als, popularity=popularity, new_arrivals=new)
         scores = np.where(owned, -np.inf, combine(parts, weights))
         scored.append((_recall_of(scores, split, k, new_only=True), weights))
     chosen = _simplest_within(scored, TOLERANCE)
     boosts = [(_recall_of(combine(parts, _with_boost(chosen, b)), split, k), b) for b in BOOST_GRID]
     return _with_boost(chosen, max(boosts)[1])
+
+
+OWN_FIELDS = (
+    "own_count",
+    "own_recency",
+    "own_propensity",
+    "own_popularity",
+    "own_month",
+)  # repeat.SIGNALS
 
 
 def _simplest_within(scored: list[tuple[float, HybridWeights]], tolerance: float) -> HybridWeights:
@@ -284,9 +299,7 @@ def _simplest_within(scored: list[tuple[float, HybridWeights]], tolerance: float
 
 def _with_boost(weights: HybridWeights, boost: float) -> HybridWeights:
     ceiling = 1.0 + weights.popularity + weights.new_arrivals
-    return HybridWeights(
-        weights.als, weights.popularity, weights.new_arrivals, weights.new_days, boost * ceiling
-    )
+    return replace(weights, repeat_boost=boost * ceiling)
 
 
 def _recall_of(scores: np.ndarray, split: Split, k: int, *, new_only: bool = False) -> float:

@@ -4,12 +4,13 @@
   BayesianPersonalizedRanking); scores are user · item factor products.
 - ``ItemKNN``: implicit's item-item neighbours (BM25 or cosine weighting); scores are the
   customer's confidence row times the item similarity matrix.
-- ``Hybrid`` (ours): replenishment and discovery scored separately. Own items: distinct-order
-  count, popularity tie-break (many own items tie at one order, and the popular one is the
-  likelier rebuy), lifted by ``repeat_boost``. Other items: a blend of normalised ALS and
-  item-kNN scores plus recent popularity and a bonus for new arrivals (items first sold
-  within ``new_days``: repeat customers discover what is new). Weights are tuned on a
-  validation split before the evaluation cutoff (:func:`recocamp.evaluate.tune_hybrid`).
+- ``Hybrid`` (ours): replenishment and discovery scored separately. Own items: a learned
+  blend of order count, recency, the item's repurchase propensity and its popularity
+  (:mod:`.repeat`), popularity as the tie-break, lifted by ``repeat_boost``. Other items: a
+  blend of normalised ALS and item-kNN scores plus recent popularity and a bonus for new
+  arrivals (items first sold within ``new_days``: repeat customers discover what is new).
+  Weights are tuned on a validation split before the evaluation cutoff
+  (:func:`recocamp.evaluate.tune_hybrid`).
 
 Fitting is deterministic (fixed ``random_state``), runs with BLAS limited to one thread
 (implicit's own advice; without it a busy API collapses), and uses the GPU build of implicit
@@ -19,6 +20,7 @@ off) plus JSON metadata: nothing is ever unpickled.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -30,9 +32,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from recocamp.errors import ModelError
+from recocamp.recommender import repeat
 from recocamp.recommender.baselines import Popularity, RepeatFrequency
 from recocamp.recommender.matrix import Lines, TrainingData, build
 from recocamp.recommender.ranking import Recommender, normalised
@@ -61,6 +64,21 @@ def gpu_available(use_gpu: str) -> bool:
     return available
 
 
+@functools.cache
+def _blas() -> ThreadpoolController:
+    import implicit.cpu.als  # noqa: F401  # implicit's and scipy's BLAS loaded before the scan
+
+    return ThreadpoolController()
+
+
+def one_blas_thread() -> Any:
+    """BLAS held to one thread around a request-time call (a re-scored next-best offer, a
+    fold-in). The library scan is made once: ``threadpool_limits`` rescans every loaded library
+    on each call, 1.6 ms here against 0.035 ms, a fifth of a re-scored answer's time under
+    load. ``OPENBLAS_NUM_THREADS=1`` (``recocamp/__init__``) covers a library loaded later."""
+    return _blas().limit(limits=1, user_api="blas")
+
+
 class _Factors:
     """Shared code of the factorisation models."""
 
@@ -85,7 +103,7 @@ class _Factors:
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
 
     def score(self, rows: np.ndarray) -> np.ndarray:
-        with threadpool_limits(1, "blas"):
+        with one_blas_thread():
             return self.user_factors[rows] @ self.item_factors.T  # type: ignore[no-any-return]
 
     def top_k_all(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +122,7 @@ class _Factors:
         the least-squares solution against the fixed item factors (for BPR's factors too)."""
         from implicit.cpu.als import AlternatingLeastSquares
 
-        with threadpool_limits(1, "blas"):  # implicit checks BLAS threads when constructed
+        with one_blas_thread():  # implicit checks BLAS threads when constructed
             solver = self._solver
             if solver is None or solver.item_factors is not self.item_factors:
                 solver = AlternatingLeastSquares(
@@ -195,6 +213,22 @@ class HybridWeights:
     new_arrivals: float = 0.2  # bonus for items first sold within new_days
     new_days: float = 90.0
     repeat_boost: float = 1.3  # own items above new ones when >= 1 + popularity + new_arrivals
+    # the replenishment blend of repeat.SIGNALS (the default: order count alone)
+    own_count: float = 1.0
+    own_recency: float = 0.0
+    own_propensity: float = 0.0
+    own_popularity: float = 0.0
+    own_month: float = 0.0
+
+    @property
+    def own(self) -> tuple[float, ...]:
+        return (
+            self.own_count,
+            self.own_recency,
+            self.own_propensity,
+            self.own_popularity,
+            self.own_month,
+        )
 
 
 class Hybrid:
@@ -205,6 +239,7 @@ class Hybrid:
         self.weights = weights or HybridWeights()
         self._popularity = Popularity()
         self._data: TrainingData | None = None
+        self.items = repeat.ItemSignals(np.zeros(0), np.zeros(0), np.zeros(0))
 
     def fit(self, data: TrainingData) -> None:
         self.als.fit(data)
@@ -214,20 +249,25 @@ class Hybrid:
     def _after_fit(self, data: TrainingData) -> None:
         self._popularity.fit(data)
         self._data = data
+        self.items = repeat.ItemSignals.of(data.orders, data.popularity, repeat.month_buyers(data))
 
     def parts(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Normalised component scores, so a tuner can re-blend them without refitting."""
         assert self._data is not None, "fit or restore first"
-        own = self._data.orders[rows].toarray()
-        top = own.max(axis=1, keepdims=True)
         popularity = self._popularity.score(rows)
+        own = self.own(self._data.orders[rows], self._data.last_days[rows])
         return {
-            "own": np.where(own > 0, own / np.where(top > 0, top, 1.0) + 1e-3 * popularity, 0.0),
+            "own": own,
             "als": normalised(self.als.score(rows)),
             "knn": normalised(self.knn.score(rows)),
             "popularity": popularity,
             "new": np.broadcast_to(self._data.age_days < self.weights.new_days, own.shape),
         }
+
+    def own(self, orders: sp.csr_matrix, last_days: sp.csr_matrix) -> np.ndarray:
+        """The replenishment part of rows given by their orders and last-purchase days."""
+        tie_break = _popularity_of(self._popularity)
+        return repeat.ranked(orders, last_days, self.items, self.weights.own, tie_break)
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         return combine(self.parts(rows), self.weights)
@@ -242,13 +282,16 @@ class Hybrid:
     def arrays(self) -> dict[str, np.ndarray]:
         prefixed = {f"als_{k}": v for k, v in self.als.arrays().items()}
         prefixed |= {f"knn_{k}": v for k, v in self.knn.arrays().items()}
-        return prefixed | {f"pop_{k}": v for k, v in self._popularity.arrays().items()}
+        prefixed |= {f"pop_{k}": v for k, v in self._popularity.arrays().items()}
+        return prefixed | {"repeat_month": self.items.month}  # per item: identifies nobody
 
     def restore(self, data: TrainingData, arrays: dict[str, np.ndarray]) -> None:
         self.als.restore(data, _unprefixed(arrays, "als_"))
         self.knn.restore(data, _unprefixed(arrays, "knn_"))
         self._popularity.restore(data, _unprefixed(arrays, "pop_"))
         self._data = data
+        month = arrays.get("repeat_month", np.zeros(data.shape[1]))  # older artifacts: none
+        self.items = repeat.ItemSignals.of(data.orders, data.popularity, np.expm1(month))
 
 
 def combine(parts: dict[str, np.ndarray], weights: HybridWeights) -> np.ndarray:
@@ -348,6 +391,7 @@ class HistoryRows:
 
     orders: sp.csr_matrix
     confidence: sp.csr_matrix
+    last_days: sp.csr_matrix
 
 
 def item_columns(data: TrainingData) -> dict[str, int]:
@@ -368,7 +412,7 @@ def history_rows(
     n_items = len(data.items)
     if not known:
         empty = sp.csr_matrix((1, n_items), dtype=np.float32)
-        return HistoryRows(empty, empty)
+        return HistoryRows(empty, empty, empty)
     codes, order, at = (np.asarray(part) for part in zip(*known, strict=True))
     cutoff = max(data.cutoff, float(at.max()) + 1.0)
     lines = Lines(
@@ -387,7 +431,7 @@ def history_rows(
         dense[0, wide] = row.toarray()[0]
         return sp.csr_matrix(dense)
 
-    return HistoryRows(widen(built.orders), widen(built.confidence))
+    return HistoryRows(widen(built.orders), widen(built.confidence), widen(built.last_days))
 
 
 def rescore(fitted: Recommender, data: TrainingData, rows: HistoryRows) -> np.ndarray:
@@ -420,12 +464,10 @@ def _popularity_of(model: Popularity) -> np.ndarray:
 
 
 def _hybrid_parts(fitted: Hybrid, data: TrainingData, rows: HistoryRows) -> dict[str, np.ndarray]:
-    own = rows.orders.toarray()
-    top = own.max(axis=1, keepdims=True)
     popularity = _popularity_of(fitted._popularity)[None, :]
     als = (fitted.als.fold_in(rows.confidence) @ fitted.als.item_factors.T)[None, :]
     return {
-        "own": np.where(own > 0, own / np.where(top > 0, top, 1.0) + 1e-3 * popularity, 0.0),
+        "own": fitted.own(rows.orders, rows.last_days),
         "als": normalised(als),
         "knn": normalised((rows.confidence @ fitted.knn.similarity).toarray()),
         "popularity": popularity,

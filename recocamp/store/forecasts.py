@@ -1,10 +1,12 @@
 """What the forecasts read and write: purchase lines as arrays (DESIGN.md, Forecast
-definitions), and the stored forecasts (one version, the newest, replaced whole)."""
+definitions), the stored forecasts (one version, the newest, replaced whole), the customers
+per churn-risk tier of every version ever stored (kept when its rows go), and the predictions
+of the versions kept to judge their horizon once it has ended (checkpoints)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -16,6 +18,8 @@ from recocamp.store.queries import drop_unprofiled_forecasts, epoch_seconds
 from recocamp.store.schema import (
     customers,
     erasures,
+    forecast_checkpoints,
+    forecast_tiers,
     forecast_versions,
     forecasts,
     items,
@@ -23,6 +27,7 @@ from recocamp.store.schema import (
 )
 
 CHUNK = 5000
+TIERS = ("low", "medium", "high")  # forecast_tiers' count columns, by churn risk
 
 
 def purchase_lines(
@@ -32,13 +37,11 @@ def purchase_lines(
     customers (not guests) who neither objected to profiling nor were erased (a forecast is
     profiling). A purchase line has quantity > 0, unit price > 0 and is no return; a service
     line (postage, fees) counts only when its order has a product line."""
-    p, c = purchases.c, customers.c
+    p = purchases.c
     service = sa.select(items.c.id).where(items.c.is_service.is_(True))
     purchase = sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
     product_orders = sa.select(p.order_id).where(purchase, p.item_id.not_in(service))
-    profiled_not = sa.select(c.id).where(
-        sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
-    )
+    profiled_not = _unprofiled()
     epoch = epoch_seconds(connection, p.ordered_at)
     query = sa.select(p.customer_id, epoch, p.quantity * p.unit_price).where(
         purchase,
@@ -57,6 +60,14 @@ def purchase_lines(
             seconds.append(float(at))
             revenue.append(float(value))
     return np.array(ids, dtype=object), np.array(seconds), np.array(revenue)
+
+
+def _unprofiled() -> sa.Select[tuple[str]]:
+    """Ids of customers who objected to profiling or were erased: no forecast is about them."""
+    c = customers.c
+    return sa.select(c.id).where(
+        sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
+    )
 
 
 class ForecastVersion(NamedTuple):
@@ -83,8 +94,13 @@ def replace(
     are written, and rows of customers who objected to profiling or were erased while the
     forecast was computed are dropped again (serialised against erasure like every write
     about customers: an erasure either committed before, and is seen here, or waits and
-    removes the rows itself). Returns the rows kept. Call in one transaction."""
+    removes the rows itself). The kept rows' customers per churn-risk tier are recorded for
+    good (``forecast_tiers``), and their expected purchase days are kept to judge the horizon
+    when it is the first version after the last kept one's horizon (``_checkpoint``). Returns
+    the rows kept. Storing a version again (the same name: a clock held still) replaces its
+    records. Call in one transaction."""
     tombstones.serialise(connection, erasing=False)
+    _forget_records_of(connection, version.version)
     connection.execute(sa.delete(forecasts))
     connection.execute(sa.delete(forecast_versions))
     connection.execute(sa.insert(forecast_versions).values(**version._asdict()))
@@ -104,7 +120,72 @@ def replace(
         .where(forecast_versions.c.version == version.version)
         .values(customers=kept)
     )
+    _count_tiers(connection, version, _checkpoint(connection, version))
     return kept
+
+
+def _count_tiers(connection: sa.Connection, version: ForecastVersion, kept: bool) -> None:
+    """Keep the new version's customers per churn-risk tier (what is left after the drops)."""
+    f = forecasts.c
+    query = sa.select(f.churn_risk, sa.func.count()).group_by(f.churn_risk)
+    counts: dict[str, int] = {tier: int(n) for tier, n in connection.execute(query)}
+    connection.execute(
+        sa.insert(forecast_tiers).values(
+            version=version.version,
+            model=version.model,
+            as_of=version.as_of,
+            horizon_days=version.horizon_days,
+            predictions_kept=kept,
+            created_at=version.created_at,
+            **{tier: counts.get(tier, 0) for tier in TIERS},
+        )
+    )
+
+
+def _checkpoint(connection: sa.Connection, version: ForecastVersion) -> bool:
+    """Keep the new version's expected purchase days when the last kept version's horizon
+    has ended by its ``as_of`` (or none is kept): one version per horizon, so nightly
+    versions cost two copies at most, the open horizon and the last closed one. Versions
+    kept before the last closed one go. Returns whether the new version is kept."""
+    t = forecast_tiers.c
+    kept = connection.execute(
+        sa.select(t.version, t.as_of, t.horizon_days)
+        .where(t.predictions_kept.is_(True))
+        .order_by(t.as_of, t.created_at)
+    ).all()
+    if kept and kept[-1].as_of + timedelta(days=kept[-1].horizon_days) > version.as_of:
+        return False
+    closed = [row.version for row in kept]  # every kept horizon has ended by now
+    _forget(connection, closed[:-1])
+    f = forecasts.c
+    connection.execute(
+        sa.insert(forecast_checkpoints).from_select(
+            ["version", "customer_id", "expected_purchase_days"],
+            sa.select(f.version, f.customer_id, f.expected_purchase_days).where(
+                f.version == version.version
+            ),
+        )
+    )
+    return True
+
+
+def _forget(connection: sa.Connection, versions: list[str]) -> None:
+    if versions:
+        connection.execute(
+            sa.delete(forecast_checkpoints).where(forecast_checkpoints.c.version.in_(versions))
+        )
+        connection.execute(
+            sa.update(forecast_tiers)
+            .where(forecast_tiers.c.version.in_(versions))
+            .values(predictions_kept=False)
+        )
+
+
+def _forget_records_of(connection: sa.Connection, name: str) -> None:
+    connection.execute(
+        sa.delete(forecast_checkpoints).where(forecast_checkpoints.c.version == name)
+    )
+    connection.execute(sa.delete(forecast_tiers).where(forecast_tiers.c.version == name))
 
 
 def _drop_erased_since(connection: sa.Connection, since: datetime) -> None:
@@ -143,3 +224,38 @@ def stored_forecasts(connection: sa.Connection) -> list[CustomerForecast]:
     f = forecasts.c
     query = sa.select(*(getattr(f, name) for name in ROW_COLUMNS)).order_by(f.customer_id)
     return [CustomerForecast(*row) for row in connection.execute(query)]
+
+
+class TierCounts(NamedTuple):
+    """Customers per churn-risk tier of one stored forecast version (aggregate counts)."""
+
+    version: str
+    model: str
+    as_of: date
+    horizon_days: int
+    low: int
+    medium: int
+    high: int
+    predictions_kept: bool
+    created_at: datetime
+
+
+def tier_history(connection: sa.Connection) -> list[TierCounts]:
+    """The tier counts of every forecast version ever stored, oldest first."""
+    t = forecast_tiers.c
+    query = sa.select(*(getattr(t, name) for name in TierCounts._fields))
+    return [TierCounts(*row) for row in connection.execute(query.order_by(t.as_of, t.created_at))]
+
+
+def kept_predictions(connection: sa.Connection, version: str) -> tuple[list[str], np.ndarray]:
+    """``(customer ids, expected purchase days)`` of a version kept to be judged, in
+    customer-id order; customers who objected to profiling or were erased since are left out
+    (their rows are deleted when they do; this is the second lock)."""
+    k = forecast_checkpoints.c
+    query = (
+        sa.select(k.customer_id, k.expected_purchase_days)
+        .where(k.version == version, k.customer_id.not_in(_unprofiled()))
+        .order_by(k.customer_id)
+    )
+    rows = connection.execute(query).all()
+    return [row[0] for row in rows], np.array([float(row[1]) for row in rows])

@@ -14,7 +14,13 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from recocamp.domain import email_hash
-from recocamp.store.schema import customers, forecasts, recommendations, suppressions
+from recocamp.store.schema import (
+    customers,
+    forecast_checkpoints,
+    forecasts,
+    recommendations,
+    suppressions,
+)
 
 
 class Subscription(NamedTuple):
@@ -46,12 +52,15 @@ def update(
 
 
 def drop_personal_list(connection: sa.Connection, customer_id: str) -> None:
-    """Forget the customer's cached recommendations and stored forecast (an objection to
-    profiling)."""
+    """Forget the customer's cached recommendations and stored forecasts, those kept to judge
+    a past horizon too (an objection to profiling)."""
     connection.execute(
         sa.delete(recommendations).where(recommendations.c.customer_id == customer_id)
     )
     connection.execute(sa.delete(forecasts).where(forecasts.c.customer_id == customer_id))
+    connection.execute(
+        sa.delete(forecast_checkpoints).where(forecast_checkpoints.c.customer_id == customer_id)
+    )
 
 
 def subscription(connection: sa.Connection, customer_id: str) -> Subscription | None:

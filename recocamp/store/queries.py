@@ -20,6 +20,7 @@ from recocamp.errors import OrderConflictError
 from recocamp.store.schema import (
     audit_log,
     customers,
+    forecast_checkpoints,
     forecasts,
     import_runs,
     items,
@@ -92,9 +93,9 @@ def store_orders(
     for order_id in order_ids:
         by_order.setdefault(order_id, [])
     digests = {order_id: order_digest(lines) for order_id, lines in by_order.items()}
-    won = _claim_orders(connection, digests)
+    won = claim_orders(connection, digests)
     lost = sorted(set(digests) - won)
-    stored = _stored_digests(connection, lost)
+    stored = stored_digests(connection, lost)
     conflicts = [order_id for order_id in lost if stored.get(order_id) != digests[order_id]]
     if conflicts:
         raise OrderConflictError(conflicts)
@@ -107,7 +108,7 @@ def store_orders(
     )
 
 
-def _claim_orders(connection: sa.Connection, digests: dict[str, str]) -> set[str]:
+def claim_orders(connection: sa.Connection, digests: dict[str, str]) -> set[str]:
     """Insert the orders' rows in id order (two writers lock them in the same order: no
     deadlock); returns the ids this transaction inserted."""
     statement = upsert_statement(connection, orders).on_conflict_do_nothing(
@@ -121,7 +122,7 @@ def _claim_orders(connection: sa.Connection, digests: dict[str, str]) -> set[str
     return won
 
 
-def _stored_digests(connection: sa.Connection, order_ids: list[str]) -> dict[str, str]:
+def stored_digests(connection: sa.Connection, order_ids: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for start in range(0, len(order_ids), CHUNK):
         query = sa.select(orders.c.order_id, orders.c.content_sha256).where(
@@ -229,6 +230,10 @@ def drop_unprofiled_forecasts(connection: sa.Connection) -> None:
         sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
     )
     connection.execute(sa.delete(forecasts).where(forecasts.c.customer_id.in_(unprofiled)))
+    checkpoints = forecast_checkpoints.c
+    connection.execute(
+        sa.delete(forecast_checkpoints).where(checkpoints.customer_id.in_(unprofiled))
+    )
 
 
 def find_import(connection: sa.Connection, kind: str, sha256: str) -> sa.Row[Any] | None:

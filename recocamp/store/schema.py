@@ -452,6 +452,37 @@ forecasts = sa.Table(
     sa.CheckConstraint("churn_risk IN ('low', 'medium', 'high')", name="churn_risk"),
 )
 
+# --- forecast tiers and checkpoints (migration 0012) ---------------------------------------
+
+# Customers per churn-risk tier of every forecast version ever stored (the versions' rows go
+# when the next one replaces them; these counts stay for the report's distribution over time).
+# Aggregate counts only: an erasure or objection later leaves them as they were.
+# ``predictions_kept``: the version's expected purchase days are in forecast_checkpoints.
+forecast_tiers = sa.Table(
+    "forecast_tiers",
+    metadata,
+    sa.Column("version", sa.String(100), primary_key=True),
+    sa.Column("model", sa.String(32), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("horizon_days", sa.Integer, nullable=False),
+    sa.Column("low", sa.Integer, nullable=False),
+    sa.Column("medium", sa.Integer, nullable=False),
+    sa.Column("high", sa.Integer, nullable=False),
+    sa.Column("predictions_kept", sa.Boolean, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+# The expected purchase days of a version kept until its horizon has ended and the report has
+# judged it (see store.forecasts.replace: one version per horizon, the open one and the last
+# closed one). Per customer, so profiling: objection and erasure remove the customer's rows.
+forecast_checkpoints = sa.Table(
+    "forecast_checkpoints",
+    metadata,
+    sa.Column("version", sa.String(100), primary_key=True),
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("expected_purchase_days", sa.Float, nullable=False),
+)
+
 # --- serving changes (migration 0013) ------------------------------------------------------
 
 # Which customers' next-best offers a commit changed (NULL: everybody, a model went live),

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from fastapi import FastAPI
 
@@ -28,6 +29,7 @@ PATH = "/v1/customers/{}/forecast"
 KEYS = {
     "customer_id",
     "expected_purchase_days",
+    "likely_purchase_days",
     "p_active",
     "churn_risk",
     "expected_revenue",
@@ -107,6 +109,8 @@ def test_the_api_answers_the_stored_forecast(app: FastAPI) -> None:
     assert answer == forecast.document(version, row)
     assert (answer["as_of"], answer["horizon_days"]) == ("2012-01-05", 90)
     assert answer["churn_risk"] in ("low", "medium", "high")
+    median = forecast.poisson_median(np.array([row.expected_purchase_days]))[0]
+    assert answer["likely_purchase_days"] == median  # from the stored expectation
     unknown = call(app, "GET", PATH.format("nobody-42"), headers=bearer("reader"))
     assert unknown.status == 404 and "nobody-42" in unknown.json()["detail"]
     denied = call(app, "GET", PATH.format(row.customer_id), headers=bearer("dpo"))
@@ -171,3 +175,6 @@ def test_the_app_has_the_route_in_its_schema(app: FastAPI) -> None:
     schema = call(app, "GET", "/openapi.json").json()
     operation = schema["paths"]["/v1/customers/{customer_id}/forecast"]["get"]
     assert set(operation["responses"]) >= {"200", "401", "403", "404"}
+    fields = schema["components"]["schemas"]["ForecastOut"]["properties"]
+    assert fields["likely_purchase_days"]["type"] == "integer"
+    assert "hurdle" in fields["model"]["description"]

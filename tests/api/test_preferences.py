@@ -4,7 +4,7 @@ languages, every form, what it shows, and what it must never do."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,9 @@ from pydantic import SecretStr
 from recocamp import tokens
 from recocamp.api.app import create_app
 from recocamp.clock import FixedClock
+from recocamp.domain import CustomerForecast
+from recocamp.store import forecasts
+from recocamp.store.forecasts import ForecastVersion
 from recocamp.store.schema import audit_log, contact_events, customers
 from tests.api_shop import (
     NOW,
@@ -137,6 +140,61 @@ def test_download_is_everything_we_hold(app: FastAPI) -> None:
     document = json.loads(reply.text)
     assert document["tables"]["customers"][0]["email"] == person.email
     assert document["tables"]["purchases"]
+
+
+def hold_forecasts(engine: sa.Engine, rows: list[CustomerForecast]) -> None:
+    version = ForecastVersion("bgnbd-test", "bgnbd", NOW.date(), 90, 365, len(rows), None, NOW)
+    with engine.begin() as connection:
+        forecasts.replace(connection, version, rows)
+
+
+def forecast_of(customer: str, risk: str, due: date | None) -> CustomerForecast:
+    p_active = {"low": 0.9, "medium": 0.5, "high": 0.1}[risk]
+    return CustomerForecast(customer, 2.3, p_active, risk, 123.45, 678.9, due, 1.2)
+
+
+def test_the_forecast_in_plain_words_in_both_languages(app: FastAPI) -> None:
+    engine = engine_of(app)
+    english, german = someone(engine, "en"), someone(engine, "de")
+    hold_forecasts(
+        engine,
+        [forecast_of(english.id, "low", date(2012, 2, 1)), forecast_of(german.id, "high", None)],
+    )
+    html = call(app, "GET", page(english.id)).text
+    assert "Purchase forecast" in html
+    assert "We estimate that you are likely to order again within the next 90 days." in html
+    assert "your next one would be due around 2012-02-01." in html
+    assert 'id="forecast-note"' in html and "decide which e-mails to send you" in html
+    assert "678.9" not in html and "123.45" not in html  # words, no figures
+    html = call(app, "GET", page(german.id)).text
+    assert "Kaufprognose" in html and "Dem Profiling widersprechen" in html
+    assert "in den nächsten 90 Tagen wahrscheinlich nicht wieder bestellen." in html
+    assert "fällig" not in html  # a single purchase day: no rhythm, no due date
+    in_english = call(app, "GET", page(german.id) + "?lang=en").text
+    assert "We estimate that you are unlikely to order again" in in_english
+
+
+def test_objecting_deletes_the_forecast_and_the_page_says_none_is_held(app: FastAPI) -> None:
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    hold_forecasts(engine, [forecast_of(person.id, "medium", None)])
+    before = call(app, "GET", page(person.id)).text
+    assert "We are unsure whether you will order again within the next 90 days." in before
+    call(app, "POST", page(person.id), data={"action": "save", "objected": "on"})
+    html = call(app, "GET", page(person.id)).text
+    assert "none: you objected to profiling" in html and "unsure" not in html
+    assert 'id="forecast-note"' not in html
+    with engine.connect() as connection:
+        assert forecasts.customer_forecast(connection, person.id) is None
+
+
+def test_a_customer_without_a_forecast_is_told_none_is_held(app: FastAPI) -> None:
+    engine = engine_of(app)
+    person, other = someone(engine, "en"), someone(engine, "de")
+    hold_forecasts(engine, [forecast_of(other.id, "low", None)])
+    html = call(app, "GET", page(person.id)).text
+    assert '<th scope="row">Purchase forecast</th>\n<td>none</td>' in html
+    assert 'id="forecast-note"' not in html and "likely" not in html
 
 
 def test_erasure_needs_the_box_ticked(app: FastAPI) -> None:

@@ -21,6 +21,8 @@ from recocamp.cli import app as cli_app
 from recocamp.cli.common import print_json
 from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.ingest import Importer
+from recocamp.data.sources.csv import RECORD_MAX
+from recocamp.domain import FIELD_MAX
 from recocamp.errors import DataImportError
 from recocamp.settings import Settings
 from recocamp.store.schema import customers, import_runs, items, orders, purchases
@@ -191,11 +193,21 @@ def test_bytes_that_are_not_utf8_are_a_problem_of_their_line_and_column(
 def test_a_field_past_the_size_limit_is_a_problem_of_its_line(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
-    huge = [*GOOD[:2], "x" * 10_000_000, *GOOD[3:]]
+    huge = [*GOOD[:2], "x" * (FIELD_MAX + 1), *GOOD[3:]]
     path = write_csv(tmp_path / "p.csv", STANDARD, [GOOD, GOOD, huge, GOOD])
     error = refused(engine, lambda: importer(engine).purchases(path))
     assert [(p.line, p.column) for p in error.problems] == [(4, "*")]
     assert "field larger than field limit (100000)" in error.problems[0].message
+
+
+def test_a_record_past_the_size_limit_is_a_problem_of_its_line(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    huge = [*GOOD[:2], "x" * 10_000_000, *GOOD[3:]]
+    path = write_csv(tmp_path / "p.csv", STANDARD, [GOOD, GOOD, huge, GOOD])
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    assert [(p.line, p.column) for p in error.problems] == [(4, "*")]
+    assert f"a record is longer than {RECORD_MAX:,} characters" in error.problems[0].message
 
 
 def test_the_cli_exits_2_naming_file_line_column_and_value(

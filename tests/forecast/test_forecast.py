@@ -17,7 +17,9 @@ from recocamp import forecast as f
 from recocamp.cli import app
 from recocamp.domain import Customer, Item, Purchase
 from recocamp.errors import ModelError
-from recocamp.forecast.evaluate import auc, calibration
+from recocamp.forecast import models as forecast_models
+from recocamp.forecast.evaluate import auc, calibration, poisson_median, quality
+from recocamp.forecast.models import seasonal_level
 from recocamp.forecast.outlook import Evaluation, choose, risk_tier
 from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
@@ -144,6 +146,24 @@ def test_no_forecaster_sees_a_day_at_or_after_the_cutoff(
     assert [r.as_dict() for r in full] == [r.as_dict() for r in cut]
 
 
+@pytest.mark.parametrize("model", ["rhythm", "hurdle"])
+def test_a_regression_on_a_sample_of_customers_sees_no_day_after_the_cutoff(
+    model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past REGRESSION_SAMPLE customers the regressions learn from a sample: drawn from the
+    customers known before the cutoff, by a seed the cutoff alone sets."""
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 120)
+    shop = synthetic_shop()
+    keep = shop.day < 600
+    truncated = f.PurchaseDays.from_lines(
+        shop.customers[shop.owner[keep]], shop.day[keep], shop.spend[keep]
+    )
+    full = [r.as_dict() for r in f.forecast(shop, 600, 90, model)]
+    assert full == [r.as_dict() for r in f.forecast(truncated, 600, 90, model)]
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 50_000)
+    assert full != [r.as_dict() for r in f.forecast(shop, 600, 90, model)]  # it did sample
+
+
 def test_bgnbd_expects_purchases_of_heavy_buyers_over_long_spans() -> None:
     """Eq. 10 in Euler's transformed form: 600 purchase days over two years, ten years ahead,
     was inf × 0 (NaN, then 0) in the paper's form."""
@@ -188,9 +208,36 @@ def test_forecast_rows_hold_every_field_with_the_documented_meaning() -> None:
     assert a.churn_risk == risk_tier(a.p_active) == "low"
     assert b.expected_purchase_days == 0.0 and b.churn_risk == "high"
     assert a.next_purchase_by == f.day_of(30) and a.overdue_ratio == 0.5
-    assert b.next_purchase_by is None and b.overdue_ratio is None
+    # b bought once: the shop's typical gap, a's 10 days (the only repeat customer)
+    assert b.next_purchase_by == f.day_of(15) and b.overdue_ratio == 2.0
     assert a.expected_revenue > 0 and a.lifetime_value >= a.expected_revenue
     assert json.loads(json.dumps(a.as_dict()))["next_purchase_by"] == "1970-01-31"
+
+
+def test_one_time_buyers_are_due_after_the_shops_typical_gap() -> None:
+    """The median of the repeat customers' own mean gaps (each counted once, days before
+    as_of only) stands in for the gap one-time buyers lack; repeat customers keep theirs."""
+    purchases = f.PurchaseDays.from_lines(
+        np.array(["a", "a", "b", "b", *["f"] * 7, "o", "late", "late"]),
+        np.array([0, 20, 10, 40, 0, 1, 2, 3, 4, 5, 6, 50, 55, 100]),
+        np.ones(14),
+    )
+    # own gaps before day 60: a 20, b 30, f 1 (six gaps of 1 day: pooled, they would set it to 1);
+    # late's second day is day 100, after as_of: had it counted, the median would be 25
+    assert f.History.at(purchases, 60).typical_gap == 20.0
+    rows = {row.customer_id: row for row in f.forecast(purchases, 60, 90, "naive")}
+    assert (rows["o"].next_purchase_by, rows["o"].overdue_ratio) == (f.day_of(70), 0.5)
+    assert (rows["late"].next_purchase_by, rows["late"].overdue_ratio) == (f.day_of(75), 0.25)
+    assert (rows["a"].next_purchase_by, rows["a"].overdue_ratio) == (f.day_of(40), 2.0)
+    assert (rows["f"].next_purchase_by, rows["f"].overdue_ratio) == (f.day_of(7), 54.0)
+    # a shop with no repeat customer yet has no rhythm to lend
+    first_days = f.forecast(
+        f.PurchaseDays.from_lines(np.array(["x", "y"]), np.array([1, 3]), np.ones(2)),
+        5,
+        90,
+        "naive",
+    )
+    assert [(r.next_purchase_by, r.overdue_ratio) for r in first_days] == [(None, None)] * 2
 
 
 def test_risk_tiers_cut_at_a_third_and_two_thirds() -> None:
@@ -212,9 +259,33 @@ def test_auc_counts_ties_at_mid_rank_and_calibration_is_by_decile() -> None:
     assert deciles[0].predicted == 0.5 and deciles[0].actual == 1.0
 
 
+def test_the_point_forecast_is_the_poisson_median_of_the_expectation() -> None:
+    """The smallest k with P(N ≤ k) ≥ 1/2: P(N = 0) = e^(−λ) falls below 1/2 at λ = ln 2."""
+    expected = np.array([0.0, 0.69, np.log(2) - 1e-9, 0.70, 1.5, 1.67, 1.68, 3.0, 10.0, 1e6])
+    assert poisson_median(expected).tolist() == [0, 0, 0, 1, 1, 1, 2, 3, 10, 1_000_000]
+    # against the definition by summing the probabilities, on a fine grid
+    grid = np.linspace(0.0, 30.0, 3001)
+    k = np.arange(80)
+    log_pmf = k[None, :] * np.log(np.maximum(grid[:, None], 1e-300)) - grid[:, None]
+    pmf = np.exp(log_pmf - np.cumsum(np.log(np.maximum(k, 1)))[None, :])
+    pmf[0, 1:], pmf[0, 0] = 0.0, 1.0  # λ = 0: all mass at 0
+    by_definition = np.argmax(np.cumsum(pmf, axis=1) >= 0.5, axis=1)
+    assert (poisson_median(grid) == by_definition).all()
+    with pytest.raises(ValueError, match="finite"):
+        poisson_median(np.array([1.0, np.nan]))
+
+
+def test_evaluation_scores_the_expectation_and_the_point_forecast() -> None:
+    """Where most buy nothing the median (0) scores better than the expectation (0.6)."""
+    q = quality(np.array([0.6, 0.6, 0.6, 2.0]), np.array([0.0, 0.0, 1.0, 2.0]))
+    assert q.mae == pytest.approx((0.6 + 0.6 + 0.4 + 0.0) / 4)
+    assert q.mae_point == pytest.approx((0 + 0 + 1 + 0) / 4)  # medians 0, 0, 0, 2
+    assert q.predicted_total == pytest.approx(3.8)  # totals stay expectations
+
+
 def test_the_live_forecaster_has_the_lowest_mae_among_those_ranking_as_well_as_bgnbd() -> None:
     def q(mae: float, auc_value: float) -> f.Quality:
-        return f.Quality(100, mae, 1.0, 1.0, auc_value, 0.5, ())
+        return f.Quality(100, mae, mae, 1.0, 1.0, auc_value, 0.5, ())
 
     better_but_ranks_worse = {
         "naive": q(0.80, 0.70),
@@ -283,10 +354,8 @@ def test_the_store_reads_purchase_days_of_profiled_customers_only(engine: sa.Eng
     assert days.spend.tolist() == [15.0, 20.0, 4.0]  # postage in revenue, the return is not
 
 
-def test_forecast_command_prints_the_documented_json(
-    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fill(engine)
+def _use_utc_shop(engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the CLI at ``engine``'s database, a shop on UTC; returns the settings file."""
     settings = tmp_path / "settings.toml"
     settings.write_text(
         f'database_url = "{engine.url.render_as_string(hide_password=False)}"\n'
@@ -294,6 +363,14 @@ def test_forecast_command_prints_the_documented_json(
         encoding="utf-8",
     )
     monkeypatch.setenv("RECOCAMP_SETTINGS", str(settings))
+    return settings
+
+
+def test_forecast_command_prints_the_documented_json(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(engine)
+    _use_utc_shop(engine, tmp_path, monkeypatch)
     runner = CliRunner()
     result = runner.invoke(app, ["forecast", "--as-of", "2011-06-01", "--format", "json"])
     assert result.exit_code == 0, result.output
@@ -307,6 +384,7 @@ def test_forecast_command_prints_the_documented_json(
     assert set(row) == {
         "customer_id",
         "expected_purchase_days",
+        "likely_purchase_days",
         "p_active",
         "churn_risk",
         "expected_revenue",
@@ -315,6 +393,11 @@ def test_forecast_command_prints_the_documented_json(
         "overdue_ratio",
     }
     assert row["customer_id"] == "a" and row["next_purchase_by"] == "2011-04-30"  # + 20 days
+    assert list(row)[:3] == ["customer_id", "expected_purchase_days", "likely_purchase_days"]
+    expected = row["expected_purchase_days"]
+    assert row["likely_purchase_days"] == poisson_median(np.array([expected]))[0]
+    table = runner.invoke(app, ["forecast", "--as-of", "2011-06-01"])
+    assert table.exit_code == 0 and "likely" in table.output, table.output
     bad = runner.invoke(app, ["forecast", "--as-of", "June"])
     assert bad.exit_code == 2 and "not a date" in bad.output
     evaluated = runner.invoke(
@@ -325,19 +408,18 @@ def test_forecast_command_prints_the_documented_json(
     models = json.loads(evaluated.output)["models"]
     assert sorted(models) == sorted(f.FORECASTERS)
     assert models["naive"]["actual_total"] == 2.0  # 21 March and 10 April, not 1 June
+    assert {"mae", "mae_point"} <= set(models["naive"])
+    printed = runner.invoke(
+        app, ["forecast-evaluate", "--cutoff", "2011-03-10", "--horizon-days", "60"]
+    )
+    assert printed.exit_code == 0 and "MAE likely" in printed.output, printed.output
 
 
 def test_forecast_stored_prints_what_the_train_job_stored(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(engine)
-    settings = tmp_path / "settings.toml"
-    settings.write_text(
-        f'database_url = "{engine.url.render_as_string(hide_password=False)}"\n'
-        '[shop]\ntime_zone = "UTC"\n',
-        encoding="utf-8",
-    )
-    monkeypatch.setenv("RECOCAMP_SETTINGS", str(settings))
+    settings = _use_utc_shop(engine, tmp_path, monkeypatch)
     runner = CliRunner()
     none = runner.invoke(app, ["forecast", "--stored"])
     assert none.exit_code == 1 and "no forecast stored yet" in none.output
@@ -385,4 +467,49 @@ def test_a_forecast_with_values_that_are_not_numbers_is_not_stored(
     with engine.connect() as connection:
         kept = forecast_store.current_version(connection)
         assert kept is not None and kept.version == first.version  # the previous one stays
+        assert len(forecast_store.stored_forecasts(connection)) == 1
+
+
+def test_a_learning_forecaster_needs_a_horizon_of_history_before_its_training_window() -> None:
+    """Features at ``cutoff − H`` must see H days of the shop's history: learnt on 2 days (UCI at
+    2011-03-03), a regression forecast 50 times the purchase days there were."""
+    shop = synthetic_shop()  # history from day 0
+    bgnbd = f.FORECASTERS["bgnbd"]
+    for model in ("rhythm", "hurdle"):
+        learner = f.FORECASTERS[model]
+        short, enough = f.History.at(shop, 170), f.History.at(shop, 181)  # 80 / 91 days
+        assert np.array_equal(learner(shop, short, 90), bgnbd(shop, short, 90)), model
+        assert not np.allclose(learner(shop, enough, 90), bgnbd(shop, enough, 90)), model
+
+
+def test_the_seasonal_level_counts_repeat_days_of_customers_known_before_the_season() -> None:
+    """A year before the horizon, 50 known customers buy every 10 days all along, and a cohort
+    of 300 newcomers makes its first purchases in the training season only: the season ahead is
+    like the trained one (level 1), not 0.6 of it as the newcomers' first days made it."""
+    ids, days = [], []
+    for c in range(50):
+        for day in range(c % 10, 730, 10):
+            ids.append(f"k{c}")
+            days.append(day)
+    for c in range(300):
+        ids.append(f"n{c}")
+        days.append(90 + c % 90)  # first purchase in the training season [90, 180)
+    shop = f.PurchaseDays.from_lines(np.array(ids), np.array(days), np.ones(len(ids)))
+    assert seasonal_level(shop, 365 + 180, 90) == pytest.approx(1.0, abs=0.02)
+
+
+def test_storing_a_forecast_again_under_a_still_clock_replaces_its_records(
+    engine: sa.Engine,
+) -> None:
+    """``recocamp train --as-of`` twice under a held clock names the same version twice: the
+    second store replaces the first's tier counts instead of failing on their unique key."""
+    fill(engine)
+    settings = Settings().model_copy(update={"shop": ShopSettings(time_zone="UTC")})
+    now, as_of = datetime(2026, 12, 3, 9, tzinfo=UTC), datetime(2011, 6, 1, tzinfo=UTC)
+    first = f.refresh(engine, settings, now, as_of)
+    again = f.refresh(engine, settings, now, as_of)
+    assert again.version == first.version
+    with engine.connect() as connection:
+        stored = forecast_store.current_version(connection)
+        assert stored is not None and stored.as_of.isoformat() == "2011-06-01"
         assert len(forecast_store.stored_forecasts(connection)) == 1

@@ -78,8 +78,9 @@ def test_hybrid_tuning_never_looks_past_the_cutoff(monkeypatch: pytest.MonkeyPat
     weights = evaluate.tune_hybrid(hybrid, lines, cutoff, 30)  # type: ignore[arg-type]
     ((split_cutoff, horizon),) = seen
     assert split_cutoff + horizon * DAY == cutoff  # validation test window ends at the cutoff
-    assert weights in {
-        model.HybridWeights(a, p, n, 90.0, b * (1 + p + n))
+    discovery = (weights.als, weights.popularity, weights.new_arrivals, weights.repeat_boost)
+    assert discovery in {
+        (a, p, n, b * (1 + p + n))
         for a in evaluate.DISCOVER_GRID["als"]
         for p in evaluate.DISCOVER_GRID["popularity"]
         for n in evaluate.DISCOVER_GRID["new_arrivals"]
@@ -88,14 +89,25 @@ def test_hybrid_tuning_never_looks_past_the_cutoff(monkeypatch: pytest.MonkeyPat
 
 
 def test_hybrid_tuning_ignores_what_happens_after_the_cutoff() -> None:
+    """Every tuned parameter — the discovery blend, the repeat boost and the learned
+    replenishment blend — is the same whatever happens after the cutoff, yet each does move
+    when the same purchases fall inside the validation window (so the test can fail)."""
     cutoff = CUTOFF.timestamp() + 30 * DAY
-    quiet = future(("a_new", "p3", 1), ("b0", "q2", 3))
-    flooded = future(
-        ("a_new", "p3", 1),
-        ("b0", "q2", 3),
-        *((f"a{n}", "q1", 40 + n) for n in range(6)),  # after the cutoff: must not matter
-        *((f"b{n}", "p2", 45 + n) for n in range(6)),
-    )
-    first = evaluate.tune_hybrid(model.make("hybrid", SETTINGS), quiet, cutoff, 30)  # type: ignore[arg-type]
-    second = evaluate.tune_hybrid(model.make("hybrid", SETTINGS), flooded, cutoff, 30)  # type: ignore[arg-type]
-    assert first == second
+    before = (("a_new", "p3", 1), ("b0", "q2", 3), ("a1", "p2", 4))  # b0 and a1 buy again
+
+    def flood(start: float) -> tuple[tuple[str, str, float], ...]:
+        return (
+            *((f"a{n}", "q1", start + n) for n in range(6)),  # new items for the a's
+            *((f"b{n}", "p2", start + 5 + n) for n in range(6)),
+            *((f"a{n}", "p2", start + n) for n in range(2, 6)),  # repurchases: own blend
+            *((f"b{n}", "q3", start + 5 + n) for n in range(1, 6)),
+        )
+
+    def tuned(lines: Lines) -> model.HybridWeights:
+        return evaluate.tune_hybrid(model.make("hybrid", SETTINGS), lines, cutoff, 30)
+
+    quiet = tuned(future(*before))
+    assert quiet.own != model.HybridWeights().own  # the replenishment blend was learned
+    assert tuned(future(*before, *flood(40))) == quiet  # after the cutoff: must not matter
+    inside = tuned(future(*before, *flood(5)))  # the same purchases inside the window
+    assert inside.own != quiet.own

@@ -186,3 +186,40 @@ def test_equal_scores_are_ordered_by_item_index_in_every_kernel(
     if mode is Mode.MIXED:
         assert indices.tolist() == [[0, 1, 2]] * len(rows)
     assert _in_defined_order(indices, scores)
+
+
+def test_the_replenishment_blend_is_the_same_at_request_time(data: TrainingData) -> None:
+    """A customer re-scored from their purchase events (serving) gets the own-item scores
+    of training: counts, recency and the item signals all reach the request-time path."""
+    weights = model.HybridWeights(own_recency=-3.0, own_propensity=0.5, own_month=0.3)
+    hybrid = model.make("hybrid", SETTINGS, weights)
+    assert isinstance(hybrid, model.Hybrid)
+    hybrid.fit(data)
+    lines = toy_lines()
+    mine = lines.customer_ids[lines.customer] == "a0"
+    events = [
+        (str(lines.item_ids[i]), int(o), float(t))
+        for i, o, t in zip(lines.item[mine], lines.order[mine], lines.at[mine], strict=True)
+    ]
+    rows = model.history_rows(data, model.item_columns(data), events, None)
+    trained = hybrid.parts(data.rows_of(np.array(["a0"])))["own"][0]
+    served = hybrid.own(rows.orders, rows.last_days)[0]
+    assert served == pytest.approx(trained)
+    p1, p2, p3 = (int(np.flatnonzero(data.items == item)[0]) for item in ("p1", "p2", "p3"))
+    # p1: two orders, the last one the more recent; p2 and p3 once, a day earlier
+    assert (
+        trained[p1] == 1.0 and 0 < min(trained[p2], trained[p3]) < max(trained[p2], trained[p3]) < 1
+    )
+
+
+def test_request_time_calls_hold_every_blas_library_to_one_thread() -> None:
+    """The scan behind ``one_blas_thread`` is made once, so it must already see implicit's and
+    scipy's BLAS besides numpy's (a fold-in runs on them)."""
+    import implicit.cpu.als  # noqa: F401  # every BLAS loaded, so the outer limit reaches all
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from recocamp.recommender.models import one_blas_thread
+
+    with threadpool_limits(2, "blas"), one_blas_thread():
+        blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
+        assert len(blas) >= 2 and {info["num_threads"] for info in blas} == {1}

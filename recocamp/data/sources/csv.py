@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
-from typing import IO, TypeVar, cast
+from typing import IO, NamedTuple, TypeVar, cast
 
 from recocamp.domain import (
     FIELD_MAX,
@@ -78,6 +78,7 @@ FALSE_WORDS = {"0", "false", "no", "n", "f", ""}
 _UNREADABLE = re.compile("[\x00\udc80-\udcff]")
 _UNDECODED = re.compile("[\udc80-\udcff]")
 _SHOWN = 60  # characters of a long value shown in a problem
+RECORD_MAX = 1_000_000  # characters in one CSV record; a longer one is refused unread
 
 
 def shown(value: object) -> object:
@@ -107,11 +108,15 @@ class Skip:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class RetailLine:
-    """An online-retail row: the purchase plus what the catalogue needs from it."""
+# a purchase line's values, in Purchase's field order (building a Purchase per line cost a
+# fifth of an import's reading; the importer stages these, the API makes Purchases of them)
+PurchaseValues = tuple[str, int, str | None, str, int, float, datetime, bool]
 
-    purchase: Purchase
+
+class RetailLine(NamedTuple):
+    """An online-retail row: the purchase's values plus what the catalogue needs from it."""
+
+    values: PurchaseValues
     description: str
     country: str
 
@@ -130,17 +135,50 @@ def open_text(path: Path) -> IO[str]:
     return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
+class RecordTooLong(Exception):
+    """A CSV record past ``RECORD_MAX`` characters: refused before the rest of it is read."""
+
+
+class BoundedLines:
+    """The lines of a text handle for ``csv.reader``, each read with a size limit: one
+    record (all the physical lines a quoted field spans) past ``limit`` characters raises
+    :class:`RecordTooLong` after ``limit + 1`` characters were read, so a 3 GB line inside
+    a small gzip file is refused without being decompressed whole. ``csv.field_size_limit``
+    alone would not do: ``csv.reader`` only sees a line once it was read whole."""
+
+    def __init__(self, handle: IO[str], limit: int) -> None:
+        self.handle, self.limit, self.left = handle, limit, limit
+
+    def start_record(self) -> None:
+        self.left = self.limit
+
+    def __iter__(self) -> BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.handle.readline(self.left + 1)
+        if not line:
+            raise StopIteration
+        self.left -= len(line)
+        if self.left < 0:
+            raise RecordTooLong(f"a record is longer than {self.limit:,} characters")
+        return line
+
+
 def read_rows(
     path: Path, required: tuple[str, ...], handle: IO[str]
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line number, row)``; the header must contain every required column.
 
     A row that cannot be read (wrong width, bytes that are not UTF-8, a NUL, a field past
-    ``FIELD_MAX``) is yielded as a marker that :func:`check_width` turns into its problem;
-    after a field past the limit the rest of the file is not read (where would it resume?).
+    ``FIELD_MAX``, a record past ``RECORD_MAX``) is yielded as a marker that
+    :func:`check_width` turns into its problem; after a field or record past its limit the
+    rest of the file is not read (where would it resume?). Memory stays bounded whatever the
+    file holds: a record is read with a size limit (:class:`BoundedLines`).
     """
     csv.field_size_limit(FIELD_MAX)
-    reader = csv.reader(handle)
+    lines = BoundedLines(handle, RECORD_MAX)
+    reader = csv.reader(lines)
     header = _header(path, reader)
     missing = [name for name in required if name not in header]
     if missing:
@@ -152,11 +190,12 @@ def read_rows(
         raise DataImportError(path, [problem])
     while True:
         line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
+        lines.start_record()
         try:
             values = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:  # a field past FIELD_MAX, or a stray quote at the end
+        except (csv.Error, RecordTooLong) as exc:  # a field past FIELD_MAX, a stray quote
             yield line, _unreadable("*", f"cannot be read: {exc}", "")
             return
         if not values or values == [""]:
@@ -178,7 +217,7 @@ def _header(path: Path, reader: Iterator[list[str]]) -> list[str]:
         raise DataImportError(
             path, [Problem("the file is empty (no header line)", line=1)]
         ) from None
-    except (csv.Error, gzip.BadGzipFile, EOFError, OSError) as exc:
+    except (csv.Error, RecordTooLong, gzip.BadGzipFile, EOFError, OSError) as exc:
         raise DataImportError(path, [Problem(f"not a readable CSV file: {exc}", line=1)]) from None
     if _UNREADABLE.search("".join(header)):
         bad = next(name for name in header if _UNREADABLE.search(name))
@@ -286,6 +325,9 @@ def boolean(row: dict[str, str], column: str, default: bool) -> bool:
     raise RowProblem(column, "is not a boolean (true/false)", raw)
 
 
+_STAMPS_CACHED = 100_000
+
+
 class Timestamps:
     """Parses local or ISO 8601 timestamps to aware UTC, caching repeats (orders share them)."""
 
@@ -297,6 +339,8 @@ class Timestamps:
         raw = row.get(column, "").strip()
         cached = self._cache.get(raw)
         if cached is None:
+            if len(self._cache) >= _STAMPS_CACHED:  # a file of distinct times: keep it small
+                self._cache.clear()
             cached = self._cache[raw] = self._parse(raw, column)
         return cached
 
@@ -346,28 +390,18 @@ class LineNumbers:
         return number
 
 
-class RepeatedLines:
-    """Each (order id, line number) once per file: a repeat with the same content is skipped,
-    one with other content is a problem of its line (storing either would lose the other)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, int], Purchase] = {}
-
-    def check(self, value: T | Skip) -> T | Skip:
-        if not isinstance(value, Purchase):
-            return value
-        first = self._seen.setdefault((value.order_id, value.line_no), value)
-        if first is value:
-            return value
-        if first == value:
-            return Skip("repeated line")
-        message = f"repeats line {value.line_no} of order {value.order_id!r} with other content"
-        raise RowProblem("line_no", message, str(value.line_no))
-
-
 def standard_purchase(
     row: dict[str, str], stamps: Timestamps, lines: LineNumbers
 ) -> Purchase | Skip:
+    values = standard_values(row, stamps, lines)
+    return values if isinstance(values, Skip) else Purchase(*values)
+
+
+def standard_values(
+    row: dict[str, str], stamps: Timestamps, lines: LineNumbers
+) -> PurchaseValues | Skip:
+    """A standard purchases row's values, or a skip (an adjustment: neither a purchase nor a
+    return, ``Purchase.is_purchase``)."""
     check_width(row)
     order_id = ident(row, "order_id")
     assert order_id is not None
@@ -376,17 +410,12 @@ def standard_purchase(
     is_return = boolean(row, "is_return", default=quantity < 0)
     given_line = row.get("line_no", "").strip()
     line_no = integer(row, "line_no", 0, LINE_NO_MAX) if given_line else lines.next(order_id)
-    purchase = Purchase(
-        order_id=order_id,
-        line_no=line_no,
-        customer_id=ident(row, "customer_id", required=False),
-        item_id=ident(row, "item_id") or "",
-        quantity=quantity,
-        unit_price=unit_price,
-        ordered_at=stamps(row, "ordered_at"),
-        is_return=is_return,
-    )
-    return purchase if purchase.is_purchase or is_return else Skip("adjustment")
+    customer_id = ident(row, "customer_id", required=False)
+    item_id = ident(row, "item_id") or ""
+    ordered_at = stamps(row, "ordered_at")
+    if not is_return and (quantity <= 0 or unit_price <= 0):
+        return Skip("adjustment")
+    return (order_id, line_no, customer_id, item_id, quantity, unit_price, ordered_at, is_return)
 
 
 def online_retail_line(
@@ -402,19 +431,11 @@ def online_retail_line(
     is_return = invoice.startswith("C")
     if not is_return and (quantity <= 0 or unit_price <= 0):
         return Skip("adjustment")
-    purchase = Purchase(
-        order_id=invoice,
-        line_no=line_no,
-        customer_id=_integer_id(customer),
-        item_id=ident(row, "StockCode") or "",
-        quantity=quantity,
-        unit_price=unit_price,
-        ordered_at=ordered_at,
-        is_return=is_return,
-    )
+    item_id = ident(row, "StockCode") or ""
+    values = (invoice, line_no, _integer_id(customer), item_id, quantity, unit_price, ordered_at)
     description = text(row, "Description", required=False, limit=TEXT_MAX["title"])
     country = text(row, "Country", required=False, limit=TEXT_MAX["country"])
-    return RetailLine(purchase, description or "", country or "")
+    return RetailLine((*values, is_return), description or "", country or "")
 
 
 def _integer_id(value: str | None) -> str | None:

@@ -1,0 +1,150 @@
+"""Forecast-driven audiences, pure: the live stored forecast, the audience's forecast keys, the
+lapsed-days fallback, and the words each decision records about them.
+
+A campaign whose ``[audience]`` has a forecast key (``churn_risk``, ``p_active_below``,
+``overdue_ratio_at_least``, ``lifetime_value_top_share``) is decided by the stored forecast
+when one is *live* at the run's ``now``: its ``as_of`` is on or before the run's shop-local day
+and its horizon ``[as_of, as_of + H)`` has not closed (an older forecast predicts a period that
+is over; a newer one was made with purchases after ``now``, as when planning ``--as-of`` a past
+day). Then:
+
+- a customer with a stored forecast matches when every forecast key given holds;
+- a customer without one (no purchase before ``as_of``, new since) never matches;
+- a customer who objected to profiling has no forecast and goes by ``fallback_lapsed_days``
+  (last order in ``[min, max)`` days ago), never by a forecast, even one stored before the
+  objection.
+
+With no live forecast at all, ``fallback_lapsed_days`` replaces the forecast keys for every
+customer; a campaign without it then matches nobody. Every other audience rule applies either
+way. ``lifetime_value_top_share = s`` keeps the ``ceil(s × n)`` highest lifetime values among
+the ``n`` customers of the live forecast, and every customer tied with the last of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
+
+from recocamp.campaigns import segments
+from recocamp.campaigns.files import FORECAST_KEYS, Audience
+from recocamp.campaigns.segments import History
+from recocamp.domain import CustomerForecast
+
+
+@dataclass(frozen=True, slots=True)
+class LiveForecast:
+    """The stored forecast a run plans with: which forecaster made it as of which day, every
+    customer's row, and the lifetime values highest first (for the top-share cut)."""
+
+    model: str
+    as_of: date
+    horizon_days: int
+    rows: Mapping[str, CustomerForecast]
+    values: tuple[float, ...]  # lifetime values, highest first
+
+    @classmethod
+    def of(
+        cls, model: str, as_of: date, horizon_days: int, rows: Iterable[CustomerForecast]
+    ) -> LiveForecast:
+        by_customer = {row.customer_id: row for row in rows}
+        values = tuple(sorted((row.lifetime_value for row in by_customer.values()), reverse=True))
+        return cls(model, as_of, horizon_days, by_customer, values)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.as_of.isoformat()}"
+
+    def value_cut(self, share: float) -> float:
+        """The lowest lifetime value in the top ``share`` of customers (ties included)."""
+        if not self.values:
+            return math.inf
+        keep = max(1, math.ceil(round(share * len(self.values), 9)))
+        return self.values[min(keep, len(self.values)) - 1]
+
+
+def live_at(as_of: date, horizon_days: int, now: datetime, zone: ZoneInfo) -> bool:
+    """Whether a forecast as of ``as_of`` speaks for ``now``'s shop-local day (see above)."""
+    day = now.astimezone(zone).date()
+    return as_of <= day < as_of + timedelta(days=horizon_days)
+
+
+class Trigger(NamedTuple):
+    """The forecast keys' verdict on one customer: the audience key that failed (None when the
+    customer matches) and the words that say why, for the decision's reason."""
+
+    failed: str | None
+    detail: str
+
+
+def trigger(
+    audience: Audience,
+    objected: bool,
+    row: CustomerForecast | None,
+    live: LiveForecast | None,
+    history: History,
+    now: datetime,
+) -> Trigger:
+    """The predictive trigger for one customer (call only when ``audience.uses_forecast``)."""
+    if objected:
+        return _fallback(audience, history, now, "objected to profiling")
+    if live is None:
+        return _fallback(audience, history, now, "no live forecast")
+    first = next(key for key in FORECAST_KEYS if getattr(audience, key) not in (None, ()))
+    if row is None:
+        return Trigger(first, f"forecast: none for this customer ({live.label})")
+    failed = _forecast_miss(audience, row, live)
+    if failed is not None:
+        return failed
+    words = f"churn_risk={row.churn_risk} (p_active {row.p_active:.2f}"
+    if row.overdue_ratio is not None:
+        words += f", overdue {row.overdue_ratio:.1f}×"
+    if audience.lifetime_value_top_share is not None:
+        words += f", value {row.lifetime_value:.0f}"
+    return Trigger(None, f"forecast {words}, {live.label})")
+
+
+def _forecast_miss(audience: Audience, row: CustomerForecast, live: LiveForecast) -> Trigger | None:
+    """The first forecast key the customer's row fails, in FORECAST_KEYS order."""
+    if audience.churn_risk and row.churn_risk not in audience.churn_risk:
+        return Trigger(
+            "churn_risk", f"forecast: churn_risk={row.churn_risk} (p_active {row.p_active:.2f})"
+        )
+    below = audience.p_active_below
+    if below is not None and not row.p_active < below:
+        return Trigger("p_active_below", f"forecast: p_active {row.p_active:.2f} ≥ {below:g}")
+    least = audience.overdue_ratio_at_least
+    if least is not None:
+        if row.overdue_ratio is None:
+            words = "forecast: overdue unknown (no gap to measure by)"
+            return Trigger("overdue_ratio_at_least", words)
+        if row.overdue_ratio < least:
+            words = f"forecast: overdue {row.overdue_ratio:.2f}× < {least:g}×"
+            return Trigger("overdue_ratio_at_least", words)
+    share = audience.lifetime_value_top_share
+    if share is not None:
+        cut = live.value_cut(share)
+        if row.lifetime_value < cut:
+            words = f"forecast: value {row.lifetime_value:.2f} < {cut:.2f} (top {share:.0%})"
+            return Trigger("lifetime_value_top_share", words)
+    return None
+
+
+def _fallback(audience: Audience, history: History, now: datetime, why: str) -> Trigger:
+    """The rule-based path: ``fallback_lapsed_days``, or no match when the campaign has none."""
+    rule = audience.fallback_lapsed_days
+    if rule is None:
+        first = next(key for key in FORECAST_KEYS if getattr(audience, key) not in (None, ()))
+        return Trigger(first, f"{why}, no fallback_lapsed_days")
+    days = segments.days_since_last_order(history, now)
+    lapsed = "never ordered" if days is None else f"lapsed {math.floor(days)} days"
+    detail = (
+        f"objected to profiling: lapsed rule ({lapsed})"
+        if why == "objected to profiling"
+        else f"{lapsed} ({why})"
+    )
+    matched = segments.lapsed_between(history, now, *rule)
+    return Trigger(None if matched else "fallback_lapsed_days", detail)

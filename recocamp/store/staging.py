@@ -1,0 +1,265 @@
+"""A purchases file on its way in: its lines staged in a temporary table, then stored whole.
+
+A file of any size is read once into ``import_staging`` (a ``TEMPORARY`` table: one per
+connection, on disk, dropped at the end), in chunks, so the importer never holds the file.
+What needs the whole file is asked of the table: lines repeated in the file
+(:func:`repeats`), each order's lines in line order for its digest (:func:`order_parts`),
+the first line of an order named in a problem (:func:`first_lines`). The lines of the orders
+this import claimed are then copied into ``purchases`` with one ``INSERT ... SELECT``
+(:func:`copy_kept`).
+
+Staging runs outside the import's transaction, so validating a big file holds no write
+lock; :func:`queries.write_lock` is taken when the writing starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from recocamp.store.queries import CHUNK, claim_orders, stored_digests
+from recocamp.store.schema import Money, UtcDateTime, purchases
+
+_temporary = sa.MetaData()
+staged = sa.Table(
+    "import_staging",
+    _temporary,
+    sa.Column("src_line", sa.Integer, nullable=False),  # the file's line: where problems are
+    sa.Column("order_id", sa.String(64), nullable=False),
+    sa.Column("line_no", sa.Integer, nullable=False),
+    sa.Column("customer_id", sa.String(64)),
+    sa.Column("item_id", sa.String(64), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price", Money, nullable=False),
+    sa.Column("ordered_at", UtcDateTime, nullable=False),
+    sa.Column("is_return", sa.Boolean, nullable=False),
+    sa.Column("part", sa.Text, nullable=False),  # domain.order_digest_part of the line
+    prefixes=["TEMPORARY"],
+)
+kept = sa.Table(
+    "import_kept_orders",
+    _temporary,
+    sa.Column("order_id", sa.String(64), primary_key=True),
+    prefixes=["TEMPORARY"],
+)
+# created once the lines are in (kept up to date while they come in, it costs more)
+_BY_KEY = sa.text("CREATE INDEX import_staging_key ON import_staging (order_id, line_no, src_line)")
+STAGED_COLUMNS = tuple(column.name for column in staged.c)
+LINE_COLUMNS = (
+    "order_id",
+    "line_no",
+    "customer_id",
+    "item_id",
+    "quantity",
+    "unit_price",
+    "ordered_at",
+    "is_return",
+)
+
+
+IMPORT_CACHE_KIB = 256 * 1024  # SQLite page cache of an importing connection
+
+
+def create(connection: sa.Connection) -> None:
+    """Fresh, empty staging tables on this connection (a failed import may have left some).
+
+    SQLite: the connection's page cache grows to ``IMPORT_CACHE_KIB`` while it imports (the
+    default 2 MiB makes every index insert of a big file a read from disk); :func:`drop`
+    gives it back. A per-connection setting, outside any transaction's meaning."""
+    drop(connection)
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
+    staged.create(connection)
+    kept.create(connection)
+
+
+def drop(connection: sa.Connection) -> None:
+    kept.drop(connection, checkfirst=True)
+    staged.drop(connection, checkfirst=True)
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("PRAGMA cache_size = -2000")  # SQLite's default
+
+
+class Stager:
+    """Stages lines through one compiled INSERT that runs as the driver's ``executemany``:
+    each value bound the way its column's type binds it, a timestamp once per distinct
+    value (an order's lines share theirs), none of the per-row statement processing of
+    ``connection.execute`` (it cost more than reading the lines)."""
+
+    _TIMES_KEPT = 100_000
+
+    def __init__(self, connection: sa.Connection) -> None:
+        dialect = connection.dialect
+        values: dict[str, Any] = {column.name: sa.bindparam(column.name) for column in staged.c}
+        compiled = sa.insert(staged).values(values).compile(dialect=dialect)
+        self.connection, self.sql = connection, str(compiled)
+        self.names = [column.name for column in staged.c]
+        self.positional = compiled.positional and list(compiled.positiontup or ()) == self.names
+        self.time = staged.c.ordered_at.type.dialect_impl(dialect).bind_processor(dialect)
+        self.times: dict[Any, Any] = {}
+        self.processors: list[tuple[int, Callable[[Any], Any]]] = []
+        for n, column in enumerate(staged.c):
+            processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+            if column.name == "ordered_at" and processor is not None:
+                processor = self._time
+            if processor is not None:
+                self.processors.append((n, processor))
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None:
+        """Stage lines: tuples of the values of :data:`STAGED_COLUMNS`."""
+        if not rows:
+            return
+        columns: list[Iterable[Any]] = list(zip(*rows, strict=True))
+        for n, processor in self.processors:  # column by column: map runs in C
+            columns[n] = map(processor, columns[n])
+        bound = list(zip(*columns, strict=True))
+        if self.positional:
+            self.connection.exec_driver_sql(self.sql, bound)
+        else:
+            named = [dict(zip(self.names, row, strict=True)) for row in bound]
+            self.connection.exec_driver_sql(self.sql, named)
+
+    def _time(self, value: Any) -> Any:
+        bound = self.times.get(value)
+        if bound is None:
+            if len(self.times) >= self._TIMES_KEPT:
+                self.times.clear()
+            assert self.time is not None
+            bound = self.times[value] = self.time(value)
+        return bound
+
+
+def index(connection: sa.Connection) -> None:
+    """Index the staged lines by order and line once they are all in (faster than keeping
+    an index up to date while they come in)."""
+    connection.execute(_BY_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedLine:
+    order_id: str
+    line_no: int
+    src_line: int
+    customer_id: str | None
+    part: str
+
+
+def repeats(connection: sa.Connection) -> Iterator[StagedLine]:
+    """Every staged line whose (order, line number) is staged more than once, grouped by
+    that key and in file order within it."""
+    s = staged.c
+    twice = (
+        sa.select(s.order_id, s.line_no)
+        .group_by(s.order_id, s.line_no)
+        .having(sa.func.count() > 1)
+        .subquery()
+    )
+    query = (
+        sa.select(s.order_id, s.line_no, s.src_line, s.customer_id, s.part)
+        .join(twice, sa.and_(s.order_id == twice.c.order_id, s.line_no == twice.c.line_no))
+        .order_by(s.order_id, s.line_no, s.src_line)
+    )
+    for row in connection.execute(query.execution_options(yield_per=CHUNK)):
+        yield StagedLine(*row)
+
+
+def remove(connection: sa.Connection, src_lines: Sequence[int]) -> None:
+    """Unstage these file lines (repeats of an earlier line)."""
+    for start in range(0, len(src_lines), CHUNK):
+        chunk = src_lines[start : start + CHUNK]
+        connection.execute(sa.delete(staged).where(staged.c.src_line.in_(chunk)))
+
+
+def detach(connection: sa.Connection, customer_ids: Iterable[str]) -> int:
+    """The staged lines of these (erased) customers become guest lines; returns how many."""
+    ids, changed = sorted(customer_ids), 0
+    for start in range(0, len(ids), CHUNK):
+        statement = (
+            sa.update(staged)
+            .where(staged.c.customer_id.in_(ids[start : start + CHUNK]))
+            .values(customer_id=None)
+        )
+        changed += connection.execute(statement).rowcount
+    return changed
+
+
+def order_parts(connection: sa.Connection) -> Iterator[tuple[str, str]]:
+    """``(order id, digest part)`` of every staged line, by order and line number."""
+    s = staged.c
+    query = sa.select(s.order_id, s.part).order_by(s.order_id, s.line_no)
+    for row in connection.execute(query.execution_options(yield_per=CHUNK)):
+        yield row[0], row[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What :func:`claim` found: orders this import writes, orders stored before with the
+    same lines (repeats) and orders stored before with other lines (conflicts)."""
+
+    won: list[str]
+    repeated: list[str]
+    conflicts: list[str]
+
+
+def claim(connection: sa.Connection, digests: dict[str, str]) -> Claimed:
+    """Claim orders by their digests (``queries.claim_orders``) and remember the ones won,
+    for :func:`copy_kept`."""
+    won = claim_orders(connection, digests)
+    lost = sorted(set(digests) - won)
+    stored = stored_digests(connection, lost)
+    conflicts = [order_id for order_id in lost if stored.get(order_id) != digests[order_id]]
+    repeated = [order_id for order_id in lost if stored.get(order_id) == digests[order_id]]
+    ordered = sorted(won)
+    for start in range(0, len(ordered), CHUNK):
+        chunk = ordered[start : start + CHUNK]
+        connection.execute(sa.insert(kept), [{"order_id": order_id} for order_id in chunk])
+    return Claimed(ordered, repeated, conflicts)
+
+
+def copy_kept(connection: sa.Connection, import_run_id: int) -> int:
+    """Copy the staged lines of the claimed orders into ``purchases``; returns how many."""
+    columns = [staged.c[name] for name in LINE_COLUMNS]
+    source = sa.select(*columns, sa.literal(import_run_id, sa.Integer)).where(
+        staged.c.order_id.in_(sa.select(kept.c.order_id))
+    )
+    target = [*LINE_COLUMNS, "import_run_id"]
+    # Counted apart: psycopg reports no row count for INSERT … SELECT (−1), SQLite does.
+    copied = sa.select(sa.func.count()).select_from(source.subquery())
+    count = int(connection.execute(copied).scalar_one())
+    connection.execute(sa.insert(purchases).from_select(target, source))
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    lines: int
+    returns: int
+    guests: int
+
+
+def totals(connection: sa.Connection) -> Totals:
+    s = staged.c
+    query = sa.select(
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(sa.case((s.is_return.is_(True), 1), else_=0)), 0),
+        sa.func.coalesce(sa.func.sum(sa.case((s.customer_id.is_(None), 1), else_=0)), 0),
+    ).select_from(staged)
+    lines, returns, guests = connection.execute(query).one()
+    return Totals(int(lines), int(returns), int(guests))
+
+
+def first_lines(connection: sa.Connection, order_ids: Sequence[str]) -> dict[str, int]:
+    """The file line each of these orders starts on."""
+    s = staged.c
+    found: dict[str, int] = {}
+    for start in range(0, len(order_ids), CHUNK):
+        query = (
+            sa.select(s.order_id, sa.func.min(s.src_line))
+            .where(s.order_id.in_(order_ids[start : start + CHUNK]))
+            .group_by(s.order_id)
+        )
+        found.update((row[0], int(row[1])) for row in connection.execute(query))
+    return found

@@ -1,0 +1,407 @@
+"""Forecast-driven audiences on a real store: a hand-built stored forecast, every forecast key
+selecting exactly its customers, the lapsed-days fallback (no live forecast; objectors), and
+reasons that name the forecast (or the fallback) that drove each decision."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from recocamp.campaigns.audience import snapshot
+from recocamp.campaigns.files import RISK_TIERS, Campaign, load_all
+from recocamp.campaigns.labels import by_code, reason
+from recocamp.campaigns.planner import REASON_LENGTH, Outcome, with_detail
+from recocamp.campaigns.predictive import LiveForecast, live_at
+from recocamp.campaigns.run import plan_and_enqueue, plan_run
+from recocamp.cli import app
+from recocamp.domain import (
+    ConsentBasis,
+    Customer,
+    CustomerForecast,
+    CustomerRecord,
+    Item,
+    PlanningRows,
+    Purchase,
+)
+from recocamp.forecast.outlook import risk_tier
+from recocamp.settings import LoyaltySettings, Settings
+from recocamp.store import forecasts as forecast_store
+from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
+from recocamp.store.schema import decisions
+from tests.conftest import NOW, ROOT
+
+SETTINGS = Settings(signing_key="f" * 32)
+AS_OF = (NOW - timedelta(days=1)).date()
+
+Spec = tuple[int, tuple[float, str, float, float | None] | None]
+# id: (days since the only order, (p_active, churn_risk, lifetime_value, overdue_ratio) or None)
+FORECAST: dict[str, Spec] = {
+    "a": (100, (0.10, "high", 500.0, 2.0)),
+    "b": (100, (0.50, "medium", 100.0, 1.3)),
+    "c": (10, (0.90, "low", 50.0, 0.5)),
+    # no gap to measure by (a shop without repeat customers yet): no overdue ratio
+    "d": (100, (0.20, "high", 300.0, None)),
+    "e": (100, (0.40, "medium", 300.0, 1.0)),  # lifetime value tied with d
+    "n": (100, None),  # new since the forecast: no row
+    "o": (100, None),  # objected to profiling: no row, and the fallback path
+}
+
+
+def campaign(holdout_percent: float = 0, **audience: Any) -> Campaign:
+    return Campaign(
+        **{
+            "name": "winback",
+            "legal_basis": ["double_opt_in"],
+            "holdout_percent": holdout_percent,
+            "schedule": {"cron": "0 10 * * TUE"},
+            "audience": {"min_orders": 1, **audience},
+            "offer": {"mode": "replenish", "items": 1},
+            "template": {"subject": {"en": "Hi"}, "html": "winback.html", "text": "winback.txt"},
+        }
+    )  # type: ignore[arg-type]
+
+
+def row(customer: str, people: dict[str, Spec] = FORECAST) -> CustomerForecast:
+    spec = people[customer][1]
+    assert spec is not None
+    p_active, risk, value, overdue = spec
+    by = None if overdue is None else AS_OF + timedelta(days=10)
+    return CustomerForecast(customer, 1.0, p_active, risk, 10.0, value, by, overdue)
+
+
+def shop(
+    engine: sa.Engine, forecast_as_of: date | None = AS_OF, people: dict[str, Spec] = FORECAST
+) -> None:
+    """The customers above with one order each; the forecast stored as of ``forecast_as_of``
+    (none stored when None)."""
+    customers = [
+        Customer(
+            cid,
+            f"{cid}@example.test",
+            "Kim",
+            "en",
+            "Europe/London",
+            consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+            consent_at=NOW - timedelta(days=400),
+            objected_to_profiling=cid == "o",
+        )
+        for cid in people
+    ]
+    lines = [
+        Purchase(f"o-{cid}", 1, cid, "i1", 1, 9.5, NOW - timedelta(days=lapsed))
+        for cid, (lapsed, _) in people.items()
+    ]
+    with engine.begin() as connection:
+        upsert_customers(connection, customers, NOW)
+        upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW)
+        insert_purchases(connection, lines, None)
+        if forecast_as_of is not None:
+            version = forecast_store.ForecastVersion(
+                "rhythm-v12", "rhythm", forecast_as_of, 90, 365, 5, None, NOW - timedelta(hours=9)
+            )
+            rows = [row(cid, people) for cid, (_, spec) in people.items() if spec is not None]
+            forecast_store.replace(connection, version, rows)
+
+
+def sent(engine: sa.Engine, chosen: Campaign) -> dict[str, str]:
+    """Customer → reason of everyone the plan would mail (holdout 0: every match is a send)."""
+    planned = plan_run(engine, SETTINGS, chosen, NOW)
+    return {d.customer_id: d.reason for d in planned.decided if d.outcome is Outcome.SEND}
+
+
+@pytest.mark.parametrize(
+    ("audience", "expected"),
+    [
+        ({"churn_risk": ["high"]}, {"a", "d"}),
+        ({"churn_risk": ["medium", "high"]}, {"a", "b", "d", "e"}),
+        ({"churn_risk": ["low"]}, {"c"}),
+        ({"p_active_below": 0.5}, {"a", "d", "e"}),  # b's 0.50 is not below 0.5
+        ({"p_active_below": 1.0}, {"a", "b", "c", "d", "e"}),
+        ({"overdue_ratio_at_least": 1.3}, {"a", "b"}),  # b's 1.3 counts; d has no ratio
+        ({"overdue_ratio_at_least": 0}, {"a", "b", "c", "e"}),
+        ({"lifetime_value_top_share": 0.4}, {"a", "d", "e"}),  # top 2 of 5, and e tied with d
+        ({"lifetime_value_top_share": 0.2}, {"a"}),
+        ({"lifetime_value_top_share": 1.0}, {"a", "b", "c", "d", "e"}),
+        ({"churn_risk": ["medium", "high"], "overdue_ratio_at_least": 1.2}, {"a", "b"}),
+        ({"p_active_below": 0.45, "lifetime_value_top_share": 0.4}, {"a", "d", "e"}),
+    ],
+)
+def test_each_forecast_key_selects_exactly_its_customers(
+    engine: sa.Engine, audience: dict[str, Any], expected: set[str]
+) -> None:
+    """n (no row) and o (objected) never match a forecast key; without a fallback o is skipped."""
+    shop(engine)
+    assert set(sent(engine, campaign(**audience))) == expected
+
+
+def test_an_objector_goes_by_the_lapsed_rule_and_never_by_the_forecast(engine: sa.Engine) -> None:
+    """o and n have the same history; only o objected: o is mailed by the fallback rule, n (no
+    forecast) is not; forecast customers go by their forecast even though all but c lapsed
+    100 days ago, inside the fallback range."""
+    shop(engine)
+    chosen = campaign(
+        churn_risk=["medium", "high"], overdue_ratio_at_least=1.2, fallback_lapsed_days=[60, 180]
+    )
+    planned = plan_run(engine, SETTINGS, chosen, NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    assert {c for c, r in reasons.items() if r.startswith("eligible")} == {"a", "b", "o"}
+    assert reasons["o"] == "eligible — objected to profiling: lapsed rule (lapsed 100 days)"
+    assert reasons["a"] == (
+        f"eligible — forecast churn_risk=high (p_active 0.10, overdue 2.0×, rhythm {AS_OF})"
+    )
+    assert reasons["n"] == (
+        f"not_in_audience:churn_risk — forecast: none for this customer (rhythm {AS_OF})"
+    )
+    assert reasons["c"] == "not_in_audience:churn_risk — forecast: churn_risk=low (p_active 0.90)"
+    assert reasons["d"] == (
+        "not_in_audience:overdue_ratio_at_least — forecast: overdue unknown (no gap to measure by)"
+    )
+    assert reasons["e"] == (
+        "not_in_audience:overdue_ratio_at_least — forecast: overdue 1.00× < 1.2×"
+    )
+    assert planned.report.counts == {"eligible": 3, "not_in_audience:churn_risk": 2} | {
+        "not_in_audience:overdue_ratio_at_least": 2
+    }
+
+
+def test_an_objector_without_a_fallback_is_skipped_saying_so(engine: sa.Engine) -> None:
+    shop(engine)
+    planned = plan_run(engine, SETTINGS, campaign(churn_risk=["high", "medium", "low"]), NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    assert reasons["o"] == (
+        "not_in_audience:churn_risk — objected to profiling, no fallback_lapsed_days"
+    )
+
+
+@pytest.mark.parametrize(
+    "as_of",
+    [
+        None,  # no forecast stored yet
+        NOW.date() + timedelta(days=1),  # made after now: planning a past day
+        (NOW - timedelta(days=91)).date(),  # its 90-day horizon closed before today
+    ],
+)
+def test_without_a_live_forecast_the_lapsed_rule_decides_for_everyone(
+    engine: sa.Engine, as_of: date | None
+) -> None:
+    shop(engine, as_of)
+    chosen = campaign(p_active_below=0.5, fallback_lapsed_days=[60, 180])
+    reasons = sent(engine, chosen)
+    assert set(reasons) == {"a", "b", "d", "e", "n", "o"}  # c ordered 10 days ago
+    assert reasons["a"] == "eligible — lapsed 100 days (no live forecast)"
+    assert reasons["o"] == "eligible — objected to profiling: lapsed rule (lapsed 100 days)"
+    skipped = {d.customer_id: d.reason for d in plan_run(engine, SETTINGS, chosen, NOW).decided}
+    assert (
+        skipped["c"] == "not_in_audience:fallback_lapsed_days — lapsed 10 days (no live forecast)"
+    )
+    without_fallback = plan_run(engine, SETTINGS, campaign(p_active_below=0.5), NOW)
+    assert {d.outcome for d in without_fallback.decided} == {Outcome.SKIP}
+    assert without_fallback.report.counts == {"not_in_audience:p_active_below": 7}
+
+
+def test_the_forecast_is_live_from_its_day_until_its_horizon_closes() -> None:
+    zone = SETTINGS.shop.zone
+    day = NOW.astimezone(zone).date()
+    assert live_at(day, 90, NOW, zone) and live_at(day - timedelta(days=89), 90, NOW, zone)
+    assert not live_at(day - timedelta(days=90), 90, NOW, zone)
+    assert not live_at(day + timedelta(days=1), 90, NOW, zone)
+
+
+def test_a_recorded_run_keeps_the_holdout_and_every_reason_names_the_forecast(
+    engine: sa.Engine,
+) -> None:
+    """A real run records every decision: held-out customers flagged as the holdout (what the
+    report measures against), each with the forecast's words after the reason code."""
+    many: dict[str, Spec] = {f"h{n}": (100, (0.2, "high", 100.0 + n, 1.5)) for n in range(60)}
+    shop(engine, people=FORECAST | many)
+    chosen = campaign(holdout_percent=30, churn_risk=["high"], fallback_lapsed_days=[60, 180])
+    report = plan_and_enqueue(engine, SETTINGS, chosen, ROOT / "templates", NOW)
+    with engine.connect() as connection:
+        recorded = connection.execute(
+            sa.select(
+                decisions.c.customer_id,
+                decisions.c.outcome,
+                decisions.c.reason,
+                decisions.c.holdout,
+            )
+        ).all()
+    held = [r for r in recorded if r.holdout]
+    mailed = [r for r in recorded if r.reason.startswith("eligible")]
+    assert 8 < len(held) < 30 and len(held) + len(mailed) == 63  # 60 + a, d and o
+    assert all(
+        r.reason.startswith("holdout — forecast churn_risk=high")
+        for r in held
+        if r.customer_id != "o"
+    )
+    assert all(f"rhythm {AS_OF})" in r.reason for r in mailed if r.customer_id != "o")
+    assert report.counts["holdout"] == len(held) and report.enqueued == len(mailed)
+    assert all(len(r.reason) <= REASON_LENGTH for r in recorded)
+    summed = by_code([("winback", r.outcome, r.reason, 1) for r in recorded])
+    assert summed == [
+        ("winback", "send", "eligible", len(mailed)),
+        ("winback", "holdout", "holdout", len(held)),
+        ("winback", "skip", "not_in_audience:churn_risk", 4),
+    ]
+
+
+def test_a_reason_stays_within_the_column_and_its_words_leave_the_code_readable() -> None:
+    assert decisions.c.reason.type.length == REASON_LENGTH  # type: ignore[attr-defined]
+    long = with_detail("quiet_hours_deferred", "x" * 200)
+    assert len(long) == REASON_LENGTH and long.endswith("…")
+    assert with_detail("eligible", None) == "eligible"
+    assert reason("not_in_audience:p_active_below — forecast: p_active 0.81 ≥ 0.5") == (
+        "Not in the audience: forecast chance of ordering again too high"
+    )
+    assert reason("eligible — lapsed 74 days (no live forecast)") == "Mailed"
+
+
+def test_the_snapshot_never_gives_an_objector_a_forecast() -> None:
+    """Even a row stored before the objection (the store drops it, but not in the same
+    instant) is not the planner's to use."""
+    rows = PlanningRows(
+        customers=[
+            CustomerRecord(Customer("a", "a@example.test")),
+            CustomerRecord(Customer("o", "o@example.test", objected_to_profiling=True)),
+        ],
+        orders=[],
+        personal={},
+        contacts={},
+        suppressed=frozenset(),
+        items={},
+        popular=[],
+    )
+    fake = CustomerForecast("o", 1.0, 0.1, "high", 1.0, 1.0, None, None)
+    live = LiveForecast.of("rhythm", AS_OF, 90, [row("a"), fake])
+    a, o = snapshot(rows, LoyaltySettings(), NOW, live).views
+    assert a.forecast == row("a") and o.forecast is None
+
+
+def test_the_campaign_risk_tiers_are_the_forecasters() -> None:
+    assert {risk_tier(p) for p in (0.1, 0.5, 0.9)} == set(RISK_TIERS)
+
+
+def test_a_value_cut_keeps_the_top_share_with_ties_and_no_float_surprise() -> None:
+    rows = [row("a"), row("b"), row("c"), row("d"), row("e")]
+    live = LiveForecast.of("rhythm", AS_OF, 90, rows)
+    assert live.value_cut(0.4) == 300.0 and live.value_cut(0.2) == 500.0
+    values = [
+        CustomerForecast(f"x{n}", 1, 0.5, "medium", 1, float(n), None, None) for n in range(10)
+    ]
+    # 0.3 × 10 is 3.0000000000000004 in floating point: still the top 3, not 4
+    assert LiveForecast.of("rhythm", AS_OF, 90, values).value_cut(0.3) == 7.0
+
+
+BROKEN = [  # (the line, its key, how the value is shown)
+    ('churn_risk = ["urgent"]', "audience.churn_risk.0", "(value: 'urgent')"),
+    ("p_active_below = 0", "audience.p_active_below", "(value: 0)"),
+    ("p_active_below = 1.5", "audience.p_active_below", "(value: 1.5)"),
+    ("p_active_below = nan", "audience.p_active_below", "(value: nan)"),
+    ('p_active_below = "half"', "audience.p_active_below", "(value: 'half')"),
+    ("overdue_ratio_at_least = -1", "audience.overdue_ratio_at_least", "(value: -1)"),
+    ("overdue_ratio_at_least = inf", "audience.overdue_ratio_at_least", "(value: inf)"),
+    ("lifetime_value_top_share = 0.0", "audience.lifetime_value_top_share", "(value: 0.0)"),
+    ("lifetime_value_top_share = 2", "audience.lifetime_value_top_share", "(value: 2)"),
+    ("fallback_lapsed_days = [180, 60]", "audience.fallback_lapsed_days", "got [180, 60]"),
+]
+
+
+@pytest.mark.parametrize(("line", "key", "value"), BROKEN)
+def test_recocamp_check_refuses_a_bad_forecast_key_naming_file_key_line_and_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, key: str, value: str
+) -> None:
+    from typer.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "campaigns").mkdir()
+    text = (ROOT / "campaigns" / "winback.toml").read_text(encoding="utf-8")
+    name = line.partition(" =")[0]
+    kept = [old for old in text.splitlines() if not old.startswith(f"{name} =")]
+    text = "\n".join(kept).replace("min_orders = 1", f"min_orders = 1\n{line}")
+    (tmp_path / "campaigns" / "winback.toml").write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(
+        app, ["check", "--campaigns", "campaigns", "--templates", str(ROOT / "templates")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "winback.toml" in result.stderr and f"key '{key}'" in result.stderr
+    assert value in result.stderr and "line 2" in result.stderr  # lines 20–24: [audience]
+
+
+def test_a_fallback_without_a_forecast_key_is_refused(tmp_path: Path) -> None:
+    text = (ROOT / "campaigns" / "winback.toml").read_text(encoding="utf-8")
+    for key in ('churn_risk = ["medium", "high"]\n', "overdue_ratio_at_least = 1.2\n"):
+        text = text.replace(key, "")
+    (tmp_path / "winback.toml").write_text(text, encoding="utf-8")
+    loaded, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert loaded == [] and len(failures) == 1
+    message = str(failures[0])
+    assert "key 'audience.fallback_lapsed_days'" in message and "(value: [60, 180])" in message
+    assert "for a plain rule use lapsed_days" in message
+
+
+def test_the_shipped_winback_is_predictive_with_the_lapsed_fallback() -> None:
+    loaded, failures = load_all(ROOT / "campaigns", Settings(), ROOT / "templates")
+    assert failures == []
+    winback = next(c for c in loaded if c.name == "winback").audience
+    assert winback.churn_risk == ("medium", "high") and winback.overdue_ratio_at_least == 1.2
+    assert winback.fallback_lapsed_days == (60, 180) and winback.lapsed_days is None
+    assert winback.uses_forecast
+
+
+def test_the_shipped_winback_plans_with_the_forecast_the_train_job_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole path on the synthetic demo shop: the real forecaster stores its forecast (as
+    the worker's train job does), and ``recocamp plan winback`` decides every customer with a
+    forecast by it: at risk and overdue → past the audience, else skipped naming the forecast."""
+    import json
+    import shutil
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from typer.testing import CliRunner
+
+    from recocamp.forecast.stored import refresh
+    from recocamp.store.engine import make_engine
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n'
+        "[demo]\nsynthetic_customers = 120\nsynthetic_items = 80\nsynthetic_days = 120\n"
+        'online_retail_path = "missing.csv.gz"\n'
+    )
+    shutil.copytree(ROOT / "campaigns", tmp_path / "campaigns")
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    runner = CliRunner()
+    assert runner.invoke(app, ["demo-data"]).exit_code == 0
+    engine = make_engine("sqlite:///shop.db")
+    settings = Settings(database_url="sqlite:///shop.db")
+    stored = refresh(engine, settings, datetime(2012, 2, 10, 3, tzinfo=ZoneInfo("Europe/Berlin")))
+    with engine.connect() as connection:
+        rows = {r.customer_id: r for r in forecast_store.stored_forecasts(connection)}
+    result = runner.invoke(
+        app, ["plan", "winback", "--as-of", "2012-02-10T10:00", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    decided = json.loads(result.stdout)["decisions"]
+    label = f"{stored.model} 2012-02-10)"  # two months after the shop's last order
+    picked, by_forecast = set(), 0
+    for d in decided:
+        code, _, words = d["reason"].partition(" — ")
+        forecast = rows.get(d["customer_id"])
+        if forecast is None or code in ("no_consent", "no_email", "unsubscribed", "erased"):
+            continue
+        by_forecast += 1
+        if code == "not_in_audience:churn_risk":
+            assert forecast.churn_risk == "low" and words.startswith("forecast: churn_risk=low")
+        elif code == "not_in_audience:overdue_ratio_at_least":
+            assert forecast.overdue_ratio is None or forecast.overdue_ratio < 1.2
+        elif code in ("eligible", "holdout", "quiet_hours_deferred"):
+            assert forecast.churn_risk in ("medium", "high") and forecast.overdue_ratio >= 1.2
+            assert words.startswith(f"forecast churn_risk={forecast.churn_risk} (p_active ")
+            assert words.endswith(label)
+            picked.add(d["customer_id"])
+    assert by_forecast > 50 and picked  # the forecast decided, and some were picked
