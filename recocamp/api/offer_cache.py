@@ -146,6 +146,18 @@ class _Entry:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """What every answer for one customer shares, the costly part of an answer (the store's
+    reads and the re-scoring of the history): computed once per change of the customer, not
+    once per query (a shop asks for the home page, "new for you" and "buy again" of one
+    customer, and a purchase used to recompute each from scratch)."""
+
+    generation: int
+    history: History
+    personal: Personal
+
+
 @dataclass
 class _Cache:
     """Answers by customer, then query; the customer cached first is evicted first. Reads
@@ -153,6 +165,7 @@ class _Cache:
 
     size: int
     entries: dict[str, dict[Query, _Entry]] = field(default_factory=dict)
+    bases: dict[str, Basis] = field(default_factory=dict)  # only of customers in entries
     count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -160,25 +173,37 @@ class _Cache:
         found = self.entries.get(customer_id)
         return None if found is None else found.get(query)
 
+    def basis(self, customer_id: str, generation: int) -> Basis | None:
+        found = self.bases.get(customer_id)
+        return found if found is not None and found.generation == generation else None
+
     def put(self, customer_id: str, query: Query, entry: _Entry) -> None:
         """Under :attr:`lock`."""
         if self.size <= 0:
             return
         while self.count >= self.size and self.entries:
-            self.count -= len(self.entries.pop(next(iter(self.entries))))
+            evicted = next(iter(self.entries))
+            self.count -= len(self.entries.pop(evicted))
+            self.bases.pop(evicted, None)
         queries = self.entries.setdefault(customer_id, {})
         self.count += query not in queries
         queries[query] = entry
 
+    def put_basis(self, customer_id: str, basis: Basis) -> None:
+        """Under :attr:`lock`, after :meth:`put` of one of the customer's answers."""
+        if customer_id in self.entries:
+            self.bases[customer_id] = basis
+
     def forget(self, customer_id: str) -> bool:
         """Under :attr:`lock`."""
         dropped = self.entries.pop(customer_id, None)
+        self.bases.pop(customer_id, None)
         self.count -= len(dropped or ())
         return dropped is not None
 
     def clear(self) -> None:
         """Under :attr:`lock`."""
-        self.entries, self.count = {}, 0
+        self.entries, self.bases, self.count = {}, {}, 0
 
 
 @dataclass
@@ -186,6 +211,7 @@ class Tally:
     """What this process's cache did (for tests and logs; ``/metrics`` has the totals)."""
 
     computed: int = 0  # answers computed, not served from the cache
+    bases: int = 0  # of those, how many read and re-scored the customer's history
     forgotten: int = 0  # customers whose cached answers a change dropped
     cleared: int = 0  # times every answer was dropped (a model went live, a reconnection, …)
 
@@ -407,28 +433,36 @@ class OfferService:
                 return entry.body  # computed by the request before this one
             with self.cache.lock:
                 epoch, self._pending = self._epoch, set()
+            basis = self.cache.basis(customer_id, snapshot.generation) if self._trusted else None
             try:
-                body, generation = self._compute(customer_id, query, snapshot)
+                body, basis = self._compute(customer_id, query, snapshot, basis)
             finally:
                 with self.cache.lock:
                     pending, self._pending = self._pending, None
             with self.cache.lock:
                 if self._trusted and epoch == self._epoch and customer_id not in pending:
-                    self.cache.put(customer_id, query, _Entry(generation, body))
+                    self.cache.put(customer_id, query, _Entry(basis.generation, body))
+                    self.cache.put_basis(customer_id, basis)
             self.tally.computed += 1
         return body
 
-    def _compute(self, customer_id: str, query: Query, snapshot: Snapshot) -> tuple[bytes, int]:
-        answer = self.answer(customer_id, query, snapshot)
+    def _compute(
+        self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis | None
+    ) -> tuple[bytes, Basis]:
+        """The answer's JSON and the basis it was built on (``basis`` reused if given)."""
+        if basis is None:
+            basis = self.basis(customer_id, snapshot)
+            self.tally.bases += 1
+        model_version = basis.personal.model_version
         if (
-            answer.model_version is not None
+            model_version is not None
             and snapshot.live is not None
-            and (answer.model_version != snapshot.live.version)
+            and (model_version != snapshot.live.version)
         ):
             snapshot = self.snapshot(force=True)  # a new model went live: load it now
-            answer = self.answer(customer_id, query, snapshot)
-        body = json.dumps(answer.document(), separators=(",", ":")).encode()
-        return body, snapshot.generation
+            basis = self.basis(customer_id, snapshot)
+        answer = self._answer(customer_id, query, snapshot, basis)
+        return json.dumps(answer.document(), separators=(",", ":")).encode(), basis
 
     def _refresh_soon(self, force: bool = False) -> None:
         """Look for a new model or catalogue in the background, without delaying requests."""
@@ -441,13 +475,16 @@ class OfferService:
     # --- the answer ------------------------------------------------------------------------------
 
     def answer(self, customer_id: str, query: Query, snapshot: Snapshot | None = None) -> Answer:
-        """The next-best offers for one customer (see the module docstring)."""
+        """The next-best offers for one customer (see the module docstring), uncached."""
         snapshot = snapshot or self.snapshot()
-        now = self.clock.now()
+        return self._answer(customer_id, query, snapshot, self.basis(customer_id, snapshot))
+
+    def basis(self, customer_id: str, snapshot: Snapshot) -> Basis:
+        """The customer's history and personal list, read and re-scored now."""
         with self.engine.connect() as connection:
             flags = store.profiling_flags(connection, customer_id)
             row = registry.cached(connection, customer_id)
-            orders = views.customer_orders(connection, customer_id, now)
+            orders = views.customer_orders(connection, customer_id, self.clock.now())
         history = history_of(orders, snapshot.catalogue)
         cached = None if row is None else serving.Cached(row.items, str(row.model_version))
         known = flags is not None or cached is not None or history.count > 0
@@ -461,7 +498,11 @@ class OfferService:
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
         )
-        chosen = self._select(snapshot, query, history, personal, now)
+        return Basis(snapshot.generation, history, personal)
+
+    def _answer(self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis) -> Answer:
+        personal = basis.personal
+        chosen = self._select(snapshot, query, basis.history, personal, self.clock.now())
         return Answer(
             customer_id, query.mode, personal.basis, personal.why, personal.model_version, chosen
         )

@@ -82,6 +82,38 @@ def test_a_purchase_through_one_process_reaches_the_other_for_that_customer_only
     assert service.tally.forgotten == forgotten + 1
 
 
+def test_a_purchase_reads_the_customers_history_once_for_all_their_queries(
+    pair: tuple[FastAPI, FastAPI],
+) -> None:
+    """A shop shows one customer several lists (home page, "new for you", "buy again"); the
+    costly part of an answer, the history read and re-scored, is shared by them."""
+    one, two = pair
+    service = two.state.service
+    buyer, _ = two_customers(engine_of(one))
+    queries = ["n=5", "n=10&mode=discover", "n=5&mode=replenish"]
+    for query in queries:
+        offers(two, buyer, query)
+    bases, forgotten = service.tally.bases, service.tally.forgotten
+    bought = ids(offers(two, buyer, "n=10&mode=discover"))[0]
+    order = {
+        "order_id": "live-3",
+        "customer_id": buyer,
+        "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
+        "lines": [{"item_id": bought, "quantity": 1, "unit_price": 3.5}],
+    }
+    assert (
+        call(one, "POST", "/v1/events/purchases", json=order, headers=bearer("shop")).status == 200
+    )
+    if engine_of(one).dialect.name == "postgresql":
+        wait_until(lambda: service.tally.forgotten > forgotten)
+    computed = service.tally.computed
+    after = [offers(two, buyer, query) for query in queries]
+    assert service.tally.computed == computed + 3  # each list anew …
+    assert service.tally.bases == bases + 1  # … on one reading of the new history
+    assert all(a["basis_reason"] == "recalculated: changed since training" for a in after)
+    assert bought not in ids(after[1])
+
+
 def test_a_model_going_live_drops_every_answer_in_every_process(
     pair: tuple[FastAPI, FastAPI], tmp_path: Path
 ) -> None:
@@ -138,16 +170,16 @@ def test_an_answer_computed_while_its_customer_changed_is_not_kept(app: FastAPI)
     service = app.state.service
     listening(app)
     customer, _ = cached_customer(engine_of(app))
-    compute = service.answer
+    compute = service.basis
 
     def racing(*args: object, **kwargs: object) -> object:
         found = compute(*args, **kwargs)  # type: ignore[arg-type]
         service.forget([customer])  # a purchase committed while the answer was computed
         return found
 
-    service.answer = racing
+    service.basis = racing
     offers(app, customer)
-    service.answer = compute
+    service.basis = compute
     computed = service.tally.computed
     offers(app, customer)
     assert service.tally.computed == computed + 1  # not kept: computed again
