@@ -156,6 +156,19 @@ class Basis:
     generation: int
     history: History
     personal: Personal
+    padding: dict[bool, Ranked] = field(default_factory=dict)  # see :meth:`padded`
+
+    def padded(self, live: Live, discover: bool, half_life: float | None) -> Ranked:
+        """The live model's full ranking of the history (without the customer's own items in
+        discover mode), computed once per basis: a big buyer's short lists need it for every
+        query. (Two threads may both compute it; they compute the same list.)"""
+        found = self.padding.get(discover)
+        if found is None:
+            skip = self.history.items if discover else frozenset()
+            found = self.padding[discover] = live.rescore(
+                self.history, PAD_CANDIDATES, half_life, skip=skip
+            )
+        return found
 
 
 @dataclass
@@ -502,18 +515,19 @@ class OfferService:
 
     def _answer(self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis) -> Answer:
         personal = basis.personal
-        chosen = self._select(snapshot, query, basis.history, personal, self.clock.now())
+        chosen = self._select(snapshot, query, basis, self.clock.now())
         return Answer(
             customer_id, query.mode, personal.basis, personal.why, personal.model_version, chosen
         )
 
     def _select(
-        self, snapshot: Snapshot, query: Query, history: History, personal: Personal, now: datetime
+        self, snapshot: Snapshot, query: Query, basis: Basis, now: datetime
     ) -> list[offers.Offer]:
         """The shared offer rules over the planner's candidate lists; where they leave fewer
         than ``n`` offers (a big buyer in discover mode owns every cached and popular item),
         the live model's full ranking of the customer's history pads the list, after the
         items an e-mail would have offered."""
+        history, personal = basis.history, basis.personal
         live, owned, ranked = snapshot.live, history.items, personal.items
         because = serving.explained(live, snapshot.catalogue, ranked or [], owned)
         due = segments.due_for_replenishment(history, now) if query.mode is Mode.REPLENISH else []
@@ -527,11 +541,8 @@ class OfferService:
         chosen = offers.select(sources, snapshot.catalogue, rules, owned, history.categories)
         if len(chosen) >= query.n or ranked is None or live is None or history.count == 0:
             return chosen
-        ranking = live.rescore(
-            history,
-            PAD_CANDIDATES,
-            self.settings.recommender.time_decay_half_life_days,
-            skip=owned if query.mode is Mode.DISCOVER else frozenset(),
+        ranking = basis.padded(
+            live, query.mode is Mode.DISCOVER, self.settings.recommender.time_decay_half_life_days
         )
         because = because | serving.explained(live, snapshot.catalogue, ranking, owned)
         sources.append(offers.Candidates(ranking, "personal", because))
