@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,3 +199,18 @@ def make_app(
 def engine_of(app: FastAPI) -> sa.Engine:
     """The store an app built by :func:`make_app` serves."""
     return app.state.service.engine  # type: ignore[no-any-return]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait for ``condition``: PostgreSQL's notifications arrive on their own thread."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.01)
+
+
+def listening(*apps: FastAPI) -> None:
+    """Start the apps' change listeners (PostgreSQL) and wait until they listen."""
+    for app in apps:
+        app.state.service.start()
+    wait_until(lambda: all(app.state.service.trusted for app in apps))

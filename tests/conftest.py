@@ -138,7 +138,9 @@ def shop(template: Any, tmp_path: Path) -> Iterator[tuple[sa.Engine, Path]]:
 
 @pytest.fixture
 def app(shop: tuple[sa.Engine, Path]) -> Any:
-    """The shop API (``fastapi.FastAPI``) on that copy."""
+    """The shop API (``fastapi.FastAPI``) on that copy (its change listener stopped after)."""
     from tests.api_shop import make_app
 
-    return make_app(*shop)
+    app = make_app(*shop)
+    yield app
+    app.state.service.close()

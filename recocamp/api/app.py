@@ -97,11 +97,13 @@ def create_app(settings: Settings, engine: Engine, clock: Clock) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()  # PostgreSQL: listen for changes before anything is cached
         try:  # load the live model and catalogue before the first request needs them
             await run_in_threadpool(service.snapshot)
         except (SQLAlchemyError, RecocampError) as exc:
             log.warning("not ready at start: %s", exc)
         yield
+        service.close()
 
     app = FastAPI(
         title="recocamp shop API",
@@ -119,8 +121,8 @@ def create_app(settings: Settings, engine: Engine, clock: Clock) -> FastAPI:
     app.router.routes.insert(1, api_offers.next_best_offer_route(service, auth, PROBLEMS))
     app.include_router(api_offers.router(service, PROBLEMS))
     app.include_router(api_forecasts.router(engine, PROBLEMS))
-    app.include_router(api_events.router(settings, engine, clock, PROBLEMS))
-    app.include_router(api_privacy.router(settings, engine, clock, PROBLEMS))
+    app.include_router(api_events.router(settings, engine, clock, PROBLEMS, service.forget))
+    app.include_router(api_privacy.router(settings, engine, clock, PROBLEMS, service.forget))
     app.include_router(api_measure.router(settings, engine, clock, auth.require))
     app.include_router(api_pages.router(settings, engine, clock, service))
     app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
@@ -235,7 +237,7 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500
-        scope[api_lean.ENTERED] = started  # OfferService.data_version relies on it
+        scope[api_lean.ENTERED] = started  # OfferService.catch_up relies on it
 
         async def sending(message: Message) -> None:
             nonlocal status

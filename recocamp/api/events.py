@@ -1,8 +1,8 @@
 """Shop API, live events: ``POST /v1/events/purchases`` and ``PUT /v1/customers/{id}``.
 
 Both need the ``events:write`` scope and write in one transaction, so what they change is
-visible to the very next request (the next-best-offer check sees the new purchase lines or
-the changed profile).
+visible to the very next request (the next-best-offer cache drops the answers of the
+customers changed: see ``api.offer_cache``).
 
 Purchases are validated with the importer's rules (``sources.csv.standard_purchase``:
 numbers, timestamps — without an offset in the shop's time zone —, returns, adjustments
@@ -24,7 +24,7 @@ orders — the shop's sales figures stay right, the person is not linked again �
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -195,8 +195,15 @@ class CustomerOut(BaseModel):
 
 
 def router(
-    settings: Settings, engine: Engine, clock: Clock, problems: dict[int | str, Any]
+    settings: Settings,
+    engine: Engine,
+    clock: Clock,
+    problems: dict[int | str, Any],
+    on_change: Callable[[Iterable[str]], None] = lambda customer_ids: None,
 ) -> APIRouter:
+    """``on_change``: told, after the commit and before the answer, which customers' data a
+    request changed (the offer cache of this process drops their answers; other processes
+    learn it from the store, see ``api.offer_cache``)."""
     api = APIRouter(tags=["events"])
     zone = settings.shop.zone
     secret = tombstones.key_of(settings)
@@ -249,6 +256,7 @@ def router(
         except OrderConflictError as exc:
             metrics.API_EVENTS.labels("conflict").inc(len(exc.order_ids))
             raise HTTPException(409, str(exc)) from None
+        on_change(named)
         new = set(stored.new)
         detached = sum(1 for row in rows if row.customer_id in erased and row.order_id in new)
         metrics.API_EVENTS.labels("new").inc(len(stored.new))
@@ -321,6 +329,7 @@ def router(
             raise RequestValidationError(
                 [api_lean.problem("value_error", ("body", exc.field), exc.message, exc.value)]
             ) from None
+        on_change([customer_id])
         log.info(
             "customer %s %s by %s (%s): %s",
             customer_id,

@@ -12,15 +12,29 @@ An answer is built from
 - the offer rules of ``offers`` (``sources_for`` + ``select``), the ones the campaign
   planner applies, so a widget and an e-mail offer the same items for the same rules.
 
-Answers are cached per process, keyed by customer and query, and *checked against the store
-on every request* with a fingerprint of everything the answer depends on for that customer
-(objection, erasure, the cached row's model version, the number of purchase lines), read in
-one indexed statement (``store.serving``). On SQLite the check is skipped while ``PRAGMA
-data_version`` says no connection committed anything since the answer was last checked. So
-a purchase event, an objection or an erasure is visible to the very next request, in every
-process. The live model and the catalogue are looked up again every ``[api] refresh_s``
-seconds (and at once when a customer's cached row names a model this process has not
-loaded yet).
+Answers are cached per process, by customer and query, and dropped when what they depend on
+changes — only those: the triggers of migration 0013 name, in the writing transaction, the
+customers a commit touches (purchase lines, objection, erasure) and "everything" when a model
+goes live, whoever writes (this API, an import, the CLI, the worker); ``store.notifications``
+brings the news to every process:
+
+- SQLite (one host): before a request is served, ``PRAGMA data_version`` says whether anything
+  was committed since the last look, and only then the change log's new rows are read (one
+  indexed range read shared by the requests queued meanwhile). So a purchase event is
+  reflected in the very next request for that customer, in every process, and every other
+  cached answer is still served as it is.
+- PostgreSQL (any number of hosts): a listener thread per process receives the triggers'
+  ``NOTIFY`` on commit and drops the answers named; the process that took the event drops
+  them before it answers the event (:meth:`OfferService.forget`), the others as soon as the
+  notification arrives (a round trip of the database's). While the listener is not connected
+  nothing is served from the cache, and each (re)connection drops everything (notifications
+  of the gap are lost).
+
+The new answer — the purchase folded in by re-scoring the customer's history — is computed by
+the next request for that customer in a worker thread, off the event loop, which goes on
+serving cached answers meanwhile. The live model and the catalogue are looked up again every
+``[api] refresh_s`` seconds in the background (at once when a model goes live, and when a
+customer's cached row names a model this process has not loaded yet).
 """
 
 from __future__ import annotations
@@ -30,7 +44,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,14 +63,12 @@ from recocamp.recommender import serving
 from recocamp.recommender.ranking import Mode, objects_to_profiling
 from recocamp.recommender.serving import Live, Personal, Ranked
 from recocamp.settings import Settings
-from recocamp.store import registry, views
+from recocamp.store import notifications, registry, views
 from recocamp.store import serving as store
 from recocamp.store.engine import Engine
 
 log = logging.getLogger(__name__)
-_CACHED, _CHECKED, _COMPUTED = (
-    metrics.API_ANSWERS.labels(o) for o in ("cached", "checked", "computed")
-)
+_CACHED, _COMPUTED = (metrics.API_ANSWERS.labels(o) for o in ("cached", "computed"))
 MAX_N = 50  # offers per request
 PAD_CANDIDATES = 200  # model-ranked items considered when the shared lists run short
 
@@ -127,30 +140,99 @@ class Snapshot:
     checked: float  # monotonic time of the last look for a new model / catalogue
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     generation: int
-    fingerprint: tuple[Any, ...]
-    data_version: int | None
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """What every answer for one customer shares, the costly part of an answer (the store's
+    reads and the re-scoring of the history): computed once per change of the customer, not
+    once per query (a shop asks for the home page, "new for you" and "buy again" of one
+    customer, and a purchase used to recompute each from scratch)."""
+
+    generation: int
+    history: History
+    personal: Personal
+    padding: dict[bool, Ranked] = field(default_factory=dict)  # see :meth:`padded`
+
+    def padded(self, live: Live, discover: bool, half_life: float | None) -> Ranked:
+        """The live model's full ranking of the history (without the customer's own items in
+        discover mode), computed once per basis: a big buyer's short lists need it for every
+        query. (Two threads may both compute it; they compute the same list.)"""
+        found = self.padding.get(discover)
+        if found is None:
+            skip = self.history.items if discover else frozenset()
+            found = self.padding[discover] = live.rescore(
+                self.history, PAD_CANDIDATES, half_life, skip=skip
+            )
+        return found
 
 
 @dataclass
 class _Cache:
-    """Answers by (customer, query), oldest evicted first; writes under a lock."""
+    """Answers by customer, then query; the customer cached first is evicted first. Reads
+    take no lock (a dict lookup is atomic); writes take :attr:`lock`."""
 
     size: int
-    entries: dict[tuple[str, Query], _Entry] = field(default_factory=dict)
+    entries: dict[str, dict[Query, _Entry]] = field(default_factory=dict)
+    bases: dict[str, Basis] = field(default_factory=dict)  # only of customers in entries
+    count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def put(self, key: tuple[str, Query], entry: _Entry) -> None:
+    def get(self, customer_id: str, query: Query) -> _Entry | None:
+        found = self.entries.get(customer_id)
+        return None if found is None else found.get(query)
+
+    def basis(self, customer_id: str, generation: int) -> Basis | None:
+        found = self.bases.get(customer_id)
+        return found if found is not None and found.generation == generation else None
+
+    def put(self, customer_id: str, query: Query, entry: _Entry) -> None:
+        """Under :attr:`lock`."""
         if self.size <= 0:
             return
-        with self.lock:
-            self.entries.pop(key, None)
-            while len(self.entries) >= self.size:
-                self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = entry
+        while self.count >= self.size and self.entries:
+            evicted = next(iter(self.entries))
+            self.count -= len(self.entries.pop(evicted))
+            self.bases.pop(evicted, None)
+        queries = self.entries.setdefault(customer_id, {})
+        self.count += query not in queries
+        queries[query] = entry
+
+    def put_basis(self, customer_id: str, basis: Basis) -> None:
+        """Under :attr:`lock`, after :meth:`put` of one of the customer's answers."""
+        if customer_id in self.entries:
+            self.bases[customer_id] = basis
+
+    def forget(self, customer_id: str) -> bool:
+        """Under :attr:`lock`."""
+        dropped = self.entries.pop(customer_id, None)
+        self.bases.pop(customer_id, None)
+        self.count -= len(dropped or ())
+        return dropped is not None
+
+    def clear(self) -> None:
+        """Under :attr:`lock`."""
+        self.entries, self.bases, self.count = {}, {}, 0
+
+
+@dataclass
+class Tally:
+    """What this process's cache did (for tests and logs; ``/metrics`` has the totals)."""
+
+    computed: int = 0  # answers computed, not served from the cache
+    bases: int = 0  # of those, how many read and re-scored the customer's history
+    forgotten: int = 0  # customers whose cached answers a change dropped
+    cleared: int = 0  # times every answer was dropped (a model went live, a reconnection, …)
+
+
+def _alive(service: OfferService | None) -> OfferService:
+    if service is None:
+        raise notifications.Gone
+    return service
 
 
 class OfferService:
@@ -166,13 +248,20 @@ class OfferService:
         self.engine, self.settings, self.clock = engine, settings, clock
         self.monotonic = monotonic
         self.cache = _Cache(settings.api.response_cache_entries)
+        self.tally = Tally()
         self._snapshot: Snapshot | None = None
         self._refreshing = threading.Lock()
         self._computing = threading.Lock()
         self._refresh_s = settings.api.refresh_s
-        self._freshness = store.Freshness(engine)
-        self._last_version: tuple[float, int | None] = (-math.inf, None)
-        self.inline = self._freshness.inline
+        self._epoch = 0  # +1 whenever everything is dropped
+        self._pending: set[str] | None = None  # changed while the one computation runs
+        sqlite = engine.dialect.name == "sqlite"
+        self._log = notifications.ChangeLog(engine) if sqlite else None
+        self._seq: int | None = None  # the change log's last row read (SQLite)
+        self._version_seen: int | None = None  # data_version when it was read
+        self._last_reading: tuple[float, int | None] = (-math.inf, None)
+        self.listener: notifications.Listener | None = None
+        self._trusted = sqlite  # PostgreSQL: while the listener is connected
 
     # --- the generation: live model and catalogue ------------------------------------------
 
@@ -238,102 +327,177 @@ class OfferService:
         log.info("loaded model %s in %.2fs", row.version, time.perf_counter() - started)
         return live
 
-    # --- the per-request check ---------------------------------------------------------------
+    # --- what changed: dropping the answers it touches ---------------------------------------
 
-    def data_version(self, entered: float = math.inf) -> int | None:
-        """SQLite's commit counter as seen by this process's checking connection.
-
-        A reading taken after a request entered the app (``entered``, ``time.perf_counter``)
-        is good for that request too: every commit its client could know of finished before
-        the request arrived, hence before the reading. So requests queued on a busy process
-        share one reading instead of one each (a read lock on the shared WAL index costs
-        more than a cached answer)."""
-        if not self.inline:
-            return None
-        taken_at, value = self._last_version
-        if entered <= taken_at:
-            return value
+    def catch_up(self, entered: float = math.inf) -> None:
+        """SQLite: drop the answers of whatever was committed before a request that entered
+        the app at ``entered`` (``time.perf_counter``). ``PRAGMA data_version`` says whether
+        anything was committed since the last look; only then are the change log's new rows
+        read. A reading taken after the request entered is good for it too (every commit its
+        client could know of finished before it arrived), so requests queued on a busy process
+        share one. Call it on one thread (the event loop): the log's connection is its own."""
+        if self._log is None or entered <= self._last_reading[0]:
+            return
         taken_at = time.perf_counter()
-        value = self._freshness.data_version()
-        self._last_version = (taken_at, value)
-        return value
+        version = self._log.data_version()
+        if self._seq is None:  # the first look: start after the newest row
+            self._seq = self._log.last()
+            self._everything()
+        elif version != self._version_seen:
+            self._seq, changed = self._log.since(self._seq)
+            if changed is None:
+                self._everything()
+            else:
+                self.forget(changed)
+        self._version_seen = version
+        self._last_reading = (taken_at, version)
 
-    def fingerprint(self, customer_id: str) -> tuple[Any, ...]:
-        return self._freshness.fingerprint(customer_id)
+    def forget(self, customer_ids: Iterable[str]) -> None:
+        """Drop the cached answers of these customers (their data changed); the answer being
+        computed for one of them now is not cached either."""
+        with self.cache.lock:
+            for customer_id in customer_ids:
+                self.tally.forgotten += self.cache.forget(customer_id)
+                if self._pending is not None:
+                    self._pending.add(customer_id)
 
-    def lookup(
-        self, customer_id: str, query: Query, entered: float = math.inf
-    ) -> tuple[bytes | None, Any]:
-        """The cached answer while it is still right, else ``(None, check)`` with what
-        :meth:`respond` needs; ``entered``: when the request entered the app (see
-        :meth:`data_version`). Cheap: on SQLite call it on the event loop itself (its
-        connection belongs to the calling thread); elsewhere in a worker thread."""
+    def _everything(self, refresh: bool = True) -> None:
+        """Drop every answer (a model went live, notifications were lost) and look for a new
+        model in the background (``refresh``)."""
+        with self.cache.lock:
+            self.cache.clear()
+            self._epoch += 1
+            self.tally.cleared += 1
+        if refresh and self._snapshot is not None:
+            self._refresh_soon(force=True)
+
+    def _changed(self, customer_ids: notifications.Changed) -> None:
+        """The listener's report (PostgreSQL)."""
+        if customer_ids is None:
+            self._everything()
+        else:
+            self.forget(customer_ids)
+
+    def _connected(self, connected: bool) -> None:
+        """The listener (re)connected or lost its connection: what was cached before may have
+        missed notifications, and nothing is served from the cache while it is away."""
+        self._trusted = connected
+        self._everything(refresh=connected)
+
+    def start(self) -> None:
+        """PostgreSQL: start listening for changes (once; the first lookup does it too)."""
+        if self._log is None and self.listener is None:
+            me = weakref.ref(self)  # the listener stops once this service is gone
+
+            def changed(customer_ids: notifications.Changed) -> None:
+                _alive(me())._changed(customer_ids)
+
+            def connected(up: bool) -> None:
+                _alive(me())._connected(up)
+
+            self.listener = notifications.Listener(self.engine, changed, connected)
+            self.listener.start()
+
+    @property
+    def trusted(self) -> bool:
+        """Whether cached answers may be served: always on SQLite; on PostgreSQL while the
+        listener is connected."""
+        return self._trusted
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+
+    # --- serving ---------------------------------------------------------------------------------
+
+    def lookup(self, customer_id: str, query: Query, entered: float = math.inf) -> bytes | None:
+        """The cached answer's JSON, or None: compute it with :meth:`respond`. ``entered``:
+        when the request entered the app (see :meth:`catch_up`). Cheap: call it on the event
+        loop itself."""
         snapshot = self._snapshot
         if snapshot is not None and self.monotonic() - snapshot.checked >= self._refresh_s:
             self._refresh_soon()
-        entry = self.cache.entries.get((customer_id, query))
-        version = self.data_version(entered)
-        if snapshot is not None and entry is not None and entry.generation == snapshot.generation:
-            if version is not None and version == entry.data_version:
-                _CACHED.inc()
-                return entry.body, None
-            found = self._freshness.fingerprint(customer_id)
-            if found == entry.fingerprint:
-                entry.data_version = version
-                _CHECKED.inc()
-                return entry.body, None
-        else:
-            found = self._freshness.fingerprint(customer_id)
+        if self._log is not None:
+            self.catch_up(entered)
+        elif self.listener is None:
+            self.start()
+        entry = self.cache.get(customer_id, query)
+        if (
+            entry is not None
+            and snapshot is not None
+            and entry.generation == snapshot.generation
+            and self._trusted
+        ):
+            _CACHED.inc()
+            return entry.body
         _COMPUTED.inc()
-        return None, (version, found)
+        return None
 
-    def respond(self, customer_id: str, query: Query, check: Any = None) -> bytes:
-        """Compute, cache and return the answer's JSON; ``check`` comes from :meth:`lookup`
-        (blocking: run it in a worker thread). One computation at a time per process: the
-        threads that wait hold no GIL, so the event loop keeps serving cached answers at full
-        speed while misses queue (and a key asked for twice meanwhile is computed once)."""
-        version, found = check if check is not None else (None, None)
+    def respond(self, customer_id: str, query: Query) -> bytes:
+        """Compute, cache and return the answer's JSON (blocking: run it in a worker thread).
+        One computation at a time per process: the threads that wait hold no GIL, so the event
+        loop keeps serving cached answers at full speed while misses queue (and a key asked
+        for twice meanwhile is computed once). An answer is not cached when its customer's
+        data changed, or everything was dropped, while it was computed: it may predate it."""
         with self._computing:
-            entry = self.cache.entries.get((customer_id, query))
+            entry = self.cache.get(customer_id, query)
             snapshot = self.snapshot()
-            if (
-                found is not None
-                and entry is not None
-                and entry.fingerprint == found
-                and (entry.generation == snapshot.generation)
-            ):
+            if entry is not None and entry.generation == snapshot.generation and self._trusted:
                 return entry.body  # computed by the request before this one
-            answer = self.answer(customer_id, query, snapshot)
-            if (
-                answer.model_version is not None
-                and snapshot.live is not None
-                and (answer.model_version != snapshot.live.version)
-            ):
-                snapshot = self.snapshot(force=True)  # a new model went live: load it now
-                answer = self.answer(customer_id, query, snapshot)
-            body = json.dumps(answer.document(), separators=(",", ":")).encode()
-            if found is not None:
-                self.cache.put(
-                    (customer_id, query), _Entry(snapshot.generation, found, version, body)
-                )
+            with self.cache.lock:
+                epoch, self._pending = self._epoch, set()
+            basis = self.cache.basis(customer_id, snapshot.generation) if self._trusted else None
+            try:
+                body, basis = self._compute(customer_id, query, snapshot, basis)
+            finally:
+                with self.cache.lock:
+                    pending, self._pending = self._pending, None
+            with self.cache.lock:
+                if self._trusted and epoch == self._epoch and customer_id not in pending:
+                    self.cache.put(customer_id, query, _Entry(basis.generation, body))
+                    self.cache.put_basis(customer_id, basis)
+            self.tally.computed += 1
         return body
 
-    def _refresh_soon(self) -> None:
+    def _compute(
+        self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis | None
+    ) -> tuple[bytes, Basis]:
+        """The answer's JSON and the basis it was built on (``basis`` reused if given)."""
+        if basis is None:
+            basis = self.basis(customer_id, snapshot)
+            self.tally.bases += 1
+        model_version = basis.personal.model_version
+        if (
+            model_version is not None
+            and snapshot.live is not None
+            and (model_version != snapshot.live.version)
+        ):
+            snapshot = self.snapshot(force=True)  # a new model went live: load it now
+            basis = self.basis(customer_id, snapshot)
+        answer = self._answer(customer_id, query, snapshot, basis)
+        return json.dumps(answer.document(), separators=(",", ":")).encode(), basis
+
+    def _refresh_soon(self, force: bool = False) -> None:
         """Look for a new model or catalogue in the background, without delaying requests."""
         if self._refreshing.locked():
             return
-        threading.Thread(target=self.snapshot, name="recocamp-refresh", daemon=True).start()
+        threading.Thread(
+            target=self.snapshot, args=(force,), name="recocamp-refresh", daemon=True
+        ).start()
 
     # --- the answer ------------------------------------------------------------------------------
 
     def answer(self, customer_id: str, query: Query, snapshot: Snapshot | None = None) -> Answer:
-        """The next-best offers for one customer (see the module docstring)."""
+        """The next-best offers for one customer (see the module docstring), uncached."""
         snapshot = snapshot or self.snapshot()
-        now = self.clock.now()
+        return self._answer(customer_id, query, snapshot, self.basis(customer_id, snapshot))
+
+    def basis(self, customer_id: str, snapshot: Snapshot) -> Basis:
+        """The customer's history and personal list, read and re-scored now."""
         with self.engine.connect() as connection:
             flags = store.profiling_flags(connection, customer_id)
             row = registry.cached(connection, customer_id)
-            orders = views.customer_orders(connection, customer_id, now)
+            orders = views.customer_orders(connection, customer_id, self.clock.now())
         history = history_of(orders, snapshot.catalogue)
         cached = None if row is None else serving.Cached(row.items, str(row.model_version))
         known = flags is not None or cached is not None or history.count > 0
@@ -347,18 +511,23 @@ class OfferService:
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
         )
-        chosen = self._select(snapshot, query, history, personal, now)
+        return Basis(snapshot.generation, history, personal)
+
+    def _answer(self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis) -> Answer:
+        personal = basis.personal
+        chosen = self._select(snapshot, query, basis, self.clock.now())
         return Answer(
             customer_id, query.mode, personal.basis, personal.why, personal.model_version, chosen
         )
 
     def _select(
-        self, snapshot: Snapshot, query: Query, history: History, personal: Personal, now: datetime
+        self, snapshot: Snapshot, query: Query, basis: Basis, now: datetime
     ) -> list[offers.Offer]:
         """The shared offer rules over the planner's candidate lists; where they leave fewer
         than ``n`` offers (a big buyer in discover mode owns every cached and popular item),
         the live model's full ranking of the customer's history pads the list, after the
         items an e-mail would have offered."""
+        history, personal = basis.history, basis.personal
         live, owned, ranked = snapshot.live, history.items, personal.items
         because = serving.explained(live, snapshot.catalogue, ranked or [], owned)
         due = segments.due_for_replenishment(history, now) if query.mode is Mode.REPLENISH else []
@@ -372,11 +541,8 @@ class OfferService:
         chosen = offers.select(sources, snapshot.catalogue, rules, owned, history.categories)
         if len(chosen) >= query.n or ranked is None or live is None or history.count == 0:
             return chosen
-        ranking = live.rescore(
-            history,
-            PAD_CANDIDATES,
-            self.settings.recommender.time_decay_half_life_days,
-            skip=owned if query.mode is Mode.DISCOVER else frozenset(),
+        ranking = basis.padded(
+            live, query.mode is Mode.DISCOVER, self.settings.recommender.time_decay_half_life_days
         )
         because = because | serving.explained(live, snapshot.catalogue, ranking, owned)
         sources.append(offers.Candidates(ranking, "personal", because))

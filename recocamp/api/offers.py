@@ -2,8 +2,8 @@
 
 Both need the ``offers:read`` scope. The answers come from ``offer_cache.OfferService``; the
 next-best-offer route is a :class:`~recocamp.api_lean.LeanRoute` (the hot path of a shop
-widget: see ``benchmarks/api.py``), served from the per-process answer cache after a
-per-request check against the store.
+widget: see ``benchmarks/api.py``), served from the per-process answer cache, whose answers
+are dropped when their customer's data changes (see ``offer_cache``).
 """
 
 from __future__ import annotations
@@ -97,12 +97,9 @@ def next_best_offer_route(
         profiling get recent popularity."""
         query = OfferQuery(n, Mode(mode), _set(category), _set(exclude))
         entered = request.scope.get(api_lean.ENTERED, math.inf)
-        if service.inline:
-            body, check = service.lookup(customer_id, query, entered)
-        else:
-            body, check = await run_in_threadpool(service.lookup, customer_id, query, entered)
+        body = service.lookup(customer_id, query, entered)
         if body is None:
-            body = await run_in_threadpool(service.respond, customer_id, query, check)
+            body = await run_in_threadpool(service.respond, customer_id, query)
         return Response(body, media_type="application/json")
 
     parsed: dict[bytes, tuple[dict[str, Any], list[dict[str, Any]]]] = {}

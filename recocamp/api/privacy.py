@@ -11,6 +11,7 @@ Every request is recorded in the audit log under the API key's name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
@@ -61,8 +62,14 @@ class RetentionOut(BaseModel):
 
 
 def router(
-    settings: Settings, engine: Engine, clock: Clock, problems: dict[int | str, Any]
+    settings: Settings,
+    engine: Engine,
+    clock: Clock,
+    problems: dict[int | str, Any],
+    on_change: Callable[[Iterable[str]], None] = lambda customer_ids: None,
 ) -> APIRouter:
+    """``on_change``: told which customer an erasure removed, before the answer (see
+    ``api.events.router``)."""
     api = APIRouter(tags=["privacy"], prefix="/v1/privacy")
 
     @api.get("/customers/{customer_id}", responses=problems)
@@ -110,6 +117,7 @@ def router(
             ) from None
         if report is None:
             raise HTTPException(404, f"we hold no data about customer {customer_id!r}")
+        on_change([customer_id])
         return ErasureOut(
             erasure_id=report.erasure_id,
             rows=report.rows,

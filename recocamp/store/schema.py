@@ -482,3 +482,16 @@ forecast_checkpoints = sa.Table(
     sa.Column("customer_id", sa.String(64), primary_key=True),
     sa.Column("expected_purchase_days", sa.Float, nullable=False),
 )
+
+# --- serving changes (migration 0013) ------------------------------------------------------
+
+# Which customers' next-best offers a commit changed (NULL: everybody, a model went live),
+# written by triggers in the writing transaction whoever writes (``store.notifications``).
+# SQLite only: ``seq`` grows in commit order and serving processes read the rows after the
+# last one they saw; on PostgreSQL the triggers NOTIFY instead and the table stays empty.
+serving_changes = sa.Table(
+    "serving_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("customer_id", sa.String(64)),
+)

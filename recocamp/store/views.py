@@ -160,17 +160,8 @@ def customer_orders(
 
 
 def _lines(connection: sa.Connection, customer_id: str, now: datetime) -> list[Any]:
-    p = purchases.c
-    epoch = queries.epoch_seconds(connection, p.ordered_at)
-    query = sa.select(p.item_id, p.order_id, epoch, p.quantity * p.unit_price).where(
-        p.customer_id == customer_id,
-        p.is_return.is_(False),
-        p.quantity > 0,
-        p.unit_price > 0,
-        epoch < now.timestamp(),
-    )
-    compiled = query.compile(dialect=connection.dialect)
-    values = compiled.construct_params()
+    compiled = _lines_compiled(connection)
+    values = compiled.construct_params({"customer_id": customer_id, "before": now.timestamp()})
     names = compiled.positiontup
     params: Any = [values[name] for name in names] if names else values
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -180,6 +171,27 @@ def _lines(connection: sa.Connection, customer_id: str, now: datetime) -> list[A
         return [(item, order, float(at), float(revenue)) for item, order, at, revenue in rows]
     finally:
         cursor.close()
+
+
+_COMPILED: dict[str, Any] = {}  # dialect name → the compiled statement of _lines
+
+
+def _lines_compiled(connection: sa.Connection) -> Any:
+    """The statement of :func:`_lines`, compiled once per dialect (compiling it took longer
+    than running it)."""
+    found = _COMPILED.get(connection.dialect.name)
+    if found is None:
+        p = purchases.c
+        epoch = queries.epoch_seconds(connection, p.ordered_at)
+        query = sa.select(p.item_id, p.order_id, epoch, p.quantity * p.unit_price).where(
+            p.customer_id == sa.bindparam("customer_id", type_=sa.String),
+            p.is_return.is_(False),
+            p.quantity > 0,
+            p.unit_price > 0,
+            epoch < sa.bindparam("before", type_=sa.Float),
+        )
+        found = _COMPILED[connection.dialect.name] = query.compile(dialect=connection.dialect)
+    return found
 
 
 def catalogue(connection: sa.Connection) -> dict[str, Item]:

@@ -1,0 +1,187 @@
+"""Which cached next-best offers a change drops, across two app instances (two ``serve``
+processes) on one store (SQLite and PostgreSQL): a purchase through one reaches the other's
+next answer for that customer and no other answer is recomputed; a model going live drops
+everything; a lost listener connection drops everything; an answer computed while its
+customer changed is not kept. Recomputations are counted (``OfferService.tally``), never
+timed; on PostgreSQL, notifications arrive asynchronously, so the tests wait for them (a
+condition, with a generous timeout)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from recocamp.recommender import training
+from recocamp.store import notifications
+from recocamp.store.engine import make_engine
+from tests.api.test_api_offers import cached_customer, cached_customer_after, ids, offers
+from tests.api_shop import (
+    NOW,
+    bearer,
+    call,
+    engine_of,
+    listening,
+    make_app,
+    settings_for,
+    wait_until,
+)
+
+
+@pytest.fixture
+def pair(shop: tuple[sa.Engine, Path]) -> Iterator[tuple[FastAPI, FastAPI]]:
+    """Two apps on one store, each with its own engine (connections), like two processes."""
+    engine, artifacts = shop
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    first, second = make_app(engine, artifacts), make_app(other, artifacts)
+    listening(first, second)
+    yield first, second
+    for app in (first, second):
+        app.state.service.close()
+    other.dispose()
+
+
+def two_customers(engine: sa.Engine) -> tuple[str, str]:
+    customer, _ = cached_customer(engine)
+    other, _ = cached_customer_after(engine, customer)
+    return customer, other
+
+
+def test_a_purchase_through_one_process_reaches_the_other_for_that_customer_only(
+    pair: tuple[FastAPI, FastAPI],
+) -> None:
+    one, two = pair
+    service = two.state.service
+    buyer, bystander = two_customers(engine_of(one))
+    before = offers(two, buyer, "n=5&mode=discover")
+    untouched = offers(two, bystander, "n=5")
+    computed, forgotten = service.tally.computed, service.tally.forgotten
+    assert offers(two, buyer, "n=5&mode=discover") == before
+    assert service.tally.computed == computed  # served from the cache
+    bought = ids(before)[0]
+    order = {
+        "order_id": "live-2",
+        "customer_id": buyer,
+        "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
+        "lines": [{"item_id": bought, "quantity": 1, "unit_price": 3.5}],
+    }
+    assert (
+        call(one, "POST", "/v1/events/purchases", json=order, headers=bearer("shop")).status == 200
+    )
+    if engine_of(one).dialect.name == "postgresql":  # delivered on commit, on its own thread
+        wait_until(lambda: service.tally.forgotten > forgotten)
+    after = offers(two, buyer, "n=5&mode=discover")  # SQLite: at once, no waiting
+    assert bought not in ids(after)
+    assert after["basis_reason"] == "recalculated: changed since training"
+    assert offers(two, bystander, "n=5") == untouched
+    assert service.tally.computed == computed + 1  # the buyer's answer only
+    assert service.tally.forgotten == forgotten + 1
+
+
+def test_a_purchase_reads_the_customers_history_once_for_all_their_queries(
+    pair: tuple[FastAPI, FastAPI],
+) -> None:
+    """A shop shows one customer several lists (home page, "new for you", "buy again"); the
+    costly part of an answer, the history read and re-scored, is shared by them."""
+    one, two = pair
+    service = two.state.service
+    buyer, _ = two_customers(engine_of(one))
+    queries = ["n=5", "n=10&mode=discover", "n=5&mode=replenish"]
+    for query in queries:
+        offers(two, buyer, query)
+    bases, forgotten = service.tally.bases, service.tally.forgotten
+    bought = ids(offers(two, buyer, "n=10&mode=discover"))[0]
+    order = {
+        "order_id": "live-3",
+        "customer_id": buyer,
+        "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
+        "lines": [{"item_id": bought, "quantity": 1, "unit_price": 3.5}],
+    }
+    assert (
+        call(one, "POST", "/v1/events/purchases", json=order, headers=bearer("shop")).status == 200
+    )
+    if engine_of(one).dialect.name == "postgresql":
+        wait_until(lambda: service.tally.forgotten > forgotten)
+    computed = service.tally.computed
+    after = [offers(two, buyer, query) for query in queries]
+    assert service.tally.computed == computed + 3  # each list anew …
+    assert service.tally.bases == bases + 1  # … on one reading of the new history
+    assert all(a["basis_reason"] == "recalculated: changed since training" for a in after)
+    assert bought not in ids(after[1])
+
+
+def test_a_model_going_live_drops_every_answer_in_every_process(
+    pair: tuple[FastAPI, FastAPI], tmp_path: Path
+) -> None:
+    one, two = pair
+    service = two.state.service
+    first, second = two_customers(engine_of(one))
+    old = offers(two, first)["model_version"]
+    offers(two, second)
+    computed, cleared = service.tally.computed, service.tally.cleared
+    settings = settings_for(Path(service.settings.recommender.artifacts_dir))
+    result = training.train(
+        engine_of(one),
+        settings.recommender,
+        now=NOW + timedelta(days=1),
+        as_of=NOW - timedelta(days=3),
+        name="item_knn",
+    )
+    if result.outcome != "promoted":
+        training.promote(engine_of(one), settings.recommender, str(result.version), NOW)
+    assert result.version != old
+    if engine_of(one).dialect.name == "postgresql":
+        wait_until(lambda: service.tally.cleared > cleared)
+    assert offers(two, first)["model_version"] == result.version
+    assert service.tally.cleared > cleared
+    offers(two, second)
+    assert service.tally.computed == computed + 2  # both recomputed, with the new model
+
+
+def test_a_lost_listener_connection_drops_every_answer(app: FastAPI) -> None:
+    engine = engine_of(app)
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's listener (SQLite reads a change log)")
+    service = app.state.service
+    listening(app)
+    customer, _ = cached_customer(engine)
+    offers(app, customer)
+    offers(app, customer)
+    computed, cleared = service.tally.computed, service.tally.cleared
+    listener = service.listener
+    old_pid = listener.backend_pid
+    assert old_pid is not None and notifications.end_session(engine, old_pid)
+    wait_until(
+        lambda: (
+            listener.backend_pid not in (None, old_pid)
+            and service.trusted
+            and service.tally.cleared >= cleared + 2
+        )  # lost, then reconnected
+    )
+    offers(app, customer)
+    assert service.tally.computed == computed + 1  # dropped: notifications may have been lost
+
+
+def test_an_answer_computed_while_its_customer_changed_is_not_kept(app: FastAPI) -> None:
+    service = app.state.service
+    listening(app)
+    customer, _ = cached_customer(engine_of(app))
+    compute = service.basis
+
+    def racing(*args: object, **kwargs: object) -> object:
+        found = compute(*args, **kwargs)  # type: ignore[arg-type]
+        service.forget([customer])  # a purchase committed while the answer was computed
+        return found
+
+    service.basis = racing
+    offers(app, customer)
+    service.basis = compute
+    computed = service.tally.computed
+    offers(app, customer)
+    assert service.tally.computed == computed + 1  # not kept: computed again
+    offers(app, customer)
+    assert service.tally.computed == computed + 1  # this one is kept
