@@ -34,8 +34,8 @@ from recocamp.data import erasure_files
 from recocamp.privacy.holdings import ties
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
+from recocamp.store import notifications, registry, tombstones
 from recocamp.store import privacy as store
-from recocamp.store import registry, tombstones
 from recocamp.store.engine import Connection, Engine
 from recocamp.store.privacy import MetaData, Person, Ties
 from recocamp.store.queries import audit
@@ -96,6 +96,7 @@ def erase(
         rows["audit_log"] = store.stand_in_audit(connection, who)
         rows = {name: number for name, number in rows.items() if number}
         store.finish_erasure(connection, erasure_id, rows)
+        notifications.erased(connection, customer_id)
         audit(
             connection,
             at=now,

@@ -25,15 +25,29 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 from sqlalchemy.pool import PoolProxiedConnection
 
 from recocamp.store.engine import Engine
+from recocamp.store.schema import serving_changes
 
 log = logging.getLogger(__name__)
 CHANNEL = "recocamp_serving"
 EVERYTHING = "*"
 BEHIND = 10_000  # more new rows than this at once (an import): everything, not row by row
 Changed = list[str] | None  # customer ids; None: everything
+
+
+def erased(connection: sa.Connection, customer_id: str) -> None:
+    """At the end of an erasure's transaction: the change log forgets the customer (its rows
+    name them; the erasure's own writes added more) and tells every reader to drop everything
+    instead (a row without a customer; on PostgreSQL the log stays empty and the triggers'
+    notifications, which are not stored, have already named them)."""
+    connection.execute(
+        sa.delete(serving_changes).where(serving_changes.c.customer_id == customer_id)
+    )
+    if connection.dialect.name == "sqlite":
+        connection.execute(sa.insert(serving_changes).values(customer_id=None))
 
 
 class Gone(Exception):
