@@ -482,8 +482,16 @@ class OfferService:
         if self._refreshing.locked():
             return
         threading.Thread(
-            target=self.snapshot, args=(force,), name="recocamp-refresh", daemon=True
+            target=self._refresh_quietly, args=(force,), name="recocamp-refresh", daemon=True
         ).start()
+
+    def _refresh_quietly(self, force: bool) -> None:
+        """A background look that fails (the database is away) is logged, not raised: the
+        old generation goes on serving and the next request looks again."""
+        try:
+            self.snapshot(force)
+        except Exception:
+            log.warning("serving: could not look for a new model or catalogue", exc_info=True)
 
     # --- the answer ------------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from recocamp.api.offer_cache import OfferService
+from recocamp.clock import FixedClock
 from recocamp.recommender import training
 from recocamp.store import notifications
 from recocamp.store.engine import make_engine
@@ -185,3 +187,17 @@ def test_an_answer_computed_while_its_customer_changed_is_not_kept(app: FastAPI)
     assert service.tally.computed == computed + 1  # not kept: computed again
     offers(app, customer)
     assert service.tally.computed == computed + 1  # this one is kept
+
+
+def test_a_background_look_for_a_new_model_survives_a_missing_database(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The look runs on its own thread after "everything changed": a database that went away
+    (a restart, a dropped test database) is logged, and the next request looks again."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}")
+    service = OfferService(engine, settings_for(tmp_path), FixedClock(NOW))
+    with caplog.at_level("WARNING", logger="recocamp.api.offer_cache"):
+        service._refresh_quietly(force=True)  # no tables: the look fails
+    assert "could not look for a new model" in caplog.text
+    assert not service.ready()
+    engine.dispose()
