@@ -182,9 +182,10 @@ def forecast_evaluate(
     horizon_days: Horizon = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
 ) -> None:
-    """Every forecaster on history before --cutoff against the horizon after it: MAE of purchase
-    days (of the expectation, and of the likely count, its Poisson median), total predicted vs
-    actual, AUC of buying again, Spearman, calibration by decile."""
+    """Every forecaster on history before --cutoff against the horizon after it: the log score
+    (mean Poisson log loss, what the live choice compares), MAE of purchase days (of the
+    expectation, and of the likely count, its Poisson median), total predicted vs actual, AUC of
+    buying again, Spearman, calibration by decile."""
     with errors_to_exit():
         settings = current_settings()
         day = _day(cutoff, "--cutoff", settings.shop.zone)
