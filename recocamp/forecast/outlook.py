@@ -201,9 +201,14 @@ def clearly_lower(losses: np.ndarray, against: np.ndarray) -> bool:
     """Whether the mean of ``losses`` is below that of ``against`` by more than chance allows,
     paired customer by customer: the one-sided z-test of the mean difference at 5 % (Diebold &
     Mariano 1995, with customers as independent pairs). Identical losses, or infinite ones,
-    are never clearly lower."""
+    are never clearly lower; finite ones always are against infinite ones (a forecast of 0 for
+    a customer who bought is refuted by that one customer)."""
+    if not np.isfinite(losses).all():
+        return False
+    if not np.isfinite(against).all():
+        return True
     difference = losses - against
-    if len(difference) < 2 or not np.isfinite(difference).all():
+    if len(difference) < 2:
         return False
     spread = float(np.std(difference, ddof=1))
     if spread == 0.0:

@@ -375,6 +375,7 @@ def test_clearly_lower_is_the_one_sided_paired_z_test_at_five_percent() -> None:
     assert not clearly_lower(against, mixed)  # one-sided: higher is never clearly lower
     assert not clearly_lower(np.array([0.0]), np.array([1.0]))  # one pair: no spread to judge
     assert not clearly_lower(np.array([np.inf, 0.0]), np.array([1.0, 1.0]))
+    assert clearly_lower(np.array([5.0, 5.0]), np.array([np.inf, 0.0]))  # 0 forecast, bought
 
 
 def test_the_blend_is_the_mean_of_the_three_models_and_its_rows_follow_from_it() -> None:
