@@ -17,7 +17,10 @@ Per forecaster it prints the MAE of the expectation, the MAE of the point foreca
 scored on, since an absolute error rewards the median), AUC and the total, and where the MAE
 comes from: customers with a single purchase day so far against those with repeat days. The
 live forecaster's figures (chosen on the horizon before the cutoff) are in the JSON line as
-``<shop>_<cutoff>_live_mae``, ``_live_mae_point`` and ``_live_auc``.
+``<shop>_<cutoff>_live_mae``, ``_live_mae_point`` and ``_live_auc``, and whether they meet the
+musts as ``_live_mae_met`` (MAE of the likely count no worse than the better of BG/NBD's and
+naive's) and ``_live_auc_met``. Each forecaster's log score (mean Poisson log loss, what the
+choice compares) is printed first.
 
 Speed: a synthetic shop of N customers (Poisson-gamma purchase rates, geometric dropout, two
 years) from the purchase-line arrays to every customer's forecast, the choice of the live
@@ -42,6 +45,7 @@ from recocamp import forecast as f
 from recocamp.data.ingest import Importer
 from recocamp.data.synthetic import generate_shop
 from recocamp.domain import Customer
+from recocamp.forecast.evaluate import Quality
 from recocamp.forecast.evaluate import quality as measure
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import queries
@@ -116,13 +120,15 @@ def quality(shop: str, purchases: f.PurchaseDays, cutoffs: tuple[str, ...]) -> d
             f"{shop} {cutoff}: {len(actual):,} customers ({once.mean():.0%} with one purchase "
             f"day), {actual.sum():,.0f} purchase days in 90 days; live (chosen before): {live}"
         )
+        scored: dict[str, Quality] = {}
         for name, forecaster in f.FORECASTERS.items():
             predicted = forecaster(purchases, history, 90)
-            q = measure(predicted, actual)
+            q = scored[name] = measure(predicted, actual)
             error = np.abs(predicted - actual)
+            score = "  —  " if q.log_score is None else f"{q.log_score:.3f}"
             print(
-                f"  {name:7s} MAE {q.mae:.3f}  MAE point {q.mae_point:.3f}  AUC {q.auc or 0:.3f}"
-                f"  total {q.predicted_total:7,.0f}"
+                f"  {name:7s} log {score}  MAE {q.mae:.3f}  MAE point {q.mae_point:.3f}"
+                f"  AUC {q.auc or 0:.3f}  total {q.predicted_total:7,.0f}"
                 f"  | MAE one-timers {error[once].mean():.3f} repeat {error[~once].mean():.3f}"
             )
             key = f"{shop}_{cutoff}_{name}"
@@ -135,9 +141,25 @@ def quality(shop: str, purchases: f.PurchaseDays, cutoffs: tuple[str, ...]) -> d
                         f"{key}_{measure_name}"
                     ]
         print(f"  all-zero MAE {actual.mean():.3f} (one-timers {actual[once].mean():.3f})")
+        figures |= musts(scored, live, f"{shop}_{cutoff}")
         figures[f"{shop}_{cutoff}_actual_total"] = float(actual.sum())
         figures[f"{shop}_{cutoff}_live"] = live
     return figures
+
+
+def musts(scored: dict[str, Quality], live: str, split: str) -> dict[str, object]:
+    """Issue #17's musts on one split: the live forecaster's MAE of the likely count no worse
+    than the better of BG/NBD's and naive's, its AUC no worse than BG/NBD's (unrounded)."""
+    chosen, textbook = scored[live], scored["bgnbd"]
+    better = min(textbook.mae_point, scored["naive"].mae_point)
+    mae_met = chosen.mae_point <= better
+    auc_met = (chosen.auc or 0.0) >= (textbook.auc or 0.0)
+    print(
+        f"  live MAE point {chosen.mae_point:.4f} against {better:.4f}: "
+        f"{'met' if mae_met else 'MISSED'}; AUC {chosen.auc or 0:.4f} against "
+        f"{textbook.auc or 0:.4f}: {'met' if auc_met else 'MISSED'}"
+    )
+    return {f"{split}_live_mae_met": mae_met, f"{split}_live_auc_met": auc_met}
 
 
 def synthetic(customers: int, seed: int = 17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -51,7 +51,7 @@ class ForecastOut(BaseModel):
     overdue_ratio: float | None = Field(
         description="Days since the last purchase day over that gap (null likewise)."
     )
-    model: str = Field(description="The forecaster: naive | bgnbd | rhythm | hurdle.")
+    model: str = Field(description=f"The forecaster: {' | '.join(forecast.FORECASTERS)}.")
     as_of: date = Field(description="Shop-local midnight the forecast was made at.")
     horizon_days: int = Field(description="The horizon: [as_of, as_of + horizon_days).")
 

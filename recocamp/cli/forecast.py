@@ -138,8 +138,8 @@ def _print_forecasts(
     if chosen_on is not None:
         q = chosen_on.qualities[model]
         console.print(
-            f"chosen on the horizon before: MAE {q.mae:.3f} (likely count {q.mae_point:.3f}), "
-            f"AUC {q.auc or 0:.3f} "
+            f"chosen on the horizon before: log score {_or_dash(q.log_score)}, "
+            f"MAE {q.mae:.3f} (likely count {q.mae_point:.3f}), AUC {q.auc or 0:.3f} "
             f"(forecast-evaluate --cutoff {forecasting.day_of(chosen_on.cutoff).isoformat()})"
         )
     elif not stored:
@@ -182,9 +182,10 @@ def forecast_evaluate(
     horizon_days: Horizon = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
 ) -> None:
-    """Every forecaster on history before --cutoff against the horizon after it: MAE of purchase
-    days (of the expectation, and of the likely count, its Poisson median), total predicted vs
-    actual, AUC of buying again, Spearman, calibration by decile."""
+    """Every forecaster on history before --cutoff against the horizon after it: the log score
+    (mean Poisson log loss, what the live choice compares), MAE of purchase days (of the
+    expectation, and of the likely count, its Poisson median), total predicted vs actual, AUC of
+    buying again, Spearman, calibration by decile."""
     with errors_to_exit():
         settings = current_settings()
         day = _day(cutoff, "--cutoff", settings.shop.zone)
@@ -202,6 +203,12 @@ def forecast_evaluate(
     _print_evaluation(evaluation)
 
 
+def _or_dash(value: float | None) -> str:
+    """A measure to three decimals, a dash where there is none (a log score is none where a
+    forecast of 0 met a purchase)."""
+    return "—" if value is None else f"{value:.3f}"
+
+
 def _print_evaluation(evaluation: forecasting.Evaluation) -> None:
     first = forecasting.day_of(evaluation.cutoff)
     any_quality = next(iter(evaluation.qualities.values()))
@@ -209,17 +216,26 @@ def _print_evaluation(evaluation: forecasting.Evaluation) -> None:
         title=f"forecasts at cutoff {first.isoformat()}, horizon {evaluation.horizon_days} days, "
         f"{any_quality.customers:,} customers, {any_quality.actual_total:,.0f} purchase days"
     )
-    headings = ("model", "MAE", "MAE likely", "predicted total", "AUC buys again", "Spearman")
+    headings = (
+        "model",
+        "log score",
+        "MAE",
+        "MAE likely",
+        "predicted total",
+        "AUC buys again",
+        "Spearman",
+    )
     for heading in headings:
         table.add_column(heading, justify="left" if heading == "model" else "right")
     for name, q in evaluation.qualities.items():
         table.add_row(
             name,
+            _or_dash(q.log_score),
             f"{q.mae:.3f}",
             f"{q.mae_point:.3f}",
             f"{q.predicted_total:,.0f}",
-            "—" if q.auc is None else f"{q.auc:.3f}",
-            "—" if q.spearman is None else f"{q.spearman:.3f}",
+            _or_dash(q.auc),
+            _or_dash(q.spearman),
         )
     console.print(table)
     calibration = Table(title="calibration by decile of the forecast: mean purchase days")

@@ -2,11 +2,11 @@
 (churn risk), expected revenue and lifetime value, when the next purchase is due (pure).
 
 Owns: purchase-day histories (:mod:`.history`), the buy-till-you-die models BG/NBD and
-Gamma-Gamma (:mod:`.btyd`), the forecasters — ``naive``, ``bgnbd`` and our ``rhythm`` and
-``hurdle`` (:mod:`.models`) —, their evaluation on a time split (:mod:`.evaluate`) and the
-per-customer outlook with the choice of the live forecaster (:mod:`.outlook`), all pure: values
-in, values out. :mod:`.stored` (not pure) computes the forecasts the ``train`` job stores and
-reads them back for the shop API and the CLI.
+Gamma-Gamma (:mod:`.btyd`), the forecasters — ``naive``, ``bgnbd``, our ``rhythm`` and
+``hurdle``, and ``blend``, the mean of the last three (:mod:`.models`) —, their evaluation on
+a time split (:mod:`.evaluate`) and the per-customer outlook with the choice of the live
+forecaster (:mod:`.outlook`), all pure: values in, values out. :mod:`.stored` (not pure)
+computes the forecasts the ``train`` job stores and reads them back for the shop API and the CLI.
 
 Exports: :class:`PurchaseDays`, :class:`History`, :class:`BgNbd`, :class:`GammaGamma`,
 :data:`FORECASTERS`, :func:`forecast`, :func:`evaluate`, :func:`live_model`,

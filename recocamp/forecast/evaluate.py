@@ -4,9 +4,11 @@ the point forecast a person's count is scored on (pure).
 Per-customer mean absolute error of purchase days twice: ``mae`` of the expectation (what
 totals, revenue and lifetime value add up) and ``mae_point`` of the point forecast
 :func:`poisson_median` (what an absolute error rewards: the median of the predictive
-distribution, Gneiting 2011, "Making and evaluating point forecasts", JASA 106); total
-predicted vs actual, AUC of "at least one purchase day in the horizon" ranked by the forecast
-(ties at mid-rank), Spearman, and a calibration table by decile of the forecast.
+distribution, Gneiting 2011, "Making and evaluating point forecasts", JASA 106);
+``log_score``, the mean Poisson log loss (:func:`log_loss`) of the predictive distribution
+every output is read from; total predicted vs actual, AUC of "at least one purchase day in the
+horizon" ranked by the forecast (ties at mid-rank), Spearman, and a calibration table by decile
+of the forecast.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Quality:
     customers: int
     mae: float  # of the expectation
     mae_point: float  # of the point forecast, the Poisson median of the expectation
+    log_score: float | None  # mean Poisson log loss; None where infinite (0 forecast, bought)
     predicted_total: float
     actual_total: float
     auc: float | None
@@ -46,6 +49,7 @@ def quality(predicted: np.ndarray, actual: np.ndarray) -> Quality:
         customers=len(actual),
         mae=_mae(predicted, actual),
         mae_point=_mae_point(predicted, actual),
+        log_score=_finite_mean(log_loss(predicted, actual)),
         predicted_total=float(predicted.sum()),
         actual_total=float(actual.sum()),
         auc=auc(predicted, actual > 0, ranks),
@@ -63,6 +67,27 @@ def _mae_point(predicted: np.ndarray, actual: np.ndarray) -> float:
     if not np.isfinite(predicted).all():
         return float("nan")
     return _mae(poisson_median(predicted), actual)
+
+
+def log_loss(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Each customer's −ln P(N = actual) for a Poisson count N with mean ``expected``:
+    expected − actual · ln expected + ln actual!. The logarithmic score of the predictive
+    distribution that p_active, the churn tier and the likely count are all read from, and
+    strictly proper (Gneiting & Raftery 2007, JASA 102): its expectation is lowest at the true
+    mean, so it ranks forecasts of a mean as the MAE of that mean cannot (an absolute error is
+    lowest at the median). Infinite where a customer bought after a forecast of exactly 0;
+    not a number where the forecast is not one."""
+    mean = np.asarray(expected, dtype=np.float64)
+    count = np.asarray(actual, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = mean - special.xlogy(count, mean) + special.gammaln(count + 1.0)
+    return np.asarray(loss, dtype=np.float64)
+
+
+def _finite_mean(values: np.ndarray) -> float | None:
+    """The mean, or None where it is not a finite number (JSON holds no infinity)."""
+    mean = float(np.mean(values)) if len(values) else 0.0
+    return mean if np.isfinite(mean) else None
 
 
 def poisson_median(expected: np.ndarray) -> np.ndarray:

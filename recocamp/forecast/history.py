@@ -110,6 +110,11 @@ class History:
     recent: np.ndarray  # purchase days in each of WINDOWS before the cutoff (rows × windows)
     # BG/NBD's expectations already computed, by span in days: several forecasters ask
     expectations: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    # the learning forecasters' answers already computed, by (name, span in days): ``blend``
+    # and the evaluation of every forecaster ask for the same ones
+    forecasts: dict[tuple[str, int], np.ndarray] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @staticmethod
     def at(purchases: PurchaseDays, cutoff: int) -> History:

@@ -15,6 +15,17 @@
   rather than counts (purchase days in each recent window over the part of it the customer was
   known, recency over tenure), so a model learnt on a short history applies to a longer one, and
   they are clipped to the range seen in training. Same training window and seasonal level.
+- ``blend``: the mean of the three model-based expectations (``bgnbd``, ``rhythm``,
+  ``hurdle``), with equal weights. Which single model forecasts best changes from one window
+  to the next (in ``benchmarks/forecast.py`` the window before the cutoff and the horizon
+  after it mostly disagree on the best of the three; by the MAE of the likely count they
+  agree on none of the seven splits); an equal-weight combination is the standard hedge
+  against that (Bates & Granger 1969; Timmermann 2006, "Forecast combinations",
+  Handbook of Economic Forecasting 1), and weights fitted on one noisy window usually do no
+  better than equal ones (the "forecast combination puzzle", Smith & Wallis 2009). ``naive``
+  stays out: it is a baseline, not a model of the count (0 for every one-time buyer). An
+  expectation like the others, so totals, p_active, tiers and revenue follow from it
+  unchanged.
 
 A learning forecaster trains only on a window whose features see at least ``H`` days of the
 shop's history (BG/NBD otherwise). The seasonal level counts only the repeat purchase days of
@@ -47,6 +58,31 @@ def bgnbd(purchases: PurchaseDays, history: History, horizon_days: int) -> np.nd
     return history.expected(horizon_days)
 
 
+def blend(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
+    parts = [model(purchases, history, horizon_days) for model in (bgnbd, rhythm, hurdle)]
+    return np.asarray(sum(parts) / len(parts))
+
+
+def _once(
+    forecaster: Callable[[PurchaseDays, History, int], np.ndarray],
+) -> Callable[[PurchaseDays, History, int], np.ndarray]:
+    """The forecaster's answer kept on the history, so ``blend`` and the evaluation of every
+    forecaster fit each regression once (the history belongs to one PurchaseDays)."""
+
+    def kept(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
+        key = (forecaster.__name__, horizon_days)
+        if key not in history.forecasts:
+            value = forecaster(purchases, history, horizon_days)
+            value.setflags(write=False)  # shared by every caller
+            history.forecasts[key] = value
+        return history.forecasts[key]
+
+    kept.__name__ = forecaster.__name__
+    kept.__doc__ = forecaster.__doc__
+    return kept
+
+
+@_once
 def rhythm(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
     window = _training_window(purchases, history.cutoff, horizon_days)
     if window is None:
@@ -58,6 +94,7 @@ def rhythm(purchases: PurchaseDays, history: History, horizon_days: int) -> np.n
     return np.asarray(predicted * seasonal_level(purchases, history.cutoff, horizon_days))
 
 
+@_once
 def hurdle(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
     window = _training_window(purchases, history.cutoff, horizon_days)
     if window is None:
@@ -80,6 +117,7 @@ FORECASTERS: dict[str, Callable[[PurchaseDays, History, int], np.ndarray]] = {
     "bgnbd": bgnbd,
     "rhythm": rhythm,
     "hurdle": hurdle,
+    "blend": blend,
 }
 
 

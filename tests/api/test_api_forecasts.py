@@ -177,4 +177,4 @@ def test_the_app_has_the_route_in_its_schema(app: FastAPI) -> None:
     assert set(operation["responses"]) >= {"200", "401", "403", "404"}
     fields = schema["components"]["schemas"]["ForecastOut"]["properties"]
     assert fields["likely_purchase_days"]["type"] == "integer"
-    assert "hurdle" in fields["model"]["description"]
+    assert "hurdle | blend" in fields["model"]["description"]

@@ -18,9 +18,9 @@ from recocamp.cli import app
 from recocamp.domain import Customer, Item, Purchase
 from recocamp.errors import ModelError
 from recocamp.forecast import models as forecast_models
-from recocamp.forecast.evaluate import auc, calibration, poisson_median, quality
+from recocamp.forecast.evaluate import auc, calibration, log_loss, poisson_median, quality
 from recocamp.forecast.models import seasonal_level
-from recocamp.forecast.outlook import Evaluation, choose, risk_tier
+from recocamp.forecast.outlook import Evaluation, choose, clearly_lower, risk_tier
 from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import queries
@@ -161,7 +161,8 @@ def test_a_regression_on_a_sample_of_customers_sees_no_day_after_the_cutoff(
     full = [r.as_dict() for r in f.forecast(shop, 600, 90, model)]
     assert full == [r.as_dict() for r in f.forecast(truncated, 600, 90, model)]
     monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 50_000)
-    assert full != [r.as_dict() for r in f.forecast(shop, 600, 90, model)]  # it did sample
+    whole = f.PurchaseDays(shop.customers, shop.start, shop.day, shop.spend)  # nothing kept
+    assert full != [r.as_dict() for r in f.forecast(whole, 600, 90, model)]  # it did sample
 
 
 def test_bgnbd_expects_purchases_of_heavy_buyers_over_long_spans() -> None:
@@ -283,18 +284,152 @@ def test_evaluation_scores_the_expectation_and_the_point_forecast() -> None:
     assert q.predicted_total == pytest.approx(3.8)  # totals stay expectations
 
 
-def test_the_live_forecaster_has_the_lowest_mae_among_those_ranking_as_well_as_bgnbd() -> None:
-    def q(mae: float, auc_value: float) -> f.Quality:
-        return f.Quality(100, mae, mae, 1.0, 1.0, auc_value, 0.5, ())
+def _evaluation(models: dict[str, tuple[float, list[float]]]) -> Evaluation:
+    """A split's evaluation from each forecaster's AUC and per-customer log losses."""
 
-    better_but_ranks_worse = {
-        "naive": q(0.80, 0.70),
-        "bgnbd": q(0.90, 0.73),
-        "rhythm": q(0.85, 0.74),
-    }
-    assert choose(Evaluation(0, 90, better_but_ranks_worse)) == "rhythm"
-    tie = {"naive": q(0.80, 0.73), "bgnbd": q(0.90, 0.73), "rhythm": q(0.80, 0.75)}
-    assert choose(Evaluation(0, 90, tie)) == "naive"  # the simpler model wins a tie
+    def q(auc_value: float, losses: list[float]) -> f.Quality:
+        mean = float(np.mean(losses))
+        return f.Quality(len(losses), 0.5, 0.5, mean, 1.0, 1.0, auc_value, 0.5, ())
+
+    qualities = {name: q(a, losses) for name, (a, losses) in models.items()}
+    losses = {name: np.array(e, dtype=np.float64) for name, (_, e) in models.items()}
+    return Evaluation(0, 90, qualities, losses)
+
+
+def test_the_blend_stays_live_unless_a_single_forecaster_is_clearly_better() -> None:
+    """Known answers of the paired test: 100 customers, losses 0 or 1 each."""
+    blend = [1.0] * 50 + [0.0] * 50
+    # rhythm loses less on 2 customers: mean difference −0.02, standard error 0.0141, z −1.42
+    barely = [0.0, 0.0, *blend[2:]]
+    kept = {"naive": (0.70, [1.0] * 100), "bgnbd": (0.73, blend), "rhythm": (0.75, barely)}
+    assert choose(_evaluation({**kept, "blend": (0.74, blend)})) == "blend"
+    # on 5: −0.05 over 0.0219, z −2.28 — and rhythm ranks as well as BG/NBD
+    clearly = [0.0] * 5 + blend[5:]
+    chosen = {**kept, "rhythm": (0.75, clearly), "blend": (0.74, blend)}
+    assert choose(_evaluation(chosen)) == "rhythm"
+    # as clearly better but ranking "buys again" worse than BG/NBD: never live
+    assert choose(_evaluation({**chosen, "rhythm": (0.72, clearly)})) == "blend"
+
+
+def test_bgnbd_is_the_default_where_the_blend_ranks_worse_than_it() -> None:
+    losses = [1.0] * 50 + [0.0] * 50
+    split = {"naive": (0.70, losses), "bgnbd": (0.73, losses), "blend": (0.72, [0.0] * 100)}
+    assert choose(_evaluation(split)) == "bgnbd"
+    # the simpler model wins a tie, and a tie is no clear win over the default
+    tie = {"naive": (0.75, losses), "bgnbd": (0.73, losses), "blend": (0.74, losses)}
+    assert choose(_evaluation(tie)) == "blend"
+    # a forecast of 0 for a customer who bought loses infinitely: never clearly better
+    zero = {**tie, "naive": (0.75, [np.inf, *[0.0] * 99])}
+    assert choose(_evaluation(zero)) == "blend"
+
+
+def test_the_choice_scores_the_mean_where_an_mae_prefers_a_forecast_biased_to_zero() -> None:
+    """200 customers buying 0 (120), 1 (60) or 2 (20) days: the true mean 0.5 for all of them
+    against 0.1. The MAE of the expectation prefers 0.1 (0.52 against 0.60), the log loss the
+    mean (0.1 loses 0.4 on each who buys nothing and ln 5 on each purchase day)."""
+    actual = np.array([0.0] * 120 + [1.0] * 60 + [2.0] * 20)
+    mean, low = np.full(200, 0.5), np.full(200, 0.1)
+    assert quality(low, actual).mae == pytest.approx(0.52)
+    assert quality(mean, actual).mae == pytest.approx(0.60)
+    forecasts = {"naive": low, "bgnbd": mean, "rhythm": low, "blend": mean}
+    split = Evaluation(
+        0,
+        90,
+        {name: quality(value, actual) for name, value in forecasts.items()},
+        {name: log_loss(value, actual) for name, value in forecasts.items()},
+    )
+    assert choose(split) == "blend"
+    # one that tells who buys, all ranking as well as BG/NBD: clearly better, live
+    knows = np.array([0.2] * 120 + [1.0] * 60 + [2.0] * 20)
+    told = {**forecasts, "hurdle": knows}
+    split = Evaluation(
+        0,
+        90,
+        {name: quality(value, actual) for name, value in told.items()},
+        {name: log_loss(value, actual) for name, value in told.items()},
+    )
+    assert choose(split) == "hurdle"
+
+
+def test_the_log_loss_is_the_poisson_negative_log_likelihood() -> None:
+    expected = np.array([2.0, 1.0, 2.0, 0.0, 0.0])
+    actual = np.array([0.0, 1.0, 3.0, 0.0, 1.0])
+    loss = log_loss(expected, actual)
+    assert loss[:4] == pytest.approx([2.0, 1.0, 2.0 - 3.0 * np.log(2.0) + np.log(6.0), 0.0])
+    assert loss[4] == np.inf  # bought after a forecast of exactly 0
+    assert quality(expected[:4], actual[:4]).log_score == pytest.approx(np.mean(loss[:4]))
+    assert quality(expected, actual).log_score is None  # JSON holds no infinity
+
+
+def test_clearly_lower_is_the_one_sided_paired_z_test_at_five_percent() -> None:
+    against = np.array([1.0, 0.0] * 50)
+    assert not clearly_lower(against, against)  # no difference at all
+    assert clearly_lower(against - 0.1, against)  # the same gain for everybody
+    # lower by 1 for 8 customers, higher by 1 for 4: mean −0.04, sd 0.3458, z −1.157
+    mixed = against.copy()
+    mixed[:16:2] -= 1.0
+    mixed[17:25:2] += 1.0
+    assert not clearly_lower(mixed, against)
+    mixed[16:24:2] -= 1.0  # lower for 12, higher for 4: mean −0.08, sd 0.3939, z −2.031
+    assert clearly_lower(mixed, against)
+    assert not clearly_lower(against, mixed)  # one-sided: higher is never clearly lower
+    assert not clearly_lower(np.array([0.0]), np.array([1.0]))  # one pair: no spread to judge
+    assert not clearly_lower(np.array([np.inf, 0.0]), np.array([1.0, 1.0]))
+    assert clearly_lower(np.array([5.0, 5.0]), np.array([np.inf, 0.0]))  # 0 forecast, bought
+
+
+def test_the_blend_is_the_mean_of_the_three_models_and_its_rows_follow_from_it() -> None:
+    shop = synthetic_shop()
+    history = f.History.at(shop, 600)
+    parts = [f.FORECASTERS[name](shop, history, 90) for name in ("bgnbd", "rhythm", "hurdle")]
+    blend = f.FORECASTERS["blend"](shop, history, 90)
+    assert blend == pytest.approx((parts[0] + parts[1] + parts[2]) / 3)
+    assert not np.allclose(parts[0], parts[1])  # the regressions did learn: not BG/NBD again
+    rows = f.forecast(shop, 600, 90, "blend")
+    expected = np.array([row.expected_purchase_days for row in rows])
+    assert expected == pytest.approx(blend)
+    for row in rows:
+        assert row.p_active == pytest.approx(1 - np.exp(-row.expected_purchase_days))
+        assert row.churn_risk == risk_tier(row.p_active)
+    bgnbd = {row.customer_id: row for row in f.forecast(shop, 600, 90, "bgnbd")}
+    for row in rows:  # the same spend per purchase day: revenue scales with the expectation
+        other = bgnbd[row.customer_id]
+        assert row.expected_revenue * other.expected_purchase_days == pytest.approx(
+            other.expected_revenue * row.expected_purchase_days, rel=1e-9, abs=1e-9
+        )
+
+
+def test_every_regression_is_fitted_once_for_an_evaluation_of_all_forecasters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``blend`` reuses rhythm's and hurdle's answers: one Poisson regression for rhythm, a
+    logistic and a Poisson one for hurdle — six fits, had the blend fitted them again."""
+    fits: list[bool] = []
+    fit = forecast_models.PoissonRegression.fit
+
+    def counted(
+        features: np.ndarray, target: np.ndarray, logistic: bool = False
+    ) -> forecast_models.PoissonRegression:
+        fits.append(logistic)
+        return fit(features, target, logistic)
+
+    monkeypatch.setattr(forecast_models.PoissonRegression, "fit", staticmethod(counted))
+    f.evaluate(synthetic_shop(), 600, 90)
+    assert sorted(fits) == [False, False, True]
+
+
+def test_the_choice_of_the_live_forecaster_sees_no_day_at_or_after_as_of() -> None:
+    shop = synthetic_shop()
+    keep = shop.day < 600
+    truncated = f.PurchaseDays.from_lines(
+        shop.customers[shop.owner[keep]], shop.day[keep], shop.spend[keep]
+    )
+    model, split = f.live_model(shop, 600, 90)
+    again, split_again = f.live_model(truncated, 600, 90)
+    assert split is not None and split_again is not None and split.cutoff == 510
+    assert model == again and split.qualities == split_again.qualities
+    for name, losses in split.losses.items():
+        assert np.array_equal(losses, split_again.losses[name]), name
 
 
 # --- the store and the command ---------------------------------------------------------
@@ -408,11 +543,12 @@ def test_forecast_command_prints_the_documented_json(
     models = json.loads(evaluated.output)["models"]
     assert sorted(models) == sorted(f.FORECASTERS)
     assert models["naive"]["actual_total"] == 2.0  # 21 March and 10 April, not 1 June
-    assert {"mae", "mae_point"} <= set(models["naive"])
+    assert {"mae", "mae_point", "log_score"} <= set(models["naive"])
     printed = runner.invoke(
         app, ["forecast-evaluate", "--cutoff", "2011-03-10", "--horizon-days", "60"]
     )
     assert printed.exit_code == 0 and "MAE likely" in printed.output, printed.output
+    assert "log score" in printed.output
 
 
 def test_forecast_stored_prints_what_the_train_job_stored(
