@@ -262,7 +262,11 @@ def tune_hybrid(
     hybrid.fit(split.data)
     data = split.data
     own = repeat.fit_weights(
-        data.orders[split.rows], data.last_days[split.rows], hybrid.items, split.test
+        data.orders[split.rows],
+        data.last_days[split.rows],
+        hybrid.items,
+        hybrid.collaborative(split.rows),
+        split.test,
     )
     if own is not None:
         hybrid.weights = replace(hybrid.weights, **dict(zip(OWN_FIELDS, own, strict=True)))
@@ -284,6 +288,8 @@ OWN_FIELDS = (
     "own_propensity",
     "own_popularity",
     "own_month",
+    "own_als",
+    "own_knn",
 )  # repeat.SIGNALS
 
 

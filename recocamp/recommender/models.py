@@ -5,8 +5,9 @@
 - ``ItemKNN``: implicit's item-item neighbours (BM25 or cosine weighting); scores are the
   customer's confidence row times the item similarity matrix.
 - ``Hybrid`` (ours): replenishment and discovery scored separately. Own items: a learned
-  blend of order count, recency, the item's repurchase propensity and its popularity
-  (:mod:`.repeat`), popularity as the tie-break, lifted by ``repeat_boost``. Other items: a
+  blend of order count, recency, the item's repurchase propensity and its popularity, and
+  the hybrid's own normalised ALS and item-kNN scores of the item (stacking; :mod:`.repeat`),
+  popularity as the tie-break, lifted by ``repeat_boost``. Other items: a
   blend of normalised ALS and item-kNN scores plus recent popularity and a bonus for new
   arrivals (items first sold within ``new_days``: repeat customers discover what is new).
   Weights are tuned on a validation split before the evaluation cutoff
@@ -219,6 +220,8 @@ class HybridWeights:
     own_propensity: float = 0.0
     own_popularity: float = 0.0
     own_month: float = 0.0
+    own_als: float = 0.0
+    own_knn: float = 0.0
 
     @property
     def own(self) -> tuple[float, ...]:
@@ -228,6 +231,8 @@ class HybridWeights:
             self.own_propensity,
             self.own_popularity,
             self.own_month,
+            self.own_als,
+            self.own_knn,
         )
 
 
@@ -255,19 +260,29 @@ class Hybrid:
         """Normalised component scores, so a tuner can re-blend them without refitting."""
         assert self._data is not None, "fit or restore first"
         popularity = self._popularity.score(rows)
-        own = self.own(self._data.orders[rows], self._data.last_days[rows])
+        scores = self.collaborative(rows)
+        own = self.own(self._data.orders[rows], self._data.last_days[rows], scores)
         return {
             "own": own,
-            "als": normalised(self.als.score(rows)),
-            "knn": normalised(self.knn.score(rows)),
+            "als": scores.als,
+            "knn": scores.knn,
             "popularity": popularity,
             "new": np.broadcast_to(self._data.age_days < self.weights.new_days, own.shape),
         }
 
-    def own(self, orders: sp.csr_matrix, last_days: sp.csr_matrix) -> np.ndarray:
-        """The replenishment part of rows given by their orders and last-purchase days."""
+    def collaborative(self, rows: np.ndarray) -> repeat.Collaborative:
+        """The normalised ALS and item-kNN scores of training rows."""
+        return repeat.Collaborative(
+            normalised(self.als.score(rows)), normalised(self.knn.score(rows))
+        )
+
+    def own(
+        self, orders: sp.csr_matrix, last_days: sp.csr_matrix, scores: repeat.Collaborative
+    ) -> np.ndarray:
+        """The replenishment part of rows given by their orders, last-purchase days and
+        normalised model scores."""
         tie_break = _popularity_of(self._popularity)
-        return repeat.ranked(orders, last_days, self.items, self.weights.own, tie_break)
+        return repeat.ranked(orders, last_days, self.items, scores, self.weights.own, tie_break)
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         return combine(self.parts(rows), self.weights)
@@ -466,10 +481,13 @@ def _popularity_of(model: Popularity) -> np.ndarray:
 def _hybrid_parts(fitted: Hybrid, data: TrainingData, rows: HistoryRows) -> dict[str, np.ndarray]:
     popularity = _popularity_of(fitted._popularity)[None, :]
     als = (fitted.als.fold_in(rows.confidence) @ fitted.als.item_factors.T)[None, :]
+    scores = repeat.Collaborative(
+        normalised(als), normalised((rows.confidence @ fitted.knn.similarity).toarray())
+    )
     return {
-        "own": fitted.own(rows.orders, rows.last_days),
-        "als": normalised(als),
-        "knn": normalised((rows.confidence @ fitted.knn.similarity).toarray()),
+        "own": fitted.own(rows.orders, rows.last_days, scores),
+        "als": scores.als,
+        "knn": scores.knn,
         "popularity": popularity,
         "new": (data.age_days < fitted.weights.new_days)[None, :],
     }

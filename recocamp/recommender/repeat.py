@@ -12,7 +12,10 @@ bought again, the other every month). The replenishment score is a linear blend,
   ``ln((customers with >= 2 orders + 1) / (customers + 5))``;
 - ``popularity``: ``ln(1 + distinct recent customers)`` (what is selling now is rebought);
 - ``month``: ``ln(1 + distinct customers in the last 30 days)`` (next to the 90-day figure:
-  what is rising, e.g. a season's items, against what is fading).
+  what is rising, e.g. a season's items, against what is fading);
+- ``als`` and ``knn``: the hybrid's own normalised ALS and item-kNN scores of the item for
+  this customer (stacking: how well the item fits the rest of the customer's basket, which a
+  count cannot see; measured on UCI, recall@10 +0.003 at both cutoffs of the ablation).
 
 The weights are a logistic regression of "bought again in the next ``horizon`` days" fitted
 on a validation split that ends at the cutoff (:func:`fit_weights`, called by
@@ -30,7 +33,7 @@ import scipy.sparse as sp
 
 from recocamp.recommender.matrix import DAY, TrainingData
 
-SIGNALS = ("count", "recency", "propensity", "popularity", "month")
+SIGNALS = ("count", "recency", "propensity", "popularity", "month", "als", "knn")
 MONTH_DAYS = 30.0
 RIDGE = 1.0  # keeps the fit finite on tiny or separable data; negligible on thousands of pairs
 NEWTON_STEPS = 25
@@ -57,6 +60,21 @@ class ItemSignals:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Collaborative:
+    """The hybrid's per-row normalised model scores (dense rows × items, each row in [0, 1])
+    that enter the blend as the ``als`` and ``knn`` signals."""
+
+    als: np.ndarray
+    knn: np.ndarray
+
+    @classmethod
+    def none(cls, shape: tuple[int, int]) -> Collaborative:
+        """No model scores (the signals are 0): a blend of the history signals alone."""
+        zeros = np.zeros(shape)
+        return cls(zeros, zeros)
+
+
 def month_buyers(data: TrainingData) -> np.ndarray:
     """Distinct customers per item (columns of ``data``) in the last :data:`MONTH_DAYS` days
     before the cutoff; zeros when the lines are gone (saved matrices only)."""
@@ -70,10 +88,11 @@ def month_buyers(data: TrainingData) -> np.ndarray:
 
 
 def pair_signals(
-    orders: sp.csr_matrix, last_days: sp.csr_matrix, items: ItemSignals
+    orders: sp.csr_matrix, last_days: sp.csr_matrix, items: ItemSignals, scores: Collaborative
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(row, column, signals)`` of every own pair of the given rows: signals is pairs × 5
-    in :data:`SIGNALS` order. ``last_days`` has the pattern of ``orders`` (``matrix.build``)."""
+    """``(row, column, signals)`` of every own pair of the given rows: signals is pairs × 7
+    in :data:`SIGNALS` order. ``last_days`` has the pattern of ``orders`` (``matrix.build``);
+    ``scores`` are dense rows × items like ``orders``."""
     owned = sp.coo_matrix(orders)
     keep = owned.data > 0
     row, col = owned.row[keep].astype(np.int64), owned.col[keep].astype(np.int64)
@@ -85,6 +104,8 @@ def pair_signals(
             items.propensity[col],
             items.popularity[col],
             items.month[col],
+            scores.als[row, col].astype(np.float64),
+            scores.knn[row, col].astype(np.float64),
         ],
         axis=1,
     )
@@ -95,13 +116,14 @@ def ranked(
     orders: sp.csr_matrix,
     last_days: sp.csr_matrix,
     items: ItemSignals,
+    scores: Collaborative,
     weights: tuple[float, ...],
     tie_break: np.ndarray,
 ) -> np.ndarray:
     """Dense rows × items: each own item's blended score scaled per row to ``(0, 1]`` (the
     best own item 1, others down to 0.001), 0 where not owned. ``tie_break`` (per item, in
     [0, 1]) orders equal blends: the more popular item first."""
-    row, col, signals = pair_signals(orders, last_days, items)
+    row, col, signals = pair_signals(orders, last_days, items, scores)
     blend = signals @ np.asarray(weights, dtype=np.float64) + 1e-6 * tie_break[col]
     n = orders.shape[0]
     low = np.full(n, np.inf)
@@ -116,12 +138,16 @@ def ranked(
 
 
 def fit_weights(
-    orders: sp.csr_matrix, last_days: sp.csr_matrix, items: ItemSignals, bought: sp.csr_matrix
+    orders: sp.csr_matrix,
+    last_days: sp.csr_matrix,
+    items: ItemSignals,
+    scores: Collaborative,
+    bought: sp.csr_matrix,
 ) -> tuple[float, ...] | None:
     """Logistic-regression weights of :data:`SIGNALS` for "this own item is in ``bought``"
     (rows aligned with ``orders``), by Newton steps with a small ridge. ``None`` when the
     validation window has no repurchase or nothing else (nothing to learn from)."""
-    row, col, signals = pair_signals(orders, last_days, items)
+    row, col, signals = pair_signals(orders, last_days, items, scores)
     label = np.asarray(sp.csr_matrix(bought)[row, col]).ravel() > 0 if len(row) else np.zeros(0)
     if label.all() or not label.any():
         return None

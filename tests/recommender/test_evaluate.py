@@ -111,3 +111,5 @@ def test_hybrid_tuning_ignores_what_happens_after_the_cutoff() -> None:
     assert tuned(future(*before, *flood(40))) == quiet  # after the cutoff: must not matter
     inside = tuned(future(*before, *flood(5)))  # the same purchases inside the window
     assert inside.own != quiet.own
+    stacked = ("own_als", "own_knn")  # the stacked model scores, tuned parameters too
+    assert all(getattr(inside, name) != getattr(quiet, name) for name in stacked)

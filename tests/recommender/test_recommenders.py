@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ import pytest
 
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
+from recocamp.recommender import repeat
 from recocamp.recommender.matrix import TrainingData, build
 from recocamp.recommender.ranking import (
     Mode,
@@ -190,7 +192,8 @@ def test_equal_scores_are_ordered_by_item_index_in_every_kernel(
 
 def test_the_replenishment_blend_is_the_same_at_request_time(data: TrainingData) -> None:
     """A customer re-scored from their purchase events (serving) gets the own-item scores
-    of training: counts, recency and the item signals all reach the request-time path."""
+    of training: counts, recency, the item signals and the stacked model scores all reach
+    the request-time path (the kNN score exactly; ALS by fold-in, to its precision)."""
     weights = model.HybridWeights(own_recency=-3.0, own_propensity=0.5, own_month=0.3)
     hybrid = model.make("hybrid", SETTINGS, weights)
     assert isinstance(hybrid, model.Hybrid)
@@ -203,13 +206,43 @@ def test_the_replenishment_blend_is_the_same_at_request_time(data: TrainingData)
     ]
     rows = model.history_rows(data, model.item_columns(data), events, None)
     trained = hybrid.parts(data.rows_of(np.array(["a0"])))["own"][0]
-    served = hybrid.own(rows.orders, rows.last_days)[0]
+    unstacked = repeat.Collaborative.none((1, len(data.items)))  # own_als = own_knn = 0
+    served = hybrid.own(rows.orders, rows.last_days, unstacked)[0]
     assert served == pytest.approx(trained)
     p1, p2, p3 = (int(np.flatnonzero(data.items == item)[0]) for item in ("p1", "p2", "p3"))
     # p1: two orders, the last one the more recent; p2 and p3 once, a day earlier
     assert (
         trained[p1] == 1.0 and 0 < min(trained[p2], trained[p3]) < max(trained[p2], trained[p3]) < 1
     )
+
+
+def test_the_stacked_blend_serves_the_batch_answer(data: TrainingData) -> None:
+    """With the ALS and item-kNN scores of own items in the blend, a customer re-scored at
+    request time from their unchanged history gets the list the batch computed: the kNN
+    score is the same product, the ALS one a fold-in (least squares on the item factors)."""
+    weights = model.HybridWeights(own_recency=-1.0, own_als=2.0, own_knn=3.0, repeat_boost=0.5)
+    hybrid = model.make("hybrid", SETTINGS, weights)
+    assert isinstance(hybrid, model.Hybrid)
+    hybrid.fit(data)
+    columns = model.item_columns(data)
+    lines = toy_lines()
+    for customer in ("a0", "b1"):
+        mine = lines.customer_ids[lines.customer] == customer
+        events = [
+            (str(lines.item_ids[i]), int(o), float(t))
+            for i, o, t in zip(lines.item[mine], lines.order[mine], lines.at[mine], strict=True)
+        ]
+        rows = model.history_rows(data, columns, events, None)
+        served = model.rescore(hybrid, data, rows)
+        batch = hybrid.score(data.rows_of(np.array([customer])))[0]
+        assert served == pytest.approx(batch, abs=0.01)  # the fold-in's precision
+        own = np.flatnonzero(rows.orders.toarray()[0])  # the stacked blend's ranking
+        assert len(own) >= 2
+        assert own[np.argsort(-served[own])].tolist() == own[np.argsort(-batch[own])].tolist()
+    rows = np.arange(len(data.customers))
+    stacked = hybrid.parts(rows)["own"]
+    hybrid.weights = replace(weights, own_als=0.0, own_knn=0.0)
+    assert not np.allclose(stacked, hybrid.parts(rows)["own"])  # the model scores did count
 
 
 def test_request_time_calls_hold_every_blas_library_to_one_thread() -> None:

@@ -44,7 +44,8 @@ def test_ranked_scales_each_customers_blend_to_the_unit_interval() -> None:
     orders = sp.csr_matrix(np.array([[1.0, 3.0, 1.0, 0.0], [0, 0, 0, 2.0]]))
     last_days = sp.csr_matrix(np.array([[1e-9, 1e-9, 1.0, 0.0], [0, 0, 0, 5.0]]))
     items = repeat.ItemSignals(np.zeros(4), np.zeros(4), np.zeros(4))
-    scores = repeat.ranked(orders, last_days, items, (1.0, -1.0, 0.0, 0.0, 0.0), np.zeros(4))
+    weights = (1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    scores = repeat.ranked(orders, last_days, items, no_scores(2, 4), weights, np.zeros(4))
     # blends: ln 2, ln 4 = 2 ln 2, ln 2 − ln 2 = 0 → scaled 0.5005, 1, 0.001; one item → 1
     assert scores[0] == pytest.approx([0.001 + 0.999 * 0.5, 1.0, 0.001, 0.0])
     assert scores[1] == pytest.approx([0.0, 0.0, 0.0, 1.0])
@@ -53,8 +54,35 @@ def test_ranked_scales_each_customers_blend_to_the_unit_interval() -> None:
 def test_equal_blends_are_ordered_by_the_tie_break() -> None:
     orders = sp.csr_matrix(np.array([[1.0, 1.0]]))
     items = repeat.ItemSignals(np.zeros(2), np.zeros(2), np.zeros(2))
-    scores = repeat.ranked(orders, orders, items, (1.0, 0.0, 0.0, 0.0, 0.0), np.array([0.2, 0.9]))
+    weights = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    scores = repeat.ranked(orders, orders, items, no_scores(1, 2), weights, np.array([0.2, 0.9]))
     assert scores[0, 1] > scores[0, 0] > 0
+
+
+def test_the_model_scores_of_own_items_enter_the_blend() -> None:
+    """Stacking: two own items with the same history are ordered by the hybrid's ALS and
+    item-kNN scores of them, with the fitted weights; the pair signals read exactly the
+    scores at the own pairs."""
+    orders = sp.csr_matrix(np.array([[1.0, 1.0, 0.0]]))
+    last_days = sp.csr_matrix(np.array([[3.0, 3.0, 0.0]]))
+    items = repeat.ItemSignals(np.zeros(3), np.zeros(3), np.zeros(3))
+    scores = repeat.Collaborative(np.array([[0.2, 0.6, 1.0]]), np.array([[0.9, 0.1, 0.0]]))
+    _row, col, signals = repeat.pair_signals(orders, last_days, items, scores)
+    assert col.tolist() == [0, 1]
+    als, knn = repeat.SIGNALS.index("als"), repeat.SIGNALS.index("knn")
+    assert signals[:, als].tolist() == [0.2, 0.6] and signals[:, knn].tolist() == [0.9, 0.1]
+    by_als = repeat.ranked(orders, last_days, items, scores, _only("als"), np.zeros(3))
+    by_knn = repeat.ranked(orders, last_days, items, scores, _only("knn"), np.zeros(3))
+    assert by_als[0].tolist() == pytest.approx([0.001, 1.0, 0.0])  # 0.2 < 0.6; item 2 not owned
+    assert by_knn[0].tolist() == pytest.approx([1.0, 0.001, 0.0])  # 0.9 > 0.1
+
+
+def _only(signal: str) -> tuple[float, ...]:
+    return tuple(1.0 if name == signal else 0.0 for name in repeat.SIGNALS)
+
+
+def no_scores(rows: int, items: int) -> repeat.Collaborative:
+    return repeat.Collaborative.none((rows, items))
 
 
 def _pairs(n: int) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
@@ -74,12 +102,29 @@ def _pairs(n: int) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
 def test_the_fit_learns_that_stale_items_are_bought_less() -> None:
     orders, last_days, bought = _pairs(400)
     items = repeat.ItemSignals(np.zeros(1), np.zeros(1), np.zeros(1))
-    weights = repeat.fit_weights(orders, last_days, items, bought)
+    weights = repeat.fit_weights(orders, last_days, items, no_scores(400, 1), bought)
     assert weights is not None and len(weights) == len(repeat.SIGNALS)
     assert weights[repeat.SIGNALS.index("recency")] < -0.5
+
+
+def test_the_fit_learns_to_trust_a_model_score_that_predicts_repurchase() -> None:
+    """The ALS score of the own item decides the label (every tenth flipped); the knn score
+    is noise: the fit gives ALS a clearly positive weight and knn next to none."""
+    orders, last_days, _bought = _pairs(400)
+    rng = np.random.default_rng(1)
+    als = rng.uniform(0, 1, (400, 1))
+    again = (als[:, 0] > 0.5) ^ (np.arange(400) % 10 == 0)
+    bought = sp.csr_matrix(again.astype(float)[:, None])
+    scores = repeat.Collaborative(als, rng.uniform(0, 1, (400, 1)))
+    items = repeat.ItemSignals(np.zeros(1), np.zeros(1), np.zeros(1))
+    weights = repeat.fit_weights(orders, last_days, items, scores, bought)
+    assert weights is not None
+    assert weights[repeat.SIGNALS.index("als")] > 2.0
+    assert abs(weights[repeat.SIGNALS.index("knn")]) < 0.5
 
 
 def test_nothing_to_learn_from_a_window_without_repurchases() -> None:
     orders, last_days, _bought = _pairs(50)
     items = repeat.ItemSignals(np.zeros(1), np.zeros(1), np.zeros(1))
-    assert repeat.fit_weights(orders, last_days, items, sp.csr_matrix((50, 1))) is None
+    nothing = sp.csr_matrix((50, 1))
+    assert repeat.fit_weights(orders, last_days, items, no_scores(50, 1), nothing) is None

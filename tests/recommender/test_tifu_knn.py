@@ -138,9 +138,10 @@ def test_reproduces_the_reference_on_the_whole_uci_file() -> None:
 @pytest.mark.timeout(900)
 def test_the_live_hybrid_beats_tifu_knn_on_the_whole_uci_file() -> None:
     """The model `train` serves, tuned only before the cutoff, against the published method
-    on the same split. Measured: recall 0.3768 vs 0.3703, ndcg 0.3945 vs 0.3879; the hybrid
-    with plain order counts for its own items tied (0.3721 / 0.3894), so the margins below
-    fail without the learned replenishment blend."""
+    on the same split. Measured: recall 0.3792 vs 0.3703, ndcg 0.3965 vs 0.3879 (1.024× /
+    1.022×); without the ALS and item-kNN scores stacked into the replenishment blend
+    0.3768 / 0.3944 (1.018× / 1.017×), with plain order counts for its own items a tie
+    (0.3721 / 0.3894), so the margins below fail without either."""
     lines = _uci_lines()
     cutoff = datetime(2011, 9, 1, tzinfo=UTC).timestamp()
     split = evaluate.make_split(lines, cutoff, 90)
@@ -148,6 +149,6 @@ def test_the_live_hybrid_beats_tifu_knn_on_the_whole_uci_file() -> None:
     weights = evaluate.tune_hybrid(model.make("hybrid", settings), lines, cutoff, 90)
     hybrid = evaluate.evaluate(model.make("hybrid", settings, weights), split, k=10)
     tifu = evaluate.evaluate(TifuKNN(), split, k=10)
-    assert hybrid.recall >= 1.015 * tifu.recall, (hybrid, tifu)
-    assert hybrid.ndcg >= 1.01 * tifu.ndcg, (hybrid, tifu)
+    assert hybrid.recall >= 1.02 * tifu.recall, (hybrid, tifu)
+    assert hybrid.ndcg >= 1.02 * tifu.ndcg, (hybrid, tifu)
     assert hybrid.recall_new >= 0.12  # discovery stays
