@@ -54,6 +54,7 @@ from recocamp.campaigns import context as contract
 from recocamp.campaigns.context import context_for as context_for  # the callers' old home
 from recocamp.campaigns.context import money as money
 from recocamp.campaigns.context import sample_context as sample_context
+from recocamp.campaigns.flatten import FlatEnvironment
 from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
 from recocamp.errors import Problem, TemplateLimitError
 from recocamp.settings import TemplateSettings
@@ -123,8 +124,13 @@ def environment(
     sources: Mapping[str, str] | None = None,
     limits: TemplateSettings | None = None,
     clock: Callable[[], float] | None = None,
+    *,
+    flat: bool = False,
 ) -> LimitedEnvironment:
-    return LimitedEnvironment(
+    """The sandbox over the templates; ``flat``: layouts and partials resolved when a template
+    is compiled (``flatten.FlatEnvironment``), for rendering e-mails."""
+    kind = FlatEnvironment if flat else LimitedEnvironment
+    return kind(
         limits or TemplateSettings(),
         clock,
         loader=InliningLoader(directory, sources),
@@ -142,6 +148,9 @@ class Renderer:
     :meth:`frozen` renders from the templates as they are *now*: a worker keeps the last set
     that passed ``check`` while a marketer edits the files, and hands the same set to its
     delivering processes, so queued mail never meets a half-saved template.
+
+    Bodies render from templates compiled flat (``flatten``), each once per renderer;
+    ``exact`` compiles them as written (what ``check`` renders).
     """
 
     def __init__(
@@ -153,7 +162,8 @@ class Renderer:
     ) -> None:
         self.directory, self.sources = directory, sources
         self.limits = limits or TemplateSettings()
-        self.env = environment(directory, sources, self.limits, clock)
+        self.env = environment(directory, sources, self.limits, clock, flat=True)
+        self.exact = environment(directory, sources, self.limits, clock)
         self._subjects: dict[str, Template] = {}
         self._timeouts: dict[str, int] = {}  # template → renders in a row that ran out of time
 
@@ -177,10 +187,10 @@ class Renderer:
     def body(self, html: str, text: str, context: Mapping[str, object]) -> tuple[str, str]:
         """The HTML and the text part; raises jinja2's ``TemplateError`` subclasses and
         ``TemplateLimitError``."""
-        return (
-            self._render(self.env.get_template(html), context, html),
-            self._render(self.env.get_template(text), context, text),
-        )
+        return self._part(html, context), self._part(text, context)
+
+    def _part(self, name: str, context: Mapping[str, object]) -> str:
+        return self._render(self.env.get_template(name), context, name)
 
     def _render(self, template: Template, context: Mapping[str, object], key: str) -> str:
         """One render; a template that keeps running out of time is refused at once (its

@@ -304,6 +304,11 @@ class LimitedEnvironment(SandboxedEnvironment):
         finally:
             _BUDGET.reset(token)
 
+    def origin(self, name: str, line: int | None) -> tuple[str, int | None]:
+        """The file and line a compiled template's ``line`` is in: its own here (a flattening
+        environment maps lines of flattened layouts and partials back to their files)."""
+        return name, line
+
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         """Every ``for`` iterates through :func:`counted`; every list, tuple and dict literal
         is measured (:meth:`_made`)."""
@@ -666,10 +671,24 @@ def location(exc: BaseException, fallback: Template | None = None) -> tuple[str,
     while tb is not None:
         template = tb.tb_frame.f_globals.get("__jinja_template__")
         if isinstance(template, Template):
-            name = template.name or "<template>"
-            line = template.get_corresponding_lineno(tb.tb_lineno)
+            name, line = _origin(template, tb.tb_lineno)
         tb = tb.tb_next
     return name, line
+
+
+def _origin(template: Template, python_line: int) -> tuple[str, int | None]:
+    """The file and line of a compiled template's Python line (the template's own, or the
+    layout's or partial's it was flattened from: see ``LimitedEnvironment.origin``)."""
+    name, line = template.name or "<template>", template.get_corresponding_lineno(python_line)
+    environment = template.environment
+    return (
+        environment.origin(name, line)
+        if isinstance(environment, LimitedEnvironment)
+        else (
+            name,
+            line,
+        )
+    )
 
 
 def suspended(events: Any, fallback: Template) -> tuple[str, int | None]:
@@ -680,8 +699,7 @@ def suspended(events: Any, fallback: Template) -> tuple[str, int | None]:
         frame = events.gi_frame
         template = frame.f_globals.get("__jinja_template__")
         if isinstance(template, Template):
-            name = template.name or "<template>"
-            line = template.get_corresponding_lineno(frame.f_lineno)
+            name, line = _origin(template, frame.f_lineno)
         events = getattr(events, "gi_yieldfrom", None)
     return name, line
 
