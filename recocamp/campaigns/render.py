@@ -62,6 +62,7 @@ from recocamp.settings import TemplateSettings
 STYLESHEET = "email.css"
 QUARANTINE_AFTER = 3  # a template that ran out of time this often is not rendered any more
 SUBJECT = "subject"  # the name a subject line's errors carry
+JINJA_SYNTAX = re.compile(r"\{[{%#]")  # a string without these renders as itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +165,7 @@ class Renderer:
         self.limits = limits or TemplateSettings()
         self.env = environment(directory, sources, self.limits, clock, flat=True)
         self.exact = environment(directory, sources, self.limits, clock)
-        self._subjects: dict[str, Template] = {}
+        self._subjects: dict[str, Template | str] = {}  # compiled, or plain text as it renders
         self._timeouts: dict[str, int] = {}  # template → renders in a row that ran out of time
 
     @classmethod
@@ -177,11 +178,21 @@ class Renderer:
         return RenderedEmail(self.subject(subject, context), *self.body(html, text, context))
 
     def subject(self, subject: str, context: Mapping[str, object]) -> str:
-        """The subject line (a Jinja string), on one line."""
+        """The subject line (a Jinja string), on one line. One without Jinja syntax (most
+        are: "Picked for you") is its own render, returned without rendering it for every
+        e-mail of a run."""
         compiled = self._subjects.get(subject)
         if compiled is None:
-            compiled = self._subjects[subject] = self.env.from_string(subject)
-            compiled.name = SUBJECT
+            plain = (
+                not JINJA_SYNTAX.search(subject) and len(subject) <= self.limits.max_output_chars
+            )
+            compiled = self._subjects[subject] = (
+                " ".join(subject.split()) if plain else self.env.from_string(subject)
+            )
+            if isinstance(compiled, Template):
+                compiled.name = SUBJECT
+        if isinstance(compiled, str):
+            return compiled
         return " ".join(self._render(compiled, context, subject).split())
 
     def body(self, html: str, text: str, context: Mapping[str, object]) -> tuple[str, str]:
