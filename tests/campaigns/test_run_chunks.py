@@ -15,7 +15,13 @@ import sqlalchemy as sa
 
 from recocamp.campaigns import planner, render
 from recocamp.campaigns.files import Campaign
-from recocamp.campaigns.run import RunOptions, enqueue_decisions, plan_and_enqueue, plan_run
+from recocamp.campaigns.run import (
+    RunOptions,
+    enqueue_decisions,
+    plan_and_enqueue,
+    plan_run,
+    projected_sends,
+)
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase
 from recocamp.settings import Settings
 from recocamp.store import outbox as outbox_store
@@ -224,3 +230,17 @@ def test_a_run_that_fails_mid_way_is_rerun_without_sending_anything_twice(
     whole = plan_run(engine, SETTINGS, daily(), NOW).decided
     assert recorded(engine) == {d.customer_id: d.reason for d in whole}
     assert len(keys) == planner.counts(whole)["eligible"]
+
+
+def test_the_deliverers_are_chosen_by_the_sends_projected_from_the_first_chunk(
+    engine: sa.Engine,
+) -> None:
+    """A thread or processes is decided before the rest of the run: by the first chunk's share
+    of e-mails (sends and deferrals) times the run's customers."""
+    shop(engine)
+    planned = plan_run(engine, SETTINGS, daily(), NOW)
+    first = next(iter(planned.chunks(8)))
+    mailed = sum(d.outcome is planner.Outcome.SEND for d in first.decisions)
+    assert 0 < mailed < 8  # the first 8 hold skips and holdouts too
+    assert projected_sends(first, 8_000) == mailed * 1_000
+    assert projected_sends(None, 8_000) == 0
