@@ -77,6 +77,8 @@ class FlatEnvironment(LimitedEnvironment):
             tree = super()._parse(source, name, filename)
         except TemplateError:  # missing or broken: the render says so, as written
             return None
+        if _longest(tree) >= LINES:  # its lines could not carry a file number
+            return None
         return _Flattener(self, (*stack, name)).template(tree)
 
     def escapes(self, name: str) -> bool:

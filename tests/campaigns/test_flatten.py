@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from jinja2 import nodes
 
+from recocamp.campaigns import flatten
 from recocamp.campaigns.render import Renderer, sample_context
 from recocamp.errors import TemplateLimitError
 from recocamp.settings import TemplateSettings
@@ -124,3 +125,19 @@ def test_a_self_including_template_still_hits_the_depth_limit(tmp_path: Path) ->
     renderer = Renderer(tmp_path, limits=TemplateSettings(max_depth=10))
     with pytest.raises(TemplateLimitError, match="nested deeper than 10"):
         renderer.body("main.html", "main.html", sample_context())
+
+
+def test_a_partial_too_long_to_number_its_lines_stays_an_include(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flatten, "LINES", 4)  # lines 4 and beyond could not carry a file
+    write(tmp_path, "main.html", "{% include '_short.html' %}|{% include '_long.html' %}")
+    write(tmp_path, "_short.html", "{{ shop.name }}")
+    write(tmp_path, "_long.html", "<p>\n\n\n\n{{ shop.name }}</p>")
+    renderer = Renderer(tmp_path)
+    assert unresolved(renderer, "main.html") == ["Include"]  # the long one, left as written
+    context = sample_context()
+    flat = renderer.body("main.html", "main.html", context)[0]
+    assert (
+        flat == exactly(renderer, "main.html", context) and flat.count(context["shop"]["name"]) == 2
+    )
