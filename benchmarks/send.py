@@ -7,15 +7,18 @@ its customers under new ids and addresses, each keeping a real history. One camp
 cross_sell template, everyone in the audience, no holdout) is planned, rendered, enqueued
 in a fresh SQLite outbox and delivered through the postmark provider to ``recocamp
 fake-esp`` running as its own process (so it does not share our interpreter's GIL), with
-the code ``recocamp send`` runs (``jobs.deliver_planned``: enqueue while the run is
-delivered, by ``[esp] delivery_processes`` processes that render the bodies); only the
-customer snapshot is built in memory instead of loaded from the store.
+the code ``recocamp send`` runs (``campaign_send.deliver_planned``: decided chunk by chunk,
+each chunk enqueued while the run is delivered, by ``[esp] delivery_processes`` processes
+that render the bodies); only the customer snapshot is built in memory instead of loaded
+from the store.
 
 Prints e-mails/s end to end and the ratio to render-only speed (compose + render of the
-same decisions, nothing stored or sent). Targets (issue #5): end to end >= 2,000 e-mails/s
-and >= 40 % of render-only. Then the same run with ``--faults`` of the requests answered
-429 or 5xx: every e-mail must arrive exactly once (the fake ESP's unique count equals the
-outbox's sent count, no duplicates).
+same decisions, nothing stored or sent). Targets (issue #19): end to end >= 2,000 e-mails/s
+and >= 0.65 of render-only whenever render-only is >= 3,000/s. Then the same run with
+``--faults`` of the requests answered 429 or 5xx: every e-mail must arrive exactly once (the
+fake ESP's unique count equals the outbox's sent count, no duplicates). The last line is
+one JSON object: ``{"benchmark": "send", "emails", "render_only_per_s", "end_to_end_per_s",
+"ratio", "duplicates"}`` (the run without faults; duplicates of both runs).
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ def run(
 ) -> dict[str, float]:
     port = free_port()
     esp = start_fake_esp(port, faults)
-    db = work / f"outbox-{faults}.db"
+    db = work / f"outbox-{time.monotonic_ns()}.db"  # a fresh outbox for every run
     engine = make_engine(f"sqlite:///{db}")
     upgrade(engine)
     local = settings.model_copy(
@@ -152,11 +155,15 @@ def run(
     deliverer = Deliverer(
         engine, provider, local.esp, clock, renderer=render.Renderer(ROOT / "templates")
     )
+    phases: dict[str, float] = {}
+
+    def committed(n: int) -> None:
+        phases.setdefault("first_chunk_committed_s", time.perf_counter() - started)
+
     try:
         started = time.perf_counter()
         now = daytime_now(local)
         planned = plan_views(local, campaign, all_views, snapshot.items, snapshot.popular, now)
-        phases = {"plan_s": time.perf_counter() - started}
         run_report = deliver_planned(
             engine,
             local,
@@ -165,10 +172,9 @@ def run(
             planned,
             now,
             deliverer,
-            RunOptions(max_wait_s=30.0),
+            RunOptions(max_wait_s=30.0, on_progress=committed),
         )
         seconds = time.perf_counter() - started
-        phases["enqueue_and_deliver_s"] = seconds - phases["plan_s"]
         report = run_report.delivery
         assert report is not None
         rows = range(run_report.enqueued)
@@ -178,7 +184,7 @@ def run(
         esp.terminate()
         esp.wait()
         engine.dispose()
-    processes = delivery_processes(local, planned.sends)
+    processes = delivery_processes(local, run_report.enqueued)
     return {
         "emails": len(rows),
         "seconds": seconds,
@@ -238,6 +244,7 @@ def main() -> None:
         print(f"shop: {len(all_views):,} customers ({time.perf_counter() - t:.1f} s to build)")
         speed = render_only(settings, work, all_views, snapshot)
         print(f"render only (compose + render, nothing stored): {speed:,.0f} e-mails/s")
+        results = []
         for faults in (0.0, args.faults):
             result = run(settings, work, all_views, snapshot, faults)
             rate = result["emails"] / result["seconds"]
@@ -247,13 +254,27 @@ def main() -> None:
             )
             print(json.dumps(result))
             verdict = "met" if rate >= 2000 else "NOT met"
-            ratio_verdict = "met" if rate / speed >= 0.4 else "NOT met"
+            ratio_verdict = "met" if rate / speed >= 0.65 else "NOT met"
             print(
                 f"faults {faults:.0%}: {result['emails']:,} e-mails end to end in "
                 f"{result['seconds']:.1f} s = {rate:,.0f} e-mails/s (target >= 2,000: {verdict}); "
-                f"ratio to render-only {rate / speed:.2f} (target >= 0.40: {ratio_verdict}); "
+                f"ratio to render-only {rate / speed:.2f} (target >= 0.65: {ratio_verdict}); "
                 f"exactly once: {exact}"
             )
+            results.append((result, rate, exact))
+        clean, rate, _ = results[0]
+        summary = {
+            "benchmark": "send",
+            "emails": clean["emails"],
+            "render_only_per_s": round(speed, 1),
+            "end_to_end_per_s": round(rate, 1),
+            "ratio": round(rate / speed, 3),
+            "duplicates": sum(
+                r["duplicates"] + (0 if exact else abs(r["emails"] - r["unique_send_keys"]))
+                for r, _, exact in results
+            ),
+        }
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -35,10 +35,11 @@ p_active 0.81 ≥ 0.5``, ``eligible — lapsed 74 days (no live forecast)``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from itertools import islice
 from zoneinfo import ZoneInfo
 
 from recocamp.campaigns import caps, offers, predictive, segments
@@ -186,6 +187,30 @@ def context_for(
 def plan(campaign: Campaign, views: Iterable[CustomerView], context: Context) -> list[Decision]:
     policy = campaign.policy(context.policy)
     return [decide(campaign, view, context, policy) for view in views]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """``size`` customers and their decisions, in the same order."""
+
+    views: Sequence[CustomerView]
+    decisions: Sequence[Decision]
+
+
+def plan_chunks(
+    campaign: Campaign, views: Iterable[CustomerView], context: Context, size: int
+) -> Iterator[Chunk]:
+    """The decisions of :func:`plan`, ``size`` customers at a time and only as they are asked
+    for: a run records and enqueues one chunk while the next is still undecided, so delivery
+    starts within a chunk's time instead of after the whole plan. Each customer is in one chunk
+    only, and every rule reads that customer's own view and the run's ``context`` alone, so
+    the decisions are those of :func:`plan` whatever the chunk size."""
+    if size < 1:
+        raise ValueError(f"chunk size must be at least 1, not {size}")
+    policy = campaign.policy(context.policy)
+    remaining = iter(views)
+    while batch := tuple(islice(remaining, size)):
+        yield Chunk(batch, [decide(campaign, view, context, policy) for view in batch])
 
 
 def decide(
@@ -361,8 +386,17 @@ def _variant(campaign: Campaign, customer_id: str) -> str | None:
 
 def counts(decisions: Iterable[Decision]) -> dict[str, int]:
     """Decisions per reason code (sends counted as ``eligible``), largest first."""
-    tally: dict[str, int] = {}
+    return ordered(tally(decisions, {}))
+
+
+def tally(decisions: Iterable[Decision], into: dict[str, int]) -> dict[str, int]:
+    """Add ``decisions`` to the counts per reason code ``into`` (a run counts chunk by chunk)."""
     for decision in decisions:
         code = reason_code(decision.reason)
-        tally[code] = tally.get(code, 0) + 1
-    return dict(sorted(tally.items(), key=lambda pair: (-pair[1], pair[0])))
+        into[code] = into.get(code, 0) + 1
+    return into
+
+
+def ordered(counted: Mapping[str, int]) -> dict[str, int]:
+    """Counts per reason code, largest first (ties by code)."""
+    return dict(sorted(counted.items(), key=lambda pair: (-pair[1], pair[0])))

@@ -54,6 +54,7 @@ from recocamp.campaigns import context as contract
 from recocamp.campaigns.context import context_for as context_for  # the callers' old home
 from recocamp.campaigns.context import money as money
 from recocamp.campaigns.context import sample_context as sample_context
+from recocamp.campaigns.flatten import FlatEnvironment
 from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
 from recocamp.errors import Problem, TemplateLimitError
 from recocamp.settings import TemplateSettings
@@ -61,6 +62,7 @@ from recocamp.settings import TemplateSettings
 STYLESHEET = "email.css"
 QUARANTINE_AFTER = 3  # a template that ran out of time this often is not rendered any more
 SUBJECT = "subject"  # the name a subject line's errors carry
+JINJA_SYNTAX = re.compile(r"\{[{%#]")  # a string without these renders as itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +125,13 @@ def environment(
     sources: Mapping[str, str] | None = None,
     limits: TemplateSettings | None = None,
     clock: Callable[[], float] | None = None,
+    *,
+    flat: bool = False,
 ) -> LimitedEnvironment:
-    return LimitedEnvironment(
+    """The sandbox over the templates; ``flat``: layouts and partials resolved when a template
+    is compiled (``flatten.FlatEnvironment``), for rendering e-mails."""
+    kind = FlatEnvironment if flat else LimitedEnvironment
+    return kind(
         limits or TemplateSettings(),
         clock,
         loader=InliningLoader(directory, sources),
@@ -142,6 +149,9 @@ class Renderer:
     :meth:`frozen` renders from the templates as they are *now*: a worker keeps the last set
     that passed ``check`` while a marketer edits the files, and hands the same set to its
     delivering processes, so queued mail never meets a half-saved template.
+
+    Bodies render from templates compiled flat (``flatten``), each once per renderer;
+    ``exact`` compiles them as written (what ``check`` renders).
     """
 
     def __init__(
@@ -153,8 +163,9 @@ class Renderer:
     ) -> None:
         self.directory, self.sources = directory, sources
         self.limits = limits or TemplateSettings()
-        self.env = environment(directory, sources, self.limits, clock)
-        self._subjects: dict[str, Template] = {}
+        self.env = environment(directory, sources, self.limits, clock, flat=True)
+        self.exact = environment(directory, sources, self.limits, clock)
+        self._subjects: dict[str, Template | str] = {}  # compiled, or plain text as it renders
         self._timeouts: dict[str, int] = {}  # template → renders in a row that ran out of time
 
     @classmethod
@@ -167,20 +178,30 @@ class Renderer:
         return RenderedEmail(self.subject(subject, context), *self.body(html, text, context))
 
     def subject(self, subject: str, context: Mapping[str, object]) -> str:
-        """The subject line (a Jinja string), on one line."""
+        """The subject line (a Jinja string), on one line. One without Jinja syntax (most
+        are: "Picked for you") is its own render, returned without rendering it for every
+        e-mail of a run."""
         compiled = self._subjects.get(subject)
         if compiled is None:
-            compiled = self._subjects[subject] = self.env.from_string(subject)
-            compiled.name = SUBJECT
+            plain = (
+                not JINJA_SYNTAX.search(subject) and len(subject) <= self.limits.max_output_chars
+            )
+            compiled = self._subjects[subject] = (
+                " ".join(subject.split()) if plain else self.env.from_string(subject)
+            )
+            if isinstance(compiled, Template):
+                compiled.name = SUBJECT
+        if isinstance(compiled, str):
+            return compiled
         return " ".join(self._render(compiled, context, subject).split())
 
     def body(self, html: str, text: str, context: Mapping[str, object]) -> tuple[str, str]:
         """The HTML and the text part; raises jinja2's ``TemplateError`` subclasses and
         ``TemplateLimitError``."""
-        return (
-            self._render(self.env.get_template(html), context, html),
-            self._render(self.env.get_template(text), context, text),
-        )
+        return self._part(html, context), self._part(text, context)
+
+    def _part(self, name: str, context: Mapping[str, object]) -> str:
+        return self._render(self.env.get_template(name), context, name)
 
     def _render(self, template: Template, context: Mapping[str, object], key: str) -> str:
         """One render; a template that keeps running out of time is refused at once (its

@@ -54,6 +54,7 @@ from recocamp.settings import TemplateSettings
 
 COUNTED = "__counted_loop"  # the filter every ``for`` iterates through (see ``_parse``)
 MADE = "__made_value"  # the filter every list, tuple and dict literal goes through
+KEPT_GLOBALS = "recocamp_globals"  # a template's globals as one dict, kept on the template
 T = TypeVar("T")
 PRODUCED_FACTOR = 10  # a render makes at most 10 × max_output_chars of strings and lists in all
 _EXPANDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"})
@@ -279,7 +280,7 @@ class LimitedEnvironment(SandboxedEnvironment):
             parts: list[str] = []
             size, bound = 0, self.limits.max_output_chars
             root = template.root_render_func
-            events = getattr(root, "__wrapped__", root)(template.new_context(dict(context)))
+            events = getattr(root, "__wrapped__", root)(self._context(template, context))
             for seen, part in enumerate(events, 1):  # inline: runs for every piece of every e-mail
                 size += len(part)
                 if not seen & 1023:
@@ -303,6 +304,20 @@ class LimitedEnvironment(SandboxedEnvironment):
             raise located(exc, "out of memory", template) from None
         finally:
             _BUDGET.reset(token)
+
+    def _context(self, template: Template, context: Mapping[str, Any]) -> Context:
+        """``template.new_context(dict(context))``, without reading the template's globals
+        (a ``ChainMap``) twice per render: that cost 10 µs of a 75 µs render. They are read
+        once per template and kept on it."""
+        kept = template.__dict__.get(KEPT_GLOBALS)
+        if kept is None:
+            kept = template.__dict__[KEPT_GLOBALS] = dict(template.globals)
+        return self.context_class(self, {**kept, **context}, template.name, template.blocks, kept)
+
+    def origin(self, name: str, line: int | None) -> tuple[str, int | None]:
+        """The file and line a compiled template's ``line`` is in: its own here (a flattening
+        environment maps lines of flattened layouts and partials back to their files)."""
+        return name, line
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         """Every ``for`` iterates through :func:`counted`; every list, tuple and dict literal
@@ -666,10 +681,24 @@ def location(exc: BaseException, fallback: Template | None = None) -> tuple[str,
     while tb is not None:
         template = tb.tb_frame.f_globals.get("__jinja_template__")
         if isinstance(template, Template):
-            name = template.name or "<template>"
-            line = template.get_corresponding_lineno(tb.tb_lineno)
+            name, line = _origin(template, tb.tb_lineno)
         tb = tb.tb_next
     return name, line
+
+
+def _origin(template: Template, python_line: int) -> tuple[str, int | None]:
+    """The file and line of a compiled template's Python line (the template's own, or the
+    layout's or partial's it was flattened from: see ``LimitedEnvironment.origin``)."""
+    name, line = template.name or "<template>", template.get_corresponding_lineno(python_line)
+    environment = template.environment
+    return (
+        environment.origin(name, line)
+        if isinstance(environment, LimitedEnvironment)
+        else (
+            name,
+            line,
+        )
+    )
 
 
 def suspended(events: Any, fallback: Template) -> tuple[str, int | None]:
@@ -680,8 +709,7 @@ def suspended(events: Any, fallback: Template) -> tuple[str, int | None]:
         frame = events.gi_frame
         template = frame.f_globals.get("__jinja_template__")
         if isinstance(template, Template):
-            name = template.name or "<template>"
-            line = template.get_corresponding_lineno(frame.f_lineno)
+            name, line = _origin(template, frame.f_lineno)
         events = getattr(events, "gi_yieldfrom", None)
     return name, line
 

@@ -1,16 +1,22 @@
 """The campaign run: decide for every customer at ``now``, record every decision, compose
 and enqueue the e-mails (their bodies are rendered by whoever delivers them).
 
+Deciding streams into the enqueue: the planner decides ``chunk_size`` customers at a time
+(``planner.plan_chunks``), and each chunk's decisions and e-mails are committed, and
+claimable by the deliverers, before the next chunk is decided. A run of 100,000 customers
+starts delivering after its first chunk, not after seconds of planning.
+
 Re-running the same slot (campaign × shop-local day) adds nothing: decisions are unique per
 run key and customer, e-mails per send key; a crash in the middle resumes where it stopped,
-because already enqueued send keys are skipped before anything is composed again. Sending
-while enqueuing is ``delivery.campaign_send``; the worker's jobs are ``worker.jobs``.
+because already enqueued send keys are skipped before anything is composed again (the
+re-run decides from the same snapshot, its own e-mails left out: see ``load_snapshot``).
+Sending while enqueuing is ``delivery.campaign_send``; the worker's jobs are ``worker.jobs``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,15 +54,34 @@ def run_key(campaign: str, now: datetime, zone: ZoneInfo) -> str:
 
 @dataclass
 class Planned:
-    """One campaign run, decided: what ``enqueue_decisions`` records and enqueues."""
+    """One campaign run, ready to be decided: ``chunks`` decides it chunk by chunk, as
+    ``enqueue_decisions`` records and enqueues (``decided``: all at once, for a look)."""
 
     report: RunReport
-    decided: Sequence[planner.Decision]
-    by_customer: dict[str, planner.CustomerView]
+    campaign: Campaign
+    customers: Sequence[planner.CustomerView]
+    context: planner.Context
+
+    def chunks(self, size: int | None = None) -> Iterable[planner.Chunk]:
+        """The decisions, ``size`` customers at a time (default ``CHUNK``), when asked for."""
+        return planner.plan_chunks(self.campaign, self.customers, self.context, size or CHUNK)
 
     @property
-    def sends(self) -> int:
-        return sum(d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER) for d in self.decided)
+    def decided(self) -> list[planner.Decision]:
+        return [d for chunk in self.chunks() for d in chunk.decisions]
+
+
+def sends(decisions: Iterable[planner.Decision]) -> int:
+    """The decisions that enqueue an e-mail (sends, and deferrals to the end of quiet hours)."""
+    return sum(d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER) for d in decisions)
+
+
+def projected_sends(first: planner.Chunk | None, customers: int) -> int:
+    """The e-mails a run will enqueue, projected from its first chunk (which is decided before
+    the deliverers are chosen: a thread for a small run, processes for a big one)."""
+    if first is None or not first.views:
+        return 0
+    return round(sends(first.decisions) * customers / len(first.views))
 
 
 def plan_run(engine: Engine, settings: Settings, campaign: Campaign, now: datetime) -> Planned:
@@ -110,11 +135,10 @@ def plan_views(
     *,
     forecast: predictive.LiveForecast | None = None,
 ) -> Planned:
-    zone = settings.shop.zone
+    """The run at ``now`` over ``customers``, nothing decided yet (see ``Planned.chunks``)."""
     context = planner.context_for(settings, now, items, popular, forecast)
-    decided = planner.plan(campaign, customers, context)
-    report = RunReport(campaign.name, run_key(campaign.name, now, zone), planner.counts(decided))
-    return Planned(report, decided, {v.customer.id: v for v in customers})
+    report = RunReport(campaign.name, run_key(campaign.name, now, settings.shop.zone))
+    return Planned(report, campaign, customers, context)
 
 
 @dataclass(frozen=True)
@@ -128,6 +152,7 @@ class RunOptions:
     on_progress: Progress = lambda n: None  # decisions recorded and enqueued
     stopping: Callable[[], bool] = lambda: False  # checked between chunks and batches
     renderer: render.Renderer | None = None  # default: the templates directory as it is now
+    chunk_size: int | None = None  # customers decided and committed at a time (None: CHUNK)
 
 
 def plan_and_enqueue(
@@ -151,22 +176,29 @@ def enqueue_decisions(
     planned: Planned,
     now: datetime,
     options: RunOptions = RunOptions(),
+    chunks: Iterable[planner.Chunk] | None = None,
 ) -> RunReport:
-    """Record every decision and enqueue the e-mails of sends and deferrals, chunk by chunk
-    (a crash or a stop loses at most the chunk in flight, and the re-run skips what is
-    enqueued). Bodies are rendered by whoever delivers them (``domain.BodyTemplate``); only
-    the subject is rendered here."""
+    """Decide, record every decision and enqueue the e-mails of sends and deferrals, chunk by
+    chunk (``chunks``: default ``planned.chunks``): each chunk is committed before the next is
+    decided, so deliverers start on the first while the rest is planned, and a crash or a stop
+    loses at most the chunk in flight (the re-run skips what is enqueued). Bodies are rendered
+    by whoever delivers them (``domain.BodyTemplate``); only the subject is rendered here."""
     key = settings.require_signing_key()
     renderer = options.renderer or render.Renderer(templates, limits=settings.templates)
     report = planned.report
     period = report.run_key.rpartition("/")[2]
     issued_at = options.issued_at or now
-    for chunk in _chunks(planned.decided):
+    tally: dict[str, int] = {}
+    decided = 0
+    for chunk in planned.chunks(options.chunk_size) if chunks is None else chunks:
         if options.stopping():
             raise Interrupted(
                 f"campaign run {report.run_key} stopped after {report.enqueued:,} e-mails enqueued"
             )
-        wanted = [d for d in chunk if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)]
+        views = {view.customer.id: view for view in chunk.views}
+        wanted = [
+            d for d in chunk.decisions if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)
+        ]
         keys = {
             d.customer_id: outbox.send_key(campaign.name, d.customer_id, period) for d in wanted
         }
@@ -175,7 +207,7 @@ def enqueue_decisions(
         emails = [  # composed outside the write transaction: a deliverer may be draining
             _email(
                 d,
-                planned.by_customer[d.customer_id],
+                views[d.customer_id],
                 campaign,
                 settings,
                 renderer,
@@ -188,15 +220,18 @@ def enqueue_decisions(
             if keys[d.customer_id] not in done
         ]
         with engine.begin() as connection:
-            _record_decisions(connection, report.run_key, chunk, now)
+            _record_decisions(connection, report.run_key, chunk.decisions, now)
             report.enqueued += outbox.enqueue(connection, emails, now)
         report.already_enqueued += len(done)
-        options.on_progress(len(chunk))
+        planner.tally(chunk.decisions, tally)
+        decided += len(chunk.decisions)
+        options.on_progress(len(chunk.decisions))
+    report.counts = planner.ordered(tally)
     log.info(
         "campaign %s run %s: %d decisions, %d enqueued, %d already enqueued",
         campaign.name,
         report.run_key,
-        len(planned.decided),
+        decided,
         report.enqueued,
         report.already_enqueued,
     )
@@ -222,11 +257,6 @@ def _email(
         decision, view, campaign, settings, renderer, link, send_key, defer_body=True
     )
     return email, decision.customer_id, decision.variant, decision.send_at or now
-
-
-def _chunks(decided: Sequence[planner.Decision]) -> Iterator[Sequence[planner.Decision]]:
-    for start in range(0, len(decided), CHUNK):
-        yield decided[start : start + CHUNK]
 
 
 def _record_decisions(

@@ -1,5 +1,6 @@
 """A campaign run delivered while it is enqueued: the first e-mails go out while the rest
-are still being decided, by a thread or, for big runs, by several delivering processes."""
+are still being decided (chunk by chunk, see ``campaigns.run``), by a thread or, for big
+runs, by several delivering processes."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ import os
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from recocamp.campaigns import render
 from recocamp.campaigns.files import Campaign
-from recocamp.campaigns.run import Planned, RunOptions, RunReport, enqueue_decisions, plan_run
+from recocamp.campaigns.run import (
+    Planned,
+    RunOptions,
+    RunReport,
+    enqueue_decisions,
+    plan_run,
+    projected_sends,
+)
 from recocamp.clock import SystemClock
 from recocamp.delivery.deliverer import Deliverer, drain_in_processes
 from recocamp.domain import DeliveryReport
@@ -46,10 +55,14 @@ def deliver_planned(
     deliverer: Deliverer,
     options: RunOptions = RunOptions(),
 ) -> RunReport:
-    """Enqueue ``planned`` while it is delivered: by ``deliverer`` in a thread, or, for a big
-    run, by several delivering processes (``[esp] delivery_processes``), because rendering
-    the bodies is the expensive part and one process renders on one core."""
-    processes = delivery_processes(settings, planned.sends)
+    """Decide and enqueue ``planned`` while it is delivered: by ``deliverer`` in a thread, or,
+    for a big run, by several delivering processes (``[esp] delivery_processes``), because
+    rendering the bodies is the expensive part and one process renders on one core. Which of
+    the two goes by the e-mails projected from the first chunk, decided before delivery
+    starts (a fraction of a second); the rest is decided while the first chunks go out."""
+    chunks = iter(planned.chunks(options.chunk_size))
+    first = next(chunks, None)
+    processes = delivery_processes(settings, projected_sends(first, len(planned.customers)))
     if not isinstance(deliverer.clock, SystemClock):
         processes = 1  # delivering processes run on the real clock: not for a simulated one
 
@@ -72,7 +85,16 @@ def deliver_planned(
 
     return while_delivering(
         drain,
-        lambda: enqueue_decisions(engine, settings, campaign, templates, planned, now, options),
+        lambda: enqueue_decisions(
+            engine,
+            settings,
+            campaign,
+            templates,
+            planned,
+            now,
+            options,
+            chain([] if first is None else [first], chunks),
+        ),
     )
 
 

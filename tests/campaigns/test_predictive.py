@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from recocamp.campaigns.audience import snapshot
 from recocamp.campaigns.files import RISK_TIERS, Campaign, load_all
 from recocamp.campaigns.labels import by_code, reason
-from recocamp.campaigns.planner import REASON_LENGTH, Outcome, with_detail
+from recocamp.campaigns.planner import REASON_LENGTH, Outcome, counts, with_detail
 from recocamp.campaigns.predictive import LiveForecast, live_at
 from recocamp.campaigns.run import plan_and_enqueue, plan_run
 from recocamp.cli import app
@@ -163,7 +163,7 @@ def test_an_objector_goes_by_the_lapsed_rule_and_never_by_the_forecast(engine: s
     assert reasons["e"] == (
         "not_in_audience:overdue_ratio_at_least — forecast: overdue 1.00× < 1.2×"
     )
-    assert planned.report.counts == {"eligible": 3, "not_in_audience:churn_risk": 2} | {
+    assert counts(planned.decided) == {"eligible": 3, "not_in_audience:churn_risk": 2} | {
         "not_in_audience:overdue_ratio_at_least": 2
     }
 
@@ -200,7 +200,7 @@ def test_without_a_live_forecast_the_lapsed_rule_decides_for_everyone(
     )
     without_fallback = plan_run(engine, SETTINGS, campaign(p_active_below=0.5), NOW)
     assert {d.outcome for d in without_fallback.decided} == {Outcome.SKIP}
-    assert without_fallback.report.counts == {"not_in_audience:p_active_below": 7}
+    assert counts(without_fallback.decided) == {"not_in_audience:p_active_below": 7}
 
 
 def test_the_forecast_is_live_from_its_day_until_its_horizon_closes() -> None:

@@ -462,3 +462,20 @@ def test_a_real_collection_inside_a_render_is_credited(tmp_path: Path) -> None:
         patch.setattr(Budget, "collected", spy)
         assert renderer.body("t.html", "t.html", context)[0].endswith("012")
     assert seen[:2] == ["start", "stop"]
+
+
+@pytest.mark.parametrize(
+    "subject", ["Picked for you", "  Für Sie\r\n ausgewählt \n", "50 % off {not jinja}", "x" * 99]
+)
+def test_a_subject_without_jinja_is_what_its_render_would_be(subject: str) -> None:
+    renderer = Renderer(TEMPLATES)
+    rendered = renderer.env.render(renderer.env.from_string(subject), sample_context())
+    assert renderer.subject(subject, sample_context()) == " ".join(rendered.split())
+    assert renderer.subject(subject, sample_context()) == " ".join(subject.split())
+
+
+def test_a_subject_with_jinja_is_rendered_and_limited() -> None:
+    renderer = Renderer(TEMPLATES, limits=TemplateSettings(max_output_chars=10_000))
+    assert renderer.subject("Hi {# note #}{{ customer.first_name }}", sample_context()) == "Hi Anna"
+    with pytest.raises(TemplateLimitError, match="longer than 10,000 characters"):
+        renderer.subject("x" * 10_001, sample_context())  # a plain one past the bound still fails

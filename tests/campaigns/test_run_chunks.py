@@ -1,0 +1,246 @@
+"""A campaign run decided chunk by chunk, on a real store: the first chunk is recorded and
+claimable while the rest is still undecided, every customer is decided once whatever the
+chunk size, caps hold across chunks, and a run that fails mid-way is re-run without sending
+anything twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any, overload
+
+import pytest
+import sqlalchemy as sa
+
+from recocamp.campaigns import planner, render
+from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.run import (
+    RunOptions,
+    enqueue_decisions,
+    plan_and_enqueue,
+    plan_run,
+    projected_sends,
+)
+from recocamp.domain import ConsentBasis, Customer, Item, Purchase
+from recocamp.settings import Settings
+from recocamp.store import outbox as outbox_store
+from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
+from recocamp.store.schema import decisions, outbox
+from tests.conftest import NOW, ROOT
+
+SETTINGS = Settings(signing_key="f" * 32)
+PEOPLE = 23  # not a multiple of any chunk size used here: the last chunk is a short one
+TEMPLATES = ROOT / "templates"
+
+
+def daily(name: str = "daily", holdout_percent: int = 30) -> Campaign:
+    return Campaign(
+        **{
+            "name": name,
+            "legal_basis": ["double_opt_in"],
+            "holdout_percent": holdout_percent,
+            "schedule": {"cron": "0 11 * * *"},
+            "audience": {"lapsed_days": [0, 1000]},
+            "offer": {"mode": "replenish", "items": 1},
+            "template": {
+                "subject": {"en": "Hi"},
+                "html": "replenish.html",
+                "text": "replenish.txt",
+            },
+        }
+    )  # type: ignore[arg-type]
+
+
+def shop(engine: sa.Engine) -> None:
+    """PEOPLE customers, every fourth without consent (a skip with its reason)."""
+    people = [
+        Customer(
+            f"c{n:02d}",
+            f"c{n}@example.test",
+            "Kim",
+            "en",
+            "Europe/London",
+            consent_basis=ConsentBasis.NONE if n % 4 == 3 else ConsentBasis.DOUBLE_OPT_IN,
+            consent_at=NOW - timedelta(days=400),
+        )
+        for n in range(PEOPLE)
+    ]
+    bought = NOW - timedelta(days=20)
+    lines = [Purchase(f"o{n}", 1, f"c{n:02d}", "i1", 1, 9.5, bought) for n in range(PEOPLE)]
+    with engine.begin() as connection:
+        upsert_customers(connection, people, NOW)
+        upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW)
+        insert_purchases(connection, lines, None)
+
+
+def recorded(engine: sa.Engine, campaign: str = "daily") -> dict[str, str]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(decisions.c.customer_id, decisions.c.reason).where(
+                decisions.c.campaign == campaign
+            )
+        )
+        return {row.customer_id: row.reason for row in rows}
+
+
+def send_keys(engine: sa.Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.execute(sa.select(outbox.c.send_key)).scalars())
+
+
+class Counted(Sequence[planner.CustomerView]):
+    """The customers of a run, counting how many the planner has taken so far."""
+
+    def __init__(self, views: Sequence[planner.CustomerView]) -> None:
+        self.views, self.taken = views, 0
+
+    def __iter__(self) -> Iterator[planner.CustomerView]:
+        for view in self.views:
+            self.taken += 1
+            yield view
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    @overload
+    def __getitem__(self, index: int) -> planner.CustomerView: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[planner.CustomerView]: ...
+    def __getitem__(self, index: Any) -> Any:
+        return self.views[index]
+
+
+def test_the_first_chunk_is_claimable_before_the_rest_is_decided(engine: sa.Engine) -> None:
+    shop(engine)
+    planned = plan_run(engine, SETTINGS, daily(), NOW)
+    customers = Counted(planned.customers)
+    planned = replace(planned, customers=customers)
+    seen: list[tuple[int, int, int]] = []  # at each commit: decided, recorded, claimable
+
+    def committed(n: int) -> None:
+        with engine.connect() as connection:
+            claimable = outbox_store.queued(connection, "daily")
+        seen.append((customers.taken, len(recorded(engine)), claimable))
+
+    report = enqueue_decisions(
+        engine,
+        SETTINGS,
+        daily(),
+        TEMPLATES,
+        planned,
+        NOW,
+        RunOptions(on_progress=committed, chunk_size=5),
+    )
+    decided, stored, claimable = seen[0]
+    assert decided == stored == 5 < PEOPLE  # only the first chunk decided, and it is stored
+    assert claimable > 0  # its e-mails wait for a deliverer while the rest is planned
+    assert [s[0] for s in seen] == [5, 10, 15, 20, 23]
+    claimable_after = [s[2] for s in seen]  # each chunk adds its e-mails to those before
+    assert claimable_after == sorted(claimable_after) and claimable_after[-1] == report.enqueued
+
+
+@pytest.mark.parametrize("size", [1, 4, 23, 100])
+def test_every_customer_is_decided_once_as_by_the_whole_plan(engine: sa.Engine, size: int) -> None:
+    shop(engine)
+    whole = plan_run(engine, SETTINGS, daily(), NOW).decided
+    report = plan_and_enqueue(
+        engine, SETTINGS, daily(), TEMPLATES, NOW, RunOptions(chunk_size=size)
+    )
+    assert recorded(engine) == {d.customer_id: d.reason for d in whole}
+    assert len(recorded(engine)) == PEOPLE
+    assert report.counts == planner.counts(whole)
+    assert {"holdout", "no_consent", "eligible"} <= set(report.counts)
+    keys = send_keys(engine)
+    assert len(keys) == len(set(keys)) == report.enqueued == report.counts["eligible"]
+
+
+def test_plan_chunks_decide_as_plan_with_each_customer_in_one_chunk(engine: sa.Engine) -> None:
+    shop(engine)
+    planned = plan_run(engine, SETTINGS, daily(), NOW)
+    whole = planner.plan(daily(), planned.customers, planned.context)
+    chunks = list(planner.plan_chunks(daily(), planned.customers, planned.context, 4))
+    assert [len(c.views) for c in chunks] == [4, 4, 4, 4, 4, 3]
+    assert [d for c in chunks for d in c.decisions] == whole
+    assert all(
+        [v.customer.id for v in c.views] == [d.customer_id for d in c.decisions] for c in chunks
+    )
+    with pytest.raises(ValueError, match="at least 1"):
+        next(planner.plan_chunks(daily(), planned.customers, planned.context, 0))
+
+
+def test_caps_count_contacts_whatever_chunk_they_were_enqueued_in(engine: sa.Engine) -> None:
+    """A second campaign two hours after the first: the 24 h cap (1 e-mail) skips everyone
+    the first one mailed or held out, decided in other chunks of other sizes."""
+    shop(engine)
+    first = plan_and_enqueue(
+        engine,
+        SETTINGS,
+        daily("first"),
+        TEMPLATES,
+        NOW - timedelta(hours=2),
+        RunOptions(chunk_size=7),
+    )
+    contacted = {
+        c for c, reason in recorded(engine, "first").items() if reason in ("eligible", "holdout")
+    }
+    second = plan_and_enqueue(
+        engine, SETTINGS, daily("second"), TEMPLATES, NOW, RunOptions(chunk_size=3)
+    )
+    reasons = recorded(engine, "second")
+    assert {c for c, reason in reasons.items() if reason == "capped_24h"} == contacted
+    assert len(contacted) == first.counts["eligible"] + first.counts["holdout"] > 0
+    assert second.enqueued == 0
+
+
+class Failing(render.Renderer):
+    """A renderer whose subject fails after ``good`` subjects: a crash inside a chunk."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__(TEMPLATES)
+        self.left = good
+
+    def subject(self, subject: str, context: Any) -> str:
+        self.left -= 1
+        if self.left < 0:
+            raise RuntimeError("the process died here")
+        return super().subject(subject, context)
+
+
+def test_a_run_that_fails_mid_way_is_rerun_without_sending_anything_twice(
+    engine: sa.Engine,
+) -> None:
+    shop(engine)
+    with pytest.raises(RuntimeError, match="died"):
+        plan_and_enqueue(
+            engine,
+            SETTINGS,
+            daily(),
+            TEMPLATES,
+            NOW,
+            RunOptions(chunk_size=5, renderer=Failing(good=6)),
+        )
+    before, decided = set(send_keys(engine)), recorded(engine)
+    assert 0 < len(decided) < PEOPLE and len(decided) % 5 == 0  # whole chunks, none half
+    assert len(before) == sum(reason == "eligible" for reason in decided.values())
+    again = plan_and_enqueue(engine, SETTINGS, daily(), TEMPLATES, NOW, RunOptions(chunk_size=4))
+    keys = send_keys(engine)
+    assert len(keys) == len(set(keys)) == len(before) + again.enqueued
+    assert again.already_enqueued == len(before)
+    whole = plan_run(engine, SETTINGS, daily(), NOW).decided
+    assert recorded(engine) == {d.customer_id: d.reason for d in whole}
+    assert len(keys) == planner.counts(whole)["eligible"]
+
+
+def test_the_deliverers_are_chosen_by_the_sends_projected_from_the_first_chunk(
+    engine: sa.Engine,
+) -> None:
+    """A thread or processes is decided before the rest of the run: by the first chunk's share
+    of e-mails (sends and deferrals) times the run's customers."""
+    shop(engine)
+    planned = plan_run(engine, SETTINGS, daily(), NOW)
+    first = next(iter(planned.chunks(8)))
+    mailed = sum(d.outcome is planner.Outcome.SEND for d in first.decisions)
+    assert 0 < mailed < 8  # the first 8 hold skips and holdouts too
+    assert projected_sends(first, 8_000) == mailed * 1_000
+    assert projected_sends(None, 8_000) == 0
