@@ -105,6 +105,19 @@ class TrainingData:
     def shape(self) -> tuple[int, int]:
         return (len(self.customers), len(self.items))
 
+    def active_rows(self, days: float | None) -> np.ndarray:
+        """Rows of the customers whose last purchase lies at most ``days`` before the cutoff
+        (every row when ``days`` is None): those whose top-N is worth caching."""
+        if days is None:
+            return np.arange(self.shape[0])
+        last = self.last_days.tocsr()
+        filled = np.diff(last.indptr) > 0
+        latest = np.full(self.shape[0], np.inf)
+        if filled.any():
+            latest[filled] = np.minimum.reduceat(last.data, last.indptr[:-1][filled])
+        active: np.ndarray = np.flatnonzero(latest <= days)
+        return active
+
     def rows_of(self, customer_ids: np.ndarray) -> np.ndarray:
         """Row index of each id, -1 for customers the data does not know."""
         position = np.searchsorted(self.customers, customer_ids)
