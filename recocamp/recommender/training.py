@@ -86,20 +86,18 @@ def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
 
 
 class _Codes:
-    """Factorises ids into integer codes while reading: ``np.unique`` per chunk, so the
-    Python-level dictionary only sees each chunk's distinct ids."""
+    """Factorises ids into integer codes while reading: one C-level ``map`` over the chunk
+    through a dict whose ``__missing__`` numbers a new id, so no per-chunk string array,
+    string sort or Python loop over the lines."""
 
     def __init__(self) -> None:
-        self.index: dict[str, int] = {}
+        self.index = _Numbering()
         self.chunks: list[np.ndarray] = []
 
     def add(self, values: tuple[str, ...]) -> None:
-        distinct, inverse = np.unique(np.array(values, dtype=str), return_inverse=True)
-        index = self.index
-        local = np.array(
-            [index.setdefault(value, len(index)) for value in distinct.tolist()], dtype=np.int64
+        self.chunks.append(
+            np.fromiter(map(self.index.__getitem__, values), dtype=np.int64, count=len(values))
         )
-        self.chunks.append(local[inverse])
 
     @property
     def codes(self) -> np.ndarray:
@@ -112,6 +110,12 @@ class _Codes:
         rank = np.empty(len(ids), dtype=np.int64)
         rank[order] = np.arange(len(ids))
         return rank[self.codes], ids[order]
+
+
+class _Numbering(dict[str, int]):
+    def __missing__(self, key: str) -> int:
+        number = self[key] = len(self)
+        return number
 
 
 def fingerprint(lines: Lines, params: dict[str, Any]) -> str:
