@@ -138,7 +138,12 @@ def _split_args(settings: RecommenderSettings) -> dict[str, Any]:
 
 
 def _sample(settings: RecommenderSettings) -> dict[str, Any]:
-    return {"max_customers": settings.evaluation_max_customers}
+    """The bounded, seeded sample of customers known before a split's cutoff that the gate,
+    the hybrid's tuning and ``recocamp evaluate`` measure (``evaluate.make_split``)."""
+    return {
+        "max_customers": settings.evaluation_max_customers,
+        "seed": settings.evaluation_sample_seed,
+    }
 
 
 def _candidate(
@@ -154,6 +159,7 @@ def _candidate(
             settings.evaluation_horizon_days,
             settings.evaluation_k,
             **_split_args(settings),
+            **_sample(settings),
         )
         candidate = model.make(name, settings, weights)
     return candidate
