@@ -111,15 +111,16 @@ def ranked_lists(
     for batch in batches(np.asarray(rows, dtype=np.int64), data.shape[1]):
         indices, scores = top_k(model, data, batch, n, Mode.MIXED)
         names = data.items[np.maximum(indices, 0)].tolist()
+        rounded = np.round(scores, 6).tolist()  # vectorised: a million lists of twenty
+        if (indices >= 0).all():
+            for row, named, values in zip(batch.tolist(), names, rounded, strict=True):
+                yield row, [list(pair) for pair in zip(named, values, strict=True)]
+            continue
         for row, picked, named, values in zip(
-            batch.tolist(), indices.tolist(), names, scores.tolist(), strict=True
+            batch.tolist(), indices.tolist(), names, rounded, strict=True
         ):
-            ranked = [
-                [name, round(value, 6)]
-                for i, name, value in zip(picked, named, values, strict=True)
-                if i >= 0
-            ]
-            yield row, ranked
+            pairs = zip(picked, named, values, strict=True)
+            yield row, [[name, value] for i, name, value in pairs if i >= 0]
 
 
 def normalised(scores: np.ndarray) -> np.ndarray:
