@@ -119,6 +119,8 @@ class RecommenderSettings(_Section):
     knn_neighbours: int = Field(default=20, ge=1)
     evaluation_k: int = Field(default=10, ge=1)
     evaluation_max_customers: int = Field(default=20000, ge=100)
+    evaluation_sample_seed: int = 0
+    cache_active_days: int | None = Field(default=365, ge=1)
 
 
 class CapsSettings(_Section):

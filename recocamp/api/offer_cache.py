@@ -514,6 +514,7 @@ class OfferService:
             snapshot.live,
             history,
             cached,
+            customer_id=customer_id,
             objected=objects_to_profiling(flags),
             known=known,
             top_n=recommender.top_n,

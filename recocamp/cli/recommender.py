@@ -33,6 +33,7 @@ from recocamp.recommender import training
 from recocamp.recommender.evaluate import Metrics
 from recocamp.recommender.models import MODEL_NAMES
 from recocamp.recommender.ranking import objects_to_profiling, personal_or_popular
+from recocamp.recommender.serving import Live
 from recocamp.settings import Settings
 from recocamp.store import queries, registry
 from recocamp.store.engine import Engine
@@ -250,15 +251,27 @@ def recommend(customer_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
                 raise ModelError("no live model: run `recocamp train` first")
             person = registry.customer(connection, customer_id)
             cached = registry.cached(connection, customer_id)
+            personal = cached.items if cached else None
+            if personal is None and not objects_to_profiling(person):
+                personal = _outside_the_cache(settings, live, customer_id)
             ranked, why = personal_or_popular(
-                known=person is not None or cached is not None,
+                known=person is not None or cached is not None or personal is not None,
                 objected=objects_to_profiling(person),
-                personal=cached.items if cached else None,
+                personal=personal,
                 popular=live.popular,
             )
             titles = queries.item_titles(connection, [item for item, _ in ranked[:n]])
     console.print(f"customer {customer_id}: {why} (model {live.version})")
     _ranked_table(None, ranked[:n], titles)
+
+
+def _outside_the_cache(settings: Settings, live: Any, customer_id: str) -> list[list[Any]] | None:
+    """The list the cache would hold for a customer it leaves out (not active within
+    ``cache_active_days``), computed from the live model's artifacts."""
+    fitted, data, _ = model_module.load(Path(live.path), settings.recommender)
+    return Live.of(live.version, fitted, data, live.data_cutoff).listed(
+        customer_id, settings.recommender.top_n
+    )
 
 
 @app.command("similar")

@@ -61,18 +61,25 @@ def make_split(
     popularity_days: float = 90.0,
     half_life_days: float | None = None,
     max_customers: int | None = None,
+    seed: int = 0,
 ) -> Split:
-    """Training data before ``cutoff`` and each known customer's test items after it."""
+    """Training data before ``cutoff`` and each known customer's test items after it.
+
+    With ``max_customers``, a shop with more customers before the cutoff is evaluated on a
+    sample of them: ``max_customers`` drawn with ``seed`` from the customers known before the
+    cutoff (nothing after it decides who is drawn), then those of the sample with test items
+    are evaluated. The same lines and seed give the same sample, so two models (the gate's
+    candidate and live model) are measured on the same customers, and the cost of the
+    evaluation stays bounded at any shop size."""
     data = matrix.build(
         lines, cutoff, popularity_days=popularity_days, half_life_days=half_life_days
     )
     future = lines.between(cutoff, cutoff + horizon_days * DAY)
     rows = _lookup(lines.customer_ids, data.customers)[future.customer]
+    drawn = sample_rows(data.shape[0], max_customers, seed)
     known = rows >= 0
+    known[known] = drawn[rows[known]]
     evaluated = np.unique(rows[known])
-    if max_customers is not None and len(evaluated) > max_customers:
-        chosen = np.random.default_rng(0).choice(evaluated, max_customers, replace=False)
-        evaluated = np.sort(chosen)
     position = np.full(data.shape[0], -1)
     position[evaluated] = np.arange(len(evaluated))
     slot = position[rows[known]]
@@ -89,6 +96,16 @@ def make_split(
     unseen = np.unique(np.stack([slot[~seen], items[~seen]]), axis=1)[0]
     unknown = np.bincount(unseen, minlength=len(evaluated))
     return Split(data, evaluated, test, unknown)
+
+
+def sample_rows(customers: int, max_customers: int | None, seed: int) -> np.ndarray:
+    """A mask over the rows of the customers known before a split's cutoff: all of them, or
+    ``max_customers`` drawn without replacement with ``seed``."""
+    if max_customers is None or customers <= max_customers:
+        return np.ones(customers, dtype=bool)
+    drawn = np.zeros(customers, dtype=bool)
+    drawn[np.random.default_rng(seed).choice(customers, max_customers, replace=False)] = True
+    return drawn
 
 
 def _lookup(vocabulary: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -99,6 +99,30 @@ def batches(rows: np.ndarray, n_items: int, budget_bytes: int = 256 << 20) -> It
         yield rows[start : start + size]
 
 
+Ranked = list[list[Any]]  # [[item_id, score], …], best first: the cached top-N's shape
+
+
+def ranked_lists(
+    model: Recommender, data: TrainingData, rows: np.ndarray, n: int
+) -> Iterator[tuple[int, Ranked]]:
+    """Each row's top-``n`` (mixed mode) as ``(row, [[item_id, score], …])``. The one
+    computation behind the cached top-N and the same list computed on request for a customer
+    the cache leaves out, so both give one answer."""
+    for batch in batches(np.asarray(rows, dtype=np.int64), data.shape[1]):
+        indices, scores = top_k(model, data, batch, n, Mode.MIXED)
+        names = data.items[np.maximum(indices, 0)].tolist()
+        rounded = np.round(scores, 6).tolist()  # vectorised: a million lists of twenty
+        if (indices >= 0).all():
+            for row, named, values in zip(batch.tolist(), names, rounded, strict=True):
+                yield row, [list(pair) for pair in zip(named, values, strict=True)]
+            continue
+        for row, picked, named, values in zip(
+            batch.tolist(), indices.tolist(), names, rounded, strict=True
+        ):
+            pairs = zip(picked, named, values, strict=True)
+            yield row, [[name, value] for i, name, value in pairs if i >= 0]
+
+
 def normalised(scores: np.ndarray) -> np.ndarray:
     """Per-row min-max scaling to [0, 1], so scores of different models can be blended."""
     low = scores.min(axis=1, keepdims=True)

@@ -10,6 +10,9 @@ so the CLI and the API apply one rule:
   no cached list (new, or objection withdrawn), is re-scored now from their history
   (:meth:`Live.rescore`: implicit's ``recalculate_user`` for the factors, the hybrid's
   own-items and kNN parts from the new row);
+- a customer the model was trained on who has no cached list because they were not active
+  within ``cache_active_days`` of the data cutoff gets the list the cache would have held,
+  computed now (:meth:`Live.listed`, the same computation as the cache's);
 - everybody else gets the cached list; unknown customers and customers without a history
   get recent popularity.
 """
@@ -26,7 +29,7 @@ import numpy as np
 from recocamp.domain import Item
 from recocamp.recommender import models as model
 from recocamp.recommender.matrix import TrainingData
-from recocamp.recommender.ranking import Recommender, personal_or_popular
+from recocamp.recommender.ranking import Recommender, personal_or_popular, ranked_lists
 
 Ranked = list[list[Any]]  # [[item_id, score], …], best first: the cached top-N's shape
 
@@ -103,6 +106,14 @@ class Live:
             if np.isfinite(scores[c])
         ]
 
+    def listed(self, customer_id: str, top_n: int) -> Ranked | None:
+        """The customer's top-N exactly as the cache holds it for the customers it keeps
+        (None for a customer the model was not trained on)."""
+        row = int(self.data.rows_of(np.array([customer_id]))[0])
+        if row < 0:
+            return None
+        return next(ranked_lists(self.fitted, self.data, np.array([row]), top_n))[1]
+
     def because(self, bought: frozenset[str], targets: list[str]) -> dict[str, str]:
         return model.because(self.fitted, self.data, self.columns, bought, targets)
 
@@ -130,6 +141,7 @@ def personal_list(
     history: Purchases,
     cached: Cached | None,
     *,
+    customer_id: str,
     objected: bool,
     known: bool,
     top_n: int,
@@ -140,6 +152,11 @@ def personal_list(
         return Personal(None, "popular: no live model yet", None)
     if not objected:
         changed = history.last_at is not None and history.last_at >= live.data_cutoff
+        listed = None
+        if not changed and cached is None and history.count > 0:
+            listed = live.listed(customer_id, top_n)  # outside the cache's window
+        if listed is not None:
+            return Personal(listed, "personal", live.version)
         if changed or (cached is None and history.count > 0):
             reason = "changed since training" if changed else "not in the cached lists"
             rescored = live.rescore(history, top_n, half_life)

@@ -10,9 +10,10 @@
 4. fit the candidate on everything before ``as_of`` and save its artifacts;
 5. promote it unless its gate metric is worse than the live model's beyond the
    evaluation's noise (a paired bootstrap over the split's customers, :data:`GATE_RULE`), or
-   when there is no live model, writing the top-N cache for every customer in the same
-   transaction; else register it as ``rejected``. Both figures, the split they were measured
-   on and the interval go into the registry (``metrics["gate"]``).
+   when there is no live model, writing the top-N cache in the same transaction for every
+   customer active within ``cache_active_days`` of the data cutoff (the others' lists are
+   computed on request, the same list); else register it as ``rejected``. Both figures, the
+   split they were measured on and the interval go into the registry (``metrics["gate"]``).
 
 ``promote`` and ``rollback`` switch the live model by version and rebuild the cache from
 its artifacts.
@@ -20,6 +21,7 @@ its artifacts.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -33,12 +35,12 @@ from typing import Any
 import numpy as np
 
 from recocamp.errors import ModelError
-from recocamp.recommender import evaluate, matrix
+from recocamp.recommender import evaluate, matrix, ranking
 from recocamp.recommender import models as model
 from recocamp.recommender.evaluate import Metrics
 from recocamp.recommender.matrix import DAY, Lines, TrainingData
 from recocamp.recommender.models import Hybrid, HybridWeights
-from recocamp.recommender.ranking import Mode, Recommender, batches, top_k
+from recocamp.recommender.ranking import Recommender
 from recocamp.settings import RecommenderSettings
 from recocamp.store import queries, registry
 from recocamp.store.engine import Engine
@@ -85,20 +87,18 @@ def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
 
 
 class _Codes:
-    """Factorises ids into integer codes while reading: ``np.unique`` per chunk, so the
-    Python-level dictionary only sees each chunk's distinct ids."""
+    """Factorises ids into integer codes while reading: one C-level ``map`` over the chunk
+    through a dict whose ``__missing__`` numbers a new id, so no per-chunk string array,
+    string sort or Python loop over the lines."""
 
     def __init__(self) -> None:
-        self.index: dict[str, int] = {}
+        self.index = _Numbering()
         self.chunks: list[np.ndarray] = []
 
     def add(self, values: tuple[str, ...]) -> None:
-        distinct, inverse = np.unique(np.array(values, dtype=str), return_inverse=True)
-        index = self.index
-        local = np.array(
-            [index.setdefault(value, len(index)) for value in distinct.tolist()], dtype=np.int64
+        self.chunks.append(
+            np.fromiter(map(self.index.__getitem__, values), dtype=np.int64, count=len(values))
         )
-        self.chunks.append(local[inverse])
 
     @property
     def codes(self) -> np.ndarray:
@@ -111,6 +111,12 @@ class _Codes:
         rank = np.empty(len(ids), dtype=np.int64)
         rank[order] = np.arange(len(ids))
         return rank[self.codes], ids[order]
+
+
+class _Numbering(dict[str, int]):
+    def __missing__(self, key: str) -> int:
+        number = self[key] = len(self)
+        return number
 
 
 def fingerprint(lines: Lines, params: dict[str, Any]) -> str:
@@ -133,7 +139,12 @@ def _split_args(settings: RecommenderSettings) -> dict[str, Any]:
 
 
 def _sample(settings: RecommenderSettings) -> dict[str, Any]:
-    return {"max_customers": settings.evaluation_max_customers}
+    """The bounded, seeded sample of customers known before a split's cutoff that the gate,
+    the hybrid's tuning and ``recocamp evaluate`` measure (``evaluate.make_split``)."""
+    return {
+        "max_customers": settings.evaluation_max_customers,
+        "seed": settings.evaluation_sample_seed,
+    }
 
 
 def _candidate(
@@ -149,6 +160,7 @@ def _candidate(
             settings.evaluation_horizon_days,
             settings.evaluation_k,
             **_split_args(settings),
+            **_sample(settings),
         )
         candidate = model.make(name, settings, weights)
     return candidate
@@ -239,7 +251,7 @@ def train(
     }
     model.save(path, final, data, meta)
     say("writing the top-N cache" if promote else "registering the rejected model")
-    rows = _register(engine, final, data, meta, path, now, promote, settings.top_n)
+    rows = _register(engine, final, data, meta, path, now, promote, settings)
     clock.lap("cache")
     outcome = "promoted" if promote else "rejected"
     log.info("train %s: %s (%s) cache=%d in %.1fs", version, outcome, reason, rows, clock.total)
@@ -377,9 +389,9 @@ def _register(
     path: Path,
     now: datetime,
     promote: bool,
-    top_n: int,
+    settings: RecommenderSettings,
 ) -> int:
-    popular = popular_list(data, top_n)
+    popular = popular_list(data, settings.top_n)
     with engine.begin() as connection:
         registry.register(
             connection,
@@ -396,7 +408,8 @@ def _register(
         )
         if not promote:
             return 0
-        return registry.make_live(connection, meta["version"], now, top_lists(fitted, data, top_n))
+        lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
+        return registry.make_live(connection, meta["version"], now, lists)
 
 
 def popular_list(data: TrainingData, n: int) -> list[list[Any]]:
@@ -411,18 +424,30 @@ def popular_list(data: TrainingData, n: int) -> list[list[Any]]:
 
 
 def top_lists(
-    fitted: Recommender, data: TrainingData, n: int
+    fitted: Recommender, data: TrainingData, n: int, rows: np.ndarray | None = None
 ) -> Iterator[tuple[str, list[list[Any]]]]:
-    """Every customer's top-``n`` (mixed mode) as ``(customer_id, [[item_id, score], …])``."""
-    for rows in batches(np.arange(data.shape[0]), data.shape[1]):
-        indices, scores = top_k(fitted, data, rows, n, Mode.MIXED)
-        for row, picked, values in zip(rows, indices, scores, strict=True):
-            ranked = [
-                [str(data.items[i]), round(float(v), 6)]
-                for i, v in zip(picked, values, strict=True)
-                if i >= 0
-            ]
+    """The top-``n`` (mixed mode) of ``rows`` (every customer by default) as
+    ``(customer_id, [[item_id, score], …])``. The cycle collector pauses while the lists
+    are made and written (they hold no cycles; at a million customers its passes over them
+    cost a third of the cache's time)."""
+    chosen = np.arange(data.shape[0]) if rows is None else rows
+    enabled = gc.isenabled()
+    gc.disable()  # millions of small acyclic lists: the cycle collector only rescans them
+    try:
+        for row, ranked in ranking.ranked_lists(fitted, data, chosen, n):
             yield str(data.customers[row]), ranked
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def cached_rows(data: TrainingData, settings: RecommenderSettings) -> np.ndarray:
+    """The customers whose top-N is cached: those active within ``cache_active_days`` of the
+    model's data cutoff. Everybody else's list is computed on request
+    (``serving.personal_list``), the same computation, so only the speed differs: at a
+    million customers scoring every one of them costs as much as the fit itself, while
+    lapsed customers are rarely asked for."""
+    return data.active_rows(settings.cache_active_days)
 
 
 def promote(engine: Engine, settings: RecommenderSettings, version: str, now: datetime) -> int:
@@ -432,8 +457,9 @@ def promote(engine: Engine, settings: RecommenderSettings, version: str, now: da
     if row is None:
         raise ModelError(f"no model with version {version!r} (see `recocamp models list`)")
     fitted, data, _meta = model.load(Path(row.path), settings)
+    lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
     with engine.begin() as connection:
-        return registry.make_live(connection, version, now, top_lists(fitted, data, settings.top_n))
+        return registry.make_live(connection, version, now, lists)
 
 
 def rollback(engine: Engine, settings: RecommenderSettings, now: datetime) -> str:

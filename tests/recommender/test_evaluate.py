@@ -113,3 +113,26 @@ def test_hybrid_tuning_ignores_what_happens_after_the_cutoff() -> None:
     assert inside.own != quiet.own
     stacked = ("own_als", "own_knn")  # the stacked model scores, tuned parameters too
     assert all(getattr(inside, name) != getattr(quiet, name) for name in stacked)
+
+
+def _shop(later: range) -> Lines:
+    """300 customers with one line each before day 100; those in ``later`` buy again on
+    day 110, inside the split's horizon."""
+    rows = [(f"c{n:03d}", f"i{n % 7}", f"o{n}", 50.0) for n in range(300)]
+    rows += [(f"c{n:03d}", f"i{(n + 1) % 7}", f"p{n}", 110.0) for n in later]
+    customer, item, order, day = zip(*rows, strict=True)
+    return Lines.from_ids(np.array(customer), np.array(item), np.array(order), np.array(day) * DAY)
+
+
+def test_the_evaluation_sample_is_bounded_seeded_and_drawn_before_the_cutoff() -> None:
+    def evaluated(lines: Lines, seed: int = 0) -> set[str]:
+        split = evaluate.make_split(lines, 100 * DAY, 30, max_customers=100, seed=seed)
+        return set(split.data.customers[split.rows].tolist())
+
+    fewer, more = _shop(range(0, 300, 2)), _shop(range(0, 300))
+    drawn = evaluated(more)  # everybody has test items: the sample is exactly the draw
+    assert len(drawn) == 100 and evaluated(more) == drawn and evaluated(more, seed=1) != drawn
+    # who buys after the cutoff decides nothing about who is drawn: with half the
+    # customers buying later, the evaluated ones are the same draw's later buyers
+    later = {f"c{n:03d}" for n in range(0, 300, 2)}
+    assert evaluated(fewer) == drawn & later

@@ -56,9 +56,17 @@ def choose(
     *,
     objected: bool = False,
     known: bool = True,
+    customer_id: str = "newcomer",  # not in the model's training data
 ) -> serving.Personal:
     return serving.personal_list(
-        live, history, cached, objected=objected, known=known, top_n=3, half_life=None
+        live,
+        history,
+        cached,
+        customer_id=customer_id,
+        objected=objected,
+        known=known,
+        top_n=3,
+        half_life=None,
     )
 
 

@@ -4,7 +4,7 @@ with a synthetic shop; objected customers never reach the model or the cache."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from recocamp.data.synthetic import END, ConsentMix, customer_record, generate_shop
 from recocamp.errors import ModelError
-from recocamp.recommender import evaluate, training
+from recocamp.recommender import evaluate, serving, training
 from recocamp.recommender import models as model
+from recocamp.recommender.matrix import Lines
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
 from recocamp.store.schema import models, recommendations
@@ -257,3 +258,86 @@ def test_the_live_model_is_re_evaluated_with_its_own_parameters(
         shop, settings.model_copy(update={"factors": 12}), now=NOW, as_of=END, name="als"
     )
     assert ("als", 8) in built and ("als", 12) in built  # live: saved 8 factors; candidate: 12
+
+
+@dataclass(frozen=True)
+class _Order:
+    at: datetime
+    items: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _History:
+    orders: tuple[_Order, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.orders)
+
+    @property
+    def last_at(self) -> datetime | None:
+        return self.orders[-1].at if self.orders else None
+
+
+def _history(lines: Lines, customer_id: str) -> _History:
+    mine = lines.customer == int(np.searchsorted(lines.customer_ids, customer_id))
+    orders = sorted(
+        {
+            (float(at), int(order))
+            for at, order in zip(lines.at[mine], lines.order[mine], strict=True)
+        }
+    )
+    return _History(
+        tuple(
+            _Order(
+                datetime.fromtimestamp(at, UTC),
+                frozenset(lines.item_ids[lines.item[mine & (lines.order == order)]].tolist()),
+            )
+            for at, order in orders
+        )
+    )
+
+
+@pytest.mark.parametrize("name", ["als", "hybrid"])
+def test_the_cache_keeps_active_customers_and_the_rest_get_the_same_list_on_request(
+    shop: sa.Engine, tmp_path: Path, name: str
+) -> None:
+    settings = settings_for(tmp_path).model_copy(update={"cache_active_days": 20})
+    result = training.train(shop, settings, now=NOW, as_of=END, name=name)
+    lines = training.load_lines(shop, END)
+    last = np.full(len(lines.customer_ids), -np.inf)
+    np.maximum.at(last, lines.customer, lines.at)
+    window = END.timestamp() - 20 * 86400
+    active = set(lines.customer_ids[last >= window].tolist())
+    lapsed = sorted(set(lines.customer_ids[last < window].tolist()))
+    cached = cache(shop)
+    assert set(cached) == active and len(lapsed) > 10 and result.cache_rows == len(active)
+    fitted, data, _ = model.load(Path(settings.artifacts_dir) / str(result.version), settings)
+    everyone = dict(training.top_lists(fitted, data, settings.top_n))  # no window at all
+    assert all(same_list(cached[customer], everyone[customer]) for customer in cached)
+    live = serving.Live.of(str(result.version), fitted, data, END)
+    for customer in lapsed:
+        answer = serving.personal_list(
+            live,
+            _history(lines, customer),
+            None,
+            customer_id=customer,
+            objected=False,
+            known=True,
+            top_n=settings.top_n,
+            half_life=None,
+        )
+        assert (answer.why, answer.model_version) == ("personal", result.version)
+        assert answer.items is not None and len(answer.items) == settings.top_n
+        assert same_list(answer.items, everyone[customer])
+
+
+def same_list(got: list[list[object]], expected: list[list[object]]) -> bool:
+    """The same items in the same order, the scores equal to the 6 decimals kept: float32
+    BLAS may round a score's last bit differently in a batch of another size."""
+    return [item for item, _ in got] == [item for item, _ in expected] and np.allclose(
+        [float(str(score)) for _, score in got],
+        [float(str(score)) for _, score in expected],
+        rtol=0,
+        atol=1.01e-6,
+    )
