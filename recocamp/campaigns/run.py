@@ -23,14 +23,18 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 from recocamp.campaigns import audience, compose, planner, predictive, render
 from recocamp.campaigns.files import Campaign
-from recocamp.domain import DeliveryReport, OutgoingEmail
-from recocamp.errors import Interrupted
+from recocamp.domain import DeliveryReport, OutgoingEmail, PlanningRows
+from recocamp.errors import Interrupted, ModelError
+from recocamp.recommender import models
+from recocamp.recommender.ranking import ranked_lists
 from recocamp.settings import Settings
 from recocamp.store import decisions as decisions_store
 from recocamp.store import forecasts as forecasts_store
-from recocamp.store import outbox, views
+from recocamp.store import outbox, registry, views
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -109,7 +113,36 @@ def load_snapshot(
     (``predictive.live_at``). ``own_run`` leaves that run's own e-mails out of the contact
     history, so a resumed run decides as it did the first time."""
     rows = views.planning_rows(connection, now, settings.recommender.top_n, own_run=own_run)
+    outside_the_cache(connection, settings, rows)
     return audience.snapshot(rows, settings.loyalty, now, live_forecast(connection, settings, now))
+
+
+def outside_the_cache(connection: Connection, settings: Settings, rows: PlanningRows) -> None:
+    """Give the customers the top-N cache leaves out (the live model knows them, but they
+    were not active within ``cache_active_days`` of its data cutoff) the list the cache would
+    have held, computed now in one batch by the cache's own computation, so a reactivation
+    mail offers them what a widget would. Objectors get none: the planner offers them
+    popular items anyway."""
+    ordered = {order.customer_id for order in rows.orders}
+    missing = sorted(
+        record.customer.id
+        for record in rows.customers
+        if record.customer.id in ordered
+        and record.customer.id not in rows.personal
+        and not record.customer.objected_to_profiling
+    )
+    live = registry.live(connection) if missing else None
+    if live is None:
+        return
+    try:
+        fitted, data, _ = models.load(Path(live.path), settings.recommender)
+    except ModelError:
+        log.exception("live model %s unreadable: popular offers outside the cache", live.version)
+        return
+    found = data.rows_of(np.array(missing))
+    known = found[found >= 0]
+    for row, ranked in ranked_lists(fitted, data, known, settings.recommender.top_n):
+        rows.personal[str(data.customers[row])] = ranked
 
 
 def live_forecast(

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from recocamp.campaigns import run as campaign_run
 from recocamp.data.synthetic import END, ConsentMix, customer_record, generate_shop
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate, serving, training
@@ -330,6 +331,14 @@ def test_the_cache_keeps_active_customers_and_the_rest_get_the_same_list_on_requ
         assert (answer.why, answer.model_version) == ("personal", result.version)
         assert answer.items is not None and len(answer.items) == settings.top_n
         assert same_list(answer.items, everyone[customer])
+    with shop.connect() as connection:  # a campaign run plans with the same lists
+        planned = campaign_run.load_snapshot(
+            connection, Settings().model_copy(update={"recommender": settings}), NOW
+        )
+    personal = {view.customer.id: view.personal for view in planned.views}
+    outside = [customer for customer in lapsed if customer in personal]
+    assert len(outside) > 10
+    assert all(same_list(personal[c] or [], everyone[c]) for c in outside)
 
 
 def same_list(got: list[list[object]], expected: list[list[object]]) -> bool:
