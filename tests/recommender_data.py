@@ -8,6 +8,7 @@ q1 is the most popular item of the recent window (two extra buyers).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -37,3 +38,26 @@ def toy_lines(extra: tuple[tuple[str, str, str, datetime], ...] = ()) -> Lines:
     return Lines.from_ids(
         np.array(customer), np.array(item), np.array(order), np.array([t.timestamp() for t in at])
     )
+
+
+@dataclass(frozen=True)
+class Order:
+    """One order as the serving rules read it (``recommender.serving.Purchases``)."""
+
+    at: datetime
+    items: frozenset[str]
+
+
+@dataclass(frozen=True)
+class History:
+    """A customer's orders, oldest first, as the serving rules read them."""
+
+    orders: tuple[Order, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.orders)
+
+    @property
+    def last_at(self) -> datetime | None:
+        return self.orders[-1].at if self.orders else None

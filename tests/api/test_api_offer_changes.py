@@ -53,6 +53,22 @@ def two_customers(engine: sa.Engine) -> tuple[str, str]:
     return customer, other
 
 
+def buy(one: FastAPI, two: FastAPI, buyer: str, item: str, order_id: str, forgotten: int) -> None:
+    """``buyer`` buys ``item`` through ``one``; on PostgreSQL, wait until ``two`` has heard of
+    it (notifications are delivered on commit, on the listener's own thread; SQLite's next
+    request reads the change log itself)."""
+    order = {
+        "order_id": order_id,
+        "customer_id": buyer,
+        "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
+        "lines": [{"item_id": item, "quantity": 1, "unit_price": 3.5}],
+    }
+    posted = call(one, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
+    assert posted.status == 200, posted.text
+    if engine_of(one).dialect.name == "postgresql":
+        wait_until(lambda: two.state.service.tally.forgotten > forgotten)
+
+
 def test_a_purchase_through_one_process_reaches_the_other_for_that_customer_only(
     pair: tuple[FastAPI, FastAPI],
 ) -> None:
@@ -65,17 +81,7 @@ def test_a_purchase_through_one_process_reaches_the_other_for_that_customer_only
     assert offers(two, buyer, "n=5&mode=discover") == before
     assert service.tally.computed == computed  # served from the cache
     bought = ids(before)[0]
-    order = {
-        "order_id": "live-2",
-        "customer_id": buyer,
-        "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
-        "lines": [{"item_id": bought, "quantity": 1, "unit_price": 3.5}],
-    }
-    assert (
-        call(one, "POST", "/v1/events/purchases", json=order, headers=bearer("shop")).status == 200
-    )
-    if engine_of(one).dialect.name == "postgresql":  # delivered on commit, on its own thread
-        wait_until(lambda: service.tally.forgotten > forgotten)
+    buy(one, two, buyer, bought, "live-2", forgotten)
     after = offers(two, buyer, "n=5&mode=discover")  # SQLite: at once, no waiting
     assert bought not in ids(after)
     assert after["basis_reason"] == "recalculated: changed since training"
@@ -97,17 +103,7 @@ def test_a_purchase_reads_the_customers_history_once_for_all_their_queries(
         offers(two, buyer, query)
     bases, forgotten = service.tally.bases, service.tally.forgotten
     bought = ids(offers(two, buyer, "n=10&mode=discover"))[0]
-    order = {
-        "order_id": "live-3",
-        "customer_id": buyer,
-        "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
-        "lines": [{"item_id": bought, "quantity": 1, "unit_price": 3.5}],
-    }
-    assert (
-        call(one, "POST", "/v1/events/purchases", json=order, headers=bearer("shop")).status == 200
-    )
-    if engine_of(one).dialect.name == "postgresql":
-        wait_until(lambda: service.tally.forgotten > forgotten)
+    buy(one, two, buyer, bought, "live-3", forgotten)
     computed = service.tally.computed
     after = [offers(two, buyer, query) for query in queries]
     assert service.tally.computed == computed + 3  # each list anew …

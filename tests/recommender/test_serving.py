@@ -3,8 +3,7 @@ the re-scoring from a history that changed since training; values in, values out
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -14,26 +13,7 @@ from recocamp.recommender.matrix import build
 from recocamp.recommender.ranking import objects_to_profiling
 from recocamp.recommender.serving import Cached, Live
 from recocamp.store.serving import ProfilingFlags
-from tests.recommender_data import CUTOFF, toy_lines
-
-
-@dataclass(frozen=True)
-class Order:
-    at: datetime
-    items: frozenset[str]
-
-
-@dataclass(frozen=True)
-class History:
-    orders: tuple[Order, ...]
-
-    @property
-    def count(self) -> int:
-        return len(self.orders)
-
-    @property
-    def last_at(self) -> datetime | None:
-        return self.orders[-1].at if self.orders else None
+from tests.recommender_data import CUTOFF, History, Order, toy_lines
 
 
 @pytest.fixture(scope="module")

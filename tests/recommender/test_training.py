@@ -4,7 +4,7 @@ with a synthetic shop; objected customers never reach the model or the cache."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from recocamp.recommender.matrix import Lines
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
 from recocamp.store.schema import models, recommendations
+from tests.recommender_data import History, Order
 
 NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
 OBJECTOR = "10003"
@@ -261,26 +262,7 @@ def test_the_live_model_is_re_evaluated_with_its_own_parameters(
     assert ("als", 8) in built and ("als", 12) in built  # live: saved 8 factors; candidate: 12
 
 
-@dataclass(frozen=True)
-class _Order:
-    at: datetime
-    items: frozenset[str]
-
-
-@dataclass(frozen=True)
-class _History:
-    orders: tuple[_Order, ...]
-
-    @property
-    def count(self) -> int:
-        return len(self.orders)
-
-    @property
-    def last_at(self) -> datetime | None:
-        return self.orders[-1].at if self.orders else None
-
-
-def _history(lines: Lines, customer_id: str) -> _History:
+def _history(lines: Lines, customer_id: str) -> History:
     mine = lines.customer == int(np.searchsorted(lines.customer_ids, customer_id))
     orders = sorted(
         {
@@ -288,9 +270,9 @@ def _history(lines: Lines, customer_id: str) -> _History:
             for at, order in zip(lines.at[mine], lines.order[mine], strict=True)
         }
     )
-    return _History(
+    return History(
         tuple(
-            _Order(
+            Order(
                 datetime.fromtimestamp(at, UTC),
                 frozenset(lines.item_ids[lines.item[mine & (lines.order == order)]].tolist()),
             )
