@@ -15,10 +15,9 @@ import sqlalchemy as sa
 
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.run import plan_and_enqueue
-from recocamp.domain import ConsentBasis, Customer, Item, Purchase
 from recocamp.settings import Settings
-from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
 from recocamp.store.schema import decisions
+from tests import campaign_shop
 from tests.conftest import NOW, ROOT
 
 SETTINGS = Settings(signing_key="f" * 32)
@@ -26,43 +25,11 @@ PEOPLE = 200
 
 
 def daily(holdout_percent: int = 30) -> Campaign:
-    return Campaign(
-        **{
-            "name": "daily",
-            "legal_basis": ["double_opt_in"],
-            "holdout_percent": holdout_percent,
-            "schedule": {"cron": "0 11 * * *"},
-            "audience": {"lapsed_days": [0, 1000]},
-            "offer": {"mode": "replenish", "items": 1},
-            "caps": {"cooldown_days": 3},
-            "template": {
-                "subject": {"en": "Hi"},
-                "html": "replenish.html",
-                "text": "replenish.txt",
-            },
-        }
-    )  # type: ignore[arg-type]
+    return campaign_shop.daily("daily", holdout_percent, caps={"cooldown_days": 3})
 
 
 def shop(engine: sa.Engine) -> None:
-    people = [
-        Customer(
-            f"c{n}",
-            f"c{n}@example.test",
-            "Kim",
-            "en",
-            "Europe/London",
-            consent_basis=ConsentBasis.DOUBLE_OPT_IN,
-            consent_at=NOW - timedelta(days=400),
-        )
-        for n in range(PEOPLE)
-    ]
-    bought = NOW - timedelta(days=20)
-    lines = [Purchase(f"o{n}", 1, f"c{n}", "i1", 1, 9.5, bought) for n in range(PEOPLE)]
-    with engine.begin() as connection:
-        upsert_customers(connection, people, NOW)
-        upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW)
-        insert_purchases(connection, lines, None)
+    campaign_shop.tea_shop(engine, [f"c{n}" for n in range(PEOPLE)])
 
 
 def outcomes(engine: sa.Engine) -> dict[str, Counter[str]]:

@@ -14,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 
 from recocamp.campaigns import planner, render
-from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.run import (
     RunOptions,
     enqueue_decisions,
@@ -22,11 +21,10 @@ from recocamp.campaigns.run import (
     plan_run,
     projected_sends,
 )
-from recocamp.domain import ConsentBasis, Customer, Item, Purchase
 from recocamp.settings import Settings
 from recocamp.store import outbox as outbox_store
-from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
 from recocamp.store.schema import decisions, outbox
+from tests.campaign_shop import daily, tea_shop
 from tests.conftest import NOW, ROOT
 
 SETTINGS = Settings(signing_key="f" * 32)
@@ -34,44 +32,9 @@ PEOPLE = 23  # not a multiple of any chunk size used here: the last chunk is a s
 TEMPLATES = ROOT / "templates"
 
 
-def daily(name: str = "daily", holdout_percent: int = 30) -> Campaign:
-    return Campaign(
-        **{
-            "name": name,
-            "legal_basis": ["double_opt_in"],
-            "holdout_percent": holdout_percent,
-            "schedule": {"cron": "0 11 * * *"},
-            "audience": {"lapsed_days": [0, 1000]},
-            "offer": {"mode": "replenish", "items": 1},
-            "template": {
-                "subject": {"en": "Hi"},
-                "html": "replenish.html",
-                "text": "replenish.txt",
-            },
-        }
-    )  # type: ignore[arg-type]
-
-
 def shop(engine: sa.Engine) -> None:
     """PEOPLE customers, every fourth without consent (a skip with its reason)."""
-    people = [
-        Customer(
-            f"c{n:02d}",
-            f"c{n}@example.test",
-            "Kim",
-            "en",
-            "Europe/London",
-            consent_basis=ConsentBasis.NONE if n % 4 == 3 else ConsentBasis.DOUBLE_OPT_IN,
-            consent_at=NOW - timedelta(days=400),
-        )
-        for n in range(PEOPLE)
-    ]
-    bought = NOW - timedelta(days=20)
-    lines = [Purchase(f"o{n}", 1, f"c{n:02d}", "i1", 1, 9.5, bought) for n in range(PEOPLE)]
-    with engine.begin() as connection:
-        upsert_customers(connection, people, NOW)
-        upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW)
-        insert_purchases(connection, lines, None)
+    tea_shop(engine, [f"c{n:02d}" for n in range(PEOPLE)], lambda n: n % 4 == 3)
 
 
 def recorded(engine: sa.Engine, campaign: str = "daily") -> dict[str, str]:
