@@ -121,6 +121,9 @@ def _counted(
         yield pair
 
 
+LineParser = Callable[[sources.Record], sources.PurchaseValues | sources.RetailLine | sources.Skip]
+
+
 class _Staged:
     """What the validating pass of a purchases file found: counts, the first problems, and
     what the writing pass needs besides the staged lines (their customers; for the
@@ -136,27 +139,18 @@ class _Staged:
         self.customers: set[str] = set()
         self.countries: dict[str, str] = {}
 
-    def take(
-        self,
-        line: int,
-        row: dict[str, str],
-        stamps: sources.Timestamps,
-        lines: sources.LineNumbers,
-    ) -> tuple[Any, ...] | None:
-        """One row: its staging values, or None (a problem, or a skip)."""
+    def take(self, line: int, record: sources.Record, parse: LineParser) -> tuple[Any, ...] | None:
+        """One record: its staging values, or None (a problem, or a skip)."""
         self.read += 1
         try:
-            if self.catalog is None:
-                values = sources.standard_values(row, stamps, lines)
-            else:
-                retail = sources.online_retail_line(row, stamps, lines)
-                values = retail if isinstance(retail, sources.Skip) else self._retail(retail)
+            parsed = parse(record)
         except sources.RowProblem as exc:
             self._problem(Problem(exc.message, line=line, column=exc.column, value=exc.value))
             return None
-        if isinstance(values, sources.Skip):
-            self.skipped[values.reason] = self.skipped.get(values.reason, 0) + 1
+        if isinstance(parsed, sources.Skip):
+            self.skipped[parsed.reason] = self.skipped.get(parsed.reason, 0) + 1
             return None
+        values = self._retail(parsed) if isinstance(parsed, sources.RetailLine) else parsed
         _, line_no, customer_id, item_id, quantity, price, at, is_return = values
         if customer_id is not None:
             self.customers.add(customer_id)
@@ -220,30 +214,29 @@ def _repeat_problem(line: int, order_id: str, line_no: int) -> Problem:
     return Problem(message, line=line, column="line_no", value=str(line_no))
 
 
-def _order_digests(
-    parts: Iterator[tuple[str, str]],
-) -> Iterator[tuple[dict[str, str], dict[str, int]]]:
+def _order_digests(parts: Iterator[tuple[str, str]]) -> Iterator[dict[str, tuple[str, int]]]:
     """Each order's digest (``domain.order_digest`` of its lines, from their parts in line
     order) and line count, in dicts of about CLAIM_CHUNK orders."""
-    digests: dict[str, str] = {}
-    sizes: dict[str, int] = {}
+    chunk: dict[str, tuple[str, int]] = {}
     current: str | None = None
-    digest = hashlib.sha256()
+    texts: list[str] = []
     for order_id, part in parts:
         if order_id != current:
             if current is not None:
-                digests[current] = digest.hexdigest()
-                if len(digests) >= CLAIM_CHUNK:
-                    yield digests, sizes
-                    digests, sizes = {}, {}
-            current, digest = order_id, hashlib.sha256()
-            sizes[order_id] = 0
-        digest.update(part.encode())
-        sizes[order_id] += 1
+                chunk[current] = (_digest(texts), len(texts))
+                if len(chunk) >= CLAIM_CHUNK:
+                    yield chunk
+                    chunk = {}
+            current, texts = order_id, []
+        texts.append(part)
     if current is not None:
-        digests[current] = digest.hexdigest()
-    if digests:
-        yield digests, sizes
+        chunk[current] = (_digest(texts), len(texts))
+    if chunk:
+        yield chunk
+
+
+def _digest(parts: list[str]) -> str:
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 class Importer:
@@ -341,20 +334,22 @@ class Importer:
         retail = fmt == "online-retail"
         found = _Staged(CatalogBuilder() if retail else None, self.max_listed)
         stamps = sources.Timestamps(self.zone, "%Y-%m-%d %H:%M:%S" if retail else None)
-        lines = sources.LineNumbers()
         required = sources.ONLINE_RETAIL_COLUMNS if retail else sources.STANDARD_COLUMNS
         self.progress.phase(f"reading {path.name}", None)
         stager, batch = staging.Stager(connection), []
         with sources.open_text(path) as handle:
-            rows = _counted(sources.read_rows(path, required, handle), self.progress)
             try:
-                for line, row in rows:
-                    staged = found.take(line, row, stamps, lines)
+                records = sources.Records(path, required, handle)
+                parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
+                for line, record in records:
+                    staged = found.take(line, record, parse)
                     if staged is not None:
                         batch.append(staged)
                         if len(batch) >= STAGE_CHUNK:
                             stager.add(batch)
                             batch = []
+                    if found.read % 10000 == 0:
+                        self.progress.advance(10000)
             except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
                 raise DataImportError(path, [Problem(f"unreadable content: {exc}")]) from None
         stager.add(batch)
@@ -363,6 +358,17 @@ class Importer:
         if found.problems:
             raise DataImportError(path, found.problems, more=found.more)
         return found
+
+    @staticmethod
+    def _line_parser(
+        records: sources.Records,
+        retail: bool,
+        stamps: sources.Timestamps,
+        lines: sources.LineNumbers,
+    ) -> LineParser:
+        if not retail:
+            return sources.StandardLines(records.header, stamps, lines)
+        return lambda record: sources.online_retail_line(records.row(record), stamps, lines)
 
     def _store_staged(
         self, connection: Connection, path: Path, fmt: str, sha: str, found: _Staged
@@ -375,12 +381,16 @@ class Importer:
         run_id = self._begin_run(connection, "purchases", fmt, path, sha, found.read)
         total = staging.totals(connection)
         self.progress.phase(f"writing {total.lines:,} order lines", total.lines)
-        repeated, conflicts, conflicted = self._claim_staged(connection)
-        if conflicted:
+        self._claim_staged(connection)
+        claimed = staging.claimed(connection, self.max_listed)
+        if claimed.conflicted:
             column = "InvoiceNo" if fmt == "online-retail" else "order_id"
-            first = staging.first_lines(connection, conflicts)
-            raise _conflict(path, conflicts, conflicted, column, first, self.max_listed)
-        written = staging.copy_kept(connection, run_id)
+            first = staging.first_lines(connection, claimed.conflicts)
+            raise _conflict(
+                path, claimed.conflicts, claimed.conflicted, column, first, self.max_listed
+            )
+        staging.copy_kept(connection, run_id)
+        written, repeated = total.lines - claimed.repeated_lines, claimed.repeated_lines
         details = {
             "purchase_lines": total.lines - total.returns,
             "return_lines": total.returns,
@@ -414,18 +424,11 @@ class Importer:
             )
         return erased
 
-    def _claim_staged(self, connection: Connection) -> tuple[int, list[str], int]:
-        """Digest the staged orders (in order id order) and claim them chunk by chunk;
-        returns lines of repeated orders, the first conflicting orders and their count."""
-        repeated_lines, conflicted = 0, 0
-        conflicts: list[str] = []
-        for digests, sizes in _order_digests(staging.order_parts(connection)):
-            claimed = staging.claim(connection, digests)
-            repeated_lines += sum(sizes[order_id] for order_id in claimed.repeated)
-            conflicted += len(claimed.conflicts)
-            conflicts.extend(claimed.conflicts[: max(0, self.max_listed - len(conflicts))])
-            self.progress.advance(sum(sizes.values()))
-        return repeated_lines, conflicts, conflicted
+    def _claim_staged(self, connection: Connection) -> None:
+        """Digest the staged orders (in order id order) and claim them chunk by chunk."""
+        for digests in _order_digests(staging.order_parts(connection)):
+            staging.claim(connection, digests)
+            self.progress.advance(sum(size for _, size in digests.values()))
 
     def _catalogue_from_retail(
         self, connection: Connection, found: _Staged, erased: set[str]

@@ -14,14 +14,14 @@ lock; :func:`queries.write_lock` is taken when the writing starts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from recocamp.store.queries import CHUNK, claim_orders, stored_digests
-from recocamp.store.schema import Money, UtcDateTime, purchases
+from recocamp.store.schema import Money, UtcDateTime, orders, purchases
 
 _temporary = sa.MetaData()
 staged = sa.Table(
@@ -39,10 +39,13 @@ staged = sa.Table(
     sa.Column("part", sa.Text, nullable=False),  # domain.order_digest_part of the line
     prefixes=["TEMPORARY"],
 )
-kept = sa.Table(
-    "import_kept_orders",
+digested = sa.Table(  # the file's orders, digested (:func:`claim`)
+    "import_orders",
     _temporary,
     sa.Column("order_id", sa.String(64), primary_key=True),
+    sa.Column("content_sha256", sa.String(64), nullable=False),
+    sa.Column("lines", sa.Integer, nullable=False),
+    sa.Column("stored", sa.String(64)),  # the digest stored before; NULL: this import writes it
     prefixes=["TEMPORARY"],
 )
 # created once the lines are in (kept up to date while they come in, it costs more)
@@ -72,54 +75,49 @@ def create(connection: sa.Connection) -> None:
     drop(connection)
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql(f"PRAGMA cache_size = -{IMPORT_CACHE_KIB}")
+        connection.exec_driver_sql(f"PRAGMA temp.cache_size = -{IMPORT_CACHE_KIB // 2}")
     staged.create(connection)
-    kept.create(connection)
+    digested.create(connection)
 
 
 def drop(connection: sa.Connection) -> None:
-    kept.drop(connection, checkfirst=True)
+    digested.drop(connection, checkfirst=True)
     staged.drop(connection, checkfirst=True)
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("PRAGMA cache_size = -2000")  # SQLite's default
 
 
 class Stager:
-    """Stages lines through one compiled INSERT that runs as the driver's ``executemany``:
-    each value bound the way its column's type binds it, a timestamp once per distinct
-    value (an order's lines share theirs), none of the per-row statement processing of
-    ``connection.execute`` (it cost more than reading the lines)."""
+    """Stages lines through one compiled INSERT run as the driver's ``executemany`` of plain
+    tuples: no per-row statement processing of ``connection.execute`` (it cost more than
+    reading the lines). The values come as the importer read them: strings, ints, floats
+    and bools, which the drivers bind as their columns' types do; only the timestamp is
+    converted, by its column's type, once per distinct value (an order's lines share it)."""
 
     _TIMES_KEPT = 100_000
+    _AT = STAGED_COLUMNS.index("ordered_at")
 
     def __init__(self, connection: sa.Connection) -> None:
         dialect = connection.dialect
         values: dict[str, Any] = {column.name: sa.bindparam(column.name) for column in staged.c}
         compiled = sa.insert(staged).values(values).compile(dialect=dialect)
         self.connection, self.sql = connection, str(compiled)
-        self.names = [column.name for column in staged.c]
-        self.positional = compiled.positional and list(compiled.positiontup or ()) == self.names
+        self.positional = compiled.positional and list(compiled.positiontup or ()) == list(
+            STAGED_COLUMNS
+        )
         self.time = staged.c.ordered_at.type.dialect_impl(dialect).bind_processor(dialect)
         self.times: dict[Any, Any] = {}
-        self.processors: list[tuple[int, Callable[[Any], Any]]] = []
-        for n, column in enumerate(staged.c):
-            processor = column.type.dialect_impl(dialect).bind_processor(dialect)
-            if column.name == "ordered_at" and processor is not None:
-                processor = self._time
-            if processor is not None:
-                self.processors.append((n, processor))
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
         """Stage lines: tuples of the values of :data:`STAGED_COLUMNS`."""
         if not rows:
             return
-        columns: list[Iterable[Any]] = list(zip(*rows, strict=True))
-        for n, processor in self.processors:  # column by column: map runs in C
-            columns[n] = map(processor, columns[n])
-        bound = list(zip(*columns, strict=True))
+        at, bind = self._AT, self._time
+        bound = [(*row[:at], bind(row[at]), *row[at + 1 :]) for row in rows]
         if self.positional:
             self.connection.exec_driver_sql(self.sql, bound)
         else:
-            named = [dict(zip(self.names, row, strict=True)) for row in bound]
+            named = [dict(zip(STAGED_COLUMNS, row, strict=True)) for row in bound]
             self.connection.exec_driver_sql(self.sql, named)
 
     def _time(self, value: Any) -> Any:
@@ -127,8 +125,7 @@ class Stager:
         if bound is None:
             if len(self.times) >= self._TIMES_KEPT:
                 self.times.clear()
-            assert self.time is not None
-            bound = self.times[value] = self.time(value)
+            bound = self.times[value] = value if self.time is None else self.time(value)
         return bound
 
 
@@ -194,43 +191,83 @@ def order_parts(connection: sa.Connection) -> Iterator[tuple[str, str]]:
         yield row[0], row[1]
 
 
+def claim(connection: sa.Connection, digests: dict[str, tuple[str, int]]) -> None:
+    """Note the file's orders: ``order id → (digest, line count)``, a chunk at a time;
+    :func:`claimed` tells what became of them.
+
+    PostgreSQL: each chunk is claimed at once (``queries.claim_orders``: another writer may
+    claim the same orders meanwhile; unique keys and row locks decide who wins). SQLite: the
+    importer holds the write lock (``queries.write_lock``), so nobody else writes orders
+    until it commits, and :func:`claimed` claims them all in two statements instead."""
+    ordered = sorted(digests)
+    stored: dict[str, str] = {}
+    if connection.dialect.name != "sqlite":
+        won = claim_orders(connection, {key: digests[key][0] for key in ordered})
+        lost = [order_id for order_id in ordered if order_id not in won]
+        stored = stored_digests(connection, lost)
+        stored |= {order_id: "" for order_id in lost if order_id not in stored}  # a conflict
+    rows = [(key, *digests[key], stored.get(key)) for key in ordered]
+    _executemany(connection, digested, rows)
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """What :func:`claim` found: orders this import writes, orders stored before with the
-    same lines (repeats) and orders stored before with other lines (conflicts)."""
+    """What :func:`claimed` found: lines of orders stored before with the same lines
+    (repeats), and the orders stored before with other lines (conflicts): the first
+    ``listed`` of them, in id order, and how many."""
 
-    won: list[str]
-    repeated: list[str]
+    repeated_lines: int
     conflicts: list[str]
+    conflicted: int
 
 
-def claim(connection: sa.Connection, digests: dict[str, str]) -> Claimed:
-    """Claim orders by their digests (``queries.claim_orders``) and remember the ones won,
-    for :func:`copy_kept`."""
-    won = claim_orders(connection, digests)
-    lost = sorted(set(digests) - won)
-    stored = stored_digests(connection, lost)
-    conflicts = [order_id for order_id in lost if stored.get(order_id) != digests[order_id]]
-    repeated = [order_id for order_id in lost if stored.get(order_id) == digests[order_id]]
-    ordered = sorted(won)
-    for start in range(0, len(ordered), CHUNK):
-        chunk = ordered[start : start + CHUNK]
-        connection.execute(sa.insert(kept), [{"order_id": order_id} for order_id in chunk])
-    return Claimed(ordered, repeated, conflicts)
+def claimed(connection: sa.Connection, listed: int) -> Claimed:
+    """Claim the noted orders (SQLite, see :func:`claim`) and say what became of them; the
+    orders rows of this import are written, their lines by :func:`copy_kept`."""
+    d = digested.c
+    if connection.dialect.name == "sqlite":
+        before = sa.select(orders.c.content_sha256).where(orders.c.order_id == d.order_id)
+        connection.execute(sa.update(digested).values(stored=before.scalar_subquery()))
+        fresh = sa.select(d.order_id, d.content_sha256).where(d.stored.is_(None))
+        connection.execute(
+            sa.insert(orders).from_select(
+                ["order_id", "content_sha256"], fresh.order_by(d.order_id)
+            )
+        )
+    other = sa.and_(d.stored.is_not(None), d.stored != d.content_sha256)
+    repeat = sa.and_(d.stored.is_not(None), d.stored == d.content_sha256)
+    counts = sa.select(
+        sa.func.count().filter(other), sa.func.coalesce(sa.func.sum(d.lines).filter(repeat), 0)
+    )
+    conflicted, repeated = connection.execute(counts).one()
+    first = sa.select(d.order_id).where(other).order_by(d.order_id).limit(listed)
+    return Claimed(int(repeated), list(connection.execute(first).scalars()), int(conflicted))
 
 
-def copy_kept(connection: sa.Connection, import_run_id: int) -> int:
-    """Copy the staged lines of the claimed orders into ``purchases``; returns how many."""
+def copy_kept(connection: sa.Connection, import_run_id: int) -> None:
+    """Copy the staged lines of the orders this import claimed into ``purchases``."""
     columns = [staged.c[name] for name in LINE_COLUMNS]
-    source = sa.select(*columns, sa.literal(import_run_id, sa.Integer)).where(
-        staged.c.order_id.in_(sa.select(kept.c.order_id))
+    source = (
+        sa.select(*columns, sa.literal(import_run_id, sa.Integer))
+        .join(digested, digested.c.order_id == staged.c.order_id)
+        .where(digested.c.stored.is_(None))
     )
     target = [*LINE_COLUMNS, "import_run_id"]
-    # Counted apart: psycopg reports no row count for INSERT … SELECT (−1), SQLite does.
-    copied = sa.select(sa.func.count()).select_from(source.subquery())
-    count = int(connection.execute(copied).scalar_one())
     connection.execute(sa.insert(purchases).from_select(target, source))
-    return count
+
+
+def _executemany(connection: sa.Connection, table: sa.Table, rows: list[tuple[Any, ...]]) -> None:
+    """Insert plain tuples (all columns, in order) as one driver ``executemany``."""
+    if not rows:
+        return
+    compiled = sa.insert(table).compile(dialect=connection.dialect)
+    names = [column.name for column in table.c]
+    if compiled.positional and list(compiled.positiontup or ()) == names:
+        connection.exec_driver_sql(str(compiled), rows)
+    else:
+        connection.exec_driver_sql(
+            str(compiled), [dict(zip(names, row, strict=True)) for row in rows]
+        )
 
 
 @dataclass(frozen=True, slots=True)

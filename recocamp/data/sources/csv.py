@@ -34,6 +34,7 @@ from typing import IO, NamedTuple, TypeVar, cast
 
 from recocamp.domain import (
     FIELD_MAX,
+    ID_MAX,
     LINE_NO_MAX,
     PRICE_MAX,
     QUANTITY_MAX,
@@ -165,49 +166,72 @@ class BoundedLines:
         return line
 
 
+class Records:
+    """The records of a CSV file after its header, as ``(line number, fields)``; the header
+    (read when this is made) must contain every required column.
+
+    A record that cannot be read (wrong width, bytes that are not UTF-8, a NUL, a field past
+    ``FIELD_MAX``, a record past ``RECORD_MAX``) comes as a marker that :func:`check_width`
+    turns into its problem; after a field or record past its limit the rest of the file is
+    not read (where would it resume?). Memory stays bounded whatever the file holds: a record
+    is read with a size limit (:class:`BoundedLines`). Fields stay a list (a dict per row
+    cost a tenth of an import): :meth:`row` makes the row of a record."""
+
+    def __init__(self, path: Path, required: tuple[str, ...], handle: IO[str]) -> None:
+        csv.field_size_limit(FIELD_MAX)
+        self.lines = BoundedLines(handle, RECORD_MAX)
+        self.reader = csv.reader(self.lines)
+        self.header = _header(path, self.reader)
+        missing = [name for name in required if name not in self.header]
+        if missing:
+            problem = Problem(
+                f"wrong header: missing column(s) {', '.join(missing)}; "
+                f"expected {', '.join(required)}",
+                line=1,
+                value=",".join(self.header),
+            )
+            raise DataImportError(path, [problem])
+
+    def __iter__(self) -> Iterator[tuple[int, Record]]:
+        reader, lines, width = self.reader, self.lines, len(self.header)
+        while True:
+            line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
+            lines.start_record()
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, RecordTooLong) as exc:  # a field past FIELD_MAX, a stray quote
+                yield line, _unreadable("*", f"cannot be read: {exc}", "")
+                return
+            if not values or values == [""]:
+                continue
+            if len(values) != width:
+                yield line, _unreadable("*", f"expected {width} fields", str(len(values)))
+                continue
+            if _UNREADABLE.search("".join(values)):
+                yield line, _unreadable_field(dict(zip(self.header, values, strict=True)))
+                continue
+            yield line, values
+
+    def row(self, record: Record) -> dict[str, str]:
+        """A record as a row (column name → field); a marker as it is."""
+        if isinstance(record, dict):
+            return record
+        return dict(zip(self.header, record, strict=True))
+
+
+# a record's fields, or the marker of a record that cannot be read (see check_width)
+Record = list[str] | dict[str, str]
+
+
 def read_rows(
     path: Path, required: tuple[str, ...], handle: IO[str]
 ) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield ``(line number, row)``; the header must contain every required column.
-
-    A row that cannot be read (wrong width, bytes that are not UTF-8, a NUL, a field past
-    ``FIELD_MAX``, a record past ``RECORD_MAX``) is yielded as a marker that
-    :func:`check_width` turns into its problem; after a field or record past its limit the
-    rest of the file is not read (where would it resume?). Memory stays bounded whatever the
-    file holds: a record is read with a size limit (:class:`BoundedLines`).
-    """
-    csv.field_size_limit(FIELD_MAX)
-    lines = BoundedLines(handle, RECORD_MAX)
-    reader = csv.reader(lines)
-    header = _header(path, reader)
-    missing = [name for name in required if name not in header]
-    if missing:
-        problem = Problem(
-            f"wrong header: missing column(s) {', '.join(missing)}; expected {', '.join(required)}",
-            line=1,
-            value=",".join(header),
-        )
-        raise DataImportError(path, [problem])
-    while True:
-        line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
-        lines.start_record()
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except (csv.Error, RecordTooLong) as exc:  # a field past FIELD_MAX, a stray quote
-            yield line, _unreadable("*", f"cannot be read: {exc}", "")
-            return
-        if not values or values == [""]:
-            continue
-        if len(values) != len(header):
-            yield line, _unreadable("*", f"expected {len(header)} fields", str(len(values)))
-            continue
-        row = dict(zip(header, values, strict=True))
-        if _UNREADABLE.search("".join(values)):
-            yield line, _unreadable_field(row)
-            continue
-        yield line, row
+    """Yield ``(line number, row)`` of each record (:class:`Records`)."""
+    records = Records(path, required, handle)
+    for line, record in records:
+        yield line, records.row(record)
 
 
 def _header(path: Path, reader: Iterator[list[str]]) -> list[str]:
@@ -336,7 +360,10 @@ class Timestamps:
         self._cache: dict[str, datetime] = {}
 
     def __call__(self, row: dict[str, str], column: str) -> datetime:
-        raw = row.get(column, "").strip()
+        return self.of(row.get(column, "").strip(), column)
+
+    def of(self, raw: str, column: str) -> datetime:
+        """The instant of a stripped field."""
         cached = self._cache.get(raw)
         if cached is None:
             if len(self._cache) >= _STAMPS_CACHED:  # a file of distinct times: keep it small
@@ -416,6 +443,85 @@ def standard_values(
     if not is_return and (quantity <= 0 or unit_price <= 0):
         return Skip("adjustment")
     return (order_id, line_no, customer_id, item_id, quantity, unit_price, ordered_at, is_return)
+
+
+_ADJUSTMENT = Skip("adjustment")
+
+
+class StandardLines:
+    """:func:`standard_values` of records (field lists) of a file with this header, faster.
+
+    The usual line is read straight from its fields with the same checks (ids printable and
+    short, numbers in range); a line any check does not pass at once, or a marker, goes to
+    :func:`standard_values` as a row, which returns the same values or raises the problem
+    naming the column and the value. Line numbers are counted (``LineNumbers``) only once
+    a line passed, so the slower way counts each line exactly once too."""
+
+    def __init__(self, header: list[str], stamps: Timestamps, lines: LineNumbers) -> None:
+        self.header, self.stamps, self.lines = header, stamps, lines
+        at = {name: n for n, name in enumerate(header)}  # as dict(zip): the last one wins
+        self.order, self.customer, self.item = at["order_id"], at["customer_id"], at["item_id"]
+        self.quantity, self.price, self.time = at["quantity"], at["unit_price"], at["ordered_at"]
+        self.line_no, self.is_return = at.get("line_no"), at.get("is_return")
+
+    def __call__(self, record: Record) -> PurchaseValues | Skip:
+        values = None if isinstance(record, dict) else self._fast(record)
+        if values is None:
+            row = (
+                record if isinstance(record, dict) else dict(zip(self.header, record, strict=True))
+            )
+            return standard_values(row, self.stamps, self.lines)
+        return values
+
+    def _fast(self, fields: list[str]) -> PurchaseValues | Skip | None:
+        """The line's values, or None where :func:`standard_values` must decide."""
+        order_id = fields[self.order].strip()
+        customer_id = fields[self.customer].strip()
+        item_id = fields[self.item].strip()
+        if not (_is_id(order_id) and _is_id(item_id) and (not customer_id or _is_id(customer_id))):
+            return None
+        try:
+            quantity = int(fields[self.quantity])  # int() and float() strip blanks themselves
+            unit_price = float(fields[self.price])
+            given = None if self.line_no is None else fields[self.line_no].strip()
+            line_no = int(given) if given else -1
+            ordered_at = self.stamps.of(fields[self.time].strip(), "ordered_at")
+        except (ValueError, RowProblem):
+            return None
+        if not (
+            -QUANTITY_MAX <= quantity <= QUANTITY_MAX
+            and -PRICE_MAX <= unit_price <= PRICE_MAX  # NaN and infinities are not
+            and (not given or 0 <= line_no <= LINE_NO_MAX)
+        ):
+            return None
+        is_return = quantity < 0
+        if self.is_return is not None:
+            word = fields[self.is_return].strip().lower()
+            if word in TRUE_WORDS:
+                is_return = True
+            elif word not in FALSE_WORDS:
+                return None
+            elif word:
+                is_return = False
+        if not given:
+            line_no = self.lines.next(order_id)
+        if not is_return and (quantity <= 0 or unit_price <= 0):
+            return _ADJUSTMENT
+        return (
+            order_id,
+            line_no,
+            customer_id or None,
+            item_id,
+            quantity,
+            unit_price,
+            ordered_at,
+            is_return,
+        )
+
+
+def _is_id(value: str) -> bool:
+    """:func:`ident`'s check of a required id, at the cost of one C call or two."""
+    return 0 < len(value) <= ID_MAX and value.isprintable()
 
 
 def online_retail_line(
