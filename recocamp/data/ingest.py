@@ -130,8 +130,13 @@ class _Staged:
     online-retail format the catalogue and each customer's country). It holds one entry
     per customer and per item, never one per line."""
 
-    def __init__(self, catalog: CatalogBuilder | None, max_listed: int) -> None:
-        self.catalog, self.max_listed = catalog, max_listed
+    def __init__(
+        self,
+        catalog: CatalogBuilder | None,
+        max_listed: int,
+        bind_time: Callable[[datetime], Any],
+    ) -> None:
+        self.catalog, self.max_listed, self.bind_time = catalog, max_listed, bind_time
         self.parts = OrderDigestParts()
         self.read = self.more = 0
         self.skipped: dict[str, int] = {}
@@ -155,7 +160,20 @@ class _Staged:
         if customer_id is not None:
             self.customers.add(customer_id)
         part = self.parts.of(line_no, item_id, quantity, price, at, is_return)
-        return (line, *values, part)  # staging.STAGED_COLUMNS
+        order_id = values[0]
+        bound = self.bind_time(at)
+        return (
+            line,
+            order_id,
+            line_no,
+            customer_id,
+            item_id,
+            quantity,
+            price,
+            bound,
+            is_return,
+            part,
+        )
 
     def _retail(self, line: sources.RetailLine) -> sources.PurchaseValues:
         """Note the catalogue's and the country's part of the line; its purchase's values."""
@@ -332,11 +350,11 @@ class Importer:
         """The validating pass: every line parsed, the good ones staged in chunks; raises
         the file's problems (lines repeated with other content included)."""
         retail = fmt == "online-retail"
-        found = _Staged(CatalogBuilder() if retail else None, self.max_listed)
+        stager, batch = staging.Stager(connection), []
+        found = _Staged(CatalogBuilder() if retail else None, self.max_listed, stager.bind_time)
         stamps = sources.Timestamps(self.zone, "%Y-%m-%d %H:%M:%S" if retail else None)
         required = sources.ONLINE_RETAIL_COLUMNS if retail else sources.STANDARD_COLUMNS
         self.progress.phase(f"reading {path.name}", None)
-        stager, batch = staging.Stager(connection), []
         with sources.open_text(path) as handle:
             try:
                 records = sources.Records(path, required, handle)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -90,12 +91,11 @@ def drop(connection: sa.Connection) -> None:
 class Stager:
     """Stages lines through one compiled INSERT run as the driver's ``executemany`` of plain
     tuples: no per-row statement processing of ``connection.execute`` (it cost more than
-    reading the lines). The values come as the importer read them: strings, ints, floats
-    and bools, which the drivers bind as their columns' types do; only the timestamp is
-    converted, by its column's type, once per distinct value (an order's lines share it)."""
+    reading the lines). The values come as the importer read them (strings, ints, floats
+    and bools, which the drivers bind as their columns' types do), the timestamp already
+    bound by :meth:`bind_time`."""
 
     _TIMES_KEPT = 100_000
-    _AT = STAGED_COLUMNS.index("ordered_at")
 
     def __init__(self, connection: sa.Connection) -> None:
         dialect = connection.dialect
@@ -105,28 +105,35 @@ class Stager:
         self.positional = compiled.positional and list(compiled.positiontup or ()) == list(
             STAGED_COLUMNS
         )
-        self.time = staged.c.ordered_at.type.dialect_impl(dialect).bind_processor(dialect)
-        self.times: dict[Any, Any] = {}
+        processor = staged.c.ordered_at.type.dialect_impl(dialect).bind_processor(dialect)
+        self.bind = _sqlite_time if dialect.name == "sqlite" else processor
+        self.times: dict[datetime, Any] = {}
+
+    def bind_time(self, value: datetime) -> Any:
+        """An aware timestamp as its column binds it, once per distinct value (an order's
+        lines share theirs)."""
+        bound = self.times.get(value)
+        if bound is None:
+            if len(self.times) >= self._TIMES_KEPT:
+                self.times.clear()
+            bound = self.times[value] = value if self.bind is None else self.bind(value)
+        return bound
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
         """Stage lines: tuples of the values of :data:`STAGED_COLUMNS`."""
         if not rows:
             return
-        at, bind = self._AT, self._time
-        bound = [(*row[:at], bind(row[at]), *row[at + 1 :]) for row in rows]
         if self.positional:
-            self.connection.exec_driver_sql(self.sql, bound)
+            self.connection.exec_driver_sql(self.sql, rows)
         else:
-            named = [dict(zip(STAGED_COLUMNS, row, strict=True)) for row in bound]
+            named = [dict(zip(STAGED_COLUMNS, row, strict=True)) for row in rows]
             self.connection.exec_driver_sql(self.sql, named)
 
-    def _time(self, value: Any) -> Any:
-        bound = self.times.get(value)
-        if bound is None:
-            if len(self.times) >= self._TIMES_KEPT:
-                self.times.clear()
-            bound = self.times[value] = value if self.time is None else self.time(value)
-        return bound
+
+def _sqlite_time(value: datetime) -> str:
+    """What ``UtcDateTime`` binds on SQLite (naive UTC in SQLAlchemy's storage format,
+    ``2024-04-01 12:00:00.000000``) in one C call instead of a dozen Python steps."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def index(connection: sa.Connection) -> None:

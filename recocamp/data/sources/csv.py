@@ -357,18 +357,18 @@ class Timestamps:
 
     def __init__(self, zone: tzinfo, fmt: str | None = None) -> None:
         self.zone, self.fmt = zone, fmt
-        self._cache: dict[str, datetime] = {}
+        self.cache: dict[str, datetime] = {}
 
     def __call__(self, row: dict[str, str], column: str) -> datetime:
         return self.of(row.get(column, "").strip(), column)
 
     def of(self, raw: str, column: str) -> datetime:
         """The instant of a stripped field."""
-        cached = self._cache.get(raw)
+        cached = self.cache.get(raw)
         if cached is None:
-            if len(self._cache) >= _STAMPS_CACHED:  # a file of distinct times: keep it small
-                self._cache.clear()
-            cached = self._cache[raw] = self._parse(raw, column)
+            if len(self.cache) >= _STAMPS_CACHED:  # a file of distinct times: keep it small
+                self.cache.clear()
+            cached = self.cache[raw] = self._parse(raw, column)
         return cached
 
     def _parse(self, raw: str, column: str) -> datetime:
@@ -459,69 +459,63 @@ class StandardLines:
 
     def __init__(self, header: list[str], stamps: Timestamps, lines: LineNumbers) -> None:
         self.header, self.stamps, self.lines = header, stamps, lines
+        self.cached = stamps.cache  # read first: a parse only where it has no entry
         at = {name: n for n, name in enumerate(header)}  # as dict(zip): the last one wins
         self.order, self.customer, self.item = at["order_id"], at["customer_id"], at["item_id"]
         self.quantity, self.price, self.time = at["quantity"], at["unit_price"], at["ordered_at"]
         self.line_no, self.is_return = at.get("line_no"), at.get("is_return")
 
     def __call__(self, record: Record) -> PurchaseValues | Skip:
-        values = None if isinstance(record, dict) else self._fast(record)
-        if values is None:
-            row = (
-                record if isinstance(record, dict) else dict(zip(self.header, record, strict=True))
-            )
-            return standard_values(row, self.stamps, self.lines)
-        return values
-
-    def _fast(self, fields: list[str]) -> PurchaseValues | Skip | None:
-        """The line's values, or None where :func:`standard_values` must decide."""
-        order_id = fields[self.order].strip()
-        customer_id = fields[self.customer].strip()
-        item_id = fields[self.item].strip()
-        if not (_is_id(order_id) and _is_id(item_id) and (not customer_id or _is_id(customer_id))):
-            return None
+        if isinstance(record, dict):
+            return self._slow(record)
+        order_id = record[self.order].strip()
+        customer_id = record[self.customer].strip()
+        item_id = record[self.item].strip()
+        if not (
+            0 < len(order_id) <= ID_MAX
+            and 0 < len(item_id) <= ID_MAX
+            and len(customer_id) <= ID_MAX
+            and (order_id + item_id + customer_id).isprintable()  # ident's checks, at once
+        ):
+            return self._slow(record)
         try:
-            quantity = int(fields[self.quantity])  # int() and float() strip blanks themselves
-            unit_price = float(fields[self.price])
-            given = None if self.line_no is None else fields[self.line_no].strip()
+            quantity = int(record[self.quantity])  # int() and float() strip blanks themselves
+            unit_price = float(record[self.price])
+            given = None if self.line_no is None else record[self.line_no].strip()
             line_no = int(given) if given else -1
-            ordered_at = self.stamps.of(fields[self.time].strip(), "ordered_at")
+            raw = record[self.time].strip()
+            ordered_at = self.cached.get(raw) or self.stamps.of(raw, "ordered_at")
         except (ValueError, RowProblem):
-            return None
+            return self._slow(record)
         if not (
             -QUANTITY_MAX <= quantity <= QUANTITY_MAX
             and -PRICE_MAX <= unit_price <= PRICE_MAX  # NaN and infinities are not
             and (not given or 0 <= line_no <= LINE_NO_MAX)
         ):
-            return None
-        is_return = quantity < 0
-        if self.is_return is not None:
-            word = fields[self.is_return].strip().lower()
-            if word in TRUE_WORDS:
-                is_return = True
-            elif word not in FALSE_WORDS:
-                return None
-            elif word:
-                is_return = False
+            return self._slow(record)
+        word = "" if self.is_return is None else record[self.is_return].strip().lower()
+        is_return = _return_word(word, quantity < 0)
+        if is_return is None:
+            return self._slow(record)
         if not given:
             line_no = self.lines.next(order_id)
         if not is_return and (quantity <= 0 or unit_price <= 0):
             return _ADJUSTMENT
-        return (
-            order_id,
-            line_no,
-            customer_id or None,
-            item_id,
-            quantity,
-            unit_price,
-            ordered_at,
-            is_return,
-        )
+        customer = customer_id or None
+        return (order_id, line_no, customer, item_id, quantity, unit_price, ordered_at, is_return)
+
+    def _slow(self, record: Record) -> PurchaseValues | Skip:
+        row = record if isinstance(record, dict) else dict(zip(self.header, record, strict=True))
+        return standard_values(row, self.stamps, self.lines)
 
 
-def _is_id(value: str) -> bool:
-    """:func:`ident`'s check of a required id, at the cost of one C call or two."""
-    return 0 < len(value) <= ID_MAX and value.isprintable()
+def _return_word(word: str, default: bool) -> bool | None:
+    """:func:`boolean` of a stripped, lowercase word; None if it is none."""
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False if word else default
+    return None
 
 
 def online_retail_line(
