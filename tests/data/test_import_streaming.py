@@ -18,7 +18,7 @@ from recocamp.data.ingest import Importer
 from recocamp.data.sources import csv as sources
 from recocamp.domain import OrderDigestParts, Purchase, order_digest
 from recocamp.errors import DataImportError
-from recocamp.store import queries, staging, tombstones
+from recocamp.store import notifications, queries, staging, tombstones
 from recocamp.store.schema import import_runs, orders, purchases
 from tests.conftest import NOW, impatient, write_csv
 from tests.data.test_ingest import LONDON
@@ -249,3 +249,25 @@ def test_erased_customers_are_found_across_tombstone_rounds(
         customers = connection.execute(sa.select(purchases.c.customer_id)).scalars().all()
     assert sorted(set(customers), key=str) == [None, "c0", "c1"]
     assert customers.count(None) == 4
+
+
+def test_an_import_names_the_customers_it_wrote_lines_for_in_the_change_log(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Serving processes learn of an import's lines (migration 0013's triggers): each
+    customer whose lines it wrote is named, an erased one is not, a repeat names nobody."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's change log")
+    key = b"k" * 32
+    with engine.begin() as connection:
+        tombstones.record(connection, key, "c2", None, NOW)
+    log = notifications.ChangeLog(engine)
+    seq = log.last()
+    path = write_csv(tmp_path / "p.csv", HEADER, lines(12))  # customers c0, c1, c2
+    Importer(engine, zone=LONDON, now=NOW, erasure_key=key).purchases(path)
+    seq, named = log.since(seq)
+    assert named is not None and sorted(set(named)) == ["c0", "c1"]
+    again = write_csv(tmp_path / "q.csv", HEADER, lines(12))
+    again.write_text(again.read_text() + "\n")  # the same lines in another file
+    Importer(engine, zone=LONDON, now=NOW, erasure_key=key).purchases(again)
+    assert log.since(seq) == (seq, [])
