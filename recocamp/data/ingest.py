@@ -156,24 +156,13 @@ class _Staged:
             self.skipped[parsed.reason] = self.skipped.get(parsed.reason, 0) + 1
             return None
         values = self._retail(parsed) if isinstance(parsed, sources.RetailLine) else parsed
-        _, line_no, customer_id, item_id, quantity, price, at, is_return = values
+        order_id, line_no, customer_id, item_id, quantity, price, at, is_return = values
         if customer_id is not None:
             self.customers.add(customer_id)
         part = self.parts.of(line_no, item_id, quantity, price, at, is_return)
-        order_id = values[0]
-        bound = self.bind_time(at)
-        return (
-            line,
-            order_id,
-            line_no,
-            customer_id,
-            item_id,
-            quantity,
-            price,
-            bound,
-            is_return,
-            part,
-        )
+        at_bound = self.bind_time(at)  # as the store keeps it: staging.Stager.bind_time
+        staged = (order_id, line_no, customer_id, item_id, quantity, price, at_bound, is_return)
+        return (line, *staged, part)  # staging.STAGED_COLUMNS
 
     def _retail(self, line: sources.RetailLine) -> sources.PurchaseValues:
         """Note the catalogue's and the country's part of the line; its purchase's values."""

@@ -120,7 +120,7 @@ class Stager:
         return bound
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
-        """Stage lines: tuples of the values of :data:`STAGED_COLUMNS`."""
+        """Stage lines: tuples of the values of :data:`STAGED_COLUMNS`, the time bound."""
         if not rows:
             return
         if self.positional:
