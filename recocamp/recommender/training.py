@@ -26,7 +26,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -64,26 +65,40 @@ class TrainResult:
 def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
     """Learnable purchase lines as integer-coded arrays, encoded while streaming from the
     store. Service items are excluded by the catalogue's ``is_service`` flag (the
-    online-retail import sets it from the UCI code rule; other shops say so in items.csv)."""
+    online-retail import sets it from the UCI code rule; other shops say so in items.csv).
+    The cycle collector pauses meanwhile: the id dictionaries grow to millions of strings
+    and each full pass over them would cost more as they grow (a quarter of the read)."""
     customers, items, orders = _Codes(), _Codes(), _Codes()
-    at: list[float] = []
-    with engine.connect() as connection:
+    at: list[np.ndarray] = []
+    with engine.connect() as connection, _no_cycle_collection():
         for part in queries.training_lines(connection, until):
-            customer, item, order, epoch = zip(*part, strict=True)
-            customers.add(customer)
-            items.add(item)
-            orders.add(order)
-            at.extend(epoch)
+            customers.add(part.customer)
+            items.add(part.item)
+            orders.add(part.order)
+            at.append(part.at)
     customer_codes, customer_ids = customers.sorted()
     item_codes, item_ids = items.sorted()
     return Lines(
         customer_codes,
         item_codes,
         orders.codes,
-        np.asarray(at, dtype=np.float64),
+        np.concatenate(at) if at else np.zeros(0, dtype=np.float64),
         customer_ids,
         item_ids,
     )
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cycle collector off for a block that makes millions of acyclic objects (id
+    strings, small lists): its passes only rescan them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Codes:
@@ -95,7 +110,7 @@ class _Codes:
         self.index = _Numbering()
         self.chunks: list[np.ndarray] = []
 
-    def add(self, values: tuple[str, ...]) -> None:
+    def add(self, values: Sequence[str]) -> None:
         self.chunks.append(
             np.fromiter(map(self.index.__getitem__, values), dtype=np.int64, count=len(values))
         )
@@ -431,14 +446,9 @@ def top_lists(
     are made and written (they hold no cycles; at a million customers its passes over them
     cost a third of the cache's time)."""
     chosen = np.arange(data.shape[0]) if rows is None else rows
-    enabled = gc.isenabled()
-    gc.disable()  # millions of small acyclic lists: the cycle collector only rescans them
-    try:
+    with _no_cycle_collection():
         for row, ranked in ranking.ranked_lists(fitted, data, chosen, n):
             yield str(data.customers[row]), ranked
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def cached_rows(data: TrainingData, settings: RecommenderSettings) -> np.ndarray:

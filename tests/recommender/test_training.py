@@ -3,6 +3,7 @@ with a synthetic shop; objected customers never reach the model or the cache."""
 
 from __future__ import annotations
 
+import gc
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -332,3 +333,18 @@ def same_list(got: list[list[object]], expected: list[list[object]]) -> bool:
         rtol=0,
         atol=1.01e-6,
     )
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_reading_the_lines_leaves_the_cycle_collector_as_it_found_it(
+    shop: sa.Engine, collecting: bool
+) -> None:
+    """The read pauses the collector (millions of acyclic id strings); a worker that trains
+    must not be left without it, nor have it switched on behind its back."""
+    was = gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        assert len(training.load_lines(shop, END)) > 0
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
