@@ -7,7 +7,9 @@
 3. on the time split ``cutoff = as_of − horizon``: tune the hybrid on a validation split
    before that cutoff, then evaluate the candidate, the live model's configuration and the
    baselines on the same split;
-4. fit the candidate on everything before ``as_of`` and save its artifacts;
+4. fit the candidate on everything before ``as_of`` and save its artifacts (the hybrid's
+   weights tuned on the split of step 3, on the candidate's fit there: the same split and
+   fit that tuning from scratch would make);
 5. promote it unless its gate metric is worse than the live model's beyond the
    evaluation's noise (a paired bootstrap over the split's customers, :data:`GATE_RULE`), or
    when there is no live model, writing the top-N cache in the same transaction for every
@@ -244,7 +246,11 @@ def train(
     results = evaluation.metrics
     clock.lap("evaluate")
     say("fitting on all data")
-    final = _candidate(name, settings, lines, as_of.timestamp())
+    final = (
+        _candidate(name, settings, lines, as_of.timestamp())
+        if evaluation.final_weights is None
+        else model.make(name, settings, evaluation.final_weights)
+    )
     data = matrix.build(lines, as_of.timestamp(), **_split_args(settings))
     final.fit(data)
     clock.lap("fit")
@@ -308,6 +314,9 @@ class Evaluation:
     horizon_days: int
     k: int
     per_customer: dict[str, dict[str, np.ndarray]]
+    # the hybrid's weights for the final model, tuned on this split with the candidate's
+    # fit on it (the final model's tuning split is this one); None: tune from scratch
+    final_weights: HybridWeights | None = None
 
 
 def _evaluate_all(
@@ -319,12 +328,15 @@ def _evaluate_all(
     split = evaluate.make_split(
         lines, cutoff, horizon, **_split_args(settings), **_sample(settings)
     )
-    scored = {
-        "candidate": evaluate.evaluate_per_customer(
-            _candidate(name, settings, lines, cutoff), split, k
-        )
-    }
+    candidate = _candidate(name, settings, lines, cutoff)
+    scored = {"candidate": evaluate.evaluate_per_customer(candidate, split, k)}
     results = {"candidate": scored["candidate"][0]}
+    final_weights = None
+    if isinstance(candidate, Hybrid) and len(split.rows) > 0:  # fitted on the split now
+        fresh = model.make(name, settings)
+        assert isinstance(fresh, Hybrid)
+        candidate.weights = fresh.weights  # where tuning a fresh hybrid starts
+        final_weights = evaluate.tune_fitted(candidate, split, k)
     for baseline in ("popularity", "repeat_frequency"):
         results[baseline] = evaluate.evaluate(model.make(baseline, settings), split, k)
     with engine.connect() as connection:
@@ -334,7 +346,8 @@ def _evaluate_all(
         scored["live"] = evaluate.evaluate_per_customer(configured, split, k)
         results["live"] = scored["live"][0]
     at = datetime.fromtimestamp(cutoff, UTC)
-    return Evaluation(results, at, horizon, k, {key: pair[1] for key, pair in scored.items()})
+    per_customer = {key: pair[1] for key, pair in scored.items()}
+    return Evaluation(results, at, horizon, k, per_customer, final_weights)
 
 
 GATE_RULE = (

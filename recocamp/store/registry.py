@@ -81,7 +81,7 @@ def make_live(
     insert = sa.insert(recommendations).values(items=_encoded_json(connection))
     written = 0
     lists = iter(cache)
-    while batch := list(itertools.islice(lists, 20_000)):
+    while batch := list(itertools.islice(lists, 5000)):
         rows = [
             {"customer_id": customer_id, "model_version": version, "items": _json(ranked)}
             for customer_id, ranked in batch
