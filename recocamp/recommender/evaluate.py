@@ -277,6 +277,13 @@ def tune_hybrid(
     if len(split.rows) == 0:
         return hybrid.weights
     hybrid.fit(split.data)
+    return tune_fitted(hybrid, split, k)
+
+
+def tune_fitted(hybrid: Hybrid, split: Split, k: int = 10) -> HybridWeights:
+    """:func:`tune_hybrid` on a hybrid already fitted on ``split.data``, starting from its
+    weights: training tunes the final model on the gate's own split, where the gate's
+    candidate was just fitted, so that fit (the hybrid's costliest step) is not repeated."""
     data = split.data
     own = repeat.fit_weights(
         data.orders[split.rows],

@@ -7,7 +7,9 @@
 3. on the time split ``cutoff = as_of − horizon``: tune the hybrid on a validation split
    before that cutoff, then evaluate the candidate, the live model's configuration and the
    baselines on the same split;
-4. fit the candidate on everything before ``as_of`` and save its artifacts;
+4. fit the candidate on everything before ``as_of`` and save its artifacts (the hybrid's
+   weights tuned on the split of step 3, on the candidate's fit there: the same split and
+   fit that tuning from scratch would make);
 5. promote it unless its gate metric is worse than the live model's beyond the
    evaluation's noise (a paired bootstrap over the split's customers, :data:`GATE_RULE`), or
    when there is no live model, writing the top-N cache in the same transaction for every
@@ -26,7 +28,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -64,26 +67,40 @@ class TrainResult:
 def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
     """Learnable purchase lines as integer-coded arrays, encoded while streaming from the
     store. Service items are excluded by the catalogue's ``is_service`` flag (the
-    online-retail import sets it from the UCI code rule; other shops say so in items.csv)."""
+    online-retail import sets it from the UCI code rule; other shops say so in items.csv).
+    The cycle collector pauses meanwhile: the id dictionaries grow to millions of strings
+    and each full pass over them would cost more as they grow (a quarter of the read)."""
     customers, items, orders = _Codes(), _Codes(), _Codes()
-    at: list[float] = []
-    with engine.connect() as connection:
+    at: list[np.ndarray] = []
+    with engine.connect() as connection, _no_cycle_collection():
         for part in queries.training_lines(connection, until):
-            customer, item, order, epoch = zip(*part, strict=True)
-            customers.add(customer)
-            items.add(item)
-            orders.add(order)
-            at.extend(epoch)
+            customers.add(part.customer)
+            items.add(part.item)
+            orders.add(part.order)
+            at.append(part.at)
     customer_codes, customer_ids = customers.sorted()
     item_codes, item_ids = items.sorted()
     return Lines(
         customer_codes,
         item_codes,
         orders.codes,
-        np.asarray(at, dtype=np.float64),
+        np.concatenate(at) if at else np.zeros(0, dtype=np.float64),
         customer_ids,
         item_ids,
     )
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cycle collector off for a block that makes millions of acyclic objects (id
+    strings, small lists): its passes only rescan them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Codes:
@@ -95,7 +112,7 @@ class _Codes:
         self.index = _Numbering()
         self.chunks: list[np.ndarray] = []
 
-    def add(self, values: tuple[str, ...]) -> None:
+    def add(self, values: Sequence[str]) -> None:
         self.chunks.append(
             np.fromiter(map(self.index.__getitem__, values), dtype=np.int64, count=len(values))
         )
@@ -229,7 +246,11 @@ def train(
     results = evaluation.metrics
     clock.lap("evaluate")
     say("fitting on all data")
-    final = _candidate(name, settings, lines, as_of.timestamp())
+    final = (
+        _candidate(name, settings, lines, as_of.timestamp())
+        if evaluation.final_weights is None
+        else model.make(name, settings, evaluation.final_weights)
+    )
     data = matrix.build(lines, as_of.timestamp(), **_split_args(settings))
     final.fit(data)
     clock.lap("fit")
@@ -293,6 +314,9 @@ class Evaluation:
     horizon_days: int
     k: int
     per_customer: dict[str, dict[str, np.ndarray]]
+    # the hybrid's weights for the final model, tuned on this split with the candidate's
+    # fit on it (the final model's tuning split is this one); None: tune from scratch
+    final_weights: HybridWeights | None = None
 
 
 def _evaluate_all(
@@ -304,12 +328,15 @@ def _evaluate_all(
     split = evaluate.make_split(
         lines, cutoff, horizon, **_split_args(settings), **_sample(settings)
     )
-    scored = {
-        "candidate": evaluate.evaluate_per_customer(
-            _candidate(name, settings, lines, cutoff), split, k
-        )
-    }
+    candidate = _candidate(name, settings, lines, cutoff)
+    scored = {"candidate": evaluate.evaluate_per_customer(candidate, split, k)}
     results = {"candidate": scored["candidate"][0]}
+    final_weights = None
+    if isinstance(candidate, Hybrid) and len(split.rows) > 0:  # fitted on the split now
+        fresh = model.make(name, settings)
+        assert isinstance(fresh, Hybrid)
+        candidate.weights = fresh.weights  # where tuning a fresh hybrid starts
+        final_weights = evaluate.tune_fitted(candidate, split, k)
     for baseline in ("popularity", "repeat_frequency"):
         results[baseline] = evaluate.evaluate(model.make(baseline, settings), split, k)
     with engine.connect() as connection:
@@ -319,7 +346,8 @@ def _evaluate_all(
         scored["live"] = evaluate.evaluate_per_customer(configured, split, k)
         results["live"] = scored["live"][0]
     at = datetime.fromtimestamp(cutoff, UTC)
-    return Evaluation(results, at, horizon, k, {key: pair[1] for key, pair in scored.items()})
+    per_customer = {key: pair[1] for key, pair in scored.items()}
+    return Evaluation(results, at, horizon, k, per_customer, final_weights)
 
 
 GATE_RULE = (
@@ -431,14 +459,9 @@ def top_lists(
     are made and written (they hold no cycles; at a million customers its passes over them
     cost a third of the cache's time)."""
     chosen = np.arange(data.shape[0]) if rows is None else rows
-    enabled = gc.isenabled()
-    gc.disable()  # millions of small acyclic lists: the cycle collector only rescans them
-    try:
+    with _no_cycle_collection():
         for row, ranked in ranking.ranked_lists(fitted, data, chosen, n):
             yield str(data.customers[row]), ranked
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def cached_rows(data: TrainingData, settings: RecommenderSettings) -> np.ndarray:

@@ -3,8 +3,9 @@ with a synthetic shop; objected customers never reach the model or the cache."""
 
 from __future__ import annotations
 
+import gc
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from recocamp.data.synthetic import END, ConsentMix, customer_record, generate_s
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate, serving, training
 from recocamp.recommender import models as model
-from recocamp.recommender.matrix import Lines
+from recocamp.recommender.matrix import Lines, TrainingData
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
 from recocamp.store.schema import models, recommendations
@@ -332,3 +333,57 @@ def same_list(got: list[list[object]], expected: list[list[object]]) -> bool:
         rtol=0,
         atol=1.01e-6,
     )
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_reading_the_lines_leaves_the_cycle_collector_as_it_found_it(
+    shop: sa.Engine, collecting: bool
+) -> None:
+    """The read pauses the collector (millions of acyclic id strings); a worker that trains
+    must not be left without it, nor have it switched on behind its back."""
+    was = gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        assert len(training.load_lines(shop, END)) > 0
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_the_hybrid_is_fitted_once_on_the_gate_split_and_tuned_as_from_scratch(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final model's tuning split is the gate's split, where the gate's candidate was
+    just fitted: training tunes on that fit instead of fitting the same data again, and
+    the weights are those a fresh hybrid tuned from scratch gets."""
+    settings = settings_for(tmp_path)
+    fitted_on: list[tuple[int, int]] = []
+    fit = model.Hybrid.fit
+
+    def counted(self: model.Hybrid, data: TrainingData) -> None:
+        fitted_on.append((data.shape[0], int(data.orders.nnz)))
+        fit(self, data)
+
+    monkeypatch.setattr(model.Hybrid, "fit", counted)
+    result = training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    # the tuning split before the gate's, the gate's split, all data: each fitted once
+    assert len(fitted_on) == 3 and len(set(fitted_on)) == 3
+    monkeypatch.setattr(model.Hybrid, "fit", fit)
+    fresh = model.make("hybrid", settings)
+    assert isinstance(fresh, model.Hybrid)
+    horizon, k = settings.evaluation_horizon_days, settings.evaluation_k
+    sample = {"max_customers": settings.evaluation_max_customers}
+    expected = evaluate.tune_hybrid(
+        fresh,
+        training.load_lines(shop, END),
+        END.timestamp(),
+        horizon,
+        k,
+        popularity_days=settings.recent_popularity_days,
+        half_life_days=settings.time_decay_half_life_days,
+        seed=settings.evaluation_sample_seed,
+        **sample,
+    )
+    with shop.connect() as connection:
+        row = registry.get(connection, str(result.version))
+    assert row is not None and row.params["weights"] == asdict(expected)

@@ -1,0 +1,89 @@
+"""The training read (``queries.training_lines``): on SQLite each id range comes back as
+joined columns; what it yields must be exactly what the row-by-row read yields, the rows
+the learning rules allow, in line-id order, with bit-identical epochs (a model's data
+fingerprint hashes them)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import sqlalchemy as sa
+
+from recocamp.domain import Customer, Item, Purchase
+from recocamp.store import queries
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+START = datetime(2024, 3, 1, 8, 30, 15, 123456, tzinfo=UTC)
+
+
+def _shop(engine: sa.Engine) -> list[Purchase]:
+    """Forty orders of one to three lines, times with microseconds, and every kind of line
+    the rules leave out; order 20's customer id holds the separator."""
+    learnable: list[Purchase] = []
+    stored: list[Purchase] = []
+    for number in range(40):
+        customer = "c\x1f20" if number == 20 else f"c{number % 7}"
+        at = START + timedelta(days=number * 3, microseconds=number * 7919)
+        for line in range(number % 3 + 1):
+            row = Purchase(f"o{number}", line + 1, customer, f"i{(number + line) % 5}", 1, 2.5, at)
+            stored.append(row)
+            learnable.append(row)
+        stored += [  # left out: a return, a guest, a free line, a service, an objector
+            Purchase(f"o{number}", 10, customer, "i1", -1, 2.5, at, is_return=True),
+            Purchase(f"g{number}", 1, None, "i1", 1, 2.5, at),
+            Purchase(f"o{number}", 11, customer, "i2", 1, 0.0, at),
+            Purchase(f"o{number}", 12, customer, "postage", 1, 3.0, at),
+            Purchase(f"x{number}", 1, "objector", "i3", 1, 2.5, at),
+        ]
+    items = [Item(f"i{n}", f"Item {n}", "tea", 2.5) for n in range(5)]
+    items.append(Item("postage", "Postage", "service", 3.0, is_service=True))
+    with engine.begin() as connection:
+        queries.upsert_items(connection, items, NOW)
+        queries.upsert_customers(
+            connection, [Customer("objector", None, objected_to_profiling=True)], NOW
+        )
+        queries.insert_purchases(connection, stored, None)
+    return learnable
+
+
+def _read(parts: list[queries.LineColumns]) -> tuple[list[str], list[str], list[str], np.ndarray]:
+    customer = [value for part in parts for value in part.customer]
+    item = [value for part in parts for value in part.item]
+    order = [value for part in parts for value in part.order]
+    return customer, item, order, np.concatenate([part.at for part in parts])
+
+
+def test_joined_ranges_yield_exactly_the_row_by_row_read(engine: sa.Engine) -> None:
+    learnable = _shop(engine)
+    until = START + timedelta(days=90)
+    with engine.connect() as connection:
+        for limit in (None, until):
+            joined = list(queries.training_lines(connection, limit, chunk=16))
+            rows = list(queries._line_rows(connection, limit, chunk=1000))
+            expected = [row for row in learnable if limit is None or row.ordered_at < limit]
+            customer, item, order, at = _read(joined)
+            assert len(joined) > 3  # several ranges, one of them read row by row
+            got = sorted(zip(customer, item, order, at.round(3).tolist(), strict=True))
+            assert got == sorted(
+                (row.customer_id, row.item_id, row.order_id, round(row.ordered_at.timestamp(), 3))
+                for row in expected
+            )
+            reference = _read(rows)  # in line-id order (ORDER BY id)
+            assert (customer, item, order) == reference[:3]
+            assert at.tobytes() == reference[3].tobytes()  # bit for bit
+
+
+def test_an_empty_store_yields_nothing(engine: sa.Engine) -> None:
+    with engine.connect() as connection:
+        assert list(queries.training_lines(connection)) == []
+
+
+def test_columns_aggregated_out_of_id_order_are_put_back_in_it() -> None:
+    ids = np.array([7, 3, 5])
+    columns = [["c7", "c3", "c5"], ["i7", "i3", "i5"], ["o7", "o3", "o5"]]
+    part = queries._in_id_order(ids, columns, np.array([7.0, 3.0, 5.0]))
+    assert part.customer == ["c3", "c5", "c7"]
+    assert part.item == ["i3", "i5", "i7"]
+    assert part.order == ["o3", "o5", "o7"]
+    assert part.at.tolist() == [3.0, 5.0, 7.0]
