@@ -19,6 +19,13 @@ and >= 0.65 of render-only whenever render-only is >= 3,000/s. Then the same run
 fake ESP's unique count equals the outbox's sent count, no duplicates). The last line is
 one JSON object: ``{"benchmark": "send", "emails", "render_only_per_s", "end_to_end_per_s",
 "ratio", "duplicates"}`` (the run without faults; duplicates of both runs).
+
+Each run's own line adds where the CPU went, in ms per e-mail (Linux): ``cpu_main`` (this
+process: plans, composes, enqueues), ``cpu_delivering`` (the delivering processes: claim,
+render, request, record; their start included) and ``cpu_fake_esp`` (work a real ESP does on
+its own machines), and the 1-minute load average before and after. On a shared machine the
+speeds move with the other jobs' load, and not alike (render-only is one process, end to
+end four); the CPU per e-mail does not.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -160,7 +168,9 @@ def run(
     def committed(n: int) -> None:
         phases.setdefault("first_chunk_committed_s", time.perf_counter() - started)
 
+    load_before = os.getloadavg()[0]
     try:
+        esp_at_start, own_at_start = process_cpu(esp.pid), own_cpu()
         started = time.perf_counter()
         now = daytime_now(local)
         planned = plan_views(local, campaign, all_views, snapshot.items, snapshot.popular, now)
@@ -178,6 +188,7 @@ def run(
         report = run_report.delivery
         assert report is not None
         rows = range(run_report.enqueued)
+        own_at_end, esp_at_end = own_cpu(), process_cpu(esp.pid)
         stats = httpx.get(f"http://127.0.0.1:{port}/_stats").json()
     finally:
         provider.close()
@@ -185,6 +196,12 @@ def run(
         esp.wait()
         engine.dispose()
     processes = delivery_processes(local, run_report.enqueued)
+    per_email = 1000 / max(1, len(rows))
+    delivering = own_at_end[1] - own_at_start[1]  # reaped: the delivering processes
+    cpu = {"cpu_main": (own_at_end[0] - own_at_start[0]) * per_email}
+    if esp_at_start is not None and esp_at_end is not None:
+        cpu |= {"cpu_delivering": delivering * per_email}
+        cpu |= {"cpu_fake_esp": (esp_at_end - esp_at_start) * per_email}
     return {
         "emails": len(rows),
         "seconds": seconds,
@@ -194,7 +211,25 @@ def run(
         **stats,
         "delivery_processes": processes,
         **{k: round(v, 2) for k, v in phases.items()},
+        **{k: round(v, 3) for k, v in cpu.items()},
+        "load_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
+
+
+def own_cpu() -> tuple[float, float]:
+    """CPU seconds of this process and of its children that ended (user + system)."""
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime, ended.ru_utime + ended.ru_stime
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds a running process has used (Linux's /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def daytime_now(settings: Settings) -> datetime:
@@ -206,7 +241,11 @@ def daytime_now(settings: Settings) -> datetime:
     return (ten if ten <= local else ten - timedelta(days=1)).astimezone(UTC)
 
 
-def render_only(settings: Settings, work: Path, all_views: list[Any], snapshot: Any) -> float:
+def render_only(
+    settings: Settings, work: Path, all_views: list[Any], snapshot: Any
+) -> tuple[float, float]:
+    """E-mails per second, and CPU ms per e-mail, of compose + render alone (the decisions
+    are made before the clock starts: planning is not in this figure, but is end to end)."""
     local = settings.model_copy(update={"signing_key": SecretStr("bench-key")})
     campaign = load_all(work / "campaigns", local, ROOT / "templates")[0][0]
     now = daytime_now(settings)
@@ -218,11 +257,12 @@ def render_only(settings: Settings, work: Path, all_views: list[Any], snapshot: 
     ]
     by_id = {v.customer.id: v for v in all_views}
     renderer = render.Renderer(ROOT / "templates")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for d in decided:
         link = compose.links(local, b"bench-key", d.customer_id, campaign.name, now)
         compose.compose(d, by_id[d.customer_id], campaign, local, renderer, link, "k")
-    return len(decided) / (time.perf_counter() - started)
+    per_email = 1000 / max(1, len(decided))
+    return len(decided) / (time.perf_counter() - started), (time.process_time() - cpu) * per_email
 
 
 def main() -> None:
@@ -242,8 +282,12 @@ def main() -> None:
         t = time.perf_counter()
         all_views, snapshot = scaled_views(settings, work, args.customers)
         print(f"shop: {len(all_views):,} customers ({time.perf_counter() - t:.1f} s to build)")
-        speed = render_only(settings, work, all_views, snapshot)
-        print(f"render only (compose + render, nothing stored): {speed:,.0f} e-mails/s")
+        load = os.getloadavg()[0]
+        speed, cpu = render_only(settings, work, all_views, snapshot)
+        print(
+            f"render only (compose + render, nothing stored): {speed:,.0f} e-mails/s, "
+            f"{cpu:.3f} ms CPU each (load {load:.1f} to {os.getloadavg()[0]:.1f})"
+        )
         results = []
         for faults in (0.0, args.faults):
             result = run(settings, work, all_views, snapshot, faults)

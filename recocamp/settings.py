@@ -132,6 +132,15 @@ class CapsSettings(_Section):
     campaigns_may_relax: bool = False
 
 
+class CampaignSettings(_Section):
+    """How a campaign run is cut up (``campaigns.run``)."""
+
+    # customers decided, recorded and enqueued per transaction: delivery starts after the
+    # first chunk, a crash loses at most the chunk in flight, and the write lock is held
+    # for one chunk's insert at a time (a bigger chunk makes the deliverers wait longer)
+    chunk_size: int = Field(default=1000, ge=1, le=50_000)
+
+
 class LoyaltyTier(_Section):
     name: str
     min_points: int = Field(ge=0)
@@ -277,6 +286,7 @@ class Settings(BaseSettings):
     forecast: ForecastSettings = ForecastSettings()
     recommender: RecommenderSettings = RecommenderSettings()
     caps: CapsSettings = CapsSettings()
+    campaigns: CampaignSettings = CampaignSettings()
     loyalty: LoyaltySettings = LoyaltySettings()
     esp: EspSettings = EspSettings()
     api: ApiSettings = ApiSettings()

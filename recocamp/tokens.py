@@ -14,6 +14,7 @@ the key can test a guess against them (a plain hash of an id like ``10042`` can)
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -21,6 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from recocamp.errors import RecocampError
+
+# ``json.dumps(claims, separators=(",", ":"))``, without building an encoder per call (a
+# campaign run signs two tokens per e-mail: that was half of the 19 µs each took)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class TokenError(RecocampError):
@@ -60,9 +65,16 @@ def sign(
     }
     if survey is not None:
         claims["s"] = survey
-    payload = json.dumps(claims, separators=(",", ":")).encode()
-    mac = hmac.new(key, b"v1." + payload, hashlib.sha256).digest()
-    return f"v1.{_b64(payload)}.{_b64(mac)}"
+    payload = _ENCODE(claims).encode()
+    mac = _keyed(key).copy()
+    mac.update(b"v1." + payload)
+    return f"v1.{_b64(payload)}.{_b64(mac.digest())}"
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """The HMAC state after the key: copying it skips hashing the padded key per token."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def verify(key: bytes, token: str, purpose: str, now: datetime, max_age_days: int = 400) -> Claims:

@@ -337,6 +337,23 @@ tiers = [
     assert "ascend" in str(error)
 
 
+def test_the_campaign_chunk_size_comes_from_the_file(tmp_path: Path) -> None:
+    assert load_settings().campaigns.chunk_size == 1000
+    assert load_settings(REPO_SETTINGS).campaigns.chunk_size == 1000
+    path = write(tmp_path, "[campaigns]\nchunk_size = 250\n")
+    assert load_settings(path).campaigns.chunk_size == 250
+
+
+@pytest.mark.parametrize("value", [0, -5, 50_001, '"big"'])
+def test_a_bad_campaign_chunk_size_names_key_line_and_value(tmp_path: Path, value: object) -> None:
+    path = write(tmp_path, f"[shop]\nname = 'x'\n\n[campaigns]\nchunk_size = {value}\n")
+    error = config_error(path)
+    [problem] = error.problems
+    shown = value.strip('"') if isinstance(value, str) else value
+    assert (problem.key, problem.line, problem.value) == ("campaigns.chunk_size", 5, shown)
+    assert "campaigns.chunk_size" in str(error) and str(shown) in str(error)
+
+
 def test_loyalty_tiers_with_equal_thresholds_are_refused(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -64,3 +66,23 @@ def test_keyed_hashes_need_the_key_and_normalise_addresses_only() -> None:
     assert keyed_hash(key, "customer", "c1") != keyed_hash(other, "customer", "c1")
     assert keyed_hash(key, "customer", "x") != keyed_hash(key, "email", "x")
     assert len(keyed_hash(key, "customer", "10042")) == 64
+
+
+def test_a_token_is_the_same_bytes_as_ever_under_each_key() -> None:
+    """Links already in inboxes carry tokens of this exact form: compact JSON claims (ASCII,
+    keys in order) and their HMAC-SHA256 under the key, both URL-safe base64. Signing
+    under two keys in turn must not mix their HMAC states."""
+    payload = b'{"c":"12748","k":"winback","p":"unsubscribe","i":1717200000}'
+    other = b"o" * 32
+    for key in (KEY, other, KEY):
+        mac = hmac.new(key, b"v1." + payload, hashlib.sha256).digest()
+        expected = f"v1.{_b64(payload)}.{_b64(mac)}"
+        assert sign(key, "12748", "winback", "unsubscribe", NOW) == expected
+    accented = sign(KEY, "Jörg", "winback", "feedback", NOW, "s/1")
+    assert accented.split(".")[1] == _b64(
+        b'{"c":"J\\u00f6rg","k":"winback","p":"feedback","i":1717200000,"s":"s/1"}'
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

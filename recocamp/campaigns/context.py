@@ -19,14 +19,26 @@ from __future__ import annotations
 import functools
 import types
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Literal, TypedDict, get_args, get_origin, get_type_hints, is_typeddict
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Literal,
+    TypedDict,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
-from recocamp.campaigns.files import Campaign
-from recocamp.campaigns.loyalty import Standing
-from recocamp.campaigns.offers import Offer
-from recocamp.campaigns.planner import CustomerView, Decision
 from recocamp.domain import ConsentBasis
 from recocamp.settings import ShopSettings
+
+if TYPE_CHECKING:  # annotations only: a delivering process renders without the planner,
+    # the campaign files and what they import (numpy, scipy): a second less to start
+    from recocamp.campaigns.files import Campaign
+    from recocamp.campaigns.loyalty import Standing
+    from recocamp.campaigns.offers import Offer
+    from recocamp.campaigns.planner import CustomerView, Decision
 
 Locale = Literal["de", "en"]
 LOCALES: tuple[Locale, ...] = ("de", "en")

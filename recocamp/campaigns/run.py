@@ -1,8 +1,8 @@
 """The campaign run: decide for every customer at ``now``, record every decision, compose
 and enqueue the e-mails (their bodies are rendered by whoever delivers them).
 
-Deciding streams into the enqueue: the planner decides ``chunk_size`` customers at a time
-(``planner.plan_chunks``), and each chunk's decisions and e-mails are committed, and
+Deciding streams into the enqueue: the planner decides ``[campaigns] chunk_size`` customers
+at a time (``planner.plan_chunks``), and each chunk's decisions and e-mails are committed, and
 claimable by the deliverers, before the next chunk is decided. A run of 100,000 customers
 starts delivering after its first chunk, not after seconds of planning.
 
@@ -38,7 +38,6 @@ from recocamp.store import outbox, registry, views
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
-CHUNK = 1000
 Progress = Callable[[int], None]
 
 
@@ -66,13 +65,13 @@ class Planned:
     customers: Sequence[planner.CustomerView]
     context: planner.Context
 
-    def chunks(self, size: int | None = None) -> Iterable[planner.Chunk]:
-        """The decisions, ``size`` customers at a time (default ``CHUNK``), when asked for."""
-        return planner.plan_chunks(self.campaign, self.customers, self.context, size or CHUNK)
+    def chunks(self, size: int) -> Iterable[planner.Chunk]:
+        """The decisions, ``size`` customers at a time, when asked for."""
+        return planner.plan_chunks(self.campaign, self.customers, self.context, size)
 
     @property
     def decided(self) -> list[planner.Decision]:
-        return [d for chunk in self.chunks() for d in chunk.decisions]
+        return planner.plan(self.campaign, self.customers, self.context)
 
 
 def sends(decisions: Iterable[planner.Decision]) -> int:
@@ -185,7 +184,12 @@ class RunOptions:
     on_progress: Progress = lambda n: None  # decisions recorded and enqueued
     stopping: Callable[[], bool] = lambda: False  # checked between chunks and batches
     renderer: render.Renderer | None = None  # default: the templates directory as it is now
-    chunk_size: int | None = None  # customers decided and committed at a time (None: CHUNK)
+    chunk_size: int | None = None  # customers decided and committed at a time (None: the
+    #                                 settings' ``[campaigns] chunk_size``)
+
+    def chunk(self, settings: Settings) -> int:
+        """Customers decided and committed at a time in this run."""
+        return self.chunk_size or settings.campaigns.chunk_size
 
 
 def plan_and_enqueue(
@@ -223,7 +227,7 @@ def enqueue_decisions(
     issued_at = options.issued_at or now
     tally: dict[str, int] = {}
     decided = 0
-    for chunk in planned.chunks(options.chunk_size) if chunks is None else chunks:
+    for chunk in planned.chunks(options.chunk(settings)) if chunks is None else chunks:
         if options.stopping():
             raise Interrupted(
                 f"campaign run {report.run_key} stopped after {report.enqueued:,} e-mails enqueued"

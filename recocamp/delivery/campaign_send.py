@@ -60,7 +60,7 @@ def deliver_planned(
     rendering the bodies is the expensive part and one process renders on one core. Which of
     the two goes by the e-mails projected from the first chunk, decided before delivery
     starts (a fraction of a second); the rest is decided while the first chunks go out."""
-    chunks = iter(planned.chunks(options.chunk_size))
+    chunks = iter(planned.chunks(options.chunk(settings)))
     first = next(chunks, None)
     processes = delivery_processes(settings, projected_sends(first, len(planned.customers)))
     if not isinstance(deliverer.clock, SystemClock):

@@ -9,6 +9,7 @@ any order (orders before the customer file), and guest orders have no customer a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,10 +28,31 @@ metadata = sa.MetaData(
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
-    """Aware UTC datetimes on every backend (SQLite keeps no offset, so we add it back)."""
+    """Aware UTC datetimes on every backend (SQLite keeps no offset, so we add it back).
+
+    A bound value is converted once per run of equal values: a batch statement binds the
+    same ``now`` in every row (an enqueue's ``created_at``, a delivery's ``sent_at``), and
+    converting it row by row (to UTC, then SQLite's text) cost 25 µs a row, a tenth of what
+    sending one e-mail costs the store."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        convert = super().bind_processor(dialect)
+        if convert is None:
+            return None
+        last: list[tuple[Any, Any]] = [(None, None)]  # one tuple: threads swap it whole
+
+        def process(value: Any) -> Any:
+            seen, converted = last[0]
+            if value is not None and type(value) is type(seen) and value == seen:
+                return converted  # the same instant (in any zone): the same UTC value
+            converted = convert(value)
+            last[0] = (value, converted)
+            return converted
+
+        return process
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -103,6 +103,24 @@ def test_the_first_chunk_is_claimable_before_the_rest_is_decided(engine: sa.Engi
     assert claimable_after == sorted(claimable_after) and claimable_after[-1] == report.enqueued
 
 
+def test_the_chunk_size_is_the_settings_unless_the_run_says_otherwise(engine: sa.Engine) -> None:
+    """``[campaigns] chunk_size`` cuts the run into commits of that many customers; a run's
+    own ``chunk_size`` (tests, benchmarks) wins over it."""
+    shop(engine)
+    settings = SETTINGS.model_copy(
+        update={"campaigns": SETTINGS.campaigns.model_copy(update={"chunk_size": 6})}
+    )
+    commits: list[int] = []
+    plan_and_enqueue(
+        engine, settings, daily(), TEMPLATES, NOW, RunOptions(on_progress=commits.append)
+    )
+    assert commits == [6, 6, 6, 5]
+    again: list[int] = []
+    options = RunOptions(on_progress=again.append, chunk_size=10)
+    plan_and_enqueue(engine, settings, daily("other"), TEMPLATES, NOW, options)
+    assert again == [10, 10, 3]
+
+
 @pytest.mark.parametrize("size", [1, 4, 23, 100])
 def test_every_customer_is_decided_once_as_by_the_whole_plan(engine: sa.Engine, size: int) -> None:
     shop(engine)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -54,6 +54,31 @@ def test_datetimes_round_trip_as_aware_utc(engine: sa.Engine) -> None:
                 at=datetime(2024, 1, 1), actor="t", action="a", subject_type="s", details={}
             )
         )
+
+
+def test_a_batch_of_repeated_and_changing_times_stores_each_row_its_own(
+    engine: sa.Engine,
+) -> None:
+    """A batch binds the same instant row after row (converted once) between others: each
+    row keeps its own, an equal instant in another zone is the same time, and a naive
+    time after an aware one is still refused."""
+    utc = datetime(2024, 7, 1, 7, 30, tzinfo=UTC)
+    berlin = utc.astimezone(timezone(timedelta(hours=2)))
+    later = utc + timedelta(microseconds=1)
+    times = [utc, utc, berlin, later, utc, later, later]
+    rows = [
+        {"at": at, "actor": str(n), "action": "a", "subject_type": "s", "details": {}}
+        for n, at in enumerate(times)
+    ]
+    with engine.begin() as connection:
+        connection.execute(sa.insert(audit_log), rows)
+        stored = connection.execute(sa.select(audit_log.c.actor, audit_log.c.at)).all()
+        assert {int(actor): at for actor, at in stored} == dict(enumerate(times))
+        at_utc = sa.select(sa.func.count()).where(audit_log.c.at == utc)
+        assert connection.execute(at_utc).scalar_one() == 4  # berlin is the same instant
+    naive = [dict(rows[0], actor="x"), dict(rows[0], actor="y", at=utc.replace(tzinfo=None))]
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"), engine.begin() as connection:
+        connection.execute(sa.insert(audit_log), naive)
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
