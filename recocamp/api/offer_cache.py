@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from recocamp import metrics
+from recocamp.api import histories
 from recocamp.campaigns import offers, segments
-from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.segments import History
 from recocamp.clock import Clock
 from recocamp.domain import Item
@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 _CACHED, _COMPUTED = (metrics.API_ANSWERS.labels(o) for o in ("cached", "computed"))
 MAX_N = 50  # offers per request
 PAD_CANDIDATES = 200  # model-ranked items considered when the shared lists run short
+STALE_BASES = 10_000  # dropped bases kept per process for the customer's next answer
 
 
 class Query(NamedTuple):
@@ -151,23 +152,30 @@ class Basis:
     """What every answer for one customer shares, the costly part of an answer (the store's
     reads and the re-scoring of the history): computed once per change of the customer, not
     once per query (a shop asks for the home page, "new for you" and "buy again" of one
-    customer, and a purchase used to recompute each from scratch)."""
+    customer, and a purchase used to recompute each from scratch). After a change, the next
+    basis extends this one's history by the new lines (``histories``)."""
 
     generation: int
-    history: History
+    kept: histories.Kept
     personal: Personal
     padding: dict[bool, Ranked] = field(default_factory=dict)  # see :meth:`padded`
 
+    @property
+    def history(self) -> History:
+        return self.kept.history
+
     def padded(self, live: Live, discover: bool, half_life: float | None) -> Ranked:
         """The live model's full ranking of the history (without the customer's own items in
-        discover mode), computed once per basis: a big buyer's short lists need it for every
-        query. (Two threads may both compute it; they compute the same list.)"""
+        discover mode), computed once per basis, from the personal list's scores where it
+        was re-scored: a big buyer's short lists need it for every query. (Two threads may
+        both compute it; they compute the same list.)"""
         found = self.padding.get(discover)
         if found is None:
             skip = self.history.items if discover else frozenset()
-            found = self.padding[discover] = live.rescore(
-                self.history, PAD_CANDIDATES, half_life, skip=skip
-            )
+            scores = self.personal.scores  # re-scored for the personal list already
+            if scores is None:
+                scores = live.scores(self.history, half_life)
+            found = self.padding[discover] = live.ranked(scores, PAD_CANDIDATES, skip)
         return found
 
 
@@ -179,6 +187,9 @@ class _Cache:
     size: int
     entries: dict[str, dict[Query, _Entry]] = field(default_factory=dict)
     bases: dict[str, Basis] = field(default_factory=dict)  # only of customers in entries
+    # the bases of customers whose answers a change dropped, for the next basis to extend
+    # (see :class:`Basis`); the oldest go first beyond STALE_BASES
+    stale: dict[str, Basis] = field(default_factory=dict)
     count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -202,21 +213,32 @@ class _Cache:
         self.count += query not in queries
         queries[query] = entry
 
+    def previous(self, customer_id: str, generation: int) -> Basis | None:
+        """The basis a change dropped, if it belongs to this generation."""
+        found = self.stale.get(customer_id)
+        return found if found is not None and found.generation == generation else None
+
     def put_basis(self, customer_id: str, basis: Basis) -> None:
         """Under :attr:`lock`, after :meth:`put` of one of the customer's answers."""
         if customer_id in self.entries:
             self.bases[customer_id] = basis
+            self.stale.pop(customer_id, None)
 
     def forget(self, customer_id: str) -> bool:
-        """Under :attr:`lock`."""
+        """Under :attr:`lock`. The customer's basis is kept aside for the next one to extend."""
         dropped = self.entries.pop(customer_id, None)
-        self.bases.pop(customer_id, None)
+        basis = self.bases.pop(customer_id, None)
+        if basis is not None and self.size > 0:
+            self.stale.pop(customer_id, None)
+            while len(self.stale) >= STALE_BASES:
+                del self.stale[next(iter(self.stale))]
+            self.stale[customer_id] = basis
         self.count -= len(dropped or ())
         return dropped is not None
 
     def clear(self) -> None:
         """Under :attr:`lock`."""
-        self.entries, self.bases, self.count = {}, {}, 0
+        self.entries, self.bases, self.stale, self.count = {}, {}, {}, 0
 
 
 @dataclass
@@ -225,6 +247,7 @@ class Tally:
 
     computed: int = 0  # answers computed, not served from the cache
     bases: int = 0  # of those, how many read and re-scored the customer's history
+    extended: int = 0  # of those bases, how many read only the lines new since the last one
     forgotten: int = 0  # customers whose cached answers a change dropped
     cleared: int = 0  # times every answer was dropped (a model went live, a reconnection, …)
 
@@ -446,9 +469,12 @@ class OfferService:
                 return entry.body  # computed by the request before this one
             with self.cache.lock:
                 epoch, self._pending = self._epoch, set()
-            basis = self.cache.basis(customer_id, snapshot.generation) if self._trusted else None
+            basis = previous = None
+            if self._trusted:
+                basis = self.cache.basis(customer_id, snapshot.generation)
+                previous = self.cache.previous(customer_id, snapshot.generation)
             try:
-                body, basis = self._compute(customer_id, query, snapshot, basis)
+                body, basis = self._compute(customer_id, query, snapshot, basis, previous)
             finally:
                 with self.cache.lock:
                     pending, self._pending = self._pending, None
@@ -460,11 +486,17 @@ class OfferService:
         return body
 
     def _compute(
-        self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis | None
+        self,
+        customer_id: str,
+        query: Query,
+        snapshot: Snapshot,
+        basis: Basis | None,
+        previous: Basis | None = None,
     ) -> tuple[bytes, Basis]:
-        """The answer's JSON and the basis it was built on (``basis`` reused if given)."""
+        """The answer's JSON and the basis it was built on (``basis`` reused if given, else
+        a new one, extending ``previous`` where it can)."""
         if basis is None:
-            basis = self.basis(customer_id, snapshot)
+            basis = self.basis(customer_id, snapshot, previous)
             self.tally.bases += 1
         model_version = basis.personal.model_version
         if (
@@ -500,13 +532,23 @@ class OfferService:
         snapshot = snapshot or self.snapshot()
         return self._answer(customer_id, query, snapshot, self.basis(customer_id, snapshot))
 
-    def basis(self, customer_id: str, snapshot: Snapshot) -> Basis:
-        """The customer's history and personal list, read and re-scored now."""
+    def basis(self, customer_id: str, snapshot: Snapshot, previous: Basis | None = None) -> Basis:
+        """The customer's history and personal list, read and re-scored now; the history
+        extends ``previous``' (of this generation) by the lines new since, where that is
+        shown to give the whole history (``histories.read``)."""
+        kept = (
+            None
+            if previous is None or previous.generation != snapshot.generation
+            else previous.kept
+        )
         with self.engine.connect() as connection:
             flags = store.profiling_flags(connection, customer_id)
             row = registry.cached(connection, customer_id)
-            orders = views.customer_orders(connection, customer_id, self.clock.now())
-        history = history_of(orders, snapshot.catalogue)
+            kept, extended = histories.read(
+                connection, customer_id, self.clock.now(), snapshot.catalogue, kept
+            )
+        self.tally.extended += extended
+        history = kept.history
         cached = None if row is None else serving.Cached(row.items, str(row.model_version))
         known = flags is not None or cached is not None or history.count > 0
         recommender = self.settings.recommender
@@ -520,7 +562,7 @@ class OfferService:
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
         )
-        return Basis(snapshot.generation, history, personal)
+        return Basis(snapshot.generation, kept, personal)
 
     def _answer(self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis) -> Answer:
         personal = basis.personal
