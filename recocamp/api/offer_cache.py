@@ -158,11 +158,38 @@ class Basis:
     generation: int
     kept: histories.Kept
     personal: Personal
+    owned: frozenset[str]  # the history's items and categories (unions over every order)
+    categories: frozenset[str]
     padding: dict[bool, Ranked] = field(default_factory=dict)  # see :meth:`padded`
+    reasons: dict[bool | None, dict[str, str]] = field(default_factory=dict)  # see :meth:`because`
+
+    @classmethod
+    def of(cls, generation: int, kept: histories.Kept, personal: Personal) -> Basis:
+        history = kept.history
+        return cls(generation, kept, personal, history.items, history.categories)
 
     @property
     def history(self) -> History:
         return self.kept.history
+
+    def because(self, live: Live | None, catalogue: dict[str, Item]) -> dict[str, str]:
+        """The reasons of the personal list's new items (``serving.explained``), once per
+        basis (the catalogue and model are the generation's)."""
+        found = self.reasons.get(None)
+        if found is None:
+            ranked = self.personal.items or []
+            found = self.reasons[None] = serving.explained(live, catalogue, ranked, self.owned)
+        return found
+
+    def padded_because(
+        self, live: Live, catalogue: dict[str, Item], discover: bool, half_life: float | None
+    ) -> tuple[Ranked, dict[str, str]]:
+        """:meth:`padded` and the reasons of its new items, once per basis."""
+        ranking = self.padded(live, discover, half_life)
+        found = self.reasons.get(discover)
+        if found is None:
+            found = self.reasons[discover] = serving.explained(live, catalogue, ranking, self.owned)
+        return ranking, found
 
     def padded(self, live: Live, discover: bool, half_life: float | None) -> Ranked:
         """The live model's full ranking of the history (without the customer's own items in
@@ -171,7 +198,7 @@ class Basis:
         both compute it; they compute the same list.)"""
         found = self.padding.get(discover)
         if found is None:
-            skip = self.history.items if discover else frozenset()
+            skip = self.owned if discover else frozenset()
             scores = self.personal.scores  # re-scored for the personal list already
             if scores is None:
                 scores = live.scores(self.history, half_life)
@@ -562,7 +589,7 @@ class OfferService:
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
         )
-        return Basis(snapshot.generation, kept, personal)
+        return Basis.of(snapshot.generation, kept, personal)
 
     def _answer(self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis) -> Answer:
         personal = basis.personal
@@ -578,9 +605,9 @@ class OfferService:
         than ``n`` offers (a big buyer in discover mode owns every cached and popular item),
         the live model's full ranking of the customer's history pads the list, after the
         items an e-mail would have offered."""
-        history, personal = basis.history, basis.personal
-        live, owned, ranked = snapshot.live, history.items, personal.items
-        because = serving.explained(live, snapshot.catalogue, ranked or [], owned)
+        history, personal, categories = basis.history, basis.personal, basis.categories
+        live, owned, ranked = snapshot.live, basis.owned, personal.items
+        because = basis.because(live, snapshot.catalogue)
         due = segments.due_for_replenishment(history, now) if query.mode is Mode.REPLENISH else []
         sources = offers.sources_for(query.mode, ranked, snapshot.popular, owned, due, because)
         rules = offers.Rules(
@@ -589,15 +616,17 @@ class OfferService:
             categories=query.categories,
             exclude_items=query.exclude,
         )
-        chosen = offers.select(sources, snapshot.catalogue, rules, owned, history.categories)
+        chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
         if len(chosen) >= query.n or ranked is None or live is None or history.count == 0:
             return chosen
-        ranking = basis.padded(
-            live, query.mode is Mode.DISCOVER, self.settings.recommender.time_decay_half_life_days
+        ranking, more = basis.padded_because(
+            live,
+            snapshot.catalogue,
+            query.mode is Mode.DISCOVER,
+            self.settings.recommender.time_decay_half_life_days,
         )
-        because = because | serving.explained(live, snapshot.catalogue, ranking, owned)
-        sources.append(offers.Candidates(ranking, "personal", because))
-        return offers.select(sources, snapshot.catalogue, rules, owned, history.categories)
+        sources.append(offers.Candidates(ranking, "personal", because | more))
+        return offers.select(sources, snapshot.catalogue, rules, owned, categories)
 
     # --- similar items -----------------------------------------------------------------------
 
