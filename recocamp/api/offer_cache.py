@@ -45,11 +45,14 @@ import math
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from recocamp import metrics
 from recocamp.api import histories
@@ -71,7 +74,8 @@ log = logging.getLogger(__name__)
 _CACHED, _COMPUTED = (metrics.API_ANSWERS.labels(o) for o in ("cached", "computed"))
 MAX_N = 50  # offers per request
 PAD_CANDIDATES = 200  # model-ranked items considered when the shared lists run short
-STALE_BASES = 10_000  # dropped bases kept per process for the customer's next answer
+STALE_BASES = 10_000  # histories of dropped bases kept per process for the next answer
+SCORES_HELD = 256  # re-scored bases per process whose scores of every item are kept
 
 
 class Query(NamedTuple):
@@ -162,11 +166,16 @@ class Basis:
     categories: frozenset[str]
     padding: dict[bool, Ranked] = field(default_factory=dict)  # see :meth:`padded`
     reasons: dict[bool | None, dict[str, str]] = field(default_factory=dict)  # see :meth:`because`
+    # the re-scored personal list's scores of every item, for :meth:`padded`, while the
+    # service holds them (a few hundred bases: one float per item each)
+    held: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
     def of(cls, generation: int, kept: histories.Kept, personal: Personal) -> Basis:
-        history = kept.history
-        return cls(generation, kept, personal, history.items, history.categories)
+        history, scores = kept.history, personal.scores
+        held = [] if scores is None else [scores]
+        personal = replace(personal, scores=None)
+        return cls(generation, kept, personal, history.items, history.categories, held=held)
 
     @property
     def history(self) -> History:
@@ -199,9 +208,8 @@ class Basis:
         found = self.padding.get(discover)
         if found is None:
             skip = self.owned if discover else frozenset()
-            scores = self.personal.scores  # re-scored for the personal list already
-            if scores is None:
-                scores = live.scores(self.history, half_life)
+            held = self.held[:1]  # re-scored for the personal list already
+            scores = held[0] if held else live.scores(self.history, half_life)
             found = self.padding[discover] = live.ranked(scores, PAD_CANDIDATES, skip)
         return found
 
@@ -214,9 +222,9 @@ class _Cache:
     size: int
     entries: dict[str, dict[Query, _Entry]] = field(default_factory=dict)
     bases: dict[str, Basis] = field(default_factory=dict)  # only of customers in entries
-    # the bases of customers whose answers a change dropped, for the next basis to extend
-    # (see :class:`Basis`); the oldest go first beyond STALE_BASES
-    stale: dict[str, Basis] = field(default_factory=dict)
+    # the histories of customers whose answers a change dropped, by generation, for their
+    # next basis to extend (see :class:`Basis`); the oldest go first beyond STALE_BASES
+    stale: dict[str, tuple[int, histories.Kept]] = field(default_factory=dict)
     count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -240,10 +248,10 @@ class _Cache:
         self.count += query not in queries
         queries[query] = entry
 
-    def previous(self, customer_id: str, generation: int) -> Basis | None:
-        """The basis a change dropped, if it belongs to this generation."""
+    def previous(self, customer_id: str, generation: int) -> histories.Kept | None:
+        """The history of the basis a change dropped, if it belongs to this generation."""
         found = self.stale.get(customer_id)
-        return found if found is not None and found.generation == generation else None
+        return found[1] if found is not None and found[0] == generation else None
 
     def put_basis(self, customer_id: str, basis: Basis) -> None:
         """Under :attr:`lock`, after :meth:`put` of one of the customer's answers."""
@@ -259,7 +267,7 @@ class _Cache:
             self.stale.pop(customer_id, None)
             while len(self.stale) >= STALE_BASES:
                 del self.stale[next(iter(self.stale))]
-            self.stale[customer_id] = basis
+            self.stale[customer_id] = (basis.generation, basis.kept)
         self.count -= len(dropped or ())
         return dropped is not None
 
@@ -305,6 +313,7 @@ class OfferService:
         self._refresh_s = settings.api.refresh_s
         self._epoch = 0  # +1 whenever everything is dropped
         self._pending: set[str] | None = None  # changed while the one computation runs
+        self._holding: deque[Basis] = deque()  # see :meth:`_hold`
         sqlite = engine.dialect.name == "sqlite"
         self._log = notifications.ChangeLog(engine) if sqlite else None
         self._seq: int | None = None  # the change log's last row read (SQLite)
@@ -518,7 +527,7 @@ class OfferService:
         query: Query,
         snapshot: Snapshot,
         basis: Basis | None,
-        previous: Basis | None = None,
+        previous: histories.Kept | None = None,
     ) -> tuple[bytes, Basis]:
         """The answer's JSON and the basis it was built on (``basis`` reused if given, else
         a new one, extending ``previous`` where it can)."""
@@ -559,15 +568,13 @@ class OfferService:
         snapshot = snapshot or self.snapshot()
         return self._answer(customer_id, query, snapshot, self.basis(customer_id, snapshot))
 
-    def basis(self, customer_id: str, snapshot: Snapshot, previous: Basis | None = None) -> Basis:
+    def basis(
+        self, customer_id: str, snapshot: Snapshot, previous: histories.Kept | None = None
+    ) -> Basis:
         """The customer's history and personal list, read and re-scored now; the history
-        extends ``previous``' (of this generation) by the lines new since, where that is
-        shown to give the whole history (``histories.read``)."""
-        kept = (
-            None
-            if previous is None or previous.generation != snapshot.generation
-            else previous.kept
-        )
+        extends ``previous`` (read with this generation's catalogue) by the lines new since,
+        where that is shown to give the whole history (``histories.read``)."""
+        kept = previous
         with self.engine.connect() as connection:
             flags = store.profiling_flags(connection, customer_id)
             row = registry.cached(connection, customer_id)
@@ -589,7 +596,17 @@ class OfferService:
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
         )
-        return Basis.of(snapshot.generation, kept, personal)
+        basis = Basis.of(snapshot.generation, kept, personal)
+        if basis.held:
+            self._hold(basis)
+        return basis
+
+    def _hold(self, basis: Basis) -> None:
+        """Keep the basis' scores while it is among the SCORES_HELD latest re-scored."""
+        with self.cache.lock:
+            self._holding.append(basis)
+            if len(self._holding) > SCORES_HELD:
+                self._holding.popleft().held.clear()
 
     def _answer(self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis) -> Answer:
         personal = basis.personal

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from recocamp.api import offer_cache
 from recocamp.api.offer_cache import MAX_N, OfferService
 from recocamp.clock import FixedClock
 from recocamp.recommender import training
@@ -149,6 +150,27 @@ def test_after_a_purchase_the_buyers_answers_extend_their_history_as_a_full_read
     objected = offers(two, buyer, "n=5")
     assert objected["basis_reason"] == "popular: objected to profiling"
     assert service.tally.extended == extended + 2  # the history extended; the flags read anew
+
+
+def test_only_the_latest_rescored_bases_hold_every_items_score(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-scored basis keeps one score per item for its longer lists while it is among the
+    latest SCORES_HELD (memory); an older one computes them again, to the same answers."""
+    monkeypatch.setattr(offer_cache, "SCORES_HELD", 1)
+    service = app.state.service
+    first, second = two_customers(engine_of(app))
+    for n, customer in enumerate((first, second)):
+        buy(app, app, customer, ids(offers(app, customer))[0], f"held-{n}", 0)
+        offers(app, customer, f"n={MAX_N}&mode=discover")
+    assert not service.cache.bases[first].held and len(service.cache.bases[second].held) == 1
+    artifacts = Path(service.settings.recommender.artifacts_dir)
+    fresh = make_app(engine_of(app), artifacts)
+    try:
+        for customer in (first, second):
+            assert offers(app, customer, f"n={MAX_N}") == offers(fresh, customer, f"n={MAX_N}")
+    finally:
+        fresh.state.service.close()
 
 
 def test_a_model_going_live_drops_every_answer_in_every_process(
