@@ -32,9 +32,13 @@ brings the news to every process:
 
 The new answer — the purchase folded in by re-scoring the customer's history — is computed by
 the next request for that customer in a worker thread, off the event loop, which goes on
-serving cached answers meanwhile. The live model and the catalogue are looked up again every
-``[api] refresh_s`` seconds in the background (at once when a model goes live, and when a
-customer's cached row names a model this process has not loaded yet).
+serving cached answers meanwhile. It reads only the lines new since the customer's last
+answer (``histories``: the history that answer was built on, extended; read whole whenever
+that is not shown exact), and re-scores the customer with numpy on the live model (one
+small least-squares solve and a sparse row product, ``recommender.serving``). The live
+model and the catalogue are looked up again every ``[api] refresh_s`` seconds in the
+background (at once when a model goes live, and when a customer's cached row names a model
+this process has not loaded yet).
 """
 
 from __future__ import annotations
@@ -574,12 +578,11 @@ class OfferService:
         """The customer's history and personal list, read and re-scored now; the history
         extends ``previous`` (read with this generation's catalogue) by the lines new since,
         where that is shown to give the whole history (``histories.read``)."""
-        kept = previous
         with self.engine.connect() as connection:
             flags = store.profiling_flags(connection, customer_id)
             row = registry.cached(connection, customer_id)
             kept, extended = histories.read(
-                connection, customer_id, self.clock.now(), snapshot.catalogue, kept
+                connection, customer_id, self.clock.now(), snapshot.catalogue, previous
             )
         self.tally.extended += extended
         history = kept.history
