@@ -32,9 +32,13 @@ brings the news to every process:
 
 The new answer — the purchase folded in by re-scoring the customer's history — is computed by
 the next request for that customer in a worker thread, off the event loop, which goes on
-serving cached answers meanwhile. The live model and the catalogue are looked up again every
-``[api] refresh_s`` seconds in the background (at once when a model goes live, and when a
-customer's cached row names a model this process has not loaded yet).
+serving cached answers meanwhile. It reads only the lines new since the customer's last
+answer (``histories``: the history that answer was built on, extended; read whole whenever
+that is not shown exact), and re-scores the customer with numpy on the live model (one
+small least-squares solve and a sparse row product, ``recommender.serving``). The live
+model and the catalogue are looked up again every ``[api] refresh_s`` seconds in the
+background (at once when a model goes live, and when a customer's cached row names a model
+this process has not loaded yet).
 """
 
 from __future__ import annotations
@@ -45,15 +49,18 @@ import math
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from recocamp import metrics
+from recocamp.api import histories
 from recocamp.campaigns import offers, segments
-from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.segments import History
 from recocamp.clock import Clock
 from recocamp.domain import Item
@@ -71,6 +78,8 @@ log = logging.getLogger(__name__)
 _CACHED, _COMPUTED = (metrics.API_ANSWERS.labels(o) for o in ("cached", "computed"))
 MAX_N = 50  # offers per request
 PAD_CANDIDATES = 200  # model-ranked items considered when the shared lists run short
+STALE_BASES = 10_000  # histories of dropped bases kept per process for the next answer
+SCORES_HELD = 256  # re-scored bases per process whose scores of every item are kept
 
 
 class Query(NamedTuple):
@@ -151,23 +160,61 @@ class Basis:
     """What every answer for one customer shares, the costly part of an answer (the store's
     reads and the re-scoring of the history): computed once per change of the customer, not
     once per query (a shop asks for the home page, "new for you" and "buy again" of one
-    customer, and a purchase used to recompute each from scratch)."""
+    customer, and a purchase used to recompute each from scratch). After a change, the next
+    basis extends this one's history by the new lines (``histories``)."""
 
     generation: int
-    history: History
+    kept: histories.Kept
     personal: Personal
+    owned: frozenset[str]  # the history's items and categories (unions over every order)
+    categories: frozenset[str]
     padding: dict[bool, Ranked] = field(default_factory=dict)  # see :meth:`padded`
+    reasons: dict[bool | None, dict[str, str]] = field(default_factory=dict)  # see :meth:`because`
+    # the re-scored personal list's scores of every item, for :meth:`padded`, while the
+    # service holds them (a few hundred bases: one float per item each)
+    held: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, generation: int, kept: histories.Kept, personal: Personal) -> Basis:
+        history, scores = kept.history, personal.scores
+        held = [] if scores is None else [scores]
+        personal = replace(personal, scores=None)
+        return cls(generation, kept, personal, history.items, history.categories, held=held)
+
+    @property
+    def history(self) -> History:
+        return self.kept.history
+
+    def because(self, live: Live | None, catalogue: dict[str, Item]) -> dict[str, str]:
+        """The reasons of the personal list's new items (``serving.explained``), once per
+        basis (the catalogue and model are the generation's)."""
+        found = self.reasons.get(None)
+        if found is None:
+            ranked = self.personal.items or []
+            found = self.reasons[None] = serving.explained(live, catalogue, ranked, self.owned)
+        return found
+
+    def padded_because(
+        self, live: Live, catalogue: dict[str, Item], discover: bool, half_life: float | None
+    ) -> tuple[Ranked, dict[str, str]]:
+        """:meth:`padded` and the reasons of its new items, once per basis."""
+        ranking = self.padded(live, discover, half_life)
+        found = self.reasons.get(discover)
+        if found is None:
+            found = self.reasons[discover] = serving.explained(live, catalogue, ranking, self.owned)
+        return ranking, found
 
     def padded(self, live: Live, discover: bool, half_life: float | None) -> Ranked:
         """The live model's full ranking of the history (without the customer's own items in
-        discover mode), computed once per basis: a big buyer's short lists need it for every
-        query. (Two threads may both compute it; they compute the same list.)"""
+        discover mode), computed once per basis, from the personal list's scores where it
+        was re-scored: a big buyer's short lists need it for every query. (Two threads may
+        both compute it; they compute the same list.)"""
         found = self.padding.get(discover)
         if found is None:
-            skip = self.history.items if discover else frozenset()
-            found = self.padding[discover] = live.rescore(
-                self.history, PAD_CANDIDATES, half_life, skip=skip
-            )
+            skip = self.owned if discover else frozenset()
+            held = self.held[:1]  # re-scored for the personal list already
+            scores = held[0] if held else live.scores(self.history, half_life)
+            found = self.padding[discover] = live.ranked(scores, PAD_CANDIDATES, skip)
         return found
 
 
@@ -179,6 +226,9 @@ class _Cache:
     size: int
     entries: dict[str, dict[Query, _Entry]] = field(default_factory=dict)
     bases: dict[str, Basis] = field(default_factory=dict)  # only of customers in entries
+    # the histories of customers whose answers a change dropped, by generation, for their
+    # next basis to extend (see :class:`Basis`); the oldest go first beyond STALE_BASES
+    stale: dict[str, tuple[int, histories.Kept]] = field(default_factory=dict)
     count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -202,21 +252,32 @@ class _Cache:
         self.count += query not in queries
         queries[query] = entry
 
+    def previous(self, customer_id: str, generation: int) -> histories.Kept | None:
+        """The history of the basis a change dropped, if it belongs to this generation."""
+        found = self.stale.get(customer_id)
+        return found[1] if found is not None and found[0] == generation else None
+
     def put_basis(self, customer_id: str, basis: Basis) -> None:
         """Under :attr:`lock`, after :meth:`put` of one of the customer's answers."""
         if customer_id in self.entries:
             self.bases[customer_id] = basis
+            self.stale.pop(customer_id, None)
 
     def forget(self, customer_id: str) -> bool:
-        """Under :attr:`lock`."""
+        """Under :attr:`lock`. The customer's basis is kept aside for the next one to extend."""
         dropped = self.entries.pop(customer_id, None)
-        self.bases.pop(customer_id, None)
+        basis = self.bases.pop(customer_id, None)
+        if basis is not None and self.size > 0:
+            self.stale.pop(customer_id, None)
+            while len(self.stale) >= STALE_BASES:
+                del self.stale[next(iter(self.stale))]
+            self.stale[customer_id] = (basis.generation, basis.kept)
         self.count -= len(dropped or ())
         return dropped is not None
 
     def clear(self) -> None:
         """Under :attr:`lock`."""
-        self.entries, self.bases, self.count = {}, {}, 0
+        self.entries, self.bases, self.stale, self.count = {}, {}, {}, 0
 
 
 @dataclass
@@ -225,6 +286,7 @@ class Tally:
 
     computed: int = 0  # answers computed, not served from the cache
     bases: int = 0  # of those, how many read and re-scored the customer's history
+    extended: int = 0  # of those bases, how many read only the lines new since the last one
     forgotten: int = 0  # customers whose cached answers a change dropped
     cleared: int = 0  # times every answer was dropped (a model went live, a reconnection, …)
 
@@ -255,6 +317,7 @@ class OfferService:
         self._refresh_s = settings.api.refresh_s
         self._epoch = 0  # +1 whenever everything is dropped
         self._pending: set[str] | None = None  # changed while the one computation runs
+        self._holding: deque[Basis] = deque()  # see :meth:`_hold`
         sqlite = engine.dialect.name == "sqlite"
         self._log = notifications.ChangeLog(engine) if sqlite else None
         self._seq: int | None = None  # the change log's last row read (SQLite)
@@ -446,9 +509,12 @@ class OfferService:
                 return entry.body  # computed by the request before this one
             with self.cache.lock:
                 epoch, self._pending = self._epoch, set()
-            basis = self.cache.basis(customer_id, snapshot.generation) if self._trusted else None
+            basis = previous = None
+            if self._trusted:
+                basis = self.cache.basis(customer_id, snapshot.generation)
+                previous = self.cache.previous(customer_id, snapshot.generation)
             try:
-                body, basis = self._compute(customer_id, query, snapshot, basis)
+                body, basis = self._compute(customer_id, query, snapshot, basis, previous)
             finally:
                 with self.cache.lock:
                     pending, self._pending = self._pending, None
@@ -460,11 +526,17 @@ class OfferService:
         return body
 
     def _compute(
-        self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis | None
+        self,
+        customer_id: str,
+        query: Query,
+        snapshot: Snapshot,
+        basis: Basis | None,
+        previous: histories.Kept | None = None,
     ) -> tuple[bytes, Basis]:
-        """The answer's JSON and the basis it was built on (``basis`` reused if given)."""
+        """The answer's JSON and the basis it was built on (``basis`` reused if given, else
+        a new one, extending ``previous`` where it can)."""
         if basis is None:
-            basis = self.basis(customer_id, snapshot)
+            basis = self.basis(customer_id, snapshot, previous)
             self.tally.bases += 1
         model_version = basis.personal.model_version
         if (
@@ -500,13 +572,20 @@ class OfferService:
         snapshot = snapshot or self.snapshot()
         return self._answer(customer_id, query, snapshot, self.basis(customer_id, snapshot))
 
-    def basis(self, customer_id: str, snapshot: Snapshot) -> Basis:
-        """The customer's history and personal list, read and re-scored now."""
+    def basis(
+        self, customer_id: str, snapshot: Snapshot, previous: histories.Kept | None = None
+    ) -> Basis:
+        """The customer's history and personal list, read and re-scored now; the history
+        extends ``previous`` (read with this generation's catalogue) by the lines new since,
+        where that is shown to give the whole history (``histories.read``)."""
         with self.engine.connect() as connection:
             flags = store.profiling_flags(connection, customer_id)
             row = registry.cached(connection, customer_id)
-            orders = views.customer_orders(connection, customer_id, self.clock.now())
-        history = history_of(orders, snapshot.catalogue)
+            kept, extended = histories.read(
+                connection, customer_id, self.clock.now(), snapshot.catalogue, previous
+            )
+        self.tally.extended += extended
+        history = kept.history
         cached = None if row is None else serving.Cached(row.items, str(row.model_version))
         known = flags is not None or cached is not None or history.count > 0
         recommender = self.settings.recommender
@@ -520,7 +599,17 @@ class OfferService:
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
         )
-        return Basis(snapshot.generation, history, personal)
+        basis = Basis.of(snapshot.generation, kept, personal)
+        if basis.held:
+            self._hold(basis)
+        return basis
+
+    def _hold(self, basis: Basis) -> None:
+        """Keep the basis' scores while it is among the SCORES_HELD latest re-scored."""
+        with self.cache.lock:
+            self._holding.append(basis)
+            if len(self._holding) > SCORES_HELD:
+                self._holding.popleft().held.clear()
 
     def _answer(self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis) -> Answer:
         personal = basis.personal
@@ -536,9 +625,9 @@ class OfferService:
         than ``n`` offers (a big buyer in discover mode owns every cached and popular item),
         the live model's full ranking of the customer's history pads the list, after the
         items an e-mail would have offered."""
-        history, personal = basis.history, basis.personal
-        live, owned, ranked = snapshot.live, history.items, personal.items
-        because = serving.explained(live, snapshot.catalogue, ranked or [], owned)
+        history, personal, categories = basis.history, basis.personal, basis.categories
+        live, owned, ranked = snapshot.live, basis.owned, personal.items
+        because = basis.because(live, snapshot.catalogue)
         due = segments.due_for_replenishment(history, now) if query.mode is Mode.REPLENISH else []
         sources = offers.sources_for(query.mode, ranked, snapshot.popular, owned, due, because)
         rules = offers.Rules(
@@ -547,15 +636,17 @@ class OfferService:
             categories=query.categories,
             exclude_items=query.exclude,
         )
-        chosen = offers.select(sources, snapshot.catalogue, rules, owned, history.categories)
+        chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
         if len(chosen) >= query.n or ranked is None or live is None or history.count == 0:
             return chosen
-        ranking = basis.padded(
-            live, query.mode is Mode.DISCOVER, self.settings.recommender.time_decay_half_life_days
+        ranking, more = basis.padded_because(
+            live,
+            snapshot.catalogue,
+            query.mode is Mode.DISCOVER,
+            self.settings.recommender.time_decay_half_life_days,
         )
-        because = because | serving.explained(live, snapshot.catalogue, ranking, owned)
-        sources.append(offers.Candidates(ranking, "personal", because))
-        return offers.select(sources, snapshot.catalogue, rules, owned, history.categories)
+        sources.append(offers.Candidates(ranking, "personal", because | more))
+        return offers.select(sources, snapshot.catalogue, rules, owned, categories)
 
     # --- similar items -----------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 from recocamp.errors import ModelError
 from recocamp.recommender import repeat
 from recocamp.recommender.baselines import Popularity, RepeatFrequency
-from recocamp.recommender.matrix import Lines, TrainingData, build
+from recocamp.recommender.matrix import DAY, TrainingData
 from recocamp.recommender.ranking import Recommender, normalised
 from recocamp.recommender.tifu_knn import TifuKNN
 
@@ -424,29 +424,55 @@ def history_rows(
     (``matrix.build``: distinct orders per item, ``1 + ln(1 + n)``, the same time decay).
     Items the model never saw have no column and are left out."""
     known = [(columns[item], order, at) for item, order, at in events if item in columns]
-    n_items = len(data.items)
     if not known:
-        empty = sp.csr_matrix((1, n_items), dtype=np.float32)
-        return HistoryRows(empty, empty, empty)
+        return _no_rows(len(data.items))
     codes, order, at = (np.asarray(part) for part in zip(*known, strict=True))
+    return event_rows(data, codes, order, at, half_life_days)
+
+
+def _no_rows(n_items: int) -> HistoryRows:
+    empty = sp.csr_matrix((1, n_items), dtype=np.float32)
+    return HistoryRows(empty, empty, empty)
+
+
+def event_rows(
+    data: TrainingData,
+    codes: np.ndarray,
+    order: np.ndarray,
+    at: np.ndarray,
+    half_life_days: float | None,
+) -> HistoryRows:
+    """One customer's rows from parallel arrays of item columns, order numbers and epoch
+    seconds: ``matrix.build``'s arithmetic for a single row, in a few numpy calls (the
+    generic builder cost half of a re-scored answer). An item counts once per order, at its
+    first line; its confidence sums the (decayed) orders in float32, as training does."""
+    n_items = len(data.items)
+    if len(codes) == 0:
+        return _no_rows(n_items)
+    codes, order = codes.astype(np.int64), order.astype(np.int64)
+    at = at.astype(np.float64)
     cutoff = max(data.cutoff, float(at.max()) + 1.0)
-    lines = Lines(
-        np.zeros(len(codes), dtype=np.int64),
-        codes.astype(np.int64),
-        order.astype(np.int64),
-        at.astype(np.float64),
-        np.array(["c"]),
-        data.items,
-    )
-    built = build(lines, cutoff, half_life_days=half_life_days)
-    wide = np.searchsorted(data.items, built.items)
+    pair = codes * (int(order.max()) + 1) + order
+    first = np.sort(np.unique(pair, return_index=True)[1])  # the first line of each pair
+    column, when = codes[first], at[first]
+    weight = np.ones(len(first), dtype=np.float32)
+    if half_life_days is not None:
+        weight = (0.5 ** ((cutoff - when) / DAY / half_life_days)).astype(np.float32)
+    present = np.unique(column)
+    counts = np.zeros(n_items, dtype=np.float32)
+    np.add.at(counts, column, np.float32(1.0))
+    summed = np.zeros(n_items, dtype=np.float32)
+    np.add.at(summed, column, weight)
+    latest = np.full(n_items, -np.inf)
+    np.maximum.at(latest, column, when)
+    confidence = (1.0 + np.log1p(summed[present])).astype(np.float32)
+    last_days = ((cutoff - latest[present]) / DAY).astype(np.float32)
 
-    def widen(row: sp.csr_matrix) -> sp.csr_matrix:
-        dense = np.zeros((1, n_items), dtype=np.float32)
-        dense[0, wide] = row.toarray()[0]
-        return sp.csr_matrix(dense)
+    def row(values: np.ndarray) -> sp.csr_matrix:
+        indptr = np.array([0, len(present)], dtype=np.int32)
+        return sp.csr_matrix((values, present.astype(np.int32), indptr), shape=(1, n_items))
 
-    return HistoryRows(widen(built.orders), widen(built.confidence), widen(built.last_days))
+    return HistoryRows(row(counts[present]), row(confidence), row(last_days))
 
 
 def rescore(fitted: Recommender, data: TrainingData, rows: HistoryRows) -> np.ndarray:

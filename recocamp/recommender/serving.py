@@ -20,7 +20,7 @@ so the CLI and the API apply one rule:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -88,13 +88,33 @@ class Live:
         skip: frozenset[str] = frozenset(),
     ) -> Ranked:
         """A fresh personal top-N (mixed mode, without ``skip``) from the current history."""
-        events = [
-            (item, number, order.at.timestamp())
-            for number, order in enumerate(history.orders)
-            for item in order.items
-        ]
-        rows = model.history_rows(self.data, self.columns, events, half_life)
-        scores = np.asarray(model.rescore(self.fitted, self.data, rows), dtype=np.float64)
+        return self.ranked(self.scores(history, half_life), top_n, skip)
+
+    def scores(self, history: Purchases, half_life: float | None) -> np.ndarray:
+        """Every item's score from the current history (``models.rescore``): the history's
+        items as model columns, one order at a time (a big buyer has thousands of lines)."""
+        columns = self.columns
+        codes: list[int] = []
+        numbers: list[int] = []
+        times: list[float] = []
+        for number, order in enumerate(history.orders):
+            known = [columns[item] for item in order.items if item in columns]
+            codes += known
+            numbers += [number] * len(known)
+            times += [order.at.timestamp()] * len(known)
+        rows = model.event_rows(
+            self.data,
+            np.array(codes, dtype=np.int64),
+            np.array(numbers),
+            np.array(times),
+            half_life,
+        )
+        return np.asarray(model.rescore(self.fitted, self.data, rows), dtype=np.float64)
+
+    def ranked(self, scores: np.ndarray, top_n: int, skip: frozenset[str] = frozenset()) -> Ranked:
+        """The top-N of :meth:`scores` without ``skip`` (``scores`` is left as it is)."""
+        if skip:
+            scores = scores.copy()
         for item in skip:
             column = self.columns.get(item)
             if column is not None:
@@ -129,6 +149,8 @@ class Personal:
     items: Ranked | None
     why: str
     model_version: str | None
+    # every item's score where ``items`` was re-scored now (``Live.scores``), for a longer list
+    scores: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def basis(self) -> str:
@@ -159,8 +181,9 @@ def personal_list(
             return Personal(listed, "personal", live.version)
         if changed or (cached is None and history.count > 0):
             reason = "changed since training" if changed else "not in the cached lists"
-            rescored = live.rescore(history, top_n, half_life)
-            return Personal(rescored, f"recalculated: {reason}", live.version)
+            scores = live.scores(history, half_life)
+            rescored = live.ranked(scores, top_n)
+            return Personal(rescored, f"recalculated: {reason}", live.version, scores)
         if cached is not None:
             return Personal(list(cached.items), "personal", cached.model_version)
     _, why = personal_or_popular(known, objected, None, [])

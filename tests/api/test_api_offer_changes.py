@@ -16,11 +16,13 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from recocamp.api.offer_cache import OfferService
+from recocamp.api import offer_cache
+from recocamp.api.offer_cache import MAX_N, OfferService
 from recocamp.clock import FixedClock
 from recocamp.recommender import training
 from recocamp.store import notifications
 from recocamp.store.engine import make_engine
+from recocamp.store.schema import customers
 from tests.api.test_api_offers import cached_customer, cached_customer_after, ids, offers
 from tests.api_shop import (
     NOW,
@@ -110,6 +112,65 @@ def test_a_purchase_reads_the_customers_history_once_for_all_their_queries(
     assert service.tally.bases == bases + 1  # … on one reading of the new history
     assert all(a["basis_reason"] == "recalculated: changed since training" for a in after)
     assert bought not in ids(after[1])
+
+
+def test_after_a_purchase_the_buyers_answers_extend_their_history_as_a_full_read_would(
+    pair: tuple[FastAPI, FastAPI],
+) -> None:
+    """The answers after a purchase come from the kept history plus the new lines (the big
+    buyer's thousands of lines are not read again) and are those of a process computing
+    everything afresh, on the trained hybrid; then an objection still turns them popular."""
+    one, two = pair
+    service = two.state.service
+    buyer, _ = two_customers(engine_of(one))
+    queries = ["n=5", "n=10&mode=discover", "n=5&mode=replenish", f"n={MAX_N}&mode=discover"]
+    for query in queries:
+        offers(two, buyer, query)
+    extended, forgotten = service.tally.extended, service.tally.forgotten
+    bought = ids(offers(two, buyer, "n=10&mode=discover"))[:2]
+    buy(one, two, buyer, bought[0], "live-5", forgotten)
+    buy(one, two, buyer, bought[1], "live-6", forgotten + 1)
+    after = [offers(two, buyer, query) for query in queries]
+    assert service.tally.extended == extended + 1
+    assert all(a["basis_reason"] == "recalculated: changed since training" for a in after)
+    assert not set(bought) & set(ids(after[1]))
+    assert len(ids(after[3])) > 20  # padded from the model's whole ranking of the history
+    artifacts = Path(service.settings.recommender.artifacts_dir)
+    fresh = make_app(engine_of(two), artifacts)
+    try:
+        assert after == [offers(fresh, buyer, query) for query in queries]
+    finally:
+        fresh.state.service.close()
+    with engine_of(one).begin() as connection:
+        connection.execute(
+            sa.update(customers).where(customers.c.id == buyer).values(objected_to_profiling=True)
+        )
+    if engine_of(one).dialect.name == "postgresql":
+        wait_until(lambda: service.tally.forgotten > forgotten + 2)
+    objected = offers(two, buyer, "n=5")
+    assert objected["basis_reason"] == "popular: objected to profiling"
+    assert service.tally.extended == extended + 2  # the history extended; the flags read anew
+
+
+def test_only_the_latest_rescored_bases_hold_every_items_score(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-scored basis keeps one score per item for its longer lists while it is among the
+    latest SCORES_HELD (memory); an older one computes them again, to the same answers."""
+    monkeypatch.setattr(offer_cache, "SCORES_HELD", 1)
+    service = app.state.service
+    first, second = two_customers(engine_of(app))
+    for n, customer in enumerate((first, second)):
+        buy(app, app, customer, ids(offers(app, customer))[0], f"held-{n}", 0)
+        offers(app, customer, f"n={MAX_N}&mode=discover")
+    assert not service.cache.bases[first].held and len(service.cache.bases[second].held) == 1
+    artifacts = Path(service.settings.recommender.artifacts_dir)
+    fresh = make_app(engine_of(app), artifacts)
+    try:
+        for customer in (first, second):
+            assert offers(app, customer, f"n={MAX_N}") == offers(fresh, customer, f"n={MAX_N}")
+    finally:
+        fresh.state.service.close()
 
 
 def test_a_model_going_live_drops_every_answer_in_every_process(

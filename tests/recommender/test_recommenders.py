@@ -12,7 +12,7 @@ import pytest
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
 from recocamp.recommender import repeat
-from recocamp.recommender.matrix import TrainingData, build
+from recocamp.recommender.matrix import Lines, TrainingData, build
 from recocamp.recommender.ranking import (
     Mode,
     Recommender,
@@ -256,3 +256,35 @@ def test_request_time_calls_hold_every_blas_library_to_one_thread() -> None:
     with threadpool_limits(2, "blas"), one_blas_thread():
         blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
         assert len(blas) >= 2 and {info["num_threads"] for info in blas} == {1}
+
+
+@pytest.mark.parametrize("half_life", [None, 30.0])
+def test_request_time_rows_are_the_training_builders(
+    data: TrainingData, half_life: float | None
+) -> None:
+    """A customer's rows at request time (``history_rows``, numpy on one row) hold what the
+    training builder (``matrix.build``) makes of the same lines: an item once per order at
+    its first line, ``1 + ln(1 + n)`` of the (decayed) orders, days since the last order;
+    items the model never saw left out."""
+    day = 86400.0
+    t0, t1, t2 = data.cutoff - 50 * day, data.cutoff - 20 * day, data.cutoff + 3 * day
+    events = [
+        ("p1", 0, t0),
+        ("p1", 0, t0),  # twice in one order: counts once
+        ("p2", 0, t0),
+        ("p1", 1, t1),
+        ("q3", 2, t2),
+        ("unknown", 2, t2),
+    ]
+    rows = model.history_rows(data, model.item_columns(data), events, half_life)
+    known = [event for event in events if event[0] != "unknown"]
+    item, order, at = (np.array(part) for part in zip(*known, strict=True))
+    lines = Lines.from_ids(np.full(len(known), "c"), item, order.astype(str), at)
+    built = build(lines, float(at.max()) + 1.0, half_life_days=half_life)
+    for name in ("orders", "confidence", "last_days"):
+        served = getattr(rows, name).toarray()[0]
+        expected = np.zeros(len(data.items), dtype=np.float32)
+        expected[np.searchsorted(data.items, built.items)] = getattr(built, name).toarray()[0]
+        assert served == pytest.approx(expected, rel=1e-6), name
+    p1 = int(np.flatnonzero(data.items == "p1")[0])
+    assert rows.orders.toarray()[0][p1] == 2.0 and rows.orders.nnz == 3

@@ -1,0 +1,148 @@
+"""A customer's order history as the offer cache keeps it: read whole once, then extended by
+the lines committed since, and read whole again whenever the extension is not shown exact.
+
+A purchase event of a big buyer used to re-read thousands of lines (and rebuild hundreds of
+orders) to add one. :func:`read` given what was kept reads only the lines with a higher id,
+and the count and id sum of all the customer's lines in the same statement
+(``store.serving.customer_lines``). The extension is taken only when
+
+- those totals equal the kept ones plus the new lines' (no line was removed or moved away,
+  as an erasure's unlinking does, and none came in below the kept ids, as a late commit
+  does on PostgreSQL);
+- every new line belongs to a new order (an order's lines are written in one transaction);
+- no counted line lay at or after the ``now`` of either read (such a line is left out of the
+  history until its time comes, and the extension would never see it);
+
+otherwise the history is read whole. The lines are folded into orders by time, then id, in
+both cases, so the two give the same history, tie for tie.
+
+What the history does not hold (objection, erasure, the cached top-N row, the live model and
+the catalogue) the offer cache reads or checks anew for every basis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from recocamp.campaigns.audience import history_of
+from recocamp.campaigns.segments import History, Order
+from recocamp.domain import CustomerOrder, Item
+from recocamp.store import serving as store
+from recocamp.store.engine import Connection
+
+Line = tuple[int, str, str, float, float, int]  # store.serving.CustomerLines.new
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """A history and what identifies the lines it was read from."""
+
+    history: History
+    orders: frozenset[str]  # ids of the orders in the history
+    lines: int  # every line of the customer when read (returns and adjustments too)
+    id_sum: int
+    last_id: int  # the highest id of those lines (0: none)
+    before: float  # the read's ``now`` (epoch s): lines at or after it are left out
+    complete: bool  # no counted line was left out for lying at or after ``before``
+
+
+def read(
+    connection: Connection,
+    customer_id: str,
+    now: datetime,
+    catalogue: Mapping[str, Item],
+    kept: Kept | None = None,
+) -> tuple[Kept, bool]:
+    """The customer's history now, and whether it extended ``kept`` (read with the same
+    ``catalogue``) rather than reading it whole."""
+    before = now.timestamp()
+    if kept is not None and kept.complete and before >= kept.before:
+        found = store.customer_lines(connection, customer_id, kept.last_id)
+        extended = _extended(kept, found, customer_id, before, catalogue)
+        if extended is not None:
+            return extended, True
+    found = store.customer_lines(connection, customer_id, 0)
+    orders, complete = _orders(customer_id, found.new, before)
+    return (
+        Kept(
+            history_of(orders, catalogue),
+            frozenset(order.order_id for order in orders),
+            found.lines,
+            found.id_sum,
+            max((line[0] for line in found.new), default=0),
+            before,
+            complete,
+        ),
+        False,
+    )
+
+
+def _extended(
+    kept: Kept,
+    found: store.CustomerLines,
+    customer_id: str,
+    before: float,
+    catalogue: Mapping[str, Item],
+) -> Kept | None:
+    """``kept`` plus the new lines, or None when that would not be the whole history."""
+    new = found.new
+    if found.lines != kept.lines + len(new) or found.id_sum != kept.id_sum + sum(
+        line[0] for line in new
+    ):
+        return None
+    orders, complete = _orders(customer_id, new, before)
+    if not complete or any(order.order_id in kept.orders for order in orders):
+        return None
+    if not new:
+        return Kept(kept.history, kept.orders, kept.lines, kept.id_sum, kept.last_id, before, True)
+    added = history_of(orders, catalogue).orders
+    history = History(tuple(sorted((*kept.history.orders, *added), key=_time)))
+    return Kept(
+        history,
+        kept.orders | {order.order_id for order in orders},
+        found.lines,
+        found.id_sum,
+        max(kept.last_id, max(line[0] for line in new)),
+        before,
+        True,
+    )
+
+
+def _time(order: Order) -> datetime:
+    return order.at
+
+
+def _orders(
+    customer_id: str, lines: Iterable[Line], before: float
+) -> tuple[list[CustomerOrder], bool]:
+    """Counted lines before ``before`` as orders (first seen first; lines by time, then id),
+    and whether no counted line was left out for its time (``views.customer_orders``' rules)."""
+    first: dict[str, float] = {}
+    revenue: dict[str, float] = {}
+    items: dict[str, set[str]] = {}
+    complete = True
+    for _, item, order, at, amount, counted in lines:
+        if not counted:
+            continue
+        if at >= before:
+            complete = False
+            continue
+        if order in first:
+            first[order] = min(first[order], at)
+            revenue[order] += amount
+            items[order].add(item)
+        else:
+            first[order], revenue[order], items[order] = at, amount, {item}
+    found = [
+        CustomerOrder(
+            customer_id,
+            order,
+            datetime.fromtimestamp(round(at, 3), UTC),
+            revenue[order],
+            frozenset(items[order]),
+        )
+        for order, at in first.items()
+    ]
+    return found, complete
