@@ -101,3 +101,24 @@ def require_current(engine: sa.Engine) -> None:
             f"the database is at schema revision {current or 'none'}, this recocamp needs "
             f"{head_revision()}: run `recocamp db upgrade`"
         )
+
+
+def driver_params(compiled: sa.Compiled, bind: dict[str, Any] | None = None) -> Any:
+    """A compiled statement's parameters as its driver takes them (a list for positional
+    drivers such as sqlite3, else a mapping), for reads that skip SQLAlchemy's per-row work."""
+    values = compiled.construct_params(bind) or {}
+    names = getattr(compiled, "positiontup", None)
+    return [values[name] for name in names] if names else values
+
+
+def driver_rows(
+    connection: sa.Connection, compiled: sa.Compiled, bind: dict[str, Any]
+) -> list[Any]:
+    """The plain driver tuples of a compiled statement (a wholesale customer's thousands of
+    lines cost several times more through SQLAlchemy's result rows)."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(str(compiled), driver_params(compiled, bind))
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from recocamp.domain import Customer, Item, Purchase, order_digest
 from recocamp.errors import OrderConflictError
+from recocamp.store.engine import driver_params
 from recocamp.store.schema import (
     audit_log,
     customers,
@@ -476,10 +477,7 @@ def _line_rows(
     query = sa.select(p.customer_id, p.item_id, p.order_id, epoch).where(*conditions)
     query = query.order_by(p.id)  # a stable order: the data fingerprint depends on it
     compiled = query.compile(dialect=connection.dialect)
-    values = compiled.construct_params()
-    params: Any = (
-        [values[name] for name in compiled.positiontup] if compiled.positiontup else values
-    )
+    params = driver_params(compiled)
     raw = connection.connection.dbapi_connection
     assert raw is not None
     is_postgres = connection.dialect.name == "postgresql"

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from recocamp.store import queries
-from recocamp.store.engine import Connection
+from recocamp.store.engine import Connection, driver_rows
 from recocamp.store.schema import customers, items, purchases
 
 
@@ -59,16 +59,8 @@ def customer_lines(connection: Connection, customer_id: str, after: int) -> Cust
 
     Plain driver tuples, as ``views.customer_orders`` reads them: a wholesale customer has
     thousands of lines."""
-    compiled = _compiled(connection)
-    values = compiled.construct_params({"customer_id": customer_id, "after": after})
-    names = compiled.positiontup
-    params: Any = [values[name] for name in names] if names else values
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(str(compiled), params)
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
+    bind = {"customer_id": customer_id, "after": after}
+    rows = driver_rows(connection, _compiled(connection), bind)
     count, id_sum = int(rows[0][0]), int(rows[0][1])
     new = [
         (id_, item, order, float(at), float(revenue), counted)

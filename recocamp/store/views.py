@@ -29,6 +29,7 @@ from recocamp.domain import (
     PlanningRows,
 )
 from recocamp.store import queries
+from recocamp.store.engine import driver_rows
 from recocamp.store.outbox import LIVE_STATES
 from recocamp.store.schema import (
     customers,
@@ -160,17 +161,9 @@ def customer_orders(
 
 
 def _lines(connection: sa.Connection, customer_id: str, now: datetime) -> list[Any]:
-    compiled = _lines_compiled(connection)
-    values = compiled.construct_params({"customer_id": customer_id, "before": now.timestamp()})
-    names = compiled.positiontup
-    params: Any = [values[name] for name in names] if names else values
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(str(compiled), params)
-        rows = cursor.fetchall()
-        return [(item, order, float(at), float(revenue)) for item, order, at, revenue in rows]
-    finally:
-        cursor.close()
+    bind = {"customer_id": customer_id, "before": now.timestamp()}
+    rows = driver_rows(connection, _lines_compiled(connection), bind)
+    return [(item, order, float(at), float(revenue)) for item, order, at, revenue in rows]
 
 
 _COMPILED: dict[str, Any] = {}  # dialect name → the compiled statement of _lines
