@@ -287,7 +287,8 @@ class Tally:
     computed: int = 0  # answers computed, not served from the cache
     bases: int = 0  # of those, how many read and re-scored the customer's history
     extended: int = 0  # of those bases, how many read only the lines new since the last one
-    forgotten: int = 0  # customers whose cached answers a change dropped
+    heard: int = 0  # customers reported changed (the change log or the notifications)
+    forgotten: int = 0  # of those, how many had cached answers the change dropped
     cleared: int = 0  # times every answer was dropped (a model went live, a reconnection, …)
 
 
@@ -421,6 +422,7 @@ class OfferService:
         with self.cache.lock:
             for customer_id in customer_ids:
                 self.tally.forgotten += self.cache.forget(customer_id)
+                self.tally.heard += 1  # last: a test waiting for it sees the rest done
                 if self._pending is not None:
                     self._pending.add(customer_id)
 

@@ -55,7 +55,7 @@ def two_customers(engine: sa.Engine) -> tuple[str, str]:
     return customer, other
 
 
-def buy(one: FastAPI, two: FastAPI, buyer: str, item: str, order_id: str, forgotten: int) -> None:
+def buy(one: FastAPI, two: FastAPI, buyer: str, item: str, order_id: str) -> None:
     """``buyer`` buys ``item`` through ``one``; on PostgreSQL, wait until ``two`` has heard of
     it (notifications are delivered on commit, on the listener's own thread; SQLite's next
     request reads the change log itself)."""
@@ -65,10 +65,11 @@ def buy(one: FastAPI, two: FastAPI, buyer: str, item: str, order_id: str, forgot
         "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
         "lines": [{"item_id": item, "quantity": 1, "unit_price": 3.5}],
     }
+    heard = two.state.service.tally.heard
     posted = call(one, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
     assert posted.status == 200, posted.text
     if engine_of(one).dialect.name == "postgresql":
-        wait_until(lambda: two.state.service.tally.forgotten > forgotten)
+        wait_until(lambda: two.state.service.tally.heard > heard)
 
 
 def test_a_purchase_through_one_process_reaches_the_other_for_that_customer_only(
@@ -83,7 +84,7 @@ def test_a_purchase_through_one_process_reaches_the_other_for_that_customer_only
     assert offers(two, buyer, "n=5&mode=discover") == before
     assert service.tally.computed == computed  # served from the cache
     bought = ids(before)[0]
-    buy(one, two, buyer, bought, "live-2", forgotten)
+    buy(one, two, buyer, bought, "live-2")
     after = offers(two, buyer, "n=5&mode=discover")  # SQLite: at once, no waiting
     assert bought not in ids(after)
     assert after["basis_reason"] == "recalculated: changed since training"
@@ -103,9 +104,9 @@ def test_a_purchase_reads_the_customers_history_once_for_all_their_queries(
     queries = ["n=5", "n=10&mode=discover", "n=5&mode=replenish"]
     for query in queries:
         offers(two, buyer, query)
-    bases, forgotten = service.tally.bases, service.tally.forgotten
+    bases = service.tally.bases
     bought = ids(offers(two, buyer, "n=10&mode=discover"))[0]
-    buy(one, two, buyer, bought, "live-3", forgotten)
+    buy(one, two, buyer, bought, "live-3")
     computed = service.tally.computed
     after = [offers(two, buyer, query) for query in queries]
     assert service.tally.computed == computed + 3  # each list anew …
@@ -126,10 +127,10 @@ def test_after_a_purchase_the_buyers_answers_extend_their_history_as_a_full_read
     queries = ["n=5", "n=10&mode=discover", "n=5&mode=replenish", f"n={MAX_N}&mode=discover"]
     for query in queries:
         offers(two, buyer, query)
-    extended, forgotten = service.tally.extended, service.tally.forgotten
+    extended = service.tally.extended
     bought = ids(offers(two, buyer, "n=10&mode=discover"))[:2]
-    buy(one, two, buyer, bought[0], "live-5", forgotten)
-    buy(one, two, buyer, bought[1], "live-6", forgotten + 1)
+    buy(one, two, buyer, bought[0], "live-5")
+    buy(one, two, buyer, bought[1], "live-6")
     after = [offers(two, buyer, query) for query in queries]
     assert service.tally.extended == extended + 1
     assert all(a["basis_reason"] == "recalculated: changed since training" for a in after)
@@ -141,12 +142,13 @@ def test_after_a_purchase_the_buyers_answers_extend_their_history_as_a_full_read
         assert after == [offers(fresh, buyer, query) for query in queries]
     finally:
         fresh.state.service.close()
+    heard = service.tally.heard
     with engine_of(one).begin() as connection:
         connection.execute(
             sa.update(customers).where(customers.c.id == buyer).values(objected_to_profiling=True)
         )
     if engine_of(one).dialect.name == "postgresql":
-        wait_until(lambda: service.tally.forgotten > forgotten + 2)
+        wait_until(lambda: service.tally.heard > heard)
     objected = offers(two, buyer, "n=5")
     assert objected["basis_reason"] == "popular: objected to profiling"
     assert service.tally.extended == extended + 2  # the history extended; the flags read anew
@@ -161,7 +163,7 @@ def test_only_the_latest_rescored_bases_hold_every_items_score(
     service = app.state.service
     first, second = two_customers(engine_of(app))
     for n, customer in enumerate((first, second)):
-        buy(app, app, customer, ids(offers(app, customer))[0], f"held-{n}", 0)
+        buy(app, app, customer, ids(offers(app, customer))[0], f"held-{n}")
         offers(app, customer, f"n={MAX_N}&mode=discover")
     assert not service.cache.bases[first].held and len(service.cache.bases[second].held) == 1
     artifacts = Path(service.settings.recommender.artifacts_dir)

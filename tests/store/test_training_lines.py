@@ -63,7 +63,8 @@ def test_joined_ranges_yield_exactly_the_row_by_row_read(engine: sa.Engine) -> N
             rows = list(queries._line_rows(connection, limit, chunk=1000))
             expected = [row for row in learnable if limit is None or row.ordered_at < limit]
             customer, item, order, at = _read(joined)
-            assert len(joined) > 3  # several ranges, one of them read row by row
+            if engine.dialect.name == "sqlite":  # PostgreSQL reads row by row, in one chunk
+                assert len(joined) > 3  # several ranges, one of them read row by row
             got = sorted(zip(customer, item, order, at.round(3).tolist(), strict=True))
             assert got == sorted(
                 (row.customer_id, row.item_id, row.order_id, round(row.ordered_at.timestamp(), 3))

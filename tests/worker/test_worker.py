@@ -128,9 +128,8 @@ def test_a_stop_between_chunks_loses_nothing_and_the_rerun_completes(
 ) -> None:
     shop = sqlite_shop(tmp_path, customers=25)
     process = worker_for(shop)
-    monkeypatch.setattr(jobs, "CHUNK", 10)
     calls = iter([False, True])  # the first chunk goes through, then the worker is stopped
-    options = jobs.RunOptions(stopping=lambda: next(calls, True))
+    options = jobs.RunOptions(stopping=lambda: next(calls, True), chunk_size=10)
     now = datetime.now(UTC)
     campaign, templates = process.campaigns["everyone"], shop / "templates"
     with pytest.raises(Interrupted, match="10 e-mails enqueued"):
