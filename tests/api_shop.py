@@ -196,6 +196,9 @@ def make_app(
     return create_app(settings_for(artifacts, **api), engine, clock or FixedClock(NOW))
 
 
+Closing = Callable[[FastAPI], FastAPI]  # the ``closing`` fixture: closes an app after the test
+
+
 def engine_of(app: FastAPI) -> sa.Engine:
     """The store an app built by :func:`make_app` serves."""
     return app.state.service.engine  # type: ignore[no-any-return]

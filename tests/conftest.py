@@ -144,3 +144,18 @@ def app(shop: tuple[sa.Engine, Path]) -> Any:
     app = make_app(*shop)
     yield app
     app.state.service.close()
+
+
+@pytest.fixture
+def closing() -> Iterator[Any]:
+    """Close the apps a test builds (``closing(make_app(…))``): on PostgreSQL their change
+    listeners would otherwise keep reconnecting to the test's dropped database."""
+    apps: list[Any] = []
+
+    def closed_after(app: Any) -> Any:
+        apps.append(app)
+        return app
+
+    yield closed_after
+    for app in apps:
+        app.state.service.close()

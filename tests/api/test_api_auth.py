@@ -16,9 +16,10 @@ from recocamp.api.auth import ApiKey, Authenticator, digest, mint, parse_keys
 from recocamp.cli import app as cli
 from recocamp.errors import ConfigError
 from recocamp.ratelimit import RateLimiter
-from tests.api_shop import ENTRIES, KEYS, bearer, call, make_app
+from tests.api_shop import ENTRIES, KEYS, Closing, bearer, call, make_app
 
 HEX = "ab" * 32
+
 
 # every keyed endpoint, a request it accepts (given the scope), and the scope it needs
 ENDPOINTS: list[tuple[str, str, dict[str, Any], str]] = [
@@ -112,9 +113,15 @@ def test_the_rate_limit_is_a_token_bucket_per_key() -> None:
 
 @pytest.mark.parametrize(("method", "path", "extra", "scope"), ENDPOINTS)
 def test_keyed_endpoints_refuse_missing_unknown_and_out_of_scope_keys(
-    engine: sa.Engine, tmp_path: Path, method: str, path: str, extra: dict[str, Any], scope: str
+    closing: Closing,
+    engine: sa.Engine,
+    tmp_path: Path,
+    method: str,
+    path: str,
+    extra: dict[str, Any],
+    scope: str,
 ) -> None:
-    app = make_app(engine, tmp_path)
+    app = closing(make_app(engine, tmp_path))
     missing = call(app, method, path, **extra)
     assert missing.status == 401 and missing.headers["www-authenticate"] == "Bearer"
     unknown = call(app, method, path, headers={"authorization": "Bearer rck_nope"}, **extra)
@@ -130,8 +137,10 @@ def test_keyed_endpoints_refuse_missing_unknown_and_out_of_scope_keys(
             assert scope in reply.json()["detail"] and name in reply.json()["detail"]
 
 
-def test_over_the_rate_limit_is_429_with_retry_after(engine: sa.Engine, tmp_path: Path) -> None:
-    app = make_app(engine, tmp_path, rate_limit_per_minute=3)
+def test_over_the_rate_limit_is_429_with_retry_after(
+    closing: Closing, engine: sa.Engine, tmp_path: Path
+) -> None:
+    app = closing(make_app(engine, tmp_path, rate_limit_per_minute=3))
     path = "/v1/customers/c1/next-best-offer"
     assert [call(app, "GET", path, headers=bearer("shop")).status for _ in range(3)] == [200] * 3
     limited = call(app, "GET", path, headers=bearer("shop"))
@@ -141,9 +150,9 @@ def test_over_the_rate_limit_is_429_with_retry_after(engine: sa.Engine, tmp_path
 
 
 def test_no_key_and_no_address_reaches_the_logs(
-    engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    closing: Closing, engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = make_app(engine, tmp_path)
+    app = closing(make_app(engine, tmp_path))
     caplog.set_level(logging.DEBUG)
     body = {"source": "checkout", "email": "secret.person@example.test", "first_name": "Zed"}
     assert call(app, "PUT", "/v1/customers/c9", json=body, headers=bearer("shop")).status == 200

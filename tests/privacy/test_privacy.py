@@ -42,6 +42,7 @@ from recocamp.store.schema import outbox as outbox_table
 from tests.api_shop import (
     NOW,
     SIGNING_KEY,
+    Closing,
     bearer,
     call,
     make_app,
@@ -211,11 +212,11 @@ def counts(engine: sa.Engine) -> dict[str, int]:
 
 
 def test_export_holds_everything_and_erasure_leaves_nothing(
-    shop: tuple[sa.Engine, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    closing: Closing, shop: tuple[sa.Engine, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine, artifacts = shop
     caplog.set_level(logging.DEBUG)
-    app = make_app(engine, artifacts)
+    app = closing(make_app(engine, artifacts))
     make_victim(app, engine, artifacts)
     assert personal_cells(engine) and personal_files(artifacts)  # the scans see the victim
 
@@ -367,7 +368,7 @@ def test_every_personal_column_is_covered_by_a_rule() -> None:
     assert "suppressions" not in tied  # hashes only, kept on purpose
 
 
-def test_a_table_added_later_is_erased_too(shop: tuple[sa.Engine, Path]) -> None:
+def test_a_table_added_later_is_erased_too(closing: Closing, shop: tuple[sa.Engine, Path]) -> None:
     engine, artifacts = shop
     later = sa.MetaData()
     for table in metadata.sorted_tables:
@@ -405,7 +406,7 @@ def test_a_table_added_later_is_erased_too(shop: tuple[sa.Engine, Path]) -> None
                 },
             ],
         )
-    app = make_app(engine, artifacts)
+    app = closing(make_app(engine, artifacts))
     profile = {"source": "test", "email": EMAIL, "first_name": NAME}
     assert (
         call(app, "PUT", f"/v1/customers/{VICTIM}", json=profile, headers=bearer("shop")).status
@@ -547,10 +548,10 @@ def test_purge_deletes_old_retired_artifacts_but_keeps_the_rollback_target(
 
 
 def test_the_command_line_twins(
-    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    closing: Closing, shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine, artifacts = shop
-    app = make_app(engine, artifacts)
+    app = closing(make_app(engine, artifacts))
     profile = {"source": "test", "email": EMAIL, "first_name": NAME}
     assert (
         call(app, "PUT", f"/v1/customers/{VICTIM}", json=profile, headers=bearer("shop")).status
@@ -591,7 +592,7 @@ def test_the_command_line_twins(
 
 
 def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
-    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    closing: Closing, shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Kept drop-folder files, a rejected file, the demo's files and the stand-in ESP's
     messages lose the victim and keep everybody else; files_clean is true only when all of
@@ -605,7 +606,7 @@ def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
     settings = base.model_copy(
         update={"ingest": base.ingest.model_copy(update={"keep_processed_days": 30})}
     )
-    app = create_app(settings, engine, FixedClock(NOW))
+    app = closing(create_app(settings, engine, FixedClock(NOW)))
     people = (
         "id,email,first_name,consent_basis,consent_at\n"
         f"{VICTIM},{EMAIL},{NAME},double_opt_in,2011-06-01T10:00:00Z\n"
@@ -663,9 +664,11 @@ def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
     assert "keeper" not in (done / "customers-1.csv").read_text()
 
 
-def test_a_link_of_an_erased_customer_records_nothing(shop: tuple[sa.Engine, Path]) -> None:
+def test_a_link_of_an_erased_customer_records_nothing(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
     engine, artifacts = shop
-    app = make_app(engine, artifacts)
+    app = closing(make_app(engine, artifacts))
     profile = {"source": "test", "email": EMAIL, "first_name": NAME}
     assert (
         call(app, "PUT", f"/v1/customers/{VICTIM}", json=profile, headers=bearer("shop")).status
