@@ -31,11 +31,12 @@ Both learning forecasters train on the shop's own past at several origins (rolli
 the latest window as above and up to three more ending 30, 60 and 90 days earlier, stacked
 one under the other with a level of their own per window (an indicator column) and shared
 slopes; the forecast is made at the latest window's level. One window of a small shop is a
-few thousand customers and a noisy fit; four give the same dozen slopes more to settle on,
+few thousand customers and a noisy fit; four give the same dozen slopes more rows to settle on,
 while a window's season still sets only its own level. Chosen on ten splits none of the
-benchmark's seven (other cutoffs of UCI and CDNOW, two more seeds of the demo shop, two
-BG/NBD-like synthetic shops), before the seven were measured: the blend's MAE of the likely
-count fell from 0.940 to 0.937 of BG/NBD's and ``rhythm``'s AUC rose by 0.0025 on average.
+benchmark's seven (``benchmarks/forecast.py --validation``: other cutoffs of UCI and CDNOW,
+two more seeds of the demo shop, two BG/NBD-like synthetic shops), before the seven were
+measured: the blend's MAE of the likely count fell from 0.940 to 0.937 of BG/NBD's and
+``rhythm``'s AUC rose by 0.0025 on average (eight or twelve windows did no better).
 A learning forecaster trains only on windows whose features see at least ``H`` days of the
 shop's history (BG/NBD where not even the latest does). The seasonal level counts only the
 repeat purchase days of customers known before last year's training season, so a cohort's
