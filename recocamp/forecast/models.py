@@ -158,14 +158,15 @@ def stacked_windows(
     windows: list[tuple[History, np.ndarray]], featurise: Callable[[History], np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The windows' features and targets one under the other, each window's customers a fixed
-    sample of at most REGRESSION_SAMPLE / windows, with an indicator column per window but the
-    latest: the slopes are shared, each older window has its own level (its season), and the
-    forecast is made at the latest window's level (:func:`at_latest_level`)."""
+    sample of at most REGRESSION_SAMPLE / windows (:meth:`History.sample`: described on the
+    sample alone), with an indicator column per window but the latest: the slopes are shared,
+    each older window has its own level (its season), and the forecast is made at the latest
+    window's level (:func:`at_latest_level`)."""
     per_window = max(REGRESSION_SAMPLE // len(windows), 1)
     parts, targets = [], []
     for k, (inner, target) in enumerate(windows):
         chosen = inner.fit_sample(per_window)
-        features = featurise(inner)[chosen]
+        features = featurise(inner.sample(per_window))
         levels = np.zeros((len(features), len(windows) - 1))
         if k:
             levels[:, k - 1] = 1.0

@@ -720,3 +720,20 @@ def test_a_learning_forecaster_gives_the_same_answer_for_the_same_lines_in_any_o
     again = f.PurchaseDays.from_lines(*(column[order] for column in lines))
     first = [r.as_dict() for r in f.forecast(shop, 600, 90, model)]
     assert first == [r.as_dict() for r in f.forecast(again, 600, 90, model)]
+
+
+def test_a_big_training_window_is_described_on_its_sample_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its share of REGRESSION_SAMPLE a window's BG/NBD is fitted, and its features are
+    computed, on the sampled customers only: at a million customers fitting every window whole
+    made the blend's forecast 76 % more CPU than one window; the sample is the same for both
+    learners."""
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 200)  # 50 customers a window
+    shop = synthetic_shop()
+    f.forecast(shop, 600, 90, "blend")
+    older = f.History.at(shop, 600 - 90 - 30)  # a training window only, never forecast from
+    sample = older.sample(50)
+    assert "textbook" not in vars(older) and "textbook" in vars(sample)
+    assert np.array_equal(sample.rows, older.rows[older.fit_sample(50)])
+    assert older.sample(50) is sample and older.sample(10**6) is older
