@@ -19,7 +19,7 @@
   ``hurdle``), with equal weights. Which single model forecasts best changes from one window
   to the next (in ``benchmarks/forecast.py`` the window before the cutoff and the horizon
   after it mostly disagree on the best of the three; by the MAE of the likely count they
-  agree on none of the seven splits); an equal-weight combination is the standard hedge
+  agree on one of the seven splits); an equal-weight combination is the standard hedge
   against that (Bates & Granger 1969; Timmermann 2006, "Forecast combinations",
   Handbook of Economic Forecasting 1), and weights fitted on one noisy window usually do no
   better than equal ones (the "forecast combination puzzle", Smith & Wallis 2009). ``naive``
