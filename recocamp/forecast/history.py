@@ -115,6 +115,8 @@ class History:
     forecasts: dict[tuple[str, int], np.ndarray] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # the samples already drawn, by size: both learning forecasters train on the same ones
+    samples: dict[int, History] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def at(purchases: PurchaseDays, cutoff: int) -> History:
@@ -167,6 +169,28 @@ class History:
             return slice(None)
         rng = np.random.default_rng(self.cutoff)
         return np.sort(rng.choice(len(self.rows), size, replace=False))
+
+    def sample(self, size: int) -> History:
+        """This history cut to the customers of :meth:`fit_sample` (itself where it holds no
+        more than ``size``), with models of its own: a training window of a big shop is
+        described, BG/NBD's fit included, on the customers a regression learns from, not on
+        all of them (at a million customers that fit and those features cost more than the
+        regression)."""
+        chosen = self.fit_sample(size)
+        if isinstance(chosen, slice):
+            return self
+        if size not in self.samples:
+            self.samples[size] = History(
+                self.cutoff,
+                self.rows[chosen],
+                self.days[chosen],
+                self.first[chosen],
+                self.last[chosen],
+                self.spend[chosen],
+                self.first_spend[chosen],
+                self.recent[chosen],
+            )
+        return self.samples[size]
 
     @property
     def x(self) -> np.ndarray:

@@ -5,10 +5,10 @@
 - ``rhythm`` (ours): a Poisson regression on what BG/NBD ignores — the customer's own rhythm
   and how overdue they are against it, purchase days in recent windows (30/90/180/365 days),
   spend per purchase day, tenure — with BG/NBD's and the naive forecast as inputs. It learns
-  its weights on the window just before the cutoff: features at ``cutoff − H``, target the
-  purchase days in ``[cutoff − H, cutoff)``. Where the history reaches a year before that,
-  the shop's seasonal level (last year's purchase days in the season ahead over those in the
-  season of the training window) scales the forecast.
+  its weights on the window just before the cutoff (features at ``cutoff − H``, target the
+  purchase days in ``[cutoff − H, cutoff)``) and the three before it (below). Where the
+  history reaches a year before that, the shop's seasonal level (last year's purchase days in
+  the season ahead over those in the season of the training window) scales the forecast.
 - ``hurdle`` (ours): the chance of at least one purchase day in the horizon (a logistic
   regression) times the purchase days expected by those who buy (a Poisson regression on
   them, at least 1) — still an expectation, for totals and revenue. Its features are rates
@@ -19,7 +19,7 @@
   ``hurdle``), with equal weights. Which single model forecasts best changes from one window
   to the next (in ``benchmarks/forecast.py`` the window before the cutoff and the horizon
   after it mostly disagree on the best of the three; by the MAE of the likely count they
-  agree on none of the seven splits); an equal-weight combination is the standard hedge
+  agree on one of the seven splits); an equal-weight combination is the standard hedge
   against that (Bates & Granger 1969; Timmermann 2006, "Forecast combinations",
   Handbook of Economic Forecasting 1), and weights fitted on one noisy window usually do no
   better than equal ones (the "forecast combination puzzle", Smith & Wallis 2009). ``naive``
@@ -27,10 +27,20 @@
   expectation like the others, so totals, p_active, tiers and revenue follow from it
   unchanged.
 
-A learning forecaster trains only on a window whose features see at least ``H`` days of the
-shop's history (BG/NBD otherwise). The seasonal level counts only the repeat purchase days of
-customers known before last year's training season, so a cohort's first purchases (CDNOW:
-everybody's first purchase in one quarter) do not pass for a season.
+Both learning forecasters train on the shop's own past at several origins (rolling origins):
+the latest window as above and up to three more ending 30, 60 and 90 days earlier, stacked
+one under the other with a level of their own per window (an indicator column) and shared
+slopes; the forecast is made at the latest window's level. One window of a small shop is a
+few thousand customers and a noisy fit; four give the same dozen slopes more rows to settle on,
+while a window's season still sets only its own level. Chosen on ten splits none of the
+benchmark's seven (``benchmarks/forecast.py --validation``: other cutoffs of UCI and CDNOW,
+two more seeds of the demo shop, two BG/NBD-like synthetic shops), before the seven were
+measured: the blend's MAE of the likely count fell from 0.940 to 0.937 of BG/NBD's and
+``rhythm``'s AUC rose by 0.0025 on average (eight or twelve windows did no better).
+A learning forecaster trains only on windows whose features see at least ``H`` days of the
+shop's history (BG/NBD where not even the latest does). The seasonal level counts only the
+repeat purchase days of customers known before last year's training season, so a cohort's
+first purchases (CDNOW: everybody's first purchase in one quarter) do not pass for a season.
 
 Nothing here sees a day at or after the cutoff.
 """
@@ -47,7 +57,9 @@ from recocamp.forecast.history import WINDOWS, History, PurchaseDays
 
 YEAR = 365
 RIDGE = 1.0  # L2 penalty of the Poisson regression on standardised features
-REGRESSION_SAMPLE = 50_000  # customers a regression learns from, at most: a dozen weights settle
+REGRESSION_SAMPLE = 50_000  # rows a regression learns from, at most: a dozen weights settle
+ORIGINS = 4  # training windows a learning forecaster stacks, the latest first ...
+ORIGIN_STEP = 30  # ... their origins this many days apart
 
 
 def naive(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
@@ -84,30 +96,28 @@ def _once(
 
 @_once
 def rhythm(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
-    window = _training_window(purchases, history.cutoff, horizon_days)
-    if window is None:
+    windows = training_windows(purchases, history.cutoff, horizon_days)
+    if not windows:
         return bgnbd(purchases, history, horizon_days)
-    inner, target = window
-    chosen = inner.fit_sample(REGRESSION_SAMPLE)
-    regression = PoissonRegression.fit(_features(inner, horizon_days)[chosen], target[chosen])
-    predicted = regression.predict(_features(history, horizon_days))
+    train, target = stacked_windows(windows, lambda inner: _features(inner, horizon_days))
+    regression = PoissonRegression.fit(train, target)
+    predicted = regression.predict(at_latest_level(_features(history, horizon_days), len(windows)))
     return np.asarray(predicted * seasonal_level(purchases, history.cutoff, horizon_days))
 
 
 @_once
 def hurdle(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
-    window = _training_window(purchases, history.cutoff, horizon_days)
-    if window is None:
+    windows = training_windows(purchases, history.cutoff, horizon_days)
+    if not windows:
         return bgnbd(purchases, history, horizon_days)
-    inner, target = window
-    chosen = inner.fit_sample(REGRESSION_SAMPLE)
-    train, seen = _rates(inner, horizon_days)[chosen], target[chosen]
+    train, seen = stacked_windows(windows, lambda inner: _rates(inner, horizon_days))
     buys = seen > 0
     if buys.all() or not buys.any():  # one class: nothing to separate
         return bgnbd(purchases, history, horizon_days)
     chance = PoissonRegression.fit(train, buys.astype(np.float64), logistic=True)
     days = PoissonRegression.fit(train[buys], seen[buys])
-    features = np.clip(_rates(history, horizon_days), train.min(axis=0), train.max(axis=0))
+    features = at_latest_level(_rates(history, horizon_days), len(windows))
+    features = np.clip(features, train.min(axis=0), train.max(axis=0))
     predicted = chance.predict(features) * np.maximum(days.predict(features), 1.0)
     return np.asarray(predicted * seasonal_level(purchases, history.cutoff, horizon_days))
 
@@ -121,20 +131,53 @@ FORECASTERS: dict[str, Callable[[PurchaseDays, History, int], np.ndarray]] = {
 }
 
 
-def _training_window(
+def training_windows(
     purchases: PurchaseDays, cutoff: int, horizon_days: int
-) -> tuple[History, np.ndarray] | None:
-    """The history at ``cutoff − H`` and each of its customers' purchase days in
-    ``[cutoff − H, cutoff)``; None where that history is shorter than ``H`` days (features of a
-    few days' history teach nothing about later ones: at UCI's 2011-03-03 they made the
-    forecast 50 times too large) or holds fewer than 50 customers or no repeat purchase."""
-    start = cutoff - horizon_days
-    if not len(purchases.day) or start - int(purchases.day.min()) < horizon_days:
-        return None
-    inner = History.at(purchases, start)
-    if len(inner.rows) < 50 or inner.x.sum() == 0:
-        return None
-    return inner, purchases.count_in(start, cutoff)[inner.rows]
+) -> list[tuple[History, np.ndarray]]:
+    """The learning forecasters' training windows, the latest first: for each origin
+    ``cutoff − H − k · ORIGIN_STEP`` (k < ORIGINS) the history at that origin and each of its
+    customers' purchase days in the H days after it — every target day before ``cutoff``.
+    Only origins whose history reaches ``H`` days back (features of a few days' history teach
+    nothing about later ones: at UCI's 2011-03-03 they made the forecast 50 times too large)
+    and holds at least 50 customers and a repeat purchase; empty where the latest does not."""
+    windows: list[tuple[History, np.ndarray]] = []
+    first_day = int(purchases.day.min()) if len(purchases.day) else cutoff
+    for k in range(ORIGINS):
+        end = cutoff - k * ORIGIN_STEP
+        start = end - horizon_days
+        if start - first_day < horizon_days:
+            break
+        inner = History.at(purchases, start)
+        if len(inner.rows) < 50 or inner.x.sum() == 0:
+            break
+        windows.append((inner, purchases.count_in(start, end)[inner.rows]))
+    return windows
+
+
+def stacked_windows(
+    windows: list[tuple[History, np.ndarray]], featurise: Callable[[History], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The windows' features and targets one under the other, each window's customers a fixed
+    sample of at most REGRESSION_SAMPLE / windows (:meth:`History.sample`: described on the
+    sample alone), with an indicator column per window but the latest: the slopes are shared,
+    each older window has its own level (its season), and the forecast is made at the latest
+    window's level (:func:`at_latest_level`)."""
+    per_window = max(REGRESSION_SAMPLE // len(windows), 1)
+    parts, targets = [], []
+    for k, (inner, target) in enumerate(windows):
+        chosen = inner.fit_sample(per_window)
+        features = featurise(inner.sample(per_window))
+        levels = np.zeros((len(features), len(windows) - 1))
+        if k:
+            levels[:, k - 1] = 1.0
+        parts.append(np.hstack([features, levels]))
+        targets.append(target[chosen])
+    return np.vstack(parts), np.concatenate(targets)
+
+
+def at_latest_level(features: np.ndarray, windows: int) -> np.ndarray:
+    """``features`` with the indicators of :func:`stacked_windows` all 0: the latest level."""
+    return np.hstack([features, np.zeros((len(features), windows - 1))])
 
 
 def _features(history: History, horizon_days: int) -> np.ndarray:

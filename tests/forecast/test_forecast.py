@@ -649,3 +649,91 @@ def test_storing_a_forecast_again_under_a_still_clock_replaces_its_records(
         stored = forecast_store.current_version(connection)
         assert stored is not None and stored.as_of.isoformat() == "2011-06-01"
         assert len(forecast_store.stored_forecasts(connection)) == 1
+
+
+def tiny_shop() -> f.PurchaseDays:
+    """Fifty steady customers (days 0 and 5) to make each window large enough, and three whose
+    purchase days the training windows below are worked out from by hand."""
+    ids = [f"f{c:02d}" for c in range(50) for _ in (0, 5)]
+    days = [d for _ in range(50) for d in (0, 5)]
+    for customer, own in (
+        ("a", (0, 100, 200, 300, 350, 380)),
+        ("b", (10, 250, 400)),
+        ("c", (330,)),
+    ):
+        ids += [customer] * len(own)
+        days += list(own)
+    return f.PurchaseDays.from_lines(np.array(ids), np.array(days), np.ones(len(ids)))
+
+
+def test_the_learning_forecasters_train_on_four_windows_a_month_apart_before_the_cutoff() -> None:
+    """At cutoff 400, H 90: origins 310, 280, 250, 220, each target the H days after it (all
+    before the cutoff: b's day 400 counts nowhere); c, first seen at 330, is in none. At
+    cutoff 240 the origin 60 has less than H days of history before it: three windows."""
+    shop = tiny_shop()
+    windows = forecast_models.training_windows(shop, 400, 90)
+    by_hand = [(310, 2, 0), (280, 2, 0), (250, 1, 1), (220, 1, 1)]  # origin, a's and b's target
+    assert len(windows) == len(by_hand)
+    for (inner, target), (origin, a, b) in zip(windows, by_hand, strict=True):
+        seen = dict(zip(shop.customers[inner.rows].tolist(), target.tolist(), strict=True))
+        assert inner.cutoff == origin and len(seen) == 52 and "c" not in seen
+        assert (seen["a"], seen["b"]) == (a, b)
+    assert [inner.cutoff for inner, _ in forecast_models.training_windows(shop, 240, 90)] == [
+        150,
+        120,
+        90,
+    ]
+
+
+def test_stacked_windows_share_the_slopes_and_give_each_older_window_its_own_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One row per customer and window, an indicator column per window but the latest (the
+    forecast's level, all indicators 0), and at most REGRESSION_SAMPLE rows in all."""
+    shop = tiny_shop()
+    windows = forecast_models.training_windows(shop, 400, 90)
+    design, target = forecast_models.stacked_windows(windows, lambda inner: inner.days[:, None])
+    assert design.shape == (4 * 52, 1 + 3)
+    levels = design[:, 1:].reshape(4, 52, 3)
+    assert not levels[0].any()
+    for k in (1, 2, 3):
+        assert (levels[k][:, k - 1] == 1).all() and levels[k].sum() == 52
+    assert np.array_equal(target, np.concatenate([t for _, t in windows]))
+    latest = forecast_models.at_latest_level(np.ones((2, 1)), len(windows))
+    assert np.array_equal(latest, [[1, 0, 0, 0], [1, 0, 0, 0]])
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 80)
+    sampled, _ = forecast_models.stacked_windows(windows, lambda inner: inner.days[:, None])
+    assert sampled.shape == (80, 4)  # 20 customers of each window
+
+
+@pytest.mark.parametrize("model", ["rhythm", "hurdle", "blend"])
+def test_a_learning_forecaster_gives_the_same_answer_for_the_same_lines_in_any_order(
+    model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Samples of customers (REGRESSION_SAMPLE lowered so they are drawn) are seeded by the
+    windows' origins, and the lines are folded into sorted purchase days first: a reshuffled
+    import forecasts the same figures, to the last bit."""
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 200)
+    shop = synthetic_shop()
+    lines = (shop.customers[shop.owner], shop.day, shop.spend)
+    order = np.random.default_rng(3).permutation(len(shop.day))
+    again = f.PurchaseDays.from_lines(*(column[order] for column in lines))
+    first = [r.as_dict() for r in f.forecast(shop, 600, 90, model)]
+    assert first == [r.as_dict() for r in f.forecast(again, 600, 90, model)]
+
+
+def test_a_big_training_window_is_described_on_its_sample_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its share of REGRESSION_SAMPLE a window's BG/NBD is fitted, and its features are
+    computed, on the sampled customers only: at a million customers fitting every window whole
+    made the blend's forecast 76 % more CPU than one window; the sample is the same for both
+    learners."""
+    monkeypatch.setattr(forecast_models, "REGRESSION_SAMPLE", 200)  # 50 customers a window
+    shop = synthetic_shop()
+    f.forecast(shop, 600, 90, "blend")
+    older = f.History.at(shop, 600 - 90 - 30)  # a training window only, never forecast from
+    sample = older.sample(50)
+    assert "textbook" not in vars(older) and "textbook" in vars(sample)
+    assert np.array_equal(sample.rows, older.rows[older.fit_sample(50)])
+    assert older.sample(50) is sample and older.sample(10**6) is older
