@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -422,6 +423,9 @@ def main() -> None:
             table.setdefault(name, []).append(f"{metrics.recall:.4f} / {metrics.ndcg:.4f}")
     for name, cells in table.items():
         print(f"| {name} | {' | '.join(cells)} |", flush=True)
+    # the last line, one JSON object (as every benchmark's): each row's cells per cutoff
+    rows = {name: dict(zip(CUTOFFS, cells, strict=False)) for name, cells in table.items()}
+    print(json.dumps({"benchmark": "rec_ablation", "sweep": args.sweep, "rows": rows}))
 
 
 if __name__ == "__main__":
