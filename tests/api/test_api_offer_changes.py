@@ -316,25 +316,6 @@ def test_an_answer_computed_ahead_while_its_customer_changed_again_is_computed_a
     assert service.tally.computed == computed and answers("cached") == cached + 1
 
 
-def test_a_process_behind_with_its_answers_ahead_leaves_the_rest_to_the_requests(
-    app: FastAPI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """At most AHEAD_BACKLOG customers wait for the refresher (here 1, with the refresher
-    held back): a burst of events does not queue work for every customer; the others'
-    answers are computed by their requests, the same answers."""
-    monkeypatch.setattr(offer_cache, "AHEAD_BACKLOG", 1)
-    service = app.state.service
-    listening(app)
-    monkeypatch.setattr(service, "_start_refresher", lambda: None)
-    first, second = two_customers(engine_of(app))
-    before = {c: [offers(app, c, "n=5"), offers(app, c, "n=5")][1] for c in (first, second)}
-    service.forget([first, second])
-    assert list(service._due) == [first]
-    computed = service.tally.computed
-    assert offers(app, second, "n=5") == before[second]
-    assert service.tally.computed == computed + 1
-
-
 def test_a_background_look_for_a_new_model_survives_a_missing_database(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
