@@ -88,7 +88,6 @@ PAD_CANDIDATES = 200  # model-ranked items considered when the shared lists run 
 STALE_BASES = 10_000  # histories of dropped bases kept per process for the next answer
 SCORES_HELD = 256  # re-scored bases per process whose scores of every item are kept
 AHEAD_REST = 1.0  # the refresher rests this many times as long as each answer took it
-AHEAD_BACKLOG = 8  # customers queued for the refresher at most; beyond, requests compute
 
 
 class Query(NamedTuple):
@@ -463,7 +462,7 @@ class OfferService:
                 if dropped is not None:
                     self.tally.forgotten += 1
                     again = [query for query, entry in dropped.items() if entry.served]
-                    if again and (customer_id in self._due or len(self._due) < AHEAD_BACKLOG):
+                    if again:
                         self._due.setdefault(customer_id, {}).update(dict.fromkeys(again))
                         self._wake.set()
                 self.tally.heard += 1  # last: a test waiting for it sees the rest done
@@ -561,9 +560,7 @@ class OfferService:
         computation lock; and after each it rests :data:`AHEAD_REST` times as long as it
         took, so that a burst of events (an import through the API) cannot take the whole
         process from the cached answers (the requests of the customers still queued compute
-        their own meanwhile); and no more than :data:`AHEAD_BACKLOG` customers wait for it:
-        a process that falls that far behind (a burst of events) leaves the answers of the
-        others to their requests, which compute only what is asked for."""
+        their own meanwhile)."""
         for query in queries:
             while self._waiting and not self._closed:
                 time.sleep(0.0005)
