@@ -31,9 +31,8 @@ brings the news to every process:
   of the gap are lost).
 
 The new answers — the purchase folded in by re-scoring the customer's history — are computed
-ahead, off the request path: each process that held answers of the customer queues those
-it served from the cache since they were computed, and its refresher thread computes these
-queries again (requests waiting for a computation
+ahead, off the request path: each process that held answers of the customer queues them,
+and its refresher thread computes the same queries again (requests waiting for a computation
 go first), so the buyer's next page view finds them cached. A request that comes before
 that computes its answer itself in a worker thread, off the event loop, which goes on
 serving cached answers meanwhile. Either way the answer is the one a request computes, and
@@ -157,11 +156,10 @@ class Snapshot:
     checked: float  # monotonic time of the last look for a new model / catalogue
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     generation: int
     body: bytes
-    served: bool = False  # served from the cache at least once (see ``OfferService._ahead``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,10 +459,8 @@ class OfferService:
                 dropped = self.cache.forget(customer_id)
                 if dropped is not None:
                     self.tally.forgotten += 1
-                    again = [query for query, entry in dropped.items() if entry.served]
-                    if again:
-                        self._due.setdefault(customer_id, {}).update(dict.fromkeys(again))
-                        self._wake.set()
+                    self._due.setdefault(customer_id, {}).update(dict.fromkeys(dropped))
+                    self._wake.set()
                 self.tally.heard += 1  # last: a test waiting for it sees the rest done
                 if self._pending is not None:
                     self._pending.add(customer_id)
@@ -551,16 +547,13 @@ class OfferService:
     def _ahead(self, customer_id: str, queries: Iterable[Query]) -> None:
         """Compute again, in the background, the answers a change of the customer dropped,
         so that their next requests find them cached (the customer has just bought: their
-        next page view is near). Only answers served from the cache since they were computed
-        are: a customer who asks for a list once, or not again between two purchases,
-        costs no computation ahead (a request computes it when it comes). The answers are
-        those a request would compute, cached under the same rules (:meth:`respond`): not
-        kept if the customer changed again meanwhile, in which case it is queued once more.
-        Requests go first: before each answer the thread waits while a request waits for the
-        computation lock; and after each it rests :data:`AHEAD_REST` times as long as it
-        took, so that a burst of events (an import through the API) cannot take the whole
-        process from the cached answers (the requests of the customers still queued compute
-        their own meanwhile)."""
+        next page view is near). The answers are those a request would compute, cached under
+        the same rules (:meth:`respond`): not kept if the customer changed again meanwhile,
+        in which case the change queues them once more. Requests go first: before each
+        answer the thread waits while a request waits for the computation lock; and after
+        each it rests :data:`AHEAD_REST` times as long as it took, so that a burst of events
+        (an import through the API) cannot take the whole process from the cached answers
+        (the requests of the customers still queued compute their own meanwhile)."""
         for query in queries:
             while self._waiting and not self._closed:
                 time.sleep(0.0005)
@@ -593,8 +586,6 @@ class OfferService:
             and self._trusted
         ):
             _CACHED.inc()
-            if not entry.served:
-                entry.served = True
             return entry.body
         _COMPUTED.inc()
         return None
@@ -610,8 +601,7 @@ class OfferService:
             entry = self.cache.get(customer_id, query)
             snapshot = self.snapshot()
             if entry is not None and entry.generation == snapshot.generation and self._trusted:
-                entry.served = True
-                return entry.body  # computed by the request before this one (or ahead)
+                return entry.body  # computed by the request before this one
             with self.cache.lock:
                 epoch, self._pending = self._epoch, set()
             basis = previous = None
