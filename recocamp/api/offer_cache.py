@@ -30,17 +30,13 @@ brings the news to every process:
   nothing is served from the cache, and each (re)connection drops everything (notifications
   of the gap are lost).
 
-The new answers — the purchase folded in by re-scoring the customer's history — are computed
-ahead, off the request path: each process that held answers of the customer queues them,
-and its refresher thread computes the same queries again (requests waiting for a computation
-go first), so the buyer's next page view finds them cached. A request that comes before
-that computes its answer itself in a worker thread, off the event loop, which goes on
-serving cached answers meanwhile. Either way the answer is the one a request computes, and
-one computed while its customer changed again is not kept. It reads only the lines new
-since the customer's last answer (``histories``: the history that answer was built on, and
-its repurchase intervals, extended; read whole whenever that is not shown exact), and
-re-scores the customer with numpy on the live model (one small least-squares solve and a
-sparse row product, ``recommender.serving``). The live
+The new answer — the purchase folded in by re-scoring the customer's history — is computed by
+the next request for that customer in a worker thread, off the event loop, which goes on
+serving cached answers meanwhile. It reads only the lines new since the customer's last
+answer (``histories``: the history that answer was built on, and its repurchase intervals,
+extended; read whole whenever that is not shown exact), and re-scores the customer with
+numpy on the live model (one small least-squares solve and a sparse row product,
+``recommender.serving``). The live
 model and the catalogue are looked up again every ``[api] refresh_s`` seconds in the
 background (at once when a model goes live, and when a customer's cached row names a model
 this process has not loaded yet).
@@ -48,7 +44,6 @@ this process has not loaded yet).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -56,7 +51,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -86,7 +81,6 @@ MAX_N = 50  # offers per request
 PAD_CANDIDATES = 200  # model-ranked items considered when the shared lists run short
 STALE_BASES = 10_000  # histories of dropped bases kept per process for the next answer
 SCORES_HELD = 256  # re-scored bases per process whose scores of every item are kept
-AHEAD_REST = 1.0  # the refresher rests this many times as long as each answer took it
 
 
 class Query(NamedTuple):
@@ -270,9 +264,8 @@ class _Cache:
             self.bases[customer_id] = basis
             self.stale.pop(customer_id, None)
 
-    def forget(self, customer_id: str) -> dict[Query, _Entry] | None:
-        """Under :attr:`lock`: the customer's answers dropped (None: none were cached). Their
-        basis is kept aside for the next one to extend."""
+    def forget(self, customer_id: str) -> bool:
+        """Under :attr:`lock`. The customer's basis is kept aside for the next one to extend."""
         dropped = self.entries.pop(customer_id, None)
         basis = self.bases.pop(customer_id, None)
         if basis is not None and self.size > 0:
@@ -281,7 +274,7 @@ class _Cache:
                 del self.stale[next(iter(self.stale))]
             self.stale[customer_id] = (basis.generation, basis.kept)
         self.count -= len(dropped or ())
-        return dropped
+        return dropped is not None
 
     def clear(self) -> None:
         """Under :attr:`lock`."""
@@ -298,26 +291,6 @@ class Tally:
     heard: int = 0  # customers reported changed (the change log or the notifications)
     forgotten: int = 0  # of those, how many had cached answers the change dropped
     cleared: int = 0  # times every answer was dropped (a model went live, a reconnection, …)
-    ahead: int = 0  # answers computed in the background after a change, before any request
-
-
-def _refresh_changed(me: weakref.ref[OfferService], wake: threading.Event) -> None:
-    """The refresher thread: computes again the answers changes dropped (``_ahead``) until
-    the service is closed or gone. A failure (the database away) is logged; the next
-    request computes the answer itself."""
-    while True:
-        service = me()
-        if service is None or service._closed:
-            return
-        job = service._next_due()
-        if job is not None:
-            try:
-                service._ahead(*job)
-            except Exception:
-                log.warning("serving: could not compute an answer ahead", exc_info=True)
-        del service  # not held while waiting: the service may go
-        if job is None:
-            wake.wait(1.0)
 
 
 def _alive(service: OfferService | None) -> OfferService:
@@ -346,13 +319,6 @@ class OfferService:
         self._refresh_s = settings.api.refresh_s
         self._epoch = 0  # +1 whenever everything is dropped
         self._pending: set[str] | None = None  # changed while the one computation runs
-        # customers whose answers a change dropped, with the queries dropped, oldest first:
-        # the refresher thread computes them again before they are asked for (:meth:`_ahead`)
-        self._due: dict[str, dict[Query, None]] = {}
-        self._wake = threading.Event()  # set while _due holds customers
-        self._waiting = 0  # requests waiting for the computation lock: the refresher yields
-        self._refresher: threading.Thread | None = None
-        self._closed = False
         self._holding: deque[Basis] = deque()  # see :meth:`_hold`
         sqlite = engine.dialect.name == "sqlite"
         self._log = notifications.ChangeLog(engine) if sqlite else None
@@ -456,23 +422,16 @@ class OfferService:
         computed for one of them now is not cached either."""
         with self.cache.lock:
             for customer_id in customer_ids:
-                dropped = self.cache.forget(customer_id)
-                if dropped is not None:
-                    self.tally.forgotten += 1
-                    self._due.setdefault(customer_id, {}).update(dict.fromkeys(dropped))
-                    self._wake.set()
+                self.tally.forgotten += self.cache.forget(customer_id)
                 self.tally.heard += 1  # last: a test waiting for it sees the rest done
                 if self._pending is not None:
                     self._pending.add(customer_id)
-        if self._due and self._refresher is None:
-            self._start_refresher()
 
     def _everything(self, refresh: bool = True) -> None:
         """Drop every answer (a model went live, notifications were lost) and look for a new
         model in the background (``refresh``)."""
         with self.cache.lock:
             self.cache.clear()
-            self._due.clear()
             self._epoch += 1
             self.tally.cleared += 1
         if refresh and self._snapshot is not None:
@@ -512,58 +471,8 @@ class OfferService:
         return self._trusted
 
     def close(self) -> None:
-        self._closed = True
-        self._wake.set()
         if self.listener is not None:
             self.listener.stop()
-        if self._refresher is not None:
-            self._refresher.join(timeout=5)
-
-    # --- answers a change dropped, computed again ahead of the requests ------------------------
-
-    def _start_refresher(self) -> None:
-        """The thread of :meth:`_ahead` (once; it ends with the service or at :meth:`close`)."""
-        with self.cache.lock:
-            if self._refresher is not None:
-                return
-            self._refresher = threading.Thread(
-                target=_refresh_changed,
-                args=(weakref.ref(self), self._wake),
-                name="recocamp-ahead",
-                daemon=True,
-            )
-        self._refresher.start()
-
-    def _next_due(self) -> tuple[str, dict[Query, None]] | None:
-        """The customer changed longest ago and the queries to compute again; None (and the
-        wake-up event cleared) when there is none."""
-        with self.cache.lock:
-            if not self._due:
-                self._wake.clear()
-                return None
-            customer_id = next(iter(self._due))
-            return customer_id, self._due.pop(customer_id)
-
-    def _ahead(self, customer_id: str, queries: Iterable[Query]) -> None:
-        """Compute again, in the background, the answers a change of the customer dropped,
-        so that their next requests find them cached (the customer has just bought: their
-        next page view is near). The answers are those a request would compute, cached under
-        the same rules (:meth:`respond`): not kept if the customer changed again meanwhile,
-        in which case the change queues them once more. Requests go first: before each
-        answer the thread waits while a request waits for the computation lock; and after
-        each it rests :data:`AHEAD_REST` times as long as it took, so that a burst of events
-        (an import through the API) cannot take the whole process from the cached answers
-        (the requests of the customers still queued compute their own meanwhile)."""
-        for query in queries:
-            while self._waiting and not self._closed:
-                time.sleep(0.0005)
-            if self._closed or not self._trusted:
-                return
-            entry, snapshot = self.cache.get(customer_id, query), self._snapshot
-            if entry is None or snapshot is None or entry.generation != snapshot.generation:
-                started = time.perf_counter()
-                self.respond(customer_id, query, ahead=True)
-                time.sleep((time.perf_counter() - started) * AHEAD_REST)
 
     # --- serving ---------------------------------------------------------------------------------
 
@@ -590,14 +499,13 @@ class OfferService:
         _COMPUTED.inc()
         return None
 
-    def respond(self, customer_id: str, query: Query, ahead: bool = False) -> bytes:
+    def respond(self, customer_id: str, query: Query) -> bytes:
         """Compute, cache and return the answer's JSON (blocking: run it in a worker thread).
         One computation at a time per process: the threads that wait hold no GIL, so the event
         loop keeps serving cached answers at full speed while misses queue (and a key asked
         for twice meanwhile is computed once). An answer is not cached when its customer's
-        data changed, or everything was dropped, while it was computed: it may predate it.
-        ``ahead``: computed by the refresher, not for a request (:meth:`_ahead`)."""
-        with self._lock_for(ahead):
+        data changed, or everything was dropped, while it was computed: it may predate it."""
+        with self._computing:
             entry = self.cache.get(customer_id, query)
             snapshot = self.snapshot()
             if entry is not None and entry.generation == snapshot.generation and self._trusted:
@@ -617,30 +525,8 @@ class OfferService:
                 if self._trusted and epoch == self._epoch and customer_id not in pending:
                     self.cache.put(customer_id, query, _Entry(basis.generation, body))
                     self.cache.put_basis(customer_id, basis)
-                elif ahead and epoch == self._epoch and customer_id in pending:
-                    self._due.setdefault(customer_id, {})[query] = None  # again, for the change
-                    self._wake.set()
             self.tally.computed += 1
-            self.tally.ahead += ahead
         return body
-
-    @contextlib.contextmanager
-    def _lock_for(self, ahead: bool) -> Iterator[None]:
-        """The computation lock; a request counts as waiting for it meanwhile, so that the
-        refresher lets it go first (:meth:`_ahead`)."""
-        if not ahead:
-            with self.cache.lock:
-                self._waiting += 1
-        try:
-            self._computing.acquire()
-        finally:
-            if not ahead:
-                with self.cache.lock:
-                    self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._computing.release()
 
     def _compute(
         self,

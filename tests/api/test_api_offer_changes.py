@@ -23,7 +23,7 @@ from recocamp.recommender import training
 from recocamp.store import notifications
 from recocamp.store.engine import make_engine
 from recocamp.store.schema import customers
-from tests.api.test_api_offers import answers, cached_customer, cached_customer_after, ids, offers
+from tests.api.test_api_offers import cached_customer, cached_customer_after, ids, offers
 from tests.api_shop import (
     NOW,
     bearer,
@@ -154,41 +154,6 @@ def test_after_a_purchase_the_buyers_answers_extend_their_history_as_a_full_read
     assert service.tally.extended == extended + 2  # the history extended; the flags read anew
 
 
-def test_a_buyers_dropped_answers_are_computed_again_before_they_ask(
-    pair: tuple[FastAPI, FastAPI],
-) -> None:
-    """After a purchase, a process that had answers of the buyer computes them again in the
-    background (off the request path), so the buyer's next requests are served from the
-    cache — answers with the purchase folded in, those of a process computing afresh. A
-    process without answers of the buyer computes nothing."""
-    one, two = pair
-    service = two.state.service
-    buyer, bystander = two_customers(engine_of(one))
-    queries = ["n=5", "n=10&mode=discover", "n=5&mode=replenish"]
-    for query in queries:
-        offers(two, buyer, query)
-    offers(two, bystander, "n=5")
-    computed, ahead = service.tally.computed, service.tally.ahead
-    bought = ids(offers(two, buyer, "n=10&mode=discover"))[0]
-    buy(one, two, buyer, bought, "ahead-1")
-    if engine_of(two).dialect.name == "sqlite":
-        offers(two, bystander, "n=5")  # any request reads the change log
-    wait_until(lambda: service.tally.ahead == ahead + len(queries))
-    cached = answers("cached")
-    after = [offers(two, buyer, query) for query in queries]
-    assert answers("cached") == cached + len(queries)  # none computed for the request
-    assert service.tally.computed == computed + len(queries)
-    assert bought not in ids(after[1])
-    assert all(a["basis_reason"] == "recalculated: changed since training" for a in after)
-    assert one.state.service.tally.computed == 0
-    artifacts = Path(service.settings.recommender.artifacts_dir)
-    fresh = make_app(engine_of(two), artifacts)
-    try:
-        assert after == [offers(fresh, buyer, query) for query in queries]
-    finally:
-        fresh.state.service.close()
-
-
 def test_only_the_latest_rescored_bases_hold_every_items_score(
     app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -281,34 +246,6 @@ def test_an_answer_computed_while_its_customer_changed_is_not_kept(app: FastAPI)
     assert service.tally.computed == computed + 1  # not kept: computed again
     offers(app, customer)
     assert service.tally.computed == computed + 1  # this one is kept
-
-
-def test_an_answer_computed_ahead_while_its_customer_changed_again_is_computed_again(
-    app: FastAPI,
-) -> None:
-    """The refresher's answer is not kept when the customer changed while it was computed
-    (it may predate the change); it is queued again, and the second one is kept."""
-    service = app.state.service
-    listening(app)
-    customer, _ = cached_customer(engine_of(app))
-    offers(app, customer, "n=5")
-    compute, raced = service.basis, []
-
-    def racing(*args: object, **kwargs: object) -> object:
-        found = compute(*args, **kwargs)  # type: ignore[arg-type]
-        if not raced:
-            raced.append(True)
-            service.forget([customer])  # another purchase while it was computed ahead
-        return found
-
-    service.basis = racing
-    ahead = service.tally.ahead
-    service.forget([customer])  # a purchase: the refresher computes the answer ahead
-    wait_until(lambda: service.tally.ahead == ahead + 2)
-    service.basis = compute
-    computed, cached = service.tally.computed, answers("cached")
-    offers(app, customer, "n=5")
-    assert service.tally.computed == computed and answers("cached") == cached + 1
 
 
 def test_a_background_look_for_a_new_model_survives_a_missing_database(
