@@ -16,6 +16,9 @@ and the count and id sum of all the customer's lines in the same statement
 otherwise the history is read whole. The lines are folded into orders by time, then id, in
 both cases, so the two give the same history, tie for tie.
 
+The repurchase intervals of the history's items (replenish queries) are extended likewise,
+by the new orders' items (``segments.Repurchases``).
+
 What the history does not hold (objection, erasure, the cached top-N row, the live model and
 the catalogue) the offer cache reads or checks anew for every basis.
 """
@@ -23,11 +26,11 @@ the catalogue) the offer cache reads or checks anew for every basis.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from recocamp.campaigns.audience import history_of
-from recocamp.campaigns.segments import History, Order
+from recocamp.campaigns.segments import History, Order, Repurchases
 from recocamp.domain import CustomerOrder, Item
 from recocamp.store import serving as store
 from recocamp.store.engine import Connection
@@ -46,6 +49,16 @@ class Kept:
     last_id: int  # the highest id of those lines (0: none)
     before: float  # the read's ``now`` (epoch s): lines at or after it are left out
     complete: bool  # no counted line was left out for lying at or after ``before``
+    # the history's repurchase intervals once a replenish query needed them (one slot),
+    # extended with the history rather than computed again: see :meth:`repurchases`
+    derived: list[Repurchases] = field(default_factory=list, compare=False)
+
+    def repurchases(self) -> Repurchases:
+        """The history's repurchase intervals (``segments.Repurchases``), computed on first
+        use and kept (two threads may both compute them: the same)."""
+        if not self.derived:
+            self.derived.append(Repurchases.of(self.history))
+        return self.derived[0]
 
 
 def read(
@@ -96,7 +109,16 @@ def _extended(
     if not complete or any(order.order_id in kept.orders for order in orders):
         return None
     if not new:
-        return Kept(kept.history, kept.orders, kept.lines, kept.id_sum, kept.last_id, before, True)
+        return Kept(
+            kept.history,
+            kept.orders,
+            kept.lines,
+            kept.id_sum,
+            kept.last_id,
+            before,
+            True,
+            kept.derived[:1],
+        )
     added = history_of(orders, catalogue).orders
     history = History(tuple(sorted((*kept.history.orders, *added), key=_time)))
     return Kept(
@@ -107,6 +129,7 @@ def _extended(
         max(kept.last_id, max(line[0] for line in new)),
         before,
         True,
+        [derived.extended(added) for derived in kept.derived[:1]],
     )
 
 

@@ -33,9 +33,10 @@ brings the news to every process:
 The new answer — the purchase folded in by re-scoring the customer's history — is computed by
 the next request for that customer in a worker thread, off the event loop, which goes on
 serving cached answers meanwhile. It reads only the lines new since the customer's last
-answer (``histories``: the history that answer was built on, extended; read whole whenever
-that is not shown exact), and re-scores the customer with numpy on the live model (one
-small least-squares solve and a sparse row product, ``recommender.serving``). The live
+answer (``histories``: the history that answer was built on, and its repurchase intervals,
+extended; read whole whenever that is not shown exact), and re-scores the customer with
+numpy on the live model (one small least-squares solve and a sparse row product,
+``recommender.serving``). The live
 model and the catalogue are looked up again every ``[api] refresh_s`` seconds in the
 background (at once when a model goes live, and when a customer's cached row names a model
 this process has not loaded yet).
@@ -60,7 +61,7 @@ import numpy as np
 
 from recocamp import metrics
 from recocamp.api import histories
-from recocamp.campaigns import offers, segments
+from recocamp.campaigns import offers
 from recocamp.campaigns.segments import History
 from recocamp.clock import Clock
 from recocamp.domain import Item
@@ -630,7 +631,7 @@ class OfferService:
         history, personal, categories = basis.history, basis.personal, basis.categories
         live, owned, ranked = snapshot.live, basis.owned, personal.items
         because = basis.because(live, snapshot.catalogue)
-        due = segments.due_for_replenishment(history, now) if query.mode is Mode.REPLENISH else []
+        due = basis.kept.repurchases().due(now) if query.mode is Mode.REPLENISH else []
         sources = offers.sources_for(query.mode, ranked, snapshot.popular, owned, due, because)
         rules = offers.Rules(
             mode=query.mode,

@@ -101,21 +101,66 @@ def _leap(year: int) -> bool:
 def due_for_replenishment(history: History, now: datetime, min_orders: int = 2) -> list[str]:
     """Items bought in at least ``min_orders`` orders whose usual interval (the median gap
     between those orders) has passed since the last purchase; most overdue first."""
-    times: dict[str, list[int]] = {}
-    for order in history.orders:  # whole microseconds: the intervals of timedelta, cheaper
-        at = _microseconds(order.at)
-        for item in order.items:
-            times.setdefault(item, []).append(at)
-    overdue = []
-    moment = _microseconds(now)
-    for item, when in times.items():
-        if len(when) < min_orders:
-            continue
-        usual = statistics.median([(b - a) / 1e6 for a, b in pairwise(when)])
-        waited = (moment - when[-1]) / 1e6  # as timedelta.total_seconds() divides
-        if usual > 0 and waited >= usual:
-            overdue.append((waited / usual, item))
-    return [item for _, item in sorted(overdue, key=lambda pair: (-pair[0], pair[1]))]
+    return Repurchases.of(history).due(now, min_orders)
+
+
+@dataclass(frozen=True, slots=True)
+class Repurchases:
+    """Per item, the times of the orders that hold it (whole microseconds, oldest first) and
+    the usual interval of the items bought more than once: what :func:`due_for_replenishment`
+    reads. The shop API keeps it with a customer's history, so that a new order costs the
+    medians of its own items only (a big buyer's whole history cost 12 ms a request).
+    Intervals depend only on each item's times, so :meth:`extended` gives what :meth:`of`
+    gives for the whole history, whatever the times of the new orders."""
+
+    times: Mapping[str, tuple[int, ...]]
+    usual: Mapping[str, float]  # seconds; items in at least 2 orders
+
+    @classmethod
+    def of(cls, history: History) -> Repurchases:
+        times: dict[str, list[int]] = {}
+        for order in history.orders:  # whole microseconds: the intervals of timedelta, cheaper
+            at = _microseconds(order.at)
+            for item in order.items:
+                times.setdefault(item, []).append(at)
+        kept = {item: tuple(when) for item, when in times.items()}
+        return cls(kept, {item: _usual(when) for item, when in kept.items() if len(when) > 1})
+
+    def extended(self, orders: Iterable[Order]) -> Repurchases:
+        """These plus the items of ``orders`` (new orders, at any time)."""
+        times, usual = dict(self.times), dict(self.usual)
+        changed: set[str] = set()
+        for order in orders:
+            at = _microseconds(order.at)
+            for item in order.items:
+                when = [*times.get(item, ()), at]
+                if len(when) > 1 and when[-2] > at:
+                    when.sort()
+                times[item] = tuple(when)
+                changed.add(item)
+        for item in changed:
+            if len(times[item]) > 1:
+                usual[item] = _usual(times[item])
+        return Repurchases(times, usual)
+
+    def due(self, now: datetime, min_orders: int = 2) -> list[str]:
+        """See :func:`due_for_replenishment` (``min_orders`` below 2 counts as 2: an item
+        bought once has no interval)."""
+        overdue = []
+        moment = _microseconds(now)
+        for item, usual in self.usual.items():
+            when = self.times[item]
+            if len(when) < min_orders:
+                continue
+            waited = (moment - when[-1]) / 1e6  # as timedelta.total_seconds() divides
+            if usual > 0 and waited >= usual:
+                overdue.append((waited / usual, item))
+        return [item for _, item in sorted(overdue, key=lambda pair: (-pair[0], pair[1]))]
+
+
+def _usual(when: tuple[int, ...]) -> float:
+    """The median gap, in seconds, between consecutive times (oldest first)."""
+    return statistics.median([(b - a) / 1e6 for a, b in pairwise(when)])
 
 
 def _microseconds(at: datetime) -> int:

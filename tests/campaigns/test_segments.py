@@ -13,6 +13,7 @@ from recocamp.campaigns.segments import (
     EMPTY,
     History,
     Order,
+    Repurchases,
     Rfm,
     birthday_today,
     bought_category,
@@ -94,6 +95,28 @@ def test_replenishment_is_due_when_the_usual_interval_has_passed() -> None:
     # coffee every 30 days, last 40 days ago: due (×1.33); tea every 5 days, last 55 ago (×11)
     # filter: every 90 days, last 10 days ago: not due
     assert due_for_replenishment(h, NOW) == ["tea", "coffee"]
+
+
+def test_repurchases_extended_by_new_orders_are_those_of_the_whole_history() -> None:
+    """The shop API extends a customer's intervals by their new orders (a purchase event)
+    instead of recomputing every item's: an order dated before the newest kept one (a late
+    event) and an item's second order (its first interval) must come out as a whole read."""
+    kept = history(
+        order(100, items=("coffee", "filter")),
+        order(70, items=("coffee",)),
+        order(40, items=("coffee",)),
+        order(10, items=("tea",)),
+    )
+    new = (order(85, items=("coffee", "tea")), order(2, items=("filter",)))
+    whole = history(*sorted((*kept.orders, *new), key=lambda o: o.at))
+    extended = Repurchases.of(kept).extended(new)
+    assert extended == Repurchases.of(whole)
+    # coffee every 15 days (100, 85, 70, 40), last 40 days ago; tea once in 75 days, last 10
+    # days ago; filter every 98 days, last 2 days ago
+    assert extended.usual["coffee"] == 15 * 86400
+    assert extended.due(NOW) == due_for_replenishment(whole, NOW) == ["coffee"]
+    assert Repurchases.of(kept).due(NOW) == ["coffee"]  # every 30 days, 40 days ago
+    assert extended.due(NOW, min_orders=5) == []
 
 
 def test_last_contacted() -> None:
