@@ -26,7 +26,7 @@ the catalogue) the offer cache reads or checks anew for every basis.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from recocamp.campaigns.audience import history_of
@@ -108,17 +108,8 @@ def _extended(
     orders, complete = _orders(customer_id, new, before)
     if not complete or any(order.order_id in kept.orders for order in orders):
         return None
-    if not new:
-        return Kept(
-            kept.history,
-            kept.orders,
-            kept.lines,
-            kept.id_sum,
-            kept.last_id,
-            before,
-            True,
-            kept.derived[:1],
-        )
+    if not new:  # the same history (and its derived intervals), read at a later ``before``
+        return replace(kept, before=before, complete=True)
     added = history_of(orders, catalogue).orders
     history = History(tuple(sorted((*kept.history.orders, *added), key=_time)))
     return Kept(
