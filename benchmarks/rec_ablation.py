@@ -599,7 +599,9 @@ def measure(model: models.Hybrid, test: evaluate.Split, k: int, *, fit: bool) ->
     return metrics, per["recall"]
 
 
-def run(lines: Lines, cutoff: float, settings: RecommenderSettings) -> dict[str, Measured]:
+def run(
+    lines: Lines, cutoff: float, settings: RecommenderSettings, *, discovery: bool
+) -> dict[str, Measured]:
     _CACHE.clear()
     validation = evaluate.make_split(lines, cutoff - HORIZON * DAY, HORIZON)
     test = evaluate.make_split(lines, cutoff, HORIZON)
@@ -616,7 +618,7 @@ def run(lines: Lines, cutoff: float, settings: RecommenderSettings) -> dict[str,
         pairs, label = own_labels(tuner, validation, features)
         blend = fit(pairs[2], label, pairs[0])
         results[name] = measure(Reblended(tuned, features, blend), test, K, fit=False)
-    for tau in (None, 30.0):
+    for tau in (None, 30.0) if discovery else ():
         name = "discovery + description similarity" + (f" (exp(-days / {tau:g}))" if tau else "")
         content, boost = tune_content(tuner, weights, validation, tau)
         model = Discovered(tuned, weights, tau, content, boost)
@@ -804,7 +806,7 @@ def main() -> None:
             for name, cell in sweep(lines, cutoff, settings).items():
                 table.setdefault(name, []).append(cell)
             continue
-        results = run(lines, cutoff, settings)
+        results = run(lines, cutoff, settings, discovery=args.round == 4)
         base = results["tuned (recocamp evaluate)"][1]
         for name, (metrics, recall) in results.items():
             gain = evaluate.paired_bootstrap(recall, base)
