@@ -491,6 +491,18 @@ def _line_rows(
         cursor.close()
 
 
+def training_line_amounts(connection: sa.Connection) -> tuple[np.ndarray, np.ndarray]:
+    """Quantity and unit price of each line :func:`training_lines` yields, in the same
+    (``purchases.id``) order, so they align with its lines one for one (the recommender
+    ablation's quantity and spend signals; training itself does not read them)."""
+    p = purchases.c
+    query = sa.select(p.quantity, p.unit_price).where(*_line_filter(connection, None))
+    rows = connection.execute(query.order_by(p.id)).all()
+    quantity = np.array([row[0] for row in rows], dtype=np.float64)
+    price = np.array([float(row[1]) for row in rows], dtype=np.float64)
+    return quantity, price
+
+
 def item_titles(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
     if not ids:
         return {}

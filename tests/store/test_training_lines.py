@@ -88,3 +88,31 @@ def test_columns_aggregated_out_of_id_order_are_put_back_in_it() -> None:
     assert part.item == ["i3", "i5", "i7"]
     assert part.order == ["o3", "o5", "o7"]
     assert part.at.tolist() == [3.0, 5.0, 7.0]
+
+
+def test_amounts_align_with_the_training_lines_one_for_one(engine: sa.Engine) -> None:
+    """Each learnable line's quantity and price, in the order the training read yields the
+    lines: the ablation's quantity and spend signals are read line by line beside them."""
+    stored = []
+    for number in range(12):
+        at = START + timedelta(days=number)
+        customer = f"c{number % 3}"
+        stored += [
+            Purchase(f"o{number}", 1, customer, f"i{number % 4}", number + 1, 1.0 + number, at),
+            Purchase(f"o{number}", 2, customer, "i1", -2, 2.5, at, is_return=True),
+            Purchase(f"g{number}", 1, None, "i2", 7, 2.5, at),
+            Purchase(f"o{number}", 3, customer, "i4", 2 * number + 1, 0.5, at),
+        ]
+    with engine.begin() as connection:
+        queries.upsert_items(
+            connection, [Item(f"i{n}", f"Item {n}", "tea", 2.5) for n in range(5)], NOW
+        )
+        queries.insert_purchases(connection, stored, None)
+    with engine.connect() as connection:
+        lines = list(queries.training_lines(connection))
+        quantity, price = queries.training_line_amounts(connection)
+    keys = [key for part in lines for key in zip(part.order, part.item, strict=True)]
+    learnable = [row for row in stored if row.customer_id and not row.is_return]
+    amounts = {(row.order_id, row.item_id): (row.quantity, row.unit_price) for row in learnable}
+    assert len(keys) == 24
+    assert list(zip(quantity.tolist(), price.tolist(), strict=True)) == [amounts[k] for k in keys]
