@@ -120,10 +120,14 @@ class Live:
             if column is not None:
                 scores[column] = -np.inf
         order = np.lexsort((np.arange(len(scores)), -scores))[:top_n]
+        values = scores[order]
+        finite = np.isfinite(values)
+        # whole arrays to Python values at once: element by element, numpy's scalars cost
+        # more than the sort (a padding ranking has 200 entries, computed per basis)
+        items = self.data.items[order[finite]].tolist()
         return [
-            [str(self.data.items[c]), round(float(scores[c]), 6)]
-            for c in order
-            if np.isfinite(scores[c])
+            [str(item), round(value, 6)]
+            for item, value in zip(items, values[finite].tolist(), strict=True)
         ]
 
     def listed(self, customer_id: str, top_n: int) -> Ranked | None:
