@@ -120,7 +120,7 @@ def test_each_offer_has_the_reason_the_whole_lists_give_it(app: FastAPI) -> None
         for mode in ("discover", "mixed"):
             answer = offers(app, customer, f"n=50&mode={mode}")
             ranking = basis.padded(snapshot.live, mode == "discover", half_life)
-            whole = (basis.personal.items or []) + ranking
+            whole = [*(basis.personal.items or []), *ranking]
             explained = serving.explained(snapshot.live, snapshot.catalogue, whole, basis.owned)
             listed = {str(item) for item, _ in basis.personal.items or []}
             for entry in answer["items"]:  # type: ignore[attr-defined]
