@@ -51,7 +51,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -170,7 +170,8 @@ class Basis:
     owned: frozenset[str]  # the history's items and categories (unions over every order)
     categories: frozenset[str]
     padding: dict[bool, Ranked] = field(default_factory=dict)  # see :meth:`padded`
-    reasons: dict[bool | None, dict[str, str]] = field(default_factory=dict)  # see :meth:`because`
+    # the reasons worked out so far, by item (None: no bought item is like it): see :meth:`explain`
+    reasons: dict[str, str | None] = field(default_factory=dict)
     # the re-scored personal list's scores of every item, for :meth:`padded`, while the
     # service holds them (a few hundred bases: one float per item each)
     held: list[np.ndarray] = field(default_factory=list)
@@ -186,24 +187,15 @@ class Basis:
     def history(self) -> History:
         return self.kept.history
 
-    def because(self, live: Live | None, catalogue: dict[str, Item]) -> dict[str, str]:
-        """The reasons of the personal list's new items (``serving.explained``), once per
-        basis (the catalogue and model are the generation's)."""
-        found = self.reasons.get(None)
-        if found is None:
-            ranked = self.personal.items or []
-            found = self.reasons[None] = serving.explained(live, catalogue, ranked, self.owned)
-        return found
-
-    def padded_because(
-        self, live: Live, catalogue: dict[str, Item], discover: bool, half_life: float | None
-    ) -> tuple[Ranked, dict[str, str]]:
-        """:meth:`padded` and the reasons of its new items, once per basis."""
-        ranking = self.padded(live, discover, half_life)
-        found = self.reasons.get(discover)
-        if found is None:
-            found = self.reasons[discover] = serving.explained(live, catalogue, ranking, self.owned)
-        return ranking, found
+    def explain(self, live: Live | None, catalogue: dict[str, Item], items: list[str]) -> None:
+        """Work out the reasons of these items (``serving.explained``: per item, independent of
+        the others) and keep them. Only the offers chosen need one: a basis used to explain its
+        whole personal list and the 200 items of a padding ranking to show five."""
+        new = [item for item in dict.fromkeys(items) if item not in self.reasons]
+        if not new:
+            return
+        found = serving.explained(live, catalogue, [[item, 0.0] for item in new], self.owned)
+        self.reasons.update({item: found.get(item) for item in new})
 
     def padded(self, live: Live, discover: bool, half_life: float | None) -> Ranked:
         """The live model's full ranking of the history (without the customer's own items in
@@ -279,6 +271,33 @@ class _Cache:
     def clear(self) -> None:
         """Under :attr:`lock`."""
         self.entries, self.bases, self.stale, self.count = {}, {}, {}, 0
+
+
+class _Reasons(Mapping[str, str]):
+    """A basis' reasons as ``offers.select`` reads them, for one selection: an item whose
+    reason is not worked out yet reads as none and is noted in :attr:`asked`, so that only
+    the offers chosen are explained (one call for all of them; see :meth:`Basis.explain`).
+    The customer's own items have none (an offer of one says "you bought this before")."""
+
+    def __init__(self, known: dict[str, str | None], owned: frozenset[str]) -> None:
+        self.known, self.owned = known, owned
+        self.asked: list[str] = []
+
+    def __getitem__(self, item: str) -> str:
+        if item not in self.known:
+            if item not in self.owned:
+                self.asked.append(item)
+            raise KeyError(item)
+        found = self.known[item]
+        if found is None:
+            raise KeyError(item)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return (item for item, reason in self.known.items() if reason is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for reason in self.known.values() if reason is not None)
 
 
 @dataclass
@@ -630,7 +649,7 @@ class OfferService:
         items an e-mail would have offered."""
         history, personal, categories = basis.history, basis.personal, basis.categories
         live, owned, ranked = snapshot.live, basis.owned, personal.items
-        because = basis.because(live, snapshot.catalogue)
+        because = _Reasons(basis.reasons, owned)
         due = basis.kept.repurchases().due(now) if query.mode is Mode.REPLENISH else []
         sources = offers.sources_for(query.mode, ranked, snapshot.popular, owned, due, because)
         rules = offers.Rules(
@@ -640,16 +659,18 @@ class OfferService:
             exclude_items=query.exclude,
         )
         chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
-        if len(chosen) >= query.n or ranked is None or live is None or history.count == 0:
-            return chosen
-        ranking, more = basis.padded_because(
-            live,
-            snapshot.catalogue,
-            query.mode is Mode.DISCOVER,
-            self.settings.recommender.time_decay_half_life_days,
-        )
-        sources.append(offers.Candidates(ranking, "personal", because | more))
-        return offers.select(sources, snapshot.catalogue, rules, owned, categories)
+        if len(chosen) < query.n and ranked is not None and live is not None and history.count:
+            ranking = basis.padded(
+                live,
+                query.mode is Mode.DISCOVER,
+                self.settings.recommender.time_decay_half_life_days,
+            )
+            sources.append(offers.Candidates(ranking, "personal", because))
+            chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
+        if because.asked:  # the same offers again, now with the reasons they lacked
+            basis.explain(live, snapshot.catalogue, because.asked)
+            chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
+        return chosen
 
     # --- similar items -----------------------------------------------------------------------
 

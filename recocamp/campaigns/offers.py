@@ -105,7 +105,7 @@ def sources_for(
     if mode is Mode.REPLENISH:
         sources.append(Candidates([[item, 1.0] for item in due], "due"))
     if personal:
-        sources.append(Candidates(personal, "personal", because or {}))
+        sources.append(Candidates(personal, "personal", {} if because is None else because))
     if mode is Mode.REPLENISH:
         sources.append(Candidates([[item, 0.0] for item in sorted(owned)], "history"))
     sources.append(Candidates(popular, "popular"))

@@ -31,7 +31,8 @@ from recocamp.recommender import models as model
 from recocamp.recommender.matrix import TrainingData
 from recocamp.recommender.ranking import Recommender, personal_or_popular, ranked_lists
 
-Ranked = list[list[Any]]  # [[item_id, score], …], best first: the cached top-N's shape
+Ranked = Sequence[Sequence[Any]]  # [[item_id, score], …], best first: the cached top-N's
+# shape; a list computed here holds (item_id, score) tuples (see :meth:`Live.ranked`)
 
 
 class Bought(Protocol):
@@ -120,13 +121,21 @@ class Live:
             if column is not None:
                 scores[column] = -np.inf
         order = np.lexsort((np.arange(len(scores)), -scores))[:top_n]
+        values = scores[order]
+        finite = np.isfinite(values)
+        # whole arrays to Python values at once: element by element, numpy's scalars cost
+        # more than the sort (a padding ranking has 200 entries, computed per basis)
+        # tuples, not lists: a tuple of a string and a float leaves the garbage collector's
+        # books at its first collection, and a serving process keeps hundreds of thousands
+        # of these (a personal list and a padding ranking per cached customer); every full
+        # collection walks the objects it tracks, holding the interpreter lock meanwhile
+        items = self.data.items[order[finite]].tolist()
         return [
-            [str(self.data.items[c]), round(float(scores[c]), 6)]
-            for c in order
-            if np.isfinite(scores[c])
+            (str(item), round(value, 6))
+            for item, value in zip(items, values[finite].tolist(), strict=True)
         ]
 
-    def listed(self, customer_id: str, top_n: int) -> Ranked | None:
+    def listed(self, customer_id: str, top_n: int) -> list[list[Any]] | None:
         """The customer's top-N exactly as the cache holds it for the customers it keeps
         (None for a customer the model was not trained on)."""
         row = int(self.data.rows_of(np.array([customer_id]))[0])

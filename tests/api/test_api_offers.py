@@ -21,7 +21,7 @@ from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.files import load_all
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli import app as cli
-from recocamp.recommender import training
+from recocamp.recommender import serving, training
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
 from recocamp.store import registry, views
@@ -99,6 +99,41 @@ def test_discover_explains_with_a_bought_item(app: FastAPI) -> None:
     with engine_of(app).connect() as connection:
         owned = history_of(views.customer_orders(connection, customer, NOW), {}).items
     assert not owned & set(ids(answer))
+
+
+def test_each_offer_has_the_reason_the_whole_lists_give_it(app: FastAPI) -> None:
+    """Only the offers shown are explained, not every item of the personal list and of the
+    padding ranking: an offer's reason is still the one explaining those whole lists gives
+    it (each item's reason depends on nothing but the item and the history)."""
+    service = app.state.service
+    engine = engine_of(app)
+    with engine.connect() as connection:
+        buyers = connection.execute(
+            sa.select(recommendations.c.customer_id).order_by(recommendations.c.customer_id)
+        ).scalars()
+        customers = [str(c) for c in buyers][:8]
+    half_life = service.settings.recommender.time_decay_half_life_days
+    padded = 0
+    for customer in customers:
+        snapshot = service.snapshot()
+        basis = service.basis(customer, snapshot)
+        for mode in ("discover", "mixed"):
+            answer = offers(app, customer, f"n=50&mode={mode}")
+            ranking = basis.padded(snapshot.live, mode == "discover", half_life)
+            whole = [*(basis.personal.items or []), *ranking]
+            explained = serving.explained(snapshot.live, snapshot.catalogue, whole, basis.owned)
+            listed = {str(item) for item, _ in basis.personal.items or []}
+            for entry in answer["items"]:  # type: ignore[attr-defined]
+                item = entry["item_id"]
+                if entry["source"] != "personal" or item in basis.owned:
+                    continue
+                padded += item not in listed
+                assert entry["reason"] == (
+                    f"because you bought {explained[item]}"
+                    if item in explained
+                    else f"picked for you: you like {entry['category'].replace('_', ' ')}"
+                )
+    assert padded, "no answer was padded: the test shows nothing of the padding's reasons"
 
 
 def test_unknown_customers_get_recent_popularity(app: FastAPI) -> None:
