@@ -396,8 +396,8 @@ class Importer:
             raise _conflict(
                 path, claimed.conflicts, claimed.conflicted, column, first, self.max_listed
             )
-        staging.copy_kept(connection, run_id)
         written, repeated = total.lines - claimed.repeated_lines, claimed.repeated_lines
+        staging.copy_kept(connection, run_id, written)
         details = {
             "purchase_lines": total.lines - total.returns,
             "return_lines": total.returns,

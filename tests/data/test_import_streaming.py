@@ -271,3 +271,41 @@ def test_an_import_names_the_customers_it_wrote_lines_for_in_the_change_log(
     again.write_text(again.read_text() + "\n")  # the same lines in another file
     Importer(engine, zone=LONDON, now=NOW, erasure_key=key).purchases(again)
     assert log.since(seq) == (seq, [])
+
+
+def _purchases_indexes(engine: sa.Engine) -> list[tuple[str, str]]:
+    with engine.connect() as connection:
+        found = sa.inspect(connection).get_indexes("purchases")
+    return sorted((str(ix["name"]), ",".join(map(str, ix["column_names"]))) for ix in found)
+
+
+def test_an_import_leaves_the_purchases_indexes_as_migrated_and_whole(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """A first import (SQLite: the secondary indexes built again after the copy) and a
+    small one into a bigger table (no rebuild) both leave every index as the migrations
+    made it, holding every line (SQLite's integrity check compares them with the table)."""
+    dropped: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if statement.lstrip().upper().startswith("DROP INDEX"):
+            dropped.append(statement.split()[-1].strip('"'))
+
+    before = _purchases_indexes(engine)
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        importer(engine).purchases(write_csv(tmp_path / "a.csv", HEADER, lines(40)))
+        first = sorted(dropped)
+        later = [line(100 + n) for n in range(3)]
+        importer(engine).purchases(write_csv(tmp_path / "b.csv", HEADER, later))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert _purchases_indexes(engine) == before
+    if engine.dialect.name == "sqlite":
+        assert first == sorted(name for name, _ in before if name.startswith("ix_"))
+        assert len(dropped) == len(first)  # the second import rebuilt nothing
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    else:
+        assert dropped == []
+    assert stored(engine)[0] == 43
