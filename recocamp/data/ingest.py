@@ -375,7 +375,7 @@ class Importer:
     ) -> LineParser:
         if not retail:
             return sources.StandardLines(records.header, stamps, lines)
-        return lambda record: sources.online_retail_line(records.row(record), stamps, lines)
+        return sources.RetailLines(records.header, stamps, lines)
 
     def _store_staged(
         self, connection: Connection, path: Path, fmt: str, sha: str, found: _Staged
