@@ -19,7 +19,7 @@ from recocamp.data.sources import csv as sources
 from recocamp.domain import OrderDigestParts, Purchase, order_digest
 from recocamp.errors import DataImportError
 from recocamp.store import notifications, queries, staging, tombstones
-from recocamp.store.schema import import_runs, orders, purchases
+from recocamp.store.schema import import_runs, orders, purchases, serving_changes
 from tests.conftest import NOW, impatient, write_csv
 from tests.data.test_ingest import LONDON
 
@@ -309,3 +309,32 @@ def test_an_import_leaves_the_purchases_indexes_as_migrated_and_whole(
     else:
         assert dropped == []
     assert stored(engine)[0] == 43
+
+
+def test_a_big_import_tells_serving_readers_everything_and_keeps_its_trigger(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: an import of more lines than a reader takes one by one logs one "everything"
+    row instead of a row per line (the readers' conclusion either way), and the purchases
+    trigger is there again afterwards, as migrated, logging the next line written."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's change log")
+    monkeypatch.setattr(notifications, "BEHIND", 5)
+    trigger = "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = :name"
+    name = {"name": staging.SERVING_TRIGGER}
+    with engine.connect() as connection:
+        before = connection.execute(sa.text(trigger), name).scalar()
+        logged = connection.execute(sa.select(sa.func.count()).select_from(serving_changes))
+        rows_before = logged.scalar_one()
+    log = notifications.ChangeLog(engine)
+    seq = log.last()
+    importer(engine).purchases(write_csv(tmp_path / "p.csv", HEADER, lines(12)))
+    seq, named = log.since(seq)
+    assert named is None and seq == log.last()
+    with engine.begin() as connection:
+        assert connection.execute(sa.text(trigger), name).scalar() == before
+        count = sa.select(sa.func.count()).select_from(serving_changes)
+        assert connection.execute(count).scalar_one() == rows_before + 1
+        posted = Purchase("o99", 1, "c9", "i1", 1, 2.5, NOW, False)
+        queries.insert_purchases(connection, [posted], None)
+    assert log.since(seq) == (seq + 1, ["c9"])
