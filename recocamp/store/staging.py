@@ -192,11 +192,23 @@ def detach(connection: sa.Connection, customer_ids: Iterable[str]) -> int:
 
 
 def order_parts(connection: sa.Connection) -> Iterator[tuple[str, str]]:
-    """``(order id, digest part)`` of every staged line, by order and line number."""
+    """``(order id, digest part)`` of every staged line, by order and line number.
+
+    SQLite: the driver's own tuples, read as its cursor steps (SQLAlchemy's rows cost a
+    third of digesting the orders); PostgreSQL: SQLAlchemy's streamed rows, as before."""
     s = staged.c
     query = sa.select(s.order_id, s.part).order_by(s.order_id, s.line_no)
-    for row in connection.execute(query.execution_options(yield_per=CHUNK)):
-        yield row[0], row[1]
+    if connection.dialect.name != "sqlite":
+        for row in connection.execute(query.execution_options(yield_per=CHUNK)):
+            yield row[0], row[1]
+        return
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        yield from cursor.execute(str(query.compile(dialect=connection.dialect)))
+    finally:
+        cursor.close()
 
 
 def claim(connection: sa.Connection, digests: dict[str, tuple[str, int]]) -> None:
