@@ -375,7 +375,7 @@ class Importer:
     ) -> LineParser:
         if not retail:
             return sources.StandardLines(records.header, stamps, lines)
-        return lambda record: sources.online_retail_line(records.row(record), stamps, lines)
+        return sources.RetailLines(records.header, stamps, lines)
 
     def _store_staged(
         self, connection: Connection, path: Path, fmt: str, sha: str, found: _Staged
@@ -396,8 +396,8 @@ class Importer:
             raise _conflict(
                 path, claimed.conflicts, claimed.conflicted, column, first, self.max_listed
             )
-        staging.copy_kept(connection, run_id)
         written, repeated = total.lines - claimed.repeated_lines, claimed.repeated_lines
+        staging.copy_kept(connection, run_id, written)
         details = {
             "purchase_lines": total.lines - total.returns,
             "return_lines": total.returns,

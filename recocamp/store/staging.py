@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from recocamp.store import notifications
 from recocamp.store.queries import CHUNK, claim_orders, stored_digests
 from recocamp.store.schema import Money, UtcDateTime, orders, purchases
 
@@ -191,11 +192,23 @@ def detach(connection: sa.Connection, customer_ids: Iterable[str]) -> int:
 
 
 def order_parts(connection: sa.Connection) -> Iterator[tuple[str, str]]:
-    """``(order id, digest part)`` of every staged line, by order and line number."""
+    """``(order id, digest part)`` of every staged line, by order and line number.
+
+    SQLite: the driver's own tuples, read as its cursor steps (SQLAlchemy's rows cost a
+    third of digesting the orders); PostgreSQL: SQLAlchemy's streamed rows, as before."""
     s = staged.c
     query = sa.select(s.order_id, s.part).order_by(s.order_id, s.line_no)
-    for row in connection.execute(query.execution_options(yield_per=CHUNK)):
-        yield row[0], row[1]
+    if connection.dialect.name != "sqlite":
+        for row in connection.execute(query.execution_options(yield_per=CHUNK)):
+            yield row[0], row[1]
+        return
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        yield from cursor.execute(str(query.compile(dialect=connection.dialect)))
+    finally:
+        cursor.close()
 
 
 def claim(connection: sa.Connection, digests: dict[str, tuple[str, int]]) -> None:
@@ -251,16 +264,69 @@ def claimed(connection: sa.Connection, listed: int) -> Claimed:
     return Claimed(int(repeated), list(connection.execute(first).scalars()), int(conflicted))
 
 
-def copy_kept(connection: sa.Connection, import_run_id: int) -> None:
-    """Copy the staged lines of the orders this import claimed into ``purchases``."""
+def copy_kept(connection: sa.Connection, import_run_id: int, lines: int) -> None:
+    """Copy the staged lines of the orders this import claimed (``lines`` of them) into
+    ``purchases``.
+
+    SQLite: the lines go in by order and line number, the order of the unique key (and of
+    the staging index), so that index is only appended to. The other indexes (customer
+    and time, time, item) take them in random order, four fifths of the copy's cost: when
+    the copy at least doubles the table (a first import, typically) they are dropped and
+    built again after it, in the same transaction, sorting all rows once instead of a
+    random insert per line (1M lines: 5.1 → 3.3 CPU seconds). Readers keep their snapshot
+    (WAL), indexes included; a big copy also logs its change for serving at once
+    (:func:`_suspended_trigger`). PostgreSQL copies as before: dropping an index there would
+    lock the table for every reader until the commit."""
     columns = [staged.c[name] for name in LINE_COLUMNS]
     source = (
         sa.select(*columns, sa.literal(import_run_id, sa.Integer))
         .join(digested, digested.c.order_id == staged.c.order_id)
         .where(digested.c.stored.is_(None))
     )
+    if connection.dialect.name == "sqlite":  # read along both keys: no sorting
+        source = source.order_by(digested.c.order_id, staged.c.line_no)
     target = [*LINE_COLUMNS, "import_run_id"]
+    rebuilt = _rebuilt_indexes(connection, lines)
+    trigger = _suspended_trigger(connection, lines)
+    for index in rebuilt:
+        index.drop(connection)
     connection.execute(sa.insert(purchases).from_select(target, source))
+    for index in rebuilt:
+        index.create(connection)
+    if trigger is not None:
+        notifications.everything(connection)
+        connection.exec_driver_sql(trigger)
+
+
+SERVING_TRIGGER = "serving_purchases_insert"  # migration 0013: a change-log row per line
+
+
+def _suspended_trigger(connection: sa.Connection, lines: int) -> str | None:
+    """SQLite, copying more lines than a serving reader takes one by one
+    (``notifications.BEHIND``): the change-log trigger of purchase lines dropped for the
+    copy (a row per line, a tenth of its cost), its statement returned to create it again
+    as it was, after :func:`notifications.everything` told readers what a row per line
+    would have told them. Else None: the trigger logs the lines."""
+    if connection.dialect.name != "sqlite" or lines <= notifications.BEHIND:
+        return None
+    query = sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = :name")
+    statement = connection.execute(query, {"name": SERVING_TRIGGER}).scalar()
+    if statement is None:
+        return None
+    connection.exec_driver_sql(f"DROP TRIGGER {SERVING_TRIGGER}")
+    return str(statement)
+
+
+def _rebuilt_indexes(connection: sa.Connection, lines: int) -> list[sa.Index]:
+    """The secondary indexes of ``purchases`` to build again after copying ``lines``: all
+    of them on SQLite when the table holds no more rows than that (its largest id bounds
+    them, read from the primary key at once), else none."""
+    if connection.dialect.name != "sqlite" or lines == 0:
+        return []
+    largest = connection.execute(sa.select(sa.func.max(purchases.c.id))).scalar_one()
+    if (largest or 0) > lines:
+        return []
+    return sorted(purchases.indexes, key=lambda index: str(index.name))
 
 
 def _executemany(connection: sa.Connection, table: sa.Table, rows: list[tuple[Any, ...]]) -> None:

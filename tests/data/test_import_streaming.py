@@ -19,7 +19,7 @@ from recocamp.data.sources import csv as sources
 from recocamp.domain import OrderDigestParts, Purchase, order_digest
 from recocamp.errors import DataImportError
 from recocamp.store import notifications, queries, staging, tombstones
-from recocamp.store.schema import import_runs, orders, purchases
+from recocamp.store.schema import import_runs, orders, purchases, serving_changes
 from tests.conftest import NOW, impatient, write_csv
 from tests.data.test_ingest import LONDON
 
@@ -271,3 +271,70 @@ def test_an_import_names_the_customers_it_wrote_lines_for_in_the_change_log(
     again.write_text(again.read_text() + "\n")  # the same lines in another file
     Importer(engine, zone=LONDON, now=NOW, erasure_key=key).purchases(again)
     assert log.since(seq) == (seq, [])
+
+
+def _purchases_indexes(engine: sa.Engine) -> list[tuple[str, str]]:
+    with engine.connect() as connection:
+        found = sa.inspect(connection).get_indexes("purchases")
+    return sorted((str(ix["name"]), ",".join(map(str, ix["column_names"]))) for ix in found)
+
+
+def test_an_import_leaves_the_purchases_indexes_as_migrated_and_whole(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """A first import (SQLite: the secondary indexes built again after the copy) and a
+    small one into a bigger table (no rebuild) both leave every index as the migrations
+    made it, holding every line (SQLite's integrity check compares them with the table)."""
+    dropped: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if statement.lstrip().upper().startswith("DROP INDEX"):
+            dropped.append(statement.split()[-1].strip('"'))
+
+    before = _purchases_indexes(engine)
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        importer(engine).purchases(write_csv(tmp_path / "a.csv", HEADER, lines(40)))
+        first = sorted(dropped)
+        later = [line(100 + n) for n in range(3)]
+        importer(engine).purchases(write_csv(tmp_path / "b.csv", HEADER, later))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert _purchases_indexes(engine) == before
+    if engine.dialect.name == "sqlite":
+        assert first == sorted(name for name, _ in before if name.startswith("ix_"))
+        assert len(dropped) == len(first)  # the second import rebuilt nothing
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    else:
+        assert dropped == []
+    assert stored(engine)[0] == 43
+
+
+def test_a_big_import_tells_serving_readers_everything_and_keeps_its_trigger(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: an import of more lines than a reader takes one by one logs one "everything"
+    row instead of a row per line (the readers' conclusion either way), and the purchases
+    trigger is there again afterwards, as migrated, logging the next line written."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's change log")
+    monkeypatch.setattr(notifications, "BEHIND", 5)
+    trigger = "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = :name"
+    name = {"name": staging.SERVING_TRIGGER}
+    with engine.connect() as connection:
+        before = connection.execute(sa.text(trigger), name).scalar()
+        logged = connection.execute(sa.select(sa.func.count()).select_from(serving_changes))
+        rows_before = logged.scalar_one()
+    log = notifications.ChangeLog(engine)
+    seq = log.last()
+    importer(engine).purchases(write_csv(tmp_path / "p.csv", HEADER, lines(12)))
+    seq, named = log.since(seq)
+    assert named is None and seq == log.last()
+    with engine.begin() as connection:
+        assert connection.execute(sa.text(trigger), name).scalar() == before
+        count = sa.select(sa.func.count()).select_from(serving_changes)
+        assert connection.execute(count).scalar_one() == rows_before + 1
+        posted = Purchase("o99", 1, "c9", "i1", 1, 2.5, NOW, False)
+        queries.insert_purchases(connection, [posted], None)
+    assert log.since(seq) == (seq + 1, ["c9"])

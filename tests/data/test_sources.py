@@ -78,3 +78,51 @@ def test_a_marker_of_an_unreadable_record_is_its_problem() -> None:
     fast = sources.StandardLines(header, sources.Timestamps(LONDON), sources.LineNumbers())
     marker = {"\x00bad": "expected 6 fields", "column": "*", "value": "7"}
     assert outcome(fast, marker) == ("*", "expected 6 fields", "7")
+
+
+RETAIL_GOOD = {
+    "InvoiceNo": "536365",
+    "StockCode": "85123A",
+    "Description": "WHITE HANGING HEART",
+    "Quantity": "6",
+    "InvoiceDate": "2010-12-01 08:26:00",
+    "UnitPrice": "2.55",
+    "CustomerID": "17850.0",
+    "Country": "United Kingdom",
+}
+RETAIL_VARIANTS = {  # each is tried in an otherwise good line
+    "InvoiceNo": [" 536365 ", "", "C536365", "5\x003", "5\u20281", "a" * 64, "a" * 65],
+    "StockCode": ["", " 85 ", "8\n5", "s" * 65, "POST"],
+    "Description": ["", " spaced ", "d" * 500, "d" * 501, "a\x00b"],
+    "Quantity": [" 3 ", "-3", "0", "2.0", "1e3", "2.5", "x", "", "1_000", "1000001"],
+    "InvoiceDate": ["2010-12-01T08:26:00", "bad", "1850-01-01 00:00:00", "", " 2010-12-01 "],
+    "UnitPrice": [" 1 ", "0", "-1", "nan", "inf", "1e308", "x", "", "1e9"],
+    "CustomerID": ["", " ", "17850", " 12.0 ", "c\x852", "c" * 65],
+    "Country": ["", " EIRE ", "c" * 64, "c" * 65, "E\x00"],
+}
+
+
+def test_fast_retail_lines_read_as_the_row_parser_reads_them() -> None:
+    """``RetailLines`` is ``online_retail_line`` over again, adjustments, returns and bad
+    lines of an order included (each followed by a good line of its invoice: the count)."""
+    columns = list(sources.ONLINE_RETAIL_COLUMNS)
+    header = ["StockCode", "spare", *columns]  # a repeated column: the last one counts
+    stamps, numbers = sources.Timestamps(LONDON, "%Y-%m-%d %H:%M:%S"), sources.LineNumbers()
+    fast = sources.RetailLines(header, sources.Timestamps(LONDON, stamps.fmt), numbers)
+    slow_numbers = sources.LineNumbers()
+
+    def slow(record: list[str]) -> sources.RetailLine | sources.Skip:
+        row = dict(zip(header, record, strict=True))
+        return sources.online_retail_line(row, stamps, slow_numbers)
+
+    given = []
+    for column, values in RETAIL_VARIANTS.items():
+        for value in values:
+            for line in ({**RETAIL_GOOD, column: value}, RETAIL_GOOD):
+                given.append(["s\x01", "x", *(line[name] for name in columns)])
+    expected = [outcome(slow, record) for record in given]
+    assert [outcome(fast, record) for record in given] == expected
+    assert sum(type(result) is tuple for result in expected) > 20  # problems
+    assert sources.Skip("adjustment") in expected
+    marker = {"\x00bad": "expected 8 fields", "column": "*", "value": "3"}
+    assert outcome(fast, marker) == ("*", "expected 8 fields", "3")
