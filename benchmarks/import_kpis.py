@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import queue
 import random
 import resource
 import tempfile
@@ -85,9 +86,17 @@ def measure(url: str, path: Path, fmt: str) -> dict[str, float]:
     out: multiprocessing.Queue[dict[str, float]] = context.Queue()
     child = context.Process(target=_import, args=(url, path, fmt, out))
     child.start()
-    result = out.get()
-    child.join()
-    return result
+    while True:  # a child that dies (out of memory, a bug) never puts: do not wait for ever
+        try:
+            result = out.get(timeout=1.0)
+        except queue.Empty:
+            if not child.is_alive():
+                raise SystemExit(
+                    f"the import process ended with exit code {child.exitcode}"
+                ) from None
+            continue
+        child.join()
+        return result
 
 
 def kpis_after(url: str) -> str:
