@@ -224,6 +224,6 @@ def fake_esp(
     faults = Faults(
         latency_ms=latency_ms, rate_429=rate_429, rate_5xx=rate_5xx, rate_drop=rate_drop
     )
-    esp = FakeEsp(data_dir, faults, webhook_url, token or None)
+    esp = FakeEsp(data_dir, faults, webhook_url, token or None, freeze_stored=True)
     console.print(f"fake ESP on http://{host}:{port} (GET /_stats)")
     uvicorn.run(create_app(esp), host=host, port=port, log_level="warning")

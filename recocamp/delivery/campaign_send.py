@@ -23,7 +23,8 @@ from recocamp.campaigns.run import (
     projected_sends,
 )
 from recocamp.clock import SystemClock
-from recocamp.delivery.deliverer import Deliverer, drain_in_processes
+from recocamp.delivery.deliverer import Deliverer
+from recocamp.delivery.processes import drain_in_processes
 from recocamp.domain import DeliveryReport
 from recocamp.settings import Settings
 from recocamp.store.engine import Engine

@@ -18,20 +18,14 @@ not provider-wide 429/5xx answers: those are an outage or a rate limit, handled 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import random
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
-from recocamp.campaigns.render import Renderer, snapshot
+from recocamp.campaigns.render import Renderer
 from recocamp.clock import Clock
 from recocamp.delivery.esp import Provider
 from recocamp.domain import DeliveryReport, SendResult, SendStatus
@@ -42,7 +36,7 @@ from recocamp.errors import (
     TransientDeliveryError,
 )
 from recocamp.ratelimit import RateLimiter
-from recocamp.settings import EspSettings, Settings
+from recocamp.settings import EspSettings
 from recocamp.store import outbox
 from recocamp.store.engine import Connection, Engine
 
@@ -349,117 +343,6 @@ class Deliverer:
             outbox.pause(connection, campaign, reason, self.clock.now())
         log.warning("campaign %s paused: %s", campaign, reason)
         self.tally[campaign] = Counter()
-
-
-# -- several delivering processes -----------------------------------------------------------
-
-_shared: dict[str, Any] = {}  # in a delivery process: the parent's flags and counter
-
-
-def drain_in_processes(
-    engine: Engine,
-    settings: Settings,
-    renderer: Renderer,
-    campaign: str | None,
-    processes: int,
-    max_wait_s: float,
-    producing: Callable[[], bool],
-    on_progress: Progress = lambda n: None,
-    stopping: Callable[[], bool] = lambda: False,
-    rate: float | None = None,
-) -> DeliveryReport:
-    """Drain with ``processes`` delivering processes while ``producing()`` holds.
-
-    Rendering a body costs more than sending it, and one Python process renders on one
-    core; several processes claim batches side by side (claims never overlap, see
-    ``outbox.claim``). They are *spawned*, not forked (the caller may run threads), render
-    with the caller's templates (a snapshot, see ``Renderer.frozen``), send at an equal share
-    of ``rate`` (the caller's share of the limit: a worker's, divided among live workers;
-    default ``[esp] rate_limit_per_s``), and ignore SIGINT/SIGTERM: they stop claiming when the
-    parent says so (``stopping()``) or goes away, so a killed ``send`` leaves at most its
-    in-flight batches claimed, which the next deliverer reconciles.
-    """
-    context = multiprocessing.get_context("spawn")
-    flags: dict[str, Any] = {
-        "producing": context.Event(),
-        "stop": context.Event(),
-        "done": context.Value("q", 0),
-    }
-    flags["producing"].set()
-    sources = renderer.sources if renderer.sources is not None else snapshot(renderer.directory)
-    share = settings.esp.rate_limit_per_s if rate is None else rate  # the caller's share
-    esp = settings.esp.model_copy(update={"rate_limit_per_s": share / processes})
-    child = (
-        engine.url.render_as_string(hide_password=False),
-        settings.model_copy(update={"esp": esp}),
-        renderer.directory,
-        sources,
-        campaign,
-        max_wait_s,
-    )
-    with ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_child_init, initargs=(flags, os.getpid())
-    ) as pool:
-        futures = [pool.submit(_child_drain, *child) for _ in range(processes)]
-        reported = 0
-        while not all(f.done() for f in futures):
-            if not producing():
-                flags["producing"].clear()
-            if stopping():
-                flags["stop"].set()
-            time.sleep(0.2)
-            done = int(flags["done"].value)
-            on_progress(done - reported)
-            reported = done
-        reports = [f.result() for f in futures]
-    total = DeliveryReport()
-    for each in reports:
-        total.add(each)
-        total.paused.update(each.paused)
-    total.waiting = reports[-1].waiting if reports else 0
-    return total
-
-
-def _child_init(flags: dict[str, Any], parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _shared.update(flags, parent=parent)
-
-
-def _child_progress(n: int) -> None:
-    with _shared["done"].get_lock():
-        _shared["done"].value += n
-
-
-def _child_drain(
-    url: str,
-    settings: Settings,
-    templates: Path,
-    sources: Mapping[str, str],
-    campaign: str | None,
-    max_wait_s: float,
-) -> DeliveryReport:
-    from recocamp.clock import SystemClock
-    from recocamp.delivery.esp import make_provider
-    from recocamp.store.engine import make_engine
-
-    engine, provider = make_engine(url), make_provider(settings)
-    stop, parent = _shared["stop"], _shared["parent"]
-    try:
-        renderer = Renderer(templates, sources, settings.templates)
-        deliverer = Deliverer(
-            engine,
-            provider,
-            settings.esp,
-            SystemClock(),
-            renderer=renderer,
-            stopping=lambda: os.getppid() != parent or bool(stop.is_set()),
-        )
-        deliverer.on_progress = _child_progress
-        return deliverer.drain(campaign, max_wait_s, lambda: bool(_shared["producing"].is_set()))
-    finally:
-        provider.close()
-        engine.dispose()
 
 
 def retry_wait(settings: EspSettings) -> timedelta:

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection as Connection  # re-exported: the types other packages hold
 from sqlalchemy import Engine as Engine
 from sqlalchemy.exc import SQLAlchemyError as SQLAlchemyError  # re-exported: any store failure
 
 from recocamp.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -67,7 +66,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# alembic (with mako and pygments, 0.1 s) is imported when a migration is looked at: a
+# delivering process, which imports the store and nothing else, never does
+
+
 def _alembic_config(engine: sa.Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
@@ -76,16 +81,22 @@ def _alembic_config(engine: sa.Engine) -> Config:
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> str | None:
     """Create or migrate the schema; returns the revision the database is now at."""
+    from alembic import command
+
     command.upgrade(_alembic_config(engine), revision)
     return current_revision(engine)
 
 
 def current_revision(engine: sa.Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_alembic_config(sa.create_engine("sqlite://")))
     return script.get_current_head()
 

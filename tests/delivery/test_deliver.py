@@ -21,10 +21,11 @@ from pydantic import SecretStr
 
 from recocamp.campaigns.render import Renderer, sample_context, snapshot
 from recocamp.clock import FixedClock
-from recocamp.delivery.deliverer import Deliverer, backoff, drain_in_processes
+from recocamp.delivery.deliverer import Deliverer, backoff
 from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.delivery.esp.fake_server import FakeEsp, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
+from recocamp.delivery.processes import drain_in_processes
 from recocamp.domain import (
     BodyTemplate,
     ConsentBasis,
@@ -38,6 +39,7 @@ from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDelivery
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
+from recocamp.store.engine import make_engine
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
@@ -493,6 +495,77 @@ def test_delivery_processes_share_a_run_without_duplicates(engine: sa.Engine) ->
         workers = set(connection.execute(sa.select(outbox_table.c.claimed_by)).scalars())
     assert states(engine) == Counter({"sent": 40})
     assert all(str(os.getpid()) != w.split(":")[1] for w in workers)  # the children sent
+
+
+MAIN = """import sys
+from pathlib import Path
+
+with open(sys.argv[1], "a") as marker:  # every run of this module, as main or not
+    marker.write(__name__ + "\\n")
+if __name__ == "__main__":
+    from recocamp.campaigns.render import Renderer
+    from recocamp.delivery.processes import drain_in_processes
+    from recocamp.settings import EspSettings, Settings
+    from recocamp.store.engine import make_engine
+
+    settings = Settings(esp=EspSettings(provider="fake"))
+    engine = make_engine(sys.argv[2])
+    report = drain_in_processes(
+        engine, settings, Renderer(Path(sys.argv[3])), None, 2, 0.0, lambda: False
+    )
+    print(report.sent)
+"""
+
+
+def test_delivering_processes_do_not_run_the_callers_main_module(
+    tmp_path: Path, engine: sa.Engine
+) -> None:
+    """The ``recocamp`` console script is a main module that imports the whole CLI (~3 s of
+    CPU): a delivering process must not run it again, as ``multiprocessing``'s spawn does."""
+    fill(engine, 6)
+    script, marker = tmp_path / "main.py", tmp_path / "imports.txt"
+    script.write_text(MAIN)
+    url = engine.url.render_as_string(hide_password=False)
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, str(script), str(marker), url, str(TEMPLATES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": root},
+        check=True,
+    )
+    assert done.stdout.split() == ["6"]
+    assert marker.read_text().split() == ["__main__"]  # ran once: by the caller
+    assert states(engine) == Counter({"sent": 6})
+
+
+def test_a_delivering_processs_error_is_raised_in_the_caller(tmp_path: Path) -> None:
+    broken = make_engine(f"sqlite:///{tmp_path / 'no such folder' / 'shop.db'}")
+    settings = Settings(esp=EspSettings(provider="fake"))
+    with pytest.raises(sa.exc.OperationalError, match="unable to open database"):
+        drain_in_processes(broken, settings, Renderer(TEMPLATES), None, 2, 0.0, lambda: False)
+
+
+def test_a_stop_ends_the_delivering_processes_without_leaving_claims(
+    engine: sa.Engine,
+) -> None:
+    """Told to stop while the run is still being produced (it would otherwise wait for more
+    e-mails), each process finishes the batch in flight, records it, and ends."""
+    fill(engine, 40)
+    settings = Settings(esp=EspSettings(provider="fake", batch_size=3))
+    report = drain_in_processes(
+        engine,
+        settings,
+        Renderer(TEMPLATES),
+        None,
+        2,
+        0.0,
+        producing=lambda: True,
+        stopping=lambda: True,
+    )
+    left = states(engine)
+    assert set(left) <= {"sent", "queued"} and left["sent"] == report.sent
 
 
 def test_stored_errors_never_hold_the_recipients_address(engine: sa.Engine) -> None:
