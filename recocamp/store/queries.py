@@ -505,6 +505,8 @@ def training_line_amounts(connection: sa.Connection) -> tuple[np.ndarray, np.nda
     """Quantity and unit price of each line :func:`training_lines` yields, in the same
     (``purchases.id``) order, so they align with its lines one for one (the recommender
     ablation's quantity and spend signals; training itself does not read them)."""
+    import numpy as np
+
     p = purchases.c
     query = sa.select(p.quantity, p.unit_price).where(*_line_filter(connection, None))
     rows = connection.execute(query.order_by(p.id)).all()
