@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -75,6 +76,11 @@ class _ProblemsError(RecocampError):
         self.more = more
         super().__init__(self._render())
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # rebuilt from its own arguments, not its message: errors cross process boundaries
+        # (the delivering processes report theirs to the caller) pickled
+        return partial(type(self), more=self.more), (self.path, self.problems)
+
     def _render(self) -> str:
         lines = [f"{self.path}: {len(self.problems) + self.more} problem(s)"]
         lines += [f"  {self.path}: {problem}" for problem in self.problems]
@@ -114,6 +120,9 @@ class OrderConflictError(RecocampError):
         more = f" and {len(self.order_ids) - 20} more" if len(self.order_ids) > 20 else ""
         super().__init__(f"already stored with other lines: order(s) {shown}{more}")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.order_ids,)
+
 
 class ModelError(RecocampError):
     """Training, loading or scoring a recommender failed."""
@@ -145,6 +154,10 @@ class TransientDeliveryError(DeliveryError):
         super().__init__(message)
         self.retry_after = retry_after
         self.ambiguous = ambiguous
+
+    def __reduce__(self) -> tuple[object, ...]:
+        rebuild = partial(type(self), retry_after=self.retry_after, ambiguous=self.ambiguous)
+        return rebuild, self.args
 
 
 class PermanentDeliveryError(DeliveryError):

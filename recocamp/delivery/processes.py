@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import pickle
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ from recocamp.clock import SystemClock
 from recocamp.delivery.deliverer import Deliverer, Progress
 from recocamp.delivery.esp import make_provider
 from recocamp.domain import DeliveryReport
-from recocamp.errors import DeliveryError
+from recocamp.errors import DeliveryError, mask_addresses
 from recocamp.settings import Settings
 from recocamp.store.engine import Engine, make_engine
 
@@ -96,12 +97,12 @@ def drain_in_processes(
     children: dict[Connection, subprocess.Popen[bytes]] = {}
     try:
         for _ in range(processes):
-            connection, process = _start(job)
-            children[connection] = process
+            _start(job, children)
         reports = _supervise(children, producing, on_progress, stopping)
     finally:
-        for connection, process in children.items():
-            connection.close()  # a child still running takes this for "stop"
+        for connection in children:  # every child still running is told "stop" at once ...
+            connection.close()
+        for process in children.values():  # ... then waited for: they end side by side
             process.wait()
     total = DeliveryReport()
     for each in reports:
@@ -111,17 +112,22 @@ def drain_in_processes(
     return total
 
 
-def _start(job: Job) -> tuple[Connection, subprocess.Popen[bytes]]:
+def _start(job: Job, children: dict[Connection, subprocess.Popen[bytes]]) -> None:
+    """Start one child and hand it the job; it is in ``children`` before anything can fail
+    after its start, so the caller's clean-up stops and waits for it too."""
     ours, theirs = Pipe()
     try:
         process = subprocess.Popen(  # noqa: S603 (this interpreter, our own code, no shell)
             [sys.executable, "-c", BOOT, str(theirs.fileno()), *sys.path],
             pass_fds=[theirs.fileno()],
         )
+    except BaseException:
+        ours.close()
+        raise
     finally:
         theirs.close()
+    children[ours] = process
     ours.send(job)
-    return ours, process
 
 
 def _supervise(
@@ -148,6 +154,10 @@ def _supervise(
             except (EOFError, OSError):
                 code = running.pop(connection).wait()
                 errors.append(DeliveryError(f"a delivering process ended (exit code {code})"))
+                continue
+            except Exception as exc:  # a message that does not unpickle (see _report)
+                running.pop(connection)
+                errors.append(DeliveryError(f"a delivering process's report was unreadable: {exc}"))
                 continue
             if kind == SENT:
                 on_progress(value)
@@ -179,9 +189,9 @@ def child(fd: int) -> None:
     ).start()
     try:
         report = _drain(job, producing, stop, lambda n: _report(connection, SENT, n))
-    except BaseException as exc:  # raised again in the parent
+    except BaseException as exc:  # raised again in the parent, which reports it once
         _report(connection, ERROR, exc)
-        raise
+        raise SystemExit(1) from None  # no traceback of our own on the shared stderr
     _report(connection, REPORT, report)
 
 
@@ -230,9 +240,13 @@ def _drain(
 
 
 def _report(connection: Connection, kind: str, value: Any) -> None:
-    try:
+    """Send ``(kind, value)``; an error that does not survive pickling both ways (one whose
+    constructor takes other arguments than its message) is sent as its words instead."""
+    if kind == ERROR:
+        try:
+            pickle.loads(pickle.dumps(value))  # noqa: S301 (our own bytes, just made)
+        except Exception:
+            words = mask_addresses(f"{type(value).__name__}: {value}")
+            value = DeliveryError(words)
+    with contextlib.suppress(OSError):  # the parent went away: nobody to tell
         connection.send((kind, value))
-    except OSError:  # the parent went away: nobody to tell
-        pass
-    except Exception:  # an error that does not pickle: its words do
-        connection.send((kind, DeliveryError(f"{type(value).__name__}: {value}")))

@@ -35,7 +35,12 @@ from recocamp.domain import (
     SendStatus,
     email_hash,
 )
-from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDeliveryError
+from recocamp.errors import (
+    BatchTooLargeError,
+    ConfigError,
+    DeliveryError,
+    TransientDeliveryError,
+)
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
@@ -552,8 +557,9 @@ def test_a_stop_ends_the_delivering_processes_without_leaving_claims(
 ) -> None:
     """Told to stop while the run is still being produced (it would otherwise wait for more
     e-mails), each process finishes the batch in flight, records it, and ends."""
-    fill(engine, 40)
-    settings = Settings(esp=EspSettings(provider="fake", batch_size=3))
+    fill(engine, 400)  # at 100 a second in all: four seconds, if the stop did nothing
+    settings = Settings(esp=EspSettings(provider="fake", batch_size=3, rate_limit_per_s=100))
+    delivered: list[int] = []
     report = drain_in_processes(
         engine,
         settings,
@@ -561,11 +567,25 @@ def test_a_stop_ends_the_delivering_processes_without_leaving_claims(
         None,
         2,
         0.0,
-        producing=lambda: True,
-        stopping=lambda: True,
+        producing=lambda: True,  # without the stop, the processes would wait for more
+        on_progress=delivered.append,
+        stopping=lambda: bool(delivered),  # once the first batch is reported
     )
     left = states(engine)
-    assert set(left) <= {"sent", "queued"} and left["sent"] == report.sent
+    assert delivered and report.sent >= 3  # it was running when told
+    assert set(left) == {"sent", "queued"} and left["sent"] == report.sent  # no claim left
+
+
+def test_a_delivering_processs_error_reaches_the_caller_whole(engine: sa.Engine) -> None:
+    """An error whose constructor takes more than a message (a ConfigError lists problems)
+    crosses the process boundary as itself: type, problems and words."""
+    fill(engine, 3)
+    settings = Settings(esp=EspSettings(provider="postmark"))  # and no token
+    with pytest.raises(ConfigError) as raised:
+        drain_in_processes(engine, settings, Renderer(TEMPLATES), None, 2, 0.0, lambda: False)
+    assert [p.key for p in raised.value.problems] == ["esp_token"]
+    assert "needs a token" in str(raised.value)
+    assert states(engine) == Counter({"queued": 3})
 
 
 def test_stored_errors_never_hold_the_recipients_address(engine: sa.Engine) -> None:

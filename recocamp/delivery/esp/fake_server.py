@@ -66,6 +66,7 @@ RECORD_TYPES = {
     "delivery": "Delivery",
     "unsubscribe": "SubscriptionChange",
 }
+FREEZE_EVERY = 10_000  # stored messages between two freezes (``freeze_stored``)
 INACTIVE = "You tried to send to recipient(s) that have been marked as inactive."
 
 
@@ -102,7 +103,7 @@ class FakeEsp:
         """``freeze_stored``: keep stored messages out of the garbage collector's walks (see
         :meth:`_store`); for a process of its own, as ``recocamp fake-esp`` runs it (it freezes
         the whole process's objects)."""
-        self.freeze_stored = freeze_stored
+        self.freeze_stored, self.frozen_at = freeze_stored, 0
         self.data_dir = data_dir
         self.webhook_url = webhook_url
         self.token = token
@@ -136,7 +137,7 @@ class FakeEsp:
         self.messages.clear()
         self.by_id.clear()
         self.keys.clear()
-        self.without_key = 0
+        self.without_key, self.frozen_at = 0, 0
         self.bounces.clear()
         self.deactivated.clear()
 
@@ -175,10 +176,13 @@ class FakeEsp:
                 self.keys[record["send_key"]] += 1
             else:
                 self.without_key += 1
-        if self.freeze_stored:
+        if self.freeze_stored and len(self.messages) >= self.frozen_at + FREEZE_EVERY:
             # every message is kept (dicts of dicts, never garbage): the collector's full walks
-            # over them took 35 % of the server's CPU on benchmarks/send.py, frozen 3 %
+            # over them took 35 % of the server's CPU on benchmarks/send.py, frozen ~3 %; the
+            # garbage of the moment is collected first, or freezing would keep it for good
+            gc.collect()
             gc.freeze()
+            self.frozen_at = len(self.messages)
         if self.data_dir is not None and records:
             lines = "".join(json.dumps(r) + "\n" for r in records)
             with (self.data_dir / "messages.jsonl").open("a", encoding="utf-8") as out:

@@ -1,0 +1,33 @@
+"""Errors cross process boundaries pickled (the delivering processes report theirs to the
+caller): each comes back as itself, with its words and its fields."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from recocamp.errors import (
+    ConfigError,
+    DataImportError,
+    OrderConflictError,
+    Problem,
+    RecocampError,
+    TemplateLimitError,
+    TransientDeliveryError,
+)
+
+ERRORS = [
+    ConfigError("campaigns/a.toml", [Problem("not a number", key="cap.days", value="x")], more=2),
+    TemplateLimitError("winback.html", [Problem("more than 100,000 loop iterations", line=3)]),
+    DataImportError("orders.csv", [Problem("bad quantity", line=7, column="quantity")]),
+    OrderConflictError(["o1", "o2"]),
+    TransientDeliveryError("HTTP 429", retry_after=30.0, ambiguous=True),
+]
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: type(e).__name__)
+def test_an_error_survives_pickling(error: RecocampError) -> None:
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error) and str(again) == str(error)
+    assert vars(again) == vars(error)
