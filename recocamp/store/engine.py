@@ -8,6 +8,8 @@ programmatically, so ``recocamp db upgrade`` needs no ``alembic.ini`` in the wor
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,9 +129,20 @@ def driver_rows(
 ) -> list[Any]:
     """The plain driver tuples of a compiled statement (a wholesale customer's thousands of
     lines cost several times more through SQLAlchemy's result rows)."""
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
+    with driver_cursor(connection) as cursor:
         cursor.execute(str(compiled), driver_params(compiled, bind))
         return list(cursor.fetchall())
+
+
+@contextmanager
+def driver_cursor(connection: sa.Connection, name: str | None = None) -> Iterator[Any]:
+    """A cursor of the driver's own on the connection's transaction, closed after the block:
+    for reads of many rows that skip SQLAlchemy's per-row work. ``name``: PostgreSQL's
+    server-side cursor, which streams rather than fetching the whole result at once."""
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor() if name is None else raw.cursor(name=name)
+    try:
+        yield cursor
     finally:
         cursor.close()

@@ -47,7 +47,7 @@ def erased(connection: sa.Connection, customer_id: str) -> None:
         sa.delete(serving_changes).where(serving_changes.c.customer_id == customer_id)
     )
     if connection.dialect.name == "sqlite":
-        connection.execute(sa.insert(serving_changes).values(customer_id=None))
+        everything(connection)
 
 
 KEEP = 100_000  # rows of the SQLite change log its triggers keep (migration 0013)
@@ -55,9 +55,10 @@ KEEP = 100_000  # rows of the SQLite change log its triggers keep (migration 001
 
 def everything(connection: sa.Connection) -> None:
     """SQLite: tell every reader to drop everything (a row without a customer), trimming
-    the log as migration 0013's triggers do after each row they add. For a writer that
-    wrote more lines than a reader takes row by row (:data:`BEHIND`), with the purchases
-    trigger suspended: readers conclude the same, from one row instead of one per line."""
+    the log as migration 0013's triggers do after each row they add. For an erasure, and
+    for a writer of more lines than a reader takes row by row (:data:`BEHIND`), with the
+    purchases trigger suspended: readers conclude the same, from one row instead of one
+    per line."""
     result = connection.execute(sa.insert(serving_changes).values(customer_id=None))
     newest = result.inserted_primary_key[0] if result.inserted_primary_key else None
     if newest is not None:

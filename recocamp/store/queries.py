@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from recocamp.domain import Customer, Item, Purchase, order_digest
 from recocamp.errors import OrderConflictError
-from recocamp.store.engine import driver_params
+from recocamp.store.engine import driver_cursor, driver_params
 from recocamp.store.schema import (
     audit_log,
     customers,
@@ -488,17 +488,12 @@ def _line_rows(
     query = query.order_by(p.id)  # a stable order: the data fingerprint depends on it
     compiled = query.compile(dialect=connection.dialect)
     params = driver_params(compiled)
-    raw = connection.connection.dbapi_connection
-    assert raw is not None
     is_postgres = connection.dialect.name == "postgresql"
-    cursor = raw.cursor(name="recocamp_training_lines") if is_postgres else raw.cursor()
-    try:
+    with driver_cursor(connection, "recocamp_training_lines" if is_postgres else None) as cursor:
         cursor.execute(str(compiled), params)
         while rows := cursor.fetchmany(chunk):
             customer, item, order, epochs = zip(*rows, strict=True)
             yield LineColumns(customer, item, order, np.asarray(epochs, dtype=np.float64))
-    finally:
-        cursor.close()
 
 
 def training_line_amounts(connection: sa.Connection) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from recocamp.store import notifications
+from recocamp.store.engine import driver_cursor
 from recocamp.store.queries import CHUNK, claim_orders, stored_digests
 from recocamp.store.schema import Money, UtcDateTime, orders, purchases
 
@@ -202,13 +203,8 @@ def order_parts(connection: sa.Connection) -> Iterator[tuple[str, str]]:
         for row in connection.execute(query.execution_options(yield_per=CHUNK)):
             yield row[0], row[1]
         return
-    raw = connection.connection.dbapi_connection
-    assert raw is not None
-    cursor = raw.cursor()
-    try:
+    with driver_cursor(connection) as cursor:
         yield from cursor.execute(str(query.compile(dialect=connection.dialect)))
-    finally:
-        cursor.close()
 
 
 def claim(connection: sa.Connection, digests: dict[str, tuple[str, int]]) -> None:
