@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train.py                 # UCI quality + speed, then 1M synthetic
     .venv/bin/python benchmarks/train.py --skip-synthetic
     .venv/bin/python benchmarks/train.py --skip-uci --customers 100000 --items 10000 --lines 2000000
+    python benchmarks/train.py --device-compare      # CPU against GPU fit (a CUDA machine)
 
 Quality (issue #3): the protocol of DESIGN.md on the UCI file, cutoff 2011-09-01, 90 days,
 k = 10; reference: popularity 0.121/0.114, repeat_frequency 0.333/0.345; the hybrid must
@@ -32,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from recocamp.recommender.matrix import TrainingData
+from recocamp.recommender.matrix import Lines, TrainingData
 from recocamp.settings import RecommenderSettings
 
 UCI = Path(__file__).resolve().parents[2] / "shared/data/online-retail/online_retail.csv.gz"
@@ -56,7 +57,7 @@ def child(*args: str) -> dict[str, object]:
 # --- UCI --------------------------------------------------------------------------------
 
 
-def uci(workdir: Path) -> dict[str, object]:
+def uci(workdir: Path, source: Path = UCI) -> dict[str, object]:
     from recocamp.data.ingest import Importer
     from recocamp.recommender.training import compare
     from recocamp.settings import Settings
@@ -66,7 +67,7 @@ def uci(workdir: Path) -> dict[str, object]:
     engine = make_engine(url)
     upgrade(engine)
     Importer(engine, zone=ZoneInfo("Europe/London"), now=datetime.now(UTC)).purchases(
-        UCI, "online-retail"
+        source, "online-retail"
     )
     settings = Settings().recommender.model_copy(update={"artifacts_dir": workdir / "models"})
     cutoff = datetime(2011, 9, 1, tzinfo=ZoneInfo("Europe/London"))
@@ -235,6 +236,75 @@ def bare_fit(data: TrainingData, name: str, settings: RecommenderSettings) -> fl
     return time.perf_counter() - started
 
 
+def synthetic_lines(
+    customers: int, items: int, lines: int, seed: int = 7, history_days: int = 365
+) -> Lines:
+    """The synthetic shop of :func:`synthetic_db` (one line per draw, four lines an order)
+    as integer-coded :class:`Lines`, no store: the CPU/GPU comparison needs the matrix, and
+    writing 20M lines into SQLite takes longer than a device check may run."""
+    rng = np.random.default_rng(seed)
+    activity = rng.pareto(1.2, customers) + 1
+    activity /= activity.sum()
+    popularity = 1.0 / np.arange(1, items + 1) ** 0.9
+    popularity /= popularity.sum()
+    start = (AS_OF - timedelta(days=history_days + 1)).timestamp()
+    who = rng.choice(customers, lines, p=activity)
+    what = rng.choice(items, lines, p=popularity)
+    when = np.floor(start + rng.uniform(0, history_days * 86400, lines))
+    width = len(str(max(customers, items)))  # zero-padded ids: code order is id order
+    return Lines(
+        who.astype(np.int64),
+        what.astype(np.int64),
+        np.arange(lines, dtype=np.int64) // 4,
+        when,
+        np.char.add("C", np.char.zfill(np.arange(customers).astype(str), width)),
+        np.char.add("I", np.char.zfill(np.arange(items).astype(str), width)),
+    )
+
+
+def progress(figures: dict[str, object]) -> None:
+    """The figures so far on stderr: a device check cut off by its time limit still tells."""
+    print(json.dumps(figures), file=sys.stderr, flush=True)
+
+
+def device_compare(customers: int, items: int, lines: int) -> dict[str, object]:
+    """implicit's ALS on the CPU (every core, as `train` runs it) against its CUDA build on
+    the same matrix (the GPU twice: the first fit pays the CUDA start); then the mixed
+    top-N of every customer from the fitted factors (the cache step) on the CPU. The pipeline
+    converts a GPU model's factors to the CPU after the fit, so the cache is CPU either way."""
+    import os
+
+    from recocamp.recommender import matrix
+    from recocamp.recommender import models as model
+    from recocamp.recommender.training import top_lists
+    from recocamp.settings import Settings
+
+    started = time.perf_counter()
+    data = matrix.build(synthetic_lines(customers, items, lines), AS_OF.timestamp())
+    result: dict[str, object] = {
+        "shape": list(data.shape),
+        "nnz": int(data.confidence.nnz),
+        "setup_s": round(time.perf_counter() - started, 1),
+        "cores": os.cpu_count(),
+        "gpu": model.gpu_available("auto"),
+    }
+    progress(result)
+    base = Settings().recommender
+    runs = [("true", 1), ("true", 2), ("false", 1)] if result["gpu"] else [("false", 1)]
+    for use_gpu, attempt in runs:  # the GPU first: its figures are the point on a CUDA machine
+        fitted = model.make("als", base.model_copy(update={"use_gpu": use_gpu}))
+        started = time.perf_counter()
+        fitted.fit(data)
+        where = "gpu" if use_gpu == "true" else "cpu"
+        result[f"fit_{where}_{attempt}_s"] = round(time.perf_counter() - started, 2)
+        progress(result)
+    started = time.perf_counter()
+    result["cache_rows"] = sum(1 for _ in top_lists(fitted, data, base.top_n))
+    result["cache_cpu_s"] = round(time.perf_counter() - started, 2)
+    result["peak_rss_gb"] = round(peak_gb(), 2)
+    return result
+
+
 def summary(result: dict[str, object]) -> str:
     """The benchmark's last line: one JSON object to compare runs by."""
     total, bare = float(result["total"]), float(result["bare"])  # type: ignore[arg-type]
@@ -275,22 +345,30 @@ def main() -> None:
     )
     parser.add_argument("--skip-uci", action="store_true")
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--uci", type=Path, default=UCI, help="the UCI file (another copy)")
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--lines", type=int, default=20_000_000)
     parser.add_argument("--history-days", type=int, default=365)
     parser.add_argument("--model", default="als")
+    parser.add_argument(
+        "--device-compare", action="store_true", help="ALS fit on the CPU and on the GPU"
+    )
     parser.add_argument("--pipeline", help=argparse.SUPPRESS)
     parser.add_argument("--as-of", default="2025-01-01", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device_compare:
+        figures = device_compare(args.customers, args.items, args.lines)
+        print(json.dumps({"benchmark": "train_device", **figures}))
+        return
     if args.pipeline:
         print(json.dumps(pipeline(args.pipeline, args.model, args.as_of)))
         return
     last: dict[str, object] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if not args.skip_uci and UCI.exists():
-            last = uci(work)
+        if not args.skip_uci and args.uci.exists():
+            last = uci(work, args.uci)
         if not args.skip_synthetic:
             started = time.perf_counter()
             synthetic_db(

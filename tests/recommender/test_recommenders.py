@@ -120,6 +120,27 @@ def test_broken_artifacts_and_unknown_models_are_model_errors(tmp_path: Path) ->
         model.make("als", SETTINGS.model_copy(update={"use_gpu": "true"}))
 
 
+@pytest.mark.parametrize(
+    ("use_gpu", "on_gpu"),
+    (("auto", {"als", "hybrid"}), ("true", {"als", "bpr", "hybrid"}), ("false", set())),
+)
+def test_only_the_models_whose_gpu_fit_matches_the_cpu_move_under_auto(
+    use_gpu: str, on_gpu: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """implicit's CUDA BPR ranks far worse than its CPU BPR (README "GPU"): ``auto`` keeps
+    it on the CPU; ``true`` is the operator's explicit choice."""
+    monkeypatch.setattr(model, "gpu_available", lambda setting: setting != "false")
+    settings = SETTINGS.model_copy(update={"use_gpu": use_gpu})
+    moved = set()
+    for name in ("als", "bpr", "hybrid"):
+        made = model.make(name, settings)
+        factors = made.als if isinstance(made, model.Hybrid) else made
+        assert isinstance(factors, model.ALS | model.BPR)
+        if factors.uses_gpu:
+            moved.add(name)
+    assert moved == on_gpu
+
+
 @pytest.mark.parametrize("name", ("item_knn", "hybrid", "als", "repeat_frequency"))
 def test_similar_items_stay_in_the_cluster(name: str, data: TrainingData) -> None:
     similar = model.similar(fitted(name, data), data, "p1", 2)
