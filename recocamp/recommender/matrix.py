@@ -72,7 +72,10 @@ class Lines:
         )
 
     def before(self, epoch: float) -> Lines:
-        return self._subset(self.at < epoch)
+        """The lines before ``epoch``; these lines themselves when all are (training on all
+        data: no copy of every array)."""
+        keep = self.at < epoch
+        return self if bool(keep.all()) else self._subset(keep)
 
     def between(self, start: float, end: float) -> Lines:
         return self._subset((self.at >= start) & (self.at < end))
