@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train.py                 # UCI quality + speed, then 1M synthetic
     .venv/bin/python benchmarks/train.py --skip-synthetic
     .venv/bin/python benchmarks/train.py --skip-uci --customers 100000 --items 10000 --lines 2000000
+    .venv/bin/python benchmarks/train.py --skip-uci --keep-db /tmp/100k.db [--profile out.prof]
 
 Quality (issue #3): the protocol of DESIGN.md on the UCI file, cutoff 2011-09-01, 90 days,
 k = 10; reference: popularity 0.121/0.114, repeat_frequency 0.333/0.345; the hybrid must
@@ -13,7 +14,9 @@ top-N cache for every customer) next to a bare implicit fit of the same model on
 matrix (target ratio <= 1.5), and the peak memory of the pipeline (target < 8 GB). Every
 measured run happens in a fresh child process, so peak RSS belongs to that run alone. The
 last line is one JSON object: {"benchmark": "train", "customers", "fit_s", "pipeline_s",
-"ratio", "peak_rss_gb"} of the last run (the synthetic one unless skipped).
+"ratio", "peak_rss_gb"} of the last run (the synthetic one unless skipped). ``--keep-db``
+keeps the synthetic store (minutes to write) for the next run; each step's CPU seconds and
+digests of the lines, matrices and cache rows are printed too, to compare code changes by.
 """
 
 from __future__ import annotations
