@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train.py                 # UCI quality + speed, then 1M synthetic
     .venv/bin/python benchmarks/train.py --skip-synthetic
     .venv/bin/python benchmarks/train.py --skip-uci --customers 100000 --items 10000 --lines 2000000
+    .venv/bin/python benchmarks/train.py --skip-uci --keep-db /tmp/100k.db [--profile out.prof]
     python benchmarks/train.py --device-compare      # CPU against GPU fit (a CUDA machine)
 
 Quality (issue #3): the protocol of DESIGN.md on the UCI file, cutoff 2011-09-01, 90 days,
@@ -14,7 +15,9 @@ top-N cache for every customer) next to a bare implicit fit of the same model on
 matrix (target ratio <= 1.5), and the peak memory of the pipeline (target < 8 GB). Every
 measured run happens in a fresh child process, so peak RSS belongs to that run alone. The
 last line is one JSON object: {"benchmark": "train", "customers", "fit_s", "pipeline_s",
-"ratio", "peak_rss_gb"} of the last run (the synthetic one unless skipped).
+"ratio", "peak_rss_gb"} of the last run (the synthetic one unless skipped). ``--keep-db``
+keeps the synthetic store (minutes to write) for the next run; each step's CPU seconds and
+digests of the lines, matrices and cache rows are printed too, to compare code changes by.
 """
 
 from __future__ import annotations
@@ -162,9 +165,14 @@ def synthetic_db(
     connection.close()
 
 
-def pipeline(url: str, name: str, as_of: str) -> dict[str, object]:
+def pipeline(url: str, name: str, as_of: str, profile: Path | None = None) -> dict[str, object]:
     """The steps of `recocamp train` after the gate: load, matrix, fit, top-N cache (for the
-    customers active within ``cache_active_days`` of the data cutoff, as training does)."""
+    customers active within ``cache_active_days`` of the data cutoff, as training does).
+    Each lap's wall and CPU seconds; ``digests``: of the lines, the matrices and the cache
+    rows (taken after the clock stops), so a change to the pipeline can show it gives the
+    same answers."""
+    import cProfile
+
     from recocamp.recommender import matrix
     from recocamp.recommender import models as model
     from recocamp.recommender.training import cached_rows, load_lines, top_lists
@@ -174,17 +182,20 @@ def pipeline(url: str, name: str, as_of: str) -> dict[str, object]:
 
     settings = Settings().recommender
     engine = make_engine(url)
+    forget_cache(url)
     end = datetime.fromisoformat(as_of).replace(tzinfo=UTC).timestamp()
-    laps: dict[str, float] = {}
-    started = time.perf_counter()
+    clock = Laps()
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     lines = load_lines(engine)
-    laps["load"] = time.perf_counter() - started
+    clock.lap("load")
     data = matrix.build(lines, end, popularity_days=settings.recent_popularity_days)
     del lines
-    laps["matrix"] = time.perf_counter() - started - sum(laps.values())
+    clock.lap("matrix")
     fitted = model.make(name, settings)
     fitted.fit(data)
-    laps["fit"] = time.perf_counter() - started - sum(laps.values())
+    clock.lap("fit")
     with engine.begin() as connection:
         registry.register(
             connection,
@@ -201,18 +212,74 @@ def pipeline(url: str, name: str, as_of: str) -> dict[str, object]:
         )
         lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
         rows = registry.make_live(connection, "bench", datetime.now(UTC), lists)
-    laps["cache"] = time.perf_counter() - started - sum(laps.values())
-    total = time.perf_counter() - started
+    clock.lap("cache")
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
     peak = peak_gb()
+    engine.dispose()
     bare = bare_fit(data, name, settings)
     return {
-        "laps": laps,
-        "total": total,
+        "laps": clock.wall,
+        "cpu": clock.cpu,
+        "total": sum(clock.wall.values()),
         "bare": bare,
         "peak_gb": peak,
         "cache_rows": rows,
         "shape": list(data.shape),
         "nnz": int(data.confidence.nnz),
+        "digests": digests(url, data),
+    }
+
+
+class Laps:
+    """Wall and CPU seconds of consecutive steps."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.last = (time.perf_counter(), time.process_time())
+
+    def lap(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.wall[name] = round(now[0] - self.last[0], 3)
+        self.cpu[name] = round(now[1] - self.last[1], 3)
+        self.last = (time.perf_counter(), time.process_time())
+
+
+def forget_cache(url: str) -> None:
+    """A kept store as a fresh one looks to the pipeline: no cached lists, no bench model
+    (setup, not timed; the pipeline would otherwise also time deleting the last run's)."""
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    connection.execute("DELETE FROM recommendations")
+    connection.execute("DELETE FROM models WHERE version = 'bench'")
+    connection.commit()
+    connection.close()
+
+
+def digests(url: str, data: TrainingData) -> dict[str, str]:
+    """Short SHA-256 digests of the lines, the matrices and the cache rows."""
+    import hashlib
+
+    from recocamp.recommender.training import fingerprint
+
+    assert data.lines is not None
+    matrices = hashlib.sha256()
+    for array in (data.customers, data.items, data.popularity, data.age_days):
+        matrices.update(np.ascontiguousarray(array).tobytes())
+    for sparse in (data.orders, data.confidence, data.last_days):
+        for part in (sparse.indptr, sparse.indices, sparse.data):
+            matrices.update(np.ascontiguousarray(part).tobytes())
+    cache = hashlib.sha256()
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    query = "SELECT customer_id, items FROM recommendations ORDER BY customer_id"
+    for customer_id, items in connection.execute(query):
+        cache.update(f"{customer_id}\t{items}\n".encode())
+    connection.close()
+    return {
+        "lines": fingerprint(data.lines, {})[:16],
+        "matrices": matrices.hexdigest()[:16],
+        "cache": cache.hexdigest()[:16],
     }
 
 
@@ -326,7 +393,9 @@ def print_timing(label: str, result: dict[str, object]) -> None:
     laps = result["laps"]
     assert isinstance(laps, dict)
     total, bare = float(result["total"]), float(result["bare"])  # type: ignore[arg-type]
-    steps = ", ".join(f"{k} {v:.1f} s" for k, v in laps.items())
+    cpu = result.get("cpu", {})
+    assert isinstance(cpu, dict)
+    steps = ", ".join(f"{k} {v:.1f} s (cpu {cpu.get(k, 0):.1f})" for k, v in laps.items())
     peak = float(result["peak_gb"])  # type: ignore[arg-type]
     print(f"{label}: matrix {result['shape']} nnz {result['nnz']:,}")
     print(
@@ -337,6 +406,7 @@ def print_timing(label: str, result: dict[str, object]) -> None:
         f"  peak memory {peak:.2f} GB (target < 8); cache rows {result['cache_rows']:,} "
         f"of {result['shape'][0]:,} customers (active within the cache window)"  # type: ignore[index]
     )
+    print(f"  digests {result.get('digests')}")
 
 
 def main() -> None:
@@ -354,6 +424,20 @@ def main() -> None:
     parser.add_argument(
         "--device-compare", action="store_true", help="ALS fit on the CPU and on the GPU"
     )
+    parser.add_argument(
+        "--keep-db",
+        type=Path,
+        metavar="PATH",
+        help="the synthetic SQLite store's file: reused when it exists (its shape is not "
+        "checked: delete it after changing --customers/--items/--lines), else written there "
+        "and kept, so repeated runs skip the setup",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="PATH",
+        help="write a cProfile of the measured pipeline (load, matrix, fit, cache) there",
+    )
     parser.add_argument("--pipeline", help=argparse.SUPPRESS)
     parser.add_argument("--as-of", default="2025-01-01", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -362,29 +446,30 @@ def main() -> None:
         print(json.dumps({"benchmark": "train_device", **figures}))
         return
     if args.pipeline:
-        print(json.dumps(pipeline(args.pipeline, args.model, args.as_of)))
+        print(json.dumps(pipeline(args.pipeline, args.model, args.as_of, args.profile)))
         return
+    profiled = ["--profile", str(args.profile.resolve())] if args.profile else []
     last: dict[str, object] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.skip_uci and args.uci.exists():
             last = uci(work, args.uci)
         if not args.skip_synthetic:
-            started = time.perf_counter()
-            synthetic_db(
-                work / "synthetic.db",
-                args.customers,
-                args.items,
-                args.lines,
-                history_days=args.history_days,
+            db = args.keep_db.resolve() if args.keep_db else work / "synthetic.db"
+            shop = (
+                f"{args.customers:,} customers x {args.items:,} items x {args.lines:,} lines "
+                f"over {args.history_days} days"
             )
-            setup_s = time.perf_counter() - started
-            print(
-                f"synthetic shop: {args.customers:,} customers x {args.items:,} items x "
-                f"{args.lines:,} lines over {args.history_days} days written in "
-                f"{setup_s:.0f} s (setup)"
-            )
-            last = child("--pipeline", f"sqlite:///{work / 'synthetic.db'}", "--model", args.model)
+            if db.exists():
+                print(f"synthetic shop: reusing {db} (written for its own arguments)")
+            else:
+                started = time.perf_counter()
+                synthetic_db(
+                    db, args.customers, args.items, args.lines, history_days=args.history_days
+                )
+                setup_s = time.perf_counter() - started
+                print(f"synthetic shop: {shop} written in {setup_s:.0f} s (setup)")
+            last = child("--pipeline", f"sqlite:///{db}", "--model", args.model, *profiled)
             print_timing(f"synthetic ({args.model})", last)
     if last is not None:
         print(summary(last))

@@ -72,7 +72,10 @@ class Lines:
         )
 
     def before(self, epoch: float) -> Lines:
-        return self._subset(self.at < epoch)
+        """The lines before ``epoch``; these lines themselves when all are (training on all
+        data: no copy of every array)."""
+        keep = self.at < epoch
+        return self if bool(keep.all()) else self._subset(keep)
 
     def between(self, start: float, end: float) -> Lines:
         return self._subset((self.at >= start) & (self.at < end))
@@ -140,15 +143,17 @@ def build(
     item_codes, cols = _present(lines.item, len(lines.item_ids))
     customers, items = lines.customer_ids[customer_codes], lines.item_ids[item_codes]
     shape = (len(customers), len(items))
-    first = _first_line_per_order_and_item(rows, cols, lines.order)
-    r, c, at = rows[first], cols[first], lines.at[first]
-    weight = np.ones(len(first), dtype=np.float32)
-    if half_life_days is not None:
+    pairs = _Pairs.of(rows, cols, lines.order, shape)
+    orders = pairs.matrix(pairs.orders.astype(np.float32))
+    if half_life_days is None:
+        confidence = pairs.matrix(pairs.orders.astype(np.float32))
+    else:  # float32 sums in the order scipy adds them, as ever
+        first = np.sort(pairs.first)
+        at = lines.at[first]
         weight = (0.5 ** ((cutoff - at) / DAY / half_life_days)).astype(np.float32)
-    orders = _summed(r, c, np.ones(len(first), dtype=np.float32), shape)
-    confidence = _summed(r, c, weight, shape)
+        confidence = _summed(rows[first], cols[first], weight, shape)
     confidence.data = (1.0 + np.log1p(confidence.data)).astype(np.float32)
-    last_days = _latest(r, c, at, shape)
+    last_days = pairs.matrix(np.maximum.reduceat(lines.at[pairs.first], pairs.starts))
     # distinct customers per item in the recent window: the pairs whose latest line is in it
     since = cutoff - popularity_days * DAY
     popularity = np.bincount(last_days.indices[last_days.data >= since], minlength=shape[1])
@@ -166,22 +171,66 @@ def build(
     )
 
 
-def _first_line_per_order_and_item(
-    rows: np.ndarray, cols: np.ndarray, order: np.ndarray
-) -> np.ndarray:
-    """Indices of one line per (customer, item, order): an item counts once per order.
+@dataclass(frozen=True, slots=True)
+class _Pairs:
+    """The lines that count, one per (customer, item, order), grouped by (customer, item).
 
-    A lexsort over (pair, order) rather than one packed integer key: customers × items ×
-    orders can exceed int64 at real-shop sizes (1 M × 100 k × 100 M)."""
-    n_items = int(cols.max()) + 1 if len(cols) else 1
-    pair = rows.astype(np.int64) * n_items + cols.astype(np.int64)  # < 2**63 for any shop
-    order = np.asarray(order, dtype=np.int64)
-    ranked = np.lexsort((order, pair))
-    sorted_pair, sorted_order = pair[ranked], order[ranked]
-    first = np.ones(len(ranked), dtype=bool)
-    first[1:] = (sorted_pair[1:] != sorted_pair[:-1]) | (sorted_order[1:] != sorted_order[:-1])
-    picked: np.ndarray = np.sort(ranked[first])
-    return picked
+    ``first``: the first line (lowest index) of each (customer, item, order), sorted by
+    (customer, item), then order: one sort of the lines gives every matrix, as each
+    (customer, item) run is a CSR entry in row-major order (no COO → CSR conversion, no
+    second sort for the latest times). ``starts``: where each pair's run begins in
+    ``first``; ``orders``: the run's length (distinct orders)."""
+
+    first: np.ndarray
+    starts: np.ndarray
+    orders: np.ndarray
+    indptr: np.ndarray
+    indices: np.ndarray
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(
+        cls, rows: np.ndarray, cols: np.ndarray, order: np.ndarray, shape: tuple[int, int]
+    ) -> _Pairs:
+        pair = rows.astype(np.int64) * max(shape[1], 1) + cols.astype(np.int64)
+        first = _first_line_per_order_and_item(pair, np.asarray(order, dtype=np.int64))
+        keys = pair[first]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys
+        orders = np.diff(np.r_[starts, len(keys)])
+        per_row = np.bincount(rows[first[starts]], minlength=shape[0])
+        indptr = np.r_[0, np.cumsum(per_row)]
+        return cls(first, starts, orders, indptr, cols[first[starts]], shape)
+
+    def matrix(self, values: np.ndarray) -> sp.csr_matrix:
+        """A CSR matrix with one value per pair (``values`` in pair order)."""
+        matrix = sp.csr_matrix((values, self.indices, self.indptr), shape=self.shape)
+        matrix.has_canonical_format = True  # sorted, one entry per (row, column)
+        return matrix
+
+
+def _first_line_per_order_and_item(pair: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Indices of the first line of each (pair, order), sorted by pair, then order (an item
+    counts once per order; the first line's time is the one used).
+
+    One argsort of a packed (pair, order) key where it fits in int64 (a million customers ×
+    50,000 items × 100,000 orders does), else a lexsort over both (1 M × 100 k × 100 M
+    exceed it); either way the lowest line index of each group is taken, so the pick does
+    not depend on the sort's stability."""
+    if len(pair) == 0:
+        return np.zeros(0, dtype=np.int64)
+    orders = int(order.max()) + 1
+    if int(pair.max()) < (2**63 - 1) // orders - 1:
+        key = pair * orders + order
+        ranked = np.argsort(key)
+        sorted_key = key[ranked]
+        change = sorted_key[1:] != sorted_key[:-1]
+    else:
+        ranked = np.lexsort((order, pair))
+        sorted_pair, sorted_order = pair[ranked], order[ranked]
+        change = (sorted_pair[1:] != sorted_pair[:-1]) | (sorted_order[1:] != sorted_order[:-1])
+    starts = np.flatnonzero(np.r_[True, change])
+    first: np.ndarray = np.minimum.reduceat(ranked, starts)
+    return first
 
 
 def _summed(
@@ -198,23 +247,6 @@ def _present(codes: np.ndarray, vocabulary: int) -> tuple[np.ndarray, np.ndarray
     seen = np.bincount(codes, minlength=vocabulary) > 0
     index = np.cumsum(seen) - 1
     return np.flatnonzero(seen), index[codes].astype(np.int64)
-
-
-def _latest(r: np.ndarray, c: np.ndarray, at: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
-    """The latest time per (customer, item): the entries grouped by row (duplicates kept),
-    sorted within each row so equal columns are neighbours, and each run's maximum is the
-    pair's latest time; cheaper than a lexsort over all lines."""
-    by_row = np.argsort(r, kind="stable")
-    indptr = np.r_[0, np.cumsum(np.bincount(r, minlength=shape[0]))]
-    grouped = sp.csr_matrix((at[by_row], c[by_row], indptr), shape=shape)  # duplicates kept
-    grouped.has_sorted_indices = False
-    grouped.sort_indices()
-    row_of = np.repeat(np.arange(shape[0]), np.diff(grouped.indptr))
-    indices, data = grouped.indices, grouped.data
-    change = (indices[1:] != indices[:-1]) | (row_of[1:] != row_of[:-1])
-    starts = np.flatnonzero(np.r_[True, change]) if len(data) else np.zeros(0, dtype=np.int64)
-    latest = np.maximum.reduceat(data, starts) if len(starts) else data
-    return sp.csr_matrix((latest, (row_of[starts], indices[starts])), shape=shape)
 
 
 def _age_days(cols: np.ndarray, at: np.ndarray, cutoff: float, n_items: int) -> np.ndarray:

@@ -412,10 +412,17 @@ def training_lines(
         if any(len(column) != lines for column in columns):  # an id holds the separator
             yield from _line_rows(connection, until, FETCH, (start, start + chunk))
             continue
-        import numpy as np
+        at = (_integers(julian_ms) / 86400000.0 - JULIAN_UNIX) * DAY
+        yield _in_id_order(_integers(ids), columns, at)
 
-        at = (np.array(julian_ms.split(","), dtype=np.int64) / 86400000.0 - JULIAN_UNIX) * DAY
-        yield _in_id_order(np.array(ids.split(","), dtype=np.int64), columns, at)
+
+def _integers(joined: str) -> np.ndarray:
+    """A comma-joined column of integers as int64, parsed in C by numpy's text reader (a
+    tenth of splitting into a million strings and converting each); it raises on anything
+    but integers, so nothing is read wrongly in silence."""
+    import numpy as np
+
+    return np.fromstring(joined, dtype=np.int64, sep=",")
 
 
 JULIAN_UNIX = 2440587.5  # the julian day of 1970-01-01 00:00 UTC
