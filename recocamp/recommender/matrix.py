@@ -215,11 +215,12 @@ def _first_line_per_order_and_item(pair: np.ndarray, order: np.ndarray) -> np.nd
     One argsort of a packed (pair, order) key where it fits in int64 (a million customers ×
     50,000 items × 100,000 orders does), else a lexsort over both (1 M × 100 k × 100 M
     exceed it); either way the lowest line index of each group is taken, so the pick does
-    not depend on the sort's stability."""
+    not depend on the sort's stability. Negative order codes take the lexsort."""
     if len(pair) == 0:
         return np.zeros(0, dtype=np.int64)
     orders = int(order.max()) + 1
-    if int(pair.max()) < (2**63 - 1) // orders - 1:
+    packable = int(order.min()) >= 0  # codes are >= 0; a caller's may not be
+    if packable and int(pair.max()) < (2**63 - 1) // orders - 1:
         key = pair * orders + order
         ranked = np.argsort(key)
         sorted_key = key[ranked]

@@ -412,14 +412,19 @@ def training_lines(
         if any(len(column) != lines for column in columns):  # an id holds the separator
             yield from _line_rows(connection, until, FETCH, (start, start + chunk))
             continue
-        at = (_integers(julian_ms) / 86400000.0 - JULIAN_UNIX) * DAY
-        yield _in_id_order(_integers(ids), columns, at)
+        numbers = _integers(ids), _integers(julian_ms)
+        if any(len(column) != lines for column in numbers):  # not one integer per line
+            yield from _line_rows(connection, until, FETCH, (start, start + chunk))
+            continue
+        at = (numbers[1] / 86400000.0 - JULIAN_UNIX) * DAY
+        yield _in_id_order(numbers[0], columns, at)
 
 
 def _integers(joined: str) -> np.ndarray:
     """A comma-joined column of integers as int64, parsed in C by numpy's text reader (a
-    tenth of splitting into a million strings and converting each); it raises on anything
-    but integers, so nothing is read wrongly in silence."""
+    tenth of splitting into a million strings and converting each). numpy 2 raises on
+    anything but integers; the caller checks the count as well (numpy 1.26 stops at the first
+    bad value with a warning)."""
     import numpy as np
 
     return np.fromstring(joined, dtype=np.int64, sep=",")

@@ -141,3 +141,18 @@ def test_the_store_to_matrix_path_equals_a_plain_reference(engine: sa.Engine) ->
     first = {i: min(r.ordered_at for r in before if r.item_id == i) for i in data.items}
     ages = [(cutoff - first[i]).total_seconds() / DAY for i in data.items]
     np.testing.assert_allclose(data.age_days, ages, rtol=1e-6)
+
+
+def test_negative_order_codes_are_grouped_as_the_store_codes_are() -> None:
+    """``Lines`` is public: a caller's order codes may be negative; packing them into one key
+    would merge distinct (customer, item, order) groups, so they take the lexsort."""
+    lines = Lines(
+        np.array([0, 0, 0]),
+        np.array([0, 1, 1]),
+        np.array([2, -1, -1]),
+        np.zeros(3),
+        np.array(["c"]),
+        np.array(["a", "b"]),
+    )
+    data = build(lines, 1.0)
+    assert data.orders.toarray().tolist() == [[1.0, 1.0]]
