@@ -10,8 +10,9 @@ the existing-customer exception (UWG §7(3)) — anything outside the categories
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, overload
 
 from recocamp.domain import Item
 from recocamp.recommender.ranking import Mode
@@ -89,6 +90,31 @@ def why(item: Item, source: str, owned: bool, because: str | None = None) -> str
     return "popular this week"
 
 
+class Unscored(Sequence[tuple[str, float]]):
+    """Items as ``[item_id, score]`` entries of score 0, made as they are read: a wholesale
+    buyer's history holds thousands of items, and :func:`select` reads a few."""
+
+    def __init__(self, items: Sequence[str]) -> None:
+        self.items = items
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, float]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, float]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [(item, 0.0) for item in self.items[index]]
+        return self.items[index], 0.0
+
+    def __iter__(self) -> Iterator[tuple[str, float]]:
+        return ((item, 0.0) for item in self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 def sources_for(
     mode: Mode,
     personal: Sequence[Sequence[object]] | None,
@@ -107,7 +133,7 @@ def sources_for(
     if personal:
         sources.append(Candidates(personal, "personal", {} if because is None else because))
     if mode is Mode.REPLENISH:
-        sources.append(Candidates([[item, 0.0] for item in sorted(owned)], "history"))
+        sources.append(Candidates(Unscored(sorted(owned)), "history"))
     sources.append(Candidates(popular, "popular"))
     return sources
 

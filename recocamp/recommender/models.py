@@ -90,6 +90,7 @@ class _Factors:
         self.user_factors = np.zeros((0, 0), dtype=np.float32)
         self.item_factors = np.zeros((0, 0), dtype=np.float32)
         self._solver: Any = None  # implicit's ALS, for folding in customers at request time
+        self._norms: tuple[np.ndarray, np.ndarray] | None = None  # see :meth:`norms`
 
     def _model(self) -> Any:
         raise NotImplementedError
@@ -142,6 +143,15 @@ class _Factors:
             factor = solver.recalculate_user(0, sp.csr_matrix(confidence, dtype=np.float32))
         return np.asarray(factor, dtype=np.float32)
 
+    def norms(self) -> np.ndarray:
+        """Every item factor's length (plus 1e-9), computed once per set of item factors:
+        an offer's reason needs a few, and the whole array cost a fifth of finding them."""
+        found = self._norms
+        if found is None or found[0] is not self.item_factors:
+            lengths = np.linalg.norm(self.item_factors, axis=1) + 1e-9
+            found = self._norms = (self.item_factors, lengths)
+        return found[1]
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}
 
@@ -176,6 +186,7 @@ class ItemKNN:
         self.weighting, self.neighbours = weighting, neighbours
         self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
         self._confidence = sp.csr_matrix((0, 0), dtype=np.float32)
+        self._towards: tuple[sp.csr_matrix, sp.csr_matrix] | None = None  # see :meth:`between`
 
     def fit(self, data: TrainingData) -> None:
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
@@ -201,6 +212,16 @@ class ItemKNN:
     def restore(self, data: TrainingData, arrays: dict[str, np.ndarray]) -> None:
         self.similarity = _csr_from(arrays, "similarity")
         self._confidence = data.confidence
+
+    def between(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``similarity[rows][:, cols]`` as a dense array, read from the transposed matrix
+        (built once per similarity matrix): an offer's reason asks for a few target columns
+        against every item a customer bought — thousands of rows for a wholesale buyer,
+        which the row slice copied whole."""
+        found = self._towards
+        if found is None or found[0] is not self.similarity:
+            found = self._towards = (self.similarity, self.similarity.T.tocsr())
+        return found[1][cols][:, rows].toarray().T  # type: ignore[no-any-return]
 
     def similar(self, column: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most similar items to one item column (for product pages and reasons)."""
@@ -564,10 +585,9 @@ def _similarity(fitted: Recommender, rows: np.ndarray, cols: np.ndarray) -> np.n
     factors = fitted.als if isinstance(fitted, Hybrid) else fitted
     found = None
     if isinstance(knn, ItemKNN) and knn.similarity.shape[0]:
-        found = knn.similarity[rows][:, cols].toarray()
+        found = knn.between(rows, cols)
     if isinstance(factors, _Factors) and factors.item_factors.shape[0]:
-        vectors = factors.item_factors
-        norms = np.linalg.norm(vectors, axis=1) + 1e-9
+        vectors, norms = factors.item_factors, factors.norms()
         cosine = (vectors[rows] @ vectors[cols].T) / np.outer(norms[rows], norms[cols])
         found = cosine if found is None else np.where(found.max(axis=0) > 0, found, cosine)
     return found

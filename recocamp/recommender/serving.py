@@ -114,12 +114,10 @@ class Live:
 
     def ranked(self, scores: np.ndarray, top_n: int, skip: frozenset[str] = frozenset()) -> Ranked:
         """The top-N of :meth:`scores` without ``skip`` (``scores`` is left as it is)."""
-        if skip:
+        if skip:  # the columns looked up at C speed: a wholesale buyer owns thousands
             scores = scores.copy()
-        for item in skip:
-            column = self.columns.get(item)
-            if column is not None:
-                scores[column] = -np.inf
+            found = [column for column in map(self.columns.get, skip) if column is not None]
+            scores[np.array(found, dtype=np.int64)] = -np.inf
         order = np.lexsort((np.arange(len(scores)), -scores))[:top_n]
         values = scores[order]
         finite = np.isfinite(values)

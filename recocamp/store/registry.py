@@ -149,9 +149,13 @@ def _count(connection: sa.Connection) -> int:
     return int(connection.execute(total).scalar_one())
 
 
+_CACHED = sa.select(recommendations).where(
+    recommendations.c.customer_id == sa.bindparam("customer_id", type_=sa.String)
+)  # built once: the offer API reads it for every re-scored customer
+
+
 def cached(connection: sa.Connection, customer_id: str) -> sa.Row[Any] | None:
-    query = sa.select(recommendations).where(recommendations.c.customer_id == customer_id)
-    return connection.execute(query).first()
+    return connection.execute(_CACHED, {"customer_id": customer_id}).first()
 
 
 def customer(connection: sa.Connection, customer_id: str) -> sa.Row[Any] | None:

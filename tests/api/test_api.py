@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -111,6 +113,29 @@ UNTOUCHED = State(None, {}, [], [], "sent")
 def test_health(engine: sa.Engine) -> None:
     reply = call(make_app(engine), "GET", "/health")
     assert (reply.status, reply.json()) == (200, {"status": "ok"})
+
+
+def test_a_serve_worker_freezes_its_start_up_heap_and_a_test_app_does_not(
+    engine: sa.Engine,
+) -> None:
+    """A serve worker's imports, live model and catalogue leave the collector's full passes
+    once loaded (``settle_heap``); an app built for a test leaves the test's collector alone."""
+
+    async def start(app: FastAPI) -> int:
+        async with app.router.lifespan_context(app):
+            return gc.get_freeze_count()
+
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        assert asyncio.run(start(make_app(engine))) == 0
+        assert gc.get_threshold() == threshold
+        app = create_app(SETTINGS, engine, FixedClock(NOW), settle=True)
+        assert asyncio.run(start(app)) > 0
+        assert gc.get_threshold()[0] > threshold[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def test_liveness_readiness_docs_and_metrics(engine: sa.Engine) -> None:

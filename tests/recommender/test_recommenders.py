@@ -310,3 +310,20 @@ def test_request_time_rows_are_the_training_builders(
         assert served == pytest.approx(expected, rel=1e-6), name
     p1 = int(np.flatnonzero(data.items == "p1")[0])
     assert rows.orders.toarray()[0][p1] == 2.0 and rows.orders.nnz == 3
+
+
+def test_the_similarity_of_bought_items_to_targets_reads_the_model_as_a_row_slice_would(
+    data: TrainingData,
+) -> None:
+    """``ItemKNN.between`` (from the transposed matrix, kept) and ``_Factors.norms`` (kept)
+    give what slicing the similarity and measuring the factors give, and follow a refit."""
+    hybrid = fitted("hybrid", data)
+    assert isinstance(hybrid, model.Hybrid)
+    rows, cols = np.array([0, 2, 3, 5]), np.array([1, 4, 2])
+    for _ in range(2):  # the second time from what was kept
+        expected = hybrid.knn.similarity[rows][:, cols].toarray()
+        assert np.array_equal(hybrid.knn.between(rows, cols), expected)
+        lengths = np.linalg.norm(hybrid.als.item_factors, axis=1) + 1e-9
+        assert np.array_equal(hybrid.als.norms(), lengths)
+        hybrid.knn.similarity = hybrid.knn.similarity * 2
+        hybrid.als.item_factors = hybrid.als.item_factors * 2
