@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
@@ -320,6 +321,11 @@ def test_the_similarity_of_bought_items_to_targets_reads_the_model_as_a_row_slic
     hybrid = fitted("hybrid", data)
     assert isinstance(hybrid, model.Hybrid)
     rows, cols = np.array([0, 2, 3, 5]), np.array([1, 4, 2])
+    similarity = hybrid.knn.similarity  # the toy's is symmetric, a real shop's is not
+    scaled = similarity @ sp.diags(np.arange(1.0, similarity.shape[1] + 1, dtype=np.float32))
+    hybrid.knn.similarity = sp.csr_matrix(scaled, dtype=np.float32)
+    transposed = hybrid.knn.similarity.T.tocsr()[rows][:, cols].toarray()
+    assert not np.array_equal(hybrid.knn.similarity[rows][:, cols].toarray(), transposed)
     for _ in range(2):  # the second time from what was kept
         expected = hybrid.knn.similarity[rows][:, cols].toarray()
         assert np.array_equal(hybrid.knn.between(rows, cols), expected)
