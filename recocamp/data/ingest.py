@@ -35,8 +35,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
+from itertools import compress, repeat
+from operator import is_not, not_
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from recocamp.data.catalog import CatalogBuilder
 from recocamp.data.sources import csv as sources
@@ -47,7 +49,7 @@ from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-STAGE_CHUNK = 10_000  # lines staged per statement
+STAGE_CHUNK = 1_000  # records read, validated and staged together (more: more garbage collection)
 CLAIM_CHUNK = 5_000  # orders claimed per round
 ERASED_CHUNK = 50_000  # customers checked against the tombstones per round
 
@@ -121,7 +123,7 @@ def _counted(
         yield pair
 
 
-LineParser = Callable[[sources.Record], sources.PurchaseValues | sources.RetailLine | sources.Skip]
+LineParser = sources.StandardLines | sources.RetailLines
 
 
 class _Staged:
@@ -131,12 +133,10 @@ class _Staged:
     per customer and per item, never one per line."""
 
     def __init__(
-        self,
-        catalog: CatalogBuilder | None,
-        max_listed: int,
-        bind_time: Callable[[datetime], Any],
+        self, catalog: CatalogBuilder | None, max_listed: int, stager: staging.Stager
     ) -> None:
-        self.catalog, self.max_listed, self.bind_time = catalog, max_listed, bind_time
+        self.catalog, self.max_listed = catalog, max_listed
+        self.bind_time, self.bind_times = stager.bind_time, stager.bind_times
         self.parts = OrderDigestParts()
         self.read = self.more = 0
         self.skipped: dict[str, int] = {}
@@ -163,6 +163,47 @@ class _Staged:
         at_bound = self.bind_time(at)  # as the store keeps it: staging.Stager.bind_time
         staged = (order_id, line_no, customer_id, item_id, quantity, price, at_bound, is_return)
         return (line, *staged, part)  # staging.STAGED_COLUMNS
+
+    def take_columns(self, read: int, lines: sources.LineColumns) -> list[tuple[Any, ...]]:
+        """A batch of ``read`` records read column by column (``columns`` of the line
+        parsers): what :meth:`take` does to each, their staging values as it gives them."""
+        self.read += read
+        if lines.adjustments:
+            self.skipped["adjustment"] = self.skipped.get("adjustment", 0) + lines.adjustments
+        customer_ids, ordered_at = lines.customer_ids, lines.ordered_at
+        named = list(map(is_not, customer_ids, repeat(None)))  # not guest lines
+        if lines.descriptions is not None and lines.countries is not None:
+            assert self.catalog is not None
+            is_purchases = list(map(not_, lines.is_returns))  # kept: a return or a purchase
+            self.catalog.note_many(
+                lines.item_ids, lines.descriptions, lines.unit_prices, ordered_at, is_purchases
+            )
+            pairs = zip(customer_ids, lines.countries, strict=True)
+            self.countries.update(cast(Iterator[tuple[str, str]], compress(pairs, named)))
+        self.customers.update(cast(Iterator[str], compress(customer_ids, named)))
+        parts = self.parts.many(
+            lines.line_nos,
+            lines.item_ids,
+            lines.quantities,
+            lines.unit_prices,
+            ordered_at,
+            lines.is_returns,
+        )
+        return list(
+            zip(
+                lines.lines,
+                lines.order_ids,
+                lines.line_nos,
+                customer_ids,
+                lines.item_ids,
+                lines.quantities,
+                lines.unit_prices,
+                self.bind_times(ordered_at),
+                lines.is_returns,
+                parts,
+                strict=True,
+            )
+        )
 
     def _retail(self, line: sources.RetailLine) -> sources.PurchaseValues:
         """Note the catalogue's and the country's part of the line; its purchase's values."""
@@ -339,32 +380,37 @@ class Importer:
         """The validating pass: every line parsed, the good ones staged in chunks; raises
         the file's problems (lines repeated with other content included)."""
         retail = fmt == "online-retail"
-        stager, batch = staging.Stager(connection), []
-        found = _Staged(CatalogBuilder() if retail else None, self.max_listed, stager.bind_time)
-        stamps = sources.Timestamps(self.zone, "%Y-%m-%d %H:%M:%S" if retail else None)
+        stager = staging.Stager(connection)
+        found = _Staged(CatalogBuilder() if retail else None, self.max_listed, stager)
+        stamps = sources.Timestamps(self.zone, sources.RETAIL_TIME if retail else None)
         required = sources.ONLINE_RETAIL_COLUMNS if retail else sources.STANDARD_COLUMNS
         self.progress.phase(f"reading {path.name}", None)
         with sources.open_text(path) as handle:
             try:
                 records = sources.Records(path, required, handle)
                 parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
-                for line, record in records:
-                    staged = found.take(line, record, parse)
-                    if staged is not None:
-                        batch.append(staged)
-                        if len(batch) >= STAGE_CHUNK:
-                            stager.add(batch)
-                            batch = []
-                    if found.read % 10000 == 0:
-                        self.progress.advance(10000)
+                for batch in records.batches(STAGE_CHUNK):
+                    stager.add(self._staged(found, parse, batch))
+                    self.progress.advance(len(batch.records))
             except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
                 raise DataImportError(path, [Problem(f"unreadable content: {exc}")]) from None
-        stager.add(batch)
         staging.index(connection)
         found.check_repeats(connection)
         if found.problems:
             raise DataImportError(path, found.problems, more=found.more)
         return found
+
+    @staticmethod
+    def _staged(found: _Staged, parse: LineParser, batch: sources.Batch) -> list[tuple[Any, ...]]:
+        """The staging values of a batch of records: read column by column when the batch
+        is clean and every line passes at once, else line by line (the same values, and
+        the problems of the lines that have some)."""
+        if batch.clean:
+            columns = parse.columns(batch.lines, cast(list[list[str]], batch.records))
+            if columns is not None:
+                return found.take_columns(len(batch.records), columns)
+        staged = (found.take(line, record, parse) for line, record in zip(*batch[:2], strict=True))
+        return [values for values in staged if values is not None]
 
     @staticmethod
     def _line_parser(

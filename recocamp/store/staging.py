@@ -121,6 +121,11 @@ class Stager:
             bound = self.times[value] = value if self.bind is None else self.bind(value)
         return bound
 
+    def bind_times(self, values: list[datetime]) -> list[Any]:
+        """:meth:`bind_time` of many timestamps, each distinct one once."""
+        bound = {value: self.bind_time(value) for value in set(values)}
+        return list(map(bound.__getitem__, values))
+
     def add(self, rows: list[tuple[Any, ...]]) -> None:
         """Stage lines: tuples of the values of :data:`STAGED_COLUMNS`, the time bound."""
         if not rows:

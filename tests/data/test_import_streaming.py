@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from recocamp.data import ingest
 from recocamp.data.ingest import Importer
 from recocamp.data.sources import csv as sources
-from recocamp.domain import OrderDigestParts, Purchase, order_digest
+from recocamp.domain import OrderDigestParts, Purchase, order_digest, order_digest_part
 from recocamp.errors import DataImportError
 from recocamp.store import notifications, queries, staging, tombstones
 from recocamp.store.schema import import_runs, orders, purchases, serving_changes
@@ -211,6 +211,15 @@ def test_an_orders_digest_from_streamed_parts_is_the_orders_digest() -> None:
         digest.update(parts(purchase).encode())
     assert digest.hexdigest() == order_digest(order)
     assert "2.0001" in parts(order[0])
+    many = OrderDigestParts(kept=1).many(
+        [p.line_no for p in order],
+        [p.item_id for p in order],
+        [p.quantity for p in order],
+        [p.unit_price for p in order],
+        [p.ordered_at for p in order],
+        [p.is_return for p in order],
+    )
+    assert many == [order_digest_part(purchase) for purchase in order]
 
 
 def test_the_validating_pass_holds_no_write_lock(
