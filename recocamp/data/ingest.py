@@ -372,8 +372,7 @@ class Importer:
                     report = self._store_staged(connection, path, fmt, sha, found)
             finally:
                 connection.rollback()
-                staging.drop(connection)
-                connection.commit()
+                staging.finish(connection)
         return report
 
     def _stage(self, connection: Connection, path: Path, fmt: str) -> _Staged:
@@ -395,7 +394,8 @@ class Importer:
             except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
                 raise DataImportError(path, [Problem(f"unreadable content: {exc}")]) from None
         staging.index(connection)
-        found.check_repeats(connection)
+        if parse.numbered_by_file:  # else no (order id, line number) is staged twice
+            found.check_repeats(connection)
         if found.problems:
             raise DataImportError(path, found.problems, more=found.more)
         return found

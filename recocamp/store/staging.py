@@ -83,6 +83,20 @@ def create(connection: sa.Connection) -> None:
     digested.create(connection)
 
 
+def finish(connection: sa.Connection) -> None:
+    """Done with the staging tables (the import committed or rolled back).
+
+    SQLite: the driver's connection is closed (SQLAlchemy opens another when next asked),
+    its temporary database with it, the staging tables and the import's page cache gone at
+    once: dropping a table of a million lines walks every page of it first. PostgreSQL:
+    the tables are dropped."""
+    if connection.dialect.name == "sqlite":
+        connection.invalidate()
+        return
+    drop(connection)
+    connection.commit()
+
+
 def drop(connection: sa.Connection) -> None:
     digested.drop(connection, checkfirst=True)
     staged.drop(connection, checkfirst=True)
