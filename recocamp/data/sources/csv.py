@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
-from itertools import compress, repeat
+from itertools import compress, groupby, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, NamedTuple, TypeVar, cast
@@ -494,11 +494,13 @@ class LineNumbers:
         return number
 
     def many(self, order_ids: list[str]) -> list[int]:
-        """:meth:`next` of each of these, in order."""
-        seen, numbers = self._seen, []
-        for order_id in order_ids:
-            number = seen[order_id] = seen.get(order_id, 0) + 1
-            numbers.append(number)
+        """:meth:`next` of each of these, in order: a run of lines of one order at once."""
+        seen: dict[str, int] = self._seen
+        numbers: list[int] = []
+        for order_id, run in groupby(order_ids):
+            before = seen.get(order_id, 0)
+            after = seen[order_id] = before + len(list(run))
+            numbers += range(before + 1, after + 1)
         return numbers
 
 
