@@ -35,8 +35,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
-from itertools import compress, repeat
-from operator import is_not, not_
+from itertools import compress, groupby, repeat
+from operator import is_not, itemgetter, not_
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
@@ -143,6 +143,7 @@ class _Staged:
         self.problems: list[Problem] = []
         self.customers: set[str] = set()
         self.countries: dict[str, str] = {}
+        self.runs: _RunDigests | None = None  # the orders digested while staged
 
     def take(self, line: int, record: sources.Record, parse: LineParser) -> tuple[Any, ...] | None:
         """One record: its staging values, or None (a problem, or a skip)."""
@@ -287,6 +288,45 @@ def _digest(parts: list[str]) -> str:
     return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
+class _RunDigests:
+    """Orders digested as the validating pass stages them, where a file's lines are
+    numbered in file order (``numbered_by_file`` false): an order whose lines come in one
+    run is then digested from its parts in file order, which is line order, and the staged
+    parts need no second reading (``staging.order_parts``). The digests go to the staging
+    tables ``CLAIM_CHUNK`` orders at a time (``staging.note_digests``); an order with lines
+    in two runs leaves its first run's digest and line count there, which the writing pass
+    finds (the orders' line counts fall short of the staged lines) and digests the file's
+    orders the usual way instead. SQLite only: claiming on PostgreSQL writes orders."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.current: str | None = None
+        self.parts: list[str] = []
+        self.chunk: dict[str, tuple[str, int]] = {}
+
+    def add(self, staged: list[tuple[Any, ...]]) -> None:
+        """A batch of staged lines (staging.STAGED_COLUMNS), in file order."""
+        for order_id, run in groupby(staged, key=itemgetter(1)):
+            if order_id != self.current:
+                self._close()
+                self.current, self.parts = order_id, []
+            self.parts += map(itemgetter(9), run)
+
+    def finish(self) -> None:
+        self._close()
+        self._flush()
+
+    def _close(self) -> None:
+        if self.current is not None:
+            self.chunk.setdefault(self.current, (_digest(self.parts), len(self.parts)))
+            if len(self.chunk) >= CLAIM_CHUNK:
+                self._flush()
+
+    def _flush(self) -> None:
+        staging.note_digests(self.connection, self.chunk)
+        self.chunk = {}
+
+
 class Importer:
     """Runs imports against one engine with the shop's zone and a fixed ``now``."""
 
@@ -388,11 +428,19 @@ class Importer:
             try:
                 records = sources.Records(path, required, handle)
                 parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
+                runs = None
+                if not parse.numbered_by_file and connection.dialect.name == "sqlite":
+                    runs = found.runs = _RunDigests(connection)
                 for batch in records.batches(STAGE_CHUNK):
-                    stager.add(self._staged(found, parse, batch))
+                    staged = self._staged(found, parse, batch)
+                    stager.add(staged)
+                    if runs is not None:
+                        runs.add(staged)
                     self.progress.advance(len(batch.records))
             except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
                 raise DataImportError(path, [Problem(f"unreadable content: {exc}")]) from None
+        if runs is not None:
+            runs.finish()
         staging.index(connection)
         if parse.numbered_by_file:  # else no (order id, line number) is staged twice
             found.check_repeats(connection)
@@ -434,7 +482,12 @@ class Importer:
         run_id = self._begin_run(connection, "purchases", fmt, path, sha, found.read)
         total = staging.totals(connection)
         self.progress.phase(f"writing {total.lines:,} order lines", total.lines)
-        self._claim_staged(connection)
+        if found.runs is None:
+            self._claim_staged(connection)
+        else:  # digested while staged
+            if staging.digested_lines(connection) != total.lines:
+                self._claim_split(connection)
+            self.progress.advance(total.lines)
         claimed = staging.claimed(connection, self.max_listed)
         if claimed.conflicted:
             column = "InvoiceNo" if fmt == "online-retail" else "order_id"
@@ -476,6 +529,16 @@ class Importer:
                 connection, self.erasure_key, chunk, "importing purchases"
             )
         return erased
+
+    def _claim_split(self, connection: Connection) -> None:
+        """Some orders digested while staged have lines in more than one run (``_RunDigests``):
+        those few digested again from their staged lines, or, if there are many, all."""
+        split: list[str] | None = staging.split_orders(connection, CLAIM_CHUNK + 1)
+        if split is not None and len(split) > CLAIM_CHUNK:
+            split = None
+        staging.forget_digests(connection, split)
+        for digests in _order_digests(staging.order_parts(connection, split)):
+            staging.claim(connection, digests)
 
     def _claim_staged(self, connection: Connection) -> None:
         """Digest the staged orders (in order id order) and claim them chunk by chunk."""

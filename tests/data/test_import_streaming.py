@@ -347,3 +347,31 @@ def test_a_big_import_tells_serving_readers_everything_and_keeps_its_trigger(
         posted = Purchase("o99", 1, "c9", "i1", 1, 2.5, NOW, False)
         queries.insert_purchases(connection, [posted], None)
     assert log.since(seq) == (seq + 1, ["c9"])
+
+
+@pytest.mark.parametrize("claim_chunk", [5000, 2], ids=["few-split", "many-split"])
+def test_orders_in_more_than_one_run_are_digested_from_all_their_lines(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claim_chunk: int
+) -> None:
+    """Lines numbered in file order are digested as they are staged, order by order; an
+    order whose lines come in two runs (or, past CLAIM_CHUNK of them, every order) is
+    digested again from all its lines: the same digests as the file in order id order."""
+    monkeypatch.setattr(ingest, "STAGE_CHUNK", 3)
+    monkeypatch.setattr(ingest, "CLAIM_CHUNK", claim_chunk)
+    runs = [line(order, n, quantity=n) for order in range(6) for n in (1, 2)]
+    runs += [line(order, 3, quantity=3) for order in (0, 2, 4)]  # 3 orders in two runs
+    split = write_csv(tmp_path / "split.csv", HEADER[:6], [row[:6] for row in runs])
+    report = importer(engine).purchases(split)
+    assert (report.imported, report.duplicates) == (15, 0)
+    with engine.connect() as connection:
+        query = sa.select(orders.c.order_id, orders.c.content_sha256)
+        digests = {str(row[0]): str(row[1]) for row in connection.execute(query)}
+        rows = connection.execute(sa.select(purchases).order_by(purchases.c.id)).all()
+    for order_id, digest in digests.items():
+        order = [Purchase(*row[1:9]) for row in rows if row.order_id == order_id]
+        assert digest == order_digest(order)
+    assert sorted(len([r for r in rows if r.order_id == o]) for o in digests) == [2] * 3 + [3] * 3
+    in_order = sorted(runs, key=lambda row: str(row[0]))  # stable: each order's lines in order
+    again = write_csv(tmp_path / "in_order.csv", HEADER[:6], [row[:6] for row in in_order])
+    report = importer(engine).purchases(again)
+    assert (report.imported, report.duplicates) == (0, 15)
