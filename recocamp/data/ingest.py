@@ -35,8 +35,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
-from itertools import compress, groupby, repeat
-from operator import is_not, itemgetter, not_
+from itertools import compress, groupby, islice, repeat
+from operator import is_not, itemgetter, lt, not_
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
@@ -289,28 +289,39 @@ def _digest(parts: list[str]) -> str:
 
 
 class _RunDigests:
-    """Orders digested as the validating pass stages them, where a file's lines are
-    numbered in file order (``numbered_by_file`` false): an order whose lines come in one
-    run is then digested from its parts in file order, which is line order, and the staged
-    parts need no second reading (``staging.order_parts``). The digests go to the staging
-    tables ``CLAIM_CHUNK`` orders at a time (``staging.note_digests``); an order with lines
-    in two runs leaves its first run's digest and line count there, which the writing pass
-    finds (the orders' line counts fall short of the staged lines) and digests the file's
-    orders the usual way instead. SQLite only: claiming on PostgreSQL writes orders."""
+    """Orders digested as the validating pass stages them: an order whose lines come in
+    one run, in line order, is digested from their parts as they come, so the staged parts
+    need no second reading (``staging.order_parts``). The digests go to the staging tables
+    ``CLAIM_CHUNK`` orders at a time (``staging.note_digests``). An order noted with fewer
+    lines than are staged for it is digested again by the writing pass from its staged
+    lines: one whose lines are not in line order (noted with none), one with lines in
+    several runs (its first run kept). A line unstaged as a repeat (``check_repeats``)
+    repeats an earlier one, so a first run in line order stays whole: an order noted with
+    as many lines as are staged was noted with them all. SQLite only: claiming on
+    PostgreSQL writes orders."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.current: str | None = None
         self.parts: list[str] = []
+        self.last = 0  # the current order's last line number
+        self.in_order = True
         self.chunk: dict[str, tuple[str, int]] = {}
 
     def add(self, staged: list[tuple[Any, ...]]) -> None:
         """A batch of staged lines (staging.STAGED_COLUMNS), in file order."""
         for order_id, run in groupby(staged, key=itemgetter(1)):
+            lines = list(run)
+            numbers = list(map(itemgetter(2), lines))
             if order_id != self.current:
                 self._close()
-                self.current, self.parts = order_id, []
-            self.parts += map(itemgetter(9), run)
+                self.current, self.parts, self.in_order = order_id, [], True
+            elif numbers[0] <= self.last:
+                self.in_order = False
+            if self.in_order and not all(map(lt, numbers, islice(numbers, 1, None))):
+                self.in_order = False
+            self.last = numbers[-1]
+            self.parts += map(itemgetter(9), lines)
 
     def finish(self) -> None:
         self._close()
@@ -318,7 +329,8 @@ class _RunDigests:
 
     def _close(self) -> None:
         if self.current is not None:
-            self.chunk.setdefault(self.current, (_digest(self.parts), len(self.parts)))
+            noted = (_digest(self.parts), len(self.parts)) if self.in_order else ("", 0)
+            self.chunk.setdefault(self.current, noted)
             if len(self.chunk) >= CLAIM_CHUNK:
                 self._flush()
 
@@ -429,7 +441,7 @@ class Importer:
                 records = sources.Records(path, required, handle)
                 parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
                 runs = None
-                if not parse.numbered_by_file and connection.dialect.name == "sqlite":
+                if connection.dialect.name == "sqlite":
                     runs = found.runs = _RunDigests(connection)
                 for batch in records.batches(STAGE_CHUNK):
                     staged = self._staged(found, parse, batch)

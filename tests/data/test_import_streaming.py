@@ -375,3 +375,26 @@ def test_orders_in_more_than_one_run_are_digested_from_all_their_lines(
     again = write_csv(tmp_path / "in_order.csv", HEADER[:6], [row[:6] for row in in_order])
     report = importer(engine).purchases(again)
     assert (report.imported, report.duplicates) == (0, 15)
+
+
+def test_orders_with_given_line_numbers_out_of_order_or_repeated_are_digested_whole(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given line numbers: an order whose lines are not in line order, or come in two
+    runs, one of them a repeat, is digested from its staged lines in line order."""
+    monkeypatch.setattr(ingest, "STAGE_CHUNK", 2)
+    rows = [line(1, 3), line(1, 1), line(2, 1), line(2, 2), line(3, 1), line(2, 2)]
+    rows += [line(3, 2), line(4, 1), line(4, 2), line(5, 1), line(4, 3)]
+    report = importer(engine).purchases(write_csv(tmp_path / "p.csv", HEADER, rows))
+    assert (report.imported, report.skipped) == (10, {"repeated line": 1})
+    with engine.connect() as connection:
+        query = sa.select(orders.c.order_id, orders.c.content_sha256)
+        digests = {str(row[0]): str(row[1]) for row in connection.execute(query)}
+        stored_rows = connection.execute(sa.select(purchases)).all()
+    for order_id, digest in digests.items():
+        order = [Purchase(*row[1:9]) for row in stored_rows if row.order_id == order_id]
+        assert digest == order_digest(order)
+    in_order = sorted(set(map(tuple, rows)), key=lambda row: (str(row[0]), int(str(row[6]))))
+    again = write_csv(tmp_path / "in_order.csv", HEADER, [list(row) for row in in_order])
+    report = importer(engine).purchases(again)
+    assert (report.imported, report.duplicates) == (0, 10)
