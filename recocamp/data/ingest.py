@@ -303,7 +303,8 @@ class _RunDigests:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.current: str | None = None
-        self.parts: list[str] = []
+        self.digest = hashlib.sha256()  # of the current order's parts so far
+        self.lines = 0
         self.last = 0  # the current order's last line number
         self.in_order = True
         self.chunk: dict[str, tuple[str, int]] = {}
@@ -315,13 +316,15 @@ class _RunDigests:
             numbers = list(map(itemgetter(2), lines))
             if order_id != self.current:
                 self._close()
-                self.current, self.parts, self.in_order = order_id, [], True
+                self.current, self.in_order = order_id, True
+                self.digest, self.lines = hashlib.sha256(), 0
             elif numbers[0] <= self.last:
                 self.in_order = False
             if self.in_order and not all(map(lt, numbers, islice(numbers, 1, None))):
                 self.in_order = False
             self.last = numbers[-1]
-            self.parts += map(itemgetter(9), lines)
+            self.digest.update("".join(map(itemgetter(9), lines)).encode())
+            self.lines += len(lines)
 
     def finish(self) -> None:
         self._close()
@@ -329,7 +332,7 @@ class _RunDigests:
 
     def _close(self) -> None:
         if self.current is not None:
-            noted = (_digest(self.parts), len(self.parts)) if self.in_order else ("", 0)
+            noted = (self.digest.hexdigest(), self.lines) if self.in_order else ("", 0)
             self.chunk.setdefault(self.current, noted)
             if len(self.chunk) >= CLAIM_CHUNK:
                 self._flush()
