@@ -35,8 +35,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
+from itertools import compress, groupby, islice, repeat
+from operator import is_not, itemgetter, lt, not_
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from recocamp.data.catalog import CatalogBuilder
 from recocamp.data.sources import csv as sources
@@ -47,7 +49,7 @@ from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-STAGE_CHUNK = 10_000  # lines staged per statement
+STAGE_CHUNK = 1_000  # records read, validated and staged together (more: more garbage collection)
 CLAIM_CHUNK = 5_000  # orders claimed per round
 ERASED_CHUNK = 50_000  # customers checked against the tombstones per round
 
@@ -121,7 +123,7 @@ def _counted(
         yield pair
 
 
-LineParser = Callable[[sources.Record], sources.PurchaseValues | sources.RetailLine | sources.Skip]
+LineParser = sources.StandardLines | sources.RetailLines
 
 
 class _Staged:
@@ -131,18 +133,17 @@ class _Staged:
     per customer and per item, never one per line."""
 
     def __init__(
-        self,
-        catalog: CatalogBuilder | None,
-        max_listed: int,
-        bind_time: Callable[[datetime], Any],
+        self, catalog: CatalogBuilder | None, max_listed: int, stager: staging.Stager
     ) -> None:
-        self.catalog, self.max_listed, self.bind_time = catalog, max_listed, bind_time
+        self.catalog, self.max_listed = catalog, max_listed
+        self.bind_time, self.bind_times = stager.bind_time, stager.bind_times
         self.parts = OrderDigestParts()
         self.read = self.more = 0
         self.skipped: dict[str, int] = {}
         self.problems: list[Problem] = []
         self.customers: set[str] = set()
         self.countries: dict[str, str] = {}
+        self.runs: _RunDigests | None = None  # the orders digested while staged
 
     def take(self, line: int, record: sources.Record, parse: LineParser) -> tuple[Any, ...] | None:
         """One record: its staging values, or None (a problem, or a skip)."""
@@ -163,6 +164,47 @@ class _Staged:
         at_bound = self.bind_time(at)  # as the store keeps it: staging.Stager.bind_time
         staged = (order_id, line_no, customer_id, item_id, quantity, price, at_bound, is_return)
         return (line, *staged, part)  # staging.STAGED_COLUMNS
+
+    def take_columns(self, read: int, lines: sources.LineColumns) -> list[tuple[Any, ...]]:
+        """A batch of ``read`` records read column by column (``columns`` of the line
+        parsers): what :meth:`take` does to each, their staging values as it gives them."""
+        self.read += read
+        if lines.adjustments:
+            self.skipped["adjustment"] = self.skipped.get("adjustment", 0) + lines.adjustments
+        customer_ids, ordered_at = lines.customer_ids, lines.ordered_at
+        named = list(map(is_not, customer_ids, repeat(None)))  # not guest lines
+        if lines.descriptions is not None and lines.countries is not None:
+            assert self.catalog is not None
+            is_purchases = list(map(not_, lines.is_returns))  # kept: a return or a purchase
+            self.catalog.note_many(
+                lines.item_ids, lines.descriptions, lines.unit_prices, ordered_at, is_purchases
+            )
+            pairs = zip(customer_ids, lines.countries, strict=True)
+            self.countries.update(cast(Iterator[tuple[str, str]], compress(pairs, named)))
+        self.customers.update(cast(Iterator[str], compress(customer_ids, named)))
+        parts = self.parts.many(
+            lines.line_nos,
+            lines.item_ids,
+            lines.quantities,
+            lines.unit_prices,
+            ordered_at,
+            lines.is_returns,
+        )
+        return list(
+            zip(
+                lines.lines,
+                lines.order_ids,
+                lines.line_nos,
+                customer_ids,
+                lines.item_ids,
+                lines.quantities,
+                lines.unit_prices,
+                self.bind_times(ordered_at),
+                lines.is_returns,
+                parts,
+                strict=True,
+            )
+        )
 
     def _retail(self, line: sources.RetailLine) -> sources.PurchaseValues:
         """Note the catalogue's and the country's part of the line; its purchase's values."""
@@ -244,6 +286,60 @@ def _order_digests(parts: Iterator[tuple[str, str]]) -> Iterator[dict[str, tuple
 
 def _digest(parts: list[str]) -> str:
     return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+class _RunDigests:
+    """Orders digested as the validating pass stages them: an order whose lines come in
+    one run, in line order, is digested from their parts as they come, so the staged parts
+    need no second reading (``staging.order_parts``). The digests go to the staging tables
+    ``CLAIM_CHUNK`` orders at a time (``staging.note_digests``). An order noted with fewer
+    lines than are staged for it is digested again by the writing pass from its staged
+    lines: one whose lines are not in line order (noted with none), one with lines in
+    several runs (its first run kept). A line unstaged as a repeat (``check_repeats``)
+    repeats an earlier one, so a first run in line order stays whole: an order noted with
+    as many lines as are staged was noted with them all. SQLite only: claiming on
+    PostgreSQL writes orders."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.current: str | None = None
+        self.digest = hashlib.sha256()  # of the current order's parts so far
+        self.lines = 0
+        self.last = 0  # the current order's last line number
+        self.in_order = True
+        self.chunk: dict[str, tuple[str, int]] = {}
+
+    def add(self, staged: list[tuple[Any, ...]]) -> None:
+        """A batch of staged lines (staging.STAGED_COLUMNS), in file order."""
+        for order_id, run in groupby(staged, key=itemgetter(1)):
+            lines = list(run)
+            numbers = list(map(itemgetter(2), lines))
+            if order_id != self.current:
+                self._close()
+                self.current, self.in_order = order_id, True
+                self.digest, self.lines = hashlib.sha256(), 0
+            elif numbers[0] <= self.last:
+                self.in_order = False
+            if self.in_order and not all(map(lt, numbers, islice(numbers, 1, None))):
+                self.in_order = False
+            self.last = numbers[-1]
+            self.digest.update("".join(map(itemgetter(9), lines)).encode())
+            self.lines += len(lines)
+
+    def finish(self) -> None:
+        self._close()
+        self._flush()
+
+    def _close(self) -> None:
+        if self.current is not None:
+            noted = (self.digest.hexdigest(), self.lines) if self.in_order else ("", 0)
+            self.chunk.setdefault(self.current, noted)
+            if len(self.chunk) >= CLAIM_CHUNK:
+                self._flush()
+
+    def _flush(self) -> None:
+        staging.note_digests(self.connection, self.chunk)
+        self.chunk = {}
 
 
 class Importer:
@@ -331,40 +427,53 @@ class Importer:
                     report = self._store_staged(connection, path, fmt, sha, found)
             finally:
                 connection.rollback()
-                staging.drop(connection)
-                connection.commit()
+                staging.finish(connection)
         return report
 
     def _stage(self, connection: Connection, path: Path, fmt: str) -> _Staged:
         """The validating pass: every line parsed, the good ones staged in chunks; raises
         the file's problems (lines repeated with other content included)."""
         retail = fmt == "online-retail"
-        stager, batch = staging.Stager(connection), []
-        found = _Staged(CatalogBuilder() if retail else None, self.max_listed, stager.bind_time)
-        stamps = sources.Timestamps(self.zone, "%Y-%m-%d %H:%M:%S" if retail else None)
+        stager = staging.Stager(connection)
+        found = _Staged(CatalogBuilder() if retail else None, self.max_listed, stager)
+        stamps = sources.Timestamps(self.zone, sources.RETAIL_TIME if retail else None)
         required = sources.ONLINE_RETAIL_COLUMNS if retail else sources.STANDARD_COLUMNS
         self.progress.phase(f"reading {path.name}", None)
         with sources.open_text(path) as handle:
             try:
                 records = sources.Records(path, required, handle)
                 parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
-                for line, record in records:
-                    staged = found.take(line, record, parse)
-                    if staged is not None:
-                        batch.append(staged)
-                        if len(batch) >= STAGE_CHUNK:
-                            stager.add(batch)
-                            batch = []
-                    if found.read % 10000 == 0:
-                        self.progress.advance(10000)
+                runs = None
+                if connection.dialect.name == "sqlite":
+                    runs = found.runs = _RunDigests(connection)
+                for batch in records.batches(STAGE_CHUNK):
+                    staged = self._staged(found, parse, batch)
+                    stager.add(staged)
+                    if runs is not None:
+                        runs.add(staged)
+                    self.progress.advance(len(batch.records))
             except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
                 raise DataImportError(path, [Problem(f"unreadable content: {exc}")]) from None
-        stager.add(batch)
+        if runs is not None:
+            runs.finish()
         staging.index(connection)
-        found.check_repeats(connection)
+        if parse.numbered_by_file:  # else no (order id, line number) is staged twice
+            found.check_repeats(connection)
         if found.problems:
             raise DataImportError(path, found.problems, more=found.more)
         return found
+
+    @staticmethod
+    def _staged(found: _Staged, parse: LineParser, batch: sources.Batch) -> list[tuple[Any, ...]]:
+        """The staging values of a batch of records: read column by column when the batch
+        is clean and every line passes at once, else line by line (the same values, and
+        the problems of the lines that have some)."""
+        if batch.clean:
+            columns = parse.columns(batch.lines, cast(list[list[str]], batch.records))
+            if columns is not None:
+                return found.take_columns(len(batch.records), columns)
+        staged = (found.take(line, record, parse) for line, record in zip(*batch[:2], strict=True))
+        return [values for values in staged if values is not None]
 
     @staticmethod
     def _line_parser(
@@ -388,7 +497,12 @@ class Importer:
         run_id = self._begin_run(connection, "purchases", fmt, path, sha, found.read)
         total = staging.totals(connection)
         self.progress.phase(f"writing {total.lines:,} order lines", total.lines)
-        self._claim_staged(connection)
+        if found.runs is None:
+            self._claim_staged(connection)
+        else:  # digested while staged
+            if staging.digested_lines(connection) != total.lines:
+                self._claim_split(connection)
+            self.progress.advance(total.lines)
         claimed = staging.claimed(connection, self.max_listed)
         if claimed.conflicted:
             column = "InvoiceNo" if fmt == "online-retail" else "order_id"
@@ -430,6 +544,16 @@ class Importer:
                 connection, self.erasure_key, chunk, "importing purchases"
             )
         return erased
+
+    def _claim_split(self, connection: Connection) -> None:
+        """Some orders digested while staged have lines in more than one run (``_RunDigests``):
+        those few digested again from their staged lines, or, if there are many, all."""
+        split: list[str] | None = staging.split_orders(connection, CLAIM_CHUNK + 1)
+        if split is not None and len(split) > CLAIM_CHUNK:
+            split = None
+        staging.forget_digests(connection, split)
+        for digests in _order_digests(staging.order_parts(connection, split)):
+            staging.claim(connection, digests)
 
     def _claim_staged(self, connection: Connection) -> None:
         """Digest the staged orders (in order id order) and claim them chunk by chunk."""

@@ -83,6 +83,20 @@ def create(connection: sa.Connection) -> None:
     digested.create(connection)
 
 
+def finish(connection: sa.Connection) -> None:
+    """Done with the staging tables (the import committed or rolled back).
+
+    SQLite: the driver's connection is closed (SQLAlchemy opens another when next asked),
+    its temporary database with it, the staging tables and the import's page cache gone at
+    once: dropping a table of a million lines walks every page of it first. PostgreSQL:
+    the tables are dropped."""
+    if connection.dialect.name == "sqlite":
+        connection.invalidate()
+        return
+    drop(connection)
+    connection.commit()
+
+
 def drop(connection: sa.Connection) -> None:
     digested.drop(connection, checkfirst=True)
     staged.drop(connection, checkfirst=True)
@@ -120,6 +134,11 @@ class Stager:
                 self.times.clear()
             bound = self.times[value] = value if self.bind is None else self.bind(value)
         return bound
+
+    def bind_times(self, values: list[datetime]) -> list[Any]:
+        """:meth:`bind_time` of many timestamps, each distinct one once."""
+        bound = {value: self.bind_time(value) for value in set(values)}
+        return list(map(bound.__getitem__, values))
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
         """Stage lines: tuples of the values of :data:`STAGED_COLUMNS`, the time bound."""
@@ -192,13 +211,23 @@ def detach(connection: sa.Connection, customer_ids: Iterable[str]) -> int:
     return changed
 
 
-def order_parts(connection: sa.Connection) -> Iterator[tuple[str, str]]:
-    """``(order id, digest part)`` of every staged line, by order and line number.
+def order_parts(
+    connection: sa.Connection, order_ids: Sequence[str] | None = None
+) -> Iterator[tuple[str, str]]:
+    """``(order id, digest part)`` of every staged line (of these orders), by order and
+    line number.
 
     SQLite: the driver's own tuples, read as its cursor steps (SQLAlchemy's rows cost a
     third of digesting the orders); PostgreSQL: SQLAlchemy's streamed rows, as before."""
     s = staged.c
     query = sa.select(s.order_id, s.part).order_by(s.order_id, s.line_no)
+    if order_ids is not None:
+        ids = sorted(order_ids)
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            for row in connection.execute(query.where(s.order_id.in_(chunk))):
+                yield row[0], row[1]
+        return
     if connection.dialect.name != "sqlite":
         for row in connection.execute(query.execution_options(yield_per=CHUNK)):
             yield row[0], row[1]
@@ -224,6 +253,41 @@ def claim(connection: sa.Connection, digests: dict[str, tuple[str, int]]) -> Non
         stored |= {order_id: "" for order_id in lost if order_id not in stored}  # a conflict
     rows = [(key, *digests[key], stored.get(key)) for key in ordered]
     _executemany(connection, digested, rows)
+
+
+def note_digests(connection: sa.Connection, digests: dict[str, tuple[str, int]]) -> None:
+    """SQLite: note orders digested while staged (``order id → (digest, line count)``) as
+    :func:`claim` notes them; an order noted before keeps what it has (its lines came in
+    two runs: :func:`digested_lines` tells)."""
+    rows = [(key, *digests[key], None) for key in sorted(digests)]
+    if rows:
+        compiled = sa.insert(digested).prefix_with("OR IGNORE").compile(dialect=connection.dialect)
+        connection.exec_driver_sql(str(compiled), rows)
+
+
+def digested_lines(connection: sa.Connection) -> int:
+    """How many lines the noted orders hold."""
+    total = sa.select(sa.func.coalesce(sa.func.sum(digested.c.lines), 0))
+    return int(connection.execute(total).scalar_one())
+
+
+def split_orders(connection: sa.Connection, limit: int) -> list[str]:
+    """The noted orders (at most ``limit``) holding fewer lines than are staged for them:
+    their lines came in more than one run (:func:`note_digests`)."""
+    d, s = digested.c, staged.c
+    staged_lines = sa.select(sa.func.count()).where(s.order_id == d.order_id).scalar_subquery()
+    query = sa.select(d.order_id).where(d.lines != staged_lines).order_by(d.order_id)
+    return list(connection.execute(query.limit(limit)).scalars())
+
+
+def forget_digests(connection: sa.Connection, order_ids: Sequence[str] | None = None) -> None:
+    """Unnote these orders (all without ``order_ids``)."""
+    if order_ids is None:
+        connection.execute(sa.delete(digested))
+        return
+    for start in range(0, len(order_ids), CHUNK):
+        chunk = order_ids[start : start + CHUNK]
+        connection.execute(sa.delete(digested).where(digested.c.order_id.in_(chunk)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import pytest
 from recocamp.data.catalog import (
     OTHER_CATEGORY,
     SERVICE_CATEGORY,
+    CatalogBuilder,
     SaleLine,
     build_catalog,
     categorize,
@@ -204,3 +205,37 @@ def test_catalog_is_sorted_by_item_id_with_one_item_each() -> None:
 
 def test_empty_input_gives_an_empty_catalog() -> None:
     assert build_catalog([]) == []
+
+
+def test_lines_noted_column_by_column_make_the_catalogue_of_lines_noted_one_by_one() -> None:
+    """``note_many`` (the importer's batches) is ``note`` over again: in time order (the
+    fast way), out of order, with ties, non-purchase lines and empty descriptions."""
+    rows = [
+        ("A", "RED", 1.0, 0, True),
+        ("B", "", 2.0, 0, True),
+        ("A", "ROSE", 1.5, 1, True),
+        ("A", "RED", 9.0, 1, False),
+        ("C", "", 3.0, 2, False),
+        ("B", "BLUE", 2.5, 2, True),
+        ("A", "ROSE", 1.7, 2, True),
+        ("B", "BLUE", 2.2, 1, True),  # older than B's newest: not the latest price
+        ("A", "RED", 1.9, 2, True),  # a tie: the later line wins
+    ]
+    lines = [line(item, text, price, day, is_purchase=buy) for item, text, price, day, buy in rows]
+    one_by_one = build_catalog(lines)
+    for batches in ([lines], [lines[:4], lines[4:7], lines[7:]], [[one] for one in lines]):
+        builder = CatalogBuilder()
+        for batch in batches:
+            builder.note_many(
+                [one.item_id for one in batch],
+                [one.description for one in batch],
+                [one.unit_price for one in batch],
+                [one.ordered_at for one in batch],
+                [one.is_purchase for one in batch],
+            )
+        assert builder.items() == one_by_one
+    assert [(item.id, item.title, item.price) for item in one_by_one] == [
+        ("A", "RED", 1.9),
+        ("B", "BLUE", 2.5),
+        ("C", "C", 0.0),
+    ]

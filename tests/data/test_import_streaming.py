@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from recocamp.data import ingest
 from recocamp.data.ingest import Importer
 from recocamp.data.sources import csv as sources
-from recocamp.domain import OrderDigestParts, Purchase, order_digest
+from recocamp.domain import OrderDigestParts, Purchase, order_digest, order_digest_part
 from recocamp.errors import DataImportError
 from recocamp.store import notifications, queries, staging, tombstones
 from recocamp.store.schema import import_runs, orders, purchases, serving_changes
@@ -211,6 +211,15 @@ def test_an_orders_digest_from_streamed_parts_is_the_orders_digest() -> None:
         digest.update(parts(purchase).encode())
     assert digest.hexdigest() == order_digest(order)
     assert "2.0001" in parts(order[0])
+    many = OrderDigestParts(kept=1).many(
+        [p.line_no for p in order],
+        [p.item_id for p in order],
+        [p.quantity for p in order],
+        [p.unit_price for p in order],
+        [p.ordered_at for p in order],
+        [p.is_return for p in order],
+    )
+    assert many == [order_digest_part(purchase) for purchase in order]
 
 
 def test_the_validating_pass_holds_no_write_lock(
@@ -338,3 +347,54 @@ def test_a_big_import_tells_serving_readers_everything_and_keeps_its_trigger(
         posted = Purchase("o99", 1, "c9", "i1", 1, 2.5, NOW, False)
         queries.insert_purchases(connection, [posted], None)
     assert log.since(seq) == (seq + 1, ["c9"])
+
+
+@pytest.mark.parametrize("claim_chunk", [5000, 2], ids=["few-split", "many-split"])
+def test_orders_in_more_than_one_run_are_digested_from_all_their_lines(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claim_chunk: int
+) -> None:
+    """Lines numbered in file order are digested as they are staged, order by order; an
+    order whose lines come in two runs (or, past CLAIM_CHUNK of them, every order) is
+    digested again from all its lines: the same digests as the file in order id order."""
+    monkeypatch.setattr(ingest, "STAGE_CHUNK", 3)
+    monkeypatch.setattr(ingest, "CLAIM_CHUNK", claim_chunk)
+    runs = [line(order, n, quantity=n) for order in range(6) for n in (1, 2)]
+    runs += [line(order, 3, quantity=3) for order in (0, 2, 4)]  # 3 orders in two runs
+    split = write_csv(tmp_path / "split.csv", HEADER[:6], [row[:6] for row in runs])
+    report = importer(engine).purchases(split)
+    assert (report.imported, report.duplicates) == (15, 0)
+    with engine.connect() as connection:
+        query = sa.select(orders.c.order_id, orders.c.content_sha256)
+        digests = {str(row[0]): str(row[1]) for row in connection.execute(query)}
+        rows = connection.execute(sa.select(purchases).order_by(purchases.c.id)).all()
+    for order_id, digest in digests.items():
+        order = [Purchase(*row[1:9]) for row in rows if row.order_id == order_id]
+        assert digest == order_digest(order)
+    assert sorted(len([r for r in rows if r.order_id == o]) for o in digests) == [2] * 3 + [3] * 3
+    in_order = sorted(runs, key=lambda row: str(row[0]))  # stable: each order's lines in order
+    again = write_csv(tmp_path / "in_order.csv", HEADER[:6], [row[:6] for row in in_order])
+    report = importer(engine).purchases(again)
+    assert (report.imported, report.duplicates) == (0, 15)
+
+
+def test_orders_with_given_line_numbers_out_of_order_or_repeated_are_digested_whole(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given line numbers: an order whose lines are not in line order, or come in two
+    runs, one of them a repeat, is digested from its staged lines in line order."""
+    monkeypatch.setattr(ingest, "STAGE_CHUNK", 2)
+    rows = [line(1, 3), line(1, 1), line(2, 1), line(2, 2), line(3, 1), line(2, 2)]
+    rows += [line(3, 2), line(4, 1), line(4, 2), line(5, 1), line(4, 3)]
+    report = importer(engine).purchases(write_csv(tmp_path / "p.csv", HEADER, rows))
+    assert (report.imported, report.skipped) == (10, {"repeated line": 1})
+    with engine.connect() as connection:
+        query = sa.select(orders.c.order_id, orders.c.content_sha256)
+        digests = {str(row[0]): str(row[1]) for row in connection.execute(query)}
+        stored_rows = connection.execute(sa.select(purchases)).all()
+    for order_id, digest in digests.items():
+        order = [Purchase(*row[1:9]) for row in stored_rows if row.order_id == order_id]
+        assert digest == order_digest(order)
+    in_order = sorted(set(map(tuple, rows)), key=lambda row: (str(row[0]), int(str(row[6]))))
+    again = write_csv(tmp_path / "in_order.csv", HEADER, [list(row) for row in in_order])
+    report = importer(engine).purchases(again)
+    assert (report.imported, report.duplicates) == (0, 10)

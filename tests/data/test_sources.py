@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -126,3 +129,133 @@ def test_fast_retail_lines_read_as_the_row_parser_reads_them() -> None:
     assert sources.Skip("adjustment") in expected
     marker = {"\x00bad": "expected 8 fields", "column": "*", "value": "3"}
     assert outcome(fast, marker) == ("*", "expected 8 fields", "3")
+
+
+def as_columns(
+    lines: list[int], outcomes: list[object], retail: bool
+) -> sources.LineColumns | None:
+    """What ``columns`` must give for a batch whose lines parsed (one by one) to these
+    outcomes: None if any is a problem, else the kept lines column by column."""
+    if any(type(result) is tuple and len(result) == 3 for result in outcomes):
+        return None
+    kept = [(line, result) for line, result in zip(lines, outcomes, strict=True)]
+    kept = [(line, result) for line, result in kept if not isinstance(result, sources.Skip)]
+    found: list[Any] = [result for _, result in kept]
+    values = [result.values for result in found] if retail else found
+    columns = [list(column) for column in zip(*values, strict=True)] or [[]] * 8
+    order_ids, line_nos, customer_ids, item_ids, quantities, prices, times, returns = columns
+    return sources.LineColumns(
+        [line for line, _ in kept],
+        order_ids,
+        line_nos,
+        customer_ids,
+        item_ids,
+        quantities,
+        prices,
+        times,
+        returns,
+        len(outcomes) - len(kept),
+        [result.description for result in found] if retail else None,
+        [result.country for result in found] if retail else None,
+    )
+
+
+def check_batches(make: object, batches: list[list[list[str]]], retail: bool) -> int:
+    """Each batch read column by column gives what its lines give one by one, or None,
+    having counted nothing (the lines then read one by one give the same again); returns
+    how many batches were read column by column."""
+    assert callable(make)
+    by_columns, one_by_one = make(), make()
+    read = 0
+    for batch in batches:
+        lines = list(range(2, len(batch) + 2))
+        expected = [outcome(one_by_one, record) for record in batch]
+        columns = by_columns.columns(lines, batch)
+        if columns is None:
+            assert [outcome(by_columns, record) for record in batch] == expected
+        else:
+            read += 1
+            assert columns == as_columns(lines, expected, retail)
+    return read
+
+
+@pytest.mark.parametrize("extra", [(), ("line_no",), ("is_return", "line_no")])
+def test_standard_lines_read_column_by_column_as_one_by_one(extra: tuple[str, ...]) -> None:
+    columns = [*sources.STANDARD_COLUMNS, *extra]
+    header = ["item_id", "spare", *columns]
+    good = ["i\x01", "x", *(GOOD[name] for name in columns)]
+    variants = records(columns)
+    batches = [[good, good], *([variant, good, good] for variant in variants)]
+    batches += [variants[i : i + 2] for i in range(0, len(variants), 2)]
+    returned = {**GOOD, "quantity": "-2", "line_no": "7" if extra else ""}
+    adjusted = {**GOOD, "unit_price": "0", "customer_id": ""}
+    batches.append([good, [*good[:2], *(returned[name] for name in columns)], good])
+    batches.append([[*good[:2], *(adjusted[name] for name in columns)], good])
+
+    def make() -> sources.StandardLines:
+        return sources.StandardLines(header, sources.Timestamps(LONDON), sources.LineNumbers())
+
+    assert check_batches(make, batches, retail=False) > len(batches) // 4
+
+
+def test_retail_lines_read_column_by_column_as_one_by_one() -> None:
+    columns = list(sources.ONLINE_RETAIL_COLUMNS)
+    header = ["StockCode", "spare", *columns]
+    given = []
+    for column, values in RETAIL_VARIANTS.items():
+        for value in values:
+            variant = {**RETAIL_GOOD, column: value}
+            given.append(["s\x01", "x", *(variant[name] for name in columns)])
+    good = ["s\x01", "x", *(RETAIL_GOOD[name] for name in columns)]
+    batches = [[good, good], *([variant, good] for variant in given)]
+    batches += [given[i : i + 3] for i in range(0, len(given), 3)]
+
+    def make() -> sources.RetailLines:
+        stamps = sources.Timestamps(LONDON, sources.RETAIL_TIME)
+        return sources.RetailLines(header, stamps, sources.LineNumbers())
+
+    assert check_batches(make, batches, retail=True) > len(batches) // 4
+
+
+def test_retail_times_read_as_iso_are_what_strptime_reads() -> None:
+    stamps = sources.Timestamps(LONDON, sources.RETAIL_TIME)
+    given = ["2010-12-01 08:26:00", "2011-03-27 01:30:00", "2010-02-30 08:26:00"]
+    for raw in [*given, "2010-1-01 08:26:00", "2010-12-01 08:26:60", "0000-01-01 00:00:00"]:
+        try:
+            naive = datetime.strptime(raw, sources.RETAIL_TIME)
+            expected: object = naive.replace(tzinfo=LONDON).astimezone(UTC)
+        except ValueError:
+            expected = "is not a date-time (%Y-%m-%d %H:%M:%S)"
+        try:
+            got: object = stamps.of(raw, "InvoiceDate")
+        except sources.RowProblem as problem:
+            got = problem.message
+        assert got == expected
+
+
+def test_records_read_in_batches_of_any_size_are_the_same_records(tmp_path: Path) -> None:
+    """Blank lines, a record over two lines, a wrong width and an undecodable byte: the
+    records and their lines do not depend on the batch size; a clean batch holds field
+    lists of the header's width only, the others hold the markers of their problems."""
+    content = b'a,b,c\n1,2,3\n\n4,"5\n5",6\n7,8\n9,1\xff,2\n3,4,5\n,,\n' + b"6,7,8\n" * 5
+    path = tmp_path / "r.csv"
+    path.write_bytes(content)
+
+    def batches(size: int) -> list[sources.Batch]:
+        with sources.open_text(path) as handle:
+            return list(sources.Records(path, ("a", "b"), handle).batches(size))
+
+    def flat(found: list[sources.Batch]) -> list[tuple[int, object]]:
+        return [pair for batch in found for pair in zip(batch.lines, batch.records, strict=True)]
+
+    whole = flat(batches(10_000))
+    assert [line for line, _ in whole] == [2, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    assert whole[1] == (4, ["4", "5\n5", "6"])
+    assert whole[2][1] == {"\x00bad": "expected 3 fields", "column": "*", "value": "2"}
+    assert isinstance(whole[3][1], dict) and "0xFF" in whole[3][1]["\x00bad"]
+    for size in (1, 2, 3, 7):
+        found = batches(size)
+        assert flat(found) == whole
+        clean = [batch for batch in found if batch.clean]
+        assert clean and all(isinstance(record, list) for b in clean for record in b.records)
+        assert all(len(record) == 3 for b in clean for record in b.records)

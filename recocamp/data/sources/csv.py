@@ -29,8 +29,10 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
+from itertools import compress, groupby, repeat
+from operator import itemgetter
 from pathlib import Path
-from typing import IO, NamedTuple, TypeVar, cast
+from typing import IO, Any, NamedTuple, TypeVar, cast
 
 from recocamp.domain import (
     FIELD_MAX,
@@ -150,9 +152,6 @@ class BoundedLines:
     def __init__(self, handle: IO[str], limit: int) -> None:
         self.handle, self.limit, self.left = handle, limit, limit
 
-    def start_record(self) -> None:
-        self.left = self.limit
-
     def __iter__(self) -> BoundedLines:
         return self
 
@@ -164,6 +163,27 @@ class BoundedLines:
         if self.left < 0:
             raise RecordTooLong(f"a record is longer than {self.limit:,} characters")
         return line
+
+
+# a record's fields, or the marker of a record that cannot be read (see check_width)
+Record = list[str] | dict[str, str]
+BATCH_RECORDS = 10_000  # records read per batch (Records.batches)
+BATCH_CHARS = 4_000_000  # characters read per batch, at most one record more
+
+
+class Batch(NamedTuple):
+    """Records read together: the line each starts on, the records, and whether every
+    record is a plain field list of the header's width (``Records.batches``)."""
+
+    lines: list[int]
+    records: list[Record]
+    clean: bool
+
+
+def _clean(raw: list[list[str]], width: int) -> bool:
+    """Every record has the header's width (a blank record has none: the header has at
+    least the two required columns) and no undecodable byte or NUL."""
+    return set(map(len, raw)) <= {width} and not _UNREADABLE.search("".join(map("".join, raw)))
 
 
 class Records:
@@ -193,36 +213,71 @@ class Records:
             raise DataImportError(path, [problem])
 
     def __iter__(self) -> Iterator[tuple[int, Record]]:
+        for batch in self.batches():
+            yield from zip(batch.lines, batch.records, strict=True)
+
+    def batches(self, size: int = BATCH_RECORDS) -> Iterator[Batch]:
+        """The records in batches of at most ``size`` records or about ``BATCH_CHARS``
+        characters (so a batch of long, bad records stays small), each with the lines the
+        records start on. A batch is ``clean`` when every record is a plain field list of
+        the header's width with nothing unreadable: checked once per batch, in C, rather
+        than per record; a batch that is not goes record by record (:meth:`_one_by_one`)."""
         reader, lines, width = self.reader, self.lines, len(self.header)
+        limit = lines.limit
         while True:
-            line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
-            lines.start_record()
-            try:
-                values = next(reader)
-            except StopIteration:
+            starts: list[int] = []
+            raw: list[list[str]] = []
+            failed: tuple[int, dict[str, str]] | None = None
+            used = 0
+            while len(raw) < size and used < BATCH_CHARS:
+                line = reader.line_num + 1  # where it starts (a quoted field may span lines)
+                lines.left = limit  # a new record: its own limit
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    break
+                except (csv.Error, RecordTooLong) as exc:  # a field past FIELD_MAX, a stray quote
+                    failed = (line, _unreadable("*", f"cannot be read: {exc}", ""))
+                    break
+                starts.append(line)
+                raw.append(values)
+                used += limit - lines.left
+            if failed is None and _clean(raw, width):
+                yield Batch(starts, cast(list[Record], raw), True)
+            else:
+                yield self._one_by_one(starts, raw, failed)
+            if failed is not None or (len(raw) < size and used < BATCH_CHARS):  # the end
                 return
-            except (csv.Error, RecordTooLong) as exc:  # a field past FIELD_MAX, a stray quote
-                yield line, _unreadable("*", f"cannot be read: {exc}", "")
-                return
+
+    def _one_by_one(
+        self, starts: list[int], raw: list[list[str]], failed: tuple[int, dict[str, str]] | None
+    ) -> Batch:
+        """A batch checked record by record: blank records left out, a record of the wrong
+        width or with something unreadable as the marker of its problem, then the marker
+        of the record that could not be read (the last: the reading stops there)."""
+        width = len(self.header)
+        kept: list[int] = []
+        records: list[Record] = []
+        for line, values in zip(starts, raw, strict=True):
             if not values or values == [""]:
                 continue
+            kept.append(line)
             if len(values) != width:
-                yield line, _unreadable("*", f"expected {width} fields", str(len(values)))
-                continue
-            if _UNREADABLE.search("".join(values)):
-                yield line, _unreadable_field(dict(zip(self.header, values, strict=True)))
-                continue
-            yield line, values
+                records.append(_unreadable("*", f"expected {width} fields", str(len(values))))
+            elif _UNREADABLE.search("".join(values)):
+                records.append(_unreadable_field(dict(zip(self.header, values, strict=True))))
+            else:
+                records.append(values)
+        if failed is not None:
+            kept.append(failed[0])
+            records.append(failed[1])
+        return Batch(kept, records, False)
 
     def row(self, record: Record) -> dict[str, str]:
         """A record as a row (column name → field); a marker as it is."""
         if isinstance(record, dict):
             return record
         return dict(zip(self.header, record, strict=True))
-
-
-# a record's fields, or the marker of a record that cannot be read (see check_width)
-Record = list[str] | dict[str, str]
 
 
 def read_rows(
@@ -350,6 +405,8 @@ def boolean(row: dict[str, str], column: str, default: bool) -> bool:
 
 
 _STAMPS_CACHED = 100_000
+RETAIL_TIME = "%Y-%m-%d %H:%M:%S"  # the online-retail format's times
+_RETAIL_STAMP = re.compile("[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
 class Timestamps:
@@ -371,9 +428,15 @@ class Timestamps:
             cached = self.cache[raw] = self._parse(raw, column)
         return cached
 
+    def many(self, raws: list[str], column: str) -> list[datetime]:
+        """:meth:`of` of each of these stripped fields, each distinct one once."""
+        cache = self.cache
+        found = {raw: cache.get(raw) or self.of(raw, column) for raw in set(raws)}
+        return list(map(found.__getitem__, raws))
+
     def _parse(self, raw: str, column: str) -> datetime:
         try:
-            value = datetime.strptime(raw, self.fmt) if self.fmt else datetime.fromisoformat(raw)
+            value = self._naive(raw)
         except ValueError:
             expected = self.fmt or "ISO 8601, e.g. 2011-12-09T12:50:00+00:00"
             raise RowProblem(column, f"is not a date-time ({expected})", raw) from None
@@ -390,6 +453,20 @@ class Timestamps:
                 raw,
             )
         return utc
+
+    def _naive(self, raw: str) -> datetime:
+        """The field as a datetime (ISO 8601, or ``fmt``). ``2010-12-01 08:26:00`` in the
+        online-retail format is read as ISO 8601 is, in C, which gives what ``strptime``
+        gives it (a tenth of the time); anything else, or a value ISO 8601 refuses, is
+        ``strptime``'s, which says what it thinks of it."""
+        if self.fmt is None:
+            return datetime.fromisoformat(raw)
+        if self.fmt == RETAIL_TIME and _RETAIL_STAMP.fullmatch(raw):
+            try:
+                return datetime.fromisoformat(raw)
+            except ValueError:
+                pass
+        return datetime.strptime(raw, self.fmt)
 
 
 def day(row: dict[str, str], column: str) -> date | None:
@@ -415,6 +492,16 @@ class LineNumbers:
         number = self._seen.get(order_id, 0) + 1
         self._seen[order_id] = number
         return number
+
+    def many(self, order_ids: list[str]) -> list[int]:
+        """:meth:`next` of each of these, in order: a run of lines of one order at once."""
+        seen: dict[str, int] = self._seen
+        numbers: list[int] = []
+        for order_id, run in groupby(order_ids):
+            before = seen.get(order_id, 0)
+            after = seen[order_id] = before + len(list(run))
+            numbers += range(before + 1, after + 1)
+        return numbers
 
 
 def standard_purchase(
@@ -448,6 +535,75 @@ def standard_values(
 _ADJUSTMENT = Skip("adjustment")
 
 
+@dataclass(frozen=True, slots=True)
+class LineColumns:
+    """The purchase lines of a batch of records column by column, as ``columns`` of
+    :class:`StandardLines` and :class:`RetailLines` read them: the lines kept (each value
+    what the line's :class:`PurchaseValues` holds), the file line each starts on, and how
+    many lines were adjustments (skipped). The online-retail format adds each line's
+    description and country."""
+
+    lines: list[int]
+    order_ids: list[str]
+    line_nos: list[int]
+    customer_ids: list[str | None]
+    item_ids: list[str]
+    quantities: list[int]
+    unit_prices: list[float]
+    ordered_at: list[datetime]
+    is_returns: list[bool]
+    adjustments: int
+    descriptions: list[str] | None = None
+    countries: list[str] | None = None
+
+
+def _kept(keep: list[bool], *columns: list[Any]) -> tuple[int, list[list[Any]]]:
+    """The columns of the lines to keep, and how many were not."""
+    dropped = keep.count(False)
+    if not dropped:
+        return 0, list(columns)
+    return dropped, [list(compress(column, keep)) for column in columns]
+
+
+def _field(records: list[list[str]], index: int) -> Iterator[str]:
+    """One field of each record (the records' column: ``zip(*records)`` costs 3 times as
+    much)."""
+    return map(itemgetter(index), records)
+
+
+def _stripped(records: list[list[str]], index: int) -> list[str]:
+    return list(map(str.strip, _field(records, index)))
+
+
+def _ids_pass(values: list[str], required: bool) -> bool:
+    """:func:`ident`'s checks of a column at once: ids present (if ``required``), at most
+    ``ID_MAX`` characters, printable."""
+    lengths = list(map(len, values))
+    return (
+        (not required or min(lengths) > 0)
+        and max(lengths) <= ID_MAX
+        and "".join(values).isprintable()
+    )
+
+
+def _numbers_pass(quantities: list[int], prices: list[float]) -> bool:
+    """Quantities and prices in range; no price NaN or infinite (their sum would not be
+    finite: finite prices in range cannot add up to an infinity)."""
+    total = sum(prices)
+    return (
+        min(quantities) >= -QUANTITY_MAX
+        and max(quantities) <= QUANTITY_MAX
+        and total - total == 0.0
+        and min(prices) >= -PRICE_MAX
+        and max(prices) <= PRICE_MAX
+    )
+
+
+def _texts_pass(values: list[str], limit: int) -> bool:
+    """:func:`text`'s checks of a column at once: at most ``limit`` characters, no NUL."""
+    return max(map(len, values)) <= limit and "\x00" not in "".join(values)
+
+
 class StandardLines:
     """:func:`standard_values` of records (field lists) of a file with this header, faster.
 
@@ -464,6 +620,8 @@ class StandardLines:
         self.order, self.customer, self.item = at["order_id"], at["customer_id"], at["item_id"]
         self.quantity, self.price, self.time = at["quantity"], at["unit_price"], at["ordered_at"]
         self.line_no, self.is_return = at.get("line_no"), at.get("is_return")
+        # without line_no every line is numbered in file order: no two share a number
+        self.numbered_by_file = self.line_no is not None
 
     def __call__(self, record: Record) -> PurchaseValues | Skip:
         if isinstance(record, dict):
@@ -504,9 +662,92 @@ class StandardLines:
         customer = customer_id or None
         return (order_id, line_no, customer, item_id, quantity, unit_price, ordered_at, is_return)
 
+    def columns(self, lines: list[int], records: list[list[str]]) -> LineColumns | None:
+        """:meth:`__call__` of every record of a clean batch at once, column by column (a
+        few C loops rather than a Python call per line), or None when any line does not
+        pass a check at once: then each line goes through :meth:`__call__`, which gives the
+        same values, skips and problems. Nothing is counted (``LineNumbers``) before every
+        check passed; a file giving some lines a ``line_no`` and others none goes line by
+        line too."""
+        if not records:
+            return None
+        order_ids, item_ids = _stripped(records, self.order), _stripped(records, self.item)
+        customers = _stripped(records, self.customer)
+        if not (
+            _ids_pass(order_ids, True) and _ids_pass(item_ids, True) and _ids_pass(customers, False)
+        ):
+            return None
+        given = None if self.line_no is None else _stripped(records, self.line_no)
+        counted = given is None or not any(given)  # numbered in file order (LineNumbers)
+        if given is not None and not counted and not all(given):
+            return None  # some lines given a number, some not: line by line
+        try:
+            quantities = list(map(int, _field(records, self.quantity)))
+            unit_prices = list(map(float, _field(records, self.price)))
+            numbers = None if given is None or counted else list(map(int, given))
+            ordered_at = self.stamps.many(_stripped(records, self.time), "ordered_at")
+        except (ValueError, RowProblem):
+            return None
+        if not _numbers_pass(quantities, unit_prices) or (
+            numbers is not None and not (min(numbers) >= 0 and max(numbers) <= LINE_NO_MAX)
+        ):
+            return None
+        if self.is_return is None:
+            is_returns = [quantity < 0 for quantity in quantities]
+        else:
+            words = list(map(str.lower, _stripped(records, self.is_return)))
+            if not _BOOLEAN_WORDS.issuperset(words):
+                return None
+            is_returns = [
+                word in TRUE_WORDS or (not word and quantity < 0)  # _return_word
+                for word, quantity in zip(words, quantities, strict=True)
+            ]
+        line_nos = self.lines.many(order_ids) if numbers is None else numbers
+        customer_ids = [customer or None for customer in customers]
+        return _line_columns(
+            lines,
+            [order_ids, line_nos, customer_ids, item_ids, quantities, unit_prices, ordered_at],
+            is_returns,
+        )
+
     def _slow(self, record: Record) -> PurchaseValues | Skip:
         row = record if isinstance(record, dict) else dict(zip(self.header, record, strict=True))
         return standard_values(row, self.stamps, self.lines)
+
+
+_BOOLEAN_WORDS = TRUE_WORDS | FALSE_WORDS
+
+
+def _line_columns(
+    lines: list[int],
+    values: list[list[Any]],
+    is_returns: list[bool],
+    texts: list[list[str]] | None = None,
+) -> LineColumns:
+    """The columns of the lines kept: returns, and purchases of a positive quantity at a
+    positive price (the others are adjustments, ``Purchase.is_purchase``)."""
+    quantities, prices = values[4], values[5]
+    keep = [
+        is_return or (quantity > 0 and price > 0)
+        for is_return, quantity, price in zip(is_returns, quantities, prices, strict=True)
+    ]
+    dropped, kept = _kept(keep, lines, *values, is_returns, *(texts or []))
+    lines, order_ids, line_nos, customer_ids, item_ids, quantities, prices, ordered_at = kept[:8]
+    descriptions, countries = (kept[9], kept[10]) if texts is not None else (None, None)
+    return LineColumns(
+        lines,
+        order_ids,
+        line_nos,
+        customer_ids,
+        item_ids,
+        quantities,
+        prices,
+        ordered_at,
+        kept[8],
+        dropped,
+        descriptions,
+        countries,
+    )
 
 
 def _return_word(word: str, default: bool) -> bool | None:
@@ -558,6 +799,7 @@ class RetailLines:
         self.invoice, self.item, self.customer = at["InvoiceNo"], at["StockCode"], at["CustomerID"]
         self.quantity, self.price, self.time = at["Quantity"], at["UnitPrice"], at["InvoiceDate"]
         self.description, self.country = at["Description"], at["Country"]
+        self.numbered_by_file = False  # lines are numbered in file order: none repeats
 
     def __call__(self, record: Record) -> RetailLine | Skip:
         if isinstance(record, dict):
@@ -595,6 +837,43 @@ class RetailLines:
             return _ADJUSTMENT
         values = (invoice, line_no, _integer_id(customer or None), item_id, quantity)
         return RetailLine((*values, unit_price, ordered_at, is_return), description, country)
+
+    def columns(self, lines: list[int], records: list[list[str]]) -> LineColumns | None:
+        """:meth:`__call__` of every record of a clean batch at once, as
+        :meth:`StandardLines.columns` does: None when any line does not pass a check at
+        once (then each goes through :meth:`__call__`); nothing counted before."""
+        if not records:
+            return None
+        invoices, item_ids = _stripped(records, self.invoice), _stripped(records, self.item)
+        customers = _stripped(records, self.customer)
+        descriptions = _stripped(records, self.description)
+        countries = _stripped(records, self.country)
+        if not (
+            _ids_pass(invoices, True)
+            and _ids_pass(item_ids, True)
+            and _ids_pass(customers, False)
+            and _texts_pass(descriptions, _TITLE_MAX)
+            and _texts_pass(countries, _COUNTRY_MAX)
+        ):
+            return None
+        try:
+            quantities = list(map(int, _field(records, self.quantity)))
+            unit_prices = list(map(float, _field(records, self.price)))
+            ordered_at = self.stamps.many(_stripped(records, self.time), "InvoiceDate")
+        except (ValueError, RowProblem):
+            return None
+        if not _numbers_pass(quantities, unit_prices):
+            return None
+        line_nos = self.lines.many(invoices)
+        is_returns = list(map(str.startswith, invoices, repeat("C")))
+        ids = {customer: _integer_id(customer or None) for customer in set(customers)}
+        customer_ids = list(map(ids.__getitem__, customers))
+        return _line_columns(
+            lines,
+            [invoices, line_nos, customer_ids, item_ids, quantities, unit_prices, ordered_at],
+            is_returns,
+            [descriptions, countries],
+        )
 
     def _slow(self, record: Record) -> RetailLine | Skip:
         row = record if isinstance(record, dict) else dict(zip(self.header, record, strict=True))
