@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -82,6 +83,23 @@ def test_a_token_is_the_same_bytes_as_ever_under_each_key() -> None:
     assert accented.split(".")[1] == _b64(
         b'{"c":"J\\u00f6rg","k":"winback","p":"feedback","i":1717200000,"s":"s/1"}'
     )
+
+
+@pytest.mark.parametrize(
+    "text", ["12748", "", "a b~!", 'say "hi"', "back\\slash", "\x7f", "tab\t", "Jörg", "\u2028"]
+)
+def test_claims_are_the_json_encoders_bytes_for_any_string(text: str) -> None:
+    """Plain strings are joined into the claims without the encoder: the bytes must be the
+    encoder's for every string, plain or not, in every field."""
+    for survey in (None, "s/1", text):
+        for customer, campaign in ((text, "winback"), ("12748", text)):
+            claims: dict[str, object] = {"c": customer, "k": campaign, "p": "feedback"}
+            claims["i"] = 1717200000
+            if survey is not None:
+                claims["s"] = survey
+            token = sign(KEY, customer, campaign, "feedback", NOW, survey)
+            assert token.split(".")[1] == _b64(json.dumps(claims, separators=(",", ":")).encode())
+            assert verify(KEY, token, "feedback", NOW).customer_id == customer
 
 
 def _b64(data: bytes) -> str:

@@ -22,7 +22,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import timedelta
 
 from recocamp.campaigns.render import Renderer
@@ -203,8 +202,7 @@ class Deliverer:
                 error = f"template {template.html}/{template.text}: {type(exc).__name__}: {exc}"
                 broken.append((c, SendResult(c.email.send_key, SendStatus.REJECTED, error=error)))
                 continue
-            email = replace(c.email, html=html, text=text, template=None)
-            ready.append(replace(c, email=email))
+            ready.append(c.rendered(html, text))
         return ready, broken
 
     def _request(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
