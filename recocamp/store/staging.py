@@ -89,12 +89,21 @@ def finish(connection: sa.Connection) -> None:
     SQLite: the driver's connection is closed (SQLAlchemy opens another when next asked),
     its temporary database with it, the staging tables and the import's page cache gone at
     once: dropping a table of a million lines walks every page of it first. PostgreSQL:
-    the tables are dropped."""
-    if connection.dialect.name == "sqlite":
+    the tables are dropped — also on an in-memory SQLite database, where the driver's
+    connection is the database itself."""
+    if connection.dialect.name == "sqlite" and _on_disk(connection.engine.url):
         connection.invalidate()
         return
     drop(connection)
     connection.commit()
+
+
+def _on_disk(url: sa.URL) -> bool:
+    """Whether a SQLite URL names a database file (not ``sqlite://``, ``:memory:`` or a
+    ``mode=memory`` URI), which outlives the connection that is closed."""
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    return not in_memory and url.query.get("mode") != "memory"
 
 
 def drop(connection: sa.Connection) -> None:

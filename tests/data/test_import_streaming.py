@@ -19,6 +19,7 @@ from recocamp.data.sources import csv as sources
 from recocamp.domain import OrderDigestParts, Purchase, order_digest, order_digest_part
 from recocamp.errors import DataImportError
 from recocamp.store import notifications, queries, staging, tombstones
+from recocamp.store.engine import make_engine, upgrade
 from recocamp.store.schema import import_runs, orders, purchases, serving_changes
 from tests.conftest import NOW, impatient, write_csv
 from tests.data.test_ingest import LONDON
@@ -398,3 +399,14 @@ def test_orders_with_given_line_numbers_out_of_order_or_repeated_are_digested_wh
     again = write_csv(tmp_path / "in_order.csv", HEADER, [list(row) for row in in_order])
     report = importer(engine).purchases(again)
     assert (report.imported, report.duplicates) == (0, 10)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_store_keeps_what_two_imports_wrote(url: str, tmp_path: Path) -> None:
+    """A file's SQLite import ends by closing the driver's connection (its staging tables go
+    at once); an in-memory database is that connection, so it drops them instead."""
+    memory = make_engine(url)
+    upgrade(memory)
+    importer(memory).purchases(write_csv(tmp_path / "a.csv", HEADER, lines(4)))
+    importer(memory).purchases(write_csv(tmp_path / "b.csv", HEADER, [line(7), line(8)]))
+    assert stored(memory) == (6, 4, 2)
