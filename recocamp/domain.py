@@ -101,12 +101,12 @@ def future_problem(value: datetime, now: datetime) -> str | None:
     return "lies in the future" if value > now + CLOCK_SKEW else None
 
 
-def birthday_problem(value: date, now: datetime | None) -> str | None:
+def birthday_problem(value: date, now: datetime) -> str | None:
     """Why ``value`` cannot be a birthday, or None: before :data:`BIRTHDAY_MIN`, or after
-    the date of ``now`` anywhere on Earth (None: not checked against now)."""
+    the date of ``now`` anywhere on Earth."""
     if value < BIRTHDAY_MIN:
         return f"is before {BIRTHDAY_MIN.isoformat()}"
-    if now is not None and value > (now.astimezone(UTC) + _EARTH_AHEAD).date():
+    if value > (now.astimezone(UTC) + _EARTH_AHEAD).date():
         return "lies in the future"
     return None
 

@@ -5,7 +5,7 @@ file is held to the bounds ``PUT /v1/customers`` holds a customer to (``domain``
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from recocamp.cli import app as cli_app
 from recocamp.clock import FixedClock
+from recocamp.data import profiles
 from recocamp.data.ingest import Importer
 from recocamp.data.sources import csv as sources
-from recocamp.domain import birthday_problem, future_problem, locale_problem
+from recocamp.domain import BIRTHDAY_MIN, birthday_problem, future_problem, locale_problem
 from recocamp.errors import DataImportError
 from recocamp.store.schema import customers, import_runs, items, purchases
 from tests.api_shop import bearer, call, make_app
@@ -181,4 +182,24 @@ def test_the_shared_checks() -> None:
     today = NOW.date()
     assert birthday_problem(today + timedelta(days=1), NOW) is None  # already there in UTC+14
     assert birthday_problem(today + timedelta(days=2), NOW) == "lies in the future"
-    assert birthday_problem(today + timedelta(days=2), None) is None
+    assert birthday_problem(BIRTHDAY_MIN, NOW) is None
+    assert birthday_problem(BIRTHDAY_MIN - timedelta(days=1), NOW) == "is before 1900-01-01"
+
+
+def test_a_stored_profile_is_not_held_to_the_new_bounds_by_a_change_of_another_field(
+    engine: sa.Engine,
+) -> None:
+    """Only the values a change gives are checked against now and 1900: a birthday stored
+    before these bounds held does not block an opt-out; a new one past them is refused."""
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(customers).values(id="c1", birthday=date(1850, 1, 1), updated_at=NOW)
+        )
+        changed = profiles.apply(
+            connection, "c1", {"channel_email": False}, at=NOW, actor="t", source="t"
+        )
+        assert changed.fields == ("channel_email",)
+        with pytest.raises(profiles.ProfileError, match="birthday: is before 1900-01-01"):
+            profiles.apply(
+                connection, "c1", {"birthday": date(1899, 1, 1)}, at=NOW, actor="t", source="t"
+            )

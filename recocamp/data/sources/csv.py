@@ -514,7 +514,8 @@ class Timestamps:
 
 
 def day(row: dict[str, str], column: str, now: datetime | None) -> date | None:
-    """A birthday (``domain.birthday_problem``); the value is never shown."""
+    """A birthday (``domain.birthday_problem``, unless ``now`` is None); the value is never
+    shown."""
     raw = row.get(column, "").strip()
     if not raw:
         return None
@@ -522,7 +523,7 @@ def day(row: dict[str, str], column: str, now: datetime | None) -> date | None:
         value = date.fromisoformat(raw)
     except ValueError:
         raise RowProblem(column, "is not a date (YYYY-MM-DD)", "<redacted>") from None
-    problem = birthday_problem(value, now)
+    problem = None if now is None else birthday_problem(value, now)
     if problem:
         raise RowProblem(column, problem, "<redacted>")
     return value
@@ -939,7 +940,8 @@ def _integer_id(value: str | None) -> str | None:
 def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) -> Customer:
     """A customers row, held to the bounds the API holds a customer to (``domain``): the
     locale one of ``LOCALES``, a consent given by ``now`` and a birthday from 1900 to
-    ``now`` (``now`` None: neither checked against now, as for a stored profile)."""
+    ``now`` (``now`` None: neither checked, as for a stored profile: ``profiles`` holds
+    only the values a change gives to them, or an old import would block every change)."""
     check_width(row)
     basis_raw = (text(row, "consent_basis", required=False, limit=32) or "none").lower()
     try:
