@@ -84,6 +84,33 @@ def range_problem(value: float, low: float, high: float) -> str | None:
     return None
 
 
+LOCALES = ("de", "en")  # the languages of the e-mails and pages
+CLOCK_SKEW = timedelta(minutes=5)  # how far past now a given instant may lie (clocks differ)
+BIRTHDAY_MIN = date(1900, 1, 1)
+_EARTH_AHEAD = timedelta(hours=14)  # UTC+14: where a date begins first
+
+
+def locale_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a customer's locale, or None."""
+    return None if value in LOCALES else f"is not one of {', '.join(LOCALES)}"
+
+
+def future_problem(value: datetime, now: datetime) -> str | None:
+    """Why an instant that has happened (a consent, a change) cannot be ``value``, or None:
+    it lies past ``now`` by more than the clocks' skew."""
+    return "lies in the future" if value > now + CLOCK_SKEW else None
+
+
+def birthday_problem(value: date, now: datetime) -> str | None:
+    """Why ``value`` cannot be a birthday, or None: before :data:`BIRTHDAY_MIN`, or after
+    the date of ``now`` anywhere on Earth."""
+    if value < BIRTHDAY_MIN:
+        return f"is before {BIRTHDAY_MIN.isoformat()}"
+    if value > (now.astimezone(UTC) + _EARTH_AHEAD).date():
+        return "lies in the future"
+    return None
+
+
 def _bound(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -62,6 +62,7 @@ from recocamp.domain import (
     ConsentBasis,
     Purchase,
     check_id,
+    future_problem,
 )
 from recocamp.errors import OrderConflictError
 from recocamp.settings import Settings
@@ -291,13 +292,10 @@ def router(
         at = body.at or now
         for name in ("at", "consent_at"):
             value = getattr(body, name)
-            if value is not None and value > now + timedelta(minutes=5):
+            late = None if value is None else future_problem(value, now)
+            if late:
                 raise RequestValidationError(
-                    [
-                        api_lean.problem(
-                            "value_error", ("body", name), "lies in the future", value.isoformat()
-                        )
-                    ]
+                    [api_lean.problem("value_error", ("body", name), late, value.isoformat())]
                 )
         changes = body.model_dump(
             exclude_unset=True, exclude={"source", "at", "unsubscribed", "new_sign_up"}
@@ -324,6 +322,7 @@ def router(
                     source=body.source,
                     unsubscribed=body.unsubscribed,
                     zone=zone,
+                    now=now,
                 )
         except profiles.ProfileError as exc:
             raise RequestValidationError(

@@ -99,15 +99,16 @@ def file_sha256(path: Path) -> str:
 
 def _parse(
     path: Path,
-    required: tuple[str, ...],
+    columns: tuple[tuple[str, ...], tuple[str, ...]],
     parse: Callable[[dict[str, str]], T | sources.Skip],
     progress: ProgressSink,
     max_listed: int,
 ) -> tuple[list[T], dict[str, int], int]:
-    """Parse a whole file (customers, items: one row per customer or item)."""
+    """Parse a whole file (customers, items: one row per customer or item); ``columns``:
+    the required and the optional ones."""
     progress.phase(f"reading {path.name}", None)
     with sources.open_text(path) as handle:
-        rows = _counted(sources.read_rows(path, required, handle), progress)
+        rows = _counted(sources.read_rows(path, columns[0], handle, columns[1]), progress)
         try:
             return sources.collect(path, rows, parse, max_listed=max_listed)
         except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
@@ -438,10 +439,11 @@ class Importer:
         found = _Staged(CatalogBuilder() if retail else None, self.max_listed, stager)
         stamps = sources.Timestamps(self.zone, sources.RETAIL_TIME if retail else None)
         required = sources.ONLINE_RETAIL_COLUMNS if retail else sources.STANDARD_COLUMNS
+        optional = () if retail else sources.STANDARD_OPTIONAL
         self.progress.phase(f"reading {path.name}", None)
         with sources.open_text(path) as handle:
             try:
-                records = sources.Records(path, required, handle)
+                records = sources.Records(path, required, handle, optional)
                 parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
                 runs = None
                 if connection.dialect.name == "sqlite":
@@ -577,8 +579,8 @@ class Importer:
         rows: list[Customer]
         rows, skipped, read = _parse(
             path,
-            sources.CUSTOMER_COLUMNS,
-            lambda row: sources.customer_row(row, stamps),
+            (sources.CUSTOMER_COLUMNS, sources.CUSTOMER_OPTIONAL),
+            lambda row: sources.customer_row(row, stamps, self.now),
             self.progress,
             self.max_listed,
         )
@@ -602,7 +604,11 @@ class Importer:
 
     def _write_items(self, path: Path, fmt: str, sha: str) -> ImportReport:
         rows, skipped, read = _parse(
-            path, sources.ITEM_COLUMNS, sources.item_row, self.progress, self.max_listed
+            path,
+            (sources.ITEM_COLUMNS, sources.ITEM_OPTIONAL),
+            sources.item_row,
+            self.progress,
+            self.max_listed,
         )
         _refuse_duplicate_ids(path, [row.id for row in rows])
         with self.engine.begin() as connection:

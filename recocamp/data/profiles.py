@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from recocamp.data.sources import csv as sources
-from recocamp.domain import PREFERENCE_PERIODS
+from recocamp.domain import PREFERENCE_PERIODS, birthday_problem, future_problem
 from recocamp.errors import RecocampError
 from recocamp.store import contacts, profiles
 from recocamp.store.engine import Connection
@@ -65,8 +65,10 @@ def apply(
     source: str,
     unsubscribed: bool | None = None,
     zone: ZoneInfo | None = None,
+    now: datetime | None = None,
 ) -> Changed:
-    """Create or update one customer with ``changes`` (a subset of :data:`FIELDS`)."""
+    """Create or update one customer with ``changes`` (a subset of :data:`FIELDS`); a
+    changed consent time or birthday must not lie past ``now`` (default: ``at``)."""
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         raise ProfileError(unknown[0], "is not a customer field", unknown[0])
@@ -78,6 +80,7 @@ def apply(
     )
     after = {**before, **changes}
     _validate(customer_id, after, zone or ZoneInfo("UTC"))
+    _not_ahead(changes, now or at)
     changed = tuple(name for name in FIELDS if name in changes and before.get(name) != after[name])
     values = {name: after[name] for name in changed}
     if row is None:
@@ -110,7 +113,7 @@ def _validate(customer_id: str, after: Mapping[str, Any], zone: ZoneInfo) -> Non
     """The import's rules over the changed profile as a whole (consent needs its time …)."""
     row = {"id": customer_id, **{name: _text(after.get(name)) for name in FIELDS}}
     try:
-        sources.customer_row(row, sources.Timestamps(zone))
+        sources.customer_row(row, sources.Timestamps(zone), None)
     except sources.RowProblem as problem:
         raise ProfileError(problem.column, problem.message, problem.value) from None
     if after.get("locale") not in ("de", "en"):
@@ -120,6 +123,19 @@ def _validate(customer_id: str, after: Mapping[str, Any], zone: ZoneInfo) -> Non
         raise ProfileError(
             "frequency_preference", f"must be one of {', '.join(FREQUENCIES)}", frequency
         )
+
+
+def _not_ahead(changes: Mapping[str, Any], now: datetime) -> None:
+    """The bounds against now of the values changed (``domain``, as the import holds them):
+    a stored value is not held to them again, or an old import would block every change."""
+    consent_at, birthday = changes.get("consent_at"), changes.get("birthday")
+    if isinstance(consent_at, datetime):
+        late = future_problem(consent_at, now)
+        if late:
+            raise ProfileError("consent_at", late, consent_at.isoformat())
+    wrong = birthday_problem(birthday, now) if isinstance(birthday, date) else None
+    if wrong:
+        raise ProfileError("birthday", wrong, "<redacted>")
 
 
 def _text(value: Any) -> str:

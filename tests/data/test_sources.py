@@ -243,7 +243,7 @@ def test_records_read_in_batches_of_any_size_are_the_same_records(tmp_path: Path
 
     def batches(size: int) -> list[sources.Batch]:
         with sources.open_text(path) as handle:
-            return list(sources.Records(path, ("a", "b"), handle).batches(size))
+            return list(sources.Records(path, ("a", "b"), handle, ("c",)).batches(size))
 
     def flat(found: list[sources.Batch]) -> list[tuple[int, object]]:
         return [pair for batch in found for pair in zip(batch.lines, batch.records, strict=True)]

@@ -11,7 +11,9 @@ Quantity, InvoiceDate, UnitPrice, CustomerID, Country``; local times of the shop
 starting with ``C`` are returns; lines of normal invoices with quantity or price <= 0 are
 adjustments and are skipped (counted in the report); an empty CustomerID is a guest.
 
-``customers`` and ``items``: see :data:`CUSTOMER_COLUMNS` and :data:`ITEM_COLUMNS`.
+``customers`` and ``items``: see :data:`CUSTOMER_COLUMNS` and :data:`ITEM_COLUMNS` (required)
+and ``CUSTOMER_OPTIONAL``, ``ITEM_OPTIONAL``. A header with a column a format does not know,
+or a column twice, is refused (:func:`header_problems`).
 
 Every row either becomes a value, a skip with a reason, or a :class:`Problem` naming its
 line and column; files may be gzip-compressed (``.gz``). Nothing here touches the store.
@@ -23,6 +25,7 @@ past ``FIELD_MAX`` characters are problems of the line they are on.
 from __future__ import annotations
 
 import csv
+import difflib
 import gzip
 import io
 import re
@@ -47,7 +50,10 @@ from recocamp.domain import (
     Customer,
     Item,
     Purchase,
+    birthday_problem,
+    future_problem,
     id_problem,
+    locale_problem,
     range_problem,
     text_problem,
 )
@@ -66,14 +72,21 @@ ONLINE_RETAIL_COLUMNS = (
     "CustomerID",
     "Country",
 )
-CUSTOMER_COLUMNS = ("id", "email")  # optional: first_name, locale, time_zone, country, birthday,
-# consent_basis, consent_at, consent_source, objected_to_profiling
-ITEM_COLUMNS = (
-    "id",
-    "title",
-    "category",
-    "price",
-)  # optional: in_stock, url, image_url, is_service
+STANDARD_OPTIONAL = ("line_no", "is_return")
+CUSTOMER_COLUMNS = ("id", "email")
+CUSTOMER_OPTIONAL = (
+    "first_name",
+    "locale",
+    "time_zone",
+    "country",
+    "birthday",
+    "consent_basis",
+    "consent_at",
+    "consent_source",
+    "objected_to_profiling",
+)
+ITEM_COLUMNS = ("id", "title", "category", "price")
+ITEM_OPTIONAL = ("in_stock", "url", "image_url", "is_service")
 PURCHASE_FORMATS = ("standard", "online-retail")
 TRUE_WORDS = {"1", "true", "yes", "y", "t"}
 FALSE_WORDS = {"0", "false", "no", "n", "f", ""}
@@ -188,7 +201,10 @@ def _clean(raw: list[list[str]], width: int) -> bool:
 
 class Records:
     """The records of a CSV file after its header, as ``(line number, fields)``; the header
-    (read when this is made) must contain every required column.
+    (read when this is made) must contain every required column and nothing but required
+    and ``optional`` columns, each once (:func:`header_problems`): a misspelled optional
+    column (``objected_to_profilling``) would otherwise be read as absent and its values
+    lost without a word.
 
     A record that cannot be read (wrong width, bytes that are not UTF-8, a NUL, a field past
     ``FIELD_MAX``, a record past ``RECORD_MAX``) comes as a marker that :func:`check_width`
@@ -197,20 +213,20 @@ class Records:
     is read with a size limit (:class:`BoundedLines`). Fields stay a list (a dict per row
     cost a tenth of an import): :meth:`row` makes the row of a record."""
 
-    def __init__(self, path: Path, required: tuple[str, ...], handle: IO[str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        required: tuple[str, ...],
+        handle: IO[str],
+        optional: tuple[str, ...] = (),
+    ) -> None:
         csv.field_size_limit(FIELD_MAX)
         self.lines = BoundedLines(handle, RECORD_MAX)
         self.reader = csv.reader(self.lines)
         self.header = _header(path, self.reader)
-        missing = [name for name in required if name not in self.header]
-        if missing:
-            problem = Problem(
-                f"wrong header: missing column(s) {', '.join(missing)}; "
-                f"expected {', '.join(required)}",
-                line=1,
-                value=",".join(self.header),
-            )
-            raise DataImportError(path, [problem])
+        problems = header_problems(self.header, required, optional)
+        if problems:
+            raise DataImportError(path, problems)
 
     def __iter__(self) -> Iterator[tuple[int, Record]]:
         for batch in self.batches():
@@ -280,11 +296,39 @@ class Records:
         return dict(zip(self.header, record, strict=True))
 
 
+def header_problems(
+    header: list[str], required: tuple[str, ...], optional: tuple[str, ...]
+) -> list[Problem]:
+    """The problems of a header (all on line 1): required columns missing, columns that are
+    neither required nor optional (with the known name closest to each, if one is close),
+    columns given twice (which one would count?)."""
+    problems: list[Problem] = []
+    missing = [name for name in required if name not in header]
+    if missing:
+        problems.append(
+            Problem(
+                f"wrong header: missing column(s) {', '.join(missing)}; "
+                f"expected {', '.join(required)}",
+                line=1,
+                value=",".join(header),
+            )
+        )
+    known = (*required, *optional)
+    for name in dict.fromkeys(header):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+            problems.append(Problem(f"unknown column; {hint}", line=1, column=str(shown(name))))
+        elif header.count(name) > 1:
+            problems.append(Problem("column appears more than once", line=1, column=name))
+    return problems
+
+
 def read_rows(
-    path: Path, required: tuple[str, ...], handle: IO[str]
+    path: Path, required: tuple[str, ...], handle: IO[str], optional: tuple[str, ...] = ()
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line number, row)`` of each record (:class:`Records`)."""
-    records = Records(path, required, handle)
+    records = Records(path, required, handle, optional)
     for line, record in records:
         yield line, records.row(record)
 
@@ -469,14 +513,20 @@ class Timestamps:
         return datetime.strptime(raw, self.fmt)
 
 
-def day(row: dict[str, str], column: str) -> date | None:
+def day(row: dict[str, str], column: str, now: datetime | None) -> date | None:
+    """A birthday (``domain.birthday_problem``, unless ``now`` is None); the value is never
+    shown."""
     raw = row.get(column, "").strip()
     if not raw:
         return None
     try:
-        return date.fromisoformat(raw)
+        value = date.fromisoformat(raw)
     except ValueError:
         raise RowProblem(column, "is not a date (YYYY-MM-DD)", "<redacted>") from None
+    problem = None if now is None else birthday_problem(value, now)
+    if problem:
+        raise RowProblem(column, problem, "<redacted>")
+    return value
 
 
 # --- row parsers ---------------------------------------------------------------------
@@ -887,7 +937,11 @@ def _integer_id(value: str | None) -> str | None:
     return value[:-2] if value.endswith(".0") else value
 
 
-def customer_row(row: dict[str, str], stamps: Timestamps) -> Customer:
+def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) -> Customer:
+    """A customers row, held to the bounds the API holds a customer to (``domain``): the
+    locale one of ``LOCALES``, a consent given by ``now`` and a birthday from 1900 to
+    ``now`` (``now`` None: neither checked, as for a stored profile: ``profiles`` holds
+    only the values a change gives to them, or an old import would block every change)."""
     check_width(row)
     basis_raw = (text(row, "consent_basis", required=False, limit=32) or "none").lower()
     try:
@@ -898,6 +952,13 @@ def customer_row(row: dict[str, str], stamps: Timestamps) -> Customer:
     consent_at = stamps(row, "consent_at") if row.get("consent_at", "").strip() else None
     if basis is not ConsentBasis.NONE and consent_at is None:
         raise RowProblem("consent_at", f"is required for consent_basis {basis.value}", "")
+    late = None if consent_at is None or now is None else future_problem(consent_at, now)
+    if late:
+        raise RowProblem("consent_at", late, row["consent_at"].strip())
+    locale = text(row, "locale", required=False) or "en"
+    wrong = locale_problem(locale)
+    if wrong:
+        raise RowProblem("locale", wrong, locale)
     email = text(row, "email", required=False, redact=True)
     if email is not None and "@" not in email:
         raise RowProblem("email", "is not an e-mail address", "<redacted>")
@@ -905,10 +966,10 @@ def customer_row(row: dict[str, str], stamps: Timestamps) -> Customer:
         id=ident(row, "id") or "",
         email=email,
         first_name=text(row, "first_name", required=False),
-        locale=text(row, "locale", required=False) or "en",
+        locale=locale,
         time_zone=_zone_name(row),
         country=text(row, "country", required=False),
-        birthday=day(row, "birthday"),
+        birthday=day(row, "birthday", now),
         consent_basis=basis,
         consent_at=consent_at,
         consent_source=text(row, "consent_source", required=False),
@@ -994,7 +1055,7 @@ def _iso(value: datetime | date | None) -> str | None:
 
 
 def write_purchases(path: Path, rows: list[Purchase]) -> None:
-    header = (*STANDARD_COLUMNS, "line_no", "is_return")
+    header = (*STANDARD_COLUMNS, *STANDARD_OPTIONAL)
     _write(
         path,
         header,
@@ -1015,19 +1076,7 @@ def write_purchases(path: Path, rows: list[Purchase]) -> None:
 
 
 def write_customers(path: Path, rows: list[Customer]) -> None:
-    header = (
-        "id",
-        "email",
-        "first_name",
-        "locale",
-        "time_zone",
-        "country",
-        "birthday",
-        "consent_basis",
-        "consent_at",
-        "consent_source",
-        "objected_to_profiling",
-    )
+    header = (*CUSTOMER_COLUMNS, *CUSTOMER_OPTIONAL)
     _write(
         path,
         header,
@@ -1051,7 +1100,7 @@ def write_customers(path: Path, rows: list[Customer]) -> None:
 
 
 def write_items(path: Path, rows: list[Item]) -> None:
-    header = (*ITEM_COLUMNS, "in_stock", "url", "image_url", "is_service")
+    header = (*ITEM_COLUMNS, *ITEM_OPTIONAL)
     _write(
         path,
         header,

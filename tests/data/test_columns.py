@@ -1,0 +1,205 @@
+"""Headers and customer bounds (tester's findings): a column the format does not know is
+refused with the file, line 1 and the name closest to it, never read as absent (a
+misspelled ``objected_to_profiling`` would lose the customer's objection); a customers
+file is held to the bounds ``PUT /v1/customers`` holds a customer to (``domain``)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp.cli import app as cli_app
+from recocamp.clock import FixedClock
+from recocamp.data import profiles
+from recocamp.data.ingest import Importer
+from recocamp.data.sources import csv as sources
+from recocamp.domain import BIRTHDAY_MIN, birthday_problem, future_problem, locale_problem
+from recocamp.errors import DataImportError
+from recocamp.store.schema import customers, import_runs, items, purchases
+from tests.api_shop import bearer, call, make_app
+from tests.conftest import NOW, write_csv
+
+CUSTOMER = ["id", "email", "first_name", "consent_basis", "consent_at", "objected_to_profiling"]
+PERSON = ["Y1", "y1@secret.test", "Y", "double_opt_in", "2011-05-01T10:00:00Z", "true"]
+STANDARD = [*sources.STANDARD_COLUMNS, *sources.STANDARD_OPTIONAL]
+LINE = ["A1", "c1", "i1", "1", "9.99", "2024-04-01T12:00:00Z", "1", "false"]
+RETAIL = list(sources.ONLINE_RETAIL_COLUMNS)
+SALE = ["536365", "85123A", "HEART", "6", "2010-12-01 08:26:00", "2.55", "17850", "UK"]
+
+
+def importer(engine: sa.Engine) -> Importer:
+    return Importer(engine, zone=ZoneInfo("Europe/London"), now=NOW)
+
+
+def refused(engine: sa.Engine, run: Any) -> DataImportError:
+    with pytest.raises(DataImportError) as caught:
+        run()
+    with engine.connect() as connection:
+        for table in (purchases, customers, items, import_runs):
+            assert connection.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
+    return caught.value
+
+
+def header_problems(error: DataImportError) -> list[tuple[int | None, str | None, str]]:
+    return [(p.line, p.column, p.message) for p in error.problems]
+
+
+def test_a_misspelled_customer_column_is_refused_naming_the_column_meant(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    header = [*CUSTOMER[:5], "objected_to_profilling"]
+    path = write_csv(tmp_path / "customers.csv", header, [PERSON])
+    error = refused(engine, lambda: importer(engine).customers(path))
+    assert error.path == path
+    assert header_problems(error) == [
+        (
+            1,
+            "objected_to_profilling",
+            "unknown column; did you mean 'objected_to_profiling'?",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("column", "hint"),
+    [
+        ("is_retrun", "did you mean 'is_return'?"),
+        ("lineno", "did you mean 'line_no'?"),
+        ("extra", "known: order_id, customer_id, item_id"),
+    ],
+)
+def test_an_unknown_purchases_column_is_refused(
+    engine: sa.Engine, tmp_path: Path, column: str, hint: str
+) -> None:
+    path = write_csv(tmp_path / "p.csv", [*STANDARD[:6], column], [[*LINE[:6], "1"]])
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    [(line, named, message)] = header_problems(error)
+    assert (line, named) == (1, column)
+    assert message.startswith(f"unknown column; {hint}")
+
+
+def test_items_and_online_retail_files_refuse_unknown_and_repeated_columns(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    goods = write_csv(
+        tmp_path / "items.csv",
+        [*sources.ITEM_COLUMNS, "in_stok", "url", "url"],
+        [["i1", "Mug", "home", "4.5", "false", "", ""]],
+    )
+    error = refused(engine, lambda: importer(engine).items(goods))
+    assert header_problems(error) == [
+        (1, "in_stok", "unknown column; did you mean 'in_stock'?"),
+        (1, "url", "column appears more than once"),
+    ]
+    retail = write_csv(tmp_path / "retail.csv", [*RETAIL, "Region"], [[*SALE, "North"]])
+    error = refused(engine, lambda: importer(engine).purchases(retail, "online-retail"))
+    assert [(p.line, p.column) for p in error.problems] == [(1, "Region")]
+
+
+def test_the_formats_own_headers_pass(engine: sa.Engine, tmp_path: Path) -> None:
+    """Every column the writers write and the UCI file's own header are known."""
+    retail = write_csv(tmp_path / "retail.csv", RETAIL, [SALE])
+    assert importer(engine).purchases(retail, "online-retail").imported == 1
+    path = write_csv(tmp_path / "p.csv", STANDARD, [LINE])
+    assert importer(engine).purchases(path).imported == 1
+    header = [*sources.CUSTOMER_COLUMNS, *sources.CUSTOMER_OPTIONAL]
+    assert set(CUSTOMER) <= set(header)
+    person = write_csv(tmp_path / "c.csv", CUSTOMER, [PERSON])
+    assert importer(engine).customers(person).imported == 1
+
+
+def test_the_cli_exits_2_on_an_unknown_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    runner = CliRunner()
+    assert runner.invoke(cli_app, ["db", "upgrade"]).exit_code == 0
+    write_csv(tmp_path / "c.csv", [*CUSTOMER[:5], "objected_to_profilling"], [PERSON])
+    result = runner.invoke(cli_app, ["import", "customers", "c.csv"])
+    assert result.exit_code == 2, result.output
+    assert "c.csv: line 1, column 'objected_to_profilling'" in result.stderr
+    assert "did you mean 'objected_to_profiling'?" in result.stderr
+
+
+FUTURE = (NOW + timedelta(minutes=25)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("consent_at", "3000-01-01T00:00:00Z", "lies in the future"),
+        ("consent_at", FUTURE, "lies in the future"),
+        ("locale", "fr", "is not one of de, en"),
+        ("birthday", "1800-01-01", "is before 1900-01-01"),
+        ("birthday", "3000-01-01", "lies in the future"),
+    ],
+)
+def test_a_customers_file_has_the_apis_bounds(
+    engine: sa.Engine, tmp_path: Path, column: str, value: str, message: str
+) -> None:
+    header = [*CUSTOMER, "locale", "birthday"]
+    good = [*PERSON, "de", "1980-02-29"]
+    bad = list(good)
+    bad[header.index(column)] = value
+    path = write_csv(tmp_path / "c.csv", header, [good, ["Y2", *bad[1:]]])
+    error = refused(engine, lambda: importer(engine).customers(path))
+    assert header_problems(error) == [(3, column, message)]
+    api = make_app(engine, tmp_path, FixedClock(NOW))  # the importer's now
+    field: Any = value
+    reply = call(
+        api,
+        "PUT",
+        "/v1/customers/c9",
+        json={"source": "crm", column: field},
+        headers=bearer("shop"),
+    )
+    assert reply.status == 422, reply.text
+    assert [d["loc"] for d in reply.json()["detail"]] == [["body", column]]
+
+
+def test_a_consent_within_the_clocks_skew_passes_both_ways(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    soon = (NOW + timedelta(minutes=4)).isoformat()
+    path = write_csv(tmp_path / "c.csv", CUSTOMER, [[*PERSON[:4], soon, "false"]])
+    assert importer(engine).customers(path).imported == 1
+    api = make_app(engine, tmp_path, FixedClock(NOW))  # the importer's now
+    body = {"source": "crm", "consent_basis": "double_opt_in", "consent_at": soon}
+    assert call(api, "PUT", "/v1/customers/c9", json=body, headers=bearer("shop")).status == 200
+
+
+def test_the_shared_checks() -> None:
+    assert future_problem(NOW + timedelta(minutes=5), NOW) is None
+    assert future_problem(NOW + timedelta(minutes=6), NOW) == "lies in the future"
+    assert locale_problem("de") is None and locale_problem("DE") == "is not one of de, en"
+    today = NOW.date()
+    assert birthday_problem(today + timedelta(days=1), NOW) is None  # already there in UTC+14
+    assert birthday_problem(today + timedelta(days=2), NOW) == "lies in the future"
+    assert birthday_problem(BIRTHDAY_MIN, NOW) is None
+    assert birthday_problem(BIRTHDAY_MIN - timedelta(days=1), NOW) == "is before 1900-01-01"
+
+
+def test_a_stored_profile_is_not_held_to_the_new_bounds_by_a_change_of_another_field(
+    engine: sa.Engine,
+) -> None:
+    """Only the values a change gives are checked against now and 1900: a birthday stored
+    before these bounds held does not block an opt-out; a new one past them is refused."""
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(customers).values(id="c1", birthday=date(1850, 1, 1), updated_at=NOW)
+        )
+        changed = profiles.apply(
+            connection, "c1", {"channel_email": False}, at=NOW, actor="t", source="t"
+        )
+        assert changed.fields == ("channel_email",)
+        with pytest.raises(profiles.ProfileError, match="birthday: is before 1900-01-01"):
+            profiles.apply(
+                connection, "c1", {"birthday": date(1899, 1, 1)}, at=NOW, actor="t", source="t"
+            )
