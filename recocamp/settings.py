@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     model_validator,
@@ -300,6 +301,23 @@ class Settings(BaseSettings):
     signing_key: SecretStr | None = None
     api_keys: SecretStr | None = None
     webhook_secret: SecretStr | None = None
+    # the settings file's directory (None: no file, paths are relative to the cwd)
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The directory relative paths are resolved against: the settings file's, or None
+        when the settings came from the defaults (then the current directory)."""
+        return self._base_dir
+
+    def locate(self, path: str | Path) -> Path:
+        """``path`` as written in the settings or stored by an older version (a model's
+        ``models.path``): a relative one is relative to the settings file's directory, so a
+        command run from another directory finds the same files."""
+        path = Path(path)
+        if path.is_absolute() or self._base_dir is None:
+            return path
+        return self._base_dir / path
 
     @classmethod
     def settings_customise_sources(
@@ -352,9 +370,55 @@ def load_settings(path: Path | None = None) -> Settings:
     where = path if path is not None else Path("<defaults>")
     _refuse_secrets_in_file(where, data, text)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(where, problems(exc, text, ENV_PREFIX)) from None
+    if path is None:
+        return settings
+    return anchored(settings, Path(os.path.abspath(path)).parent)  # "a/../b": b, as written
+
+
+def anchored(settings: Settings, base: Path) -> Settings:
+    """``settings`` with every relative filesystem path (each section's ``Path`` settings
+    and a SQLite database file) made absolute against ``base``, the settings file's
+    directory: run from elsewhere (``--settings ../settings.toml``), a command must read and
+    write the same database, models and folders, or an erasure would miss the saved models."""
+    update: dict[str, Any] = {"database_url": _anchored_url(settings.database_url, base)}
+    for name in type(settings).model_fields:
+        section = getattr(settings, name)
+        if isinstance(section, BaseModel):
+            paths = {
+                field: base / value
+                for field in type(section).model_fields
+                if isinstance(value := getattr(section, field), Path) and not value.is_absolute()
+            }
+            if paths:
+                update[name] = section.model_copy(update=paths)
+    result = settings.model_copy(update=update)
+    result._base_dir = base
+    return result
+
+
+def _anchored_url(url: str, base: Path) -> str:
+    """A SQLite URL's relative database file made absolute; an in-memory database
+    (``sqlite://``, ``:memory:``), a ``file:`` URI and every other database are left alone."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # the engine reports it when it is used
+    database = parsed.database
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or Path(database).is_absolute()
+    ):
+        return url
+    return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
 
 
 def _refuse_secrets_in_file(path: Path, data: dict[str, Any], text: str) -> None:

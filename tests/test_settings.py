@@ -82,7 +82,7 @@ tiers = [{ name = "basic", min_points = 0 }, { name = "vip", min_points = 900 }]
 """,
     )
     settings = load_settings(path)
-    assert settings.database_url == "sqlite:///from-file.db"
+    assert settings.database_url == f"sqlite:///{tmp_path}/from-file.db"  # beside the file
     assert settings.shop.name == "Kerzen & Co"
     assert settings.shop.time_zone == "Europe/Vienna"
     assert settings.shop.currency == "CHF"
@@ -95,7 +95,7 @@ tiers = [{ name = "basic", min_points = 0 }, { name = "vip", min_points = 900 }]
 
 def test_settings_toml_in_the_working_directory_is_used(tmp_path: Path) -> None:
     write(tmp_path, 'database_url = "sqlite:///cwd.db"\n', name="settings.toml")
-    assert load_settings().database_url == "sqlite:///cwd.db"
+    assert load_settings().database_url == f"sqlite:///{tmp_path}/cwd.db"
 
 
 def test_env_var_points_to_the_settings_file(
@@ -142,6 +142,54 @@ batch_size = 200
     # the rest of the overridden sections still comes from the file
     assert settings.shop.name == "File Shop"
     assert settings.esp.batch_size == 200
+
+
+def test_relative_paths_are_relative_to_the_settings_file(tmp_path: Path) -> None:
+    """Run from another directory (``--settings ../settings.toml``), a command must use
+    the same database, models and folders as one run beside the file."""
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    path = write(
+        shop,
+        'database_url = "sqlite:///shop.db"\n'
+        '[ingest]\ndrop_dir = "/srv/incoming"\n'
+        '[recommender]\nartifacts_dir = "models"\n',
+    )
+    (tmp_path / "elsewhere").mkdir()
+    os.chdir(tmp_path / "elsewhere")  # the fixture's monkeypatch.chdir restores the cwd
+    settings = load_settings(Path("../shop/custom.toml"))
+    base = shop.absolute()
+    assert settings.base_dir == base
+    assert settings.database_url == f"sqlite:///{base}/shop.db"
+    assert settings.recommender.artifacts_dir == base / "models"
+    assert settings.ingest.drop_dir == Path("/srv/incoming")  # absolute: as written
+    assert settings.ingest.processed_dir == base / "incoming/processed"  # a default, too
+    assert settings.locate("models/v1") == base / "models/v1"
+    assert settings.locate("/abs/v1") == Path("/abs/v1")
+    assert path.exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///:memory:",
+        "sqlite:///file:shop?mode=memory&cache=shared&uri=true",
+        "sqlite:////srv/shop.db",
+        "postgresql://app@db.example.test/shop",
+    ],
+)
+def test_urls_without_a_relative_file_are_untouched(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f'database_url = "{url}"\n')
+    assert load_settings(path).database_url == url
+
+
+def test_without_a_file_paths_stay_relative_to_the_cwd() -> None:
+    settings = load_settings()
+    assert settings.base_dir is None
+    assert settings.database_url == "sqlite:///recocamp.db"
+    assert settings.recommender.artifacts_dir == Path("artifacts/models")
+    assert settings.locate("artifacts/models/v1") == Path("artifacts/models/v1")
 
 
 def test_settings_are_frozen() -> None:

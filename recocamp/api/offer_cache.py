@@ -54,7 +54,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -134,7 +133,7 @@ class Answer:
 
 def load_live(row: Any, settings: Settings) -> Live:
     """The live model of a registry row, loaded from its artifact directory."""
-    fitted, data, _ = model.load(Path(row.path), settings.recommender)
+    fitted, data, _ = model.load(settings.locate(row.path), settings.recommender)
     return Live.of(row.version, fitted, data, row.data_cutoff)
 
 

@@ -136,7 +136,7 @@ def outside_the_cache(connection: Connection, settings: Settings, rows: Planning
     if live is None:
         return
     try:
-        fitted, data, _ = models.load(Path(live.path), settings.recommender)
+        fitted, data, _ = models.load(settings.locate(live.path), settings.recommender)
     except ModelError:
         log.exception("live model %s unreadable: popular offers outside the cache", live.version)
         return

@@ -162,6 +162,8 @@ def privacy_erase(
             "the SQLite write-ahead log was busy: it is overwritten at the next checkpoint"
         )
     console.print("erasure cannot reach: " + "; ".join(report.not_covered))
+    if report.files_left:
+        raise typer.Exit(1)  # the erasure is not complete: a script must not take it as done
 
 
 @privacy_app.command("purge")

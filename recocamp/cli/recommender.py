@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -268,7 +267,7 @@ def recommend(customer_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
 def _outside_the_cache(settings: Settings, live: Any, customer_id: str) -> list[list[Any]] | None:
     """The list the cache would hold for a customer it leaves out (not active within
     ``cache_active_days``), computed from the live model's artifacts."""
-    fitted, data, _ = model_module.load(Path(live.path), settings.recommender)
+    fitted, data, _ = model_module.load(settings.locate(live.path), settings.recommender)
     return Live.of(live.version, fitted, data, live.data_cutoff).listed(
         customer_id, settings.recommender.top_n
     )
@@ -284,7 +283,7 @@ def similar_items(item_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> 
             live = registry.live(connection)
         if live is None:
             raise ModelError("no live model: run `recocamp train` first")
-        fitted, data, _ = model_module.load(Path(live.path), settings.recommender)
+        fitted, data, _ = model_module.load(settings.locate(live.path), settings.recommender)
         with engine.connect() as connection:
             known = queries.item_titles(connection, [item_id])
         if item_id not in set(data.items.tolist()):

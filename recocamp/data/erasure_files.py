@@ -72,9 +72,11 @@ class Scrub:
 
 
 def written_dirs(settings: Settings) -> list[Path]:
-    """The directories recocamp writes customer data to."""
+    """The directories recocamp writes customer data to: the demo's default folder both
+    where the command runs and beside the settings file (where the demo is usually run)."""
     ingest = settings.ingest
-    return [ingest.processed_dir, ingest.drop_dir / "rejected", DEMO_DIR]
+    demo = dict.fromkeys((DEMO_DIR.absolute(), settings.locate(DEMO_DIR).absolute()))
+    return [ingest.processed_dir, ingest.drop_dir / "rejected", *demo]
 
 
 def scrub(directories: list[Path], customer_id: str, email: str | None) -> Scrub:

@@ -106,9 +106,9 @@ def erase(
             subject_id=str(erasure_id),
             details={"rows": rows},
         )
-    artifacts = _scrub_artifacts(engine, {customer_id})
+    artifacts, missing = _scrub_artifacts(engine, settings, {customer_id})
     files = erasure_files.scrub(erasure_files.written_dirs(settings), customer_id, email)
-    clean = store.empty_wal(engine) and not files.failed
+    clean = store.empty_wal(engine) and not files.failed and not missing
     metrics.PRIVACY_REQUESTS.labels("erasure", via).inc()
     log.info(
         "erasure %d via %s: rows %s, %d model(s), %d file(s) scrubbed, %d not",
@@ -125,7 +125,7 @@ def erase(
         artifacts,
         clean,
         len(files.rewritten),
-        tuple(str(path) for path in files.failed),
+        tuple(str(path) for path in (*missing, *files.failed)),
     )
 
 
@@ -134,13 +134,25 @@ def _erase_rows(connection: Connection, tie: Ties, person: Person) -> int:
     return keep(connection, tie, person)
 
 
-def _scrub_artifacts(engine: Engine, customer_ids: set[str]) -> int:
-    """Remove the customers from every saved model that still has artifacts."""
+def _scrub_artifacts(
+    engine: Engine, settings: Settings, customer_ids: set[str]
+) -> tuple[int, list[Path]]:
+    """Remove the customers from every saved model that still has artifacts; returns how
+    many held them, and the directories of models that should have artifacts (candidate,
+    live, rollback target) but have none there: a model that cannot be found cannot be
+    scrubbed, so the erasure is not clean (it must not pass for one). A relative
+    ``models.path`` (older versions) is relative to the settings file's directory."""
     with engine.connect() as connection:
         paths = registry.artifact_paths(connection)
-    scrubbed = 0
+        kept = registry.kept_artifact_paths(connection)
+    scrubbed, missing = 0, []
     for path in paths:
-        directory = Path(path)
-        if (directory / "model.npz").exists() and model.drop_customers(directory, customer_ids):
+        directory = settings.locate(path)
+        if not (directory / "model.npz").exists():
+            if path in kept:
+                log.error("model artifacts missing at %s: the erasure cannot clean them", directory)
+                missing.append(directory)
+            continue
+        if model.drop_customers(directory, customer_ids):
             scrubbed += 1
-    return scrubbed
+    return scrubbed, missing

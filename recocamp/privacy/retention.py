@@ -80,10 +80,10 @@ def purge(engine: Engine, settings: Settings, now: datetime) -> PurgeReport:
         events = store.delete_contact_events(connection, before(days.contact_events_days))
         decided = store.delete_decisions(connection, before(days.decisions_days))
         audits = store.delete_stand_in_audit(connection, STAND_IN, before(days.erased_audit_days))
-        directories = _old_artifacts(connection, before(days.retired_model_days))
+        directories = _old_artifacts(connection, settings, before(days.retired_model_days))
     for directory in directories:
         shutil.rmtree(directory, ignore_errors=True)
-    orphans = _scrub_orphans(engine)
+    orphans = _scrub_orphans(engine, settings)
     store.empty_wal(engine)
     files = _old_processed_files(settings, now)
     report = PurgeReport(bodies, events, decided, audits, len(directories), orphans, files, KEPT)
@@ -101,12 +101,12 @@ def _old_processed_files(settings: Settings, now: datetime) -> int:
     return removed
 
 
-def _scrub_orphans(engine: Engine) -> int:
+def _scrub_orphans(engine: Engine, settings: Settings) -> int:
     """Remove from saved models every customer the store holds no order lines of any more:
     somebody erased while that model was being trained (erasure scrubs the models that
     existed then; this catches the one that was still being written)."""
     with engine.connect() as connection:
-        paths = [Path(p) for p in registry.artifact_paths(connection)]
+        paths = [settings.locate(p) for p in registry.artifact_paths(connection)]
         known = store.customers_with_orders(connection)
     removed = 0
     for directory in paths:
@@ -116,11 +116,12 @@ def _scrub_orphans(engine: Engine) -> int:
     return removed
 
 
-def _old_artifacts(connection: Connection, before: datetime) -> list[Path]:
-    """Artifact directories of retired/rejected models trained before ``before``."""
+def _old_artifacts(connection: Connection, settings: Settings, before: datetime) -> list[Path]:
+    """Artifact directories of retired/rejected models trained before ``before`` (a
+    relative ``models.path`` is relative to the settings file's directory)."""
     keep = registry.previous_live(connection)
     return [
-        Path(path)
+        settings.locate(path)
         for version, path in registry.retired_before(connection, before)
-        if (keep is None or version != keep.version) and Path(path).exists()
+        if (keep is None or version != keep.version) and settings.locate(path).exists()
     ]

@@ -257,7 +257,7 @@ def train(
     gate = _gate(evaluation, settings.promote_metric, zone)
     promote, reason = gate.promote, gate.reason
     version = f"{as_of.astimezone(UTC):%Y%m%dT%H%M%S}-{name}-{print_[:8]}"
-    path = Path(settings.artifacts_dir) / version
+    path = Path(settings.artifacts_dir).absolute() / version  # stored absolute: see locate
     meta = {
         "version": version,
         "name": name,

@@ -54,6 +54,15 @@ def artifact_paths(connection: sa.Connection) -> list[str]:
     return list(connection.execute(sa.select(models.c.path)).scalars())
 
 
+def kept_artifact_paths(connection: sa.Connection) -> set[str]:
+    """The artifact paths that must still exist: candidate and live models, and the
+    rollback target (the retention purge deletes only other retired or rejected ones)."""
+    query = sa.select(models.c.path).where(models.c.status.in_(("candidate", "live")))
+    kept = set(connection.execute(query).scalars())
+    previous = previous_live(connection)
+    return kept | ({previous.path} if previous is not None else set())
+
+
 def retired_before(connection: sa.Connection, before: datetime) -> list[tuple[str, str]]:
     """``(version, artifact path)`` of retired or rejected models trained before ``before``."""
     query = sa.select(models.c.version, models.c.path).where(

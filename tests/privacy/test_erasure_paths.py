@@ -1,0 +1,83 @@
+"""Erasure run from another directory than the settings file's: relative paths in the
+settings (and in older registry rows) are relative to the file, so the saved models are
+found and scrubbed; a model that should have artifacts but has none is not passed over."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp.cli import app as cli
+from recocamp.recommender import models as model
+from recocamp.store import registry
+from recocamp.store.schema import models
+from tests.api_shop import SIGNING_KEY
+
+
+def _site(
+    engine: sa.Engine, directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Path], Path]:
+    """Settings beside the shop with relative paths, registry rows stored relative (as
+    older versions did), and the cwd elsewhere; returns the model directories and the cwd."""
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(models).values(
+                path=sa.func.replace(models.c.path, f"{directory}/", "")  # "models/<version>"
+            )
+        )
+        paths = registry.artifact_paths(connection)
+    assert paths and not any(Path(p).is_absolute() for p in paths)
+    if engine.dialect.name == "sqlite":
+        url = 'database_url = "sqlite:///shop.db"\n'  # relative to the settings file
+    else:
+        url = ""
+        monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(False))
+    (directory / "settings.toml").write_text(url + '[recommender]\nartifacts_dir = "models"\n')
+    elsewhere = directory / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("RECOCAMP_SETTINGS", raising=False)
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", SIGNING_KEY)
+    return [directory / p for p in paths], elsewhere
+
+
+def _held_customer(directories: list[Path]) -> str:
+    """A customer every saved model holds (the smallest id: no luck involved)."""
+    held = set.intersection(*(model.customer_ids(d) for d in directories))
+    return min(held)
+
+
+def test_erasure_from_another_directory_scrubs_the_saved_models(
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _artifacts = shop
+    directories, elsewhere = _site(engine, tmp_path, monkeypatch)
+    victim = _held_customer(directories)
+    erased = CliRunner().invoke(
+        cli, ["--settings", "../settings.toml", "privacy", "erase", victim, "--yes"]
+    )
+    assert erased.exit_code == 0, erased.output
+    assert all(victim not in model.customer_ids(d) for d in directories)
+    assert list(elsewhere.iterdir()) == []  # no stray database or folder in the cwd
+
+
+def test_a_live_model_without_artifacts_makes_the_erasure_fail_naming_it(
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _artifacts = shop
+    directories, _elsewhere = _site(engine, tmp_path, monkeypatch)
+    victim = _held_customer(directories)
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    moved = tmp_path / live.path
+    shutil.rmtree(moved)
+    erased = CliRunner().invoke(
+        cli, ["--settings", "../settings.toml", "privacy", "erase", victim, "--yes"]
+    )
+    assert erased.exit_code == 1, erased.output
+    assert "NOT cleaned" in erased.output and str(moved) in erased.output.replace("\n", "")
