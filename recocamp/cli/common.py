@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign
@@ -33,9 +34,15 @@ from recocamp.store.engine import Engine, make_engine, require_current
 
 app = typer.Typer(help="recocamp: a retention engine for online shops.", no_args_is_help=True)
 
-# piped output (files, CI logs) is not squeezed into 80 columns
-console = Console() if sys.stdout.isatty() else Console(width=140)
-errors = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=140)
+# piped output (files, CI logs) is not squeezed into 80 columns. Markup is off: what we print
+# carries the shop's data and people's files (a title "[/] KIT", a quantity "[bold]x"), which
+# rich would read as tags (crash, or lose the brackets); styled labels go through ``flagged``.
+console = Console(markup=False) if sys.stdout.isatty() else Console(markup=False, width=140)
+errors = (
+    Console(stderr=True, markup=False)
+    if sys.stderr.isatty()
+    else Console(stderr=True, markup=False, width=140)
+)
 clock = SystemClock()  # the command line's only reader of the time
 
 CampaignsDir = Annotated[Path, typer.Option("--campaigns", help="Campaign files.")]
@@ -91,11 +98,22 @@ def errors_to_exit() -> Iterator[None]:
     try:
         yield
     except (ConfigError, DataImportError) as exc:
-        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        print_error(str(exc))
         raise typer.Exit(2) from None
     except RecocampError as exc:
-        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        print_error(str(exc))
         raise typer.Exit(1) from None
+
+
+def flagged(label: str, style: str, message: str) -> Text:
+    """A styled label before a message printed as it is: the message holds values from files
+    and data, which must never be read as rich markup."""
+    return Text.assemble((label, style), " ", message)
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr, the message verbatim (brackets and all)."""
+    errors.print(flagged("error:", "bold red", message), highlight=False, soft_wrap=True)
 
 
 def print_json(document: object, *, indent: int) -> None:
@@ -104,12 +122,7 @@ def print_json(document: object, *, indent: int) -> None:
     try:
         text = json.dumps(document, indent=indent, allow_nan=False)
     except ValueError as exc:
-        errors.print(
-            f"[bold red]error:[/] cannot write JSON: {exc}",
-            markup=True,
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_error(f"cannot write JSON: {exc}")
         raise typer.Exit(1) from None
     sys.stdout.write(text + "\n")
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from recocamp.campaigns import labels
 from recocamp.cli.common import (
@@ -119,9 +120,12 @@ def report_command(
 
 def _print_tables(data: report.Data) -> None:
     console.print(
-        f"[bold]{data.shop}[/]: report as of {data.as_of.isoformat()}, campaigns of "
-        f"the last {data.report_days} days, {data.attribution_days}-day attribution "
-        "window (last touch)"
+        Text.assemble(
+            (data.shop, "bold"),
+            f": report as of {data.as_of.isoformat()}, campaigns of "
+            f"the last {data.report_days} days, {data.attribution_days}-day attribution "
+            "window (last touch)",
+        )
     )
     for table in (
         _kpi_table(data),

@@ -22,6 +22,7 @@ from recocamp.cli.common import (
     engine_for,
     errors,
     errors_to_exit,
+    flagged,
     fmt,
     parse_as_of,
     print_json,
@@ -104,7 +105,7 @@ def _store_forecasts(settings: Settings, as_of: datetime) -> None:
         try:
             stored = forecasting.refresh(engine_for(settings), settings, clock.now(), as_of)
         except ModelError as exc:
-            console.print(f"[yellow]forecast not stored:[/] {exc}", soft_wrap=True)
+            console.print(flagged("forecast not stored:", "yellow", str(exc)), soft_wrap=True)
             return
     console.print(f"forecast: {stored.version} for {stored.customers:,} customers", soft_wrap=True)
 
