@@ -242,9 +242,9 @@ def check_template(
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
     others = _referenced(env, parsed[1])
     around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
-    found = contract_problems(parsed, name)
+    found = _compiled_contract(parsed, name)
     for other, template in others.items():  # they also see what the templates around them set
-        found += contract_problems(template, other, around)
+        found += _compiled_contract(template, other, around)
     if found:
         return found
     try:
@@ -304,6 +304,18 @@ def contract_problems(
         parsed, {k: kind for k, (kind, _) in contract.fields(contract.TemplateContext).items()}
     )
     return found + [replace(p, key=name) for p in reads.problems]
+
+
+def _compiled_contract(
+    template: tuple[str, nodes.Template], name: str, defined: AbstractSet[str] = frozenset()
+) -> list[Problem]:
+    """:func:`contract_problems`, or the template's compile error (an unknown filter or test,
+    which parsing lets through) at its line: jinja's introspection names it ``<introspection>``,
+    so the error would not say which template it is."""
+    try:
+        return contract_problems(template, name, defined)
+    except TemplateSyntaxError as exc:  # TemplateAssertionError among them
+        return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
 
 
 class ContractReads(NodeVisitor):
@@ -466,7 +478,7 @@ def check_subject(
     """A problem with a subject line template, or None."""
     try:
         renderer = Renderer(directory, limits=limits)
-        static = contract_problems((subject, renderer.env.parse(subject)), SUBJECT)
+        static = _compiled_contract((subject, renderer.env.parse(subject)), SUBJECT)
         if static:
             return str(static[0])
         renderer.subject(subject, sample)
