@@ -28,6 +28,7 @@ from rich.text import Text
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign
 from recocamp.clock import SystemClock
+from recocamp.domain import YEAR_MAX, YEAR_MIN
 from recocamp.errors import ConfigError, DataImportError, Problem, RecocampError
 from recocamp.settings import Settings, load_settings
 from recocamp.store.engine import Engine, make_engine, require_current
@@ -47,6 +48,7 @@ clock = SystemClock()  # the command line's only reader of the time
 
 CampaignsDir = Annotated[Path, typer.Option("--campaigns", help="Campaign files.")]
 TemplatesDir = Annotated[Path, typer.Option("--templates", help="Template files.")]
+MAX_DAYS = 36_500  # a day-count option beyond a hundred years is a typo (and overflows dates)
 
 
 class State:
@@ -171,19 +173,40 @@ def progress_bars() -> Iterator[RichProgress]:
         yield RichProgress(bars)
 
 
-def parse_as_of(value: str | None, zone: ZoneInfo) -> datetime:
-    """``YYYY-MM-DD`` is midnight at the start of that day in the shop's zone."""
+def parse_as_of(value: str | None, zone: ZoneInfo, option: str = "--as-of") -> datetime:
+    """``YYYY-MM-DD`` is midnight at the start of that day in the shop's zone; a year outside
+    ``domain.YEAR_MIN``-``YEAR_MAX`` (the importer's bounds) is refused, as the arithmetic on it
+    (a window before it, the UTC offset) would overflow."""
     if value is None:
         return clock.now()
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD) or date-time") from None
+        raise typer.BadParameter(
+            f"{value!r} is not a date (YYYY-MM-DD) or date-time", param_hint=option
+        ) from None
+    check_year(parsed.year, value, option)
     if len(value) == 10:
         parsed = datetime.combine(date.fromisoformat(value), time(), tzinfo=zone)
     elif parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
     return parsed.astimezone(UTC)
+
+
+def check_year(year: int, value: str, option: str) -> None:
+    """A date option within the years the data may hold (exit 2 naming option and value)."""
+    if not YEAR_MIN <= year <= YEAR_MAX:
+        raise typer.BadParameter(
+            f"{value!r} is out of range (years {YEAR_MIN}–{YEAR_MAX})", param_hint=option
+        )
+
+
+def at_most_max_days(value: int | None) -> int | None:
+    """An option's callback: a day count up to :data:`MAX_DAYS`, refused with its value (a
+    ``max=`` range error of click names the bound, not the value given)."""
+    if value is not None and value > MAX_DAYS:
+        raise typer.BadParameter(f"{value} is more than {MAX_DAYS:,} days")
+    return value
 
 
 def fmt(value: object) -> str:

@@ -409,3 +409,33 @@ def test_check_refuses_unreadable_files_and_unknown_filters_without_a_traceback(
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "settings.toml: line 2: not UTF-8" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value"),
+    [
+        (["kpis", "--window-days", "99999999999"], "--window-days", "99999999999"),
+        (["kpis", "--as-of", "0001-01-01"], "--as-of", "0001-01-01"),
+        (["kpis", "--as-of", "9999-12-31T23:00:00"], "--as-of", "9999-12-31T23:00:00"),
+        (["evaluate", "--cutoff", "1800-01-01"], "--cutoff", "1800-01-01"),
+        (["evaluate", "--horizon-days", "99999999999"], "--horizon-days", "99999999999"),
+        (["worker", "--demo", "--days", "99999999999"], "--days", "99999999999"),
+        (["forecast", "--as-of", "0001-01-01"], "--as-of", "0001-01-01"),
+        (
+            ["snapshots", "backfill", "--from", "1800-01-01", "--to", "1800-01-02"],
+            "--to",
+            "1800-01-02",
+        ),
+        (["snapshots", "backfill", "--from", "1800-01-01"], "--from", "1800-01-01"),
+    ],
+)
+def test_out_of_range_options_exit_2_naming_option_and_value(
+    workdir: Path, args: list[str], option: str, value: str
+) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert option in result.stderr and value in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        assert connection.execute(sa.text("select count(*) from kpi_snapshots")).scalar_one() == 0
