@@ -56,6 +56,7 @@ from recocamp.campaigns.context import money as money
 from recocamp.campaigns.context import sample_context as sample_context
 from recocamp.campaigns.flatten import FlatEnvironment
 from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
+from recocamp.config_files import not_utf8
 from recocamp.errors import Problem, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
@@ -240,6 +241,8 @@ def check_template(
         return [Problem(_not_found(exc), key=name)]
     except TemplateSyntaxError as exc:
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
+    except UnicodeDecodeError as exc:
+        return [replace(not_utf8(exc), key=name)]
     others = _referenced(env, parsed[1])
     around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
     found = _compiled_contract(parsed, name)
@@ -271,7 +274,7 @@ def _referenced(env: Environment, parsed: nodes.Template) -> dict[str, tuple[str
                 continue
             try:
                 found[name] = _parse(env, name)
-            except (TemplateNotFound, TemplateSyntaxError):
+            except (TemplateNotFound, TemplateSyntaxError, UnicodeDecodeError):
                 continue
             waiting.append(found[name][1])
     return found
