@@ -26,6 +26,8 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(path, [Problem(f"cannot read file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [not_utf8(exc)]) from None
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
@@ -34,6 +36,13 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         if line is None and (found := re.search(r"at line (\d+)", str(exc))):
             line = int(found.group(1))
         raise ConfigError(path, [Problem(f"not valid TOML: {exc}", line=line)]) from None
+
+
+def not_utf8(error: UnicodeDecodeError) -> Problem:
+    """A file that is not UTF-8 (TOML and templates must be): where the first bad byte is."""
+    line = error.object[: error.start].count(b"\n") + 1
+    bad = error.object[error.start : error.start + 1]
+    return Problem(f"not UTF-8 (byte {bad!r} at offset {error.start})", line=line)
 
 
 def line_of(text: str, loc: tuple[str, ...]) -> int | None:

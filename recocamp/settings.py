@@ -93,7 +93,7 @@ class DemoSettings(_Section):
 
 
 class KpiSettings(_Section):
-    window_days: int = Field(default=365, ge=1)
+    window_days: int = Field(default=365, ge=1, le=36_500)
 
 
 class ForecastSettings(_Section):
@@ -127,7 +127,7 @@ class RecommenderSettings(_Section):
 class CapsSettings(_Section):
     max_per_24h: int = Field(default=1, ge=0)
     max_per_7d: int = Field(default=3, ge=0)
-    campaign_cooldown_days: int = Field(default=7, ge=0)
+    campaign_cooldown_days: int = Field(default=7, ge=0, le=36_500)
     quiet_hours_start: time = time(21, 0)
     quiet_hours_end: time = time(8, 0)
     campaigns_may_relax: bool = False

@@ -62,12 +62,19 @@ class Schedule(_Strict):
         return CronTrigger.from_crontab(self.cron, timezone=self.time_zone)
 
 
+# Upper bounds: a day count or a cap beyond these is a typo, and an unbounded one passes the
+# schema, then overflows at run time (a timedelta of 99,999,999,999 days, an SQL integer).
+MAX_DAYS = 36_500  # a hundred years
+MAX_COUNT = 1_000_000_000
+Days = Annotated[int, Field(ge=0, le=MAX_DAYS)]
+
+
 class Audience(_Strict):
     """Every rule given must hold (AND); leave a rule out to not filter on it."""
 
-    lapsed_days: tuple[int, int] | None = None  # last order in [min, max) days ago
-    min_orders: int | None = Field(default=None, ge=0)
-    max_orders: int | None = Field(default=None, ge=0)
+    lapsed_days: tuple[Days, Days] | None = None  # last order in [min, max) days ago
+    min_orders: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    max_orders: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     min_spend: float | None = Field(default=None, ge=0)
     max_spend: float | None = Field(default=None, ge=0)
     categories: tuple[str, ...] = ()  # bought in any of these
@@ -75,7 +82,7 @@ class Audience(_Strict):
     loyalty_tiers: tuple[str, ...] = ()
     birthday_today: bool = False
     replenishment_due: bool = False
-    not_contacted_days: int | None = Field(default=None, ge=1)
+    not_contacted_days: int | None = Field(default=None, ge=1, le=MAX_DAYS)
     # the live stored forecast (see campaigns.predictive): a customer without one never matches
     churn_risk: tuple[Literal[RISK_TIERS], ...] = ()  # type: ignore[valid-type]
     p_active_below: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
@@ -83,7 +90,7 @@ class Audience(_Strict):
     lifetime_value_top_share: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     # replaces the forecast keys when no forecast is live, and for customers who objected to
     # profiling: last order in [min, max) days ago
-    fallback_lapsed_days: tuple[int, int] | None = None
+    fallback_lapsed_days: tuple[Days, Days] | None = None
 
     @field_validator("fallback_lapsed_days")
     @classmethod
@@ -136,9 +143,9 @@ class Variant(_Strict):
 
 
 class CapOverrides(_Strict):
-    max_per_24h: int | None = Field(default=None, ge=0)
-    max_per_7d: int | None = Field(default=None, ge=0)
-    cooldown_days: int | None = Field(default=None, ge=0)
+    max_per_24h: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    max_per_7d: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    cooldown_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
 
 
 class Campaign(_Strict):

@@ -56,6 +56,7 @@ from recocamp.campaigns.context import money as money
 from recocamp.campaigns.context import sample_context as sample_context
 from recocamp.campaigns.flatten import FlatEnvironment
 from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
+from recocamp.config_files import not_utf8
 from recocamp.errors import Problem, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
@@ -240,11 +241,13 @@ def check_template(
         return [Problem(_not_found(exc), key=name)]
     except TemplateSyntaxError as exc:
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
+    except UnicodeDecodeError as exc:
+        return [replace(not_utf8(exc), key=name)]
     others = _referenced(env, parsed[1])
     around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
-    found = contract_problems(parsed, name)
+    found = _compiled_contract(parsed, name)
     for other, template in others.items():  # they also see what the templates around them set
-        found += contract_problems(template, other, around)
+        found += _compiled_contract(template, other, around)
     if found:
         return found
     try:
@@ -271,7 +274,7 @@ def _referenced(env: Environment, parsed: nodes.Template) -> dict[str, tuple[str
                 continue
             try:
                 found[name] = _parse(env, name)
-            except (TemplateNotFound, TemplateSyntaxError):
+            except (TemplateNotFound, TemplateSyntaxError, UnicodeDecodeError):
                 continue
             waiting.append(found[name][1])
     return found
@@ -304,6 +307,18 @@ def contract_problems(
         parsed, {k: kind for k, (kind, _) in contract.fields(contract.TemplateContext).items()}
     )
     return found + [replace(p, key=name) for p in reads.problems]
+
+
+def _compiled_contract(
+    template: tuple[str, nodes.Template], name: str, defined: AbstractSet[str] = frozenset()
+) -> list[Problem]:
+    """:func:`contract_problems`, or the template's compile error (an unknown filter or test,
+    which parsing lets through) at its line: jinja's introspection names it ``<introspection>``,
+    so the error would not say which template it is."""
+    try:
+        return contract_problems(template, name, defined)
+    except TemplateSyntaxError as exc:  # TemplateAssertionError among them
+        return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
 
 
 class ContractReads(NodeVisitor):
@@ -466,7 +481,7 @@ def check_subject(
     """A problem with a subject line template, or None."""
     try:
         renderer = Renderer(directory, limits=limits)
-        static = contract_problems((subject, renderer.env.parse(subject)), SUBJECT)
+        static = _compiled_contract((subject, renderer.env.parse(subject)), SUBJECT)
         if static:
             return str(static[0])
         renderer.subject(subject, sample)

@@ -25,10 +25,10 @@ from recocamp.cli.common import (
     console,
     current_settings,
     engine_for,
-    errors,
     errors_to_exit,
     one_campaign,
     parse_as_of,
+    print_error,
     print_json,
 )
 from recocamp.domain import Item
@@ -45,7 +45,7 @@ def check(
         settings = current_settings()
         loaded, failures = checks.campaign_problems(settings, campaigns, templates)
     for failure in failures:
-        errors.print(f"[bold red]error:[/] {failure}", markup=True, highlight=False, soft_wrap=True)
+        print_error(str(failure))
     if failures:
         raise typer.Exit(2)
     console.print(f"ok: settings, {len(loaded)} campaign(s) and their templates are valid")

@@ -23,23 +23,32 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign
 from recocamp.clock import SystemClock
+from recocamp.domain import YEAR_MAX, YEAR_MIN
 from recocamp.errors import ConfigError, DataImportError, Problem, RecocampError
 from recocamp.settings import Settings, load_settings
 from recocamp.store.engine import Engine, make_engine, require_current
 
 app = typer.Typer(help="recocamp: a retention engine for online shops.", no_args_is_help=True)
 
-# piped output (files, CI logs) is not squeezed into 80 columns
-console = Console() if sys.stdout.isatty() else Console(width=140)
-errors = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=140)
+# piped output (files, CI logs) is not squeezed into 80 columns. Markup is off: what we print
+# carries the shop's data and people's files (a title "[/] KIT", a quantity "[bold]x"), which
+# rich would read as tags (crash, or lose the brackets); styled labels go through ``flagged``.
+console = Console(markup=False) if sys.stdout.isatty() else Console(markup=False, width=140)
+errors = (
+    Console(stderr=True, markup=False)
+    if sys.stderr.isatty()
+    else Console(stderr=True, markup=False, width=140)
+)
 clock = SystemClock()  # the command line's only reader of the time
 
 CampaignsDir = Annotated[Path, typer.Option("--campaigns", help="Campaign files.")]
 TemplatesDir = Annotated[Path, typer.Option("--templates", help="Template files.")]
+MAX_DAYS = 36_500  # a day-count option beyond a hundred years is a typo (and overflows dates)
 
 
 class State:
@@ -91,11 +100,22 @@ def errors_to_exit() -> Iterator[None]:
     try:
         yield
     except (ConfigError, DataImportError) as exc:
-        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        print_error(str(exc))
         raise typer.Exit(2) from None
     except RecocampError as exc:
-        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        print_error(str(exc))
         raise typer.Exit(1) from None
+
+
+def flagged(label: str, style: str, message: str) -> Text:
+    """A styled label before a message printed as it is: the message holds values from files
+    and data, which must never be read as rich markup."""
+    return Text.assemble((label, style), " ", message)
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr, the message verbatim (brackets and all)."""
+    errors.print(flagged("error:", "bold red", message), highlight=False, soft_wrap=True)
 
 
 def print_json(document: object, *, indent: int) -> None:
@@ -104,12 +124,7 @@ def print_json(document: object, *, indent: int) -> None:
     try:
         text = json.dumps(document, indent=indent, allow_nan=False)
     except ValueError as exc:
-        errors.print(
-            f"[bold red]error:[/] cannot write JSON: {exc}",
-            markup=True,
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_error(f"cannot write JSON: {exc}")
         raise typer.Exit(1) from None
     sys.stdout.write(text + "\n")
 
@@ -158,19 +173,40 @@ def progress_bars() -> Iterator[RichProgress]:
         yield RichProgress(bars)
 
 
-def parse_as_of(value: str | None, zone: ZoneInfo) -> datetime:
-    """``YYYY-MM-DD`` is midnight at the start of that day in the shop's zone."""
+def parse_as_of(value: str | None, zone: ZoneInfo, option: str = "--as-of") -> datetime:
+    """``YYYY-MM-DD`` is midnight at the start of that day in the shop's zone; a year outside
+    ``domain.YEAR_MIN``-``YEAR_MAX`` (the importer's bounds) is refused, as the arithmetic on it
+    (a window before it, the UTC offset) would overflow."""
     if value is None:
         return clock.now()
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD) or date-time") from None
+        raise typer.BadParameter(
+            f"{value!r} is not a date (YYYY-MM-DD) or date-time", param_hint=option
+        ) from None
+    check_year(parsed.year, value, option)
     if len(value) == 10:
         parsed = datetime.combine(date.fromisoformat(value), time(), tzinfo=zone)
     elif parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
     return parsed.astimezone(UTC)
+
+
+def check_year(year: int, value: str, option: str) -> None:
+    """A date option within the years the data may hold (exit 2 naming option and value)."""
+    if not YEAR_MIN <= year <= YEAR_MAX:
+        raise typer.BadParameter(
+            f"{value!r} is out of range (years {YEAR_MIN}–{YEAR_MAX})", param_hint=option
+        )
+
+
+def at_most_max_days(value: int | None) -> int | None:
+    """An option's callback: a day count up to :data:`MAX_DAYS`, refused with its value (a
+    ``max=`` range error of click names the bound, not the value given)."""
+    if value is not None and value > MAX_DAYS:
+        raise typer.BadParameter(f"{value} is more than {MAX_DAYS:,} days")
+    return value
 
 
 def fmt(value: object) -> str:

@@ -22,6 +22,7 @@ from recocamp.cli.common import (
     current_settings,
     engine_for,
     errors_to_exit,
+    flagged,
     one_campaign,
     parse_as_of,
     progress_bars,
@@ -137,7 +138,9 @@ def _print_delivery(d: DeliveryReport) -> None:
         "(quiet hours or retry) for `recocamp outbox deliver` or the worker"
     )
     for campaign, reason in d.paused.items():
-        console.print(f"[bold red]paused:[/] {campaign}: {reason} (`recocamp outbox resume`)")
+        console.print(
+            flagged("paused:", "bold red", f"{campaign}: {reason} (`recocamp outbox resume`)")
+        )
 
 
 @outbox_app.command("status")
@@ -157,7 +160,7 @@ def outbox_status() -> None:
         table.add_row(campaign, *(f"{counts.get(s, 0):,}" for s in states))
     console.print(table)
     for campaign, reason in pauses.items():
-        console.print(f"[bold red]paused:[/] {campaign}: {reason}")
+        console.print(flagged("paused:", "bold red", f"{campaign}: {reason}"))
 
 
 @outbox_app.command("deliver")

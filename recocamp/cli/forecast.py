@@ -16,6 +16,7 @@ from recocamp import forecast as forecasting
 from recocamp.cli.common import (
     Output,
     app,
+    check_year,
     clock,
     console,
     current_settings,
@@ -38,11 +39,13 @@ def _day(value: str | None, option: str, zone: ZoneInfo) -> int:
     if value is None:
         return forecasting.day_number(clock.now().astimezone(zone).date())
     try:
-        return forecasting.day_number(datetime.strptime(value, "%Y-%m-%d").date())
+        day = datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError:
         raise typer.BadParameter(
             f"{value!r} is not a date (YYYY-MM-DD)", param_hint=option
         ) from None
+    check_year(day.year, value, option)
+    return forecasting.day_number(day)
 
 
 def _purchase_days(settings: Settings, day: int) -> forecasting.PurchaseDays:

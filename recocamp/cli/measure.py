@@ -9,11 +9,14 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from recocamp.campaigns import labels
 from recocamp.cli.common import (
     Output,
     app,
+    at_most_max_days,
+    check_year,
     clock,
     console,
     current_settings,
@@ -42,7 +45,9 @@ AsOf = Annotated[str | None, typer.Option(help="As if it were this date or time 
 @app.command("kpis")
 def kpis(
     as_of: Annotated[str | None, typer.Option(help="End of the window (default: now).")] = None,
-    window_days: Annotated[int | None, typer.Option(min=1, help="Window W in days.")] = None,
+    window_days: Annotated[
+        int | None, typer.Option(min=1, callback=at_most_max_days, help="Window W in days.")
+    ] = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
 ) -> None:
     """Retention KPIs over the window ending at --as-of (definitions in README.md)."""
@@ -119,9 +124,12 @@ def report_command(
 
 def _print_tables(data: report.Data) -> None:
     console.print(
-        f"[bold]{data.shop}[/]: report as of {data.as_of.isoformat()}, campaigns of "
-        f"the last {data.report_days} days, {data.attribution_days}-day attribution "
-        "window (last touch)"
+        Text.assemble(
+            (data.shop, "bold"),
+            f": report as of {data.as_of.isoformat()}, campaigns of "
+            f"the last {data.report_days} days, {data.attribution_days}-day attribution "
+            "window (last touch)",
+        )
     )
     for table in (
         _kpi_table(data),
@@ -253,11 +261,13 @@ def _day(value: str | None, option: str) -> date | None:
     if value is None:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise ConfigError(
             Path("<command line>"), [Problem("not a date (YYYY-MM-DD)", key=option, value=value)]
         ) from None
+    check_year(day.year, value, option)
+    return day
 
 
 @snapshots_app.command("backfill")

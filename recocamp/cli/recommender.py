@@ -15,12 +15,14 @@ from recocamp import forecast as forecasting
 from recocamp.cli.common import (
     Output,
     app,
+    at_most_max_days,
     clock,
     console,
     current_settings,
     engine_for,
     errors,
     errors_to_exit,
+    flagged,
     fmt,
     parse_as_of,
     print_json,
@@ -103,7 +105,7 @@ def _store_forecasts(settings: Settings, as_of: datetime) -> None:
         try:
             stored = forecasting.refresh(engine_for(settings), settings, clock.now(), as_of)
         except ModelError as exc:
-            console.print(f"[yellow]forecast not stored:[/] {exc}", soft_wrap=True)
+            console.print(flagged("forecast not stored:", "yellow", str(exc)), soft_wrap=True)
             return
     console.print(f"forecast: {stored.version} for {stored.customers:,} customers", soft_wrap=True)
 
@@ -123,7 +125,7 @@ def evaluate_models(
     cutoff: Annotated[
         str | None, typer.Option(help="Split date (default: latest purchase − horizon).")
     ] = None,
-    horizon_days: Annotated[int | None, typer.Option(min=1)] = None,
+    horizon_days: Annotated[int | None, typer.Option(min=1, callback=at_most_max_days)] = None,
     k: Annotated[int | None, typer.Option(min=1)] = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
     models: Annotated[list[ModelName] | None, typer.Option("--model", help="Repeatable.")] = None,
@@ -136,7 +138,9 @@ def evaluate_models(
         top = k or rec.evaluation_k
         engine = engine_for(settings)
         zone = settings.shop.zone
-        split_at = parse_as_of(cutoff, zone) if cutoff else _default_cutoff(engine, horizon)
+        split_at = (
+            parse_as_of(cutoff, zone, "--cutoff") if cutoff else _default_cutoff(engine, horizon)
+        )
         names = [m.value for m in models] if models else list(MODEL_NAMES)
         with errors.status("evaluating") as status:
             results = training.compare(engine, rec, names, split_at, horizon, top, status.update)

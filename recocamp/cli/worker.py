@@ -19,6 +19,7 @@ from recocamp.cli.common import (
     Output,
     TemplatesDir,
     app,
+    at_most_max_days,
     clock,
     console,
     current_settings,
@@ -59,7 +60,9 @@ def worker(
             "through a local fake ESP, as fast as the jobs go."
         ),
     ] = False,
-    days: Annotated[int, typer.Option(min=1, help="--demo: days to simulate.")] = 7,
+    days: Annotated[
+        int, typer.Option(min=1, callback=at_most_max_days, help="--demo: days to simulate.")
+    ] = 7,
     start: Annotated[str, typer.Option(help="--demo: the simulated start.")] = DEMO_START,
 ) -> None:
     """Run the schedule: campaigns, training, imports, delivery, KPI snapshots, purges."""
@@ -103,7 +106,7 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
     settings, demo_dir = current_settings(), Path("demo")
     engine, untrained = demo_shop(settings, demo_dir)
     zone = settings.shop.zone
-    begin = parse_as_of(start, zone)
+    begin = parse_as_of(start, zone, "--start")
     _history(engine, settings, clock.now())
     fake = FakeEsp(data_dir=demo_dir / "fake-esp")
     with running(create_app(fake)) as url:

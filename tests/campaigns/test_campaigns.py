@@ -103,6 +103,21 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
         ),
         ('name = "{name}"', 'name = "other"', ["key 'name'", "must equal the file name 'broken'"]),
         ("[offer]", "[offer\n", ["not valid TOML", "line 13"]),
+        (
+            "[offer]",
+            "[caps]\ncooldown_days = 99999999999\n\n[offer]",
+            ["key 'caps.cooldown_days'", "line 14", "99999999999", "less than or equal to 36500"],
+        ),
+        (
+            "[audience]",
+            "[audience]\nnot_contacted_days = 99999999999",
+            ["key 'audience.not_contacted_days'", "line 11", "99999999999"],
+        ),
+        (
+            "lapsed_days = [60, 180]",
+            "lapsed_days = [60, 99999999999]",
+            ["key 'audience.lapsed_days.1'", "line 11", "99999999999"],
+        ),
     ],
 )
 def test_one_broken_file_per_error_class(
@@ -143,3 +158,12 @@ def test_relaxing_caps_is_allowed_only_when_the_shop_says_so(tmp_path: Path) -> 
     allowing = Settings(caps={"campaigns_may_relax": True})  # type: ignore[arg-type]
     campaigns, failures = load_all(tmp_path, allowing, ROOT / "templates")
     assert failures == [] and campaigns[0].caps.cooldown_days == 1
+
+
+def test_a_file_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "y.toml").write_bytes(b'name = "y"\n\xff\xfe')
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert campaigns == [] and len(failures) == 1
+    message = str(failures[0])
+    assert str(tmp_path / "y.toml") in message and "line 2" in message
+    assert "not UTF-8" in message

@@ -171,6 +171,28 @@ def test_check_reads_the_templates_a_template_includes_and_extends(tmp_path: Pat
     ]
 
 
+def test_an_unknown_filter_is_a_problem_of_its_template_and_line(tmp_path: Path) -> None:
+    write(tmp_path, "layout.txt", "Hi\n{{ customer.first_name|nosuchfilter }}\n")
+    write(tmp_path, "main.txt", '{% extends "layout.txt" %}')
+    (problem,) = check_template(tmp_path, "main.txt", sample_context())
+    assert (problem.key, problem.line) == ("layout.txt", 2)
+    assert problem.message == "syntax error: No filter named 'nosuchfilter'."
+    (problem,) = check_template(tmp_path, "layout.txt", sample_context())
+    assert (problem.key, problem.line) == ("layout.txt", 2)
+    subject = check_subject("{{ shop.name|nosuchfilter }}", sample_context(), tmp_path)
+    assert subject is not None and "No filter named 'nosuchfilter'" in subject
+    assert "<introspection>" not in subject
+
+
+def test_a_template_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_bytes(b"Hi\n\xff\xfe")
+    write(tmp_path, "main.txt", '{% include "bad.txt" %}')
+    (problem,) = check_template(tmp_path, "bad.txt", sample_context())
+    assert (problem.key, problem.line) == ("bad.txt", 2) and "not UTF-8" in problem.message
+    (problem,) = check_template(tmp_path, "main.txt", sample_context())
+    assert "UnicodeDecodeError" in problem.message
+
+
 def test_a_subject_reading_a_key_outside_the_contract_fails_check(tmp_path: Path) -> None:
     problem = check_subject(
         "{% if false %}{{ customer.frist_name }}{% endif %}", sample_context(), tmp_path

@@ -354,3 +354,88 @@ def test_evaluate_json_lists_every_model_with_tifu_knn_and_keeps_its_schema(
     assert tifu["customers"] > 0 and 0 < tifu["recall"] <= 1
     refused = runner.invoke(app, ["train", "--model", "tifu_knn"])
     assert refused.exit_code != 0 and "evaluation baseline" in refused.output
+
+
+@pytest.mark.parametrize("quantity", ["[/]", "[bold]x"])
+def test_import_errors_print_the_value_as_it_is_not_as_markup(workdir: Path, quantity: str) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    path = write_csv(workdir / "p.csv", header, [["o1", "c1", "i1", quantity, "1", "2024-01-01"]])
+    result = runner.invoke(app, ["import", "purchases", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "column 'quantity'" in result.stderr and f"(value: {quantity!r})" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_item_titles_with_brackets_print_as_they_are(in_trained: Path) -> None:
+    as_of = "2011-12-15T10:00:00"
+    document = runner.invoke(app, ["plan", "cross_sell", "--as-of", as_of, "--format", "json"])
+    first = next(d for d in json.loads(document.stdout)["decisions"] if d["offers"])
+    item = first["offers"][0]["item_id"]
+    hostile = "[/] PAPER CHAIN [red]KIT"
+    engine = make_engine("sqlite:///shop.db")
+    with engine.begin() as connection:
+        title = connection.execute(sa.select(items.c.title).where(items.c.id == item)).scalar_one()
+        connection.execute(items.update().where(items.c.id == item).values(title=hostile))
+    try:
+        table = runner.invoke(
+            app, ["plan", "cross_sell", "--as-of", as_of, "--limit", "1"], terminal_width=300
+        )
+        assert table.exit_code == 0, table.output
+        assert hostile in table.stdout
+        recommended = runner.invoke(app, ["recommend", "99999999"], terminal_width=300)
+        assert recommended.exit_code == 0, recommended.output
+    finally:
+        with engine.begin() as connection:
+            connection.execute(items.update().where(items.c.id == item).values(title=title))
+        engine.dispose()
+
+
+def test_check_refuses_unreadable_files_and_unknown_filters_without_a_traceback(
+    workdir: Path,
+) -> None:
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    base = workdir / "templates" / "base.txt"
+    base.write_text(base.read_text().replace("first_name or", "first_name|nosuchfilter or"))
+    (workdir / "campaigns" / "y.toml").write_bytes(b"\xff\xfe")
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "y.toml: line 1: not UTF-8" in result.stderr
+    assert "key 'template base.txt': syntax error: No filter named 'nosuchfilter'." in result.stderr
+    (workdir / "settings.toml").write_bytes(b'database_url = "sqlite:///x.db"\n# \xff\n')
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "settings.toml: line 2: not UTF-8" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value"),
+    [
+        (["kpis", "--window-days", "99999999999"], "--window-days", "99999999999"),
+        (["kpis", "--as-of", "0001-01-01"], "--as-of", "0001-01-01"),
+        (["kpis", "--as-of", "9999-12-31T23:00:00"], "--as-of", "9999-12-31T23:00:00"),
+        (["evaluate", "--cutoff", "1800-01-01"], "--cutoff", "1800-01-01"),
+        (["evaluate", "--horizon-days", "99999999999"], "--horizon-days", "99999999999"),
+        (["worker", "--demo", "--days", "99999999999"], "--days", "99999999999"),
+        (["forecast", "--as-of", "0001-01-01"], "--as-of", "0001-01-01"),
+        (
+            ["snapshots", "backfill", "--from", "1800-01-01", "--to", "1800-01-02"],
+            "--to",
+            "1800-01-02",
+        ),
+        (["snapshots", "backfill", "--from", "1800-01-01"], "--from", "1800-01-01"),
+    ],
+)
+def test_out_of_range_options_exit_2_naming_option_and_value(
+    workdir: Path, args: list[str], option: str, value: str
+) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert option in result.stderr and value in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        assert connection.execute(sa.text("select count(*) from kpi_snapshots")).scalar_one() == 0
