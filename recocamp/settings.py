@@ -375,7 +375,29 @@ def load_settings(path: Path | None = None) -> Settings:
         raise ConfigError(where, problems(exc, text, ENV_PREFIX)) from None
     if path is None:
         return settings
-    return anchored(settings, Path(os.path.abspath(path)).parent)  # "a/../b": b, as written
+    result = anchored(settings, Path(os.path.abspath(path)).parent)  # "a/../b": b, as written
+    _refuse_a_moved_database(path, text, settings.database_url, result.database_url)
+    return result
+
+
+def _refuse_a_moved_database(path: Path, text: str, written: str, anchored_url: str) -> None:
+    """Before this version a relative SQLite file was relative to the current directory. A
+    deployment that ran from elsewhere would now open a new, empty database beside the
+    settings file while its data sits where it was: refuse, naming both files."""
+    if written == anchored_url:
+        return
+    from sqlalchemy.engine import make_url
+
+    old, new = Path(make_url(written).database or ""), Path(make_url(anchored_url).database or "")
+    if new.exists() or not old.is_file() or old.resolve() == new.resolve():
+        return
+    message = (
+        f"the SQLite file {str(old)!r} is read relative to the settings file now, as {new}, "
+        f"which does not exist, while {old.resolve()} does (relative to the current "
+        "directory, where earlier versions looked): move it there or write an absolute path"
+    )
+    line = line_of(text, ("database_url",))
+    raise ConfigError(path, [Problem(message, key="database_url", line=line)])
 
 
 def anchored(settings: Settings, base: Path) -> Settings:

@@ -436,3 +436,25 @@ def test_the_shop_zone_is_a_property_of_the_settings(monkeypatch: pytest.MonkeyP
     shop = load_settings(REPO_SETTINGS).shop
     assert shop.zone == ZoneInfo("America/New_York") and shop.zone is shop.zone
     assert shop.model_copy(update={"time_zone": "Asia/Tokyo"}).zone == ZoneInfo("Asia/Tokyo")
+
+
+def test_a_database_left_where_earlier_versions_looked_is_not_replaced_by_an_empty_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Earlier versions read a relative SQLite file from the current directory; now it is
+    beside the settings file. Where only the old place holds it, loading refuses and names
+    both, rather than opening a new, empty database."""
+    site, run = tmp_path / "site", tmp_path / "run"
+    site.mkdir()
+    run.mkdir()
+    (site / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    (run / "shop.db").write_bytes(b"")
+    monkeypatch.chdir(run)
+    monkeypatch.delenv("RECOCAMP_DATABASE_URL", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(site / "settings.toml")
+    (problem,) = caught.value.problems
+    assert problem.key == "database_url" and problem.line == 1
+    assert str(site / "shop.db") in problem.message and str(run / "shop.db") in problem.message
+    (site / "shop.db").write_bytes(b"")  # once moved (or present in both), it is used
+    assert load_settings(site / "settings.toml").database_url == f"sqlite:///{site / 'shop.db'}"

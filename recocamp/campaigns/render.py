@@ -245,9 +245,9 @@ def check_template(
         return [replace(not_utf8(exc), key=name)]
     others = _referenced(env, parsed[1])
     around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
-    found = _compiled_contract(parsed, name)
+    found = _compiled_contract(env, parsed, name)
     for other, template in others.items():  # they also see what the templates around them set
-        found += _compiled_contract(template, other, around)
+        found += _compiled_contract(env, template, other, around)
     if found:
         return found
     try:
@@ -310,15 +310,36 @@ def contract_problems(
 
 
 def _compiled_contract(
-    template: tuple[str, nodes.Template], name: str, defined: AbstractSet[str] = frozenset()
+    env: Environment,
+    template: tuple[str, nodes.Template],
+    name: str,
+    defined: AbstractSet[str] = frozenset(),
 ) -> list[Problem]:
-    """:func:`contract_problems`, or the template's compile error (an unknown filter or test,
-    which parsing lets through) at its line: jinja's introspection names it ``<introspection>``,
-    so the error would not say which template it is."""
+    """:func:`contract_problems` and every unknown filter or test (:func:`unknown_names`), or
+    the template's compile error at its line: jinja's introspection names it
+    ``<introspection>``, so the error would not say which template it is."""
+    unknown = unknown_names(env, template[1], name)
     try:
-        return contract_problems(template, name, defined)
+        return unknown or contract_problems(template, name, defined)
     except TemplateSyntaxError as exc:  # TemplateAssertionError among them
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
+
+
+def unknown_names(env: Environment, parsed: nodes.Template, name: str) -> list[Problem]:
+    """Filters and tests the environment lacks, wherever they are used: Jinja reports one
+    only when the branch holding it renders, so a sample that skips an ``{% if %}`` would pass
+    a template that fails for the customers the branch is for."""
+    found = [
+        Problem(f"syntax error: No filter named {node.name!r}.", key=name, line=node.lineno)
+        for node in parsed.find_all(nodes.Filter)
+        if node.name not in env.filters
+    ]
+    found += [
+        Problem(f"syntax error: No test named {node.name!r}.", key=name, line=node.lineno)
+        for node in parsed.find_all(nodes.Test)
+        if node.name not in env.tests
+    ]
+    return sorted(found, key=lambda problem: problem.line or 0)
 
 
 class ContractReads(NodeVisitor):
@@ -481,7 +502,7 @@ def check_subject(
     """A problem with a subject line template, or None."""
     try:
         renderer = Renderer(directory, limits=limits)
-        static = _compiled_contract((subject, renderer.env.parse(subject)), SUBJECT)
+        static = _compiled_contract(renderer.env, (subject, renderer.env.parse(subject)), SUBJECT)
         if static:
             return str(static[0])
         renderer.subject(subject, sample)

@@ -164,7 +164,7 @@ class RichProgress:
 def progress_bars() -> Iterator[RichProgress]:
     """Progress bars on stderr, gone when done (stdout stays the command's output)."""
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a file name is not markup
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -230,7 +230,9 @@ def models_promote(version: str) -> None:
     """Make a registered model live and rebuild the top-N cache from its artifacts."""
     with errors_to_exit():
         settings = current_settings()
-        rows = training.promote(engine_for(settings), settings.recommender, version, clock.now())
+        rows = training.promote(
+            engine_for(settings), settings.recommender, version, clock.now(), settings.locate
+        )
     console.print(f"{version} is live; top-N cache: {rows:,} customers")
 
 
@@ -239,7 +241,9 @@ def models_rollback() -> None:
     """Return to the model that was live before the current one."""
     with errors_to_exit():
         settings = current_settings()
-        version = training.rollback(engine_for(settings), settings.recommender, clock.now())
+        version = training.rollback(
+            engine_for(settings), settings.recommender, clock.now(), settings.locate
+        )
     console.print(f"rolled back: {version} is live")
 
 

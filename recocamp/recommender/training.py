@@ -473,25 +473,38 @@ def cached_rows(data: TrainingData, settings: RecommenderSettings) -> np.ndarray
     return data.active_rows(settings.cache_active_days)
 
 
-def promote(engine: Engine, settings: RecommenderSettings, version: str, now: datetime) -> int:
-    """Make a registered model live (also a rejected or retired one); rebuild the cache."""
+def promote(
+    engine: Engine,
+    settings: RecommenderSettings,
+    version: str,
+    now: datetime,
+    locate: Callable[[str], Path] = Path,
+) -> int:
+    """Make a registered model live (also a rejected or retired one); rebuild the cache.
+    ``locate``: where a stored artifact path is (``Settings.locate``: a relative one, as older
+    versions stored them, beside the settings file)."""
     with engine.connect() as connection:
         row = registry.get(connection, version)
     if row is None:
         raise ModelError(f"no model with version {version!r} (see `recocamp models list`)")
-    fitted, data, _meta = model.load(Path(row.path), settings)
+    fitted, data, _meta = model.load(locate(row.path), settings)
     lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
     with engine.begin() as connection:
         return registry.make_live(connection, version, now, lists)
 
 
-def rollback(engine: Engine, settings: RecommenderSettings, now: datetime) -> str:
+def rollback(
+    engine: Engine,
+    settings: RecommenderSettings,
+    now: datetime,
+    locate: Callable[[str], Path] = Path,
+) -> str:
     """Return to the model that was live before the current one."""
     with engine.connect() as connection:
         previous = registry.previous_live(connection)
     if previous is None:
         raise ModelError("nothing to roll back to: no model was live before the current one")
-    promote(engine, settings, previous.version, now)
+    promote(engine, settings, previous.version, now, locate)
     return str(previous.version)
 
 

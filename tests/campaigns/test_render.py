@@ -184,6 +184,22 @@ def test_an_unknown_filter_is_a_problem_of_its_template_and_line(tmp_path: Path)
     assert "<introspection>" not in subject
 
 
+def test_an_unknown_filter_or_test_in_a_branch_the_sample_skips_is_found(tmp_path: Path) -> None:
+    """Jinja raises for an unknown filter only when its branch renders: the sample customer
+    is not "Zed", yet the template would fail for every Zed."""
+    write(
+        tmp_path,
+        "main.txt",
+        'Hi\n{% if customer.first_name == "Zed" %}{{ shop.name|nosuchfilter }}{% endif %}\n'
+        "{% if offers is nosuchtest %}x{% endif %}\n",
+    )
+    problems = check_template(tmp_path, "main.txt", sample_context())
+    assert [(p.key, p.line, p.message) for p in problems] == [
+        ("main.txt", 2, "syntax error: No filter named 'nosuchfilter'."),
+        ("main.txt", 3, "syntax error: No test named 'nosuchtest'."),
+    ]
+
+
 def test_a_template_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_bytes(b"Hi\n\xff\xfe")
     write(tmp_path, "main.txt", '{% include "bad.txt" %}')

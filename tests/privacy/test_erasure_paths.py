@@ -81,3 +81,20 @@ def test_a_live_model_without_artifacts_makes_the_erasure_fail_naming_it(
     )
     assert erased.exit_code == 1, erased.output
     assert "NOT cleaned" in erased.output and str(moved) in erased.output.replace("\n", "")
+
+
+def test_promote_and_rollback_from_another_directory_load_older_relative_models(
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``models promote``/``rollback`` find a model stored with a relative path beside the
+    settings file, as serving and erasure do."""
+    engine, _artifacts = shop
+    _site(engine, tmp_path, monkeypatch)
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    promoted = CliRunner().invoke(
+        cli, ["--settings", "../settings.toml", "models", "promote", live.version]
+    )
+    assert promoted.exit_code == 0, promoted.output
+    assert f"{live.version} is live" in promoted.output
