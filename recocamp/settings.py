@@ -21,6 +21,7 @@ import os
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -384,11 +385,10 @@ def _refuse_a_moved_database(path: Path, text: str, written: str, anchored_url: 
     """Before this version a relative SQLite file was relative to the current directory. A
     deployment that ran from elsewhere would now open a new, empty database beside the
     settings file while its data sits where it was: refuse, naming both files."""
-    if written == anchored_url:
+    before, after = _sqlite_file(written), _sqlite_file(anchored_url)
+    if written == anchored_url or before is None or after is None:
         return
-    from sqlalchemy.engine import make_url
-
-    old, new = Path(make_url(written).database or ""), Path(make_url(anchored_url).database or "")
+    old, new = Path(before[1]), Path(after[1])
     if new.exists() or not old.is_file() or old.resolve() == new.resolve():
         return
     message = (
@@ -424,23 +424,25 @@ def anchored(settings: Settings, base: Path) -> Settings:
 def _anchored_url(url: str, base: Path) -> str:
     """A SQLite URL's relative database file made absolute; an in-memory database
     (``sqlite://``, ``:memory:``), a ``file:`` URI and every other database are left alone."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return url  # the engine reports it when it is used
-    database = parsed.database
-    if (
-        parsed.get_backend_name() != "sqlite"
-        or not database
-        or database == ":memory:"
-        or database.startswith("file:")
-        or Path(database).is_absolute()
-    ):
+    parts = _sqlite_file(url)
+    if parts is None or Path(parts[1]).is_absolute():
         return url
-    return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
+    head, database, query = parts
+    return head + quote(str(base / database), safe="/ :") + query
+
+
+def _sqlite_file(url: str) -> tuple[str, str, str] | None:
+    """A SQLite URL as (``sqlite[+driver]:///``, its database file, ``?query`` or ""), the
+    file %-decoded as SQLAlchemy reads it; None for an in-memory database, a ``file:`` URI
+    or another database. Parsed here, not by SQLAlchemy: only the store imports it."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.split("+")[0] != "sqlite" or not rest.startswith("/"):
+        return None
+    path, mark, query = rest[1:].partition("?")
+    database = unquote(path)
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return f"{scheme}:///", database, mark + query
 
 
 def _refuse_secrets_in_file(path: Path, data: dict[str, Any], text: str) -> None:
