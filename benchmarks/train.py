@@ -106,6 +106,14 @@ def uci(workdir: Path, source: Path = UCI) -> dict[str, object]:
 AS_OF = datetime(2025, 1, 1, tzinfo=UTC)  # the synthetic pipeline's data cutoff
 
 
+def _shares(rng: np.random.Generator, customers: int, items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each customer's share of the lines (Pareto, a few heavy buyers) and each item's (Zipf
+    0.9): the power-law shop of every synthetic benchmark."""
+    activity = rng.pareto(1.2, customers) + 1
+    popularity = 1.0 / np.arange(1, items + 1) ** 0.9
+    return activity / activity.sum(), popularity / popularity.sum()
+
+
 def synthetic_db(
     path: Path, customers: int, items: int, lines: int, seed: int = 7, history_days: int = 365
 ) -> None:
@@ -121,10 +129,7 @@ def synthetic_db(
     upgrade(engine)
     engine.dispose()
     rng = np.random.default_rng(seed)
-    activity = rng.pareto(1.2, customers) + 1
-    activity /= activity.sum()
-    popularity = 1.0 / np.arange(1, items + 1) ** 0.9
-    popularity /= popularity.sum()
+    activity, popularity = _shares(rng, customers, items)
     start = (AS_OF - timedelta(days=history_days + 1)).timestamp()
     join = span = None
     if history_days > 365:
@@ -310,10 +315,7 @@ def synthetic_lines(
     as integer-coded :class:`Lines`, no store: the CPU/GPU comparison needs the matrix, and
     writing 20M lines into SQLite takes longer than a device check may run."""
     rng = np.random.default_rng(seed)
-    activity = rng.pareto(1.2, customers) + 1
-    activity /= activity.sum()
-    popularity = 1.0 / np.arange(1, items + 1) ** 0.9
-    popularity /= popularity.sum()
+    activity, popularity = _shares(rng, customers, items)
     start = (AS_OF - timedelta(days=history_days + 1)).timestamp()
     who = rng.choice(customers, lines, p=activity)
     what = rng.choice(items, lines, p=popularity)

@@ -107,6 +107,21 @@ def uci_slice(tmp_path: Path, uci_slice_rows: tuple[list[str], list[list[str]]])
     return path
 
 
+@pytest.fixture
+def cli_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A ``CliRunner`` in ``tmp_path`` with a migrated SQLite store (``shop.db``) named by
+    the ``settings.toml`` there: the CLI as a user runs it."""
+    from typer.testing import CliRunner
+
+    from recocamp.cli import app as cli_app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    runner = CliRunner()
+    assert runner.invoke(cli_app, ["db", "upgrade"]).exit_code == 0
+    return runner
+
+
 def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)

@@ -211,12 +211,9 @@ def test_a_record_past_the_size_limit_is_a_problem_of_its_line(
 
 
 def test_the_cli_exits_2_naming_file_line_column_and_value(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cli_store: CliRunner
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
-    runner = CliRunner()
-    assert runner.invoke(cli_app, ["db", "upgrade"]).exit_code == 0
+    runner = cli_store
     write_csv(tmp_path / "p.csv", STANDARD, [GOOD, [*GOOD[:3], "1e300", *GOOD[4:6], "2"]])
     result = runner.invoke(cli_app, ["import", "purchases", "p.csv"])
     assert result.exit_code == 2, result.output
@@ -225,7 +222,7 @@ def test_the_cli_exits_2_naming_file_line_column_and_value(
 
 
 def test_json_output_is_always_standard_json(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, cli_store: CliRunner, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A number JSON cannot write (inf, NaN) is a clear error, never ``Infinity``."""
 
@@ -233,10 +230,7 @@ def test_json_output_is_always_standard_json(
         print_json({"clv": math.inf}, indent=2)
     assert caught.value.exit_code == 1
     assert capsys.readouterr().out == ""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
-    runner = CliRunner()
-    assert runner.invoke(cli_app, ["db", "upgrade"]).exit_code == 0
+    runner = cli_store
     write_csv(tmp_path / "p.csv", STANDARD, [[*GOOD[:4], "999999999", GOOD[5], "1"]])
     assert runner.invoke(cli_app, ["import", "purchases", "p.csv"]).exit_code == 0
     result = runner.invoke(cli_app, ["kpis", "--as-of", "2024-04-02", "--format", "json"])

@@ -114,13 +114,8 @@ def test_the_formats_own_headers_pass(engine: sa.Engine, tmp_path: Path) -> None
     assert importer(engine).customers(person).imported == 1
 
 
-def test_the_cli_exits_2_on_an_unknown_column(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
-    runner = CliRunner()
-    assert runner.invoke(cli_app, ["db", "upgrade"]).exit_code == 0
+def test_the_cli_exits_2_on_an_unknown_column(tmp_path: Path, cli_store: CliRunner) -> None:
+    runner = cli_store
     write_csv(tmp_path / "c.csv", [*CUSTOMER[:5], "objected_to_profilling"], [PERSON])
     result = runner.invoke(cli_app, ["import", "customers", "c.csv"])
     assert result.exit_code == 2, result.output
