@@ -66,6 +66,8 @@ class Schedule(_Strict):
 # schema, then overflows at run time (a timedelta of 99,999,999,999 days, an SQL integer).
 MAX_DAYS = 36_500  # a hundred years
 MAX_COUNT = 1_000_000_000
+MAX_PRICE = 1_000_000_000.0  # the import's unit price bound (±10⁹)
+MAX_WEIGHT = 1_000_000.0  # variant weights are relative; a sum of huge ones is not finite
 Days = Annotated[int, Field(ge=0, le=MAX_DAYS)]
 
 
@@ -121,11 +123,19 @@ class OfferRules(_Strict):
     mode: Mode = Mode.MIXED
     items: int = Field(default=4, ge=1, le=20)
     categories: tuple[str, ...] = ()
-    min_price: float | None = Field(default=None, ge=0)
-    max_price: float | None = Field(default=None, ge=0)
+    min_price: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
+    max_price: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
     exclude_items: tuple[str, ...] = ()
     exclude_categories: tuple[str, ...] = ()
     discount_percent: float | None = Field(default=None, gt=0, le=90)
+
+    @model_validator(mode="after")
+    def _price_range(self) -> OfferRules:
+        """A range no item can fall in offers nothing: a typo, not a campaign."""
+        low, high = self.min_price, self.max_price
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_price is larger than max_price")
+        return self
 
 
 class Template(_Strict):
@@ -136,7 +146,7 @@ class Template(_Strict):
 
 class Variant(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
-    weight: float = Field(gt=0)
+    weight: float = Field(gt=0, le=MAX_WEIGHT, allow_inf_nan=False)  # summed: finite
     subject: dict[Literal["de", "en"], str] | None = None
     html: str | None = None
     text: str | None = None
@@ -155,7 +165,10 @@ class Campaign(_Strict):
     # "offers": personal offers (the default); "nps": a Net Promoter Score survey, a mail with
     # 0–10 answer links and no offers (its answers are measured in the report)
     type: Literal["offers", "nps"] = "offers"
-    legal_basis: tuple[Literal["double_opt_in", "existing_customer"], ...] = ("double_opt_in",)
+    # at least one: a campaign that may mail nobody is a mistake, not a setting
+    legal_basis: tuple[Literal["double_opt_in", "existing_customer"], ...] = Field(
+        default=("double_opt_in",), min_length=1
+    )
     schedule: Schedule
     audience: Audience = Audience()
     offer: OfferRules = OfferRules()

@@ -118,6 +118,14 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             "lapsed_days = [60, 99999999999]",
             ["key 'audience.lapsed_days.1'", "line 11", "99999999999"],
         ),
+        ("items = 4", "items = 4\nmin_price = 100\nmax_price = 1", ["min_price is larger"]),
+        ("items = 4", "items = 4\nmax_price = inf", ["key 'offer.max_price'", "line 16", "inf"]),
+        ('["double_opt_in"]', "[]", ["key 'legal_basis'", "line 3", "at least 1 item"]),
+        (
+            "[template]",
+            '[[variants]]\nname = "a"\nweight = 1e308\n\n[template]',
+            ["key 'variants.0.weight'", "line 19", "less than or equal to 1000000"],
+        ),
     ],
 )
 def test_one_broken_file_per_error_class(
