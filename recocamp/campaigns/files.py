@@ -39,7 +39,6 @@ FORECAST_KEYS = (
     "overdue_ratio_at_least",
     "lifetime_value_top_share",
 )
-LOCALES = ("de", "en")
 
 
 class _Strict(BaseModel):

@@ -459,7 +459,7 @@ class Importer:
         if runs is not None:
             runs.finish()
         staging.index(connection)
-        if parse.numbered_by_file:  # else no (order id, line number) is staged twice
+        if parse.numbers_from_file:  # else no (order id, line number) is staged twice
             found.check_repeats(connection)
         if found.problems:
             raise DataImportError(path, found.problems, more=found.more)

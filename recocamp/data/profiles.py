@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from recocamp.data.sources import csv as sources
-from recocamp.domain import PREFERENCE_PERIODS, birthday_problem, future_problem
+from recocamp.domain import LOCALES, PREFERENCE_PERIODS, birthday_problem, future_problem
 from recocamp.errors import RecocampError
 from recocamp.store import contacts, profiles
 from recocamp.store.engine import Connection
@@ -116,7 +116,7 @@ def _validate(customer_id: str, after: Mapping[str, Any], zone: ZoneInfo) -> Non
         sources.customer_row(row, sources.Timestamps(zone), None)
     except sources.RowProblem as problem:
         raise ProfileError(problem.column, problem.message, problem.value) from None
-    if after.get("locale") not in ("de", "en"):
+    if after.get("locale") not in LOCALES:
         raise ProfileError("locale", "must be de or en", after.get("locale"))
     frequency = after.get("frequency_preference")
     if frequency is not None and frequency not in FREQUENCIES:

@@ -670,8 +670,9 @@ class StandardLines:
         self.order, self.customer, self.item = at["order_id"], at["customer_id"], at["item_id"]
         self.quantity, self.price, self.time = at["quantity"], at["unit_price"], at["ordered_at"]
         self.line_no, self.is_return = at.get("line_no"), at.get("is_return")
-        # without line_no every line is numbered in file order: no two share a number
-        self.numbered_by_file = self.line_no is not None
+        # with line_no the file gives the numbers, and two lines may share one; without it
+        # every line is numbered in file order, and none repeats
+        self.numbers_from_file = self.line_no is not None
 
     def __call__(self, record: Record) -> PurchaseValues | Skip:
         if isinstance(record, dict):
@@ -849,7 +850,7 @@ class RetailLines:
         self.invoice, self.item, self.customer = at["InvoiceNo"], at["StockCode"], at["CustomerID"]
         self.quantity, self.price, self.time = at["Quantity"], at["UnitPrice"], at["InvoiceDate"]
         self.description, self.country = at["Description"], at["Country"]
-        self.numbered_by_file = False  # lines are numbered in file order: none repeats
+        self.numbers_from_file = False  # lines are numbered in file order: none repeats
 
     def __call__(self, record: Record) -> RetailLine | Skip:
         if isinstance(record, dict):
