@@ -143,6 +143,25 @@ def test_only_the_models_whose_gpu_fit_matches_the_cpu_move_under_auto(
     assert moved == on_gpu
 
 
+@pytest.mark.skipif(not model.gpu_available("auto"), reason="needs implicit's CUDA build")
+def test_a_gpu_fitted_model_ranks_the_cache_on_the_gpu_as_the_cpu_does() -> None:
+    """The top-N cache of a GPU-fitted model comes from implicit's CUDA kernel: the same
+    items in the same order as the CPU kernel on the same factors (well-separated scores:
+    float32 sums in another order may swap near-ties, which ``ranking.top_k`` then settles)."""
+    # item i loads one factor (i // 50) by 1 + i / 1000; customers' factors are distinct
+    items = np.eye(8, dtype=np.float32).repeat(50, axis=0) * (1 + np.arange(400)[:, None] / 1000)
+    users = np.random.default_rng(5).permutation(300 * 8).reshape(300, 8) / 7.0
+    on_gpu, on_cpu = model.ALS(factors=8, use_gpu=True), model.ALS(factors=8, use_gpu=False)
+    for fitted_model in (on_gpu, on_cpu):
+        fitted_model.user_factors = users.astype(np.float32)
+        fitted_model.item_factors = items.astype(np.float32)
+    rows = np.arange(0, 300, 3)
+    gpu_indices, gpu_scores = on_gpu.top_k_all(rows, 10)
+    cpu_indices, cpu_scores = on_cpu.top_k_all(rows, 10)
+    np.testing.assert_array_equal(gpu_indices, cpu_indices)
+    np.testing.assert_allclose(gpu_scores, cpu_scores, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ("item_knn", "hybrid", "als", "repeat_frequency"))
 def test_similar_items_stay_in_the_cluster(name: str, data: TrainingData) -> None:
     similar = model.similar(fitted(name, data), data, "p1", 2)
