@@ -14,15 +14,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from recocamp import tokens
+from recocamp import privacy, tokens
 from recocamp.cli import app as cli
+from recocamp.errors import SharedAddressError
+from recocamp.settings import Settings
 from recocamp.store.schema import (
     audit_log,
     customers,
     erasures,
     import_runs,
+    metadata,
     purchases,
     tombstones,
 )
@@ -213,6 +217,49 @@ def test_imports_after_an_erasure_name_the_missing_key(
     assert unkeyed.exit_code == 2
     assert "RECOCAMP_SIGNING_KEY is not set" in " ".join(unkeyed.output.split())
     assert _held(tmp_path)[0] == ["ann", "bob"]
+
+
+def test_any_table_tied_by_address_can_share_it_and_only_this_id_keeps_the_others_rows(
+    shared: CliRunner, tmp_path: Path
+) -> None:
+    """Read from the schema like every tie: a table added later whose row names another
+    customer (zed, not in the customers table) at ann's address makes it shared; erased
+    alone, ann loses her row and the row naming nobody but the address, zed keeps his."""
+    engine = _engine(tmp_path)
+    later = sa.MetaData()
+    for table in metadata.sorted_tables:
+        table.to_metadata(later)
+    cards = sa.Table(
+        "loyalty_cards",
+        later,
+        sa.Column("card", sa.String(20), primary_key=True),
+        sa.Column("holder_customer_id", sa.String(64)),
+        sa.Column("contact_email", sa.String(320)),
+    )
+    cards.create(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.delete(customers).where(customers.c.id == "bob"))
+        connection.execute(
+            sa.insert(cards),
+            [
+                {"card": "1", "holder_customer_id": "ann", "contact_email": None},
+                {"card": "2", "holder_customer_id": None, "contact_email": SHARED},
+                {"card": "3", "holder_customer_id": "zed", "contact_email": SHARED.lower()},
+            ],
+        )
+    settings = Settings(signing_key=SecretStr(SIGNING_KEY))
+    with pytest.raises(SharedAddressError) as refused:
+        privacy.erase(engine, settings, "ann", NOW, via="test", schema=later)
+    assert refused.value.others == ["zed"] and "@" not in str(refused.value)
+    scoped = privacy.export(engine, "ann", NOW, schema=later, scope=privacy.Scope.ID)
+    assert scoped is not None
+    assert [c["card"] for c in scoped["tables"]["loyalty_cards"]] == ["1", "2"]
+    report = privacy.erase(
+        engine, settings, "ann", NOW, via="test", schema=later, scope=privacy.Scope.ID
+    )
+    assert report is not None and report.rows["loyalty_cards"] == 2
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(cards.c.card)).scalars().all() == ["3"]
 
 
 # -- the shop API and the preferences page (SQLite and PostgreSQL) --------------------------
