@@ -8,6 +8,7 @@
     ├── DataImportError      a source file that cannot be imported: file + every bad line/column
     ├── StoreError           the database is missing, not migrated or unreachable
     ├── OrderConflictError   orders already stored with other lines (an order is written once)
+    ├── SharedAddressError   a privacy request by customer id whose address other customers hold
     ├── ModelError           recommender training / loading problems
     ├── Interrupted          a run stopped early because the worker is shutting down
     └── DeliveryError        sending through an email service provider
@@ -122,6 +123,28 @@ class OrderConflictError(RecocampError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return type(self), (self.order_ids,)
+
+
+class SharedAddressError(RecocampError):
+    """A privacy request (export, erasure) names a customer whose e-mail address other
+    customer ids hold too: one person with two accounts, or two people sharing an address.
+    Which it is, only the operator can tell, so nothing is done until they say whom the
+    request covers (``privacy.Scope``). Names the customer ids, never the address."""
+
+    SHOWN = 20  # ids listed; a placeholder address can be held by thousands
+
+    def __init__(self, customer_id: str, others: list[str]) -> None:
+        self.customer_id = customer_id
+        self.others = list(others)
+        shown = ", ".join(repr(other) for other in self.others[: self.SHOWN])
+        more = f" and {len(self.others) - self.SHOWN} more" if len(self.others) > self.SHOWN else ""
+        super().__init__(
+            f"the e-mail address of customer {customer_id!r} is also held by customer id(s) "
+            f"{shown}{more}: the request is ambiguous, nothing was done"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.customer_id, self.others)
 
 
 class ModelError(RecocampError):

@@ -13,6 +13,7 @@ from recocamp.errors import (
     OrderConflictError,
     Problem,
     RecocampError,
+    SharedAddressError,
     TemplateLimitError,
     TransientDeliveryError,
 )
@@ -22,6 +23,7 @@ ERRORS = [
     TemplateLimitError("winback.html", [Problem("more than 100,000 loop iterations", line=3)]),
     DataImportError("orders.csv", [Problem("bad quantity", line=7, column="quantity")]),
     OrderConflictError(["o1", "o2"]),
+    SharedAddressError("c-1", ["c-2", "c-3"]),
     TransientDeliveryError("HTTP 429", retry_after=30.0, ambiguous=True),
 ]
 

@@ -235,7 +235,9 @@ class Pages:
             found = self.verify(token, "preferences")
         except LinkError as error:
             return self.failed(request, error)
-        document = privacy.export(self.engine, found.customer_id, self.clock.now())
+        document = privacy.export(
+            self.engine, found.customer_id, self.clock.now(), scope=privacy.Scope.ID
+        )  # the link's customer alone, whoever else holds the address
         if document is None:
             return Response(json.dumps({"detail": "no data"}), 404, media_type="application/json")
         metrics.PRIVACY_REQUESTS.labels("export", SOURCE).inc()
@@ -372,7 +374,9 @@ def _change(
     if action == "erase":
         if not forms.checked(form, "confirm"):
             return "confirm_needed"
-        report = privacy.erase(engine, settings, found.customer_id, now, via=SOURCE)
+        report = privacy.erase(  # the link's customer alone, whoever else holds the address
+            engine, settings, found.customer_id, now, via=SOURCE, scope=privacy.Scope.ID
+        )
         return "erased" if report is not None else "unknown"
     changes = _changes(action, form, now)
     if changes is None and action != "unsubscribe":

@@ -6,21 +6,28 @@
 - ``GET /v1/privacy/retention``: how long what is kept.
 
 Every request is recorded in the audit log under the API key's name.
+
+When other customer ids hold the customer's address, export and erasure answer 409 naming
+those ids (never the address) unless ``?scope=`` says whom they cover: ``id`` (this customer
+alone) or ``all-matching`` (every customer id holding the address, as one person); see
+``privacy.holdings``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from recocamp import metrics, privacy
 from recocamp.api import lean as api_lean
 from recocamp.api.auth import PrivacyAdmin
 from recocamp.clock import Clock
+from recocamp.errors import SharedAddressError
 from recocamp.settings import PrivacySettings, Settings
 from recocamp.store import tombstones
 from recocamp.store.engine import Engine
@@ -28,10 +35,39 @@ from recocamp.store.queries import audit
 
 log = logging.getLogger(__name__)
 CustomerId = api_lean.PathId
+RequestScope = Annotated[
+    Literal["id", "all-matching"] | None,
+    Query(
+        description="Needed only when other customer ids hold the customer's address (else "
+        "409): `id` covers this customer alone (rows naming the others stay theirs), "
+        "`all-matching` every customer id holding the address, as one person."
+    ),
+]
+SHARED: dict[int | str, Any] = {
+    409: {
+        "description": "Other customer ids hold the customer's address: the answer names "
+        "them (never the address); say whom the request covers with `scope`. Nothing was done."
+    }
+}
+
+
+def _scope(scope: str | None) -> privacy.Scope:
+    return privacy.Scope.UNSHARED if scope is None else privacy.Scope(scope)
+
+
+def _ambiguous(error: SharedAddressError) -> HTTPException:
+    return HTTPException(
+        409,
+        f"{error}; say whom it covers: ?scope=id (this customer alone) or "
+        "?scope=all-matching (every one of these customer ids, as one person)",
+    )
 
 
 class ErasureOut(BaseModel):
     erasure_id: int
+    customer_ids: list[str] = Field(
+        description="the customer ids erased: more than one only with scope=all-matching"
+    )
     rows: dict[str, int]
     model_artifacts: int
     files_clean: bool = Field(
@@ -61,6 +97,29 @@ class RetentionOut(BaseModel):
     kept: dict[str, str]
 
 
+def _erased(
+    engine: Engine,
+    settings: Settings,
+    customer_id: str,
+    now: datetime,
+    via: str,
+    scope: str | None,
+) -> privacy.ErasureReport:
+    """The erasure, or the HTTP error that says why nothing was erased."""
+    try:
+        report = privacy.erase(engine, settings, customer_id, now, via=via, scope=_scope(scope))
+    except tombstones.KeyMissing:
+        raise HTTPException(
+            503,
+            "erasure needs RECOCAMP_SIGNING_KEY (it keys the tombstone); nothing was erased",
+        ) from None
+    except SharedAddressError as error:
+        raise _ambiguous(error) from None
+    if report is None:
+        raise HTTPException(404, f"we hold no data about customer {customer_id!r}")
+    return report
+
+
 def router(
     settings: Settings,
     engine: Engine,
@@ -72,23 +131,29 @@ def router(
     ``api.events.router``)."""
     api = APIRouter(tags=["privacy"], prefix="/v1/privacy")
 
-    @api.get("/customers/{customer_id}", responses=problems)
-    def export(customer_id: CustomerId, key: PrivacyAdmin) -> dict[str, Any]:
+    @api.get("/customers/{customer_id}", responses={**problems, **SHARED})
+    def export(
+        customer_id: CustomerId, key: PrivacyAdmin, scope: RequestScope = None
+    ) -> dict[str, Any]:
         """Everything we hold about one customer, as JSON (404 when nothing)."""
         now = clock.now()
-        document = privacy.export(engine, customer_id, now)
+        try:
+            document = privacy.export(engine, customer_id, now, scope=_scope(scope))
+        except SharedAddressError as error:
+            raise _ambiguous(error) from None
         if document is None:
             raise HTTPException(404, f"we hold no data about customer {customer_id!r}")
         with engine.begin() as connection:
-            audit(
-                connection,
-                at=now,
-                actor=f"api:{key.name}",
-                action="customer_exported",
-                subject_type="customer",
-                subject_id=customer_id,
-                details={},
-            )
+            for exported in document["customer_ids"]:
+                audit(
+                    connection,
+                    at=now,
+                    actor=f"api:{key.name}",
+                    action="customer_exported",
+                    subject_type="customer",
+                    subject_id=exported,
+                    details={"scope": document["scope"]},
+                )
         metrics.PRIVACY_REQUESTS.labels("export", "api").inc()
         return document
 
@@ -102,23 +167,16 @@ def router(
     }
 
     @api.delete(
-        "/customers/{customer_id}", response_model=ErasureOut, responses={**problems, **unkeyed}
+        "/customers/{customer_id}",
+        response_model=ErasureOut,
+        responses={**problems, **unkeyed, **SHARED},
     )
-    def erase(customer_id: CustomerId, key: PrivacyAdmin) -> ErasureOut:
+    def erase(customer_id: CustomerId, key: PrivacyAdmin, scope: RequestScope = None) -> ErasureOut:
         """Erase a customer everywhere; 404 when we hold nothing about them."""
-        try:
-            report = privacy.erase(
-                engine, settings, customer_id, clock.now(), via=f"api:{key.name}"
-            )
-        except tombstones.KeyMissing:
-            raise HTTPException(
-                503,
-                "erasure needs RECOCAMP_SIGNING_KEY (it keys the tombstone); nothing was erased",
-            ) from None
-        if report is None:
-            raise HTTPException(404, f"we hold no data about customer {customer_id!r}")
-        on_change([customer_id])
+        report = _erased(engine, settings, customer_id, clock.now(), f"api:{key.name}", scope)
+        on_change(report.customer_ids)
         return ErasureOut(
+            customer_ids=list(report.customer_ids),
             erasure_id=report.erasure_id,
             rows=report.rows,
             model_artifacts=report.artifacts,

@@ -26,6 +26,7 @@ from recocamp.cli.common import (
     current_settings,
     engine_for,
     errors_to_exit,
+    print_error,
 )
 from recocamp.errors import RecocampError
 from recocamp.store.queries import audit
@@ -38,6 +39,35 @@ app.add_typer(key_app, name="api-key")
 
 class NothingHeld(RecocampError):
     """We hold no data about that customer."""
+
+
+AllMatching = Annotated[
+    bool,
+    typer.Option(
+        "--all-matching",
+        help="The customer's address is shared: cover every customer id holding it, as one "
+        "person (duplicate accounts).",
+    ),
+]
+OnlyThisId = Annotated[
+    bool,
+    typer.Option(
+        "--only-this-id",
+        help="The customer's address is shared: cover this customer id alone (rows naming "
+        "the others stay theirs).",
+    ),
+]
+
+
+def _scope(all_matching: bool, only_this_id: bool) -> privacy.Scope:
+    """Whom the request covers when other customer ids hold the address (neither flag: it
+    is refused then, exit 2, naming them)."""
+    if all_matching and only_this_id:
+        print_error("--all-matching and --only-this-id exclude each other; nothing was done")
+        raise typer.Exit(2)
+    if all_matching:
+        return privacy.Scope.ALL_MATCHING
+    return privacy.Scope.ID if only_this_id else privacy.Scope.UNSHARED
 
 
 @app.command("serve")
@@ -106,25 +136,30 @@ def _log_config() -> dict[str, Any]:
 def privacy_export(
     customer: str,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None,
+    all_matching: AllMatching = False,
+    only_this_id: OnlyThisId = False,
 ) -> None:
-    """Everything we hold about CUSTOMER as JSON (GDPR Art. 15/20)."""
+    """Everything we hold about CUSTOMER as JSON (GDPR Art. 15/20). When other customer ids
+    hold the same address, say whom it covers (--all-matching or --only-this-id)."""
+    scope = _scope(all_matching, only_this_id)
     with errors_to_exit():
         settings = current_settings()
         engine = engine_for(settings)
         now = clock.now()
-        document = privacy.export(engine, customer, now)
+        document = privacy.export(engine, customer, now, scope=scope)
         if document is None:
             raise NothingHeld(f"we hold no data about customer {customer!r}")
         with engine.begin() as connection:
-            audit(
-                connection,
-                at=now,
-                actor="cli",
-                action="customer_exported",
-                subject_type="customer",
-                subject_id=customer,
-                details={},
-            )
+            for exported in document["customer_ids"]:
+                audit(
+                    connection,
+                    at=now,
+                    actor="cli",
+                    action="customer_exported",
+                    subject_type="customer",
+                    subject_id=exported,
+                    details={"scope": document["scope"]},
+                )
     text = json.dumps(document, indent=1, ensure_ascii=False)
     if output is None:
         sys.stdout.write(text + "\n")
@@ -138,16 +173,25 @@ def privacy_export(
 def privacy_erase(
     customer: str,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    all_matching: AllMatching = False,
+    only_this_id: OnlyThisId = False,
 ) -> None:
-    """Erase CUSTOMER everywhere (GDPR Art. 17); non-identifying aggregates stay."""
+    """Erase CUSTOMER everywhere (GDPR Art. 17); non-identifying aggregates stay. When other
+    customer ids hold the same address, say whom it covers (--all-matching or
+    --only-this-id)."""
+    scope = _scope(all_matching, only_this_id)
     if not yes:
-        typer.confirm(f"Erase customer {customer} for good?", abort=True)
+        also = " and every customer id holding their address" if all_matching else ""
+        typer.confirm(f"Erase customer {customer}{also} for good?", abort=True)
     with errors_to_exit():
         settings = current_settings()
-        report = privacy.erase(engine_for(settings), settings, customer, clock.now(), via="cli")
+        engine = engine_for(settings)
+        report = privacy.erase(engine, settings, customer, clock.now(), via="cli", scope=scope)
         if report is None:
             raise NothingHeld(f"we hold no data about customer {customer!r}")
-    table = Table(title=f"erasure {report.erasure_id}: customer {customer}")
+    erased = report.customer_ids
+    whom = f"customer {customer}" if len(erased) == 1 else f"{len(erased)} customers"
+    table = Table(title=f"erasure {report.erasure_id}: {whom}")
     table.add_column("table")
     table.add_column("rows", justify="right")
     for name, rows in sorted(report.rows.items()):
@@ -155,6 +199,8 @@ def privacy_erase(
     table.add_row("saved models", f"{report.artifacts:,}")
     table.add_row("files rewritten", f"{report.files:,}")
     console.print(table)
+    if len(erased) > 1:
+        console.print("customer ids erased: " + ", ".join(erased), soft_wrap=True, highlight=False)
     for path in report.files_left:
         console.print(f"NOT cleaned (remove the customer by hand): {path}")
     if not report.files_clean and not report.files_left:

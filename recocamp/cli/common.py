@@ -29,7 +29,13 @@ from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign
 from recocamp.clock import SystemClock
 from recocamp.domain import YEAR_MAX, YEAR_MIN
-from recocamp.errors import ConfigError, DataImportError, Problem, RecocampError
+from recocamp.errors import (
+    ConfigError,
+    DataImportError,
+    Problem,
+    RecocampError,
+    SharedAddressError,
+)
 from recocamp.settings import Settings, load_settings
 from recocamp.store.engine import Engine, make_engine, require_current
 
@@ -48,6 +54,11 @@ clock = SystemClock()  # the command line's only reader of the time
 
 CampaignsDir = Annotated[Path, typer.Option("--campaigns", help="Campaign files.")]
 TemplatesDir = Annotated[Path, typer.Option("--templates", help="Template files.")]
+SHARED_ADDRESS_HINT = (
+    "Say whom it covers: --all-matching (every one of these customer ids, as one person: "
+    "duplicate accounts) or --only-this-id (this id alone: the others keep their rows and "
+    "the address)"
+)
 MAX_DAYS = 36_500  # a day-count option beyond a hundred years is a typo (and overflows dates)
 
 
@@ -101,6 +112,9 @@ def errors_to_exit() -> Iterator[None]:
         yield
     except (ConfigError, DataImportError) as exc:
         print_error(str(exc))
+        raise typer.Exit(2) from None
+    except SharedAddressError as exc:
+        print_error(f"{exc}. {SHARED_ADDRESS_HINT}")
         raise typer.Exit(2) from None
     except RecocampError as exc:
         print_error(str(exc))

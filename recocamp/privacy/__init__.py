@@ -9,18 +9,20 @@ again.
 May import: the base modules, ``store``, ``data``, ``recommender``, ``campaigns`` and
 ``delivery``.
 Exports: :func:`export`, :func:`ties`, :func:`personal_columns`, :func:`erase`,
-:class:`ErasureReport`, :func:`purge`, :class:`PurgeReport`, :data:`KEPT` (callers import
-the package: ``from recocamp import privacy``).
+:class:`ErasureReport`, :class:`Scope` (whom a request covers when other customers hold the
+address), :func:`purge`, :class:`PurgeReport`, :data:`KEPT` (callers import the package:
+``from recocamp import privacy``).
 """
 
 from recocamp.privacy.erasure import ErasureReport, erase
-from recocamp.privacy.holdings import export, personal_columns, ties
+from recocamp.privacy.holdings import Scope, export, personal_columns, ties
 from recocamp.privacy.retention import KEPT, PurgeReport, purge
 
 __all__ = [
     "KEPT",
     "ErasureReport",
     "PurgeReport",
+    "Scope",
     "erase",
     "export",
     "personal_columns",

@@ -19,6 +19,14 @@ Kept on purpose: the suppression list's SHA-256 of the address (it is what keeps
 that bounced, complained or unsubscribed from being mailed again if a feed brings it back),
 an ``erasures`` row saying when, through which channel and how many rows, and the tombstone
 (keyed hashes only; lifted by a new sign-up with a fresh consent, see ``api.events``).
+
+A shared address (``holdings.subject``): erasure refuses until told whom it covers.
+``Scope.ALL_MATCHING`` erases every customer id holding the address, as one person (one
+stand-in, a tombstone per id, each with the address). ``Scope.ID`` erases that id alone:
+rows naming the other customers stay, and its tombstone holds the id's hash only — an
+address tombstone would refuse the other customers' next import and profile change as if
+they were erased. That customer stays erased (their id is refused); the address stays
+usable by whoever else holds it.
 """
 
 from __future__ import annotations
@@ -31,13 +39,13 @@ from pathlib import Path
 
 from recocamp import metrics
 from recocamp.data import erasure_files
-from recocamp.privacy.holdings import ties
+from recocamp.privacy.holdings import Scope, subject, ties
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
 from recocamp.store import notifications, registry, tombstones
 from recocamp.store import privacy as store
 from recocamp.store.engine import Connection, Engine
-from recocamp.store.privacy import MetaData, Person, Ties
+from recocamp.store.privacy import MetaData, Person, Subject, Ties
 from recocamp.store.queries import audit
 from recocamp.store.schema import metadata
 
@@ -55,6 +63,7 @@ class ErasureReport:
     files: int = 0  # files of erasure_files.written_dirs rewritten without the customer
     files_left: tuple[str, ...] = ()  # files that could not be cleaned (their paths)
     not_covered: tuple[str, ...] = erasure_files.NOT_COVERED
+    customer_ids: tuple[str, ...] = ()  # erased: more than one only with Scope.ALL_MATCHING
 
 
 Keep = Callable[[Connection, Ties, Person], int]
@@ -75,28 +84,32 @@ def erase(
     now: datetime,
     via: str,
     schema: MetaData = metadata,
+    scope: Scope = Scope.UNSHARED,
 ) -> ErasureReport | None:
     """Remove a customer everywhere (see the module docstring); None if we hold nothing.
     Needs the tombstones' key (``tombstones.KeyMissing`` without it): an erasure that a
-    re-import could undo is not done at all."""
+    re-import could undo is not done at all. ``scope``: whom it covers when other customer
+    ids hold their address (``SharedAddressError`` if it does not say; nothing is done)."""
     key = tombstones.key_of(settings)
     if key is None:
-        raise tombstones.KeyMissing("erasure")
+        raise tombstones.KeyMissing("erasure", erasing=True)
     with engine.begin() as connection, store.scrubbing(connection):
         tombstones.serialise(connection, erasing=True)  # first: see serialise (SQLite too)
-        known, email = store.customer_email(connection, customer_id)
         tied = ties(schema)
-        if not known and not store.holds_any(connection, tied, customer_id, email):
+        who, shared = subject(connection, tied, customer_id, scope)
+        known = store.customer_email(connection, customer_id)[0]
+        if not known and not store.holds_any(connection, tied, who):
             return None
         erasure_id = store.new_erasure(connection, now, via)
-        tombstones.record(connection, key, customer_id, email, now)
-        keys = store.send_keys(connection, customer_id)
-        who = Person(customer_id, email, f"{STAND_IN}{erasure_id}", keys)
-        rows = {tie.table.name: _erase_rows(connection, tie, who) for tie in tied}
-        rows["audit_log"] = store.stand_in_audit(connection, who)
+        addresses = _tombstone(connection, key, who, now, keep_address=shared and who.exclusive)
+        keys = store.send_keys(connection, who.ids)
+        person = Person(who, f"{STAND_IN}{erasure_id}", keys)
+        rows = {tie.table.name: _erase_rows(connection, tie, person) for tie in tied}
+        rows["audit_log"] = store.stand_in_audit(connection, person)
         rows = {name: number for name, number in rows.items() if number}
         store.finish_erasure(connection, erasure_id, rows)
-        notifications.erased(connection, customer_id)
+        for erased in who.ids:
+            notifications.erased(connection, erased)
         audit(
             connection,
             at=now,
@@ -104,16 +117,21 @@ def erase(
             action="customer_erased",
             subject_type="erasure",
             subject_id=str(erasure_id),
-            details={"rows": rows},
+            details={"rows": rows, "customers": len(who.ids), "address_shared": shared},
         )
-    artifacts, missing = _scrub_artifacts(engine, settings, {customer_id})
-    files = erasure_files.scrub(erasure_files.written_dirs(settings), customer_id, email)
+    artifacts, missing = _scrub_artifacts(engine, settings, set(who.ids))
+    files = erasure_files.Scrub()
+    for erased, address in addresses.items():
+        done = erasure_files.scrub(erasure_files.written_dirs(settings), erased, address)
+        files.rewritten += [path for path in done.rewritten if path not in files.rewritten]
+        files.failed += [path for path in done.failed if path not in files.failed]
     clean = store.empty_wal(engine) and not files.failed and not missing
     metrics.PRIVACY_REQUESTS.labels("erasure", via).inc()
     log.info(
-        "erasure %d via %s: rows %s, %d model(s), %d file(s) scrubbed, %d not",
+        "erasure %d via %s: %d customer(s), rows %s, %d model(s), %d file(s) scrubbed, %d not",
         erasure_id,
         via,
+        len(who.ids),
         rows,
         artifacts,
         len(files.rewritten),
@@ -126,7 +144,23 @@ def erase(
         clean,
         len(files.rewritten),
         tuple(str(path) for path in (*missing, *files.failed)),
+        customer_ids=who.ids,
     )
+
+
+def _tombstone(
+    connection: Connection, key: bytes, who: Subject, now: datetime, *, keep_address: bool
+) -> dict[str, str | None]:
+    """A tombstone for every erased id, with its address — its own, else the subject's —
+    unless ``keep_address`` (an id erased alone from a shared address: the others keep
+    it). Returns each id's address as files are cleaned of it (None: by the id only)."""
+    addresses: dict[str, str | None] = {}
+    for erased in who.ids:
+        own = store.customer_email(connection, erased)[1]
+        address = None if keep_address else own or who.email
+        tombstones.record(connection, key, erased, address, now)
+        addresses[erased] = address
+    return addresses
 
 
 def _erase_rows(connection: Connection, tie: Ties, person: Person) -> int:

@@ -12,6 +12,17 @@ hand, so a table somebody adds later is covered the day it appears:
 **Export** (:func:`export`): every row of every table tied to the customer, with e-mail
 bodies unpacked, plus the audit entries about them and whether their address is suppressed.
 Erasure (``erasure``) removes the customer from the same tables.
+
+**A shared address** (:func:`subject`): rows are tied by address too, so a request by one
+customer id would also take in another customer id whose rows hold the same address — one
+person with two accounts, or two people (a family) sharing one mailbox. Only the operator
+can tell which, so a request whose address other ids hold is refused
+(``SharedAddressError``, naming the ids, never the address) unless it says whom it covers
+(:class:`Scope`): ``ID``, that customer alone (rows naming another customer stay theirs;
+rows that hold the address and name nobody are the customer's too), or ``ALL_MATCHING``,
+every customer id holding the address, as one person. A data subject acting for
+themselves (a link token names one customer) always gets ``ID``: nobody can reach another
+customer's data by sharing their address.
 """
 
 from __future__ import annotations
@@ -20,12 +31,14 @@ import base64
 import re
 import zlib
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Any
 
+from recocamp.errors import SharedAddressError
 from recocamp.store import outbox
 from recocamp.store import privacy as store
-from recocamp.store.engine import Engine
-from recocamp.store.privacy import Column, MetaData, Ties
+from recocamp.store.engine import Connection, Engine
+from recocamp.store.privacy import Column, MetaData, Subject, Ties
 from recocamp.store.schema import metadata
 
 CUSTOMER_KEY = re.compile(r"^(?:.+_)?customer_id$")
@@ -34,6 +47,14 @@ PERSONAL = re.compile(
     r"^(?:(?:.+_)?customer_id|(?:.+_)?email|recipient|(?:first|last|full|middle)_name|"
     r"phone(?:_number)?|birthday|date_of_birth|(?:street_|postal_|home_)?address|ip_address)$"
 )
+
+
+class Scope(StrEnum):
+    """Whom a request by customer id covers when other customer ids hold their address."""
+
+    UNSHARED = "unshared"  # refuse (SharedAddressError) when the address is shared
+    ID = "id"  # this customer id alone
+    ALL_MATCHING = "all-matching"  # every customer id holding the address, as one person
 
 
 def ties(schema: MetaData = metadata) -> list[Ties]:
@@ -46,23 +67,49 @@ def personal_columns(schema: MetaData = metadata) -> list[Column[Any]]:
     return store.named_columns(schema, PERSONAL)
 
 
+def subject(
+    connection: Connection, tied: list[Ties], customer_id: str, scope: Scope
+) -> tuple[Subject, bool]:
+    """Whose rows a request for ``customer_id`` selects, and whether their address is
+    shared with other customer ids (see the module docstring); ``SharedAddressError`` when
+    it is and ``scope`` does not say whom the request covers."""
+    _, email = store.customer_email(connection, customer_id)
+    alone = Subject.of(customer_id, email)
+    others = sorted(store.sharers(connection, tied, alone))
+    if not others:
+        return alone, False
+    if scope is Scope.UNSHARED:
+        raise SharedAddressError(customer_id, others)
+    if scope is Scope.ID:
+        return Subject(alone.ids, alone.email, exclusive=True), True
+    return Subject((customer_id, *others), alone.email), True
+
+
 def export(
-    engine: Engine, customer_id: str, now: datetime, schema: MetaData = metadata
+    engine: Engine,
+    customer_id: str,
+    now: datetime,
+    schema: MetaData = metadata,
+    scope: Scope = Scope.UNSHARED,
 ) -> dict[str, Any] | None:
-    """Everything we hold about one customer as a JSON-ready document; None if nothing."""
+    """Everything we hold about one customer as a JSON-ready document; None if nothing.
+    ``scope``: whom it covers when other customer ids hold their address (:func:`subject`)."""
     with engine.connect() as connection:
-        _, email = store.customer_email(connection, customer_id)
+        tied = ties(schema)
+        who, shared = subject(connection, tied, customer_id, scope)
         tables = {}
-        for tie in ties(schema):
-            found = [_document(row) for row in store.tied_rows(connection, tie, customer_id, email)]
+        for tie in tied:
+            found = [_document(row) for row in store.tied_rows(connection, tie, who)]
             if found:
                 tables[tie.table.name] = found
-        audits = [_document(row) for row in store.audit_entries(connection, customer_id)]
-        suppressed = store.suppression(connection, email) if email else None
+        audits = [_document(row) for row in store.audit_entries(connection, who.ids)]
+        suppressed = store.suppression(connection, who.email) if who.email else None
     if not tables and not audits:
         return None
     return {
         "customer_id": customer_id,
+        "customer_ids": list(who.ids),
+        "scope": scope.value if shared else Scope.UNSHARED.value,
         "exported_at": now.isoformat(),
         "about": "Everything recocamp holds about this customer (GDPR Art. 15 and 20): one "
         "list of rows per table; e-mail bodies unpacked.",

@@ -46,6 +46,21 @@ def empty_body() -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Subject:
+    """Whose rows a privacy request selects: rows naming one of ``ids``, and rows holding
+    ``email`` — when ``exclusive``, only those of them that name no other customer (the
+    address is shared and the request is for ``ids`` alone)."""
+
+    ids: tuple[str, ...]
+    email: str | None  # trimmed and lower-case
+    exclusive: bool = False
+
+    @classmethod
+    def of(cls, customer_id: str, email: str | None) -> Subject:
+        return cls((customer_id,), email.strip().lower() if email else None)
+
+
+@dataclass(frozen=True, slots=True)
 class Ties:
     """How rows of one table are tied to a person: customer-id and address columns."""
 
@@ -53,10 +68,17 @@ class Ties:
     customer: tuple[sa.Column[Any], ...]
     address: tuple[sa.Column[Any], ...]
 
-    def where(self, customer_id: str, email: str | None) -> Any:
-        clauses = [column == customer_id for column in self.customer]
-        if email:
-            clauses += [sa.func.lower(column) == email.strip().lower() for column in self.address]
+    def by_address(self, email: str) -> Any:
+        return sa.or_(*[sa.func.lower(c) == email for c in self.address])
+
+    def where(self, subject: Subject) -> Any:
+        clauses = [column.in_(subject.ids) for column in self.customer]
+        if subject.email and self.address:
+            by_address = self.by_address(subject.email)
+            if subject.exclusive:
+                own = [sa.or_(c.is_(None), c.in_(subject.ids)) for c in self.customer]
+                by_address = sa.and_(by_address, *own)
+            clauses.append(by_address)
         return sa.or_(*clauses) if clauses else sa.false()
 
 
@@ -64,13 +86,12 @@ class Ties:
 class Person:
     """Who is being erased, and the anonymous stand-in that replaces them."""
 
-    customer_id: str
-    email: str | None
+    subject: Subject
     stand_in: str
     send_keys: tuple[str, ...]  # of their e-mails: provider events may name only those
 
     def where(self, tie: Ties) -> Any:
-        return tie.where(self.customer_id, self.email)
+        return tie.where(self.subject)
 
 
 def ties(schema: MetaData, customer_key: re.Pattern[str], address: re.Pattern[str]) -> list[Ties]:
@@ -113,18 +134,34 @@ def customer_email(connection: sa.Connection, customer_id: str) -> tuple[bool, s
     return (False, None) if row is None else (True, row.email)
 
 
-def tied_rows(
-    connection: sa.Connection, tie: Ties, customer_id: str, email: str | None
-) -> list[Record]:
-    """The rows of one table tied to the customer, as stored."""
-    rows = connection.execute(sa.select(tie.table).where(tie.where(customer_id, email)))
+def sharers(connection: sa.Connection, tied: Sequence[Ties], subject: Subject) -> set[str]:
+    """The other customer ids that rows holding the subject's address name (another account
+    under the same address, in the customers table or in any other table tied by address)."""
+    if not subject.email:
+        return set()
+    found: set[str] = set()
+    for tie in tied:
+        for column in tie.customer if tie.address else ():
+            query = (
+                sa.select(column)
+                .where(tie.by_address(subject.email), column.is_not(None))
+                .where(column.not_in(subject.ids))
+                .distinct()
+            )
+            found |= set(connection.execute(query).scalars())
+    return found
+
+
+def tied_rows(connection: sa.Connection, tie: Ties, subject: Subject) -> list[Record]:
+    """The rows of one table tied to the subject, as stored."""
+    rows = connection.execute(sa.select(tie.table).where(tie.where(subject)))
     return [dict(row._mapping) for row in rows]
 
 
-def audit_entries(connection: sa.Connection, customer_id: str) -> list[Record]:
-    """The audit log's entries about the customer, oldest first."""
+def audit_entries(connection: sa.Connection, customer_ids: Sequence[str]) -> list[Record]:
+    """The audit log's entries about the customers, oldest first."""
     a = audit_log.c
-    query = sa.select(audit_log).where(a.subject_type == "customer", a.subject_id == customer_id)
+    query = sa.select(audit_log).where(a.subject_type == "customer", a.subject_id.in_(customer_ids))
     return [dict(row._mapping) for row in connection.execute(query.order_by(a.id))]
 
 
@@ -139,17 +176,10 @@ def suppression(connection: sa.Connection, email: str) -> tuple[str, datetime] |
 # --- erasure -------------------------------------------------------------------------------
 
 
-def holds_any(
-    connection: sa.Connection, tied: Sequence[Ties], customer_id: str, email: str | None
-) -> bool:
-    """Does any of the tables hold a row tied to the customer?"""
+def holds_any(connection: sa.Connection, tied: Sequence[Ties], subject: Subject) -> bool:
+    """Does any of the tables hold a row tied to the subject?"""
     for tie in tied:
-        query = (
-            sa.select(sa.literal(1))
-            .select_from(tie.table)
-            .where(tie.where(customer_id, email))
-            .limit(1)
-        )
+        query = sa.select(sa.literal(1)).select_from(tie.table).where(tie.where(subject)).limit(1)
         if connection.execute(query).first() is not None:
             return True
     return False
@@ -167,9 +197,9 @@ def finish_erasure(connection: sa.Connection, erasure_id: int, rows: dict[str, i
     connection.execute(sa.update(erasures).where(erasures.c.id == erasure_id).values(rows=rows))
 
 
-def send_keys(connection: sa.Connection, customer_id: str) -> tuple[str, ...]:
-    """The send keys of the customer's e-mails."""
-    query = sa.select(outbox_table.c.send_key).where(outbox_table.c.customer_id == customer_id)
+def send_keys(connection: sa.Connection, customer_ids: Sequence[str]) -> tuple[str, ...]:
+    """The send keys of the customers' e-mails."""
+    query = sa.select(outbox_table.c.send_key).where(outbox_table.c.customer_id.in_(customer_ids))
     return tuple(connection.execute(query).scalars())
 
 
@@ -242,7 +272,7 @@ def stand_in_audit(connection: sa.Connection, person: Person) -> int:
     return _count(
         connection.execute(
             sa.update(audit_log)
-            .where(a.subject_type == "customer", a.subject_id == person.customer_id)
+            .where(a.subject_type == "customer", a.subject_id.in_(person.subject.ids))
             .values(subject_id=person.stand_in, details={})
         )
     )

@@ -36,15 +36,28 @@ LOCK = lock_key("erasure")  # see serialise
 
 
 class KeyMissing(ConfigError):
-    """Tombstones exist (or one must be written) but RECOCAMP_SIGNING_KEY is not set."""
+    """Tombstones exist (or one must be written) but RECOCAMP_SIGNING_KEY is not set. The
+    message names the variable, what needed it and why, and that nothing was written: the
+    operator's one clue when an import that always worked stops after the first erasure."""
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, *, erasing: bool = False) -> None:
+        if erasing:
+            because = (
+                "the tombstone that keeps the erased customer from coming back with the next "
+                "import is keyed with it. Nothing was erased"
+            )
+        else:
+            because = (
+                "this store holds erasure tombstones (hashes keyed with it), and without the "
+                "key it cannot tell whether a customer was erased, so it refuses rather than "
+                "let one back in. Set RECOCAMP_SIGNING_KEY to the key the erasures were made "
+                "with. Nothing was written"
+            )
         super().__init__(
             Path("<environment>"),
             [
                 Problem(
-                    f"{why} needs RECOCAMP_SIGNING_KEY: it keys the erasure tombstones that keep "
-                    "erased customers from coming back",
+                    f"RECOCAMP_SIGNING_KEY is not set, and {why} needs it: {because}",
                     key="signing_key",
                 )
             ],

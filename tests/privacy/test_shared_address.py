@@ -1,0 +1,345 @@
+"""One e-mail address held by two customer ids (duplicate accounts, or a family's mailbox):
+``recocamp privacy export``/``erase`` by customer id refuse to guess whom the request covers
+(exit 2, naming the ids, never the address, nothing written) until told: ``--only-this-id``
+(that id alone; the others keep their rows and the address) or ``--all-matching`` (every id
+holding the address, as one person; the address is tombstoned). Through the real CLI on a
+real SQLite store; then the shop API (409 naming the ids, ``?scope=``) and the preferences
+page, whose link names one customer and so acts for that customer alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from recocamp import privacy, tokens
+from recocamp.cli import app as cli
+from recocamp.errors import SharedAddressError
+from recocamp.settings import Settings
+from recocamp.store.schema import (
+    audit_log,
+    customers,
+    erasures,
+    import_runs,
+    metadata,
+    purchases,
+    tombstones,
+)
+from tests.api_shop import NOW, SIGNING_KEY, Closing, bearer, call, make_app
+from tests.conftest import write_csv
+
+SHARED = "Family.Mailbox@Example.test"
+PEOPLE = [  # bob holds ann's address in another case: the same address
+    ["ann", SHARED, "Annika", "double_opt_in", "2011-06-01T10:00:00Z"],
+    ["bob", SHARED.upper(), "Bobby", "double_opt_in", "2011-06-01T10:00:00Z"],
+    ["carl", "carl@example.test", "Carlo", "none", ""],
+]
+HEADER = ["id", "email", "first_name", "consent_basis", "consent_at"]
+
+
+def _engine(directory: Path) -> sa.Engine:
+    return sa.create_engine(f"sqlite:///{directory / 'shop.db'}")
+
+
+@pytest.fixture
+def shared(cli_store: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """Three customers with an order each; ann and bob share one address."""
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", SIGNING_KEY)
+    runner = cli_store
+    people = write_csv(tmp_path / "customers.csv", HEADER, PEOPLE)
+    orders = write_csv(
+        tmp_path / "orders.csv",
+        ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"],
+        [
+            [f"o-{who}", who, "i-1", 1, 2.5, "2011-07-01T10:00:00Z"]
+            for who in ("ann", "bob", "carl")
+        ],
+    )
+    for kind, path in (("customers", people), ("purchases", orders)):
+        done = runner.invoke(cli, ["import", kind, str(path)])
+        assert done.exit_code == 0, done.output
+    return runner
+
+
+def _held(directory: Path) -> tuple[list[str], dict[str, str | None], int, int]:
+    """Customer ids, each order's customer, erasures and tombstones."""
+    with _engine(directory).connect() as connection:
+        ids = connection.execute(sa.select(customers.c.id).order_by(customers.c.id)).scalars()
+        lines = connection.execute(sa.select(purchases.c.order_id, purchases.c.customer_id))
+        done = connection.execute(sa.select(sa.func.count()).select_from(erasures)).scalar_one()
+        stones = connection.execute(sa.select(sa.func.count()).select_from(tombstones))
+        return list(ids), {o: c for o, c in lines}, done, stones.scalar_one()
+
+
+def _exports(directory: Path) -> list[str]:
+    with _engine(directory).connect() as connection:
+        query = sa.select(audit_log.c.subject_id).where(audit_log.c.action == "customer_exported")
+        return sorted(connection.execute(query).scalars())
+
+
+ALL_HELD = (
+    ["ann", "bob", "carl"],
+    {"o-ann": "ann", "o-bob": "bob", "o-carl": "carl"},
+    0,
+    0,
+)
+
+
+@pytest.mark.parametrize("command", ["export", "erase"])
+def test_a_shared_address_is_ambiguous_and_nothing_is_done(
+    shared: CliRunner, tmp_path: Path, command: str
+) -> None:
+    extra = ["--output", "out.json"] if command == "export" else ["--yes"]
+    refused = shared.invoke(cli, ["privacy", command, "ann", *extra])
+    assert refused.exit_code == 2, refused.output
+    text = " ".join(refused.output.split())  # rich wraps long lines
+    assert "'bob'" in text and "'ann'" in text and "nothing was done" in text
+    assert "--all-matching" in text and "--only-this-id" in text
+    assert "@" not in refused.output  # the address is never named
+    assert not (tmp_path / "out.json").exists()
+    assert _held(tmp_path) == ALL_HELD and _exports(tmp_path) == []
+
+
+def test_both_scopes_at_once_are_refused(shared: CliRunner, tmp_path: Path) -> None:
+    both = ["privacy", "erase", "ann", "--yes", "--all-matching", "--only-this-id"]
+    refused = shared.invoke(cli, both)
+    assert refused.exit_code == 2 and "exclude each other" in refused.output
+    assert _held(tmp_path) == ALL_HELD
+
+
+def test_an_unshared_address_needs_no_scope(shared: CliRunner, tmp_path: Path) -> None:
+    exported = shared.invoke(cli, ["privacy", "export", "carl"])
+    assert exported.exit_code == 0, exported.output
+    document = json.loads(exported.output)
+    assert document["customer_ids"] == ["carl"] and document["scope"] == "unshared"
+    erased = shared.invoke(cli, ["privacy", "erase", "carl", "--yes"])
+    assert erased.exit_code == 0, erased.output
+    ids, lines, done, stones = _held(tmp_path)
+    assert ids == ["ann", "bob"] and lines["o-carl"] is None and (done, stones) == (1, 1)
+
+
+def test_only_this_id_exports_that_customer_and_nobody_else(
+    shared: CliRunner, tmp_path: Path
+) -> None:
+    exported = shared.invoke(cli, ["privacy", "export", "ann", "--only-this-id"])
+    assert exported.exit_code == 0, exported.output
+    document = json.loads(exported.output)
+    assert document["customer_ids"] == ["ann"] and document["scope"] == "id"
+    assert [row["id"] for row in document["tables"]["customers"]] == ["ann"]
+    assert [row["order_id"] for row in document["tables"]["purchases"]] == ["o-ann"]
+    assert "bob" not in exported.output.lower()  # neither bob's id nor his name
+    assert _exports(tmp_path) == ["ann"]
+
+
+def test_only_this_id_erases_that_customer_and_the_other_keeps_the_address(
+    shared: CliRunner, tmp_path: Path
+) -> None:
+    erased = shared.invoke(cli, ["privacy", "erase", "ann", "--yes", "--only-this-id"])
+    assert erased.exit_code == 0, erased.output
+    ids, lines, done, stones = _held(tmp_path)
+    assert ids == ["bob", "carl"] and (done, stones) == (1, 1)
+    assert lines == {"o-ann": None, "o-bob": "bob", "o-carl": "carl"}
+    # the shop's next export: ann stays erased (her id), bob and a newcomer at the shared
+    # address are taken (the address was not tombstoned: bob still holds it)
+    again = write_csv(
+        tmp_path / "again.csv",
+        HEADER,
+        [*PEOPLE, ["dora", SHARED, "Dora", "double_opt_in", "2011-08-01T10:00:00Z"]],
+    )
+    imported = shared.invoke(cli, ["import", "customers", str(again)])
+    assert imported.exit_code == 0, imported.output
+    assert "skipped: erased" in imported.output
+    assert _held(tmp_path)[0] == ["bob", "carl", "dora"]
+    # bob's own request is still ambiguous (dora holds the address now), and scoped to him
+    # it holds nothing of ann
+    assert shared.invoke(cli, ["privacy", "export", "bob"]).exit_code == 2
+    mine = shared.invoke(cli, ["privacy", "export", "bob", "--only-this-id"])
+    assert mine.exit_code == 0 and "annika" not in mine.output.lower()
+
+
+def test_all_matching_erases_every_customer_holding_the_address_for_good(
+    shared: CliRunner, tmp_path: Path
+) -> None:
+    exported = shared.invoke(cli, ["privacy", "export", "ann", "--all-matching"])
+    assert exported.exit_code == 0, exported.output
+    document = json.loads(exported.output)
+    assert document["customer_ids"] == ["ann", "bob"] and document["scope"] == "all-matching"
+    assert sorted(row["id"] for row in document["tables"]["customers"]) == ["ann", "bob"]
+    assert _exports(tmp_path) == ["ann", "bob"]
+
+    erased = shared.invoke(cli, ["privacy", "erase", "ann", "--yes", "--all-matching"])
+    assert erased.exit_code == 0, erased.output
+    assert "customer ids erased: ann, bob" in erased.output
+    ids, lines, done, stones = _held(tmp_path)
+    assert ids == ["carl"] and (done, stones) == (1, 2)  # one erasure, a tombstone per id
+    assert lines == {"o-ann": None, "o-bob": None, "o-carl": "carl"}
+    again = write_csv(
+        tmp_path / "again.csv",
+        HEADER,
+        [*PEOPLE, ["dora", SHARED, "Dora", "double_opt_in", "2011-08-01T10:00:00Z"]],
+    )
+    imported = shared.invoke(cli, ["import", "customers", str(again)])
+    assert imported.exit_code == 0, imported.output
+    assert _held(tmp_path)[0] == ["carl"]  # ann, bob and the address stay out
+    with _engine(tmp_path).connect() as connection:
+        last = sa.select(import_runs.c.skipped).order_by(import_runs.c.id.desc()).limit(1)
+        assert connection.execute(last).scalar_one()["erased"] == 3
+
+
+def test_imports_after_an_erasure_name_the_missing_key(
+    shared: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert shared.invoke(cli, ["privacy", "erase", "carl", "--yes"]).exit_code == 0
+    monkeypatch.delenv("RECOCAMP_SIGNING_KEY")
+    people = write_csv(
+        tmp_path / "later.csv", HEADER, [["eve", "eve@example.test", "", "none", ""]]
+    )
+    refused = shared.invoke(cli, ["import", "customers", str(people)])
+    assert refused.exit_code == 2
+    text = " ".join(refused.output.split())
+    assert "RECOCAMP_SIGNING_KEY is not set" in text and "erasure tombstones" in text
+    assert "Nothing was written" in text and "@" not in text
+    orders = write_csv(
+        tmp_path / "later-orders.csv",
+        ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"],
+        [["o-eve", "eve", "i-1", 1, 2.5, "2011-08-01T10:00:00Z"]],
+    )
+    refused = shared.invoke(cli, ["import", "purchases", str(orders)])
+    assert refused.exit_code == 2 and "RECOCAMP_SIGNING_KEY" in refused.output
+    ids, lines, _, _ = _held(tmp_path)
+    assert ids == ["ann", "bob"] and "o-eve" not in lines
+    unkeyed = shared.invoke(cli, ["privacy", "erase", "ann", "--yes", "--only-this-id"])
+    assert unkeyed.exit_code == 2
+    assert "RECOCAMP_SIGNING_KEY is not set" in " ".join(unkeyed.output.split())
+    assert _held(tmp_path)[0] == ["ann", "bob"]
+
+
+def test_any_table_tied_by_address_can_share_it_and_only_this_id_keeps_the_others_rows(
+    shared: CliRunner, tmp_path: Path
+) -> None:
+    """Read from the schema like every tie: a table added later whose row names another
+    customer (zed, not in the customers table) at ann's address makes it shared; erased
+    alone, ann loses her row and the row naming nobody but the address, zed keeps his."""
+    engine = _engine(tmp_path)
+    later = sa.MetaData()
+    for table in metadata.sorted_tables:
+        table.to_metadata(later)
+    cards = sa.Table(
+        "loyalty_cards",
+        later,
+        sa.Column("card", sa.String(20), primary_key=True),
+        sa.Column("holder_customer_id", sa.String(64)),
+        sa.Column("contact_email", sa.String(320)),
+    )
+    cards.create(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.delete(customers).where(customers.c.id == "bob"))
+        connection.execute(
+            sa.insert(cards),
+            [
+                {"card": "1", "holder_customer_id": "ann", "contact_email": None},
+                {"card": "2", "holder_customer_id": None, "contact_email": SHARED},
+                {"card": "3", "holder_customer_id": "zed", "contact_email": SHARED.lower()},
+            ],
+        )
+    settings = Settings(signing_key=SecretStr(SIGNING_KEY))
+    with pytest.raises(SharedAddressError) as refused:
+        privacy.erase(engine, settings, "ann", NOW, via="test", schema=later)
+    assert refused.value.others == ["zed"] and "@" not in str(refused.value)
+    scoped = privacy.export(engine, "ann", NOW, schema=later, scope=privacy.Scope.ID)
+    assert scoped is not None
+    assert [c["card"] for c in scoped["tables"]["loyalty_cards"]] == ["1", "2"]
+    report = privacy.erase(
+        engine, settings, "ann", NOW, via="test", schema=later, scope=privacy.Scope.ID
+    )
+    assert report is not None and report.rows["loyalty_cards"] == 2
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(cards.c.card)).scalars().all() == ["3"]
+
+
+# -- the shop API and the preferences page (SQLite and PostgreSQL) --------------------------
+
+
+def _twins(app: FastAPI) -> None:
+    """sh-ann and sh-bob share one address (in two cases)."""
+    for who, email in (("sh-ann", SHARED), ("sh-bob", SHARED.upper())):
+        profile = {"source": "test", "email": email, "first_name": who.title()}
+        put = call(app, "PUT", f"/v1/customers/{who}", json=profile, headers=bearer("shop"))
+        assert put.status == 200, put.text
+
+
+def _ids(engine: sa.Engine) -> set[str]:
+    with engine.connect() as connection:
+        query = sa.select(customers.c.id).where(customers.c.id.like("sh-%"))
+        return set(connection.execute(query).scalars())
+
+
+def _again(app: FastAPI, who: str, email: str = SHARED) -> int:
+    """A later profile change from the shop: 200 taken, 410 erased."""
+    profile = {"source": "test", "email": email, "first_name": "Later"}
+    return call(app, "PUT", f"/v1/customers/{who}", json=profile, headers=bearer("shop")).status
+
+
+def test_the_api_names_the_ids_and_acts_only_when_told_whom(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    _twins(app)
+    path = "/v1/privacy/customers/sh-ann"
+    for method in ("GET", "DELETE"):
+        refused = call(app, method, path, headers=bearer("dpo"))
+        assert refused.status == 409, refused.text
+        detail = refused.json()["detail"]
+        assert "'sh-bob'" in detail and "scope=id" in detail and "scope=all-matching" in detail
+        assert "@" not in refused.text
+    assert call(app, "GET", path + "?scope=both", headers=bearer("dpo")).status == 422
+    assert _ids(engine) == {"sh-ann", "sh-bob"}
+
+    mine = call(app, "GET", path + "?scope=id", headers=bearer("dpo"))
+    assert mine.status == 200 and mine.json()["customer_ids"] == ["sh-ann"]
+    assert "sh-bob" not in mine.text
+    erased = call(app, "DELETE", path + "?scope=id", headers=bearer("dpo"))
+    assert erased.status == 200 and erased.json()["customer_ids"] == ["sh-ann"]
+    assert _ids(engine) == {"sh-bob"}
+    assert _again(app, "sh-ann") == 410 and _again(app, "sh-bob") == 200  # bob keeps it
+
+
+def test_the_api_erases_every_id_of_the_address_when_told_so(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    _twins(app)
+    path = "/v1/privacy/customers/sh-bob?scope=all-matching"
+    both = call(app, "GET", path, headers=bearer("dpo"))
+    assert both.status == 200 and both.json()["customer_ids"] == ["sh-bob", "sh-ann"]
+    erased = call(app, "DELETE", path, headers=bearer("dpo"))
+    assert erased.status == 200 and erased.json()["customer_ids"] == ["sh-bob", "sh-ann"]
+    assert _ids(engine) == set()
+    assert _again(app, "sh-ann") == 410 and _again(app, "sh-newcomer") == 410  # the address too
+    assert _again(app, "sh-newcomer", "someone.else@example.test") == 200
+
+
+def test_a_data_subject_reaches_their_own_record_only(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """The preferences page's link names one customer: its download and its erasure cover
+    that customer alone, whoever else holds the address (no 409 to a customer either)."""
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    _twins(app)
+    token = tokens.sign(SIGNING_KEY.encode(), "sh-ann", "winback", "preferences", NOW)
+    download = call(app, "GET", f"/p/{token}/data.json")
+    assert download.status == 200, download.text
+    document = json.loads(download.text)
+    assert document["customer_ids"] == ["sh-ann"] and "sh-bob" not in download.text
+    form = {"action": "erase", "confirm": "on"}
+    assert call(app, "POST", f"/p/{token}", data=form).status == 200
+    assert _ids(engine) == {"sh-bob"}
+    assert _again(app, "sh-bob") == 200 and _again(app, "sh-ann") == 410
