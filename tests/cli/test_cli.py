@@ -58,6 +58,24 @@ def test_bad_settings_exit_2_naming_the_key(workdir: Path) -> None:
     assert "line 2" in result.stderr and "Mars/Base" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("max_int_bits", 10**100), ("max_loop_iterations", 10**100), ("max_loop_iterations", 0)],
+)
+def test_a_template_limit_out_of_range_exits_2_and_writes_nothing(
+    workdir: Path, key: str, value: int
+) -> None:
+    """A limit of 10**100 would switch the template sandbox off, 0 would fail every render."""
+    (workdir / "settings.toml").write_text(
+        f'database_url = "sqlite:///shop.db"\n[templates]\n{key} = {value}\n'
+    )
+    result = runner.invoke(app, ["db", "upgrade"], terminal_width=400)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"settings.toml: line 3, key 'templates.{key}'" in result.stderr
+    assert f"(value: {value})" in result.stderr
+    assert not (workdir / "shop.db").exists()
+
+
 def test_synthetic_demo_shop_end_to_end(workdir: Path) -> None:
     result = runner.invoke(app, ["demo-data"])
     assert result.exit_code == 0, result.output
