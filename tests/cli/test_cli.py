@@ -457,3 +457,38 @@ def test_out_of_range_options_exit_2_naming_option_and_value(
     assert "Traceback" not in result.output
     with make_engine("sqlite:///shop.db").connect() as connection:
         assert connection.execute(sa.text("select count(*) from kpi_snapshots")).scalar_one() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value", "bounds"),
+    [
+        (["evaluate"], "--k", "1000000000000", "1 to 1,000"),
+        (["evaluate"], "--k", "0", "1 to 1,000"),
+        (["recommend", "c1"], "--n", "1000000000000", "1 to 1,000"),
+        (["similar", "i1"], "--n", "0", "1 to 1,000"),
+        (["plan", "winback"], "--limit", "-1", "0 to 1,000,000"),
+        (["forecast"], "--limit", "1000000000000", "1 to 1,000,000"),
+        (["forecast"], "--horizon-days", "6", "7 to 730"),
+        (["runs", "list"], "--limit", "0", "1 to 1,000,000"),
+        (["serve"], "--port", "70000", "1 to 65,535"),
+        (["serve"], "--workers", "65", "1 to 64"),
+        (["worker"], "--metrics-port", "-1", "0 to 65,535"),
+        (["worker", "--demo"], "--days", "0", "1 to 36,500"),
+        (["kpis"], "--window-days", "0", "1 to 36,500"),
+        (["outbox", "deliver"], "--wait", "nan", "0.0 to 604,800.0"),
+        (["send", "winback"], "--wait", "1e300", "0.0 to 604,800.0"),
+        (["fake-esp"], "--rate-429", "2", "0.0 to 1.0"),
+        (["fake-esp"], "--port", "0", "1 to 65,535"),
+    ],
+)
+def test_numeric_options_have_a_range_named_with_the_value(
+    workdir: Path, args: list[str], option: str, value: str, bounds: str
+) -> None:
+    """``--k 10**12`` would allocate for a trillion results, ``--limit -1`` slices from the
+    end: each is refused as it is parsed (exit 2: option, value, range), nothing written."""
+    result = runner.invoke(app, [*args, option, value], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    shown = str(float(value)) if "." in bounds and value != "nan" else value
+    assert f"Invalid value for '{option}': {shown} is out of range ({bounds})" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (workdir / "shop.db").exists()  # not even the database was opened
