@@ -50,6 +50,18 @@ def test_broken_import_exits_2_with_file_line_and_column(workdir: Path) -> None:
     assert "Traceback" not in result.output
 
 
+def test_a_customers_file_with_a_repeated_id_exits_2_naming_both_lines(workdir: Path) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    rows = [["c1", "a@example.test"], ["c2", ""], ["c1", "b@example.test"]]
+    path = write_csv(workdir / "people.csv", ["id", "email"], rows)
+    result = runner.invoke(app, ["import", "customers", str(path)], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    expected = "people.csv: line 4, column 'id': the same id as line 2 (an id once per file)"
+    assert f"{expected} (value: 'c1')" in result.stderr
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 0
+
+
 def test_bad_settings_exit_2_naming_the_key(workdir: Path) -> None:
     (workdir / "settings.toml").write_text('[shop]\ntime_zone = "Mars/Base"\n')
     result = runner.invoke(app, ["db", "upgrade"])
