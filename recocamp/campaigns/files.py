@@ -26,7 +26,7 @@ from pydantic import (
 from recocamp.campaigns.caps import CapPolicy, stricter
 from recocamp.campaigns.segments import RFM_SEGMENTS
 from recocamp.config_files import line_of, problems, read_toml
-from recocamp.domain import MAX_COUNT, MAX_DAYS, ConsentBasis
+from recocamp.domain import MAX_COUNT, MAX_DAYS, ConsentBasis, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings, TimeZoneName
@@ -137,7 +137,7 @@ class OfferRules(_Strict):
 
 
 class Template(_Strict):
-    subject: dict[Literal["de", "en"], str] = Field(min_length=1)
+    subject: dict[Locale, str] = Field(min_length=1)
     html: str
     text: str
 
@@ -145,7 +145,7 @@ class Template(_Strict):
 class Variant(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     weight: float = Field(gt=0, le=MAX_WEIGHT, allow_inf_nan=False)  # summed: finite
-    subject: dict[Literal["de", "en"], str] | None = None
+    subject: dict[Locale, str] | None = None
     html: str | None = None
     text: str | None = None
 
