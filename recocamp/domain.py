@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 # --- bounds: the one definition of what may come in --------------------------------------
 # Every way data enters (CSV imports, the drop folder, purchase events, customer updates)
@@ -28,6 +28,8 @@ QUANTITY_MAX = 1_000_000  # per order line, either sign (negative: returned)
 PRICE_MAX = 1e9  # a unit price, either sign; NUMERIC(14, 4) holds below 1e10
 LINE_NO_MAX = 1_000_000  # line numbers of an order: 0 (0-based exports) to this
 YEAR_MIN, YEAR_MAX = 1900, 9000  # instants, in UTC: every time zone and both stores manage
+MAX_DAYS = 36_500  # a day count (a setting, a campaign rule, an option): a hundred years
+MAX_COUNT = 1_000_000_000  # a count or a cap a person writes: more is a typo, or an attack
 MONEY_QUANTUM = Decimal("0.0001")  # the scale of NUMERIC(14, 4) (Money)
 FIELD_MAX = 100_000  # characters in one CSV field; every column's own limit is lower
 TEXT_MAX = {  # free-text columns: their column sizes
@@ -84,7 +86,10 @@ def range_problem(value: float, low: float, high: float) -> str | None:
     return None
 
 
-LOCALES = ("de", "en")  # the languages of the e-mails and pages
+# the languages of the e-mails and pages: the one spelling. ``Locale`` is the type (mypy
+# cannot build a Literal from a tuple), ``LOCALES`` its values, read from it.
+Locale = Literal["de", "en"]
+LOCALES: tuple[Locale, ...] = get_args(Locale)
 CLOCK_SKEW = timedelta(minutes=5)  # how far past now a given instant may lie (clocks differ)
 BIRTHDAY_MIN = date(1900, 1, 1)
 _EARTH_AHEAD = timedelta(hours=14)  # UTC+14: where a date begins first

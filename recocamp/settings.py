@@ -38,11 +38,20 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from recocamp.config_files import line_of, problems, read_toml
+from recocamp.domain import MAX_COUNT, MAX_DAYS, Locale
 from recocamp.errors import ConfigError, Problem
 
 ENV_PREFIX = "RECOCAMP_"
 SECRET_KEYS = ("esp_token", "signing_key", "api_keys", "webhook_secret")
 DEFAULT_FILE = Path("settings.toml")
+# Every number a person writes here has a range: an unbounded one passes the schema and
+# fails later (a timedelta or a float that overflows, a fork per process asked for), or
+# switches a protection off (a template limit of 10**100). Days and counts share the
+# campaigns' bounds (domain.MAX_DAYS, MAX_COUNT); a float is finite.
+MAX_SECONDS = 604_800  # an interval, timeout, lease or backoff: a week
+MAX_SEED = 2**32 - 1  # numpy's RandomState (implicit's random_state) takes 0 to 2**32 - 1
+MAX_PROCESSES = 256  # processes started for one job
+MAX_POINTS = 1_000_000  # loyalty points per event or currency unit
 
 
 def _check_zone(name: str) -> str:
@@ -65,7 +74,7 @@ class ShopSettings(_Section):
     base_url: HttpUrl = HttpUrl("https://shop.example.test")
     time_zone: TimeZoneName = "Europe/Berlin"
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
-    default_locale: Literal["de", "en"] = "de"
+    default_locale: Locale = "de"
 
     @property
     def zone(self) -> ZoneInfo:
@@ -79,22 +88,22 @@ class IngestSettings(_Section):
     drop_dir: Path = Path("incoming")
     processed_dir: Path = Path("incoming/processed")
     keep_processed_days: int = Field(default=0, ge=0, le=3650)  # 0: delete once imported
-    max_errors_listed: int = Field(default=20, ge=1)
+    max_errors_listed: int = Field(default=20, ge=1, le=10_000)
 
 
 class DemoSettings(_Section):
     online_retail_path: Path = Path("../shared/data/online-retail/online_retail.csv.gz")
-    seed: int = 20111209
-    synthetic_customers: int = Field(default=3000, ge=10)
-    synthetic_items: int = Field(default=1500, ge=10)
-    synthetic_days: int = Field(default=365, ge=30)
+    seed: int = Field(default=20111209, ge=0, le=MAX_SEED)
+    synthetic_customers: int = Field(default=3000, ge=10, le=10_000_000)
+    synthetic_items: int = Field(default=1500, ge=10, le=10_000_000)
+    synthetic_days: int = Field(default=365, ge=30, le=MAX_DAYS)
     double_opt_in_share: float = Field(default=0.55, ge=0, le=1)
     existing_customer_share: float = Field(default=0.30, ge=0, le=1)
     objected_share: float = Field(default=0.03, ge=0, le=1)
 
 
 class KpiSettings(_Section):
-    window_days: int = Field(default=365, ge=1, le=36_500)
+    window_days: int = Field(default=365, ge=1, le=MAX_DAYS)
 
 
 class ForecastSettings(_Section):
@@ -106,29 +115,31 @@ class RecommenderSettings(_Section):
     model: Literal["als", "bpr", "item_knn", "popularity", "repeat_frequency", "hybrid"] = "hybrid"
     artifacts_dir: Path = Path("artifacts/models")
     top_n: int = Field(default=20, ge=1, le=1000)
-    factors: int = Field(default=64, ge=2)
-    iterations: int = Field(default=15, ge=1)
-    regularization: float = Field(default=0.01, ge=0)
-    random_state: int = 42
-    recent_popularity_days: int = Field(default=90, ge=1)
-    time_decay_half_life_days: float | None = Field(default=None, gt=0)
+    factors: int = Field(default=64, ge=2, le=1024)  # × (customers + items) floats
+    iterations: int = Field(default=15, ge=1, le=10_000)
+    regularization: float = Field(default=0.01, ge=0, le=1_000_000, allow_inf_nan=False)
+    random_state: int = Field(default=42, ge=0, le=MAX_SEED)
+    recent_popularity_days: int = Field(default=90, ge=1, le=MAX_DAYS)
+    time_decay_half_life_days: float | None = Field(
+        default=None, gt=0, le=MAX_DAYS, allow_inf_nan=False
+    )
     promote_metric: Literal["recall", "ndcg", "hit_rate"] = "recall"
-    evaluation_horizon_days: int = Field(default=90, ge=1)
+    evaluation_horizon_days: int = Field(default=90, ge=1, le=MAX_DAYS)
     use_gpu: Literal["auto", "true", "false"] = "auto"
-    bpr_iterations: int = Field(default=100, ge=1)
-    bpr_learning_rate: float = Field(default=0.01, gt=0)
+    bpr_iterations: int = Field(default=100, ge=1, le=100_000)
+    bpr_learning_rate: float = Field(default=0.01, gt=0, le=1, allow_inf_nan=False)
     knn_weighting: Literal["bm25", "cosine"] = "bm25"
-    knn_neighbours: int = Field(default=20, ge=1)
-    evaluation_k: int = Field(default=10, ge=1)
-    evaluation_max_customers: int = Field(default=20000, ge=100)
-    evaluation_sample_seed: int = 0
-    cache_active_days: int | None = Field(default=365, ge=1)
+    knn_neighbours: int = Field(default=20, ge=1, le=10_000)  # kept per item: × items
+    evaluation_k: int = Field(default=10, ge=1, le=1000)  # as top_n
+    evaluation_max_customers: int = Field(default=20000, ge=100, le=MAX_COUNT)
+    evaluation_sample_seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    cache_active_days: int | None = Field(default=365, ge=1, le=MAX_DAYS)
 
 
 class CapsSettings(_Section):
-    max_per_24h: int = Field(default=1, ge=0)
-    max_per_7d: int = Field(default=3, ge=0)
-    campaign_cooldown_days: int = Field(default=7, ge=0, le=36_500)
+    max_per_24h: int = Field(default=1, ge=0, le=MAX_COUNT)
+    max_per_7d: int = Field(default=3, ge=0, le=MAX_COUNT)
+    campaign_cooldown_days: int = Field(default=7, ge=0, le=MAX_DAYS)
     quiet_hours_start: time = time(21, 0)
     quiet_hours_end: time = time(8, 0)
     campaigns_may_relax: bool = False
@@ -144,24 +155,32 @@ class CampaignSettings(_Section):
 
 
 class LoyaltyTier(_Section):
-    name: str
-    min_points: int = Field(ge=0)
+    name: str = Field(min_length=1, max_length=100)  # shown in e-mails
+    min_points: int = Field(ge=0, le=MAX_COUNT)
 
 
 class LoyaltySettings(_Section):
-    points_per_order: int = Field(default=10, ge=0)
-    points_per_currency_unit: float = Field(default=1.0, ge=0)
-    points_per_review: int = Field(default=25, ge=0)
-    points_per_newsletter_signup: int = Field(default=50, ge=0)
-    tiers: tuple[LoyaltyTier, ...] = (
-        LoyaltyTier(name="bronze", min_points=0),
-        LoyaltyTier(name="silver", min_points=500),
-        LoyaltyTier(name="gold", min_points=2000),
-        LoyaltyTier(name="platinum", min_points=10000),
+    points_per_order: int = Field(default=10, ge=0, le=MAX_POINTS)
+    # × a customer's spend (up to 10⁹ a line): a bigger factor is not a finite number of points
+    points_per_currency_unit: float = Field(default=1.0, ge=0, le=MAX_POINTS, allow_inf_nan=False)
+    points_per_review: int = Field(default=25, ge=0, le=MAX_POINTS)
+    points_per_newsletter_signup: int = Field(default=50, ge=0, le=MAX_POINTS)
+    tiers: tuple[LoyaltyTier, ...] = Field(
+        default=(
+            LoyaltyTier(name="bronze", min_points=0),
+            LoyaltyTier(name="silver", min_points=500),
+            LoyaltyTier(name="gold", min_points=2000),
+            LoyaltyTier(name="platinum", min_points=10000),
+        ),
+        max_length=100,
     )
 
     @model_validator(mode="after")
     def _ascending(self) -> LoyaltySettings:
+        """At least one tier (a customer's standing names one), thresholds ascending. Here,
+        not ``min_length``: pydantic also reports that when a tier is refused."""
+        if not self.tiers:
+            raise ValueError("at least one tier is needed")
         thresholds = [tier.min_points for tier in self.tiers]
         if thresholds != sorted(set(thresholds)):
             raise ValueError(f"tier thresholds must strictly ascend, got {thresholds}")
@@ -173,15 +192,18 @@ class EspSettings(_Section):
     base_url: HttpUrl = HttpUrl("http://127.0.0.1:8025")
     from_email: str = "shop@example.test"
     batch_size: int = Field(default=500, ge=1, le=500)
-    rate_limit_per_s: float = Field(default=50.0, gt=0)  # API requests per second
-    timeout_s: float = Field(default=10.0, gt=0)
-    max_attempts: int = Field(default=6, ge=1)
-    retry_base_s: float = Field(default=2.0, gt=0)
-    retry_max_s: float = Field(default=900.0, gt=0)
-    pause_error_rate: float = Field(default=0.2, gt=0, le=1)
-    pause_min_messages: int = Field(default=50, ge=1)
-    claim_lease_s: float = Field(default=300.0, gt=0)
-    delivery_processes: int = Field(default=0, ge=0)  # 0: one per CPU core
+    # API requests per second
+    rate_limit_per_s: float = Field(default=50.0, gt=0, le=1_000_000, allow_inf_nan=False)
+    timeout_s: float = Field(default=10.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    # the backoff doubles per attempt: 2**1100 is no float (and 100 tries is plenty)
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    retry_base_s: float = Field(default=2.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    retry_max_s: float = Field(default=900.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    pause_error_rate: float = Field(default=0.2, gt=0, le=1, allow_inf_nan=False)
+    pause_min_messages: int = Field(default=50, ge=1, le=MAX_COUNT)
+    claim_lease_s: float = Field(default=300.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    # 0: one per CPU core
+    delivery_processes: int = Field(default=0, ge=0, le=MAX_PROCESSES)
     message_stream: str = "broadcast"
     unsubscribe_mailto: str | None = None
     webhook_public_key: str | None = None  # SendGrid's signed event webhook (base64 DER)
@@ -191,33 +213,39 @@ class ApiSettings(_Section):
     public_url: HttpUrl = HttpUrl("http://127.0.0.1:8000")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    rate_limit_per_minute: int = Field(default=6000, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, le=100_000_000)  # 100 MB
+    rate_limit_per_minute: int = Field(default=6000, ge=1, le=MAX_COUNT)
     cors_origins: tuple[str, ...] = ()
     workers: int = Field(default=1, ge=1, le=64)
-    response_cache_entries: int = Field(default=100_000, ge=0)
-    refresh_s: float = Field(default=5.0, gt=0)
+    response_cache_entries: int = Field(default=100_000, ge=0, le=10_000_000)  # in memory
+    refresh_s: float = Field(default=5.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
 
 
 class PrivacySettings(_Section):
     """Retention: how long personal data that is no longer needed is kept (privacy.purge)."""
 
-    outbox_body_days: int = Field(default=90, ge=1)
-    contact_events_days: int = Field(default=730, ge=1)
-    decisions_days: int = Field(default=400, ge=1)
-    erased_audit_days: int = Field(default=1095, ge=1)
-    retired_model_days: int = Field(default=90, ge=1)
+    outbox_body_days: int = Field(default=90, ge=1, le=MAX_DAYS)
+    contact_events_days: int = Field(default=730, ge=1, le=MAX_DAYS)
+    decisions_days: int = Field(default=400, ge=1, le=MAX_DAYS)
+    erased_audit_days: int = Field(default=1095, ge=1, le=MAX_DAYS)
+    retired_model_days: int = Field(default=90, ge=1, le=MAX_DAYS)
 
 
 class TemplateSettings(_Section):
     """Hard limits on one render of a template (check, preview, plan, send, delivery): a
     template is written by a person, and one must not be able to stop the sending. Past a
-    limit the render fails (that message, or a problem for ``check``)."""
+    limit the render fails (that message, or a problem for ``check``). Each limit has a
+    ceiling too, or a setting of 10**100 would switch the protection off; and a floor, below
+    which no ordinary template renders."""
 
-    render_time_s: float = Field(default=1.0, gt=0, le=60)  # CPU seconds (a busy machine waits)
-    max_output_chars: int = Field(default=1_000_000, ge=10_000)  # per part, and per value
-    max_loop_iterations: int = Field(default=100_000, ge=100)  # loop iterations and calls
-    max_int_bits: int = Field(default=4096, ge=64)  # 4096 bits: about 10**1233
+    # CPU seconds (a busy machine waits)
+    render_time_s: float = Field(default=1.0, ge=0.01, le=60, allow_inf_nan=False)
+    # per part, and per value
+    max_output_chars: int = Field(default=1_000_000, ge=10_000, le=100_000_000)
+    # loop iterations and calls
+    max_loop_iterations: int = Field(default=100_000, ge=100, le=100_000_000)
+    # 4096 bits: about 10**1233; 100,000 bits (about 10**30103) multiply in microseconds
+    max_int_bits: int = Field(default=4096, ge=64, le=100_000)
     max_depth: int = Field(default=50, ge=1, le=100)  # macros, recursive loops
 
 
@@ -237,30 +265,31 @@ class WorkerSettings(_Section):
     train_cron: Crontab = "0 3 * * *"
     kpi_snapshot_cron: Crontab = "30 0 * * *"
     purge_cron: Crontab = "0 4 * * *"
-    import_every_s: float = Field(default=300.0, gt=0)
-    deliver_every_s: float = Field(default=10.0, gt=0)
-    misfire_grace_s: int = Field(default=3600, ge=1)
-    resume_window_s: float = Field(default=21600.0, gt=0)
-    leader_poll_s: float = Field(default=2.0, gt=0)
-    reload_check_s: float = Field(default=5.0, gt=0)
-    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    import_every_s: float = Field(default=300.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    deliver_every_s: float = Field(default=10.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    misfire_grace_s: int = Field(default=3600, ge=1, le=MAX_SECONDS)
+    resume_window_s: float = Field(default=21600.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    leader_poll_s: float = Field(default=2.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    reload_check_s: float = Field(default=5.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
 
 class MeasureSettings(_Section):
-    attribution_window_days: int = Field(default=7, ge=1)
-    snapshot_window_days: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        default=(7, 30, 90, 365), min_length=1
+    attribution_window_days: int = Field(default=7, ge=1, le=MAX_DAYS)
+    # each window is snapshotted daily: a few, not thousands
+    snapshot_window_days: tuple[Annotated[int, Field(ge=1, le=MAX_DAYS)], ...] = Field(
+        default=(7, 30, 90, 365), min_length=1, max_length=20
     )
-    report_days: int = Field(default=90, ge=1)
-    history_days: int = Field(default=365, ge=7)
+    report_days: int = Field(default=90, ge=1, le=MAX_DAYS)
+    history_days: int = Field(default=365, ge=7, le=MAX_DAYS)
     cohort_months: int = Field(default=12, ge=1, le=36)
-    min_group_size: int = Field(default=100, ge=2)
-    min_conversions: int = Field(default=10, ge=0)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
-    survey_valid_days: int = Field(default=60, ge=1)
-    nps_min_responses: int = Field(default=30, ge=1)
+    min_group_size: int = Field(default=100, ge=2, le=MAX_COUNT)
+    min_conversions: int = Field(default=10, ge=0, le=MAX_COUNT)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, allow_inf_nan=False)
+    survey_valid_days: int = Field(default=60, ge=1, le=MAX_DAYS)
+    nps_min_responses: int = Field(default=30, ge=1, le=MAX_COUNT)
 
     @model_validator(mode="after")
     def _distinct_windows(self) -> MeasureSettings:

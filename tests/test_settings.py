@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from datetime import time
 from pathlib import Path
+from typing import get_args
 from zoneinfo import ZoneInfo
 
 import pytest
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from recocamp.errors import ConfigError
 from recocamp.settings import Settings, load_settings, settings_path
@@ -458,3 +459,120 @@ def test_a_database_left_where_earlier_versions_looked_is_not_replaced_by_an_emp
     assert str(site / "shop.db") in problem.message and str(run / "shop.db") in problem.message
     (site / "shop.db").write_bytes(b"")  # once moved (or present in both), it is used
     assert load_settings(site / "settings.toml").database_url == f"sqlite:///{site / 'shop.db'}"
+
+
+# --- every number has a range ---------------------------------------------------------------
+
+
+def _numeric_keys() -> list[tuple[str, str, type]]:
+    """(section, key, int or float) of every number in a section (not bool, not a list)."""
+    found = []
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        for key, inner in model.model_fields.items():
+            kinds = set(get_args(inner.annotation) or [inner.annotation]) - {type(None)}
+            if kinds in ({int}, {float}):
+                found.append((section, key, kinds.pop()))
+    return found
+
+
+NUMERIC_KEYS = _numeric_keys()
+
+
+def test_the_walk_finds_the_numbers() -> None:
+    """The parametrised test below covers what this finds: make sure that is everything."""
+    keys = {f"{section}.{key}" for section, key, _ in NUMERIC_KEYS}
+    assert len(keys) > 70
+    assert {"templates.max_int_bits", "templates.max_loop_iterations", "esp.retry_max_s"} <= keys
+    assert "recommender.time_decay_half_life_days" in keys  # float | None too
+
+
+@pytest.mark.parametrize(("section", "key", "kind"), NUMERIC_KEYS)
+def test_every_number_has_a_ceiling_named_with_key_line_and_value(
+    tmp_path: Path, section: str, key: str, kind: type
+) -> None:
+    """10**100 (or inf, nan) would pass an unbounded key and switch a protection off or
+    overflow later (a timedelta, a float): refused when the settings load."""
+    huge = 10**100
+    values: list[object] = [huge] if kind is int else [float(huge), float("inf"), float("nan")]
+    for value in values:
+        written = value if kind is int else repr(value)
+        path = write(tmp_path, f"[shop]\nname = 'x'\n\n[{section}]\n{key} = {written}\n")
+        [problem] = config_error(path).problems
+        assert (problem.key, problem.line) == (f"{section}.{key}", 5)
+        assert problem.value == value or (value != value and problem.value != problem.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_loop_iterations", 0),
+        ("max_loop_iterations", 10**100),
+        ("max_int_bits", 0),
+        ("max_int_bits", 10**100),
+        ("max_output_chars", 0),
+        ("max_output_chars", 10**12),
+        ("render_time_s", 0.001),
+        ("render_time_s", 61),
+        ("max_depth", 0),
+    ],
+)
+def test_template_limits_have_a_floor_and_a_ceiling(tmp_path: Path, key: str, value: int) -> None:
+    """0 loops would fail every template; 10**100 would switch the limit off."""
+    path = write(tmp_path, f"# limits\n[templates]\n{key} = {value}\n")
+    error = config_error(path)
+    [problem] = error.problems
+    assert (problem.key, problem.line, problem.value) == (f"templates.{key}", 3, value)
+    assert str(path) in str(error) and f"templates.{key}" in str(error) and str(value) in str(error)
+
+
+def test_the_documented_ranges_hold_at_their_ends(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[templates]\nmax_loop_iterations = 100000000\nmax_int_bits = 100000\n"
+        "render_time_s = 0.01\n[privacy]\ncontact_events_days = 36500\n"
+        "[caps]\nmax_per_7d = 1000000000\n[recommender]\nrandom_state = 4294967295\n",
+    )
+    settings = load_settings(path)
+    assert settings.templates.max_int_bits == 100_000
+    assert settings.privacy.contact_events_days == 36_500
+    assert settings.recommender.random_state == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("[recommender]\nrandom_state = -1\n", "recommender.random_state", 2),  # numpy refuses
+        ("[demo]\nseed = -1\n", "demo.seed", 2),
+        ("[esp]\nmax_attempts = 2000\n", "esp.max_attempts", 2),  # 2**1999: no float
+        ("[loyalty]\ntiers = []\n", "loyalty", 1),  # no tier to be in
+        (
+            f'[loyalty]\ntiers = [{{ name = "a", min_points = {10**100} }}]\n',
+            "loyalty.tiers.0.min_points",
+            2,
+        ),
+        ("[measure]\nsnapshot_window_days = [7, 99999]\n", "measure.snapshot_window_days.1", 2),
+        (
+            f"[measure]\nsnapshot_window_days = {list(range(1, 30))}\n",
+            "measure.snapshot_window_days",
+            2,
+        ),
+    ],
+)
+def test_values_that_would_fail_at_run_time_are_refused(
+    tmp_path: Path, text: str, key: str, line: int
+) -> None:
+    [problem] = config_error(write(tmp_path, text)).problems
+    assert (problem.key, problem.line) == (key, line)
+
+
+def test_a_huge_value_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RECOCAMP_TEMPLATES__MAX_INT_BITS", str(10**100))
+    error = config_error()
+    [problem] = error.problems
+    assert problem.key == "templates.max_int_bits" and problem.value == str(10**100)
+    assert "RECOCAMP_TEMPLATES__MAX_INT_BITS" in str(error)

@@ -53,6 +53,7 @@ from recocamp.data.sources import csv as sources
 from recocamp.domain import (
     ID_MAX,
     ID_PATTERN,
+    LOCALES,
     PRICE_MAX,
     QUANTITY_MAX,
     TEXT_MAX,
@@ -60,6 +61,7 @@ from recocamp.domain import (
     YEAR_MAX,
     YEAR_MIN,
     ConsentBasis,
+    Locale,
     Purchase,
     check_id,
     future_problem,
@@ -164,7 +166,7 @@ class CustomerIn(_Strict):
     at: When | None = Field(None, description="When the customer made it (default: now).")
     email: Annotated[str, Field(max_length=TEXT_MAX["email"], pattern=TEXT_PATTERN)] | None = None
     first_name: Text | None = None
-    locale: Annotated[Literal["de", "en"] | None, _never_null("string", ["de", "en"])] = None
+    locale: Annotated[Locale | None, _never_null("string", list(LOCALES))] = None
     time_zone: Annotated[Text, Field(max_length=TEXT_MAX["time_zone"])] | None = None
     country: Annotated[Text, Field(max_length=TEXT_MAX["country"])] | None = None
     birthday: date | None = None

@@ -34,6 +34,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from recocamp import tokens
 from recocamp.api import forms
 from recocamp.clock import Clock
+from recocamp.domain import LOCALES
 from recocamp.measure import jobs as measure_jobs
 from recocamp.measure.report import PAGES
 from recocamp.settings import Settings
@@ -282,7 +283,7 @@ class _Answers:
         with self.engine.connect() as connection:
             person = registry.customer(connection, customer_id)
         locale = person.locale if person is not None else None
-        return locale if locale in ("de", "en") else self.settings.shop.default_locale
+        return locale if locale in LOCALES else self.settings.shop.default_locale
 
     def page(
         self,

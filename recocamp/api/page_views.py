@@ -13,8 +13,8 @@ from typing import Any
 from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 
 from recocamp.campaigns.caps import PREFERENCE_PERIODS
+from recocamp.domain import LOCALES
 
-LANGUAGES = ("de", "en")
 PAUSE_WEEKS = (1, 2, 4, 8, 12)  # the pause form's choices (and what the form handler accepts)
 FREQUENCIES = ("any", *PREFERENCE_PERIODS)  # "any": no limit of the customer's own
 
@@ -289,7 +289,7 @@ ENVIRONMENT = Environment(
 
 def language(requested: str | None, locale: str | None, default: str) -> str:
     for candidate in (requested, locale, default):
-        if candidate in LANGUAGES:
+        if candidate in LOCALES:
             return str(candidate)
     return "en"
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns import render
-from recocamp.campaigns.context import LOCALES, sample_context
+from recocamp.campaigns.context import sample_context
 from recocamp.campaigns.files import Campaign
+from recocamp.domain import LOCALES
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
 

@@ -30,7 +30,7 @@ from typing import (
     is_typeddict,
 )
 
-from recocamp.domain import ConsentBasis
+from recocamp.domain import LOCALES, ConsentBasis, Locale
 from recocamp.settings import ShopSettings
 
 if TYPE_CHECKING:  # annotations only: a delivering process renders without the planner,
@@ -39,9 +39,6 @@ if TYPE_CHECKING:  # annotations only: a delivering process renders without the 
     from recocamp.campaigns.loyalty import Standing
     from recocamp.campaigns.offers import Offer
     from recocamp.campaigns.planner import CustomerView, Decision
-
-Locale = Literal["de", "en"]
-LOCALES: tuple[Locale, ...] = ("de", "en")
 
 
 class CustomerContext(TypedDict):
@@ -257,7 +254,7 @@ def money(amount: float, currency: str) -> str:
 
 def _locale(wanted: str, default: Locale) -> Locale:
     """The customer's language where the templates have it, else the shop's."""
-    return "de" if wanted == "de" else "en" if wanted == "en" else default
+    return next((locale for locale in LOCALES if locale == wanted), default)
 
 
 def _offer(offer: Offer, currency: str, base_url: str) -> OfferContext:

@@ -26,7 +26,7 @@ from pydantic import (
 from recocamp.campaigns.caps import CapPolicy, stricter
 from recocamp.campaigns.segments import RFM_SEGMENTS
 from recocamp.config_files import line_of, problems, read_toml
-from recocamp.domain import ConsentBasis
+from recocamp.domain import MAX_COUNT, MAX_DAYS, ConsentBasis, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings, TimeZoneName
@@ -63,8 +63,7 @@ class Schedule(_Strict):
 
 # Upper bounds: a day count or a cap beyond these is a typo, and an unbounded one passes the
 # schema, then overflows at run time (a timedelta of 99,999,999,999 days, an SQL integer).
-MAX_DAYS = 36_500  # a hundred years
-MAX_COUNT = 1_000_000_000
+# Days and counts: domain.MAX_DAYS and MAX_COUNT, the bounds of the settings too.
 MAX_PRICE = 1_000_000_000.0  # the import's unit price bound (±10⁹)
 MAX_WEIGHT = 1_000_000.0  # variant weights are relative; a sum of huge ones is not finite
 Days = Annotated[int, Field(ge=0, le=MAX_DAYS)]
@@ -138,7 +137,7 @@ class OfferRules(_Strict):
 
 
 class Template(_Strict):
-    subject: dict[Literal["de", "en"], str] = Field(min_length=1)
+    subject: dict[Locale, str] = Field(min_length=1)
     html: str
     text: str
 
@@ -146,7 +145,7 @@ class Template(_Strict):
 class Variant(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     weight: float = Field(gt=0, le=MAX_WEIGHT, allow_inf_nan=False)  # summed: finite
-    subject: dict[Literal["de", "en"], str] | None = None
+    subject: dict[Locale, str] | None = None
     html: str | None = None
     text: str | None = None
 

@@ -27,6 +27,7 @@ from recocamp.cli.common import (
     engine_for,
     errors_to_exit,
     print_error,
+    within,
 )
 from recocamp.errors import RecocampError
 from recocamp.store.queries import audit
@@ -73,9 +74,12 @@ def _scope(all_matching: bool, only_this_id: bool) -> privacy.Scope:
 @app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Default: [api] host.")] = None,
-    port: Annotated[int | None, typer.Option(help="Default: [api] port.")] = None,
+    port: Annotated[
+        int | None, typer.Option(callback=within(1, 65535), help="Default: [api] port.")
+    ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, max=64, help="Processes (default: [api] workers).")
+        int | None,
+        typer.Option(callback=within(1, 64), help="Processes, 1 to 64 (default: [api] workers)."),
     ] = None,
 ) -> None:
     """Run the shop API: next-best offers, events, preferences and privacy pages, webhooks."""

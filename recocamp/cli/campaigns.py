@@ -17,6 +17,7 @@ from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli.common import (
+    MAX_ROWS,
     CampaignsDir,
     Output,
     TemplatesDir,
@@ -30,6 +31,7 @@ from recocamp.cli.common import (
     parse_as_of,
     print_error,
     print_json,
+    within,
 )
 from recocamp.domain import Item
 from recocamp.errors import ConfigError, Problem
@@ -70,7 +72,9 @@ def plan_campaign(
     format: Annotated[Output, typer.Option("--format")] = Output.table,
     campaigns: CampaignsDir = Path("campaigns"),
     templates: TemplatesDir = Path("templates"),
-    limit: Annotated[int, typer.Option(help="Decisions shown in the table.")] = 20,
+    limit: Annotated[
+        int, typer.Option(callback=within(0, MAX_ROWS), help="Decisions shown in the table.")
+    ] = 20,
 ) -> None:
     """Dry run: who would get what, who is skipped by which rule. Writes nothing."""
     with errors_to_exit():

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import typer
@@ -28,7 +28,7 @@ from rich.text import Text
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign
 from recocamp.clock import SystemClock
-from recocamp.domain import YEAR_MAX, YEAR_MIN
+from recocamp.domain import MAX_DAYS, YEAR_MAX, YEAR_MIN
 from recocamp.errors import (
     ConfigError,
     DataImportError,
@@ -59,7 +59,8 @@ SHARED_ADDRESS_HINT = (
     "duplicate accounts) or --only-this-id (this id alone: the others keep their rows and "
     "the address)"
 )
-MAX_DAYS = 36_500  # a day-count option beyond a hundred years is a typo (and overflows dates)
+MAX_ROWS = 1_000_000  # rows a table shows (--limit)
+MAX_TOP = 1000  # recommendations asked for (--n, --k): [recommender] top_n's bound
 
 
 class State:
@@ -215,12 +216,24 @@ def check_year(year: int, value: str, option: str) -> None:
         )
 
 
-def at_most_max_days(value: int | None) -> int | None:
-    """An option's callback: a day count up to :data:`MAX_DAYS`, refused with its value (a
-    ``max=`` range error of click names the bound, not the value given)."""
-    if value is not None and value > MAX_DAYS:
-        raise typer.BadParameter(f"{value} is more than {MAX_DAYS:,} days")
-    return value
+Number = TypeVar("Number", int, float)
+
+
+def within(low: Number, high: Number) -> Callable[[Number | None], Number | None]:
+    """An option's callback: a number from ``low`` to ``high``, else exit 2 naming the option
+    and the value given (``Invalid value for '--k': 5000 is out of range (1 to 1,000)``).
+    Not typer's ``min=``/``max=``: its error names the bound, not the value. ``nan`` is in no
+    range; a bound keeps ``--k 10**12`` from allocating for a trillion results."""
+
+    def check(value: Number | None) -> Number | None:
+        if value is not None and not low <= value <= high:
+            raise typer.BadParameter(f"{value} is out of range ({low:,} to {high:,})")
+        return value
+
+    return check
+
+
+day_count = within(1, MAX_DAYS)  # a day count beyond a hundred years is a typo (and overflows)
 
 
 def fmt(value: object) -> str:

@@ -26,12 +26,13 @@ from recocamp.cli.common import (
     one_campaign,
     parse_as_of,
     progress_bars,
+    within,
 )
 from recocamp.delivery.campaign_send import send_campaign
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import Provider, make_provider
 from recocamp.domain import DeliveryReport
-from recocamp.settings import Settings
+from recocamp.settings import MAX_SECONDS, Settings
 from recocamp.store import outbox
 from recocamp.store.engine import Engine
 
@@ -40,8 +41,13 @@ app.add_typer(outbox_app, name="outbox")
 log = logging.getLogger(__name__)
 
 WaitOption = Annotated[
-    float, typer.Option(help="Seconds to wait for retries coming due before leaving them.")
+    float,
+    typer.Option(
+        callback=within(0.0, float(MAX_SECONDS)),
+        help="Seconds to wait for retries coming due before leaving them (at most a week).",
+    ),
 ]
+share = within(0.0, 1.0)  # a fault rate of the fake ESP
 
 
 def _deliverer(
@@ -204,13 +210,22 @@ def outbox_resume(campaign: str) -> None:
 @app.command("fake-esp")
 def fake_esp(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8025,
+    port: Annotated[int, typer.Option(callback=within(1, 65535), help="Port.")] = 8025,
     data_dir: Annotated[Path | None, typer.Option(help="Also store messages here.")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Where to post webhooks.")] = None,
-    rate_429: Annotated[float, typer.Option(help="Share of requests answered 429.")] = 0.0,
-    rate_5xx: Annotated[float, typer.Option(help="Share of requests answered 500.")] = 0.0,
-    rate_drop: Annotated[float, typer.Option(help="Share accepted but never answered.")] = 0.0,
-    latency_ms: Annotated[float, typer.Option(help="Added latency per request.")] = 0.0,
+    rate_429: Annotated[
+        float, typer.Option(callback=share, help="Share of requests answered 429 (0 to 1).")
+    ] = 0.0,
+    rate_5xx: Annotated[
+        float, typer.Option(callback=share, help="Share of requests answered 500 (0 to 1).")
+    ] = 0.0,
+    rate_drop: Annotated[
+        float, typer.Option(callback=share, help="Share accepted but never answered (0 to 1).")
+    ] = 0.0,
+    latency_ms: Annotated[
+        float,
+        typer.Option(callback=within(0.0, 60_000.0), help="Added latency per request (ms)."),
+    ] = 0.0,
     token: Annotated[
         str | None,
         typer.Option(

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from recocamp import forecast as forecasting
 from recocamp.cli.common import (
+    MAX_ROWS,
     Output,
     app,
     check_year,
@@ -22,6 +23,7 @@ from recocamp.cli.common import (
     current_settings,
     engine_for,
     errors_to_exit,
+    within,
 )
 from recocamp.settings import Settings
 from recocamp.store import forecasts as forecast_store
@@ -30,7 +32,8 @@ Day = Annotated[
     str | None, typer.Option(help="A date, YYYY-MM-DD: midnight in the shop's time zone.")
 ]
 Horizon = Annotated[
-    int | None, typer.Option(min=7, max=730, help="Horizon H in days (default: settings).")
+    int | None,
+    typer.Option(callback=within(7, 730), help="Horizon H in days, 7 to 730 (default: settings)."),
 ]
 
 
@@ -58,7 +61,9 @@ def forecast_command(
     as_of: Day = None,
     horizon_days: Horizon = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
-    limit: Annotated[int, typer.Option(min=1, help="Rows of the table (JSON has all).")] = 30,
+    limit: Annotated[
+        int, typer.Option(callback=within(1, MAX_ROWS), help="Rows of the table (JSON has all).")
+    ] = 30,
     stored: Annotated[
         bool,
         typer.Option(

@@ -15,11 +15,11 @@ from recocamp.campaigns import labels
 from recocamp.cli.common import (
     Output,
     app,
-    at_most_max_days,
     check_year,
     clock,
     console,
     current_settings,
+    day_count,
     engine_for,
     errors,
     errors_to_exit,
@@ -46,7 +46,7 @@ AsOf = Annotated[str | None, typer.Option(help="As if it were this date or time 
 def kpis(
     as_of: Annotated[str | None, typer.Option(help="End of the window (default: now).")] = None,
     window_days: Annotated[
-        int | None, typer.Option(min=1, callback=at_most_max_days, help="Window W in days.")
+        int | None, typer.Option(callback=day_count, help="Window W in days (1 to 36,500).")
     ] = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
 ) -> None:

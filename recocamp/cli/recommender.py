@@ -13,12 +13,13 @@ from rich.table import Table
 
 from recocamp import forecast as forecasting
 from recocamp.cli.common import (
+    MAX_TOP,
     Output,
     app,
-    at_most_max_days,
     clock,
     console,
     current_settings,
+    day_count,
     engine_for,
     errors,
     errors_to_exit,
@@ -26,6 +27,7 @@ from recocamp.cli.common import (
     fmt,
     parse_as_of,
     print_json,
+    within,
 )
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate as evaluate_module
@@ -42,6 +44,7 @@ from recocamp.store.engine import Engine
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 ModelName = StrEnum("ModelName", {name: name for name in MODEL_NAMES})  # type: ignore[misc]
+TopN = Annotated[int, typer.Option(callback=within(1, MAX_TOP), help="How many (1 to 1,000).")]
 METRIC_COLUMNS = ("recall", "ndcg", "hit_rate", "recall_repeat", "recall_new", "customers", "fit_s")
 
 
@@ -125,8 +128,12 @@ def evaluate_models(
     cutoff: Annotated[
         str | None, typer.Option(help="Split date (default: latest purchase − horizon).")
     ] = None,
-    horizon_days: Annotated[int | None, typer.Option(min=1, callback=at_most_max_days)] = None,
-    k: Annotated[int | None, typer.Option(min=1)] = None,
+    horizon_days: Annotated[
+        int | None, typer.Option(callback=day_count, help="Default: [recommender] setting.")
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option(callback=within(1, MAX_TOP), help="Top-k (1 to 1,000).")
+    ] = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
     models: Annotated[list[ModelName] | None, typer.Option("--model", help="Repeatable.")] = None,
 ) -> None:
@@ -248,7 +255,7 @@ def models_rollback() -> None:
 
 
 @app.command("recommend")
-def recommend(customer_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> None:
+def recommend(customer_id: str, n: TopN = 10) -> None:
     """A customer's cached top-N from the live model (popularity for cold or objected ones)."""
     with errors_to_exit():
         settings = current_settings()
@@ -282,7 +289,7 @@ def _outside_the_cache(settings: Settings, live: Any, customer_id: str) -> list[
 
 
 @app.command("similar")
-def similar_items(item_id: str, n: Annotated[int, typer.Option(min=1)] = 10) -> None:
+def similar_items(item_id: str, n: TopN = 10) -> None:
     """Items similar to ITEM_ID according to the live model."""
     with errors_to_exit():
         settings = current_settings()

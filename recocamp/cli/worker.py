@@ -15,17 +15,19 @@ from rich.table import Table
 
 from recocamp import metrics
 from recocamp.cli.common import (
+    MAX_ROWS,
     CampaignsDir,
     Output,
     TemplatesDir,
     app,
-    at_most_max_days,
     clock,
     console,
     current_settings,
+    day_count,
     engine_for,
     errors_to_exit,
     parse_as_of,
+    within,
 )
 from recocamp.cli.demo import demo_settings, demo_shop
 from recocamp.clock import FixedClock
@@ -51,7 +53,10 @@ def worker(
     campaigns: CampaignsDir = Path("campaigns"),
     templates: TemplatesDir = Path("templates"),
     metrics_port: Annotated[
-        int | None, typer.Option(help="Prometheus metrics port (0: off; default: settings).")
+        int | None,
+        typer.Option(
+            callback=within(0, 65535), help="Prometheus metrics port (0: off; default: settings)."
+        ),
     ] = None,
     demo: Annotated[
         bool,
@@ -61,7 +66,7 @@ def worker(
         ),
     ] = False,
     days: Annotated[
-        int, typer.Option(min=1, callback=at_most_max_days, help="--demo: days to simulate.")
+        int, typer.Option(callback=day_count, help="--demo: days to simulate (1 to 36,500).")
     ] = 7,
     start: Annotated[str, typer.Option(help="--demo: the simulated start.")] = DEMO_START,
 ) -> None:
@@ -175,7 +180,9 @@ def _serve_metrics(host: str, port: int) -> None:
 @runs_app.command("list")
 def runs_list(
     job: Annotated[str | None, typer.Option(help="Only this job (e.g. campaign:winback).")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="Show the newest LIMIT runs.")] = 30,
+    limit: Annotated[
+        int, typer.Option(callback=within(1, MAX_ROWS), help="Show the newest LIMIT runs.")
+    ] = 30,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
 ) -> None:
     """The latest job and campaign runs, newest first (times in UTC)."""

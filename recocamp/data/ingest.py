@@ -31,7 +31,6 @@ import heapq
 import logging
 import time
 from array import array
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
@@ -42,7 +41,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from recocamp.data.catalog import CatalogBuilder
 from recocamp.data.sources import csv as sources
-from recocamp.domain import Customer, OrderDigestParts, Purchase
+from recocamp.domain import Customer, Item, OrderDigestParts, Purchase
 from recocamp.errors import DataImportError, Problem
 from recocamp.store import queries, staging, tombstones
 from recocamp.store.engine import Connection, Engine
@@ -103,14 +102,15 @@ def _parse(
     parse: Callable[[dict[str, str]], T | sources.Skip],
     progress: ProgressSink,
     max_listed: int,
+    key: Callable[[T], str],
 ) -> tuple[list[T], dict[str, int], int]:
-    """Parse a whole file (customers, items: one row per customer or item); ``columns``:
-    the required and the optional ones."""
+    """Parse a whole file (customers, items: one row per customer or item, ``key`` its id,
+    once per file); ``columns``: the required and the optional ones."""
     progress.phase(f"reading {path.name}", None)
     with sources.open_text(path) as handle:
         rows = _counted(sources.read_rows(path, columns[0], handle, columns[1]), progress)
         try:
-            return sources.collect(path, rows, parse, max_listed=max_listed)
+            return sources.collect(path, rows, parse, max_listed=max_listed, key=key)
         except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
             raise DataImportError(path, [Problem(f"unreadable content: {exc}")]) from None
 
@@ -228,7 +228,8 @@ class _Staged:
         the same content is unstaged and counted as skipped, one with other content is a
         problem of its line (storing either would lose the other)."""
         again = array("q")  # file lines of repeats: 8 bytes each
-        worst: list[tuple[int, str, int]] = []  # the first problems, by -line (a max-heap)
+        # the first problems, by -line (a max-heap): (-line, order id, line_no, first line)
+        worst: list[tuple[int, str, int, int]] = []
         total = 0
         first: staging.StagedLine | None = None
         for staged in staging.repeats(connection):
@@ -241,14 +242,16 @@ class _Staged:
                 again.append(staged.src_line)
             else:
                 total += 1
-                heapq.heappush(worst, (-staged.src_line, staged.order_id, staged.line_no))
+                repeat = (-staged.src_line, staged.order_id, staged.line_no, first.src_line)
+                heapq.heappush(worst, repeat)
                 if len(worst) > self.max_listed:
                     heapq.heappop(worst)
         if again:
             staging.remove(connection, again.tolist())
             self.skipped["repeated line"] = self.skipped.get("repeated line", 0) + len(again)
         if total:
-            self._merge([_repeat_problem(-line, order, no) for line, order, no in worst], total)
+            found = [_repeat_problem(-at, order, no, seen) for at, order, no, seen in worst]
+            self._merge(found, total)
 
     def _merge(self, found: list[Problem], total: int) -> None:
         """Add problems found after the reading (the first of ``total``), keeping the
@@ -259,8 +262,10 @@ class _Staged:
         self.more = count - len(self.problems)
 
 
-def _repeat_problem(line: int, order_id: str, line_no: int) -> Problem:
-    message = f"repeats line {line_no} of order {order_id!r} with other content"
+def _repeat_problem(line: int, order_id: str, line_no: int, first: int) -> Problem:
+    """A line that repeats an order's line number with other content than ``first`` (the
+    file line that gave it first): both lines named, and the order."""
+    message = f"repeats line {line_no} of order {order_id!r} with other content than line {first}"
     return Problem(message, line=line, column="line_no", value=str(line_no))
 
 
@@ -583,8 +588,8 @@ class Importer:
             lambda row: sources.customer_row(row, stamps, self.now),
             self.progress,
             self.max_listed,
+            _customer_id,
         )
-        _refuse_duplicate_ids(path, [row.id for row in rows])
         with self.engine.begin() as connection:
             erased = tombstones.erased_ids(
                 connection,
@@ -609,8 +614,8 @@ class Importer:
             sources.item_row,
             self.progress,
             self.max_listed,
+            _item_id,
         )
-        _refuse_duplicate_ids(path, [row.id for row in rows])
         with self.engine.begin() as connection:
             run_id = self._begin_run(connection, "items", fmt, path, sha, read)
             queries.upsert_items(connection, rows, self.now)
@@ -672,11 +677,9 @@ def _conflict(
     return DataImportError(path, problems, more=max(0, count - len(problems)))
 
 
-def _refuse_duplicate_ids(path: Path, ids: list[str]) -> None:
-    repeated = sorted(value for value, seen in Counter(ids).items() if seen > 1)
-    if repeated:
-        problems = [
-            Problem("the same id appears more than once", column="id", value=value)
-            for value in repeated[:20]
-        ]
-        raise DataImportError(path, problems, more=max(0, len(repeated) - 20))
+def _customer_id(row: Customer) -> str:
+    return row.id
+
+
+def _item_id(row: Item) -> str:
+    return row.id

@@ -50,12 +50,42 @@ def test_broken_import_exits_2_with_file_line_and_column(workdir: Path) -> None:
     assert "Traceback" not in result.output
 
 
+def test_a_customers_file_with_a_repeated_id_exits_2_naming_both_lines(workdir: Path) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    rows = [["c1", "a@example.test"], ["c2", ""], ["c1", "b@example.test"]]
+    path = write_csv(workdir / "people.csv", ["id", "email"], rows)
+    result = runner.invoke(app, ["import", "customers", str(path)], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    expected = "people.csv: line 4, column 'id': the same id as line 2 (an id once per file)"
+    assert f"{expected} (value: 'c1')" in result.stderr
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 0
+
+
 def test_bad_settings_exit_2_naming_the_key(workdir: Path) -> None:
     (workdir / "settings.toml").write_text('[shop]\ntime_zone = "Mars/Base"\n')
     result = runner.invoke(app, ["db", "upgrade"])
     assert result.exit_code == 2
     assert "settings.toml" in result.stderr and "shop.time_zone" in result.stderr
     assert "line 2" in result.stderr and "Mars/Base" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("max_int_bits", 10**100), ("max_loop_iterations", 10**100), ("max_loop_iterations", 0)],
+)
+def test_a_template_limit_out_of_range_exits_2_and_writes_nothing(
+    workdir: Path, key: str, value: int
+) -> None:
+    """A limit of 10**100 would switch the template sandbox off, 0 would fail every render."""
+    (workdir / "settings.toml").write_text(
+        f'database_url = "sqlite:///shop.db"\n[templates]\n{key} = {value}\n'
+    )
+    result = runner.invoke(app, ["db", "upgrade"], terminal_width=400)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"settings.toml: line 3, key 'templates.{key}'" in result.stderr
+    assert f"(value: {value})" in result.stderr
+    assert not (workdir / "shop.db").exists()
 
 
 def test_synthetic_demo_shop_end_to_end(workdir: Path) -> None:
@@ -439,3 +469,38 @@ def test_out_of_range_options_exit_2_naming_option_and_value(
     assert "Traceback" not in result.output
     with make_engine("sqlite:///shop.db").connect() as connection:
         assert connection.execute(sa.text("select count(*) from kpi_snapshots")).scalar_one() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value", "bounds"),
+    [
+        (["evaluate"], "--k", "1000000000000", "1 to 1,000"),
+        (["evaluate"], "--k", "0", "1 to 1,000"),
+        (["recommend", "c1"], "--n", "1000000000000", "1 to 1,000"),
+        (["similar", "i1"], "--n", "0", "1 to 1,000"),
+        (["plan", "winback"], "--limit", "-1", "0 to 1,000,000"),
+        (["forecast"], "--limit", "1000000000000", "1 to 1,000,000"),
+        (["forecast"], "--horizon-days", "6", "7 to 730"),
+        (["runs", "list"], "--limit", "0", "1 to 1,000,000"),
+        (["serve"], "--port", "70000", "1 to 65,535"),
+        (["serve"], "--workers", "65", "1 to 64"),
+        (["worker"], "--metrics-port", "-1", "0 to 65,535"),
+        (["worker", "--demo"], "--days", "0", "1 to 36,500"),
+        (["kpis"], "--window-days", "0", "1 to 36,500"),
+        (["outbox", "deliver"], "--wait", "nan", "0.0 to 604,800.0"),
+        (["send", "winback"], "--wait", "1e300", "0.0 to 604,800.0"),
+        (["fake-esp"], "--rate-429", "2", "0.0 to 1.0"),
+        (["fake-esp"], "--port", "0", "1 to 65,535"),
+    ],
+)
+def test_numeric_options_have_a_range_named_with_the_value(
+    workdir: Path, args: list[str], option: str, value: str, bounds: str
+) -> None:
+    """``--k 10**12`` would allocate for a trillion results, ``--limit -1`` slices from the
+    end: each is refused as it is parsed (exit 2: option, value, range), nothing written."""
+    result = runner.invoke(app, [*args, option, value], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    shown = str(float(value)) if "." in bounds and value != "nan" else value
+    assert f"Invalid value for '{option}': {shown} is out of range ({bounds})" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (workdir / "shop.db").exists()  # not even the database was opened

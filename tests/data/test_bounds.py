@@ -160,12 +160,38 @@ def test_customer_and_item_files_have_the_same_bounds(engine: sa.Engine, tmp_pat
     ]
 
 
+@pytest.mark.parametrize("kind", ["customers", "items"])
+def test_a_repeated_id_names_both_lines_and_the_id(
+    engine: sa.Engine, tmp_path: Path, kind: str
+) -> None:
+    """Which of two rows with one id would count? Neither: the later line is a problem
+    that names the line the id was first on (a third one too), and nothing is written."""
+    header, rest = (
+        (["id", "email"], ["a@example.test"])
+        if kind == "customers"
+        else (["id", "title", "category", "price"], ["Mug", "kitchen", "4.5"])
+    )
+    ids = ["c1", "c2", "c1", "c2", "c3", "c1"]  # file lines 2 to 7
+    path = write_csv(tmp_path / f"{kind}.csv", header, [[row_id, *rest] for row_id in ids])
+    error = refused(engine, lambda: getattr(importer(engine), kind)(path))
+    assert [(p.line, p.column, p.value, p.message) for p in error.problems] == [
+        (4, "id", "c1", "the same id as line 2 (an id once per file)"),
+        (5, "id", "c2", "the same id as line 3 (an id once per file)"),
+        (7, "id", "c1", "the same id as line 2 (an id once per file)"),
+    ]
+    assert f"{kind}.csv: 3 problem(s)" in str(error)
+    assert "line 4, column 'id': the same id as line 2 (an id once per file) (value: 'c1')" in str(
+        error
+    )
+    assert "example.test" not in str(error)
+
+
 def test_a_line_repeated_with_other_content_is_refused(engine: sa.Engine, tmp_path: Path) -> None:
     other = [*GOOD[:2], "i2", *GOOD[3:]]
     path = write_csv(tmp_path / "p.csv", STANDARD, [GOOD, other])
     error = refused(engine, lambda: importer(engine).purchases(path))
     assert [(p.line, p.column, p.value) for p in error.problems] == [(3, "line_no", "1")]
-    assert "repeats line 1 of order 'A1' with other content" in str(error)
+    assert "repeats line 1 of order 'A1' with other content than line 2" in str(error)
     same = write_csv(tmp_path / "same.csv", STANDARD, [GOOD, GOOD])
     report = importer(engine).purchases(same)
     assert report.imported == 1 and report.skipped == {"repeated line": 1}

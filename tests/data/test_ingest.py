@@ -271,7 +271,7 @@ def test_customers_and_items_upsert_and_validate(engine: sa.Engine, tmp_path: Pa
         item = connection.execute(sa.select(items)).one()
     assert (item.title, item.price, item.in_stock) == ("Mug", 4.5, False)
     duplicate = [["i1", "Mug", "kitchen", "4.5", ""], ["i1", "Cup", "kitchen", "3", ""]]
-    with pytest.raises(DataImportError, match="the same id appears more than once"):
+    with pytest.raises(DataImportError, match=r"line 3, column 'id': the same id as line 2"):
         importer(engine).items(write_csv(tmp_path / "i2.csv", item_header, duplicate))
 
 

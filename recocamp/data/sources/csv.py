@@ -1014,17 +1014,23 @@ def collect(
     parse: Callable[[dict[str, str]], T | Skip],
     *,
     max_listed: int = 20,
+    key: Callable[[T], str] | None = None,
 ) -> tuple[list[T], dict[str, int], int]:
     """Parse every row; raise one DataImportError listing the problems, else return
-    ``(values, skipped counts by reason, rows read)``."""
+    ``(values, skipped counts by reason, rows read)``. With ``key`` (a row's id) an id seen
+    again is a problem of its line that names the line it was first on: which of the two
+    rows would count? (Only ids are kept for that, never the rows' other fields.)"""
     values: list[T] = []
     skipped: dict[str, int] = {}
     problems: list[Problem] = []
+    first: dict[str, int] = {}
     more = read = 0
     for line, row in rows:
         read += 1
         try:
             value = parse(row)
+            if key is not None and not isinstance(value, Skip):
+                _once(first, key(value), line)
         except RowProblem as exc:
             if len(problems) < max_listed:
                 problems.append(Problem(exc.message, line=line, column=exc.column, value=exc.value))
@@ -1038,6 +1044,13 @@ def collect(
     if problems:
         raise DataImportError(path, problems, more=more)
     return values, skipped, read
+
+
+def _once(first: dict[str, int], row_id: str, line: int) -> None:
+    """Note ``row_id``'s first line; a RowProblem when an earlier line had it."""
+    seen = first.setdefault(row_id, line)
+    if seen != line:
+        raise RowProblem("id", f"the same id as line {seen} (an id once per file)", row_id)
 
 
 # --- writers: the standard formats, so generated data goes through the same importer ------
