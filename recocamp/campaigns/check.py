@@ -15,6 +15,7 @@ from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns import render
 from recocamp.campaigns.context import LOCALES, sample_context
 from recocamp.campaigns.files import Campaign
+from recocamp.config_files import line_of
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
 
@@ -26,25 +27,33 @@ def campaign_problems(
     loaded, failures = campaign_files.load_all(campaigns, settings, templates)
     good = []
     for campaign in loaded:
-        found = template_problems(campaign, templates, settings.templates)
+        path = campaigns / f"{campaign.name}.toml"
+        found = template_problems(campaign, templates, settings.templates, _text(path))
         if found:
-            failures.append(ConfigError(campaigns / f"{campaign.name}.toml", found))
+            failures.append(ConfigError(path, found))
         else:
             good.append(campaign)
     return good, failures
 
 
+def _text(path: Path) -> str:
+    """A campaign file's text, for the lines of its subjects ("" if it went away since)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def template_problems(
-    campaign: Campaign, templates: Path, limits: TemplateSettings | None = None
+    campaign: Campaign, templates: Path, limits: TemplateSettings | None = None, text: str = ""
 ) -> list[Problem]:
     """Every template and subject of a campaign, checked against the template context (a
     variable or key outside it, see ``render.contract_problems``) and rendered with its sample
     in each locale within the render limits (a sandbox escape, a syntax error, a missing
-    include, a limit passed)."""
+    include, a limit passed). A subject's problem has its line in the campaign's ``text``."""
     parts = [campaign.template.html, campaign.template.text]
     parts += [p for v in campaign.variants for p in (v.html, v.text) if p]
-    subjects = [*campaign.template.subject.values()]
-    subjects += [s for v in campaign.variants if v.subject for s in v.subject.values()]
+    subjects = _subjects(campaign)
     found: list[Problem] = []
     for locale in LOCALES:
         sample = sample_context(locale)
@@ -53,8 +62,17 @@ def template_problems(
                 replace(p, key=f"template {p.key}")
                 for p in render.check_template(templates, name, sample, limits)
             ]
-        for subject in subjects:
+        for key, subject in subjects:
             problem = render.check_subject(subject, sample, templates, limits)
             if problem:
-                found.append(Problem(f"subject: {problem}", key="template.subject", value=subject))
+                line = line_of(text, tuple(key.split(".")))
+                found.append(Problem(f"subject: {problem}", key=key, line=line, value=subject))
     return list(dict.fromkeys(found))
+
+
+def _subjects(campaign: Campaign) -> list[tuple[str, str]]:
+    """Every subject line with its dotted key (``variants.1.subject.de``)."""
+    found = [(f"template.subject.{k}", s) for k, s in campaign.template.subject.items()]
+    for n, variant in enumerate(campaign.variants):
+        found += [(f"variants.{n}.subject.{k}", s) for k, s in (variant.subject or {}).items()]
+    return found

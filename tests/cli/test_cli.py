@@ -439,3 +439,63 @@ def test_out_of_range_options_exit_2_naming_option_and_value(
     assert "Traceback" not in result.output
     with make_engine("sqlite:///shop.db").connect() as connection:
         assert connection.execute(sa.text("select count(*) from kpi_snapshots")).scalar_one() == 0
+
+
+def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -> None:
+    """A partial that is not UTF-8 is named with its line (not the template that includes
+    it), and a subject's problem has its key and line in the campaign file: exit 2."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    (workdir / "templates" / "partials").mkdir()
+    (workdir / "templates" / "partials" / "x.txt").write_bytes(b"fine\n\xff\n")
+    winback = workdir / "templates" / "winback.txt"
+    winback.write_text(
+        winback.read_text().replace('{% include "_offers.txt" %}', '{% include "partials/x.txt" %}')
+    )
+    toml = workdir / "campaigns" / "winback.toml"
+    toml.write_text(toml.read_text().replace("This week only", "{{ custmer }} only"))
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "winback.toml: line 2, key 'template partials/x.txt': not UTF-8" in result.stderr
+    assert "key 'template winback.txt'" not in result.stderr
+    assert "winback.toml: line 46, key 'variants.1.subject.en': subject:" in result.stderr
+    assert "(value: '{{ custmer }} only: 10 % off for you')" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "holdout_percent = 10",
+            'holdout_percent = "10"',
+            "line 13, key 'holdout_percent': must be a number, not a string in quotes "
+            "(value: '10')",
+        ),
+        (
+            'cron = "0 10 * * TUE"',
+            'cron = "0 10 31 2 *"',
+            "line 16, key 'schedule.cron': Value error, never fires",
+        ),
+        (
+            'name = "urgency"',
+            'name = "personal"',
+            "line 44, key 'variants.1.name': variant names must be unique: [[variants]] "
+            "number 1 has it too (value: 'personal')",
+        ),
+    ],
+)
+def test_check_refuses_careless_campaign_values(
+    workdir: Path, old: str, new: str, expected: str
+) -> None:
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    toml = workdir / "campaigns" / "winback.toml"
+    assert old in toml.read_text()
+    toml.write_text(toml.read_text().replace(old, new))
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"winback.toml: {expected}" in result.stderr, result.stderr
