@@ -8,7 +8,10 @@ problems.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import difflib
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from recocamp.campaigns import files as campaign_files
@@ -16,6 +19,7 @@ from recocamp.campaigns import render
 from recocamp.campaigns.context import LOCALES, sample_context
 from recocamp.campaigns.files import Campaign
 from recocamp.config_files import line_of
+from recocamp.domain import Item
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
 
@@ -76,3 +80,65 @@ def _subjects(campaign: Campaign) -> list[tuple[str, str]]:
     for n, variant in enumerate(campaign.variants):
         found += [(f"variants.{n}.subject.{k}", s) for k, s in (variant.subject or {}).items()]
     return found
+
+
+# the filters that name catalogue values: (section, key, what they name)
+FILTERS = (
+    ("audience", "categories", "category"),
+    ("offer", "categories", "category"),
+    ("offer", "exclude_categories", "category"),
+    ("offer", "exclude_items", "id"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """What the campaigns' filters can name: the categories of the catalogue's items
+    (service items' aside), and the item ids it holds (all of them, or those asked about)."""
+
+    categories: frozenset[str]
+    items: AbstractSet[str]
+
+    @classmethod
+    def of(cls, items: Mapping[str, Item]) -> Catalogue:
+        """From the catalogue itself (a plan's snapshot)."""
+        return cls(frozenset(i.category for i in items.values() if not i.is_service), items.keys())
+
+
+def named_items(campaigns: Iterable[Campaign]) -> set[str]:
+    """Every item id the campaigns' filters name (what ``check`` asks the store about)."""
+    return {item for c in campaigns for item in c.offer.exclude_items}
+
+
+def catalogue_problems(campaign: Campaign, text: str, catalogue: Catalogue) -> list[Problem]:
+    """Filter values no item in the catalogue has (``categories = ["christmass"]``): such a
+    filter matches nobody, or excludes nothing. Warnings, not errors: the catalogue changes
+    without the campaign, and an empty one (a new shop) is not checked against."""
+    if not catalogue.categories:
+        return []
+    found = []
+    for section, key, kind in FILTERS:
+        known = catalogue.categories if kind == "category" else catalogue.items
+        line = line_of(text, (section, key))
+        for n, value in enumerate(getattr(getattr(campaign, section), key)):
+            if value not in known:
+                message = (
+                    f"no item in the catalogue has this {kind}{_closest(kind, value, catalogue)}"
+                )
+                found.append(Problem(message, key=f"{section}.{key}.{n}", line=line, value=value))
+    return found
+
+
+def _closest(kind: str, value: str, catalogue: Catalogue) -> str:
+    """ "did you mean" the closest known categories (item ids are too many to compare)."""
+    if kind != "category":
+        return ""
+    close = difflib.get_close_matches(value, sorted(catalogue.categories), n=3, cutoff=0.6)
+    if close:
+        return f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+    return f" (none of its {len(catalogue.categories)} categories is close)"
+
+
+def campaign_text(campaigns: Path, campaign: Campaign) -> str:
+    """A campaign's file text (its lines for problems found after loading it)."""
+    return _text(campaigns / f"{campaign.name}.toml")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from recocamp.campaigns.files import load_all
+from recocamp.campaigns.check import Catalogue, catalogue_problems
+from recocamp.campaigns.files import Campaign, load_all
+from recocamp.domain import Item
 from recocamp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -240,3 +243,27 @@ def test_a_duplicate_variant_name_is_reported_at_the_duplicate(tmp_path: Path) -
     # the third [[variants]] header is at line 30, its name at 31
     assert "broken.toml: line 31, key 'variants.2.name': variant names must be unique" in message
     assert "[[variants]] number 1 has it too (value: 'a')" in message
+
+
+def test_filter_values_the_catalogue_lacks_are_named_with_the_closest() -> None:
+    text = (
+        GOOD.format(name="f")
+        .replace("[60, 180]", '[60, 180]\ncategories = ["christmass", "party"]')
+        .replace("items = 4", 'items = 4\nexclude_categories = ["servce", "zzz"]')
+    )
+    campaign = Campaign(**tomllib.loads(text))
+    items = {
+        "a": Item("a", "Bauble", "christmas", 1.0),
+        "b": Item("b", "Balloon", "party", 1.0),
+        "c": Item("c", "Candle", "christmas_lights", 1.0),
+        "p": Item("p", "Postage", "service", 5.0, is_service=True),
+    }
+    found = catalogue_problems(campaign, text, Catalogue.of(items))
+    assert [(p.key, p.line, p.value) for p in found] == [
+        ("audience.categories.0", 12, "christmass"),
+        ("offer.exclude_categories.0", 17, "servce"),  # a service category is not offered
+        ("offer.exclude_categories.1", 17, "zzz"),
+    ]
+    assert "did you mean 'christmas' or 'christmas_lights'?" in found[0].message
+    assert "none of its 3 categories is close" in found[2].message
+    assert catalogue_problems(campaign, text, Catalogue.of({})) == []  # a new, empty shop

@@ -499,3 +499,51 @@ def test_check_refuses_careless_campaign_values(
     result = runner.invoke(app, ["check"], terminal_width=300)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"winback.toml: {expected}" in result.stderr, result.stderr
+
+
+def test_check_warns_of_filter_values_the_catalogue_lacks(workdir: Path) -> None:
+    """Without a database the filters are not checked (and no database is made); with one,
+    a category or item no item has is a warning with file, key, line, value and the closest
+    categories: exit 0, or 2 with --strict; plan says why the filter matches nobody."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    toml = workdir / "campaigns" / "cross_sell.toml"
+    toml.write_text(
+        toml.read_text()
+        .replace("lapsed_days = [0, 60]", 'lapsed_days = [0, 60]\ncategories = ["christmass"]')
+        .replace("items = 4", 'items = 4\nexclude_items = ["NO-SUCH-ITEM"]')
+    )
+    alone = runner.invoke(app, ["check", "--strict"], terminal_width=300)
+    assert alone.exit_code == 0, alone.output
+    assert "filters not checked against the catalogue: no database" in alone.stdout
+    assert not (workdir / "shop.db").exists()
+
+    assert runner.invoke(app, ["demo-data"]).exit_code == 0
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    category = (
+        "campaigns/cross_sell.toml: line 14, key 'audience.categories.0': no item in the "
+        "catalogue has "
+        "this category (did you mean 'christmas'?) (value: 'christmass')"
+    )
+    item = (
+        "campaigns/cross_sell.toml: line 19, key 'offer.exclude_items.0': no item in the "
+        "catalogue has this id (value: 'NO-SUCH-ITEM')"
+    )
+    assert f"warning: {category}" in result.stderr and f"warning: {item}" in result.stderr
+    assert "ok: settings, 6 campaign(s)" in result.stdout
+    strict = runner.invoke(app, ["check", "--strict"], terminal_width=300)
+    assert strict.exit_code == 2 and category in strict.stderr
+
+    plan = runner.invoke(
+        app,
+        ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00", "--format", "json"],
+        terminal_width=300,
+    )
+    assert plan.exit_code == 0, plan.output
+    document = json.loads(plan.stdout)
+    assert "not_in_audience:categories" in document["counts"]
+    assert not {"eligible", "holdout"} & set(document["counts"])  # nobody is in the audience
+    assert category in document["warnings"]
