@@ -3,16 +3,25 @@
 ``tomllib`` keeps no positions, so :func:`line_of` finds a dotted key's line by scanning the
 text (tables, arrays of tables and inline keys); pydantic's ``ValidationError`` entries become
 :class:`~recocamp.errors.Problem` objects with the dotted key, its line and the bad value.
+
+TOML has types, so a value of the wrong one is refused (:func:`validated`): pydantic's lax
+mode would read ``"10"`` as 10, ``"no"`` as false, ``1`` as true and ``4.0`` as 4, and a
+careless file would pass. What a text format can only give as a string (an enum's name, a
+path, a time zone, a URL, a time like ``"21:00"``) is still read from one.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
+from collections.abc import Callable
+from datetime import date, time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 from recocamp.errors import ConfigError, Problem
 
@@ -68,6 +77,17 @@ def line_of(text: str, loc: tuple[str, ...]) -> int | None:
     return line_of(text, loc[:-1]) if len(loc) > 1 else None
 
 
+AT = "value_error_at"
+
+
+def error_at(message: str, at: tuple[str | int, ...], value: object) -> PydanticCustomError:
+    """A validator's error about a part of the value it checks (the second ``[[variants]]``'s
+    name, for a check over all variants): :func:`problems` puts it at that key, its line and
+    its value, where pydantic would name only the validated field."""
+    where = ".".join(str(part) for part in at)
+    return PydanticCustomError(AT, message, {"at": where, "value": value})
+
+
 def problems(error: ValidationError, text: str, env_prefix: str | None = None) -> list[Problem]:
     """Every validation error as a Problem with key, line and value (or the env variable)."""
     found = []
@@ -80,6 +100,9 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
             name = env_prefix + "__".join(loc).upper()
             from_env = f" (from environment variable {name})" if name in os.environ else ""
         value = entry.get("input")
+        if entry["type"] == AT:  # a validator that knows a more precise place named it
+            loc += tuple(entry["ctx"]["at"].split("."))
+            value = entry["ctx"]["value"]
         found.append(
             Problem(
                 entry["msg"] + from_env,
@@ -89,3 +112,80 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
             )
         )
     return found
+
+
+M = TypeVar("M")
+
+# strict validation's errors for a value of the wrong scalar type, and what to write instead
+_EXPECTED = {
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string (in quotes)",
+}
+
+
+def validated(
+    path: Path,
+    text: str,
+    data: dict[str, Any],
+    model: type[BaseModel],
+    build: Callable[[], M],
+    env_prefix: str | None = None,
+) -> M:
+    """``build()`` (the model from ``data``, as pydantic's lax mode reads it) when it passes
+    and every value of ``data`` has the type the model expects; else a ConfigError with every
+    problem of either kind."""
+    found: list[Problem] = []
+    result: M | None = None
+    try:
+        result = build()
+    except ValidationError as exc:
+        found = problems(exc, text, env_prefix)
+    keys = {problem.key for problem in found}
+    found += [p for p in wrong_types(model, data, text) if p.key not in keys]
+    if found or result is None:
+        raise ConfigError(path, found)
+    return result
+
+
+def wrong_types(model: type[BaseModel], data: dict[str, Any], text: str) -> list[Problem]:
+    """Values of another type than the model's (``"10"`` for a number, ``1`` for a boolean):
+    ``data`` is validated strictly as JSON, where an enum, a path or a time is still read from
+    a string (JSON has no other way to write one), and TOML's own dates and times become
+    their ISO text first."""
+    raw = json.dumps(data, default=_iso)
+    try:
+        model.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        return [_wrong_type(entry, text) for entry in exc.errors() if entry["type"] in _EXPECTED]
+    return []
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, date | time):  # datetime is a date
+        return value.isoformat()
+    raise TypeError(f"not a TOML value: {type(value).__name__}")
+
+
+def _wrong_type(entry: Any, text: str) -> Problem:
+    loc = tuple(str(part) for part in entry["loc"])
+    value = entry.get("input")
+    return Problem(
+        f"must be {_EXPECTED[entry['type']]}, not {_kind(value)}",
+        key=".".join(loc),
+        line=line_of(text, loc),
+        value=None if isinstance(value, dict | list) else value,
+    )
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, str):
+        return "a string in quotes"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, int):
+        return "a number"
+    return "a table" if isinstance(value, dict) else "an array"

@@ -18,7 +18,7 @@ environment variable), the dotted key, its line and the value.
 from __future__ import annotations
 
 import os
-from datetime import time
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote
@@ -32,12 +32,12 @@ from pydantic import (
     HttpUrl,
     PrivateAttr,
     SecretStr,
-    ValidationError,
+    create_model,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from recocamp.config_files import line_of, problems, read_toml
+from recocamp.config_files import line_of, read_toml, validated
 from recocamp.domain import MAX_COUNT, MAX_DAYS, Locale
 from recocamp.errors import ConfigError, Problem
 
@@ -249,10 +249,50 @@ class TemplateSettings(_Section):
     max_depth: int = Field(default=50, ge=1, le=100)  # macros, recursive loops
 
 
+# A five-field cron expression that fires at all fires within any 28 years between 1901 and
+# 2099 (the calendar's days and weekdays repeat every 28 years there), so searching 29 years
+# from a fixed instant answers "does it ever fire" the same on every day check runs
+CRON_FROM = datetime(2001, 1, 1, tzinfo=UTC)
+CRON_YEARS = 29
+
+
+def first_fire(
+    expression: str, now: datetime = CRON_FROM, years: int = CRON_YEARS
+) -> datetime | None:
+    """When a valid crontab expression first fires after ``now`` (in UTC), or None when it does
+    not within ``years``: APScheduler requires day of month, month and weekday all to match,
+    so ``0 0 31 2 *`` (February 31st) or ``0 0 30 2 MON`` never fires, and its unbounded
+    search would walk the years to 9999."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    minute, hour, day, month, weekday = expression.split()
+    trigger = CronTrigger(
+        minute=minute,
+        hour=hour,
+        day=day,
+        month=month,
+        day_of_week=weekday,
+        timezone=UTC,
+        start_date=now,
+        end_date=now + timedelta(days=366 * years),
+    )
+    fire: datetime | None = trigger.get_next_fire_time(None, now)
+    return fire
+
+
+def never_fires(expression: str) -> str | None:
+    """The reason a valid crontab expression can never fire, or None."""
+    if first_fire(expression) is not None:
+        return None
+    return "never fires: no date has this day of month, month and weekday (all must match)"
+
+
 def _crontab(value: str) -> str:
     from apscheduler.triggers.cron import CronTrigger
 
     CronTrigger.from_crontab(value)  # raises ValueError with the reason
+    if (reason := never_fires(value)) is not None:
+        raise ValueError(reason)
     return value
 
 
@@ -383,6 +423,15 @@ class Settings(BaseSettings):
         return key
 
 
+# Settings' fields as a plain model, for checking the file's types (config_files.validated):
+# strict validation of a BaseSettings does not reach into its sections
+_FILE = create_model(
+    "SettingsFile",
+    __config__=ConfigDict(extra="forbid"),
+    **{name: (field.annotation, field) for name, field in Settings.model_fields.items()},  # type: ignore[call-overload]
+)
+
+
 def settings_path(explicit: Path | None = None) -> Path | None:
     """The settings file to read: explicit, ``$RECOCAMP_SETTINGS``, ``./settings.toml``."""
     if explicit is not None:
@@ -399,10 +448,7 @@ def load_settings(path: Path | None = None) -> Settings:
     data, text = read_toml(path) if path is not None else ({}, "")
     where = path if path is not None else Path("<defaults>")
     _refuse_secrets_in_file(where, data, text)
-    try:
-        settings = Settings(**data)
-    except ValidationError as exc:
-        raise ConfigError(where, problems(exc, text, ENV_PREFIX)) from None
+    settings = validated(where, text, data, _FILE, lambda: Settings(**data), ENV_PREFIX)
     if path is None:
         return settings
     result = anchored(settings, Path(os.path.abspath(path)).parent)  # "a/../b": b, as written

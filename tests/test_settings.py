@@ -576,3 +576,67 @@ def test_a_huge_value_from_the_environment_names_the_variable(
     [problem] = error.problems
     assert problem.key == "templates.max_int_bits" and problem.value == str(10**100)
     assert "RECOCAMP_TEMPLATES__MAX_INT_BITS" in str(error)
+
+
+# --- types: TOML's, not pydantic's lax reading of them -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('max_per_24h = "2"', "must be a whole number, not a string in quotes (value: '2')"),
+        ("max_per_24h = 2.0", "must be a whole number, not a decimal number (value: 2.0)"),
+        ("campaigns_may_relax = 1", "must be true or false, not a number (value: 1)"),
+        ('campaigns_may_relax = "false"', "must be true or false, not a string in quotes"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused(tmp_path: Path, line: str, expected: str) -> None:
+    path = write(tmp_path, f'database_url = "sqlite:///x.db"\n\n[caps]\n{line}\n')
+    error = config_error(path)
+    [problem] = error.problems
+    key = "caps." + line.split(" =")[0]
+    assert problem.key == key and problem.line == 4
+    assert f"{path}: line 4, key '{key}': {expected}" in str(error)
+
+
+def test_what_toml_writes_only_as_text_is_still_read_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Times (TOML's own or "21:30"), paths, URLs, zones and names of choices are strings or
+    TOML values in a file, and every environment variable is a string."""
+    path = write(
+        tmp_path,
+        '[caps]\nquiet_hours_start = "21:30"\nquiet_hours_end = 07:15:00\n'
+        '[shop]\nbase_url = "https://shop.example.test"\ntime_zone = "Europe/London"\n'
+        '[ingest]\ndrop_dir = "in"\n[recommender]\nmodel = "als"\n'
+        "[esp]\ntimeout_s = 5\n",
+    )
+    monkeypatch.setenv("RECOCAMP_CAPS__MAX_PER_24H", "2")
+    settings = load_settings(path)
+    assert (settings.caps.quiet_hours_start, settings.caps.quiet_hours_end) == (
+        time(21, 30),
+        time(7, 15),
+    )
+    assert settings.caps.max_per_24h == 2 and settings.esp.timeout_s == 5.0
+    assert settings.ingest.drop_dir == tmp_path / "in"
+
+
+@pytest.mark.parametrize("cron", ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6 *"])
+def test_a_worker_cron_that_never_fires_is_refused(tmp_path: Path, cron: str) -> None:
+    path = write(tmp_path, f'[worker]\ntrain_cron = "{cron}"\n')
+    [problem] = config_error(path).problems
+    assert (problem.key, problem.line, problem.value) == ("worker.train_cron", 2, cron)
+    assert "never fires" in problem.message
+
+
+def test_the_first_fire_is_found_from_the_given_instant_within_the_bound() -> None:
+    """February 29th on a Monday fires once in 28 years: found from a fixed ``now``, and
+    not when the search is bounded to fewer years than it takes."""
+    from datetime import UTC, datetime
+
+    from recocamp.settings import first_fire
+
+    now = datetime(2017, 3, 1, tzinfo=UTC)
+    assert first_fire("0 0 29 2 MON", now) == datetime(2044, 2, 29, tzinfo=UTC)
+    assert first_fire("0 0 29 2 MON", now, years=20) is None
+    assert first_fire("0 0 31 2 *", now) is None

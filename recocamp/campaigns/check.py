@@ -8,14 +8,18 @@ problems.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import difflib
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns import render
 from recocamp.campaigns.context import sample_context
 from recocamp.campaigns.files import Campaign
-from recocamp.domain import LOCALES
+from recocamp.config_files import line_of
+from recocamp.domain import LOCALES, Item
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
 
@@ -27,25 +31,33 @@ def campaign_problems(
     loaded, failures = campaign_files.load_all(campaigns, settings, templates)
     good = []
     for campaign in loaded:
-        found = template_problems(campaign, templates, settings.templates)
+        path = campaigns / f"{campaign.name}.toml"
+        found = template_problems(campaign, templates, settings.templates, _text(path))
         if found:
-            failures.append(ConfigError(campaigns / f"{campaign.name}.toml", found))
+            failures.append(ConfigError(path, found))
         else:
             good.append(campaign)
     return good, failures
 
 
+def _text(path: Path) -> str:
+    """A campaign file's text, for the lines of its subjects ("" if it went away since)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def template_problems(
-    campaign: Campaign, templates: Path, limits: TemplateSettings | None = None
+    campaign: Campaign, templates: Path, limits: TemplateSettings | None = None, text: str = ""
 ) -> list[Problem]:
     """Every template and subject of a campaign, checked against the template context (a
     variable or key outside it, see ``render.contract_problems``) and rendered with its sample
     in each locale within the render limits (a sandbox escape, a syntax error, a missing
-    include, a limit passed)."""
+    include, a limit passed). A subject's problem has its line in the campaign's ``text``."""
     parts = [campaign.template.html, campaign.template.text]
     parts += [p for v in campaign.variants for p in (v.html, v.text) if p]
-    subjects = [*campaign.template.subject.values()]
-    subjects += [s for v in campaign.variants if v.subject for s in v.subject.values()]
+    subjects = _subjects(campaign)
     found: list[Problem] = []
     for locale in LOCALES:
         sample = sample_context(locale)
@@ -54,8 +66,79 @@ def template_problems(
                 replace(p, key=f"template {p.key}")
                 for p in render.check_template(templates, name, sample, limits)
             ]
-        for subject in subjects:
+        for key, subject in subjects:
             problem = render.check_subject(subject, sample, templates, limits)
             if problem:
-                found.append(Problem(f"subject: {problem}", key="template.subject", value=subject))
+                line = line_of(text, tuple(key.split(".")))
+                found.append(Problem(f"subject: {problem}", key=key, line=line, value=subject))
     return list(dict.fromkeys(found))
+
+
+def _subjects(campaign: Campaign) -> list[tuple[str, str]]:
+    """Every subject line with its dotted key (``variants.1.subject.de``)."""
+    found = [(f"template.subject.{k}", s) for k, s in campaign.template.subject.items()]
+    for n, variant in enumerate(campaign.variants):
+        found += [(f"variants.{n}.subject.{k}", s) for k, s in (variant.subject or {}).items()]
+    return found
+
+
+# the filters that name catalogue values: (section, key, what they name)
+FILTERS = (
+    ("audience", "categories", "category"),
+    ("offer", "categories", "category"),
+    ("offer", "exclude_categories", "category"),
+    ("offer", "exclude_items", "id"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """What the campaigns' filters can name: the categories of the catalogue's items
+    (service items' aside), and the item ids it holds (all of them, or those asked about)."""
+
+    categories: frozenset[str]
+    items: AbstractSet[str]
+
+    @classmethod
+    def of(cls, items: Mapping[str, Item]) -> Catalogue:
+        """From the catalogue itself (a plan's snapshot)."""
+        return cls(frozenset(i.category for i in items.values() if not i.is_service), items.keys())
+
+
+def named_items(campaigns: Iterable[Campaign]) -> set[str]:
+    """Every item id the campaigns' filters name (what ``check`` asks the store about)."""
+    return {item for c in campaigns for item in c.offer.exclude_items}
+
+
+def catalogue_problems(campaign: Campaign, text: str, catalogue: Catalogue) -> list[Problem]:
+    """Filter values no item in the catalogue has (``categories = ["christmass"]``): such a
+    filter matches nobody, or excludes nothing. Warnings, not errors: the catalogue changes
+    without the campaign, and an empty one (a new shop) is not checked against."""
+    if not catalogue.categories:
+        return []
+    found = []
+    for section, key, kind in FILTERS:
+        known = catalogue.categories if kind == "category" else catalogue.items
+        line = line_of(text, (section, key))
+        for n, value in enumerate(getattr(getattr(campaign, section), key)):
+            if value not in known:
+                message = (
+                    f"no item in the catalogue has this {kind}{_closest(kind, value, catalogue)}"
+                )
+                found.append(Problem(message, key=f"{section}.{key}.{n}", line=line, value=value))
+    return found
+
+
+def _closest(kind: str, value: str, catalogue: Catalogue) -> str:
+    """ "did you mean" the closest known categories (item ids are too many to compare)."""
+    if kind != "category":
+        return ""
+    close = difflib.get_close_matches(value, sorted(catalogue.categories), n=3, cutoff=0.6)
+    if close:
+        return f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+    return f" (none of its {len(catalogue.categories)} categories is close)"
+
+
+def campaign_text(campaigns: Path, campaign: Campaign) -> str:
+    """A campaign's file text (its lines for problems found after loading it)."""
+    return _text(campaigns / f"{campaign.name}.toml")

@@ -18,18 +18,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from recocamp.campaigns.caps import CapPolicy, stricter
 from recocamp.campaigns.segments import RFM_SEGMENTS
-from recocamp.config_files import line_of, problems, read_toml
+from recocamp.config_files import error_at, line_of, read_toml, validated
 from recocamp.domain import MAX_COUNT, MAX_DAYS, ConsentBasis, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
-from recocamp.settings import Settings, TimeZoneName
+from recocamp.settings import Settings, TimeZoneName, never_fires
 
 RFM_NAMES = (*(name for name, _, _ in RFM_SEGMENTS), "others")
 RISK_TIERS = ("low", "medium", "high")  # forecast.outlook.risk_tier's tiers
@@ -50,6 +49,8 @@ def _cron(expression: str) -> str:
         CronTrigger.from_crontab(expression)
     except ValueError as exc:
         raise ValueError(f"not a cron expression (minute hour day month weekday): {exc}") from None
+    if (reason := never_fires(expression)) is not None:
+        raise ValueError(reason)
     return expression
 
 
@@ -104,17 +105,28 @@ class Audience(_Strict):
         """Whether any forecast key is given (the campaign's trigger is predictive)."""
         return any(getattr(self, key) not in (None, ()) for key in FORECAST_KEYS)
 
-    @model_validator(mode="after")
-    def _ranges(self) -> Audience:
-        if self.lapsed_days is not None and not 0 <= self.lapsed_days[0] < self.lapsed_days[1]:
+    @field_validator("lapsed_days")
+    @classmethod
+    def _lapsed(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 0 <= value[0] < value[1]:
             raise ValueError(
-                f"lapsed_days must be [min, max) with 0 <= min < max, got {list(self.lapsed_days)}"
+                f"lapsed_days must be [min, max) with 0 <= min < max, got {list(value)}"
             )
-        if None not in (self.min_orders, self.max_orders) and self.min_orders > self.max_orders:  # type: ignore[operator]
-            raise ValueError("min_orders is larger than max_orders")
-        if None not in (self.min_spend, self.max_spend) and self.min_spend > self.max_spend:  # type: ignore[operator]
-            raise ValueError("min_spend is larger than max_spend")
-        return self
+        return value
+
+    @field_validator("max_orders", "max_spend")
+    @classmethod
+    def _at_least_min(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """Checked at the maximum (the key whose line is reported), against its minimum."""
+        return _not_below(value, info, "min_" + str(info.field_name).removeprefix("max_"))
+
+
+def _not_below(value: float | None, info: ValidationInfo, low_key: str) -> float | None:
+    """``value`` (a maximum) unless the minimum given with it is larger."""
+    low = info.data.get(low_key)
+    if value is not None and low is not None and low > value:
+        raise ValueError(f"{low_key} is larger than {info.field_name} ({low_key} = {low})")
+    return value
 
 
 class OfferRules(_Strict):
@@ -127,13 +139,11 @@ class OfferRules(_Strict):
     exclude_categories: tuple[str, ...] = ()
     discount_percent: float | None = Field(default=None, gt=0, le=90)
 
-    @model_validator(mode="after")
-    def _price_range(self) -> OfferRules:
+    @field_validator("max_price")
+    @classmethod
+    def _price_range(cls, value: float | None, info: ValidationInfo) -> float | None:
         """A range no item can fall in offers nothing: a typo, not a campaign."""
-        low, high = self.min_price, self.max_price
-        if low is not None and high is not None and low > high:
-            raise ValueError("min_price is larger than max_price")
-        return self
+        return _not_below(value, info, "min_price")
 
 
 class Template(_Strict):
@@ -175,12 +185,21 @@ class Campaign(_Strict):
     holdout_percent: float = Field(default=10.0, ge=0, le=50)
     variants: tuple[Variant, ...] = ()
 
-    @model_validator(mode="after")
-    def _variants(self) -> Campaign:
-        names = [variant.name for variant in self.variants]
-        if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
-        return self
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, variants: tuple[Variant, ...]) -> tuple[Variant, ...]:
+        """Reported at the second variant of a name (its line), naming the first."""
+        first: dict[str, int] = {}
+        for n, variant in enumerate(variants):
+            if variant.name in first:
+                number = first[variant.name] + 1
+                raise error_at(
+                    f"variant names must be unique: [[variants]] number {number} has it too",
+                    (n, "name"),
+                    variant.name,
+                )
+            first[variant.name] = n
+        return variants
 
     @property
     def is_survey(self) -> bool:
@@ -201,10 +220,7 @@ def caps_defaults(settings: Settings) -> CapPolicy:
 def load(path: Path) -> tuple[Campaign, str]:
     """One file against the schema; returns the campaign and the file's text."""
     data, text = read_toml(path)
-    try:
-        campaign = Campaign(**data)
-    except ValidationError as exc:
-        raise ConfigError(path, problems(exc, text)) from None
+    campaign = validated(path, text, data, Campaign, lambda: Campaign(**data))
     if campaign.name != path.stem:
         line = line_of(text, ("name",))
         raise ConfigError(
@@ -301,6 +317,7 @@ def load_all(
                 Problem(
                     f"the same name is used by {seen[campaign.name]}",
                     key="name",
+                    line=line_of(text, ("name",)),
                     value=campaign.name,
                 )
             )

@@ -47,7 +47,7 @@ from jinja2 import (
     meta,
     nodes,
 )
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.visitor import NodeVisitor
 
 from recocamp.campaigns import context as contract
@@ -57,7 +57,7 @@ from recocamp.campaigns.context import sample_context as sample_context
 from recocamp.campaigns.flatten import FlatEnvironment
 from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
 from recocamp.config_files import not_utf8
-from recocamp.errors import Problem, TemplateLimitError
+from recocamp.errors import ConfigError, Problem, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
 STYLESHEET = "email.css"
@@ -74,16 +74,31 @@ class RenderedEmail:
 
 
 def snapshot(directory: Path) -> dict[str, str]:
-    """Every template file of ``directory`` as text, by its name in the directory."""
-    return {
-        path.relative_to(directory).as_posix(): path.read_text(encoding="utf-8")
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
+    """Every template file of ``directory`` as text, by its name in the directory; a file
+    that is not UTF-8 is a ConfigError naming it and the line of its first bad byte."""
+    found = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            try:
+                found[path.relative_to(directory).as_posix()] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(path, [not_utf8(exc)]) from None
+    return found
 
 
 class OutsideTemplates(TemplateNotFound):
     """An include or extends of a path outside the templates folder (``/etc/passwd``)."""
+
+
+class NotUtf8(TemplateError):
+    """A template file that is not UTF-8, wherever it is loaded (the campaign's template, or
+    one it includes or extends): the problem names that file and its line, not the template
+    that was being rendered. A ``TemplateError``, so flattening leaves its include alone and
+    the render reports it."""
+
+    def __init__(self, name: str, error: UnicodeDecodeError) -> None:
+        self.problem = replace(not_utf8(error), key=name)
+        super().__init__(str(self.problem))
 
 
 class InliningLoader(BaseLoader):
@@ -110,7 +125,10 @@ class InliningLoader(BaseLoader):
         pieces = template.replace("\\", "/").split("/")
         if template.startswith("/") or ".." in pieces or ":" in pieces[0]:
             raise OutsideTemplates(template, f"{template!r} is outside the templates folder")
-        source, filename, uptodate = self.files.get_source(environment, template)
+        try:
+            source, filename, uptodate = self.files.get_source(environment, template)
+        except UnicodeDecodeError as exc:
+            raise NotUtf8(template, exc) from None
         if template.endswith(".html") and self.css:
             source = self._inline(source)
         return source, filename, uptodate
@@ -241,11 +259,11 @@ def check_template(
         return [Problem(_not_found(exc), key=name)]
     except TemplateSyntaxError as exc:
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
-    except UnicodeDecodeError as exc:
-        return [replace(not_utf8(exc), key=name)]
-    others = _referenced(env, parsed[1])
+    except NotUtf8 as exc:
+        return [exc.problem]
+    others, found = _referenced(env, parsed[1])
     around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
-    found = _compiled_contract(env, parsed, name)
+    found += _compiled_contract(env, parsed, name, _top_level(parsed[1]))
     for other, template in others.items():  # they also see what the templates around them set
         found += _compiled_contract(env, template, other, around)
     if found:
@@ -263,21 +281,48 @@ def _parse(env: Environment, name: str) -> tuple[str, nodes.Template]:
     return source, env.parse(source, name)
 
 
-def _referenced(env: Environment, parsed: nodes.Template) -> dict[str, tuple[str, nodes.Template]]:
+def _referenced(
+    env: Environment, parsed: nodes.Template
+) -> tuple[dict[str, tuple[str, nodes.Template]], list[Problem]]:
     """The templates ``parsed`` includes, imports or extends by a constant name, and theirs;
-    one that is missing or broken is left to the sample render, which names it."""
+    and the problems of those that cannot be parsed (a syntax error, not UTF-8), at their
+    own file and line, reported with the rest. A missing one is left to the sample render,
+    which names the template and line that wants it."""
     found: dict[str, tuple[str, nodes.Template]] = {}
+    broken: dict[str, Problem | None] = {}
     waiting = [parsed]
     while waiting:
         for name in meta.find_referenced_templates(waiting.pop()):
-            if name is None or name in found:
+            if name is None or name in found or name in broken:
                 continue
             try:
                 found[name] = _parse(env, name)
-            except (TemplateNotFound, TemplateSyntaxError, UnicodeDecodeError):
+            except TemplateNotFound:
+                broken[name] = None
+                continue
+            except TemplateSyntaxError as exc:
+                problem = f"syntax error: {exc.message}"
+                broken[name] = Problem(problem, key=exc.name or name, line=exc.lineno)
+                continue
+            except NotUtf8 as exc:
+                broken[name] = exc.problem
                 continue
             waiting.append(found[name][1])
-    return found
+    return found, [problem for problem in broken.values() if problem is not None]
+
+
+def _top_level(parsed: nodes.Template) -> frozenset[str]:
+    """The names a template imports or sets outside its blocks: its blocks see them when it
+    extends a layout (Jinja's introspection treats each block as a scope of its own)."""
+    names: set[str] = set()
+    for node in parsed.body:
+        if isinstance(node, nodes.Import):
+            names.add(node.target)
+        elif isinstance(node, nodes.FromImport):
+            names |= {n if isinstance(n, str) else n[1] for n in node.names}
+        elif isinstance(node, nodes.Assign | nodes.AssignBlock):
+            names |= {n.name for n in node.target.find_all(nodes.Name)}
+    return frozenset(names)
 
 
 Scope = dict[str, object]  # a name a template reads → its type in the contract (None: not of it)
@@ -473,6 +518,8 @@ def render_problem(exc: Exception, name: str) -> Problem:
         return Problem(problem.message, key=str(exc.path), line=problem.line)
     if isinstance(exc, TemplateSyntaxError):  # in an included template
         return Problem(f"syntax error: {exc.message}", key=exc.name or name, line=exc.lineno)
+    if isinstance(exc, NotUtf8):  # the file that is not, which may be an included one
+        return exc.problem
     where, line = location(exc)
     key = name if where == "<template>" else where
     if isinstance(exc, TemplateNotFound):

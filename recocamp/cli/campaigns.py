@@ -31,26 +31,70 @@ from recocamp.cli.common import (
     parse_as_of,
     print_error,
     print_json,
+    print_warning,
     within,
 )
 from recocamp.domain import Item
-from recocamp.errors import ConfigError, Problem
+from recocamp.errors import ConfigError, Problem, RecocampError
 from recocamp.settings import Settings
+from recocamp.store import queries
+from recocamp.store.engine import exists
 
 
 @app.command("check")
 def check(
-    campaigns: CampaignsDir = Path("campaigns"), templates: TemplatesDir = Path("templates")
+    campaigns: CampaignsDir = Path("campaigns"),
+    templates: TemplatesDir = Path("templates"),
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Warnings (a filter naming a category no item has) fail too."
+        ),
+    ] = False,
 ) -> None:
-    """Validate settings, every campaign, every template and their cross-references."""
+    """Validate settings, every campaign, every template and their cross-references; with a
+    database, the campaigns' filters against its catalogue (warnings)."""
     with errors_to_exit():
         settings = current_settings()
         loaded, failures = checks.campaign_problems(settings, campaigns, templates)
     for failure in failures:
         print_error(str(failure))
-    if failures:
+    warned = _catalogue_warnings(settings, loaded, campaigns)
+    if failures or (strict and warned):
         raise typer.Exit(2)
     console.print(f"ok: settings, {len(loaded)} campaign(s) and their templates are valid")
+
+
+def _catalogue_warnings(settings: Settings, loaded: list[Campaign], campaigns: Path) -> int:
+    """Prints a warning per filter value no item in the catalogue has; returns how many. A
+    missing, unmigrated or unreachable database, or an empty catalogue, is a note: check
+    works without a database (and never creates one)."""
+    catalogue, why = _catalogue(settings, loaded)
+    if catalogue is None:
+        console.print(f"note: filters not checked against the catalogue: {why}")
+        return 0
+    warned = 0
+    for campaign in loaded:
+        path = campaigns / f"{campaign.name}.toml"
+        text = checks.campaign_text(campaigns, campaign)
+        for problem in checks.catalogue_problems(campaign, text, catalogue):
+            print_warning(f"{path}: {problem}")
+            warned += 1
+    return warned
+
+
+def _catalogue(settings: Settings, loaded: list[Campaign]) -> tuple[checks.Catalogue | None, str]:
+    if not exists(settings.database_url):
+        return None, "no database"
+    try:
+        with engine_for(settings).connect() as connection:
+            categories = queries.item_categories(connection)
+            known = queries.known_items(connection, checks.named_items(loaded))
+    except RecocampError as exc:
+        return None, str(exc)
+    if not categories:
+        return None, "the catalogue has no items"
+    return checks.Catalogue(frozenset(categories), known), ""
 
 
 def _planning(settings: Settings, as_of: str | None) -> tuple[audience.Snapshot, planner.Context]:
@@ -83,15 +127,23 @@ def plan_campaign(
         snapshot, context = _planning(settings, as_of)
         decisions = planner.plan(chosen, snapshot.views, context)
     tally = planner.counts(decisions)
+    # why a filter matches nobody: a value no item in the catalogue has
+    path = campaigns / f"{chosen.name}.toml"
+    text = checks.campaign_text(campaigns, chosen)
+    catalogue = checks.Catalogue.of(snapshot.items)
+    warnings = [f"{path}: {p}" for p in checks.catalogue_problems(chosen, text, catalogue)]
     if format is Output.json:
         document = {
             "campaign": chosen.name,
             "as_of": context.now.isoformat(),
             "decisions": [_decision_json(d) for d in decisions],
             "counts": tally,
+            "warnings": warnings,
         }
         print_json(document, indent=1)
         return
+    for warning in warnings:
+        print_warning(warning)
     table = Table(
         title=f"plan {chosen.name} at {context.now.isoformat()}: {len(decisions):,} customers"
     )

@@ -133,6 +133,12 @@ def print_error(message: str) -> None:
     errors.print(flagged("error:", "bold red", message), highlight=False, soft_wrap=True)
 
 
+def print_warning(message: str) -> None:
+    """``warning: message`` on stderr, the message verbatim: something that may be wrong,
+    which does not change the exit code by itself."""
+    errors.print(flagged("warning:", "bold yellow", message), highlight=False, soft_wrap=True)
+
+
 def print_json(document: object, *, indent: int) -> None:
     """Standard JSON on stdout, never ``NaN`` or ``Infinity`` (Python's extensions, which
     JSON parsers refuse): such a number is a clear error (exit 1), not broken output."""

@@ -53,6 +53,22 @@ def make_engine(url: str) -> sa.Engine:
     return engine
 
 
+def exists(url: str) -> bool:
+    """Whether there is a database to read without making one: a SQLite file that exists
+    (connecting would create it; an in-memory one is always empty); a server's database is
+    assumed to, and a failed connection says otherwise."""
+    try:
+        parsed = sa.make_url(normalise_url(url))
+    except (sa.exc.ArgumentError, ValueError):
+        return False
+    if parsed.get_backend_name() != "sqlite":
+        return True
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return False
+    return Path(database).is_file()
+
+
 def ping(engine: sa.Engine) -> None:
     """Raise :class:`SQLAlchemyError` unless the database answers (``SELECT 1``)."""
     with engine.connect() as connection:

@@ -529,6 +529,25 @@ def item_titles(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str]
     return {row[0]: row[1] for row in connection.execute(query)}
 
 
+def item_categories(connection: sa.Connection) -> set[str]:
+    """The categories of the catalogue's items, service items' aside (never bought or
+    offered as such): what a campaign's category filters can match."""
+    query = sa.select(items.c.category).where(items.c.is_service.is_(False)).distinct()
+    return {row[0] for row in connection.execute(query)}
+
+
+def known_items(connection: sa.Connection, ids: Iterable[str]) -> set[str]:
+    """Which of ``ids`` the catalogue holds."""
+    wanted = sorted(set(ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 1000):  # a bounded IN list per statement
+        chunk = wanted[start : start + 1000]
+        found |= {
+            row[0] for row in connection.execute(sa.select(items.c.id).where(items.c.id.in_(chunk)))
+        }
+    return found
+
+
 def has_purchases(connection: sa.Connection) -> bool:
     """Whether any order line is stored (the demo builds its shop into an empty store)."""
     return count(connection, purchases) > 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from recocamp.campaigns.files import load_all
+from recocamp.campaigns.check import Catalogue, catalogue_problems
+from recocamp.campaigns.files import Campaign, load_all
+from recocamp.domain import Item
 from recocamp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,13 +121,70 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             "lapsed_days = [60, 99999999999]",
             ["key 'audience.lapsed_days.1'", "line 11", "99999999999"],
         ),
-        ("items = 4", "items = 4\nmin_price = 100\nmax_price = 1", ["min_price is larger"]),
+        (
+            "items = 4",
+            "items = 4\nmin_price = 100\nmax_price = 1",
+            ["line 17, key 'offer.max_price'", "min_price is larger", "(value: 1)"],
+        ),
         ("items = 4", "items = 4\nmax_price = inf", ["key 'offer.max_price'", "line 16", "inf"]),
         ('["double_opt_in"]', "[]", ["key 'legal_basis'", "line 3", "at least 1 item"]),
         (
             "[template]",
             '[[variants]]\nname = "a"\nweight = 1e308\n\n[template]',
             ["key 'variants.0.weight'", "line 19", "less than or equal to 1000000"],
+        ),
+        # TOML types, not pydantic's lax reading: "10" is not 10, 1 not true, 4.0 not 4
+        (
+            "holdout_percent = 10",
+            'holdout_percent = "10"',
+            ["line 4, key 'holdout_percent': must be a number, not a string", "(value: '10')"],
+        ),
+        (
+            "items = 4",
+            "items = 4.0",
+            ["line 15, key 'offer.items': must be a whole number", "(value: 4.0)"],
+        ),
+        (
+            "lapsed_days = [60, 180]",
+            'lapsed_days = ["60", 180]',
+            ["line 11, key 'audience.lapsed_days.0': must be a whole number", "(value: '60')"],
+        ),
+        (
+            'description = "test"',
+            "enabled = 1",
+            ["line 2, key 'enabled': must be true or false, not a number", "(value: 1)"],
+        ),
+        (
+            "[template]",
+            '[[variants]]\nname = "a"\nweight = "2"\n\n[template]',
+            ["line 19, key 'variants.0.weight': must be a number", "(value: '2')"],
+        ),
+        # a schedule that can never fire
+        (
+            'cron = "0 10 * * TUE"',
+            'cron = "0 10 31 2 *"',
+            ["line 7, key 'schedule.cron'", "never fires", "(value: '0 10 31 2 *')"],
+        ),
+        (
+            'cron = "0 10 * * TUE"',
+            'cron = "0 10 30 2 MON"',
+            ["line 7, key 'schedule.cron'", "never fires", "(value: '0 10 30 2 MON')"],
+        ),
+        # range checks over two keys are reported at the second one, with its line
+        (
+            "lapsed_days = [60, 180]",
+            "lapsed_days = [60, 180]\nmin_orders = 5\nmax_orders = 2",
+            ["line 13, key 'audience.max_orders'", "min_orders is larger", "(value: 2)"],
+        ),
+        (
+            "lapsed_days = [60, 180]",
+            "lapsed_days = [60, 180]\nmin_spend = 5\nmax_spend = 2",
+            ["line 13, key 'audience.max_spend'", "min_spend is larger", "(value: 2)"],
+        ),
+        (
+            "lapsed_days = [60, 180]",
+            "lapsed_days = [180, 60]",
+            ["line 11, key 'audience.lapsed_days'", "must be [min, max)"],
         ),
     ],
 )
@@ -175,3 +235,35 @@ def test_a_file_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> Non
     message = str(failures[0])
     assert str(tmp_path / "y.toml") in message and "line 2" in message
     assert "not UTF-8" in message
+
+
+def test_a_duplicate_variant_name_is_reported_at_the_duplicate(tmp_path: Path) -> None:
+    variants = "".join(f'\n[[variants]]\nname = "{name}"\nweight = 1\n' for name in ("a", "b", "a"))
+    message = check(tmp_path, GOOD.format(name="broken") + variants)
+    # the third [[variants]] header is at line 30, its name at 31
+    assert "broken.toml: line 31, key 'variants.2.name': variant names must be unique" in message
+    assert "[[variants]] number 1 has it too (value: 'a')" in message
+
+
+def test_filter_values_the_catalogue_lacks_are_named_with_the_closest() -> None:
+    text = (
+        GOOD.format(name="f")
+        .replace("[60, 180]", '[60, 180]\ncategories = ["christmass", "party"]')
+        .replace("items = 4", 'items = 4\nexclude_categories = ["servce", "zzz"]')
+    )
+    campaign = Campaign(**tomllib.loads(text))
+    items = {
+        "a": Item("a", "Bauble", "christmas", 1.0),
+        "b": Item("b", "Balloon", "party", 1.0),
+        "c": Item("c", "Candle", "christmas_lights", 1.0),
+        "p": Item("p", "Postage", "service", 5.0, is_service=True),
+    }
+    found = catalogue_problems(campaign, text, Catalogue.of(items))
+    assert [(p.key, p.line, p.value) for p in found] == [
+        ("audience.categories.0", 12, "christmass"),
+        ("offer.exclude_categories.0", 17, "servce"),  # a service category is not offered
+        ("offer.exclude_categories.1", 17, "zzz"),
+    ]
+    assert "did you mean 'christmas' or 'christmas_lights'?" in found[0].message
+    assert "none of its 3 categories is close" in found[2].message
+    assert catalogue_problems(campaign, text, Catalogue.of({})) == []  # a new, empty shop

@@ -15,9 +15,10 @@ from recocamp.campaigns.render import (
     check_subject,
     check_template,
     sample_context,
+    snapshot,
 )
 from recocamp.campaigns.render_limits import Budget, LimitExceeded, on_collection
-from recocamp.errors import TemplateLimitError
+from recocamp.errors import ConfigError, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,7 +207,73 @@ def test_a_template_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) ->
     (problem,) = check_template(tmp_path, "bad.txt", sample_context())
     assert (problem.key, problem.line) == ("bad.txt", 2) and "not UTF-8" in problem.message
     (problem,) = check_template(tmp_path, "main.txt", sample_context())
-    assert "UnicodeDecodeError" in problem.message
+    # the file that is not UTF-8 and its line, not the template that includes it
+    assert (problem.key, problem.line) == ("bad.txt", 2) and "not UTF-8" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("main", "partial", "expected"),
+    [
+        # an include, an include in an include, an extended layout, an imported macro file
+        ('a\n{% include "parts/x.txt" %}', b"ok\n\xff", "line 2, key 'parts/x.txt': not UTF-8"),
+        ('{% include "parts/y.txt" %}', b"ok\n\xff", "line 2, key 'parts/x.txt': not UTF-8"),
+        ('{% extends "parts/x.txt" %}', b"\n\n\xff", "line 3, key 'parts/x.txt': not UTF-8"),
+        (
+            'a\n{% include "parts/y.txt" %}',
+            b"ok\n{% if %}",
+            "line 2, key 'parts/x.txt': syntax error: Expected an expression",
+        ),
+        (
+            '{% import "parts/x.txt" as m %}\n{{ m.f() }}',
+            b"\n{% macro f( %}",
+            "line 2, key 'parts/x.txt': syntax error",
+        ),
+        (
+            '{% import "parts/x.txt" as m %}\n{{ m.f() }}',
+            b"\n\n{% macro f() %}{{ 1 // 0 }}{% endmacro %}",
+            "line 3, key 'parts/x.txt': fails to render: ZeroDivisionError",
+        ),
+    ],
+)
+def test_a_problem_in_an_included_template_names_that_file_and_its_line(
+    tmp_path: Path, main: str, partial: bytes, expected: str
+) -> None:
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "x.txt").write_bytes(partial)
+    write(tmp_path, "parts/y.txt", '\n{% include "parts/x.txt" %}')
+    write(tmp_path, "main.txt", main)
+    problems = check_template(tmp_path, "main.txt", sample_context())
+    assert [str(p) for p in problems if str(p).startswith(expected)], problems
+    assert all(p.key != "main.txt" for p in problems), problems
+    if b"\xff" in partial:  # what a worker freezes names the file too
+        with pytest.raises(ConfigError, match=r"x\.txt: line \d: not UTF-8"):
+            snapshot(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("macros", "expected"),
+    [
+        ("{% macro f() %}hi{% endmacro %}", []),
+        ("\n{% macro f( %}", ["line 2, key 'parts/x.txt': syntax error"]),
+    ],
+)
+def test_a_macro_file_imported_outside_the_blocks_is_seen_in_them(
+    tmp_path: Path, macros: str, expected: list[str]
+) -> None:
+    """A template that extends a layout and imports macros at its top: its blocks use them
+    (no "variable outside the template context"), and a broken macro file is named."""
+    (tmp_path / "parts").mkdir()
+    write(tmp_path, "parts/base.txt", "{% block content %}{% endblock %}")
+    write(tmp_path, "parts/x.txt", macros)
+    write(
+        tmp_path,
+        "main.txt",
+        '{% extends "parts/base.txt" %}{% import "parts/x.txt" as m %}'
+        "{% block content %}\n{{ m.f() }}{% endblock %}",
+    )
+    problems = [str(p) for p in check_template(tmp_path, "main.txt", sample_context())]
+    assert [p for p in problems if not any(p.startswith(e) for e in expected)] == []
+    assert len(problems) == len(expected)
 
 
 def test_a_subject_reading_a_key_outside_the_contract_fails_check(tmp_path: Path) -> None:

@@ -504,3 +504,111 @@ def test_numeric_options_have_a_range_named_with_the_value(
     assert f"Invalid value for '{option}': {shown} is out of range ({bounds})" in result.stderr
     assert "Traceback" not in result.output
     assert not (workdir / "shop.db").exists()  # not even the database was opened
+
+
+def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -> None:
+    """A partial that is not UTF-8 is named with its line (not the template that includes
+    it), and a subject's problem has its key and line in the campaign file: exit 2."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    (workdir / "templates" / "partials").mkdir()
+    (workdir / "templates" / "partials" / "x.txt").write_bytes(b"fine\n\xff\n")
+    winback = workdir / "templates" / "winback.txt"
+    winback.write_text(
+        winback.read_text().replace('{% include "_offers.txt" %}', '{% include "partials/x.txt" %}')
+    )
+    toml = workdir / "campaigns" / "winback.toml"
+    toml.write_text(toml.read_text().replace("This week only", "{{ custmer }} only"))
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "winback.toml: line 2, key 'template partials/x.txt': not UTF-8" in result.stderr
+    assert "key 'template winback.txt'" not in result.stderr
+    assert "winback.toml: line 46, key 'variants.1.subject.en': subject:" in result.stderr
+    assert "(value: '{{ custmer }} only: 10 % off for you')" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "holdout_percent = 10",
+            'holdout_percent = "10"',
+            "line 13, key 'holdout_percent': must be a number, not a string in quotes "
+            "(value: '10')",
+        ),
+        (
+            'cron = "0 10 * * TUE"',
+            'cron = "0 10 31 2 *"',
+            "line 16, key 'schedule.cron': Value error, never fires",
+        ),
+        (
+            'name = "urgency"',
+            'name = "personal"',
+            "line 44, key 'variants.1.name': variant names must be unique: [[variants]] "
+            "number 1 has it too (value: 'personal')",
+        ),
+    ],
+)
+def test_check_refuses_careless_campaign_values(
+    workdir: Path, old: str, new: str, expected: str
+) -> None:
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    toml = workdir / "campaigns" / "winback.toml"
+    assert old in toml.read_text()
+    toml.write_text(toml.read_text().replace(old, new))
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"winback.toml: {expected}" in result.stderr, result.stderr
+
+
+def test_check_warns_of_filter_values_the_catalogue_lacks(workdir: Path) -> None:
+    """Without a database the filters are not checked (and no database is made); with one,
+    a category or item no item has is a warning with file, key, line, value and the closest
+    categories: exit 0, or 2 with --strict; plan says why the filter matches nobody."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    toml = workdir / "campaigns" / "cross_sell.toml"
+    toml.write_text(
+        toml.read_text()
+        .replace("lapsed_days = [0, 60]", 'lapsed_days = [0, 60]\ncategories = ["christmass"]')
+        .replace("items = 4", 'items = 4\nexclude_items = ["NO-SUCH-ITEM"]')
+    )
+    alone = runner.invoke(app, ["check", "--strict"], terminal_width=300)
+    assert alone.exit_code == 0, alone.output
+    assert "filters not checked against the catalogue: no database" in alone.stdout
+    assert not (workdir / "shop.db").exists()
+
+    assert runner.invoke(app, ["demo-data"]).exit_code == 0
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    category = (
+        "campaigns/cross_sell.toml: line 14, key 'audience.categories.0': no item in the "
+        "catalogue has "
+        "this category (did you mean 'christmas'?) (value: 'christmass')"
+    )
+    item = (
+        "campaigns/cross_sell.toml: line 19, key 'offer.exclude_items.0': no item in the "
+        "catalogue has this id (value: 'NO-SUCH-ITEM')"
+    )
+    assert f"warning: {category}" in result.stderr and f"warning: {item}" in result.stderr
+    assert "ok: settings, 6 campaign(s)" in result.stdout
+    strict = runner.invoke(app, ["check", "--strict"], terminal_width=300)
+    assert strict.exit_code == 2 and category in strict.stderr
+
+    plan = runner.invoke(
+        app,
+        ["plan", "cross_sell", "--as-of", "2011-12-15T10:00:00", "--format", "json"],
+        terminal_width=300,
+    )
+    assert plan.exit_code == 0, plan.output
+    document = json.loads(plan.stdout)
+    assert "not_in_audience:categories" in document["counts"]
+    assert not {"eligible", "holdout"} & set(document["counts"])  # nobody is in the audience
+    assert category in document["warnings"]
