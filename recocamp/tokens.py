@@ -4,7 +4,10 @@ A token binds a customer, a campaign and a purpose (``unsubscribe`` | ``preferen
 ``feedback``) with an HMAC-SHA256 under the shop's secret (``RECOCAMP_SIGNING_KEY``); a
 feedback token also binds the survey (campaign and shop-local day of the mailing), so an
 answer counts once per customer and survey. Tokens carry no e-mail address; customer ids are
-not guessable from them and cannot be changed without the key.
+not guessable from them and cannot be changed without the key. A token carries the time it
+was issued: it expires, and it dies with an erasure of its customer made after it (links of
+an erased record never reach a person who signs up again under the same id); a time past
+now by more than the clocks' skew is refused.
 
 The same key makes the keyed hashes of erasure tombstones (:func:`keyed_hash`): an erased
 customer's id and address are recognised when a feed brings them back, and nobody without
@@ -21,6 +24,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from recocamp.domain import CLOCK_SKEW
 from recocamp.errors import RecocampError
 
 # ``json.dumps(claims, separators=(",", ":"))``, without building an encoder per call (a
@@ -85,7 +89,10 @@ def _keyed(key: bytes) -> hmac.HMAC:
 
 
 def verify(key: bytes, token: str, purpose: str, now: datetime, max_age_days: int = 400) -> Claims:
-    """The claims of a valid token; TokenError otherwise (compared in constant time)."""
+    """The claims of a valid token; TokenError otherwise (compared in constant time). A
+    token issued more than ``domain.CLOCK_SKEW`` past ``now`` is refused: it would outlive
+    an erasure made before its time (links issued before the erasure are void, see
+    ``store.tombstones.void_link``)."""
     try:
         version, body, mac = token.split(".")
         payload = _unb64(body)
@@ -101,6 +108,8 @@ def verify(key: bytes, token: str, purpose: str, now: datetime, max_age_days: in
         raise TokenError("token issued for another purpose")
     if (now - issued).days > max_age_days:
         raise TokenError("token expired")
+    if issued > now + CLOCK_SKEW:  # clocks differ by seconds, not more
+        raise TokenError("token issued in the future")
     survey = data.get("s")
     return Claims(
         str(data["c"]),

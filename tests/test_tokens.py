@@ -58,6 +58,16 @@ def test_wrong_key_purpose_or_age() -> None:
         verify(KEY, token, "preferences", NOW + timedelta(days=500))
 
 
+def test_a_token_from_the_future_is_refused_beyond_the_clocks_skew() -> None:
+    """A token issued past now would count as issued after an erasure that came before its
+    time; up to the clocks' skew (as for consent times) it is a clock, not a forgery."""
+    within = sign(KEY, "1", "winback", "preferences", NOW + timedelta(minutes=5))
+    assert verify(KEY, within, "preferences", NOW).issued_at == NOW + timedelta(minutes=5)
+    beyond = sign(KEY, "1", "winback", "preferences", NOW + timedelta(minutes=5, seconds=1))
+    with pytest.raises(TokenError, match="future"):
+        verify(KEY, beyond, "preferences", NOW)
+
+
 def test_keyed_hashes_need_the_key_and_normalise_addresses_only() -> None:
     key, other = b"k" * 32, b"o" * 32
     assert keyed_hash(key, "email", " Erin@Example.TEST") == keyed_hash(

@@ -11,8 +11,10 @@ dependency that checks the caller's API key for it (see ``api``).
 - ``POST /v1/feedback`` records an answer: form fields from that page (answered with a
   thank-you page) or JSON ``{"token", "score", "comment"}`` (answered with JSON). The signed
   token names customer, campaign and survey; the first answer per customer and survey stands
-  and repeats change nothing (idempotent). Tokens older than ``[measure] survey_valid_days``
-  and erased customers get 410; a bad token 400; a score outside 0–10 422.
+  and repeats change nothing (idempotent). Tokens older than ``[measure] survey_valid_days``,
+  unknown and erased customers get 410 — also a link issued before an erasure of its customer
+  id when the person has signed up again since (``tombstones.void_link``), the page too; a
+  bad token 400; a score outside 0–10 422.
 - ``GET /reports/latest`` (API key scope ``reports:read``): the newest stored report
   (``recocamp report`` or the worker store one), rendered on the spot when there is none.
 
@@ -39,8 +41,8 @@ from recocamp.measure import jobs as measure_jobs
 from recocamp.measure.report import PAGES
 from recocamp.settings import Settings
 from recocamp.store import measure as store
-from recocamp.store import registry
-from recocamp.store.engine import Engine
+from recocamp.store import registry, tombstones
+from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 MAX_COMMENT = 2000
@@ -248,7 +250,23 @@ class _Answers:
             raise Refused(400, "this link is not valid")
         if (now - found.issued_at).days > self.settings.measure.survey_valid_days:
             raise Refused(410, "this survey is closed")
+        with self.engine.connect() as connection:
+            self.check_customer(connection, found, writing=False)
         return found
+
+    def check_customer(
+        self, connection: Connection, found: tokens.Claims, *, writing: bool
+    ) -> None:
+        """Refuse (410) a link whose customer we do not hold, or was erased since the link
+        was issued (``tombstones.void_link``: a person who signed up again under the id
+        does not answer the erased record's survey)."""
+        assert self.key is not None  # claims() answered 503 without it
+        void = tombstones.void_link(
+            connection, self.key, found.customer_id, found.issued_at, writing=writing
+        )
+        person = None if void else registry.customer(connection, found.customer_id)
+        if person is None or person.erased_at is not None:
+            raise Refused(410, "this survey is closed")
 
     def record(self, fields: dict[str, Any]) -> tuple[tokens.Claims, bool, int]:
         token = fields.get("token")
@@ -258,9 +276,7 @@ class _Answers:
         claims = self.claims(token)
         now = self.clock.now()
         with self.engine.begin() as connection:
-            person = registry.customer(connection, claims.customer_id)
-            if person is None or person.erased_at is not None:
-                raise Refused(410, "this survey is closed")
+            self.check_customer(connection, claims, writing=True)
             new, stored = store.record_feedback(
                 connection,
                 str(claims.survey),

@@ -10,10 +10,17 @@
   a download of all data (``/p/{token}/data.json``, GDPR Art. 15/20) and erasure (Art. 17).
   Its forms post to ``/p/{token}`` and are answered with a redirect back (303).
 
-A token tampered with, expired or made for another purpose gets 400 and changes nothing.
-A link of an erased customer (``store.tombstones``) gets 410 with a page saying that their
-data was erased and they will not be contacted, and changes nothing: no unsubscribe event
-is recorded under the erased id, no profile is created again.
+A token tampered with, expired, issued in the future or made for another purpose gets 400
+and changes nothing. A link of an erased customer (``store.tombstones``) gets 410 with a page
+saying that their data was erased and they will not be contacted, and changes nothing: no
+unsubscribe event is recorded under the erased id, no profile is created again. So does a
+link issued before the latest erasure of its customer id when the person has signed up
+again since (``tombstones.void_link``): it belongs to the erased record, and must neither
+show, export, change nor erase the new one. Every route says so alike, the download too.
+A valid link of a customer we do not hold (never created, or removed otherwise) gets 404
+on every route, the one-click unsubscribe too, and nothing is recorded: a token is signed
+for a customer we mailed, so its holder learns nothing from the answer that the token
+did not already say, and no event is stored for an id that names nobody.
 Tokens prove who the customer is; a page shows their address only masked. Every change is
 recorded in the audit log with ``actor = customer`` and the page as its source.
 
@@ -134,12 +141,19 @@ class Pages:
         lang = self.lang(request, None)
         return self.page(lang, "error_page", pages.TEXTS[lang][error.key], error.status)
 
-    def erased(self, connection: Connection, customer_id: str, *, writing: bool) -> bool:
-        """Whether the customer of a (verified) link was erased; ``writing``: the caller
-        writes next, in this transaction (``tombstones.serialise``)."""
-        return bool(
-            tombstones.matches(connection, self.secret, customer_id, None, "links", writing=writing)
+    def erased(self, connection: Connection, found: tokens.Claims, *, writing: bool) -> bool:
+        """Whether a (verified) link is void: its customer was erased since it was issued
+        (``tombstones.void_link``); ``writing``: the caller writes next, in this transaction
+        (``tombstones.serialise``)."""
+        assert self.secret is not None  # verify() answered 503 without it
+        return tombstones.void_link(
+            connection, self.secret, found.customer_id, found.issued_at, writing=writing
         )
+
+    def unknown(self, request: Request) -> HTMLResponse:
+        """The answer to a valid link of a customer we do not hold: nothing is recorded."""
+        lang = self.lang(request, None)
+        return self.page(lang, "title", pages.TEXTS[lang]["unknown"], 404)
 
     def gone(self, request: Request) -> HTMLResponse:
         """The answer to a link of an erased customer: we hold nothing, we will not write."""
@@ -153,8 +167,10 @@ class Pages:
         except LinkError as error:
             return self.failed(request, error)
         with self.engine.connect() as connection:
-            if self.erased(connection, found.customer_id, writing=False):
+            if self.erased(connection, found, writing=False):
                 return self.gone(request)
+            if not store.exists(connection, found.customer_id):
+                return self.unknown(request)
         lang = self.lang(request, found.customer_id)
         t = pages.TEXTS[lang]
         question = t["unsubscribe_question"].format(shop=self.shop)
@@ -167,8 +183,10 @@ class Pages:
         except LinkError as error:
             return self.failed(request, error)
         with self.engine.begin() as connection:
-            if self.erased(connection, found.customer_id, writing=True):
+            if self.erased(connection, found, writing=True):
                 return self.gone(request)
+            if not store.exists(connection, found.customer_id):
+                return self.unknown(request)
             changed = contacts.record_link_unsubscribe(
                 connection, found.customer_id, found.campaign, found.issued_at, self.clock.now()
             )
@@ -190,11 +208,11 @@ class Pages:
             return self.failed(request, error)
         lang = self.lang(request, found.customer_id)
         with self.engine.connect() as connection:
-            if self.erased(connection, found.customer_id, writing=False):
+            if self.erased(connection, found, writing=False):
                 return self.gone(request)
             context = _context(connection, found, lang, self.clock.now(), self.service)
         if context is None:
-            return self.page(lang, "title", pages.TEXTS[lang]["unknown"], 404)
+            return self.unknown(request)
         done = request.query_params.get("done")
         notice = pages.TEXTS[lang].get(f"done_{done}") if done else None
         html = pages.preferences(
@@ -235,11 +253,14 @@ class Pages:
             found = self.verify(token, "preferences")
         except LinkError as error:
             return self.failed(request, error)
+        with self.engine.connect() as connection:
+            if self.erased(connection, found, writing=False):
+                return self.gone(request)
         document = privacy.export(
             self.engine, found.customer_id, self.clock.now(), scope=privacy.Scope.ID
         )  # the link's customer alone, whoever else holds the address
         if document is None:
-            return Response(json.dumps({"detail": "no data"}), 404, media_type="application/json")
+            return self.unknown(request)
         metrics.PRIVACY_REQUESTS.labels("export", SOURCE).inc()
         disposition = {"Content-Disposition": 'attachment; filename="my-data.json"'}
         text = json.dumps(document, indent=1, ensure_ascii=False)
@@ -301,7 +322,8 @@ def router(settings: Settings, engine: Engine, clock: Clock, service: OfferServi
     missing = {"description": "We hold no data about the customer.", "content": {"text/html": {}}}
     erased: dict[int | str, dict[str, Any]] = {
         410: {
-            "description": "The customer was erased: nothing is held or changed.",
+            "description": "The customer was erased (since the link was issued): nothing is "
+            "shown, held or changed.",
             "content": {"text/html": {}},
         }
     }
@@ -311,14 +333,14 @@ def router(settings: Settings, engine: Engine, clock: Clock, service: OfferServi
         handlers.unsubscribe_page,
         methods=["GET"],
         response_class=html,
-        responses={200: page, **refused, **erased},
+        responses={200: page, **refused, **gone},
     )
     api.add_api_route(
         "/u/{token}",
         handlers.unsubscribe,
         methods=["POST"],
         response_class=html,
-        responses={200: page, **refused, **erased},
+        responses={200: page, **refused, **gone},
         openapi_extra=ONE_CLICK_FORM,
     )
     api.add_api_route(
@@ -356,11 +378,8 @@ def router(settings: Settings, engine: Engine, clock: Clock, service: OfferServi
                 "description": "Everything we hold (GDPR Art. 15/20).",
                 "content": {"application/json": {"schema": {"type": "object"}}},
             },
-            404: {
-                "description": "We hold no data about the customer.",
-                "content": {"application/json": {}},
-            },
             **refused,
+            **gone,
         },
     )
     return api
@@ -371,9 +390,16 @@ def _change(
 ) -> str:
     """Apply one form of the page; returns the outcome (a TEXTS key suffix)."""
     action = form.get("action", "")
+    key = tombstones.key_of(settings)
+    assert key is not None  # the link was verified with it
     if action == "erase":
         if not forms.checked(form, "confirm"):
             return "confirm_needed"
+        with engine.connect() as connection:  # a void link erases nobody, the new record least
+            if tombstones.void_link(
+                connection, key, found.customer_id, found.issued_at, writing=False
+            ):
+                return "gone"
         report = privacy.erase(  # the link's customer alone, whoever else holds the address
             engine, settings, found.customer_id, now, via=SOURCE, scope=privacy.Scope.ID
         )
@@ -382,9 +408,7 @@ def _change(
     if changes is None and action != "unsubscribe":
         return "invalid"
     with engine.begin() as connection:
-        if tombstones.matches(
-            connection, tombstones.key_of(settings), found.customer_id, None, "links"
-        ):
+        if tombstones.void_link(connection, key, found.customer_id, found.issued_at):
             return "gone"
         if not store.exists(connection, found.customer_id):
             return "unknown"

@@ -61,6 +61,8 @@ KEPT = {
     "erasures": "always: when and how a customer was erased, no identifier",
     "erasure tombstones": "always: keyed hashes of an erased customer's id and address, so "
     "no feed brings them back (a new sign-up lifts them)",
+    "erasure times by id": "always: the keyed hash of an erased customer id and when, so "
+    "links issued before the erasure stay void after a new sign-up",
     "rejected drop-folder files": "until the operator deletes them (erasure cleans them)",
     "rollback model": "the model that was live before the current one",
     "purchase forecasts": "the newest only: each training replaces them (erasure and an "

@@ -377,6 +377,16 @@ tombstones = sa.Table(
     sa.Index(None, "email_hash"),
 )
 
+# The latest erasure of every customer id (migration 0014): the keyed hash of the id and the
+# time. Unlike its tombstone, it stays when a new sign-up brings the id back: a link (signed
+# token) issued before it belongs to the erased record and must not reach the new one.
+id_erasures = sa.Table(
+    "id_erasures",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("erased_at", UtcDateTime, nullable=False),
+)
+
 # --- measure (migration 0006) --------------------------------------------------------------
 
 # One row per shop-local day and KPI window W: the KPIs of the window ending at the end of

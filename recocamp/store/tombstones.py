@@ -13,6 +13,11 @@ unrecognisable: keep the key for as long as the tombstones matter.
 
 A new sign-up with a fresh consent is the one way back (``PUT /v1/customers/{id}`` with
 ``new_sign_up``): :func:`lift` removes the tombstone of that id and frees the address.
+
+The time of each id's latest erasure (``id_erasures``) outlives the tombstone: links signed
+for the erased record (unsubscribe, preferences, feedback) carry the time they were issued,
+and :func:`void_link` refuses every link issued before the erasure, also once the person
+has signed up again under the same id. The old e-mail's links reach nobody.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings
 from recocamp.store.locks import lock_key
 from recocamp.store.queries import write_lock
-from recocamp.store.schema import tombstones
+from recocamp.store.schema import id_erasures, tombstones
 
 CHUNK = 1000  # hashes per IN (...) list: far below every backend's parameter limit
 LOCK = lock_key("erasure")  # see serialise
@@ -93,6 +98,31 @@ def record(
             erased_at=now,
         )
     )
+    connection.execute(sa.delete(id_erasures).where(id_erasures.c.id_hash == id_hash))
+    connection.execute(sa.insert(id_erasures).values(id_hash=id_hash, erased_at=now))
+
+
+def void_link(
+    connection: sa.Connection,
+    key: bytes,
+    customer_id: str,
+    issued_at: datetime,
+    *,
+    writing: bool = True,
+) -> bool:
+    """Whether a link (a signed token) of this customer, issued at ``issued_at``, is void:
+    the id is erased, or was erased at or after the link was issued (a new sign-up lifted
+    the tombstone; the link belongs to the erased record). ``writing``: as for
+    :func:`matches`. Tokens keep whole seconds: a link of the erasure's second is void."""
+    serialise(connection, erasing=False, writing=writing)
+    id_hash = tokens.keyed_hash(key, "customer", customer_id)
+    stone = sa.select(tombstones.c.id_hash).where(tombstones.c.id_hash == id_hash)
+    if connection.execute(stone).first() is not None:
+        return True
+    last = connection.execute(
+        sa.select(id_erasures.c.erased_at).where(id_erasures.c.id_hash == id_hash)
+    ).scalar_one_or_none()
+    return last is not None and issued_at <= last
 
 
 def serialise(connection: sa.Connection, *, erasing: bool, writing: bool = True) -> None:
@@ -210,7 +240,8 @@ def tombstoned(
 
 def lift(connection: sa.Connection, key: bytes, customer_id: str, match: Match) -> int:
     """A new sign-up with a fresh consent: the tombstone of this id goes; one that matched
-    only by the address keeps its id (the old record stays erased) and loses the address."""
+    only by the address keeps its id (the old record stays erased) and loses the address.
+    The id's erasure time stays (``id_erasures``): the erased record's links stay void."""
     t = tombstones.c
     own = tokens.keyed_hash(key, "customer", customer_id)
     gone = connection.execute(sa.delete(tombstones).where(t.id_hash == own)).rowcount or 0

@@ -1,0 +1,164 @@
+"""Signed links against erasure and unknown customers, on real stores: a link issued before an
+erasure stays void after the person signs up again under the same id (every link route
+alike), a token from the future is refused, and a valid link of a customer we do not hold
+records nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from recocamp import tokens
+from recocamp.clock import FixedClock
+from recocamp.store.schema import contact_events, customers, feedback, id_erasures, tombstones
+from tests.api_shop import NOW, SIGNING_KEY, bearer, call, make_app
+
+KEY = SIGNING_KEY.encode()
+SURVEY = "nps/2012-01-04"
+
+
+def put(app: Any, customer: str, body: dict[str, Any]) -> Any:
+    return call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
+
+
+def links(customer: str, at: Any) -> dict[str, str]:
+    """Every kind of link an e-mail of ``at`` carries, by route."""
+    sign = tokens.sign
+    return {
+        "p": sign(KEY, customer, "winback", "preferences", at),
+        "u": sign(KEY, customer, "winback", "unsubscribe", at),
+        "f": sign(KEY, customer, "nps", "feedback", at, SURVEY),
+    }
+
+
+def rows(engine: sa.Engine, table: sa.Table) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.select(table))]
+
+
+def customer(engine: sa.Engine, customer_id: str = "e2e1") -> Any:
+    with engine.connect() as connection:
+        query = sa.select(customers).where(customers.c.id == customer_id)
+        return connection.execute(query).first()
+
+
+def every_route(app: Any, link: dict[str, str]) -> dict[str, int]:
+    """The status of every link route for these links (changes included)."""
+    p, u, f = link["p"], link["u"], link["f"]
+    return {
+        "GET /p": call(app, "GET", f"/p/{p}").status,
+        "GET /p/data.json": call(app, "GET", f"/p/{p}/data.json").status,
+        "POST /p save": call(app, "POST", f"/p/{p}", data={"action": "save"}).status,
+        "POST /p unsubscribe": call(app, "POST", f"/p/{p}", data={"action": "unsubscribe"}).status,
+        "POST /p erase": call(
+            app, "POST", f"/p/{p}", data={"action": "erase", "confirm": "on"}
+        ).status,
+        "GET /u": call(app, "GET", f"/u/{u}").status,
+        "POST /u": call(app, "POST", f"/u/{u}").status,
+        "GET /v1/feedback": call(app, "GET", f"/v1/feedback?token={f}&score=9").status,
+        "POST /v1/feedback": call(
+            app, "POST", "/v1/feedback", json={"token": f, "score": 9}
+        ).status,
+    }
+
+
+def test_links_issued_before_an_erasure_stay_void_after_a_new_sign_up(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    doi = {"consent_basis": "double_opt_in", "consent_at": (NOW - timedelta(days=30)).isoformat()}
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test", **doi}).status == 200
+    old = links("e2e1", NOW - timedelta(days=1))
+    assert call(app, "GET", f"/p/{old['p']}").status == 200
+    erased = call(app, "DELETE", "/v1/privacy/customers/e2e1", headers=bearer("dpo"))
+    assert erased.status == 200
+    gone = every_route(app, old)
+    assert set(gone.values()) == {410}, gone  # the download as well: not a 404 "no data"
+
+    later = clock.advance(timedelta(days=1))
+    again = {
+        "source": "signup",
+        "new_sign_up": True,
+        "email": "e@example.test",
+        "consent_basis": "double_opt_in",
+        "consent_at": later.isoformat(),
+    }
+    assert put(app, "e2e1", again).status == 200
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(tombstones)).first() is None  # lifted
+    assert len(rows(engine, id_erasures)) == 1  # the erasure's time stays
+
+    void = every_route(app, old)
+    assert set(void.values()) == {410}, void
+    person = customer(engine)
+    assert person is not None and person.unsubscribed_at is None  # nothing changed or erased
+    assert person.consent_at == later and person.email == "e@example.test"
+    assert rows(engine, contact_events) == [] and rows(engine, feedback) == []
+    assert "e@example.test" not in call(app, "GET", f"/p/{old['p']}/data.json").text
+
+    new = links("e2e1", clock.advance(timedelta(minutes=1)))
+    document = call(app, "GET", f"/p/{new['p']}/data.json")
+    assert document.status == 200
+    assert json.loads(document.text)["tables"]["customers"][0]["consent_at"] is not None
+    assert call(app, "POST", "/v1/feedback", json={"token": new["f"], "score": 9}).status == 200
+    assert call(app, "POST", f"/u/{new['u']}").status == 200
+    assert customer(engine).unsubscribed_at == clock.now()
+
+
+def test_a_link_of_the_erasure_second_is_void(engine: sa.Engine, tmp_path: Path) -> None:
+    """Tokens keep whole seconds: one signed in the erasure's second may be older than it."""
+    clock = FixedClock(NOW + timedelta(microseconds=500_000))
+    app = make_app(engine, tmp_path, clock)
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    same_second = links("e2e1", clock.now())
+    assert call(app, "DELETE", "/v1/privacy/customers/e2e1", headers=bearer("dpo")).status == 200
+    later = clock.advance(timedelta(hours=1))
+    renewed = {"consent_basis": "double_opt_in", "consent_at": later.isoformat()}
+    assert put(app, "e2e1", {"source": "signup", "new_sign_up": True, **renewed}).status == 200
+    assert call(app, "GET", f"/p/{same_second['p']}").status == 410
+    assert call(app, "GET", f"/p/{links('e2e1', later)['p']}").status == 200
+
+
+@pytest.mark.parametrize(
+    ("ahead", "status"), [(timedelta(minutes=4), 200), (timedelta(minutes=6), 400)]
+)
+def test_a_token_issued_in_the_future_is_refused(
+    engine: sa.Engine, tmp_path: Path, ahead: timedelta, status: int
+) -> None:
+    """Beyond the clocks' skew (5 minutes, as for consent times) a token would outlive an
+    erasure made before its time; every route verifies the same way."""
+    app = make_app(engine, tmp_path)
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    link = links("e2e1", NOW + ahead)
+    assert call(app, "GET", f"/p/{link['p']}").status == status
+    assert call(app, "GET", f"/u/{link['u']}").status == status
+    assert call(app, "GET", f"/v1/feedback?token={link['f']}").status == status
+
+
+def test_links_of_an_unknown_customer_record_nothing(engine: sa.Engine, tmp_path: Path) -> None:
+    """A valid token for an id we do not hold gets 404 on every route (the one-click
+    unsubscribe too), as the preferences page always did, and stores no event. The token
+    is ours, signed for a customer we mailed: the answer tells its holder nothing new."""
+    app = make_app(engine, tmp_path)
+    assert put(app, "c1", {"source": "signup", "email": "c@example.test"}).status == 200
+    link = links("nosuchcustomer", NOW - timedelta(days=1))
+    answers = every_route(app, link)
+    feedback_routes = {"GET /v1/feedback", "POST /v1/feedback"}
+    assert {k: v for k, v in answers.items() if k not in feedback_routes} == {
+        "GET /p": 404,
+        "GET /p/data.json": 404,
+        "POST /p save": 404,
+        "POST /p unsubscribe": 404,
+        "POST /p erase": 404,
+        "GET /u": 404,
+        "POST /u": 404,
+    }
+    assert {answers[k] for k in feedback_routes} == {410}  # "this survey is closed", as before
+    assert rows(engine, contact_events) == [] and rows(engine, feedback) == []
+    assert customer(engine, "nosuchcustomer") is None
