@@ -21,7 +21,10 @@ Bodies above ``[api] max_body_bytes`` are refused (413); CORS is off unless
 ``[api] cors_origins`` lists origins. Requests are counted and timed per route *template*
 (``/metrics``), so neither logs nor metrics carry customer ids, tokens or addresses; the
 server's access log is off for the same reason (tokens in paths are credentials), and
-``EmailRedactor`` masks any address that would reach a log line.
+``EmailRedactor`` masks any address that would reach a log line. Error bodies mask them
+too: ``_unprocessable`` (422) and ``_refused`` (every ``HTTPException``: a 404 quoting the
+customer or item id asked for, a 409 naming order or customer ids) — an id can be an
+e-mail address.
 
 The old paths ``/health`` and ``/webhooks/{provider}`` keep working.
 """
@@ -38,11 +41,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recocamp import __version__, metrics
@@ -119,6 +124,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
         "Send API keys as `Authorization: Bearer <key>`.",
     )
     app.add_exception_handler(RequestValidationError, _unprocessable)
+    app.add_exception_handler(StarletteHTTPException, _refused)
     app.add_exception_handler(ValidationError, _unprocessable)
     app.state.service = service
     app.state.authenticator = auth
@@ -223,6 +229,17 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     quoting it) are dropped; an address a message might quote is masked."""
     assert isinstance(exc, RequestValidationError | ValidationError)
     return JSONResponse({"detail": redacted(exc.errors())}, 422)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an ``HTTPException``, with every e-mail address in its detail
+    masked: details quote what the client sent (a customer or item id, an order id, the
+    other ids holding an address), and an id may be an address. The one place that holds
+    every error body to the rule "no address in logs or error bodies", whoever raised it."""
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.detail, str) and "@" in exc.detail:
+        exc = StarletteHTTPException(exc.status_code, mask_addresses(exc.detail), exc.headers)
+    return await http_exception_handler(request, exc)
 
 
 def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,68 @@
+"""No e-mail address in an error body: ids are what the client chose, and a shop may use the
+address as its customer id. Every route of the OpenAPI schema with a path parameter is
+called with an address there (routes added later are covered the day they appear), and the
+409s that name other ids name them masked."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from tests.api_shop import bearer, call, make_app
+
+ADDRESS = "alice@example.com"
+# a body for the routes that need one: refused (422), so the path id reaches no success body
+BODIES: dict[tuple[str, str], Any] = {
+    ("PUT", "/v1/customers/{customer_id}"): {"source": "t", "consent_basis": "double_opt_in"},
+}
+
+
+def test_no_route_quotes_an_address_given_as_an_id(engine: sa.Engine, tmp_path: Path) -> None:
+    app = make_app(engine, tmp_path)
+    called: dict[str, int] = {}
+    for template, operations in app.openapi()["paths"].items():  # every documented route
+        if "{" not in template:
+            continue
+        path = re.sub(r"\{[^}]+\}", ADDRESS, template)
+        for method in sorted(m.upper() for m in operations):
+            body = BODIES.get((method, template))
+            reply = call(app, method, path, json=body, headers=bearer("all"))
+            called[f"{method} {template}"] = reply.status
+            if reply.status >= 400:
+                assert "@example.com" not in reply.text, (method, template, reply.text)
+    assert {
+        "GET /v1/privacy/customers/{customer_id}": 404,
+        "DELETE /v1/privacy/customers/{customer_id}": 404,
+        "GET /v1/customers/{customer_id}/forecast": 404,
+        "GET /v1/items/{item_id}/similar": 404,
+        "PUT /v1/customers/{customer_id}": 422,
+        "GET /p/{token}": 400,
+        "POST /u/{token}": 400,
+    }.items() <= called.items(), called
+    assert "GET /v1/customers/{customer_id}/next-best-offer" in called
+
+
+def test_a_404_says_which_customer_with_the_address_masked(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    app = make_app(engine, tmp_path)
+    reply = call(app, "GET", f"/v1/privacy/customers/{ADDRESS}", headers=bearer("dpo"))
+    assert reply.status == 404
+    assert reply.json() == {"detail": "we hold no data about customer '<address>'"}
+    plain = call(app, "GET", "/v1/privacy/customers/10042", headers=bearer("dpo"))
+    assert plain.json() == {"detail": "we hold no data about customer '10042'"}  # ids stay
+
+
+def test_a_shared_address_names_the_other_ids_masked(engine: sa.Engine, tmp_path: Path) -> None:
+    app = make_app(engine, tmp_path)
+    for customer in (ADDRESS, "bob@example.com"):
+        body = {"source": "signup", "email": "shared@example.test"}
+        put = call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
+        assert put.status == 200
+    for method in ("GET", "DELETE"):
+        reply = call(app, method, f"/v1/privacy/customers/{ADDRESS}", headers=bearer("dpo"))
+        assert reply.status == 409 and "<address>" in reply.text, reply.text
+        assert "@" not in reply.text, reply.text
