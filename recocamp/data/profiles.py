@@ -11,6 +11,9 @@ a name.
 Semantics worth knowing:
 
 - fields that are not given are left as they are (a partial update, also for PUT);
+- a change of ``consent_basis`` (to a basis other than ``none``) is a new consent and needs
+  its own ``consent_at`` in the same change, not the stored one: otherwise the time of the
+  old consent (a double opt-in, say) would stand as the time of the new basis;
 - an objection to profiling drops the customer's cached personal list at once;
 - ``unsubscribed = true`` unsubscribes (and suppresses the address) like a link click;
   ``false`` re-subscribes only together with a new consent given after the unsubscribe —
@@ -81,6 +84,8 @@ def apply(
     after = {**before, **changes}
     _validate(customer_id, after, zone or ZoneInfo("UTC"))
     _not_ahead(changes, now or at)
+    if row is not None:
+        _own_consent_time(before, changes)
     changed = tuple(name for name in FIELDS if name in changes and before.get(name) != after[name])
     values = {name: after[name] for name in changed}
     if row is None:
@@ -136,6 +141,23 @@ def _not_ahead(changes: Mapping[str, Any], now: datetime) -> None:
     wrong = birthday_problem(birthday, now) if isinstance(birthday, date) else None
     if wrong:
         raise ProfileError("birthday", wrong, "<redacted>")
+
+
+def _own_consent_time(before: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
+    """A new consent basis comes with the time of that consent: given in the change, and
+    not the stored one (which belongs to the previous basis). Withdrawing consent
+    (``none``) needs no time."""
+    basis = changes.get("consent_basis")
+    if basis is None or str(basis) in ("none", str(before.get("consent_basis") or "none")):
+        return
+    consent_at, stored = changes.get("consent_at"), before.get("consent_at")
+    if consent_at is None or consent_at == stored:
+        raise ProfileError(
+            "consent_at",
+            f"a change of consent_basis to {basis} needs the time of that consent (the "
+            "stored consent_at belongs to the previous basis)",
+            None if consent_at is None else consent_at.isoformat(),
+        )
 
 
 def _text(value: Any) -> str:

@@ -348,6 +348,35 @@ def test_unsubscribe_and_resubscribe_only_with_a_new_consent(
         assert connection.execute(sa.select(suppressions)).first() is None
 
 
+def test_a_new_consent_basis_needs_its_own_consent_time(app: FastAPI) -> None:
+    """The double opt-in's time must not stand as the time of another basis: a change of
+    basis without its consent_at, or with the stored one, is refused and changes nothing."""
+    engine = engine_of(app)
+    doi = {"consent_basis": "double_opt_in", "consent_at": "2011-06-01T10:00:00+00:00"}
+    assert put(app, {"source": "signup", "email": "c@example.test", **doi}).status == 200
+    before = person(engine), audits(engine)
+    for stale in ({}, {"consent_at": doi["consent_at"]}):
+        reply = put(app, {"source": "t", "consent_basis": "existing_customer", **stale})
+        assert reply.status == 422, reply.text
+        assert reply.json()["detail"][0]["loc"] == ["body", "consent_at"]
+        assert "consent_basis" in reply.json()["detail"][0]["msg"]
+    assert (person(engine), audits(engine)) == before
+
+    own = {"consent_basis": "existing_customer", "consent_at": "2011-12-24T09:00:00+00:00"}
+    assert put(app, {"source": "checkout", **own}).status == 200
+    row = person(engine)
+    assert (row.consent_basis, row.consent_at) == (
+        "existing_customer",
+        datetime(2011, 12, 24, 9, tzinfo=UTC),
+    )
+    same_basis = put(app, {"source": "t", "consent_basis": "existing_customer"})
+    assert same_basis.status == 200 and same_basis.json()["changed"] == []
+    withdrawn = put(app, {"source": "account page", "consent_basis": "none"})  # needs no time
+    assert withdrawn.status == 200 and withdrawn.json()["changed"] == ["consent_basis"]
+    again = put(app, {"source": "t", "consent_basis": "double_opt_in"})
+    assert again.status == 422 and again.json()["detail"][0]["loc"] == ["body", "consent_at"]
+
+
 def test_a_consent_in_the_future_is_refused(app: FastAPI) -> None:
     future = {"consent_basis": "double_opt_in", "consent_at": (NOW + timedelta(days=1)).isoformat()}
     reply = put(app, {"source": "signup", **future})
@@ -454,7 +483,9 @@ def test_sqlite_an_erasure_between_a_requests_check_and_its_write_is_not_undone(
     app = make_app(engine, tmp_path)
     assert put(app, {"source": "signup", "email": "x@example.test"}).status == 200
     eraser, outcome = impatient(engine), []
-    check = tombstones.erased_ids if route == "purchase" else tombstones.matches
+    check = {"purchase": tombstones.erased_ids, "unsubscribe link": tombstones.void_link}.get(
+        route, tombstones.matches
+    )
 
     def check_then_erase(*args: Any, **kwargs: Any) -> Any:
         found = check(*args, **kwargs)
