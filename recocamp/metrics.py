@@ -33,6 +33,11 @@ DECISIONS = Counter(
 TRAIN_SECONDS = Gauge("recocamp_train_duration_seconds", "Duration of the last training run.")
 MODEL_INFO = Gauge("recocamp_live_model", "The live model version (value 1).", ["version"])
 LEADER = Gauge("recocamp_scheduler_leader", "1 while this worker schedules jobs, else 0.")
+CAMPAIGN_FILES_BROKEN = Gauge(
+    "recocamp_campaign_files_broken",
+    "Campaign files that failed the worker's last check: left out at start, their last good "
+    "version kept on a reload.",
+)
 
 # --- the shop API (route = the route's path template, never a raw path with ids or tokens) ---
 HTTP_REQUESTS = Counter(

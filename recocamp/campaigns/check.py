@@ -1,9 +1,9 @@
 """``recocamp check`` as a function: every campaign file and every template it uses.
 
 Used by the ``check`` command, by ``send``/``plan`` before they run a campaign, and by the
-worker before it starts and on every reload (a broken file keeps the last good version
-running). Nothing stops at the first problem: each broken file comes back with all of its
-problems.
+worker before it starts (a broken file is left out, the rest runs) and on every reload (a
+broken file keeps the last good version running). Nothing stops at the first problem: each
+broken file comes back with all of its problems.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from itertools import islice
@@ -211,6 +211,39 @@ def plan_chunks(
     remaining = iter(views)
     while batch := tuple(islice(remaining, size)):
         yield Chunk(batch, [decide(campaign, view, context, policy) for view in batch])
+
+
+CONTACTING = (Outcome.SEND, Outcome.DEFER, Outcome.HOLDOUT)  # count in the contact history
+
+
+def to_recheck(chunk: Chunk) -> list[str]:
+    """The customers of ``chunk`` it would contact (an e-mail, or a holdout that counts as
+    one): whose contact history a run reads again before writing the chunk."""
+    return [d.customer_id for d in chunk.decisions if d.outcome in CONTACTING]
+
+
+def recheck(
+    campaign: Campaign,
+    chunk: Chunk,
+    contacts: Mapping[str, tuple[caps.Contact, ...]],
+    context: Context,
+) -> Chunk:
+    """``chunk`` decided again where a contacted customer's history is no longer the one the
+    run's snapshot held (``contacts``: the histories read now; a customer missing has none):
+    another run mailed them meanwhile, and the caps, cooldown, preference and
+    ``not_contacted_days`` must count that e-mail. Only a skip replaces a decision: offers,
+    holdout, variant and quiet hours do not depend on the history, so a contact that stays a
+    contact stays the same decision (and its composed e-mail stays valid)."""
+    policy = campaign.policy(context.policy)
+    decisions = list(chunk.decisions)
+    for n, (view, decision) in enumerate(zip(chunk.views, decisions, strict=True)):
+        fresh = contacts.get(view.customer.id, ())
+        if decision.outcome not in CONTACTING or fresh == view.contacts:
+            continue
+        again = decide(campaign, replace(view, contacts=fresh), context, policy)
+        if again.outcome is Outcome.SKIP:
+            decisions[n] = again
+    return Chunk(chunk.views, decisions)
 
 
 def decide(

@@ -6,6 +6,12 @@ at a time (``planner.plan_chunks``), and each chunk's decisions and e-mails are 
 claimable by the deliverers, before the next chunk is decided. A run of 100,000 customers
 starts delivering after its first chunk, not after seconds of planning.
 
+Runs that overlap (two campaigns due at the same minute, a CLI ``send`` while the worker
+runs, several workers) keep each other's caps: each chunk reads its customers' contact
+histories again under a store-wide lock, in the transaction that writes it, and what another
+run mailed since the snapshot turns a send into a ``capped_24h`` (or cooldown…) skip. The
+lock is held for one chunk's write, never for a run.
+
 Re-running the same slot (campaign × shop-local day) adds nothing: decisions are unique per
 run key and customer, e-mails per send key; a crash in the middle resumes where it stopped,
 because already enqueued send keys are skipped before anything is composed again (the
@@ -238,8 +244,10 @@ def enqueue_decisions(
     """Decide, record every decision and enqueue the e-mails of sends and deferrals, chunk by
     chunk (``chunks``: default ``planned.chunks``): each chunk is committed before the next is
     decided, so deliverers start on the first while the rest is planned, and a crash or a stop
-    loses at most the chunk in flight (the re-run skips what is enqueued). Bodies are rendered
-    by whoever delivers them (``domain.BodyTemplate``); only the subject is rendered here."""
+    loses at most the chunk in flight (the re-run skips what is enqueued). Each chunk is
+    checked again against the contact histories under the store's contacts lock before it is
+    written (``_checked_again``). Bodies are rendered by whoever delivers them
+    (``domain.BodyTemplate``); only the subject is rendered here."""
     key = settings.require_signing_key()
     renderer = options.renderer or render.Renderer(templates, limits=settings.templates)
     report = planned.report
@@ -252,7 +260,7 @@ def enqueue_decisions(
             raise Interrupted(
                 f"campaign run {report.run_key} stopped after {report.enqueued:,} e-mails enqueued"
             )
-        views = {view.customer.id: view for view in chunk.views}
+        by_id = {view.customer.id: view for view in chunk.views}
         wanted = [
             d for d in chunk.decisions if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)
         ]
@@ -264,7 +272,7 @@ def enqueue_decisions(
         emails = [  # composed outside the write transaction: a deliverer may be draining
             _email(
                 d,
-                views[d.customer_id],
+                by_id[d.customer_id],
                 campaign,
                 settings,
                 renderer,
@@ -277,8 +285,9 @@ def enqueue_decisions(
             if keys[d.customer_id] not in done
         ]
         with engine.begin() as connection:
+            chunk = _checked_again(connection, campaign, planned, chunk, now)
             _record_decisions(connection, report.run_key, chunk.decisions, now)
-            report.enqueued += outbox.enqueue(connection, emails, now)
+            report.enqueued += outbox.enqueue(connection, _still_sent(emails, chunk), now)
         report.already_enqueued += len(done)
         planner.tally(chunk.decisions, tally)
         decided += len(chunk.decisions)
@@ -296,6 +305,35 @@ def enqueue_decisions(
 
 
 Queued = tuple[OutgoingEmail, str, str | None, datetime]
+
+
+def _checked_again(
+    connection: Connection,
+    campaign: Campaign,
+    planned: Planned,
+    chunk: planner.Chunk,
+    now: datetime,
+) -> planner.Chunk:
+    """The chunk's decisions against the contact histories as they are now, read under the
+    store's contacts lock, which the caller's transaction then holds until the chunk is
+    written: a run that overlaps this one (another campaign due at the same minute, a CLI
+    ``send`` while the worker runs) enqueued its e-mails after this run's snapshot, or will
+    after this chunk is committed and see it. Without this both read "no e-mail today" and
+    both mail, past ``max_per_24h``."""
+    views.lock_contacts(connection)
+    ids = planner.to_recheck(chunk)
+    fresh = views.contacts_of(connection, ids, now, own_run=planned.report.run_key)
+    return planner.recheck(campaign, chunk, fresh, planned.context)
+
+
+def _still_sent(emails: Sequence[Queued], chunk: planner.Chunk) -> list[Queued]:
+    """The composed e-mails whose decision is still a send or deferral after the recheck."""
+    mailed = {
+        d.customer_id
+        for d in chunk.decisions
+        if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)
+    }
+    return [email for email in emails if email[1] in mailed]
 
 
 def _email(

@@ -27,16 +27,18 @@ from recocamp.cli.common import (
     engine_for,
     errors_to_exit,
     parse_as_of,
+    print_error,
+    print_warning,
     within,
 )
 from recocamp.cli.demo import demo_settings, demo_shop
 from recocamp.clock import FixedClock
-from recocamp.errors import RecocampError
+from recocamp.errors import ConfigError, RecocampError
 from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
 from recocamp.store import queries, runs
 from recocamp.store.engine import Engine
-from recocamp.worker.process import Worker
+from recocamp.worker.process import CHECK_JOB, Worker
 
 runs_app = typer.Typer(help="The history of job and campaign runs; workers.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
@@ -82,10 +84,13 @@ def worker(
     with errors_to_exit():
         settings = current_settings()
         process = Worker(settings, engine_for(settings), campaigns, templates, clock)
-        process.load()
+        broken = process.load()  # each broken file is logged with its problems
         if once:
             outcomes = process.run_due_once()
             console.print(", ".join(f"{job}: {what}" for job, what in outcomes.items()))
+            if broken:  # the rest ran; a cron job running --once still notices
+                print_error(f"{_broken_text(broken)}; the rest ran")
+                raise typer.Exit(2)
             return
         _serve_metrics(
             settings.worker.metrics_host,
@@ -96,12 +101,20 @@ def worker(
         console.print(
             f"worker {process.id} running {len(process.specs)} jobs; SIGTERM or Ctrl-C stops it"
         )
+        if broken:
+            print_warning(f"{_broken_text(broken)} (fix them: the worker reloads them)")
         process.wait()
         if not process.shutdown():
             # running jobs (a training, an import) cannot be cut short, and the interpreter
             # would wait for their threads: leave now, the next worker resumes what matters
             logging.shutdown()
             os._exit(3)
+
+
+def _broken_text(broken: list[ConfigError]) -> str:
+    """The broken campaign files in one line (their problems are in the log above)."""
+    names = ", ".join(str(failure.path) for failure in broken)
+    return f"{len(broken)} broken campaign file(s) not run: {names}"
 
 
 def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
@@ -280,9 +293,11 @@ def runs_workers() -> None:
     """Workers with their heartbeat, and which one schedules."""
     with errors_to_exit(), engine_for(current_settings()).connect() as connection:
         rows = runs.all_workers(connection)
+        checks = runs.latest_by_worker(connection, CHECK_JOB, [row.id for row in rows])
     table = Table(title="workers")
-    for column in ("worker", "started (UTC)", "heartbeat", "leader since", "stopped"):
-        table.add_column(column)
+    columns = ("worker", "started (UTC)", "heartbeat", "leader since", "stopped", "campaign files")
+    for column in columns:
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
             row.id,
@@ -290,5 +305,14 @@ def runs_workers() -> None:
             f"{row.heartbeat_at:%Y-%m-%d %H:%M:%S}",
             f"{row.leader_since:%Y-%m-%d %H:%M:%S}" if row.leader_since else "",
             f"{row.stopped_at:%Y-%m-%d %H:%M:%S}" if row.stopped_at else "",
+            _files_text(checks.get(row.id)),
         )
     console.print(table)
+
+
+def _files_text(check: Any) -> str:
+    """A worker's campaign files as its last check found them: ``ok``, or every problem of
+    every broken file (``runs list --job check`` keeps the history)."""
+    if check is None or check.status == "ok":
+        return "ok"
+    return check.error or f"{check.counts.get('broken_files', '?')} broken"

@@ -179,3 +179,19 @@ def last_ok_counts(connection: sa.Connection, job: str) -> Any:
         .limit(1)
     )
     return connection.execute(query).scalar()
+
+
+def latest_by_worker(
+    connection: sa.Connection, job: str, worker_ids: Sequence[str]
+) -> dict[str, Any]:
+    """The newest run of ``job`` by each of ``worker_ids`` that has one, by worker."""
+    if not worker_ids:
+        return {}
+    newest = (
+        sa.select(sa.func.max(runs.c.id))
+        .where(runs.c.job == job, runs.c.worker.in_(worker_ids))
+        .group_by(runs.c.worker)
+    )
+    return {
+        row.worker: row for row in connection.execute(sa.select(runs).where(runs.c.id.in_(newest)))
+    }

@@ -8,6 +8,10 @@ the holdout decisions of those days, at the instant they were decided: a held-ou
 meets the caps and cooldown as if the e-mail had gone out, so treated and held-out customers
 stay comparable run after run (see ``planner``). Suppressions are the hashed addresses of the
 suppression list. ``campaigns.audience`` turns these rows into the planner's views.
+
+A run reads the contact histories of each chunk again, under :func:`lock_contacts`, in the
+transaction that writes the chunk (:func:`contacts_of`): the caps hold across runs that
+overlap.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from recocamp.domain import (
 )
 from recocamp.store import queries
 from recocamp.store.engine import driver_rows
+from recocamp.store.locks import lock_key
 from recocamp.store.outbox import LIVE_STATES
 from recocamp.store.schema import (
     customers,
@@ -64,13 +69,55 @@ def planning_rows(
     return PlanningRows(records, orders, personal, contacts, suppressed, catalogue, popular)
 
 
+CONTACTS_LOCK = lock_key("contacts")  # see lock_contacts
+IN_BATCH = 5000  # customer ids per IN (SQLite allows 32,766 parameters; a chunk 50,000 ids)
+
+
+def lock_contacts(connection: sa.Connection) -> None:
+    """Make reading contact histories and writing the contacts they allow one exclusive step
+    per store, until the transaction ends: two campaign runs at the same time (two worker
+    threads, a worker and a CLI ``send``, several workers) would otherwise both read "no
+    e-mail today" for a customer and both enqueue one, past the caps of both.
+
+    PostgreSQL: a transaction-level advisory lock, exclusive; it leaves deliverers and every
+    other writer alone. SQLite: the database's write lock (``BEGIN IMMEDIATE``), which the
+    chunk's inserts would take a moment later anyway. Hold it for one chunk, not a run."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": CONTACTS_LOCK})
+    else:
+        queries.write_lock(connection)
+
+
+def contacts_of(
+    connection: sa.Connection,
+    customer_ids: Sequence[str],
+    now: datetime,
+    own_run: str | None = None,
+) -> dict[str, tuple[Contact, ...]]:
+    """The contact histories of ``customer_ids`` as :func:`planning_rows` reads them (those
+    with none left out): read again under :func:`lock_contacts` just before a chunk of a run
+    is written, since other runs may have contacted its customers after the run's snapshot."""
+    found: dict[str, tuple[Contact, ...]] = {}
+    for start in range(0, len(customer_ids), IN_BATCH):
+        batch = customer_ids[start : start + IN_BATCH]
+        found |= _contacts(connection, now, own_run, batch)
+    return found
+
+
 def _contacts(
-    connection: sa.Connection, now: datetime, own_run: str | None = None
+    connection: sa.Connection,
+    now: datetime,
+    own_run: str | None = None,
+    customer_ids: Sequence[str] | None = None,
 ) -> dict[str, tuple[Contact, ...]]:
     at = sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
     query = sa.select(
         outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at, outbox.c.not_before
     ).where(outbox.c.state.in_(LIVE_STATES), at >= now - timedelta(days=35))
+    held_out = _held_out(now, own_run)
+    if customer_ids is not None:
+        query = query.where(outbox.c.customer_id.in_(customer_ids))
+        held_out = held_out.where(decisions.c.customer_id.in_(customer_ids))
     if own_run is not None:  # send keys are campaign/customer/day, run keys campaign/day
         campaign, _, day = own_run.rpartition("/")
         query = query.where(
@@ -84,7 +131,7 @@ def _contacts(
     found: dict[str, list[Contact]] = defaultdict(list)
     for row in connection.execute(query):
         found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
-    for row in connection.execute(_held_out(now, own_run)):
+    for row in connection.execute(held_out):
         found[row.customer_id].append(Contact(row.campaign, row.decided_at))
     return {customer: tuple(sorted(c, key=lambda x: x.at)) for customer, c in found.items()}
 

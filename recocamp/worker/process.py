@@ -1,6 +1,8 @@
 """The worker: one long-running process that runs the schedule (``recocamp worker``).
 
-On start it refuses to run when ``check`` fails, registers itself (``workers`` table,
+On start it checks every campaign file like ``check``: broken ones are left out and
+reported (log, a ``check`` run shown by ``runs workers``, a gauge) and everything else runs;
+broken settings stop it. It registers itself (``workers`` table,
 heartbeat every ``[worker] leader_poll_s``) and then, in one loop thread:
 
 - **leadership**: tries to become the scheduling leader (``leadership``); the leader
@@ -59,6 +61,7 @@ from recocamp.store.runs import CAMPAIGN_PREFIX
 from recocamp.worker import jobs, leadership, scheduler
 
 log = logging.getLogger(__name__)
+CHECK_JOB = "check"  # the runs of a load or reload that found broken campaign files
 RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is tried again then
 _current: Worker | None = None  # the worker of this process, for dispatch()
 
@@ -93,6 +96,7 @@ class Worker:
         self.campaigns: dict[str, Campaign] = {}
         self.specs: dict[str, scheduler.JobSpec] = {}
         self.leader_since: datetime | None = None
+        self.broken: list[ConfigError] = []  # campaign files that failed the last check
         self._files: tuple[Any, ...] = ()
         self._resuming: set[int] = set()
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
@@ -112,16 +116,36 @@ class Worker:
 
     # -- campaigns and the schedule -------------------------------------------------------
 
-    def load(self) -> None:
-        """Check every campaign and template; refuse to start when anything is broken."""
+    def load(self) -> list[ConfigError]:
+        """Check every campaign and template and take the campaigns that pass; returns the
+        broken files, each with every problem (as ``check`` reports them). A broken campaign
+        never stops the others, the deliverer, imports or purges: it is left out, logged,
+        counted in ``recocamp_campaign_files_broken`` and recorded as a ``check`` run once
+        the worker registers (``runs list``, ``runs workers``), and the rest runs. (Broken
+        settings stop the worker before this: nothing could run.)"""
         good, failures, renderer = self._check()
-        if failures:
-            raise (
-                failures[0]
-                if len(failures) == 1
-                else ConfigError(self.campaigns_dir, [p for f in failures for p in f.problems])
-            )
+        for failure in failures:
+            log.error("campaign file left out, the other campaigns run: %s", failure)
         self._use(good, renderer)
+        self.broken = failures
+        metrics.CAMPAIGN_FILES_BROKEN.set(len(failures))
+        return failures
+
+    def _record_files(self, failures: list[ConfigError]) -> None:
+        """Say which campaign files are broken (or that none is any more, after some were):
+        a ``check`` run of this worker with every problem, which ``runs workers`` shows.
+        Written once the worker has registered (a worker refused writes nothing), and not
+        at every start of a worker whose files are all good."""
+        previous, self.broken = self.broken, failures
+        metrics.CAMPAIGN_FILES_BROKEN.set(len(failures))
+        if not failures and not previous:
+            return
+        now = self.clock.now()
+        counts = {"campaigns": len(self.campaigns), "broken_files": len(failures)}
+        error = "\n".join(str(f) for f in failures) or None
+        with self.engine.begin() as connection:
+            run_id = runs.start(connection, CHECK_JOB, self.id, now)
+            runs.finish(connection, run_id, "error" if failures else "ok", now, counts, error)
 
     def _check(self) -> tuple[list[Campaign], list[ConfigError], Renderer]:
         """The campaigns and templates as they are now: the good ones, every problem, and
@@ -147,8 +171,10 @@ class Worker:
         if failures:
             for failure in failures:
                 log.error("reload refused, keeping the last good campaigns: %s", failure)
+            self._record_files(failures)
             return False
         self._use(good, renderer)
+        self._record_files(failures)
         if self.leader_since is not None:
             scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
         log.info("reloaded %d campaign(s): %s", len(good), ", ".join(sorted(self.campaigns)))
@@ -381,6 +407,7 @@ class Worker:
         (tests drive :meth:`tick` themselves with ``loop=False``)."""
         global _current
         self.leadership.register()
+        self._record_files(self.broken)
         _current = self
         self.scheduler.add_listener(self._not_run, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()
@@ -459,6 +486,7 @@ class Worker:
         outcomes: dict[str, str] = {}
         try:
             self.leadership.register()
+            self._record_files(self.broken)
             if self.leadership.try_acquire():
                 self.leader_since = self.clock.now()
                 outcomes = self._fire_due()

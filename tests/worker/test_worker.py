@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import signal
@@ -304,13 +305,87 @@ def test_job_runs_are_recorded_and_counted(tmp_path: Path, secrets: None) -> Non
     process.engine.dispose()
 
 
-def test_the_worker_refuses_to_start_when_check_fails(tmp_path: Path) -> None:
+def broken_beside(shop: Path) -> Path:
+    """A second campaign file, ``late.toml``, whose cron has hour 25 (line 6)."""
+    good = (shop / "campaigns" / "everyone.toml").read_text()
+    path = shop / "campaigns" / "late.toml"
+    path.write_text(
+        good.replace('name = "everyone"', 'name = "late"').replace(
+            '"0 9 * * THU"', '"0 25 * * THU"'
+        )
+    )
+    return path
+
+
+def test_a_broken_campaign_file_is_left_out_and_everything_else_runs(
+    tmp_path: Path,
+    secrets: None,
+    esp: tuple[FakeEsp, str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url, reload_check_s=1e-6)
+    path = broken_beside(shop)
+    with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
+        process = worker_for(shop)
+    [failure] = process.broken
+    assert failure.path == path and "late.toml" in caplog.text and "line 6" in caplog.text
+    assert set(process.campaigns) == {"everyone"}  # the good one is scheduled, the rest too
+    assert {"campaign:everyone", "deliver", "import", "purge"} <= set(process.specs)
+    assert "campaign:late" not in process.specs
+    assert REGISTRY.get_sample_value("recocamp_campaign_files_broken") == 1
+    process.start(loop=False)
+    try:
+        with process.engine.connect() as connection:
+            [check] = runs.recent(connection, "check")  # written once it registered
+        assert check.status == "error" and check.worker == process.id
+        for shown in ("late.toml", "line 6", "schedule.cron", "0 25 * * THU"):
+            assert shown in check.error  # file, line, key and value, as `check` says them
+        process.tick()  # it leads and schedules as always
+        assert process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+        monkeypatch.setenv("COLUMNS", "1000")  # the table's cells unfolded
+        shown = recocamp(shop, "runs", "workers").stdout
+        assert process.id in shown and "late.toml" in shown and "schedule.cron" in shown
+        assert process.run("campaign:everyone") == "ok"  # the good campaign runs and delivers
+        assert fake.stats()["received"] == 60
+        path.write_text(path.read_text().replace('"0 25 * * THU"', '"0 9 * * FRI"'))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+        process.tick()  # fixed: the reload takes it, and the status clears
+        assert set(process.campaigns) == {"everyone", "late"} and not process.broken
+        assert process.scheduler.get_job("campaign:late", jobstore=scheduler.SHARED)
+        assert REGISTRY.get_sample_value("recocamp_campaign_files_broken") == 0
+        with process.engine.connect() as connection:
+            assert [r.status for r in runs.recent(connection, "check")] == ["ok", "error"]
+    finally:
+        process.shutdown()
+    process.engine.dispose()
+
+
+def test_worker_once_does_the_rest_then_exits_2_naming_the_broken_file(tmp_path: Path) -> None:
     shop = sqlite_shop(tmp_path)
-    path = shop / "campaigns" / "everyone.toml"
-    path.write_text(path.read_text().replace('"0 9 * * THU"', '"0 25 * * THU"'))
+    broken_beside(shop)
     result = recocamp(shop, "worker", "--once")
-    assert result.returncode == 2
-    assert "everyone.toml" in result.stderr and "schedule.cron" in result.stderr
+    assert result.returncode == 2  # a cron job running --once notices
+    assert "deliver: ok" in result.stdout  # after the delivery round ran
+    for shown in ("late.toml", "line 6", "schedule.cron", "0 25 * * THU"):
+        assert shown in result.stderr
+    assert "1 broken campaign file(s) not run" in result.stderr
+    checks = recocamp(shop, "runs", "list", "--job", "check", "--format", "json")
+    [check] = json.loads(checks.stdout)
+    assert check["status"] == "error" and "late.toml" in check["error"]
+
+
+def test_broken_settings_still_stop_the_worker_before_anything_runs(tmp_path: Path) -> None:
+    shop = sqlite_shop(tmp_path)
+    settings = shop / "settings.toml"
+    settings.write_text(settings.read_text().replace("batch_size = 5", "batch_size = -5"))
+    result = recocamp(shop, "worker", "--once")
+    assert result.returncode == 2 and "batch_size" in result.stderr
+    assert "deliver" not in result.stdout
+    engine = make_engine(f"sqlite:///{shop / 'shop.db'}")
+    assert scalar(engine, "SELECT count(*) FROM workers") == 0  # nothing registered
+    engine.dispose()
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
