@@ -46,6 +46,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recocamp import __version__, metrics
+from recocamp.api import bodies as api_bodies
 from recocamp.api import events as api_events
 from recocamp.api import forecasts as api_forecasts
 from recocamp.api import lean as api_lean
@@ -114,7 +115,6 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
         title="recocamp shop API",
         version=__version__,
         lifespan=lifespan,
-        max_body_size=settings.api.max_body_bytes,
         description="Next-best offers, live events, preferences and privacy rights. "
         "Send API keys as `Authorization: Bearer <key>`.",
     )
@@ -131,6 +131,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.include_router(api_measure.router(settings, engine, clock, auth.require))
     app.include_router(api_pages.router(settings, engine, clock, service))
     app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
+    app.add_middleware(api_bodies.BodyLimit, limit=settings.api.max_body_bytes)
     app.add_middleware(api_pages.PrivateHeaders)
     app.add_middleware(HttpMetrics)
     if settings.api.cors_origins:
