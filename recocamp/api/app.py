@@ -17,7 +17,8 @@ GET  /healthz, /readyz, /metrics, /docs     anyone
 ==========================================  ====================  ==============================
 
 API keys: see ``api_auth`` (``RECOCAMP_API_KEYS``, hashed, scopes, rate limit per key).
-Bodies above ``[api] max_body_bytes`` are refused (413); CORS is off unless
+Bodies above ``[api] max_body_bytes`` are refused (413 ``{"detail"}``, declared or chunked:
+``api.bodies``); CORS is off unless
 ``[api] cors_origins`` lists origins. Requests are counted and timed per route *template*
 (``/metrics``), so neither logs nor metrics carry customer ids, tokens or addresses; the
 server's access log is off for the same reason (tokens in paths are credentials), and

@@ -5,8 +5,9 @@ FastAPI resolves an endpoint's parameters and dependencies anew on every request
 stack that costs about 100 µs a request, more than a cached next-best offer takes in all
 (``benchmarks/api.py``). A :class:`LeanRoute` keeps the endpoint's signature for the OpenAPI
 schema and calls the endpoint itself, but gets the arguments from a hand-written ``parse``
-function that applies the same rules (the tests compare both with the same bad inputs, and
-schemathesis checks the route against its schema). Errors look exactly like FastAPI's own:
+function that applies the same rules: a scalar through pydantic's own validator of its
+type (:func:`scalar`), not a copy of its rules (the tests compare both with hostile inputs,
+and schemathesis checks the route against its schema). Errors look exactly like FastAPI's own:
 ``RequestValidationError`` → 422 with ``detail[].loc/msg`` (the app's handler drops the
 ``input``), ``HTTPException`` → status and ``detail``.
 
