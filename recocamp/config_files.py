@@ -88,6 +88,15 @@ def error_at(message: str, at: tuple[str | int, ...], value: object) -> Pydantic
     return PydanticCustomError(AT, message, {"at": where, "value": value})
 
 
+HIDDEN = "value_error_hidden"
+
+
+def error_hidden(message: str) -> PydanticCustomError:
+    """A validator's error whose value is not repeated (:func:`problems` leaves it out): a
+    key, a credential, or text too long to print."""
+    return PydanticCustomError(HIDDEN, message)
+
+
 def problems(error: ValidationError, text: str, env_prefix: str | None = None) -> list[Problem]:
     """Every validation error as a Problem with key, line and value (or the env variable)."""
     found = []
@@ -99,7 +108,7 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
 
             name = env_prefix + "__".join(loc).upper()
             from_env = f" (from environment variable {name})" if name in os.environ else ""
-        value = entry.get("input")
+        value = None if entry["type"] == HIDDEN else entry.get("input")
         if entry["type"] == AT:  # a validator that knows a more precise place named it
             loc += tuple(entry["ctx"]["at"].split("."))
             value = entry["ctx"]["value"]

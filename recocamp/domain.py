@@ -8,6 +8,8 @@ orders: they count for item popularity and the guest-checkout rate, never for a 
 from __future__ import annotations
 
 import hashlib
+import json
+import sys
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -104,6 +106,31 @@ def future_problem(value: datetime, now: datetime) -> str | None:
     """Why an instant that has happened (a consent, a change) cannot be ``value``, or None:
     it lies past ``now`` by more than the clocks' skew."""
     return "lies in the future" if value > now + CLOCK_SKEW else None
+
+
+def read_json(body: bytes) -> Any:
+    """A request body's JSON document; a ValueError saying what is wrong (never quoting
+    the body): not JSON, where; a number with more digits than Python converts (4,300, its
+    guard against quadratic parsing); nesting deeper than the parser's stack."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"the body is not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise ValueError("the body's JSON is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ValueError("the body is not JSON: it is not UTF-8 text") from None
+    except ValueError as exc:  # int("9" * 5000): Python's limit on digits
+        if "digits" in str(exc):
+            raise ValueError(
+                f"the body holds a number too long to read (more than "
+                f"{sys.get_int_max_str_digits()} digits)"
+            ) from None
+        raise ValueError(
+            str(exc) if str(exc).startswith("the body") else "the body is not JSON"
+        ) from None
 
 
 def birthday_problem(value: date, now: datetime) -> str | None:

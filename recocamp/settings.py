@@ -17,6 +17,9 @@ environment variable), the dotted key, its line and the value.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import os
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -24,6 +27,9 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -37,7 +43,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from recocamp.config_files import line_of, read_toml, validated
+from recocamp.config_files import error_hidden, line_of, read_toml, validated
 from recocamp.domain import MAX_COUNT, MAX_DAYS, Locale
 from recocamp.errors import ConfigError, Problem
 
@@ -187,6 +193,56 @@ class LoyaltySettings(_Section):
         return self
 
 
+def sendgrid_key(text: str) -> ec.EllipticCurvePublicKey:
+    """SendGrid's event-webhook verification key (``[esp] webhook_public_key``: base64 of a
+    DER-encoded P-256 public key), as the signature check loads it; ValueError if it is
+    none. Read when the settings load, so that ``check`` and ``serve`` refuse a key that
+    would answer every SendGrid webhook 401."""
+    try:
+        key = load_der_public_key(base64.b64decode("".join(text.split()), validate=True))
+    except (binascii.Error, ValueError, UnsupportedAlgorithm):
+        raise ValueError("is not base64 of a DER-encoded public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ValueError("is not an ECDSA P-256 public key (SendGrid's kind)")
+    return key
+
+
+def _check_sendgrid_key(text: str | None) -> str | None:
+    if text is not None:
+        try:
+            sendgrid_key(text)
+        except ValueError as exc:  # the message names the problem, never the key
+            raise error_hidden(
+                f"{exc}: copy the verification key of SendGrid's signed event webhook"
+            ) from None
+    return text
+
+
+LOOPBACK_NAMES = ("localhost", "localhost.")
+
+
+def _https_unless_local(url: HttpUrl) -> HttpUrl:
+    """``[api] public_url`` goes into every e-mail's List-Unsubscribe header, whose one-click
+    unsubscribe (RFC 8058) must be an HTTPS URI; plain http only for a server on this
+    machine (the demo, tests)."""
+    if url.scheme == "https" or _is_loopback(url.host or ""):
+        return url
+    raise ValueError(
+        "must be an https:// URL: one-click unsubscribe (RFC 8058) needs HTTPS "
+        "(http:// only for localhost or a loopback address)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class EspSettings(_Section):
     provider: Literal["postmark", "sendgrid", "brevo", "mailpit", "fake"] = "postmark"
     base_url: HttpUrl = HttpUrl("http://127.0.0.1:8025")
@@ -206,11 +262,14 @@ class EspSettings(_Section):
     delivery_processes: int = Field(default=0, ge=0, le=MAX_PROCESSES)
     message_stream: str = "broadcast"
     unsubscribe_mailto: str | None = None
-    webhook_public_key: str | None = None  # SendGrid's signed event webhook (base64 DER)
+    # SendGrid's signed event webhook (base64 DER), checked as the verifier loads it
+    webhook_public_key: Annotated[str | None, AfterValidator(_check_sendgrid_key)] = None
 
 
 class ApiSettings(_Section):
-    public_url: HttpUrl = HttpUrl("http://127.0.0.1:8000")
+    public_url: Annotated[HttpUrl, AfterValidator(_https_unless_local)] = HttpUrl(
+        "http://127.0.0.1:8000"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_000_000, ge=1024, le=100_000_000)  # 100 MB

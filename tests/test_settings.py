@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from datetime import time
 from pathlib import Path
@@ -640,3 +641,78 @@ def test_the_first_fire_is_found_from_the_given_instant_within_the_bound() -> No
     assert first_fire("0 0 29 2 MON", now) == datetime(2044, 2, 29, tzinfo=UTC)
     assert first_fire("0 0 29 2 MON", now, years=20) is None
     assert first_fire("0 0 31 2 *", now) is None
+
+
+# --- settings that would break delivery feedback ------------------------------------------
+
+
+def _der(key: object) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    public = key.public_key().public_bytes(  # type: ignore[attr-defined]
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(public).decode()
+
+
+def _keys() -> dict[str, str]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    return {
+        "not base64": "not-base64!!",
+        "base64 of no key": base64.b64encode(b"hello, this is no key").decode(),
+        "another curve": _der(ec.generate_private_key(ec.SECP384R1())),
+        "not ECDSA": _der(ed25519.Ed25519PrivateKey.generate()),
+    }
+
+
+@pytest.mark.parametrize("kind", ["not base64", "base64 of no key", "another curve", "not ECDSA"])
+def test_a_sendgrid_key_the_verifier_cannot_load_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    value = _keys()[kind]
+    monkeypatch.setenv("RECOCAMP_ESP__WEBHOOK_PUBLIC_KEY", value)
+    error = config_error()
+    [problem] = error.problems
+    assert problem.key == "esp.webhook_public_key" and problem.value is None
+    assert "RECOCAMP_ESP__WEBHOOK_PUBLIC_KEY" in str(error)
+    assert value not in str(error) and value[:12] not in str(error)
+
+
+def test_a_sendgrid_key_is_loaded_as_the_verifier_loads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    value = _der(ec.generate_private_key(ec.SECP256R1()))
+    wrapped = "\n".join(value[i : i + 40] for i in range(0, len(value), 40))  # pasted wrapped
+    monkeypatch.setenv("RECOCAMP_ESP__WEBHOOK_PUBLIC_KEY", wrapped)
+    assert load_settings().esp.webhook_public_key == wrapped
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://shop.example.com", True),
+        ("https://shop.example.com/recocamp", True),
+        ("http://127.0.0.1:8000", True),
+        ("http://127.8.0.1", True),
+        ("http://localhost:8000", True),
+        ("http://api.localhost", True),
+        ("http://[::1]:8000", True),
+        ("http://shop.example.com", False),
+        ("http://localhost.example.com", False),
+        ("http://10.0.0.5:8000", False),
+        ("http://[::2]", False),
+    ],
+)
+def test_the_public_url_is_https_unless_it_is_this_machine(
+    tmp_path: Path, url: str, ok: bool
+) -> None:
+    path = write(tmp_path, f'[api]\npublic_url = "{url}"\n')
+    if ok:
+        assert str(load_settings(path).api.public_url).startswith(url)
+        return
+    [problem] = config_error(path).problems
+    assert problem.key == "api.public_url" and problem.line == 2
+    assert "https" in problem.message and "RFC 8058" in problem.message

@@ -17,7 +17,8 @@ GET  /healthz, /readyz, /metrics, /docs     anyone
 ==========================================  ====================  ==============================
 
 API keys: see ``api_auth`` (``RECOCAMP_API_KEYS``, hashed, scopes, rate limit per key).
-Bodies above ``[api] max_body_bytes`` are refused (413); CORS is off unless
+Bodies above ``[api] max_body_bytes`` are refused (413 ``{"detail"}``, declared or chunked:
+``api.bodies``); CORS is off unless
 ``[api] cors_origins`` lists origins. Requests are counted and timed per route *template*
 (``/metrics``), so neither logs nor metrics carry customer ids, tokens or addresses; the
 server's access log is off for the same reason (tokens in paths are credentials), and
@@ -51,6 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recocamp import __version__, metrics
+from recocamp.api import bodies as api_bodies
 from recocamp.api import events as api_events
 from recocamp.api import forecasts as api_forecasts
 from recocamp.api import lean as api_lean
@@ -119,7 +121,6 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
         title="recocamp shop API",
         version=__version__,
         lifespan=lifespan,
-        max_body_size=settings.api.max_body_bytes,
         description="Next-best offers, live events, preferences and privacy rights. "
         "Send API keys as `Authorization: Bearer <key>`.",
     )
@@ -137,6 +138,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.include_router(api_measure.router(settings, engine, clock, auth.require))
     app.include_router(api_pages.router(settings, engine, clock, service))
     app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
+    app.add_middleware(api_bodies.BodyLimit, limit=settings.api.max_body_bytes)
     app.add_middleware(api_pages.PrivateHeaders)
     app.add_middleware(HttpMetrics)
     if settings.api.cors_origins:

@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body, Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
@@ -44,8 +44,10 @@ from pydantic import (
 )
 
 from recocamp import metrics
+from recocamp.api import bodies
 from recocamp.api import lean as api_lean
 from recocamp.api.auth import EventsWrite
+from recocamp.api.bodies import Flag, Number, WholeNumber
 from recocamp.clock import Clock
 from recocamp.data import profiles
 from recocamp.data.ingest import detach
@@ -104,9 +106,11 @@ class _Strict(BaseModel):
 
 class LineIn(_Strict):
     item_id: Id
-    quantity: int = Field(ge=-QUANTITY_MAX, le=QUANTITY_MAX, description="Negative: returned.")
-    unit_price: float = Field(ge=-PRICE_MAX, le=PRICE_MAX, allow_inf_nan=False)
-    is_return: bool | None = Field(None, description="Default: quantity < 0.")
+    quantity: WholeNumber = Field(
+        ge=-QUANTITY_MAX, le=QUANTITY_MAX, description="Negative: returned."
+    )
+    unit_price: Number = Field(ge=-PRICE_MAX, le=PRICE_MAX, allow_inf_nan=False)
+    is_return: Flag | None = Field(None, description="Default: quantity < 0.")
 
 
 class OrderIn(_Strict):
@@ -175,16 +179,16 @@ class CustomerIn(_Strict):
     ] = None
     consent_at: When | None = None
     consent_source: Text | None = None
-    channel_email: Annotated[bool | None, _never_null("boolean")] = None
+    channel_email: Annotated[Flag | None, _never_null("boolean")] = None
     frequency_preference: Literal["daily", "weekly", "monthly"] | None = None
     paused_until: When | None = None
-    objected_to_profiling: Annotated[bool | None, _never_null("boolean")] = None
-    unsubscribed: bool | None = Field(
+    objected_to_profiling: Annotated[Flag | None, _never_null("boolean")] = None
+    unsubscribed: Flag | None = Field(
         None,
         description="true: unsubscribe from marketing "
         "e-mail; false: re-subscribe (needs a new consent).",
     )
-    new_sign_up: bool = Field(
+    new_sign_up: Flag = Field(
         False,
         description="The person signs up again after an erasure of this id or address: "
         "needs consent_basis and a consent_at after the erasure (else 410 Gone).",
@@ -207,7 +211,9 @@ def router(
     """``on_change``: told, after the commit and before the answer, which customers' data a
     request changed (the offer cache of this process drops their answers; other processes
     learn it from the store, see ``api.offer_cache``)."""
-    api = APIRouter(tags=["events"])
+    api = APIRouter(
+        tags=["events"], route_class=bodies.JsonRoute, dependencies=[Depends(bodies.json_only)]
+    )
     zone = settings.shop.zone
     secret = tombstones.key_of(settings)
     model = problems[401]["model"]
@@ -240,7 +246,7 @@ def router(
     @api.post(
         "/v1/events/purchases",
         response_model=PurchasesOut,
-        responses={**problems, **conflict, **unchecked},
+        responses={**problems, **conflict, **unchecked, **bodies.UNSUPPORTED},
     )
     def post_purchases(body: Annotated[PurchasesIn, Body()], key: EventsWrite) -> PurchasesOut:
         """One order or a batch (``{"orders": […]}``): all written or none."""
@@ -248,7 +254,7 @@ def router(
         prefix: tuple[str | int, ...] = (
             ("body", "orders") if isinstance(body, OrdersIn) else ("body",)
         )
-        rows, skipped = _validated(orders, prefix, zone, isinstance(body, OrdersIn))
+        rows, skipped = _validated(orders, prefix, zone, isinstance(body, OrdersIn), clock.now())
         try:
             with _checked(engine) as connection:
                 named = {row.customer_id for row in rows if row.customer_id}
@@ -283,7 +289,7 @@ def router(
     @api.put(
         "/v1/customers/{customer_id}",
         response_model=CustomerOut,
-        responses={**problems, **gone, **unchecked},
+        responses={**problems, **gone, **unchecked, **bodies.UNSUPPORTED},
     )
     def put_customer(
         customer_id: api_lean.PathId, body: CustomerIn, key: EventsWrite
@@ -408,9 +414,16 @@ def _admit(
 
 
 def _validated(
-    orders: list[OrderIn], prefix: tuple[str | int, ...], zone: ZoneInfo, batch: bool
+    orders: list[OrderIn],
+    prefix: tuple[str | int, ...],
+    zone: ZoneInfo,
+    batch: bool,
+    now: datetime,
 ) -> tuple[list[Purchase], dict[str, int]]:
-    """Every line through the importer's row rules; all problems at once, as a 422."""
+    """Every line through the importer's row rules, and an order time no later than ``now``
+    and the clocks' skew (``domain.future_problem``, as a consent's: an order of 2030 is a
+    typo or a wrong clock, and would stand first in every "latest" since); all problems at
+    once, as a 422."""
     stamps, numbers = sources.Timestamps(zone), sources.LineNumbers()
     rows: list[Purchase] = []
     skipped: dict[str, int] = {}
@@ -428,6 +441,7 @@ def _validated(
                 )
             )
         seen.add(order.order_id)
+        kept = len(rows)
         for j, line in enumerate(order.lines):
             try:
                 value = sources.standard_purchase(_row(order, line, j), stamps, numbers)
@@ -443,6 +457,11 @@ def _validated(
                 skipped[value.reason] = skipped.get(value.reason, 0) + 1
             else:
                 rows.append(value)
+        late = next((future_problem(row.ordered_at, now) for row in rows[kept:]), None)
+        if late:
+            errors.append(
+                api_lean.problem("value_error", (*where, "ordered_at"), late, order.ordered_at)
+            )
     api_lean.raise_if(errors)
     return rows, skipped
 

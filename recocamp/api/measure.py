@@ -23,7 +23,6 @@ No page or log carries an e-mail address; logs name customers by id.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +35,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from recocamp import tokens
 from recocamp.api import forms
 from recocamp.clock import Clock
-from recocamp.domain import LOCALES
+from recocamp.domain import LOCALES, read_json
 from recocamp.measure import jobs as measure_jobs
 from recocamp.measure.report import PAGES
 from recocamp.settings import Settings
@@ -152,7 +151,7 @@ def router(
         body = await request.body()
         try:
             fields = _fields(body, is_json)
-            claims, new, stored = answers.record(fields)
+            claims, new, stored = answers.record(fields, is_json)
         except Refused as exc:
             if is_json:
                 return JSONResponse({"detail": exc.message}, exc.status)
@@ -193,9 +192,9 @@ def _fields(body: bytes, is_json: bool) -> dict[str, Any]:
         raise Refused(413, "the answer is too long")
     if is_json:
         try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # nesting deeper than the parser's stack
-            raise Refused(400, "the body is not JSON") from None
+            data = read_json(body)
+        except ValueError as exc:  # not JSON, a number too long, nesting too deep: named
+            raise Refused(400, str(exc)) from None
         if not isinstance(data, dict):
             raise Refused(422, 'expected a JSON object {"token", "score", "comment"}')
         return data
@@ -205,16 +204,18 @@ def _fields(body: bytes, is_json: bool) -> dict[str, Any]:
         raise Refused(400, str(exc)) from None
 
 
-def _score(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise Refused(422, "the score must be a whole number from 0 to 10")
-    try:
-        score = int(value)
-    except ValueError:
-        raise Refused(422, "the score must be a whole number from 0 to 10") from None
+def _score(value: Any, is_json: bool) -> int:
+    """A JSON number, or a form's ASCII digits: not ``"7"`` in JSON, ``true``, ``" 7"``, nor
+    another script's digits (``int()`` reads "٧" as 7)."""
+    if is_json:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        score = value if whole else -1
+    else:
+        digits = isinstance(value, str) and value.isascii() and value.isdigit()
+        score = int(value) if digits and len(value) <= 2 else -1
     if not 0 <= score <= 10:
         raise Refused(422, "the score must be a whole number from 0 to 10")
-    return score
+    return int(score)
 
 
 def _comment(value: Any) -> str | None:
@@ -268,11 +269,12 @@ class _Answers:
         if person is None or person.erased_at is not None:
             raise Refused(410, "this survey is closed")
 
-    def record(self, fields: dict[str, Any]) -> tuple[tokens.Claims, bool, int]:
+    def record(self, fields: dict[str, Any], is_json: bool) -> tuple[tokens.Claims, bool, int]:
         token = fields.get("token")
         if not isinstance(token, str) or not token:
             raise Refused(422, "the answer has no token")
-        score, comment = _score(fields.get("score")), _comment(fields.get("comment"))
+        score = _score(fields.get("score"), is_json)
+        comment = _comment(fields.get("comment"))
         claims = self.claims(token)
         now = self.clock.now()
         with self.engine.begin() as connection:

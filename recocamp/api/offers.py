@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from recocamp.api import lean as api_lean
 from recocamp.api.auth import Authenticator, OffersRead
@@ -22,7 +22,8 @@ from recocamp.api.offer_cache import Query as OfferQuery
 from recocamp.recommender.ranking import Mode
 
 PARSED_QUERIES = 1024  # distinct query strings remembered
-MODES = tuple(m.value for m in Mode)
+COUNT = api_lean.bounded(1, MAX_N)  # n's rules, as Query(ge=1, le=MAX_N) has them
+MODE = TypeAdapter(Mode)
 NOTHING: frozenset[str] = frozenset()
 FILTER_LENGTH = 200
 
@@ -111,8 +112,8 @@ def next_best_offer_route(
             pairs = api_lean.query_pairs(raw)
             errors: list[dict[str, Any]] = []
             values = {
-                "n": api_lean.integer(pairs, "n", 5, 1, MAX_N, errors),
-                "mode": api_lean.choice(pairs, "mode", "mixed", MODES, errors),
+                "n": api_lean.scalar(pairs, "n", 5, COUNT, errors),
+                "mode": api_lean.scalar(pairs, "mode", Mode.MIXED, MODE, errors),
                 "category": api_lean.strings(pairs, "category", FILTER_LENGTH, errors),
                 "exclude": api_lean.strings(pairs, "exclude", FILTER_LENGTH, errors),
             }

@@ -2,9 +2,13 @@
 
 Every marketing e-mail carries (RFC 8058, UWG §7(3)):
 
-- ``List-Unsubscribe: <https://…/u/TOKEN>, <mailto:…?subject=unsubscribe%20TOKEN>`` and
-  ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``: mail clients unsubscribe with one
-  POST, no cookies, no page; the same URL opened in a browser shows a confirm button;
+- ``List-Unsubscribe: <https://…/u/TOKEN>`` and ``List-Unsubscribe-Post:
+  List-Unsubscribe=One-Click``: mail clients unsubscribe with one POST, no cookies, no page;
+  the same URL opened in a browser shows a confirm button. RFC 8058 asks for exactly one
+  HTTPS URI there and allows others; Gmail's and Yahoo's bulk-sender rules ask for the
+  one-click URL. A ``<mailto:…?subject=unsubscribe%20TOKEN>`` follows only when ``[esp]
+  unsubscribe_mailto`` names a mailbox that someone reads: an address nobody processes
+  would swallow the unsubscribes of mail clients that prefer mailto;
 - a preferences link (``/p/TOKEN``) in the body;
 - ``X-Recocamp-Send-Key``: any receiver can count duplicates;
 - for an NPS campaign (``type = "nps"``) the template's ``survey``: eleven answer links,
@@ -44,10 +48,9 @@ def links(settings: Settings, key: bytes, customer_id: str, campaign: str, now: 
     base = str(settings.api.public_url).rstrip("/")
     unsubscribe = tokens.sign(key, customer_id, campaign, "unsubscribe", now)
     preferences = tokens.sign(key, customer_id, campaign, "preferences", now)
-    mailbox = settings.esp.unsubscribe_mailto or (
-        "unsubscribe@" + settings.esp.from_email.rpartition("@")[2]
-    )
-    mailto = f"mailto:{mailbox}?subject=unsubscribe%20{unsubscribe}"  # tokens are URL-safe
+    mailbox = settings.esp.unsubscribe_mailto
+    # tokens are URL-safe
+    mailto = f"mailto:{mailbox}?subject=unsubscribe%20{unsubscribe}" if mailbox else None
 
     def feedback(survey: str) -> str:
         token = tokens.sign(key, customer_id, campaign, "feedback", now, survey)

@@ -30,7 +30,6 @@ from typing import Annotated, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -43,7 +42,9 @@ from pydantic import (
 
 from recocamp.domain import SUPPRESSING as SUPPRESSING  # shared values, re-exported
 from recocamp.domain import Event as Event
+from recocamp.domain import read_json
 from recocamp.errors import RecocampError
+from recocamp.settings import sendgrid_key
 
 MAX_SIGNATURE_AGE_S = 600
 
@@ -89,17 +90,19 @@ def check_sendgrid_signature(
     ):
         raise WebhookError("missing or stale signature timestamp", status=401)
     try:
-        key = load_der_public_key(base64.b64decode(public_key))
-        assert isinstance(key, ec.EllipticCurvePublicKey)
+        key = sendgrid_key(public_key)  # the settings' own check: it loaded when they did
         key.verify(base64.b64decode(signature), stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError, binascii.Error, AssertionError):
+    except (InvalidSignature, ValueError, binascii.Error):
         raise WebhookError("invalid SendGrid signature", status=401) from None
 
 
 # -- parsing --------------------------------------------------------------------------------
 #
 # Each event the provider posts is read through a pydantic model of the fields we use (types,
-# lengths, no NUL, times within 1900-9000): a provider's format is checked, not trusted. An
+# lengths, no NUL, times within 1900-9000): a provider's format is checked, not trusted. Only
+# the fields we act on are checked so: the kind, ids, the address, the message id, the time.
+# A text we only store (a bounce's description, its type) is cut to its column with a marker
+# instead (``CLIPPED``): a bounce must not be dropped for a long description. An
 # event of a kind we do not use is ignored unread. An event we use whose fields are wrong is
 # *rejected*: left out, named (index, field, problem; never its values) in the answer and the
 # log, while the request's other events are applied and the answer is 200. Not 4xx: a retry
@@ -114,7 +117,29 @@ MAX_REASON = 1000
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT, pattern=NO_NUL)]
 Address = Annotated[str, StringConstraints(max_length=MAX_ADDRESS, pattern=NO_NUL)]
-Reason = Annotated[str, StringConstraints(max_length=10 * MAX_REASON, pattern=NO_NUL)]
+CLIPPED = " [… truncated]"  # the end of a stored text that was longer than its column
+
+
+def _clip(limit: int) -> Callable[[Any], Any]:
+    def clip(value: Any) -> Any:
+        """A text we only store (a bounce's description, its type): never a reason to drop
+        the event, whose bounce or complaint must suppress the address. Longer than
+        ``limit``: cut, with :data:`CLIPPED` at the end; NUL (PostgreSQL cannot hold it):
+        U+FFFD; a number or another JSON value: its JSON text."""
+        if value is None:
+            return None
+        text = value if isinstance(value, str) else json.dumps(value)
+        text = text.replace("\x00", "\ufffd")
+        return text if len(text) <= limit else text[: limit - len(CLIPPED)] + CLIPPED
+
+    return clip
+
+
+_STRING = WithJsonSchema({"type": "string"})
+# a bounce's description or reason, and its type (Postmark's Type, SendGrid's type): stored
+# (the type also tells a hard bounce from a soft one, by a short known name), never rejected
+Reason = Annotated[str, BeforeValidator(_clip(MAX_REASON)), _STRING]
+StoredType = Annotated[str, BeforeValidator(_clip(MAX_TEXT)), _STRING]
 EPOCH = datetime.fromtimestamp(0, UTC)
 
 
@@ -134,9 +159,9 @@ def read(provider: str, body: bytes) -> Parsed:
     if parser is None:
         raise WebhookError(f"no webhooks for provider {provider!r}", status=404)
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        raise WebhookError("the body is not JSON") from None
+        document = read_json(body)
+    except ValueError as exc:  # names what is wrong: not JSON, a number too long, too deep
+        raise WebhookError(str(exc)) from None
     if not isinstance(document, dict | list):
         raise WebhookError("the body is neither a JSON object nor a list of them")
     items = document if isinstance(document, list) else [document]
@@ -298,7 +323,7 @@ class PostmarkEvent(_Payload):
     email: Address | None = Field(None, alias="Email")
     recipient: Address | None = Field(None, alias="Recipient")
     metadata: _PostmarkMetadata | None = Field(None, alias="Metadata")
-    type: Text | None = Field(None, alias="Type")
+    type: StoredType | None = Field(None, alias="Type")
     description: Reason | None = Field(None, alias="Description")
     inactive: bool | None = Field(None, alias="Inactive")
     suppress_sending: bool | None = Field(None, alias="SuppressSending")
@@ -330,13 +355,13 @@ def _postmark(item: dict[str, Any]) -> Event | None:
         email=e.email or e.recipient,
         message_id=e.message_id,
         send_key=e.metadata.send_key if e.metadata else None,
-        details={"type": e.type, "description": _short(e.description)},
+        details={"type": e.type, "description": e.description},
     )
 
 
 class SendgridEvent(_Payload):
     event: Annotated[Text, _kinds({"bounce", *SENDGRID_KINDS})]
-    type: Text | None = None
+    type: StoredType | None = None
     sg_message_id: Text | None = None
     sg_event_id: Text | None = None
     timestamp: Moment = None
@@ -363,7 +388,7 @@ def _sendgrid(item: dict[str, Any]) -> Event | None:
         email=e.email,
         message_id=message_id,
         send_key=e.send_key,
-        details={"reason": _short(e.reason)},
+        details={"reason": e.reason},
     )
 
 
@@ -391,12 +416,8 @@ def _brevo(item: dict[str, Any]) -> Event | None:
         at=e.ts_event or e.date or EPOCH,
         email=e.email,
         message_id=e.message_id,
-        details={"reason": _short(e.reason)},
+        details={"reason": e.reason},
     )
-
-
-def _short(text: str | None) -> str | None:
-    return text[:MAX_REASON] if text is not None else None
 
 
 PARSERS: dict[str, Callable[[dict[str, Any]], Event | None]] = {

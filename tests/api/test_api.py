@@ -386,6 +386,88 @@ def test_signed_sendgrid_bounce_suppresses(store: sa.Engine) -> None:
     assert after.events == [("bounced", "sendgrid", CUSTOMER)]
 
 
+def stored_details(engine: sa.Engine) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        return [dict(r.details) for r in connection.execute(sa.select(contact_events))]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"Description": "d" * 20_000},
+        {"Type": "t" * 500, "Description": "d" * 20_000},
+        {"Description": "a\x00b"},  # PostgreSQL text cannot hold NUL: replaced, not rejected
+        {"Description": 550},
+    ],
+)
+def test_a_bounce_with_long_stored_text_still_suppresses(
+    store: sa.Engine, changes: dict[str, Any]
+) -> None:
+    event = postmark_event("bounce", RECORD, NOW - timedelta(hours=1)) | changes
+    reply = call(
+        make_app(store),
+        "POST",
+        "/v1/webhooks/postmark",
+        content=json.dumps(event).encode(),
+        headers={"content-type": "application/json", **basic(SECRET)},
+    )
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    assert state(store).suppressed == {email_hash(ADDRESS): "bounced"}
+    [details] = stored_details(store)
+    assert len(details["description"]) <= 1000 and len(details["type"]) <= 200
+    assert "\x00" not in details["description"]
+    if len(str(changes["Description"])) > 1000:
+        assert details["description"].endswith(" [… truncated]")
+        assert details["description"].startswith("d" * 900)
+
+
+def test_an_address_too_long_to_act_on_is_still_rejected(store: sa.Engine) -> None:
+    event = postmark_event("bounce", RECORD, NOW) | {"Email": "a" * 400 + "@example.test"}
+    reply = call(
+        make_app(store),
+        "POST",
+        "/v1/webhooks/postmark",
+        content=json.dumps(event).encode(),
+        headers={"content-type": "application/json", **basic(SECRET)},
+    )
+    assert reply.status == 200 and reply.json()["rejected"][0].startswith("[0].Email")
+    assert state(store) == UNTOUCHED
+
+
+def signed_sendgrid(store: sa.Engine, events: list[dict[str, Any]]) -> Reply:
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    esp = EspSettings(provider="sendgrid", webhook_public_key=base64.b64encode(public).decode())
+    payload = json.dumps(events).encode()
+    stamp = str(int(NOW.timestamp()))
+    signature = private.sign(stamp.encode() + payload, ec.ECDSA(hashes.SHA256()))
+    headers = {
+        "x-twilio-email-event-webhook-signature": base64.b64encode(signature).decode(),
+        "x-twilio-email-event-webhook-timestamp": stamp,
+    }
+    app = make_app(store, Settings(esp=esp))
+    return call(app, "POST", "/v1/webhooks/sendgrid", content=payload, headers=headers)
+
+
+def test_a_sendgrid_bounce_with_a_long_reason_and_type_still_suppresses(
+    store: sa.Engine,
+) -> None:
+    event = {
+        "event": "bounce",
+        "type": "x" * 300,
+        "reason": "r" * 20_000,
+        "email": ADDRESS,
+        "send_key": SEND_KEY,
+        "sg_event_id": "e1",
+        "timestamp": int(NOW.timestamp()) - 60,
+    }
+    reply = signed_sendgrid(store, [event])
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    assert state(store).suppressed == {email_hash(ADDRESS): "bounced"}
+    [details] = stored_details(store)
+    assert len(details["reason"]) == 1000 and details["reason"].endswith(" [… truncated]")
+
+
 def test_postmark_complaint_unsubscribes(store: sa.Engine) -> None:
     reply = post_hook(store, "complaint", basic(SECRET))
     assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})

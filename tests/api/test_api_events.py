@@ -3,6 +3,8 @@ nothing, idempotent on the order id) and customer profile/consent changes (audit
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -512,3 +514,113 @@ def test_sqlite_an_erasure_between_a_requests_check_and_its_write_is_not_undone(
         events = connection.execute(sa.select(contact_events.c.id).where(mine)).all()
     back = person(engine) is not None or bool(events) or any(r[2] == "c1" for r in lines(engine))
     assert len(outcome) == 1 and tombstoned != back, (outcome, reply.status)
+
+
+# -- strict JSON types, order times, media types and body limits ------------------------------
+
+
+def one_line(**line: Any) -> dict[str, Any]:
+    return order(lines=[{"item_id": "i1", "quantity": 1, "unit_price": 3.5} | line])
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ({"quantity": True}, "quantity"),
+        ({"quantity": "1"}, "quantity"),
+        ({"quantity": 1.5}, "quantity"),
+        ({"unit_price": "3.5"}, "unit_price"),
+        ({"unit_price": False}, "unit_price"),
+        ({"is_return": 0}, "is_return"),
+        ({"is_return": "false"}, "is_return"),
+    ],
+)
+def test_strings_and_booleans_are_not_numbers(
+    app: FastAPI, line: dict[str, Any], field: str
+) -> None:
+    reply = post(app, one_line(**line))
+    assert reply.status == 422, reply.text
+    assert ["body", "order", "lines", 0, field] in [d["loc"] for d in reply.json()["detail"]]
+    assert lines(engine_of(app)) == []
+
+
+def test_json_numbers_stay_numbers(app: FastAPI) -> None:
+    """JSON has one number type: 2.0 is a whole quantity, 4 a price."""
+    reply = post(app, one_line(quantity=2.0, unit_price=4))
+    assert reply.status == 200, reply.text
+    assert [(q, float(p)) for _, _, _, _, q, p, *_ in lines(engine_of(app))] == [(2, 4.0)]
+
+
+@pytest.mark.parametrize("field", ["channel_email", "objected_to_profiling", "unsubscribed"])
+@pytest.mark.parametrize("value", [1, 0, "true", "false"])
+def test_profile_flags_are_json_booleans(app: FastAPI, field: str, value: Any) -> None:
+    reply = put(app, {"source": "account", field: value})
+    assert reply.status == 422, reply.text
+    assert reply.json()["detail"][0]["loc"] == ["body", field]
+    assert person(engine_of(app)) is None
+
+
+def test_orders_dated_past_the_clock_skew_are_refused(app: FastAPI) -> None:
+    soon = (NOW + timedelta(minutes=4)).isoformat()
+    assert post(app, order("A1", ordered_at=soon)).status == 200
+    for late in ((NOW + timedelta(minutes=6)).isoformat(), "2030-01-01T00:00:00+00:00"):
+        reply = post(app, {"orders": [order("B1"), order("B2", ordered_at=late)]})
+        assert reply.status == 422, reply.text
+        assert reply.json()["detail"] == [
+            {
+                "type": "value_error",
+                "loc": ["body", "orders", 1, "ordered_at"],
+                "msg": "lies in the future",
+            }
+        ]
+    assert {row[0] for row in lines(engine_of(app))} == {"A1"}
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_a_body_that_is_not_json_by_its_media_type_is_415(
+    app: FastAPI, content_type: str | None, method: str
+) -> None:
+    headers = bearer("shop") | ({"content-type": content_type} if content_type else {})
+    path = EVENTS if method == "POST" else "/v1/customers/c1"
+    body = json.dumps(order() if method == "POST" else {"source": "x"}).encode()
+    reply = call(app, method, path, content=body, headers=headers)
+    assert reply.status == 415, reply.text
+    assert "application/json" in reply.json()["detail"]
+    assert lines(engine_of(app)) == [] and person(engine_of(app)) is None
+
+
+def test_json_media_types_with_parameters_are_json(app: FastAPI) -> None:
+    headers = bearer("shop") | {"content-type": "application/json; charset=utf-8"}
+    reply = call(app, "POST", EVENTS, content=json.dumps(order()).encode(), headers=headers)
+    assert reply.status == 200, reply.text
+
+
+def test_a_number_too_long_for_python_is_named(app: FastAPI) -> None:
+    body = json.dumps(one_line()).replace('"quantity": 1', '"quantity": ' + "9" * 5000)
+    reply = post(app, body)
+    assert reply.status == 400
+    assert "number too long" in reply.json()["detail"]
+    assert "4300 digits" in reply.json()["detail"]
+
+
+def test_declared_and_chunked_bodies_over_the_limit_get_the_same_json_413(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    app = make_app(engine, tmp_path, max_body_bytes=2048)
+    body = json.dumps({"orders": [order(f"O{n}") for n in range(40)]}).encode()
+    headers = bearer("shop") | {"content-type": "application/json"}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 500):
+            yield body[start : start + 500]
+
+    declared = call(app, "POST", EVENTS, content=body, headers=headers)
+    chunked = call(app, "POST", EVENTS, content=chunks(), headers=headers)
+    for reply in (declared, chunked):
+        assert reply.status == 413
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.json() == {
+            "detail": "the body is larger than [api] max_body_bytes (2048 bytes)"
+        }
+    assert lines(engine) == []

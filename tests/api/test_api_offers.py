@@ -376,6 +376,41 @@ def fastapi_twin(app: FastAPI) -> FastAPI:
         "exclude=" + "e" * 201,
         "n=50&mode=replenish",
         "n=&mode=",
+        # hostile numbers: other scripts' digits, signs, whitespace, separators, bounds
+        "n=%D9%A3",  # Arabic-Indic 3: int() reads it, pydantic does not
+        "n=%EF%BC%93",  # fullwidth 3
+        "n=%E0%A5%A9",  # Devanagari 3
+        "n=%C2%B3",  # superscript 3
+        "n=+3",
+        "n=-0",
+        "n=--3",
+        "n=%2B%2B3",
+        "n=%203%20",
+        "n=%093%0A",
+        "n=%C2%A03",  # no-break space
+        "n=%E2%80%833",  # em space
+        "n=3%00",
+        "n=1_0",
+        "n=_10",
+        "n=10_",
+        "n=3.0",
+        "n=3.",
+        "n=3e0",
+        "n=0x3",
+        "n=0b11",
+        "n=03",
+        "n=inf",
+        "n=nan",
+        "n=true",
+        "n=" + "9" * 5000,
+        "n=50",
+        "n=1",
+        "n=0&n=3",
+        "n=3&n=0",
+        "mode=Mixed",
+        "mode=%20mixed",
+        "mode=mixed%00",
+        "mode=m%C4%B1xed",  # dotless i
     ],
 )
 def test_lean_parameters_are_validated_like_fastapi(app: FastAPI, query: str) -> None:
@@ -383,6 +418,7 @@ def test_lean_parameters_are_validated_like_fastapi(app: FastAPI, query: str) ->
     lean = call(app, "GET", path, headers=bearer("shop"))
     plain = call(fastapi_twin(app), "GET", path, headers=bearer("shop"))
     assert lean.status == plain.status
+    assert lean.status in (200, 422)
     if plain.status == 422:
         assert lean.json() == plain.json()
 

@@ -26,7 +26,7 @@ from recocamp.campaigns.planner import CustomerView, Decision, Outcome
 from recocamp.campaigns.render import Renderer
 from recocamp.campaigns.segments import History
 from recocamp.domain import ConsentBasis, Customer
-from recocamp.settings import Settings
+from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,7 +154,8 @@ def queued(name: str) -> bytes:
         ),
     )
     decision = Decision(name, "c1", Outcome.SEND, "eligible", () if survey else offers)
-    settings = Settings()
+    # the old rows carried a mailto (then the default, now only when configured)
+    settings = Settings(esp=EspSettings(unsubscribe_mailto="unsubscribe@example.test"))
     link = compose.links(settings, b"k" * 32, "c1", name, NOW)
     email = compose.compose(
         decision,
@@ -179,3 +180,22 @@ def test_a_row_queued_by_the_old_code_still_renders() -> None:
     html, text = Renderer(TEMPLATES).body(deferred["html"], deferred["text"], deferred["context"])
     assert "Hallo Anna" in text and "€11.47 (statt €12.75)" in text
     assert "Mug &amp; Cup" in html and "§ 7 Abs. 3 UWG" in html  # escaped; the opt-out notice
+
+
+# --- List-Unsubscribe: the one-click URL; a mailto only when a mailbox is configured -------
+
+
+def test_list_unsubscribe_is_the_one_click_url_alone_unless_a_mailbox_is_set() -> None:
+    plain = compose.links(Settings(), b"k" * 32, "c1", "winback", NOW)
+    assert plain.mailto is None
+    assert dict(compose.headers("s", plain)) == {
+        "List-Unsubscribe": f"<{plain.unsubscribe}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        compose.SEND_KEY_HEADER: "s",
+    }
+    esp = EspSettings(from_email="shop@shop.example", unsubscribe_mailto="optout@shop.example")
+    mailed = compose.links(Settings(esp=esp), b"k" * 32, "c1", "winback", NOW)
+    token = mailed.unsubscribe.rpartition("/")[2]
+    assert dict(compose.headers("s", mailed))["List-Unsubscribe"] == (
+        f"<{mailed.unsubscribe}>, <mailto:optout@shop.example?subject=unsubscribe%20{token}>"
+    )

@@ -612,3 +612,16 @@ def test_check_warns_of_filter_values_the_catalogue_lacks(workdir: Path) -> None
     assert "not_in_audience:categories" in document["counts"]
     assert not {"eligible", "holdout"} & set(document["counts"])  # nobody is in the audience
     assert category in document["warnings"]
+
+
+def test_check_refuses_a_sendgrid_key_that_cannot_verify_and_an_http_public_url(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both would pass unnoticed and break delivery feedback later: every SendGrid webhook
+    answered 401, every List-Unsubscribe without a valid one-click URL."""
+    monkeypatch.setenv("RECOCAMP_ESP__WEBHOOK_PUBLIC_KEY", "not-base64!!")
+    monkeypatch.setenv("RECOCAMP_API__PUBLIC_URL", "http://shop.example.com")
+    result = runner.invoke(app, ["check"], terminal_width=200)
+    assert result.exit_code == 2
+    assert "esp.webhook_public_key" in result.stderr and "not-base64" not in result.stderr
+    assert "api.public_url" in result.stderr and "https" in result.stderr

@@ -171,6 +171,8 @@ def test_json_answers_and_another_customer(
         ({"score": 11}, 422, "from 0 to 10"),
         ({"score": "ten"}, 422, "from 0 to 10"),
         ({"score": True}, 422, "from 0 to 10"),
+        ({"score": "7"}, 422, "from 0 to 10"),  # JSON has numbers
+        ({"score": 7.5}, 422, "from 0 to 10"),
         ({"score": 5, "comment": "x" * 2001}, 422, "longer than 2000"),
         ({"score": 5, "token": "v1.e30.AAAA"}, 400, "not valid"),
         ({"score": 5, "token": ""}, 422, "no token"),
@@ -188,6 +190,27 @@ def test_bad_answers_are_refused(
     reply = call(app, "POST", "/v1/feedback", json={"token": token, **body})
     assert reply.status == status and message in reply.json()["detail"]
     assert stored(engine) == []
+
+
+@pytest.mark.parametrize("score", ["\u0667", "\uff17", " 7", "+7", "7.0", "07 ", "1_0"])
+def test_form_scores_are_ascii_digits(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail], score: str
+) -> None:
+    app = make_app(engine, FixedClock(NOW))
+    token = parse_qs(urlsplit(links_of(mailed[ADDRESSES["c1"]])[0]).query)["token"][0]
+    reply = call(app, "POST", "/v1/feedback", data={"token": token, "score": score})
+    assert reply.status == 422
+    assert stored(engine) == []
+
+
+def test_a_json_number_too_long_is_named(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail]
+) -> None:
+    app = make_app(engine, FixedClock(NOW))
+    body = b'{"token": "t", "score": ' + b"9" * 5000 + b"}"
+    headers = {"content-type": "application/json"}
+    reply = call(app, "POST", "/v1/feedback", content=body, headers=headers)
+    assert reply.status == 400 and "number too long" in reply.json()["detail"]
 
 
 def test_tokens_of_other_purposes_old_surveys_and_erased_customers(

@@ -1,0 +1,136 @@
+"""Request bodies: their size, their media type, their JSON and its number types.
+
+- :class:`BodyLimit` refuses a body over ``[api] max_body_bytes`` with 413 and the API's
+  ``{"detail": …}`` whether its length was declared (``Content-Length``: answered before
+  anything is read) or not (chunked: answered once the count passes the limit). Starlette's
+  own limiter answered the first case in plain text.
+- :func:`json_only` (a route dependency) answers 415 naming ``application/json`` for a body
+  of another media type, or of none, where FastAPI would try the bytes as the model and
+  answer 422 "Input should be a valid dictionary".
+- :class:`JsonRoute` reads a JSON body with :func:`domain.read_json`, so a body JSON cannot
+  hold (a 5,000-digit number, nesting past the parser's stack) is a 400 saying so, not
+  "There was an error parsing the body".
+- :data:`WholeNumber`, :data:`Number`, :data:`Flag`: the number and boolean types of request
+  models. FastAPI validates a body in pydantic's lax mode, where ``"1"`` and ``true`` are the
+  number 1; these take JSON's own numbers and booleans only (a whole number may be written
+  ``2.0``: JSON does not tell them apart).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from email.message import Message as MediaType
+from typing import Annotated, Any
+
+from fastapi import HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BeforeValidator, Strict
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recocamp.domain import read_json
+
+
+class BodyLimit:
+    """413 ``{"detail": …}`` for a body over ``limit`` bytes, declared or counted (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+        self.detail = f"the body is larger than [api] max_body_bytes ({limit} bytes)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.limit:
+            await JSONResponse({"detail": self.detail}, 413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # FastAPI re-raises an HTTPException from a body read
+                    raise HTTPException(413, self.detail)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isascii() and text.isdigit() else None
+    return None
+
+
+def is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/…+json``, parameters aside (FastAPI's rule)."""
+    if not content_type:
+        return False
+    media = MediaType()
+    media["content-type"] = content_type
+    subtype = media.get_content_subtype()
+    return media.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+UNSUPPORTED: dict[int | str, dict[str, Any]] = {
+    415: {"description": "The body is not application/json (Content-Type)."}
+}
+
+
+async def json_only(request: Request) -> None:
+    """415 unless the request says its body is JSON (a dependency of JSON-body routes)."""
+    if not is_json(request.headers.get("content-type")):
+        raise HTTPException(415, "the body must be JSON: send Content-Type: application/json")
+
+
+class JsonRequest(Request):
+    """A request whose JSON that Python cannot hold is a 400 saying why; a syntax error
+    stays FastAPI's 422 ``json_invalid`` at its position."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = json.loads(body)
+            except json.JSONDecodeError:
+                raise
+            except (ValueError, RecursionError):
+                try:
+                    read_json(body)
+                except ValueError as exc:
+                    raise HTTPException(400, str(exc)) from None
+                raise
+        return self._json
+
+
+class JsonRoute(APIRoute):
+    """An APIRoute whose JSON body is read by :func:`domain.read_json` (its 400s say why)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def reading(request: Request) -> Response:
+            return await handler(JsonRequest(request.scope, request.receive))
+
+        return reading
+
+
+def _whole(value: Any) -> Any:
+    """``2.0`` → 2 (JSON has one number type); anything else goes on to the strict check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, Strict(), BeforeValidator(_whole)]
+Number = Annotated[float, Strict()]  # strict float still takes an int: JSON's 3 is 3.0
+Flag = Annotated[bool, Strict()]
