@@ -506,6 +506,15 @@ def test_numeric_options_have_a_range_named_with_the_value(
     assert not (workdir / "shop.db").exists()  # not even the database was opened
 
 
+@pytest.mark.parametrize("url", ["notaurl", "ftp://example.test/hook", "http://"])
+def test_fake_esp_refuses_a_webhook_url_it_could_never_post_to(workdir: Path, url: str) -> None:
+    """Before, ``--webhook-url notaurl`` started, and each webhook then answered 500."""
+    result = runner.invoke(app, ["fake-esp", "--webhook-url", url], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    shown = " ".join(result.stderr.replace("│", " ").split())  # the error box wraps lines
+    assert f"Invalid value for '--webhook-url': {url!r} is not an http(s) URL" in shown
+
+
 def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -> None:
     """A partial that is not UTF-8 is named with its line (not the template that includes
     it), and a subject's problem has its key and line in the campaign file: exit 2."""
