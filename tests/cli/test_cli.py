@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -353,6 +354,7 @@ def test_preview_does_not_render_for_a_customer_the_plan_skips(in_trained: Path)
         f"customer {skipped['customer_id']} would be skipped by winback: "
         "not_in_audience:churn_risk — forecast"
     ) in flat
+    assert re.search(r"— forecast \w+ 2011-12-10: churn_risk=\w+ \(p_active", flat), flat
     assert "days ago)" not in flat or "nothing rendered; --anyway" in flat
     assert "nothing rendered; --anyway" in result.stdout
     assert "subject:" not in result.stdout and "not seen you" not in result.stdout
