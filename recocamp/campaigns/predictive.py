@@ -108,27 +108,29 @@ def trigger(
 
 
 def _forecast_miss(audience: Audience, row: CustomerForecast, live: LiveForecast) -> Trigger | None:
-    """The first forecast key the customer's row fails, in FORECAST_KEYS order."""
+    """The first forecast key the customer's row fails, in FORECAST_KEYS order. The words
+    start with the forecaster and its ``as_of`` (``live.label``): the reason names the
+    forecast that drove the skip, and a reason cut to its column keeps that part."""
+    said = f"forecast {live.label}:"
     if audience.churn_risk and row.churn_risk not in audience.churn_risk:
         return Trigger(
-            "churn_risk", f"forecast: churn_risk={row.churn_risk} (p_active {row.p_active:.2f})"
+            "churn_risk", f"{said} churn_risk={row.churn_risk} (p_active {row.p_active:.2f})"
         )
     below = audience.p_active_below
     if below is not None and not row.p_active < below:
-        return Trigger("p_active_below", f"forecast: p_active {row.p_active:.2f} ≥ {below:g}")
+        return Trigger("p_active_below", f"{said} p_active {row.p_active:.2f} ≥ {below:g}")
     least = audience.overdue_ratio_at_least
     if least is not None:
         if row.overdue_ratio is None:
-            words = "forecast: overdue unknown (no gap to measure by)"
-            return Trigger("overdue_ratio_at_least", words)
+            return Trigger("overdue_ratio_at_least", f"{said} overdue unknown (no gap)")
         if row.overdue_ratio < least:
-            words = f"forecast: overdue {row.overdue_ratio:.2f}× < {least:g}×"
+            words = f"{said} overdue {row.overdue_ratio:.2f}× < {least:g}×"
             return Trigger("overdue_ratio_at_least", words)
     share = audience.lifetime_value_top_share
     if share is not None:
         cut = live.value_cut(share)
         if row.lifetime_value < cut:
-            words = f"forecast: value {row.lifetime_value:.2f} < {cut:.2f} (top {share:.0%})"
+            words = f"{said} value {row.lifetime_value:.0f} < {cut:.0f} (top {share:.0%})"
             return Trigger("lifetime_value_top_share", words)
     return None
 

@@ -207,12 +207,25 @@ def outbox_resume(campaign: str) -> None:
     console.print(f"{campaign}: {'resumed' if resumed else 'was not paused'}")
 
 
+def _webhook_url(value: str | None) -> str | None:
+    """``--webhook-url``: an http(s) URL with a host, or exit 2 naming it."""
+    from recocamp.delivery.esp.fake_server import webhook_url_problem
+
+    wrong = webhook_url_problem(value) if value is not None else None
+    if wrong:
+        raise typer.BadParameter(wrong)
+    return value
+
+
 @app.command("fake-esp")
 def fake_esp(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(callback=within(1, 65535), help="Port.")] = 8025,
     data_dir: Annotated[Path | None, typer.Option(help="Also store messages here.")] = None,
-    webhook_url: Annotated[str | None, typer.Option(help="Where to post webhooks.")] = None,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(callback=_webhook_url, help="Where to post webhooks (an http(s) URL)."),
+    ] = None,
     rate_429: Annotated[
         float, typer.Option(callback=share, help="Share of requests answered 429 (0 to 1).")
     ] = 0.0,
@@ -229,19 +242,23 @@ def fake_esp(
     token: Annotated[
         str | None,
         typer.Option(
-            help="The only server token accepted (others get Postmark's 401); default: any.",
+            help="The only server token accepted (others get Postmark's 401), on the control "
+            "routes (/_messages, /_faults, …) too; default: any, and those routes open.",
             envvar="RECOCAMP_FAKE_ESP_TOKEN",
         ),
     ] = None,
 ) -> None:
     """Run the local stand-in ESP (Postmark's API) until interrupted."""
-    import uvicorn
-
-    from recocamp.delivery.esp.fake_server import FakeEsp, Faults, create_app
+    from recocamp.delivery.esp.fake_server import FakeEsp, Faults, serve
 
     faults = Faults(
         latency_ms=latency_ms, rate_429=rate_429, rate_5xx=rate_5xx, rate_drop=rate_drop
     )
     esp = FakeEsp(data_dir, faults, webhook_url, token or None, freeze_stored=True)
     console.print(f"fake ESP on http://{host}:{port} (GET /_stats)")
-    uvicorn.run(create_app(esp), host=host, port=port, log_level="warning")
+    if not token and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(
+            f"warning: no --token: anyone who reaches {host}:{port} can read every message "
+            "(addresses, signed links) at /_messages, and wipe or wedge the fake ESP"
+        )
+    serve(esp, host, port)

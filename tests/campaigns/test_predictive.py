@@ -138,6 +138,31 @@ def test_each_forecast_key_selects_exactly_its_customers(
     assert set(sent(engine, campaign(**audience))) == expected
 
 
+@pytest.mark.parametrize(
+    "audience",
+    [
+        {"churn_risk": ["high"]},
+        {"p_active_below": 0.5},
+        {"overdue_ratio_at_least": 1.3},
+        {"lifetime_value_top_share": 0.2},
+    ],
+)
+def test_a_skip_by_the_forecast_names_the_forecaster_and_its_day(
+    engine: sa.Engine, audience: dict[str, Any]
+) -> None:
+    """Every decision's reason names the forecast that drove it: a skip's words start with
+    the forecaster and its ``as_of`` (they used to give the numbers alone), and the whole
+    reason fits its column, so nothing of it is cut."""
+    shop(engine)
+    planned = plan_run(engine, SETTINGS, campaign(**audience), NOW)
+    skipped = [d.reason for d in planned.decided if d.reason.startswith("not_in_audience:")]
+    by_row = [r for r in skipped if "forecast: none" not in r and "objected" not in r]
+    assert by_row, skipped
+    for said in by_row:
+        assert said.partition(" — ")[2].startswith(f"forecast rhythm {AS_OF}: "), said
+        assert not said.endswith("…"), said
+
+
 def test_an_objector_goes_by_the_lapsed_rule_and_never_by_the_forecast(engine: sa.Engine) -> None:
     """o and n have the same history; only o objected: o is mailed by the fallback rule, n (no
     forecast) is not; forecast customers go by their forecast even though all but c lapsed
@@ -156,12 +181,15 @@ def test_an_objector_goes_by_the_lapsed_rule_and_never_by_the_forecast(engine: s
     assert reasons["n"] == (
         f"not_in_audience:churn_risk — forecast: none for this customer (rhythm {AS_OF})"
     )
-    assert reasons["c"] == "not_in_audience:churn_risk — forecast: churn_risk=low (p_active 0.90)"
+    assert reasons["c"] == (
+        f"not_in_audience:churn_risk — forecast rhythm {AS_OF}: churn_risk=low (p_active 0.90)"
+    )
     assert reasons["d"] == (
-        "not_in_audience:overdue_ratio_at_least — forecast: overdue unknown (no gap to measure by)"
+        "not_in_audience:overdue_ratio_at_least — "
+        f"forecast rhythm {AS_OF}: overdue unknown (no gap)"
     )
     assert reasons["e"] == (
-        "not_in_audience:overdue_ratio_at_least — forecast: overdue 1.00× < 1.2×"
+        f"not_in_audience:overdue_ratio_at_least — forecast rhythm {AS_OF}: overdue 1.00× < 1.2×"
     )
     assert counts(planned.decided) == {"eligible": 3, "not_in_audience:churn_risk": 2} | {
         "not_in_audience:overdue_ratio_at_least": 2
@@ -253,9 +281,9 @@ def test_a_reason_stays_within_the_column_and_its_words_leave_the_code_readable(
     long = with_detail("quiet_hours_deferred", "x" * 200)
     assert len(long) == REASON_LENGTH and long.endswith("…")
     assert with_detail("eligible", None) == "eligible"
-    assert reason("not_in_audience:p_active_below — forecast: p_active 0.81 ≥ 0.5") == (
-        "Not in the audience: forecast chance of ordering again too high"
-    )
+    assert reason(
+        "not_in_audience:p_active_below — forecast bgnbd 2011-12-10: p_active 0.81 ≥ 0.5"
+    ) == ("Not in the audience: forecast chance of ordering again too high")
     assert reason("eligible — lapsed 74 days (no live forecast)") == "Mailed"
 
 
@@ -387,7 +415,7 @@ def test_the_shipped_winback_plans_with_the_forecast_the_train_job_stored(
     )
     assert result.exit_code == 0, result.output
     decided = json.loads(result.stdout)["decisions"]
-    label = f"{stored.model} 2012-02-10)"  # two months after the shop's last order
+    label = f"{stored.model} 2012-02-10"  # two months after the shop's last order
     picked, by_forecast = set(), 0
     for d in decided:
         code, _, words = d["reason"].partition(" — ")
@@ -396,12 +424,13 @@ def test_the_shipped_winback_plans_with_the_forecast_the_train_job_stored(
             continue
         by_forecast += 1
         if code == "not_in_audience:churn_risk":
-            assert forecast.churn_risk == "low" and words.startswith("forecast: churn_risk=low")
+            assert forecast.churn_risk == "low"
+            assert words.startswith(f"forecast {label}: churn_risk=low")  # names the forecaster
         elif code == "not_in_audience:overdue_ratio_at_least":
             assert forecast.overdue_ratio is None or forecast.overdue_ratio < 1.2
         elif code in ("eligible", "holdout", "quiet_hours_deferred"):
             assert forecast.churn_risk in ("medium", "high") and forecast.overdue_ratio >= 1.2
             assert words.startswith(f"forecast churn_risk={forecast.churn_risk} (p_active ")
-            assert words.endswith(label)
+            assert words.endswith(f"{label})")
             picked.add(d["customer_id"])
     assert by_forecast > 50 and picked  # the forecast decided, and some were picked

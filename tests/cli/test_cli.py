@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -353,6 +354,7 @@ def test_preview_does_not_render_for_a_customer_the_plan_skips(in_trained: Path)
         f"customer {skipped['customer_id']} would be skipped by winback: "
         "not_in_audience:churn_risk — forecast"
     ) in flat
+    assert re.search(r"— forecast \w+ 2011-12-10: churn_risk=\w+ \(p_active", flat), flat
     assert "days ago)" not in flat or "nothing rendered; --anyway" in flat
     assert "nothing rendered; --anyway" in result.stdout
     assert "subject:" not in result.stdout and "not seen you" not in result.stdout
@@ -504,6 +506,15 @@ def test_numeric_options_have_a_range_named_with_the_value(
     assert f"Invalid value for '{option}': {shown} is out of range ({bounds})" in result.stderr
     assert "Traceback" not in result.output
     assert not (workdir / "shop.db").exists()  # not even the database was opened
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://example.test/hook", "http://"])
+def test_fake_esp_refuses_a_webhook_url_it_could_never_post_to(workdir: Path, url: str) -> None:
+    """Before, ``--webhook-url notaurl`` started, and each webhook then answered 500."""
+    result = runner.invoke(app, ["fake-esp", "--webhook-url", url], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    shown = " ".join(result.stderr.replace("│", " ").split())  # the error box wraps lines
+    assert f"Invalid value for '--webhook-url': {url!r} is not an http(s) URL" in shown
 
 
 def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -> None:

@@ -17,26 +17,34 @@ Postmark endpoints (``X-Postmark-Server-Token``; ``--token`` makes any other tok
   ``GET  /messages/outbound/{id}/details|dump`` one message, its SMTP source
   ``GET  /bounces``, ``/bounces/{id}``, ``/bounces/{id}/dump``, ``PUT /bounces/{id}/activate``
   ``GET  /server``
-Control endpoints (no token)
+Control endpoints (open without ``--token``; with it, the same ``X-Postmark-Server-Token``:
+what they answer holds addresses and working signed links, and they can wipe or wedge it)
   ``GET  /_stats``                 ``{"received", "unique_send_keys", "duplicates",
                                    "without_send_key"}``
   ``GET  /_messages``              what was received (``?send_key=``, ``?limit=``)
-  ``POST /_faults``                switch fault injection (JSON body, see :class:`Faults`)
+  ``POST /_faults``                switch fault injection (JSON body, see :class:`Faults`;
+                                   a wrong type or a value out of range is 422 naming it)
   ``POST /_webhooks/{kind}``       a bounce, complaint, delivery or unsubscribe of a received
-                                   message: recorded (bounces deactivate the address, as at
-                                   Postmark) and posted as Postmark's webhook to ``webhook_url``
+                                   message (``{"message_id"|"send_key", "url"}``): recorded
+                                   (bounces deactivate the address, as at Postmark) and posted
+                                   as Postmark's webhook to ``url`` or ``webhook_url`` (an
+                                   http(s) URL; one that cannot be reached is 502)
   ``DELETE /_messages``            forget everything
 
 Faults: ``latency_ms`` per request; ``rate_429`` / ``rate_5xx`` share of send requests
 refused (nothing stored; 429 carries ``Retry-After``); ``rate_drop`` share of send requests
 *accepted and stored* whose answer never comes (the connection stalls past the client's
 timeout: the nastiest case for exactly-once); ``inactive`` addresses answered with 406.
+A shutdown (SIGTERM, Ctrl-C, the end of :func:`running`) cuts every injected pause short:
+uvicorn waits for the requests in flight, and a pause must not hold it for a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import hmac
 import json
 import random
 import threading
@@ -45,16 +53,18 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recocamp.delivery.esp import fake_contract as pm
@@ -68,18 +78,37 @@ RECORD_TYPES = {
 }
 FREEZE_EVERY = 10_000  # stored messages between two freezes (``freeze_stored``)
 INACTIVE = "You tried to send to recipient(s) that have been marked as inactive."
+MAX_LISTED = 100_000  # ``GET /_messages?limit=``
 
 
-@dataclass
-class Faults:
-    latency_ms: float = 0.0
-    rate_429: float = 0.0
-    rate_5xx: float = 0.0
-    rate_drop: float = 0.0
-    drop_stall_s: float = 30.0
-    retry_after_s: float = 1.0
-    inactive: list[str] = field(default_factory=list)
+class Faults(BaseModel):
+    """What ``POST /_faults`` switches on, checked strictly: ``"abc"`` for a rate used to be
+    stored and turn every later send into a 500, ``1e12`` ms of latency to hang sends (and
+    the shutdown behind them), a string for ``inactive`` to be read letter by letter."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    latency_ms: float = Field(default=0.0, ge=0.0, le=60_000.0)
+    rate_429: float = Field(default=0.0, ge=0.0, le=1.0)
+    rate_5xx: float = Field(default=0.0, ge=0.0, le=1.0)
+    rate_drop: float = Field(default=0.0, ge=0.0, le=1.0)
+    drop_stall_s: float = Field(default=30.0, ge=0.0, le=600.0)
+    retry_after_s: float = Field(default=1.0, ge=0.0, le=3600.0)
+    inactive: list[str] = Field(default_factory=list, max_length=10_000)
     seed: int | None = None
+
+
+Control = TypeVar("Control", bound=BaseModel)  # the body of a control route
+
+
+class WebhookRequest(BaseModel):
+    """``POST /_webhooks/{kind}``: the message (by id or send key) and where to post."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    message_id: str | None = None
+    send_key: str | None = None
+    url: str | None = None
 
 
 def _utc_now() -> datetime:
@@ -115,6 +144,8 @@ class FakeEsp:
         self.without_key = 0
         self.bounces: dict[int, dict[str, Any]] = {}
         self.deactivated: set[str] = set()  # addresses a hard bounce or complaint turned off
+        self.stopping = False
+        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self.set_faults(faults or Faults())
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -122,6 +153,30 @@ class FakeEsp:
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults
         self.rng = random.Random(faults.seed)
+
+    def stop(self) -> None:
+        """Cut every injected pause short, now and later (from any thread, or a signal
+        handler): the server is shutting down and waits for the requests in flight."""
+        self.stopping = True
+        if self._wake is not None:
+            loop, wake = self._wake
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing waits
+                loop.call_soon_threadsafe(wake.set)
+
+    def serving(self) -> None:
+        """Pauses pause again: a server (re)starts with this fake."""
+        self.stopping, self._wake = False, None
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` (injected latency, a dropped answer) unless :meth:`stop` comes
+        first. The event is made in the server's loop, on first use."""
+        loop = asyncio.get_running_loop()
+        if self._wake is None or self._wake[0] is not loop:
+            self._wake = (loop, asyncio.Event())
+        if self.stopping or seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake[1].wait(), seconds)
 
     def stats(self) -> dict[str, int]:
         """Duplicates are counted among messages that carry a send key; the others are
@@ -314,7 +369,7 @@ def _accepted(record: Mapping[str, Any]) -> dict[str, Any]:
 
 async def _maybe_drop(esp: FakeEsp) -> None:
     if esp.rng.random() < esp.faults.rate_drop:
-        await asyncio.sleep(esp.faults.drop_stall_s)  # stored, but the answer never comes
+        await esp.pause(esp.faults.drop_stall_s)  # stored, but the answer never comes
 
 
 def _add_message_routes(app: FastAPI, esp: FakeEsp) -> None:
@@ -392,58 +447,124 @@ def _bounce(esp: FakeEsp, bounce_id: str) -> dict[str, Any] | pm.Refusal:
 
 def _add_control_routes(app: FastAPI, esp: FakeEsp) -> None:
     @app.get("/_stats")
-    async def stats() -> dict[str, int]:
-        return esp.stats()
+    async def stats(request: Request) -> Any:
+        refused = _authorise_control(esp, request)
+        return _answer(refused) if refused else esp.stats()
 
     @app.get("/_messages")
-    async def messages(send_key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    async def messages(
+        request: Request,
+        send_key: str | None = None,
+        limit: int = Query(100, ge=1, le=MAX_LISTED),
+    ) -> Any:
+        refused = _authorise_control(esp, request)
+        if refused:
+            return _answer(refused)
         found = [m for m in esp.messages if send_key is None or m["send_key"] == send_key]
         return found[-limit:]
 
     @app.delete("/_messages")
-    async def reset() -> dict[str, int]:
+    async def reset(request: Request) -> Any:
+        refused = _authorise_control(esp, request)
+        if refused:
+            return _answer(refused)
         esp.reset()
         return esp.stats()
 
     @app.post("/_faults")
     async def faults(request: Request) -> Any:
-        body = await _json_body(request, pm.MAX_EMAIL_BYTES)
-        try:
-            esp.set_faults(Faults(**body))
-        except TypeError:  # not an object, or a key Faults does not have
-            return _answer(
-                pm.Refusal(
-                    422,
-                    403,
-                    f"Invalid request field(s): use {', '.join(Faults.__dataclass_fields__)}.",
-                )
-            )
-        return asdict(esp.faults)
+        checked = await _control_body(esp, request, Faults)
+        if isinstance(checked, JSONResponse):
+            return checked
+        esp.set_faults(checked)
+        return esp.faults.model_dump()
 
     @app.post("/_webhooks/{kind}")
-    async def webhook(kind: str, request: Request) -> dict[str, Any]:
-        body = await _json_body(request, pm.MAX_EMAIL_BYTES)
-        return await _post_webhook(esp, kind, body if isinstance(body, dict) else {})
+    async def webhook(kind: str, request: Request) -> Any:
+        checked = await _control_body(esp, request, WebhookRequest)
+        if isinstance(checked, JSONResponse):
+            return checked
+        return await _post_webhook(esp, kind, checked)
 
 
-async def _post_webhook(esp: FakeEsp, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+def _authorise_control(esp: FakeEsp, request: Request) -> pm.Refusal | None:
+    """The control routes are open when the fake takes any token (the demo, the tests'
+    in-process fakes); with ``--token`` they take that one, as the Postmark routes do."""
+    return None if esp.token is None else _authorise(esp, request)
+
+
+async def _control_body(
+    esp: FakeEsp, request: Request, model: type[Control]
+) -> Control | JSONResponse:
+    """The token, then the JSON body as ``model``: 422 naming each field that is wrong."""
+    refused = _authorise_control(esp, request)
+    if refused is not None:
+        return _answer(refused)
+    body = await _json_body(request, pm.MAX_EMAIL_BYTES)
+    if isinstance(body, pm.Refusal):
+        return _answer(body)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error) for error in exc.errors())
+        return _answer(pm.Refusal(422, 403, f"Invalid request field(s): {problems}."))
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """``'rate_429': Input should be a valid number (given 'abc')``; addresses (the items
+    of ``inactive``) are never repeated, and the whole body is named ``body``."""
+    loc = [str(part) for part in error["loc"]]
+    name = loc[0] + "".join(f"[{part}]" for part in loc[1:]) if loc else "body"
+    given = error.get("input")
+    shown = (
+        f" (given {given!r:.80})"
+        if loc and loc[0] != "inactive" and isinstance(given, str | int | float)
+        else ""
+    )
+    return f"'{name}': {error['msg']}{shown}"
+
+
+async def _post_webhook(esp: FakeEsp, kind: str, asked: WebhookRequest) -> dict[str, Any]:
     """Record the event at the fake (as Postmark would), then post Postmark's webhook body
-    to ``url`` (or ``--webhook-url``) when there is one."""
+    to ``url`` (or ``--webhook-url``) when there is one: an http(s) URL with a host (422
+    otherwise, nothing recorded); one that cannot be reached is a 502 that says so."""
     if kind not in RECORD_TYPES:
         raise HTTPException(404, f"unknown webhook kind {kind!r}")
-    record = esp.by_id.get(str(body.get("message_id"))) or next(
-        (m for m in esp.messages if m["send_key"] == body.get("send_key")), None
+    url = asked.url or esp.webhook_url
+    wrong = webhook_url_problem(url) if url else None
+    if wrong:
+        raise HTTPException(422, f"Invalid request field(s): 'url': {wrong}.")
+    record = esp.by_id.get(str(asked.message_id)) or next(
+        (m for m in esp.messages if asked.send_key and m["send_key"] == asked.send_key), None
     )
     if record is None:
         raise HTTPException(404, "no such message")
     bounce = esp.record_event(kind, record)
     payload = postmark_event(kind, record, esp.clock(), bounce["ID"] if bounce else None)
-    url = body.get("url") or esp.webhook_url
     if not url:
         return {"posted": None, "status": None, "event": payload}
-    async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.post(url, json=payload)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(url, json=payload)
+    except httpx.HTTPError as exc:
+        raise HTTPException(
+            502,
+            f"the {kind} was recorded, but posting its webhook to {url} failed "
+            f"({type(exc).__name__}: {exc or 'no answer'})",
+        ) from exc
     return {"posted": payload, "status": response.status_code, "event": payload}
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot take a webhook (not http(s), no host), or None when it can."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # a bad port or IPv6 literal
+        return f"{url!r:.200} is not a URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"{url!r:.200} is not an http(s) URL with a host"
+    return None
 
 
 def postmark_event(
@@ -497,14 +618,16 @@ def postmark_event(
 def _authorise(esp: FakeEsp, request: Request) -> pm.Refusal | None:
     """401 with ErrorCode 10 for a missing token, and for any token but ``--token``."""
     given = request.headers.get("X-Postmark-Server-Token")
-    if not given or (esp.token is not None and given != esp.token):
+    if not given or (
+        esp.token is not None and not hmac.compare_digest(given.encode(), esp.token.encode())
+    ):
         return pm.unauthorised(given)
     return None
 
 
 async def _latency(esp: FakeEsp) -> None:
     if esp.faults.latency_ms:
-        await asyncio.sleep(esp.faults.latency_ms / 1000)
+        await esp.pause(esp.faults.latency_ms / 1000)
 
 
 def _refusal(esp: FakeEsp) -> JSONResponse | None:
@@ -521,11 +644,30 @@ def _refusal(esp: FakeEsp) -> JSONResponse | None:
     return None
 
 
-@contextmanager
-def running(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn in a thread (tests, benchmarks); yields its base URL."""
+def serve(esp: FakeEsp, host: str, port: int) -> None:
+    """``recocamp fake-esp``: serve until SIGINT or SIGTERM. The signal also stops the
+    injected pauses (:meth:`FakeEsp.stop`), or uvicorn's wait for the requests in flight
+    would sit out their latency."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            esp.stop()
+            super().handle_exit(sig, frame)
+
+    esp.serving()
+    Server(uvicorn.Config(create_app(esp), host=host, port=port, log_level="warning")).run()
+
+
+@contextmanager
+def running(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread (tests, benchmarks); yields its base URL.
+    A fake ESP's app (``create_app``) has its pauses stopped first, as at a SIGTERM."""
+    import uvicorn
+
+    esp = getattr(getattr(app, "state", None), "esp", None)
+    if isinstance(esp, FakeEsp):
+        esp.serving()
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     )
@@ -540,5 +682,7 @@ def running(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     try:
         yield f"http://{host}:{bound}"
     finally:
+        if isinstance(esp, FakeEsp):
+            esp.stop()
         server.should_exit = True
         thread.join(10)

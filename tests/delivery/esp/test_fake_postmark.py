@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "fake-server-token"
 FROM = "Shop <shop@example.org>"
 KEY = "X-Recocamp-Send-Key"
+CONTROL = {"X-Postmark-Server-Token": TOKEN}  # --token closes the control routes too
 
 
 def free_port() -> int:
@@ -67,7 +68,7 @@ def server() -> Iterator[str]:
 
 @pytest.fixture
 def url(server: str) -> str:
-    httpx.delete(f"{server}/_messages").raise_for_status()
+    httpx.delete(f"{server}/_messages", headers=CONTROL).raise_for_status()
     return server
 
 
@@ -77,7 +78,7 @@ def postmark(url: str) -> PostmarkClient:
 
 
 def stats(url: str) -> dict[str, int]:
-    answer: dict[str, int] = httpx.get(f"{url}/_stats").json()
+    answer: dict[str, int] = httpx.get(f"{url}/_stats", headers=CONTROL).json()
     return answer
 
 
@@ -369,7 +370,9 @@ def test_a_bounce_is_listed_deactivates_the_address_and_can_be_reactivated(
     postmark: PostmarkClient, url: str
 ) -> None:
     sent = postmark.emails.send(From=FROM, To="gone@example.test", TextBody="x", Tag="winback")
-    recorded = httpx.post(f"{url}/_webhooks/bounce", json={"message_id": sent["MessageID"]})
+    recorded = httpx.post(
+        f"{url}/_webhooks/bounce", json={"message_id": sent["MessageID"]}, headers=CONTROL
+    )
     assert recorded.status_code == 200 and recorded.json()["posted"] is None
 
     [bounce] = postmark.bounces.all()
