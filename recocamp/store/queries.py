@@ -460,6 +460,11 @@ def numbered_training_lines(
     return NumberedLines(customer[1], item[1], order[1], at, customer[0], item[0])
 
 
+# group_concat's separator written into the statement: bound, SQLite reads it for every row
+# (a fifth of grouping a column's 2 M line ids)
+COMMA = sa.literal_column("','")
+
+
 def _line_ids_and_times(
     connection: sa.Connection, until: datetime | None, chunk: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -471,7 +476,7 @@ def _line_ids_and_times(
     low, high = _id_range(connection)
     julian_ms = sa.cast(sa.func.round(sa.func.julianday(p.ordered_at) * 86400000.0), sa.Integer)
     query = sa.select(
-        sa.func.count(), sa.func.group_concat(p.id, ","), sa.func.group_concat(julian_ms, ",")
+        sa.func.count(), sa.func.group_concat(p.id, COMMA), sa.func.group_concat(julian_ms, COMMA)
     ).where(
         *_line_filter(connection, until), p.id > sa.bindparam("low"), p.id <= sa.bindparam("high")
     )
@@ -506,20 +511,20 @@ def _id_groups(
         sa.select(
             column.label("id"),
             sa.func.count().label("lines"),
-            sa.func.group_concat(p.id, ",").label("line_ids"),
+            sa.func.group_concat(p.id, COMMA).label("line_ids"),
         )
         .where(column.is_not(None))
         .group_by(column)
         .subquery()
     )
-    names = sa.func.group_concat(groups.c.id, sa.bindparam("sep", type_=sa.String))
+    separator = sa.literal_column(f"char({ord(SEPARATOR)})")
     query = sa.select(
         sa.func.count(),
-        names if named else sa.null(),
-        sa.func.group_concat(groups.c.lines, ","),
-        sa.func.group_concat(groups.c.line_ids, ","),
+        sa.func.group_concat(groups.c.id, separator) if named else sa.null(),
+        sa.func.group_concat(groups.c.lines, COMMA),
+        sa.func.group_concat(groups.c.line_ids, COMMA),
     )
-    count, joined, sizes, line_ids = connection.execute(query, {"sep": SEPARATOR}).one()
+    count, joined, sizes, line_ids = connection.execute(query).one()
     ids = joined.split(SEPARATOR) if named and count else []
     if len(ids) != (count if named else 0):  # an id holds the separator
         return None
