@@ -462,7 +462,7 @@ def numbered_training_lines(
 
 # group_concat's separator written into the statement: bound, SQLite reads it for every row
 # (a fifth of grouping a column's 2 M line ids)
-COMMA = sa.literal_column("','")
+COMMA: sa.ColumnClause[Any] = sa.literal_column("','")
 
 
 def _line_ids_and_times(
@@ -517,7 +517,7 @@ def _id_groups(
         .group_by(column)
         .subquery()
     )
-    separator = sa.literal_column(f"char({ord(SEPARATOR)})")
+    separator: sa.ColumnClause[Any] = sa.literal_column(f"char({ord(SEPARATOR)})")
     query = sa.select(
         sa.func.count(),
         sa.func.group_concat(groups.c.id, separator) if named else sa.null(),
