@@ -2,7 +2,8 @@
 
 ``train`` runs the whole cycle for the configured model:
 
-1. load the learnable purchase lines before ``as_of`` (store.queries.training_lines);
+1. load the learnable purchase lines before ``as_of`` (``store.queries``: numbered by SQLite,
+   streamed from PostgreSQL);
 2. skip when a model with the same data fingerprint and parameters exists;
 3. on the time split ``cutoff = as_of − horizon``: tune the hybrid on a validation split
    before that cutoff, then evaluate the candidate, the live model's configuration and the
