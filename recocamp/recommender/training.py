@@ -2,7 +2,8 @@
 
 ``train`` runs the whole cycle for the configured model:
 
-1. load the learnable purchase lines before ``as_of`` (store.queries.training_lines);
+1. load the learnable purchase lines before ``as_of`` (``store.queries``: numbered by SQLite,
+   streamed from PostgreSQL);
 2. skip when a model with the same data fingerprint and parameters exists;
 3. on the time split ``cutoff = as_of − horizon``: tune the hybrid on a validation split
    before that cutoff, then evaluate the candidate, the live model's configuration and the
@@ -46,7 +47,7 @@ from recocamp.recommender.models import Hybrid, HybridWeights
 from recocamp.recommender.ranking import Recommender
 from recocamp.settings import RecommenderSettings
 from recocamp.store import queries, registry
-from recocamp.store.engine import Engine
+from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 Step = Callable[[str], None]
@@ -65,14 +66,50 @@ class TrainResult:
 
 
 def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
-    """Learnable purchase lines as integer-coded arrays, encoded while streaming from the
-    store. Service items are excluded by the catalogue's ``is_service`` flag (the
-    online-retail import sets it from the UCI code rule; other shops say so in items.csv).
-    The cycle collector pauses meanwhile: the id dictionaries grow to millions of strings
-    and each full pass over them would cost more as they grow (a quarter of the read)."""
+    """Learnable purchase lines as integer-coded arrays. Service items are excluded by the
+    catalogue's ``is_service`` flag (the online-retail import sets it from the UCI code rule;
+    other shops say so in items.csv). SQLite numbers the ids itself
+    (``queries.numbered_training_lines``); PostgreSQL's lines are encoded while streaming."""
+    with engine.connect() as connection:
+        numbered = queries.numbered_training_lines(connection, until)
+        if numbered is None:
+            return _encoded_while_reading(connection, until)
+    customer, customer_ids = _in_id_order(numbered.customer, numbered.customer_ids)
+    item, item_ids = _in_id_order(numbered.item, numbered.item_ids)
+    return Lines(customer, item, _first_seen(numbered.order), numbered.at, customer_ids, item_ids)
+
+
+def _in_id_order(numbers: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The ids that occur, sorted, and each line's code among them: what
+    :meth:`_Codes.sorted` gives for the same lines (the same sort of the same strings)."""
+    present = np.flatnonzero(np.bincount(numbers, minlength=len(ids)))
+    names = np.array([ids[i] for i in present.tolist()], dtype=str)
+    order = np.argsort(names, kind="stable")
+    rank = np.zeros(len(ids), dtype=np.int64)
+    rank[present[order]] = np.arange(len(present))
+    return rank[numbers], names[order]
+
+
+def _first_seen(numbers: np.ndarray) -> np.ndarray:
+    """Numbers renumbered in order of first appearance (what :class:`_Codes` gives order
+    ids read in line order), in linear time: each number's first line, then a running
+    count of first lines."""
+    if len(numbers) == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.full(int(numbers.max()) + 1, len(numbers), dtype=np.int64)
+    np.minimum.at(first, numbers, np.arange(len(numbers)))
+    opens = np.zeros(len(numbers), dtype=np.int64)
+    opens[first[first < len(numbers)]] = 1
+    return (np.cumsum(opens) - 1)[first[numbers]]  # type: ignore[no-any-return]
+
+
+def _encoded_while_reading(connection: Connection, until: datetime | None) -> Lines:
+    """The lines of ``queries.training_lines``, encoded while streaming. The cycle
+    collector pauses meanwhile: the id dictionaries grow to millions of strings and each
+    full pass over them would cost more as they grow (a quarter of the read)."""
     customers, items, orders = _Codes(), _Codes(), _Codes()
     at: list[np.ndarray] = []
-    with engine.connect() as connection, _no_cycle_collection():
+    with _no_cycle_collection():
         for part in queries.training_lines(connection, until):
             customers.add(part.customer)
             items.add(part.item)

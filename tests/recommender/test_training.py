@@ -387,3 +387,25 @@ def test_the_hybrid_is_fitted_once_on_the_gate_split_and_tuned_as_from_scratch(
     with shop.connect() as connection:
         row = registry.get(connection, str(result.version))
     assert row is not None and row.params["weights"] == asdict(expected)
+
+
+def test_the_numbered_read_gives_the_lines_the_streaming_read_encodes(shop: sa.Engine) -> None:
+    """SQLite's numbered read and the read PostgreSQL streams give the same arrays, bit for
+    bit and dtype for dtype (a model's data fingerprint hashes them), with and without a
+    cutoff that leaves some customers and items out."""
+    for until in (None, END, END - timedelta(days=100)):
+        lines = training.load_lines(shop, until)
+        with shop.connect() as connection:
+            streamed = training._encoded_while_reading(connection, until)
+        assert len(lines) > 100
+        for name in ("customer", "item", "order", "at", "customer_ids", "item_ids"):
+            got, expected = getattr(lines, name), getattr(streamed, name)
+            assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes(), name
+
+
+def test_numbers_become_codes_in_id_order_and_orders_in_order_of_first_line() -> None:
+    codes, ids = training._in_id_order(np.array([2, 0, 2, 3]), ["b", "zz", "a", "c"])
+    assert codes.tolist() == [0, 1, 0, 2] and ids.tolist() == ["a", "b", "c"]
+    assert ids.dtype == np.dtype("<U1")  # "zz" occurs on no line: not in the vocabulary
+    assert training._first_seen(np.array([5, 5, 2, 9, 2, 0])).tolist() == [0, 0, 1, 2, 1, 3]
+    assert training._first_seen(np.zeros(0, dtype=np.int64)).dtype == np.int64

@@ -8,22 +8,24 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 
 from recocamp.domain import Customer, Item, Purchase
 from recocamp.store import queries
+from recocamp.store.schema import purchases
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 START = datetime(2024, 3, 1, 8, 30, 15, 123456, tzinfo=UTC)
 
 
-def _shop(engine: sa.Engine) -> list[Purchase]:
+def _shop(engine: sa.Engine, separator: bool = True) -> list[Purchase]:
     """Forty orders of one to three lines, times with microseconds, and every kind of line
-    the rules leave out; order 20's customer id holds the separator."""
+    the rules leave out; order 20's customer id holds the separator (``separator``)."""
     learnable: list[Purchase] = []
     stored: list[Purchase] = []
     for number in range(40):
-        customer = "c\x1f20" if number == 20 else f"c{number % 7}"
+        customer = "c\x1f20" if number == 20 and separator else f"c{number % 7}"
         at = START + timedelta(days=number * 3, microseconds=number * 7919)
         for line in range(number % 3 + 1):
             row = Purchase(f"o{number}", line + 1, customer, f"i{(number + line) % 5}", 1, 2.5, at)
@@ -78,6 +80,81 @@ def test_joined_ranges_yield_exactly_the_row_by_row_read(engine: sa.Engine) -> N
 def test_an_empty_store_yields_nothing(engine: sa.Engine) -> None:
     with engine.connect() as connection:
         assert list(queries.training_lines(connection)) == []
+        numbered = queries.numbered_training_lines(connection)
+    if engine.dialect.name == "sqlite":
+        assert numbered is not None
+        assert len(numbered.at) == len(numbered.customer) == len(numbered.order) == 0
+        assert numbered.customer_ids == numbered.item_ids == []
+
+
+def _named(numbered: queries.NumberedLines) -> tuple[list[str], list[str], list[int]]:
+    """Customer and item ids by line, and each line's order as the number of the first line
+    of its order (numbers are arbitrary; which lines share one is the point)."""
+    first: dict[int, int] = {}
+    orders = [first.setdefault(int(n), line) for line, n in enumerate(numbered.order)]
+    customers = [numbered.customer_ids[n] for n in numbered.customer.tolist()]
+    return customers, [numbered.item_ids[n] for n in numbered.item.tolist()], orders
+
+
+def test_numbered_lines_are_the_row_by_row_read_with_ids_as_numbers(engine: sa.Engine) -> None:
+    _shop(engine, separator=False)
+    until = START + timedelta(days=90)
+    with engine.connect() as connection:
+        for limit in (None, until):
+            numbered = queries.numbered_training_lines(connection, limit, chunk=16)
+            rows = list(queries._line_rows(connection, limit, chunk=1000))
+            if engine.dialect.name != "sqlite":  # PostgreSQL streams (training_lines)
+                assert numbered is None
+                continue
+            assert numbered is not None
+            customer, item, order, at = _read(rows)  # in line-id order (ORDER BY id)
+            first = {key: order.index(key) for key in order}
+            assert _named(numbered) == (customer, item, [first[key] for key in order])
+            assert numbered.at.tobytes() == at.tobytes()  # bit for bit
+            assert "objector" in numbered.customer_ids  # a vocabulary of every line's ids
+            assert "objector" not in customer
+
+
+def test_an_id_holding_the_separator_leaves_the_read_to_training_lines(
+    engine: sa.Engine,
+) -> None:
+    _shop(engine)
+    with engine.connect() as connection:
+        assert queries.numbered_training_lines(connection) is None
+
+
+def test_the_numbered_read_sees_one_snapshot(engine: sa.Engine) -> None:
+    """A line moved to another customer between the read's statements (the lines, then each
+    id column's groups) is read as it was when the read began, not half moved."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL streams the lines in one statement")
+    _shop(engine, separator=False)
+    with engine.connect() as connection:
+        before = queries.numbered_training_lines(connection)
+    assert before is not None
+    moved: list[bool] = []
+
+    def move_a_line(*args: object) -> None:
+        if "julianday" in str(args[2]) and not moved:  # the lines read, the groups not yet
+            moved.append(True)
+            with engine.begin() as other:
+                other.execute(
+                    sa.update(purchases)
+                    .where(purchases.c.order_id == "o1", purchases.c.line_no == 1)
+                    .values(customer_id="c-new")
+                )
+
+    sa.event.listen(engine, "after_cursor_execute", move_a_line)
+    try:
+        with engine.connect() as connection:
+            during = queries.numbered_training_lines(connection)
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", move_a_line)
+    assert moved
+    assert during is not None and _named(during) == _named(before)
+    with engine.connect() as connection:
+        after = queries.numbered_training_lines(connection)
+    assert after is not None and "c-new" in _named(after)[0]
 
 
 def test_columns_aggregated_out_of_id_order_are_put_back_in_it() -> None:
