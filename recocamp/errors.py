@@ -9,6 +9,7 @@
     ├── StoreError           the database is missing, not migrated or unreachable
     ├── OrderConflictError   orders already stored with other lines (an order is written once)
     ├── SharedAddressError   a privacy request by customer id whose address other customers hold
+    │   └── CoverageCountError   an erasure of every id at an address found another count
     ├── ModelError           recommender training / loading problems
     ├── Interrupted          a run stopped early because the worker is shutting down
     └── DeliveryError        sending through an email service provider
@@ -145,6 +146,33 @@ class SharedAddressError(RecocampError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return type(self), (self.customer_id, self.others)
+
+
+class CoverageCountError(SharedAddressError):
+    """An erasure of every customer id holding an address (``Scope.ALL_MATCHING``) found
+    another number of ids than the operator expected (or was not told the number): a
+    placeholder address held by hundreds must not erase them all on one flag. Names the
+    count and the ids (at most :attr:`SHOWN`), never the address; nothing is done."""
+
+    def __init__(self, customer_id: str, covered: list[str], expected: int | None) -> None:
+        self.customer_id = customer_id
+        self.others = list(covered)
+        self.expected = expected
+        shown = ", ".join(repr(one) for one in covered[: self.SHOWN])
+        more = f" and {len(covered) - self.SHOWN} more" if len(covered) > self.SHOWN else ""
+        said = (
+            "no count was given"
+            if expected is None
+            else f"{expected} {'was' if expected == 1 else 'were'} expected"
+        )
+        RecocampError.__init__(
+            self,
+            f"the e-mail address of customer {customer_id!r} is held by {len(covered)} "
+            f"customer ids ({shown}{more}); {said}: nothing was done",
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.customer_id, self.others, self.expected)
 
 
 class ModelError(RecocampError):

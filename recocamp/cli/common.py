@@ -31,6 +31,7 @@ from recocamp.clock import SystemClock
 from recocamp.domain import MAX_DAYS, YEAR_MAX, YEAR_MIN
 from recocamp.errors import (
     ConfigError,
+    CoverageCountError,
     DataImportError,
     Problem,
     RecocampError,
@@ -58,6 +59,10 @@ SHARED_ADDRESS_HINT = (
     "Say whom it covers: --all-matching (every one of these customer ids, as one person: "
     "duplicate accounts) or --only-this-id (this id alone: the others keep their rows and "
     "the address)"
+)
+COUNT_HINT = (
+    "To erase every one of them, say how many: --all-matching --expect N (N the number "
+    "above); or --only-this-id for this id alone"
 )
 MAX_ROWS = 1_000_000  # rows a table shows (--limit)
 MAX_TOP = 1000  # recommendations asked for (--n, --k): [recommender] top_n's bound
@@ -113,6 +118,9 @@ def errors_to_exit() -> Iterator[None]:
         yield
     except (ConfigError, DataImportError) as exc:
         print_error(str(exc))
+        raise typer.Exit(2) from None
+    except CoverageCountError as exc:
+        print_error(f"{exc}. {COUNT_HINT}")
         raise typer.Exit(2) from None
     except SharedAddressError as exc:
         print_error(f"{exc}. {SHARED_ADDRESS_HINT}")

@@ -22,11 +22,12 @@ an ``erasures`` row saying when, through which channel and how many rows, and th
 
 A shared address (``holdings.subject``): erasure refuses until told whom it covers.
 ``Scope.ALL_MATCHING`` erases every customer id holding the address, as one person (one
-stand-in, a tombstone per id, each with the address). ``Scope.ID`` erases that id alone:
-rows naming the other customers stay, and its tombstone holds the id's hash only — an
-address tombstone would refuse the other customers' next import and profile change as if
-they were erased. That customer stays erased (their id is refused); the address stays
-usable by whoever else holds it.
+stand-in, a tombstone per id, each with the address), when told how many there are
+(``expect``: a placeholder address held by hundreds must not erase them all on one flag).
+``Scope.ID`` erases that id alone: rows naming the other customers stay, and its tombstone
+holds the id's hash only — an address tombstone would refuse the other customers' next
+import and profile change as if they were erased. That customer stays erased (their id is
+refused); the address stays usable by whoever else holds it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from recocamp import metrics
 from recocamp.data import erasure_files
-from recocamp.privacy.holdings import Scope, subject, ties
+from recocamp.privacy.holdings import Scope, check_count, subject, ties
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
 from recocamp.store import notifications, registry, tombstones
@@ -85,11 +86,14 @@ def erase(
     via: str,
     schema: MetaData = metadata,
     scope: Scope = Scope.UNSHARED,
+    expect: int | None = None,
 ) -> ErasureReport | None:
     """Remove a customer everywhere (see the module docstring); None if we hold nothing.
     Needs the tombstones' key (``tombstones.KeyMissing`` without it): an erasure that a
     re-import could undo is not done at all. ``scope``: whom it covers when other customer
-    ids hold their address (``SharedAddressError`` if it does not say; nothing is done)."""
+    ids hold their address (``SharedAddressError`` if it does not say; nothing is done).
+    ``expect``: with ``Scope.ALL_MATCHING``, how many ids the operator was shown; checked
+    in the erasing transaction (``CoverageCountError``; nothing is done)."""
     key = tombstones.key_of(settings)
     if key is None:
         raise tombstones.KeyMissing("erasure", erasing=True)
@@ -97,6 +101,8 @@ def erase(
         tombstones.serialise(connection, erasing=True)  # first: see serialise (SQLite too)
         tied = ties(schema)
         who, shared = subject(connection, tied, customer_id, scope)
+        if scope is Scope.ALL_MATCHING:
+            check_count(customer_id, who.ids, expect)
         known = store.customer_email(connection, customer_id)[0]
         if not known and not store.holds_any(connection, tied, who):
             return None

@@ -20,7 +20,8 @@ can tell which, so a request whose address other ids hold is refused
 (``SharedAddressError``, naming the ids, never the address) unless it says whom it covers
 (:class:`Scope`): ``ID``, that customer alone (rows naming another customer stay theirs;
 rows that hold the address and name nobody are the customer's too), or ``ALL_MATCHING``,
-every customer id holding the address, as one person. A data subject acting for
+every customer id holding the address, as one person (an erasure then needs their number,
+:func:`check_count`: a placeholder address can be held by hundreds). A data subject acting for
 themselves (a link token names one customer) always gets ``ID``: nobody can reach another
 customer's data by sharing their address.
 """
@@ -34,7 +35,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from recocamp.errors import SharedAddressError
+from recocamp.errors import CoverageCountError, SharedAddressError
 from recocamp.store import outbox
 from recocamp.store import privacy as store
 from recocamp.store.engine import Connection, Engine
@@ -85,6 +86,23 @@ def subject(
     return Subject((customer_id, *others), alone.email), True
 
 
+def covered(
+    engine: Engine, customer_id: str, scope: Scope, schema: MetaData = metadata
+) -> tuple[str, ...]:
+    """The customer ids a request for ``customer_id`` would cover, read before anything is
+    done: the CLI names them before it asks (``SharedAddressError`` as :func:`subject`)."""
+    with engine.connect() as connection:
+        return subject(connection, ties(schema), customer_id, scope)[0].ids
+
+
+def check_count(customer_id: str, ids: tuple[str, ...], expect: int | None) -> None:
+    """An erasure of more than one customer id needs their number, said beforehand
+    (``expect``): one flag must not erase everyone holding a placeholder address.
+    ``CoverageCountError`` when it is missing or differs (also when given for one id)."""
+    if (len(ids) > 1 or expect is not None) and expect != len(ids):
+        raise CoverageCountError(customer_id, list(ids), expect)
+
+
 def export(
     engine: Engine,
     customer_id: str,
@@ -109,6 +127,7 @@ def export(
     return {
         "customer_id": customer_id,
         "customer_ids": list(who.ids),
+        "customers": len(who.ids),
         "scope": scope.value if shared else Scope.UNSHARED.value,
         "exported_at": now.isoformat(),
         "about": "Everything recocamp holds about this customer (GDPR Art. 15 and 20): one "

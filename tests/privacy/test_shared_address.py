@@ -172,7 +172,9 @@ def test_all_matching_erases_every_customer_holding_the_address_for_good(
     assert sorted(row["id"] for row in document["tables"]["customers"]) == ["ann", "bob"]
     assert _exports(tmp_path) == ["ann", "bob"]
 
-    erased = shared.invoke(cli, ["privacy", "erase", "ann", "--yes", "--all-matching"])
+    assert document["customers"] == 2  # the count an erasure of them all must be told
+    erase = ["privacy", "erase", "ann", "--yes", "--all-matching", "--expect", "2"]
+    erased = shared.invoke(cli, erase)
     assert erased.exit_code == 0, erased.output
     assert "customer ids erased: ann, bob" in erased.output
     ids, lines, done, stones = _held(tmp_path)
@@ -189,6 +191,59 @@ def test_all_matching_erases_every_customer_holding_the_address_for_good(
     with _engine(tmp_path).connect() as connection:
         last = sa.select(import_runs.c.skipped).order_by(import_runs.c.id.desc()).limit(1)
         assert connection.execute(last).scalar_one()["erased"] == 3
+
+
+def test_a_shared_address_is_refused_before_the_question(shared: CliRunner, tmp_path: Path) -> None:
+    asked = shared.invoke(cli, ["privacy", "erase", "ann"], input="y\n")
+    assert asked.exit_code == 2, asked.output
+    assert "for good?" not in asked.output and "'bob'" in asked.output
+    assert _held(tmp_path) == ALL_HELD
+
+
+def _dora(shared: CliRunner, tmp_path: Path) -> None:
+    """dora takes the shared address too: three ids hold it."""
+    more = write_csv(tmp_path / "dora.csv", HEADER, [["dora", SHARED, "Dora", "none", ""]])
+    assert shared.invoke(cli, ["import", "customers", str(more)]).exit_code == 0
+
+
+@pytest.mark.parametrize("expect", [[], ["--expect", "2"], ["--expect", "4"]])
+def test_all_matching_erases_nobody_without_the_right_count(
+    shared: CliRunner, tmp_path: Path, expect: list[str]
+) -> None:
+    _dora(shared, tmp_path)
+    refused = shared.invoke(
+        cli, ["privacy", "erase", "ann", "--all-matching", *expect], input="y\n"
+    )
+    assert refused.exit_code == 2, refused.output
+    text = " ".join(refused.output.split())
+    assert "held by 3 customer ids ('ann', 'bob', 'dora')" in text and "--expect" in text
+    assert "for good?" not in text and "@" not in text  # refused before asking
+    assert _held(tmp_path)[0] == ["ann", "bob", "carl", "dora"]
+
+
+def test_the_question_names_how_many_and_whom(shared: CliRunner, tmp_path: Path) -> None:
+    _dora(shared, tmp_path)
+    erase = ["privacy", "erase", "bob", "--all-matching", "--expect", "3"]
+    declined = shared.invoke(cli, erase, input="n\n")
+    assert "Erase 3 customer ids (bob, ann, dora) for good?" in declined.output
+    assert declined.exit_code == 1 and _held(tmp_path)[0] == ["ann", "bob", "carl", "dora"]
+    erased = shared.invoke(cli, erase, input="y\n")
+    assert erased.exit_code == 0, erased.output
+    assert _held(tmp_path)[0] == ["carl"]
+
+
+def test_the_question_shows_twenty_ids_of_many(shared: CliRunner, tmp_path: Path) -> None:
+    rows = [[f"p{n:03}", "noemail@shop.test", "", "none", ""] for n in range(30)]
+    placeholder = write_csv(tmp_path / "many.csv", HEADER, rows)
+    assert shared.invoke(cli, ["import", "customers", str(placeholder)]).exit_code == 0
+    refused = shared.invoke(cli, ["privacy", "erase", "p000", "--all-matching"])
+    assert refused.exit_code == 2 and "held by 30 customer ids" in refused.output
+    assert "'p019' and 10 more" in " ".join(refused.output.split())
+    asked = shared.invoke(cli, ["privacy", "erase", "p000", "--all-matching", "--expect", "30"])
+    question = " ".join(asked.output.split())
+    assert "Erase 30 customer ids (p000, p001," in question and "p019 and 10 more)" in question
+    assert "p020" not in question and "@" not in question
+    assert asked.exit_code == 1 and len(_held(tmp_path)[0]) == 33  # not answered: nothing
 
 
 def test_imports_after_an_erasure_name_the_missing_key(
@@ -319,11 +374,29 @@ def test_the_api_erases_every_id_of_the_address_when_told_so(
     path = "/v1/privacy/customers/sh-bob?scope=all-matching"
     both = call(app, "GET", path, headers=bearer("dpo"))
     assert both.status == 200 and both.json()["customer_ids"] == ["sh-bob", "sh-ann"]
-    erased = call(app, "DELETE", path, headers=bearer("dpo"))
+    assert both.json()["customers"] == 2
+    erased = call(app, "DELETE", path + "&expect=2", headers=bearer("dpo"))
     assert erased.status == 200 and erased.json()["customer_ids"] == ["sh-bob", "sh-ann"]
     assert _ids(engine) == set()
     assert _again(app, "sh-ann") == 410 and _again(app, "sh-newcomer") == 410  # the address too
     assert _again(app, "sh-newcomer", "someone.else@example.test") == 200
+
+
+def test_the_api_erases_every_id_only_with_their_count(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    _twins(app)
+    path = "/v1/privacy/customers/sh-bob?scope=all-matching"
+    for expect in ("", "&expect=1", "&expect=3"):
+        refused = call(app, "DELETE", path + expect, headers=bearer("dpo"))
+        assert refused.status == 409, refused.text
+        detail = refused.json()["detail"]
+        assert "held by 2 customer ids ('sh-bob', 'sh-ann')" in detail and "expect=N" in detail
+        assert "@" not in refused.text
+    assert call(app, "DELETE", path + "&expect=0", headers=bearer("dpo")).status == 422
+    assert _ids(engine) == {"sh-ann", "sh-bob"}
 
 
 def test_a_data_subject_reaches_their_own_record_only(
