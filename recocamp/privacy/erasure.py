@@ -126,11 +126,10 @@ def erase(
             details={"rows": rows, "customers": len(who.ids), "address_shared": shared},
         )
     artifacts, missing = _scrub_artifacts(engine, settings, set(who.ids))
-    files = erasure_files.Scrub()
-    for erased, address in addresses.items():
-        done = erasure_files.scrub(erasure_files.written_dirs(settings), erased, address)
-        files.rewritten += [path for path in done.rewritten if path not in files.rewritten]
-        files.failed += [path for path in done.failed if path not in files.failed]
+    # every id and address at once: each file is read and rewritten once per erasure
+    files = erasure_files.scrub(
+        erasure_files.written_dirs(settings), addresses.keys(), addresses.values()
+    )
     clean = store.empty_wal(engine) and not files.failed and not missing
     metrics.PRIVACY_REQUESTS.labels("erasure", via).inc()
     log.info(

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from recocamp import privacy, tokens
 from recocamp.cli import app as cli
+from recocamp.data import erasure_files
 from recocamp.errors import SharedAddressError
 from recocamp.settings import Settings
 from recocamp.store.schema import (
@@ -244,6 +245,37 @@ def test_the_question_shows_twenty_ids_of_many(shared: CliRunner, tmp_path: Path
     assert "Erase 30 customer ids (p000, p001," in question and "p019 and 10 more)" in question
     assert "p020" not in question and "@" not in question
     assert asked.exit_code == 1 and len(_held(tmp_path)[0]) == 33  # not answered: nothing
+
+
+def test_an_erasure_of_three_ids_rewrites_each_file_once(
+    shared: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pass over the written files for every id and address of the erasure."""
+    _dora(shared, tmp_path)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    write_csv(demo / "customers.csv", HEADER, [*PEOPLE, ["dora", SHARED, "Dora", "none", ""]])
+    write_csv(
+        demo / "purchases.csv",
+        ["order_id", "customer_id", "item_id"],
+        [[f"o-{who}", who, "i-1"] for who in ("ann", "bob", "carl", "dora")],
+    )
+    writes: list[str] = []
+    replace = erasure_files._replace
+
+    def counted(path: Path, data: bytes) -> None:
+        writes.append(path.name)
+        replace(path, data)
+
+    monkeypatch.setattr(erasure_files, "_replace", counted)
+    erase = ["privacy", "erase", "ann", "--yes", "--all-matching", "--expect", "3"]
+    erased = shared.invoke(cli, erase)
+    assert erased.exit_code == 0, erased.output
+    assert sorted(writes) == ["customers.csv", "purchases.csv"]
+    people = (demo / "customers.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in people] == ["id", "carl"]
+    lines = (demo / "purchases.csv").read_text().splitlines()
+    assert lines[1:] == ["o-ann,,i-1", "o-bob,,i-1", "o-carl,carl,i-1", "o-dora,,i-1"]
 
 
 def test_imports_after_an_erasure_name_the_missing_key(
