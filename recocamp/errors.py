@@ -52,6 +52,7 @@ class Problem:
     line: int | None = None
     column: str | None = None
     value: object = None
+    path: Path | None = None  # the file it is in when not the error's own (a campaign's template)
 
     def where(self) -> str:
         parts = []
@@ -85,7 +86,7 @@ class _ProblemsError(RecocampError):
 
     def _render(self) -> str:
         lines = [f"{self.path}: {len(self.problems) + self.more} problem(s)"]
-        lines += [f"  {self.path}: {problem}" for problem in self.problems]
+        lines += [f"  {problem.path or self.path}: {problem}" for problem in self.problems]
         if self.more:
             lines.append(f"  … and {self.more} more")
         return "\n".join(lines)
@@ -101,7 +102,7 @@ class TemplateLimitError(ConfigError):
     as it is recorded with the message it failed."""
 
     def _render(self) -> str:
-        return "; ".join(f"{self.path}: {problem}" for problem in self.problems)
+        return "; ".join(f"{problem.path or self.path}: {problem}" for problem in self.problems)
 
 
 class DataImportError(_ProblemsError):

@@ -156,7 +156,7 @@ def test_check_lists_hostile_templates_and_healthy_campaigns_still_plan(workdir:
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     for name, (line, _old, _new) in edits.items():
-        assert f"line {line}, key 'template {name}'" in result.stderr, name
+        assert f"  templates/{name}: line {line}: " in result.stderr, name
     assert "template not found: '_offer.html'" in result.stderr
     assert "'/etc/passwd' is outside the templates folder" in result.stderr
     assert "'../../x' is outside the templates folder" in result.stderr
@@ -436,7 +436,8 @@ def test_check_refuses_unreadable_files_and_unknown_filters_without_a_traceback(
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "y.toml: line 1: not UTF-8" in result.stderr
-    assert "key 'template base.txt': syntax error: No filter named 'nosuchfilter'." in result.stderr
+    assert "templates/base.txt: line" in result.stderr
+    assert ": syntax error: No filter named 'nosuchfilter'. (included by " in result.stderr
     (workdir / "settings.toml").write_bytes(b'database_url = "sqlite:///x.db"\n# \xff\n')
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 2 and "Traceback" not in result.output
@@ -518,8 +519,9 @@ def test_fake_esp_refuses_a_webhook_url_it_could_never_post_to(workdir: Path, ur
 
 
 def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -> None:
-    """A partial that is not UTF-8 is named with its line (not the template that includes
-    it), and a subject's problem has its key and line in the campaign file: exit 2."""
+    """A partial that is not UTF-8 is named at its own path and line (not the template that
+    includes it, nor the campaign file's line), with the template and campaign that use it;
+    a subject's problem has its key and line in the campaign file: exit 2."""
     import shutil
 
     shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
@@ -534,8 +536,10 @@ def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -
     toml.write_text(toml.read_text().replace("This week only", "{{ custmer }} only"))
     result = runner.invoke(app, ["check"], terminal_width=300)
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "winback.toml: line 2, key 'template partials/x.txt': not UTF-8" in result.stderr
-    assert "key 'template winback.txt'" not in result.stderr
+    assert "  templates/partials/x.txt: line 2: not UTF-8 (byte" in result.stderr
+    assert "(included by winback.txt, campaign winback)" in result.stderr
+    assert "winback.toml: line 2" not in result.stderr
+    assert "templates/winback.txt" not in result.stderr
     assert "winback.toml: line 46, key 'variants.1.subject.en': subject:" in result.stderr
     assert "(value: '{{ custmer }} only: 10 % off for you')" in result.stderr
 
