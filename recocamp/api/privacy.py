@@ -95,6 +95,12 @@ class ErasureOut(BaseModel):
     files_rewritten: int = Field(description="drop-folder and demo files rewritten without them")
     files_left: list[str] = Field(description="files that could not be cleaned")
     not_covered: list[str] = Field(description="where erasure cannot reach, always")
+    address_kept_for: int = Field(
+        0,
+        description="scope=id on a shared address: how many other customer ids hold it. The "
+        "address stays open (not tombstoned): they keep it, a new sign-up at it is taken; "
+        "rows holding it but naming no customer are left, as they cannot be attributed",
+    )
 
 
 class PurgeOut(BaseModel):
@@ -209,6 +215,7 @@ def router(
             files_rewritten=report.files,
             files_left=list(report.files_left),
             not_covered=list(report.not_covered),
+            address_kept_for=report.address_kept_for,
         )
 
     @api.post("/purge", response_model=PurgeOut, responses=problems)

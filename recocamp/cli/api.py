@@ -224,9 +224,20 @@ def privacy_erase(
         console.print(
             "the SQLite write-ahead log was busy: it is overwritten at the next checkpoint"
         )
+    if report.address_kept_for:
+        console.print(_address_open(report.address_kept_for), highlight=False)
     console.print("erasure cannot reach: " + "; ".join(report.not_covered))
     if report.files_left:
         raise typer.Exit(1)  # the erasure is not complete: a script must not take it as done
+
+
+def _address_open(others: int) -> str:
+    """Why an id erased alone leaves its shared address usable (not tombstoned)."""
+    whom = "other customer holds" if others == 1 else "other customers hold"
+    return (
+        f"the address stays open: {others} {whom} it (only the id is tombstoned; rows that "
+        "hold the address but name no customer stay, as nobody's)"
+    )
 
 
 def _erase_question(customer: str, covered: tuple[str, ...]) -> str:

@@ -65,6 +65,8 @@ class ErasureReport:
     files_left: tuple[str, ...] = ()  # files that could not be cleaned (their paths)
     not_covered: tuple[str, ...] = erasure_files.NOT_COVERED
     customer_ids: tuple[str, ...] = ()  # erased: more than one only with Scope.ALL_MATCHING
+    address_kept_for: int = 0  # Scope.ID on a shared address: the other ids that hold it
+    # (the address is not tombstoned: it stays open to them and to new sign-ups)
 
 
 Keep = Callable[[Connection, Ties, Person], int]
@@ -100,7 +102,8 @@ def erase(
     with engine.begin() as connection, store.scrubbing(connection):
         tombstones.serialise(connection, erasing=True)  # first: see serialise (SQLite too)
         tied = ties(schema)
-        who, shared = subject(connection, tied, customer_id, scope)
+        who, others = subject(connection, tied, customer_id, scope)
+        shared, kept_for = bool(others), len(others) if who.exclusive else 0
         if scope is Scope.ALL_MATCHING:
             check_count(customer_id, who.ids, expect)
         known = store.customer_email(connection, customer_id)[0]
@@ -150,6 +153,7 @@ def erase(
         len(files.rewritten),
         tuple(str(path) for path in (*missing, *files.failed)),
         customer_ids=who.ids,
+        address_kept_for=kept_for,
     )
 
 

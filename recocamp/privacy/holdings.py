@@ -19,7 +19,8 @@ person with two accounts, or two people (a family) sharing one mailbox. Only the
 can tell which, so a request whose address other ids hold is refused
 (``SharedAddressError``, naming the ids, never the address) unless it says whom it covers
 (:class:`Scope`): ``ID``, that customer alone (rows naming another customer stay theirs;
-rows that hold the address and name nobody are the customer's too), or ``ALL_MATCHING``,
+rows that hold the address and name nobody are left out, as nobody's: they cannot be
+attributed, and the export says so), or ``ALL_MATCHING``,
 every customer id holding the address, as one person (an erasure then needs their number,
 :func:`check_count`: a placeholder address can be held by hundreds). A data subject acting for
 themselves (a link token names one customer) always gets ``ID``: nobody can reach another
@@ -50,6 +51,12 @@ PERSONAL = re.compile(
 )
 
 
+LEFT_OUT = (
+    "Rows that hold this customer's e-mail address but name no customer id are left out: "
+    "other customer ids hold the address too, so those rows cannot be attributed to this one."
+)
+
+
 class Scope(StrEnum):
     """Whom a request by customer id covers when other customer ids hold their address."""
 
@@ -70,20 +77,20 @@ def personal_columns(schema: MetaData = metadata) -> list[Column[Any]]:
 
 def subject(
     connection: Connection, tied: list[Ties], customer_id: str, scope: Scope
-) -> tuple[Subject, bool]:
-    """Whose rows a request for ``customer_id`` selects, and whether their address is
-    shared with other customer ids (see the module docstring); ``SharedAddressError`` when
-    it is and ``scope`` does not say whom the request covers."""
+) -> tuple[Subject, list[str]]:
+    """Whose rows a request for ``customer_id`` selects, and the other customer ids that
+    hold their address (none: it is not shared; see the module docstring);
+    ``SharedAddressError`` when it is shared and ``scope`` does not say whom it covers."""
     _, email = store.customer_email(connection, customer_id)
     alone = Subject.of(customer_id, email)
     others = sorted(store.sharers(connection, tied, alone))
     if not others:
-        return alone, False
+        return alone, others
     if scope is Scope.UNSHARED:
         raise SharedAddressError(customer_id, others)
     if scope is Scope.ID:
-        return Subject(alone.ids, alone.email, exclusive=True), True
-    return Subject((customer_id, *others), alone.email), True
+        return Subject(alone.ids, alone.email, exclusive=True), others
+    return Subject((customer_id, *others), alone.email), others
 
 
 def covered(
@@ -114,7 +121,7 @@ def export(
     ``scope``: whom it covers when other customer ids hold their address (:func:`subject`)."""
     with engine.connect() as connection:
         tied = ties(schema)
-        who, shared = subject(connection, tied, customer_id, scope)
+        who, others = subject(connection, tied, customer_id, scope)
         tables = {}
         for tie in tied:
             found = [_document(row) for row in store.tied_rows(connection, tie, who)]
@@ -128,11 +135,12 @@ def export(
         "customer_id": customer_id,
         "customer_ids": list(who.ids),
         "customers": len(who.ids),
-        "scope": scope.value if shared else Scope.UNSHARED.value,
+        "scope": scope.value if others else Scope.UNSHARED.value,
         "exported_at": now.isoformat(),
         "about": "Everything recocamp holds about this customer (GDPR Art. 15 and 20): one "
         "list of rows per table; e-mail bodies unpacked.",
         "tables": tables,
+        **({"left_out": LEFT_OUT} if who.exclusive else {}),
         "audit_log": audits,
         "suppressed": None
         if suppressed is None

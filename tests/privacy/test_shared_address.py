@@ -131,6 +131,7 @@ def test_only_this_id_exports_that_customer_and_nobody_else(
     assert exported.exit_code == 0, exported.output
     document = json.loads(exported.output)
     assert document["customer_ids"] == ["ann"] and document["scope"] == "id"
+    assert "cannot be attributed" in document["left_out"]
     assert [row["id"] for row in document["tables"]["customers"]] == ["ann"]
     assert [row["order_id"] for row in document["tables"]["purchases"]] == ["o-ann"]
     assert "bob" not in exported.output.lower()  # neither bob's id nor his name
@@ -142,6 +143,7 @@ def test_only_this_id_erases_that_customer_and_the_other_keeps_the_address(
 ) -> None:
     erased = shared.invoke(cli, ["privacy", "erase", "ann", "--yes", "--only-this-id"])
     assert erased.exit_code == 0, erased.output
+    assert "the address stays open: 1 other customer holds it" in " ".join(erased.output.split())
     ids, lines, done, stones = _held(tmp_path)
     assert ids == ["bob", "carl"] and (done, stones) == (1, 1)
     assert lines == {"o-ann": None, "o-bob": "bob", "o-carl": "carl"}
@@ -310,8 +312,9 @@ def test_any_table_tied_by_address_can_share_it_and_only_this_id_keeps_the_other
     shared: CliRunner, tmp_path: Path
 ) -> None:
     """Read from the schema like every tie: a table added later whose row names another
-    customer (zed, not in the customers table) at ann's address makes it shared; erased
-    alone, ann loses her row and the row naming nobody but the address, zed keeps his."""
+    customer (zed, not in the customers table) at ann's address makes it shared; exported or
+    erased alone, ann's row goes, the row naming nobody but the address stays out of it (it
+    cannot be attributed to her), zed keeps his."""
     engine = _engine(tmp_path)
     later = sa.MetaData()
     for table in metadata.sorted_tables:
@@ -340,13 +343,14 @@ def test_any_table_tied_by_address_can_share_it_and_only_this_id_keeps_the_other
     assert refused.value.others == ["zed"] and "@" not in str(refused.value)
     scoped = privacy.export(engine, "ann", NOW, schema=later, scope=privacy.Scope.ID)
     assert scoped is not None
-    assert [c["card"] for c in scoped["tables"]["loyalty_cards"]] == ["1", "2"]
+    assert [c["card"] for c in scoped["tables"]["loyalty_cards"]] == ["1"]
     report = privacy.erase(
         engine, settings, "ann", NOW, via="test", schema=later, scope=privacy.Scope.ID
     )
-    assert report is not None and report.rows["loyalty_cards"] == 2
+    assert report is not None and report.rows["loyalty_cards"] == 1
+    assert report.address_kept_for == 1  # zed
     with engine.connect() as connection:
-        assert connection.execute(sa.select(cards.c.card)).scalars().all() == ["3"]
+        assert connection.execute(sa.select(cards.c.card)).scalars().all() == ["2", "3"]
 
 
 # -- the shop API and the preferences page (SQLite and PostgreSQL) --------------------------
@@ -393,6 +397,7 @@ def test_the_api_names_the_ids_and_acts_only_when_told_whom(
     assert "sh-bob" not in mine.text
     erased = call(app, "DELETE", path + "?scope=id", headers=bearer("dpo"))
     assert erased.status == 200 and erased.json()["customer_ids"] == ["sh-ann"]
+    assert erased.json()["address_kept_for"] == 1
     assert _ids(engine) == {"sh-bob"}
     assert _again(app, "sh-ann") == 410 and _again(app, "sh-bob") == 200  # bob keeps it
 
