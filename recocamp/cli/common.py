@@ -40,7 +40,11 @@ from recocamp.errors import (
 from recocamp.settings import Settings, load_settings
 from recocamp.store.engine import Engine, make_engine, require_current
 
-app = typer.Typer(help="recocamp: a retention engine for online shops.", no_args_is_help=True)
+app = typer.Typer(
+    help="recocamp: a retention engine for online shops.",
+    no_args_is_help=True,
+    rich_markup_mode=None,  # help texts name settings as [section] key: not markup
+)
 
 # piped output (files, CI logs) is not squeezed into 80 columns. Markup is off: what we print
 # carries the shop's data and people's files (a title "[/] KIT", a quantity "[bold]x"), which

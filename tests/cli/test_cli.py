@@ -6,10 +6,12 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+import typer
 from typer.testing import CliRunner
 
 from recocamp.cli import app
@@ -640,3 +642,28 @@ def test_check_refuses_a_sendgrid_key_that_cannot_verify_and_an_http_public_url(
     assert result.exit_code == 2
     assert "esp.webhook_public_key" in result.stderr and "not-base64" not in result.stderr
     assert "api.public_url" in result.stderr and "https" in result.stderr
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[Any, tuple[str, ...]]]:
+    """Every command under ``command`` (typer's own click classes: duck-typed) with its path."""
+    for name, sub in getattr(command, "commands", {}).items():
+        yield sub, (*path, name)
+        yield from _commands(sub, (*path, name))
+
+
+BRACKETED = re.compile(r"\[[a-z_.]+\]")  # a settings section in a help text: [api], [privacy]
+
+
+def test_every_help_shows_the_settings_sections_it_names() -> None:
+    """Help texts name settings as ``[section] key``: none may be eaten as markup (it was:
+    "Processes, 1 to 64 (default:  workers)")."""
+    checked = 0
+    for command, path in _commands(typer.main.get_command(app)):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        named = {found for text in texts for found in BRACKETED.findall(text)}
+        shown = runner.invoke(app, [*path, "--help"], terminal_width=200)
+        assert shown.exit_code == 0, (path, shown.output)
+        for section in named:
+            assert section in shown.output, (path, section, shown.output)
+            checked += 1
+    assert checked >= 4  # serve's [api] host/port/workers, purge's [privacy], evaluate's …
