@@ -10,6 +10,7 @@
     ├── OrderConflictError   orders already stored with other lines (an order is written once)
     ├── SharedAddressError   a privacy request by customer id whose address other customers hold
     │   └── CoverageCountError   an erasure of every id at an address found another count
+    ├── VoidLinkError        an erasure through a link of a record erased since (nothing done)
     ├── ModelError           recommender training / loading problems
     ├── Interrupted          a run stopped early because the worker is shutting down
     └── DeliveryError        sending through an email service provider
@@ -174,6 +175,12 @@ class CoverageCountError(SharedAddressError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return type(self), (self.customer_id, self.others, self.expected)
+
+
+class VoidLinkError(RecocampError):
+    """An erasure asked for through a customer's link (the preferences page) whose record
+    was erased at or after the link was issued: the link belongs to the erased record, and
+    must not erase a new one made by a later sign-up. Checked in the erasing transaction."""
 
 
 class ModelError(RecocampError):
