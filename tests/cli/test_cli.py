@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,8 +231,13 @@ def test_worker_demo_runs_the_schedule_on_a_simulated_clock_exactly_once(workdir
 
     shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
     shutil.copytree(ROOT / "templates", workdir / "templates")
+    levels = {name: logging.getLogger(name).level for name in ("recocamp", "apscheduler")}
     result = runner.invoke(app, ["worker", "--demo", "--days", "2", "--start", "2011-12-07"])
     assert result.exit_code == 0, result.output
+    # the worker's log levels are its own: in-process callers keep theirs (they hid the
+    # API's log records from a later test)
+    assert {name: logging.getLogger(name).level for name in levels} == levels
+    assert logging.getLogger("apscheduler.scheduler").level == logging.NOTSET
     assert "simulating 2 days of the schedule from Wed 07 Dec 2011 00:00" in result.stdout
     assert "campaign:" in result.stdout and "train" in result.stdout
     lines = (workdir / "demo" / "fake-esp" / "messages.jsonl").read_text().splitlines()
