@@ -203,6 +203,8 @@ def router(
         expect: Expect = None,
     ) -> ErasureOut:
         """Erase a customer everywhere; 404 when we hold nothing about them."""
+        if expect is not None and scope != privacy.Scope.ALL_MATCHING.value:
+            raise HTTPException(409, "expect goes with scope=all-matching; nothing was erased")
         via = f"api:{key.name}"
         report = _erased(engine, settings, customer_id, clock.now(), via, scope, expect)
         on_change(report.customer_ids)

@@ -60,11 +60,14 @@ OnlyThisId = Annotated[
 ]
 
 
-def _scope(all_matching: bool, only_this_id: bool) -> privacy.Scope:
+def _scope(all_matching: bool, only_this_id: bool, expect: int | None = None) -> privacy.Scope:
     """Whom the request covers when other customer ids hold the address (neither flag: it
-    is refused then, exit 2, naming them)."""
+    is refused then, exit 2, naming them); ``expect``, the count, goes with --all-matching."""
     if all_matching and only_this_id:
         print_error("--all-matching and --only-this-id exclude each other; nothing was done")
+        raise typer.Exit(2)
+    if expect is not None and not all_matching:
+        print_error("--expect goes with --all-matching; nothing was done")
         raise typer.Exit(2)
     if all_matching:
         return privacy.Scope.ALL_MATCHING
@@ -192,7 +195,7 @@ def privacy_erase(
     """Erase CUSTOMER everywhere (GDPR Art. 17); non-identifying aggregates stay. When other
     customer ids hold the same address, say whom it covers (--all-matching --expect N, or
     --only-this-id)."""
-    scope = _scope(all_matching, only_this_id)
+    scope = _scope(all_matching, only_this_id, expect)
     with errors_to_exit():  # who is covered, and refusals, before anything is asked
         settings = current_settings()
         engine = engine_for(settings)

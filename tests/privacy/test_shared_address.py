@@ -110,6 +110,8 @@ def test_both_scopes_at_once_are_refused(shared: CliRunner, tmp_path: Path) -> N
     both = ["privacy", "erase", "ann", "--yes", "--all-matching", "--only-this-id"]
     refused = shared.invoke(cli, both)
     assert refused.exit_code == 2 and "exclude each other" in refused.output
+    counted = shared.invoke(cli, ["privacy", "erase", "ann", "--yes", "--expect", "2"])
+    assert counted.exit_code == 2 and "--expect goes with --all-matching" in counted.output
     assert _held(tmp_path) == ALL_HELD
 
 
@@ -433,6 +435,8 @@ def test_the_api_erases_every_id_only_with_their_count(
         assert "held by 2 customer ids ('sh-bob', 'sh-ann')" in detail and "expect=N" in detail
         assert "@" not in refused.text
     assert call(app, "DELETE", path + "&expect=0", headers=bearer("dpo")).status == 422
+    alone = "/v1/privacy/customers/sh-bob?scope=id&expect=1"
+    assert call(app, "DELETE", alone, headers=bearer("dpo")).status == 409
     assert _ids(engine) == {"sh-ann", "sh-bob"}
 
 
