@@ -92,6 +92,7 @@ def range_problem(value: float, low: float, high: float) -> str | None:
 # cannot build a Literal from a tuple), ``LOCALES`` its values, read from it.
 Locale = Literal["de", "en"]
 LOCALES: tuple[Locale, ...] = get_args(Locale)
+FALLBACK_LOCALE: Locale = "en"  # a customer's when neither the shop's data nor they said one
 CLOCK_SKEW = timedelta(minutes=5)  # how far past now a given instant may lie (clocks differ)
 BIRTHDAY_MIN = date(1900, 1, 1)
 _EARTH_AHEAD = timedelta(hours=14)  # UTC+14: where a date begins first
@@ -162,7 +163,7 @@ class Customer:
     id: str
     email: str | None
     first_name: str | None = None
-    locale: str = "en"
+    locale: str = FALLBACK_LOCALE
     time_zone: str | None = None
     country: str | None = None
     birthday: date | None = None

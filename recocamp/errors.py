@@ -9,6 +9,8 @@
     ├── StoreError           the database is missing, not migrated or unreachable
     ├── OrderConflictError   orders already stored with other lines (an order is written once)
     ├── SharedAddressError   a privacy request by customer id whose address other customers hold
+    │   └── CoverageCountError   an erasure of every id at an address found another count
+    ├── VoidLinkError        an erasure through a link of a record erased since (nothing done)
     ├── ModelError           recommender training / loading problems
     ├── Interrupted          a run stopped early because the worker is shutting down
     └── DeliveryError        sending through an email service provider
@@ -51,6 +53,7 @@ class Problem:
     line: int | None = None
     column: str | None = None
     value: object = None
+    path: Path | None = None  # the file it is in when not the error's own (a campaign's template)
 
     def where(self) -> str:
         parts = []
@@ -84,7 +87,7 @@ class _ProblemsError(RecocampError):
 
     def _render(self) -> str:
         lines = [f"{self.path}: {len(self.problems) + self.more} problem(s)"]
-        lines += [f"  {self.path}: {problem}" for problem in self.problems]
+        lines += [f"  {problem.path or self.path}: {problem}" for problem in self.problems]
         if self.more:
             lines.append(f"  … and {self.more} more")
         return "\n".join(lines)
@@ -100,7 +103,7 @@ class TemplateLimitError(ConfigError):
     as it is recorded with the message it failed."""
 
     def _render(self) -> str:
-        return "; ".join(f"{self.path}: {problem}" for problem in self.problems)
+        return "; ".join(f"{problem.path or self.path}: {problem}" for problem in self.problems)
 
 
 class DataImportError(_ProblemsError):
@@ -145,6 +148,39 @@ class SharedAddressError(RecocampError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return type(self), (self.customer_id, self.others)
+
+
+class CoverageCountError(SharedAddressError):
+    """An erasure of every customer id holding an address (``Scope.ALL_MATCHING``) found
+    another number of ids than the operator expected (or was not told the number): a
+    placeholder address held by hundreds must not erase them all on one flag. Names the
+    count and the ids (at most :attr:`SHOWN`), never the address; nothing is done."""
+
+    def __init__(self, customer_id: str, covered: list[str], expected: int | None) -> None:
+        self.customer_id = customer_id
+        self.others = list(covered)
+        self.expected = expected
+        shown = ", ".join(repr(one) for one in covered[: self.SHOWN])
+        more = f" and {len(covered) - self.SHOWN} more" if len(covered) > self.SHOWN else ""
+        said = (
+            "no count was given"
+            if expected is None
+            else f"{expected} {'was' if expected == 1 else 'were'} expected"
+        )
+        RecocampError.__init__(
+            self,
+            f"the e-mail address of customer {customer_id!r} is held by {len(covered)} "
+            f"customer ids ({shown}{more}); {said}: nothing was done",
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.customer_id, self.others, self.expected)
+
+
+class VoidLinkError(RecocampError):
+    """An erasure asked for through a customer's link (the preferences page) whose record
+    was erased at or after the link was issued: the link belongs to the erased record, and
+    must not erase a new one made by a later sign-up. Checked in the erasing transaction."""
 
 
 class ModelError(RecocampError):

@@ -4,7 +4,9 @@ them from there, so a third language is added in one place and nothing disagrees
 
 from __future__ import annotations
 
+import ast
 import re
+from collections import Counter
 from pathlib import Path
 from typing import get_args, get_type_hints
 
@@ -32,6 +34,33 @@ def test_every_python_module_reads_the_languages_from_domain() -> None:
         if SPELLED.search(line)
     ]
     assert spelled == ["domain.py"]  # once: Locale = Literal["de", "en"]
+
+
+# where a language may still be named by its code, and why: (file, code) → how often
+NAMED: dict[tuple[str, str], tuple[int, str]] = {
+    ("domain.py", "de"): (1, "Locale, the one spelling"),
+    ("domain.py", "en"): (2, "Locale, and FALLBACK_LOCALE"),
+    ("api/page_views.py", "de"): (1, "the pages' German texts (content, keyed by language)"),
+    ("api/page_views.py", "en"): (1, "the pages' English texts (content, keyed by language)"),
+    ("api/pages.py", "de"): (1, "the German date format (content)"),
+    ("campaigns/context.py", "en"): (1, "the sample context's default (the docs' examples)"),
+    ("data/synthetic.py", "de"): (1, "demo data: German-speaking countries"),
+    ("data/synthetic.py", "en"): (1, "demo data: everybody else"),
+    ("settings.py", "de"): (1, "the shop's default_locale (a setting's default)"),
+    ("store/schema.py", "en"): (1, "the column's server default, as the migration wrote it"),
+    ("store/migrations/versions/0001_initial.py", "en"): (1, "a migration: history"),
+}
+
+
+def test_no_module_names_a_language_outside_the_list() -> None:
+    """A third language is added in ``domain``; a code elsewhere ("en" if lang == "de" …)
+    would silently leave it out, so every string literal "de"/"en" is listed with why."""
+    found: Counter[tuple[str, str]] = Counter()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in LOCALES:
+                found[(path.relative_to(PACKAGE).as_posix(), node.value)] += 1
+    assert dict(found) == {where: count for where, (count, _why) in NAMED.items()}
 
 
 def test_settings_campaign_files_and_context_take_the_same_languages() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 
 from recocamp.campaigns.caps import PREFERENCE_PERIODS
-from recocamp.domain import LOCALES
+from recocamp.domain import FALLBACK_LOCALE, LOCALES
 
 PAUSE_WEEKS = (1, 2, 4, 8, 12)  # the pause form's choices (and what the form handler accepts)
 FREQUENCIES = ("any", *PREFERENCE_PERIODS)  # "any": no limit of the customer's own
@@ -105,7 +105,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "unsubscribed_page": "Unsubscribed",
         "erased_page": "Erased",
         "error_page": "Not possible",
-        "language": "Deutsch",
+        "name": "English",  # the language's own name: the link to this language
     },
     "de": {
         "title": "Ihre E-Mail-Einstellungen",
@@ -196,7 +196,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "unsubscribed_page": "Abgemeldet",
         "erased_page": "Gelöscht",
         "error_page": "Nicht möglich",
-        "language": "English",
+        "name": "Deutsch",
     },
 }
 
@@ -226,7 +226,8 @@ MESSAGE = """{% extends "layout.html" %}{% block body %}<h1>{{ title }}</h1>
 {% endblock %}"""
 
 PREFERENCES = """{% extends "layout.html" %}{% block body %}
-<nav><a href="?lang={{ other }}">{{ t.language }}</a></nav>
+<nav>{% for other in others %}<a href="?lang={{ other }}" hreflang="{{ other }}" lang="{{ other }}">
+{{- names[other] }}</a> {% endfor %}</nav>
 <h1>{{ t.title }}</h1>
 <p>{{ t.intro.format(shop=shop) }}</p>
 {% if done %}<p class="notice" role="status">{{ done }}</p>{% endif %}
@@ -291,7 +292,7 @@ def language(requested: str | None, locale: str | None, default: str) -> str:
     for candidate in (requested, locale, default):
         if candidate in LOCALES:
             return str(candidate)
-    return "en"
+    return FALLBACK_LOCALE
 
 
 def message(lang: str, title_key: str, lines: list[str], form: str | None = None) -> str:
@@ -307,7 +308,8 @@ def preferences(lang: str, **context: Any) -> str:
         lang=lang,
         title=t["title"],
         t=t,
-        other="en" if lang == "de" else "de",
+        others=[other for other in LOCALES if other != lang],  # a link to each of them
+        names={locale: TEXTS[locale]["name"] for locale in LOCALES},
         frequencies=FREQUENCIES,
         weeks=PAUSE_WEEKS,
         **context,

@@ -49,6 +49,7 @@ from recocamp.api.offer_cache import OfferService, Query
 from recocamp.campaigns.audience import history_of
 from recocamp.clock import Clock
 from recocamp.data import profiles
+from recocamp.errors import VoidLinkError
 from recocamp.settings import Settings
 from recocamp.store import contacts, registry, tombstones, views
 from recocamp.store import forecasts as forecast_store
@@ -395,14 +396,18 @@ def _change(
     if action == "erase":
         if not forms.checked(form, "confirm"):
             return "confirm_needed"
-        with engine.connect() as connection:  # a void link erases nobody, the new record least
-            if tombstones.void_link(
-                connection, key, found.customer_id, found.issued_at, writing=False
-            ):
-                return "gone"
-        report = privacy.erase(  # the link's customer alone, whoever else holds the address
-            engine, settings, found.customer_id, now, via=SOURCE, scope=privacy.Scope.ID
-        )
+        try:  # the link's customer alone, whoever else holds the address
+            report = privacy.erase(
+                engine,
+                settings,
+                found.customer_id,
+                now,
+                via=SOURCE,
+                scope=privacy.Scope.ID,
+                link_issued_at=found.issued_at,  # a void link erases nobody: checked in there
+            )
+        except VoidLinkError:
+            return "gone"
         return "erased" if report is not None else "unknown"
     changes = _changes(action, form, now)
     if changes is None and action != "unsubscribe":

@@ -9,7 +9,8 @@ Every request is recorded in the audit log under the API key's name.
 
 When other customer ids hold the customer's address, export and erasure answer 409 naming
 those ids (never the address) unless ``?scope=`` says whom they cover: ``id`` (this customer
-alone) or ``all-matching`` (every customer id holding the address, as one person); see
+alone) or ``all-matching`` (every customer id holding the address, as one person; an
+erasure then needs ``&expect=N``, their number, else 409 naming the count); see
 ``privacy.holdings``.
 """
 
@@ -27,7 +28,7 @@ from recocamp import metrics, privacy
 from recocamp.api import lean as api_lean
 from recocamp.api.auth import PrivacyAdmin
 from recocamp.clock import Clock
-from recocamp.errors import SharedAddressError
+from recocamp.errors import CoverageCountError, SharedAddressError
 from recocamp.settings import PrivacySettings, Settings
 from recocamp.store import tombstones
 from recocamp.store.engine import Engine
@@ -43,6 +44,15 @@ RequestScope = Annotated[
         "`all-matching` every customer id holding the address, as one person."
     ),
 ]
+Expect = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        description="With `scope=all-matching`: how many customer ids hold the address, as "
+        "the export (`customers`) or a 409 said; needed when more than one, and an erasure "
+        "finding another number is refused (409, nothing done).",
+    ),
+]
 SHARED: dict[int | str, Any] = {
     409: {
         "description": "Other customer ids hold the customer's address: the answer names "
@@ -56,6 +66,12 @@ def _scope(scope: str | None) -> privacy.Scope:
 
 
 def _ambiguous(error: SharedAddressError) -> HTTPException:
+    if isinstance(error, CoverageCountError):
+        return HTTPException(
+            409,
+            f"{error}; to erase every one of them say how many: "
+            "?scope=all-matching&expect=N (N the count above), or ?scope=id for this id alone",
+        )
     return HTTPException(
         409,
         f"{error}; say whom it covers: ?scope=id (this customer alone) or "
@@ -79,6 +95,12 @@ class ErasureOut(BaseModel):
     files_rewritten: int = Field(description="drop-folder and demo files rewritten without them")
     files_left: list[str] = Field(description="files that could not be cleaned")
     not_covered: list[str] = Field(description="where erasure cannot reach, always")
+    address_kept_for: int = Field(
+        0,
+        description="scope=id on a shared address: how many other customer ids hold it. The "
+        "address stays open (not tombstoned): they keep it, a new sign-up at it is taken; "
+        "rows holding it but naming no customer are left, as they cannot be attributed",
+    )
 
 
 class PurgeOut(BaseModel):
@@ -104,10 +126,13 @@ def _erased(
     now: datetime,
     via: str,
     scope: str | None,
+    expect: int | None,
 ) -> privacy.ErasureReport:
     """The erasure, or the HTTP error that says why nothing was erased."""
     try:
-        report = privacy.erase(engine, settings, customer_id, now, via=via, scope=_scope(scope))
+        report = privacy.erase(
+            engine, settings, customer_id, now, via=via, scope=_scope(scope), expect=expect
+        )
     except tombstones.KeyMissing:
         raise HTTPException(
             503,
@@ -171,9 +196,17 @@ def router(
         response_model=ErasureOut,
         responses={**problems, **unkeyed, **SHARED},
     )
-    def erase(customer_id: CustomerId, key: PrivacyAdmin, scope: RequestScope = None) -> ErasureOut:
+    def erase(
+        customer_id: CustomerId,
+        key: PrivacyAdmin,
+        scope: RequestScope = None,
+        expect: Expect = None,
+    ) -> ErasureOut:
         """Erase a customer everywhere; 404 when we hold nothing about them."""
-        report = _erased(engine, settings, customer_id, clock.now(), f"api:{key.name}", scope)
+        if expect is not None and scope != privacy.Scope.ALL_MATCHING.value:
+            raise HTTPException(409, "expect goes with scope=all-matching; nothing was erased")
+        via = f"api:{key.name}"
+        report = _erased(engine, settings, customer_id, clock.now(), via, scope, expect)
         on_change(report.customer_ids)
         return ErasureOut(
             customer_ids=list(report.customer_ids),
@@ -184,6 +217,7 @@ def router(
             files_rewritten=report.files,
             files_left=list(report.files_left),
             not_covered=list(report.not_covered),
+            address_kept_for=report.address_kept_for,
         )
 
     @api.post("/purge", response_model=PurgeOut, responses=problems)

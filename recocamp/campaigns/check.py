@@ -63,7 +63,7 @@ def template_problems(
         sample = sample_context(locale)
         for name in dict.fromkeys(parts):
             found += [
-                replace(p, key=f"template {p.key}")
+                _at_template(p, templates, name, campaign.name)
                 for p in render.check_template(templates, name, sample, limits)
             ]
         for key, subject in subjects:
@@ -72,6 +72,15 @@ def template_problems(
                 line = line_of(text, tuple(key.split(".")))
                 found.append(Problem(f"subject: {problem}", key=key, line=line, value=subject))
     return list(dict.fromkeys(found))
+
+
+def _at_template(problem: Problem, templates: Path, used: str, campaign: str) -> Problem:
+    """A template's problem at the template's own path and line (its line means nothing in
+    the campaign file), saying which template the campaign uses and which campaign."""
+    name = problem.key or used
+    by = f"included by {used}, " if name != used else ""
+    message = f"{problem.message} ({by}campaign {campaign})"
+    return replace(problem, message=message, key=None, path=templates / name)
 
 
 def _subjects(campaign: Campaign) -> list[tuple[str, str]]:

@@ -76,8 +76,8 @@ class Audience(_Strict):
     lapsed_days: tuple[Days, Days] | None = None  # last order in [min, max) days ago
     min_orders: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     max_orders: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    min_spend: float | None = Field(default=None, ge=0)
-    max_spend: float | None = Field(default=None, ge=0)
+    min_spend: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
+    max_spend: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
     categories: tuple[str, ...] = ()  # bought in any of these
     rfm_segments: tuple[Literal[RFM_NAMES], ...] = ()  # type: ignore[valid-type]
     loyalty_tiers: tuple[str, ...] = ()

@@ -73,12 +73,22 @@ class RenderedEmail:
     text: str
 
 
+SUFFIXES = (".html", ".txt", ".css")  # template files; others (a logo.png) are no templates
+
+
+def is_template(name: str) -> bool:
+    """Whether a file is a template by its name: the loader reads no other file, so ``check``
+    and the frozen templates a worker renders with (:func:`snapshot`) see the same ones."""
+    return name.lower().endswith(SUFFIXES)
+
+
 def snapshot(directory: Path) -> dict[str, str]:
-    """Every template file of ``directory`` as text, by its name in the directory; a file
-    that is not UTF-8 is a ConfigError naming it and the line of its first bad byte."""
+    """Every template file of ``directory`` as text, by its name in the directory (other
+    files, an image beside the templates, are left out); a template that is not UTF-8 is a
+    ConfigError naming it and the line of its first bad byte."""
     found = {}
     for path in sorted(directory.rglob("*")):
-        if path.is_file():
+        if path.is_file() and is_template(path.name):
             try:
                 found[path.relative_to(directory).as_posix()] = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as exc:
@@ -86,8 +96,16 @@ def snapshot(directory: Path) -> dict[str, str]:
     return found
 
 
-class OutsideTemplates(TemplateNotFound):
+class Refused(TemplateNotFound):
+    """A template name the loader refuses to read; its message says why."""
+
+
+class OutsideTemplates(Refused):
     """An include or extends of a path outside the templates folder (``/etc/passwd``)."""
+
+
+class NotATemplate(Refused):
+    """A file whose name is not a template's (:data:`SUFFIXES`): an image is not rendered."""
 
 
 class NotUtf8(TemplateError):
@@ -125,6 +143,9 @@ class InliningLoader(BaseLoader):
         pieces = template.replace("\\", "/").split("/")
         if template.startswith("/") or ".." in pieces or ":" in pieces[0]:
             raise OutsideTemplates(template, f"{template!r} is outside the templates folder")
+        if not is_template(template):
+            names = ", ".join(SUFFIXES)
+            raise NotATemplate(template, f"{template!r} is not a template file ({names})")
         try:
             source, filename, uptodate = self.files.get_source(environment, template)
         except UnicodeDecodeError as exc:
@@ -535,7 +556,7 @@ def render_problem(exc: Exception, name: str) -> Problem:
 
 def _not_found(exc: TemplateNotFound, *, included: bool = False) -> str:
     """The "template not found" message, with the loader's reason or the included name."""
-    if isinstance(exc, OutsideTemplates):
+    if isinstance(exc, Refused):
         return f"template not found: {exc.message}"
     return f"template not found: {exc.name!r}" if included else "template not found"
 

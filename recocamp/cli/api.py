@@ -29,7 +29,7 @@ from recocamp.cli.common import (
     print_error,
     within,
 )
-from recocamp.errors import RecocampError
+from recocamp.errors import RecocampError, SharedAddressError
 from recocamp.store.queries import audit
 
 privacy_app = typer.Typer(help="Privacy: export, erase, retention purge.", no_args_is_help=True)
@@ -60,11 +60,14 @@ OnlyThisId = Annotated[
 ]
 
 
-def _scope(all_matching: bool, only_this_id: bool) -> privacy.Scope:
+def _scope(all_matching: bool, only_this_id: bool, expect: int | None = None) -> privacy.Scope:
     """Whom the request covers when other customer ids hold the address (neither flag: it
-    is refused then, exit 2, naming them)."""
+    is refused then, exit 2, naming them); ``expect``, the count, goes with --all-matching."""
     if all_matching and only_this_id:
         print_error("--all-matching and --only-this-id exclude each other; nothing was done")
+        raise typer.Exit(2)
+    if expect is not None and not all_matching:
+        print_error("--expect goes with --all-matching; nothing was done")
         raise typer.Exit(2)
     if all_matching:
         return privacy.Scope.ALL_MATCHING
@@ -170,7 +173,7 @@ def privacy_export(
         return
     output.write_text(text + "\n", encoding="utf-8")
     output.chmod(0o600)
-    console.print(f"written to {output}")
+    console.print(f"written to {output} ({document['customers']} customer id(s))")
 
 
 @privacy_app.command("erase")
@@ -179,18 +182,31 @@ def privacy_erase(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
     all_matching: AllMatching = False,
     only_this_id: OnlyThisId = False,
+    expect: Annotated[
+        int | None,
+        typer.Option(
+            "--expect",
+            min=1,
+            help="With --all-matching: how many customer ids hold the address (needed when "
+            "more than one; refused, nothing done, when the count differs).",
+        ),
+    ] = None,
 ) -> None:
     """Erase CUSTOMER everywhere (GDPR Art. 17); non-identifying aggregates stay. When other
-    customer ids hold the same address, say whom it covers (--all-matching or
+    customer ids hold the same address, say whom it covers (--all-matching --expect N, or
     --only-this-id)."""
-    scope = _scope(all_matching, only_this_id)
-    if not yes:
-        also = " and every customer id holding their address" if all_matching else ""
-        typer.confirm(f"Erase customer {customer}{also} for good?", abort=True)
-    with errors_to_exit():
+    scope = _scope(all_matching, only_this_id, expect)
+    with errors_to_exit():  # who is covered, and refusals, before anything is asked
         settings = current_settings()
         engine = engine_for(settings)
-        report = privacy.erase(engine, settings, customer, clock.now(), via="cli", scope=scope)
+        covered = privacy.covered(engine, customer, scope)
+        if scope is privacy.Scope.ALL_MATCHING:
+            privacy.check_count(customer, covered, expect)
+    if not yes:
+        typer.confirm(_erase_question(customer, covered), abort=True)
+    with errors_to_exit():
+        now = clock.now()
+        report = privacy.erase(engine, settings, customer, now, "cli", scope=scope, expect=expect)
         if report is None:
             raise NothingHeld(f"we hold no data about customer {customer!r}")
     erased = report.customer_ids
@@ -211,9 +227,30 @@ def privacy_erase(
         console.print(
             "the SQLite write-ahead log was busy: it is overwritten at the next checkpoint"
         )
+    if report.address_kept_for:
+        console.print(_address_open(report.address_kept_for), highlight=False)
     console.print("erasure cannot reach: " + "; ".join(report.not_covered))
     if report.files_left:
         raise typer.Exit(1)  # the erasure is not complete: a script must not take it as done
+
+
+def _address_open(others: int) -> str:
+    """Why an id erased alone leaves its shared address usable (not tombstoned)."""
+    whom = "other customer holds" if others == 1 else "other customers hold"
+    return (
+        f"the address stays open: {others} {whom} it (only the id is tombstoned; rows that "
+        "hold the address but name no customer stay, as nobody's)"
+    )
+
+
+def _erase_question(customer: str, covered: tuple[str, ...]) -> str:
+    """The confirmation, naming whom it erases: the count and the first ids."""
+    if len(covered) == 1:
+        return f"Erase customer {customer} for good?"
+    shown = ", ".join(covered[: SharedAddressError.SHOWN])
+    hidden = len(covered) - SharedAddressError.SHOWN
+    more = f" and {hidden} more" if hidden > 0 else ""
+    return f"Erase {len(covered)} customer ids ({shown}{more}) for good?"
 
 
 @privacy_app.command("purge")

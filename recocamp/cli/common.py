@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
@@ -31,6 +31,7 @@ from recocamp.clock import SystemClock
 from recocamp.domain import MAX_DAYS, YEAR_MAX, YEAR_MIN
 from recocamp.errors import (
     ConfigError,
+    CoverageCountError,
     DataImportError,
     Problem,
     RecocampError,
@@ -39,7 +40,11 @@ from recocamp.errors import (
 from recocamp.settings import Settings, load_settings
 from recocamp.store.engine import Engine, make_engine, require_current
 
-app = typer.Typer(help="recocamp: a retention engine for online shops.", no_args_is_help=True)
+app = typer.Typer(
+    help="recocamp: a retention engine for online shops.",
+    no_args_is_help=True,
+    rich_markup_mode=None,  # help texts name settings as [section] key: not markup
+)
 
 # piped output (files, CI logs) is not squeezed into 80 columns. Markup is off: what we print
 # carries the shop's data and people's files (a title "[/] KIT", a quantity "[bold]x"), which
@@ -58,6 +63,10 @@ SHARED_ADDRESS_HINT = (
     "Say whom it covers: --all-matching (every one of these customer ids, as one person: "
     "duplicate accounts) or --only-this-id (this id alone: the others keep their rows and "
     "the address)"
+)
+COUNT_HINT = (
+    "To erase every one of them, say how many: --all-matching --expect N (N the number "
+    "above); or --only-this-id for this id alone"
 )
 MAX_ROWS = 1_000_000  # rows a table shows (--limit)
 MAX_TOP = 1000  # recommendations asked for (--n, --k): [recommender] top_n's bound
@@ -94,6 +103,21 @@ def main(
     )
 
 
+@contextmanager
+def log_levels(levels: Mapping[str, int]) -> Iterator[None]:
+    """Loggers' levels for one command, put back after it: the CLI runs in-process too (tests,
+    a script that imports it), and a level left behind would hide later log records."""
+    loggers = {name: logging.getLogger(name) for name in levels}
+    before = {name: logger.level for name, logger in loggers.items()}
+    for name, logger in loggers.items():
+        logger.setLevel(levels[name])
+    try:
+        yield
+    finally:
+        for name, logger in loggers.items():
+            logger.setLevel(before[name])
+
+
 def in_help_order(commands: Sequence[str], groups: Sequence[str]) -> None:
     """List the commands and groups in this order in ``recocamp --help`` (typer lists them
     as they were registered, which is the order Python happened to import their modules);
@@ -113,6 +137,9 @@ def errors_to_exit() -> Iterator[None]:
         yield
     except (ConfigError, DataImportError) as exc:
         print_error(str(exc))
+        raise typer.Exit(2) from None
+    except CoverageCountError as exc:
+        print_error(f"{exc}. {COUNT_HINT}")
         raise typer.Exit(2) from None
     except SharedAddressError as exc:
         print_error(f"{exc}. {SHARED_ADDRESS_HINT}")

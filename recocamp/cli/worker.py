@@ -26,6 +26,7 @@ from recocamp.cli.common import (
     day_count,
     engine_for,
     errors_to_exit,
+    log_levels,
     parse_as_of,
     print_error,
     print_warning,
@@ -51,6 +52,7 @@ DEMO_START = "2011-10-25T00:00:00"
 
 @app.command("worker")
 def worker(
+    ctx: typer.Context,
     once: Annotated[bool, typer.Option(help="Run what is due now, deliver, and exit.")] = False,
     campaigns: CampaignsDir = Path("campaigns"),
     templates: TemplatesDir = Path("templates"),
@@ -74,9 +76,12 @@ def worker(
 ) -> None:
     """Run the schedule: campaigns, training, imports, delivery, KPI snapshots, purges."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's BLAS (see model.py)
-    logging.getLogger("recocamp").setLevel(logging.INFO if not demo else logging.WARNING)
-    # overlaps and misses are logged (and counted) by the worker itself
-    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    levels = {
+        "recocamp": logging.INFO if not demo else logging.WARNING,
+        # overlaps and misses are logged (and counted) by the worker itself
+        "apscheduler.scheduler": logging.ERROR,
+    }
+    ctx.with_resource(log_levels(levels))  # put back when the command ends
     if demo:
         with errors_to_exit():
             _demo(campaigns, templates, start, days)

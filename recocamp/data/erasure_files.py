@@ -38,7 +38,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -79,9 +79,14 @@ def written_dirs(settings: Settings) -> list[Path]:
     return [ingest.processed_dir, ingest.drop_dir / "rejected", *demo]
 
 
-def scrub(directories: list[Path], customer_id: str, email: str | None) -> Scrub:
-    """Remove one customer from every file under ``directories`` (see the module docstring)."""
-    who = _Who(customer_id, email.strip().lower() if email else None)
+def scrub(
+    directories: list[Path], customer_ids: Collection[str], emails: Collection[str | None]
+) -> Scrub:
+    """Remove the customers (every id and address of one erasure) from every file under
+    ``directories`` (see the module docstring): one pass, so each file is read and
+    rewritten once however many ids an erasure covers."""
+    addresses = frozenset(email.strip().lower() for email in emails if email)
+    who = _Erased(frozenset(customer_ids), addresses)
     done = Scrub()
     for path in _files(directories):
         try:
@@ -173,28 +178,9 @@ def _values(path: Path, text: str) -> tuple[set[str], set[str]]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Who:
-    """One customer being erased."""
-
-    customer_id: str
-    email: str | None
-
-    def is_address(self, value: str) -> bool:
-        return self.email is not None and value.strip().lower() == self.email
-
-    def is_id(self, value: str) -> bool:
-        return _id_text(value) == self.customer_id
-
-    def needles(self) -> list[str]:
-        return [repr(self.customer_id).lower()] + ([self.email] if self.email else [])
-
-    def in_send_key(self, key: str) -> bool:
-        return f"/{self.customer_id}/" in key
-
-
-@dataclass(frozen=True, slots=True)
 class _Erased:
-    """Ids and addresses (trimmed, lower-case) of a file that erasure tombstones name."""
+    """Ids and addresses (trimmed, lower-case) of customers being erased, or of a file's
+    customers that erasure tombstones name."""
 
     ids: frozenset[str]
     addresses: frozenset[str]

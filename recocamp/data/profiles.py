@@ -30,7 +30,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from recocamp.data.sources import csv as sources
-from recocamp.domain import LOCALES, PREFERENCE_PERIODS, birthday_problem, future_problem
+from recocamp.domain import (
+    FALLBACK_LOCALE,
+    LOCALES,
+    PREFERENCE_PERIODS,
+    birthday_problem,
+    future_problem,
+)
 from recocamp.errors import RecocampError
 from recocamp.store import contacts, profiles
 from recocamp.store.engine import Connection
@@ -79,7 +85,7 @@ def apply(
     before = (
         row
         if row is not None
-        else {"locale": "en", "channel_email": True, "objected_to_profiling": False}
+        else {"locale": FALLBACK_LOCALE, "channel_email": True, "objected_to_profiling": False}
     )
     after = {**before, **changes}
     _validate(customer_id, after, zone or ZoneInfo("UTC"))

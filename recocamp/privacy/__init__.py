@@ -10,12 +10,20 @@ May import: the base modules, ``store``, ``data``, ``recommender``, ``campaigns`
 ``delivery``.
 Exports: :func:`export`, :func:`ties`, :func:`personal_columns`, :func:`erase`,
 :class:`ErasureReport`, :class:`Scope` (whom a request covers when other customers hold the
-address), :func:`purge`, :class:`PurgeReport`, :data:`KEPT` (callers import the package:
+address), :func:`covered` (the ids it would cover, read before asking), :func:`check_count`,
+:func:`purge`, :class:`PurgeReport`, :data:`KEPT` (callers import the package:
 ``from recocamp import privacy``).
 """
 
 from recocamp.privacy.erasure import ErasureReport, erase
-from recocamp.privacy.holdings import Scope, export, personal_columns, ties
+from recocamp.privacy.holdings import (
+    Scope,
+    check_count,
+    covered,
+    export,
+    personal_columns,
+    ties,
+)
 from recocamp.privacy.retention import KEPT, PurgeReport, purge
 
 __all__ = [
@@ -23,6 +31,8 @@ __all__ = [
     "ErasureReport",
     "PurgeReport",
     "Scope",
+    "check_count",
+    "covered",
     "erase",
     "export",
     "personal_columns",

@@ -22,11 +22,12 @@ an ``erasures`` row saying when, through which channel and how many rows, and th
 
 A shared address (``holdings.subject``): erasure refuses until told whom it covers.
 ``Scope.ALL_MATCHING`` erases every customer id holding the address, as one person (one
-stand-in, a tombstone per id, each with the address). ``Scope.ID`` erases that id alone:
-rows naming the other customers stay, and its tombstone holds the id's hash only — an
-address tombstone would refuse the other customers' next import and profile change as if
-they were erased. That customer stays erased (their id is refused); the address stays
-usable by whoever else holds it.
+stand-in, a tombstone per id, each with the address), when told how many there are
+(``expect``: a placeholder address held by hundreds must not erase them all on one flag).
+``Scope.ID`` erases that id alone: rows naming the other customers stay, and its tombstone
+holds the id's hash only — an address tombstone would refuse the other customers' next
+import and profile change as if they were erased. That customer stays erased (their id is
+refused); the address stays usable by whoever else holds it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from pathlib import Path
 
 from recocamp import metrics
 from recocamp.data import erasure_files
-from recocamp.privacy.holdings import Scope, subject, ties
+from recocamp.errors import VoidLinkError
+from recocamp.privacy.holdings import Scope, check_count, subject, ties
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
 from recocamp.store import notifications, registry, tombstones
@@ -64,6 +66,8 @@ class ErasureReport:
     files_left: tuple[str, ...] = ()  # files that could not be cleaned (their paths)
     not_covered: tuple[str, ...] = erasure_files.NOT_COVERED
     customer_ids: tuple[str, ...] = ()  # erased: more than one only with Scope.ALL_MATCHING
+    address_kept_for: int = 0  # Scope.ID on a shared address: the other ids that hold it
+    # (the address is not tombstoned: it stays open to them and to new sign-ups)
 
 
 Keep = Callable[[Connection, Ties, Person], int]
@@ -85,18 +89,37 @@ def erase(
     via: str,
     schema: MetaData = metadata,
     scope: Scope = Scope.UNSHARED,
+    expect: int | None = None,
+    link_issued_at: datetime | None = None,
 ) -> ErasureReport | None:
     """Remove a customer everywhere (see the module docstring); None if we hold nothing.
     Needs the tombstones' key (``tombstones.KeyMissing`` without it): an erasure that a
     re-import could undo is not done at all. ``scope``: whom it covers when other customer
-    ids hold their address (``SharedAddressError`` if it does not say; nothing is done)."""
+    ids hold their address (``SharedAddressError`` if it does not say; nothing is done).
+    ``expect``: with ``Scope.ALL_MATCHING``, how many ids the operator was shown; checked
+    in the erasing transaction (``CoverageCountError``; nothing is done).
+    ``link_issued_at``: the erasure is asked for through the customer's link issued then; a
+    link void by an erasure since (``tombstones.void_link``) erases nobody — checked in this
+    transaction, so an erasure and a re-sign-up in between cannot let the old link erase
+    the new record (``VoidLinkError``; nothing is done)."""
     key = tombstones.key_of(settings)
     if key is None:
         raise tombstones.KeyMissing("erasure", erasing=True)
     with engine.begin() as connection, store.scrubbing(connection):
         tombstones.serialise(connection, erasing=True)  # first: see serialise (SQLite too)
+        if link_issued_at is not None and tombstones.void_link(
+            connection,
+            key,
+            customer_id,
+            link_issued_at,
+            writing=False,  # locked already
+        ):
+            raise VoidLinkError(f"the link of customer {customer_id!r} is void: erased since")
         tied = ties(schema)
-        who, shared = subject(connection, tied, customer_id, scope)
+        who, others = subject(connection, tied, customer_id, scope)
+        shared, kept_for = bool(others), len(others) if who.exclusive else 0
+        if scope is Scope.ALL_MATCHING:
+            check_count(customer_id, who.ids, expect)
         known = store.customer_email(connection, customer_id)[0]
         if not known and not store.holds_any(connection, tied, who):
             return None
@@ -120,11 +143,10 @@ def erase(
             details={"rows": rows, "customers": len(who.ids), "address_shared": shared},
         )
     artifacts, missing = _scrub_artifacts(engine, settings, set(who.ids))
-    files = erasure_files.Scrub()
-    for erased, address in addresses.items():
-        done = erasure_files.scrub(erasure_files.written_dirs(settings), erased, address)
-        files.rewritten += [path for path in done.rewritten if path not in files.rewritten]
-        files.failed += [path for path in done.failed if path not in files.failed]
+    # every id and address at once: each file is read and rewritten once per erasure
+    files = erasure_files.scrub(
+        erasure_files.written_dirs(settings), addresses.keys(), addresses.values()
+    )
     clean = store.empty_wal(engine) and not files.failed and not missing
     metrics.PRIVACY_REQUESTS.labels("erasure", via).inc()
     log.info(
@@ -145,6 +167,7 @@ def erase(
         len(files.rewritten),
         tuple(str(path) for path in (*missing, *files.failed)),
         customer_ids=who.ids,
+        address_kept_for=kept_for,
     )
 
 

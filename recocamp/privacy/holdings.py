@@ -19,8 +19,10 @@ person with two accounts, or two people (a family) sharing one mailbox. Only the
 can tell which, so a request whose address other ids hold is refused
 (``SharedAddressError``, naming the ids, never the address) unless it says whom it covers
 (:class:`Scope`): ``ID``, that customer alone (rows naming another customer stay theirs;
-rows that hold the address and name nobody are the customer's too), or ``ALL_MATCHING``,
-every customer id holding the address, as one person. A data subject acting for
+rows that hold the address and name nobody are left out, as nobody's: they cannot be
+attributed, and the export says so), or ``ALL_MATCHING``,
+every customer id holding the address, as one person (an erasure then needs their number,
+:func:`check_count`: a placeholder address can be held by hundreds). A data subject acting for
 themselves (a link token names one customer) always gets ``ID``: nobody can reach another
 customer's data by sharing their address.
 """
@@ -34,7 +36,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from recocamp.errors import SharedAddressError
+from recocamp.errors import CoverageCountError, SharedAddressError
 from recocamp.store import outbox
 from recocamp.store import privacy as store
 from recocamp.store.engine import Connection, Engine
@@ -46,6 +48,12 @@ ADDRESS = re.compile(r"^(?:(?:.+_)?email|recipient)$")
 PERSONAL = re.compile(
     r"^(?:(?:.+_)?customer_id|(?:.+_)?email|recipient|(?:first|last|full|middle)_name|"
     r"phone(?:_number)?|birthday|date_of_birth|(?:street_|postal_|home_)?address|ip_address)$"
+)
+
+
+LEFT_OUT = (
+    "Rows that hold this customer's e-mail address but name no customer id are left out: "
+    "other customer ids hold the address too, so those rows cannot be attributed to this one."
 )
 
 
@@ -69,20 +77,37 @@ def personal_columns(schema: MetaData = metadata) -> list[Column[Any]]:
 
 def subject(
     connection: Connection, tied: list[Ties], customer_id: str, scope: Scope
-) -> tuple[Subject, bool]:
-    """Whose rows a request for ``customer_id`` selects, and whether their address is
-    shared with other customer ids (see the module docstring); ``SharedAddressError`` when
-    it is and ``scope`` does not say whom the request covers."""
+) -> tuple[Subject, list[str]]:
+    """Whose rows a request for ``customer_id`` selects, and the other customer ids that
+    hold their address (none: it is not shared; see the module docstring);
+    ``SharedAddressError`` when it is shared and ``scope`` does not say whom it covers."""
     _, email = store.customer_email(connection, customer_id)
     alone = Subject.of(customer_id, email)
     others = sorted(store.sharers(connection, tied, alone))
     if not others:
-        return alone, False
+        return alone, others
     if scope is Scope.UNSHARED:
         raise SharedAddressError(customer_id, others)
     if scope is Scope.ID:
-        return Subject(alone.ids, alone.email, exclusive=True), True
-    return Subject((customer_id, *others), alone.email), True
+        return Subject(alone.ids, alone.email, exclusive=True), others
+    return Subject((customer_id, *others), alone.email), others
+
+
+def covered(
+    engine: Engine, customer_id: str, scope: Scope, schema: MetaData = metadata
+) -> tuple[str, ...]:
+    """The customer ids a request for ``customer_id`` would cover, read before anything is
+    done: the CLI names them before it asks (``SharedAddressError`` as :func:`subject`)."""
+    with engine.connect() as connection:
+        return subject(connection, ties(schema), customer_id, scope)[0].ids
+
+
+def check_count(customer_id: str, ids: tuple[str, ...], expect: int | None) -> None:
+    """An erasure of more than one customer id needs their number, said beforehand
+    (``expect``): one flag must not erase everyone holding a placeholder address.
+    ``CoverageCountError`` when it is missing or differs (also when given for one id)."""
+    if (len(ids) > 1 or expect is not None) and expect != len(ids):
+        raise CoverageCountError(customer_id, list(ids), expect)
 
 
 def export(
@@ -96,7 +121,7 @@ def export(
     ``scope``: whom it covers when other customer ids hold their address (:func:`subject`)."""
     with engine.connect() as connection:
         tied = ties(schema)
-        who, shared = subject(connection, tied, customer_id, scope)
+        who, others = subject(connection, tied, customer_id, scope)
         tables = {}
         for tie in tied:
             found = [_document(row) for row in store.tied_rows(connection, tie, who)]
@@ -109,11 +134,13 @@ def export(
     return {
         "customer_id": customer_id,
         "customer_ids": list(who.ids),
-        "scope": scope.value if shared else Scope.UNSHARED.value,
+        "customers": len(who.ids),
+        "scope": scope.value if others else Scope.UNSHARED.value,
         "exported_at": now.isoformat(),
         "about": "Everything recocamp holds about this customer (GDPR Art. 15 and 20): one "
         "list of rows per table; e-mail bodies unpacked.",
         "tables": tables,
+        **({"left_out": LEFT_OUT} if who.exclusive else {}),
         "audit_log": audits,
         "suppressed": None
         if suppressed is None

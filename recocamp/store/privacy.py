@@ -48,8 +48,8 @@ def empty_body() -> bytes:
 @dataclass(frozen=True, slots=True)
 class Subject:
     """Whose rows a privacy request selects: rows naming one of ``ids``, and rows holding
-    ``email`` — when ``exclusive``, only those of them that name no other customer (the
-    address is shared and the request is for ``ids`` alone)."""
+    ``email`` — not when ``exclusive`` (the address is shared and the request is for ``ids``
+    alone: a row that holds the address and names nobody cannot be attributed to them)."""
 
     ids: tuple[str, ...]
     email: str | None  # trimmed and lower-case
@@ -73,12 +73,8 @@ class Ties:
 
     def where(self, subject: Subject) -> Any:
         clauses = [column.in_(subject.ids) for column in self.customer]
-        if subject.email and self.address:
-            by_address = self.by_address(subject.email)
-            if subject.exclusive:
-                own = [sa.or_(c.is_(None), c.in_(subject.ids)) for c in self.customer]
-                by_address = sa.and_(by_address, *own)
-            clauses.append(by_address)
+        if subject.email and self.address and not subject.exclusive:
+            clauses.append(self.by_address(subject.email))
         return sa.or_(*clauses) if clauses else sa.false()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from recocamp import tokens
+from recocamp import privacy, tokens
 from recocamp.clock import FixedClock
 from recocamp.store.schema import contact_events, customers, feedback, id_erasures, tombstones
 from tests.api_shop import NOW, SIGNING_KEY, bearer, call, make_app
@@ -162,3 +162,33 @@ def test_links_of_an_unknown_customer_record_nothing(engine: sa.Engine, tmp_path
     assert {answers[k] for k in feedback_routes} == {410}  # "this survey is closed", as before
     assert rows(engine, contact_events) == [] and rows(engine, feedback) == []
     assert customer(engine, "nosuchcustomer") is None
+
+
+def test_an_old_link_cannot_erase_a_record_made_while_it_was_being_checked(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's erase checks its link in the erasing transaction: an erasure and a new
+    sign-up landing after the page read the link, before it erased, leave the new record."""
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    doi = {"consent_basis": "double_opt_in", "consent_at": (NOW - timedelta(days=30)).isoformat()}
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test", **doi}).status == 200
+    old = links("e2e1", NOW - timedelta(days=1))
+    erase = privacy.erase
+    later = NOW + timedelta(days=1)
+
+    def raced(*args: Any, **kwargs: Any) -> Any:
+        """The erasure and re-sign-up of another request, just before this erasure."""
+        monkeypatch.setattr(privacy, "erase", erase)
+        settings = args[1]
+        erase(engine, settings, "e2e1", NOW, via="api:dpo")
+        clock.advance(later - clock.now())
+        again = {"source": "signup", "new_sign_up": True, "email": "e@example.test"}
+        renewed = {"consent_basis": "double_opt_in", "consent_at": later.isoformat()}
+        assert put(app, "e2e1", {**again, **renewed}).status == 200
+        return erase(*args, **kwargs)
+
+    monkeypatch.setattr(privacy, "erase", raced)
+    call(app, "POST", f"/p/{old['p']}", data={"action": "erase", "confirm": "on"})
+    person = customer(engine)
+    assert person is not None and person.consent_at == later  # the new record stays

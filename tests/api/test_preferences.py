@@ -77,6 +77,10 @@ def test_the_page_in_german_and_the_language_switch(app: FastAPI) -> None:
     assert "Widerspruch gegen Profiling, Art. 21 DSGVO" in html
     english = call(app, "GET", page(person.id) + "?lang=en").text
     assert "Your e-mail preferences" in english
+    # each page links every other language, by its own name (from domain.LOCALES)
+    assert '<a href="?lang=en" hreflang="en" lang="en">English</a>' in html
+    assert '<a href="?lang=de" hreflang="de" lang="de">Deutsch</a>' in english
+    assert 'href="?lang=de"' not in html and 'href="?lang=en"' not in english
 
 
 def test_saving_frequency_channel_and_objection(app: FastAPI) -> None:

@@ -127,6 +127,16 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             ["line 17, key 'offer.max_price'", "min_price is larger", "(value: 1)"],
         ),
         ("items = 4", "items = 4\nmax_price = inf", ["key 'offer.max_price'", "line 16", "inf"]),
+        (
+            "lapsed_days = [60, 180]",
+            "lapsed_days = [60, 180]\nmin_spend = inf",
+            ["key 'audience.min_spend'", "line 12", "(value: inf)", "finite number"],
+        ),
+        (
+            "lapsed_days = [60, 180]",
+            "lapsed_days = [60, 180]\nmax_spend = 1e300",
+            ["key 'audience.max_spend'", "line 12", "1e+300", "less than or equal to 1000000000"],
+        ),
         ('["double_opt_in"]', "[]", ["key 'legal_basis'", "line 3", "at least 1 item"]),
         (
             "[template]",

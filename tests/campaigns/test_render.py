@@ -250,6 +250,28 @@ def test_a_problem_in_an_included_template_names_that_file_and_its_line(
             snapshot(tmp_path)
 
 
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
+
+
+def test_files_beside_the_templates_are_no_templates_for_check_nor_the_worker(
+    tmp_path: Path,
+) -> None:
+    """A logo beside the templates: ``check`` passes the templates, the frozen templates a
+    worker renders with leave it out (no "not UTF-8"), and both refuse it as a template."""
+    write(tmp_path, "main.html", "<p>{{ customer.first_name }}</p>")
+    write(tmp_path, "logo.html", '{% include "logo.png" %}')
+    (tmp_path / "logo.png").write_bytes(PNG)
+    assert check_template(tmp_path, "main.html", sample_context()) == []
+    assert set(snapshot(tmp_path)) == {"main.html", "logo.html"}
+    frozen = Renderer.frozen(tmp_path)
+    email = frozen.render("Hi", "main.html", "main.html", sample_context("en"))
+    assert email.html == "<p>Anna</p>"
+    (problem,) = check_template(tmp_path, "logo.html", sample_context())
+    assert problem.message == "template not found: 'logo.png' is not a template file " + (
+        "(.html, .txt, .css)"
+    )
+
+
 @pytest.mark.parametrize(
     ("macros", "expected"),
     [

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+import typer
 from typer.testing import CliRunner
 
 from recocamp.cli import app
@@ -156,7 +159,7 @@ def test_check_lists_hostile_templates_and_healthy_campaigns_still_plan(workdir:
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     for name, (line, _old, _new) in edits.items():
-        assert f"line {line}, key 'template {name}'" in result.stderr, name
+        assert f"  templates/{name}: line {line}: " in result.stderr, name
     assert "template not found: '_offer.html'" in result.stderr
     assert "'/etc/passwd' is outside the templates folder" in result.stderr
     assert "'../../x' is outside the templates folder" in result.stderr
@@ -228,8 +231,13 @@ def test_worker_demo_runs_the_schedule_on_a_simulated_clock_exactly_once(workdir
 
     shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
     shutil.copytree(ROOT / "templates", workdir / "templates")
+    levels = {name: logging.getLogger(name).level for name in ("recocamp", "apscheduler")}
     result = runner.invoke(app, ["worker", "--demo", "--days", "2", "--start", "2011-12-07"])
     assert result.exit_code == 0, result.output
+    # the worker's log levels are its own: in-process callers keep theirs (they hid the
+    # API's log records from a later test)
+    assert {name: logging.getLogger(name).level for name in levels} == levels
+    assert logging.getLogger("apscheduler.scheduler").level == logging.NOTSET
     assert "simulating 2 days of the schedule from Wed 07 Dec 2011 00:00" in result.stdout
     assert "campaign:" in result.stdout and "train" in result.stdout
     lines = (workdir / "demo" / "fake-esp" / "messages.jsonl").read_text().splitlines()
@@ -436,7 +444,8 @@ def test_check_refuses_unreadable_files_and_unknown_filters_without_a_traceback(
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "y.toml: line 1: not UTF-8" in result.stderr
-    assert "key 'template base.txt': syntax error: No filter named 'nosuchfilter'." in result.stderr
+    assert "templates/base.txt: line" in result.stderr
+    assert ": syntax error: No filter named 'nosuchfilter'. (included by " in result.stderr
     (workdir / "settings.toml").write_bytes(b'database_url = "sqlite:///x.db"\n# \xff\n')
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 2 and "Traceback" not in result.output
@@ -518,8 +527,9 @@ def test_fake_esp_refuses_a_webhook_url_it_could_never_post_to(workdir: Path, ur
 
 
 def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -> None:
-    """A partial that is not UTF-8 is named with its line (not the template that includes
-    it), and a subject's problem has its key and line in the campaign file: exit 2."""
+    """A partial that is not UTF-8 is named at its own path and line (not the template that
+    includes it, nor the campaign file's line), with the template and campaign that use it;
+    a subject's problem has its key and line in the campaign file: exit 2."""
     import shutil
 
     shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
@@ -534,8 +544,10 @@ def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -
     toml.write_text(toml.read_text().replace("This week only", "{{ custmer }} only"))
     result = runner.invoke(app, ["check"], terminal_width=300)
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "winback.toml: line 2, key 'template partials/x.txt': not UTF-8" in result.stderr
-    assert "key 'template winback.txt'" not in result.stderr
+    assert "  templates/partials/x.txt: line 2: not UTF-8 (byte" in result.stderr
+    assert "(included by winback.txt, campaign winback)" in result.stderr
+    assert "winback.toml: line 2" not in result.stderr
+    assert "templates/winback.txt" not in result.stderr
     assert "winback.toml: line 46, key 'variants.1.subject.en': subject:" in result.stderr
     assert "(value: '{{ custmer }} only: 10 % off for you')" in result.stderr
 
@@ -636,3 +648,28 @@ def test_check_refuses_a_sendgrid_key_that_cannot_verify_and_an_http_public_url(
     assert result.exit_code == 2
     assert "esp.webhook_public_key" in result.stderr and "not-base64" not in result.stderr
     assert "api.public_url" in result.stderr and "https" in result.stderr
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[Any, tuple[str, ...]]]:
+    """Every command under ``command`` (typer's own click classes: duck-typed) with its path."""
+    for name, sub in getattr(command, "commands", {}).items():
+        yield sub, (*path, name)
+        yield from _commands(sub, (*path, name))
+
+
+BRACKETED = re.compile(r"\[[a-z_.]+\]")  # a settings section in a help text: [api], [privacy]
+
+
+def test_every_help_shows_the_settings_sections_it_names() -> None:
+    """Help texts name settings as ``[section] key``: none may be eaten as markup (it was:
+    "Processes, 1 to 64 (default:  workers)")."""
+    checked = 0
+    for command, path in _commands(typer.main.get_command(app)):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        named = {found for text in texts for found in BRACKETED.findall(text)}
+        shown = runner.invoke(app, [*path, "--help"], terminal_width=200)
+        assert shown.exit_code == 0, (path, shown.output)
+        for section in named:
+            assert section in shown.output, (path, section, shown.output)
+            checked += 1
+    assert checked >= 4  # serve's [api] host/port/workers, purge's [privacy], evaluate's …

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from recocamp import privacy, tokens
 from recocamp.cli import app as cli
+from recocamp.data import erasure_files
 from recocamp.errors import SharedAddressError
 from recocamp.settings import Settings
 from recocamp.store.schema import (
@@ -109,6 +110,8 @@ def test_both_scopes_at_once_are_refused(shared: CliRunner, tmp_path: Path) -> N
     both = ["privacy", "erase", "ann", "--yes", "--all-matching", "--only-this-id"]
     refused = shared.invoke(cli, both)
     assert refused.exit_code == 2 and "exclude each other" in refused.output
+    counted = shared.invoke(cli, ["privacy", "erase", "ann", "--yes", "--expect", "2"])
+    assert counted.exit_code == 2 and "--expect goes with --all-matching" in counted.output
     assert _held(tmp_path) == ALL_HELD
 
 
@@ -130,6 +133,7 @@ def test_only_this_id_exports_that_customer_and_nobody_else(
     assert exported.exit_code == 0, exported.output
     document = json.loads(exported.output)
     assert document["customer_ids"] == ["ann"] and document["scope"] == "id"
+    assert "cannot be attributed" in document["left_out"]
     assert [row["id"] for row in document["tables"]["customers"]] == ["ann"]
     assert [row["order_id"] for row in document["tables"]["purchases"]] == ["o-ann"]
     assert "bob" not in exported.output.lower()  # neither bob's id nor his name
@@ -141,6 +145,7 @@ def test_only_this_id_erases_that_customer_and_the_other_keeps_the_address(
 ) -> None:
     erased = shared.invoke(cli, ["privacy", "erase", "ann", "--yes", "--only-this-id"])
     assert erased.exit_code == 0, erased.output
+    assert "the address stays open: 1 other customer holds it" in " ".join(erased.output.split())
     ids, lines, done, stones = _held(tmp_path)
     assert ids == ["bob", "carl"] and (done, stones) == (1, 1)
     assert lines == {"o-ann": None, "o-bob": "bob", "o-carl": "carl"}
@@ -172,7 +177,9 @@ def test_all_matching_erases_every_customer_holding_the_address_for_good(
     assert sorted(row["id"] for row in document["tables"]["customers"]) == ["ann", "bob"]
     assert _exports(tmp_path) == ["ann", "bob"]
 
-    erased = shared.invoke(cli, ["privacy", "erase", "ann", "--yes", "--all-matching"])
+    assert document["customers"] == 2  # the count an erasure of them all must be told
+    erase = ["privacy", "erase", "ann", "--yes", "--all-matching", "--expect", "2"]
+    erased = shared.invoke(cli, erase)
     assert erased.exit_code == 0, erased.output
     assert "customer ids erased: ann, bob" in erased.output
     ids, lines, done, stones = _held(tmp_path)
@@ -189,6 +196,90 @@ def test_all_matching_erases_every_customer_holding_the_address_for_good(
     with _engine(tmp_path).connect() as connection:
         last = sa.select(import_runs.c.skipped).order_by(import_runs.c.id.desc()).limit(1)
         assert connection.execute(last).scalar_one()["erased"] == 3
+
+
+def test_a_shared_address_is_refused_before_the_question(shared: CliRunner, tmp_path: Path) -> None:
+    asked = shared.invoke(cli, ["privacy", "erase", "ann"], input="y\n")
+    assert asked.exit_code == 2, asked.output
+    assert "for good?" not in asked.output and "'bob'" in asked.output
+    assert _held(tmp_path) == ALL_HELD
+
+
+def _dora(shared: CliRunner, tmp_path: Path) -> None:
+    """dora takes the shared address too: three ids hold it."""
+    more = write_csv(tmp_path / "dora.csv", HEADER, [["dora", SHARED, "Dora", "none", ""]])
+    assert shared.invoke(cli, ["import", "customers", str(more)]).exit_code == 0
+
+
+@pytest.mark.parametrize("expect", [[], ["--expect", "2"], ["--expect", "4"]])
+def test_all_matching_erases_nobody_without_the_right_count(
+    shared: CliRunner, tmp_path: Path, expect: list[str]
+) -> None:
+    _dora(shared, tmp_path)
+    refused = shared.invoke(
+        cli, ["privacy", "erase", "ann", "--all-matching", *expect], input="y\n"
+    )
+    assert refused.exit_code == 2, refused.output
+    text = " ".join(refused.output.split())
+    assert "held by 3 customer ids ('ann', 'bob', 'dora')" in text and "--expect" in text
+    assert "for good?" not in text and "@" not in text  # refused before asking
+    assert _held(tmp_path)[0] == ["ann", "bob", "carl", "dora"]
+
+
+def test_the_question_names_how_many_and_whom(shared: CliRunner, tmp_path: Path) -> None:
+    _dora(shared, tmp_path)
+    erase = ["privacy", "erase", "bob", "--all-matching", "--expect", "3"]
+    declined = shared.invoke(cli, erase, input="n\n")
+    assert "Erase 3 customer ids (bob, ann, dora) for good?" in declined.output
+    assert declined.exit_code == 1 and _held(tmp_path)[0] == ["ann", "bob", "carl", "dora"]
+    erased = shared.invoke(cli, erase, input="y\n")
+    assert erased.exit_code == 0, erased.output
+    assert _held(tmp_path)[0] == ["carl"]
+
+
+def test_the_question_shows_twenty_ids_of_many(shared: CliRunner, tmp_path: Path) -> None:
+    rows = [[f"p{n:03}", "noemail@shop.test", "", "none", ""] for n in range(30)]
+    placeholder = write_csv(tmp_path / "many.csv", HEADER, rows)
+    assert shared.invoke(cli, ["import", "customers", str(placeholder)]).exit_code == 0
+    refused = shared.invoke(cli, ["privacy", "erase", "p000", "--all-matching"])
+    assert refused.exit_code == 2 and "held by 30 customer ids" in refused.output
+    assert "'p019' and 10 more" in " ".join(refused.output.split())
+    asked = shared.invoke(cli, ["privacy", "erase", "p000", "--all-matching", "--expect", "30"])
+    question = " ".join(asked.output.split())
+    assert "Erase 30 customer ids (p000, p001," in question and "p019 and 10 more)" in question
+    assert "p020" not in question and "@" not in question
+    assert asked.exit_code == 1 and len(_held(tmp_path)[0]) == 33  # not answered: nothing
+
+
+def test_an_erasure_of_three_ids_rewrites_each_file_once(
+    shared: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pass over the written files for every id and address of the erasure."""
+    _dora(shared, tmp_path)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    write_csv(demo / "customers.csv", HEADER, [*PEOPLE, ["dora", SHARED, "Dora", "none", ""]])
+    write_csv(
+        demo / "purchases.csv",
+        ["order_id", "customer_id", "item_id"],
+        [[f"o-{who}", who, "i-1"] for who in ("ann", "bob", "carl", "dora")],
+    )
+    writes: list[str] = []
+    replace = erasure_files._replace
+
+    def counted(path: Path, data: bytes) -> None:
+        writes.append(path.name)
+        replace(path, data)
+
+    monkeypatch.setattr(erasure_files, "_replace", counted)
+    erase = ["privacy", "erase", "ann", "--yes", "--all-matching", "--expect", "3"]
+    erased = shared.invoke(cli, erase)
+    assert erased.exit_code == 0, erased.output
+    assert sorted(writes) == ["customers.csv", "purchases.csv"]
+    people = (demo / "customers.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in people] == ["id", "carl"]
+    lines = (demo / "purchases.csv").read_text().splitlines()
+    assert lines[1:] == ["o-ann,,i-1", "o-bob,,i-1", "o-carl,carl,i-1", "o-dora,,i-1"]
 
 
 def test_imports_after_an_erasure_name_the_missing_key(
@@ -223,8 +314,9 @@ def test_any_table_tied_by_address_can_share_it_and_only_this_id_keeps_the_other
     shared: CliRunner, tmp_path: Path
 ) -> None:
     """Read from the schema like every tie: a table added later whose row names another
-    customer (zed, not in the customers table) at ann's address makes it shared; erased
-    alone, ann loses her row and the row naming nobody but the address, zed keeps his."""
+    customer (zed, not in the customers table) at ann's address makes it shared; exported or
+    erased alone, ann's row goes, the row naming nobody but the address stays out of it (it
+    cannot be attributed to her), zed keeps his."""
     engine = _engine(tmp_path)
     later = sa.MetaData()
     for table in metadata.sorted_tables:
@@ -253,13 +345,14 @@ def test_any_table_tied_by_address_can_share_it_and_only_this_id_keeps_the_other
     assert refused.value.others == ["zed"] and "@" not in str(refused.value)
     scoped = privacy.export(engine, "ann", NOW, schema=later, scope=privacy.Scope.ID)
     assert scoped is not None
-    assert [c["card"] for c in scoped["tables"]["loyalty_cards"]] == ["1", "2"]
+    assert [c["card"] for c in scoped["tables"]["loyalty_cards"]] == ["1"]
     report = privacy.erase(
         engine, settings, "ann", NOW, via="test", schema=later, scope=privacy.Scope.ID
     )
-    assert report is not None and report.rows["loyalty_cards"] == 2
+    assert report is not None and report.rows["loyalty_cards"] == 1
+    assert report.address_kept_for == 1  # zed
     with engine.connect() as connection:
-        assert connection.execute(sa.select(cards.c.card)).scalars().all() == ["3"]
+        assert connection.execute(sa.select(cards.c.card)).scalars().all() == ["2", "3"]
 
 
 # -- the shop API and the preferences page (SQLite and PostgreSQL) --------------------------
@@ -306,6 +399,7 @@ def test_the_api_names_the_ids_and_acts_only_when_told_whom(
     assert "sh-bob" not in mine.text
     erased = call(app, "DELETE", path + "?scope=id", headers=bearer("dpo"))
     assert erased.status == 200 and erased.json()["customer_ids"] == ["sh-ann"]
+    assert erased.json()["address_kept_for"] == 1
     assert _ids(engine) == {"sh-bob"}
     assert _again(app, "sh-ann") == 410 and _again(app, "sh-bob") == 200  # bob keeps it
 
@@ -319,11 +413,31 @@ def test_the_api_erases_every_id_of_the_address_when_told_so(
     path = "/v1/privacy/customers/sh-bob?scope=all-matching"
     both = call(app, "GET", path, headers=bearer("dpo"))
     assert both.status == 200 and both.json()["customer_ids"] == ["sh-bob", "sh-ann"]
-    erased = call(app, "DELETE", path, headers=bearer("dpo"))
+    assert both.json()["customers"] == 2
+    erased = call(app, "DELETE", path + "&expect=2", headers=bearer("dpo"))
     assert erased.status == 200 and erased.json()["customer_ids"] == ["sh-bob", "sh-ann"]
     assert _ids(engine) == set()
     assert _again(app, "sh-ann") == 410 and _again(app, "sh-newcomer") == 410  # the address too
     assert _again(app, "sh-newcomer", "someone.else@example.test") == 200
+
+
+def test_the_api_erases_every_id_only_with_their_count(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    _twins(app)
+    path = "/v1/privacy/customers/sh-bob?scope=all-matching"
+    for expect in ("", "&expect=1", "&expect=3"):
+        refused = call(app, "DELETE", path + expect, headers=bearer("dpo"))
+        assert refused.status == 409, refused.text
+        detail = refused.json()["detail"]
+        assert "held by 2 customer ids ('sh-bob', 'sh-ann')" in detail and "expect=N" in detail
+        assert "@" not in refused.text
+    assert call(app, "DELETE", path + "&expect=0", headers=bearer("dpo")).status == 422
+    alone = "/v1/privacy/customers/sh-bob?scope=id&expect=1"
+    assert call(app, "DELETE", alone, headers=bearer("dpo")).status == 409
+    assert _ids(engine) == {"sh-ann", "sh-bob"}
 
 
 def test_a_data_subject_reaches_their_own_record_only(

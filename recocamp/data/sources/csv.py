@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple, TypeVar, cast
 
 from recocamp.domain import (
+    FALLBACK_LOCALE,
     FIELD_MAX,
     ID_MAX,
     LINE_NO_MAX,
@@ -956,7 +957,7 @@ def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) 
     late = None if consent_at is None or now is None else future_problem(consent_at, now)
     if late:
         raise RowProblem("consent_at", late, row["consent_at"].strip())
-    locale = text(row, "locale", required=False) or "en"
+    locale = text(row, "locale", required=False) or FALLBACK_LOCALE
     wrong = locale_problem(locale)
     if wrong:
         raise RowProblem("locale", wrong, locale)
