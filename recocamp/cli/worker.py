@@ -313,11 +313,15 @@ def runs_workers() -> None:
             _files_text(checks.get(row.id)),
         )
     console.print(table)
+    for row in rows:  # the problems in full, unfolded: a table cell would fold paths and ids
+        check = checks.get(row.id)
+        if check is not None and check.status != "ok" and check.error:
+            console.print(f"{row.id}: {check.error}", soft_wrap=True)
 
 
 def _files_text(check: Any) -> str:
-    """A worker's campaign files as its last check found them: ``ok``, or every problem of
-    every broken file (``runs list --job check`` keeps the history)."""
+    """A worker's campaign files as its last check found them: ``ok``, or how many are
+    broken; the problems follow the table (``runs list --job check`` keeps the history)."""
     if check is None or check.status == "ok":
         return "ok"
-    return check.error or f"{check.counts.get('broken_files', '?')} broken"
+    return f"{check.counts.get('broken_files', '?')} broken (below)"

@@ -322,7 +322,6 @@ def test_a_broken_campaign_file_is_left_out_and_everything_else_runs(
     secrets: None,
     esp: tuple[FakeEsp, str],
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake, url = esp
     shop = sqlite_shop(tmp_path, url, reload_check_s=1e-6)
@@ -344,7 +343,6 @@ def test_a_broken_campaign_file_is_left_out_and_everything_else_runs(
             assert shown in check.error  # file, line, key and value, as `check` says them
         process.tick()  # it leads and schedules as always
         assert process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
-        monkeypatch.setenv("COLUMNS", "1000")  # the table's cells unfolded
         shown = recocamp(shop, "runs", "workers").stdout
         assert process.id in shown and "late.toml" in shown and "schedule.cron" in shown
         assert process.run("campaign:everyone") == "ok"  # the good campaign runs and delivers
