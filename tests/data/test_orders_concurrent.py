@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from recocamp.clock import FixedClock
 from recocamp.data.ingest import Importer, ImportReport
 from recocamp.errors import DataImportError
 from recocamp.store.engine import make_engine, upgrade
@@ -168,7 +169,7 @@ def test_orders_stored_before_the_orders_table_are_backfilled(db_url: str) -> No
     upgrade(engine)
     with engine.connect() as connection:
         assert connection.execute(sa.select(orders.c.order_id)).scalars().all() == ["old"]
-    app = make_app(engine, Path("/nonexistent"))
+    app = make_app(engine, Path("/nonexistent"), FixedClock(NOW))  # the orders' own clock
     same = {
         "order_id": "old",
         "customer_id": "c1",
