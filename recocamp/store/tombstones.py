@@ -30,6 +30,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from recocamp import tokens
+from recocamp.domain import CLOCK_SKEW
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings
 from recocamp.store.locks import lock_key
@@ -113,7 +114,10 @@ def void_link(
     """Whether a link (a signed token) of this customer, issued at ``issued_at``, is void:
     the id is erased, or was erased at or after the link was issued (a new sign-up lifted
     the tombstone; the link belongs to the erased record). ``writing``: as for
-    :func:`matches`. Tokens keep whole seconds: a link of the erasure's second is void."""
+    :func:`matches`. Tokens keep whole seconds: a link of the erasure's second is void. A
+    link stamped up to ``domain.CLOCK_SKEW`` after the erasure is void too: ``tokens.verify``
+    accepts a stamp that far ahead of its own clock, so a sender whose clock runs fast could
+    have signed it before the erasure (the new record's own links of those minutes with it)."""
     serialise(connection, erasing=False, writing=writing)
     id_hash = tokens.keyed_hash(key, "customer", customer_id)
     stone = sa.select(tombstones.c.id_hash).where(tombstones.c.id_hash == id_hash)
@@ -122,7 +126,7 @@ def void_link(
     last = connection.execute(
         sa.select(id_erasures.c.erased_at).where(id_erasures.c.id_hash == id_hash)
     ).scalar_one_or_none()
-    return last is not None and issued_at <= last
+    return last is not None and issued_at <= last + CLOCK_SKEW
 
 
 def serialise(connection: sa.Connection, *, erasing: bool, writing: bool = True) -> None:

@@ -125,6 +125,28 @@ def test_a_link_of_the_erasure_second_is_void(engine: sa.Engine, tmp_path: Path)
     assert call(app, "GET", f"/p/{links('e2e1', later)['p']}").status == 200
 
 
+def test_a_link_stamped_by_a_fast_clock_before_the_erasure_is_void(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """A sender's clock 4 minutes fast stamps a link after the erasure that it signed before
+    it (``tokens.verify`` accepts 5 minutes ahead): it must not reach the new sign-up."""
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    fast = links("e2e1", NOW + timedelta(minutes=4))
+    assert call(app, "DELETE", "/v1/privacy/customers/e2e1", headers=bearer("dpo")).status == 200
+    later = clock.advance(timedelta(minutes=1))
+    renewed = {"email": "new@example.test", "consent_basis": "double_opt_in"}
+    signup = {"source": "signup", "new_sign_up": True, **renewed, "consent_at": later.isoformat()}
+    assert put(app, "e2e1", signup).status == 200
+    clock.advance(timedelta(minutes=1))
+    assert set(every_route(app, fast).values()) == {410}
+    assert "new@example.test" not in call(app, "GET", f"/p/{fast['p']}/data.json").text
+    beyond = links("e2e1", NOW + timedelta(minutes=5, seconds=1))  # past the skew: the new one's
+    clock.advance(timedelta(minutes=1))
+    assert call(app, "GET", f"/p/{beyond['p']}/data.json").status == 200
+
+
 @pytest.mark.parametrize(
     ("ahead", "status"), [(timedelta(minutes=4), 200), (timedelta(minutes=6), 400)]
 )
