@@ -6,6 +6,7 @@ rows and its ``import_runs`` record in one transaction, or nothing at all.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +30,8 @@ from recocamp.store.schema import (
     purchases,
     recommendations,
 )
+
+log = logging.getLogger(__name__)
 
 # numpy is imported where training lines are read, not here: a delivering process imports
 # the store for the outbox and never loads it (0.05 s of its start)
@@ -447,14 +450,18 @@ def numbered_training_lines(
     if connection.dialect.name != "sqlite":
         return None
     p = purchases.c
-    with connection.begin_nested():
-        lines = _line_ids_and_times(connection, until, chunk)
-        if lines is None:
-            return None
-        ids, at = lines
-        customer = _id_groups(connection, p.customer_id, ids, named=True)
-        item = _id_groups(connection, p.item_id, ids, named=True)
-        order = _id_groups(connection, p.order_id, ids, named=False)
+    try:
+        with connection.begin_nested():
+            lines = _line_ids_and_times(connection, until, chunk)
+            if lines is None:
+                return None
+            ids, at = lines
+            customer = _id_groups(connection, p.customer_id, ids, named=True)
+            item = _id_groups(connection, p.item_id, ids, named=True)
+            order = _id_groups(connection, p.order_id, ids, named=False)
+    except sa.exc.DataError as error:  # "string or blob too big": SQLite's length limit
+        log.info("training lines: the grouped read is too long for SQLite (%s); streaming", error)
+        return None
     if customer is None or item is None or order is None:
         return None
     return NumberedLines(customer[1], item[1], order[1], at, customer[0], item[0])
@@ -503,7 +510,9 @@ def _id_groups(
     (line ids) position among them, from one scan of the column's index grouped by id:
     each id, its line count and its line ids, every column joined. All of ``purchases`` is
     grouped (no filter: a filter would read the table, not the index), so a line's number is
-    an array lookup by its line id. None where an id holds the separator."""
+    an array lookup by its line id. None where an id holds the separator. A joined column
+    longer than SQLite's length limit (10⁹ bytes by default: ~100 M lines) raises its
+    ``DataError``, on which :func:`numbered_training_lines` leaves the read to streaming."""
     import numpy as np
 
     p = purchases.c

@@ -123,6 +123,28 @@ def test_an_id_holding_the_separator_leaves_the_read_to_training_lines(
         assert queries.numbered_training_lines(connection) is None
 
 
+def test_a_grouped_read_over_sqlites_length_limit_leaves_the_read_to_streaming(
+    engine: sa.Engine,
+) -> None:
+    """A joined column longer than SQLite's length limit (10⁹ bytes: ~100 M lines) raises
+    "string or blob too big"; the read then streams instead of failing the training. The
+    limit is lowered on this connection to stand in for a store that size."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's length limit (PostgreSQL streams anyway)")
+    import sqlite3
+
+    _shop(engine, separator=False)
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        driver.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 40)
+        try:
+            assert queries.numbered_training_lines(connection, chunk=16) is None
+        finally:
+            driver.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000_000_000)
+        assert queries.numbered_training_lines(connection, chunk=16) is not None
+
+
 def test_the_numbered_read_sees_one_snapshot(engine: sa.Engine) -> None:
     """A line moved to another customer between the read's statements (the lines, then each
     id column's groups) is read as it was when the read began, not half moved."""
