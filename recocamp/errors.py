@@ -33,11 +33,19 @@ from pathlib import Path
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 
+# What masking hides: wider than EMAIL (which finds addresses to erase in files) — anything
+# joined to an "@" up to a space, a quote or a bracket, so "bob@localhost", "x@[10.0.0.1]"
+# and "o'brien@example.com" go whole, and a quoted id keeps its quotes
+_MASKED = re.compile(
+    r"""(?:[^\s"'<>(),;@]+(?:'[^\s"'<>(),;@]+)*)?@(?:\[[^\]\s]*\]|[^\s"'<>(),;@]+)"""
+)
+
+
 def mask_addresses(text: str) -> str:
     """``text`` with every e-mail address replaced by ``<address>``: for messages that reach
     logs, error bodies or stored error columns, whoever wrote them (a provider's error text
     can quote the recipient)."""
-    return EMAIL.sub("<address>", text) if "@" in text else text
+    return _MASKED.sub("<address>", text) if "@" in text else text
 
 
 class RecocampError(Exception):

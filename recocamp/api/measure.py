@@ -33,7 +33,7 @@ from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from recocamp import tokens
-from recocamp.api import forms
+from recocamp.api import bodies, forms
 from recocamp.clock import Clock
 from recocamp.domain import LOCALES, read_json
 from recocamp.measure import jobs as measure_jobs
@@ -147,7 +147,7 @@ def router(
 
     @routes.post("/v1/feedback", responses=ANSWER_RESPONSES, openapi_extra=ANSWER_BODY)
     async def feedback(request: Request) -> Response:
-        is_json = request.headers.get("content-type", "").startswith("application/json")
+        is_json = bodies.is_json(request.headers.get("content-type"))
         body = await request.body()
         try:
             fields = _fields(body, is_json)

@@ -4,6 +4,7 @@ would (nothing recorded), answered like a person would (recorded once), and abus
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -211,6 +212,27 @@ def test_a_json_number_too_long_is_named(
     headers = {"content-type": "application/json"}
     reply = call(app, "POST", "/v1/feedback", content=body, headers=headers)
     assert reply.status == 400 and "number too long" in reply.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "Application/JSON",
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+    ],
+)
+def test_every_json_content_type_is_read_as_json(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail], content_type: str
+) -> None:
+    """The events routes' rule (``bodies.is_json``): media types are case-insensitive and
+    ``+json`` is JSON; a JSON answer gets a JSON reply, not the form's HTML page."""
+    app = make_app(engine, FixedClock(NOW))
+    token = parse_qs(urlsplit(links_of(mailed[ADDRESSES["c1"]])[0]).query)["token"][0]
+    body = json.dumps({"token": token, "score": 8}).encode()
+    reply = call(app, "POST", "/v1/feedback", content=body, headers={"content-type": content_type})
+    assert reply.status == 200 and reply.json()["recorded"] is True
 
 
 def test_tokens_of_other_purposes_old_surveys_and_erased_customers(
