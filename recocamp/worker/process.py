@@ -12,8 +12,11 @@ heartbeat every ``[worker] leader_poll_s``) and then, in one loop thread:
   unfinished, with their original instant (same run key, same send keys: no duplicates,
   no gaps), if they are younger than ``[worker] resume_window_s``.
 - **reload**: when a file in ``campaigns/`` or ``templates/`` changes (or on SIGHUP), the
-  campaigns are checked again; good ones replace the running set and the schedule; a
-  broken file is logged with every problem and the last good version keeps running.
+  campaigns are checked again, with the same rule as at start, file by file: every good
+  file runs as it now is; a broken one is logged with every problem and keeps its last
+  good version if this process ran one (else it stays out); a deleted one leaves. One
+  template snapshot renders every campaign, so a template change that breaks a kept
+  version refuses the whole reload (see :meth:`Worker.reload`).
 
 Every job run is recorded in ``runs`` (started, finished, status, counts, error), logged
 as one ``key=value`` line and counted in Prometheus metrics (``metrics``; served on
@@ -29,7 +32,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,27 +125,46 @@ class Worker:
         never stops the others, the deliverer, imports or purges: it is left out, logged,
         counted in ``recocamp_campaign_files_broken`` and recorded as a ``check`` run once
         the worker registers (``runs list``, ``runs workers``), and the rest runs. (Broken
-        settings stop the worker before this: nothing could run.)"""
+        settings stop the worker before this: nothing could run.) The same rule as
+        :meth:`reload`, with no last good version yet."""
         good, failures, renderer = self._check()
-        for failure in failures:
-            log.error("campaign file left out, the other campaigns run: %s", failure)
-        self._use(good, renderer)
+        kept = self._last_good(failures)
+        self._log_files(failures, kept)
+        self._use([*good, *kept.values()], renderer)
         self.broken = failures
         metrics.CAMPAIGN_FILES_BROKEN.set(len(failures))
         return failures
 
+    def _last_good(self, failures: list[ConfigError]) -> dict[str, Campaign]:
+        """The last good version this process runs of each broken campaign file that is still
+        there (a file deleted since is removed); a file never good here has none."""
+        return {
+            f.path.stem: self.campaigns[f.path.stem]
+            for f in failures
+            if f.path.stem in self.campaigns and f.path.exists()
+        }
+
+    def _log_files(self, failures: list[ConfigError], kept: Mapping[str, Campaign]) -> None:
+        for failure in failures:
+            log.error("campaign file %s: %s", _fate(failure, kept), failure)
+
     def _record_files(self, failures: list[ConfigError]) -> None:
         """Say which campaign files are broken (or that none is any more, after some were):
-        a ``check`` run of this worker with every problem, which ``runs workers`` shows.
-        Written once the worker has registered (a worker refused writes nothing), and not
-        at every start of a worker whose files are all good."""
+        a ``check`` run of this worker with every problem, each saying whether the file's
+        last good version keeps running or the file is left out, which ``runs workers``
+        shows. Written once the worker has registered (a worker refused writes nothing),
+        and not at every start of a worker whose files are all good."""
         previous, self.broken = self.broken, failures
         metrics.CAMPAIGN_FILES_BROKEN.set(len(failures))
         if not failures and not previous:
             return
         now = self.clock.now()
-        counts = {"campaigns": len(self.campaigns), "broken_files": len(failures)}
-        error = "\n".join(str(f) for f in failures) or None
+        counts = {
+            "campaigns": len(self.campaigns),
+            "broken_files": len(failures),
+            "kept_last_good": sum(f.path.stem in self.campaigns for f in failures),
+        }
+        error = "\n".join(f"{_fate(f, self.campaigns)}: {f}" for f in failures) or None
         with self.engine.begin() as connection:
             run_id = runs.start(connection, CHECK_JOB, self.id, now)
             runs.finish(connection, run_id, "error" if failures else "ok", now, counts, error)
@@ -165,19 +187,37 @@ class Worker:
         self.context.renderer = renderer
 
     def reload(self) -> bool:
-        """Take changed campaigns and templates if they pass ``check``; keep the last good
-        set otherwise (queued mail keeps rendering with it, see ``Renderer.frozen``)."""
+        """Take the campaigns and templates as they are now, file by file: every good file
+        as it is, the last good version of a broken one (if this process ran one; else it
+        stays out), a deleted file leaves. One template snapshot renders every campaign
+        (``Renderer.frozen``, also for queued mail), so a kept version must pass ``check``
+        with the new templates too; when one does not (a template it uses broke), the whole
+        reload is refused and the last good campaigns and templates keep running. Returns
+        whether the reload was taken."""
         good, failures, renderer = self._check()
-        if failures:
+        kept = self._last_good(failures)
+        stale = [
+            name
+            for name, campaign in kept.items()
+            if checks.template_problems(campaign, self.templates_dir, self.settings.templates)
+        ]
+        if stale:
+            log.error(
+                "reload refused: the templates as they are now break running campaign(s) %s",
+                ", ".join(sorted(stale)),
+            )
             for failure in failures:
                 log.error("reload refused, keeping the last good campaigns: %s", failure)
             self._record_files(failures)
             return False
-        self._use(good, renderer)
+        self._log_files(failures, kept)
+        self._use([*good, *kept.values()], renderer)
         self._record_files(failures)
         if self.leader_since is not None:
             scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
-        log.info("reloaded %d campaign(s): %s", len(good), ", ".join(sorted(self.campaigns)))
+        log.info(
+            "reloaded %d campaign(s): %s", len(self.campaigns), ", ".join(sorted(self.campaigns))
+        )
         return True
 
     def _fingerprint(self) -> tuple[Any, ...]:
@@ -562,6 +602,14 @@ def _simulated(trigger: Any, start: datetime) -> Any:
     if isinstance(trigger, IntervalTrigger):
         return IntervalTrigger(hours=1, start_date=start, timezone=UTC)
     return trigger
+
+
+def _fate(failure: ConfigError, running: Mapping[str, Campaign]) -> str:
+    """What became of a broken campaign file, for the log and the ``check`` run: a file
+    whose campaign still runs runs its last good version."""
+    if failure.path.stem in running:
+        return "broken, its last good version keeps running"
+    return "broken, left out"
 
 
 _OUTCOME = {

@@ -114,9 +114,19 @@ def test_reload_takes_a_good_change_and_keeps_the_last_good_set_on_a_broken_one(
         os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
         with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
             process.tick()
-        assert "reload refused" in caplog.text and "everyone.toml" in caplog.text
+        assert "its last good version keeps running" in caplog.text
+        assert "everyone.toml" in caplog.text and "reload refused" not in caplog.text
         assert "day_of_week='fri'" in _cron(process, "campaign:everyone")  # the last good one
         assert "everyone" in process.campaigns
+        assert REGISTRY.get_sample_value("recocamp_campaign_files_broken") == 1
+        with process.engine.connect() as connection:
+            [check] = runs.recent(connection, "check")
+        assert check.status == "error" and check.counts["kept_last_good"] == 1
+        assert "everyone.toml" in check.error and "last good version keeps running" in check.error
+        path.write_text(good.replace('"0 10 * * FRI"', '"0 11 * * SAT"'))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+        process.tick()  # fixed: the new version replaces the last good one
+        assert "day_of_week='sat'" in _cron(process, "campaign:everyone") and not process.broken
         (shop / "campaigns" / "everyone.toml").unlink()
         process.tick()  # a campaign whose file is removed leaves the schedule
         assert process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED) is None
@@ -355,6 +365,38 @@ def test_a_broken_campaign_file_is_left_out_and_everything_else_runs(
         assert REGISTRY.get_sample_value("recocamp_campaign_files_broken") == 0
         with process.engine.connect() as connection:
             assert [r.status for r in runs.recent(connection, "check")] == ["ok", "error"]
+    finally:
+        process.shutdown()
+    process.engine.dispose()
+
+
+def test_a_file_broken_at_start_holds_back_no_other_change(
+    tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    broken_beside(shop)
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        good = (shop / "campaigns" / "everyone.toml").read_text()
+        (shop / "campaigns" / "second.toml").write_text(
+            good.replace('name = "everyone"', 'name = "second"').replace(
+                '"0 9 * * THU"', '"0 8 * * MON"'
+            )
+        )
+        with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
+            process.tick()  # the new campaign is taken although late.toml is still broken
+        assert set(process.campaigns) == {"everyone", "second"}
+        assert "day_of_week='mon'" in _cron(process, "campaign:second")
+        assert "day_of_week='thu'" in _cron(process, "campaign:everyone")
+        assert process.scheduler.get_job("campaign:late", jobstore=scheduler.SHARED) is None
+        assert "late.toml" in caplog.text and "broken, left out" in caplog.text
+        assert REGISTRY.get_sample_value("recocamp_campaign_files_broken") == 1
+        with process.engine.connect() as connection:
+            last = runs.recent(connection, "check")[0]
+        assert last.counts == {"campaigns": 2, "broken_files": 1, "kept_last_good": 0}
+        assert "broken, left out" in last.error and "late.toml" in last.error
     finally:
         process.shutdown()
     process.engine.dispose()
