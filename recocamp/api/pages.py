@@ -17,6 +17,9 @@ unsubscribe event is recorded under the erased id, no profile is created again. 
 link issued before the latest erasure of its customer id when the person has signed up
 again since (``tombstones.void_link``): it belongs to the erased record, and must neither
 show, export, change nor erase the new one. Every route says so alike, the download too.
+The page and the download check it in the snapshot they read (``store.engine.snapshot``)
+and again once read, a change or an erasure in the transaction that writes: an erasure and
+a re-sign-up landing after the check cannot be shown through the old link.
 A valid link of a customer we do not hold (never created, or removed otherwise) gets 404
 on every route, the one-click unsubscribe too, and nothing is recorded: a token is signed
 for a customer we mailed, so its holder learns nothing from the answer that the token
