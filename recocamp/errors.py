@@ -10,7 +10,7 @@
     ├── OrderConflictError   orders already stored with other lines (an order is written once)
     ├── SharedAddressError   a privacy request by customer id whose address other customers hold
     │   └── CoverageCountError   an erasure of every id at an address found another count
-    ├── VoidLinkError        an erasure through a link of a record erased since (nothing done)
+    ├── VoidLinkError        an erasure or export through a link of a record erased since
     ├── ModelError           recommender training / loading problems
     ├── Interrupted          a run stopped early because the worker is shutting down
     └── DeliveryError        sending through an email service provider
@@ -186,9 +186,10 @@ class CoverageCountError(SharedAddressError):
 
 
 class VoidLinkError(RecocampError):
-    """An erasure asked for through a customer's link (the preferences page) whose record
-    was erased at or after the link was issued: the link belongs to the erased record, and
-    must not erase a new one made by a later sign-up. Checked in the erasing transaction."""
+    """An erasure or an export asked for through a customer's link (the preferences page)
+    whose record was erased at or after the link was issued: the link belongs to the erased
+    record, and must neither erase nor hand out a new one made by a later sign-up. Checked
+    in the erasing transaction, or in the snapshot the export reads; nothing is done."""
 
 
 class ModelError(RecocampError):

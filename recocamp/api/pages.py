@@ -17,6 +17,9 @@ unsubscribe event is recorded under the erased id, no profile is created again. 
 link issued before the latest erasure of its customer id when the person has signed up
 again since (``tombstones.void_link``): it belongs to the erased record, and must neither
 show, export, change nor erase the new one. Every route says so alike, the download too.
+The page and the download check it in the snapshot they read (``store.engine.snapshot``)
+and again once read, a change or an erasure in the transaction that writes: an erasure and
+a re-sign-up landing after the check cannot be shown through the old link.
 A valid link of a customer we do not hold (never created, or removed otherwise) gets 404
 on every route, the one-click unsubscribe too, and nothing is recorded: a token is signed
 for a customer we mailed, so its holder learns nothing from the answer that the token
@@ -54,7 +57,7 @@ from recocamp.settings import Settings
 from recocamp.store import contacts, registry, tombstones, views
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import pages as store
-from recocamp.store.engine import Connection, Engine
+from recocamp.store.engine import Connection, Engine, snapshot
 
 log = logging.getLogger(__name__)
 ACTOR = "customer"
@@ -130,6 +133,10 @@ class Pages:
         if customer_id is not None:
             with self.engine.connect() as connection:
                 locale = store.locale(connection, customer_id)
+        return self.language(request, locale)
+
+    def language(self, request: Request, locale: str | None) -> str:
+        """The page's language: ``?lang=``, else the customer's ``locale``, else the shop's."""
         default = self.settings.shop.default_locale
         return pages.language(request.query_params.get("lang"), locale, default)
 
@@ -202,16 +209,21 @@ class Pages:
         return self.page(lang, "unsubscribed_page", done)
 
     def preferences_page(self, token: str, request: Request) -> HTMLResponse:
-        """The preferences page."""
+        """The preferences page. Its link is checked in the snapshot the page's data is read
+        from, and again once read (the offers are read apart): an erasure and a re-sign-up
+        under the link's id meanwhile must not show the new record to the old link."""
         try:
             found = self.verify(token, "preferences")
         except LinkError as error:
             return self.failed(request, error)
-        lang = self.lang(request, found.customer_id)
-        with self.engine.connect() as connection:
+        with snapshot(self.engine) as connection:  # the check and what it shows: one state
             if self.erased(connection, found, writing=False):
                 return self.gone(request)
+            lang = self.language(request, store.locale(connection, found.customer_id))
             context = _context(connection, found, lang, self.clock.now(), self.service)
+        with self.engine.connect() as connection:  # erased while read (the offers read apart)
+            if self.erased(connection, found, writing=False):
+                return self.gone(request)
         if context is None:
             return self.unknown(request)
         done = request.query_params.get("done")
@@ -254,12 +266,17 @@ class Pages:
             found = self.verify(token, "preferences")
         except LinkError as error:
             return self.failed(request, error)
-        with self.engine.connect() as connection:
-            if self.erased(connection, found, writing=False):
-                return self.gone(request)
-        document = privacy.export(
-            self.engine, found.customer_id, self.clock.now(), scope=privacy.Scope.ID
-        )  # the link's customer alone, whoever else holds the address
+        assert self.secret is not None  # verify() answered 503 without it
+        try:  # the link's customer alone, whoever else holds the address
+            document = privacy.export(
+                self.engine,
+                found.customer_id,
+                self.clock.now(),
+                scope=privacy.Scope.ID,
+                link=privacy.Link(self.secret, found.issued_at),  # void: checked in there
+            )
+        except VoidLinkError:
+            return self.gone(request)
         if document is None:
             return self.unknown(request)
         metrics.PRIVACY_REQUESTS.labels("export", SOURCE).inc()

@@ -10,13 +10,15 @@ May import: the base modules, ``store``, ``data``, ``recommender``, ``campaigns`
 ``delivery``.
 Exports: :func:`export`, :func:`ties`, :func:`personal_columns`, :func:`erase`,
 :class:`ErasureReport`, :class:`Scope` (whom a request covers when other customers hold the
-address), :func:`covered` (the ids it would cover, read before asking), :func:`check_count`,
-:func:`purge`, :class:`PurgeReport`, :data:`KEPT` (callers import the package:
-``from recocamp import privacy``).
+address), :class:`Link` (the customer's link a request came through), :func:`covered` (the
+ids it would cover, read before asking), :func:`check_count`, :func:`purge`,
+:class:`PurgeReport`, :data:`KEPT` (callers import the package: ``from recocamp import
+privacy``).
 """
 
 from recocamp.privacy.erasure import ErasureReport, erase
 from recocamp.privacy.holdings import (
+    Link,
     Scope,
     check_count,
     covered,
@@ -29,6 +31,7 @@ from recocamp.privacy.retention import KEPT, PurgeReport, purge
 __all__ = [
     "KEPT",
     "ErasureReport",
+    "Link",
     "PurgeReport",
     "Scope",
     "check_count",

@@ -32,14 +32,15 @@ from __future__ import annotations
 import base64
 import re
 import zlib
+from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from recocamp.errors import CoverageCountError, SharedAddressError
-from recocamp.store import outbox
+from recocamp.errors import CoverageCountError, SharedAddressError, VoidLinkError
+from recocamp.store import outbox, tombstones
 from recocamp.store import privacy as store
-from recocamp.store.engine import Connection, Engine
+from recocamp.store.engine import Connection, Engine, snapshot
 from recocamp.store.privacy import Column, MetaData, Subject, Ties
 from recocamp.store.schema import metadata
 
@@ -116,10 +117,18 @@ def export(
     now: datetime,
     schema: MetaData = metadata,
     scope: Scope = Scope.UNSHARED,
+    link: Link | None = None,
 ) -> dict[str, Any] | None:
     """Everything we hold about one customer as a JSON-ready document; None if nothing.
-    ``scope``: whom it covers when other customer ids hold their address (:func:`subject`)."""
-    with engine.connect() as connection:
+    ``scope``: whom it covers when other customer ids hold their address (:func:`subject`).
+    Read in one snapshot (``store.engine.snapshot``): a change landing meanwhile is in all
+    of it or in none. ``link``: the export is asked for through the customer's link; a link
+    void by an erasure since (``tombstones.void_link``) gets nothing (``VoidLinkError``).
+    Checked in the snapshot the rows are read from, so an erasure and a re-sign-up after
+    the check are not in the rows either, and again once read, before anything is answered:
+    a record erased while it was being read is not handed out."""
+    with snapshot(engine) as connection:
+        _check(connection, customer_id, link)
         tied = ties(schema)
         who, others = subject(connection, tied, customer_id, scope)
         tables = {}
@@ -129,6 +138,9 @@ def export(
                 tables[tie.table.name] = found
         audits = [_document(row) for row in store.audit_entries(connection, who.ids)]
         suppressed = store.suppression(connection, who.email) if who.email else None
+    if link is not None:
+        with engine.connect() as connection:  # outside the snapshot: erased since it began
+            _check(connection, customer_id, link)
     if not tables and not audits:
         return None
     return {
@@ -146,6 +158,23 @@ def export(
         if suppressed is None
         else {"reason": suppressed[0], "since": suppressed[1].isoformat()},
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A customer's signed link (the preferences page) through which a request came: the
+    key it was signed with (the tombstones' key too) and when it was issued."""
+
+    key: bytes
+    issued_at: datetime
+
+
+def _check(connection: Connection, customer_id: str, link: Link | None) -> None:
+    """``VoidLinkError`` when the request came through a link void by an erasure since."""
+    if link is not None and tombstones.void_link(
+        connection, link.key, customer_id, link.issued_at, writing=False
+    ):
+        raise VoidLinkError(f"the link of customer {customer_id!r} is void: erased since")
 
 
 def _document(row: store.Record) -> dict[str, Any]:

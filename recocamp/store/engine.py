@@ -75,6 +75,25 @@ def ping(engine: sa.Engine) -> None:
         connection.execute(sa.text("SELECT 1"))
 
 
+@contextmanager
+def snapshot(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection whose reads all see one state of the database, for a check and the reads
+    it allows (a link's ``void_link`` and the data shown to its holder): a commit landing
+    between two of its statements is seen by none of them. PostgreSQL: a REPEATABLE READ
+    transaction. SQLite: the sqlite3 driver opens no transaction for a SELECT, so each read
+    would see the latest commit; a deferred ``BEGIN`` holds the first read's snapshot (WAL:
+    writers are not blocked) until the connection closes. For reading: nothing is committed."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
+            yield connection
+        return
+    with engine.connect() as connection:
+        raw = connection.connection.dbapi_connection
+        if engine.dialect.name == "sqlite" and raw is not None and not raw.in_transaction:
+            connection.exec_driver_sql("BEGIN")
+        yield connection
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer

@@ -15,6 +15,8 @@ import sqlalchemy as sa
 
 from recocamp import privacy, tokens
 from recocamp.clock import FixedClock
+from recocamp.store import privacy as privacy_store
+from recocamp.store import tombstones as tombstones_store
 from recocamp.store.schema import contact_events, customers, feedback, id_erasures, tombstones
 from tests.api_shop import NOW, SIGNING_KEY, bearer, call, make_app
 
@@ -214,3 +216,85 @@ def test_an_old_link_cannot_erase_a_record_made_while_it_was_being_checked(
     call(app, "POST", f"/p/{old['p']}", data={"action": "erase", "confirm": "on"})
     person = customer(engine)
     assert person is not None and person.consent_at == later  # the new record stays
+
+
+def erase_and_sign_up_zelda(app: Any, clock: FixedClock) -> None:
+    """Another request's erasure of e2e1, and a new sign-up under the id a day later: Zelda."""
+    erased = call(app, "DELETE", "/v1/privacy/customers/e2e1", headers=bearer("dpo"))
+    assert erased.status == 200
+    later = clock.advance(timedelta(days=1))
+    zelda = {"email": "zelda@example.test", "first_name": "Zelda", "locale": "de"}
+    renewed = {"consent_basis": "double_opt_in", "consent_at": later.isoformat()}
+    assert (
+        put(app, "e2e1", {"source": "signup", "new_sign_up": True, **zelda, **renewed}).status
+        == 200
+    )
+
+
+def race_after_the_first_check(
+    app: Any, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> list[bool]:
+    """Once the first ``void_link`` check has run, e2e1 is erased and Zelda signs up, before
+    the request reads anything else (returns what that check found, once it ran). The
+    erasure's WAL truncation is stubbed: it waits for readers (10 s each try), and the
+    reader is this test's own request, held until the race is over."""
+    check, found = tombstones_store.void_link, []
+
+    def racing(*args: Any, **kwargs: Any) -> bool:
+        monkeypatch.setattr(tombstones_store, "void_link", check)
+        found.append(check(*args, **kwargs))
+        monkeypatch.setattr(privacy_store, "empty_wal", lambda engine: True)
+        erase_and_sign_up_zelda(app, clock)
+        return found[0]
+
+    monkeypatch.setattr(tombstones_store, "void_link", racing)
+    return found
+
+
+@pytest.mark.parametrize("route", ["", "/data.json"])
+def test_an_old_link_shows_nothing_of_a_record_made_after_it_was_checked(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """The page and the download check their link in the snapshot they read, and again once
+    read: an erasure and a new sign-up landing after the check answer "gone" (410), with
+    nothing of the new record (before, the page showed Zelda and the download exported her)."""
+    if engine.dialect.name != "sqlite":  # the check's shared lock (tombstones.serialise) is
+        pytest.skip("held while reading: an erasure waits for the reads, here forever")
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    doi = {"consent_basis": "double_opt_in", "consent_at": (NOW - timedelta(days=30)).isoformat()}
+    first = {"email": "e@example.test", "first_name": "Erwin"}
+    assert put(app, "e2e1", {"source": "signup", **first, **doi}).status == 200
+    old = links("e2e1", NOW - timedelta(days=1))
+    assert "Erwin" in call(app, "GET", f"/p/{old['p']}{route}").text  # served before the race
+    found = race_after_the_first_check(app, clock, monkeypatch)
+    reply = call(app, "GET", f"/p/{old['p']}{route}")
+    assert found == [False]  # the check ran and found the link valid; then the race landed
+    assert reply.status == 410
+    assert "zelda" not in reply.text.lower() and "Erwin" not in reply.text
+    assert customer(engine).first_name == "Zelda"  # the new record is there, untouched
+    new = links("e2e1", clock.now())
+    assert "Zelda" in call(app, "GET", f"/p/{new['p']}{route}").text  # her own link shows it
+
+
+def test_an_old_link_exports_nothing_of_a_record_made_before_the_export(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download's link is checked in the export itself (privacy.export's ``link``), not
+    by the page beforehand: an erasure and a re-sign-up just before the export read nothing."""
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    old = links("e2e1", NOW - timedelta(days=1))
+    export = privacy.export
+
+    def raced(*args: Any, **kwargs: Any) -> Any:
+        """The erasure and re-sign-up of another request, just before this export."""
+        monkeypatch.setattr(privacy, "export", export)
+        erase_and_sign_up_zelda(app, clock)
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(privacy, "export", raced)
+    reply = call(app, "GET", f"/p/{old['p']}/data.json")
+    assert reply.status == 410 and "zelda" not in reply.text.lower()
+    assert customer(engine).email == "zelda@example.test"

@@ -16,9 +16,10 @@ from recocamp.store.engine import (
     make_engine,
     normalise_url,
     require_current,
+    snapshot,
     upgrade,
 )
-from recocamp.store.schema import audit_log, metadata
+from recocamp.store.schema import audit_log, customers, metadata
 
 
 def test_migrations_create_exactly_the_schema(engine: sa.Engine) -> None:
@@ -100,3 +101,22 @@ def test_urls() -> None:
     assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
     with pytest.raises(StoreError, match="is not usable"):
         make_engine("postgresql://shop:s3cret@db.example.test:port/shop")
+
+
+def test_a_snapshot_reads_one_state_whatever_commits_meanwhile(engine: sa.Engine) -> None:
+    """A link's check and the reads it allows see one state: a customer erased and signed
+    up again between two of its reads (another connection's commits) is seen by neither."""
+    first = sa.select(customers.c.first_name).where(customers.c.id == "c1")
+    at = datetime(2024, 1, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        connection.execute(sa.insert(customers).values(id="c1", first_name="Erwin", updated_at=at))
+    with snapshot(engine) as connection:
+        assert connection.execute(first).scalar_one() == "Erwin"
+        with engine.begin() as other:
+            other.execute(sa.delete(customers))
+            zelda = {"id": "c1", "first_name": "Zelda", "updated_at": at}
+            other.execute(sa.insert(customers).values(**zelda))
+        assert connection.execute(first).scalar_one() == "Erwin"
+        assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 1
+    with engine.connect() as connection:
+        assert connection.execute(first).scalar_one() == "Zelda"  # committed all along
