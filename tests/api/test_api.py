@@ -391,6 +391,17 @@ def stored_details(engine: sa.Engine) -> list[dict[str, Any]]:
         return [dict(r.details) for r in connection.execute(sa.select(contact_events))]
 
 
+def _post_postmark(store: sa.Engine, event: dict[str, Any]) -> Any:
+    """One Postmark webhook event, posted as Postmark does (JSON, Basic auth)."""
+    return call(
+        make_app(store),
+        "POST",
+        "/v1/webhooks/postmark",
+        content=json.dumps(event).encode(),
+        headers={"content-type": "application/json", **basic(SECRET)},
+    )
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -403,13 +414,8 @@ def stored_details(engine: sa.Engine) -> list[dict[str, Any]]:
 def test_a_bounce_with_long_stored_text_still_suppresses(
     store: sa.Engine, changes: dict[str, Any]
 ) -> None:
-    event = postmark_event("bounce", RECORD, NOW - timedelta(hours=1)) | changes
-    reply = call(
-        make_app(store),
-        "POST",
-        "/v1/webhooks/postmark",
-        content=json.dumps(event).encode(),
-        headers={"content-type": "application/json", **basic(SECRET)},
+    reply = _post_postmark(
+        store, postmark_event("bounce", RECORD, NOW - timedelta(hours=1)) | changes
     )
     assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
     assert state(store).suppressed == {email_hash(ADDRESS): "bounced"}
@@ -423,13 +429,7 @@ def test_a_bounce_with_long_stored_text_still_suppresses(
 
 def test_an_address_too_long_to_act_on_is_still_rejected(store: sa.Engine) -> None:
     event = postmark_event("bounce", RECORD, NOW) | {"Email": "a" * 400 + "@example.test"}
-    reply = call(
-        make_app(store),
-        "POST",
-        "/v1/webhooks/postmark",
-        content=json.dumps(event).encode(),
-        headers={"content-type": "application/json", **basic(SECRET)},
-    )
+    reply = _post_postmark(store, event)
     assert reply.status == 200 and reply.json()["rejected"][0].startswith("[0].Email")
     assert state(store) == UNTOUCHED
 

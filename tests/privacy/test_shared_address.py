@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 from pydantic import SecretStr
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from recocamp import privacy, tokens
 from recocamp.cli import app as cli
@@ -91,6 +91,18 @@ ALL_HELD = (
 )
 
 
+def _import_again_with_dora(shared: CliRunner, tmp_path: Path) -> Result:
+    """The shop's next customers export: everyone as before, and dora at the shared address."""
+    again = write_csv(
+        tmp_path / "again.csv",
+        HEADER,
+        [*PEOPLE, ["dora", SHARED, "Dora", "double_opt_in", "2011-08-01T10:00:00Z"]],
+    )
+    imported = shared.invoke(cli, ["import", "customers", str(again)])
+    assert imported.exit_code == 0, imported.output
+    return imported
+
+
 @pytest.mark.parametrize("command", ["export", "erase"])
 def test_a_shared_address_is_ambiguous_and_nothing_is_done(
     shared: CliRunner, tmp_path: Path, command: str
@@ -151,13 +163,7 @@ def test_only_this_id_erases_that_customer_and_the_other_keeps_the_address(
     assert lines == {"o-ann": None, "o-bob": "bob", "o-carl": "carl"}
     # the shop's next export: ann stays erased (her id), bob and a newcomer at the shared
     # address are taken (the address was not tombstoned: bob still holds it)
-    again = write_csv(
-        tmp_path / "again.csv",
-        HEADER,
-        [*PEOPLE, ["dora", SHARED, "Dora", "double_opt_in", "2011-08-01T10:00:00Z"]],
-    )
-    imported = shared.invoke(cli, ["import", "customers", str(again)])
-    assert imported.exit_code == 0, imported.output
+    imported = _import_again_with_dora(shared, tmp_path)
     assert "skipped: erased" in imported.output
     assert _held(tmp_path)[0] == ["bob", "carl", "dora"]
     # bob's own request is still ambiguous (dora holds the address now), and scoped to him
@@ -185,13 +191,7 @@ def test_all_matching_erases_every_customer_holding_the_address_for_good(
     ids, lines, done, stones = _held(tmp_path)
     assert ids == ["carl"] and (done, stones) == (1, 2)  # one erasure, a tombstone per id
     assert lines == {"o-ann": None, "o-bob": None, "o-carl": "carl"}
-    again = write_csv(
-        tmp_path / "again.csv",
-        HEADER,
-        [*PEOPLE, ["dora", SHARED, "Dora", "double_opt_in", "2011-08-01T10:00:00Z"]],
-    )
-    imported = shared.invoke(cli, ["import", "customers", str(again)])
-    assert imported.exit_code == 0, imported.output
+    _import_again_with_dora(shared, tmp_path)
     assert _held(tmp_path)[0] == ["carl"]  # ann, bob and the address stay out
     with _engine(tmp_path).connect() as connection:
         last = sa.select(import_runs.c.skipped).order_by(import_runs.c.id.desc()).limit(1)
