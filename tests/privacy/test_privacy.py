@@ -48,6 +48,7 @@ from tests.api_shop import (
     make_app,
     settings_for,
 )
+from tests.privacy.later_table import loyalty_cards
 
 VICTIM = "victim-7f3a9c"
 EMAIL = "Zebulon.Erase-Me@Example.test"
@@ -370,18 +371,7 @@ def test_every_personal_column_is_covered_by_a_rule() -> None:
 
 def test_a_table_added_later_is_erased_too(closing: Closing, shop: tuple[sa.Engine, Path]) -> None:
     engine, artifacts = shop
-    later = sa.MetaData()
-    for table in metadata.sorted_tables:
-        table.to_metadata(later)
-    cards = sa.Table(
-        "loyalty_cards",
-        later,
-        sa.Column("card", sa.String(20), primary_key=True),
-        sa.Column("holder_customer_id", sa.String(64)),
-        sa.Column("contact_email", sa.String(320)),
-        sa.Column("first_name", sa.String(100)),
-    )
-    cards.create(engine)
+    later, cards = loyalty_cards(engine)
     with engine.begin() as connection:
         connection.execute(
             sa.insert(cards),

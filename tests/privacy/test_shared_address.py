@@ -27,12 +27,12 @@ from recocamp.store.schema import (
     customers,
     erasures,
     import_runs,
-    metadata,
     purchases,
     tombstones,
 )
 from tests.api_shop import NOW, SIGNING_KEY, Closing, bearer, call, make_app
 from tests.conftest import write_csv
+from tests.privacy.later_table import loyalty_cards
 
 SHARED = "Family.Mailbox@Example.test"
 PEOPLE = [  # bob holds ann's address in another case: the same address
@@ -318,17 +318,7 @@ def test_any_table_tied_by_address_can_share_it_and_only_this_id_keeps_the_other
     erased alone, ann's row goes, the row naming nobody but the address stays out of it (it
     cannot be attributed to her), zed keeps his."""
     engine = _engine(tmp_path)
-    later = sa.MetaData()
-    for table in metadata.sorted_tables:
-        table.to_metadata(later)
-    cards = sa.Table(
-        "loyalty_cards",
-        later,
-        sa.Column("card", sa.String(20), primary_key=True),
-        sa.Column("holder_customer_id", sa.String(64)),
-        sa.Column("contact_email", sa.String(320)),
-    )
-    cards.create(engine)
+    later, cards = loyalty_cards(engine)
     with engine.begin() as connection:
         connection.execute(sa.delete(customers).where(customers.c.id == "bob"))
         connection.execute(
