@@ -10,11 +10,8 @@ process over real HTTP, as a user starts it.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,40 +22,15 @@ import httpx
 import pytest
 
 from recocamp.delivery.esp.fake_server import FakeEsp, Faults
+from tests.delivery.esp import fake_process
 
-ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "control-token"
 CONTROL = {"X-Postmark-Server-Token": TOKEN}
 MESSAGE = {"From": "shop@example.org", "To": "x@example.test", "TextBody": "hello"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(*options: str) -> tuple[subprocess.Popen[bytes], str]:
-    """``recocamp fake-esp --token TOKEN …`` on a free port, once it answers."""
-    port = free_port()
-    command = [sys.executable, "-m", "recocamp", "fake-esp", "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--token", TOKEN, *options],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/_stats")
-            return process, url
-        except httpx.TransportError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("the fake ESP did not start") from None
-            time.sleep(0.1)
+    return fake_process.start(TOKEN, *options)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +168,7 @@ def test_a_webhook_target_that_cannot_be_reached_is_502_saying_so(url: str) -> N
     """Before: a 500. The bounce is recorded (as at Postmark, whose record does not depend
     on the endpoint) and the answer says the post failed, and where to."""
     sent = send(url)
-    target = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    target = f"http://127.0.0.1:{fake_process.free_port()}/hook"  # nothing listens there
     reply = httpx.post(
         f"{url}/_webhooks/bounce",
         json={"message_id": sent["MessageID"], "url": target},

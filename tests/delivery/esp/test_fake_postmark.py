@@ -9,14 +9,8 @@ APIs, the overview's error codes) and, for the shapes, responses recorded from P
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,41 +19,19 @@ from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
 from recocamp.delivery.esp.fake_server import FakeEsp, create_app, running
+from tests.delivery.esp import fake_process
 
-ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "fake-server-token"
 FROM = "Shop <shop@example.org>"
 KEY = "X-Recocamp-Send-Key"
 CONTROL = {"X-Postmark-Server-Token": TOKEN}  # --token closes the control routes too
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """``recocamp fake-esp`` as its own process, as a user starts it."""
-    port = free_port()
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "recocamp", "fake-esp", "--port", str(port), "--token", TOKEN],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = fake_process.start(TOKEN)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/_stats")
-                break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, "no fake ESP"
-                time.sleep(0.1)
         yield url
     finally:
         process.terminate()
