@@ -421,7 +421,7 @@ def _change(
                 now,
                 via=SOURCE,
                 scope=privacy.Scope.ID,
-                link_issued_at=found.issued_at,  # a void link erases nobody: checked in there
+                link=privacy.Link(key, found.issued_at),  # void: erases nobody, checked in there
             )
         except VoidLinkError:
             return "gone"

@@ -40,8 +40,7 @@ from pathlib import Path
 
 from recocamp import metrics
 from recocamp.data import erasure_files
-from recocamp.errors import VoidLinkError
-from recocamp.privacy.holdings import Scope, check_count, subject, ties
+from recocamp.privacy.holdings import Link, Scope, check_count, check_link, subject, ties
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
 from recocamp.store import notifications, registry, tombstones
@@ -90,7 +89,7 @@ def erase(
     schema: MetaData = metadata,
     scope: Scope = Scope.UNSHARED,
     expect: int | None = None,
-    link_issued_at: datetime | None = None,
+    link: Link | None = None,
 ) -> ErasureReport | None:
     """Remove a customer everywhere (see the module docstring); None if we hold nothing.
     Needs the tombstones' key (``tombstones.KeyMissing`` without it): an erasure that a
@@ -98,8 +97,8 @@ def erase(
     ids hold their address (``SharedAddressError`` if it does not say; nothing is done).
     ``expect``: with ``Scope.ALL_MATCHING``, how many ids the operator was shown; checked
     in the erasing transaction (``CoverageCountError``; nothing is done).
-    ``link_issued_at``: the erasure is asked for through the customer's link issued then; a
-    link void by an erasure since (``tombstones.void_link``) erases nobody — checked in this
+    ``link``: the erasure is asked for through the customer's link; a link void by an
+    erasure since (``holdings.check_link``) erases nobody — checked in this
     transaction, so an erasure and a re-sign-up in between cannot let the old link erase
     the new record (``VoidLinkError``; nothing is done)."""
     key = tombstones.key_of(settings)
@@ -107,14 +106,7 @@ def erase(
         raise tombstones.KeyMissing("erasure", erasing=True)
     with engine.begin() as connection, store.scrubbing(connection):
         tombstones.serialise(connection, erasing=True)  # first: see serialise (SQLite too)
-        if link_issued_at is not None and tombstones.void_link(
-            connection,
-            key,
-            customer_id,
-            link_issued_at,
-            writing=False,  # locked already
-        ):
-            raise VoidLinkError(f"the link of customer {customer_id!r} is void: erased since")
+        check_link(connection, customer_id, link)  # locked already: reads only
         tied = ties(schema)
         who, others = subject(connection, tied, customer_id, scope)
         shared, kept_for = bool(others), len(others) if who.exclusive else 0

@@ -128,7 +128,7 @@ def export(
     the check are not in the rows either, and again once read, before anything is answered:
     a record erased while it was being read is not handed out."""
     with snapshot(engine) as connection:
-        _check(connection, customer_id, link)
+        check_link(connection, customer_id, link)
         tied = ties(schema)
         who, others = subject(connection, tied, customer_id, scope)
         tables = {}
@@ -140,7 +140,7 @@ def export(
         suppressed = store.suppression(connection, who.email) if who.email else None
     if link is not None:
         with engine.connect() as connection:  # outside the snapshot: erased since it began
-            _check(connection, customer_id, link)
+            check_link(connection, customer_id, link)
     if not tables and not audits:
         return None
     return {
@@ -169,8 +169,10 @@ class Link:
     issued_at: datetime
 
 
-def _check(connection: Connection, customer_id: str, link: Link | None) -> None:
-    """``VoidLinkError`` when the request came through a link void by an erasure since."""
+def check_link(connection: Connection, customer_id: str, link: Link | None) -> None:
+    """``VoidLinkError`` when the request came through a link void by an erasure since
+    (``tombstones.void_link``); nothing when it came through no link. Export and erasure
+    both check their link with it, inside the transaction or snapshot that acts."""
     if link is not None and tombstones.void_link(
         connection, link.key, customer_id, link.issued_at, writing=False
     ):
