@@ -5,8 +5,9 @@ exit codes, progress, the clock), and the commands: the database, imports and th
 (:mod:`.data`), training and the model registry (:mod:`.recommender`), checking, planning and
 previewing campaigns (:mod:`.campaigns`), KPIs, the report and snapshots (:mod:`.measure`),
 sending and the fake ESP (:mod:`.delivery`), the demo (:mod:`.demo`), forecasts
-(:mod:`.forecast`), the API server, privacy and API keys (:mod:`.api`) and the worker
-(:mod:`.worker`). A command never calls another: what two share is a plain function.
+(:mod:`.forecast`), the API server, privacy and API keys (:mod:`.api`), a customer's signed
+link (:mod:`.links`) and the worker (:mod:`.worker`). A command never calls another: what
+two share is a plain function.
 
 May import: every package.
 Exports: ``app`` (the console script ``recocamp = "recocamp.cli:app"``).
@@ -19,6 +20,7 @@ from recocamp.cli import (  # each registers its commands on the app
     delivery,
     demo,
     forecast,
+    links,
     measure,
     recommender,
     worker,
@@ -29,7 +31,7 @@ from recocamp.cli.common import app, in_help_order
 in_help_order(
     commands=(
         *("demo-data", "kpis", "train", "evaluate", "recommend", "similar", "check", "plan"),
-        *("preview", "serve", "send", "fake-esp", "demo", "forecast", "forecast-evaluate"),
+        *("preview", "serve", "link", "send", "fake-esp", "demo", "forecast", "forecast-evaluate"),
         *("report", "worker"),
     ),
     groups=("db", "import", "models", "privacy", "api-key", "outbox", "snapshots", "runs"),
@@ -43,6 +45,7 @@ __all__ = [
     "delivery",
     "demo",
     "forecast",
+    "links",
     "measure",
     "recommender",
     "worker",
