@@ -32,6 +32,11 @@ from recocamp.errors import RecocampError
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
+# the campaign claim of a link made by hand (``recocamp link``), sent with no campaign: the
+# hyphen makes it no campaign's name (``[a-z0-9_]``), so nothing is counted against one
+MANUAL_CAMPAIGN = "manual-link"
+
+
 class TokenError(RecocampError):
     """A token that was tampered with, has expired, or is not ours."""
 

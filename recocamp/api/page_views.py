@@ -80,6 +80,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "why_title": "Why you got this offer",
         "why_campaign": "The e-mail “{campaign}” went to you because you matched its "
         "audience and your consent allows it: {consent}.",
+        "why_manual": "This link was made for you by the shop, not sent with a campaign; "
+        "your consent: {consent}.",
         "why_personal": "The offers were picked from your purchases — for example:",
         "why_popular": "The offers are items that are popular right now — for example:",
         "download": "Download my data (JSON)",
@@ -171,6 +173,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "why_title": "Warum Sie dieses Angebot erhalten haben",
         "why_campaign": "Die E-Mail „{campaign}“ ging an Sie, weil Sie zu ihrer Zielgruppe "
         "gehören und Ihre Einwilligung es erlaubt: {consent}.",
+        "why_manual": "Diesen Link hat der Shop für Sie erstellt, nicht mit einer Kampagne "
+        "versandt; Ihre Einwilligung: {consent}.",
         "why_personal": "Die Angebote wurden aus Ihren Einkäufen ausgewählt — zum Beispiel:",
         "why_popular": "Die Angebote sind gerade beliebte Artikel — zum Beispiel:",
         "download": "Meine Daten herunterladen (JSON)",
@@ -267,7 +271,8 @@ PREFERENCES = """{% extends "layout.html" %}{% block body %}
 <p><a href="{{ download }}" download>{{ t.download }}</a></p>
 
 <h2>{{ t.why_title }}</h2>
-<p>{{ t.why_campaign.format(campaign=campaign, consent=consent) }}</p>
+<p id="why-sent">{{ (t.why_manual if manual else t.why_campaign).format(
+    campaign=campaign, consent=consent) }}</p>
 <p>{{ t.why_personal if personal else t.why_popular }}</p>
 <ul id="offers">{% for offer in offers %}<li>{{ offer.title }} — {{ offer.why }}</li>
 {% endfor %}</ul>

@@ -486,6 +486,7 @@ def _context(
         "facts": [*_facts(connection, person, t, lang, now, service), forecast[0]],
         "forecast_held": forecast[1],
         "campaign": found.campaign,
+        "manual": found.campaign == tokens.MANUAL_CAMPAIGN,  # ``recocamp link``: no campaign
         "consent": _consent(person, t, lang),
         "personal": answer.personalised,
         "offers": answer.offers,

@@ -9,9 +9,9 @@ links are not minted: they answer an NPS survey, which a hand-made link would sk
 
 The campaign claim is not checked against the campaign files by the pages: it is recorded
 (an unsubscribe's contact event and audit source, ``link CAMPAIGN``) and shown (the
-preferences page's "why you got this e-mail"). The default, :data:`DEFAULT_CAMPAIGN`, can be
-no campaign's name (those are ``[a-z0-9_]``), so a hand-made link's unsubscribe is never
-counted against a real campaign.
+preferences page's "why you got this e-mail"). The default, ``tokens.MANUAL_CAMPAIGN``, can
+be no campaign's name (those are ``[a-z0-9_]``), so a hand-made link's unsubscribe is never
+counted against a real campaign, and the page says that no campaign sent it.
 
 A link the pages would refuse is not minted (exit 2, one line, nothing written): no signing
 key, an id that cannot be one, a customer we do not hold, or an erased one
@@ -27,6 +27,7 @@ from typing import Annotated
 
 import typer
 
+from recocamp import tokens
 from recocamp.campaigns import compose
 from recocamp.cli.common import (
     Output,
@@ -41,7 +42,7 @@ from recocamp.cli.common import (
 from recocamp.domain import ID_MAX, id_problem
 from recocamp.store import pages, tombstones
 
-DEFAULT_CAMPAIGN = "manual-link"  # a hyphen: never a campaign's name (files.Campaign.name)
+DEFAULT_CAMPAIGN = tokens.MANUAL_CAMPAIGN
 KEY_HINT = (
     "links are signed with it; set it to the key the API verifies them with "
     "(the demo's is in demo/signing.key: RECOCAMP_SIGNING_KEY=$(cat demo/signing.key))"

@@ -76,10 +76,14 @@ def test_the_preferences_link_opens_the_customers_page(store: CliRunner, shop_ap
     assert path.startswith("/p/v1.")
     page = call(shop_api, "GET", path)
     assert page.status == 200, page.text
-    assert "manual-link" in page.text  # the campaign it names: the default, no campaign's
+    # the default names no campaign, and the page (c1's is German) says so instead of "the
+    # e-mail … went to you"
+    assert "Diesen Link hat der Shop für Sie erstellt, nicht mit einer Kampagne" in page.text
+    assert "manual-link" not in page.text and "ging an Sie" not in page.text
     assert "A•••@Example.test" in page.text  # c1's page (the address masked)
     named = call(shop_api, "GET", _link(store, "c2", "--campaign", "winback"))
-    assert named.status == 200 and "winback" in named.text and "b•••@example.test" in named.text
+    assert named.status == 200 and "b•••@example.test" in named.text
+    assert "The e-mail “winback” went to you" in named.text
 
 
 def test_the_data_link_downloads_the_customers_data(store: CliRunner, shop_api: FastAPI) -> None:
