@@ -194,3 +194,16 @@ def test_one_builder_makes_the_context_from_the_settings() -> None:
     assert (context.policy.max_per_7d, context.policy.cooldown_days) == (2, 10)
     assert context.shop_zone == ZoneInfo("America/New_York") == context.zone(None)
     assert (context.now, context.items, context.popular) == (NOW, ITEMS, POPULAR)
+
+
+def test_a_mail_waiting_out_quiet_hours_is_a_contact_for_not_contacted_days() -> None:
+    """Another campaign's e-mail is queued for 08:00 tomorrow (deferred past quiet hours):
+    the customer is being contacted, and a campaign for customers not contacted in 14 days
+    must not mail them too, even where the shop's caps allow two e-mails a day."""
+    quiet = campaign(audience={"not_contacted_days": 14})
+    waiting = (caps.Contact("other", NOW + timedelta(hours=20)),)
+    two_a_day = replace(CONTEXT, policy=caps.CapPolicy(max_per_24h=2))
+    assert run(quiet, view(contacts=waiting), two_a_day) == (
+        Outcome.SKIP,
+        "not_in_audience:not_contacted_days",
+    )
