@@ -46,7 +46,7 @@ from recocamp.campaigns import caps, offers, predictive, segments
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.loyalty import Standing
 from recocamp.campaigns.segments import History, Rfm
-from recocamp.domain import ConsentBasis, Customer, CustomerForecast, Item
+from recocamp.domain import CONTACT_HISTORY_DAYS, ConsentBasis, Customer, CustomerForecast, Item
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
 
@@ -182,6 +182,15 @@ def context_for(
     and live forecast."""
     policy = caps.CapPolicy.from_settings(settings.caps)
     return Context(now, items, popular, policy, settings.shop.zone, forecast=forecast)
+
+
+def history_days(campaign: Campaign, defaults: caps.CapPolicy) -> int:
+    """How many days of contact history ``campaign``'s decisions read: the cooldown and
+    ``not_contacted_days`` (a day more, for the hour a DST change adds), at least the five
+    weeks the caps and preferences need. A history cut shorter lets a 60-day cooldown lapse
+    after 35 days."""
+    rules = (campaign.policy(defaults).cooldown_days, campaign.audience.not_contacted_days or 0)
+    return max(CONTACT_HISTORY_DAYS, *(days + 1 for days in rules))
 
 
 def plan(campaign: Campaign, views: Iterable[CustomerView], context: Context) -> list[Decision]:
