@@ -260,7 +260,7 @@ def decide(
 ) -> Decision:
     customer = view.customer
 
-    blocked = _consent(campaign, view)
+    blocked = _consent(campaign, view, context.now)
     if blocked is not None:
         return Decision(campaign.name, customer.id, Outcome.SKIP, blocked.value)
     zone = context.zone(customer.time_zone)
@@ -322,7 +322,7 @@ def _trigger(campaign: Campaign, view: CustomerView, context: Context) -> predic
     )
 
 
-def _consent(campaign: Campaign, view: CustomerView) -> Reason | None:
+def _consent(campaign: Campaign, view: CustomerView, now: datetime) -> Reason | None:
     customer = view.customer
     if customer.erased_at is not None:
         return Reason.ERASED
@@ -332,9 +332,21 @@ def _consent(campaign: Campaign, view: CustomerView) -> Reason | None:
         return Reason.UNSUBSCRIBED
     if view.suppressed:
         return Reason.SUPPRESSED
-    if customer.consent_basis is ConsentBasis.NONE or not campaign.allows(customer.consent_basis):
+    if not _consented(campaign, customer, now):
         return Reason.NO_CONSENT
     return None
+
+
+def _consented(campaign: Campaign, customer: Customer, now: datetime) -> bool:
+    """A basis the campaign allows, given by ``now`` (planning ``--as-of`` a day before the
+    double opt-in was confirmed must not use it). The existing-customer exception (UWG
+    §7(3)) covers offers of goods similar to those bought, never a survey, which offers none."""
+    basis = customer.consent_basis
+    if basis is ConsentBasis.NONE or not campaign.allows(basis):
+        return False
+    if customer.consent_at is not None and customer.consent_at > now:
+        return False
+    return not (basis is ConsentBasis.EXISTING_CUSTOMER and campaign.is_survey)
 
 
 def _audience(

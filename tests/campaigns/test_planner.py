@@ -207,3 +207,23 @@ def test_a_mail_waiting_out_quiet_hours_is_a_contact_for_not_contacted_days() ->
         Outcome.SKIP,
         "not_in_audience:not_contacted_days",
     )
+
+
+def test_a_survey_never_goes_out_under_the_existing_customer_exception() -> None:
+    """UWG §7(3) allows mail to existing customers only for the shop's own goods similar to
+    those bought; a survey offers none, so it needs consent even where its file lists the
+    exception (as a BGH ruling holds a feedback request to be advertising)."""
+    survey = campaign(type="nps", legal_basis=["double_opt_in", "existing_customer"])
+    assert run(survey, view(consent_basis=ConsentBasis.EXISTING_CUSTOMER)) == (
+        Outcome.SKIP,
+        "no_consent",
+    )
+    assert run(survey, view())[0] is Outcome.SEND
+
+
+def test_a_consent_given_after_now_does_not_count_yet() -> None:
+    """Planning as of a day before the customer confirmed the double opt-in (``plan
+    --as-of``, a simulated run): at that instant there was no consent to mail them."""
+    later = view(consent_at=NOW + timedelta(days=3))
+    assert run(campaign(), later) == (Outcome.SKIP, "no_consent")
+    assert run(campaign(), view(consent_at=NOW - timedelta(seconds=1)))[0] is Outcome.SEND
