@@ -39,6 +39,7 @@ from recocamp.store.engine import driver_rows
 from recocamp.store.locks import lock_key
 from recocamp.store.outbox import LIVE_STATES
 from recocamp.store.schema import (
+    UtcDateTime,
     customers,
     decisions,
     items,
@@ -121,15 +122,38 @@ def _contacts(
     customer_ids: Sequence[str] | None = None,
     history_days: int = CONTACT_HISTORY_DAYS,
 ) -> dict[str, tuple[Contact, ...]]:
-    since = now - timedelta(days=max(history_days, CONTACT_HISTORY_DAYS))
-    at = sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
+    """Every contact of the last five weeks (what the caps and preferences count), and where
+    ``history_days`` reaches further back, the latest older one per customer and campaign: a
+    cooldown or ``not_contacted_days`` asks only whether there was one, and reading every
+    e-mail of 300 days (the birthday campaign's cooldown) would cost a run its memory."""
+    recent = now - timedelta(days=CONTACT_HISTORY_DAYS)
+    found: dict[str, list[Contact]] = defaultdict(list)
+    for row in connection.execute(_mailed(recent, own_run, customer_ids)):
+        found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
+    for row in connection.execute(_held_out(now, own_run, recent, customer_ids)):
+        found[row.customer_id].append(Contact(row.campaign, row.decided_at))
+    if history_days > CONTACT_HISTORY_DAYS:
+        oldest = now - timedelta(days=history_days)
+        for query in _latest_older(oldest, recent, customer_ids):
+            for row in connection.execute(query):
+                found[row.customer_id].append(Contact(row.campaign, row.at))
+    return {customer: tuple(sorted(c, key=lambda x: x.at)) for customer, c in found.items()}
+
+
+def _mailed_at() -> sa.ColumnElement[Any]:
+    """When an e-mail went, or will go, out."""
+    return sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
+
+
+def _mailed(
+    since: datetime, own_run: str | None, customer_ids: Sequence[str] | None
+) -> sa.Select[Any]:
+    """E-mails queued, sent or delivered from ``since`` on (not the run's own)."""
     query = sa.select(
         outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at, outbox.c.not_before
-    ).where(outbox.c.state.in_(LIVE_STATES), at >= since)
-    held_out = _held_out(now, own_run, since)
+    ).where(outbox.c.state.in_(LIVE_STATES), _mailed_at() >= since)
     if customer_ids is not None:
         query = query.where(outbox.c.customer_id.in_(customer_ids))
-        held_out = held_out.where(decisions.c.customer_id.in_(customer_ids))
     if own_run is not None:  # send keys are campaign/customer/day, run keys campaign/day
         campaign, _, day = own_run.rpartition("/")
         query = query.where(
@@ -140,15 +164,12 @@ def _contacts(
                 )
             )
         )
-    found: dict[str, list[Contact]] = defaultdict(list)
-    for row in connection.execute(query):
-        found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
-    for row in connection.execute(held_out):
-        found[row.customer_id].append(Contact(row.campaign, row.decided_at))
-    return {customer: tuple(sorted(c, key=lambda x: x.at)) for customer, c in found.items()}
+    return query
 
 
-def _held_out(now: datetime, own_run: str | None, since: datetime) -> sa.Select[Any]:
+def _held_out(
+    now: datetime, own_run: str | None, since: datetime, customer_ids: Sequence[str] | None
+) -> sa.Select[Any]:
     """Holdout decisions from ``since`` on (not the run's own: a resumed run decides as it
     did the first time)."""
     query = sa.select(decisions.c.customer_id, decisions.c.campaign, decisions.c.decided_at).where(
@@ -156,7 +177,43 @@ def _held_out(now: datetime, own_run: str | None, since: datetime) -> sa.Select[
         decisions.c.decided_at >= since,
         decisions.c.decided_at <= now,
     )
+    if customer_ids is not None:
+        query = query.where(decisions.c.customer_id.in_(customer_ids))
     return query if own_run is None else query.where(decisions.c.run_key != own_run)
+
+
+def _latest_older(
+    oldest: datetime, recent: datetime, customer_ids: Sequence[str] | None
+) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """The latest e-mail and holdout decision per customer and campaign in ``[oldest,
+    recent)`` (a run's own are all recent: they are today's)."""
+    at = _mailed_at()
+    mailed = (
+        sa.select(
+            outbox.c.customer_id,
+            outbox.c.campaign,
+            sa.type_coerce(sa.func.max(at), UtcDateTime).label("at"),
+        )
+        .where(outbox.c.state.in_(LIVE_STATES), at >= oldest, at < recent)
+        .group_by(outbox.c.customer_id, outbox.c.campaign)
+    )
+    held = (
+        sa.select(
+            decisions.c.customer_id,
+            decisions.c.campaign,
+            sa.type_coerce(sa.func.max(decisions.c.decided_at), UtcDateTime).label("at"),
+        )
+        .where(
+            decisions.c.holdout.is_(True),
+            decisions.c.decided_at >= oldest,
+            decisions.c.decided_at < recent,
+        )
+        .group_by(decisions.c.customer_id, decisions.c.campaign)
+    )
+    if customer_ids is not None:
+        mailed = mailed.where(outbox.c.customer_id.in_(customer_ids))
+        held = held.where(decisions.c.customer_id.in_(customer_ids))
+    return mailed, held
 
 
 def _customer(row: Any) -> Customer:
