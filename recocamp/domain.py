@@ -419,6 +419,8 @@ class DeliveryReport:
 # --- contacts: what went out to a customer and what came back ----------------------------
 
 # a customer's own choice on the preferences page: at most one marketing mail per …
+CONTACT_HISTORY_DAYS = 35  # the least contact history a plan reads: a monthly preference and slack
+
 PREFERENCE_PERIODS = {
     "daily": timedelta(days=1),
     "weekly": timedelta(days=7),

@@ -5,6 +5,11 @@ recorded reason): paused by the customer → customer frequency preference → g
 (rolling 24 h and 7 days, across all campaigns) → per-campaign cooldown → quiet hours.
 Quiet hours never drop a decision: it is deferred to the next allowed instant.
 
+The 24 h cap counts hours; windows of days (the 7 days, the cooldown, a weekly or monthly
+preference) count calendar days in the customer's zone, ending at ``now``'s wall time that
+many days earlier, so a campaign that runs at 10:00 every week is not "within 7 days" of
+last week's mail in the week the clocks spring forward.
+
 Quiet hours are wall-clock times in the customer's zone (the shop's when unknown), so
 "21:00–08:00" means the same to a customer in Berlin and in Sydney, and across DST changes.
 If the end of quiet hours falls into a DST gap (a wall time that does not exist that day),
@@ -93,17 +98,27 @@ def check(
     if paused_until is not None and now < paused_until:
         return Verdict(Reason.PAUSED)
     period = PREFERENCE_PERIODS.get(preference or "")
-    if period is not None and _count(history, now - period) >= 1:
+    if period is not None and _count(history, days_before(now, period.days, zone)) >= 1:
         return Verdict(Reason.PREFERENCE)
     if _count(history, now - timedelta(hours=24)) >= policy.max_per_24h:
         return Verdict(Reason.CAPPED_24H)
-    if _count(history, now - timedelta(days=7)) >= policy.max_per_7d:
+    if _count(history, days_before(now, 7, zone)) >= policy.max_per_7d:
         return Verdict(Reason.CAPPED_7D)
-    since = now - timedelta(days=policy.cooldown_days)
+    since = days_before(now, policy.cooldown_days, zone)
     if any(c.campaign == campaign and c.at > since for c in history):
         return Verdict(Reason.COOLDOWN)
     wake = quiet_until(now, zone, policy.quiet_start, policy.quiet_end)
     return ALLOWED if wake is None else Verdict(Reason.QUIET_HOURS, wake)
+
+
+def days_before(now: datetime, days: int, zone: ZoneInfo) -> datetime:
+    """The instant ``days`` calendar days before ``now`` at the same wall time in ``zone``:
+    a window of days ends where a campaign scheduled at a fixed local time runs again. In
+    UTC hours, the week across a spring-forward change is 167 h, and a weekly mail sent at
+    10:00 would still be "within seven days" of the last one an hour later every spring."""
+    local = now.astimezone(zone)
+    wall = local.replace(tzinfo=None) - timedelta(days=days)
+    return wall.replace(tzinfo=zone, fold=local.fold).astimezone(UTC)
 
 
 def _count(history: Sequence[Contact], since: datetime) -> int:
@@ -129,6 +144,8 @@ def quiet_until(now: datetime, zone: ZoneInfo, start: time, end: time) -> dateti
     utc = wake.astimezone(UTC)
     if utc.astimezone(zone).replace(tzinfo=None) != wake.replace(tzinfo=None):
         utc = (wake + timedelta(hours=1)).replace(minute=0, second=0).astimezone(UTC)
+    if utc <= now:  # the end falls into the repeated hour, whose first pass is over
+        utc = wake.replace(fold=1).astimezone(UTC)
     return utc
 
 

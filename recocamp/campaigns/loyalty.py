@@ -7,6 +7,7 @@ tier is the highest one whose threshold the points reach. Pure.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,9 @@ class Standing:
 def points(history: History, events: Mapping[str, int], table: LoyaltySettings) -> int:
     """``events`` counts engagement events by kind (``review``, ``newsletter_signup``)."""
     earned = table.points_per_order * history.count
-    earned += int(table.points_per_currency_unit * max(history.spend, 0.0))
+    # whole points for whole currency units; rounded first, since a float sum of prices that
+    # make exactly 500.00 may be 499.99999999999994 (and 0.29 × 100 is 28.999999999999996)
+    earned += math.floor(round(table.points_per_currency_unit * max(history.spend, 0.0), 9))
     earned += table.points_per_review * events.get("review", 0)
     earned += table.points_per_newsletter_signup * events.get("newsletter_signup", 0)
     return earned

@@ -46,7 +46,7 @@ from recocamp.campaigns import caps, offers, predictive, segments
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.loyalty import Standing
 from recocamp.campaigns.segments import History, Rfm
-from recocamp.domain import ConsentBasis, Customer, CustomerForecast, Item
+from recocamp.domain import CONTACT_HISTORY_DAYS, ConsentBasis, Customer, CustomerForecast, Item
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
 
@@ -184,6 +184,15 @@ def context_for(
     return Context(now, items, popular, policy, settings.shop.zone, forecast=forecast)
 
 
+def history_days(campaign: Campaign, defaults: caps.CapPolicy) -> int:
+    """How many days of contact history ``campaign``'s decisions read: the cooldown and
+    ``not_contacted_days`` (a day more, for the hour a DST change adds), at least the five
+    weeks the caps and preferences need. A history cut shorter lets a 60-day cooldown lapse
+    after 35 days."""
+    rules = (campaign.policy(defaults).cooldown_days, campaign.audience.not_contacted_days or 0)
+    return max(CONTACT_HISTORY_DAYS, *(days + 1 for days in rules))
+
+
 def plan(campaign: Campaign, views: Iterable[CustomerView], context: Context) -> list[Decision]:
     policy = campaign.policy(context.policy)
     return [decide(campaign, view, context, policy) for view in views]
@@ -251,7 +260,7 @@ def decide(
 ) -> Decision:
     customer = view.customer
 
-    blocked = _consent(campaign, view)
+    blocked = _consent(campaign, view, context.now)
     if blocked is not None:
         return Decision(campaign.name, customer.id, Outcome.SKIP, blocked.value)
     zone = context.zone(customer.time_zone)
@@ -313,7 +322,7 @@ def _trigger(campaign: Campaign, view: CustomerView, context: Context) -> predic
     )
 
 
-def _consent(campaign: Campaign, view: CustomerView) -> Reason | None:
+def _consent(campaign: Campaign, view: CustomerView, now: datetime) -> Reason | None:
     customer = view.customer
     if customer.erased_at is not None:
         return Reason.ERASED
@@ -323,9 +332,21 @@ def _consent(campaign: Campaign, view: CustomerView) -> Reason | None:
         return Reason.UNSUBSCRIBED
     if view.suppressed:
         return Reason.SUPPRESSED
-    if customer.consent_basis is ConsentBasis.NONE or not campaign.allows(customer.consent_basis):
+    if not _consented(campaign, customer, now):
         return Reason.NO_CONSENT
     return None
+
+
+def _consented(campaign: Campaign, customer: Customer, now: datetime) -> bool:
+    """A basis the campaign allows, given by ``now`` (planning ``--as-of`` a day before the
+    double opt-in was confirmed must not use it). The existing-customer exception (UWG
+    §7(3)) covers offers of goods similar to those bought, never a survey, which offers none."""
+    basis = customer.consent_basis
+    if basis is ConsentBasis.NONE or not campaign.allows(basis):
+        return False
+    if customer.consent_at is not None and customer.consent_at > now:
+        return False
+    return not (basis is ConsentBasis.EXISTING_CUSTOMER and campaign.is_survey)
 
 
 def _audience(

@@ -33,9 +33,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from recocamp.campaigns import audience, compose, planner, predictive, render
+from recocamp.campaigns import audience, caps, compose, planner, predictive, render
 from recocamp.campaigns.files import Campaign
-from recocamp.domain import DeliveryReport, OutgoingEmail, PlanningRows
+from recocamp.domain import CONTACT_HISTORY_DAYS, DeliveryReport, OutgoingEmail, PlanningRows
 from recocamp.errors import Interrupted, ModelError
 from recocamp.recommender import models
 from recocamp.recommender.ranking import ranked_lists
@@ -99,8 +99,9 @@ def plan_run(engine: Engine, settings: Settings, campaign: Campaign, now: dateti
     """Load the planner's snapshot and decide for every customer at ``now``."""
     settings.require_signing_key()  # refuse before any work, not after planning
     own = run_key(campaign.name, now, settings.shop.zone)
+    days = planner.history_days(campaign, caps.CapPolicy.from_settings(settings.caps))
     with engine.connect() as connection:
-        snapshot = load_snapshot(connection, settings, now, own_run=own)
+        snapshot = load_snapshot(connection, settings, now, own_run=own, history_days=days)
     return plan_views(
         settings,
         campaign,
@@ -113,13 +114,21 @@ def plan_run(engine: Engine, settings: Settings, campaign: Campaign, now: dateti
 
 
 def load_snapshot(
-    connection: Connection, settings: Settings, now: datetime, *, own_run: str | None = None
+    connection: Connection,
+    settings: Settings,
+    now: datetime,
+    *,
+    own_run: str | None = None,
+    history_days: int = CONTACT_HISTORY_DAYS,
 ) -> audience.Snapshot:
     """The planner's snapshot at ``now`` (the run's, and the CLI's ``plan`` and ``preview``):
     the store's rows made into views, with the stored forecast when it is live at ``now``
     (``predictive.live_at``). ``own_run`` leaves that run's own e-mails out of the contact
-    history, so a resumed run decides as it did the first time."""
-    rows = views.planning_rows(connection, now, settings.recommender.top_n, own_run=own_run)
+    history, so a resumed run decides as it did the first time; ``history_days``: how far back
+    the contact history reaches (``planner.history_days`` of the campaign planned)."""
+    rows = views.planning_rows(
+        connection, now, settings.recommender.top_n, own_run=own_run, history_days=history_days
+    )
     outside_the_cache(connection, settings, rows)
     return audience.snapshot(rows, settings.loyalty, now, live_forecast(connection, settings, now))
 
@@ -322,7 +331,8 @@ def _checked_again(
     both mail, past ``max_per_24h``."""
     views.lock_contacts(connection)
     ids = planner.to_recheck(chunk)
-    fresh = views.contacts_of(connection, ids, now, own_run=planned.report.run_key)
+    days = planner.history_days(campaign, planned.context.policy)
+    fresh = views.contacts_of(connection, ids, now, planned.report.run_key, days)
     return planner.recheck(campaign, chunk, fresh, planned.context)
 
 

@@ -175,8 +175,10 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def last_contacted_within(contacts: Iterable[datetime], now: datetime, days: float) -> bool:
+    """A contact in the last ``days``, or one still to come: an e-mail queued for the end of
+    quiet hours goes out after ``now``, and the caps count it already."""
     since = now - timedelta(days=days)
-    return any(since < at <= now for at in contacts)
+    return any(at > since for at in contacts)
 
 
 # --- RFM ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from recocamp.campaigns import audience, compose, planner, render, segments
 from recocamp.campaigns import check as checks
-from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.files import Campaign, caps_defaults
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli.common import (
     MAX_ROWS,
@@ -97,10 +97,13 @@ def _catalogue(settings: Settings, loaded: list[Campaign]) -> tuple[checks.Catal
     return checks.Catalogue(frozenset(categories), known), ""
 
 
-def _planning(settings: Settings, as_of: str | None) -> tuple[audience.Snapshot, planner.Context]:
+def _planning(
+    settings: Settings, as_of: str | None, campaign: Campaign
+) -> tuple[audience.Snapshot, planner.Context]:
     end = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
+    days = planner.history_days(campaign, caps_defaults(settings))
     with engine_for(settings).connect() as connection:
-        snapshot = load_snapshot(connection, settings, end)
+        snapshot = load_snapshot(connection, settings, end, history_days=days)
     context = planner.context_for(
         settings, end, snapshot.items, snapshot.popular, snapshot.forecast
     )
@@ -124,7 +127,7 @@ def plan_campaign(
     with errors_to_exit():
         settings = current_settings()
         chosen = one_campaign(settings, campaign, campaigns, templates)
-        snapshot, context = _planning(settings, as_of)
+        snapshot, context = _planning(settings, as_of, chosen)
         decisions = planner.plan(chosen, snapshot.views, context)
     tally = planner.counts(decisions)
     # why a filter matches nobody: a value no item in the catalogue has
@@ -208,7 +211,7 @@ def preview(
     with errors_to_exit():
         settings = current_settings()
         chosen = one_campaign(settings, campaign, campaigns, templates)
-        snapshot, context = _planning(settings, as_of)
+        snapshot, context = _planning(settings, as_of, chosen)
         view = next((v for v in snapshot.views if v.customer.id == customer), None)
         if view is None:
             raise ConfigError(

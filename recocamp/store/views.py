@@ -3,11 +3,12 @@
 Orders are purchase lines of known customers grouped by order (time, revenue, items);
 recommendation lists come from the top-N cache; the cold-start list from the live model, or
 straight from recent sales when no model is live yet. Contact history is the outbox (every
-e-mail queued, sent or delivered in the last 35 days, at the time it went or will go out) and
-the holdout decisions of those days, at the instant they were decided: a held-out customer
-meets the caps and cooldown as if the e-mail had gone out, so treated and held-out customers
-stay comparable run after run (see ``planner``). Suppressions are the hashed addresses of the
-suppression list. ``campaigns.audience`` turns these rows into the planner's views.
+e-mail queued, sent or delivered in the last ``history_days``, 35 or more, at the time it went
+or will go out) and the holdout decisions of those days, at the instant they were decided: a
+held-out customer meets the caps and cooldown as if the e-mail had gone out, so treated and
+held-out customers stay comparable run after run (see ``planner``). Suppressions are the
+hashed addresses of the suppression list. ``campaigns.audience`` turns these rows into the
+planner's views.
 
 A run reads the contact histories of each chunk again, under :func:`lock_contacts`, in the
 transaction that writes the chunk (:func:`contacts_of`): the caps hold across runs that
@@ -24,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from recocamp.domain import (
+    CONTACT_HISTORY_DAYS,
     ConsentBasis,
     Contact,
     Customer,
@@ -37,6 +39,7 @@ from recocamp.store.engine import driver_rows
 from recocamp.store.locks import lock_key
 from recocamp.store.outbox import LIVE_STATES
 from recocamp.store.schema import (
+    UtcDateTime,
     customers,
     decisions,
     items,
@@ -49,17 +52,24 @@ from recocamp.store.schema import (
 
 
 def planning_rows(
-    connection: sa.Connection, now: datetime, top_n: int, *, own_run: str | None = None
+    connection: sa.Connection,
+    now: datetime,
+    top_n: int,
+    *,
+    own_run: str | None = None,
+    history_days: int = CONTACT_HISTORY_DAYS,
 ) -> PlanningRows:
     """Everything the planner needs at ``now``. ``own_run`` (a run key, ``campaign/day``)
     leaves that run's own e-mails out of the contact history: a run resumed after a crash
-    decides as it did the first time instead of seeing its own mail as a cap."""
+    decides as it did the first time instead of seeing its own mail as a cap.
+    ``history_days``: how far back the contact history reaches (a campaign's cooldown or
+    ``not_contacted_days`` may look further back than the default five weeks)."""
     catalogue = _items(connection)
     orders = _orders(connection, now)
     personal = {
         row.customer_id: row.items for row in connection.execute(sa.select(recommendations))
     }
-    contacts = _contacts(connection, now, own_run)
+    contacts = _contacts(connection, now, own_run, history_days=history_days)
     suppressed = frozenset(connection.execute(sa.select(suppressions.c.email_hash)).scalars())
     records = [
         CustomerRecord(_customer(row), row.frequency_preference, row.paused_until)
@@ -93,6 +103,7 @@ def contacts_of(
     customer_ids: Sequence[str],
     now: datetime,
     own_run: str | None = None,
+    history_days: int = CONTACT_HISTORY_DAYS,
 ) -> dict[str, tuple[Contact, ...]]:
     """The contact histories of ``customer_ids`` as :func:`planning_rows` reads them (those
     with none left out): read again under :func:`lock_contacts` just before a chunk of a run
@@ -100,7 +111,7 @@ def contacts_of(
     found: dict[str, tuple[Contact, ...]] = {}
     for start in range(0, len(customer_ids), IN_BATCH):
         batch = customer_ids[start : start + IN_BATCH]
-        found |= _contacts(connection, now, own_run, batch)
+        found |= _contacts(connection, now, own_run, batch, history_days)
     return found
 
 
@@ -109,15 +120,40 @@ def _contacts(
     now: datetime,
     own_run: str | None = None,
     customer_ids: Sequence[str] | None = None,
+    history_days: int = CONTACT_HISTORY_DAYS,
 ) -> dict[str, tuple[Contact, ...]]:
-    at = sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
+    """Every contact of the last five weeks (what the caps and preferences count), and where
+    ``history_days`` reaches further back, the latest older one per customer and campaign: a
+    cooldown or ``not_contacted_days`` asks only whether there was one, and reading every
+    e-mail of 300 days (the birthday campaign's cooldown) would cost a run its memory."""
+    recent = now - timedelta(days=CONTACT_HISTORY_DAYS)
+    found: dict[str, list[Contact]] = defaultdict(list)
+    for row in connection.execute(_mailed(recent, own_run, customer_ids)):
+        found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
+    for row in connection.execute(_held_out(now, own_run, recent, customer_ids)):
+        found[row.customer_id].append(Contact(row.campaign, row.decided_at))
+    if history_days > CONTACT_HISTORY_DAYS:
+        oldest = now - timedelta(days=history_days)
+        for query in _latest_older(oldest, recent, customer_ids):
+            for row in connection.execute(query):
+                found[row.customer_id].append(Contact(row.campaign, row.at))
+    return {customer: tuple(sorted(c, key=lambda x: x.at)) for customer, c in found.items()}
+
+
+def _mailed_at() -> sa.ColumnElement[Any]:
+    """When an e-mail went, or will go, out."""
+    return sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
+
+
+def _mailed(
+    since: datetime, own_run: str | None, customer_ids: Sequence[str] | None
+) -> sa.Select[Any]:
+    """E-mails queued, sent or delivered from ``since`` on (not the run's own)."""
     query = sa.select(
         outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at, outbox.c.not_before
-    ).where(outbox.c.state.in_(LIVE_STATES), at >= now - timedelta(days=35))
-    held_out = _held_out(now, own_run)
+    ).where(outbox.c.state.in_(LIVE_STATES), _mailed_at() >= since)
     if customer_ids is not None:
         query = query.where(outbox.c.customer_id.in_(customer_ids))
-        held_out = held_out.where(decisions.c.customer_id.in_(customer_ids))
     if own_run is not None:  # send keys are campaign/customer/day, run keys campaign/day
         campaign, _, day = own_run.rpartition("/")
         query = query.where(
@@ -128,23 +164,56 @@ def _contacts(
                 )
             )
         )
-    found: dict[str, list[Contact]] = defaultdict(list)
-    for row in connection.execute(query):
-        found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
-    for row in connection.execute(held_out):
-        found[row.customer_id].append(Contact(row.campaign, row.decided_at))
-    return {customer: tuple(sorted(c, key=lambda x: x.at)) for customer, c in found.items()}
+    return query
 
 
-def _held_out(now: datetime, own_run: str | None) -> sa.Select[Any]:
-    """Holdout decisions of the last 35 days (not the run's own: a resumed run decides as
-    it did the first time)."""
+def _held_out(
+    now: datetime, own_run: str | None, since: datetime, customer_ids: Sequence[str] | None
+) -> sa.Select[Any]:
+    """Holdout decisions from ``since`` on (not the run's own: a resumed run decides as it
+    did the first time)."""
     query = sa.select(decisions.c.customer_id, decisions.c.campaign, decisions.c.decided_at).where(
         decisions.c.holdout.is_(True),
-        decisions.c.decided_at >= now - timedelta(days=35),
+        decisions.c.decided_at >= since,
         decisions.c.decided_at <= now,
     )
+    if customer_ids is not None:
+        query = query.where(decisions.c.customer_id.in_(customer_ids))
     return query if own_run is None else query.where(decisions.c.run_key != own_run)
+
+
+def _latest_older(
+    oldest: datetime, recent: datetime, customer_ids: Sequence[str] | None
+) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """The latest e-mail and holdout decision per customer and campaign in ``[oldest,
+    recent)`` (a run's own are all recent: they are today's)."""
+    at = _mailed_at()
+    mailed = (
+        sa.select(
+            outbox.c.customer_id,
+            outbox.c.campaign,
+            sa.type_coerce(sa.func.max(at), UtcDateTime).label("at"),
+        )
+        .where(outbox.c.state.in_(LIVE_STATES), at >= oldest, at < recent)
+        .group_by(outbox.c.customer_id, outbox.c.campaign)
+    )
+    held = (
+        sa.select(
+            decisions.c.customer_id,
+            decisions.c.campaign,
+            sa.type_coerce(sa.func.max(decisions.c.decided_at), UtcDateTime).label("at"),
+        )
+        .where(
+            decisions.c.holdout.is_(True),
+            decisions.c.decided_at >= oldest,
+            decisions.c.decided_at < recent,
+        )
+        .group_by(decisions.c.customer_id, decisions.c.campaign)
+    )
+    if customer_ids is not None:
+        mailed = mailed.where(outbox.c.customer_id.in_(customer_ids))
+        held = held.where(decisions.c.customer_id.in_(customer_ids))
+    return mailed, held
 
 
 def _customer(row: Any) -> Customer:

@@ -149,3 +149,41 @@ def test_the_cap_defaults_are_the_settings_defaults() -> None:
         quiet_hours_end=time(7, 30),
     )
     assert CapPolicy.from_settings(caps) == CapPolicy(2, 5, 3, time(22, 0), time(7, 30))
+
+
+@pytest.mark.parametrize(
+    ("history", "expected"),
+    [
+        # a weekly campaign at 10:00 Berlin: 2024-03-26 (CET) and 2024-04-02 (CEST) are seven
+        # calendar days apart, but only 167 hours: the week across the spring-forward change
+        ([Contact("weekly", datetime(2024, 3, 26, 9, 0, tzinfo=UTC))], None),
+        # one hour later on the same day is still inside the seven days
+        ([Contact("weekly", datetime(2024, 3, 26, 10, 0, tzinfo=UTC))], Reason.COOLDOWN),
+    ],
+)
+def test_a_cooldown_counts_calendar_days_across_the_spring_forward(
+    history: list[Contact], expected: Reason | None
+) -> None:
+    now = datetime(2024, 4, 2, 10, 0, tzinfo=BERLIN).astimezone(UTC)  # 08:00 UTC
+    loose = CapPolicy(max_per_24h=5, max_per_7d=5, cooldown_days=7)
+    assert check(history, loose, "weekly", now, BERLIN).reason == expected
+
+
+def test_the_seven_day_cap_and_a_weekly_preference_count_calendar_days_across_dst() -> None:
+    """Three mails at 10:00 Berlin, the first seven calendar days before ``now``: the seven
+    days end at 10:00 local, whatever the clocks did in between."""
+    now = datetime(2024, 4, 2, 10, 0, tzinfo=BERLIN).astimezone(UTC)
+    days = (datetime(2024, 3, 26, 10, 0), datetime(2024, 3, 28, 10, 0), datetime(2024, 4, 1, 10))
+    history = [Contact("other", day.replace(tzinfo=BERLIN).astimezone(UTC)) for day in days]
+    assert check(history, POLICY, "c", now, BERLIN).allowed
+    weekly = history[:1]
+    assert check(weekly, POLICY, "c", now, BERLIN, preference="weekly").allowed
+
+
+def test_a_quiet_end_in_the_repeated_hour_never_wakes_before_now() -> None:
+    """Quiet hours until 02:30 on 2024-10-27 in Berlin, when 02:00–03:00 happens twice: at
+    02:15 the second time, the e-mail waits for the 02:30 that is still to come."""
+    night = datetime(2024, 10, 27, 2, 15, tzinfo=BERLIN, fold=1).astimezone(UTC)
+    wake = quiet_until(night, BERLIN, time(21, 0), time(2, 30))
+    assert wake == datetime(2024, 10, 27, 2, 30, tzinfo=BERLIN, fold=1).astimezone(UTC)
+    assert wake is not None and wake > night

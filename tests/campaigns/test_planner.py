@@ -194,3 +194,36 @@ def test_one_builder_makes_the_context_from_the_settings() -> None:
     assert (context.policy.max_per_7d, context.policy.cooldown_days) == (2, 10)
     assert context.shop_zone == ZoneInfo("America/New_York") == context.zone(None)
     assert (context.now, context.items, context.popular) == (NOW, ITEMS, POPULAR)
+
+
+def test_a_mail_waiting_out_quiet_hours_is_a_contact_for_not_contacted_days() -> None:
+    """Another campaign's e-mail is queued for 08:00 tomorrow (deferred past quiet hours):
+    the customer is being contacted, and a campaign for customers not contacted in 14 days
+    must not mail them too, even where the shop's caps allow two e-mails a day."""
+    quiet = campaign(audience={"not_contacted_days": 14})
+    waiting = (caps.Contact("other", NOW + timedelta(hours=20)),)
+    two_a_day = replace(CONTEXT, policy=caps.CapPolicy(max_per_24h=2))
+    assert run(quiet, view(contacts=waiting), two_a_day) == (
+        Outcome.SKIP,
+        "not_in_audience:not_contacted_days",
+    )
+
+
+def test_a_survey_never_goes_out_under_the_existing_customer_exception() -> None:
+    """UWG §7(3) allows mail to existing customers only for the shop's own goods similar to
+    those bought; a survey offers none, so it needs consent even where its file lists the
+    exception (as a BGH ruling holds a feedback request to be advertising)."""
+    survey = campaign(type="nps", legal_basis=["double_opt_in", "existing_customer"])
+    assert run(survey, view(consent_basis=ConsentBasis.EXISTING_CUSTOMER)) == (
+        Outcome.SKIP,
+        "no_consent",
+    )
+    assert run(survey, view())[0] is Outcome.SEND
+
+
+def test_a_consent_given_after_now_does_not_count_yet() -> None:
+    """Planning as of a day before the customer confirmed the double opt-in (``plan
+    --as-of``, a simulated run): at that instant there was no consent to mail them."""
+    later = view(consent_at=NOW + timedelta(days=3))
+    assert run(campaign(), later) == (Outcome.SKIP, "no_consent")
+    assert run(campaign(), view(consent_at=NOW - timedelta(seconds=1)))[0] is Outcome.SEND
