@@ -234,13 +234,16 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int
             )
         ).scalars()
     )
-    hashes = {email_hash(c.email.to): c.id for c in claimed}
+    # one address may have several mails in a batch (two campaigns): every one of them counts
+    hashes = {c.id: email_hash(c.email.to) for c in claimed}
     suppressed = set(
         connection.execute(
-            sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(hashes))
+            sa.select(suppressions.c.email_hash).where(
+                suppressions.c.email_hash.in_(set(hashes.values()))
+            )
         ).scalars()
     )
-    return {c.id for c in claimed if c.customer_id in gone} | {hashes[h] for h in suppressed}
+    return {c.id for c in claimed if c.customer_id in gone or hashes[c.id] in suppressed}
 
 
 def _set(
