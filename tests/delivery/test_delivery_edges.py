@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from recocamp.campaigns.render import Renderer
 from recocamp.clock import FixedClock
 from recocamp.delivery.esp.fake import FakeProvider
+from recocamp.delivery.processes import drain_in_processes
+from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
+from recocamp.store.schema import outbox as outbox_table
 from tests.conftest import NOW
-from tests.delivery.test_deliver import deliverer, email, states, store
+from tests.delivery.test_deliver import TEMPLATES, deliverer, email, states, store
 
 
 def test_a_suppressed_address_with_two_mails_in_one_batch_gets_neither(
@@ -26,3 +32,27 @@ def test_a_suppressed_address_with_two_mails_in_one_batch_gets_neither(
     report = deliverer(engine, fake, FixedClock(NOW)).drain()
     assert fake.sent == [] and report.sent == 0
     assert states(engine) == Counter({"cancelled": 2})
+
+
+def test_a_stop_ends_a_delivering_process_that_waits_for_a_retry(engine: sa.Engine) -> None:
+    """A process waiting for a retry that comes due in 50 s (within ``max_wait_s``) stops
+    when told, not when the wait is over: its wait slept on ``time.sleep``, deaf to the stop,
+    so a SIGTERM took the worker past its shutdown timeout."""
+    later = datetime.now(UTC) + timedelta(seconds=50)  # the processes run on the real clock
+    store(engine, [email(0)])
+    with engine.begin() as connection:
+        connection.execute(sa.update(outbox_table).values(not_before=later))
+    settings = Settings(esp=EspSettings(provider="fake"))
+    asked = time.monotonic()
+    report = drain_in_processes(
+        engine,
+        settings,
+        Renderer(TEMPLATES),
+        None,
+        1,
+        60.0,
+        producing=lambda: False,
+        stopping=lambda: time.monotonic() - asked > 3.0,  # once the child is waiting
+    )
+    assert time.monotonic() - asked < 30.0  # ~4 s; the old process slept its 50 s out
+    assert report.sent == 0 and states(engine) == Counter({"queued": 1})
