@@ -22,7 +22,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from recocamp.campaigns.render import Renderer
 from recocamp.clock import Clock
@@ -135,7 +135,7 @@ class Deliverer:
                 now = self.clock.now()
                 claimed = outbox.claim(self.engine, self.worker, now, self.batch, campaign)
                 if claimed:
-                    report.add(self._send(claimed))
+                    report.add(self._send(claimed, now))
                     self.on_progress(len(claimed))
                 elif producing():
                     time.sleep(POLL_S)  # real time: the producer needs the moment
@@ -164,13 +164,13 @@ class Deliverer:
 
     # -- one batch ------------------------------------------------------------------------
 
-    def _send(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+    def _send(self, claimed: list[outbox.Claimed], leased_at: datetime) -> DeliveryReport:
         ready, broken = self._render(claimed)
         report = DeliveryReport()
         if broken:  # this message cannot be rendered: failed, never sent half-done
             self._record([c for c, _ in broken], [r for _, r in broken], report, suppress=False)
         if ready:
-            report.add(self._request(ready))
+            report.add(self._request(ready, leased_at))
         return report
 
     def _render(self, claimed: list[outbox.Claimed]) -> tuple[list[outbox.Claimed], Broken]:
@@ -205,13 +205,16 @@ class Deliverer:
             ready.append(c.rendered(html, text))
         return ready, broken
 
-    def _request(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+    def _request(self, claimed: list[outbox.Claimed], leased_at: datetime) -> DeliveryReport:
         self.limiter.take()
+        claimed = self._held(claimed, leased_at)
+        if not claimed:
+            return DeliveryReport()
         report = DeliveryReport(requests=1)
         try:
             results = self.provider.send_batch([c.email for c in claimed])
         except BatchTooLargeError:
-            return self._split(claimed)
+            return self._split(claimed, leased_at)
         except TransientDeliveryError as exc:
             return self._transient(claimed, exc)
         except PermanentDeliveryError as exc:
@@ -227,7 +230,23 @@ class Deliverer:
         # batch: the claims stay, and the next deliverer looks them up before resending
         return self._record(claimed, results, report)
 
-    def _split(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+    def _held(self, claimed: list[outbox.Claimed], leased_at: datetime) -> list[outbox.Claimed]:
+        """The claims still ours, with their lease renewed once half of it is gone: a wait
+        (rendering, the rate limit) past the lease lets another deliverer take them over and
+        send them, and sending them here as well would be a duplicate."""
+        now = self.clock.now()
+        if (now - leased_at).total_seconds() < self.settings.claim_lease_s / 2:
+            return claimed
+        with self.engine.begin() as connection:
+            held = outbox.renew(connection, [c.id for c in claimed], self.worker, now)
+        if len(held) < len(claimed):
+            log.warning(
+                "%d claims were taken over while this deliverer waited: not sent here",
+                len(claimed) - len(held),
+            )
+        return [c for c in claimed if c.id in held]
+
+    def _split(self, claimed: list[outbox.Claimed], leased_at: datetime) -> DeliveryReport:
         if len(claimed) == 1:
             results = [
                 SendResult(
@@ -238,8 +257,8 @@ class Deliverer:
             ]
             return self._record(claimed, results, DeliveryReport(requests=1), suppress=False)
         half = len(claimed) // 2
-        report = self._request(claimed[:half])
-        report.add(self._request(claimed[half:]))
+        report = self._request(claimed[:half], leased_at)
+        report.add(self._request(claimed[half:], leased_at))
         return report
 
     def _transient(

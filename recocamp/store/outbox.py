@@ -292,6 +292,21 @@ def mark_sent(
     )
 
 
+def renew(connection: sa.Connection, ids: Sequence[int], by: str, now: datetime) -> set[int]:
+    """Renew the lease of the claims among ``ids`` that ``by`` still holds, and return those:
+    a claim taken over meanwhile (its lease ran out) is its new owner's to send."""
+    held: set[int] = set()
+    for start in range(0, len(ids), 5000):
+        statement = (
+            sa.update(outbox)
+            .where(outbox.c.id.in_(ids[start : start + 5000]), _owned(by))
+            .values(claimed_at=now, updated_at=now)
+            .returning(outbox.c.id)
+        )
+        held.update(connection.execute(statement).scalars())
+    return held
+
+
 def retry_later(
     connection: sa.Connection,
     delays: dict[int, float],

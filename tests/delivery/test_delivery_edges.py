@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -10,13 +11,16 @@ import sqlalchemy as sa
 
 from recocamp.campaigns.render import Renderer
 from recocamp.clock import FixedClock
+from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.delivery.processes import drain_in_processes
+from recocamp.domain import DeliveryReport
+from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
 from recocamp.store.schema import outbox as outbox_table
 from tests.conftest import NOW
-from tests.delivery.test_deliver import TEMPLATES, deliverer, email, states, store
+from tests.delivery.test_deliver import ESP, TEMPLATES, deliverer, email, states, store
 
 
 def test_a_suppressed_address_with_two_mails_in_one_batch_gets_neither(
@@ -56,3 +60,29 @@ def test_a_stop_ends_a_delivering_process_that_waits_for_a_retry(engine: sa.Engi
     )
     assert time.monotonic() - asked < 30.0  # ~4 s; the old process slept its 50 s out
     assert report.sent == 0 and states(engine) == Counter({"queued": 1})
+
+
+def test_a_claim_whose_lease_ran_out_while_waiting_is_not_sent_by_its_old_owner(
+    engine: sa.Engine,
+) -> None:
+    """Deliverer A (host a) claims, then waits on the rate limit past the lease; B (host b)
+    finds the claims stale, finds them not accepted, and sends them. A, awake again, must
+    not send them a second time (it sent them: two copies of each)."""
+    store(engine, [email(0), email(1)])
+    clock, fake = FixedClock(NOW), FakeProvider()
+    lease = ESP.claim_lease_s
+    others: list[DeliveryReport] = []
+
+    def wait(seconds: float) -> None:
+        clock.advance(timedelta(seconds=seconds))
+        if not others:  # meanwhile, on another host
+            others.append(deliverer(engine, fake, clock, worker="b:2:b").drain())
+
+    limiter = RateLimiter(1.0 / (lease + 1), wait, monotonic=lambda: 0.0)
+    limiter.take()  # the bucket is empty: A's request waits lease + 1 s for its token
+    first = Deliverer(
+        engine, fake, ESP, clock, sleep=wait, rng=random.Random(1), worker="a:1:a", limiter=limiter
+    ).drain()
+    assert others[0].reconciled == 0 and others[0].sent == 2
+    assert sorted(m.send_key for m in fake.sent) == [email(0).send_key, email(1).send_key]
+    assert first.sent == 0 and states(engine) == Counter({"sent": 2})
