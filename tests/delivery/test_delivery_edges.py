@@ -5,16 +5,22 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
+import pytest
 import sqlalchemy as sa
 
 from recocamp.campaigns.render import Renderer
 from recocamp.clock import FixedClock
 from recocamp.delivery.deliverer import Deliverer
+from recocamp.delivery.esp import http as esp_http
 from recocamp.delivery.esp.fake import FakeProvider
+from recocamp.delivery.esp.postmark import Postmark
 from recocamp.delivery.processes import drain_in_processes
 from recocamp.domain import DeliveryReport
+from recocamp.errors import TransientDeliveryError
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
@@ -86,3 +92,39 @@ def test_a_claim_whose_lease_ran_out_while_waiting_is_not_sent_by_its_old_owner(
     assert others[0].reconciled == 0 and others[0].sent == 2
     assert sorted(m.send_key for m in fake.sent) == [email(0).send_key, email(1).send_key]
     assert first.sent == 0 and states(engine) == Counter({"sent": 2})
+
+
+# --- Retry-After ------------------------------------------------------------------------------
+
+RETRY_NOW = NOW.timestamp()
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The machine's local time zone is not UTC (a server in New York)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("new_york")
+def test_a_retry_after_in_asctime_format_is_gmt_whatever_the_local_zone() -> None:
+    """RFC 9110 §5.6.7: the asctime form has no zone and is GMT, like the others. It was
+    read in the machine's zone: 90 s became 5 h 1.5 min in New York."""
+    headers = httpx.Headers({"Retry-After": "Thu Jan 15 12:01:30 2026"})
+    assert esp_http.retry_after(headers, now=RETRY_NOW) == 90.0
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"9" * 400], ids=["superscript-two", "400-digits"])
+def test_a_retry_after_that_is_no_finite_number_of_seconds_is_ignored(value: bytes) -> None:
+    """A byte that decodes to a digit Python cannot read ('²' isdigit) raised ValueError out
+    of the provider (a crash of the drain, not a 429); 400 digits made an infinite wait."""
+    answer = httpx.Response(429, headers=[(b"Retry-After", value)], json={"Message": "slow"})
+    provider = Postmark(
+        "http://esp.test", "t", "shop@example.test", transport=httpx.MockTransport(lambda r: answer)
+    )
+    with pytest.raises(TransientDeliveryError) as raised:
+        provider.send_batch([email(0)])
+    assert raised.value.retry_after is None
