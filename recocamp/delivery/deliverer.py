@@ -81,6 +81,7 @@ class Deliverer:
         self.limiter = limiter or RateLimiter(settings.rate_limit_per_s, sleep)
         self.batch = min(settings.batch_size, provider.batch_limit)
         self.tally: dict[str, Counter[str]] = {}
+        self.quiet_until: datetime | None = None  # the provider's Retry-After, for every batch
         self.on_progress: Callable[[int], None] = lambda n: None
 
     # -- reconciliation -------------------------------------------------------------------
@@ -132,6 +133,12 @@ class Deliverer:
         try:
             report = DeliveryReport(reconciled=self.reconcile())
             while not self.stopping():
+                quiet = self._quiet_s()
+                if quiet > max_wait_s:
+                    break
+                if quiet > 0:
+                    self.sleep(quiet)
+                    continue
                 now = self.clock.now()
                 claimed = outbox.claim(self.engine, self.worker, now, self.batch, campaign)
                 if claimed:
@@ -144,6 +151,13 @@ class Deliverer:
         finally:
             outbox.draining.discard(self.worker)
         return self._finish(report, campaign)
+
+    def _quiet_s(self) -> float:
+        """Seconds the provider asked us to send nothing at all (Retry-After on a 429 or a
+        5xx is about the account, not about the batch it answered)."""
+        if self.quiet_until is None:
+            return 0.0
+        return max(0.0, (self.quiet_until - self.clock.now()).total_seconds())
 
     def _wait_for_due(self, campaign: str | None, max_wait_s: float) -> bool:
         with self.engine.connect() as connection:
@@ -264,6 +278,9 @@ class Deliverer:
     def _transient(
         self, claimed: list[outbox.Claimed], exc: TransientDeliveryError
     ) -> DeliveryReport:
+        if exc.retry_after:
+            until = self.clock.now() + timedelta(seconds=min(exc.retry_after, MAX_RETRY_AFTER_S))
+            self.quiet_until = max(until, self.quiet_until or until)
         found = self._lookup([c.email.send_key for c in claimed]) if exc.ambiguous else {}
         results = [
             SendResult(c.email.send_key, SendStatus.ACCEPTED, message_id=found[c.email.send_key])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -19,14 +19,22 @@ from recocamp.delivery.esp import http as esp_http
 from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.delivery.processes import drain_in_processes
-from recocamp.domain import DeliveryReport
+from recocamp.domain import DeliveryReport, OutgoingEmail, SendResult
 from recocamp.errors import TransientDeliveryError
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
 from recocamp.store.schema import outbox as outbox_table
 from tests.conftest import NOW
-from tests.delivery.test_deliver import ESP, TEMPLATES, deliverer, email, states, store
+from tests.delivery.test_deliver import (
+    ESP,
+    TEMPLATES,
+    deliverer,
+    email,
+    fill,
+    states,
+    store,
+)
 
 
 def test_a_suppressed_address_with_two_mails_in_one_batch_gets_neither(
@@ -128,3 +136,27 @@ def test_a_retry_after_that_is_no_finite_number_of_seconds_is_ignored(value: byt
     with pytest.raises(TransientDeliveryError) as raised:
         provider.send_batch([email(0)])
     assert raised.value.retry_after is None
+
+
+class Stamped(FakeProvider):
+    """Records the clock's time of every request it gets."""
+
+    def __init__(self, clock: FixedClock, batch_limit: int) -> None:
+        super().__init__(batch_limit)
+        self.clock, self.at = clock, list[datetime]()
+
+    def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        self.at.append(self.clock.now())
+        return super().send_batch(messages)
+
+
+def test_after_a_429_with_retry_after_no_request_goes_out_before_it(engine: sa.Engine) -> None:
+    """The provider said "429, come back in 30 s" about the account, not about one batch:
+    the next batches waited for nothing and got 429s of their own, one after the other."""
+    fill(engine, 6)
+    clock = FixedClock(NOW)
+    fake = Stamped(clock, batch_limit=2)
+    fake.fail_requests = [TransientDeliveryError("HTTP 429", retry_after=30.0)]
+    report = deliverer(engine, fake, clock).drain(max_wait_s=60)
+    assert report.sent == 6 and len(fake.sent) == 6
+    assert fake.at[0] == NOW and all(at >= NOW + timedelta(seconds=30) for at in fake.at[1:])
