@@ -309,7 +309,7 @@ class Deliverer:
     ) -> DeliveryReport:
         now = self.clock.now()
         by_key = {r.send_key: r for r in results}
-        sent, delays, errors, rejected = {}, {}, {}, {}
+        sent, delays, errors, rejected, failed = {}, {}, {}, {}, {}
         for c in claimed:
             result = by_key[c.email.send_key]
             if result.status is SendStatus.ACCEPTED:
@@ -317,6 +317,8 @@ class Deliverer:
             elif result.status is SendStatus.RETRY:
                 delays[c.id] = self._delay(c.attempts, result.retry_after)
                 errors[c.id] = result.error or "retry"
+            elif result.status is SendStatus.FAILED:
+                failed[c.id] = result.error or "failed"
             else:
                 rejected[c.id] = result.error or "rejected"
         with self.engine.begin() as connection:
@@ -330,12 +332,12 @@ class Deliverer:
                 self.worker,
                 refund=refund,
             )
-            outbox.fail(connection, rejected, now, self.worker)
+            outbox.fail(connection, rejected | failed, now, self.worker)
             if suppress:
                 self._suppress(connection, [c for c in claimed if c.id in rejected])
         report.sent += len(sent)
         report.retried += len(delays) - out_of_attempts
-        report.failed += out_of_attempts + (0 if suppress else len(rejected))
+        report.failed += out_of_attempts + len(failed) + (0 if suppress else len(rejected))
         report.rejected += len(rejected) if suppress else 0
         if tally:
             self._count(claimed, ok=set(sent))

@@ -17,6 +17,8 @@ from recocamp.clock import FixedClock
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import http as esp_http
 from recocamp.delivery.esp.fake import FakeProvider
+from recocamp.delivery.esp.fake_server import FakeEsp, running
+from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.delivery.processes import drain_in_processes
 from recocamp.domain import DeliveryReport, OutgoingEmail, SendResult
@@ -25,6 +27,7 @@ from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
 from recocamp.store.schema import outbox as outbox_table
+from recocamp.store.schema import suppressions
 from tests.conftest import NOW
 from tests.delivery.test_deliver import (
     ESP,
@@ -160,3 +163,24 @@ def test_after_a_429_with_retry_after_no_request_goes_out_before_it(engine: sa.E
     report = deliverer(engine, fake, clock).drain(max_wait_s=60)
     assert report.sent == 6 and len(fake.sent) == 6
     assert fake.at[0] == NOW and all(at >= NOW + timedelta(seconds=30) for at in fake.at[1:])
+
+
+def test_a_postmark_300_about_our_sender_fails_the_mail_and_suppresses_nobody(
+    engine: sa.Engine,
+) -> None:
+    """A typo in ``[esp] from_email`` makes Postmark answer ErrorCode 300 ("Error parsing
+    'From'") for every message of the batch: our fault, not the recipients'. Each of them
+    was suppressed for good (a 300 about the 'To' address still suppresses: test_providers)."""
+    store(engine, [email(0), email(1)])
+    fake = FakeEsp(token="t")
+    with running(create_fake(fake)) as url:
+        provider = Postmark(url, "t", "shop@@example.test")
+        try:
+            report = Deliverer(engine, provider, ESP, FixedClock(NOW)).drain()
+        finally:
+            provider.close()
+    with engine.connect() as connection:
+        suppressed = connection.execute(sa.select(sa.func.count()).select_from(suppressions))
+        assert suppressed.scalar_one() == 0
+    assert report.sent == 0 and report.rejected == 0 and report.failed == 2
+    assert states(engine) == Counter({"failed": 2})
