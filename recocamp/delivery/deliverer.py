@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_RETRY_AFTER_S = 86_400.0  # a provider asking for more than a day is not taken literally
 Progress = Callable[[int], None]
 POLL_S = 0.05  # while a campaign is still being rendered: look for new mail this often
+QUIET_SLICE_S = 1.0  # waiting out a Retry-After: ask whether the run is still enqueued this often
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -134,10 +135,10 @@ class Deliverer:
             report = DeliveryReport(reconciled=self.reconcile())
             while not self.stopping():
                 quiet = self._quiet_s()
-                if quiet > max_wait_s:
-                    break
-                if quiet > 0:
-                    self.sleep(quiet)
+                if quiet > 0:  # a run still being enqueued waits; else as for a retry
+                    if quiet > max_wait_s and not producing():
+                        break
+                    self.sleep(min(quiet, QUIET_SLICE_S))
                     continue
                 now = self.clock.now()
                 claimed = outbox.claim(self.engine, self.worker, now, self.batch, campaign)

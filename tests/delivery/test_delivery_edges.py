@@ -184,3 +184,19 @@ def test_a_postmark_300_about_our_sender_fails_the_mail_and_suppresses_nobody(
         assert suppressed.scalar_one() == 0
     assert report.sent == 0 and report.rejected == 0 and report.failed == 2
     assert states(engine) == Counter({"failed": 2})
+
+
+def test_a_run_still_being_enqueued_waits_out_a_long_retry_after_then_sends(
+    engine: sa.Engine,
+) -> None:
+    """A Retry-After longer than ``max_wait_s`` ends a drain only once nothing more is being
+    enqueued: a campaign run's drain goes on with the mail enqueued meanwhile."""
+    fill(engine, 2)
+    clock = FixedClock(NOW)
+    fake = Stamped(clock, batch_limit=2)
+    fake.fail_requests = [TransientDeliveryError("HTTP 429", retry_after=120.0)]
+    enqueuing = iter([True] * 150)  # the producer goes on for a while
+    report = deliverer(engine, fake, clock).drain(
+        max_wait_s=5, producing=lambda: next(enqueuing, False)
+    )
+    assert report.sent == 2 and fake.at[1:] and fake.at[1] >= NOW + timedelta(seconds=120)
