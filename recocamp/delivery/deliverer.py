@@ -248,15 +248,16 @@ class Deliverer:
     def _held(self, claimed: list[outbox.Claimed], leased_at: datetime) -> list[outbox.Claimed]:
         """The claims still ours, with their lease renewed once half of it is gone: a wait
         (rendering, the rate limit) past the lease lets another deliverer take them over and
-        send them, and sending them here as well would be a duplicate."""
+        send them, and sending them here as well would be a duplicate. The opt-outs are
+        checked again then too: a customer may have unsubscribed during such a wait."""
         now = self.clock.now()
         if (now - leased_at).total_seconds() < self.settings.claim_lease_s / 2:
             return claimed
         with self.engine.begin() as connection:
-            held = outbox.renew(connection, [c.id for c in claimed], self.worker, now)
+            held = outbox.renew(connection, claimed, self.worker, now)
         if len(held) < len(claimed):
             log.warning(
-                "%d claims were taken over while this deliverer waited: not sent here",
+                "%d claims were taken over or opted out while this deliverer waited: not sent",
                 len(claimed) - len(held),
             )
         return [c for c in claimed if c.id in held]

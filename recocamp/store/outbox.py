@@ -292,9 +292,13 @@ def mark_sent(
     )
 
 
-def renew(connection: sa.Connection, ids: Sequence[int], by: str, now: datetime) -> set[int]:
-    """Renew the lease of the claims among ``ids`` that ``by`` still holds, and return those:
-    a claim taken over meanwhile (its lease ran out) is its new owner's to send."""
+def renew(
+    connection: sa.Connection, claimed: Sequence[Claimed], by: str, now: datetime
+) -> set[int]:
+    """Renew the lease of the claims that ``by`` still holds and return those that may go
+    out: a claim taken over meanwhile (its lease ran out) is its new owner's to send, and
+    one whose recipient opted out since it was claimed is cancelled, as a claim does."""
+    ids = [c.id for c in claimed]
     held: set[int] = set()
     for start in range(0, len(ids), 5000):
         statement = (
@@ -304,7 +308,10 @@ def renew(connection: sa.Connection, ids: Sequence[int], by: str, now: datetime)
             .returning(outbox.c.id)
         )
         held.update(connection.execute(statement).scalars())
-    return held
+    blocked = _opted_out(connection, [c for c in claimed if c.id in held])
+    if blocked:
+        _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
+    return held - blocked
 
 
 def retry_later(

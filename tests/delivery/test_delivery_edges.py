@@ -26,8 +26,8 @@ from recocamp.errors import TransientDeliveryError
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
+from recocamp.store.schema import customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
-from recocamp.store.schema import suppressions
 from tests.conftest import NOW
 from tests.delivery.test_deliver import (
     ESP,
@@ -200,3 +200,26 @@ def test_a_run_still_being_enqueued_waits_out_a_long_retry_after_then_sends(
         max_wait_s=5, producing=lambda: next(enqueuing, False)
     )
     assert report.sent == 2 and fake.at[1:] and fake.at[1] >= NOW + timedelta(seconds=120)
+
+
+def test_an_unsubscribe_during_a_long_wait_before_the_request_stops_that_mail(
+    engine: sa.Engine,
+) -> None:
+    """The claim checked the opt-outs; then the batch waited (rate limit) for minutes, and
+    a customer unsubscribed meanwhile: that mail must not go out (it did)."""
+    store(engine, [email(0), email(1)])
+    clock, fake = FixedClock(NOW), FakeProvider()
+    wait_s = ESP.claim_lease_s  # a long wait: the claim is renewed before the request
+
+    def wait(seconds: float) -> None:
+        clock.advance(timedelta(seconds=seconds))
+        with engine.begin() as connection:  # the one-click unsubscribe, meanwhile
+            connection.execute(
+                sa.update(customers).where(customers.c.id == "c1").values(unsubscribed_at=NOW)
+            )
+
+    limiter = RateLimiter(1.0 / wait_s, wait, monotonic=lambda: 0.0)
+    limiter.take()  # the bucket is empty: the request waits for its token
+    Deliverer(engine, fake, ESP, clock, sleep=wait, limiter=limiter).drain()
+    assert [m.send_key for m in fake.sent] == [email(0).send_key]
+    assert states(engine) == Counter({"sent": 1, "cancelled": 1})
