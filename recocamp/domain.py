@@ -252,6 +252,8 @@ class SendStatus(StrEnum):
     ACCEPTED = "accepted"  # the provider took it; message_id says under which id
     RETRY = "retry"  # this recipient, this time: try again later
     REJECTED = "rejected"  # never send to this recipient again (inactive, invalid)
+    FAILED = "failed"  # this message cannot go out as it is (our sender, our body): no retry,
+    # and the recipient is not to blame (not suppressed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import ipaddress
 import os
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -46,6 +46,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from recocamp.config_files import error_hidden, line_of, read_toml, validated
 from recocamp.domain import MAX_COUNT, MAX_DAYS, Locale
 from recocamp.errors import ConfigError, Problem
+
+if TYPE_CHECKING:  # imported when a schedule is read: the settings load without it
+    from apscheduler.triggers.cron import CronTrigger
 
 ENV_PREFIX = "RECOCAMP_"
 SECRET_KEYS = ("esp_token", "signing_key", "api_keys", "webhook_secret")
@@ -315,6 +318,69 @@ CRON_FROM = datetime(2001, 1, 1, tzinfo=UTC)
 CRON_YEARS = 29
 
 
+WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron's numbers: 0 (and 7) Sunday
+
+
+def cron_trigger(expression: str, timezone: Any = None) -> CronTrigger:
+    """A five-field crontab as cron reads it. APScheduler 3's ``from_crontab`` counts
+    numeric weekdays from Monday (0 Monday, 7 refused): ``0 9 * * 1`` (Monday) ran on Tuesday
+    and ``1-5`` from Tuesday to Saturday. Here a weekday field with numbers becomes the names
+    of its days (see :func:`cron_weekdays`); everything else is APScheduler's, including that
+    day of month and weekday must both match."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"Wrong number of fields; got {len(fields)}, expected 5")
+    minute, hour, day, month, weekday = fields
+    return CronTrigger(
+        minute=minute,
+        hour=hour,
+        day=day,
+        month=month,
+        day_of_week=cron_weekdays(weekday),
+        timezone=timezone,
+    )
+
+
+def cron_weekdays(field: str) -> str:
+    """A cron weekday field (``1-5``, ``*/2``, ``0,3``, ``5-7``, names) as the comma list of
+    day names it means; a field without numbers is left to APScheduler as it is."""
+    if not any(ch.isdigit() for ch in field):
+        return field
+    days: set[int] = set()
+    for part in field.split(","):
+        days |= _weekday_part(part)
+    return ",".join(WEEKDAYS[day] for day in sorted(days))
+
+
+def _weekday_part(part: str) -> set[int]:
+    span, slash, step_text = part.partition("/")
+    if slash and not (step_text.isascii() and step_text.isdigit() and int(step_text) >= 1):
+        raise ValueError(f"weekday step {step_text!r} is not a whole number from 1")
+    step = int(step_text) if slash else 1
+    if span == "*":
+        first, last = 0, 6
+    elif "-" in span:
+        start, _, end = span.partition("-")
+        first, last = _weekday(start), _weekday(end)
+    else:
+        first = _weekday(span)
+        last = 6 if slash else first  # a/n: from a to Saturday
+    if first > last:
+        raise ValueError(f"weekday range {span!r} runs backwards")
+    return {day % 7 for day in range(first, last + 1, step)}
+
+
+def _weekday(text: str) -> int:
+    """0–7 (0 and 7: Sunday) or a day's name."""
+    if text.isascii() and text.isdigit() and int(text) <= 7:
+        return int(text)
+    if text.lower() in WEEKDAYS:
+        return WEEKDAYS.index(text.lower())
+    raise ValueError(f"weekday {text!r} is not 0–7 or sun–sat")
+
+
 def first_fire(
     expression: str, now: datetime = CRON_FROM, years: int = CRON_YEARS
 ) -> datetime | None:
@@ -330,7 +396,7 @@ def first_fire(
         hour=hour,
         day=day,
         month=month,
-        day_of_week=weekday,
+        day_of_week=cron_weekdays(weekday),
         timezone=UTC,
         start_date=now,
         end_date=now + timedelta(days=366 * years),
@@ -347,9 +413,7 @@ def never_fires(expression: str) -> str | None:
 
 
 def _crontab(value: str) -> str:
-    from apscheduler.triggers.cron import CronTrigger
-
-    CronTrigger.from_crontab(value)  # raises ValueError with the reason
+    cron_trigger(value)  # raises ValueError with the reason
     if (reason := never_fires(value)) is not None:
         raise ValueError(reason)
     return value

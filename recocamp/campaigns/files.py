@@ -28,7 +28,7 @@ from recocamp.config_files import error_at, line_of, read_toml, validated
 from recocamp.domain import MAX_COUNT, MAX_DAYS, ConsentBasis, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
-from recocamp.settings import Settings, TimeZoneName, never_fires
+from recocamp.settings import Settings, TimeZoneName, cron_trigger, never_fires
 
 RFM_NAMES = (*(name for name, _, _ in RFM_SEGMENTS), "others")
 RISK_TIERS = ("low", "medium", "high")  # forecast.outlook.risk_tier's tiers
@@ -46,7 +46,7 @@ class _Strict(BaseModel):
 
 def _cron(expression: str) -> str:
     try:
-        CronTrigger.from_crontab(expression)
+        cron_trigger(expression)
     except ValueError as exc:
         raise ValueError(f"not a cron expression (minute hour day month weekday): {exc}") from None
     if (reason := never_fires(expression)) is not None:
@@ -59,7 +59,7 @@ class Schedule(_Strict):
     time_zone: TimeZoneName = "Europe/Berlin"
 
     def trigger(self) -> CronTrigger:
-        return CronTrigger.from_crontab(self.cron, timezone=self.time_zone)
+        return cron_trigger(self.cron, timezone=self.time_zone)
 
 
 # Upper bounds: a day count or a cap beyond these is a typo, and an unbounded one passes the

@@ -22,7 +22,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from recocamp.campaigns.render import Renderer
 from recocamp.clock import Clock
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_RETRY_AFTER_S = 86_400.0  # a provider asking for more than a day is not taken literally
 Progress = Callable[[int], None]
 POLL_S = 0.05  # while a campaign is still being rendered: look for new mail this often
+QUIET_SLICE_S = 1.0  # waiting out a Retry-After: ask whether the run is still enqueued this often
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -81,6 +82,7 @@ class Deliverer:
         self.limiter = limiter or RateLimiter(settings.rate_limit_per_s, sleep)
         self.batch = min(settings.batch_size, provider.batch_limit)
         self.tally: dict[str, Counter[str]] = {}
+        self.quiet_until: datetime | None = None  # the provider's Retry-After, for every batch
         self.on_progress: Callable[[int], None] = lambda n: None
 
     # -- reconciliation -------------------------------------------------------------------
@@ -132,10 +134,16 @@ class Deliverer:
         try:
             report = DeliveryReport(reconciled=self.reconcile())
             while not self.stopping():
+                quiet = self._quiet_s()
+                if quiet > 0:  # a run still being enqueued waits; else as for a retry
+                    if quiet > max_wait_s and not producing():
+                        break
+                    self.sleep(min(quiet, QUIET_SLICE_S))
+                    continue
                 now = self.clock.now()
                 claimed = outbox.claim(self.engine, self.worker, now, self.batch, campaign)
                 if claimed:
-                    report.add(self._send(claimed))
+                    report.add(self._send(claimed, now))
                     self.on_progress(len(claimed))
                 elif producing():
                     time.sleep(POLL_S)  # real time: the producer needs the moment
@@ -144,6 +152,13 @@ class Deliverer:
         finally:
             outbox.draining.discard(self.worker)
         return self._finish(report, campaign)
+
+    def _quiet_s(self) -> float:
+        """Seconds the provider asked us to send nothing at all (Retry-After on a 429 or a
+        5xx is about the account, not about the batch it answered)."""
+        if self.quiet_until is None:
+            return 0.0
+        return max(0.0, (self.quiet_until - self.clock.now()).total_seconds())
 
     def _wait_for_due(self, campaign: str | None, max_wait_s: float) -> bool:
         with self.engine.connect() as connection:
@@ -164,13 +179,13 @@ class Deliverer:
 
     # -- one batch ------------------------------------------------------------------------
 
-    def _send(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+    def _send(self, claimed: list[outbox.Claimed], leased_at: datetime) -> DeliveryReport:
         ready, broken = self._render(claimed)
         report = DeliveryReport()
         if broken:  # this message cannot be rendered: failed, never sent half-done
             self._record([c for c, _ in broken], [r for _, r in broken], report, suppress=False)
         if ready:
-            report.add(self._request(ready))
+            report.add(self._request(ready, leased_at))
         return report
 
     def _render(self, claimed: list[outbox.Claimed]) -> tuple[list[outbox.Claimed], Broken]:
@@ -205,13 +220,16 @@ class Deliverer:
             ready.append(c.rendered(html, text))
         return ready, broken
 
-    def _request(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+    def _request(self, claimed: list[outbox.Claimed], leased_at: datetime) -> DeliveryReport:
         self.limiter.take()
+        claimed = self._held(claimed, leased_at)
+        if not claimed:
+            return DeliveryReport()
         report = DeliveryReport(requests=1)
         try:
             results = self.provider.send_batch([c.email for c in claimed])
         except BatchTooLargeError:
-            return self._split(claimed)
+            return self._split(claimed, leased_at)
         except TransientDeliveryError as exc:
             return self._transient(claimed, exc)
         except PermanentDeliveryError as exc:
@@ -227,7 +245,24 @@ class Deliverer:
         # batch: the claims stay, and the next deliverer looks them up before resending
         return self._record(claimed, results, report)
 
-    def _split(self, claimed: list[outbox.Claimed]) -> DeliveryReport:
+    def _held(self, claimed: list[outbox.Claimed], leased_at: datetime) -> list[outbox.Claimed]:
+        """The claims still ours, with their lease renewed once half of it is gone: a wait
+        (rendering, the rate limit) past the lease lets another deliverer take them over and
+        send them, and sending them here as well would be a duplicate. The opt-outs are
+        checked again then too: a customer may have unsubscribed during such a wait."""
+        now = self.clock.now()
+        if (now - leased_at).total_seconds() < self.settings.claim_lease_s / 2:
+            return claimed
+        with self.engine.begin() as connection:
+            held = outbox.renew(connection, claimed, self.worker, now)
+        if len(held) < len(claimed):
+            log.warning(
+                "%d claims were taken over or opted out while this deliverer waited: not sent",
+                len(claimed) - len(held),
+            )
+        return [c for c in claimed if c.id in held]
+
+    def _split(self, claimed: list[outbox.Claimed], leased_at: datetime) -> DeliveryReport:
         if len(claimed) == 1:
             results = [
                 SendResult(
@@ -238,13 +273,16 @@ class Deliverer:
             ]
             return self._record(claimed, results, DeliveryReport(requests=1), suppress=False)
         half = len(claimed) // 2
-        report = self._request(claimed[:half])
-        report.add(self._request(claimed[half:]))
+        report = self._request(claimed[:half], leased_at)
+        report.add(self._request(claimed[half:], leased_at))
         return report
 
     def _transient(
         self, claimed: list[outbox.Claimed], exc: TransientDeliveryError
     ) -> DeliveryReport:
+        if exc.retry_after:
+            until = self.clock.now() + timedelta(seconds=min(exc.retry_after, MAX_RETRY_AFTER_S))
+            self.quiet_until = max(until, self.quiet_until or until)
         found = self._lookup([c.email.send_key for c in claimed]) if exc.ambiguous else {}
         results = [
             SendResult(c.email.send_key, SendStatus.ACCEPTED, message_id=found[c.email.send_key])
@@ -273,7 +311,7 @@ class Deliverer:
     ) -> DeliveryReport:
         now = self.clock.now()
         by_key = {r.send_key: r for r in results}
-        sent, delays, errors, rejected = {}, {}, {}, {}
+        sent, delays, errors, rejected, failed = {}, {}, {}, {}, {}
         for c in claimed:
             result = by_key[c.email.send_key]
             if result.status is SendStatus.ACCEPTED:
@@ -281,6 +319,8 @@ class Deliverer:
             elif result.status is SendStatus.RETRY:
                 delays[c.id] = self._delay(c.attempts, result.retry_after)
                 errors[c.id] = result.error or "retry"
+            elif result.status is SendStatus.FAILED:
+                failed[c.id] = result.error or "failed"
             else:
                 rejected[c.id] = result.error or "rejected"
         with self.engine.begin() as connection:
@@ -294,12 +334,12 @@ class Deliverer:
                 self.worker,
                 refund=refund,
             )
-            outbox.fail(connection, rejected, now, self.worker)
+            outbox.fail(connection, rejected | failed, now, self.worker)
             if suppress:
                 self._suppress(connection, [c for c in claimed if c.id in rejected])
         report.sent += len(sent)
         report.retried += len(delays) - out_of_attempts
-        report.failed += out_of_attempts + (0 if suppress else len(rejected))
+        report.failed += out_of_attempts + len(failed) + (0 if suppress else len(rejected))
         report.rejected += len(rejected) if suppress else 0
         if tally:
             self._count(claimed, ok=set(sent))

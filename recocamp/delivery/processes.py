@@ -229,6 +229,7 @@ def _drain(
             provider,
             job.settings.esp,
             SystemClock(),
+            sleep=stop.wait,  # a wait for a retry or for the rate limit ends at the stop
             renderer=Renderer(job.templates, job.sources, job.settings.templates),
             stopping=stop.is_set,
         )

@@ -47,6 +47,7 @@ from recocamp.errors import RecocampError
 from recocamp.settings import sendgrid_key
 
 MAX_SIGNATURE_AGE_S = 600
+MAX_STAMP_DIGITS = 20  # seconds since the epoch; int() refuses over 4,300 digits (ValueError)
 
 
 class WebhookError(RecocampError):
@@ -85,7 +86,7 @@ def check_sendgrid_signature(
     signature = headers.get("x-twilio-email-event-webhook-signature", "")
     stamp = headers.get("x-twilio-email-event-webhook-timestamp", "")
     if (
-        not (stamp.isascii() and stamp.isdigit())
+        not (stamp.isascii() and stamp.isdigit() and len(stamp) <= MAX_STAMP_DIGITS)
         or abs(now.timestamp() - int(stamp)) > MAX_SIGNATURE_AGE_S
     ):
         raise WebhookError("missing or stale signature timestamp", status=401)

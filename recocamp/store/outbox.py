@@ -234,13 +234,16 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int
             )
         ).scalars()
     )
-    hashes = {email_hash(c.email.to): c.id for c in claimed}
+    # one address may have several mails in a batch (two campaigns): every one of them counts
+    hashes = {c.id: email_hash(c.email.to) for c in claimed}
     suppressed = set(
         connection.execute(
-            sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(hashes))
+            sa.select(suppressions.c.email_hash).where(
+                suppressions.c.email_hash.in_(set(hashes.values()))
+            )
         ).scalars()
     )
-    return {c.id for c in claimed if c.customer_id in gone} | {hashes[h] for h in suppressed}
+    return {c.id for c in claimed if c.customer_id in gone or hashes[c.id] in suppressed}
 
 
 def _set(
@@ -287,6 +290,28 @@ def mark_sent(
         ),
         [{"row_id": i, "message_id": m} for i, m in sent.items()],
     )
+
+
+def renew(
+    connection: sa.Connection, claimed: Sequence[Claimed], by: str, now: datetime
+) -> set[int]:
+    """Renew the lease of the claims that ``by`` still holds and return those that may go
+    out: a claim taken over meanwhile (its lease ran out) is its new owner's to send, and
+    one whose recipient opted out since it was claimed is cancelled, as a claim does."""
+    ids = [c.id for c in claimed]
+    held: set[int] = set()
+    for start in range(0, len(ids), 5000):
+        statement = (
+            sa.update(outbox)
+            .where(outbox.c.id.in_(ids[start : start + 5000]), _owned(by))
+            .values(claimed_at=now, updated_at=now)
+            .returning(outbox.c.id)
+        )
+        held.update(connection.execute(statement).scalars())
+    blocked = _opted_out(connection, [c for c in claimed if c.id in held])
+    if blocked:
+        _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
+    return held - blocked
 
 
 def retry_later(

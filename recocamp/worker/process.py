@@ -245,6 +245,8 @@ class Worker:
             return "skipped"
         with self._exclusive(spec) as held:
             if not held:
+                if resumed_from is not None:  # not resumed: the next round tries it again
+                    self._resuming.discard(resumed_from)
                 return self._skip(job_id, "already running")
             return self._run(spec, as_of or self._scheduled(spec), resumed_from)
 

@@ -46,7 +46,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from recocamp.campaigns.files import Campaign
-from recocamp.settings import Settings
+from recocamp.settings import Settings, cron_trigger
 from recocamp.store.engine import Engine
 from recocamp.store.jobstore import job_store
 from recocamp.store.runs import CAMPAIGN_PREFIX
@@ -79,7 +79,7 @@ def job_table(settings: Settings, campaigns: Iterable[Campaign]) -> list[JobSpec
     grace = w.misfire_grace_s
 
     def cron(expression: str) -> CronTrigger:
-        return CronTrigger.from_crontab(expression, timezone=zone)
+        return cron_trigger(expression, timezone=zone)
 
     table = [
         JobSpec(

@@ -411,3 +411,8 @@ def test_a_kind_that_is_not_text_is_ignored_like_any_unknown_kind(kind: object) 
 def test_times_are_read_within_1900_to_9000(stamp: object, ok: bool) -> None:
     parsed = read("sendgrid", body([{"event": "delivered", "timestamp": stamp}]))
     assert (len(parsed.events), len(parsed.rejected)) == ((1, 0) if ok else (0, 1))
+
+
+def test_sendgrid_timestamp_of_thousands_of_digits_is_401_not_a_crash() -> None:
+    """``int()`` refuses more than 4,300 digits with ValueError: the check crashed (500)."""
+    assert refused(signed(SG_BODY, AT) | {TIMESTAMP: "9" * 5000}) == 401

@@ -205,3 +205,29 @@ def test_once_skips_a_run_missed_by_more_than_the_grace_time(
     assert outcomes["kpi_snapshot"] == "missed"
     assert _runs(process, "kpi_snapshot") == []
     process.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("cron", "days"),
+    [
+        ("0 9 * * 1", ["Mon", "Mon", "Mon"]),
+        ("0 9 * * 1-5", ["Mon", "Tue", "Wed", "Thu", "Fri", "Mon"]),
+        ("0 9 * * 0", ["Sun", "Sun"]),
+        ("0 9 * * 7", ["Sun", "Sun"]),
+        ("0 9 * * 5-7", ["Sun", "Fri", "Sat", "Sun"]),
+        ("0 9 * * */2", ["Sun", "Tue", "Thu", "Sat", "Sun"]),
+        ("0 9 * * 0,3", ["Sun", "Wed", "Sun"]),
+        ("0 9 * * MON-FRI", ["Mon", "Tue", "Wed", "Thu", "Fri", "Mon"]),
+    ],
+)
+def test_a_numeric_weekday_means_what_it_means_in_cron(
+    tmp_path: Path, cron: str, days: list[str]
+) -> None:
+    """cron counts weekdays from Sunday (0 and 7); APScheduler 3's ``from_crontab`` counts
+    them from Monday: ``0 9 * * 1`` (Monday) ran on Tuesday, ``1-5`` from Tuesday to
+    Saturday, and ``7`` was refused."""
+    specs = scheduler.job_table(load_settings(None), [campaign(tmp_path, cron)])
+    start = datetime(2026, 1, 3, 12, tzinfo=UTC)  # a Saturday, after 09:00
+    fired = fires(specs[-1].trigger, start, len(days))
+    assert [t.astimezone(BERLIN).strftime("%a") for t in fired] == days
+    assert all(t.astimezone(BERLIN).hour == 9 for t in fired)

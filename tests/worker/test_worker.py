@@ -594,3 +594,42 @@ def test_reload_refuses_a_template_past_a_limit_and_keeps_its_heartbeat(
     finally:
         process.shutdown()
         process.engine.dispose()
+
+
+def test_a_resume_skipped_because_the_campaign_runs_is_tried_again_later(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """The leader resumes a dead worker's campaign run while the same campaign is running
+    (its job lock is held): the resume is skipped. Once the lock is free, the next round
+    resumes it; it was remembered as resumed and never tried again (its mail never sent)."""
+    fake, url = esp
+    process = worker_for(sqlite_shop(tmp_path, url))
+    decided_at = datetime.now(UTC) - timedelta(hours=1)  # the worker runs on the real clock
+    with process.engine.begin() as connection:
+        dead = runs.start(
+            connection,
+            "campaign:everyone",
+            "elsewhere:1:dead",
+            decided_at,
+            as_of=decided_at,
+            run_key=jobs.run_key("everyone", decided_at, process.settings.shop.zone),
+        )
+
+    def skipped() -> bool:
+        with process.engine.connect() as connection:
+            return any(r.status == "skipped" for r in runs.recent(connection, "campaign:everyone"))
+
+    process.start(loop=False)
+    try:
+        with process.leadership.job_lock("campaign:everyone") as held:
+            assert held
+            process.tick()  # leader now: finds the dead run, and its resume is skipped
+            wait_for(skipped, 30)
+        process.tick()
+        wait_for(lambda: fake.stats()["received"] >= 60, 30)
+    finally:
+        process.shutdown()
+    with process.engine.connect() as connection:
+        resumed = [r for r in runs.recent(connection, "campaign:everyone") if r.resumed_from]
+    assert [(r.resumed_from, r.status) for r in resumed] == [(dead, "ok")]
+    assert fake.stats()["duplicates"] == 0

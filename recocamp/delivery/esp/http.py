@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -98,12 +99,19 @@ def retry_after(headers: httpx.Headers, now: float | None = None) -> float | Non
 
 
 def _seconds_or_date(value: str, now: float) -> float | None:
-    if value.isdigit():  # RFC 9110: delay-seconds = 1*DIGIT
-        return float(value)
+    """RFC 9110: delay-seconds (ASCII digits; a number too long to be finite is no wait)
+    or an HTTP date, which is GMT also in the obsolete asctime form that names no zone
+    (read naive, it would be taken in the machine's local zone)."""
+    if value.isascii() and value.isdigit():  # delay-seconds = 1*DIGIT
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+        moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp() - now)
 
 
 def json_body(response: httpx.Response) -> Any:

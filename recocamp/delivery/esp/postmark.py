@@ -1,8 +1,11 @@
 """Postmark: ``POST /email/batch`` (≤ 500 messages), search by metadata for reconciliation.
 
 Per-message answers carry an ``ErrorCode``: 0 accepted (``MessageID``), 406 inactive
-recipient (bounced, complained or unsubscribed at Postmark) and 300 invalid request (a
-malformed address) are permanent for that recipient; 429 and anything else are retried.
+recipient (bounced, complained or unsubscribed at Postmark) and 300 invalid request about
+the 'To' address (a malformed address) are permanent for that recipient; a 300 about
+anything else (our From, an empty body, a field over its limit) fails the message without
+blaming the recipient (a typo in ``from_email`` must not suppress every customer); 429 and
+anything else are retried.
 A 422 for the whole request is permanent for the whole batch. The search names the message
 stream we send on: without ``messagestream`` Postmark searches only its default
 ``outbound`` stream, and a broadcast message would look unsent (and be sent again). The
@@ -21,7 +24,8 @@ from recocamp.delivery.esp.http import json_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
-PERMANENT_CODES = frozenset({300, 406})
+INVALID_REQUEST = 300
+PERMANENT_CODES = frozenset({INVALID_REQUEST, 406})
 
 
 class Postmark:
@@ -94,6 +98,9 @@ def _result(send_key: str, answer: Any) -> SendResult:
     code = int(answer.get("ErrorCode", -1)) if isinstance(answer, dict) else -1
     if code == 0:
         return SendResult(send_key, SendStatus.ACCEPTED, message_id=str(answer["MessageID"]))
-    error = f"postmark {code}: {answer.get('Message', '') if isinstance(answer, dict) else ''}"
+    said = str(answer.get("Message", "")) if isinstance(answer, dict) else ""
+    error = f"postmark {code}: {said}"
+    if code == INVALID_REQUEST and "'To'" not in said:
+        return SendResult(send_key, SendStatus.FAILED, error=error[:500])
     status = SendStatus.REJECTED if code in PERMANENT_CODES else SendStatus.RETRY
     return SendResult(send_key, status, error=error[:500])

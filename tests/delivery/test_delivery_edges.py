@@ -1,0 +1,225 @@
+"""Edges of exactly-once delivery found in review: each test failed on the code before its fix."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from recocamp.campaigns.render import Renderer
+from recocamp.clock import FixedClock
+from recocamp.delivery.deliverer import Deliverer
+from recocamp.delivery.esp import http as esp_http
+from recocamp.delivery.esp.fake import FakeProvider
+from recocamp.delivery.esp.fake_server import FakeEsp, running
+from recocamp.delivery.esp.fake_server import create_app as create_fake
+from recocamp.delivery.esp.postmark import Postmark
+from recocamp.delivery.processes import drain_in_processes
+from recocamp.domain import DeliveryReport, OutgoingEmail, SendResult
+from recocamp.errors import TransientDeliveryError
+from recocamp.ratelimit import RateLimiter
+from recocamp.settings import EspSettings, Settings
+from recocamp.store import outbox
+from recocamp.store.schema import customers, suppressions
+from recocamp.store.schema import outbox as outbox_table
+from tests.conftest import NOW
+from tests.delivery.test_deliver import (
+    ESP,
+    TEMPLATES,
+    deliverer,
+    email,
+    fill,
+    states,
+    store,
+)
+
+
+def test_a_suppressed_address_with_two_mails_in_one_batch_gets_neither(
+    engine: sa.Engine,
+) -> None:
+    """Two campaigns' mails to one suppressed address land in the same claim: both are
+    cancelled (the check keyed the batch by address hash, so one of them slipped through)."""
+    store(engine, [email(0, "winback")])
+    with engine.begin() as connection:
+        outbox.enqueue(connection, [(email(0, "birthday"), "c0", None, NOW)], NOW)
+        outbox.suppress(connection, ["c0@example.test"], "bounced", "test", NOW)
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert fake.sent == [] and report.sent == 0
+    assert states(engine) == Counter({"cancelled": 2})
+
+
+def test_a_stop_ends_a_delivering_process_that_waits_for_a_retry(engine: sa.Engine) -> None:
+    """A process waiting for a retry that comes due in 50 s (within ``max_wait_s``) stops
+    when told, not when the wait is over: its wait slept on ``time.sleep``, deaf to the stop,
+    so a SIGTERM took the worker past its shutdown timeout."""
+    later = datetime.now(UTC) + timedelta(seconds=50)  # the processes run on the real clock
+    store(engine, [email(0)])
+    with engine.begin() as connection:
+        connection.execute(sa.update(outbox_table).values(not_before=later))
+    settings = Settings(esp=EspSettings(provider="fake"))
+    asked = time.monotonic()
+    report = drain_in_processes(
+        engine,
+        settings,
+        Renderer(TEMPLATES),
+        None,
+        1,
+        60.0,
+        producing=lambda: False,
+        stopping=lambda: time.monotonic() - asked > 3.0,  # once the child is waiting
+    )
+    assert time.monotonic() - asked < 30.0  # ~4 s; the old process slept its 50 s out
+    assert report.sent == 0 and states(engine) == Counter({"queued": 1})
+
+
+def test_a_claim_whose_lease_ran_out_while_waiting_is_not_sent_by_its_old_owner(
+    engine: sa.Engine,
+) -> None:
+    """Deliverer A (host a) claims, then waits on the rate limit past the lease; B (host b)
+    finds the claims stale, finds them not accepted, and sends them. A, awake again, must
+    not send them a second time (it sent them: two copies of each)."""
+    store(engine, [email(0), email(1)])
+    clock, fake = FixedClock(NOW), FakeProvider()
+    lease = ESP.claim_lease_s
+    others: list[DeliveryReport] = []
+
+    def wait(seconds: float) -> None:
+        clock.advance(timedelta(seconds=seconds))
+        if not others:  # meanwhile, on another host
+            others.append(deliverer(engine, fake, clock, worker="b:2:b").drain())
+
+    limiter = RateLimiter(1.0 / (lease + 1), wait, monotonic=lambda: 0.0)
+    limiter.take()  # the bucket is empty: A's request waits lease + 1 s for its token
+    first = Deliverer(
+        engine, fake, ESP, clock, sleep=wait, rng=random.Random(1), worker="a:1:a", limiter=limiter
+    ).drain()
+    assert others[0].reconciled == 0 and others[0].sent == 2
+    assert sorted(m.send_key for m in fake.sent) == [email(0).send_key, email(1).send_key]
+    assert first.sent == 0 and states(engine) == Counter({"sent": 2})
+
+
+# --- Retry-After ------------------------------------------------------------------------------
+
+RETRY_NOW = NOW.timestamp()
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The machine's local time zone is not UTC (a server in New York)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("new_york")
+def test_a_retry_after_in_asctime_format_is_gmt_whatever_the_local_zone() -> None:
+    """RFC 9110 §5.6.7: the asctime form has no zone and is GMT, like the others. It was
+    read in the machine's zone: 90 s became 5 h 1.5 min in New York."""
+    headers = httpx.Headers({"Retry-After": "Thu Jan 15 12:01:30 2026"})
+    assert esp_http.retry_after(headers, now=RETRY_NOW) == 90.0
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"9" * 400], ids=["superscript-two", "400-digits"])
+def test_a_retry_after_that_is_no_finite_number_of_seconds_is_ignored(value: bytes) -> None:
+    """A byte that decodes to a digit Python cannot read ('²' isdigit) raised ValueError out
+    of the provider (a crash of the drain, not a 429); 400 digits made an infinite wait."""
+    answer = httpx.Response(429, headers=[(b"Retry-After", value)], json={"Message": "slow"})
+    provider = Postmark(
+        "http://esp.test", "t", "shop@example.test", transport=httpx.MockTransport(lambda r: answer)
+    )
+    with pytest.raises(TransientDeliveryError) as raised:
+        provider.send_batch([email(0)])
+    assert raised.value.retry_after is None
+
+
+class Stamped(FakeProvider):
+    """Records the clock's time of every request it gets."""
+
+    def __init__(self, clock: FixedClock, batch_limit: int) -> None:
+        super().__init__(batch_limit)
+        self.clock, self.at = clock, list[datetime]()
+
+    def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        self.at.append(self.clock.now())
+        return super().send_batch(messages)
+
+
+def test_after_a_429_with_retry_after_no_request_goes_out_before_it(engine: sa.Engine) -> None:
+    """The provider said "429, come back in 30 s" about the account, not about one batch:
+    the next batches waited for nothing and got 429s of their own, one after the other."""
+    fill(engine, 6)
+    clock = FixedClock(NOW)
+    fake = Stamped(clock, batch_limit=2)
+    fake.fail_requests = [TransientDeliveryError("HTTP 429", retry_after=30.0)]
+    report = deliverer(engine, fake, clock).drain(max_wait_s=60)
+    assert report.sent == 6 and len(fake.sent) == 6
+    assert fake.at[0] == NOW and all(at >= NOW + timedelta(seconds=30) for at in fake.at[1:])
+
+
+def test_a_postmark_300_about_our_sender_fails_the_mail_and_suppresses_nobody(
+    engine: sa.Engine,
+) -> None:
+    """A typo in ``[esp] from_email`` makes Postmark answer ErrorCode 300 ("Error parsing
+    'From'") for every message of the batch: our fault, not the recipients'. Each of them
+    was suppressed for good (a 300 about the 'To' address still suppresses: test_providers)."""
+    store(engine, [email(0), email(1)])
+    fake = FakeEsp(token="t")
+    with running(create_fake(fake)) as url:
+        provider = Postmark(url, "t", "shop@@example.test")
+        try:
+            report = Deliverer(engine, provider, ESP, FixedClock(NOW)).drain()
+        finally:
+            provider.close()
+    with engine.connect() as connection:
+        suppressed = connection.execute(sa.select(sa.func.count()).select_from(suppressions))
+        assert suppressed.scalar_one() == 0
+    assert report.sent == 0 and report.rejected == 0 and report.failed == 2
+    assert states(engine) == Counter({"failed": 2})
+
+
+def test_a_run_still_being_enqueued_waits_out_a_long_retry_after_then_sends(
+    engine: sa.Engine,
+) -> None:
+    """A Retry-After longer than ``max_wait_s`` ends a drain only once nothing more is being
+    enqueued: a campaign run's drain goes on with the mail enqueued meanwhile."""
+    fill(engine, 2)
+    clock = FixedClock(NOW)
+    fake = Stamped(clock, batch_limit=2)
+    fake.fail_requests = [TransientDeliveryError("HTTP 429", retry_after=120.0)]
+    enqueuing = iter([True] * 150)  # the producer goes on for a while
+    report = deliverer(engine, fake, clock).drain(
+        max_wait_s=5, producing=lambda: next(enqueuing, False)
+    )
+    assert report.sent == 2 and fake.at[1:] and fake.at[1] >= NOW + timedelta(seconds=120)
+
+
+def test_an_unsubscribe_during_a_long_wait_before_the_request_stops_that_mail(
+    engine: sa.Engine,
+) -> None:
+    """The claim checked the opt-outs; then the batch waited (rate limit) for minutes, and
+    a customer unsubscribed meanwhile: that mail must not go out (it did)."""
+    store(engine, [email(0), email(1)])
+    clock, fake = FixedClock(NOW), FakeProvider()
+    wait_s = ESP.claim_lease_s  # a long wait: the claim is renewed before the request
+
+    def wait(seconds: float) -> None:
+        clock.advance(timedelta(seconds=seconds))
+        with engine.begin() as connection:  # the one-click unsubscribe, meanwhile
+            connection.execute(
+                sa.update(customers).where(customers.c.id == "c1").values(unsubscribed_at=NOW)
+            )
+
+    limiter = RateLimiter(1.0 / wait_s, wait, monotonic=lambda: 0.0)
+    limiter.take()  # the bucket is empty: the request waits for its token
+    Deliverer(engine, fake, ESP, clock, sleep=wait, limiter=limiter).drain()
+    assert [m.send_key for m in fake.sent] == [email(0).send_key]
+    assert states(engine) == Counter({"sent": 1, "cancelled": 1})
