@@ -509,6 +509,10 @@ class PlanningRows:
     suppressed: frozenset[str]  # address hashes
     items: dict[str, Item]
     popular: list[list[Any]]  # the cold-start list: [item, score]
+    # customer → engagement events stored up to the instant read, by kind (``review``); the
+    # newsletter sign-up is no stored event: ``campaigns.loyalty.engagement`` reads it off
+    # the customer's consent
+    engagement: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 # --- forecasts: computed in ``forecast``, kept in ``store.forecasts`` ---------------------

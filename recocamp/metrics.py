@@ -62,6 +62,11 @@ API_EVENTS = Counter(
     "Orders posted to the events endpoint by outcome.",
     ["outcome"],
 )
+API_REVIEW_EVENTS = Counter(
+    "recocamp_api_review_events_total",
+    "Reviews posted to the events endpoint by outcome (new, repeat, conflict, erased).",
+    ["outcome"],
+)
 PRIVACY_REQUESTS = Counter(
     "recocamp_privacy_requests_total", "Exports and erasures by channel.", ["kind", "via"]
 )

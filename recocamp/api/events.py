@@ -1,6 +1,7 @@
-"""Shop API, live events: ``POST /v1/events/purchases`` and ``PUT /v1/customers/{id}``.
+"""Shop API, live events: ``POST /v1/events/purchases``, ``POST /v1/events/reviews`` and
+``PUT /v1/customers/{id}``.
 
-Both need the ``events:write`` scope and write in one transaction, so what they change is
+All need the ``events:write`` scope and write in one transaction, so what they change is
 visible to the very next request (the next-best-offer cache drops the answers of the
 customers changed: see ``api.offer_cache``).
 
@@ -12,6 +13,14 @@ stored with other lines is a 409 naming it, and nothing of the request is writte
 is written whole by exactly one request, also when two post it at the same time
 (``queries.store_orders``). Ids, numbers and texts have the bounds of :mod:`recocamp.domain`,
 the importer's.
+
+Reviews earn loyalty points (``campaigns.loyalty``): one review per request, stored by its
+``review_id`` (``store.engagement``). A repeat with the same customer and time is a 200 that
+changes nothing; the same id with another customer or time is a 409, nothing written. A
+review time past now and the clocks' skew is refused, as an order's. A review names a
+customer, so an erased customer's review is refused with 410 (nothing is stored: unlike an
+order, it has no figure to keep without the person). Reviews change no next-best offer, so
+they do not tell the offer cache.
 
 Erased customers stay erased (``store.tombstones``). Their new orders are kept as guest
 orders — the shop's sales figures stay right, the person is not linked again — and counted
@@ -70,7 +79,7 @@ from recocamp.domain import (
 )
 from recocamp.errors import OrderConflictError
 from recocamp.settings import Settings
-from recocamp.store import queries, tombstones
+from recocamp.store import engagement, queries, tombstones
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -195,6 +204,20 @@ class CustomerIn(_Strict):
     )
 
 
+class ReviewIn(_Strict):
+    review_id: Id = Field(description="The shop's id of the review: repeats are no-ops.")
+    customer_id: Id
+    occurred_at: When = Field(
+        description="When the customer posted it: ISO 8601 with an offset, not in the future.",
+        examples=["2026-11-23T14:05:00+01:00"],
+    )
+
+
+class ReviewOut(BaseModel):
+    review_id: str
+    created: bool = Field(description="false: already stored with the same content.")
+
+
 class CustomerOut(BaseModel):
     customer_id: str
     created: bool
@@ -286,6 +309,32 @@ def router(
             erased_customer_lines=detached,
         )
 
+    review_conflict: dict[int | str, Any] = {
+        409: {
+            "model": model,
+            "description": "The review id is stored with another customer or time "
+            "(nothing was written).",
+        },
+        410: {"model": model, "description": "The customer id was erased: nothing was stored."},
+    }
+
+    @api.post(
+        "/v1/events/reviews",
+        response_model=ReviewOut,
+        responses={**problems, **review_conflict, **unchecked, **bodies.UNSUPPORTED},
+    )
+    def post_review(body: ReviewIn, key: EventsWrite) -> ReviewOut:
+        """One review a customer posted: it earns ``[loyalty] points_per_review``."""
+        answer = _review(engine, secret, body, clock.now())
+        log.info(
+            "review %s of customer %s from %s: %s",
+            body.review_id,
+            body.customer_id,
+            key.name,
+            "new" if answer.created else "repeat",
+        )
+        return answer
+
     @api.put(
         "/v1/customers/{customer_id}",
         response_model=CustomerOut,
@@ -363,6 +412,46 @@ def _checked(engine: Engine) -> Iterator[Connection]:
             503,
             "erasure tombstones exist but RECOCAMP_SIGNING_KEY is not set: they cannot be checked",
         ) from None
+
+
+def _review(engine: Engine, secret: bytes | None, body: ReviewIn, now: datetime) -> ReviewOut:
+    """Check and store one review: 422 for a time past now and the skew, 410 for an erased
+    customer, 409 for the id stored with other content (nothing written in any of them)."""
+    late = future_problem(body.occurred_at, now)
+    if late:
+        raise RequestValidationError(
+            [
+                api_lean.problem(
+                    "value_error", ("body", "occurred_at"), late, body.occurred_at.isoformat()
+                )
+            ]
+        )
+    with _checked(engine) as connection:
+        outcome = _store_review(connection, secret, body, now)
+    metrics.API_REVIEW_EVENTS.labels("erased" if outcome is None else outcome.value).inc()
+    if outcome is None:
+        raise HTTPException(
+            410, "this customer id was erased: their reviews are not taken (nothing stored)"
+        )
+    if outcome is engagement.Recorded.CONFLICT:
+        raise HTTPException(
+            409,
+            f"review {body.review_id!r} is already stored with another customer or time "
+            "(nothing was written)",
+        )
+    return ReviewOut(review_id=body.review_id, created=outcome is engagement.Recorded.NEW)
+
+
+def _store_review(
+    connection: Connection, secret: bytes | None, body: ReviewIn, now: datetime
+) -> engagement.Recorded | None:
+    """Store the review unless its customer id is erased (checked first, in the writing
+    transaction: ``tombstones.serialise``); what was done, None when it was refused."""
+    if tombstones.matches(connection, secret, body.customer_id, None, "review events"):
+        return None
+    return engagement.record(
+        connection, "review", body.review_id, body.customer_id, body.occurred_at, now
+    )
 
 
 def _admit(

@@ -3,7 +3,8 @@
 ``store.views`` reads what a campaign run plans with (customers, their orders, contacts,
 suppressions, recommendation lists, the catalogue); this module gives it meaning: order
 histories without service items (a gift-wrap line is no interest in gift wrap), RFM scores
-across the customer base, the loyalty standing and each customer's row of the live forecast
+across the customer base, the loyalty standing (orders, spend, reviews and the newsletter
+sign-up, ``loyalty.engagement``) and each customer's row of the live forecast
 (never for a customer who objected to profiling). ``campaigns.run.load_snapshot`` joins the
 two for the run and the CLI alike.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from recocamp.campaigns.loyalty import points, standing, tiers_of
+from recocamp.campaigns.loyalty import engagement, points, standing, tiers_of
 from recocamp.campaigns.planner import CustomerView
 from recocamp.campaigns.predictive import LiveForecast
 from recocamp.campaigns.segments import History, Order, rfm_scores
@@ -53,6 +54,7 @@ def snapshot(
         suppressed = bool(
             rows.suppressed and customer.email and email_hash(customer.email) in rows.suppressed
         )
+        events = engagement(customer, rows.engagement.get(customer.id, {}), now)
         views.append(
             CustomerView(
                 customer=customer,
@@ -60,7 +62,7 @@ def snapshot(
                 personal=rows.personal.get(customer.id),
                 contacts=rows.contacts.get(customer.id, ()),
                 suppressed=suppressed,
-                standing=standing(points(history, {}, loyalty), tiers),
+                standing=standing(points(history, events, loyalty), tiers),
                 rfm=scores.get(customer.id),
                 frequency_preference=record.frequency_preference,
                 paused_until=record.paused_until,

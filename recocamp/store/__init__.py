@@ -9,8 +9,8 @@ job runs (:mod:`.runs`), the model registry (:mod:`.registry`), measurement (:mo
 forecasts' inputs (:mod:`.forecasts`), export, erasure and retention purge (:mod:`.privacy`),
 tombstones of erased customers (:mod:`.tombstones`), advisory lock keys (:mod:`.locks`), the
 worker's advisory locks (:mod:`.leadership`) and scheduler job store (:mod:`.jobstore`), the
-offer API's reads and per-request check (:mod:`.serving`) and the customer pages' reads
-(:mod:`.pages`).
+offer API's reads and per-request check (:mod:`.serving`), the customer pages' reads
+(:mod:`.pages`) and engagement events such as reviews (:mod:`.engagement`).
 
 May import: the base modules only; every other package reaches the database through here.
 Exports (by module): ``engine.make_engine``, ``engine.upgrade``, ``engine.Engine`` and

@@ -527,3 +527,23 @@ serving_changes = sa.Table(
     sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
     sa.Column("customer_id", sa.String(64)),
 )
+
+# --- engagement events (migration 0015) ----------------------------------------------------
+
+# What a customer did that earns loyalty points besides buying (``campaigns.loyalty``): one
+# row per event the shop reports, keyed by the shop's own id of it within its kind (a
+# review's id), written by ``POST /v1/events/reviews`` (``store.engagement``). Kinds:
+# ``review``. No foreign key to customers, as for purchases: feeds arrive in any order.
+# Personal data (tied to the customer by ``customer_id``): exported with them, deleted by
+# their erasure. ``recorded_at``: when the store took it (the event's own time is
+# ``occurred_at``).
+engagement_events = sa.Table(
+    "engagement_events",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Column("occurred_at", UtcDateTime, nullable=False),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.Index(None, "customer_id", "occurred_at"),
+)

@@ -7,8 +7,9 @@ e-mail queued, sent or delivered in the last ``history_days``, 35 or more, at th
 or will go out) and the holdout decisions of those days, at the instant they were decided: a
 held-out customer meets the caps and cooldown as if the e-mail had gone out, so treated and
 held-out customers stay comparable run after run (see ``planner``). Suppressions are the
-hashed addresses of the suppression list. ``campaigns.audience`` turns these rows into the
-planner's views.
+hashed addresses of the suppression list; engagement, each customer's stored engagement
+events (reviews) up to the run's instant, counted by kind (loyalty points).
+``campaigns.audience`` turns these rows into the planner's views.
 
 A run reads the contact histories of each chunk again, under :func:`lock_contacts`, in the
 transaction that writes the chunk (:func:`contacts_of`): the caps hold across runs that
@@ -42,6 +43,7 @@ from recocamp.store.schema import (
     UtcDateTime,
     customers,
     decisions,
+    engagement_events,
     items,
     models,
     outbox,
@@ -76,7 +78,25 @@ def planning_rows(
         for row in connection.execute(sa.select(customers).order_by(customers.c.id))
     ]
     popular = _popular(connection, now, top_n)
-    return PlanningRows(records, orders, personal, contacts, suppressed, catalogue, popular)
+    engagement = _engagement(connection, now)
+    return PlanningRows(
+        records, orders, personal, contacts, suppressed, catalogue, popular, engagement
+    )
+
+
+def _engagement(connection: sa.Connection, now: datetime) -> dict[str, dict[str, int]]:
+    """Every customer's engagement events that happened at or before ``now``, counted by
+    kind (a review posted after the run's instant earns its points in a later run)."""
+    e = engagement_events.c
+    query = (
+        sa.select(e.customer_id, e.kind, sa.func.count())
+        .where(e.occurred_at <= now)
+        .group_by(e.customer_id, e.kind)
+    )
+    found: dict[str, dict[str, int]] = defaultdict(dict)
+    for customer_id, kind, number in connection.execute(query):
+        found[customer_id][kind] = int(number)
+    return dict(found)
 
 
 CONTACTS_LOCK = lock_key("contacts")  # see lock_contacts

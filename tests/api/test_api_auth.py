@@ -37,6 +37,18 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any], str]] = [
         },
         "events:write",
     ),
+    (
+        "POST",
+        "/v1/events/reviews",
+        {
+            "json": {
+                "review_id": "r1",
+                "customer_id": "c1",
+                "occurred_at": "2012-01-01T10:00:00+00:00",
+            }
+        },
+        "events:write",
+    ),
     ("PUT", "/v1/customers/c1", {"json": {"source": "test", "locale": "de"}}, "events:write"),
     ("GET", "/v1/privacy/customers/c1", {}, "privacy:admin"),
     ("DELETE", "/v1/privacy/customers/c1", {}, "privacy:admin"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from recocamp.campaigns.audience import history_of, snapshot
+from recocamp.campaigns.loyalty import Standing
 from recocamp.domain import (
+    ConsentBasis,
     Contact,
     Customer,
     CustomerOrder,
@@ -61,3 +63,32 @@ def test_every_customer_gets_a_view_with_their_own_rows() -> None:
     assert a.frequency_preference == "weekly" and not a.suppressed and a.rfm is not None
     assert (b.history.count, b.personal, b.contacts, b.suppressed) == (0, None, (contact,), True)
     assert a.standing is not None and found.items is ITEMS and found.popular == [["mug", 1.0]]
+
+
+def test_reviews_and_the_newsletter_sign_up_count_in_the_loyalty_standing() -> None:
+    """a: an order of 20 (10 + 20 points), 3 reviews (75), a double opt-in (50): 155; b: the
+    same order and reviews, an existing-customer consent: no sign-up, 105."""
+    consent = {"consent_at": NOW - timedelta(days=9)}
+    rows = PlanningRows(
+        customers=[
+            CustomerRecord(
+                Customer("a", None, consent_basis=ConsentBasis.DOUBLE_OPT_IN, **consent)
+            ),
+            CustomerRecord(
+                Customer("b", None, consent_basis=ConsentBasis.EXISTING_CUSTOMER, **consent)
+            ),
+        ],
+        orders=[order("a", "1", 5, 20.0, "mug"), order("b", "2", 5, 20.0, "mug")],
+        personal={},
+        contacts={},
+        suppressed=frozenset(),
+        items=ITEMS,
+        popular=[],
+        engagement={"a": {"review": 3}, "b": {"review": 3}},
+    )
+    table = LoyaltySettings(
+        tiers=({"name": "member", "min_points": 0}, {"name": "vip", "min_points": 150})
+    )
+    a, b = snapshot(rows, table, NOW).views
+    assert a.standing == Standing(155, "vip", None, None)
+    assert b.standing == Standing(105, "member", "vip", 45)

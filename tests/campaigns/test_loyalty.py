@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
-from recocamp.campaigns.loyalty import points, standing, tiers_of
+from recocamp.campaigns.loyalty import engagement, points, standing, tiers_of
 from recocamp.campaigns.segments import History, Order
+from recocamp.domain import ConsentBasis, Customer
 from recocamp.settings import LoyaltySettings
 
 TABLE = LoyaltySettings(points_per_order=0)  # 1 point per currency unit; silver from 500
@@ -35,3 +37,36 @@ def test_tiers_start_at_their_threshold() -> None:
     assert standing(499, tiers).points_to_next == 1
     assert standing(500, tiers).tier == "silver"
     assert standing(10_000, tiers).next_tier is None
+
+
+def signed_up(**changes: object) -> Customer:
+    """A customer whose double opt-in was confirmed a day before ``AT``."""
+    base = Customer(
+        "c1",
+        "c1@example.test",
+        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+        consent_at=AT - timedelta(days=1),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_a_confirmed_double_opt_in_is_one_newsletter_sign_up_from_its_time_on() -> None:
+    assert engagement(signed_up(), {"review": 2}, AT) == {"review": 2, "newsletter_signup": 1}
+    at_now = signed_up(consent_at=AT)
+    assert engagement(at_now, {}, AT) == {"newsletter_signup": 1}  # at now: counted
+    assert engagement(at_now, {}, AT - timedelta(microseconds=1)) == {}  # not yet
+    assert engagement(signed_up(consent_at=None), {}, AT) == {}
+
+
+def test_only_a_double_opt_in_is_a_sign_up_and_an_unsubscribe_keeps_it() -> None:
+    for basis in (ConsentBasis.EXISTING_CUSTOMER, ConsentBasis.NONE):
+        assert engagement(signed_up(consent_basis=basis), {"review": 1}, AT) == {"review": 1}
+    gone = signed_up(unsubscribed_at=AT - timedelta(hours=1))
+    assert engagement(gone, {}, AT) == {"newsletter_signup": 1}
+
+
+def test_engagement_earns_its_points_on_top_of_purchases() -> None:
+    table = LoyaltySettings(points_per_review=25, points_per_newsletter_signup=50)
+    events = engagement(signed_up(), {"review": 2}, AT)
+    assert points(spent(100.0), events, table) == 10 + 100 + 2 * 25 + 50
+    assert standing(points(spent(100.0), events, table), tiers_of(table)).points_to_next == 290

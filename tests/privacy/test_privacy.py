@@ -71,8 +71,9 @@ def popular_items(engine: sa.Engine) -> list[str]:
 
 def make_victim(app: FastAPI, engine: sa.Engine, artifacts: Path) -> None:
     """A customer with everything the system keeps about people: profile and consent (API),
-    orders (events), a personal list from a model trained on them, a decision, an e-mail
-    that went out, a delivery webhook, a link unsubscribe, a preferences change, an export."""
+    orders (events), a personal list from a model trained on them, a review (events), a
+    decision, an e-mail that went out, a delivery webhook, a link unsubscribe, a preferences
+    change, an export."""
     profile = {
         "source": "checkout",
         "email": EMAIL,
@@ -102,6 +103,9 @@ def make_victim(app: FastAPI, engine: sa.Engine, artifacts: Path) -> None:
     reply = call(
         app, "POST", "/v1/events/purchases", json={"orders": orders}, headers=bearer("shop")
     )
+    assert reply.status == 200, reply.text
+    posted = {"review_id": "V-review", "customer_id": VICTIM, "occurred_at": END.isoformat()}
+    reply = call(app, "POST", "/v1/events/reviews", json=posted, headers=bearer("shop"))
     assert reply.status == 200, reply.text
     settings = settings_for(artifacts).recommender
     trained = training.train(
@@ -230,7 +234,9 @@ def test_export_holds_everything_and_erasure_leaves_nothing(
         "outbox",
         "decisions",
         "contact_events",
+        "engagement_events",
     }
+    assert [row["event_id"] for row in tables["engagement_events"]] == ["V-review"]
     assert tables["customers"][0]["email"] == EMAIL and len(tables["purchases"]) == 12
     assert NAME in tables["outbox"][0]["body"]["text"]  # bodies unpacked
     assert {a["action"] for a in exported["audit_log"]} >= {
@@ -245,6 +251,7 @@ def test_export_holds_everything_and_erasure_leaves_nothing(
     assert erased.status == 200, erased.text
     report = erased.json()
     assert report["rows"]["customers"] == 1 and report["rows"]["purchases"] == 12
+    assert report["rows"]["engagement_events"] == 1  # deleted: personal, no aggregate kept
     assert report["model_artifacts"] >= 1 and report["files_clean"] is True
 
     assert personal_cells(engine) == []

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from recocamp.errors import StoreError
 from recocamp.store.engine import (
+    _alembic_config,
+    current_revision,
     head_revision,
     make_engine,
     normalise_url,
@@ -19,7 +22,9 @@ from recocamp.store.engine import (
     snapshot,
     upgrade,
 )
-from recocamp.store.schema import audit_log, customers, metadata
+from recocamp.store.schema import audit_log, customers, engagement_events, metadata
+
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
 
 def test_migrations_create_exactly_the_schema(engine: sa.Engine) -> None:
@@ -120,3 +125,29 @@ def test_a_snapshot_reads_one_state_whatever_commits_meanwhile(engine: sa.Engine
         assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 1
     with engine.connect() as connection:
         assert connection.execute(first).scalar_one() == "Zelda"  # committed all along
+
+
+def test_migration_0015_goes_down_and_up_keeping_the_rest(db_url: str) -> None:
+    """0015 adds engagement_events alone: down to 0014 drops it (with its index) and leaves
+    every other table and row; up again brings it back, empty."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    row = {"at": NOW, "actor": "t", "action": "a", "subject_type": "s", "details": {}}
+    with engine.begin() as connection:
+        connection.execute(sa.insert(audit_log).values(**row))
+        connection.execute(
+            sa.insert(engagement_events).values(
+                kind="review", event_id="R1", customer_id="c1", occurred_at=NOW, recorded_at=NOW
+            )
+        )
+    command.downgrade(_alembic_config(engine), "0014")
+    assert current_revision(engine) == "0014"
+    names = set(sa.inspect(engine).get_table_names())
+    assert "engagement_events" not in names and {"customers", "id_erasures"} <= names
+    assert upgrade(engine) == head_revision() == "0015"
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar() == 1
+        assert connection.execute(sa.select(engagement_events)).all() == []
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert differences == []
+    engine.dispose()
