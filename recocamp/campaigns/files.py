@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
@@ -60,6 +61,11 @@ class Schedule(_Strict):
 
     def trigger(self) -> CronTrigger:
         return cron_trigger(self.cron, timezone=self.time_zone)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The zone the schedule fires in, and so the zone of a run's day (``run.run_key``)."""
+        return ZoneInfo(self.time_zone)
 
 
 # Upper bounds: a day count or a cap beyond these is a typo, and an unbounded one passes the

@@ -60,6 +60,11 @@ class RunReport:
 
 
 def run_key(campaign: str, now: datetime, zone: ZoneInfo) -> str:
+    """A campaign's run of one day: ``campaign/YYYY-MM-DD``, the day in ``zone``, which is the
+    campaign's schedule's (``Schedule.zone``). Its send keys carry the same day, so each
+    customer gets at most one e-mail of the campaign per scheduled day. In the shop's zone
+    instead, a campaign at 18:00 New York in a Berlin shop fell on one Berlin day twice a
+    year (the weeks the two zones change clocks apart), and the second run sent nothing."""
     return f"{campaign}/{now.astimezone(zone).date().isoformat()}"
 
 
@@ -98,7 +103,7 @@ def projected_sends(first: planner.Chunk | None, customers: int) -> int:
 def plan_run(engine: Engine, settings: Settings, campaign: Campaign, now: datetime) -> Planned:
     """Load the planner's snapshot and decide for every customer at ``now``."""
     settings.require_signing_key()  # refuse before any work, not after planning
-    own = run_key(campaign.name, now, settings.shop.zone)
+    own = run_key(campaign.name, now, campaign.schedule.zone)
     days = planner.history_days(campaign, caps.CapPolicy.from_settings(settings.caps))
     with engine.connect() as connection:
         snapshot = load_snapshot(connection, settings, now, own_run=own, history_days=days)
@@ -186,7 +191,7 @@ def plan_views(
 ) -> Planned:
     """The run at ``now`` over ``customers``, nothing decided yet (see ``Planned.chunks``)."""
     context = planner.context_for(settings, now, items, popular, forecast)
-    report = RunReport(campaign.name, run_key(campaign.name, now, settings.shop.zone))
+    report = RunReport(campaign.name, run_key(campaign.name, now, campaign.schedule.zone))
     return Planned(report, campaign, customers, context)
 
 

@@ -38,7 +38,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -281,7 +280,7 @@ class Worker:
 
     def _run(self, spec: scheduler.JobSpec, as_of: datetime, resumed_from: int | None) -> str:
         campaign = self.campaigns.get(spec.campaign) if spec.campaign else None
-        key = run_key(campaign.name, as_of, self._zone()) if campaign else None
+        key = run_key(campaign.name, as_of, campaign.schedule.zone) if campaign else None
         quiet = spec.scope == "every_worker" or spec.id == "import"  # an idle poll: no history
         begun = self.clock.now()
         run_id = None if quiet else self._started(spec.id, begun, as_of, key, resumed_from)
@@ -341,9 +340,6 @@ class Worker:
         metrics.JOB_SECONDS.labels(job).observe(seconds)
         shown = " ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, dict))
         log.info("job=%s run=%d status=%s seconds=%.2f %s", job, run_id, status, seconds, shown)
-
-    def _zone(self) -> ZoneInfo:
-        return self.settings.shop.zone
 
     # -- leadership, resume, reload: the loop -----------------------------------------------
 

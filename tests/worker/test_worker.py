@@ -160,7 +160,7 @@ def test_an_unfinished_campaign_run_is_resumed_with_its_own_instant(
     shop = sqlite_shop(tmp_path, url)
     process = worker_for(shop)
     decided_at = datetime.now(UTC) - timedelta(hours=1)
-    key = jobs.run_key("everyone", decided_at, process._zone())
+    key = jobs.run_key("everyone", decided_at, process.campaigns["everyone"].schedule.zone)
     with process.engine.begin() as connection:
         dead = runs.start(
             connection,
@@ -612,7 +612,9 @@ def test_a_resume_skipped_because_the_campaign_runs_is_tried_again_later(
             "elsewhere:1:dead",
             decided_at,
             as_of=decided_at,
-            run_key=jobs.run_key("everyone", decided_at, process.settings.shop.zone),
+            run_key=jobs.run_key(
+                "everyone", decided_at, process.campaigns["everyone"].schedule.zone
+            ),
         )
 
     def skipped() -> bool:
