@@ -268,6 +268,19 @@ class EspSettings(_Section):
     # SendGrid's signed event webhook (base64 DER), checked as the verifier loads it
     webhook_public_key: Annotated[str | None, AfterValidator(_check_sendgrid_key)] = None
 
+    @model_validator(mode="after")
+    def _request_within_lease(self) -> EspSettings:
+        """A deliverer renews its claims once half of ``claim_lease_s`` is gone, just before
+        a request, which may then take ``timeout_s``: a longer request outlives the lease,
+        another deliverer takes the claims over and sends them too — a duplicate."""
+        if self.timeout_s > self.claim_lease_s / 2:
+            raise ValueError(
+                f"timeout_s ({self.timeout_s:g}) must be at most half of claim_lease_s "
+                f"({self.claim_lease_s:g}): a request longer than what is left of a claim's "
+                "lease lets another deliverer send it too"
+            )
+        return self
+
 
 class ApiSettings(_Section):
     public_url: Annotated[HttpUrl, AfterValidator(_https_unless_local)] = HttpUrl(

@@ -412,6 +412,16 @@ def test_loyalty_tiers_with_equal_thresholds_are_refused(tmp_path: Path) -> None
     assert "ascend" in str(config_error(path))
 
 
+def test_a_request_timeout_longer_than_half_the_claim_lease_is_refused(tmp_path: Path) -> None:
+    """Claims are renewed at half their lease, just before a request: a request allowed to run
+    longer than the other half would outlive the lease and be sent by a second deliverer."""
+    path = write(tmp_path, "[esp]\ntimeout_s = 40\nclaim_lease_s = 60\n")
+    error = str(config_error(path))
+    assert "esp" in error and "timeout_s (40)" in error and "claim_lease_s (60)" in error
+    fine = write(tmp_path, "[esp]\ntimeout_s = 30\nclaim_lease_s = 60\n", name="fine.toml")
+    assert load_settings(fine).esp.timeout_s == 30
+
+
 def test_the_repository_settings_file_loads() -> None:
     settings = load_settings(REPO_SETTINGS)
     assert settings.shop.time_zone == "Europe/London"
