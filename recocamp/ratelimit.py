@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class RateLimiter:
@@ -39,6 +40,7 @@ class RateLimiter:
         self.rate, self.capacity = rate, max(1.0, rate * burst_s)
         self.buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, at)
         self.lock = threading.Lock()
+        self.lent = 0  # how many holders of the whole rate elsewhere (:meth:`lend`)
 
     @classmethod
     def per_minute(
@@ -71,6 +73,22 @@ class RateLimiter:
             self.buckets[key] = (tokens - 1.0, now)  # taken now, paid for by waiting below
         if wait > 0:
             self.sleep(wait)
+
+    @contextmanager
+    def lend(self) -> Iterator[float]:
+        """Lend the whole rate to senders this limiter does not see (a run's delivering
+        processes, each with its share of it), and get it back at the end. Meanwhile
+        :attr:`lent` is set, and the deliverers that take from this limiter yield rather than
+        send at the same rate again; the bucket comes back empty, as the rate was spent."""
+        with self.lock:
+            self.lent += 1
+        try:
+            yield self.rate
+        finally:
+            with self.lock:
+                self.lent -= 1
+                now = self.monotonic()
+                self.buckets = {key: (0.0, now) for key in self.buckets}
 
     def share(self, total: float, parts: int) -> None:
         """Set the rate to this process's share of ``total`` among ``parts`` processes."""

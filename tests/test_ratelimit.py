@@ -56,3 +56,18 @@ def test_share_splits_the_rate_between_processes() -> None:
 def test_a_blocking_take_needs_a_sleep() -> None:
     with pytest.raises(TypeError):
         RateLimiter(1.0, monotonic=Ticks()).take()
+
+
+def test_a_lent_rate_comes_back_spent() -> None:
+    """Lending the rate (to a run's delivering processes) marks it lent while they send,
+    nested lends too, and gives the bucket back empty: the rate was used meanwhile."""
+    clock = Ticks()
+    limiter = RateLimiter(2.0, clock.sleep, monotonic=clock)
+    assert limiter.wait_s() == 0  # the bucket exists and has a token left
+    with limiter.lend() as rate:
+        assert rate == 2.0 and limiter.lent == 1
+        with limiter.lend():
+            assert limiter.lent == 2
+        assert limiter.lent == 1
+    assert limiter.lent == 0
+    assert limiter.wait_s() == pytest.approx(0.5)  # empty: the next token in half a second

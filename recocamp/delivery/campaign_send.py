@@ -68,20 +68,21 @@ def deliver_planned(
         processes = 1  # delivering processes run on the real clock: not for a simulated one
 
     def drain(producing: Callable[[], bool]) -> DeliveryReport:
-        if processes > 1:
+        if processes > 1:  # they send at this limiter's rate: lent, so nobody else does
             renderer = deliverer.renderer or render.Renderer(templates, limits=settings.templates)
-            return drain_in_processes(
-                engine,
-                settings,
-                renderer,
-                campaign.name,
-                processes,
-                options.max_wait_s,
-                producing,
-                deliverer.on_progress,
-                options.stopping,
-                deliverer.limiter.rate,
-            )
+            with deliverer.limiter.lend() as rate:
+                return drain_in_processes(
+                    engine,
+                    settings,
+                    renderer,
+                    campaign.name,
+                    processes,
+                    options.max_wait_s,
+                    producing,
+                    deliverer.on_progress,
+                    options.stopping,
+                    rate,
+                )
         return deliverer.drain(campaign.name, options.max_wait_s, producing)
 
     return while_delivering(

@@ -134,6 +134,9 @@ class Deliverer:
         try:
             report = DeliveryReport(reconciled=self.reconcile())
             while not self.stopping():
+                if self.limiter.lent:  # a run's processes send at this rate now: yield to them
+                    log.info("delivery yields: a campaign run's processes use the send rate")
+                    break
                 quiet = self._quiet_s()
                 if quiet > 0:  # a run still being enqueued waits; else as for a retry
                     if quiet > max_wait_s and not producing():

@@ -13,7 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from recocamp.campaigns.render import Renderer
-from recocamp.clock import FixedClock
+from recocamp.campaigns.run import plan_run
+from recocamp.clock import FixedClock, SystemClock
+from recocamp.delivery import campaign_send
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import http as esp_http
 from recocamp.delivery.esp.fake import FakeProvider
@@ -28,7 +30,8 @@ from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
 from recocamp.store.schema import customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
-from tests.conftest import NOW
+from tests import campaign_shop
+from tests.conftest import NOW, ROOT
 from tests.delivery.test_deliver import (
     ESP,
     TEMPLATES,
@@ -223,3 +226,43 @@ def test_an_unsubscribe_during_a_long_wait_before_the_request_stops_that_mail(
     Deliverer(engine, fake, ESP, clock, sleep=wait, limiter=limiter).drain()
     assert [m.send_key for m in fake.sent] == [email(0).send_key]
     assert states(engine) == Counter({"sent": 1, "cancelled": 1})
+
+
+def test_a_deliverer_yields_while_its_rate_is_lent_to_a_runs_processes(
+    engine: sa.Engine,
+) -> None:
+    """The periodic delivery shares the worker's limiter with the campaign runs; a big run's
+    processes send at that whole rate, so while it is lent to them the periodic drain sends
+    nothing (it would send at the same rate again: twice the ESP's limit), and takes the due
+    mail up again once the rate is back."""
+    store(engine, [email(0), email(1)])
+    fake = FakeProvider()
+    periodic = deliverer(engine, fake, FixedClock(NOW))
+    with periodic.limiter.lend():
+        report = periodic.drain()
+    assert fake.sent == [] and report.sent == 0
+    assert states(engine) == Counter({"queued": 2})
+    assert periodic.drain().sent == 2 and len(fake.sent) == 2
+
+
+def test_a_big_runs_processes_borrow_the_rate_for_as_long_as_they_deliver(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``deliver_planned`` lends its deliverer's limiter to the delivering processes for as
+    long as they send, at its rate, and gets it back after (processes stubbed: the lending
+    is what is under test)."""
+    campaign_shop.tea_shop(engine, [f"c{n}" for n in range(3)])
+    settings = Settings(signing_key="f" * 32)
+    campaign = campaign_shop.daily("big", holdout_percent=0)
+    seen: list[tuple[int, object]] = []
+    run = Deliverer(engine, FakeProvider(), ESP, SystemClock(), sleep=lambda s: None)
+
+    def processes(*args: object) -> DeliveryReport:  # called with the rate last
+        seen.append((run.limiter.lent, args[-1]))
+        return DeliveryReport()
+
+    monkeypatch.setattr(campaign_send, "delivery_processes", lambda settings, sends: 2)
+    monkeypatch.setattr(campaign_send, "drain_in_processes", processes)
+    planned = plan_run(engine, settings, campaign, NOW)
+    campaign_send.deliver_planned(engine, settings, campaign, ROOT / "templates", planned, NOW, run)
+    assert seen == [(1, ESP.rate_limit_per_s)] and run.limiter.lent == 0
