@@ -130,7 +130,7 @@ def quality(shop: str, purchases: f.PurchaseDays, cutoffs: tuple[str, ...]) -> d
         history = f.History.at(purchases, day)
         actual = purchases.count_in(day, day + 90)[history.rows]
         once = history.x == 0
-        live, _ = f.live_model(purchases, day, 90)
+        live = f.live_model(purchases, day, 90).model
         print(
             f"{shop} {cutoff}: {len(actual):,} customers ({once.mean():.0%} with one purchase "
             f"day), {actual.sum():,.0f} purchase days in 90 days; live (chosen before): {live}"
@@ -277,7 +277,7 @@ def speed(customers: int) -> dict[str, object]:
     purchases = f.PurchaseDays.from_lines(ids, f.local_days(seconds, zone), revenue)
     folded = time.perf_counter()
     as_of = f.day_number(datetime(2012, 1, 1).date())
-    model, _ = f.live_model(purchases, as_of, 90)
+    model = f.live_model(purchases, as_of, 90).model
     chosen = time.perf_counter()
     rows = f.forecast(purchases, as_of, 90, model)
     done, cpu = time.perf_counter(), time.process_time() - cpu

@@ -9,7 +9,7 @@ covers a forecast written concurrently).
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException
@@ -69,16 +69,34 @@ def router(engine: Engine, problems: dict[int | str, Any]) -> APIRouter:
             person = registry.customer(connection, customer_id)
             version = store.current_version(connection)
             row = store.customer_forecast(connection, customer_id)
+            withdrawn = (
+                store.objection_withdrawn_at(connection, customer_id)
+                if row is None and person is not None
+                else None
+            )
         if objects_to_profiling(person):
             raise HTTPException(404, OBJECTED)
         if version is None or row is None:
             if person is None:
                 raise HTTPException(404, f"we know no customer {customer_id!r}")
-            raise HTTPException(
-                404,
-                f"no forecast for customer {customer_id!r}: no purchase before the stored "
-                "forecast's as_of, or none stored yet",
-            )
+            raise HTTPException(404, _why_none(customer_id, version, withdrawn))
         return forecast.document(version, row)
 
     return api
+
+
+def _why_none(
+    customer_id: str, version: store.ForecastVersion | None, withdrawn: datetime | None
+) -> str:
+    """Why a known customer who does not object has no forecast. An objection withdrawn after
+    the stored forecast was made (or with none stored) is the reason where there is one: their
+    row was dropped while they objected, and only the next forecast run makes a new one."""
+    if withdrawn is not None and (version is None or withdrawn >= version.created_at):
+        return (
+            f"no forecast for customer {customer_id!r} since their objection to profiling was "
+            f"withdrawn ({withdrawn.date().isoformat()}): the next forecast run makes one"
+        )
+    return (
+        f"no forecast for customer {customer_id!r}: no purchase before the stored "
+        "forecast's as_of, or none stored yet"
+    )

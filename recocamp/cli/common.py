@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -37,7 +37,10 @@ from recocamp.errors import (
     RecocampError,
     SharedAddressError,
 )
+from recocamp.forecast.history import day_number
+from recocamp.forecast.outlook import closed
 from recocamp.settings import Settings, load_settings
+from recocamp.store import queries
 from recocamp.store.engine import Engine, make_engine, require_current
 
 app = typer.Typer(
@@ -289,3 +292,45 @@ def one_campaign(settings: Settings, name: str, campaigns: Path, templates: Path
             campaigns / f"{name}.toml", [Problem(f"no such campaign (known: {known})")]
         )
     return chosen[0]
+
+
+OpenHorizon = Annotated[
+    bool,
+    typer.Option(
+        "--open-horizon",
+        help="Measure a horizon the data does not reach the end of yet: the figures count "
+        "only the purchases seen so far (a warning says so). Refused without it (exit 2).",
+    ),
+]
+
+
+def check_horizon(
+    engine: Engine, cutoff: datetime, horizon_days: int, zone: ZoneInfo, open_horizon: bool
+) -> None:
+    """An evaluation's split must be one the data can measure (``evaluate`` and
+    ``forecast-evaluate`` alike): exit 2 with one line for a cutoff before the store's first
+    purchase (nobody to evaluate), and for a horizon ``[cutoff, cutoff + H)`` that is not
+    closed, unless ``open_horizon`` (then a warning). Closed means the store's newest purchase
+    line reaches the horizon's last shop-local day (:func:`recocamp.forecast.closed`): the
+    data, not the clock, is what says whether the horizon's purchases are in (a demo shop's
+    data ends years before the clock's now, and every horizon past it would score zeros)."""
+    with engine.connect() as connection:
+        first = queries.first_order_time(connection)
+        newest = queries.latest_order_time(connection)
+    local = cutoff.astimezone(zone)
+    if first is None or newest is None or first >= cutoff:
+        held = "none" if first is None else f"the first is on {first.astimezone(zone).date()}"
+        print_error(f"no purchase before the cutoff {local.date()} ({held}): nothing to evaluate")
+        raise typer.Exit(2)
+    last = (local + timedelta(days=horizon_days) - timedelta(microseconds=1)).date()
+    newest_day = newest.astimezone(zone).date()
+    if closed(day_number(last) + 1, day_number(newest_day)):
+        return
+    text = (
+        f"the horizon of cutoff {local.date()} runs to {last}, past the newest purchase in the "
+        f"store ({newest_day}): it is not closed"
+    )
+    if not open_horizon:
+        print_error(f"{text} (--open-horizon measures the days seen so far)")
+        raise typer.Exit(2)
+    print_warning(f"{text}; the figures count only the purchases seen so far, up to {newest_day}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
@@ -15,8 +15,10 @@ from rich.table import Table
 from recocamp import forecast as forecasting
 from recocamp.cli.common import (
     MAX_ROWS,
+    OpenHorizon,
     Output,
     app,
+    check_horizon,
     check_year,
     clock,
     console,
@@ -89,7 +91,8 @@ def forecast_command(
         day = _day(as_of, "--as-of", zone)
         horizon = horizon_days or settings.forecast.horizon_days
         purchases = _purchase_days(settings, day)
-        model, chosen_on = forecasting.live_model(purchases, day, horizon)
+        newest = forecasting.newest_day(engine_for(settings), settings)
+        model, chosen_on, reason = forecasting.live_model(purchases, day, horizon, newest)
         rows = forecasting.forecast(purchases, day, horizon, model, settings.forecast.lifetime_days)
     if format is Output.json:
         document = {
@@ -101,7 +104,7 @@ def forecast_command(
         json.dump(document, sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
         return
-    _print_forecasts(rows, model, chosen_on, day, horizon, limit)
+    _print_forecasts(rows, model, chosen_on, day, horizon, limit, reason)
 
 
 def _print_stored(format: Output, limit: int) -> None:
@@ -126,7 +129,8 @@ def _print_stored(format: Output, limit: int) -> None:
         sys.stdout.write("\n")
         return
     console.print(f"stored forecast {version.version}, made {version.created_at.isoformat()}")
-    _print_forecasts(customers, version.model, None, day, version.horizon_days, limit, True)
+    reason = (version.chosen_on or {}).get("reason")  # older versions stored none
+    _print_forecasts(customers, version.model, None, day, version.horizon_days, limit, reason)
 
 
 def _print_forecasts(
@@ -136,7 +140,7 @@ def _print_forecasts(
     day: int,
     horizon: int,
     limit: int,
-    stored: bool = False,
+    reason: str | None,
 ) -> None:
     first = forecasting.day_of(day)
     console.print(
@@ -147,11 +151,11 @@ def _print_forecasts(
         q = chosen_on.qualities[model]
         console.print(
             f"chosen on the horizon before: log score {_or_dash(q.log_score)}, "
-            f"MAE {q.mae:.3f} (likely count {q.mae_point:.3f}), AUC {q.auc or 0:.3f} "
+            f"MAE {q.mae:.3f} (likely count {q.mae_point:.3f}), AUC {_or_na(q.auc)} "
             f"(forecast-evaluate --cutoff {forecasting.day_of(chosen_on.cutoff).isoformat()})"
         )
-    elif not stored:
-        console.print("(too little history for a time split before --as-of: BG/NBD is used)")
+    elif reason is not None:
+        console.print(f"({reason})", soft_wrap=True)
     risks = {tier: sum(r.churn_risk == tier for r in rows) for tier in ("high", "medium", "low")}
     console.print("churn risk: " + ", ".join(f"{tier} {n:,}" for tier, n in risks.items()))
     table = Table(title=f"the {min(limit, len(rows))} customers with the highest lifetime value")
@@ -189,15 +193,20 @@ def forecast_evaluate(
     cutoff: Annotated[str, typer.Option(help="Split date, YYYY-MM-DD (shop time).")],
     horizon_days: Horizon = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
+    open_horizon: OpenHorizon = False,
 ) -> None:
     """Every forecaster on history before --cutoff against the horizon after it: the log score
     (mean Poisson log loss, what the live choice compares), MAE of purchase days (of the
     expectation, and of the likely count, its Poisson median), total predicted vs actual, AUC of
-    buying again, Spearman, calibration by decile."""
+    buying again, Spearman, calibration by decile. The horizon must be closed: the store's
+    newest purchase reaches its last day (else exit 2, or a warning with --open-horizon)."""
     with errors_to_exit():
         settings = current_settings()
-        day = _day(cutoff, "--cutoff", settings.shop.zone)
+        zone = settings.shop.zone
+        day = _day(cutoff, "--cutoff", zone)
         horizon = horizon_days or settings.forecast.horizon_days
+        split_at = datetime.combine(forecasting.day_of(day), time(), tzinfo=zone)
+        check_horizon(engine_for(settings), split_at, horizon, zone, open_horizon)
         evaluation = forecasting.evaluate(_purchase_days(settings, day + horizon), day, horizon)
     if format is Output.json:
         document = {
@@ -215,6 +224,12 @@ def _or_dash(value: float | None) -> str:
     """A measure to three decimals, a dash where there is none (a log score is none where a
     forecast of 0 met a purchase)."""
     return "—" if value is None else f"{value:.3f}"
+
+
+def _or_na(value: float | None) -> str:
+    """An AUC to three decimals, ``n/a`` where it is undefined (nobody bought in the horizon,
+    or everybody did): never 0.000, which would read as a forecast ranking them backwards."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _print_evaluation(evaluation: forecasting.Evaluation) -> None:
@@ -242,7 +257,7 @@ def _print_evaluation(evaluation: forecasting.Evaluation) -> None:
             f"{q.mae:.3f}",
             f"{q.mae_point:.3f}",
             f"{q.predicted_total:,.0f}",
-            _or_dash(q.auc),
+            _or_na(q.auc),
             _or_dash(q.spearman),
         )
     console.print(table)

@@ -14,8 +14,10 @@ from rich.table import Table
 from recocamp import forecast as forecasting
 from recocamp.cli.common import (
     MAX_TOP,
+    OpenHorizon,
     Output,
     app,
+    check_horizon,
     clock,
     console,
     current_settings,
@@ -110,7 +112,10 @@ def _store_forecasts(settings: Settings, as_of: datetime) -> None:
         except ModelError as exc:
             console.print(flagged("forecast not stored:", "yellow", str(exc)), soft_wrap=True)
             return
-    console.print(f"forecast: {stored.version} for {stored.customers:,} customers", soft_wrap=True)
+    console.print(
+        f"forecast: {stored.version} for {stored.customers:,} customers ({stored.reason})",
+        soft_wrap=True,
+    )
 
 
 def _default_cutoff(engine: Engine, horizon_days: int) -> datetime:
@@ -136,8 +141,11 @@ def evaluate_models(
     ] = None,
     format: Annotated[Output, typer.Option("--format")] = Output.table,
     models: Annotated[list[ModelName] | None, typer.Option("--model", help="Repeatable.")] = None,
+    open_horizon: OpenHorizon = False,
 ) -> None:
-    """Every model and baseline on one time split (protocol in README.md)."""
+    """Every model and baseline on one time split (protocol in README.md). The horizon must
+    be closed: the store's newest purchase reaches its last day (else exit 2, or a warning
+    with --open-horizon)."""
     with errors_to_exit():
         settings = current_settings()
         rec = settings.recommender
@@ -148,6 +156,7 @@ def evaluate_models(
         split_at = (
             parse_as_of(cutoff, zone, "--cutoff") if cutoff else _default_cutoff(engine, horizon)
         )
+        check_horizon(engine, split_at, horizon, zone, open_horizon)
         names = [m.value for m in models] if models else list(MODEL_NAMES)
         with errors.status("evaluating") as status:
             results = training.compare(engine, rec, names, split_at, horizon, top, status.update)

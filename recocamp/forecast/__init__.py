@@ -11,7 +11,8 @@ computes the forecasts the ``train`` job stores and reads them back for the shop
 Exports: :class:`PurchaseDays`, :class:`History`, :class:`BgNbd`, :class:`GammaGamma`,
 :data:`FORECASTERS`, :func:`forecast`, :func:`evaluate`, :func:`live_model`,
 :class:`CustomerForecast`, :class:`Evaluation`, :class:`Quality`, :func:`documents`,
-:func:`poisson_median`, :func:`refresh`, :func:`purchase_days`, :func:`document`.
+:func:`poisson_median`, :func:`refresh`, :func:`purchase_days`, :func:`document`,
+:func:`closed` (whether the data reaches a horizon's last day), :func:`newest_day`.
 """
 
 from recocamp.forecast.btyd import BgNbd, GammaGamma
@@ -21,12 +22,14 @@ from recocamp.forecast.models import FORECASTERS
 from recocamp.forecast.outlook import (
     CustomerForecast,
     Evaluation,
+    LiveChoice,
+    closed,
     documents,
     evaluate,
     forecast,
     live_model,
 )
-from recocamp.forecast.stored import document, purchase_days, refresh
+from recocamp.forecast.stored import document, newest_day, purchase_days, refresh
 
 __all__ = [
     "FORECASTERS",
@@ -35,8 +38,10 @@ __all__ = [
     "Evaluation",
     "GammaGamma",
     "History",
+    "LiveChoice",
     "PurchaseDays",
     "Quality",
+    "closed",
     "day_number",
     "day_of",
     "document",
@@ -45,6 +50,7 @@ __all__ = [
     "forecast",
     "live_model",
     "local_days",
+    "newest_day",
     "poisson_median",
     "purchase_days",
     "refresh",

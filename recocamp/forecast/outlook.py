@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from recocamp.forecast.models import FORECASTERS
 
 MIN_CUSTOMERS_TO_CHOOSE = 50  # fewer customers on the split: too few to judge, BG/NBD is used
 DEFAULT = "blend"  # the live forecaster unless the split shows a single one clearly better
+TOO_LITTLE = "too little history for a time split before as_of: BG/NBD is used"
 CLEARLY = 1.645  # the one-sided 5 % point of the standard normal: "clearly" lower
 RISK_CUTS = (1 / 3, 2 / 3)  # p_active below the first: high risk; below the second: medium
 
@@ -217,16 +219,55 @@ def clearly_lower(losses: np.ndarray, against: np.ndarray) -> bool:
     return z < -CLEARLY
 
 
+class LiveChoice(NamedTuple):
+    """The live forecaster, the split it was chosen on (None where none was usable) and why,
+    in one line (what ``recocamp forecast`` prints)."""
+
+    model: str
+    chosen_on: Evaluation | None
+    reason: str
+
+
+def closed(end: int, newest_day: int | None) -> bool:
+    """Whether the horizon ending before day ``end`` has passed as far as the data can tell:
+    the newest purchase day on record (``newest_day``) reaches its last day, ``end − 1``.
+    Without data reaching it, a horizon counts only the days seen so far, and its figures
+    (no purchase at all, on a horizon past the data) measure nothing."""
+    return newest_day is not None and end - 1 <= newest_day
+
+
 def live_model(
-    purchases: PurchaseDays, as_of: int, horizon_days: int
-) -> tuple[str, Evaluation | None]:
+    purchases: PurchaseDays, as_of: int, horizon_days: int, newest_day: int | None = None
+) -> LiveChoice:
     """The forecaster to use at ``as_of``, chosen on the last closed horizon before it
-    (cutoff ``as_of − H``): no day at or after ``as_of`` is seen. BG/NBD where that split
-    holds fewer than 50 customers."""
+    (cutoff ``as_of − H``): no day at or after ``as_of`` is seen. ``newest_day``: the newest
+    purchase day on record (default: the newest in ``purchases``).
+
+    The default (``blend``) stays where that horizon is not closed (the data does not reach
+    its last day, e.g. an ``as_of`` past the data) or holds no purchase day: a split with
+    nothing to count cannot show one forecaster better, and its AUC is undefined. BG/NBD
+    where the split holds fewer than 50 customers."""
+    if newest_day is None and len(purchases.day):
+        newest_day = int(purchases.day.max())
+    first, last = day_of(as_of - horizon_days), day_of(as_of - 1)
+    span = f"the horizon before, {first.isoformat()} to {last.isoformat()}"
+    if not closed(as_of, newest_day):
+        newest = "none" if newest_day is None else day_of(newest_day).isoformat()
+        return LiveChoice(
+            DEFAULT,
+            None,
+            f"{span}, is not closed: the newest purchase is {newest}; the default {DEFAULT} "
+            "is used",
+        )
     try:
         evaluation = evaluate(purchases, as_of - horizon_days, horizon_days)
     except ModelError:
-        return "bgnbd", None
-    if next(iter(evaluation.qualities.values())).customers < MIN_CUSTOMERS_TO_CHOOSE:
-        return "bgnbd", None
-    return choose(evaluation), evaluation
+        return LiveChoice("bgnbd", None, TOO_LITTLE)
+    any_quality = next(iter(evaluation.qualities.values()))
+    if any_quality.customers < MIN_CUSTOMERS_TO_CHOOSE:
+        return LiveChoice("bgnbd", None, TOO_LITTLE)
+    if any_quality.actual_total == 0:
+        return LiveChoice(
+            DEFAULT, None, f"no purchase day in {span}: the default {DEFAULT} is used"
+        )
+    return LiveChoice(choose(evaluation), evaluation, "chosen on the horizon before")

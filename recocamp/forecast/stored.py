@@ -4,8 +4,10 @@
 At the job's ``now`` the forecast is made as of that shop-local day's midnight (history
 strictly before it) for ``[forecast] horizon_days``, with the live forecaster chosen by
 :func:`~recocamp.forecast.outlook.live_model` on the last closed horizon before it (no day at
-or after ``as_of`` is seen). It replaces the previous version in one transaction; customers
-who objected to profiling or were erased get none (a forecast is profiling).
+or after ``as_of`` is seen; the default ``blend`` where that horizon is not closed by the
+store's newest purchase line or holds no purchase day). It replaces the previous version in
+one transaction; customers who objected to profiling or were erased get none (a forecast is
+profiling).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from recocamp.forecast.history import PurchaseDays, day_number, day_of, local_da
 from recocamp.forecast.outlook import CustomerForecast, documents, forecast, live_model
 from recocamp.settings import Settings
 from recocamp.store import forecasts as store
+from recocamp.store import queries
 from recocamp.store.engine import Engine
 from recocamp.store.forecasts import ForecastVersion, TierCounts
 
@@ -37,17 +40,29 @@ def purchase_days(engine: Engine, settings: Settings, day: int) -> PurchaseDays:
     return PurchaseDays.from_lines(ids, local_days(seconds, zone), revenue)
 
 
+def newest_day(engine: Engine, settings: Settings) -> int | None:
+    """The shop-local day of the newest purchase line in the store (any customer, a guest's
+    too), None without one: how far the data reaches, which says whether a horizon is closed
+    (:func:`~recocamp.forecast.outlook.closed`). The clock cannot say it: a horizon past the
+    clock's now but past the data too (a demo shop's old data) has nothing to count."""
+    with engine.connect() as connection:
+        latest = queries.latest_order_time(connection)
+    return None if latest is None else day_number(latest.astimezone(settings.shop.zone).date())
+
+
 @dataclass(frozen=True, slots=True)
 class Refreshed:
     version: str
     model: str
     customers: int
+    reason: str  # why this forecaster: chosen on the horizon before, or why the default
 
     def counts(self) -> dict[str, Any]:
         return {
             "forecast_version": self.version,
             "forecast_model": self.model,
             "forecast_customers": self.customers,
+            "forecast_reason": self.reason,
         }
 
 
@@ -62,12 +77,12 @@ def refresh(
     # One BLAS thread, as recommender/models.py holds its fits to: the regressions' small
     # matrix products ran 13 times slower on a pool of two threads on a busy two-core machine.
     with threadpool_limits(1, "blas"):
-        model, chosen_on = live_model(purchases, day, horizon)
+        model, chosen_on, reason = live_model(purchases, day, horizon, newest_day(engine, settings))
         rows = forecast(purchases, day, horizon, model, lifetime)
     _require_finite(rows, model)
-    split = None
+    split: dict[str, Any] = {"reason": reason}  # why this forecaster, and the split if any
     if chosen_on is not None:
-        split = {
+        split |= {
             "cutoff": day_of(chosen_on.cutoff).isoformat(),
             "models": {name: q.as_dict() for name, q in chosen_on.qualities.items()},
         }
@@ -83,7 +98,7 @@ def refresh(
     )
     with engine.begin() as connection:
         kept = store.replace(connection, version, rows)
-    return Refreshed(version.version, model, kept)
+    return Refreshed(version.version, model, kept, reason)
 
 
 def _require_finite(rows: list[CustomerForecast], model: str) -> None:

@@ -16,6 +16,7 @@ from recocamp.domain import CustomerForecast
 from recocamp.store import tombstones
 from recocamp.store.queries import drop_unprofiled_forecasts, epoch_seconds
 from recocamp.store.schema import (
+    audit_log,
     customers,
     erasures,
     forecast_checkpoints,
@@ -206,6 +207,29 @@ def current_version(connection: sa.Connection) -> ForecastVersion | None:
     query = sa.select(*(getattr(v, name) for name in ForecastVersion._fields))
     row = connection.execute(query.order_by(v.created_at.desc()).limit(1)).first()
     return None if row is None else ForecastVersion(*row)
+
+
+def objection_withdrawn_at(connection: sa.Connection, customer_id: str) -> datetime | None:
+    """When the customer last withdrew an objection to profiling, by the audit log (the one
+    record of it: ``customer_changed`` with ``objected_to_profiling`` false among its values),
+    None where they never did. Their stored forecast was dropped while they objected; one
+    made before this time holds no row of theirs. A customer's audit entries are few, so
+    they are read whole and the JSON looked into here, the same on every database."""
+    a = audit_log.c
+    query = (
+        sa.select(a.at, a.details)
+        .where(
+            a.subject_type == "customer",
+            a.subject_id == customer_id,
+            a.action == "customer_changed",
+        )
+        .order_by(a.at.desc(), a.id.desc())
+    )
+    for at, details in connection.execute(query):
+        values = details.get("values", {}) if isinstance(details, dict) else {}
+        if values.get("objected_to_profiling") is False:
+            return at  # type: ignore[no-any-return]
+    return None
 
 
 def customer_forecast(connection: sa.Connection, customer_id: str) -> CustomerForecast | None:

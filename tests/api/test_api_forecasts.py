@@ -142,6 +142,29 @@ def test_an_objecting_customer_has_no_forecast_and_an_objection_deletes_it_at_on
     assert (reply.status, reply.json()) == (404, {"detail": OBJECTED})
 
 
+def test_a_customer_who_withdrew_an_objection_is_told_the_next_run_makes_a_forecast(
+    app: FastAPI,
+) -> None:
+    """Their row went with the objection; the stored forecast is older than the withdrawal,
+    so the 404 names that, not a missing purchase. The next run makes one again."""
+    customer = stored(refreshed(app))[0].customer_id
+    for objected in (True, False):
+        change = {"source": "account page", "objected_to_profiling": objected}
+        put = call(app, "PUT", f"/v1/customers/{customer}", json=change, headers=bearer("shop"))
+        assert put.status == 200, put.text
+    reply = call(app, "GET", PATH.format(customer), headers=bearer("reader"))
+    assert (reply.status, reply.json()) == (
+        404,
+        {
+            "detail": f"no forecast for customer {customer!r} since their objection to "
+            f"profiling was withdrawn ({NOW.date().isoformat()}): the next forecast run makes one"
+        },
+    )
+    forecast.refresh(engine_of(app), app.state.service.settings, NOW + timedelta(hours=1))
+    again = call(app, "GET", PATH.format(customer), headers=bearer("reader"))
+    assert again.status == 200, again.text
+
+
 def test_export_includes_the_forecast_and_erasure_removes_it(app: FastAPI) -> None:
     row = stored(refreshed(app))[0]
     exported = call(app, "GET", f"/v1/privacy/customers/{row.customer_id}", headers=bearer("dpo"))

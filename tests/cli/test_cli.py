@@ -307,6 +307,41 @@ def test_evaluate_prints_the_cutoff_it_was_given(in_trained: Path) -> None:
     assert "cutoff 2011-11-01 00:00 (Europe/Berlin), horizon 30 days" in result.stdout
 
 
+def test_evaluate_refuses_a_horizon_the_data_does_not_reach_and_a_cutoff_before_it(
+    in_trained: Path,
+) -> None:
+    """The demo data ends on 2011-12-09: a split there scores a day or two of a 30-day
+    horizon, one before the first purchase nobody at all; both are bad input."""
+
+    def evaluate(cutoff: str, *options: str) -> Any:
+        return runner.invoke(
+            app,
+            [
+                "evaluate",
+                "--cutoff",
+                cutoff,
+                "--horizon-days",
+                "30",
+                "--model",
+                "popularity",
+                *options,
+            ],
+        )
+
+    refused = evaluate("2011-12-09")
+    assert refused.exit_code == 2
+    assert refused.output == (
+        "error: the horizon of cutoff 2011-12-09 runs to 2012-01-07, past the newest purchase "
+        "in the store (2011-12-09): it is not closed (--open-horizon measures the days seen so "
+        "far)\n"
+    )
+    warned = evaluate("2011-12-09", "--open-horizon")
+    assert warned.exit_code == 0, warned.output
+    assert "the figures count only the purchases seen so far, up to 2011-12-09" in warned.output
+    before = evaluate("1900-01-01")
+    assert before.exit_code == 2 and "no purchase before the cutoff 1900-01-01" in before.output
+
+
 def test_kpis_say_when_the_window_holds_no_orders(in_trained: Path) -> None:
     with make_engine("sqlite:///shop.db").connect() as connection:
         last = connection.execute(sa.select(sa.func.max(purchases.c.ordered_at))).scalar_one()

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from click.testing import Result
 from typer.testing import CliRunner
 
 from recocamp import forecast as f
@@ -424,12 +425,43 @@ def test_the_choice_of_the_live_forecaster_sees_no_day_at_or_after_as_of() -> No
     truncated = f.PurchaseDays.from_lines(
         shop.customers[shop.owner[keep]], shop.day[keep], shop.spend[keep]
     )
-    model, split = f.live_model(shop, 600, 90)
-    again, split_again = f.live_model(truncated, 600, 90)
+    model, split, _ = f.live_model(shop, 600, 90)
+    again, split_again, _ = f.live_model(truncated, 600, 90)
     assert split is not None and split_again is not None and split.cutoff == 510
     assert model == again and split.qualities == split_again.qualities
     for name, losses in split.losses.items():
         assert np.array_equal(losses, split_again.losses[name]), name
+
+
+def test_a_horizon_is_closed_once_the_data_reaches_its_last_day() -> None:
+    assert f.closed(700, 699) and f.closed(700, 800)  # its last day is 699
+    assert not f.closed(700, 698) and not f.closed(700, None)
+
+
+def test_the_live_choice_keeps_the_default_on_a_horizon_past_the_data_or_without_purchases() -> (
+    None
+):
+    """A split with nothing to count cannot show one forecaster better (every AUC is
+    undefined): the default stays, and the reason says why."""
+    shop = synthetic_shop()
+    newest = f.day_of(int(shop.day.max())).isoformat()
+    past = f.live_model(shop, 2000, 90)  # the horizon before as_of lies past the data
+    assert (past.model, past.chosen_on) == ("blend", None)
+    assert past.reason == (
+        "the horizon before, 1975-03-26 to 1975-06-23, is not closed: the newest purchase is "
+        f"{newest}; the default blend is used"
+    )
+    keep = shop.day < 600
+    gap = f.PurchaseDays.from_lines(
+        shop.customers[shop.owner[keep]], shop.day[keep], shop.spend[keep]
+    )
+    empty = f.live_model(gap, 700, 90, newest_day=719)  # closed, but nobody bought in it
+    assert (empty.model, empty.chosen_on) == ("blend", None)
+    assert empty.reason.startswith(
+        "no purchase day in the horizon before, 1971-09-03 to 1971-12-01"
+    )
+    chosen = f.live_model(shop, 600, 90)
+    assert chosen.chosen_on is not None and chosen.reason == "chosen on the horizon before"
 
 
 # --- the store and the command ---------------------------------------------------------
@@ -549,6 +581,66 @@ def test_forecast_command_prints_the_documented_json(
     )
     assert printed.exit_code == 0 and "MAE likely" in printed.output, printed.output
     assert "log score" in printed.output
+
+
+def test_evaluations_refuse_a_horizon_the_data_does_not_reach_and_a_cutoff_before_it(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newest purchase line is on 2011-06-01: a horizon whose last day is later counts
+    only part of its days (or none), so it is refused, or measured with a warning."""
+    fill(engine)
+    _use_utc_shop(engine, tmp_path, monkeypatch)
+    runner = CliRunner()
+
+    def evaluate(*options: str) -> Result:
+        return runner.invoke(app, ["forecast-evaluate", "--horizon-days", "7", *options])
+
+    assert evaluate("--cutoff", "2011-05-26").exit_code == 0  # its last day: 2011-06-01
+    refused = evaluate("--cutoff", "2011-05-27")
+    assert refused.exit_code == 2
+    assert refused.output == (
+        "error: the horizon of cutoff 2011-05-27 runs to 2011-06-02, past the newest purchase "
+        "in the store (2011-06-01): it is not closed (--open-horizon measures the days seen so "
+        "far)\n"
+    )
+    later = evaluate("--cutoff", "2030-01-01", "--format", "json")
+    assert later.exit_code == 2 and "2030-01-07" in later.output, later.output
+    measured = evaluate("--cutoff", "2030-01-01", "--open-horizon")
+    assert measured.exit_code == 0, measured.output
+    assert "warning: the horizon of cutoff 2030-01-01 runs to 2030-01-07" in measured.output
+    assert "the figures count only the purchases seen so far, up to 2011-06-01" in measured.output
+    assert "0 purchase days" in measured.output
+    assert "│            n/a │" in measured.output  # an undefined AUC, not 0.000
+    document = evaluate("--cutoff", "2030-01-01", "--open-horizon", "--format", "json")
+    assert document.exit_code == 0, document.output
+    models = json.loads(document.stdout)["models"]
+    assert {model["auc"] for model in models.values()} == {None}
+    before = evaluate("--cutoff", "1900-01-01")
+    assert before.exit_code == 2
+    assert before.output == (
+        "error: no purchase before the cutoff 1900-01-01 (the first is on 2011-03-01): "
+        "nothing to evaluate\n"
+    )
+
+
+def test_a_forecast_past_the_data_keeps_the_default_forecaster_and_says_why(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(engine)
+    settings = _use_utc_shop(engine, tmp_path, monkeypatch)
+    runner = CliRunner()
+    result = runner.invoke(app, ["forecast", "--as-of", "2030-01-01"])
+    assert result.exit_code == 0, result.output
+    assert "model blend" in result.output
+    assert (
+        "(the horizon before, 2029-10-03 to 2029-12-31, is not closed: the newest purchase is "
+        "2011-06-01; the default blend is used)" in result.output
+    )
+    stored = f.refresh(engine, load_settings(settings), datetime(2030, 1, 1, 9, tzinfo=UTC))
+    assert stored.model == "blend" and "is not closed" in stored.reason
+    with engine.connect() as connection:
+        version = forecast_store.current_version(connection)
+    assert version is not None and version.chosen_on == {"reason": stored.reason}
 
 
 def test_forecast_stored_prints_what_the_train_job_stored(
