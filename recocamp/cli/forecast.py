@@ -91,7 +91,7 @@ def forecast_command(
         day = _day(as_of, "--as-of", zone)
         horizon = horizon_days or settings.forecast.horizon_days
         purchases = _purchase_days(settings, day)
-        newest = forecasting.newest_day(engine_for(settings), settings)
+        newest = forecasting.newest_day(engine_for(settings), settings, clock.now())
         model, chosen_on, reason = forecasting.live_model(purchases, day, horizon, newest)
         rows = forecasting.forecast(purchases, day, horizon, model, settings.forecast.lifetime_days)
     if format is Output.json:

@@ -240,8 +240,9 @@ def live_model(
     purchases: PurchaseDays, as_of: int, horizon_days: int, newest_day: int | None = None
 ) -> LiveChoice:
     """The forecaster to use at ``as_of``, chosen on the last closed horizon before it
-    (cutoff ``as_of − H``): no day at or after ``as_of`` is seen. ``newest_day``: the newest
-    purchase day on record (default: the newest in ``purchases``).
+    (cutoff ``as_of − H``): no day at or after ``as_of`` is seen. ``newest_day``: the last
+    day the data reaches (``stored.newest_day``: the day before the clock's, or a later
+    purchase's; default: the newest in ``purchases``).
 
     The default (``blend``) stays where that horizon is not closed (the data does not reach
     its last day, e.g. an ``as_of`` past the data) or holds no purchase day: a split with
@@ -256,8 +257,7 @@ def live_model(
         return LiveChoice(
             DEFAULT,
             None,
-            f"{span}, is not closed: the newest purchase is {newest}; the default {DEFAULT} "
-            "is used",
+            f"{span}, is not closed: the data reaches {newest}; the default {DEFAULT} is used",
         )
     try:
         evaluation = evaluate(purchases, as_of - horizon_days, horizon_days)

@@ -4,8 +4,8 @@
 At the job's ``now`` the forecast is made as of that shop-local day's midnight (history
 strictly before it) for ``[forecast] horizon_days``, with the live forecaster chosen by
 :func:`~recocamp.forecast.outlook.live_model` on the last closed horizon before it (no day at
-or after ``as_of`` is seen; the default ``blend`` where that horizon is not closed by the
-store's newest purchase line or holds no purchase day). It replaces the previous version in
+or after ``as_of`` is seen; the default ``blend`` where that horizon has not passed by the
+clock nor the store's newest purchase line (:func:`newest_day`), or holds no purchase day). It replaces the previous version in
 one transaction; customers who objected to profiling or were erased get none (a forecast is
 profiling).
 """
@@ -40,14 +40,21 @@ def purchase_days(engine: Engine, settings: Settings, day: int) -> PurchaseDays:
     return PurchaseDays.from_lines(ids, local_days(seconds, zone), revenue)
 
 
-def newest_day(engine: Engine, settings: Settings) -> int | None:
-    """The shop-local day of the newest purchase line in the store (any customer, a guest's
-    too), None without one: how far the data reaches, which says whether a horizon is closed
-    (:func:`~recocamp.forecast.outlook.closed`). The clock cannot say it: a horizon past the
-    clock's now but past the data too (a demo shop's old data) has nothing to count."""
+def newest_day(engine: Engine, settings: Settings, now: datetime) -> int | None:
+    """How far the data reaches, which says whether a horizon is closed
+    (:func:`~recocamp.forecast.outlook.closed`): the shop-local day before ``now``'s, since
+    those days have passed and the store holds what happened in them (a quiet day without
+    an order too), or a later day holding a purchase line (any customer's, a guest's too);
+    None when ``now`` is before every line. The store alone cannot say it — a shop without an
+    order yesterday would count the last horizon as open — nor the clock alone: a horizon
+    past the clock's now has not happened at all."""
+    zone = settings.shop.zone
     with engine.connect() as connection:
         latest = queries.latest_order_time(connection)
-    return None if latest is None else day_number(latest.astimezone(settings.shop.zone).date())
+    passed = day_number(now.astimezone(zone).date()) - 1
+    if latest is None:
+        return None
+    return max(passed, day_number(latest.astimezone(zone).date()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +84,9 @@ def refresh(
     # One BLAS thread, as recommender/models.py holds its fits to: the regressions' small
     # matrix products ran 13 times slower on a pool of two threads on a busy two-core machine.
     with threadpool_limits(1, "blas"):
-        model, chosen_on, reason = live_model(purchases, day, horizon, newest_day(engine, settings))
+        model, chosen_on, reason = live_model(
+            purchases, day, horizon, newest_day(engine, settings, now)
+        )
         rows = forecast(purchases, day, horizon, model, lifetime)
     _require_finite(rows, model)
     split: dict[str, Any] = {"reason": reason}  # why this forecaster, and the split if any

@@ -15,13 +15,13 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from recocamp import forecast as f
-from recocamp.cli import app
+from recocamp.cli import app, common
 from recocamp.domain import Customer, Item, Purchase
 from recocamp.errors import ModelError
 from recocamp.forecast import models as forecast_models
 from recocamp.forecast.evaluate import auc, calibration, log_loss, poisson_median, quality
 from recocamp.forecast.models import seasonal_level
-from recocamp.forecast.outlook import Evaluation, choose, clearly_lower, risk_tier
+from recocamp.forecast.outlook import TOO_LITTLE, Evaluation, choose, clearly_lower, risk_tier
 from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import queries
@@ -448,7 +448,7 @@ def test_the_live_choice_keeps_the_default_on_a_horizon_past_the_data_or_without
     past = f.live_model(shop, 2000, 90)  # the horizon before as_of lies past the data
     assert (past.model, past.chosen_on) == ("blend", None)
     assert past.reason == (
-        "the horizon before, 1975-03-26 to 1975-06-23, is not closed: the newest purchase is "
+        "the horizon before, 1975-03-26 to 1975-06-23, is not closed: the data reaches "
         f"{newest}; the default blend is used"
     )
     keep = shop.day < 600
@@ -626,21 +626,39 @@ def test_evaluations_refuse_a_horizon_the_data_does_not_reach_and_a_cutoff_befor
 def test_a_forecast_past_the_data_keeps_the_default_forecaster_and_says_why(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fill(engine)
+    """An ``as_of`` past the clock: the horizon before it has not happened (not closed), the
+    default stays and the reason says why."""
+    fill(engine)  # purchases up to 2011-06-01
     settings = _use_utc_shop(engine, tmp_path, monkeypatch)
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
     runner = CliRunner()
     result = runner.invoke(app, ["forecast", "--as-of", "2030-01-01"])
     assert result.exit_code == 0, result.output
     assert "model blend" in result.output
     assert (
-        "(the horizon before, 2029-10-03 to 2029-12-31, is not closed: the newest purchase is "
-        "2011-06-01; the default blend is used)" in result.output
+        "(the horizon before, 2029-10-03 to 2029-12-31, is not closed: the data reaches "
+        "2026-12-03; the default blend is used)" in result.output
     )
+    # the job's clock at 2030: those days passed; one customer is too few to choose on
     stored = f.refresh(engine, load_settings(settings), datetime(2030, 1, 1, 9, tzinfo=UTC))
-    assert stored.model == "blend" and "is not closed" in stored.reason
+    assert (stored.model, stored.reason) == ("bgnbd", TOO_LITTLE)
     with engine.connect() as connection:
         version = forecast_store.current_version(connection)
     assert version is not None and version.chosen_on == {"reason": stored.reason}
+
+
+def test_the_nightly_choice_counts_a_quiet_yesterday_as_passed(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shop without an order yesterday: the horizon before today is closed all the same
+    (those days passed), so the nightly forecast chooses on it rather than keep the
+    default because the newest purchase is older than yesterday."""
+    fill(engine)  # purchases up to 2011-06-01
+    settings = load_settings(_use_utc_shop(engine, tmp_path, monkeypatch))
+    night = datetime(2011, 6, 20, 2, tzinfo=UTC)
+    assert f.newest_day(engine, settings, night) == f.day_number(date(2011, 6, 19))
+    stored = f.refresh(engine, settings, night)
+    assert "not closed" not in stored.reason
 
 
 def test_forecast_stored_prints_what_the_train_job_stored(
