@@ -334,12 +334,12 @@ CRON_YEARS = 29
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron's numbers: 0 (and 7) Sunday
 
 
-def cron_trigger(expression: str, timezone: Any = None) -> CronTrigger:
+def cron_trigger(expression: str, timezone: Any = None, **bounds: datetime) -> CronTrigger:
     """A five-field crontab as cron reads it. APScheduler 3's ``from_crontab`` counts
     numeric weekdays from Monday (0 Monday, 7 refused): ``0 9 * * 1`` (Monday) ran on Tuesday
     and ``1-5`` from Tuesday to Saturday. Here a weekday field with numbers becomes the names
     of its days (see :func:`cron_weekdays`); everything else is APScheduler's, including that
-    day of month and weekday must both match."""
+    day of month and weekday must both match. ``bounds``: ``start_date``, ``end_date``."""
     from apscheduler.triggers.cron import CronTrigger
 
     fields = expression.split()
@@ -353,6 +353,7 @@ def cron_trigger(expression: str, timezone: Any = None) -> CronTrigger:
         month=month,
         day_of_week=cron_weekdays(weekday),
         timezone=timezone,
+        **bounds,
     )
 
 
@@ -401,18 +402,8 @@ def first_fire(
     not within ``years``: APScheduler requires day of month, month and weekday all to match,
     so ``0 0 31 2 *`` (February 31st) or ``0 0 30 2 MON`` never fires, and its unbounded
     search would walk the years to 9999."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    minute, hour, day, month, weekday = expression.split()
-    trigger = CronTrigger(
-        minute=minute,
-        hour=hour,
-        day=day,
-        month=month,
-        day_of_week=cron_weekdays(weekday),
-        timezone=UTC,
-        start_date=now,
-        end_date=now + timedelta(days=366 * years),
+    trigger = cron_trigger(
+        expression, UTC, start_date=now, end_date=now + timedelta(days=366 * years)
     )
     fire: datetime | None = trigger.get_next_fire_time(None, now)
     return fire

@@ -5,9 +5,9 @@ At the job's ``now`` the forecast is made as of that shop-local day's midnight (
 strictly before it) for ``[forecast] horizon_days``, with the live forecaster chosen by
 :func:`~recocamp.forecast.outlook.live_model` on the last closed horizon before it (no day at
 or after ``as_of`` is seen; the default ``blend`` where that horizon has not passed by the
-clock nor the store's newest purchase line (:func:`newest_day`), or holds no purchase day). It replaces the previous version in
-one transaction; customers who objected to profiling or were erased get none (a forecast is
-profiling).
+clock nor the store's newest purchase line (:func:`newest_day`), or holds no purchase day).
+It replaces the previous version in one transaction; customers who objected to profiling or
+were erased get none (a forecast is profiling).
 """
 
 from __future__ import annotations

@@ -62,6 +62,21 @@ def worker_for(shop: Path) -> Worker:
     return process
 
 
+def dead_run(process: Worker, decided_at: datetime) -> tuple[int, str]:
+    """A run of ``everyone`` decided at ``decided_at`` by a worker that died: its id and key."""
+    key = jobs.run_key("everyone", decided_at, process.campaigns["everyone"].schedule.zone)
+    with process.engine.begin() as connection:
+        dead = runs.start(
+            connection,
+            "campaign:everyone",
+            "elsewhere:1:dead",
+            decided_at,
+            as_of=decided_at,
+            run_key=key,
+        )
+    return dead, key
+
+
 def sqlite_shop(tmp_path: Path, esp_url: str = "http://127.0.0.1:1", **worker: object) -> Path:
     return make_shop(
         tmp_path / "shop", f"sqlite:///{tmp_path / 'shop' / 'shop.db'}", esp_url, **worker
@@ -160,16 +175,8 @@ def test_an_unfinished_campaign_run_is_resumed_with_its_own_instant(
     shop = sqlite_shop(tmp_path, url)
     process = worker_for(shop)
     decided_at = datetime.now(UTC) - timedelta(hours=1)
-    key = jobs.run_key("everyone", decided_at, process.campaigns["everyone"].schedule.zone)
+    dead, key = dead_run(process, decided_at)
     with process.engine.begin() as connection:
-        dead = runs.start(
-            connection,
-            "campaign:everyone",
-            "elsewhere:1:dead",
-            decided_at,
-            as_of=decided_at,
-            run_key=key,
-        )
         old = runs.start(
             connection,
             "campaign:everyone",
@@ -605,17 +612,7 @@ def test_a_resume_skipped_because_the_campaign_runs_is_tried_again_later(
     fake, url = esp
     process = worker_for(sqlite_shop(tmp_path, url))
     decided_at = datetime.now(UTC) - timedelta(hours=1)  # the worker runs on the real clock
-    with process.engine.begin() as connection:
-        dead = runs.start(
-            connection,
-            "campaign:everyone",
-            "elsewhere:1:dead",
-            decided_at,
-            as_of=decided_at,
-            run_key=jobs.run_key(
-                "everyone", decided_at, process.campaigns["everyone"].schedule.zone
-            ),
-        )
+    dead, _ = dead_run(process, decided_at)
 
     def skipped() -> bool:
         with process.engine.connect() as connection:
