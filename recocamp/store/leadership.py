@@ -27,6 +27,21 @@ def sqlite_file(engine: Engine) -> str | None:
     return database if database and database != ":memory:" else None
 
 
+# the server probes an idle lock holder's connection after 10 s and every 5 s, and ends its
+# session, releasing its locks, after 3 probes unanswered: a leader whose host died or was cut
+# off leaves the lock within ~25 s (the system's default is 2 h). A frozen process whose host
+# still answers keeps it: the kernel answers the probes.
+KEEPALIVE = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tcp_keepalives_count": 3}
+
+
+def keep_alive(connection: Connection) -> None:
+    """Ask the server to probe this connection while it holds locks (see :data:`KEEPALIVE`;
+    the settings are the session's own, and mean nothing on a Unix socket)."""
+    for name, value in KEEPALIVE.items():
+        connection.execute(sa.text(f"SET {name} = {int(value)}"))
+    connection.commit()
+
+
 def try_lock(connection: Connection, key: int) -> bool:
     """Take the session advisory lock ``key`` if nobody holds it (re-entrant per session)."""
     got = connection.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})

@@ -112,6 +112,7 @@ class AdvisoryLockLeadership(_JobLocks):
             return self.held()
         connection = self.engine.connect()
         try:
+            store.keep_alive(connection)  # a dead leader's host frees the lock in ~25 s
             got = store.try_lock(connection, self.KEY)
         except DBAPIError:
             connection.close()
@@ -167,6 +168,7 @@ class AdvisoryLockLeadership(_JobLocks):
         try:
             if self.job_connection is None:
                 self.job_connection = self.engine.connect()
+                store.keep_alive(self.job_connection)
             return statement(self.job_connection, key)
         except DBAPIError:  # the connection (and its locks) is gone: a new one next time
             connection, self.job_connection = self.job_connection, None

@@ -16,8 +16,10 @@ import sqlalchemy as sa
 
 from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
+from recocamp.store import leadership as store_leadership
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
+from recocamp.worker import leadership
 from tests.worker_shop import make_shop, recocamp, start_worker, wait_for
 
 CUSTOMERS = 150
@@ -116,3 +118,28 @@ def _no_overlapping_leader_runs(engine: sa.Engine, killed_at: datetime, killed: 
     for (_, end, worker), (start, _, other) in itertools.pairwise(spans):
         if worker != other:
             assert end is not None and end <= start, (worker, other)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_lock_holding_sessions_ask_the_server_to_probe_them(engine: sa.Engine) -> None:
+    """The leader's and the job locks' sessions set TCP keepalives on the server, which ends
+    a session whose host stopped answering and so frees its locks in ~25 s, not the
+    system's 2 h: the next worker can lead (``store.leadership.KEEPALIVE``)."""
+    held = leadership.AdvisoryLockLeadership(engine)
+    try:
+        assert held.try_acquire()
+        with held.job_lock("deliver") as got:
+            assert got
+            for connection in (held.connection, held.job_connection):
+                assert connection is not None
+                shown = {
+                    name: connection.exec_driver_sql(f"SHOW {name}").scalar_one()
+                    for name in store_leadership.KEEPALIVE
+                }
+                assert shown == {
+                    "tcp_keepalives_idle": "10",
+                    "tcp_keepalives_interval": "5",
+                    "tcp_keepalives_count": "3",
+                }
+    finally:
+        held.release()
