@@ -290,7 +290,16 @@ SENDGRID_KINDS = {
     "click": "clicked",
     "unsubscribe": "unsubscribed",
     "group_unsubscribe": "unsubscribed",
-    "dropped": "bounced",
+}
+# SendGrid drops a message without trying it, and says why: the address's own record
+# (suppress it as that record says) or something about the message or the account (an
+# invalid SMTPAPI header, spam content, a quota: suppressing the recipient for good over our
+# own mistake would lose them; recorded as a soft bounce, which suppresses nobody)
+SENDGRID_DROPS = {
+    "bounced address": "bounced",
+    "invalid": "bounced",
+    "spam reporting address": "complained",
+    "unsubscribed address": "unsubscribed",
 }
 
 BREVO_KINDS = {
@@ -361,7 +370,7 @@ def _postmark(item: dict[str, Any]) -> Event | None:
 
 
 class SendgridEvent(_Payload):
-    event: Annotated[Text, _kinds({"bounce", *SENDGRID_KINDS})]
+    event: Annotated[Text, _kinds({"bounce", "dropped", *SENDGRID_KINDS})]
     type: StoredType | None = None
     sg_message_id: Text | None = None
     sg_event_id: Text | None = None
@@ -373,12 +382,14 @@ class SendgridEvent(_Payload):
 
 def _sendgrid(item: dict[str, Any]) -> Event | None:
     name = item.get("event")
-    if not isinstance(name, str) or (name != "bounce" and name not in SENDGRID_KINDS):
+    if not isinstance(name, str) or (name not in ("bounce", "dropped", *SENDGRID_KINDS)):
         return None
     e = SendgridEvent.model_validate(item)
     kind = SENDGRID_KINDS.get(e.event)
     if e.event == "bounce":
         kind = "soft_bounced" if e.type == "blocked" else "bounced"
+    elif e.event == "dropped":
+        kind = SENDGRID_DROPS.get((e.reason or "").strip().lower(), "soft_bounced")
     assert kind is not None
     message_id = (e.sg_message_id or "").split(".")[0] or None
     return Event(

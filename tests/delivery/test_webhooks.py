@@ -157,6 +157,29 @@ def test_sendgrid_batch_maps_each_event() -> None:
     assert events[1].details == {"reason": "550 5.1.1 no such user"}
 
 
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("Bounced Address", "bounced"),  # the address's own record: suppressed as it says
+        ("Invalid", "bounced"),
+        ("Spam Reporting Address", "complained"),
+        ("unsubscribed address", "unsubscribed"),  # SendGrid's case varies
+        ("Invalid SMTPAPI header", "soft_bounced"),  # about our message: nobody suppressed
+        ("Spam Content (if Spam Checker app is enabled)", "soft_bounced"),
+        ("Recipient List over Package Quota", "soft_bounced"),
+        (None, "soft_bounced"),
+    ],
+)
+def test_a_sendgrid_drop_suppresses_only_for_the_address_own_record(
+    reason: str | None, kind: str
+) -> None:
+    """A dropped message was never tried: only a drop for the address's record (bounced,
+    reported spam, unsubscribed, invalid) is about the recipient; one about our message or
+    account must not suppress a customer for good."""
+    item = SG_BASE | {"event": "dropped"} | ({"reason": reason} if reason else {})
+    assert one("sendgrid", item).kind == kind
+
+
 def test_sendgrid_without_event_id_uses_a_stable_digest() -> None:
     item = SG_BASE | {"event": "delivered"}
     first, second = one("sendgrid", item), one("sendgrid", dict(reversed(item.items())))
