@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import json_body, make_client, request
+from recocamp.delivery.esp.http import about_recipient, json_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import PermanentDeliveryError
 
@@ -58,7 +58,7 @@ class Brevo:
                 message.send_key, SendStatus.ACCEPTED, message_id=str(body.get("messageId", ""))
             )
         detail = f"brevo {body.get('code', response.status_code)}: {body.get('message', '')}"
-        if response.status_code == 400 and "email" in str(body.get("message", "")).lower():
+        if response.status_code == 400 and about_recipient(str(body.get("message", ""))):
             return SendResult(message.send_key, SendStatus.REJECTED, error=detail[:500])
         raise PermanentDeliveryError(detail[:500])
 

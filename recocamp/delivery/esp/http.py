@@ -119,3 +119,15 @@ def json_body(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+_OURS = ("sender", "from", "reply")  # our own addresses' fields in the providers' words
+
+
+def about_recipient(message: str) -> bool:
+    """Whether a provider's 400 text blames the recipient's address ("email is not valid in
+    to"), which suppresses the address for good; one about our sender, From or Reply-To
+    ("valid sender email required") blames us, and must not suppress every customer of a
+    run over a typo in ``from_email``."""
+    text = message.lower()
+    return "email" in text and not any(word in text for word in _OURS)

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import json_body, make_client, request
+from recocamp.delivery.esp.http import about_recipient, json_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import PermanentDeliveryError
 
@@ -45,7 +45,7 @@ class Mailpit:
         if response.status_code < 300 and isinstance(body, dict):
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=str(body["ID"]))
         detail = response.text[:300]
-        if response.status_code == 400 and "email" in detail.lower():
+        if response.status_code == 400 and about_recipient(detail):
             return SendResult(message.send_key, SendStatus.REJECTED, error=f"mailpit: {detail}")
         raise PermanentDeliveryError(f"mailpit: HTTP {response.status_code}: {detail}")
 

@@ -660,6 +660,17 @@ def test_brevo_400_about_the_recipient_is_rejected_other_400_permanent() -> None
     assert "sender is missing" in str(error)
 
 
+@pytest.mark.parametrize("case", [BREVO, MAILPIT], ids=["brevo", "mailpit"])
+@pytest.mark.parametrize(
+    "text", ["valid sender email required", "invalid From email address", "Reply-To email bad"]
+)
+def test_a_400_about_our_own_address_suppresses_no_recipient(case: Case, text: str) -> None:
+    """A typo in ``from_email`` is ours: the batch fails, nobody is rejected (suppressed)."""
+    body = {"code": "invalid_parameter", "message": text} if case is BREVO else {"Error": text}
+    error = send_error(case, reply(400, body=body), PermanentDeliveryError)
+    assert text in str(error)
+
+
 # --- make_provider -------------------------------------------------------------------------
 
 
