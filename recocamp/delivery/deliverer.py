@@ -286,7 +286,9 @@ class Deliverer:
         if exc.retry_after:
             until = self.clock.now() + timedelta(seconds=min(exc.retry_after, MAX_RETRY_AFTER_S))
             self.quiet_until = max(until, self.quiet_until or until)
-        found = self._lookup([c.email.send_key for c in claimed]) if exc.ambiguous else {}
+        unknown = exc.ambiguous and not self.provider.resend_is_safe
+        asked = self.provider.lookup([c.email.send_key for c in claimed]) if unknown else {}
+        found = asked or {}
         results = [
             SendResult(c.email.send_key, SendStatus.ACCEPTED, message_id=found[c.email.send_key])
             if c.email.send_key in found
@@ -299,8 +301,13 @@ class Deliverer:
             "%s: %d messages, %d found accepted after the error", exc, len(claimed), len(found)
         )
         # a provider-wide 429/5xx says nothing about this campaign: it is not in the tally,
-        # and it costs no attempt (an outage makes mail wait, never fail)
-        return self._record(claimed, results, DeliveryReport(requests=1), tally=False, refund=True)
+        # and it costs no attempt (an outage makes mail wait, never fail) — unless the request
+        # may have gone through and the provider cannot be asked (SendGrid has no search):
+        # then each resend may be a duplicate, and ``max_attempts`` bounds how many
+        refund = asked is not None
+        return self._record(
+            claimed, results, DeliveryReport(requests=1), tally=False, refund=refund
+        )
 
     def _record(
         self,

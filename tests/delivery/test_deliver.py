@@ -609,3 +609,25 @@ def test_stored_errors_never_hold_the_recipients_address(engine: sa.Engine) -> N
     with engine.connect() as connection:
         errors = connection.execute(sa.select(outbox_table.c.last_error)).scalars().all()
     assert sorted(errors) == ["postmark 300: Invalid 'To' address: '<address>'"] * 2
+
+
+class AcceptsButNeverAnswers(FakeProvider):
+    """Takes every request and loses every answer, and has no search (as SendGrid)."""
+
+    def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+        super().send_batch(messages)
+        raise TransientDeliveryError("read timeout", ambiguous=True)
+
+    def lookup(self, send_keys: Sequence[str]) -> dict[str, str] | None:
+        return None
+
+
+def test_resends_that_may_duplicate_are_bounded_by_max_attempts(engine: sa.Engine) -> None:
+    """An ambiguous failure the provider cannot be asked about may have been delivered: each
+    resend may be a duplicate, so it costs an attempt (a plain outage costs none) and the
+    message fails after ``max_attempts`` instead of being resent for ever."""
+    fill(engine, 1)
+    fake = AcceptsButNeverAnswers()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain(max_wait_s=24 * 3600)
+    assert len(fake.sent) == ESP.max_attempts and report.sent == 0
+    assert states(engine) == Counter({"failed": 1})
