@@ -147,6 +147,9 @@ class Snapshot:
     live: Live | None
     popular: Ranked
     checked: float  # monotonic time of the last look for a new model / catalogue
+    # why the model live in the registry is not loaded (its artifacts are missing or
+    # damaged: popularity is served meanwhile, and /readyz says not ready); None when loaded
+    load_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,14 +384,16 @@ class OfferService:
                 and old.live.version == live_row.version
             )
             if old is not None and same_model and old.catalogue_mark == mark:
-                return Snapshot(
-                    old.generation, old.catalogue, mark, old.live, old.popular, self.monotonic()
-                )
+                return replace(old, catalogue_mark=mark, checked=self.monotonic(), load_error=None)
             catalogue = views.catalogue(connection)
             popular = views.recent_popular(
                 connection, self.clock.now(), self.settings.recommender.top_n
             )
-        live = old.live if old is not None and same_model else self._load(live_row)
+        error = None
+        if old is not None and same_model:
+            live = old.live
+        else:
+            live, error = self._load(live_row, None if old is None else old.load_error)
         generation = 1 if old is None else old.generation + 1
         log.info(
             "serving generation %d: model %s, %d items",
@@ -396,19 +401,24 @@ class OfferService:
             live.version if live else None,
             len(catalogue),
         )
-        return Snapshot(generation, catalogue, mark, live, popular, self.monotonic())
+        return Snapshot(generation, catalogue, mark, live, popular, self.monotonic(), error)
 
-    def _load(self, row: Any) -> Live | None:
+    def _load(self, row: Any, failed: str | None) -> tuple[Live | None, str | None]:
+        """The live model, or None and why it cannot be loaded. A model that failed is
+        tried again at every look (its files may be restored); the error is logged when it
+        is new (``failed``: the last look's), not every ``refresh_s``."""
         if row is None:
-            return None
+            return None, None
         started = time.perf_counter()
         try:
             live = load_live(row, self.settings)
-        except ModelError:
-            log.exception("cannot load the live model %s: serving popularity", row.version)
-            return None
+        except ModelError as exc:
+            error = f"the live model {row.version} cannot be loaded: {exc}"
+            if error != failed:
+                log.error("%s; serving popularity", error)
+            return None, error
         log.info("loaded model %s in %.2fs", row.version, time.perf_counter() - started)
-        return live
+        return live, None
 
     # --- what changed: dropping the answers it touches ---------------------------------------
 
