@@ -7,11 +7,11 @@ purchase row is still a profile of them, so right after that transaction commits
 is removed from every saved model's artifacts, the way an erasure removes them
 (``artifacts.scrub``): in the request (a scrub rewrites a ``model.npz``: on the demo, with
 three saved 8–9.5 MB hybrids, the objecting ``PUT`` took 0.20 s, 0.12 s when no model held
-the customer any more), in the import command, in the worker's import job. The worker's nightly train job sweeps every objector out
-of every model again (:func:`unprofile` without ids), also when it skips training: that
-catches an objection recorded while a model was being trained, and objections recorded
-before this existed. A model that cannot be found or read is reported as an erasure reports
-it (logged as an error; ``models_left``).
+the customer any more), in the import command, in the worker's import job. The worker's
+nightly train job sweeps every objector out of every model again (:func:`unprofile` without
+ids), also when it skips training: that catches an objection recorded while a model was being
+trained, and objections recorded before this existed. A model that cannot be found or read
+is reported as an erasure reports it (logged as an error; ``models_left``).
 """
 
 from __future__ import annotations
