@@ -654,6 +654,7 @@ class OfferService:
             known=known,
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
+            unloadable=snapshot.load_error is not None,
         )
         basis = Basis.of(snapshot.generation, kept, personal)
         if basis.held:

@@ -85,6 +85,7 @@ def test_the_api_starts_on_a_damaged_live_model_serves_popularity_and_is_not_rea
             assert "EOFError" in detail
             answer = offers(app, customer)
             assert answer["basis"] == "popular" and answer["items"]
+            assert answer["basis_reason"] == "popular: the live model cannot be loaded"
         finally:
             app.state.service.close()
     assert f"cannot load the model artifacts at {directory}" in caplog.text
