@@ -199,13 +199,18 @@ def _health_routes(app: FastAPI, engine: Engine, service: OfferService) -> None:
     )
     def readyz() -> Any:
         """Readiness: the database answers at the newest schema and the live model (if any)
-        and the catalogue are loaded."""
+        and the catalogue are loaded. A model live in the registry whose artifacts cannot be
+        loaded is not ready (503 with the reason; offers are popularity meanwhile); no live
+        model at all is ready (``model_version`` null: offers are popularity until one is)."""
         try:
             require_current(engine)
-            version = service.snapshot().live
+            snapshot = service.snapshot()
         except (SQLAlchemyError, RecocampError) as exc:
             return JSONResponse({"status": "not ready", "detail": str(exc)}, 503)
-        return ReadyOut(status="ready", model_version=version.version if version else None)
+        if snapshot.load_error is not None:
+            return JSONResponse({"status": "not ready", "detail": snapshot.load_error}, 503)
+        live = snapshot.live
+        return ReadyOut(status="ready", model_version=live.version if live else None)
 
     @app.get(
         "/metrics",

@@ -39,7 +39,10 @@ numpy on the live model (one small least-squares solve and a sparse row product,
 ``recommender.serving``). The live
 model and the catalogue are looked up again every ``[api] refresh_s`` seconds in the
 background (at once when a model goes live, and when a customer's cached row names a model
-this process has not loaded yet).
+this process has not loaded yet). After a model went live no answer is computed from the old
+generation: the request that heard it waits for a look begun after the change (a customer
+without a cached row gets a list computed from the model in memory, and nothing else would
+tell it is the retired one).
 """
 
 from __future__ import annotations
@@ -147,6 +150,12 @@ class Snapshot:
     live: Live | None
     popular: Ranked
     checked: float  # monotonic time of the last look for a new model / catalogue
+    # why the model live in the registry is not loaded (its artifacts are missing or
+    # damaged: popularity is served meanwhile, and /readyz says not ready); None when loaded
+    load_error: str | None = None
+    # the service's epoch when this look began: a snapshot older than the latest "everything
+    # changed" (a model went live) is not used for a new answer (see OfferService.snapshot)
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,27 +359,44 @@ class OfferService:
 
     def snapshot(self, force: bool = False) -> Snapshot:
         """The current generation; looks for a new live model or catalogue change when
-        ``refresh_s`` has passed (one thread looks, the others go on with the old one)."""
+        ``refresh_s`` has passed (one thread looks, the others go on with the old one). After
+        "everything changed" (a model went live: :meth:`_everything`) the old generation is
+        not used at all: the caller waits for a look that began after the change (the one
+        :meth:`_everything` started in the background, or its own), so the first answer after
+        a promote or rollback — for a customer without a cached row too, whose list is
+        computed from the model in memory — comes from the new model."""
         current = self._snapshot
+        stale = current is not None and current.epoch != self._epoch
         due = (
             current is None
             or force
+            or stale
             or (self.monotonic() - current.checked >= self.settings.api.refresh_s)
         )
         if not due:
             assert current is not None
             return current
-        if current is not None and not self._refreshing.acquire(blocking=force):
+        wait = current is None or force or stale
+        if not self._refreshing.acquire(blocking=wait):
+            assert current is not None
             return current
-        if current is None:
-            self._refreshing.acquire()
         try:
-            self._snapshot = self._refresh(self._snapshot)
+            latest = self._snapshot
+            if (
+                not force
+                and latest is not None
+                and latest is not current
+                and latest.epoch == self._epoch
+            ):
+                return latest  # looked at by another thread meanwhile, after the change
+            self._snapshot = self._refresh(latest, self._epoch)
         finally:
             self._refreshing.release()
         return self._snapshot
 
-    def _refresh(self, old: Snapshot | None) -> Snapshot:
+    def _refresh(self, old: Snapshot | None, epoch: int) -> Snapshot:
+        """A look at the registry and the catalogue, begun at ``epoch`` (read before the
+        store is: a change heard during the look makes the result stale at once)."""
         with self.engine.connect() as connection:
             live_row = registry.live(connection)
             mark = store.catalogue_mark(connection)
@@ -381,14 +407,18 @@ class OfferService:
                 and old.live.version == live_row.version
             )
             if old is not None and same_model and old.catalogue_mark == mark:
-                return Snapshot(
-                    old.generation, old.catalogue, mark, old.live, old.popular, self.monotonic()
+                return replace(
+                    old, catalogue_mark=mark, checked=self.monotonic(), load_error=None, epoch=epoch
                 )
             catalogue = views.catalogue(connection)
             popular = views.recent_popular(
                 connection, self.clock.now(), self.settings.recommender.top_n
             )
-        live = old.live if old is not None and same_model else self._load(live_row)
+        error = None
+        if old is not None and same_model:
+            live = old.live
+        else:
+            live, error = self._load(live_row, None if old is None else old.load_error)
         generation = 1 if old is None else old.generation + 1
         log.info(
             "serving generation %d: model %s, %d items",
@@ -396,19 +426,24 @@ class OfferService:
             live.version if live else None,
             len(catalogue),
         )
-        return Snapshot(generation, catalogue, mark, live, popular, self.monotonic())
+        return Snapshot(generation, catalogue, mark, live, popular, self.monotonic(), error, epoch)
 
-    def _load(self, row: Any) -> Live | None:
+    def _load(self, row: Any, failed: str | None) -> tuple[Live | None, str | None]:
+        """The live model, or None and why it cannot be loaded. A model that failed is
+        tried again at every look (its files may be restored); the error is logged when it
+        is new (``failed``: the last look's), not every ``refresh_s``."""
         if row is None:
-            return None
+            return None, None
         started = time.perf_counter()
         try:
             live = load_live(row, self.settings)
-        except ModelError:
-            log.exception("cannot load the live model %s: serving popularity", row.version)
-            return None
+        except ModelError as exc:
+            error = f"the live model {row.version} cannot be loaded: {exc}"
+            if error != failed:
+                log.error("%s; serving popularity", error)
+            return None, error
         log.info("loaded model %s in %.2fs", row.version, time.perf_counter() - started)
-        return live
+        return live, None
 
     # --- what changed: dropping the answers it touches ---------------------------------------
 
@@ -619,6 +654,7 @@ class OfferService:
             known=known,
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
+            unloadable=snapshot.load_error is not None,
         )
         basis = Basis.of(snapshot.generation, kept, personal)
         if basis.held:

@@ -440,7 +440,11 @@ def _change(
             )
             return "unsubscribed"
         assert changes is not None
-        profiles.apply(connection, found.customer_id, changes, at=now, actor=ACTOR, source=SOURCE)
+        changed = profiles.apply(
+            connection, found.customer_id, changes, at=now, actor=ACTOR, source=SOURCE
+        )
+    if changed.objected:  # committed: out of the saved models too (errors are logged)
+        privacy.unprofile(engine, settings, [found.customer_id])
     return {"save": "saved", "pause": "paused", "resume": "resumed"}[action]
 
 

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.table import Table
 
+from recocamp import privacy
 from recocamp.cli.common import (
     RichProgress,
     app,
@@ -114,8 +115,24 @@ def import_purchases(
 def import_customers(file: Path, time_zone: ZoneOption = None) -> None:
     """Import or update customer profiles and consent records."""
     with errors_to_exit(), progress_bars() as progress:
-        report = _importer(current_settings(), progress, time_zone).customers(file)
+        settings = current_settings()
+        importer = _importer(settings, progress, time_zone)
+        report = importer.customers(file)
     print_import_report(report)
+    if not report.already_imported:
+        unprofile(importer.engine, settings)
+
+
+def unprofile(engine: Engine, settings: Settings) -> None:
+    """Every customer who objected to profiling out of every saved model (an import may have
+    recorded objections); exit 1 when a model could not be cleaned, as an erasure does."""
+    scrub = privacy.unprofile(engine, settings)
+    if scrub.models:
+        console.print(f"objections to profiling: removed from {scrub.models:,} saved model(s)")
+    for path in scrub.models_left:
+        console.print(f"NOT cleaned of the objecting customers (model artifacts missing): {path}")
+    if scrub.models_left:
+        raise typer.Exit(1)  # the objection is not carried out: a script must not take it as done
 
 
 @import_app.command("items")

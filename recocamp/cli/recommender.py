@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from recocamp import forecast as forecasting
+from recocamp.campaigns.audience import history_of
 from recocamp.cli.common import (
     MAX_TOP,
     OpenHorizon,
@@ -37,10 +38,10 @@ from recocamp.recommender import models as model_module
 from recocamp.recommender import training
 from recocamp.recommender.evaluate import Metrics
 from recocamp.recommender.models import MODEL_NAMES
-from recocamp.recommender.ranking import objects_to_profiling, personal_or_popular
-from recocamp.recommender.serving import Live
+from recocamp.recommender.ranking import objects_to_profiling
+from recocamp.recommender.serving import Cached, Live, personal_list
 from recocamp.settings import Settings
-from recocamp.store import queries, registry
+from recocamp.store import queries, registry, views
 from recocamp.store.engine import Engine
 
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
@@ -265,36 +266,36 @@ def models_rollback() -> None:
 
 @app.command("recommend")
 def recommend(customer_id: str, n: TopN = 10) -> None:
-    """A customer's cached top-N from the live model (popularity for cold or objected ones)."""
+    """A customer's list by the API's rule (``serving.personal_list``): the cached top-N, or
+    computed now from the live model for a customer the cache leaves out or who bought since
+    the model's data (popularity for objectors, unknown customers, no history)."""
     with errors_to_exit():
         settings = current_settings()
-        with engine_for(settings).connect() as connection:
+        now, engine = clock.now(), engine_for(settings)
+        with engine.connect() as connection:
             live = registry.live(connection)
             if live is None:
                 raise ModelError("no live model: run `recocamp train` first")
             person = registry.customer(connection, customer_id)
-            cached = registry.cached(connection, customer_id)
-            personal = cached.items if cached else None
-            if personal is None and not objects_to_profiling(person):
-                personal = _outside_the_cache(settings, live, customer_id)
-            ranked, why = personal_or_popular(
-                known=person is not None or cached is not None or personal is not None,
-                objected=objects_to_profiling(person),
-                personal=personal,
-                popular=live.popular,
-            )
-            titles = queries.item_titles(connection, [item for item, _ in ranked[:n]])
-    console.print(f"customer {customer_id}: {why} (model {live.version})")
-    _ranked_table(None, ranked[:n], titles)
-
-
-def _outside_the_cache(settings: Settings, live: Any, customer_id: str) -> list[list[Any]] | None:
-    """The list the cache would hold for a customer it leaves out (not active within
-    ``cache_active_days``), computed from the live model's artifacts."""
-    fitted, data, _ = model_module.load(settings.locate(live.path), settings.recommender)
-    return Live.of(live.version, fitted, data, live.data_cutoff).listed(
-        customer_id, settings.recommender.top_n
-    )
+            row = registry.cached(connection, customer_id)
+            history = history_of(views.customer_orders(connection, customer_id, now), {})
+        cached = None if row is None else Cached(row.items, str(row.model_version))
+        fitted, data, _ = model_module.load(settings.locate(live.path), settings.recommender)
+        personal = personal_list(
+            Live.of(live.version, fitted, data, live.data_cutoff),
+            history,
+            cached,
+            customer_id=customer_id,
+            objected=objects_to_profiling(person),
+            known=person is not None or cached is not None or history.count > 0,
+            top_n=max(n, settings.recommender.top_n),
+            half_life=settings.recommender.time_decay_half_life_days,
+        )
+        ranked = [list(entry) for entry in (personal.items or live.popular)][:n]
+        with engine.connect() as connection:
+            titles = queries.item_titles(connection, [item for item, _ in ranked])
+    console.print(f"customer {customer_id}: {personal.why} (model {live.version})")
+    _ranked_table(None, ranked, titles)
 
 
 @app.command("similar")

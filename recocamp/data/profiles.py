@@ -14,7 +14,8 @@ Semantics worth knowing:
 - a change of ``consent_basis`` (to a basis other than ``none``) is a new consent and needs
   its own ``consent_at`` in the same change, not the stored one: otherwise the time of the
   old consent (a double opt-in, say) would stand as the time of the new basis;
-- an objection to profiling drops the customer's cached personal list at once;
+- an objection to profiling drops the customer's cached personal list at once, and says so
+  (``Changed.objected``): the caller removes them from the saved models after the commit;
 - ``unsubscribed = true`` unsubscribes (and suppresses the address) like a link click;
   ``false`` re-subscribes only together with a new consent given after the unsubscribe —
   an earlier consent does not outlive the customer's own opt-out. Bounces and complaints
@@ -62,6 +63,8 @@ class ProfileError(RecocampError):
 class Changed:
     created: bool
     fields: tuple[str, ...]
+    objected: bool = False  # the change records an objection to profiling: the caller
+    # removes the customer from the saved models once it committed (``privacy.unprofile``)
 
 
 def apply(
@@ -117,7 +120,8 @@ def apply(
             subject_id=customer_id,
             details=details,
         )
-    return Changed(row is None, changed + ((opted,) if opted else ()))
+    objected = bool(changes.get("objected_to_profiling")) and bool(after["objected_to_profiling"])
+    return Changed(row is None, changed + ((opted,) if opted else ()), objected)
 
 
 def _validate(customer_id: str, after: Mapping[str, Any], zone: ZoneInfo) -> None:

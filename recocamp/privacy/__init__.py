@@ -2,7 +2,9 @@
 
 Owns the rules, not the SQL: where personal data lives and the export of it
 (:mod:`.holdings`), what erasure removes where, in which order, and what it cannot reach
-(:mod:`.erasure`), and how long what is kept (:mod:`.retention`). Their statements are in
+(:mod:`.erasure`), what an objection to profiling removes from the saved models
+(:mod:`.objection`; one scrub of the models for both, :mod:`.artifacts`), and how long what
+is kept (:mod:`.retention`). Their statements are in
 ``store.privacy``; ``store.tombstones`` keeps the erased out of every way data comes in
 again.
 
@@ -12,8 +14,8 @@ Exports: :func:`export`, :func:`ties`, :func:`personal_columns`, :func:`erase`,
 :class:`ErasureReport`, :class:`Scope` (whom a request covers when other customers hold the
 address), :class:`Link` (the customer's link a request came through), :func:`covered` (the
 ids it would cover, read before asking), :func:`check_count`, :func:`purge`,
-:class:`PurgeReport`, :data:`KEPT` (callers import the package: ``from recocamp import
-privacy``).
+:class:`PurgeReport`, :func:`unprofile`, :class:`ObjectionScrub`, :data:`KEPT` (callers
+import the package: ``from recocamp import privacy``).
 """
 
 from recocamp.privacy.erasure import ErasureReport, erase
@@ -26,12 +28,14 @@ from recocamp.privacy.holdings import (
     personal_columns,
     ties,
 )
+from recocamp.privacy.objection import ObjectionScrub, unprofile
 from recocamp.privacy.retention import KEPT, PurgeReport, purge
 
 __all__ = [
     "KEPT",
     "ErasureReport",
     "Link",
+    "ObjectionScrub",
     "PurgeReport",
     "Scope",
     "check_count",
@@ -41,4 +45,5 @@ __all__ = [
     "personal_columns",
     "purge",
     "ties",
+    "unprofile",
 ]

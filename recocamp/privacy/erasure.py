@@ -36,14 +36,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from recocamp import metrics
 from recocamp.data import erasure_files
+from recocamp.privacy import artifacts
 from recocamp.privacy.holdings import Link, Scope, check_count, check_link, subject, ties
-from recocamp.recommender import models as model
 from recocamp.settings import Settings
-from recocamp.store import notifications, registry, tombstones
+from recocamp.store import notifications, tombstones
 from recocamp.store import privacy as store
 from recocamp.store.engine import Connection, Engine
 from recocamp.store.privacy import MetaData, Person, Subject, Ties
@@ -134,12 +133,12 @@ def erase(
             subject_id=str(erasure_id),
             details={"rows": rows, "customers": len(who.ids), "address_shared": shared},
         )
-    artifacts, missing = _scrub_artifacts(engine, settings, set(who.ids))
+    scrubbed = artifacts.scrub(engine, settings, who.ids, "erasure")
     # every id and address at once: each file is read and rewritten once per erasure
     files = erasure_files.scrub(
         erasure_files.written_dirs(settings), addresses.keys(), addresses.values()
     )
-    clean = store.empty_wal(engine) and not files.failed and not missing
+    clean = store.empty_wal(engine) and not files.failed and not scrubbed.missing
     metrics.PRIVACY_REQUESTS.labels("erasure", via).inc()
     log.info(
         "erasure %d via %s: %d customer(s), rows %s, %d model(s), %d file(s) scrubbed, %d not",
@@ -147,17 +146,17 @@ def erase(
         via,
         len(who.ids),
         rows,
-        artifacts,
+        scrubbed.models,
         len(files.rewritten),
         len(files.failed),
     )
     return ErasureReport(
         erasure_id,
         rows,
-        artifacts,
+        scrubbed.models,
         clean,
         len(files.rewritten),
-        tuple(str(path) for path in (*missing, *files.failed)),
+        tuple(str(path) for path in (*scrubbed.missing, *files.failed)),
         customer_ids=who.ids,
         address_kept_for=kept_for,
     )
@@ -181,27 +180,3 @@ def _tombstone(
 def _erase_rows(connection: Connection, tie: Ties, person: Person) -> int:
     keep = KEEPS.get(tie.table.name, store.delete_rows)
     return keep(connection, tie, person)
-
-
-def _scrub_artifacts(
-    engine: Engine, settings: Settings, customer_ids: set[str]
-) -> tuple[int, list[Path]]:
-    """Remove the customers from every saved model that still has artifacts; returns how
-    many held them, and the directories of models that should have artifacts (candidate,
-    live, rollback target) but have none there: a model that cannot be found cannot be
-    scrubbed, so the erasure is not clean (it must not pass for one). A relative
-    ``models.path`` (older versions) is relative to the settings file's directory."""
-    with engine.connect() as connection:
-        paths = registry.artifact_paths(connection)
-        kept = registry.kept_artifact_paths(connection)
-    scrubbed, missing = 0, []
-    for path in paths:
-        directory = settings.locate(path)
-        if not (directory / "model.npz").exists():
-            if path in kept:
-                log.error("model artifacts missing at %s: the erasure cannot clean them", directory)
-                missing.append(directory)
-            continue
-        if model.drop_customers(directory, customer_ids):
-            scrubbed += 1
-    return scrubbed, missing

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recocamp.data import drop_folder
+from recocamp.errors import ModelError
 from recocamp.privacy.erasure import STAND_IN
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
@@ -112,9 +113,13 @@ def _scrub_orphans(engine: Engine, settings: Settings) -> int:
         known = store.customers_with_orders(connection)
     removed = 0
     for directory in paths:
-        if (directory / "model.npz").exists():
+        if not (directory / "model.npz").exists():
+            continue
+        try:
             gone = model.customer_ids(directory) - known
             removed += model.drop_customers(directory, gone) if gone else 0
+        except ModelError as exc:  # a damaged model: the others are still cleaned
+            log.error("%s: the purge cannot clean them", exc)
     return removed
 
 

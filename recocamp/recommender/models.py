@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import warnings
+import zipfile
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -650,26 +651,54 @@ def save(directory: Path, model: Recommender, data: TrainingData, meta: dict[str
     (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
+# what reading a damaged or foreign artifact raises: an empty model.npz (EOFError), one
+# truncated or not a zip (BadZipFile), a missing array or field (KeyError), bad JSON or
+# shapes (ValueError, TypeError, IndexError), a missing or unreadable file (OSError)
+DAMAGED = (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError, TypeError, IndexError)
+
+
+def unloadable(directory: Path, exc: BaseException) -> ModelError:
+    """The one error of every artifact that cannot be read, naming where and why."""
+    reason = str(exc) or "no detail"
+    return ModelError(
+        f"cannot load the model artifacts at {directory}: {type(exc).__name__}: {reason}"
+    )
+
+
+def _read_arrays(directory: Path) -> dict[str, np.ndarray]:
+    """Every array of ``model.npz`` (:class:`ModelError` for a missing or damaged file)."""
+    try:  # our own handle: np.load leaves its file open when the zip is damaged
+        with (
+            (directory / "model.npz").open("rb") as handle,
+            np.load(handle, allow_pickle=False) as stored,
+        ):
+            return {name: stored[name] for name in stored.files}
+    except DAMAGED as exc:
+        raise unloadable(directory, exc) from None
+
+
 def load(directory: Path, settings: Any) -> tuple[Recommender, TrainingData, dict[str, Any]]:
+    """A saved model (:func:`save`); :class:`ModelError` naming the directory and the reason
+    when its files are missing, empty, truncated or incomplete: the API serves popularity
+    then, and the commands say so in one line."""
+    arrays = _read_arrays(directory)
     try:
         meta = json.loads((directory / "meta.json").read_text())
-        with np.load(directory / "model.npz", allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load model artifacts from {directory}: {exc}") from None
-    data = TrainingData(
-        customers=arrays["customers"],
-        items=arrays["items"],
-        orders=_csr_from(arrays, "orders"),
-        confidence=_csr_from(arrays, "confidence"),
-        last_days=_csr_from(arrays, "last_days"),
-        popularity=arrays["popularity"],
-        age_days=arrays["age_days"],
-        cutoff=float(arrays["cutoff"][0]),
-    )
-    weights = HybridWeights(**meta["params"]["weights"]) if meta["name"] == "hybrid" else None
-    model = make(meta["name"], _no_gpu(settings), weights)
-    model.restore(data, _unprefixed(arrays, "model_"))
+        data = TrainingData(
+            customers=arrays["customers"],
+            items=arrays["items"],
+            orders=_csr_from(arrays, "orders"),
+            confidence=_csr_from(arrays, "confidence"),
+            last_days=_csr_from(arrays, "last_days"),
+            popularity=arrays["popularity"],
+            age_days=arrays["age_days"],
+            cutoff=float(arrays["cutoff"][0]),
+        )
+        weights = HybridWeights(**meta["params"]["weights"]) if meta["name"] == "hybrid" else None
+        model = make(meta["name"], _no_gpu(settings), weights)
+        model.restore(data, _unprefixed(arrays, "model_"))
+    except DAMAGED as exc:
+        raise unloadable(directory, exc) from None
     return model, data, meta
 
 
@@ -686,8 +715,9 @@ def drop_customers(directory: Path, customer_ids: Collection[str]) -> int:
     is per customer; item-side arrays and the aggregates ``popularity`` and ``age_days``
     identify nobody and stay). Rewritten atomically; returns how many were removed."""
     path = directory / "model.npz"
-    with np.load(path, allow_pickle=False) as stored:
-        arrays = {name: stored[name] for name in stored.files}
+    arrays = _read_arrays(directory)
+    if "customers" not in arrays:
+        raise unloadable(directory, KeyError("customers"))
     customers = arrays["customers"]
     keep = ~np.isin(customers, np.array(sorted(customer_ids), dtype=customers.dtype))
     removed = int((~keep).sum())
@@ -707,5 +737,11 @@ def drop_customers(directory: Path, customer_ids: Collection[str]) -> int:
 
 def customer_ids(directory: Path) -> set[str]:
     """The customers a saved model holds rows for (read without loading the rest)."""
-    with np.load(directory / "model.npz", allow_pickle=False) as stored:
-        return {str(value) for value in stored["customers"]}
+    try:
+        with (
+            (directory / "model.npz").open("rb") as handle,
+            np.load(handle, allow_pickle=False) as stored,
+        ):
+            return {str(value) for value in stored["customers"]}
+    except DAMAGED as exc:
+        raise unloadable(directory, exc) from None

@@ -175,10 +175,14 @@ def personal_list(
     known: bool,
     top_n: int,
     half_life: float | None,
+    unloadable: bool = False,
 ) -> Personal:
-    """The personal list of one customer (see the module docstring), or popularity."""
+    """The personal list of one customer (see the module docstring), or popularity.
+    ``unloadable``: ``live`` is None because the live model's artifacts cannot be loaded
+    (not because no model is live yet)."""
     if live is None:
-        return Personal(None, "popular: no live model yet", None)
+        why = "the live model cannot be loaded" if unloadable else "no live model yet"
+        return Personal(None, f"popular: {why}", None)
     if not objected:
         changed = history.last_at is not None and history.last_at >= live.data_cutoff
         listed = None

@@ -244,6 +244,19 @@ def _configured(name: str, params: dict[str, Any], settings: RecommenderSettings
     return model.make(name, settings.model_copy(update=saved), weights)
 
 
+def _nothing_learnable(engine: Engine, as_of: datetime) -> str:
+    """Why no line is learnable: no purchases yet, or every buyer objected to profiling
+    (their lines are never learnt from; importing purchases would not help)."""
+    with engine.connect() as connection:
+        objectors = queries.unprofiled_buyers(connection, as_of)
+    if objectors:
+        return (
+            "no learnable purchase lines before the cutoff: every customer with purchases "
+            f"objected to profiling ({objectors:,} customer(s)): their lines are never learnt"
+        )
+    return "no learnable purchase lines before the cutoff: import purchases first"
+
+
 def train(
     engine: Engine,
     settings: RecommenderSettings,
@@ -266,7 +279,7 @@ def train(
     lines = load_lines(engine, as_of)
     clock.lap("load")
     if len(lines) == 0:
-        raise ModelError("no learnable purchase lines before the cutoff: import purchases first")
+        raise ModelError(_nothing_learnable(engine, as_of))
     params_key = {
         "name": name,
         "as_of": as_of.timestamp(),  # the popularity window and item ages depend on it

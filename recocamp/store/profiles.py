@@ -89,3 +89,10 @@ def resubscribe(
                 suppressions.c.reason == "unsubscribed",
             )
         )
+
+
+def objected_ids(connection: sa.Connection) -> list[str]:
+    """Every customer who objected to profiling, in id order: the saved models must hold none
+    of them (``privacy.objection``)."""
+    query = sa.select(customers.c.id).where(customers.c.objected_to_profiling.is_(True))
+    return [str(row) for row in connection.execute(query.order_by(customers.c.id)).scalars()]

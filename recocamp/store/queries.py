@@ -588,6 +588,18 @@ def _line_filter(connection: sa.Connection, until: datetime | None) -> list[Any]
     return conditions
 
 
+def unprofiled_buyers(connection: sa.Connection, until: datetime | None = None) -> int:
+    """Customers with purchase lines (before ``until``) who objected to profiling or were
+    erased: when no line is learnable, whether that is why (``training.train``'s message)."""
+    p, c = purchases.c, customers.c
+    objected = sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
+    conditions = [p.customer_id.in_(sa.select(c.id).where(objected)), p.is_return.is_(False)]
+    if until is not None:
+        conditions.append(epoch_seconds(connection, p.ordered_at) < until.timestamp())
+    query = sa.select(sa.func.count(sa.distinct(p.customer_id))).where(*conditions)
+    return int(connection.execute(query).scalar_one())
+
+
 def _joined_lines(connection: sa.Connection, until: datetime | None) -> sa.Select[Any]:
     """One id range's lines as one row: count, then each column joined (SQLite)."""
     p = purchases.c

@@ -125,10 +125,11 @@ def train(ctx: JobContext, now: datetime) -> Counts:
     while a model is live, a forecast is stored and nothing changed since the last training
     (no purchase line stored since, same ``[recommender]`` and ``[forecast]`` settings): a
     shop whose feed is quiet keeps its model and forecast (whose ``as_of`` says how old it
-    is) instead of spending the night refitting them."""
+    is) instead of spending the night refitting them. Either way, every customer who objected
+    to profiling is removed from every saved model (:func:`_unprofile`)."""
     data = _training_inputs(ctx)
     if _unchanged_since_last_training(ctx.engine, data):
-        return {"outcome": "skipped_no_new_data", **data}
+        return {"outcome": "skipped_no_new_data", **data, **_unprofile(ctx)}
     zone = ctx.settings.shop.zone
     result = training.train(ctx.engine, ctx.settings.recommender, now=now, as_of=now, zone=zone)
     if result.seconds:
@@ -143,7 +144,15 @@ def train(ctx: JobContext, now: datetime) -> Counts:
         "cache_rows": result.cache_rows,
         **_forecast(ctx, now),
         **data,
+        **_unprofile(ctx),
     }
+
+
+def _unprofile(ctx: JobContext) -> Counts:
+    """Every objector out of every saved model (``privacy.objection``): each way an objection
+    comes in does it at once; this nightly sweep catches one recorded while a model was being
+    trained (in its data, saved after the scrub) and any the store holds from before."""
+    return privacy.unprofile(ctx.engine, ctx.settings).counts()
 
 
 def _forecast(ctx: JobContext, now: datetime) -> Counts:
@@ -180,7 +189,9 @@ def _unchanged_since_last_training(engine: Engine, data: Counts) -> bool:
 
 def import_files(ctx: JobContext, now: datetime) -> Counts:
     report = drop_folder.import_drop_folder(ctx.engine, ctx.settings, now)
-    return report.counts()
+    if not report.imported:
+        return report.counts()
+    return report.counts() | _unprofile(ctx)  # a customers file may record objections
 
 
 def snapshot_kpis(ctx: JobContext, now: datetime) -> Counts:

@@ -20,9 +20,9 @@ from recocamp.api import offer_cache
 from recocamp.api.offer_cache import MAX_N, OfferService
 from recocamp.clock import FixedClock
 from recocamp.recommender import training
-from recocamp.store import notifications
+from recocamp.store import notifications, registry
 from recocamp.store.engine import make_engine
-from recocamp.store.schema import customers
+from recocamp.store.schema import customers, recommendations
 from tests.api.test_api_offers import cached_customer, cached_customer_after, ids, offers
 from tests.api_shop import (
     NOW,
@@ -262,3 +262,46 @@ def test_a_background_look_for_a_new_model_survives_a_missing_database(
     assert "could not look for a new model" in caplog.text
     assert not service.ready()
     engine.dispose()
+
+
+def test_the_first_answer_after_a_promote_or_rollback_comes_from_the_new_model(
+    shop: tuple[sa.Engine, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a customer without a cached row too, whose list is computed from the model held
+    in memory: the request that hears "a model went live" must not answer with the model it
+    held before (the background look may not have finished, or may have begun before the
+    change; here it never runs, and ``refresh_s`` is an hour)."""
+    engine, artifacts = shop
+    settings = settings_for(artifacts)
+    with engine.connect() as connection:
+        first = str(registry.live(connection).version)  # type: ignore[union-attr]
+    second = training.train(
+        engine,
+        settings.recommender,
+        now=NOW + timedelta(days=1),
+        as_of=NOW - timedelta(days=3),
+        name="item_knn",
+    ).version
+    training.promote(engine, settings.recommender, first, NOW)
+    customer, _ = cached_customer(engine)
+
+    def uncached() -> None:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.delete(recommendations).where(recommendations.c.customer_id == customer)
+            )
+
+    uncached()
+    app = make_app(engine, artifacts, refresh_s=3600.0)
+    try:
+        service = app.state.service
+        assert offers(app, customer)["model_version"] == first
+        monkeypatch.setattr(service, "_refresh_soon", lambda force=False: None)
+        training.promote(engine, settings.recommender, str(second), NOW)
+        uncached()
+        assert offers(app, customer)["model_version"] == second
+        assert training.rollback(engine, settings.recommender, NOW) == first
+        uncached()
+        assert offers(app, customer)["model_version"] == first
+    finally:
+        app.state.service.close()

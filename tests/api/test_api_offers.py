@@ -21,7 +21,7 @@ from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.files import load_all
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli import app as cli
-from recocamp.recommender import serving, training
+from recocamp.recommender import models, serving, training
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
 from recocamp.store import registry, views
@@ -481,3 +481,39 @@ def test_the_cli_and_the_api_apply_one_objection_rule(
     assert str(live(engine).popular[0][0]) in shown.stdout  # the popularity list, not the cache
     sources = {entry["source"] for entry in answer["items"]}  # type: ignore[attr-defined]
     assert sources <= {"popular", "history", "due"}
+
+
+def test_the_cli_and_the_api_recalculate_a_customer_the_model_and_cache_leave_out(
+    app: FastAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer with orders who objected (out of the cache and of every saved model) and
+    withdrew the objection: ``recocamp recommend`` computes their list from the live model,
+    as the API does (``serving.personal_list``), instead of calling them history-less."""
+    engine = engine_of(app)
+    customer, _ = cached_customer(engine)
+    with engine.begin() as connection:  # what the objection left: no cached row, no model row
+        connection.execute(
+            sa.delete(recommendations).where(recommendations.c.customer_id == customer)
+        )
+        row = registry.live(connection)
+    assert row is not None
+    assert models.drop_customers(Path(row.path), {customer}) == 1
+    with engine.connect() as connection:
+        row = registry.live(connection)
+        history = history_of(views.customer_orders(connection, customer, NOW), {})
+    assert row is not None and history.count >= 3
+    settings = app.state.service.settings
+    fitted, data, _ = models.load(Path(row.path), settings.recommender)
+    assert customer not in set(data.customers.tolist())
+    expected = serving.Live.of(row.version, fitted, data, row.data_cutoff).rescore(
+        history, 5, settings.recommender.time_decay_half_life_days
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    shown = CliRunner().invoke(cli, ["recommend", customer, "--n", "5"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    reason = "recalculated: not in the cached lists"
+    assert f"customer {customer}: {reason} (model {row.version})" in shown.stdout
+    assert offers(app, customer, "n=5")["basis_reason"] == reason
+    rows = [line.split("│")[2].strip() for line in shown.stdout.splitlines() if "│" in line]
+    assert rows == [str(item) for item, _ in expected]  # the heading has its own bars

@@ -1,0 +1,57 @@
+"""Saved models cleaned of customers: an erasure (GDPR Art. 17) and an objection to profiling
+(Art. 21) both take the customer out of every model that still has artifacts — live,
+candidate, rollback target, retired — since a trained model holding a customer's factors and
+purchase row is a profile of them. One scrub for both (``models.drop_customers``: the ids,
+their rows of the training matrices, their user factors); the next training learns from none
+of it either way (``store.queries.training_lines`` leaves them out).
+
+A model that should have artifacts (``registry.kept_artifact_paths``: candidate, live,
+rollback target) but whose ``model.npz`` is missing or cannot be read cannot be cleaned: it
+is logged as an error and listed, so the request does not pass for done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from recocamp.errors import ModelError
+from recocamp.recommender import models as model
+from recocamp.settings import Settings
+from recocamp.store import registry
+from recocamp.store.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Scrubbed:
+    models: int  # saved models that held one of the customers, rewritten without them
+    missing: tuple[Path, ...]  # model directories that could not be cleaned (see the module)
+
+
+def scrub(engine: Engine, settings: Settings, customer_ids: Collection[str], why: str) -> Scrubbed:
+    """Remove the customers from every saved model that still has artifacts (``why``: the
+    erasure, the objection, for the log). A relative ``models.path`` (older versions) is
+    relative to the settings file's directory."""
+    if not customer_ids:
+        return Scrubbed(0, ())
+    with engine.connect() as connection:
+        paths = registry.artifact_paths(connection)
+        kept = registry.kept_artifact_paths(connection)
+    scrubbed, missing = 0, []
+    for path in paths:
+        directory = settings.locate(path)
+        if not (directory / "model.npz").exists():
+            if path in kept:
+                log.error("model artifacts missing at %s: the %s cannot clean them", directory, why)
+                missing.append(directory)
+            continue
+        try:
+            scrubbed += model.drop_customers(directory, customer_ids) > 0
+        except ModelError as exc:
+            log.error("%s: the %s cannot clean them", exc, why)
+            missing.append(directory)
+    return Scrubbed(scrubbed, tuple(missing))

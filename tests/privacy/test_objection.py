@@ -1,0 +1,237 @@
+"""An objection to profiling takes the customer out of every saved model, whichever way it is
+recorded (the shop API's PUT, the preferences page, a customers import, an objection already
+in the store swept by the worker's train job): their id, their rows of the training matrices
+and their user factors are gone from each ``model.npz`` (live and the others), they are
+served popularity, and a model whose artifacts cannot be found is named, as erasure names it.
+A shop where every buyer objected says so when asked to train."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from recocamp import privacy
+from recocamp.cli import app as cli
+from recocamp.clock import FixedClock
+from recocamp.errors import ModelError
+from recocamp.recommender import models as model
+from recocamp.recommender import training
+from recocamp.store import registry
+from recocamp.store.schema import customers
+from recocamp.worker import jobs
+from tests.api.test_api_offers import offers
+from tests.api.test_preferences import page
+from tests.api_shop import NOW, SIGNING_KEY, bearer, call, make_app, settings_for
+
+
+def two_models(engine: sa.Engine, artifacts: Path) -> list[Path]:
+    """The shop's hybrid plus an item-kNN model (live or candidate: either is a profile)."""
+    settings = settings_for(artifacts)
+    training.train(
+        engine,
+        settings.recommender,
+        now=NOW + timedelta(days=1),
+        as_of=NOW - timedelta(days=3),
+        name="item_knn",
+    )
+    with engine.connect() as connection:
+        directories = [Path(p) for p in registry.artifact_paths(connection)]
+    assert len(directories) == 2
+    return directories
+
+
+def held(directories: list[Path]) -> str:
+    """A customer every saved model holds (the smallest id: no luck involved)."""
+    return min(set.intersection(*(model.customer_ids(d) for d in directories)))
+
+
+def rows_by_customer(directory: Path) -> dict[str, int]:
+    """Every array of a saved model keyed by customer, and its number of customer rows."""
+    with np.load(directory / "model.npz", allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    found = {"customers": len(arrays["customers"])}
+    for name in model.PER_CUSTOMER_MATRICES:
+        found[f"{name}_shape"] = int(arrays[f"{name}_shape"][0])
+        found[f"{name}_indptr"] = len(arrays[f"{name}_indptr"]) - 1
+    for name in arrays:
+        if name.endswith("user_factors"):
+            found[name] = arrays[name].shape[0]
+    return found
+
+
+def assert_removed(directories: list[Path], customer: str, before: dict[Path, int]) -> None:
+    for directory in directories:
+        assert customer not in model.customer_ids(directory), directory
+        rows = rows_by_customer(directory)
+        assert set(rows.values()) == {before[directory] - 1}, (directory, rows)
+
+
+def counts(directories: list[Path]) -> dict[Path, int]:
+    return {d: len(model.customer_ids(d)) for d in directories}
+
+
+def test_an_objection_through_the_api_removes_the_customer_from_every_saved_model(
+    shop: tuple[sa.Engine, Path],
+) -> None:
+    engine, artifacts = shop
+    directories = two_models(engine, artifacts)
+    customer = held(directories)
+    before = counts(directories)
+    app = make_app(engine, artifacts)
+    try:
+        assert offers(app, customer)["basis"] != "popular"
+        body = {"objected_to_profiling": True, "source": "account page"}
+        reply = call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
+        assert reply.status == 200, reply.text
+        assert reply.json()["model_artifacts"] == 2 and reply.json()["models_left"] == []
+        assert_removed(directories, customer, before)
+        answer = offers(app, customer)
+        assert answer["basis"] == "popular"
+        assert answer["basis_reason"] == "popular: objected to profiling"
+        other = call(
+            app, "PUT", f"/v1/customers/{customer}", json={"source": "x"}, headers=bearer("shop")
+        )
+        assert other.json()["model_artifacts"] is None  # no objection in that change
+    finally:
+        app.state.service.close()
+
+
+def test_an_objection_on_the_preferences_page_removes_the_customer_from_every_saved_model(
+    shop: tuple[sa.Engine, Path],
+) -> None:
+    engine, artifacts = shop
+    directories = two_models(engine, artifacts)
+    customer = held(directories)
+    before = counts(directories)
+    app = make_app(engine, artifacts)
+    try:
+        saved = call(app, "POST", page(customer), data={"action": "save", "objected": "on"})
+        assert saved.status == 303 and "saved" in saved.headers["location"], saved.headers
+        assert_removed(directories, customer, before)
+        assert offers(app, customer)["basis"] == "popular"
+    finally:
+        app.state.service.close()
+
+
+def cli_site(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", SIGNING_KEY)
+    monkeypatch.delenv("RECOCAMP_SETTINGS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_an_objection_imported_from_a_customers_file_removes_the_customer_everywhere(
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, artifacts = shop
+    directories = two_models(engine, artifacts)
+    customer = held(directories)
+    before = counts(directories)
+    runner = cli_site(engine, monkeypatch, tmp_path)
+    people = tmp_path / "customers.csv"
+    people.write_text(f"id,email,objected_to_profiling\n{customer},,true\n")
+    imported = runner.invoke(cli, ["import", "customers", str(people)])
+    assert imported.exit_code == 0, imported.output
+    assert "removed from 2 saved model(s)" in imported.output
+    assert_removed(directories, customer, before)
+    app = make_app(engine, artifacts)
+    try:
+        assert offers(app, customer)["basis"] == "popular"
+    finally:
+        app.state.service.close()
+
+
+def test_a_live_model_without_artifacts_is_named_as_erasure_names_it(
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, artifacts = shop
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    customer = held([Path(live.path)])
+    shutil.rmtree(live.path)
+    app = make_app(engine, artifacts)
+    try:
+        body = {"objected_to_profiling": True, "source": "account page"}
+        reply = call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
+        assert reply.status == 200, reply.text
+        assert reply.json()["models_left"] == [live.path]
+    finally:
+        app.state.service.close()
+    runner = cli_site(engine, monkeypatch, tmp_path)
+    people = tmp_path / "customers.csv"
+    people.write_text(f"id,email,objected_to_profiling\n{customer},,true\n")
+    imported = runner.invoke(cli, ["import", "customers", str(people)])
+    assert imported.exit_code == 1, imported.output
+    assert "NOT cleaned" in imported.output and live.path in imported.output.replace("\n", "")
+
+
+def test_the_train_job_sweeps_objectors_out_of_every_model_also_when_it_skips(
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An objection recorded without the scrub (before it existed, or while a model was
+    being trained): the nightly job removes it though no purchase line arrived."""
+    engine, artifacts = shop
+    directories = two_models(engine, artifacts)
+    customer = held(directories)
+    before = counts(directories)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id == customer)
+            .values(objected_to_profiling=True)
+        )
+    settings = settings_for(artifacts)
+    monkeypatch.setattr(jobs, "_unchanged_since_last_training", lambda *_: True)
+    context = jobs.JobContext(
+        settings,
+        engine,
+        tmp_path,
+        FixedClock(NOW),
+        threading.Event(),
+        None,  # type: ignore[arg-type]  # the train job renders nothing
+        None,  # type: ignore[arg-type]
+    )
+    counted = jobs.train(context, NOW)
+    assert counted["outcome"] == "skipped_no_new_data"
+    assert counted["objection_models_scrubbed"] == 2
+    assert_removed(directories, customer, before)
+
+
+def test_training_a_shop_where_every_buyer_objected_says_so(
+    shop: tuple[sa.Engine, Path],
+) -> None:
+    engine, artifacts = shop
+    with engine.begin() as connection:
+        connection.execute(sa.update(customers).values(objected_to_profiling=True))
+    with pytest.raises(ModelError) as refused:
+        training.train(engine, settings_for(artifacts).recommender, now=NOW + timedelta(days=2))
+    message = str(refused.value)
+    assert "every customer with purchases objected to profiling" in message
+    assert "import purchases first" not in message
+
+
+def test_unprofile_without_ids_takes_every_objector_out(shop: tuple[sa.Engine, Path]) -> None:
+    engine, artifacts = shop
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    directory = Path(live.path)
+    first, second = sorted(model.customer_ids(directory))[:2]
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id.in_([first, second]))
+            .values(objected_to_profiling=True)
+        )
+    scrub = privacy.unprofile(engine, settings_for(artifacts))
+    assert scrub.models == 1 and scrub.clean
+    assert not {first, second} & model.customer_ids(directory)
