@@ -17,6 +17,7 @@ from recocamp.cli.common import (
     console,
     current_settings,
     engine_for,
+    ensure_folder,
     errors_to_exit,
     progress_bars,
 )
@@ -136,6 +137,7 @@ def demo_data(
     demo_dir: Annotated[Path, typer.Option(help="Where generated files go.")] = Path("demo"),
 ) -> None:
     """Build the demo shop (creates/migrates the database first)."""
+    ensure_folder(demo_dir, "--demo-dir")
     with errors_to_exit():
         settings = current_settings()
         build_demo_shop(engine_for(settings, migrated=False), settings, source, synthetic, demo_dir)

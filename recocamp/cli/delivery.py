@@ -21,6 +21,7 @@ from recocamp.cli.common import (
     console,
     current_settings,
     engine_for,
+    ensure_folder,
     errors_to_exit,
     flagged,
     one_campaign,
@@ -251,6 +252,8 @@ def fake_esp(
     """Run the local stand-in ESP (Postmark's API) until interrupted."""
     from recocamp.delivery.esp.fake_server import FakeEsp, Faults, serve
 
+    if data_dir is not None:
+        ensure_folder(data_dir, "--data-dir")
     faults = Faults(
         latency_ms=latency_ms, rate_429=rate_429, rate_5xx=rate_5xx, rate_drop=rate_drop
     )

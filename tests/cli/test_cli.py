@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typer.testing import CliRunner
 from recocamp.cli import app
 from recocamp.recommender.models import MODEL_NAMES
 from recocamp.store.engine import head_revision, make_engine
-from recocamp.store.schema import customers, items, purchases
+from recocamp.store.schema import audit_log, customers, items, purchases, reports
 from tests.conftest import write_csv
 
 runner = CliRunner()
@@ -673,3 +675,111 @@ def test_every_help_shows_the_settings_sections_it_names() -> None:
             assert section in shown.output, (path, section, shown.output)
             checked += 1
     assert checked >= 4  # serve's [api] host/port/workers, purge's [privacy], evaluate's …
+
+
+# -- errors never print an address; output paths that cannot be written -----------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["privacy", "export", "someone@example.test"],
+        ["privacy", "erase", "someone@example.test", "--yes"],
+        ["preview", "winback", "--customer", "nobody@example.test"],
+        ["similar", "o'brien@example.test"],
+    ],
+)
+def test_errors_mask_e_mail_addresses_whichever_command_prints_them(
+    in_trained: Path, args: list[str]
+) -> None:
+    """stderr ends in logs and CI output: an address given (or read from a file) is masked
+    there as the API masks it in error bodies, by the one error printer every command uses."""
+    env = {"RECOCAMP_SIGNING_KEY": "k" * 32}
+    result = runner.invoke(app, args, env=env, terminal_width=200)
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output
+    assert "error:" in result.stderr and "<address>" in result.stderr, result.stderr
+    assert "@" not in result.output
+
+
+def _count(table: Any) -> int:
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def _sent_customer() -> str:
+    as_of = "2011-12-15T10:00:00"
+    document = runner.invoke(app, ["plan", "cross_sell", "--as-of", as_of, "--format", "json"])
+    return str(
+        next(d for d in json.loads(document.stdout)["decisions"] if d["outcome"] == "send")[
+            "customer_id"
+        ]
+    )
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder", "a-file-as-folder"])
+@pytest.mark.parametrize("command", ["report", "preview", "privacy export"])
+def test_an_output_path_that_cannot_be_written_exits_2_and_records_nothing(
+    in_trained: Path, command: str, where: str
+) -> None:
+    (in_trained / "plain").write_text("x")
+    path = {
+        "missing-folder": in_trained / "no" / "such" / "out.html",
+        "a-folder": in_trained,
+        "a-file-as-folder": in_trained / "plain" / "out.html",
+    }[where]
+    customer = _sent_customer()
+    args = {
+        "report": ["report", "--html", str(path)],
+        "preview": ["preview", "cross_sell", "--customer", customer, "--html", str(path)],
+        "privacy export": ["privacy", "export", customer, "--output", str(path)],
+    }[command]
+    if command == "preview":
+        args += ["--as-of", "2011-12-15T10:00:00"]
+    audits, stored = _count(audit_log), _count(reports)
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    option = "--output" if command == "privacy export" else "--html"
+    assert f"error: cannot write {option} {path}: " in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, the reason included
+    assert "decision:" not in result.stdout  # refused before anything is shown
+    assert (_count(audit_log), _count(reports)) == (audits, stored)
+    assert not list(in_trained.glob(".*.tmp")) and not (in_trained / "no").exists()
+
+
+def test_privacy_export_is_private_from_its_first_byte_and_audited_once_written(
+    in_trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Created 0600 (not written world-readable and then chmod-ed), under any umask; one
+    audit row once the file is there."""
+    customer = _sent_customer()
+    modes: list[int] = []
+    real_open = os.open
+
+    def watching(path: Any, flags: int, mode: int = 0o777, *args: Any, **kwargs: Any) -> int:
+        modes.append(mode)
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", watching)
+    audits = _count(audit_log)
+    target = in_trained / "export.json"
+    target.write_text("old, world-readable")
+    target.chmod(0o644)
+    result = runner.invoke(app, ["privacy", "export", customer, "--output", str(target)])
+    assert result.exit_code == 0, result.output
+    assert modes == [0o600]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert json.loads(target.read_text())["customer_ids"] == [customer]
+    assert _count(audit_log) == audits + 1
+
+
+@pytest.mark.parametrize("args", [["demo-data"], ["demo"], ["fake-esp", "--port", "1"]])
+def test_a_folder_option_naming_a_file_exits_2_before_any_work(
+    workdir: Path, args: list[str]
+) -> None:
+    (workdir / "plain").write_text("x")
+    option = "--data-dir" if args[0] == "fake-esp" else "--demo-dir"
+    result = runner.invoke(app, [*args, option, "plain"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"error: cannot write {option} plain: it is a file; name a folder" in result.stderr
+    assert not (workdir / "shop.db").exists()
