@@ -783,3 +783,17 @@ def test_a_folder_option_naming_a_file_exits_2_before_any_work(
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"error: cannot write {option} plain: it is a file; name a folder" in result.stderr
     assert not (workdir / "shop.db").exists()
+
+
+def test_an_items_file_with_a_javascript_url_exits_2_naming_line_column_and_value(
+    workdir: Path,
+) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    header = ["id", "title", "category", "price", "url"]
+    row = ["i1", "Mug", "k", "3", "javascript:alert(1)"]
+    path = write_csv(workdir / "items.csv", header, [row])
+    result = runner.invoke(app, ["import", "items", str(path)], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    expected = "items.csv: line 2, column 'url': is not an absolute http(s) URL"
+    assert f"{expected} (value: 'javascript:alert(1)')" in result.stderr
+    assert _count(items) == 0

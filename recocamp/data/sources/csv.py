@@ -57,6 +57,7 @@ from recocamp.domain import (
     locale_problem,
     range_problem,
     text_problem,
+    web_url_problem,
 )
 from recocamp.errors import DataImportError, Problem
 
@@ -390,6 +391,16 @@ def text(
     if problem:
         raise RowProblem(column, problem, "<redacted>" if redact else value)
     return value or None
+
+
+def web_url(row: dict[str, str], column: str) -> str | None:
+    """An optional absolute http(s) URL (:func:`domain.web_url_problem`): an item's page or
+    picture, which the e-mails link and the offer API hands out as they are."""
+    value = text(row, column, required=False)
+    problem = web_url_problem(value) if value is not None else None
+    if problem:
+        raise RowProblem(column, problem, value)
+    return value
 
 
 def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | None:
@@ -1003,8 +1014,8 @@ def item_row(row: dict[str, str]) -> Item:
         category=text(row, "category") or "",
         price=price,
         in_stock=boolean(row, "in_stock", default=True),
-        url=text(row, "url", required=False),
-        image_url=text(row, "image_url", required=False),
+        url=web_url(row, "url"),
+        image_url=web_url(row, "image_url"),
         is_service=boolean(row, "is_service", default=False),
     )
 
