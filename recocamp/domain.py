@@ -17,7 +17,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple, get_args
-from urllib.parse import urlsplit
 
 # --- bounds: the one definition of what may come in --------------------------------------
 # Every way data enters (CSV imports, the drop folder, purchase events, customer updates)
@@ -79,26 +78,6 @@ def text_problem(value: str, limit: int) -> str | None:
         return f"is longer than {limit} characters"
     if "\x00" in value:
         return "contains a NUL character"
-    return None
-
-
-WEB_SCHEMES = ("http", "https")
-
-
-def web_url_problem(value: str) -> str | None:
-    """Why ``value`` cannot be an item's page or picture, or None: those go into the
-    e-mails' ``href``/``src`` and the offer API as they are, so only an absolute http(s) URL
-    with a host will do (``javascript:``, ``data:``, ``//host`` and ``/path`` will not), and
-    no whitespace or control character (a URL escapes them)."""
-    try:
-        parts = urlsplit(value)
-        absolute = parts.scheme.lower() in WEB_SCHEMES and bool(parts.hostname)
-    except ValueError:  # an unclosed "[" of an IPv6 host
-        absolute = False
-    if not absolute:
-        return "is not an absolute http(s) URL"
-    if any(c.isspace() or not c.isprintable() for c in value):
-        return "contains whitespace or a non-printable character (a URL escapes them)"
     return None
 
 

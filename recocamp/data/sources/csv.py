@@ -36,6 +36,7 @@ from itertools import compress, groupby, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, NamedTuple, TypeVar, cast
+from urllib.parse import urlsplit
 
 from recocamp.domain import (
     FALLBACK_LOCALE,
@@ -57,7 +58,6 @@ from recocamp.domain import (
     locale_problem,
     range_problem,
     text_problem,
-    web_url_problem,
 )
 from recocamp.errors import DataImportError, Problem
 
@@ -393,8 +393,28 @@ def text(
     return value or None
 
 
+WEB_SCHEMES = ("http", "https")
+
+
+def web_url_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an item's page or picture, or None: those go into the
+    e-mails' ``href``/``src`` and the offer API as they are, so only an absolute http(s) URL
+    with a host will do (``javascript:``, ``data:``, ``//host`` and ``/path`` will not), and
+    no whitespace or control character (a URL escapes them)."""
+    try:
+        parts = urlsplit(value)
+        absolute = parts.scheme.lower() in WEB_SCHEMES and bool(parts.hostname)
+    except ValueError:  # an unclosed "[" of an IPv6 host
+        absolute = False
+    if not absolute:
+        return "is not an absolute http(s) URL"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "contains whitespace or a non-printable character (a URL escapes them)"
+    return None
+
+
 def web_url(row: dict[str, str], column: str) -> str | None:
-    """An optional absolute http(s) URL (:func:`domain.web_url_problem`): an item's page or
+    """An optional absolute http(s) URL (:func:`web_url_problem`): an item's page or
     picture, which the e-mails link and the offer API hands out as they are."""
     value = text(row, column, required=False)
     problem = web_url_problem(value) if value is not None else None
