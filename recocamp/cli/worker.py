@@ -34,6 +34,7 @@ from recocamp.cli.common import (
 )
 from recocamp.cli.demo import demo_settings, demo_shop
 from recocamp.clock import FixedClock
+from recocamp.delivery.esp import check_provider
 from recocamp.errors import ConfigError, RecocampError
 from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
@@ -88,6 +89,7 @@ def worker(
         return
     with errors_to_exit():
         settings = current_settings()
+        check_provider(settings)  # its deliver job would fail every few seconds, for ever
         process = Worker(settings, engine_for(settings), campaigns, templates, clock)
         broken = process.load()  # each broken file is logged with its problems
         if once:

@@ -797,3 +797,32 @@ def test_an_items_file_with_a_javascript_url_exits_2_naming_line_column_and_valu
     expected = "items.csv: line 2, column 'url': is not an absolute http(s) URL"
     assert f"{expected} (value: 'javascript:alert(1)')" in result.stderr
     assert _count(items) == 0
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_the_worker_refuses_to_start_without_the_token_its_provider_needs(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, token: str | None
+) -> None:
+    """Else it starts, and its deliver job fails with the same error every few seconds."""
+    monkeypatch.delenv("RECOCAMP_ESP_TOKEN", raising=False)
+    if token is not None:
+        monkeypatch.setenv("RECOCAMP_ESP_TOKEN", token)
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, ["worker"], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "key 'esp_token': the postmark provider needs a token: set RECOCAMP_ESP_TOKEN" in (
+        result.stderr
+    )
+    assert "running" not in result.stdout
+
+
+def test_a_worker_whose_provider_needs_no_token_starts_without_one(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RECOCAMP_ESP_TOKEN", raising=False)
+    with (workdir / "settings.toml").open("a") as settings:
+        settings.write('[esp]\nprovider = "mailpit"\nbase_url = "http://127.0.0.1:1"\n')
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, ["worker", "--once"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "deliver:" in result.stdout
