@@ -6,7 +6,11 @@ import json
 import logging
 import os
 import re
+import signal
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -826,3 +830,41 @@ def test_a_worker_whose_provider_needs_no_token_starts_without_one(
     result = runner.invoke(app, ["worker", "--once"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "deliver:" in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_worker_demo_stops_on_a_signal_like_the_real_worker(
+    workdir: Path, signum: signal.Signals
+) -> None:
+    """It ignored SIGTERM (killed, rc 143, nothing said) and left its run ``running`` for
+    ever: now no job starts after the signal, the running one ends, it says so, exits 0 as the
+    real worker does, and no run is left ``running``."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECOCAMP_")}
+    env |= {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    log = workdir / "demo.log"
+    command = [sys.executable, "-m", "recocamp", "worker", "--demo", "--days", "3650"]
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            [*command, "--start", "2011-11-10T00:00"], cwd=workdir, env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "campaign:" not in log.read_text() and time.monotonic() < deadline:
+            assert demo.poll() is None, log.read_text()
+            time.sleep(0.2)
+        demo.send_signal(signum)
+        assert demo.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    said = log.read_text()
+    assert f"{signum.name}: stopped at the simulated " in said and "Traceback" not in said
+    assert "fake ESP: " in said  # what it did, as at the end of a full run
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        statuses = connection.execute(sa.text("SELECT status FROM runs")).scalars().all()
+    assert statuses and "running" not in statuses
+    assert not (workdir / "shop.db.worker-lock").exists()
