@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -12,7 +18,7 @@ from rich.table import Table
 
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.render import Renderer
-from recocamp.campaigns.run import RunOptions, RunReport
+from recocamp.campaigns.run import RunOptions, RunReport, run_key
 from recocamp.cli.common import (
     CampaignsDir,
     TemplatesDir,
@@ -33,6 +39,7 @@ from recocamp.delivery.campaign_send import send_campaign
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import Provider, make_provider
 from recocamp.domain import DeliveryReport
+from recocamp.errors import Interrupted
 from recocamp.settings import MAX_SECONDS, Settings
 from recocamp.store import outbox
 from recocamp.store.engine import Engine
@@ -52,11 +59,53 @@ share = within(0.0, 1.0)  # a fault rate of the fake ESP
 
 
 def _deliverer(
-    settings: Settings, engine: Engine, provider: Provider, templates: Path
+    settings: Settings,
+    engine: Engine,
+    provider: Provider,
+    templates: Path,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Deliverer:
-    """The CLI's deliverer: the real clock, the templates as they are now."""
+    """The CLI's deliverer: the real clock, the templates as they are now; ``stopping``
+    (Ctrl-C) ends it after the batch in flight, and cuts short a wait for retries."""
     renderer = Renderer(templates, limits=settings.templates)
-    return Deliverer(engine, provider, settings.esp, clock, renderer=renderer)
+    return Deliverer(
+        engine,
+        provider,
+        settings.esp,
+        clock,
+        renderer=renderer,
+        stopping=stopping,
+        sleep=lambda seconds: _nap(seconds, stopping),
+    )
+
+
+def _nap(seconds: float, stopping: Callable[[], bool]) -> None:
+    """``time.sleep`` that ends early once ``stopping()`` says so (within 0.2 s)."""
+    end = time.monotonic() + seconds
+    while not stopping() and (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.2))
+
+
+@contextmanager
+def _ctrl_c_stops() -> Iterator[Callable[[], bool]]:
+    """Yields ``stopping()``, true once Ctrl-C was pressed: the first Ctrl-C asks the run to
+    stop between chunks and batches (nothing half-written, nothing sent twice); a second
+    one interrupts at once. The handler only appends to a list (no lock taken in it)."""
+    pressed: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        pressed.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one is at once
+        # not console.print: it takes the console's lock, which the interrupted code may hold
+        os.write(2, b"\nstopping after the batch in flight (Ctrl-C again: at once)\n")
+
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
 
 
 def _deliver(
@@ -92,8 +141,32 @@ def send(
         chosen = one_campaign(settings, campaign, campaigns, templates)
         settings.require_signing_key()
         now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
-        report = send_run(settings, engine_for(settings), chosen, templates, now, wait)
-    print_run(report)
+        engine = engine_for(settings)
+        with _ctrl_c_stops() as stopping:
+            try:
+                report = send_run(settings, engine, chosen, templates, now, wait, stopping)
+            except (Interrupted, KeyboardInterrupt):
+                report = None
+        if report is not None:
+            print_run(report)
+        if stopping():
+            _print_stopped(engine, chosen.name, run_key(chosen.name, now, settings.shop.zone))
+            raise typer.Exit(130)
+
+
+def _print_stopped(engine: Engine, campaign: str, key: str) -> None:
+    """After Ctrl-C: what of the run went out, what waits, and how it is finished."""
+    with engine.connect() as connection:
+        states = outbox.run_states(connection, campaign, key.rpartition("/")[2])
+    gone = sum(states.get(state, 0) for state in ("sent", "delivered", "bounced"))
+    waiting = states.get("queued", 0) + states.get("claimed", 0)
+    console.print(
+        f"stopped: run {key}: {gone:,} e-mail(s) went out, {waiting:,} still queued. "
+        f"`recocamp send {campaign}` again (with the same --as-of, or the same day) enqueues "
+        "the rest of the run and sends it, or `recocamp outbox deliver` sends what is "
+        "queued: each e-mail once (its send key is the run's)",
+        highlight=False,
+    )
 
 
 def send_run(
@@ -103,12 +176,14 @@ def send_run(
     templates: Path,
     now: datetime,
     wait: float,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> RunReport:
     """One campaign run with two progress bars: planning and enqueueing, and delivering
-    (which renders the bodies) alongside it (``send``, and ``demo`` for each campaign)."""
+    (which renders the bodies) alongside it (``send``, and ``demo`` for each campaign).
+    ``stopping()`` ends it between chunks (``Interrupted``) and batches."""
     provider = make_provider(settings)
     try:
-        deliverer = _deliverer(settings, engine, provider, templates)
+        deliverer = _deliverer(settings, engine, provider, templates, stopping)
         with progress_bars() as bar:
             rendering = bar.progress.add_task(f"{campaign.name}: planning", total=None)
             sending = bar.progress.add_task(f"{campaign.name}: delivering", total=None)
@@ -117,6 +192,7 @@ def send_run(
                 issued_at=clock.now(),
                 max_wait_s=wait,
                 on_progress=lambda n: bar.progress.advance(rendering, n),
+                stopping=stopping,
             )
             return send_campaign(engine, settings, campaign, templates, now, deliverer, options)
     finally:
