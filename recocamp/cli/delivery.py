@@ -39,7 +39,7 @@ from recocamp.delivery.campaign_send import send_campaign
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import Provider, make_provider
 from recocamp.domain import DeliveryReport
-from recocamp.errors import Interrupted
+from recocamp.errors import ConfigError, Interrupted, Problem
 from recocamp.settings import MAX_SECONDS, Settings
 from recocamp.store import outbox
 from recocamp.store.engine import Engine
@@ -251,11 +251,15 @@ def outbox_deliver(
     campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
     wait: WaitOption = 0.0,
     templates: TemplatesDir = Path("templates"),
+    campaigns: CampaignsDir = Path("campaigns"),
 ) -> None:
     """Send what is due now (after reconciling claims of crashed workers)."""
     with errors_to_exit():
         settings = current_settings()
-        report = _deliver(settings, engine_for(settings), campaign, wait, templates)
+        engine = engine_for(settings)
+        if campaign is not None:
+            _known_campaign(engine, campaign, campaigns)
+        report = _deliver(settings, engine, campaign, wait, templates)
     _print_delivery(report)
 
 
@@ -263,25 +267,44 @@ def outbox_deliver(
 def outbox_retry(
     failed: Annotated[bool, typer.Option("--failed", help="Queue failed messages again.")] = False,
     campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
+    campaigns: CampaignsDir = Path("campaigns"),
 ) -> None:
     """Queue failed messages again (suppressed recipients are cancelled when claimed)."""
     if not failed:
         raise typer.BadParameter("say what to retry: --failed", param_hint="--failed")
     with errors_to_exit():
         settings = current_settings()
-        with engine_for(settings).begin() as connection:
+        engine = engine_for(settings)
+        if campaign is not None:
+            _known_campaign(engine, campaign, campaigns)
+        with engine.begin() as connection:
             number = outbox.retry_failed(connection, clock.now(), campaign)
     console.print(f"{number:,} failed message(s) queued again; `recocamp outbox deliver` sends")
 
 
 @outbox_app.command("resume")
-def outbox_resume(campaign: str) -> None:
+def outbox_resume(campaign: str, campaigns: CampaignsDir = Path("campaigns")) -> None:
     """Let a campaign paused by its error rate deliver again."""
     with errors_to_exit():
         settings = current_settings()
-        with engine_for(settings).begin() as connection:
+        engine = engine_for(settings)
+        _known_campaign(engine, campaign, campaigns)
+        with engine.begin() as connection:
             resumed = outbox.resume(connection, campaign)
     console.print(f"{campaign}: {'resumed' if resumed else 'was not paused'}")
+
+
+def _known_campaign(engine: Engine, name: str, campaigns: Path) -> None:
+    """An outbox command's campaign is a campaign file's, or one the outbox still holds mail
+    or a pause of (its file since removed); else a ConfigError naming those that exist (exit
+    2): a typo must not say "was not paused" or deliver nothing, with exit 0."""
+    with engine.connect() as connection:
+        held = set(outbox.status(connection)) | set(outbox.paused(connection))
+    files = {path.stem for path in campaigns.glob("*.toml")} if campaigns.is_dir() else set()
+    if name in files | held:
+        return
+    known = ", ".join(sorted(files | held)) or "none"
+    raise ConfigError(campaigns / f"{name}.toml", [Problem(f"no such campaign (known: {known})")])
 
 
 def _webhook_url(value: str | None) -> str | None:

@@ -868,3 +868,26 @@ def test_worker_demo_stops_on_a_signal_like_the_real_worker(
         statuses = connection.execute(sa.text("SELECT status FROM runs")).scalars().all()
     assert statuses and "running" not in statuses
     assert not (workdir / "shop.db.worker-lock").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["outbox", "resume", "nosuch"],
+        ["outbox", "deliver", "--campaign", "nosuch"],
+        ["outbox", "retry", "--failed", "--campaign", "nosuch"],
+    ],
+)
+def test_outbox_commands_refuse_an_unknown_campaign_naming_those_that_exist(
+    workdir: Path, args: list[str]
+) -> None:
+    """A typo said "nosuch: was not paused" or delivered nothing, exit 0."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "nosuch.toml: no such campaign (known: birthday, cross_sell, " in result.stderr
+    known = runner.invoke(app, ["outbox", "resume", "winback"])
+    assert known.exit_code == 0 and "winback: was not paused" in known.stdout
