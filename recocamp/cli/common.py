@@ -38,10 +38,11 @@ from recocamp.errors import (
     Problem,
     RecocampError,
     SharedAddressError,
+    StoreError,
     mask_addresses,
 )
 from recocamp.settings import Settings, load_settings
-from recocamp.store.engine import Engine, make_engine, require_current
+from recocamp.store.engine import Engine, make_engine, missing_file, require_current
 
 app = typer.Typer(
     help="recocamp: a retention engine for online shops.",
@@ -245,7 +246,12 @@ def current_settings() -> Settings:
 
 def engine_for(settings: Settings, *, migrated: bool = True) -> Engine:
     """The database's engine, disposed when the command ends; ``migrated`` refuses a
-    database that is missing migrations."""
+    database that is missing migrations, and a SQLite file that is not there before
+    connecting (which would leave an empty file behind): only the commands that build the
+    database (``db upgrade``, the demo's) create it."""
+    missing = missing_file(settings.database_url) if migrated else None
+    if missing is not None:
+        raise StoreError(f"there is no database {missing}: run `recocamp db upgrade`")
     made = make_engine(settings.database_url)
     State.engines.append(made)
     if migrated:

@@ -25,7 +25,7 @@ from recocamp.data.demo import build_demo
 from recocamp.data.ingest import Importer, ImportReport
 from recocamp.settings import Settings
 from recocamp.store import tombstones
-from recocamp.store.engine import Engine, current_revision, head_revision
+from recocamp.store.engine import Engine, current_revision, head_revision, missing_file
 from recocamp.store.engine import upgrade as upgrade_schema
 
 db_app = typer.Typer(help="Create and migrate the database.", no_args_is_help=True)
@@ -62,7 +62,15 @@ def db_upgrade() -> None:
 def db_current() -> None:
     """Show the database's schema revision and the newest one."""
     with errors_to_exit():
-        engine = engine_for(current_settings(), migrated=False)
+        settings = current_settings()
+        missing = missing_file(settings.database_url)
+        if missing is not None:  # connecting would create it
+            console.print(
+                f"database: none (no file {missing}; `recocamp db upgrade` creates it), "
+                f"newest: {head_revision()}"
+            )
+            return
+        engine = engine_for(settings, migrated=False)
         console.print(f"database: {current_revision(engine) or 'none'}, newest: {head_revision()}")
 
 

@@ -891,3 +891,33 @@ def test_outbox_commands_refuse_an_unknown_campaign_naming_those_that_exist(
     assert "nosuch.toml: no such campaign (known: birthday, cross_sell, " in result.stderr
     known = runner.invoke(app, ["outbox", "resume", "winback"])
     assert known.exit_code == 0 and "winback: was not paused" in known.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["db", "current"],
+        ["import", "customers", "people.csv"],
+        ["kpis"],
+        ["privacy", "export", "c1"],
+        ["runs", "list"],
+        ["worker", "--once"],
+    ],
+)
+def test_only_the_commands_that_build_the_database_create_its_file(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """They created an empty shop.db before saying "run `recocamp db upgrade`"."""
+    monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
+    write_csv(workdir / "people.csv", ["id", "email"], [["c1", "a@example.test"]])
+    result = runner.invoke(app, args, terminal_width=300)
+    assert "Traceback" not in result.output
+    assert not (workdir / "shop.db").exists()
+    said = " ".join(result.output.split())
+    if args[0] == "db":
+        assert result.exit_code == 0 and f"database: none (no file {workdir / 'shop.db'}; " in said
+    else:
+        assert result.exit_code == 1
+        assert f"there is no database {workdir / 'shop.db'}: run `recocamp db upgrade`" in said
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert (workdir / "shop.db").exists()
