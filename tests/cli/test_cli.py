@@ -832,7 +832,7 @@ def test_a_worker_whose_provider_needs_no_token_starts_without_one(
     assert "deliver:" in result.stdout
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_worker_demo_stops_on_a_signal_like_the_real_worker(
     workdir: Path, signum: signal.Signals
 ) -> None:
