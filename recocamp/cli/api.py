@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,8 +29,10 @@ from recocamp.cli.common import (
     errors_to_exit,
     print_error,
     within,
+    write_output,
 )
 from recocamp.errors import RecocampError, SharedAddressError
+from recocamp.store.engine import Engine
 from recocamp.store.queries import audit
 
 privacy_app = typer.Typer(help="Privacy: export, erase, retention purge.", no_args_is_help=True)
@@ -156,24 +159,33 @@ def privacy_export(
         document = privacy.export(engine, customer, now, scope=scope)
         if document is None:
             raise NothingHeld(f"we hold no data about customer {customer!r}")
-        with engine.begin() as connection:
-            for exported in document["customer_ids"]:
-                audit(
-                    connection,
-                    at=now,
-                    actor="cli",
-                    action="customer_exported",
-                    subject_type="customer",
-                    subject_id=exported,
-                    details={"scope": document["scope"]},
-                )
-    text = json.dumps(document, indent=1, ensure_ascii=False)
-    if output is None:
-        sys.stdout.write(text + "\n")
-        return
-    output.write_text(text + "\n", encoding="utf-8")
-    output.chmod(0o600)
+        text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+        if output is None:
+            _audit_export(engine, document, now)
+            sys.stdout.write(text)
+            return
+        write_output(output, text, "--output", private=True)  # recorded once it is written
+        try:
+            _audit_export(engine, document, now)
+        except BaseException:
+            output.unlink(missing_ok=True)  # an export nobody recorded is not handed out
+            raise
     console.print(f"written to {output} ({document['customers']} customer id(s))")
+
+
+def _audit_export(engine: Engine, document: dict[str, Any], now: datetime) -> None:
+    """One ``customer_exported`` audit row per customer id the export covers."""
+    with engine.begin() as connection:
+        for exported in document["customer_ids"]:
+            audit(
+                connection,
+                at=now,
+                actor="cli",
+                action="customer_exported",
+                subject_type="customer",
+                subject_id=exported,
+                details={"scope": document["scope"]},
+            )
 
 
 @privacy_app.command("erase")

@@ -33,6 +33,7 @@ from recocamp.cli.common import (
     print_json,
     print_warning,
     within,
+    write_output,
 )
 from recocamp.domain import Item
 from recocamp.errors import ConfigError, Problem, RecocampError
@@ -229,13 +230,14 @@ def preview(
         link = compose.links(settings, key or _EPHEMERAL, customer, chosen.name, clock.now())
         renderer = render.Renderer(templates, limits=settings.templates)
         email = compose.render_for(decision, view, chosen, settings, renderer, link, offers)
+    if html is not None:  # first: a path it cannot write is refused before anything is shown
+        write_output(html, email.html, "--html")
     console.print(
         f"decision: {decision.outcome.value} ({decision.reason}); variant {decision.variant or '-'}"
     )
     console.print(f"subject: {email.subject}\n")
     sys.stdout.write(email.text + "\n")  # verbatim: links must not be wrapped
     if html is not None:
-        html.write_text(email.html, encoding="utf-8")
         console.print(f"HTML part written to {html}")
 
 

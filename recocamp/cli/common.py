@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,12 +38,14 @@ from recocamp.errors import (
     Problem,
     RecocampError,
     SharedAddressError,
+    StoreError,
+    mask_addresses,
 )
 from recocamp.forecast.history import day_number
 from recocamp.forecast.outlook import closed
 from recocamp.settings import Settings, load_settings
 from recocamp.store import queries
-from recocamp.store.engine import Engine, make_engine, require_current
+from recocamp.store.engine import Engine, make_engine, missing_file, require_current
 
 app = typer.Typer(
     help="recocamp: a retention engine for online shops.",
@@ -159,14 +163,72 @@ def flagged(label: str, style: str, message: str) -> Text:
 
 
 def print_error(message: str) -> None:
-    """``error: message`` on stderr, the message verbatim (brackets and all)."""
-    errors.print(flagged("error:", "bold red", message), highlight=False, soft_wrap=True)
+    """``error: message`` on stderr, the message verbatim (brackets and all) but for e-mail
+    addresses, masked as the API masks them: stderr ends up in logs and CI output, and a
+    message may quote a customer given by address or a value from a file."""
+    errors.print(
+        flagged("error:", "bold red", mask_addresses(message)), highlight=False, soft_wrap=True
+    )
 
 
 def print_warning(message: str) -> None:
-    """``warning: message`` on stderr, the message verbatim: something that may be wrong,
-    which does not change the exit code by itself."""
-    errors.print(flagged("warning:", "bold yellow", message), highlight=False, soft_wrap=True)
+    """``warning: message`` on stderr, verbatim but for masked e-mail addresses (as
+    :func:`print_error`): something that may be wrong, which does not change the exit code
+    by itself."""
+    errors.print(
+        flagged("warning:", "bold yellow", mask_addresses(message)),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def write_output(path: Path, text: str, option: str, *, private: bool = False) -> None:
+    """``text`` into the file an option names (``--html``, ``--output``), whole or not at all:
+    into a new file beside it, renamed over it, so a failure (no such folder, a folder named,
+    a full disk) leaves no half-written file. A ``private`` file (a customer's data) is
+    created readable by its owner alone, never world-readable for a moment as a chmod after
+    the write would leave it. A path that cannot be written is bad input: exit 2 naming the
+    option, the path and why, and callers write the file before they record anything."""
+    try:
+        _write_whole(path, text, 0o600 if private else 0o666)
+    except OSError as exc:
+        print_error(f"cannot write {option} {path}: {_why_unwritable(path, exc)}")
+        raise typer.Exit(2) from None
+
+
+def ensure_folder(path: Path, option: str) -> None:
+    """The folder an option names (``--demo-dir``, ``--data-dir``), made if missing, before
+    any work: one that cannot be made is bad input (exit 2 naming option, path and why),
+    not a traceback halfway through building the demo shop."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file; name a folder" if path.exists() else exc.strerror or str(exc)
+        print_error(f"cannot write {option} {path}: {why}")
+        raise typer.Exit(2) from None
+
+
+def _write_whole(path: Path, text: str, mode: int) -> None:
+    if path.is_dir():  # os.replace would swap an empty folder for the file
+        raise IsADirectoryError(f"{path} is a folder")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # less the umask
+    try:
+        with open(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _why_unwritable(path: Path, exc: OSError) -> str:
+    """The reason in words a person can act on (the OS's ``[Errno 2]`` names no folder)."""
+    if isinstance(exc, IsADirectoryError):
+        return "it is a folder; name a file"
+    if not path.parent.is_dir():
+        return f"there is no folder {path.parent}"
+    return exc.strerror or str(exc)
 
 
 def print_json(document: object, *, indent: int) -> None:
@@ -187,7 +249,12 @@ def current_settings() -> Settings:
 
 def engine_for(settings: Settings, *, migrated: bool = True) -> Engine:
     """The database's engine, disposed when the command ends; ``migrated`` refuses a
-    database that is missing migrations."""
+    database that is missing migrations, and a SQLite file that is not there before
+    connecting (which would leave an empty file behind): only the commands that build the
+    database (``db upgrade``, the demo's) create it."""
+    missing = missing_file(settings.database_url) if migrated else None
+    if missing is not None:
+        raise StoreError(f"there is no database {missing}: run `recocamp db upgrade`")
     made = make_engine(settings.database_url)
     State.engines.append(made)
     if migrated:

@@ -18,6 +18,7 @@ from recocamp.cli.common import (
     console,
     current_settings,
     engine_for,
+    ensure_folder,
     errors_to_exit,
     progress_bars,
 )
@@ -25,7 +26,7 @@ from recocamp.data.demo import build_demo
 from recocamp.data.ingest import Importer, ImportReport
 from recocamp.settings import Settings
 from recocamp.store import tombstones
-from recocamp.store.engine import Engine, current_revision, head_revision
+from recocamp.store.engine import Engine, current_revision, head_revision, missing_file
 from recocamp.store.engine import upgrade as upgrade_schema
 
 db_app = typer.Typer(help="Create and migrate the database.", no_args_is_help=True)
@@ -62,7 +63,15 @@ def db_upgrade() -> None:
 def db_current() -> None:
     """Show the database's schema revision and the newest one."""
     with errors_to_exit():
-        engine = engine_for(current_settings(), migrated=False)
+        settings = current_settings()
+        missing = missing_file(settings.database_url)
+        if missing is not None:  # connecting would create it
+            console.print(
+                f"database: none (no file {missing}; `recocamp db upgrade` creates it), "
+                f"newest: {head_revision()}"
+            )
+            return
+        engine = engine_for(settings, migrated=False)
         console.print(f"database: {current_revision(engine) or 'none'}, newest: {head_revision()}")
 
 
@@ -153,6 +162,7 @@ def demo_data(
     demo_dir: Annotated[Path, typer.Option(help="Where generated files go.")] = Path("demo"),
 ) -> None:
     """Build the demo shop (creates/migrates the database first)."""
+    ensure_folder(demo_dir, "--demo-dir")
     with errors_to_exit():
         settings = current_settings()
         build_demo_shop(engine_for(settings, migrated=False), settings, source, synthetic, demo_dir)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -12,7 +18,7 @@ from rich.table import Table
 
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.render import Renderer
-from recocamp.campaigns.run import RunOptions, RunReport
+from recocamp.campaigns.run import RunOptions, RunReport, run_key
 from recocamp.cli.common import (
     CampaignsDir,
     TemplatesDir,
@@ -21,6 +27,7 @@ from recocamp.cli.common import (
     console,
     current_settings,
     engine_for,
+    ensure_folder,
     errors_to_exit,
     flagged,
     one_campaign,
@@ -32,6 +39,7 @@ from recocamp.delivery.campaign_send import send_campaign
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import Provider, make_provider
 from recocamp.domain import DeliveryReport
+from recocamp.errors import ConfigError, Interrupted, Problem
 from recocamp.settings import MAX_SECONDS, Settings
 from recocamp.store import outbox
 from recocamp.store.engine import Engine
@@ -51,11 +59,53 @@ share = within(0.0, 1.0)  # a fault rate of the fake ESP
 
 
 def _deliverer(
-    settings: Settings, engine: Engine, provider: Provider, templates: Path
+    settings: Settings,
+    engine: Engine,
+    provider: Provider,
+    templates: Path,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Deliverer:
-    """The CLI's deliverer: the real clock, the templates as they are now."""
+    """The CLI's deliverer: the real clock, the templates as they are now; ``stopping``
+    (Ctrl-C) ends it after the batch in flight, and cuts short a wait for retries."""
     renderer = Renderer(templates, limits=settings.templates)
-    return Deliverer(engine, provider, settings.esp, clock, renderer=renderer)
+    return Deliverer(
+        engine,
+        provider,
+        settings.esp,
+        clock,
+        renderer=renderer,
+        stopping=stopping,
+        sleep=lambda seconds: _nap(seconds, stopping),
+    )
+
+
+def _nap(seconds: float, stopping: Callable[[], bool]) -> None:
+    """``time.sleep`` that ends early once ``stopping()`` says so (within 0.2 s)."""
+    end = time.monotonic() + seconds
+    while not stopping() and (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.2))
+
+
+@contextmanager
+def _ctrl_c_stops() -> Iterator[Callable[[], bool]]:
+    """Yields ``stopping()``, true once Ctrl-C was pressed: the first Ctrl-C asks the run to
+    stop between chunks and batches (nothing half-written, nothing sent twice); a second
+    one interrupts at once. The handler only appends to a list (no lock taken in it)."""
+    pressed: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        pressed.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one is at once
+        # not console.print: it takes the console's lock, which the interrupted code may hold
+        os.write(2, b"\nstopping after the batch in flight (Ctrl-C again: at once)\n")
+
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
 
 
 def _deliver(
@@ -91,8 +141,32 @@ def send(
         chosen = one_campaign(settings, campaign, campaigns, templates)
         settings.require_signing_key()
         now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
-        report = send_run(settings, engine_for(settings), chosen, templates, now, wait)
-    print_run(report)
+        engine = engine_for(settings)
+        with _ctrl_c_stops() as stopping:
+            try:
+                report = send_run(settings, engine, chosen, templates, now, wait, stopping)
+            except (Interrupted, KeyboardInterrupt):
+                report = None
+        if report is not None:
+            print_run(report)
+        if stopping():
+            _print_stopped(engine, chosen.name, run_key(chosen.name, now, settings.shop.zone))
+            raise typer.Exit(130)
+
+
+def _print_stopped(engine: Engine, campaign: str, key: str) -> None:
+    """After Ctrl-C: what of the run went out, what waits, and how it is finished."""
+    with engine.connect() as connection:
+        states = outbox.run_states(connection, campaign, key.rpartition("/")[2])
+    gone = sum(states.get(state, 0) for state in ("sent", "delivered", "bounced"))
+    waiting = states.get("queued", 0) + states.get("claimed", 0)
+    console.print(
+        f"stopped: run {key}: {gone:,} e-mail(s) went out, {waiting:,} still queued. "
+        f"`recocamp send {campaign}` again (with the same --as-of, or the same day) enqueues "
+        "the rest of the run and sends it, or `recocamp outbox deliver` sends what is "
+        "queued: each e-mail once (its send key is the run's)",
+        highlight=False,
+    )
 
 
 def send_run(
@@ -102,12 +176,14 @@ def send_run(
     templates: Path,
     now: datetime,
     wait: float,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> RunReport:
     """One campaign run with two progress bars: planning and enqueueing, and delivering
-    (which renders the bodies) alongside it (``send``, and ``demo`` for each campaign)."""
+    (which renders the bodies) alongside it (``send``, and ``demo`` for each campaign).
+    ``stopping()`` ends it between chunks (``Interrupted``) and batches."""
     provider = make_provider(settings)
     try:
-        deliverer = _deliverer(settings, engine, provider, templates)
+        deliverer = _deliverer(settings, engine, provider, templates, stopping)
         with progress_bars() as bar:
             rendering = bar.progress.add_task(f"{campaign.name}: planning", total=None)
             sending = bar.progress.add_task(f"{campaign.name}: delivering", total=None)
@@ -116,6 +192,7 @@ def send_run(
                 issued_at=clock.now(),
                 max_wait_s=wait,
                 on_progress=lambda n: bar.progress.advance(rendering, n),
+                stopping=stopping,
             )
             return send_campaign(engine, settings, campaign, templates, now, deliverer, options)
     finally:
@@ -174,11 +251,15 @@ def outbox_deliver(
     campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
     wait: WaitOption = 0.0,
     templates: TemplatesDir = Path("templates"),
+    campaigns: CampaignsDir = Path("campaigns"),
 ) -> None:
     """Send what is due now (after reconciling claims of crashed workers)."""
     with errors_to_exit():
         settings = current_settings()
-        report = _deliver(settings, engine_for(settings), campaign, wait, templates)
+        engine = engine_for(settings)
+        if campaign is not None:
+            _known_campaign(engine, campaign, campaigns)
+        report = _deliver(settings, engine, campaign, wait, templates)
     _print_delivery(report)
 
 
@@ -186,25 +267,44 @@ def outbox_deliver(
 def outbox_retry(
     failed: Annotated[bool, typer.Option("--failed", help="Queue failed messages again.")] = False,
     campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
+    campaigns: CampaignsDir = Path("campaigns"),
 ) -> None:
     """Queue failed messages again (suppressed recipients are cancelled when claimed)."""
     if not failed:
         raise typer.BadParameter("say what to retry: --failed", param_hint="--failed")
     with errors_to_exit():
         settings = current_settings()
-        with engine_for(settings).begin() as connection:
+        engine = engine_for(settings)
+        if campaign is not None:
+            _known_campaign(engine, campaign, campaigns)
+        with engine.begin() as connection:
             number = outbox.retry_failed(connection, clock.now(), campaign)
     console.print(f"{number:,} failed message(s) queued again; `recocamp outbox deliver` sends")
 
 
 @outbox_app.command("resume")
-def outbox_resume(campaign: str) -> None:
+def outbox_resume(campaign: str, campaigns: CampaignsDir = Path("campaigns")) -> None:
     """Let a campaign paused by its error rate deliver again."""
     with errors_to_exit():
         settings = current_settings()
-        with engine_for(settings).begin() as connection:
+        engine = engine_for(settings)
+        _known_campaign(engine, campaign, campaigns)
+        with engine.begin() as connection:
             resumed = outbox.resume(connection, campaign)
     console.print(f"{campaign}: {'resumed' if resumed else 'was not paused'}")
+
+
+def _known_campaign(engine: Engine, name: str, campaigns: Path) -> None:
+    """An outbox command's campaign is a campaign file's, or one the outbox still holds mail
+    or a pause of (its file since removed); else a ConfigError naming those that exist (exit
+    2): a typo must not say "was not paused" or deliver nothing, with exit 0."""
+    with engine.connect() as connection:
+        held = set(outbox.status(connection)) | set(outbox.paused(connection))
+    files = {path.stem for path in campaigns.glob("*.toml")} if campaigns.is_dir() else set()
+    if name in files | held:
+        return
+    known = ", ".join(sorted(files | held)) or "none"
+    raise ConfigError(campaigns / f"{name}.toml", [Problem(f"no such campaign (known: {known})")])
 
 
 def _webhook_url(value: str | None) -> str | None:
@@ -251,6 +351,8 @@ def fake_esp(
     """Run the local stand-in ESP (Postmark's API) until interrupted."""
     from recocamp.delivery.esp.fake_server import FakeEsp, Faults, serve
 
+    if data_dir is not None:
+        ensure_folder(data_dir, "--data-dir")
     faults = Faults(
         latency_ms=latency_ms, rate_429=rate_429, rate_5xx=rate_5xx, rate_drop=rate_drop
     )

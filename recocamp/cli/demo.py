@@ -18,8 +18,10 @@ from recocamp.cli.common import (
     console,
     current_settings,
     engine_for,
+    ensure_folder,
     errors_to_exit,
     parse_as_of,
+    write_output,
 )
 from recocamp.cli.data import build_demo_shop
 from recocamp.cli.delivery import print_run, send_run
@@ -42,6 +44,7 @@ def demo(
     fake ESP (started in this process), and show what went out."""
     from recocamp.delivery.esp.fake_server import FakeEsp, create_app, running
 
+    ensure_folder(demo_dir, "--demo-dir")
     with errors_to_exit():
         settings = current_settings()
         engine, untrained = demo_shop(settings, demo_dir)
@@ -85,8 +88,7 @@ def demo_settings(settings: Settings, url: str, demo_dir: Path) -> Settings:
         path = demo_dir / "signing.key"
         if not path.exists():
             demo_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(token_urlsafe(32))
-            path.chmod(0o600)
+            write_output(path, token_urlsafe(32), "--demo-dir", private=True)
         key = SecretStr(path.read_text().strip())
     esp = settings.esp.model_copy(update={"provider": "postmark", "base_url": url})
     update = {"esp": esp, "esp_token": SecretStr("demo"), "signing_key": key}

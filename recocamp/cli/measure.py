@@ -27,6 +27,7 @@ from recocamp.cli.common import (
     parse_as_of,
     print_json,
     progress_bars,
+    write_output,
 )
 from recocamp.errors import ConfigError, Problem
 from recocamp.measure import jobs as measure_jobs
@@ -107,13 +108,13 @@ def report_command(
         end = parse_as_of(as_of, settings.shop.zone) if as_of else now
         data = measure_jobs.gather(engine, settings, end, now)
         document = report.render_html(data) if html is not None or store else ""
+        if html is not None:  # first: a path it cannot write stores nothing
+            write_output(html, document, "--html")
         if store:
             from recocamp.store import measure as measure_store
 
             with engine.begin() as connection:
                 measure_store.store_report(connection, document, report.summary(data), end, now)
-        if html is not None:
-            html.write_text(document, encoding="utf-8")
     if format is Output.json:
         print_json(report.summary(data), indent=1)
     else:

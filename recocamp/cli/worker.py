@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +38,7 @@ from recocamp.cli.common import (
 )
 from recocamp.cli.demo import demo_settings, demo_shop
 from recocamp.clock import FixedClock
+from recocamp.delivery.esp import check_provider
 from recocamp.errors import ConfigError, RecocampError
 from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
@@ -88,6 +93,7 @@ def worker(
         return
     with errors_to_exit():
         settings = current_settings()
+        check_provider(settings)  # its deliver job would fail every few seconds, for ever
         process = Worker(settings, engine_for(settings), campaigns, templates, clock)
         broken = process.load()  # each broken file is logged with its problems
         if once:
@@ -140,20 +146,67 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
         first = begin.astimezone(zone)
         console.print(
             f"simulating {days} days of the schedule from {first:%a %d %b %Y %H:%M} "
-            f"({len(process.specs)} jobs; polling jobs hourly)"
+            f"({len(process.specs)} jobs; polling jobs hourly); SIGTERM or Ctrl-C stops it"
         )
-        if untrained:
-            console.print("training the first model (a minute or so) …")
-            _show(process, begin, "train", process.run("train"))
-        process.simulate(
-            begin + timedelta(days=days), lambda at, job, status: _show(process, at, job, status)
-        )
+        with _stopped_by_signals(process):
+            if untrained:
+                console.print("training the first model (a minute or so) …")
+                _show(process, begin, "train", process.run("train"))
+            process.simulate(
+                begin + timedelta(days=days),
+                lambda at, job, status: _show(process, at, job, status),
+            )
+        if process.stopped_by:
+            when = process.clock.now().astimezone(zone)
+            console.print(
+                f"{process.stopped_by}: stopped at the simulated {when:%a %d %b %Y %H:%M}, the "
+                "job running then finished or stopped between batches (`recocamp runs list`; "
+                "an interrupted campaign run is resumed by the next worker)"
+            )
     stats = fake.stats()
     console.print(
         f"fake ESP: {stats['received']:,} e-mails, {stats['unique_send_keys']:,} "
         f"unique send keys, {stats['duplicates']} duplicates "
         f"({demo_dir / 'fake-esp'}/messages.jsonl); history: `recocamp runs list`"
     )
+
+
+@contextmanager
+def _stopped_by_signals(process: Worker) -> Iterator[None]:
+    """SIGTERM/SIGINT stop the demo as they stop the real worker: the handlers note the
+    signal, a thread sets ``stop`` (:meth:`Worker.wait`), the job running stops between
+    chunks or finishes, no other starts, and the worker is recorded stopped. A job that
+    runs past ``[worker] shutdown_timeout_s`` after the signal (a training) is recorded
+    interrupted and the process exits 3 at once, as the real worker does."""
+    done = threading.Event()
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    before = {each: signal.getsignal(each) for each in handled}  # put back: tests run in-process
+    process.install_signals()
+    threading.Thread(
+        target=_exit_if_stuck, args=(process, done), name="demo-signals", daemon=True
+    ).start()
+    try:
+        yield
+    finally:
+        done.set()
+        process.shutdown()  # no scheduler runs: records the worker stopped, ends the thread
+        for each, handler in before.items():
+            if handler is not None:  # None: not set from Python, nothing to put back
+                signal.signal(each, handler)
+
+
+def _exit_if_stuck(process: Worker, done: threading.Event) -> None:
+    process.wait()  # until a signal (or the demo's end) sets stop
+    timeout = process.settings.worker.shutdown_timeout_s
+    if done.is_set() or done.wait(timeout):
+        return
+    process.abandon(f"{process.stopped_by}: the demo stopped before the run ended")
+    print_error(
+        f"a job still ran {timeout:.0f} s after {process.stopped_by}: recorded interrupted, "
+        "exiting anyway"
+    )
+    logging.shutdown()
+    os._exit(3)
 
 
 def _history(engine: Engine, settings: Settings, now: datetime) -> None:

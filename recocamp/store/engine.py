@@ -69,6 +69,22 @@ def exists(url: str) -> bool:
     return Path(database).is_file()
 
 
+def missing_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names when there is none yet (connecting would create it,
+    empty), else None: for a server, an in-memory database, a ``file:`` URI (its options
+    may say not to create it) or a URL that is no URL (:func:`make_engine` says why)."""
+    try:
+        parsed = sa.make_url(normalise_url(url))
+    except (sa.exc.ArgumentError, ValueError):
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:") or Path(database).exists():
+        return None
+    return Path(database)
+
+
 def ping(engine: sa.Engine) -> None:
     """Raise :class:`SQLAlchemyError` unless the database answers (``SELECT 1``)."""
     with engine.connect() as connection:

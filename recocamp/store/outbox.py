@@ -463,6 +463,20 @@ def queued(connection: sa.Connection, campaign: str | None = None) -> int:
     return int(connection.execute(query).scalar_one())
 
 
+def run_states(connection: sa.Connection, campaign: str, period: str) -> dict[str, int]:
+    """One campaign run's messages by state: their send keys end with the run's period
+    (:func:`send_key`)."""
+    query = (
+        sa.select(outbox.c.state, sa.func.count())
+        .where(
+            outbox.c.campaign == campaign,
+            outbox.c.send_key.endswith(f"/{period}", autoescape=True),
+        )
+        .group_by(outbox.c.state)
+    )
+    return {state: int(number) for state, number in connection.execute(query)}
+
+
 def status(connection: sa.Connection) -> dict[str, dict[str, int]]:
     query = sa.select(outbox.c.campaign, outbox.c.state, sa.func.count()).group_by(
         outbox.c.campaign, outbox.c.state

@@ -102,6 +102,8 @@ class Worker:
         self._files: tuple[Any, ...] = ()
         self._resuming: set[int] = set()
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
+        self.stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGINT)
+        self._running: dict[str, int] = {}  # job → its run's id while it runs (see abandon)
         self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
         self._loop_thread: threading.Thread | None = None
         self._reload_checked = 0.0
@@ -284,6 +286,8 @@ class Worker:
         quiet = spec.scope == "every_worker" or spec.id == "import"  # an idle poll: no history
         begun = self.clock.now()
         run_id = None if quiet else self._started(spec.id, begun, as_of, key, resumed_from)
+        if run_id is not None:
+            self._running[spec.id] = run_id
         started = time.perf_counter()
         status, error = "ok", None
         counts: dict[str, Any] = {}
@@ -294,6 +298,8 @@ class Worker:
         except Exception as exc:  # one failing job never takes the worker down
             status, error = "error", f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", spec.id)
+        finally:
+            self._running.pop(spec.id, None)
         seconds = time.perf_counter() - started
         if quiet and status == "ok" and not any(counts.values()):
             return status
@@ -481,8 +487,20 @@ class Worker:
                     self.reload_requested.set()
                 else:
                     log.info("%s: stopping after the current batch", signalled)
+                    self.stopped_by = signalled
                     self.stop.set()
             time.sleep(0.2)
+
+    def abandon(self, why: str) -> None:
+        """The process exits now with runs still going (a training past the shutdown
+        timeout): they are recorded ``interrupted`` with ``why``, not left ``running`` for
+        ever, and the worker stopped. A campaign run so marked is resumed by the next
+        scheduling worker (``unfinished_campaign_runs``), as one whose worker vanished."""
+        now = self.clock.now()
+        with self.engine.begin() as connection:
+            for run_id in list(self._running.values()):
+                runs.mark_interrupted(connection, run_id, now, why)
+            runs.stopped(connection, self.id, now)
 
     def shutdown(self) -> bool:
         """Stop: no new runs, wait up to the shutdown timeout for running ones; True when
@@ -572,7 +590,9 @@ class Worker:
         """Run the schedule on a simulated clock up to ``until``, job after job at its fire
         time, as fast as the jobs go (``recocamp worker --demo``). The clock must be a
         ``FixedClock`` at the start; cron jobs fire by their own triggers, polling jobs
-        (delivery, imports) hourly. Nothing is scheduled for real."""
+        (delivery, imports) hourly. Nothing is scheduled for real. Once ``stop`` is set (a
+        signal, through :meth:`wait` on another thread) no further job starts; the one
+        running stops between chunks (campaigns) or finishes."""
         clock = self.clock
         if not isinstance(clock, FixedClock):
             raise TypeError("simulate() needs a FixedClock")
@@ -581,7 +601,7 @@ class Worker:
         upcoming = {job: t.get_next_fire_time(None, start) for job, t in triggers.items()}
         self.leadership.register()
         try:
-            while upcoming:
+            while upcoming and not self.stop.is_set():  # stop: see install_signals
                 job, at = min(upcoming.items(), key=lambda pair: pair[1])
                 if at > until:
                     return

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
+import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,7 @@ from typer.testing import CliRunner
 from recocamp.cli import app
 from recocamp.recommender.models import MODEL_NAMES
 from recocamp.store.engine import head_revision, make_engine
-from recocamp.store.schema import customers, items, purchases
+from recocamp.store.schema import audit_log, customers, items, purchases, reports
 from tests.conftest import write_csv
 
 runner = CliRunner()
@@ -708,3 +714,245 @@ def test_every_help_shows_the_settings_sections_it_names() -> None:
             assert section in shown.output, (path, section, shown.output)
             checked += 1
     assert checked >= 4  # serve's [api] host/port/workers, purge's [privacy], evaluate's …
+
+
+# -- errors never print an address; output paths that cannot be written -----------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["privacy", "export", "someone@example.test"],
+        ["privacy", "erase", "someone@example.test", "--yes"],
+        ["preview", "winback", "--customer", "nobody@example.test"],
+        ["similar", "o'brien@example.test"],
+    ],
+)
+def test_errors_mask_e_mail_addresses_whichever_command_prints_them(
+    in_trained: Path, args: list[str]
+) -> None:
+    """stderr ends in logs and CI output: an address given (or read from a file) is masked
+    there as the API masks it in error bodies, by the one error printer every command uses."""
+    env = {"RECOCAMP_SIGNING_KEY": "k" * 32}
+    result = runner.invoke(app, args, env=env, terminal_width=200)
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output
+    assert "error:" in result.stderr and "<address>" in result.stderr, result.stderr
+    assert "@" not in result.output
+
+
+def _count(table: Any) -> int:
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def _sent_customer() -> str:
+    as_of = "2011-12-15T10:00:00"
+    document = runner.invoke(app, ["plan", "cross_sell", "--as-of", as_of, "--format", "json"])
+    return str(
+        next(d for d in json.loads(document.stdout)["decisions"] if d["outcome"] == "send")[
+            "customer_id"
+        ]
+    )
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder", "a-file-as-folder"])
+@pytest.mark.parametrize("command", ["report", "preview", "privacy export"])
+def test_an_output_path_that_cannot_be_written_exits_2_and_records_nothing(
+    in_trained: Path, command: str, where: str
+) -> None:
+    (in_trained / "plain").write_text("x")
+    path = {
+        "missing-folder": in_trained / "no" / "such" / "out.html",
+        "a-folder": in_trained,
+        "a-file-as-folder": in_trained / "plain" / "out.html",
+    }[where]
+    customer = _sent_customer()
+    args = {
+        "report": ["report", "--html", str(path)],
+        "preview": ["preview", "cross_sell", "--customer", customer, "--html", str(path)],
+        "privacy export": ["privacy", "export", customer, "--output", str(path)],
+    }[command]
+    if command == "preview":
+        args += ["--as-of", "2011-12-15T10:00:00"]
+    audits, stored = _count(audit_log), _count(reports)
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    option = "--output" if command == "privacy export" else "--html"
+    assert f"error: cannot write {option} {path}: " in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, the reason included
+    assert "decision:" not in result.stdout  # refused before anything is shown
+    assert (_count(audit_log), _count(reports)) == (audits, stored)
+    assert not list(in_trained.glob(".*.tmp")) and not (in_trained / "no").exists()
+
+
+def test_privacy_export_is_private_from_its_first_byte_and_audited_once_written(
+    in_trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Created 0600 (not written world-readable and then chmod-ed), under any umask; one
+    audit row once the file is there."""
+    customer = _sent_customer()
+    modes: list[int] = []
+    real_open = os.open
+
+    def watching(path: Any, flags: int, mode: int = 0o777, *args: Any, **kwargs: Any) -> int:
+        modes.append(mode)
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", watching)
+    audits = _count(audit_log)
+    target = in_trained / "export.json"
+    target.write_text("old, world-readable")
+    target.chmod(0o644)
+    result = runner.invoke(app, ["privacy", "export", customer, "--output", str(target)])
+    assert result.exit_code == 0, result.output
+    assert modes == [0o600]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert json.loads(target.read_text())["customer_ids"] == [customer]
+    assert _count(audit_log) == audits + 1
+
+
+@pytest.mark.parametrize("args", [["demo-data"], ["demo"], ["fake-esp", "--port", "1"]])
+def test_a_folder_option_naming_a_file_exits_2_before_any_work(
+    workdir: Path, args: list[str]
+) -> None:
+    (workdir / "plain").write_text("x")
+    option = "--data-dir" if args[0] == "fake-esp" else "--demo-dir"
+    result = runner.invoke(app, [*args, option, "plain"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"error: cannot write {option} plain: it is a file; name a folder" in result.stderr
+    assert not (workdir / "shop.db").exists()
+
+
+def test_an_items_file_with_a_javascript_url_exits_2_naming_line_column_and_value(
+    workdir: Path,
+) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    header = ["id", "title", "category", "price", "url"]
+    row = ["i1", "Mug", "k", "3", "javascript:alert(1)"]
+    path = write_csv(workdir / "items.csv", header, [row])
+    result = runner.invoke(app, ["import", "items", str(path)], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    expected = "items.csv: line 2, column 'url': is not an absolute http(s) URL"
+    assert f"{expected} (value: 'javascript:alert(1)')" in result.stderr
+    assert _count(items) == 0
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_the_worker_refuses_to_start_without_the_token_its_provider_needs(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, token: str | None
+) -> None:
+    """Else it starts, and its deliver job fails with the same error every few seconds."""
+    monkeypatch.delenv("RECOCAMP_ESP_TOKEN", raising=False)
+    if token is not None:
+        monkeypatch.setenv("RECOCAMP_ESP_TOKEN", token)
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, ["worker"], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "key 'esp_token': the postmark provider needs a token: set RECOCAMP_ESP_TOKEN" in (
+        result.stderr
+    )
+    assert "running" not in result.stdout
+
+
+def test_a_worker_whose_provider_needs_no_token_starts_without_one(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RECOCAMP_ESP_TOKEN", raising=False)
+    with (workdir / "settings.toml").open("a") as settings:
+        settings.write('[esp]\nprovider = "mailpit"\nbase_url = "http://127.0.0.1:1"\n')
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, ["worker", "--once"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "deliver:" in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_worker_demo_stops_on_a_signal_like_the_real_worker(
+    workdir: Path, signum: signal.Signals
+) -> None:
+    """It ignored SIGTERM (killed, rc 143, nothing said) and left its run ``running`` for
+    ever: now no job starts after the signal, the running one ends, it says so, exits 0 as the
+    real worker does, and no run is left ``running``."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECOCAMP_")}
+    env |= {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    log = workdir / "demo.log"
+    command = [sys.executable, "-m", "recocamp", "worker", "--demo", "--days", "3650"]
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            [*command, "--start", "2011-11-10T00:00"], cwd=workdir, env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "campaign:" not in log.read_text() and time.monotonic() < deadline:
+            assert demo.poll() is None, log.read_text()
+            time.sleep(0.2)
+        demo.send_signal(signum)
+        assert demo.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    said = log.read_text()
+    assert f"{signum.name}: stopped at the simulated " in said and "Traceback" not in said
+    assert "fake ESP: " in said  # what it did, as at the end of a full run
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        statuses = connection.execute(sa.text("SELECT status FROM runs")).scalars().all()
+    assert statuses and "running" not in statuses
+    assert not (workdir / "shop.db.worker-lock").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["outbox", "resume", "nosuch"],
+        ["outbox", "deliver", "--campaign", "nosuch"],
+        ["outbox", "retry", "--failed", "--campaign", "nosuch"],
+    ],
+)
+def test_outbox_commands_refuse_an_unknown_campaign_naming_those_that_exist(
+    workdir: Path, args: list[str]
+) -> None:
+    """A typo said "nosuch: was not paused" or delivered nothing, exit 0."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "nosuch.toml: no such campaign (known: birthday, cross_sell, " in result.stderr
+    known = runner.invoke(app, ["outbox", "resume", "winback"])
+    assert known.exit_code == 0 and "winback: was not paused" in known.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["db", "current"],
+        ["import", "customers", "people.csv"],
+        ["kpis"],
+        ["privacy", "export", "c1"],
+        ["runs", "list"],
+        ["worker", "--once"],
+    ],
+)
+def test_only_the_commands_that_build_the_database_create_its_file(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """They created an empty shop.db before saying "run `recocamp db upgrade`"."""
+    monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
+    write_csv(workdir / "people.csv", ["id", "email"], [["c1", "a@example.test"]])
+    result = runner.invoke(app, args, terminal_width=300)
+    assert "Traceback" not in result.output
+    assert not (workdir / "shop.db").exists()
+    said = " ".join(result.output.split())
+    if args[0] == "db":
+        assert result.exit_code == 0 and f"database: none (no file {workdir / 'shop.db'}; " in said
+    else:
+        assert result.exit_code == 1
+        assert f"there is no database {workdir / 'shop.db'}: run `recocamp db upgrade`" in said
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert (workdir / "shop.db").exists()

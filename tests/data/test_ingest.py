@@ -568,3 +568,42 @@ def test_drop_files_that_arrive_after_an_erasure_are_kept_without_the_erased(
     ]
     reasons = (rejected / "customers-5.csv.errors.txt").read_text()
     assert "'c1'" not in reasons and "erin" not in reasons.lower()
+
+
+def test_item_urls_must_be_absolute_http_urls_or_the_file_is_refused(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """An item's url and image_url go into the e-mails' href/src and the offer API as they
+    are: a ``javascript:`` (or relative, or ``data:``) one is a problem of its line, and
+    nothing of the file is stored."""
+    header = ["id", "title", "category", "price", "url", "image_url"]
+    good = "https://shop.example.test/i/1"
+    rows = [
+        ["i1", "Mug", "kitchen", "3", good, "HTTP://img.example.test/1.png"],
+        ["i2", "Cup", "kitchen", "3", "javascript:alert(1)", ""],
+        ["i3", "Jug", "kitchen", "3", "", "data:image/png;base64,AAAA"],
+        ["i4", "Pot", "kitchen", "3", "//evil.example.test/x", ""],
+        ["i5", "Pan", "kitchen", "3", "/relative/page", ""],
+        ["i6", "Lid", "kitchen", "3", "https:///no-host", ""],
+        ["i7", "Bowl", "kitchen", "3", "https://shop.example.test/a b", ""],
+    ]
+    before = counts(engine)
+    with pytest.raises(DataImportError) as caught:
+        importer(engine).items(write_csv(tmp_path / "items.csv", header, rows))
+    listed = [(p.line, p.column, p.value) for p in caught.value.problems]
+    assert listed == [
+        (3, "url", "javascript:alert(1)"),
+        (4, "image_url", "data:image/png;base64,AAAA"),
+        (5, "url", "//evil.example.test/x"),
+        (6, "url", "/relative/page"),
+        (7, "url", "https:///no-host"),
+        (8, "url", "https://shop.example.test/a b"),
+    ]
+    assert "is not an absolute http(s) URL" in str(caught.value)
+    assert counts(engine) == before
+    importer(engine).items(write_csv(tmp_path / "ok.csv", header, rows[:1]))
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(items.c.url, items.c.image_url)).one() == (
+            good,
+            "HTTP://img.example.test/1.png",
+        )

@@ -632,3 +632,29 @@ def test_a_resume_skipped_because_the_campaign_runs_is_tried_again_later(
         resumed = [r for r in runs.recent(connection, "campaign:everyone") if r.resumed_from]
     assert [(r.resumed_from, r.status) for r in resumed] == [(dead, "ok")]
     assert fake.stats()["duplicates"] == 0
+
+
+def test_abandon_records_the_runs_still_going_interrupted(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``worker --demo`` does when a job outlasts the shutdown timeout after a signal
+    and the process must exit: the run is not left ``running`` for ever."""
+    from recocamp.worker import jobs as worker_jobs
+
+    shop = sqlite_shop(tmp_path)
+    process = worker_for(shop)
+    seen: list[tuple[str, str]] = []
+
+    def stuck(*_args: object, **_kwargs: object) -> None:
+        process.abandon("SIGTERM: the demo stopped before the run ended")  # the watcher
+        with process.engine.connect() as connection:
+            row = connection.execute(sa.text("SELECT status, error FROM runs")).one()
+            seen.append((row.status, row.error))
+        raise RuntimeError("the process would be gone by now")
+
+    monkeypatch.setattr(worker_jobs, "send_campaign", stuck)
+    assert process.run("campaign:everyone") == "error"
+    assert seen == [("interrupted", "SIGTERM: the demo stopped before the run ended")]
+    process.abandon("nothing runs now")  # a run that has ended is not touched
+    with process.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT status FROM runs")).scalar_one() == "error"

@@ -36,6 +36,7 @@ from itertools import compress, groupby, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, NamedTuple, TypeVar, cast
+from urllib.parse import urlsplit
 
 from recocamp.domain import (
     FALLBACK_LOCALE,
@@ -390,6 +391,36 @@ def text(
     if problem:
         raise RowProblem(column, problem, "<redacted>" if redact else value)
     return value or None
+
+
+WEB_SCHEMES = ("http", "https")
+
+
+def web_url_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an item's page or picture, or None: those go into the
+    e-mails' ``href``/``src`` and the offer API as they are, so only an absolute http(s) URL
+    with a host will do (``javascript:``, ``data:``, ``//host`` and ``/path`` will not), and
+    no whitespace or control character (a URL escapes them)."""
+    try:
+        parts = urlsplit(value)
+        absolute = parts.scheme.lower() in WEB_SCHEMES and bool(parts.hostname)
+    except ValueError:  # an unclosed "[" of an IPv6 host
+        absolute = False
+    if not absolute:
+        return "is not an absolute http(s) URL"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "contains whitespace or a non-printable character (a URL escapes them)"
+    return None
+
+
+def web_url(row: dict[str, str], column: str) -> str | None:
+    """An optional absolute http(s) URL (:func:`web_url_problem`): an item's page or
+    picture, which the e-mails link and the offer API hands out as they are."""
+    value = text(row, column, required=False)
+    problem = web_url_problem(value) if value is not None else None
+    if problem:
+        raise RowProblem(column, problem, value)
+    return value
 
 
 def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | None:
@@ -1003,8 +1034,8 @@ def item_row(row: dict[str, str]) -> Item:
         category=text(row, "category") or "",
         price=price,
         in_stock=boolean(row, "in_stock", default=True),
-        url=text(row, "url", required=False),
-        image_url=text(row, "image_url", required=False),
+        url=web_url(row, "url"),
+        image_url=web_url(row, "image_url"),
         is_service=boolean(row, "is_service", default=False),
     )
 

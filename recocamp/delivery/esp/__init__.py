@@ -41,6 +41,27 @@ class Provider(Protocol):
     def close(self) -> None: ...
 
 
+TOKENLESS = ("fake", "mailpit")  # the providers that send without a token
+
+
+def check_provider(settings: Settings) -> None:
+    """ConfigError if the provider ``[esp] provider`` names needs a token and the environment
+    has none: checked when a provider is made, and by the worker when it starts, so a worker
+    that could never deliver refuses to start rather than fail its deliver job forever."""
+    provider = settings.esp.provider
+    token = settings.esp_token.get_secret_value() if settings.esp_token else ""
+    if provider not in TOKENLESS and not token:
+        raise ConfigError(
+            Path("settings.toml"),
+            [
+                Problem(
+                    f"the {provider} provider needs a token: set RECOCAMP_ESP_TOKEN",
+                    key="esp_token",
+                )
+            ],
+        )
+
+
 def make_provider(settings: Settings, transport: Any = None) -> Provider:
     """The provider ``[esp] provider`` names, configured from settings and the environment.
 
@@ -51,17 +72,8 @@ def make_provider(settings: Settings, transport: Any = None) -> Provider:
         from recocamp.delivery.esp.fake import FakeProvider
 
         return FakeProvider(esp.batch_size)
+    check_provider(settings)
     token = settings.esp_token.get_secret_value() if settings.esp_token else ""
-    if not token and esp.provider != "mailpit":
-        raise ConfigError(
-            Path("settings.toml"),
-            [
-                Problem(
-                    f"the {esp.provider} provider needs a token: set RECOCAMP_ESP_TOKEN",
-                    key="esp_token",
-                )
-            ],
-        )
     common = {
         "base_url": str(esp.base_url).rstrip("/"),
         "token": token,
