@@ -318,3 +318,32 @@ def test_a_claim_renewed_after_another_deliverer_read_it_as_stale_is_not_taken_o
     deliverer(engine, fake, clock, worker="b:2:b").drain()  # B's drain, after its reconcile
     assert [m.send_key for m in fake.sent] == [email(0).send_key]
     assert states(engine) == Counter({"sent": 1})
+
+
+def test_a_second_big_run_at_once_starts_no_processes_at_the_same_rate(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two campaigns on the same cron run at once in one worker (its scheduler has eight
+    threads) and share its limiter. While the first run's processes hold the rate, the
+    second started processes of its own at the same whole rate: twice the ESP's limit. It
+    yields instead, like the periodic delivery; its mail stays queued for after."""
+    campaign_shop.tea_shop(engine, [f"c{n}" for n in range(3)])
+    settings = Settings(signing_key="f" * 32)
+    campaign = campaign_shop.daily("big", holdout_percent=0)
+    seen: list[object] = []
+    fake = FakeProvider()
+    run = Deliverer(engine, fake, ESP, SystemClock(), sleep=lambda s: None)
+
+    def processes(*args: object) -> DeliveryReport:  # called with the rate last
+        seen.append(args[-1])
+        return DeliveryReport()
+
+    monkeypatch.setattr(campaign_send, "delivery_processes", lambda settings, sends: 2)
+    monkeypatch.setattr(campaign_send, "drain_in_processes", processes)
+    planned = plan_run(engine, settings, campaign, NOW)
+    with run.limiter.lend():  # the first run's processes, sending meanwhile
+        report = campaign_send.deliver_planned(
+            engine, settings, campaign, ROOT / "templates", planned, NOW, run
+        )
+    assert seen == [] and fake.sent == [] and report.enqueued == 3
+    assert states(engine) == Counter({"queued": 3})
