@@ -40,7 +40,7 @@ class RateLimiter:
         self.rate, self.capacity = rate, max(1.0, rate * burst_s)
         self.buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, at)
         self.lock = threading.Lock()
-        self.lent = 0  # how many holders of the whole rate elsewhere (:meth:`lend`)
+        self.lent = 0  # 1 while the whole rate is lent to senders elsewhere (:meth:`lend`)
 
     @classmethod
     def per_minute(
@@ -75,13 +75,23 @@ class RateLimiter:
             self.sleep(wait)
 
     @contextmanager
-    def lend(self) -> Iterator[float]:
+    def lend(self) -> Iterator[float | None]:
         """Lend the whole rate to senders this limiter does not see (a run's delivering
         processes, each with its share of it), and get it back at the end. Meanwhile
         :attr:`lent` is set, and the deliverers that take from this limiter yield rather than
-        send at the same rate again; the bucket comes back empty, as the rate was spent."""
+        send at the same rate again; the bucket comes back empty, as the rate was spent.
+
+        The rate is lent to one holder at a time: a second borrower while it is out (two big
+        campaign runs of one worker at once) gets None and sends nothing itself, since lending
+        it the same whole rate again would double what the provider sees."""
         with self.lock:
-            self.lent += 1
+            if self.lent:
+                borrowed = False
+            else:
+                self.lent, borrowed = self.lent + 1, True
+        if not borrowed:
+            yield None
+            return
         try:
             yield self.rate
         finally:

@@ -60,14 +60,25 @@ def test_a_blocking_take_needs_a_sleep() -> None:
 
 def test_a_lent_rate_comes_back_spent() -> None:
     """Lending the rate (to a run's delivering processes) marks it lent while they send,
-    nested lends too, and gives the bucket back empty: the rate was used meanwhile."""
+    and gives the bucket back empty: the rate was used meanwhile."""
     clock = Ticks()
     limiter = RateLimiter(2.0, clock.sleep, monotonic=clock)
     assert limiter.wait_s() == 0  # the bucket exists and has a token left
     with limiter.lend() as rate:
         assert rate == 2.0 and limiter.lent == 1
-        with limiter.lend():
-            assert limiter.lent == 2
-        assert limiter.lent == 1
     assert limiter.lent == 0
     assert limiter.wait_s() == pytest.approx(0.5)  # empty: the next token in half a second
+
+
+def test_the_rate_is_lent_to_one_borrower_at_a_time() -> None:
+    """Two big campaign runs of one worker at once both borrowed the whole rate and each
+    started its processes at it: twice what the provider allows. The second borrower gets
+    nothing while the rate is out, and the first gets it back whole."""
+    limiter = RateLimiter(2.0, Ticks().sleep, monotonic=Ticks())
+    with limiter.lend() as first:
+        with limiter.lend() as second:
+            assert first == 2.0 and second is None and limiter.lent == 1
+        assert limiter.lent == 1  # the second's end gives back nothing it did not get
+    assert limiter.lent == 0
+    with limiter.lend() as again:
+        assert again == 2.0

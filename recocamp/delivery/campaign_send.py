@@ -71,6 +71,8 @@ def deliver_planned(
         if processes > 1:  # they send at this limiter's rate: lent, so nobody else does
             renderer = deliverer.renderer or render.Renderer(templates, limits=settings.templates)
             with deliverer.limiter.lend() as rate:
+                if rate is None:  # another run's processes hold the rate: this one yields
+                    return deliverer.drain(campaign.name, options.max_wait_s, producing)
                 return drain_in_processes(
                     engine,
                     settings,

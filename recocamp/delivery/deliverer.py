@@ -89,16 +89,16 @@ class Deliverer:
 
     def reconcile(self) -> int:
         """Settle claims of dead workers: accepted → sent, the rest back to the queue."""
-        now = self.clock.now()
+        now, lease = self.clock.now(), self.settings.claim_lease_s
+
+        def alive(who: str) -> bool:
+            return outbox.process_alive(who, self.worker)
+
         with self.engine.connect() as connection:
-            stale = outbox.stale_claims(
-                connection,
-                now,
-                self.settings.claim_lease_s,
-                lambda who: outbox.process_alive(who, self.worker),
-            )
-        with self.engine.begin() as connection:
-            stale = outbox.take_over(connection, stale, self.worker, now)
+            stale = outbox.stale_claims(connection, now, lease, alive)
+        dead = {c.claimed_by for c in stale if c.claimed_by and not alive(c.claimed_by)}
+        with self.engine.begin() as connection:  # only what is stale still (see take_over)
+            stale = outbox.take_over(connection, stale, self.worker, now, lease_s=lease, dead=dead)
         if not stale:
             return 0
         found = self._lookup([c.email.send_key for c in stale])

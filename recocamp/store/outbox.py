@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import socket
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from secrets import token_hex
@@ -380,17 +380,32 @@ def release(
 
 
 def take_over(
-    connection: sa.Connection, stale: Sequence[Claimed], me: str, now: datetime
+    connection: sa.Connection,
+    stale: Sequence[Claimed],
+    me: str,
+    now: datetime,
+    *,
+    lease_s: float,
+    dead: Collection[str],
 ) -> list[Claimed]:
     """Make stale claims ours before settling them: only rows still claimed by the worker
     we found them with move, so two deliverers settling the same dead worker's claims never
-    both act on one row (one would resend what the other just sent)."""
+    both act on one row (one would resend what the other just sent). And only rows still
+    stale: held by a ``dead`` worker, or with their lease run out (``lease_s`` before
+    ``now``). A live holder may have renewed its lease (``renew``), or released the row and
+    claimed it again, since the claims were read; taking such a row over would queue it
+    again while its holder sends it (two copies)."""
     if not stale:
         return []
     pairs = [(c.id, c.claimed_by) for c in stale]
+    expired = now - timedelta(seconds=lease_s)
     statement = (
         sa.update(outbox)
-        .where(outbox.c.state == "claimed", sa.tuple_(outbox.c.id, outbox.c.claimed_by).in_(pairs))
+        .where(
+            outbox.c.state == "claimed",
+            sa.tuple_(outbox.c.id, outbox.c.claimed_by).in_(pairs),
+            sa.or_(outbox.c.claimed_at <= expired, outbox.c.claimed_by.in_(sorted(dead))),
+        )
         .values(claimed_by=me, claimed_at=now, updated_at=now)
         .returning(outbox.c.id)
     )

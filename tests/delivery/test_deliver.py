@@ -292,8 +292,8 @@ def test_two_deliverers_settling_one_dead_workers_claims_never_both_act(
     with engine.connect() as connection:
         seen = outbox.stale_claims(connection, NOW, 300.0, lambda who: False)
     with engine.begin() as connection:
-        first = outbox.take_over(connection, seen, "a:1:x", NOW)
-        second = outbox.take_over(connection, seen, "b:2:y", NOW)
+        first = outbox.take_over(connection, seen, "a:1:x", NOW, lease_s=300.0, dead={ghost})
+        second = outbox.take_over(connection, seen, "b:2:y", NOW, lease_s=300.0, dead={ghost})
         outbox.release(connection, [c.id for c in seen], NOW, by="b:2:y")
         outbox.mark_sent(connection, {c.id: "m" for c in seen}, NOW, by="b:2:y")
     assert len(first) == 4 and second == []

@@ -266,3 +266,84 @@ def test_a_big_runs_processes_borrow_the_rate_for_as_long_as_they_deliver(
     planned = plan_run(engine, settings, campaign, NOW)
     campaign_send.deliver_planned(engine, settings, campaign, ROOT / "templates", planned, NOW, run)
     assert seen == [(1, ESP.rate_limit_per_s)] and run.limiter.lent == 0
+
+
+def test_a_claim_renewed_after_another_deliverer_read_it_as_stale_is_not_taken_over(
+    engine: sa.Engine,
+) -> None:
+    """A stalls past its claim's lease. B (another host) reads the claim as stale; A wakes,
+    renews it (still ``claimed_by`` A) and sends. B's take-over checked only ``claimed_by``,
+    so it took the claim anyway, found it not accepted (A's request was in flight) and
+    queued it again: two copies. A claim renewed (or claimed again) since it was read is not
+    stale any more, and is not taken over."""
+    store(engine, [email(0)])
+    clock, fake = FixedClock(NOW), FakeProvider()
+    lease = ESP.claim_lease_s
+    stale: list[outbox.Claimed] = []
+
+    class Stalled(RateLimiter):
+        """A's first request waits past the lease (a stall); B reads the claim meanwhile."""
+
+        def take(self, key: str = "") -> None:
+            if self.rate:
+                self.rate = 0.0
+                clock.advance(timedelta(seconds=lease + 1))
+                with engine.connect() as connection:  # B's reconcile, another host: the read
+                    stale.extend(
+                        outbox.stale_claims(connection, clock.now(), lease, lambda w: True)
+                    )
+
+    class TakenOverMeanwhile(FakeProvider):
+        """A's provider: while A's request is on its way, B's reconcile goes on."""
+
+        def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
+            with engine.begin() as connection:
+                now = clock.now()
+                taken = outbox.take_over(connection, stale, "b:2:b", now, lease_s=lease, dead=())
+                outbox.release(connection, [c.id for c in taken], clock.now(), "b:2:b")
+            stale.clear()
+            return fake.send_batch(messages)
+
+    limiter = Stalled(1.0)
+    a = Deliverer(
+        engine,
+        TakenOverMeanwhile(),
+        ESP,
+        clock,
+        sleep=lambda s: clock.advance(timedelta(seconds=s)),
+        worker="a:1:a",
+        limiter=limiter,
+    )
+    a.drain()
+    deliverer(engine, fake, clock, worker="b:2:b").drain()  # B's drain, after its reconcile
+    assert [m.send_key for m in fake.sent] == [email(0).send_key]
+    assert states(engine) == Counter({"sent": 1})
+
+
+def test_a_second_big_run_at_once_starts_no_processes_at_the_same_rate(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two campaigns on the same cron run at once in one worker (its scheduler has eight
+    threads) and share its limiter. While the first run's processes hold the rate, the
+    second started processes of its own at the same whole rate: twice the ESP's limit. It
+    yields instead, like the periodic delivery; its mail stays queued for after."""
+    campaign_shop.tea_shop(engine, [f"c{n}" for n in range(3)])
+    settings = Settings(signing_key="f" * 32)
+    campaign = campaign_shop.daily("big", holdout_percent=0)
+    seen: list[object] = []
+    fake = FakeProvider()
+    run = Deliverer(engine, fake, ESP, SystemClock(), sleep=lambda s: None)
+
+    def processes(*args: object) -> DeliveryReport:  # called with the rate last
+        seen.append(args[-1])
+        return DeliveryReport()
+
+    monkeypatch.setattr(campaign_send, "delivery_processes", lambda settings, sends: 2)
+    monkeypatch.setattr(campaign_send, "drain_in_processes", processes)
+    planned = plan_run(engine, settings, campaign, NOW)
+    with run.limiter.lend():  # the first run's processes, sending meanwhile
+        report = campaign_send.deliver_planned(
+            engine, settings, campaign, ROOT / "templates", planned, NOW, run
+        )
+    assert seen == [] and fake.sent == [] and report.enqueued == 3
+    assert states(engine) == Counter({"queued": 3})
