@@ -41,8 +41,8 @@ from recocamp.errors import (
     StoreError,
     mask_addresses,
 )
-from recocamp.forecast.history import day_number
-from recocamp.forecast.outlook import closed
+from recocamp.forecast.history import day_number, day_of
+from recocamp.forecast.outlook import closed, data_reaches
 from recocamp.settings import Settings, load_settings
 from recocamp.store import queries
 from recocamp.store.engine import Engine, make_engine, missing_file, require_current
@@ -377,10 +377,11 @@ def check_horizon(
     """An evaluation's split must be one the data can measure (``evaluate`` and
     ``forecast-evaluate`` alike): exit 2 with one line for a cutoff before the store's first
     purchase (nobody to evaluate), and for a horizon ``[cutoff, cutoff + H)`` that is not
-    closed, unless ``open_horizon`` (then a warning). Closed means the store's newest purchase
-    line reaches the horizon's last shop-local day (:func:`recocamp.forecast.closed`): the
-    data, not the clock, is what says whether the horizon's purchases are in (a demo shop's
-    data ends years before the clock's now, and every horizon past it would score zeros)."""
+    closed, unless ``open_horizon`` (then a warning). Closed means the data covers the
+    horizon's last shop-local day (:func:`recocamp.forecast.closed`, the live forecaster's
+    rule too): the newest purchase line reaches it, or the clock's yesterday does within a
+    quiet week after that line (``forecast.data_reaches``). The clock alone cannot say it: a
+    demo shop's data ends years before now, and every horizon past it would score zeros."""
     with engine.connect() as connection:
         first = queries.first_order_time(connection)
         newest = queries.latest_order_time(connection)
@@ -390,14 +391,16 @@ def check_horizon(
         print_error(f"no purchase before the cutoff {local.date()} ({held}): nothing to evaluate")
         raise typer.Exit(2)
     last = (local + timedelta(days=horizon_days) - timedelta(microseconds=1)).date()
-    newest_day = newest.astimezone(zone).date()
-    if closed(day_number(last) + 1, day_number(newest_day)):
+    today = day_number(clock.now().astimezone(zone).date())
+    reach = data_reaches(day_number(newest.astimezone(zone).date()), today)
+    if closed(day_number(last) + 1, reach):
         return
+    covered = day_of(reach)
     text = (
-        f"the horizon of cutoff {local.date()} runs to {last}, past the newest purchase in the "
-        f"store ({newest_day}): it is not closed"
+        f"the horizon of cutoff {local.date()} runs to {last}, past the last day the data "
+        f"covers ({covered}): it is not closed"
     )
     if not open_horizon:
         print_error(f"{text} (--open-horizon measures the days seen so far)")
         raise typer.Exit(2)
-    print_warning(f"{text}; the figures count only the purchases seen so far, up to {newest_day}")
+    print_warning(f"{text}; the figures count only the purchases seen so far, up to {covered}")

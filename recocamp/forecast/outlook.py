@@ -228,6 +228,17 @@ class LiveChoice(NamedTuple):
     reason: str
 
 
+QUIET_DAYS = 7  # days without an order after which a store is no longer taken as current
+
+
+def data_reaches(newest: int, today: int) -> int:
+    """The last day the data covers: the newest purchase day, and past it up to yesterday
+    (``today − 1``) while that is at most :data:`QUIET_DAYS` later — a shop without an order
+    yesterday has still recorded yesterday, but a store whose data stopped weeks ago (an old
+    export, the demo's 2011) holds nothing of the days since."""
+    return max(newest, min(today - 1, newest + QUIET_DAYS))
+
+
 def closed(end: int, newest_day: int | None) -> bool:
     """Whether the horizon ending before day ``end`` has passed as far as the data can tell:
     the newest purchase day on record (``newest_day``) reaches its last day, ``end − 1``.

@@ -23,7 +23,13 @@ from threadpoolctl import threadpool_limits
 from recocamp.errors import ModelError
 from recocamp.forecast.evaluate import Quality, quality
 from recocamp.forecast.history import PurchaseDays, day_number, day_of, local_days
-from recocamp.forecast.outlook import CustomerForecast, documents, forecast, live_model
+from recocamp.forecast.outlook import (
+    CustomerForecast,
+    data_reaches,
+    documents,
+    forecast,
+    live_model,
+)
 from recocamp.settings import Settings
 from recocamp.store import forecasts as store
 from recocamp.store import queries
@@ -41,20 +47,16 @@ def purchase_days(engine: Engine, settings: Settings, day: int) -> PurchaseDays:
 
 
 def newest_day(engine: Engine, settings: Settings, now: datetime) -> int | None:
-    """How far the data reaches, which says whether a horizon is closed
-    (:func:`~recocamp.forecast.outlook.closed`): the shop-local day before ``now``'s, since
-    those days have passed and the store holds what happened in them (a quiet day without
-    an order too), or a later day holding a purchase line (any customer's, a guest's too);
-    None when ``now`` is before every line. The store alone cannot say it — a shop without an
-    order yesterday would count the last horizon as open — nor the clock alone: a horizon
-    past the clock's now has not happened at all."""
+    """The last day the store's data covers at ``now`` (``outlook.data_reaches`` of its
+    newest purchase line, any customer's, a guest's too), which says whether a horizon is
+    closed (:func:`~recocamp.forecast.outlook.closed`); None without any purchase line."""
     zone = settings.shop.zone
     with engine.connect() as connection:
         latest = queries.latest_order_time(connection)
-    passed = day_number(now.astimezone(zone).date()) - 1
     if latest is None:
         return None
-    return max(passed, day_number(latest.astimezone(zone).date()))
+    today = day_number(now.astimezone(zone).date())
+    return data_reaches(day_number(latest.astimezone(zone).date()), today)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from recocamp.errors import ModelError
 from recocamp.forecast import models as forecast_models
 from recocamp.forecast.evaluate import auc, calibration, log_loss, poisson_median, quality
 from recocamp.forecast.models import seasonal_level
-from recocamp.forecast.outlook import TOO_LITTLE, Evaluation, choose, clearly_lower, risk_tier
+from recocamp.forecast.outlook import Evaluation, choose, clearly_lower, risk_tier
 from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import queries
@@ -586,21 +586,24 @@ def test_forecast_command_prints_the_documented_json(
 def test_evaluations_refuse_a_horizon_the_data_does_not_reach_and_a_cutoff_before_it(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The newest purchase line is on 2011-06-01: a horizon whose last day is later counts
-    only part of its days (or none), so it is refused, or measured with a warning."""
+    """The newest purchase line is on 2011-06-01 and the clock says 2011-06-05: the data
+    covers the days to yesterday, 2011-06-04 (a quiet shop still recorded them); a horizon
+    whose last day is later counts only part of its days (or none), so it is refused, or
+    measured with a warning."""
     fill(engine)
     _use_utc_shop(engine, tmp_path, monkeypatch)
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2011, 6, 5, 9, tzinfo=UTC))
     runner = CliRunner()
 
     def evaluate(*options: str) -> Result:
         return runner.invoke(app, ["forecast-evaluate", "--horizon-days", "7", *options])
 
-    assert evaluate("--cutoff", "2011-05-26").exit_code == 0  # its last day: 2011-06-01
-    refused = evaluate("--cutoff", "2011-05-27")
+    assert evaluate("--cutoff", "2011-05-29").exit_code == 0  # its last day: 2011-06-04
+    refused = evaluate("--cutoff", "2011-05-30")
     assert refused.exit_code == 2
     assert refused.output == (
-        "error: the horizon of cutoff 2011-05-27 runs to 2011-06-02, past the newest purchase "
-        "in the store (2011-06-01): it is not closed (--open-horizon measures the days seen so "
+        "error: the horizon of cutoff 2011-05-30 runs to 2011-06-05, past the last day the "
+        "data covers (2011-06-04): it is not closed (--open-horizon measures the days seen so "
         "far)\n"
     )
     later = evaluate("--cutoff", "2030-01-01", "--format", "json")
@@ -608,7 +611,7 @@ def test_evaluations_refuse_a_horizon_the_data_does_not_reach_and_a_cutoff_befor
     measured = evaluate("--cutoff", "2030-01-01", "--open-horizon")
     assert measured.exit_code == 0, measured.output
     assert "warning: the horizon of cutoff 2030-01-01 runs to 2030-01-07" in measured.output
-    assert "the figures count only the purchases seen so far, up to 2011-06-01" in measured.output
+    assert "the figures count only the purchases seen so far, up to 2011-06-04" in measured.output
     assert "0 purchase days" in measured.output
     assert "│            n/a │" in measured.output  # an undefined AUC, not 0.000
     document = evaluate("--cutoff", "2030-01-01", "--open-horizon", "--format", "json")
@@ -626,7 +629,7 @@ def test_evaluations_refuse_a_horizon_the_data_does_not_reach_and_a_cutoff_befor
 def test_a_forecast_past_the_data_keeps_the_default_forecaster_and_says_why(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An ``as_of`` past the clock: the horizon before it has not happened (not closed), the
+    """An ``as_of`` past the data (and the clock): the horizon before it is not closed, the
     default stays and the reason says why."""
     fill(engine)  # purchases up to 2011-06-01
     settings = _use_utc_shop(engine, tmp_path, monkeypatch)
@@ -637,11 +640,10 @@ def test_a_forecast_past_the_data_keeps_the_default_forecaster_and_says_why(
     assert "model blend" in result.output
     assert (
         "(the horizon before, 2029-10-03 to 2029-12-31, is not closed: the data reaches "
-        "2026-12-03; the default blend is used)" in result.output
+        "2011-06-08; the default blend is used)" in result.output
     )
-    # the job's clock at 2030: those days passed; one customer is too few to choose on
     stored = f.refresh(engine, load_settings(settings), datetime(2030, 1, 1, 9, tzinfo=UTC))
-    assert (stored.model, stored.reason) == ("bgnbd", TOO_LITTLE)
+    assert stored.model == "blend" and "is not closed" in stored.reason
     with engine.connect() as connection:
         version = forecast_store.current_version(connection)
     assert version is not None and version.chosen_on == {"reason": stored.reason}
@@ -650,15 +652,19 @@ def test_a_forecast_past_the_data_keeps_the_default_forecaster_and_says_why(
 def test_the_nightly_choice_counts_a_quiet_yesterday_as_passed(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A shop without an order yesterday: the horizon before today is closed all the same
-    (those days passed), so the nightly forecast chooses on it rather than keep the
-    default because the newest purchase is older than yesterday."""
+    """A shop without an order for a few days: the horizon before today is closed all the
+    same (those days passed and were recorded), so the nightly forecast chooses on it. A
+    store whose data stopped more than ``QUIET_DAYS`` ago holds nothing of the days since."""
     fill(engine)  # purchases up to 2011-06-01
     settings = load_settings(_use_utc_shop(engine, tmp_path, monkeypatch))
-    night = datetime(2011, 6, 20, 2, tzinfo=UTC)
-    assert f.newest_day(engine, settings, night) == f.day_number(date(2011, 6, 19))
-    stored = f.refresh(engine, settings, night)
-    assert "not closed" not in stored.reason
+    night = datetime(2011, 6, 5, 2, tzinfo=UTC)
+    assert f.newest_day(engine, settings, night) == f.day_number(date(2011, 6, 4))
+    assert "not closed" not in f.refresh(engine, settings, night).reason
+    weeks_later = datetime(2011, 6, 30, 2, tzinfo=UTC)
+    assert f.newest_day(engine, settings, weeks_later) == f.day_number(date(2011, 6, 8))
+    assert "is not closed: the data reaches 2011-06-08" in (
+        f.refresh(engine, settings, weeks_later).reason
+    )
 
 
 def test_forecast_stored_prints_what_the_train_job_stored(
