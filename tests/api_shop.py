@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,22 @@ ENTRIES = "; ".join(f"{n}={scopes}=sha256:{digest(key).hex()}" for n, (key, scop
 
 def bearer(name: str) -> dict[str, str]:
     return {"authorization": f"Bearer {KEYS[name][0]}"}
+
+
+def second_model(engine: sa.Engine, settings: Settings, *, live: bool = True) -> str:
+    """Train an item-kNN model beside the shop's (a day later, data to three days before
+    ``NOW``): a second version to promote or roll back to. ``live``: promote it if training
+    did not (it is not clearly better than the first, so the gate may keep the first)."""
+    result = training.train(
+        engine,
+        settings.recommender,
+        now=NOW + timedelta(days=1),
+        as_of=NOW - timedelta(days=3),
+        name="item_knn",
+    )
+    if live and result.outcome != "promoted":
+        training.promote(engine, settings.recommender, str(result.version), NOW)
+    return str(result.version)
 
 
 def settings_for(artifacts: Path, **api: Any) -> Settings:

@@ -31,6 +31,7 @@ from tests.api_shop import (
     engine_of,
     listening,
     make_app,
+    second_model,
     settings_for,
     wait_until,
 )
@@ -187,19 +188,11 @@ def test_a_model_going_live_drops_every_answer_in_every_process(
     offers(two, second)
     computed, cleared = service.tally.computed, service.tally.cleared
     settings = settings_for(Path(service.settings.recommender.artifacts_dir))
-    result = training.train(
-        engine_of(one),
-        settings.recommender,
-        now=NOW + timedelta(days=1),
-        as_of=NOW - timedelta(days=3),
-        name="item_knn",
-    )
-    if result.outcome != "promoted":
-        training.promote(engine_of(one), settings.recommender, str(result.version), NOW)
-    assert result.version != old
+    version = second_model(engine_of(one), settings)
+    assert version != old
     if engine_of(one).dialect.name == "postgresql":
         wait_until(lambda: service.tally.cleared > cleared)
-    assert offers(two, first)["model_version"] == result.version
+    assert offers(two, first)["model_version"] == version
     assert service.tally.cleared > cleared
     offers(two, second)
     assert service.tally.computed == computed + 2  # both recomputed, with the new model
@@ -275,13 +268,7 @@ def test_the_first_answer_after_a_promote_or_rollback_comes_from_the_new_model(
     settings = settings_for(artifacts)
     with engine.connect() as connection:
         first = str(registry.live(connection).version)  # type: ignore[union-attr]
-    second = training.train(
-        engine,
-        settings.recommender,
-        now=NOW + timedelta(days=1),
-        as_of=NOW - timedelta(days=3),
-        name="item_knn",
-    ).version
+    second = second_model(engine, settings, live=False)
     training.promote(engine, settings.recommender, first, NOW)
     customer, _ = cached_customer(engine)
 

@@ -21,7 +21,7 @@ from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.files import load_all
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli import app as cli
-from recocamp.recommender import models, serving, training
+from recocamp.recommender import models, serving
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
 from recocamp.store import registry, views
@@ -33,6 +33,7 @@ from tests.api_shop import (
     call,
     engine_of,
     listening,
+    second_model,
     settings_for,
     wait_until,
 )
@@ -329,20 +330,11 @@ def test_a_new_live_model_is_served_without_a_restart(app: FastAPI, tmp_path: Pa
     customer, _ = cached_customer(engine)
     old = offers(app, customer)["model_version"]
     cleared = service.tally.cleared
-    settings = settings_for(Path(service.settings.recommender.artifacts_dir))
-    result = training.train(
-        engine,
-        settings.recommender,
-        now=NOW + timedelta(days=1),
-        as_of=NOW - timedelta(days=3),
-        name="item_knn",
-    )
-    assert result.version != old
-    if result.outcome != "promoted":
-        training.promote(engine, settings.recommender, str(result.version), NOW)
+    version = second_model(engine, settings_for(Path(service.settings.recommender.artifacts_dir)))
+    assert version != old
     if engine.dialect.name == "postgresql":  # another writer: known once notified
         wait_until(lambda: service.tally.cleared > cleared)
-    assert offers(app, customer)["model_version"] == result.version
+    assert offers(app, customer)["model_version"] == version
 
 
 # -- the lean route's parameters follow the same rules as FastAPI's own ----------------------

@@ -5,7 +5,6 @@ commands exit 1 with one line, no traceback."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,9 @@ from typer.testing import CliRunner
 from recocamp.cli import app as cli
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
-from recocamp.recommender import training
 from recocamp.store import registry
 from tests.api.test_api_offers import cached_customer, offers
-from tests.api_shop import NOW, call, make_app, settings_for
+from tests.api_shop import call, make_app, second_model, settings_for
 
 
 def live_directory(engine: sa.Engine) -> Path:
@@ -115,16 +113,7 @@ def test_rollback_to_a_truncated_model_and_similar_on_an_empty_one_say_so_in_one
 ) -> None:
     engine, artifacts = shop
     first = live_directory(engine)
-    settings = settings_for(artifacts)
-    result = training.train(
-        engine,
-        settings.recommender,
-        now=NOW + timedelta(days=1),
-        as_of=NOW - timedelta(days=3),
-        name="item_knn",
-    )
-    if result.outcome != "promoted":
-        training.promote(engine, settings.recommender, str(result.version), NOW)
+    second_model(engine, settings_for(artifacts))
     truncated(first)
     runner = cli_runner(engine, monkeypatch, tmp_path)
     rolled = runner.invoke(cli, ["models", "rollback"])
