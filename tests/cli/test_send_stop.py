@@ -24,6 +24,15 @@ runner = CliRunner()
 def test_ctrl_c_stops_send_between_batches_and_says_how_to_finish_exactly_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # as in a terminal, whatever this test runs under (a background job ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _send_stopped_by_ctrl_c(tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _send_stopped_by_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeEsp(token="test-token")
     with running(create_app(fake)) as url:
         shop = make_shop(tmp_path / "shop", f"sqlite:///{tmp_path / 'shop' / 'shop.db'}", url)
