@@ -15,15 +15,15 @@ from fastapi import FastAPI
 from recocamp.api.app import create_app
 from recocamp.clock import FixedClock
 from recocamp.store.schema import engagement_events
-from tests.api_shop import NOW, bearer, call, engine_of, make_app, settings_for
+from tests.api_shop import NOW, Closing, bearer, call, engine_of, make_app, settings_for
 
 REVIEWS = "/v1/events/reviews"
 AT = "2012-01-04T18:30:00+01:00"
 
 
 @pytest.fixture
-def app(engine: sa.Engine, tmp_path: Path) -> FastAPI:
-    return make_app(engine, tmp_path)
+def app(engine: sa.Engine, tmp_path: Path, closing: Closing) -> FastAPI:
+    return closing(make_app(engine, tmp_path))
 
 
 def review(review_id: str = "R1", customer: str = "c1", **changes: Any) -> dict[str, Any]:
@@ -162,9 +162,9 @@ def test_reviews_are_exported_and_erased_with_the_customer_and_stay_out(app: Fas
 
 
 def test_without_the_key_an_erased_store_cannot_check_so_nothing_is_stored(
-    engine: sa.Engine, tmp_path: Path
+    engine: sa.Engine, tmp_path: Path, closing: Closing
 ) -> None:
-    app = make_app(engine, tmp_path)
+    app = closing(make_app(engine, tmp_path))
     profile = {"source": "signup", "email": "c1@example.test"}
     assert call(app, "PUT", "/v1/customers/c1", json=profile, headers=bearer("shop")).status == 200
     assert erase(app).status == 200

@@ -21,7 +21,7 @@ from recocamp.clock import FixedClock
 from recocamp.domain import Item
 from recocamp.settings import Settings
 from recocamp.store import queries
-from tests.api_shop import NOW, bearer, call, engine_of, make_app, settings_for
+from tests.api_shop import NOW, Closing, bearer, call, engine_of, make_app, settings_for
 
 # the defaults of [loyalty]: 10 a order, 1 a currency unit, 25 a review, 50 the sign-up;
 # bronze from 0, silver from 500, gold from 2000
@@ -93,10 +93,10 @@ def decided(settings: Settings, snapshot: Snapshot, tiers: list[str], view: Cust
 
 
 def test_reviews_and_the_double_opt_in_reach_the_tier_their_points_add_up_to(
-    engine: sa.Engine, tmp_path: Path
+    engine: sa.Engine, tmp_path: Path, closing: Closing
 ) -> None:
     settings = settings_for(tmp_path)
-    app = make_app(engine, tmp_path, FixedClock(NOW))
+    app = closing(make_app(engine, tmp_path, FixedClock(NOW)))
     shop(app)
     snapshot, views = views_at(engine, settings, NOW)
     assert views["c1"].standing == SILVER  # without reviews and sign-up: 410, bronze
@@ -123,10 +123,12 @@ def test_reviews_and_the_double_opt_in_reach_the_tier_their_points_add_up_to(
     assert later["c1"].standing.points == 510 + 25  # R3 counts from its own time on
 
 
-def test_an_unsubscribe_keeps_the_sign_up_points(engine: sa.Engine, tmp_path: Path) -> None:
+def test_an_unsubscribe_keeps_the_sign_up_points(
+    engine: sa.Engine, tmp_path: Path, closing: Closing
+) -> None:
     """Withdrawing consent costs nothing (``loyalty.engagement``): still silver after it."""
     settings = settings_for(tmp_path)
-    app = make_app(engine, tmp_path, FixedClock(NOW))
+    app = closing(make_app(engine, tmp_path, FixedClock(NOW)))
     shop(app)
     send(app, "PUT", "/v1/customers/c1", {"source": "footer link", "unsubscribed": True})
     views = views_at(engine, settings, NOW)[1]
