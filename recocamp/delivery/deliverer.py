@@ -101,7 +101,7 @@ class Deliverer:
             stale = outbox.take_over(connection, stale, self.worker, now, lease_s=lease, dead=dead)
         if not stale:
             return 0
-        found = self._lookup([c.email.send_key for c in stale])
+        found = self._lookup([c.email.send_key for c in stale]) or {}
         sent = {c.id: found[c.email.send_key] for c in stale if c.email.send_key in found}
         with self.engine.begin() as connection:
             outbox.mark_sent(connection, sent, now, self.worker)
@@ -114,11 +114,12 @@ class Deliverer:
         )
         return len(sent)
 
-    def _lookup(self, keys: Sequence[str]) -> dict[str, str]:
+    def _lookup(self, keys: Sequence[str]) -> dict[str, str] | None:
+        """Which of ``keys`` the provider already accepted: {} when a resend is safe anyway
+        (nothing to ask), None when it cannot be asked (no search: SendGrid)."""
         if self.provider.resend_is_safe:
             return {}
-        found = self.provider.lookup(keys)
-        return found or {}
+        return self.provider.lookup(keys)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -286,8 +287,7 @@ class Deliverer:
         if exc.retry_after:
             until = self.clock.now() + timedelta(seconds=min(exc.retry_after, MAX_RETRY_AFTER_S))
             self.quiet_until = max(until, self.quiet_until or until)
-        unknown = exc.ambiguous and not self.provider.resend_is_safe
-        asked = self.provider.lookup([c.email.send_key for c in claimed]) if unknown else {}
+        asked = self._lookup([c.email.send_key for c in claimed]) if exc.ambiguous else {}
         found = asked or {}
         results = [
             SendResult(c.email.send_key, SendStatus.ACCEPTED, message_id=found[c.email.send_key])
