@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
 from recocamp.api.app import create_app
 from recocamp.api.auth import digest
@@ -54,6 +55,16 @@ ENTRIES = "; ".join(f"{n}={scopes}=sha256:{digest(key).hex()}" for n, (key, scop
 
 def bearer(name: str) -> dict[str, str]:
     return {"authorization": f"Bearer {KEYS[name][0]}"}
+
+
+def cli_on(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    """A CLI runner on the shop's database (signing key set, no settings file), run from
+    ``tmp_path``."""
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", SIGNING_KEY)
+    monkeypatch.delenv("RECOCAMP_SETTINGS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
 
 
 def second_model(engine: sa.Engine, settings: Settings, *, live: bool = True) -> str:

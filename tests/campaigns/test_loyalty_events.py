@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
@@ -92,12 +93,18 @@ def decided(settings: Settings, snapshot: Snapshot, tiers: list[str], view: Cust
     return campaign, planner.decide(campaign, view, run, campaign.policy(run.policy))
 
 
-def test_reviews_and_the_double_opt_in_reach_the_tier_their_points_add_up_to(
-    engine: sa.Engine, tmp_path: Path, closing: Closing
-) -> None:
-    settings = settings_for(tmp_path)
+@pytest.fixture
+def opened(engine: sa.Engine, tmp_path: Path, closing: Closing) -> tuple[Settings, FastAPI]:
+    """The shop's settings and its app (clock at ``NOW``), with c1 and c2 posted."""
     app = closing(make_app(engine, tmp_path, FixedClock(NOW)))
     shop(app)
+    return settings_for(tmp_path), app
+
+
+def test_reviews_and_the_double_opt_in_reach_the_tier_their_points_add_up_to(
+    engine: sa.Engine, opened: tuple[Settings, FastAPI]
+) -> None:
+    settings, _ = opened
     snapshot, views = views_at(engine, settings, NOW)
     assert views["c1"].standing == SILVER  # without reviews and sign-up: 410, bronze
     assert views["c2"].standing == BRONZE
@@ -124,12 +131,10 @@ def test_reviews_and_the_double_opt_in_reach_the_tier_their_points_add_up_to(
 
 
 def test_an_unsubscribe_keeps_the_sign_up_points(
-    engine: sa.Engine, tmp_path: Path, closing: Closing
+    engine: sa.Engine, opened: tuple[Settings, FastAPI]
 ) -> None:
     """Withdrawing consent costs nothing (``loyalty.engagement``): still silver after it."""
-    settings = settings_for(tmp_path)
-    app = closing(make_app(engine, tmp_path, FixedClock(NOW)))
-    shop(app)
+    settings, app = opened
     send(app, "PUT", "/v1/customers/c1", {"source": "footer link", "unsubscribed": True})
     views = views_at(engine, settings, NOW)[1]
     assert views["c1"].customer.unsubscribed_at is not None

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner
 
 from recocamp import privacy
 from recocamp.cli import app as cli
@@ -28,19 +27,12 @@ from recocamp.store.schema import customers
 from recocamp.worker import jobs
 from tests.api.test_api_offers import offers
 from tests.api.test_preferences import page
-from tests.api_shop import NOW, SIGNING_KEY, bearer, call, make_app, settings_for
+from tests.api_shop import NOW, bearer, call, cli_on, make_app, second_model, settings_for
 
 
 def two_models(engine: sa.Engine, artifacts: Path) -> list[Path]:
     """The shop's hybrid plus an item-kNN model (live or candidate: either is a profile)."""
-    settings = settings_for(artifacts)
-    training.train(
-        engine,
-        settings.recommender,
-        now=NOW + timedelta(days=1),
-        as_of=NOW - timedelta(days=3),
-        name="item_knn",
-    )
+    second_model(engine, settings_for(artifacts), live=False)
     with engine.connect() as connection:
         directories = [Path(p) for p in registry.artifact_paths(connection)]
     assert len(directories) == 2
@@ -77,13 +69,17 @@ def counts(directories: list[Path]) -> dict[Path, int]:
     return {d: len(model.customer_ids(d)) for d in directories}
 
 
+def profiled(engine: sa.Engine, artifacts: Path) -> tuple[list[Path], str, dict[Path, int]]:
+    """Two saved models, a customer both hold, and each model's customers before."""
+    directories = two_models(engine, artifacts)
+    return directories, held(directories), counts(directories)
+
+
 def test_an_objection_through_the_api_removes_the_customer_from_every_saved_model(
     shop: tuple[sa.Engine, Path],
 ) -> None:
     engine, artifacts = shop
-    directories = two_models(engine, artifacts)
-    customer = held(directories)
-    before = counts(directories)
+    directories, customer, before = profiled(engine, artifacts)
     app = make_app(engine, artifacts)
     try:
         assert offers(app, customer)["basis"] != "popular"
@@ -107,9 +103,7 @@ def test_an_objection_on_the_preferences_page_removes_the_customer_from_every_sa
     shop: tuple[sa.Engine, Path],
 ) -> None:
     engine, artifacts = shop
-    directories = two_models(engine, artifacts)
-    customer = held(directories)
-    before = counts(directories)
+    directories, customer, before = profiled(engine, artifacts)
     app = make_app(engine, artifacts)
     try:
         saved = call(app, "POST", page(customer), data={"action": "save", "objected": "on"})
@@ -120,22 +114,12 @@ def test_an_objection_on_the_preferences_page_removes_the_customer_from_every_sa
         app.state.service.close()
 
 
-def cli_site(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
-    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", SIGNING_KEY)
-    monkeypatch.delenv("RECOCAMP_SETTINGS", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return CliRunner()
-
-
 def test_an_objection_imported_from_a_customers_file_removes_the_customer_everywhere(
     shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine, artifacts = shop
-    directories = two_models(engine, artifacts)
-    customer = held(directories)
-    before = counts(directories)
-    runner = cli_site(engine, monkeypatch, tmp_path)
+    directories, customer, before = profiled(engine, artifacts)
+    runner = cli_on(engine, monkeypatch, tmp_path)
     people = tmp_path / "customers.csv"
     people.write_text(f"id,email,objected_to_profiling\n{customer},,true\n")
     imported = runner.invoke(cli, ["import", "customers", str(people)])
@@ -166,7 +150,7 @@ def test_a_live_model_without_artifacts_is_named_as_erasure_names_it(
         assert reply.json()["models_left"] == [live.path]
     finally:
         app.state.service.close()
-    runner = cli_site(engine, monkeypatch, tmp_path)
+    runner = cli_on(engine, monkeypatch, tmp_path)
     people = tmp_path / "customers.csv"
     people.write_text(f"id,email,objected_to_profiling\n{customer},,true\n")
     imported = runner.invoke(cli, ["import", "customers", str(people)])
@@ -180,9 +164,7 @@ def test_the_train_job_sweeps_objectors_out_of_every_model_also_when_it_skips(
     """An objection recorded without the scrub (before it existed, or while a model was
     being trained): the nightly job removes it though no purchase line arrived."""
     engine, artifacts = shop
-    directories = two_models(engine, artifacts)
-    customer = held(directories)
-    before = counts(directories)
+    directories, customer, before = profiled(engine, artifacts)
     with engine.begin() as connection:
         connection.execute(
             sa.update(customers)

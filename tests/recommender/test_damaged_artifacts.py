@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner
 
 from recocamp.cli import app as cli
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
 from recocamp.store import registry
 from tests.api.test_api_offers import cached_customer, offers
-from tests.api_shop import call, make_app, second_model, settings_for
+from tests.api_shop import call, cli_on, make_app, second_model, settings_for
 
 
 def live_directory(engine: sa.Engine) -> Path:
@@ -101,13 +100,6 @@ def test_no_live_model_at_all_is_still_ready(shop: tuple[sa.Engine, Path]) -> No
         app.state.service.close()
 
 
-def cli_runner(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
-    monkeypatch.delenv("RECOCAMP_SETTINGS", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return CliRunner()
-
-
 def test_rollback_to_a_truncated_model_and_similar_on_an_empty_one_say_so_in_one_line(
     shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,7 +107,7 @@ def test_rollback_to_a_truncated_model_and_similar_on_an_empty_one_say_so_in_one
     first = live_directory(engine)
     second_model(engine, settings_for(artifacts))
     truncated(first)
-    runner = cli_runner(engine, monkeypatch, tmp_path)
+    runner = cli_on(engine, monkeypatch, tmp_path)
     rolled = runner.invoke(cli, ["models", "rollback"])
     assert rolled.exit_code == 1, rolled.output
     assert f"error: cannot load the model artifacts at {first}" in rolled.output.replace("\n", "")
