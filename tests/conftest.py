@@ -162,9 +162,13 @@ def app(shop: tuple[sa.Engine, Path]) -> Any:
 
 
 @pytest.fixture
-def closing() -> Iterator[Any]:
+def closing(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Close the apps a test builds (``closing(make_app(…))``): on PostgreSQL their change
-    listeners would otherwise keep reconnecting to the test's dropped database."""
+    listeners would otherwise keep reconnecting to the test's dropped database. The test's
+    database is set up first, whatever the order of the test's arguments, so that it is
+    dropped after the apps are closed (fixtures are torn down in reverse order)."""
+    if "db_url" in request.fixturenames:
+        request.getfixturevalue("db_url")
     apps: list[Any] = []
 
     def closed_after(app: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.api_shop import bearer, call, make_app
+from tests.api_shop import Closing, bearer, call, make_app
 
 ADDRESS = "alice@example.com"
 # a body for the routes that need one: refused (422), so the path id reaches no success body
@@ -21,8 +21,10 @@ BODIES: dict[tuple[str, str], Any] = {
 }
 
 
-def test_no_route_quotes_an_address_given_as_an_id(engine: sa.Engine, tmp_path: Path) -> None:
-    app = make_app(engine, tmp_path)
+def test_no_route_quotes_an_address_given_as_an_id(
+    engine: sa.Engine, tmp_path: Path, closing: Closing
+) -> None:
+    app = closing(make_app(engine, tmp_path))
     called: dict[str, int] = {}
     for template, operations in app.openapi()["paths"].items():  # every documented route
         if "{" not in template:
@@ -47,9 +49,9 @@ def test_no_route_quotes_an_address_given_as_an_id(engine: sa.Engine, tmp_path: 
 
 
 def test_a_404_says_which_customer_with_the_address_masked(
-    engine: sa.Engine, tmp_path: Path
+    engine: sa.Engine, tmp_path: Path, closing: Closing
 ) -> None:
-    app = make_app(engine, tmp_path)
+    app = closing(make_app(engine, tmp_path))
     reply = call(app, "GET", f"/v1/privacy/customers/{ADDRESS}", headers=bearer("dpo"))
     assert reply.status == 404
     assert reply.json() == {"detail": "we hold no data about customer '<address>'"}
@@ -61,19 +63,21 @@ def test_a_404_says_which_customer_with_the_address_masked(
     "address", ["bob@localhost", "x@[10.0.0.1]", "o'brien@example.com", "a.b+c@ex-ample.co.uk"]
 )
 def test_every_form_of_address_is_masked_whole(
-    engine: sa.Engine, tmp_path: Path, address: str
+    engine: sa.Engine, tmp_path: Path, address: str, closing: Closing
 ) -> None:
     """Addresses without a dot in the domain, with an IP literal or an apostrophe: none of
     their parts comes back (the id rule accepts them all)."""
-    app = make_app(engine, tmp_path)
+    app = closing(make_app(engine, tmp_path))
     reply = call(app, "GET", f"/v1/privacy/customers/{address}", headers=bearer("dpo"))
     assert reply.status == 404
     quoted = repr("<" + address + ">").replace("<" + address + ">", "<address>")  # ' or "
     assert reply.json() == {"detail": f"we hold no data about customer {quoted}"}
 
 
-def test_a_shared_address_names_the_other_ids_masked(engine: sa.Engine, tmp_path: Path) -> None:
-    app = make_app(engine, tmp_path)
+def test_a_shared_address_names_the_other_ids_masked(
+    engine: sa.Engine, tmp_path: Path, closing: Closing
+) -> None:
+    app = closing(make_app(engine, tmp_path))
     for customer in (ADDRESS, "bob@example.com"):
         body = {"source": "signup", "email": "shared@example.test"}
         put = call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
