@@ -3,7 +3,8 @@
 **Touches.** A *treated* touch is an e-mail the provider accepted; a *holdout* touch is a
 holdout decision: that customer would have been mailed. Both are timed at their run's decision
 instant, so both groups' windows open together (see ``store.measure``). Both are units of
-analysis: a customer mailed by a weekly campaign four times is four units.
+analysis: a customer mailed by a weekly campaign four times is four units (whose intervals
+count the customer once, see **Uplift**).
 
 **Attribution (last touch).** Every order of a customer belongs to the customer's latest
 touch at or before it, if the order falls inside that touch's window ``[at, at + W)``
@@ -20,7 +21,10 @@ variant against the campaign's whole holdout, which is drawn before variants are
 - revenue per recipient and orders per recipient: means over all units, zeros included;
 
 with absolute uplift (treated − holdout) and relative uplift (treated / holdout − 1) and
-their intervals (methods in :mod:`recocamp.stats`). Variants are also compared with each
+their intervals (methods in :mod:`recocamp.measure.statistics`). The holdout and the variant
+are drawn per customer, so the intervals take a customer's touches together (cluster-robust,
+see there): a weekly campaign's dozen touches of one customer are not a dozen independent
+units. Variants are also compared with each
 other the same way. Only touches whose window has closed by ``as_of`` count; the others are
 reported as pending. A comparison with fewer than ``min_group_size`` units in a group or
 fewer than ``min_conversions`` conversions in both groups together says "not enough data
@@ -99,20 +103,32 @@ def attribute(
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """A group of units (treated or holdout) reduced to what the intervals need."""
+    """A group of units (treated or holdout) reduced to what the intervals need: the
+    samples are of customers (their touches taken together, :meth:`Sample.clustered`) and
+    ``effective`` the conversion counts scaled to the effective sample size."""
 
     units: int
     converted: int
     orders: Sample
     revenue: Sample
+    customers: int = 0
+    effective: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def of(cls, results: Sequence[Result]) -> Group:
+        by_customer: dict[str, list[Result]] = defaultdict(list)
+        for result in results:
+            by_customer[result.touch.customer_id].append(result)
+        clusters = [by_customer[customer] for customer in sorted(by_customer)]
         return cls(
             units=len(results),
             converted=sum(1 for r in results if r.converted),
-            orders=Sample.of([float(r.orders) for r in results]),
-            revenue=Sample.of([r.revenue for r in results]),
+            orders=Sample.clustered([[float(r.orders) for r in c] for c in clusters]),
+            revenue=Sample.clustered([[r.revenue for r in c] for c in clusters]),
+            customers=len(clusters),
+            effective=stats.effective_counts(
+                [(sum(1 for r in c if r.converted), len(c)) for c in clusters]
+            ),
         )
 
     @property
@@ -204,6 +220,11 @@ def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
             f"not enough data yet: {t.units} mailed and {c.units} in {other}, "
             f"at least {max(smallest, 2)} each needed"
         )
+    if min(t.customers, c.customers) < 2:
+        return (
+            f"not enough data yet: {t.customers} mailed customers and {c.customers} in "
+            f"{other}, at least 2 each needed"
+        )
     if t.converted + c.converted < thresholds.min_conversions:
         return (
             f"not enough data yet: {t.converted + c.converted} conversions, at least "
@@ -213,16 +234,18 @@ def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
 
 
 def _rates(t: Group, c: Group, level: float) -> Comparison:
+    """The rates are the touches'; the intervals take the effective counts (clusters)."""
     pt, pc = t.converted / t.units, c.converted / c.units
-    ratio = stats.risk_ratio(t.converted, t.units, c.converted, c.units, level)
+    (xt, nt), (xc, nc) = t.effective, c.effective
+    ratio = stats.risk_ratio(xt, nt, xc, nc, level)
     return Comparison(
         "conversion_rate",
         pt,
         pc,
-        stats.wilson(t.converted, t.units, level),
-        stats.wilson(c.converted, c.units, level),
+        stats.wilson(xt, nt, level),
+        stats.wilson(xc, nc, level),
         pt - pc,
-        stats.newcombe(t.converted, t.units, c.converted, c.units, level),
+        stats.newcombe(xt, nt, xc, nc, level),
         pt / pc - 1 if pc else None,
         Interval(ratio.low - 1, ratio.high - 1) if ratio else None,
     )

@@ -4,6 +4,7 @@ attribution on a fixed clock, uplift and its "not enough data yet", cohorts, NPS
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -227,6 +228,62 @@ def test_uplift_against_hand_computed_numbers() -> None:
     orders = uplift.comparisons["orders_per_recipient"]
     assert (orders.treated, orders.control) == (0.15, 0.10)
     assert orders.relative == pytest.approx(0.5)
+
+
+def weekly(results: list[Result], weeks: int) -> list[Result]:
+    """Each customer's touch repeated ``weeks`` times, a week apart, with the same outcome:
+    a weekly campaign whose customers behave alike every week."""
+    return [
+        Result(replace(r.touch, at=T0 + k * WEEK, key=f"{r.touch.key}/{k}"), r.orders, r.revenue)
+        for r in results
+        for k in range(weeks)
+    ]
+
+
+def test_a_customers_touches_are_not_independent_units() -> None:
+    """The holdout and the variant are drawn per customer, so a customer touched four times
+    with the same outcome each time tells no more than one touch: the intervals must be
+    those of the customers. Before, the 4 × 300 touches counted as independent units and
+    every interval was half as wide (a weekly campaign without effect showed a 'significant'
+    uplift about a third of the time)."""
+    treated, control = units(200, 30, False, 20.0), units(100, 10, True, 20.0)
+    once = measure.compare("w", None, treated, control, Thresholds(100, 10))
+    four = measure.compare("w", None, weekly(treated, 4), weekly(control, 4), Thresholds(100, 10))
+    for metric in measure.METRICS:
+        a, b = once.comparisons[metric], four.comparisons[metric]
+        assert (b.treated, b.control, b.absolute) == pytest.approx(
+            (a.treated, a.control, a.absolute)
+        )
+        for name in ("absolute_interval", "treated_interval", "control_interval"):
+            wide, narrow = getattr(a, name), getattr(b, name)
+            assert (narrow.low, narrow.high) == pytest.approx((wide.low, wide.high)), (metric, name)
+        assert a.relative_interval is not None and b.relative_interval is not None
+        assert b.relative_interval.low == pytest.approx(a.relative_interval.low)
+    assert (four.treated.units, four.treated.customers) == (800, 200)
+
+
+def test_clustered_sample_and_effective_counts_by_hand() -> None:
+    # customers with 3, 2 and 1 touches, outcomes summing to 1, 2, 0: mean 3 / 6 = 0.5,
+    # residuals (1 − 1.5)² + (2 − 1)² + (0 − 0.5)² = 1.5, M̄ = 2: variance 1.5 / (2 · 4)
+    assert Sample.clustered([[1.0, 0.0, 0.0], [1.0, 1.0], [0.0]]) == Sample(3, 0.5, 0.1875)
+    assert Sample.clustered([[2.0], [4.0]]) == Sample.of([2.0, 4.0])  # one touch each: plain
+    # 2 of 2, 0 of 2, 1 of 2: p = 0.5, residuals 1 + 1 + 0, n_eff = 0.25 · 6² / 2 = 4.5
+    assert stats.effective_counts([(2, 2), (0, 2), (1, 2)]) == (2.25, 4.5)
+    assert stats.effective_counts([(1, 1), (0, 1), (0, 1)]) == (1.0, 3.0)  # independent: as is
+    assert stats.effective_counts([(2, 2), (3, 3)]) == (2.0, 2.0)  # no failure: the customers
+    assert stats.effective_counts([(1, 2), (1, 2)]) == (2.0, 4.0)  # never above the touches
+
+
+def test_a_single_customer_is_no_group() -> None:
+    many = units(150, 20, False)
+    one = [
+        Result(replace(r.touch, customer_id="h", key=str(n)), 1 if n < 20 else 0)
+        for n, r in enumerate(units(150, 0, True))
+    ]
+    uplift = measure.compare("w", None, many, one, Thresholds(100, 10))
+    assert not uplift.enough and uplift.note == (
+        "not enough data yet: 150 mailed customers and 1 in the holdout, at least 2 each needed"
+    )
 
 
 def test_not_enough_data_yet() -> None:
