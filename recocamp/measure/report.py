@@ -339,10 +339,12 @@ def uplift_chart(data: Data) -> Markup | None:
     rows = [u for u in data.uplifts if u.enough]
     if not rows:
         return None
+    # every panel plots a difference (mailed − holdout), so every title says uplift: "Revenue
+    # per recipient (GBP)" over a dot at +5 read as £5 of revenue per recipient
     panels = (
         ("conversion_rate", "Conversion uplift (pp)", 100.0),
-        ("revenue_per_recipient", f"Revenue per recipient ({data.currency})", 1.0),
-        ("orders_per_recipient", "Orders per recipient", 1.0),
+        ("revenue_per_recipient", f"Revenue per recipient, uplift ({data.currency})", 1.0),
+        ("orders_per_recipient", "Orders per recipient, uplift", 1.0),
     )
     with _figure(10, 1.2 + 0.42 * len(rows)) as figure:
         for axes, (metric, title, scale) in zip(
@@ -766,6 +768,7 @@ def _uplift_json(uplift: Uplift) -> dict[str, Any]:
     groups = {
         name: {
             "units": g.units,
+            "customers": g.customers,
             "converted": g.converted,
             "orders": round(g.orders.mean * g.units),
             "revenue": g.revenue.mean * g.units,

@@ -564,6 +564,14 @@ def test_the_lifetime_value_says_what_it_is_and_over_which_window() -> None:
     assert "365-day window" in words
 
 
+def test_every_uplift_panel_says_it_plots_a_difference() -> None:
+    """The panels plot mailed − holdout: a title naming only the metric ("Revenue per
+    recipient (GBP)") made +£5 of uplift read as £5 of revenue per recipient."""
+    titles = re.findall(r"<text[^>]*>([^<]*)</text>", _chart(_page(), "uplift"))
+    panels = [t for t in titles if "per recipient" in t or "Conversion" in t]
+    assert len(panels) == 3 and all("uplift" in t for t in panels), panels
+
+
 def test_one_word_for_the_held_out_group() -> None:
     visible = _visible(_page())
     assert re.search(r"\bcontrol\b", visible, re.I) is None
