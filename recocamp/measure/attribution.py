@@ -7,8 +7,9 @@ analysis: a customer mailed by a weekly campaign four times is four units (whose
 count the customer once, see **Uplift**).
 
 **Attribution (last touch).** Every order of a customer belongs to the customer's latest
-touch at or before it, if the order falls inside that touch's window ``[at, at + W)``
-(``[measure] attribution_window_days``, default 7). Holdout touches take part in the same
+touch at or before it (of touches at one instant, the campaign named last, whatever the
+arm), if the order falls inside that touch's window ``[at, at + W)`` (``[measure]
+attribution_window_days``, default 7). Holdout touches take part in the same
 competition, so a holdout customer's "would-have" orders are counted exactly like a
 recipient's, and an order after a later e-mail of another campaign belongs to that one in
 both groups alike. Orders are whole orders of purchase lines (no returns or adjustments,
@@ -78,8 +79,12 @@ def attribute(
     per_customer: dict[str, list[Touch]] = defaultdict(list)
     for touch in touches:
         per_customer[touch.customer_id].append(touch)
+    # touches of one instant (campaigns on the same cron decide at its fire time) go by the
+    # campaign's name, never by the arm: sorted holdouts last, a customer held out of one
+    # campaign and mailed by another at 09:00 gave the mailed customer's orders to the
+    # holdout, and every campaign's holdout gained what its mailed customers lost
     timelines = {
-        c: sorted(ts, key=lambda t: (t.at, t.holdout, t.key)) for c, ts in per_customer.items()
+        c: sorted(ts, key=lambda t: (t.at, t.campaign, t.key)) for c, ts in per_customer.items()
     }
     times = {c: [t.at for t in ts] for c, ts in timelines.items()}
     tally: dict[tuple[str, int], tuple[int, float]] = {}

@@ -171,6 +171,29 @@ def test_last_touch_wins_and_holdouts_compete_alike() -> None:
     }
 
 
+def test_touches_at_one_instant_are_ordered_alike_in_both_arms() -> None:
+    """Campaigns on one cron decide at its fire time: a customer mailed by cross_sell and
+    held out of winback at 09:00, another held out of cross_sell and mailed by winback.
+    Whichever campaign takes their orders, it must not depend on the arm; before, the
+    holdout touch always won, so cross_sell's mailed customer lost the order and its
+    held-out customer kept it (and winback likewise)."""
+    mailed_x, held_y = send("a", T0, "cross_sell"), holdout("a", T0, "winback")
+    held_x, mailed_y = holdout("b", T0, "cross_sell"), send("b", T0, "winback")
+    orders = [order("a", T0 + timedelta(days=1), 10), order("b", T0 + timedelta(days=1), 10)]
+    got = {
+        (r.touch.campaign, r.touch.holdout): r.orders
+        for r in measure.attribute([mailed_x, held_y, held_x, mailed_y], orders, WEEK)
+    }
+    assert got[("cross_sell", False)] == got[("cross_sell", True)]
+    assert got[("winback", False)] == got[("winback", True)]
+    assert got == {
+        ("cross_sell", False): 0,
+        ("cross_sell", True): 0,
+        ("winback", False): 1,
+        ("winback", True): 1,
+    }
+
+
 def test_closed_windows_and_pending_touches() -> None:
     results = [
         Result(send("a", T0)),
