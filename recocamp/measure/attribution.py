@@ -335,13 +335,20 @@ class Cohort:
     month: date
     customers: int
     retention: tuple[float | None, ...]
+    data_start: bool = False  # the month of the first order on record (see ``cohorts``)
 
 
 def cohorts(
     orders: Iterable[OrderTotal], zone: ZoneInfo, as_of: datetime, max_months: int = 12
 ) -> list[Cohort]:
     """Monthly cohort retention in the shop's zone from orders before ``as_of`` (guests left
-    out). Month k counts only once it has ended by ``as_of``."""
+    out). Month k counts only once it has ended by ``as_of``.
+
+    The cohort of the first month on record is marked ``data_start``: its "first orders" are
+    every customer who ordered that month, also those who had ordered for years before the
+    history a shop imported begins. On UCI (from December 2010) it held 885 customers who
+    came back at 32–50 % a month against 15–30 % for the cohorts after it: read as first-time
+    buyers, it says new customers were once twice as loyal; they are regulars."""
     months: dict[str, set[int]] = defaultdict(set)
     for order in orders:
         if order.customer_id is not None and order.ordered_at < as_of:
@@ -361,7 +368,8 @@ def cohorts(
                 shares.append(None)
                 continue
             shares.append(sum(1 for bought in group if first + k in bought) / len(group))
-        table.append(Cohort(date(first // 12, first % 12 + 1, 1), len(group), tuple(shares)))
+        month = date(first // 12, first % 12 + 1, 1)
+        table.append(Cohort(month, len(group), tuple(shares), first == min(members)))
     return table
 
 

@@ -318,13 +318,18 @@ def cohort_chart(data: Data) -> Markup | None:
                     color=colour,
                 )
         axes.set_xticks(np.arange(width) + 0.5, [str(k + 1) for k in range(width)])
-        axes.set_yticks(
-            np.arange(len(rows)) + 0.5, [f"{c.month:%Y-%m} (n={c.customers})" for c in rows]
-        )
+        axes.set_yticks(np.arange(len(rows)) + 0.5, [cohort_label(c) for c in rows])
         axes.invert_yaxis()
         axes.set_xlabel("months after the first order")
         axes.set_title("Customers who ordered again in month k, % of the cohort", loc="left")
         return _svg(figure)
+
+
+def cohort_label(cohort: Cohort) -> str:
+    """The cohort's month and size; the first month on record says it is where the data
+    starts (its customers are not all new: see ``attribution.cohorts``)."""
+    start = ", data start: not only new customers" if cohort.data_start else ""
+    return f"{cohort.month:%Y-%m} (n={cohort.customers}{start})"
 
 
 def uplift_label(uplift: Uplift) -> str:
@@ -683,7 +688,12 @@ def summary(data: Data) -> dict[str, Any]:
             for c in data.changes
         ],
         "cohorts": [
-            {"month": c.month.isoformat(), "customers": c.customers, "retention": list(c.retention)}
+            {
+                "month": c.month.isoformat(),
+                "customers": c.customers,
+                "retention": list(c.retention),
+                "data_start": c.data_start,
+            }
             for c in data.cohorts
         ],
         "segments": segments or {},

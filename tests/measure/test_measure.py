@@ -380,6 +380,15 @@ def test_cohorts_in_the_shop_zone_with_unfinished_months() -> None:
     ]
 
 
+def test_the_first_month_on_record_is_marked_as_the_data_start() -> None:
+    """Its customers are everybody who ordered that month, regulars of years included; only
+    the cohorts after it are first-time buyers."""
+    at = lambda m: datetime(2024, m, 10, 12, tzinfo=UTC)  # noqa: E731
+    orders = [order("a", at(1)), order("a", at(2)), order("b", at(2)), order("c", at(3))]
+    table = measure.cohorts(orders, ZoneInfo("Europe/Berlin"), at(5), max_months=2)
+    assert [(c.month.month, c.data_start) for c in table] == [(1, True), (2, False), (3, False)]
+
+
 def test_nps_summary() -> None:
     answers = [10] * 5 + [9] * 3 + [8, 7] + [6, 0]
     result = measure.nps(answers, min_responses=10)
