@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -177,6 +177,7 @@ class Uplift:
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     against: str = "holdout"
     pending: int = 0
+    switched: int = 0  # customers left out: found in both groups compared (see ``uplifts``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,40 +289,52 @@ def uplifts(
     results: Sequence[Result], thresholds: Thresholds, pending: Mapping[str, int] | None = None
 ) -> list[Uplift]:
     """Per campaign: all variants against the holdout, each variant against the holdout, and
-    each pair of variants against each other (the first named is the control)."""
+    each pair of variants against each other (the first named is the control).
+
+    The holdout and the variant are stable per customer, until ``holdout_percent`` or the
+    variants' weights change: then a customer can be mailed one week and held out the next,
+    and the holdout holds customers the campaign already mailed (their e-mails' effect
+    included). Such customers are left out of both groups compared, and counted
+    (``switched``); before, they were counted in both."""
     by_campaign: dict[str, list[Result]] = defaultdict(list)
     for result in results:
         by_campaign[result.touch.campaign].append(result)
     found: list[Uplift] = []
     for campaign in sorted(by_campaign):
-        rows = by_campaign[campaign]
+        crossed = _in_two_groups(by_campaign[campaign], lambda touch: touch.holdout)
+        rows = [r for r in by_campaign[campaign] if r.touch.customer_id not in crossed]
         holdout = [r for r in rows if r.touch.holdout]
         treated = [r for r in rows if not r.touch.holdout]
         overall = compare(campaign, None, treated, holdout, thresholds)
-        found.append(_with_pending(overall, (pending or {}).get(campaign, 0)))
+        waiting = (pending or {}).get(campaign, 0)
+        found.append(replace(overall, pending=waiting, switched=len(crossed)))
+        mixed = _in_two_groups(treated, lambda touch: touch.variant)
         variants = sorted({r.touch.variant for r in treated if r.touch.variant is not None})
-        arms = {v: [r for r in treated if r.touch.variant == v] for v in variants}
-        found += [compare(campaign, v, arms[v], holdout, thresholds) for v in variants]
+        arms = {
+            v: [r for r in treated if r.touch.variant == v and r.touch.customer_id not in mixed]
+            for v in variants
+        }
         found += [
-            compare(campaign, b, arms[b], arms[a], thresholds, against=a)
+            replace(compare(campaign, v, arms[v], holdout, thresholds), switched=len(crossed))
+            for v in variants
+        ]
+        found += [
+            replace(
+                compare(campaign, b, arms[b], arms[a], thresholds, against=a),
+                switched=len(mixed),
+            )
             for n, a in enumerate(variants)
             for b in variants[n + 1 :]
         ]
     return found
 
 
-def _with_pending(uplift: Uplift, pending: int) -> Uplift:
-    return Uplift(
-        uplift.campaign,
-        uplift.variant,
-        uplift.treated,
-        uplift.control,
-        uplift.enough,
-        uplift.note,
-        uplift.comparisons,
-        uplift.against,
-        pending,
-    )
+def _in_two_groups(results: Iterable[Result], group: Callable[[Touch], object]) -> set[str]:
+    """Customers whose touches fall in more than one ``group``."""
+    seen: dict[str, set[object]] = defaultdict(set)
+    for result in results:
+        seen[result.touch.customer_id].add(group(result.touch))
+    return {customer for customer, groups in seen.items() if len(groups) > 1}
 
 
 # --- cohorts -----------------------------------------------------------------------------

@@ -792,6 +792,7 @@ def _uplift_json(uplift: Uplift) -> dict[str, Any]:
         "enough_data": uplift.enough,
         "note": uplift.note,
         "pending": uplift.pending,
+        "switched_customers": uplift.switched,
         **groups,
         "metrics": {
             name: {

@@ -356,6 +356,34 @@ def test_variants_against_the_holdout_and_each_other() -> None:
     assert head_to_head.absolute_interval.high < 0  # personal wins, and the interval says so
 
 
+def test_customers_who_switched_groups_are_left_out_of_both() -> None:
+    """holdout_percent raised from 10 to 20 mid-period: customers mailed in week 1 are held
+    out in week 3, their week-1 e-mail still working. Before, they counted in both groups."""
+    treated, control = units(150, 30, False), units(120, 12, True)
+    for n in range(10):
+        customer = f"s{n}"
+        treated.append(Result(Touch("winback", customer, T0, False, None, f"m{n}"), 1, 20.0))
+        control.append(Result(Touch("winback", customer, T0 + 2 * WEEK, True, None, f"h{n}"), 1))
+    found = measure.uplifts(treated + control, Thresholds(100, 10))
+    overall = next(u for u in found if u.variant is None)
+    assert (overall.treated.units, overall.control.units) == (150, 120)
+    assert overall.switched == 10
+    assert overall.comparisons["conversion_rate"].control == pytest.approx(12 / 120)
+
+
+def test_customers_in_two_variants_are_left_out_of_the_head_to_head() -> None:
+    results = units(150, 30, False, variant="a") + units(150, 15, False, variant="b")
+    results += units(100, 10, True)
+    for n in range(5):  # the weights changed: s0…s4 got a, then b
+        results.append(Result(Touch("winback", f"s{n}", T0, False, "a", f"a{n}"), 1))
+        results.append(Result(Touch("winback", f"s{n}", T0 + WEEK, False, "b", f"b{n}")))
+    found = {(u.variant, u.against): u for u in measure.uplifts(results, Thresholds(100, 10))}
+    head_to_head = found[("b", "a")]
+    assert (head_to_head.treated.units, head_to_head.control.units) == (150, 150)
+    assert head_to_head.switched == 5
+    assert found[(None, "holdout")].treated.units == 310  # still mailed: in the overall
+
+
 # --- cohorts, NPS, KPI changes -----------------------------------------------------------
 
 

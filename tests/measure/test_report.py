@@ -13,6 +13,7 @@ the conversion rate is the share of recipients the added orders converted.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -586,6 +587,16 @@ def test_the_cohort_where_the_data_starts_says_so() -> None:
     assert "2011-01 (n=417)" in ticks
     assert "2010-12 is the first month on record" in _visible(html)
     assert report.summary(_data(cohorts=cohorts))["cohorts"][0]["data_start"] is True
+
+
+def test_customers_in_both_groups_are_reported() -> None:
+    uplift = dataclasses.replace(_data().uplifts[0], switched=12)
+    data = _data(uplifts=[uplift])
+    assert (
+        "12 winback customers were in both groups compared (held out and mailed: "
+        "holdout_percent changed) and are left out of both" in _visible(report.render_html(data))
+    )
+    assert report.summary(data)["campaigns"][0]["switched_customers"] == 12
 
 
 def test_one_word_for_the_held_out_group() -> None:
