@@ -243,7 +243,8 @@ def _cohort_table(data: report.Data) -> Table | None:
         table.add_column(str(k), justify="right")
     for c in data.cohorts:
         cells = ["" if v is None else f"{100 * v:.0f}" for v in c.retention]
-        table.add_row(f"{c.month:%Y-%m}", f"{c.customers:,}", *cells)
+        start = " (data start)" if c.data_start else ""
+        table.add_row(f"{c.month:%Y-%m}{start}", f"{c.customers:,}", *cells)
     return table
 
 

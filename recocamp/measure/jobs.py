@@ -2,7 +2,8 @@
 
 - :func:`snapshot_kpis` is the worker's daily job: the KPI snapshot (every window in
   ``[measure] snapshot_window_days``) and the RFM segment sizes of the last complete
-  shop-local day before ``now``. A day is snapshotted once; running it again writes nothing.
+  shop-local day before ``now``, and of the days missed since the newest snapshot. A day is
+  snapshotted once; running it again writes nothing.
 - :func:`backfill` does the same for a range of past days (history for a shop that starts
   using recocamp, or for the demo shop, whose orders are from 2010–2011). KPIs can be
   computed as of any instant, so a backfilled day equals the day the job would have written.
@@ -58,11 +59,20 @@ def last_complete_day(now: datetime, zone: ZoneInfo) -> date:
 
 
 def snapshot_kpis(engine: Engine, settings: Settings, now: datetime) -> int:
-    """The daily job: snapshot the last complete shop-local day; returns rows written (0
-    when that day was done already)."""
+    """The daily job: snapshot the last complete shop-local day, and the days missed since
+    the newest snapshot (the worker was down, a run missed its grace time: a misfire is
+    skipped), at most ``history_days`` back; returns rows written (0 when all was done).
+    Missing days were never written before: the trend lines bridged them with a straight
+    segment and the week/month/quarter changes that needed them were silently left out."""
     day = last_complete_day(now, settings.shop.zone)
-    written = backfill(engine, settings, day, day, now)
-    log.info("kpi snapshot of %s: %d rows written", day, written)
+    with engine.connect() as connection:
+        newest = store.newest_snapshot_day(connection, day)
+    first = day
+    if newest is not None and newest < day:
+        oldest = day - timedelta(days=settings.measure.history_days)
+        first = max(newest + timedelta(days=1), oldest)
+    written = backfill(engine, settings, first, day, now)
+    log.info("kpi snapshot of %s … %s: %d rows written", first, day, written)
     return written
 
 

@@ -318,13 +318,18 @@ def cohort_chart(data: Data) -> Markup | None:
                     color=colour,
                 )
         axes.set_xticks(np.arange(width) + 0.5, [str(k + 1) for k in range(width)])
-        axes.set_yticks(
-            np.arange(len(rows)) + 0.5, [f"{c.month:%Y-%m} (n={c.customers})" for c in rows]
-        )
+        axes.set_yticks(np.arange(len(rows)) + 0.5, [cohort_label(c) for c in rows])
         axes.invert_yaxis()
         axes.set_xlabel("months after the first order")
         axes.set_title("Customers who ordered again in month k, % of the cohort", loc="left")
         return _svg(figure)
+
+
+def cohort_label(cohort: Cohort) -> str:
+    """The cohort's month and size; the first month on record says it is where the data
+    starts (its customers are not all new: see ``attribution.cohorts``)."""
+    start = ", data start: not only new customers" if cohort.data_start else ""
+    return f"{cohort.month:%Y-%m} (n={cohort.customers}{start})"
 
 
 def uplift_label(uplift: Uplift) -> str:
@@ -339,10 +344,12 @@ def uplift_chart(data: Data) -> Markup | None:
     rows = [u for u in data.uplifts if u.enough]
     if not rows:
         return None
+    # every panel plots a difference (mailed − holdout), so every title says uplift: "Revenue
+    # per recipient (GBP)" over a dot at +5 read as £5 of revenue per recipient
     panels = (
         ("conversion_rate", "Conversion uplift (pp)", 100.0),
-        ("revenue_per_recipient", f"Revenue per recipient ({data.currency})", 1.0),
-        ("orders_per_recipient", "Orders per recipient", 1.0),
+        ("revenue_per_recipient", f"Revenue per recipient, uplift ({data.currency})", 1.0),
+        ("orders_per_recipient", "Orders per recipient, uplift", 1.0),
     )
     with _figure(10, 1.2 + 0.42 * len(rows)) as figure:
         for axes, (metric, title, scale) in zip(
@@ -681,7 +688,12 @@ def summary(data: Data) -> dict[str, Any]:
             for c in data.changes
         ],
         "cohorts": [
-            {"month": c.month.isoformat(), "customers": c.customers, "retention": list(c.retention)}
+            {
+                "month": c.month.isoformat(),
+                "customers": c.customers,
+                "retention": list(c.retention),
+                "data_start": c.data_start,
+            }
             for c in data.cohorts
         ],
         "segments": segments or {},
@@ -766,6 +778,7 @@ def _uplift_json(uplift: Uplift) -> dict[str, Any]:
     groups = {
         name: {
             "units": g.units,
+            "customers": g.customers,
             "converted": g.converted,
             "orders": round(g.orders.mean * g.units),
             "revenue": g.revenue.mean * g.units,
@@ -779,6 +792,7 @@ def _uplift_json(uplift: Uplift) -> dict[str, Any]:
         "enough_data": uplift.enough,
         "note": uplift.note,
         "pending": uplift.pending,
+        "switched_customers": uplift.switched,
         **groups,
         "metrics": {
             name: {

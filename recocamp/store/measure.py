@@ -89,6 +89,13 @@ def snapshot_keys(connection: sa.Connection, first: date, last: date) -> set[tup
     return {(row[0], int(row[1])) for row in connection.execute(query)}
 
 
+def newest_snapshot_day(connection: sa.Connection, until: date) -> date | None:
+    """The newest day with a KPI snapshot at or before ``until`` (None: none yet)."""
+    k = kpi_snapshots.c
+    day = connection.execute(sa.select(sa.func.max(k.day)).where(k.day <= until)).scalar_one()
+    return day  # type: ignore[no-any-return]
+
+
 def segment_days(connection: sa.Connection, first: date, last: date) -> set[date]:
     s = segment_snapshots.c
     query = sa.select(s.day).where(s.day >= first, s.day <= last).distinct()

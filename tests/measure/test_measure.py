@@ -4,6 +4,7 @@ attribution on a fixed clock, uplift and its "not enough data yet", cohorts, NPS
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -170,6 +171,29 @@ def test_last_touch_wins_and_holdouts_compete_alike() -> None:
     }
 
 
+def test_touches_at_one_instant_are_ordered_alike_in_both_arms() -> None:
+    """Campaigns on one cron decide at its fire time: a customer mailed by cross_sell and
+    held out of winback at 09:00, another held out of cross_sell and mailed by winback.
+    Whichever campaign takes their orders, it must not depend on the arm; before, the
+    holdout touch always won, so cross_sell's mailed customer lost the order and its
+    held-out customer kept it (and winback likewise)."""
+    mailed_x, held_y = send("a", T0, "cross_sell"), holdout("a", T0, "winback")
+    held_x, mailed_y = holdout("b", T0, "cross_sell"), send("b", T0, "winback")
+    orders = [order("a", T0 + timedelta(days=1), 10), order("b", T0 + timedelta(days=1), 10)]
+    got = {
+        (r.touch.campaign, r.touch.holdout): r.orders
+        for r in measure.attribute([mailed_x, held_y, held_x, mailed_y], orders, WEEK)
+    }
+    assert got[("cross_sell", False)] == got[("cross_sell", True)]
+    assert got[("winback", False)] == got[("winback", True)]
+    assert got == {
+        ("cross_sell", False): 0,
+        ("cross_sell", True): 0,
+        ("winback", False): 1,
+        ("winback", True): 1,
+    }
+
+
 def test_closed_windows_and_pending_touches() -> None:
     results = [
         Result(send("a", T0)),
@@ -229,6 +253,62 @@ def test_uplift_against_hand_computed_numbers() -> None:
     assert orders.relative == pytest.approx(0.5)
 
 
+def weekly(results: list[Result], weeks: int) -> list[Result]:
+    """Each customer's touch repeated ``weeks`` times, a week apart, with the same outcome:
+    a weekly campaign whose customers behave alike every week."""
+    return [
+        Result(replace(r.touch, at=T0 + k * WEEK, key=f"{r.touch.key}/{k}"), r.orders, r.revenue)
+        for r in results
+        for k in range(weeks)
+    ]
+
+
+def test_a_customers_touches_are_not_independent_units() -> None:
+    """The holdout and the variant are drawn per customer, so a customer touched four times
+    with the same outcome each time tells no more than one touch: the intervals must be
+    those of the customers. Before, the 4 × 300 touches counted as independent units and
+    every interval was half as wide (a weekly campaign without effect showed a 'significant'
+    uplift about a third of the time)."""
+    treated, control = units(200, 30, False, 20.0), units(100, 10, True, 20.0)
+    once = measure.compare("w", None, treated, control, Thresholds(100, 10))
+    four = measure.compare("w", None, weekly(treated, 4), weekly(control, 4), Thresholds(100, 10))
+    for metric in measure.METRICS:
+        a, b = once.comparisons[metric], four.comparisons[metric]
+        assert (b.treated, b.control, b.absolute) == pytest.approx(
+            (a.treated, a.control, a.absolute)
+        )
+        for name in ("absolute_interval", "treated_interval", "control_interval"):
+            wide, narrow = getattr(a, name), getattr(b, name)
+            assert (narrow.low, narrow.high) == pytest.approx((wide.low, wide.high)), (metric, name)
+        assert a.relative_interval is not None and b.relative_interval is not None
+        assert b.relative_interval.low == pytest.approx(a.relative_interval.low)
+    assert (four.treated.units, four.treated.customers) == (800, 200)
+
+
+def test_clustered_sample_and_effective_counts_by_hand() -> None:
+    # customers with 3, 2 and 1 touches, outcomes summing to 1, 2, 0: mean 3 / 6 = 0.5,
+    # residuals (1 − 1.5)² + (2 − 1)² + (0 − 0.5)² = 1.5, M̄ = 2: variance 1.5 / (2 · 4)
+    assert Sample.clustered([[1.0, 0.0, 0.0], [1.0, 1.0], [0.0]]) == Sample(3, 0.5, 0.1875)
+    assert Sample.clustered([[2.0], [4.0]]) == Sample.of([2.0, 4.0])  # one touch each: plain
+    # 2 of 2, 0 of 2, 1 of 2: p = 0.5, residuals 1 + 1 + 0, n_eff = 0.25 · 6² / 2 = 4.5
+    assert stats.effective_counts([(2, 2), (0, 2), (1, 2)]) == (2.25, 4.5)
+    assert stats.effective_counts([(1, 1), (0, 1), (0, 1)]) == (1.0, 3.0)  # independent: as is
+    assert stats.effective_counts([(2, 2), (3, 3)]) == (2.0, 2.0)  # no failure: the customers
+    assert stats.effective_counts([(1, 2), (1, 2)]) == (2.0, 4.0)  # never above the touches
+
+
+def test_a_single_customer_is_no_group() -> None:
+    many = units(150, 20, False)
+    one = [
+        Result(replace(r.touch, customer_id="h", key=str(n)), 1 if n < 20 else 0)
+        for n, r in enumerate(units(150, 0, True))
+    ]
+    uplift = measure.compare("w", None, many, one, Thresholds(100, 10))
+    assert not uplift.enough and uplift.note == (
+        "not enough data yet: 150 mailed customers and 1 in the holdout, at least 2 each needed"
+    )
+
+
 def test_not_enough_data_yet() -> None:
     small = measure.compare(
         "w", None, units(99, 30, False), units(150, 10, True), Thresholds(100, 10)
@@ -276,6 +356,34 @@ def test_variants_against_the_holdout_and_each_other() -> None:
     assert head_to_head.absolute_interval.high < 0  # personal wins, and the interval says so
 
 
+def test_customers_who_switched_groups_are_left_out_of_both() -> None:
+    """holdout_percent raised from 10 to 20 mid-period: customers mailed in week 1 are held
+    out in week 3, their week-1 e-mail still working. Before, they counted in both groups."""
+    treated, control = units(150, 30, False), units(120, 12, True)
+    for n in range(10):
+        customer = f"s{n}"
+        treated.append(Result(Touch("winback", customer, T0, False, None, f"m{n}"), 1, 20.0))
+        control.append(Result(Touch("winback", customer, T0 + 2 * WEEK, True, None, f"h{n}"), 1))
+    found = measure.uplifts(treated + control, Thresholds(100, 10))
+    overall = next(u for u in found if u.variant is None)
+    assert (overall.treated.units, overall.control.units) == (150, 120)
+    assert overall.switched == 10
+    assert overall.comparisons["conversion_rate"].control == pytest.approx(12 / 120)
+
+
+def test_customers_in_two_variants_are_left_out_of_the_head_to_head() -> None:
+    results = units(150, 30, False, variant="a") + units(150, 15, False, variant="b")
+    results += units(100, 10, True)
+    for n in range(5):  # the weights changed: s0…s4 got a, then b
+        results.append(Result(Touch("winback", f"s{n}", T0, False, "a", f"a{n}"), 1))
+        results.append(Result(Touch("winback", f"s{n}", T0 + WEEK, False, "b", f"b{n}")))
+    found = {(u.variant, u.against): u for u in measure.uplifts(results, Thresholds(100, 10))}
+    head_to_head = found[("b", "a")]
+    assert (head_to_head.treated.units, head_to_head.control.units) == (150, 150)
+    assert head_to_head.switched == 5
+    assert found[(None, "holdout")].treated.units == 310  # still mailed: in the overall
+
+
 # --- cohorts, NPS, KPI changes -----------------------------------------------------------
 
 
@@ -298,6 +406,15 @@ def test_cohorts_in_the_shop_zone_with_unfinished_months() -> None:
         (date(2024, 1, 1), 2, (0.5, 0.0, None)),  # April is not over on 15 April
         (date(2024, 2, 1), 1, (1.0, None, None)),
     ]
+
+
+def test_the_first_month_on_record_is_marked_as_the_data_start() -> None:
+    """Its customers are everybody who ordered that month, regulars of years included; only
+    the cohorts after it are first-time buyers."""
+    at = lambda m: datetime(2024, m, 10, 12, tzinfo=UTC)  # noqa: E731
+    orders = [order("a", at(1)), order("a", at(2)), order("b", at(2)), order("c", at(3))]
+    table = measure.cohorts(orders, ZoneInfo("Europe/Berlin"), at(5), max_months=2)
+    assert [(c.month.month, c.data_start) for c in table] == [(1, True), (2, False), (3, False)]
 
 
 def test_nps_summary() -> None:

@@ -73,6 +73,25 @@ def test_daily_snapshot_is_idempotent_per_shop_local_day_across_dst(engine: sa.E
     assert later == 2 + len(next_day[date(2024, 4, 1)])
 
 
+def test_the_daily_snapshot_fills_the_days_the_worker_missed(engine: sa.Engine) -> None:
+    """The worker was down from 1 to 4 April (a missed run is skipped after its grace
+    time): the run of 5 April writes 1–4 April, not only 4 April, so the trend has no gap
+    bridged by a straight line and the week-over-week change of 8 April finds 1 April."""
+    with engine.begin() as connection:
+        queries.insert_purchases(
+            connection, [buy("o1", "a", datetime(2024, 3, 20, 12, tzinfo=UTC))], None
+        )
+    measure_jobs.snapshot_kpis(engine, SETTINGS, datetime(2024, 4, 1, 6, tzinfo=UTC))
+    written = measure_jobs.snapshot_kpis(engine, SETTINGS, datetime(2024, 4, 5, 6, tzinfo=UTC))
+    with engine.connect() as connection:
+        days = sorted(
+            {day for day, _ in store.kpi_history(connection, date(2024, 3, 1), date(2024, 5, 1))}
+        )
+    assert days == [date(2024, 3, 31) + timedelta(days=n) for n in range(5)]
+    assert written == 4 * (2 + 1)  # four days: windows 7 and 30, one segment
+    assert measure_jobs.snapshot_kpis(engine, SETTINGS, datetime(2024, 4, 5, 9, tzinfo=UTC)) == 0
+
+
 def test_backfill_equals_the_kpis_command_and_replace_recomputes(
     tmp_path: Path, uci_slice: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
