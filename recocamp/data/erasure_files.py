@@ -47,6 +47,7 @@ from recocamp.errors import EMAIL
 from recocamp.settings import Settings
 from recocamp.store import tombstones
 from recocamp.store.engine import Engine
+from recocamp.tokens import address_key
 
 log = logging.getLogger(__name__)
 DEMO_DIR = Path("demo")  # the demo commands' default --demo-dir
@@ -85,7 +86,7 @@ def scrub(
     """Remove the customers (every id and address of one erasure) from every file under
     ``directories`` (see the module docstring): one pass, so each file is read and
     rewritten once however many ids an erasure covers."""
-    addresses = frozenset(email.strip().lower() for email in emails if email)
+    addresses = frozenset(address_key(email) for email in emails if email)
     who = _Erased(frozenset(customer_ids), addresses)
     done = Scrub()
     for path in _files(directories):
@@ -161,7 +162,7 @@ def _values(path: Path, text: str) -> tuple[set[str], set[str]]:
         for literal in QUOTED.findall(text):
             with contextlib.suppress(ValueError, SyntaxError):
                 quoted.add(_id_text(str(ast.literal_eval(literal))))
-        return quoted, {a.strip().lower() for a in EMAIL.findall(text)}
+        return quoted, {address_key(a) for a in EMAIL.findall(text)}
     rows = csv.reader(io.StringIO(text, newline=""))
     first = next(rows, None)
     if first is None:
@@ -171,7 +172,7 @@ def _values(path: Path, text: str) -> tuple[set[str], set[str]]:
     addresses: set[str] = set()
     for row in rows:
         ids.update(_id_text(row[n]) for n in (*id_columns, *people) if n < len(row))
-        addresses.update(row[n].strip().lower() for n in address_columns if n < len(row))
+        addresses.update(address_key(row[n]) for n in address_columns if n < len(row))
     ids.discard("")
     addresses.discard("")
     return ids, addresses
@@ -179,14 +180,14 @@ def _values(path: Path, text: str) -> tuple[set[str], set[str]]:
 
 @dataclass(frozen=True, slots=True)
 class _Erased:
-    """Ids and addresses (trimmed, lower-case) of customers being erased, or of a file's
-    customers that erasure tombstones name."""
+    """Ids and addresses (``tokens.address_key``: trimmed, lower-case, composed) of
+    customers being erased, or of a file's customers that erasure tombstones name."""
 
     ids: frozenset[str]
     addresses: frozenset[str]
 
     def is_address(self, value: str) -> bool:
-        return value.strip().lower() in self.addresses
+        return address_key(value) in self.addresses
 
     def is_id(self, value: str) -> bool:
         return _id_text(value) in self.ids
@@ -308,5 +309,5 @@ def _jsonl(text: str, who: Who) -> str | None:
 def _errors(text: str, who: Who) -> str | None:
     needles = who.needles()
     lines = text.splitlines(keepends=True)
-    kept = [line for line in lines if not any(n in line.lower() for n in needles)]
+    kept = [line for line in lines if not any(n in address_key(line) for n in needles)]
     return "".join(kept) if len(kept) != len(lines) else None

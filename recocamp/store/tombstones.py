@@ -179,7 +179,7 @@ def matches(
     t = tombstones.c
     where = t.id_hash == tokens.keyed_hash(key, "customer", customer_id)
     if email:
-        where = sa.or_(where, t.email_hash == tokens.keyed_hash(key, "email", email))
+        where = sa.or_(where, t.email_hash.in_(tokens.email_hashes(key, email)))
     rows = connection.execute(sa.select(t.id_hash, t.erased_at).where(where)).all()
     return Match(tuple(r.id_hash for r in rows), max((r.erased_at for r in rows), default=None))
 
@@ -201,7 +201,8 @@ def erased_ids(
     by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
     by_email: dict[str, set[str]] = {}
     for customer_id, email in emails:
-        by_email.setdefault(tokens.keyed_hash(key, "email", email), set()).add(customer_id)
+        for email_hash in tokens.email_hashes(key, email):
+            by_email.setdefault(email_hash, set()).add(customer_id)
     found = {by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))}
     for h in _present(connection, tombstones.c.email_hash, list(by_email)):
         found |= by_email[h]
@@ -235,7 +236,7 @@ def tombstoned(
     if key is None:
         return set(), set()
     by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
-    by_email = {tokens.keyed_hash(key, "email", a): a for a in set(addresses)}
+    by_email = {h: a for a in set(addresses) for h in tokens.email_hashes(key, a)}
     return (
         {by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))},
         {by_email[h] for h in _present(connection, tombstones.c.email_hash, list(by_email))},

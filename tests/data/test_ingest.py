@@ -4,6 +4,8 @@ on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import gzip
+import hashlib
+import hmac
 import os
 import shutil
 import threading
@@ -23,7 +25,7 @@ from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.ingest import Importer
 from recocamp.errors import ConfigError, DataImportError
 from recocamp.settings import Settings
-from recocamp.store import tombstones
+from recocamp.store import schema, tombstones
 from recocamp.store.schema import audit_log, customers, import_runs, items, purchases
 from tests.conftest import NOW, impatient, write_csv
 
@@ -414,6 +416,55 @@ def test_a_re_import_never_brings_an_erased_customer_back(
     assert import_drop_folder(engine, settings, NOW).imported == 1
     assert people(engine) == {"c2": "otto@example.test"}
     assert not dropped.exists() and not settings.ingest.processed_dir.exists()  # not kept
+
+
+def test_an_erased_address_in_another_unicode_form_or_with_a_hidden_character_stays_out(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The tombstone compared addresses trimmed and lower-cased only: ``Jürgen@…`` erased
+    as typed (composed) came back from a system that exports decomposed text (``u`` +
+    U+0308), and one with a zero-width space slipped in. Addresses are compared in their
+    composed form now (tombstones written before match too), and one with a character that
+    is not printable is a problem of its line (the address never shown)."""
+    settings = shop_settings(tmp_path)
+    keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=tombstones.key_of(settings))
+    jurgen = ["c1", "J\u00fcrgen@example.test", "J", "double_opt_in", "2011-06-01T10:00:00Z"]
+    keyed.customers(write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, [jurgen, OTTO]))
+    assert privacy.erase(engine, settings, "c1", NOW, via="test") is not None
+
+    decomposed = ["c3", "Ju\u0308rgen@Example.test", "J", "none", ""]
+    report = keyed.customers(write_csv(tmp_path / "people-2.csv", CUSTOMER_HEADER, [decomposed]))
+    assert (report.imported, report.skipped) == (0, {"erased": 1})
+    hidden = ["c4", "j\u00fcrgen@example.test\u200b", "J", "none", ""]
+    with pytest.raises(DataImportError) as refused:
+        keyed.customers(write_csv(tmp_path / "people-3.csv", CUSTOMER_HEADER, [hidden]))
+    assert "line 2, column 'email': contains a non-printable character (U+200B)" in str(
+        refused.value
+    )
+    assert "rgen" not in str(refused.value)
+    assert people(engine) == {"c2": "otto@example.test"}
+
+
+def test_a_tombstone_written_before_addresses_were_composed_still_matches(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """A tombstone hashed an address as it came (trimmed, lower-case); one of a decomposed
+    address still refuses it in either form."""
+    settings = shop_settings(tmp_path)
+    key = tombstones.key_of(settings)
+    assert key is not None
+    old = hmac.new(key, "email:ju\u0308rgen@example.test".encode(), hashlib.sha256).hexdigest()
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(schema.tombstones).values(id_hash="x", email_hash=old, erased_at=NOW)
+        )
+    keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=key)
+    rows = [
+        ["c5", "J\u00fcrgen@example.test", "J", "none", ""],
+        ["c6", "Ju\u0308rgen@example.test", "J", "none", ""],
+    ]
+    report = keyed.customers(write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, rows))
+    assert (report.imported, report.skipped) == (0, {"erased": 2})
 
 
 def test_without_the_key_a_store_with_tombstones_refuses_imports(

@@ -995,6 +995,8 @@ def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) 
     email = text(row, "email", required=False, redact=True)
     if email is not None and "@" not in email:
         raise RowProblem("email", "is not an e-mail address", "<redacted>")
+    if email is not None and not email.isprintable():  # see address_problem
+        raise RowProblem("email", address_problem(email), "<redacted>")
     return Customer(
         id=ident(row, "id") or "",
         email=email,
@@ -1008,6 +1010,15 @@ def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) 
         consent_source=text(row, "consent_source", required=False),
         objected_to_profiling=boolean(row, "objected_to_profiling", default=False),
     )
+
+
+def address_problem(email: str) -> str:
+    """Why an address with a character that is not printable (``str.isprintable``: a
+    control, a line break, a zero-width or bidi format character, a no-break space) is no
+    address: none is ever part of one, and a copy of an erased address with one slipped in
+    would not match its tombstone (``store.tombstones``). Names the code point only."""
+    bad = next(c for c in email if not c.isprintable())
+    return f"contains a non-printable character (U+{ord(bad):04X})"
 
 
 def _zone_name(row: dict[str, str]) -> str | None:
