@@ -149,6 +149,30 @@ def test_broken_row_names_line_column_value_and_writes_nothing(
     assert counts(engine) == before
 
 
+def test_problems_never_show_an_address(engine: sa.Engine, tmp_path: Path) -> None:
+    """A field that cannot be read was shown as its bytes, and an id as it is: an address
+    in the e-mail column with a Latin-1 byte, or a customer keyed by address, reached the
+    terminal, the worker's run record and a rejected file's ``.errors.txt``. Masked now;
+    the line, the column and the problem are still named."""
+    lines = [
+        b"id,email,first_name",
+        b"c1,anna.lind@ex\xe4mple.test,Anna",
+        b"bo@example.test,bo@example.test,Bo",
+        b"bo@example.test,bo@example.test,Bo",
+        b"order@example.test\x00,x@example.test,Cy",
+    ]
+    path = tmp_path / "customers.csv"
+    path.write_bytes(b"\r\n".join(lines) + b"\r\n")
+    with pytest.raises(DataImportError) as caught:
+        importer(engine).customers(path)
+    text = str(caught.value)
+    assert "line 2, column 'email': is not UTF-8 (byte 0xE4" in text
+    assert "line 4, column 'id': the same id as line 3" in text
+    assert "line 5, column 'id': contains a NUL character" in text
+    assert "@" not in text.replace("<address>", ""), text
+    assert not any(name in text for name in ("anna", "lind", "bo@", "order")), text
+
+
 def test_every_problem_of_a_file_is_listed(engine: sa.Engine, tmp_path: Path) -> None:
     header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
     rows: list[list[object]] = [["o1", "c1", "i1", "x", "1.0", "2024-01-01T10:00:00+01:00"]] * 25

@@ -59,7 +59,7 @@ from recocamp.domain import (
     range_problem,
     text_problem,
 )
-from recocamp.errors import DataImportError, Problem
+from recocamp.errors import DataImportError, Problem, mask_addresses
 
 T = TypeVar("T")
 
@@ -100,9 +100,15 @@ RECORD_MAX = 1_000_000  # characters in one CSV record; a longer one is refused 
 
 
 def shown(value: object) -> object:
-    """A value as a problem shows it: long text cut, undecodable bytes as bytes."""
+    """A value as a problem shows it: long text cut, undecodable bytes as bytes, and any
+    e-mail address masked (``<address>``): a problem reaches the terminal, the worker's run
+    record and a rejected file's ``.errors.txt``, and the value of a field that cannot be
+    read (a byte that is not UTF-8, a NUL) may be an address, as may an id (shops that key
+    customers by address)."""
     if not isinstance(value, str):
         return value
+    if "@" in value:
+        value = mask_addresses(value)
     if _UNDECODED.search(value):
         raw = value.encode("utf-8", "surrogateescape")
         return raw[:_SHOWN] + (b"..." if len(raw) > _SHOWN else b"")
