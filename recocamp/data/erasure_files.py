@@ -41,7 +41,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from recocamp.errors import EMAIL
 from recocamp.settings import Settings
@@ -271,16 +271,23 @@ def _columns(first: list[str]) -> tuple[list[int], list[int], list[int]]:
     return addresses, ids, people
 
 
+def _theirs(row: list[str], columns: tuple[list[int], list[int], list[int]], who: Who) -> bool:
+    """Whether the row is the customer's own (a customers row, one to their address)."""
+    addresses, _, people = columns
+    return any(n < len(row) and who.is_address(row[n]) for n in addresses) or any(
+        n < len(row) and who.is_id(row[n]) for n in people
+    )
+
+
 def _csv(text: str, who: Who) -> str | None:
     rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows:
         return None
-    addresses, ids, people = _columns(rows[0])
+    columns = _columns(rows[0])
+    ids = columns[1]
     kept, changed = [rows[0]], False
     for row in rows[1:]:
-        if any(n < len(row) and who.is_address(row[n]) for n in addresses) or any(
-            n < len(row) and who.is_id(row[n]) for n in people
-        ):
+        if _theirs(row, columns, who):
             changed = True
             continue
         for n in ids:
@@ -294,12 +301,64 @@ def _csv(text: str, who: Who) -> str | None:
     return out.getvalue()
 
 
+def holding(
+    directories: list[Path], customer_ids: Collection[str], emails: Collection[str | None]
+) -> tuple[dict[str, list[Any]], list[str]]:
+    """What the files under ``directories`` hold about the customers, for their export
+    (GDPR Art. 15): exactly what :func:`scrub` would remove or blank — a CSV file's rows of
+    theirs (column → value), a JSON-lines file's messages, an ``.errors.txt``'s lines — by
+    file; and the files that could not be read (named: the export is not whole then)."""
+    who = _Erased(frozenset(customer_ids), frozenset(address_key(e) for e in emails if e))
+    found: dict[str, list[Any]] = {}
+    unreadable: list[str] = []
+    for path in _files(directories):
+        name = path.name.lower()
+        if not name.endswith((".csv", ".csv.gz", ".jsonl", ".errors.txt")):
+            continue
+        try:
+            rows = _held(name, _read(path), who)
+        except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
+            log.error("export: could not read %s: %s", path, type(exc).__name__)
+            unreadable.append(str(path))
+            continue
+        if rows:
+            found[str(path)] = rows
+    return found, unreadable
+
+
+def _held(name: str, text: str, who: Who) -> list[Any]:
+    if name.endswith(".errors.txt"):
+        needles = who.needles()
+        return [line for line in text.splitlines() if any(n in address_key(line) for n in needles)]
+    if name.endswith(".jsonl"):
+        return [record for record in _messages(text) if _to_them(record, who)]
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    if not rows:
+        return []
+    columns = _columns(rows[0])
+    ids = columns[1]
+    return [
+        dict(zip(rows[0], row, strict=False))
+        for row in rows[1:]
+        if _theirs(row, columns, who) or any(n < len(row) and who.is_id(row[n]) for n in ids)
+    ]
+
+
+def _messages(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _to_them(record: dict[str, Any], who: Who) -> bool:
+    """A stand-in ESP's message to the address, or with the customer's send key."""
+    key = str(record.get("send_key") or (record.get("Metadata") or {}).get("send_key") or "")
+    return who.is_address(str(record.get("To") or "")) or who.in_send_key(key)
+
+
 def _jsonl(text: str, who: Who) -> str | None:
     kept, changed = [], False
     for line in text.splitlines(keepends=True):
         record = json.loads(line) if line.strip() else {}
-        key = str(record.get("send_key") or (record.get("Metadata") or {}).get("send_key") or "")
-        if who.is_address(str(record.get("To") or "")) or who.in_send_key(key):
+        if _to_them(record, who):
             changed = True
             continue
         kept.append(line)
