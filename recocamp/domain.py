@@ -500,6 +500,8 @@ class CustomerRecord:
     customer: Customer
     frequency_preference: str | None = None
     paused_until: datetime | None = None
+    channel_email: bool = True  # False: the customer switched e-mail offers off
+    # (preferences page, PUT /v1/customers/{id}); the planner mails them nothing
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,7 @@ def snapshot(
                 rfm=None if customer.objected_to_profiling else scores.get(customer.id),
                 frequency_preference=record.frequency_preference,
                 paused_until=record.paused_until,
+                channel_email=record.channel_email,
                 forecast=None if customer.objected_to_profiling else predicted.get(customer.id),
             )
         )
