@@ -142,6 +142,19 @@ def address_key(address: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
+def id_hashes(key: bytes, customer_id: str) -> tuple[str, ...]:
+    """The keyed hashes a tombstone of ``customer_id`` may hold: the id's own and, for an id
+    that is not ASCII, those of its composed and decomposed forms (Unicode NFC, NFD): an id
+    typed ``José`` on one system and exported decomposed by another is the same id to a
+    person, and must not bring an erased customer back. ASCII ids (the usual) have one."""
+    if customer_id.isascii():
+        return (keyed_hash(key, "customer", customer_id),)
+    forms = dict.fromkeys(
+        (customer_id, *(unicodedata.normalize(f, customer_id) for f in ("NFC", "NFD")))
+    )
+    return tuple(keyed_hash(key, "customer", form) for form in forms)
+
+
 def email_hashes(key: bytes, address: str) -> tuple[str, ...]:
     """The keyed hashes a tombstone of ``address`` may hold: its own (:func:`address_key`)
     and, for an address that is not ASCII, those of its decomposed form and of the form

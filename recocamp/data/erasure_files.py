@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import tempfile
+import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ def scrub(
     ``directories`` (see the module docstring): one pass, so each file is read and
     rewritten once however many ids an erasure covers."""
     addresses = frozenset(address_key(email) for email in emails if email)
-    who = _Erased(frozenset(customer_ids), addresses)
+    who = _Erased(_forms(customer_ids), addresses)
     done = Scrub()
     for path in _files(directories):
         try:
@@ -111,6 +112,17 @@ class Who(Protocol):
     def needles(self) -> list[str]: ...  # lower-case text naming them in an .errors.txt
 
     def in_send_key(self, key: str) -> bool: ...  # an e-mail's send key names them
+
+
+def _forms(customer_ids: Collection[str]) -> frozenset[str]:
+    """The ids in every Unicode form a file may hold them in (as given, composed,
+    decomposed): a file exported by another system is cleaned of ``José`` either way, as
+    the tombstones refuse it either way (``tokens.id_hashes``)."""
+    forms = set(customer_ids)
+    for customer_id in customer_ids:
+        if not customer_id.isascii():
+            forms |= {unicodedata.normalize(f, customer_id) for f in ("NFC", "NFD")}
+    return frozenset(forms)
 
 
 def _id_text(value: str) -> str:
@@ -308,7 +320,7 @@ def holding(
     (GDPR Art. 15): exactly what :func:`scrub` would remove or blank — a CSV file's rows of
     theirs (column → value), a JSON-lines file's messages, an ``.errors.txt``'s lines — by
     file; and the files that could not be read (named: the export is not whole then)."""
-    who = _Erased(frozenset(customer_ids), frozenset(address_key(e) for e in emails if e))
+    who = _Erased(_forms(customer_ids), frozenset(address_key(e) for e in emails if e))
     found: dict[str, list[Any]] = {}
     unreadable: list[str] = []
     for path in _files(directories):

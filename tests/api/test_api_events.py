@@ -456,6 +456,26 @@ def test_an_erased_id_with_white_space_around_it_is_refused_not_taken_as_another
         assert (held, reviews.scalar_one()) == ([], 0)
 
 
+def test_an_erased_id_in_another_unicode_form_is_gone_until_a_new_sign_up(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """``José`` erased composed came back decomposed through ``PUT``; now it is 410, and a
+    new sign-up under the decomposed form lifts the tombstone, so later changes are taken."""
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    composed, decomposed = "Jos%C3%A9", "Jose%CC%81"  # URL-encoded: José, Jose + U+0301
+    assert put(app, {"source": "signup", "email": "j@example.test"}, composed).status == 200
+    assert erase(app, "Jos\u00e9").status == 200
+    clock.advance(timedelta(days=1))
+    profile = {"source": "crm sync", "email": "new@example.test"}
+    assert put(app, profile, decomposed).status == 410
+    fresh = {"consent_basis": "double_opt_in", "consent_at": clock.now().isoformat()}
+    signed = put(app, {**profile, **fresh, "new_sign_up": True}, decomposed)
+    assert signed.status == 200, signed.text
+    assert put(app, {"source": "account page", "first_name": "J"}, decomposed).status == 200
+    assert person(engine, "Jose\u0301") is not None and person(engine, "Jos\u00e9") is None
+
+
 def test_orders_of_an_erased_customer_are_kept_as_guest_orders(
     engine: sa.Engine, tmp_path: Path
 ) -> None:

@@ -469,6 +469,33 @@ def test_an_erased_address_in_another_unicode_form_or_with_a_hidden_character_st
     assert people(engine) == {"c2": "otto@example.test"}
 
 
+def test_an_erased_id_in_another_unicode_form_stays_out(engine: sa.Engine, tmp_path: Path) -> None:
+    """The tombstone hashed the id as given: ``José`` erased as typed (composed) came back
+    as the decomposed ``Jose`` + U+0301 another system exports, with their orders and a
+    customer row. Ids are compared in every Unicode form now; the kept file is cleaned."""
+    settings = shop_settings(tmp_path, keep_processed_days=30)
+    key = tombstones.key_of(settings)
+    keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=key)
+    jose = ["Jos\u00e9", "jose@example.test", "J", "double_opt_in", "2011-06-01T10:00:00Z"]
+    keyed.customers(write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, [jose, OTTO]))
+    assert privacy.erase(engine, settings, "Jos\u00e9", NOW, via="test") is not None
+
+    decomposed = ["Jose\u0301", "j@example.test", "J", "none", ""]
+    report = keyed.customers(write_csv(tmp_path / "people-2.csv", CUSTOMER_HEADER, [decomposed]))
+    assert (report.imported, report.skipped) == (0, {"erased": 1})
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    order = ["o9", "Jose\u0301", "i1", 1, 2.5, "2011-08-01T10:00:00Z"]
+    dropped = write_csv(drop / "purchases-2.csv", ORDER_HEADER, [order])
+    os.utime(dropped, (0, 0))
+    assert import_drop_folder(engine, settings, NOW).imported == 1
+    with engine.connect() as connection:
+        owners = connection.execute(sa.select(purchases.c.customer_id)).scalars().all()
+    assert owners == [None] and people(engine) == {"c2": "otto@example.test"}
+    kept = (settings.ingest.processed_dir / "purchases-2.csv").read_text()
+    assert "Jose" not in kept and "o9,,i1" in kept  # a guest line, as in the store
+
+
 def test_a_tombstone_written_before_addresses_were_composed_still_matches(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
