@@ -53,12 +53,17 @@ def id_problem(value: str) -> str | None:
     every character must be printable (``str.isprintable``): no controls (C0, DEL, C1 such
     as NEL), no line or paragraph separators (U+2028/2029), no format characters such as
     the bidi overrides (U+202E shows ``abc`` as ``cba``) or zero-width ones. The message
-    names the code point, not the character itself."""
-    if len(value) <= ID_MAX and value.isprintable():  # the usual case, one C call
+    names the code point, not the character itself. No white space at either end: every
+    import trims its fields, so ``" 10042"`` in a file is the customer ``10042``; taken as it
+    is through the API, it would be another customer — one whose id no erasure tombstone
+    names, so an erased customer could come back under it (``store.tombstones``)."""
+    if len(value) <= ID_MAX and value.isprintable() and value == value.strip():  # one C call
         return None
     if len(value) > ID_MAX:
         return f"is longer than {ID_MAX} characters"
-    bad = next(c for c in value if not c.isprintable())
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is None:
+        return "begins or ends with white space (ids are compared trimmed, as imports read them)"
     kind = "a control" if unicodedata.category(bad) == "Cc" else "a non-printable"
     return f"contains {kind} character (U+{ord(bad):04X})"
 
@@ -495,6 +500,8 @@ class CustomerRecord:
     customer: Customer
     frequency_preference: str | None = None
     paused_until: datetime | None = None
+    channel_email: bool = True  # False: the customer switched e-mail offers off
+    # (preferences page, PUT /v1/customers/{id}); the planner mails them nothing
 
 
 @dataclass(frozen=True, slots=True)

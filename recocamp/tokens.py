@@ -21,6 +21,7 @@ import functools
 import hashlib
 import hmac
 import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -127,6 +128,40 @@ def verify(key: bytes, token: str, purpose: str, now: datetime, max_age_days: in
 
 def keyed_hash(key: bytes, kind: str, value: str) -> str:
     """HMAC-SHA256 of ``kind:value`` (hex): a value recognisable only with the key. Addresses
-    are trimmed and lower-cased first, as for suppressions."""
-    text = value.strip().lower() if kind == "email" else value
+    are compared as :func:`address_key` writes them."""
+    text = address_key(value) if kind == "email" else value
     return hmac.new(key, f"{kind}:{text}".encode(), hashlib.sha256).hexdigest()
+
+
+def address_key(address: str) -> str:
+    """An address as erasure compares it: trimmed, lower-case and in Unicode's composed form
+    (NFC, as RFC 6532 asks of addresses): ``Müller@…`` typed on one system and exported
+    decomposed (``u`` + U+0308) by another is the same address, and a tombstone of the one
+    must refuse the other."""
+    text = address.strip().lower()
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def id_hashes(key: bytes, customer_id: str) -> tuple[str, ...]:
+    """The keyed hashes a tombstone of ``customer_id`` may hold: the id's own and, for an id
+    that is not ASCII, those of its composed and decomposed forms (Unicode NFC, NFD): an id
+    typed ``José`` on one system and exported decomposed by another is the same id to a
+    person, and must not bring an erased customer back. ASCII ids (the usual) have one."""
+    if customer_id.isascii():
+        return (keyed_hash(key, "customer", customer_id),)
+    forms = dict.fromkeys(
+        (customer_id, *(unicodedata.normalize(f, customer_id) for f in ("NFC", "NFD")))
+    )
+    return tuple(keyed_hash(key, "customer", form) for form in forms)
+
+
+def email_hashes(key: bytes, address: str) -> tuple[str, ...]:
+    """The keyed hashes a tombstone of ``address`` may hold: its own (:func:`address_key`)
+    and, for an address that is not ASCII, those of its decomposed form and of the form
+    as given (trimmed, lower-case), which tombstones written before addresses were
+    normalised hashed. ASCII addresses have one."""
+    text = address.strip().lower()
+    if text.isascii():
+        return (keyed_hash(key, "email", text),)
+    forms = dict.fromkeys((address_key(text), unicodedata.normalize("NFD", text), text))
+    return tuple(hmac.new(key, f"email:{f}".encode(), hashlib.sha256).hexdigest() for f in forms)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from recocamp.tokens import TokenError, keyed_hash, sign, verify
+from recocamp.tokens import TokenError, email_hashes, keyed_hash, sign, verify
 
 KEY = b"k" * 32
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -77,6 +77,12 @@ def test_keyed_hashes_need_the_key_and_normalise_addresses_only() -> None:
     assert keyed_hash(key, "customer", "c1") != keyed_hash(other, "customer", "c1")
     assert keyed_hash(key, "customer", "x") != keyed_hash(key, "email", "x")
     assert len(keyed_hash(key, "customer", "10042")) == 64
+    composed, decomposed = "J\u00fcrgen@example.test", "Ju\u0308rgen@Example.test"
+    assert keyed_hash(key, "email", composed) == keyed_hash(key, "email", decomposed)
+    assert keyed_hash(key, "email", composed) in email_hashes(key, decomposed)
+    assert len(email_hashes(key, decomposed)) == 2  # composed, decomposed (as given)
+    ascii_only = email_hashes(key, " Erin@Example.TEST")
+    assert ascii_only == (keyed_hash(key, "email", "erin@example.test"),)
 
 
 def test_a_token_is_the_same_bytes_as_ever_under_each_key() -> None:

@@ -274,6 +274,7 @@ class Pages:
                 self.clock.now(),
                 scope=privacy.Scope.ID,
                 link=privacy.Link(self.secret, found.issued_at),  # void: checked in there
+                settings=self.settings,
             )
         except VoidLinkError:
             return self.gone(request)

@@ -163,7 +163,9 @@ def router(
         """Everything we hold about one customer, as JSON (404 when nothing)."""
         now = clock.now()
         try:
-            document = privacy.export(engine, customer_id, now, scope=_scope(scope))
+            document = privacy.export(
+                engine, customer_id, now, scope=_scope(scope), settings=settings
+            )
         except SharedAddressError as error:
             raise _ambiguous(error) from None
         if document is None:

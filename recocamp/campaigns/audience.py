@@ -4,8 +4,11 @@
 suppressions, recommendation lists, the catalogue); this module gives it meaning: order
 histories without service items (a gift-wrap line is no interest in gift wrap), RFM scores
 across the customer base, the loyalty standing (orders, spend, reviews and the newsletter
-sign-up, ``loyalty.engagement``) and each customer's row of the live forecast
-(never for a customer who objected to profiling). ``campaigns.run.load_snapshot`` joins the
+sign-up, ``loyalty.engagement``) and each customer's row of the live forecast. A
+customer who objected to profiling has neither an RFM score nor a forecast: scoring their
+recency, frequency and spend against the customer base into segments such as ``at_risk``
+is the profiling they objected to (GDPR Art. 21(2), 4(4)), as a churn forecast is, so an
+``rfm_segments`` rule never matches them. ``campaigns.run.load_snapshot`` joins the
 two for the run and the CLI alike.
 """
 
@@ -63,9 +66,10 @@ def snapshot(
                 contacts=rows.contacts.get(customer.id, ()),
                 suppressed=suppressed,
                 standing=standing(points(history, events, loyalty), tiers),
-                rfm=scores.get(customer.id),
+                rfm=None if customer.objected_to_profiling else scores.get(customer.id),
                 frequency_preference=record.frequency_preference,
                 paused_until=record.paused_until,
+                channel_email=record.channel_email,
                 forecast=None if customer.objected_to_profiling else predicted.get(customer.id),
             )
         )

@@ -24,6 +24,7 @@ REASONS: dict[str, str] = {
     Why.ERASED: "Personal data erased",
     Why.NO_EMAIL: "No e-mail address",
     Why.UNSUBSCRIBED: "Unsubscribed",
+    Why.EMAIL_OFF: "Switched e-mail offers off",
     Why.SUPPRESSED: "Address blocked after a bounce or complaint",
     Why.NO_CONSENT: "No consent for this campaign",
     Why.NO_OFFER: "No product to offer",

@@ -67,6 +67,7 @@ class Reason(StrEnum):
     ERASED = "erased"
     NO_EMAIL = "no_email"
     UNSUBSCRIBED = "unsubscribed"
+    EMAIL_OFF = "email_off"  # the customer switched e-mail offers off (preferences page)
     SUPPRESSED = "suppressed"
     NO_CONSENT = "no_consent"
     NO_OFFER = "no_offer"
@@ -136,6 +137,7 @@ class CustomerView:
     frequency_preference: str | None = None
     paused_until: datetime | None = None
     forecast: CustomerForecast | None = None  # from the live stored forecast; None for objectors
+    channel_email: bool = True  # False: they switched e-mail offers off (Reason.EMAIL_OFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +332,8 @@ def _consent(campaign: Campaign, view: CustomerView, now: datetime) -> Reason | 
         return Reason.NO_EMAIL
     if customer.unsubscribed_at is not None:
         return Reason.UNSUBSCRIBED
+    if not view.channel_email:  # their own choice: decided here, not by the deliverer's
+        return Reason.EMAIL_OFF  # cancel (a send decision would count, and hold out, them)
     if view.suppressed:
         return Reason.SUPPRESSED
     if not _consented(campaign, customer, now):

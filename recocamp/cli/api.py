@@ -156,7 +156,7 @@ def privacy_export(
         settings = current_settings()
         engine = engine_for(settings)
         now = clock.now()
-        document = privacy.export(engine, customer, now, scope=scope)
+        document = privacy.export(engine, customer, now, scope=scope, settings=settings)
         if document is None:
             raise NothingHeld(f"we hold no data about customer {customer!r}")
         text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"

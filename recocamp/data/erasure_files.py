@@ -38,15 +38,17 @@ import logging
 import os
 import re
 import tempfile
+import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from recocamp.errors import EMAIL
 from recocamp.settings import Settings
 from recocamp.store import tombstones
 from recocamp.store.engine import Engine
+from recocamp.tokens import address_key
 
 log = logging.getLogger(__name__)
 DEMO_DIR = Path("demo")  # the demo commands' default --demo-dir
@@ -85,8 +87,8 @@ def scrub(
     """Remove the customers (every id and address of one erasure) from every file under
     ``directories`` (see the module docstring): one pass, so each file is read and
     rewritten once however many ids an erasure covers."""
-    addresses = frozenset(email.strip().lower() for email in emails if email)
-    who = _Erased(frozenset(customer_ids), addresses)
+    addresses = frozenset(address_key(email) for email in emails if email)
+    who = _Erased(_forms(customer_ids), addresses)
     done = Scrub()
     for path in _files(directories):
         try:
@@ -110,6 +112,17 @@ class Who(Protocol):
     def needles(self) -> list[str]: ...  # lower-case text naming them in an .errors.txt
 
     def in_send_key(self, key: str) -> bool: ...  # an e-mail's send key names them
+
+
+def _forms(customer_ids: Collection[str]) -> frozenset[str]:
+    """The ids in every Unicode form a file may hold them in (as given, composed,
+    decomposed): a file exported by another system is cleaned of ``José`` either way, as
+    the tombstones refuse it either way (``tokens.id_hashes``)."""
+    forms = set(customer_ids)
+    for customer_id in customer_ids:
+        if not customer_id.isascii():
+            forms |= {unicodedata.normalize(f, customer_id) for f in ("NFC", "NFD")}
+    return frozenset(forms)
 
 
 def _id_text(value: str) -> str:
@@ -161,7 +174,7 @@ def _values(path: Path, text: str) -> tuple[set[str], set[str]]:
         for literal in QUOTED.findall(text):
             with contextlib.suppress(ValueError, SyntaxError):
                 quoted.add(_id_text(str(ast.literal_eval(literal))))
-        return quoted, {a.strip().lower() for a in EMAIL.findall(text)}
+        return quoted, {address_key(a) for a in EMAIL.findall(text)}
     rows = csv.reader(io.StringIO(text, newline=""))
     first = next(rows, None)
     if first is None:
@@ -171,7 +184,7 @@ def _values(path: Path, text: str) -> tuple[set[str], set[str]]:
     addresses: set[str] = set()
     for row in rows:
         ids.update(_id_text(row[n]) for n in (*id_columns, *people) if n < len(row))
-        addresses.update(row[n].strip().lower() for n in address_columns if n < len(row))
+        addresses.update(address_key(row[n]) for n in address_columns if n < len(row))
     ids.discard("")
     addresses.discard("")
     return ids, addresses
@@ -179,14 +192,14 @@ def _values(path: Path, text: str) -> tuple[set[str], set[str]]:
 
 @dataclass(frozen=True, slots=True)
 class _Erased:
-    """Ids and addresses (trimmed, lower-case) of customers being erased, or of a file's
-    customers that erasure tombstones name."""
+    """Ids and addresses (``tokens.address_key``: trimmed, lower-case, composed) of
+    customers being erased, or of a file's customers that erasure tombstones name."""
 
     ids: frozenset[str]
     addresses: frozenset[str]
 
     def is_address(self, value: str) -> bool:
-        return value.strip().lower() in self.addresses
+        return address_key(value) in self.addresses
 
     def is_id(self, value: str) -> bool:
         return _id_text(value) in self.ids
@@ -270,16 +283,23 @@ def _columns(first: list[str]) -> tuple[list[int], list[int], list[int]]:
     return addresses, ids, people
 
 
+def _theirs(row: list[str], columns: tuple[list[int], list[int], list[int]], who: Who) -> bool:
+    """Whether the row is the customer's own (a customers row, one to their address)."""
+    addresses, _, people = columns
+    return any(n < len(row) and who.is_address(row[n]) for n in addresses) or any(
+        n < len(row) and who.is_id(row[n]) for n in people
+    )
+
+
 def _csv(text: str, who: Who) -> str | None:
     rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows:
         return None
-    addresses, ids, people = _columns(rows[0])
+    columns = _columns(rows[0])
+    ids = columns[1]
     kept, changed = [rows[0]], False
     for row in rows[1:]:
-        if any(n < len(row) and who.is_address(row[n]) for n in addresses) or any(
-            n < len(row) and who.is_id(row[n]) for n in people
-        ):
+        if _theirs(row, columns, who):
             changed = True
             continue
         for n in ids:
@@ -293,12 +313,64 @@ def _csv(text: str, who: Who) -> str | None:
     return out.getvalue()
 
 
+def holding(
+    directories: list[Path], customer_ids: Collection[str], emails: Collection[str | None]
+) -> tuple[dict[str, list[Any]], list[str]]:
+    """What the files under ``directories`` hold about the customers, for their export
+    (GDPR Art. 15): exactly what :func:`scrub` would remove or blank — a CSV file's rows of
+    theirs (column → value), a JSON-lines file's messages, an ``.errors.txt``'s lines — by
+    file; and the files that could not be read (named: the export is not whole then)."""
+    who = _Erased(_forms(customer_ids), frozenset(address_key(e) for e in emails if e))
+    found: dict[str, list[Any]] = {}
+    unreadable: list[str] = []
+    for path in _files(directories):
+        name = path.name.lower()
+        if not name.endswith((".csv", ".csv.gz", ".jsonl", ".errors.txt")):
+            continue
+        try:
+            rows = _held(name, _read(path), who)
+        except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
+            log.error("export: could not read %s: %s", path, type(exc).__name__)
+            unreadable.append(str(path))
+            continue
+        if rows:
+            found[str(path)] = rows
+    return found, unreadable
+
+
+def _held(name: str, text: str, who: Who) -> list[Any]:
+    if name.endswith(".errors.txt"):
+        needles = who.needles()
+        return [line for line in text.splitlines() if any(n in address_key(line) for n in needles)]
+    if name.endswith(".jsonl"):
+        return [record for record in _messages(text) if _to_them(record, who)]
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    if not rows:
+        return []
+    columns = _columns(rows[0])
+    ids = columns[1]
+    return [
+        dict(zip(rows[0], row, strict=False))
+        for row in rows[1:]
+        if _theirs(row, columns, who) or any(n < len(row) and who.is_id(row[n]) for n in ids)
+    ]
+
+
+def _messages(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _to_them(record: dict[str, Any], who: Who) -> bool:
+    """A stand-in ESP's message to the address, or with the customer's send key."""
+    key = str(record.get("send_key") or (record.get("Metadata") or {}).get("send_key") or "")
+    return who.is_address(str(record.get("To") or "")) or who.in_send_key(key)
+
+
 def _jsonl(text: str, who: Who) -> str | None:
     kept, changed = [], False
     for line in text.splitlines(keepends=True):
         record = json.loads(line) if line.strip() else {}
-        key = str(record.get("send_key") or (record.get("Metadata") or {}).get("send_key") or "")
-        if who.is_address(str(record.get("To") or "")) or who.in_send_key(key):
+        if _to_them(record, who):
             changed = True
             continue
         kept.append(line)
@@ -308,5 +380,5 @@ def _jsonl(text: str, who: Who) -> str | None:
 def _errors(text: str, who: Who) -> str | None:
     needles = who.needles()
     lines = text.splitlines(keepends=True)
-    kept = [line for line in lines if not any(n in line.lower() for n in needles)]
+    kept = [line for line in lines if not any(n in address_key(line) for n in needles)]
     return "".join(kept) if len(kept) != len(lines) else None

@@ -43,7 +43,7 @@ from pydantic import (
 from recocamp.domain import SUPPRESSING as SUPPRESSING  # shared values, re-exported
 from recocamp.domain import Event as Event
 from recocamp.domain import read_json
-from recocamp.errors import RecocampError
+from recocamp.errors import RecocampError, mask_addresses
 from recocamp.settings import sendgrid_key
 
 MAX_SIGNATURE_AGE_S = 600
@@ -126,11 +126,14 @@ def _clip(limit: int) -> Callable[[Any], Any]:
         """A text we only store (a bounce's description, its type): never a reason to drop
         the event, whose bounce or complaint must suppress the address. Longer than
         ``limit``: cut, with :data:`CLIPPED` at the end; NUL (PostgreSQL cannot hold it):
-        U+FFFD; a number or another JSON value: its JSON text."""
+        U+FFFD; a number or another JSON value: its JSON text. An address in it is masked
+        (``<address>``): a bounce text quotes the recipient ("550 5.1.1 <anna@…>: no such
+        user"), and an event that names no e-mail of ours (a late one of an erased
+        customer) is tied to nobody, so neither export nor erasure would find it there."""
         if value is None:
             return None
         text = value if isinstance(value, str) else json.dumps(value)
-        text = text.replace("\x00", "\ufffd")
+        text = mask_addresses(text.replace("\x00", "\ufffd"))
         return text if len(text) <= limit else text[: limit - len(CLIPPED)] + CLIPPED
 
     return clip
@@ -419,8 +422,11 @@ def _brevo(item: dict[str, Any]) -> Event | None:
     if not isinstance(name, str) or name not in BREVO_KINDS:
         return None
     e = BrevoEvent.model_validate(item)
-    parts = (e.id, e.event, e.message_id, e.email)
-    key = ":".join(str(p) for p in parts) if e.id else _digest(item)
+    # Brevo's id is the webhook's, not the event's: the key adds the kind, the message and
+    # the address, digested (a key is kept for as long as the event, tied to nobody when
+    # the event names no e-mail of ours, so it must not hold the address itself)
+    parts = {"id": e.id, "event": e.event, "message-id": e.message_id, "email": e.email}
+    key = f"{e.id}:{_digest(parts)}" if e.id else _digest(item)
     return Event(
         provider="brevo",
         kind=BREVO_KINDS[e.event],

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
@@ -55,3 +56,30 @@ def scrub(engine: Engine, settings: Settings, customer_ids: Collection[str], why
             log.error("%s: the %s cannot clean them", exc, why)
             missing.append(directory)
     return Scrubbed(scrubbed, tuple(missing))
+
+
+def held(engine: Engine, settings: Settings, customer_ids: Collection[str]) -> list[dict[str, Any]]:
+    """What every saved model still holds about the customers, for their export (Art. 15:
+    the profile erasure and an objection remove, :func:`scrub`): per model and customer, the
+    version, its status, their rows of the training matrices and their user factors. A model
+    whose artifacts are gone holds nothing; one that cannot be read is named, with no rows."""
+    if not customer_ids:
+        return []
+    with engine.connect() as connection:
+        registered = registry.artifact_models(connection)
+    found: list[dict[str, Any]] = []
+    for version, status, path in registered:
+        directory = settings.locate(path)
+        if not (directory / "model.npz").exists():
+            continue
+        try:
+            rows = model.customer_rows(directory, customer_ids)
+        except ModelError as exc:
+            log.error("%s: the export cannot read it", exc)
+            found.append({"version": version, "status": status, "unreadable": True})
+            continue
+        for customer_id, held_rows in rows.items():
+            found.append(
+                {"version": version, "status": status, "customer_id": customer_id, **held_rows}
+            )
+    return found

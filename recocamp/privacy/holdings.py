@@ -37,7 +37,10 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from recocamp.data import erasure_files
 from recocamp.errors import CoverageCountError, SharedAddressError, VoidLinkError
+from recocamp.privacy import artifacts
+from recocamp.settings import Settings
 from recocamp.store import outbox, tombstones
 from recocamp.store import privacy as store
 from recocamp.store.engine import Connection, Engine, snapshot
@@ -118,8 +121,12 @@ def export(
     schema: MetaData = metadata,
     scope: Scope = Scope.UNSHARED,
     link: Link | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any] | None:
     """Everything we hold about one customer as a JSON-ready document; None if nothing.
+    With ``settings``, also what lies outside the store and erasure removes: every saved
+    model's rows and factors of theirs (``model_artifacts``) and their rows in the files
+    recocamp keeps (``files``: kept and refused drop-folder files, the demo's).
     ``scope``: whom it covers when other customer ids hold their address (:func:`subject`).
     Read in one snapshot (``store.engine.snapshot``): a change landing meanwhile is in all
     of it or in none. ``link``: the export is asked for through the customer's link; a link
@@ -141,7 +148,8 @@ def export(
     if link is not None:
         with engine.connect() as connection:  # outside the snapshot: erased since it began
             check_link(connection, customer_id, link)
-    if not tables and not audits:
+    outside = {} if settings is None else _outside(engine, settings, who)
+    if not tables and not audits and not any(outside.values()):
         return None
     return {
         "customer_id": customer_id,
@@ -152,12 +160,28 @@ def export(
         "about": "Everything recocamp holds about this customer (GDPR Art. 15 and 20): one "
         "list of rows per table; e-mail bodies unpacked.",
         "tables": tables,
+        **outside,
         **({"left_out": LEFT_OUT} if who.exclusive else {}),
         "audit_log": audits,
         "suppressed": None
         if suppressed is None
         else {"reason": suppressed[0], "since": suppressed[1].isoformat()},
     }
+
+
+def _outside(engine: Engine, settings: Settings, who: Subject) -> dict[str, Any]:
+    """What the saved models and the files recocamp writes hold about the subject: what
+    erasure scrubs there (``artifacts.scrub``, ``erasure_files.scrub``), by id, and by
+    address unless the address is shared and not theirs alone (``Subject.exclusive``)."""
+    emails = [] if who.exclusive or not who.email else [who.email]
+    files, unreadable = erasure_files.holding(erasure_files.written_dirs(settings), who.ids, emails)
+    found: dict[str, Any] = {
+        "model_artifacts": artifacts.held(engine, settings, who.ids),
+        "files": files,
+    }
+    if unreadable:
+        found["files_unreadable"] = unreadable
+    return found
 
 
 @dataclass(frozen=True, slots=True)

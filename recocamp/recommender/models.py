@@ -735,6 +735,35 @@ def drop_customers(directory: Path, customer_ids: Collection[str]) -> int:
     return removed
 
 
+def customer_rows(directory: Path, customer_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """What a saved model holds about each of the customers it holds (GDPR Art. 15: a copy
+    of the profile): their rows of the training matrices (item id → value, as
+    :data:`PER_CUSTOMER_MATRICES` names them) and their user factors — exactly what
+    :func:`drop_customers` removes. Customers it does not hold are left out."""
+    arrays = _read_arrays(directory)
+    if "customers" not in arrays:
+        raise unloadable(directory, KeyError("customers"))
+    held = arrays["customers"].astype(str)
+    rows = {str(c): n for n, c in enumerate(held) if str(c) in set(customer_ids)}
+    if not rows:
+        return {}
+    items = arrays["items"].astype(str)
+    matrices = {name: _csr_from(arrays, name) for name in PER_CUSTOMER_MATRICES}
+    factors = [n for n in arrays if n.startswith("model_") and n.endswith("user_factors")]
+    found: dict[str, dict[str, Any]] = {}
+    for customer, row in sorted(rows.items()):
+        one: dict[str, Any] = {}
+        for name, matrix in matrices.items():
+            line = matrix.getrow(row)
+            one[name] = {
+                str(items[i]): float(v) for i, v in zip(line.indices, line.data, strict=True)
+            }
+        for name in factors:
+            one[name.removeprefix("model_")] = [float(v) for v in arrays[name][row]]
+        found[customer] = one
+    return found
+
+
 def customer_ids(directory: Path) -> set[str]:
     """The customers a saved model holds rows for (read without loading the rest)."""
     try:

@@ -54,6 +54,12 @@ def artifact_paths(connection: sa.Connection) -> list[str]:
     return list(connection.execute(sa.select(models.c.path)).scalars())
 
 
+def artifact_models(connection: sa.Connection) -> list[tuple[str, str, str]]:
+    """``(version, status, artifact path)`` of every registered model, oldest first."""
+    query = sa.select(models.c.version, models.c.status, models.c.path)
+    return [tuple(row) for row in connection.execute(query.order_by(models.c.trained_at))]
+
+
 def kept_artifact_paths(connection: sa.Connection) -> set[str]:
     """The artifact paths that must still exist: candidate and live models, and the
     rollback target (the retention purge deletes only other retired or rejected ones)."""

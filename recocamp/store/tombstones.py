@@ -119,12 +119,12 @@ def void_link(
     accepts a stamp that far ahead of its own clock, so a sender whose clock runs fast could
     have signed it before the erasure (the new record's own links of those minutes with it)."""
     serialise(connection, erasing=False, writing=writing)
-    id_hash = tokens.keyed_hash(key, "customer", customer_id)
-    stone = sa.select(tombstones.c.id_hash).where(tombstones.c.id_hash == id_hash)
+    hashes = tokens.id_hashes(key, customer_id)
+    stone = sa.select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(hashes))
     if connection.execute(stone).first() is not None:
         return True
     last = connection.execute(
-        sa.select(id_erasures.c.erased_at).where(id_erasures.c.id_hash == id_hash)
+        sa.select(sa.func.max(id_erasures.c.erased_at)).where(id_erasures.c.id_hash.in_(hashes))
     ).scalar_one_or_none()
     return last is not None and issued_at <= last + CLOCK_SKEW
 
@@ -177,9 +177,9 @@ def matches(
     if key is None:
         return Match((), None)
     t = tombstones.c
-    where = t.id_hash == tokens.keyed_hash(key, "customer", customer_id)
+    where: sa.ColumnElement[bool] = t.id_hash.in_(tokens.id_hashes(key, customer_id))
     if email:
-        where = sa.or_(where, t.email_hash == tokens.keyed_hash(key, "email", email))
+        where = sa.or_(where, t.email_hash.in_(tokens.email_hashes(key, email)))
     rows = connection.execute(sa.select(t.id_hash, t.erased_at).where(where)).all()
     return Match(tuple(r.id_hash for r in rows), max((r.erased_at for r in rows), default=None))
 
@@ -198,10 +198,11 @@ def erased_ids(
     key = _key(connection, key, why, writing)
     if key is None:
         return set()
-    by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
+    by_id = {h: i for i in set(ids) for h in tokens.id_hashes(key, i)}
     by_email: dict[str, set[str]] = {}
     for customer_id, email in emails:
-        by_email.setdefault(tokens.keyed_hash(key, "email", email), set()).add(customer_id)
+        for email_hash in tokens.email_hashes(key, email):
+            by_email.setdefault(email_hash, set()).add(customer_id)
     found = {by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))}
     for h in _present(connection, tombstones.c.email_hash, list(by_email)):
         found |= by_email[h]
@@ -234,8 +235,8 @@ def tombstoned(
     key = _key(connection, key, why, writing=False)
     if key is None:
         return set(), set()
-    by_id = {tokens.keyed_hash(key, "customer", i): i for i in set(ids)}
-    by_email = {tokens.keyed_hash(key, "email", a): a for a in set(addresses)}
+    by_id = {h: i for i in set(ids) for h in tokens.id_hashes(key, i)}
+    by_email = {h: a for a in set(addresses) for h in tokens.email_hashes(key, a)}
     return (
         {by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))},
         {by_email[h] for h in _present(connection, tombstones.c.email_hash, list(by_email))},
@@ -247,11 +248,11 @@ def lift(connection: sa.Connection, key: bytes, customer_id: str, match: Match) 
     only by the address keeps its id (the old record stays erased) and loses the address.
     The id's erasure time stays (``id_erasures``): the erased record's links stay void."""
     t = tombstones.c
-    own = tokens.keyed_hash(key, "customer", customer_id)
-    gone = connection.execute(sa.delete(tombstones).where(t.id_hash == own)).rowcount or 0
+    own = tokens.id_hashes(key, customer_id)  # the id in any Unicode form: the same id
+    gone = connection.execute(sa.delete(tombstones).where(t.id_hash.in_(own))).rowcount or 0
     others = connection.execute(
         sa.update(tombstones)
-        .where(t.id_hash.in_(match.id_hashes), t.id_hash != own)
+        .where(t.id_hash.in_(match.id_hashes), t.id_hash.not_in(own))
         .values(email_hash=None)
     )
     return max(0, int(gone)) + max(0, int(others.rowcount or 0))

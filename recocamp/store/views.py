@@ -74,7 +74,9 @@ def planning_rows(
     contacts = _contacts(connection, now, own_run, history_days=history_days)
     suppressed = frozenset(connection.execute(sa.select(suppressions.c.email_hash)).scalars())
     records = [
-        CustomerRecord(_customer(row), row.frequency_preference, row.paused_until)
+        CustomerRecord(
+            _customer(row), row.frequency_preference, row.paused_until, row.channel_email
+        )
         for row in connection.execute(sa.select(customers).order_by(customers.c.id))
     ]
     popular = _popular(connection, now, top_n)

@@ -22,6 +22,7 @@ from recocamp.store.schema import (
     audit_log,
     contact_events,
     customers,
+    engagement_events,
     purchases,
     recommendations,
     suppressions,
@@ -427,6 +428,52 @@ def test_an_erased_customer_comes_back_only_by_a_new_sign_up(
     assert put(app, renewed, customer="c2").status == 200
     assert put(app, profile).status == 410  # the old record stays erased
     assert person(engine) is None and person(engine, "c2").email == "erin@example.test"
+
+
+def test_an_erased_id_with_white_space_around_it_is_refused_not_taken_as_another(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Imports trim ids, so `` c1`` in a file is ``c1`` and its tombstone holds; the API
+    took `` c1`` as another customer, whom no tombstone names: the erased customer came
+    back through ``PUT`` and their reviews with them. Every id with white space at an end
+    is a 422 now, naming the field, and nothing is stored."""
+    app = make_app(engine, tmp_path)
+    assert put(app, {"source": "signup", "email": "x@example.test"}).status == 200
+    assert erase(app).status == 200
+    for padded in ("c1%20", "%20c1"):
+        again = put(app, {"source": "crm sync", "email": "new@example.test"}, customer=padded)
+        assert again.status == 422, again.text
+        assert again.json()["detail"][0]["loc"] == ["path", "customer_id"]
+    review = {"review_id": "R1", "customer_id": "c1 ", "occurred_at": "2012-01-04T18:30:00Z"}
+    reviewed = call(app, "POST", "/v1/events/reviews", json=review, headers=bearer("shop"))
+    assert reviewed.status == 422 and reviewed.json()["detail"][0]["loc"] == [
+        "body",
+        "customer_id",
+    ]
+    with engine.connect() as connection:
+        held = connection.execute(sa.select(customers.c.id)).scalars().all()
+        reviews = connection.execute(sa.select(sa.func.count()).select_from(engagement_events))
+        assert (held, reviews.scalar_one()) == ([], 0)
+
+
+def test_an_erased_id_in_another_unicode_form_is_gone_until_a_new_sign_up(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """``José`` erased composed came back decomposed through ``PUT``; now it is 410, and a
+    new sign-up under the decomposed form lifts the tombstone, so later changes are taken."""
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    composed, decomposed = "Jos%C3%A9", "Jose%CC%81"  # URL-encoded: José, Jose + U+0301
+    assert put(app, {"source": "signup", "email": "j@example.test"}, composed).status == 200
+    assert erase(app, "Jos\u00e9").status == 200
+    clock.advance(timedelta(days=1))
+    profile = {"source": "crm sync", "email": "new@example.test"}
+    assert put(app, profile, decomposed).status == 410
+    fresh = {"consent_basis": "double_opt_in", "consent_at": clock.now().isoformat()}
+    signed = put(app, {**profile, **fresh, "new_sign_up": True}, decomposed)
+    assert signed.status == 200, signed.text
+    assert put(app, {"source": "account page", "first_name": "J"}, decomposed).status == 200
+    assert person(engine, "Jose\u0301") is not None and person(engine, "Jos\u00e9") is None
 
 
 def test_orders_of_an_erased_customer_are_kept_as_guest_orders(

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from recocamp import tokens
 from recocamp.api.app import create_app
+from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import FixedClock
 from recocamp.domain import CustomerForecast
 from recocamp.store import forecasts
@@ -107,6 +108,22 @@ def test_saving_frequency_channel_and_objection(app: FastAPI) -> None:
     assert 'value="weekly"\nchecked' in shown or 'value="weekly" checked' in shown.replace(
         "\n", " "
     )
+
+
+def test_switching_e_mail_offers_off_reaches_the_planner(app: FastAPI) -> None:
+    """The box unticked stored ``channel_email`` false, but the planner never read it: the
+    customer was decided ``eligible`` (or held out) every run and only the deliverer
+    cancelled the mail, so decisions, caps and the holdout counted mail they had refused.
+    The planner skips them now, with their own reason."""
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    form = {"action": "save", "frequency": "any"}  # channel box unticked
+    assert call(app, "POST", page(person.id), data=form).status == 303
+    settings = settings_for(Path("unused"))
+    with engine.connect() as connection:
+        views = {v.customer.id: v for v in load_snapshot(connection, settings, NOW).views}
+    assert views[person.id].channel_email is False
+    assert all(v.channel_email for key, v in views.items() if key != person.id)
 
 
 def test_pause_and_resume(app: FastAPI) -> None:

@@ -65,6 +65,28 @@ def test_every_customer_gets_a_view_with_their_own_rows() -> None:
     assert a.standing is not None and found.items is ITEMS and found.popular == [["mug", 1.0]]
 
 
+def test_a_customer_who_objected_to_profiling_has_no_rfm_segment() -> None:
+    """An RFM segment (``at_risk``, ``cant_lose_them``) scores a customer's behaviour
+    against the customer base: profiling, as a churn forecast is. An objector had one, so
+    a campaign with ``rfm_segments`` picked them by it; now they have none (the rule never
+    matches them), while the others' scores are as before."""
+    rows = PlanningRows(
+        customers=[
+            CustomerRecord(Customer("a", "a@example.com")),
+            CustomerRecord(Customer("b", "b@example.com", objected_to_profiling=True)),
+        ],
+        orders=[order("a", "1", 5, 20.0, "mug"), order("b", "2", 200, 900.0, "mug")],
+        personal={},
+        contacts={},
+        suppressed=frozenset(),
+        items=ITEMS,
+        popular=[],
+    )
+    a, b = snapshot(rows, LoyaltySettings(), NOW).views
+    assert a.rfm is not None and b.rfm is None
+    assert b.history.count == 1 and b.standing is not None  # their own orders still count
+
+
 def test_reviews_and_the_newsletter_sign_up_count_in_the_loyalty_standing() -> None:
     """a: an order of 20 (10 + 20 points), 3 reviews (75), a double opt-in (50): 155; b: the
     same order and reviews, an existing-customer consent: no sign-up, 105."""

@@ -81,6 +81,7 @@ def run(c: Campaign, v: CustomerView, context: Context = CONTEXT) -> tuple[Outco
         ({"erased_at": NOW}, (Outcome.SKIP, "erased")),
         ({"email": None}, (Outcome.SKIP, "no_email")),
         ({"unsubscribed_at": NOW - timedelta(days=1)}, (Outcome.SKIP, "unsubscribed")),
+        ({"channel_email": False}, (Outcome.SKIP, "email_off")),
         ({"suppressed": True}, (Outcome.SKIP, "suppressed")),
         ({"consent_basis": ConsentBasis.NONE}, (Outcome.SKIP, "no_consent")),
         ({"history": History(())}, (Outcome.SKIP, "not_in_audience:lapsed_days")),

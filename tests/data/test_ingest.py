@@ -4,6 +4,8 @@ on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import gzip
+import hashlib
+import hmac
 import os
 import shutil
 import threading
@@ -23,7 +25,7 @@ from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.ingest import Importer
 from recocamp.errors import ConfigError, DataImportError
 from recocamp.settings import Settings
-from recocamp.store import tombstones
+from recocamp.store import schema, tombstones
 from recocamp.store.schema import audit_log, customers, import_runs, items, purchases
 from tests.conftest import NOW, impatient, write_csv
 
@@ -145,6 +147,30 @@ def test_broken_row_names_line_column_value_and_writes_nothing(
     assert str(path) in text and "line 301" in text
     assert f"column {header[column]!r}" in text and repr(bad) in text and message in text
     assert counts(engine) == before
+
+
+def test_problems_never_show_an_address(engine: sa.Engine, tmp_path: Path) -> None:
+    """A field that cannot be read was shown as its bytes, and an id as it is: an address
+    in the e-mail column with a Latin-1 byte, or a customer keyed by address, reached the
+    terminal, the worker's run record and a rejected file's ``.errors.txt``. Masked now;
+    the line, the column and the problem are still named."""
+    lines = [
+        b"id,email,first_name",
+        b"c1,anna.lind@ex\xe4mple.test,Anna",
+        b"bo@example.test,bo@example.test,Bo",
+        b"bo@example.test,bo@example.test,Bo",
+        b"order@example.test\x00,x@example.test,Cy",
+    ]
+    path = tmp_path / "customers.csv"
+    path.write_bytes(b"\r\n".join(lines) + b"\r\n")
+    with pytest.raises(DataImportError) as caught:
+        importer(engine).customers(path)
+    text = str(caught.value)
+    assert "line 2, column 'email': is not UTF-8 (byte 0xE4" in text
+    assert "line 4, column 'id': the same id as line 3" in text
+    assert "line 5, column 'id': contains a NUL character" in text
+    assert "@" not in text.replace("<address>", ""), text
+    assert not any(name in text for name in ("anna", "lind", "bo@", "order")), text
 
 
 def test_every_problem_of_a_file_is_listed(engine: sa.Engine, tmp_path: Path) -> None:
@@ -414,6 +440,82 @@ def test_a_re_import_never_brings_an_erased_customer_back(
     assert import_drop_folder(engine, settings, NOW).imported == 1
     assert people(engine) == {"c2": "otto@example.test"}
     assert not dropped.exists() and not settings.ingest.processed_dir.exists()  # not kept
+
+
+def test_an_erased_address_in_another_unicode_form_or_with_a_hidden_character_stays_out(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The tombstone compared addresses trimmed and lower-cased only: ``Jürgen@…`` erased
+    as typed (composed) came back from a system that exports decomposed text (``u`` +
+    U+0308), and one with a zero-width space slipped in. Addresses are compared in their
+    composed form now (tombstones written before match too), and one with a character that
+    is not printable is a problem of its line (the address never shown)."""
+    settings = shop_settings(tmp_path)
+    keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=tombstones.key_of(settings))
+    jurgen = ["c1", "J\u00fcrgen@example.test", "J", "double_opt_in", "2011-06-01T10:00:00Z"]
+    keyed.customers(write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, [jurgen, OTTO]))
+    assert privacy.erase(engine, settings, "c1", NOW, via="test") is not None
+
+    decomposed = ["c3", "Ju\u0308rgen@Example.test", "J", "none", ""]
+    report = keyed.customers(write_csv(tmp_path / "people-2.csv", CUSTOMER_HEADER, [decomposed]))
+    assert (report.imported, report.skipped) == (0, {"erased": 1})
+    hidden = ["c4", "j\u00fcrgen@example.test\u200b", "J", "none", ""]
+    with pytest.raises(DataImportError) as refused:
+        keyed.customers(write_csv(tmp_path / "people-3.csv", CUSTOMER_HEADER, [hidden]))
+    assert "line 2, column 'email': contains a non-printable character (U+200B)" in str(
+        refused.value
+    )
+    assert "rgen" not in str(refused.value)
+    assert people(engine) == {"c2": "otto@example.test"}
+
+
+def test_an_erased_id_in_another_unicode_form_stays_out(engine: sa.Engine, tmp_path: Path) -> None:
+    """The tombstone hashed the id as given: ``José`` erased as typed (composed) came back
+    as the decomposed ``Jose`` + U+0301 another system exports, with their orders and a
+    customer row. Ids are compared in every Unicode form now; the kept file is cleaned."""
+    settings = shop_settings(tmp_path, keep_processed_days=30)
+    key = tombstones.key_of(settings)
+    keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=key)
+    jose = ["Jos\u00e9", "jose@example.test", "J", "double_opt_in", "2011-06-01T10:00:00Z"]
+    keyed.customers(write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, [jose, OTTO]))
+    assert privacy.erase(engine, settings, "Jos\u00e9", NOW, via="test") is not None
+
+    decomposed = ["Jose\u0301", "j@example.test", "J", "none", ""]
+    report = keyed.customers(write_csv(tmp_path / "people-2.csv", CUSTOMER_HEADER, [decomposed]))
+    assert (report.imported, report.skipped) == (0, {"erased": 1})
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    order = ["o9", "Jose\u0301", "i1", 1, 2.5, "2011-08-01T10:00:00Z"]
+    dropped = write_csv(drop / "purchases-2.csv", ORDER_HEADER, [order])
+    os.utime(dropped, (0, 0))
+    assert import_drop_folder(engine, settings, NOW).imported == 1
+    with engine.connect() as connection:
+        owners = connection.execute(sa.select(purchases.c.customer_id)).scalars().all()
+    assert owners == [None] and people(engine) == {"c2": "otto@example.test"}
+    kept = (settings.ingest.processed_dir / "purchases-2.csv").read_text()
+    assert "Jose" not in kept and "o9,,i1" in kept  # a guest line, as in the store
+
+
+def test_a_tombstone_written_before_addresses_were_composed_still_matches(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """A tombstone hashed an address as it came (trimmed, lower-case); one of a decomposed
+    address still refuses it in either form."""
+    settings = shop_settings(tmp_path)
+    key = tombstones.key_of(settings)
+    assert key is not None
+    old = hmac.new(key, "email:ju\u0308rgen@example.test".encode(), hashlib.sha256).hexdigest()
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(schema.tombstones).values(id_hash="x", email_hash=old, erased_at=NOW)
+        )
+    keyed = Importer(engine, zone=LONDON, now=NOW, erasure_key=key)
+    rows = [
+        ["c5", "J\u00fcrgen@example.test", "J", "none", ""],
+        ["c6", "Ju\u0308rgen@example.test", "J", "none", ""],
+    ]
+    report = keyed.customers(write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, rows))
+    assert (report.imported, report.skipped) == (0, {"erased": 2})
 
 
 def test_without_the_key_a_store_with_tombstones_refuses_imports(

@@ -234,6 +234,24 @@ def test_brevo_event_keys_differ_per_message_and_kind() -> None:
     assert len({delivered.event_key, bounced.event_key, other.event_key}) == 3
 
 
+def test_stored_event_keys_and_reasons_hold_no_address() -> None:
+    """A contact event is kept for two years, and one that names no e-mail of ours (a late
+    bounce of an erased customer: their provider ids are gone) is tied to nobody, so neither
+    export nor erasure finds it. Brevo's key held the address itself, and a bounce text
+    quotes it: both are kept without it now (the key digests it, the text masks it)."""
+    quoted = "550 5.1.1 <Cleo@Example.test>: Recipient address rejected; cleo@example.test"
+    bounced = one("brevo", BREVO_BASE | {"event": "hard_bounce", "reason": quoted})
+    assert bounced.email == "cleo@example.test"  # still what suppresses the address
+    assert "cleo" not in bounced.event_key.lower() and bounced.event_key.startswith("brevo:")
+    assert bounced.details == {
+        "reason": "550 5.1.1 <<address>>: Recipient address rejected; <address>"
+    }
+    someone_else = one("brevo", BREVO_BASE | {"event": "hard_bounce", "email": "dan@example.test"})
+    assert someone_else.event_key != bounced.event_key
+    postmark = one("postmark", postmark_event("bounce", RECORD, AT) | {"Description": quoted})
+    assert "cleo" not in json.dumps(postmark.details).lower()
+
+
 def test_brevo_unknown_event_is_ignored() -> None:
     assert parse("brevo", body(BREVO_BASE | {"event": "request"})) == []
 

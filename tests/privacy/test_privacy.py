@@ -245,6 +245,18 @@ def test_export_holds_everything_and_erasure_leaves_nothing(
         "customer_changed",
     }
     assert exported["suppressed"]["reason"] == "unsubscribed"
+    # the profile the saved models hold (what erasure and an objection scrub) is theirs to
+    # see too: each model's rows of the training matrices and the user factors
+    held = exported["model_artifacts"]
+    assert held and {row["customer_id"] for row in held} == {VICTIM}
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    mine = next(row for row in held if row["version"] == live.version)
+    factors = [name for name in mine if name.endswith("user_factors")]
+    assert mine["status"] == "live" and mine["orders"] and factors
+    assert all(len(mine[name]) == 8 for name in factors)  # [recommender] factors
+    assert exported["files"] == {}  # no drop-folder file kept, no demo folder
 
     before = counts(engine)
     erased = call(app, "DELETE", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo"))
@@ -633,6 +645,27 @@ def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
         "".join(json.dumps(m) + "\n" for m in messages)
     )
     assert len(personal_files(work)) >= 5
+
+    exported = call(app, "GET", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo"))
+    files = {Path(name): rows for name, rows in exported.json()["files"].items()}
+    assert files[Path("incoming/processed/customers-1.csv")] == [
+        {
+            "id": VICTIM,
+            "email": EMAIL,
+            "first_name": NAME,
+            "consent_basis": "double_opt_in",
+            "consent_at": "2011-06-01T10:00:00Z",
+        }
+    ]
+    assert [r["order_id"] for r in files[Path("incoming/processed/purchases-1.csv.gz")]] == ["V1"]
+    assert [m["To"] for m in files[work / "demo/fake-esp/messages.jsonl"]] == [EMAIL]
+    assert {path.relative_to(work) if path.is_absolute() else path for path in files} == {
+        Path("incoming/processed/customers-1.csv"),
+        Path("incoming/processed/purchases-1.csv.gz"),
+        Path("incoming/rejected/customers-2.csv"),
+        Path("demo/customers.csv"),
+        Path("demo/fake-esp/messages.jsonl"),
+    }
 
     erased = call(app, "DELETE", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo"))
     assert erased.status == 200, erased.text

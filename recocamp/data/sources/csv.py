@@ -59,7 +59,7 @@ from recocamp.domain import (
     range_problem,
     text_problem,
 )
-from recocamp.errors import DataImportError, Problem
+from recocamp.errors import DataImportError, Problem, mask_addresses
 
 T = TypeVar("T")
 
@@ -100,9 +100,15 @@ RECORD_MAX = 1_000_000  # characters in one CSV record; a longer one is refused 
 
 
 def shown(value: object) -> object:
-    """A value as a problem shows it: long text cut, undecodable bytes as bytes."""
+    """A value as a problem shows it: long text cut, undecodable bytes as bytes, and any
+    e-mail address masked (``<address>``): a problem reaches the terminal, the worker's run
+    record and a rejected file's ``.errors.txt``, and the value of a field that cannot be
+    read (a byte that is not UTF-8, a NUL) may be an address, as may an id (shops that key
+    customers by address)."""
     if not isinstance(value, str):
         return value
+    if "@" in value:
+        value = mask_addresses(value)
     if _UNDECODED.search(value):
         raw = value.encode("utf-8", "surrogateescape")
         return raw[:_SHOWN] + (b"..." if len(raw) > _SHOWN else b"")
@@ -995,6 +1001,8 @@ def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) 
     email = text(row, "email", required=False, redact=True)
     if email is not None and "@" not in email:
         raise RowProblem("email", "is not an e-mail address", "<redacted>")
+    if email is not None and not email.isprintable():  # see address_problem
+        raise RowProblem("email", address_problem(email), "<redacted>")
     return Customer(
         id=ident(row, "id") or "",
         email=email,
@@ -1008,6 +1016,15 @@ def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) 
         consent_source=text(row, "consent_source", required=False),
         objected_to_profiling=boolean(row, "objected_to_profiling", default=False),
     )
+
+
+def address_problem(email: str) -> str:
+    """Why an address with a character that is not printable (``str.isprintable``: a
+    control, a line break, a zero-width or bidi format character, a no-break space) is no
+    address: none is ever part of one, and a copy of an erased address with one slipped in
+    would not match its tombstone (``store.tombstones``). Names the code point only."""
+    bad = next(c for c in email if not c.isprintable())
+    return f"contains a non-printable character (U+{ord(bad):04X})"
 
 
 def _zone_name(row: dict[str, str]) -> str | None:
