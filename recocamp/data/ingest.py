@@ -253,6 +253,32 @@ class _Staged:
             found = [_repeat_problem(-at, order, no, seen) for at, order, no, seen in worst]
             self._merge(found, total)
 
+    def check_customers(self, connection: Connection, column: str) -> None:
+        """Every line of an order names the customer its first line names (or none, a
+        guest order): a line naming another is a problem of its line. Stored, such an
+        order counts once per customer (orders, frequency, attribution), and each customer
+        gets the other's items."""
+        worst: list[tuple[int, str, str | None, int, str | None]] = []  # -line first: max-heap
+        total = 0
+        first: staging.StagedLine | None = None
+        for staged in staging.mixed_orders(connection):
+            if first is None or staged.order_id != first.order_id:
+                first = staged
+            elif staged.customer_id != first.customer_id:
+                total += 1
+                mixed = (
+                    -staged.src_line,
+                    staged.order_id,
+                    staged.customer_id,
+                    first.src_line,
+                    first.customer_id,
+                )
+                heapq.heappush(worst, mixed)
+                if len(worst) > self.max_listed:
+                    heapq.heappop(worst)
+        if total:
+            self._merge([_mixed_problem(column, *m) for m in worst], total)
+
     def _merge(self, found: list[Problem], total: int) -> None:
         """Add problems found after the reading (the first of ``total``), keeping the
         earliest lines of all."""
@@ -267,6 +293,26 @@ def _repeat_problem(line: int, order_id: str, line_no: int, first: int) -> Probl
     file line that gave it first): both lines named, and the order."""
     message = f"repeats line {line_no} of order {order_id!r} with other content than line {first}"
     return Problem(message, line=line, column="line_no", value=str(line_no))
+
+
+def _mixed_problem(
+    column: str, line: int, order_id: str, customer: str | None, first: int, other: str | None
+) -> Problem:
+    """A line of an order naming another customer than the order's first line (``first``);
+    ``line`` is negated (:meth:`_Staged.check_customers` keeps a max-heap)."""
+
+    def who(customer_id: str | None) -> str:
+        return (
+            "no customer (a guest line)"
+            if customer_id is None
+            else repr(sources.shown(customer_id))
+        )
+
+    message = (
+        f"names {who(customer)} where line {first} of order {order_id!r} names {who(other)}: "
+        "an order is one customer's"
+    )
+    return Problem(message, line=-line, column=column, value=sources.shown(customer or ""))
 
 
 def _order_digests(parts: Iterator[tuple[str, str]]) -> Iterator[dict[str, tuple[str, int]]]:
@@ -466,6 +512,7 @@ class Importer:
         staging.index(connection)
         if parse.numbers_from_file:  # else no (order id, line number) is staged twice
             found.check_repeats(connection)
+        found.check_customers(connection, "CustomerID" if retail else "customer_id")
         if found.problems:
             raise DataImportError(path, found.problems, more=found.more)
         return found

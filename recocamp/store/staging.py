@@ -51,8 +51,11 @@ digested = sa.Table(  # the file's orders, digested (:func:`claim`)
     sa.Column("stored", sa.String(64)),  # the digest stored before; NULL: this import writes it
     prefixes=["TEMPORARY"],
 )
-# created once the lines are in (kept up to date while they come in, it costs more)
-_BY_KEY = sa.text("CREATE INDEX import_staging_key ON import_staging (order_id, line_no, src_line)")
+# created once the lines are in (kept up to date while they come in, it costs more); the
+# customer is in it so that :func:`mixed_orders` reads the index alone
+_BY_KEY = sa.text(
+    "CREATE INDEX import_staging_key ON import_staging (order_id, line_no, src_line, customer_id)"
+)
 STAGED_COLUMNS = tuple(column.name for column in staged.c)
 LINE_COLUMNS = (
     "order_id",
@@ -195,6 +198,22 @@ def repeats(connection: sa.Connection) -> Iterator[StagedLine]:
         sa.select(s.order_id, s.line_no, s.src_line, s.customer_id, s.part)
         .join(twice, sa.and_(s.order_id == twice.c.order_id, s.line_no == twice.c.line_no))
         .order_by(s.order_id, s.line_no, s.src_line)
+    )
+    for row in connection.execute(query.execution_options(yield_per=CHUNK)):
+        yield StagedLine(*row)
+
+
+def mixed_orders(connection: sa.Connection) -> Iterator[StagedLine]:
+    """Every staged line of an order whose lines name more than one customer (a guest line
+    names none), by order and in file order within it: an order is one customer's, and the
+    store would count such an order once per customer."""
+    s = staged.c
+    who = sa.func.coalesce(s.customer_id, "")
+    mixed = sa.select(s.order_id).group_by(s.order_id).having(sa.func.min(who) != sa.func.max(who))
+    query = (
+        sa.select(s.order_id, s.line_no, s.src_line, s.customer_id, s.part)
+        .where(s.order_id.in_(mixed.scalar_subquery()))
+        .order_by(s.order_id, s.src_line)
     )
     for row in connection.execute(query.execution_options(yield_per=CHUNK)):
         yield StagedLine(*row)

@@ -197,6 +197,63 @@ def test_a_line_repeated_with_other_content_is_refused(engine: sa.Engine, tmp_pa
     assert report.imported == 1 and report.skipped == {"repeated line": 1}
 
 
+def test_an_order_whose_lines_name_other_customers_is_refused_line_by_line(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Stored, an order of two customers counted once per customer (orders, frequency,
+    attribution): every line naming another customer than the order's first is a problem,
+    a guest line too, in another chunk of the file or not."""
+    line = dict(zip(STANDARD, GOOD, strict=True))
+
+    def row(order: str, customer: str, number: int) -> list[str]:
+        return [
+            *{**line, "order_id": order, "customer_id": customer, "line_no": str(number)}.values()
+        ]
+
+    rows = [
+        row("A1", "c1", 1),
+        row("A2", "c2", 1),
+        row("A1", "anna@example.test", 2),  # an id that is an address is shown masked
+        row("A2", "", 2),  # a guest line in a customer's order
+        row("A3", "", 1),
+        row("A3", "", 2),  # a guest order of two lines: one "customer", none
+    ]
+    path = write_csv(tmp_path / "p.csv", STANDARD, rows)
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    assert [(p.line, p.column, p.value) for p in error.problems] == [
+        (4, "customer_id", "<address>"),
+        (5, "customer_id", ""),
+    ]
+    assert (
+        "names '<address>' where line 2 of order 'A1' names 'c1': an order is one customer's"
+        in str(error)
+    )
+    assert "names no customer (a guest line) where line 3 of order 'A2' names 'c2'" in str(error)
+    assert "example.test" not in str(error)
+    one = write_csv(tmp_path / "one.csv", STANDARD, [rows[0], row("A1", "c1", 2), *rows[4:]])
+    assert importer(engine).purchases(one).imported == 4
+
+
+def test_online_retail_invoices_of_two_customers_name_the_customer_column(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    header = [
+        "InvoiceNo",
+        "StockCode",
+        "Description",
+        "Quantity",
+        "InvoiceDate",
+        "UnitPrice",
+        "CustomerID",
+        "Country",
+    ]
+    good = ["536365", "85123A", "HEART", "6", "2010-12-01 08:26:00", "2.55", "17850", "UK"]
+    other = [*good[:6], "13047", good[7]]
+    path = write_csv(tmp_path / "retail.csv", header, [good, good, other])
+    error = refused(engine, lambda: importer(engine).purchases(path, "online-retail"))
+    assert [(p.line, p.column, p.value) for p in error.problems] == [(4, "CustomerID", "13047")]
+
+
 @pytest.mark.parametrize("gzipped", [False, True])
 def test_bytes_that_are_not_utf8_are_a_problem_of_their_line_and_column(
     engine: sa.Engine, tmp_path: Path, gzipped: bool
