@@ -20,7 +20,12 @@ unit price (``queries.training_line_amounts``, aligned with the lines) and the c
 titles, for quantity and spend signals, title (TF-IDF) similarity to the customer's items,
 presence in the last baskets (ReCANet), a small network instead of the logistic, and the
 title similarity added to the discovery score (its weight, then the boost, chosen on the
-validation window). ``--round 3`` runs the third round's rows. With ``--sweep``: the hybrid
+validation window). ``--round 5`` tries EASE (Steck 2019: ``B = I − P·diag(1/diag(P))``,
+``P = (XᵀX + λI)⁻¹``, ``diag(B) = 0``) on who bought what, fed binary rows or TIFU-KNN's
+time-decayed vectors: alone, (a) stacked in the replenishment blend, (b) in the discovery
+score of items never bought (its share, then the boost; once more with every discovery
+weight searched with it), (c) both; λ, the input and the share chosen on the validation
+window. ``--round 3`` runs the third round's rows. With ``--sweep``: the hybrid
 tuned end to end under other ALS and item-kNN settings, ALS confidence scales (Hu et al.'s
 alpha) and a longer repeat-boost grid, with the validation recall a choice among them before
 the cutoff would read. One line per row: name, then per cutoff recall / ndcg, the discover
@@ -45,7 +50,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from recocamp.recommender import evaluate, models, repeat
+from recocamp.recommender import evaluate, models, repeat, tifu_knn
 from recocamp.recommender.matrix import DAY, Lines, TrainingData
 from recocamp.recommender.ranking import normalised
 from recocamp.recommender.training import load_lines
@@ -532,6 +537,289 @@ def everything(h: models.Hybrid, data: TrainingData, pairs: Pairs, rows: Any) ->
     )
 
 
+# --- fifth round: EASE (Steck 2019, "Embarrassingly Shallow Autoencoders") -------------
+
+EASE_GRID = (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0)  # λ, chosen on the validation window
+EASE_INPUTS = ("binary", "decayed")  # what is fed to B: who bought what, or TIFU's vector
+SHARE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # EASE's share of the discovery score
+
+
+def ease_spectrum(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
+    """The eigen-decomposition of the item Gram matrix XᵀX (X: who bought what, binary),
+    once per data: every λ of the grid is then one matrix product, not an inverse."""
+
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        x = sp.csr_matrix(data.orders > 0, dtype=np.float64)
+        gram = (x.T @ x).toarray()
+        values, vectors = np.linalg.eigh(gram)
+        return values, vectors
+
+    found: tuple[np.ndarray, np.ndarray] = _cached("ease_spectrum", data, build)
+    return found
+
+
+def ease_weights(data: TrainingData, lam: float) -> np.ndarray:
+    """EASE's closed form: ``P = (XᵀX + λI)⁻¹``, ``B = I − P·diag(1/diag(P))`` — so
+    ``diag(B) = 0``: an item is predicted from the customer's other items only, by a
+    ridge regression of every item on all others at once (items × items, dense)."""
+
+    def build() -> np.ndarray:
+        values, vectors = ease_spectrum(data)
+        p = (vectors / (values + lam)) @ vectors.T
+        b = p / -np.diag(p)  # column j divided by −P_jj
+        np.fill_diagonal(b, 0.0)
+        return b.astype(np.float32)
+
+    found: np.ndarray = _cached(f"ease_{lam:g}", data, build)
+    return found
+
+
+def ease_input(data: TrainingData, kind: str) -> sp.csr_matrix:
+    """The customer vectors fed to B: binary ownership, or TIFU-KNN's time-decayed basket
+    frequencies (groups of 3 baskets, group decay 0.6: the reference parameters)."""
+
+    def build() -> sp.csr_matrix:
+        if kind == "binary":
+            return sp.csr_matrix(data.orders > 0, dtype=np.float32)
+        p = tifu_knn.TifuParams()
+        vectors = tifu_knn.customer_vectors(data, p.group_size, p.within_decay, p.group_decay)
+        return sp.csr_matrix(vectors, dtype=np.float32)
+
+    found: sp.csr_matrix = _cached(f"ease_input_{kind}", data, build)
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Ease:
+    lam: float
+    kind: str
+
+    def scores(self, data: TrainingData, rows: np.ndarray) -> np.ndarray:
+        """Rows × items EASE scores of training rows, scaled per row to [0, 1]."""
+        raw = ease_input(data, self.kind)[rows] @ ease_weights(data, self.lam)
+        return normalised(np.asarray(raw, dtype=np.float64))
+
+    def __str__(self) -> str:
+        return f"λ {self.lam:g}, {self.kind} input"
+
+
+class EaseAlone:
+    """EASE on its own (a :class:`Recommender` for :func:`evaluate.evaluate`)."""
+
+    name = "ease"
+
+    def __init__(self, ease: Ease) -> None:
+        self.ease = ease
+        self._data: TrainingData | None = None
+
+    def fit(self, data: TrainingData) -> None:
+        self._data = data
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        assert self._data is not None
+        return self.ease.scores(self._data, rows)
+
+
+def ease_signal(ease: Ease) -> Callable[..., np.ndarray]:
+    def signal(h: models.Hybrid, data: TrainingData, pairs: Pairs, rows: Any) -> np.ndarray:
+        """EASE's score of the own item from the customer's other items (stacking)."""
+        picked: np.ndarray = ease.scores(data, rows[2])[pairs[0], pairs[1]]
+        return picked
+
+    return signal
+
+
+class Eased(Reblended):
+    """The tuned hybrid, its own items ordered by ``features`` and ``blend``, EASE's score
+    given ``share`` of the discovery score of items never bought (the rest the ALS / kNN
+    mix as tuned), own items lifted by ``boost``."""
+
+    def __init__(
+        self,
+        tuned: models.Hybrid,
+        features: Features,
+        blend: Any,
+        ease: Ease | None,
+        share: float,
+        weights: models.HybridWeights,
+    ) -> None:
+        super().__init__(tuned, features, blend)
+        self.ease, self.share, self.weights = ease, share, weights
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        assert self._data is not None
+        parts = self.parts(rows)
+        if self.ease is None or self.share == 0:
+            return models.combine(parts, self.weights)
+        return _discovery_with(parts, self.weights, self.share, self.ease.scores(self._data, rows))
+
+
+def _discovery_with(
+    parts: dict[str, np.ndarray], w: models.HybridWeights, share: float, ease: np.ndarray
+) -> np.ndarray:
+    collaborative = w.als * parts["als"] + (1 - w.als) * parts["knn"]
+    discover = (
+        (1 - share) * collaborative
+        + share * ease
+        + w.popularity * parts["popularity"]
+        + w.new_arrivals * parts["new"]
+    )
+    scored: np.ndarray = np.where(parts["own"] > 0, w.repeat_boost + parts["own"], discover)
+    return scored
+
+
+def _recall(scores: np.ndarray, split: evaluate.Split, *, new_only: bool) -> float:
+    """Validation recall@K of dense scores (own items excluded with ``new_only``: the
+    discover list's recall_new), ties by item index."""
+    truth = split.test
+    if new_only:
+        owned = split.data.orders[split.rows] > 0
+        scores = np.where(owned.toarray(), -np.inf, scores)
+        truth = (truth - truth.multiply(owned)).tocsr()
+    scores = scores - np.arange(scores.shape[1]) * 1e-12
+    top = np.argpartition(-scores, K - 1, axis=1)[:, :K]
+    hits = np.take_along_axis(truth.toarray(), top, axis=1)
+    hits = np.where(np.take_along_axis(scores, top, axis=1) > -np.inf, hits, 0.0)
+    relevant = np.asarray(truth.sum(axis=1)).ravel() + split.unknown
+    recall = evaluate.ranking_metrics(hits, relevant, K)[0]
+    return float(recall[relevant > 0].mean())
+
+
+def tune_ease_discovery(
+    tuner: models.Hybrid, validation: evaluate.Split, features: Features, blend: Any
+) -> tuple[Ease, float, models.HybridWeights]:
+    """On the validation window: (λ, input, share) with the best discover recall_new, the
+    other discovery weights as tuned, then the boost (``tune_hybrid``'s grid over the
+    discovery ceiling) for recall."""
+    w = tuner.weights
+    parts = Eased(tuner, features, blend, None, 0.0, w).parts(validation.rows)
+    found = []
+    for lam, kind in itertools.product(EASE_GRID, EASE_INPUTS):
+        ease = Ease(lam, kind)
+        scores = ease.scores(validation.data, validation.rows)
+        for share in SHARE_GRID:  # 0: no EASE, where the validation window says so
+            recall = _recall(_discovery_with(parts, w, share, scores), validation, new_only=True)
+            found.append((recall, -share, -lam, kind, ease))
+    recall, minus_share, _, _, ease = max(found)
+    base = _recall(_discovery_with(parts, w, 0.0, parts["knn"]), validation, new_only=True)
+    print(
+        f"  discovery: validation recall_new {base:.4f} → {recall:.4f} ({ease}, "
+        f"share {-minus_share:g})",
+        file=sys.stderr,
+    )
+    scores = ease.scores(validation.data, validation.rows)
+    return ease, -minus_share, _boosted(parts, w, -minus_share, scores, validation)
+
+
+def _boosted(
+    parts: dict[str, np.ndarray],
+    w: models.HybridWeights,
+    share: float,
+    scores: np.ndarray,
+    validation: evaluate.Split,
+) -> models.HybridWeights:
+    """``w`` with the repeat boost of the best validation recall (``tune_hybrid``'s grid)."""
+    ceiling = 1.0 + w.popularity + w.new_arrivals
+    boosts = []
+    for b in evaluate.BOOST_GRID:
+        boosted = dataclasses.replace(w, repeat_boost=b * ceiling)
+        mixed = _discovery_with(parts, boosted, share, scores)
+        boosts.append((_recall(mixed, validation, new_only=False), b))
+    return dataclasses.replace(w, repeat_boost=max(boosts)[1] * ceiling)
+
+
+def retune_discovery(
+    tuner: models.Hybrid, validation: evaluate.Split, ease: Ease
+) -> tuple[float, models.HybridWeights]:
+    """On the validation window: EASE's share and every discovery weight of
+    ``evaluate.DISCOVER_GRID`` searched together for discover recall_new (ties: the smaller
+    share and bonuses), then the boost for recall — the discovery weights tuned for ALS and
+    kNN need not suit EASE."""
+    kept_own = np.asarray(tuner.weights.own)
+    parts = Eased(tuner, kept, kept_own, None, 0.0, tuner.weights).parts(validation.rows)
+    scores = ease.scores(validation.data, validation.rows)
+    found = []
+    for share, (als, popularity, new) in itertools.product(
+        SHARE_GRID, itertools.product(*evaluate.DISCOVER_GRID.values())
+    ):
+        w = dataclasses.replace(tuner.weights, als=als, popularity=popularity, new_arrivals=new)
+        recall = _recall(_discovery_with(parts, w, share, scores), validation, new_only=True)
+        found.append((recall, -share, -new, -popularity, -als, w))
+    recall, minus_share, *_, w = max(found, key=lambda entry: entry[:5])
+    print(
+        f"  discovery retuned: validation recall_new {recall:.4f} (share {-minus_share:g}, "
+        f"als {w.als:g}, popularity {w.popularity:g}, new {w.new_arrivals:g})",
+        file=sys.stderr,
+    )
+    return -minus_share, _boosted(parts, w, -minus_share, scores, validation)
+
+
+def tune_ease_blend(tuner: models.Hybrid, validation: evaluate.Split) -> tuple[Ease, Features, Any]:
+    """On the validation window: the blend refitted with EASE's own-item score for each
+    (λ, input); the one whose refitted hybrid reads the best validation recall."""
+    found = []
+    for lam, kind in itertools.product(EASE_GRID, EASE_INPUTS):
+        ease = Ease(lam, kind)
+        features = plus(ease_signal(ease))
+        pairs, label = own_labels(tuner, validation, features)
+        blend = pointwise(pairs[2], label, pairs[0])
+        model = Reblended(tuner, features, blend)
+        recall = evaluate.evaluate(model, validation, K, fit=False).recall
+        found.append((recall, -lam, kind, ease, features, blend))
+    recall, _, _, ease, features, blend = max(found, key=lambda entry: entry[:3])
+    print(
+        f"  blend: validation recall {recall:.4f} ({ease}, weight {blend[-1]:+.3f})",
+        file=sys.stderr,
+    )
+    return ease, features, blend
+
+
+CHOSEN: dict[str, str] = {}  # row → what the validation window chose (one cutoff's run)
+
+
+def fifth_round(
+    tuner: models.Hybrid,
+    tuned: models.Hybrid,
+    validation: evaluate.Split,
+    test: evaluate.Split,
+) -> dict[str, Measured]:
+    """EASE (a) stacked in the replenishment blend, (b) in the discovery score of items
+    never bought, (c) both — every choice on the validation window — and alone."""
+    results: dict[str, Measured] = {}
+
+    def row(name: str, chosen: str, measured: Measured) -> None:
+        results[name], CHOSEN[name] = measured, chosen
+
+    for kind in EASE_INPUTS:  # EASE alone, λ for its validation recall
+        best = max(
+            (evaluate.evaluate(EaseAlone(Ease(lam, kind)), validation, K).recall, -lam)
+            for lam in EASE_GRID
+        )
+        ease = Ease(-best[1], kind)
+        row(f"EASE alone, {kind} input", str(ease), measure_any(EaseAlone(ease), test))
+    kept_own = np.asarray(tuned.weights.own)
+    ease, features, blend = tune_ease_blend(tuner, validation)
+    model = Reblended(tuned, features, blend)
+    row("(a) + EASE in the replenishment blend", str(ease), measure(model, test, K, fit=False))
+    ease_b, share, weights = tune_ease_discovery(tuner, validation, kept, kept_own)
+    model = Eased(tuned, kept, kept_own, ease_b, share, weights)
+    chosen = f"{ease_b}, share {share:g}"
+    row("(b) EASE in the discovery score", chosen, measure(model, test, K, fit=False))
+    share, weights = retune_discovery(tuner, validation, ease_b)
+    model = Eased(tuned, kept, kept_own, ease_b, share, weights)
+    chosen = f"{ease_b}, share {share:g}"
+    row("(b) with every discovery weight retuned", chosen, measure(model, test, K, fit=False))
+    ease_c, share, weights = tune_ease_discovery(tuner, validation, features, blend)
+    model = Eased(tuned, features, blend, ease_c, share, weights)
+    row("(c) both", f"{ease} / {ease_c}, share {share:g}", measure(model, test, K, fit=False))
+    return results
+
+
+def measure_any(model: Any, test: evaluate.Split) -> Measured:
+    metrics, per = evaluate.evaluate_per_customer(model, test, K, fit=True)
+    return metrics, per["recall"]
+
+
 # --- the runs --------------------------------------------------------------------------
 
 THIRD_ROUND: dict[str, tuple[Features, Fit]] = {
@@ -600,7 +888,7 @@ def measure(model: models.Hybrid, test: evaluate.Split, k: int, *, fit: bool) ->
 
 
 def run(
-    lines: Lines, cutoff: float, settings: RecommenderSettings, *, discovery: bool
+    lines: Lines, cutoff: float, settings: RecommenderSettings, *, round_: int
 ) -> dict[str, Measured]:
     _CACHE.clear()
     validation = evaluate.make_split(lines, cutoff - HORIZON * DAY, HORIZON)
@@ -618,7 +906,10 @@ def run(
         pairs, label = own_labels(tuner, validation, features)
         blend = fit(pairs[2], label, pairs[0])
         results[name] = measure(Reblended(tuned, features, blend), test, K, fit=False)
-    for tau in (None, 30.0) if discovery else ():
+    if round_ == 5:
+        tuner.weights = weights  # the choices read the tuned hybrid on its own window
+        results |= fifth_round(tuner, tuned, validation, test)
+    for tau in (None, 30.0) if round_ == 4 else ():
         name = "discovery + description similarity" + (f" (exp(-days / {tau:g}))" if tau else "")
         content, boost = tune_content(tuner, weights, validation, tau)
         model = Discovered(tuned, weights, tau, content, boost)
@@ -785,8 +1076,11 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--zone", default="Europe/Berlin")
     parser.add_argument("--sweep", action="store_true", help="ALS / item-kNN settings instead")
-    parser.add_argument("--round", type=int, choices=(3, 4), default=4, help="ablation round")
+    parser.add_argument("--round", type=int, choices=(3, 4, 5), default=4, help="ablation round")
     parser.add_argument("--cutoff", choices=CUTOFFS, help="one cutoff only (development)")
+    parser.add_argument(
+        "--at", action="append", help="other cutoffs, ISO times in --zone (another shop)"
+    )
     args = parser.parse_args()
     engine = make_engine(args.database_url)
     lines = load_lines(engine)
@@ -796,8 +1090,8 @@ def main() -> None:
     engine.dispose()
     assert len(EXTRA.quantity) == len(lines), "amounts must align with the lines"
     ROWS.clear()
-    ROWS.update(THIRD_ROUND if args.round == 3 else FOURTH_ROUND)
-    cutoffs = (args.cutoff,) if args.cutoff else CUTOFFS
+    ROWS.update({3: THIRD_ROUND, 4: FOURTH_ROUND}.get(args.round, {}))
+    cutoffs = tuple(args.at) if args.at else (args.cutoff,) if args.cutoff else CUTOFFS
     settings = RecommenderSettings()
     table: dict[str, list[str]] = {}
     for day in cutoffs:
@@ -806,13 +1100,15 @@ def main() -> None:
             for name, cell in sweep(lines, cutoff, settings).items():
                 table.setdefault(name, []).append(cell)
             continue
-        results = run(lines, cutoff, settings, discovery=args.round == 4)
+        CHOSEN.clear()
+        results = run(lines, cutoff, settings, round_=args.round)
         base = results["tuned (recocamp evaluate)"][1]
         for name, (metrics, recall) in results.items():
             gain = evaluate.paired_bootstrap(recall, base)
+            chosen = f"; {CHOSEN[name]}" if name in CHOSEN else ""
             table.setdefault(name, []).append(
                 f"{metrics.recall:.4f} / {metrics.ndcg:.4f} (new {metrics.recall_new:.4f}; "
-                f"recall {gain.mean:+.4f} [{gain.low:+.4f}, {gain.high:+.4f}])"
+                f"recall {gain.mean:+.4f} [{gain.low:+.4f}, {gain.high:+.4f}]{chosen})"
             )
     for name, cells in table.items():
         print(f"| {name} | {' | '.join(cells)} |", flush=True)
