@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -166,14 +167,27 @@ def quality(shop: str, purchases: f.PurchaseDays, cutoffs: tuple[str, ...]) -> d
     return figures
 
 
+LEFT_OUT: list[str] = []  # shops whose data file is absent: named, never averaged over quietly
+
+
+def present(path: Path, shop: str) -> bool:
+    """Whether ``shop``'s data file is there; if not, say so (stderr, and ``left_out`` in
+    the JSON line): a summary over fewer shops than it claims would mislead."""
+    if path.exists():
+        return True
+    print(f"forecast benchmark: {shop} left out, no file at {path}", file=sys.stderr)
+    LEFT_OUT.append(shop)
+    return False
+
+
 def validation() -> dict[str, object]:
     """Every forecaster on the ten validation splits, and per forecaster the mean over them of
     its likely-count MAE as a share of BG/NBD's, of its AUC minus BG/NBD's, and the number of
     splits where its AUC is at least BG/NBD's."""
     shops: list[tuple[str, f.PurchaseDays, tuple[str, ...]]] = []
-    if UCI.exists():
+    if present(UCI, "uci"):
         shops.append(("uci", uci_purchases(), VALIDATION_UCI))
-    if CDNOW.exists():
+    if present(CDNOW, "cdnow"):
         shops.append(("cdnow", cdnow_purchases(), VALIDATION_CDNOW))
     for seed, cutoffs in VALIDATION_DEMO.items():
         shops.append((f"demo{seed}", demo_purchases(seed), cutoffs))
@@ -316,17 +330,17 @@ def run() -> None:
     args = parser.parse_args()
     figures: dict[str, object] = {"benchmark": "forecast"}
     if args.validation:
-        print(json.dumps(figures | validation()))
+        print(json.dumps(figures | validation() | {"left_out": LEFT_OUT}))
         return
-    if not args.skip_uci and UCI.exists():
+    if not args.skip_uci and present(UCI, "uci"):
         figures |= quality("uci", uci_purchases(), UCI_CUTOFFS)
-    if not args.skip_uci and CDNOW.exists():
+    if not args.skip_uci and present(CDNOW, "cdnow"):
         figures |= quality("cdnow", cdnow_purchases(), CDNOW_CUTOFFS)
     if not args.skip_uci:
         figures |= quality("demo", demo_purchases(), DEMO_CUTOFFS)
     if not args.skip_synthetic:
         figures |= speed(args.customers)
-    print(json.dumps(figures))
+    print(json.dumps(figures | {"left_out": LEFT_OUT}))
 
 
 if __name__ == "__main__":
