@@ -392,8 +392,27 @@ def stored_price(price: float) -> str:
 
 
 def email_hash(address: str) -> str:
-    """How suppressions know an address without keeping it: SHA-256 of the trimmed lowercase."""
-    return hashlib.sha256(address.strip().lower().encode()).hexdigest()
+    """How suppressions know an address without keeping it: SHA-256 of the trimmed, lower-case
+    address in Unicode's composed form (NFC, as RFC 6532 asks, and as erasure compares
+    addresses: ``tokens.address_key``)."""
+    return email_hashes(address)[0]
+
+
+def email_hashes(address: str) -> tuple[str, ...]:
+    """Every hash a suppression of ``address`` may be stored under, :func:`email_hash`'s
+    first: for an address that is not ASCII also its decomposed form's and the form's as
+    given (trimmed, lower-case), which suppressions written before addresses were composed
+    hold. A complaint about ``Müller@…`` typed on one system holds for the same address
+    exported decomposed (``u`` + U+0308) by another."""
+    text = address.strip().lower()
+    forms: tuple[str, ...] = (text,)
+    if not text.isascii():
+        forms = tuple(
+            dict.fromkeys(
+                (unicodedata.normalize("NFC", text), unicodedata.normalize("NFD", text), text)
+            )
+        )
+    return tuple(hashlib.sha256(form.encode()).hexdigest() for form in forms)
 
 
 @dataclass

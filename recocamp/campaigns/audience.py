@@ -24,7 +24,7 @@ from recocamp.campaigns.loyalty import engagement, points, standing, tiers_of
 from recocamp.campaigns.planner import CustomerView
 from recocamp.campaigns.predictive import LiveForecast
 from recocamp.campaigns.segments import History, Order, rfm_scores
-from recocamp.domain import CustomerOrder, Item, PlanningRows, email_hash
+from recocamp.domain import CustomerOrder, Item, PlanningRows, email_hashes
 from recocamp.settings import LoyaltySettings
 
 
@@ -55,7 +55,9 @@ def snapshot(
         customer = record.customer
         history = histories.get(customer.id, History(()))
         suppressed = bool(
-            rows.suppressed and customer.email and email_hash(customer.email) in rows.suppressed
+            rows.suppressed
+            and customer.email
+            and not rows.suppressed.isdisjoint(email_hashes(customer.email))
         )
         events = engagement(customer, rows.engagement.get(customer.id, {}), now)
         views.append(

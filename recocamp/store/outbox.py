@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from recocamp.domain import BodyTemplate, OutgoingEmail, email_hash
+from recocamp.domain import BodyTemplate, OutgoingEmail, email_hash, email_hashes
 from recocamp.errors import mask_addresses
 from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import campaign_pauses, customers, outbox, suppressions
@@ -235,15 +235,17 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int
         ).scalars()
     )
     # one address may have several mails in a batch (two campaigns): every one of them counts
-    hashes = {c.id: email_hash(c.email.to) for c in claimed}
+    hashes = {c.id: email_hashes(c.email.to) for c in claimed}
     suppressed = set(
         connection.execute(
             sa.select(suppressions.c.email_hash).where(
-                suppressions.c.email_hash.in_(set(hashes.values()))
+                suppressions.c.email_hash.in_({h for forms in hashes.values() for h in forms})
             )
         ).scalars()
     )
-    return {c.id for c in claimed if c.customer_id in gone or hashes[c.id] in suppressed}
+    return {
+        c.id for c in claimed if c.customer_id in gone or not suppressed.isdisjoint(hashes[c.id])
+    }
 
 
 def _set(

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import Column as Column  # re-exported: the schema types the rules walk
 from sqlalchemy import MetaData as MetaData
 
-from recocamp.domain import OutgoingEmail, email_hash
+from recocamp.domain import OutgoingEmail, email_hashes
 from recocamp.store import outbox
 from recocamp.store.schema import (
     audit_log,
@@ -164,7 +164,9 @@ def audit_entries(connection: sa.Connection, customer_ids: Sequence[str]) -> lis
 def suppression(connection: sa.Connection, email: str) -> tuple[str, datetime] | None:
     """Why and since when the address is suppressed; None when it is not."""
     row = connection.execute(
-        sa.select(suppressions).where(suppressions.c.email_hash == email_hash(email))
+        sa.select(suppressions)
+        .where(suppressions.c.email_hash.in_(email_hashes(email)))
+        .order_by(suppressions.c.created_at)
     ).first()
     return None if row is None else (row.reason, row.created_at)
 

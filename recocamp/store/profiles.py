@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from recocamp.domain import email_hash
+from recocamp.domain import email_hashes
 from recocamp.store.schema import (
     customers,
     forecast_checkpoints,
@@ -85,7 +85,7 @@ def resubscribe(
     if email:
         connection.execute(
             sa.delete(suppressions).where(
-                suppressions.c.email_hash == email_hash(email),
+                suppressions.c.email_hash.in_(email_hashes(email)),
                 suppressions.c.reason == "unsubscribed",
             )
         )

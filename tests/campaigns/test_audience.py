@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 from recocamp.campaigns.audience import history_of, snapshot
@@ -63,6 +64,30 @@ def test_every_customer_gets_a_view_with_their_own_rows() -> None:
     assert a.frequency_preference == "weekly" and not a.suppressed and a.rfm is not None
     assert (b.history.count, b.personal, b.contacts, b.suppressed) == (0, None, (contact,), True)
     assert a.standing is not None and found.items is ITEMS and found.popular == [["mug", 1.0]]
+
+
+def test_a_suppression_holds_for_the_address_in_either_unicode_form() -> None:
+    """A complaint recorded for ``Müller@…`` exported decomposed (``u`` + U+0308) by
+    another system suppresses the address typed composed, and the other way round; a
+    suppression hashed before addresses were composed (the form as given) still holds."""
+    composed, decomposed = "m\u00fcller@example.com", "mu\u0308ller@example.com"
+    assert email_hash(composed) == email_hash(decomposed) == email_hash(" M\u00dcLLER@example.com")
+    old = hashlib.sha256(decomposed.encode()).hexdigest()  # as written before
+    for stored in (email_hash(decomposed), old):
+        rows = PlanningRows(
+            customers=[
+                CustomerRecord(Customer("m", composed)),
+                CustomerRecord(Customer("n", "n@x.de")),
+            ],
+            orders=[],
+            personal={},
+            contacts={},
+            suppressed=frozenset({stored}),
+            items=ITEMS,
+            popular=[],
+        )
+        m, n = snapshot(rows, LoyaltySettings(), NOW).views
+        assert (m.suppressed, n.suppressed) == (True, False)
 
 
 def test_a_customer_who_objected_to_profiling_has_no_rfm_segment() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -56,6 +57,22 @@ def test_a_suppressed_address_with_two_mails_in_one_batch_gets_neither(
     report = deliverer(engine, fake, FixedClock(NOW)).drain()
     assert fake.sent == [] and report.sent == 0
     assert states(engine) == Counter({"cancelled": 2})
+
+
+def test_a_suppression_of_the_decomposed_address_cancels_mail_to_the_composed_one(
+    engine: sa.Engine,
+) -> None:
+    """A bounce reported for ``Jürgen@…`` in decomposed form (``u`` + U+0308: another
+    system's export) is the same address as the composed one the outbox holds: its mail is
+    cancelled (the hash of the trimmed, lower-case text told them apart)."""
+    composed = "j\u00fcrgen@example.test"
+    store(engine, [dataclasses.replace(email(0), to=composed)])
+    with engine.begin() as connection:
+        outbox.suppress(connection, ["Ju\u0308rgen@example.test"], "bounced", "test", NOW)
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert fake.sent == [] and report.sent == 0
+    assert states(engine) == Counter({"cancelled": 1})
 
 
 def test_a_stop_ends_a_delivering_process_that_waits_for_a_retry(engine: sa.Engine) -> None:
