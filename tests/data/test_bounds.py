@@ -21,7 +21,7 @@ from recocamp.cli import app as cli_app
 from recocamp.cli.common import print_json
 from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.ingest import Importer
-from recocamp.data.sources.csv import RECORD_MAX
+from recocamp.data.sources.csv import ONLINE_RETAIL_COLUMNS, RECORD_MAX
 from recocamp.domain import FIELD_MAX
 from recocamp.errors import DataImportError
 from recocamp.settings import Settings
@@ -32,6 +32,7 @@ from tests.conftest import NOW, write_csv
 STANDARD = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at", "line_no"]
 GOOD = ["A1", "c1", "i1", "1", "9.99", "2024-04-01T12:00:00Z", "1"]
 LONG_ID = "c" * 100_000
+RETAIL_GOOD = ["536365", "85123A", "HEART", "6", "2010-12-01 08:26:00", "2.55", "17850", "UK"]
 
 
 def importer(engine: sa.Engine) -> Importer:
@@ -94,17 +95,7 @@ def test_a_purchase_value_past_the_bounds_is_a_row_problem(
 
 
 def test_online_retail_rows_have_the_same_bounds(engine: sa.Engine, tmp_path: Path) -> None:
-    header = [
-        "InvoiceNo",
-        "StockCode",
-        "Description",
-        "Quantity",
-        "InvoiceDate",
-        "UnitPrice",
-        "CustomerID",
-        "Country",
-    ]
-    good = ["536365", "85123A", "HEART", "6", "2010-12-01 08:26:00", "2.55", "17850", "UK"]
+    header, good = list(ONLINE_RETAIL_COLUMNS), RETAIL_GOOD
     rows = [
         good,
         [*good[:3], "1e300", *good[4:]],
@@ -237,17 +228,7 @@ def test_an_order_whose_lines_name_other_customers_is_refused_line_by_line(
 def test_online_retail_invoices_of_two_customers_name_the_customer_column(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
-    header = [
-        "InvoiceNo",
-        "StockCode",
-        "Description",
-        "Quantity",
-        "InvoiceDate",
-        "UnitPrice",
-        "CustomerID",
-        "Country",
-    ]
-    good = ["536365", "85123A", "HEART", "6", "2010-12-01 08:26:00", "2.55", "17850", "UK"]
+    header, good = list(ONLINE_RETAIL_COLUMNS), RETAIL_GOOD
     other = [*good[:6], "13047", good[7]]
     path = write_csv(tmp_path / "retail.csv", header, [good, good, other])
     error = refused(engine, lambda: importer(engine).purchases(path, "online-retail"))
