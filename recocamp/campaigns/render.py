@@ -82,13 +82,25 @@ def is_template(name: str) -> bool:
     return name.lower().endswith(SUFFIXES)
 
 
+def inside(directory: Path, path: Path) -> bool:
+    """Whether ``path``, its links followed, is a file of ``directory``: a link in the
+    templates folder to ``/proc/self/environ`` or ``../settings.toml`` would otherwise put the
+    process's secrets or any file it can read into an e-mail."""
+    try:
+        path.resolve(strict=True).relative_to(directory.resolve(strict=True))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def snapshot(directory: Path) -> dict[str, str]:
     """Every template file of ``directory`` as text, by its name in the directory (other
-    files, an image beside the templates, are left out); a template that is not UTF-8 is a
-    ConfigError naming it and the line of its first bad byte."""
+    files, an image beside the templates, and links to files outside the folder are left
+    out); a template that is not UTF-8 is a ConfigError naming it and the line of its first
+    bad byte."""
     found = {}
     for path in sorted(directory.rglob("*")):
-        if path.is_file() and is_template(path.name):
+        if path.is_file() and is_template(path.name) and inside(directory, path):
             try:
                 found[path.relative_to(directory).as_posix()] = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as exc:
@@ -124,6 +136,7 @@ class InliningLoader(BaseLoader):
     files of a directory, or from a :func:`snapshot` of them (``sources``)."""
 
     def __init__(self, directory: Path, sources: Mapping[str, str] | None = None) -> None:
+        self.directory = None if sources is not None else directory  # read from: links checked
         self.files: BaseLoader = (
             FileSystemLoader(str(directory)) if sources is None else DictLoader(dict(sources))
         )
@@ -131,7 +144,8 @@ class InliningLoader(BaseLoader):
         if sources is not None:
             self.css = sources.get(STYLESHEET, "")
         else:
-            self.css = sheet.read_text(encoding="utf-8") if sheet.exists() else ""
+            readable = sheet.exists() and inside(directory, sheet)
+            self.css = sheet.read_text(encoding="utf-8") if readable else ""
         self.fragments = css_inline.CSSInliner(load_remote_stylesheets=False)
         self.documents = css_inline.CSSInliner(
             load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
@@ -146,6 +160,12 @@ class InliningLoader(BaseLoader):
         if not is_template(template):
             names = ", ".join(SUFFIXES)
             raise NotATemplate(template, f"{template!r} is not a template file ({names})")
+        if self.directory is not None:
+            path = self.directory / template
+            if path.exists() and not inside(self.directory, path):
+                raise OutsideTemplates(
+                    template, f"{template!r} is a link to a file outside the templates folder"
+                )
         try:
             source, filename, uptodate = self.files.get_source(environment, template)
         except UnicodeDecodeError as exc:

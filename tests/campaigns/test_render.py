@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from jinja2 import TemplateNotFound
 
 from recocamp.campaigns.render import (
     QUARANTINE_AFTER,
@@ -481,6 +482,27 @@ def test_includes_and_errors_at_render_are_problems_not_crashes(
     assert message in problem.message
     subject = check_subject("{{ 9**(9**9) }}", sample_context(), tmp_path)
     assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
+
+
+def test_a_link_to_a_file_outside_the_templates_folder_is_not_read(tmp_path: Path) -> None:
+    """A link in the folder to a secret (``/proc/self/environ``: the signing key, the ESP
+    token) would put it into every e-mail: ``check`` refuses it, a worker's frozen copy
+    leaves it out; a link to a template inside the folder is an ordinary template."""
+    folder, secret = tmp_path / "templates", tmp_path / "secret.txt"
+    folder.mkdir()
+    secret.write_text("RECOCAMP_SIGNING_KEY=s3cret", encoding="utf-8")
+    (folder / "env.txt").symlink_to(secret)
+    write(folder, "_part.txt", "part")
+    (folder / "alias.txt").symlink_to(folder / "_part.txt")
+    write(folder, "t.txt", "{% include 'env.txt' %}")
+    write(folder, "ok.txt", "{% include 'alias.txt' %}")
+    (problem,) = check_template(folder, "t.txt", sample_context())
+    assert "'env.txt' is a link to a file outside the templates folder" in problem.message
+    assert check_template(folder, "ok.txt", sample_context()) == []
+    assert sorted(snapshot(folder)) == ["_part.txt", "alias.txt", "ok.txt", "t.txt"]
+    with pytest.raises(TemplateNotFound):
+        Renderer.frozen(folder).body("ok.txt", "t.txt", sample_context())
+    assert Renderer.frozen(folder).body("ok.txt", "ok.txt", sample_context()) == ("part",) * 2
 
 
 def test_each_render_has_its_own_budget(tmp_path: Path) -> None:
