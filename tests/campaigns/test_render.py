@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import re
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from recocamp.campaigns.render import (
     sample_context,
     snapshot,
 )
-from recocamp.campaigns.render_limits import Budget, LimitExceeded, on_collection
+from recocamp.campaigns.render_limits import Budget, LimitExceeded, json_size, on_collection
 from recocamp.errors import ConfigError, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
@@ -367,6 +368,11 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
     "{{ y|length }}": "max_output_chars",
     "{% for i in range(900) %}{{ 'x' * 12 }}{% endfor %}": "max_output_chars",
     "{{ ('x' * 100).translate({120: 'y'}) }}": "not available",
+    # filters that repeat an argument per line or per link: refused before they run (an
+    # indent of 10**6 or a target of a million characters made gigabytes in one call)
+    "{{ [[[[[[[[[[1]]]]]]]]]]|tojson(indent=5000) }}": "tojson would make a value longer",
+    "{{ {'a': [[1, 2]] * 40}|tojson('x' * 100) }}": "tojson would make a value longer",
+    "{{ ('www.a.com ' * 100)|urlize(target='x' * 5000) }}": "urlize would make a value longer",
     # values that share children: each doubles a tree that compares and hashes in 2 ** steps
     "{% set ns = namespace(x=[0], y=[0]) %}{% for i in range(22) %}{% set ns.x = [ns.x, ns.x] %}"
     "{% set ns.y = [ns.y, ns.y] %}{% endfor %}{{ ns.x == ns.y }}": "max_output_chars",
@@ -401,6 +407,26 @@ def test_a_template_past_a_limit_is_a_problem_with_its_file_and_line(
     with pytest.raises(TemplateLimitError) as raised:
         Renderer(tmp_path, limits=SMALL).body("hostile.html", "hostile.html", sample_context())
     assert "hostile.html: line 2: " in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "value", [[], [1], {"a": [1, {"b": [2, 3]}], "c": {}}, [[[[["x"]]]]], [[1, 2]] * 30, "x"]
+)
+@pytest.mark.parametrize("indent", [None, 0, 1, 4, "\t", -3])
+def test_the_estimate_of_indented_json_is_an_upper_bound(value: object, indent: object) -> None:
+    actual = len(json.dumps(value, indent=indent))  # type: ignore[arg-type]
+    assert json_size(value, indent, 10**6) >= (actual if indent is not None else 0)
+
+
+def test_urlize_and_tojson_within_the_limits_render(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "t.html",
+        "{{ 'see www.shop.test or a@b.test'|urlize(target='_blank') }}"
+        "{{ {'a': [1, 2]}|tojson(indent=2) }}",
+    )
+    (html, _) = Renderer(tmp_path, limits=SMALL).body("t.html", "t.html", sample_context())
+    assert 'target="_blank">www.shop.test</a>' in html and '\n  "a": [\n    1,' in html
 
 
 def test_the_defaults_stop_the_issue_s_templates(tmp_path: Path) -> None:
