@@ -644,10 +644,10 @@ def repeating_size(name: str, values: list[Any], kwargs: dict[str, Any], bound: 
     (``tojson``: indent): their result can be far larger than input and argument together."""
     value = values[0]
     if name == "urlize":
-        text = str(value)
-        links = len(_LINKISH.findall(text))
+        escaped = str(escape(str(value)))  # what urlize splits into words
+        links = _LINKISH.findall(escaped)  # each may be a link: its href repeats it
         added = sum(size_of(x, bound) for x in [*values[1:], *kwargs.values()]) + URLIZE_MARKUP
-        return 2 * len(escape(text)) + links * added
+        return len(escaped) + sum(map(len, links)) + len(links) * added
     indent = kwargs.get("indent", values[1] if len(values) > 1 else None)
     return json_size(value, indent, bound)
 
