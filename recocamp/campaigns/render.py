@@ -507,6 +507,7 @@ class ContractReads(NodeVisitor):
     def _key(self, node: nodes.Getattr | nodes.Getitem, parent: object, key: str) -> object:
         mapping = contract.contract_of(parent)
         if mapping is None:
+            self._scalar_key(node, parent, key)
             return None
         known = contract.fields(mapping)
         if key in known:
@@ -521,6 +522,23 @@ class ContractReads(NodeVisitor):
                 )
             )
         return None
+
+    def _scalar_key(self, node: nodes.Getattr | nodes.Getitem, parent: object, key: str) -> None:
+        """A key of a text, number or flag of the contract that the value lacks (its methods,
+        ``upper`` or ``startswith``, it has): ``campaign.variant.name`` passed a sample whose
+        variant is none and failed every e-mail of a campaign with variants."""
+        scalar = contract.scalar_of(parent)
+        if scalar is None or key.startswith("_") or hasattr(scalar, key):
+            return
+        kind = contract.SCALARS[scalar]
+        self.problems.append(
+            Problem(
+                f"reads a key outside the template context: {_spelled(node.node)} is {kind}, "
+                f"which has no key {key!r}",
+                line=node.lineno,
+                value=_spelled(node),
+            )
+        )
 
 
 def _bound(target: nodes.Node, kind: object) -> Scope:

@@ -127,6 +127,20 @@ def test_unknown_variables_and_attributes_fail_check_with_their_line(tmp_path: P
         ("{% with s = shop %}\n{{ s.url }}{% endwith %}", 2, "s.url"),
         ("{% set who = customer %}\n\n{{ who.name }}", 3, "who.name"),
         ("{{ loyalty.tier }}\n{{ loyalty.points_to_next_tier }}", 2, "loyalty.points_to_next_tier"),
+        # a key of a text or number: the sample's variant and image are none, so a render
+        # never reads it, and every e-mail of a campaign with variants or pictures failed
+        (
+            "{% if campaign.variant %}\n{{ campaign.variant.name }}{% endif %}",
+            2,
+            "campaign.variant.name",
+        ),
+        (
+            "{% for o in offers %}{% if o.image_url %}\n{{ o.image_url['src'] }}{% endif %}"
+            "{% endfor %}",
+            2,
+            "o.image_url['src']",
+        ),
+        ("{{ locale.upper() }}\n{{ loyalty.points.value }}", 2, "loyalty.points.value"),
     ],
 )
 def test_check_names_each_key_outside_the_contract_with_its_line(
@@ -149,6 +163,7 @@ def test_check_names_each_key_outside_the_contract_with_its_line(
         "{% macro card(customer) %}{{ customer.nick }}{% endmacro %}{{ card({'nick': 1}) }}",
         "{% for offer in offers %}{{ loop.index }} {{ offer.title }}{% endfor %}",
         "{{ (offers | first).title }} {{ offers[0].price }} {{ survey.scores[-1].url }}",
+        "{{ customer.id.zfill(6) }} {{ campaign.variant.upper() if campaign.variant }}",  # methods
     ],
 )
 def test_check_accepts_what_the_contract_has(tmp_path: Path, body: str) -> None:
