@@ -123,6 +123,10 @@ def email_problem(value: str) -> str | None:
             "is not one plain e-mail address (one per customer: no second @, whitespace, "
             'control character or any of , ; < > ( ) [ ] " \\ :)'
         )
+    if any(part.startswith(".") or part.endswith(".") or ".." in part for part in (local, domain)):
+        # RFC 5321's dot-atoms; "a@example.test." reaches a@example.test's mailbox, and an
+        # erasure's tombstone of the address would not know it
+        return "is not an e-mail address: a dot at the start or end of either part, or two dots"
     return None
 
 
