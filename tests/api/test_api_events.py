@@ -296,6 +296,7 @@ def test_a_customer_is_created_and_changed_with_an_audit_trail(app: FastAPI) -> 
         ({"source": "x", "email": "no-at-sign"}, "email"),
         ({"source": "x", "email": "no-at-sign@x.test, b@y.test"}, "email"),  # two recipients
         ({"source": "x", "email": "no-at-sign@x.test\r\nBcc: b@y.test"}, "email"),
+        ({"source": "x", "email": "no-at-sign@x.test."}, "email"),  # x.test's mailbox
         ({"source": "x", "time_zone": "Mars/Olympus"}, "time_zone"),
         ({"source": "x", "at": (NOW + timedelta(days=1)).isoformat()}, "at"),
         ({"source": "x", "consent_at": "2012-01-01T10:00:00"}, "consent_at"),  # no offset
