@@ -93,6 +93,16 @@ def inside(directory: Path, path: Path) -> bool:
     return True
 
 
+def _outside(directory: Path, path: Path) -> bool:
+    """Whether ``path`` exists and is a link out of ``directory`` (a name the file system
+    refuses, too long or with NUL, is no file: "not found", as the loader says)."""
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):
+        return False
+    return exists and not inside(directory, path)
+
+
 def snapshot(directory: Path) -> dict[str, str]:
     """Every template file of ``directory`` as text, by its name in the directory (other
     files, an image beside the templates, and links to files outside the folder are left
@@ -160,12 +170,10 @@ class InliningLoader(BaseLoader):
         if not is_template(template):
             names = ", ".join(SUFFIXES)
             raise NotATemplate(template, f"{template!r} is not a template file ({names})")
-        if self.directory is not None:
-            path = self.directory / template
-            if path.exists() and not inside(self.directory, path):
-                raise OutsideTemplates(
-                    template, f"{template!r} is a link to a file outside the templates folder"
-                )
+        if self.directory is not None and _outside(self.directory, self.directory / template):
+            raise OutsideTemplates(
+                template, f"{template!r} is a link to a file outside the templates folder"
+            )
         try:
             source, filename, uptodate = self.files.get_source(environment, template)
         except UnicodeDecodeError as exc:

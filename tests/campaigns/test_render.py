@@ -544,6 +544,9 @@ def test_a_link_to_a_file_outside_the_templates_folder_is_not_read(tmp_path: Pat
     with pytest.raises(TemplateNotFound):
         Renderer.frozen(folder).body("ok.txt", "t.txt", sample_context())
     assert Renderer.frozen(folder).body("ok.txt", "ok.txt", sample_context()) == ("part",) * 2
+    write(folder, "long.txt", "{% include ('x' * 5000) ~ '.txt' %}")  # ENAMETOOLONG
+    (problem,) = check_template(folder, "long.txt", sample_context())
+    assert problem.message.startswith("template not found: 'xxx")
 
 
 def test_each_render_has_its_own_budget(tmp_path: Path) -> None:
