@@ -333,7 +333,7 @@ def _consent(campaign: Campaign, view: CustomerView, now: datetime) -> Reason | 
     customer = view.customer
     if customer.erased_at is not None:
         return Reason.ERASED
-    if not customer.email or email_problem(customer.email):  # stored before it was checked
+    if not customer.email or email_problem(customer.email.strip()):  # stored unchecked
         return Reason.NO_EMAIL
     if customer.unsubscribed_at is not None:
         return Reason.UNSUBSCRIBED

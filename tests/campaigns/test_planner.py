@@ -83,6 +83,7 @@ def run(c: Campaign, v: CustomerView, context: Context = CONTEXT) -> tuple[Outco
         # stored before addresses were checked: Postmark would mail both (or the second)
         ({"email": "a@example.test, b@example.test"}, (Outcome.SKIP, "no_email")),
         ({"email": "Ann <a@example.test>"}, (Outcome.SKIP, "no_email")),
+        ({"email": " a@example.test "}, (Outcome.SEND, "eligible")),  # PUT keeps the spaces
         ({"unsubscribed_at": NOW - timedelta(days=1)}, (Outcome.SKIP, "unsubscribed")),
         ({"suppressed": True}, (Outcome.SKIP, "suppressed")),
         ({"consent_basis": ConsentBasis.NONE}, (Outcome.SKIP, "no_consent")),
