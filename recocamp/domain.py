@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -106,6 +107,32 @@ _EARTH_AHEAD = timedelta(hours=14)  # UTC+14: where a date begins first
 def locale_problem(value: str) -> str | None:
     """Why ``value`` cannot be a customer's locale, or None."""
     return None if value in LOCALES else f"is not one of {', '.join(LOCALES)}"
+
+
+EMAIL_SEPARATORS = re.compile(r'[ ,;<>()\[\]"\\:]')  # what lists or names several recipients
+
+
+def email_problem(value: str) -> str | None:
+    """Why ``value`` is not one plain address (``local@domain``), or None. The address goes
+    into the provider's ``To`` as it is, and Postmark reads ``"a@x, b@y"`` or ``"Ann
+    <a@x>, b@y"`` as two recipients: a customer's e-mail, with their signed preferences link
+    (their data, its erasure), would reach a second person who never consented, whose
+    bounce, complaint or unsubscribe matches no customer's address. So: one ``@`` with
+    text either side, no whitespace or other non-printable character, none of ``, ; < > ( )
+    [ ] " \\ :``. Called for every customer a campaign decides on: C-speed checks only."""
+    local, at, domain = value.rpartition("@")
+    if not at or not local or not domain:
+        return "is not an e-mail address"
+    if "@" in local or EMAIL_SEPARATORS.search(value) or not value.isprintable():
+        return (
+            "is not one plain e-mail address (one per customer: no second @, whitespace, "
+            'control character or any of , ; < > ( ) [ ] " \\ :)'
+        )
+    if any(part.startswith(".") or part.endswith(".") or ".." in part for part in (local, domain)):
+        # RFC 5321's dot-atoms; "a@example.test." reaches a@example.test's mailbox, and an
+        # erasure's tombstone of the address would not know it
+        return "is not an e-mail address: a dot at the start or end of either part, or two dots"
+    return None
 
 
 def future_problem(value: datetime, now: datetime) -> str | None:

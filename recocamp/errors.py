@@ -48,6 +48,17 @@ def mask_addresses(text: str) -> str:
     return _MASKED.sub("<address>", text) if "@" in text else text
 
 
+SHOWN = 200  # characters of a long text value a problem shows
+
+
+def shown(value: object) -> object:
+    """A value as a problem prints it: a long text cut (a 1.5 MB description in a campaign
+    file made a one-line error of 1.5 MB, logged and stored with the worker's check run)."""
+    if isinstance(value, str) and len(value) > SHOWN:
+        return f"{value[:SHOWN]}… ({len(value):,} characters)"
+    return value
+
+
 class RecocampError(Exception):
     """Base class of every error recocamp raises deliberately."""
 
@@ -75,7 +86,7 @@ class Problem:
 
     def __str__(self) -> str:
         where = self.where()
-        value = "" if self.value is None else f" (value: {self.value!r})"
+        value = "" if self.value is None else f" (value: {shown(self.value)!r})"
         return f"{where}: {self.message}{value}" if where else f"{self.message}{value}"
 
 

@@ -92,17 +92,39 @@ async def json_only(request: Request) -> None:
         raise HTTPException(415, "the body must be JSON: send Content-Type: application/json")
 
 
+class DuplicateKey(ValueError):
+    """An object of the body names one key twice."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: ``json.loads`` keeps the last of two, so
+    ``{"lines": [...], "lines": [...]}`` (a client that appends instead of replacing) would
+    store one order's second half and drop its first without a word (RFC 8259: the
+    behaviour of such an object is unpredictable)."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(f"the body's JSON has the key {key[:64]!r} twice in one object")
+            seen.add(key)
+    return found
+
+
 class JsonRequest(Request):
-    """A request whose JSON that Python cannot hold is a 400 saying why; a syntax error
-    stays FastAPI's 422 ``json_invalid`` at its position."""
+    """A request whose JSON that Python cannot hold, or that names a key twice in one
+    object, is a 400 saying why; a syntax error stays FastAPI's 422 ``json_invalid`` at its
+    position."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                self._json = json.loads(body)
+                self._json = json.loads(body, object_pairs_hook=unique_keys)
             except json.JSONDecodeError:
                 raise
+            except DuplicateKey as exc:
+                raise HTTPException(400, str(exc)) from None
             except (ValueError, RecursionError):
                 try:
                     read_json(body)

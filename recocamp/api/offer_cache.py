@@ -85,6 +85,11 @@ STALE_BASES = 10_000  # histories of dropped bases kept per process for the next
 SCORES_HELD = 256  # re-scored bases per process whose scores of every item are kept
 
 
+MAX_FILTERS = 100  # values of `category`, and of `exclude`, in one request (a cart's items)
+CACHED_FILTERS = 20  # a query with more filter values is answered, not kept: each kept answer
+# holds its query, and 100,000 of them with thousands of made-up exclusions each took ~38 GB
+
+
 class Query(NamedTuple):
     """What the shop asks for: how many offers, which mode, which categories, what not.
     (A named tuple: it is built and hashed on every request.)"""
@@ -93,6 +98,11 @@ class Query(NamedTuple):
     mode: Mode = Mode.MIXED
     categories: frozenset[str] = frozenset()
     exclude: frozenset[str] = frozenset()
+
+    @property
+    def kept(self) -> bool:
+        """Whether its answer is worth keeping (see :data:`CACHED_FILTERS`)."""
+        return len(self.categories) + len(self.exclude) <= CACHED_FILTERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,7 +585,8 @@ class OfferService:
                 with self.cache.lock:
                     pending, self._pending = self._pending, None
             with self.cache.lock:
-                if self._trusted and epoch == self._epoch and customer_id not in pending:
+                fresh = epoch == self._epoch and customer_id not in pending
+                if self._trusted and fresh and query.kept:
                     self.cache.put(customer_id, query, _Entry(basis.generation, body))
                     self.cache.put_basis(customer_id, basis)
             self.tally.computed += 1

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from recocamp.api import lean as api_lean
 from recocamp.api.auth import Authenticator, OffersRead
-from recocamp.api.offer_cache import MAX_N, OfferService
+from recocamp.api.offer_cache import MAX_FILTERS, MAX_N, OfferService
 from recocamp.api.offer_cache import Query as OfferQuery
 from recocamp.recommender.ranking import Mode
 
@@ -59,6 +59,23 @@ class SimilarOut(BaseModel):
     items: list[OfferOut]
 
 
+def _at_most(limit: int, **lists: list[str]) -> None:
+    """422 for a filter with more than ``limit`` values (pydantic's error for a long list):
+    every distinct query costs memory in the answer cache, and a cart is far shorter."""
+    errors = [
+        api_lean.problem(
+            "too_long",
+            ("query", name),
+            f"List should have at most {limit} items after validation, not {len(values)}",
+            values,
+            {"field_type": "List", "max_length": limit, "actual_length": len(values)},
+        )
+        for name, values in lists.items()
+        if len(values) > limit
+    ]
+    api_lean.raise_if(errors)
+
+
 def _set(values: list[str]) -> frozenset[str]:
     return frozenset(values) if values else NOTHING
 
@@ -96,6 +113,7 @@ def next_best_offer_route(
         was trained), filtered by stock, category and exclusions with the campaign planner's
         rules. Unknown customers, customers without a history and customers who objected to
         profiling get recent popularity."""
+        _at_most(MAX_FILTERS, category=category, exclude=exclude)
         query = OfferQuery(n, Mode(mode), _set(category), _set(exclude))
         entered = request.scope.get(api_lean.ENTERED, math.inf)
         body = service.lookup(customer_id, query, entered)

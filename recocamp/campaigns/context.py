@@ -165,6 +165,18 @@ def contract_of(kind: object) -> type | None:
     return inner if isinstance(inner, type) and is_typeddict(inner) else None
 
 
+SCALARS = {str: "text", bool: "true/false", int: "a whole number", float: "a number"}
+
+
+def scalar_of(kind: object) -> type | None:
+    """The Python type of a value of type ``kind`` that is text, a number or a flag
+    (``str | None`` → str, ``Locale`` → str), else None."""
+    inner = without_none(kind)
+    if get_origin(inner) is Literal:
+        inner = type(get_args(inner)[0])
+    return inner if isinstance(inner, type) and inner in SCALARS else None
+
+
 def element(kind: object) -> object | None:
     """The element type of a list type (``offers`` → :class:`OfferContext`), else None."""
     inner = without_none(kind)

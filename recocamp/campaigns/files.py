@@ -31,6 +31,7 @@ from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings, TimeZoneName, cron_trigger, never_fires
 
+DESCRIPTION_MAX = 1000  # characters: a line or two for people, and for templates to print
 RFM_NAMES = (*(name for name, _, _ in RFM_SEGMENTS), "others")
 RISK_TIERS = ("low", "medium", "high")  # forecast.outlook.risk_tier's tiers
 FORECAST_KEYS = (
@@ -174,7 +175,9 @@ class CapOverrides(_Strict):
 
 class Campaign(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
-    description: str = ""
+    # templates read it (``campaign.description``), but check renders them with a sample: a
+    # description longer than the output bound would fail every e-mail of the run
+    description: str = Field(default="", max_length=DESCRIPTION_MAX)
     enabled: bool = True
     # "offers": personal offers (the default); "nps": a Net Promoter Score survey, a mail with
     # 0–10 answer links and no offers (its answers are measured in the report)

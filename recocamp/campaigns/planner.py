@@ -46,7 +46,14 @@ from recocamp.campaigns import caps, offers, predictive, segments
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.loyalty import Standing
 from recocamp.campaigns.segments import History, Rfm
-from recocamp.domain import CONTACT_HISTORY_DAYS, ConsentBasis, Customer, CustomerForecast, Item
+from recocamp.domain import (
+    CONTACT_HISTORY_DAYS,
+    ConsentBasis,
+    Customer,
+    CustomerForecast,
+    Item,
+    email_problem,
+)
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
 
@@ -328,7 +335,7 @@ def _consent(campaign: Campaign, view: CustomerView, now: datetime) -> Reason | 
     customer = view.customer
     if customer.erased_at is not None:
         return Reason.ERASED
-    if not customer.email:
+    if not customer.email or email_problem(customer.email.strip()):  # stored unchecked
         return Reason.NO_EMAIL
     if customer.unsubscribed_at is not None:
         return Reason.UNSUBSCRIBED

@@ -82,13 +82,35 @@ def is_template(name: str) -> bool:
     return name.lower().endswith(SUFFIXES)
 
 
+def inside(directory: Path, path: Path) -> bool:
+    """Whether ``path``, its links followed, is a file of ``directory``: a link in the
+    templates folder to ``/proc/self/environ`` or ``../settings.toml`` would otherwise put the
+    process's secrets or any file it can read into an e-mail."""
+    try:
+        path.resolve(strict=True).relative_to(directory.resolve(strict=True))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _outside(directory: Path, path: Path) -> bool:
+    """Whether ``path`` exists and is a link out of ``directory`` (a name the file system
+    refuses, too long or with NUL, is no file: "not found", as the loader says)."""
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):
+        return False
+    return exists and not inside(directory, path)
+
+
 def snapshot(directory: Path) -> dict[str, str]:
     """Every template file of ``directory`` as text, by its name in the directory (other
-    files, an image beside the templates, are left out); a template that is not UTF-8 is a
-    ConfigError naming it and the line of its first bad byte."""
+    files, an image beside the templates, and links to files outside the folder are left
+    out); a template that is not UTF-8 is a ConfigError naming it and the line of its first
+    bad byte."""
     found = {}
     for path in sorted(directory.rglob("*")):
-        if path.is_file() and is_template(path.name):
+        if path.is_file() and is_template(path.name) and inside(directory, path):
             try:
                 found[path.relative_to(directory).as_posix()] = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as exc:
@@ -124,6 +146,7 @@ class InliningLoader(BaseLoader):
     files of a directory, or from a :func:`snapshot` of them (``sources``)."""
 
     def __init__(self, directory: Path, sources: Mapping[str, str] | None = None) -> None:
+        self.directory = None if sources is not None else directory  # read from: links checked
         self.files: BaseLoader = (
             FileSystemLoader(str(directory)) if sources is None else DictLoader(dict(sources))
         )
@@ -131,7 +154,8 @@ class InliningLoader(BaseLoader):
         if sources is not None:
             self.css = sources.get(STYLESHEET, "")
         else:
-            self.css = sheet.read_text(encoding="utf-8") if sheet.exists() else ""
+            readable = sheet.exists() and inside(directory, sheet)
+            self.css = sheet.read_text(encoding="utf-8") if readable else ""
         self.fragments = css_inline.CSSInliner(load_remote_stylesheets=False)
         self.documents = css_inline.CSSInliner(
             load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
@@ -146,6 +170,10 @@ class InliningLoader(BaseLoader):
         if not is_template(template):
             names = ", ".join(SUFFIXES)
             raise NotATemplate(template, f"{template!r} is not a template file ({names})")
+        if self.directory is not None and _outside(self.directory, self.directory / template):
+            raise OutsideTemplates(
+                template, f"{template!r} is a link to a file outside the templates folder"
+            )
         try:
             source, filename, uptodate = self.files.get_source(environment, template)
         except UnicodeDecodeError as exc:
@@ -487,6 +515,7 @@ class ContractReads(NodeVisitor):
     def _key(self, node: nodes.Getattr | nodes.Getitem, parent: object, key: str) -> object:
         mapping = contract.contract_of(parent)
         if mapping is None:
+            self._scalar_key(node, parent, key)
             return None
         known = contract.fields(mapping)
         if key in known:
@@ -501,6 +530,23 @@ class ContractReads(NodeVisitor):
                 )
             )
         return None
+
+    def _scalar_key(self, node: nodes.Getattr | nodes.Getitem, parent: object, key: str) -> None:
+        """A key of a text, number or flag of the contract that the value lacks (its methods,
+        ``upper`` or ``startswith``, it has): ``campaign.variant.name`` passed a sample whose
+        variant is none and failed every e-mail of a campaign with variants."""
+        scalar = contract.scalar_of(parent)
+        if scalar is None or key.startswith("_") or hasattr(scalar, key):
+            return
+        kind = contract.SCALARS[scalar]
+        self.problems.append(
+            Problem(
+                f"reads a key outside the template context: {_spelled(node.node)} is {kind}, "
+                f"which has no key {key!r}",
+                line=node.lineno,
+                value=_spelled(node),
+            )
+        )
 
 
 def _bound(target: nodes.Node, kind: object) -> Scope:

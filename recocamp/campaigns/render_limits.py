@@ -48,6 +48,7 @@ from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
 from jinja2.sandbox import SandboxedEnvironment, modifies_known_mutable
 from jinja2.utils import Namespace
 from jinja2.visitor import NodeTransformer
+from markupsafe import escape
 
 from recocamp.errors import Problem, RecocampError, TemplateLimitError
 from recocamp.settings import TemplateSettings
@@ -63,6 +64,8 @@ _TEXT = (str, bytes, bytearray)
 _CODECS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252", "utf-16", "utf-32"})
 _SUMMED = (*_TEXT, list, tuple)  # ``+`` makes their lengths' sum
 _CONTAINERS = (list, tuple, dict, set, frozenset, Namespace)
+_LINKISH = re.compile(r"\S*[.:@]\S*")  # a word ``urlize`` may make a link of
+URLIZE_MARKUP = 64  # '<a href="https://' and the rest of a link's markup, at most
 _PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
 
 
@@ -628,10 +631,52 @@ def filter_size(
         return sum(size_of(x, bound) for x in value) + len(sep) * max(0, len(value) - 1)
     if name in ("batch", "slice") and _is_int(first):
         return int(first)
+    if name in ("urlize", "tojson"):
+        return repeating_size(name, values, kwargs, bound)
     start = kwargs.get("start", values[2] if len(values) > 2 else 0)
     if name == "sum" and not isinstance(start, (int, float)):
         return bound + 1  # sum(start=[]) adds up lists: quadratic
     return 0
+
+
+def repeating_size(name: str, values: list[Any], kwargs: dict[str, Any], bound: int) -> int:
+    """The filters that repeat an argument per link (``urlize``: target, rel) or per line
+    (``tojson``: indent): their result can be far larger than input and argument together."""
+    value = values[0]
+    if name == "urlize":
+        escaped = str(escape(str(value)))  # what urlize splits into words
+        links = _LINKISH.findall(escaped)  # each may be a link: its href repeats it
+        added = sum(size_of(x, bound) for x in [*values[1:], *kwargs.values()]) + URLIZE_MARKUP
+        return len(escaped) + sum(map(len, links)) + len(links) * added
+    indent = kwargs.get("indent", values[1] if len(values) > 1 else None)
+    return json_size(value, indent, bound)
+
+
+def json_size(value: object, indent: object, bound: int) -> int:
+    """``value`` as indented JSON: every element of a container is on a line of its own,
+    indented by its depth times ``indent`` (an ``indent`` of 10⁶ makes one line of a
+    list 20 deep 20 MB, and every line of the list that long)."""
+    if indent is None:
+        return 0
+    width = (max(indent, 0) if _is_int(indent) else len(str(indent))) + 1  # and the newline
+    total, stack = size_of(value, bound) + 2, [(value, 0)]  # + a string's quotes
+    while stack and total <= bound:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[Any] = islice(item.values(), bound + 1)
+        elif isinstance(item, (list, tuple)):
+            children = islice(item, bound + 1)
+        else:
+            continue
+        count = 0
+        for child in children:
+            count += 1
+            total += (depth + 1) * width
+            stack.append((child, depth + 1))
+            if total > bound:
+                break
+        total += depth * width if count else 0
+    return total
 
 
 def percent_size(template: str, values: Any, bound: int) -> int:

@@ -3,7 +3,7 @@
 One function applies every change, whoever makes it: the shop (``PUT /v1/customers/{id}``,
 a sign-up, a consent given at checkout, a CRM sync) or the customer (the preferences page).
 Values are checked with the customers import's own rules (``sources.csv.customer_row``: a
-consent basis needs its timestamp, addresses need an ``@``, IANA time zones, dates). Every
+consent basis needs its timestamp, one plain address, IANA time zones, dates). Every
 change is written to the audit log with its time, actor and source; the entry names the
 fields that changed and the values of the consent and contact fields, never an address or
 a name.

@@ -295,6 +295,9 @@ def test_a_customer_is_created_and_changed_with_an_audit_trail(app: FastAPI) -> 
     [
         ({"source": "x", "consent_basis": "double_opt_in"}, "consent_at"),
         ({"source": "x", "email": "no-at-sign"}, "email"),
+        ({"source": "x", "email": "no-at-sign@x.test, b@y.test"}, "email"),  # two recipients
+        ({"source": "x", "email": "no-at-sign@x.test\r\nBcc: b@y.test"}, "email"),
+        ({"source": "x", "email": "no-at-sign@x.test."}, "email"),  # x.test's mailbox
         ({"source": "x", "time_zone": "Mars/Olympus"}, "time_zone"),
         ({"source": "x", "at": (NOW + timedelta(days=1)).isoformat()}, "at"),
         ({"source": "x", "consent_at": "2012-01-01T10:00:00"}, "consent_at"),  # no offset
@@ -651,6 +654,27 @@ def test_a_number_too_long_for_python_is_named(app: FastAPI) -> None:
     assert reply.status == 400
     assert "number too long" in reply.json()["detail"]
     assert "4300 digits" in reply.json()["detail"]
+
+
+def test_a_key_named_twice_in_one_object_is_a_400_and_stores_nothing(app: FastAPI) -> None:
+    """``json.loads`` keeps the last of two keys: an order posted with its ``lines`` twice
+    (a client that appends rather than replaces) lost its first lines without a word."""
+    first = json.dumps(order()["lines"][:1])
+    body = json.dumps(order()).replace('"lines": ', f'"lines": {first}, "lines": ', 1)
+    reply = post(app, body)
+    assert reply.status == 400, reply.text
+    assert reply.json() == {"detail": "the body's JSON has the key 'lines' twice in one object"}
+    nested = json.dumps(order()).replace('"quantity": 2', '"quantity": 2, "quantity": 5', 1)
+    assert post(app, nested).status == 400
+    again = call(
+        app,
+        "PUT",
+        "/v1/customers/c1",
+        content=b'{"source": "x", "email": "a@example.test", "email": "b@example.test"}',
+        headers=bearer("shop") | {"content-type": "application/json"},
+    )
+    assert again.status == 400 and "'email' twice" in again.json()["detail"]
+    assert lines(engine_of(app)) == [] and person(engine_of(app)) is None
 
 
 def test_declared_and_chunked_bodies_over_the_limit_get_the_same_json_413(

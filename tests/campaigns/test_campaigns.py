@@ -169,6 +169,16 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             '[[variants]]\nname = "a"\nweight = "2"\n\n[template]',
             ["line 19, key 'variants.0.weight': must be a number", "(value: '2')"],
         ),
+        # templates print it, but check renders them with a sample's: one longer than the
+        # output bound passed check and failed every e-mail of the run; its value is cut
+        (
+            'description = "test"',
+            f'description = "{"d" * 1_500_000}"',
+            [
+                "line 2, key 'description': String should have at most 1000 characters",
+                f"(value: '{'d' * 200}… (1,500,000 characters)')",
+            ],
+        ),
         # a schedule that can never fire
         (
             'cron = "0 10 * * TUE"',

@@ -80,6 +80,10 @@ def run(c: Campaign, v: CustomerView, context: Context = CONTEXT) -> tuple[Outco
         ({}, (Outcome.SEND, "eligible")),
         ({"erased_at": NOW}, (Outcome.SKIP, "erased")),
         ({"email": None}, (Outcome.SKIP, "no_email")),
+        # stored before addresses were checked: Postmark would mail both (or the second)
+        ({"email": "a@example.test, b@example.test"}, (Outcome.SKIP, "no_email")),
+        ({"email": "Ann <a@example.test>"}, (Outcome.SKIP, "no_email")),
+        ({"email": " a@example.test "}, (Outcome.SEND, "eligible")),  # PUT keeps the spaces
         ({"unsubscribed_at": NOW - timedelta(days=1)}, (Outcome.SKIP, "unsubscribed")),
         ({"channel_email": False}, (Outcome.SKIP, "email_off")),
         ({"suppressed": True}, (Outcome.SKIP, "suppressed")),

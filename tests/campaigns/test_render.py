@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import json
 import re
 import time
 from pathlib import Path
 
 import pytest
+from jinja2 import TemplateNotFound
 
 from recocamp.campaigns.render import (
     QUARANTINE_AFTER,
@@ -17,7 +19,7 @@ from recocamp.campaigns.render import (
     sample_context,
     snapshot,
 )
-from recocamp.campaigns.render_limits import Budget, LimitExceeded, on_collection
+from recocamp.campaigns.render_limits import Budget, LimitExceeded, json_size, on_collection
 from recocamp.errors import ConfigError, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
@@ -125,6 +127,20 @@ def test_unknown_variables_and_attributes_fail_check_with_their_line(tmp_path: P
         ("{% with s = shop %}\n{{ s.url }}{% endwith %}", 2, "s.url"),
         ("{% set who = customer %}\n\n{{ who.name }}", 3, "who.name"),
         ("{{ loyalty.tier }}\n{{ loyalty.points_to_next_tier }}", 2, "loyalty.points_to_next_tier"),
+        # a key of a text or number: the sample's variant and image are none, so a render
+        # never reads it, and every e-mail of a campaign with variants or pictures failed
+        (
+            "{% if campaign.variant %}\n{{ campaign.variant.name }}{% endif %}",
+            2,
+            "campaign.variant.name",
+        ),
+        (
+            "{% for o in offers %}{% if o.image_url %}\n{{ o.image_url['src'] }}{% endif %}"
+            "{% endfor %}",
+            2,
+            "o.image_url['src']",
+        ),
+        ("{{ locale.upper() }}\n{{ loyalty.points.value }}", 2, "loyalty.points.value"),
     ],
 )
 def test_check_names_each_key_outside_the_contract_with_its_line(
@@ -147,6 +163,7 @@ def test_check_names_each_key_outside_the_contract_with_its_line(
         "{% macro card(customer) %}{{ customer.nick }}{% endmacro %}{{ card({'nick': 1}) }}",
         "{% for offer in offers %}{{ loop.index }} {{ offer.title }}{% endfor %}",
         "{{ (offers | first).title }} {{ offers[0].price }} {{ survey.scores[-1].url }}",
+        "{{ customer.id.zfill(6) }} {{ campaign.variant.upper() if campaign.variant }}",  # methods
     ],
 )
 def test_check_accepts_what_the_contract_has(tmp_path: Path, body: str) -> None:
@@ -366,6 +383,11 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
     "{{ y|length }}": "max_output_chars",
     "{% for i in range(900) %}{{ 'x' * 12 }}{% endfor %}": "max_output_chars",
     "{{ ('x' * 100).translate({120: 'y'}) }}": "not available",
+    # filters that repeat an argument per line or per link: refused before they run (an
+    # indent of 10**6 or a target of a million characters made gigabytes in one call)
+    "{{ [[[[[[[[[[1]]]]]]]]]]|tojson(indent=5000) }}": "tojson would make a value longer",
+    "{{ {'a': [[1, 2]] * 40}|tojson('x' * 100) }}": "tojson would make a value longer",
+    "{{ ('www.a.com ' * 100)|urlize(target='x' * 5000) }}": "urlize would make a value longer",
     # values that share children: each doubles a tree that compares and hashes in 2 ** steps
     "{% set ns = namespace(x=[0], y=[0]) %}{% for i in range(22) %}{% set ns.x = [ns.x, ns.x] %}"
     "{% set ns.y = [ns.y, ns.y] %}{% endfor %}{{ ns.x == ns.y }}": "max_output_chars",
@@ -400,6 +422,26 @@ def test_a_template_past_a_limit_is_a_problem_with_its_file_and_line(
     with pytest.raises(TemplateLimitError) as raised:
         Renderer(tmp_path, limits=SMALL).body("hostile.html", "hostile.html", sample_context())
     assert "hostile.html: line 2: " in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "value", [[], [1], {"a": [1, {"b": [2, 3]}], "c": {}}, [[[[["x"]]]]], [[1, 2]] * 30, "x"]
+)
+@pytest.mark.parametrize("indent", [None, 0, 1, 4, "\t", -3])
+def test_the_estimate_of_indented_json_is_an_upper_bound(value: object, indent: object) -> None:
+    actual = len(json.dumps(value, indent=indent))  # type: ignore[arg-type]
+    assert json_size(value, indent, 10**6) >= (actual if indent is not None else 0)
+
+
+def test_urlize_and_tojson_within_the_limits_render(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "t.html",
+        "{{ 'see www.shop.test or a@b.test'|urlize(target='_blank') }}"
+        "{{ {'a': [1, 2]}|tojson(indent=2) }}",
+    )
+    (html, _) = Renderer(tmp_path, limits=SMALL).body("t.html", "t.html", sample_context())
+    assert 'target="_blank">www.shop.test</a>' in html and '\n  "a": [\n    1,' in html
 
 
 def test_the_defaults_stop_the_issue_s_templates(tmp_path: Path) -> None:
@@ -481,6 +523,30 @@ def test_includes_and_errors_at_render_are_problems_not_crashes(
     assert message in problem.message
     subject = check_subject("{{ 9**(9**9) }}", sample_context(), tmp_path)
     assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
+
+
+def test_a_link_to_a_file_outside_the_templates_folder_is_not_read(tmp_path: Path) -> None:
+    """A link in the folder to a secret (``/proc/self/environ``: the signing key, the ESP
+    token) would put it into every e-mail: ``check`` refuses it, a worker's frozen copy
+    leaves it out; a link to a template inside the folder is an ordinary template."""
+    folder, secret = tmp_path / "templates", tmp_path / "secret.txt"
+    folder.mkdir()
+    secret.write_text("RECOCAMP_SIGNING_KEY=s3cret", encoding="utf-8")
+    (folder / "env.txt").symlink_to(secret)
+    write(folder, "_part.txt", "part")
+    (folder / "alias.txt").symlink_to(folder / "_part.txt")
+    write(folder, "t.txt", "{% include 'env.txt' %}")
+    write(folder, "ok.txt", "{% include 'alias.txt' %}")
+    (problem,) = check_template(folder, "t.txt", sample_context())
+    assert "'env.txt' is a link to a file outside the templates folder" in problem.message
+    assert check_template(folder, "ok.txt", sample_context()) == []
+    assert sorted(snapshot(folder)) == ["_part.txt", "alias.txt", "ok.txt", "t.txt"]
+    with pytest.raises(TemplateNotFound):
+        Renderer.frozen(folder).body("ok.txt", "t.txt", sample_context())
+    assert Renderer.frozen(folder).body("ok.txt", "ok.txt", sample_context()) == ("part",) * 2
+    write(folder, "long.txt", "{% include ('x' * 5000) ~ '.txt' %}")  # ENAMETOOLONG
+    (problem,) = check_template(folder, "long.txt", sample_context())
+    assert problem.message.startswith("template not found: 'xxx")
 
 
 def test_each_render_has_its_own_budget(tmp_path: Path) -> None:

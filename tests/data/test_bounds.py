@@ -151,6 +151,33 @@ def test_customer_and_item_files_have_the_same_bounds(engine: sa.Engine, tmp_pat
     ]
 
 
+def test_a_customer_has_one_plain_address(engine: sa.Engine, tmp_path: Path) -> None:
+    """Postmark reads ``To: "a@x, b@y"`` as two recipients: a field holding two addresses
+    (or a name and an address) would mail the customer's e-mail, with their signed
+    preferences link, to someone who never consented. Each such row is a problem of its
+    line and column, the address not shown; plain and international ones pass."""
+    people = write_csv(
+        tmp_path / "customers.csv",
+        ["id", "email"],
+        [
+            ["c1", "a.b+c@example.test"],
+            ["c2", "a@example.test, b@example.test"],
+            ["c3", "Ann <a@example.test>"],
+            ["c4", "a@example.test\r\nBcc: b@example.test"],
+            ["c5", "a@b@example.test"],
+            ["c6", "a@example.test;b@example.test"],
+            ["c7", "müller@bücher.example"],
+            ["c8", "a@example.test."],  # a@example.test's mailbox: a tombstone would miss it
+            ["c9", "a..b@example.test"],
+        ],
+    )
+    error = refused(engine, lambda: importer(engine).customers(people))
+    lines = (3, 4, 5, 7, 8, 10, 11)  # c4's quoted line break makes it two lines of the file
+    assert [(p.line, p.column) for p in error.problems] == [(n, "email") for n in lines]
+    assert "one plain e-mail address" in error.problems[0].message
+    assert "example.test" not in str(error)  # addresses are never shown
+
+
 @pytest.mark.parametrize("kind", ["customers", "items"])
 def test_a_repeated_id_names_both_lines_and_the_id(
     engine: sa.Engine, tmp_path: Path, kind: str

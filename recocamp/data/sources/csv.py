@@ -53,6 +53,7 @@ from recocamp.domain import (
     Item,
     Purchase,
     birthday_problem,
+    email_problem,
     future_problem,
     id_problem,
     locale_problem,
@@ -999,10 +1000,11 @@ def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) 
     if wrong:
         raise RowProblem("locale", wrong, locale)
     email = text(row, "email", required=False, redact=True)
-    if email is not None and "@" not in email:
-        raise RowProblem("email", "is not an e-mail address", "<redacted>")
     if email is not None and not email.isprintable():  # see address_problem
         raise RowProblem("email", address_problem(email), "<redacted>")
+    wrong = None if email is None else email_problem(email)
+    if wrong:
+        raise RowProblem("email", wrong, "<redacted>")
     return Customer(
         id=ident(row, "id") or "",
         email=email,
