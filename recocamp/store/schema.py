@@ -547,3 +547,19 @@ engagement_events = sa.Table(
     sa.Column("recorded_at", UtcDateTime, nullable=False),
     sa.Index(None, "customer_id", "occurred_at"),
 )
+
+# --- purchase totals (migration 0016) ------------------------------------------------------
+
+# Per customer, how many purchase lines name them and the sum of those lines' ids, kept by
+# triggers in the writing transaction whoever writes (insert, delete, a line moved between
+# customers or unlinked, as an erasure does); no row for a customer without lines. What
+# ``store.serving.customer_lines`` compares a kept history with, from one indexed row instead
+# of a scan of all the customer's lines (a big buyer's thousands, at every purchase event).
+# Tied to the customer by ``customer_id``: exported with them, deleted by their erasure.
+purchase_totals = sa.Table(
+    "purchase_totals",
+    metadata,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("lines", sa.BigInteger, nullable=False),
+    sa.Column("id_sum", sa.BigInteger, nullable=False),
+)
