@@ -6,6 +6,7 @@ SQLite, LISTEN/NOTIFY on PostgreSQL).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -13,7 +14,15 @@ import sqlalchemy as sa
 
 from recocamp.store import queries
 from recocamp.store.engine import Connection, driver_rows
-from recocamp.store.schema import customers, items, purchase_totals, purchases
+from recocamp.store.queries import upsert_statement
+from recocamp.store.schema import (
+    UtcDateTime,
+    customers,
+    items,
+    offer_lists,
+    purchase_totals,
+    purchases,
+)
 
 
 def catalogue_mark(connection: Connection) -> tuple[Any, ...]:
@@ -140,3 +149,71 @@ def _lines_statement(connection: Connection, bounded: bool) -> sa.Select[Any]:
         lines.c.revenue,
         lines.c.counted,
     ).select_from(totals.outerjoin(lines, sa.true()))
+
+
+class SharedList(NamedTuple):
+    """A personal list re-scored by one serving process, for the others (``offer_lists``):
+    valid for the model ``model_version`` and the history whose lines had these totals."""
+
+    model_version: str
+    lines: int
+    id_sum: int
+    last_id: int
+    items: list[tuple[str, float]]
+
+
+_SHARED = sa.select(
+    offer_lists.c.model_version,
+    offer_lists.c.lines,
+    offer_lists.c.id_sum,
+    offer_lists.c.last_id,
+    offer_lists.c["items"],
+).where(offer_lists.c.customer_id == sa.bindparam("customer_id", type_=sa.String))
+
+
+def shared_list(connection: Connection, customer_id: str) -> SharedList | None:
+    """The customer's shared re-scored list, whatever model and history it was computed
+    for (the caller compares them), or None."""
+    row = connection.execute(_SHARED, {"customer_id": customer_id}).first()
+    if row is None:
+        return None
+    items = [(str(item), float(score)) for item, score in json.loads(row.items)]
+    return SharedList(
+        str(row.model_version), int(row.lines), int(row.id_sum), int(row.last_id), items
+    )
+
+
+def share_list(connection: Connection, customer_id: str, shared: SharedList, now: datetime) -> bool:
+    """Write (or replace) the customer's shared re-scored list, only while their lines still
+    have its totals and they have not objected to profiling nor been erased: a list computed
+    before an erasure or objection committed is not written after it. On PostgreSQL the
+    totals row is read ``FOR SHARE``: an erasure unlinking the lines meanwhile is waited for
+    (and then no row matches). Whether it was written."""
+    t, c = purchase_totals.c, customers.c
+    refused = sa.exists().where(
+        c.id == customer_id, sa.or_(c.objected_to_profiling, c.erased_at.is_not(None))
+    )
+    items = json.dumps(shared.items, separators=(",", ":"))
+    source = (
+        sa.select(
+            t.customer_id,
+            sa.literal(shared.model_version, sa.String),
+            t.lines,
+            t.id_sum,
+            sa.literal(shared.last_id, sa.BigInteger),
+            sa.literal(items, sa.Text),
+            sa.literal(now, UtcDateTime),
+        )
+        .where(
+            t.customer_id == customer_id,
+            t.lines == shared.lines,
+            t.id_sum == shared.id_sum,
+            ~refused,
+        )
+        .with_for_update(read=True, of=purchase_totals)
+    )
+    names = ["customer_id", "model_version", "lines", "id_sum", "last_id", "items", "computed_at"]
+    statement = upsert_statement(connection, offer_lists).from_select(names, source)
+    changed = {name: statement.excluded[name] for name in names[1:]}
+    upsert = statement.on_conflict_do_update(index_elements=["customer_id"], set_=changed)
+    return connection.execute(upsert.returning(offer_lists.c.customer_id)).first() is not None
