@@ -185,6 +185,8 @@ async def measure(apps: list[Any], key: str, customers: list[tuple[str, str]]) -
         "other_answers_ms": round(1000 * (statistics.fmean(second) - base / 2), 2),
         "cached_8_answers_ms": round(1000 * base, 2),
         "bases_computed": sum(app.state.service.tally.bases for app in apps),
+        # of those, the re-scored lists read from another process (store.serving.share_list)
+        "bases_shared": sum(getattr(app.state.service.tally, "shared", 0) for app in apps),
         "full_gc": len(collections.pauses),
         "full_gc_max_ms": round(1000 * max(collections.pauses, default=0.0), 1),
     }

@@ -189,31 +189,52 @@ def share_list(connection: Connection, customer_id: str, shared: SharedList, now
     before an erasure or objection committed is not written after it. On PostgreSQL the
     totals row is read ``FOR SHARE``: an erasure unlinking the lines meanwhile is waited for
     (and then no row matches). Whether it was written."""
+    values = {
+        "customer_id": customer_id,
+        "model_version": shared.model_version,
+        "lines": shared.lines,
+        "id_sum": shared.id_sum,
+        "last_id": shared.last_id,
+        "items": json.dumps(shared.items, separators=(",", ":")),
+        "computed_at": now,
+    }
+    statement = _share_statement(connection)
+    return connection.execute(statement, values).first() is not None
+
+
+_SHARE: dict[str, Any] = {}  # dialect name → the statement of share_list (built once)
+
+
+def _share_statement(connection: Connection) -> Any:
+    found = _SHARE.get(connection.dialect.name)
+    if found is not None:
+        return found
     t, c = purchase_totals.c, customers.c
+    customer = sa.bindparam("customer_id", type_=sa.String)
     refused = sa.exists().where(
-        c.id == customer_id, sa.or_(c.objected_to_profiling, c.erased_at.is_not(None))
+        c.id == customer, sa.or_(c.objected_to_profiling, c.erased_at.is_not(None))
     )
-    items = json.dumps(shared.items, separators=(",", ":"))
     source = (
         sa.select(
             t.customer_id,
-            sa.literal(shared.model_version, sa.String),
+            sa.bindparam("model_version", type_=sa.String),
             t.lines,
             t.id_sum,
-            sa.literal(shared.last_id, sa.BigInteger),
-            sa.literal(items, sa.Text),
-            sa.literal(now, UtcDateTime),
+            sa.bindparam("last_id", type_=sa.BigInteger),
+            sa.bindparam("items", type_=sa.Text),
+            sa.bindparam("computed_at", type_=UtcDateTime),
         )
         .where(
-            t.customer_id == customer_id,
-            t.lines == shared.lines,
-            t.id_sum == shared.id_sum,
+            t.customer_id == customer,
+            t.lines == sa.bindparam("lines", type_=sa.BigInteger),
+            t.id_sum == sa.bindparam("id_sum", type_=sa.BigInteger),
             ~refused,
         )
         .with_for_update(read=True, of=purchase_totals)
     )
     names = ["customer_id", "model_version", "lines", "id_sum", "last_id", "items", "computed_at"]
-    statement = upsert_statement(connection, offer_lists).from_select(names, source)
-    changed = {name: statement.excluded[name] for name in names[1:]}
-    upsert = statement.on_conflict_do_update(index_elements=["customer_id"], set_=changed)
-    return connection.execute(upsert.returning(offer_lists.c.customer_id)).first() is not None
+    insert = upsert_statement(connection, offer_lists).from_select(names, source)
+    changed = {name: insert.excluded[name] for name in names[1:]}
+    upsert = insert.on_conflict_do_update(index_elements=["customer_id"], set_=changed)
+    found = _SHARE[connection.dialect.name] = upsert.returning(offer_lists.c.customer_id)
+    return found
