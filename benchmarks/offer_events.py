@@ -12,7 +12,10 @@ their orders, as the benchmark's posters do) and both answer that customer's pla
 again. Reported: the process CPU of an event (the POST and the eight answers) less that of
 the same eight answers served from the caches, the mean and percentiles over the events,
 and its parts (the POST; the four answers of the app that took it, and of the other, less
-their cached cost); and the full garbage collections meanwhile (``gc.callbacks``).
+their cached cost); the bases computed, and of those how many took the re-scored list
+another app wrote (``bases_shared``: the app that asks second reads what the first
+re-scored, when it was written in time); and the full garbage collections meanwhile
+(``gc.callbacks``).
 
 ``benchmarks/offer_event.py`` measures one process's share for the heaviest buyers (thread
 CPU time); this one, the whole event on both processes for buyers as the shop's posters draw
