@@ -12,7 +12,10 @@ their orders, as the benchmark's posters do) and both answer that customer's pla
 again. Reported: the process CPU of an event (the POST and the eight answers) less that of
 the same eight answers served from the caches, the mean and percentiles over the events,
 and its parts (the POST; the four answers of the app that took it, and of the other, less
-their cached cost); and the full garbage collections meanwhile (``gc.callbacks``).
+their cached cost); the bases computed, and of those how many took the re-scored list
+another app wrote (``bases_shared``: the app that asks second reads what the first
+re-scored, when it was written in time); and the full garbage collections meanwhile
+(``gc.callbacks``).
 
 ``benchmarks/offer_event.py`` measures one process's share for the heaviest buyers (thread
 CPU time); this one, the whole event on both processes for buyers as the shop's posters draw
@@ -185,6 +188,8 @@ async def measure(apps: list[Any], key: str, customers: list[tuple[str, str]]) -
         "other_answers_ms": round(1000 * (statistics.fmean(second) - base / 2), 2),
         "cached_8_answers_ms": round(1000 * base, 2),
         "bases_computed": sum(app.state.service.tally.bases for app in apps),
+        # of those, the re-scored lists read from another process (store.serving.share_list)
+        "bases_shared": sum(getattr(app.state.service.tally, "shared", 0) for app in apps),
         "full_gc": len(collections.pauses),
         "full_gc_max_ms": round(1000 * max(collections.pauses, default=0.0), 1),
     }

@@ -3,12 +3,15 @@ the lines committed since, and read whole again whenever the extension is not sh
 
 A purchase event of a big buyer used to re-read thousands of lines (and rebuild hundreds of
 orders) to add one. :func:`read` given what was kept reads only the lines with a higher id,
-and the count and id sum of all the customer's lines in the same statement
-(``store.serving.customer_lines``). The extension is taken only when
+dated from a day before the newest kept order on (a range of the customer and time index,
+not a scan of the customer's every entry), and the count and id sum of all the customer's
+lines in the same statement, from the one row of ``purchase_totals`` that triggers keep
+(``store.serving.customer_lines``; migration 0016). The extension is taken only when
 
 - those totals equal the kept ones plus the new lines' (no line was removed or moved away,
   as an erasure's unlinking does, and none came in below the kept ids, as a late commit
-  does on PostgreSQL);
+  does on PostgreSQL, and none above them was dated before the day the new lines are
+  sought from);
 - every new line belongs to a new order (an order's lines are written in one transaction);
 - no counted line lay at or after the ``now`` of either read (such a line is left out of the
   history until its time comes, and the extension would never see it);
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.segments import History, Order, Repurchases
@@ -36,6 +39,7 @@ from recocamp.store import serving as store
 from recocamp.store.engine import Connection
 
 Line = tuple[int, str, str, float, float, int]  # store.serving.CustomerLines.new
+SLACK = timedelta(days=1)  # new lines are sought from this long before the newest kept order
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,7 @@ def read(
     ``catalogue``) rather than reading it whole."""
     before = now.timestamp()
     if kept is not None and kept.complete and before >= kept.before:
-        found = store.customer_lines(connection, customer_id, kept.last_id)
+        found = store.customer_lines(connection, customer_id, kept.last_id, _since(kept))
         extended = _extended(kept, found, customer_id, before, catalogue)
         if extended is not None:
             return extended, True
@@ -90,6 +94,14 @@ def read(
         ),
         False,
     )
+
+
+def _since(kept: Kept) -> datetime | None:
+    """From when new lines are sought: a day before the newest kept order (None: from the
+    start). New lines come after it as a rule; one dated earlier is missed, the totals
+    disagree, and the history is read whole (so the bound costs exactness nothing)."""
+    orders = kept.history.orders
+    return orders[-1].at - SLACK if orders else None
 
 
 def _extended(

@@ -36,7 +36,17 @@ serving cached answers meanwhile. It reads only the lines new since the customer
 answer (``histories``: the history that answer was built on, and its repurchase intervals,
 extended; read whole whenever that is not shown exact), and re-scores the customer with
 numpy on the live model (one small least-squares solve and a sparse row product,
-``recommender.serving``). The live
+``recommender.serving``) — once for all processes: the process that re-scores hands the list
+to a writer thread, which stores it (``offer_lists``) for the model and the history's line
+totals it was computed from, and another process whose history read shows the same totals
+(and highest line id) under the same live model takes that list instead of re-scoring (one
+indexed row read; ``Tally.shared``). Only customers the rules re-score look for one; a list
+that does not match (a later purchase, another model, or not written yet: the other process
+asked first) is ignored and the customer re-scored here, so every answer after a purchase
+reflects it in every process, as before. An objection or an erasure deletes the list in its
+own transaction, and a list re-scored before either committed is not written after it
+(``store.serving.share_list``). A list the rules pad from the model's whole ranking (a big
+buyer's discover queries) still re-scores for the padding. The live
 model and the catalogue are looked up again every ``[api] refresh_s`` seconds in the
 background (at once when a model goes live, and when a customer's cached row names a model
 this process has not loaded yet). After a model went live no answer is computed from the old
@@ -47,6 +57,7 @@ tell it is the retired one).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -55,6 +66,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -75,7 +87,7 @@ from recocamp.recommender.serving import Live, Personal, Ranked
 from recocamp.settings import Settings
 from recocamp.store import notifications, registry, views
 from recocamp.store import serving as store
-from recocamp.store.engine import Engine
+from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 _CACHED, _COMPUTED = (metrics.API_ANSWERS.labels(o) for o in ("cached", "computed"))
@@ -328,6 +340,14 @@ class Tally:
     heard: int = 0  # customers reported changed (the change log or the notifications)
     forgotten: int = 0  # of those, how many had cached answers the change dropped
     cleared: int = 0  # times every answer was dropped (a model went live, a reconnection, …)
+    shared: int = 0  # bases whose re-scored list another process wrote (not re-scored here)
+    shares: int = 0  # re-scored lists this process wrote for the others
+
+
+def _changed_since_training(history: History, live: Live) -> bool:
+    """Whether the rules re-score a customer with a cached list (``serving.personal_list``):
+    only those are looked up among the shared re-scored lists."""
+    return history.last_at is not None and history.last_at >= live.data_cutoff
 
 
 def _alive(service: OfferService | None) -> OfferService:
@@ -364,6 +384,9 @@ class OfferService:
         self._last_reading: tuple[float, int | None] = (-math.inf, None)
         self.listener: notifications.Listener | None = None
         self._trusted = sqlite  # PostgreSQL: while the listener is connected
+        # writes the lists re-scored here for the other processes, off the request path
+        self._sharer = ThreadPoolExecutor(1, thread_name_prefix="recocamp-share")
+        self._shared: Future[None] | None = None  # the latest write (see :meth:`flush`)
 
     # --- the generation: live model and catalogue ------------------------------------------
 
@@ -536,6 +559,13 @@ class OfferService:
     def close(self) -> None:
         if self.listener is not None:
             self.listener.stop()
+        self._sharer.shutdown(wait=True)
+
+    def flush(self) -> None:
+        """Wait for the re-scored lists handed to the writer so far to be written."""
+        pending = self._shared
+        if pending is not None:
+            pending.result()
 
     # --- serving ---------------------------------------------------------------------------------
 
@@ -645,32 +675,84 @@ class OfferService:
         """The customer's history and personal list, read and re-scored now; the history
         extends ``previous`` (read with this generation's catalogue) by the lines new since,
         where that is shown to give the whole history (``histories.read``)."""
+        live = snapshot.live
         with self.engine.connect() as connection:
             flags = store.profiling_flags(connection, customer_id)
             row = registry.cached(connection, customer_id)
             kept, extended = histories.read(
                 connection, customer_id, self.clock.now(), snapshot.catalogue, previous
             )
+            objected = objects_to_profiling(flags)
+            sharable = (
+                live is not None
+                and not objected
+                and kept.complete
+                and (row is None or _changed_since_training(kept.history, live))
+            )
+            rescored = self._shared_list(connection, customer_id, live, kept) if sharable else None
         self.tally.extended += extended
         history = kept.history
         cached = None if row is None else serving.Cached(row.items, str(row.model_version))
         known = flags is not None or cached is not None or history.count > 0
         recommender = self.settings.recommender
         personal = serving.personal_list(
-            snapshot.live,
+            live,
             history,
             cached,
             customer_id=customer_id,
-            objected=objects_to_profiling(flags),
+            objected=objected,
             known=known,
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
             unloadable=snapshot.load_error is not None,
+            rescored=rescored,
         )
+        if rescored is not None and personal.basis == "recalculated":
+            self.tally.shared += 1
+        elif sharable and personal.scores is not None and live is not None:
+            self._share(customer_id, live.version, kept, personal.items or [])
         basis = Basis.of(snapshot.generation, kept, personal)
         if basis.held:
             self._hold(basis)
         return basis
+
+    @staticmethod
+    def _shared_list(
+        connection: Connection, customer_id: str, live: Live | None, kept: histories.Kept
+    ) -> Ranked | None:
+        """The list another process re-scored for this model and this very history (the
+        same line totals and highest id), or None: re-score here."""
+        found = store.shared_list(connection, customer_id)
+        if (
+            found is None
+            or live is None
+            or found.model_version != live.version
+            or (found.lines, found.id_sum, found.last_id) != (kept.lines, kept.id_sum, kept.last_id)
+        ):
+            return None
+        return found.items
+
+    def _share(self, customer_id: str, version: str, kept: histories.Kept, items: Ranked) -> None:
+        """Hand the list re-scored here to the writer thread, for the other processes: the
+        answer does not wait for the write (nor fail with it)."""
+        shared = store.SharedList(
+            version,
+            kept.lines,
+            kept.id_sum,
+            kept.last_id,
+            [(str(item), float(score)) for item, score in items],
+        )
+        with contextlib.suppress(RuntimeError):  # closed: nobody left to share with
+            self._shared = self._sharer.submit(self._write_share, customer_id, shared)
+
+    def _write_share(self, customer_id: str, shared: store.SharedList) -> None:
+        try:
+            with self.engine.begin() as connection:
+                written = store.share_list(connection, customer_id, shared, self.clock.now())
+        except Exception:
+            log.warning("serving: could not share a re-scored list", exc_info=True)
+            return
+        self.tally.shares += written
 
     def _hold(self, basis: Basis) -> None:
         """Keep the basis' scores while it is among the SCORES_HELD latest re-scored."""

@@ -176,10 +176,13 @@ def personal_list(
     top_n: int,
     half_life: float | None,
     unloadable: bool = False,
+    rescored: Ranked | None = None,
 ) -> Personal:
     """The personal list of one customer (see the module docstring), or popularity.
     ``unloadable``: ``live`` is None because the live model's artifacts cannot be loaded
-    (not because no model is live yet)."""
+    (not because no model is live yet). ``rescored``: this very history's re-scored list
+    on ``live``, computed elsewhere (another serving process): taken where the rules
+    re-score, instead of re-scoring (its ``scores`` are then None)."""
     if live is None:
         why = "the live model cannot be loaded" if unloadable else "no live model yet"
         return Personal(None, f"popular: {why}", None)
@@ -192,6 +195,8 @@ def personal_list(
             return Personal(listed, "personal", live.version)
         if changed or (cached is None and history.count > 0):
             reason = "changed since training" if changed else "not in the cached lists"
+            if rescored is not None:
+                return Personal(list(rescored), f"recalculated: {reason}", live.version)
             scores = live.scores(history, half_life)
             rescored = live.ranked(scores, top_n)
             return Personal(rescored, f"recalculated: {reason}", live.version, scores)

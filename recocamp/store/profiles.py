@@ -18,6 +18,7 @@ from recocamp.store.schema import (
     customers,
     forecast_checkpoints,
     forecasts,
+    offer_lists,
     recommendations,
     suppressions,
 )
@@ -52,11 +53,13 @@ def update(
 
 
 def drop_personal_list(connection: sa.Connection, customer_id: str) -> None:
-    """Forget the customer's cached recommendations and stored forecasts, those kept to judge
-    a past horizon too (an objection to profiling)."""
+    """Forget the customer's cached recommendations, the serving processes' shared
+    re-scored list, and stored forecasts, those kept to judge a past horizon too (an
+    objection to profiling)."""
     connection.execute(
         sa.delete(recommendations).where(recommendations.c.customer_id == customer_id)
     )
+    connection.execute(sa.delete(offer_lists).where(offer_lists.c.customer_id == customer_id))
     connection.execute(sa.delete(forecasts).where(forecasts.c.customer_id == customer_id))
     connection.execute(
         sa.delete(forecast_checkpoints).where(forecast_checkpoints.c.customer_id == customer_id)

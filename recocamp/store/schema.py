@@ -547,3 +547,40 @@ engagement_events = sa.Table(
     sa.Column("recorded_at", UtcDateTime, nullable=False),
     sa.Index(None, "customer_id", "occurred_at"),
 )
+
+# --- purchase totals (migration 0016) ------------------------------------------------------
+
+# Per customer, how many purchase lines name them and the sum of those lines' ids, kept by
+# triggers in the writing transaction whoever writes (insert, delete, a line moved between
+# customers or unlinked, as an erasure does); no row for a customer without lines. What
+# ``store.serving.customer_lines`` compares a kept history with, from one indexed row instead
+# of a scan of all the customer's lines (a big buyer's thousands, at every purchase event).
+# Tied to the customer by ``customer_id``: exported with them, deleted by their erasure.
+purchase_totals = sa.Table(
+    "purchase_totals",
+    metadata,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("lines", sa.BigInteger, nullable=False),
+    sa.Column("id_sum", sa.BigInteger, nullable=False),
+)
+
+# --- shared re-scored lists (migration 0017) -----------------------------------------------
+
+# A customer's personal list re-scored from their history at request time
+# (``recommender.serving.personal_list``), written by the serving process that computed it
+# so that the others read it instead of re-scoring (``api.offer_cache``): for the live model
+# ``model_version`` and the history whose purchase lines had these totals
+# (``purchase_totals``: ``lines``, ``id_sum``) and highest id ``last_id``; any other model or
+# history makes it unused. Personal data (the customer's list): exported with them, deleted
+# by their erasure and their objection to profiling.
+offer_lists = sa.Table(
+    "offer_lists",
+    metadata,
+    sa.Column("customer_id", sa.String(64), primary_key=True),
+    sa.Column("model_version", sa.String(100), nullable=False),
+    sa.Column("lines", sa.BigInteger, nullable=False),
+    sa.Column("id_sum", sa.BigInteger, nullable=False),
+    sa.Column("last_id", sa.BigInteger, nullable=False),
+    sa.Column("items", sa.Text, nullable=False),  # JSON: [[item_id, score], …], best first
+    sa.Column("computed_at", UtcDateTime, nullable=False),
+)

@@ -6,6 +6,7 @@ SQLite, LISTEN/NOTIFY on PostgreSQL).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -13,7 +14,15 @@ import sqlalchemy as sa
 
 from recocamp.store import queries
 from recocamp.store.engine import Connection, driver_rows
-from recocamp.store.schema import customers, items, purchases
+from recocamp.store.queries import upsert_statement
+from recocamp.store.schema import (
+    UtcDateTime,
+    customers,
+    items,
+    offer_lists,
+    purchase_totals,
+    purchases,
+)
 
 
 def catalogue_mark(connection: Connection) -> tuple[Any, ...]:
@@ -55,14 +64,25 @@ class CustomerLines(NamedTuple):
     # counted (1: not a return, quantity and price above 0; else 0); by time, then id
 
 
-def customer_lines(connection: Connection, customer_id: str, after: int) -> CustomerLines:
-    """The customer's lines with an id above ``after`` (every line for 0), and the count and
-    id sum of all their lines, in one statement (so one snapshot, on either database).
+def customer_lines(
+    connection: Connection, customer_id: str, after: int, since: datetime | None = None
+) -> CustomerLines:
+    """The customer's lines with an id above ``after`` (every line for 0) and, given
+    ``since``, ordered at or after it; and the count and id sum of all their lines, in one
+    statement (so one snapshot, on either database). The totals come from
+    ``purchase_totals`` (one indexed row, kept by triggers in every writing transaction), not
+    from a scan of all the lines; ``since`` lets the new lines be sought in the customer and
+    time index rather than found by a scan of all the customer's entries (ids are not in
+    it): a big buyer's purchase event used to read their thousands twice. A line above
+    ``after`` but before ``since`` is missing from the new ones, and the totals tell.
 
     Plain driver tuples, as ``views.customer_orders`` reads them: a wholesale customer has
     thousands of lines."""
-    bind = {"customer_id": customer_id, "after": after}
-    rows = driver_rows(connection, _compiled(connection), bind)
+    compiled, time = _compiled(connection, since is not None)
+    bind: dict[str, Any] = {"customer_id": customer_id, "after": after}
+    if since is not None:
+        bind["since"] = since if time is None else time(since)
+    rows = driver_rows(connection, compiled, bind)
     count, id_sum = int(rows[0][0]), int(rows[0][1])
     new = [
         (id_, item, order, float(at), float(revenue), counted)
@@ -77,50 +97,144 @@ def _time_then_id(line: tuple[int, str, str, float, float, int]) -> tuple[float,
     return line[3], line[0]
 
 
-_COMPILED: dict[str, Any] = {}  # dialect name → the compiled statement of customer_lines
+# (dialect name, bounded in time) → the compiled statement of customer_lines, and the bind
+# processor of ``ordered_at`` (driver_rows binds values as the driver takes them)
+_COMPILED: dict[tuple[str, bool], tuple[Any, Any]] = {}
 
 
-def _compiled(connection: Connection) -> Any:
-    found = _COMPILED.get(connection.dialect.name)
+def _compiled(connection: Connection, bounded: bool) -> tuple[Any, Any]:
+    key = (connection.dialect.name, bounded)
+    found = _COMPILED.get(key)
     if found is None:
-        found = _COMPILED[connection.dialect.name] = _lines_statement(connection).compile(
-            dialect=connection.dialect
-        )
+        dialect = connection.dialect
+        statement = _lines_statement(connection, bounded).compile(dialect=dialect)
+        time = purchases.c.ordered_at.type.dialect_impl(dialect).bind_processor(dialect)
+        found = _COMPILED[key] = (statement, time)
     return found
 
 
-def _lines_statement(connection: Connection) -> sa.Select[Any]:
+def _lines_statement(connection: Connection, bounded: bool) -> sa.Select[Any]:
     p = purchases.c
     customer = sa.bindparam("customer_id", type_=sa.String)
+    t = purchase_totals.c  # one row kept by migration 0016's triggers: no scan of every line
     totals = (
         sa.select(
-            sa.func.count().label("count"), sa.func.coalesce(sa.func.sum(p.id), 0).label("ids")
+            sa.func.coalesce(sa.func.max(t.lines), 0).label("count"),
+            sa.func.coalesce(sa.func.max(t.id_sum), 0).label("ids"),
         )
-        .where(p.customer_id == customer)
+        .where(t.customer_id == customer)
         .subquery("totals")
     )
     counted = sa.case(
         (sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0), 1), else_=0
     )
-    new = (
-        sa.select(
-            p.id,
-            p.item_id,
-            p.order_id,
-            queries.epoch_seconds(connection, p.ordered_at).label("at"),
-            (p.quantity * p.unit_price).label("revenue"),
-            counted.label("counted"),
-        )
-        .where(p.customer_id == customer, p.id > sa.bindparam("after", type_=sa.BigInteger))
-        .subquery("new")
-    )
+    new = sa.select(
+        p.id,
+        p.item_id,
+        p.order_id,
+        queries.epoch_seconds(connection, p.ordered_at).label("at"),
+        (p.quantity * p.unit_price).label("revenue"),
+        counted.label("counted"),
+    ).where(p.customer_id == customer, p.id > sa.bindparam("after", type_=sa.BigInteger))
+    if bounded:
+        new = new.where(p.ordered_at >= sa.bindparam("since"))
+    lines = new.subquery("new")
     return sa.select(
         totals.c.count,
         totals.c.ids,
-        new.c.id,
-        new.c.item_id,
-        new.c.order_id,
-        new.c.at,
-        new.c.revenue,
-        new.c.counted,
-    ).select_from(totals.outerjoin(new, sa.true()))
+        lines.c.id,
+        lines.c.item_id,
+        lines.c.order_id,
+        lines.c.at,
+        lines.c.revenue,
+        lines.c.counted,
+    ).select_from(totals.outerjoin(lines, sa.true()))
+
+
+class SharedList(NamedTuple):
+    """A personal list re-scored by one serving process, for the others (``offer_lists``):
+    valid for the model ``model_version`` and the history whose lines had these totals."""
+
+    model_version: str
+    lines: int
+    id_sum: int
+    last_id: int
+    items: list[tuple[str, float]]
+
+
+_SHARED = sa.select(
+    offer_lists.c.model_version,
+    offer_lists.c.lines,
+    offer_lists.c.id_sum,
+    offer_lists.c.last_id,
+    offer_lists.c["items"],
+).where(offer_lists.c.customer_id == sa.bindparam("customer_id", type_=sa.String))
+
+
+def shared_list(connection: Connection, customer_id: str) -> SharedList | None:
+    """The customer's shared re-scored list, whatever model and history it was computed
+    for (the caller compares them), or None."""
+    row = connection.execute(_SHARED, {"customer_id": customer_id}).first()
+    if row is None:
+        return None
+    items = [(str(item), float(score)) for item, score in json.loads(row.items)]
+    return SharedList(
+        str(row.model_version), int(row.lines), int(row.id_sum), int(row.last_id), items
+    )
+
+
+def share_list(connection: Connection, customer_id: str, shared: SharedList, now: datetime) -> bool:
+    """Write (or replace) the customer's shared re-scored list, only while their lines still
+    have its totals and they have not objected to profiling nor been erased: a list computed
+    before an erasure or objection committed is not written after it. On PostgreSQL the
+    totals row is read ``FOR SHARE``: an erasure unlinking the lines meanwhile is waited for
+    (and then no row matches). Whether it was written."""
+    values = {
+        "customer_id": customer_id,
+        "model_version": shared.model_version,
+        "lines": shared.lines,
+        "id_sum": shared.id_sum,
+        "last_id": shared.last_id,
+        "items": json.dumps(shared.items, separators=(",", ":")),
+        "computed_at": now,
+    }
+    statement = _share_statement(connection)
+    return connection.execute(statement, values).first() is not None
+
+
+_SHARE: dict[str, Any] = {}  # dialect name → the statement of share_list (built once)
+
+
+def _share_statement(connection: Connection) -> Any:
+    found = _SHARE.get(connection.dialect.name)
+    if found is not None:
+        return found
+    t, c = purchase_totals.c, customers.c
+    customer = sa.bindparam("customer_id", type_=sa.String)
+    refused = sa.exists().where(
+        c.id == customer, sa.or_(c.objected_to_profiling, c.erased_at.is_not(None))
+    )
+    source = (
+        sa.select(
+            t.customer_id,
+            sa.bindparam("model_version", type_=sa.String),
+            t.lines,
+            t.id_sum,
+            sa.bindparam("last_id", type_=sa.BigInteger),
+            sa.bindparam("items", type_=sa.Text),
+            sa.bindparam("computed_at", type_=UtcDateTime),
+        )
+        .where(
+            t.customer_id == customer,
+            t.lines == sa.bindparam("lines", type_=sa.BigInteger),
+            t.id_sum == sa.bindparam("id_sum", type_=sa.BigInteger),
+            ~refused,
+        )
+        .with_for_update(read=True, of=purchase_totals)
+    )
+    names = ["customer_id", "model_version", "lines", "id_sum", "last_id", "items", "computed_at"]
+    insert = upsert_statement(connection, offer_lists).from_select(names, source)
+    changed = {name: insert.excluded[name] for name in names[1:]}
+    upsert = insert.on_conflict_do_update(index_elements=["customer_id"], set_=changed)
+    found = _SHARE[connection.dialect.name] = upsert.returning(offer_lists.c.customer_id)
+    return found

@@ -20,11 +20,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 
 from recocamp.store import notifications
 from recocamp.store.engine import driver_cursor
 from recocamp.store.queries import CHUNK, claim_orders, stored_digests
-from recocamp.store.schema import Money, UtcDateTime, orders, purchases
+from recocamp.store.schema import Money, UtcDateTime, orders, purchase_totals, purchases
 
 _temporary = sa.MetaData()
 staged = sa.Table(
@@ -375,7 +376,9 @@ def copy_kept(connection: sa.Connection, import_run_id: int, lines: int) -> None
         source = source.order_by(digested.c.order_id, staged.c.line_no)
     target = [*LINE_COLUMNS, "import_run_id"]
     rebuilt = _rebuilt_indexes(connection, lines)
-    trigger = _suspended_trigger(connection, lines)
+    trigger = _suspended_trigger(connection, lines, SERVING_TRIGGER)
+    totalling = _suspended_trigger(connection, lines, TOTALS_TRIGGER)
+    below = connection.execute(sa.select(sa.func.max(purchases.c.id))).scalar() or 0
     for index in rebuilt:
         index.drop(connection)
     connection.execute(sa.insert(purchases).from_select(target, source))
@@ -384,25 +387,50 @@ def copy_kept(connection: sa.Connection, import_run_id: int, lines: int) -> None
     if trigger is not None:
         notifications.everything(connection)
         connection.exec_driver_sql(trigger)
+    if totalling is not None:
+        add_totals(connection, int(below))
+        connection.exec_driver_sql(totalling)
 
 
 SERVING_TRIGGER = "serving_purchases_insert"  # migration 0013: a change-log row per line
+TOTALS_TRIGGER = "purchase_totals_insert"  # migration 0016: an upsert of the totals per line
 
 
-def _suspended_trigger(connection: sa.Connection, lines: int) -> str | None:
+def _suspended_trigger(connection: sa.Connection, lines: int, name: str) -> str | None:
     """SQLite, copying more lines than a serving reader takes one by one
-    (``notifications.BEHIND``): the change-log trigger of purchase lines dropped for the
-    copy (a row per line, a tenth of its cost), its statement returned to create it again
-    as it was, after :func:`notifications.everything` told readers what a row per line
-    would have told them. Else None: the trigger logs the lines."""
+    (``notifications.BEHIND``): a per-line trigger of purchase lines dropped for the copy
+    (the change log's: a row per line, a tenth of its cost; the totals': an upsert per
+    line), its statement returned to create it again as it was, after the copy did at once
+    what it would have done line by line (:func:`notifications.everything`,
+    :func:`add_totals`). Else None: the trigger sees the lines."""
     if connection.dialect.name != "sqlite" or lines <= notifications.BEHIND:
         return None
     query = sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = :name")
-    statement = connection.execute(query, {"name": SERVING_TRIGGER}).scalar()
+    statement = connection.execute(query, {"name": name}).scalar()
     if statement is None:
         return None
-    connection.exec_driver_sql(f"DROP TRIGGER {SERVING_TRIGGER}")
+    connection.exec_driver_sql(f"DROP TRIGGER {name}")
     return str(statement)
+
+
+def add_totals(connection: sa.Connection, below: int) -> None:
+    """Add the lines with an id above ``below`` (SQLite gives a copy's lines ids above every
+    older one) to their customers' ``purchase_totals``, as migration 0016's insert trigger
+    does line by line: one grouped statement for a big copy."""
+    p, t = purchases.c, purchase_totals.c
+    new = (
+        sa.select(p.customer_id, sa.func.count(), sa.func.sum(p.id))
+        .where(p.id > below, p.customer_id.is_not(None))
+        .group_by(p.customer_id)
+    )
+    insert = sqlite.insert(purchase_totals).from_select(["customer_id", "lines", "id_sum"], new)
+    excluded = insert.excluded
+    connection.execute(
+        insert.on_conflict_do_update(
+            index_elements=[t.customer_id],
+            set_={"lines": t.lines + excluded.lines, "id_sum": t.id_sum + excluded.id_sum},
+        )
+    )
 
 
 def _rebuilt_indexes(connection: sa.Connection, lines: int) -> list[sa.Index]:

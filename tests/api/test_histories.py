@@ -161,3 +161,23 @@ def test_a_line_not_due_yet_is_left_out_until_its_time_then_read(shop: Shop) -> 
     found, extended = read(engine, customer, found, NOW + timedelta(days=3))
     assert not extended and not found.complete  # a new line not due yet: whole, as before
     assert found == read(engine, customer, now=NOW + timedelta(days=3))[0]
+
+
+def test_new_lines_are_sought_from_the_newest_kept_order_and_an_older_one_shows(
+    shop: Shop,
+) -> None:
+    """The new lines are read from a day before the newest kept order on (an index range,
+    not the customer's every line); a new order dated earlier than that is not among them,
+    the totals say a line is missing, and the history is read whole: with it."""
+    engine, _ = shop
+    customer, _ = cached_customer(engine)
+    kept, _ = read(engine, customer)
+    newest = kept.history.orders[-1].at
+    item = some_items(engine, 1)[0]
+    add(engine, line("recent", customer, item, newest - timedelta(hours=1)))
+    found, extended = read(engine, customer, kept)  # within the day before: sought
+    assert extended and found == read(engine, customer)[0]
+    add(engine, line("backdated", customer, item, newest - timedelta(days=30)))
+    again, extended = read(engine, customer, found)
+    assert not extended and again == read(engine, customer)[0]
+    assert "backdated" in again.orders

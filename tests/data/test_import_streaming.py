@@ -23,6 +23,8 @@ from recocamp.store.engine import make_engine, upgrade
 from recocamp.store.schema import import_runs, orders, purchases, serving_changes
 from tests.conftest import NOW, impatient, write_csv
 from tests.data.test_ingest import LONDON
+from tests.store.test_purchase_totals import kept as totals_kept
+from tests.store.test_purchase_totals import scanned as totals_scanned
 
 HEADER = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at", "line_no"]
 
@@ -348,6 +350,32 @@ def test_a_big_import_tells_serving_readers_everything_and_keeps_its_trigger(
         posted = Purchase("o99", 1, "c9", "i1", 1, 2.5, NOW, False)
         queries.insert_purchases(connection, [posted], None)
     assert log.since(seq) == (seq + 1, ["c9"])
+
+
+def test_a_big_import_adds_its_lines_to_the_purchase_totals_at_once(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import of more lines than a reader takes one by one gives the totals a scan
+    gives, to customers with lines already (SQLite suspends the totals' per-line trigger
+    for it and adds its lines in one statement; PostgreSQL's trigger is per statement); on
+    SQLite the trigger is back afterwards as migrated, counting the next line."""
+    monkeypatch.setattr(notifications, "BEHIND", 5)
+    sqlite = engine.dialect.name == "sqlite"
+    add = "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = :name"
+    name = {"name": staging.TOTALS_TRIGGER}
+    with engine.connect() as connection:
+        before = connection.execute(sa.text(add), name).scalar() if sqlite else None
+    importer(engine).purchases(write_csv(tmp_path / "a.csv", HEADER, lines(4)))  # one by one
+    importer(engine).purchases(
+        write_csv(tmp_path / "b.csv", HEADER, [line(n) for n in range(2, 14)])
+    )
+    assert totals_kept(engine) == totals_scanned(engine) and len(totals_kept(engine)) == 3
+    with engine.begin() as connection:
+        if sqlite:
+            assert connection.execute(sa.text(add), name).scalar() == before
+        posted = Purchase("o99", 1, "c9", "i1", 1, 2.5, NOW, False)
+        queries.insert_purchases(connection, [posted], None)
+    assert totals_kept(engine) == totals_scanned(engine) and "c9" in totals_kept(engine)
 
 
 @pytest.mark.parametrize("claim_chunk", [5000, 2], ids=["few-split", "many-split"])
