@@ -37,7 +37,7 @@ EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # joined to an "@" up to a space, a quote or a bracket, so "bob@localhost", "x@[10.0.0.1]"
 # and "o'brien@example.com" go whole, and a quoted id keeps its quotes
 _MASKED = re.compile(
-    r"""(?:[^\s"'<>(),;@]+(?:'[^\s"'<>(),;@]+)*)?@(?:\[[^\]\s]*\]|[^\s"'<>(),;@]+)"""
+    r"""(?:[^\s"'<>(),;@]+(?:'[^\s"'<>(),;@]+)*)@(?:\[[^\]\s]*\]|[^\s"'<>(),;@]+)"""
 )
 
 

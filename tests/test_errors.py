@@ -16,6 +16,7 @@ from recocamp.errors import (
     SharedAddressError,
     TemplateLimitError,
     TransientDeliveryError,
+    mask_addresses,
 )
 
 ERRORS = [
@@ -33,3 +34,23 @@ def test_an_error_survives_pickling(error: RecocampError) -> None:
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is type(error) and str(again) == str(error)
     assert vars(again) == vars(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "schedule.cron: '@daily' is not five fields",
+            "schedule.cron: '@daily' is not five fields",
+        ),
+        ("mention @shop or write to us", "mention @shop or write to us"),
+        ("customer 'anna@example.test' unknown", "customer '<address>' unknown"),
+        ("bob@localhost, x@[10.0.0.1] and o'brien@ex.com", "<address>, <address> and <address>"),
+    ],
+)
+def test_only_addresses_are_masked_not_words_that_begin_with_an_at_sign(
+    text: str, masked: str
+) -> None:
+    """An address has a local part: a cron's ``@daily`` in a `check` error was shown as
+    ``<address>``, which told the marketer nothing."""
+    assert mask_addresses(text) == masked

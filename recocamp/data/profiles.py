@@ -84,6 +84,8 @@ def apply(
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         raise ProfileError(unknown[0], "is not a customer field", unknown[0])
+    if isinstance(changes.get("email"), str):  # as the import reads it: trimmed
+        changes = {**changes, "email": changes["email"].strip()}
     row = profiles.profile(connection, customer_id)
     before = (
         row

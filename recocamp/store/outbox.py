@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from recocamp.domain import BodyTemplate, OutgoingEmail, email_hash, email_hashes
+from recocamp.domain import BodyTemplate, OutgoingEmail, email_hash, email_hashes, email_problem
 from recocamp.errors import mask_addresses
 from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import campaign_pauses, customers, outbox, suppressions
@@ -214,7 +214,15 @@ def claim(
         blocked = _opted_out(connection, claimed)
         if blocked:
             _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
-    return [c for c in claimed if c.id not in blocked]
+        # queued before addresses had to be one plain local@domain: "a@x, b@y" would reach
+        # a second person, who never consented, with the customer's signed links
+        unsendable = {
+            c.id for c in claimed if c.id not in blocked and email_problem(c.email.to.strip())
+        }
+        if unsendable:
+            wrong = "not one plain e-mail address (queued before addresses were checked)"
+            _set(connection, unsendable, now, state="cancelled", last_error=wrong)
+    return [c for c in claimed if c.id not in blocked | unsendable]
 
 
 def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:

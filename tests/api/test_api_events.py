@@ -316,6 +316,14 @@ def test_bad_profile_changes_are_422_naming_the_field(
     assert person(engine_of(app)) is None
 
 
+def test_an_address_is_stored_trimmed_as_the_import_stores_it(app: FastAPI) -> None:
+    """``PUT`` kept ``"  b@example.test "`` as given while the import trims: the same
+    customer's address then differed between the two ways in, and the padded one failed the
+    deliverer's plain-address check."""
+    assert put(app, {"source": "signup", "email": "  b@example.test "}).status == 200
+    assert person(engine_of(app)).email == "b@example.test"
+
+
 def test_objection_drops_the_personal_list_at_once(app: FastAPI) -> None:
     engine = engine_of(app)
     assert put(app, {"source": "signup", "email": "b@example.test"}).status == 200

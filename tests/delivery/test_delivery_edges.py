@@ -44,6 +44,24 @@ from tests.delivery.test_deliver import (
 )
 
 
+def test_mail_queued_to_a_list_of_addresses_is_cancelled_not_sent(engine: sa.Engine) -> None:
+    """Mail queued before addresses had to be one plain ``local@domain`` (deferred by quiet
+    hours): ``"c0@example.test, stranger@example.test"`` went to both, the customer's signed
+    links to a person who never consented. It is cancelled; a padded address still goes."""
+    listed = dataclasses.replace(email(0), to="c0@example.test, stranger@example.test")
+    padded = dataclasses.replace(email(1), to=" c1@example.test ")
+    store(engine, [listed, padded])
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert [m.send_key for m in fake.sent] == [padded.send_key] and report.sent == 1
+    assert states(engine) == Counter({"cancelled": 1, "sent": 1})
+    with engine.connect() as connection:
+        errors = connection.execute(
+            sa.select(outbox_table.c.last_error).where(outbox_table.c.state == "cancelled")
+        ).scalars()
+        assert [e.split(" (")[0] for e in errors] == ["not one plain e-mail address"]
+
+
 def test_a_suppressed_address_with_two_mails_in_one_batch_gets_neither(
     engine: sa.Engine,
 ) -> None:
