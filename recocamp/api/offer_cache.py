@@ -716,9 +716,15 @@ class OfferService:
             self._hold(basis)
         return basis
 
-    @staticmethod
+    @property
+    def _shaped_by(self) -> str:
+        """The settings that shape a re-scored list besides the model (its length, the time
+        decay): processes configured differently during a rolling change share no list."""
+        recommender = self.settings.recommender
+        return f"top_n={recommender.top_n} half_life={recommender.time_decay_half_life_days}"
+
     def _shared_list(
-        connection: Connection, customer_id: str, live: Live | None, kept: histories.Kept
+        self, connection: Connection, customer_id: str, live: Live | None, kept: histories.Kept
     ) -> Ranked | None:
         """The list another process re-scored for this model and this very history (the
         same line totals and highest id), or None: re-score here."""
@@ -727,6 +733,7 @@ class OfferService:
             found is None
             or live is None
             or found.model_version != live.version
+            or found.shaped_by != self._shaped_by
             or (found.lines, found.id_sum, found.last_id) != (kept.lines, kept.id_sum, kept.last_id)
         ):
             return None
@@ -737,6 +744,7 @@ class OfferService:
         answer does not wait for the write (nor fail with it)."""
         shared = store.SharedList(
             version,
+            self._shaped_by,
             kept.lines,
             kept.id_sum,
             kept.last_id,

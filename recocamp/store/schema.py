@@ -571,13 +571,16 @@ purchase_totals = sa.Table(
 # so that the others read it instead of re-scoring (``api.offer_cache``): for the live model
 # ``model_version`` and the history whose purchase lines had these totals
 # (``purchase_totals``: ``lines``, ``id_sum``) and highest id ``last_id``; any other model or
-# history makes it unused. Personal data (the customer's list): exported with them, deleted
+# history makes it unused, as do other settings shaping the list (``shaped_by``: its length
+# and time decay, which processes configured differently during a rolling change may not
+# share). Personal data (the customer's list): exported with them, deleted
 # by their erasure and their objection to profiling.
 offer_lists = sa.Table(
     "offer_lists",
     metadata,
     sa.Column("customer_id", sa.String(64), primary_key=True),
     sa.Column("model_version", sa.String(100), nullable=False),
+    sa.Column("shaped_by", sa.String(100), nullable=False),
     sa.Column("lines", sa.BigInteger, nullable=False),
     sa.Column("id_sum", sa.BigInteger, nullable=False),
     sa.Column("last_id", sa.BigInteger, nullable=False),

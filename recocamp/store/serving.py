@@ -153,9 +153,11 @@ def _lines_statement(connection: Connection, bounded: bool) -> sa.Select[Any]:
 
 class SharedList(NamedTuple):
     """A personal list re-scored by one serving process, for the others (``offer_lists``):
-    valid for the model ``model_version`` and the history whose lines had these totals."""
+    valid for the model ``model_version``, the settings ``shaped_by`` and the history whose
+    lines had these totals."""
 
     model_version: str
+    shaped_by: str
     lines: int
     id_sum: int
     last_id: int
@@ -164,6 +166,7 @@ class SharedList(NamedTuple):
 
 _SHARED = sa.select(
     offer_lists.c.model_version,
+    offer_lists.c.shaped_by,
     offer_lists.c.lines,
     offer_lists.c.id_sum,
     offer_lists.c.last_id,
@@ -179,7 +182,12 @@ def shared_list(connection: Connection, customer_id: str) -> SharedList | None:
         return None
     items = [(str(item), float(score)) for item, score in json.loads(row.items)]
     return SharedList(
-        str(row.model_version), int(row.lines), int(row.id_sum), int(row.last_id), items
+        str(row.model_version),
+        str(row.shaped_by),
+        int(row.lines),
+        int(row.id_sum),
+        int(row.last_id),
+        items,
     )
 
 
@@ -192,6 +200,7 @@ def share_list(connection: Connection, customer_id: str, shared: SharedList, now
     values = {
         "customer_id": customer_id,
         "model_version": shared.model_version,
+        "shaped_by": shared.shaped_by,
         "lines": shared.lines,
         "id_sum": shared.id_sum,
         "last_id": shared.last_id,
@@ -218,6 +227,7 @@ def _share_statement(connection: Connection) -> Any:
         sa.select(
             t.customer_id,
             sa.bindparam("model_version", type_=sa.String),
+            sa.bindparam("shaped_by", type_=sa.String),
             t.lines,
             t.id_sum,
             sa.bindparam("last_id", type_=sa.BigInteger),
@@ -232,7 +242,16 @@ def _share_statement(connection: Connection) -> Any:
         )
         .with_for_update(read=True, of=purchase_totals)
     )
-    names = ["customer_id", "model_version", "lines", "id_sum", "last_id", "items", "computed_at"]
+    names = [
+        "customer_id",
+        "model_version",
+        "shaped_by",
+        "lines",
+        "id_sum",
+        "last_id",
+        "items",
+        "computed_at",
+    ]
     insert = upsert_statement(connection, offer_lists).from_select(names, source)
     changed = {name: insert.excluded[name] for name in names[1:]}
     upsert = insert.on_conflict_do_update(index_elements=["customer_id"], set_=changed)

@@ -171,3 +171,22 @@ def test_an_objection_or_an_erasure_takes_the_shared_list_away(
         ).scalar_one()
         assert flags is True
         assert connection.execute(sa.select(sa.func.count()).select_from(offer_lists)).scalar() == 0
+
+
+def test_a_process_configured_otherwise_does_not_take_the_shared_list(
+    pair: tuple[FastAPI, FastAPI], scorings: list[str]
+) -> None:
+    """During a rolling change of ``top_n`` or the time decay, two processes shape a list
+    differently from the same model and history: neither takes the other's."""
+    one, two = pair
+    buyer, _ = two_customers(engine_of(one))
+    warm_and_buy(one, two, buyer, "share-7")
+    answers(one, buyer)
+    one.state.service.flush()
+    row = shared(engine_of(one), buyer)
+    assert row is not None and row.shaped_by == "top_n=10 half_life=None"
+    service = two.state.service
+    recommender = service.settings.recommender.model_copy(update={"top_n": 5})
+    service.settings = service.settings.model_copy(update={"recommender": recommender})
+    answers(two, buyer)
+    assert len(scorings) == 2 and service.tally.shared == 0  # re-scored, not taken

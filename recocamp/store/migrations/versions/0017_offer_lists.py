@@ -28,6 +28,7 @@ def upgrade() -> None:
         "offer_lists",
         sa.Column("customer_id", sa.String(length=64), nullable=False),
         sa.Column("model_version", sa.String(length=100), nullable=False),
+        sa.Column("shaped_by", sa.String(length=100), nullable=False),
         sa.Column("lines", sa.BigInteger(), nullable=False),
         sa.Column("id_sum", sa.BigInteger(), nullable=False),
         sa.Column("last_id", sa.BigInteger(), nullable=False),
