@@ -648,6 +648,11 @@ def save(directory: Path, model: Recommender, data: TrainingData, meta: dict[str
         arrays |= _csr_arrays(name, getattr(data, name))
     arrays |= {f"model_{k}": v for k, v in model.arrays().items()}
     np.savez(directory / "model.npz", allow_pickle=False, **arrays)
+    write_meta(directory, meta)
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """``meta.json`` (again, where the registry's verdict differs from the gate's)."""
     (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 

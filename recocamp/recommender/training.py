@@ -322,7 +322,12 @@ def train(
     }
     model.save(path, final, data, meta)
     say("writing the top-N cache" if promote else "registering the rejected model")
-    rows = _register(engine, final, data, meta, path, now, promote, settings)
+    rows, changed = _register(
+        engine, final, data, meta, path, now, promote, settings, evaluation.live_version
+    )
+    if changed is not None:
+        promote, reason = False, changed
+        model.write_meta(path, meta)  # the registry's verdict, not the gate's
     clock.lap("cache")
     outcome = "promoted" if promote else "rejected"
     log.info("train %s: %s (%s) cache=%d in %.1fs", version, outcome, reason, rows, clock.total)
@@ -367,6 +372,7 @@ class Evaluation:
     # the hybrid's weights for the final model, tuned on this split with the candidate's
     # fit on it (the final model's tuning split is this one); None: tune from scratch
     final_weights: HybridWeights | None = None
+    live_version: str | None = None  # the live model measured here (None: none was live)
 
 
 def _evaluate_all(
@@ -397,7 +403,8 @@ def _evaluate_all(
         results["live"] = scored["live"][0]
     at = datetime.fromtimestamp(cutoff, UTC)
     per_customer = {key: pair[1] for key, pair in scored.items()}
-    return Evaluation(results, at, horizon, k, per_customer, final_weights)
+    live_version = None if current is None else str(current.version)
+    return Evaluation(results, at, horizon, k, per_customer, final_weights, live_version)
 
 
 GATE_RULE = (
@@ -468,9 +475,20 @@ def _register(
     now: datetime,
     promote: bool,
     settings: RecommenderSettings,
-) -> int:
+    gated_against: str | None,
+) -> tuple[int, str | None]:
+    """Register the model; make it live when the gate said so and the live model is still
+    the one it was gated against. Else (another training, ``models promote`` or
+    ``rollback`` switched it meanwhile) it is registered ``rejected`` and the reason is
+    returned: it was never compared with the model it would replace."""
     popular = popular_list(data, settings.top_n)
     with engine.begin() as connection:
+        registry.lock_models(connection)  # the check below and the switch see one registry
+        changed = _live_changed(connection, gated_against) if promote else None
+        if changed is not None:
+            promote = False
+            gate = meta["metrics"]["gate"]
+            gate["promoted"], gate["reason"] = False, changed
         registry.register(
             connection,
             version=meta["version"],
@@ -485,9 +503,22 @@ def _register(
             status="candidate" if promote else "rejected",
         )
         if not promote:
-            return 0
+            return 0, changed
         lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
-        return registry.make_live(connection, meta["version"], now, lists)
+        return registry.make_live(connection, meta["version"], now, lists), None
+
+
+def _live_changed(connection: Connection, gated_against: str | None) -> str | None:
+    """Why the gate's verdict no longer applies: the live model is not the one it measured."""
+    current = registry.live(connection)
+    now_live = None if current is None else str(current.version)
+    if now_live == gated_against:
+        return None
+    return (
+        f"the live model changed during training (gated against {gated_against or 'none'}, "
+        f"now {now_live or 'none'}): not compared with the model it would replace; "
+        "train again to gate against it"
+    )
 
 
 def popular_list(data: TrainingData, n: int) -> list[list[Any]]:
