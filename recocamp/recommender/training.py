@@ -517,7 +517,8 @@ def _live_changed(connection: Connection, gated_against: str | None) -> str | No
     return (
         f"the live model changed during training (gated against {gated_against or 'none'}, "
         f"now {now_live or 'none'}): not compared with the model it would replace; "
-        "train again to gate against it"
+        "`recocamp models promote` makes it live (a training on the same data and settings "
+        "skips as unchanged)"
     )
 
 

@@ -435,6 +435,7 @@ def test_a_live_model_switched_during_training_is_not_replaced_ungated(
     assert result.metrics["candidate"].recall > result.metrics["live"].recall  # vs popularity
     assert result.outcome == "rejected" and result.cache_rows == 0
     assert f"gated against {popular.version}, now {knn.version}" in result.reason
+    assert "`recocamp models promote` makes it live" in result.reason
     with shop.connect() as connection:
         live = registry.live(connection)
         row = registry.get(connection, str(result.version))
