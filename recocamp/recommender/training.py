@@ -569,9 +569,16 @@ def promote(
         row = registry.get(connection, version)
     if row is None:
         raise ModelError(f"no model with version {version!r} (see `recocamp models list`)")
-    fitted, data, _meta = model.load(locate(row.path), settings)
+    directory = locate(row.path)
+    fitted, data, _meta = model.load(directory, settings)
     lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
     with engine.begin() as connection:
+        registry.lock_models(connection)  # the retention purge deletes artifacts under it
+        if not (directory / "model.npz").exists():
+            raise ModelError(
+                f"the artifacts of {version} at {directory} were deleted while it was being "
+                "promoted (the retention purge of retired models): it cannot go live"
+            )
         return registry.make_live(connection, version, now, lists)
 
 
