@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import uuid
 import warnings
 import zipfile
 from collections.abc import Collection, Sequence
@@ -647,13 +648,24 @@ def save(directory: Path, model: Recommender, data: TrainingData, meta: dict[str
     for name in ("orders", "confidence", "last_days"):
         arrays |= _csr_arrays(name, getattr(data, name))
     arrays |= {f"model_{k}": v for k, v in model.arrays().items()}
-    np.savez(directory / "model.npz", allow_pickle=False, **arrays)
+    partial = _partial(directory / "model.npz")
+    with partial.open("wb") as handle:
+        np.savez(handle, allow_pickle=False, **arrays)
+    os.replace(partial, directory / "model.npz")  # a reader sees a whole file, old or new
     write_meta(directory, meta)
 
 
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    """``meta.json`` (again, where the registry's verdict differs from the gate's)."""
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    """``meta.json`` (again, where the registry's verdict differs from the gate's), replaced
+    whole: two trainings of the same data write the same directory."""
+    partial = _partial(directory / "meta.json")
+    partial.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(partial, directory / "meta.json")
+
+
+def _partial(path: Path) -> Path:
+    """A name of this writer's own beside ``path`` (two writers never share one)."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
 
 
 # what reading a damaged or foreign artifact raises: an empty model.npz (EOFError), one

@@ -289,8 +289,7 @@ def train(
     with engine.connect() as connection:
         same = registry.with_fingerprint(connection, print_, name)
     if same is not None:
-        reason = f"data and parameters unchanged since {same.version} ({same.status})"
-        return TrainResult(same.version, name, "skipped_unchanged", reason)
+        return _unchanged(same, name)
     say("evaluating on the time split")
     evaluation = _evaluate_all(engine, settings, name, lines, as_of)
     results = evaluation.metrics
@@ -320,11 +319,18 @@ def train(
             "gate": gate.as_dict(evaluation, settings.promote_metric),
         },
     }
+    with engine.connect() as connection:
+        twin = registry.get(connection, version)
+    if twin is not None:  # another training of the same data finished meanwhile
+        return _unchanged(twin, name)
     model.save(path, final, data, meta)
     say("writing the top-N cache" if promote else "registering the rejected model")
-    rows, changed = _register(
-        engine, final, data, meta, path, now, promote, settings, evaluation.live_version
-    )
+    try:
+        rows, changed = _register(
+            engine, final, data, meta, path, now, promote, settings, evaluation.live_version
+        )
+    except _AlreadyRegistered as exc:
+        return _unchanged(exc.row, name)
     if changed is not None:
         promote, reason = False, changed
         model.write_meta(path, meta)  # the registry's verdict, not the gate's
@@ -341,6 +347,20 @@ def train(
         clock.laps,
         gate_rule(settings.promote_metric) if gate.difference else "",
     )
+
+
+def _unchanged(same: Any, name: str) -> TrainResult:
+    reason = f"data and parameters unchanged since {same.version} ({same.status})"
+    return TrainResult(same.version, name, "skipped_unchanged", reason)
+
+
+class _AlreadyRegistered(Exception):
+    """Two trainings of the same data and settings at once (the worker's and a command's):
+    the same version; the one that registers second keeps the first's model."""
+
+    def __init__(self, row: Any) -> None:
+        super().__init__(row.version)
+        self.row = row
 
 
 class _Stopwatch:
@@ -483,7 +503,10 @@ def _register(
     returned: it was never compared with the model it would replace."""
     popular = popular_list(data, settings.top_n)
     with engine.begin() as connection:
-        registry.lock_models(connection)  # the check below and the switch see one registry
+        registry.lock_models(connection)  # the checks below and the switch see one registry
+        twin = registry.get(connection, meta["version"])
+        if twin is not None:
+            raise _AlreadyRegistered(twin)
         changed = _live_changed(connection, gated_against) if promote else None
         if changed is not None:
             promote = False

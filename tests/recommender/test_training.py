@@ -490,3 +490,29 @@ def test_two_switches_at_once_leave_one_live_model(shop: sa.Engine, tmp_path: Pa
         }
     assert live == [b] and first.version != b
     assert cached == {"c2": b}
+
+
+@pytest.mark.parametrize("when", ["fitting on all data", "writing the top-N cache"])
+def test_two_trainings_of_the_same_data_at_once_register_one_model(
+    shop: sa.Engine, tmp_path: Path, when: str
+) -> None:
+    """The worker's nightly training and a `recocamp train` of the same data: the same
+    version. The one that finishes second (before or after saving its artifacts) keeps the
+    first's model; the old code failed on the registry's key after overwriting the live
+    model's files in place."""
+    settings = settings_for(tmp_path)
+    other: list[training.TrainResult] = []
+
+    def meanwhile(text: str) -> None:
+        if text == when and not other:
+            other.append(training.train(shop, settings, now=NOW, as_of=END, name="item_knn"))
+
+    result = training.train(shop, settings, now=NOW, as_of=END, name="item_knn", step=meanwhile)
+    assert other[0].outcome == "promoted"
+    assert result.outcome == "skipped_unchanged" and result.version == other[0].version
+    with shop.connect() as connection:
+        rows = connection.execute(sa.select(models)).all()
+    assert [(r.version, r.status) for r in rows] == [(other[0].version, "live")]
+    directory = Path(rows[0].path)
+    assert sorted(p.name for p in directory.iterdir()) == ["meta.json", "model.npz"]
+    model.load(directory, settings)
