@@ -46,7 +46,7 @@ from recocamp.recommender.matrix import DAY, Lines, TrainingData
 from recocamp.recommender.models import Hybrid, HybridWeights
 from recocamp.recommender.ranking import Recommender
 from recocamp.settings import RecommenderSettings
-from recocamp.store import queries, registry
+from recocamp.store import profiles, queries, registry
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -331,6 +331,7 @@ def train(
         )
     except _AlreadyRegistered as exc:
         return _unchanged(exc.row, name)
+    _without_objectors(engine, path, data)
     if changed is not None:
         promote, reason = False, changed
         model.write_meta(path, meta)  # the registry's verdict, not the gate's
@@ -529,6 +530,19 @@ def _register(
             return 0, changed
         lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
         return registry.make_live(connection, meta["version"], now, lists), None
+
+
+def _without_objectors(engine: Engine, path: Path, data: TrainingData) -> None:
+    """Take out of the new artifacts whoever objected to profiling while it trained (their
+    lines were read before): an objection's scrub (``privacy.objection``) only reaches the
+    models registered when it ran, and this one was registered just now. Objections after
+    the registration are that scrub's."""
+    with engine.connect() as connection:
+        objected = profiles.objected_ids(connection)
+    held = np.intersect1d(data.customers, np.array(objected, dtype=str))
+    if len(held):
+        removed = model.drop_customers(path, held.tolist())
+        log.info("%d customer(s) who objected while the model trained removed from it", removed)
 
 
 def _live_changed(connection: Connection, gated_against: str | None) -> str | None:

@@ -23,7 +23,7 @@ from recocamp.recommender import models as model
 from recocamp.recommender.matrix import Lines, TrainingData
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
-from recocamp.store.schema import models, recommendations
+from recocamp.store.schema import customers, models, recommendations
 from tests.recommender_data import History, Order
 
 NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
@@ -516,3 +516,36 @@ def test_two_trainings_of_the_same_data_at_once_register_one_model(
     directory = Path(rows[0].path)
     assert sorted(p.name for p in directory.iterdir()) == ["meta.json", "model.npz"]
     model.load(directory, settings)
+
+
+def test_an_objection_recorded_while_a_model_trains_leaves_none_of_it_in_the_model(
+    shop: sa.Engine, tmp_path: Path
+) -> None:
+    """The objection's scrub reaches the models registered when it runs; this one was still
+    being fitted on lines read before it. The old code kept the customer's factors and
+    purchase row in the new artifacts until the worker's next nightly sweep (never, with
+    `recocamp train` alone)."""
+    settings = settings_for(tmp_path)
+    lines = training.load_lines(shop, END)
+    late = str(lines.customer_ids[0])
+    assert late != OBJECTOR
+
+    def object_meanwhile(text: str) -> None:
+        if text == "fitting on all data":
+            with shop.begin() as connection:
+                connection.execute(
+                    sa.update(customers)
+                    .where(customers.c.id == late)
+                    .values(objected_to_profiling=True)
+                )
+
+    result = training.train(shop, settings, now=NOW, as_of=END, name="als", step=object_meanwhile)
+    assert result.outcome == "promoted"
+    with shop.connect() as connection:
+        row = registry.get(connection, str(result.version))
+    assert row is not None
+    held = model.customer_ids(Path(row.path))
+    assert late not in held and OBJECTOR not in held and len(held) > 100
+    assert late not in cache(shop)
+    _fitted, data, _meta = model.load(Path(row.path), settings)  # consistent after the scrub
+    assert late not in data.customers.tolist()
