@@ -83,9 +83,12 @@ def purge(engine: Engine, settings: Settings, now: datetime) -> PurgeReport:
         events = store.delete_contact_events(connection, before(days.contact_events_days))
         decided = store.delete_decisions(connection, before(days.decisions_days))
         audits = store.delete_stand_in_audit(connection, STAND_IN, before(days.erased_audit_days))
+        # under the registry's lock, deleted before it is released: a model promoted
+        # meanwhile is not retired any more, or finds its artifacts gone and stays retired
+        registry.lock_models(connection)
         directories = _old_artifacts(connection, settings, before(days.retired_model_days))
-    for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
+        for directory in directories:
+            shutil.rmtree(directory, ignore_errors=True)
     orphans = _scrub_orphans(engine, settings)
     store.empty_wal(engine)
     files = _old_processed_files(settings, now)

@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import uuid
 import warnings
 import zipfile
 from collections.abc import Collection, Sequence
@@ -647,8 +648,24 @@ def save(directory: Path, model: Recommender, data: TrainingData, meta: dict[str
     for name in ("orders", "confidence", "last_days"):
         arrays |= _csr_arrays(name, getattr(data, name))
     arrays |= {f"model_{k}": v for k, v in model.arrays().items()}
-    np.savez(directory / "model.npz", allow_pickle=False, **arrays)
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    partial = _partial(directory / "model.npz")
+    with partial.open("wb") as handle:
+        np.savez(handle, allow_pickle=False, **arrays)
+    os.replace(partial, directory / "model.npz")  # a reader sees a whole file, old or new
+    write_meta(directory, meta)
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """``meta.json`` (again, where the registry's verdict differs from the gate's), replaced
+    whole: two trainings of the same data write the same directory."""
+    partial = _partial(directory / "meta.json")
+    partial.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(partial, directory / "meta.json")
+
+
+def _partial(path: Path) -> Path:
+    """A name of this writer's own beside ``path`` (two writers never share one)."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
 
 
 # what reading a damaged or foreign artifact raises: an empty model.npz (EOFError), one
@@ -694,12 +711,43 @@ def load(directory: Path, settings: Any) -> tuple[Recommender, TrainingData, dic
             age_days=arrays["age_days"],
             cutoff=float(arrays["cutoff"][0]),
         )
+        _check_shapes(data, _unprefixed(arrays, "model_"))
         weights = HybridWeights(**meta["params"]["weights"]) if meta["name"] == "hybrid" else None
         model = make(meta["name"], _no_gpu(settings), weights)
         model.restore(data, _unprefixed(arrays, "model_"))
     except DAMAGED as exc:
         raise unloadable(directory, exc) from None
     return model, data, meta
+
+
+def _check_shapes(data: TrainingData, arrays: dict[str, np.ndarray]) -> None:
+    """The id maps and every array agree (ValueError naming the first that does not): a row
+    is looked up by binary search in ``customers`` and a column is ``items[c]``, so an
+    unsorted id map or a factor matrix one row longer than it would give one customer
+    another's scores, or name the wrong items, without any error."""
+    n_customers, n_items = data.shape
+    for name, ids in (("customers", data.customers), ("items", data.items)):
+        if ids.ndim != 1 or (len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all())):
+            raise ValueError(f"{name}: the ids are not sorted and unique")
+    expected: dict[str, tuple[int, ...]] = {
+        name: (n_customers, n_items) for name in PER_CUSTOMER_MATRICES
+    }
+    expected |= {"popularity": (n_items,), "age_days": (n_items,)}
+    found: dict[str, tuple[int, ...]] = {name: getattr(data, name).shape for name in expected}
+    for name, array in arrays.items():
+        rows = {"user_factors": n_customers, "item_factors": n_items, "scores": n_items}
+        rows |= {"repeat_month": n_items}
+        for suffix, length in rows.items():
+            if name.endswith(suffix):
+                expected[name], found[name] = (length,), array.shape[:1]
+        if name.endswith("similarity_shape"):
+            expected[name], found[name] = (n_items, n_items), tuple(int(x) for x in array)
+    for name, shape in expected.items():
+        if tuple(found[name]) != shape:
+            raise ValueError(
+                f"{name} has shape {tuple(found[name])}, the id maps ({n_customers:,} "
+                f"customers, {n_items:,} items) need {shape}"
+            )
 
 
 def _no_gpu(settings: Any) -> Any:

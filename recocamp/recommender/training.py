@@ -46,7 +46,7 @@ from recocamp.recommender.matrix import DAY, Lines, TrainingData
 from recocamp.recommender.models import Hybrid, HybridWeights
 from recocamp.recommender.ranking import Recommender
 from recocamp.settings import RecommenderSettings
-from recocamp.store import queries, registry
+from recocamp.store import profiles, queries, registry
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -289,8 +289,7 @@ def train(
     with engine.connect() as connection:
         same = registry.with_fingerprint(connection, print_, name)
     if same is not None:
-        reason = f"data and parameters unchanged since {same.version} ({same.status})"
-        return TrainResult(same.version, name, "skipped_unchanged", reason)
+        return _unchanged(same, name)
     say("evaluating on the time split")
     evaluation = _evaluate_all(engine, settings, name, lines, as_of)
     results = evaluation.metrics
@@ -320,9 +319,22 @@ def train(
             "gate": gate.as_dict(evaluation, settings.promote_metric),
         },
     }
+    with engine.connect() as connection:
+        twin = registry.get(connection, version)
+    if twin is not None:  # another training of the same data finished meanwhile
+        return _unchanged(twin, name)
     model.save(path, final, data, meta)
     say("writing the top-N cache" if promote else "registering the rejected model")
-    rows = _register(engine, final, data, meta, path, now, promote, settings)
+    try:
+        rows, changed = _register(
+            engine, final, data, meta, path, now, promote, settings, evaluation.live_version
+        )
+    except _AlreadyRegistered as exc:
+        return _unchanged(exc.row, name)
+    _without_objectors(engine, path, data)
+    if changed is not None:
+        promote, reason = False, changed
+        model.write_meta(path, meta)  # the registry's verdict, not the gate's
     clock.lap("cache")
     outcome = "promoted" if promote else "rejected"
     log.info("train %s: %s (%s) cache=%d in %.1fs", version, outcome, reason, rows, clock.total)
@@ -336,6 +348,20 @@ def train(
         clock.laps,
         gate_rule(settings.promote_metric) if gate.difference else "",
     )
+
+
+def _unchanged(same: Any, name: str) -> TrainResult:
+    reason = f"data and parameters unchanged since {same.version} ({same.status})"
+    return TrainResult(same.version, name, "skipped_unchanged", reason)
+
+
+class _AlreadyRegistered(Exception):
+    """Two trainings of the same data and settings at once (the worker's and a command's):
+    the same version; the one that registers second keeps the first's model."""
+
+    def __init__(self, row: Any) -> None:
+        super().__init__(row.version)
+        self.row = row
 
 
 class _Stopwatch:
@@ -367,6 +393,7 @@ class Evaluation:
     # the hybrid's weights for the final model, tuned on this split with the candidate's
     # fit on it (the final model's tuning split is this one); None: tune from scratch
     final_weights: HybridWeights | None = None
+    live_version: str | None = None  # the live model measured here (None: none was live)
 
 
 def _evaluate_all(
@@ -397,7 +424,8 @@ def _evaluate_all(
         results["live"] = scored["live"][0]
     at = datetime.fromtimestamp(cutoff, UTC)
     per_customer = {key: pair[1] for key, pair in scored.items()}
-    return Evaluation(results, at, horizon, k, per_customer, final_weights)
+    live_version = None if current is None else str(current.version)
+    return Evaluation(results, at, horizon, k, per_customer, final_weights, live_version)
 
 
 GATE_RULE = (
@@ -468,9 +496,23 @@ def _register(
     now: datetime,
     promote: bool,
     settings: RecommenderSettings,
-) -> int:
+    gated_against: str | None,
+) -> tuple[int, str | None]:
+    """Register the model; make it live when the gate said so and the live model is still
+    the one it was gated against. Else (another training, ``models promote`` or
+    ``rollback`` switched it meanwhile) it is registered ``rejected`` and the reason is
+    returned: it was never compared with the model it would replace."""
     popular = popular_list(data, settings.top_n)
     with engine.begin() as connection:
+        registry.lock_models(connection)  # the checks below and the switch see one registry
+        twin = registry.get(connection, meta["version"])
+        if twin is not None:
+            raise _AlreadyRegistered(twin)
+        changed = _live_changed(connection, gated_against) if promote else None
+        if changed is not None:
+            promote = False
+            gate = meta["metrics"]["gate"]
+            gate["promoted"], gate["reason"] = False, changed
         registry.register(
             connection,
             version=meta["version"],
@@ -485,9 +527,36 @@ def _register(
             status="candidate" if promote else "rejected",
         )
         if not promote:
-            return 0
+            return 0, changed
         lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
-        return registry.make_live(connection, meta["version"], now, lists)
+        return registry.make_live(connection, meta["version"], now, lists), None
+
+
+def _without_objectors(engine: Engine, path: Path, data: TrainingData) -> None:
+    """Take out of the new artifacts whoever objected to profiling while it trained (their
+    lines were read before): an objection's scrub (``privacy.objection``) only reaches the
+    models registered when it ran, and this one was registered just now. Objections after
+    the registration are that scrub's."""
+    with engine.connect() as connection:
+        objected = profiles.objected_ids(connection)
+    held = np.intersect1d(data.customers, np.array(objected, dtype=str))
+    if len(held):
+        removed = model.drop_customers(path, held.tolist())
+        log.info("%d customer(s) who objected while the model trained removed from it", removed)
+
+
+def _live_changed(connection: Connection, gated_against: str | None) -> str | None:
+    """Why the gate's verdict no longer applies: the live model is not the one it measured."""
+    current = registry.live(connection)
+    now_live = None if current is None else str(current.version)
+    if now_live == gated_against:
+        return None
+    return (
+        f"the live model changed during training (gated against {gated_against or 'none'}, "
+        f"now {now_live or 'none'}): not compared with the model it would replace; "
+        "`recocamp models promote` makes it live (a training on the same data and settings "
+        "skips as unchanged)"
+    )
 
 
 def popular_list(data: TrainingData, n: int) -> list[list[Any]]:
@@ -537,9 +606,16 @@ def promote(
         row = registry.get(connection, version)
     if row is None:
         raise ModelError(f"no model with version {version!r} (see `recocamp models list`)")
-    fitted, data, _meta = model.load(locate(row.path), settings)
+    directory = locate(row.path)
+    fitted, data, _meta = model.load(directory, settings)
     lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
     with engine.begin() as connection:
+        registry.lock_models(connection)  # the retention purge deletes artifacts under it
+        if not (directory / "model.npz").exists():
+            raise ModelError(
+                f"the artifacts of {version} at {directory} were deleted while it was being "
+                "promoted (the retention purge of retired models): it cannot go live"
+            )
         return registry.make_live(connection, version, now, lists)
 
 

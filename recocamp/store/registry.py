@@ -16,6 +16,7 @@ import orjson
 import sqlalchemy as sa
 
 from recocamp.store import queries
+from recocamp.store.locks import lock_key
 from recocamp.store.schema import customers, erasures, models, purchases, recommendations
 
 Ranked = list[list[Any]]  # [[item_id, score], ...]
@@ -85,10 +86,27 @@ def set_status(connection: sa.Connection, version: str, status: str) -> None:
     connection.execute(sa.update(models).where(models.c.version == version).values(status=status))
 
 
+_MODELS_LOCK = lock_key("model registry")
+
+
+def lock_models(connection: sa.Connection) -> None:
+    """Serialise whoever switches the live model (a training's promotion, ``models promote``,
+    ``rollback``) until the transaction ends; the statements after it see every switch
+    committed before. PostgreSQL: a transaction advisory lock (without it, two switches at
+    once each retired only the model their snapshot saw live, and both stayed live, the
+    cache holding both models' lists). SQLite: an UPDATE that changes nothing takes the
+    database's write lock, which the driver's transaction holds to its end."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_MODELS_LOCK)))
+        return
+    connection.execute(sa.update(models).where(sa.false()).values(status=models.c.status))
+
+
 def make_live(
     connection: sa.Connection, version: str, now: datetime, cache: Iterable[tuple[str, Ranked]]
 ) -> int:
     """Retire the live model, make ``version`` live and replace the cache; returns rows."""
+    lock_models(connection)
     connection.execute(sa.update(models).where(models.c.status == "live").values(status="retired"))
     connection.execute(
         sa.update(models).where(models.c.version == version).values(status="live", promoted_at=now)

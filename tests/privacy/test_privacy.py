@@ -25,6 +25,8 @@ from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.synthetic import END
 from recocamp.delivery.esp.fake_server import postmark_event
 from recocamp.domain import OutgoingEmail, email_hash
+from recocamp.errors import ModelError
+from recocamp.recommender import models as model_module
 from recocamp.recommender import training
 from recocamp.store import outbox, registry
 from recocamp.store.schema import (
@@ -727,3 +729,47 @@ def test_a_link_of_an_erased_customer_records_nothing(
         headers={"authorization": "Bearer hook-secret"},
     )
     assert late.status == 200 and personal_cells(engine) == []  # a late bounce names nobody
+
+
+def test_a_retired_model_purged_while_it_is_promoted_does_not_go_live(
+    shop: tuple[sa.Engine, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``models promote`` of an old retired model loads its artifacts, then computes the
+    cache; the retention purge deletes them meanwhile. The old code made it live with no
+    artifacts left (the API cannot load its live model on the next start)."""
+    engine, artifacts = shop
+    settings = settings_for(artifacts)
+    first = training.train(
+        engine, settings.recommender, now=NOW, as_of=END - timedelta(days=20), name="item_knn"
+    )
+    second = training.train(
+        engine, settings.recommender, now=NOW, as_of=END - timedelta(days=10), name="popularity"
+    )
+    for hours, result in ((1, first), (2, second)):
+        training.promote(
+            engine, settings.recommender, str(result.version), NOW + timedelta(hours=hours)
+        )
+    with engine.connect() as connection:
+        target = registry.previous_live(connection)
+        retired = [
+            (r.version, Path(r.path))
+            for r in connection.execute(sa.select(models).where(models.c.status == "retired"))
+            if target is None or r.version != target.version
+        ]
+    assert retired  # the shop's first model: old enough to purge below
+    version, path = retired[0]
+    later = NOW + timedelta(days=settings.privacy.retired_model_days + 1)
+    load = model_module.load
+
+    def load_then_purge(directory: Path, config: Any) -> Any:
+        loaded = load(directory, config)
+        privacy.purge(engine, settings, later)  # while the cache is computed
+        return loaded
+
+    monkeypatch.setattr(model_module, "load", load_then_purge)
+    with pytest.raises(ModelError, match=f"artifacts of {version} .* were deleted"):
+        training.promote(engine, settings.recommender, version, later)
+    assert not path.exists()
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None and live.version == second.version

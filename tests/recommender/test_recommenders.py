@@ -112,6 +112,58 @@ def test_artifacts_round_trip_without_pickle(name: str, data: TrainingData, tmp_
     assert list(loaded_data.items) == list(data.items) and loaded_meta == meta
 
 
+def _tampered(directory: Path, **replaced: np.ndarray) -> None:
+    path = directory / "model.npz"
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    with path.open("wb") as handle:
+        np.savez(handle, allow_pickle=False, **(arrays | replaced))
+
+
+def _without_first_customer(directory: Path, data: TrainingData) -> None:
+    """The first customer out of the id map and the matrices, not out of the factors."""
+    kept = np.flatnonzero(data.customers != data.customers[0])
+    arrays: dict[str, np.ndarray] = {"customers": data.customers[kept]}
+    for matrix in model.PER_CUSTOMER_MATRICES:
+        rebuilt = getattr(data, matrix)[kept].tocsr()
+        arrays |= {
+            f"{matrix}_data": rebuilt.data,
+            f"{matrix}_indices": rebuilt.indices,
+            f"{matrix}_indptr": rebuilt.indptr,
+            f"{matrix}_shape": np.array(rebuilt.shape),
+        }
+    _tampered(directory, **arrays)
+
+
+def _items_reversed(directory: Path, data: TrainingData) -> None:
+    _tampered(directory, items=data.items[::-1].copy())
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "reason"),
+    [
+        ("als", _without_first_customer, "user_factors has shape"),
+        ("hybrid", _without_first_customer, "als_user_factors has shape"),
+        ("item_knn", _items_reversed, "items: the ids are not sorted"),
+        ("popularity", _items_reversed, "items: the ids are not sorted"),
+    ],
+)
+def test_artifacts_whose_id_maps_and_arrays_disagree_are_refused(
+    name: str, damage: object, reason: str, data: TrainingData, tmp_path: Path
+) -> None:
+    """A customer dropped from the id map but not from the factors shifts every later
+    customer onto a neighbour's factors, and an item map out of order names other items
+    than the scores are for (rows and columns are found by binary search): customers would
+    be served somebody else's list, or wrong items. The old load served them silently."""
+    recommender = fitted(name, data)
+    meta = {"name": name, "params": recommender.params(), "version": "v1"}
+    model.save(tmp_path / "v1", recommender, data, meta)
+    model.load(tmp_path / "v1", SETTINGS)  # as saved: loads
+    damage(tmp_path / "v1", data)  # type: ignore[operator]
+    with pytest.raises(ModelError, match=f"ValueError: {reason}"):
+        model.load(tmp_path / "v1", SETTINGS)
+
+
 def test_broken_artifacts_and_unknown_models_are_model_errors(tmp_path: Path) -> None:
     with pytest.raises(
         ModelError, match=r"cannot load the model artifacts at .*missing: FileNotFoundError"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import re
+import threading
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from recocamp.recommender import models as model
 from recocamp.recommender.matrix import Lines, TrainingData
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
-from recocamp.store.schema import models, recommendations
+from recocamp.store.schema import customers, models, recommendations
 from tests.recommender_data import History, Order
 
 NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
@@ -409,3 +410,142 @@ def test_numbers_become_codes_in_id_order_and_orders_in_order_of_first_line() ->
     assert ids.dtype == np.dtype("<U1")  # "zz" occurs on no line: not in the vocabulary
     assert training._first_seen(np.array([5, 5, 2, 9, 2, 0])).tolist() == [0, 0, 1, 2, 1, 3]
     assert training._first_seen(np.zeros(0, dtype=np.int64)).dtype == np.int64
+
+
+def test_a_live_model_switched_during_training_is_not_replaced_ungated(
+    shop: sa.Engine, tmp_path: Path
+) -> None:
+    """The gate measured the candidate against popularity; while the final model was fitted,
+    ``models promote`` made the item-kNN live. The candidate was never compared with it, so
+    it must not retire it (the old code promoted it over the item-kNN unseen)."""
+    settings = settings_for(tmp_path)
+    earlier = END - timedelta(days=7)
+    knn = training.train(shop, settings, now=NOW, as_of=earlier, name="item_knn")
+    popular = training.train(shop, settings, now=NOW, as_of=earlier, name="popularity")
+    training.promote(shop, settings, str(popular.version), NOW + timedelta(hours=1))
+
+    def switch(text: str) -> None:
+        if text == "fitting on all data":
+            training.promote(shop, settings, str(knn.version), NOW + timedelta(hours=2))
+
+    candidate = settings.model_copy(update={"knn_neighbours": 15})
+    result = training.train(
+        shop, candidate, now=NOW + timedelta(hours=3), as_of=END, name="item_knn", step=switch
+    )
+    assert result.metrics["candidate"].recall > result.metrics["live"].recall  # vs popularity
+    assert result.outcome == "rejected" and result.cache_rows == 0
+    assert f"gated against {popular.version}, now {knn.version}" in result.reason
+    assert "`recocamp models promote` makes it live" in result.reason
+    with shop.connect() as connection:
+        live = registry.live(connection)
+        row = registry.get(connection, str(result.version))
+        versions = {
+            r.customer_id: r.model_version for r in connection.execute(sa.select(recommendations))
+        }
+    assert live is not None and live.version == knn.version
+    assert row is not None and row.status == "rejected"
+    assert row.metrics["gate"]["promoted"] is False
+    assert set(versions.values()) == {knn.version}
+    meta = (Path(row.path) / "meta.json").read_text()
+    assert '"promoted": false' in meta
+
+
+def test_two_switches_at_once_leave_one_live_model(shop: sa.Engine, tmp_path: Path) -> None:
+    """Two transactions switching the live model at once (a training's promotion and
+    ``models promote``, or two trainers): the second waits for the first and retires the
+    model it made live. PostgreSQL's old behaviour: each retired only the model its snapshot
+    saw live, so both stayed live and the cache held both models' lists."""
+    settings = settings_for(tmp_path)
+    first = training.train(shop, settings, now=NOW, as_of=END, name="popularity")
+    names = ("item_knn", "repeat_frequency")
+    later = [
+        training.train(shop, settings, now=NOW, as_of=END - timedelta(days=d), name=n)
+        for d, n in zip((7, 14), names, strict=True)
+    ]
+    a, b = (str(r.version) for r in later)
+    outcome: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with shop.begin() as connection:
+                registry.make_live(connection, b, NOW, [("c2", [["x", 1.0]])])
+        except BaseException as exc:  # reported by the main thread
+            outcome.append(exc)
+
+    with shop.begin() as connection:
+        registry.make_live(connection, a, NOW, [("c1", [["x", 1.0]])])
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive()  # the second switch waits for the first to commit
+    waiting.join(timeout=30)
+    assert not waiting.is_alive() and not outcome, outcome
+    with shop.connect() as connection:
+        live = [
+            r.version
+            for r in connection.execute(sa.select(models).where(models.c.status == "live"))
+        ]
+        cached = {
+            r.customer_id: r.model_version for r in connection.execute(sa.select(recommendations))
+        }
+    assert live == [b] and first.version != b
+    assert cached == {"c2": b}
+
+
+@pytest.mark.parametrize("when", ["fitting on all data", "writing the top-N cache"])
+def test_two_trainings_of_the_same_data_at_once_register_one_model(
+    shop: sa.Engine, tmp_path: Path, when: str
+) -> None:
+    """The worker's nightly training and a `recocamp train` of the same data: the same
+    version. The one that finishes second (before or after saving its artifacts) keeps the
+    first's model; the old code failed on the registry's key after overwriting the live
+    model's files in place."""
+    settings = settings_for(tmp_path)
+    other: list[training.TrainResult] = []
+
+    def meanwhile(text: str) -> None:
+        if text == when and not other:
+            other.append(training.train(shop, settings, now=NOW, as_of=END, name="item_knn"))
+
+    result = training.train(shop, settings, now=NOW, as_of=END, name="item_knn", step=meanwhile)
+    assert other[0].outcome == "promoted"
+    assert result.outcome == "skipped_unchanged" and result.version == other[0].version
+    with shop.connect() as connection:
+        rows = connection.execute(sa.select(models)).all()
+    assert [(r.version, r.status) for r in rows] == [(other[0].version, "live")]
+    directory = Path(rows[0].path)
+    assert sorted(p.name for p in directory.iterdir()) == ["meta.json", "model.npz"]
+    model.load(directory, settings)
+
+
+def test_an_objection_recorded_while_a_model_trains_leaves_none_of_it_in_the_model(
+    shop: sa.Engine, tmp_path: Path
+) -> None:
+    """The objection's scrub reaches the models registered when it runs; this one was still
+    being fitted on lines read before it. The old code kept the customer's factors and
+    purchase row in the new artifacts until the worker's next nightly sweep (never, with
+    `recocamp train` alone)."""
+    settings = settings_for(tmp_path)
+    lines = training.load_lines(shop, END)
+    late = str(lines.customer_ids[0])
+    assert late != OBJECTOR
+
+    def object_meanwhile(text: str) -> None:
+        if text == "fitting on all data":
+            with shop.begin() as connection:
+                connection.execute(
+                    sa.update(customers)
+                    .where(customers.c.id == late)
+                    .values(objected_to_profiling=True)
+                )
+
+    result = training.train(shop, settings, now=NOW, as_of=END, name="als", step=object_meanwhile)
+    assert result.outcome == "promoted"
+    with shop.connect() as connection:
+        row = registry.get(connection, str(result.version))
+    assert row is not None
+    held = model.customer_ids(Path(row.path))
+    assert late not in held and OBJECTOR not in held and len(held) > 100
+    assert late not in cache(shop)
+    _fitted, data, _meta = model.load(Path(row.path), settings)  # consistent after the scrub
+    assert late not in data.customers.tolist()
