@@ -21,6 +21,7 @@ off) plus JSON metadata: nothing is ever unpickled.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -28,7 +29,8 @@ import os
 import uuid
 import warnings
 import zipfile
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -762,6 +764,29 @@ def drop_customers(directory: Path, customer_ids: Collection[str]) -> int:
     the training matrices and their user factors (every model array named ``*user_factors``
     is per customer; item-side arrays and the aggregates ``popularity`` and ``age_days``
     identify nobody and stay). Rewritten atomically; returns how many were removed."""
+    with rewriting(directory):
+        return _drop_customers(directory, customer_ids)
+
+
+@contextmanager
+def rewriting(directory: Path) -> Iterator[None]:
+    """Hold the model's rewrite lock (``model.lock`` beside its files, an exclusive
+    ``flock``): two scrubs of one model at once (an objection in the API, an erasure on the
+    command line, the worker's nightly sweep) each read the file, removed their customer and
+    wrote it back, so the second put the first's customer back — an erasure undone."""
+    try:
+        handle = (directory / "model.lock").open("a")
+    except OSError as exc:  # the model's folder is gone (purged) or cannot be written
+        raise unloadable(directory, exc) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _drop_customers(directory: Path, customer_ids: Collection[str]) -> int:
     path = directory / "model.npz"
     arrays = _read_arrays(directory)
     if "customers" not in arrays:
@@ -776,7 +801,7 @@ def drop_customers(directory: Path, customer_ids: Collection[str]) -> int:
         arrays |= _csr_arrays(name, _csr_from(arrays, name)[keep])
     for name in [n for n in arrays if n.startswith("model_") and n.endswith("user_factors")]:
         arrays[name] = arrays[name][keep]
-    partial = directory / "model.npz.partial"
+    partial = _partial(path)
     with partial.open("wb") as handle:
         np.savez(handle, allow_pickle=False, **arrays)
     os.replace(partial, path)

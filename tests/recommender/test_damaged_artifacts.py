@@ -5,6 +5,7 @@ commands exit 1 with one line, no traceback."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,29 @@ def test_rollback_to_a_truncated_model_and_similar_on_an_empty_one_say_so_in_one
     assert similar.exit_code == 1, similar.output
     assert "error: cannot load the model artifacts at" in similar.output
     assert "Aborted" not in similar.output and isinstance(similar.exception, SystemExit)
+
+
+def test_two_scrubs_of_one_model_do_not_put_each_others_customers_back(
+    shop: tuple[sa.Engine, Path],
+) -> None:
+    """Each scrub reads the file, removes its customers and writes it back: two at once
+    (an objection in the API, the nightly sweep) wrote the second's copy over the first's,
+    and the first's customer was in the model again. A scrub waits for the model's rewrite
+    lock; held here, the scrub cannot begin until it is released."""
+    engine, _ = shop
+    directory = live_directory(engine)
+    first, second = sorted(model.customer_ids(directory))[:2]
+    held = model.customer_ids(directory)
+    done: list[int] = []
+    with model.rewriting(directory):
+        scrub = threading.Thread(
+            target=lambda: done.append(model.drop_customers(directory, {second}))
+        )
+        scrub.start()
+        scrub.join(timeout=0.5)
+        assert scrub.is_alive() and done == []  # waits for the lock
+    scrub.join(timeout=30)
+    assert done == [1] and model.drop_customers(directory, {first}) == 1
+    assert model.customer_ids(directory) == held - {first, second}
+    with pytest.raises(ModelError, match="cannot load the model artifacts"):
+        model.drop_customers(directory / "purged", {first})  # a folder gone: one ModelError
