@@ -451,6 +451,9 @@ class MeasureSettings(_Section):
     )
     report_days: int = Field(default=90, ge=1, le=MAX_DAYS)
     history_days: int = Field(default=365, ge=7, le=MAX_DAYS)
+    # the daily snapshot computes the days before yesterday again, this many, where they were
+    # written: orders that arrive late (a nightly export imported after the snapshot ran)
+    restate_days: int = Field(default=3, ge=0, le=31)
     cohort_months: int = Field(default=12, ge=1, le=36)
     min_group_size: int = Field(default=100, ge=2, le=MAX_COUNT)
     min_conversions: int = Field(default=10, ge=0, le=MAX_COUNT)

@@ -3,7 +3,8 @@
 - :func:`snapshot_kpis` is the worker's daily job: the KPI snapshot (every window in
   ``[measure] snapshot_window_days``) and the RFM segment sizes of the last complete
   shop-local day before ``now``, and of the days missed since the newest snapshot. A day is
-  snapshotted once; running it again writes nothing.
+  written once and computed again the next ``[measure] restate_days`` nights (orders that
+  arrive late); running it twice a day writes those days again and nothing else.
 - :func:`backfill` does the same for a range of past days (history for a shop that starts
   using recocamp, or for the demo shop, whose orders are from 2010–2011). KPIs can be
   computed as of any instant, so a backfilled day equals the day the job would have written.
@@ -68,12 +69,31 @@ def snapshot_kpis(engine: Engine, settings: Settings, now: datetime) -> int:
     with engine.connect() as connection:
         newest = store.newest_snapshot_day(connection, day)
     first = day
+    oldest = day - timedelta(days=settings.measure.history_days)
     if newest is not None and newest < day:
-        oldest = day - timedelta(days=settings.measure.history_days)
         first = max(newest + timedelta(days=1), oldest)
-    written = backfill(engine, settings, first, day, now)
+    written = _restate(engine, settings, day, newest, now) + backfill(
+        engine, settings, first, day, now
+    )
     log.info("kpi snapshot of %s … %s: %d rows written", first, day, written)
     return written
+
+
+def _restate(
+    engine: Engine, settings: Settings, day: date, newest: date | None, now: datetime
+) -> int:
+    """Compute again the ``[measure] restate_days`` days before ``day`` that were written:
+    a shop whose orders arrive after the snapshot ran (its nightly export imported at 02:00,
+    the snapshot at 00:30) had every day's snapshot without that day's orders, for good — a
+    7-day window a seventh short, every day of the trend."""
+    if newest is None or settings.measure.restate_days == 0:
+        return 0
+    measure = settings.measure
+    first = day - timedelta(days=min(measure.restate_days, measure.history_days))
+    last = min(newest, day - timedelta(days=1))
+    if first > last:
+        return 0
+    return backfill(engine, settings, first, last, now, replace=True)
 
 
 def backfill(

@@ -32,9 +32,9 @@ from recocamp.store.schema import outbox as outbox_table
 from tests.conftest import NOW, uci_rows
 
 LONDON = ZoneInfo("Europe/London")
-SETTINGS = Settings(
+SETTINGS = Settings(  # days written once (restating is tested on its own)
     shop=ShopSettings(time_zone="Europe/London"),
-    measure=MeasureSettings(snapshot_window_days=(7, 30)),
+    measure=MeasureSettings(snapshot_window_days=(7, 30), restate_days=0),
 )
 
 
@@ -90,6 +90,49 @@ def test_the_daily_snapshot_fills_the_days_the_worker_missed(engine: sa.Engine) 
     assert days == [date(2024, 3, 31) + timedelta(days=n) for n in range(5)]
     assert written == 4 * (2 + 1)  # four days: windows 7 and 30, one segment
     assert measure_jobs.snapshot_kpis(engine, SETTINGS, datetime(2024, 4, 5, 9, tzinfo=UTC)) == 0
+
+
+def test_the_daily_snapshot_computes_the_last_days_again_for_late_orders(
+    engine: sa.Engine,
+) -> None:
+    """The shop's nightly export is imported after the snapshot ran: an order of 3 April
+    arrives on 5 April. The snapshot of 3 April, written on 4 April without it, is computed
+    again on 5 and 6 April (``restate_days`` 2) and holds it; 1 April, outside, stays."""
+    settings = SETTINGS.model_copy(
+        update={"measure": SETTINGS.measure.model_copy(update={"restate_days": 2})}
+    )
+    with engine.begin() as connection:
+        queries.insert_purchases(
+            connection, [buy("o1", "a", datetime(2024, 3, 20, 12, tzinfo=UTC))], None
+        )
+    for morning in range(1, 5):  # the runs of 1–4 April: snapshots of 31 March – 3 April
+        measure_jobs.snapshot_kpis(engine, settings, datetime(2024, 4, morning, 6, tzinfo=UTC))
+
+    def week_orders() -> dict[date, int]:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(kpi_snapshots).where(kpi_snapshots.c.window_days == 7)
+            )
+            return {row.day: row.orders for row in rows}
+
+    assert week_orders()[date(2024, 4, 3)] == 0
+    with engine.begin() as connection:  # late: imported on 5 April
+        queries.insert_purchases(
+            connection, [buy("late", "b", datetime(2024, 4, 3, 15, tzinfo=UTC))], None
+        )
+    written = measure_jobs.snapshot_kpis(engine, settings, datetime(2024, 4, 5, 6, tzinfo=UTC))
+    orders = week_orders()
+    assert orders[date(2024, 4, 3)] == 1 and orders[date(2024, 4, 4)] == 1
+    assert orders[date(2024, 4, 1)] == 0  # 2 days back from 4 April: 2 and 3 April
+    with engine.connect() as connection:
+        sizes = store.segment_history(connection, date(2024, 4, 2), date(2024, 4, 4))
+    segments = {day: len(found) for day, found in sizes.items()}
+    assert segments[date(2024, 4, 3)] == 2  # b counts on 3 April now
+    # 2–4 April: windows 7 and 30, and their segment rows
+    assert written == 3 * 2 + sum(segments.values())
+    again = measure_jobs.snapshot_kpis(engine, settings, datetime(2024, 4, 5, 9, tzinfo=UTC))
+    # the same morning: 2 and 3 April computed again, 4 April written once
+    assert again == 2 * 2 + segments[date(2024, 4, 2)] + segments[date(2024, 4, 3)]
 
 
 def test_backfill_equals_the_kpis_command_and_replace_recomputes(
