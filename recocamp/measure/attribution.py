@@ -27,7 +27,7 @@ are drawn per customer, so the intervals take a customer's touches together (clu
 see there): a weekly campaign's dozen touches of one customer are not a dozen independent
 units. Variants are also compared with each
 other the same way. Only touches whose window has closed by ``as_of`` count; the others are
-reported as pending. A comparison with fewer than ``min_group_size`` units in a group or
+reported as pending. A comparison with fewer than ``min_group_size`` customers in a group or
 fewer than ``min_conversions`` conversions in both groups together says "not enough data
 yet" instead of numbers that only look precise.
 
@@ -221,15 +221,12 @@ def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
             "no holdout: this campaign holds nobody out (holdout_percent = 0), so its "
             "uplift is not measured"
         )
-    if min(t.units, c.units) < max(smallest, 2):
-        return (
-            f"not enough data yet: {t.units} mailed and {c.units} in {other}, "
-            f"at least {max(smallest, 2)} each needed"
-        )
-    if min(t.customers, c.customers) < 2:
+    # customers, not touches: the intervals take a customer's touches together (a weekly
+    # campaign's 13 touches of 10 customers are 10 units of evidence, not 130)
+    if min(t.customers, c.customers) < max(smallest, 2):
         return (
             f"not enough data yet: {t.customers} mailed customers and {c.customers} in "
-            f"{other}, at least 2 each needed"
+            f"{other}, at least {max(smallest, 2)} each needed"
         )
     if t.converted + c.converted < thresholds.min_conversions:
         return (

@@ -303,9 +303,17 @@ def test_a_single_customer_is_no_group() -> None:
         Result(replace(r.touch, customer_id="h", key=str(n)), 1 if n < 20 else 0)
         for n, r in enumerate(units(150, 0, True))
     ]
-    uplift = measure.compare("w", None, many, one, Thresholds(100, 10))
+    uplift = measure.compare("w", None, many, one, Thresholds(2, 10))
     assert not uplift.enough and uplift.note == (
         "not enough data yet: 150 mailed customers and 1 in the holdout, at least 2 each needed"
+    )
+    weekly = [  # 13 weekly touches of each of 10 customers: 130 units, 10 customers
+        Result(replace(r.touch, customer_id=f"h{n % 10}", key=str(n)), r.orders, r.revenue)
+        for n, r in enumerate(units(130, 20, True))
+    ]
+    few = measure.compare("w", None, many, weekly, Thresholds(100, 10))
+    assert not few.enough and few.note == (
+        "not enough data yet: 150 mailed customers and 10 in the holdout, at least 100 each needed"
     )
 
 
@@ -316,13 +324,14 @@ def test_not_enough_data_yet() -> None:
     assert not small.enough and small.comparisons == {}
     assert (
         small.note
-        == "not enough data yet: 99 mailed and 150 in the holdout, at least 100 each needed"
+        == "not enough data yet: 99 mailed customers and 150 in the holdout, at least 100 each "
+        "needed"
     )
     head_to_head = measure.compare(
         "w", "b", units(99, 30, False), units(150, 10, False), Thresholds(100, 10), against="a"
     )
     assert head_to_head.note == (
-        "not enough data yet: 99 mailed and 150 in variant a, at least 100 each needed"
+        "not enough data yet: 99 mailed customers and 150 in variant a, at least 100 each needed"
     )
     none_held = measure.compare("w", None, units(500, 30, False), [], Thresholds(100, 10))
     assert none_held.note.startswith("no holdout: ") and "control" not in none_held.note
