@@ -190,6 +190,8 @@ def models_list() -> None:
         zone = settings.shop.zone
         with engine_for(settings).connect() as connection:
             rows = registry.listing(connection)
+            target = registry.previous_live(connection)
+    back_to = None if target is None else str(target.version)
     table = Table(title="models")
     level = f"{evaluate_module.GATE_LEVEL * 100:g} %"
     columns = (
@@ -202,7 +204,9 @@ def models_list() -> None:
         "recall_new",
     )
     for column in columns:  # the version and the interval are read whole, never wrapped
-        table.add_column(column, no_wrap=column.startswith(("version", "candidate", "split")))
+        table.add_column(
+            column, no_wrap=column.startswith(("version", "status", "candidate", "split"))
+        )
     for row in rows:
         candidate = row.metrics.get("candidate", {})
         gate = row.metrics.get("gate", {})
@@ -210,7 +214,7 @@ def models_list() -> None:
         measured = gate.get("metric", metric)  # the gate's metric when it was trained
         table.add_row(
             row.version,
-            row.status,
+            "rollback target" if row.version == back_to else row.status,
             _split_text(gate, zone),
             fmt(candidate.get(measured)),
             fmt(live.get(measured)),
@@ -221,7 +225,9 @@ def models_list() -> None:
     console.print(
         f"split: the evaluation's cutoff and horizon; {metric}: each version on its own "
         "split; 'live … (same split)': the model that was live when it was trained, "
-        "re-measured on that split, which the promotion gate compared",
+        "re-measured on that split, which the promotion gate compared; 'rollback target': "
+        "the retired model `recocamp models rollback` makes live (the retention purge "
+        "keeps its artifacts)",
         soft_wrap=True,
     )
 

@@ -549,3 +549,37 @@ def test_an_objection_recorded_while_a_model_trains_leaves_none_of_it_in_the_mod
     assert late not in cache(shop)
     _fitted, data, _meta = model.load(Path(row.path), settings)  # consistent after the scrub
     assert late not in data.customers.tolist()
+
+
+def test_rollbacks_walk_back_and_models_list_names_the_target(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """A → B → C: rollback goes to B, the next one to A (it went back to C, the model just
+    left); ``models list`` marks the next rollback's target."""
+    settings = settings_for(tmp_path)
+    versions = []
+    for hours, days in enumerate((20, 10, 0)):
+        trained = training.train(
+            shop, settings, now=NOW, as_of=END - timedelta(days=days), name="popularity"
+        )
+        versions.append(str(trained.version))
+        training.promote(shop, settings, versions[-1], NOW + timedelta(hours=hours))
+    a, b, c = versions
+    assert training.rollback(shop, settings, NOW + timedelta(hours=4)) == b
+    assert training.rollback(shop, settings, NOW + timedelta(hours=5)) == a
+    with shop.connect() as connection:
+        assert registry.live(connection).version == a  # type: ignore[union-attr]
+    with pytest.raises(ModelError, match="nothing to roll back to"):
+        training.rollback(shop, settings, NOW + timedelta(hours=6))
+    training.promote(shop, settings, c, NOW + timedelta(hours=7))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    from recocamp.cli import app
+
+    listing = CliRunner().invoke(app, ["models", "list"], terminal_width=250)
+    assert listing.exit_code == 0, listing.output
+    status = {
+        version: next(row for row in listing.stdout.splitlines() if version in row).split("│")[2]
+        for version in versions
+    }
+    assert [status[v].strip() for v in versions] == ["rollback target", "retired", "live"]
