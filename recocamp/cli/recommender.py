@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ import typer
 from rich.table import Table
 
 from recocamp import forecast as forecasting
+from recocamp.campaigns import offers
 from recocamp.campaigns.audience import history_of
 from recocamp.cli.common import (
     MAX_TOP,
@@ -32,6 +34,7 @@ from recocamp.cli.common import (
     print_json,
     within,
 )
+from recocamp.domain import Item
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate as evaluate_module
 from recocamp.recommender import models as model_module
@@ -42,7 +45,7 @@ from recocamp.recommender.ranking import objects_to_profiling
 from recocamp.recommender.serving import Cached, Live, personal_list
 from recocamp.settings import Settings
 from recocamp.store import queries, registry, views
-from recocamp.store.engine import Engine
+from recocamp.store.engine import Connection, Engine
 
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -297,11 +300,11 @@ def recommend(customer_id: str, n: TopN = 10) -> None:
             top_n=max(n, settings.recommender.top_n),
             half_life=settings.recommender.time_decay_half_life_days,
         )
-        ranked = [list(entry) for entry in (personal.items or live.popular)][:n]
+        ranked = [list(entry) for entry in (personal.items or live.popular)]
         with engine.connect() as connection:
-            titles = queries.item_titles(connection, [item for item, _ in ranked])
+            shown = _offerable(connection, ranked, n)
     console.print(f"customer {customer_id}: {personal.why} (model {live.version})")
-    _ranked_table(None, ranked, titles)
+    _ranked_table(shown)
 
 
 @app.command("similar")
@@ -319,11 +322,23 @@ def similar_items(item_id: str, n: TopN = 10) -> None:
             known = queries.item_titles(connection, [item_id])
         if item_id not in set(data.items.tolist()):
             raise ModelError(_unknown_item(item_id, item_id in known, live.version))
-        ranked = [[item, score] for item, score in model_module.similar(fitted, data, item_id, n)]
+        pool = model_module.similar(fitted, data, item_id, offers.similar_pool(n))
         with engine.connect() as connection:
-            titles = queries.item_titles(connection, [item_id, *(str(r[0]) for r in ranked)])
-    console.print(f"similar to {item_id} {titles.get(item_id, '')} (model {live.version})")
-    _ranked_table(None, ranked, titles, f"score: {model_module.similarity_measure(fitted)}")
+            shown = _offerable(connection, pool, n, item_id)
+    console.print(f"similar to {item_id} {known.get(item_id, '')} (model {live.version})")
+    score = f"score: {model_module.similarity_measure(fitted)}"
+    _ranked_table(shown, score)
+
+
+_AVAILABLE = "out-of-stock and service items left out, as in the API's answers"
+
+
+def _offerable(
+    connection: Connection, ranked: Sequence[Sequence[Any]], n: int, leave_out: str = ""
+) -> list[tuple[Item, float]]:
+    """The first ``n`` items of ``ranked`` the API would show (``offers.first_offerable``)."""
+    catalogue = views.catalogue_items(connection, [str(entry[0]) for entry in ranked])
+    return offers.first_offerable(ranked, catalogue, n, leave_out)
 
 
 def _unknown_item(item_id: str, in_catalogue: bool, version: str) -> str:
@@ -335,12 +350,10 @@ def _unknown_item(item_id: str, in_catalogue: bool, version: str) -> str:
     return f"no item {item_id!r} in the catalogue"
 
 
-def _ranked_table(
-    title: str | None, ranked: list[list[Any]], titles: dict[str, str], score: str = "score"
-) -> None:
-    table = Table(title=title)
+def _ranked_table(ranked: list[tuple[Item, float]], score: str = "score") -> None:
+    table = Table(caption=_AVAILABLE)
     for column in ("rank", "item", "title", score):
         table.add_column(column)
     for rank, (item, value) in enumerate(ranked, start=1):
-        table.add_row(str(rank), item, titles.get(item, ""), f"{value:.4f}")
+        table.add_row(str(rank), item.id, item.title, f"{value:.4f}")
     console.print(table)

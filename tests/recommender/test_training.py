@@ -23,7 +23,7 @@ from recocamp.recommender import models as model
 from recocamp.recommender.matrix import Lines, TrainingData
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
-from recocamp.store.schema import customers, models, recommendations
+from recocamp.store.schema import customers, items, models, recommendations
 from tests.recommender_data import History, Order
 
 NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
@@ -583,3 +583,48 @@ def test_rollbacks_walk_back_and_models_list_names_the_target(
         for version in versions
     }
     assert [status[v].strip() for v in versions] == ["rollback target", "retired", "live"]
+
+
+def shown(output: str) -> list[str]:
+    """The item ids of a ``recommend``/``similar`` table, in rank order."""
+    cells = [[c.strip() for c in line.split("│")] for line in output.splitlines() if "│" in line]
+    return [row[2] for row in cells if len(row) > 3 and row[1].isdigit()]
+
+
+def test_recommend_and_similar_leave_out_what_the_api_would_not_show(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """An out-of-stock and a service item were listed by the command line while the API's
+    offers and similar items left them out."""
+    settings = settings_for(tmp_path)
+    training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    monkeypatch.setenv("RECOCAMP_RECOMMENDER__ARTIFACTS_DIR", str(settings.artifacts_dir))
+    from recocamp.cli import app
+
+    def run(*args: str) -> list[str]:
+        result = CliRunner().invoke(app, list(args), terminal_width=250)
+        assert result.exit_code == 0, result.output
+        assert "out-of-stock and service items left out" in " ".join(result.stdout.split())
+        return shown(result.stdout)
+
+    someone = sorted(cache(shop))[0]
+    before = run("recommend", someone, "--n", "6")
+    with shop.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    anchor = str(live.popular[0][0])
+    similar = run("similar", anchor, "--n", "4")
+    assert len(before) == 6 and len(similar) == 4
+    gone, service, unlike = before[0], before[1], similar[0]
+    with shop.begin() as connection:
+        connection.execute(
+            sa.update(items).where(items.c.id.in_([gone, unlike])).values(in_stock=False)
+        )
+        connection.execute(sa.update(items).where(items.c.id == service).values(is_service=True))
+    after = run("recommend", someone, "--n", "6")
+    assert after[:4] == before[2:] and not {gone, service} & set(after)
+    left = [item for item in similar if item not in {gone, service, unlike}]
+    assert run("similar", anchor, "--n", "4")[: len(left)] == left
+    assert not {gone, service, unlike} & set(run("similar", anchor, "--n", "4"))
