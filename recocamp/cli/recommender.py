@@ -31,6 +31,7 @@ from recocamp.cli.common import (
     flagged,
     fmt,
     parse_as_of,
+    print_error,
     print_json,
     within,
 )
@@ -69,11 +70,42 @@ def _metrics_table(title: str, rows: dict[str, Metrics]) -> Table:
 def train(
     as_of: Annotated[str | None, typer.Option(help="Train on purchases before this.")] = None,
     model: Annotated[ModelName | None, typer.Option(help="Default: [recommender] model.")] = None,
+    before_live_cutoff: Annotated[
+        bool,
+        typer.Option(
+            "--before-live-cutoff",
+            help="Allow an --as-of before the live model's data cutoff (its gate is biased).",
+        ),
+    ] = False,
 ) -> None:
     """Train, evaluate against the live model and baselines, promote if not worse; then store
     the purchase forecasts as of the same day (as the worker's nightly train job does)."""
     with errors_to_exit():
-        train_and_show(current_settings(), as_of, model.value if model else None)
+        settings = current_settings()
+        if as_of is not None:
+            _check_before_live(settings, as_of, before_live_cutoff)
+        train_and_show(settings, as_of, model.value if model else None)
+
+
+def _check_before_live(settings: Settings, as_of: str, allowed: bool) -> None:
+    """Exit 2 for an ``--as-of`` before the live model's data cutoff (a warning with
+    ``--before-live-cutoff``): the gate's test window would overlap the window the live
+    hybrid's weights were tuned on, which favours the live model."""
+    zone = settings.shop.zone
+    end = parse_as_of(as_of, zone)
+    live = training.live_cutoff_after(engine_for(settings), end)
+    if live is None:
+        return
+    text = (
+        f"--as-of {end.astimezone(zone):%Y-%m-%d %H:%M} is before the data cutoff "
+        f"{live.data_cutoff.astimezone(zone):%Y-%m-%d %H:%M} of the live model {live.version} "
+        f"({zone.key}): the gate would refit it with parameters chosen on later data (a "
+        "hybrid's weights were tuned on the weeks before its cutoff, this split's test window)"
+    )
+    if not allowed:
+        print_error(f"{text} (--before-live-cutoff trains anyway)")
+        raise typer.Exit(2)
+    console.print(flagged("warning:", "yellow", f"{text}: the gate favours it"), soft_wrap=True)
 
 
 def train_and_show(settings: Settings, as_of: str | None, name: str | None) -> None:

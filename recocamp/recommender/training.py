@@ -244,6 +244,15 @@ def _configured(name: str, params: dict[str, Any], settings: RecommenderSettings
     return model.make(name, settings.model_copy(update=saved), weights)
 
 
+def live_cutoff_after(engine: Engine, as_of: datetime) -> Any | None:
+    """The live model when its data cutoff is later than ``as_of``: a training then evaluates
+    on a test window the live hybrid's weights were tuned on (its validation split lay
+    before its own, later cutoff), and the gate favours the live model."""
+    with engine.connect() as connection:
+        current = registry.live(connection)
+    return current if current is not None and current.data_cutoff > as_of else None
+
+
 def _nothing_learnable(engine: Engine, as_of: datetime) -> str:
     """Why no line is learnable: no purchases yet, or every buyer objected to profiling
     (their lines are never learnt from; importing purchases would not help)."""

@@ -9,6 +9,7 @@ import threading
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -628,3 +629,35 @@ def test_recommend_and_similar_leave_out_what_the_api_would_not_show(
     left = [item for item in similar if item not in {gone, service, unlike}]
     assert run("similar", anchor, "--n", "4")[: len(left)] == left
     assert not {gone, service, unlike} & set(run("similar", anchor, "--n", "4"))
+
+
+def test_training_before_the_live_models_cutoff_is_refused_unless_asked_for(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """The gate refits the live model with the parameters it chose on its own, later data
+    (a hybrid's weights tuned on the weeks before its cutoff): a training as of an earlier
+    day measured both on a window that favours the live model, and said nothing."""
+    settings = settings_for(tmp_path)
+    live = training.train(shop, settings, now=NOW, as_of=END, name="item_knn")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    monkeypatch.setenv("RECOCAMP_RECOMMENDER__ARTIFACTS_DIR", str(settings.artifacts_dir))
+    from recocamp.cli import app
+
+    earlier = (END - timedelta(days=10)).strftime("%Y-%m-%d")
+    args = ["train", "--as-of", earlier, "--model", "popularity"]
+    refused = CliRunner().invoke(app, args, terminal_width=250)
+    assert refused.exit_code == 2, refused.output
+    cutoff = END.astimezone(ZoneInfo("Europe/Berlin"))
+    assert " ".join(refused.stderr.split()).startswith(
+        f"error: --as-of {earlier} 00:00 is before the data cutoff {cutoff:%Y-%m-%d %H:%M} of "
+        f"the live model {live.version} (Europe/Berlin): the gate would refit it"
+    )
+    assert "(--before-live-cutoff trains anyway)" in refused.stderr
+    assert statuses(shop) == {"item_knn": "live"}  # nothing trained
+    allowed = CliRunner().invoke(app, [*args, "--before-live-cutoff"], terminal_width=250)
+    assert allowed.exit_code == 0, allowed.output
+    assert "the gate favours it" in " ".join(allowed.stdout.split())
+    assert set(statuses(shop)) == {"item_knn", "popularity"}
+    later = (END + timedelta(days=1)).strftime("%Y-%m-%d")
+    assert CliRunner().invoke(app, ["train", "--as-of", later]).exit_code == 0
