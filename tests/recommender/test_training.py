@@ -661,3 +661,33 @@ def test_training_before_the_live_models_cutoff_is_refused_unless_asked_for(
     assert set(statuses(shop)) == {"item_knn", "popularity"}
     later = (END + timedelta(days=1)).strftime("%Y-%m-%d")
     assert CliRunner().invoke(app, ["train", "--as-of", later]).exit_code == 0
+
+
+def test_a_rollback_whose_target_changed_meanwhile_switches_nothing(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another switch while the rollback loaded its target: the history would record a
+    rollback to a model that is not the one before the live one any more."""
+    settings = settings_for(tmp_path)
+    versions = []
+    for hours, days in enumerate((20, 10, 0)):
+        trained = training.train(
+            shop, settings, now=NOW, as_of=END - timedelta(days=days), name="popularity"
+        )
+        versions.append(str(trained.version))
+        training.promote(shop, settings, versions[-1], NOW + timedelta(hours=hours))
+    a, b, _c = versions
+    load = model.load
+    meanwhile = iter([lambda: training.promote(shop, settings, a, NOW + timedelta(hours=4))])
+
+    def loading(*args: object, **kwargs: object) -> object:
+        for switch in meanwhile:  # once: the rollback's load, not the promotion's own
+            switch()
+        return load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "load", loading)
+    with pytest.raises(ModelError, match=f"the live model changed while rolling back to {b}"):
+        training.rollback(shop, settings, NOW + timedelta(hours=5))
+    with shop.connect() as connection:
+        assert registry.live(connection).version == a  # type: ignore[union-attr]
+        assert registry.previous_live(connection).version == versions[2]  # type: ignore[union-attr]
