@@ -817,12 +817,8 @@ class OfferService:
         live = snapshot.live
         if live is None or item_id not in live.columns:
             return None
-        found: list[tuple[Item, float]] = []
-        for other, score in live.similar(item_id, n * 4 + 10):
-            item = snapshot.catalogue.get(other)
-            if item is not None and item.in_stock and not item.is_service and other != item_id:
-                found.append((item, score))
-        return live.version, found[:n]
+        pool = live.similar(item_id, offers.similar_pool(n))
+        return live.version, offers.first_offerable(pool, snapshot.catalogue, n, item_id)
 
     def model_version(self) -> str | None:
         row = self.snapshot().live

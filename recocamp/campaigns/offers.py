@@ -61,10 +61,37 @@ class Candidates:
     because: Mapping[str, str] = field(default_factory=dict)  # item id → a bought item's title
 
 
+def offerable(item: Item | None) -> bool:
+    """Whether an item may be shown at all, whatever the rules: in the catalogue, in stock,
+    not a service item (shipping, fees). The offers, the API's similar items and the
+    command line's ``similar``/``recommend`` all leave out the others."""
+    return item is not None and item.in_stock and not item.is_service
+
+
+def first_offerable(
+    ranked: Iterable[Sequence[Any]], catalogue: Mapping[str, Item], n: int, leave_out: str = ""
+) -> list[tuple[Item, float]]:
+    """The first ``n`` offerable items of ``[item_id, score]`` entries, but ``leave_out``
+    (the item whose similar items these are)."""
+    found: list[tuple[Item, float]] = []
+    for item_id, score in ranked:
+        item = catalogue.get(str(item_id))
+        if item is not None and offerable(item) and item.id != leave_out:
+            found.append((item, float(score)))
+            if len(found) == n:
+                break
+    return found
+
+
+def similar_pool(n: int) -> int:
+    """How many similar items to score for ``n`` offerable ones (some are out of stock)."""
+    return n * 4 + 10
+
+
 def allowed(
     item: Item | None, rules: Rules, bought: frozenset[str], categories: frozenset[str]
 ) -> bool:
-    if item is None or item.is_service or not item.in_stock:
+    if item is None or not offerable(item):
         return False
     if item.id in rules.exclude_items or item.category in rules.exclude_categories:
         return False

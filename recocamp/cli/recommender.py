@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ import typer
 from rich.table import Table
 
 from recocamp import forecast as forecasting
+from recocamp.campaigns import offers
 from recocamp.campaigns.audience import history_of
 from recocamp.cli.common import (
     MAX_TOP,
@@ -29,9 +31,11 @@ from recocamp.cli.common import (
     flagged,
     fmt,
     parse_as_of,
+    print_error,
     print_json,
     within,
 )
+from recocamp.domain import Item
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate as evaluate_module
 from recocamp.recommender import models as model_module
@@ -42,7 +46,7 @@ from recocamp.recommender.ranking import objects_to_profiling
 from recocamp.recommender.serving import Cached, Live, personal_list
 from recocamp.settings import Settings
 from recocamp.store import queries, registry, views
-from recocamp.store.engine import Engine
+from recocamp.store.engine import Connection, Engine
 
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -66,11 +70,42 @@ def _metrics_table(title: str, rows: dict[str, Metrics]) -> Table:
 def train(
     as_of: Annotated[str | None, typer.Option(help="Train on purchases before this.")] = None,
     model: Annotated[ModelName | None, typer.Option(help="Default: [recommender] model.")] = None,
+    before_live_cutoff: Annotated[
+        bool,
+        typer.Option(
+            "--before-live-cutoff",
+            help="Allow an --as-of before the live model's data cutoff (its gate is biased).",
+        ),
+    ] = False,
 ) -> None:
     """Train, evaluate against the live model and baselines, promote if not worse; then store
     the purchase forecasts as of the same day (as the worker's nightly train job does)."""
     with errors_to_exit():
-        train_and_show(current_settings(), as_of, model.value if model else None)
+        settings = current_settings()
+        if as_of is not None:
+            _check_before_live(settings, as_of, before_live_cutoff)
+        train_and_show(settings, as_of, model.value if model else None)
+
+
+def _check_before_live(settings: Settings, as_of: str, allowed: bool) -> None:
+    """Exit 2 for an ``--as-of`` before the live model's data cutoff (a warning with
+    ``--before-live-cutoff``): the gate's test window would overlap the window the live
+    hybrid's weights were tuned on, which favours the live model."""
+    zone = settings.shop.zone
+    end = parse_as_of(as_of, zone)
+    live = training.live_cutoff_after(engine_for(settings), end)
+    if live is None:
+        return
+    text = (
+        f"--as-of {end.astimezone(zone):%Y-%m-%d %H:%M} is before the data cutoff "
+        f"{live.data_cutoff.astimezone(zone):%Y-%m-%d %H:%M} of the live model {live.version} "
+        f"({zone.key}): the gate would refit it with parameters chosen on later data (a "
+        "hybrid's weights were tuned on the weeks before its cutoff, this split's test window)"
+    )
+    if not allowed:
+        print_error(f"{text} (--before-live-cutoff trains anyway)")
+        raise typer.Exit(2)
+    console.print(flagged("warning:", "yellow", f"{text}: the gate favours it"), soft_wrap=True)
 
 
 def train_and_show(settings: Settings, as_of: str | None, name: str | None) -> None:
@@ -190,6 +225,8 @@ def models_list() -> None:
         zone = settings.shop.zone
         with engine_for(settings).connect() as connection:
             rows = registry.listing(connection)
+            target = registry.previous_live(connection)
+    back_to = None if target is None else str(target.version)
     table = Table(title="models")
     level = f"{evaluate_module.GATE_LEVEL * 100:g} %"
     columns = (
@@ -202,7 +239,9 @@ def models_list() -> None:
         "recall_new",
     )
     for column in columns:  # the version and the interval are read whole, never wrapped
-        table.add_column(column, no_wrap=column.startswith(("version", "candidate", "split")))
+        table.add_column(
+            column, no_wrap=column.startswith(("version", "status", "candidate", "split"))
+        )
     for row in rows:
         candidate = row.metrics.get("candidate", {})
         gate = row.metrics.get("gate", {})
@@ -210,7 +249,7 @@ def models_list() -> None:
         measured = gate.get("metric", metric)  # the gate's metric when it was trained
         table.add_row(
             row.version,
-            row.status,
+            "rollback target" if row.version == back_to else row.status,
             _split_text(gate, zone),
             fmt(candidate.get(measured)),
             fmt(live.get(measured)),
@@ -221,7 +260,9 @@ def models_list() -> None:
     console.print(
         f"split: the evaluation's cutoff and horizon; {metric}: each version on its own "
         "split; 'live … (same split)': the model that was live when it was trained, "
-        "re-measured on that split, which the promotion gate compared",
+        "re-measured on that split, which the promotion gate compared; 'rollback target': "
+        "the retired model `recocamp models rollback` makes live (the retention purge "
+        "keeps its artifacts)",
         soft_wrap=True,
     )
 
@@ -291,11 +332,11 @@ def recommend(customer_id: str, n: TopN = 10) -> None:
             top_n=max(n, settings.recommender.top_n),
             half_life=settings.recommender.time_decay_half_life_days,
         )
-        ranked = [list(entry) for entry in (personal.items or live.popular)][:n]
+        ranked = [list(entry) for entry in (personal.items or live.popular)]
         with engine.connect() as connection:
-            titles = queries.item_titles(connection, [item for item, _ in ranked])
+            shown = _offerable(connection, ranked, n)
     console.print(f"customer {customer_id}: {personal.why} (model {live.version})")
-    _ranked_table(None, ranked, titles)
+    _ranked_table(shown)
 
 
 @app.command("similar")
@@ -313,11 +354,23 @@ def similar_items(item_id: str, n: TopN = 10) -> None:
             known = queries.item_titles(connection, [item_id])
         if item_id not in set(data.items.tolist()):
             raise ModelError(_unknown_item(item_id, item_id in known, live.version))
-        ranked = [[item, score] for item, score in model_module.similar(fitted, data, item_id, n)]
+        pool = model_module.similar(fitted, data, item_id, offers.similar_pool(n))
         with engine.connect() as connection:
-            titles = queries.item_titles(connection, [item_id, *(str(r[0]) for r in ranked)])
-    console.print(f"similar to {item_id} {titles.get(item_id, '')} (model {live.version})")
-    _ranked_table(None, ranked, titles, f"score: {model_module.similarity_measure(fitted)}")
+            shown = _offerable(connection, pool, n, item_id)
+    console.print(f"similar to {item_id} {known.get(item_id, '')} (model {live.version})")
+    score = f"score: {model_module.similarity_measure(fitted)}"
+    _ranked_table(shown, score)
+
+
+_AVAILABLE = "out-of-stock and service items left out, as in the API's answers"
+
+
+def _offerable(
+    connection: Connection, ranked: Sequence[Sequence[Any]], n: int, leave_out: str = ""
+) -> list[tuple[Item, float]]:
+    """The first ``n`` items of ``ranked`` the API would show (``offers.first_offerable``)."""
+    catalogue = views.catalogue_items(connection, [str(entry[0]) for entry in ranked])
+    return offers.first_offerable(ranked, catalogue, n, leave_out)
 
 
 def _unknown_item(item_id: str, in_catalogue: bool, version: str) -> str:
@@ -329,12 +382,10 @@ def _unknown_item(item_id: str, in_catalogue: bool, version: str) -> str:
     return f"no item {item_id!r} in the catalogue"
 
 
-def _ranked_table(
-    title: str | None, ranked: list[list[Any]], titles: dict[str, str], score: str = "score"
-) -> None:
-    table = Table(title=title)
+def _ranked_table(ranked: list[tuple[Item, float]], score: str = "score") -> None:
+    table = Table(caption=_AVAILABLE)
     for column in ("rank", "item", "title", score):
         table.add_column(column)
     for rank, (item, value) in enumerate(ranked, start=1):
-        table.add_row(str(rank), item, titles.get(item, ""), f"{value:.4f}")
+        table.add_row(str(rank), item.id, item.title, f"{value:.4f}")
     console.print(table)

@@ -244,6 +244,15 @@ def _configured(name: str, params: dict[str, Any], settings: RecommenderSettings
     return model.make(name, settings.model_copy(update=saved), weights)
 
 
+def live_cutoff_after(engine: Engine, as_of: datetime) -> Any | None:
+    """The live model when its data cutoff is later than ``as_of``: a training then evaluates
+    on a test window the live hybrid's weights were tuned on (its validation split lay
+    before its own, later cutoff), and the gate favours the live model."""
+    with engine.connect() as connection:
+        current = registry.live(connection)
+    return current if current is not None and current.data_cutoff > as_of else None
+
+
 def _nothing_learnable(engine: Engine, as_of: datetime) -> str:
     """Why no line is learnable: no purchases yet, or every buyer objected to profiling
     (their lines are never learnt from; importing purchases would not help)."""
@@ -529,7 +538,7 @@ def _register(
         if not promote:
             return 0, changed
         lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
-        return registry.make_live(connection, meta["version"], now, lists), None
+        return registry.make_live(connection, meta["version"], now, lists, "train"), None
 
 
 def _without_objectors(engine: Engine, path: Path, data: TrainingData) -> None:
@@ -602,6 +611,36 @@ def promote(
     """Make a registered model live (also a rejected or retired one); rebuild the cache.
     ``locate``: where a stored artifact path is (``Settings.locate``: a relative one, as older
     versions stored them, beside the settings file)."""
+    return _switch(engine, settings, version, now, locate, "promote")
+
+
+def rollback(
+    engine: Engine,
+    settings: RecommenderSettings,
+    now: datetime,
+    locate: Callable[[str], Path] = Path,
+) -> str:
+    """Return to the model that was live before the current one (``registry.previous_live``:
+    rollbacks in a row walk back through the live models)."""
+    with engine.connect() as connection:
+        previous = registry.previous_live(connection)
+    if previous is None:
+        raise ModelError("nothing to roll back to: no model was live before the current one")
+    _switch(engine, settings, str(previous.version), now, locate, "rollback")
+    return str(previous.version)
+
+
+def _switch(
+    engine: Engine,
+    settings: RecommenderSettings,
+    version: str,
+    now: datetime,
+    locate: Callable[[str], Path],
+    via: str,
+) -> int:
+    """Load ``version``, then make it live under the registry's lock: its artifacts still
+    exist, and a rollback's target is still the rollback target (another switch meanwhile
+    would make the rollback record a step the history does not have)."""
     with engine.connect() as connection:
         row = registry.get(connection, version)
     if row is None:
@@ -616,22 +655,13 @@ def promote(
                 f"the artifacts of {version} at {directory} were deleted while it was being "
                 "promoted (the retention purge of retired models): it cannot go live"
             )
-        return registry.make_live(connection, version, now, lists)
-
-
-def rollback(
-    engine: Engine,
-    settings: RecommenderSettings,
-    now: datetime,
-    locate: Callable[[str], Path] = Path,
-) -> str:
-    """Return to the model that was live before the current one."""
-    with engine.connect() as connection:
-        previous = registry.previous_live(connection)
-    if previous is None:
-        raise ModelError("nothing to roll back to: no model was live before the current one")
-    promote(engine, settings, previous.version, now, locate)
-    return str(previous.version)
+        target = registry.previous_live(connection) if via == "rollback" else None
+        if via == "rollback" and (target is None or target.version != version):
+            raise ModelError(
+                f"the live model changed while rolling back to {version}: nothing was "
+                "switched; run `recocamp models rollback` again"
+            )
+        return registry.make_live(connection, version, now, lists, via)
 
 
 def compare(

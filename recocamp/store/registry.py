@@ -17,7 +17,14 @@ import sqlalchemy as sa
 
 from recocamp.store import queries
 from recocamp.store.locks import lock_key
-from recocamp.store.schema import customers, erasures, models, purchases, recommendations
+from recocamp.store.schema import (
+    customers,
+    erasures,
+    model_promotions,
+    models,
+    purchases,
+    recommendations,
+)
 
 Ranked = list[list[Any]]  # [[item_id, score], ...]
 
@@ -40,14 +47,29 @@ def listing(connection: sa.Connection) -> list[sa.Row[Any]]:
 
 
 def previous_live(connection: sa.Connection) -> sa.Row[Any] | None:
-    """The most recently promoted model that is retired now (the rollback target)."""
-    query = (
-        sa.select(models)
-        .where(models.c.status == "retired", models.c.promoted_at.is_not(None))
-        .order_by(models.c.promoted_at.desc())
-        .limit(1)
+    """The rollback target: the model live before the current one went live, not counting
+    switches undone by a rollback since (after A → B → C, rollback goes to B, then to A)."""
+    history = connection.execute(
+        sa.select(model_promotions.c.version, model_promotions.c.via).order_by(
+            model_promotions.c.id
+        )
     )
-    return connection.execute(query).first()
+    live_ones = live_stack([(str(version), str(via)) for version, via in history])
+    return get(connection, live_ones[-2]) if len(live_ones) > 1 else None
+
+
+def live_stack(history: Iterable[tuple[str, str]]) -> list[str]:
+    """The live models that rollbacks would return to, oldest first, the live one last:
+    the promotions ``(version, via)`` replayed like an undo stack. A promotion (``train``,
+    ``promote``) puts its model on top (once: promoting the live model again changes
+    nothing); a ``rollback`` takes the model it left off and leaves its target on top."""
+    stack: list[str] = []
+    for version, via in history:
+        if via == "rollback" and stack:
+            stack.pop()
+        if not stack or stack[-1] != version:
+            stack.append(version)
+    return stack
 
 
 def artifact_paths(connection: sa.Connection) -> list[str]:
@@ -103,13 +125,21 @@ def lock_models(connection: sa.Connection) -> None:
 
 
 def make_live(
-    connection: sa.Connection, version: str, now: datetime, cache: Iterable[tuple[str, Ranked]]
+    connection: sa.Connection,
+    version: str,
+    now: datetime,
+    cache: Iterable[tuple[str, Ranked]],
+    via: str = "promote",
 ) -> int:
-    """Retire the live model, make ``version`` live and replace the cache; returns rows."""
+    """Retire the live model, make ``version`` live, record the switch (``via``: train,
+    promote or rollback; see ``previous_live``) and replace the cache; returns rows."""
     lock_models(connection)
     connection.execute(sa.update(models).where(models.c.status == "live").values(status="retired"))
     connection.execute(
         sa.update(models).where(models.c.version == version).values(status="live", promoted_at=now)
+    )
+    connection.execute(
+        sa.insert(model_promotions).values(version=version, promoted_at=now, via=via)
     )
     connection.execute(sa.delete(recommendations))
     sql, row_of = _cache_insert(connection)

@@ -192,6 +192,20 @@ models = sa.Table(
     sa.Index(None, "status"),
 )
 
+# Every switch of the live model, oldest first (migration 0018): ``models.promoted_at`` holds
+# only a model's latest promotion, which cannot tell where a second rollback goes. The
+# rollback target is read from this history (``store.registry.previous_live``).
+PROMOTION_VIAS = ("train", "promote", "rollback")
+model_promotions = sa.Table(
+    "model_promotions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("promoted_at", UtcDateTime, nullable=False),
+    sa.Column("via", sa.String(16), nullable=False),
+    sa.CheckConstraint("via IN ('train', 'promote', 'rollback')", name="via"),
+)
+
 # One row per customer and model version: the top-N as a JSON list [[item_id, score], ...].
 # A row per (customer, rank) would be 50 M rows for 1 M customers; one row keeps the cache
 # write and the lookup at a single statement each.

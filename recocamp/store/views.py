@@ -256,7 +256,8 @@ def _customer(row: Any) -> Customer:
     )
 
 
-def _items(connection: sa.Connection) -> dict[str, Item]:
+def _items(connection: sa.Connection, ids: Sequence[str] | None = None) -> dict[str, Item]:
+    query = sa.select(items) if ids is None else sa.select(items).where(items.c.id.in_(ids))
     return {
         row.id: Item(
             row.id,
@@ -268,7 +269,7 @@ def _items(connection: sa.Connection) -> dict[str, Item]:
             row.image_url,
             row.is_service,
         )
-        for row in connection.execute(sa.select(items))
+        for row in connection.execute(query)
     }
 
 
@@ -328,6 +329,11 @@ def _lines_compiled(connection: sa.Connection) -> Any:
 def catalogue(connection: sa.Connection) -> dict[str, Item]:
     """The whole catalogue by item id."""
     return _items(connection)
+
+
+def catalogue_items(connection: sa.Connection, ids: Sequence[str]) -> dict[str, Item]:
+    """The catalogue's entries of ``ids`` (a ranked list's few dozen items)."""
+    return _items(connection, list(dict.fromkeys(ids))) if ids else {}
 
 
 def recent_popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]]:

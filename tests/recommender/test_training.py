@@ -9,6 +9,7 @@ import threading
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from recocamp.recommender import models as model
 from recocamp.recommender.matrix import Lines, TrainingData
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
-from recocamp.store.schema import customers, models, recommendations
+from recocamp.store.schema import customers, items, models, recommendations
 from tests.recommender_data import History, Order
 
 NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
@@ -549,3 +550,144 @@ def test_an_objection_recorded_while_a_model_trains_leaves_none_of_it_in_the_mod
     assert late not in cache(shop)
     _fitted, data, _meta = model.load(Path(row.path), settings)  # consistent after the scrub
     assert late not in data.customers.tolist()
+
+
+def test_rollbacks_walk_back_and_models_list_names_the_target(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """A → B → C: rollback goes to B, the next one to A (it went back to C, the model just
+    left); ``models list`` marks the next rollback's target."""
+    settings = settings_for(tmp_path)
+    versions = []
+    for hours, days in enumerate((20, 10, 0)):
+        trained = training.train(
+            shop, settings, now=NOW, as_of=END - timedelta(days=days), name="popularity"
+        )
+        versions.append(str(trained.version))
+        training.promote(shop, settings, versions[-1], NOW + timedelta(hours=hours))
+    a, b, c = versions
+    assert training.rollback(shop, settings, NOW + timedelta(hours=4)) == b
+    assert training.rollback(shop, settings, NOW + timedelta(hours=5)) == a
+    with shop.connect() as connection:
+        assert registry.live(connection).version == a  # type: ignore[union-attr]
+    with pytest.raises(ModelError, match="nothing to roll back to"):
+        training.rollback(shop, settings, NOW + timedelta(hours=6))
+    training.promote(shop, settings, c, NOW + timedelta(hours=7))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    from recocamp.cli import app
+
+    listing = CliRunner().invoke(app, ["models", "list"], terminal_width=250)
+    assert listing.exit_code == 0, listing.output
+    status = {
+        version: next(row for row in listing.stdout.splitlines() if version in row).split("│")[2]
+        for version in versions
+    }
+    assert [status[v].strip() for v in versions] == ["rollback target", "retired", "live"]
+
+
+def shown(output: str) -> list[str]:
+    """The item ids of a ``recommend``/``similar`` table, in rank order."""
+    cells = [[c.strip() for c in line.split("│")] for line in output.splitlines() if "│" in line]
+    return [row[2] for row in cells if len(row) > 3 and row[1].isdigit()]
+
+
+def test_recommend_and_similar_leave_out_what_the_api_would_not_show(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """An out-of-stock and a service item were listed by the command line while the API's
+    offers and similar items left them out."""
+    settings = settings_for(tmp_path)
+    training.train(shop, settings, now=NOW, as_of=END, name="hybrid")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    monkeypatch.setenv("RECOCAMP_RECOMMENDER__ARTIFACTS_DIR", str(settings.artifacts_dir))
+    from recocamp.cli import app
+
+    def run(*args: str) -> list[str]:
+        result = CliRunner().invoke(app, list(args), terminal_width=250)
+        assert result.exit_code == 0, result.output
+        assert "out-of-stock and service items left out" in " ".join(result.stdout.split())
+        return shown(result.stdout)
+
+    someone = sorted(cache(shop))[0]
+    before = run("recommend", someone, "--n", "6")
+    with shop.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    anchor = str(live.popular[0][0])
+    similar = run("similar", anchor, "--n", "4")
+    assert len(before) == 6 and len(similar) == 4
+    gone, service, unlike = before[0], before[1], similar[0]
+    with shop.begin() as connection:
+        connection.execute(
+            sa.update(items).where(items.c.id.in_([gone, unlike])).values(in_stock=False)
+        )
+        connection.execute(sa.update(items).where(items.c.id == service).values(is_service=True))
+    after = run("recommend", someone, "--n", "6")
+    assert after[:4] == before[2:] and not {gone, service} & set(after)
+    left = [item for item in similar if item not in {gone, service, unlike}]
+    assert run("similar", anchor, "--n", "4")[: len(left)] == left
+    assert not {gone, service, unlike} & set(run("similar", anchor, "--n", "4"))
+
+
+def test_training_before_the_live_models_cutoff_is_refused_unless_asked_for(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """The gate refits the live model with the parameters it chose on its own, later data
+    (a hybrid's weights tuned on the weeks before its cutoff): a training as of an earlier
+    day measured both on a window that favours the live model, and said nothing."""
+    settings = settings_for(tmp_path)
+    live = training.train(shop, settings, now=NOW, as_of=END, name="item_knn")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    monkeypatch.setenv("RECOCAMP_RECOMMENDER__ARTIFACTS_DIR", str(settings.artifacts_dir))
+    from recocamp.cli import app
+
+    earlier = (END - timedelta(days=10)).strftime("%Y-%m-%d")
+    args = ["train", "--as-of", earlier, "--model", "popularity"]
+    refused = CliRunner().invoke(app, args, terminal_width=250)
+    assert refused.exit_code == 2, refused.output
+    cutoff = END.astimezone(ZoneInfo("Europe/Berlin"))
+    assert " ".join(refused.stderr.split()).startswith(
+        f"error: --as-of {earlier} 00:00 is before the data cutoff {cutoff:%Y-%m-%d %H:%M} of "
+        f"the live model {live.version} (Europe/Berlin): the gate would refit it"
+    )
+    assert "(--before-live-cutoff trains anyway)" in refused.stderr
+    assert statuses(shop) == {"item_knn": "live"}  # nothing trained
+    allowed = CliRunner().invoke(app, [*args, "--before-live-cutoff"], terminal_width=250)
+    assert allowed.exit_code == 0, allowed.output
+    assert "the gate favours it" in " ".join(allowed.stdout.split())
+    assert set(statuses(shop)) == {"item_knn", "popularity"}
+    later = (END + timedelta(days=1)).strftime("%Y-%m-%d")
+    assert CliRunner().invoke(app, ["train", "--as-of", later]).exit_code == 0
+
+
+def test_a_rollback_whose_target_changed_meanwhile_switches_nothing(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another switch while the rollback loaded its target: the history would record a
+    rollback to a model that is not the one before the live one any more."""
+    settings = settings_for(tmp_path)
+    versions = []
+    for hours, days in enumerate((20, 10, 0)):
+        trained = training.train(
+            shop, settings, now=NOW, as_of=END - timedelta(days=days), name="popularity"
+        )
+        versions.append(str(trained.version))
+        training.promote(shop, settings, versions[-1], NOW + timedelta(hours=hours))
+    a, b, _c = versions
+    load = model.load
+    meanwhile = iter([lambda: training.promote(shop, settings, a, NOW + timedelta(hours=4))])
+
+    def loading(*args: object, **kwargs: object) -> object:
+        for switch in meanwhile:  # once: the rollback's load, not the promotion's own
+            switch()
+        return load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "load", loading)
+    with pytest.raises(ModelError, match=f"the live model changed while rolling back to {b}"):
+        training.rollback(shop, settings, NOW + timedelta(hours=5))
+    with shop.connect() as connection:
+        assert registry.live(connection).version == a  # type: ignore[union-attr]
+        assert registry.previous_live(connection).version == versions[2]  # type: ignore[union-attr]

@@ -3,12 +3,14 @@ read back through the column's type, every list is the one given."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from recocamp.store import registry
+from recocamp.store.engine import make_engine, upgrade
+from recocamp.store.schema import model_promotions, models
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -23,7 +25,7 @@ def _register(connection: sa.Connection, version: str) -> None:
         fingerprint=version,
         params={},
         metrics={},
-        path="-",
+        path=f"path-{version}",
         popular=[],
         status="candidate",
     )
@@ -57,3 +59,80 @@ def test_a_new_live_model_replaces_the_whole_cache(engine: sa.Engine) -> None:
         assert registry.cached(connection, "c1") is None
         assert registry.cached(connection, "c2").items == [["i2", 0.5]]  # type: ignore[union-attr]
         assert registry.live(connection).version == "v2"  # type: ignore[union-attr]
+
+
+def _switch(connection: sa.Connection, version: str, hours: int, via: str = "train") -> None:
+    registry.make_live(connection, version, NOW + timedelta(hours=hours), [], via)
+
+
+def _target(engine: sa.Engine) -> str | None:
+    with engine.connect() as connection:
+        row = registry.previous_live(connection)
+    return None if row is None else str(row.version)
+
+
+def test_rollbacks_in_a_row_walk_back_through_the_live_models(engine: sa.Engine) -> None:
+    """A → B → C, rollback → B, rollback → A (it went back to C: B's promoted_at was
+    overwritten by the rollback, so C looked like the model live before B)."""
+    with engine.begin() as connection:
+        for hours, version in enumerate(("A", "B", "C")):
+            _register(connection, version)
+            _switch(connection, version, hours)
+    assert _target(engine) == "B"
+    with engine.begin() as connection:
+        _switch(connection, "B", 3, "rollback")
+    assert _target(engine) == "A"
+    with engine.connect() as connection:
+        kept = registry.kept_artifact_paths(connection)
+    with engine.begin() as connection:
+        _switch(connection, "A", 4, "rollback")
+    assert _target(engine) is None  # nothing was live before A
+    with engine.begin() as connection:
+        _register(connection, "D")
+        _switch(connection, "D", 5)
+        assert registry.live(connection).version == "D"  # type: ignore[union-attr]
+    assert _target(engine) == "A"  # the rolled-back B and C are not reached again
+    assert kept == {"path-A", "path-B"}  # the live model and the next rollback's target
+
+
+def test_promoting_an_old_model_makes_the_one_it_replaced_the_target(engine: sa.Engine) -> None:
+    with engine.begin() as connection:
+        for hours, version in enumerate(("A", "B", "C")):
+            _register(connection, version)
+            _switch(connection, version, hours)
+        _switch(connection, "A", 3, "promote")
+        _switch(connection, "A", 4, "promote")  # promoting the live model again: no step
+    assert _target(engine) == "C"
+    assert registry.live_stack([("A", "train"), ("B", "rollback")]) == ["B"]  # no history
+
+
+def test_the_migration_copies_the_promotions_before_it(db_url: str) -> None:
+    """A store upgraded from 0017: its latest promotions become the history, the live model
+    last, so the first rollback goes where it went before."""
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine, "0017")
+        with engine.begin() as connection:
+            for hours, (version, status) in enumerate(
+                (("A", "retired"), ("C", "live"), ("B", "retired"), ("R", "rejected"))
+            ):
+                _register(connection, version)
+                connection.execute(
+                    sa.update(models)
+                    .where(models.c.version == version)
+                    .values(
+                        status=status,
+                        promoted_at=None if status == "rejected" else NOW + timedelta(hours=hours),
+                    )
+                )
+        upgrade(engine)
+        with engine.connect() as connection:
+            assert registry.live_stack(
+                (row.version, row.via)
+                for row in connection.execute(
+                    sa.select(model_promotions).order_by(model_promotions.c.id)
+                )
+            ) == ["A", "B", "C"]
+        assert _target(engine) == "B"
+    finally:
+        engine.dispose()
