@@ -533,11 +533,9 @@ def test_purge_removes_what_is_past_retention_and_keeps_the_rest(
     assert privacy.purge(engine, settings, NOW).counts()["outbox_bodies"] == 0  # idempotent
 
 
-def test_purge_deletes_old_retired_artifacts_but_keeps_the_rollback_target(
-    shop: tuple[sa.Engine, Path],
-) -> None:
-    engine, artifacts = shop
-    settings = settings_for(artifacts)
+def two_promoted(engine: sa.Engine, settings: Any) -> tuple[Any, Any]:
+    """Two models of the shop trained and promoted in turn (an hour apart, after the one
+    the shop came with): the second live, the first its rollback target."""
     first = training.train(
         engine, settings.recommender, now=NOW, as_of=END - timedelta(days=20), name="item_knn"
     )
@@ -548,6 +546,15 @@ def test_purge_deletes_old_retired_artifacts_but_keeps_the_rollback_target(
         training.promote(
             engine, settings.recommender, str(result.version), NOW + timedelta(hours=hours)
         )
+    return first, second
+
+
+def test_purge_deletes_old_retired_artifacts_but_keeps_the_rollback_target(
+    shop: tuple[sa.Engine, Path],
+) -> None:
+    engine, artifacts = shop
+    settings = settings_for(artifacts)
+    first, second = two_promoted(engine, settings)
     with engine.connect() as connection:
         paths = {r.version: Path(r.path) for r in connection.execute(sa.select(models))}
         target = registry.previous_live(connection)
@@ -739,16 +746,7 @@ def test_a_retired_model_purged_while_it_is_promoted_does_not_go_live(
     artifacts left (the API cannot load its live model on the next start)."""
     engine, artifacts = shop
     settings = settings_for(artifacts)
-    first = training.train(
-        engine, settings.recommender, now=NOW, as_of=END - timedelta(days=20), name="item_knn"
-    )
-    second = training.train(
-        engine, settings.recommender, now=NOW, as_of=END - timedelta(days=10), name="popularity"
-    )
-    for hours, result in ((1, first), (2, second)):
-        training.promote(
-            engine, settings.recommender, str(result.version), NOW + timedelta(hours=hours)
-        )
+    _, second = two_promoted(engine, settings)
     with engine.connect() as connection:
         target = registry.previous_live(connection)
         retired = [
