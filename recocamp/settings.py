@@ -44,7 +44,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from recocamp.config_files import error_hidden, line_of, read_toml, validated
-from recocamp.domain import MAX_COUNT, MAX_DAYS, Locale
+from recocamp.domain import GZIP_RATIO_LIMIT, GZIP_RATIO_MAX, MAX_COUNT, MAX_DAYS, Locale
 from recocamp.errors import ConfigError, Problem
 
 if TYPE_CHECKING:  # imported when a schedule is read: the settings load without it
@@ -98,6 +98,8 @@ class IngestSettings(_Section):
     processed_dir: Path = Path("incoming/processed")
     keep_processed_days: int = Field(default=0, ge=0, le=3650)  # 0: delete once imported
     max_errors_listed: int = Field(default=20, ge=1, le=10_000)
+    # decompressed bytes per byte of a .gz file (a gzip bomb is refused: sources.open_text)
+    max_gzip_ratio: int = Field(default=GZIP_RATIO_MAX, ge=10, le=GZIP_RATIO_LIMIT)
 
 
 class DemoSettings(_Section):
