@@ -418,6 +418,23 @@ def never_fires(expression: str) -> str | None:
     return "never fires: no date has this day of month, month and weekday (all must match)"
 
 
+def fires_too_often(expression: str, least: timedelta) -> str | None:
+    """Why a valid crontab expression fires more often than every ``least``, or None. Every
+    hour with a fire holds all the minutes of the minute field (it does not depend on the
+    others), so the first two fires are the closest ones whenever any two are this close."""
+    first = first_fire(expression)
+    if first is None:
+        return None
+    trigger = cron_trigger(expression, UTC)
+    second: datetime | None = trigger.get_next_fire_time(first, first + timedelta(seconds=1))
+    if second is None or second - first >= least:
+        return None
+    return (
+        f"fires more than once an hour (at {first:%H:%M} and then {second:%H:%M}): give the "
+        "minute field one value ('0 9 * * *': daily at 09:00, '0 * * * *': hourly)"
+    )
+
+
 def _crontab(value: str) -> str:
     cron_trigger(value)  # raises ValueError with the reason
     if (reason := never_fires(value)) is not None:
