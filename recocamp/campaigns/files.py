@@ -265,6 +265,14 @@ def load(path: Path) -> tuple[Campaign, str]:
     return campaign, text
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a name the system refuses (longer than it allows) is none."""
+    try:
+        return path.is_file()
+    except OSError:  # ENAMETOOLONG: is_file() raises it
+        return False
+
+
 def cross_check(
     campaign: Campaign, text: str, path: Path, settings: Settings, templates: Path
 ) -> list[Problem]:
@@ -277,7 +285,7 @@ def cross_check(
     for n, variant in enumerate(campaign.variants):
         names += [(f"variants.{n}.html", variant.html), (f"variants.{n}.text", variant.text)]
     for key, name in names:
-        if name is not None and not (templates / name).is_file():
+        if name is not None and not _is_file(templates / name):
             line = line_of(text, tuple(key.split(".")))
             message = f"template not found in {templates}/"
             found.append(Problem(message, key=key, line=line, value=name))

@@ -89,6 +89,12 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             'html = "nope.html"',
             ["key 'template.html'", "line 19", "template not found", "nope.html"],
         ),
+        # a name longer than the system allows (ENAMETOOLONG) is not found either, cut
+        (
+            'html = "winback.html"',
+            f'html = "{"n" * 5000}.html"',
+            ["key 'template.html'", "line 19", "template not found", f"'{'n' * 200}… (5,005"],
+        ),
         (
             "[audience]",
             '[audience]\nrfm_segments = ["vips"]',

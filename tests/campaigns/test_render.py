@@ -554,6 +554,30 @@ def test_includes_and_errors_at_render_are_problems_not_crashes(
     assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
 
 
+LONG = "x" * 5000
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (f"{{% include '{LONG}.html' %}}", "template not found: '"),
+        (f"{{% include '{LONG}.png' %}}", "template not found: '"),
+        (f"{{% include '/{LONG}.html' %}}", "template not found: '/"),
+        (f"{{{{ 1|{LONG} }}}}", "syntax error: No filter named '"),
+    ],
+)
+def test_a_long_template_name_is_cut_in_its_problem(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    """A name of 5,000 characters made a 5,000-character line; cut as ``errors.shown``
+    cuts a problem's value (its first 200 characters and its length)."""
+    write(tmp_path, "t.html", f"<p>Hi</p>\n{body}")
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert problem.message.startswith(message)
+    assert "x" * 199 + "… (5,0" in problem.message and "x" * 201 not in problem.message
+    assert len(problem.message) < 400
+
+
 def test_a_link_to_a_file_outside_the_templates_folder_is_not_read(tmp_path: Path) -> None:
     """A link in the folder to a secret (``/proc/self/environ``: the signing key, the ESP
     token) would put it into every e-mail: ``check`` refuses it, a worker's frozen copy
