@@ -294,3 +294,12 @@ def test_records_read_in_batches_of_any_size_are_the_same_records(tmp_path: Path
         clean = [batch for batch in found if batch.clean]
         assert clean and all(isinstance(record, list) for b in clean for record in b.records)
         assert all(len(record) == 3 for b in clean for record in b.records)
+
+
+@pytest.mark.parametrize("value", [0.0, 9.99, 10.0, 1e-05, 1.5e-9, -0.0001, 123456789.125, 1e-300])
+def test_a_number_written_for_a_file_reads_back_the_same(value: float) -> None:
+    """Files written here (the demo's) and purchase events go through :func:`number`,
+    which takes no exponent: ``repr`` would write 0.00001 as ``1e-05``."""
+    written = sources.plain_number(value)
+    assert "e" not in written.lower()
+    assert sources.number({"p": written}, "p", -1e9, 1e9) == value

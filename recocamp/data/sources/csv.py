@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
+from decimal import Decimal
 from itertools import compress, groupby, repeat
 from operator import itemgetter
 from pathlib import Path
@@ -485,6 +486,12 @@ def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | N
 # other scripts such as "١٢", "1_000", exponents such as "1e6", "nan", "inf").
 _WHOLE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")  # "2.0" as a spreadsheet writes a count
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+def plain_number(value: float) -> str:
+    """A float as :func:`number` reads it, without exponent (``repr`` and ``csv`` write
+    0.00001 as ``1e-05``): the shortest digits that read back as the same float."""
+    return format(Decimal(repr(value)), "f")
 
 
 def integer(row: dict[str, str], column: str, low: int, high: int) -> int:
@@ -1192,7 +1199,7 @@ def write_purchases(path: Path, rows: list[Purchase]) -> None:
                 p.customer_id,
                 p.item_id,
                 p.quantity,
-                p.unit_price,
+                plain_number(p.unit_price),
                 _iso(p.ordered_at),
                 p.line_no,
                 str(p.is_return).lower(),
@@ -1236,7 +1243,7 @@ def write_items(path: Path, rows: list[Item]) -> None:
                 i.id,
                 i.title,
                 i.category,
-                i.price,
+                plain_number(i.price),
                 str(i.in_stock).lower(),
                 i.url,
                 i.image_url,
