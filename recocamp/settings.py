@@ -44,7 +44,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from recocamp.config_files import error_hidden, line_of, read_toml, validated
-from recocamp.domain import MAX_COUNT, MAX_DAYS, Locale
+from recocamp.domain import GZIP_RATIO_LIMIT, GZIP_RATIO_MAX, MAX_COUNT, MAX_DAYS, Locale
 from recocamp.errors import ConfigError, Problem
 
 if TYPE_CHECKING:  # imported when a schedule is read: the settings load without it
@@ -98,6 +98,8 @@ class IngestSettings(_Section):
     processed_dir: Path = Path("incoming/processed")
     keep_processed_days: int = Field(default=0, ge=0, le=3650)  # 0: delete once imported
     max_errors_listed: int = Field(default=20, ge=1, le=10_000)
+    # decompressed bytes per byte of a .gz file (a gzip bomb is refused: sources.open_text)
+    max_gzip_ratio: int = Field(default=GZIP_RATIO_MAX, ge=10, le=GZIP_RATIO_LIMIT)
 
 
 class DemoSettings(_Section):
@@ -414,6 +416,23 @@ def never_fires(expression: str) -> str | None:
     if first_fire(expression) is not None:
         return None
     return "never fires: no date has this day of month, month and weekday (all must match)"
+
+
+def fires_too_often(expression: str, least: timedelta) -> str | None:
+    """Why a valid crontab expression fires more often than every ``least``, or None. Every
+    hour with a fire holds all the minutes of the minute field (it does not depend on the
+    others), so the first two fires are the closest ones whenever any two are this close."""
+    first = first_fire(expression)
+    if first is None:
+        return None
+    trigger = cron_trigger(expression, UTC)
+    second: datetime | None = trigger.get_next_fire_time(first, first + timedelta(seconds=1))
+    if second is None or second - first >= least:
+        return None
+    return (
+        f"fires more than once an hour (at {first:%H:%M} and then {second:%H:%M}): give the "
+        "minute field one value ('0 9 * * *': daily at 09:00, '0 * * * *': hourly)"
+    )
 
 
 def _crontab(value: str) -> str:

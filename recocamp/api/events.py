@@ -585,7 +585,7 @@ def _row(order: OrderIn, line: LineIn, index: int) -> dict[str, str]:
         "customer_id": order.customer_id or "",
         "item_id": line.item_id,
         "quantity": str(line.quantity),
-        "unit_price": repr(line.unit_price),
+        "unit_price": sources.plain_number(line.unit_price),  # 0.00001, not 1e-05
         "ordered_at": order.ordered_at,
         "line_no": str(index + 1),
         "is_return": is_return,

@@ -9,6 +9,7 @@ key, its line and the bad value, like ``settings.toml`` errors.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -29,7 +30,13 @@ from recocamp.config_files import error_at, line_of, read_toml, validated
 from recocamp.domain import MAX_COUNT, MAX_DAYS, ConsentBasis, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
-from recocamp.settings import Settings, TimeZoneName, cron_trigger, never_fires
+from recocamp.settings import (
+    Settings,
+    TimeZoneName,
+    cron_trigger,
+    fires_too_often,
+    never_fires,
+)
 
 DESCRIPTION_MAX = 1000  # characters: a line or two for people, and for templates to print
 RFM_NAMES = (*(name for name, _, _ in RFM_SEGMENTS), "others")
@@ -53,7 +60,19 @@ def _cron(expression: str) -> str:
         raise ValueError(f"not a cron expression (minute hour day month weekday): {exc}") from None
     if (reason := never_fires(expression)) is not None:
         raise ValueError(reason)
+    if (reason := fires_too_often(expression, CAMPAIGN_EVERY_MIN)) is not None:
+        raise ValueError(f"{reason}; {_RERUN}")
     return expression
+
+
+# a run plans the whole audience of its day (``run.run_key``) and a customer gets one e-mail
+# of a campaign per day: a run every minute re-plans the customer base 1,440 times a day to
+# reach the few customers newly matched
+CAMPAIGN_EVERY_MIN = timedelta(hours=1)
+_RERUN = (
+    "each run plans the whole audience again, and a later run the same day sends only to "
+    "customers newly matched"
+)
 
 
 class Schedule(_Strict):
@@ -246,6 +265,14 @@ def load(path: Path) -> tuple[Campaign, str]:
     return campaign, text
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a name the system refuses (longer than it allows) is none."""
+    try:
+        return path.is_file()
+    except OSError:  # ENAMETOOLONG: is_file() raises it
+        return False
+
+
 def cross_check(
     campaign: Campaign, text: str, path: Path, settings: Settings, templates: Path
 ) -> list[Problem]:
@@ -258,7 +285,7 @@ def cross_check(
     for n, variant in enumerate(campaign.variants):
         names += [(f"variants.{n}.html", variant.html), (f"variants.{n}.text", variant.text)]
     for key, name in names:
-        if name is not None and not (templates / name).is_file():
+        if name is not None and not _is_file(templates / name):
             line = line_of(text, tuple(key.split(".")))
             message = f"template not found in {templates}/"
             found.append(Problem(message, key=key, line=line, value=name))

@@ -57,7 +57,7 @@ from recocamp.campaigns.context import sample_context as sample_context
 from recocamp.campaigns.flatten import FlatEnvironment
 from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
 from recocamp.config_files import not_utf8
-from recocamp.errors import ConfigError, Problem, TemplateLimitError
+from recocamp.errors import ConfigError, Problem, TemplateLimitError, shown
 from recocamp.settings import TemplateSettings
 
 STYLESHEET = "email.css"
@@ -164,15 +164,16 @@ class InliningLoader(BaseLoader):
     def get_source(
         self, environment: Environment, template: str
     ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        named = shown(template)  # a long name cut, as a problem's value is
         pieces = template.replace("\\", "/").split("/")
         if template.startswith("/") or ".." in pieces or ":" in pieces[0]:
-            raise OutsideTemplates(template, f"{template!r} is outside the templates folder")
+            raise OutsideTemplates(template, f"{named!r} is outside the templates folder")
         if not is_template(template):
             names = ", ".join(SUFFIXES)
-            raise NotATemplate(template, f"{template!r} is not a template file ({names})")
+            raise NotATemplate(template, f"{named!r} is not a template file ({names})")
         if self.directory is not None and _outside(self.directory, self.directory / template):
             raise OutsideTemplates(
-                template, f"{template!r} is a link to a file outside the templates folder"
+                template, f"{named!r} is a link to a file outside the templates folder"
             )
         try:
             source, filename, uptodate = self.files.get_source(environment, template)
@@ -424,12 +425,12 @@ def unknown_names(env: Environment, parsed: nodes.Template, name: str) -> list[P
     only when the branch holding it renders, so a sample that skips an ``{% if %}`` would pass
     a template that fails for the customers the branch is for."""
     found = [
-        Problem(f"syntax error: No filter named {node.name!r}.", key=name, line=node.lineno)
+        Problem(f"syntax error: No filter named {shown(node.name)!r}.", key=name, line=node.lineno)
         for node in parsed.find_all(nodes.Filter)
         if node.name not in env.filters
     ]
     found += [
-        Problem(f"syntax error: No test named {node.name!r}.", key=name, line=node.lineno)
+        Problem(f"syntax error: No test named {shown(node.name)!r}.", key=name, line=node.lineno)
         for node in parsed.find_all(nodes.Test)
         if node.name not in env.tests
     ]
@@ -604,7 +605,7 @@ def _not_found(exc: TemplateNotFound, *, included: bool = False) -> str:
     """The "template not found" message, with the loader's reason or the included name."""
     if isinstance(exc, Refused):
         return f"template not found: {exc.message}"
-    return f"template not found: {exc.name!r}" if included else "template not found"
+    return f"template not found: {shown(exc.name)!r}" if included else "template not found"
 
 
 def check_subject(

@@ -66,6 +66,10 @@ _SUMMED = (*_TEXT, list, tuple)  # ``+`` makes their lengths' sum
 _CONTAINERS = (list, tuple, dict, set, frozenset, Namespace)
 _LINKISH = re.compile(r"\S*[.:@]\S*")  # a word ``urlize`` may make a link of
 URLIZE_MARKUP = 64  # '<a href="https://' and the rest of a link's markup, at most
+# characters textwrap copies breaking the words longer than a line (``wordwrap``): a word
+# of L characters broken into lines of w is copied about L² / 2w times, each break copying
+# the rest of it (490,000 characters at width 1: 3.3 s); 5·10⁹ is about a tenth of a second
+WRAP_STEPS_MAX = 5_000_000_000
 _PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
 
 
@@ -445,6 +449,8 @@ class LimitedEnvironment(SandboxedEnvironment):
             if values:
                 self._check_size(size_of(values[0], self.limits.max_output_chars), name)
                 self._check_size(filter_size(name, values, kwargs, self.limits), name)
+                if name == "wordwrap":
+                    _check_wrap(values, kwargs)
             return self._made(func(*front, *values, **kwargs))
 
         guarded.__name__ = getattr(func, "__name__", name)
@@ -637,6 +643,31 @@ def filter_size(
     if name == "sum" and not isinstance(start, (int, float)):
         return bound + 1  # sum(start=[]) adds up lists: quadratic
     return 0
+
+
+def wrap_steps(values: list[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
+    """``wordwrap``'s cost before it runs: (characters copied, longest word, width). With
+    ``break_long_words`` (the default) each word longer than the width is broken by copying
+    the rest of it after every line: quadratic in the word (:data:`WRAP_STEPS_MAX`)."""
+    width = values[1] if len(values) > 1 else kwargs.get("width", 79)
+    width = width if _is_int(width) and width > 0 else 1
+    breaks = values[2] if len(values) > 2 else kwargs.get("break_long_words", True)
+    if not breaks:
+        return 0, 0, width
+    longer = re.findall(rf"\S{{{width + 1},}}", str(values[0]))  # the words it breaks
+    lengths = list(map(len, longer))
+    steps = sum(length * length // (2 * width) for length in lengths)
+    return steps, max(lengths, default=0), width
+
+
+def _check_wrap(values: list[Any], kwargs: dict[str, Any]) -> None:
+    steps, longest, width = wrap_steps(values, kwargs)
+    if steps > WRAP_STEPS_MAX:
+        raise LimitExceeded(
+            f"wordwrap would break words of up to {longest:,} characters into lines of "
+            f"{width:,} (about {steps:,} characters copied, more than {WRAP_STEPS_MAX:,}): "
+            "wrap wider, or pass break_long_words=false"
+        )
 
 
 def repeating_size(name: str, values: list[Any], kwargs: dict[str, Any], bound: int) -> int:

@@ -106,6 +106,7 @@ def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> Dro
         zone=settings.shop.zone,
         now=now,
         max_listed=settings.ingest.max_errors_listed,
+        max_gzip_ratio=settings.ingest.max_gzip_ratio,
         erasure_key=key,
     )
     for path in files:

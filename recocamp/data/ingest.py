@@ -41,7 +41,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from recocamp.data.catalog import CatalogBuilder
 from recocamp.data.sources import csv as sources
-from recocamp.domain import Customer, Item, OrderDigestParts, Purchase
+from recocamp.domain import GZIP_RATIO_MAX, Customer, Item, OrderDigestParts, Purchase
 from recocamp.errors import DataImportError, Problem
 from recocamp.store import queries, staging, tombstones
 from recocamp.store.engine import Connection, Engine
@@ -103,11 +103,12 @@ def _parse(
     progress: ProgressSink,
     max_listed: int,
     key: Callable[[T], str],
+    max_ratio: int = GZIP_RATIO_MAX,
 ) -> tuple[list[T], dict[str, int], int]:
     """Parse a whole file (customers, items: one row per customer or item, ``key`` its id,
     once per file); ``columns``: the required and the optional ones."""
     progress.phase(f"reading {path.name}", None)
-    with sources.open_text(path) as handle:
+    with sources.open_text(path, max_ratio) as handle:
         rows = _counted(sources.read_rows(path, columns[0], handle, columns[1]), progress)
         try:
             return sources.collect(path, rows, parse, max_listed=max_listed, key=key)
@@ -406,10 +407,12 @@ class Importer:
         progress: ProgressSink | None = None,
         max_listed: int = 20,
         erasure_key: bytes | None = None,
+        max_gzip_ratio: int = GZIP_RATIO_MAX,
     ) -> None:
         self.engine, self.zone, self.now = engine, zone, now
         self.progress = progress or NoProgress()
         self.max_listed = max_listed
+        self.max_gzip_ratio = max_gzip_ratio  # sources.open_text
         self.erasure_key = erasure_key  # tombstones.key_of(settings)
 
     def purchases(self, path: Path, fmt: str = "standard") -> ImportReport:
@@ -492,7 +495,7 @@ class Importer:
         required = sources.ONLINE_RETAIL_COLUMNS if retail else sources.STANDARD_COLUMNS
         optional = () if retail else sources.STANDARD_OPTIONAL
         self.progress.phase(f"reading {path.name}", None)
-        with sources.open_text(path) as handle:
+        with sources.open_text(path, self.max_gzip_ratio) as handle:
             try:
                 records = sources.Records(path, required, handle, optional)
                 parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
@@ -636,6 +639,7 @@ class Importer:
             self.progress,
             self.max_listed,
             _customer_id,
+            self.max_gzip_ratio,
         )
         with self.engine.begin() as connection:
             erased = tombstones.erased_ids(
@@ -662,6 +666,7 @@ class Importer:
             self.progress,
             self.max_listed,
             _item_id,
+            self.max_gzip_ratio,
         )
         with self.engine.begin() as connection:
             run_id = self._begin_run(connection, "items", fmt, path, sha, read)

@@ -611,6 +611,15 @@ def test_json_numbers_stay_numbers(app: FastAPI) -> None:
     assert [(q, float(p)) for _, _, _, _, q, p, *_ in lines(engine_of(app))] == [(2, 4.0)]
 
 
+@pytest.mark.parametrize("price", [0.00001, 1.5e-9, 123456789.125, 1e-300])
+def test_a_tiny_or_precise_price_is_stored_as_sent(app: FastAPI, price: float) -> None:
+    """The event's line goes through the file parser, which takes no exponent: a price
+    that JSON (and ``repr``) writes with one is passed on without it, the same float."""
+    reply = post(app, one_line(unit_price=price))
+    assert reply.status == 200, reply.text
+    assert [float(p) for _, _, _, _, _, p, *_ in lines(engine_of(app))] == [price]
+
+
 @pytest.mark.parametrize("field", ["channel_email", "objected_to_profiling", "unsubscribed"])
 @pytest.mark.parametrize("value", [1, 0, "true", "false"])
 def test_profile_flags_are_json_booleans(app: FastAPI, field: str, value: Any) -> None:

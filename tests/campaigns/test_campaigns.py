@@ -89,6 +89,12 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             'html = "nope.html"',
             ["key 'template.html'", "line 19", "template not found", "nope.html"],
         ),
+        # a name longer than the system allows (ENAMETOOLONG) is not found either, cut
+        (
+            'html = "winback.html"',
+            f'html = "{"n" * 5000}.html"',
+            ["key 'template.html'", "line 19", "template not found", f"'{'n' * 200}… (5,005"],
+        ),
         (
             "[audience]",
             '[audience]\nrfm_segments = ["vips"]',
@@ -189,6 +195,27 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             'cron = "0 10 * * TUE"',
             'cron = "0 10 30 2 MON"',
             ["line 7, key 'schedule.cron'", "never fires", "(value: '0 10 30 2 MON')"],
+        ),
+        # a schedule firing more often than a run can act: each run plans the whole
+        # audience for the same day again (every minute: 1,440 times a day)
+        (
+            'cron = "0 10 * * TUE"',
+            'cron = "* * * * *"',
+            [
+                "line 7, key 'schedule.cron'",
+                "fires more than once an hour (at 00:00 and then 00:01)",
+                "(value: '* * * * *')",
+            ],
+        ),
+        (
+            'cron = "0 10 * * TUE"',
+            'cron = "0,30 10 * * TUE"',
+            ["line 7, key 'schedule.cron'", "10:00 and then 10:30", "(value: '0,30 10 * * TUE')"],
+        ),
+        (
+            'cron = "0 10 * * TUE"',
+            'cron = "*/59 10 * * TUE"',
+            ["line 7, key 'schedule.cron'", "10:00 and then 10:59", "(value: '*/59 10 * * TUE')"],
         ),
         # range checks over two keys are reported at the second one, with its line
         (

@@ -425,6 +425,35 @@ def test_a_template_past_a_limit_is_a_problem_with_its_file_and_line(
 
 
 @pytest.mark.parametrize(
+    "call",
+    ["wordwrap(1)", "wordwrap(width=2)", "wordwrap(10, wrapstring='-')", "wordwrap(0)"],
+)
+def test_wordwrap_breaking_a_long_word_into_many_lines_is_refused_before_it_runs(
+    tmp_path: Path, call: str
+) -> None:
+    """A 490,000-character word at width 1 took 3.3 s of CPU (textwrap copies the rest of
+    the word at every break), three times the render budget, with the output size within
+    bounds: its cost is sized first."""
+    write(tmp_path, "t.html", f"<p>x</p>\n{{{{ ('x' * 490000)|{call} }}}}\n")
+    started = time.process_time()
+    (problem,) = check_template(tmp_path, "t.html", sample_context(), TemplateSettings())
+    assert time.process_time() - started < 1.0
+    assert (problem.key, problem.line) == ("t.html", 2)
+    assert "wordwrap would break words of up to 490,000 characters into lines of" in problem.message
+
+
+@pytest.mark.parametrize(
+    "call", ["wordwrap(79)", "wordwrap(1, false)", "wordwrap(1, break_long_words=false)"]
+)
+def test_wordwrap_of_a_long_word_at_a_fair_width_or_unbroken_renders(
+    tmp_path: Path, call: str
+) -> None:
+    write(tmp_path, "t.html", f"{{{{ ('x' * 490000 ~ ' y')|{call}|length }}}}")
+    (html, _) = Renderer(tmp_path).body("t.html", "t.html", sample_context())
+    assert int(html) >= 490_002
+
+
+@pytest.mark.parametrize(
     "value", [[], [1], {"a": [1, {"b": [2, 3]}], "c": {}}, [[[[["x"]]]]], [[1, 2]] * 30, "x"]
 )
 @pytest.mark.parametrize("indent", [None, 0, 1, 4, "\t", -3])
@@ -523,6 +552,30 @@ def test_includes_and_errors_at_render_are_problems_not_crashes(
     assert message in problem.message
     subject = check_subject("{{ 9**(9**9) }}", sample_context(), tmp_path)
     assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
+
+
+LONG = "x" * 5000
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (f"{{% include '{LONG}.html' %}}", "template not found: '"),
+        (f"{{% include '{LONG}.png' %}}", "template not found: '"),
+        (f"{{% include '/{LONG}.html' %}}", "template not found: '/"),
+        (f"{{{{ 1|{LONG} }}}}", "syntax error: No filter named '"),
+    ],
+)
+def test_a_long_template_name_is_cut_in_its_problem(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    """A name of 5,000 characters made a 5,000-character line; cut as ``errors.shown``
+    cuts a problem's value (its first 200 characters and its length)."""
+    write(tmp_path, "t.html", f"<p>Hi</p>\n{body}")
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert problem.message.startswith(message)
+    assert "x" * 199 + "… (5,0" in problem.message and "x" * 201 not in problem.message
+    assert len(problem.message) < 400
 
 
 def test_a_link_to_a_file_outside_the_templates_folder_is_not_read(tmp_path: Path) -> None:

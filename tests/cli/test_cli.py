@@ -609,6 +609,12 @@ def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -
             "line 16, key 'schedule.cron': Value error, never fires",
         ),
         (
+            'cron = "0 10 * * TUE"',
+            'cron = "* * * * *"',
+            "line 16, key 'schedule.cron': Value error, fires more than once an hour (at 00:00 "
+            "and then 00:01)",
+        ),
+        (
             'name = "urgency"',
             'name = "personal"',
             "line 44, key 'variants.1.name': variant names must be unique: [[variants]] "

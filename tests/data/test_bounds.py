@@ -58,11 +58,31 @@ def refused(engine: sa.Engine, run: Any) -> DataImportError:
     ("column", "bad", "message", "shown"),
     [
         ("quantity", "99999999999999999999999", "is out of range (-1,000,000 to 1,000,000)", None),
-        ("quantity", "1e300", "is out of range (-1,000,000 to 1,000,000)", None),
+        ("quantity", "1e300", "is not a whole number", None),
+        ("quantity", "1e6", "is not a whole number", None),
+        ("quantity", "1_000", "is not a whole number", None),
+        ("quantity", "\u0661\u0662", "is not a whole number", None),  # Arabic-Indic 12
+        (
+            "quantity",
+            "9" * 5000,  # more digits than int() reads
+            "is out of range (-1,000,000 to 1,000,000)",
+            f"{'9' * 60}… (5,000 characters)",
+        ),
         ("line_no", "99999999999999999999999", "is out of range (0 to 1,000,000)", None),
-        ("line_no", "1e300", "is out of range (0 to 1,000,000)", None),
+        ("line_no", "1e300", "is not a whole number", None),
+        ("line_no", "\uff11", "is not a whole number", None),  # fullwidth 1
         ("line_no", "-1", "is out of range (0 to 1,000,000)", None),
-        ("unit_price", "1e308", "is out of range (-1,000,000,000 to 1,000,000,000)", None),
+        ("unit_price", "1e308", "is not a number", None),
+        ("unit_price", "1.5e2", "is not a number", None),
+        ("unit_price", "1_0.5", "is not a number", None),
+        ("unit_price", "\u0661.5", "is not a number", None),
+        ("unit_price", "nan", "is not a number", None),
+        (
+            "unit_price",
+            "1" * 400,  # float() reads it as an infinity
+            "is out of range (-1,000,000,000 to 1,000,000,000)",
+            f"{'1' * 60}… (400 characters)",
+        ),
         ("order_id", "A\x002", "contains a NUL character", None),
         ("item_id", "i\n2", "contains a control character (U+000A)", None),
         ("customer_id", "c\x852", "contains a control character (U+0085)", None),  # C1: NEL
@@ -139,7 +159,7 @@ def test_customer_and_item_files_have_the_same_bounds(engine: sa.Engine, tmp_pat
         [
             ["i1", "Mug", "home", "4.5"],
             ["i2", "Mug\x00", "home", "4.5"],
-            ["i3", "Mug", "home", "1e308"],
+            ["i3", "Mug", "home", "2000000000"],
             ["i4", "Mug", "home", "-1"],
         ],
     )
@@ -305,11 +325,11 @@ def test_the_cli_exits_2_naming_file_line_column_and_value(
     tmp_path: Path, cli_store: CliRunner
 ) -> None:
     runner = cli_store
-    write_csv(tmp_path / "p.csv", STANDARD, [GOOD, [*GOOD[:3], "1e300", *GOOD[4:6], "2"]])
+    write_csv(tmp_path / "p.csv", STANDARD, [GOOD, [*GOOD[:3], "\u0661\u0662", *GOOD[4:6], "2"]])
     result = runner.invoke(cli_app, ["import", "purchases", "p.csv"])
     assert result.exit_code == 2, result.output
-    assert "p.csv: line 3, column 'quantity': is out of range" in result.stderr
-    assert "'1e300'" in result.stderr and "Traceback" not in result.output
+    assert "p.csv: line 3, column 'quantity': is not a whole number" in result.stderr
+    assert "'\u0661\u0662'" in result.stderr and "Traceback" not in result.output
 
 
 def test_json_output_is_always_standard_json(
@@ -353,6 +373,53 @@ def test_the_drop_folder_sets_a_file_aside_naming_the_line_and_column(
     errors = (drop / "rejected" / "purchases-1.csv.errors.txt").read_text()
     assert "line 3, column 'customer_id': is not UTF-8 (byte 0xE9 at character 2)" in errors
     assert nothing_written(engine)
+
+
+def _bomb(path: Path, blank_lines: int) -> Path:
+    """A .gz file of a good line and then blank lines: a few KB, many MB inflated."""
+    head = (",".join(STANDARD) + "\n" + ",".join(GOOD) + "\n").encode()
+    path.write_bytes(gzip.compress(head + b"\n" * blank_lines, compresslevel=9))
+    return path
+
+
+def test_a_gzip_bomb_is_refused_before_the_rest_is_read(engine: sa.Engine, tmp_path: Path) -> None:
+    """10 MB of blank lines gzip to 10 KB: past 100 times its size, but at least 1 MiB, the
+    reading stops, the file's problem (50 MB of them took 33 s of CPU to read through)."""
+    path = _bomb(tmp_path / "p.csv.gz", 10_000_000)
+    limit = max(1 << 20, 100 * path.stat().st_size)
+    assert limit < 2_000_000
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    [problem] = error.problems
+    assert problem.column == "*" and problem.line is not None and problem.line <= limit
+    assert f"the file decompresses to more than {limit:,} bytes" in problem.message
+    assert "ingest.max_gzip_ratio" in problem.message
+    # the same blank lines, a ratio allowing them: read through, blank lines left out
+    fine = _bomb(tmp_path / "q.csv.gz", 2_000_000)
+    allowing = Importer(engine, zone=ZoneInfo("Europe/London"), now=NOW, max_gzip_ratio=1_000)
+    report = allowing.purchases(fine)
+    assert (report.rows_read, report.imported) == (1, 1)
+
+
+def test_the_drop_folder_rejects_a_gzip_bomb(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
+    monkeypatch.setattr("recocamp.data.sources.csv.GZIP_FLOOR", 100_000)
+    drop = tmp_path / "incoming"
+    drop.mkdir()
+    _bomb(drop / "purchases-1.csv.gz", 1_000_000)
+    _bomb(drop / "purchases-2.csv.gz", 10)
+    settings = Settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        ingest={"drop_dir": drop, "processed_dir": drop / "done", "max_gzip_ratio": 10},
+    )  # type: ignore[arg-type]
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (1, 1)  # the other file is not blocked
+    errors = (drop / "rejected" / "purchases-1.csv.gz.errors.txt").read_text()
+    assert "column '*': cannot be read: the file decompresses to more than" in errors
+    assert "100,000 bytes (10 times its size, ingest.max_gzip_ratio)" in errors
+    with pytest.raises(ValueError, match="max_gzip_ratio"):
+        Settings(ingest={"max_gzip_ratio": 1_001})  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -27,10 +27,45 @@ VARIANTS = {  # each is tried in an otherwise good line
     "order_id": [" A1 ", "", "A\x002", "A\u20281", "a" * 64, "a" * 65, "C9"],
     "customer_id": ["", " ", " c2 ", "c\x852", "c" * 65],
     "item_id": ["", "i\n2", " i2"],
-    "quantity": [" 3 ", "-3", "0", "2.0", "1e3", "2.5", "x", "", "1_000", "1000001", "nan"],
-    "unit_price": [" 1 ", "0", "-1", "nan", "inf", "-inf", "1e308", "x", "", "1_0.5", "1e9"],
+    "quantity": [
+        " 3 ",
+        "-3",
+        "0",
+        "2.0",
+        "1e3",
+        "2.5",
+        "x",
+        "",
+        "1_000",
+        "1000001",
+        "nan",
+        "\u0661\u0662",
+        "+3",
+        "2.",
+        "1e6",
+        "9" * 5000,
+    ],
+    "unit_price": [
+        " 1 ",
+        "0",
+        "-1",
+        "nan",
+        "inf",
+        "-inf",
+        "1e308",
+        "x",
+        "",
+        "1_0.5",
+        "1e9",
+        "1e2",
+        "1E2",
+        ".5",
+        "+1.",
+        "\u0661",
+        "1" * 400,
+    ],
     "ordered_at": ["2024-04-01 12:00:00", "bad", "1850-01-01T00:00:00Z", "", " 2024-04-01 "],
-    "line_no": ["1", " 3 ", "0", "2.0", "-1", "x", "1000001", "1000000"],
+    "line_no": ["1", " 3 ", "0", "2.0", "-1", "x", "1000001", "1000000", "\u0661", "1_0", "1e2"],
     "is_return": ["true", " T ", "FALSE", "no", "yes", "maybe", "1", "0"],
 }
 
@@ -97,9 +132,9 @@ RETAIL_VARIANTS = {  # each is tried in an otherwise good line
     "InvoiceNo": [" 536365 ", "", "C536365", "5\x003", "5\u20281", "a" * 64, "a" * 65],
     "StockCode": ["", " 85 ", "8\n5", "s" * 65, "POST"],
     "Description": ["", " spaced ", "d" * 500, "d" * 501, "a\x00b"],
-    "Quantity": [" 3 ", "-3", "0", "2.0", "1e3", "2.5", "x", "", "1_000", "1000001"],
+    "Quantity": [" 3 ", "-3", "0", "2.0", "1e3", "2.5", "x", "", "1_000", "1000001", "\u0663"],
     "InvoiceDate": ["2010-12-01T08:26:00", "bad", "1850-01-01 00:00:00", "", " 2010-12-01 "],
-    "UnitPrice": [" 1 ", "0", "-1", "nan", "inf", "1e308", "x", "", "1e9"],
+    "UnitPrice": [" 1 ", "0", "-1", "nan", "inf", "1e308", "x", "", "1e9", "1e2", "1_0", "\u0663"],
     "CustomerID": ["", " ", "17850", " 12.0 ", "c\x852", "c" * 65],
     "Country": ["", " EIRE ", "c" * 64, "c" * 65, "E\x00"],
 }
@@ -259,3 +294,12 @@ def test_records_read_in_batches_of_any_size_are_the_same_records(tmp_path: Path
         clean = [batch for batch in found if batch.clean]
         assert clean and all(isinstance(record, list) for b in clean for record in b.records)
         assert all(len(record) == 3 for b in clean for record in b.records)
+
+
+@pytest.mark.parametrize("value", [0.0, 9.99, 10.0, 1e-05, 1.5e-9, -0.0001, 123456789.125, 1e-300])
+def test_a_number_written_for_a_file_reads_back_the_same(value: float) -> None:
+    """Files written here (the demo's) and purchase events go through :func:`number`,
+    which takes no exponent: ``repr`` would write 0.00001 as ``1e-05``."""
+    written = sources.plain_number(value)
+    assert "e" not in written.lower()
+    assert sources.number({"p": written}, "p", -1e9, 1e9) == value

@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
+from decimal import Decimal
 from itertools import compress, groupby, repeat
 from operator import itemgetter
 from pathlib import Path
@@ -41,6 +42,7 @@ from urllib.parse import urlsplit
 from recocamp.domain import (
     FALLBACK_LOCALE,
     FIELD_MAX,
+    GZIP_RATIO_MAX,
     ID_MAX,
     LINE_NO_MAX,
     PRICE_MAX,
@@ -146,18 +148,56 @@ class RetailLine(NamedTuple):
     country: str
 
 
-def open_text(path: Path) -> IO[str]:
+GZIP_FLOOR = 1 << 20  # bytes a small .gz file may always decompress to
+
+
+def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX) -> IO[str]:
     """Open a CSV file, transparently gunzipping ``.gz``; a missing file is a DataImportError.
 
     Bytes that are not UTF-8 do not stop the reading (``surrogateescape``): :func:`read_rows`
     reports them as a problem of their own line and column, next to the file's other problems.
+    A ``.gz`` file decompresses to at most ``max_ratio`` times its size (or ``GZIP_FLOOR``):
+    48 KB of gzip holding 50 million blank lines cost half a minute of CPU to read through.
     """
     try:
-        opened = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115
+        if path.suffix == ".gz":
+            limit = max(GZIP_FLOOR, max_ratio * path.stat().st_size)
+            inflated = _Inflated(gzip.open(path, "rb"), limit, max_ratio)  # noqa: SIM115
+            opened: IO[bytes] = cast(IO[bytes], io.BufferedReader(inflated))
+        else:
+            opened = path.open("rb")
     except OSError as exc:
         raise DataImportError(path, [Problem(f"cannot open file: {exc.strerror}")]) from None
-    binary = cast(IO[bytes], opened)  # the TextIOWrapper owns and closes it
-    return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return io.TextIOWrapper(opened, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+class FileTooLarge(Exception):
+    """A ``.gz`` file decompressing past its limit (:func:`open_text`): refused there."""
+
+
+class _Inflated(io.RawIOBase):
+    """A gzip file's bytes, counted: past ``limit`` a read raises :class:`FileTooLarge`."""
+
+    def __init__(self, inner: gzip.GzipFile, limit: int, ratio: int) -> None:
+        super().__init__()
+        self.inner, self.limit, self.ratio, self.total = inner, limit, ratio, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.inner.readinto(buffer)
+        self.total += count
+        if self.total > self.limit:
+            raise FileTooLarge(
+                f"the file decompresses to more than {self.limit:,} bytes ({self.ratio} times "
+                "its size, ingest.max_gzip_ratio): the rest is not read"
+            )
+        return count
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
 
 
 class RecordTooLong(Exception):
@@ -261,7 +301,7 @@ class Records:
                     values = next(reader)
                 except StopIteration:
                     break
-                except (csv.Error, RecordTooLong) as exc:  # a field past FIELD_MAX, a stray quote
+                except (csv.Error, RecordTooLong, FileTooLarge) as exc:  # a field past FIELD_MAX
                     failed = (line, _unreadable("*", f"cannot be read: {exc}", ""))
                     break
                 starts.append(line)
@@ -349,7 +389,7 @@ def _header(path: Path, reader: Iterator[list[str]]) -> list[str]:
         raise DataImportError(
             path, [Problem("the file is empty (no header line)", line=1)]
         ) from None
-    except (csv.Error, RecordTooLong, gzip.BadGzipFile, EOFError, OSError) as exc:
+    except (csv.Error, RecordTooLong, FileTooLarge, gzip.BadGzipFile, EOFError, OSError) as exc:
         raise DataImportError(path, [Problem(f"not a readable CSV file: {exc}", line=1)]) from None
     if _UNREADABLE.search("".join(header)):
         bad = next(name for name in header if _UNREADABLE.search(name))
@@ -441,19 +481,29 @@ def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | N
     return value or None
 
 
+# Numbers as a file writes them, and only so (the API takes JSON numbers alone): ASCII
+# digits, a sign, a decimal point; not the other forms int() and float() accept (digits of
+# other scripts such as "١٢", "1_000", exponents such as "1e6", "nan", "inf").
+_WHOLE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")  # "2.0" as a spreadsheet writes a count
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+def plain_number(value: float) -> str:
+    """A float as :func:`number` reads it, without exponent (``repr`` and ``csv`` write
+    0.00001 as ``1e-05``): the shortest digits that read back as the same float."""
+    return format(Decimal(repr(value)), "f")
+
+
 def integer(row: dict[str, str], column: str, low: int, high: int) -> int:
-    """A whole number in ``[low, high]`` (``2.0`` and ``2e3`` are whole numbers)."""
+    """A whole number in ``[low, high]``: ASCII digits after an optional sign, and at most
+    a decimal point followed by zeros (``2.0``, as spreadsheets write counts)."""
     raw = row.get(column, "").strip()
+    if not _WHOLE.fullmatch(raw):
+        raise RowProblem(column, "is not a whole number", raw)
     try:
-        value = int(raw)
-    except ValueError:
-        try:
-            number = float(raw)
-        except ValueError:
-            raise RowProblem(column, "is not a whole number", raw) from None
-        if not number.is_integer():  # NaN and infinities are not either
-            raise RowProblem(column, "is not a whole number", raw) from None
-        value = low - 1 if range_problem(number, low, high) else int(number)
+        value = int(raw.partition(".")[0])
+    except ValueError:  # more digits than int() reads (sys.int_info): far out of range
+        value = low - 1
     problem = range_problem(value, low, high)
     if problem:
         raise RowProblem(column, problem, raw)
@@ -461,14 +511,13 @@ def integer(row: dict[str, str], column: str, low: int, high: int) -> int:
 
 
 def number(row: dict[str, str], column: str, low: float, high: float) -> float:
-    """A finite number in ``[low, high]``."""
+    """A number in ``[low, high]``: ASCII digits after an optional sign, with at most one
+    decimal point; no exponent (no price is written ``1e3``: a spreadsheet turning a code
+    into a number is)."""
     raw = row.get(column, "").strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        raise RowProblem(column, "is not a number", raw) from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise RowProblem(column, "is not a finite number", raw)
+    if not _DECIMAL.fullmatch(raw):
+        raise RowProblem(column, "is not a number", raw)
+    value = float(raw)  # a very long one is an infinity: out of range
     problem = range_problem(value, low, high)
     if problem:
         raise RowProblem(column, problem, raw)
@@ -688,6 +737,14 @@ def _numbers_pass(quantities: list[int], prices: list[float]) -> bool:
     )
 
 
+def _plain_numbers(whole: str, prices: str, line_nos: str) -> bool:
+    """Whether int() and float() read these fields (or a column's fields joined) only as
+    :func:`integer` and :func:`number` do: ASCII, no "_", no exponent in a price (what they
+    accept beyond that, "nan" and "inf", is out of range there)."""
+    joined = whole + prices + line_nos
+    return joined.isascii() and "_" not in joined and "e" not in prices and "E" not in prices
+
+
 def _texts_pass(values: list[str], limit: int) -> bool:
     """:func:`text`'s checks of a column at once: at most ``limit`` characters, no NUL."""
     return max(map(len, values)) <= limit and "\x00" not in "".join(values)
@@ -726,10 +783,12 @@ class StandardLines:
             and (order_id + item_id + customer_id).isprintable()  # ident's checks, at once
         ):
             return self._slow(record)
+        given = None if self.line_no is None else record[self.line_no].strip()
+        if not _plain_numbers(record[self.quantity], record[self.price], given or ""):
+            return self._slow(record)
         try:
             quantity = int(record[self.quantity])  # int() and float() strip blanks themselves
             unit_price = float(record[self.price])
-            given = None if self.line_no is None else record[self.line_no].strip()
             line_no = int(given) if given else -1
             raw = record[self.time].strip()
             ordered_at = self.cached.get(raw) or self.stamps.of(raw, "ordered_at")
@@ -771,9 +830,13 @@ class StandardLines:
         counted = given is None or not any(given)  # numbered in file order (LineNumbers)
         if given is not None and not counted and not all(given):
             return None  # some lines given a number, some not: line by line
+        raw_quantities = list(_field(records, self.quantity))
+        raw_prices = list(_field(records, self.price))
+        if not _plain_numbers("".join(raw_quantities), "".join(raw_prices), "".join(given or ())):
+            return None
         try:
-            quantities = list(map(int, _field(records, self.quantity)))
-            unit_prices = list(map(float, _field(records, self.price)))
+            quantities = list(map(int, raw_quantities))
+            unit_prices = list(map(float, raw_prices))
             numbers = None if given is None or counted else list(map(int, given))
             ordered_at = self.stamps.many(_stripped(records, self.time), "ordered_at")
         except (ValueError, RowProblem):
@@ -909,6 +972,8 @@ class RetailLines:
             and "\x00" not in description + country  # text's checks
         ):
             return self._slow(record)
+        if not _plain_numbers(record[self.quantity], record[self.price], ""):
+            return self._slow(record)
         try:
             quantity = int(record[self.quantity])  # int() and float() strip blanks themselves
             unit_price = float(record[self.price])
@@ -946,9 +1011,13 @@ class RetailLines:
             and _texts_pass(countries, _COUNTRY_MAX)
         ):
             return None
+        raw_quantities = list(_field(records, self.quantity))
+        raw_prices = list(_field(records, self.price))
+        if not _plain_numbers("".join(raw_quantities), "".join(raw_prices), ""):
+            return None
         try:
-            quantities = list(map(int, _field(records, self.quantity)))
-            unit_prices = list(map(float, _field(records, self.price)))
+            quantities = list(map(int, raw_quantities))
+            unit_prices = list(map(float, raw_prices))
             ordered_at = self.stamps.many(_stripped(records, self.time), "InvoiceDate")
         except (ValueError, RowProblem):
             return None
@@ -1130,7 +1199,7 @@ def write_purchases(path: Path, rows: list[Purchase]) -> None:
                 p.customer_id,
                 p.item_id,
                 p.quantity,
-                p.unit_price,
+                plain_number(p.unit_price),
                 _iso(p.ordered_at),
                 p.line_no,
                 str(p.is_return).lower(),
@@ -1174,7 +1243,7 @@ def write_items(path: Path, rows: list[Item]) -> None:
                 i.id,
                 i.title,
                 i.category,
-                i.price,
+                plain_number(i.price),
                 str(i.in_stock).lower(),
                 i.url,
                 i.image_url,
