@@ -552,12 +552,9 @@ def test_an_objection_recorded_while_a_model_trains_leaves_none_of_it_in_the_mod
     assert late not in data.customers.tolist()
 
 
-def test_rollbacks_walk_back_and_models_list_names_the_target(
-    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
-) -> None:
-    """A → B → C: rollback goes to B, the next one to A (it went back to C, the model just
-    left); ``models list`` marks the next rollback's target."""
-    settings = settings_for(tmp_path)
+def three_promoted(shop: sa.Engine, settings: RecommenderSettings) -> list[str]:
+    """Models A, B, C (popularity, 20, 10 and 0 days before the end) promoted an hour apart:
+    C live. Their versions, oldest first."""
     versions = []
     for hours, days in enumerate((20, 10, 0)):
         trained = training.train(
@@ -565,6 +562,16 @@ def test_rollbacks_walk_back_and_models_list_names_the_target(
         )
         versions.append(str(trained.version))
         training.promote(shop, settings, versions[-1], NOW + timedelta(hours=hours))
+    return versions
+
+
+def test_rollbacks_walk_back_and_models_list_names_the_target(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """A → B → C: rollback goes to B, the next one to A (it went back to C, the model just
+    left); ``models list`` marks the next rollback's target."""
+    settings = settings_for(tmp_path)
+    versions = three_promoted(shop, settings)
     a, b, c = versions
     assert training.rollback(shop, settings, NOW + timedelta(hours=4)) == b
     assert training.rollback(shop, settings, NOW + timedelta(hours=5)) == a
@@ -669,13 +676,7 @@ def test_a_rollback_whose_target_changed_meanwhile_switches_nothing(
     """Another switch while the rollback loaded its target: the history would record a
     rollback to a model that is not the one before the live one any more."""
     settings = settings_for(tmp_path)
-    versions = []
-    for hours, days in enumerate((20, 10, 0)):
-        trained = training.train(
-            shop, settings, now=NOW, as_of=END - timedelta(days=days), name="popularity"
-        )
-        versions.append(str(trained.version))
-        training.promote(shop, settings, versions[-1], NOW + timedelta(hours=hours))
+    versions = three_promoted(shop, settings)
     a, b, _c = versions
     load = model.load
     meanwhile = iter([lambda: training.promote(shop, settings, a, NOW + timedelta(hours=4))])
