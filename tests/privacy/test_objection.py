@@ -27,7 +27,7 @@ from recocamp.store.schema import customers
 from recocamp.worker import jobs
 from tests.api.test_api_offers import offers
 from tests.api.test_preferences import page
-from tests.api_shop import NOW, bearer, call, cli_on, make_app, second_model, settings_for
+from tests.api_shop import NOW, Closing, bearer, call, cli_on, make_app, second_model, settings_for
 
 
 def two_models(engine: sa.Engine, artifacts: Path) -> list[Path]:
@@ -77,45 +77,41 @@ def profiled(engine: sa.Engine, artifacts: Path) -> tuple[list[Path], str, dict[
 
 def test_an_objection_through_the_api_removes_the_customer_from_every_saved_model(
     shop: tuple[sa.Engine, Path],
+    closing: Closing,
 ) -> None:
     engine, artifacts = shop
     directories, customer, before = profiled(engine, artifacts)
-    app = make_app(engine, artifacts)
-    try:
-        assert offers(app, customer)["basis"] != "popular"
-        body = {"objected_to_profiling": True, "source": "account page"}
-        reply = call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
-        assert reply.status == 200, reply.text
-        assert reply.json()["model_artifacts"] == 2 and reply.json()["models_left"] == []
-        assert_removed(directories, customer, before)
-        answer = offers(app, customer)
-        assert answer["basis"] == "popular"
-        assert answer["basis_reason"] == "popular: objected to profiling"
-        other = call(
-            app, "PUT", f"/v1/customers/{customer}", json={"source": "x"}, headers=bearer("shop")
-        )
-        assert other.json()["model_artifacts"] is None  # no objection in that change
-    finally:
-        app.state.service.close()
+    app = closing(make_app(engine, artifacts))
+    assert offers(app, customer)["basis"] != "popular"
+    body = {"objected_to_profiling": True, "source": "account page"}
+    reply = call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
+    assert reply.status == 200, reply.text
+    assert reply.json()["model_artifacts"] == 2 and reply.json()["models_left"] == []
+    assert_removed(directories, customer, before)
+    answer = offers(app, customer)
+    assert answer["basis"] == "popular"
+    assert answer["basis_reason"] == "popular: objected to profiling"
+    other = call(
+        app, "PUT", f"/v1/customers/{customer}", json={"source": "x"}, headers=bearer("shop")
+    )
+    assert other.json()["model_artifacts"] is None  # no objection in that change
 
 
 def test_an_objection_on_the_preferences_page_removes_the_customer_from_every_saved_model(
     shop: tuple[sa.Engine, Path],
+    closing: Closing,
 ) -> None:
     engine, artifacts = shop
     directories, customer, before = profiled(engine, artifacts)
-    app = make_app(engine, artifacts)
-    try:
-        saved = call(app, "POST", page(customer), data={"action": "save", "objected": "on"})
-        assert saved.status == 303 and "saved" in saved.headers["location"], saved.headers
-        assert_removed(directories, customer, before)
-        assert offers(app, customer)["basis"] == "popular"
-    finally:
-        app.state.service.close()
+    app = closing(make_app(engine, artifacts))
+    saved = call(app, "POST", page(customer), data={"action": "save", "objected": "on"})
+    assert saved.status == 303 and "saved" in saved.headers["location"], saved.headers
+    assert_removed(directories, customer, before)
+    assert offers(app, customer)["basis"] == "popular"
 
 
 def test_an_objection_imported_from_a_customers_file_removes_the_customer_everywhere(
-    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closing: Closing
 ) -> None:
     engine, artifacts = shop
     directories, customer, before = profiled(engine, artifacts)
@@ -126,15 +122,12 @@ def test_an_objection_imported_from_a_customers_file_removes_the_customer_everyw
     assert imported.exit_code == 0, imported.output
     assert "removed from 2 saved model(s)" in imported.output
     assert_removed(directories, customer, before)
-    app = make_app(engine, artifacts)
-    try:
-        assert offers(app, customer)["basis"] == "popular"
-    finally:
-        app.state.service.close()
+    app = closing(make_app(engine, artifacts))
+    assert offers(app, customer)["basis"] == "popular"
 
 
 def test_a_live_model_without_artifacts_is_named_as_erasure_names_it(
-    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closing: Closing
 ) -> None:
     engine, artifacts = shop
     with engine.connect() as connection:
@@ -142,14 +135,11 @@ def test_a_live_model_without_artifacts_is_named_as_erasure_names_it(
     assert live is not None
     customer = held([Path(live.path)])
     shutil.rmtree(live.path)
-    app = make_app(engine, artifacts)
-    try:
-        body = {"objected_to_profiling": True, "source": "account page"}
-        reply = call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
-        assert reply.status == 200, reply.text
-        assert reply.json()["models_left"] == [live.path]
-    finally:
-        app.state.service.close()
+    app = closing(make_app(engine, artifacts))
+    body = {"objected_to_profiling": True, "source": "account page"}
+    reply = call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
+    assert reply.status == 200, reply.text
+    assert reply.json()["models_left"] == [live.path]
     runner = cli_on(engine, monkeypatch, tmp_path)
     people = tmp_path / "customers.csv"
     people.write_text(f"id,email,objected_to_profiling\n{customer},,true\n")

@@ -17,7 +17,7 @@ from recocamp.errors import ModelError
 from recocamp.recommender import models as model
 from recocamp.store import registry
 from tests.api.test_api_offers import cached_customer, offers
-from tests.api_shop import call, cli_on, make_app, second_model, settings_for
+from tests.api_shop import Closing, call, cli_on, make_app, second_model, settings_for
 
 
 def live_directory(engine: sa.Engine) -> Path:
@@ -67,38 +67,34 @@ def test_every_damaged_file_is_one_model_error_naming_where_and_why(
 
 
 def test_the_api_starts_on_a_damaged_live_model_serves_popularity_and_is_not_ready(
-    shop: tuple[sa.Engine, Path], caplog: pytest.LogCaptureFixture
+    shop: tuple[sa.Engine, Path], caplog: pytest.LogCaptureFixture, closing: Closing
 ) -> None:
     engine, artifacts = shop
     customer, _ = cached_customer(engine)
     directory = live_directory(engine)
     empty(directory)
     with caplog.at_level("ERROR", logger="recocamp.api.offer_cache"):
-        app = make_app(engine, artifacts)
-        try:
-            ready = call(app, "GET", "/readyz")
-            assert ready.status == 503, ready.text
-            detail = ready.json()["detail"]
-            assert f"cannot load the model artifacts at {directory}" in detail
-            assert "EOFError" in detail
-            answer = offers(app, customer)
-            assert answer["basis"] == "popular" and answer["items"]
-            assert answer["basis_reason"] == "popular: the live model cannot be loaded"
-        finally:
-            app.state.service.close()
+        app = closing(make_app(engine, artifacts))
+        ready = call(app, "GET", "/readyz")
+        assert ready.status == 503, ready.text
+        detail = ready.json()["detail"]
+        assert f"cannot load the model artifacts at {directory}" in detail
+        assert "EOFError" in detail
+        answer = offers(app, customer)
+        assert answer["basis"] == "popular" and answer["items"]
+        assert answer["basis_reason"] == "popular: the live model cannot be loaded"
     assert f"cannot load the model artifacts at {directory}" in caplog.text
 
 
-def test_no_live_model_at_all_is_still_ready(shop: tuple[sa.Engine, Path]) -> None:
+def test_no_live_model_at_all_is_still_ready(
+    shop: tuple[sa.Engine, Path], closing: Closing
+) -> None:
     engine, artifacts = shop
     with engine.begin() as connection:
         registry.set_status(connection, live_directory(engine).name, "retired")
-    app = make_app(engine, artifacts)
-    try:
-        ready = call(app, "GET", "/readyz")
-        assert ready.status == 200 and ready.json()["model_version"] is None
-    finally:
-        app.state.service.close()
+    app = closing(make_app(engine, artifacts))
+    ready = call(app, "GET", "/readyz")
+    assert ready.status == 200 and ready.json()["model_version"] is None
 
 
 def test_rollback_to_a_truncated_model_and_similar_on_an_empty_one_say_so_in_one_line(
