@@ -434,15 +434,18 @@ def email_hashes(address: str) -> tuple[str, ...]:
     given (trimmed, lower-case), which suppressions written before addresses were composed
     hold. A complaint about ``Müller@…`` typed on one system holds for the same address
     exported decomposed (``u`` + U+0308) by another."""
+    return tuple(hashlib.sha256(form.encode()).hexdigest() for form in address_forms(address))
+
+
+def address_forms(address: str) -> tuple[str, ...]:
+    """The forms one address is known by, trimmed and lower-case: composed (NFC, how it is
+    compared and hashed now) first, then, for an address that is not ASCII, decomposed
+    (NFD) and as given (what was hashed before addresses were composed). ASCII: one."""
     text = address.strip().lower()
-    forms: tuple[str, ...] = (text,)
-    if not text.isascii():
-        forms = tuple(
-            dict.fromkeys(
-                (unicodedata.normalize("NFC", text), unicodedata.normalize("NFD", text), text)
-            )
-        )
-    return tuple(hashlib.sha256(form.encode()).hexdigest() for form in forms)
+    if text.isascii():
+        return (text,)
+    composed, decomposed = (unicodedata.normalize(f, text) for f in ("NFC", "NFD"))
+    return tuple(dict.fromkeys((composed, decomposed, text)))
 
 
 @dataclass

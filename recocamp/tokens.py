@@ -25,7 +25,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from recocamp.domain import CLOCK_SKEW
+from recocamp.domain import CLOCK_SKEW, address_forms
 from recocamp.errors import RecocampError
 
 # ``json.dumps(claims, separators=(",", ":"))``, without building an encoder per call (a
@@ -138,8 +138,7 @@ def address_key(address: str) -> str:
     (NFC, as RFC 6532 asks of addresses): ``Müller@…`` typed on one system and exported
     decomposed (``u`` + U+0308) by another is the same address, and a tombstone of the one
     must refuse the other."""
-    text = address.strip().lower()
-    return text if text.isascii() else unicodedata.normalize("NFC", text)
+    return address_forms(address)[0]
 
 
 def id_hashes(key: bytes, customer_id: str) -> tuple[str, ...]:
@@ -160,8 +159,5 @@ def email_hashes(key: bytes, address: str) -> tuple[str, ...]:
     and, for an address that is not ASCII, those of its decomposed form and of the form
     as given (trimmed, lower-case), which tombstones written before addresses were
     normalised hashed. ASCII addresses have one."""
-    text = address.strip().lower()
-    if text.isascii():
-        return (keyed_hash(key, "email", text),)
-    forms = dict.fromkeys((address_key(text), unicodedata.normalize("NFD", text), text))
+    forms = address_forms(address)
     return tuple(hmac.new(key, f"email:{f}".encode(), hashlib.sha256).hexdigest() for f in forms)
