@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 import typer
 from typer.testing import CliRunner
 
-from recocamp.cli import app
+from recocamp.cli import app, common
 from recocamp.recommender.models import MODEL_NAMES
 from recocamp.store.engine import head_revision, make_engine
 from recocamp.store.schema import audit_log, customers, items, purchases, reports
@@ -314,10 +315,12 @@ def test_evaluate_prints_the_cutoff_it_was_given(in_trained: Path) -> None:
 
 
 def test_evaluate_refuses_a_horizon_the_data_does_not_reach_and_a_cutoff_before_it(
-    in_trained: Path,
+    in_trained: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The demo data ends on 2011-12-09: a split there scores a day or two of a 30-day
-    horizon, one before the first purchase nobody at all; both are bad input."""
+    horizon, one before the first purchase nobody at all; both are bad input. (The command
+    line's clock is fixed: what the data covers depends on the clock's yesterday.)"""
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
 
     def evaluate(cutoff: str, *options: str) -> Any:
         return runner.invoke(
