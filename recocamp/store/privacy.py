@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import Column as Column  # re-exported: the schema types the rules walk
 from sqlalchemy import MetaData as MetaData
 
-from recocamp.domain import OutgoingEmail, email_hashes
+from recocamp.domain import OutgoingEmail, address_forms, email_hashes
 from recocamp.store import outbox
 from recocamp.store.schema import (
     audit_log,
@@ -69,7 +69,11 @@ class Ties:
     address: tuple[sa.Column[Any], ...]
 
     def by_address(self, email: str) -> Any:
-        return sa.or_(*[sa.func.lower(c) == email for c in self.address])
+        """Rows holding ``email`` in any case and in any of the Unicode forms it is known by
+        (``domain.address_forms``): a second account typed on another keyboard holds the same
+        address decomposed."""
+        forms = address_forms(email)
+        return sa.or_(*[sa.func.lower(c).in_(forms) for c in self.address])
 
     def where(self, subject: Subject) -> Any:
         clauses = [column.in_(subject.ids) for column in self.customer]

@@ -447,3 +447,27 @@ def test_a_data_subject_reaches_their_own_record_only(
     assert call(app, "POST", f"/p/{token}", data=form).status == 200
     assert _ids(engine) == {"sh-bob"}
     assert _again(app, "sh-bob") == 200 and _again(app, "sh-ann") == 410
+
+
+def test_an_address_in_another_unicode_form_is_the_same_address(
+    cli_store: CliRunner, tmp_path: Path
+) -> None:
+    """Ann typed her address composed, Bob's account holds it decomposed (another keyboard):
+    one mailbox, so a request for ann alone is ambiguous, and ``--all-matching`` takes both."""
+    composed = "j\u00fcrgen.family@example.test"
+    decomposed = "ju\u0308rgen.family@example.test"
+    people = write_csv(
+        tmp_path / "customers.csv",
+        HEADER,
+        [
+            ["ann", composed, "Annika", "double_opt_in", "2011-06-01T10:00:00Z"],
+            ["bob", decomposed, "Bobby", "double_opt_in", "2011-06-01T10:00:00Z"],
+        ],
+    )
+    imported = cli_store.invoke(cli, ["import", "customers", str(people)])
+    assert imported.exit_code == 0, imported.output
+    refused = cli_store.invoke(cli, ["privacy", "export", "ann"])
+    assert refused.exit_code == 2 and "'bob'" in refused.output, refused.output
+    exported = cli_store.invoke(cli, ["privacy", "export", "ann", "--all-matching"])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(exported.output)["customer_ids"] == ["ann", "bob"]
