@@ -1,0 +1,55 @@
+"""Forecast edges found in review: day boundaries in the shop's zone, the due date against
+the overdue ratio, degenerate shops, and what the stored forecast lets through."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import sqlalchemy as sa
+
+from recocamp import forecast as f
+from recocamp.domain import Customer, Item, Purchase
+from recocamp.settings import Settings, ShopSettings
+from recocamp.store import queries
+
+NOW = datetime(2012, 1, 1, tzinfo=UTC)
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def _shop(engine: sa.Engine, lines: list[Purchase], people: list[Customer]) -> None:
+    with engine.begin() as connection:
+        queries.upsert_items(connection, [Item("i1", "Mug", "home", 10.0)], NOW)
+        queries.upsert_customers(connection, people, NOW)
+        queries.insert_purchases(connection, lines, None)
+
+
+def test_an_order_at_the_shops_midnight_falls_on_the_day_it_starts(engine: sa.Engine) -> None:
+    """A shop that records only dates stamps its orders at local midnight (22:00 or 23:00
+    UTC): each is on the day that midnight starts, never the day before, every day of years."""
+    first = date(2010, 1, 1)
+    days = [first + timedelta(days=n) for n in range(0, 3 * 365, 1)]
+    lines = [
+        Purchase(f"o{n}", 1, "a", "i1", 1, 10.0, datetime.combine(d, datetime.min.time(), BERLIN))
+        for n, d in enumerate(days)
+    ]
+    _shop(engine, lines, [Customer("a", "a@example.test")])
+    settings = Settings().model_copy(update={"shop": ShopSettings(time_zone="Europe/Berlin")})
+    purchases = f.purchase_days(engine, settings, f.day_number(date(2013, 1, 1)))
+    assert [f.day_of(d) for d in purchases.day.tolist()] == days
+
+
+def test_local_days_hold_where_a_zone_changes_its_offset_within_an_hour() -> None:
+    """Tehran left summer time at 24:00 local (+04:30), 19:30 UTC, on 20 September 2008:
+    19:45 UTC is 23:15 that day (+03:30); the offset at 19:00 UTC would make it 00:15 the
+    next. Likewise St. John's, which changed at 00:01 local until 2011."""
+    tehran, st_johns = ZoneInfo("Asia/Tehran"), ZoneInfo("America/St_Johns")
+    instants = [
+        (datetime(2008, 9, 20, 19, 45, tzinfo=UTC), tehran),
+        (datetime(2008, 9, 20, 19, 15, tzinfo=UTC), tehran),  # 23:45 (+04:30)
+        (datetime(2010, 11, 7, 2, 45, tzinfo=UTC), st_johns),  # 23:15 on 6 November (-03:30)
+    ]
+    for instant, zone in instants:
+        (day,) = f.local_days(np.array([instant.timestamp()]), zone).tolist()
+        assert f.day_of(day) == instant.astimezone(zone).date(), (instant, zone)
