@@ -53,3 +53,22 @@ def test_local_days_hold_where_a_zone_changes_its_offset_within_an_hour() -> Non
     for instant, zone in instants:
         (day,) = f.local_days(np.array([instant.timestamp()]), zone).tolist()
         assert f.day_of(day) == instant.astimezone(zone).date(), (instant, zone)
+
+
+def test_a_customer_is_overdue_exactly_when_the_next_purchase_by_day_has_passed() -> None:
+    """Gaps of half days: 'a' bought on days 0, 3 and 7 (mean gap 3.5), 'b' on 2, 4 and 7
+    (2.5). At every as_of, an overdue ratio above 1 goes with a next_purchase_by before
+    as_of, and one of at most 1 with a day on or after it (not rounded half to even: 7 + 3.5
+    was due on day 11, so at as_of 11 'a' was overdue but 'not due before today')."""
+    purchases = f.PurchaseDays.from_lines(
+        np.array(["a", "a", "a", "b", "b", "b"]),
+        np.array([0, 3, 7, 2, 4, 7]),
+        np.ones(6),
+    )
+    for as_of in range(8, 16):
+        for row in f.forecast(purchases, as_of, 90, "naive"):
+            assert row.next_purchase_by is not None and row.overdue_ratio is not None
+            passed = row.next_purchase_by < f.day_of(as_of)
+            assert passed == (row.overdue_ratio > 1.0), (as_of, row)
+    a, b = f.forecast(purchases, 11, 90, "naive")
+    assert (a.next_purchase_by, b.next_purchase_by) == (f.day_of(10), f.day_of(9))
