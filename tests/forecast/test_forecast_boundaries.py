@@ -7,7 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
+from scipy import integrate, special
 
 from recocamp import forecast as f
 from recocamp.domain import Customer, Item, Purchase
@@ -72,3 +74,35 @@ def test_a_customer_is_overdue_exactly_when_the_next_purchase_by_day_has_passed(
             assert passed == (row.overdue_ratio > 1.0), (as_of, row)
     a, b = f.forecast(purchases, 11, 90, "naive")
     assert (a.next_purchase_by, b.next_purchase_by) == (f.day_of(10), f.day_of(9))
+
+
+def _by_integration(model: f.BgNbd, t: float, x: float, t_x: float, T: float) -> float:
+    """BG/NBD's conditional expectation (eq. 10) as the integral it stands for: alive with
+    P(alive), then (1 − E[e^(−λpt)]) / p averaged over the dropout chance p ~ Beta(a, b + x)
+    and λ ~ Gamma(r + x, α + T) — computed here by adaptive quadrature, independently."""
+    c, n = t / (model.alpha + T), model.r + x
+
+    def integrand(p: float) -> float:
+        log_density = (
+            (model.a - 1) * np.log(p)
+            + (model.b + x - 1) * np.log1p(-p)
+            - special.betaln(model.a, model.b + x)
+        )
+        return float(np.exp(log_density) * -np.expm1(-n * np.log1p(c * p)) / p)
+
+    mean, _ = integrate.quad(integrand, 0.0, 1.0, limit=500, points=[1e-6, 1e-4, 1e-2])
+    alive = model.p_alive(np.array([x]), np.array([t_x]), np.array([T]))[0]
+    return float(mean * alive)
+
+
+def test_bgnbd_expects_purchases_where_scipys_hypergeometric_gives_up() -> None:
+    """A small shop's fit with r and alpha in the 10^4s and 10^5s (rates that hardly vary:
+    the Poisson limit): scipy's hyp2f1 returns NaN in both of eq. 10's forms, and every
+    customer's expectation became 0 — p_active 0, 'high' churn risk for all. The series,
+    summed directly, gives the integral's value."""
+    model = f.BgNbd(r=10164.876, alpha=160136.23, a=0.039135, b=58.233, log_likelihood=0.0)
+    x, t_x, T = np.array([0.0, 1.0, 4.0]), np.array([0.0, 3.0, 40.0]), np.array([10.0, 14.0, 50.0])
+    got = model.expected(90 / 7, x, t_x, T)
+    wanted = [_by_integration(model, 90 / 7, *row) for row in zip(x, t_x, T, strict=True)]
+    assert got == pytest.approx(wanted, rel=1e-6)
+    assert (got > 0.5).all()
