@@ -586,7 +586,8 @@ def _purchase_days(
     placed = history_of(
         views.customer_orders(connection, customer_id, before), service.snapshot().catalogue
     )
-    return len({order.at.astimezone(zone).date() for order in placed.orders if order.items})
+    kept = (order for order in placed.orders if order.items and order.at < before)  # ms exact
+    return len({order.at.astimezone(zone).date() for order in kept})
 
 
 def _consent(person: Any, t: dict[str, str], lang: str) -> str:
