@@ -175,7 +175,7 @@ class History:
         ``size`` (the same for the same cutoff)."""
         if len(self.rows) <= size:
             return slice(None)
-        rng = np.random.default_rng(self.cutoff)
+        rng = np.random.default_rng(self.cutoff % 2**32)  # before 1970 a day number is < 0
         return np.sort(rng.choice(len(self.rows), size, replace=False))
 
     def sample(self, size: int) -> History:

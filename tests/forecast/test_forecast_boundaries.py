@@ -106,3 +106,16 @@ def test_bgnbd_expects_purchases_where_scipys_hypergeometric_gives_up() -> None:
     wanted = [_by_integration(model, 90 / 7, *row) for row in zip(x, t_x, T, strict=True)]
     assert got == pytest.approx(wanted, rel=1e-6)
     assert (got > 0.5).all()
+
+
+def test_a_sample_is_drawn_for_a_cutoff_before_1970() -> None:
+    """Day numbers count from 1970-01-01 and the import takes years from 1900: a cutoff in
+    the 1960s is negative, and numpy refuses a negative seed (ValueError, not a forecast) once
+    a window holds more customers than a regression's sample."""
+    ids = np.array([f"c{n:03d}" for n in range(40)])
+    purchases = f.PurchaseDays.from_lines(ids, np.full(40, -3000), np.ones(40))
+    history = f.History.at(purchases, -2000)
+    chosen = history.fit_sample(10)
+    assert isinstance(chosen, np.ndarray) and len(np.unique(chosen)) == 10
+    assert chosen.tolist() == f.History.at(purchases, -2000).fit_sample(10).tolist()
+    assert history.sample(10).rows.tolist() == chosen.tolist()
