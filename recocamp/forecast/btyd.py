@@ -216,6 +216,10 @@ class GammaGamma:
         n, m = frequency[keep], mean_spend[keep]
         if len(n) < 2:
             raise ModelError("Gamma-Gamma: fewer than two customers with spend")
+        # fitted in units of the mean spend: the model is scale-equivariant (v scales with the
+        # currency), and the bounds on log v would otherwise cut off rupiah or dong amounts
+        unit = float(np.mean(m))
+        m = m / unit
 
         log_m, spent = np.log(m), n * m
         counts, at = np.unique(n, return_inverse=True)  # few distinct purchase counts
@@ -254,7 +258,8 @@ class GammaGamma:
             negative, start, jac=True, method="L-BFGS-B", bounds=[(-12.0, 12.0)] * 3, options=tight
         )
         p, q, v = (float(value) for value in np.exp(best.x))
-        return GammaGamma(p, q, v, -float(best.fun))
+        # the density of a mean spend in the currency is that of its share of the unit / unit
+        return GammaGamma(p, q, v * unit, -float(best.fun) - len(n) * float(np.log(unit)))
 
     def expected_spend(self, frequency: np.ndarray, mean_spend: np.ndarray) -> np.ndarray:
         """Each customer's expected spend per purchase: a weighted mean of their own mean and

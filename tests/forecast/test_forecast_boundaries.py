@@ -119,3 +119,19 @@ def test_a_sample_is_drawn_for_a_cutoff_before_1970() -> None:
     assert isinstance(chosen, np.ndarray) and len(np.unique(chosen)) == 10
     assert chosen.tolist() == f.History.at(purchases, -2000).fit_sample(10).tolist()
     assert history.sample(10).rows.tolist() == chosen.tolist()
+
+
+def test_gamma_gamma_fits_alike_in_any_currency_unit() -> None:
+    """The model is scale-equivariant: spends in rupiah rather than dollars (× 25,000) give
+    the same p and q, v × 25,000 and the same expected spends in the new unit. The fit's
+    bound on log v (±12: v ≤ 162,755) cut v off there, and p and q bent to make up for it."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(1, 8, 3000).astype(np.float64)
+    nu = rng.gamma(4.0, 1 / 15.0, 3000)
+    spend = rng.gamma(6.0 * x, 1 / (nu * x))
+    dollars, rupiah = f.GammaGamma.fit(x, spend), f.GammaGamma.fit(x, spend * 25_000)
+    assert (rupiah.p, rupiah.q) == pytest.approx((dollars.p, dollars.q), rel=1e-4)
+    assert rupiah.v == pytest.approx(dollars.v * 25_000, rel=1e-4)
+    assert rupiah.expected_spend(x, spend * 25_000) == pytest.approx(
+        dollars.expected_spend(x, spend) * 25_000, rel=1e-4
+    )
