@@ -560,8 +560,8 @@ def _forecast(
     """The stored forecast in words (no figures: a probability or an amount would read as a
     promise), and whether one is held. Its tier says likely / unsure / unlikely to order in
     the horizon; the due date is the customer's own rhythm, or, with a single purchase day
-    before the forecast's ``as_of``, the shop's typical one, and the words
-    say which. An objector holds none."""
+    before the forecast's ``as_of``, the shop's typical one, and the words say which. An
+    objector holds none."""
     row = None
     if not person.objected_to_profiling:
         row = forecast_store.customer_forecast(connection, person.id)
@@ -586,7 +586,8 @@ def _purchase_days(
     placed = history_of(
         views.customer_orders(connection, customer_id, before), service.snapshot().catalogue
     )
-    kept = (order for order in placed.orders if order.items and order.at < before)  # ms exact
+    # the orders' times are exact to the millisecond, the query's julianday filter is not
+    kept = (order for order in placed.orders if order.items and order.at < before)
     return len({order.at.astimezone(zone).date() for order in kept})
 
 
