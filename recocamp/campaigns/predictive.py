@@ -68,8 +68,15 @@ class LiveForecast:
 
     def ordered_since(self, history: History) -> bool:
         """Whether the customer placed an order with a product line at or after ``as_of``'s
-        midnight (a purchase day the forecast has not seen; service lines alone are none)."""
-        return any(order.at >= self.starts_at and order.items for order in history.orders)
+        midnight (a purchase day the forecast has not seen; service lines alone are none).
+        Newest first, stopping at the first order before it: a run asks for every customer,
+        and a wholesale customer has thousands of older orders."""
+        for order in reversed(history.orders):  # oldest first
+            if order.at < self.starts_at:
+                return False
+            if order.items:
+                return True
+        return False
 
     @property
     def label(self) -> str:

@@ -4,7 +4,7 @@ reasons that name the forecast (or the fallback) that drove each decision."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from recocamp.campaigns.labels import by_code, reason
 from recocamp.campaigns.planner import REASON_LENGTH, Outcome, counts, with_detail
 from recocamp.campaigns.predictive import LiveForecast, live_at
 from recocamp.campaigns.run import plan_and_enqueue, plan_run
+from recocamp.campaigns.segments import History, Order
 from recocamp.cli import app
 from recocamp.domain import (
     ConsentBasis,
@@ -461,3 +462,20 @@ def test_a_customer_who_ordered_since_the_forecast_goes_by_the_lapsed_rule(
         "not_in_audience:churn_risk — "
         f"ordered since the forecast rhythm {AS_OF}, no fallback_lapsed_days"
     )
+
+
+def test_only_an_order_with_a_product_line_since_as_of_counts_as_ordered_since() -> None:
+    """A postage-only order since as_of is no purchase day (DESIGN.md); orders before its
+    midnight in the shop's zone are what the forecast saw."""
+    zone = SETTINGS.shop.zone
+    live = LiveForecast.of("rhythm", AS_OF, 90, [row("a")], zone)
+    midnight = datetime.combine(AS_OF, time(), tzinfo=zone)
+
+    def order(at: datetime, *bought: str) -> Order:
+        return Order(at, 5.0, frozenset(bought), frozenset())
+
+    before = order(midnight - timedelta(seconds=1), "i1")
+    assert not live.ordered_since(History((before,)))
+    assert not live.ordered_since(History((before, order(midnight))))  # service lines only
+    assert live.ordered_since(History((before, order(midnight, "i1"))))
+    assert live.ordered_since(History((order(midnight, "i1"), order(midnight, "POST"))))
