@@ -44,7 +44,8 @@ class ForecastOut(BaseModel):
     expected_revenue: float = Field(description="Expected revenue in the horizon.")
     lifetime_value: float = Field(description="Expected revenue over [forecast] lifetime_days.")
     next_purchase_by: date | None = Field(
-        description="Last purchase day plus the customer's mean gap between purchase days; with "
+        description="Last purchase day plus the customer's mean gap between purchase days "
+        "(rounded down: overdue_ratio is above 1 exactly when this day is before as_of); with "
         "one purchase day, the shop's typical gap (the median of repeat customers' own gaps). "
         "Null only while the shop has no repeat customer."
     )

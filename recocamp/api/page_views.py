@@ -67,6 +67,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "{days} days.",
         "forecast_due": "Going by the time between your past orders, your next one would be "
         "due around {date}.",
+        "forecast_due_typical": "Going by the usual time between orders in our shop (you have "
+        "ordered on one day so far), your next one would be due around {date}.",
         "forecast_off": "none: you objected to profiling",
         "forecast_note": "The purchase forecast is an estimate computed from your orders; we "
         "use it to decide which e-mails to send you. If you object to profiling, we delete it "
@@ -160,6 +162,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "wahrscheinlich nicht wieder bestellen.",
         "forecast_due": "Nach den Abständen zwischen Ihren bisherigen Bestellungen wäre die "
         "nächste um den {date} fällig.",
+        "forecast_due_typical": "Nach dem üblichen Abstand zwischen Bestellungen in unserem Shop "
+        "(Sie haben bisher an einem Tag bestellt) wäre Ihre nächste um den {date} fällig.",
         "forecast_off": "keine: Sie haben dem Profiling widersprochen",
         "forecast_note": "Die Kaufprognose ist eine Schätzung aus Ihren Bestellungen; wir "
         "entscheiden damit, welche E-Mails wir Ihnen senden. Widersprechen Sie dem Profiling, "

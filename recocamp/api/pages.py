@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -220,7 +221,9 @@ class Pages:
             if self.erased(connection, found, writing=False):
                 return self.gone(request)
             lang = self.language(request, store.locale(connection, found.customer_id))
-            context = _context(connection, found, lang, self.clock.now(), self.service)
+            context = _context(
+                connection, found, lang, self.clock.now(), self.service, self.settings.shop.zone
+            )
         with self.engine.connect() as connection:  # erased while read (the offers read apart)
             if self.erased(connection, found, writing=False):
                 return self.gone(request)
@@ -467,7 +470,12 @@ def _changes(action: str, form: dict[str, str], now: datetime) -> dict[str, Any]
 
 
 def _context(
-    connection: Connection, found: tokens.Claims, lang: str, now: datetime, service: OfferService
+    connection: Connection,
+    found: tokens.Claims,
+    lang: str,
+    now: datetime,
+    service: OfferService,
+    zone: ZoneInfo,
 ) -> dict[str, Any] | None:
     """What the page shows: the settings, what we hold, and why the offers."""
     person = registry.customer(connection, found.customer_id)
@@ -483,7 +491,7 @@ def _context(
         )
     )
     answer = service.answer(found.customer_id, Query(n=4))
-    forecast = _forecast(connection, person, t, lang)
+    forecast = _forecast(connection, person, t, lang, zone, service)
     return {
         "c": person,
         "status": status,
@@ -542,11 +550,18 @@ def _facts(
 
 
 def _forecast(
-    connection: Connection, person: Any, t: dict[str, str], lang: str
+    connection: Connection,
+    person: Any,
+    t: dict[str, str],
+    lang: str,
+    zone: ZoneInfo,
+    service: OfferService,
 ) -> tuple[tuple[str, str], bool]:
     """The stored forecast in words (no figures: a probability or an amount would read as a
     promise), and whether one is held. Its tier says likely / unsure / unlikely to order in
-    the horizon; the due date is the customer's own rhythm. An objector holds none."""
+    the horizon; the due date is the customer's own rhythm, or, with a single purchase day
+    before the forecast's ``as_of``, the shop's typical one, and the words say which. An
+    objector holds none."""
     row = None
     if not person.objected_to_profiling:
         row = forecast_store.customer_forecast(connection, person.id)
@@ -556,8 +571,24 @@ def _forecast(
         return (t["field_forecast"], text), False
     text = t[f"forecast_{row.churn_risk}"].format(days=version.horizon_days)
     if row.next_purchase_by is not None:
-        text += " " + t["forecast_due"].format(date=_day(row.next_purchase_by, lang))
+        own = _purchase_days(connection, person.id, version.as_of, zone, service) > 1
+        due = "forecast_due" if own else "forecast_due_typical"
+        text += " " + t[due].format(date=_day(row.next_purchase_by, lang))
     return (t["field_forecast"], text), True
+
+
+def _purchase_days(
+    connection: Connection, customer_id: str, as_of: date, zone: ZoneInfo, service: OfferService
+) -> int:
+    """The customer's purchase days before ``as_of`` as the forecast counts them: shop-local
+    days with an order holding a product line."""
+    before = datetime.combine(as_of, time(), tzinfo=zone)
+    placed = history_of(
+        views.customer_orders(connection, customer_id, before), service.snapshot().catalogue
+    )
+    # the orders' times are exact to the millisecond, the query's julianday filter is not
+    kept = (order for order in placed.orders if order.items and order.at < before)
+    return len({order.at.astimezone(zone).date() for order in kept})
 
 
 def _consent(person: Any, t: dict[str, str], lang: str) -> str:

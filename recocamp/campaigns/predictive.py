@@ -10,6 +10,10 @@ day). Then:
 
 - a customer with a stored forecast matches when every forecast key given holds;
 - a customer without one (no purchase before ``as_of``, new since) never matches;
+- a customer who ordered since ``as_of`` (an order with a product line at or after its
+  midnight) goes by ``fallback_lapsed_days``: their row was made before that order (the
+  nightly forecast is as of the day's midnight, a morning campaign sees the morning's
+  orders), and "at risk and overdue" would mail a winback to someone who just bought;
 - a customer who objected to profiling has no forecast and goes by ``fallback_lapsed_days``
   (last order in ``[min, max)`` days ago), never by a forecast, even one stored before the
   objection.
@@ -25,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -37,22 +41,42 @@ from recocamp.domain import CustomerForecast
 
 @dataclass(frozen=True, slots=True)
 class LiveForecast:
-    """The stored forecast a run plans with: which forecaster made it as of which day, every
-    customer's row, and the lifetime values highest first (for the top-share cut)."""
+    """The stored forecast a run plans with: which forecaster made it as of which day (and
+    the instant that day starts in the shop's zone), every customer's row, and the lifetime
+    values highest first (for the top-share cut)."""
 
     model: str
     as_of: date
     horizon_days: int
     rows: Mapping[str, CustomerForecast]
     values: tuple[float, ...]  # lifetime values, highest first
+    starts_at: datetime  # as_of's midnight in the shop's zone: orders from here are not in it
 
     @classmethod
     def of(
-        cls, model: str, as_of: date, horizon_days: int, rows: Iterable[CustomerForecast]
+        cls,
+        model: str,
+        as_of: date,
+        horizon_days: int,
+        rows: Iterable[CustomerForecast],
+        zone: ZoneInfo,
     ) -> LiveForecast:
         by_customer = {row.customer_id: row for row in rows}
         values = tuple(sorted((row.lifetime_value for row in by_customer.values()), reverse=True))
-        return cls(model, as_of, horizon_days, by_customer, values)
+        starts_at = datetime.combine(as_of, time(), tzinfo=zone)
+        return cls(model, as_of, horizon_days, by_customer, values, starts_at)
+
+    def ordered_since(self, history: History) -> bool:
+        """Whether the customer placed an order with a product line at or after ``as_of``'s
+        midnight (a purchase day the forecast has not seen; service lines alone are none).
+        Newest first, stopping at the first order before it: a run asks for every customer,
+        and a wholesale customer has thousands of older orders."""
+        for order in reversed(history.orders):  # oldest first
+            if order.at < self.starts_at:
+                return False
+            if order.items:
+                return True
+        return False
 
     @property
     def label(self) -> str:
@@ -96,6 +120,8 @@ def trigger(
     first = next(key for key in FORECAST_KEYS if getattr(audience, key) not in (None, ()))
     if row is None:
         return Trigger(first, f"forecast: none for this customer ({live.label})")
+    if live.ordered_since(history):
+        return _fallback(audience, history, now, f"ordered since the forecast {live.label}")
     failed = _forecast_miss(audience, row, live)
     if failed is not None:
         return failed

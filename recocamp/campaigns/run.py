@@ -176,7 +176,9 @@ def live_forecast(
     ):
         return None
     rows = forecasts_store.stored_forecasts(connection)
-    return predictive.LiveForecast.of(version.model, version.as_of, version.horizon_days, rows)
+    return predictive.LiveForecast.of(
+        version.model, version.as_of, version.horizon_days, rows, settings.shop.zone
+    )
 
 
 def plan_views(

@@ -92,7 +92,34 @@ class BgNbd:
                 r + x, b + x, a + b + x - 1.0, z
             )
         part = np.where(np.isfinite(euler), euler, printed)
+        failed = ~np.isfinite(part)
+        if failed.any():  # scipy gave up on both (r, α in the 10^4s: the Poisson limit)
+            xf, zf = x[failed], np.broadcast_to(z, x.shape)[failed]
+            summed = _hypergeometric_series(r + xf, b + xf, a + b + xf - 1.0, zf)
+            part[failed] = 1.0 - np.exp((r + xf) * np.log1p(-zf)) * summed
         return np.asarray((a + b + x - 1.0) / (a - 1.0) * part)
+
+
+SERIES_TERMS = 100_000  # z < 1: the terms shrink geometrically once k passes (A + B) z / (1 − z)
+
+
+def _hypergeometric_series(
+    first: np.ndarray, second: np.ndarray, third: np.ndarray, z: np.ndarray
+) -> np.ndarray:
+    """Gauss's series 2F1(A, B; C; z), summed term by term until the terms no longer count
+    (NaN where they still do after SERIES_TERMS). Where eq. 10's parameters are all positive
+    every term is, so nothing cancels: scipy's hyp2f1 returns NaN for some fits whose r and α
+    run into the 10^4s (A ≈ r, C − A − B ≈ −r), where this converges in a few dozen terms."""
+    total, term = np.ones_like(z), np.ones_like(z)
+    active = np.ones(z.shape, dtype=bool)
+    for k in range(SERIES_TERMS):
+        step = (first + k) * (second + k) / ((third + k) * (k + 1.0)) * z
+        term = np.where(active, term * step, 0.0)
+        total += term
+        active &= np.abs(term) > 1e-17 * np.abs(total)
+        if not active.any():
+            return total
+    return np.where(active, np.nan, total)
 
 
 def _distinct_pairs(x: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +216,10 @@ class GammaGamma:
         n, m = frequency[keep], mean_spend[keep]
         if len(n) < 2:
             raise ModelError("Gamma-Gamma: fewer than two customers with spend")
+        # fitted in units of the mean spend: the model is scale-equivariant (v scales with the
+        # currency), and the bounds on log v would otherwise cut off rupiah or dong amounts
+        unit = float(np.mean(m))
+        m = m / unit
 
         log_m, spent = np.log(m), n * m
         counts, at = np.unique(n, return_inverse=True)  # few distinct purchase counts
@@ -227,7 +258,8 @@ class GammaGamma:
             negative, start, jac=True, method="L-BFGS-B", bounds=[(-12.0, 12.0)] * 3, options=tight
         )
         p, q, v = (float(value) for value in np.exp(best.x))
-        return GammaGamma(p, q, v, -float(best.fun))
+        # the density of a mean spend in the currency is that of its share of the unit / unit
+        return GammaGamma(p, q, v * unit, -float(best.fun) - len(n) * float(np.log(unit)))
 
     def expected_spend(self, frequency: np.ndarray, mean_spend: np.ndarray) -> np.ndarray:
         """Each customer's expected spend per purchase: a weighted mean of their own mean and

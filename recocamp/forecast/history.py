@@ -31,13 +31,21 @@ def day_of(number: int) -> date:
 
 def local_days(epoch_seconds: np.ndarray, zone: ZoneInfo) -> np.ndarray:
     """Shop-local day numbers of UTC instants: the zone's offset is looked up once per distinct
-    UTC hour (offsets change on the hour in every zone in use), not once per line."""
+    UTC hour, at its start and its last second, not once per line. Most zones change their
+    offset on the UTC hour; where one changed within an hour (Tehran left summer time at
+    19:30 UTC, St. John's changed at 00:01 local until 2011: days turn there), that hour's
+    lines are looked up one by one."""
     seconds = np.asarray(epoch_seconds, dtype=np.float64)
     hours, where = np.unique(np.floor(seconds / 3600.0).astype(np.int64), return_inverse=True)
-    offsets = np.array(
-        [_offset(int(hour) * 3600, zone) for hour in hours.tolist()], dtype=np.float64
-    )
-    local = seconds + offsets[where.ravel()]
+    where = where.ravel()
+    starts = [int(hour) * 3600 for hour in hours.tolist()]
+    offsets = np.array([_offset(start, zone) for start in starts], dtype=np.float64)
+    ends = np.array([_offset(start + 3599, zone) for start in starts], dtype=np.float64)
+    local = seconds + offsets[where]
+    changing = np.flatnonzero((offsets != ends)[where])
+    if len(changing):
+        exact = [_offset(int(np.floor(s)), zone) for s in seconds[changing].tolist()]
+        local[changing] = seconds[changing] + np.array(exact, dtype=np.float64)
     return np.floor(local / 86400.0).astype(np.int64)
 
 
@@ -167,7 +175,7 @@ class History:
         ``size`` (the same for the same cutoff)."""
         if len(self.rows) <= size:
             return slice(None)
-        rng = np.random.default_rng(self.cutoff)
+        rng = np.random.default_rng(self.cutoff % 2**32)  # before 1970 a day number is < 0
         return np.sort(rng.choice(len(self.rows), size, replace=False))
 
     def sample(self, size: int) -> History:

@@ -15,7 +15,9 @@ For each customer with a purchase day before ``as_of`` (horizon ``[as_of, as_of 
 - ``lifetime_value``: expected revenue over ``lifetime_days`` (default 365), the horizon's
   forecast stretched by BG/NBD's shape over the longer span;
 - ``next_purchase_by``: the last purchase day plus the customer's own mean gap between purchase
-  days; ``overdue_ratio``: days since the last purchase day over that gap. A customer with a
+  days (the day that moment falls in: a gap of 3.5 days after day L is due on day L + 3);
+  ``overdue_ratio``: days since the last purchase day over that gap — above 1 exactly when
+  ``next_purchase_by`` is before ``as_of``. A customer with a
   single purchase day has no gap of their own and gets the shop's typical one
   (:attr:`History.typical_gap`: the median of the repeat customers' own gaps, history before
   ``as_of`` only), so the predictive winback (``overdue_ratio_at_least``) reaches one-time
@@ -64,7 +66,7 @@ def forecast(
     stretch = _lifetime_stretch(history, horizon_days, lifetime_days)
     gap = np.where(np.isfinite(history.gap), history.gap, history.typical_gap)
     has_gap = np.isfinite(gap)
-    due = np.where(has_gap, history.last + np.round(np.nan_to_num(gap)), 0).astype(int)
+    due = np.where(has_gap, history.last + np.floor(np.nan_to_num(gap)), 0).astype(int)
     due_dates = (np.datetime64("1970-01-01", "D") + due.astype("timedelta64[D]")).astype(object)
     p_active = 1.0 - np.exp(-expected)
     risk = np.where(

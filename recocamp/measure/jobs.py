@@ -30,6 +30,8 @@ from recocamp.campaigns import labels
 from recocamp.campaigns.segments import OTHERS, History, Order, Rfm, rfm_scores
 from recocamp.errors import ModelError
 from recocamp.forecast import stored as forecast
+from recocamp.forecast.history import day_number, day_of
+from recocamp.forecast.outlook import closed as covered
 from recocamp.measure import attribution as measure
 from recocamp.measure import kpis, report
 from recocamp.measure.attribution import Thresholds
@@ -280,7 +282,8 @@ def forecasts(engine: Engine, settings: Settings, as_of: datetime) -> report.For
 def _closed(
     engine: Engine, settings: Settings, tiers: Sequence[TierCounts], as_of: datetime
 ) -> report.ClosedHorizon | None:
-    """The newest version kept to be judged whose horizon ended by ``as_of``, judged."""
+    """The newest version kept to be judged whose horizon ended by ``as_of``, judged where the
+    data covers its last day (``forecast.newest_day``), else with a note saying so."""
     zone = settings.shop.zone
     ended = [
         t
@@ -292,6 +295,13 @@ def _closed(
         return None
     last = ended[-1]
     closed = report.ClosedHorizon(last.version, last.model, last.as_of, last.horizon_days, None)
+    reach = forecast.newest_day(engine, settings, as_of)
+    if not covered(day_number(last.as_of) + last.horizon_days, reach):
+        # the clock passed the horizon, the data did not (a feed that stopped, an old export):
+        # judged, every customer would have bought nothing (forecast-evaluate's rule too)
+        seen = "no day" if reach is None else day_of(reach).isoformat()
+        note = f"the data reaches {seen}, before its last day {closed.last_day}: it is not judged"
+        return replace(closed, note=note)
     try:
         return replace(closed, quality=forecast.closed_horizon(engine, settings, last))
     except ModelError as error:

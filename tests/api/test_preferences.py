@@ -17,10 +17,10 @@ from recocamp import tokens
 from recocamp.api.app import create_app
 from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import FixedClock
-from recocamp.domain import CustomerForecast
-from recocamp.store import forecasts
+from recocamp.domain import ConsentBasis, Customer, CustomerForecast, Purchase
+from recocamp.store import forecasts, queries
 from recocamp.store.forecasts import ForecastVersion
-from recocamp.store.schema import audit_log, contact_events, customers
+from recocamp.store.schema import audit_log, contact_events, customers, items
 from tests.api_shop import (
     NOW,
     SIGNING_KEY,
@@ -293,3 +293,52 @@ def test_signing_key_rotation_invalidates_old_links(shop: tuple[sa.Engine, Path]
     rotated = settings_for(artifacts).model_copy(update={"signing_key": SecretStr("n" * 32)})
     app = create_app(rotated, engine, FixedClock(NOW))
     assert call(app, "GET", page(person.id)).status == 400
+
+
+def test_a_one_time_buyers_due_date_is_not_said_to_come_from_their_own_orders(
+    app: FastAPI,
+) -> None:
+    """A customer with a single purchase day before the forecast's as_of is due after the
+    shop's typical gap (forecast.outlook): the page must not say their date goes by 'the time
+    between your past orders' (they have none); a repeat customer's still does."""
+    engine = engine_of(app)
+
+    def person(cid: str) -> Customer:
+        basis, since = ConsentBasis.DOUBLE_OPT_IN, NOW - timedelta(days=30)
+        return Customer(
+            cid, f"{cid}@example.test", locale="en", consent_basis=basis, consent_at=since
+        )
+
+    def bought(order: str, cid: str, ago: timedelta) -> Purchase:
+        return Purchase(order, 1, cid, item, 1, 5.0, NOW - ago)
+
+    with engine.begin() as connection:
+        product = sa.select(items.c.id).where(items.c.is_service.is_(False))
+        item = connection.execute(product.order_by(items.c.id).limit(1)).scalar_one()
+        queries.upsert_customers(connection, [person("solo"), person("twice")], NOW)
+        # solo: two orders on one day, and one on as_of itself (not before it): one purchase day
+        queries.insert_purchases(
+            connection,
+            [
+                bought("solo-1", "solo", timedelta(days=20)),
+                bought("solo-2", "solo", timedelta(days=20, hours=1)),
+                bought("solo-3", "solo", timedelta(hours=1)),
+                bought("twice-1", "twice", timedelta(days=40)),
+                bought("twice-2", "twice", timedelta(days=20)),
+            ],
+            None,
+        )
+    hold_forecasts(
+        engine,
+        [
+            forecast_of("solo", "medium", date(2012, 2, 1)),
+            forecast_of("twice", "low", date(2012, 2, 2)),
+        ],
+    )
+    html = call(app, "GET", page("solo")).text
+    assert "due around 2012-02-01." in html
+    assert "time between your past orders" not in html
+    assert "the usual time between orders in our shop" in html
+    assert "between your past orders, your next one would be due around 2012-02-02." in (
+        call(app, "GET", page("twice")).text
+    )

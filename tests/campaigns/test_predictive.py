@@ -4,7 +4,7 @@ reasons that name the forecast (or the fallback) that drove each decision."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from recocamp.campaigns.labels import by_code, reason
 from recocamp.campaigns.planner import REASON_LENGTH, Outcome, counts, with_detail
 from recocamp.campaigns.predictive import LiveForecast, live_at
 from recocamp.campaigns.run import plan_and_enqueue, plan_run
+from recocamp.campaigns.segments import History, Order
 from recocamp.cli import app
 from recocamp.domain import (
     ConsentBasis,
@@ -303,7 +304,7 @@ def test_the_snapshot_never_gives_an_objector_a_forecast() -> None:
         popular=[],
     )
     fake = CustomerForecast("o", 1.0, 0.1, "high", 1.0, 1.0, None, None)
-    live = LiveForecast.of("rhythm", AS_OF, 90, [row("a"), fake])
+    live = LiveForecast.of("rhythm", AS_OF, 90, [row("a"), fake], SETTINGS.shop.zone)
     a, o = snapshot(rows, LoyaltySettings(), NOW, live).views
     assert a.forecast == row("a") and o.forecast is None
 
@@ -314,13 +315,13 @@ def test_the_campaign_risk_tiers_are_the_forecasters() -> None:
 
 def test_a_value_cut_keeps_the_top_share_with_ties_and_no_float_surprise() -> None:
     rows = [row("a"), row("b"), row("c"), row("d"), row("e")]
-    live = LiveForecast.of("rhythm", AS_OF, 90, rows)
+    live = LiveForecast.of("rhythm", AS_OF, 90, rows, SETTINGS.shop.zone)
     assert live.value_cut(0.4) == 300.0 and live.value_cut(0.2) == 500.0
     values = [
         CustomerForecast(f"x{n}", 1, 0.5, "medium", 1, float(n), None, None) for n in range(10)
     ]
     # 0.3 × 10 is 3.0000000000000004 in floating point: still the top 3, not 4
-    assert LiveForecast.of("rhythm", AS_OF, 90, values).value_cut(0.3) == 7.0
+    assert LiveForecast.of("rhythm", AS_OF, 90, values, SETTINGS.shop.zone).value_cut(0.3) == 7.0
 
 
 BROKEN = [  # (the line, its key, how the value is shown)
@@ -434,3 +435,47 @@ def test_the_shipped_winback_plans_with_the_forecast_the_train_job_stored(
             assert words.endswith(f"{label})")
             picked.add(d["customer_id"])
     assert by_forecast > 50 and picked  # the forecast decided, and some were picked
+
+
+def test_a_customer_who_ordered_since_the_forecast_goes_by_the_lapsed_rule(
+    engine: sa.Engine,
+) -> None:
+    """a's stored row says high risk and twice overdue, but a ordered this morning, after the
+    forecast's as_of: a "we miss you" now would be wrong. The forecast no longer speaks for a,
+    so the lapsed rule decides (lapsed 0 days: no), and the reason names the forecast."""
+    shop(engine)
+    with engine.begin() as connection:
+        insert_purchases(
+            connection, [Purchase("o-a2", 1, "a", "i1", 1, 9.5, NOW - timedelta(hours=3))], None
+        )
+    chosen = campaign(churn_risk=["high"], fallback_lapsed_days=[60, 180])
+    planned = plan_run(engine, SETTINGS, chosen, NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    assert reasons["a"] == (
+        "not_in_audience:fallback_lapsed_days — "
+        f"lapsed 0 days (ordered since the forecast rhythm {AS_OF})"
+    )
+    assert reasons["d"].startswith("eligible — forecast churn_risk=high")  # no order since
+    without = plan_run(engine, SETTINGS, campaign(churn_risk=["high"]), NOW)
+    skipped = {d.customer_id: d.reason for d in without.decided}
+    assert skipped["a"] == (
+        "not_in_audience:churn_risk — "
+        f"ordered since the forecast rhythm {AS_OF}, no fallback_lapsed_days"
+    )
+
+
+def test_only_an_order_with_a_product_line_since_as_of_counts_as_ordered_since() -> None:
+    """A postage-only order since as_of is no purchase day (DESIGN.md); orders before its
+    midnight in the shop's zone are what the forecast saw."""
+    zone = SETTINGS.shop.zone
+    live = LiveForecast.of("rhythm", AS_OF, 90, [row("a")], zone)
+    midnight = datetime.combine(AS_OF, time(), tzinfo=zone)
+
+    def order(at: datetime, *bought: str) -> Order:
+        return Order(at, 5.0, frozenset(bought), frozenset())
+
+    before = order(midnight - timedelta(seconds=1), "i1")
+    assert not live.ordered_since(History((before,)))
+    assert not live.ordered_since(History((before, order(midnight))))  # service lines only
+    assert live.ordered_since(History((before, order(midnight, "i1"))))
+    assert live.ordered_since(History((order(midnight, "i1"), order(midnight, "POST"))))

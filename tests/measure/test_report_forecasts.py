@@ -253,3 +253,24 @@ def test_before_any_horizon_ended_the_report_says_so(shop: sa.Engine, settings: 
     assert "No stored forecast's horizon has ended by this report's date yet" in html
     assert 'id="chart-tiers"' not in html  # one day of forecasts: a table row, not a chart
     assert "Forecasts of one day so far" in html
+
+
+def test_a_horizon_past_the_data_is_not_judged_on_days_the_store_never_saw(
+    shop: sa.Engine, settings: Settings
+) -> None:
+    """The shop's lines end on 2011-08-31. A forecast as of 2011-09-01 has a horizon that has
+    ended by the clock on 2011-12-10, but the data covers none of it (a feed that stopped, a
+    demo's old export): judged, every customer 'bought nothing' and the calibration showed
+    the forecast as wildly too high. It is not judged; the note says how far the data reaches
+    (the rule of forecast-evaluate and of the live choice)."""
+    forecast.refresh(shop, settings, datetime(2011, 9, 1, 2, tzinfo=UTC))
+    section = jobs.forecasts(shop, settings, datetime(2011, 12, 10, tzinfo=UTC))
+    closed = section.closed
+    assert closed is not None and closed.as_of == date(2011, 9, 1)
+    assert closed.quality is None
+    assert closed.note == (
+        "the data reaches 2011-09-07, before its last day 2011-11-29: it is not judged"
+    )
+    at = datetime(2011, 12, 10, tzinfo=UTC)
+    html = report.render_html(jobs.gather(shop, settings, at, at))
+    assert "has ended its horizon, but the data reaches 2011-09-07" in html
