@@ -593,16 +593,20 @@ def top_lists(
     (they hold no cycles; at a million customers its passes over them cost a third of the
     cache's time)."""
     chosen = np.arange(data.shape[0]) if rows is None else rows
-    workers = cache_threads() if threads is None else threads
+    workers = cache_threads(fitted) if threads is None else threads
     with _no_cycle_collection():
         for row, ranked in ranking.ranked_lists(fitted, data, chosen, n, workers):
             yield str(data.customers[row]), ranked
 
 
-def cache_threads() -> int:
+def cache_threads(fitted: Recommender | None = None) -> int:
     """How many threads score the top-N cache: every core this process may run on. Writing
     the cache is a batch job, as the fit is (implicit's fit uses every core too); the
-    processes that serve score on one thread (``ranking.ranked_lists``'s default)."""
+    processes that serve score on one thread (``ranking.ranked_lists``'s default). A model
+    fitted on the GPU ranks on one thread: its CUDA kernel is one query object, not to be
+    shared between threads, and does the work in parallel itself."""
+    if getattr(fitted, "uses_gpu", False):
+        return 1
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
