@@ -113,16 +113,20 @@ class _Factors:
         with one_blas_thread():
             return self.user_factors[rows] @ self.item_factors.T  # type: ignore[no-any-return]
 
-    def top_k_all(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def top_k_all(
+        self, rows: np.ndarray, k: int, threads: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Mixed-mode top-k straight from implicit's native blocked kernel (no dense matrix):
         its CUDA kernel where the model was fitted on the GPU (the top-N cache of a million
-        customers took longer on 16 cores than the GPU fit itself), else the CPU's."""
+        customers took longer on 16 cores than the GPU fit itself), else the CPU's, its
+        product on one BLAS thread and its selection on ``threads`` (0: every core)."""
         if self.uses_gpu:
             return self._gpu_top_k(rows, k)
         from implicit.cpu.topk import topk
 
-        with threadpool_limits(1, "blas"):
-            indices, scores = topk(self.item_factors, self.user_factors[rows], k, num_threads=0)
+        with one_blas_thread():
+            query = self.user_factors[rows]
+            indices, scores = topk(self.item_factors, query, k, num_threads=threads)
         return np.asarray(indices), np.asarray(scores)
 
     def _gpu_top_k(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,12 +12,15 @@ Ties are broken by item index (ascending item id), so results are reproducible.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from recocamp.recommender.matrix import TrainingData
 
@@ -45,15 +48,22 @@ class Recommender(Protocol):
 
 
 def top_k(
-    model: Recommender, data: TrainingData, rows: np.ndarray, k: int, mode: Mode = Mode.MIXED
+    model: Recommender,
+    data: TrainingData,
+    rows: np.ndarray,
+    k: int,
+    mode: Mode = Mode.MIXED,
+    kernel_threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Item indices and scores of the best ``k`` items per row (-1 / -inf where fewer exist).
 
     The order is defined, whatever the kernel: score descending, then item index ascending.
+    ``kernel_threads``: the native kernel's own threads (0: its default, every core; 1 where
+    the caller runs several kernels at once, :func:`ranked_lists`).
     """
     native = getattr(model, "top_k_all", None)
     if native is not None and mode is Mode.MIXED and k < data.shape[1]:
-        indices, values = _native_top_k(native, rows, k)
+        indices, values = _native_top_k(native, rows, k, kernel_threads)
         tied = np.flatnonzero(values[:, k - 1] == values[:, k])
         if len(tied):  # a tie crosses the cut: the kernel may have dropped an equal item
             indices[tied], values[tied] = _dense_top_k(model, data, rows[tied], k + 1, mode)
@@ -61,10 +71,12 @@ def top_k(
     return _dense_top_k(model, data, rows, k, mode)
 
 
-def _native_top_k(native: Any, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _native_top_k(
+    native: Any, rows: np.ndarray, k: int, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``k + 1`` candidates from the model's native kernel, put in the defined order (its own
     order of equal scores is unspecified)."""
-    indices, values = native(rows, k + 1)
+    indices, values = native(rows, k + 1, threads)
     indices = np.asarray(indices, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
     order = np.lexsort((indices, -values), axis=1)
@@ -103,24 +115,78 @@ Ranked = list[list[Any]]  # [[item_id, score], …], best first: the cached top-
 
 
 def ranked_lists(
-    model: Recommender, data: TrainingData, rows: np.ndarray, n: int
+    model: Recommender,
+    data: TrainingData,
+    rows: np.ndarray,
+    n: int,
+    threads: int = 1,
+    budget_bytes: int = 256 << 20,
 ) -> Iterator[tuple[int, Ranked]]:
     """Each row's top-``n`` (mixed mode) as ``(row, [[item_id, score], …])``. The one
     computation behind the cached top-N and the same list computed on request for a customer
-    the cache leaves out, so both give one answer."""
-    for batch in batches(np.asarray(rows, dtype=np.int64), data.shape[1]):
-        indices, scores = top_k(model, data, batch, n, Mode.MIXED)
-        names = data.items[np.maximum(indices, 0)].tolist()
-        rounded = np.round(scores, 6).tolist()  # vectorised: a million lists of twenty
-        if (indices >= 0).all():
-            for row, named, values in zip(batch.tolist(), names, rounded, strict=True):
-                yield row, [list(pair) for pair in zip(named, values, strict=True)]
-            continue
-        for row, picked, named, values in zip(
-            batch.tolist(), indices.tolist(), names, rounded, strict=True
-        ):
-            pairs = zip(picked, named, values, strict=True)
-            yield row, [[name, value] for i, name, value in pairs if i >= 0]
+    the cache leaves out, so both give one answer.
+
+    ``threads``: how many batches are scored at once. A batch job (the top-N cache of a
+    training) passes its cores: the kernels release the GIL, so they run side by side and
+    beside the lists being built here, where one core used to score while the others
+    waited. The default, 1, is for the processes that serve (the API, the worker's campaign
+    runs), which stay on one thread. ``budget_bytes``: the dense scores of the batches
+    scored at once (:func:`batches`), shared between the threads."""
+    threads = max(1, threads)
+    chosen = np.asarray(rows, dtype=np.int64)
+    names = _item_names(data, len(chosen) * n)
+    parts = batches(chosen, data.shape[1], budget_bytes // threads)
+    for batch, (indices, scores) in _scored(model, data, parts, n, threads):
+        yield from _lists(batch, indices, scores, names)
+
+
+def _item_names(data: TrainingData, cells: int) -> np.ndarray:
+    """The item ids as Python strings, made once where the lists hold more ids than there are
+    items (a cache of a million lists of twenty names 50,000 items, not 20 M new strings);
+    else (a list on request) each list's own few."""
+    return data.items.astype(object) if cells > len(data.items) else data.items
+
+
+def _lists(
+    batch: np.ndarray, indices: np.ndarray, scores: np.ndarray, names: np.ndarray
+) -> Iterator[tuple[int, Ranked]]:
+    """A batch's ``[[item_id, score], …]`` per row, the nested lists made by numpy's
+    ``tolist`` (C) from one object array of pairs rather than pair by pair in Python;
+    rows with fewer than ``n`` items lose their -1 places."""
+    pairs = np.empty((*indices.shape, 2), dtype=object)
+    pairs[..., 0] = names[np.maximum(indices, 0)].astype(object)
+    pairs[..., 1] = np.round(scores, 6)  # Python floats, as ``tolist`` makes them
+    nested = pairs.tolist()
+    for short in np.flatnonzero((indices < 0).any(axis=1)).tolist():
+        kept = indices[short].tolist()
+        nested[short] = [pair for pair, i in zip(nested[short], kept, strict=True) if i >= 0]
+    yield from zip(batch.tolist(), nested, strict=True)
+
+
+Scored = tuple[np.ndarray, np.ndarray]
+
+
+def _scored(
+    model: Recommender, data: TrainingData, parts: Iterable[np.ndarray], n: int, threads: int
+) -> Iterator[tuple[np.ndarray, Scored]]:
+    """Each batch with its top-``n``, in batch order; with ``threads`` > 1 computed by that
+    many threads, at most ``threads`` batches ahead of the consumer (memory stays bounded).
+    Each kernel runs on one core, BLAS held to one thread for the pool's life: the threads
+    are the parallelism, and no kernel's own threads compete with them."""
+    if threads == 1:
+        for batch in parts:
+            yield batch, top_k(model, data, batch, n, Mode.MIXED)
+        return
+    with threadpool_limits(1, "blas"), ThreadPoolExecutor(threads) as pool:
+        pending: deque[tuple[np.ndarray, Future[Scored]]] = deque()
+        for batch in parts:
+            pending.append((batch, pool.submit(top_k, model, data, batch, n, Mode.MIXED, 1)))
+            if len(pending) > threads:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def normalised(scores: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -580,16 +581,34 @@ def popular_list(data: TrainingData, n: int) -> list[list[Any]]:
 
 
 def top_lists(
-    fitted: Recommender, data: TrainingData, n: int, rows: np.ndarray | None = None
+    fitted: Recommender,
+    data: TrainingData,
+    n: int,
+    rows: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> Iterator[tuple[str, list[list[Any]]]]:
     """The top-``n`` (mixed mode) of ``rows`` (every customer by default) as
-    ``(customer_id, [[item_id, score], …])``. The cycle collector pauses while the lists
-    are made and written (they hold no cycles; at a million customers its passes over them
-    cost a third of the cache's time)."""
+    ``(customer_id, [[item_id, score], …])``, scored by ``threads`` threads (default
+    :func:`cache_threads`). The cycle collector pauses while the lists are made and written
+    (they hold no cycles; at a million customers its passes over them cost a third of the
+    cache's time)."""
     chosen = np.arange(data.shape[0]) if rows is None else rows
+    workers = cache_threads(fitted) if threads is None else threads
     with _no_cycle_collection():
-        for row, ranked in ranking.ranked_lists(fitted, data, chosen, n):
+        for row, ranked in ranking.ranked_lists(fitted, data, chosen, n, workers):
             yield str(data.customers[row]), ranked
+
+
+def cache_threads(fitted: Recommender | None = None) -> int:
+    """How many threads score the top-N cache: every core this process may run on. Writing
+    the cache is a batch job, as the fit is (implicit's fit uses every core too); the
+    processes that serve score on one thread (``ranking.ranked_lists``'s default). A model
+    fitted on the GPU ranks on one thread: its CUDA kernel is one query object, not to be
+    shared between threads, and does the work in parallel itself."""
+    if getattr(fitted, "uses_gpu", False):
+        return 1
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def cached_rows(data: TrainingData, settings: RecommenderSettings) -> np.ndarray:

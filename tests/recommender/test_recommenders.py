@@ -19,6 +19,7 @@ from recocamp.recommender.ranking import (
     Recommender,
     objects_to_profiling,
     personal_or_popular,
+    ranked_lists,
     top_k,
 )
 from recocamp.settings import RecommenderSettings, Settings
@@ -284,6 +285,27 @@ def test_equal_scores_are_ordered_by_item_index_in_every_kernel(
     if mode is Mode.MIXED:
         assert indices.tolist() == [[0, 1, 2]] * len(rows)
     assert _in_defined_order(indices, scores)
+
+
+@pytest.mark.parametrize("name", ["als", "hybrid"])
+def test_lists_scored_by_several_threads_are_the_single_threads(
+    name: str, data: TrainingData
+) -> None:
+    """The top-N cache scores its batches on every core (``training.top_lists``): the same
+    lists, in the same row order, as one thread gives (a batch of two rows at most, so the
+    threads share many batches; the native kernel for ALS, the dense path for the hybrid)."""
+    from threadpoolctl import threadpool_info
+
+    recommender = fitted(name, data)
+    rows = np.arange(len(data.customers))[::-1]  # any order of rows is kept
+    tiny = 2 * len(data.items) * 8  # two rows of dense scores a batch, at one thread
+    alone = list(ranked_lists(recommender, data, rows, 4, threads=1, budget_bytes=tiny))
+    blas = [info["num_threads"] for info in threadpool_info()]
+    together = list(ranked_lists(recommender, data, rows, 4, threads=3, budget_bytes=3 * tiny))
+    assert [row for row, _ in alone] == rows.tolist() and len(rows) > 6
+    assert together == alone
+    assert [info["num_threads"] for info in threadpool_info()] == blas  # BLAS as it was
+    assert all(len(ranked) == 4 and isinstance(ranked[0][0], str) for _, ranked in alone)
 
 
 def test_the_replenishment_blend_is_the_same_at_request_time(data: TrainingData) -> None:

@@ -326,6 +326,15 @@ def test_the_cache_keeps_active_customers_and_the_rest_get_the_same_list_on_requ
     assert all(same_list(personal[c] or [], everyone[c]) for c in outside)
 
 
+def test_the_cache_is_scored_on_every_core_but_a_gpu_models_on_one_thread() -> None:
+    """A training's cache uses the cores the process may run on; a model fitted on the GPU
+    ranks through one CUDA query object, which threads must not share."""
+    cores = training.cache_threads()
+    assert cores >= 1
+    assert training.cache_threads(model.ALS(use_gpu=False)) == cores
+    assert training.cache_threads(model.ALS(use_gpu=True)) == 1  # no CUDA needed to ask
+
+
 def same_list(got: list[list[object]], expected: list[list[object]]) -> bool:
     """The same items in the same order, the scores equal to the 6 decimals kept: float32
     BLAS may round a score's last bit differently in a batch of another size."""
