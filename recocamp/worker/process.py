@@ -504,7 +504,8 @@ class Worker:
 
     def shutdown(self) -> bool:
         """Stop: no new runs, wait up to the shutdown timeout for running ones; True when
-        everything finished in time."""
+        everything finished in time. Else the runs still going are recorded ``interrupted``
+        and the worker stopped (:meth:`abandon`): the caller exits the process now."""
         global _current
         self.stop.set()
         timeout = self.settings.worker.shutdown_timeout_s
@@ -522,10 +523,19 @@ class Worker:
             self._loop_thread.join(timeout=5)
         if not clean:  # the caller exits the process now: the locks go with it
             log.error(
-                "jobs still running after %.0f s: exiting anyway (campaign runs are "
+                "jobs still running after %g s: exiting anyway (campaign runs are "
                 "resumed by the next scheduling worker)",
                 timeout,
             )
+            # recorded, not left ``running`` for ever (and the worker not shown alive); the
+            # exit must come even when the database is what hangs
+            try:
+                self.abandon(
+                    f"{self.stopped_by or 'stop'}: still running {timeout:g} s after the "
+                    "worker was stopped ([worker] shutdown_timeout_s); the worker exited"
+                )
+            except Exception:
+                log.exception("could not record the runs still going as interrupted")
             return False
         with self.engine.begin() as connection:
             runs.stopped(connection, self.id, self.clock.now())

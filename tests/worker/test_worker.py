@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -667,3 +668,34 @@ def test_abandon_records_the_runs_still_going_interrupted(
     process.abandon("nothing runs now")  # a run that has ended is not touched
     with process.engine.connect() as connection:
         assert connection.execute(sa.text("SELECT status FROM runs")).scalar_one() == "error"
+
+
+def test_a_job_past_the_shutdown_timeout_is_recorded_interrupted_before_the_exit(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``recocamp worker`` exits 3 when a job (a training) still runs after the shutdown
+    timeout: its run must not stay ``running`` for ever in ``runs list``, nor the worker
+    look alive and leading in ``runs workers``."""
+    from recocamp.worker import jobs as worker_jobs
+
+    release = threading.Event()
+
+    def stuck(*_args: object) -> dict[str, object]:
+        release.wait(30)
+        return {}
+
+    monkeypatch.setitem(worker_jobs.JOBS, "train", stuck)
+    process = worker_for(sqlite_shop(tmp_path, shutdown_timeout_s=0.5))
+    process.start(loop=False)
+    try:
+        process.tick()  # leader
+        process.scheduler.add_job(process.run, args=["train"], jobstore=scheduler.LOCAL)
+        wait_for(lambda: scalar(process.engine, "SELECT status FROM runs WHERE job = 'train'"))
+        assert process.shutdown() is False  # the caller exits 3 now
+        with process.engine.connect() as connection:
+            [train] = runs.recent(connection, "train")
+            [worker] = runs.all_workers(connection)
+        assert train.status == "interrupted" and "shutdown" in (train.error or "")
+        assert worker.stopped_at is not None and worker.leader_since is None
+    finally:
+        release.set()
