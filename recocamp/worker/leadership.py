@@ -10,7 +10,9 @@
   old leader makes the same job on the new leader skip, never run twice.
 - **SQLite** (the embedded default) supports one worker: it takes an exclusive ``flock`` on
   ``<database>.worker-lock`` and a second worker is refused with a clear message. That
-  worker is always the leader; per-job locks are the scheduler's ``max_instances=1``.
+  worker is always the leader; per-job locks are the scheduler's ``max_instances=1``. A lock
+  file deleted while the worker runs is locked again on its next poll (or, if a second
+  worker got it first, the first one stops leading): never two leaders on one file.
 """
 
 from __future__ import annotations
@@ -188,15 +190,38 @@ class SoleWorker(_JobLocks):
         super().__init__()
 
     def register(self) -> None:
-        self.try_acquire()
+        holder = self._take()
+        if holder is not None:
+            raise StoreError(
+                f"another recocamp worker ({holder}) is running on the SQLite database "
+                f"{self.path.with_suffix('') if self.path else ''}: SQLite supports one "
+                'worker. Stop it first, or use PostgreSQL (database_url = "postgresql://…") '
+                "for several workers"
+            )
 
     def try_acquire(self) -> bool:
-        """Lock the file. The lock, not the file, says who runs: a file left by a dead
-        process (its pid in it) is locked by nobody and taken over. The holder removes the
-        file on release, so a worker that opened it just before may lock a file that no
-        longer has a name: it checks that its locked file is still the one at the path."""
-        if self.handle is not None or self.path is None:
-            return True
+        return self._take() is None
+
+    def held(self) -> bool:
+        """Whether the file at the path is still the one this worker locked. An operator
+        may delete it (it looks like a stale pid file) while the worker runs, and a second
+        worker would lock a new one: it is taken again at once (a second worker is refused
+        as before), or, when another worker got it first, this one no longer leads."""
+        return self._take() is None
+
+    def _take(self) -> str | None:
+        """Lock the file; None while this worker holds it, else who does. The lock, not the
+        file, says who runs: a file left by a dead process (its pid in it) is locked by
+        nobody and taken over. The holder removes the file on release, so a worker that
+        opened it just before may lock a file that no longer has a name: it checks that its
+        locked file is still the one at the path."""
+        if self.path is None:
+            return None
+        if self.handle is not None:
+            if _same_file(self.handle, self.path):
+                return None
+            log.error("worker lock file %s removed or replaced: locking it again", self.path)
+            self._close()
         while True:
             handle = self.path.open("a+")
             try:
@@ -205,11 +230,7 @@ class SoleWorker(_JobLocks):
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 handle.close()
-                raise StoreError(
-                    f"another recocamp worker ({holder}) is running on the SQLite database "
-                    f"{self.path.with_suffix('')}: SQLite supports one worker. Stop it first, "
-                    'or use PostgreSQL (database_url = "postgresql://…") for several workers'
-                ) from None
+                return holder
             if _same_file(handle, self.path):
                 break
             handle.close()  # released and removed meanwhile: lock the new one
@@ -217,19 +238,21 @@ class SoleWorker(_JobLocks):
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         self.handle = handle
-        return True
-
-    def held(self) -> bool:
-        return True
+        return None
 
     def resign(self) -> None:
         """The only worker of a SQLite file keeps its lock: nobody else could lead."""
 
     def release(self) -> None:
-        """Unlock and remove the lock file (removed while still locked: see try_acquire)."""
+        """Unlock and remove the lock file (removed while still locked: see ``_take``), if
+        it is still this worker's: one another worker made meanwhile stays."""
         if self.handle is not None:
-            if self.path is not None:
+            if self.path is not None and _same_file(self.handle, self.path):
                 self.path.unlink(missing_ok=True)
+            self._close()
+
+    def _close(self) -> None:
+        if self.handle is not None:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
             self.handle = None

@@ -104,6 +104,42 @@ def test_a_second_worker_on_one_sqlite_database_is_refused(tmp_path: Path, secre
     assert not lock.exists()
 
 
+def test_a_deleted_lock_file_is_taken_again_and_never_gives_two_leaders(
+    tmp_path: Path, secrets: None
+) -> None:
+    """An operator who deletes ``shop.db.worker-lock`` (it looks like a stale pid file) while
+    the worker runs: the worker takes it again within a poll, so a second worker is still
+    refused; one that got in first makes the running worker step down (one leader at a time),
+    and the one that stepped down leaves the other's lock file alone when it stops."""
+    shop = sqlite_shop(tmp_path)
+    lock = shop / "shop.db.worker-lock"
+    first, second, third = worker_for(shop), worker_for(shop), worker_for(shop)
+    first.start(loop=False)
+    try:
+        first.tick()
+        assert first.leader_since is not None
+        lock.unlink()
+        first.tick()  # its next poll
+        assert lock.read_text() == f"pid {os.getpid()}" and first.leader_since is not None
+        with pytest.raises(StoreError, match="SQLite supports one worker"):
+            second.start(loop=False)
+        lock.unlink()
+        third.start(loop=False)  # got in before the first worker's next poll
+        try:
+            third.tick()
+            first.tick()
+            assert third.leader_since is not None and first.leader_since is None
+            first.shutdown()
+            assert lock.exists()  # the third worker's: a fourth is still refused
+            refused = recocamp(shop, "worker", "--once")
+            assert refused.returncode == 1 and "SQLite supports one worker" in refused.stderr
+        finally:
+            third.shutdown()
+    finally:
+        first.shutdown()
+    assert not lock.exists()
+
+
 def _cron(process: Worker, job: str) -> str:
     found = process.scheduler.get_job(job, jobstore=scheduler.SHARED)
     assert found is not None
