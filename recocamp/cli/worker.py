@@ -39,7 +39,7 @@ from recocamp.cli.common import (
 from recocamp.cli.demo import demo_settings, demo_shop
 from recocamp.clock import FixedClock
 from recocamp.delivery.esp import check_provider
-from recocamp.errors import ConfigError, RecocampError
+from recocamp.errors import ConfigError
 from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
 from recocamp.store import queries, runs
@@ -336,13 +336,17 @@ def runs_trigger(job: str) -> None:
         sched.start(paused=True)
         try:
             known = [j.id for j in sched.get_jobs(jobstore=scheduler.SHARED)]
-            if job not in known:
-                names = ", ".join(known) or "none yet: the scheduling worker adds them"
-                raise RecocampError(f"no scheduled job {job!r} (known: {names})")
-            sched.modify_job(job, jobstore=scheduler.SHARED, next_run_time=clock.now())
+            if job in known:
+                sched.modify_job(job, jobstore=scheduler.SHARED, next_run_time=clock.now())
         finally:
             scheduler.quiesce(sched)
             sched.shutdown(wait=False)
+    if job not in known:
+        if not known:  # nothing to name yet: not the user's input
+            print_error(f"no scheduled job {job!r} yet: the scheduling worker adds them")
+            raise typer.Exit(1)
+        print_error(f"no scheduled job {job!r} (known: {', '.join(sorted(known))})")
+        raise typer.Exit(2)  # a typo in the name: bad input
     console.print(f"{job}: due now")
 
 

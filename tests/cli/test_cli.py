@@ -966,3 +966,17 @@ def test_only_the_commands_that_build_the_database_create_its_file(
         assert f"there is no database {workdir / 'shop.db'}: run `recocamp db upgrade`" in said
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     assert (workdir / "shop.db").exists()
+
+
+def test_runs_trigger_of_an_unknown_job_is_bad_input_exit_2(workdir: Path) -> None:
+    """A typo in the job's name is the user's input, as an unknown campaign is for
+    ``outbox resume``: exit 2 naming it and the known jobs, nothing made due."""
+    settings = workdir / "settings.toml"
+    settings.write_text(settings.read_text() + '[esp]\nprovider = "fake"\n')
+    runner.invoke(app, ["db", "upgrade"])
+    (workdir / "campaigns").mkdir()
+    assert runner.invoke(app, ["worker", "--once"]).exit_code == 0  # the schedule is stored
+    result = runner.invoke(app, ["runs", "trigger", "trian"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no scheduled job 'trian' (known: " in result.stderr and "train" in result.stderr
+    assert runner.invoke(app, ["runs", "trigger", "train"]).exit_code == 0
