@@ -34,6 +34,7 @@ from recocamp.cli.common import (
     parse_as_of,
     print_error,
     print_warning,
+    warn_no_campaigns,
     within,
 )
 from recocamp.cli.demo import demo_settings, demo_shop
@@ -96,6 +97,7 @@ def worker(
         check_provider(settings)  # its deliver job would fail every few seconds, for ever
         process = Worker(settings, engine_for(settings), campaigns, templates, clock)
         broken = process.load()  # each broken file is logged with its problems
+        warn_no_campaigns(campaigns)
         if once:
             outcomes = process.run_due_once()
             console.print(", ".join(f"{job}: {what}" for job, what in outcomes.items()))

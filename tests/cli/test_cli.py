@@ -980,3 +980,24 @@ def test_runs_trigger_of_an_unknown_job_is_bad_input_exit_2(workdir: Path) -> No
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "no scheduled job 'trian' (known: " in result.stderr and "train" in result.stderr
     assert runner.invoke(app, ["runs", "trigger", "train"]).exit_code == 0
+
+
+def test_a_campaigns_folder_that_is_a_file_or_missing_is_never_silently_empty(
+    workdir: Path,
+) -> None:
+    """``--campaigns`` naming a file is bad input (exit 2 before any work); a folder that is
+    not there (a typo, the wrong working directory) is warned about by ``check`` and
+    ``worker``, which would otherwise say "ok: 0 campaign(s)" or run no campaign, silently."""
+    settings = workdir / "settings.toml"
+    settings.write_text(settings.read_text() + '[esp]\nprovider = "fake"\n')
+    runner.invoke(app, ["db", "upgrade"])
+    (workdir / "plain").write_text("x")
+    for args in (["check"], ["worker", "--once"], ["plan", "x"]):
+        result = runner.invoke(app, [*args, "--campaigns", "plain"])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "--campaigns" in result.stderr and "plain is a file; name a folder" in result.stderr
+    assert not runner.invoke(app, ["runs", "list", "--format", "json"]).stdout.strip("[]\n")
+    for args in (["check"], ["worker", "--once"]):
+        result = runner.invoke(app, [*args, "--campaigns", "campains"])
+        assert result.exit_code == 0
+        assert "warning: there is no folder campains (--campaigns): no campaign" in result.stderr
