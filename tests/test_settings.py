@@ -726,3 +726,15 @@ def test_the_public_url_is_https_unless_it_is_this_machine(
     [problem] = config_error(path).problems
     assert problem.key == "api.public_url" and problem.line == 2
     assert "https" in problem.message and "RFC 8058" in problem.message
+
+
+def test_a_file_saved_with_a_utf8_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    """Windows editors (Notepad) save UTF-8 with a BOM: the file means the same, and a bad
+    value in it is still named at its own line (not "Invalid statement" at line 1)."""
+    text = '[shop]\nname = "Laden"\n[worker]\nmisfire_grace_s = -1\n'
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("-1", "60").encode())
+    assert load_settings(path).shop.name == "Laden"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    [problem] = config_error(path).problems
+    assert (problem.key, problem.line, problem.value) == ("worker.misfire_grace_s", 4, -1)
