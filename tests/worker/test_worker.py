@@ -735,3 +735,4 @@ def test_a_job_past_the_shutdown_timeout_is_recorded_interrupted_before_the_exit
         assert worker.stopped_at is not None and worker.leader_since is None
     finally:
         release.set()
+        process.leadership.release()  # the process would have exited, closing the lock file
