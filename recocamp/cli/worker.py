@@ -122,6 +122,9 @@ def worker(
             # would wait for their threads: leave now, the next worker resumes what matters
             logging.shutdown()
             os._exit(3)
+        if process.lost is not None:  # not a signal: a supervisor should see a failure
+            print_error(process.lost)
+            raise typer.Exit(1)
 
 
 def _broken_text(broken: list[ConfigError]) -> str:

@@ -54,6 +54,11 @@ class Leadership(Protocol):
 
     def release(self) -> None: ...
 
+    def gone(self) -> str | None:
+        """Why this worker cannot go on (its SQLite database file deleted or replaced under
+        it), or None."""
+        ...
+
     @contextmanager
     def job_lock(self, job: str) -> Iterator[bool]:
         """Yields False when another worker is running ``job`` right now."""
@@ -108,6 +113,9 @@ class AdvisoryLockLeadership(_JobLocks):
 
     def register(self) -> None:
         """Any number of workers may run on PostgreSQL."""
+
+    def gone(self) -> str | None:
+        return None  # a lost connection is ``held``'s business
 
     def try_acquire(self) -> bool:
         if self.connection is not None:
@@ -185,12 +193,16 @@ class SoleWorker(_JobLocks):
 
     def __init__(self, engine: Engine) -> None:
         database = store.sqlite_file(engine)
+        self.database = Path(database) if database is not None else None
         self.path = Path(f"{database}.worker-lock") if database is not None else None
         self.handle: IO[str] | None = None
+        self.identity: tuple[int, int] | None = None  # the database file's, at register
         super().__init__()
 
     def register(self) -> None:
         holder = self._take()
+        if holder is None and self.database is not None:
+            self.identity = _identity(self.database)
         if holder is not None:
             raise StoreError(
                 f"another recocamp worker ({holder}) is running on the SQLite database "
@@ -240,6 +252,22 @@ class SoleWorker(_JobLocks):
         self.handle = handle
         return None
 
+    def gone(self) -> str | None:
+        """An operator who deletes the database file (or moves a backup over it) while the
+        worker runs: its open connections keep writing into the old file, which nobody reads
+        any more (an import would delete the dropped files it put there, mail would be
+        recorded sent there alone), so the worker must stop."""
+        if self.identity is None or self.database is None:
+            return None
+        now = _identity(self.database)
+        if now == self.identity:
+            return None
+        how = "deleted" if now is None else "replaced"
+        return (
+            f"the SQLite database {self.database} was {how} while the worker ran: stopping "
+            "(its connections would go on writing into the old file)"
+        )
+
     def resign(self) -> None:
         """The only worker of a SQLite file keeps its lock: nobody else could lead."""
 
@@ -256,6 +284,14 @@ class SoleWorker(_JobLocks):
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
             self.handle = None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _same_file(handle: IO[str], path: Path) -> bool:

@@ -103,6 +103,7 @@ class Worker:
         self._resuming: set[int] = set()
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
         self.stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGINT)
+        self.lost: str | None = None  # why it stopped by itself (see Leadership.gone)
         self._running: dict[str, int] = {}  # job → its run's id while it runs (see abandon)
         self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
         self._loop_thread: threading.Thread | None = None
@@ -351,6 +352,11 @@ class Worker:
 
     def tick(self) -> None:
         """One round of the loop: heartbeat, leadership, rate share, resume, reload."""
+        if (lost := self.leadership.gone()) is not None:
+            log.error("%s", lost)
+            self.lost = self.stopped_by = lost
+            self.stop.set()
+            return
         self._lead()
         self._heartbeat_and_share_rate()
         if self.leader_since is not None:

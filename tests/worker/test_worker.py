@@ -140,6 +140,35 @@ def test_a_deleted_lock_file_is_taken_again_and_never_gives_two_leaders(
     assert not lock.exists()
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_worker_whose_sqlite_file_is_deleted_or_replaced_stops(
+    tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """``rm shop.db`` or a backup moved over it while the worker runs: its open connections
+    keep writing into the old file, which nobody reads any more (imports would delete the
+    dropped files they put there, mail would be recorded sent there alone). It stops
+    within a poll, saying why, instead of running on."""
+    shop = sqlite_shop(tmp_path)
+    database = shop / "shop.db"
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert process.leader_since is not None and not process.stop.is_set()
+        if how == "deleted":
+            database.unlink()
+        else:
+            backup = shop / "backup.db"
+            backup.write_bytes(database.read_bytes())
+            os.replace(backup, database)
+        with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
+            process.tick()
+        assert process.stop.is_set() and process.lost is not None
+        assert f"{database} was {how}" in process.lost and process.lost in caplog.text
+    finally:
+        process.shutdown()
+
+
 def _cron(process: Worker, job: str) -> str:
     found = process.scheduler.get_job(job, jobstore=scheduler.SHARED)
     assert found is not None
