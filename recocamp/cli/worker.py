@@ -138,9 +138,9 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
     from recocamp.delivery.esp.fake_server import FakeEsp, create_app, running
 
     settings, demo_dir = current_settings(), Path("demo")
-    engine, untrained = demo_shop(settings, demo_dir)
     zone = settings.shop.zone
-    begin = parse_as_of(start, zone, "--start")
+    begin = parse_as_of(start, zone, "--start")  # bad input: before the shop is built
+    engine, untrained = demo_shop(settings, demo_dir)
     _history(engine, settings, clock.now())
     fake = FakeEsp(data_dir=demo_dir / "fake-esp")
     with running(create_app(fake)) as url:

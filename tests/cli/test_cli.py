@@ -1001,3 +1001,15 @@ def test_a_campaigns_folder_that_is_a_file_or_missing_is_never_silently_empty(
         result = runner.invoke(app, [*args, "--campaigns", "campains"])
         assert result.exit_code == 0
         assert "warning: there is no folder campains (--campaigns): no campaign" in result.stderr
+
+
+@pytest.mark.parametrize("start", ["2011-02-30", "1800-01-01", "soon"])
+def test_worker_demo_with_a_bad_start_exits_2_before_building_the_shop(
+    workdir: Path, start: str
+) -> None:
+    """``--start`` is checked as it is read, like every date option: not after the demo
+    shop was built (the UCI import, a minute) only to stop with exit 2."""
+    result = runner.invoke(app, ["worker", "--demo", "--start", start], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--start" in result.stderr and start in result.stderr
+    assert not (workdir / "shop.db").exists() and not (workdir / "demo").exists()
