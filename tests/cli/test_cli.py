@@ -1004,12 +1004,13 @@ def test_a_campaigns_folder_that_is_a_file_or_missing_is_never_silently_empty(
 
 
 @pytest.mark.parametrize("start", ["2011-02-30", "1800-01-01", "soon"])
-def test_worker_demo_with_a_bad_start_exits_2_before_building_the_shop(
-    workdir: Path, start: str
+@pytest.mark.parametrize("command", [["worker", "--demo", "--start"], ["demo", "--as-of"]])
+def test_a_demo_with_a_bad_date_exits_2_before_building_the_shop(
+    workdir: Path, start: str, command: list[str]
 ) -> None:
-    """``--start`` is checked as it is read, like every date option: not after the demo
-    shop was built (the UCI import, a minute) only to stop with exit 2."""
-    result = runner.invoke(app, ["worker", "--demo", "--start", start], terminal_width=200)
+    """``--start``/``--as-of`` are checked as they are read, like every date option: not
+    after the demo shop was built (the UCI import, a minute) only to stop with exit 2."""
+    result = runner.invoke(app, [*command, start], terminal_width=200)
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "--start" in result.stderr and start in result.stderr
+    assert command[-1] in result.stderr and start in result.stderr
     assert not (workdir / "shop.db").exists() and not (workdir / "demo").exists()
