@@ -1014,3 +1014,24 @@ def test_a_demo_with_a_bad_date_exits_2_before_building_the_shop(
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert command[-1] in result.stderr and start in result.stderr
     assert not (workdir / "shop.db").exists() and not (workdir / "demo").exists()
+
+
+def test_a_file_that_is_no_database_is_one_line_not_a_traceback(workdir: Path) -> None:
+    """``database_url`` naming a file that is not SQLite (a typo, a backup tarball, a
+    truncated copy): every command says so in one line, exit 1, and leaves the file alone;
+    ``check`` notes it and checks the rest."""
+    junk = bytes(range(256)) * 64
+    (workdir / "shop.db").write_bytes(junk)
+    for args in (["kpis"], ["db", "current"], ["db", "upgrade"], ["runs", "list"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), args
+        assert result.stderr.strip() == (
+            "error: cannot open the database: file is not a database"
+        ), args
+    result = runner.invoke(
+        app,
+        ["check", "--campaigns", str(ROOT / "campaigns"), "--templates", str(ROOT / "templates")],
+    )
+    assert result.exit_code == 0, result.exception
+    assert "not checked against the catalogue: cannot open the database" in result.stdout
+    assert (workdir / "shop.db").read_bytes() == junk
