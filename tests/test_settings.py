@@ -738,3 +738,15 @@ def test_a_file_saved_with_a_utf8_byte_order_mark_reads_as_without(tmp_path: Pat
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     [problem] = config_error(path).problems
     assert (problem.key, problem.line, problem.value) == ("worker.misfire_grace_s", 4, -1)
+
+
+@pytest.mark.parametrize("key", ["leader_poll_s", "deliver_every_s", "import_every_s"])
+def test_a_worker_polling_interval_below_a_tenth_of_a_second_is_refused(
+    tmp_path: Path, key: str
+) -> None:
+    """``leader_poll_s = 0.000001`` passed (above 0) and the worker spun: a heartbeat write
+    transaction, a delivery round or a drop-folder scan back to back, a whole core (9.2 CPU
+    seconds in 12 s) and the SQLite write lock held against everything else."""
+    [problem] = config_error(write(tmp_path, f"[worker]\n{key} = 0.000001\n")).problems
+    assert (problem.key, problem.line, problem.value) == (f"worker.{key}", 2, 0.000001)
+    assert load_settings(write(tmp_path, f"[worker]\n{key} = 0.1\n"))
