@@ -593,11 +593,17 @@ class Worker:
             if j.next_run_time is not None and j.next_run_time <= now
         }
         self.scheduler.resume()
-        with done:
-            while not due <= outcomes.keys() and not self.stop.is_set():
-                done.wait(1.0)
-        scheduler.quiesce(self.scheduler)
-        self.scheduler.shutdown(wait=True)
+        try:
+            with done:
+                while not due <= outcomes.keys() and not self.stop.is_set():
+                    done.wait(1.0)
+        except KeyboardInterrupt:  # Ctrl-C: what runs stops at its next chunk or batch
+            self.stopped_by = "SIGINT"
+            self.stop.set()
+            raise
+        finally:  # the jobs end before the caller releases the worker lock
+            scheduler.quiesce(self.scheduler)
+            self.scheduler.shutdown(wait=True)
         return {job: outcomes.get(job, "not run") for job in sorted(due)}
 
     # -- the demo's compressed schedule ------------------------------------------------------

@@ -765,3 +765,38 @@ def test_a_job_past_the_shutdown_timeout_is_recorded_interrupted_before_the_exit
     finally:
         release.set()
         process.leadership.release()  # the process would have exited, closing the lock file
+
+
+def test_ctrl_c_during_worker_once_stops_its_jobs_and_keeps_the_lock_until_they_end(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C on ``worker --once`` while a job runs: the job is told to stop (a campaign run
+    stops between chunks, as under the long-running worker), and the SQLite worker lock is
+    held until it has ended — released at once, a ``recocamp worker`` started next would run
+    beside the job still going."""
+    import _thread
+
+    from recocamp.worker import jobs as worker_jobs
+
+    shop = sqlite_shop(tmp_path)
+    lock = shop / "shop.db.worker-lock"
+    assert recocamp(shop, "worker", "--once").returncode == 0  # stores the schedule
+    assert recocamp(shop, "runs", "trigger", "train").returncode == 0
+    seen: list[tuple[bool, bool]] = []
+
+    def interrupted(ctx: worker_jobs.JobContext, _as_of: datetime) -> dict[str, object]:
+        _thread.interrupt_main()  # Ctrl-C while the job runs
+        stopped = ctx.stop.wait(10)
+        time.sleep(0.5)  # a job finishing its chunk
+        seen.append((stopped, lock.exists()))
+        return {}
+
+    monkeypatch.setitem(worker_jobs.JOBS, "train", interrupted)
+    process = worker_for(shop)
+    with pytest.raises(KeyboardInterrupt):
+        process.run_due_once()
+    assert seen == [(True, True)]  # told to stop; the lock still held while it ran
+    assert not lock.exists()
+    with process.engine.connect() as connection:
+        [train] = runs.recent(connection, "train")
+    assert train.status == "ok"  # recorded, not left running
