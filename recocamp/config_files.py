@@ -32,7 +32,8 @@ _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     """The parsed document and its text; unreadable or invalid files are ConfigErrors."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # a UTF-8 byte order mark (Windows editors write one) is no part of the document
+        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
     except OSError as exc:
         raise ConfigError(path, [Problem(f"cannot read file: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:

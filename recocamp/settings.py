@@ -58,6 +58,7 @@ DEFAULT_FILE = Path("settings.toml")
 # switches a protection off (a template limit of 10**100). Days and counts share the
 # campaigns' bounds (domain.MAX_DAYS, MAX_COUNT); a float is finite.
 MAX_SECONDS = 604_800  # an interval, timeout, lease or backoff: a week
+MIN_POLL_S = 0.1  # the worker's polling intervals (heartbeat, delivery, drop folder)
 MAX_SEED = 2**32 - 1  # numpy's RandomState (implicit's random_state) takes 0 to 2**32 - 1
 MAX_PROCESSES = 256  # processes started for one job
 MAX_POINTS = 1_000_000  # loyalty points per event or currency unit
@@ -451,11 +452,13 @@ class WorkerSettings(_Section):
     train_cron: Crontab = "0 3 * * *"
     kpi_snapshot_cron: Crontab = "30 0 * * *"
     purge_cron: Crontab = "0 4 * * *"
-    import_every_s: float = Field(default=300.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
-    deliver_every_s: float = Field(default=10.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    # polling intervals from a tenth of a second: below, the worker spins (a core, and the
+    # SQLite write lock held by heartbeats back to back)
+    import_every_s: float = Field(default=300.0, ge=MIN_POLL_S, le=MAX_SECONDS, allow_inf_nan=False)
+    deliver_every_s: float = Field(default=10.0, ge=MIN_POLL_S, le=MAX_SECONDS, allow_inf_nan=False)
     misfire_grace_s: int = Field(default=3600, ge=1, le=MAX_SECONDS)
     resume_window_s: float = Field(default=21600.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
-    leader_poll_s: float = Field(default=2.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    leader_poll_s: float = Field(default=2.0, ge=MIN_POLL_S, le=MAX_SECONDS, allow_inf_nan=False)
     reload_check_s: float = Field(default=5.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     shutdown_timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     metrics_host: str = "127.0.0.1"

@@ -726,3 +726,27 @@ def test_the_public_url_is_https_unless_it_is_this_machine(
     [problem] = config_error(path).problems
     assert problem.key == "api.public_url" and problem.line == 2
     assert "https" in problem.message and "RFC 8058" in problem.message
+
+
+def test_a_file_saved_with_a_utf8_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    """Windows editors (Notepad) save UTF-8 with a BOM: the file means the same, and a bad
+    value in it is still named at its own line (not "Invalid statement" at line 1)."""
+    text = '[shop]\nname = "Laden"\n[worker]\nmisfire_grace_s = -1\n'
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("-1", "60").encode())
+    assert load_settings(path).shop.name == "Laden"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    [problem] = config_error(path).problems
+    assert (problem.key, problem.line, problem.value) == ("worker.misfire_grace_s", 4, -1)
+
+
+@pytest.mark.parametrize("key", ["leader_poll_s", "deliver_every_s", "import_every_s"])
+def test_a_worker_polling_interval_below_a_tenth_of_a_second_is_refused(
+    tmp_path: Path, key: str
+) -> None:
+    """``leader_poll_s = 0.000001`` passed (above 0) and the worker spun: a heartbeat write
+    transaction, a delivery round or a drop-folder scan back to back, a whole core (9.2 CPU
+    seconds in 12 s) and the SQLite write lock held against everything else."""
+    [problem] = config_error(write(tmp_path, f"[worker]\n{key} = 0.000001\n")).problems
+    assert (problem.key, problem.line, problem.value) == (f"worker.{key}", 2, 0.000001)
+    assert load_settings(write(tmp_path, f"[worker]\n{key} = 0.1\n"))

@@ -43,7 +43,7 @@ def campaign_problems(
 def _text(path: Path) -> str:
     """A campaign file's text, for the lines of its subjects ("" if it went away since)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8").removeprefix("\ufeff")  # as read_toml
     except (OSError, UnicodeDecodeError):
         return ""
 

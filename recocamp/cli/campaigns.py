@@ -32,6 +32,7 @@ from recocamp.cli.common import (
     print_error,
     print_json,
     print_warning,
+    warn_no_campaigns,
     within,
     write_output,
 )
@@ -58,6 +59,7 @@ def check(
     with errors_to_exit():
         settings = current_settings()
         loaded, failures = checks.campaign_problems(settings, campaigns, templates)
+    warn_no_campaigns(campaigns)
     for failure in failures:
         print_error(str(failure))
     warned = _catalogue_warnings(settings, loaded, campaigns)

@@ -64,8 +64,32 @@ errors = (
 )
 clock = SystemClock()  # the command line's only reader of the time
 
-CampaignsDir = Annotated[Path, typer.Option("--campaigns", help="Campaign files.")]
-TemplatesDir = Annotated[Path, typer.Option("--templates", help="Template files.")]
+
+def a_folder(value: Path | None) -> Path | None:
+    """A folder option (``--campaigns``, ``--templates``) that names a file is a typo: exit 2
+    naming option and path, before any work (a file has no ``*.toml`` in it: no campaign
+    would be read, silently). A missing folder is left to the command (see
+    :func:`warn_no_campaigns`)."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file; name a folder")
+    return value
+
+
+CampaignsDir = Annotated[
+    Path, typer.Option("--campaigns", help="Campaign files.", callback=a_folder)
+]
+TemplatesDir = Annotated[
+    Path, typer.Option("--templates", help="Template files.", callback=a_folder)
+]
+
+
+def warn_no_campaigns(campaigns: Path) -> None:
+    """``check`` and ``worker`` with no campaigns folder (a typo, the wrong working
+    directory) would say "ok: 0 campaign(s)" or run no campaign without a word."""
+    if not campaigns.is_dir():
+        print_warning(f"there is no folder {campaigns} (--campaigns): no campaign is read")
+
+
 SHARED_ADDRESS_HINT = (
     "Say whom it covers: --all-matching (every one of these customer ids, as one person: "
     "duplicate accounts) or --only-this-id (this id alone: the others keep their rows and "

@@ -44,9 +44,11 @@ def demo(
     fake ESP (started in this process), and show what went out."""
     from recocamp.delivery.esp.fake_server import FakeEsp, create_app, running
 
-    ensure_folder(demo_dir, "--demo-dir")
     with errors_to_exit():
         settings = current_settings()
+    now = parse_as_of(as_of, settings.shop.zone)  # bad input: before the shop is built
+    ensure_folder(demo_dir, "--demo-dir")
+    with errors_to_exit():
         engine, untrained = demo_shop(settings, demo_dir)
         if untrained:
             train_and_show(settings, as_of, None)
@@ -56,7 +58,6 @@ def demo(
         fake = FakeEsp(data_dir=demo_dir / "fake-esp")
         with running(create_app(fake)) as url:
             local = demo_settings(settings, url, demo_dir)
-            now = parse_as_of(as_of, settings.shop.zone)
             for campaign in loaded:
                 print_run(send_run(local, engine, campaign, templates, now, 5.0))
         stats = fake.stats()

@@ -34,12 +34,13 @@ from recocamp.cli.common import (
     parse_as_of,
     print_error,
     print_warning,
+    warn_no_campaigns,
     within,
 )
 from recocamp.cli.demo import demo_settings, demo_shop
 from recocamp.clock import FixedClock
 from recocamp.delivery.esp import check_provider
-from recocamp.errors import ConfigError, RecocampError
+from recocamp.errors import ConfigError
 from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
 from recocamp.store import queries, runs
@@ -96,6 +97,7 @@ def worker(
         check_provider(settings)  # its deliver job would fail every few seconds, for ever
         process = Worker(settings, engine_for(settings), campaigns, templates, clock)
         broken = process.load()  # each broken file is logged with its problems
+        warn_no_campaigns(campaigns)
         if once:
             outcomes = process.run_due_once()
             console.print(", ".join(f"{job}: {what}" for job, what in outcomes.items()))
@@ -120,6 +122,9 @@ def worker(
             # would wait for their threads: leave now, the next worker resumes what matters
             logging.shutdown()
             os._exit(3)
+        if process.lost is not None:  # not a signal: a supervisor should see a failure
+            print_error(process.lost)
+            raise typer.Exit(1)
 
 
 def _broken_text(broken: list[ConfigError]) -> str:
@@ -133,9 +138,9 @@ def _demo(campaigns: Path, templates: Path, start: str, days: int) -> None:
     from recocamp.delivery.esp.fake_server import FakeEsp, create_app, running
 
     settings, demo_dir = current_settings(), Path("demo")
-    engine, untrained = demo_shop(settings, demo_dir)
     zone = settings.shop.zone
-    begin = parse_as_of(start, zone, "--start")
+    begin = parse_as_of(start, zone, "--start")  # bad input: before the shop is built
+    engine, untrained = demo_shop(settings, demo_dir)
     _history(engine, settings, clock.now())
     fake = FakeEsp(data_dir=demo_dir / "fake-esp")
     with running(create_app(fake)) as url:
@@ -336,13 +341,17 @@ def runs_trigger(job: str) -> None:
         sched.start(paused=True)
         try:
             known = [j.id for j in sched.get_jobs(jobstore=scheduler.SHARED)]
-            if job not in known:
-                names = ", ".join(known) or "none yet: the scheduling worker adds them"
-                raise RecocampError(f"no scheduled job {job!r} (known: {names})")
-            sched.modify_job(job, jobstore=scheduler.SHARED, next_run_time=clock.now())
+            if job in known:
+                sched.modify_job(job, jobstore=scheduler.SHARED, next_run_time=clock.now())
         finally:
             scheduler.quiesce(sched)
             sched.shutdown(wait=False)
+    if job not in known:
+        if not known:  # nothing to name yet: not the user's input
+            print_error(f"no scheduled job {job!r} yet: the scheduling worker adds them")
+            raise typer.Exit(1)
+        print_error(f"no scheduled job {job!r} (known: {', '.join(sorted(known))})")
+        raise typer.Exit(2)  # a typo in the name: bad input
     console.print(f"{job}: due now")
 
 

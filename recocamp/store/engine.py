@@ -136,15 +136,21 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> str | None:
     """Create or migrate the schema; returns the revision the database is now at."""
     from alembic import command
 
+    current_revision(engine)  # one that cannot be opened is said in one line
     command.upgrade(_alembic_config(engine), revision)
     return current_revision(engine)
 
 
 def current_revision(engine: sa.Engine) -> str | None:
+    """The schema revision; a database that cannot be opened or read (a server away, a
+    file that is not SQLite) is a :class:`StoreError` saying why, not a driver traceback."""
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except sa.exc.DBAPIError as exc:
+        raise StoreError(f"cannot open the database: {exc.orig}") from None
 
 
 def head_revision() -> str | None:
@@ -156,10 +162,7 @@ def head_revision() -> str | None:
 
 def require_current(engine: sa.Engine) -> None:
     """Refuse to work on a database that is missing migrations (clear message, no traceback)."""
-    try:
-        current = current_revision(engine)
-    except sa.exc.OperationalError as exc:
-        raise StoreError(f"cannot open the database: {exc.orig}") from None
+    current = current_revision(engine)
     if current != head_revision():
         raise StoreError(
             f"the database is at schema revision {current or 'none'}, this recocamp needs "

@@ -10,7 +10,9 @@
   old leader makes the same job on the new leader skip, never run twice.
 - **SQLite** (the embedded default) supports one worker: it takes an exclusive ``flock`` on
   ``<database>.worker-lock`` and a second worker is refused with a clear message. That
-  worker is always the leader; per-job locks are the scheduler's ``max_instances=1``.
+  worker is always the leader; per-job locks are the scheduler's ``max_instances=1``. A lock
+  file deleted while the worker runs is locked again on its next poll (or, if a second
+  worker got it first, the first one stops leading): never two leaders on one file.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class Leadership(Protocol):
         ...
 
     def release(self) -> None: ...
+
+    def gone(self) -> str | None:
+        """Why this worker cannot go on (its SQLite database file deleted or replaced under
+        it), or None."""
+        ...
 
     @contextmanager
     def job_lock(self, job: str) -> Iterator[bool]:
@@ -106,6 +113,9 @@ class AdvisoryLockLeadership(_JobLocks):
 
     def register(self) -> None:
         """Any number of workers may run on PostgreSQL."""
+
+    def gone(self) -> str | None:
+        return None  # a lost connection is ``held``'s business
 
     def try_acquire(self) -> bool:
         if self.connection is not None:
@@ -183,20 +193,47 @@ class SoleWorker(_JobLocks):
 
     def __init__(self, engine: Engine) -> None:
         database = store.sqlite_file(engine)
+        self.database = Path(database) if database is not None else None
         self.path = Path(f"{database}.worker-lock") if database is not None else None
         self.handle: IO[str] | None = None
+        self.identity: tuple[int, int] | None = None  # the database file's, at register
         super().__init__()
 
     def register(self) -> None:
-        self.try_acquire()
+        holder = self._take()
+        if holder is None and self.database is not None:
+            self.identity = _identity(self.database)
+        if holder is not None:
+            raise StoreError(
+                f"another recocamp worker ({holder}) is running on the SQLite database "
+                f"{self.path.with_suffix('') if self.path else ''}: SQLite supports one "
+                'worker. Stop it first, or use PostgreSQL (database_url = "postgresql://…") '
+                "for several workers"
+            )
 
     def try_acquire(self) -> bool:
-        """Lock the file. The lock, not the file, says who runs: a file left by a dead
-        process (its pid in it) is locked by nobody and taken over. The holder removes the
-        file on release, so a worker that opened it just before may lock a file that no
-        longer has a name: it checks that its locked file is still the one at the path."""
-        if self.handle is not None or self.path is None:
-            return True
+        return self._take() is None
+
+    def held(self) -> bool:
+        """Whether the file at the path is still the one this worker locked. An operator
+        may delete it (it looks like a stale pid file) while the worker runs, and a second
+        worker would lock a new one: it is taken again at once (a second worker is refused
+        as before), or, when another worker got it first, this one no longer leads."""
+        return self._take() is None
+
+    def _take(self) -> str | None:
+        """Lock the file; None while this worker holds it, else who does. The lock, not the
+        file, says who runs: a file left by a dead process (its pid in it) is locked by
+        nobody and taken over. The holder removes the file on release, so a worker that
+        opened it just before may lock a file that no longer has a name: it checks that its
+        locked file is still the one at the path."""
+        if self.path is None:
+            return None
+        if self.handle is not None:
+            if _same_file(self.handle, self.path):
+                return None
+            log.error("worker lock file %s removed or replaced: locking it again", self.path)
+            self._close()
         while True:
             handle = self.path.open("a+")
             try:
@@ -205,11 +242,7 @@ class SoleWorker(_JobLocks):
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 handle.close()
-                raise StoreError(
-                    f"another recocamp worker ({holder}) is running on the SQLite database "
-                    f"{self.path.with_suffix('')}: SQLite supports one worker. Stop it first, "
-                    'or use PostgreSQL (database_url = "postgresql://…") for several workers'
-                ) from None
+                return holder
             if _same_file(handle, self.path):
                 break
             handle.close()  # released and removed meanwhile: lock the new one
@@ -217,22 +250,48 @@ class SoleWorker(_JobLocks):
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         self.handle = handle
-        return True
+        return None
 
-    def held(self) -> bool:
-        return True
+    def gone(self) -> str | None:
+        """An operator who deletes the database file (or moves a backup over it) while the
+        worker runs: its open connections keep writing into the old file, which nobody reads
+        any more (an import would delete the dropped files it put there, mail would be
+        recorded sent there alone), so the worker must stop."""
+        if self.identity is None or self.database is None:
+            return None
+        now = _identity(self.database)
+        if now == self.identity:
+            return None
+        how = "deleted" if now is None else "replaced"
+        return (
+            f"the SQLite database {self.database} was {how} while the worker ran: stopping "
+            "(its connections would go on writing into the old file)"
+        )
 
     def resign(self) -> None:
         """The only worker of a SQLite file keeps its lock: nobody else could lead."""
 
     def release(self) -> None:
-        """Unlock and remove the lock file (removed while still locked: see try_acquire)."""
+        """Unlock and remove the lock file (removed while still locked: see ``_take``), if
+        it is still this worker's: one another worker made meanwhile stays."""
         if self.handle is not None:
-            if self.path is not None:
+            if self.path is not None and _same_file(self.handle, self.path):
                 self.path.unlink(missing_ok=True)
+            self._close()
+
+    def _close(self) -> None:
+        if self.handle is not None:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
             self.handle = None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _same_file(handle: IO[str], path: Path) -> bool:

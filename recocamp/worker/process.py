@@ -103,6 +103,7 @@ class Worker:
         self._resuming: set[int] = set()
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
         self.stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGINT)
+        self.lost: str | None = None  # why it stopped by itself (see Leadership.gone)
         self._running: dict[str, int] = {}  # job → its run's id while it runs (see abandon)
         self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
         self._loop_thread: threading.Thread | None = None
@@ -351,6 +352,11 @@ class Worker:
 
     def tick(self) -> None:
         """One round of the loop: heartbeat, leadership, rate share, resume, reload."""
+        if (lost := self.leadership.gone()) is not None:
+            log.error("%s", lost)
+            self.lost = self.stopped_by = lost
+            self.stop.set()
+            return
         self._lead()
         self._heartbeat_and_share_rate()
         if self.leader_since is not None:
@@ -504,7 +510,8 @@ class Worker:
 
     def shutdown(self) -> bool:
         """Stop: no new runs, wait up to the shutdown timeout for running ones; True when
-        everything finished in time."""
+        everything finished in time. Else the runs still going are recorded ``interrupted``
+        and the worker stopped (:meth:`abandon`): the caller exits the process now."""
         global _current
         self.stop.set()
         timeout = self.settings.worker.shutdown_timeout_s
@@ -522,10 +529,19 @@ class Worker:
             self._loop_thread.join(timeout=5)
         if not clean:  # the caller exits the process now: the locks go with it
             log.error(
-                "jobs still running after %.0f s: exiting anyway (campaign runs are "
+                "jobs still running after %g s: exiting anyway (campaign runs are "
                 "resumed by the next scheduling worker)",
                 timeout,
             )
+            # recorded, not left ``running`` for ever (and the worker not shown alive); the
+            # exit must come even when the database is what hangs
+            try:
+                self.abandon(
+                    f"{self.stopped_by or 'stop'}: still running {timeout:g} s after the "
+                    "worker was stopped ([worker] shutdown_timeout_s); the worker exited"
+                )
+            except Exception:
+                log.exception("could not record the runs still going as interrupted")
             return False
         with self.engine.begin() as connection:
             runs.stopped(connection, self.id, self.clock.now())
@@ -577,11 +593,17 @@ class Worker:
             if j.next_run_time is not None and j.next_run_time <= now
         }
         self.scheduler.resume()
-        with done:
-            while not due <= outcomes.keys() and not self.stop.is_set():
-                done.wait(1.0)
-        scheduler.quiesce(self.scheduler)
-        self.scheduler.shutdown(wait=True)
+        try:
+            with done:
+                while not due <= outcomes.keys() and not self.stop.is_set():
+                    done.wait(1.0)
+        except KeyboardInterrupt:  # Ctrl-C: what runs stops at its next chunk or batch
+            self.stopped_by = "SIGINT"
+            self.stop.set()
+            raise
+        finally:  # the jobs end before the caller releases the worker lock
+            scheduler.quiesce(self.scheduler)
+            self.scheduler.shutdown(wait=True)
         return {job: outcomes.get(job, "not run") for job in sorted(due)}
 
     # -- the demo's compressed schedule ------------------------------------------------------

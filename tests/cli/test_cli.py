@@ -966,3 +966,72 @@ def test_only_the_commands_that_build_the_database_create_its_file(
         assert f"there is no database {workdir / 'shop.db'}: run `recocamp db upgrade`" in said
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     assert (workdir / "shop.db").exists()
+
+
+def test_runs_trigger_of_an_unknown_job_is_bad_input_exit_2(workdir: Path) -> None:
+    """A typo in the job's name is the user's input, as an unknown campaign is for
+    ``outbox resume``: exit 2 naming it and the known jobs, nothing made due."""
+    settings = workdir / "settings.toml"
+    settings.write_text(settings.read_text() + '[esp]\nprovider = "fake"\n')
+    runner.invoke(app, ["db", "upgrade"])
+    (workdir / "campaigns").mkdir()
+    assert runner.invoke(app, ["worker", "--once"]).exit_code == 0  # the schedule is stored
+    result = runner.invoke(app, ["runs", "trigger", "trian"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no scheduled job 'trian' (known: " in result.stderr and "train" in result.stderr
+    assert runner.invoke(app, ["runs", "trigger", "train"]).exit_code == 0
+
+
+def test_a_campaigns_folder_that_is_a_file_or_missing_is_never_silently_empty(
+    workdir: Path,
+) -> None:
+    """``--campaigns`` naming a file is bad input (exit 2 before any work); a folder that is
+    not there (a typo, the wrong working directory) is warned about by ``check`` and
+    ``worker``, which would otherwise say "ok: 0 campaign(s)" or run no campaign, silently."""
+    settings = workdir / "settings.toml"
+    settings.write_text(settings.read_text() + '[esp]\nprovider = "fake"\n')
+    runner.invoke(app, ["db", "upgrade"])
+    (workdir / "plain").write_text("x")
+    for args in (["check"], ["worker", "--once"], ["plan", "x"]):
+        result = runner.invoke(app, [*args, "--campaigns", "plain"])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "--campaigns" in result.stderr and "plain is a file; name a folder" in result.stderr
+    assert not runner.invoke(app, ["runs", "list", "--format", "json"]).stdout.strip("[]\n")
+    for args in (["check"], ["worker", "--once"]):
+        result = runner.invoke(app, [*args, "--campaigns", "campains"])
+        assert result.exit_code == 0
+        assert "warning: there is no folder campains (--campaigns): no campaign" in result.stderr
+
+
+@pytest.mark.parametrize("start", ["2011-02-30", "1800-01-01", "soon"])
+@pytest.mark.parametrize("command", [["worker", "--demo", "--start"], ["demo", "--as-of"]])
+def test_a_demo_with_a_bad_date_exits_2_before_building_the_shop(
+    workdir: Path, start: str, command: list[str]
+) -> None:
+    """``--start``/``--as-of`` are checked as they are read, like every date option: not
+    after the demo shop was built (the UCI import, a minute) only to stop with exit 2."""
+    result = runner.invoke(app, [*command, start], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert command[-1] in result.stderr and start in result.stderr
+    assert not (workdir / "shop.db").exists() and not (workdir / "demo").exists()
+
+
+def test_a_file_that_is_no_database_is_one_line_not_a_traceback(workdir: Path) -> None:
+    """``database_url`` naming a file that is not SQLite (a typo, a backup tarball, a
+    truncated copy): every command says so in one line, exit 1, and leaves the file alone;
+    ``check`` notes it and checks the rest."""
+    junk = bytes(range(256)) * 64
+    (workdir / "shop.db").write_bytes(junk)
+    for args in (["kpis"], ["db", "current"], ["db", "upgrade"], ["runs", "list"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), args
+        assert result.stderr.strip() == (
+            "error: cannot open the database: file is not a database"
+        ), args
+    result = runner.invoke(
+        app,
+        ["check", "--campaigns", str(ROOT / "campaigns"), "--templates", str(ROOT / "templates")],
+    )
+    assert result.exit_code == 0, result.exception
+    assert "not checked against the catalogue: cannot open the database" in result.stdout
+    assert (workdir / "shop.db").read_bytes() == junk

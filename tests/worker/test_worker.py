@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -101,6 +102,71 @@ def test_a_second_worker_on_one_sqlite_database_is_refused(tmp_path: Path, secre
     lock.write_text("pid 5991")  # left by a killed worker: nobody holds its lock
     assert recocamp(shop, "worker", "--once").returncode == 0
     assert not lock.exists()
+
+
+def test_a_deleted_lock_file_is_taken_again_and_never_gives_two_leaders(
+    tmp_path: Path, secrets: None
+) -> None:
+    """An operator who deletes ``shop.db.worker-lock`` (it looks like a stale pid file) while
+    the worker runs: the worker takes it again within a poll, so a second worker is still
+    refused; one that got in first makes the running worker step down (one leader at a time),
+    and the one that stepped down leaves the other's lock file alone when it stops."""
+    shop = sqlite_shop(tmp_path)
+    lock = shop / "shop.db.worker-lock"
+    first, second, third = worker_for(shop), worker_for(shop), worker_for(shop)
+    first.start(loop=False)
+    try:
+        first.tick()
+        assert first.leader_since is not None
+        lock.unlink()
+        first.tick()  # its next poll
+        assert lock.read_text() == f"pid {os.getpid()}" and first.leader_since is not None
+        with pytest.raises(StoreError, match="SQLite supports one worker"):
+            second.start(loop=False)
+        lock.unlink()
+        third.start(loop=False)  # got in before the first worker's next poll
+        try:
+            third.tick()
+            first.tick()
+            assert third.leader_since is not None and first.leader_since is None
+            first.shutdown()
+            assert lock.exists()  # the third worker's: a fourth is still refused
+            refused = recocamp(shop, "worker", "--once")
+            assert refused.returncode == 1 and "SQLite supports one worker" in refused.stderr
+        finally:
+            third.shutdown()
+    finally:
+        first.shutdown()
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_worker_whose_sqlite_file_is_deleted_or_replaced_stops(
+    tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """``rm shop.db`` or a backup moved over it while the worker runs: its open connections
+    keep writing into the old file, which nobody reads any more (imports would delete the
+    dropped files they put there, mail would be recorded sent there alone). It stops
+    within a poll, saying why, instead of running on."""
+    shop = sqlite_shop(tmp_path)
+    database = shop / "shop.db"
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert process.leader_since is not None and not process.stop.is_set()
+        if how == "deleted":
+            database.unlink()
+        else:
+            backup = shop / "backup.db"
+            backup.write_bytes(database.read_bytes())
+            os.replace(backup, database)
+        with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
+            process.tick()
+        assert process.stop.is_set() and process.lost is not None
+        assert f"{database} was {how}" in process.lost and process.lost in caplog.text
+    finally:
+        process.shutdown()
 
 
 def _cron(process: Worker, job: str) -> str:
@@ -667,3 +733,70 @@ def test_abandon_records_the_runs_still_going_interrupted(
     process.abandon("nothing runs now")  # a run that has ended is not touched
     with process.engine.connect() as connection:
         assert connection.execute(sa.text("SELECT status FROM runs")).scalar_one() == "error"
+
+
+def test_a_job_past_the_shutdown_timeout_is_recorded_interrupted_before_the_exit(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``recocamp worker`` exits 3 when a job (a training) still runs after the shutdown
+    timeout: its run must not stay ``running`` for ever in ``runs list``, nor the worker
+    look alive and leading in ``runs workers``."""
+    from recocamp.worker import jobs as worker_jobs
+
+    release = threading.Event()
+
+    def stuck(*_args: object) -> dict[str, object]:
+        release.wait(30)
+        return {}
+
+    monkeypatch.setitem(worker_jobs.JOBS, "train", stuck)
+    process = worker_for(sqlite_shop(tmp_path, shutdown_timeout_s=0.5))
+    process.start(loop=False)
+    try:
+        process.tick()  # leader
+        process.scheduler.add_job(process.run, args=["train"], jobstore=scheduler.LOCAL)
+        wait_for(lambda: scalar(process.engine, "SELECT status FROM runs WHERE job = 'train'"))
+        assert process.shutdown() is False  # the caller exits 3 now
+        with process.engine.connect() as connection:
+            [train] = runs.recent(connection, "train")
+            [worker] = runs.all_workers(connection)
+        assert train.status == "interrupted" and "shutdown" in (train.error or "")
+        assert worker.stopped_at is not None and worker.leader_since is None
+    finally:
+        release.set()
+        process.leadership.release()  # the process would have exited, closing the lock file
+
+
+def test_ctrl_c_during_worker_once_stops_its_jobs_and_keeps_the_lock_until_they_end(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C on ``worker --once`` while a job runs: the job is told to stop (a campaign run
+    stops between chunks, as under the long-running worker), and the SQLite worker lock is
+    held until it has ended — released at once, a ``recocamp worker`` started next would run
+    beside the job still going."""
+    import _thread
+
+    from recocamp.worker import jobs as worker_jobs
+
+    shop = sqlite_shop(tmp_path)
+    lock = shop / "shop.db.worker-lock"
+    assert recocamp(shop, "worker", "--once").returncode == 0  # stores the schedule
+    assert recocamp(shop, "runs", "trigger", "train").returncode == 0
+    seen: list[tuple[bool, bool]] = []
+
+    def interrupted(ctx: worker_jobs.JobContext, _as_of: datetime) -> dict[str, object]:
+        _thread.interrupt_main()  # Ctrl-C while the job runs
+        stopped = ctx.stop.wait(10)
+        time.sleep(0.5)  # a job finishing its chunk
+        seen.append((stopped, lock.exists()))
+        return {}
+
+    monkeypatch.setitem(worker_jobs.JOBS, "train", interrupted)
+    process = worker_for(shop)
+    with pytest.raises(KeyboardInterrupt):
+        process.run_due_once()
+    assert seen == [(True, True)]  # told to stop; the lock still held while it ran
+    assert not lock.exists()
+    with process.engine.connect() as connection:
+        [train] = runs.recent(connection, "train")
+    assert train.status == "ok"  # recorded, not left running
