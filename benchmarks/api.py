@@ -35,6 +35,11 @@ R`` adds one more measured line: next-best-offer while R purchase events a secon
 (each one commits and drops that customer's answers, in every process): >= 70 % of the bare
 throughput and p99 <= 3x the bare p99 at 20 events/s; no error and p99 < 50 ms at 200/s.
 
+Server CPU per request is read from /proc (all the server's processes; "on loops": their
+main threads, the event loops, the rest being worker threads: computed answers, the events'
+writes). With events, the CPU an event costs in situ is derived from it: each loaded round's
+CPU per request beyond the median without events, times its requests, over the events posted.
+
 The last line printed is one JSON object with the figures (``"benchmark": "api"``).
 """
 
@@ -86,6 +91,8 @@ class Run:
     p99_ms: float
     errors: int
     cpu_us: float = 0.0  # server CPU time per request (all its processes)
+    loop_us: float = 0.0  # of which on the processes' main threads (event loops)
+    seconds: float = 0.0  # how long wrk ran
 
 
 def main() -> None:
@@ -297,7 +304,7 @@ class Driver:
         self.server = server
 
     def run(self, paths: Path, seconds: int) -> Run:
-        before = tree_cpu_s(self.server)
+        before, loops = tree_cpu_s(self.server), tree_cpu_s(self.server, main_threads=True)
         done = subprocess.run(
             [
                 self.wrk,
@@ -316,15 +323,19 @@ class Driver:
             check=True,
         )
         spent = tree_cpu_s(self.server) - before
+        looped = tree_cpu_s(self.server, main_threads=True) - loops
         run = parse(done.stdout)
         requests = re.search(r"(\d+) requests in", done.stdout)
         count = int(requests.group(1)) if requests else 0
-        return replace(run, cpu_us=1e6 * spent / max(count, 1))
+        per = 1e6 / max(count, 1)
+        return replace(run, cpu_us=per * spent, loop_us=per * looped, seconds=seconds)
 
 
-def tree_cpu_s(root: int) -> float:
+def tree_cpu_s(root: int, main_threads: bool = False) -> float:
     """CPU seconds (user + system) of a process and all its descendants, from /proc: unlike
-    throughput, this hardly depends on what else runs on the machine."""
+    throughput, this hardly depends on what else runs on the machine. ``main_threads``: only
+    their main threads' (a serve worker's event loop; the rest is its worker threads:
+    computed answers, the events' writes)."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
@@ -343,7 +354,17 @@ def tree_cpu_s(root: int) -> float:
         children = [child for child, parent in parents.items() if parent == pid]
         tree.update(children)
         frontier += children
+    if main_threads:
+        return sum(_main_thread_cpu_s(pid, tick) for pid in tree)
     return sum(times.get(pid, 0.0) for pid in tree)
+
+
+def _main_thread_cpu_s(pid: int, tick: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / tick
 
 
 def parse(output: str) -> Run:
@@ -500,15 +521,18 @@ def report(
     )
     print(
         f"{'endpoint':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU µs/req':>12}"
-        f"{'non-2xx':>10}"
+        f"{'on loops':>10}{'non-2xx':>10}"
     )
     for name, run in median.items():
         print(
             f"{name:<16}{run.rps:>10,.0f}{run.p50_ms:>10.2f}{run.p99_ms:>10.2f}"
-            f"{run.cpu_us:>12.0f}{run.errors:>10}"
+            f"{run.cpu_us:>12.0f}{run.loop_us:>10.0f}{run.errors:>10}"
         )
     for name, found in runs.items():
-        print(f"  {name} rounds: " + ", ".join(f"{r.rps:,.0f}/s p99 {r.p99_ms:.1f}" for r in found))
+        print(
+            f"  {name} rounds: "
+            + ", ".join(f"{r.rps:,.0f}/s p99 {r.p99_ms:.1f} {r.cpu_us:.0f} µs" for r in found)
+        )
     throughput = median["nbo"].rps / median["bare"].rps
     tail = median["nbo"].p99_ms / median["bare"].p99_ms
     print(f"next-best-offer answers while measured: {mix}")
@@ -538,12 +562,22 @@ def report(
             f"p99 / bare p99 = {events.p99_ms / median['bare'].p99_ms:.2f}, "
             f"{events.errors} wrk errors"
         )
+        per_event = in_situ_ms(runs["nbo"], runs["nbo + events"], rate)
+        print(
+            f"server CPU per event in situ: {per_event:.1f} ms (the rounds' extra CPU per "
+            "request over the median without events, times their requests, over the events "
+            f"posted); event loops {median['nbo'].loop_us:.0f} → {events.loop_us:.0f} µs a "
+            "request"
+        )
         figures |= {
             "events_posted_per_s": round(rate, 1),
             "events_failed": posted.failed,
             "nbo_events_rps": round(events.rps, 1),
             "nbo_events_p99_ms": round(events.p99_ms, 2),
             "nbo_events_errors": events.errors,
+            "nbo_cpu_us": round(median["nbo"].cpu_us, 1),
+            "nbo_events_cpu_us": round(events.cpu_us, 1),
+            "cpu_ms_per_event_in_situ": round(per_event, 2),
         }
     if median["nbo"].cpu_us > 0:
         cost = median["bare"].cpu_us / median["nbo"].cpu_us
@@ -562,7 +596,18 @@ def _median(found: list[Run]) -> Run:
         statistics.median(r.p99_ms for r in found),
         sum(r.errors for r in found),
         statistics.median(r.cpu_us for r in found),
+        statistics.median(r.loop_us for r in found),
     )
+
+
+def in_situ_ms(plain: list[Run], loaded: list[Run], events_per_s: float) -> float:
+    """Server CPU milliseconds a purchase event costs while the widget traffic is served:
+    what each loaded round's requests cost beyond the median cost of a request without
+    events, over the events posted meanwhile."""
+    base = statistics.median(r.cpu_us for r in plain)
+    extra_s = sum((r.cpu_us - base) * r.rps * r.seconds for r in loaded) / 1e6
+    events = events_per_s * sum(r.seconds for r in loaded)
+    return 1000 * extra_s / max(events, 1e-9)
 
 
 def cpu_name() -> str:

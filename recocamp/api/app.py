@@ -279,7 +279,9 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500
-        scope[api_lean.ENTERED] = started  # OfferService.catch_up relies on it
+        # OfferService.catch_up relies on it; ``recocamp serve`` stamps it earlier, as it
+        # parses the request (``api.protocol``)
+        scope.setdefault(api_lean.ENTERED, started)
 
         async def sending(message: Message) -> None:
             nonlocal status

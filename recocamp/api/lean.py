@@ -37,7 +37,9 @@ PathId = Annotated[
     str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN), AfterValidator(check_id)
 ]
 ID_MATCH = re.compile(ID_PATTERN)
-ENTERED = "recocamp.entered"  # scope key: time.perf_counter() as the request entered the app
+# scope key: time.perf_counter() as the request was parsed (``recocamp serve``: api.protocol)
+# or entered the app (HttpMetrics, elsewhere); after its arrival either way
+ENTERED = "recocamp.entered"
 
 
 class LeanRoute(APIRoute):

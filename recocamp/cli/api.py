@@ -91,6 +91,8 @@ def serve(
     """Run the shop API: next-best offers, events, preferences and privacy pages, webhooks."""
     import uvicorn
 
+    from recocamp.api import protocol as api_protocol
+
     with errors_to_exit():
         settings = current_settings()
         engine_for(settings)  # refuses a database that is missing migrations
@@ -115,6 +117,7 @@ def serve(
         host=host or settings.api.host,
         port=port or settings.api.port,
         workers=processes,
+        http=api_protocol.HTTP,  # requests stamped as they are parsed (see the module)
         access_log=False,  # paths carry link tokens, which are credentials
         log_config=_log_config(),
         timeout_worker_healthcheck=60,  # a worker loads the live model before it answers
