@@ -7,9 +7,9 @@
   spend per purchase day, tenure — with BG/NBD's and the naive forecast as inputs. It learns
   its weights on the window just before the cutoff (features at ``cutoff − H``, target the
   purchase days in ``[cutoff − H, cutoff)``) and the three before it (below). Where the
-  history reaches a year and a horizon before that, the shop's seasonal level (last year's
-  purchase days in the season ahead over those in the season of the training window, for one
-  cohort, net of that cohort's aging) scales the forecast.
+  history reaches a year and two horizons before the cutoff, the shop's seasonal level scales
+  the forecast: what its customers bought in the horizon a year earlier over what the same
+  learner, learnt as now, forecast for them there (:func:`seasonal_level`).
 - ``hurdle`` (ours): the chance of at least one purchase day in the horizon (a logistic
   regression) times the purchase days expected by those who buy (a Poisson regression on
   them, at least 1) — still an expectation, for totals and revenue. Its features are rates
@@ -56,9 +56,8 @@ measured: the blend's MAE of the likely count fell from 0.940 to 0.937 of BG/NBD
 ``rhythm``'s AUC rose by 0.0025 on average (eight or twelve windows did no better).
 A learning forecaster trains only on windows whose features see at least ``H`` days of the
 shop's history (BG/NBD where not even the latest does). The seasonal level counts only the
-purchase days of customers known before last year's training season, so a cohort's first
-purchases (CDNOW: everybody's first purchase in one quarter) do not pass for a season, and
-divides out the drop BG/NBD expects of that cohort as it ages (:func:`seasonal_level`).
+purchase days of customers known a year before the cutoff, so a cohort's first purchases
+(CDNOW: everybody's first purchase in one quarter) do not pass for a season.
 
 Nothing here sees a day at or after the cutoff.
 """
@@ -270,7 +269,7 @@ def seasonal_level(
     ``[cutoff − 1 year, + H)`` over what it forecast for them there, learnt as now on the
     windows just before (their season). The learner carries the customers' aging itself, so
     this is the season ahead over the season trained and nothing else: the ratio of one
-    cohort's purchase days in the two seasons re-counted the cohort's dropout (0.54–0.65 on
+    cohort's purchase days in the two seasons re-counted the cohort's dropout (0.53–0.65 on
     stationary synthetic shops). Its customers are those known a year ago, so newcomers' first
     days (acquisition, not season) stay out. 1 where the learner could not learn a year ago
     or the history does not reach ``H`` days before its training window there."""
