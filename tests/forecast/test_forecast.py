@@ -404,7 +404,8 @@ def test_every_regression_is_fitted_once_for_an_evaluation_of_all_forecasters(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``blend`` reuses rhythm's and hurdle's answers: one Poisson regression for rhythm, a
-    logistic and a Poisson one for hurdle — six fits, had the blend fitted them again."""
+    logistic and a Poisson one for hurdle, and the same three a year earlier for their seasonal
+    levels (the history reaches that far) — twelve fits, had the blend fitted them again."""
     fits: list[bool] = []
     fit = forecast_models.PoissonRegression.fit
 
@@ -416,7 +417,7 @@ def test_every_regression_is_fitted_once_for_an_evaluation_of_all_forecasters(
 
     monkeypatch.setattr(forecast_models.PoissonRegression, "fit", staticmethod(counted))
     f.evaluate(synthetic_shop(), 600, 90)
-    assert sorted(fits) == [False, False, True]
+    assert sorted(fits) == [False, False, False, False, True, True]
 
 
 def test_the_choice_of_the_live_forecaster_sees_no_day_at_or_after_as_of() -> None:
@@ -734,20 +735,46 @@ def test_a_learning_forecaster_needs_a_horizon_of_history_before_its_training_wi
         assert not np.allclose(learner(shop, enough, 90), bgnbd(shop, enough, 90)), model
 
 
-def test_the_seasonal_level_counts_repeat_days_of_customers_known_before_the_season() -> None:
-    """A year before the horizon, 50 known customers buy every 10 days all along, and a cohort
-    of 300 newcomers makes its first purchases in the training season only: the season ahead is
-    like the trained one (level 1), not 0.6 of it as the newcomers' first days made it."""
-    ids, days = [], []
-    for c in range(50):
-        for day in range(c % 10, 730, 10):
-            ids.append(f"k{c}")
-            days.append(day)
-    for c in range(300):
-        ids.append(f"n{c}")
-        days.append(90 + c % 90)  # first purchase in the training season [90, 180)
-    shop = f.PurchaseDays.from_lines(np.array(ids), np.array(days), np.ones(len(ids)))
-    assert seasonal_level(shop, 365 + 180, 90) == pytest.approx(1.0, abs=0.02)
+def lapsing_shop(seed: int, season: float = 1.0, customers: int = 6000) -> f.PurchaseDays:
+    """Two years of steady acquisition; each customer a rate of their own (gamma) and a lifetime
+    (exponential, mean 250 days), purchase days thinned so that the rate is ``season`` times as
+    high in days 275–364 of each year (the season ahead of a cutoff at day 640) as elsewhere."""
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, 730, customers)
+    rate = rng.gamma(1.0, 1 / 25, customers)
+    end = np.minimum(start + rng.exponential(250, customers), 730)
+    peak = max(season, 1.0)
+    owner = np.repeat(np.arange(customers), rng.poisson(rate * peak * (end - start)))
+    day = (start[owner] + rng.random(len(owner)) * (end - start)[owner]).astype(np.int64)
+    multiplier = np.where((day % 365 >= 275) & (day % 365 < 365), season, 1.0)
+    keep = rng.random(len(owner)) < multiplier / peak
+    owner, day = np.r_[np.arange(customers), owner[keep]], np.r_[start, day[keep]]
+    ids = np.char.add("c", owner.astype("U6"))
+    return f.PurchaseDays.from_lines(ids, day, np.ones(len(day)))
+
+
+@pytest.mark.parametrize("learner", ["learnt_rhythm", "learnt_hurdle"])
+@pytest.mark.parametrize(("season", "low", "high"), [(1.0, 0.9, 1.15), (2.0, 1.7, 2.3)])
+def test_the_seasonal_level_is_the_season_and_not_the_customers_dropout(
+    learner: str, season: float, low: float, high: float
+) -> None:
+    """A shop whose customers lapse (the learners' features carry that) and whose season ahead
+    of day 640 sells ``season`` times the training season's rate: the level is ``season``. The
+    ratio of one cohort's purchase days in the two seasons a year ago made it 0.64–0.68 and
+    1.20–1.30 (the cohort's dropout counted twice); here 0.99–1.09 and 1.86–2.17 over seeds
+    0–2, and one cohort's ratio over the one BG/NBD expects of it 0.75–0.83 and 1.48–1.59."""
+    shop = lapsing_shop(1, season)
+    level = seasonal_level(getattr(forecast_models, learner), shop, 640, 90)
+    assert low < level < high
+
+
+def test_the_seasonal_level_needs_a_horizon_of_history_before_last_years_training_window() -> None:
+    """A learner a year ago learns on ``[year ago − H, year ago)`` from features at
+    ``year ago − H``, which need H days of history themselves (as every training window does)."""
+    shop = lapsing_shop(1, 2.0)
+    rhythm = forecast_models.learnt_rhythm
+    assert seasonal_level(rhythm, shop, 365 + 179, 90) == 1.0
+    assert seasonal_level(rhythm, shop, 365 + 180, 90) != 1.0
 
 
 def test_storing_a_forecast_again_under_a_still_clock_replaces_its_records(
