@@ -94,9 +94,25 @@ class ShopSettings(_Section):
         return ZoneInfo(self.time_zone)
 
 
+def not_a_file(folder: Path) -> str | None:
+    """Why ``folder`` cannot be a folder the drop folder works in (a file of that name is
+    there), or None: a missing one is made when first needed."""
+    return "names a file, not a folder" if folder.exists() and not folder.is_dir() else None
+
+
+def _folder(folder: Path) -> Path:
+    problem = not_a_file(folder)
+    if problem is not None:
+        raise ValueError(problem)
+    return folder
+
+
+Folder = Annotated[Path, AfterValidator(_folder)]
+
+
 class IngestSettings(_Section):
-    drop_dir: Path = Path("incoming")
-    processed_dir: Path = Path("incoming/processed")
+    drop_dir: Folder = Path("incoming")
+    processed_dir: Folder = Path("incoming/processed")
     keep_processed_days: int = Field(default=0, ge=0, le=3650)  # 0: delete once imported
     max_errors_listed: int = Field(default=20, ge=1, le=10_000)
     # decompressed bytes per byte of a .gz file (a gzip bomb is refused: sources.open_text)

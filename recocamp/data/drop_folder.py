@@ -31,8 +31,8 @@ from pathlib import Path
 
 from recocamp.data import erasure_files
 from recocamp.data.ingest import Importer, ImportReport
-from recocamp.errors import DataImportError, Problem
-from recocamp.settings import Settings
+from recocamp.errors import ConfigError, DataImportError, Problem
+from recocamp.settings import Settings, not_a_file, settings_path
 from recocamp.store import tombstones
 from recocamp.store.engine import Engine
 
@@ -95,6 +95,7 @@ def pending(drop_dir: Path, now_s: float) -> tuple[list[Path], int]:
 def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> DropReport:
     drop_dir = settings.ingest.drop_dir
     done_dir = settings.ingest.processed_dir if settings.ingest.keep_processed_days else None
+    _refuse_files_as_folders(settings)
     files, waiting = pending(drop_dir, time.time())
     report = DropReport(waiting=waiting)
     key = tombstones.key_of(settings)
@@ -112,6 +113,27 @@ def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> Dro
     for path in files:
         _one(importer, path, drop_dir, done_dir, report)
     return report
+
+
+def _refuse_files_as_folders(settings: Settings) -> None:
+    """Before anything is imported: a file where a folder of the drop folder belongs (made
+    after the settings were read, which refuse one) would fail each run after its import had
+    committed, the file left in the drop folder to fail again, or (the drop folder itself)
+    let every run report nothing to do."""
+    ingest = settings.ingest
+    folders = {
+        "drop_dir": ingest.drop_dir,
+        "drop_dir (its rejected/)": ingest.drop_dir / "rejected",
+    }
+    if ingest.keep_processed_days:
+        folders["processed_dir"] = ingest.processed_dir
+    found = []
+    for key, folder in folders.items():
+        problem = not_a_file(folder)
+        if problem is not None:
+            found.append(Problem(problem, key=f"ingest.{key}", value=str(folder)))
+    if found:
+        raise ConfigError(settings_path() or Path("settings.toml"), found)
 
 
 def _one(

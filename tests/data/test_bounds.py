@@ -23,7 +23,7 @@ from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.ingest import Importer
 from recocamp.data.sources.csv import ONLINE_RETAIL_COLUMNS, RECORD_MAX
 from recocamp.domain import FIELD_MAX
-from recocamp.errors import DataImportError
+from recocamp.errors import ConfigError, DataImportError
 from recocamp.settings import Settings
 from recocamp.store.schema import customers, import_runs, items, orders, purchases
 from tests.api_shop import bearer, call, make_app
@@ -373,6 +373,34 @@ def test_the_drop_folder_sets_a_file_aside_naming_the_line_and_column(
     errors = (drop / "rejected" / "purchases-1.csv.errors.txt").read_text()
     assert "line 3, column 'customer_id': is not UTF-8 (byte 0xE9 at character 2)" in errors
     assert nothing_written(engine)
+
+
+def test_a_file_where_a_drop_folder_belongs_is_refused_before_anything_is_imported(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file named like ``processed_dir`` failed each run after its import had committed (the
+    dropped file left behind to fail again); the settings refuse one, and a file made there
+    later stops the drop folder before it imports anything, naming the key."""
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
+    drop, done = tmp_path / "incoming", tmp_path / "done"
+    drop.mkdir()
+    done.write_text("not a folder")
+    with pytest.raises(ValueError, match="processed_dir[\\s\\S]*names a file, not a folder"):
+        Settings(ingest={"drop_dir": drop, "processed_dir": done})  # type: ignore[arg-type]
+    done.unlink()
+    settings = Settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        ingest={"drop_dir": drop, "processed_dir": done, "keep_processed_days": 30},
+    )  # type: ignore[arg-type]
+    write_csv(drop / "purchases-1.csv", STANDARD, [GOOD])
+    done.write_text("made after the settings were read")
+    with pytest.raises(ConfigError) as refused:
+        import_drop_folder(engine, settings, NOW)
+    assert "key 'ingest.processed_dir': names a file, not a folder" in str(refused.value)
+    assert (drop / "purchases-1.csv").exists() and nothing_written(engine)
+    done.unlink()
+    assert import_drop_folder(engine, settings, NOW).imported == 1
+    assert (done / "purchases-1.csv").exists()
 
 
 def _bomb(path: Path, blank_lines: int) -> Path:
