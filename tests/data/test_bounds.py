@@ -385,7 +385,7 @@ def test_a_file_where_a_drop_folder_belongs_is_refused_before_anything_is_import
     drop, done = tmp_path / "incoming", tmp_path / "done"
     drop.mkdir()
     done.write_text("not a folder")
-    with pytest.raises(ValueError, match="processed_dir[\\s\\S]*names a file, not a folder"):
+    with pytest.raises(ValueError, match=r"processed_dir[\s\S]*names a file, not a folder"):
         Settings(ingest={"drop_dir": drop, "processed_dir": done})  # type: ignore[arg-type]
     done.unlink()
     settings = Settings(
