@@ -556,6 +556,7 @@ class Worker:
         global _current
         _current = self
         outcomes: dict[str, str] = {}
+        terminated = _sigterm_as_ctrl_c(self)
         try:
             self.leadership.register()
             self._record_files(self.broken)
@@ -568,6 +569,8 @@ class Worker:
         finally:
             self.leadership.release()
             self.leader_since, _current = None, None
+            if terminated is not None:
+                signal.signal(signal.SIGTERM, terminated)
         return outcomes
 
     def _fire_due(self) -> dict[str, str]:
@@ -598,7 +601,7 @@ class Worker:
                 while not due <= outcomes.keys() and not self.stop.is_set():
                     done.wait(1.0)
         except KeyboardInterrupt:  # Ctrl-C: what runs stops at its next chunk or batch
-            self.stopped_by = "SIGINT"
+            self.stopped_by = self.stopped_by or "SIGINT"
             self.stop.set()
             raise
         finally:  # the jobs end before the caller releases the worker lock
@@ -658,3 +661,19 @@ _OUTCOME = {
     EVENT_JOB_MISSED: "missed",
     EVENT_JOB_MAX_INSTANCES: "skipped (still running)",
 }
+
+
+def _sigterm_as_ctrl_c(worker: Worker) -> Any:
+    """``--once`` under cron's ``timeout`` (or a supervisor) gets SIGTERM: by default it ended
+    the process at once, the run left ``running`` for ever. On the main thread it is made
+    Ctrl-C's ``KeyboardInterrupt`` for the call (:meth:`Worker.run_due_once` stops the jobs
+    at their next chunk and keeps the lock until they end); returns the handler to put back,
+    None off the main thread (no handler can be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        worker.stopped_by = "SIGTERM"
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)

@@ -800,3 +800,38 @@ def test_ctrl_c_during_worker_once_stops_its_jobs_and_keeps_the_lock_until_they_
     with process.engine.connect() as connection:
         [train] = runs.recent(connection, "train")
     assert train.status == "ok"  # recorded, not left running
+
+
+def test_sigterm_during_worker_once_stops_its_jobs_as_ctrl_c_does(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cron's ``timeout`` sends SIGTERM to ``worker --once``: it ended the process at once, the
+    run left ``running`` for ever. Now the job is told to stop and recorded, the lock held
+    until it has ended, and the process's own SIGTERM handler is back afterwards."""
+    import os
+    import signal
+
+    from recocamp.worker import jobs as worker_jobs
+
+    shop = sqlite_shop(tmp_path)
+    lock = shop / "shop.db.worker-lock"
+    assert recocamp(shop, "worker", "--once").returncode == 0  # stores the schedule
+    assert recocamp(shop, "runs", "trigger", "train").returncode == 0
+    seen: list[tuple[bool, bool]] = []
+
+    def terminated(ctx: worker_jobs.JobContext, _as_of: datetime) -> dict[str, object]:
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread
+        stopped = ctx.stop.wait(10)
+        seen.append((stopped, lock.exists()))
+        return {}
+
+    monkeypatch.setitem(worker_jobs.JOBS, "train", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    process = worker_for(shop)
+    with pytest.raises(KeyboardInterrupt):
+        process.run_due_once()
+    assert seen == [(True, True)] and process.stopped_by == "SIGTERM"
+    assert not lock.exists() and signal.getsignal(signal.SIGTERM) is before
+    with process.engine.connect() as connection:
+        [train] = runs.recent(connection, "train")
+    assert train.status == "ok"  # recorded, not left running
