@@ -103,6 +103,13 @@ def _outside(directory: Path, path: Path) -> bool:
     return exists and not inside(directory, path)
 
 
+def without_bom(text: str) -> str:
+    """A file's text without the byte order mark Windows editors put first: read as UTF-8
+    it is a character (U+FEFF) that a template would print into every e-mail, before a
+    layout's doctype or in the text part, as the settings files strip it."""
+    return text.removeprefix("\ufeff")
+
+
 def snapshot(directory: Path) -> dict[str, str]:
     """Every template file of ``directory`` as text, by its name in the directory (other
     files, an image beside the templates, and links to files outside the folder are left
@@ -112,7 +119,9 @@ def snapshot(directory: Path) -> dict[str, str]:
     for path in sorted(directory.rglob("*")):
         if path.is_file() and is_template(path.name) and inside(directory, path):
             try:
-                found[path.relative_to(directory).as_posix()] = path.read_text(encoding="utf-8")
+                found[path.relative_to(directory).as_posix()] = without_bom(
+                    path.read_text(encoding="utf-8")
+                )
             except UnicodeDecodeError as exc:
                 raise ConfigError(path, [not_utf8(exc)]) from None
     return found
@@ -155,7 +164,7 @@ class InliningLoader(BaseLoader):
             self.css = sources.get(STYLESHEET, "")
         else:
             readable = sheet.exists() and inside(directory, sheet)
-            self.css = sheet.read_text(encoding="utf-8") if readable else ""
+            self.css = without_bom(sheet.read_text(encoding="utf-8")) if readable else ""
         self.fragments = css_inline.CSSInliner(load_remote_stylesheets=False)
         self.documents = css_inline.CSSInliner(
             load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
@@ -179,6 +188,7 @@ class InliningLoader(BaseLoader):
             source, filename, uptodate = self.files.get_source(environment, template)
         except UnicodeDecodeError as exc:
             raise NotUtf8(template, exc) from None
+        source = without_bom(source)
         if template.endswith(".html") and self.css:
             source = self._inline(source)
         return source, filename, uptodate

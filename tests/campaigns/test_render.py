@@ -725,3 +725,26 @@ def test_a_subject_with_jinja_is_rendered_and_limited() -> None:
     assert renderer.subject("Hi {# note #}{{ customer.first_name }}", sample_context()) == "Hi Anna"
     with pytest.raises(TemplateLimitError, match="longer than 10,000 characters"):
         renderer.subject("x" * 10_001, sample_context())  # a plain one past the bound still fails
+
+
+def test_a_template_saved_with_a_byte_order_mark_prints_none(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a byte order mark: read as text it is U+FEFF, which
+    Jinja printed before the layout's doctype and at the start of the text part. Stripped
+    from every template file and the stylesheet, read from the folder or its snapshot."""
+    bom = "\ufeff"
+    write(
+        tmp_path,
+        "layout.html",
+        bom + "<!DOCTYPE html><html><body>{% block b %}{% endblock %}</body></html>",
+    )
+    write(
+        tmp_path,
+        "main.html",
+        bom + '{% extends "layout.html" %}{% block b %}<p>Hi</p>{% endblock %}',
+    )
+    write(tmp_path, "main.txt", bom + "Hi {{ customer.first_name }}")
+    write(tmp_path, "email.css", bom + "p { color: red }")
+    for renderer in (Renderer(tmp_path), Renderer(tmp_path, snapshot(tmp_path))):
+        email = renderer.render("Hello", "main.html", "main.txt", sample_context("en"))
+        assert email.html.startswith("<!DOCTYPE html>") and email.text.startswith("Hi Anna")
+        assert bom not in email.html + email.text and "color: red" in email.html
