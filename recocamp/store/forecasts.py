@@ -43,7 +43,7 @@ def purchase_lines(
     purchase = sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
     product_orders = sa.select(p.order_id).where(purchase, p.item_id.not_in(service))
     profiled_not = _unprofiled()
-    epoch = _exact_seconds(connection, p.ordered_at)
+    epoch = epoch_seconds(connection, p.ordered_at)  # exact to SQLite's millisecond
     query = sa.select(p.customer_id, epoch, p.quantity * p.unit_price).where(
         purchase,
         p.customer_id.is_not(None),
@@ -61,17 +61,6 @@ def purchase_lines(
             seconds.append(float(at))
             revenue.append(float(value))
     return np.array(ids, dtype=object), np.array(seconds), np.array(revenue)
-
-
-def _exact_seconds(connection: sa.Connection, column: Any) -> Any:
-    """UTC epoch seconds exact to the millisecond SQLite keeps: its ``julianday`` float is off
-    by some microseconds, and an order stamped at the shop's midnight (shops that record dates
-    only) then fell a hair before it, on the previous purchase day. Rounded to whole
-    milliseconds, a midnight is a whole number of seconds again (PostgreSQL's is exact)."""
-    if connection.dialect.name != "sqlite":
-        return epoch_seconds(connection, column)
-    milliseconds = sa.func.round((sa.func.julianday(column) - 2440587.5) * 86400000.0)
-    return milliseconds / 1000.0
 
 
 def _unprofiled() -> sa.Select[tuple[str]]:

@@ -358,11 +358,25 @@ def first_order_time(connection: sa.Connection) -> datetime | None:
     return value  # type: ignore[no-any-return]
 
 
+JULIAN_UNIX_MS = 210_866_760_000_000  # 1970-01-01 00:00 UTC in SQLite's julian milliseconds
+
+
 def epoch_seconds(connection: sa.Connection, column: Any) -> Any:
-    """UTC epoch seconds in SQL, so millions of rows never become datetime objects."""
+    """UTC epoch seconds in SQL, so millions of rows never become datetime objects. SQLite
+    keeps a time as whole julian milliseconds (``julianday`` is them over 86,400,000):
+    turned into seconds through the julian day, an order stamped at midnight came out a
+    hair before it (651 of 1,095 Berlin midnights), so a shop that records dates only had
+    the cutoff day's orders in ``< until`` — a training or an evaluation learning from the
+    first day it should not see. Whole milliseconds since 1970 over 1,000 are exact."""
     if connection.dialect.name == "sqlite":
-        return (sa.func.julianday(column) - 2440587.5) * 86400.0
+        return (_julian_ms(column) - JULIAN_UNIX_MS) / 1000.0
     return sa.extract("epoch", column)
+
+
+def _julian_ms(column: Any) -> Any:
+    """SQLite's own integer julian milliseconds of a time (``julianday`` × 86,400,000 is
+    exact to well under one), as a REAL holding a whole number."""
+    return sa.func.round(sa.func.julianday(column) * 86400000.0)
 
 
 class LineColumns(NamedTuple):
@@ -390,7 +404,7 @@ def training_lines(
     separator-joined columns (``group_concat``), split in C, because the driver's per-row
     tuples and strings cost more than the database's own scan (20 M lines: 4 of 6 s). The
     epoch is the same float as :func:`epoch_seconds` (SQLite's integer milliseconds since
-    the julian epoch, then the same two double operations), so the lines and a model's data
+    the julian epoch less 1970's, over 1,000: one exact operation), so the lines and a model's data
     fingerprint are what the row-by-row read gives. A range whose ids hold the separator is
     read row by row, as PostgreSQL always is (plain tuples from a server-side cursor).
     Ranges are large (a million ids, a few hundred MB of strings at most) because each
@@ -415,7 +429,7 @@ def training_lines(
         if any(len(column) != lines for column in numbers):  # not one integer per line
             yield from _line_rows(connection, until, FETCH, (start, start + chunk))
             continue
-        at = (numbers[1] / 86400000.0 - JULIAN_UNIX) * DAY
+        at = (numbers[1] - JULIAN_UNIX_MS) / 1000.0  # as :func:`epoch_seconds` computes it
         yield _in_id_order(numbers[0], columns, at)
 
 
@@ -481,7 +495,7 @@ def _line_ids_and_times(
 
     p = purchases.c
     low, high = _id_range(connection)
-    julian_ms = sa.cast(sa.func.round(sa.func.julianday(p.ordered_at) * 86400000.0), sa.Integer)
+    julian_ms = sa.cast(_julian_ms(p.ordered_at), sa.Integer)
     query = sa.select(
         sa.func.count(), sa.func.group_concat(p.id, COMMA), sa.func.group_concat(julian_ms, COMMA)
     ).where(
@@ -499,7 +513,7 @@ def _line_ids_and_times(
             return None
         ranked = np.argsort(numbers[0], kind="stable")  # aggregated in scan order: id order
         ids.append(numbers[0][ranked])
-        at.append((numbers[1][ranked] / 86400000.0 - JULIAN_UNIX) * DAY)
+        at.append((numbers[1][ranked] - JULIAN_UNIX_MS) / 1000.0)  # as epoch_seconds
     return np.concatenate(ids), np.concatenate(at)
 
 
@@ -568,10 +582,6 @@ def _integers(joined: str) -> np.ndarray:
     return np.fromstring(joined, dtype=np.int64, sep=",")
 
 
-JULIAN_UNIX = 2440587.5  # the julian day of 1970-01-01 00:00 UTC
-DAY = 86400.0
-
-
 def _line_filter(connection: sa.Connection, until: datetime | None) -> list[Any]:
     p, c, i = purchases.c, customers.c, items.c
     objected = sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
@@ -604,7 +614,7 @@ def _joined_lines(connection: sa.Connection, until: datetime | None) -> sa.Selec
     """One id range's lines as one row: count, then each column joined (SQLite)."""
     p = purchases.c
     sep = sa.bindparam("sep", type_=sa.String)
-    julian_ms = sa.cast(sa.func.round(sa.func.julianday(p.ordered_at) * 86400000.0), sa.Integer)
+    julian_ms = sa.cast(_julian_ms(p.ordered_at), sa.Integer)
     return sa.select(
         sa.func.count(),
         sa.func.group_concat(p.id, ","),

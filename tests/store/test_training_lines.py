@@ -215,3 +215,27 @@ def test_amounts_align_with_the_training_lines_one_for_one(engine: sa.Engine) ->
     amounts = {(row.order_id, row.item_id): (row.quantity, row.unit_price) for row in learnable}
     assert len(keys) == 24
     assert list(zip(quantity.tolist(), price.tolist(), strict=True)) == [amounts[k] for k in keys]
+
+
+def test_a_shop_recording_dates_only_learns_nothing_of_the_cutoff_day(engine: sa.Engine) -> None:
+    """Orders stamped at the shop's midnight (shops that record dates only): a training or an
+    evaluation until day D's midnight must not see D's order. Turned into seconds through
+    SQLite's julian day, most Berlin midnights came out a hair before themselves (651 of
+    1,095), and ``< until`` let the cutoff day's orders in; every read exact now."""
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
+    midnights = [datetime(2010, 1, 1, tzinfo=berlin) + timedelta(days=n) for n in range(120)]
+    with engine.begin() as connection:
+        queries.upsert_items(connection, [Item("i1", "Item", "tea", 2.5)], NOW)
+        stored = [Purchase(f"o{n}", 1, "c1", "i1", 1, 2.5, at) for n, at in enumerate(midnights)]
+        queries.insert_purchases(connection, stored, None)
+    with engine.connect() as connection:
+        for cutoff in midnights[1::7]:
+            expected = sorted(p.order_id for p in stored if p.ordered_at < cutoff)
+            read = _read(list(queries.training_lines(connection, cutoff, chunk=16)))
+            assert sorted(read[2]) == expected, cutoff
+            assert read[3].max() == (cutoff - timedelta(days=1)).timestamp()  # exact
+            numbered = queries.numbered_training_lines(connection, cutoff, chunk=16)
+            if numbered is not None:  # SQLite's fast read
+                assert len(numbered.at) == len(expected), cutoff
