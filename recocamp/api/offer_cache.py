@@ -597,7 +597,8 @@ class OfferService:
         One computation at a time per process: the threads that wait hold no GIL, so the event
         loop keeps serving cached answers at full speed while misses queue (and a key asked
         for twice meanwhile is computed once). An answer is not cached when its customer's
-        data changed, or everything was dropped, while it was computed: it may predate it."""
+        data changed, or everything was dropped, while it was computed: it may predate it; nor
+        when the history left out a line dated after ``now`` (see :class:`histories.Kept`)."""
         with self._computing:
             entry = self.cache.get(customer_id, query)
             snapshot = self.snapshot()
@@ -616,7 +617,9 @@ class OfferService:
                     pending, self._pending = self._pending, None
             with self.cache.lock:
                 fresh = epoch == self._epoch and customer_id not in pending
-                if self._trusted and fresh and query.kept:
+                # a history that left out a line dated past ``now`` (an order's clock a
+                # little ahead) is wrong once that time comes, and no change would drop it
+                if self._trusted and fresh and query.kept and basis.kept.complete:
                     self.cache.put(customer_id, query, _Entry(basis.generation, body))
                     self.cache.put_basis(customer_id, basis)
             self.tally.computed += 1
