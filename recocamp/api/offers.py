@@ -132,7 +132,7 @@ def next_best_offer_route(
             values = {
                 "n": api_lean.scalar(pairs, "n", 5, COUNT, errors),
                 "mode": api_lean.scalar(pairs, "mode", Mode.MIXED, MODE, errors),
-                "category": api_lean.strings(pairs, "category", FILTER_LENGTH, errors),
+                "category": api_lean.strings(pairs, "category", FILTER_LENGTH, errors, False),
                 "exclude": api_lean.strings(pairs, "exclude", FILTER_LENGTH, errors),
             }
             if len(parsed) >= PARSED_QUERIES:

@@ -1,15 +1,17 @@
-"""Freshness of cached next-best offers in corners the change log alone does not cover: a
-purchase dated a little past the server's clock (accepted: clocks drift), whose line the
-history leaves out until its time comes."""
+"""Next-best offers in corners: a purchase dated a little past the server's clock (accepted:
+clocks drift), whose line the history leaves out until its time comes; query values the
+route's own parser (``api.lean``) must read as its schema says."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlalchemy as sa
 
 from recocamp.clock import FixedClock
+from recocamp.store.schema import items
 from tests.api.test_api_offers import cached_customer, ids, offers
 from tests.api_shop import NOW, Closing, bearer, call, make_app
 
@@ -37,3 +39,22 @@ def test_a_purchase_dated_a_little_ahead_shows_once_its_time_has_come(
     after = offers(app, buyer, "n=5&mode=discover")
     assert bought not in ids(after)
     assert after["basis_reason"] == "recalculated: changed since training"
+
+
+def test_a_category_whose_name_holds_a_comma_filters_by_that_category(
+    shop: tuple[sa.Engine, Path], closing: Closing
+) -> None:
+    """``category`` is a list of whole names, repeated (the schema says so); only
+    ``exclude`` also takes ids separated by commas. A shop's category may well be
+    "Toys, games": split at the comma it matched no item, and the widget showed nothing."""
+    engine = shop[0]
+    buyer, _ = cached_customer(engine)
+    with engine.begin() as connection:
+        first = connection.execute(sa.select(items.c.category).order_by(items.c.id)).scalar()
+        connection.execute(
+            sa.update(items).where(items.c.category == first).values(category="Toys, games")
+        )
+    app = closing(make_app(*shop))
+    found = offers(app, buyer, f"n=3&category={quote('Toys, games')}")
+    assert found["items"]
+    assert {entry["category"] for entry in found["items"]} == {"Toys, games"}  # type: ignore[attr-defined]
