@@ -11,9 +11,10 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from recocamp.clock import FixedClock
+from recocamp.store.engine import make_engine
 from recocamp.store.schema import items
 from tests.api.test_api_offers import cached_customer, ids, offers
-from tests.api_shop import NOW, Closing, bearer, call, make_app
+from tests.api_shop import NOW, Closing, bearer, call, listening, make_app, wait_until
 
 
 def test_a_purchase_dated_a_little_ahead_shows_once_its_time_has_come(
@@ -58,3 +59,38 @@ def test_a_category_whose_name_holds_a_comma_filters_by_that_category(
     found = offers(app, buyer, f"n=3&category={quote('Toys, games')}")
     assert found["items"]
     assert {entry["category"] for entry in found["items"]} == {"Toys, games"}  # type: ignore[attr-defined]
+
+
+def test_an_erasure_right_after_a_purchase_reaches_the_other_process(
+    shop: tuple[sa.Engine, Path], closing: Closing
+) -> None:
+    """The erasure deletes the change log's rows that name the customer, the newest (the
+    purchase the other process has read) among them; its "everything" row must still come
+    after what that process read, or it never sees it and serves the erased customer's
+    personal list on."""
+    engine, artifacts = shop
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        one, two = closing(make_app(engine, artifacts)), closing(make_app(other, artifacts))
+        listening(one, two)
+        buyer, _ = cached_customer(engine)
+        bought = ids(offers(two, buyer, "n=5&mode=discover"))[0]
+        order = {
+            "order_id": "then-erased",
+            "customer_id": buyer,
+            "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
+            "lines": [{"item_id": bought, "quantity": 1, "unit_price": 3.5}],
+        }
+        posted = call(one, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
+        assert posted.status == 200, posted.text
+        if engine.dialect.name == "postgresql":
+            wait_until(lambda: two.state.service.tally.heard >= 1)
+        assert offers(two, buyer, "n=5&mode=discover")["basis"] == "recalculated"
+        path = f"/v1/privacy/customers/{buyer}"
+        erased = call(one, "DELETE", path, headers=bearer("dpo"))
+        assert erased.status == 200, erased.text
+        if engine.dialect.name == "postgresql":
+            wait_until(lambda: two.state.service.tally.heard >= 2)
+        assert offers(two, buyer, "n=5&mode=discover")["basis"] == "popular"
+    finally:
+        other.dispose()
