@@ -145,7 +145,7 @@ def next_best_offer_route(
         values, errors = query_of(request.scope.get("query_string", b""))
         customer_id = str(request.path_params["customer_id"])
         bad_id = api_lean.id_errors(customer_id, ("path", "customer_id"))
-        api_lean.raise_if([*errors, *bad_id] if bad_id else errors)
+        api_lean.raise_if([*bad_id, *errors] if bad_id else errors)  # FastAPI: path first
         return {"request": request, "customer_id": customer_id, "key": key, **values}
 
     return api_lean.LeanRoute(

@@ -8,12 +8,14 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
 
 from recocamp.clock import FixedClock
 from recocamp.store.engine import make_engine
 from recocamp.store.schema import items
-from tests.api.test_api_offers import cached_customer, ids, offers
+from tests.api.test_api_offers import NBO, cached_customer, fastapi_twin, ids, offers
 from tests.api_shop import NOW, Closing, bearer, call, listening, make_app, wait_until
 
 
@@ -94,3 +96,13 @@ def test_an_erasure_right_after_a_purchase_reaches_the_other_process(
         assert offers(two, buyer, "n=5&mode=discover")["basis"] == "popular"
     finally:
         other.dispose()
+
+
+@pytest.mark.parametrize("query", ["n=0", "n=0&mode=x", "category=" + "c" * 201])
+def test_a_bad_id_and_bad_parameters_are_listed_in_fastapis_order(app: FastAPI, query: str) -> None:
+    """FastAPI lists the path's errors before the query's; clients read ``detail[0]``."""
+    path = NBO.format("x" * 65) + "?" + query
+    lean = call(app, "GET", path, headers=bearer("shop"))
+    plain = call(fastapi_twin(app), "GET", path, headers=bearer("shop"))
+    assert lean.status == plain.status == 422
+    assert lean.json() == plain.json()
