@@ -22,6 +22,8 @@ from recocamp.api.offer_cache import Query as OfferQuery
 from recocamp.recommender.ranking import Mode
 
 PARSED_QUERIES = 1024  # distinct query strings remembered
+PARSED_BYTES = 2048  # … each at most this long (a server takes some 64 KB: thousands of
+# values, 0.2 MB parsed for 40 KB; answers with more than 20 filter values are not kept anyway)
 COUNT = api_lean.bounded(1, MAX_N)  # n's rules, as Query(ge=1, le=MAX_N) has them
 MODE = TypeAdapter(Mode)
 NOTHING: frozenset[str] = frozenset()
@@ -135,9 +137,11 @@ def next_best_offer_route(
                 "category": api_lean.strings(pairs, "category", FILTER_LENGTH, errors, False),
                 "exclude": api_lean.strings(pairs, "exclude", FILTER_LENGTH, errors),
             }
-            if len(parsed) >= PARSED_QUERIES:
-                parsed.clear()
-            found = parsed[raw] = (values, errors)
+            found = (values, errors)
+            if len(raw) <= PARSED_BYTES:
+                if len(parsed) >= PARSED_QUERIES:
+                    parsed.clear()
+                parsed[raw] = found
         return found
 
     async def parse(request: Request) -> dict[str, Any]:
