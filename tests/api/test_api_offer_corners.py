@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from recocamp.clock import FixedClock
+from recocamp.data.synthetic import END
 from recocamp.store.engine import make_engine
 from recocamp.store.schema import items
 from tests.api.test_api_offers import NBO, cached_customer, fastapi_twin, ids, offers
@@ -132,3 +133,40 @@ def test_long_query_strings_are_not_remembered(app: FastAPI) -> None:
     finally:
         tracemalloc.stop()
     assert grown < 1_000_000, grown  # remembered: about 20 × 0.2 MB
+
+
+def test_an_erased_id_signed_up_again_gets_nothing_of_the_erased_profile(
+    shop: tuple[sa.Engine, Path], closing: Closing
+) -> None:
+    """The erasure takes the customer out of the saved model; a process that loaded the
+    model before must not go on using the erased person's row of it for whoever signs up
+    under the id again (with an order dated before the model's data cutoff, the rules take
+    the model's own list of a trained customer the cache leaves out). Its answer is that of
+    a process started after the erasure."""
+    engine, artifacts = shop
+    clock = FixedClock(NOW)
+    app = closing(make_app(engine, artifacts, clock))
+    customer, _ = cached_customer(engine)
+    assert offers(app, customer, "n=5")["basis"] == "personal"
+    erased = call(app, "DELETE", f"/v1/privacy/customers/{customer}", headers=bearer("dpo"))
+    assert erased.status == 200, erased.text
+    clock.advance(timedelta(minutes=1))
+    signup = {
+        "source": "signup",
+        "email": "again@example.test",
+        "consent_basis": "double_opt_in",
+        "consent_at": clock.now().isoformat(),
+        "new_sign_up": True,
+    }
+    back = call(app, "PUT", f"/v1/customers/{customer}", json=signup, headers=bearer("shop"))
+    assert back.status == 200, back.text
+    order = {
+        "order_id": "after-sign-up",
+        "customer_id": customer,
+        "ordered_at": (END - timedelta(days=20)).isoformat(),
+        "lines": [{"item_id": "20001", "quantity": 1, "unit_price": 3.5}],
+    }
+    posted = call(app, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
+    assert posted.status == 200, posted.text
+    started_after = closing(make_app(engine, artifacts, clock))
+    assert offers(app, customer, "n=5") == offers(started_after, customer, "n=5")
