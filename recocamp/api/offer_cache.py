@@ -452,14 +452,15 @@ class OfferService:
                 and old.live is not None
                 and old.live.version == live_row.version
             )
-            if (
-                old is not None
-                and same_model
-                and old.catalogue_mark == mark
-                and old.erasures == erasures
-            ):
-                return replace(
-                    old, catalogue_mark=mark, checked=self.monotonic(), load_error=None, epoch=epoch
+            if old is not None and same_model and old.catalogue_mark == mark:
+                return replace(  # a new generation after an erasure: see ``scrubbed``
+                    old,
+                    generation=old.generation + (old.erasures != erasures),
+                    catalogue_mark=mark,
+                    checked=self.monotonic(),
+                    load_error=None,
+                    epoch=epoch,
+                    erasures=erasures,
                 )
             catalogue = views.catalogue(connection)
             popular = views.recent_popular(
