@@ -19,7 +19,17 @@ from recocamp.data.synthetic import END
 from recocamp.store.engine import make_engine
 from recocamp.store.schema import items
 from tests.api.test_api_offers import NBO, cached_customer, fastapi_twin, ids, offers
-from tests.api_shop import NOW, Closing, bearer, call, listening, make_app, wait_until
+from tests.api.test_preferences import page, someone
+from tests.api_shop import (
+    NOW,
+    Closing,
+    bearer,
+    call,
+    engine_of,
+    listening,
+    make_app,
+    wait_until,
+)
 
 
 def test_a_purchase_dated_a_little_ahead_shows_once_its_time_has_come(
@@ -170,3 +180,19 @@ def test_an_erased_id_signed_up_again_gets_nothing_of_the_erased_profile(
     assert posted.status == 200, posted.text
     started_after = closing(make_app(engine, artifacts, clock))
     assert offers(app, customer, "n=5") == offers(started_after, customer, "n=5")
+
+
+def test_an_objection_on_the_preferences_page_drops_the_answers_before_the_page_answers(
+    app: FastAPI,
+) -> None:
+    """As the purchase events, customer changes and erasures of the API do: the process that
+    takes the change drops the customer's answers before it answers (on PostgreSQL the others
+    hear it by notification, this one would have served the old list until its own came)."""
+    engine, service = engine_of(app), app.state.service
+    person = someone(engine, "en")
+    assert offers(app, person.id, "n=3")["personalised"] is True
+    forgotten = service.tally.forgotten
+    form = {"action": "save", "objected": "on"}
+    assert call(app, "POST", page(person.id), data=form).status == 303
+    assert service.tally.forgotten == forgotten + 1  # before any request looked at the store
+    assert offers(app, person.id, "n=3")["basis_reason"] == "popular: objected to profiling"
