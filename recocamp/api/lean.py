@@ -142,9 +142,14 @@ def bounded(low: int, high: int) -> TypeAdapter[int]:
 
 
 def strings(
-    pairs: list[tuple[str, str]], name: str, max_length: int, errors: list[dict[str, Any]]
+    pairs: list[tuple[str, str]],
+    name: str,
+    max_length: int,
+    errors: list[dict[str, Any]],
+    commas: bool = True,
 ) -> list[str]:
-    """Every value of a repeatable parameter; a value may also list several, comma-separated."""
+    """Every value of a repeatable parameter; with ``commas``, a value may also list several,
+    comma-separated (item ids; not category names, which may hold a comma)."""
     found: list[str] = []
     for position, (_, value) in enumerate(p for p in pairs if p[0] == name):
         if len(value) > max_length:
@@ -158,7 +163,8 @@ def strings(
                 )
             )
             continue
-        found += [part.strip() for part in value.split(",") if part.strip()]
+        parts = value.split(",") if commas else (value,)
+        found += [part.strip() for part in parts if part.strip()]
     return found
 
 

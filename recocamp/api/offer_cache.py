@@ -178,6 +178,18 @@ class Snapshot:
     # the service's epoch when this look began: a snapshot older than the latest "everything
     # changed" (a model went live) is not used for a new answer (see OfferService.snapshot)
     epoch: int = 0
+    # ``store.erasures_mark`` now, and when ``live`` was loaded (see :attr:`scrubbed`)
+    erasures: int = 0
+    loaded_erasures: int = 0
+
+    @property
+    def scrubbed(self) -> bool:
+        """Whether somebody was erased since ``live`` was loaded: the saved model's files no
+        longer hold them, but the model in memory does, and its row for the id may be the
+        erased person's (an id signed up again). Then no customer's list is taken from the
+        model's own rows (``serving.personal_list``'s ``listable``) until a model is loaded
+        again: re-scored from the store's history instead."""
+        return self.erasures != self.loaded_erasures
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +445,7 @@ class OfferService:
         with self.engine.connect() as connection:
             live_row = registry.live(connection)
             mark = store.catalogue_mark(connection)
+            erasures = store.erasures_mark(connection)  # before the model's files are read
             same_model = (live_row is None and (old is None or old.live is None)) or (
                 live_row is not None
                 and old is not None
@@ -440,16 +453,22 @@ class OfferService:
                 and old.live.version == live_row.version
             )
             if old is not None and same_model and old.catalogue_mark == mark:
-                return replace(
-                    old, catalogue_mark=mark, checked=self.monotonic(), load_error=None, epoch=epoch
+                return replace(  # a new generation after an erasure: see ``scrubbed``
+                    old,
+                    generation=old.generation + (old.erasures != erasures),
+                    catalogue_mark=mark,
+                    checked=self.monotonic(),
+                    load_error=None,
+                    epoch=epoch,
+                    erasures=erasures,
                 )
             catalogue = views.catalogue(connection)
             popular = views.recent_popular(
                 connection, self.clock.now(), self.settings.recommender.top_n
             )
-        error = None
+        error, loaded = None, erasures
         if old is not None and same_model:
-            live = old.live
+            live, loaded = old.live, old.loaded_erasures
         else:
             live, error = self._load(live_row, None if old is None else old.load_error)
         generation = 1 if old is None else old.generation + 1
@@ -459,7 +478,18 @@ class OfferService:
             live.version if live else None,
             len(catalogue),
         )
-        return Snapshot(generation, catalogue, mark, live, popular, self.monotonic(), error, epoch)
+        return Snapshot(
+            generation,
+            catalogue,
+            mark,
+            live,
+            popular,
+            self.monotonic(),
+            error,
+            epoch,
+            erasures,
+            loaded,
+        )
 
     def _load(self, row: Any, failed: str | None) -> tuple[Live | None, str | None]:
         """The live model, or None and why it cannot be loaded. A model that failed is
@@ -600,7 +630,8 @@ class OfferService:
         One computation at a time per process: the threads that wait hold no GIL, so the event
         loop keeps serving cached answers at full speed while misses queue (and a key asked
         for twice meanwhile is computed once). An answer is not cached when its customer's
-        data changed, or everything was dropped, while it was computed: it may predate it."""
+        data changed, or everything was dropped, while it was computed: it may predate it; nor
+        when the history left out a line dated after ``now`` (see :class:`histories.Kept`)."""
         with self._computing:
             entry = self.cache.get(customer_id, query)
             snapshot = self.snapshot()
@@ -619,7 +650,9 @@ class OfferService:
                     pending, self._pending = self._pending, None
             with self.cache.lock:
                 fresh = epoch == self._epoch and customer_id not in pending
-                if self._trusted and fresh and query.kept:
+                # a history that left out a line dated past ``now`` (an order's clock a
+                # little ahead) is wrong once that time comes, and no change would drop it
+                if self._trusted and fresh and query.kept and basis.kept.complete:
                     self.cache.put(customer_id, query, _Entry(basis.generation, body))
                     self.cache.put_basis(customer_id, basis)
             self.tally.computed += 1
@@ -709,6 +742,7 @@ class OfferService:
             half_life=recommender.time_decay_half_life_days,
             unloadable=snapshot.load_error is not None,
             rescored=rescored,
+            listable=not snapshot.scrubbed,
         )
         if rescored is not None and personal.basis == "recalculated":
             self.tally.shared += 1

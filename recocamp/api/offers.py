@@ -22,6 +22,8 @@ from recocamp.api.offer_cache import Query as OfferQuery
 from recocamp.recommender.ranking import Mode
 
 PARSED_QUERIES = 1024  # distinct query strings remembered
+PARSED_BYTES = 2048  # … each at most this long (a server takes some 64 KB: thousands of
+# values, 0.2 MB parsed for 40 KB; answers with more than 20 filter values are not kept anyway)
 COUNT = api_lean.bounded(1, MAX_N)  # n's rules, as Query(ge=1, le=MAX_N) has them
 MODE = TypeAdapter(Mode)
 NOTHING: frozenset[str] = frozenset()
@@ -132,12 +134,14 @@ def next_best_offer_route(
             values = {
                 "n": api_lean.scalar(pairs, "n", 5, COUNT, errors),
                 "mode": api_lean.scalar(pairs, "mode", Mode.MIXED, MODE, errors),
-                "category": api_lean.strings(pairs, "category", FILTER_LENGTH, errors),
+                "category": api_lean.strings(pairs, "category", FILTER_LENGTH, errors, False),
                 "exclude": api_lean.strings(pairs, "exclude", FILTER_LENGTH, errors),
             }
-            if len(parsed) >= PARSED_QUERIES:
-                parsed.clear()
-            found = parsed[raw] = (values, errors)
+            found = (values, errors)
+            if len(raw) <= PARSED_BYTES:
+                if len(parsed) >= PARSED_QUERIES:
+                    parsed.clear()
+                parsed[raw] = found
         return found
 
     async def parse(request: Request) -> dict[str, Any]:
@@ -145,7 +149,7 @@ def next_best_offer_route(
         values, errors = query_of(request.scope.get("query_string", b""))
         customer_id = str(request.path_params["customer_id"])
         bad_id = api_lean.id_errors(customer_id, ("path", "customer_id"))
-        api_lean.raise_if([*errors, *bad_id] if bad_id else errors)
+        api_lean.raise_if([*bad_id, *errors] if bad_id else errors)  # FastAPI: path first
         return {"request": request, "customer_id": customer_id, "key": key, **values}
 
     return api_lean.LeanRoute(

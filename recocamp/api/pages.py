@@ -253,6 +253,9 @@ class Pages:
             outcome = await run_in_threadpool(  # the event loop, which serves cached offers
                 _change, self.engine, self.settings, found, form, self.clock.now()
             )
+            # as the API's events do: this process drops the answers before it answers (on
+            # PostgreSQL the others hear it by notification, this one too, but later)
+            self.service.forget([found.customer_id])
         except forms.FormError as error:
             log.info("preferences form of customer %s refused: %s", found.customer_id, error)
             outcome = "invalid"

@@ -177,19 +177,22 @@ def personal_list(
     half_life: float | None,
     unloadable: bool = False,
     rescored: Ranked | None = None,
+    listable: bool = True,
 ) -> Personal:
     """The personal list of one customer (see the module docstring), or popularity.
     ``unloadable``: ``live`` is None because the live model's artifacts cannot be loaded
     (not because no model is live yet). ``rescored``: this very history's re-scored list
     on ``live``, computed elsewhere (another serving process): taken where the rules
-    re-score, instead of re-scoring (its ``scores`` are then None)."""
+    re-score, instead of re-scoring (its ``scores`` are then None). ``listable``: whether
+    ``live``'s own row of a trained customer may be used (not once somebody was erased
+    since it was loaded: the row may be the erased person's; re-scored from ``history``)."""
     if live is None:
         why = "the live model cannot be loaded" if unloadable else "no live model yet"
         return Personal(None, f"popular: {why}", None)
     if not objected:
         changed = history.last_at is not None and history.last_at >= live.data_cutoff
         listed = None
-        if not changed and cached is None and history.count > 0:
+        if listable and not changed and cached is None and history.count > 0:
             listed = live.listed(customer_id, top_n)  # outside the cache's window
         if listed is not None:
             return Personal(listed, "personal", live.version)

@@ -42,12 +42,15 @@ def erased(connection: sa.Connection, customer_id: str) -> None:
     """At the end of an erasure's transaction: the change log forgets the customer (its rows
     name them; the erasure's own writes added more) and tells every reader to drop everything
     instead (a row without a customer; on PostgreSQL the log stays empty and the triggers'
-    notifications, which are not stored, have already named them)."""
+    notifications, which are not stored, have already named them). The "everything" row
+    comes first: ``seq`` is SQLite's rowid, which a new row takes one past the largest left,
+    so written after the newest rows were deleted (they often name the customer: a purchase
+    just before the erasure) it would reuse a ``seq`` a reader has read, and go unseen."""
+    if connection.dialect.name == "sqlite":
+        everything(connection)
     connection.execute(
         sa.delete(serving_changes).where(serving_changes.c.customer_id == customer_id)
     )
-    if connection.dialect.name == "sqlite":
-        everything(connection)
 
 
 KEEP = 100_000  # rows of the SQLite change log its triggers keep (migration 0013)

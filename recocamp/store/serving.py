@@ -18,6 +18,7 @@ from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import (
     UtcDateTime,
     customers,
+    erasures,
     items,
     offer_lists,
     purchase_totals,
@@ -30,6 +31,12 @@ def catalogue_mark(connection: Connection) -> tuple[Any, ...]:
     in_stock = sa.func.sum(sa.case((items.c.in_stock, 1), else_=0))
     query = sa.select(sa.func.count(), sa.func.max(items.c.updated_at), in_stock)
     return tuple(connection.execute(query).one())
+
+
+def erasures_mark(connection: Connection) -> int:
+    """The newest erasure's id (0: none): changes whenever somebody is erased, and with
+    them taken out of the saved models' files (``api.offer_cache.Snapshot.scrubbed``)."""
+    return int(connection.execute(sa.select(sa.func.max(erasures.c.id))).scalar() or 0)
 
 
 class ProfilingFlags(NamedTuple):
