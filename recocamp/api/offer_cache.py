@@ -565,9 +565,14 @@ class OfferService:
 
     def _connected(self, connected: bool) -> None:
         """The listener (re)connected or lost its connection: what was cached before may have
-        missed notifications, and nothing is served from the cache while it is away."""
-        self._trusted = connected
+        missed notifications, and nothing is served from the cache while it is away. Trusted
+        only once the cache is cleared (and distrusted before): trusted first, an answer
+        computed while it was away could be cached under the old epoch in between."""
+        if not connected:
+            self._trusted = False
         self._everything(refresh=connected)
+        if connected:
+            self._trusted = True
 
     def start(self) -> None:
         """PostgreSQL: start listening for changes (once; the first lookup does it too)."""

@@ -196,3 +196,24 @@ def test_an_objection_on_the_preferences_page_drops_the_answers_before_the_page_
     assert call(app, "POST", page(person.id), data=form).status == 303
     assert service.tally.forgotten == forgotten + 1  # before any request looked at the store
     assert offers(app, person.id, "n=3")["basis_reason"] == "popular: objected to profiling"
+
+
+@pytest.mark.parametrize("connected", [True, False])
+def test_the_listener_reconnecting_trusts_the_cache_only_once_it_is_cleared(
+    app: FastAPI, connected: bool
+) -> None:
+    """PostgreSQL's listener (re)connecting: answers computed while it was away may have missed
+    notifications. Trusted before the cache was cleared, one finishing in between was kept
+    under the old epoch; losing the connection distrusts before it clears."""
+    service = app.state.service
+    seen: list[bool] = []
+    clear = service.cache.clear
+
+    def clearing() -> None:
+        seen.append(service.trusted)
+        clear()
+
+    service.cache.clear = clearing
+    service._trusted = not connected
+    service._connected(connected)
+    assert seen == [False] and service.trusted is connected
