@@ -41,13 +41,18 @@ Changed = list[str] | None  # customer ids; None: everything
 def erased(connection: sa.Connection, customer_id: str) -> None:
     """At the end of an erasure's transaction: the change log forgets the customer (its rows
     name them; the erasure's own writes added more) and tells every reader to drop everything
-    instead (a row without a customer; on PostgreSQL the log stays empty and the triggers'
-    notifications, which are not stored, have already named them). The "everything" row
-    comes first: ``seq`` is SQLite's rowid, which a new row takes one past the largest left,
-    so written after the newest rows were deleted (they often name the customer: a purchase
-    just before the erasure) it would reuse a ``seq`` a reader has read, and go unseen."""
+    instead (a row without a customer; on PostgreSQL the log stays empty, and an
+    "everything" notification goes out on commit besides the triggers' naming them). So
+    every process takes a new look at the store, which sees the erasure and stops using the
+    loaded model's own rows (``api.offer_cache.Snapshot.scrubbed``: an id signed up again
+    must get nothing of the erased person's row). The "everything" row comes first: ``seq``
+    is SQLite's rowid, which a new row takes one past the largest left, so written after the
+    newest rows were deleted (they often name the customer: a purchase just before the
+    erasure) it would reuse a ``seq`` a reader has read, and go unseen."""
     if connection.dialect.name == "sqlite":
         everything(connection)
+    else:
+        connection.execute(sa.select(sa.func.pg_notify(CHANNEL, EVERYTHING)))
     connection.execute(
         sa.delete(serving_changes).where(serving_changes.c.customer_id == customer_id)
     )
