@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,6 +30,22 @@ def _no_recocamp_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("RECOCAMP_") and name != "RECOCAMP_TEST_POSTGRES_URL":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_put_back() -> Iterator[None]:
+    """A command run in-process (``worker`` through the CLI runner) installs the worker's
+    SIGINT/SIGTERM/SIGHUP handlers for good; a later test's Ctrl-C then only noted a signal
+    for a worker long gone (CI: "DID NOT RAISE KeyboardInterrupt"). Put back after each
+    test."""
+    kept = {each: signal.getsignal(each) for each in SIGNALS}
+    yield
+    for each, handler in kept.items():
+        if handler is not None:
+            signal.signal(each, handler)
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
