@@ -100,19 +100,30 @@ def not_a_file(folder: Path) -> str | None:
     return "names a file, not a folder" if folder.exists() and not folder.is_dir() else None
 
 
-def _folder(folder: Path) -> Path:
-    problem = not_a_file(folder)
-    if problem is not None:
-        raise ValueError(problem)
-    return folder
-
-
-Folder = Annotated[Path, AfterValidator(_folder)]
+def files_as_folders(settings: Settings, text: str = "") -> list[Problem]:
+    """The drop folder's folders (``[ingest] drop_dir``, its ``rejected/``, and
+    ``processed_dir`` where files are kept) that a file stands in the way of, with their
+    line in the settings file's ``text``: checked once the paths are anchored, when the
+    settings load, and before each run imports anything."""
+    ingest = settings.ingest
+    folders = [
+        ("drop_dir", "", ingest.drop_dir),
+        ("drop_dir", " (its rejected/)", ingest.drop_dir / "rejected"),
+    ]
+    if ingest.keep_processed_days:
+        folders.append(("processed_dir", "", ingest.processed_dir))
+    found = []
+    for key, part, folder in folders:
+        problem = not_a_file(folder)
+        if problem is not None:
+            line = line_of(text, ("ingest", key)) if text else None
+            found.append(Problem(problem, key=f"ingest.{key}{part}", line=line, value=str(folder)))
+    return found
 
 
 class IngestSettings(_Section):
-    drop_dir: Folder = Path("incoming")
-    processed_dir: Folder = Path("incoming/processed")
+    drop_dir: Path = Path("incoming")
+    processed_dir: Path = Path("incoming/processed")
     keep_processed_days: int = Field(default=0, ge=0, le=3650)  # 0: delete once imported
     max_errors_listed: int = Field(default=20, ge=1, le=10_000)
     # decompressed bytes per byte of a .gz file (a gzip bomb is refused: sources.open_text)
@@ -618,10 +629,18 @@ def load_settings(path: Path | None = None) -> Settings:
     _refuse_secrets_in_file(where, data, text)
     settings = validated(where, text, data, _FILE, lambda: Settings(**data), ENV_PREFIX)
     if path is None:
+        _refuse_files_as_folders(where, text, settings)
         return settings
     result = anchored(settings, Path(os.path.abspath(path)).parent)  # "a/../b": b, as written
     _refuse_a_moved_database(path, text, settings.database_url, result.database_url)
+    _refuse_files_as_folders(path, text, result)
     return result
+
+
+def _refuse_files_as_folders(path: Path, text: str, settings: Settings) -> None:
+    found = files_as_folders(settings, text)
+    if found:
+        raise ConfigError(path, found)
 
 
 def _refuse_a_moved_database(path: Path, text: str, written: str, anchored_url: str) -> None:

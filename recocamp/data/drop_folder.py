@@ -32,7 +32,7 @@ from pathlib import Path
 from recocamp.data import erasure_files
 from recocamp.data.ingest import Importer, ImportReport
 from recocamp.errors import ConfigError, DataImportError, Problem
-from recocamp.settings import Settings, not_a_file, settings_path
+from recocamp.settings import Settings, files_as_folders, settings_path
 from recocamp.store import tombstones
 from recocamp.store.engine import Engine
 
@@ -120,18 +120,7 @@ def _refuse_files_as_folders(settings: Settings) -> None:
     after the settings were read, which refuse one) would fail each run after its import had
     committed, the file left in the drop folder to fail again, or (the drop folder itself)
     let every run report nothing to do."""
-    ingest = settings.ingest
-    folders = {
-        "drop_dir": ingest.drop_dir,
-        "drop_dir (its rejected/)": ingest.drop_dir / "rejected",
-    }
-    if ingest.keep_processed_days:
-        folders["processed_dir"] = ingest.processed_dir
-    found = []
-    for key, folder in folders.items():
-        problem = not_a_file(folder)
-        if problem is not None:
-            found.append(Problem(problem, key=f"ingest.{key}", value=str(folder)))
+    found = files_as_folders(settings)
     if found:
         raise ConfigError(settings_path() or Path("settings.toml"), found)
 

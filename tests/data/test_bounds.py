@@ -24,7 +24,7 @@ from recocamp.data.ingest import Importer
 from recocamp.data.sources.csv import ONLINE_RETAIL_COLUMNS, RECORD_MAX
 from recocamp.domain import FIELD_MAX
 from recocamp.errors import ConfigError, DataImportError
-from recocamp.settings import Settings
+from recocamp.settings import Settings, load_settings
 from recocamp.store.schema import customers, import_runs, items, orders, purchases
 from tests.api_shop import bearer, call, make_app
 from tests.conftest import NOW, write_csv
@@ -385,8 +385,11 @@ def test_a_file_where_a_drop_folder_belongs_is_refused_before_anything_is_import
     drop, done = tmp_path / "incoming", tmp_path / "done"
     drop.mkdir()
     done.write_text("not a folder")
-    with pytest.raises(ValueError, match=r"processed_dir[\s\S]*names a file, not a folder"):
-        Settings(ingest={"drop_dir": drop, "processed_dir": done})  # type: ignore[arg-type]
+    written = tmp_path / "settings.toml"  # relative paths: against the file's directory
+    written.write_text('[ingest]\nprocessed_dir = "done"\nkeep_processed_days = 30\n')
+    with pytest.raises(ConfigError) as at_load:
+        load_settings(written)
+    assert "line 2, key 'ingest.processed_dir': names a file, not a folder" in str(at_load.value)
     done.unlink()
     settings = Settings(
         database_url=engine.url.render_as_string(hide_password=False),
