@@ -18,13 +18,18 @@ line is one JSON object with the means per shop kind, level and forecaster.
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks.forecast import synthetic
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from forecast import synthetic  # benchmarks/forecast.py: the speed test's generator
+
 from recocamp import forecast as f
 from recocamp.forecast import models
 from recocamp.forecast.evaluate import quality
