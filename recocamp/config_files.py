@@ -29,11 +29,17 @@ _SECTION = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
 
 
+def without_bom(text: str) -> str:
+    """A file's text without the byte order mark Windows editors put first: read as UTF-8 it
+    is a character (U+FEFF), no part of a TOML document, and one a template would print into
+    every e-mail (before a layout's doctype, at the start of the text part)."""
+    return text.removeprefix("\ufeff")
+
+
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     """The parsed document and its text; unreadable or invalid files are ConfigErrors."""
     try:
-        # a UTF-8 byte order mark (Windows editors write one) is no part of the document
-        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
+        text = without_bom(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(path, [Problem(f"cannot read file: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:

@@ -18,7 +18,7 @@ from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns import render
 from recocamp.campaigns.context import sample_context
 from recocamp.campaigns.files import Campaign
-from recocamp.config_files import line_of
+from recocamp.config_files import line_of, without_bom
 from recocamp.domain import LOCALES, Item
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
@@ -43,7 +43,7 @@ def campaign_problems(
 def _text(path: Path) -> str:
     """A campaign file's text, for the lines of its subjects ("" if it went away since)."""
     try:
-        return path.read_text(encoding="utf-8").removeprefix("\ufeff")  # as read_toml
+        return without_bom(path.read_text(encoding="utf-8"))  # as read_toml
     except (OSError, UnicodeDecodeError):
         return ""
 

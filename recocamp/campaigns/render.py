@@ -56,7 +56,7 @@ from recocamp.campaigns.context import money as money
 from recocamp.campaigns.context import sample_context as sample_context
 from recocamp.campaigns.flatten import FlatEnvironment
 from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
-from recocamp.config_files import not_utf8
+from recocamp.config_files import not_utf8, without_bom
 from recocamp.errors import ConfigError, Problem, TemplateLimitError, shown
 from recocamp.settings import TemplateSettings
 
@@ -101,13 +101,6 @@ def _outside(directory: Path, path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return exists and not inside(directory, path)
-
-
-def without_bom(text: str) -> str:
-    """A file's text without the byte order mark Windows editors put first: read as UTF-8
-    it is a character (U+FEFF) that a template would print into every e-mail, before a
-    layout's doctype or in the text part, as the settings files strip it."""
-    return text.removeprefix("\ufeff")
 
 
 def snapshot(directory: Path) -> dict[str, str]:
