@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "recocamp"
+TESTS = PACKAGE.parent / "tests"
+BENCHMARKS = PACKAGE.parent / "benchmarks"
 BASE = "base"  # settings, errors, clock, domain, tokens, ratelimit, metrics, config_files
 
 # package → the packages it may import (besides itself and the base modules), in the order
@@ -128,14 +130,6 @@ def imported_modules(source: str, module: str) -> set[str]:
     return names
 
 
-def imported_names(source: str) -> Iterator[tuple[str, str]]:
-    """(module, name) of every ``from recocamp.x import name``."""
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recocamp"):
-            for alias in node.names:
-                yield node.module or "", alias.name
-
-
 def is_forbidden(name: str, forbidden: tuple[str, ...] = FORBIDDEN) -> bool:
     return any(name == bad or name.startswith(bad + ".") for bad in forbidden)
 
@@ -209,12 +203,68 @@ def cycles() -> list[list[str]]:
     return found
 
 
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_uses(source: str) -> Iterator[str]:
+    """``module.name`` of every private name taken from a recocamp module: imported
+    (``from recocamp.x import _name``) or reached through an imported module
+    (``from recocamp.x import y`` or ``import recocamp.x.y as y``, then ``y._name``)."""
+    tree = ast.parse(source)
+    modules: dict[str, str] = {}  # local name → the recocamp module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recocamp"):
+            for alias in node.names:
+                if is_private(alias.name):
+                    yield f"{node.module}.{alias.name}"
+                elif is_module(f"{node.module}.{alias.name}"):
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("recocamp") and alias.asname:
+                    modules[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if (  # monkeypatch.setattr(module, "_name", …)
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "setattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id in modules
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and is_private(node.args[1].value)
+        ):
+            yield f"{modules[node.args[0].id]}.{node.args[1].value}"
+        if (  # monkeypatch.setattr("recocamp.module._name", …)
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "setattr"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and node.args[0].value.startswith("recocamp.")
+            and is_private(node.args[0].value.rsplit(".", 1)[-1])
+        ):
+            yield node.args[0].value
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and is_private(node.attr)
+        ):
+            yield f"{modules[node.value.id]}.{node.attr}"
+
+
 def private_imports() -> list[str]:
+    """Private names used outside their module: in the package, and in the tests and
+    benchmarks too (a test of a private helper pins what its module may change freely)."""
     found = []
-    for path in package_modules():
-        for module, name in imported_names(path.read_text(encoding="utf-8")):
-            if name.startswith("_") and not name.startswith("__"):
-                found.append(f"{module_name(path)} imports {module}.{name}")
+    outside = [*TESTS.rglob("*.py"), *BENCHMARKS.glob("*.py")]
+    for path in [*package_modules(), *outside]:
+        for used in private_uses(path.read_text(encoding="utf-8")):
+            found.append(f"{path.relative_to(PACKAGE.parent)} uses {used}")
     return found
 
 
@@ -255,6 +305,26 @@ def later():
     } <= found
     assert not is_forbidden("richer")
     assert not is_forbidden("recocamp.storefront")
+
+
+def test_the_checker_sees_private_names_imported_and_reached_through_modules() -> None:
+    source = """
+from recocamp.store.engine import _config, make_engine, __version__
+from recocamp.store import queries
+import recocamp.recommender.training as training
+from recocamp import settings as s
+queries._rows(1); training._seen; s._load; queries.public; make_engine._x; other._y
+monkeypatch.setattr(training, "_fit", None); monkeypatch.setattr(other, "_z", None)
+monkeypatch.setattr("recocamp.store.queries._read", None)
+"""
+    assert sorted(private_uses(source)) == [
+        "recocamp.recommender.training._fit",
+        "recocamp.recommender.training._seen",
+        "recocamp.settings._load",
+        "recocamp.store.engine._config",
+        "recocamp.store.queries._read",
+        "recocamp.store.queries._rows",
+    ]
 
 
 def test_the_table_covers_every_package_and_places_modules() -> None:

@@ -249,11 +249,13 @@ def _rewrite(path: Path, who: Who, clean: Cleaner) -> bool:
     if cleaned is None:
         return False
     data = cleaned.encode("utf-8")
-    _replace(path, gzip.compress(data, mtime=0) if zipped else data)
+    replace_atomically(path, gzip.compress(data, mtime=0) if zipped else data)
     return True
 
 
-def _replace(path: Path, data: bytes) -> None:
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Put ``data`` in ``path``'s place in one rename, with its mode and times: a crash
+    leaves the old file or the new one, never half of either."""
     stat = path.stat()
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".erasing-")
     try:

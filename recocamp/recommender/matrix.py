@@ -193,7 +193,7 @@ class _Pairs:
         cls, rows: np.ndarray, cols: np.ndarray, order: np.ndarray, shape: tuple[int, int]
     ) -> _Pairs:
         pair = rows.astype(np.int64) * max(shape[1], 1) + cols.astype(np.int64)
-        first = _first_line_per_order_and_item(pair, np.asarray(order, dtype=np.int64))
+        first = first_line_per_order_and_item(pair, np.asarray(order, dtype=np.int64))
         keys = pair[first]
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys
         orders = np.diff(np.r_[starts, len(keys)])
@@ -208,7 +208,7 @@ class _Pairs:
         return matrix
 
 
-def _first_line_per_order_and_item(pair: np.ndarray, order: np.ndarray) -> np.ndarray:
+def first_line_per_order_and_item(pair: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Indices of the first line of each (pair, order), sorted by pair, then order (an item
     counts once per order; the first line's time is the one used).
 

@@ -74,13 +74,13 @@ def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
     with engine.connect() as connection:
         numbered = queries.numbered_training_lines(connection, until)
         if numbered is None:
-            return _encoded_while_reading(connection, until)
-    customer, customer_ids = _in_id_order(numbered.customer, numbered.customer_ids)
-    item, item_ids = _in_id_order(numbered.item, numbered.item_ids)
-    return Lines(customer, item, _first_seen(numbered.order), numbered.at, customer_ids, item_ids)
+            return encoded_while_reading(connection, until)
+    customer, customer_ids = in_id_order(numbered.customer, numbered.customer_ids)
+    item, item_ids = in_id_order(numbered.item, numbered.item_ids)
+    return Lines(customer, item, first_seen(numbered.order), numbered.at, customer_ids, item_ids)
 
 
-def _in_id_order(numbers: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def in_id_order(numbers: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The ids that occur, sorted, and each line's code among them: what
     :meth:`_Codes.sorted` gives for the same lines (the same sort of the same strings)."""
     present = np.flatnonzero(np.bincount(numbers, minlength=len(ids)))
@@ -91,7 +91,7 @@ def _in_id_order(numbers: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.nd
     return rank[numbers], names[order]
 
 
-def _first_seen(numbers: np.ndarray) -> np.ndarray:
+def first_seen(numbers: np.ndarray) -> np.ndarray:
     """Numbers renumbered in order of first appearance (what :class:`_Codes` gives order
     ids read in line order), in linear time: each number's first line, then a running
     count of first lines."""
@@ -104,7 +104,7 @@ def _first_seen(numbers: np.ndarray) -> np.ndarray:
     return (np.cumsum(opens) - 1)[first[numbers]]  # type: ignore[no-any-return]
 
 
-def _encoded_while_reading(connection: Connection, until: datetime | None) -> Lines:
+def encoded_while_reading(connection: Connection, until: datetime | None) -> Lines:
     """The lines of ``queries.training_lines``, encoded while streaming. The cycle
     collector pauses meanwhile: the id dictionaries grow to millions of strings and each
     full pass over them would cost more as they grow (a quarter of the read)."""

@@ -123,7 +123,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 # delivering process, which imports the store and nothing else, never does
 
 
-def _alembic_config(engine: sa.Engine) -> Config:
+def alembic_config(engine: sa.Engine) -> Config:
     from alembic.config import Config
 
     config = Config()
@@ -137,7 +137,7 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> str | None:
     from alembic import command
 
     current_revision(engine)  # one that cannot be opened is said in one line
-    command.upgrade(_alembic_config(engine), revision)
+    command.upgrade(alembic_config(engine), revision)
     return current_revision(engine)
 
 
@@ -156,7 +156,7 @@ def current_revision(engine: sa.Engine) -> str | None:
 def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory.from_config(_alembic_config(sa.create_engine("sqlite://")))
+    script = ScriptDirectory.from_config(alembic_config(sa.create_engine("sqlite://")))
     return script.get_current_head()
 
 

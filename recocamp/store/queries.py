@@ -412,7 +412,7 @@ def training_lines(
     million customers).
     """
     if connection.dialect.name != "sqlite":
-        yield from _line_rows(connection, until, FETCH)
+        yield from line_rows(connection, until, FETCH)
         return
     low, high = _id_range(connection)
     query = _joined_lines(connection, until)
@@ -423,14 +423,14 @@ def training_lines(
             continue
         columns = [text.split(SEPARATOR) for text in (customer, item, order)]
         if any(len(column) != lines for column in columns):  # an id holds the separator
-            yield from _line_rows(connection, until, FETCH, (start, start + chunk))
+            yield from line_rows(connection, until, FETCH, (start, start + chunk))
             continue
         numbers = _integers(ids), _integers(julian_ms)
         if any(len(column) != lines for column in numbers):  # not one integer per line
-            yield from _line_rows(connection, until, FETCH, (start, start + chunk))
+            yield from line_rows(connection, until, FETCH, (start, start + chunk))
             continue
         at = (numbers[1] - JULIAN_UNIX_MS) / 1000.0  # as :func:`epoch_seconds` computes it
-        yield _in_id_order(numbers[0], columns, at)
+        yield in_id_order(numbers[0], columns, at)
 
 
 class NumberedLines(NamedTuple):
@@ -627,7 +627,7 @@ def _joined_lines(connection: sa.Connection, until: datetime | None) -> sa.Selec
     )
 
 
-def _in_id_order(ids: np.ndarray, columns: list[list[str]], at: np.ndarray) -> LineColumns:
+def in_id_order(ids: np.ndarray, columns: list[list[str]], at: np.ndarray) -> LineColumns:
     """The columns in line-id order (SQLite aggregates in scan order, which is id order
     here, but does not promise it)."""
     import numpy as np
@@ -640,7 +640,7 @@ def _in_id_order(ids: np.ndarray, columns: list[list[str]], at: np.ndarray) -> L
     return LineColumns(customer, item, order, at)
 
 
-def _line_rows(
+def line_rows(
     connection: sa.Connection,
     until: datetime | None,
     chunk: int,

@@ -128,7 +128,7 @@ def train(ctx: JobContext, now: datetime) -> Counts:
     is) instead of spending the night refitting them. Either way, every customer who objected
     to profiling is removed from every saved model (:func:`_unprofile`)."""
     data = _training_inputs(ctx)
-    if _unchanged_since_last_training(ctx.engine, data):
+    if unchanged_since_last_training(ctx.engine, data):
         return {"outcome": "skipped_no_new_data", **data, **_unprofile(ctx)}
     zone = ctx.settings.shop.zone
     result = training.train(ctx.engine, ctx.settings.recommender, now=now, as_of=now, zone=zone)
@@ -179,7 +179,9 @@ def _training_inputs(ctx: JobContext) -> Counts:
     }
 
 
-def _unchanged_since_last_training(engine: Engine, data: Counts) -> bool:
+def unchanged_since_last_training(engine: Engine, data: Counts) -> bool:
+    """A live model, a stored forecast, and the last good training saw the same lines and
+    settings as ``data``: the night's training would make the same model again."""
     with engine.connect() as connection:
         if registry.live(connection) is None or forecasts.current_version(connection) is None:
             return False

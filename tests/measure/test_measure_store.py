@@ -26,7 +26,7 @@ from recocamp.measure.kpis import OrderTotal
 from recocamp.settings import MeasureSettings, Settings, ShopSettings
 from recocamp.store import measure as store
 from recocamp.store import outbox, queries
-from recocamp.store.engine import _alembic_config, make_engine, upgrade
+from recocamp.store.engine import alembic_config, make_engine, upgrade
 from recocamp.store.schema import decisions, kpi_snapshots
 from recocamp.store.schema import outbox as outbox_table
 from tests.conftest import NOW, uci_rows
@@ -315,7 +315,7 @@ def test_reports_are_stored_and_pruned(engine: sa.Engine) -> None:
 def test_migration_0006_goes_down_and_up(db_url: str) -> None:
     engine = make_engine(db_url)
     upgrade(engine)
-    command.downgrade(_alembic_config(engine), "0005")
+    command.downgrade(alembic_config(engine), "0005")
     names = sa.inspect(engine).get_table_names()
     assert "kpi_snapshots" not in names and "feedback" not in names and "decisions" in names
     upgrade(engine)

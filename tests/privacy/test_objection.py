@@ -162,7 +162,7 @@ def test_the_train_job_sweeps_objectors_out_of_every_model_also_when_it_skips(
             .values(objected_to_profiling=True)
         )
     settings = settings_for(artifacts)
-    monkeypatch.setattr(jobs, "_unchanged_since_last_training", lambda *_: True)
+    monkeypatch.setattr(jobs, "unchanged_since_last_training", lambda *_: True)
     context = jobs.JobContext(
         settings,
         engine,

@@ -265,13 +265,13 @@ def test_an_erasure_of_three_ids_rewrites_each_file_once(
         [[f"o-{who}", who, "i-1"] for who in ("ann", "bob", "carl", "dora")],
     )
     writes: list[str] = []
-    replace = erasure_files._replace
+    replace = erasure_files.replace_atomically
 
     def counted(path: Path, data: bytes) -> None:
         writes.append(path.name)
         replace(path, data)
 
-    monkeypatch.setattr(erasure_files, "_replace", counted)
+    monkeypatch.setattr(erasure_files, "replace_atomically", counted)
     erase = ["privacy", "erase", "ann", "--yes", "--all-matching", "--expect", "3"]
     erased = shared.invoke(cli, erase)
     assert erased.exit_code == 0, erased.output

@@ -75,25 +75,25 @@ def test_empty_lines_build_an_empty_matrix() -> None:
 
 
 def test_distinct_orders_key_does_not_overflow_at_real_shop_sizes() -> None:
-    from recocamp.recommender.matrix import _first_line_per_order_and_item
+    from recocamp.recommender.matrix import first_line_per_order_and_item
 
     rows = np.array([999_999, 999_999, 999_999, 5])
     cols = np.array([99_999, 99_999, 99_999, 3])
     pair = rows * 100_000 + cols  # 1 M customers × 100 k items × 150 M orders > 2**63
     orders = np.array([150_000_000, 150_000_000, 150_000_001, 150_000_000])
     # the same (customer, item) in two orders, once twice in the same order; by pair, order
-    assert _first_line_per_order_and_item(pair, orders).tolist() == [3, 0, 2]
+    assert first_line_per_order_and_item(pair, orders).tolist() == [3, 0, 2]
 
 
 def test_packed_and_lexsorted_distinct_orders_pick_the_same_first_lines() -> None:
     """Both sorts of the (pair, order) groups take each group's lowest line index, in
     (pair, order) order, whatever the order of equal keys within a sort."""
-    from recocamp.recommender.matrix import _first_line_per_order_and_item
+    from recocamp.recommender.matrix import first_line_per_order_and_item
 
     rng = np.random.default_rng(11)
     pair, order = rng.integers(0, 50, 2000), rng.integers(0, 40, 2000)
-    packed = _first_line_per_order_and_item(pair, order)
-    huge = _first_line_per_order_and_item(pair, order + 2**62)  # too large to pack
+    packed = first_line_per_order_and_item(pair, order)
+    huge = first_line_per_order_and_item(pair, order + 2**62)  # too large to pack
     assert packed.tolist() == huge.tolist()
     groups: dict[tuple[int, int], int] = {}
     for index, key in enumerate(zip(pair.tolist(), order.tolist(), strict=True)):

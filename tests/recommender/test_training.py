@@ -407,7 +407,7 @@ def test_the_numbered_read_gives_the_lines_the_streaming_read_encodes(shop: sa.E
     for until in (None, END, END - timedelta(days=100)):
         lines = training.load_lines(shop, until)
         with shop.connect() as connection:
-            streamed = training._encoded_while_reading(connection, until)
+            streamed = training.encoded_while_reading(connection, until)
         assert len(lines) > 100
         for name in ("customer", "item", "order", "at", "customer_ids", "item_ids"):
             got, expected = getattr(lines, name), getattr(streamed, name)
@@ -415,11 +415,11 @@ def test_the_numbered_read_gives_the_lines_the_streaming_read_encodes(shop: sa.E
 
 
 def test_numbers_become_codes_in_id_order_and_orders_in_order_of_first_line() -> None:
-    codes, ids = training._in_id_order(np.array([2, 0, 2, 3]), ["b", "zz", "a", "c"])
+    codes, ids = training.in_id_order(np.array([2, 0, 2, 3]), ["b", "zz", "a", "c"])
     assert codes.tolist() == [0, 1, 0, 2] and ids.tolist() == ["a", "b", "c"]
     assert ids.dtype == np.dtype("<U1")  # "zz" occurs on no line: not in the vocabulary
-    assert training._first_seen(np.array([5, 5, 2, 9, 2, 0])).tolist() == [0, 0, 1, 2, 1, 3]
-    assert training._first_seen(np.zeros(0, dtype=np.int64)).dtype == np.int64
+    assert training.first_seen(np.array([5, 5, 2, 9, 2, 0])).tolist() == [0, 0, 1, 2, 1, 3]
+    assert training.first_seen(np.zeros(0, dtype=np.int64)).dtype == np.int64
 
 
 def test_a_live_model_switched_during_training_is_not_replaced_ungated(

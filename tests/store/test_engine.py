@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 
 from recocamp.errors import StoreError
 from recocamp.store.engine import (
-    _alembic_config,
+    alembic_config,
     current_revision,
     head_revision,
     make_engine,
@@ -140,7 +140,7 @@ def test_migration_0015_goes_down_and_up_keeping_the_rest(db_url: str) -> None:
                 kind="review", event_id="R1", customer_id="c1", occurred_at=NOW, recorded_at=NOW
             )
         )
-    command.downgrade(_alembic_config(engine), "0014")
+    command.downgrade(alembic_config(engine), "0014")
     assert current_revision(engine) == "0014"
     names = set(sa.inspect(engine).get_table_names())
     assert "engagement_events" not in names and {"customers", "id_erasures"} <= names

@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 
 from recocamp.domain import Purchase
 from recocamp.store import queries
-from recocamp.store.engine import _alembic_config, current_revision, make_engine, upgrade
+from recocamp.store.engine import alembic_config, current_revision, make_engine, upgrade
 from recocamp.store.schema import metadata, purchase_totals, purchases
 from tests.conftest import NOW
 
@@ -85,7 +85,7 @@ def test_the_migration_fills_the_totals_of_an_existing_store(db_url: str) -> Non
     add(engine, *bought("o1", "c1", 3), *bought("o2", "c2", 2), *bought("o3", None))
     upgrade(engine)
     assert kept(engine) == scanned(engine) and set(kept(engine)) == {"c1", "c2"}
-    command.downgrade(_alembic_config(engine), "0015")
+    command.downgrade(alembic_config(engine), "0015")
     assert current_revision(engine) == "0015"
     assert "purchase_totals" not in sa.inspect(engine).get_table_names()
     add(engine, *bought("o5", "c1", 2))  # no trigger left to fail on the missing table

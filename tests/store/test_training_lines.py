@@ -62,7 +62,7 @@ def test_joined_ranges_yield_exactly_the_row_by_row_read(engine: sa.Engine) -> N
     with engine.connect() as connection:
         for limit in (None, until):
             joined = list(queries.training_lines(connection, limit, chunk=16))
-            rows = list(queries._line_rows(connection, limit, chunk=1000))
+            rows = list(queries.line_rows(connection, limit, chunk=1000))
             expected = [row for row in learnable if limit is None or row.ordered_at < limit]
             customer, item, order, at = _read(joined)
             if engine.dialect.name == "sqlite":  # PostgreSQL reads row by row, in one chunk
@@ -102,7 +102,7 @@ def test_numbered_lines_are_the_row_by_row_read_with_ids_as_numbers(engine: sa.E
     with engine.connect() as connection:
         for limit in (None, until):
             numbered = queries.numbered_training_lines(connection, limit, chunk=16)
-            rows = list(queries._line_rows(connection, limit, chunk=1000))
+            rows = list(queries.line_rows(connection, limit, chunk=1000))
             if engine.dialect.name != "sqlite":  # PostgreSQL streams (training_lines)
                 assert numbered is None
                 continue
@@ -182,7 +182,7 @@ def test_the_numbered_read_sees_one_snapshot(engine: sa.Engine) -> None:
 def test_columns_aggregated_out_of_id_order_are_put_back_in_it() -> None:
     ids = np.array([7, 3, 5])
     columns = [["c7", "c3", "c5"], ["i7", "i3", "i5"], ["o7", "o3", "o5"]]
-    part = queries._in_id_order(ids, columns, np.array([7.0, 3.0, 5.0]))
+    part = queries.in_id_order(ids, columns, np.array([7.0, 3.0, 5.0]))
     assert part.customer == ["c3", "c5", "c7"]
     assert part.item == ["i3", "i5", "i7"]
     assert part.order == ["o3", "o5", "o7"]
