@@ -1,0 +1,46 @@
+"""Addresses are matched by privacy requests in any case of any letter, on both backends:
+SQLite's built-in ``lower()`` folds ASCII only, so the store gives its connections one that
+folds every letter, as PostgreSQL's does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from recocamp.store.privacy import Subject, Ties, sharers
+from recocamp.store.schema import customers
+
+NOW = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+CUSTOMERS = Ties(customers, (customers.c.id,), (customers.c.email,))
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "J\u00dcRGEN.Family@example.test",  # Ü: not ASCII
+        "ju\u0308rgen.family@EXAMPLE.TEST",  # decomposed ü, capital domain
+        "\u00c5SA@example.test",  # Å
+    ],
+)
+def test_an_account_holding_the_address_in_capitals_shares_it(
+    engine: sa.Engine, stored: str
+) -> None:
+    asked = stored.lower()
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(customers),
+            [
+                {"id": "bob", "email": stored, "updated_at": NOW},
+                {"id": "eve", "email": "someone.else@example.test", "updated_at": NOW},
+            ],
+        )
+        assert sharers(connection, [CUSTOMERS], Subject.of("ann", asked)) == {"bob"}
+        assert sharers(connection, [CUSTOMERS], Subject.of("ann", "juergen@x.test")) == set()
+
+
+def test_lower_keeps_what_is_not_text(engine: sa.Engine) -> None:
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(sa.func.lower(sa.null()), sa.func.lower("ÄB"))).one()
+    assert tuple(row) == (None, "äb")
