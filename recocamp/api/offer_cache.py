@@ -196,6 +196,12 @@ class Snapshot:
 class _Entry:
     generation: int
     body: bytes
+    # a "buy again" answer names the items due at the time it was built: it holds until one
+    # more falls due or two swap places (``Repurchases.changes_after``), no data change needed
+    until: datetime | None = None
+
+    def holds(self, generation: int, clock: Clock) -> bool:
+        return generation == self.generation and (self.until is None or clock.now() < self.until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,7 +628,7 @@ class OfferService:
         if (
             entry is not None
             and snapshot is not None
-            and entry.generation == snapshot.generation
+            and entry.holds(snapshot.generation, self.clock)
             and self._trusted
         ):
             _CACHED.inc()
@@ -640,7 +646,7 @@ class OfferService:
         with self._computing:
             entry = self.cache.get(customer_id, query)
             snapshot = self.snapshot()
-            if entry is not None and entry.generation == snapshot.generation and self._trusted:
+            if entry is not None and entry.holds(snapshot.generation, self.clock) and self._trusted:
                 return entry.body  # computed by the request before this one
             with self.cache.lock:
                 epoch, self._pending = self._epoch, set()
@@ -649,7 +655,7 @@ class OfferService:
                 basis = self.cache.basis(customer_id, snapshot.generation)
                 previous = self.cache.previous(customer_id, snapshot.generation)
             try:
-                body, basis = self._compute(customer_id, query, snapshot, basis, previous)
+                body, basis, until = self._compute(customer_id, query, snapshot, basis, previous)
             finally:
                 with self.cache.lock:
                     pending, self._pending = self._pending, None
@@ -658,7 +664,7 @@ class OfferService:
                 # a history that left out a line dated past ``now`` (an order's clock a
                 # little ahead) is wrong once that time comes, and no change would drop it
                 if self._trusted and fresh and query.kept and basis.kept.complete:
-                    self.cache.put(customer_id, query, _Entry(basis.generation, body))
+                    self.cache.put(customer_id, query, _Entry(basis.generation, body, until))
                     self.cache.put_basis(customer_id, basis)
             self.tally.computed += 1
         return body
@@ -670,9 +676,10 @@ class OfferService:
         snapshot: Snapshot,
         basis: Basis | None,
         previous: histories.Kept | None = None,
-    ) -> tuple[bytes, Basis]:
-        """The answer's JSON and the basis it was built on (``basis`` reused if given, else
-        a new one, extending ``previous`` where it can)."""
+    ) -> tuple[bytes, Basis, datetime | None]:
+        """The answer's JSON, the basis it was built on (``basis`` reused if given, else
+        a new one, extending ``previous`` where it can) and when the answer stops holding
+        with no change of data (None: never)."""
         if basis is None:
             basis = self.basis(customer_id, snapshot, previous)
             self.tally.bases += 1
@@ -684,8 +691,12 @@ class OfferService:
         ):
             snapshot = self.snapshot(force=True)  # a new model went live: load it now
             basis = self.basis(customer_id, snapshot)
-        answer = self._answer(customer_id, query, snapshot, basis)
-        return json.dumps(answer.document(), separators=(",", ":")).encode(), basis
+        now = self.clock.now()
+        answer = self._answer(customer_id, query, snapshot, basis, now)
+        until = None
+        if query.mode is Mode.REPLENISH:
+            until = basis.kept.repurchases().changes_after(now)
+        return json.dumps(answer.document(), separators=(",", ":")).encode(), basis, until
 
     def _refresh_soon(self, force: bool = False) -> None:
         """Look for a new model or catalogue in the background, without delaying requests."""
@@ -708,7 +719,8 @@ class OfferService:
     def answer(self, customer_id: str, query: Query, snapshot: Snapshot | None = None) -> Answer:
         """The next-best offers for one customer (see the module docstring), uncached."""
         snapshot = snapshot or self.snapshot()
-        return self._answer(customer_id, query, snapshot, self.basis(customer_id, snapshot))
+        basis = self.basis(customer_id, snapshot)
+        return self._answer(customer_id, query, snapshot, basis, self.clock.now())
 
     def basis(
         self, customer_id: str, snapshot: Snapshot, previous: histories.Kept | None = None
@@ -811,9 +823,11 @@ class OfferService:
             if len(self._holding) > SCORES_HELD:
                 self._holding.popleft().held.clear()
 
-    def _answer(self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis) -> Answer:
+    def _answer(
+        self, customer_id: str, query: Query, snapshot: Snapshot, basis: Basis, now: datetime
+    ) -> Answer:
         personal = basis.personal
-        chosen = self._select(snapshot, query, basis, self.clock.now())
+        chosen = self._select(snapshot, query, basis, now)
         return Answer(
             customer_id, query.mode, personal.basis, personal.why, personal.model_version, chosen
         )

@@ -11,6 +11,7 @@ segment table (champions, loyal customers, at risk, …).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -156,6 +157,38 @@ class Repurchases:
             if usual > 0 and waited >= usual:
                 overdue.append((waited / usual, item))
         return [item for _, item in sorted(overdue, key=lambda pair: (-pair[0], pair[1]))]
+
+    def changes_after(self, now: datetime, min_orders: int = 2) -> datetime | None:
+        """The first moment after ``now`` from which :meth:`due` may answer otherwise, or
+        None if it never will: an item falls due, or two due items swap places (a due item's
+        ratio grows at 1 / its interval, so one with a shorter interval overtakes another;
+        the first overtaking is always between neighbours of today's order). A cached answer
+        built on ``due(now)`` holds until then, no longer."""
+        moment = _microseconds(now)
+        ratios = []  # (ratio now, item, last time, interval), interval in microseconds
+        first = math.inf
+        for item, usual in self.usual.items():
+            when = self.times[item]
+            if len(when) < min_orders or usual <= 0:
+                continue
+            interval = usual * 1e6
+            if (moment - when[-1]) / 1e6 >= usual:
+                ratios.append(((moment - when[-1]) / interval, item, when[-1], interval))
+            else:
+                first = min(first, math.ceil(when[-1] + interval))
+        ratios.sort(key=lambda row: (-row[0], row[1]))
+        for (_, _, ahead, slow), (_, _, behind, fast) in pairwise(ratios):
+            if fast < slow:  # (t - ahead) / slow = (t - behind) / fast
+                first = min(first, max(moment + 1, math.ceil(_meet(ahead, slow, behind, fast))))
+        if first == math.inf:
+            return None
+        return now + (int(first) - moment) * _MICROSECOND
+
+
+def _meet(ahead: int, slow: float, behind: int, fast: float) -> float:
+    """When the ratio of the item bought ``behind`` (interval ``fast``) reaches that of the
+    one bought ``ahead`` (interval ``slow``): (t - ahead) / slow = (t - behind) / fast."""
+    return (behind * slow - ahead * fast) / (slow - fast)
 
 
 def _usual(when: tuple[int, ...]) -> float:

@@ -21,6 +21,7 @@ from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.files import load_all
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli import app as cli
+from recocamp.clock import FixedClock
 from recocamp.recommender import models, serving
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
@@ -29,10 +30,12 @@ from recocamp.store.schema import customers, items, recommendations
 from tests.api_shop import (
     NOW,
     OBJECTOR,
+    Closing,
     bearer,
     call,
     engine_of,
     listening,
+    make_app,
     second_model,
     settings_for,
     wait_until,
@@ -210,6 +213,43 @@ def test_a_new_customer_is_scored_from_their_first_order(app: FastAPI) -> None:
     answer = offers(app, "brand-new", "n=5&mode=discover")
     assert answer["basis"] == "recalculated" and answer["personalised"] is True
     assert popular[0] not in ids(answer)
+
+
+def test_a_cached_buy_again_answer_follows_the_clock(
+    shop: tuple[sa.Engine, Path], closing: Closing
+) -> None:
+    """Which of a customer's items are due, and in which order, changes with time alone, no
+    data changing: a cached "buy again" answer holds until then (not recomputed), no longer.
+    Soap every 10 days, last 30 days ago (×3, +0.1 a day); milk every 2 days, last 4 days
+    ago (×2, +0.5 a day): milk overtakes soap 2.5 days later."""
+    engine, artifacts = shop
+    clock = FixedClock(NOW)
+    app = closing(make_app(engine, artifacts, clock))
+    soap, milk = (str(item) for item, _ in live(engine).popular[:2])
+    bought = [(soap, days) for days in (50, 40, 30)] + [(milk, days) for days in (8, 6, 4)]
+    for number, (item, days) in enumerate(bought):
+        order = {
+            "order_id": f"due-{number}",
+            "customer_id": "regular",
+            "ordered_at": (NOW - timedelta(days=days)).isoformat(),
+            "lines": [{"item_id": item, "quantity": 1, "unit_price": 2.0}],
+        }
+        posted = call(app, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
+        assert posted.status == 200, posted.text
+
+    def due() -> list[str]:
+        answer = offers(app, "regular", "n=2&mode=replenish")
+        return [o["item_id"] for o in answer["items"] if o["source"] == "due"]  # type: ignore[attr-defined, index]
+
+    service = app.state.service
+    assert due() == [soap, milk]
+    computed = service.tally.computed
+    clock.advance(timedelta(days=2.5, seconds=-1))
+    assert due() == [soap, milk] and service.tally.computed == computed  # served from cache
+    clock.advance(timedelta(seconds=2))
+    assert due() == [milk, soap] and service.tally.computed == computed + 1
+    clock.advance(timedelta(days=30))  # milk stays ahead: nothing to recompute for
+    assert due() == [milk, soap] and service.tally.computed == computed + 1
 
 
 def test_an_objection_and_an_erasure_apply_at_once(app: FastAPI) -> None:

@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recocamp.campaigns import loyalty
 from recocamp.campaigns.segments import (
@@ -117,6 +119,62 @@ def test_repurchases_extended_by_new_orders_are_those_of_the_whole_history() -> 
     assert extended.due(NOW) == due_for_replenishment(whole, NOW) == ["coffee"]
     assert Repurchases.of(kept).due(NOW) == ["coffee"]  # every 30 days, 40 days ago
     assert extended.due(NOW, min_orders=5) == []
+
+
+def test_a_due_list_holds_until_an_item_falls_due_or_two_swap_places() -> None:
+    """What a cached "buy again" answer is built on, and when it stops holding."""
+    h = history(
+        order(100, items=("coffee", "filter")),
+        order(70, items=("coffee",)),
+        order(40, items=("coffee",)),
+        order(60, items=("tea",)),
+        order(55, items=("tea",)),
+        order(10, items=("filter",)),
+    )
+    # tea (×11, growing by 1/5 a day) stays ahead of coffee (×1.33, 1/30 a day); filter
+    # (every 90 days, last 10 days ago) falls due in 80 days
+    assert Repurchases.of(h).changes_after(NOW) == NOW + timedelta(days=80)
+    assert due_for_replenishment(h, NOW + timedelta(days=80)) == ["tea", "coffee", "filter"]
+    swapping = history(
+        *(order(days, items=("soap",)) for days in (50, 40, 30)),
+        *(order(days, items=("milk",)) for days in (8, 6, 4)),
+    )
+    # soap every 10 days, 30 days ago (×3, +0.1 a day); milk every 2 days, 4 days ago (×2,
+    # +0.5 a day): (t + 30) / 10 = (t + 4) / 2 after t = 2.5 days
+    repurchases = Repurchases.of(swapping)
+    assert repurchases.due(NOW) == ["soap", "milk"]
+    assert repurchases.changes_after(NOW) == NOW + timedelta(days=2.5)
+    assert repurchases.due(NOW + timedelta(days=2.5, seconds=-1)) == ["soap", "milk"]
+    assert repurchases.due(NOW + timedelta(days=2.5, seconds=1)) == ["milk", "soap"]
+    assert repurchases.changes_after(NOW + timedelta(days=3)) is None  # milk ahead for good
+    assert Repurchases.of(history(order(5), order(3))).changes_after(NOW, min_orders=3) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d", "e"]),
+        st.lists(st.integers(0, 400 * 24), min_size=1, max_size=6, unique=True),
+        min_size=1,
+    ),
+    st.integers(0, 200 * 24),
+)
+def test_a_due_list_is_the_same_until_it_changes_and_differs_after(
+    hours_ago: dict[str, list[int]], hours_ahead: int
+) -> None:
+    """Before ``changes_after`` every moment gives today's list; after it none does (an item
+    that fell due stays due, and two items' ratios meet once)."""
+    h = history(*(order(h / 24, items=(i,)) for i, hours in hours_ago.items() for h in hours))
+    repurchases, now = Repurchases.of(h), NOW + timedelta(hours=hours_ahead)
+    until = repurchases.changes_after(now)
+    end = until if until is not None else now + timedelta(days=1000)
+    today = repurchases.due(now)
+    for share in (0.0, 0.25, 0.5, 0.9, 1.0):
+        moment = now + (end - now - timedelta(seconds=1)) * share
+        if moment >= now:
+            assert repurchases.due(moment) == today
+    if until is not None:
+        assert repurchases.due(until + timedelta(hours=1)) != today
 
 
 def test_last_contacted() -> None:
