@@ -47,7 +47,9 @@ from recocamp.recommender.matrix import DAY, Lines, TrainingData
 from recocamp.recommender.models import Hybrid, HybridWeights
 from recocamp.recommender.ranking import Recommender
 from recocamp.settings import RecommenderSettings
+from recocamp.store import privacy as privacy_store
 from recocamp.store import profiles, queries, registry
+from recocamp.store import serving as serving_store
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -286,6 +288,8 @@ def train(
     as_of = as_of or now
     clock = _Stopwatch()
     say("loading purchase lines")
+    with engine.connect() as connection:
+        erasures_seen = serving_store.erasures_mark(connection)  # before the lines are read
     lines = load_lines(engine, as_of)
     clock.lap("load")
     if len(lines) == 0:
@@ -334,6 +338,7 @@ def train(
     if twin is not None:  # another training of the same data finished meanwhile
         return _unchanged(twin, name)
     model.save(path, final, data, meta)
+    _without_the_unprofiled(engine, path, data, erasures_seen)  # before anybody can load it
     say("writing the top-N cache" if promote else "registering the rejected model")
     try:
         rows, changed = _register(
@@ -341,7 +346,7 @@ def train(
         )
     except _AlreadyRegistered as exc:
         return _unchanged(exc.row, name)
-    _without_objectors(engine, path, data)
+    _without_the_unprofiled(engine, path, data, erasures_seen)  # who came since: see there
     if changed is not None:
         promote, reason = False, changed
         model.write_meta(path, meta)  # the registry's verdict, not the gate's
@@ -542,17 +547,25 @@ def _register(
         return registry.make_live(connection, meta["version"], now, lists, "train"), None
 
 
-def _without_objectors(engine: Engine, path: Path, data: TrainingData) -> None:
-    """Take out of the new artifacts whoever objected to profiling while it trained (their
-    lines were read before): an objection's scrub (``privacy.objection``) only reaches the
-    models registered when it ran, and this one was registered just now. Objections after
-    the registration are that scrub's."""
+def _without_the_unprofiled(
+    engine: Engine, path: Path, data: TrainingData, erasures_seen: int
+) -> None:
+    """Take out of the new artifacts whoever objected to profiling or was erased while it
+    trained (their lines were read before): an objection's or erasure's scrub
+    (``privacy.artifacts``) only reaches the models registered when it ran. Called before
+    the registration (so that no process loads the files with them in) and after it (for
+    those who came in between); whoever comes after that, their scrub sees this model. An
+    erasure leaves its customers no order lines: with one since ``erasures_seen``, the
+    model's customers without order lines go (who else has none has nothing to learn)."""
     with engine.connect() as connection:
-        objected = profiles.objected_ids(connection)
-    held = np.intersect1d(data.customers, np.array(objected, dtype=str))
+        gone = np.array(profiles.objected_ids(connection), dtype=str)
+        if serving_store.erasures_mark(connection) != erasures_seen:
+            buyers = np.array(sorted(privacy_store.customers_with_orders(connection)), dtype=str)
+            gone = np.union1d(gone, np.setdiff1d(data.customers, buyers))
+    held = np.intersect1d(data.customers, gone)
     if len(held):
         removed = model.drop_customers(path, held.tolist())
-        log.info("%d customer(s) who objected while the model trained removed from it", removed)
+        log.info("%d customer(s) who objected or were erased while the model trained", removed)
 
 
 def _live_changed(connection: Connection, gated_against: str | None) -> str | None:

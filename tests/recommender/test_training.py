@@ -14,8 +14,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from recocamp import privacy
 from recocamp.campaigns import run as campaign_run
 from recocamp.data.synthetic import END, ConsentMix, customer_record, generate_shop
 from recocamp.errors import ModelError
@@ -558,6 +560,39 @@ def test_an_objection_recorded_while_a_model_trains_leaves_none_of_it_in_the_mod
     assert late not in held and OBJECTOR not in held and len(held) > 100
     assert late not in cache(shop)
     _fitted, data, _meta = model.load(Path(row.path), settings)  # consistent after the scrub
+    assert late not in data.customers.tolist()
+
+
+@pytest.mark.parametrize("when", ["fitting on all data", "writing the top-N cache"])
+def test_a_customer_erased_while_a_model_trains_is_in_none_of_its_files(
+    shop: sa.Engine, tmp_path: Path, when: str
+) -> None:
+    """The erasure's scrub reaches the models registered when it runs; this one was fitted
+    on lines read before the erasure and registered after it. Its files must not keep the
+    erased customer's id, factors or purchase row (a profile, and a list a later customer
+    under the same id would be served)."""
+    settings = Settings().model_copy(
+        update={"recommender": settings_for(tmp_path), "signing_key": SecretStr("k" * 32)}
+    )
+    lines = training.load_lines(shop, END)
+    late = str(lines.customer_ids[1])
+    erased: list[object] = []
+
+    def erase_meanwhile(text: str) -> None:
+        if text == when and not erased:
+            erased.append(privacy.erase(shop, settings, late, NOW, "test"))
+
+    result = training.train(
+        shop, settings.recommender, now=NOW, as_of=END, name="als", step=erase_meanwhile
+    )
+    assert erased[0] is not None and result.outcome == "promoted"
+    with shop.connect() as connection:
+        row = registry.get(connection, str(result.version))
+    assert row is not None
+    held = model.customer_ids(Path(row.path))
+    assert late not in held and len(held) > 100
+    assert late not in cache(shop)
+    _fitted, data, _meta = model.load(Path(row.path), settings.recommender)
     assert late not in data.customers.tolist()
 
 
