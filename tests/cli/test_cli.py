@@ -437,8 +437,10 @@ def test_evaluate_json_lists_every_model_with_tifu_knn_and_keeps_its_schema(
     tifu = document["models"]["tifu_knn"]
     assert set(tifu) == set(document["models"]["repeat_frequency"]) >= {"recall", "ndcg"}
     assert tifu["customers"] > 0 and 0 < tifu["recall"] <= 1
-    refused = runner.invoke(app, ["train", "--model", "tifu_knn"])
-    assert refused.exit_code != 0 and "evaluation baseline" in refused.output
+    refused = runner.invoke(app, ["train", "--model", "tifu_knn"], terminal_width=200)
+    # bad input (exit 2, before anything is read), not a failed training (exit 1)
+    assert refused.exit_code == 2 and "'tifu_knn' is not one of" in refused.output
+    assert "tifu_knn" not in runner.invoke(app, ["train", "--help"], terminal_width=200).output
 
 
 @pytest.mark.parametrize("quantity", ["[/]", "[bold]x"])
