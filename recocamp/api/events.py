@@ -399,6 +399,7 @@ def router(
                     unsubscribed=body.unsubscribed,
                     zone=zone,
                     now=now,
+                    default_locale=settings.shop.default_locale,
                 )
         except profiles.ProfileError as exc:
             raise RequestValidationError(
