@@ -9,8 +9,9 @@ Where a value comes from, highest priority first:
    ``./settings.toml`` when it exists;
 3. the defaults below (the documented ``settings.toml`` repeats them).
 
-Secrets (``esp_token``, ``signing_key``, ``api_keys``) are read from the environment only;
-a settings file that contains one is refused, so they never end up in a repository.
+Secrets (``esp_token``, ``signing_key``, ``api_keys``, ``webhook_secret``) are read from the
+environment only; a settings file that contains one is refused, so they never end up in a
+repository.
 A bad value fails with a :class:`~recocamp.errors.ConfigError` naming the file (or the
 environment variable), the dotted key, its line and the value.
 """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import tomllib
 from datetime import time
 from pathlib import Path
 from typing import get_args
@@ -429,6 +431,48 @@ def test_the_repository_settings_file_loads() -> None:
     assert settings.shop.default_locale == "en"
     assert settings.caps.quiet_hours_end == time(8, 0)
     assert settings.recommender.time_decay_half_life_days is None
+
+
+def _documented_lines(text: str) -> dict[str, str]:
+    """Each key of a settings file, set or commented out (``# key = …``), as
+    ``section.key`` → its line and the indented comment lines that continue it."""
+    lines: dict[str, str] = {}
+    section = key = ""
+    for line in text.splitlines():
+        if header := re.match(r"^\[(\w+)\]", line):
+            section, key = f"{header.group(1)}.", ""
+        elif found := re.match(r"^(?:# )?(\w+) = ", line):
+            key = f"{section}{found.group(1)}"
+            lines.setdefault(key, line)
+        elif key and re.match(r"^\s+#", line):
+            lines[key] += "\n" + line
+        else:
+            key = ""
+    return lines
+
+
+def test_the_repository_settings_file_documents_every_key_with_its_default() -> None:
+    """settings.toml says "every key is optional; the value shown is the default unless
+    noted": a key the code accepts but the file leaves out, or a value that differs from
+    the code's default without saying so, misleads whoever copies it."""
+    text = REPO_SETTINGS.read_text(encoding="utf-8")
+    documented = _documented_lines(text)
+    shipped = Settings(**tomllib.loads(text))
+    defaults = Settings()
+    wrong = []
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        for key in model.model_fields:
+            line = documented.get(f"{section}.{key}")
+            if line is None:
+                wrong.append(f"{section}.{key}: not in settings.toml")
+                continue
+            value = getattr(getattr(shipped, section), key)
+            if value != getattr(getattr(defaults, section), key) and "default" not in line:
+                wrong.append(f"{section}.{key}: {value!r} shown as if it were the default")
+    assert wrong == []
 
 
 def test_the_signing_key_is_read_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -133,9 +133,11 @@ class Authenticator:
                 found = key
         return found
 
-    def check(self, authorization: str | None, scope: str) -> ApiKey:
+    def admits(self, authorization: str | None, scope: str) -> ApiKey:
         """The caller's key, or an HTTPException: 401 (no or unknown key), 403 (key without
-        ``scope``), 429 (over the rate limit, with ``Retry-After``)."""
+        ``scope``). Costs no rate-limit token: a route that reads a body asks this before
+        reading it (``bodies.json_route``), so a caller without a key is not served the
+        body's parse (a 400, 415, 422) nor makes the server parse a megabyte of JSON."""
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise HTTPException(401, "send an API key: Authorization: Bearer <key>", _CHALLENGE)
@@ -144,6 +146,12 @@ class Authenticator:
             raise HTTPException(401, "unknown API key", _CHALLENGE)
         if scope not in key.scopes:
             raise HTTPException(403, f"API key {key.name!r} lacks the scope {scope!r}")
+        return key
+
+    def check(self, authorization: str | None, scope: str) -> ApiKey:
+        """The caller's key, or an HTTPException: 401 (no or unknown key), 403 (key without
+        ``scope``), 429 (over the rate limit, with ``Retry-After``)."""
+        key = self.admits(authorization, scope)
         wait = self.limiter.wait_s(key.name)
         if wait > 0:
             retry = str(max(1, round(wait + 0.5)))

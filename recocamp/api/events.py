@@ -249,7 +249,9 @@ def router(
     request changed (the offer cache of this process drops their answers; other processes
     learn it from the store, see ``api.offer_cache``)."""
     api = APIRouter(
-        tags=["events"], route_class=bodies.JsonRoute, dependencies=[Depends(bodies.json_only)]
+        tags=["events"],
+        route_class=bodies.json_route("events:write"),
+        dependencies=[Depends(bodies.json_only)],
     )
     zone = settings.shop.zone
     secret = tombstones.key_of(settings)
@@ -397,6 +399,7 @@ def router(
                     unsubscribed=body.unsubscribed,
                     zone=zone,
                     now=now,
+                    default_locale=settings.shop.default_locale,
                 )
         except profiles.ProfileError as exc:
             raise RequestValidationError(

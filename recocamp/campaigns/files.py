@@ -77,7 +77,7 @@ _RERUN = (
 
 class Schedule(_Strict):
     cron: Annotated[str, AfterValidator(_cron)]
-    time_zone: TimeZoneName = "Europe/Berlin"
+    time_zone: TimeZoneName = "Europe/Berlin"  # unset in the file: the shop's (load_all)
 
     def trigger(self) -> CronTrigger:
         return cron_trigger(self.cron, timezone=self.time_zone)
@@ -334,6 +334,18 @@ def _fallback_problems(campaign: Campaign, text: str) -> list[Problem]:
     return [Problem(message, key=".".join(key), line=line_of(text, key), value=value)]
 
 
+def in_shop_zone(campaign: Campaign, shop_zone: str) -> Campaign:
+    """``campaign`` with its schedule in the shop's zone (``[shop] time_zone``) when its file
+    names none: a UK shop's ``cron = "0 10 * * *"`` fires at 10:00 in London, not at the
+    model's default Europe/Berlin (09:00 there), and the run's day is London's."""
+    schedule = campaign.schedule
+    if "time_zone" in schedule.model_fields_set:
+        return campaign
+    return campaign.model_copy(
+        update={"schedule": schedule.model_copy(update={"time_zone": shop_zone})}
+    )
+
+
 def load_all(
     directory: Path, settings: Settings, templates: Path
 ) -> tuple[list[Campaign], list[ConfigError]]:
@@ -347,6 +359,7 @@ def load_all(
         except ConfigError as exc:
             failures.append(exc)
             continue
+        campaign = in_shop_zone(campaign, settings.shop.time_zone)
         found = cross_check(campaign, text, path, settings, templates)
         if campaign.name in seen:
             found.append(

@@ -87,6 +87,7 @@ def _importer(settings: Settings, progress: RichProgress, zone: str | None) -> I
         max_listed=settings.ingest.max_errors_listed,
         max_gzip_ratio=settings.ingest.max_gzip_ratio,
         erasure_key=tombstones.key_of(settings),
+        default_locale=settings.shop.default_locale,
     )
 
 

@@ -41,7 +41,7 @@ from recocamp.recommender import evaluate as evaluate_module
 from recocamp.recommender import models as model_module
 from recocamp.recommender import training
 from recocamp.recommender.evaluate import Metrics
-from recocamp.recommender.models import MODEL_NAMES
+from recocamp.recommender.models import EVALUATION_ONLY, MODEL_NAMES
 from recocamp.recommender.ranking import objects_to_profiling
 from recocamp.recommender.serving import Cached, Live, personal_list
 from recocamp.settings import Settings
@@ -51,6 +51,11 @@ from recocamp.store.engine import Connection, Engine
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 ModelName = StrEnum("ModelName", {name: name for name in MODEL_NAMES})  # type: ignore[misc]
+# what `train` accepts: an evaluation-only baseline is bad input there (exit 2, not listed in
+# its help), not a training that fails (exit 1)
+TrainableName = StrEnum(  # type: ignore[misc]
+    "TrainableName", {name: name for name in MODEL_NAMES if name not in EVALUATION_ONLY}
+)
 TopN = Annotated[int, typer.Option(callback=within(1, MAX_TOP), help="How many (1 to 1,000).")]
 METRIC_COLUMNS = ("recall", "ndcg", "hit_rate", "recall_repeat", "recall_new", "customers", "fit_s")
 
@@ -69,7 +74,9 @@ def _metrics_table(title: str, rows: dict[str, Metrics]) -> Table:
 @app.command("train")
 def train(
     as_of: Annotated[str | None, typer.Option(help="Train on purchases before this.")] = None,
-    model: Annotated[ModelName | None, typer.Option(help="Default: [recommender] model.")] = None,
+    model: Annotated[
+        TrainableName | None, typer.Option(help="Default: [recommender] model.")
+    ] = None,
     before_live_cutoff: Annotated[
         bool,
         typer.Option(

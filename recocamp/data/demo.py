@@ -49,6 +49,7 @@ def build_demo(
             now=now,
             progress=progress,
             erasure_key=tombstones.key_of(settings),
+            default_locale=settings.shop.default_locale,
         )
         reports = [importer.purchases(path, "online-retail")]
         label = f"UCI Online Retail ({path})"
@@ -59,6 +60,7 @@ def build_demo(
             now=now,
             progress=progress,
             erasure_key=tombstones.key_of(settings),
+            default_locale=settings.shop.default_locale,
         )
         reports = _synthetic(importer, settings, demo_dir)
         label = f"synthetic shop (seed {settings.demo.seed})"

@@ -109,6 +109,7 @@ def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> Dro
         max_listed=settings.ingest.max_errors_listed,
         max_gzip_ratio=settings.ingest.max_gzip_ratio,
         erasure_key=key,
+        default_locale=settings.shop.default_locale,
     )
     for path in files:
         _one(importer, path, drop_dir, done_dir, report)

@@ -41,7 +41,15 @@ from typing import Any, Protocol, TypeVar, cast
 
 from recocamp.data.catalog import CatalogBuilder
 from recocamp.data.sources import csv as sources
-from recocamp.domain import GZIP_RATIO_MAX, Customer, Item, OrderDigestParts, Purchase
+from recocamp.domain import (
+    FALLBACK_LOCALE,
+    GZIP_RATIO_MAX,
+    Customer,
+    Item,
+    Locale,
+    OrderDigestParts,
+    Purchase,
+)
 from recocamp.errors import DataImportError, Problem
 from recocamp.store import queries, staging, tombstones
 from recocamp.store.engine import Connection, Engine
@@ -408,8 +416,10 @@ class Importer:
         max_listed: int = 20,
         erasure_key: bytes | None = None,
         max_gzip_ratio: int = GZIP_RATIO_MAX,
+        default_locale: Locale = FALLBACK_LOCALE,
     ) -> None:
         self.engine, self.zone, self.now = engine, zone, now
+        self.default_locale = default_locale  # a customers row without a locale gets this
         self.progress = progress or NoProgress()
         self.max_listed = max_listed
         self.max_gzip_ratio = max_gzip_ratio  # sources.open_text
@@ -635,7 +645,7 @@ class Importer:
         rows, skipped, read = _parse(
             path,
             (sources.CUSTOMER_COLUMNS, sources.CUSTOMER_OPTIONAL),
-            lambda row: sources.customer_row(row, stamps, self.now),
+            lambda row: sources.customer_row(row, stamps, self.now, self.default_locale),
             self.progress,
             self.max_listed,
             _customer_id,

@@ -35,6 +35,7 @@ from recocamp.domain import (
     FALLBACK_LOCALE,
     LOCALES,
     PREFERENCE_PERIODS,
+    Locale,
     birthday_problem,
     future_problem,
 )
@@ -78,9 +79,11 @@ def apply(
     unsubscribed: bool | None = None,
     zone: ZoneInfo | None = None,
     now: datetime | None = None,
+    default_locale: Locale = FALLBACK_LOCALE,
 ) -> Changed:
     """Create or update one customer with ``changes`` (a subset of :data:`FIELDS`); a
-    changed consent time or birthday must not lie past ``now`` (default: ``at``)."""
+    changed consent time or birthday must not lie past ``now`` (default: ``at``). A new
+    customer without a ``locale`` gets ``default_locale`` (the shop's)."""
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         raise ProfileError(unknown[0], "is not a customer field", unknown[0])
@@ -90,7 +93,7 @@ def apply(
     before = (
         row
         if row is not None
-        else {"locale": FALLBACK_LOCALE, "channel_email": True, "objected_to_profiling": False}
+        else {"locale": default_locale, "channel_email": True, "objected_to_profiling": False}
     )
     after = {**before, **changes}
     _validate(customer_id, after, zone or ZoneInfo("UTC"))

@@ -149,6 +149,59 @@ def test_keyed_endpoints_refuse_missing_unknown_and_out_of_scope_keys(
             assert scope in reply.json()["detail"] and name in reply.json()["detail"]
 
 
+BODY_ROUTES = [(method, path) for method, path, extra, _ in ENDPOINTS if "json" in extra]
+BAD_BODIES: list[dict[str, Any]] = [
+    {
+        "content": b'{"order_id": "o1", "order_id": "o2"}',
+        "headers": {"content-type": "application/json"},
+    },
+    {"content": b'{"order_id": ', "headers": {"content-type": "application/json"}},
+    {"content": b"order_id=o1", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+    {"json": {"unexpected": True}},
+]
+
+
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+def test_a_body_route_asks_for_the_key_before_it_reads_the_body(
+    closing: Closing, engine: sa.Engine, tmp_path: Path, method: str, path: str
+) -> None:
+    """README: 401 without a known key, 403 for a missing scope. FastAPI reads and validates
+    a body before a route's dependencies run, so a caller without a key got the body's 400
+    (a key twice), 422 (broken JSON, wrong fields) or 415 (not JSON) instead, and made the
+    server parse whatever it sent."""
+    app = closing(make_app(engine, tmp_path))
+    for body in BAD_BODIES:
+        headers = dict(body.get("headers", {}))
+        rest = {k: v for k, v in body.items() if k != "headers"}
+        missing = call(app, method, path, headers=headers, **rest)
+        assert missing.status == 401, (body, missing.text)
+        assert missing.headers["www-authenticate"] == "Bearer"
+        reader = call(app, method, path, headers={**headers, **bearer("reader")}, **rest)
+        assert reader.status == 403, (body, reader.text)
+    with_key = call(
+        app,
+        method,
+        path,
+        headers={**BAD_BODIES[0]["headers"], **bearer("shop")},
+        content=BAD_BODIES[0]["content"],
+    )
+    assert with_key.status == 400 and "twice" in with_key.json()["detail"]
+
+
+def test_a_body_route_counts_one_request_against_the_rate_limit(
+    closing: Closing, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The key is checked before the body and again by the route's dependency: only the
+    second takes from the key's bucket."""
+    app = closing(make_app(engine, tmp_path, rate_limit_per_minute=2))
+    body = {"json": {"source": "test", "locale": "de"}}
+    answers = [
+        call(app, "PUT", "/v1/customers/c1", headers=bearer("shop"), **body).status
+        for _ in range(3)
+    ]
+    assert answers == [200, 200, 429]
+
+
 def test_over_the_rate_limit_is_429_with_retry_after(
     closing: Closing, engine: sa.Engine, tmp_path: Path
 ) -> None:

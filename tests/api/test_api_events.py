@@ -27,7 +27,16 @@ from recocamp.store.schema import (
     recommendations,
     suppressions,
 )
-from tests.api_shop import NOW, SIGNING_KEY, bearer, call, engine_of, make_app, settings_for
+from tests.api_shop import (
+    NOW,
+    SIGNING_KEY,
+    Closing,
+    bearer,
+    call,
+    engine_of,
+    make_app,
+    settings_for,
+)
 from tests.conftest import impatient
 
 EVENTS = "/v1/events/purchases"
@@ -237,6 +246,21 @@ def audits(engine: sa.Engine) -> list[tuple[Any, ...]]:
 
 def put(app: FastAPI, body: dict[str, Any], customer: str = "c1") -> Any:
     return call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
+
+
+@pytest.mark.parametrize("shop_locale", ["de", "en"])
+def test_a_new_customer_without_a_locale_gets_the_shops_default_locale(
+    closing: Closing, engine: sa.Engine, tmp_path: Path, shop_locale: str
+) -> None:
+    """README: the e-mail's language is "the customer's, else the shop's default_locale".
+    A customer created without one was stored as "en" whatever the shop's locale (default
+    "de"), so a German shop's customers got English mail."""
+    settings = settings_for(tmp_path)
+    shop = settings.shop.model_copy(update={"default_locale": shop_locale})
+    app = closing(create_app(settings.model_copy(update={"shop": shop}), engine, FixedClock(NOW)))
+    assert put(app, {"source": "checkout", "email": "a@example.test"}).status == 200
+    assert put(app, {"source": "checkout", "locale": "en"}, customer="c2").status == 200
+    assert (person(engine).locale, person(engine, "c2").locale) == (shop_locale, "en")
 
 
 def test_a_customer_is_created_and_changed_with_an_audit_trail(app: FastAPI) -> None:

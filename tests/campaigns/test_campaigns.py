@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,25 @@ def test_shipped_campaigns_are_valid() -> None:
         "vip_tier",
         "nps",
     }
+
+
+def test_a_schedule_without_a_zone_runs_in_the_shops_zone(tmp_path: Path) -> None:
+    """A UK shop's campaign that names no zone fired at 10:00 Berlin time (09:00 in London)
+    and counted its run's day in Berlin: the model's default, not the shop's."""
+    (tmp_path / "local.toml").write_text(
+        GOOD.format(name="local").replace('time_zone = "Europe/Berlin"\n', ""), encoding="utf-8"
+    )
+    (tmp_path / "named.toml").write_text(
+        GOOD.format(name="named").replace("Europe/Berlin", "Asia/Tokyo"), encoding="utf-8"
+    )
+    london = Settings(shop={"time_zone": "Europe/London"})
+    campaigns, failures = load_all(tmp_path, london, ROOT / "templates")
+    assert failures == []
+    zones = {c.name: c.schedule.zone.key for c in campaigns}
+    assert zones == {"local": "Europe/London", "named": "Asia/Tokyo"}
+    trigger = next(c for c in campaigns if c.name == "local").schedule.trigger()
+    after = datetime(2026, 12, 7, 0, 0, tzinfo=UTC)  # a Monday; GOOD fires on Tuesdays at 10:00
+    assert trigger.get_next_fire_time(None, after) == datetime(2026, 12, 8, 10, 0, tzinfo=UTC)
 
 
 def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | None = None) -> str:

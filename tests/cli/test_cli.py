@@ -73,6 +73,20 @@ def test_a_customers_file_with_a_repeated_id_exits_2_naming_both_lines(workdir: 
         assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 0
 
 
+def test_imported_customers_without_a_locale_get_the_shops_default_locale(workdir: Path) -> None:
+    """README: the e-mail's language is "the customer's, else the shop's default_locale"
+    (default "de"). A customers file without a locale stored "en" for everyone instead."""
+    runner.invoke(app, ["db", "upgrade"])
+    rows = [["c1", "a@example.test", ""], ["c2", "b@example.test", "en"]]
+    path = write_csv(workdir / "people.csv", ["id", "email", "locale"], rows)
+    plain = write_csv(workdir / "plain.csv", ["id", "email"], [["c3", "c@example.test"]])
+    assert runner.invoke(app, ["import", "customers", str(path)]).exit_code == 0
+    assert runner.invoke(app, ["import", "customers", str(plain)]).exit_code == 0
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        found = dict(connection.execute(sa.select(customers.c.id, customers.c.locale)).all())
+    assert found == {"c1": "de", "c2": "en", "c3": "de"}
+
+
 def test_bad_settings_exit_2_naming_the_key(workdir: Path) -> None:
     (workdir / "settings.toml").write_text('[shop]\ntime_zone = "Mars/Base"\n')
     result = runner.invoke(app, ["db", "upgrade"])
@@ -437,8 +451,10 @@ def test_evaluate_json_lists_every_model_with_tifu_knn_and_keeps_its_schema(
     tifu = document["models"]["tifu_knn"]
     assert set(tifu) == set(document["models"]["repeat_frequency"]) >= {"recall", "ndcg"}
     assert tifu["customers"] > 0 and 0 < tifu["recall"] <= 1
-    refused = runner.invoke(app, ["train", "--model", "tifu_knn"])
-    assert refused.exit_code != 0 and "evaluation baseline" in refused.output
+    refused = runner.invoke(app, ["train", "--model", "tifu_knn"], terminal_width=200)
+    # bad input (exit 2, before anything is read), not a failed training (exit 1)
+    assert refused.exit_code == 2 and "'tifu_knn' is not one of" in refused.output
+    assert "tifu_knn" not in runner.invoke(app, ["train", "--help"], terminal_width=200).output
 
 
 @pytest.mark.parametrize("quantity", ["[/]", "[bold]x"])

@@ -53,6 +53,7 @@ from recocamp.domain import (
     ConsentBasis,
     Customer,
     Item,
+    Locale,
     Purchase,
     birthday_problem,
     email_problem,
@@ -1046,11 +1047,17 @@ def _integer_id(value: str | None) -> str | None:
     return value[:-2] if value.endswith(".0") else value
 
 
-def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) -> Customer:
+def customer_row(
+    row: dict[str, str],
+    stamps: Timestamps,
+    now: datetime | None,
+    default_locale: Locale = FALLBACK_LOCALE,
+) -> Customer:
     """A customers row, held to the bounds the API holds a customer to (``domain``): the
     locale one of ``LOCALES``, a consent given by ``now`` and a birthday from 1900 to
     ``now`` (``now`` None: neither checked, as for a stored profile: ``profiles`` holds
-    only the values a change gives to them, or an old import would block every change)."""
+    only the values a change gives to them, or an old import would block every change).
+    A row without a locale gets ``default_locale``, the shop's ``[shop] default_locale``."""
     check_width(row)
     basis_raw = (text(row, "consent_basis", required=False, limit=32) or "none").lower()
     try:
@@ -1064,7 +1071,7 @@ def customer_row(row: dict[str, str], stamps: Timestamps, now: datetime | None) 
     late = None if consent_at is None or now is None else future_problem(consent_at, now)
     if late:
         raise RowProblem("consent_at", late, row["consent_at"].strip())
-    locale = text(row, "locale", required=False) or FALLBACK_LOCALE
+    locale = text(row, "locale", required=False) or default_locale
     wrong = locale_problem(locale)
     if wrong:
         raise RowProblem("locale", wrong, locale)
