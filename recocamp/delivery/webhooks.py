@@ -274,13 +274,19 @@ POSTMARK_KINDS = {
     "Click": "clicked",
     "SubscriptionChange": "unsubscribed",
 }
+# Postmark's bounce types that are the address's own record (it does not exist, is not an
+# address, was turned off, or its owner asked by mail to be removed). Not ``Blocked`` ("ISP
+# block: blocked from this ISP due to content or blacklisting") nor ``SpamNotification``
+# ("delivered, but … classified as spam, bulk mail, or had rejected content"): those are about
+# our message or our sending IP, like SendGrid's ``blocked``, and suppressing every recipient
+# of a mailbox provider for good over one bad day would lose them; soft bounces, which
+# suppress nobody. Postmark deactivates only hard bounces and spam complaints itself, and says
+# so in ``Inactive``, which makes any type hard.
 HARD_BOUNCES = frozenset(
     {
         "HardBounce",
         "BadEmailAddress",
         "ManuallyDeactivated",
-        "Blocked",
-        "SpamNotification",
         "Unsubscribe",
     }
 )

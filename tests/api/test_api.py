@@ -427,6 +427,21 @@ def test_a_bounce_with_long_stored_text_still_suppresses(
         assert details["description"].startswith("d" * 900)
 
 
+@pytest.mark.parametrize("bounce_type", ["Blocked", "SpamNotification"])
+def test_a_postmark_isp_block_of_our_mail_suppresses_nobody(
+    store: sa.Engine, bounce_type: str
+) -> None:
+    """Postmark's ``Blocked`` ("ISP block: due to content or blacklisting") and
+    ``SpamNotification`` are about our message or IP, not the address: a soft bounce (as
+    SendGrid's ``blocked``), recorded, nobody suppressed, unless Postmark deactivated it."""
+    event = postmark_event("bounce", RECORD, NOW - timedelta(hours=1))
+    reply = _post_postmark(store, event | {"Type": bounce_type, "Inactive": False})
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.suppressed == {} and after.unsubscribed_at is None
+    assert after.events == [("soft_bounced", "postmark", CUSTOMER)]
+
+
 def test_an_address_too_long_to_act_on_is_still_rejected(store: sa.Engine) -> None:
     event = postmark_event("bounce", RECORD, NOW) | {"Email": "a" * 400 + "@example.test"}
     reply = _post_postmark(store, event)

@@ -64,6 +64,13 @@ def test_postmark_hard_bounce_from_the_fake_server_payload() -> None:
         ("SoftBounce", True, "bounced"),  # Postmark deactivated the address: treat as hard
         ("SoftBounce", False, "soft_bounced"),
         ("Transient", False, "soft_bounced"),
+        ("BadEmailAddress", False, "bounced"),
+        ("Unsubscribe", False, "bounced"),  # the recipient asked by mail to be removed
+        # about our message or sending IP, not the address (an ISP's block of a whole run
+        # suppressed every recipient at that ISP for good)
+        ("Blocked", False, "soft_bounced"),
+        ("SpamNotification", False, "soft_bounced"),
+        ("Blocked", True, "bounced"),  # unless Postmark deactivated the address itself
     ],
 )
 def test_postmark_bounce_hard_or_soft(bounce_type: str, inactive: bool, kind: str) -> None:
