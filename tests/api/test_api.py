@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
@@ -26,7 +27,7 @@ from recocamp.campaigns.files import load_all
 from recocamp.campaigns.planner import Outcome, context_for, decide
 from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import FixedClock
-from recocamp.delivery.esp.fake_server import postmark_event
+from recocamp.delivery.esp.fake_server import postmark_event, running
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, email_hash
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
@@ -35,7 +36,7 @@ from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
 from tests.api_shop import Reply, call
-from tests.conftest import NOW, ROOT
+from tests.conftest import NOW, ROOT, impatient
 
 SIGNING_KEY = "k" * 32
 SECRET = "hook-secret"
@@ -440,6 +441,41 @@ def test_a_postmark_isp_block_of_our_mail_suppresses_nobody(
     after = state(store)
     assert after.suppressed == {} and after.unsubscribed_at is None
     assert after.events == [("soft_bounced", "postmark", CUSTOMER)]
+
+
+def test_a_webhook_the_store_cannot_take_now_is_429_for_brevo_to_post_again(
+    store: sa.Engine,
+) -> None:
+    """The database is locked past its busy timeout: the answer is 429 with Retry-After (a
+    500 made Brevo drop the hard bounce for good, as it drops any 5xx), nothing is stored,
+    no address in the answer; the post Brevo sends again is stored. Over real HTTP."""
+    if store.dialect.name != "sqlite":
+        pytest.skip("a SQLite file lock")
+    bounce = {
+        "event": "hard_bounce",
+        "email": ADDRESS,
+        "id": 123456,
+        "message-id": "<202601151200.1@smtp-relay.mailin.fr>",
+        "ts_event": int(NOW.timestamp()) - 3600,
+        "reason": "550 5.1.1 user unknown",
+    }
+    served = impatient(store)
+    hold = store.raw_connection()
+    try:
+        with running(create_app(SETTINGS, served, FixedClock(NOW))) as url:
+            hook, auth = f"{url}/v1/webhooks/brevo", {"authorization": f"Bearer {SECRET}"}
+            hold.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+            busy = httpx.post(hook, json=bounce, headers=auth, timeout=10)
+            hold.rollback()
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "60"
+            assert "@" not in busy.text
+            assert state(store) == UNTOUCHED
+            again = httpx.post(hook, json=bounce, headers=auth, timeout=10)
+        assert (again.status_code, again.json()) == (200, {"accepted": 1, "duplicates": 0})
+        assert state(store).suppressed == {email_hash(ADDRESS): "bounced"}
+    finally:
+        hold.close()
+        served.dispose()
 
 
 def test_an_address_too_long_to_act_on_is_still_rejected(store: sa.Engine) -> None:
