@@ -421,6 +421,8 @@ class BrevoEvent(_Payload):
     ts_event: Moment = None
     date: Moment = None
     reason: Reason | None = None
+    # the header Brevo echoes in every event: the send key we set it to (``esp.brevo``)
+    custom: Text | None = Field(None, alias="X-Mailin-custom")
 
 
 def _brevo(item: dict[str, Any]) -> Event | None:
@@ -440,6 +442,7 @@ def _brevo(item: dict[str, Any]) -> Event | None:
         at=e.ts_event or e.date or EPOCH,
         email=e.email,
         message_id=e.message_id,
+        send_key=e.custom,
         details={"reason": e.reason},
     )
 

@@ -443,6 +443,31 @@ def test_a_postmark_isp_block_of_our_mail_suppresses_nobody(
     assert after.events == [("soft_bounced", "postmark", CUSTOMER)]
 
 
+def test_a_brevo_event_finds_its_mail_by_the_send_key_brevo_echoes(store: sa.Engine) -> None:
+    """The provider puts the send key in ``X-Mailin-custom``, which Brevo echoes in every
+    event ("Transactional webhooks"): a bounce whose message id recocamp never learnt (a
+    resend Brevo answered ``duplicate_parameter``) still marks that mail bounced."""
+    bounce = {
+        "event": "hard_bounce",
+        "email": ADDRESS,
+        "id": 123456,
+        "message-id": "<unknown-to-us@smtp-relay.mailin.fr>",
+        "X-Mailin-custom": SEND_KEY,
+        "ts_event": int(NOW.timestamp()) - 3600,
+    }
+    reply = call(
+        make_app(store),
+        "POST",
+        "/v1/webhooks/brevo",
+        content=json.dumps(bounce).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {SECRET}"},
+    )
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.outbox == "bounced"
+    assert after.suppressed == {email_hash(ADDRESS): "bounced"}
+
+
 def test_a_webhook_the_store_cannot_take_now_is_429_for_brevo_to_post_again(
     store: sa.Engine,
 ) -> None:

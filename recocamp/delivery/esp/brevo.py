@@ -5,8 +5,10 @@ within Brevo's idempotency window (15–30 minutes) is dropped by Brevo itself: 
 makes the resend after an ambiguous failure safe (``resend_is_safe``). Brevo answers such a
 resend with the error code ``duplicate_parameter`` and sends nothing ("Batch email
 idempotency": the key was used, so the first request went through): that answer is the
-message's acceptance, not a failure. A 201 carries ``messageId``; a 400 about the recipient
-is permanent for that message.
+message's acceptance, not a failure, whose message id is unknown: the send key goes in
+``X-Mailin-custom``, which Brevo echoes in its webhook events ("Transactional webhooks"), so
+they find the message without it. A 201 carries ``messageId``; a 400 about the recipient is
+permanent for that message.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ class Brevo:
 def _payload(message: OutgoingEmail, from_email: str) -> dict[str, Any]:
     headers = dict(message.headers)
     headers["idempotencyKey"] = idempotency_key(message.send_key)
+    # Brevo echoes X-Mailin-custom in each webhook event of the message: its events find
+    # the outbox row by send key, also when the message id is unknown (a duplicate_parameter)
+    headers["X-Mailin-custom"] = message.send_key
     return {
         "sender": {"email": from_email},
         "to": [{"email": message.to}],

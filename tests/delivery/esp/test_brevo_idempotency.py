@@ -91,6 +91,9 @@ def test_a_resend_brevo_answers_duplicate_parameter_is_accepted(
     assert [r.status for r in first + again] == [SendStatus.ACCEPTED, SendStatus.ACCEPTED]
     assert first[0].message_id == "<1@smtp-relay.mailin.fr>"
     assert list(stand_in.taken) == [idempotency_key(email(1).send_key)]
+    # echoed by Brevo in the message's webhook events: they find it by send key
+    [sent] = stand_in.taken.values()
+    assert sent["headers"]["X-Mailin-custom"] == email(1).send_key
 
 
 def test_a_lost_answer_resent_to_brevo_is_recorded_sent_once(
