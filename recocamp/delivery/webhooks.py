@@ -291,6 +291,12 @@ HARD_BOUNCES = frozenset(
     }
 )
 POSTMARK_TIMES = ("BouncedAt", "DeliveredAt", "ChangedAt", "ReceivedAt")
+# A SubscriptionChange is posted whenever an address joins a stream's suppression list:
+# "after a Hard Bounce, Spam Complaint, Unsubscribe, or Manual Suppression" (Postmark,
+# "Subscription change webhook"), named in SuppressionReason. Only an unsubscribe or a manual
+# suppression is an opt-out; one after a hard bounce is that bounce (which is no opt-out:
+# the customer's unsubscribed_at stays unset), one after a complaint that complaint.
+SUPPRESSION_REASONS = {"HardBounce": "bounced", "SpamComplaint": "complained"}
 
 SENDGRID_KINDS = {
     "delivered": "delivered",
@@ -346,6 +352,7 @@ class PostmarkEvent(_Payload):
     description: Reason | None = Field(None, alias="Description")
     inactive: bool | None = Field(None, alias="Inactive")
     suppress_sending: bool | None = Field(None, alias="SuppressSending")
+    suppression_reason: StoredType | None = Field(None, alias="SuppressionReason")
     bounced_at: Moment = Field(None, alias="BouncedAt")
     delivered_at: Moment = Field(None, alias="DeliveredAt")
     changed_at: Moment = Field(None, alias="ChangedAt")
@@ -361,7 +368,11 @@ def _postmark(item: dict[str, Any]) -> Event | None:
     if e.record_type == "Bounce":
         hard = e.inactive or e.type in HARD_BOUNCES
         kind = "bounced" if hard else "soft_bounced"
-    if kind is None or (e.record_type == "SubscriptionChange" and not e.suppress_sending):
+    if e.record_type == "SubscriptionChange":
+        if not e.suppress_sending:  # a reactivation: nothing of ours to change
+            return None
+        kind = SUPPRESSION_REASONS.get(e.suppression_reason or "", "unsubscribed")
+    if kind is None:
         return None
     raw_at = next((item[k] for k in POSTMARK_TIMES if item.get(k)), 0)  # the key as before
     at = e.bounced_at or e.delivered_at or e.changed_at or e.received_at or EPOCH

@@ -428,6 +428,29 @@ def test_a_bounce_with_long_stored_text_still_suppresses(
         assert details["description"].startswith("d" * 900)
 
 
+@pytest.mark.parametrize(
+    ("reason", "kind", "opted_out"),
+    [
+        ("HardBounce", "bounced", False),  # a bounce is no opt-out
+        ("SpamComplaint", "complained", True),
+        ("ManualSuppression", "unsubscribed", True),
+    ],
+)
+def test_a_postmark_subscription_change_is_what_its_suppression_reason_says(
+    store: sa.Engine, reason: str, kind: str, opted_out: bool
+) -> None:
+    """Postmark posts a SubscriptionChange whenever an address joins the suppression list,
+    also after a hard bounce or a complaint ("Subscription change webhook"): it was recorded
+    as an unsubscribe, an opt-out (``unsubscribed_at``) for every hard bounce."""
+    event = postmark_event("unsubscribe", RECORD, NOW - timedelta(hours=1))
+    reply = _post_postmark(store, event | {"SuppressionReason": reason})
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.suppressed == {email_hash(ADDRESS): kind}
+    assert after.events == [(kind, "postmark", CUSTOMER)]
+    assert (after.unsubscribed_at is not None) is opted_out
+
+
 @pytest.mark.parametrize("bounce_type", ["Blocked", "SpamNotification"])
 def test_a_postmark_isp_block_of_our_mail_suppresses_nobody(
     store: sa.Engine, bounce_type: str
