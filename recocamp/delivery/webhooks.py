@@ -24,8 +24,9 @@ import hmac
 import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -145,6 +146,7 @@ _STRING = WithJsonSchema({"type": "string"})
 Reason = Annotated[str, BeforeValidator(_clip(MAX_REASON)), _STRING]
 StoredType = Annotated[str, BeforeValidator(_clip(MAX_TEXT)), _STRING]
 EPOCH = datetime.fromtimestamp(0, UTC)
+PARIS = ZoneInfo("Europe/Paris")  # CET/CEST, the zone of Brevo's ``date``
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +211,8 @@ def _digest(item: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _moment(value: Any) -> datetime:
-    """A provider's time: seconds since the epoch or ISO 8601 (UTC unless it says)."""
+def _moment(value: Any, zone: tzinfo = UTC) -> datetime:
+    """A provider's time: seconds since the epoch or ISO 8601 (in ``zone`` unless it says)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("must be a number of seconds or an ISO 8601 time")
     if isinstance(value, str) and len(value) > 64:
@@ -218,7 +220,7 @@ def _moment(value: Any) -> datetime:
     try:
         if isinstance(value, str):
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+            at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)).astimezone(UTC)
         else:
             at = datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError):
@@ -235,8 +237,18 @@ def _maybe_moment(value: Any) -> datetime | None:
     return None if value is None or value == "" else _moment(value)
 
 
+def _maybe_paris_moment(value: Any) -> datetime | None:
+    """Brevo's ``date``: "YYYY-MM-DD HH:MM:SS" in CET/CEST (Brevo, "Transactional webhooks":
+    ``ts_event`` and ``ts_epoch`` are UTC, ``date`` is CET/CEST), read as UTC it was an hour
+    or two late."""
+    return None if value is None or value == "" else _moment(value, PARIS)
+
+
 _TIME = {"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}, {"type": "null"}]}
 Moment = Annotated[datetime | None, BeforeValidator(_maybe_moment), WithJsonSchema(_TIME)]
+ParisMoment = Annotated[
+    datetime | None, BeforeValidator(_maybe_paris_moment), WithJsonSchema(_TIME)
+]
 
 
 def _ident(value: Any) -> Any:
@@ -430,7 +442,7 @@ class BrevoEvent(_Payload):
     message_id: Text | None = Field(None, alias="message-id")
     email: Address | None = None
     ts_event: Moment = None
-    date: Moment = None
+    date: ParisMoment = None
     reason: Reason | None = None
     # the header Brevo echoes in every event: the send key we set it to (``esp.brevo``)
     custom: Text | None = Field(None, alias="X-Mailin-custom")
