@@ -5,6 +5,12 @@ for Postmark and Brevo, SendGrid's ECDSA signature), parsed and applied once: du
 are answered 200 and ignored. Bounces, complaints and unsubscribes suppress the address.
 An event whose fields are wrong is left out and named under ``rejected`` (the others are
 applied; why 200 and not 4xx: see ``webhooks``).
+
+A post whose events cannot be stored now (the database is locked past its busy timeout, the
+connection to PostgreSQL dropped) is answered 429 with ``Retry-After``, not 500: Brevo
+drops a webhook for good on any 5xx and on any 4xx but 429 (developers.brevo.com, "Retry
+mechanism"), and a lost hard bounce or unsubscribe would never suppress the address;
+Postmark and SendGrid retry a 429 as they retry any answer but 2xx (Postmark: but 403).
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from recocamp.clock import Clock
 from recocamp.delivery import webhooks
 from recocamp.settings import Settings
 from recocamp.store import contacts
-from recocamp.store.engine import Engine
+from recocamp.store.engine import Engine, SQLAlchemyError
 
 log = logging.getLogger(__name__)
 MAX_NAMED = 20  # rejected events named in one answer
+RETRY_AFTER_S = 60  # a post whose events could not be stored: when to post it again
 
 
 class WebhookOut(BaseModel):
@@ -70,8 +77,7 @@ def router(
                 "; ".join(parsed.rejected[:MAX_NAMED]),
             )
         metrics.WEBHOOK_EVENTS.labels(provider, "rejected").inc(parsed.left_out)
-        applied = await run_in_threadpool(store, parsed.events)  # off the event loop, which
-        #                                                    also serves cached next-best offers
+        applied = await stored(provider, parsed.events)
         metrics.WEBHOOK_EVENTS.labels(provider, "accepted").inc(applied.new)
         metrics.WEBHOOK_EVENTS.labels(provider, "duplicate").inc(applied.duplicates)
         return WebhookOut(
@@ -84,9 +90,32 @@ def router(
         with engine.begin() as connection:
             return contacts.apply(connection, events, clock.now())
 
+    async def stored(provider: str, events: list[webhooks.Event]) -> contacts.Applied:
+        """The events applied, off the event loop (which also serves cached next-best
+        offers); a store failure is 429 + Retry-After, which every provider retries."""
+        try:
+            return await run_in_threadpool(store, events)
+        except SQLAlchemyError as exc:  # its text is not logged: it may quote a statement
+            log.warning(
+                "%s webhook: %d event(s) not stored (%s): answered 429, to be posted again",
+                provider,
+                len(events),
+                type(exc).__name__,
+            )
+            raise HTTPException(
+                429,
+                "the events could not be stored now: post them again later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+
     documented: dict[int | str, dict[str, Any]] = {
         **problems,
         400: {"description": "The body is not the provider's webhook format."},
+        429: {
+            "description": "The events could not be stored now (database busy or "
+            "unreachable): post them again after Retry-After. Not 5xx: Brevo drops a webhook "
+            "answered 5xx and retries only 429."
+        },
         503: {
             "description": "Webhooks of this provider are not configured (a secret or a "
             "public key is missing)."

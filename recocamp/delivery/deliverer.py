@@ -8,7 +8,11 @@ crash causes neither a duplicate nor a gap. Ambiguous failures (read timeout, dr
 connection) are looked up the same way before anything is resent.
 
 Retries use exponential backoff with full jitter (``retry_base_s × 2^(attempt−1)``, capped
-at ``retry_max_s``), never sooner than the provider's Retry-After. A campaign whose error
+at ``retry_max_s``), never sooner than the provider's Retry-After. A 429 or 5xx for a whole
+request that names no wait (Postmark documents no Retry-After or rate-limit header at all)
+holds every batch for ``retry_base_s × 2^(n−1)`` (capped) after the n-th such answer in a
+row: those answers cost the messages no attempt, so their own backoff never grew, and the
+deliverer kept asking an overloaded provider at the full send rate. A campaign whose error
 rate in this drain exceeds ``pause_error_rate`` (after ``pause_min_messages``) is paused:
 its messages stay queued until ``recocamp outbox resume``. The rate counts what the
 provider said about the campaign's own messages (rejected recipients, per-message errors),
@@ -83,6 +87,7 @@ class Deliverer:
         self.batch = min(settings.batch_size, provider.batch_limit)
         self.tally: dict[str, Counter[str]] = {}
         self.quiet_until: datetime | None = None  # the provider's Retry-After, for every batch
+        self.refusals = 0  # 429/5xx answers without a wait in a row (``_unhinted_wait``)
         self.on_progress: Callable[[int], None] = lambda n: None
 
     # -- reconciliation -------------------------------------------------------------------
@@ -247,6 +252,7 @@ class Deliverer:
             raise
         # anything else (a bug, KeyboardInterrupt) may have come after the provider took the
         # batch: the claims stay, and the next deliverer looks them up before resending
+        self.refusals = 0  # the provider answered this batch: no longer refusing requests
         return self._record(claimed, results, report)
 
     def _held(self, claimed: list[outbox.Claimed], leased_at: datetime) -> list[outbox.Claimed]:
@@ -284,17 +290,16 @@ class Deliverer:
     def _transient(
         self, claimed: list[outbox.Claimed], exc: TransientDeliveryError
     ) -> DeliveryReport:
-        if exc.retry_after:
-            until = self.clock.now() + timedelta(seconds=min(exc.retry_after, MAX_RETRY_AFTER_S))
+        wait = exc.retry_after or self._unhinted_wait(exc)
+        if wait:
+            until = self.clock.now() + timedelta(seconds=min(wait, MAX_RETRY_AFTER_S))
             self.quiet_until = max(until, self.quiet_until or until)
         asked = self._lookup([c.email.send_key for c in claimed]) if exc.ambiguous else {}
         found = asked or {}
         results = [
             SendResult(c.email.send_key, SendStatus.ACCEPTED, message_id=found[c.email.send_key])
             if c.email.send_key in found
-            else SendResult(
-                c.email.send_key, SendStatus.RETRY, error=str(exc), retry_after=exc.retry_after
-            )
+            else SendResult(c.email.send_key, SendStatus.RETRY, error=str(exc), retry_after=wait)
             for c in claimed
         ]
         log.warning(
@@ -308,6 +313,16 @@ class Deliverer:
         return self._record(
             claimed, results, DeliveryReport(requests=1), tally=False, refund=refund
         )
+
+    def _unhinted_wait(self, exc: TransientDeliveryError) -> float | None:
+        """How long to send nothing after a 429/5xx that names no wait: ``retry_base_s`` the
+        first time, doubling with each such answer in a row, up to ``retry_max_s``. None for
+        an ambiguous failure (a timeout), which is looked up, not a refusal."""
+        if exc.ambiguous:
+            return None
+        self.refusals += 1
+        base, cap = self.settings.retry_base_s, self.settings.retry_max_s
+        return min(cap, base * 2.0 ** min(self.refusals - 1, 60))
 
     def _record(
         self,

@@ -24,8 +24,9 @@ import hmac
 import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -145,6 +146,7 @@ _STRING = WithJsonSchema({"type": "string"})
 Reason = Annotated[str, BeforeValidator(_clip(MAX_REASON)), _STRING]
 StoredType = Annotated[str, BeforeValidator(_clip(MAX_TEXT)), _STRING]
 EPOCH = datetime.fromtimestamp(0, UTC)
+PARIS = ZoneInfo("Europe/Paris")  # CET/CEST, the zone of Brevo's ``date``
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +211,8 @@ def _digest(item: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _moment(value: Any) -> datetime:
-    """A provider's time: seconds since the epoch or ISO 8601 (UTC unless it says)."""
+def _moment(value: Any, zone: tzinfo = UTC) -> datetime:
+    """A provider's time: seconds since the epoch or ISO 8601 (in ``zone`` unless it says)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("must be a number of seconds or an ISO 8601 time")
     if isinstance(value, str) and len(value) > 64:
@@ -218,7 +220,7 @@ def _moment(value: Any) -> datetime:
     try:
         if isinstance(value, str):
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+            at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)).astimezone(UTC)
         else:
             at = datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError):
@@ -235,8 +237,18 @@ def _maybe_moment(value: Any) -> datetime | None:
     return None if value is None or value == "" else _moment(value)
 
 
+def _maybe_paris_moment(value: Any) -> datetime | None:
+    """Brevo's ``date``: "YYYY-MM-DD HH:MM:SS" in CET/CEST (Brevo, "Transactional webhooks":
+    ``ts_event`` and ``ts_epoch`` are UTC, ``date`` is CET/CEST), read as UTC it was an hour
+    or two late."""
+    return None if value is None or value == "" else _moment(value, PARIS)
+
+
 _TIME = {"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}, {"type": "null"}]}
 Moment = Annotated[datetime | None, BeforeValidator(_maybe_moment), WithJsonSchema(_TIME)]
+ParisMoment = Annotated[
+    datetime | None, BeforeValidator(_maybe_paris_moment), WithJsonSchema(_TIME)
+]
 
 
 def _ident(value: Any) -> Any:
@@ -274,17 +286,29 @@ POSTMARK_KINDS = {
     "Click": "clicked",
     "SubscriptionChange": "unsubscribed",
 }
+# Postmark's bounce types that are the address's own record (it does not exist, is not an
+# address, was turned off, or its owner asked by mail to be removed). Not ``Blocked`` ("ISP
+# block: blocked from this ISP due to content or blacklisting") nor ``SpamNotification``
+# ("delivered, but … classified as spam, bulk mail, or had rejected content"): those are about
+# our message or our sending IP, like SendGrid's ``blocked``, and suppressing every recipient
+# of a mailbox provider for good over one bad day would lose them; soft bounces, which
+# suppress nobody. Postmark deactivates only hard bounces and spam complaints itself, and says
+# so in ``Inactive``, which makes any type hard.
 HARD_BOUNCES = frozenset(
     {
         "HardBounce",
         "BadEmailAddress",
         "ManuallyDeactivated",
-        "Blocked",
-        "SpamNotification",
         "Unsubscribe",
     }
 )
 POSTMARK_TIMES = ("BouncedAt", "DeliveredAt", "ChangedAt", "ReceivedAt")
+# A SubscriptionChange is posted whenever an address joins a stream's suppression list:
+# "after a Hard Bounce, Spam Complaint, Unsubscribe, or Manual Suppression" (Postmark,
+# "Subscription change webhook"), named in SuppressionReason. Only an unsubscribe or a manual
+# suppression is an opt-out; one after a hard bounce is that bounce (which is no opt-out:
+# the customer's unsubscribed_at stays unset), one after a complaint that complaint.
+SUPPRESSION_REASONS = {"HardBounce": "bounced", "SpamComplaint": "complained"}
 
 SENDGRID_KINDS = {
     "delivered": "delivered",
@@ -340,6 +364,7 @@ class PostmarkEvent(_Payload):
     description: Reason | None = Field(None, alias="Description")
     inactive: bool | None = Field(None, alias="Inactive")
     suppress_sending: bool | None = Field(None, alias="SuppressSending")
+    suppression_reason: StoredType | None = Field(None, alias="SuppressionReason")
     bounced_at: Moment = Field(None, alias="BouncedAt")
     delivered_at: Moment = Field(None, alias="DeliveredAt")
     changed_at: Moment = Field(None, alias="ChangedAt")
@@ -355,7 +380,11 @@ def _postmark(item: dict[str, Any]) -> Event | None:
     if e.record_type == "Bounce":
         hard = e.inactive or e.type in HARD_BOUNCES
         kind = "bounced" if hard else "soft_bounced"
-    if kind is None or (e.record_type == "SubscriptionChange" and not e.suppress_sending):
+    if e.record_type == "SubscriptionChange":
+        if not e.suppress_sending:  # a reactivation: nothing of ours to change
+            return None
+        kind = SUPPRESSION_REASONS.get(e.suppression_reason or "", "unsubscribed")
+    if kind is None:
         return None
     raw_at = next((item[k] for k in POSTMARK_TIMES if item.get(k)), 0)  # the key as before
     at = e.bounced_at or e.delivered_at or e.changed_at or e.received_at or EPOCH
@@ -413,8 +442,10 @@ class BrevoEvent(_Payload):
     message_id: Text | None = Field(None, alias="message-id")
     email: Address | None = None
     ts_event: Moment = None
-    date: Moment = None
+    date: ParisMoment = None
     reason: Reason | None = None
+    # the header Brevo echoes in every event: the send key we set it to (``esp.brevo``)
+    custom: Text | None = Field(None, alias="X-Mailin-custom")
 
 
 def _brevo(item: dict[str, Any]) -> Event | None:
@@ -434,6 +465,7 @@ def _brevo(item: dict[str, Any]) -> Event | None:
         at=e.ts_event or e.date or EPOCH,
         email=e.email,
         message_id=e.message_id,
+        send_key=e.custom,
         details={"reason": e.reason},
     )
 

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
@@ -26,7 +27,7 @@ from recocamp.campaigns.files import load_all
 from recocamp.campaigns.planner import Outcome, context_for, decide
 from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import FixedClock
-from recocamp.delivery.esp.fake_server import postmark_event
+from recocamp.delivery.esp.fake_server import postmark_event, running
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, email_hash
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
@@ -35,7 +36,7 @@ from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
 from tests.api_shop import Reply, call
-from tests.conftest import NOW, ROOT
+from tests.conftest import NOW, ROOT, impatient
 
 SIGNING_KEY = "k" * 32
 SECRET = "hook-secret"
@@ -425,6 +426,104 @@ def test_a_bounce_with_long_stored_text_still_suppresses(
     if len(str(changes["Description"])) > 1000:
         assert details["description"].endswith(" [… truncated]")
         assert details["description"].startswith("d" * 900)
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind", "opted_out"),
+    [
+        ("HardBounce", "bounced", False),  # a bounce is no opt-out
+        ("SpamComplaint", "complained", True),
+        ("ManualSuppression", "unsubscribed", True),
+    ],
+)
+def test_a_postmark_subscription_change_is_what_its_suppression_reason_says(
+    store: sa.Engine, reason: str, kind: str, opted_out: bool
+) -> None:
+    """Postmark posts a SubscriptionChange whenever an address joins the suppression list,
+    also after a hard bounce or a complaint ("Subscription change webhook"): it was recorded
+    as an unsubscribe, an opt-out (``unsubscribed_at``) for every hard bounce."""
+    event = postmark_event("unsubscribe", RECORD, NOW - timedelta(hours=1))
+    reply = _post_postmark(store, event | {"SuppressionReason": reason})
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.suppressed == {email_hash(ADDRESS): kind}
+    assert after.events == [(kind, "postmark", CUSTOMER)]
+    assert (after.unsubscribed_at is not None) is opted_out
+
+
+@pytest.mark.parametrize("bounce_type", ["Blocked", "SpamNotification"])
+def test_a_postmark_isp_block_of_our_mail_suppresses_nobody(
+    store: sa.Engine, bounce_type: str
+) -> None:
+    """Postmark's ``Blocked`` ("ISP block: due to content or blacklisting") and
+    ``SpamNotification`` are about our message or IP, not the address: a soft bounce (as
+    SendGrid's ``blocked``), recorded, nobody suppressed, unless Postmark deactivated it."""
+    event = postmark_event("bounce", RECORD, NOW - timedelta(hours=1))
+    reply = _post_postmark(store, event | {"Type": bounce_type, "Inactive": False})
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.suppressed == {} and after.unsubscribed_at is None
+    assert after.events == [("soft_bounced", "postmark", CUSTOMER)]
+
+
+def test_a_brevo_event_finds_its_mail_by_the_send_key_brevo_echoes(store: sa.Engine) -> None:
+    """The provider puts the send key in ``X-Mailin-custom``, which Brevo echoes in every
+    event ("Transactional webhooks"): a bounce whose message id recocamp never learnt (a
+    resend Brevo answered ``duplicate_parameter``) still marks that mail bounced."""
+    bounce = {
+        "event": "hard_bounce",
+        "email": ADDRESS,
+        "id": 123456,
+        "message-id": "<unknown-to-us@smtp-relay.mailin.fr>",
+        "X-Mailin-custom": SEND_KEY,
+        "ts_event": int(NOW.timestamp()) - 3600,
+    }
+    reply = call(
+        make_app(store),
+        "POST",
+        "/v1/webhooks/brevo",
+        content=json.dumps(bounce).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {SECRET}"},
+    )
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.outbox == "bounced"
+    assert after.suppressed == {email_hash(ADDRESS): "bounced"}
+
+
+def test_a_webhook_the_store_cannot_take_now_is_429_for_brevo_to_post_again(
+    store: sa.Engine,
+) -> None:
+    """The database is locked past its busy timeout: the answer is 429 with Retry-After (a
+    500 made Brevo drop the hard bounce for good, as it drops any 5xx), nothing is stored,
+    no address in the answer; the post Brevo sends again is stored. Over real HTTP."""
+    if store.dialect.name != "sqlite":
+        pytest.skip("a SQLite file lock")
+    bounce = {
+        "event": "hard_bounce",
+        "email": ADDRESS,
+        "id": 123456,
+        "message-id": "<202601151200.1@smtp-relay.mailin.fr>",
+        "ts_event": int(NOW.timestamp()) - 3600,
+        "reason": "550 5.1.1 user unknown",
+    }
+    served = impatient(store)
+    hold = store.raw_connection()
+    try:
+        with running(create_app(SETTINGS, served, FixedClock(NOW))) as url:
+            hook, auth = f"{url}/v1/webhooks/brevo", {"authorization": f"Bearer {SECRET}"}
+            hold.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+            busy = httpx.post(hook, json=bounce, headers=auth, timeout=10)
+            hold.rollback()
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "60"
+            assert "@" not in busy.text
+            assert state(store) == UNTOUCHED
+            again = httpx.post(hook, json=bounce, headers=auth, timeout=10)
+        assert (again.status_code, again.json()) == (200, {"accepted": 1, "duplicates": 0})
+        assert state(store).suppressed == {email_hash(ADDRESS): "bounced"}
+    finally:
+        hold.close()
+        served.dispose()
 
 
 def test_an_address_too_long_to_act_on_is_still_rejected(store: sa.Engine) -> None:

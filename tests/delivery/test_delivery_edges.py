@@ -20,7 +20,7 @@ from recocamp.delivery import campaign_send
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import http as esp_http
 from recocamp.delivery.esp.fake import FakeProvider
-from recocamp.delivery.esp.fake_server import FakeEsp, running
+from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.delivery.processes import drain_in_processes
@@ -36,6 +36,7 @@ from tests.conftest import NOW, ROOT
 from tests.delivery.test_deliver import (
     ESP,
     TEMPLATES,
+    Sleeper,
     deliverer,
     email,
     fill,
@@ -382,3 +383,35 @@ def test_a_second_big_run_at_once_starts_no_processes_at_the_same_rate(
         )
     assert seen == [] and fake.sent == [] and report.enqueued == 3
     assert states(engine) == Counter({"queued": 3})
+
+
+def test_429s_without_a_wait_hold_every_batch_ever_longer(engine: sa.Engine) -> None:
+    """Postmark documents no Retry-After on its 429 (nor a rate-limit header): a 429 that names
+    no wait costs the messages no attempt, so their own backoff never grew, and the deliverer
+    asked again every second or two at the full send rate for as long as Postmark refused.
+    Now each such answer in a row doubles a pause of every batch (retry_base_s, capped at
+    retry_max_s). Over real HTTP, against the fake ESP refusing every request; the clock is
+    moved by the sleeps, and the deliverer stops after 10 minutes of it."""
+    store(engine, [email(0), email(1)])
+    fake = FakeEsp(token="t", faults=Faults(rate_429=1.0, retry_after_s=None))
+    clock = FixedClock(NOW)
+    answers: list[int] = []
+    with running(create_fake(fake)) as url:
+        provider = Postmark(url, "t", "shop@example.test")
+        provider.client.event_hooks["response"].append(lambda r: answers.append(r.status_code))
+        try:
+            Deliverer(
+                engine,
+                provider,
+                ESP,  # retry_base_s 1, retry_max_s 60
+                clock,
+                sleep=Sleeper(clock),
+                rng=random.Random(1),
+                stopping=lambda: clock.now() >= NOW + timedelta(minutes=10),
+            ).drain(max_wait_s=3600)
+        finally:
+            provider.close()
+    assert set(answers) == {429}
+    # pauses of 1, 2, 4, 8, 16, 32 s, then 60 s: 7 + 9 requests in 10 minutes (before: ~600)
+    assert 12 <= len(answers) <= 20, len(answers)
+    assert states(engine) == Counter({"queued": 2}) and fake.messages == []

@@ -64,6 +64,13 @@ def test_postmark_hard_bounce_from_the_fake_server_payload() -> None:
         ("SoftBounce", True, "bounced"),  # Postmark deactivated the address: treat as hard
         ("SoftBounce", False, "soft_bounced"),
         ("Transient", False, "soft_bounced"),
+        ("BadEmailAddress", False, "bounced"),
+        ("Unsubscribe", False, "bounced"),  # the recipient asked by mail to be removed
+        # about our message or sending IP, not the address (an ISP's block of a whole run
+        # suppressed every recipient at that ISP for good)
+        ("Blocked", False, "soft_bounced"),
+        ("SpamNotification", False, "soft_bounced"),
+        ("Blocked", True, "bounced"),  # unless Postmark deactivated the address itself
     ],
 )
 def test_postmark_bounce_hard_or_soft(bounce_type: str, inactive: bool, kind: str) -> None:
@@ -457,3 +464,17 @@ def test_times_are_read_within_1900_to_9000(stamp: object, ok: bool) -> None:
 def test_sendgrid_timestamp_of_thousands_of_digits_is_401_not_a_crash() -> None:
     """``int()`` refuses more than 4,300 digits with ValueError: the check crashed (500)."""
     assert refused(signed(SG_BODY, AT) | {TIMESTAMP: "9" * 5000}) == 401
+
+
+@pytest.mark.parametrize(
+    ("date", "utc"),
+    [
+        ("2026-01-15 13:00:00", datetime(2026, 1, 15, 12, 0, tzinfo=UTC)),  # CET, UTC+1
+        ("2026-07-15 14:00:00", datetime(2026, 7, 15, 12, 0, tzinfo=UTC)),  # CEST, UTC+2
+    ],
+)
+def test_a_brevo_date_without_ts_event_is_paris_time(date: str, utc: datetime) -> None:
+    """Brevo ("Transactional webhooks"): ts_event and ts_epoch are UTC, ``date`` is CET/CEST;
+    read as UTC, an event without ts_event was one or two hours late."""
+    payload = {k: v for k, v in BREVO_BASE.items() if k != "ts_event"}
+    assert one("brevo", payload | {"event": "hard_bounce", "date": date}).at == utc

@@ -50,6 +50,10 @@ def check_provider(settings: Settings) -> None:
     that could never deliver refuses to start rather than fail its deliver job forever."""
     provider = settings.esp.provider
     token = settings.esp_token.get_secret_value() if settings.esp_token else ""
+    if provider == "mailpit":  # optional, but then HTTP Basic's user:password
+        from recocamp.delivery.esp.mailpit import basic_auth
+
+        basic_auth(token)
     if provider not in TOKENLESS and not token:
         raise ConfigError(
             Path("settings.toml"),

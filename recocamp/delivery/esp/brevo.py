@@ -2,8 +2,13 @@
 
 The key is a UUID derived from the send key (UUID v5), so a resend of the same e-mail
 within Brevo's idempotency window (15–30 minutes) is dropped by Brevo itself: that is what
-makes the resend after an ambiguous failure safe (``resend_is_safe``). A 201 carries
-``messageId``; a 400 about the recipient is permanent for that message.
+makes the resend after an ambiguous failure safe (``resend_is_safe``). Brevo answers such a
+resend with the error code ``duplicate_parameter`` and sends nothing ("Batch email
+idempotency": the key was used, so the first request went through): that answer is the
+message's acceptance, not a failure, whose message id is unknown: the send key goes in
+``X-Mailin-custom``, which Brevo echoes in its webhook events ("Transactional webhooks"), so
+they find the message without it. A 201 carries ``messageId``; a 400 about the recipient is
+permanent for that message.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import PermanentDeliveryError
 
 NAMESPACE = uuid.UUID("5b0c4c8e-7e36-4f0e-9d7c-3f3a9a3c2f11")
+# Brevo's answer to a key used within its TTL: an earlier request with it was processed
+DUPLICATE = "duplicate_parameter"
 
 
 def idempotency_key(send_key: str) -> str:
@@ -52,11 +59,14 @@ class Brevo:
             "/v3/smtp/email",
             json=_payload(message, self.from_email),
         )
-        body = json_body(response) or {}
+        found = json_body(response)
+        body = found if isinstance(found, dict) else {}
         if response.status_code < 300:
             return SendResult(
                 message.send_key, SendStatus.ACCEPTED, message_id=str(body.get("messageId", ""))
             )
+        if body.get("code") == DUPLICATE:  # a resend after a lost answer: sent once already
+            return SendResult(message.send_key, SendStatus.ACCEPTED, message_id="")
         detail = f"brevo {body.get('code', response.status_code)}: {body.get('message', '')}"
         if response.status_code == 400 and about_recipient(str(body.get("message", ""))):
             return SendResult(message.send_key, SendStatus.REJECTED, error=detail[:500])
@@ -72,6 +82,9 @@ class Brevo:
 def _payload(message: OutgoingEmail, from_email: str) -> dict[str, Any]:
     headers = dict(message.headers)
     headers["idempotencyKey"] = idempotency_key(message.send_key)
+    # Brevo echoes X-Mailin-custom in each webhook event of the message: its events find
+    # the outbox row by send key, also when the message id is unknown (a duplicate_parameter)
+    headers["X-Mailin-custom"] = message.send_key
     return {
         "sender": {"email": from_email},
         "to": [{"email": message.to}],

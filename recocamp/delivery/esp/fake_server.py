@@ -32,7 +32,8 @@ what they answer holds addresses and working signed links, and they can wipe or 
   ``DELETE /_messages``            forget everything
 
 Faults: ``latency_ms`` per request; ``rate_429`` / ``rate_5xx`` share of send requests
-refused (nothing stored; 429 carries ``Retry-After``); ``rate_drop`` share of send requests
+refused (nothing stored; 429 carries ``Retry-After: retry_after_s``, none when that is
+null, as at Postmark, which documents no wait header); ``rate_drop`` share of send requests
 *accepted and stored* whose answer never comes (the connection stalls past the client's
 timeout: the nastiest case for exactly-once); ``inactive`` addresses answered with 406.
 A shutdown (SIGTERM, Ctrl-C, the end of :func:`running`) cuts every injected pause short:
@@ -93,7 +94,8 @@ class Faults(BaseModel):
     rate_5xx: float = Field(default=0.0, ge=0.0, le=1.0)
     rate_drop: float = Field(default=0.0, ge=0.0, le=1.0)
     drop_stall_s: float = Field(default=30.0, ge=0.0, le=600.0)
-    retry_after_s: float = Field(default=1.0, ge=0.0, le=3600.0)
+    # None: a 429 without Retry-After, as Postmark answers (it documents no wait header)
+    retry_after_s: float | None = Field(default=1.0, ge=0.0, le=3600.0)
     inactive: list[str] = Field(default_factory=list, max_length=10_000)
     seed: int | None = None
 
@@ -633,10 +635,11 @@ async def _latency(esp: FakeEsp) -> None:
 def _refusal(esp: FakeEsp) -> JSONResponse | None:
     roll = esp.rng.random()
     if roll < esp.faults.rate_429:
+        wait = esp.faults.retry_after_s
         return JSONResponse(
             {"ErrorCode": 429, "Message": "Rate limit exceeded."},
             429,
-            headers={"Retry-After": f"{esp.faults.retry_after_s:g}"},
+            headers={} if wait is None else {"Retry-After": f"{wait:g}"},
         )
     if roll < esp.faults.rate_429 + esp.faults.rate_5xx:
         injected = "You encountered an error that shouldn't have occurred (fake ESP fault)."

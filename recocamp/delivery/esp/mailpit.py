@@ -1,20 +1,26 @@
 """Mailpit (a local mail catcher): ``POST /api/v1/send``, one message per request.
 
 For people who already run Mailpit to look at e-mails in a browser. It answers ``{"ID": …}``.
+A Mailpit that wants credentials (``--send-api-auth-file``, or the web UI's password file,
+which the send API falls back to) takes HTTP Basic ones, ``user:password``
+(mailpit.axllent.org, "Web UI & API server"): ``RECOCAMP_ESP_TOKEN`` holds them so; without
+it nothing is sent in the header (``--send-api-auth-accept-any``, or no authentication).
 It offers no reliable lookup by our send key, so after a crash a message whose fate is
 unknown is resent (at-least-once); for a local catcher that is the right trade.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from recocamp.delivery.esp.http import about_recipient, json_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
-from recocamp.errors import PermanentDeliveryError
+from recocamp.errors import ConfigError, PermanentDeliveryError, Problem
 
 
 class Mailpit:
@@ -30,8 +36,7 @@ class Mailpit:
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = make_client(base_url, headers, timeout_s, transport)
+        self.client = make_client(base_url, basic_auth(token), timeout_s, transport)
         self.from_email = from_email
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
@@ -54,6 +59,26 @@ class Mailpit:
 
     def close(self) -> None:
         self.client.close()
+
+
+def basic_auth(token: str) -> dict[str, str]:
+    """The Authorization header of a ``user:password`` token (none without a token). A token
+    without the colon is refused here, not at Mailpit with a 401 on every message; the
+    message never repeats the token."""
+    if not token:
+        return {}
+    if ":" not in token:
+        raise ConfigError(
+            Path("settings.toml"),
+            [
+                Problem(
+                    "the mailpit provider takes HTTP Basic credentials: set "
+                    "RECOCAMP_ESP_TOKEN to user:password (as in Mailpit's password file)",
+                    key="esp_token",
+                )
+            ],
+        )
+    return {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
 
 
 def _payload(message: OutgoingEmail, from_email: str) -> dict[str, Any]:

@@ -50,7 +50,10 @@ class SendGrid:
                 SendStatus.ACCEPTED,
                 message_id=response.headers.get("x-message-id", ""),
             )
-        errors = (json_body(response) or {}).get("errors") or [{}]
+        body = json_body(response)
+        listed = body.get("errors") if isinstance(body, dict) else None
+        errors = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+        errors = errors or [{}]  # an answer that is not SendGrid's error shape names nothing
         fields = [str(e.get("field") or "") for e in errors]
         detail = "; ".join(str(e.get("message") or "") for e in errors)[:500]
         if response.status_code == 400 and any(
@@ -71,11 +74,17 @@ def _payload(message: OutgoingEmail, from_email: str) -> dict[str, Any]:
         "personalizations": [{"to": [{"email": message.to}]}],
         "from": {"email": from_email},
         "subject": message.subject,
-        "content": [
-            {"type": "text/plain", "value": message.text},
-            {"type": "text/html", "value": message.html},
-        ],
+        "content": _content(message),
         "headers": dict(message.headers),
         "custom_args": {"send_key": message.send_key, "campaign": message.campaign},
         "categories": [message.campaign] if message.campaign else [],
     }
+
+
+def _content(message: OutgoingEmail) -> list[dict[str, str]]:
+    """The parts that have text, plain first (SendGrid wants that order): SendGrid refuses a
+    part of length 0 with a 400 for the whole message ("The content value must be a string at
+    least one character in length", field ``content.0.value``), so a text template that
+    renders to nothing cost the e-mail whose HTML part was fine."""
+    parts = (("text/plain", message.text), ("text/html", message.html))
+    return [{"type": kind, "value": value} for kind, value in parts if value]

@@ -1,0 +1,120 @@
+"""Brevo's idempotency key against a real HTTP server that keeps Brevo's documented rule.
+
+Brevo ("Batch email idempotency", developers.brevo.com/docs/heterogenous-versions-batch-emails):
+a request whose ``headers.idempotencyKey`` was used within the TTL (30 minutes there, 15 in
+the 2021 changelog) is not processed, and the API answers the error code
+``duplicate_parameter``. That is the answer recocamp's resend after a lost answer gets:
+it must be read as "sent once already", never as a failure of the message (which recorded
+a delivered e-mail as failed and counted it against the campaign's error rate) nor as a
+rejection of the recipient. The HTTP status of that answer is not documented; the stand-in
+uses 400, Brevo's status for its other request errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from recocamp.clock import FixedClock
+from recocamp.delivery.deliverer import Deliverer
+from recocamp.delivery.esp.brevo import Brevo, idempotency_key
+from recocamp.delivery.esp.fake_server import running
+from recocamp.domain import SendStatus
+from recocamp.store.schema import suppressions
+from tests.conftest import NOW
+from tests.delivery.test_deliver import ESP, Sleeper, email, states, store
+
+KEY = "brevo-api-key"
+FROM = "shop@example.test"
+
+
+@dataclass
+class BrevoStandIn:
+    """``POST /v3/smtp/email`` as Brevo documents it: 201 ``{"messageId"}`` once per key,
+    ``duplicate_parameter`` for a key seen before; ``stall_s`` holds the first answer back
+    after the message was taken (the client's read timeout: a lost answer)."""
+
+    stall_s: float = 0.0
+    taken: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: int = 0
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v3/smtp/email")
+        async def send(request: Request) -> JSONResponse:
+            self.requests += 1
+            if request.headers.get("api-key") != KEY:
+                return JSONResponse({"code": "unauthorized", "message": "Key not found"}, 401)
+            body = await request.json()
+            key = body["headers"]["idempotencyKey"]
+            if key in self.taken:
+                return JSONResponse(
+                    {"code": "duplicate_parameter", "message": "idempotencyKey already used"},
+                    400,
+                )
+            self.taken[key] = body
+            if self.requests == 1 and self.stall_s:
+                await asyncio.sleep(self.stall_s)
+            return JSONResponse({"messageId": f"<{len(self.taken)}@smtp-relay.mailin.fr>"}, 201)
+
+        return app
+
+
+@pytest.fixture
+def brevo() -> Iterator[tuple[BrevoStandIn, str]]:
+    stand_in = BrevoStandIn(stall_s=1.5)
+    with running(stand_in.app()) as url:
+        yield stand_in, url
+
+
+def test_a_resend_brevo_answers_duplicate_parameter_is_accepted(
+    brevo: tuple[BrevoStandIn, str],
+) -> None:
+    stand_in, url = brevo
+    stand_in.stall_s = 0.0
+    provider = Brevo(url, KEY, FROM)
+    try:
+        first = provider.send_batch([email(1)])
+        again = provider.send_batch([email(1)])
+    finally:
+        provider.close()
+    assert [r.status for r in first + again] == [SendStatus.ACCEPTED, SendStatus.ACCEPTED]
+    assert first[0].message_id == "<1@smtp-relay.mailin.fr>"
+    assert list(stand_in.taken) == [idempotency_key(email(1).send_key)]
+    # echoed by Brevo in the message's webhook events: they find it by send key
+    [sent] = stand_in.taken.values()
+    assert sent["headers"]["X-Mailin-custom"] == email(1).send_key
+
+
+def test_a_lost_answer_resent_to_brevo_is_recorded_sent_once(
+    engine: sa.Engine, brevo: tuple[BrevoStandIn, str]
+) -> None:
+    """The first answer never comes (read timeout after Brevo took the message); the
+    deliverer resends with the same key, Brevo refuses it as a duplicate: the mail is sent,
+    once, and the recipient is not suppressed."""
+    stand_in, url = brevo
+    store(engine, [email(0)])
+    clock = FixedClock(NOW)
+    provider = Brevo(url, KEY, FROM, timeout_s=0.3)
+    try:
+        report = Deliverer(
+            engine, provider, ESP, clock, sleep=Sleeper(clock), rng=random.Random(1)
+        ).drain(max_wait_s=60)
+    finally:
+        provider.close()
+    assert stand_in.requests == 2 and len(stand_in.taken) == 1
+    assert report.sent == 1 and report.failed == 0 and report.rejected == 0
+    assert states(engine) == Counter({"sent": 1})
+    with engine.connect() as connection:
+        count = connection.execute(sa.select(sa.func.count()).select_from(suppressions))
+        assert count.scalar_one() == 0
