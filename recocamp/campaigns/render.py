@@ -303,8 +303,10 @@ def check_template(
     directory: Path, name: str, sample: Mapping[str, object], limits: TemplateSettings | None = None
 ) -> list[Problem]:
     """Syntax, what the template and the templates it includes or extends read outside the
-    contract (a variable, or a key of one: see :func:`contract_problems`), and a sandboxed
-    sample render within the limits; every failure is a problem with the template and line."""
+    contract (a variable, or a key of one: see :func:`contract_problems`), that each of them
+    compiles as e-mails compile it (flat: a partial with loops nested in a branch the sample
+    skips passed, and every e-mail failed), and a sandboxed sample render within the limits;
+    every failure is a problem with the template and line."""
     env = environment(directory, limits=limits)
     try:
         parsed = _parse(env, name)
@@ -321,7 +323,10 @@ def check_template(
         found += _compiled_contract(env, template, other, around)
     if found:
         return found
+    flat = environment(directory, limits=limits, flat=True)
     try:
+        for compiled in (name, *others):  # as e-mails compile them, branches a sample skips too
+            flat.get_template(compiled)
         env.render(env.get_template(name), sample)
     except Exception as exc:  # whatever a template does is a problem, not a crash
         return [render_problem(exc, name)]
