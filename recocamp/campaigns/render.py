@@ -385,6 +385,11 @@ def _top_level(parsed: nodes.Template) -> frozenset[str]:
 
 Scope = dict[str, object]  # a name a template reads → its type in the contract (None: not of it)
 MAPPING_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
+# filters that read a key of every element: ``attribute=``, or their first argument
+ATTRIBUTE_FILTERS = frozenset(
+    {"map", "sort", "unique", "min", "max", "sum", "groupby", "selectattr", "rejectattr"}
+)
+POSITIONAL_ATTRIBUTE = frozenset({"groupby", "selectattr", "rejectattr"})
 
 
 def contract_problems(
@@ -472,11 +477,70 @@ class ContractReads(NodeVisitor):
         return contract.element(parent) if isinstance(value, int) else None
 
     def visit_Filter(self, node: nodes.Filter, scope: Scope) -> object:
-        """The limits' own filters (every loop and literal goes through one) keep the type."""
-        if node.name in (COUNTED, MADE) and node.node is not None:
-            return self.read(node.node, scope)
-        self.generic_visit(node, scope)
+        """The limits' own filters (every loop and literal goes through one) keep the type;
+        a key named as a filter's argument (``offers|map(attribute='titel')``,
+        ``customer|attr('frist_name')``) is read like ``.titel`` (each element's, for the
+        filters that read one of every element): ``map`` made a list of undefined values
+        that printed as ``[Undefined]``, and ``join`` failed only when the branch rendered."""
+        if node.node is None:
+            self.generic_visit(node, scope)
+            return None
+        kind = self.read(node.node, scope)
+        if node.name in (COUNTED, MADE):
+            return kind
+        for child in [*node.args, *node.kwargs, *filter(None, (node.dyn_args, node.dyn_kwargs))]:
+            self.visit(child, scope)
+        named = [k.value for k in node.kwargs if k.key == "attribute"]
+        if node.name in POSITIONAL_ATTRIBUTE and node.args:
+            named.append(node.args[0])
+        if node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const):
+            self._attr(node, kind, node.args[0].value)
+        elif node.name in ATTRIBUTE_FILTERS and contract.element(kind) is not None:
+            for path in named:
+                if isinstance(path, nodes.Const) and isinstance(path.value, str):
+                    each = f"{_spelled(node.node)}[]"
+                    self._path(node, contract.element(kind), path.value, each)
         return None
+
+    def _attr(self, node: nodes.Filter, kind: object, name: object) -> None:
+        """``|attr`` reads an attribute, never a key: of a mapping of the contract only its
+        methods (``customer|attr('first_name')`` is undefined in every e-mail)."""
+        if contract.contract_of(kind) is None or not isinstance(name, str):
+            return
+        if name.startswith("_") or name in MAPPING_METHODS:
+            return
+        spelled = _spelled(node.node) if node.node is not None else "the value"
+        self.problems.append(
+            Problem(
+                f"reads a key outside the template context: attr() reads attributes, and "
+                f"{spelled} has only keys: write {spelled}.{name}",
+                line=node.lineno,
+                value=f"{spelled}|attr({name!r})",
+            )
+        )
+
+    def _path(self, node: nodes.Filter, kind: object, path: str, spelled: str) -> None:
+        """A dotted attribute path of a filter (``'scores.0.score'``) read from ``kind``."""
+        for part in path.split("."):
+            if part.isdigit():
+                kind, spelled = contract.element(kind), f"{spelled}[{part}]"
+                continue
+            mapping = contract.contract_of(kind)
+            if mapping is None:
+                return
+            known = contract.fields(mapping)
+            if part not in known:
+                if not part.startswith("_") and part not in MAPPING_METHODS:
+                    self.problems.append(
+                        Problem(
+                            "reads a key outside the template context: "
+                            f"{spelled} has no key {part!r}",
+                            line=node.lineno,
+                            value=f"{spelled}.{part}",
+                        )
+                    )
+                return
+            kind, spelled = known[part][0], f"{spelled}.{part}"
 
     def visit_For(self, node: nodes.For, scope: Scope) -> None:
         item = contract.element(self.read(node.iter, scope))

@@ -141,6 +141,15 @@ def test_unknown_variables_and_attributes_fail_check_with_their_line(tmp_path: P
             "o.image_url['src']",
         ),
         ("{{ locale.upper() }}\n{{ loyalty.points.value }}", 2, "loyalty.points.value"),
+        # a key a filter reads by name: map's list of undefined values printed as
+        # "[Undefined]", and join failed only for the customers the branch is for
+        (
+            "{% if locale == 'fr' %}\n{{ offers|map(attribute='titel')|join(', ') }}{% endif %}",
+            2,
+            "offers[].titel",
+        ),
+        ("<p>\n{{ offers|sort(attribute='prise')|first }}", 2, "offers[].prise"),
+        ("<p>\n{{ survey.scores|selectattr('scor')|list }}", 2, "survey.scores[].scor"),
     ],
 )
 def test_check_names_each_key_outside_the_contract_with_its_line(
@@ -164,11 +173,27 @@ def test_check_names_each_key_outside_the_contract_with_its_line(
         "{% for offer in offers %}{{ loop.index }} {{ offer.title }}{% endfor %}",
         "{{ (offers | first).title }} {{ offers[0].price }} {{ survey.scores[-1].url }}",
         "{{ customer.id.zfill(6) }} {{ campaign.variant.upper() if campaign.variant }}",  # methods
+        "{{ offers|map(attribute='title')|join }} {{ (offers|sort(attribute='price')|first).url }}"
+        "{{ customer|attr('items') is defined }} {{ survey.scores|selectattr('url')|list|length }}",
     ],
 )
 def test_check_accepts_what_the_contract_has(tmp_path: Path, body: str) -> None:
     write(tmp_path, "t.html", body)
     assert check_template(tmp_path, "t.html", sample_context()) == []
+
+
+def test_attr_of_a_key_of_the_contract_fails_check_in_any_branch(tmp_path: Path) -> None:
+    """``attr`` reads an attribute, and the context's values have keys: undefined in every
+    e-mail, while a sample that skipped the branch passed."""
+    write(
+        tmp_path,
+        "t.html",
+        "<p>\n{% if locale == 'fr' %}{{ customer|attr('first_name') }}{% endif %}",
+    )
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert (problem.key, problem.line) == ("t.html", 2)
+    assert problem.value == "customer|attr('first_name')"
+    assert problem.message.endswith("write customer.first_name")
 
 
 def test_check_reads_the_templates_a_template_includes_and_extends(tmp_path: Path) -> None:
