@@ -132,15 +132,31 @@ class NotATemplate(Refused):
     """A file whose name is not a template's (:data:`SUFFIXES`): an image is not rendered."""
 
 
-class NotUtf8(TemplateError):
-    """A template file that is not UTF-8, wherever it is loaded (the campaign's template, or
-    one it includes or extends): the problem names that file and its line, not the template
+class UnreadableTemplate(TemplateError):
+    """A template file that cannot be used as it is, wherever it is loaded (the campaign's
+    template, or one it includes or extends): the problem names that file, not the template
     that was being rendered. A ``TemplateError``, so flattening leaves its include alone and
     the render reports it."""
 
-    def __init__(self, name: str, error: UnicodeDecodeError) -> None:
-        self.problem = replace(not_utf8(error), key=name)
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
         super().__init__(str(self.problem))
+
+
+class NotUtf8(UnreadableTemplate):
+    """A template file that is not UTF-8 (the problem has the line of its first bad byte)."""
+
+    def __init__(self, name: str, error: UnicodeDecodeError) -> None:
+        super().__init__(replace(not_utf8(error), key=name))
+
+
+class TooLong(UnreadableTemplate):
+    """A template file longer than the output bound: parsing and compiling it are not
+    within the render's budget (a 50 MB template took 9.5 s of CPU and 876 MB to refuse)."""
+
+    def __init__(self, name: str, length: int, bound: int) -> None:
+        message = f"the template is longer than {bound:,} characters ([templates] max_output_chars)"
+        super().__init__(Problem(message, key=name, line=1, value=f"{length:,} characters"))
 
 
 class InliningLoader(BaseLoader):
@@ -182,6 +198,9 @@ class InliningLoader(BaseLoader):
         except UnicodeDecodeError as exc:
             raise NotUtf8(template, exc) from None
         source = without_bom(source)
+        bound = getattr(environment, "limits", TemplateSettings()).max_output_chars
+        if len(source) > bound:
+            raise TooLong(template, len(source), bound)
         if template.endswith(".html") and self.css:
             source = self._inline(source)
         return source, filename, uptodate
@@ -314,7 +333,7 @@ def check_template(
         return [Problem(_not_found(exc), key=name)]
     except TemplateSyntaxError as exc:
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
-    except NotUtf8 as exc:
+    except UnreadableTemplate as exc:
         return [exc.problem]
     others, found = _referenced(env, parsed[1])
     around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
@@ -362,7 +381,7 @@ def _referenced(
                 problem = f"syntax error: {exc.message}"
                 broken[name] = Problem(problem, key=exc.name or name, line=exc.lineno)
                 continue
-            except NotUtf8 as exc:
+            except UnreadableTemplate as exc:
                 broken[name] = exc.problem
                 continue
             waiting.append(found[name][1])
@@ -658,7 +677,7 @@ def render_problem(exc: Exception, name: str) -> Problem:
         return Problem(problem.message, key=str(exc.path), line=problem.line)
     if isinstance(exc, TemplateSyntaxError):  # in an included template
         return Problem(f"syntax error: {exc.message}", key=exc.name or name, line=exc.lineno)
-    if isinstance(exc, NotUtf8):  # the file that is not, which may be an included one
+    if isinstance(exc, UnreadableTemplate):  # that file, which may be an included one
         return exc.problem
     where, line = location(exc)
     key = name if where == "<template>" else where

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jinja2 import TemplateNotFound, TemplateSyntaxError
+from jinja2 import TemplateError, TemplateNotFound, TemplateSyntaxError
 
 from recocamp.campaigns.render import (
     QUARANTINE_AFTER,
@@ -649,6 +649,24 @@ def test_a_partial_that_cannot_compile_fails_check_in_a_branch_the_sample_skips(
     (problem,) = check_template(tmp_path, "t.html", sample_context())
     assert (problem.key, problem.line) == ("_deep.html", 1)
     assert "too many statically nested blocks" in problem.message
+
+
+def test_a_template_longer_than_the_output_bound_is_refused_before_it_is_parsed(
+    tmp_path: Path,
+) -> None:
+    """Parsing and compiling are outside the render's budget: a 50 MB template cost 9.5 s
+    of CPU and 876 MB before its output was found too long; a partial that long in a branch
+    the sample skips passed check."""
+    write(tmp_path, "big.html", "{# a comment #}" + "x" * 10_000)
+    write(
+        tmp_path, "t.html", "<p>Hi</p>\n{% if locale == 'fr' %}{% include 'big.html' %}{% endif %}"
+    )
+    for name in ("big.html", "t.html"):
+        (problem,) = check_template(tmp_path, name, sample_context(), SMALL)
+        assert (problem.key, problem.line, problem.value) == ("big.html", 1, "10,015 characters")
+        assert problem.message.startswith("the template is longer than 10,000 characters")
+    with pytest.raises(TemplateError, match="longer than 10,000 characters"):
+        Renderer(tmp_path, limits=SMALL).body("big.html", "big.html", sample_context())
 
 
 LONG = "x" * 5000
