@@ -20,7 +20,13 @@ Only what renders the same flat is flattened; anything else is left to Jinja as 
   of the layout's blocks of the same name;
 - a template that includes or extends itself (directly or not), or one that cannot be
   loaded or parsed, stays an ``include``/``extends``: the sandbox's depth and step limits
-  and the error messages apply as before.
+  and the error messages apply as before;
+- so does what lies past :data:`FLAT_DEPTH` files deep or past :data:`FLAT_NODES` nodes in
+  all: a partial that includes the next one twice, 20 deep, made a tree of 2²⁰ partials
+  (minutes and gigabytes when the first e-mail compiled it, even in a branch no e-mail takes),
+  and 300 partials inside each other were too deep for Python's compiler;
+- a flat template that Python cannot compile (more than 20 loops inside each other once
+  its partials are in place) is compiled as written.
 
 Every loop and literal of a flattened tree has gone through the sandbox's own parse (see
 ``render_limits.LimitedEnvironment._parse``), so the loop, output, size and time limits
@@ -32,15 +38,18 @@ from another file carries that file's number in its line (``file × LINES + line
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import CodeType
 from typing import Any
 
-from jinja2 import TemplateError, nodes
+from jinja2 import TemplateError, TemplateSyntaxError, nodes
 from jinja2.visitor import NodeTransformer
 
 from recocamp.campaigns.render_limits import LimitedEnvironment
 
 UNFLATTENABLE_NAMES = frozenset({"self", "super"})  # they reach blocks by name at render time
 LINES = 100_000  # a node from the flat template's n-th file has line n × LINES + its own line
+FLAT_DEPTH = 8  # layouts and partials resolved inside each other, at most
+FLAT_NODES = 50_000  # nodes of the templates resolved into one, at most (a shop's: 2,000)
 Flat = tuple[nodes.Template, tuple[str, ...]]  # a tree and the files its lines refer to
 
 
@@ -50,14 +59,35 @@ class FlatEnvironment(LimitedEnvironment):
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
         self.origins: dict[str, tuple[str, ...]] = {}  # flat template → the files of its lines
+        self.as_written: set[str] = set()  # templates whose flat tree did not compile
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
-        if name is None:  # a template from a string (a subject line): nothing to resolve
+        if name is None or name in self.as_written:  # a subject line; or see compile()
             return tree
-        flat, files = _Flattener(self, (name,)).template(tree)
+        flat, files = _Flattener(self, (name,), [FLAT_NODES - len(_all(tree))]).template(tree)
         self.origins[name] = files
         return flat
+
+    def compile(  # type: ignore[override]
+        self,
+        source: str | nodes.Template,
+        name: str | None = None,
+        filename: str | None = None,
+        raw: bool = False,
+        defer_init: bool = False,
+    ) -> str | CodeType:
+        """The flat template, or the template as written where the flat one does not
+        compile (its partials' loops inside its own passed Python's 20 nested blocks)."""
+        try:
+            return super().compile(source, name, filename, raw, defer_init)
+        except TemplateSyntaxError:
+            flattened = name is not None and len(self.origins.get(name, ())) > 1
+            if name is None or not isinstance(source, str) or not flattened:
+                raise
+        self.as_written.add(name)
+        self.origins.pop(name, None)
+        return super().compile(source, name, filename, raw, defer_init)
 
     def origin(self, name: str, line: int | None) -> tuple[str, int | None]:
         """The file and line that the flat template ``name``'s ``line`` came from."""
@@ -67,19 +97,22 @@ class FlatEnvironment(LimitedEnvironment):
         number, own = divmod(line, LINES)
         return (files[number], own) if number < len(files) else (name, line)
 
-    def parsed(self, name: str, stack: tuple[str, ...]) -> Flat | None:
+    def parsed(self, name: str, stack: tuple[str, ...], left: list[int]) -> Flat | None:
         """``name``'s tree, its own includes and layout resolved, or None when it cannot be
-        loaded or parsed, or is already being resolved (``stack``: a cycle)."""
-        if name in stack or self.loader is None:
+        loaded or parsed, is already being resolved (``stack``: a cycle), or lies past
+        :data:`FLAT_DEPTH` or the nodes ``left`` of :data:`FLAT_NODES` (shared by every
+        file of one flat template, so the work is bounded however the files repeat)."""
+        if name in stack or self.loader is None or len(stack) >= FLAT_DEPTH or left[0] <= 0:
             return None
         try:
             source, filename, _ = self.loader.get_source(self, name)
             tree = super()._parse(source, name, filename)
         except TemplateError:  # missing or broken: the render says so, as written
             return None
-        if _longest(tree) >= LINES:  # its lines could not carry a file number
+        left[0] -= len(_all(tree))
+        if _longest(tree) >= LINES or left[0] < 0:  # no file number in its lines; too big
             return None
-        return _Flattener(self, (*stack, name)).template(tree)
+        return _Flattener(self, (*stack, name), left).template(tree)
 
     def escapes(self, name: str) -> bool:
         autoescape: bool | Callable[[str | None], bool] = self.autoescape
@@ -89,8 +122,8 @@ class FlatEnvironment(LimitedEnvironment):
 class _Flattener(NodeTransformer):
     """Resolves one template's includes (in place) and then its layout."""
 
-    def __init__(self, env: FlatEnvironment, stack: tuple[str, ...]) -> None:
-        self.env, self.stack = env, stack
+    def __init__(self, env: FlatEnvironment, stack: tuple[str, ...], left: list[int]) -> None:
+        self.env, self.stack, self.left = env, stack, left
         self.name = stack[-1]
         self.files = [self.name]  # the files the lines of the result refer to
 
@@ -125,7 +158,7 @@ class _Flattener(NodeTransformer):
             or self.env.escapes(target) != self.env.escapes(self.name)
         ):
             return node
-        included = self.env.parsed(target, self.stack)
+        included = self.env.parsed(target, self.stack, self.left)
         if included is None or _uses_blocks(included[0]):
             return node
         return nodes.Scope(self._taken(included), lineno=node.lineno)
@@ -141,7 +174,7 @@ class _Flattener(NodeTransformer):
         blocks = {b.name: b for b in tree.find_all(nodes.Block)}
         if any(b.scoped or b.required for b in blocks.values()) or _names(tree):
             return None
-        layout = self.env.parsed(parent, self.stack)
+        layout = self.env.parsed(parent, self.stack, self.left)
         if layout is None or _names(layout[0]):
             return None
         flat = nodes.Template(_Blocks(blocks).body(self._taken(layout)), lineno=1)

@@ -132,15 +132,31 @@ class NotATemplate(Refused):
     """A file whose name is not a template's (:data:`SUFFIXES`): an image is not rendered."""
 
 
-class NotUtf8(TemplateError):
-    """A template file that is not UTF-8, wherever it is loaded (the campaign's template, or
-    one it includes or extends): the problem names that file and its line, not the template
+class UnreadableTemplate(TemplateError):
+    """A template file that cannot be used as it is, wherever it is loaded (the campaign's
+    template, or one it includes or extends): the problem names that file, not the template
     that was being rendered. A ``TemplateError``, so flattening leaves its include alone and
     the render reports it."""
 
-    def __init__(self, name: str, error: UnicodeDecodeError) -> None:
-        self.problem = replace(not_utf8(error), key=name)
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
         super().__init__(str(self.problem))
+
+
+class NotUtf8(UnreadableTemplate):
+    """A template file that is not UTF-8 (the problem has the line of its first bad byte)."""
+
+    def __init__(self, name: str, error: UnicodeDecodeError) -> None:
+        super().__init__(replace(not_utf8(error), key=name))
+
+
+class TooLong(UnreadableTemplate):
+    """A template file longer than the output bound: parsing and compiling it are not
+    within the render's budget (a 50 MB template took 9.5 s of CPU and 876 MB to refuse)."""
+
+    def __init__(self, name: str, length: int, bound: int) -> None:
+        message = f"the template is longer than {bound:,} characters ([templates] max_output_chars)"
+        super().__init__(Problem(message, key=name, line=1, value=f"{length:,} characters"))
 
 
 class InliningLoader(BaseLoader):
@@ -182,6 +198,9 @@ class InliningLoader(BaseLoader):
         except UnicodeDecodeError as exc:
             raise NotUtf8(template, exc) from None
         source = without_bom(source)
+        bound = getattr(environment, "limits", TemplateSettings()).max_output_chars
+        if len(source) > bound:
+            raise TooLong(template, len(source), bound)
         if template.endswith(".html") and self.css:
             source = self._inline(source)
         return source, filename, uptodate
@@ -303,8 +322,10 @@ def check_template(
     directory: Path, name: str, sample: Mapping[str, object], limits: TemplateSettings | None = None
 ) -> list[Problem]:
     """Syntax, what the template and the templates it includes or extends read outside the
-    contract (a variable, or a key of one: see :func:`contract_problems`), and a sandboxed
-    sample render within the limits; every failure is a problem with the template and line."""
+    contract (a variable, or a key of one: see :func:`contract_problems`), that each of them
+    compiles as e-mails compile it (flat: a partial with loops nested in a branch the sample
+    skips passed, and every e-mail failed), and a sandboxed sample render within the limits;
+    every failure is a problem with the template and line."""
     env = environment(directory, limits=limits)
     try:
         parsed = _parse(env, name)
@@ -312,7 +333,7 @@ def check_template(
         return [Problem(_not_found(exc), key=name)]
     except TemplateSyntaxError as exc:
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
-    except NotUtf8 as exc:
+    except UnreadableTemplate as exc:
         return [exc.problem]
     others, found = _referenced(env, parsed[1])
     around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
@@ -321,7 +342,10 @@ def check_template(
         found += _compiled_contract(env, template, other, around)
     if found:
         return found
+    flat = environment(directory, limits=limits, flat=True)
     try:
+        for compiled in (name, *others):  # as e-mails compile them, branches a sample skips too
+            flat.get_template(compiled)
         env.render(env.get_template(name), sample)
     except Exception as exc:  # whatever a template does is a problem, not a crash
         return [render_problem(exc, name)]
@@ -357,7 +381,7 @@ def _referenced(
                 problem = f"syntax error: {exc.message}"
                 broken[name] = Problem(problem, key=exc.name or name, line=exc.lineno)
                 continue
-            except NotUtf8 as exc:
+            except UnreadableTemplate as exc:
                 broken[name] = exc.problem
                 continue
             waiting.append(found[name][1])
@@ -380,6 +404,11 @@ def _top_level(parsed: nodes.Template) -> frozenset[str]:
 
 Scope = dict[str, object]  # a name a template reads → its type in the contract (None: not of it)
 MAPPING_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
+# filters that read a key of every element: ``attribute=``, or their first argument
+ATTRIBUTE_FILTERS = frozenset(
+    {"map", "sort", "unique", "min", "max", "sum", "groupby", "selectattr", "rejectattr"}
+)
+POSITIONAL_ATTRIBUTE = frozenset({"groupby", "selectattr", "rejectattr"})
 
 
 def contract_problems(
@@ -467,11 +496,70 @@ class ContractReads(NodeVisitor):
         return contract.element(parent) if isinstance(value, int) else None
 
     def visit_Filter(self, node: nodes.Filter, scope: Scope) -> object:
-        """The limits' own filters (every loop and literal goes through one) keep the type."""
-        if node.name in (COUNTED, MADE) and node.node is not None:
-            return self.read(node.node, scope)
-        self.generic_visit(node, scope)
+        """The limits' own filters (every loop and literal goes through one) keep the type;
+        a key named as a filter's argument (``offers|map(attribute='titel')``,
+        ``customer|attr('frist_name')``) is read like ``.titel`` (each element's, for the
+        filters that read one of every element): ``map`` made a list of undefined values
+        that printed as ``[Undefined]``, and ``join`` failed only when the branch rendered."""
+        if node.node is None:
+            self.generic_visit(node, scope)
+            return None
+        kind = self.read(node.node, scope)
+        if node.name in (COUNTED, MADE):
+            return kind
+        for child in [*node.args, *node.kwargs, *filter(None, (node.dyn_args, node.dyn_kwargs))]:
+            self.visit(child, scope)
+        named = [k.value for k in node.kwargs if k.key == "attribute"]
+        if node.name in POSITIONAL_ATTRIBUTE and node.args:
+            named.append(node.args[0])
+        if node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const):
+            self._attr(node, kind, node.args[0].value)
+        elif node.name in ATTRIBUTE_FILTERS and contract.element(kind) is not None:
+            for path in named:
+                if isinstance(path, nodes.Const) and isinstance(path.value, str):
+                    each = f"{_spelled(node.node)}[]"
+                    self._path(node, contract.element(kind), path.value, each)
         return None
+
+    def _attr(self, node: nodes.Filter, kind: object, name: object) -> None:
+        """``|attr`` reads an attribute, never a key: of a mapping of the contract only its
+        methods (``customer|attr('first_name')`` is undefined in every e-mail)."""
+        if contract.contract_of(kind) is None or not isinstance(name, str):
+            return
+        if name.startswith("_") or name in MAPPING_METHODS:
+            return
+        spelled = _spelled(node.node) if node.node is not None else "the value"
+        self.problems.append(
+            Problem(
+                f"reads a key outside the template context: attr() reads attributes, and "
+                f"{spelled} has only keys: write {spelled}.{name}",
+                line=node.lineno,
+                value=f"{spelled}|attr({name!r})",
+            )
+        )
+
+    def _path(self, node: nodes.Filter, kind: object, path: str, spelled: str) -> None:
+        """A dotted attribute path of a filter (``'scores.0.score'``) read from ``kind``."""
+        for part in path.split("."):
+            if part.isdigit():
+                kind, spelled = contract.element(kind), f"{spelled}[{part}]"
+                continue
+            mapping = contract.contract_of(kind)
+            if mapping is None:
+                return
+            known = contract.fields(mapping)
+            if part not in known:
+                if not part.startswith("_") and part not in MAPPING_METHODS:
+                    self.problems.append(
+                        Problem(
+                            "reads a key outside the template context: "
+                            f"{spelled} has no key {part!r}",
+                            line=node.lineno,
+                            value=f"{spelled}.{part}",
+                        )
+                    )
+                return
+            kind, spelled = known[part][0], f"{spelled}.{part}"
 
     def visit_For(self, node: nodes.For, scope: Scope) -> None:
         item = contract.element(self.read(node.iter, scope))
@@ -589,7 +677,7 @@ def render_problem(exc: Exception, name: str) -> Problem:
         return Problem(problem.message, key=str(exc.path), line=problem.line)
     if isinstance(exc, TemplateSyntaxError):  # in an included template
         return Problem(f"syntax error: {exc.message}", key=exc.name or name, line=exc.lineno)
-    if isinstance(exc, NotUtf8):  # the file that is not, which may be an included one
+    if isinstance(exc, UnreadableTemplate):  # that file, which may be an included one
         return exc.problem
     where, line = location(exc)
     key = name if where == "<template>" else where

@@ -35,7 +35,6 @@ from __future__ import annotations
 import codecs
 import gc
 import re
-import string
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
@@ -43,14 +42,15 @@ from itertools import islice
 from types import CodeType, TracebackType
 from typing import Any, TypeGuard, TypeVar
 
-from jinja2 import Template, nodes, pass_context
+from jinja2 import Template, TemplateSyntaxError, nodes, pass_context
+from jinja2.parser import Parser
 from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
-from jinja2.sandbox import SandboxedEnvironment, modifies_known_mutable
+from jinja2.sandbox import SandboxedEnvironment, SandboxedFormatter, modifies_known_mutable
 from jinja2.utils import Namespace
 from jinja2.visitor import NodeTransformer
 from markupsafe import escape
 
-from recocamp.errors import Problem, RecocampError, TemplateLimitError
+from recocamp.errors import Problem, RecocampError, TemplateLimitError, shown
 from recocamp.settings import TemplateSettings
 
 COUNTED = "__counted_loop"  # the filter every ``for`` iterates through (see ``_parse``)
@@ -70,6 +70,8 @@ URLIZE_MARKUP = 64  # '<a href="https://' and the rest of a link's markup, at mo
 # of L characters broken into lines of w is copied about L² / 2w times, each break copying
 # the rest of it (490,000 characters at width 1: 3.3 s); 5·10⁹ is about a tenth of a second
 WRAP_STEPS_MAX = 5_000_000_000
+FLOAT_FIXED = 330  # characters a float may print as in a fixed-point field ('{:f}' of 1e308)
+_DEBUG_INFO = re.compile(r"^debug_info = '([0-9=&]*)'$", re.MULTILINE)  # template=Python lines
 _PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
 
 
@@ -328,15 +330,58 @@ class LimitedEnvironment(SandboxedEnvironment):
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         """Every ``for`` iterates through :func:`counted`; every list, tuple and dict literal
-        is measured (:meth:`_made`)."""
-        tree = super()._parse(source, name, filename)
-        _MeasuredLiterals().visit(tree)  # replaces the literals inside ``tree``
-        for loop in list(tree.find_all(nodes.For)):
-            loop.iter = nodes.Filter(
-                loop.iter, COUNTED, [], [], None, None, lineno=loop.iter.lineno
-            )
+        is measured (:meth:`_made`). What Python cannot parse (blocks or brackets nested
+        thousands deep, a number of more than 4,300 digits) is a syntax error at its line, not
+        a ``RecursionError`` or ``ValueError`` that stopped ``recocamp check``."""
+        parser = Parser(self, source, name, filename)
+        try:
+            tree = parser.parse()
+            _MeasuredLiterals().visit(tree)  # replaces the literals inside ``tree``
+            for loop in list(tree.find_all(nodes.For)):
+                loop.iter = nodes.Filter(
+                    loop.iter, COUNTED, [], [], None, None, lineno=loop.iter.lineno
+                )
+        except RecursionError:
+            message = "nested too deeply (blocks, brackets or operators inside each other)"
+            line = parser.stream.current.lineno
+            raise TemplateSyntaxError(message, line, name, filename) from None
+        except ValueError as exc:  # the lexer's int() of a number past Python's digit limit
+            line = parser.stream.current.lineno
+            raise TemplateSyntaxError(str(shown(str(exc))), line, name, filename) from None
         tree.set_environment(self)
         return tree
+
+    def compile(  # type: ignore[override]
+        self,
+        source: str | nodes.Template,
+        name: str | None = None,
+        filename: str | None = None,
+        raw: bool = False,
+        defer_init: bool = False,
+    ) -> str | CodeType:
+        """Jinja's compile; where Python's own compiler gives up on the generated code (more
+        than 20 loops inside each other: "too many statically nested blocks", or an expression
+        nested too deeply), a syntax error naming the template and, where Python says, the
+        line: the same for ``check`` and for every e-mail."""
+        try:
+            return super().compile(source, name, filename, raw, defer_init)  # type: ignore[call-overload, no-any-return]
+        except (RecursionError, MemoryError) as exc:  # generating the code
+            failed = Uncompilable(f"cannot be compiled: {type(exc).__name__}", None)
+        except Uncompilable as exc:  # compiling it
+            failed = exc
+        where, line = self.origin(name, failed.line) if name else (name, failed.line)
+        error = TemplateSyntaxError(failed.message, line or 0, where, filename)
+        error.lineno = line  # type: ignore[assignment]  # unknown: no line, not line 0
+        raise error from None
+
+    def _compile(self, source: str, filename: str) -> CodeType:
+        try:
+            return super()._compile(source, filename)
+        except (RecursionError, SyntaxError, MemoryError) as exc:
+            reason = exc.msg if isinstance(exc, SyntaxError) else type(exc).__name__
+            raise Uncompilable(
+                f"cannot be compiled: {reason}", _template_line(source, exc)
+            ) from None
 
     # -- the intercepted operations -----------------------------------------------------------
 
@@ -392,11 +437,14 @@ class LimitedEnvironment(SandboxedEnvironment):
         if isinstance(getattr(wrapped, "__self__", None), str):
             source = wrapped.__self__  # type: ignore[union-attr]
             if wrapped.__name__ == "format_map" and args:  # type: ignore[union-attr]
-                self._check_size(format_size(source, (), args[0], self.limits), "format_map")
+                self._check_size(format_size(self, source, (), args[0], "format_map"), "format_map")
             else:
-                self._check_size(format_size(source, args, kwargs, self.limits), "format")
+                self._check_size(format_size(self, source, args, kwargs, "format"), "format")
             return args
         owner, name = getattr(obj, "__self__", None), getattr(obj, "__name__", "")
+        if isinstance(owner, int) and name == "to_bytes":  # (1).to_bytes(10**9): 1 GB at once
+            length = args[0] if args else kwargs.get("length", 1)
+            self._check_size(length if _is_int(length) else 0, "to_bytes")
         if not isinstance(owner, _TEXT):
             if owner is not None and modifies_known_mutable(owner, name):
                 raise LimitExceeded(
@@ -451,6 +499,8 @@ class LimitedEnvironment(SandboxedEnvironment):
                 self._check_size(filter_size(name, values, kwargs, self.limits), name)
                 if name == "wordwrap":
                     _check_wrap(values, kwargs)
+                if name == "round":
+                    self._check_round(values, kwargs)
             return self._made(func(*front, *values, **kwargs))
 
         guarded.__name__ = getattr(func, "__name__", name)
@@ -506,12 +556,16 @@ class LimitedEnvironment(SandboxedEnvironment):
 
     def _made(self, value: T) -> T:
         """A value the template made: text counts its length, a container the tree it prints
-        as (refused past the output bound: comparing or hashing it costs that much)."""
+        as (refused past the output bound: comparing or hashing it costs that much), a number
+        its bits (``int.from_bytes`` of a long text made one of 8,000,000 bits, whose ``//``,
+        not an intercepted operator, ran for minutes inside one C call)."""
         budget = _BUDGET.get()
         if budget is None:
             return value
         if isinstance(value, _TEXT):
             budget.produce(len(value))
+        elif isinstance(value, int) and value.bit_length() > self.limits.max_int_bits:
+            raise LimitExceeded(self._int_message("a call"))
         elif isinstance(value, _CONTAINERS):
             bound = self.limits.max_output_chars
             size = size_of(value, bound)
@@ -519,6 +573,19 @@ class LimitedEnvironment(SandboxedEnvironment):
                 raise LimitExceeded(self._size_message(f"a {type(value).__name__}", bound))
             budget.produce(size)
         return value
+
+    def _check_round(self, values: list[Any], kwargs: dict[str, Any]) -> None:
+        """``round``'s precision: rounding computes ten to its power as a whole number
+        (``1|round(-10**7)``, or ``1.5|round(10**9, 'floor')``), one C call that held every
+        thread of the worker for good. A power of ten within ``max_int_bits`` is allowed."""
+        precision = values[1] if len(values) > 1 else kwargs.get("precision", 0)
+        digits = self.limits.max_int_bits * 3 // 10  # 10 ** digits has fewer bits than that
+        if _is_int(precision) and abs(precision) > digits:
+            raise LimitExceeded(
+                f"round to {precision:,} digits: more than {digits:,} "
+                f"(10 ** {digits:,} has about {self.limits.max_int_bits:,} bits, "
+                "[templates] max_int_bits)"
+            )
 
     def _tick(self) -> None:
         budget = _BUDGET.get()
@@ -727,26 +794,64 @@ def percent_size(template: str, values: Any, bound: int) -> int:
     return total
 
 
-def format_size(template: str, args: Any, kwargs: Any, limits: TemplateSettings) -> int:
-    """``template.format(...)``: every field may print the widest value, padded to the
-    widths in its spec (a nested ``{}`` width may be the largest number passed)."""
-    bound = limits.max_output_chars
-    items = [*args, *(kwargs.values() if isinstance(kwargs, Mapping) else ())]
-    widest = max((size_of(v, bound) for v in items), default=0)
-    largest = max((abs(v) for v in items if _is_int(v)), default=0)
-    total = len(template)
-    for _literal, field, spec, _conversion in string.Formatter().parse(template):
-        if field is None:
-            continue
-        numbers = re.findall(r"\d+", spec or "")
-        total += widest + sum(int(n) if len(n) < 10 else bound + 1 for n in numbers)
-        total += largest if spec and "{" in spec else 0
-        if total > bound:
-            break
-    return total
+def format_size(env: SandboxedEnvironment, template: str, args: Any, kwargs: Any, what: str) -> int:
+    """``template.format(...)``: every field may print its value padded to the widths and
+    precisions in its spec. Nested fields in a spec (``'{0:{1}}'``) are resolved first, as
+    ``format`` resolves them, through the sandbox: a width can come from a text, a list's
+    element or an attribute (``'{0:{1}}'.format('x', '999999999')`` made 1 GB, 4 GB with a
+    fill character outside Latin-1, before the result was measured)."""
+    measure = _MeasuringFormatter(env, what)
+    mapping = kwargs if isinstance(kwargs, Mapping) else {}
+    measure.vformat(template, tuple(args), mapping)
+    return len(template) + measure.size
+
+
+class _MeasuringFormatter(SandboxedFormatter):
+    """Resolves a format string's fields and specs as ``str.format`` would, through the
+    sandbox, each field formatted only once its spec's widths and precisions are known to
+    fit; ``size`` adds up what the fields print."""
+
+    def __init__(self, env: SandboxedEnvironment, what: str) -> None:
+        super().__init__(env)
+        self.size, self.what = 0, what
+        self.bound = env.limits.max_output_chars if isinstance(env, LimitedEnvironment) else 0
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        numbers = re.findall(r"\d+", format_spec)
+        widths = sum(int(n) if len(n) < 10 else self.bound + 1 for n in numbers)
+        fixed = FLOAT_FIXED if isinstance(value, float) else 0
+        if self.size + size_of(value, self.bound) + widths + fixed > self.bound:
+            raise LimitExceeded(
+                f"{self.what} would make a value longer than {self.bound:,} characters "
+                "([templates] max_output_chars)"
+            )
+        field = super().format_field(value, format_spec)  # a nested spec needs its text
+        self.size += len(field)
+        return field
 
 
 # -- where a limit was passed ----------------------------------------------------------------
+
+
+class Uncompilable(Exception):
+    """Python's compiler refused a template's generated code (see
+    :meth:`LimitedEnvironment.compile`, which names the template)."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.message, self.line = message, line
+
+
+def _template_line(source: str, exc: BaseException) -> int | None:
+    """The template line of a Python ``SyntaxError`` in generated ``source`` (its
+    ``debug_info`` maps template lines to code lines), or None."""
+    line = getattr(exc, "lineno", None)
+    if not isinstance(line, int):
+        return None
+    found = _DEBUG_INFO.search(source)
+    pairs = [p.split("=") for p in found.group(1).split("&") if p] if found else []
+    below = [int(t) for t, c in pairs if int(c) <= line]
+    return max(below, default=None)
 
 
 def location(exc: BaseException, fallback: Template | None = None) -> tuple[str, int | None]:

@@ -9,7 +9,7 @@ import pytest
 from jinja2 import nodes
 
 from recocamp.campaigns import flatten
-from recocamp.campaigns.render import Renderer, sample_context
+from recocamp.campaigns.render import Renderer, check_template, sample_context
 from recocamp.errors import TemplateLimitError
 from recocamp.settings import TemplateSettings
 from tests.campaigns.test_render import TickingClock
@@ -141,3 +141,59 @@ def test_a_partial_too_long_to_number_its_lines_stays_an_include(
     assert (
         flat == exactly(renderer, "main.html", context) and flat.count(context["shop"]["name"]) == 2
     )
+
+
+def chain(directory: Path, depth: int, body: str) -> None:
+    """``_p0.html`` … ``_p{depth}.html``, each wrapping ``body`` around the next one's
+    include (``{}`` in ``body``); the last one prints x."""
+    for n in range(depth):
+        write(directory, f"_p{n}.html", body.format(f"{{% include '_p{n + 1}.html' %}}"))
+    write(directory, f"_p{depth}.html", "x")
+
+
+def nodes_of(renderer: Renderer, name: str) -> int:
+    env = renderer.env
+    assert env.loader is not None
+    tree = env.parse(env.loader.get_source(env, name)[0], name)
+    return len([tree, *tree.find_all(nodes.Node)])
+
+
+def test_partials_that_repeat_are_resolved_within_a_bound_of_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial that includes the next one twice, 20 deep, is 2²⁰ partials resolved into
+    one tree: the first e-mail ran for minutes and gigabytes compiling it (a branch no
+    e-mail takes too, which ``check`` never renders). Past the bound, includes stay."""
+    monkeypatch.setattr(flatten, "FLAT_NODES", 1000)
+    chain(tmp_path, 12, "{0}{0}")  # 4,096 copies of the last one
+    write(tmp_path, "main.html", "{% include '_p0.html' %}")
+    renderer = Renderer(tmp_path)
+    assert nodes_of(renderer, "main.html") <= 1100  # the bound, and a scope per include
+    assert "Include" in unresolved(renderer, "main.html")
+    context = sample_context()
+    flat = renderer.body("main.html", "main.html", context)[0]
+    assert flat == exactly(renderer, "main.html", context) == "x" * 4096
+
+
+def test_partials_nested_past_pythons_block_limit_render(tmp_path: Path) -> None:
+    """Thirty partials, each a loop around the next: each compiles, and ``check`` passed
+    them, but resolved into one template they were 30 loops inside each other, past
+    Python's 20 nested blocks, and every e-mail failed with a SyntaxError."""
+    chain(tmp_path, 30, "{{% for a in [1] %}}{0}{{% endfor %}}")
+    write(tmp_path, "main.html", "{% include '_p0.html' %}")
+    assert check_template(tmp_path, "main.html", sample_context()) == []
+    renderer = Renderer(tmp_path)
+    flat = renderer.body("main.html", "main.html", sample_context())[0]
+    assert flat == exactly(renderer, "main.html", sample_context()) == "x"
+
+
+def test_a_flat_template_python_cannot_compile_is_compiled_as_written(tmp_path: Path) -> None:
+    """Three partials of seven loops each, within the files resolved: 21 loops in the flat
+    template; as written, each has seven."""
+    loops = "{{% for a in [1] %}}" * 7 + "{0}" + "{{% endfor %}}" * 7
+    chain(tmp_path, 3, loops)
+    write(tmp_path, "main.html", "{% include '_p0.html' %}")
+    assert check_template(tmp_path, "main.html", sample_context()) == []
+    renderer = Renderer(tmp_path)
+    assert renderer.body("main.html", "main.html", sample_context())[0] == "x"
+    assert unresolved(renderer, "main.html") == ["Include"]

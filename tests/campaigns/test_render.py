@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jinja2 import TemplateNotFound
+from jinja2 import TemplateError, TemplateNotFound, TemplateSyntaxError
 
 from recocamp.campaigns.render import (
     QUARANTINE_AFTER,
@@ -141,6 +141,15 @@ def test_unknown_variables_and_attributes_fail_check_with_their_line(tmp_path: P
             "o.image_url['src']",
         ),
         ("{{ locale.upper() }}\n{{ loyalty.points.value }}", 2, "loyalty.points.value"),
+        # a key a filter reads by name: map's list of undefined values printed as
+        # "[Undefined]", and join failed only for the customers the branch is for
+        (
+            "{% if locale == 'fr' %}\n{{ offers|map(attribute='titel')|join(', ') }}{% endif %}",
+            2,
+            "offers[].titel",
+        ),
+        ("<p>\n{{ offers|sort(attribute='prise')|first }}", 2, "offers[].prise"),
+        ("<p>\n{{ survey.scores|selectattr('scor')|list }}", 2, "survey.scores[].scor"),
     ],
 )
 def test_check_names_each_key_outside_the_contract_with_its_line(
@@ -164,11 +173,27 @@ def test_check_names_each_key_outside_the_contract_with_its_line(
         "{% for offer in offers %}{{ loop.index }} {{ offer.title }}{% endfor %}",
         "{{ (offers | first).title }} {{ offers[0].price }} {{ survey.scores[-1].url }}",
         "{{ customer.id.zfill(6) }} {{ campaign.variant.upper() if campaign.variant }}",  # methods
+        "{{ offers|map(attribute='title')|join }} {{ (offers|sort(attribute='price')|first).url }}"
+        "{{ customer|attr('items') is defined }} {{ survey.scores|selectattr('url')|list|length }}",
     ],
 )
 def test_check_accepts_what_the_contract_has(tmp_path: Path, body: str) -> None:
     write(tmp_path, "t.html", body)
     assert check_template(tmp_path, "t.html", sample_context()) == []
+
+
+def test_attr_of_a_key_of_the_contract_fails_check_in_any_branch(tmp_path: Path) -> None:
+    """``attr`` reads an attribute, and the context's values have keys: undefined in every
+    e-mail, while a sample that skipped the branch passed."""
+    write(
+        tmp_path,
+        "t.html",
+        "<p>\n{% if locale == 'fr' %}{{ customer|attr('first_name') }}{% endif %}",
+    )
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert (problem.key, problem.line) == ("t.html", 2)
+    assert problem.value == "customer|attr('first_name')"
+    assert problem.message.endswith("write customer.first_name")
 
 
 def test_check_reads_the_templates_a_template_includes_and_extends(tmp_path: Path) -> None:
@@ -408,6 +433,19 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
         "list.extend is not available"
     ),
     "{% set d = {} %}{{ d.update(a=1) or '' }}": "dict.update is not available",
+    # round computes ten to the precision as a whole number: 1|round(-10**7) held the GIL for
+    # good (and ``check`` with it); refused past max_int_bits' digits before it runs
+    "{{ 1|round(-5000) }}": "round to -5,000 digits: more than 1,228",
+    "{{ 1.5|round(5000, 'floor') }}": "round to 5,000 digits",
+    # a number no operator made: int.from_bytes of a long text; its // ran for minutes
+    "{{ (1).from_bytes(('\\xff' * 600).encode('latin-1'), 'big') // 3 }}": "max_int_bits",
+    "{{ (1).to_bytes(20000, 'big')|length }}": "to_bytes would make a value longer",
+    # a width from a nested field that is a text, an element or a mapping's value: 1 GB
+    # (4 GB with a fill character outside Latin-1) was made before it was measured
+    "{{ '{0:{1}}'.format('x', '20000')|length }}": "format would make a value longer",
+    "{{ '{0:\U0010ffff>{1[0]}}'.format('x', ['20000'])|length }}": "format would make",
+    "{{ '{a:{b}}'.format_map({'a': 'x', 'b': '20000'})|length }}": "format_map would make",
+    "{{ ('{0:{1}}'|safe).format('x', '20000')|length }}": "format would make a value longer",
 }
 
 
@@ -552,6 +590,83 @@ def test_includes_and_errors_at_render_are_problems_not_crashes(
     assert message in problem.message
     subject = check_subject("{{ 9**(9**9) }}", sample_context(), tmp_path)
     assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
+
+
+def test_format_and_round_within_the_limits_render(tmp_path: Path) -> None:
+    """The checks before ``format`` and ``round`` resolve what the call would: fair
+    widths from nested fields and fair precisions render as Python renders them."""
+    write(
+        tmp_path,
+        "t.txt",
+        "{{ '{0:>{1}}'.format('x', 3) }}|{{ '{:.2f}'.format(2.5) }}|"
+        "{{ '{a:{b}}'.format_map({'a': 1, 'b': '03'}) }}|{{ 1234|round(-2) }}|"
+        "{{ 1.25|round(1, 'floor') }}|{{ (1).to_bytes(2, 'big')|length }}",
+    )
+    assert check_template(tmp_path, "t.txt", sample_context()) == []
+    (_, text) = Renderer(tmp_path).body("t.txt", "t.txt", sample_context())
+    assert text == "  x|2.50|001|1200|1.2|2"
+
+
+NESTED_LOOPS = "{% for a in [1] %}" * 25 + "x" + "{% endfor %}" * 25
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{% if true %}" * 3000 + "x" + "{% endif %}" * 3000, "nested too deeply"),
+        ("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "nested too deeply"),
+        ("{{ " + " + ".join(["1"] * 20000) + " }}", "nested too deeply"),
+        ("{{ " + "9" * 5000 + " }}", "Exceeds the limit (4300 digits)"),
+        (NESTED_LOOPS, "cannot be compiled: too many statically nested blocks"),
+    ],
+)
+def test_what_python_cannot_parse_or_compile_is_a_syntax_error_at_its_line(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    """Blocks or brackets thousands deep, a number past Python's 4,300 digits, more than 20
+    loops inside each other: a ``RecursionError``, ``ValueError`` or ``SyntaxError`` came out
+    of ``check`` (a traceback, exit 1, no file named) and out of every e-mail's render."""
+    write(tmp_path, "t.html", f"<p>Hi</p>\n{body}\n")
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert problem.message.startswith("syntax error: ") and message in problem.message
+    assert (problem.key, problem.line) == ("t.html", 2)
+    with pytest.raises(TemplateSyntaxError, match=re.escape(message)) as raised:
+        Renderer(tmp_path).body("t.html", "t.html", sample_context())
+    assert raised.value.name == "t.html"
+
+
+def test_a_partial_that_cannot_compile_fails_check_in_a_branch_the_sample_skips(
+    tmp_path: Path,
+) -> None:
+    """``check`` rendered the sample, which never included the partial, and passed it:
+    every e-mail then compiled the template with the partial in place, and failed."""
+    write(tmp_path, "_deep.html", NESTED_LOOPS)
+    write(
+        tmp_path,
+        "t.html",
+        "<p>Hi</p>\n{% if locale == 'fr' %}{% include '_deep.html' %}{% endif %}",
+    )
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert (problem.key, problem.line) == ("_deep.html", 1)
+    assert "too many statically nested blocks" in problem.message
+
+
+def test_a_template_longer_than_the_output_bound_is_refused_before_it_is_parsed(
+    tmp_path: Path,
+) -> None:
+    """Parsing and compiling are outside the render's budget: a 50 MB template cost 9.5 s
+    of CPU and 876 MB before its output was found too long; a partial that long in a branch
+    the sample skips passed check."""
+    write(tmp_path, "big.html", "{# a comment #}" + "x" * 10_000)
+    write(
+        tmp_path, "t.html", "<p>Hi</p>\n{% if locale == 'fr' %}{% include 'big.html' %}{% endif %}"
+    )
+    for name in ("big.html", "t.html"):
+        (problem,) = check_template(tmp_path, name, sample_context(), SMALL)
+        assert (problem.key, problem.line, problem.value) == ("big.html", 1, "10,015 characters")
+        assert problem.message.startswith("the template is longer than 10,000 characters")
+    with pytest.raises(TemplateError, match="longer than 10,000 characters"):
+        Renderer(tmp_path, limits=SMALL).body("big.html", "big.html", sample_context())
 
 
 LONG = "x" * 5000

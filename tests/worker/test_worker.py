@@ -639,6 +639,53 @@ def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing
     engine.dispose()
 
 
+ONE_CALL = (  # passes check (the sample customer is 12748); then, for every other customer,
+    # one C call that never returned: ten to the billionth power, holding the GIL throughout
+    "{% extends 'base.html' %}{% block content %}<p>Hi</p>\n"
+    "{% if customer.id != '12748' %}\n{{ 1|round(-10**9) }}{% endif %}{% endblock %}"
+)
+
+
+def test_a_template_whose_one_call_never_returns_fails_its_messages_and_blocks_nothing(
+    tmp_path: Path, esp: tuple[FakeEsp, str]
+) -> None:
+    """A time budget is checked between operations: one C call that runs for ever held
+    every thread of the worker (the healthy campaign, the deliverer, the heartbeat and the
+    shutdown), so such a call is refused before it runs."""
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    two_campaigns(shop)
+    (shop / "templates" / "stuck.html").write_text(ONE_CALL)
+    engine = make_engine(f"sqlite:///{shop / 'shop.db'}")
+    by_state = "SELECT count(*) FROM outbox WHERE campaign = '{}' AND state {}"
+    worker = start_worker(shop)
+    try:
+        wait_for(lambda: trigger(engine, "campaign:stuck", "campaign:everyone"))
+        wait_for(
+            lambda: (
+                scalar(engine, by_state.format("everyone", "IS NOT NULL"))
+                == scalar(engine, by_state.format("everyone", "= 'sent'"))
+                > 0
+                and scalar(engine, by_state.format("stuck", "IS NOT NULL"))
+                == scalar(engine, by_state.format("stuck", "= 'failed'"))
+                > 0
+            )
+        )
+        beat = scalar(engine, "SELECT max(heartbeat_at) FROM workers")
+        wait_for(lambda: scalar(engine, "SELECT max(heartbeat_at) FROM workers") != beat, 10)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    finally:
+        worker.kill()
+    assert fake.stats()["received"] == scalar(engine, by_state.format("everyone", "= 'sent'"))
+    with engine.connect() as connection:
+        errors = connection.execute(
+            sa.text("SELECT last_error FROM outbox WHERE state = 'failed'")
+        ).scalars()
+        assert all("stuck.html: line 3: round to -1,000,000,000 digits" in str(e) for e in errors)
+    engine.dispose()
+
+
 def test_reload_refuses_a_template_past_a_limit_and_keeps_its_heartbeat(
     tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture
 ) -> None:
