@@ -71,7 +71,7 @@ def test_the_sample_has_every_key_of_the_contract_and_no_other(locale: str) -> N
 
 
 def test_every_key_says_what_it_is() -> None:
-    contracts = [TemplateContext]
+    contracts: list[type] = [TemplateContext]
     while contracts:
         for name, (kind, meaning) in fields(contracts.pop()).items():
             assert len(meaning) > 10 and "TODO" not in meaning, name
@@ -135,7 +135,7 @@ def queued(name: str) -> bytes:
             "html": f"{name}.html",
             "text": f"{name}.txt",
         },
-    )  # type: ignore[arg-type]
+    )
     customer = Customer(
         "c1", "c1@example.test", "Anna", "fr", consent_basis=ConsentBasis.EXISTING_CUSTOMER
     )

@@ -10,6 +10,7 @@ from jinja2 import nodes
 
 from recocamp.campaigns import flatten
 from recocamp.campaigns.render import Renderer, sample_context
+from recocamp.domain import Locale
 from recocamp.errors import TemplateLimitError
 from recocamp.settings import TemplateSettings
 from tests.campaigns.test_render import TickingClock
@@ -58,7 +59,7 @@ def shop(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("locale", ["de", "en"])
-def test_extends_and_include_render_byte_identically_flat(shop: Path, locale: str) -> None:
+def test_extends_and_include_render_byte_identically_flat(shop: Path, locale: Locale) -> None:
     renderer = Renderer(shop)
     context = sample_context(locale)
     flat = renderer.body("child.html", "child.html", context)[0]
