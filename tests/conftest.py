@@ -8,7 +8,7 @@ import gzip
 import os
 import signal
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,13 +92,15 @@ def impatient(engine: sa.Engine) -> sa.Engine:
     return other
 
 
-def uci_rows(predicate: object = None) -> tuple[list[str], list[list[str]]]:
+def uci_rows(
+    predicate: Callable[[list[str]], bool] | None = None,
+) -> tuple[list[str], list[list[str]]]:
     if not UCI.exists():
         pytest.skip(f"the UCI file is absent ({UCI})")
     with gzip.open(UCI, "rt", encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader)
-        rows = [row for row in reader if predicate is None or predicate(row)]  # type: ignore[operator]
+        rows = [row for row in reader if predicate is None or predicate(row)]
     return header, rows
 
 
