@@ -3,6 +3,7 @@ as written, the sandbox's limits still fire, errors still name the file and line
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,8 @@ def unresolved(renderer: Renderer, name: str) -> list[str]:
     return [type(n).__name__ for n in tree.find_all((nodes.Extends, nodes.Include))]
 
 
-def exactly(renderer: Renderer, name: str, context: object) -> str:
-    return renderer.exact.render(renderer.exact.get_template(name), context)  # type: ignore[arg-type]
+def exactly(renderer: Renderer, name: str, context: Mapping[str, object]) -> str:
+    return renderer.exact.render(renderer.exact.get_template(name), context)
 
 
 @pytest.fixture

@@ -458,8 +458,10 @@ def test_wordwrap_of_a_long_word_at_a_fair_width_or_unbroken_renders(
     "value", [[], [1], {"a": [1, {"b": [2, 3]}], "c": {}}, [[[[["x"]]]]], [[1, 2]] * 30, "x"]
 )
 @pytest.mark.parametrize("indent", [None, 0, 1, 4, "\t", -3])
-def test_the_estimate_of_indented_json_is_an_upper_bound(value: object, indent: object) -> None:
-    actual = len(json.dumps(value, indent=indent))  # type: ignore[arg-type]
+def test_the_estimate_of_indented_json_is_an_upper_bound(
+    value: object, indent: int | str | None
+) -> None:
+    actual = len(json.dumps(value, indent=indent))
     assert json_size(value, indent, 10**6) >= (actual if indent is not None else 0)
 
 
