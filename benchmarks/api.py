@@ -368,7 +368,10 @@ def _main_thread_cpu_s(pid: int, tick: int) -> float:
 
 
 def parse(output: str) -> Run:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if found is None:
+        raise SystemExit(f"wrk printed no Requests/sec line:\n{output[-2000:]}")
+    rps = float(found.group(1))
     latency = {
         m[0]: _ms(m[1], m[2]) for m in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)\b", output)
     }

@@ -72,8 +72,12 @@ DEMO_CUTOFFS = ("2011-09-01", "2011-06-01")
 # (four rolling training origins) was chosen before the seven were measured
 VALIDATION_UCI = ("2011-04-15", "2011-07-15")
 VALIDATION_CDNOW = ("1997-11-15", "1998-02-15")
-VALIDATION_DEMO = {101: ("2011-07-15", "2011-04-01"), 202: ("2011-09-01", "2011-05-15")}
-VALIDATION_SYNTHETIC = {5: ("2011-09-01",), 6: ("2011-05-01",)}  # 20,000 customers each
+VALIDATION_DEMO: dict[int, tuple[str, ...]] = {
+    101: ("2011-07-15", "2011-04-01"),
+    202: ("2011-09-01", "2011-05-15"),
+}
+# 20,000 customers each
+VALIDATION_SYNTHETIC: dict[int, tuple[str, ...]] = {5: ("2011-09-01",), 6: ("2011-05-01",)}
 
 
 def peak_gb() -> float:

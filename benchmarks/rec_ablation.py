@@ -566,7 +566,7 @@ def ease_weights(data: TrainingData, lam: float) -> np.ndarray:
     def build() -> np.ndarray:
         values, vectors = ease_spectrum(data)
         p = (vectors / (values + lam)) @ vectors.T
-        b = p / -np.diag(p)  # column j divided by −P_jj
+        b: np.ndarray = p / -np.diag(p)  # column j divided by −P_jj
         np.fill_diagonal(b, 0.0)
         return b.astype(np.float32)
 
@@ -618,6 +618,16 @@ class EaseAlone:
     def score(self, rows: np.ndarray) -> np.ndarray:
         assert self._data is not None
         return self.ease.scores(self._data, rows)
+
+    def params(self) -> dict[str, Any]:
+        return {"lam": self.ease.lam, "kind": self.ease.kind}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Nothing to save: the weights are the data's closed form (``ease_weights``)."""
+        return {}
+
+    def restore(self, data: TrainingData, arrays: dict[str, np.ndarray]) -> None:
+        self._data = data
 
 
 def ease_signal(ease: Ease) -> Callable[..., np.ndarray]:

@@ -218,7 +218,7 @@ def pipeline(url: str, name: str, as_of: str, profile: Path | None = None) -> di
         lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
         rows = registry.make_live(connection, "bench", datetime.now(UTC), lists)
     clock.lap("cache")
-    if profiler is not None:
+    if profiler is not None and profile is not None:
         profiler.disable()
         profiler.dump_stats(profile)
     peak = peak_gb()

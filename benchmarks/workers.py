@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +165,11 @@ def start_esp(work: Path, port: int, latency_ms: float) -> subprocess.Popen[byte
     raise RuntimeError("the fake ESP did not start")
 
 
-def wait(condition: Any, seconds: float, what: str) -> Any:
+def wait(condition: Callable[[], object], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
+        if condition():
+            return
         time.sleep(0.1)
     raise RuntimeError(f"timed out waiting for {what}")
 

@@ -228,7 +228,8 @@ Closing = Callable[[FastAPI], FastAPI]  # the ``closing`` fixture: closes an app
 
 def engine_of(app: FastAPI) -> sa.Engine:
     """The store an app built by :func:`make_app` serves."""
-    return app.state.service.engine  # type: ignore[no-any-return]
+    engine: sa.Engine = app.state.service.engine  # starlette's State holds Any
+    return engine
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:

@@ -8,15 +8,21 @@ import gzip
 import os
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
 
 from recocamp.store.engine import make_engine, upgrade
+
+if TYPE_CHECKING:  # imported where used: tests.api_shop imports this module
+    from fastapi import FastAPI
+    from typer.testing import CliRunner
+
+    from tests.api_shop import Closing, Template
 
 ROOT = Path(__file__).resolve().parents[1]
 UCI = ROOT.parent / "shared" / "data" / "online-retail" / "online_retail.csv.gz"
@@ -86,13 +92,15 @@ def impatient(engine: sa.Engine) -> sa.Engine:
     return other
 
 
-def uci_rows(predicate: object = None) -> tuple[list[str], list[list[str]]]:
+def uci_rows(
+    predicate: Callable[[list[str]], bool] | None = None,
+) -> tuple[list[str], list[list[str]]]:
     if not UCI.exists():
         pytest.skip(f"the UCI file is absent ({UCI})")
     with gzip.open(UCI, "rt", encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader)
-        rows = [row for row in reader if predicate is None or predicate(row)]  # type: ignore[operator]
+        rows = [row for row in reader if predicate is None or predicate(row)]
     return header, rows
 
 
@@ -125,7 +133,7 @@ def uci_slice(tmp_path: Path, uci_slice_rows: tuple[list[str], list[list[str]]])
 
 
 @pytest.fixture
-def cli_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def cli_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     """A ``CliRunner`` in ``tmp_path`` with a migrated SQLite store (``shop.db``) named by
     the ``settings.toml`` there: the CLI as a user runs it."""
     from typer.testing import CliRunner
@@ -139,7 +147,7 @@ def cli_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return runner
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -153,7 +161,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def template(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
+) -> Iterator[Template]:
     """One trained shop per backend and test module (``api_shop.Template``)."""
     from tests.api_shop import build_template
 
@@ -161,7 +169,7 @@ def template(
 
 
 @pytest.fixture
-def shop(template: Any, tmp_path: Path) -> Iterator[tuple[sa.Engine, Path]]:
+def shop(template: Template, tmp_path: Path) -> Iterator[tuple[sa.Engine, Path]]:
     """A copy of the trained shop for one test: (engine, model artifacts)."""
     from tests.api_shop import clone
 
@@ -169,7 +177,7 @@ def shop(template: Any, tmp_path: Path) -> Iterator[tuple[sa.Engine, Path]]:
 
 
 @pytest.fixture
-def app(shop: tuple[sa.Engine, Path]) -> Any:
+def app(shop: tuple[sa.Engine, Path]) -> Iterator[FastAPI]:
     """The shop API (``fastapi.FastAPI``) on that copy (its change listener stopped after)."""
     from tests.api_shop import make_app
 
@@ -179,16 +187,16 @@ def app(shop: tuple[sa.Engine, Path]) -> Any:
 
 
 @pytest.fixture
-def closing(request: pytest.FixtureRequest) -> Iterator[Any]:
+def closing(request: pytest.FixtureRequest) -> Iterator[Closing]:
     """Close the apps a test builds (``closing(make_app(…))``): on PostgreSQL their change
     listeners would otherwise keep reconnecting to the test's dropped database. The test's
     database is set up first, whatever the order of the test's arguments, so that it is
     dropped after the apps are closed (fixtures are torn down in reverse order)."""
     if "db_url" in request.fixturenames:
         request.getfixturevalue("db_url")
-    apps: list[Any] = []
+    apps: list[FastAPI] = []
 
-    def closed_after(app: Any) -> Any:
+    def closed_after(app: FastAPI) -> FastAPI:
         apps.append(app)
         return app
 

@@ -34,9 +34,12 @@ def toy_lines(extra: tuple[tuple[str, str, str, datetime], ...] = ()) -> Lines:
     rows += [("a_new", "p1", "x-o1", day), ("a_new", "p1", "x-o2", day + timedelta(days=3))]
     rows += [("a_new", "p2", "x-o2", day + timedelta(days=3))]
     rows += [("solo", "q1", "s-o1", day + timedelta(days=5)), ("solo2", "q1", "s-o2", day)]
-    customer, item, order, at = zip(*(rows + list(extra)), strict=True)
+    customers, items_bought, orders, at = zip(*(rows + list(extra)), strict=True)
     return Lines.from_ids(
-        np.array(customer), np.array(item), np.array(order), np.array([t.timestamp() for t in at])
+        np.array(customers),
+        np.array(items_bought),
+        np.array(orders),
+        np.array([t.timestamp() for t in at]),
     )
 
 

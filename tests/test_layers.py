@@ -149,7 +149,7 @@ def package_modules() -> list[Path]:
 def ours(path: Path) -> set[str]:
     """The recocamp modules ``path`` imports: ``from pkg import module`` names the module
     (not the package), ``from pkg import name`` the package (its ``__init__``)."""
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("recocamp"))

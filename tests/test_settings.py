@@ -8,7 +8,7 @@ import re
 import tomllib
 from datetime import time
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -16,6 +16,9 @@ from pydantic import BaseModel, SecretStr
 
 from recocamp.errors import ConfigError
 from recocamp.settings import Settings, load_settings, settings_path
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 REPO_SETTINGS = Path(__file__).resolve().parents[1] / "settings.toml"
 
@@ -700,12 +703,10 @@ def test_the_first_fire_is_found_from_the_given_instant_within_the_bound() -> No
 # --- settings that would break delivery feedback ------------------------------------------
 
 
-def _der(key: object) -> str:
+def _der(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> str:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    public = key.public_key().public_bytes(  # type: ignore[attr-defined]
-        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
-    )
+    public = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(public).decode()
 
 

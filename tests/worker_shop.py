@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -98,8 +98,11 @@ def settings_text(db_url: str, esp_url: str, **worker: object) -> str:
     )
 
 
+CUSTOMERS = 60  # a shop's customers unless a test says otherwise
+
+
 def make_shop(
-    directory: Path, db_url: str, esp_url: str, customers: int = 60, **worker: object
+    directory: Path, db_url: str, esp_url: str, customers: int = CUSTOMERS, **worker: object
 ) -> Path:
     """A shop directory (settings, campaigns, templates) and its filled database."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -153,7 +156,10 @@ def recocamp(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait_for(condition: Callable[[], Any], seconds: float = 60) -> Any:
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], seconds: float = 60) -> T:
     """Poll ``condition`` until it returns something true (returned), or fail the test."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -167,3 +173,18 @@ def wait_for(condition: Callable[[], Any], seconds: float = 60) -> Any:
 def scalar(engine: sa.Engine, query: str) -> object:
     with engine.connect() as connection:
         return connection.execute(sa.text(query)).scalar()
+
+
+def scalar_int(engine: sa.Engine, query: str) -> int:
+    """``scalar`` for a ``count(*)``: an int to compare with ``<``."""
+    value = scalar(engine, query)
+    assert isinstance(value, int), (query, value)
+    return value
+
+
+def scalar_text(engine: sa.Engine, query: str) -> str:
+    """``scalar`` for a text value (SQLite returns a timestamp read by ``sa.text`` as text:
+    ISO strings of one format compare as their instants)."""
+    value = scalar(engine, query)
+    assert isinstance(value, str), (query, value)
+    return value

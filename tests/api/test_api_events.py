@@ -4,7 +4,7 @@ nothing, idempotent on the order id) and customer profile/consent changes (audit
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tests.api_shop import (
     NOW,
     SIGNING_KEY,
     Closing,
+    Reply,
     bearer,
     call,
     engine_of,
@@ -79,7 +80,7 @@ def lines(engine: sa.Engine) -> list[tuple[Any, ...]]:
         ]
 
 
-def post(app: FastAPI, body: Any, key: str = "shop") -> Any:
+def post(app: FastAPI, body: object, key: str = "shop") -> Reply:
     """``body`` as JSON, or a string sent as it is (JSON extensions such as NaN)."""
     if isinstance(body, str):
         headers = {"content-type": "application/json", **bearer(key)}
@@ -244,7 +245,7 @@ def audits(engine: sa.Engine) -> list[tuple[Any, ...]]:
         ]
 
 
-def put(app: FastAPI, body: dict[str, Any], customer: str = "c1") -> Any:
+def put(app: FastAPI, body: dict[str, Any], customer: str = "c1") -> Reply:
     return call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
 
 
@@ -423,7 +424,7 @@ def test_a_consent_in_the_future_is_refused(app: FastAPI) -> None:
     assert reply.status == 422 and reply.json()["detail"][0]["loc"] == ["body", "consent_at"]
 
 
-def erase(app: FastAPI, customer: str = "c1") -> Any:
+def erase(app: FastAPI, customer: str = "c1") -> Reply:
     return call(app, "DELETE", f"/v1/privacy/customers/{customer}", headers=bearer("dpo"))
 
 
@@ -568,12 +569,15 @@ def test_sqlite_an_erasure_between_a_requests_check_and_its_write_is_not_undone(
         pytest.skip("PostgreSQL serialises checks and erasures with an advisory lock")
     app = make_app(engine, tmp_path)
     assert put(app, {"source": "signup", "email": "x@example.test"}).status == 200
-    eraser, outcome = impatient(engine), []
-    check = {"purchase": tombstones.erased_ids, "unsubscribe link": tombstones.void_link}.get(
-        route, tombstones.matches
-    )
+    eraser = impatient(engine)
+    outcome: list[bool | str] = []  # erased, or SQLite's error
+    checks: dict[str, Callable[..., object]] = {
+        "purchase": tombstones.erased_ids,
+        "unsubscribe link": tombstones.void_link,
+    }
+    check = checks.get(route, tombstones.matches)
 
-    def check_then_erase(*args: Any, **kwargs: Any) -> Any:
+    def check_then_erase(*args: object, **kwargs: object) -> object:
         found = check(*args, **kwargs)
         try:  # on another connection, while the request's transaction is open
             erased = privacy.erase(eraser, settings_for(tmp_path), "c1", NOW, via="test")

@@ -229,7 +229,7 @@ def test_an_answer_computed_while_its_customer_changed_is_not_kept(app: FastAPI)
     compute = service.basis
 
     def racing(*args: object, **kwargs: object) -> object:
-        found = compute(*args, **kwargs)  # type: ignore[arg-type]
+        found = compute(*args, **kwargs)
         service.forget([customer])  # a purchase committed while the answer was computed
         return found
 
@@ -267,7 +267,9 @@ def test_the_first_answer_after_a_promote_or_rollback_comes_from_the_new_model(
     engine, artifacts = shop
     settings = settings_for(artifacts)
     with engine.connect() as connection:
-        first = str(registry.live(connection).version)  # type: ignore[union-attr]
+        live = registry.live(connection)
+    assert live is not None
+    first = str(live.version)
     second = second_model(engine, settings, live=False)
     training.promote(engine, settings.recommender, first, NOW)
     customer, _ = cached_customer(engine)

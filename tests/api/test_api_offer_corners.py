@@ -73,7 +73,7 @@ def test_a_category_whose_name_holds_a_comma_filters_by_that_category(
     app = closing(make_app(*shop))
     found = offers(app, buyer, f"n=3&category={urllib.parse.quote('Toys, games')}")
     assert found["items"]
-    assert {entry["category"] for entry in found["items"]} == {"Toys, games"}  # type: ignore[attr-defined]
+    assert {entry["category"] for entry in found["items"]} == {"Toys, games"}
 
 
 def test_an_erasure_right_after_a_purchase_reaches_the_other_process(

@@ -21,7 +21,7 @@ from recocamp.recommender.serving import Live
 from recocamp.store import serving as store
 from recocamp.store.schema import customers, offer_lists
 from tests.api.test_api_offer_changes import buy, pair, two_customers
-from tests.api.test_api_offers import ids, offers
+from tests.api.test_api_offers import OffersJson, ids, offers
 from tests.api_shop import (
     NOW,
     bearer,
@@ -37,7 +37,7 @@ __all__ = ["pair"]  # the fixture, used by name
 QUERIES = ["n=5&mode=discover", "n=5", "n=5&mode=replenish"]
 
 
-def answers(app: FastAPI, customer: str) -> list[dict[str, object]]:
+def answers(app: FastAPI, customer: str) -> list[OffersJson]:
     return [offers(app, customer, query) for query in QUERIES]
 
 

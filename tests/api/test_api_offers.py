@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 import sqlalchemy as sa
@@ -45,16 +46,43 @@ from tests.conftest import ROOT
 NBO = "/v1/customers/{}/next-best-offer"
 
 
-def offers(app: FastAPI, customer: str, query: str = "", key: str = "shop") -> dict[str, object]:
+class OfferJson(TypedDict):
+    """One offer as the API writes it (``api.offers.OfferOut``)."""
+
+    item_id: str
+    title: str
+    category: str
+    price: float
+    url: str | None
+    image_url: str | None
+    score: float
+    reason: str
+    source: str
+
+
+class OffersJson(TypedDict):
+    """The next-best-offer answer as the API writes it (``api.offers.OffersOut``)."""
+
+    customer_id: str
+    mode: str
+    personalised: bool
+    basis: str
+    basis_reason: str
+    model_version: str | None
+    items: list[OfferJson]
+
+
+def offers(app: FastAPI, customer: str, query: str = "", key: str = "shop") -> OffersJson:
     reply = call(
         app, "GET", NBO.format(customer) + (f"?{query}" if query else ""), headers=bearer(key)
     )
     assert reply.status == 200, reply.text
-    return reply.json()  # type: ignore[no-any-return]
+    document: OffersJson = reply.json()
+    return document
 
 
-def ids(document: dict[str, object]) -> list[str]:
-    return [entry["item_id"] for entry in document["items"]]  # type: ignore[attr-defined, index]
+def ids(document: OffersJson) -> list[str]:
+    return [entry["item_id"] for entry in document["items"]]
 
 
 def cached_customer(engine: sa.Engine) -> tuple[str, list[list[object]]]:
@@ -89,15 +117,16 @@ def test_a_known_customer_gets_the_cached_list_with_reasons(app: FastAPI) -> Non
         str(i) for i, _ in cached if catalogue[str(i)].in_stock and not catalogue[str(i)].is_service
     ][:5]
     assert ids(answer) == expected  # the cache's order, nothing invented
-    for entry in answer["items"]:  # type: ignore[attr-defined]
+    scores = {item: score for item, score in cached}
+    for entry in answer["items"]:
         assert entry["reason"] and entry["title"] == catalogue[entry["item_id"]].title
-        assert entry["score"] == pytest.approx(dict(map(tuple, cached))[entry["item_id"]])
+        assert entry["score"] == pytest.approx(scores[entry["item_id"]])
 
 
 def test_discover_explains_with_a_bought_item(app: FastAPI) -> None:
     customer, _ = cached_customer(engine_of(app))
     answer = offers(app, customer, "n=6&mode=discover")
-    reasons = [entry["reason"] for entry in answer["items"]]  # type: ignore[attr-defined]
+    reasons = [entry["reason"] for entry in answer["items"]]
     assert len(reasons) == 6
     assert any(reason.startswith("because you bought ") for reason in reasons), reasons
     with engine_of(app).connect() as connection:
@@ -127,7 +156,7 @@ def test_each_offer_has_the_reason_the_whole_lists_give_it(app: FastAPI) -> None
             whole = [*(basis.personal.items or []), *ranking]
             explained = serving.explained(snapshot.live, snapshot.catalogue, whole, basis.owned)
             listed = {str(item) for item, _ in basis.personal.items or []}
-            for entry in answer["items"]:  # type: ignore[attr-defined]
+            for entry in answer["items"]:
                 item = entry["item_id"]
                 if entry["source"] != "personal" or item in basis.owned:
                     continue
@@ -145,13 +174,13 @@ def test_unknown_customers_get_recent_popularity(app: FastAPI) -> None:
     assert (answer["basis"], answer["basis_reason"]) == ("popular", "popular: unknown customer")
     assert answer["personalised"] is False
     assert ids(answer) == [str(item) for item, _ in live(engine_of(app)).popular][:4]
-    assert {e["reason"] for e in answer["items"]} == {"popular this week"}  # type: ignore[attr-defined]
+    assert {e["reason"] for e in answer["items"]} == {"popular this week"}
 
 
 def test_an_objector_gets_popularity_and_no_explanations(app: FastAPI) -> None:
     answer = offers(app, OBJECTOR, "n=5&mode=mixed")
     assert answer["basis_reason"] == "popular: objected to profiling"
-    for entry in answer["items"]:  # type: ignore[attr-defined]
+    for entry in answer["items"]:
         assert entry["source"] in ("popular", "history", "due")
         assert not entry["reason"].startswith("because")
 
@@ -162,9 +191,9 @@ def test_category_and_exclude_filters(app: FastAPI) -> None:
     first = ids(everything)[0]
     without = offers(app, customer, f"n=10&mode=discover&exclude={first},nothing")
     assert first not in ids(without)
-    category = everything["items"][0]["category"]  # type: ignore[index]
+    category = everything["items"][0]["category"]
     only = offers(app, customer, f"n=3&mode=discover&category={category}")
-    assert only["items"] and {e["category"] for e in only["items"]} == {category}  # type: ignore[attr-defined]
+    assert only["items"] and {e["category"] for e in only["items"]} == {category}
 
 
 def test_items_out_of_stock_are_never_offered(app: FastAPI) -> None:
@@ -239,7 +268,7 @@ def test_a_cached_buy_again_answer_follows_the_clock(
 
     def due() -> list[str]:
         answer = offers(app, "regular", "n=2&mode=replenish")
-        return [o["item_id"] for o in answer["items"] if o["source"] == "due"]  # type: ignore[attr-defined, index]
+        return [o["item_id"] for o in answer["items"] if o["source"] == "due"]
 
     service = app.state.service
     assert due() == [soap, milk]
@@ -543,7 +572,7 @@ def test_the_cli_and_the_api_apply_one_objection_rule(
     assert answer["basis_reason"] == "popular: objected to profiling"
     assert answer["basis"] == "popular" and answer["personalised"] is False
     assert str(live(engine).popular[0][0]) in shown.stdout  # the popularity list, not the cache
-    sources = {entry["source"] for entry in answer["items"]}  # type: ignore[attr-defined]
+    sources = {entry["source"] for entry in answer["items"]}
     assert sources <= {"popular", "history", "due"}
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import uvicorn
+from starlette.types import Message, Receive, Scope, Send
+from typer.testing import CliRunner
 from uvicorn.importer import import_from_string
 from uvicorn.server import ServerState
 
@@ -50,10 +52,12 @@ class Transport(asyncio.Transport):
         pass
 
 
-def test_serve_runs_the_stamping_protocol(cli_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_runs_the_stamping_protocol(
+    cli_store: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``recocamp serve`` hands uvicorn this protocol (by import string: each worker process
     imports it)."""
-    ran: dict[str, Any] = {}
+    ran: dict[str, object] = {}
     monkeypatch.setattr(uvicorn, "run", lambda *args, **options: ran.update(options))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     result = cli_store.invoke(cli, ["serve", "--workers", "1"])
@@ -66,7 +70,7 @@ def test_a_request_is_stamped_as_it_is_parsed_and_the_app_keeps_the_stamp() -> N
     second before the first one's task even starts; each task sees its own stamp."""
     seen: list[tuple[float, float]] = []  # (the scope's stamp, when the task started)
 
-    async def shop(scope: Any, receive: Any, send: Any) -> None:
+    async def shop(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append((scope[lean.ENTERED], time.perf_counter()))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -98,16 +102,16 @@ def test_without_the_protocol_the_app_stamps_a_request_as_it_enters() -> None:
     """Test clients and other servers: the app's own time, as before."""
     stamps: list[float] = []
 
-    async def shop(scope: Any, receive: Any, send: Any) -> None:
+    async def shop(scope: Scope, receive: Receive, send: Send) -> None:
         stamps.append(scope[lean.ENTERED])
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
     async def run() -> None:
-        async def receive() -> dict[str, Any]:
+        async def receive() -> Message:
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message: Any) -> None:
+        async def send(message: Message) -> None:
             pass
 
         scope = {"type": "http", "method": "GET", "path": "/", "headers": []}

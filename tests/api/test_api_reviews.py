@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from recocamp.api.app import create_app
 from recocamp.clock import FixedClock
 from recocamp.store.schema import engagement_events
-from tests.api_shop import NOW, Closing, bearer, call, engine_of, make_app, settings_for
+from tests.api_shop import NOW, Closing, Reply, bearer, call, engine_of, make_app, settings_for
 
 REVIEWS = "/v1/events/reviews"
 AT = "2012-01-04T18:30:00+01:00"
@@ -30,7 +30,7 @@ def review(review_id: str = "R1", customer: str = "c1", **changes: Any) -> dict[
     return {"review_id": review_id, "customer_id": customer, "occurred_at": AT} | changes
 
 
-def post(app: FastAPI, body: Any, key: str | None = "shop") -> Any:
+def post(app: FastAPI, body: object, key: str | None = "shop") -> Reply:
     headers = bearer(key) if key else {}
     return call(app, "POST", REVIEWS, json=body, headers=headers)
 
@@ -126,7 +126,7 @@ def test_a_body_that_is_not_json_is_415(app: FastAPI) -> None:
 # -- privacy ----------------------------------------------------------------------------------
 
 
-def erase(app: FastAPI, customer: str = "c1") -> Any:
+def erase(app: FastAPI, customer: str = "c1") -> Reply:
     return call(app, "DELETE", f"/v1/privacy/customers/{customer}", headers=bearer("dpo"))
 
 

@@ -6,29 +6,30 @@ records nothing."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
 
 from recocamp import privacy, tokens
 from recocamp.clock import FixedClock
 from recocamp.store import privacy as privacy_store
 from recocamp.store import tombstones as tombstones_store
 from recocamp.store.schema import contact_events, customers, feedback, id_erasures, tombstones
-from tests.api_shop import NOW, SIGNING_KEY, bearer, call, make_app
+from tests.api_shop import NOW, SIGNING_KEY, Reply, bearer, call, make_app
 
 KEY = SIGNING_KEY.encode()
 SURVEY = "nps/2012-01-04"
 
 
-def put(app: Any, customer: str, body: dict[str, Any]) -> Any:
+def put(app: FastAPI, customer: str, body: dict[str, object]) -> Reply:
     return call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
 
 
-def links(customer: str, at: Any) -> dict[str, str]:
+def links(customer: str, at: datetime) -> dict[str, str]:
     """Every kind of link an e-mail of ``at`` carries, by route."""
     sign = tokens.sign
     return {
@@ -43,13 +44,20 @@ def rows(engine: sa.Engine, table: sa.Table) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in connection.execute(sa.select(table))]
 
 
-def customer(engine: sa.Engine, customer_id: str = "e2e1") -> Any:
+def customer_or_none(engine: sa.Engine, customer_id: str) -> sa.Row[Any] | None:
     with engine.connect() as connection:
         query = sa.select(customers).where(customers.c.id == customer_id)
         return connection.execute(query).first()
 
 
-def every_route(app: Any, link: dict[str, str]) -> dict[str, int]:
+def customer(engine: sa.Engine, customer_id: str = "e2e1") -> sa.Row[Any]:
+    """The customer's row, which must be there."""
+    found = customer_or_none(engine, customer_id)
+    assert found is not None, customer_id
+    return found
+
+
+def every_route(app: FastAPI, link: dict[str, str]) -> dict[str, int]:
     """The status of every link route for these links (changes included)."""
     p, u, f = link["p"], link["u"], link["f"]
     return {
@@ -185,7 +193,7 @@ def test_links_of_an_unknown_customer_record_nothing(engine: sa.Engine, tmp_path
     }
     assert {answers[k] for k in feedback_routes} == {410}  # "this survey is closed", as before
     assert rows(engine, contact_events) == [] and rows(engine, feedback) == []
-    assert customer(engine, "nosuchcustomer") is None
+    assert customer_or_none(engine, "nosuchcustomer") is None
 
 
 def test_an_old_link_cannot_erase_a_record_made_while_it_was_being_checked(
@@ -218,7 +226,7 @@ def test_an_old_link_cannot_erase_a_record_made_while_it_was_being_checked(
     assert person is not None and person.consent_at == later  # the new record stays
 
 
-def erase_and_sign_up_zelda(app: Any, clock: FixedClock) -> None:
+def erase_and_sign_up_zelda(app: FastAPI, clock: FixedClock) -> None:
     """Another request's erasure of e2e1, and a new sign-up under the id a day later: Zelda."""
     erased = call(app, "DELETE", "/v1/privacy/customers/e2e1", headers=bearer("dpo"))
     assert erased.status == 200
@@ -232,7 +240,7 @@ def erase_and_sign_up_zelda(app: Any, clock: FixedClock) -> None:
 
 
 def race_after_the_first_check(
-    app: Any, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+    app: FastAPI, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
 ) -> list[bool]:
     """Once the first ``void_link`` check has run, e2e1 is erased and Zelda signs up, before
     the request reads anything else (returns what that check found, once it ran). The

@@ -115,14 +115,16 @@ def test_a_customer_who_objected_to_profiling_has_no_rfm_segment() -> None:
 def test_reviews_and_the_newsletter_sign_up_count_in_the_loyalty_standing() -> None:
     """a: an order of 20 (10 + 20 points), 3 reviews (75), a double opt-in (50): 155; b: the
     same order and reviews, an existing-customer consent: no sign-up, 105."""
-    consent = {"consent_at": NOW - timedelta(days=9)}
+    consent_at = NOW - timedelta(days=9)
     rows = PlanningRows(
         customers=[
             CustomerRecord(
-                Customer("a", None, consent_basis=ConsentBasis.DOUBLE_OPT_IN, **consent)
+                Customer("a", None, consent_basis=ConsentBasis.DOUBLE_OPT_IN, consent_at=consent_at)
             ),
             CustomerRecord(
-                Customer("b", None, consent_basis=ConsentBasis.EXISTING_CUSTOMER, **consent)
+                Customer(
+                    "b", None, consent_basis=ConsentBasis.EXISTING_CUSTOMER, consent_at=consent_at
+                )
             ),
         ],
         orders=[order("a", "1", 5, 20.0, "mug"), order("b", "2", 5, 20.0, "mug")],

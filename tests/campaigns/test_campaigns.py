@@ -290,7 +290,7 @@ def test_every_problem_of_a_file_and_every_broken_file_at_once(tmp_path: Path) -
 def test_relaxing_caps_is_allowed_only_when_the_shop_says_so(tmp_path: Path) -> None:
     relaxed = GOOD.format(name="relaxed").replace("[offer]", "[caps]\ncooldown_days = 1\n\n[offer]")
     assert "may only be stricter" in check(tmp_path, relaxed, "relaxed")
-    allowing = Settings(caps={"campaigns_may_relax": True})  # type: ignore[arg-type]
+    allowing = Settings(caps={"campaigns_may_relax": True})
     campaigns, failures = load_all(tmp_path, allowing, ROOT / "templates")
     assert failures == [] and campaigns[0].caps.cooldown_days == 1
 

@@ -25,7 +25,7 @@ from recocamp.campaigns.offers import Offer
 from recocamp.campaigns.planner import CustomerView, Decision, Outcome
 from recocamp.campaigns.render import Renderer
 from recocamp.campaigns.segments import History
-from recocamp.domain import ConsentBasis, Customer
+from recocamp.domain import ConsentBasis, Customer, Locale
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
 
@@ -64,14 +64,14 @@ def value_paths(value: Mapping[str, object], prefix: str = "") -> set[str]:
 
 
 @pytest.mark.parametrize("locale", ["de", "en"])
-def test_the_sample_has_every_key_of_the_contract_and_no_other(locale: str) -> None:
+def test_the_sample_has_every_key_of_the_contract_and_no_other(locale: Locale) -> None:
     expected = contract_paths(TemplateContext)
-    assert value_paths(sample_context(locale)) == expected  # type: ignore[arg-type]
+    assert value_paths(sample_context(locale)) == expected
     assert {"customer.first_name", "offers[].discounted_price", "survey.scores[].url"} <= expected
 
 
 def test_every_key_says_what_it_is() -> None:
-    contracts = [TemplateContext]
+    contracts: list[type] = [TemplateContext]
     while contracts:
         for name, (kind, meaning) in fields(contracts.pop()).items():
             assert len(meaning) > 10 and "TODO" not in meaning, name
@@ -135,7 +135,7 @@ def queued(name: str) -> bytes:
             "html": f"{name}.html",
             "text": f"{name}.txt",
         },
-    )  # type: ignore[arg-type]
+    )
     customer = Customer(
         "c1", "c1@example.test", "Anna", "fr", consent_basis=ConsentBasis.EXISTING_CUSTOMER
     )

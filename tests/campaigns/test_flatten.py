@@ -3,6 +3,7 @@ as written, the sandbox's limits still fire, errors still name the file and line
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from jinja2 import nodes
 
 from recocamp.campaigns import flatten
 from recocamp.campaigns.render import Renderer, check_template, sample_context
+from recocamp.domain import Locale
 from recocamp.errors import TemplateLimitError
 from recocamp.settings import TemplateSettings
 from tests.campaigns.test_render import TickingClock
@@ -44,8 +46,8 @@ def unresolved(renderer: Renderer, name: str) -> list[str]:
     return [type(n).__name__ for n in tree.find_all((nodes.Extends, nodes.Include))]
 
 
-def exactly(renderer: Renderer, name: str, context: object) -> str:
-    return renderer.exact.render(renderer.exact.get_template(name), context)  # type: ignore[arg-type]
+def exactly(renderer: Renderer, name: str, context: Mapping[str, object]) -> str:
+    return renderer.exact.render(renderer.exact.get_template(name), context)
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def shop(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("locale", ["de", "en"])
-def test_extends_and_include_render_byte_identically_flat(shop: Path, locale: str) -> None:
+def test_extends_and_include_render_byte_identically_flat(shop: Path, locale: Locale) -> None:
     renderer = Renderer(shop)
     context = sample_context(locale)
     flat = renderer.body("child.html", "child.html", context)[0]

@@ -47,7 +47,7 @@ def campaign(**changes: object) -> Campaign:
         "offer": {"mode": "mixed", "items": 2},
         "template": {"subject": {"en": "Hi"}, "html": "winback.html", "text": "winback.txt"},
     }
-    return Campaign(**(base | changes))  # type: ignore[arg-type]
+    return Campaign(**(base | changes))
 
 
 def view(**changes: object) -> CustomerView:

@@ -63,7 +63,7 @@ def campaign(holdout_percent: float = 0, **audience: Any) -> Campaign:
             "offer": {"mode": "replenish", "items": 1},
             "template": {"subject": {"en": "Hi"}, "html": "winback.html", "text": "winback.txt"},
         }
-    )  # type: ignore[arg-type]
+    )
 
 
 def row(customer: str, people: dict[str, Spec] = FORECAST) -> CustomerForecast:
@@ -430,7 +430,8 @@ def test_the_shipped_winback_plans_with_the_forecast_the_train_job_stored(
         elif code == "not_in_audience:overdue_ratio_at_least":
             assert forecast.overdue_ratio is None or forecast.overdue_ratio < 1.2
         elif code in ("eligible", "holdout", "quiet_hours_deferred"):
-            assert forecast.churn_risk in ("medium", "high") and forecast.overdue_ratio >= 1.2
+            assert forecast.churn_risk in ("medium", "high")
+            assert forecast.overdue_ratio is not None and forecast.overdue_ratio >= 1.2
             assert words.startswith(f"forecast churn_risk={forecast.churn_risk} (p_active ")
             assert words.endswith(f"{label})")
             picked.add(d["customer_id"])

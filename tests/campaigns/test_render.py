@@ -20,6 +20,7 @@ from recocamp.campaigns.render import (
     snapshot,
 )
 from recocamp.campaigns.render_limits import Budget, LimitExceeded, json_size, on_collection
+from recocamp.domain import Locale
 from recocamp.errors import ConfigError, TemplateLimitError
 from recocamp.settings import TemplateSettings
 
@@ -30,7 +31,7 @@ CAMPAIGNS = ("winback", "cross_sell", "replenish", "birthday", "vip_tier")
 
 @pytest.mark.parametrize("name", [f"{c}.{ext}" for c in CAMPAIGNS for ext in ("html", "txt")])
 @pytest.mark.parametrize("locale", ["de", "en"])
-def test_shipped_templates_pass_check(name: str, locale: str) -> None:
+def test_shipped_templates_pass_check(name: str, locale: Locale) -> None:
     assert check_template(TEMPLATES, name, sample_context(locale)) == []
 
 
@@ -52,7 +53,7 @@ def test_rendering_both_parts_with_inlined_css_and_the_opt_out() -> None:
     ("locale", "reads", "never"), [("en", "(instead of ", "statt"), ("de", "(statt ", "instead")]
 )
 def test_the_text_part_names_the_old_price_in_the_customers_language(
-    locale: str, reads: str, never: str
+    locale: Locale, reads: str, never: str
 ) -> None:
     context = sample_context(locale)
     email = Renderer(TEMPLATES).render("x", "winback.html", "winback.txt", context)
@@ -365,7 +366,7 @@ def test_css_is_inlined_when_the_template_is_loaded_not_per_email(
     monkeypatch.setattr(render_module.InliningLoader, "_inline", counting)
     for name in ("A", "B", "C"):
         context = sample_context()
-        context["customer"] = {"first_name": name}
+        context["customer"] = {**context["customer"], "first_name": name}
         email = renderer.render("s", "t.html", "t.html", context)
         assert email.html == f'<div class="x" style="color: red;">{name}</div>'
     assert len(calls) == 1
@@ -495,8 +496,10 @@ def test_wordwrap_of_a_long_word_at_a_fair_width_or_unbroken_renders(
     "value", [[], [1], {"a": [1, {"b": [2, 3]}], "c": {}}, [[[[["x"]]]]], [[1, 2]] * 30, "x"]
 )
 @pytest.mark.parametrize("indent", [None, 0, 1, 4, "\t", -3])
-def test_the_estimate_of_indented_json_is_an_upper_bound(value: object, indent: object) -> None:
-    actual = len(json.dumps(value, indent=indent))  # type: ignore[arg-type]
+def test_the_estimate_of_indented_json_is_an_upper_bound(
+    value: object, indent: int | str | None
+) -> None:
+    actual = len(json.dumps(value, indent=indent))
     assert json_size(value, indent, 10**6) >= (actual if indent is not None else 0)
 
 
@@ -784,7 +787,12 @@ def test_the_budget_counts_the_renders_cpu_not_a_stalled_machine(tmp_path: Path)
     )
     write(tmp_path, "busy.html", "{% for i in range(100000) %}{{ i * i * i }}{% endfor %}")
     tight = TemplateSettings(render_time_s=0.05)
-    context = {**sample_context(), "pause": lambda: time.sleep(0.2) or ""}
+
+    def pause() -> str:
+        time.sleep(0.2)
+        return ""
+
+    context = {**sample_context(), "pause": pause}
     renderer = Renderer(tmp_path, limits=tight)
     assert renderer.body("paused.html", "paused.html", context)[0] == "<p>012</p>"
     with pytest.raises(TemplateLimitError, match=r"rendering took longer than 0\.05 s"):

@@ -367,7 +367,7 @@ def test_the_drop_folder_sets_a_file_aside_naming_the_line_and_column(
     settings = Settings(
         database_url=engine.url.render_as_string(hide_password=False),
         ingest={"drop_dir": drop, "processed_dir": drop / "done"},
-    )  # type: ignore[arg-type]
+    )
     report = import_drop_folder(engine, settings, NOW)
     assert (report.imported, report.rejected) == (0, 1)
     errors = (drop / "rejected" / "purchases-1.csv.errors.txt").read_text()
@@ -394,7 +394,7 @@ def test_a_file_where_a_drop_folder_belongs_is_refused_before_anything_is_import
     settings = Settings(
         database_url=engine.url.render_as_string(hide_password=False),
         ingest={"drop_dir": drop, "processed_dir": done, "keep_processed_days": 30},
-    )  # type: ignore[arg-type]
+    )
     write_csv(drop / "purchases-1.csv", STANDARD, [GOOD])
     done.write_text("made after the settings were read")
     with pytest.raises(ConfigError) as refused:
@@ -443,14 +443,14 @@ def test_the_drop_folder_rejects_a_gzip_bomb(
     settings = Settings(
         database_url=engine.url.render_as_string(hide_password=False),
         ingest={"drop_dir": drop, "processed_dir": drop / "done", "max_gzip_ratio": 10},
-    )  # type: ignore[arg-type]
+    )
     report = import_drop_folder(engine, settings, NOW)
     assert (report.imported, report.rejected) == (1, 1)  # the other file is not blocked
     errors = (drop / "rejected" / "purchases-1.csv.gz.errors.txt").read_text()
     assert "column '*': cannot be read: the file decompresses to more than" in errors
     assert "100,000 bytes (10 times its size, ingest.max_gzip_ratio)" in errors
     with pytest.raises(ValueError, match="max_gzip_ratio"):
-        Settings(ingest={"max_gzip_ratio": 1_001})  # type: ignore[arg-type]
+        Settings(ingest={"max_gzip_ratio": 1_001})
 
 
 @pytest.fixture

@@ -386,7 +386,7 @@ ORDER_HEADER = ["order_id", "customer_id", "item_id", "quantity", "unit_price", 
 def shop_settings(tmp_path: Path, **ingest: object) -> Settings:
     """Settings with the links' (and tombstones') key and a drop folder under ``tmp_path``."""
     folders = {"drop_dir": tmp_path / "incoming", "processed_dir": tmp_path / "incoming" / "done"}
-    return Settings(signing_key=SecretStr("k" * 32), ingest={**folders, **ingest})  # type: ignore[arg-type]
+    return Settings(signing_key=SecretStr("k" * 32), ingest={**folders, **ingest})
 
 
 def erased_shop(engine: sa.Engine, tmp_path: Path, settings: Settings) -> None:

@@ -472,7 +472,7 @@ def test_delivery_processes_share_a_run_without_duplicates(engine: sa.Engine) ->
     store(engine, [deferred(n) for n in range(40)])
     fake = FakeEsp(token="t")
     with running(create_fake(fake)) as url:
-        esp = EspSettings(base_url=url, batch_size=3, rate_limit_per_s=1000)  # type: ignore[arg-type]
+        esp = EspSettings(base_url=url, batch_size=3, rate_limit_per_s=1000)
         settings = Settings(esp=esp, esp_token=SecretStr("t"))
         # the processes render with the caller's templates, not with the files as they are now
         frozen = {

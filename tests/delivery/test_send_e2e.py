@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -105,9 +105,9 @@ def test_exactly_once_under_429_5xx_and_lost_answers(shop: Path, esp: tuple[Fake
     assert again.exit_code == 0 and fake.stats()["received"] == counts["sent"]
 
 
-def wait_for(predicate: object, seconds: float = 30) -> None:
+def wait_for(predicate: Callable[[], object], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
 

@@ -112,7 +112,7 @@ def stored(engine: sa.Engine) -> list[tuple[str, str, int, str | None]]:
         query = sa.select(
             feedback.c.survey, feedback.c.customer_id, feedback.c.score, feedback.c.comment
         ).order_by(feedback.c.customer_id)
-        return [tuple(row) for row in connection.execute(query)]  # type: ignore[misc]
+        return [tuple(row) for row in connection.execute(query)]
 
 
 def test_the_mail_has_eleven_signed_answer_links(mailed: dict[str, OutgoingEmail]) -> None:

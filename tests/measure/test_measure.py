@@ -398,7 +398,10 @@ def test_customers_in_two_variants_are_left_out_of_the_head_to_head() -> None:
 
 def test_cohorts_in_the_shop_zone_with_unfinished_months() -> None:
     berlin = ZoneInfo("Europe/Berlin")
-    at = lambda y, m, d, h=12: datetime(y, m, d, h, tzinfo=UTC)  # noqa: E731
+
+    def at(y: int, m: int, d: int, h: int = 12) -> datetime:
+        return datetime(y, m, d, h, tzinfo=UTC)
+
     orders = [
         order("a", at(2024, 1, 10)),
         order("a", at(2024, 2, 3)),
@@ -420,7 +423,10 @@ def test_cohorts_in_the_shop_zone_with_unfinished_months() -> None:
 def test_the_first_month_on_record_is_marked_as_the_data_start() -> None:
     """Its customers are everybody who ordered that month, regulars of years included; only
     the cohorts after it are first-time buyers."""
-    at = lambda m: datetime(2024, m, 10, 12, tzinfo=UTC)  # noqa: E731
+
+    def at(m: int) -> datetime:
+        return datetime(2024, m, 10, 12, tzinfo=UTC)
+
     orders = [order("a", at(1)), order("a", at(2)), order("b", at(2)), order("c", at(3))]
     table = measure.cohorts(orders, ZoneInfo("Europe/Berlin"), at(5), max_months=2)
     assert [(c.month.month, c.data_start) for c in table] == [(1, True), (2, False), (3, False)]

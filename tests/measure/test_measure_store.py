@@ -170,7 +170,8 @@ def test_backfill_equals_the_kpis_command_and_replace_recomputes(
         )
         expected = json.loads(result.output)
         assert history[(day, 7)] == {k: expected[k] for k in history[(day, 7)]}
-    assert history[(date(2010, 12, 14), 7)]["orders"] > 0
+    orders = history[(date(2010, 12, 14), 7)]["orders"]
+    assert orders is not None and orders > 0
     again = runner.invoke(
         app, ["snapshots", "backfill", "--from", "2010-12-05", "--to", "2010-12-14"]
     )
@@ -218,7 +219,10 @@ def test_cohorts_on_a_real_uci_slice_against_an_independent_computation(
     for invoice, _, _, quantity, when, price, customer, _ in rows:
         if customer and not invoice.startswith("C") and int(quantity) > 0 and float(price) > 0:
             months[customer].add((int(when[:4]), int(when[5:7])))
-    index = lambda ym: ym[0] * 12 + ym[1] - 1  # noqa: E731
+
+    def index(ym: tuple[int, int]) -> int:
+        return ym[0] * 12 + ym[1] - 1
+
     cohorts: dict[int, list[set[int]]] = defaultdict(list)
     for bought in months.values():
         indices = {index(m) for m in bought}

@@ -20,9 +20,11 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -47,8 +49,12 @@ from recocamp.settings import EspSettings, MeasureSettings, Settings, ShopSettin
 from recocamp.store import measure as store
 from recocamp.store import queries, registry
 from recocamp.store.engine import make_engine
+from tests.api_shop import call
 from tests.conftest import NOW, ROOT, UCI
-from tests.measure.test_feedback import call, fake_require
+from tests.measure.test_feedback import fake_require
+
+if TYPE_CHECKING:  # imported where a browser is started
+    from playwright.sync_api import Page
 
 LONDON = ZoneInfo("Europe/London")
 EFFECT_RUN = datetime(2011, 10, 4, 10, tzinfo=LONDON).astimezone(UTC)
@@ -220,7 +226,7 @@ def _register_models(engine: sa.Engine) -> None:
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     if not UCI.exists():
         pytest.skip(f"the UCI file is absent ({UCI})")
     directory = tmp_path_factory.mktemp("demo-shop")
@@ -247,7 +253,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
         'time_zone = "Europe/London"\ncurrency = "GBP"\ndefault_locale = "en"\n'
         "[measure]\nhistory_days = 190\n"
     )
-    yield Shop(engine, settings, directory, injected, treated, converted)  # type: ignore[misc]
+    yield Shop(engine, settings, directory, injected, treated, converted)
     engine.dispose()
 
 
@@ -424,7 +430,7 @@ def _model(version: str, cutoff: datetime) -> report.ModelPoint:
     return report.ModelPoint(version, "hybrid", "live", cutoff, cutoff, metrics)
 
 
-def _data(**changed: object) -> report.Data:
+def _data() -> report.Data:
     """A small report: daily KPIs over October and November, a campaign that worked, one
     without a holdout, every reason the planner can record, segments, one model, one month
     of NPS."""
@@ -442,32 +448,30 @@ def _data(**changed: object) -> report.Data:
     ]
     reasons = [("winback", "skip", code, 10 + n) for n, code in enumerate(planner.REASONS)]
     reasons += [("birthday", "skip", "not_in_audience:birthday_today", 5000)]
-    values: dict[str, object] = {
-        "shop": "Test Shop",
-        "currency": "GBP",
-        "zone": "Europe/London",
-        "as_of": datetime(2011, 11, 21, tzinfo=UTC),
-        "generated_at": NOW,
-        "attribution_days": 7,
-        "report_days": 90,
-        "confidence": 0.95,
-        "uplifts": uplifts,
-        "reasons": reasons,
-        "kpi_history": {(d, w): dict(KPI_VALUES) for d in days for w in (30, 365)},
-        "latest_day": DAY,
-        "changes": [
+    return report.Data(
+        shop="Test Shop",
+        currency="GBP",
+        zone="Europe/London",
+        as_of=datetime(2011, 11, 21, tzinfo=UTC),
+        generated_at=NOW,
+        attribution_days=7,
+        report_days=90,
+        confidence=0.95,
+        uplifts=uplifts,
+        reasons=reasons,
+        kpi_history={(d, w): dict(KPI_VALUES) for d in days for w in (30, 365)},
+        latest_day=DAY,
+        changes=[
             measure.Change("week", 7, "average_order_value", 785.61, 396.67),
             measure.Change("week", 7, "orders", 968.0, 1000.0),
         ],
-        "segments": {d: {"cant_lose_them": 10, "champions": 20, "others": 3} for d in days},
-        "cohorts": [],
-        "models": [_model("v1", datetime(2011, 11, 1, tzinfo=UTC))],
-        "nps": report.NpsSection(
+        segments={d: {"cant_lose_them": 10, "champions": 20, "others": 3} for d in days},
+        cohorts=[],
+        models=[_model("v1", datetime(2011, 11, 1, tzinfo=UTC))],
+        nps=report.NpsSection(
             measure.nps([10, 9, 3] * 20), [], [(date(2011, 10, 1), measure.nps([10, 9, 3] * 20))]
         ),
-    }
-    values.update(changed)
-    return report.Data(**values)  # type: ignore[arg-type]
+    )
 
 
 @functools.cache
@@ -581,17 +585,18 @@ def test_the_cohort_where_the_data_starts_says_so() -> None:
         measure.Cohort(date(2010, 12, 1), 885, (0.36, 0.32), data_start=True),
         measure.Cohort(date(2011, 1, 1), 417, (0.22, 0.27)),
     ]
-    html = report.render_html(_data(cohorts=cohorts))
+    html = report.render_html(dataclasses.replace(_data(), cohorts=cohorts))
     ticks = re.findall(r"<text[^>]*>([^<]*)</text>", _chart(html, "cohort-heatmap"))
     assert "2010-12 (n=885, data start: not only new customers)" in ticks
     assert "2011-01 (n=417)" in ticks
     assert "2010-12 is the first month on record" in _visible(html)
-    assert report.summary(_data(cohorts=cohorts))["cohorts"][0]["data_start"] is True
+    summary = report.summary(dataclasses.replace(_data(), cohorts=cohorts))
+    assert summary["cohorts"][0]["data_start"] is True
 
 
 def test_customers_in_both_groups_are_reported() -> None:
     uplift = dataclasses.replace(_data().uplifts[0], switched=12)
-    data = _data(uplifts=[uplift])
+    data = dataclasses.replace(_data(), uplifts=[uplift])
     assert (
         "12 winback customers were in both groups compared (held out and mailed: "
         "holdout_percent changed) and are left out of both" in _visible(report.render_html(data))
@@ -609,11 +614,12 @@ def test_one_model_version_is_a_table_row_not_a_line() -> None:
     html = _page()
     assert 'data-chart="model-metrics"' not in html
     assert "One trained version so far" in html and "0.3700" in html
-    two = _data(
+    two = dataclasses.replace(
+        _data(),
         models=[
             _model("v1", datetime(2011, 9, 1, tzinfo=UTC)),
             _model("v2", datetime(2011, 11, 1, tzinfo=UTC)),
-        ]
+        ],
     )
     chart = report.models_chart(two)
     assert chart is not None
@@ -635,10 +641,11 @@ def test_date_axes_name_their_months() -> None:
     assert ticks and all(re.fullmatch(r"\d\d [A-Z][a-z]{2}", t) for t in ticks), ticks
     assert re.search(r"\d{4}-[A-Z][a-z]{2}", chart) is None
     assert ">2011<" in chart
-    long = _data(
+    long = dataclasses.replace(
+        _data(),
         kpi_history={
             (date(2011, 6, 1) + timedelta(days=n), 30): dict(KPI_VALUES) for n in range(190)
-        }
+        },
     )
     months = _x_ticks(str(report.kpi_chart(long)))
     assert months[:3] == ["Jun", "Jul", "Aug"], months
@@ -656,9 +663,9 @@ OVERFLOW = """() => ({
 })"""
 
 
-def _fits(page: object, width: int) -> list[str]:
+def _fits(page: Page, width: int) -> list[str]:
     """What sticks out at this width: tables wider than their box, cut header cells."""
-    found = page.evaluate(OVERFLOW)  # type: ignore[attr-defined]
+    found = page.evaluate(OVERFLOW)
     problems = [
         f"table {t[0]!r}: {t[1]} px in {t[2]} px"
         for t in found["tables"]

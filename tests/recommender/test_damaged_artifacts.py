@@ -6,6 +6,7 @@ commands exit 1 with one line, no traceback."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +50,11 @@ def without_customers(directory: Path) -> None:
     [(empty, "EOFError"), (truncated, "BadZipFile"), (without_customers, "KeyError")],
 )
 def test_every_damaged_file_is_one_model_error_naming_where_and_why(
-    shop: tuple[sa.Engine, Path], damage: object, reason: str
+    shop: tuple[sa.Engine, Path], damage: Callable[[Path], None], reason: str
 ) -> None:
     engine, artifacts = shop
     directory = live_directory(engine)
-    damage(directory)  # type: ignore[operator]
+    damage(directory)
     for read in (
         lambda: model.load(directory, settings_for(artifacts).recommender),
         lambda: model.customer_ids(directory),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,15 +68,16 @@ def test_hybrid_tuning_never_looks_past_the_cutoff(monkeypatch: pytest.MonkeyPat
     seen: list[tuple[float, float]] = []
     real = evaluate.make_split
 
-    def spy(lines: Lines, cutoff: float, horizon_days: float, **kwargs: object) -> evaluate.Split:
+    def spy(lines: Lines, cutoff: float, horizon_days: float, **kwargs: Any) -> evaluate.Split:
         seen.append((cutoff, horizon_days))
-        return real(lines, cutoff, horizon_days, **kwargs)  # type: ignore[arg-type]
+        return real(lines, cutoff, horizon_days, **kwargs)
 
     monkeypatch.setattr(evaluate, "make_split", spy)
     lines = future(("a_new", "p3", 1), *((f"a{n}", "q1", 40) for n in range(6)))
     cutoff = CUTOFF.timestamp() + 30 * DAY
     hybrid = model.make("hybrid", SETTINGS)
-    weights = evaluate.tune_hybrid(hybrid, lines, cutoff, 30)  # type: ignore[arg-type]
+    assert isinstance(hybrid, model.Hybrid)
+    weights = evaluate.tune_hybrid(hybrid, lines, cutoff, 30)
     ((split_cutoff, horizon),) = seen
     assert split_cutoff + horizon * DAY == cutoff  # validation test window ends at the cutoff
     discovery = (weights.als, weights.popularity, weights.new_arrivals, weights.repeat_boost)
@@ -104,7 +106,9 @@ def test_hybrid_tuning_ignores_what_happens_after_the_cutoff() -> None:
         )
 
     def tuned(lines: Lines) -> model.HybridWeights:
-        return evaluate.tune_hybrid(model.make("hybrid", SETTINGS), lines, cutoff, 30)
+        hybrid = model.make("hybrid", SETTINGS)
+        assert isinstance(hybrid, model.Hybrid)
+        return evaluate.tune_hybrid(hybrid, lines, cutoff, 30)
 
     quiet = tuned(future(*before))
     assert quiet.own != model.HybridWeights().own  # the replenishment blend was learned

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,7 +151,11 @@ def _items_reversed(directory: Path, data: TrainingData) -> None:
     ],
 )
 def test_artifacts_whose_id_maps_and_arrays_disagree_are_refused(
-    name: str, damage: object, reason: str, data: TrainingData, tmp_path: Path
+    name: str,
+    damage: Callable[[Path, TrainingData], None],
+    reason: str,
+    data: TrainingData,
+    tmp_path: Path,
 ) -> None:
     """A customer dropped from the id map but not from the factors shifts every later
     customer onto a neighbour's factors, and an item map out of order names other items
@@ -160,7 +165,7 @@ def test_artifacts_whose_id_maps_and_arrays_disagree_are_refused(
     meta = {"name": name, "params": recommender.params(), "version": "v1"}
     model.save(tmp_path / "v1", recommender, data, meta)
     model.load(tmp_path / "v1", SETTINGS)  # as saved: loads
-    damage(tmp_path / "v1", data)  # type: ignore[operator]
+    damage(tmp_path / "v1", data)
     with pytest.raises(ModelError, match=f"ValueError: {reason}"):
         model.load(tmp_path / "v1", SETTINGS)
 
@@ -357,10 +362,10 @@ def test_the_stacked_blend_serves_the_batch_answer(data: TrainingData) -> None:
         own = np.flatnonzero(rows.orders.toarray()[0])  # the stacked blend's ranking
         assert len(own) >= 2
         assert own[np.argsort(-served[own])].tolist() == own[np.argsort(-batch[own])].tolist()
-    rows = np.arange(len(data.customers))
-    stacked = hybrid.parts(rows)["own"]
+    everyone = np.arange(len(data.customers))
+    stacked = hybrid.parts(everyone)["own"]
     hybrid.weights = replace(weights, own_als=0.0, own_knn=0.0)
-    assert not np.allclose(stacked, hybrid.parts(rows)["own"])  # the model scores did count
+    assert not np.allclose(stacked, hybrid.parts(everyone)["own"])  # the model scores did count
 
 
 def test_request_time_calls_hold_every_blas_library_to_one_thread() -> None:

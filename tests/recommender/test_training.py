@@ -6,9 +6,11 @@ from __future__ import annotations
 import gc
 import re
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -24,6 +26,7 @@ from recocamp.errors import ModelError
 from recocamp.recommender import evaluate, serving, training
 from recocamp.recommender import models as model
 from recocamp.recommender.matrix import Lines, TrainingData
+from recocamp.recommender.ranking import Recommender
 from recocamp.settings import RecommenderSettings, Settings
 from recocamp.store import queries, registry
 from recocamp.store.schema import customers, items, models, recommendations
@@ -256,9 +259,11 @@ def test_the_live_model_is_re_evaluated_with_its_own_parameters(
     built: list[tuple[str, int]] = []
     real = model.make
 
-    def spy(name: str, config: RecommenderSettings, weights: object = None) -> object:
+    def spy(
+        name: str, config: RecommenderSettings, weights: model.HybridWeights | None = None
+    ) -> Recommender:
         built.append((name, config.factors))
-        return real(name, config, weights)  # type: ignore[arg-type]
+        return real(name, config, weights)
 
     monkeypatch.setattr(model, "make", spy)
     training.train(
@@ -337,7 +342,7 @@ def test_the_cache_is_scored_on_every_core_but_a_gpu_models_on_one_thread() -> N
     assert training.cache_threads(model.ALS(use_gpu=True)) == 1  # no CUDA needed to ask
 
 
-def same_list(got: list[list[object]], expected: list[list[object]]) -> bool:
+def same_list(got: Sequence[Sequence[object]], expected: Sequence[Sequence[object]]) -> bool:
     """The same items in the same order, the scores equal to the 6 decimals kept: float32
     BLAS may round a score's last bit differently in a batch of another size."""
     return [item for item, _ in got] == [item for item, _ in expected] and np.allclose(
@@ -596,6 +601,13 @@ def test_a_customer_erased_while_a_model_trains_is_in_none_of_its_files(
     assert late not in data.customers.tolist()
 
 
+def version_of(row: sa.Row[Any] | None) -> str:
+    """A registry row's version: the row must be there."""
+    assert row is not None
+    version: str = row.version
+    return version
+
+
 def three_promoted(shop: sa.Engine, settings: RecommenderSettings) -> list[str]:
     """Models A, B, C (popularity, 20, 10 and 0 days before the end) promoted an hour apart:
     C live. Their versions, oldest first."""
@@ -620,7 +632,7 @@ def test_rollbacks_walk_back_and_models_list_names_the_target(
     assert training.rollback(shop, settings, NOW + timedelta(hours=4)) == b
     assert training.rollback(shop, settings, NOW + timedelta(hours=5)) == a
     with shop.connect() as connection:
-        assert registry.live(connection).version == a  # type: ignore[union-attr]
+        assert version_of(registry.live(connection)) == a
     with pytest.raises(ModelError, match="nothing to roll back to"):
         training.rollback(shop, settings, NOW + timedelta(hours=6))
     training.promote(shop, settings, c, NOW + timedelta(hours=7))
@@ -723,16 +735,18 @@ def test_a_rollback_whose_target_changed_meanwhile_switches_nothing(
     versions = three_promoted(shop, settings)
     a, b, _c = versions
     load = model.load
-    meanwhile = iter([lambda: training.promote(shop, settings, a, NOW + timedelta(hours=4))])
+    meanwhile: Iterator[Callable[[], object]] = iter(
+        [lambda: training.promote(shop, settings, a, NOW + timedelta(hours=4))]
+    )
 
-    def loading(*args: object, **kwargs: object) -> object:
+    def loading(directory: Path, model_settings: object) -> object:
         for switch in meanwhile:  # once: the rollback's load, not the promotion's own
             switch()
-        return load(*args, **kwargs)  # type: ignore[arg-type]
+        return load(directory, model_settings)
 
     monkeypatch.setattr(model, "load", loading)
     with pytest.raises(ModelError, match=f"the live model changed while rolling back to {b}"):
         training.rollback(shop, settings, NOW + timedelta(hours=5))
     with shop.connect() as connection:
-        assert registry.live(connection).version == a  # type: ignore[union-attr]
-        assert registry.previous_live(connection).version == versions[2]  # type: ignore[union-attr]
+        assert version_of(registry.live(connection)) == a
+        assert version_of(registry.previous_live(connection)) == versions[2]

@@ -57,8 +57,9 @@ def test_a_new_live_model_replaces_the_whole_cache(engine: sa.Engine) -> None:
     with engine.connect() as connection:
         assert written == 1
         assert registry.cached(connection, "c1") is None
-        assert registry.cached(connection, "c2").items == [["i2", 0.5]]  # type: ignore[union-attr]
-        assert registry.live(connection).version == "v2"  # type: ignore[union-attr]
+        cached, live = registry.cached(connection, "c2"), registry.live(connection)
+        assert cached is not None and cached.items == [["i2", 0.5]]
+        assert live is not None and live.version == "v2"
 
 
 def _switch(connection: sa.Connection, version: str, hours: int, via: str = "train") -> None:
@@ -90,7 +91,8 @@ def test_rollbacks_in_a_row_walk_back_through_the_live_models(engine: sa.Engine)
     with engine.begin() as connection:
         _register(connection, "D")
         _switch(connection, "D", 5)
-        assert registry.live(connection).version == "D"  # type: ignore[union-attr]
+        live = registry.live(connection)
+        assert live is not None and live.version == "D"
     assert _target(engine) == "A"  # the rolled-back B and C are not reached again
     assert kept == {"path-A", "path-B"}  # the live model and the next rollback's target
 

@@ -3,12 +3,15 @@ persistent job store that keeps next run times, coalescing and misfires (``--onc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
 
 from recocamp.campaigns.files import Campaign, load
 from recocamp.settings import load_settings
@@ -33,10 +36,12 @@ def campaign(
     return load(path)[0]
 
 
-def fires(trigger: object, start: datetime, count: int) -> list[datetime]:
-    times, previous, now = [], None, start
+def fires(trigger: BaseTrigger, start: datetime, count: int) -> list[datetime]:
+    times: list[datetime] = []
+    previous: datetime | None = None
+    now = start
     for _ in range(count):
-        nxt = trigger.get_next_fire_time(previous, now)  # type: ignore[attr-defined]
+        nxt: datetime = trigger.get_next_fire_time(previous, now)
         times.append(nxt)
         # via UTC: adding to a local time in a repeated DST hour would drop its fold
         previous, now = nxt, nxt.astimezone(UTC) + timedelta(microseconds=1)
@@ -99,7 +104,7 @@ def test_a_campaign_in_another_zone_runs_on_its_own_clock(tmp_path: Path) -> Non
 
 
 @pytest.fixture
-def paused(engine: sa.Engine) -> object:
+def paused(engine: sa.Engine) -> Iterator[BackgroundScheduler]:
     sched = scheduler.make_scheduler()
     sched.start(paused=True)
     scheduler.attach_shared(sched, engine)
@@ -109,20 +114,20 @@ def paused(engine: sa.Engine) -> object:
 
 
 def test_sync_keeps_next_run_times_and_reschedules_only_what_changed(
-    engine: sa.Engine, paused: object, tmp_path: Path
+    engine: sa.Engine, paused: BackgroundScheduler, tmp_path: Path
 ) -> None:
     sched = paused
     settings = load_settings(None)
     table = scheduler.job_table(settings, [campaign(tmp_path, "0 9 * * *")])
-    changes = scheduler.sync(sched, table, scheduler.SHARED, "leader")  # type: ignore[arg-type]
+    changes = scheduler.sync(sched, table, scheduler.SHARED, "leader")
     assert set(changes.values()) == {"added"} and "deliver" not in changes
     missed = datetime.now(UTC) - timedelta(hours=3)
     sched.modify_job(
         "campaign:everyone",
-        jobstore=scheduler.SHARED,  # type: ignore[attr-defined]
+        jobstore=scheduler.SHARED,
         next_run_time=missed,
     )
-    assert scheduler.sync(sched, table, scheduler.SHARED, "leader") == {}  # type: ignore[arg-type]
+    assert scheduler.sync(sched, table, scheduler.SHARED, "leader") == {}
     # a restart: a new scheduler on the same database sees the missed run time
     again = scheduler.make_scheduler()
     again.start(paused=True)

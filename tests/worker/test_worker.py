@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import REGISTRY
 
 from recocamp.campaigns import run as jobs
@@ -29,7 +30,16 @@ from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import leadership, scheduler
 from recocamp.worker.process import Worker
-from tests.worker_shop import make_shop, recocamp, scalar, start_worker, wait_for
+from tests.worker_shop import (
+    CUSTOMERS,
+    make_shop,
+    recocamp,
+    scalar,
+    scalar_int,
+    scalar_text,
+    start_worker,
+    wait_for,
+)
 
 
 def free_port() -> int:
@@ -78,9 +88,18 @@ def dead_run(process: Worker, decided_at: datetime) -> tuple[int, str]:
     return dead, key
 
 
-def sqlite_shop(tmp_path: Path, esp_url: str = "http://127.0.0.1:1", **worker: object) -> Path:
+def sqlite_shop(
+    tmp_path: Path,
+    esp_url: str = "http://127.0.0.1:1",
+    customers: int = CUSTOMERS,
+    **worker: object,
+) -> Path:
     return make_shop(
-        tmp_path / "shop", f"sqlite:///{tmp_path / 'shop' / 'shop.db'}", esp_url, **worker
+        tmp_path / "shop",
+        f"sqlite:///{tmp_path / 'shop' / 'shop.db'}",
+        esp_url,
+        customers,
+        **worker,
     )
 
 
@@ -334,7 +353,7 @@ def test_dropped_files_are_imported_once_and_broken_ones_set_aside(
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
         ingest={"drop_dir": drop, "processed_dir": drop / "done", "keep_processed_days": 7},
-    )  # type: ignore[arg-type]
+    )
     engine = make_engine(settings.database_url)
     from recocamp.store.engine import upgrade
 
@@ -369,7 +388,7 @@ def test_job_runs_are_recorded_and_counted(tmp_path: Path, secrets: None) -> Non
         [row] = runs.recent(connection, "train")
     assert row.status == "ok" and row.counts["outcome"] == "promoted" and row.finished_at
     assert row.seconds > 0  # measured, whatever the worker's clock says
-    assert REGISTRY.get_sample_value("recocamp_train_duration_seconds") > 0
+    assert (REGISTRY.get_sample_value("recocamp_train_duration_seconds") or 0.0) > 0
     assert process.run("train") == "ok"  # nothing new since: the model stays, no refit
     with process.engine.connect() as connection:
         assert runs.recent(connection, "train")[0].counts["outcome"] == "skipped_no_new_data"
@@ -518,10 +537,10 @@ def test_a_failure_while_becoming_leader_gives_the_lock_back(
     process.start(loop=False)
     broken = iter([True])
 
-    def attach(*args: object) -> None:
+    def attach(sched: BackgroundScheduler, engine: sa.Engine) -> None:
         if next(broken, False):
             raise sa.exc.OperationalError("attach", {}, Exception("the database went away"))
-        return real(*args)  # type: ignore[arg-type]
+        real(sched, engine)
 
     real = scheduler.attach_shared
     monkeypatch.setattr(scheduler, "attach_shared", attach)
@@ -599,8 +618,8 @@ def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing
         wait_for(lambda: trigger(engine, "campaign:stuck", "campaign:everyone"))
         wait_for(
             lambda: (
-                scalar(engine, by_state.format("everyone", "IS NOT NULL"))
-                == scalar(engine, by_state.format("everyone", "= 'sent'"))
+                scalar_int(engine, by_state.format("everyone", "IS NOT NULL"))
+                == scalar_int(engine, by_state.format("everyone", "= 'sent'"))
                 > 0
             )
         )
@@ -616,7 +635,7 @@ def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing
     first_failed = (
         "SELECT min(updated_at) FROM outbox WHERE campaign = 'stuck' AND state = 'failed'"
     )
-    assert scalar(engine, last_sent) < scalar(engine, first_failed)
+    assert scalar_text(engine, last_sent) < scalar_text(engine, first_failed)
     sent = scalar(engine, by_state.format("everyone", "= 'sent'"))
     assert fake.stats() == {
         "received": sent,
@@ -663,11 +682,11 @@ def test_a_template_whose_one_call_never_returns_fails_its_messages_and_blocks_n
         wait_for(lambda: trigger(engine, "campaign:stuck", "campaign:everyone"))
         wait_for(
             lambda: (
-                scalar(engine, by_state.format("everyone", "IS NOT NULL"))
-                == scalar(engine, by_state.format("everyone", "= 'sent'"))
+                scalar_int(engine, by_state.format("everyone", "IS NOT NULL"))
+                == scalar_int(engine, by_state.format("everyone", "= 'sent'"))
                 > 0
-                and scalar(engine, by_state.format("stuck", "IS NOT NULL"))
-                == scalar(engine, by_state.format("stuck", "= 'failed'"))
+                and scalar_int(engine, by_state.format("stuck", "IS NOT NULL"))
+                == scalar_int(engine, by_state.format("stuck", "= 'failed'"))
                 > 0
             )
         )
@@ -677,7 +696,7 @@ def test_a_template_whose_one_call_never_returns_fails_its_messages_and_blocks_n
         assert worker.wait(60) == 0
     finally:
         worker.kill()
-    assert fake.stats()["received"] == scalar(engine, by_state.format("everyone", "= 'sent'"))
+    assert fake.stats()["received"] == scalar_int(engine, by_state.format("everyone", "= 'sent'"))
     with engine.connect() as connection:
         errors = connection.execute(
             sa.text("SELECT last_error FROM outbox WHERE state = 'failed'")

@@ -86,7 +86,7 @@ def test_three_workers_one_scheduler_takeover_and_every_email_once(
     with engine.connect() as connection:
         history = runs.recent(connection, "campaign:everyone")
         senders = connection.execute(sa.text("SELECT DISTINCT claimed_by FROM outbox")).scalars()
-        states = dict(
+        states: dict[str, int] = dict(
             connection.execute(sa.text("SELECT state, count(*) FROM outbox GROUP BY state")).all()
         )
     assert states == {"sent": CUSTOMERS}
