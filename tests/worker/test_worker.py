@@ -600,6 +600,7 @@ def two_campaigns(shop: Path) -> None:
     (shop / "templates" / "stuck.html").write_text(FOREVER)
 
 
+@pytest.mark.timeout(360)  # its own waits allow for a 15-fold slowdown: up to 300 s
 def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing(
     tmp_path: Path, esp: tuple[FakeEsp, str]
 ) -> None:
