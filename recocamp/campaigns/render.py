@@ -64,6 +64,11 @@ STYLESHEET = "email.css"
 QUARANTINE_AFTER = 3  # a template that ran out of time this often is not rendered any more
 SUBJECT = "subject"  # the name a subject line's errors carry
 JINJA_SYNTAX = re.compile(r"\{[{%#]")  # a string without these renders as itself
+# Postmark's limit, in UTF-16 code units ("Subject line and From address character limits");
+# a longer subject was refused by the provider, message by message, at send time
+SUBJECT_MAX = 2000
+# C0 and C1 control characters (NUL, ESC, DEL …): no header may hold them; each becomes a space
+_CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], " ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,13 +283,19 @@ class Renderer:
                 not JINJA_SYNTAX.search(subject) and len(subject) <= self.limits.max_output_chars
             )
             compiled = self._subjects[subject] = (
-                " ".join(subject.split()) if plain else self.env.from_string(subject)
+                one_line(subject) if plain else self.env.from_string(subject)
             )
             if isinstance(compiled, Template):
                 compiled.name = SUBJECT
         if isinstance(compiled, str):
-            return compiled
-        return " ".join(self._render(compiled, context, subject).split())
+            line = compiled
+        else:
+            line = one_line(self._render(compiled, context, subject))
+        size = len(line.encode("utf-16-le")) // 2
+        if size > SUBJECT_MAX:
+            message = f"the subject is {size:,} characters long: at most {SUBJECT_MAX:,}"
+            raise TemplateLimitError(SUBJECT, [Problem(message, value=line[:60] + "…")])
+        return line
 
     def body(self, html: str, text: str, context: Mapping[str, object]) -> tuple[str, str]:
         """The HTML and the text part; raises jinja2's ``TemplateError`` subclasses and
@@ -316,6 +327,12 @@ class Renderer:
             raise
         self._timeouts.pop(key, None)  # only timeouts in a row count: a slow moment is not a loop
         return rendered
+
+
+def one_line(text: str) -> str:
+    """``text`` as a header line: whitespace runs and control characters (a NUL or an escape
+    in a customer's name) become one space, the ends trimmed."""
+    return " ".join(text.translate(_CONTROLS).split())
 
 
 def check_template(

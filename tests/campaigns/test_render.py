@@ -850,6 +850,31 @@ def test_a_subject_with_jinja_is_rendered_and_limited() -> None:
         renderer.subject("x" * 10_001, sample_context())  # a plain one past the bound still fails
 
 
+def test_a_subject_holds_no_control_character() -> None:
+    """A customer's name with a NUL, an escape, a DEL or a C1 control (from a careless
+    import) reached the Subject header; each is a space now, like a line break."""
+    renderer = Renderer(TEMPLATES)
+    name = "Eve\x00 Bcc\x1b[31m\x7fx\x85y\u2028z"
+    context = {**sample_context(), "customer": {**sample_context()["customer"], "first_name": name}}
+    assert renderer.subject("Hi {{ customer.first_name }}!", context) == "Hi Eve Bcc [31m x y z!"
+    assert renderer.subject("Hi\x00 there\x07", sample_context()) == "Hi there"
+
+
+def test_a_subject_is_at_most_what_the_provider_takes() -> None:
+    """Postmark refuses a subject past 2,000 UTF-16 code units, message by message, at send
+    time; it is a render error naming the length, also in ``check``. An emoji counts twice."""
+    renderer = Renderer(TEMPLATES)
+    assert renderer.subject("x" * 2000, sample_context()) == "x" * 2000
+    assert renderer.subject("\U0001f600" * 1000, sample_context()) == "\U0001f600" * 1000
+    for long in ("x" * 2001, "\U0001f600" * 1000 + "x", "{{ 'y' * 3000 }}"):
+        with pytest.raises(TemplateLimitError, match=r"the subject is [\d,]+ characters long"):
+            renderer.subject(long, sample_context())
+    problem = check_subject(
+        "Hi {{ customer.first_name }}" + "!" * 2000, sample_context(), TEMPLATES
+    )
+    assert problem is not None and "2,007 characters long: at most 2,000" in problem
+
+
 def test_a_template_saved_with_a_byte_order_mark_prints_none(tmp_path: Path) -> None:
     """Windows editors save UTF-8 with a byte order mark: read as text it is U+FEFF, which
     Jinja printed before the layout's doctype and at the start of the text part. Stripped
