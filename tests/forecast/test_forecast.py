@@ -21,7 +21,7 @@ from recocamp.errors import ModelError
 from recocamp.forecast import models as forecast_models
 from recocamp.forecast.evaluate import auc, calibration, log_loss, poisson_median, quality
 from recocamp.forecast.models import seasonal_level
-from recocamp.forecast.outlook import Evaluation, choose, clearly_lower, risk_tier
+from recocamp.forecast.outlook import Evaluation, choose, clearly_lower, data_reaches, risk_tier
 from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import queries
@@ -437,6 +437,22 @@ def test_the_choice_of_the_live_forecaster_sees_no_day_at_or_after_as_of() -> No
 def test_a_horizon_is_closed_once_the_data_reaches_its_last_day() -> None:
     assert f.closed(700, 699) and f.closed(700, 800)  # its last day is 699
     assert not f.closed(700, 698) and not f.closed(700, None)
+
+
+@pytest.mark.parametrize(
+    ("today", "reaches"),
+    [
+        (50, 100),  # a clock before the data: the data's own newest day
+        (100, 100),
+        (101, 100),  # yesterday is the newest purchase day
+        (105, 104),  # a quiet yesterday has passed all the same
+        (108, 107),  # seven quiet days still count as recorded
+        (109, 107),  # the eighth is past what the store can vouch for
+        (400, 107),  # an old export: nothing of the months since
+    ],
+)
+def test_the_data_reaches_yesterday_for_at_most_seven_quiet_days(today: int, reaches: int) -> None:
+    assert data_reaches(100, today) == reaches
 
 
 def test_the_live_choice_keeps_the_default_on_a_horizon_past_the_data_or_without_purchases() -> (
