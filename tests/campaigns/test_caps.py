@@ -319,6 +319,7 @@ def test_restating_the_defaults_relaxes_nothing_and_minutes_count() -> None:
         (POLICY, time(0, 0), time(9, 0), True),  # longer, but 21:00–24:00 open
         (POLICY, time(12, 0), time(12, 0), True),  # no quiet hours at all
         (POLICY, time(20, 59, 59), time(8, 0, 1), False),
+        (CapPolicy(quiet_end=time(8, 30)), time(21, 0), time(8, 0, 45), True),  # seconds count
         (CapPolicy(quiet_start=time(1, 0), quiet_end=time(5, 0)), time(0, 0), time(6, 0), False),
         (CapPolicy(quiet_start=time(1, 0), quiet_end=time(5, 0)), time(23, 0), time(4, 0), True),
         (CapPolicy(quiet_start=time(1, 0), quiet_end=time(5, 0)), time(23, 0), time(5, 0), False),

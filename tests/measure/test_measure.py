@@ -41,11 +41,37 @@ def test_wilson_matches_published_values() -> None:
         stats.wilson(11, 10)
 
 
+def test_the_quantile_the_edges_and_the_helpers_of_an_interval() -> None:
+    """z at 95 % and 90 % (1.959964, 1.644854); a confidence outside (0, 1) is refused; a
+    rate of no trials may be anything; an interval holds both its ends."""
+    assert stats.z_value() == pytest.approx(1.959964, abs=1e-6)
+    assert stats.z_value(0.90) == pytest.approx(1.644854, abs=1e-6)
+    for bad in (0.0, 1.0, 1.5, -0.5):
+        with pytest.raises(ValueError, match="confidence must lie in"):
+            stats.z_value(bad)
+    assert stats.wilson(0, 0) == Interval(0.0, 1.0)
+    # the edges are exact: the formula gives 2.8e-17 for the lower limit of 0/10
+    assert stats.wilson(0, 10).low == 0.0 and stats.wilson(17, 17).high == 1.0  # not 1 − 2e-16
+    assert close(stats.wilson(1, 10), 0.0179, 0.4042)  # one success: a lower limit above 0
+    # 81/263 at 90 %: centre (p + z²/2n) / (1 + z²/n), half z / (1 + z²/n) · √(p(1 − p)/n + z²/4n²)
+    z, n, p = 1.6448536, 263, 81 / 263
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    ninety = stats.wilson(81, 263, 0.90)
+    assert (ninety.low, ninety.high) == pytest.approx((centre - half, centre + half), abs=1e-7)
+    assert Interval(-1.0, 0.0).contains(0.0) and Interval(0.0, 1.0).contains(0.0)
+    assert not Interval(0.0, 1.0).contains(-1e-12) and not Interval(0.0, 1.0).contains(1.0 + 1e-12)
+    assert Interval(0.1, 0.25).scaled(100) == Interval(10.0, 25.0)
+
+
 def test_newcombe_hybrid_score_matches_the_paper() -> None:
     # Newcombe (1998b), Table II, method 10
     assert close(stats.newcombe(56, 70, 48, 80), 0.0524, 0.3339)
     assert close(stats.newcombe(9, 10, 3, 10), 0.1705, 0.8090)
     assert close(stats.newcombe(5, 56, 0, 29), -0.0381, 0.1926)
+    for empty in ((0, 0, 1, 2), (1, 2, 0, 0)):
+        with pytest.raises(ValueError, match="both groups need at least one unit"):
+            stats.newcombe(*empty)
 
 
 def test_risk_ratio_by_hand() -> None:
@@ -57,7 +83,12 @@ def test_risk_ratio_by_hand() -> None:
         ratio, round(1.5 * math.exp(-1.959964 * se), 4), round(1.5 * math.exp(1.959964 * se), 4)
     )
     assert close(ratio, 0.9160, 2.4564)
-    assert stats.risk_ratio(0, 100, 20, 100) is None
+    assert stats.risk_ratio(0, 100, 20, 100) is None and stats.risk_ratio(30, 100, 0, 100) is None
+    # one success each: RR 1, se √(1 − 0.1 + 1 − 0.1) = √1.8, limits e^(∓1.959964·√1.8)
+    spread = 1.959964 * math.sqrt(1.8)
+    assert close(
+        stats.risk_ratio(1, 10, 1, 10), round(math.exp(-spread), 4), round(math.exp(spread), 4)
+    )
 
 
 def test_welch_by_hand_and_against_scipy() -> None:
