@@ -21,7 +21,14 @@ from recocamp.errors import ModelError
 from recocamp.forecast import models as forecast_models
 from recocamp.forecast.evaluate import auc, calibration, log_loss, poisson_median, quality
 from recocamp.forecast.models import seasonal_level
-from recocamp.forecast.outlook import Evaluation, choose, clearly_lower, data_reaches, risk_tier
+from recocamp.forecast.outlook import (
+    TOO_LITTLE,
+    Evaluation,
+    choose,
+    clearly_lower,
+    data_reaches,
+    risk_tier,
+)
 from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import queries
@@ -285,10 +292,10 @@ def test_evaluation_scores_the_expectation_and_the_point_forecast() -> None:
     assert q.predicted_total == pytest.approx(3.8)  # totals stay expectations
 
 
-def _evaluation(models: dict[str, tuple[float, list[float]]]) -> Evaluation:
+def _evaluation(models: dict[str, tuple[float | None, list[float]]]) -> Evaluation:
     """A split's evaluation from each forecaster's AUC and per-customer log losses."""
 
-    def q(auc_value: float, losses: list[float]) -> f.Quality:
+    def q(auc_value: float | None, losses: list[float]) -> f.Quality:
         mean = float(np.mean(losses))
         return f.Quality(len(losses), 0.5, 0.5, mean, 1.0, 1.0, auc_value, 0.5, ())
 
@@ -322,6 +329,14 @@ def test_bgnbd_is_the_default_where_the_blend_ranks_worse_than_it() -> None:
     # a forecast of 0 for a customer who bought loses infinitely: never clearly better
     zero = {**tie, "naive": (0.75, [np.inf, *[0.0] * 99])}
     assert choose(_evaluation(zero)) == "blend"
+
+
+def test_where_no_forecaster_can_be_ranked_the_blend_stays() -> None:
+    """Every customer of the split bought: no AUC for anybody (None). None ranks worse than
+    BG/NBD, so all qualify and the default is the blend, as on a tie."""
+    losses = [1.0] * 50 + [0.0] * 50
+    undefined = {"naive": (None, losses), "bgnbd": (None, losses), "blend": (None, losses)}
+    assert choose(_evaluation(undefined)) == "blend"
 
 
 def test_the_choice_scores_the_mean_where_an_mae_prefers_a_forecast_biased_to_zero() -> None:
@@ -437,6 +452,22 @@ def test_the_choice_of_the_live_forecaster_sees_no_day_at_or_after_as_of() -> No
 def test_a_horizon_is_closed_once_the_data_reaches_its_last_day() -> None:
     assert f.closed(700, 699) and f.closed(700, 800)  # its last day is 699
     assert not f.closed(700, 698) and not f.closed(700, None)
+
+
+def test_the_live_choice_needs_fifty_customers_on_the_split() -> None:
+    """At 49 customers with a purchase day before the split's cutoff BG/NBD is used
+    unjudged; at 50 the split decides (here for BG/NBD too, but chosen on it)."""
+
+    def shop(customers: int) -> f.PurchaseDays:
+        names = [f"c{c:03}" for c in range(customers) for _ in range(4)]
+        days = [d for c in range(customers) for d in (0, 100 + c, 200 + 3 * c, 330 + c % 60)]
+        return f.PurchaseDays.from_lines(np.array(names), np.array(days), np.ones(len(days)))
+
+    few = f.live_model(shop(49), 400, 90, newest_day=399)
+    assert (few.model, few.chosen_on, few.reason) == ("bgnbd", None, TOO_LITTLE)
+    enough = f.live_model(shop(50), 400, 90, newest_day=399)
+    assert enough.chosen_on is not None and enough.reason == "chosen on the horizon before"
+    assert next(iter(enough.chosen_on.qualities.values())).customers == 50
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,21 @@ def test_welch_by_hand_and_against_scipy() -> None:
     )
 
 
+def test_welch_needs_two_units_a_group_and_takes_a_group_without_spread() -> None:
+    """1 and 3 against 2 and 2: difference 0, a = 2 / 2, b = 0, df = a² / (a² / 1) = 1, so the
+    half-width is t(0.975, 1) = 12.7062 · √1; both groups without spread: zero width."""
+    assert close(stats.welch(Sample.of([1.0, 3.0]), Sample.of([2.0, 2.0])), -12.7062, 12.7062)
+    assert stats.welch(Sample.of([2.0, 2.0]), Sample.of([1.0, 1.0, 1.0])) == Interval(1.0, 1.0)
+    # equal spreads, a = b = 1: df = 4 / 2 = 2, half-width t(0.975, 2) · √2 = 4.3027 · 1.4142
+    assert close(stats.welch(Sample.of([1.0, 3.0]), Sample.of([5.0, 7.0])), -10.0849, 2.0849)
+    for one in (
+        (Sample.of([1.0]), Sample.of([1.0, 2.0])),
+        (Sample.of([1.0, 2.0]), Sample(1, 1, 0)),
+    ):
+        with pytest.raises(ValueError, match="at least two units per group"):
+            stats.welch(*one)
+
+
 def test_ratio_of_means_by_fieller_by_hand() -> None:
     first, second = Sample(100, 12.0, 400.0), Sample(100, 10.0, 300.0)
     a, b = 4.0, 3.0  # variance / n
@@ -321,11 +336,23 @@ def test_clustered_sample_and_effective_counts_by_hand() -> None:
     # residuals (1 − 1.5)² + (2 − 1)² + (0 − 0.5)² = 1.5, M̄ = 2: variance 1.5 / (2 · 4)
     assert Sample.clustered([[1.0, 0.0, 0.0], [1.0, 1.0], [0.0]]) == Sample(3, 0.5, 0.1875)
     assert Sample.clustered([[2.0], [4.0]]) == Sample.of([2.0, 4.0])  # one touch each: plain
+    # no unit, one unit, one customer: no spread to estimate; a customer without touches
+    # is no cluster
+    assert Sample.of([]) == Sample(0, 0.0, 0.0) and Sample.of([5.0]) == Sample(1, 5.0, 0.0)
+    assert Sample.clustered([[], []]) == Sample(0, 0.0, 0.0)
+    assert Sample.clustered([[1.0, 2.0], []]) == Sample(1, 1.5, 0.0)
+    assert Sample.clustered([[1.0, 0.0, 0.0], [], [1.0, 1.0], [0.0]]) == Sample(3, 0.5, 0.1875)
     # 2 of 2, 0 of 2, 1 of 2: p = 0.5, residuals 1 + 1 + 0, n_eff = 0.25 · 6² / 2 = 4.5
     assert stats.effective_counts([(2, 2), (0, 2), (1, 2)]) == (2.25, 4.5)
     assert stats.effective_counts([(1, 1), (0, 1), (0, 1)]) == (1.0, 3.0)  # independent: as is
     assert stats.effective_counts([(2, 2), (3, 3)]) == (2.0, 2.0)  # no failure: the customers
     assert stats.effective_counts([(1, 2), (1, 2)]) == (2.0, 4.0)  # never above the touches
+    # 1 of 1, 3 of 3, 0 of 2: p = 2/3, residuals 1/9 + 1 + 16/9 = 26/9, n_eff = (2/9)·36 / (26/9)
+    assert stats.effective_counts([(1, 1), (3, 3), (0, 2)]) == pytest.approx((24 / 13, 36 / 13))
+    # no success at all: the customers (those with a touch), whatever their touches
+    assert stats.effective_counts([(0, 2), (0, 3)]) == (0.0, 2.0)
+    assert stats.effective_counts([(2, 2), (0, 0), (3, 3)]) == (2.0, 2.0)
+    assert stats.effective_counts([(0, 0), (0, 0)]) == (0.0, 0.0)
 
 
 def test_a_single_customer_is_no_group() -> None:
