@@ -390,6 +390,8 @@ def test_clearly_lower_is_the_one_sided_paired_z_test_at_five_percent() -> None:
     assert clearly_lower(mixed, against)
     assert not clearly_lower(against, mixed)  # one-sided: higher is never clearly lower
     assert not clearly_lower(np.array([0.0]), np.array([1.0]))  # one pair: no spread to judge
+    # two pairs are enough: differences −1 and −0.5, mean −0.75, sd 0.3536, z −3.0
+    assert clearly_lower(np.array([0.0, 0.5]), np.array([1.0, 1.0]))
     assert not clearly_lower(np.array([np.inf, 0.0]), np.array([1.0, 1.0]))
     assert clearly_lower(np.array([5.0, 5.0]), np.array([np.inf, 0.0]))  # 0 forecast, bought
 

@@ -123,6 +123,14 @@ def test_welch_needs_two_units_a_group_and_takes_a_group_without_spread() -> Non
             stats.welch(*one)
 
 
+def test_the_interval_of_one_groups_mean_by_hand() -> None:
+    """1, 2, 3, 4: mean 2.5, variance 5/3, t(0.975, 3) = 3.18245 · √(5/12) = 2.05426."""
+    assert close(stats.mean_interval(Sample.of([1.0, 2.0, 3.0, 4.0])), 0.4457, 4.5543)
+    assert close(stats.mean_interval(Sample.of([1.0, 2.0, 3.0, 4.0]), 0.90), 0.9809, 4.0191)
+    with pytest.raises(ValueError, match="at least two units"):
+        stats.mean_interval(Sample.of([1.0]))
+
+
 def test_ratio_of_means_by_fieller_by_hand() -> None:
     first, second = Sample(100, 12.0, 400.0), Sample(100, 10.0, 300.0)
     a, b = 4.0, 3.0  # variance / n
@@ -135,6 +143,8 @@ def test_ratio_of_means_by_fieller_by_hand() -> None:
     assert interval == Interval((120 - root) / lead, (120 + root) / lead)
     assert close(interval, 0.7328, 1.9843)
     assert stats.ratio_of_means(Sample(100, 1.0, 1.0), Sample(100, 0.1, 400.0)) is None  # unbounded
+    assert stats.ratio_of_means(Sample(1, 12.0, 0.0), second) is None  # one unit: no group
+    assert stats.ratio_of_means(first, Sample(1, 10.0, 0.0)) is None
 
 
 @settings(max_examples=200, deadline=None)
