@@ -143,6 +143,16 @@ def test_ratio_of_means_by_fieller_by_hand() -> None:
     assert interval == Interval((120 - root) / lead, (120 + root) / lead)
     assert close(interval, 0.7328, 1.9843)
     assert stats.ratio_of_means(Sample(100, 1.0, 1.0), Sample(100, 0.1, 400.0)) is None  # unbounded
+    # no spread in either group: the ratio itself, or none for a control mean of 0
+    assert stats.ratio_of_means(Sample(5, 2.0, 0.0), Sample(5, 4.0, 0.0)) == Interval(0.5, 0.5)
+    assert stats.ratio_of_means(Sample(5, 2.0, 0.0), Sample(5, 0.0, 0.0)) is None
+    # two units a group: 2 against 6, a = b = 1, df 2, t² = 4.3027², lead 36 − t², and
+    # discriminant 12² − lead·(4 − t²)
+    t2 = scipy_stats.t.ppf(0.975, 2) ** 2
+    lead2, root2 = 36 - t2, math.sqrt(144 - (36 - t2) * (4 - t2))
+    pair = stats.ratio_of_means(Sample.of([1.0, 3.0]), Sample.of([5.0, 7.0]))
+    assert pair is not None
+    assert (pair.low, pair.high) == pytest.approx(((12 - root2) / lead2, (12 + root2) / lead2))
     assert stats.ratio_of_means(Sample(1, 12.0, 0.0), second) is None  # one unit: no group
     assert stats.ratio_of_means(first, Sample(1, 10.0, 0.0)) is None
 
