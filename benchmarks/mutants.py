@@ -4,6 +4,13 @@
         tests/campaigns/test_caps.py tests/campaigns/test_planner.py
     .venv/bin/python benchmarks/mutants.py recocamp/campaigns/caps.py tests/... --list
     .venv/bin/python benchmarks/mutants.py recocamp/campaigns/caps.py tests/... --only 3,17
+    .venv/bin/python benchmarks/mutants.py recocamp/measure/kpis.py --fork --lines 60-98 \
+        -- tests/measure/test_kpis.py -k "hand or empty or window"
+
+Everything after ``--`` goes to pytest as it is (a ``-k`` to leave out slow tests). ``--fork``
+runs each mutant's tests in a child forked from this process, with numpy, scipy and SQLAlchemy
+already imported, instead of a fresh interpreter that imports them again for every mutant;
+``--lines`` mutates one line range.
 
 A test suite that passes whatever the code does cannot fail, and a test that cannot fail is a
 defect. This script changes ONE thing in the file at a time (``<``↔``<=``, ``>``↔``>=``,
@@ -222,7 +229,16 @@ def _run_tests(tests: list[str], timeout: float) -> tuple[str, float]:
     return ("survived" if code == 0 else "killed"), time.monotonic() - started
 
 
-PRELOADED = ("pytest", "numpy", "scipy.stats", "sqlalchemy", "pydantic", "jinja2", "httpx")
+# not hypothesis or another pytest plugin: pytest warns that it cannot rewrite its asserts
+PRELOADED = (
+    "pytest",
+    "numpy",
+    "scipy.stats",
+    "sqlalchemy",
+    "pydantic",
+    "jinja2",
+    "httpx",
+)
 
 
 def _run_forked(tests: list[str], timeout: float) -> tuple[str, float]:
