@@ -4,7 +4,7 @@
         tests/campaigns/test_caps.py tests/campaigns/test_planner.py
     .venv/bin/python benchmarks/mutants.py recocamp/campaigns/caps.py tests/... --list
     .venv/bin/python benchmarks/mutants.py recocamp/campaigns/caps.py tests/... --only 3,17
-    .venv/bin/python benchmarks/mutants.py recocamp/measure/kpis.py --fork --lines 60-98 \
+    .venv/bin/python benchmarks/mutants.py recocamp/measure/kpis.py --fork --lines 60-98 \\
         -- tests/measure/test_kpis.py -k "hand or empty or window"
 
 Everything after ``--`` goes to pytest as it is (a ``-k`` to leave out slow tests). ``--fork``
@@ -17,10 +17,11 @@ defect. This script changes ONE thing in the file at a time (``<``↔``<=``, ``>
 ``==``↔``!=``, ``is``↔``is not``, ``in``↔``not in``, ``and``↔``or``, ``+``↔``-``, ``*``↔``/``,
 ``not x``→``x``, ``-x``→``x``, ``True``↔``False``, a number c→c+1, ``min``↔``max``,
 ``any``↔``all``, ``return x``→``return None``, an ``if`` whose branch is dropped, a
-comprehension's filter dropped), runs the given test files (``nice -n 10 pytest -q -x``), and
-records whether the tests killed the mutant, let it survive, or timed out. Each mutant is made
-from the file's AST but spliced into the original bytes, so the rest of the file (comments,
-layout) is untouched. The file is restored after every mutant, also on Ctrl-C or SIGTERM.
+conditional expression that always takes one side, a comprehension's filter dropped), runs
+the given test files (``nice -n 10 pytest -q -x``), and records whether the tests killed the
+mutant, let it survive, or timed out. Each mutant is made from the file's AST but spliced into
+the original bytes, so the rest of the file (comments, layout) is untouched. The file is
+restored after every mutant, also on Ctrl-C or SIGTERM.
 
 Bytecode: a mutant of the same size written within the same second as the original could be
 served from the original's ``.pyc`` (checked by mtime and size); each mutant gets its own
