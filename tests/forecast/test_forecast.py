@@ -456,6 +456,18 @@ def test_a_horizon_is_closed_once_the_data_reaches_its_last_day() -> None:
     assert not f.closed(700, 698) and not f.closed(700, None)
 
 
+def test_a_shop_without_purchases_keeps_the_default_and_says_so() -> None:
+    nothing = f.PurchaseDays.from_lines(
+        np.array([], dtype=str), np.array([], dtype=int), np.array([], dtype=float)
+    )
+    assert f.live_model(nothing, 100, 90) == f.LiveChoice(
+        "blend",
+        None,
+        "the horizon before, 1970-01-11 to 1970-04-10, is not closed: the data reaches none; "
+        "the default blend is used",
+    )
+
+
 def test_the_live_choice_needs_fifty_customers_on_the_split() -> None:
     """At 49 customers with a purchase day before the split's cutoff BG/NBD is used
     unjudged; at 50 the split decides (here for BG/NBD too, but chosen on it)."""
