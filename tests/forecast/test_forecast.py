@@ -469,14 +469,16 @@ def test_a_shop_without_purchases_keeps_the_default_and_says_so() -> None:
 
 
 def test_the_live_choice_needs_fifty_customers_on_the_split() -> None:
-    """At 49 customers with a purchase day before the split's cutoff BG/NBD is used
-    unjudged; at 50 the split decides (here for BG/NBD too, but chosen on it)."""
+    """Nobody before the split's cutoff: BG/NBD, unjudged; so at 49 customers with a purchase
+    day before it. At 50 the split decides (here for BG/NBD too, but chosen on it)."""
 
     def shop(customers: int) -> f.PurchaseDays:
         names = [f"c{c:03}" for c in range(customers) for _ in range(4)]
         days = [d for c in range(customers) for d in (0, 100 + c, 200 + 3 * c, 330 + c % 60)]
         return f.PurchaseDays.from_lines(np.array(names), np.array(days), np.ones(len(days)))
 
+    nobody_before = f.PurchaseDays.from_lines(np.array(["late"]), np.array([350]), np.ones(1))
+    assert f.live_model(nobody_before, 400, 90, 399) == f.LiveChoice("bgnbd", None, TOO_LITTLE)
     few = f.live_model(shop(49), 400, 90, newest_day=399)
     assert (few.model, few.chosen_on, few.reason) == ("bgnbd", None, TOO_LITTLE)
     enough = f.live_model(shop(50), 400, 90, newest_day=399)
