@@ -117,6 +117,10 @@ def test_repurchases_extended_by_new_orders_are_those_of_the_whole_history() -> 
     assert extended.due(NOW) == due_for_replenishment(whole, NOW) == ["coffee"]
     assert Repurchases.of(kept).due(NOW) == ["coffee"]  # every 30 days, 40 days ago
     assert extended.due(NOW, min_orders=5) == []
+    # an item never bought before starts its own times, without an interval yet
+    first = Repurchases.of(kept).extended([order(1, items=("soap",))])
+    assert first == Repurchases.of(history(*kept.orders, order(1, items=("soap",))))
+    assert "soap" in first.times and "soap" not in first.usual
 
 
 def test_last_contacted() -> None:

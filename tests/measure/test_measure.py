@@ -127,6 +127,8 @@ def test_the_interval_of_one_groups_mean_by_hand() -> None:
     """1, 2, 3, 4: mean 2.5, variance 5/3, t(0.975, 3) = 3.18245 · √(5/12) = 2.05426."""
     assert close(stats.mean_interval(Sample.of([1.0, 2.0, 3.0, 4.0])), 0.4457, 4.5543)
     assert close(stats.mean_interval(Sample.of([1.0, 2.0, 3.0, 4.0]), 0.90), 0.9809, 4.0191)
+    # two units: 1 and 3, mean 2, variance 2, t(0.975, 1) = 12.7062 · √(2 / 2)
+    assert close(stats.mean_interval(Sample.of([1.0, 3.0])), -10.7062, 14.7062)
     with pytest.raises(ValueError, match="at least two units"):
         stats.mean_interval(Sample.of([1.0]))
 
