@@ -216,6 +216,13 @@ def test_replenishment_is_due_exactly_at_the_usual_interval_and_ties_go_by_item(
     assert due_for_replenishment(h, NOW - timedelta(seconds=1)) == []
     assert due_for_replenishment(h, NOW, min_orders=2) == ["soap", "tea"]
     assert due_for_replenishment(h, NOW, min_orders=3) == []
+    assert Repurchases.of(h).due(NOW) == ["soap", "tea"]  # two orders are enough by default
+    # every 40 days (gaps 30 and 50), last 10 days ago: not due, whatever the order before
+    rice = history(
+        order(90, items=("rice",)), order(60, items=("rice",)), order(10, items=("rice",))
+    )
+    assert due_for_replenishment(rice, NOW) == []
+    assert due_for_replenishment(rice, NOW + timedelta(days=30)) == ["rice"]
 
 
 def test_rfm_scores_are_quintiles_of_rank_with_ties_at_their_average_rank() -> None:

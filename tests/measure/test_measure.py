@@ -152,6 +152,13 @@ def test_ratio_of_means_by_fieller_by_hand() -> None:
     # discriminant 12² − lead·(4 − t²)
     t2 = scipy_stats.t.ppf(0.975, 2) ** 2
     lead2, root2 = 36 - t2, math.sqrt(144 - (36 - t2) * (4 - t2))
+    # spread in one group only, a = 1, b = 0: df 1, t² = 12.7062², lead 16, discriminant
+    # 8² − 16·(4 − t²)
+    t1 = scipy_stats.t.ppf(0.975, 1) ** 2
+    one_sided = stats.ratio_of_means(Sample.of([1.0, 3.0]), Sample(5, 4.0, 0.0))
+    root1 = math.sqrt(64 - 16 * (4 - t1))
+    assert one_sided is not None
+    assert (one_sided.low, one_sided.high) == pytest.approx(((8 - root1) / 16, (8 + root1) / 16))
     pair = stats.ratio_of_means(Sample.of([1.0, 3.0]), Sample.of([5.0, 7.0]))
     assert pair is not None
     assert (pair.low, pair.high) == pytest.approx(((12 - root2) / lead2, (12 + root2) / lead2))
