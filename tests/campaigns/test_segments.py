@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -223,6 +224,9 @@ def test_replenishment_is_due_exactly_at_the_usual_interval_and_ties_go_by_item(
     )
     assert due_for_replenishment(rice, NOW) == []
     assert due_for_replenishment(rice, NOW + timedelta(days=30)) == ["rice"]
+    # naive times (no zone) measure the same intervals against a naive now
+    naive = History(tuple(replace(o, at=o.at.replace(tzinfo=None)) for o in h.orders))
+    assert due_for_replenishment(naive, NOW.replace(tzinfo=None)) == ["soap", "tea"]
 
 
 def test_rfm_scores_are_quintiles_of_rank_with_ties_at_their_average_rank() -> None:

@@ -221,6 +221,11 @@ def test_forecast_rows_hold_every_field_with_the_documented_meaning() -> None:
     assert b.next_purchase_by == f.day_of(15) and b.overdue_ratio == 2.0
     assert a.expected_revenue > 0 and a.lifetime_value >= a.expected_revenue
     assert json.loads(json.dumps(a.as_dict()))["next_purchase_by"] == "1970-01-31"
+    assert rows == f.forecast(shop, 25, 90, "naive", lifetime_days=365)  # a year by default
+    # nobody before as_of: no row; one customer alone (a, day 0) is forecast
+    assert f.forecast(shop, 0, 90, "naive") == []
+    (alone,) = f.forecast(shop, 1, 90, "naive")
+    assert alone.customer_id == "a" and alone.expected_purchase_days == 0.0
 
 
 def test_one_time_buyers_are_due_after_the_shops_typical_gap() -> None:
