@@ -4,6 +4,7 @@ they say, nothing after the cutoff is seen, and the store reads exactly the purc
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -221,6 +222,12 @@ def test_forecast_rows_hold_every_field_with_the_documented_meaning() -> None:
     assert b.next_purchase_by == f.day_of(15) and b.overdue_ratio == 2.0
     assert a.expected_revenue > 0 and a.lifetime_value >= a.expected_revenue
     assert json.loads(json.dumps(a.as_dict()))["next_purchase_by"] == "1970-01-31"
+    # one repeat customer is too few for Gamma-Gamma: a's own mean spend per purchase day,
+    # (1 + 10 + 2) / 3; the lifetime stretches it by BG/NBD's 365 days over its 90
+    assert a.expected_revenue == pytest.approx(a.expected_purchase_days * 13 / 3)
+    history = f.History.at(shop, 25)
+    stretch = history.expected(365)[0] / history.expected(90)[0]
+    assert a.lifetime_value == pytest.approx(a.expected_revenue * stretch)
     assert rows == f.forecast(shop, 25, 90, "naive", lifetime_days=365)  # a year by default
     # nobody before as_of: no row; one customer alone (a, day 0) is forecast
     assert f.forecast(shop, 0, 90, "naive") == []
@@ -297,7 +304,7 @@ def test_evaluation_scores_the_expectation_and_the_point_forecast() -> None:
     assert q.predicted_total == pytest.approx(3.8)  # totals stay expectations
 
 
-def _evaluation(models: dict[str, tuple[float | None, list[float]]]) -> Evaluation:
+def _evaluation(models: Mapping[str, tuple[float | None, list[float]]]) -> Evaluation:
     """A split's evaluation from each forecaster's AUC and per-customer log losses."""
 
     def q(auc_value: float | None, losses: list[float]) -> f.Quality:
