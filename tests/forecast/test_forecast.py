@@ -3,6 +3,7 @@ they say, nothing after the cutoff is seen, and the store reads exactly the purc
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
@@ -229,6 +230,7 @@ def test_forecast_rows_hold_every_field_with_the_documented_meaning() -> None:
     stretch = history.expected(365)[0] / history.expected(90)[0]
     assert a.lifetime_value == pytest.approx(a.expected_revenue * stretch)
     assert rows == f.forecast(shop, 25, 90, "naive", lifetime_days=365)  # a year by default
+    assert gc.isenabled()  # the collector paused while the rows were built runs again
     # nobody before as_of: no row; one customer alone (a, day 0) is forecast
     assert f.forecast(shop, 0, 90, "naive") == []
     (alone,) = f.forecast(shop, 1, 90, "naive")
