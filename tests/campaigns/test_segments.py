@@ -187,6 +187,7 @@ def test_lapsed_days_are_half_open_and_contacts_count_strictly_inside_the_window
     assert not last_contacted_within([NOW - timedelta(days=3)], NOW, 3)
     assert last_contacted_within([NOW - timedelta(days=3) + timedelta(seconds=1)], NOW, 3)
     assert last_contacted_within([NOW + timedelta(hours=9)], NOW, 3)
+    assert last_contacted_within([NOW - timedelta(days=10), NOW - timedelta(days=1)], NOW, 3)
     # no upper bound: any count or spend from the lower one up
     assert orders_between(h, 1) and orders_between(h, 2) and not orders_between(h, 1, 1)
     assert spend_between(h, 1.0) and spend_between(h, 20.0) and not spend_between(h, 1.0, 19.99)
@@ -242,6 +243,9 @@ def test_rfm_scores_are_quintiles_of_rank_with_ties_at_their_average_rank() -> N
     counts = {"a": 1, "b": 1, "c": 1, "d": 2, "e": 3}
     five = {c: history(*(order(1 + j) for j in range(n))) for c, n in counts.items()}
     assert [rfm_scores(five, NOW)[c].frequency for c in "abcde"] == [2, 2, 2, 4, 5]
+    # an order at ``now`` itself is the most recent of all (0 days, not "unknown")
+    recent = {"now": history(order(0)), "earlier": history(order(0.5))}
+    assert [rfm_scores(recent, NOW)[c].recency for c in ("now", "earlier")] == [3, 1]
 
 
 def test_the_rfm_segment_table_cell_by_cell() -> None:
