@@ -162,7 +162,9 @@ def stricter(
     defaults: CapPolicy, overrides: Mapping[str, int | time]
 ) -> tuple[CapPolicy, list[str]]:
     """Apply a campaign's cap overrides; returns the policy and the keys that would relax
-    the defaults (callers refuse those unless the shop allows relaxing)."""
+    the defaults (callers refuse those unless the shop allows relaxing). Quiet hours relax
+    the defaults unless they cover every quiet instant of the defaults: quiet hours as long
+    as the shop's but shifted (06:00–17:00 for 21:00–08:00) would let e-mails out at night."""
     policy = replace(defaults, **overrides)  # type: ignore[arg-type]
     relaxing = [
         key
@@ -171,12 +173,27 @@ def stricter(
     ]
     if policy.cooldown_days < defaults.cooldown_days:
         relaxing.append("cooldown_days")
-    if _quiet_minutes(policy) < _quiet_minutes(defaults):
+    if not _covers(_quiet_spans(policy), _quiet_spans(defaults)):
         relaxing.append("quiet_hours")
     return policy, relaxing
 
 
-def _quiet_minutes(policy: CapPolicy) -> int:
-    start = policy.quiet_start.hour * 60 + policy.quiet_start.minute
-    end = policy.quiet_end.hour * 60 + policy.quiet_end.minute
-    return (end - start) % (24 * 60)
+_DAY_SECONDS = 24 * 3600
+
+
+def _quiet_spans(policy: CapPolicy) -> list[tuple[int, int]]:
+    """The quiet hours as spans [from, to) of seconds of the day, cut at midnight."""
+    start, end = (
+        t.hour * 3600 + t.minute * 60 + t.second for t in (policy.quiet_start, policy.quiet_end)
+    )
+    if start == end:
+        return []  # no quiet hours (see in_quiet_hours)
+    if start < end:
+        return [(start, end)]
+    return [span for span in ((start, _DAY_SECONDS), (0, end)) if span[0] < span[1]]
+
+
+def _covers(spans: list[tuple[int, int]], others: list[tuple[int, int]]) -> bool:
+    """Whether every span of ``others`` lies within one of ``spans`` (the spans of one
+    policy neither overlap nor touch, but at midnight, where ``others`` are cut as well)."""
+    return all(any(low <= a and b <= high for low, high in spans) for a, b in others)

@@ -49,9 +49,15 @@ RISK_CUTS = (1 / 3, 2 / 3)  # p_active below the first: high risk; below the sec
 
 
 def risk_tier(p_active: float) -> str:
-    if p_active < RISK_CUTS[0]:
-        return "high"
-    return "medium" if p_active < RISK_CUTS[1] else "low"
+    """One customer's tier, by :func:`risk_tiers` (one definition for the rows and the tests)."""
+    return str(risk_tiers(np.array([p_active]))[0])
+
+
+def risk_tiers(p_active: np.ndarray) -> np.ndarray:
+    """``high`` below p_active 1/3, ``medium`` below 2/3, else ``low``, for every customer."""
+    return np.where(
+        p_active < RISK_CUTS[0], "high", np.where(p_active < RISK_CUTS[1], "medium", "low")
+    )
 
 
 def forecast(
@@ -69,9 +75,7 @@ def forecast(
     due = np.where(has_gap, history.last + np.floor(np.nan_to_num(gap)), 0).astype(int)
     due_dates = (np.datetime64("1970-01-01", "D") + due.astype("timedelta64[D]")).astype(object)
     p_active = 1.0 - np.exp(-expected)
-    risk = np.where(
-        p_active < RISK_CUTS[0], "high", np.where(p_active < RISK_CUTS[1], "medium", "low")
-    )
+    risk = risk_tiers(p_active)
     columns = zip(  # whole columns to Python at once: a loop per customer would take seconds
         purchases.customers[history.rows].astype(str).tolist(),
         expected.tolist(),

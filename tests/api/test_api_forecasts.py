@@ -18,6 +18,7 @@ from recocamp.api.forecasts import OBJECTED
 from recocamp.clock import FixedClock
 from recocamp.forecast.history import day_number
 from recocamp.forecast.outlook import forecast as forecast_now
+from recocamp.forecast.outlook import risk_tier
 from recocamp.store import forecasts as store
 from recocamp.store import runs
 from recocamp.store.schema import forecast_versions
@@ -108,7 +109,7 @@ def test_the_api_answers_the_stored_forecast(app: FastAPI) -> None:
     assert version is not None
     assert answer == forecast.document(version, row)
     assert (answer["as_of"], answer["horizon_days"]) == ("2012-01-05", 90)
-    assert answer["churn_risk"] in ("low", "medium", "high")
+    assert answer["churn_risk"] == risk_tier(row.p_active)
     median = forecast.poisson_median(np.array([row.expected_purchase_days]))[0]
     assert answer["likely_purchase_days"] == median  # from the stored expectation
     unknown = call(app, "GET", PATH.format("nobody-42"), headers=bearer("reader"))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from recocamp.campaigns.audience import history_of, snapshot
 from recocamp.campaigns.loyalty import Standing
+from recocamp.campaigns.predictive import LiveForecast
 from recocamp.domain import (
     ConsentBasis,
     Contact,
     Customer,
+    CustomerForecast,
     CustomerOrder,
     CustomerRecord,
     Item,
@@ -110,6 +113,32 @@ def test_a_customer_who_objected_to_profiling_has_no_rfm_segment() -> None:
     a, b = snapshot(rows, LoyaltySettings(), NOW).views
     assert a.rfm is not None and b.rfm is None
     assert b.history.count == 1 and b.standing is not None  # their own orders still count
+
+
+def test_an_objector_has_no_forecast_even_where_the_forecast_holds_a_row() -> None:
+    """The store leaves objectors out of the forecast; a row that is there anyway (an
+    objection recorded after the forecast was stored) is not planned with either."""
+    rows = PlanningRows(
+        customers=[
+            CustomerRecord(Customer("a", "a@example.com")),
+            CustomerRecord(Customer("b", "b@example.com", objected_to_profiling=True)),
+            CustomerRecord(Customer("c", "c@example.com")),
+        ],
+        orders=[order("a", "1", 5, 20.0, "mug"), order("b", "2", 200, 900.0, "mug")],
+        personal={},
+        contacts={},
+        suppressed=frozenset(),
+        items=ITEMS,
+        popular=[],
+    )
+    row = {"a": CustomerForecast("a", 0.5, 0.39, "medium", 10.0, 30.0, None, None)}
+    row["b"] = row["a"]._replace(customer_id="b")
+    live = LiveForecast.of("blend", date(2024, 6, 1), 90, row.values(), ZoneInfo("UTC"))
+    found = snapshot(rows, LoyaltySettings(), NOW, live)
+    a, b, c = found.views
+    assert (a.forecast, b.forecast, c.forecast) == (row["a"], None, None)
+    assert found.forecast is live
+    assert snapshot(rows, LoyaltySettings(), NOW).views[0].forecast is None
 
 
 def test_reviews_and_the_newsletter_sign_up_count_in_the_loyalty_standing() -> None:

@@ -187,3 +187,150 @@ def test_a_quiet_end_in_the_repeated_hour_never_wakes_before_now() -> None:
     wake = quiet_until(night, BERLIN, time(21, 0), time(2, 30))
     assert wake == datetime(2024, 10, 27, 2, 30, tzinfo=BERLIN, fold=1).astimezone(UTC)
     assert wake is not None and wake > night
+
+
+# --- boundaries: exactly at each cap, window edge and quiet-hour edge -----------------------
+
+
+@pytest.mark.parametrize(
+    ("history", "policy", "expected"),
+    [
+        # a contact exactly 24 h before ``now`` is outside the 24 h (windows are (now − 24 h, now])
+        ([ago(24)], POLICY, None),
+        ([ago(24 - 1 / 3600)], POLICY, Reason.CAPPED_24H),
+        # exactly at the cap: two allowed, two sent in the last 24 h
+        ([ago(2)], CapPolicy(max_per_24h=2), None),
+        ([ago(2), ago(3)], CapPolicy(max_per_24h=2), Reason.CAPPED_24H),
+        # seven days: the third contact exactly seven days (January: 168 h) before is outside
+        ([ago(25), ago(49), ago(7 * 24)], POLICY, None),
+        ([ago(25), ago(49), ago(7 * 24 - 1 / 3600)], POLICY, Reason.CAPPED_7D),
+        # the cooldown ends exactly seven calendar days after the campaign's last e-mail
+        ([ago(7 * 24, "winback")], POLICY, None),
+        ([ago(7 * 24 - 1 / 3600, "winback")], POLICY, Reason.COOLDOWN),
+        # a cooldown of 0 days never holds a campaign back
+        ([ago(25, "winback")], CapPolicy(cooldown_days=0), None),
+    ],
+)
+def test_caps_at_their_exact_edges(
+    history: list[Contact], policy: CapPolicy, expected: Reason | None
+) -> None:
+    assert check(history, policy, "winback", NOON, BERLIN).reason == expected
+
+
+def test_a_pause_ends_at_its_instant_and_a_weekly_preference_after_seven_days() -> None:
+    assert check([], POLICY, "c", NOON, BERLIN, paused_until=NOON).allowed
+    tick = timedelta(microseconds=1)
+    assert check([], POLICY, "c", NOON, BERLIN, paused_until=NOON + tick).reason == Reason.PAUSED
+    week = [ago(7 * 24)]
+    assert check(week, POLICY, "c", NOON, BERLIN, preference="weekly").allowed
+    nearly = [ago(7 * 24 - 1 / 3600)]
+    assert check(nearly, POLICY, "c", NOON, BERLIN, preference="weekly").reason == (
+        Reason.PREFERENCE
+    )
+
+
+@pytest.mark.parametrize(
+    ("local", "wake_local"),
+    [
+        ("2024-01-10 23:59", None),
+        ("2024-01-11 00:00", "2024-01-11 07:00"),  # wakes the same day, not the next
+        ("2024-01-11 06:59", "2024-01-11 07:00"),
+        ("2024-01-11 07:00", None),
+        ("2024-01-11 12:00", None),
+        # the night Berlin springs forward (02:00 → 03:00): still 07:00 local, 05:00 UTC
+        ("2024-03-31 03:30", "2024-03-31 07:00"),
+    ],
+)
+def test_quiet_hours_that_do_not_cross_midnight(local: str, wake_local: str | None) -> None:
+    policy = CapPolicy(quiet_start=time(0, 0), quiet_end=time(7, 0))
+    now = datetime.fromisoformat(local).replace(tzinfo=BERLIN).astimezone(UTC)
+    verdict = check([], policy, "c", now, BERLIN)
+    if wake_local is None:
+        assert verdict.allowed
+        return
+    assert verdict.deferred and verdict.send_at is not None
+    assert verdict.send_at == datetime.fromisoformat(wake_local).replace(tzinfo=BERLIN).astimezone(
+        UTC
+    )
+
+
+@pytest.mark.parametrize(
+    ("local", "wake_utc"),
+    [
+        # the spring-forward day in Berlin: 08:00 CEST is 06:00 UTC, 21:00 CEST is 19:00 UTC
+        ("2024-03-31 07:59", "2024-03-31 06:00"),
+        ("2024-03-31 08:00", None),
+        ("2024-03-31 20:59", None),
+        ("2024-03-31 21:00", "2024-04-01 06:00"),
+        # the fall-back day: 08:00 CET is 07:00 UTC, 21:00 CET is 20:00 UTC
+        ("2024-10-27 07:59", "2024-10-27 07:00"),
+        ("2024-10-27 08:00", None),
+        ("2024-10-27 21:00", "2024-10-28 07:00"),
+    ],
+)
+def test_the_quiet_hour_edges_on_the_days_berlin_changes_its_clocks(
+    local: str, wake_utc: str | None
+) -> None:
+    now = datetime.fromisoformat(local).replace(tzinfo=BERLIN).astimezone(UTC)
+    verdict = check([], POLICY, "c", now, BERLIN)
+    expected = None if wake_utc is None else datetime.fromisoformat(wake_utc).replace(tzinfo=UTC)
+    assert (verdict.allowed, verdict.send_at) == (wake_utc is None, expected)
+
+
+def test_equal_quiet_start_and_end_mean_no_quiet_hours() -> None:
+    policy = CapPolicy(quiet_start=time(22, 0), quiet_end=time(22, 0))
+    for hour in (3, 21, 22, 23):
+        now = datetime(2024, 1, 10, hour, 0, tzinfo=BERLIN).astimezone(UTC)
+        assert check([], policy, "c", now, BERLIN).allowed, hour
+
+
+def test_holdout_draws_are_the_documented_hash_pinned_at_the_share_edges() -> None:
+    """The draw is sha256("holdout:<campaign>:<customer>")'s first 8 bytes / 2⁶⁴ < percent /
+    100. Pinned with customers whose draws lie just either side of 1 %, 10 % and 50 %: a
+    changed draw would move customers between the groups of a running campaign, and a share
+    off by a little (percent / 101) would pass any test of the share alone."""
+    draws = {"812": 0.009805169806, "254": 0.012133530529, "1063": 0.099893189912}
+    draws |= {"1942": 0.100460477489, "483": 0.499994035516, "1909": 0.500410943661}
+    for customer, draw in draws.items():
+        for percent in (1, 10, 50):
+            assert in_holdout("winback", customer, percent) is (draw < percent / 100), customer
+    assert in_holdout("winback", "1063", 9.99) and not in_holdout("winback", "1063", 9.98)
+    assert in_holdout("winback", "812", 0.99) and not in_holdout("winback", "812", 0.98)
+    assert not in_holdout("birthday", "42", 50) and in_holdout("winback", "42", 20)
+
+
+def test_restating_the_defaults_relaxes_nothing_and_minutes_count() -> None:
+    same = {"max_per_24h": 1, "max_per_7d": 3, "cooldown_days": 7}
+    assert stricter(POLICY, {**same, "quiet_start": time(21, 0), "quiet_end": time(8, 0)}) == (
+        POLICY,
+        [],
+    )
+    # quiet until 07:30 is half an hour less quiet; until 08:30 half an hour more
+    assert stricter(POLICY, {"quiet_end": time(7, 30)})[1] == ["quiet_hours"]
+    assert stricter(POLICY, {"quiet_end": time(8, 30)})[1] == []
+    assert stricter(POLICY, {"quiet_start": time(21, 30)})[1] == ["quiet_hours"]
+    assert stricter(POLICY, {"max_per_7d": 4})[1] == ["max_per_7d"]
+
+
+@pytest.mark.parametrize(
+    ("defaults", "start", "end", "relaxes"),
+    [
+        (POLICY, time(6, 0), time(17, 0), True),  # as long as 21:00–08:00, but by day
+        (POLICY, time(0, 0), time(9, 0), True),  # longer, but 21:00–24:00 open
+        (POLICY, time(12, 0), time(12, 0), True),  # no quiet hours at all
+        (POLICY, time(20, 59, 59), time(8, 0, 1), False),
+        (CapPolicy(quiet_end=time(8, 30)), time(21, 0), time(8, 0, 45), True),  # seconds count
+        (CapPolicy(quiet_start=time(1, 0), quiet_end=time(5, 0)), time(0, 0), time(6, 0), False),
+        (CapPolicy(quiet_start=time(1, 0), quiet_end=time(5, 0)), time(23, 0), time(4, 0), True),
+        (CapPolicy(quiet_start=time(1, 0), quiet_end=time(5, 0)), time(23, 0), time(5, 0), False),
+        (CapPolicy(quiet_start=time(0, 0), quiet_end=time(6, 0)), time(22, 0), time(6, 0), False),
+        (CapPolicy(quiet_start=time(9, 0), quiet_end=time(9, 0)), time(1, 0), time(2, 0), False),
+    ],
+)
+def test_quiet_hours_relax_the_defaults_unless_they_cover_them(
+    defaults: CapPolicy, start: time, end: time, relaxes: bool
+) -> None:
+    """Stricter quiet hours are quiet whenever the shop's are: the length alone does not
+    say it (the first case was taken as stricter: 11 hours, as many as the shop's)."""
+    relaxing = stricter(defaults, {"quiet_start": start, "quiet_end": end})[1]
+    assert relaxing == (["quiet_hours"] if relaxes else [])

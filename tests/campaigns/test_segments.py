@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -119,6 +120,10 @@ def test_repurchases_extended_by_new_orders_are_those_of_the_whole_history() -> 
     assert extended.due(NOW) == due_for_replenishment(whole, NOW) == ["coffee"]
     assert Repurchases.of(kept).due(NOW) == ["coffee"]  # every 30 days, 40 days ago
     assert extended.due(NOW, min_orders=5) == []
+    # an item never bought before starts its own times, without an interval yet
+    first = Repurchases.of(kept).extended([order(1, items=("soap",))])
+    assert first == Repurchases.of(history(*kept.orders, order(1, items=("soap",))))
+    assert "soap" in first.times and "soap" not in first.usual
 
 
 def test_a_due_list_holds_until_an_item_falls_due_or_two_swap_places() -> None:
@@ -225,3 +230,97 @@ def test_segments_on_real_uci_customers(uci_slice_rows: tuple[list[str], list[li
     assert set(scores) == set(histories) and all(1 <= s.recency <= 5 for s in scores.values())
     most = max(histories, key=lambda c: histories[c].count)
     assert scores[most].frequency == 5
+
+
+# --- edges the rules above leave open ----------------------------------------------------
+
+
+def test_lapsed_days_are_half_open_and_contacts_count_strictly_inside_the_window() -> None:
+    """``lapsed_days = [min, max)``: a last order exactly ``min`` days ago is in, exactly
+    ``max`` days ago out; a contact exactly ``days`` ago is outside ``not_contacted_days``,
+    and one still to come (queued for the end of quiet hours) inside."""
+    h = history(order(200), order(90))
+    assert lapsed_between(h, NOW, 90, 180) and not lapsed_between(h, NOW, 30, 90)
+    assert lapsed_between(h, NOW, 89.5, 90.5)
+    assert not last_contacted_within([NOW - timedelta(days=3)], NOW, 3)
+    assert last_contacted_within([NOW - timedelta(days=3) + timedelta(seconds=1)], NOW, 3)
+    assert last_contacted_within([NOW + timedelta(hours=9)], NOW, 3)
+    assert last_contacted_within([NOW - timedelta(days=10), NOW - timedelta(days=1)], NOW, 3)
+    # no upper bound: any count or spend from the lower one up
+    assert orders_between(h, 1) and orders_between(h, 2) and not orders_between(h, 1, 1)
+    assert spend_between(h, 1.0) and spend_between(h, 20.0) and not spend_between(h, 1.0, 19.99)
+
+
+@pytest.mark.parametrize(
+    ("birthday", "today", "expected"),
+    [
+        (date(1992, 2, 29), date(2100, 2, 28), True),  # 2100 is no leap year
+        (date(1992, 2, 29), date(2000, 2, 28), False),  # 2000 is one: the 29th comes
+        (date(1992, 2, 29), date(2000, 2, 29), True),
+        (date(1992, 3, 1), date(2023, 2, 28), False),
+    ],
+)
+def test_a_leap_day_birthday_in_century_years(birthday: date, today: date, expected: bool) -> None:
+    instant = datetime(today.year, today.month, today.day, 12, tzinfo=UTC)
+    assert birthday_today(birthday, instant, ZoneInfo("UTC")) is expected
+
+
+def test_replenishment_is_due_exactly_at_the_usual_interval_and_ties_go_by_item() -> None:
+    h = history(
+        order(60, items=("tea", "soap")),
+        order(30, items=("tea", "soap")),
+        order(20, items=("salt",)),
+        order(20, items=("salt",)),  # twice at one instant: no interval to wait out
+    )
+    assert due_for_replenishment(h, NOW) == ["soap", "tea"]  # both exactly 30 of 30 days
+    assert due_for_replenishment(h, NOW - timedelta(seconds=1)) == []
+    assert due_for_replenishment(h, NOW, min_orders=2) == ["soap", "tea"]
+    assert due_for_replenishment(h, NOW, min_orders=3) == []
+    assert Repurchases.of(h).due(NOW) == ["soap", "tea"]  # two orders are enough by default
+    # every 40 days (gaps 30 and 50), last 10 days ago: not due, whatever the order before
+    rice = history(
+        order(90, items=("rice",)), order(60, items=("rice",)), order(10, items=("rice",))
+    )
+    assert due_for_replenishment(rice, NOW) == []
+    assert due_for_replenishment(rice, NOW + timedelta(days=30)) == ["rice"]
+    # naive times (no zone) measure the same intervals against a naive now
+    naive = History(tuple(replace(o, at=o.at.replace(tzinfo=None)) for o in h.orders))
+    assert due_for_replenishment(naive, NOW.replace(tzinfo=None)) == ["soap", "tea"]
+
+
+def test_rfm_scores_are_quintiles_of_rank_with_ties_at_their_average_rank() -> None:
+    """Ten customers with 1…10 orders of 10 each, all last bought yesterday: frequency and
+    monetary score 1 + ⌊5·rank / 10⌋ (two per quintile); the tied recency shares the average
+    rank 4.5, score 1 + ⌊5·4.5 / 10⌋ = 3. Five customers with 1, 1, 1, 2, 3 orders: the
+    three tied share rank 1, score 1 + ⌊5·1 / 5⌋ = 2; then 1 + ⌊5·3 / 5⌋ = 4 and 5."""
+    ten = {f"c{k:02}": history(*(order(1 + j) for j in range(k))) for k in range(1, 11)}
+    scores = rfm_scores(ten, NOW)
+    assert [scores[c].frequency for c in sorted(ten)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert [scores[c].monetary for c in sorted(ten)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert {scores[c].recency for c in ten} == {3}
+    counts = {"a": 1, "b": 1, "c": 1, "d": 2, "e": 3}
+    five = {c: history(*(order(1 + j) for j in range(n))) for c, n in counts.items()}
+    assert [rfm_scores(five, NOW)[c].frequency for c in "abcde"] == [2, 2, 2, 4, 5]
+    # an order at ``now`` itself is the most recent of all (0 days, not "unknown")
+    recent = {"now": history(order(0)), "earlier": history(order(0.5))}
+    assert [rfm_scores(recent, NOW)[c].recency for c in ("now", "earlier")] == [3, 1]
+
+
+def test_the_rfm_segment_table_cell_by_cell() -> None:
+    """Every recency (rows, 5 first) × combined frequency-monetary score (columns 1–5), as
+    the table in segments.RFM_SEGMENTS reads with its first match winning."""
+    grid = {
+        5: [
+            "new_customers",
+            "potential_loyalists",
+            "potential_loyalists",
+            "champions",
+            "champions",
+        ],
+        4: ["promising", "potential_loyalists", "potential_loyalists"] + ["loyal_customers"] * 2,
+        3: ["about_to_sleep", "need_attention", "need_attention"] + ["loyal_customers"] * 2,
+        2: ["hibernating", "hibernating", "at_risk", "at_risk", "cant_lose_them"],
+        1: ["lost", "lost", "at_risk", "at_risk", "cant_lose_them"],
+    }
+    for recency, names in grid.items():
+        assert [Rfm(recency, fm, fm).segment for fm in range(1, 6)] == names, recency

@@ -303,6 +303,7 @@ def basic(user: str, password: str) -> dict[str, str]:
     ],
 )
 def test_shared_secret_accepted(headers: dict[str, str]) -> None:
+    """Accepted: the check returns without raising (a refusal raises WebhookError)."""
     check_shared_secret(headers, "s3cret")
 
 
@@ -356,6 +357,7 @@ def signed(
 
 @pytest.mark.parametrize("age", [timedelta(0), timedelta(seconds=599), timedelta(seconds=-30)])
 def test_sendgrid_signature_accepted(age: timedelta) -> None:
+    """Accepted: the check returns without raising (a refusal raises WebhookError)."""
     check_sendgrid_signature(signed(SG_BODY, AT - age), SG_BODY, PUBLIC, AT)
 
 

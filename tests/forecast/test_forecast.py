@@ -3,7 +3,9 @@ they say, nothing after the cutoff is seen, and the store reads exactly the purc
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,7 +22,14 @@ from recocamp.errors import ModelError
 from recocamp.forecast import models as forecast_models
 from recocamp.forecast.evaluate import auc, calibration, log_loss, poisson_median, quality
 from recocamp.forecast.models import seasonal_level
-from recocamp.forecast.outlook import Evaluation, choose, clearly_lower, risk_tier
+from recocamp.forecast.outlook import (
+    TOO_LITTLE,
+    Evaluation,
+    choose,
+    clearly_lower,
+    data_reaches,
+    risk_tier,
+)
 from recocamp.settings import Settings, ShopSettings, load_settings
 from recocamp.store import forecasts as forecast_store
 from recocamp.store import queries
@@ -213,6 +222,18 @@ def test_forecast_rows_hold_every_field_with_the_documented_meaning() -> None:
     assert b.next_purchase_by == f.day_of(15) and b.overdue_ratio == 2.0
     assert a.expected_revenue > 0 and a.lifetime_value >= a.expected_revenue
     assert json.loads(json.dumps(a.as_dict()))["next_purchase_by"] == "1970-01-31"
+    # one repeat customer is too few for Gamma-Gamma: a's own mean spend per purchase day,
+    # (1 + 10 + 2) / 3; the lifetime stretches it by BG/NBD's 365 days over its 90
+    assert a.expected_revenue == pytest.approx(a.expected_purchase_days * 13 / 3)
+    history = f.History.at(shop, 25)
+    stretch = history.expected(365)[0] / history.expected(90)[0]
+    assert a.lifetime_value == pytest.approx(a.expected_revenue * stretch)
+    assert rows == f.forecast(shop, 25, 90, "naive", lifetime_days=365)  # a year by default
+    assert gc.isenabled()  # the collector paused while the rows were built runs again
+    # nobody before as_of: no row; one customer alone (a, day 0) is forecast
+    assert f.forecast(shop, 0, 90, "naive") == []
+    (alone,) = f.forecast(shop, 1, 90, "naive")
+    assert alone.customer_id == "a" and alone.expected_purchase_days == 0.0
 
 
 def test_one_time_buyers_are_due_after_the_shops_typical_gap() -> None:
@@ -284,10 +305,10 @@ def test_evaluation_scores_the_expectation_and_the_point_forecast() -> None:
     assert q.predicted_total == pytest.approx(3.8)  # totals stay expectations
 
 
-def _evaluation(models: dict[str, tuple[float, list[float]]]) -> Evaluation:
+def _evaluation(models: Mapping[str, tuple[float | None, list[float]]]) -> Evaluation:
     """A split's evaluation from each forecaster's AUC and per-customer log losses."""
 
-    def q(auc_value: float, losses: list[float]) -> f.Quality:
+    def q(auc_value: float | None, losses: list[float]) -> f.Quality:
         mean = float(np.mean(losses))
         return f.Quality(len(losses), 0.5, 0.5, mean, 1.0, 1.0, auc_value, 0.5, ())
 
@@ -321,6 +342,14 @@ def test_bgnbd_is_the_default_where_the_blend_ranks_worse_than_it() -> None:
     # a forecast of 0 for a customer who bought loses infinitely: never clearly better
     zero = {**tie, "naive": (0.75, [np.inf, *[0.0] * 99])}
     assert choose(_evaluation(zero)) == "blend"
+
+
+def test_where_no_forecaster_can_be_ranked_the_blend_stays() -> None:
+    """Every customer of the split bought: no AUC for anybody (None). None ranks worse than
+    BG/NBD, so all qualify and the default is the blend, as on a tie."""
+    losses = [1.0] * 50 + [0.0] * 50
+    undefined = {"naive": (None, losses), "bgnbd": (None, losses), "blend": (None, losses)}
+    assert choose(_evaluation(undefined)) == "blend"
 
 
 def test_the_choice_scores_the_mean_where_an_mae_prefers_a_forecast_biased_to_zero() -> None:
@@ -374,6 +403,8 @@ def test_clearly_lower_is_the_one_sided_paired_z_test_at_five_percent() -> None:
     assert clearly_lower(mixed, against)
     assert not clearly_lower(against, mixed)  # one-sided: higher is never clearly lower
     assert not clearly_lower(np.array([0.0]), np.array([1.0]))  # one pair: no spread to judge
+    # two pairs are enough: differences −1 and −0.5, mean −0.75, sd 0.3536, z −3.0
+    assert clearly_lower(np.array([0.0, 0.5]), np.array([1.0, 1.0]))
     assert not clearly_lower(np.array([np.inf, 0.0]), np.array([1.0, 1.0]))
     assert clearly_lower(np.array([5.0, 5.0]), np.array([np.inf, 0.0]))  # 0 forecast, bought
 
@@ -436,6 +467,52 @@ def test_the_choice_of_the_live_forecaster_sees_no_day_at_or_after_as_of() -> No
 def test_a_horizon_is_closed_once_the_data_reaches_its_last_day() -> None:
     assert f.closed(700, 699) and f.closed(700, 800)  # its last day is 699
     assert not f.closed(700, 698) and not f.closed(700, None)
+
+
+def test_a_shop_without_purchases_keeps_the_default_and_says_so() -> None:
+    nothing = f.PurchaseDays.from_lines(
+        np.array([], dtype=str), np.array([], dtype=int), np.array([], dtype=float)
+    )
+    assert f.live_model(nothing, 100, 90) == f.LiveChoice(
+        "blend",
+        None,
+        "the horizon before, 1970-01-11 to 1970-04-10, is not closed: the data reaches none; "
+        "the default blend is used",
+    )
+
+
+def test_the_live_choice_needs_fifty_customers_on_the_split() -> None:
+    """Nobody before the split's cutoff: BG/NBD, unjudged; so at 49 customers with a purchase
+    day before it. At 50 the split decides (here for BG/NBD too, but chosen on it)."""
+
+    def shop(customers: int) -> f.PurchaseDays:
+        names = [f"c{c:03}" for c in range(customers) for _ in range(4)]
+        days = [d for c in range(customers) for d in (0, 100 + c, 200 + 3 * c, 330 + c % 60)]
+        return f.PurchaseDays.from_lines(np.array(names), np.array(days), np.ones(len(days)))
+
+    nobody_before = f.PurchaseDays.from_lines(np.array(["late"]), np.array([350]), np.ones(1))
+    assert f.live_model(nobody_before, 400, 90, 399) == f.LiveChoice("bgnbd", None, TOO_LITTLE)
+    few = f.live_model(shop(49), 400, 90, newest_day=399)
+    assert (few.model, few.chosen_on, few.reason) == ("bgnbd", None, TOO_LITTLE)
+    enough = f.live_model(shop(50), 400, 90, newest_day=399)
+    assert enough.chosen_on is not None and enough.reason == "chosen on the horizon before"
+    assert next(iter(enough.chosen_on.qualities.values())).customers == 50
+
+
+@pytest.mark.parametrize(
+    ("today", "reaches"),
+    [
+        (50, 100),  # a clock before the data: the data's own newest day
+        (100, 100),
+        (101, 100),  # yesterday is the newest purchase day
+        (105, 104),  # a quiet yesterday has passed all the same
+        (108, 107),  # seven quiet days still count as recorded
+        (109, 107),  # the eighth is past what the store can vouch for
+        (400, 107),  # an old export: nothing of the months since
+    ],
+)
+def test_the_data_reaches_yesterday_for_at_most_seven_quiet_days(today: int, reaches: int) -> None:
+    assert data_reaches(100, today) == reaches
 
 
 def test_the_live_choice_keeps_the_default_on_a_horizon_past_the_data_or_without_purchases() -> (

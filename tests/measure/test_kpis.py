@@ -147,3 +147,29 @@ def test_the_window_depends_on_the_instant_not_its_zone() -> None:
     edge = kpis.OrderTotal("o1", "a", datetime(2011, 9, 10, 23, 30, tzinfo=UTC), 10.0)
     in_london = kpis.compute([edge], london, 90)
     assert in_london.orders == kpis.compute([edge], london.astimezone(UTC), 90).orders == 0
+
+
+def test_window_edges_and_guests_of_the_previous_window() -> None:
+    """Both windows are half-open, [as_of − W, as_of) and [as_of − 2W, as_of − W): an order
+    exactly W days before ``as_of`` is in the window, exactly 2W days before in the previous
+    one. A guest order of the previous window is nobody who could churn."""
+    orders = [
+        order("p1", "a", 60, 10),  # previous window, at its first instant
+        order("p2", "b", 45, 10),
+        order("g0", None, 40, 10),  # a guest: not a previous-window customer
+        order("o1", "a", 30, 40),  # the window, at its first instant
+        order("o2", "c", 30.5, 99),  # previous window's last half day: c is no customer now
+    ]
+    result = kpis.compute(orders, AS_OF, 30)
+    assert (result.orders, result.customers, result.guest_orders) == (1, 1, 0)
+    assert result.average_order_value == 40.0
+    # previous window: a, b and c; a bought again, b and c did not
+    assert result.churn_rate == pytest.approx(2 / 3)
+    assert result.clv == pytest.approx(40.0 * 1.0 * 3 / 2)
+    assert result.guest_checkout_rate == 0.0 and result.repeat_purchase_rate == 0.0
+    printed = result.as_dict()  # what ``recocamp kpis`` prints
+    assert (printed["as_of"], printed["window_days"], printed["orders"]) == (
+        "2024-07-01T00:00:00+00:00",
+        30,
+        1,
+    )

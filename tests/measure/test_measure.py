@@ -41,11 +41,37 @@ def test_wilson_matches_published_values() -> None:
         stats.wilson(11, 10)
 
 
+def test_the_quantile_the_edges_and_the_helpers_of_an_interval() -> None:
+    """z at 95 % and 90 % (1.959964, 1.644854); a confidence outside (0, 1) is refused; a
+    rate of no trials may be anything; an interval holds both its ends."""
+    assert stats.z_value() == pytest.approx(1.959964, abs=1e-6)
+    assert stats.z_value(0.90) == pytest.approx(1.644854, abs=1e-6)
+    for bad in (0.0, 1.0, 1.5, -0.5):
+        with pytest.raises(ValueError, match="confidence must lie in"):
+            stats.z_value(bad)
+    assert stats.wilson(0, 0) == Interval(0.0, 1.0)
+    # the edges are exact: the formula gives 2.8e-17 for the lower limit of 0/10
+    assert stats.wilson(0, 10).low == 0.0 and stats.wilson(17, 17).high == 1.0  # not 1 − 2e-16
+    assert close(stats.wilson(1, 10), 0.0179, 0.4042)  # one success: a lower limit above 0
+    # 81/263 at 90 %: centre (p + z²/2n) / (1 + z²/n), half z / (1 + z²/n) · √(p(1 − p)/n + z²/4n²)
+    z, n, p = 1.6448536, 263, 81 / 263
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    ninety = stats.wilson(81, 263, 0.90)
+    assert (ninety.low, ninety.high) == pytest.approx((centre - half, centre + half), abs=1e-7)
+    assert Interval(-1.0, 0.0).contains(0.0) and Interval(0.0, 1.0).contains(0.0)
+    assert not Interval(0.0, 1.0).contains(-1e-12) and not Interval(0.0, 1.0).contains(1.0 + 1e-12)
+    assert Interval(0.1, 0.25).scaled(100) == Interval(10.0, 25.0)
+
+
 def test_newcombe_hybrid_score_matches_the_paper() -> None:
     # Newcombe (1998b), Table II, method 10
     assert close(stats.newcombe(56, 70, 48, 80), 0.0524, 0.3339)
     assert close(stats.newcombe(9, 10, 3, 10), 0.1705, 0.8090)
     assert close(stats.newcombe(5, 56, 0, 29), -0.0381, 0.1926)
+    for empty in ((0, 0, 1, 2), (1, 2, 0, 0)):
+        with pytest.raises(ValueError, match="both groups need at least one unit"):
+            stats.newcombe(*empty)
 
 
 def test_risk_ratio_by_hand() -> None:
@@ -57,7 +83,12 @@ def test_risk_ratio_by_hand() -> None:
         ratio, round(1.5 * math.exp(-1.959964 * se), 4), round(1.5 * math.exp(1.959964 * se), 4)
     )
     assert close(ratio, 0.9160, 2.4564)
-    assert stats.risk_ratio(0, 100, 20, 100) is None
+    assert stats.risk_ratio(0, 100, 20, 100) is None and stats.risk_ratio(30, 100, 0, 100) is None
+    # one success each: RR 1, se √(1 − 0.1 + 1 − 0.1) = √1.8, limits e^(∓1.959964·√1.8)
+    spread = 1.959964 * math.sqrt(1.8)
+    assert close(
+        stats.risk_ratio(1, 10, 1, 10), round(math.exp(-spread), 4), round(math.exp(spread), 4)
+    )
 
 
 def test_welch_by_hand_and_against_scipy() -> None:
@@ -77,6 +108,31 @@ def test_welch_by_hand_and_against_scipy() -> None:
     )
 
 
+def test_welch_needs_two_units_a_group_and_takes_a_group_without_spread() -> None:
+    """1 and 3 against 2 and 2: difference 0, a = 2 / 2, b = 0, df = a² / (a² / 1) = 1, so the
+    half-width is t(0.975, 1) = 12.7062 · √1; both groups without spread: zero width."""
+    assert close(stats.welch(Sample.of([1.0, 3.0]), Sample.of([2.0, 2.0])), -12.7062, 12.7062)
+    assert stats.welch(Sample.of([2.0, 2.0]), Sample.of([1.0, 1.0, 1.0])) == Interval(1.0, 1.0)
+    # equal spreads, a = b = 1: df = 4 / 2 = 2, half-width t(0.975, 2) · √2 = 4.3027 · 1.4142
+    assert close(stats.welch(Sample.of([1.0, 3.0]), Sample.of([5.0, 7.0])), -10.0849, 2.0849)
+    for one in (
+        (Sample.of([1.0]), Sample.of([1.0, 2.0])),
+        (Sample.of([1.0, 2.0]), Sample(1, 1, 0)),
+    ):
+        with pytest.raises(ValueError, match="at least two units per group"):
+            stats.welch(*one)
+
+
+def test_the_interval_of_one_groups_mean_by_hand() -> None:
+    """1, 2, 3, 4: mean 2.5, variance 5/3, t(0.975, 3) = 3.18245 · √(5/12) = 2.05426."""
+    assert close(stats.mean_interval(Sample.of([1.0, 2.0, 3.0, 4.0])), 0.4457, 4.5543)
+    assert close(stats.mean_interval(Sample.of([1.0, 2.0, 3.0, 4.0]), 0.90), 0.9809, 4.0191)
+    # two units: 1 and 3, mean 2, variance 2, t(0.975, 1) = 12.7062 · √(2 / 2)
+    assert close(stats.mean_interval(Sample.of([1.0, 3.0])), -10.7062, 14.7062)
+    with pytest.raises(ValueError, match="at least two units"):
+        stats.mean_interval(Sample.of([1.0]))
+
+
 def test_ratio_of_means_by_fieller_by_hand() -> None:
     first, second = Sample(100, 12.0, 400.0), Sample(100, 10.0, 300.0)
     a, b = 4.0, 3.0  # variance / n
@@ -89,6 +145,25 @@ def test_ratio_of_means_by_fieller_by_hand() -> None:
     assert interval == Interval((120 - root) / lead, (120 + root) / lead)
     assert close(interval, 0.7328, 1.9843)
     assert stats.ratio_of_means(Sample(100, 1.0, 1.0), Sample(100, 0.1, 400.0)) is None  # unbounded
+    # no spread in either group: the ratio itself, or none for a control mean of 0
+    assert stats.ratio_of_means(Sample(5, 2.0, 0.0), Sample(5, 4.0, 0.0)) == Interval(0.5, 0.5)
+    assert stats.ratio_of_means(Sample(5, 2.0, 0.0), Sample(5, 0.0, 0.0)) is None
+    # two units a group: 2 against 6, a = b = 1, df 2, t² = 4.3027², lead 36 − t², and
+    # discriminant 12² − lead·(4 − t²)
+    t2 = scipy_stats.t.ppf(0.975, 2) ** 2
+    lead2, root2 = 36 - t2, math.sqrt(144 - (36 - t2) * (4 - t2))
+    # spread in one group only, a = 1, b = 0: df 1, t² = 12.7062², lead 16, discriminant
+    # 8² − 16·(4 − t²)
+    t1 = scipy_stats.t.ppf(0.975, 1) ** 2
+    one_sided = stats.ratio_of_means(Sample.of([1.0, 3.0]), Sample(5, 4.0, 0.0))
+    root1 = math.sqrt(64 - 16 * (4 - t1))
+    assert one_sided is not None
+    assert (one_sided.low, one_sided.high) == pytest.approx(((8 - root1) / 16, (8 + root1) / 16))
+    pair = stats.ratio_of_means(Sample.of([1.0, 3.0]), Sample.of([5.0, 7.0]))
+    assert pair is not None
+    assert (pair.low, pair.high) == pytest.approx(((12 - root2) / lead2, (12 + root2) / lead2))
+    assert stats.ratio_of_means(Sample(1, 12.0, 0.0), second) is None  # one unit: no group
+    assert stats.ratio_of_means(first, Sample(1, 10.0, 0.0)) is None
 
 
 @settings(max_examples=200, deadline=None)
@@ -290,11 +365,23 @@ def test_clustered_sample_and_effective_counts_by_hand() -> None:
     # residuals (1 − 1.5)² + (2 − 1)² + (0 − 0.5)² = 1.5, M̄ = 2: variance 1.5 / (2 · 4)
     assert Sample.clustered([[1.0, 0.0, 0.0], [1.0, 1.0], [0.0]]) == Sample(3, 0.5, 0.1875)
     assert Sample.clustered([[2.0], [4.0]]) == Sample.of([2.0, 4.0])  # one touch each: plain
+    # no unit, one unit, one customer: no spread to estimate; a customer without touches
+    # is no cluster
+    assert Sample.of([]) == Sample(0, 0.0, 0.0) and Sample.of([5.0]) == Sample(1, 5.0, 0.0)
+    assert Sample.clustered([[], []]) == Sample(0, 0.0, 0.0)
+    assert Sample.clustered([[1.0, 2.0], []]) == Sample(1, 1.5, 0.0)
+    assert Sample.clustered([[1.0, 0.0, 0.0], [], [1.0, 1.0], [0.0]]) == Sample(3, 0.5, 0.1875)
     # 2 of 2, 0 of 2, 1 of 2: p = 0.5, residuals 1 + 1 + 0, n_eff = 0.25 · 6² / 2 = 4.5
     assert stats.effective_counts([(2, 2), (0, 2), (1, 2)]) == (2.25, 4.5)
     assert stats.effective_counts([(1, 1), (0, 1), (0, 1)]) == (1.0, 3.0)  # independent: as is
     assert stats.effective_counts([(2, 2), (3, 3)]) == (2.0, 2.0)  # no failure: the customers
     assert stats.effective_counts([(1, 2), (1, 2)]) == (2.0, 4.0)  # never above the touches
+    # 1 of 1, 3 of 3, 0 of 2: p = 2/3, residuals 1/9 + 1 + 16/9 = 26/9, n_eff = (2/9)·36 / (26/9)
+    assert stats.effective_counts([(1, 1), (3, 3), (0, 2)]) == pytest.approx((24 / 13, 36 / 13))
+    # no success at all: the customers (those with a touch), whatever their touches
+    assert stats.effective_counts([(0, 2), (0, 3)]) == (0.0, 2.0)
+    assert stats.effective_counts([(2, 2), (0, 0), (3, 3)]) == (2.0, 2.0)
+    assert stats.effective_counts([(0, 0), (0, 0)]) == (0.0, 0.0)
 
 
 def test_a_single_customer_is_no_group() -> None:
