@@ -241,7 +241,10 @@ class Rfm:
 
     @property
     def segment(self) -> str:
-        fm = round((self.frequency + self.monetary) / 2)
+        """The first of ``RFM_SEGMENTS`` whose recency and F+M ranges hold the scores. The
+        F+M score is the mean of the two rounded half up: (2, 3) is 3 as (3, 4) is 4
+        (Python's round goes half to even, which made the first 2 and the second 4)."""
+        fm = (self.frequency + self.monetary + 1) // 2
         for name, (r_low, r_high), (fm_low, fm_high) in RFM_SEGMENTS:
             if r_low <= self.recency <= r_high and fm_low <= fm <= fm_high:
                 return name

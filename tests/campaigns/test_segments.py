@@ -324,3 +324,18 @@ def test_the_rfm_segment_table_cell_by_cell() -> None:
     }
     for recency, names in grid.items():
         assert [Rfm(recency, fm, fm).segment for fm in range(1, 6)] == names, recency
+
+
+@pytest.mark.parametrize(
+    ("frequency", "monetary", "combined"),
+    [(1, 2, 2), (2, 3, 3), (3, 4, 4), (4, 5, 5), (1, 4, 3), (2, 5, 4), (1, 5, 3), (5, 4, 5)],
+)
+def test_the_combined_score_is_the_mean_rounded_half_up(
+    frequency: int, monetary: int, combined: int
+) -> None:
+    """Half-way means go up whichever scores make them (half to even gave (2, 3) a 2 and
+    (3, 4) a 4): read through the recency-2 row, whose segments change between 2 and 3 and
+    between 4 and 5."""
+    row = ["hibernating", "hibernating", "at_risk", "at_risk", "cant_lose_them"]
+    assert Rfm(2, frequency, monetary).segment == row[combined - 1]
+    assert Rfm(2, monetary, frequency).segment == row[combined - 1]
