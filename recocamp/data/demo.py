@@ -80,7 +80,7 @@ def _synthetic(importer: Importer, settings: Settings, demo_dir: Path) -> list[I
     with importer.engine.begin() as connection:
         erased = tombstones.erased_ids(connection, importer.erasure_key, shop.countries, "the demo")
         countries = {cid: c for cid, c in shop.countries.items() if cid not in erased}
-        queries.add_missing_customers(connection, countries, importer.now)
+        queries.add_missing_customers(connection, countries, importer.now, importer.default_locale)
     return reports
 
 

@@ -636,7 +636,7 @@ class Importer:
         catalog = found.catalog.items()
         queries.add_missing_items(connection, catalog, self.now)
         countries = {key: value for key, value in found.countries.items() if key not in erased}
-        known = queries.add_missing_customers(connection, countries, self.now)
+        known = queries.add_missing_customers(connection, countries, self.now, self.default_locale)
         return {"items_catalogued": len(catalog), "customers_added": known}
 
     def _write_customers(self, path: Path, fmt: str, sha: str) -> ImportReport:

@@ -314,15 +314,16 @@ def order_totals(
 
 
 def add_missing_customers(
-    connection: sa.Connection, countries: dict[str, str], now: datetime
+    connection: sa.Connection, countries: dict[str, str], now: datetime, locale: str
 ) -> int:
-    """Create bare customer rows (id and country, no consent) for ids seen in orders."""
+    """Create bare customer rows (id, country and the shop's default ``locale``, no consent)
+    for ids seen in orders (the column's server default "en" is not the shop's)."""
     before = count(connection, customers)
     statement = upsert_statement(connection, customers).on_conflict_do_nothing(
         index_elements=["id"]
     )
     rows = [
-        {"id": customer_id, "country": country or None, "updated_at": now}
+        {"id": customer_id, "country": country or None, "locale": locale, "updated_at": now}
         for customer_id, country in sorted(countries.items())
     ]
     for chunk in _chunks(rows):

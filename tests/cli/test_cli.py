@@ -87,6 +87,21 @@ def test_imported_customers_without_a_locale_get_the_shops_default_locale(workdi
     assert found == {"c1": "de", "c2": "en", "c3": "de"}
 
 
+def test_customers_an_online_retail_file_adds_get_the_shops_default_locale(workdir: Path) -> None:
+    """The online-retail format adds a bare row for every customer its orders name; it took
+    the column's server default "en", and a later PUT /v1/customers without a locale kept
+    it: a German shop (default "de") mailed them in English."""
+    runner.invoke(app, ["db", "upgrade"])
+    header = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice"]
+    row = ["536365", "85123A", "HEART", "6", "2010-12-01 08:26:00", "2.55", "17850", "Germany"]
+    path = write_csv(workdir / "retail.csv", [*header, "CustomerID", "Country"], [row])
+    result = runner.invoke(app, ["import", "purchases", "--format", "online-retail", str(path)])
+    assert result.exit_code == 0, result.output
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        found = dict(connection.execute(sa.select(customers.c.id, customers.c.locale)).all())
+    assert found == {"17850": "de"}
+
+
 def test_bad_settings_exit_2_naming_the_key(workdir: Path) -> None:
     (workdir / "settings.toml").write_text('[shop]\ntime_zone = "Mars/Base"\n')
     result = runner.invoke(app, ["db", "upgrade"])
