@@ -426,6 +426,7 @@ ATTRIBUTE_FILTERS = frozenset(
     {"map", "sort", "unique", "min", "max", "sum", "groupby", "selectattr", "rejectattr"}
 )
 POSITIONAL_ATTRIBUTE = frozenset({"groupby", "selectattr", "rejectattr"})
+MULTI_ATTRIBUTE = frozenset({"sort"})  # attribute='a,b': Jinja's make_multi_attrgetter
 
 
 def contract_problems(
@@ -535,7 +536,10 @@ class ContractReads(NodeVisitor):
             for path in named:
                 if isinstance(path, nodes.Const) and isinstance(path.value, str):
                     each = f"{_spelled(node.node)}[]"
-                    self._path(node, contract.element(kind), path.value, each)
+                    # sort reads each key of a comma-separated list ("price,title")
+                    keys = path.value.split(",") if node.name in MULTI_ATTRIBUTE else [path.value]
+                    for key in keys:
+                        self._path(node, contract.element(kind), key, each)
         return None
 
     def _attr(self, node: nodes.Filter, kind: object, name: object) -> None:

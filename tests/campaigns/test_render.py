@@ -151,6 +151,8 @@ def test_unknown_variables_and_attributes_fail_check_with_their_line(tmp_path: P
         ),
         ("<p>\n{{ offers|sort(attribute='prise')|first }}", 2, "offers[].prise"),
         ("<p>\n{{ survey.scores|selectattr('scor')|list }}", 2, "survey.scores[].scor"),
+        # sort reads each of a comma-separated list of keys (Jinja's make_multi_attrgetter)
+        ("<p>\n{{ offers|sort(attribute='price,titel')|first }}", 2, "offers[].titel"),
     ],
 )
 def test_check_names_each_key_outside_the_contract_with_its_line(
@@ -176,6 +178,7 @@ def test_check_names_each_key_outside_the_contract_with_its_line(
         "{{ customer.id.zfill(6) }} {{ campaign.variant.upper() if campaign.variant }}",  # methods
         "{{ offers|map(attribute='title')|join }} {{ (offers|sort(attribute='price')|first).url }}"
         "{{ customer|attr('items') is defined }} {{ survey.scores|selectattr('url')|list|length }}",
+        "{% for o in offers|sort(attribute='price,title') %}{{ o.title }}{% endfor %}",  # two keys
     ],
 )
 def test_check_accepts_what_the_contract_has(tmp_path: Path, body: str) -> None:
