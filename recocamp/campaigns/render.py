@@ -294,7 +294,8 @@ class Renderer:
         size = len(line.encode("utf-16-le")) // 2
         if size > SUBJECT_MAX:
             message = f"the subject is {size:,} characters long: at most {SUBJECT_MAX:,}"
-            raise TemplateLimitError(SUBJECT, [Problem(message, value=line[:60] + "…")])
+            # the template, what to shorten: the rendered line holds a customer's data
+            raise TemplateLimitError(SUBJECT, [Problem(message, value=subject)])
         return line
 
     def body(self, html: str, text: str, context: Mapping[str, object]) -> tuple[str, str]:

@@ -878,6 +878,19 @@ def test_a_subject_is_at_most_what_the_provider_takes() -> None:
     assert problem is not None and "2,007 characters long: at most 2,000" in problem
 
 
+def test_a_subject_too_long_is_named_by_its_template_not_by_a_customers_data() -> None:
+    """The error goes to the worker's log and the run's report: it quotes the subject's
+    template, which is what to shorten, never the rendered line with a customer's address."""
+    renderer = Renderer(TEMPLATES)
+    customer = {**sample_context()["customer"], "email": "jane.doe@example.test"}
+    context = {**sample_context(), "customer": customer}
+    subject = "{{ customer.email }} " + "x" * 2000
+    with pytest.raises(TemplateLimitError) as caught:
+        renderer.subject(subject, context)
+    assert "@" not in str(caught.value)
+    assert "{{ customer.email }}" in str(caught.value)
+
+
 def test_a_template_saved_with_a_byte_order_mark_prints_none(tmp_path: Path) -> None:
     """Windows editors save UTF-8 with a byte order mark: read as text it is U+FEFF, which
     Jinja printed before the layout's doctype and at the start of the text part. Stripped
