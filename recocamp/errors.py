@@ -225,17 +225,27 @@ class TransientDeliveryError(DeliveryError):
     ``retry_after`` is the provider's hint in seconds (Retry-After, rate-limit reset).
     ``ambiguous`` means the provider may have accepted the messages before the failure (a
     read timeout, a dropped connection): the sender must look them up before resending.
+    ``status`` is the HTTP status of the provider's answer (None: no answer came): a 502 or
+    504 is ambiguous and still an answer of an overloaded provider, to back off from.
     """
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, ambiguous: bool = False
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        ambiguous: bool = False,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.ambiguous = ambiguous
+        self.status = status
 
     def __reduce__(self) -> tuple[object, ...]:
-        rebuild = partial(type(self), retry_after=self.retry_after, ambiguous=self.ambiguous)
+        rebuild = partial(
+            type(self), retry_after=self.retry_after, ambiguous=self.ambiguous, status=self.status
+        )
         return rebuild, self.args
 
 

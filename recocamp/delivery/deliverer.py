@@ -317,8 +317,9 @@ class Deliverer:
     def _unhinted_wait(self, exc: TransientDeliveryError) -> float | None:
         """How long to send nothing after a 429/5xx that names no wait: ``retry_base_s`` the
         first time, doubling with each such answer in a row, up to ``retry_max_s``. None for
-        an ambiguous failure (a timeout), which is looked up, not a refusal."""
-        if exc.ambiguous:
+        an ambiguous failure without an answer (a timeout), which is looked up, not a refusal;
+        a 502 or 504 is looked up too, and is a refusal (it was asked again at once)."""
+        if exc.ambiguous and exc.status is None:
             return None
         self.refusals += 1
         base, cap = self.settings.retry_base_s, self.settings.retry_max_s

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI, Response
 
 from recocamp.campaigns.render import Renderer
 from recocamp.campaigns.run import plan_run
@@ -415,3 +416,51 @@ def test_429s_without_a_wait_hold_every_batch_ever_longer(engine: sa.Engine) -> 
     # pauses of 1, 2, 4, 8, 16, 32 s, then 60 s: 7 + 9 requests in 10 minutes (before: ~600)
     assert 12 <= len(answers) <= 20, len(answers)
     assert states(engine) == Counter({"queued": 2}) and fake.messages == []
+
+
+def gateway(status: int) -> FastAPI:
+    """A Postmark whose gateway answers every send ``status`` (no Retry-After) and whose
+    search finds nothing: what an overloaded provider behind a load balancer does."""
+    app = FastAPI()
+
+    @app.post("/email/batch")
+    def send() -> Response:
+        return Response("Bad Gateway", status)
+
+    @app.get("/messages/outbound")
+    def search() -> dict[str, object]:
+        return {"TotalCount": 0, "Messages": []}
+
+    return app
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateways_502_or_504_holds_every_batch_ever_longer_too(
+    engine: sa.Engine, status: int
+) -> None:
+    """A 502 or 504 may have gone through (the messages are looked up, and cost no attempt),
+    but it is still an HTTP answer naming no wait: the deliverer held nothing and asked the
+    overloaded provider again every second or two, as for the 429s above."""
+    store(engine, [email(0), email(1)])
+    clock = FixedClock(NOW)
+    sends: list[int] = []
+    with running(gateway(status)) as url:
+        provider = Postmark(url, "t", "shop@example.test")
+        provider.client.event_hooks["response"].append(
+            lambda r: sends.append(r.status_code) if r.request.method == "POST" else None
+        )
+        try:
+            Deliverer(
+                engine,
+                provider,
+                ESP,  # retry_base_s 1, retry_max_s 60
+                clock,
+                sleep=Sleeper(clock),
+                rng=random.Random(1),
+                stopping=lambda: clock.now() >= NOW + timedelta(minutes=10),
+            ).drain(max_wait_s=3600)
+        finally:
+            provider.close()
+    assert set(sends) == {status}
+    assert 12 <= len(sends) <= 20, len(sends)  # pauses of 1, 2, 4 … 60 s (before: hundreds)
+    assert states(engine) == Counter({"queued": 2})

@@ -70,6 +70,7 @@ def _raise_for_status(provider: str, response: httpx.Response) -> None:
             f"{provider}: HTTP {status}",
             retry_after=retry_after(response.headers),
             ambiguous=status in (502, 504),
+            status=status,
         )
     if status == 413:
         raise BatchTooLargeError(f"{provider}: HTTP 413, the request is too large")
