@@ -17,6 +17,7 @@ line is one JSON object with the means per shop kind, level and forecaster.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import defaultdict
@@ -140,6 +141,9 @@ def shops() -> list[tuple[str, str, f.PurchaseDays, tuple[int, ...]]]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # no options: --help says what it measures
     live = models.seasonal_level
     sums: dict[str, list[float]] = defaultdict(list)
     for kind, name, purchases, cutoffs in shops():

@@ -68,7 +68,7 @@ holdout_percent = 0
 [schedule]
 cron = "0 9 * * THU"
 [audience]
-lapsed_days = [0, 100000]
+lapsed_days = [0, 36500]
 [offer]
 mode = "mixed"
 items = 4

@@ -46,7 +46,7 @@ holdout_percent = 0
 cron = "0 9 1 1 *"
 time_zone = "Europe/London"
 [audience]
-lapsed_days = [0, 100000]
+lapsed_days = [0, 36500]
 [offer]
 mode = "mixed"
 items = 4
