@@ -174,7 +174,13 @@ def test_first_offerable_skips_unknown_unavailable_and_the_item_itself() -> None
     assert [item.id for item, _ in first_offerable(ranked, ITEMS, 1)] == ["c"]
 
 
-@pytest.mark.parametrize(("percent", "expected"), [(None, None), (0.0, None), (15.0, 6.8)])
-def test_discounted_price(percent: float | None, expected: float | None) -> None:
-    offer = Offer("c", "Cup", "kitchen", 8.0, 1.0, "", discount_percent=percent)
-    assert offer.discounted_price == expected  # 8.00 less 15 % is 6.80
+@pytest.mark.parametrize(
+    ("price", "percent", "expected"),
+    [(8.0, None, None), (8.0, 0.0, None), (8.0, 15.0, 6.8), (9.99, 15.0, 8.49)],
+)
+def test_discounted_price_is_in_cents(
+    price: float, percent: float | None, expected: float | None
+) -> None:
+    """8.00 less 15 % is 6.80; 9.99 less 15 % is 8.4915, shown as 8.49."""
+    offer = Offer("c", "Cup", "kitchen", price, 1.0, "", discount_percent=percent)
+    assert offer.discounted_price == expected
