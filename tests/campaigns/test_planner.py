@@ -232,3 +232,13 @@ def test_a_consent_given_after_now_does_not_count_yet() -> None:
     later = view(consent_at=NOW + timedelta(days=3))
     assert run(campaign(), later) == (Outcome.SKIP, "no_consent")
     assert run(campaign(), view(consent_at=NOW - timedelta(seconds=1)))[0] is Outcome.SEND
+
+
+def test_a_survey_is_sent_without_offers() -> None:
+    """An NPS mail asks for a score and offers nothing, whatever its ``[offer]`` says."""
+    survey = decide(campaign(type="nps"), view(), CONTEXT, caps.CapPolicy())
+    assert (survey.outcome, survey.reason, survey.offers) == (Outcome.SEND, "eligible", ())
+
+
+def test_a_consent_given_at_now_counts() -> None:
+    assert run(campaign(), view(consent_at=NOW)) == (Outcome.SEND, "eligible")
