@@ -5,11 +5,19 @@ Pure functions with a fixed clock; the links are checked by verifying their toke
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from recocamp import tokens
 from recocamp.campaigns import compose
 from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.offers import Offer
+from recocamp.campaigns.planner import CustomerView, Decision, Outcome
+from recocamp.campaigns.render import Renderer
+from recocamp.campaigns.segments import History
+from recocamp.domain import ConsentBasis, Customer
 from recocamp.settings import ApiSettings, Settings
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 KEY = b"k" * 32
 NOW = datetime(2024, 6, 4, 10, 0, tzinfo=UTC)
@@ -74,3 +82,57 @@ def test_an_nps_mail_has_eleven_answer_links_and_an_offer_mail_none() -> None:
     assert [a["score"] for a in answers] == list(range(11))
     assert link.feedback is not None
     assert answers[7]["url"] == link.feedback("spring/2024-06-04") + "&score=7"
+
+
+def offer_mail(email: str | None = "c1@example.test") -> tuple[Decision, CustomerView, Campaign]:
+    spring = Campaign(
+        name="winback",
+        schedule={"cron": "0 10 * * TUE"},
+        template={
+            "subject": {"en": "Hi {{ customer.first_name }}"},
+            "html": "winback.html",
+            "text": "winback.txt",
+        },
+    )
+    customer = Customer("c1", email, "Anna", "en", consent_basis=ConsentBasis.DOUBLE_OPT_IN)
+    mug = Offer("mug", "Blue Mug", "kitchen", 8.0, 1.0, "popular this week")
+    decision = Decision("winback", "c1", Outcome.SEND, "eligible", (mug,))
+    return decision, CustomerView(customer, History(())), spring
+
+
+def test_an_e_mail_is_rendered_now_unless_its_body_is_deferred() -> None:
+    decision, view, spring = offer_mail()
+    link = compose.links(Settings(), KEY, "c1", "winback", NOW)
+    renderer = Renderer(TEMPLATES)
+    now = compose.compose(decision, view, spring, Settings(), renderer, link, "winback/c1/d")
+    assert (now.to, now.subject, now.campaign, now.template) == (
+        "c1@example.test",
+        "Hi Anna",
+        "winback",
+        None,
+    )
+    assert "Blue Mug" in now.text and "Blue Mug" in now.html
+    assert now.headers == compose.headers("winback/c1/d", link)
+    later = compose.compose(
+        decision, view, spring, Settings(), renderer, link, "winback/c1/d", defer_body=True
+    )
+    assert (later.subject, later.html, later.text) == ("Hi Anna", "", "")
+    assert later.template is not None and later.template.html == "winback.html"
+
+
+def test_an_e_mail_to_nobody_has_an_empty_address_not_none() -> None:
+    decision, view, spring = offer_mail(email=None)
+    link = compose.links(Settings(), KEY, "c1", "winback", NOW)
+    email = compose.compose(decision, view, spring, Settings(), Renderer(TEMPLATES), link, "k")
+    assert email.to == ""
+
+
+def test_a_preview_shows_the_offers_it_is_given_else_the_decisions() -> None:
+    decision, view, spring = offer_mail()
+    link = compose.links(Settings(), KEY, "c1", "winback", NOW)
+    renderer = Renderer(TEMPLATES)
+    own = compose.render_for(decision, view, spring, Settings(), renderer, link)
+    assert own.subject == "Hi Anna" and "Blue Mug" in own.text
+    cup = Offer("cup", "Red Cup", "kitchen", 6.0, 1.0, "popular this week")
+    other = compose.render_for(decision, view, spring, Settings(), renderer, link, (cup,))
+    assert "Red Cup" in other.text and "Blue Mug" not in other.text
