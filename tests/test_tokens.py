@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from recocamp.tokens import TokenError, email_hashes, keyed_hash, sign, verify
+from recocamp.tokens import Claims, TokenError, email_hashes, id_hashes, keyed_hash, sign, verify
 
 KEY = b"k" * 32
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -121,3 +121,32 @@ def test_claims_are_the_json_encoders_bytes_for_any_string(text: str) -> None:
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_a_token_lives_max_age_days_whole_days_and_not_a_day_more() -> None:
+    """400 days by default: a token of day 0 is valid through the last second before day 401."""
+    token = sign(KEY, "1", "winback", "unsubscribe", NOW)
+    last = NOW + timedelta(days=401) - timedelta(seconds=1)
+    assert verify(KEY, token, "unsubscribe", last).issued_at == NOW
+    with pytest.raises(TokenError, match="expired"):
+        verify(KEY, token, "unsubscribe", NOW + timedelta(days=401))
+    assert verify(KEY, token, "unsubscribe", NOW + timedelta(days=30), max_age_days=30)
+    with pytest.raises(TokenError, match="expired"):
+        verify(KEY, token, "unsubscribe", NOW + timedelta(days=31), max_age_days=30)
+
+
+def test_verify_returns_every_claim_and_the_survey_only_when_signed() -> None:
+    plain = verify(KEY, sign(KEY, "c1", "winback", "feedback", NOW), "feedback", NOW)
+    assert plain == Claims("c1", "winback", "feedback", NOW, None)
+    survey = sign(KEY, "c1", "nps", "feedback", NOW, "nps/2024-06-01")
+    assert verify(KEY, survey, "feedback", NOW) == Claims(
+        "c1", "nps", "feedback", NOW, "nps/2024-06-01"
+    )
+
+
+def test_id_hashes_cover_both_unicode_forms_of_an_id_and_ascii_ids_once() -> None:
+    assert id_hashes(KEY, "10042") == (keyed_hash(KEY, "customer", "10042"),)
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    expected = (keyed_hash(KEY, "customer", composed), keyed_hash(KEY, "customer", decomposed))
+    assert id_hashes(KEY, composed) == expected  # as given (composed), NFD
+    assert id_hashes(KEY, decomposed) == (expected[1], expected[0])  # as given, NFC

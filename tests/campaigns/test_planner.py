@@ -19,6 +19,8 @@ from recocamp.campaigns.planner import (
     counts,
     decide,
     plan,
+    reason_code,
+    with_detail,
 )
 from recocamp.campaigns.segments import History, Order
 from recocamp.domain import ConsentBasis, Customer, Item
@@ -232,3 +234,24 @@ def test_a_consent_given_after_now_does_not_count_yet() -> None:
     later = view(consent_at=NOW + timedelta(days=3))
     assert run(campaign(), later) == (Outcome.SKIP, "no_consent")
     assert run(campaign(), view(consent_at=NOW - timedelta(seconds=1)))[0] is Outcome.SEND
+
+
+def test_a_survey_is_sent_without_offers() -> None:
+    """An NPS mail asks for a score and offers nothing, whatever its ``[offer]`` says."""
+    survey = decide(campaign(type="nps"), view(), CONTEXT, caps.CapPolicy())
+    assert (survey.outcome, survey.reason, survey.offers) == (Outcome.SEND, "eligible", ())
+
+
+def test_a_consent_given_at_now_counts() -> None:
+    assert run(campaign(), view(consent_at=NOW)) == (Outcome.SEND, "eligible")
+
+
+def test_a_reason_with_words_fits_the_column_of_100_characters() -> None:
+    """``code — words``; a reason longer than the column is cut to 99 characters and "…"."""
+    assert with_detail("eligible", None) == with_detail("eligible", "") == "eligible"
+    assert with_detail("eligible", "lapsed 100 days") == "eligible — lapsed 100 days"
+    fits = "x" * (100 - len("eligible — "))
+    assert with_detail("eligible", fits) == f"eligible — {fits}"
+    cut = with_detail("eligible", fits + "yz")
+    assert cut == f"eligible — {fits[:-1]}…" and len(cut) == 100
+    assert reason_code(cut) == "eligible"

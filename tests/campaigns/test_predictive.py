@@ -480,3 +480,14 @@ def test_only_an_order_with_a_product_line_since_as_of_counts_as_ordered_since()
     assert not live.ordered_since(History((before, order(midnight))))  # service lines only
     assert live.ordered_since(History((before, order(midnight, "i1"))))
     assert live.ordered_since(History((order(midnight, "i1"), order(midnight, "POST"))))
+
+
+def test_a_skip_by_another_audience_rule_does_not_give_the_forecasts_words(
+    engine: sa.Engine,
+) -> None:
+    """The forecast's words go with the forecast keys' own verdict: a customer the forecast
+    matches but who fails ``min_orders`` is skipped for that alone, and says nothing of it."""
+    shop(engine)
+    planned = plan_run(engine, SETTINGS, campaign(churn_risk=["high"], min_orders=2), NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    assert reasons["a"] == reasons["c"] == "not_in_audience:orders"
