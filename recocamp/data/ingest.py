@@ -641,11 +641,17 @@ class Importer:
 
     def _write_customers(self, path: Path, fmt: str, sha: str) -> ImportReport:
         stamps = sources.Timestamps(self.zone)
+        columns: set[str] = set()
+
+        def parse(row: dict[str, str]) -> Customer:
+            columns.update(row)  # the header's names: every row holds them all
+            return sources.customer_row(row, stamps, self.now, self.default_locale)
+
         rows: list[Customer]
         rows, skipped, read = _parse(
             path,
             (sources.CUSTOMER_COLUMNS, sources.CUSTOMER_OPTIONAL),
-            lambda row: sources.customer_row(row, stamps, self.now, self.default_locale),
+            parse,
             self.progress,
             self.max_listed,
             _customer_id,
@@ -663,7 +669,10 @@ class Importer:
                 rows = [row for row in rows if row.id not in erased]
                 skipped = {**skipped, "erased": len(erased)}
             run_id = self._begin_run(connection, "customers", fmt, path, sha, read)
-            queries.upsert_customers(connection, rows, self.now)
+            # a column the file does not have changes nothing stored: a feed without consent
+            # or birthday columns reset every customer's consent to "none" and birthday to none
+            absent = [name for name in sources.CUSTOMER_OPTIONAL if name not in columns]
+            queries.upsert_customers(connection, rows, self.now, keep=absent)
             report = ImportReport("customers", fmt, str(path), read, len(rows), 0, skipped)
             self._finish(connection, run_id, report)
         return report

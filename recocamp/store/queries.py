@@ -203,18 +203,22 @@ def add_missing_items(connection: sa.Connection, rows: Sequence[Item], now: date
     return count(connection, items) - before
 
 
-def upsert_customers(connection: sa.Connection, rows: Sequence[Customer], now: datetime) -> int:
+def upsert_customers(
+    connection: sa.Connection, rows: Sequence[Customer], now: datetime, keep: Iterable[str] = ()
+) -> int:
     """Profile and consent data from a feed. Unsubscribes and erasures recorded by recocamp
     are never touched, and a feed can set an objection to profiling but never clear one
-    (withdrawing it is the customer's own act, through recocamp); personal recommendation
-    lists and stored forecasts of objecting customers are dropped in the same transaction."""
+    (withdrawing it is the customer's own act, through recocamp); the columns in ``keep``
+    (those the feed does not carry) are written for new customers only. Personal
+    recommendation lists and stored forecasts of objecting customers are dropped in the
+    same transaction."""
     protected = ("unsubscribed_at", "erased_at")
     values = [
         {k: v for k, v in dict(asdict(row), updated_at=now).items() if k not in protected}
         for row in rows
     ]
     merge = {"objected_to_profiling": sa.or_}
-    written = _upsert(connection, customers, values, (), merge)
+    written = _upsert(connection, customers, values, keep, merge)
     drop_unprofiled_recommendations(connection)
     drop_unprofiled_forecasts(connection)
     return written

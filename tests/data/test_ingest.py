@@ -10,7 +10,7 @@ import os
 import shutil
 import threading
 import time
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -404,6 +404,41 @@ def erased_shop(engine: sa.Engine, tmp_path: Path, settings: Settings) -> None:
 def people(engine: sa.Engine) -> dict[str, str | None]:
     with engine.connect() as connection:
         return dict(connection.execute(sa.select(customers.c.id, customers.c.email)).all())
+
+
+def test_a_feed_without_a_column_changes_nothing_it_does_not_carry(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """A shop's nightly feed of names and addresses only: the consent, locale and birthday
+    recorded before (by a fuller file, the API, the preferences page) stay. They were reset
+    to "none", the default locale and no birthday by every such import: the shop stopped
+    mailing everyone who had opted in. A new customer in that feed gets the defaults."""
+    full = ["id", "email", "locale", "consent_basis", "consent_at", "consent_source", "birthday"]
+    first = [
+        ["c1", "a@example.test", "de", "double_opt_in", "2024-01-01T00:00:00Z", "web", "1990-02-28"]
+    ]
+    importer(engine).customers(write_csv(tmp_path / "full.csv", full, first))
+    slim = [["c1", "a@example.test", "Anne"], ["c2", "b@example.test", "Bo"]]
+    importer(engine).customers(
+        write_csv(tmp_path / "slim.csv", ["id", "email", "first_name"], slim)
+    )
+    with engine.connect() as connection:
+        rows = {r.id: r for r in connection.execute(sa.select(customers))}
+    kept = rows["c1"]
+    assert (kept.first_name, kept.locale, kept.consent_basis, kept.consent_source) == (
+        "Anne",
+        "de",
+        "double_opt_in",
+        "web",
+    )
+    assert kept.birthday == date(1990, 2, 28) and kept.consent_at is not None
+    new = rows["c2"]
+    assert (new.locale, new.consent_basis, new.consent_at, new.birthday) == (
+        "en",
+        "none",
+        None,
+        None,
+    )
 
 
 def test_a_re_import_never_brings_an_erased_customer_back(
