@@ -117,14 +117,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
-    # SQLite's own lower() folds ASCII only: "JÜRGEN@…" and "jürgen@…" would be two
-    # addresses to a privacy request (store.privacy matches addresses by lower()), one to
-    # PostgreSQL. Python's folds every letter; no index or trigger of ours uses lower().
-    dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
-
-
-def _lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
 
 
 # alembic (with mako and pygments, 0.1 s) is imported when a migration is looked at: a

@@ -71,8 +71,9 @@ class Ties:
     def by_address(self, email: str) -> Any:
         """Rows holding ``email`` in any case and in any of the Unicode forms it is known by
         (``domain.address_forms``): a second account typed on another keyboard holds the same
-        address decomposed."""
-        forms = address_forms(email)
+        address decomposed. SQLite's ``lower()`` folds ASCII letters only, so each form is
+        also asked for with its other letters in either case (:func:`cased_forms`)."""
+        forms = cased_forms(address_forms(email))
         return sa.or_(*[sa.func.lower(c).in_(forms) for c in self.address])
 
     def where(self, subject: Subject) -> Any:
@@ -80,6 +81,32 @@ class Ties:
         if subject.email and self.address and not subject.exclusive:
             clauses.append(self.by_address(subject.email))
         return sa.or_(*clauses) if clauses else sa.false()
+
+
+CASED_LETTERS = 6  # non-ASCII letters of an address asked for in both cases (2**6 forms)
+
+
+def cased_forms(forms: tuple[str, ...]) -> tuple[str, ...]:
+    """``forms`` (lower-case) and each with its first ``CASED_LETTERS`` non-ASCII letters in
+    every mix of cases that has one character per letter: what SQLite's ASCII-only
+    ``lower()`` makes of ``JÜRGEN@…`` is ``jÜrgen@…``. (PostgreSQL's ``lower()`` folds them
+    all; the extra forms match nothing there.)"""
+    found: dict[str, None] = {}
+    for form in forms:
+        letters = [i for i, ch in enumerate(form) if _casable(ch)][:CASED_LETTERS]
+        for mask in range(2 ** len(letters)):
+            chars = list(form)
+            for bit, i in enumerate(letters):
+                if mask >> bit & 1:
+                    chars[i] = chars[i].upper()
+            found["".join(chars)] = None
+    return tuple(found)
+
+
+def _casable(ch: str) -> bool:
+    """A non-ASCII letter with a one-character capital (not ß: its capital is SS)."""
+    upper = ch.upper()
+    return not ch.isascii() and len(upper) == 1 and upper != ch
 
 
 @dataclass(frozen=True, slots=True)
