@@ -486,27 +486,23 @@ class LimitedEnvironment(SandboxedEnvironment):
 
     def _guard(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         """``func`` with its input and expected output size checked before it runs."""
-        pass_arg = getattr(func, "jinja_pass_arg", None)
-        skip = 1 if pass_arg is not None else 0
+        return _Guarded(self, name, func)
 
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            self._tick()
-            front, values = args[:skip], list(args[skip:])
-            if name == "join" and values:
-                values[0] = list(values[0])
-            if values:
-                self._check_size(size_of(values[0], self.limits.max_output_chars), name)
-                self._check_size(filter_size(name, values, kwargs, self.limits), name)
-                if name == "wordwrap":
-                    _check_wrap(values, kwargs)
-                if name == "round":
-                    self._check_round(values, kwargs)
-            return self._made(func(*front, *values, **kwargs))
-
-        guarded.__name__ = getattr(func, "__name__", name)
-        if pass_arg is not None:
-            guarded.jinja_pass_arg = pass_arg  # type: ignore[attr-defined]
-        return guarded
+    def _guarded_call(
+        self, name: str, func: Callable[..., Any], skip: int, /, *args: Any, **kwargs: Any
+    ) -> Any:
+        self._tick()
+        front, values = args[:skip], list(args[skip:])
+        if name == "join" and values:
+            values[0] = list(values[0])
+        if values:
+            self._check_size(size_of(values[0], self.limits.max_output_chars), name)
+            self._check_size(filter_size(name, values, kwargs, self.limits), name)
+            if name == "wordwrap":
+                _check_wrap(values, kwargs)
+            if name == "round":
+                self._check_round(values, kwargs)
+        return self._made(func(*front, *values, **kwargs))
 
     def _concat(self, parts: Iterable[str]) -> str:
         """Blocks, macros and ``{% set %}`` blocks join their buffers with this."""
@@ -608,6 +604,25 @@ class LimitedEnvironment(SandboxedEnvironment):
             f"{operator} would make a number of more than {self.limits.max_int_bits:,} "
             "bits ([templates] max_int_bits)"
         )
+
+
+class _Guarded:
+    """A filter of a :class:`LimitedEnvironment`, checked before it runs
+    (``LimitedEnvironment._guarded_call``). An object, not a closure: every environment
+    wrapped its ~50 filters in closures, and allocating their cells is where Python 3.11's
+    collector may run over a frame it has not finished setting up and crash the process
+    (cpython#111629: a segmentation fault "Garbage-collecting" in ``_guard``, twice in CI)."""
+
+    def __init__(self, env: LimitedEnvironment, name: str, func: Callable[..., Any]) -> None:
+        self.env, self.name, self.func = env, name, func
+        pass_arg = getattr(func, "jinja_pass_arg", None)
+        self.skip = 1 if pass_arg is not None else 0
+        if pass_arg is not None:
+            self.jinja_pass_arg = pass_arg  # Jinja reads it to pass the context or environment
+        self.__name__ = getattr(func, "__name__", name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.env._guarded_call(self.name, self.func, self.skip, *args, **kwargs)
 
 
 class _MeasuredLiterals(NodeTransformer):
