@@ -386,6 +386,23 @@ def test_a_second_big_run_at_once_starts_no_processes_at_the_same_rate(
     assert states(engine) == Counter({"queued": 3})
 
 
+def drain_for_ten_minutes(engine: sa.Engine, provider: Postmark, clock: FixedClock) -> None:
+    """Deliver until 10 minutes have passed on ``clock``, which the sleeps move (``ESP``:
+    retry_base_s 1, retry_max_s 60); the provider is closed after."""
+    try:
+        Deliverer(
+            engine,
+            provider,
+            ESP,
+            clock,
+            sleep=Sleeper(clock),
+            rng=random.Random(1),
+            stopping=lambda: clock.now() >= NOW + timedelta(minutes=10),
+        ).drain(max_wait_s=3600)
+    finally:
+        provider.close()
+
+
 def test_429s_without_a_wait_hold_every_batch_ever_longer(engine: sa.Engine) -> None:
     """Postmark documents no Retry-After on its 429 (nor a rate-limit header): a 429 that names
     no wait costs the messages no attempt, so their own backoff never grew, and the deliverer
@@ -400,18 +417,7 @@ def test_429s_without_a_wait_hold_every_batch_ever_longer(engine: sa.Engine) -> 
     with running(create_fake(fake)) as url:
         provider = Postmark(url, "t", "shop@example.test")
         provider.client.event_hooks["response"].append(lambda r: answers.append(r.status_code))
-        try:
-            Deliverer(
-                engine,
-                provider,
-                ESP,  # retry_base_s 1, retry_max_s 60
-                clock,
-                sleep=Sleeper(clock),
-                rng=random.Random(1),
-                stopping=lambda: clock.now() >= NOW + timedelta(minutes=10),
-            ).drain(max_wait_s=3600)
-        finally:
-            provider.close()
+        drain_for_ten_minutes(engine, provider, clock)
     assert set(answers) == {429}
     # pauses of 1, 2, 4, 8, 16, 32 s, then 60 s: 7 + 9 requests in 10 minutes (before: ~600)
     assert 12 <= len(answers) <= 20, len(answers)
@@ -449,18 +455,7 @@ def test_a_gateways_502_or_504_holds_every_batch_ever_longer_too(
         provider.client.event_hooks["response"].append(
             lambda r: sends.append(r.status_code) if r.request.method == "POST" else None
         )
-        try:
-            Deliverer(
-                engine,
-                provider,
-                ESP,  # retry_base_s 1, retry_max_s 60
-                clock,
-                sleep=Sleeper(clock),
-                rng=random.Random(1),
-                stopping=lambda: clock.now() >= NOW + timedelta(minutes=10),
-            ).drain(max_wait_s=3600)
-        finally:
-            provider.close()
+        drain_for_ten_minutes(engine, provider, clock)
     assert set(sends) == {status}
     assert 12 <= len(sends) <= 20, len(sends)  # pauses of 1, 2, 4 … 60 s (before: hundreds)
     assert states(engine) == Counter({"queued": 2})
