@@ -40,7 +40,7 @@ import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from recocamp.errors import ModelError
-from recocamp.recommender import repeat
+from recocamp.recommender import bounded, repeat
 from recocamp.recommender.baselines import Popularity, RepeatFrequency
 from recocamp.recommender.matrix import DAY, TrainingData
 from recocamp.recommender.ranking import Recommender, normalised
@@ -96,6 +96,7 @@ class _Factors:
         self._solver: Any = None  # implicit's ALS, for folding in customers at request time
         self._norms: tuple[np.ndarray, np.ndarray] | None = None  # see :meth:`norms`
         self._gpu_items: tuple[np.ndarray, Any, Any] | None = None  # see :meth:`_gpu_top_k`
+        self._by_length: tuple[np.ndarray, bounded.LengthOrder] | None = None  # :meth:`top_k_all`
 
     def _model(self) -> Any:
         raise NotImplementedError
@@ -119,15 +120,24 @@ class _Factors:
         """Mixed-mode top-k straight from implicit's native blocked kernel (no dense matrix):
         its CUDA kernel where the model was fitted on the GPU (the top-N cache of a million
         customers took longer on 16 cores than the GPU fit itself), else the CPU's, its
-        product on one BLAS thread and its selection on ``threads`` (0: every core)."""
+        product on one BLAS thread and its selection on ``threads`` (0: every core), over the
+        longest items first until the rest cannot make the cut (:mod:`.bounded`)."""
         if self.uses_gpu:
             return self._gpu_top_k(rows, k)
         from implicit.cpu.topk import topk
 
+        def kernel(items: np.ndarray, query: np.ndarray, count: int) -> tuple[Any, Any]:
+            return topk(items, query, count, num_threads=threads)  # type: ignore[no-any-return]
+
         with one_blas_thread():
-            query = self.user_factors[rows]
-            indices, scores = topk(self.item_factors, query, k, num_threads=threads)
-        return np.asarray(indices), np.asarray(scores)
+            return bounded.top_k(kernel, self.by_length(), self.user_factors[rows], k)
+
+    def by_length(self) -> bounded.LengthOrder:
+        """The item factors ranked by length, made once per set of them."""
+        found = self._by_length
+        if found is None or found[0] is not self.item_factors:
+            found = self._by_length = (self.item_factors, bounded.LengthOrder.of(self.item_factors))
+        return found[1]
 
     def _gpu_top_k(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """implicit's GPU ``KnnQuery`` over the item factors, uploaded once per set of them
