@@ -50,15 +50,19 @@ factors = st.integers(1, 4).flatmap(
 
 
 @settings(max_examples=300, deadline=None)
-@given(factors, st.integers(1, 40), st.integers(1, 8))
+@given(factors, st.integers(1, 40), st.integers(1, 8), st.integers(1, 4))
 def test_the_same_items_and_scores_as_scoring_every_item(
-    pair: tuple[np.ndarray, np.ndarray], k: int, first: int
+    pair: tuple[np.ndarray, np.ndarray], k: int, first: int, directions: int
 ) -> None:
     """The best ``k`` scores always; the items too wherever no equal score crosses the cut
-    (there a kernel may keep either, and ``ranking.top_k`` re-scores such rows densely)."""
+    (there a kernel may keep either, and ``ranking.top_k`` re-scores such rows densely).
+    Fewer directions than factors leave a rest, whose bound is then tested too."""
     items, query = pair
     k = min(k, len(items))
-    got = bounded.top_k(Counting(), bounded.LengthOrder.of(items), query, k, first=first)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bounded, "DIRECTIONS", directions)
+        order = bounded.LengthOrder.of(items)
+    got = bounded.top_k(Counting(), order, query, k, first=first)
     expected = every_item(items, query, len(items))
     np.testing.assert_array_equal(got[1], expected[1][:, :k])
     decided = (
@@ -85,6 +89,20 @@ def test_a_customer_leaves_once_the_longer_items_decide() -> None:
     assert kernel.products == 1000
 
 
+def test_the_items_directions_stop_what_their_length_cannot() -> None:
+    """Eight items along x (length 3) and 500 along y (length 2.5); the customer leans away
+    from y. The best x item scores 2.12, under the y items' length bound (2.5), but no y
+    item can score above 0 for this customer: the first slice decides."""
+    items = np.vstack([np.tile([3.0, 0.0], (8, 1)), np.tile([0.0, 2.5], (500, 1))])
+    query = np.array([[1.0, -1.0]], dtype=np.float32) / np.sqrt(2)
+    kernel = Counting()
+    indices, _ = bounded.top_k(
+        kernel, bounded.LengthOrder.of(items.astype(np.float32)), query, 2, first=8
+    )
+    assert kernel.products == 8
+    assert indices.tolist() == [[0, 1]]
+
+
 def test_an_item_that_can_only_tie_is_still_scored() -> None:
     """The first slice's best scores 2 and the next item can reach 2 at most (and does):
     the search goes on, and the equal item with the lower index wins."""
@@ -104,10 +122,10 @@ def test_a_factor_models_native_top_k_is_every_items(
     """implicit's kernel on slices (ALS factors with power-law lengths, as a shop's) gives
     what its product over every item gives, for every first slice size."""
     rng = np.random.default_rng(11)
-    als = model.ALS(factors=8, use_gpu=False)
+    als = model.ALS(factors=16, use_gpu=False)  # more factors than directions: a rest
     lengths = 1.0 / np.arange(1, 301) ** 0.9
-    als.item_factors = (rng.normal(0, 1, (300, 8)) * lengths[:, None]).astype(np.float32)
-    als.user_factors = rng.normal(0, 1, (50, 8)).astype(np.float32)
+    als.item_factors = (rng.normal(0, 1, (300, 16)) * lengths[:, None]).astype(np.float32)
+    als.user_factors = rng.normal(0, 1, (50, 16)).astype(np.float32)
     monkeypatch.setattr(bounded, "FIRST_SLICE", first)
     rows = np.arange(50)
     indices, scores = als.top_k_all(rows, 11, threads=1)
@@ -115,3 +133,24 @@ def test_a_factor_models_native_top_k_is_every_items(
     expected = np.argsort(-dense, axis=1, kind="stable")[:, :11]
     np.testing.assert_array_equal(indices, expected)
     np.testing.assert_allclose(scores, np.take_along_axis(dense, expected, axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("directions", [1, 4, 8, 16])
+def test_no_later_item_scores_above_the_bound(
+    directions: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound past every rank, against every later item's exact score: sound with any
+    number of directions, including fewer than the factors (a rest to bound)."""
+    rng = np.random.default_rng(5)
+    items = (rng.normal(0, 1, (200, 16)) * rng.pareto(1.5, (200, 1))).astype(np.float32)
+    query = rng.normal(0, 1, (40, 16)).astype(np.float32)
+    monkeypatch.setattr(bounded, "DIRECTIONS", directions)
+    order = bounded.LengthOrder.of(items)
+    scores = query.astype(np.float64) @ items.astype(np.float64)[order.order].T
+    later_best = np.maximum.accumulate(scores[:, ::-1], axis=1)[:, ::-1]
+    customers = order.bounds(query)
+    for rank in range(len(items)):
+        bound = order.beyond(customers, np.arange(len(query)), rank)
+        assert (later_best[:, rank] <= bound).all(), rank
+    tightest = order.beyond(customers, np.arange(len(query)), 0)
+    assert (tightest < np.linalg.norm(query, axis=1) * order.lengths[0]).any()  # directions help
