@@ -87,7 +87,8 @@ class LengthOrder:
         along = customers.along[rows]
         on_directions = np.maximum(along * self.highest[rank], along * self.lowest[rank])
         directed = on_directions.sum(axis=1) + customers.rest[rows] * self.rest[rank]
-        return np.minimum(length, directed) + MARGIN * length
+        bound: np.ndarray = np.minimum(length, directed) + MARGIN * length
+        return bound
 
 
 @dataclass(frozen=True)
