@@ -479,6 +479,13 @@ class HistoryRows:
     last_days: sp.csr_matrix
 
 
+def prepare_to_serve(fitted: Recommender) -> None:
+    """Make what request-time top-k reads once, at load (a factor model's items ranked by
+    length, :mod:`.bounded`: 0.3 s at 50,000 items), not in the first request that needs it."""
+    if isinstance(fitted, _Factors) and not fitted.uses_gpu:
+        fitted.by_length()
+
+
 def item_columns(data: TrainingData) -> dict[str, int]:
     """item id → column of a loaded model (built once per model by the caller)."""
     return {str(item): column for column, item in enumerate(data.items)}

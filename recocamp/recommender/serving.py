@@ -79,6 +79,7 @@ class Live:
     @classmethod
     def of(cls, version: str, fitted: Recommender, data: TrainingData, cutoff: datetime) -> Live:
         """The live model of a loaded artifact (the id↔column map is built once, here)."""
+        model.prepare_to_serve(fitted)
         return cls(version, fitted, data, model.item_columns(data), cutoff)
 
     def rescore(
