@@ -14,6 +14,9 @@ Order of the rules (the first that says no is the recorded reason):
 6. quiet hours → ``defer`` with the instant to send at; A/B variant by stable hash and
    weights → ``send``.
 
+(A send whose subject then fails for that customer's data becomes ``not_rendered`` in the
+run, ``run.enqueue_decisions``: rendering is not the planner's.)
+
 The holdout is drawn last, among the customers who would have got the e-mail, so treated
 and held-out customers pass the same rules and the holdout measures the e-mail alone. A
 holdout decision also counts as a contact in the held-out customer's history (see
@@ -78,6 +81,9 @@ class Reason(StrEnum):
     SUPPRESSED = "suppressed"
     NO_CONSENT = "no_consent"
     NO_OFFER = "no_offer"
+    # the e-mail's subject failed for this customer's data (the template alone passed
+    # ``check``): skipped and logged, the run goes on (``run.enqueue_decisions``)
+    NOT_RENDERED = "not_rendered"
 
 
 class AudienceRule(StrEnum):

@@ -67,6 +67,19 @@ JINJA_SYNTAX = re.compile(r"\{[{%#]")  # a string without these renders as itsel
 # Postmark's limit, in UTF-16 code units ("Subject line and From address character limits");
 # a longer subject was refused by the provider, message by message, at send time
 SUBJECT_MAX = 2000
+# What rendering one e-mail raises because of its template and that e-mail's data (a
+# division by zero, a filter given a value it cannot take, a limit): that e-mail fails,
+# the others go on. Anything else (the process, the store) is not the e-mail's.
+RENDER_ERRORS: tuple[type[Exception], ...] = (
+    TemplateError,
+    TemplateLimitError,
+    ArithmeticError,
+    LookupError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    RecursionError,
+)
 # C0 and C1 control characters (NUL, ESC, DEL …): no header may hold them; each becomes a space
 _CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], " ")
 

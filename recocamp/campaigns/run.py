@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -285,21 +285,28 @@ def enqueue_decisions(
         }
         with engine.connect() as connection:
             done = outbox.existing_keys(connection, campaign.name, list(keys.values()))
-        emails = [  # composed outside the write transaction: a deliverer may be draining
-            _email(
-                d,
-                by_id[d.customer_id],
-                campaign,
-                settings,
-                renderer,
-                key,
-                now,
-                issued_at,
-                keys[d.customer_id],
-            )
-            for d in wanted
-            if keys[d.customer_id] not in done
-        ]
+        emails: list[Queued] = []  # composed outside the write transaction: a deliverer
+        failed: dict[str, str] = {}  # may be draining
+        for d in wanted:
+            if keys[d.customer_id] in done:
+                continue
+            try:
+                emails.append(
+                    _email(
+                        d,
+                        by_id[d.customer_id],
+                        campaign,
+                        settings,
+                        renderer,
+                        key,
+                        now,
+                        issued_at,
+                        keys[d.customer_id],
+                    )
+                )
+            except render.RENDER_ERRORS as exc:  # this customer's data: the run goes on
+                failed[d.customer_id] = f"{type(exc).__name__}: {exc}"
+        chunk = _without_unrendered(campaign, report.run_key, chunk, failed)
         with engine.begin() as connection:
             chunk = _checked_again(connection, campaign, planned, chunk, now)
             _record_decisions(connection, report.run_key, chunk.decisions, now)
@@ -341,6 +348,32 @@ def _checked_again(
     days = planner.history_days(campaign, planned.context.policy)
     fresh = views.contacts_of(connection, ids, now, planned.report.run_key, days)
     return planner.recheck(campaign, chunk, fresh, planned.context)
+
+
+def _without_unrendered(
+    campaign: Campaign, run_key: str, chunk: planner.Chunk, failed: Mapping[str, str]
+) -> planner.Chunk:
+    """The chunk with each decision whose e-mail failed to compose turned into a skip
+    (``not_rendered``), each logged by customer id with the error (its type and message,
+    never the address), so one customer's name or data cannot stop the campaign's run."""
+    for customer_id, error in failed.items():
+        log.warning(
+            "campaign %s run %s: the e-mail for customer %s could not be written, skipped: %s",
+            campaign.name,
+            run_key,
+            customer_id,
+            error,
+        )
+    if not failed:
+        return chunk
+    skip = planner.Outcome.SKIP, planner.Reason.NOT_RENDERED.value
+    decisions = [
+        replace(d, outcome=skip[0], reason=skip[1], offers=(), send_at=None)
+        if d.customer_id in failed
+        else d
+        for d in chunk.decisions
+    ]
+    return replace(chunk, decisions=decisions)
 
 
 def _still_sent(emails: Sequence[Queued], chunk: planner.Chunk) -> list[Queued]:

@@ -225,3 +225,29 @@ def test_the_deliverers_are_chosen_by_the_sends_projected_from_the_first_chunk(
     assert 0 < mailed < 8  # the first 8 hold skips and holdouts too
     assert projected_sends(first, 8_000) == mailed * 1_000
     assert projected_sends(None, 8_000) == 0
+
+
+def test_a_subject_that_fails_for_one_customer_skips_only_that_customer(
+    engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subject that only one customer's data breaks (here: a division by zero for c05)
+    passes ``check`` and used to stop the whole run at that customer. That customer is now a
+    skip with its reason, logged by id without the address, and everybody else is mailed."""
+    shop(engine)
+    campaign = daily(holdout_percent=0)
+    subject = {"en": "Hi {{ 100 // (customer.id[1:]|int - 5) }}"}
+    campaign = campaign.model_copy(
+        update={"template": campaign.template.model_copy(update={"subject": subject})}
+    )
+    with caplog.at_level("WARNING", logger="recocamp.campaigns.run"):
+        report = plan_and_enqueue(
+            engine, SETTINGS, campaign, TEMPLATES, NOW, RunOptions(chunk_size=4)
+        )
+    reasons = recorded(engine)
+    assert reasons["c05"] == planner.Reason.NOT_RENDERED
+    consenting = [f"c{n:02d}" for n in range(PEOPLE) if n % 4 != 3]
+    assert {reasons[c] for c in consenting if c != "c05"} == {planner.Reason.ELIGIBLE}
+    assert report.enqueued == len(consenting) - 1 == len(send_keys(engine))
+    assert not [key for key in send_keys(engine) if "c05" in key]
+    assert "customer c05" in caplog.text and "ZeroDivisionError" in caplog.text
+    assert "c5@example.test" not in caplog.text
