@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 
 from recocamp.errors import StoreError
 from recocamp.store.engine import (
+    SQLITE_PAGE_SIZE,
     alembic_config,
     current_revision,
     head_revision,
@@ -93,6 +95,25 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+def test_a_new_sqlite_file_gets_the_page_size_and_an_old_one_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as made:  # a store made before the page size was set
+        made.execute("PRAGMA journal_mode=WAL")
+        made.execute("CREATE TABLE t (x)")
+    made.close()
+    for path, size in ((tmp_path / "new.db", SQLITE_PAGE_SIZE), (old, 4096)):
+        engine = make_engine(f"sqlite:///{path}")
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x)")
+            connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+        with engine.connect() as connection:  # a second connection finds the file's own
+            assert connection.exec_driver_sql("PRAGMA page_size").scalar() == size
+            assert connection.exec_driver_sql("SELECT x FROM t").scalar() == 1
+        engine.dispose()
 
 
 def test_urls() -> None:
