@@ -259,6 +259,17 @@ class Basis:
         return found
 
 
+class Previous(NamedTuple):
+    """What a new basis takes over from the one a change dropped (same generation): the
+    history, to extend, and the offers' reasons, which hold while the customer's items do
+    (``serving.explained`` reads the live model, the catalogue and the items bought, nothing
+    else): a purchase of an item bought before changes none of them, so neither process
+    works them out again."""
+
+    kept: histories.Kept
+    reasons: dict[str, str | None]
+
+
 @dataclass
 class _Cache:
     """Answers by customer, then query; the customer cached first is evicted first. Reads
@@ -269,7 +280,7 @@ class _Cache:
     bases: dict[str, Basis] = field(default_factory=dict)  # only of customers in entries
     # the histories of customers whose answers a change dropped, by generation, for their
     # next basis to extend (see :class:`Basis`); the oldest go first beyond STALE_BASES
-    stale: dict[str, tuple[int, histories.Kept]] = field(default_factory=dict)
+    stale: dict[str, tuple[int, Previous]] = field(default_factory=dict)
     count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -293,8 +304,9 @@ class _Cache:
         self.count += query not in queries
         queries[query] = entry
 
-    def previous(self, customer_id: str, generation: int) -> histories.Kept | None:
-        """The history of the basis a change dropped, if it belongs to this generation."""
+    def previous(self, customer_id: str, generation: int) -> Previous | None:
+        """The history (and reasons) of the basis a change dropped, if it belongs to this
+        generation."""
         found = self.stale.get(customer_id)
         return found[1] if found is not None and found[0] == generation else None
 
@@ -312,7 +324,7 @@ class _Cache:
             self.stale.pop(customer_id, None)
             while len(self.stale) >= STALE_BASES:
                 del self.stale[next(iter(self.stale))]
-            self.stale[customer_id] = (basis.generation, basis.kept)
+            self.stale[customer_id] = (basis.generation, Previous(basis.kept, basis.reasons))
         self.count -= len(dropped or ())
         return dropped is not None
 
@@ -676,7 +688,7 @@ class OfferService:
         query: Query,
         snapshot: Snapshot,
         basis: Basis | None,
-        previous: histories.Kept | None = None,
+        previous: Previous | None = None,
     ) -> tuple[bytes, Basis, datetime | None]:
         """The answer's JSON, the basis it was built on (``basis`` reused if given, else
         a new one, extending ``previous`` where it can) and when the answer stops holding
@@ -724,17 +736,22 @@ class OfferService:
         return self._answer(customer_id, query, snapshot, basis, self.clock.now())
 
     def basis(
-        self, customer_id: str, snapshot: Snapshot, previous: histories.Kept | None = None
+        self, customer_id: str, snapshot: Snapshot, previous: Previous | None = None
     ) -> Basis:
         """The customer's history and personal list, read and re-scored now; the history
-        extends ``previous`` (read with this generation's catalogue) by the lines new since,
-        where that is shown to give the whole history (``histories.read``)."""
+        extends that of ``previous`` (read with this generation's catalogue) by the lines new
+        since, where that is shown to give the whole history (``histories.read``), and the
+        basis takes over its reasons where the customer's items are the same."""
         live = snapshot.live
         with self.engine.connect() as connection:
             flags = store.profiling_flags(connection, customer_id)
             row = registry.cached(connection, customer_id)
             kept, extended = histories.read(
-                connection, customer_id, self.clock.now(), snapshot.catalogue, previous
+                connection,
+                customer_id,
+                self.clock.now(),
+                snapshot.catalogue,
+                None if previous is None else previous.kept,
             )
             objected = objects_to_profiling(flags)
             sharable = (
@@ -767,6 +784,8 @@ class OfferService:
         elif sharable and personal.scores is not None and live is not None:
             self._share(customer_id, live.version, kept, personal.items or [])
         basis = Basis.of(snapshot.generation, kept, personal)
+        if previous is not None and previous.kept.history.items == basis.owned:
+            basis.reasons.update(previous.reasons)  # see :class:`Previous`
         if basis.held:
             self._hold(basis)
         return basis
