@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from recocamp.api import offer_cache
 from recocamp.api.offer_cache import MAX_N, OfferService
 from recocamp.clock import FixedClock
-from recocamp.recommender import training
+from recocamp.recommender import serving, training
 from recocamp.store import notifications, registry
 from recocamp.store.engine import make_engine
 from recocamp.store.schema import customers, recommendations
@@ -316,13 +316,13 @@ def test_a_purchase_of_an_item_bought_before_keeps_the_offers_reasons(
     has them worked out again."""
     one, two = pair
     asked: list[str] = []
-    explained = offer_cache.serving.explained
+    explained = serving.explained
 
-    def counted(*args: Any) -> dict[str, str]:
-        asked.extend(str(entry[0]) for entry in args[2])
-        return explained(*args)
+    def counted(live: Any, catalogue: Any, ranked: Any, owned: frozenset[str]) -> dict[str, str]:
+        asked.extend(str(entry[0]) for entry in ranked)
+        return explained(live, catalogue, ranked, owned)
 
-    monkeypatch.setattr(offer_cache.serving, "explained", counted)
+    monkeypatch.setattr(serving, "explained", counted)
     buyer, _ = two_customers(engine_of(one))
     queries = ["n=5", "n=10&mode=discover", "n=5&mode=replenish", f"n={MAX_N}&mode=discover"]
     before = [offers(two, buyer, query) for query in queries]
