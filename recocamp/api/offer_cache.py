@@ -45,8 +45,10 @@ that does not match (a later purchase, another model, or not written yet: the ot
 asked first) is ignored and the customer re-scored here, so every answer after a purchase
 reflects it in every process, as before. An objection or an erasure deletes the list in its
 own transaction, and a list re-scored before either committed is not written after it
-(``store.serving.share_list``). A list the rules pad from the model's whole ranking (a big
-buyer's discover queries) still re-scores for the padding. The live
+(``store.serving.share_list``). The model's ranking without the customer's items, which pads
+a big buyer's short discover lists, goes with the list (computed from the scores at hand, so
+the other process does not re-score for it); a list padded from the ranking with their items
+(rare: a short mixed list) still re-scores for it. The live
 model and the catalogue are looked up again every ``[api] refresh_s`` seconds in the
 background (at once when a model goes live, and when a customer's cached row names a model
 this process has not loaded yet). After a model went live no answer is computed from the old
@@ -760,7 +762,7 @@ class OfferService:
                 and kept.complete
                 and (row is None or _changed_since_training(kept.history, live))
             )
-            rescored = self._shared_list(connection, customer_id, live, kept) if sharable else None
+            shared = self._shared_list(connection, customer_id, live, kept) if sharable else None
         self.tally.extended += extended
         history = kept.history
         cached = None if row is None else serving.Cached(row.items, str(row.model_version))
@@ -776,16 +778,18 @@ class OfferService:
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
             unloadable=snapshot.load_error is not None,
-            rescored=rescored,
+            rescored=None if shared is None else shared.items,
             listable=not snapshot.scrubbed,
         )
-        if rescored is not None and personal.basis == "recalculated":
-            self.tally.shared += 1
-        elif sharable and personal.scores is not None and live is not None:
-            self._share(customer_id, live.version, kept, personal.items or [])
         basis = Basis.of(snapshot.generation, kept, personal)
         if previous is not None and previous.kept.history.items == basis.owned:
             basis.reasons.update(previous.reasons)  # see :class:`Previous`
+        if shared is not None and personal.basis == "recalculated":
+            self.tally.shared += 1
+            if shared.padding is not None:  # re-scored for this very history: see _share
+                basis.padding[True] = shared.padding
+        elif sharable and basis.held and live is not None:
+            self._share(customer_id, live, basis)
         if basis.held:
             self._hold(basis)
         return basis
@@ -793,13 +797,15 @@ class OfferService:
     @property
     def _shaped_by(self) -> str:
         """The settings that shape a re-scored list besides the model (its length, the time
-        decay): processes configured differently during a rolling change share no list."""
+        decay, the padding's length): processes configured differently during a rolling
+        change share no list."""
         recommender = self.settings.recommender
-        return f"top_n={recommender.top_n} half_life={recommender.time_decay_half_life_days}"
+        half_life = recommender.time_decay_half_life_days
+        return f"top_n={recommender.top_n} half_life={half_life} padding={PAD_CANDIDATES}"
 
     def _shared_list(
         self, connection: Connection, customer_id: str, live: Live | None, kept: histories.Kept
-    ) -> Ranked | None:
+    ) -> store.SharedList | None:
         """The list another process re-scored for this model and this very history (the
         same line totals and highest id), or None: re-score here."""
         found = store.shared_list(connection, customer_id)
@@ -811,18 +817,24 @@ class OfferService:
             or (found.lines, found.id_sum, found.last_id) != (kept.lines, kept.id_sum, kept.last_id)
         ):
             return None
-        return found.items
+        return found
 
-    def _share(self, customer_id: str, version: str, kept: histories.Kept, items: Ranked) -> None:
+    def _share(self, customer_id: str, live: Live, basis: Basis) -> None:
         """Hand the list re-scored here to the writer thread, for the other processes: the
-        answer does not wait for the write (nor fail with it)."""
+        answer does not wait for the write (nor fail with it). With it goes the ranking
+        that pads a short discover list (``Basis.padded``), from the scores at hand: a
+        process that took the list without it re-scored the customer for "new for you"."""
+        kept, items = basis.kept, basis.personal.items or []
+        half_life = self.settings.recommender.time_decay_half_life_days
+        padding = basis.padded(live, True, half_life)
         shared = store.SharedList(
-            version,
+            live.version,
             self._shaped_by,
             kept.lines,
             kept.id_sum,
             kept.last_id,
             [(str(item), float(score)) for item, score in items],
+            [(str(item), float(score)) for item, score in padding],
         )
         with contextlib.suppress(RuntimeError):  # closed: nobody left to share with
             self._shared = self._sharer.submit(self._write_share, customer_id, shared)
