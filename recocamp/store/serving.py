@@ -189,9 +189,13 @@ _SHARED = sa.select(
 ).where(offer_lists.c.customer_id == sa.bindparam("customer_id", type_=sa.String))
 
 
-def shared_list(connection: Connection, customer_id: str) -> SharedList | None:
+def shared_list(
+    connection: Connection, customer_id: str, identity: list[Any] | None = None
+) -> SharedList | None:
     """The customer's shared re-scored list, whatever model and history it was computed
-    for (the caller compares them), or None."""
+    for, or None; given ``identity`` (:meth:`SharedList.identity`), only a list of that
+    identity (the JSON of another is not decoded: the buyer's own process finds the list
+    of their previous purchase)."""
     row = connection.execute(_SHARED, {"customer_id": customer_id}).first()
     if row is None:
         return None
@@ -201,8 +205,11 @@ def shared_list(connection: Connection, customer_id: str) -> SharedList | None:
         int(row.lines),
         int(row.id_sum),
         int(row.last_id),
-        _entries(json.loads(row.items)),
+        [],
     )
+    if identity is not None and found.identity() != identity:
+        return None
+    found = found._replace(items=_entries(json.loads(row.items)))
     padding = None if row.padding is None else json.loads(row.padding)
     if padding is not None and padding["of"] == found.identity():
         found = found._replace(padding=_entries(padding["ranked"]))
