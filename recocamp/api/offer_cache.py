@@ -382,6 +382,21 @@ def _changed_since_training(history: History, live: Live) -> bool:
     return history.last_at is not None and history.last_at >= live.data_cutoff
 
 
+def _reasoned(
+    offer: offers.Offer,
+    because: Mapping[str, str],
+    catalogue: dict[str, Item],
+    owned: frozenset[str],
+) -> offers.Offer:
+    """The offer with the reason ``offers.select`` gives it with ``because`` as it is now:
+    only a personal offer of an item not bought before reads it (``offers.why``); which
+    offers are chosen does not depend on it."""
+    if offer.source != "personal" or offer.item_id in owned:
+        return offer
+    why = offers.why(catalogue[offer.item_id], "personal", False, because.get(offer.item_id))
+    return offer if why == offer.why else replace(offer, why=why)
+
+
 def _alive(service: OfferService | None) -> OfferService:
     if service is None:
         raise notifications.Gone
@@ -808,16 +823,10 @@ class OfferService:
     ) -> store.SharedList | None:
         """The list another process re-scored for this model and this very history (the
         same line totals and highest id), or None: re-score here."""
-        found = store.shared_list(connection, customer_id)
-        if (
-            found is None
-            or live is None
-            or found.model_version != live.version
-            or found.shaped_by != self._shaped_by
-            or (found.lines, found.id_sum, found.last_id) != (kept.lines, kept.id_sum, kept.last_id)
-        ):
+        if live is None:
             return None
-        return found
+        identity = [live.version, self._shaped_by, kept.lines, kept.id_sum, kept.last_id]
+        return store.shared_list(connection, customer_id, identity)
 
     def _share(self, customer_id: str, live: Live, basis: Basis) -> None:
         """Hand the list re-scored here to the writer thread, for the other processes: the
@@ -882,18 +891,24 @@ class OfferService:
             categories=query.categories,
             exclude_items=query.exclude,
         )
-        chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
+        catalogue = snapshot.catalogue
+        chosen = offers.select(sources, catalogue, rules, owned, categories)
         if len(chosen) < query.n and ranked is not None and live is not None and history.count:
             ranking = basis.padded(
                 live,
                 query.mode is Mode.DISCOVER,
                 self.settings.recommender.time_decay_half_life_days,
             )
-            sources.append(offers.Candidates(ranking, "personal", because))
-            chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
-        if because.asked:  # the same offers again, now with the reasons they lacked
-            basis.explain(live, snapshot.catalogue, because.asked)
-            chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
+            # the selection over the sources and the padding after them: every source was
+            # read to its end, so it goes on over the padding's items not in any of them
+            seen = {str(entry[0]) for source in sources for entry in source.ranked}
+            rest = [entry for entry in ranking if str(entry[0]) not in seen]
+            more = replace(rules, count=query.n - len(chosen))
+            padding = offers.Candidates(rest, "personal", because)
+            chosen += offers.select([padding], catalogue, more, owned, categories)
+        if because.asked:  # the same offers, now with the reasons they lacked
+            basis.explain(live, catalogue, because.asked)
+            chosen = [_reasoned(offer, because, catalogue, owned) for offer in chosen]
         return chosen
 
     # --- similar items -----------------------------------------------------------------------
