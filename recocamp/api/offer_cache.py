@@ -270,6 +270,7 @@ class Previous(NamedTuple):
 
     kept: histories.Kept
     reasons: dict[str, str | None]
+    owned: int  # how many items the reasons were worked out for (see OfferService.basis)
 
 
 @dataclass
@@ -326,7 +327,8 @@ class _Cache:
             self.stale.pop(customer_id, None)
             while len(self.stale) >= STALE_BASES:
                 del self.stale[next(iter(self.stale))]
-            self.stale[customer_id] = (basis.generation, Previous(basis.kept, basis.reasons))
+            previous = Previous(basis.kept, basis.reasons, len(basis.owned))
+            self.stale[customer_id] = (basis.generation, previous)
         self.count -= len(dropped or ())
         return dropped is not None
 
@@ -797,7 +799,8 @@ class OfferService:
             listable=not snapshot.scrubbed,
         )
         basis = Basis.of(snapshot.generation, kept, personal)
-        if previous is not None and previous.kept.history.items == basis.owned:
+        if extended and previous is not None and previous.owned == len(basis.owned):
+            # an extended history holds every item of the one it extends: the same items
             basis.reasons.update(previous.reasons)  # see :class:`Previous`
         if shared is not None and personal.basis == "recalculated":
             self.tally.shared += 1
