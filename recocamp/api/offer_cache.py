@@ -46,9 +46,10 @@ asked first) is ignored and the customer re-scored here, so every answer after a
 reflects it in every process, as before. An objection or an erasure deletes the list in its
 own transaction, and a list re-scored before either committed is not written after it
 (``store.serving.share_list``). The model's ranking without the customer's items, which pads
-a big buyer's short discover lists, goes with the list (computed from the scores at hand, so
-the other process does not re-score for it); a list padded from the ranking with their items
-(rare: a short mixed list) still re-scores for it. The live
+a big buyer's short discover lists, is written to the list once the process that re-scored
+computed it for an answer of its own (from the scores at hand), and the other process pads
+from it rather than re-scoring; a list padded from the ranking with their items (rare: a
+short mixed list) still re-scores for it. The live
 model and the catalogue are looked up again every ``[api] refresh_s`` seconds in the
 background (at once when a model goes live, and when a customer's cached row names a model
 this process has not loaded yet). After a model went live no answer is computed from the old
@@ -225,6 +226,9 @@ class Basis:
     # the re-scored personal list's scores of every item, for :meth:`padded`, while the
     # service holds them (a few hundred bases: one float per item each)
     held: list[np.ndarray] = field(default_factory=list)
+    # the list this process shared for the other processes, until its discover padding is
+    # shared too (see OfferService._share_padding)
+    sharing: list[store.SharedList] = field(default_factory=list)
 
     @classmethod
     def of(cls, generation: int, kept: histories.Kept, personal: Personal) -> Basis:
@@ -725,6 +729,8 @@ class OfferService:
             basis = self.basis(customer_id, snapshot)
         now = self.clock.now()
         answer = self._answer(customer_id, query, snapshot, basis, now)
+        if basis.sharing and True in basis.padding:
+            self._share_padding(customer_id, basis)
         until = None
         if query.mode is Mode.REPLENISH:
             until = basis.kept.repurchases().changes_after(now)
@@ -833,12 +839,8 @@ class OfferService:
 
     def _share(self, customer_id: str, live: Live, basis: Basis) -> None:
         """Hand the list re-scored here to the writer thread, for the other processes: the
-        answer does not wait for the write (nor fail with it). With it goes the ranking
-        that pads a short discover list (``Basis.padded``), from the scores at hand: a
-        process that took the list without it re-scored the customer for "new for you"."""
+        answer does not wait for the write (nor fail with it)."""
         kept, items = basis.kept, basis.personal.items or []
-        half_life = self.settings.recommender.time_decay_half_life_days
-        padding = basis.padded(live, True, half_life)
         shared = store.SharedList(
             live.version,
             self._shaped_by,
@@ -846,19 +848,33 @@ class OfferService:
             kept.id_sum,
             kept.last_id,
             [(str(item), float(score)) for item, score in items],
-            [(str(item), float(score)) for item, score in padding],
         )
-        with contextlib.suppress(RuntimeError):  # closed: nobody left to share with
-            self._shared = self._sharer.submit(self._write_share, customer_id, shared)
+        basis.sharing.append(shared)
+        self._submit(customer_id, shared, True)
 
-    def _write_share(self, customer_id: str, shared: store.SharedList) -> None:
+    def _share_padding(self, customer_id: str, basis: Basis) -> None:
+        """The shared list again, with the ranking that pads a short discover list
+        (``Basis.padded``), once this process computed it from the scores at hand: the other
+        process pads from it rather than re-scoring the customer for their "new for you".
+        Written when it is needed here, not with the list: most customers never need it."""
+        with contextlib.suppress(IndexError):  # two threads: shared once
+            shared = basis.sharing.pop()
+            padding = [(str(item), float(score)) for item, score in basis.padding[True]]
+            self._submit(customer_id, shared._replace(padding=padding), False)
+
+    def _submit(self, customer_id: str, shared: store.SharedList, new: bool) -> None:
+        with contextlib.suppress(RuntimeError):  # closed: nobody left to share with
+            self._shared = self._sharer.submit(self._write_share, customer_id, shared, new)
+
+    def _write_share(self, customer_id: str, shared: store.SharedList, new: bool = True) -> None:
+        """``new``: a list, counted in ``tally.shares`` (else a list's padding, written later)."""
         try:
             with self.engine.begin() as connection:
                 written = store.share_list(connection, customer_id, shared, self.clock.now())
         except Exception:
             log.warning("serving: could not share a re-scored list", exc_info=True)
             return
-        self.tally.shares += written
+        self.tally.shares += written and new
 
     def _hold(self, basis: Basis) -> None:
         """Keep the basis' scores while it is among the SCORES_HELD latest re-scored."""

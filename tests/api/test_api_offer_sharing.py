@@ -194,11 +194,12 @@ def test_a_process_configured_otherwise_does_not_take_the_shared_list(
     assert len(scorings) == 2 and service.tally.shared == 0  # re-scored, not taken
 
 
-def test_the_discover_padding_is_shared_with_the_list(
+def test_the_discover_padding_is_shared_once_the_taker_padded(
     pair: tuple[FastAPI, FastAPI], scorings: list[str]
 ) -> None:
     """A big buyer's long discover list is padded from the model's ranking without their
-    items (``Basis.padded``): the taker writes that ranking with the list, and the other
+    items (``Basis.padded``): once the taker padded an answer of its own, it writes that
+    ranking to the list it shared (not before: most buyers never need it), and the other
     process pads from it rather than re-scoring, to the answers the taker gives. A row
     rewritten without it (a process that does not know the column, in a rolling upgrade)
     leaves it unused: re-scored there, to the same answers."""
@@ -209,11 +210,16 @@ def test_the_discover_padding_is_shared_with_the_list(
     offers(two, buyer, long)
     warm_and_buy(one, two, buyer, "share-pad-1")
     scorings.clear()  # the warm answers were padded from a re-scoring each
+    offers(one, buyer, "n=5")
+    one.state.service.flush()
+    row = shared(engine_of(one), buyer)
+    assert row is not None and row.padding is None  # not padded yet: the list alone
     first = offers(one, buyer, long)
     one.state.service.flush()
     assert len(ids(first)) > 20 and len(scorings) == 1  # padded, from the scores at hand
     row = shared(engine_of(one), buyer)
     assert row is not None and row.padding is not None and len(row.padding) > 20
+    assert one.state.service.tally.shares == 1  # one list, written twice
     assert offers(two, buyer, long) == first
     assert len(scorings) == 1 and two.state.service.tally.shared == 1  # not re-scored
     earlier = [row.model_version, row.shaped_by, row.lines - 1, row.id_sum, row.last_id]
