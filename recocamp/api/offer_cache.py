@@ -45,8 +45,11 @@ that does not match (a later purchase, another model, or not written yet: the ot
 asked first) is ignored and the customer re-scored here, so every answer after a purchase
 reflects it in every process, as before. An objection or an erasure deletes the list in its
 own transaction, and a list re-scored before either committed is not written after it
-(``store.serving.share_list``). A list the rules pad from the model's whole ranking (a big
-buyer's discover queries) still re-scores for the padding. The live
+(``store.serving.share_list``). The model's ranking without the customer's items, which pads
+a big buyer's short discover lists, is written to the list once the process that re-scored
+computed it for an answer of its own (from the scores at hand), and the other process pads
+from it rather than re-scoring; a list padded from the ranking with their items (rare: a
+short mixed list) still re-scores for it. The live
 model and the catalogue are looked up again every ``[api] refresh_s`` seconds in the
 background (at once when a model goes live, and when a customer's cached row names a model
 this process has not loaded yet). After a model went live no answer is computed from the old
@@ -223,6 +226,9 @@ class Basis:
     # the re-scored personal list's scores of every item, for :meth:`padded`, while the
     # service holds them (a few hundred bases: one float per item each)
     held: list[np.ndarray] = field(default_factory=list)
+    # the list this process shared for the other processes, until its discover padding is
+    # shared too (see OfferService._share_padding)
+    sharing: list[store.SharedList] = field(default_factory=list)
 
     @classmethod
     def of(cls, generation: int, kept: histories.Kept, personal: Personal) -> Basis:
@@ -259,6 +265,18 @@ class Basis:
         return found
 
 
+class Previous(NamedTuple):
+    """What a new basis takes over from the one a change dropped (same generation): the
+    history, to extend, and the offers' reasons, which hold while the customer's items do
+    (``serving.explained`` reads the live model, the catalogue and the items bought, nothing
+    else): a purchase of an item bought before changes none of them, so neither process
+    works them out again."""
+
+    kept: histories.Kept
+    reasons: dict[str, str | None]
+    owned: int  # how many items the reasons were worked out for (see OfferService.basis)
+
+
 @dataclass
 class _Cache:
     """Answers by customer, then query; the customer cached first is evicted first. Reads
@@ -269,7 +287,7 @@ class _Cache:
     bases: dict[str, Basis] = field(default_factory=dict)  # only of customers in entries
     # the histories of customers whose answers a change dropped, by generation, for their
     # next basis to extend (see :class:`Basis`); the oldest go first beyond STALE_BASES
-    stale: dict[str, tuple[int, histories.Kept]] = field(default_factory=dict)
+    stale: dict[str, tuple[int, Previous]] = field(default_factory=dict)
     count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -293,8 +311,9 @@ class _Cache:
         self.count += query not in queries
         queries[query] = entry
 
-    def previous(self, customer_id: str, generation: int) -> histories.Kept | None:
-        """The history of the basis a change dropped, if it belongs to this generation."""
+    def previous(self, customer_id: str, generation: int) -> Previous | None:
+        """The history (and reasons) of the basis a change dropped, if it belongs to this
+        generation."""
         found = self.stale.get(customer_id)
         return found[1] if found is not None and found[0] == generation else None
 
@@ -312,7 +331,8 @@ class _Cache:
             self.stale.pop(customer_id, None)
             while len(self.stale) >= STALE_BASES:
                 del self.stale[next(iter(self.stale))]
-            self.stale[customer_id] = (basis.generation, basis.kept)
+            previous = Previous(basis.kept, basis.reasons, len(basis.owned))
+            self.stale[customer_id] = (basis.generation, previous)
         self.count -= len(dropped or ())
         return dropped is not None
 
@@ -366,6 +386,21 @@ def _changed_since_training(history: History, live: Live) -> bool:
     """Whether the rules re-score a customer with a cached list (``serving.personal_list``):
     only those are looked up among the shared re-scored lists."""
     return history.last_at is not None and history.last_at >= live.data_cutoff
+
+
+def _reasoned(
+    offer: offers.Offer,
+    because: Mapping[str, str],
+    catalogue: dict[str, Item],
+    owned: frozenset[str],
+) -> offers.Offer:
+    """The offer with the reason ``offers.select`` gives it with ``because`` as it is now:
+    only a personal offer of an item not bought before reads it (``offers.why``); which
+    offers are chosen does not depend on it."""
+    if offer.source != "personal" or offer.item_id in owned:
+        return offer
+    why = offers.why(catalogue[offer.item_id], "personal", False, because.get(offer.item_id))
+    return offer if why == offer.why else replace(offer, why=why)
 
 
 def _alive(service: OfferService | None) -> OfferService:
@@ -676,7 +711,7 @@ class OfferService:
         query: Query,
         snapshot: Snapshot,
         basis: Basis | None,
-        previous: histories.Kept | None = None,
+        previous: Previous | None = None,
     ) -> tuple[bytes, Basis, datetime | None]:
         """The answer's JSON, the basis it was built on (``basis`` reused if given, else
         a new one, extending ``previous`` where it can) and when the answer stops holding
@@ -694,6 +729,8 @@ class OfferService:
             basis = self.basis(customer_id, snapshot)
         now = self.clock.now()
         answer = self._answer(customer_id, query, snapshot, basis, now)
+        if basis.sharing and True in basis.padding:
+            self._share_padding(customer_id, basis)
         until = None
         if query.mode is Mode.REPLENISH:
             until = basis.kept.repurchases().changes_after(now)
@@ -724,17 +761,22 @@ class OfferService:
         return self._answer(customer_id, query, snapshot, basis, self.clock.now())
 
     def basis(
-        self, customer_id: str, snapshot: Snapshot, previous: histories.Kept | None = None
+        self, customer_id: str, snapshot: Snapshot, previous: Previous | None = None
     ) -> Basis:
         """The customer's history and personal list, read and re-scored now; the history
-        extends ``previous`` (read with this generation's catalogue) by the lines new since,
-        where that is shown to give the whole history (``histories.read``)."""
+        extends that of ``previous`` (read with this generation's catalogue) by the lines new
+        since, where that is shown to give the whole history (``histories.read``), and the
+        basis takes over its reasons where the customer's items are the same."""
         live = snapshot.live
         with self.engine.connect() as connection:
             flags = store.profiling_flags(connection, customer_id)
             row = registry.cached(connection, customer_id)
             kept, extended = histories.read(
-                connection, customer_id, self.clock.now(), snapshot.catalogue, previous
+                connection,
+                customer_id,
+                self.clock.now(),
+                snapshot.catalogue,
+                None if previous is None else previous.kept,
             )
             objected = objects_to_profiling(flags)
             sharable = (
@@ -743,7 +785,7 @@ class OfferService:
                 and kept.complete
                 and (row is None or _changed_since_training(kept.history, live))
             )
-            rescored = self._shared_list(connection, customer_id, live, kept) if sharable else None
+            shared = self._shared_list(connection, customer_id, live, kept) if sharable else None
         self.tally.extended += extended
         history = kept.history
         cached = None if row is None else serving.Cached(row.items, str(row.model_version))
@@ -759,14 +801,19 @@ class OfferService:
             top_n=recommender.top_n,
             half_life=recommender.time_decay_half_life_days,
             unloadable=snapshot.load_error is not None,
-            rescored=rescored,
+            rescored=None if shared is None else shared.items,
             listable=not snapshot.scrubbed,
         )
-        if rescored is not None and personal.basis == "recalculated":
-            self.tally.shared += 1
-        elif sharable and personal.scores is not None and live is not None:
-            self._share(customer_id, live.version, kept, personal.items or [])
         basis = Basis.of(snapshot.generation, kept, personal)
+        if extended and previous is not None and previous.owned == len(basis.owned):
+            # an extended history holds every item of the one it extends: the same items
+            basis.reasons.update(previous.reasons)  # see :class:`Previous`
+        if shared is not None and personal.basis == "recalculated":
+            self.tally.shared += 1
+            if shared.padding is not None:  # re-scored for this very history: see _share
+                basis.padding[True] = shared.padding
+        elif sharable and basis.held and live is not None:
+            self._share(customer_id, live, basis)
         if basis.held:
             self._hold(basis)
         return basis
@@ -774,48 +821,60 @@ class OfferService:
     @property
     def _shaped_by(self) -> str:
         """The settings that shape a re-scored list besides the model (its length, the time
-        decay): processes configured differently during a rolling change share no list."""
+        decay, the padding's length): processes configured differently during a rolling
+        change share no list."""
         recommender = self.settings.recommender
-        return f"top_n={recommender.top_n} half_life={recommender.time_decay_half_life_days}"
+        half_life = recommender.time_decay_half_life_days
+        return f"top_n={recommender.top_n} half_life={half_life} padding={PAD_CANDIDATES}"
 
     def _shared_list(
         self, connection: Connection, customer_id: str, live: Live | None, kept: histories.Kept
-    ) -> Ranked | None:
+    ) -> store.SharedList | None:
         """The list another process re-scored for this model and this very history (the
         same line totals and highest id), or None: re-score here."""
-        found = store.shared_list(connection, customer_id)
-        if (
-            found is None
-            or live is None
-            or found.model_version != live.version
-            or found.shaped_by != self._shaped_by
-            or (found.lines, found.id_sum, found.last_id) != (kept.lines, kept.id_sum, kept.last_id)
-        ):
+        if live is None:
             return None
-        return found.items
+        identity = [live.version, self._shaped_by, kept.lines, kept.id_sum, kept.last_id]
+        return store.shared_list(connection, customer_id, identity)
 
-    def _share(self, customer_id: str, version: str, kept: histories.Kept, items: Ranked) -> None:
+    def _share(self, customer_id: str, live: Live, basis: Basis) -> None:
         """Hand the list re-scored here to the writer thread, for the other processes: the
         answer does not wait for the write (nor fail with it)."""
+        kept, items = basis.kept, basis.personal.items or []
         shared = store.SharedList(
-            version,
+            live.version,
             self._shaped_by,
             kept.lines,
             kept.id_sum,
             kept.last_id,
             [(str(item), float(score)) for item, score in items],
         )
-        with contextlib.suppress(RuntimeError):  # closed: nobody left to share with
-            self._shared = self._sharer.submit(self._write_share, customer_id, shared)
+        basis.sharing.append(shared)
+        self._submit(customer_id, shared, True)
 
-    def _write_share(self, customer_id: str, shared: store.SharedList) -> None:
+    def _share_padding(self, customer_id: str, basis: Basis) -> None:
+        """The shared list again, with the ranking that pads a short discover list
+        (``Basis.padded``), once this process computed it from the scores at hand: the other
+        process pads from it rather than re-scoring the customer for their "new for you".
+        Written when it is needed here, not with the list: most customers never need it."""
+        with contextlib.suppress(IndexError):  # two threads: shared once
+            shared = basis.sharing.pop()
+            padding = [(str(item), float(score)) for item, score in basis.padding[True]]
+            self._submit(customer_id, shared._replace(padding=padding), False)
+
+    def _submit(self, customer_id: str, shared: store.SharedList, new: bool) -> None:
+        with contextlib.suppress(RuntimeError):  # closed: nobody left to share with
+            self._shared = self._sharer.submit(self._write_share, customer_id, shared, new)
+
+    def _write_share(self, customer_id: str, shared: store.SharedList, new: bool = True) -> None:
+        """``new``: a list, counted in ``tally.shares`` (else a list's padding, written later)."""
         try:
             with self.engine.begin() as connection:
                 written = store.share_list(connection, customer_id, shared, self.clock.now())
         except Exception:
             log.warning("serving: could not share a re-scored list", exc_info=True)
             return
-        self.tally.shares += written
+        self.tally.shares += written and new
 
     def _hold(self, basis: Basis) -> None:
         """Keep the basis' scores while it is among the SCORES_HELD latest re-scored."""
@@ -851,18 +910,24 @@ class OfferService:
             categories=query.categories,
             exclude_items=query.exclude,
         )
-        chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
+        catalogue = snapshot.catalogue
+        chosen = offers.select(sources, catalogue, rules, owned, categories)
         if len(chosen) < query.n and ranked is not None and live is not None and history.count:
             ranking = basis.padded(
                 live,
                 query.mode is Mode.DISCOVER,
                 self.settings.recommender.time_decay_half_life_days,
             )
-            sources.append(offers.Candidates(ranking, "personal", because))
-            chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
-        if because.asked:  # the same offers again, now with the reasons they lacked
-            basis.explain(live, snapshot.catalogue, because.asked)
-            chosen = offers.select(sources, snapshot.catalogue, rules, owned, categories)
+            # the selection over the sources and the padding after them: every source was
+            # read to its end, so it goes on over the padding's items not in any of them
+            seen = {str(entry[0]) for source in sources for entry in source.ranked}
+            rest = [entry for entry in ranking if str(entry[0]) not in seen]
+            more = replace(rules, count=query.n - len(chosen))
+            padding = offers.Candidates(rest, "personal", because)
+            chosen += offers.select([padding], catalogue, more, owned, categories)
+        if because.asked:  # the same offers, now with the reasons they lacked
+            basis.explain(live, catalogue, because.asked)
+            chosen = [_reasoned(offer, because, catalogue, owned) for offer in chosen]
         return chosen
 
     # --- similar items -----------------------------------------------------------------------

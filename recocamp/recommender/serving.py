@@ -119,7 +119,7 @@ class Live:
             scores = scores.copy()
             found = [column for column in map(self.columns.get, skip) if column is not None]
             scores[np.array(found, dtype=np.int64)] = -np.inf
-        order = np.lexsort((np.arange(len(scores)), -scores))[:top_n]
+        order = best_first(scores, top_n)
         values = scores[order]
         finite = np.isfinite(values)
         # whole arrays to Python values at once: element by element, numpy's scalars cost
@@ -147,6 +147,22 @@ class Live:
 
     def similar(self, item_id: str, n: int) -> list[tuple[str, float]]:
         return model.similar(self.fitted, self.data, item_id, n)
+
+
+def best_first(scores: np.ndarray, top_n: int) -> np.ndarray:
+    """``np.lexsort((np.arange(len(scores)), -scores))[:top_n]``: the positions of the
+    ``top_n`` highest scores, ties by position, NaN last. The full sort of every item cost
+    more than the rest of a ranking (0.2 ms per list, three lists per purchase event); only
+    the entries at or above the ``top_n``-th value are sorted here, ties at it included, so
+    the order is the same entry for entry."""
+    if top_n <= 0 or len(scores) <= 4 * top_n:
+        return np.lexsort((np.arange(len(scores)), -scores))[:top_n]
+    negated = -scores
+    threshold = negated[np.argpartition(negated, top_n - 1)[:top_n]].max()
+    if np.isnan(threshold):  # fewer than top_n numbers: NaN enters the list, as in the sort
+        return np.lexsort((np.arange(len(scores)), negated))[:top_n]
+    candidates = np.flatnonzero(negated <= threshold)  # by position
+    return candidates[np.lexsort((candidates, negated[candidates]))][:top_n]
 
 
 @dataclass(frozen=True, slots=True)

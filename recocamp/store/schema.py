@@ -600,4 +600,8 @@ offer_lists = sa.Table(
     sa.Column("last_id", sa.BigInteger, nullable=False),
     sa.Column("items", sa.Text, nullable=False),  # JSON: [[item_id, score], …], best first
     sa.Column("computed_at", UtcDateTime, nullable=False),
+    # JSON: the model's ranking without the customer's items that pads a short discover list
+    # (``api.offer_cache.Basis.padded``), with the identity of the list it belongs to
+    # (migration 0019: a process that does not know the column rewrites the row without it)
+    sa.Column("padding", sa.Text, nullable=True),
 )

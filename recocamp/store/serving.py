@@ -161,7 +161,8 @@ def _lines_statement(connection: Connection, bounded: bool) -> sa.Select[Any]:
 class SharedList(NamedTuple):
     """A personal list re-scored by one serving process, for the others (``offer_lists``):
     valid for the model ``model_version``, the settings ``shaped_by`` and the history whose
-    lines had these totals."""
+    lines had these totals. ``padding``: the model's ranking without the customer's items
+    that pads a short discover list, from the same scores (None: not written)."""
 
     model_version: str
     shaped_by: str
@@ -169,6 +170,12 @@ class SharedList(NamedTuple):
     id_sum: int
     last_id: int
     items: list[tuple[str, float]]
+    padding: list[tuple[str, float]] | None = None
+
+    def identity(self) -> list[Any]:
+        """What the padding is stored with: a row rewritten by a process that does not know
+        the column (a rolling upgrade) keeps the old padding under a new identity."""
+        return [self.model_version, self.shaped_by, self.lines, self.id_sum, self.last_id]
 
 
 _SHARED = sa.select(
@@ -178,24 +185,39 @@ _SHARED = sa.select(
     offer_lists.c.id_sum,
     offer_lists.c.last_id,
     offer_lists.c["items"],
+    offer_lists.c.padding,
 ).where(offer_lists.c.customer_id == sa.bindparam("customer_id", type_=sa.String))
 
 
-def shared_list(connection: Connection, customer_id: str) -> SharedList | None:
+def shared_list(
+    connection: Connection, customer_id: str, identity: list[Any] | None = None
+) -> SharedList | None:
     """The customer's shared re-scored list, whatever model and history it was computed
-    for (the caller compares them), or None."""
+    for, or None; given ``identity`` (:meth:`SharedList.identity`), only a list of that
+    identity (the JSON of another is not decoded: the buyer's own process finds the list
+    of their previous purchase)."""
     row = connection.execute(_SHARED, {"customer_id": customer_id}).first()
     if row is None:
         return None
-    items = [(str(item), float(score)) for item, score in json.loads(row.items)]
-    return SharedList(
+    found = SharedList(
         str(row.model_version),
         str(row.shaped_by),
         int(row.lines),
         int(row.id_sum),
         int(row.last_id),
-        items,
+        [],
     )
+    if identity is not None and found.identity() != identity:
+        return None
+    found = found._replace(items=_entries(json.loads(row.items)))
+    padding = None if row.padding is None else json.loads(row.padding)
+    if padding is not None and padding["of"] == found.identity():
+        found = found._replace(padding=_entries(padding["ranked"]))
+    return found
+
+
+def _entries(ranked: list[list[Any]]) -> list[tuple[str, float]]:
+    return [(str(item), float(score)) for item, score in ranked]
 
 
 def share_list(connection: Connection, customer_id: str, shared: SharedList, now: datetime) -> bool:
@@ -213,6 +235,9 @@ def share_list(connection: Connection, customer_id: str, shared: SharedList, now
         "last_id": shared.last_id,
         "items": json.dumps(shared.items, separators=(",", ":")),
         "computed_at": now,
+        "padding": None
+        if shared.padding is None
+        else json.dumps({"of": shared.identity(), "ranked": shared.padding}, separators=(",", ":")),
     }
     statement = _share_statement(connection)
     return connection.execute(statement, values).first() is not None
@@ -240,6 +265,7 @@ def _share_statement(connection: Connection) -> Any:
             sa.bindparam("last_id", type_=sa.BigInteger),
             sa.bindparam("items", type_=sa.Text),
             sa.bindparam("computed_at", type_=UtcDateTime),
+            sa.bindparam("padding", type_=sa.Text),
         )
         .where(
             t.customer_id == customer,
@@ -258,6 +284,7 @@ def _share_statement(connection: Connection) -> Any:
         "last_id",
         "items",
         "computed_at",
+        "padding",
     ]
     insert = upsert_statement(connection, offer_lists).from_select(names, source)
     changed = {name: insert.excluded[name] for name in names[1:]}

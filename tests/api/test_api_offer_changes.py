@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +20,7 @@ from fastapi import FastAPI
 from recocamp.api import offer_cache
 from recocamp.api.offer_cache import MAX_N, OfferService
 from recocamp.clock import FixedClock
-from recocamp.recommender import training
+from recocamp.recommender import serving, training
 from recocamp.store import notifications, registry
 from recocamp.store.engine import make_engine
 from recocamp.store.schema import customers, recommendations
@@ -303,3 +304,40 @@ def test_the_first_answer_after_a_promote_or_rollback_comes_from_the_new_model(
         assert offers(app, customer)["model_version"] == first
     finally:
         app.state.service.close()
+
+
+def test_a_purchase_of_an_item_bought_before_keeps_the_offers_reasons(
+    pair: tuple[FastAPI, FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offer's reason ("because you bought …") depends on the live model, the catalogue
+    and the items the customer bought, nothing else: after a purchase of an item bought
+    before, the next basis takes the reasons over (none is worked out twice), and the
+    answers are those of a process computing everything afresh. A purchase of a new item
+    has them worked out again."""
+    one, two = pair
+    asked: list[str] = []
+    explained = serving.explained
+
+    def counted(live: Any, catalogue: Any, ranked: Any, owned: frozenset[str]) -> dict[str, str]:
+        asked.extend(str(entry[0]) for entry in ranked)
+        return explained(live, catalogue, ranked, owned)
+
+    monkeypatch.setattr(serving, "explained", counted)
+    buyer, _ = two_customers(engine_of(one))
+    queries = ["n=5", "n=10&mode=discover", "n=5&mode=replenish", f"n={MAX_N}&mode=discover"]
+    before = [offers(two, buyer, query) for query in queries]
+    buy(one, two, buyer, ids(before[2])[0], "again-1")  # bought before: "buy again"
+    after = [offers(two, buyer, query) for query in queries]
+    assert asked and len(asked) == len(set(asked))
+    artifacts = Path(two.state.service.settings.recommender.artifacts_dir)
+    fresh = make_app(engine_of(two), artifacts)
+    try:
+        assert after == [offers(fresh, buyer, query) for query in queries]
+        buy(one, two, buyer, ids(after[1])[0], "again-2")  # new to the customer
+        asked.clear()
+        latest = [offers(two, buyer, query) for query in queries]
+        assert set(asked) & {item for answer in after for item in ids(answer)}
+        fresh.state.service.forget([buyer])
+        assert latest == [offers(fresh, buyer, query) for query in queries]
+    finally:
+        fresh.state.service.close()

@@ -8,6 +8,7 @@ never timed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from recocamp import privacy
+from recocamp.api.offer_cache import MAX_N
 from recocamp.recommender.serving import Live
 from recocamp.store import serving as store
 from recocamp.store.schema import customers, offer_lists
@@ -184,9 +186,48 @@ def test_a_process_configured_otherwise_does_not_take_the_shared_list(
     answers(one, buyer)
     one.state.service.flush()
     row = shared(engine_of(one), buyer)
-    assert row is not None and row.shaped_by == "top_n=10 half_life=None"
+    assert row is not None and row.shaped_by == "top_n=10 half_life=None padding=200"
     service = two.state.service
     recommender = service.settings.recommender.model_copy(update={"top_n": 5})
     service.settings = service.settings.model_copy(update={"recommender": recommender})
     answers(two, buyer)
     assert len(scorings) == 2 and service.tally.shared == 0  # re-scored, not taken
+
+
+def test_the_discover_padding_is_shared_once_the_taker_padded(
+    pair: tuple[FastAPI, FastAPI], scorings: list[str]
+) -> None:
+    """A big buyer's long discover list is padded from the model's ranking without their
+    items (``Basis.padded``): once the taker padded an answer of its own, it writes that
+    ranking to the list it shared (not before: most buyers never need it), and the other
+    process pads from it rather than re-scoring, to the answers the taker gives. A row
+    rewritten without it (a process that does not know the column, in a rolling upgrade)
+    leaves it unused: re-scored there, to the same answers."""
+    one, two = pair
+    buyer, _ = two_customers(engine_of(one))
+    long = f"n={MAX_N}&mode=discover"
+    offers(one, buyer, long)
+    offers(two, buyer, long)
+    warm_and_buy(one, two, buyer, "share-pad-1")
+    scorings.clear()  # the warm answers were padded from a re-scoring each
+    offers(one, buyer, "n=5")
+    one.state.service.flush()
+    row = shared(engine_of(one), buyer)
+    assert row is not None and row.padding is None  # not padded yet: the list alone
+    first = offers(one, buyer, long)
+    one.state.service.flush()
+    assert len(ids(first)) > 20 and len(scorings) == 1  # padded, from the scores at hand
+    row = shared(engine_of(one), buyer)
+    assert row is not None and row.padding is not None and len(row.padding) > 20
+    assert one.state.service.tally.shares == 1  # one list, written twice
+    assert offers(two, buyer, long) == first
+    assert len(scorings) == 1 and two.state.service.tally.shared == 1  # not re-scored
+    earlier = [row.model_version, row.shaped_by, row.lines - 1, row.id_sum, row.last_id]
+    with engine_of(one).begin() as connection:  # the row rewritten by an older process
+        padding = json.dumps({"of": earlier, "ranked": row.padding})
+        connection.execute(
+            sa.update(offer_lists).where(offer_lists.c.customer_id == buyer).values(padding=padding)
+        )
+    assert shared(engine_of(one), buyer) == row._replace(padding=None)
+    two.state.service.forget([buyer])  # its answer computed anew
+    assert offers(two, buyer, long) == first and len(scorings) == 2  # re-scored to pad

@@ -5,6 +5,7 @@ route's parameter rules against FastAPI's own."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
+from recocamp.campaigns import offers as offer_rules
 from recocamp.campaigns import planner
 from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.files import load_all
@@ -167,6 +169,41 @@ def test_each_offer_has_the_reason_the_whole_lists_give_it(app: FastAPI) -> None
                     else f"picked for you: you like {entry['category'].replace('_', ' ')}"
                 )
     assert padded, "no answer was padded: the test shows nothing of the padding's reasons"
+
+
+def test_a_padded_answer_is_one_selection_over_its_lists_and_the_padding(app: FastAPI) -> None:
+    """The padding is selected from where the other lists ended (they were read to their
+    end), and the reasons are set on the offers chosen (which offers does not depend on
+    them): the same offers, in the same order, with the same reasons, as one selection of
+    the planner's rules over every list and the padding, every reason known; in each mode."""
+    service = app.state.service
+    with engine_of(app).connect() as connection:
+        buyers = connection.execute(
+            sa.select(recommendations.c.customer_id).order_by(recommendations.c.customer_id)
+        ).scalars()
+        customers = [str(c) for c in buyers][:8]
+    half_life = service.settings.recommender.time_decay_half_life_days
+    padded = 0
+    for customer, mode, n in itertools.product(customers, Mode, (5, 50)):
+        answer = offers(app, customer, f"n={n}&mode={mode.value}")
+        snapshot = service.snapshot()
+        live, catalogue, basis = snapshot.live, snapshot.catalogue, service.cache.bases[customer]
+        ranking = basis.padded(live, mode is Mode.DISCOVER, half_life)
+        personal = basis.personal.items
+        reasons = serving.explained(live, catalogue, [*(personal or []), *ranking], basis.owned)
+        due = basis.kept.repurchases().due(service.clock.now()) if mode is Mode.REPLENISH else []
+        lists = offer_rules.sources_for(mode, personal, snapshot.popular, basis.owned, due, reasons)
+        rules = offer_rules.Rules(mode=mode, count=n)
+        expected = offer_rules.select(lists, catalogue, rules, basis.owned, basis.categories)
+        if len(expected) < n and personal:
+            lists.append(offer_rules.Candidates(ranking, "personal", reasons))
+            expected = offer_rules.select(lists, catalogue, rules, basis.owned, basis.categories)
+            padded += 1
+        assert [
+            (entry["item_id"], entry["reason"], entry["source"], entry["score"])
+            for entry in answer["items"]
+        ] == [(o.item_id, o.why, o.source, round(o.score, 6)) for o in expected]
+    assert padded, "no answer was padded: the test shows nothing of the padding"
 
 
 def test_unknown_customers_get_recent_popularity(app: FastAPI) -> None:

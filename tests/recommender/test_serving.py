@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
 
 from recocamp.recommender import serving
@@ -101,3 +102,18 @@ def test_an_erasure_counts_as_an_objection() -> None:
 def test_rescore_skips_items_and_drops_unscored_ones(live: Live) -> None:
     ranked = live.rescore(SINCE, 10, None, skip=frozenset({"p3"}))
     assert ranked[0][0] == "q2" and "p3" not in [item for item, _ in ranked]
+
+
+def test_the_best_first_are_those_of_a_full_sort_entry_for_entry() -> None:
+    """``serving.best_first`` sorts only the entries at or above the ``top_n``-th score: the
+    same positions in the same order as the full sort (ties by position, NaN last), with
+    many ties, skipped items (-inf), +inf and NaN, and fewer numbers than ``top_n``."""
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        size = int(rng.integers(1, 400))
+        scores = rng.integers(0, 6, size) / 3  # few distinct values: ties at the cut
+        for special in (-np.inf, np.inf, np.nan, -0.0):
+            scores[rng.random(size) < rng.random() * 0.4] = special
+        for top_n in (0, 1, 5, 20, int(rng.integers(1, 60))):
+            full = np.lexsort((np.arange(size), -scores))[:top_n]
+            assert serving.best_first(scores, top_n).tolist() == full.tolist()
