@@ -707,6 +707,24 @@ def test_drop_files_that_arrive_after_an_erasure_are_kept_without_the_erased(
     assert "'c1'" not in reasons and "erin" not in reasons.lower()
 
 
+def test_a_drop_file_named_in_capitals_is_gunzipped_like_any_other(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The drop folder takes ``.CSV.GZ`` as it takes ``.csv.gz`` (a Windows export names
+    its files in capitals): read as plain text, the gzip bytes were refused as a header
+    that is not UTF-8."""
+    settings = shop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    plain = write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, [OTTO])
+    zipped = drop / "CUSTOMERS-1.CSV.GZ"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    os.utime(zipped, (0, 0))
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (1, 0)
+    assert people(engine) == {"c2": "otto@example.test"}
+
+
 def test_item_urls_must_be_absolute_http_urls_or_the_file_is_refused(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
