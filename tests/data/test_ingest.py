@@ -725,6 +725,61 @@ def test_a_drop_file_named_in_capitals_is_gunzipped_like_any_other(
     assert people(engine) == {"c2": "otto@example.test"}
 
 
+def test_a_drop_file_that_cannot_leave_the_folder_holds_up_no_other(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file the worker may read but not delete or move (another user's upload in a
+    sticky folder) is counted and logged, and the files after it are imported: the error
+    used to end the run, on every run after it too (the file, imported, stayed to fail
+    again), so that no purchases file arrived any more."""
+    settings = shop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    files = [
+        write_csv(drop / "customers-1.csv", CUSTOMER_HEADER, [OTTO]),
+        write_csv(
+            drop / "items-1.csv", ["id", "title", "category", "price"], [["i1", "Mug", "k", 3]]
+        ),
+        write_csv(
+            drop / "purchases-1.csv", ORDER_HEADER, [["o1", "c2", "i1", 1, 2.5, "2011-08-01"]]
+        ),
+        drop / "customers-2.csv",
+    ]
+    files[-1].write_text("id,email\nc3,not an address\n")
+    for path in files:
+        os.utime(path, (0, 0))
+    real_unlink, real_move = Path.unlink, shutil.move
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.name == "customers-1.csv":
+            raise PermissionError(13, "Permission denied", str(path))
+        real_unlink(path, missing_ok)
+
+    def move(source: Path, target: Path) -> object:
+        if Path(source).name == "customers-2.csv":
+            raise PermissionError(13, "Permission denied", str(source))
+        return real_move(source, target)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr("recocamp.data.drop_folder.shutil.move", move)
+    report = import_drop_folder(engine, settings, NOW)
+    assert report.counts() == {
+        "imported": 3,
+        "already_imported": 0,
+        "rejected": 1,
+        "waiting": 0,
+        "rows": 3,
+        "not_moved": 2,
+    }
+    assert counts(engine)["purchases"] == 1
+    assert sorted(p.name for p in drop.iterdir() if p.is_file()) == [
+        "customers-1.csv",
+        "customers-2.csv",
+    ]
+    again = import_drop_folder(engine, settings, NOW)
+    assert (again.already_imported, again.rejected, again.not_moved) == (1, 1, 2)
+
+
 def test_item_urls_must_be_absolute_http_urls_or_the_file_is_refused(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
