@@ -180,6 +180,28 @@ def test_audience_rules() -> None:
     assert run(quiet, view(contacts=recent))[1] == "not_in_audience:not_contacted_days"
 
 
+@pytest.mark.parametrize("zone", ["Pacific/Auckland", "Pacific/Honolulu", "Europe/Berlin"])
+def test_a_birthday_mail_arrives_on_the_birthday_in_the_customers_zone(zone: str) -> None:
+    """A daily 09:00 London run is 22:00 in Auckland (its summer) and 23:00 of the day before
+    in Honolulu: quiet hours defer the mail to 08:00, so the run of the birthday itself would
+    deliver it the day after. The birthday is checked for the day the mail arrives: of the
+    week's runs, one contacts the customer, and its mail arrives on the birthday."""
+    london = ZoneInfo("Europe/London")
+    shop = Context(NOW, ITEMS, POPULAR, caps.CapPolicy(), london)
+    birthday = campaign(
+        audience={"birthday_today": True},
+        schedule={"cron": "0 9 * * *", "time_zone": "Europe/London"},
+    )
+    customer = view(birthday=date(1990, 1, 15), time_zone=zone)
+    arrivals = []
+    for day in range(12, 19):
+        at = datetime(2025, 1, day, 9, 0, tzinfo=UTC)
+        decision = decide(birthday, customer, replace(shop, now=at), birthday.policy(shop.policy))
+        if decision.outcome in (Outcome.SEND, Outcome.DEFER):
+            arrivals.append((decision.send_at or at).astimezone(ZoneInfo(zone)).date())
+    assert arrivals == [date(2025, 1, 15)]
+
+
 def test_variants_are_stable_and_follow_their_weights() -> None:
     ab = campaign(variants=[{"name": "A", "weight": 75}, {"name": "B", "weight": 25}])
     first = plan(ab, [view(id=str(n)) for n in range(2000)], CONTEXT)
