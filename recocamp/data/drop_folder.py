@@ -18,7 +18,8 @@ Erased customers in a file are skipped like in every import (``ingest``), and a 
 in ``processed_dir`` or ``rejected/`` (and its ``.errors.txt``) is cleaned of them
 (``erasure_files.drop_erased``).
 A file modified in the last ``SETTLE_S`` seconds is left for the next run: it may still be
-being written.
+being written; so is one that changed while it was imported (its name written again, or
+the writer went on after a pause).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def _one(
     importer: Importer, path: Path, drop_dir: Path, done_dir: Path | None, report: DropReport
 ) -> None:
     kind = kind_of(path)
+    read = _identity(path)
     try:
         if kind is None:
             prefixes = ", ".join(prefix for prefix, _, _ in KINDS)
@@ -144,6 +146,8 @@ def _one(
         result = _import(importer, path, *kind)
     except DataImportError as exc:
         reason = str(exc)
+        if _changed(path, read, report):
+            return
         report.rejected += 1
         log.error(
             "import of %s refused, moving it to %s: %s",
@@ -159,6 +163,8 @@ def _one(
         report.imported += 1
         report.rows += result.imported
     log.info("imported %s (%s): %d rows", path.name, result.kind, result.imported)
+    if _changed(path, read, report):
+        return
     _leave(importer, path, report, lambda: _done(path, done_dir, importer.now))
 
 
@@ -177,6 +183,31 @@ def _leave(
         log.error("%s cannot leave the drop folder: %s", path.name, exc.strerror or exc)
         return
     erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What tells one version of a file from the next: its inode, size and modification."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+
+
+def _changed(path: Path, read: tuple[int, ...] | None, report: DropReport) -> bool:
+    """Whether the file is no longer the one the import read — written again under its
+    name (a feed renaming its next export over it), or still being written after a pause
+    longer than ``SETTLE_S`` — and so left for the next run: deleting it (or setting it
+    aside as broken when it was cut short) lost what it now holds."""
+    now = _identity(path)
+    if now == read:
+        return False
+    if now is None:
+        log.warning("%s was taken out of the drop folder while it was imported", path.name)
+        return True
+    report.waiting += 1
+    log.warning("%s changed while it was imported: left for the next run", path.name)
+    return True
 
 
 def _import(importer: Importer, path: Path, kind: str, fmt: str) -> ImportReport:

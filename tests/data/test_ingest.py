@@ -780,6 +780,51 @@ def test_a_drop_file_that_cannot_leave_the_folder_holds_up_no_other(
     assert (again.already_imported, again.rejected, again.not_moved) == (1, 1, 2)
 
 
+def test_a_drop_file_replaced_or_still_written_during_its_import_is_left_for_the_next_run(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feed that writes ``customers.csv`` again (renamed over the old one) while the
+    import reads it, or a writer that goes on after a pause longer than the settling time:
+    the file the import leaves is not the one it read. It used to be deleted (or set aside
+    as broken) all the same, and the customers it held were never imported."""
+    settings = shop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    feed = write_csv(drop / "customers.csv", CUSTOMER_HEADER, [OTTO])
+    half = drop / "customers-big.csv"
+    half.write_text(",".join(CUSTOMER_HEADER) + "\nc4,ida@example.test,Ida,double_opt_in,2011-")
+    for path in (feed, half):
+        os.utime(path, (0, 0))
+    newer = ["c5", "eva@example.test", "Eva", "double_opt_in", "2011-06-01T10:00:00Z"]
+    real = Importer.customers
+
+    def customers_meanwhile(self: Importer, path: Path) -> Any:
+        try:
+            return real(self, path)
+        finally:
+            if path == feed:
+                write_csv(tmp_path / "next.csv", CUSTOMER_HEADER, [OTTO, newer])
+                os.replace(tmp_path / "next.csv", feed)
+            else:
+                with half.open("a") as handle:
+                    handle.write("06-01T10:00:00Z\n")
+
+    monkeypatch.setattr(Importer, "customers", customers_meanwhile)
+    first = import_drop_folder(engine, settings, NOW)
+    assert (first.imported, first.rejected, first.waiting) == (1, 0, 2)
+    assert sorted(p.name for p in drop.iterdir() if p.is_file()) == [
+        "customers-big.csv",
+        "customers.csv",
+    ]
+    monkeypatch.setattr(Importer, "customers", real)
+    for path in (feed, half):
+        os.utime(path, (0, 0))
+    second = import_drop_folder(engine, settings, NOW)
+    assert (second.imported, second.rejected, second.waiting) == (2, 0, 0)
+    assert sorted(people(engine)) == ["c2", "c4", "c5"]
+    assert not any(p.is_file() for p in drop.iterdir())
+
+
 def test_item_urls_must_be_absolute_http_urls_or_the_file_is_refused(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
