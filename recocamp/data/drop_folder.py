@@ -182,7 +182,7 @@ def _leave(
         report.not_moved += 1
         log.error("%s cannot leave the drop folder: %s", path.name, exc.strerror or exc)
         return
-    erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)
+    erasure_files.drop_erased(importer.engine, importer.erasure_key, kept, importer.max_gzip_ratio)
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:

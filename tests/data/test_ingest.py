@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 import time
+import tracemalloc
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -823,6 +824,37 @@ def test_a_drop_file_replaced_or_still_written_during_its_import_is_left_for_the
     assert (second.imported, second.rejected, second.waiting) == (2, 0, 0)
     assert sorted(people(engine)) == ["c2", "c4", "c5"]
     assert not any(p.is_file() for p in drop.iterdir())
+
+
+def test_a_gzip_bomb_set_aside_is_not_decompressed_whole_for_erased_customers(
+    engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The import reads a ``.gz`` file to ``max_gzip_ratio`` times its size and refuses the
+    rest; the look for erased customers in the file set aside decompressed all of it, into
+    memory (400 KB of gzip: 400 MB, 2 GB of memory and 280 s of CPU; a few MB more, the
+    worker's death). It reads as far as the import did, and, on a store that never erased
+    anybody, nothing."""
+    settings = shop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    header = ",".join(ORDER_HEADER).encode() + b"\n"
+    bomb = drop / "purchases-1.csv.gz"
+    bomb.write_bytes(gzip.compress(header + b"x" * 40_000_000, compresslevel=9))
+    os.utime(bomb, (0, 0))
+    tracemalloc.start()
+    try:
+        assert import_drop_folder(engine, settings, NOW).rejected == 1
+        untouched = tracemalloc.get_traced_memory()[1]
+        erased_shop(engine, tmp_path, settings)
+        (drop / "rejected" / "purchases-1.csv.gz").rename(bomb)
+        os.utime(bomb, (0, 0))
+        tracemalloc.reset_peak()
+        assert import_drop_folder(engine, settings, NOW).rejected == 1
+        checked = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert untouched < 10_000_000 and checked < 40_000_000  # never the 40 MB it holds
+    assert "could not check" in caplog.text  # past the bound: logged and left as it is
 
 
 def test_item_urls_must_be_absolute_http_urls_or_the_file_is_refused(
