@@ -377,7 +377,7 @@ def _audience(
     contacted = (contact.at for contact in view.contacts)
     rules = campaign.audience
     if rules.not_contacted_days and segments.last_contacted_within(
-        contacted, now, rules.not_contacted_days
+        contacted, now, rules.not_contacted_days, zone
     ):
         return AudienceRule.NOT_CONTACTED_DAYS
     return None
