@@ -119,7 +119,31 @@ def files_as_folders(settings: Settings, text: str = "") -> list[Problem]:
         if problem is not None:
             line = line_of(text, ("ingest", key)) if text else None
             found.append(Problem(problem, key=f"ingest.{key}{part}", line=line, value=str(folder)))
+    shared = processed_dir_shared(ingest.drop_dir, ingest.processed_dir)
+    if shared is not None:
+        line = line_of(text, ("ingest", "processed_dir")) if text else None
+        found.append(
+            Problem(shared, key="ingest.processed_dir", line=line, value=str(ingest.processed_dir))
+        )
     return found
+
+
+def processed_dir_shared(drop_dir: Path, processed_dir: Path) -> str | None:
+    """Why ``processed_dir`` cannot be the folder it is, or None. The retention purge deletes
+    every file directly in it past ``keep_processed_days`` (with 0, every file): the drop
+    folder itself lost files not yet imported, and kept ones, renamed ``2-…`` beside
+    themselves, were set aside as of an unknown kind, in ``rejected/`` for good; ``rejected/``
+    lost what waits for the operator; a folder above the drop folder (``.``) lost whatever
+    lies there, the settings file and SQLite's shared-memory file among them."""
+    drop, processed = (Path(os.path.abspath(p)).resolve() for p in (drop_dir, processed_dir))
+    if processed in (drop, drop / "rejected"):
+        return "is the drop folder (or its rejected/): imported files need a folder of their own"
+    if processed in drop.parents:
+        return (
+            "holds the drop folder: the retention purge deletes the files directly in it, "
+            "so it must be a folder of their own (such as incoming/processed)"
+        )
+    return None
 
 
 class IngestSettings(_Section):

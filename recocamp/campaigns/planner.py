@@ -285,7 +285,7 @@ def decide(
     def skip(reason: str) -> Decision:
         return Decision(campaign.name, customer.id, Outcome.SKIP, with_detail(str(reason), why))
 
-    outside = _audience(campaign, view, context.now, zone, trigger)
+    outside = _audience(campaign, view, context.now, zone, policy, trigger)
     if outside is not None:
         said = why if trigger is not None and trigger.failed == outside.value else None
         return Decision(
@@ -371,10 +371,11 @@ def _audience(
     view: CustomerView,
     now: datetime,
     zone: ZoneInfo,
+    policy: caps.CapPolicy,
     trigger: predictive.Trigger | None = None,
 ) -> AudienceRule | None:
     """The first audience rule the customer fails, or None (``trigger``: the forecast keys')."""
-    failed = _history_rules(campaign, view, now, zone)
+    failed = _history_rules(campaign, view, now, zone, policy)
     if failed is not None:
         return failed
     if trigger is not None and trigger.failed is not None:
@@ -382,16 +383,18 @@ def _audience(
     contacted = (contact.at for contact in view.contacts)
     rules = campaign.audience
     if rules.not_contacted_days and segments.last_contacted_within(
-        contacted, now, rules.not_contacted_days
+        contacted, now, rules.not_contacted_days, zone
     ):
         return AudienceRule.NOT_CONTACTED_DAYS
     return None
 
 
 def _history_rules(
-    campaign: Campaign, view: CustomerView, now: datetime, zone: ZoneInfo
+    campaign: Campaign, view: CustomerView, now: datetime, zone: ZoneInfo, policy: caps.CapPolicy
 ) -> AudienceRule | None:
-    """The first rule on the customer's own data (orders, segments, tiers, dates) failed."""
+    """The first rule on the customer's own data (orders, segments, tiers, dates) failed.
+    The birthday is the customer's on the day the mail arrives: quiet hours defer a 09:00
+    London run, 22:00 in Auckland, to 08:00 there the next day, after the birthday."""
     rules = campaign.audience
     history = view.history
     if rules.lapsed_days is not None and not segments.lapsed_between(
@@ -410,11 +413,18 @@ def _history_rules(
         view.standing is None or view.standing.tier not in rules.loyalty_tiers
     ):
         return AudienceRule.LOYALTY_TIERS
-    if rules.birthday_today and not segments.birthday_today(view.customer.birthday, now, zone):
+    if rules.birthday_today and not segments.birthday_today(
+        view.customer.birthday, _arrival(now, zone, policy), zone
+    ):
         return AudienceRule.BIRTHDAY_TODAY
     if rules.replenishment_due and not segments.due_for_replenishment(history, now):
         return AudienceRule.REPLENISHMENT_DUE
     return None
+
+
+def _arrival(now: datetime, zone: ZoneInfo, policy: caps.CapPolicy) -> datetime:
+    """When a mail decided at ``now`` goes out: at once, or when the quiet hours end."""
+    return caps.quiet_until(now, zone, policy.quiet_start, policy.quiet_end) or now
 
 
 def offers_for(campaign: Campaign, view: CustomerView, context: Context) -> list[offers.Offer]:

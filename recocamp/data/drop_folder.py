@@ -11,12 +11,15 @@ or, with ``[ingest] keep_processed_days`` above 0, moved to ``[ingest] processed
 deleted by the retention purge that many days later (``privacy.purge``; its modification
 time is set to the import's). Refused, it goes to ``<drop_dir>/rejected/`` with a
 ``<name>.errors.txt`` beside it — so a broken file is reported once, not every few minutes,
-and nothing in it is half-imported; the operator deletes it once dealt with.
+and nothing in it is half-imported; the operator deletes it once dealt with. A file that
+cannot leave the folder (the worker may not delete or move it) is logged and counted
+(``not_moved``), and the other files are imported all the same.
 Erased customers in a file are skipped like in every import (``ingest``), and a file kept
 in ``processed_dir`` or ``rejected/`` (and its ``.errors.txt``) is cleaned of them
 (``erasure_files.drop_erased``).
 A file modified in the last ``SETTLE_S`` seconds is left for the next run: it may still be
-being written.
+being written; so is one that changed while it was imported (its name written again, or
+the writer went on after a pause).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +58,7 @@ class DropReport:
     rejected: int = 0
     waiting: int = 0  # still being written
     rows: int = 0
+    not_moved: int = 0  # imported or refused, but could not leave the folder (logged)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -62,6 +67,7 @@ class DropReport:
             "rejected": self.rejected,
             "waiting": self.waiting,
             "rows": self.rows,
+            "not_moved": self.not_moved,
         }
 
 
@@ -130,6 +136,7 @@ def _one(
     importer: Importer, path: Path, drop_dir: Path, done_dir: Path | None, report: DropReport
 ) -> None:
     kind = kind_of(path)
+    read = _identity(path)
     try:
         if kind is None:
             prefixes = ", ".join(prefix for prefix, _, _ in KINDS)
@@ -138,24 +145,69 @@ def _one(
             )
         result = _import(importer, path, *kind)
     except DataImportError as exc:
-        kept = _reject(path, drop_dir / "rejected", str(exc))
-        erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)
+        reason = str(exc)
+        if _changed(path, read, report):
+            return
         report.rejected += 1
         log.error(
-            "import of %s refused, moved to %s: %s",
+            "import of %s refused, moving it to %s: %s",
             path.name,
             drop_dir / "rejected",
-            str(exc).splitlines()[0],
+            reason.splitlines()[0],
         )
+        _leave(importer, path, report, lambda: _reject(path, drop_dir / "rejected", reason))
         return
-    kept = _done(path, done_dir, importer.now)
-    erasure_files.drop_erased(importer.engine, importer.erasure_key, kept)
     if result.already_imported:
         report.already_imported += 1
     else:
         report.imported += 1
         report.rows += result.imported
     log.info("imported %s (%s): %d rows", path.name, result.kind, result.imported)
+    if _changed(path, read, report):
+        return
+    _leave(importer, path, report, lambda: _done(path, done_dir, importer.now))
+
+
+def _leave(
+    importer: Importer, path: Path, report: DropReport, move: Callable[[], list[Path]]
+) -> None:
+    """Take a file out of the drop folder (``move``: deleted, kept or set aside), then clean
+    what is kept of erased customers. A file that cannot leave (the worker may read it but
+    not delete or move it: another user's upload in a sticky folder; gone already) is
+    logged and counted, and the other files go on: the error used to end the run, and as
+    the file stayed to fail again, every run after it, so that no later file arrived."""
+    try:
+        kept = move()
+    except OSError as exc:
+        report.not_moved += 1
+        log.error("%s cannot leave the drop folder: %s", path.name, exc.strerror or exc)
+        return
+    erasure_files.drop_erased(importer.engine, importer.erasure_key, kept, importer.max_gzip_ratio)
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What tells one version of a file from the next: its inode, size and modification."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+
+
+def _changed(path: Path, read: tuple[int, ...] | None, report: DropReport) -> bool:
+    """Whether the file is no longer the one the import read — written again under its
+    name (a feed renaming its next export over it), or still being written after a pause
+    longer than ``SETTLE_S`` — and so left for the next run: deleting it (or setting it
+    aside as broken when it was cut short) lost what it now holds."""
+    now = _identity(path)
+    if now == read:
+        return False
+    if now is None:
+        log.warning("%s was taken out of the drop folder while it was imported", path.name)
+        return True
+    report.waiting += 1
+    log.warning("%s changed while it was imported: left for the next run", path.name)
+    return True
 
 
 def _import(importer: Importer, path: Path, kind: str, fmt: str) -> ImportReport:

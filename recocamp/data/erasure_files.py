@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from recocamp.data.sources.csv import GZIP_FLOOR
+from recocamp.domain import GZIP_RATIO_LIMIT
 from recocamp.errors import EMAIL
 from recocamp.settings import Settings
 from recocamp.store import tombstones
@@ -131,19 +133,29 @@ def _id_text(value: str) -> str:
     return value[:-2] if value.endswith(".0") else value
 
 
-def drop_erased(engine: Engine, key: bytes | None, paths: Sequence[Path]) -> int:
+def drop_erased(
+    engine: Engine, key: bytes | None, paths: Sequence[Path], max_ratio: int = GZIP_RATIO_LIMIT
+) -> int:
     """Clean files the drop folder keeps (``processed_dir``, ``rejected/``) of customers
     erased before the file arrived: the import skipped their rows, the kept copy must not
     hold them either. Their ids and addresses are found by the tombstones (keyed hashes) and
     the files rewritten as by an erasure. Called once the files are in place: an erasure
     committed after this check scrubs them there itself. Returns the files rewritten; a
-    file that cannot be read is logged and left (a refused file can be unreadable)."""
+    file that cannot be read is logged and left (a refused file can be unreadable), and so
+    is a ``.gz`` file past ``max_ratio`` (the import's ``ingest.max_gzip_ratio``): a gzip
+    bomb set aside was decompressed whole, into memory. A store without tombstones reads
+    no file: nobody it names can have been erased."""
+    if not paths:
+        return 0
+    with engine.connect() as connection:
+        if tombstones.checkable(connection, key, "keeping imported files") is None:
+            return 0
     texts: dict[Path, str] = {}
     ids: set[str] = set()
     addresses: set[str] = set()
     for path in paths:
         try:
-            texts[path] = _read(path)
+            texts[path] = _read(path, max_ratio)
             found = _values(path, texts[path])
         except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
             log.warning("could not check %s for erased customers: %s", path, type(exc).__name__)
@@ -236,9 +248,18 @@ def _scrub_file(path: Path, who: Who) -> bool:
     return False
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, max_ratio: int = GZIP_RATIO_LIMIT) -> str:
+    """A file's text; a ``.gz`` file decompressed to at most ``max_ratio`` times its size (or
+    ``GZIP_FLOOR``), as the import reads it: past that, ValueError (a file that cannot be
+    read, reported as such), not the whole of a gzip bomb in memory."""
     raw = path.read_bytes()
-    return (gzip.decompress(raw) if path.name.lower().endswith(".gz") else raw).decode("utf-8")
+    if path.name.lower().endswith(".gz"):
+        limit = max(GZIP_FLOOR, max_ratio * len(raw))
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as handle:
+            raw = handle.read(limit + 1)
+        if len(raw) > limit:
+            raise ValueError(f"{path.name} decompresses to more than {limit:,} bytes")
+    return raw.decode("utf-8")
 
 
 def _rewrite(path: Path, who: Who, clean: Cleaner) -> bool:

@@ -151,7 +151,7 @@ def _contacts(
     recent = now - timedelta(days=CONTACT_HISTORY_DAYS)
     found: dict[str, list[Contact]] = defaultdict(list)
     for row in connection.execute(_mailed(recent, own_run, customer_ids)):
-        found[row.customer_id].append(Contact(row.campaign, row.sent_at or row.not_before))
+        found[row.customer_id].append(Contact(row.campaign, row.not_before))
     for row in connection.execute(_held_out(now, own_run, recent, customer_ids)):
         found[row.customer_id].append(Contact(row.campaign, row.decided_at))
     if history_days > CONTACT_HISTORY_DAYS:
@@ -163,17 +163,22 @@ def _contacts(
 
 
 def _mailed_at() -> sa.ColumnElement[Any]:
-    """When an e-mail went, or will go, out."""
-    return sa.func.coalesce(outbox.c.sent_at, outbox.c.not_before)
+    """When an e-mail counts for the caps: the instant it was to go out (its run's, the end
+    of quiet hours, its last retry's), as a holdout counts at its decision. Not when the
+    provider took it, seconds to hours (a big run's rate limit) later: a weekly run under
+    a seven days' cooldown, or a customer's weekly preference, found last week's e-mail
+    still inside the seven days, and mailed every other week; a daily one under the 24 h
+    cap every other day."""
+    return outbox.c.not_before
 
 
 def _mailed(
     since: datetime, own_run: str | None, customer_ids: Sequence[str] | None
 ) -> sa.Select[Any]:
     """E-mails queued, sent or delivered from ``since`` on (not the run's own)."""
-    query = sa.select(
-        outbox.c.customer_id, outbox.c.campaign, outbox.c.sent_at, outbox.c.not_before
-    ).where(outbox.c.state.in_(LIVE_STATES), _mailed_at() >= since)
+    query = sa.select(outbox.c.customer_id, outbox.c.campaign, outbox.c.not_before).where(
+        outbox.c.state.in_(LIVE_STATES), _mailed_at() >= since
+    )
     if customer_ids is not None:
         query = query.where(outbox.c.customer_id.in_(customer_ids))
     if own_run is not None:  # send keys are campaign/customer/day, run keys campaign/day

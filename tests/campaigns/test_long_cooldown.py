@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from recocamp.campaigns.run import plan_and_enqueue
 from recocamp.settings import Settings
-from recocamp.store.schema import decisions
+from recocamp.store.outbox import mark_sent
+from recocamp.store.schema import decisions, outbox
 from tests import campaign_shop
 from tests.conftest import NOW, ROOT
 
@@ -47,3 +48,20 @@ def test_not_contacted_days_beyond_five_weeks(engine: sa.Engine) -> None:
     )
     later = plan_and_enqueue(engine, SETTINGS, quiet, ROOT / "templates", NOW + timedelta(days=40))
     assert later.counts == {"not_in_audience:not_contacted_days": 10}
+
+
+def test_a_seven_day_cooldown_lets_a_weekly_campaign_mail_every_week(engine: sa.Engine) -> None:
+    """A weekly run decides at its scheduled instant; its e-mails go out seconds later.
+    The cooldown must end where next week's run decides, as it does for the held-out
+    customers (counted from the decision): counted from the send, a weekly campaign under
+    the default seven days' cooldown (``cross_sell``) mailed each customer every other
+    week, and its holdout every week."""
+    campaign_shop.tea_shop(engine, [f"c{n}" for n in range(20)])
+    weekly = campaign_shop.daily("weekly", holdout_percent=30, caps={"cooldown_days": 7})
+    first = plan_and_enqueue(engine, SETTINGS, weekly, ROOT / "templates", NOW)
+    assert first.counts["eligible"] > 0 and first.counts["holdout"] > 0
+    with engine.begin() as connection:  # what the deliverer does, half a minute later
+        queued = connection.execute(sa.select(outbox.c.id)).scalars().all()
+        mark_sent(connection, {i: f"m{i}" for i in queued}, NOW + timedelta(seconds=30))
+    again = plan_and_enqueue(engine, SETTINGS, weekly, ROOT / "templates", NOW + timedelta(days=7))
+    assert again.counts == first.counts, reasons(engine, again.run_key)

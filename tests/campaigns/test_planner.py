@@ -180,6 +180,46 @@ def test_audience_rules() -> None:
     assert run(quiet, view(contacts=recent))[1] == "not_in_audience:not_contacted_days"
 
 
+@pytest.mark.parametrize("zone", ["Pacific/Auckland", "Pacific/Honolulu", "Europe/Berlin"])
+def test_a_birthday_mail_arrives_on_the_birthday_in_the_customers_zone(zone: str) -> None:
+    """A daily 09:00 London run is 22:00 in Auckland (its summer) and 23:00 of the day before
+    in Honolulu: quiet hours defer the mail to 08:00, so the run of the birthday itself would
+    deliver it the day after. The birthday is checked for the day the mail arrives: of the
+    week's runs, one contacts the customer, and its mail arrives on the birthday."""
+    london = ZoneInfo("Europe/London")
+    shop = Context(NOW, ITEMS, POPULAR, caps.CapPolicy(), london)
+    birthday = campaign(
+        audience={"birthday_today": True},
+        schedule={"cron": "0 9 * * *", "time_zone": "Europe/London"},
+    )
+    customer = view(birthday=date(1990, 1, 15), time_zone=zone)
+    arrivals = []
+    for day in range(12, 19):
+        at = datetime(2025, 1, day, 9, 0, tzinfo=UTC)
+        decision = decide(birthday, customer, replace(shop, now=at), birthday.policy(shop.policy))
+        if decision.outcome in (Outcome.SEND, Outcome.DEFER):
+            arrivals.append((decision.send_at or at).astimezone(ZoneInfo(zone)).date())
+    assert arrivals == [date(2025, 1, 15)]
+
+
+def test_not_contacted_days_count_calendar_days_across_the_spring_forward() -> None:
+    """A weekly run at 10:00 Berlin with ``not_contacted_days = 7``: last week's e-mail went
+    out at 10:00 CET, seven calendar days but only 167 hours before this week's 10:00 CEST.
+    Counted in hours it was "within seven days" and the customer missed the week, as the
+    caps count calendar days (``caps.days_before``) for this very reason."""
+    berlin = ZoneInfo("Europe/Berlin")
+    now = datetime(2024, 4, 2, 10, 0, tzinfo=berlin).astimezone(UTC)
+    last_week = datetime(2024, 3, 26, 10, 0, tzinfo=berlin).astimezone(UTC)
+    weekly = campaign(name="weekly", audience={"not_contacted_days": 7})
+    context = replace(CONTEXT, now=now)
+    history = view(contacts=(caps.Contact("weekly", last_week),))
+    loose = caps.CapPolicy(cooldown_days=7, max_per_7d=5)
+    assert decide(weekly, history, context, loose).outcome is Outcome.SEND
+    later = view(contacts=(caps.Contact("weekly", last_week + timedelta(minutes=1)),))
+    decision = decide(weekly, later, context, loose)
+    assert decision.reason == "not_in_audience:not_contacted_days"
+
+
 def test_variants_are_stable_and_follow_their_weights() -> None:
     ab = campaign(variants=[{"name": "A", "weight": 75}, {"name": "B", "weight": 25}])
     first = plan(ab, [view(id=str(n)) for n in range(2000)], CONTEXT)

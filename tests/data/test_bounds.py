@@ -406,6 +406,31 @@ def test_a_file_where_a_drop_folder_belongs_is_refused_before_anything_is_import
     assert (done / "purchases-1.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("processed", "keep"),
+    [("incoming", 30), ("incoming/", 0), ("incoming/rejected", 30), (".", 0), ("", 30)],
+)
+def test_a_processed_dir_that_holds_the_drop_folder_or_is_it_is_refused(
+    tmp_path: Path, processed: str, keep: int
+) -> None:
+    """The retention purge deletes every file directly in ``processed_dir`` older than
+    ``keep_processed_days`` (with 0, every file, keeping or not): set to the drop folder, it
+    deleted files not yet imported, and a kept file, renamed ``2-…`` beside itself, was then
+    set aside as of an unknown kind, in ``rejected/`` for good; set to the folder above it
+    (``.``), it deleted the settings file and SQLite's -shm file. Refused at load."""
+    written = tmp_path / "settings.toml"
+    written.write_text(
+        f'[ingest]\ndrop_dir = "incoming"\nprocessed_dir = "{processed}"\n'
+        f"keep_processed_days = {keep}\n"
+    )
+    with pytest.raises(ConfigError) as at_load:
+        load_settings(written)
+    assert "line 3, key 'ingest.processed_dir':" in str(at_load.value)
+    assert "the drop folder" in str(at_load.value)
+    written.write_text('[ingest]\ndrop_dir = "incoming"\nprocessed_dir = "kept"\n')
+    assert load_settings(written).ingest.processed_dir == tmp_path / "kept"
+
+
 def _bomb(path: Path, blank_lines: int) -> Path:
     """A .gz file of a good line and then blank lines: a few KB, many MB inflated."""
     head = (",".join(STANDARD) + "\n" + ",".join(GOOD) + "\n").encode()

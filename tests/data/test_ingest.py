@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 import time
+import tracemalloc
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -705,6 +706,155 @@ def test_drop_files_that_arrive_after_an_erasure_are_kept_without_the_erased(
     ]
     reasons = (rejected / "customers-5.csv.errors.txt").read_text()
     assert "'c1'" not in reasons and "erin" not in reasons.lower()
+
+
+def test_a_drop_file_named_in_capitals_is_gunzipped_like_any_other(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The drop folder takes ``.CSV.GZ`` as it takes ``.csv.gz`` (a Windows export names
+    its files in capitals): read as plain text, the gzip bytes were refused as a header
+    that is not UTF-8."""
+    settings = shop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    plain = write_csv(tmp_path / "people.csv", CUSTOMER_HEADER, [OTTO])
+    zipped = drop / "CUSTOMERS-1.CSV.GZ"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    os.utime(zipped, (0, 0))
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (1, 0)
+    assert people(engine) == {"c2": "otto@example.test"}
+
+
+def test_a_drop_file_that_cannot_leave_the_folder_holds_up_no_other(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file the worker may read but not delete or move (another user's upload in a
+    sticky folder) is counted and logged, and the files after it are imported: the error
+    used to end the run, on every run after it too (the file, imported, stayed to fail
+    again), so that no purchases file arrived any more."""
+    settings = shop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    files = [
+        write_csv(drop / "customers-1.csv", CUSTOMER_HEADER, [OTTO]),
+        write_csv(
+            drop / "items-1.csv", ["id", "title", "category", "price"], [["i1", "Mug", "k", 3]]
+        ),
+        write_csv(
+            drop / "purchases-1.csv", ORDER_HEADER, [["o1", "c2", "i1", 1, 2.5, "2011-08-01"]]
+        ),
+        drop / "customers-2.csv",
+    ]
+    files[-1].write_text("id,email\nc3,not an address\n")
+    for path in files:
+        os.utime(path, (0, 0))
+    real_unlink, real_move = Path.unlink, shutil.move
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.name == "customers-1.csv":
+            raise PermissionError(13, "Permission denied", str(path))
+        real_unlink(path, missing_ok)
+
+    def move(source: Path, target: Path) -> object:
+        if Path(source).name == "customers-2.csv":
+            raise PermissionError(13, "Permission denied", str(source))
+        return real_move(source, target)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr("recocamp.data.drop_folder.shutil.move", move)
+    report = import_drop_folder(engine, settings, NOW)
+    assert report.counts() == {
+        "imported": 3,
+        "already_imported": 0,
+        "rejected": 1,
+        "waiting": 0,
+        "rows": 3,
+        "not_moved": 2,
+    }
+    assert counts(engine)["purchases"] == 1
+    assert sorted(p.name for p in drop.iterdir() if p.is_file()) == [
+        "customers-1.csv",
+        "customers-2.csv",
+    ]
+    again = import_drop_folder(engine, settings, NOW)
+    assert (again.already_imported, again.rejected, again.not_moved) == (1, 1, 2)
+
+
+def test_a_drop_file_replaced_or_still_written_during_its_import_is_left_for_the_next_run(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feed that writes ``customers.csv`` again (renamed over the old one) while the
+    import reads it, or a writer that goes on after a pause longer than the settling time:
+    the file the import leaves is not the one it read. It used to be deleted (or set aside
+    as broken) all the same, and the customers it held were never imported."""
+    settings = shop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    feed = write_csv(drop / "customers.csv", CUSTOMER_HEADER, [OTTO])
+    half = drop / "customers-big.csv"
+    half.write_text(",".join(CUSTOMER_HEADER) + "\nc4,ida@example.test,Ida,double_opt_in,2011-")
+    for path in (feed, half):
+        os.utime(path, (0, 0))
+    newer = ["c5", "eva@example.test", "Eva", "double_opt_in", "2011-06-01T10:00:00Z"]
+    real = Importer.customers
+
+    def customers_meanwhile(self: Importer, path: Path) -> Any:
+        try:
+            return real(self, path)
+        finally:
+            if path == feed:
+                write_csv(tmp_path / "next.csv", CUSTOMER_HEADER, [OTTO, newer])
+                os.replace(tmp_path / "next.csv", feed)
+            else:
+                with half.open("a") as handle:
+                    handle.write("06-01T10:00:00Z\n")
+
+    monkeypatch.setattr(Importer, "customers", customers_meanwhile)
+    first = import_drop_folder(engine, settings, NOW)
+    assert (first.imported, first.rejected, first.waiting) == (1, 0, 2)
+    assert sorted(p.name for p in drop.iterdir() if p.is_file()) == [
+        "customers-big.csv",
+        "customers.csv",
+    ]
+    monkeypatch.setattr(Importer, "customers", real)
+    for path in (feed, half):
+        os.utime(path, (0, 0))
+    second = import_drop_folder(engine, settings, NOW)
+    assert (second.imported, second.rejected, second.waiting) == (2, 0, 0)
+    assert sorted(people(engine)) == ["c2", "c4", "c5"]
+    assert not any(p.is_file() for p in drop.iterdir())
+
+
+def test_a_gzip_bomb_set_aside_is_not_decompressed_whole_for_erased_customers(
+    engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The import reads a ``.gz`` file to ``max_gzip_ratio`` times its size and refuses the
+    rest; the look for erased customers in the file set aside decompressed all of it, into
+    memory (400 KB of gzip: 400 MB, 2 GB of memory and 280 s of CPU; a few MB more, the
+    worker's death). It reads as far as the import did, and, on a store that never erased
+    anybody, nothing."""
+    settings = shop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    header = ",".join(ORDER_HEADER).encode() + b"\n"
+    bomb = drop / "purchases-1.csv.gz"
+    bomb.write_bytes(gzip.compress(header + b"x" * 40_000_000, compresslevel=9))
+    os.utime(bomb, (0, 0))
+    tracemalloc.start()
+    try:
+        assert import_drop_folder(engine, settings, NOW).rejected == 1
+        untouched = tracemalloc.get_traced_memory()[1]
+        erased_shop(engine, tmp_path, settings)
+        (drop / "rejected" / "purchases-1.csv.gz").rename(bomb)
+        os.utime(bomb, (0, 0))
+        tracemalloc.reset_peak()
+        assert import_drop_folder(engine, settings, NOW).rejected == 1
+        checked = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert untouched < 10_000_000 and checked < 40_000_000  # never the 40 MB it holds
+    assert "could not check" in caplog.text  # past the bound: logged and left as it is
 
 
 def test_item_urls_must_be_absolute_http_urls_or_the_file_is_refused(

@@ -159,9 +159,10 @@ def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX) -> IO[str]:
     reports them as a problem of their own line and column, next to the file's other problems.
     A ``.gz`` file decompresses to at most ``max_ratio`` times its size (or ``GZIP_FLOOR``):
     48 KB of gzip holding 50 million blank lines cost half a minute of CPU to read through.
+    ``.GZ`` is ``.gz``: the drop folder takes names in any case.
     """
     try:
-        if path.suffix == ".gz":
+        if path.suffix.lower() == ".gz":
             limit = max(GZIP_FLOOR, max_ratio * path.stat().st_size)
             inflated = _Inflated(gzip.open(path, "rb"), limit, max_ratio)  # noqa: SIM115
             opened: IO[bytes] = cast(IO[bytes], io.BufferedReader(inflated))
