@@ -184,7 +184,10 @@ class Repurchases:
                 first = min(first, max(moment + 1, math.ceil(_meet(ahead, slow, behind, fast))))
         if first == math.inf:
             return None
-        return now + (int(first) - moment) * _MICROSECOND
+        try:
+            return now + (int(first) - moment) * _MICROSECOND
+        except OverflowError:  # two intervals a hair apart meet after the calendar's year 9999
+            return None
 
 
 def _meet(ahead: int, slow: float, behind: int, fast: float) -> float:

@@ -155,6 +155,19 @@ def test_a_due_list_holds_until_an_item_falls_due_or_two_swap_places() -> None:
     assert Repurchases.of(history(order(5), order(3))).changes_after(NOW, min_orders=3) is None
 
 
+def test_two_due_items_that_meet_after_the_year_9999_never_change_the_list() -> None:
+    """Soap every 10 days, milk every 9.999999: milk's ratio catches up with soap's in some
+    100 million days. That moment is past what a datetime holds: the list never changes
+    (it raised OverflowError, and the offers API answered 500 for such a customer)."""
+    h = history(
+        *(order(days, items=("soap",)) for days in (50, 40, 30)),
+        *(order(20 + 9.999999 * n, items=("milk",)) for n in (2, 1, 0)),
+    )
+    repurchases = Repurchases.of(h)
+    assert repurchases.due(NOW) == ["soap", "milk"]
+    assert repurchases.changes_after(NOW) is None
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.dictionaries(
