@@ -203,6 +203,11 @@ class VoidLinkError(RecocampError):
     in the erasing transaction, or in the snapshot the export reads; nothing is done."""
 
 
+class SubjectError(RecocampError):
+    """One e-mail's subject failed to render for that customer's data (the template alone
+    passed ``check``): that customer is skipped (``not_rendered``), the run goes on."""
+
+
 class ModelError(RecocampError):
     """Training, loading or scoring a recommender failed."""
 

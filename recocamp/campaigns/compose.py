@@ -30,6 +30,7 @@ from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.offers import Offer
 from recocamp.campaigns.planner import CustomerView, Decision
 from recocamp.domain import BodyTemplate, OutgoingEmail
+from recocamp.errors import SubjectError
 from recocamp.settings import Settings
 
 SEND_KEY_HEADER = "X-Recocamp-Send-Key"
@@ -115,7 +116,12 @@ def compose(
     """The e-mail for one decision. With ``defer_body`` only the subject is rendered now and
     the body travels as a :class:`BodyTemplate` that the deliverer renders when it sends."""
     context = _context(decision, view, campaign, settings, link, send_key)
-    subject = renderer.subject(subject_of(campaign, decision.variant, context["locale"]), context)
+    try:
+        subject = renderer.subject(
+            subject_of(campaign, decision.variant, context["locale"]), context
+        )
+    except render.RENDER_ERRORS as exc:  # this customer's data: see ``run.enqueue_decisions``
+        raise SubjectError(f"{type(exc).__name__}: {exc}") from exc
     html, text = parts_of(campaign, decision.variant)
     template = BodyTemplate(html, text, context) if defer_body else None
     if template is None:

@@ -36,7 +36,7 @@ import numpy as np
 from recocamp.campaigns import audience, caps, compose, planner, predictive, render
 from recocamp.campaigns.files import Campaign
 from recocamp.domain import CONTACT_HISTORY_DAYS, DeliveryReport, OutgoingEmail, PlanningRows
-from recocamp.errors import Interrupted, ModelError
+from recocamp.errors import Interrupted, ModelError, SubjectError
 from recocamp.recommender import models
 from recocamp.recommender.ranking import ranked_lists
 from recocamp.settings import Settings
@@ -304,8 +304,8 @@ def enqueue_decisions(
                         keys[d.customer_id],
                     )
                 )
-            except render.RENDER_ERRORS as exc:  # this customer's data: the run goes on
-                failed[d.customer_id] = f"{type(exc).__name__}: {exc}"
+            except SubjectError as exc:  # this customer's data: the run goes on
+                failed[d.customer_id] = str(exc)
         chunk = _without_unrendered(campaign, report.run_key, chunk, failed)
         with engine.begin() as connection:
             chunk = _checked_again(connection, campaign, planned, chunk, now)
