@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -79,10 +80,15 @@ def kind_of(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def _rank(path: Path) -> tuple[int, str]:
+def _rank(path: Path) -> tuple[int, list[str | int], str]:
+    """Kinds in ``KINDS`` order; files of one kind by name with their numbers by value
+    (``customers-9`` before ``customers-10``, as an export numbers them: by name alone the
+    tenth went first and the ninth's older values won)."""
     name = path.name.lower()
     order = next((n for n, (prefix, _, _) in enumerate(KINDS) if name.startswith(prefix)), 99)
-    return order, name
+    parts = re.split(r"(\d+)", name)  # text, number, text, …: the same type at each place
+    natural: list[str | int] = [int(p) if n % 2 else p for n, p in enumerate(parts)]
+    return order, natural, path.name
 
 
 def pending(drop_dir: Path, now_s: float) -> tuple[list[Path], int]:

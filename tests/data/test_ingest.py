@@ -726,6 +726,24 @@ def test_a_drop_file_named_in_capitals_is_gunzipped_like_any_other(
     assert people(engine) == {"c2": "otto@example.test"}
 
 
+def test_drop_files_of_one_kind_are_imported_in_the_order_their_numbers_say(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """An export that numbers its files: the tenth holds the newer address and is imported
+    after the ninth (by name alone, "customers-10" came first and the ninth's older address
+    won)."""
+    settings = shop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    for number, address in ((9, "old@example.test"), (10, "new@example.test")):
+        written = write_csv(drop / f"customers-{number}.csv", CUSTOMER_HEADER, [OTTO])
+        written.write_text(written.read_text().replace("otto@example.test", address))
+        os.utime(written, (0, 0))
+    report = import_drop_folder(engine, settings, NOW)
+    assert report.imported == 2
+    assert people(engine) == {"c2": "new@example.test"}
+
+
 def test_a_drop_file_that_cannot_leave_the_folder_holds_up_no_other(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
