@@ -353,7 +353,7 @@ def _checked_again(
 def _without_unrendered(
     campaign: Campaign, run_key: str, chunk: planner.Chunk, failed: Mapping[str, str]
 ) -> planner.Chunk:
-    """The chunk with each decision whose e-mail failed to compose turned into a skip
+    """The chunk with each decision whose subject failed to render turned into a skip
     (``not_rendered``), each logged by customer id with the error (its type and message,
     never the address), so one customer's name or data cannot stop the campaign's run."""
     for customer_id, error in failed.items():
