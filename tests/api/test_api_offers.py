@@ -136,17 +136,21 @@ def test_discover_explains_with_a_bought_item(app: FastAPI) -> None:
     assert not owned & set(ids(answer))
 
 
+def cached_customers(app: FastAPI, count: int) -> list[str]:
+    """The first ``count`` customers of the cached top-N, by id."""
+    with engine_of(app).connect() as connection:
+        buyers = connection.execute(
+            sa.select(recommendations.c.customer_id).order_by(recommendations.c.customer_id)
+        ).scalars()
+        return [str(c) for c in buyers][:count]
+
+
 def test_each_offer_has_the_reason_the_whole_lists_give_it(app: FastAPI) -> None:
     """Only the offers shown are explained, not every item of the personal list and of the
     padding ranking: an offer's reason is still the one explaining those whole lists gives
     it (each item's reason depends on nothing but the item and the history)."""
     service = app.state.service
-    engine = engine_of(app)
-    with engine.connect() as connection:
-        buyers = connection.execute(
-            sa.select(recommendations.c.customer_id).order_by(recommendations.c.customer_id)
-        ).scalars()
-        customers = [str(c) for c in buyers][:8]
+    customers = cached_customers(app, 8)
     half_life = service.settings.recommender.time_decay_half_life_days
     padded = 0
     for customer in customers:
@@ -177,11 +181,7 @@ def test_a_padded_answer_is_one_selection_over_its_lists_and_the_padding(app: Fa
     them): the same offers, in the same order, with the same reasons, as one selection of
     the planner's rules over every list and the padding, every reason known; in each mode."""
     service = app.state.service
-    with engine_of(app).connect() as connection:
-        buyers = connection.execute(
-            sa.select(recommendations.c.customer_id).order_by(recommendations.c.customer_id)
-        ).scalars()
-        customers = [str(c) for c in buyers][:8]
+    customers = cached_customers(app, 8)
     half_life = service.settings.recommender.time_decay_half_life_days
     padded = 0
     for customer, mode, n in itertools.product(customers, Mode, (5, 50)):
