@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -600,6 +601,25 @@ def two_campaigns(shop: Path) -> None:
     (shop / "templates" / "stuck.html").write_text(FOREVER)
 
 
+BY_STATE = "SELECT count(*) FROM outbox WHERE campaign = '{}' AND state {}"
+
+
+def all_in(engine: sa.Engine, campaign: str, state: str) -> bool:
+    """Every e-mail of ``campaign`` is in ``state``, and there is at least one."""
+    every = scalar_int(engine, BY_STATE.format(campaign, "IS NOT NULL"))
+    return every == scalar_int(engine, BY_STATE.format(campaign, f"= '{state}'")) > 0
+
+
+def stop_after_a_heartbeat(
+    engine: sa.Engine, worker: subprocess.Popen[bytes], timeout: float
+) -> int:
+    """Wait for the worker's next heartbeat (it still beats), then SIGTERM; its exit code."""
+    beat = scalar(engine, "SELECT max(heartbeat_at) FROM workers")
+    wait_for(lambda: scalar(engine, "SELECT max(heartbeat_at) FROM workers") != beat, 10)
+    worker.send_signal(signal.SIGTERM)
+    return worker.wait(timeout)
+
+
 @pytest.mark.timeout(360)  # its own waits allow for a 15-fold slowdown: up to 300 s
 def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing(
     tmp_path: Path, esp: tuple[FakeEsp, str]
@@ -613,31 +633,21 @@ def test_a_template_that_would_run_forever_fails_its_messages_and_blocks_nothing
         settings.write("[templates]\nrender_time_s = 8\n")
     two_campaigns(shop)
     engine = make_engine(f"sqlite:///{shop / 'shop.db'}")
-    by_state = "SELECT count(*) FROM outbox WHERE campaign = '{}' AND state {}"
     worker = start_worker(shop)
     try:
         wait_for(lambda: trigger(engine, "campaign:stuck", "campaign:everyone"))
-        wait_for(
-            lambda: (
-                scalar_int(engine, by_state.format("everyone", "IS NOT NULL"))
-                == scalar_int(engine, by_state.format("everyone", "= 'sent'"))
-                > 0
-            )
-        )
-        beat = scalar(engine, "SELECT max(heartbeat_at) FROM workers")
-        wait_for(lambda: scalar(engine, "SELECT max(heartbeat_at) FROM workers") != beat, 10)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(180) == 0  # 3: jobs still ran after shutdown_timeout_s
+        wait_for(lambda: all_in(engine, "everyone", "sent"))
+        assert stop_after_a_heartbeat(engine, worker, 180) == 0  # 3: jobs ran after the timeout
     finally:
         worker.kill()
-    assert scalar(engine, by_state.format("stuck", "IN ('sent', 'claimed')")) == 0
+    assert scalar(engine, BY_STATE.format("stuck", "IN ('sent', 'claimed')")) == 0
     # the healthy campaign went out while the stuck one was still rendering (not after it)
     last_sent = "SELECT max(updated_at) FROM outbox WHERE campaign = 'everyone'"
     first_failed = (
         "SELECT min(updated_at) FROM outbox WHERE campaign = 'stuck' AND state = 'failed'"
     )
     assert scalar_text(engine, last_sent) < scalar_text(engine, first_failed)
-    sent = scalar(engine, by_state.format("everyone", "= 'sent'"))
+    sent = scalar(engine, BY_STATE.format("everyone", "= 'sent'"))
     assert fake.stats() == {
         "received": sent,
         "unique_send_keys": sent,
@@ -677,27 +687,14 @@ def test_a_template_whose_one_call_never_returns_fails_its_messages_and_blocks_n
     two_campaigns(shop)
     (shop / "templates" / "stuck.html").write_text(ONE_CALL)
     engine = make_engine(f"sqlite:///{shop / 'shop.db'}")
-    by_state = "SELECT count(*) FROM outbox WHERE campaign = '{}' AND state {}"
     worker = start_worker(shop)
     try:
         wait_for(lambda: trigger(engine, "campaign:stuck", "campaign:everyone"))
-        wait_for(
-            lambda: (
-                scalar_int(engine, by_state.format("everyone", "IS NOT NULL"))
-                == scalar_int(engine, by_state.format("everyone", "= 'sent'"))
-                > 0
-                and scalar_int(engine, by_state.format("stuck", "IS NOT NULL"))
-                == scalar_int(engine, by_state.format("stuck", "= 'failed'"))
-                > 0
-            )
-        )
-        beat = scalar(engine, "SELECT max(heartbeat_at) FROM workers")
-        wait_for(lambda: scalar(engine, "SELECT max(heartbeat_at) FROM workers") != beat, 10)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(60) == 0
+        wait_for(lambda: all_in(engine, "everyone", "sent") and all_in(engine, "stuck", "failed"))
+        assert stop_after_a_heartbeat(engine, worker, 60) == 0
     finally:
         worker.kill()
-    assert fake.stats()["received"] == scalar_int(engine, by_state.format("everyone", "= 'sent'"))
+    assert fake.stats()["received"] == scalar_int(engine, BY_STATE.format("everyone", "= 'sent'"))
     with engine.connect() as connection:
         errors = connection.execute(
             sa.text("SELECT last_error FROM outbox WHERE state = 'failed'")
