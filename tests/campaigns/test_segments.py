@@ -86,15 +86,20 @@ def test_birthday_in_the_customers_zone(
     assert birthday_today(birthday, instant, zone) is expected
 
 
+# coffee every 30 days, last 40 days ago; tea every 5 days, last 55 days ago; filter every
+# 90 days, last 10 days ago
+PANTRY = history(
+    order(100, items=("coffee", "filter")),
+    order(70, items=("coffee",)),
+    order(40, items=("coffee",)),
+    order(60, items=("tea",)),
+    order(55, items=("tea",)),
+    order(10, items=("filter",)),
+)
+
+
 def test_replenishment_is_due_when_the_usual_interval_has_passed() -> None:
-    h = history(
-        order(100, items=("coffee", "filter")),
-        order(70, items=("coffee",)),
-        order(40, items=("coffee",)),
-        order(60, items=("tea",)),
-        order(55, items=("tea",)),
-        order(10, items=("filter",)),
-    )
+    h = PANTRY
     # coffee every 30 days, last 40 days ago: due (×1.33); tea every 5 days, last 55 ago (×11)
     # filter: every 90 days, last 10 days ago: not due
     assert due_for_replenishment(h, NOW) == ["tea", "coffee"]
@@ -128,14 +133,7 @@ def test_repurchases_extended_by_new_orders_are_those_of_the_whole_history() -> 
 
 def test_a_due_list_holds_until_an_item_falls_due_or_two_swap_places() -> None:
     """What a cached "buy again" answer is built on, and when it stops holding."""
-    h = history(
-        order(100, items=("coffee", "filter")),
-        order(70, items=("coffee",)),
-        order(40, items=("coffee",)),
-        order(60, items=("tea",)),
-        order(55, items=("tea",)),
-        order(10, items=("filter",)),
-    )
+    h = PANTRY
     # tea (×11, growing by 1/5 a day) stays ahead of coffee (×1.33, 1/30 a day); filter
     # (every 90 days, last 10 days ago) falls due in 80 days
     assert Repurchases.of(h).changes_after(NOW) == NOW + timedelta(days=80)
