@@ -331,8 +331,37 @@ def parse_as_of(value: str | None, zone: ZoneInfo, option: str = "--as-of") -> d
     if len(value) == 10:
         parsed = datetime.combine(date.fromisoformat(value), time(), tzinfo=zone)
     elif parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone)
+        parsed = _one_instant(parsed.replace(tzinfo=zone), value, option)
     return parsed.astimezone(UTC)
+
+
+def _one_instant(local: datetime, value: str, option: str) -> datetime:
+    """A shop-local wall time that names exactly one instant; else exit 2 naming the option,
+    the value and the zone. On the night the clocks go back a wall time happens twice
+    (``fold`` silently took the first), and on the night they go forward an hour of wall
+    times never happens at all (it was read as an instant an hour away): a plan or a report
+    "as of" either would silently be another instant than the one the user meant.
+    A day alone is its first instant (``local_midnight``), which always exists."""
+    first, second = local.replace(fold=0), local.replace(fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return local
+    zone = local.tzinfo
+    offsets = " or ".join(_offset(t) for t in (first, second))
+    back = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+    if back == local.replace(tzinfo=None):
+        raise typer.BadParameter(
+            f"{value!r} happens twice in {zone} (the clocks go back): add the offset, {offsets}",
+            param_hint=option,
+        )
+    raise typer.BadParameter(
+        f"{value!r} does not exist in {zone} (the clocks go forward over it)",
+        param_hint=option,
+    )
+
+
+def _offset(moment: datetime) -> str:
+    """``+02:00``: a UTC offset as ``--as-of`` takes it."""
+    return moment.isoformat()[-6:]
 
 
 def check_year(year: int, value: str, option: str) -> None:

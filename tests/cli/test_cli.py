@@ -559,6 +559,44 @@ def test_out_of_range_options_exit_2_naming_option_and_value(
 
 
 @pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (
+            "2026-10-25T02:30",
+            "happens twice in Europe/Berlin (the clocks go back): add the offset, +02:00 or +01:00",
+        ),
+        ("2026-03-29T02:30", "does not exist in Europe/Berlin (the clocks go forward over it)"),
+    ],
+)
+def test_a_local_time_the_clocks_skip_or_repeat_exits_2(
+    workdir: Path, value: str, says: str
+) -> None:
+    """A wall time of the night the clocks change names no single instant: before, the
+    repeated one was silently the first and the skipped one an hour away."""
+    with (workdir / "settings.toml").open("a") as settings:
+        settings.write('[shop]\ntime_zone = "Europe/Berlin"\n')
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, ["kpis", "--as-of", value], terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert "--as-of" in result.stderr and value in result.stderr
+    assert says in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize(
+    ("value", "instant"),
+    [
+        ("2026-10-25T02:30+01:00", datetime(2026, 10, 25, 1, 30, tzinfo=UTC)),
+        ("2026-10-25T02:30+02:00", datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        ("2026-10-25T03:30", datetime(2026, 10, 25, 2, 30, tzinfo=UTC)),
+        ("2026-03-29", datetime(2026, 3, 28, 23, 0, tzinfo=UTC)),
+        ("2026-03-29T03:00", datetime(2026, 3, 29, 1, 0, tzinfo=UTC)),
+    ],
+)
+def test_as_of_names_one_instant(value: str, instant: datetime) -> None:
+    assert common.parse_as_of(value, ZoneInfo("Europe/Berlin")) == instant
+
+
+@pytest.mark.parametrize(
     ("args", "option", "value", "bounds"),
     [
         (["evaluate"], "--k", "1000000000000", "1 to 1,000"),
