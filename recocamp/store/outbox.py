@@ -6,7 +6,7 @@ Life of a message (``outbox.state``)::
       ▲                  │ ├─ retry (429/5xx/timeout, per-message retry) ─▶ queued (later)
       │                  │ └─ rejected for good / out of attempts ────────▶ failed
       └── reconcile ─────┘ (claim of a dead worker: looked up at the provider first)
-    queued/claimed ── recipient unsubscribed or suppressed meanwhile ──▶ cancelled
+    queued/claimed ── recipient opted out (consent withdrawn, …) or suppressed ──▶ cancelled
 
 - **Enqueue** inserts under the unique send key (campaign/customer/period) with ON CONFLICT
   DO NOTHING: re-running a campaign slot adds nothing.
@@ -226,7 +226,9 @@ def claim(
 
 
 def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:
-    """Claimed messages whose recipient unsubscribed, was erased or got suppressed since."""
+    """Claimed messages whose recipient unsubscribed, was erased, switched e-mail off,
+    withdrew their consent (basis ``none``: no campaign may mail them) or got suppressed
+    since."""
     if not claimed:
         return set()
     ids = {c.customer_id for c in claimed}
@@ -238,6 +240,7 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int
                     customers.c.unsubscribed_at.is_not(None),
                     customers.c.erased_at.is_not(None),
                     customers.c.channel_email.is_(False),
+                    customers.c.consent_basis == "none",
                 ),
             )
         ).scalars()

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Response
 from recocamp.campaigns.render import Renderer
 from recocamp.campaigns.run import plan_run
 from recocamp.clock import FixedClock, SystemClock
+from recocamp.data import profiles
 from recocamp.delivery import campaign_send
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import http as esp_http
@@ -459,3 +460,24 @@ def test_a_gateways_502_or_504_holds_every_batch_ever_longer_too(
     assert set(sends) == {status}
     assert 12 <= len(sends) <= 20, len(sends)  # pauses of 1, 2, 4 … 60 s (before: hundreds)
     assert states(engine) == Counter({"queued": 2})
+
+
+def test_a_consent_withdrawn_after_enqueue_cancels_the_waiting_mail(engine: sa.Engine) -> None:
+    """A customer whose mail waits in the outbox (deferred by quiet hours, a retry) withdraws
+    their consent (``consent_basis`` → ``none``, as ``PUT /v1/customers/{id}`` or a customers
+    file records it): without a legal basis the mail must not go out. It went, since only an
+    unsubscribe, an erasure, ``channel_email = false`` or a suppression cancelled it."""
+    fill(engine, 2)
+    with engine.begin() as connection:
+        profiles.apply(
+            connection,
+            "c1",
+            {"consent_basis": "none"},
+            at=NOW,
+            actor="api:shop",
+            source="crm",
+        )
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert [m.send_key for m in fake.sent] == ["winback/c0/2026-01-15"] and report.sent == 1
+    assert states(engine) == Counter({"sent": 1, "cancelled": 1})
