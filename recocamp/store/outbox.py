@@ -6,7 +6,7 @@ Life of a message (``outbox.state``)::
       ▲                  │ ├─ retry (429/5xx/timeout, per-message retry) ─▶ queued (later)
       │                  │ └─ rejected for good / out of attempts ────────▶ failed
       └── reconcile ─────┘ (claim of a dead worker: looked up at the provider first)
-    queued/claimed ── recipient opted out (consent withdrawn, …) or suppressed ──▶ cancelled
+    queued/claimed ── recipient opted out (consent withdrawn, …), suppressed or moved ──▶ cancelled
 
 - **Enqueue** inserts under the unique send key (campaign/customer/period) with ON CONFLICT
   DO NOTHING: re-running a campaign slot adds nothing.
@@ -41,7 +41,14 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from recocamp.domain import BodyTemplate, OutgoingEmail, email_hash, email_hashes, email_problem
+from recocamp.domain import (
+    BodyTemplate,
+    OutgoingEmail,
+    address_forms,
+    email_hash,
+    email_hashes,
+    email_problem,
+)
 from recocamp.errors import mask_addresses
 from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import campaign_pauses, customers, outbox, suppressions
@@ -222,7 +229,35 @@ def claim(
         if unsendable:
             wrong = "not one plain e-mail address (queued before addresses were checked)"
             _set(connection, unsendable, now, state="cancelled", last_error=wrong)
-    return [c for c in claimed if c.id not in blocked | unsendable]
+        blocked |= unsendable
+        moved = _moved(connection, [c for c in claimed if c.id not in blocked])
+        if moved:
+            _set(connection, moved, now, state="cancelled", last_error=MOVED)
+    return [c for c in claimed if c.id not in blocked | moved]
+
+
+MOVED = "the customer's address changed since it was queued"
+
+
+def _moved(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:
+    """Claimed messages whose customer's address is another one now (or none): the mail
+    carries their signed links to the preferences page and the data download, and the old
+    address may be a typo that reached a stranger, or a mailbox given up. Compared trimmed,
+    lower-case and composed, as suppressions compare addresses."""
+    if not claimed:
+        return set()
+    rows = connection.execute(
+        sa.select(customers.c.id, customers.c.email).where(
+            customers.c.id.in_({c.customer_id for c in claimed})
+        )
+    )
+    current = {row.id: row.email for row in rows}
+    return {
+        c.id
+        for c in claimed
+        if c.customer_id in current
+        and address_forms(current[c.customer_id] or "")[0] != address_forms(c.email.to)[0]
+    }
 
 
 def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:
@@ -310,7 +345,8 @@ def renew(
 ) -> set[int]:
     """Renew the lease of the claims that ``by`` still holds and return those that may go
     out: a claim taken over meanwhile (its lease ran out) is its new owner's to send, and
-    one whose recipient opted out since it was claimed is cancelled, as a claim does."""
+    one whose recipient opted out or moved since it was claimed is cancelled, as a claim
+    does."""
     ids = [c.id for c in claimed]
     held: set[int] = set()
     for start in range(0, len(ids), 5000):
@@ -324,7 +360,10 @@ def renew(
     blocked = _opted_out(connection, [c for c in claimed if c.id in held])
     if blocked:
         _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
-    return held - blocked
+    moved = _moved(connection, [c for c in claimed if c.id in held - blocked])
+    if moved:
+        _set(connection, moved, now, state="cancelled", last_error=MOVED)
+    return held - blocked - moved
 
 
 def retry_later(

@@ -481,3 +481,25 @@ def test_a_consent_withdrawn_after_enqueue_cancels_the_waiting_mail(engine: sa.E
     report = deliverer(engine, fake, FixedClock(NOW)).drain()
     assert [m.send_key for m in fake.sent] == ["winback/c0/2026-01-15"] and report.sent == 1
     assert states(engine) == Counter({"sent": 1, "cancelled": 1})
+
+
+def test_an_address_changed_after_enqueue_cancels_the_mail_to_the_old_one(
+    engine: sa.Engine,
+) -> None:
+    """A customer corrects their address (a typo that reached a stranger, a mailbox given up)
+    while their mail waits in the outbox: the mail, with their signed links to the preferences
+    page and the data download, went to the old address all the same. It is cancelled (the
+    next run mails the new one); an address that differs only in case or padding still goes."""
+    fill(engine, 3)
+    with engine.begin() as connection:
+        for customer, address in (("c1", "new-c1@example.test"), ("c2", "C2@Example.TEST ")):
+            connection.execute(
+                sa.update(customers).where(customers.c.id == customer).values(email=address)
+            )
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert sorted(m.send_key for m in fake.sent) == [
+        "winback/c0/2026-01-15",
+        "winback/c2/2026-01-15",
+    ]
+    assert report.sent == 2 and states(engine) == Counter({"sent": 2, "cancelled": 1})
