@@ -260,6 +260,34 @@ def _moved(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:
     }
 
 
+PROFILED = "the customer objected to profiling after it was queued: its offers were theirs"
+
+
+def cancel_profiled(connection: sa.Connection, customer_ids: Collection[str], now: datetime) -> int:
+    """Cancel the queued e-mails with offers of customers who have just objected to profiling
+    (in the objection's transaction): their offers were chosen by the profile they objected
+    to, and the next run decides for them by the rule-based fallback. A mail without offers
+    (a survey) stays; one claimed already is the deliverer's, on its way out. How many."""
+    ids = sorted(set(customer_ids))
+    offered: list[int] = []
+    for start in range(0, len(ids), 5000):
+        rows = connection.execute(
+            sa.select(outbox.c.id, outbox.c.body).where(
+                outbox.c.customer_id.in_(ids[start : start + 5000]), outbox.c.state == "queued"
+            )
+        )
+        offered += [row.id for row in rows if _has_offers(row.body)]
+    _set(connection, offered, now, state="cancelled", last_error=PROFILED)
+    return len(offered)
+
+
+def _has_offers(body: bytes) -> bool:
+    """Whether a stored body carries offers: a deferred one's context says; a body rendered
+    when it was queued cannot tell, and counts as one that does."""
+    template = load_body(body).get("template")
+    return template is None or bool(template["context"].get("offers"))
+
+
 def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:
     """Claimed messages whose recipient unsubscribed, was erased, switched e-mail off,
     withdrew their consent (basis ``none``: no campaign may mail them) or got suppressed
