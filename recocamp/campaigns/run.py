@@ -42,7 +42,7 @@ from recocamp.recommender.ranking import ranked_lists
 from recocamp.settings import Settings
 from recocamp.store import decisions as decisions_store
 from recocamp.store import forecasts as forecasts_store
-from recocamp.store import outbox, registry, views
+from recocamp.store import outbox, registry, tombstones, views
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -308,6 +308,8 @@ def enqueue_decisions(
                 failed[d.customer_id] = str(exc)
         chunk = _without_unrendered(campaign, report.run_key, chunk, failed)
         with engine.begin() as connection:
+            tombstones.serialise(connection, erasing=False)  # an erasure: before or after
+            chunk = _without_erased(connection, report.run_key, chunk)
             chunk = _checked_again(connection, campaign, planned, chunk, now)
             _record_decisions(connection, report.run_key, chunk.decisions, now)
             report.enqueued += outbox.enqueue(connection, _still_sent(emails, chunk), now)
@@ -328,6 +330,26 @@ def enqueue_decisions(
 
 
 Queued = tuple[OutgoingEmail, str, str | None, datetime]
+
+
+def _without_erased(connection: Connection, run_key: str, chunk: planner.Chunk) -> planner.Chunk:
+    """The chunk without the customers erased since the run's snapshot: a decision or an
+    e-mail of theirs would bring their id, address and name back into the store after the
+    erasure, and the deliverer, finding no customer row, would send it. Called under
+    ``tombstones.serialise``: an erasure commits before this chunk's check or after its write.
+    """
+    ids = [d.customer_id for d in chunk.decisions]
+    held = views.still_held(connection, ids)
+    if len(held) == len(ids):
+        return chunk
+    log.info(
+        "run %s: %d customer(s) erased since its snapshot, left out", run_key, len(ids) - len(held)
+    )
+    return replace(
+        chunk,
+        views=[v for v in chunk.views if v.customer.id in held],
+        decisions=[d for d in chunk.decisions if d.customer_id in held],
+    )
 
 
 def _checked_again(

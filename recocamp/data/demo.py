@@ -3,7 +3,9 @@
 Both paths go through the real importer (the synthetic shop is first written as files of
 our ``standard`` formats under ``demo_dir``), so the demo exercises what production uses.
 Customer records are synthetic either way (see :mod:`recocamp.synthetic`): the UCI file
-holds no e-mail address, consent, birthday or time zone.
+holds no e-mail address, consent, birthday or time zone. The synthetic shop is generated whole
+from its seed, erased customers too: their lines are written to ``demo/purchases.csv`` as
+guest lines, as erasure left the file, so a second build names nobody erased.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from recocamp.data.ingest import Importer, ImportReport, ProgressSink
+from recocamp.data.ingest import Importer, ImportReport, ProgressSink, detach
 from recocamp.data.sources import csv as sources
 from recocamp.data.synthetic import ConsentMix, customer_record, generate_shop
 from recocamp.settings import Settings
@@ -73,12 +75,18 @@ def _synthetic(importer: Importer, settings: Settings, demo_dir: Path) -> list[I
     shop = generate_shop(
         demo.seed, demo.synthetic_customers, demo.synthetic_items, demo.synthetic_days
     )
+    with importer.engine.connect() as connection:  # the shop is generated whole, erased too
+        erased = tombstones.erased_ids(
+            connection, importer.erasure_key, shop.countries, "the demo", writing=False
+        )
     sources.write_items(demo_dir / "items.csv", shop.items)
-    sources.write_purchases(demo_dir / "purchases.csv", shop.purchases)
+    sources.write_purchases(demo_dir / "purchases.csv", [detach(p, erased) for p in shop.purchases])
     reports = [importer.items(demo_dir / "items.csv")]
     reports.append(importer.purchases(demo_dir / "purchases.csv", "standard"))
     with importer.engine.begin() as connection:
-        erased = tombstones.erased_ids(connection, importer.erasure_key, shop.countries, "the demo")
+        erased |= tombstones.erased_ids(
+            connection, importer.erasure_key, shop.countries, "the demo"
+        )
         countries = {cid: c for cid, c in shop.countries.items() if cid not in erased}
         queries.add_missing_customers(connection, countries, importer.now, importer.default_locale)
     return reports

@@ -51,7 +51,7 @@ from recocamp.domain import (
     Purchase,
 )
 from recocamp.errors import DataImportError, Problem
-from recocamp.store import queries, staging, tombstones
+from recocamp.store import outbox, profiles, queries, staging, tombstones
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -672,7 +672,10 @@ class Importer:
             # a column the file does not have changes nothing stored: a feed without consent
             # or birthday columns reset every customer's consent to "none" and birthday to none
             absent = [name for name in sources.CUSTOMER_OPTIONAL if name not in columns]
+            objectors = set(profiles.objected_ids(connection))
             queries.upsert_customers(connection, rows, self.now, keep=absent)
+            objecting = set(profiles.objected_ids(connection)) - objectors
+            outbox.cancel_profiled(connection, objecting, self.now)  # as data.profiles does
             report = ImportReport("customers", fmt, str(path), read, len(rows), 0, skipped)
             self._finish(connection, run_id, report)
         return report

@@ -14,8 +14,10 @@ Semantics worth knowing:
 - a change of ``consent_basis`` (to a basis other than ``none``) is a new consent and needs
   its own ``consent_at`` in the same change, not the stored one: otherwise the time of the
   old consent (a double opt-in, say) would stand as the time of the new basis;
-- an objection to profiling drops the customer's cached personal list at once, and says so
-  (``Changed.objected``): the caller removes them from the saved models after the commit;
+- an objection to profiling drops the customer's cached personal list at once, cancels
+  their queued e-mails with offers (chosen by their profile: ``outbox.cancel_profiled``), and
+  says so (``Changed.objected``): the caller removes them from the saved models after the
+  commit;
 - ``unsubscribed = true`` unsubscribes (and suppresses the address) like a link click;
   ``false`` re-subscribes only together with a new consent given after the unsubscribe —
   an earlier consent does not outlive the customer's own opt-out. Bounces and complaints
@@ -40,7 +42,7 @@ from recocamp.domain import (
     future_problem,
 )
 from recocamp.errors import RecocampError
-from recocamp.store import contacts, profiles
+from recocamp.store import contacts, outbox, profiles
 from recocamp.store.engine import Connection
 from recocamp.store.queries import audit
 
@@ -109,6 +111,7 @@ def apply(
         profiles.update(connection, customer_id, values, at)
     if values.get("objected_to_profiling"):
         profiles.drop_personal_list(connection, customer_id)
+        outbox.cancel_profiled(connection, [customer_id], now or at)
     opted = _subscription(connection, customer_id, unsubscribed, after, at, source)
     if changed or row is None or opted == "resubscribed":  # contacts audits unsubscribes
         details = {

@@ -6,7 +6,7 @@ Life of a message (``outbox.state``)::
       ▲                  │ ├─ retry (429/5xx/timeout, per-message retry) ─▶ queued (later)
       │                  │ └─ rejected for good / out of attempts ────────▶ failed
       └── reconcile ─────┘ (claim of a dead worker: looked up at the provider first)
-    queued/claimed ── recipient unsubscribed or suppressed meanwhile ──▶ cancelled
+    queued/claimed ── recipient opted out (consent withdrawn, …), suppressed or moved ──▶ cancelled
 
 - **Enqueue** inserts under the unique send key (campaign/customer/period) with ON CONFLICT
   DO NOTHING: re-running a campaign slot adds nothing.
@@ -41,7 +41,14 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from recocamp.domain import BodyTemplate, OutgoingEmail, email_hash, email_hashes, email_problem
+from recocamp.domain import (
+    BodyTemplate,
+    OutgoingEmail,
+    address_forms,
+    email_hash,
+    email_hashes,
+    email_problem,
+)
 from recocamp.errors import mask_addresses
 from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import campaign_pauses, customers, outbox, suppressions
@@ -222,11 +229,69 @@ def claim(
         if unsendable:
             wrong = "not one plain e-mail address (queued before addresses were checked)"
             _set(connection, unsendable, now, state="cancelled", last_error=wrong)
-    return [c for c in claimed if c.id not in blocked | unsendable]
+        blocked |= unsendable
+        moved = _moved(connection, [c for c in claimed if c.id not in blocked])
+        if moved:
+            _set(connection, moved, now, state="cancelled", last_error=MOVED)
+    return [c for c in claimed if c.id not in blocked | moved]
+
+
+MOVED = "the customer's address changed since it was queued"
+
+
+def _moved(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:
+    """Claimed messages whose customer's address is another one now (or none): the mail
+    carries their signed links to the preferences page and the data download, and the old
+    address may be a typo that reached a stranger, or a mailbox given up. Compared trimmed,
+    lower-case and composed, as suppressions compare addresses."""
+    if not claimed:
+        return set()
+    rows = connection.execute(
+        sa.select(customers.c.id, customers.c.email).where(
+            customers.c.id.in_({c.customer_id for c in claimed})
+        )
+    )
+    current = {row.id: row.email for row in rows}
+    return {
+        c.id
+        for c in claimed
+        if c.customer_id in current
+        and address_forms(current[c.customer_id] or "")[0] != address_forms(c.email.to)[0]
+    }
+
+
+PROFILED = "the customer objected to profiling after it was queued: its offers were theirs"
+
+
+def cancel_profiled(connection: sa.Connection, customer_ids: Collection[str], now: datetime) -> int:
+    """Cancel the queued e-mails with offers of customers who have just objected to profiling
+    (in the objection's transaction): their offers were chosen by the profile they objected
+    to, and the next run decides for them by the rule-based fallback. A mail without offers
+    (a survey) stays; one claimed already is the deliverer's, on its way out. How many."""
+    ids = sorted(set(customer_ids))
+    offered: list[int] = []
+    for start in range(0, len(ids), 5000):
+        rows = connection.execute(
+            sa.select(outbox.c.id, outbox.c.body).where(
+                outbox.c.customer_id.in_(ids[start : start + 5000]), outbox.c.state == "queued"
+            )
+        )
+        offered += [row.id for row in rows if _has_offers(row.body)]
+    _set(connection, offered, now, state="cancelled", last_error=PROFILED)
+    return len(offered)
+
+
+def _has_offers(body: bytes) -> bool:
+    """Whether a stored body carries offers: a deferred one's context says; a body rendered
+    when it was queued cannot tell, and counts as one that does."""
+    template = load_body(body).get("template")
+    return template is None or bool(template["context"].get("offers"))
 
 
 def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:
-    """Claimed messages whose recipient unsubscribed, was erased or got suppressed since."""
+    """Claimed messages whose recipient unsubscribed, was erased, switched e-mail off,
+    withdrew their consent (basis ``none``: no campaign may mail them) or got suppressed
+    since."""
     if not claimed:
         return set()
     ids = {c.customer_id for c in claimed}
@@ -238,6 +303,7 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int
                     customers.c.unsubscribed_at.is_not(None),
                     customers.c.erased_at.is_not(None),
                     customers.c.channel_email.is_(False),
+                    customers.c.consent_basis == "none",
                 ),
             )
         ).scalars()
@@ -307,7 +373,8 @@ def renew(
 ) -> set[int]:
     """Renew the lease of the claims that ``by`` still holds and return those that may go
     out: a claim taken over meanwhile (its lease ran out) is its new owner's to send, and
-    one whose recipient opted out since it was claimed is cancelled, as a claim does."""
+    one whose recipient opted out or moved since it was claimed is cancelled, as a claim
+    does."""
     ids = [c.id for c in claimed]
     held: set[int] = set()
     for start in range(0, len(ids), 5000):
@@ -321,7 +388,10 @@ def renew(
     blocked = _opted_out(connection, [c for c in claimed if c.id in held])
     if blocked:
         _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
-    return held - blocked
+    moved = _moved(connection, [c for c in claimed if c.id in held - blocked])
+    if moved:
+        _set(connection, moved, now, state="cancelled", last_error=MOVED)
+    return held - blocked - moved
 
 
 def retry_later(

@@ -26,6 +26,7 @@ from recocamp.store.schema import (
     forecasts,
     import_runs,
     items,
+    offer_lists,
     orders,
     purchases,
     recommendations,
@@ -211,7 +212,7 @@ def upsert_customers(
     (withdrawing it is the customer's own act, through recocamp); the columns in ``keep``
     (those the feed does not carry) are written for new customers only. Personal
     recommendation lists and stored forecasts of objecting customers are dropped in the
-    same transaction."""
+    same transaction (and their re-scored lists shared by the serving processes)."""
     protected = ("unsubscribed_at", "erased_at")
     values = [
         {k: v for k, v in dict(asdict(row), updated_at=now).items() if k not in protected}
@@ -225,7 +226,8 @@ def upsert_customers(
 
 
 def drop_unprofiled_recommendations(connection: sa.Connection) -> None:
-    """No personal list may exist for anybody who objected to profiling or was erased."""
+    """No personal list may exist for anybody who objected to profiling or was erased: the
+    cached top-N, nor the list a serving process re-scored and shared (``offer_lists``)."""
     c = customers.c
     unprofiled = sa.select(c.id).where(
         sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
@@ -233,6 +235,7 @@ def drop_unprofiled_recommendations(connection: sa.Connection) -> None:
     connection.execute(
         sa.delete(recommendations).where(recommendations.c.customer_id.in_(unprofiled))
     )
+    connection.execute(sa.delete(offer_lists).where(offer_lists.c.customer_id.in_(unprofiled)))
 
 
 def drop_unprofiled_forecasts(connection: sa.Connection) -> None:

@@ -120,6 +120,18 @@ def lock_contacts(connection: sa.Connection) -> None:
         queries.write_lock(connection)
 
 
+def still_held(connection: sa.Connection, customer_ids: Sequence[str]) -> set[str]:
+    """Which of ``customer_ids`` the store still holds, not erased: a run decides from a
+    snapshot, and an erasure may have committed since (its customer row is gone)."""
+    found: set[str] = set()
+    c = customers.c
+    for start in range(0, len(customer_ids), IN_BATCH):
+        batch = customer_ids[start : start + IN_BATCH]
+        query = sa.select(c.id).where(c.id.in_(batch), c.erased_at.is_(None))
+        found.update(connection.execute(query).scalars())
+    return found
+
+
 def contacts_of(
     connection: sa.Connection,
     customer_ids: Sequence[str],

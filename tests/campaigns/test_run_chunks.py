@@ -13,6 +13,7 @@ from typing import Any, overload
 import pytest
 import sqlalchemy as sa
 
+from recocamp import privacy
 from recocamp.campaigns import planner, render
 from recocamp.campaigns.run import (
     RunOptions,
@@ -251,3 +252,33 @@ def test_a_subject_that_fails_for_one_customer_skips_only_that_customer(
     assert not [key for key in send_keys(engine) if "c05" in key]
     assert "customer c05" in caplog.text and "ZeroDivisionError" in caplog.text
     assert "c5@example.test" not in caplog.text
+
+
+def test_a_customer_erased_while_the_run_goes_on_is_neither_recorded_nor_mailed(
+    engine: sa.Engine,
+) -> None:
+    """A run decides from a snapshot taken at its start and writes chunk by chunk, for
+    minutes on a big shop; an erasure (the API's DELETE, the preferences page) can commit in
+    between. The chunks written after it recorded the erased customer's decision and queued
+    their e-mail (id, address, name) again, and the deliverer sent it: the customer row was
+    gone, so nothing cancelled it. Their decision and mail are left out of the chunk."""
+    shop(engine)
+    erased = "c13"  # consenting (13 % 4 != 3), in a later chunk than the first
+    planned = plan_run(engine, SETTINGS, daily(holdout_percent=0), NOW)
+    written = 0
+
+    def erase_after_the_first_chunk(decided: int) -> None:
+        nonlocal written
+        written += decided
+        if written == 5:  # the first chunk is committed: the erasure comes now
+            assert privacy.erase(engine, SETTINGS, erased, NOW, "test") is not None
+
+    options = RunOptions(chunk_size=5, on_progress=erase_after_the_first_chunk)
+    report = enqueue_decisions(
+        engine, SETTINGS, daily(holdout_percent=0), TEMPLATES, planned, NOW, options
+    )
+    assert erased not in recorded(engine)
+    assert not [key for key in send_keys(engine) if f"/{erased}/" in key]
+    with engine.connect() as connection:
+        recipients = connection.execute(sa.select(outbox.c.recipient)).scalars().all()
+    assert report.enqueued == len(recipients) and "c13@example.test" not in recipients

@@ -8,15 +8,18 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
 
-from recocamp.campaigns.render import Renderer
+from recocamp.campaigns.render import Renderer, sample_context
 from recocamp.campaigns.run import plan_run
 from recocamp.clock import FixedClock, SystemClock
+from recocamp.data import profiles
+from recocamp.data.ingest import Importer
 from recocamp.delivery import campaign_send
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import http as esp_http
@@ -25,7 +28,7 @@ from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.delivery.processes import drain_in_processes
-from recocamp.domain import DeliveryReport, OutgoingEmail, SendResult
+from recocamp.domain import BodyTemplate, DeliveryReport, OutgoingEmail, SendResult
 from recocamp.errors import TransientDeliveryError
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
@@ -38,6 +41,7 @@ from tests.delivery.test_deliver import (
     ESP,
     TEMPLATES,
     Sleeper,
+    deferred,
     deliverer,
     email,
     fill,
@@ -459,3 +463,88 @@ def test_a_gateways_502_or_504_holds_every_batch_ever_longer_too(
     assert set(sends) == {status}
     assert 12 <= len(sends) <= 20, len(sends)  # pauses of 1, 2, 4 … 60 s (before: hundreds)
     assert states(engine) == Counter({"queued": 2})
+
+
+def test_a_consent_withdrawn_after_enqueue_cancels_the_waiting_mail(engine: sa.Engine) -> None:
+    """A customer whose mail waits in the outbox (deferred by quiet hours, a retry) withdraws
+    their consent (``consent_basis`` → ``none``, as ``PUT /v1/customers/{id}`` or a customers
+    file records it): without a legal basis the mail must not go out. It went, since only an
+    unsubscribe, an erasure, ``channel_email = false`` or a suppression cancelled it."""
+    fill(engine, 2)
+    with engine.begin() as connection:
+        profiles.apply(
+            connection,
+            "c1",
+            {"consent_basis": "none"},
+            at=NOW,
+            actor="api:shop",
+            source="crm",
+        )
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert [m.send_key for m in fake.sent] == ["winback/c0/2026-01-15"] and report.sent == 1
+    assert states(engine) == Counter({"sent": 1, "cancelled": 1})
+
+
+def test_an_address_changed_after_enqueue_cancels_the_mail_to_the_old_one(
+    engine: sa.Engine,
+) -> None:
+    """A customer corrects their address (a typo that reached a stranger, a mailbox given up)
+    while their mail waits in the outbox: the mail, with their signed links to the preferences
+    page and the data download, went to the old address all the same. It is cancelled (the
+    next run mails the new one); an address that differs only in case or padding still goes."""
+    fill(engine, 3)
+    with engine.begin() as connection:
+        for customer, address in (("c1", "new-c1@example.test"), ("c2", "C2@Example.TEST ")):
+            connection.execute(
+                sa.update(customers).where(customers.c.id == customer).values(email=address)
+            )
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert sorted(m.send_key for m in fake.sent) == [
+        "winback/c0/2026-01-15",
+        "winback/c2/2026-01-15",
+    ]
+    assert report.sent == 2 and states(engine) == Counter({"sent": 2, "cancelled": 1})
+
+
+@pytest.mark.parametrize("way", ["profile change", "customers import"])
+def test_an_objection_after_enqueue_cancels_the_waiting_mail_with_offers(
+    engine: sa.Engine, tmp_path: Path, way: str
+) -> None:
+    """A customer objects to profiling while their mail waits in the outbox (quiet hours, a
+    retry): its offers were chosen by their profile ("because you bought …"), and it went out
+    after the objection all the same. It is cancelled in the objection's transaction (the
+    next run decides by the rule-based fallback); a survey without offers still goes, and so
+    does the mail of a customer who objected before it was queued."""
+    without_offers = BodyTemplate("winback.html", "winback.txt", {**sample_context(), "offers": []})
+    survey = dataclasses.replace(deferred(2), template=without_offers)
+    store(engine, [deferred(0), deferred(1), survey])
+    with engine.begin() as connection:  # c0 objected before: its mail was planned so
+        connection.execute(sa.update(customers).values(consent_at=NOW - timedelta(days=9)))
+        connection.execute(
+            sa.update(customers).where(customers.c.id == "c0").values(objected_to_profiling=True)
+        )
+    if way == "profile change":
+        with engine.begin() as connection:
+            for customer in ("c1", "c2"):
+                profiles.apply(
+                    connection,
+                    customer,
+                    {"objected_to_profiling": True},
+                    at=NOW,
+                    actor="customer",
+                    source="preferences page",
+                )
+    else:
+        feed = tmp_path / "customers.csv"
+        people = "".join(f"c{n},c{n}@example.test,true\n" for n in range(3))
+        feed.write_text(f"id,email,objected_to_profiling\n{people}")
+        Importer(engine, zone=UTC, now=NOW).customers(feed)
+    fake = FakeProvider()
+    Deliverer(engine, fake, ESP, FixedClock(NOW), renderer=Renderer(TEMPLATES)).drain()
+    assert sorted(m.send_key for m in fake.sent) == [
+        "winback/c0/2026-01-15",
+        "winback/c2/2026-01-15",
+    ]
+    assert states(engine) == Counter({"sent": 2, "cancelled": 1})

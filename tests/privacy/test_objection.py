@@ -23,7 +23,7 @@ from recocamp.errors import ModelError
 from recocamp.recommender import models as model
 from recocamp.recommender import training
 from recocamp.store import registry
-from recocamp.store.schema import customers
+from recocamp.store.schema import customers, offer_lists
 from recocamp.worker import jobs
 from tests.api.test_api_offers import offers
 from tests.api.test_preferences import page
@@ -207,3 +207,35 @@ def test_unprofile_without_ids_takes_every_objector_out(shop: tuple[sa.Engine, P
     scrub = privacy.unprofile(engine, settings_for(artifacts))
     assert scrub.models == 1 and scrub.clean
     assert not {first, second} & model.customer_ids(directory)
+
+
+def test_an_objection_imported_from_a_customers_file_drops_the_shared_re_scored_list(
+    shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list a serving process re-scored after a purchase and shared with the others
+    (``offer_lists``) is the customer's profile as much as the cached one: an objection drops
+    both in its transaction. Through the API and the preferences page it did; through a
+    customers import the shared list stayed (only the cached list and forecasts went)."""
+    engine, artifacts = shop
+    customer = held(two_models(engine, artifacts))
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(offer_lists).values(
+                customer_id=customer,
+                model_version="v",
+                shaped_by="s",
+                lines=1,
+                id_sum=1,
+                last_id=1,
+                items='[["i1", 0.5]]',
+                computed_at=NOW,
+            )
+        )
+    runner = cli_on(engine, monkeypatch, tmp_path)
+    people = tmp_path / "customers.csv"
+    people.write_text(f"id,email,objected_to_profiling\n{customer},,true\n")
+    imported = runner.invoke(cli, ["import", "customers", str(people)])
+    assert imported.exit_code == 0, imported.output
+    with engine.connect() as connection:
+        left = connection.execute(sa.select(offer_lists.c.customer_id)).scalars().all()
+    assert left == []
