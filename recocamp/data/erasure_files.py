@@ -18,6 +18,14 @@ rewritten atomically (a new file renamed over the old one, modification time kep
 retention clock is unchanged). A file that cannot be read or rewritten is reported, never
 skipped in silence: the erasure then says ``files_clean: false`` and names it.
 
+Files are read as streams, never whole (a kept purchases file may be several GB, which the
+import reads in bounded memory): a file with nothing to clean is read once and left as it
+is; one with something to clean is read again, cleaned into a new file beside it as it is
+read, and renamed over it. A ``.gz`` file is decompressed as it is read, to a bounded size,
+and a line past ``LINE_MAX`` characters is not held: either makes the file unreadable
+(reported). Only regular files are read: a symbolic link is not followed (the drop folder
+sets links aside: their targets are not recocamp's), a pipe or device never opened.
+
 Files that arrive after an erasure: the import skips the erased customer's rows, and
 :func:`drop_erased` cleans the copy the drop folder keeps (``processed_dir``,
 ``rejected/`` and its ``.errors.txt``) the same way, finding them by the tombstones.
