@@ -386,14 +386,16 @@ def _writing(out: IO[bytes], zipped: bool) -> Iterator[IO[str]]:
     """A text stream (UTF-8, line ends as written) into ``out``, gzip-compressed when
     ``zipped``; ``out`` stays open."""
     packed = gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) if zipped else None
-    text = io.TextIOWrapper(packed or out, encoding="utf-8", newline="")
+    text = io.TextIOWrapper(out if packed is None else packed, encoding="utf-8", newline="")
     try:
         yield text
         text.flush()
     finally:
-        text.detach()
-    if packed is not None:
-        packed.close()  # writes the gzip trailer; leaves ``out`` open
+        try:
+            text.detach()
+        finally:
+            if packed is not None:
+                packed.close()  # writes the gzip trailer (also after a failure: not at exit)
 
 
 def replace_atomically(path: Path, write: Callable[[IO[bytes]], bool]) -> bool:
