@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
@@ -43,6 +44,17 @@ def kept_orders(path: Path, lines: int, theirs: set[int]) -> list[str]:
             out.write(order(n, ERASED if n in theirs else f"c{n % 5000 + 2}"))
             expected.append(order(n, "" if n in theirs else f"c{n % 5000 + 2}"))
     return expected
+
+
+def erased(engine: sa.Engine, tmp_path: Path) -> bytes | None:
+    """A store in which ``c1`` was erased; the tombstones' key."""
+    settings = Settings(signing_key=SecretStr("k" * 32))
+    key = tombstones.key_of(settings)
+    people = tmp_path / "people.csv"
+    people.write_text(f"id,email\n{ERASED},{ADDRESS}\nc2,otto@example.test\n")
+    Importer(engine, zone=ZoneInfo("UTC"), now=NOW, erasure_key=key).customers(people)
+    assert privacy.erase(engine, settings, ERASED, NOW, via="test") is not None
+    return key
 
 
 def peak_of(call: Callable[[], T]) -> tuple[T, int]:
@@ -78,12 +90,7 @@ def test_a_large_file_kept_after_an_erasure_is_cleaned_in_memory_far_below_its_s
 ) -> None:
     """What the drop folder runs after each import: the file's ids are looked up in the
     tombstones as it is read (it read the texts of every kept file first, whole)."""
-    settings = Settings(signing_key=SecretStr("k" * 32))
-    key = tombstones.key_of(settings)
-    people = tmp_path / "people.csv"
-    people.write_text(f"id,email\n{ERASED},{ADDRESS}\nc2,otto@example.test\n")
-    Importer(engine, zone=ZoneInfo("UTC"), now=NOW, erasure_key=key).customers(people)
-    assert privacy.erase(engine, settings, ERASED, NOW, via="test") is not None
+    key = erased(engine, tmp_path)
     kept = tmp_path / "processed" / "purchases-1.csv"
     expected = kept_orders(kept, 160_000, {3, 159_999})
     size = kept.stat().st_size
@@ -94,6 +101,26 @@ def test_a_large_file_kept_after_an_erasure_is_cleaned_in_memory_far_below_its_s
     assert peak < size / 3, f"{peak:,} bytes held for a file of {size:,}"
     with kept.open(encoding="utf-8", newline="") as handle:
         assert handle.readlines() == expected
+
+
+def test_values_looked_up_in_small_batches_find_every_erased_customer(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 7 values, 20 remembered as looked up: the erased id is found however the
+    batches fall, in a file and in the reasons beside it."""
+    monkeypatch.setattr(erasure_files, "VALUE_BATCH", 7)
+    monkeypatch.setattr(erasure_files, "CHECKED_MAX", 20)
+    key = erased(engine, tmp_path)
+    kept = tmp_path / "rejected" / "purchases-1.csv"
+    expected = kept_orders(kept, 400, {3, 390})
+    reasons = kept.with_name("purchases-1.csv.errors.txt")
+    lines = [f"line {n}, column 'customer_id': 'c{n}' is not known\n" for n in range(400)]
+    reasons.write_text("".join(lines))
+
+    assert erasure_files.drop_erased(engine, key, [kept, reasons]) == 2
+    with kept.open(encoding="utf-8", newline="") as handle:
+        assert handle.readlines() == expected
+    assert reasons.read_text() == "".join(lines[:1] + lines[2:])
 
 
 def test_the_export_reads_a_large_kept_file_in_memory_far_below_its_size(
