@@ -118,7 +118,7 @@ def pending(drop_dir: Path, now_s: float) -> tuple[list[Path], int]:
     return sorted(ready, key=_rank), len(found) - len(ready)
 
 
-def _not_a_file(path: Path) -> str | None:
+def _not_regular(path: Path) -> str | None:
     """What an entry is when it is not a regular file ("a symbolic link", "a folder", …);
     None for a regular file, or one gone (the import then says it is missing)."""
     try:
@@ -175,7 +175,7 @@ def _refuse_files_as_folders(settings: Settings) -> None:
 def _one(
     importer: Importer, path: Path, drop_dir: Path, done_dir: Path | None, report: DropReport
 ) -> None:
-    what = _not_a_file(path)
+    what = _not_regular(path)
     if what is not None:
         _set_aside(importer, path, what, drop_dir / "rejected", report)
         return

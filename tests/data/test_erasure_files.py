@@ -76,7 +76,7 @@ def test_a_large_kept_file_is_scrubbed_in_memory_far_below_its_size(tmp_path: Pa
     assert size > 7_000_000
 
     done, peak = peak_of(lambda: erasure_files.scrub([kept.parent], [ERASED], []))
-    assert peak < size / 20, f"{peak:,} bytes held for a file of {size:,}"
+    assert peak < 1_000_000, f"{peak:,} bytes held for a file of {size:,}"
     assert (done.rewritten, done.failed) == ([kept], [])
     with kept.open(encoding="utf-8", newline="") as handle:
         assert handle.readlines() == expected  # c1's orders kept as guest lines
@@ -98,7 +98,7 @@ def test_a_large_file_kept_after_an_erasure_is_cleaned_in_memory_far_below_its_s
     rewritten, peak = peak_of(lambda: erasure_files.drop_erased(engine, key, [kept]))
     assert rewritten == 1
     # the look-up of its 5,000 customers' hashes (at most VALUE_BATCH at once), not the file
-    assert peak < size / 3, f"{peak:,} bytes held for a file of {size:,}"
+    assert peak < 3_000_000, f"{peak:,} bytes held for a file of {size:,}"
     with kept.open(encoding="utf-8", newline="") as handle:
         assert handle.readlines() == expected
 
@@ -137,7 +137,7 @@ def test_the_export_reads_a_large_kept_file_in_memory_far_below_its_size(
     (found, unreadable), peak = peak_of(
         lambda: erasure_files.holding([kept.parent], [ERASED], [ADDRESS])
     )
-    assert peak < size / 20, f"{peak:,} bytes held for a file of {size:,}"
+    assert peak < 1_000_000, f"{peak:,} bytes held for a file of {size:,}"
     assert unreadable == []
     assert [row["order_id"] for row in found[str(kept)]] == ["o5", "o159998"]
 
