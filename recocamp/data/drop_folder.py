@@ -20,6 +20,13 @@ in ``processed_dir`` or ``rejected/`` (and its ``.errors.txt``) is cleaned of th
 A file modified in the last ``SETTLE_S`` seconds is left for the next run: it may still be
 being written; so is one that changed while it was imported (its name written again, or
 the writer went on after a pause).
+A name starting with ``.`` is not looked at at all: the convention for hidden files and
+files still being written (macOS's ``._purchases.csv``, an upload as ``.purchases.csv``).
+Only a regular file is read. A symbolic link is not followed — its target may be a file
+the uploader could not read themselves, and the report would quote it — and a folder, pipe,
+socket or device named like a data file is never opened (reading a pipe waits for ever):
+each is moved as it is (the link, not its target) to ``rejected/`` with an ``.errors.txt``
+saying what it is, once, counted as ``rejected``. Entries are looked at with ``lstat``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,16 +100,42 @@ def _rank(path: Path) -> tuple[int, list[str | int], str]:
 
 
 def pending(drop_dir: Path, now_s: float) -> tuple[list[Path], int]:
-    """Files to import now (in import order), and how many are still settling."""
+    """Entries named like data files to take now (in import order: files to import, and
+    links, folders and the like to set aside), and how many are still settling. Hidden
+    names (``.`` first) are left alone; an entry gone meanwhile is not counted."""
     if not drop_dir.is_dir():
         return [], 0
-    files = [
-        p
-        for p in drop_dir.iterdir()
-        if p.is_file() and p.name.lower().endswith((".csv", ".csv.gz"))
-    ]
-    ready = [p for p in files if now_s - p.stat().st_mtime >= SETTLE_S]
-    return sorted(ready, key=_rank), len(files) - len(ready)
+    found: list[tuple[Path, float]] = []
+    for path in drop_dir.iterdir():
+        name = path.name.lower()
+        if name.startswith(".") or not name.endswith((".csv", ".csv.gz")):
+            continue
+        try:
+            found.append((path, path.lstat().st_mtime))
+        except OSError:
+            continue
+    ready = [path for path, modified in found if now_s - modified >= SETTLE_S]
+    return sorted(ready, key=_rank), len(found) - len(ready)
+
+
+def _not_regular(path: Path) -> str | None:
+    """What an entry is when it is not a regular file ("a symbolic link", "a folder", …);
+    None for a regular file, or one gone (the import then says it is missing)."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
 def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> DropReport:
@@ -141,6 +175,10 @@ def _refuse_files_as_folders(settings: Settings) -> None:
 def _one(
     importer: Importer, path: Path, drop_dir: Path, done_dir: Path | None, report: DropReport
 ) -> None:
+    what = _not_regular(path)
+    if what is not None:
+        _set_aside(importer, path, what, drop_dir / "rejected", report)
+        return
     kind = kind_of(path)
     read = _identity(path)
     try:
@@ -174,6 +212,29 @@ def _one(
     _leave(importer, path, report, lambda: _done(path, done_dir, importer.now))
 
 
+def _set_aside(
+    importer: Importer, path: Path, what: str, directory: Path, report: DropReport
+) -> None:
+    """An entry that is not a regular file, moved as it is (a link, not its target; renamed,
+    never copied: copying opened it) to ``directory`` with its ``.errors.txt``, never read.
+    It was skipped every run without a word; a link was followed and imported."""
+    if what == "a symbolic link":
+        why = f"{what}, not a file: links in the drop folder are not followed"
+    else:
+        why = f"{what}, not a file: only files are imported"
+    reason = str(DataImportError(path, [Problem(why)]))
+    report.rejected += 1
+    log.error("%s is %s, moving it to %s", path.name, why, directory)
+
+    def move() -> list[Path]:
+        target = _move(path, directory, os.rename)
+        errors = target.with_name(target.name + ".errors.txt")
+        errors.write_text(reason + "\n", encoding="utf-8")
+        return [errors]  # what is kept to clean: the entry itself holds no rows
+
+    _leave(importer, path, report, move)
+
+
 def _leave(
     importer: Importer, path: Path, report: DropReport, move: Callable[[], list[Path]]
 ) -> None:
@@ -192,9 +253,10 @@ def _leave(
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:
-    """What tells one version of a file from the next: its inode, size and modification."""
+    """What tells one version of a file from the next: its inode, size and modification
+    (of the entry itself: a link put in its place is a change)."""
     try:
-        found = path.stat()
+        found = path.lstat()
     except OSError:
         return None
     return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
@@ -243,14 +305,15 @@ def expired(directory: Path, before: datetime) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.stat().st_mtime < cutoff)
 
 
-def _move(path: Path, directory: Path) -> Path:
-    """Move without overwriting: a second file of the same name gets a numbered name."""
+def _move(path: Path, directory: Path, move: Callable[[Path, Path], object] | None = None) -> Path:
+    """Move without overwriting (a link there, even one to nothing, is not overwritten): a
+    second file of the same name gets a numbered name."""
     directory.mkdir(parents=True, exist_ok=True)
     target, n = directory / path.name, 1
-    while target.exists():
+    while os.path.lexists(target):
         n += 1
         target = directory / f"{n}-{path.name}"
-    shutil.move(path, target)
+    (move or shutil.move)(path, target)  # shutil.move copies across file systems
     return target
 
 

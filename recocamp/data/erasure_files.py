@@ -18,6 +18,14 @@ rewritten atomically (a new file renamed over the old one, modification time kep
 retention clock is unchanged). A file that cannot be read or rewritten is reported, never
 skipped in silence: the erasure then says ``files_clean: false`` and names it.
 
+Files are read as streams, never whole (a kept purchases file may be several GB, which the
+import reads in bounded memory): a file with nothing to clean is read once and left as it
+is; one with something to clean is read again, cleaned into a new file beside it as it is
+read, and renamed over it. A ``.gz`` file is decompressed as it is read, to a bounded size,
+and a line past ``LINE_MAX`` characters is not held: either makes the file unreadable
+(reported). Only regular files are read: a symbolic link is not followed (the drop folder
+sets links aside: their targets are not recocamp's), a pipe or device never opened.
+
 Files that arrive after an erasure: the import skips the erased customer's rows, and
 :func:`drop_erased` cleans the copy the drop folder keeps (``processed_dir``,
 ``rejected/`` and its ``.errors.txt``) the same way, finding them by the tombstones.
@@ -37,12 +45,13 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import unicodedata
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from recocamp.data.sources.csv import GZIP_FLOOR
 from recocamp.domain import GZIP_RATIO_LIMIT
@@ -56,6 +65,9 @@ log = logging.getLogger(__name__)
 DEMO_DIR = Path("demo")  # the demo commands' default --demo-dir
 ID_COLUMNS = {"customerid", "customer"}  # lower-case, "_" and " " removed
 ADDRESS = re.compile(r"^(?:(?:.+_)?email|recipient)$", re.IGNORECASE)
+LINE_MAX = 10_000_000  # characters in one line of a file cleaned here (see _lines)
+VALUE_BATCH = 50_000  # ids and addresses of a kept file looked up at once (drop_erased)
+CHECKED_MAX = 200_000  # ids and addresses of a kept file remembered as looked up
 QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")  # repr()s in .errors.txt
 NOT_COVERED = (
     "files written where the operator chose: `recocamp privacy export --output`, "
@@ -138,68 +150,100 @@ def drop_erased(
 ) -> int:
     """Clean files the drop folder keeps (``processed_dir``, ``rejected/``) of customers
     erased before the file arrived: the import skipped their rows, the kept copy must not
-    hold them either. Their ids and addresses are found by the tombstones (keyed hashes) and
-    the files rewritten as by an erasure. Called once the files are in place: an erasure
-    committed after this check scrubs them there itself. Returns the files rewritten; a
-    file that cannot be read is logged and left (a refused file can be unreadable), and so
-    is a ``.gz`` file past ``max_ratio`` (the import's ``ingest.max_gzip_ratio``): a gzip
-    bomb set aside was decompressed whole, into memory. A store without tombstones reads
-    no file: nobody it names can have been erased."""
+    hold them either. Their ids and addresses are found by the tombstones (keyed hashes),
+    looked up ``VALUE_BATCH`` at a time as each file is read (a kept file of many GB is never
+    held, nor the ids of all its customers), and the files rewritten as by an erasure.
+    Called once the files are in place: an erasure committed after this check scrubs them
+    there itself. Returns the files rewritten; a file that cannot be read is logged and left
+    (a refused file can be unreadable), and so is a ``.gz`` file past ``max_ratio`` (the
+    import's ``ingest.max_gzip_ratio``): a gzip bomb set aside is read no further than the
+    import read it. A store without tombstones reads no file: nobody it names can have
+    been erased."""
     if not paths:
         return 0
     with engine.connect() as connection:
         if tombstones.checkable(connection, key, "keeping imported files") is None:
             return 0
-    texts: dict[Path, str] = {}
+    readable: list[Path] = []
     ids: set[str] = set()
     addresses: set[str] = set()
     for path in paths:
         try:
-            texts[path] = _read(path, max_ratio)
-            found = _values(path, texts[path])
+            found = _erased_in(engine, key, path, max_ratio)
         except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
             log.warning("could not check %s for erased customers: %s", path, type(exc).__name__)
-            texts.pop(path, None)
             continue
+        readable.append(path)
         ids |= found[0]
         addresses |= found[1]
     if not ids and not addresses:
         return 0
-    with engine.connect() as connection:
-        erased = tombstones.tombstoned(connection, key, ids, addresses, "keeping imported files")
-    if not any(erased):
-        return 0
-    who = _Erased(frozenset(erased[0]), frozenset(erased[1]))
-    rewritten = sum(1 for path in texts if _scrub_file(path, who))
+    who = _Erased(frozenset(ids), frozenset(addresses))
+    rewritten = sum(1 for path in readable if _scrub_file(path, who, max_ratio))
     log.info(
         "kept drop-folder file(s) cleaned of %d erased customer(s): %d file(s)",
-        len(erased[0]) + len(erased[1]),
+        len(ids) + len(addresses),
         rewritten,
     )
     return rewritten
 
 
-def _values(path: Path, text: str) -> tuple[set[str], set[str]]:
-    """The ids and addresses (trimmed, lower-case) a file names, as the cleaners see them."""
+def _erased_in(
+    engine: Engine, key: bytes | None, path: Path, max_ratio: int
+) -> tuple[set[str], set[str]]:
+    """The ids and addresses a file names that a tombstone names. The file is read as a
+    stream and its values looked up ``VALUE_BATCH`` at a time, one short connection each
+    (none held open while a large file is read); a value looked up once is not looked up
+    again while fewer than ``CHECKED_MAX`` are remembered (a file's customers repeat: a
+    large purchases file names each many times)."""
+    erased: tuple[set[str], set[str]] = (set(), set())
+    checked: tuple[set[str], set[str]] = (set(), set())
+    batch: tuple[set[str], set[str]] = (set(), set())
+
+    def look_up() -> None:
+        with engine.connect() as connection:
+            found = tombstones.tombstoned(
+                connection, key, batch[0], batch[1], "keeping imported files"
+            )
+        for n in (0, 1):
+            erased[n].update(found[n])
+            if len(checked[0]) + len(checked[1]) < CHECKED_MAX:
+                checked[n].update(batch[n])
+            batch[n].clear()
+
+    with _opened(path, max_ratio) as source:
+        for values in _values(path, source):
+            for n in (0, 1):
+                batch[n].update(v for v in values[n] if v and v not in checked[n])
+            if len(batch[0]) + len(batch[1]) >= VALUE_BATCH:
+                look_up()
+    if batch[0] or batch[1]:
+        look_up()
+    return erased
+
+
+def _values(path: Path, source: IO[str]) -> Iterator[tuple[Iterable[str], Iterable[str]]]:
+    """The ids and addresses each line of an ``.errors.txt`` or row of a CSV file names."""
     if path.name.lower().endswith(".errors.txt"):
-        quoted = set()
-        for literal in QUOTED.findall(text):
-            with contextlib.suppress(ValueError, SyntaxError):
-                quoted.add(_id_text(str(ast.literal_eval(literal))))
-        return quoted, {address_key(a) for a in EMAIL.findall(text)}
-    rows = csv.reader(io.StringIO(text, newline=""))
+        for line in _lines(source):
+            quoted = []
+            for literal in QUOTED.findall(line):
+                with contextlib.suppress(ValueError, SyntaxError):
+                    quoted.append(_id_text(str(ast.literal_eval(literal))))
+            yield quoted, map(address_key, EMAIL.findall(line))
+        return
+    rows = csv.reader(_lines(source))
     first = next(rows, None)
     if first is None:
-        return set(), set()
+        return
     address_columns, id_columns, people = _columns(first)
-    ids: set[str] = set()
-    addresses: set[str] = set()
+    id_columns += people
     for row in rows:
-        ids.update(_id_text(row[n]) for n in (*id_columns, *people) if n < len(row))
-        addresses.update(address_key(row[n]) for n in address_columns if n < len(row))
-    ids.discard("")
-    addresses.discard("")
-    return ids, addresses
+        width = len(row)
+        yield (
+            [_id_text(row[n]) for n in id_columns if n < width],
+            [address_key(row[n]) for n in address_columns if n < width],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,73 +267,160 @@ class _Erased:
         return any(f"/{i}/" in key for i in self.ids)
 
 
-Cleaner = Callable[[str, Who], str | None]  # the new text, or None when nothing changed
+# Reads a file's text (``source``) and says whether cleaning changes it. With ``out``, it
+# writes the cleaned text there as it reads; without, it stops at the first change.
+Cleaner = Callable[[IO[str], Who, IO[str] | None], bool]
 
 
 def _files(directories: list[Path]) -> Iterator[Path]:
+    """The regular files under ``directories``, each once. A symbolic link is not followed
+    (a link set aside by the drop folder may point anywhere: its target is not recocamp's
+    to read, to export or to rewrite), nor is a folder, pipe or device read."""
     seen: set[Path] = set()
     for directory in directories:
         if not directory.is_dir():
             continue
         for path in sorted(directory.rglob("*")):
-            if path.is_file() and path.resolve() not in seen:
+            if _regular(path) and path.resolve() not in seen:
                 seen.add(path.resolve())
                 yield path
 
 
-def _scrub_file(path: Path, who: Who) -> bool:
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _scrub_file(path: Path, who: Who, max_ratio: int = GZIP_RATIO_LIMIT) -> bool:
     name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")):
-        return _rewrite(path, who, _csv)
+        return _rewrite(path, who, _csv, max_ratio)
     if name.endswith(".jsonl"):
-        return _rewrite(path, who, _jsonl)
+        return _rewrite(path, who, _jsonl, max_ratio)
     if name.endswith(".errors.txt"):
-        return _rewrite(path, who, _errors)
+        return _rewrite(path, who, _errors, max_ratio)
     return False
 
 
-def _read(path: Path, max_ratio: int = GZIP_RATIO_LIMIT) -> str:
-    """A file's text; a ``.gz`` file decompressed to at most ``max_ratio`` times its size (or
-    ``GZIP_FLOOR``), as the import reads it: past that, ValueError (a file that cannot be
-    read, reported as such), not the whole of a gzip bomb in memory."""
-    raw = path.read_bytes()
-    if path.name.lower().endswith(".gz"):
-        limit = max(GZIP_FLOOR, max_ratio * len(raw))
-        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as handle:
-            raw = handle.read(limit + 1)
-        if len(raw) > limit:
-            raise ValueError(f"{path.name} decompresses to more than {limit:,} bytes")
-    return raw.decode("utf-8")
+class _Inflating(io.RawIOBase):
+    """A ``.gz`` file's decompressed bytes, counted: past ``limit`` a read raises ValueError
+    (the file cannot be read, reported as such), having held no more than a buffer of it."""
+
+    def __init__(self, packed: gzip.GzipFile, limit: int, name: str) -> None:
+        super().__init__()
+        self.packed, self.limit, self.name, self.total = packed, limit, name, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.packed.readinto(buffer)
+        self.total += count
+        if self.total > self.limit:
+            raise ValueError(f"{self.name} decompresses to more than {self.limit:,} bytes")
+        return count
+
+    def close(self) -> None:
+        self.packed.close()
+        super().close()
 
 
-def _rewrite(path: Path, who: Who, clean: Cleaner) -> bool:
-    """Rewrite ``path`` with ``clean``'s text when it changed anything; atomically."""
+@contextlib.contextmanager
+def _opened(path: Path, max_ratio: int = GZIP_RATIO_LIMIT) -> Iterator[IO[str]]:
+    """A file's text as a stream (UTF-8, line ends as they are); a ``.gz`` file decompressed
+    as it is read, to at most ``max_ratio`` times its size (or ``GZIP_FLOOR``), as the import
+    reads it: past that, ValueError, never the whole of a gzip bomb in memory. Opened without
+    following a symbolic link and without waiting on a pipe: only a regular file is read."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with open(descriptor, "rb") as raw:  # closes the descriptor
+        found = os.fstat(raw.fileno())
+        if not stat.S_ISREG(found.st_mode):
+            raise ValueError(f"{path.name} is not a regular file")
+        source: IO[bytes] = raw
+        if path.name.lower().endswith(".gz"):
+            limit = max(GZIP_FLOOR, max_ratio * found.st_size)
+            packed = gzip.GzipFile(fileobj=raw, mode="rb")
+            source = io.BufferedReader(_Inflating(packed, limit, path.name))
+        with io.TextIOWrapper(source, encoding="utf-8", newline="") as text:
+            yield text
+
+
+def _lines(source: IO[str]) -> Iterator[str]:
+    """The lines of a text (ends kept: ``\\n``, ``\\r\\n`` or ``\\r``), each read with a
+    limit: a line past ``LINE_MAX`` characters makes the file unreadable (ValueError) before
+    more of it is held. No file recocamp writes has one (the import refuses a record past
+    ``RECORD_MAX`` characters), and memory stays bounded whatever a file holds."""
+    while line := source.readline(LINE_MAX + 1):
+        if len(line) > LINE_MAX:
+            raise ValueError(f"a line is longer than {LINE_MAX:,} characters")
+        yield line
+
+
+def _split(source: IO[str], keepends: bool = True) -> Iterator[str]:
+    """The lines of a text as ``str.splitlines`` cuts it, read line by line."""
+    for line in _lines(source):
+        yield from line.splitlines(keepends)
+
+
+def _rewrite(path: Path, who: Who, clean: Cleaner, max_ratio: int = GZIP_RATIO_LIMIT) -> bool:
+    """Rewrite ``path`` cleaned by ``clean`` when that changes anything, atomically. Read
+    twice, as a stream each time: to the first change (a file with nothing to clean is
+    neither written nor touched, and needs no writable folder), then, cleaned, into a new
+    file beside it (gzip again for a ``.gz`` file) that replaces it."""
+    with _opened(path, max_ratio) as source:
+        if not clean(source, who, None):
+            return False
     zipped = path.name.lower().endswith(".gz")
-    text = _read(path)
-    cleaned = clean(text, who)
-    if cleaned is None:
-        return False
-    data = cleaned.encode("utf-8")
-    replace_atomically(path, gzip.compress(data, mtime=0) if zipped else data)
-    return True
+
+    def write(out: IO[bytes]) -> bool:
+        with _opened(path, max_ratio) as source, _writing(out, zipped) as text:
+            return clean(source, who, text)
+
+    return replace_atomically(path, write)
 
 
-def replace_atomically(path: Path, data: bytes) -> None:
-    """Put ``data`` in ``path``'s place in one rename, with its mode and times: a crash
-    leaves the old file or the new one, never half of either."""
-    stat = path.stat()
+@contextlib.contextmanager
+def _writing(out: IO[bytes], zipped: bool) -> Iterator[IO[str]]:
+    """A text stream (UTF-8, line ends as written) into ``out``, gzip-compressed when
+    ``zipped``; ``out`` stays open."""
+    packed = gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) if zipped else None
+    text = io.TextIOWrapper(out if packed is None else packed, encoding="utf-8", newline="")
+    try:
+        yield text
+        text.flush()
+    finally:
+        try:
+            text.detach()
+        finally:
+            if packed is not None:
+                packed.close()  # writes the gzip trailer (also after a failure: not at exit)
+
+
+def replace_atomically(path: Path, write: Callable[[IO[bytes]], bool]) -> bool:
+    """Put what ``write`` writes in ``path``'s place in one rename, with its mode and times,
+    when it says it changed something; otherwise the new file is deleted and ``path`` left
+    as it is. A crash leaves the old file or the new one, never half of either. Returns
+    whether ``path`` was replaced."""
+    found = path.stat()
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".erasing-")
     try:
         with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, stat.st_mode & 0o777)
-        os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            changed = write(out)
+            if changed:
+                out.flush()
+                os.fsync(out.fileno())
+        if not changed:
+            Path(temporary).unlink()
+            return False
+        os.chmod(temporary, found.st_mode & 0o777)
+        os.utime(temporary, ns=(found.st_atime_ns, found.st_mtime_ns))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return True
 
 
 def _columns(first: list[str]) -> tuple[list[int], list[int], list[int]]:
@@ -314,26 +445,30 @@ def _theirs(row: list[str], columns: tuple[list[int], list[int], list[int]], who
     )
 
 
-def _csv(text: str, who: Who) -> str | None:
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    if not rows:
-        return None
-    columns = _columns(rows[0])
+def _csv(source: IO[str], who: Who, out: IO[str] | None) -> bool:
+    """A CSV file without the customer's rows, their id emptied in order lines."""
+    rows = csv.reader(_lines(source))
+    first = next(rows, None)
+    if first is None:
+        return False
+    columns = _columns(first)
     ids = columns[1]
-    kept, changed = [rows[0]], False
-    for row in rows[1:]:
-        if _theirs(row, columns, who):
-            changed = True
-            continue
-        for n in ids:
+    writer = None if out is None else csv.writer(out)
+    if writer is not None:
+        writer.writerow(first)
+    changed = False
+    for row in rows:
+        theirs = _theirs(row, columns, who)
+        for n in () if theirs else ids:
             if n < len(row) and who.is_id(row[n]):
                 row[n], changed = "", True
-        kept.append(row)
-    if not changed:
-        return None
-    out = io.StringIO(newline="")
-    csv.writer(out).writerows(kept)
-    return out.getvalue()
+        changed = changed or theirs
+        if writer is None:
+            if changed:
+                return True
+        elif not theirs:
+            writer.writerow(row)
+    return changed
 
 
 def holding(
@@ -342,7 +477,8 @@ def holding(
     """What the files under ``directories`` hold about the customers, for their export
     (GDPR Art. 15): exactly what :func:`scrub` would remove or blank — a CSV file's rows of
     theirs (column → value), a JSON-lines file's messages, an ``.errors.txt``'s lines — by
-    file; and the files that could not be read (named: the export is not whole then)."""
+    file; and the files that could not be read (named: the export is not whole then). Each
+    file is read as a stream: only what is theirs is held."""
     who = _Erased(_forms(customer_ids), frozenset(address_key(e) for e in emails if e))
     found: dict[str, list[Any]] = {}
     unreadable: list[str] = []
@@ -351,7 +487,8 @@ def holding(
         if not name.endswith((".csv", ".csv.gz", ".jsonl", ".errors.txt")):
             continue
         try:
-            rows = _held(name, _read(path), who)
+            with _opened(path) as source:
+                rows = _held(name, source, who)
         except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
             log.error("export: could not read %s: %s", path, type(exc).__name__)
             unreadable.append(str(path))
@@ -361,26 +498,30 @@ def holding(
     return found, unreadable
 
 
-def _held(name: str, text: str, who: Who) -> list[Any]:
+def _held(name: str, source: IO[str], who: Who) -> list[Any]:
     if name.endswith(".errors.txt"):
         needles = who.needles()
-        return [line for line in text.splitlines() if any(n in address_key(line) for n in needles)]
+        lines = _split(source, keepends=False)
+        return [line for line in lines if any(n in address_key(line) for n in needles)]
     if name.endswith(".jsonl"):
-        return [record for record in _messages(text) if _to_them(record, who)]
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    if not rows:
+        return [record for record in _messages(source) if _to_them(record, who)]
+    rows = csv.reader(_lines(source))
+    first = next(rows, None)
+    if first is None:
         return []
-    columns = _columns(rows[0])
+    columns = _columns(first)
     ids = columns[1]
     return [
-        dict(zip(rows[0], row, strict=False))
-        for row in rows[1:]
+        dict(zip(first, row, strict=False))
+        for row in rows
         if _theirs(row, columns, who) or any(n < len(row) and who.is_id(row[n]) for n in ids)
     ]
 
 
-def _messages(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def _messages(source: IO[str]) -> Iterator[dict[str, Any]]:
+    for line in _split(source):
+        if line.strip():
+            yield json.loads(line)
 
 
 def _to_them(record: dict[str, Any], who: Who) -> bool:
@@ -389,19 +530,31 @@ def _to_them(record: dict[str, Any], who: Who) -> bool:
     return who.is_address(str(record.get("To") or "")) or who.in_send_key(key)
 
 
-def _jsonl(text: str, who: Who) -> str | None:
-    kept, changed = [], False
-    for line in text.splitlines(keepends=True):
+def _jsonl(source: IO[str], who: Who, out: IO[str] | None) -> bool:
+    """A JSON-lines file without the messages to the customer."""
+    changed = False
+    for line in _split(source):
         record = json.loads(line) if line.strip() else {}
-        if _to_them(record, who):
+        if not _to_them(record, who):
+            if out is not None:
+                out.write(line)
+        elif out is None:
+            return True
+        else:
             changed = True
-            continue
-        kept.append(line)
-    return "".join(kept) if changed else None
+    return changed
 
 
-def _errors(text: str, who: Who) -> str | None:
+def _errors(source: IO[str], who: Who, out: IO[str] | None) -> bool:
+    """An ``.errors.txt`` without the lines naming the customer."""
     needles = who.needles()
-    lines = text.splitlines(keepends=True)
-    kept = [line for line in lines if not any(n in address_key(line) for n in needles)]
-    return "".join(kept) if len(kept) != len(lines) else None
+    changed = False
+    for line in _split(source):
+        if not any(n in address_key(line) for n in needles):
+            if out is not None:
+                out.write(line)
+        elif out is None:
+            return True
+        else:
+            changed = True
+    return changed

@@ -9,7 +9,9 @@ page, whose link names one customer and so acts for that customer alone."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 import sqlalchemy as sa
@@ -267,9 +269,9 @@ def test_an_erasure_of_three_ids_rewrites_each_file_once(
     writes: list[str] = []
     replace = erasure_files.replace_atomically
 
-    def counted(path: Path, data: bytes) -> None:
+    def counted(path: Path, write: Callable[[IO[bytes]], bool]) -> bool:
         writes.append(path.name)
-        replace(path, data)
+        return replace(path, write)
 
     monkeypatch.setattr(erasure_files, "replace_atomically", counted)
     erase = ["privacy", "erase", "ann", "--yes", "--all-matching", "--expect", "3"]

@@ -1,0 +1,206 @@
+"""The files erasure cleans, read as streams: a kept file of many MB is scrubbed and
+exported in memory far below its size, a file with nothing to clean is not touched, a
+gzip bomb is refused while it is read, and a symbolic link is never followed."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from recocamp import privacy
+from recocamp.data import erasure_files
+from recocamp.data.ingest import Importer
+from recocamp.settings import Settings
+from recocamp.store import tombstones
+from tests.conftest import NOW
+
+T = TypeVar("T")
+HEADER = "order_id,customer_id,item_id,quantity,unit_price,ordered_at\r\n"
+ERASED = "c1"
+ADDRESS = "erin@example.test"
+
+
+def order(n: int, customer: str) -> str:
+    return f"o{n},{customer},i{n % 97},1,2.50,2011-07-01T10:00:00Z\r\n"
+
+
+def kept_orders(path: Path, lines: int, theirs: set[int]) -> list[str]:
+    """A purchases file as the drop folder keeps it, written line by line: ``c1``'s orders
+    on the lines in ``theirs``; returns its lines as the scrub must leave them."""
+    expected = [HEADER]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write(HEADER)
+        for n in range(lines):
+            out.write(order(n, ERASED if n in theirs else f"c{n % 5000 + 2}"))
+            expected.append(order(n, "" if n in theirs else f"c{n % 5000 + 2}"))
+    return expected
+
+
+def erased(engine: sa.Engine, tmp_path: Path) -> bytes | None:
+    """A store in which ``c1`` was erased; the tombstones' key."""
+    settings = Settings(signing_key=SecretStr("k" * 32))
+    key = tombstones.key_of(settings)
+    people = tmp_path / "people.csv"
+    people.write_text(f"id,email\n{ERASED},{ADDRESS}\nc2,otto@example.test\n")
+    Importer(engine, zone=ZoneInfo("UTC"), now=NOW, erasure_key=key).customers(people)
+    assert privacy.erase(engine, settings, ERASED, NOW, via="test") is not None
+    return key
+
+
+def peak_of(call: Callable[[], T]) -> tuple[T, int]:
+    """What ``call`` returns and the most memory Python held meanwhile (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        return call(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_large_kept_file_is_scrubbed_in_memory_far_below_its_size(tmp_path: Path) -> None:
+    """A 7 MB file took several times its size: read whole, then split into rows."""
+    kept = tmp_path / "processed" / "purchases-1.csv"
+    expected = kept_orders(kept, 160_000, {0, 80_000, 159_999})
+    os.chmod(kept, 0o640)
+    os.utime(kept, ns=(1_000_000_000, 2_000_000_000))
+    size = kept.stat().st_size
+    assert size > 7_000_000
+
+    done, peak = peak_of(lambda: erasure_files.scrub([kept.parent], [ERASED], []))
+    assert peak < 1_000_000, f"{peak:,} bytes held for a file of {size:,}"
+    assert (done.rewritten, done.failed) == ([kept], [])
+    with kept.open(encoding="utf-8", newline="") as handle:
+        assert handle.readlines() == expected  # c1's orders kept as guest lines
+    assert kept.stat().st_mtime_ns == 2_000_000_000  # the retention clock
+    assert kept.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in kept.parent.iterdir()] == [kept.name]  # no temporary file left
+
+
+def test_a_large_file_kept_after_an_erasure_is_cleaned_in_memory_far_below_its_size(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """What the drop folder runs after each import: the file's ids are looked up in the
+    tombstones as it is read (it read the texts of every kept file first, whole)."""
+    key = erased(engine, tmp_path)
+    kept = tmp_path / "processed" / "purchases-1.csv"
+    expected = kept_orders(kept, 160_000, {3, 159_999})
+    size = kept.stat().st_size
+
+    rewritten, peak = peak_of(lambda: erasure_files.drop_erased(engine, key, [kept]))
+    assert rewritten == 1
+    # the look-up of its 5,000 customers' hashes (at most VALUE_BATCH at once), not the file
+    assert peak < 3_000_000, f"{peak:,} bytes held for a file of {size:,}"
+    with kept.open(encoding="utf-8", newline="") as handle:
+        assert handle.readlines() == expected
+
+
+def test_values_looked_up_in_small_batches_find_every_erased_customer(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 7 values, 20 remembered as looked up: the erased id is found however the
+    batches fall, in a file and in the reasons beside it."""
+    monkeypatch.setattr(erasure_files, "VALUE_BATCH", 7)
+    monkeypatch.setattr(erasure_files, "CHECKED_MAX", 20)
+    key = erased(engine, tmp_path)
+    kept = tmp_path / "rejected" / "purchases-1.csv"
+    expected = kept_orders(kept, 400, {3, 390})
+    reasons = kept.with_name("purchases-1.csv.errors.txt")
+    lines = [f"line {n}, column 'customer_id': 'c{n}' is not known\n" for n in range(400)]
+    reasons.write_text("".join(lines))
+
+    assert erasure_files.drop_erased(engine, key, [kept, reasons]) == 2
+    with kept.open(encoding="utf-8", newline="") as handle:
+        assert handle.readlines() == expected
+    assert reasons.read_text() == "".join(lines[:1] + lines[2:])
+
+
+def test_the_export_reads_a_large_kept_file_in_memory_far_below_its_size(
+    tmp_path: Path,
+) -> None:
+    kept = tmp_path / "processed" / "purchases-1.csv.gz"
+    plain = tmp_path / "plain.csv"
+    kept_orders(plain, 160_000, {5, 159_998})
+    kept.parent.mkdir()
+    with plain.open("rb") as source, gzip.open(kept, "wb", compresslevel=1) as out:
+        out.writelines(source)
+    size = plain.stat().st_size
+
+    (found, unreadable), peak = peak_of(
+        lambda: erasure_files.holding([kept.parent], [ERASED], [ADDRESS])
+    )
+    assert peak < 1_000_000, f"{peak:,} bytes held for a file of {size:,}"
+    assert unreadable == []
+    assert [row["order_id"] for row in found[str(kept)]] == ["o5", "o159998"]
+
+
+def test_a_file_with_nothing_to_clean_is_not_touched(tmp_path: Path) -> None:
+    """Read to its end, neither rewritten nor replaced: the same file (inode), bytes and
+    times, whatever its line ends (a rewrite writes CSV's own)."""
+    folder = tmp_path / "rejected"
+    folder.mkdir()
+    others = folder / "customers-2.csv"
+    others.write_bytes(b"id,email\nc2,otto@example.test\nc3,ida@example.test\n")
+    reasons = folder / "customers-2.csv.errors.txt"
+    reasons.write_text("line 2, column 'consent_basis': 'maybe' is not a basis\n")
+    before = {path: (path.stat(), path.read_bytes()) for path in (others, reasons)}
+
+    done = erasure_files.scrub([folder], [ERASED], [ADDRESS])
+    assert (done.rewritten, done.failed) == ([], [])
+    for path, (found, data) in before.items():
+        now = path.stat()
+        assert (now.st_ino, now.st_mtime_ns, now.st_ctime_ns) == (
+            found.st_ino,
+            found.st_mtime_ns,
+            found.st_ctime_ns,
+        )
+        assert path.read_bytes() == data
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in before)
+
+
+def test_a_gzip_bomb_is_refused_while_it_is_read(tmp_path: Path) -> None:
+    """120 MB of one-letter fields gzip to 117 KB: past 1,000 times its size. Reported as a
+    file that cannot be cleaned (and is not whole in an export), left as it is, and never
+    held: it was decompressed whole into memory, up to the limit, before it was refused."""
+    folder = tmp_path / "processed"
+    folder.mkdir()
+    bomb = folder / "purchases-1.csv.gz"
+    filler = ("x," * 499_999 + "x\n").encode() * 120
+    bomb.write_bytes(gzip.compress(HEADER.encode() + order(1, ERASED).encode() + filler))
+    data = bomb.read_bytes()
+    assert len(data) * 1_000 < len(filler)  # past the limit (deflate's best is ~1,030)
+
+    done, scrubbing = peak_of(lambda: erasure_files.scrub([folder], [ERASED], [ADDRESS]))
+    assert (done.rewritten, done.failed) == ([], [bomb])
+    (found, unreadable), exporting = peak_of(
+        lambda: erasure_files.holding([folder], [ERASED], [ADDRESS])
+    )
+    assert (found, unreadable) == ({}, [str(bomb)])
+    assert bomb.read_bytes() == data and [p.name for p in folder.iterdir()] == [bomb.name]
+    assert max(scrubbing, exporting) < 20_000_000  # a line (and its row) at a time
+
+
+def test_a_link_among_the_kept_files_is_not_followed(tmp_path: Path) -> None:
+    """A link set aside by the drop folder (``rejected/purchases-9.csv`` → a file of the
+    worker's own): its target is neither read into an export nor rewritten, and the link
+    stays a link."""
+    target = tmp_path / "elsewhere.csv"
+    kept_orders(target, 3, {1})
+    data = target.read_bytes()
+    folder = tmp_path / "rejected"
+    folder.mkdir()
+    link = folder / "purchases-9.csv"
+    link.symlink_to(target)
+
+    assert erasure_files.holding([folder], [ERASED], [ADDRESS]) == ({}, [])
+    done = erasure_files.scrub([folder], [ERASED], [ADDRESS])
+    assert (done.rewritten, done.failed) == ([], [])
+    assert link.is_symlink() and target.read_bytes() == data
