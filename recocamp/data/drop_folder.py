@@ -156,6 +156,7 @@ def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> Dro
         max_gzip_ratio=settings.ingest.max_gzip_ratio,
         erasure_key=key,
         default_locale=settings.shop.default_locale,
+        follow_links=False,  # a link swapped in after _not_regular looked is not read
     )
     for path in files:
         _one(importer, path, drop_dir, done_dir, report)

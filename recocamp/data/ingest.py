@@ -93,10 +93,10 @@ class ImportReport:
     seconds: float = 0.0
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, *, follow_links: bool = True) -> str:
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
+        with sources.open_bytes(path, follow_links=follow_links) as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     except OSError as exc:
@@ -112,11 +112,12 @@ def _parse(
     max_listed: int,
     key: Callable[[T], str],
     max_ratio: int = GZIP_RATIO_MAX,
+    follow_links: bool = True,
 ) -> tuple[list[T], dict[str, int], int]:
     """Parse a whole file (customers, items: one row per customer or item, ``key`` its id,
     once per file); ``columns``: the required and the optional ones."""
     progress.phase(f"reading {path.name}", None)
-    with sources.open_text(path, max_ratio) as handle:
+    with sources.open_text(path, max_ratio, follow_links=follow_links) as handle:
         rows = _counted(sources.read_rows(path, columns[0], handle, columns[1]), progress)
         try:
             return sources.collect(path, rows, parse, max_listed=max_listed, key=key)
@@ -417,8 +418,11 @@ class Importer:
         erasure_key: bytes | None = None,
         max_gzip_ratio: int = GZIP_RATIO_MAX,
         default_locale: Locale = FALLBACK_LOCALE,
+        follow_links: bool = True,
     ) -> None:
         self.engine, self.zone, self.now = engine, zone, now
+        # False (the drop folder): only regular files, never through a link (open_bytes)
+        self.follow_links = follow_links
         self.default_locale = default_locale  # a customers row without a locale gets this
         self.progress = progress or NoProgress()
         self.max_listed = max_listed
@@ -443,7 +447,7 @@ class Importer:
         self, path: Path, kind: str, fmt: str, write: Callable[..., ImportReport]
     ) -> ImportReport:
         started = time.perf_counter()
-        sha = file_sha256(path)
+        sha = file_sha256(path, follow_links=self.follow_links)
         with self.engine.connect() as connection:
             seen = queries.find_import(connection, kind, sha)
         if seen is not None:
@@ -505,7 +509,7 @@ class Importer:
         required = sources.ONLINE_RETAIL_COLUMNS if retail else sources.STANDARD_COLUMNS
         optional = () if retail else sources.STANDARD_OPTIONAL
         self.progress.phase(f"reading {path.name}", None)
-        with sources.open_text(path, self.max_gzip_ratio) as handle:
+        with sources.open_text(path, self.max_gzip_ratio, follow_links=self.follow_links) as handle:
             try:
                 records = sources.Records(path, required, handle, optional)
                 parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
@@ -656,6 +660,7 @@ class Importer:
             self.max_listed,
             _customer_id,
             self.max_gzip_ratio,
+            self.follow_links,
         )
         with self.engine.begin() as connection:
             erased = tombstones.erased_ids(
@@ -689,6 +694,7 @@ class Importer:
             self.max_listed,
             _item_id,
             self.max_gzip_ratio,
+            self.follow_links,
         )
         with self.engine.begin() as connection:
             run_id = self._begin_run(connection, "items", fmt, path, sha, read)

@@ -4,6 +4,7 @@ hidden name is left alone. The other files of the run are imported all the same.
 
 from __future__ import annotations
 
+import gzip
 import os
 import stat
 import sys
@@ -11,10 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
+from recocamp.data import drop_folder
 from recocamp.data.drop_folder import import_drop_folder
+from recocamp.data.ingest import Importer, ImportReport
 from recocamp.settings import Settings
 from recocamp.store.schema import customers, purchases
 from tests.conftest import NOW, write_csv
@@ -155,3 +159,43 @@ def test_hidden_names_are_left_alone(engine: sa.Engine, tmp_path: Path) -> None:
     assert counted(engine) == ({"c2"}, 0)
     assert {path: path.read_bytes() for path in (apple, partial)} == before
     assert sorted(p.name for p in drop.iterdir()) == ["._purchases-1.csv", ".customers-2.csv"]
+
+
+def test_a_link_swapped_in_after_the_look_is_not_read(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An uploader who swaps a link in for a file between the drop folder's look at the
+    entry (a file then) and the import got the link's target imported: the import followed
+    links. The drop folder's import opens with ``O_NOFOLLOW``: the link is not read, the
+    entry (changed) waits, and the next run sets the link aside."""
+    settings = drop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    secret = write_csv(
+        tmp_path / "secret.csv", ORDERS, [["o1", "c9", "secret-item", 1, 2.5, "2011-08-01"]]
+    )
+    secret_gz = tmp_path / "secret.csv.gz"
+    secret_gz.write_bytes(gzip.compress(secret.read_bytes()))
+    targets = {"purchases-1.csv": secret, "purchases-2.csv.gz": secret_gz}
+    for name in targets:
+        write_csv(drop / name, ORDERS, [["o2", "c2", "i1", 1, 2.5, "2011-08-01"]])
+        settled(drop / name)
+
+    class Swapped(Importer):
+        def purchases(self, path: Path, fmt: str = "standard") -> ImportReport:
+            path.unlink()  # the uploader's swap, after the look
+            path.symlink_to(targets[path.name])
+            settled(path)
+            return super().purchases(path, fmt)
+
+    monkeypatch.setattr(drop_folder, "Importer", Swapped)
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected, report.waiting) == (0, 0, 2)
+    assert counted(engine) == (set(), 0)
+    monkeypatch.undo()
+    again = import_drop_folder(engine, settings, NOW)
+    assert (again.imported, again.rejected) == (0, 2)
+    assert counted(engine) == (set(), 0)
+    for name in targets:
+        assert (drop / "rejected" / name).is_symlink()
+        assert "secret-item" not in (drop / "rejected" / f"{name}.errors.txt").read_text()

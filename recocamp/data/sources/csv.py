@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import gzip
 import io
+import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
@@ -152,22 +155,38 @@ class RetailLine(NamedTuple):
 GZIP_FLOOR = 1 << 20  # bytes a small .gz file may always decompress to
 
 
-def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX) -> IO[str]:
+def open_bytes(path: Path, *, follow_links: bool = True) -> IO[bytes]:
+    """A file opened for reading; with ``follow_links`` False only a regular file, never
+    through a symbolic link (``O_NOFOLLOW``) and never blocking on a pipe (``O_NONBLOCK``),
+    else OSError: the drop folder sets links and pipes aside before it imports, and an
+    uploader could swap a link in between (the link's target was read and imported)."""
+    if follow_links:
+        return path.open("rb")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    handle = os.fdopen(os.open(path, flags), "rb")
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        handle.close()
+        raise OSError(errno.EINVAL, "not a regular file")
+    return handle
+
+
+def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX, *, follow_links: bool = True) -> IO[str]:
     """Open a CSV file, transparently gunzipping ``.gz``; a missing file is a DataImportError.
 
     Bytes that are not UTF-8 do not stop the reading (``surrogateescape``): :func:`read_rows`
     reports them as a problem of their own line and column, next to the file's other problems.
     A ``.gz`` file decompresses to at most ``max_ratio`` times its size (or ``GZIP_FLOOR``):
     48 KB of gzip holding 50 million blank lines cost half a minute of CPU to read through.
-    ``.GZ`` is ``.gz``: the drop folder takes names in any case.
+    ``.GZ`` is ``.gz``: the drop folder takes names in any case. ``follow_links``: see
+    :func:`open_bytes`.
     """
     try:
+        opened = open_bytes(path, follow_links=follow_links)
         if path.suffix.lower() == ".gz":
-            limit = max(GZIP_FLOOR, max_ratio * path.stat().st_size)
-            inflated = _Inflated(gzip.open(path, "rb"), limit, max_ratio)  # noqa: SIM115
-            opened: IO[bytes] = cast(IO[bytes], io.BufferedReader(inflated))
-        else:
-            opened = path.open("rb")
+            limit = max(GZIP_FLOOR, max_ratio * os.fstat(opened.fileno()).st_size)
+            unzipped = gzip.GzipFile(fileobj=opened, mode="rb")
+            inflated = _Inflated(unzipped, limit, max_ratio, opened)
+            opened = cast(IO[bytes], io.BufferedReader(inflated))
     except OSError as exc:
         raise DataImportError(path, [Problem(f"cannot open file: {exc.strerror}")]) from None
     return io.TextIOWrapper(opened, encoding="utf-8-sig", errors="surrogateescape", newline="")
@@ -180,9 +199,10 @@ class FileTooLarge(Exception):
 class _Inflated(io.RawIOBase):
     """A gzip file's bytes, counted: past ``limit`` a read raises :class:`FileTooLarge`."""
 
-    def __init__(self, inner: gzip.GzipFile, limit: int, ratio: int) -> None:
+    def __init__(self, inner: gzip.GzipFile, limit: int, ratio: int, raw: IO[bytes]) -> None:
         super().__init__()
         self.inner, self.limit, self.ratio, self.total = inner, limit, ratio, 0
+        self.raw = raw  # the compressed file: a GzipFile given a file object leaves it open
 
     def readable(self) -> bool:
         return True
@@ -198,8 +218,11 @@ class _Inflated(io.RawIOBase):
         return count
 
     def close(self) -> None:
-        self.inner.close()
-        super().close()
+        try:
+            self.inner.close()
+        finally:
+            self.raw.close()
+            super().close()
 
 
 class RecordTooLong(Exception):
