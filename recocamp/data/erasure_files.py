@@ -425,8 +425,10 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], bool]) -> bool:
 
 def _columns(first: list[str]) -> tuple[list[int], list[int], list[int]]:
     """Columns of addresses, of customer ids in order lines, and of the ids of a customers
-    file (an ``id`` column beside an address column)."""
-    header = [name.strip() for name in first]
+    file (an ``id`` column beside an address column). A byte order mark before the first
+    name (a spreadsheet's UTF-8 export; the import reads past it) is not part of it: the
+    file's first column went unrecognised, and an erased customer's id stayed in it."""
+    header = [name.strip().removeprefix("\ufeff").strip() for name in first]
     addresses = [n for n, name in enumerate(header) if ADDRESS.match(name)]
     ids = [
         n

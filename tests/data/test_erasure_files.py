@@ -204,3 +204,23 @@ def test_a_link_among_the_kept_files_is_not_followed(tmp_path: Path) -> None:
     done = erasure_files.scrub([folder], [ERASED], [ADDRESS])
     assert (done.rewritten, done.failed) == ([], [])
     assert link.is_symlink() and target.read_bytes() == data
+
+
+@pytest.mark.parametrize("name", ["purchases-1.csv", "purchases-1.csv.gz"])
+def test_a_file_that_opens_with_a_byte_order_mark_is_cleaned_of_its_first_column(
+    tmp_path: Path, name: str
+) -> None:
+    """A spreadsheet's UTF-8 export starts with a byte order mark; the import reads past it.
+    With ``customer_id`` the first column, the scrub read its name as ``\\ufeffcustomer_id``
+    and left the erased customer's id in the kept file."""
+    folder = tmp_path / "done"
+    folder.mkdir()
+    text = "\ufeffcustomer_id,order_id,item_id\r\nc1,o1,i1\r\nc2,o2,i2\r\n".encode()
+    path = folder / name
+    path.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+
+    done = erasure_files.scrub([folder], [ERASED], [])
+    assert done.rewritten == [path] and not done.failed
+    data = path.read_bytes()
+    cleaned = gzip.decompress(data) if name.endswith(".gz") else data
+    assert cleaned.decode() == "\ufeffcustomer_id,order_id,item_id\r\n,o1,i1\r\nc2,o2,i2\r\n"
