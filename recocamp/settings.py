@@ -22,6 +22,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import re
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -39,13 +40,22 @@ from pydantic import (
     HttpUrl,
     PrivateAttr,
     SecretStr,
+    ValidationInfo,
     create_model,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from recocamp.config_files import error_hidden, line_of, read_toml, validated
-from recocamp.domain import GZIP_RATIO_LIMIT, GZIP_RATIO_MAX, MAX_COUNT, MAX_DAYS, Locale
+from recocamp.domain import (
+    GZIP_RATIO_LIMIT,
+    GZIP_RATIO_MAX,
+    MAX_COUNT,
+    MAX_DAYS,
+    Locale,
+    email_problem,
+)
 from recocamp.errors import ConfigError, Problem
 
 if TYPE_CHECKING:  # imported when a schedule is read: the settings load without it
@@ -276,6 +286,26 @@ def _check_sendgrid_key(text: str | None) -> str | None:
     return text
 
 
+PLAIN_ADDRESS = (
+    "is not one plain e-mail address (the address alone: no mailto:, name, list, white "
+    'space or any of , ; < > ( ) [ ] " \\ :)'
+)
+# "Demo Shop <shop@example.test>": a name of printable characters but the address's
+# delimiters and specials, then one plain address in angle brackets
+NAMED_ADDRESS = re.compile(r'([^<>@,;:"\\()\[\]]*[^<>@,;:"\\()\[\]\s]) *<([^<>]*)>')
+NAMED_SENDERS = ("postmark", "fake")  # Postmark's From takes "Name <address>"; the fake is it
+
+
+def _plain_address(value: str | None) -> str | None:
+    """``[esp] unsubscribe_mailto``: it is written after ``mailto:`` in every e-mail's
+    List-Unsubscribe header, so it is one bare address (``domain.email_problem``); a
+    ``mailto:`` of its own, a name or a list would send mail clients' unsubscribes nowhere,
+    and ``>, <https://…`` would add a link of someone else's to every header."""
+    if value is not None and email_problem(value):
+        raise ValueError(PLAIN_ADDRESS)
+    return value
+
+
 LOOPBACK_NAMES = ("localhost", "localhost.")
 
 
@@ -319,9 +349,33 @@ class EspSettings(_Section):
     # 0: one per CPU core
     delivery_processes: int = Field(default=0, ge=0, le=MAX_PROCESSES)
     message_stream: str = "broadcast"
-    unsubscribe_mailto: str | None = None
+    unsubscribe_mailto: Annotated[str | None, AfterValidator(_plain_address)] = None
     # SendGrid's signed event webhook (base64 DER), checked as the verifier loads it
     webhook_public_key: Annotated[str | None, AfterValidator(_check_sendgrid_key)] = None
+
+    @field_validator("from_email")
+    @classmethod
+    def _one_sender(cls, value: str, info: ValidationInfo) -> str:
+        """Every message's From: one address, ``shop@example.test``, or with a name, ``Demo
+        Shop <shop@example.test>``, where the provider takes one (Postmark's From does;
+        SendGrid, Brevo and Mailpit take the address alone, in a field ``email``). Anything
+        else (no ``@``, ``mailto:``, a list) passed ``check`` and failed every message of
+        every run at the provider."""
+        if not email_problem(value):
+            return value
+        named = NAMED_ADDRESS.fullmatch(value)
+        if named is None or email_problem(named[2]) or not value.isprintable():
+            raise ValueError(
+                "is not one sender address (the address alone, or a name and the address "
+                'in angle brackets: no mailto:, list or any of , ; ( ) [ ] " \\ : in the address)'
+            )
+        provider = info.data.get("provider")
+        if provider not in NAMED_SENDERS:
+            raise ValueError(
+                f"has a name, and provider {provider!r} takes the address alone "
+                f"(a name only with {' or '.join(NAMED_SENDERS)})"
+            )
+        return value
 
     @model_validator(mode="after")
     def _request_within_lease(self) -> EspSettings:

@@ -795,3 +795,56 @@ def test_a_worker_polling_interval_below_a_tenth_of_a_second_is_refused(
     [problem] = config_error(write(tmp_path, f"[worker]\n{key} = 0.000001\n")).problems
     assert (problem.key, problem.line, problem.value) == (f"worker.{key}", 2, 0.000001)
     assert load_settings(write(tmp_path, f"[worker]\n{key} = 0.1\n"))
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('from_email = "shop.example.test"', "from_email"),  # no @: every e-mail refused
+        ('from_email = "mailto:shop@example.test"', "from_email"),
+        ('from_email = "shop@example.test, boss@example.test"', "from_email"),  # a list
+        ('from_email = "Demo Shop <shop@example.test"', "from_email"),
+        ('from_email = "Shop\\r\\nBcc: all@example.test <shop@example.test>"', "from_email"),
+        ('unsubscribe_mailto = "mailto:unsubscribe@shop.example"', "unsubscribe_mailto"),
+        ('unsubscribe_mailto = "Shop <unsubscribe@shop.example>"', "unsubscribe_mailto"),
+        (
+            'unsubscribe_mailto = "u@shop.example>, <https://elsewhere.example/x"',
+            "unsubscribe_mailto",
+        ),
+        ('unsubscribe_mailto = "unsubscribe at shop.example"', "unsubscribe_mailto"),
+    ],
+)
+def test_the_sender_and_the_unsubscribe_mailbox_are_one_address(
+    tmp_path: Path, line: str, key: str
+) -> None:
+    """``[esp] from_email`` goes into every message's From, ``unsubscribe_mailto`` into
+    ``<mailto:…?subject=unsubscribe%20TOKEN>`` of every List-Unsubscribe header: a careless
+    value (``mailto:`` written twice, a list, no ``@``) passed ``check`` and failed every
+    message at the provider, or sent mail clients' unsubscribes to no mailbox (or a URL)."""
+    [problem] = config_error(write(tmp_path, f"[esp]\n{line}\n")).problems
+    assert (problem.key, problem.line) == (f"esp.{key}", 2)
+    assert "address" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("provider", "sender", "ok"),
+    [
+        ("postmark", "shop@example.test", True),
+        ("postmark", "Demo Shop <shop@example.test>", True),  # Postmark's From takes a name
+        ("fake", "Demo Shop <shop@example.test>", True),  # the stand-in for Postmark
+        ("sendgrid", "shop@example.test", True),
+        ("sendgrid", "Demo Shop <shop@example.test>", False),  # {"email": …}: the address
+        ("brevo", "Demo Shop <shop@example.test>", False),
+        ("mailpit", "Demo Shop <shop@example.test>", False),
+    ],
+)
+def test_a_sender_name_only_where_the_provider_takes_one(
+    tmp_path: Path, provider: str, sender: str, ok: bool
+) -> None:
+    path = write(tmp_path, f'[esp]\nprovider = "{provider}"\nfrom_email = "{sender}"\n')
+    if ok:
+        assert load_settings(path).esp.from_email == sender
+        return
+    [problem] = config_error(path).problems
+    assert (problem.key, problem.line) == ("esp.from_email", 3)
+    assert provider in problem.message
