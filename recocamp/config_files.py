@@ -46,12 +46,56 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         raise ConfigError(path, [not_utf8(exc)]) from None
     try:
         return tomllib.loads(text), text
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        depth, deep_line = deepest(text)
+        message = (
+            "not valid TOML for Python's parser: arrays or inline tables nested too deeply "
+            f"({depth:,} levels open at this line)"
+        )
+        raise ConfigError(path, [Problem(message, line=deep_line)]) from None
     except tomllib.TOMLDecodeError as exc:
         # Python 3.14 has exc.lineno; before, the line is only in the message
         line = getattr(exc, "lineno", None)
         if line is None and (found := re.search(r"at line (\d+)", str(exc))):
             line = int(found.group(1))
         raise ConfigError(path, [Problem(f"not valid TOML: {exc}", line=line)]) from None
+
+
+_OPEN, _CLOSE = frozenset("[{"), frozenset("]}")
+_QUOTES = ('"""', "'''", '"', "'")
+
+
+def deepest(text: str) -> tuple[int, int]:
+    """How deep TOML's arrays and inline tables nest at most, and the line where they first
+    do: brackets in strings and comments are not counted (a table header's pair closes on
+    its line). For a file Python's parser cannot read for its depth, where to look."""
+    depth = most = 0
+    line = where = 1
+    i, end = 0, len(text)
+    while i < end:
+        char = text[i]
+        quote = next((q for q in _QUOTES if text.startswith(q, i)), None)
+        if quote is not None:  # skip the string: a basic one's \" does not close it
+            j = i + len(quote)
+            while j < end and not text.startswith(quote, j):
+                j += 2 if text[j] == "\\" and quote[0] == '"' else 1
+            line += text.count("\n", i, j)
+            i = j + len(quote)
+            continue
+        if char == "#":
+            i = text.find("\n", i)
+            i = end if i < 0 else i
+            continue
+        if char == "\n":
+            line += 1
+        elif char in _OPEN:
+            depth += 1
+            if depth > most:
+                most, where = depth, line
+        elif char in _CLOSE:
+            depth = max(depth - 1, 0)
+        i += 1
+    return most, where
 
 
 def not_utf8(error: UnicodeDecodeError) -> Problem:

@@ -848,3 +848,11 @@ def test_a_sender_name_only_where_the_provider_takes_one(
     [problem] = config_error(path).problems
     assert (problem.key, problem.line) == ("esp.from_email", 3)
     assert provider in problem.message
+
+
+def test_a_settings_file_nested_past_the_parsers_stack_names_its_line(tmp_path: Path) -> None:
+    """Python's TOML parser recurses per nested array: thousands deep was a RecursionError
+    (every command a traceback, exit 1) rather than the file's problem (exit 2)."""
+    path = write(tmp_path, '[shop]\nname = "x"\n\n[kpis]\nx = ' + "[" * 5000 + "]" * 5000 + "\n")
+    [problem] = config_error(path).problems
+    assert problem.line == 5 and "nested too deeply" in problem.message

@@ -287,6 +287,30 @@ def test_every_problem_of_a_file_and_every_broken_file_at_once(tmp_path: Path) -
     assert {p.key for p in many_error.problems} == {"offer.mode", "offer.items"}
 
 
+@pytest.mark.parametrize(
+    "nested",
+    ["[" * 5000 + "]" * 5000, "{ a = " * 3000 + "1" + " }" * 3000],
+    ids=["arrays", "inline tables"],
+)
+def test_toml_nested_past_the_parsers_stack_is_a_problem_of_its_file(
+    tmp_path: Path, nested: str
+) -> None:
+    """Python's TOML parser recurses once per nested array or inline table: a file nested
+    thousands deep raised RecursionError out of ``load_all``, so ``check`` printed a
+    traceback (exit 1) and a worker did not start at all, its good campaigns with it."""
+    (tmp_path / "deep.toml").write_text(
+        GOOD.format(name="deep").replace("[schedule]", f"x = {nested}\n\n[schedule]"),
+        encoding="utf-8",
+    )
+    (tmp_path / "fine.toml").write_text(GOOD.format(name="fine"), encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert [c.name for c in campaigns] == ["fine"]
+    [failure] = failures
+    [problem] = failure.problems
+    assert failure.path == tmp_path / "deep.toml" and problem.line == 6
+    assert "not valid TOML" in problem.message and "nested too deeply" in problem.message
+
+
 def test_relaxing_caps_is_allowed_only_when_the_shop_says_so(tmp_path: Path) -> None:
     relaxed = GOOD.format(name="relaxed").replace("[offer]", "[caps]\ncooldown_days = 1\n\n[offer]")
     assert "may only be stricter" in check(tmp_path, relaxed, "relaxed")
