@@ -76,10 +76,14 @@ MAX_POINTS = 1_000_000  # loyalty points per event or currency unit
 
 
 def _check_zone(name: str) -> str:
+    """A zone ``ZoneInfo`` loads. It opens the name as a file of the zone database, so a
+    region (``Europe``: a folder) or a name longer than the system allows is an OSError, a
+    traceback from every command (and no worker) rather than the key's problem. The
+    problem's value shows the name (cut when long)."""
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown IANA time zone {name!r}") from exc
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError("unknown IANA time zone") from None
     return name
 
 

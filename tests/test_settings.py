@@ -856,3 +856,15 @@ def test_a_settings_file_nested_past_the_parsers_stack_names_its_line(tmp_path: 
     path = write(tmp_path, '[shop]\nname = "x"\n\n[kpis]\nx = ' + "[" * 5000 + "]" * 5000 + "\n")
     [problem] = config_error(path).problems
     assert problem.line == 5 and "nested too deeply" in problem.message
+
+
+@pytest.mark.parametrize("zone", ["Europe", "America/", "Z" * 5000])
+def test_a_zone_the_system_cannot_open_as_a_file_is_a_problem_not_a_crash(
+    tmp_path: Path, zone: str
+) -> None:
+    """``ZoneInfo`` opens the name as a file of the zone database: a region (a folder:
+    IsADirectoryError) or a name longer than the system allows raised OSError, a traceback
+    from every command instead of the key's problem."""
+    [problem] = config_error(write(tmp_path, f'[shop]\ntime_zone = "{zone}"\n')).problems
+    assert (problem.key, problem.line, problem.value) == ("shop.time_zone", 2, zone)
+    assert "unknown IANA time zone" in problem.message

@@ -90,6 +90,18 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             'time_zone = "Mars/Base"',
             ["key 'schedule.time_zone'", "line 8", "Mars/Base"],
         ),
+        # a region is a folder of the zone database (IsADirectoryError), a name longer than
+        # the system allows another OSError: check printed a traceback, no worker started
+        (
+            'time_zone = "Europe/Berlin"',
+            'time_zone = "Europe"',
+            ["key 'schedule.time_zone'", "line 8", "unknown IANA time zone", "'Europe'"],
+        ),
+        (
+            'time_zone = "Europe/Berlin"',
+            f'time_zone = "{"Z" * 5000}"',
+            ["key 'schedule.time_zone'", "line 8", "unknown IANA time zone", "(5,000 characters)"],
+        ),
         ('mode = "mixed"', 'mode = "surprise"', ["key 'offer.mode'", "line 14", "surprise"]),
         ("items = 4", "items = 0", ["key 'offer.items'", "line 15"]),
         (
