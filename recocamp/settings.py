@@ -55,6 +55,7 @@ from recocamp.domain import (
     MAX_DAYS,
     Locale,
     email_problem,
+    zone_name_problem,
 )
 from recocamp.errors import ConfigError, Problem
 
@@ -80,6 +81,9 @@ def _check_zone(name: str) -> str:
     region (``Europe``: a folder) or a name longer than the system allows is an OSError, a
     traceback from every command (and no worker) rather than the key's problem. The
     problem's value shows the name (cut when long)."""
+    problem = zone_name_problem(name)
+    if problem:
+        raise ValueError(problem)
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):

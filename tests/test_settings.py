@@ -868,3 +868,12 @@ def test_a_zone_the_system_cannot_open_as_a_file_is_a_problem_not_a_crash(
     [problem] = config_error(write(tmp_path, f'[shop]\ntime_zone = "{zone}"\n')).problems
     assert (problem.key, problem.line, problem.value) == ("shop.time_zone", 2, zone)
     assert "unknown IANA time zone" in problem.message
+
+
+@pytest.mark.parametrize("zone", ["localtime", "posixrules", "right/UTC", "posix/Europe/Berlin"])
+def test_a_zone_is_an_iana_name_not_a_file_of_this_machine(tmp_path: Path, zone: str) -> None:
+    """``localtime`` is whatever zone the machine running the command has (the worker's may
+    differ from the one ``check`` ran on); ``right/…`` and ``posix/…`` are copies of the
+    zone database that the ``tzdata`` package does not have."""
+    [problem] = config_error(write(tmp_path, f'[shop]\ntime_zone = "{zone}"\n')).problems
+    assert (problem.key, problem.line, problem.value) == ("shop.time_zone", 2, zone)

@@ -704,6 +704,24 @@ def test_profile_times_and_dates_in_iso_8601_still_work(app: FastAPI) -> None:
     assert found.consent_at.astimezone(UTC) == datetime(2011, 12, 1, 9, 0, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    "zone", ["localtime", "posixrules", "posix/Europe/Berlin", "right/Europe/Berlin"]
+)
+def test_a_customer_zone_is_an_iana_name_not_a_file_of_this_machine(
+    app: FastAPI, zone: str
+) -> None:
+    """``ZoneInfo`` opens any file of the system's zone directory: ``localtime`` (this
+    machine's own zone: another worker's may differ), ``right/…`` (clocks counting leap
+    seconds, 27 s off) and ``posix/…`` were stored, and a worker whose zone data is the
+    ``tzdata`` package has none of them: every campaign run stopped at that customer
+    (ZoneInfoNotFoundError)."""
+    reply = put(app, {"source": "account", "time_zone": zone})
+    assert reply.status == 422, reply.text
+    assert reply.json()["detail"][0]["loc"] == ["body", "time_zone"]
+    assert person(engine_of(app)) is None
+    assert put(app, {"source": "account", "time_zone": "Europe/Berlin"}).status == 200
+
+
 def test_orders_dated_past_the_clock_skew_are_refused(app: FastAPI) -> None:
     soon = (NOW + timedelta(minutes=4)).isoformat()
     assert post(app, order("A1", ordered_at=soon)).status == 200
