@@ -21,11 +21,12 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import json
 import os
 import re
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_origin
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -714,6 +715,7 @@ def load_settings(path: Path | None = None) -> Settings:
     data, text = read_toml(path) if path is not None else ({}, "")
     where = path if path is not None else Path("<defaults>")
     _refuse_secrets_in_file(where, data, text)
+    _refuse_env_values_that_are_not_json(where)
     settings = validated(where, text, data, _FILE, lambda: Settings(**data), ENV_PREFIX)
     if path is None:
         _refuse_files_as_folders(where, text, settings)
@@ -722,6 +724,47 @@ def load_settings(path: Path | None = None) -> Settings:
     _refuse_a_moved_database(path, text, settings.database_url, result.database_url)
     _refuse_files_as_folders(path, text, result)
     return result
+
+
+def _refuse_env_values_that_are_not_json(where: Path) -> None:
+    """pydantic-settings reads the environment value of a list or a table (a section, the
+    loyalty tiers, ``cors_origins``) as JSON, and raised its own SettingsError, a traceback
+    naming neither the variable nor the value, for one that is not
+    (``RECOCAMP_API__CORS_ORIGINS=https://shop.example``): the key's problem instead."""
+    found = []
+    for name, raw in sorted(os.environ.items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        loc = name[len(ENV_PREFIX) :].lower().split("__")
+        if not _is_list_or_table(loc):
+            continue
+        try:
+            json.loads(raw)
+        except ValueError:
+            message = (
+                'must be JSON in the environment: a list as ["a", "b"] or [7, 30], a table as '
+                f'{{"key": "value"}} (from environment variable {name})'
+            )
+            found.append(Problem(message, key=".".join(loc), value=raw))
+    if found:
+        raise ConfigError(where, found)
+
+
+def _is_list_or_table(loc: list[str]) -> bool:
+    """Whether the key at ``loc`` (a section, or a section's key) holds a list or a table."""
+    fields: dict[str, Any] = dict(Settings.model_fields)
+    annotation: Any = None
+    for part in loc:
+        field = fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        fields = dict(annotation.model_fields) if _is_model(annotation) else {}
+    return _is_model(annotation) or get_origin(annotation) in (list, tuple, dict, set, frozenset)
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _refuse_files_as_folders(path: Path, text: str, settings: Settings) -> None:

@@ -877,3 +877,30 @@ def test_a_zone_is_an_iana_name_not_a_file_of_this_machine(tmp_path: Path, zone:
     zone database that the ``tzdata`` package does not have."""
     [problem] = config_error(write(tmp_path, f'[shop]\ntime_zone = "{zone}"\n')).problems
     assert (problem.key, problem.line, problem.value) == ("shop.time_zone", 2, zone)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "key"),
+    [
+        ("RECOCAMP_API__CORS_ORIGINS", "https://shop.example", "api.cors_origins"),
+        ("RECOCAMP_MEASURE__SNAPSHOT_WINDOW_DAYS", "7,30", "measure.snapshot_window_days"),
+        ("RECOCAMP_LOYALTY__TIERS", "gold", "loyalty.tiers"),
+        ("RECOCAMP_SHOP", "Demo Shop", "shop"),  # a section is a table
+    ],
+)
+def test_an_env_value_of_a_list_or_table_key_that_is_not_json_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, key: str
+) -> None:
+    """pydantic-settings reads the environment value of a list or a table as JSON; one that
+    is not (``RECOCAMP_API__CORS_ORIGINS=https://shop.example``) raised its SettingsError,
+    a traceback from every command (exit 1) that named neither the variable nor the value."""
+    monkeypatch.setenv(variable, value)
+    error = config_error()
+    [problem] = error.problems
+    assert (problem.key, problem.line, problem.value) == (key, None, value)
+    assert variable in str(error) and "JSON" in problem.message
+
+
+def test_an_env_list_written_as_json_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECOCAMP_API__CORS_ORIGINS", '["https://shop.example"]')
+    assert load_settings().api.cors_origins == ("https://shop.example",)
