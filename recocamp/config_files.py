@@ -155,10 +155,8 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
         loc = tuple(str(part) for part in entry["loc"])
         from_env = ""
         if env_prefix is not None:
-            import os
-
-            name = env_prefix + "__".join(loc).upper()
-            from_env = f" (from environment variable {name})" if name in os.environ else ""
+            name = _variable(env_prefix, loc)
+            from_env = f" (from environment variable {name})" if name else ""
         value = None if entry["type"] == HIDDEN else entry.get("input")
         if entry["type"] == AT:  # a validator that knows a more precise place named it
             loc += tuple(entry["ctx"]["at"].split("."))
@@ -172,6 +170,19 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
             )
         )
     return found
+
+
+def _variable(env_prefix: str, loc: tuple[str, ...]) -> str | None:
+    """The environment variable that set the value at ``loc``: named after the key, or
+    after a list or table holding it (``RECOCAMP_MEASURE__SNAPSHOT_WINDOW_DAYS`` for
+    ``measure.snapshot_window_days.1``); None when the value is the file's."""
+    import os
+
+    for end in range(len(loc), 0, -1):
+        name = env_prefix + "__".join(loc[:end]).upper()
+        if name in os.environ:
+            return name
+    return None
 
 
 M = TypeVar("M")

@@ -904,3 +904,21 @@ def test_an_env_value_of_a_list_or_table_key_that_is_not_json_names_the_variable
 def test_an_env_list_written_as_json_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECOCAMP_API__CORS_ORIGINS", '["https://shop.example"]')
     assert load_settings().api.cors_origins == ("https://shop.example",)
+
+
+def test_a_bad_element_of_an_env_list_names_the_variable_not_the_files_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The problem's key is the element's (``measure.snapshot_window_days.1``), which no
+    variable is named after: the variable of the list holding it set the value, and the
+    file's line of the same key (overridden) was named instead."""
+    path = write(tmp_path, "[measure]\nsnapshot_window_days = [7, 30]\n")
+    monkeypatch.setenv("RECOCAMP_MEASURE__SNAPSHOT_WINDOW_DAYS", "[7, 99999]")
+    error = config_error(path)
+    [problem] = error.problems
+    assert (problem.key, problem.line, problem.value) == (
+        "measure.snapshot_window_days.1",
+        None,
+        99999,
+    )
+    assert "RECOCAMP_MEASURE__SNAPSHOT_WINDOW_DAYS" in str(error)
