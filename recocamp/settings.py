@@ -99,8 +99,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SHOP_NAME_MAX = 200  # the shop's name in e-mails, subjects and pages: one line
+
+
+def _one_line(name: str) -> str:
+    """The shop's name is printed in every e-mail, page and subject, but ``check`` renders
+    the templates with a sample shop's: a name past the render's output bound passed it and
+    failed every e-mail of every run. One printable line (no NUL, no line break)."""
+    if not name.isprintable():
+        raise ValueError("must be one line of printable characters (no control character)")
+    return name
+
+
 class ShopSettings(_Section):
-    name: str = "Demo Shop"
+    name: Annotated[
+        str, Field(min_length=1, max_length=SHOP_NAME_MAX), AfterValidator(_one_line)
+    ] = "Demo Shop"
     base_url: HttpUrl = HttpUrl("https://shop.example.test")
     time_zone: TimeZoneName = "Europe/Berlin"
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")

@@ -922,3 +922,24 @@ def test_a_bad_element_of_an_env_list_names_the_variable_not_the_files_line(
         99999,
     )
     assert "RECOCAMP_MEASURE__SNAPSHOT_WINDOW_DAYS" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [
+        ('"' + "N" * 1_100_000 + '"', "N" * 1_100_000),  # past the render's output bound
+        ('"' + "N" * 201 + '"', "N" * 201),
+        ('""', ""),
+        ('"Laden\\u0000"', "Laden\x00"),
+        ('"Laden\\nGmbH"', "Laden\nGmbH"),
+    ],
+)
+def test_the_shop_name_is_one_line_of_at_most_200_characters(
+    tmp_path: Path, written: str, value: str
+) -> None:
+    """Every e-mail, page and subject may print ``shop.name``, but ``check`` renders the
+    templates with a sample shop's: a name past ``[templates] max_output_chars`` passed it
+    and failed every e-mail of every run (a subject with the name, past 2,000 characters)."""
+    [problem] = config_error(write(tmp_path, f"[shop]\nname = {written}\n")).problems
+    assert (problem.key, problem.line) == ("shop.name", 2)
+    assert load_settings(write(tmp_path, '[shop]\nname = "Ünïcødé Laden & Co. – 2"\n'))
