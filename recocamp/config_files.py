@@ -45,7 +45,7 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     except UnicodeDecodeError as exc:
         raise ConfigError(path, [not_utf8(exc)]) from None
     try:
-        return tomllib.loads(text), text
+        document = tomllib.loads(text)
     except RecursionError:  # tomllib recurses per nested array or inline table
         depth, deep_line = deepest(text)
         message = (
@@ -59,6 +59,31 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         if line is None and (found := re.search(r"at line (\d+)", str(exc))):
             line = int(found.group(1))
         raise ConfigError(path, [Problem(f"not valid TOML: {exc}", line=line)]) from None
+    if _deeper_than(document, DEPTH_MAX):  # dotted keys: parsed without recursing
+        depth, deep_line = deepest(text)
+        message = (
+            f"nested too deeply: keys, tables and arrays more than {DEPTH_MAX} levels deep "
+            f"({depth:,} at this line)"
+        )
+        raise ConfigError(path, [Problem(message, line=deep_line)])
+    return document, text
+
+
+DEPTH_MAX = 64  # levels of tables and arrays; ours need three (variants.0.subject.de)
+
+
+def _deeper_than(document: dict[str, Any], limit: int) -> bool:
+    """Whether tables and arrays nest more than ``limit`` deep, walked without recursion:
+    ``a.a.a… = 1`` thousands of keys deep is parsed (dotted keys are a loop), and then every
+    recursive walk of it — the type check's ``json.dumps``, pydantic — raised RecursionError."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, level = stack.pop()
+        if level > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack += [(child, level + 1) for child in children if isinstance(child, dict | list)]
+    return False
 
 
 _OPEN, _CLOSE = frozenset("[{"), frozenset("]}")
@@ -66,10 +91,10 @@ _QUOTES = ('"""', "'''", '"', "'")
 
 
 def deepest(text: str) -> tuple[int, int]:
-    """How deep TOML's arrays and inline tables nest at most, and the line where they first
-    do: brackets in strings and comments are not counted (a table header's pair closes on
-    its line). For a file Python's parser cannot read for its depth, where to look."""
-    depth = most = 0
+    """How deep TOML's arrays, inline tables and dotted keys nest at most, and the line where
+    they first do: brackets and dots in strings and comments are not counted (a table
+    header's pair closes on its line). For a file too deep to read, where to look."""
+    depth = most = dots = 0
     line = where = 1
     i, end = 0, len(text)
     while i < end:
@@ -87,11 +112,11 @@ def deepest(text: str) -> tuple[int, int]:
             i = end if i < 0 else i
             continue
         if char == "\n":
-            line += 1
-        elif char in _OPEN:
-            depth += 1
-            if depth > most:
-                most, where = depth, line
+            line, dots = line + 1, 0
+        elif char in _OPEN or char == ".":  # a dot of a dotted key (or a number's: no matter)
+            depth, dots = (depth + 1, dots) if char in _OPEN else (depth, dots + 1)
+            if depth + dots > most:
+                most, where = depth + dots, line
         elif char in _CLOSE:
             depth = max(depth - 1, 0)
         i += 1

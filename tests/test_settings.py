@@ -856,6 +856,9 @@ def test_a_settings_file_nested_past_the_parsers_stack_names_its_line(tmp_path: 
     path = write(tmp_path, '[shop]\nname = "x"\n\n[kpis]\nx = ' + "[" * 5000 + "]" * 5000 + "\n")
     [problem] = config_error(path).problems
     assert problem.line == 5 and "nested too deeply" in problem.message
+    deep = write(tmp_path, '[shop]\nname = "x"\n\n[' + ".".join(["a"] * 5000) + "]\nb = 1\n")
+    [problem] = config_error(deep).problems  # a table header thousands of keys deep
+    assert problem.line == 4 and "nested too deeply" in problem.message
 
 
 @pytest.mark.parametrize("zone", ["Europe", "America/", "Z" * 5000])
