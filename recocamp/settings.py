@@ -111,11 +111,30 @@ def _one_line(name: str) -> str:
     return name
 
 
+def _links_base(url: HttpUrl) -> HttpUrl:
+    """``[shop] base_url`` and ``[api] public_url``: every e-mail's links append a path to
+    them (``/items/ID``, ``/u/TOKEN``, ``/p/TOKEN``, ``/v1/feedback?…``). After a query or a
+    fragment the path landed in it (``…?src=mail/u/TOKEN``): no one-click unsubscribe
+    (RFC 8058) of any e-mail reached a page. A user name or password went out in every
+    e-mail (the problem does not repeat it)."""
+    if url.username or url.password:
+        raise error_hidden("must not hold a user name or password: every e-mail shows it")
+    if url.query is not None or url.fragment is not None:
+        raise ValueError(
+            "must have no ?query or #fragment: the links append their path to it "
+            "(…?src=mail/u/TOKEN would reach no page)"
+        )
+    return url
+
+
+LinksBase = Annotated[HttpUrl, AfterValidator(_links_base)]
+
+
 class ShopSettings(_Section):
     name: Annotated[
         str, Field(min_length=1, max_length=SHOP_NAME_MAX), AfterValidator(_one_line)
     ] = "Demo Shop"
-    base_url: HttpUrl = HttpUrl("https://shop.example.test")
+    base_url: LinksBase = HttpUrl("https://shop.example.test")
     time_zone: TimeZoneName = "Europe/Berlin"
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     default_locale: Locale = "de"
@@ -415,7 +434,7 @@ class EspSettings(_Section):
 
 
 class ApiSettings(_Section):
-    public_url: Annotated[HttpUrl, AfterValidator(_https_unless_local)] = HttpUrl(
+    public_url: Annotated[LinksBase, AfterValidator(_https_unless_local)] = HttpUrl(
         "http://127.0.0.1:8000"
     )
     host: str = "127.0.0.1"

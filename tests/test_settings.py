@@ -946,3 +946,23 @@ def test_the_shop_name_is_one_line_of_at_most_200_characters(
     [problem] = config_error(write(tmp_path, f"[shop]\nname = {written}\n")).problems
     assert (problem.key, problem.line) == ("shop.name", 2)
     assert load_settings(write(tmp_path, '[shop]\nname = "Ünïcødé Laden & Co. – 2"\n'))
+
+
+@pytest.mark.parametrize("key", ["api.public_url", "shop.base_url"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://shop.example/recocamp?src=mail",  # …?src=mail/u/TOKEN: no page
+        "https://shop.example/#top",
+        "https://owner:secret@shop.example/",  # printed in every e-mail
+    ],
+)
+def test_a_base_url_is_one_links_are_built_on(tmp_path: Path, key: str, url: str) -> None:
+    """Every e-mail's links append a path to these (``/u/TOKEN``, ``/p/TOKEN``,
+    ``/v1/feedback?…``, ``/items/ID``): after a query or a fragment the path landed in it,
+    and every one-click unsubscribe (RFC 8058) reached no page; credentials went out in
+    every e-mail."""
+    section, name = key.split(".")
+    [problem] = config_error(write(tmp_path, f'[{section}]\n{name} = "{url}"\n')).problems
+    assert (problem.key, problem.line) == (key, 2)
+    assert load_settings(write(tmp_path, f'[{section}]\n{name} = "https://shop.example/r/"\n'))
