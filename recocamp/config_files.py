@@ -45,13 +45,82 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     except UnicodeDecodeError as exc:
         raise ConfigError(path, [not_utf8(exc)]) from None
     try:
-        return tomllib.loads(text), text
+        document = tomllib.loads(text)
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        depth, deep_line = deepest(text)
+        message = (
+            "not valid TOML for Python's parser: arrays or inline tables nested too deeply "
+            f"({depth:,} levels open at this line)"
+        )
+        raise ConfigError(path, [Problem(message, line=deep_line)]) from None
     except tomllib.TOMLDecodeError as exc:
         # Python 3.14 has exc.lineno; before, the line is only in the message
         line = getattr(exc, "lineno", None)
         if line is None and (found := re.search(r"at line (\d+)", str(exc))):
             line = int(found.group(1))
         raise ConfigError(path, [Problem(f"not valid TOML: {exc}", line=line)]) from None
+    if _deeper_than(document, DEPTH_MAX):  # dotted keys: parsed without recursing
+        depth, deep_line = deepest(text)
+        message = (
+            f"nested too deeply: keys, tables and arrays more than {DEPTH_MAX} levels deep "
+            f"({depth:,} at this line)"
+        )
+        raise ConfigError(path, [Problem(message, line=deep_line)])
+    return document, text
+
+
+DEPTH_MAX = 64  # levels of tables and arrays; ours need three (variants.0.subject.de)
+
+
+def _deeper_than(document: dict[str, Any], limit: int) -> bool:
+    """Whether tables and arrays nest more than ``limit`` deep, walked without recursion:
+    ``a.a.a… = 1`` thousands of keys deep is parsed (dotted keys are a loop), and then every
+    recursive walk of it — the type check's ``json.dumps``, pydantic — raised RecursionError."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, level = stack.pop()
+        if level > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack += [(child, level + 1) for child in children if isinstance(child, dict | list)]
+    return False
+
+
+_OPEN, _CLOSE = frozenset("[{"), frozenset("]}")
+_QUOTES = ('"""', "'''", '"', "'")
+
+
+def deepest(text: str) -> tuple[int, int]:
+    """How deep TOML's arrays, inline tables and dotted keys nest at most, and the line where
+    they first do: brackets and dots in strings and comments are not counted (a table
+    header's pair closes on its line). For a file too deep to read, where to look."""
+    depth = most = dots = 0
+    line = where = 1
+    i, end = 0, len(text)
+    while i < end:
+        char = text[i]
+        quote = next((q for q in _QUOTES if text.startswith(q, i)), None)
+        if quote is not None:  # skip the string: a basic one's \" does not close it
+            j = i + len(quote)
+            while j < end and not text.startswith(quote, j):
+                j += 2 if text[j] == "\\" and quote[0] == '"' else 1
+            line += text.count("\n", i, j)
+            i = j + len(quote)
+            continue
+        if char == "#":
+            i = text.find("\n", i)
+            i = end if i < 0 else i
+            continue
+        if char == "\n":
+            line, dots = line + 1, 0
+        elif char in _OPEN or char == ".":  # a dot of a dotted key (or a number's: no matter)
+            depth, dots = (depth + 1, dots) if char in _OPEN else (depth, dots + 1)
+            if depth + dots > most:
+                most, where = depth + dots, line
+        elif char in _CLOSE:
+            depth = max(depth - 1, 0)
+        i += 1
+    return most, where
 
 
 def not_utf8(error: UnicodeDecodeError) -> Problem:
@@ -111,10 +180,8 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
         loc = tuple(str(part) for part in entry["loc"])
         from_env = ""
         if env_prefix is not None:
-            import os
-
-            name = env_prefix + "__".join(loc).upper()
-            from_env = f" (from environment variable {name})" if name in os.environ else ""
+            name = _variable(env_prefix, loc)
+            from_env = f" (from environment variable {name})" if name else ""
         value = None if entry["type"] == HIDDEN else entry.get("input")
         if entry["type"] == AT:  # a validator that knows a more precise place named it
             loc += tuple(entry["ctx"]["at"].split("."))
@@ -128,6 +195,19 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
             )
         )
     return found
+
+
+def _variable(env_prefix: str, loc: tuple[str, ...]) -> str | None:
+    """The environment variable that set the value at ``loc``: named after the key, or
+    after a list or table holding it (``RECOCAMP_MEASURE__SNAPSHOT_WINDOW_DAYS`` for
+    ``measure.snapshot_window_days.1``); None when the value is the file's."""
+    import os
+
+    for end in range(len(loc), 0, -1):
+        name = env_prefix + "__".join(loc[:end]).upper()
+        if name in os.environ:
+            return name
+    return None
 
 
 M = TypeVar("M")

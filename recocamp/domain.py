@@ -69,6 +69,30 @@ def id_problem(value: str) -> str | None:
     return f"contains {kind} character (U+{ord(bad):04X})"
 
 
+# names that ``ZoneInfo`` opens in a system's zone directory but that name no IANA zone:
+# the machine's own zone (``localtime``, a link to /etc/localtime), the default rules, and
+# the ``posix/`` and ``right/`` copies of the database (``right/``: clocks that count leap
+# seconds, 27 s off). The ``tzdata`` package — the zone data of a machine without a system
+# one — has none of them.
+LOCAL_ZONE_FILES = frozenset({"localtime", "posixrules"})
+LOCAL_ZONE_DIRS = ("posix/", "right/")
+
+
+def zone_name_problem(name: str) -> str | None:
+    """Why ``name`` is no IANA time zone name although this machine may load it, or None.
+    A customer's, a campaign's or the shop's zone is stored or read on one machine and used
+    on others (a worker, an API process): ``localtime`` would mean each one's own zone, and
+    where the zone data is the ``tzdata`` package, none of these names loads (every
+    campaign run stopped at a customer with one). The name alone: loading it is the
+    caller's."""
+    if name in LOCAL_ZONE_FILES or name.startswith(LOCAL_ZONE_DIRS):
+        return (
+            "is a file of this machine's zone database, not an IANA time zone name "
+            "(such as Europe/Berlin)"
+        )
+    return None
+
+
 def check_id(value: str) -> str:
     """``value`` when it can be an id, else ValueError with :func:`id_problem`'s message: the
     one id rule as a validator (pydantic's ``AfterValidator`` on the API's ids)."""

@@ -21,10 +21,12 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import json
 import os
+import re
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_origin
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -39,13 +41,23 @@ from pydantic import (
     HttpUrl,
     PrivateAttr,
     SecretStr,
+    ValidationInfo,
     create_model,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from recocamp.config_files import error_hidden, line_of, read_toml, validated
-from recocamp.domain import GZIP_RATIO_LIMIT, GZIP_RATIO_MAX, MAX_COUNT, MAX_DAYS, Locale
+from recocamp.domain import (
+    GZIP_RATIO_LIMIT,
+    GZIP_RATIO_MAX,
+    MAX_COUNT,
+    MAX_DAYS,
+    Locale,
+    email_problem,
+    zone_name_problem,
+)
 from recocamp.errors import ConfigError, Problem
 
 if TYPE_CHECKING:  # imported when a schedule is read: the settings load without it
@@ -66,10 +78,17 @@ MAX_POINTS = 1_000_000  # loyalty points per event or currency unit
 
 
 def _check_zone(name: str) -> str:
+    """A zone ``ZoneInfo`` loads. It opens the name as a file of the zone database, so a
+    region (``Europe``: a folder) or a name longer than the system allows is an OSError, a
+    traceback from every command (and no worker) rather than the key's problem. The
+    problem's value shows the name (cut when long)."""
+    problem = zone_name_problem(name)
+    if problem:
+        raise ValueError(problem)
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown IANA time zone {name!r}") from exc
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError("unknown IANA time zone") from None
     return name
 
 
@@ -80,9 +99,42 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SHOP_NAME_MAX = 200  # the shop's name in e-mails, subjects and pages: one line
+
+
+def _one_line(name: str) -> str:
+    """The shop's name is printed in every e-mail, page and subject, but ``check`` renders
+    the templates with a sample shop's: a name past the render's output bound passed it and
+    failed every e-mail of every run. One printable line (no NUL, no line break)."""
+    if not name.isprintable():
+        raise ValueError("must be one line of printable characters (no control character)")
+    return name
+
+
+def _links_base(url: HttpUrl) -> HttpUrl:
+    """``[shop] base_url`` and ``[api] public_url``: every e-mail's links append a path to
+    them (``/items/ID``, ``/u/TOKEN``, ``/p/TOKEN``, ``/v1/feedback?…``). After a query or a
+    fragment the path landed in it (``…?src=mail/u/TOKEN``): no one-click unsubscribe
+    (RFC 8058) of any e-mail reached a page. A user name or password went out in every
+    e-mail (the problem does not repeat it)."""
+    if url.username or url.password:
+        raise error_hidden("must not hold a user name or password: every e-mail shows it")
+    if url.query is not None or url.fragment is not None:
+        raise ValueError(
+            "must have no ?query or #fragment: the links append their path to it "
+            "(…?src=mail/u/TOKEN would reach no page)"
+        )
+    return url
+
+
+LinksBase = Annotated[HttpUrl, AfterValidator(_links_base)]
+
+
 class ShopSettings(_Section):
-    name: str = "Demo Shop"
-    base_url: HttpUrl = HttpUrl("https://shop.example.test")
+    name: Annotated[
+        str, Field(min_length=1, max_length=SHOP_NAME_MAX), AfterValidator(_one_line)
+    ] = "Demo Shop"
+    base_url: LinksBase = HttpUrl("https://shop.example.test")
     time_zone: TimeZoneName = "Europe/Berlin"
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     default_locale: Locale = "de"
@@ -276,6 +328,26 @@ def _check_sendgrid_key(text: str | None) -> str | None:
     return text
 
 
+PLAIN_ADDRESS = (
+    "is not one plain e-mail address (the address alone: no mailto:, name, list, white "
+    'space or any of , ; < > ( ) [ ] " \\ :)'
+)
+# "Demo Shop <shop@example.test>": a name of printable characters but the address's
+# delimiters and specials, then one plain address in angle brackets
+NAMED_ADDRESS = re.compile(r'([^<>@,;:"\\()\[\]]*[^<>@,;:"\\()\[\]\s]) *<([^<>]*)>')
+NAMED_SENDERS = ("postmark", "fake")  # Postmark's From takes "Name <address>"; the fake is it
+
+
+def _plain_address(value: str | None) -> str | None:
+    """``[esp] unsubscribe_mailto``: it is written after ``mailto:`` in every e-mail's
+    List-Unsubscribe header, so it is one bare address (``domain.email_problem``); a
+    ``mailto:`` of its own, a name or a list would send mail clients' unsubscribes nowhere,
+    and ``>, <https://…`` would add a link of someone else's to every header."""
+    if value is not None and email_problem(value):
+        raise ValueError(PLAIN_ADDRESS)
+    return value
+
+
 LOOPBACK_NAMES = ("localhost", "localhost.")
 
 
@@ -319,9 +391,33 @@ class EspSettings(_Section):
     # 0: one per CPU core
     delivery_processes: int = Field(default=0, ge=0, le=MAX_PROCESSES)
     message_stream: str = "broadcast"
-    unsubscribe_mailto: str | None = None
+    unsubscribe_mailto: Annotated[str | None, AfterValidator(_plain_address)] = None
     # SendGrid's signed event webhook (base64 DER), checked as the verifier loads it
     webhook_public_key: Annotated[str | None, AfterValidator(_check_sendgrid_key)] = None
+
+    @field_validator("from_email")
+    @classmethod
+    def _one_sender(cls, value: str, info: ValidationInfo) -> str:
+        """Every message's From: one address, ``shop@example.test``, or with a name, ``Demo
+        Shop <shop@example.test>``, where the provider takes one (Postmark's From does;
+        SendGrid, Brevo and Mailpit take the address alone, in a field ``email``). Anything
+        else (no ``@``, ``mailto:``, a list) passed ``check`` and failed every message of
+        every run at the provider."""
+        if not email_problem(value):
+            return value
+        named = NAMED_ADDRESS.fullmatch(value)
+        if named is None or email_problem(named[2]) or not value.isprintable():
+            raise ValueError(
+                "is not one sender address (the address alone, or a name and the address "
+                'in angle brackets: no mailto:, list or any of , ; ( ) [ ] " \\ : in the address)'
+            )
+        provider = info.data.get("provider")
+        if provider not in NAMED_SENDERS:
+            raise ValueError(
+                f"has a name, and provider {provider!r} takes the address alone "
+                f"(a name only with {' or '.join(NAMED_SENDERS)})"
+            )
+        return value
 
     @model_validator(mode="after")
     def _request_within_lease(self) -> EspSettings:
@@ -338,7 +434,7 @@ class EspSettings(_Section):
 
 
 class ApiSettings(_Section):
-    public_url: Annotated[HttpUrl, AfterValidator(_https_unless_local)] = HttpUrl(
+    public_url: Annotated[LinksBase, AfterValidator(_https_unless_local)] = HttpUrl(
         "http://127.0.0.1:8000"
     )
     host: str = "127.0.0.1"
@@ -652,6 +748,7 @@ def load_settings(path: Path | None = None) -> Settings:
     data, text = read_toml(path) if path is not None else ({}, "")
     where = path if path is not None else Path("<defaults>")
     _refuse_secrets_in_file(where, data, text)
+    _refuse_env_values_that_are_not_json(where)
     settings = validated(where, text, data, _FILE, lambda: Settings(**data), ENV_PREFIX)
     if path is None:
         _refuse_files_as_folders(where, text, settings)
@@ -660,6 +757,47 @@ def load_settings(path: Path | None = None) -> Settings:
     _refuse_a_moved_database(path, text, settings.database_url, result.database_url)
     _refuse_files_as_folders(path, text, result)
     return result
+
+
+def _refuse_env_values_that_are_not_json(where: Path) -> None:
+    """pydantic-settings reads the environment value of a list or a table (a section, the
+    loyalty tiers, ``cors_origins``) as JSON, and raised its own SettingsError, a traceback
+    naming neither the variable nor the value, for one that is not
+    (``RECOCAMP_API__CORS_ORIGINS=https://shop.example``): the key's problem instead."""
+    found = []
+    for name, raw in sorted(os.environ.items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        loc = name[len(ENV_PREFIX) :].lower().split("__")
+        if not _is_list_or_table(loc):
+            continue
+        try:
+            json.loads(raw)
+        except ValueError:
+            message = (
+                'must be JSON in the environment: a list as ["a", "b"] or [7, 30], a table as '
+                f'{{"key": "value"}} (from environment variable {name})'
+            )
+            found.append(Problem(message, key=".".join(loc), value=raw))
+    if found:
+        raise ConfigError(where, found)
+
+
+def _is_list_or_table(loc: list[str]) -> bool:
+    """Whether the key at ``loc`` (a section, or a section's key) holds a list or a table."""
+    fields: dict[str, Any] = dict(Settings.model_fields)
+    annotation: Any = None
+    for part in loc:
+        field = fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        fields = dict(annotation.model_fields) if _is_model(annotation) else {}
+    return _is_model(annotation) or get_origin(annotation) in (list, tuple, dict, set, frozenset)
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _refuse_files_as_folders(path: Path, text: str, settings: Settings) -> None:

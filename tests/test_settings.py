@@ -795,3 +795,174 @@ def test_a_worker_polling_interval_below_a_tenth_of_a_second_is_refused(
     [problem] = config_error(write(tmp_path, f"[worker]\n{key} = 0.000001\n")).problems
     assert (problem.key, problem.line, problem.value) == (f"worker.{key}", 2, 0.000001)
     assert load_settings(write(tmp_path, f"[worker]\n{key} = 0.1\n"))
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('from_email = "shop.example.test"', "from_email"),  # no @: every e-mail refused
+        ('from_email = "mailto:shop@example.test"', "from_email"),
+        ('from_email = "shop@example.test, boss@example.test"', "from_email"),  # a list
+        ('from_email = "Demo Shop <shop@example.test"', "from_email"),
+        ('from_email = "Shop\\r\\nBcc: all@example.test <shop@example.test>"', "from_email"),
+        ('unsubscribe_mailto = "mailto:unsubscribe@shop.example"', "unsubscribe_mailto"),
+        ('unsubscribe_mailto = "Shop <unsubscribe@shop.example>"', "unsubscribe_mailto"),
+        (
+            'unsubscribe_mailto = "u@shop.example>, <https://elsewhere.example/x"',
+            "unsubscribe_mailto",
+        ),
+        ('unsubscribe_mailto = "unsubscribe at shop.example"', "unsubscribe_mailto"),
+    ],
+)
+def test_the_sender_and_the_unsubscribe_mailbox_are_one_address(
+    tmp_path: Path, line: str, key: str
+) -> None:
+    """``[esp] from_email`` goes into every message's From, ``unsubscribe_mailto`` into
+    ``<mailto:…?subject=unsubscribe%20TOKEN>`` of every List-Unsubscribe header: a careless
+    value (``mailto:`` written twice, a list, no ``@``) passed ``check`` and failed every
+    message at the provider, or sent mail clients' unsubscribes to no mailbox (or a URL)."""
+    [problem] = config_error(write(tmp_path, f"[esp]\n{line}\n")).problems
+    assert (problem.key, problem.line) == (f"esp.{key}", 2)
+    assert "address" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("provider", "sender", "ok"),
+    [
+        ("postmark", "shop@example.test", True),
+        ("postmark", "Demo Shop <shop@example.test>", True),  # Postmark's From takes a name
+        ("fake", "Demo Shop <shop@example.test>", True),  # the stand-in for Postmark
+        ("sendgrid", "shop@example.test", True),
+        ("sendgrid", "Demo Shop <shop@example.test>", False),  # {"email": …}: the address
+        ("brevo", "Demo Shop <shop@example.test>", False),
+        ("mailpit", "Demo Shop <shop@example.test>", False),
+    ],
+)
+def test_a_sender_name_only_where_the_provider_takes_one(
+    tmp_path: Path, provider: str, sender: str, ok: bool
+) -> None:
+    path = write(tmp_path, f'[esp]\nprovider = "{provider}"\nfrom_email = "{sender}"\n')
+    if ok:
+        assert load_settings(path).esp.from_email == sender
+        return
+    [problem] = config_error(path).problems
+    assert (problem.key, problem.line) == ("esp.from_email", 3)
+    assert provider in problem.message
+
+
+def test_a_settings_file_nested_past_the_parsers_stack_names_its_line(tmp_path: Path) -> None:
+    """Python's TOML parser recurses per nested array: thousands deep was a RecursionError
+    (every command a traceback, exit 1) rather than the file's problem (exit 2)."""
+    path = write(tmp_path, '[shop]\nname = "x"\n\n[kpis]\nx = ' + "[" * 5000 + "]" * 5000 + "\n")
+    [problem] = config_error(path).problems
+    assert problem.line == 5 and "nested too deeply" in problem.message
+    deep = write(tmp_path, '[shop]\nname = "x"\n\n[' + ".".join(["a"] * 5000) + "]\nb = 1\n")
+    [problem] = config_error(deep).problems  # a table header thousands of keys deep
+    assert problem.line == 4 and "nested too deeply" in problem.message
+
+
+@pytest.mark.parametrize("zone", ["Europe", "America/", "Z" * 5000])
+def test_a_zone_the_system_cannot_open_as_a_file_is_a_problem_not_a_crash(
+    tmp_path: Path, zone: str
+) -> None:
+    """``ZoneInfo`` opens the name as a file of the zone database: a region (a folder:
+    IsADirectoryError) or a name longer than the system allows raised OSError, a traceback
+    from every command instead of the key's problem."""
+    [problem] = config_error(write(tmp_path, f'[shop]\ntime_zone = "{zone}"\n')).problems
+    assert (problem.key, problem.line, problem.value) == ("shop.time_zone", 2, zone)
+    assert "unknown IANA time zone" in problem.message
+
+
+@pytest.mark.parametrize("zone", ["localtime", "posixrules", "right/UTC", "posix/Europe/Berlin"])
+def test_a_zone_is_an_iana_name_not_a_file_of_this_machine(tmp_path: Path, zone: str) -> None:
+    """``localtime`` is whatever zone the machine running the command has (the worker's may
+    differ from the one ``check`` ran on); ``right/…`` and ``posix/…`` are copies of the
+    zone database that the ``tzdata`` package does not have."""
+    [problem] = config_error(write(tmp_path, f'[shop]\ntime_zone = "{zone}"\n')).problems
+    assert (problem.key, problem.line, problem.value) == ("shop.time_zone", 2, zone)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "key"),
+    [
+        ("RECOCAMP_API__CORS_ORIGINS", "https://shop.example", "api.cors_origins"),
+        ("RECOCAMP_MEASURE__SNAPSHOT_WINDOW_DAYS", "7,30", "measure.snapshot_window_days"),
+        ("RECOCAMP_LOYALTY__TIERS", "gold", "loyalty.tiers"),
+        ("RECOCAMP_SHOP", "Demo Shop", "shop"),  # a section is a table
+    ],
+)
+def test_an_env_value_of_a_list_or_table_key_that_is_not_json_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, key: str
+) -> None:
+    """pydantic-settings reads the environment value of a list or a table as JSON; one that
+    is not (``RECOCAMP_API__CORS_ORIGINS=https://shop.example``) raised its SettingsError,
+    a traceback from every command (exit 1) that named neither the variable nor the value."""
+    monkeypatch.setenv(variable, value)
+    error = config_error()
+    [problem] = error.problems
+    assert (problem.key, problem.line, problem.value) == (key, None, value)
+    assert variable in str(error) and "JSON" in problem.message
+
+
+def test_an_env_list_written_as_json_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECOCAMP_API__CORS_ORIGINS", '["https://shop.example"]')
+    assert load_settings().api.cors_origins == ("https://shop.example",)
+
+
+def test_a_bad_element_of_an_env_list_names_the_variable_not_the_files_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The problem's key is the element's (``measure.snapshot_window_days.1``), which no
+    variable is named after: the variable of the list holding it set the value, and the
+    file's line of the same key (overridden) was named instead."""
+    path = write(tmp_path, "[measure]\nsnapshot_window_days = [7, 30]\n")
+    monkeypatch.setenv("RECOCAMP_MEASURE__SNAPSHOT_WINDOW_DAYS", "[7, 99999]")
+    error = config_error(path)
+    [problem] = error.problems
+    assert (problem.key, problem.line, problem.value) == (
+        "measure.snapshot_window_days.1",
+        None,
+        99999,
+    )
+    assert "RECOCAMP_MEASURE__SNAPSHOT_WINDOW_DAYS" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [
+        ('"' + "N" * 1_100_000 + '"', "N" * 1_100_000),  # past the render's output bound
+        ('"' + "N" * 201 + '"', "N" * 201),
+        ('""', ""),
+        ('"Laden\\u0000"', "Laden\x00"),
+        ('"Laden\\nGmbH"', "Laden\nGmbH"),
+    ],
+)
+def test_the_shop_name_is_one_line_of_at_most_200_characters(
+    tmp_path: Path, written: str, value: str
+) -> None:
+    """Every e-mail, page and subject may print ``shop.name``, but ``check`` renders the
+    templates with a sample shop's: a name past ``[templates] max_output_chars`` passed it
+    and failed every e-mail of every run (a subject with the name, past 2,000 characters)."""
+    [problem] = config_error(write(tmp_path, f"[shop]\nname = {written}\n")).problems
+    assert (problem.key, problem.line) == ("shop.name", 2)
+    assert load_settings(write(tmp_path, '[shop]\nname = "Ünïcødé Laden & Co. – 2"\n'))
+
+
+@pytest.mark.parametrize("key", ["api.public_url", "shop.base_url"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://shop.example/recocamp?src=mail",  # …?src=mail/u/TOKEN: no page
+        "https://shop.example/#top",
+        "https://owner:secret@shop.example/",  # printed in every e-mail
+    ],
+)
+def test_a_base_url_is_one_links_are_built_on(tmp_path: Path, key: str, url: str) -> None:
+    """Every e-mail's links append a path to these (``/u/TOKEN``, ``/p/TOKEN``,
+    ``/v1/feedback?…``, ``/items/ID``): after a query or a fragment the path landed in it,
+    and every one-click unsubscribe (RFC 8058) reached no page; credentials went out in
+    every e-mail."""
+    section, name = key.split(".")
+    [problem] = config_error(write(tmp_path, f'[{section}]\n{name} = "{url}"\n')).problems
+    assert (problem.key, problem.line) == (key, 2)
+    assert load_settings(write(tmp_path, f'[{section}]\n{name} = "https://shop.example/r/"\n'))

@@ -93,6 +93,7 @@ def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
     position and name: an entry carries no secret, only a hash)."""
     keys: list[ApiKey] = []
     problems: list[Problem] = []
+    entries: dict[bytes, tuple[str, str]] = {}  # a hash → the entry and name it came with
     for number, entry in enumerate(re.split(r"[;\s]+", (text or "").strip()), start=1):
         if not entry:
             continue
@@ -111,8 +112,21 @@ def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
         found = _entry_problems(match["name"], scopes, where)
         if any(k.name == match["name"] for k in keys):
             found.append(Problem("the same key name appears twice", key=where, value=match["name"]))
+        key = ApiKey(match["name"], frozenset(scopes), bytes.fromhex(match["hex"]))
+        if key.digest in entries:  # the last match decided a key's name and scopes
+            first, name = entries[key.digest]
+            found.append(
+                Problem(
+                    f"the same key (its sha256) as {first} ({name!r}): one key would get "
+                    "one entry's name and scopes, which is not said; mint a key per name "
+                    "(recocamp api-key new)",
+                    key=where,
+                    value=match["name"],
+                )
+            )
+        entries.setdefault(key.digest, (where, key.name))
         problems += found
-        keys.append(ApiKey(match["name"], frozenset(scopes), bytes.fromhex(match["hex"])))
+        keys.append(key)
     if problems:
         raise ConfigError(Path(ENV_NAME), problems)
     return tuple(keys)

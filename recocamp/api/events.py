@@ -45,6 +45,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -104,7 +105,24 @@ def _sane(value: datetime) -> datetime:
     return utc
 
 
-When = Annotated[AwareDatetime, AfterValidator(_sane)]
+def _iso_text(value: Any) -> Any:
+    """A time or a date as ISO 8601 text, nothing else: pydantic's lax mode reads a JSON
+    number, or a text that is one, as seconds since 1970 (milliseconds past 2·10¹⁰), so a
+    birth year ``1985`` was stored as 1970-01-01 and a date in ISO's basic form
+    (``19850412``) as a day in August 1970, without a word. Python callers' own date and
+    datetime objects pass."""
+    if isinstance(value, date):  # a datetime is a date too
+        return value
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value  # pydantic reads it (or says why not)
+    raise ValueError("must be ISO 8601 text (2026-11-23T14:05:00+01:00, 1985-04-12), not a number")
+
+
+IsoText = BeforeValidator(_iso_text)
+When = Annotated[AwareDatetime, IsoText, AfterValidator(_sane)]
 MAX_ORDERS = 1000
 MAX_LINES = 1000
 
@@ -182,7 +200,7 @@ class CustomerIn(_Strict):
     locale: Annotated[Locale | None, _never_null("string", list(LOCALES))] = None
     time_zone: Annotated[Text, Field(max_length=TEXT_MAX["time_zone"])] | None = None
     country: Annotated[Text, Field(max_length=TEXT_MAX["country"])] | None = None
-    birthday: date | None = None
+    birthday: Annotated[date, IsoText] | None = None
     consent_basis: Annotated[
         ConsentBasis | None, _never_null("string", [b.value for b in ConsentBasis])
     ] = None

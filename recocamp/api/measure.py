@@ -35,7 +35,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from recocamp import tokens
 from recocamp.api import bodies, forms
 from recocamp.clock import Clock
-from recocamp.domain import LOCALES, read_json
+from recocamp.domain import LOCALES, read_json, text_problem
 from recocamp.measure import jobs as measure_jobs
 from recocamp.measure.report import PAGES
 from recocamp.settings import Settings
@@ -219,14 +219,29 @@ def _score(value: Any, is_json: bool) -> int:
 
 
 def _comment(value: Any) -> str | None:
+    """Free text by the store's rule (``domain.text_problem``: no NUL, which PostgreSQL cannot
+    hold), and text at all: a JSON string may escape half a surrogate pair (``"\\ud800"``),
+    which no encoding writes (the driver raised, a 500). A form's field is checked by
+    ``forms.fields``, and its bytes are UTF-8 already."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise Refused(422, "the comment must be text")
     text = value.strip()
-    if len(text) > MAX_COMMENT:
-        raise Refused(422, f"the comment is longer than {MAX_COMMENT} characters")
+    problem = text_problem(text, MAX_COMMENT)
+    if problem is None and not _encodable(text):
+        problem = "is not text: a lone UTF-16 surrogate"
+    if problem:
+        raise Refused(422, f"the comment {problem}")
     return text or None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Answers:

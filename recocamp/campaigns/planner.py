@@ -38,12 +38,13 @@ the forecast (or fallback) that drove it: ``eligible — forecast churn_risk=hig
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from itertools import islice
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from recocamp.campaigns import caps, offers, predictive, segments
 from recocamp.campaigns.files import Campaign
@@ -106,6 +107,7 @@ class AudienceRule(StrEnum):
     NOT_CONTACTED_DAYS = "not_contacted_days"
 
 
+log = logging.getLogger(__name__)
 NOT_IN_AUDIENCE = "not_in_audience"
 DETAIL = " — "  # between a reason's code and its words
 REASON_LENGTH = 100  # the decisions table's reason column
@@ -177,12 +179,30 @@ class Context:
     forecast: predictive.LiveForecast | None = None  # None: no forecast is live at ``now``
 
     def zone(self, name: str | None) -> ZoneInfo:
+        """A customer's zone: the shop's for a customer without one, or with one this machine
+        cannot load — stored where the zone data had it (``localtime``, a system's
+        ``right/…``, a zone newer than this machine's ``tzdata``; refused on input since,
+        ``domain.zone_name_problem``). It raised ZoneInfoNotFoundError, and one customer
+        stopped the run for everybody; the log names the zone once per run."""
         if not name:
             return self.shop_zone
         zone = self.zones.get(name)
         if zone is None:
-            zone = self.zones[name] = ZoneInfo(name)
+            zone = self.zones[name] = _loaded(name, self.shop_zone)
         return zone
+
+
+def _loaded(name: str, shop: ZoneInfo) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        log.warning(
+            "time zone %r cannot be loaded on this machine: its customers are decided in the "
+            "shop's zone (%s)",
+            name[:100],
+            shop.key,
+        )
+        return shop
 
 
 def context_for(

@@ -231,7 +231,12 @@ def preview(
         key = settings.signing_key_bytes()
         link = compose.links(settings, key or _EPHEMERAL, customer, chosen.name, clock.now())
         renderer = render.Renderer(templates, limits=settings.templates)
-        email = compose.render_for(decision, view, chosen, settings, renderer, link, offers)
+        try:
+            email = compose.render_for(decision, view, chosen, settings, renderer, link, offers)
+        except Exception as exc:  # the template, on this customer's data: a problem, no crash
+            raise _not_rendered(
+                exc, campaigns / f"{chosen.name}.toml", templates, customer
+            ) from None
     if html is not None:  # first: a path it cannot write is refused before anything is shown
         write_output(html, email.html, "--html")
     console.print(
@@ -244,6 +249,17 @@ def preview(
 
 
 _CONTACTED = (planner.Outcome.SEND, planner.Outcome.DEFER)
+
+
+def _not_rendered(exc: Exception, campaign: Path, templates: Path, customer: str) -> ConfigError:
+    """A render that failed for this customer (a template that passed ``check`` on its
+    sample): the template or the campaign's subject, the line, what failed and for whom,
+    as ``check`` says it, where preview printed the exception's traceback."""
+    problem = render.render_problem(exc, render.SUBJECT)
+    message = f"{problem.message} (customer {customer})"
+    if problem.key in (None, render.SUBJECT):
+        return ConfigError(campaign, [Problem(f"subject: {message}")])
+    return ConfigError(templates / problem.key, [Problem(message, line=problem.line)])
 
 
 def _not_contacted(

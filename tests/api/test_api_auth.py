@@ -19,6 +19,7 @@ from recocamp.ratelimit import RateLimiter
 from tests.api_shop import ENTRIES, KEYS, Closing, bearer, call, make_app
 
 HEX = "ab" * 32
+HEX2, HEX3 = "cd" * 32, "ef" * 32  # other keys: a hash is configured once
 
 
 # every keyed endpoint, a request it accepts (given the scope), and the scope it needs
@@ -60,19 +61,19 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any], str]] = [
 
 def test_keys_are_read_from_their_entries() -> None:
     keys = parse_keys(
-        f"web=offers:read,events:write=sha256:{HEX};\n dpo=privacy:admin=sha256:{HEX}"
+        f"web=offers:read,events:write=sha256:{HEX};\n dpo=privacy:admin=sha256:{HEX2}"
     )
     assert keys == (
         ApiKey("web", frozenset({"offers:read", "events:write"}), bytes.fromhex(HEX)),
-        ApiKey("dpo", frozenset({"privacy:admin"}), bytes.fromhex(HEX)),
+        ApiKey("dpo", frozenset({"privacy:admin"}), bytes.fromhex(HEX2)),
     )
     assert parse_keys(None) == () and parse_keys("  ") == ()
 
 
 def test_every_broken_entry_is_reported_by_position_and_name() -> None:
     text = (
-        f"web=offers:read=sha256:{HEX}; bad-entry; x=offers:write=sha256:{HEX}; "
-        f"web=events:write=sha256:{HEX}; short=offers:read=sha256:abc"
+        f"web=offers:read=sha256:{HEX}; bad-entry; x=offers:write=sha256:{HEX2}; "
+        f"web=events:write=sha256:{HEX3}; short=offers:read=sha256:abc"
     )
     with pytest.raises(ConfigError) as caught:
         parse_keys(text)
@@ -82,6 +83,20 @@ def test_every_broken_entry_is_reported_by_position_and_name() -> None:
     assert "'entry 3'" in message and "offers:write" in message  # unknown scope, named
     assert "'entry 4'" in message and "appears twice" in message
     assert "'entry 5'" in message
+
+
+def test_one_key_configured_under_two_names_is_refused() -> None:
+    """The last entry whose hash matches decides a key's name and scopes: the shop's key
+    pasted again as the DPO's entry (``dpo=privacy:admin=sha256:<the shop's hash>``) gave
+    the shop's website the right to export and erase any customer, and the audit log wrote
+    its requests as the DPO's."""
+    text = f"web=offers:read=sha256:{HEX}; dpo=privacy:admin=sha256:{HEX}"
+    with pytest.raises(ConfigError) as caught:
+        parse_keys(text)
+    [problem] = caught.value.problems
+    assert (problem.key, problem.value) == ("entry 2", "dpo")
+    assert "entry 1" in problem.message and "'web'" in problem.message
+    assert HEX not in str(caught.value)
 
 
 def test_a_minted_key_matches_its_entry_and_is_random() -> None:

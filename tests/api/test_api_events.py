@@ -660,6 +660,68 @@ def test_profile_flags_are_json_booleans(app: FastAPI, field: str, value: Any) -
     assert person(engine_of(app)) is None
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("birthday", 1985),  # a birth year: read as 1985 seconds after 1970-01-01
+        ("birthday", 0),
+        ("birthday", "19850412"),  # ISO 8601's basic form: read as seconds, 1970-08-19
+        ("consent_at", 1325376000),  # seconds since 1970, or milliseconds past 2e10
+        ("consent_at", "1325376000"),
+        ("at", 1325376000000),
+        ("paused_until", 1325462400.5),
+        ("paused_until", "1.3254624e9"),
+    ],
+)
+def test_profile_times_and_dates_are_iso_8601_text_not_numbers(
+    app: FastAPI, field: str, value: Any
+) -> None:
+    """pydantic's lax mode reads a JSON number, or a string of digits, as a Unix time: a
+    shop sending a birth year stored 1970-01-01, and a date in ISO's basic form
+    (``19850412``) a day in August 1970, without a word."""
+    body = {"source": "account", field: value}
+    if field == "consent_at":
+        body["consent_basis"] = "double_opt_in"
+    reply = put(app, body)
+    assert reply.status == 422, reply.text
+    assert ["body", field] in [d["loc"] for d in reply.json()["detail"]]
+    assert "ISO 8601" in reply.text
+    assert person(engine_of(app)) is None
+
+
+def test_profile_times_and_dates_in_iso_8601_still_work(app: FastAPI) -> None:
+    body = {
+        "source": "account",
+        "birthday": "1985-04-12",
+        "consent_basis": "double_opt_in",
+        "consent_at": "2011-12-01T10:00:00+01:00",
+        "paused_until": "2012-02-01T00:00:00Z",
+        "at": "2012-01-05T08:00:00Z",
+    }
+    assert put(app, body).status == 200
+    found = person(engine_of(app))
+    assert str(found.birthday) == "1985-04-12"
+    assert found.consent_at.astimezone(UTC) == datetime(2011, 12, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "zone", ["localtime", "posixrules", "posix/Europe/Berlin", "right/Europe/Berlin"]
+)
+def test_a_customer_zone_is_an_iana_name_not_a_file_of_this_machine(
+    app: FastAPI, zone: str
+) -> None:
+    """``ZoneInfo`` opens any file of the system's zone directory: ``localtime`` (this
+    machine's own zone: another worker's may differ), ``right/…`` (clocks counting leap
+    seconds, 27 s off) and ``posix/…`` were stored, and a worker whose zone data is the
+    ``tzdata`` package has none of them: every campaign run stopped at that customer
+    (ZoneInfoNotFoundError)."""
+    reply = put(app, {"source": "account", "time_zone": zone})
+    assert reply.status == 422, reply.text
+    assert reply.json()["detail"][0]["loc"] == ["body", "time_zone"]
+    assert person(engine_of(app)) is None
+    assert put(app, {"source": "account", "time_zone": "Europe/Berlin"}).status == 200
+
+
 def test_orders_dated_past_the_clock_skew_are_refused(app: FastAPI) -> None:
     soon = (NOW + timedelta(minutes=4)).isoformat()
     assert post(app, order("A1", ordered_at=soon)).status == 200

@@ -88,6 +88,9 @@ def test_without_a_key_401_without_the_scope_403(app: FastAPI) -> None:
         pytest.param(review(customer_id="c\x001"), ["body", "customer_id"], id="control"),
         pytest.param(review(occurred_at="2012-01-04 18:30"), ["body", "occurred_at"], id="naive"),
         pytest.param(review(occurred_at="yesterday"), ["body", "occurred_at"], id="not-a-time"),
+        # a number is no ISO 8601 time (pydantic's lax mode read it as seconds since 1970)
+        pytest.param(review(occurred_at=1325700000), ["body", "occurred_at"], id="seconds"),
+        pytest.param(review(occurred_at="1325700000"), ["body", "occurred_at"], id="digits"),
         pytest.param(
             review(occurred_at="0001-01-01T00:00:00+05:00"), ["body", "occurred_at"], id="year"
         ),

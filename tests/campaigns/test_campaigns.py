@@ -90,6 +90,18 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             'time_zone = "Mars/Base"',
             ["key 'schedule.time_zone'", "line 8", "Mars/Base"],
         ),
+        # a region is a folder of the zone database (IsADirectoryError), a name longer than
+        # the system allows another OSError: check printed a traceback, no worker started
+        (
+            'time_zone = "Europe/Berlin"',
+            'time_zone = "Europe"',
+            ["key 'schedule.time_zone'", "line 8", "unknown IANA time zone", "'Europe'"],
+        ),
+        (
+            'time_zone = "Europe/Berlin"',
+            f'time_zone = "{"Z" * 5000}"',
+            ["key 'schedule.time_zone'", "line 8", "unknown IANA time zone", "(5,000 characters)"],
+        ),
         ('mode = "mixed"', 'mode = "surprise"', ["key 'offer.mode'", "line 14", "surprise"]),
         ("items = 4", "items = 0", ["key 'offer.items'", "line 15"]),
         (
@@ -285,6 +297,34 @@ def test_every_problem_of_a_file_and_every_broken_file_at_once(tmp_path: Path) -
     assert sorted(f.path.name for f in failures) == ["also.toml", "many.toml"]
     many_error = next(f for f in failures if f.path.name == "many.toml")
     assert {p.key for p in many_error.problems} == {"offer.mode", "offer.items"}
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        "[" * 5000 + "]" * 5000,
+        "{ a = " * 3000 + "1" + " }" * 3000,
+        "{ " + ".".join(["a"] * 5000) + " = 1 }",  # parsed, then too deep for json.dumps
+    ],
+    ids=["arrays", "inline tables", "dotted keys"],
+)
+def test_toml_nested_past_the_parsers_stack_is_a_problem_of_its_file(
+    tmp_path: Path, nested: str
+) -> None:
+    """Python's TOML parser recurses once per nested array or inline table: a file nested
+    thousands deep raised RecursionError out of ``load_all``, so ``check`` printed a
+    traceback (exit 1) and a worker did not start at all, its good campaigns with it."""
+    (tmp_path / "deep.toml").write_text(
+        GOOD.format(name="deep").replace("[schedule]", f"x = {nested}\n\n[schedule]"),
+        encoding="utf-8",
+    )
+    (tmp_path / "fine.toml").write_text(GOOD.format(name="fine"), encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert [c.name for c in campaigns] == ["fine"]
+    [failure] = failures
+    [problem] = failure.problems
+    assert failure.path == tmp_path / "deep.toml" and problem.line == 6
+    assert "nested too deeply" in problem.message
 
 
 def test_relaxing_caps_is_allowed_only_when_the_shop_says_so(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -200,6 +201,28 @@ def test_a_birthday_mail_arrives_on_the_birthday_in_the_customers_zone(zone: str
         if decision.outcome in (Outcome.SEND, Outcome.DEFER):
             arrivals.append((decision.send_at or at).astimezone(ZoneInfo(zone)).date())
     assert arrivals == [date(2025, 1, 15)]
+
+
+def test_a_customer_zone_this_machine_cannot_load_is_decided_in_the_shops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A zone stored where the zone data had it (``localtime``, ``right/…`` of a system's
+    zone directory, a zone newer than this machine's ``tzdata``) does not load on every
+    machine: ZoneInfoNotFoundError stopped the whole run (``recocamp plan``, every
+    campaign) at that one customer. Such a customer is decided as a customer without a zone
+    (the shop's), and the log names the zone once."""
+    late = replace(CONTEXT, now=datetime(2024, 6, 4, 21, 30, tzinfo=ZoneInfo("Europe/Berlin")))
+    people = [view(id="c1", time_zone="Nowhere/Atlantis"), view(id="c2", time_zone=None)]
+    people.append(view(id="c3", time_zone="Nowhere/Atlantis"))
+    with caplog.at_level(logging.WARNING, logger="recocamp.campaigns.planner"):
+        decisions = plan(campaign(), people, late)
+    assert [(d.customer_id, d.outcome) for d in decisions] == [
+        ("c1", Outcome.DEFER),  # 21:30 in Berlin, the shop's zone: quiet hours
+        ("c2", Outcome.DEFER),
+        ("c3", Outcome.DEFER),
+    ]
+    assert decisions[0].send_at == decisions[1].send_at
+    assert caplog.text.count("Nowhere/Atlantis") == 1
 
 
 def test_not_contacted_days_count_calendar_days_across_the_spring_forward() -> None:

@@ -444,6 +444,58 @@ def test_preview_does_not_render_for_a_customer_the_plan_skips(in_trained: Path)
     assert anyway.exit_code == 0 and "subject:" in anyway.stdout
 
 
+def test_preview_of_a_template_that_fails_for_this_customer_names_template_and_line(
+    in_trained: Path, tmp_path: Path
+) -> None:
+    """A template that passes ``check`` (its sample renders) and fails for one customer's
+    data (a division by zero on their value): preview is where its author looks, and it
+    printed a ZeroDivisionError traceback. Now: the template, its line, what failed and the
+    customer, exit 2 (the template is the bad input); nothing written."""
+    import shutil
+
+    templates = tmp_path / "templates"
+    shutil.copytree(in_trained / "templates", templates)
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        customer = connection.execute(sa.select(customers.c.id).limit(1)).scalar_one()
+    (templates / "fragile.html").write_text(
+        '{% extends "base.html" %}{% block content %}\n'
+        f'<p>{{{{ 100 // (0 if customer.id == "{customer}" else 1) }}}}</p>\n'
+        "{% endblock %}\n"
+    )
+    (campaigns / "fragile.toml").write_text(
+        (in_trained / "campaigns" / "cross_sell.toml")
+        .read_text()
+        .replace('name = "cross_sell"', 'name = "fragile"')
+        .replace('html = "cross_sell.html"', 'html = "fragile.html"')
+    )
+    where = ["--campaigns", str(campaigns), "--templates", str(templates)]
+    assert runner.invoke(app, ["check", *where]).exit_code == 0  # the sample renders
+    out = tmp_path / "mail.html"
+    args = ["preview", "fragile", "--customer", customer, "--anyway", "--html", str(out), *where]
+    result = runner.invoke(app, args, terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    flat = " ".join(result.stderr.split())
+    assert f"{templates / 'fragile.html'}: line 2: fails to render: ZeroDivisionError" in flat
+    assert f"customer {customer}" in flat and "Traceback" not in result.output
+    assert not out.exists()
+    fails = "{{ 100 // (0 if customer.id == '" + customer + "' else 1) }}"
+    (campaigns / "fragile.toml").write_text(  # the same in the subject line
+        (campaigns / "fragile.toml")
+        .read_text()
+        .replace('html = "fragile.html"', 'html = "cross_sell.html"')
+        .replace('"Picked for you this week"', f'"{fails}"')
+        .replace('"Neu für Sie ausgewählt"', f'"{fails}"')
+    )
+    subject = runner.invoke(app, args, terminal_width=300)
+    assert subject.exit_code == 2, subject.output
+    flat = " ".join(subject.stderr.split())
+    assert f"{campaigns / 'fragile.toml'}: subject: fails to render: ZeroDivisionError" in flat
+    assert f"customer {customer}" in flat
+
+
 def test_train_says_which_rule_rejected_a_candidate(in_trained: Path) -> None:
     result = runner.invoke(app, ["train", "--as-of", "2011-12-10", "--model", "popularity"])
     assert result.exit_code == 0, result.output

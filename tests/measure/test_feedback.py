@@ -193,6 +193,28 @@ def test_bad_answers_are_refused(
     assert stored(engine) == []
 
 
+@pytest.mark.parametrize(
+    ("escaped", "problem"),
+    [
+        ("a\\u0000b", "contains a NUL character"),  # PostgreSQL's text cannot hold it
+        ("a\\ud800b", "is not text: a lone UTF-16 surrogate"),  # not UTF-8: stores nothing
+    ],
+)
+def test_a_json_comment_that_cannot_be_stored_is_a_422(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail], escaped: str, problem: str
+) -> None:
+    """The JSON answer's comment is free text with the rules of any other (no NUL), and
+    JSON's escapes can write what is no text at all (``"\\ud800"``, half an emoji): both
+    were stored (or reached the driver: a 500), where the form's NUL is refused."""
+    app = make_app(engine, FixedClock(NOW))
+    token = parse_qs(urlsplit(links_of(mailed[ADDRESSES["c1"]])[0]).query)["token"][0]
+    body = f'{{"token": "{token}", "score": 6, "comment": "{escaped}"}}'.encode()
+    headers = {"content-type": "application/json"}
+    reply = call(app, "POST", "/v1/feedback", content=body, headers=headers)
+    assert reply.status == 422 and reply.json() == {"detail": f"the comment {problem}"}
+    assert stored(engine) == []
+
+
 @pytest.mark.parametrize("score", ["\u0667", "\uff17", " 7", "+7", "7.0", "07 ", "1_0"])
 def test_form_scores_are_ascii_digits(
     engine: sa.Engine, mailed: dict[str, OutgoingEmail], score: str

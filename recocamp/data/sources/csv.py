@@ -65,6 +65,7 @@ from recocamp.domain import (
     locale_problem,
     range_problem,
     text_problem,
+    zone_name_problem,
 )
 from recocamp.errors import DataImportError, Problem, mask_addresses
 
@@ -1135,6 +1136,9 @@ def _zone_name(row: dict[str, str]) -> str | None:
     name = text(row, "time_zone", required=False)
     if name is None:
         return None
+    problem = zone_name_problem(name)
+    if problem:
+        raise RowProblem("time_zone", problem, name)
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
