@@ -142,7 +142,7 @@ class LineIn(_Strict):
 
 class OrderIn(_Strict):
     order_id: Id
-    customer_id: Id | None = Field(None, description="Empty for a guest order.")
+    customer_id: Id | None = Field(None, description="null or left out for a guest order.")
     ordered_at: str = Field(
         max_length=64,
         description="ISO 8601; without an offset it is read in the shop's time zone.",
