@@ -124,6 +124,10 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
         title="recocamp shop API",
         version=__version__,
         lifespan=lifespan,
+        # no redirect for a trailing slash: Starlette builds it from the request as this
+        # process sees it (http:// behind a TLS proxy), and a signed link's token would
+        # travel in it; /p/TOKEN/ is a 404 like any other unknown path
+        redirect_slashes=False,
         description="Next-best offers, live events, preferences and privacy rights. "
         "Send API keys as `Authorization: Bearer <key>`.",
     )

@@ -71,6 +71,16 @@ def test_the_page_in_english_shows_settings_data_and_why(app: FastAPI) -> None:
     assert state(engine_of(app), person.id) == before  # looking changes nothing
 
 
+def test_a_trailing_slash_is_not_redirected_with_the_token(app: FastAPI) -> None:
+    """``/p/TOKEN/`` answered 307 to ``http://<host>/p/TOKEN``, built from the request as
+    the process saw it: behind a TLS proxy the token went back out in a plain http link."""
+    person = someone(engine_of(app), "en")
+    for path in (page(person.id) + "/", page(person.id, "unsubscribe").replace("/p/", "/u/") + "/"):
+        reply = call(app, "GET", path)
+        assert reply.status == 404 and "location" not in reply.headers
+        assert path.split("/")[2] not in reply.text
+
+
 def test_the_page_in_german_and_the_language_switch(app: FastAPI) -> None:
     person = someone(engine_of(app), "de")
     html = call(app, "GET", page(person.id)).text
