@@ -172,8 +172,19 @@ class OfferRules(_Strict):
         return _not_below(value, info, "min_price")
 
 
+def _not_blank(text: str) -> str:
+    """A subject line must say something: a blank one passed ``check`` and every e-mail went
+    out without a subject (or was refused by the provider)."""
+    if not text.strip():
+        raise ValueError("a subject must not be empty")
+    return text
+
+
+Subject = Annotated[str, AfterValidator(_not_blank)]
+
+
 class Template(_Strict):
-    subject: dict[Locale, str] = Field(min_length=1)
+    subject: dict[Locale, Subject] = Field(min_length=1)
     html: str
     text: str
 
@@ -181,7 +192,7 @@ class Template(_Strict):
 class Variant(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     weight: float = Field(gt=0, le=MAX_WEIGHT, allow_inf_nan=False)  # summed: finite
-    subject: dict[Locale, str] | None = None
+    subject: dict[Locale, Subject] | None = None
     html: str | None = None
     text: str | None = None
 

@@ -304,6 +304,8 @@ class Renderer:
             line = compiled
         else:
             line = one_line(self._render(compiled, context, subject))
+        if not line.strip():  # "{{ customer.first_name }}" of a customer without one
+            raise TemplateLimitError(SUBJECT, [Problem("the subject is empty", value=subject)])
         size = len(line.encode("utf-16-le")) // 2
         if size > SUBJECT_MAX:
             message = f"the subject is {size:,} characters long: at most {SUBJECT_MAX:,}"

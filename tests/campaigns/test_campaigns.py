@@ -327,6 +327,16 @@ def test_toml_nested_past_the_parsers_stack_is_a_problem_of_its_file(
     assert "nested too deeply" in problem.message
 
 
+@pytest.mark.parametrize("blank", ['""', '"  "'])
+def test_a_blank_subject_is_a_problem_of_its_file(tmp_path: Path, blank: str) -> None:
+    """``subject = { en = "" }`` passed ``check``; every e-mail went out without one."""
+    text = GOOD.format(name="blank").replace(
+        'subject = { en = "Hi" }', f"subject = {{ en = {blank} }}"
+    )
+    assert "a subject must not be empty" in check(tmp_path, text, "blank")
+    assert "key 'template.subject.en'" in check(tmp_path, text, "blank")
+
+
 def test_relaxing_caps_is_allowed_only_when_the_shop_says_so(tmp_path: Path) -> None:
     relaxed = GOOD.format(name="relaxed").replace("[offer]", "[caps]\ncooldown_days = 1\n\n[offer]")
     assert "may only be stricter" in check(tmp_path, relaxed, "relaxed")

@@ -878,6 +878,18 @@ def test_a_subject_is_at_most_what_the_provider_takes() -> None:
     assert problem is not None and "2,007 characters long: at most 2,000" in problem
 
 
+def test_a_subject_that_renders_empty_is_an_error() -> None:
+    """A subject made only of a customer's field (or a blank text) rendered to nothing: the
+    e-mail went out without a subject. It is this customer's render error now (the run
+    skips them as ``not_rendered``), and ``check`` names it for the sample."""
+    renderer = Renderer(TEMPLATES)
+    context = {**sample_context(), "customer": {**sample_context()["customer"], "first_name": ""}}
+    assert renderer.subject("{{ customer.first_name }}", sample_context()) != ""
+    for subject in ("{{ customer.first_name }}", "{{ '  ' }}", "\x00 \x07"):
+        with pytest.raises(TemplateLimitError, match="the subject is empty"):
+            renderer.subject(subject, context)
+
+
 def test_a_subject_too_long_is_named_by_its_template_not_by_a_customers_data() -> None:
     """The error goes to the worker's log and the run's report: it quotes the subject's
     template, which is what to shorten, never the rendered line with a customer's address."""
