@@ -9,6 +9,7 @@ decision sees (and which cancels e-mails still waiting in the outbox).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,7 @@ from recocamp.store.queries import audit, upsert_statement
 from recocamp.store.schema import contact_events, customers, outbox, suppressions
 
 OPT_OUTS = frozenset({"complained", "unsubscribed"})
+KEY_MAX = 200  # contact_events.event_key
 OUTBOX_STATES = {"delivered": "delivered", "bounced": "bounced"}
 
 
@@ -39,7 +41,7 @@ def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> 
             .on_conflict_do_nothing(index_elements=["event_key"])
             .returning(contact_events.c.id),
             {
-                "event_key": event.event_key[:200],
+                "event_key": bounded_key(event.event_key),
                 "kind": event.kind,
                 "provider": event.provider,
                 "customer_id": row.customer_id if row else None,
@@ -55,6 +57,17 @@ def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> 
             new += 1
             _consequences(connection, event, row, now)
     return Applied(new, len(events) - new)
+
+
+def bounded_key(key: str) -> str:
+    """An event key as stored: at most ``KEY_MAX`` characters, and still one per event. A
+    longer one (a provider's long id, a long customer id) keeps its start and ends in the
+    SHA-256 of the whole: cut to its first 200 characters, two events whose keys differed
+    only after them were one, and the second was dropped as a duplicate."""
+    if len(key) <= KEY_MAX:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{key[: KEY_MAX - len(digest) - 1]}~{digest}"
 
 
 def _outbox_row(connection: sa.Connection, event: Event) -> Any:
@@ -142,7 +155,7 @@ def record_link_unsubscribe(
             index_elements=["event_key"]
         ),
         {
-            "event_key": f"link:{customer_id}:{campaign}:{int(issued.timestamp())}"[:200],
+            "event_key": bounded_key(f"link:{customer_id}:{campaign}:{int(issued.timestamp())}"),
             "kind": "unsubscribed",
             "provider": "link",
             "customer_id": customer_id,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -21,6 +22,8 @@ from recocamp.delivery.webhooks import (
     parse,
     read,
 )
+from recocamp.store import contacts
+from recocamp.store.schema import contact_events
 
 AT = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 MESSAGE_ID = "0d3c2a4e-5b6f-4a1b-9c8d-7e6f5a4b3c2d"
@@ -480,3 +483,22 @@ def test_a_brevo_date_without_ts_event_is_paris_time(date: str, utc: datetime) -
     read as UTC, an event without ts_event was one or two hours late."""
     payload = {k: v for k, v in BREVO_BASE.items() if k != "ts_event"}
     assert one("brevo", payload | {"event": "hard_bounce", "date": date}).at == utc
+
+
+def test_long_event_keys_are_stored_once_per_event(engine: sa.Engine) -> None:
+    """Keys were cut to their first 200 characters: two events whose provider ids differed
+    only after that were one, and the second was dropped as a duplicate. A long key keeps
+    its start and the SHA-256 of the whole; the same event again is still a duplicate."""
+    at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    prefix = "postmark:Open:" + "x" * 200
+
+    def opened(suffix: str) -> Event:
+        return Event(provider="postmark", kind="opened", event_key=prefix + suffix, at=at)
+
+    with engine.begin() as connection:
+        first = contacts.apply(connection, [opened("a"), opened("b")], at)
+        again = contacts.apply(connection, [opened("b")], at)
+        keys = connection.execute(sa.select(contact_events.c.event_key)).scalars().all()
+    assert (first.new, first.duplicates, again.new, again.duplicates) == (2, 0, 0, 1)
+    assert len(keys) == 2 and all(len(k) == 200 and k.startswith("postmark:Open:x") for k in keys)
+    assert contacts.bounded_key("short") == "short"
