@@ -42,7 +42,7 @@ from recocamp.domain import (
     future_problem,
 )
 from recocamp.errors import RecocampError
-from recocamp.store import contacts, outbox, profiles
+from recocamp.store import contacts, outbox, profiles, views
 from recocamp.store.engine import Connection
 from recocamp.store.queries import audit
 
@@ -111,6 +111,7 @@ def apply(
         profiles.update(connection, customer_id, values, at)
     if values.get("objected_to_profiling"):
         profiles.drop_personal_list(connection, customer_id)
+        views.lock_contacts(connection)  # a campaign run's chunk: written before, or sees it
         outbox.cancel_profiled(connection, [customer_id], now or at)
     opted = _subscription(connection, customer_id, unsubscribed, after, at, source)
     if changed or row is None or opted == "resubscribed":  # contacts audits unsubscribes
