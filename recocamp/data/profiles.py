@@ -37,6 +37,7 @@ from recocamp.domain import (
     FALLBACK_LOCALE,
     LOCALES,
     PREFERENCE_PERIODS,
+    ConsentBasis,
     Locale,
     birthday_problem,
     future_problem,
@@ -113,6 +114,8 @@ def apply(
         profiles.drop_personal_list(connection, customer_id)
         views.lock_contacts(connection)  # a campaign run's chunk: written before, or sees it
         outbox.cancel_profiled(connection, [customer_id], now or at)
+    if values.get("consent_basis") == ConsentBasis.EXISTING_CUSTOMER:
+        outbox.cancel_rebased(connection, [customer_id], now or at)
     opted = _subscription(connection, customer_id, unsubscribed, after, at, source)
     if changed or row is None or opted == "resubscribed":  # contacts audits unsubscribes
         details = {
