@@ -132,7 +132,7 @@ def still_held(connection: sa.Connection, customer_ids: Sequence[str]) -> dict[s
         query = sa.select(c.id, c.objected_to_profiling).where(
             c.id.in_(batch), c.erased_at.is_(None)
         )
-        found.update((row.id, bool(row.objected_to_profiling)) for row in connection.execute(query))
+        found.update(iter(connection.execute(query)))  # (id, objected) rows; Boolean: bool
     return found
 
 
