@@ -22,7 +22,7 @@ Bodies above ``[api] max_body_bytes`` are refused (413 ``{"detail"}``, declared 
 ``[api] cors_origins`` lists origins. Requests are counted and timed per route *template*
 (``/metrics``), so neither logs nor metrics carry customer ids, tokens or addresses; the
 server's access log is off for the same reason (tokens in paths are credentials), and
-``EmailRedactor`` masks any address that would reach a log line. Error bodies mask them
+``logs.EmailRedactor`` masks any address that would reach a log line. Error bodies mask them
 too: ``_unprocessable`` (422) and ``_refused`` (every ``HTTPException``: a 404 quoting the
 customer or item id asked for, a 409 naming order or customer ids) — an id can be an
 e-mail address.
@@ -313,17 +313,6 @@ class HttpMetrics:
         if timer is None:
             timer = self.timers[route] = metrics.HTTP_SECONDS.labels(route)
         timer.observe(seconds)
-
-
-class EmailRedactor(logging.Filter):
-    """Masks e-mail addresses in log records, whoever logs them (a second line of defence:
-    recocamp's own log lines name customers by id only)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "@" in message:
-            record.msg, record.args = mask_addresses(message), None
-        return True
 
 
 def app_from_environment() -> FastAPI:

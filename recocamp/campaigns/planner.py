@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -85,6 +85,10 @@ class Reason(StrEnum):
     # the e-mail's subject failed for this customer's data (the template alone passed
     # ``check``): skipped and logged, the run goes on (``run.enqueue_decisions``)
     NOT_RENDERED = "not_rendered"
+    # the customer objected to profiling while the run went on, and the decision made from
+    # the run's snapshot used their profile (personal offers, RFM segment, forecast): the
+    # e-mail is not sent; the next run decides for them without it (``run.enqueue_decisions``)
+    OBJECTED = "objected_to_profiling"
 
 
 class AudienceRule(StrEnum):
@@ -288,6 +292,38 @@ def recheck(
         if again.outcome is Outcome.SKIP:
             decisions[n] = again
     return Chunk(chunk.views, decisions)
+
+
+def unprofiled(view: CustomerView) -> CustomerView:
+    """``view`` as the snapshot holds an objector: no personal list, RFM score or forecast
+    (``audience.snapshot``)."""
+    customer = replace(view.customer, objected_to_profiling=True)
+    return replace(view, customer=customer, personal=None, rfm=None, forecast=None)
+
+
+def without_profiles(
+    campaign: Campaign, chunk: Chunk, objecting: Collection[str], context: Context
+) -> Chunk:
+    """``chunk`` with the customers in ``objecting``, who objected to profiling after the
+    run's snapshot, decided again as objectors. A decision the profile did not shape (a
+    survey, popular offers, a skip for consent) comes out the same and stays, its e-mail
+    too; one it did (personal offers, an RFM segment or a forecast let them in) becomes the
+    objector's skip where that is one, else an ``objected_to_profiling`` skip: the e-mail
+    composed from the profile is not sent, and there is no other composed in its place."""
+    policy = campaign.policy(context.policy)
+    views, decisions = list(chunk.views), list(chunk.decisions)
+    for n, (view, decision) in enumerate(zip(views, decisions, strict=True)):
+        if view.customer.id not in objecting or view.customer.objected_to_profiling:
+            continue
+        views[n] = unprofiled(view)
+        again = decide(campaign, views[n], context, policy)
+        if again != decision:
+            decisions[n] = (
+                again
+                if again.outcome is Outcome.SKIP
+                else Decision(campaign.name, view.customer.id, Outcome.SKIP, Reason.OBJECTED.value)
+            )
+    return Chunk(views, decisions)
 
 
 def decide(

@@ -309,7 +309,10 @@ def enqueue_decisions(
         chunk = _without_unrendered(campaign, report.run_key, chunk, failed)
         with engine.begin() as connection:
             tombstones.serialise(connection, erasing=False)  # an erasure: before or after
-            chunk = _without_erased(connection, report.run_key, chunk)
+            views.lock_contacts(connection)  # an objection: before or after (_without_profiles)
+            held = views.still_held(connection, [d.customer_id for d in chunk.decisions])
+            chunk = _without_erased(report.run_key, chunk, held)
+            chunk = _without_profiles(campaign, planned, chunk, held)
             chunk = _checked_again(connection, campaign, planned, chunk, now)
             _record_decisions(connection, report.run_key, chunk.decisions, now)
             report.enqueued += outbox.enqueue(connection, _still_sent(emails, chunk), now)
@@ -332,24 +335,48 @@ def enqueue_decisions(
 Queued = tuple[OutgoingEmail, str, str | None, datetime]
 
 
-def _without_erased(connection: Connection, run_key: str, chunk: planner.Chunk) -> planner.Chunk:
-    """The chunk without the customers erased since the run's snapshot: a decision or an
-    e-mail of theirs would bring their id, address and name back into the store after the
-    erasure, and the deliverer, finding no customer row, would send it. Called under
-    ``tombstones.serialise``: an erasure commits before this chunk's check or after its write.
-    """
+def _without_erased(run_key: str, chunk: planner.Chunk, held: Mapping[str, bool]) -> planner.Chunk:
+    """The chunk without the customers erased since the run's snapshot (``held``: those the
+    store still holds, ``views.still_held``): a decision or an e-mail of theirs would bring
+    their id, address and name back into the store after the erasure, and the deliverer,
+    finding no customer row, would send it. Read under ``tombstones.serialise``: an erasure
+    commits before this chunk's check or after its write."""
     ids = [d.customer_id for d in chunk.decisions]
-    held = views.still_held(connection, ids)
-    if len(held) == len(ids):
+    if all(customer_id in held for customer_id in ids):
         return chunk
-    log.info(
-        "run %s: %d customer(s) erased since its snapshot, left out", run_key, len(ids) - len(held)
-    )
+    gone = sum(customer_id not in held for customer_id in ids)
+    log.info("run %s: %d customer(s) erased since its snapshot, left out", run_key, gone)
     return replace(
         chunk,
         views=[v for v in chunk.views if v.customer.id in held],
         decisions=[d for d in chunk.decisions if d.customer_id in held],
     )
+
+
+def _without_profiles(
+    campaign: Campaign, planned: Planned, chunk: planner.Chunk, held: Mapping[str, bool]
+) -> planner.Chunk:
+    """The chunk with the customers who objected to profiling since the run's snapshot
+    (``held``: whether each objects now) decided again without their profile
+    (``planner.without_profiles``): a decision made from it, such as personal offers
+    ("because you bought ..."), is skipped as ``objected_to_profiling``. The objection's own
+    cancel (``outbox.cancel_profiled``) reaches only mail already queued. Read under the
+    contacts lock, which an objection takes too: it commits before this chunk's check, or
+    after its write, and then cancels what the chunk queued."""
+    objecting = {
+        view.customer.id
+        for view in chunk.views
+        if held.get(view.customer.id) and not view.customer.objected_to_profiling
+    }
+    if not objecting:
+        return chunk
+    log.info(
+        "campaign %s run %s: %d customer(s) objected to profiling since its snapshot",
+        campaign.name,
+        planned.report.run_key,
+        len(objecting),
+    )
+    return planner.without_profiles(campaign, chunk, objecting, planned.context)
 
 
 def _checked_again(
@@ -364,8 +391,8 @@ def _checked_again(
     written: a run that overlaps this one (another campaign due at the same minute, a CLI
     ``send`` while the worker runs) enqueued its e-mails after this run's snapshot, or will
     after this chunk is committed and see it. Without this both read "no e-mail today" and
-    both mail, past ``max_per_24h``."""
-    views.lock_contacts(connection)
+    both mail, past ``max_per_24h``. The caller has taken the lock (``views.lock_contacts``)
+    before the chunk's first check."""
     ids = planner.to_recheck(chunk)
     days = planner.history_days(campaign, planned.context.policy)
     fresh = views.contacts_of(connection, ids, now, planned.report.run_key, days)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from recocamp import privacy
+from recocamp import logs, privacy
 from recocamp.api import auth as api_auth
 from recocamp.cli.common import (
     State,
@@ -130,8 +130,8 @@ def _log_config() -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": "recocamp.api.app.EmailRedactor"}},
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "filters": {"redact": {"()": "recocamp.logs.EmailRedactor"}},
+        "formatters": {"plain": {"format": logs.FORMAT}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",

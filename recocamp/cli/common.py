@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from recocamp import logs
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign
 from recocamp.clock import SystemClock
@@ -128,10 +129,7 @@ def main(
 ) -> None:
     State.settings_path = settings
     ctx.call_on_close(dispose_engines)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(logging.INFO if verbose else logging.WARNING)  # addresses masked
 
 
 @contextmanager

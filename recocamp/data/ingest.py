@@ -44,6 +44,7 @@ from recocamp.data.sources import csv as sources
 from recocamp.domain import (
     FALLBACK_LOCALE,
     GZIP_RATIO_MAX,
+    ConsentBasis,
     Customer,
     Item,
     Locale,
@@ -51,7 +52,7 @@ from recocamp.domain import (
     Purchase,
 )
 from recocamp.errors import DataImportError, Problem
-from recocamp.store import outbox, profiles, queries, staging, tombstones
+from recocamp.store import outbox, profiles, queries, staging, tombstones, views
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -680,7 +681,12 @@ class Importer:
             objectors = set(profiles.objected_ids(connection))
             queries.upsert_customers(connection, rows, self.now, keep=absent)
             objecting = set(profiles.objected_ids(connection)) - objectors
-            outbox.cancel_profiled(connection, objecting, self.now)  # as data.profiles does
+            if objecting:  # as data.profiles does, under the contacts lock
+                views.lock_contacts(connection)
+                outbox.cancel_profiled(connection, objecting, self.now)
+            if "consent_basis" not in absent:  # as data.profiles does
+                existing = [r.id for r in rows if r.consent_basis is ConsentBasis.EXISTING_CUSTOMER]
+                outbox.cancel_rebased(connection, existing, self.now)
             report = ImportReport("customers", fmt, str(path), read, len(rows), 0, skipped)
             self._finish(connection, run_id, report)
         return report

@@ -37,12 +37,13 @@ from recocamp.domain import (
     FALLBACK_LOCALE,
     LOCALES,
     PREFERENCE_PERIODS,
+    ConsentBasis,
     Locale,
     birthday_problem,
     future_problem,
 )
 from recocamp.errors import RecocampError
-from recocamp.store import contacts, outbox, profiles
+from recocamp.store import contacts, outbox, profiles, views
 from recocamp.store.engine import Connection
 from recocamp.store.queries import audit
 
@@ -111,7 +112,10 @@ def apply(
         profiles.update(connection, customer_id, values, at)
     if values.get("objected_to_profiling"):
         profiles.drop_personal_list(connection, customer_id)
+        views.lock_contacts(connection)  # a campaign run's chunk: written before, or sees it
         outbox.cancel_profiled(connection, [customer_id], now or at)
+    if values.get("consent_basis") == ConsentBasis.EXISTING_CUSTOMER:
+        outbox.cancel_rebased(connection, [customer_id], now or at)
     opted = _subscription(connection, customer_id, unsubscribed, after, at, source)
     if changed or row is None or opted == "resubscribed":  # contacts audits unsubscribes
         details = {

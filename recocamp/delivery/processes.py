@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import pickle
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, cast
 
+from recocamp import logs
 from recocamp.campaigns.render import Renderer, snapshot
 from recocamp.clock import SystemClock
 from recocamp.delivery.deliverer import Deliverer, Progress
@@ -60,6 +62,7 @@ class Job:
     sources: Mapping[str, str]
     campaign: str | None
     max_wait_s: float
+    log_level: int = logging.WARNING  # the parent's: its log lines, addresses masked
 
 
 def drain_in_processes(
@@ -93,6 +96,7 @@ def drain_in_processes(
         dict(sources),
         campaign,
         max_wait_s,
+        logging.getLogger().getEffectiveLevel(),
     )
     children: dict[Connection, subprocess.Popen[bytes]] = {}
     try:
@@ -181,6 +185,7 @@ def child(fd: int) -> None:
     """A delivering process's life: the job, the drain, the report (see the module doc)."""
     connection = Connection(fd)
     job: Job = connection.recv()
+    logs.configure(job.log_level)  # else a warning went out raw, through logging's last resort
     quiet_collector()
     producing, stop = threading.Event(), threading.Event()
     producing.set()

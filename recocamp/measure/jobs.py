@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -117,12 +117,13 @@ def backfill(
     with engine.connect() as connection:
         have = set() if replace else store.snapshot_keys(connection, first, last)
         have_segments = set() if replace else store.segment_days(connection, first, last)
+        unsegmented = store.unsegmented(connection)
         orders = sorted(
             queries.order_totals(connection, EPOCH, day_end(last, zone)), key=lambda row: row[2]
         )
     totals = [OrderTotal(*row) for row in orders]
     times = [order.ordered_at for order in totals]
-    segments = _SegmentTracker(totals)
+    segments = _SegmentTracker(totals, unsegmented)
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     written = 0
     for start in range(0, len(days), CHUNK_DAYS):
@@ -168,16 +169,25 @@ def _kpi_row(day: date, result: kpis.Kpis, now: datetime) -> dict[str, Any]:
 
 class _SegmentTracker:
     """RFM segment sizes as of increasing instants, histories grown one order at a time
-    (a year of daily snapshots would otherwise rebuild every history every day)."""
+    (a year of daily snapshots would otherwise rebuild every history every day).
 
-    def __init__(self, orders: Sequence[OrderTotal]) -> None:
+    ``unsegmented`` (objectors, erased customers) are in no segment's size, as the planner
+    gives them no segment (``campaigns.audience``); their orders stay in the quintiles the
+    others are scored by, as the planner's, so a size is the customers a campaign's
+    ``rfm_segments`` rule could reach."""
+
+    def __init__(
+        self, orders: Sequence[OrderTotal], unsegmented: Collection[str] = frozenset()
+    ) -> None:
         self.orders = [o for o in orders if o.customer_id is not None]
+        self.unsegmented = unsegmented
         self.next = 0
         self.lists: dict[str, list[Order]] = {}
         self.histories: dict[str, History] = {}
 
     def sizes(self, as_of: datetime) -> Counter[str]:
-        return Counter(score.segment for score in self.scores(as_of).values())
+        scores = self.scores(as_of)
+        return Counter(s.segment for c, s in scores.items() if c not in self.unsegmented)
 
     def scores(self, as_of: datetime) -> dict[str, Rfm]:
         changed = set()

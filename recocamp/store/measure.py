@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from recocamp.domain import Touch
 from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import (
+    customers,
     decisions,
     feedback,
     kpi_snapshots,
@@ -31,6 +32,18 @@ from recocamp.store.schema import (
 )
 
 TREATED_STATES = ("sent", "delivered", "bounced")
+
+
+def unsegmented(connection: sa.Connection) -> frozenset[str]:
+    """Customers no RFM segment counts: those who objected to profiling (placing them in
+    segments such as ``at_risk`` is the profiling they objected to) or were erased."""
+    c = customers.c
+    query = sa.select(c.id).where(
+        sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
+    )
+    return frozenset(str(found) for found in connection.execute(query).scalars())
+
+
 KPI_COLUMNS = (
     "orders",
     "customers",
@@ -151,8 +164,8 @@ def segment_history(
     s = segment_snapshots.c
     query = sa.select(s.day, s.segment, s.customers).where(s.day >= first, s.day <= last)
     found: dict[date, dict[str, int]] = {}
-    for day, segment, customers in connection.execute(query.order_by(s.day, s.segment)):
-        found.setdefault(day, {})[segment] = int(customers)
+    for day, segment, count in connection.execute(query.order_by(s.day, s.segment)):
+        found.setdefault(day, {})[segment] = int(count)
     return found
 
 

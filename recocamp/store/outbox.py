@@ -281,6 +281,42 @@ def cancel_profiled(connection: sa.Connection, customer_ids: Collection[str], no
     return len(offered)
 
 
+REBASED = (
+    "the customer's consent became existing_customer after it was queued: it was written "
+    "for their earlier basis"
+)
+
+
+def cancel_rebased(connection: sa.Connection, customer_ids: Collection[str], now: datetime) -> int:
+    """Cancel the queued e-mails of customers whose consent basis is now ``existing_customer``
+    (in the change's transaction) that were written for another basis (a double opt-in):
+    the existing-customer exception (UWG §7(3)) allows offers like what they bought, with
+    the notice of their right to object, and no survey; a campaign may allow double opt-in
+    alone. The deliverer's check at claim time knows neither the campaign's bases nor the
+    basis a mail was written for, and the mail went out. The next run decides under the new
+    basis; a mail written with the notice stays; one claimed already is on its way out. How
+    many."""
+    ids = sorted(set(customer_ids))
+    rebased: list[int] = []
+    for start in range(0, len(ids), 5000):
+        rows = connection.execute(
+            sa.select(outbox.c.id, outbox.c.body).where(
+                outbox.c.customer_id.in_(ids[start : start + 5000]), outbox.c.state == "queued"
+            )
+        )
+        rebased += [row.id for row in rows if not _for_existing_customers(row.body)]
+    _set(connection, rebased, now, state="cancelled", last_error=REBASED)
+    return len(rebased)
+
+
+def _for_existing_customers(body: bytes) -> bool:
+    """Whether a stored body was written under the existing-customer basis: a deferred one's
+    context says (its notice); a body rendered when it was queued cannot tell, and counts as
+    one that was not."""
+    template = load_body(body).get("template")
+    return template is not None and bool(template["context"].get("existing_customer_notice"))
+
+
 def _has_offers(body: bytes) -> bool:
     """Whether a stored body carries offers: a deferred one's context says; a body rendered
     when it was queued cannot tell, and counts as one that does."""

@@ -22,13 +22,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
 from recocamp import tokens
-from recocamp.api.app import EmailRedactor, create_app
+from recocamp.api.app import create_app
 from recocamp.campaigns.files import load_all
 from recocamp.campaigns.planner import Outcome, context_for, decide
 from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import FixedClock
 from recocamp.delivery.esp.fake_server import postmark_event, running
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, email_hash
+from recocamp.logs import EmailRedactor
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
 from recocamp.store.engine import make_engine

@@ -22,9 +22,12 @@ from recocamp.campaigns.run import (
     plan_run,
     projected_sends,
 )
+from recocamp.data import profiles
+from recocamp.domain import Item
 from recocamp.settings import Settings
 from recocamp.store import outbox as outbox_store
-from recocamp.store.schema import decisions, outbox
+from recocamp.store.queries import upsert_items
+from recocamp.store.schema import decisions, outbox, recommendations
 from tests.campaign_shop import daily, tea_shop
 from tests.conftest import NOW, ROOT
 
@@ -282,3 +285,77 @@ def test_a_customer_erased_while_the_run_goes_on_is_neither_recorded_nor_mailed(
     with engine.connect() as connection:
         recipients = connection.execute(sa.select(outbox.c.recipient)).scalars().all()
     assert report.enqueued == len(recipients) and "c13@example.test" not in recipients
+
+
+def personal_offers(engine: sa.Engine) -> None:
+    """Every customer's cached personal list offers biscuits, which nobody bought (popular:
+    the tea they all bought)."""
+    with engine.begin() as connection:
+        upsert_items(connection, [Item("i2", "Biscuits", "kitchen", 3.0)], NOW)
+        connection.execute(
+            sa.insert(recommendations),
+            [
+                {"customer_id": f"c{n:02d}", "model_version": "v1", "items": [["i2", 0.9]]}
+                for n in range(PEOPLE)
+            ],
+        )
+
+
+@pytest.mark.parametrize("kind", ["offers", "nps"])
+def test_a_customer_who_objects_while_the_run_goes_on_gets_no_offers_from_their_profile(
+    engine: sa.Engine, kind: str
+) -> None:
+    """A run decides from a snapshot taken at its start and writes chunk by chunk; a
+    customer can object to profiling in between (the preferences page). The objection
+    cancels only the mail already queued, so the later chunk queued their e-mail with the
+    personal offers the snapshot chose ("picked for you": biscuits), and it went out after
+    the objection. That decision is now an ``objected_to_profiling`` skip; a survey, which
+    offers nothing, still goes."""
+    shop(engine)
+    personal_offers(engine)
+    objecting = "c13"  # consenting (13 % 4 != 3), in a later chunk than the first
+    campaign = daily(holdout_percent=0)
+    if kind == "nps":
+        template = {"subject": {"en": "Hi"}, "html": "nps.html", "text": "nps.txt"}
+        campaign = campaign.model_copy(
+            update={"type": "nps", "template": campaign.template.model_validate(template)}
+        )
+    else:
+        offer = campaign.offer.model_copy(update={"mode": "mixed"})
+        campaign = campaign.model_copy(update={"offer": offer})
+    planned = plan_run(engine, SETTINGS, campaign, NOW)
+    written = 0
+
+    def object_after_the_first_chunk(decided: int) -> None:
+        nonlocal written
+        written += decided
+        if written == 5:  # the first chunk is committed: the objection comes now
+            with engine.begin() as connection:
+                profiles.apply(
+                    connection,
+                    objecting,
+                    {"objected_to_profiling": True},
+                    at=NOW,
+                    actor="customer",
+                    source="preferences page",
+                )
+
+    options = RunOptions(chunk_size=5, on_progress=object_after_the_first_chunk)
+    report = enqueue_decisions(engine, SETTINGS, campaign, TEMPLATES, planned, NOW, options)
+    reasons = recorded(engine)
+    consenting = [f"c{n:02d}" for n in range(PEOPLE) if n % 4 != 3]
+    others = {reasons[c] for c in consenting if c != objecting}
+    assert others == {planner.Reason.ELIGIBLE}
+    with engine.connect() as connection:
+        mailed = connection.execute(
+            sa.select(outbox.c.customer_id).where(outbox.c.state == "queued")
+        ).scalars()
+        queued = sorted(mailed)
+    if kind == "nps":
+        assert reasons[objecting] == planner.Reason.ELIGIBLE
+        assert queued == consenting and report.enqueued == len(consenting)
+    else:
+        assert reasons[objecting] == planner.Reason.OBJECTED
+        assert queued == [c for c in consenting if c != objecting]
+        assert report.enqueued == len(consenting) - 1
+        assert report.counts[planner.Reason.OBJECTED] == 1

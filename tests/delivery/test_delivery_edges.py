@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
 
+from recocamp.campaigns import run
 from recocamp.campaigns.render import Renderer, sample_context
 from recocamp.campaigns.run import plan_run
 from recocamp.clock import FixedClock, SystemClock
@@ -547,4 +548,50 @@ def test_an_objection_after_enqueue_cancels_the_waiting_mail_with_offers(
         "winback/c0/2026-01-15",
         "winback/c2/2026-01-15",
     ]
+    assert states(engine) == Counter({"sent": 2, "cancelled": 1})
+
+
+@pytest.mark.parametrize("way", ["profile change", "customers import"])
+def test_a_switch_to_the_existing_customer_basis_cancels_mail_written_for_a_double_opt_in(
+    engine: sa.Engine, tmp_path: Path, way: str
+) -> None:
+    """A campaign that allows double opt-in alone queues mail for c0 and c1; then c0's basis
+    becomes ``existing_customer`` (a CRM correction: the opt-in was never confirmed). The
+    deliverer's check at claim time cancelled basis ``none`` only, and c0's mail went out
+    under a basis its campaign does not allow, without the UWG §7(3) notice. It is cancelled
+    in the change's transaction; c1's goes, and so does c2's, written for their
+    existing-customer basis by a campaign that allows it."""
+    campaign_shop.tea_shop(engine, ["c0", "c1", "c2"])  # each bought tea 20 days ago
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id == "c2")
+            .values(consent_basis="existing_customer")
+        )
+    settings = Settings(signing_key="f" * 32)
+    only_doi = campaign_shop.daily("doi", holdout_percent=0)
+    run.plan_and_enqueue(engine, settings, only_doi, TEMPLATES, NOW)
+    both = campaign_shop.daily("both", holdout_percent=0).model_copy(
+        update={"legal_basis": ("double_opt_in", "existing_customer")}
+    )
+    later = NOW + timedelta(minutes=1)
+    run.plan_and_enqueue(engine, settings, both, TEMPLATES, later)
+    with engine.connect() as connection:  # "both" mailed c2 only: c0 and c1 had one today
+        queued = connection.execute(sa.select(outbox_table.c.send_key)).scalars().all()
+    assert sorted(queued) == ["both/c2/2026-01-15", "doi/c0/2026-01-15", "doi/c1/2026-01-15"]
+    switched = {"consent_basis": "existing_customer", "consent_at": NOW - timedelta(days=1)}
+    if way == "profile change":
+        with engine.begin() as connection:
+            profiles.apply(connection, "c0", switched, at=later, actor="api:shop", source="crm")
+    else:
+        feed = tmp_path / "customers.csv"
+        feed.write_text(
+            "id,email,consent_basis,consent_at\n"
+            f"c0,c0@example.test,existing_customer,{(NOW - timedelta(days=1)).isoformat()}\n"
+            f"c2,c2@example.test,existing_customer,{(NOW - timedelta(days=400)).isoformat()}\n"
+        )
+        Importer(engine, zone=UTC, now=later).customers(feed)
+    fake = FakeProvider()
+    Deliverer(engine, fake, ESP, FixedClock(later), renderer=Renderer(TEMPLATES)).drain()
+    assert sorted(m.send_key for m in fake.sent) == ["both/c2/2026-01-15", "doi/c1/2026-01-15"]
     assert states(engine) == Counter({"sent": 2, "cancelled": 1})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from alembic import command
 from typer.testing import CliRunner
 
+from recocamp.campaigns.run import load_snapshot
 from recocamp.cli import app
 from recocamp.data.ingest import Importer
-from recocamp.domain import OutgoingEmail, Purchase
+from recocamp.domain import Customer, OutgoingEmail, Purchase
 from recocamp.measure import attribution as measure
 from recocamp.measure import jobs as measure_jobs
 from recocamp.measure.kpis import OrderTotal
@@ -337,3 +338,31 @@ def test_snapshot_days_end_at_local_midnight() -> None:
     assert measure_jobs.last_complete_day(datetime(2024, 10, 26, 23, 30, tzinfo=UTC), LONDON) == (
         date(2024, 10, 26)
     )  # 00:30 BST on the 27th: the 26th is complete
+
+
+def test_segment_sizes_leave_out_customers_who_objected_to_profiling(engine: sa.Engine) -> None:
+    """README: an objector has no RFM segment (placing them in ``at_risk`` is the profiling
+    they objected to), and the planner gives them none; the daily snapshot counted them in
+    its segment sizes all the same. The sizes are now those of the customers the planner
+    places in segments, on the same day."""
+    lines = [
+        buy("o1", "a", datetime(2024, 3, 1, 12, tzinfo=UTC)),
+        buy("o2", "a", datetime(2024, 3, 20, 12, tzinfo=UTC), 30),
+        buy("o3", "b", datetime(2024, 2, 10, 12, tzinfo=UTC), 15),
+        buy("o4", "c", datetime(2024, 3, 25, 12, tzinfo=UTC), 50),
+    ]
+    people = [
+        Customer(name, f"{name}@example.test", objected_to_profiling=name == "c")
+        for name in ("a", "b", "c")
+    ]
+    with engine.begin() as connection:
+        queries.upsert_customers(connection, people, NOW)
+        queries.insert_purchases(connection, lines, None)
+    now = datetime(2024, 4, 1, 6, 0, tzinfo=UTC)  # snapshots 31 March
+    measure_jobs.snapshot_kpis(engine, SETTINGS, now)
+    with engine.connect() as connection:
+        sizes = store.segment_history(connection, date(2024, 3, 31), date(2024, 3, 31))
+        views = load_snapshot(connection, SETTINGS, measure_jobs.day_end(date(2024, 3, 31), LONDON))
+    planned = Counter(v.rfm.segment for v in views.views if v.rfm is not None)
+    assert sum(sizes[date(2024, 3, 31)].values()) == 2  # a and b; c objected
+    assert sizes[date(2024, 3, 31)] == dict(planned)

@@ -1,0 +1,53 @@
+"""Log output of every recocamp process, with e-mail addresses masked.
+
+Every command (``recocamp -v …``, the worker, ``serve``'s processes, the delivering processes
+a big run starts) writes its log lines through one handler on stderr that carries
+:class:`EmailRedactor`. recocamp's own log lines name customers by id only; the redactor is
+the second line of defence for what others write: a provider's error text, a driver's
+exception that quotes a row, a traceback whose last line is such a message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TextIO
+
+from recocamp.errors import mask_addresses
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class EmailRedactor(logging.Filter):
+    """Masks e-mail addresses in log records, whoever logs them: in the message (with its
+    arguments), in the traceback of an exception logged with it, and in a stack logged with
+    ``stack_info``. Installed on a handler, it sees every record the handler writes, from
+    whichever logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = mask_addresses(message), None
+        if record.exc_info and not record.exc_text:
+            # formatted here, as the handler's formatter would (it keeps ``exc_text``), so
+            # that the text the handler writes is the masked one
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_addresses(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_addresses(record.stack_info)
+        return True
+
+
+def redacted_handler() -> logging.StreamHandler[TextIO]:
+    """A handler writing :data:`FORMAT` lines on stderr, addresses masked."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(EmailRedactor())
+    return handler
+
+
+def configure(level: int) -> None:
+    """Log records of ``level`` and above to stderr through :func:`redacted_handler`, as
+    ``logging.basicConfig`` would: a process whose logging is set up already (a program that
+    embeds recocamp, a test runner) keeps its own handlers."""
+    logging.basicConfig(level=level, handlers=[redacted_handler()])
