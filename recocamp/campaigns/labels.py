@@ -30,6 +30,7 @@ REASONS: dict[str, str] = {
     Why.NO_OFFER: "No product to offer",
     Why.NOT_RENDERED: "Their e-mail could not be written (see the log)",
     Why.OBJECTED: "Objected to profiling while the run went on",
+    Why.CONSENT_CHANGED: "Their consent changed while the run went on",
     Cap.PAUSED: "Paused e-mails themselves",
     Cap.PREFERENCE: "Their chosen e-mail frequency reached",
     Cap.CAPPED_24H: "Already e-mailed in the last 24 hours",

@@ -89,6 +89,10 @@ class Reason(StrEnum):
     # the run's snapshot used their profile (personal offers, RFM segment, forecast): the
     # e-mail is not sent; the next run decides for them without it (``run.enqueue_decisions``)
     OBJECTED = "objected_to_profiling"
+    # the customer's consent (its basis or time) changed while the run went on, and the
+    # e-mail composed from the snapshot was written for the consent they had (a double
+    # opt-in mail carries no UWG §7(3) notice): not sent; the next run decides for them
+    CONSENT_CHANGED = "consent_changed"
 
 
 class AudienceRule(StrEnum):
@@ -322,6 +326,36 @@ def without_profiles(
                 again
                 if again.outcome is Outcome.SKIP
                 else Decision(campaign.name, view.customer.id, Outcome.SKIP, Reason.OBJECTED.value)
+            )
+    return Chunk(views, decisions)
+
+
+def with_consent_now(
+    campaign: Campaign,
+    chunk: Chunk,
+    consents: Mapping[str, tuple[ConsentBasis, datetime | None]],
+    context: Context,
+) -> Chunk:
+    """``chunk`` with the customers whose consent (``consents``: basis and time as they are
+    now) changed after the run's snapshot decided again with it. A skip it gives (no consent
+    for this campaign now) is recorded; an e-mail decided from the old consent is not sent
+    (``consent_changed``): it was composed for that consent, and the next run decides anew.
+    Other decisions (a holdout, a skip) stay."""
+    policy = campaign.policy(context.policy)
+    views, decisions = list(chunk.views), list(chunk.decisions)
+    for n, (view, decision) in enumerate(zip(views, decisions, strict=True)):
+        customer = view.customer
+        now = consents.get(customer.id)
+        if now is None or now == (customer.consent_basis, customer.consent_at):
+            continue
+        changed = replace(customer, consent_basis=now[0], consent_at=now[1])
+        views[n] = replace(view, customer=changed)
+        again = decide(campaign, views[n], context, policy)
+        if again.outcome is Outcome.SKIP:
+            decisions[n] = again
+        elif decision.outcome is Outcome.SEND:
+            decisions[n] = Decision(
+                campaign.name, customer.id, Outcome.SKIP, Reason.CONSENT_CHANGED.value
             )
     return Chunk(views, decisions)
 

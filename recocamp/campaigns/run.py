@@ -35,7 +35,13 @@ import numpy as np
 
 from recocamp.campaigns import audience, caps, compose, planner, predictive, render
 from recocamp.campaigns.files import Campaign
-from recocamp.domain import CONTACT_HISTORY_DAYS, DeliveryReport, OutgoingEmail, PlanningRows
+from recocamp.domain import (
+    CONTACT_HISTORY_DAYS,
+    ConsentBasis,
+    DeliveryReport,
+    OutgoingEmail,
+    PlanningRows,
+)
 from recocamp.errors import Interrupted, ModelError, SubjectError
 from recocamp.recommender import models
 from recocamp.recommender.ranking import ranked_lists
@@ -313,6 +319,7 @@ def enqueue_decisions(
             held = views.still_held(connection, [d.customer_id for d in chunk.decisions])
             chunk = _without_erased(report.run_key, chunk, held)
             chunk = _without_profiles(campaign, planned, chunk, held)
+            chunk = _with_consent_now(campaign, planned, chunk, held)
             chunk = _checked_again(connection, campaign, planned, chunk, now)
             _record_decisions(connection, report.run_key, chunk.decisions, now)
             report.enqueued += outbox.enqueue(connection, _still_sent(emails, chunk), now)
@@ -335,7 +342,9 @@ def enqueue_decisions(
 Queued = tuple[OutgoingEmail, str, str | None, datetime]
 
 
-def _without_erased(run_key: str, chunk: planner.Chunk, held: Mapping[str, bool]) -> planner.Chunk:
+def _without_erased(
+    run_key: str, chunk: planner.Chunk, held: Mapping[str, views.Held]
+) -> planner.Chunk:
     """The chunk without the customers erased since the run's snapshot (``held``: those the
     store still holds, ``views.still_held``): a decision or an e-mail of theirs would bring
     their id, address and name back into the store after the erasure, and the deliverer,
@@ -354,7 +363,7 @@ def _without_erased(run_key: str, chunk: planner.Chunk, held: Mapping[str, bool]
 
 
 def _without_profiles(
-    campaign: Campaign, planned: Planned, chunk: planner.Chunk, held: Mapping[str, bool]
+    campaign: Campaign, planned: Planned, chunk: planner.Chunk, held: Mapping[str, views.Held]
 ) -> planner.Chunk:
     """The chunk with the customers who objected to profiling since the run's snapshot
     (``held``: whether each objects now) decided again without their profile
@@ -366,7 +375,9 @@ def _without_profiles(
     objecting = {
         view.customer.id
         for view in chunk.views
-        if held.get(view.customer.id) and not view.customer.objected_to_profiling
+        if (found := held.get(view.customer.id)) is not None
+        and found.objected
+        and not view.customer.objected_to_profiling
     }
     if not objecting:
         return chunk
@@ -377,6 +388,31 @@ def _without_profiles(
         len(objecting),
     )
     return planner.without_profiles(campaign, chunk, objecting, planned.context)
+
+
+def _with_consent_now(
+    campaign: Campaign, planned: Planned, chunk: planner.Chunk, held: Mapping[str, views.Held]
+) -> planner.Chunk:
+    """The chunk with the customers whose consent changed since the run's snapshot decided
+    again with it (``planner.with_consent_now``): the change's own cancel
+    (``outbox.cancel_rebased``, the claim's check of basis ``none``) reaches only mail
+    already queued, so a later chunk queued mail written for the old consent — a double
+    opt-in campaign's to an existing customer, without the UWG §7(3) notice. Read under the
+    contacts lock, which a change of consent takes too."""
+    consents = {
+        customer_id: (ConsentBasis(found.consent_basis), found.consent_at)
+        for customer_id, found in held.items()
+    }
+    changed = planner.with_consent_now(campaign, chunk, consents, planned.context)
+    moved = sum(a != b for a, b in zip(chunk.decisions, changed.decisions, strict=True))
+    if moved:
+        log.info(
+            "campaign %s run %s: %d decision(s) changed by a change of consent since its snapshot",
+            campaign.name,
+            planned.report.run_key,
+            moved,
+        )
+    return changed
 
 
 def _checked_again(

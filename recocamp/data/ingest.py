@@ -681,10 +681,11 @@ class Importer:
             objectors = set(profiles.objected_ids(connection))
             queries.upsert_customers(connection, rows, self.now, keep=absent)
             objecting = set(profiles.objected_ids(connection)) - objectors
-            if objecting:  # as data.profiles does, under the contacts lock
-                views.lock_contacts(connection)
+            if objecting or "consent_basis" not in absent:  # as data.profiles does
+                views.lock_contacts(connection)  # a campaign run's chunk: before or after
+            if objecting:
                 outbox.cancel_profiled(connection, objecting, self.now)
-            if "consent_basis" not in absent:  # as data.profiles does
+            if "consent_basis" not in absent:
                 existing = [r.id for r in rows if r.consent_basis is ConsentBasis.EXISTING_CUSTOMER]
                 outbox.cancel_rebased(connection, existing, self.now)
             report = ImportReport("customers", fmt, str(path), read, len(rows), 0, skipped)

@@ -110,9 +110,10 @@ def apply(
         profiles.create(connection, customer_id, given, at)
     elif changed:
         profiles.update(connection, customer_id, values, at)
+    if values.get("objected_to_profiling") or {"consent_basis", "consent_at"} & set(values):
+        views.lock_contacts(connection)  # a campaign run's chunk: written before, or sees it
     if values.get("objected_to_profiling"):
         profiles.drop_personal_list(connection, customer_id)
-        views.lock_contacts(connection)  # a campaign run's chunk: written before, or sees it
         outbox.cancel_profiled(connection, [customer_id], now or at)
     if values.get("consent_basis") == ConsentBasis.EXISTING_CUSTOMER:
         outbox.cancel_rebased(connection, [customer_id], now or at)

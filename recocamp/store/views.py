@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -120,19 +120,28 @@ def lock_contacts(connection: sa.Connection) -> None:
         queries.write_lock(connection)
 
 
-def still_held(connection: sa.Connection, customer_ids: Sequence[str]) -> dict[str, bool]:
+class Held(NamedTuple):
+    """What a run's chunk checks again of a customer the store still holds (``still_held``)."""
+
+    objected: bool  # to profiling, now
+    consent_basis: str
+    consent_at: datetime | None
+
+
+def still_held(connection: sa.Connection, customer_ids: Sequence[str]) -> dict[str, Held]:
     """Which of ``customer_ids`` the store still holds, not erased, each with whether they
-    object to profiling now: a run decides from a snapshot, and an erasure (its customer row
-    is gone) or an objection may have committed since. One look-up by primary key per
-    5,000 ids, a chunk's both checks in one."""
-    found: dict[str, bool] = {}
+    object to profiling now and their consent as it is now: a run decides from a snapshot,
+    and an erasure (its customer row is gone), an objection or a change of consent may have
+    committed since. One look-up by primary key per 5,000 ids, a chunk's checks in one."""
+    found: dict[str, Held] = {}
     c = customers.c
     for start in range(0, len(customer_ids), IN_BATCH):
         batch = customer_ids[start : start + IN_BATCH]
-        query = sa.select(c.id, c.objected_to_profiling).where(
+        query = sa.select(c.id, c.objected_to_profiling, c.consent_basis, c.consent_at).where(
             c.id.in_(batch), c.erased_at.is_(None)
         )
-        found.update(iter(connection.execute(query)))  # (id, objected) rows; Boolean: bool
+        for row in connection.execute(query):
+            found[row.id] = Held(bool(row.objected_to_profiling), row.consent_basis, row.consent_at)
     return found
 
 

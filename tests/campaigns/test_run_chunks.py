@@ -359,3 +359,59 @@ def test_a_customer_who_objects_while_the_run_goes_on_gets_no_offers_from_their_
         assert queued == [c for c in consenting if c != objecting]
         assert report.enqueued == len(consenting) - 1
         assert report.counts[planner.Reason.OBJECTED] == 1
+
+
+@pytest.mark.parametrize(
+    ("bases", "change", "reason"),
+    [
+        # a double opt-in campaign: the switch leaves it no consent
+        (["double_opt_in"], "existing_customer", planner.Reason.NO_CONSENT),
+        # both allowed: the mail was composed for the double opt-in (no §7(3) notice)
+        (
+            ["double_opt_in", "existing_customer"],
+            "existing_customer",
+            planner.Reason.CONSENT_CHANGED,
+        ),
+        (["double_opt_in"], "none", planner.Reason.NO_CONSENT),
+    ],
+)
+def test_a_customer_whose_consent_changes_while_the_run_goes_on_gets_no_mail_for_the_old(
+    engine: sa.Engine, bases: list[str], change: str, reason: str
+) -> None:
+    """A run decides from a snapshot and writes chunk by chunk; a customer's consent can
+    change in between (a PUT, a customers import). The change cancels only mail already
+    queued, so the later chunk queued the e-mail written for the consent they had: a double
+    opt-in campaign's mail to an existing customer, without the UWG §7(3) notice. The chunk
+    decides them again with their consent as it is now."""
+    shop(engine)
+    changing = "c13"  # consenting (13 % 4 != 3), in a later chunk than the first
+    campaign = daily(holdout_percent=0).model_copy(update={"legal_basis": tuple(bases)})
+    planned = plan_run(engine, SETTINGS, campaign, NOW)
+    written = 0
+
+    def change_after_the_first_chunk(decided: int) -> None:
+        nonlocal written
+        written += decided
+        if written == 5:  # the first chunk is committed: the change comes now
+            consent: dict[str, object] = {"consent_basis": change}
+            if change != "none":
+                consent["consent_at"] = NOW - timedelta(minutes=1)
+            with engine.begin() as connection:
+                profiles.apply(
+                    connection, changing, consent, at=NOW, actor="shop", source="shop API"
+                )
+
+    options = RunOptions(chunk_size=5, on_progress=change_after_the_first_chunk)
+    report = enqueue_decisions(engine, SETTINGS, campaign, TEMPLATES, planned, NOW, options)
+    reasons = recorded(engine)
+    consenting = [f"c{n:02d}" for n in range(PEOPLE) if n % 4 != 3]
+    assert {reasons[c] for c in consenting if c != changing} == {planner.Reason.ELIGIBLE}
+    assert reasons[changing] == reason
+    with engine.connect() as connection:
+        queued = sorted(
+            connection.execute(
+                sa.select(outbox.c.customer_id).where(outbox.c.state == "queued")
+            ).scalars()
+        )
+    assert queued == [c for c in consenting if c != changing]
+    assert report.enqueued == len(consenting) - 1
