@@ -135,9 +135,13 @@ def _spend_per_day(history: History) -> np.ndarray:
 
 def _lifetime_stretch(history: History, horizon_days: int, lifetime_days: int) -> np.ndarray:
     """Expected purchase days over the lifetime span per expected purchase day in the horizon,
-    by BG/NBD's shape (the plain ratio of spans where BG/NBD expects nothing)."""
-    span, life = history.expected(horizon_days), history.expected(lifetime_days)
+    by BG/NBD's shape (the plain ratio of spans where BG/NBD expects nothing or cannot be
+    fitted: ``naive`` forecasts a history of one day, BG/NBD has no span to learn from)."""
     plain = lifetime_days / horizon_days
+    try:
+        span, life = history.expected(horizon_days), history.expected(lifetime_days)
+    except ModelError:
+        return np.full(len(history.rows), plain)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(span > 1e-9, life / span, plain)
 

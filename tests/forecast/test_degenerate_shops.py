@@ -1,0 +1,52 @@
+"""Forecasting shops that are valid by the import rules but degenerate, imported through the
+real importer into a real SQLite store and read through the commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from recocamp.cli import app, common
+from recocamp.errors import ModelError
+from recocamp.forecast.btyd import BgNbd
+
+NOW = datetime(2026, 3, 6, 9, tzinfo=UTC)
+HEADER = "order_id,customer_id,item_id,quantity,unit_price,ordered_at\n"
+
+
+@pytest.fixture
+def one_day_shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Ten customers, five orders each, all on 5 March 2026: the shop's whole history."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common.clock, "now", lambda: NOW)
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    lines = [f"o{n},c{n % 10},i{n % 4},1,3.00,2026-03-05T{n % 24:02d}:00:00\n" for n in range(50)]
+    (tmp_path / "purchases.csv").write_text(HEADER + "".join(lines))
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    imported = runner.invoke(app, ["import", "purchases", "purchases.csv"])
+    assert imported.exit_code == 0, imported.output
+    return tmp_path
+
+
+def test_a_history_of_one_day_forecasts_nothing_it_cannot_know(one_day_shop: Path) -> None:
+    """The day after a shop's only day, every customer's first purchase day is the last day
+    of history (BG/NBD's T = 0): every parameter explains that equally well, and the fit
+    stopped where it started (r = α = a = b = 1), which forecast 2.6 purchase days in 90
+    days for everybody (p_active 0.93, churn risk low). Refused, saying why."""
+    result = CliRunner().invoke(app, ["forecast", "--as-of", "2026-03-06", "--format", "json"])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert "no customer has a day of history after their first purchase day" in result.stderr
+
+
+def test_bgnbd_refuses_a_history_without_a_span() -> None:
+    """T = 0 for every customer: the likelihood is 1 whatever the parameters."""
+    with pytest.raises(ModelError, match="no customer has a day of history after"):
+        BgNbd.fit(np.zeros(3), np.zeros(3), np.zeros(3))
+    one_week = BgNbd.fit(np.zeros(3), np.zeros(3), np.array([0.0, 0.0, 1.0]))
+    assert one_week.expected(13.0, np.zeros(1), np.zeros(1), np.zeros(1))[0] < 0.01
