@@ -123,12 +123,16 @@ def _or_none(where: np.ndarray, values: np.ndarray) -> list[object]:
 
 def _spend_per_day(history: History) -> np.ndarray:
     """Expected spend per future purchase day: Gamma-Gamma on repeat purchase days (the
-    textbook's input), the customer's own mean where it cannot be fitted."""
+    textbook's input), the customer's own mean where it cannot be fitted or its fit has no
+    mean (q ≤ 1: spends too far apart for the model, one customer at a million times the
+    others'; its expectation was then infinite for most, and each got the shop's plain mean)."""
     x, repeat = history.x, np.nan_to_num(history.repeat_spend, nan=0.0)
     sample = history.fit_sample()
     try:
         model = GammaGamma.fit(x[sample], repeat[sample])
     except ModelError:
+        return history.spend_per_day
+    if model.q <= 1.0:
         return history.spend_per_day
     return model.expected_spend(x, repeat)
 

@@ -3,7 +3,8 @@ real importer into a real SQLite store and read through the commands."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,36 @@ def test_bgnbd_refuses_a_history_without_a_span() -> None:
         BgNbd.fit(np.zeros(3), np.zeros(3), np.zeros(3))
     one_week = BgNbd.fit(np.zeros(3), np.zeros(3), np.array([0.0, 0.0, 1.0]))
     assert one_week.expected(13.0, np.zeros(1), np.zeros(1), np.zeros(1))[0] < 0.01
+
+
+def test_one_customer_at_the_price_bound_leaves_the_others_spend_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One customer buys a million units at 10⁹ (the importer's bounds), 19 others a cent's
+    worth, ten purchase days each. Gamma-Gamma fits that with q ≤ 1, a spread without a mean:
+    its expected spend was infinite for the cent buyers (a negative denominator), and they got
+    the shop's plain mean instead — 8 · 10¹³ of expected revenue each. Where its fit has no
+    mean, every customer's own spend per purchase day stands in, as where it cannot be fitted."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2025, 11, 1, 9, tzinfo=UTC))
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    lines = []
+    for c in range(20):
+        quantity, price = (1_000_000, "1000000000") if c == 0 else (1, "0.01")
+        for n in range(10):
+            day = date(2025, 1, 1) + timedelta(days=21 * n + c)
+            lines.append(f"o{c}-{n},c{c:02d},i{n % 3},{quantity},{price},{day}T12:00:00\n")
+    (tmp_path / "purchases.csv").write_text(HEADER + "".join(lines))
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    imported = runner.invoke(app, ["import", "purchases", "purchases.csv"])
+    assert imported.exit_code == 0, imported.output
+    result = runner.invoke(app, ["forecast", "--as-of", "2025-11-01", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    whale, *cents = json.loads(result.stdout)["customers"]
+    assert whale["customer_id"] == "c00"
+    own = whale["expected_purchase_days"] * 1e15  # its own spend per purchase day
+    assert whale["expected_revenue"] == pytest.approx(own, rel=1e-3)
+    for row in cents:
+        assert row["expected_revenue"] <= 0.01 * row["expected_purchase_days"] + 0.005, row
+        assert row["lifetime_value"] < 1.0, row
