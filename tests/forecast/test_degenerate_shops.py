@@ -138,3 +138,31 @@ def test_nobody_is_expected_on_more_days_than_the_horizon_holds(
         assert result.exit_code == 0, result.output
         for row in json.loads(result.stdout)["customers"]:
             assert row["likely_purchase_days"] <= horizon, (horizon, row)
+
+
+def test_a_cutoff_with_only_returns_and_guests_before_it_is_before_the_first_purchase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the cutoff the store holds a return and a guest order, no purchase of a known
+    customer: nobody to evaluate, refused with exit 2 and the first purchase's day, as a
+    cutoff before any line is (the returns' day passed for the first purchase: both commands
+    went on to fail with exit 1, the recommender's telling to import purchases)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2025, 12, 1, 9, tzinfo=UTC))
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    lines = ["r1,c1,i1,-1,5.00,2025-01-05T10:00:00\n", "g1,,i1,1,5.00,2025-01-06T10:00:00\n"]
+    lines += [
+        f"o{n},c{n % 5},i{n % 3},1,5.00,2025-{3 + n % 9:02d}-10T10:00:00\n" for n in range(30)
+    ]
+    (tmp_path / "purchases.csv").write_text(HEADER + "".join(lines))
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    imported = runner.invoke(app, ["import", "purchases", "purchases.csv"])
+    assert imported.exit_code == 0, imported.output
+    for command in ("evaluate", "forecast-evaluate"):
+        result = runner.invoke(app, [command, "--cutoff", "2025-02-01", "--horizon-days", "30"])
+        assert result.exit_code == 2, (command, result.output)
+        assert result.stderr == (
+            "error: no purchase before the cutoff 2025-02-01 (the first is on 2025-03-10): "
+            "nothing to evaluate\n"
+        )
