@@ -434,7 +434,7 @@ def check_horizon(
     quiet week after that line (``forecast.data_reaches``). The clock alone cannot say it: a
     demo shop's data ends years before now, and every horizon past it would score zeros."""
     with engine.connect() as connection:
-        first = queries.first_order_time(connection)
+        first = queries.first_purchase_time(connection)  # returns and guests: nobody to measure
         newest = queries.latest_order_time(connection)
     local = cutoff.astimezone(zone)
     if first is None or newest is None or first >= cutoff:

@@ -119,8 +119,8 @@ def report_command(
         print_json(report.summary(data), indent=1)
     else:
         _print_tables(data)
-    if html is not None:
-        console.print(f"HTML report written to {html}")
+    if html is not None:  # with JSON, stdout holds the document alone (``| jq`` reads it)
+        (errors if format is Output.json else console).print(f"HTML report written to {html}")
 
 
 def _print_tables(data: report.Data) -> None:

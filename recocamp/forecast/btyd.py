@@ -30,6 +30,14 @@ class BgNbd:
         """Maximum-likelihood estimates: L-BFGS-B on the log-parameters, analytic gradient."""
         if len(x) == 0:
             raise ModelError("BG/NBD: no customer with a purchase before the cutoff")
+        if not np.any(T > 0):
+            # each customer's likelihood is (α/(α+T))^r = 1: every parameter fits alike, and
+            # the optimizer stops where it starts (r = α = a = b = 1: 2.6 purchase days in 90)
+            raise ModelError(
+                "BG/NBD: no customer has a day of history after their first purchase day "
+                "(every one first bought on the last day before the cutoff): nothing to "
+                "learn a purchase rate from"
+            )
         keys, weight = _distinct_rows(x, t_x, T)
         summaries = _Summaries.of(keys)
 

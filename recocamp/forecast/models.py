@@ -84,7 +84,14 @@ def naive(purchases: PurchaseDays, history: History, horizon_days: int) -> np.nd
 
 
 def bgnbd(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
-    return history.expected(horizon_days)
+    return at_most(history.expected(horizon_days), horizon_days)
+
+
+def at_most(expected: np.ndarray, horizon_days: int) -> np.ndarray:
+    """A purchase day is a calendar day: H days hold at most H. BG/NBD counts in continuous
+    time and the regressions (times the seasonal level) know no bound, so a customer who buys
+    every day was expected on 31 of 30 (``naive`` stays within it: x ≤ 7 T)."""
+    return np.asarray(np.minimum(expected, float(horizon_days)))
 
 
 def blend(purchases: PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
@@ -132,7 +139,7 @@ def _seasoned(
     if predicted is None:
         return bgnbd(purchases, history, horizon_days)
     level = seasonal_level(learner, purchases, history.cutoff, horizon_days)
-    return np.asarray(predicted * level)
+    return at_most(predicted * level, horizon_days)
 
 
 def learnt_rhythm(

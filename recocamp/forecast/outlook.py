@@ -123,21 +123,29 @@ def _or_none(where: np.ndarray, values: np.ndarray) -> list[object]:
 
 def _spend_per_day(history: History) -> np.ndarray:
     """Expected spend per future purchase day: Gamma-Gamma on repeat purchase days (the
-    textbook's input), the customer's own mean where it cannot be fitted."""
+    textbook's input), the customer's own mean where it cannot be fitted or its fit has no
+    mean (q ≤ 1: spends too far apart for the model, one customer at a million times the
+    others'; its expectation was then infinite for most, and each got the shop's plain mean)."""
     x, repeat = history.x, np.nan_to_num(history.repeat_spend, nan=0.0)
     sample = history.fit_sample()
     try:
         model = GammaGamma.fit(x[sample], repeat[sample])
     except ModelError:
         return history.spend_per_day
+    if model.q <= 1.0:
+        return history.spend_per_day
     return model.expected_spend(x, repeat)
 
 
 def _lifetime_stretch(history: History, horizon_days: int, lifetime_days: int) -> np.ndarray:
     """Expected purchase days over the lifetime span per expected purchase day in the horizon,
-    by BG/NBD's shape (the plain ratio of spans where BG/NBD expects nothing)."""
-    span, life = history.expected(horizon_days), history.expected(lifetime_days)
+    by BG/NBD's shape (the plain ratio of spans where BG/NBD expects nothing or cannot be
+    fitted: ``naive`` forecasts a history of one day, BG/NBD has no span to learn from)."""
     plain = lifetime_days / horizon_days
+    try:
+        span, life = history.expected(horizon_days), history.expected(lifetime_days)
+    except ModelError:
+        return np.full(len(history.rows), plain)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(span > 1e-9, life / span, plain)
 

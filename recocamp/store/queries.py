@@ -366,6 +366,17 @@ def first_order_time(connection: sa.Connection) -> datetime | None:
     return value  # type: ignore[no-any-return]
 
 
+def first_purchase_time(connection: sa.Connection) -> datetime | None:
+    """The first purchase of a known customer (no return, no guest order): before it, an
+    evaluation has nobody to measure."""
+    p = purchases.c
+    query = sa.select(sa.func.min(p.ordered_at)).where(
+        p.is_return.is_(False), p.customer_id.is_not(None)
+    )
+    value = connection.execute(query).scalar_one()
+    return value  # type: ignore[no-any-return]
+
+
 JULIAN_UNIX_MS = 210_866_760_000_000  # 1970-01-01 00:00 UTC in SQLite's julian milliseconds
 
 

@@ -1,0 +1,47 @@
+"""Measuring shops that are valid by the import rules but degenerate (one order, one day),
+imported through the real importer into a real SQLite store, read through the commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from recocamp.cli import app, common
+
+NOW = datetime(2026, 1, 20, 9, tzinfo=UTC)
+HEADER = "order_id,customer_id,item_id,quantity,unit_price,ordered_at\n"
+
+
+def _refuse(constant: str) -> float:
+    raise ValueError(f"not JSON: {constant}")
+
+
+@pytest.fixture
+def one_order_shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A shop whose whole history is one order of one line."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common.clock, "now", lambda: NOW)
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    (tmp_path / "purchases.csv").write_text(HEADER + "o1,c1,i1,1,10.00,2026-01-10T10:00:00\n")
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    imported = runner.invoke(app, ["import", "purchases", "purchases.csv"])
+    assert imported.exit_code == 0, imported.output
+    return tmp_path
+
+
+def test_report_json_with_html_prints_the_document_alone(one_order_shop: Path) -> None:
+    """``report --format json --html FILE | jq``: stdout is the JSON document and nothing
+    else (the note that the file was written went after it, and no parser read that)."""
+    result = CliRunner().invoke(
+        app, ["report", "--as-of", "2026-01-20", "--format", "json", "--html", "r.html"]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout, parse_constant=_refuse)
+    assert document["as_of"] == "2026-01-19T23:00:00+00:00"
+    assert "HTML report written to r.html" in result.stderr
+    assert (one_order_shop / "r.html").read_text().startswith("<!DOCTYPE html>")
