@@ -13,7 +13,7 @@ from typing import get_args, get_type_hints
 from recocamp.api.events import CustomerIn
 from recocamp.api.page_views import TEXTS, language
 from recocamp.campaigns.context import TemplateContext, sample_context
-from recocamp.campaigns.files import Template, Variant
+from recocamp.campaigns.files import Subject, Template, Variant
 from recocamp.domain import LOCALES, Locale
 from recocamp.settings import ShopSettings
 
@@ -67,9 +67,9 @@ def test_settings_campaign_files_and_context_take_the_same_languages() -> None:
     # the alias as a value (mypy types a bare ``Literal`` as a special form, no annotation)
     locale_type: object = Locale
     assert ShopSettings.model_fields["default_locale"].annotation is locale_type
-    assert get_args(Template.model_fields["subject"].annotation) == (Locale, str)
+    assert get_args(Template.model_fields["subject"].annotation) == (Locale, Subject)
     [subject, _] = get_args(Variant.model_fields["subject"].annotation)
-    assert get_args(subject) == (Locale, str)
+    assert get_args(subject) == (Locale, Subject)
     assert get_type_hints(TemplateContext)["locale"] is Locale
     assert [sample_context(locale)["locale"] for locale in LOCALES] == list(LOCALES)
 
