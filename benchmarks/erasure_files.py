@@ -10,8 +10,9 @@ process of its own, on a fresh copy of the file: ``holding`` (the GDPR export's 
 the files), ``drop_erased`` (what the drop folder runs after each import) and ``scrub``
 (the erasure). Its peak resident memory (``getrusage``) is printed, and how far the step raised it
 above the child's peak before it, with its CPU seconds (the machine may be shared: not the
-wall clock). One JSON line per step:
-``{"step":…,"file_mb":…,"peak_rss_mb":…,"grew_mb":…,"cpu_s":…,"changed":…}``.
+wall clock). One JSON line per step,
+``{"step":…,"file_mb":…,"peak_rss_mb":…,"grew_mb":…,"cpu_s":…,"changed":…}``, and last one
+with them all: ``{"benchmark": "erasure_files", "gzip", "file_mb", "<step>_peak_rss_mb", …}``.
 """
 
 from __future__ import annotations
@@ -131,10 +132,19 @@ def main() -> None:
         generate(original, args.mb)
         kept = work / "processed" / original.name
         kept.parent.mkdir()
+        summary: dict[str, object] = {"benchmark": "erasure_files", "gzip": args.gzip}
         for name in STEPS:
             shutil.copy2(original, kept)
             command = [sys.executable, __file__, "--step", name, "--work", str(work)]
-            subprocess.run([*command, "--file", str(kept)], check=True)
+            done = subprocess.run(
+                [*command, "--file", str(kept)], check=True, capture_output=True, text=True
+            )
+            print(done.stdout, end="", flush=True)
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            summary["file_mb"] = figures["file_mb"]
+            for key in ("peak_rss_mb", "grew_mb", "cpu_s"):
+                summary[f"{name}_{key}"] = figures[key]
+        print(json.dumps(summary))  # the last line: every step's figures, to compare runs by
 
 
 if __name__ == "__main__":
