@@ -9,7 +9,11 @@ Mapping (DESIGN.md §Conventions 1):
   (``Retry-After`` in seconds or as an HTTP date, else a rate-limit reset header);
 - 413 → ``BatchTooLargeError``; 401/403 → ``DeliveryError`` (the credentials are wrong:
   no retry helps, the run stops with a message naming ``RECOCAMP_ESP_TOKEN``);
-- other 4xx are returned to the provider module, which knows its error bodies.
+- other 4xx are returned to the provider module, which knows its error bodies;
+- an answer whose body does not end within ``timeout_s`` of the request, or grows past
+  ``MAX_ANSWER_BYTES`` → ``TransientDeliveryError`` with ``ambiguous=True``: httpx's timeout
+  bounds each read, not the whole answer, so a body trickling a byte per read (a broken
+  proxy) held the deliverer, and its claims, for as long as it lasted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import math
 import time
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from time import monotonic  # (tests freeze ``time.time`` through the module)
 from typing import Any
 
 import httpx
@@ -26,6 +31,10 @@ import orjson
 from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDeliveryError
 
 RATE_RESET_HEADERS = ("x-ratelimit-reset", "ratelimit-reset", "x-sib-ratelimit-reset")
+# the largest answer read: Postmark's to a batch of 500 is about 100 KB, every other a few
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+# headers that describe the body as it came over the wire, not as it was read (decoded)
+_WIRE_HEADERS = (b"content-encoding", b"content-length", b"transfer-encoding")
 
 
 def make_client(
@@ -51,16 +60,50 @@ def request(
     if "json" in kwargs:
         kwargs["content"] = orjson.dumps(kwargs.pop("json"))
         kwargs["headers"] = {**kwargs.get("headers", {}), "Content-Type": "application/json"}
+    limit = client.timeout.read  # make_client's timeout_s
+    deadline = monotonic() + (math.inf if limit is None else limit)
     try:
-        response = client.request(method, url, **kwargs)
+        streamed = client.send(client.build_request(method, url, **kwargs), stream=True)
+        try:
+            _raise_for_status(provider, streamed)  # these need no body: a 429's wait stays
+            return _read_bounded(provider, streamed, deadline)
+        finally:
+            streamed.close()
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise TransientDeliveryError(f"{provider}: cannot connect ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, httpx.DecodingError) as exc:  # a body cut off or undecodable
         raise TransientDeliveryError(
             f"{provider}: no answer ({type(exc).__name__})", ambiguous=True
         ) from None
-    _raise_for_status(provider, response)
-    return response
+
+
+def _read_bounded(provider: str, streamed: httpx.Response, deadline: float) -> httpx.Response:
+    """The answer with its body read whole, if it ends by ``deadline`` (monotonic) and
+    within ``MAX_ANSWER_BYTES`` once decoded; else an ambiguous failure (the status line
+    came: the provider may have taken the request)."""
+    chunks, size = [], 0
+    for chunk in streamed.iter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise TransientDeliveryError(
+                f"{provider}: HTTP {streamed.status_code} answer larger than "
+                f"{MAX_ANSWER_BYTES:,} bytes",
+                ambiguous=True,
+            )
+        if monotonic() > deadline:
+            raise TransientDeliveryError(
+                f"{provider}: HTTP {streamed.status_code} answer did not end in time",
+                ambiguous=True,
+            )
+        chunks.append(chunk)
+    headers = [(k, v) for k, v in streamed.headers.raw if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(
+        streamed.status_code,
+        headers=headers,
+        content=b"".join(chunks),
+        request=streamed.request,
+        extensions=streamed.extensions,
+    )
 
 
 def _raise_for_status(provider: str, response: httpx.Response) -> None:
