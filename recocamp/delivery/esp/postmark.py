@@ -84,14 +84,32 @@ class Postmark:
             response = request(self.client, self.name, "GET", "/messages/outbound", params=params)
             if response.status_code >= 400:  # unknown is not "not sent": never guess here
                 raise DeliveryError(f"postmark: search failed with HTTP {response.status_code}")
-            body = json_body(response)
-            messages = body.get("Messages") if isinstance(body, dict) else None
-            if messages:
-                found[key] = str(messages[0]["MessageID"])
+            message_id = _found(json_body(response))
+            if message_id is None:  # a proxy's page, a redirect: not an answer "none sent"
+                raise DeliveryError(
+                    f"postmark: search answered HTTP {response.status_code} without "
+                    "Postmark's list of Messages"
+                )
+            if message_id:
+                found[key] = message_id
         return found
 
     def close(self) -> None:
         self.client.close()
+
+
+def _found(body: Any) -> str | None:
+    """The MessageID of the first message a search answer lists, "" when it lists none, and
+    None when the answer is not a search answer at all (no ``Messages`` list, a listed
+    message without its id): only Postmark's own "none" may send a message again."""
+    messages = body.get("Messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return None
+    if not messages:
+        return ""
+    first = messages[0]
+    message_id = first.get("MessageID") if isinstance(first, dict) else None
+    return message_id if isinstance(message_id, str) and message_id else None
 
 
 def _result(send_key: str, answer: Any) -> SendResult:
