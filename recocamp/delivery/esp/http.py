@@ -9,6 +9,9 @@ Mapping (DESIGN.md §Conventions 1):
   (``Retry-After`` in seconds or as an HTTP date, else a rate-limit reset header);
 - 413 → ``BatchTooLargeError``; 401/403 → ``DeliveryError`` (the credentials are wrong:
   no retry helps, the run stops with a message naming ``RECOCAMP_ESP_TOKEN``);
+- 3xx → ``DeliveryError`` naming ``[esp] base_url``: redirects are not followed (the token
+  would travel with them), and a redirect is no answer of the API: nothing was sent, the
+  claims go back (SendGrid and Brevo had failed every message of the run over it);
 - other 4xx are returned to the provider module, which knows its error bodies;
 - an answer whose body does not end within ``timeout_s`` of the request, or grows past
   ``MAX_ANSWER_BYTES`` → ``TransientDeliveryError`` with ``ambiguous=True``: httpx's timeout
@@ -54,7 +57,7 @@ def make_client(
 def request(
     client: httpx.Client, provider: str, method: str, url: str, **kwargs: Any
 ) -> httpx.Response:
-    """Send one request; raise the mapped error or return a response below 400 or a 4xx.
+    """Send one request; raise the mapped error or return a 2xx or a 4xx response.
     A ``json=`` body is encoded with orjson: a batch of 500 rendered e-mails (2 MB) costs
     httpx's ``json.dumps`` 21 ms and orjson 8 ms, per batch, on the sending core."""
     if "json" in kwargs:
@@ -120,6 +123,11 @@ def _raise_for_status(provider: str, response: httpx.Response) -> None:
     if status in (401, 403):
         raise DeliveryError(
             f"{provider}: HTTP {status}, the credentials were refused: check RECOCAMP_ESP_TOKEN"
+        )
+    if 300 <= status < 400:
+        raise DeliveryError(
+            f"{provider}: HTTP {status}, a redirect (not followed: the token would go with it); "
+            "no provider API redirects: check [esp] base_url"
         )
 
 
