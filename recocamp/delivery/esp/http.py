@@ -2,7 +2,8 @@
 
 Mapping (DESIGN.md §Conventions 1):
 
-- connection refused / connect timeout → ``TransientDeliveryError`` (nothing was sent);
+- connection refused / connect timeout / a proxy refusing the tunnel →
+  ``TransientDeliveryError`` (nothing was sent);
 - read timeout, dropped connection, 502/504 from a proxy → ``TransientDeliveryError`` with
   ``ambiguous=True`` (the provider may have accepted the request);
 - 429 and other 5xx → ``TransientDeliveryError`` with the provider's wait hint
@@ -34,6 +35,10 @@ import orjson
 from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDeliveryError
 
 RATE_RESET_HEADERS = ("x-ratelimit-reset", "ratelimit-reset", "x-sib-ratelimit-reset")
+# failures before the request left: a proxy's refused tunnel (CONNECT answered 407 or 5xx,
+# a SOCKS refusal) too, which was taken for a lost answer (SendGrid, which cannot be asked,
+# then spent an attempt of every message on it: a proxy down for a while failed the mail)
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
 # the largest answer read: Postmark's to a batch of 500 is about 100 KB, every other a few
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 # headers that describe the body as it came over the wire, not as it was read (decoded)
@@ -72,7 +77,7 @@ def request(
             return _read_bounded(provider, streamed, deadline)
         finally:
             streamed.close()
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+    except NOT_SENT as exc:
         raise TransientDeliveryError(f"{provider}: cannot connect ({type(exc).__name__})") from None
     except (httpx.TransportError, httpx.DecodingError) as exc:  # a body cut off or undecodable
         raise TransientDeliveryError(
