@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from recocamp.delivery.esp import http as esp_http
+from recocamp.delivery.esp.mailpit import Mailpit
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.domain import OutgoingEmail, SendStatus
 from recocamp.errors import TransientDeliveryError
@@ -175,3 +176,28 @@ def test_a_429_is_taken_from_its_status_line_whatever_its_body(
     provider.close()
     assert caught.value.status == 429
     assert caught.value.retry_after == 7
+
+
+def _mailpit_ok_without_id(body: bytes) -> Body:
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return answer
+
+
+@pytest.mark.parametrize("body", [b"OK", b"{}", b'{"ID": null}'], ids=["text", "{}", "null"])
+def test_a_mailpit_2xx_without_its_id_is_accepted(
+    serve: Callable[[Body], str], body: bytes
+) -> None:
+    """Mailpit took the message (2xx) but its answer lacks ``ID`` (a proxy, another
+    version): a text body was failed permanently (``retry-failed`` then sent it twice), an
+    object without ``ID`` raised KeyError out of the provider. As SendGrid's and Brevo's
+    2xx: accepted, the id unknown."""
+    provider = Mailpit(serve(_mailpit_ok_without_id(body)), "", "shop@example.test", timeout_s=5)
+    [result] = provider.send_batch([_message()])
+    provider.close()
+    assert result.status is SendStatus.ACCEPTED
+    assert result.message_id == ""
