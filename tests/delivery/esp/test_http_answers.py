@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from recocamp.delivery.esp import http as esp_http
+from recocamp.delivery.esp.brevo import Brevo
 from recocamp.delivery.esp.mailpit import Mailpit
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.domain import OutgoingEmail, SendStatus
@@ -178,7 +179,7 @@ def test_a_429_is_taken_from_its_status_line_whatever_its_body(
     assert caught.value.retry_after == 7
 
 
-def _mailpit_ok_without_id(body: bytes) -> Body:
+def _ok_with(body: bytes) -> Body:
     def answer(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
         handler.send_header("Content-Length", str(len(body)))
@@ -196,7 +197,24 @@ def test_a_mailpit_2xx_without_its_id_is_accepted(
     version): a text body was failed permanently (``retry-failed`` then sent it twice), an
     object without ``ID`` raised KeyError out of the provider. As SendGrid's and Brevo's
     2xx: accepted, the id unknown."""
-    provider = Mailpit(serve(_mailpit_ok_without_id(body)), "", "shop@example.test", timeout_s=5)
+    provider = Mailpit(serve(_ok_with(body)), "", "shop@example.test", timeout_s=5)
+    [result] = provider.send_batch([_message()])
+    provider.close()
+    assert result.status is SendStatus.ACCEPTED
+    assert result.message_id == ""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"messageId": null}', b'{"messageId": {"id": 1}}', b"[]"],
+    ids=["null", "object", "list"],
+)
+def test_a_brevo_2xx_with_a_message_id_that_is_no_text_records_none(
+    serve: Callable[[Body], str], body: bytes
+) -> None:
+    """A ``messageId`` that is not text was recorded as its Python spelling (``"None"``,
+    ``"{'id': 1}"``), an id that webhook events were then matched against."""
+    provider = Brevo(serve(_ok_with(body)), "key", "shop@example.test", timeout_s=5)
     [result] = provider.send_batch([_message()])
     provider.close()
     assert result.status is SendStatus.ACCEPTED
