@@ -4,14 +4,18 @@ Every event is stored once (unique ``event_key``); only a *new* event changes an
 webhook retried by the provider, or an unsubscribe link clicked twice, is harmless.
 Bounces, complaints and unsubscribes put the address's hash on the suppression list;
 complaints and unsubscribes also set the customer's ``unsubscribed_at``, which every later
-decision sees (and which cancels e-mails still waiting in the outbox).
+decision sees (and which cancels e-mails still waiting in the outbox). An event dated
+after it arrived (a provider's clock, a time field anyone may write: 1900-9000 pass the
+webhook's check) counts from ``now``: an ``unsubscribed_at`` in the year 8000 outlived every
+consent that could re-subscribe the customer (none may lie in the future), and the
+retention purge never reached the event.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +38,8 @@ class Applied:
 
 def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> Applied:
     new = 0
-    for event in events:
+    for reported in events:
+        event = replace(reported, at=now) if reported.at > now else reported
         row = _outbox_row(connection, event)
         inserted = connection.execute(
             upsert_statement(connection, contact_events)

@@ -194,7 +194,11 @@ class SoleWorker(_JobLocks):
     def __init__(self, engine: Engine) -> None:
         database = store.sqlite_file(engine)
         self.database = Path(database) if database is not None else None
-        self.path = Path(f"{database}.worker-lock") if database is not None else None
+        # beside the file the path leads to: named after the path as written, a second worker
+        # reaching the file through a symbolic link locked a file of its own and led as well
+        self.path = (
+            Path(f"{self.database.resolve()}.worker-lock") if self.database is not None else None
+        )
         self.handle: IO[str] | None = None
         self.identity: tuple[int, int] | None = None  # the database file's, at register
         super().__init__()

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from recocamp.data import profiles
 from recocamp.delivery.esp.fake_server import postmark_event
 from recocamp.delivery.webhooks import (
     Event,
@@ -23,7 +24,9 @@ from recocamp.delivery.webhooks import (
     read,
 )
 from recocamp.store import contacts
-from recocamp.store.schema import contact_events
+from recocamp.store.schema import contact_events, customers
+from tests.delivery.test_deliver import email as delivery_email
+from tests.delivery.test_deliver import store as store_emails
 
 AT = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 MESSAGE_ID = "0d3c2a4e-5b6f-4a1b-9c8d-7e6f5a4b3c2d"
@@ -502,3 +505,35 @@ def test_long_event_keys_are_stored_once_per_event(engine: sa.Engine) -> None:
     assert (first.new, first.duplicates, again.new, again.duplicates) == (2, 0, 0, 1)
     assert len(keys) == 2 and all(len(k) == 200 and k.startswith("postmark:Open:x") for k in keys)
     assert contacts.bounded_key("short") == "short"
+
+
+def test_an_opt_out_dated_in_the_future_counts_from_when_it_arrived(engine: sa.Engine) -> None:
+    """A provider's clock (or whoever writes the time field) dated an unsubscribe in the year
+    8000, and recocamp took it as the customer's ``unsubscribed_at``: re-subscribing needs a
+    consent after the unsubscribe, and no consent may lie in the future, so the customer
+    could never be mailed again; the retention purge, which deletes events older than its
+    horizon, never reached the event either. An event cannot have happened after it came."""
+    sent = delivery_email(0)
+    store_emails(engine, [sent])
+    now = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    future = datetime(8000, 1, 1, tzinfo=UTC)
+    unsubscribed = Event("sendgrid", "unsubscribed", "sg:1", future, send_key=sent.send_key)
+    with engine.begin() as connection:
+        contacts.apply(connection, [unsubscribed], now)
+    with engine.begin() as connection:
+        opted_out = connection.execute(
+            sa.select(customers.c.unsubscribed_at).where(customers.c.id == "c0")
+        ).scalar_one()
+        [stored] = connection.execute(sa.select(contact_events.c.at)).scalars().all()
+        assert (opted_out, stored) == (now, now)
+        later = now + timedelta(days=1)
+        changed = profiles.apply(
+            connection,
+            "c0",
+            {"consent_basis": "double_opt_in", "consent_at": later},
+            at=later,
+            actor="test",
+            source="test",
+            unsubscribed=False,
+        )
+    assert "resubscribed" in changed.fields

@@ -124,6 +124,29 @@ def test_a_second_worker_on_one_sqlite_database_is_refused(tmp_path: Path, secre
     assert not lock.exists()
 
 
+def test_a_second_worker_through_a_link_to_the_database_file_is_refused(
+    tmp_path: Path, secrets: None
+) -> None:
+    """The lock file was named after the database path as written: a second worker whose
+    ``database_url`` reaches the same file through a symbolic link (a mounted volume, a
+    ``current`` link) locked ``<link>.worker-lock`` beside the link and ran as a second
+    leader on one SQLite file. The lock sits beside the file the path leads to."""
+    shop = sqlite_shop(tmp_path)
+    link = tmp_path / "elsewhere" / "recocamp.db"
+    link.parent.mkdir()
+    link.symlink_to(shop / "shop.db")
+    first = worker_for(shop)
+    first.start(loop=False)
+    linked = make_engine(f"sqlite:///{link}")
+    try:
+        with pytest.raises(StoreError, match="SQLite supports one worker"):
+            leadership.for_engine(linked).register()
+    finally:
+        linked.dispose()
+        first.shutdown()
+    assert not (link.parent / "recocamp.db.worker-lock").exists()
+
+
 def test_a_deleted_lock_file_is_taken_again_and_never_gives_two_leaders(
     tmp_path: Path, secrets: None
 ) -> None:

@@ -61,10 +61,10 @@ class Brevo:
         )
         found = json_body(response)
         body = found if isinstance(found, dict) else {}
-        if response.status_code < 300:
-            return SendResult(
-                message.send_key, SendStatus.ACCEPTED, message_id=str(body.get("messageId", ""))
-            )
+        if response.status_code < 300:  # an id that is no text is none ("None" matched nothing)
+            found = body.get("messageId")
+            message_id = found if isinstance(found, str) else ""
+            return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=message_id)
         if body.get("code") == DUPLICATE:  # a resend after a lost answer: sent once already
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id="")
         detail = f"brevo {body.get('code', response.status_code)}: {body.get('message', '')}"

@@ -2,14 +2,22 @@
 
 Mapping (DESIGN.md §Conventions 1):
 
-- connection refused / connect timeout → ``TransientDeliveryError`` (nothing was sent);
+- connection refused / connect timeout / a proxy refusing the tunnel →
+  ``TransientDeliveryError`` (nothing was sent);
 - read timeout, dropped connection, 502/504 from a proxy → ``TransientDeliveryError`` with
   ``ambiguous=True`` (the provider may have accepted the request);
 - 429 and other 5xx → ``TransientDeliveryError`` with the provider's wait hint
   (``Retry-After`` in seconds or as an HTTP date, else a rate-limit reset header);
 - 413 → ``BatchTooLargeError``; 401/403 → ``DeliveryError`` (the credentials are wrong:
   no retry helps, the run stops with a message naming ``RECOCAMP_ESP_TOKEN``);
-- other 4xx are returned to the provider module, which knows its error bodies.
+- 3xx → ``DeliveryError`` naming ``[esp] base_url``: redirects are not followed (the token
+  would travel with them), and a redirect is no answer of the API: nothing was sent, the
+  claims go back (SendGrid and Brevo had failed every message of the run over it);
+- other 4xx are returned to the provider module, which knows its error bodies;
+- an answer whose body does not end within ``timeout_s`` of the request, or grows past
+  ``MAX_ANSWER_BYTES`` → ``TransientDeliveryError`` with ``ambiguous=True``: httpx's timeout
+  bounds each read, not the whole answer, so a body trickling a byte per read (a broken
+  proxy) held the deliverer, and its claims, for as long as it lasted.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import math
 import time
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from time import monotonic  # (tests freeze ``time.time`` through the module)
 from typing import Any
 
 import httpx
@@ -26,6 +35,14 @@ import orjson
 from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDeliveryError
 
 RATE_RESET_HEADERS = ("x-ratelimit-reset", "ratelimit-reset", "x-sib-ratelimit-reset")
+# failures before the request left: a proxy's refused tunnel (CONNECT answered 407 or 5xx,
+# a SOCKS refusal) too, which was taken for a lost answer (SendGrid, which cannot be asked,
+# then spent an attempt of every message on it: a proxy down for a while failed the mail)
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
+# the largest answer read: Postmark's to a batch of 500 is about 100 KB, every other a few
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+# headers that describe the body as it came over the wire, not as it was read (decoded)
+_WIRE_HEADERS = (b"content-encoding", b"content-length", b"transfer-encoding")
 
 
 def make_client(
@@ -45,22 +62,56 @@ def make_client(
 def request(
     client: httpx.Client, provider: str, method: str, url: str, **kwargs: Any
 ) -> httpx.Response:
-    """Send one request; raise the mapped error or return a response below 400 or a 4xx.
+    """Send one request; raise the mapped error or return a 2xx or a 4xx response.
     A ``json=`` body is encoded with orjson: a batch of 500 rendered e-mails (2 MB) costs
     httpx's ``json.dumps`` 21 ms and orjson 8 ms, per batch, on the sending core."""
     if "json" in kwargs:
         kwargs["content"] = orjson.dumps(kwargs.pop("json"))
         kwargs["headers"] = {**kwargs.get("headers", {}), "Content-Type": "application/json"}
+    limit = client.timeout.read  # make_client's timeout_s
+    deadline = monotonic() + (math.inf if limit is None else limit)
     try:
-        response = client.request(method, url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        streamed = client.send(client.build_request(method, url, **kwargs), stream=True)
+        try:
+            _raise_for_status(provider, streamed)  # these need no body: a 429's wait stays
+            return _read_bounded(provider, streamed, deadline)
+        finally:
+            streamed.close()
+    except NOT_SENT as exc:
         raise TransientDeliveryError(f"{provider}: cannot connect ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, httpx.DecodingError) as exc:  # a body cut off or undecodable
         raise TransientDeliveryError(
             f"{provider}: no answer ({type(exc).__name__})", ambiguous=True
         ) from None
-    _raise_for_status(provider, response)
-    return response
+
+
+def _read_bounded(provider: str, streamed: httpx.Response, deadline: float) -> httpx.Response:
+    """The answer with its body read whole, if it ends by ``deadline`` (monotonic) and
+    within ``MAX_ANSWER_BYTES`` once decoded; else an ambiguous failure (the status line
+    came: the provider may have taken the request)."""
+    chunks, size = [], 0
+    for chunk in streamed.iter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise TransientDeliveryError(
+                f"{provider}: HTTP {streamed.status_code} answer larger than "
+                f"{MAX_ANSWER_BYTES:,} bytes",
+                ambiguous=True,
+            )
+        if monotonic() > deadline:
+            raise TransientDeliveryError(
+                f"{provider}: HTTP {streamed.status_code} answer did not end in time",
+                ambiguous=True,
+            )
+        chunks.append(chunk)
+    headers = [(k, v) for k, v in streamed.headers.raw if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(
+        streamed.status_code,
+        headers=headers,
+        content=b"".join(chunks),
+        request=streamed.request,
+        extensions=streamed.extensions,
+    )
 
 
 def _raise_for_status(provider: str, response: httpx.Response) -> None:
@@ -77,6 +128,11 @@ def _raise_for_status(provider: str, response: httpx.Response) -> None:
     if status in (401, 403):
         raise DeliveryError(
             f"{provider}: HTTP {status}, the credentials were refused: check RECOCAMP_ESP_TOKEN"
+        )
+    if 300 <= status < 400:
+        raise DeliveryError(
+            f"{provider}: HTTP {status}, a redirect (not followed: the token would go with it); "
+            "no provider API redirects: check [esp] base_url"
         )
 
 

@@ -5,7 +5,8 @@ recipient (bounced, complained or unsubscribed at Postmark) and 300 invalid requ
 the 'To' address (a malformed address) are permanent for that recipient; a 300 about
 anything else (our From, an empty body, a field over its limit) fails the message without
 blaming the recipient (a typo in ``from_email`` must not suppress every customer); 429 and
-anything else are retried.
+anything else are retried. An answer of the wrong length, or with an entry that is not of
+that shape, is ambiguous: the batch is looked up before anything is sent again.
 A 422 for the whole request is permanent for the whole batch. The search names the message
 stream we send on: without ``messagestream`` Postmark searches only its default
 ``outbound`` stream, and a broadcast message would look unsent (and be sent again). The
@@ -57,6 +58,10 @@ class Postmark:
             raise PermanentDeliveryError(f"postmark: HTTP {response.status_code}: {detail}")
         if not isinstance(body, list) or len(body) != len(messages):
             raise TransientDeliveryError("postmark: unexpected batch answer", ambiguous=True)
+        if not all(_postmarks(answer) for answer in body):  # ours to read, or looked up
+            raise TransientDeliveryError(
+                "postmark: unexpected entry in the batch answer", ambiguous=True
+            )
         return [_result(m.send_key, answer) for m, answer in zip(messages, body, strict=True)]
 
     def _message(self, message: OutgoingEmail) -> dict[str, Any]:
@@ -84,21 +89,54 @@ class Postmark:
             response = request(self.client, self.name, "GET", "/messages/outbound", params=params)
             if response.status_code >= 400:  # unknown is not "not sent": never guess here
                 raise DeliveryError(f"postmark: search failed with HTTP {response.status_code}")
-            body = json_body(response)
-            messages = body.get("Messages") if isinstance(body, dict) else None
-            if messages:
-                found[key] = str(messages[0]["MessageID"])
+            message_id = _found(json_body(response))
+            if message_id is None:  # a proxy's page, a redirect: not an answer "none sent"
+                raise DeliveryError(
+                    f"postmark: search answered HTTP {response.status_code} without "
+                    "Postmark's list of Messages"
+                )
+            if message_id:
+                found[key] = message_id
         return found
 
     def close(self) -> None:
         self.client.close()
 
 
-def _result(send_key: str, answer: Any) -> SendResult:
-    code = int(answer.get("ErrorCode", -1)) if isinstance(answer, dict) else -1
+def _found(body: Any) -> str | None:
+    """The MessageID of the first message a search answer lists, "" when it lists none, and
+    None when the answer is not a search answer at all (no ``Messages`` list, a listed
+    message without its id): only Postmark's own "none" may send a message again."""
+    messages = body.get("Messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return None
+    if not messages:
+        return ""
+    first = messages[0]
+    message_id = first.get("MessageID") if isinstance(first, dict) else None
+    return message_id if isinstance(message_id, str) and message_id else None
+
+
+def _postmarks(answer: Any) -> bool:
+    """Whether one entry of a batch answer has Postmark's shape: an integer ``ErrorCode``,
+    and a ``MessageID`` when it is 0. Another entry (a string, a code ``"zero"``, an
+    acceptance without its id) says nothing sure about its message: it was queued again
+    unasked (code -1, sent twice if it had gone out) or stopped the drain (ValueError,
+    KeyError)."""
+    if not isinstance(answer, dict):
+        return False
+    code = answer.get("ErrorCode")
+    if not isinstance(code, int) or isinstance(code, bool):
+        return False
+    message_id = answer.get("MessageID")
+    return code != 0 or (isinstance(message_id, str) and message_id != "")
+
+
+def _result(send_key: str, answer: dict[str, Any]) -> SendResult:
+    code = answer["ErrorCode"]
     if code == 0:
-        return SendResult(send_key, SendStatus.ACCEPTED, message_id=str(answer["MessageID"]))
-    said = str(answer.get("Message", "")) if isinstance(answer, dict) else ""
+        return SendResult(send_key, SendStatus.ACCEPTED, message_id=answer["MessageID"])
+    said = str(answer.get("Message", ""))
     error = f"postmark {code}: {said}"
     if code == INVALID_REQUEST and "'To'" not in said:
         return SendResult(send_key, SendStatus.FAILED, error=error[:500])
