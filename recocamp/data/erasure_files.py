@@ -534,25 +534,25 @@ def _to_them(record: dict[str, Any], who: Who) -> bool:
 
 def _jsonl(source: IO[str], who: Who, out: IO[str] | None) -> bool:
     """A JSON-lines file without the messages to the customer."""
-    changed = False
-    for line in _split(source):
-        record = json.loads(line) if line.strip() else {}
-        if not _to_them(record, who):
-            if out is not None:
-                out.write(line)
-        elif out is None:
-            return True
-        else:
-            changed = True
-    return changed
+    return _without_lines(source, out, lambda line: _to_them(_message(line), who))
+
+
+def _message(line: str) -> dict[str, Any]:
+    return json.loads(line) if line.strip() else {}
 
 
 def _errors(source: IO[str], who: Who, out: IO[str] | None) -> bool:
     """An ``.errors.txt`` without the lines naming the customer."""
     needles = who.needles()
+    return _without_lines(source, out, lambda line: any(n in address_key(line) for n in needles))
+
+
+def _without_lines(source: IO[str], out: IO[str] | None, theirs: Callable[[str], bool]) -> bool:
+    """Copy ``source`` to ``out`` without the lines ``theirs`` picks; whether any was left
+    out. Without ``out``, only whether any would be (it stops at the first)."""
     changed = False
     for line in _split(source):
-        if not any(n in address_key(line) for n in needles):
+        if not theirs(line):
             if out is not None:
                 out.write(line)
         elif out is None:

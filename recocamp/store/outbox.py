@@ -268,17 +268,25 @@ def cancel_profiled(connection: sa.Connection, customer_ids: Collection[str], no
     (in the objection's transaction): their offers were chosen by the profile they objected
     to, and the next run decides for them by the rule-based fallback. A mail without offers
     (a survey) stays; one claimed already is the deliverer's, on its way out. How many."""
+    offered = _queued_of(connection, customer_ids, _has_offers)
+    _set(connection, offered, now, state="cancelled", last_error=PROFILED)
+    return len(offered)
+
+
+def _queued_of(
+    connection: sa.Connection, customer_ids: Collection[str], chosen: Callable[[bytes], bool]
+) -> list[int]:
+    """The queued e-mails of ``customer_ids`` whose stored body ``chosen`` picks."""
     ids = sorted(set(customer_ids))
-    offered: list[int] = []
+    found: list[int] = []
     for start in range(0, len(ids), 5000):
         rows = connection.execute(
             sa.select(outbox.c.id, outbox.c.body).where(
                 outbox.c.customer_id.in_(ids[start : start + 5000]), outbox.c.state == "queued"
             )
         )
-        offered += [row.id for row in rows if _has_offers(row.body)]
-    _set(connection, offered, now, state="cancelled", last_error=PROFILED)
-    return len(offered)
+        found += [row.id for row in rows if chosen(row.body)]
+    return found
 
 
 REBASED = (
@@ -296,15 +304,7 @@ def cancel_rebased(connection: sa.Connection, customer_ids: Collection[str], now
     basis a mail was written for, and the mail went out. The next run decides under the new
     basis; a mail written with the notice stays; one claimed already is on its way out. How
     many."""
-    ids = sorted(set(customer_ids))
-    rebased: list[int] = []
-    for start in range(0, len(ids), 5000):
-        rows = connection.execute(
-            sa.select(outbox.c.id, outbox.c.body).where(
-                outbox.c.customer_id.in_(ids[start : start + 5000]), outbox.c.state == "queued"
-            )
-        )
-        rebased += [row.id for row in rows if not _for_existing_customers(row.body)]
+    rebased = _queued_of(connection, customer_ids, lambda body: not _for_existing_customers(body))
     _set(connection, rebased, now, state="cancelled", last_error=REBASED)
     return len(rebased)
 

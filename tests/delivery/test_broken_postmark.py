@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +24,7 @@ from recocamp.errors import DeliveryError
 from recocamp.store.schema import outbox as outbox_table
 from tests.conftest import NOW
 from tests.delivery.test_deliver import ESP, Sleeper, fill, states
+from tests.local_http import QuietHandler, serving
 
 Search = Callable[[], tuple[int, str, bytes]]  # → status, content type, body
 First = Callable[[list[str]], bytes | None]  # the first batch's keys → its answer (None: lost)
@@ -44,7 +43,7 @@ class BrokenPostmark:
         self.batches: list[list[str]] = []  # the send keys of each batch it took
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 batch = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 keys = [m["Metadata"]["send_key"] for m in batch]
@@ -68,13 +67,7 @@ class BrokenPostmark:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.server, self.url = serving(Handler)
 
     def found(self, key: str) -> tuple[int, str, bytes]:
         """Postmark's search answer for ``key``: the message if a batch carried it."""

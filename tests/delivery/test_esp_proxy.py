@@ -11,11 +11,9 @@ rounds failed all queued mail.
 from __future__ import annotations
 
 import random
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +24,7 @@ from recocamp.delivery.esp.sendgrid import SendGrid
 from recocamp.errors import TransientDeliveryError
 from tests.conftest import NOW
 from tests.delivery.test_deliver import ESP, Sleeper, email, fill, states
+from tests.local_http import QuietHandler, serving
 
 
 class RefusingProxy:
@@ -35,20 +34,14 @@ class RefusingProxy:
         self.tunnels = 0
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_CONNECT(self) -> None:
                 owner.tunnels += 1
                 self.send_response(407)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.server, self.url = serving(Handler)
 
 
 @pytest.fixture

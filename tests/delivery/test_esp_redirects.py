@@ -11,10 +11,8 @@ run failed instead (mail lost until ``retry-failed``), Postmark looked them up i
 from __future__ import annotations
 
 import random
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
@@ -28,6 +26,7 @@ from recocamp.delivery.esp.sendgrid import SendGrid
 from recocamp.errors import DeliveryError
 from tests.conftest import NOW
 from tests.delivery.test_deliver import ESP, Sleeper, fill, states
+from tests.local_http import QuietHandler, serving
 
 
 class Server:
@@ -38,7 +37,7 @@ class Server:
         self.seen = 0
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _any(self) -> None:
                 owner.seen += 1
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -50,13 +49,7 @@ class Server:
 
             do_GET = do_POST = _any
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.server, self.url = serving(Handler)
 
     def close(self) -> None:
         self.server.shutdown()

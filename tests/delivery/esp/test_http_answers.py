@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +22,7 @@ from recocamp.delivery.esp.mailpit import Mailpit
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.domain import OutgoingEmail, SendStatus
 from recocamp.errors import TransientDeliveryError
+from tests.local_http import QuietHandler, serving
 
 Body = Callable[[BaseHTTPRequestHandler], None]  # writes status, headers and body
 
@@ -45,20 +45,15 @@ def serve() -> Iterator[Callable[[Body], str]]:
     servers: list[ThreadingHTTPServer] = []
 
     def start(body: Body) -> str:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 with contextlib.suppress(OSError):  # the client hung up: as the tests want
                     body(self)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server, url = serving(Handler)
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
+        return url
 
     yield start
     for server in servers:
