@@ -5,7 +5,7 @@ anything twice."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any, overload
@@ -17,6 +17,7 @@ from recocamp import privacy
 from recocamp.campaigns import planner, render
 from recocamp.campaigns.run import (
     RunOptions,
+    RunReport,
     enqueue_decisions,
     plan_and_enqueue,
     plan_run,
@@ -301,6 +302,34 @@ def personal_offers(engine: sa.Engine) -> None:
         )
 
 
+def run_changing_after_the_first_chunk(
+    engine: sa.Engine, campaign: Any, customer: str, changes: Mapping[str, object]
+) -> RunReport:
+    """``campaign`` run in chunks of five, ``changes`` made to ``customer``'s profile (as the
+    preferences page or the shop API make them) once the first chunk is committed."""
+    planned = plan_run(engine, SETTINGS, campaign, NOW)
+    written = 0
+
+    def change_after_the_first_chunk(decided: int) -> None:
+        nonlocal written
+        written += decided
+        if written == 5:
+            with engine.begin() as connection:
+                profiles.apply(
+                    connection, customer, changes, at=NOW, actor="customer", source="a test"
+                )
+
+    options = RunOptions(chunk_size=5, on_progress=change_after_the_first_chunk)
+    return enqueue_decisions(engine, SETTINGS, campaign, TEMPLATES, planned, NOW, options)
+
+
+def queued_for(engine: sa.Engine) -> list[str]:
+    """The customers with mail waiting in the outbox, sorted."""
+    with engine.connect() as connection:
+        query = sa.select(outbox.c.customer_id).where(outbox.c.state == "queued")
+        return sorted(connection.execute(query).scalars())
+
+
 @pytest.mark.parametrize("kind", ["offers", "nps"])
 def test_a_customer_who_objects_while_the_run_goes_on_gets_no_offers_from_their_profile(
     engine: sa.Engine, kind: str
@@ -323,34 +352,13 @@ def test_a_customer_who_objects_while_the_run_goes_on_gets_no_offers_from_their_
     else:
         offer = campaign.offer.model_copy(update={"mode": "mixed"})
         campaign = campaign.model_copy(update={"offer": offer})
-    planned = plan_run(engine, SETTINGS, campaign, NOW)
-    written = 0
-
-    def object_after_the_first_chunk(decided: int) -> None:
-        nonlocal written
-        written += decided
-        if written == 5:  # the first chunk is committed: the objection comes now
-            with engine.begin() as connection:
-                profiles.apply(
-                    connection,
-                    objecting,
-                    {"objected_to_profiling": True},
-                    at=NOW,
-                    actor="customer",
-                    source="preferences page",
-                )
-
-    options = RunOptions(chunk_size=5, on_progress=object_after_the_first_chunk)
-    report = enqueue_decisions(engine, SETTINGS, campaign, TEMPLATES, planned, NOW, options)
+    changes = {"objected_to_profiling": True}
+    report = run_changing_after_the_first_chunk(engine, campaign, objecting, changes)
     reasons = recorded(engine)
     consenting = [f"c{n:02d}" for n in range(PEOPLE) if n % 4 != 3]
     others = {reasons[c] for c in consenting if c != objecting}
     assert others == {planner.Reason.ELIGIBLE}
-    with engine.connect() as connection:
-        mailed = connection.execute(
-            sa.select(outbox.c.customer_id).where(outbox.c.state == "queued")
-        ).scalars()
-        queued = sorted(mailed)
+    queued = queued_for(engine)
     if kind == "nps":
         assert reasons[objecting] == planner.Reason.ELIGIBLE
         assert queued == consenting and report.enqueued == len(consenting)
@@ -386,32 +394,13 @@ def test_a_customer_whose_consent_changes_while_the_run_goes_on_gets_no_mail_for
     shop(engine)
     changing = "c13"  # consenting (13 % 4 != 3), in a later chunk than the first
     campaign = daily(holdout_percent=0).model_copy(update={"legal_basis": tuple(bases)})
-    planned = plan_run(engine, SETTINGS, campaign, NOW)
-    written = 0
-
-    def change_after_the_first_chunk(decided: int) -> None:
-        nonlocal written
-        written += decided
-        if written == 5:  # the first chunk is committed: the change comes now
-            consent: dict[str, object] = {"consent_basis": change}
-            if change != "none":
-                consent["consent_at"] = NOW - timedelta(minutes=1)
-            with engine.begin() as connection:
-                profiles.apply(
-                    connection, changing, consent, at=NOW, actor="shop", source="shop API"
-                )
-
-    options = RunOptions(chunk_size=5, on_progress=change_after_the_first_chunk)
-    report = enqueue_decisions(engine, SETTINGS, campaign, TEMPLATES, planned, NOW, options)
+    consent: dict[str, object] = {"consent_basis": change}
+    if change != "none":
+        consent["consent_at"] = NOW - timedelta(minutes=1)
+    report = run_changing_after_the_first_chunk(engine, campaign, changing, consent)
     reasons = recorded(engine)
     consenting = [f"c{n:02d}" for n in range(PEOPLE) if n % 4 != 3]
     assert {reasons[c] for c in consenting if c != changing} == {planner.Reason.ELIGIBLE}
     assert reasons[changing] == reason
-    with engine.connect() as connection:
-        queued = sorted(
-            connection.execute(
-                sa.select(outbox.c.customer_id).where(outbox.c.state == "queued")
-            ).scalars()
-        )
-    assert queued == [c for c in consenting if c != changing]
+    assert queued_for(engine) == [c for c in consenting if c != changing]
     assert report.enqueued == len(consenting) - 1
