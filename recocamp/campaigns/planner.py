@@ -353,7 +353,7 @@ def with_consent_now(
         again = decide(campaign, views[n], context, policy)
         if again.outcome is Outcome.SKIP:
             decisions[n] = again
-        elif decision.outcome is Outcome.SEND:
+        elif decision.outcome in (Outcome.SEND, Outcome.DEFER):  # an e-mail was composed
             decisions[n] = Decision(
                 campaign.name, customer.id, Outcome.SKIP, Reason.CONSENT_CHANGED.value
             )

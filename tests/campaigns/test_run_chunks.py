@@ -303,11 +303,15 @@ def personal_offers(engine: sa.Engine) -> None:
 
 
 def run_changing_after_the_first_chunk(
-    engine: sa.Engine, campaign: Any, customer: str, changes: Mapping[str, object]
+    engine: sa.Engine,
+    campaign: Any,
+    customer: str,
+    changes: Mapping[str, object],
+    settings: Settings = SETTINGS,
 ) -> RunReport:
     """``campaign`` run in chunks of five, ``changes`` made to ``customer``'s profile (as the
     preferences page or the shop API make them) once the first chunk is committed."""
-    planned = plan_run(engine, SETTINGS, campaign, NOW)
+    planned = plan_run(engine, settings, campaign, NOW)
     written = 0
 
     def change_after_the_first_chunk(decided: int) -> None:
@@ -320,7 +324,7 @@ def run_changing_after_the_first_chunk(
                 )
 
     options = RunOptions(chunk_size=5, on_progress=change_after_the_first_chunk)
-    return enqueue_decisions(engine, SETTINGS, campaign, TEMPLATES, planned, NOW, options)
+    return enqueue_decisions(engine, settings, campaign, TEMPLATES, planned, NOW, options)
 
 
 def queued_for(engine: sa.Engine) -> list[str]:
@@ -403,4 +407,26 @@ def test_a_customer_whose_consent_changes_while_the_run_goes_on_gets_no_mail_for
     assert {reasons[c] for c in consenting if c != changing} == {planner.Reason.ELIGIBLE}
     assert reasons[changing] == reason
     assert queued_for(engine) == [c for c in consenting if c != changing]
+    assert report.enqueued == len(consenting) - 1
+
+
+def test_a_deferred_mail_for_the_old_consent_is_not_queued_either(engine: sa.Engine) -> None:
+    """In quiet hours the run defers its e-mails (queued for their end): a deferred mail was
+    composed from the snapshot's consent too, and is left out like a send."""
+    shop(engine)
+    quiet = Settings(
+        signing_key="f" * 32, caps={"quiet_hours_start": "11:00", "quiet_hours_end": "16:00"}
+    )
+    campaign = daily(holdout_percent=0).model_copy(
+        update={"legal_basis": ("double_opt_in", "existing_customer")}
+    )
+    consent = {"consent_basis": "existing_customer", "consent_at": NOW - timedelta(minutes=1)}
+    report = run_changing_after_the_first_chunk(engine, campaign, "c13", consent, quiet)
+    reasons = recorded(engine)
+    consenting = [f"c{n:02d}" for n in range(PEOPLE) if n % 4 != 3]
+    assert reasons["c13"] == planner.Reason.CONSENT_CHANGED
+    assert queued_for(engine) == [c for c in consenting if c != "c13"]
+    with engine.connect() as connection:
+        outcomes = connection.execute(sa.select(decisions.c.outcome).distinct()).scalars()
+        assert set(outcomes) == {"defer", "skip"}
     assert report.enqueued == len(consenting) - 1
