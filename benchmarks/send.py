@@ -10,7 +10,8 @@ fake-esp`` running as its own process (so it does not share our interpreter's GI
 the code ``recocamp send`` runs (``campaign_send.deliver_planned``: decided chunk by chunk,
 each chunk enqueued while the run is delivered, by ``[esp] delivery_processes`` processes
 that render the bodies); only the customer snapshot is built in memory instead of loaded
-from the store.
+from the store (the customers are written to each run's store before the clock starts: a run
+records and mails only customers the store still holds).
 
 Prints e-mails/s end to end and the ratio to render-only speed (compose + render of the
 same decisions, nothing stored or sent). Targets (issue #19): end to end >= 2,000 e-mails/s
@@ -58,6 +59,7 @@ from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import make_provider
 from recocamp.domain import ConsentBasis
 from recocamp.settings import Settings, load_settings
+from recocamp.store import queries
 from recocamp.store.engine import make_engine, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +144,8 @@ def run(
     db = work / f"outbox-{time.monotonic_ns()}.db"  # a fresh outbox for every run
     engine = make_engine(f"sqlite:///{db}")
     upgrade(engine)
+    with engine.begin() as connection:  # the store holds them: a run writes only for those
+        queries.upsert_customers(connection, [v.customer for v in all_views], datetime.now(UTC))
     local = settings.model_copy(
         update={
             "esp": settings.esp.model_copy(

@@ -45,6 +45,8 @@ def record(
         }
         for d in decided
     ]
+    if not rows:  # a chunk whose customers were all erased meanwhile: nothing to record
+        return
     statement = upsert_statement(connection, decisions).on_conflict_do_nothing(
         index_elements=["run_key", "customer_id"]
     )

@@ -288,6 +288,32 @@ def test_a_customer_erased_while_the_run_goes_on_is_neither_recorded_nor_mailed(
     assert report.enqueued == len(recipients) and "c13@example.test" not in recipients
 
 
+def test_a_chunk_whose_customers_were_all_erased_meanwhile_is_written_as_nothing(
+    engine: sa.Engine,
+) -> None:
+    """When every customer of a later chunk was erased after the snapshot, the chunk had no
+    decision left, and recording none was an ``INSERT … DEFAULT VALUES`` that failed the
+    whole run (SQLite: a syntax error). The chunk records nothing and the run goes on."""
+    shop(engine)
+    planned = plan_run(engine, SETTINGS, daily(holdout_percent=0), NOW)
+    second = [f"c{n:02d}" for n in range(5, 10)]  # the whole second chunk of five
+
+    def erase_the_second_chunk(decided: int) -> None:
+        if decided == 5 and not erased:
+            erased.extend(c for c in second if privacy.erase(engine, SETTINGS, c, NOW, "test"))
+
+    erased: list[str] = []
+    options = RunOptions(chunk_size=5, on_progress=erase_the_second_chunk)
+    report = enqueue_decisions(
+        engine, SETTINGS, daily(holdout_percent=0), TEMPLATES, planned, NOW, options
+    )
+    assert erased == second
+    reasons = recorded(engine)
+    assert not set(second) & set(reasons)
+    assert len(reasons) == PEOPLE - len(second)
+    assert report.enqueued == len(queued_for(engine))
+
+
 def personal_offers(engine: sa.Engine) -> None:
     """Every customer's cached personal list offers biscuits, which nobody bought (popular:
     the tea they all bought)."""
