@@ -218,7 +218,7 @@ def claim(
     )
     with engine.begin() as connection:
         claimed = [_unpack(row) for row in connection.execute(statement)]
-        blocked = _opted_out(connection, claimed)
+        blocked, moved = _opted_out(connection, claimed)
         if blocked:
             _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
         # queued before addresses had to be one plain local@domain: "a@x, b@y" would reach
@@ -230,36 +230,13 @@ def claim(
             wrong = "not one plain e-mail address (queued before addresses were checked)"
             _set(connection, unsendable, now, state="cancelled", last_error=wrong)
         blocked |= unsendable
-        moved = _moved(connection, [c for c in claimed if c.id not in blocked])
+        moved -= blocked
         if moved:
             _set(connection, moved, now, state="cancelled", last_error=MOVED)
     return [c for c in claimed if c.id not in blocked | moved]
 
 
 MOVED = "the customer's address changed since it was queued"
-
-
-def _moved(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:
-    """Claimed messages whose customer's address is another one now (or none): the mail
-    carries their signed links to the preferences page and the data download, and the old
-    address may be a typo that reached a stranger, or a mailbox given up. Compared trimmed,
-    lower-case and composed, as suppressions compare addresses."""
-    if not claimed:
-        return set()
-    rows = connection.execute(
-        sa.select(customers.c.id, customers.c.email).where(
-            customers.c.id.in_({c.customer_id for c in claimed})
-        )
-    )
-    current = {row.id: row.email for row in rows}
-    return {
-        c.id
-        for c in claimed
-        if c.customer_id in current
-        and address_forms(current[c.customer_id] or "")[0] != address_forms(c.email.to)[0]
-    }
-
-
 PROFILED = "the customer objected to profiling after it was queued: its offers were theirs"
 
 
@@ -324,26 +301,30 @@ def _has_offers(body: bytes) -> bool:
     return template is None or bool(template["context"].get("offers"))
 
 
-def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int]:
+def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> tuple[set[int], set[int]]:
     """Claimed messages whose recipient unsubscribed, was erased, switched e-mail off,
     withdrew their consent (basis ``none``: no campaign may mail them) or got suppressed
-    since."""
+    since; and, of the others, those whose customer's address is another one now (or none,
+    ``MOVED``): the mail carries their signed links to the preferences page and the data
+    download, and the old address may be a typo that reached a stranger, or a mailbox given
+    up. Addresses are compared trimmed, lower-case and composed, as suppressions compare
+    them. One read of the customers for both."""
     if not claimed:
-        return set()
-    ids = {c.customer_id for c in claimed}
-    gone = set(
-        connection.execute(
-            sa.select(customers.c.id).where(
-                customers.c.id.in_(ids),
-                sa.or_(
-                    customers.c.unsubscribed_at.is_not(None),
-                    customers.c.erased_at.is_not(None),
-                    customers.c.channel_email.is_(False),
-                    customers.c.consent_basis == "none",
-                ),
-            )
-        ).scalars()
+        return set(), set()
+    c = customers.c
+    stopped = sa.or_(
+        c.unsubscribed_at.is_not(None),
+        c.erased_at.is_not(None),
+        c.channel_email.is_(False),
+        c.consent_basis == "none",
     )
+    rows = connection.execute(
+        sa.select(c.id, c.email, stopped.label("stopped")).where(
+            c.id.in_({m.customer_id for m in claimed})
+        )
+    ).all()
+    gone = {row.id for row in rows if row.stopped}
+    current = {row.id: row.email for row in rows}
     # one address may have several mails in a batch (two campaigns): every one of them counts
     hashes = {c.id: email_hashes(c.email.to) for c in claimed}
     suppressed = set(
@@ -353,9 +334,17 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> set[int
             )
         ).scalars()
     )
-    return {
+    blocked = {
         c.id for c in claimed if c.customer_id in gone or not suppressed.isdisjoint(hashes[c.id])
     }
+    moved = {
+        c.id
+        for c in claimed
+        if c.id not in blocked
+        and c.customer_id in current
+        and address_forms(current[c.customer_id] or "")[0] != address_forms(c.email.to)[0]
+    }
+    return blocked, moved
 
 
 def _set(
@@ -421,10 +410,9 @@ def renew(
             .returning(outbox.c.id)
         )
         held.update(connection.execute(statement).scalars())
-    blocked = _opted_out(connection, [c for c in claimed if c.id in held])
+    blocked, moved = _opted_out(connection, [c for c in claimed if c.id in held])
     if blocked:
         _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
-    moved = _moved(connection, [c for c in claimed if c.id in held - blocked])
     if moved:
         _set(connection, moved, now, state="cancelled", last_error=MOVED)
     return held - blocked - moved
