@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from recocamp.data.sources.csv import GZIP_FLOOR
+from recocamp.data.sources import csv as sources
 from recocamp.domain import GZIP_RATIO_LIMIT
 from recocamp.errors import EMAIL
 from recocamp.settings import Settings
@@ -69,6 +69,8 @@ LINE_MAX = 10_000_000  # characters in one line of a file cleaned here (see _lin
 VALUE_BATCH = 50_000  # ids and addresses of a kept file looked up at once (drop_erased)
 CHECKED_MAX = 200_000  # ids and addresses of a kept file remembered as looked up
 QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")  # repr()s in .errors.txt
+# what reading a file may raise when it cannot be cleaned: reported, never skipped in silence
+UNREADABLE = (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError, sources.FileTooLarge)
 NOT_COVERED = (
     "files written where the operator chose: `recocamp privacy export --output`, "
     "`recocamp preview --html`, a --demo-dir other than demo/",
@@ -107,7 +109,7 @@ def scrub(
     for path in _files(directories):
         try:
             changed = _scrub_file(path, who)
-        except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
+        except UNREADABLE as exc:
             log.error("erasure: could not clean %s: %s", path, type(exc).__name__)
             done.failed.append(path)
             continue
@@ -170,7 +172,7 @@ def drop_erased(
     for path in paths:
         try:
             found = _erased_in(engine, key, path, max_ratio)
-        except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
+        except UNREADABLE as exc:
             log.warning("could not check %s for erased customers: %s", path, type(exc).__name__)
             continue
         readable.append(path)
@@ -304,47 +306,21 @@ def _scrub_file(path: Path, who: Who, max_ratio: int = GZIP_RATIO_LIMIT) -> bool
     return False
 
 
-class _Inflating(io.RawIOBase):
-    """A ``.gz`` file's decompressed bytes, counted: past ``limit`` a read raises ValueError
-    (the file cannot be read, reported as such), having held no more than a buffer of it."""
-
-    def __init__(self, packed: gzip.GzipFile, limit: int, name: str) -> None:
-        super().__init__()
-        self.packed, self.limit, self.name, self.total = packed, limit, name, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        count = self.packed.readinto(buffer)
-        self.total += count
-        if self.total > self.limit:
-            raise ValueError(f"{self.name} decompresses to more than {self.limit:,} bytes")
-        return count
-
-    def close(self) -> None:
-        self.packed.close()
-        super().close()
-
-
 @contextlib.contextmanager
 def _opened(path: Path, max_ratio: int = GZIP_RATIO_LIMIT) -> Iterator[IO[str]]:
     """A file's text as a stream (UTF-8, line ends as they are); a ``.gz`` file decompressed
     as it is read, to at most ``max_ratio`` times its size (or ``GZIP_FLOOR``), as the import
-    reads it: past that, ValueError, never the whole of a gzip bomb in memory. Opened without
+    reads it: past that, ``FileTooLarge``, never the whole of a gzip bomb in memory. Opened without
     following a symbolic link and without waiting on a pipe: only a regular file is read."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with open(descriptor, "rb") as raw:  # closes the descriptor
-        found = os.fstat(raw.fileno())
-        if not stat.S_ISREG(found.st_mode):
-            raise ValueError(f"{path.name} is not a regular file")
-        source: IO[bytes] = raw
+    source = raw = sources.open_bytes(path, follow_links=False)
+    try:
         if path.name.lower().endswith(".gz"):
-            limit = max(GZIP_FLOOR, max_ratio * found.st_size)
-            packed = gzip.GzipFile(fileobj=raw, mode="rb")
-            source = io.BufferedReader(_Inflating(packed, limit, path.name))
-        with io.TextIOWrapper(source, encoding="utf-8", newline="") as text:
-            yield text
+            source = sources.inflated(raw, max_ratio)  # closing it closes the file
+    except BaseException:
+        raw.close()
+        raise
+    with io.TextIOWrapper(source, encoding="utf-8", newline="") as text:
+        yield text
 
 
 def _lines(source: IO[str]) -> Iterator[str]:
@@ -491,7 +467,7 @@ def holding(
         try:
             with _opened(path) as source:
                 rows = _held(name, source, who)
-        except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError) as exc:
+        except UNREADABLE as exc:
             log.error("export: could not read %s: %s", path, type(exc).__name__)
             unreadable.append(str(path))
             continue

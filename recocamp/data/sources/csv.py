@@ -184,13 +184,20 @@ def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX, *, follow_links: bool
     try:
         opened = open_bytes(path, follow_links=follow_links)
         if path.suffix.lower() == ".gz":
-            limit = max(GZIP_FLOOR, max_ratio * os.fstat(opened.fileno()).st_size)
-            unzipped = gzip.GzipFile(fileobj=opened, mode="rb")
-            inflated = _Inflated(unzipped, limit, max_ratio, opened)
-            opened = cast(IO[bytes], io.BufferedReader(inflated))
+            opened = inflated(opened, max_ratio)
     except OSError as exc:
         raise DataImportError(path, [Problem(f"cannot open file: {exc.strerror}")]) from None
     return io.TextIOWrapper(opened, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def inflated(packed: IO[bytes], max_ratio: int) -> IO[bytes]:
+    """A gzip file's decompressed bytes, read as they are needed, to at most ``max_ratio``
+    times its compressed size (or ``GZIP_FLOOR``): past that a read raises
+    :class:`FileTooLarge`, having held no more than a buffer of it. Closing it closes
+    ``packed``."""
+    limit = max(GZIP_FLOOR, max_ratio * os.fstat(packed.fileno()).st_size)
+    unzipped = gzip.GzipFile(fileobj=packed, mode="rb")
+    return cast(IO[bytes], io.BufferedReader(_Inflated(unzipped, limit, max_ratio, packed)))
 
 
 class FileTooLarge(Exception):
