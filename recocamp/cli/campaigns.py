@@ -233,7 +233,7 @@ def preview(
         renderer = render.Renderer(templates, limits=settings.templates)
         try:
             email = compose.render_for(decision, view, chosen, settings, renderer, link, offers)
-        except Exception as exc:  # the template, on this customer's data: a problem, no crash
+        except render.RENDER_ERRORS as exc:  # the template, on this customer's data: no crash
             raise _not_rendered(
                 exc, campaigns / f"{chosen.name}.toml", templates, customer
             ) from None
