@@ -678,9 +678,11 @@ class Importer:
             # a column the file does not have changes nothing stored: a feed without consent
             # or birthday columns reset every customer's consent to "none" and birthday to none
             absent = [name for name in sources.CUSTOMER_OPTIONAL if name not in columns]
-            objectors = set(profiles.objected_ids(connection))
+            # a feed sets an objection, never clears one (upsert_customers): the new objectors
+            # are the rows objecting that did not before, from one read of those who did
+            objecting = {r.id for r in rows if r.objected_to_profiling}
+            objecting -= set(profiles.objected_ids(connection)) if objecting else set()
             queries.upsert_customers(connection, rows, self.now, keep=absent)
-            objecting = set(profiles.objected_ids(connection)) - objectors
             if objecting or "consent_basis" not in absent:  # as data.profiles does
                 views.lock_contacts(connection)  # a campaign run's chunk: before or after
             if objecting:
