@@ -1,6 +1,6 @@
 """A provider address that answers with a redirect (``http://`` where the API wants
-``https://``, a moved endpoint, a proxy's login page): real local servers, the real
-providers, a deliverer on real SQLite with a fixed clock.
+``https://``, a moved endpoint, a proxy's login page) or has no such endpoint (404/405):
+real local servers, the real providers, a deliverer on real SQLite with a fixed clock.
 
 Redirects are not followed (the token would travel to wherever they point). A redirect is
 no answer of the API: nothing was sent. It stops the run naming ``[esp] base_url`` and gives
@@ -99,3 +99,29 @@ def test_a_redirect_stops_the_run_and_gives_the_claims_back(
     assert elsewhere.seen == 0  # not followed: the token stays home
     assert redirecting.seen == 1  # one request, then the run stopped
     assert states(engine) == Counter({"queued": 3})  # nothing failed, nothing held
+
+
+@pytest.mark.parametrize("status", [404, 405])
+@pytest.mark.parametrize("make", PROVIDERS.values(), ids=PROVIDERS.keys())
+def test_no_such_endpoint_stops_the_run_and_gives_the_claims_back(
+    engine: sa.Engine,
+    servers: Callable[..., Server],
+    make: Callable[[str], Provider],
+    status: int,
+) -> None:
+    """A base_url without the provider's API (a typo in the path, another provider's
+    address) answers 404 or 405 to every request: no message is at fault, so none fails;
+    the run stops naming the setting. Each provider had failed all of them permanently."""
+    wrong = servers(status)
+    fill(engine, 3)
+    clock = FixedClock(NOW)
+    provider = make(wrong.url)
+    deliverer = Deliverer(
+        engine, provider, ESP, clock, sleep=Sleeper(clock), rng=random.Random(1), worker="w1"
+    )
+    with pytest.raises(DeliveryError, match=r"base_url") as raised:
+        deliverer.drain(max_wait_s=600)
+    provider.close()
+    assert f"HTTP {status}" in str(raised.value)
+    assert wrong.seen == 1
+    assert states(engine) == Counter({"queued": 3})

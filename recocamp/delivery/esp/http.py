@@ -13,6 +13,9 @@ Mapping (DESIGN.md §Conventions 1):
 - 3xx → ``DeliveryError`` naming ``[esp] base_url``: redirects are not followed (the token
   would travel with them), and a redirect is no answer of the API: nothing was sent, the
   claims go back (SendGrid and Brevo had failed every message of the run over it);
+- 404/405 → ``DeliveryError`` naming ``[esp] base_url``: the address has no such endpoint
+  (a path typed wrong, another provider's address). That is about the request, never about
+  one message: each provider had failed every message of the run permanently over it;
 - other 4xx are returned to the provider module, which knows its error bodies;
 - an answer whose body does not end within ``timeout_s`` of the request, or grows past
   ``MAX_ANSWER_BYTES`` → ``TransientDeliveryError`` with ``ambiguous=True``: httpx's timeout
@@ -128,6 +131,10 @@ def _raise_for_status(provider: str, response: httpx.Response) -> None:
     if status in (401, 403):
         raise DeliveryError(
             f"{provider}: HTTP {status}, the credentials were refused: check RECOCAMP_ESP_TOKEN"
+        )
+    if status in (404, 405):
+        raise DeliveryError(
+            f"{provider}: HTTP {status}, the address has no such endpoint; check [esp] base_url"
         )
     if 300 <= status < 400:
         raise DeliveryError(
