@@ -239,3 +239,25 @@ def test_a_shop_recording_dates_only_learns_nothing_of_the_cutoff_day(engine: sa
             numbered = queries.numbered_training_lines(connection, cutoff, chunk=16)
             if numbered is not None:  # SQLite's fast read
                 assert len(numbered.at) == len(expected), cutoff
+
+
+def test_statements_read_ahead_in_order_and_hand_their_errors_over(engine: sa.Engine) -> None:
+    """``read_ahead`` gives each statement's row in order (executed on its own thread), a
+    statement's error where its row is taken, and leaves the connection to the caller
+    however the block ends: early, or on the error."""
+    numbers: list[queries.Statement] = [(sa.select(sa.literal(n) * 2), {}) for n in range(5)]
+    broken: queries.Statement = (sa.text("SELECT * FROM no_such_table"), {})
+    with engine.connect() as connection:
+        with queries.read_ahead(connection, numbers) as rows:
+            assert [row[0] for row in rows] == [0, 2, 4, 6, 8]
+        with queries.read_ahead(connection, numbers) as rows:  # left after the first row
+            assert next(rows)[0] == 0
+        assert connection.execute(sa.select(sa.literal(7))).scalar() == 7
+        with (
+            pytest.raises(sa.exc.DBAPIError),
+            queries.read_ahead(connection, [numbers[1], broken, numbers[2]]) as rows,
+        ):
+            assert next(rows)[0] == 2
+            next(rows)
+    with engine.connect() as connection:  # nothing left running on the pool's connection
+        assert connection.execute(sa.select(sa.literal(8))).scalar() == 8
