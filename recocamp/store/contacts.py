@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from recocamp.domain import SUPPRESSING, Event, email_hash
+from recocamp.store.privacy import Ties
 from recocamp.store.queries import audit, upsert_statement
 from recocamp.store.schema import contact_events, customers, outbox, suppressions
 
@@ -124,7 +125,10 @@ def suppress(
 
 
 def unsubscribe(connection: sa.Connection, customer_id: str, at: datetime, source: str) -> bool:
-    """Set ``unsubscribed_at`` (first time only), suppress the address, audit it."""
+    """Set ``unsubscribed_at`` (first time only), suppress the address, audit it. Every
+    other customer holding the address (a family's shared one) is marked unsubscribed too:
+    the suppression stops their mail as well, and their page said "subscribed" while no
+    consent of theirs could lift it (a re-subscription lifts it: ``profiles.resubscribe``)."""
     row = connection.execute(
         sa.select(customers.c.email, customers.c.unsubscribed_at).where(
             customers.c.id == customer_id
@@ -132,23 +136,39 @@ def unsubscribe(connection: sa.Connection, customer_id: str, at: datetime, sourc
     ).first()
     if row is None or row.unsubscribed_at is not None:
         return False
-    connection.execute(
-        sa.update(customers)
-        .where(customers.c.id == customer_id)
-        .values(unsubscribed_at=at, updated_at=at)
-    )
+    sharing = _sharing(connection, customer_id, row.email) if row.email else []
+    for person, why in [
+        (customer_id, source),
+        *((other, f"{source} (shared address)") for other in sharing),
+    ]:
+        connection.execute(
+            sa.update(customers)
+            .where(customers.c.id == person)
+            .values(unsubscribed_at=at, updated_at=at)
+        )
+        audit(
+            connection,
+            at=at,
+            actor=why[:200],
+            action="unsubscribe",
+            subject_type="customer",
+            subject_id=person,
+            details={},
+        )
     if row.email:
         suppress(connection, row.email, "unsubscribed", source, at)
-    audit(
-        connection,
-        at=at,
-        actor=source[:200],
-        action="unsubscribe",
-        subject_type="customer",
-        subject_id=customer_id,
-        details={},
-    )
     return True
+
+
+def _sharing(connection: sa.Connection, customer_id: str, address: str) -> list[str]:
+    """The other customers, not erased nor unsubscribed, who hold ``address`` (any case,
+    any Unicode form: ``privacy.Ties.by_address``), in id order."""
+    c = customers.c
+    holders = Ties(customers, (c.id,), (c.email,)).by_address(address)
+    query = sa.select(c.id).where(
+        holders, c.id != customer_id, c.unsubscribed_at.is_(None), c.erased_at.is_(None)
+    )
+    return [str(found) for found in connection.execute(query.order_by(c.id)).scalars()]
 
 
 def record_link_unsubscribe(

@@ -11,14 +11,13 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 
 from recocamp.domain import Purchase
 from recocamp.store import queries
 from recocamp.store.engine import alembic_config, current_revision, make_engine, upgrade
-from recocamp.store.schema import metadata, purchase_totals, purchases
+from recocamp.store.schema import purchase_totals, purchases
 from tests.conftest import NOW
+from tests.store.test_engine import schema_differences
 
 Totals = dict[str, tuple[int, int]]
 
@@ -92,6 +91,5 @@ def test_the_migration_fills_the_totals_of_an_existing_store(db_url: str) -> Non
     upgrade(engine)
     assert kept(engine) == scanned(engine) and kept(engine)["c1"][0] == 5
     with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), metadata)
-    assert differences == []
+        assert schema_differences(connection) == []
     engine.dispose()
