@@ -11,6 +11,7 @@ idempotency key) is tested per provider below.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from recocamp.delivery.esp import Provider, make_provider
+from recocamp.delivery.esp import Provider, make_provider, postmark
 from recocamp.delivery.esp import http as esp_http
 from recocamp.delivery.esp.brevo import Brevo, idempotency_key
 from recocamp.delivery.esp.fake import FakeProvider
@@ -557,15 +558,54 @@ def test_postmark_lookup_searches_by_metadata_send_key() -> None:
     provider.close()
 
     assert found == {"winback:2026-01-15:1": "0ac29aee-e1cd-480d-b08d-4f48548ff48d"}
-    assert [
+    assert sorted(
         (r.method, r.url.path, r.url.params["metadata_send_key"]) for r in recorder.requests
-    ] == [("GET", "/messages/outbound", key) for key in keys]
+    ) == [("GET", "/messages/outbound", key) for key in keys]
     for request in recorder.requests:
         assert request.headers["X-Postmark-Server-Token"] == TOKEN
         assert request.url.params["count"] == "1"
         assert request.url.params["offset"] == "0"
         # Postmark searches only the "outbound" stream unless told otherwise
         assert request.url.params["messagestream"] == "broadcast"
+
+
+def test_postmark_lookup_searches_several_keys_at_once() -> None:
+    """A timed-out batch of 500 is looked up eight searches at a time, not one after the
+    other: each of the first eight searches waits until all eight have arrived (one after
+    the other they never would: the barrier breaks and the lookup fails)."""
+    arrived = threading.Barrier(postmark.LOOKUP_THREADS, timeout=30)
+    lock = threading.Lock()
+    seen: list[str] = []
+
+    def search(request: httpx.Request) -> httpx.Response:
+        with lock:
+            seen.append(request.url.params["metadata_send_key"])
+            first = len(seen) <= postmark.LOOKUP_THREADS
+        if first:
+            arrived.wait()
+        return _postmark_search(request, 0)
+
+    provider = Postmark(BASE_URL, TOKEN, FROM, transport=httpx.MockTransport(search))
+    keys = [f"winback:2026-01-15:{n}" for n in range(1, 501)]
+    found = provider.lookup(keys)
+    provider.close()
+    assert found == {"winback:2026-01-15:1": "0ac29aee-e1cd-480d-b08d-4f48548ff48d"}
+    assert sorted(seen) == sorted(keys)  # each key searched once
+
+
+def test_postmark_lookup_stops_at_a_failed_search() -> None:
+    """A search Postmark cannot answer fails the whole lookup (unknown is not "not sent"),
+    whichever thread ran it."""
+
+    def search(request: httpx.Request) -> httpx.Response:
+        if request.url.params["metadata_send_key"] == "winback:2026-01-15:3":
+            return httpx.Response(404, json={"ErrorCode": 404, "Message": "no"})
+        return _postmark_search(request, 0)
+
+    provider = Postmark(BASE_URL, TOKEN, FROM, transport=httpx.MockTransport(search))
+    with pytest.raises(DeliveryError, match="HTTP 404"):
+        provider.lookup([f"winback:2026-01-15:{n}" for n in range(1, 501)])
+    provider.close()
 
 
 def test_postmark_lookup_maps_errors_like_a_send() -> None:
