@@ -451,14 +451,46 @@ def _without_unrendered(
         )
     if not failed:
         return chunk
+    return replace(chunk, decisions=_as_skips(chunk.decisions, failed))
+
+
+def unrendered_as_skips(
+    campaign: Campaign,
+    decisions: Sequence[planner.Decision],
+    views: Iterable[planner.CustomerView],
+    settings: Settings,
+    renderer: render.Renderer,
+    key: bytes,
+    now: datetime,
+) -> tuple[list[planner.Decision], dict[str, str]]:
+    """What a run at ``now`` makes of these decisions when it writes their subjects: each
+    send or deferral whose subject fails on the customer's data becomes a ``not_rendered``
+    skip; returns the decisions and those customers' errors. ``recocamp plan`` shows this,
+    so a dry run counts the customers the run will skip (it showed them as mailed)."""
+    by_id = {view.customer.id: view for view in views}
+    period = run_key(campaign.name, now, campaign.schedule.zone).rpartition("/")[2]
+    failed: dict[str, str] = {}
+    for d in decisions:
+        if d.outcome not in (planner.Outcome.SEND, planner.Outcome.DEFER):
+            continue
+        send_key = outbox.send_key(campaign.name, d.customer_id, period)
+        try:
+            _email(d, by_id[d.customer_id], campaign, settings, renderer, key, now, now, send_key)
+        except SubjectError as exc:
+            failed[d.customer_id] = str(exc)
+    return _as_skips(decisions, failed), failed
+
+
+def _as_skips(
+    decisions: Sequence[planner.Decision], failed: Mapping[str, str]
+) -> list[planner.Decision]:
     skip = planner.Outcome.SKIP, planner.Reason.NOT_RENDERED.value
-    decisions = [
+    return [
         replace(d, outcome=skip[0], reason=skip[1], offers=(), send_at=None)
         if d.customer_id in failed
         else d
-        for d in chunk.decisions
+        for d in decisions
     ]
-    return replace(chunk, decisions=decisions)
 
 
 def _still_sent(emails: Sequence[Queued], chunk: planner.Chunk) -> list[Queued]:

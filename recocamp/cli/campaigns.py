@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from recocamp.campaigns import audience, compose, planner, render, segments
+from recocamp.campaigns import audience, compose, planner, render, run, segments
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign, caps_defaults
 from recocamp.campaigns.run import load_snapshot
@@ -131,13 +131,22 @@ def plan_campaign(
         settings = current_settings()
         chosen = one_campaign(settings, campaign, campaigns, templates)
         snapshot, context = _planning(settings, as_of, chosen)
-        decisions = planner.plan(chosen, snapshot.views, context)
+        decisions, unrendered = run.unrendered_as_skips(
+            chosen,
+            planner.plan(chosen, snapshot.views, context),
+            snapshot.views,
+            settings,
+            render.Renderer(templates, limits=settings.templates),
+            settings.signing_key_bytes() or _EPHEMERAL,
+            context.now,
+        )
     tally = planner.counts(decisions)
     # why a filter matches nobody: a value no item in the catalogue has
     path = campaigns / f"{chosen.name}.toml"
     text = checks.campaign_text(campaigns, chosen)
     catalogue = checks.Catalogue.of(snapshot.items)
     warnings = [f"{path}: {p}" for p in checks.catalogue_problems(chosen, text, catalogue)]
+    warnings += _unrendered_warning(path, unrendered)
     if format is Output.json:
         document = {
             "campaign": chosen.name,
@@ -170,6 +179,19 @@ def plan_campaign(
         offered = "; ".join(f"{_title(items, o.item_id)} ({o.why})" for o in d.offers)
         sample.add_row(d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
     console.print(sample)
+
+
+def _unrendered_warning(path: Path, failed: Mapping[str, str], shown: int = 3) -> list[str]:
+    """One line on the customers whose subject fails on their data (the run skips them as
+    ``not_rendered``), naming the first few with the error."""
+    if not failed:
+        return []
+    first = "; ".join(f"customer {c}: {failed[c]}" for c in sorted(failed)[:shown])
+    more = f" (and {len(failed) - shown:,} more)" if len(failed) > shown else ""
+    return [
+        f"{path}: the subject fails to render for {len(failed):,} customers, who are "
+        f"skipped as not_rendered: {first}{more}"
+    ]
 
 
 def _title(items: Mapping[str, Item], item_id: str) -> str:

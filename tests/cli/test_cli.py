@@ -496,6 +496,48 @@ def test_preview_of_a_template_that_fails_for_this_customer_names_template_and_l
     assert f"customer {customer}" in flat
 
 
+def test_plan_counts_the_customers_whose_subject_the_run_cannot_write(
+    in_trained: Path, tmp_path: Path
+) -> None:
+    """A subject that fails on one customer's data: the run skips them as ``not_rendered``;
+    the dry run showed them as mailed. Now the plan says what the run will do, and why."""
+    as_of = "2011-12-15T10:00:00"
+    before = runner.invoke(app, ["plan", "cross_sell", "--as-of", as_of, "--format", "json"])
+    assert before.exit_code == 0, before.output
+    mailed = [d for d in json.loads(before.stdout)["decisions"] if d["outcome"] == "send"]
+    assert len(mailed) >= 2
+    customer = mailed[0]["customer_id"]
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    fails = "{{ 100 // (0 if customer.id == '" + customer + "' else 1) }}"
+    (campaigns / "cross_sell.toml").write_text(
+        (in_trained / "campaigns" / "cross_sell.toml")
+        .read_text()
+        .replace('"Picked for you this week"', f'"{fails}"')
+        .replace('"Neu für Sie ausgewählt"', f'"{fails}"')
+    )
+    where = ["--campaigns", str(campaigns), "--as-of", as_of]
+    after = runner.invoke(app, ["plan", "cross_sell", *where, "--format", "json"])
+    assert after.exit_code == 0, after.output
+    document = json.loads(after.stdout)
+    decided = {d["customer_id"]: d for d in document["decisions"]}
+    assert decided[customer]["outcome"] == "skip"
+    assert decided[customer]["reason"] == "not_rendered" and decided[customer]["offers"] == []
+    assert all(decided[d["customer_id"]]["outcome"] == "send" for d in mailed[1:])
+    assert document["counts"]["not_rendered"] == 1
+    counted = json.loads(before.stdout)["counts"]
+    reason = mailed[0]["reason"]
+    assert document["counts"] == {**counted, reason: counted[reason] - 1, "not_rendered": 1}
+    (warning,) = document["warnings"]
+    assert "skipped as not_rendered" in warning and f"customer {customer}" in warning
+    assert "ZeroDivisionError" in warning or "division" in warning
+    table = runner.invoke(app, ["plan", "cross_sell", *where], terminal_width=300)
+    assert table.exit_code == 0, table.output
+    assert "not_rendered" in table.stdout and f"customer {customer}" in " ".join(
+        table.output.split()
+    )
+
+
 def test_train_says_which_rule_rejected_a_candidate(in_trained: Path) -> None:
     result = runner.invoke(app, ["train", "--as-of", "2011-12-10", "--model", "popularity"])
     assert result.exit_code == 0, result.output
