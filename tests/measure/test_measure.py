@@ -185,9 +185,19 @@ def test_relative_and_absolute_uplift_agree_about_zero(a: list[float], b: list[f
 
 
 def test_nps_interval_by_hand() -> None:
-    # 50 promoters, 20 detractors of 100: NPS 30, se = sqrt((0.5 + 0.2 - 0.09) / 100) = 0.07810
-    assert close(stats.nps_interval(50, 20, 100), 14.6922, 45.3078)
-    assert stats.nps_interval(100, 0, 100) == Interval(100.0, 100.0)
+    # adjusted Wald (Rocks 2016): 50.75 promoters and 20.75 detractors of 103, p − d = 0.29126,
+    # se = sqrt((0.49272 + 0.20146 − 0.29126²) / 103) = 0.07692
+    assert close(stats.nps_interval(50, 20, 100), 14.0511, 44.2013)
+    assert close(stats.nps_interval(100, 0, 100), 93.0901, 100.0)  # clipped to the scale
+
+
+def test_an_nps_interval_of_one_kind_of_answer_is_no_certainty() -> None:
+    """The plain Wald interval has no width when every answer is of one kind: one promoter
+    said "100 … 100" with 95 % confidence, a single detractor "−100 … −100"."""
+    one = stats.nps_interval(1, 0, 1)
+    assert close(one, -48.4986, 98.4986)
+    assert stats.nps_interval(0, 1, 1) == Interval(-one.high, -one.low)
+    assert stats.nps_interval(0, 0, 2).contains(0.0) and stats.nps_interval(0, 0, 2).high > 0
     with pytest.raises(ValueError, match="bad NPS counts"):
         stats.nps_interval(60, 50, 100)
 
