@@ -228,10 +228,13 @@ def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
             f"not enough data yet: {t.customers} mailed customers and {c.customers} in "
             f"{other}, at least {max(smallest, 2)} each needed"
         )
-    if t.converted + c.converted < thresholds.min_conversions:
+    # one at least, whatever ``min_conversions`` says (0 is allowed): without an order in
+    # either group neither has any spread, and the per-recipient intervals were 0.00 … 0.00
+    needed = max(thresholds.min_conversions, 1)
+    if t.converted + c.converted < needed:
         return (
             f"not enough data yet: {t.converted + c.converted} conversions, at least "
-            f"{thresholds.min_conversions} needed"
+            f"{needed} needed"
         )
     return ""
 

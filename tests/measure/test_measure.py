@@ -441,6 +441,21 @@ def test_not_enough_data_yet() -> None:
     assert not survey.enough and "holds nobody out" in survey.note
 
 
+def test_no_conversion_at_all_is_no_measurement_whatever_min_conversions_says() -> None:
+    """``min_conversions = 0`` (allowed): 500 customers a group and not one order gave revenue
+    and orders per recipient an uplift of "+0.00, interval 0.00 … 0.00", certainty from a
+    group without a single order (both groups without spread)."""
+    nothing = measure.compare(
+        "w", None, units(500, 0, False), units(500, 0, True), Thresholds(100, 0)
+    )
+    assert not nothing.enough and nothing.comparisons == {}
+    assert nothing.note == "not enough data yet: 0 conversions, at least 1 needed"
+    one = measure.compare("w", None, units(500, 1, False), units(500, 0, True), Thresholds(100, 0))
+    assert one.enough
+    revenue = one.comparisons["revenue_per_recipient"].absolute_interval
+    assert revenue.low < 0 < revenue.high
+
+
 def test_variants_against_the_holdout_and_each_other() -> None:
     results = (
         units(300, 60, False, variant="personal")
