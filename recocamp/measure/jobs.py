@@ -118,6 +118,7 @@ def backfill(
         have = set() if replace else store.snapshot_keys(connection, first, last)
         have_segments = set() if replace else store.segment_days(connection, first, last)
         unsegmented = store.unsegmented(connection)
+        data_start = queries.first_order_time(connection)
         orders = sorted(
             queries.order_totals(connection, EPOCH, day_end(last, zone)), key=lambda row: row[2]
         )
@@ -135,7 +136,8 @@ def backfill(
             for window in windows:
                 if (day, window) not in have:
                     found = _window(totals, times, as_of, window)
-                    kpi_rows.append(_kpi_row(day, kpis.compute(found, as_of, window), now))
+                    result = kpis.compute(found, as_of, window, data_start)
+                    kpi_rows.append(_kpi_row(day, result, now))
             if day not in have_segments:
                 sizes = sorted(segments.sizes(as_of).items())
                 segment_rows += [
