@@ -793,6 +793,7 @@ def _uplift_json(uplift: Uplift) -> dict[str, Any]:
         "note": uplift.note,
         "pending": uplift.pending,
         "switched_customers": uplift.switched,
+        "erased_units": {"treated": uplift.erased[0], "control": uplift.erased[1]},
         **groups,
         "metrics": {
             name: {

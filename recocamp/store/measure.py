@@ -58,31 +58,38 @@ KPI_COLUMNS = (
 REPORTS_KEPT = 30
 
 
-def _held(customer_id: sa.ColumnElement[Any]) -> sa.Exists:
-    """The touch's customer is still held (not erased)."""
+def _held(customer_id: sa.ColumnElement[Any], erased: bool) -> sa.ColumnElement[bool]:
+    """The touch's customer is still held (not erased), or is not (``erased``)."""
     c = customers.c
-    return sa.exists().where(c.id == customer_id, c.erased_at.is_(None))
+    held = sa.exists().where(c.id == customer_id, c.erased_at.is_(None))
+    return sa.not_(held) if erased else held
 
 
-def touches(connection: sa.Connection, start: datetime, end: datetime) -> list[Touch]:
+def touches(
+    connection: sa.Connection, start: datetime, end: datetime, *, erased: bool = False
+) -> list[Touch]:
     """Sends accepted and holdout decisions of the runs decided in ``[start, end)``, of
-    customers still held. An erased customer's orders lost their customer (they are guest
-    lines now) and the touch names a stand-in: counted, it was a unit that never ordered, and
-    every buyer who asked to be erased took a conversion off their group for good. Their
-    outcome is unknown, so they are no unit of either group."""
+    customers still held (``erased``: of customers erased since, to count them). An erased
+    customer's orders lost their customer (they are guest lines now) and the touch names a
+    stand-in: counted, it was a unit that never ordered, and every buyer who asked to be
+    erased took a conversion off their group for good. Their outcome is unknown, so they are
+    no unit of either group."""
     o, d = outbox.c, decisions.c
     sent = sa.select(o.campaign, o.customer_id, o.created_at, o.variant, o.send_key).where(
         o.state.in_(TREATED_STATES),
         o.created_at >= start,
         o.created_at < end,
-        _held(o.customer_id),
+        _held(o.customer_id, erased),
     )
     found = [
         Touch(r.campaign, r.customer_id, r.created_at, False, r.variant, r.send_key)
         for r in connection.execute(sent)
     ]
     held = sa.select(d.campaign, d.customer_id, d.decided_at, d.run_key).where(
-        d.outcome == "holdout", d.decided_at >= start, d.decided_at < end, _held(d.customer_id)
+        d.outcome == "holdout",
+        d.decided_at >= start,
+        d.decided_at < end,
+        _held(d.customer_id, erased),
     )
     found += [
         Touch(r.campaign, r.customer_id, r.decided_at, True, None, r.run_key)

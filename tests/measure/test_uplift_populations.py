@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from recocamp import privacy
 from recocamp.domain import Customer, Item, OutgoingEmail, Purchase
-from recocamp.measure import jobs
+from recocamp.measure import jobs, report
 from recocamp.measure.attribution import Uplift
 from recocamp.settings import MeasureSettings, Settings, ShopSettings
 from recocamp.store import decisions as decisions_store
@@ -90,3 +90,21 @@ def test_an_erased_customer_is_no_unit_of_either_group(
     assert (after.treated.units, after.treated.converted) == (3, 2)
     assert (after.control.units, after.control.converted) == (4, 2)
     assert after.comparisons["conversion_rate"].absolute == pytest.approx(2 / 3 - 2 / 4)
+
+
+def test_the_report_says_how_many_units_erasure_took_from_each_group(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Left out silently, a group shrinks for no visible reason, and erasures that cluster in
+    one group (mailed customers who asked to be forgotten after the e-mail) go unseen."""
+    _run(engine, {"m1": 1, "m2": 2, "m3": 3, "h1": 1, "h2": 2})
+    for customer in ("m1", "m4", "h3"):
+        assert privacy.erase(engine, settings, customer, AS_OF - timedelta(days=1), "test")
+    data = jobs.gather(engine, settings, AS_OF, AS_OF)
+    overall = next(u for u in data.uplifts if u.variant is None)
+    assert overall.erased == (2, 1)
+    assert (overall.treated.units, overall.control.units) == (2, 3)
+    summary = report.summary(data)["campaigns"][0]
+    assert summary["erased_units"] == {"treated": 2, "control": 1}
+    html = report.render_html(data)
+    assert "2 mailed and 1 held-out winback touches" in html
