@@ -17,6 +17,7 @@ from recocamp.measure import jobs, report
 from recocamp.measure.attribution import Uplift
 from recocamp.settings import MeasureSettings, Settings, ShopSettings
 from recocamp.store import decisions as decisions_store
+from recocamp.store import measure as measure_store
 from recocamp.store import outbox, queries
 from recocamp.store.schema import outbox as outbox_table
 
@@ -108,3 +109,32 @@ def test_the_report_says_how_many_units_erasure_took_from_each_group(
     assert summary["erased_units"] == {"treated": 2, "control": 1}
     html = report.render_html(data)
     assert "2 mailed and 1 held-out winback touches" in html
+
+
+def test_an_erased_recipient_still_counts_as_sent_in_their_survey(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Erasure rewrites the send key (it holds the customer id); the survey is the key's
+    period, so the rewritten key dropped the e-mail from its survey's "sent" (a response
+    rate too high) and counted it in a survey named after the outbox row's id."""
+    people = [Customer(c, f"{c}@example.test") for c in ("n1", "n2", "n3")]
+    emails = [
+        (
+            OutgoingEmail(
+                f"nps/{c}/2026-01-05", f"{c}@example.test", "s", "h", "t", campaign="nps"
+            ),
+            c,
+            None,
+            RUN,
+        )
+        for c in ("n1", "n2", "n3")
+    ]
+    with engine.begin() as connection:
+        queries.upsert_customers(connection, people, RUN - timedelta(days=30))
+        outbox.enqueue(connection, emails, RUN)
+        connection.execute(sa.update(outbox_table).values(state="delivered", sent_at=RUN))
+    assert privacy.erase(engine, settings, "n2", AS_OF, "test")
+    with engine.connect() as connection:
+        assert measure_store.surveys_sent(connection, ["nps"]) == {"nps/2026-01-05": 3}
+        keys = connection.execute(sa.select(outbox_table.c.send_key)).scalars().all()
+    assert not any("n2" in key for key in keys)  # the customer id is still gone
