@@ -569,6 +569,22 @@ def test_the_lifetime_value_says_what_it_is_and_over_which_window() -> None:
     assert "365-day window" in words
 
 
+def test_a_churn_rate_the_history_is_too_short_for_says_so() -> None:
+    """A 365-day churn needs 730 days of orders; a dash alone read like a figure lost."""
+    data = _data()
+    short = {
+        k: ({**v, "churn_rate": None, "clv": None} if k[1] == 365 else v)
+        for k, v in data.kpi_history.items()
+    }
+    html = report.render_html(dataclasses.replace(data, kpi_history=short))
+
+    def cards(page: str) -> str:
+        return _visible(page.split('<div class="cards">')[1].split('<div class="scroll">')[0])
+
+    assert cards(html).count("needs 730 days of orders") == 2  # churn rate and lifetime value
+    assert "needs" not in cards(_page())
+
+
 def test_every_uplift_panel_says_it_plots_a_difference() -> None:
     """The panels plot mailed − holdout: a title naming only the metric ("Revenue per
     recipient (GBP)") made +£5 of uplift read as £5 of revenue per recipient."""
