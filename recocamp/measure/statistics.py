@@ -234,14 +234,19 @@ def nps_interval(
     """Adjusted Wald interval of the NPS on the −100…100 scale (Rocks 2016, the method he
     found best): ¾ promoter, ¾ detractor and 1½ passive added (n + 3), then the normal
     interval of the difference of two shares of one multinomial sample, variance
-    (p + d − (p − d)²) / n; clipped to the scale. The plain Wald interval has no width when
-    every answer is of one kind: a single promoter read "100 … 100" at 95 %."""
+    (p + d − (p − d)²) / n; widened to hold the observed score, clipped to the scale. The
+    plain Wald interval has no width when every answer is of one kind: a single promoter
+    read "100 … 100" at 95 %."""
     if responses <= 0 or promoters + detractors > responses or min(promoters, detractors) < 0:
         raise ValueError(f"bad NPS counts: {promoters} + {detractors} of {responses}")
     n = responses + 3
     p, d = (promoters + 0.75) / n, (detractors + 0.75) / n
     half = z_value(confidence) * math.sqrt((p + d - (p - d) ** 2) / n)
-    return Interval(max(-100.0, 100 * (p - d - half)), min(100.0, 100 * (p - d + half)))
+    # centred on the adjusted shares, a few answers all of one kind end it short of the
+    # observed score (one promoter: … 98.5 for an NPS of 100): widened to hold it
+    observed = 100 * (promoters - detractors) / responses
+    low, high = min(100 * (p - d - half), observed), max(100 * (p - d + half), observed)
+    return Interval(max(-100.0, low), min(100.0, high))
 
 
 def _check_counts(successes: float, trials: float) -> None:

@@ -195,9 +195,15 @@ def test_an_nps_interval_of_one_kind_of_answer_is_no_certainty() -> None:
     """The plain Wald interval has no width when every answer is of one kind: one promoter
     said "100 … 100" with 95 % confidence, a single detractor "−100 … −100"."""
     one = stats.nps_interval(1, 0, 1)
-    assert close(one, -48.4986, 98.4986)
+    assert close(one, -48.4986, 100.0)  # adjusted up to 98.5, widened to the score itself
     assert stats.nps_interval(0, 1, 1) == Interval(-one.high, -one.low)
     assert stats.nps_interval(0, 0, 2).contains(0.0) and stats.nps_interval(0, 0, 2).high > 0
+    for n in range(1, 13):  # every small sample's interval holds its own score, with a width
+        for promoters in range(n + 1):
+            for detractors in range(n - promoters + 1):
+                found = stats.nps_interval(promoters, detractors, n)
+                assert found.contains(100 * (promoters - detractors) / n)
+                assert found.high - found.low > 10
     with pytest.raises(ValueError, match="bad NPS counts"):
         stats.nps_interval(60, 50, 100)
 

@@ -648,6 +648,21 @@ def test_one_month_of_nps_is_a_number_not_a_line() -> None:
     assert "one month with answers so far" in html
 
 
+def test_a_month_of_a_single_answer_is_drawn_with_its_interval() -> None:
+    """The adjusted NPS interval is centred on the adjusted shares: a month of one promoter
+    (NPS 100) ended its interval at 98.5, below the score, and the chart's error bar of
+    −1.5 made matplotlib refuse to draw the whole report."""
+    months = [
+        (date(2011, 9, 1), measure.nps([10])),
+        (date(2011, 10, 1), measure.nps([0, 3])),
+        (date(2011, 11, 1), measure.nps([10, 9, 3] * 20)),
+    ]
+    for _, n in months:
+        assert n.score is not None and n.interval is not None and n.interval.contains(n.score)
+    data = dataclasses.replace(_data(), nps=report.NpsSection(months[-1][1], [], months))
+    assert "NPS per month" in _chart(report.render_html(data), "nps")
+
+
 def test_date_axes_name_their_months() -> None:
     """Seven weeks of KPIs: day ticks that name their month ("15 Oct", never a bare "15"
     beside "Oct"), the year once, never "2011-Nov"."""
