@@ -134,6 +134,12 @@ def _print_tables(data: report.Data) -> None:
             "window (last touch)",
         )
     )
+    if data.sends_left_out:
+        console.print(
+            f"{data.sends_left_out:,} e-mails of runs whose decisions were deleted ([privacy] "
+            "decisions_days) are left out: their holdout is gone",
+            highlight=False,
+        )
     for table in (
         _kpi_table(data),
         _changes_table(data),

@@ -15,7 +15,7 @@ from recocamp import privacy
 from recocamp.domain import Customer, Item, OutgoingEmail, Purchase
 from recocamp.measure import jobs, report
 from recocamp.measure.attribution import Uplift
-from recocamp.settings import MeasureSettings, Settings, ShopSettings
+from recocamp.settings import MeasureSettings, PrivacySettings, Settings, ShopSettings
 from recocamp.store import decisions as decisions_store
 from recocamp.store import measure as measure_store
 from recocamp.store import outbox, queries
@@ -138,3 +138,44 @@ def test_an_erased_recipient_still_counts_as_sent_in_their_survey(
         assert measure_store.surveys_sent(connection, ["nps"]) == {"nps/2026-01-05": 3}
         keys = connection.execute(sa.select(outbox_table.c.send_key)).scalars().all()
     assert not any("n2" in key for key in keys)  # the customer id is still gone
+
+
+def test_runs_whose_holdout_the_retention_deleted_are_left_out_of_both_groups(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Decisions (the holdout) are deleted after ``[privacy] decisions_days``; sends stay in
+    the outbox. With 30 days of decisions and a 90-day report, a run of 56 days ago kept
+    its mailed customers and lost its held-out ones: the mailed group held two runs, the
+    holdout one (other weeks, other seasons, other customers). A run whose decisions are
+    kept is measured whatever the clock says (the demo's runs are simulated in 2011)."""
+    settings = settings.model_copy(update={"privacy": PrivacySettings(decisions_days=30)})
+    old = RUN - timedelta(days=41)
+    people = [Customer(f"o{c}", f"o{c}@example.test") for c in MAILED + HELD]
+    emails = [
+        (
+            OutgoingEmail(
+                f"winback/o{c}/x", f"o{c}@example.test", "s", "h", "t", campaign="winback"
+            ),
+            f"o{c}",
+            None,
+            old,
+        )
+        for c in MAILED
+    ]
+    held = [
+        decisions_store.DecisionRow("winback", f"o{c}", "holdout", "holdout", None, True)
+        for c in HELD
+    ]
+    with engine.begin() as connection:
+        queries.upsert_customers(connection, people, old - timedelta(days=30))
+        outbox.enqueue(connection, emails, old)
+        decisions_store.record(connection, "winback/old", held, old)
+    _run(engine, {"m1": 1, "h1": 1})  # also marks every e-mail delivered
+    privacy.purge(engine, settings, AS_OF)
+    data = jobs.gather(engine, settings, AS_OF, AS_OF)
+    overall = next(u for u in data.uplifts if u.variant is None)
+    assert (overall.treated.units, overall.control.units) == (4, 4)
+    assert data.sends_left_out == 4 and report.summary(data)["sends_left_out"] == 4
+    assert "4 e-mails of runs whose decisions were deleted" in report.render_html(data)
+    before = jobs.gather(engine, settings, AS_OF - timedelta(days=10), AS_OF)
+    assert before.sends_left_out == 4  # a report as of an earlier day: the same rule
