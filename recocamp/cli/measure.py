@@ -59,7 +59,9 @@ def kpis(
         with engine_for(settings).connect() as connection:
             rows = queries.order_totals(connection, end - timedelta(days=2 * days), end)
             latest = queries.latest_order_time(connection)
-        result = kpi_module.compute([kpi_module.OrderTotal(*row) for row in rows], end, days)
+            first = queries.first_order_time(connection)
+        totals = [kpi_module.OrderTotal(*row) for row in rows]
+        result = kpi_module.compute(totals, end, days, data_start=first)
     empty = _empty_window_note(result, latest, settings.shop.zone)
     if format is Output.json:
         print_json(result.as_dict(), indent=2)
@@ -132,6 +134,12 @@ def _print_tables(data: report.Data) -> None:
             "window (last touch)",
         )
     )
+    if data.sends_left_out:
+        console.print(
+            f"{data.sends_left_out:,} e-mails of runs whose decisions were deleted ([privacy] "
+            "decisions_days) are left out: their holdout is gone",
+            highlight=False,
+        )
     for table in (
         _kpi_table(data),
         _changes_table(data),

@@ -178,6 +178,7 @@ class Uplift:
     against: str = "holdout"
     pending: int = 0
     switched: int = 0  # customers left out: found in both groups compared (see ``uplifts``)
+    erased: tuple[int, int] = (0, 0)  # (mailed, held-out) units left out: customer erased
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,10 +229,13 @@ def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
             f"not enough data yet: {t.customers} mailed customers and {c.customers} in "
             f"{other}, at least {max(smallest, 2)} each needed"
         )
-    if t.converted + c.converted < thresholds.min_conversions:
+    # one at least, whatever ``min_conversions`` says (0 is allowed): without an order in
+    # either group neither has any spread, and the per-recipient intervals were 0.00 … 0.00
+    needed = max(thresholds.min_conversions, 1)
+    if t.converted + c.converted < needed:
         return (
             f"not enough data yet: {t.converted + c.converted} conversions, at least "
-            f"{thresholds.min_conversions} needed"
+            f"{needed} needed"
         )
     return ""
 
@@ -283,7 +287,10 @@ def closed(
 
 
 def uplifts(
-    results: Sequence[Result], thresholds: Thresholds, pending: Mapping[str, int] | None = None
+    results: Sequence[Result],
+    thresholds: Thresholds,
+    pending: Mapping[str, int] | None = None,
+    erased: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[Uplift]:
     """Per campaign: all variants against the holdout, each variant against the holdout, and
     each pair of variants against each other (the first named is the control).
@@ -292,7 +299,9 @@ def uplifts(
     variants' weights change: then a customer can be mailed one week and held out the next,
     and the holdout holds customers the campaign already mailed (their e-mails' effect
     included). Such customers are left out of both groups compared, and counted
-    (``switched``); before, they were counted in both."""
+    (``switched``); before, they were counted in both. ``erased``: per campaign, the
+    (mailed, held-out) units whose customer was erased since, left out before (see
+    ``store.measure.touches``) and told with the campaign's overall row."""
     by_campaign: dict[str, list[Result]] = defaultdict(list)
     for result in results:
         by_campaign[result.touch.campaign].append(result)
@@ -304,7 +313,8 @@ def uplifts(
         treated = [r for r in rows if not r.touch.holdout]
         overall = compare(campaign, None, treated, holdout, thresholds)
         waiting = (pending or {}).get(campaign, 0)
-        found.append(replace(overall, pending=waiting, switched=len(crossed)))
+        gone = (erased or {}).get(campaign, (0, 0))
+        found.append(replace(overall, pending=waiting, switched=len(crossed), erased=gone))
         mixed = _in_two_groups(treated, lambda touch: touch.variant)
         variants = sorted({r.touch.variant for r in treated if r.touch.variant is not None})
         arms = {

@@ -118,6 +118,7 @@ def backfill(
         have = set() if replace else store.snapshot_keys(connection, first, last)
         have_segments = set() if replace else store.segment_days(connection, first, last)
         unsegmented = store.unsegmented(connection)
+        data_start = queries.first_order_time(connection)
         orders = sorted(
             queries.order_totals(connection, EPOCH, day_end(last, zone)), key=lambda row: row[2]
         )
@@ -135,7 +136,8 @@ def backfill(
             for window in windows:
                 if (day, window) not in have:
                     found = _window(totals, times, as_of, window)
-                    kpi_rows.append(_kpi_row(day, kpis.compute(found, as_of, window), now))
+                    result = kpis.compute(found, as_of, window, data_start)
+                    kpi_rows.append(_kpi_row(day, result, now))
             if day not in have_segments:
                 sizes = sorted(segments.sizes(as_of).items())
                 segment_rows += [
@@ -218,6 +220,8 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
     first_day = latest - timedelta(days=m.history_days)
     with engine.connect() as connection:
         touches = store.touches(connection, start, as_of)
+        erased = store.touches(connection, start, as_of, erased=True)
+        left_out = store.sends_left_out(connection, start, as_of)
         orders = [OrderTotal(*row) for row in queries.order_totals(connection, EPOCH, as_of)]
         reasons = labels.by_code(store.decision_reasons(connection, start, as_of))
         history = store.kpi_history(connection, first_day, latest)
@@ -229,6 +233,7 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
     done, _ = measure.closed(results, as_of, window)
     pending = Counter(r.touch.campaign for r in results if as_of - window < r.touch.at < as_of)
     thresholds = Thresholds(m.min_group_size, m.min_conversions, m.confidence)
+    gone = _erased_units(erased, as_of, window)
     day = max((d for d, _ in history), default=None)
     return report.Data(
         shop=settings.shop.name,
@@ -238,8 +243,9 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         generated_at=now,
         attribution_days=m.attribution_window_days,
         report_days=m.report_days,
+        sends_left_out=left_out,
         confidence=m.confidence,
-        uplifts=measure.uplifts(done, thresholds, pending),
+        uplifts=measure.uplifts(done, thresholds, pending, gone),
         reasons=reasons,
         kpi_history=history,
         latest_day=day,
@@ -250,6 +256,19 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         nps=_nps(answered, sent, as_of, m.report_days, m.nps_min_responses, m.confidence, zone),
         forecasts=forecasts(engine, settings, as_of),
     )
+
+
+def _erased_units(
+    touches: Sequence[measure.Touch], as_of: datetime, window: timedelta
+) -> dict[str, tuple[int, int]]:
+    """Per campaign, the (mailed, held-out) touches of erased customers whose window closed
+    by ``as_of``: the units the uplift would have counted had they not been erased."""
+    found: dict[str, tuple[int, int]] = {}
+    for touch in touches:
+        if touch.at + window <= as_of:
+            mailed, held = found.get(touch.campaign, (0, 0))
+            found[touch.campaign] = (mailed, held + 1) if touch.holdout else (mailed + 1, held)
+    return found
 
 
 def forecasts(engine: Engine, settings: Settings, as_of: datetime) -> report.ForecastSection:

@@ -13,7 +13,11 @@ Window ``W`` days ending at ``as_of`` (exclusive), previous window ``[as_of − 
 - clv = average_order_value × purchase_frequency / churn_rate (revenue per customer over the
   expected lifetime, in units of W; ``None`` when churn_rate is 0).
 
-Ratios whose denominator is zero are ``None`` rather than a made-up 0.
+Ratios whose denominator is zero are ``None`` rather than a made-up 0. So are churn_rate and
+clv when the history (``data_start``, the first order on record) starts after the previous
+window does: its customers would be only those of the days the history reaches, not the
+previous window's (on UCI, from 2010-12-01, the 365-day churn of 2011-12-09 came from 9
+days of orders: 12.9 %, and a CLV of 15,616 from it).
 """
 
 from __future__ import annotations
@@ -58,11 +62,18 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def compute(orders: Iterable[OrderTotal], as_of: datetime, window_days: int) -> Kpis:
-    """KPIs for the window ending at ``as_of``; ``orders`` must cover ``[as_of − 2W, as_of)``."""
+def compute(
+    orders: Iterable[OrderTotal],
+    as_of: datetime,
+    window_days: int,
+    data_start: datetime | None = None,
+) -> Kpis:
+    """KPIs for the window ending at ``as_of``; ``orders`` must cover ``[as_of − 2W, as_of)``
+    and ``data_start`` is the first order on record (None: the orders cover both windows)."""
     as_of = as_of.astimezone(UTC)  # windows are W × 24 h before an instant, whatever its zone
     window = timedelta(days=window_days)
     start, previous_start = as_of - window, as_of - 2 * window
+    partial = data_start is not None and data_start > previous_start
     per_customer: Counter[str] = Counter()
     previous_customers: set[str] = set()
     revenue = 0.0
@@ -81,7 +92,7 @@ def compute(orders: Iterable[OrderTotal], as_of: datetime, window_days: int) -> 
     frequency = _ratio(count, customers)
     aov = _ratio(revenue, count)
     churned = len(previous_customers - per_customer.keys())
-    churn = _ratio(churned, len(previous_customers))
+    churn = None if partial else _ratio(churned, len(previous_customers))
     clv = aov * frequency / churn if aov is not None and frequency is not None and churn else None
     return Kpis(
         as_of=as_of,

@@ -190,6 +190,9 @@ class Data:
     models: list[ModelPoint]
     nps: NpsSection
     forecasts: ForecastSection = field(default_factory=ForecastSection)
+    # e-mails of runs whose decisions (their holdout) were deleted after ``[privacy]
+    # decisions_days``: no unit of any group (``store.measure.touches``)
+    sends_left_out: int = 0
 
 
 # --- charts ------------------------------------------------------------------------------
@@ -670,6 +673,7 @@ def summary(data: Data) -> dict[str, Any]:
         "generated_at": data.generated_at.isoformat(),
         "attribution_window_days": data.attribution_days,
         "report_days": data.report_days,
+        "sends_left_out": data.sends_left_out,
         "confidence": data.confidence,
         "campaigns": [_uplift_json(u) for u in data.uplifts],
         "kpis": {
@@ -793,6 +797,7 @@ def _uplift_json(uplift: Uplift) -> dict[str, Any]:
         "note": uplift.note,
         "pending": uplift.pending,
         "switched_customers": uplift.switched,
+        "erased_units": {"treated": uplift.erased[0], "control": uplift.erased[1]},
         **groups,
         "metrics": {
             name: {

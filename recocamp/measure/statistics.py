@@ -16,8 +16,9 @@ The methods, chosen because they behave well at the small rates and group sizes 
   interval (Fieller 1954) with the same Welch t quantile, so it contains 1 exactly when
   Welch's interval of the difference contains 0: the absolute and the relative uplift never
   disagree about "no effect" (the delta method on the log ratio can, with skewed revenue).
-- the **Net Promoter Score** (% promoters − % detractors): the normal interval of a
-  difference of two multinomial shares, variance (p + d − (p − d)²) / n.
+- the **Net Promoter Score** (% promoters − % detractors): the adjusted Wald interval of a
+  difference of two multinomial shares (Rocks 2016: ¾ promoter and ¾ detractor added to
+  n + 3), which keeps a width when every answer is of one kind.
 
 **Units in clusters.** A campaign's units are touches, but the holdout and the A/B variant
 are drawn per customer (a stable hash), so a customer mailed weekly is a dozen touches that
@@ -230,13 +231,22 @@ def ratio_of_means(
 def nps_interval(
     promoters: int, detractors: int, responses: int, confidence: float = CONFIDENCE
 ) -> Interval:
-    """Normal interval of the NPS on the −100…100 scale: the difference of two shares of one
-    multinomial sample, variance (p + d − (p − d)²) / n; clipped to the scale."""
+    """Adjusted Wald interval of the NPS on the −100…100 scale (Rocks 2016, the method he
+    found best): ¾ promoter, ¾ detractor and 1½ passive added (n + 3), then the normal
+    interval of the difference of two shares of one multinomial sample, variance
+    (p + d − (p − d)²) / n; widened to hold the observed score, clipped to the scale. The
+    plain Wald interval has no width when every answer is of one kind: a single promoter
+    read "100 … 100" at 95 %."""
     if responses <= 0 or promoters + detractors > responses or min(promoters, detractors) < 0:
         raise ValueError(f"bad NPS counts: {promoters} + {detractors} of {responses}")
-    p, d = promoters / responses, detractors / responses
-    half = z_value(confidence) * math.sqrt((p + d - (p - d) ** 2) / responses)
-    return Interval(max(-100.0, 100 * (p - d - half)), min(100.0, 100 * (p - d + half)))
+    n = responses + 3
+    p, d = (promoters + 0.75) / n, (detractors + 0.75) / n
+    half = z_value(confidence) * math.sqrt((p + d - (p - d) ** 2) / n)
+    # centred on the adjusted shares, a few answers all of one kind end it short of the
+    # observed score (one promoter: … 98.5 for an NPS of 100): widened to hold it
+    observed = 100 * (promoters - detractors) / responses
+    low, high = min(100 * (p - d - half), observed), max(100 * (p - d + half), observed)
+    return Interval(max(-100.0, low), min(100.0, high))
 
 
 def _check_counts(successes: float, trials: float) -> None:

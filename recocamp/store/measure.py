@@ -58,24 +58,68 @@ KPI_COLUMNS = (
 REPORTS_KEPT = 30
 
 
-def touches(connection: sa.Connection, start: datetime, end: datetime) -> list[Touch]:
-    """Sends accepted and holdout decisions of the runs decided in ``[start, end)``."""
+def _held(customer_id: sa.ColumnElement[Any], erased: bool) -> sa.ColumnElement[bool]:
+    """The touch's customer is still held (not erased), or is not (``erased``)."""
+    c = customers.c
+    held = sa.exists().where(c.id == customer_id, c.erased_at.is_(None))
+    return sa.not_(held) if erased else held
+
+
+def _decided() -> sa.ColumnElement[bool]:
+    """The e-mail's run still has its decisions: it is not older than its campaign's oldest
+    decision kept. Decisions (the holdout among them) are deleted after ``[privacy]
+    decisions_days``, e-mails are kept: a run older than that has lost its holdout and kept
+    its mailed customers."""
+    o, d = outbox.c, decisions.c
+    first = sa.select(sa.func.min(d.decided_at)).where(d.campaign == o.campaign)
+    return o.created_at >= first.scalar_subquery()
+
+
+def _accepted(start: datetime, end: datetime) -> list[sa.ColumnElement[bool]]:
+    o = outbox.c
+    return [o.state.in_(TREATED_STATES), o.created_at >= start, o.created_at < end]
+
+
+def touches(
+    connection: sa.Connection, start: datetime, end: datetime, *, erased: bool = False
+) -> list[Touch]:
+    """Sends accepted and holdout decisions of the runs decided in ``[start, end)``, of
+    customers still held (``erased``: of customers erased since, to count them), and of runs
+    whose decisions are kept (see ``_decided``; :func:`sends_left_out` counts the others).
+    An erased customer's orders lost their customer (they are guest lines now) and the touch
+    names a stand-in: counted, it was a unit that never ordered, and every buyer who asked
+    to be erased took a conversion off their group for good. Their outcome is unknown, so
+    they are no unit of either group."""
     o, d = outbox.c, decisions.c
     sent = sa.select(o.campaign, o.customer_id, o.created_at, o.variant, o.send_key).where(
-        o.state.in_(TREATED_STATES), o.created_at >= start, o.created_at < end
+        *_accepted(start, end), _held(o.customer_id, erased), _decided()
     )
     found = [
         Touch(r.campaign, r.customer_id, r.created_at, False, r.variant, r.send_key)
         for r in connection.execute(sent)
     ]
     held = sa.select(d.campaign, d.customer_id, d.decided_at, d.run_key).where(
-        d.outcome == "holdout", d.decided_at >= start, d.decided_at < end
+        d.outcome == "holdout",
+        d.decided_at >= start,
+        d.decided_at < end,
+        _held(d.customer_id, erased),
     )
     found += [
         Touch(r.campaign, r.customer_id, r.decided_at, True, None, r.run_key)
         for r in connection.execute(held)
     ]
     return found
+
+
+def sends_left_out(connection: sa.Connection, start: datetime, end: datetime) -> int:
+    """Sends accepted in ``[start, end)`` of runs whose decisions were deleted since (a
+    run's decisions are the holdout it is measured against)."""
+    query = (
+        sa.select(sa.func.count())
+        .select_from(outbox)
+        .where(*_accepted(start, end), sa.not_(sa.func.coalesce(_decided(), False)))
+    )
+    return int(connection.execute(query).scalar_one())
 
 
 def decision_reasons(

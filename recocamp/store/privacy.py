@@ -254,8 +254,18 @@ def stand_in_decisions(connection: sa.Connection, tie: Ties, person: Person) -> 
 
 def blank_emails(connection: sa.Connection, tie: Ties, person: Person) -> int:
     """E-mails name the stand-in and lose address, subject, body, provider id and error (and
-    their send key, which holds the customer id); those not sent yet are cancelled."""
+    their send key ``campaign/customer/period``, which holds the customer id: it becomes
+    ``erased/<stand-in>/<row id>/<period>``, keeping the period, which names the mailing and
+    an NPS survey's "sent"); those not sent yet are cancelled."""
     o = tie.table.c
+    found = connection.execute(sa.select(o.id, o.send_key).where(person.where(tie))).all()
+    keys = [
+        {"row": row_id, "key": f"erased/{person.stand_in}/{row_id}/{key.rpartition('/')[2]}"}
+        for row_id, key in found
+    ]
+    if keys:
+        rekey = sa.update(tie.table).where(o.id == sa.bindparam("row"))
+        connection.execute(rekey.values(send_key=sa.bindparam("key")), keys)
     state = sa.case((o.state.in_(("queued", "claimed")), "cancelled"), else_=o.state)
     return _count(
         connection.execute(
@@ -267,7 +277,6 @@ def blank_emails(connection: sa.Connection, tie: Ties, person: Person) -> int:
                 subject="",
                 body=empty_body(),
                 state=state,
-                send_key=sa.literal(f"erased/{person.stand_in}/") + sa.cast(o.id, sa.String),
                 provider_message_id=None,
                 last_error=None,
             )

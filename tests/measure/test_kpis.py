@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 
 from recocamp.data.ingest import Importer
 from recocamp.domain import Purchase
-from recocamp.measure import kpis
+from recocamp.measure import jobs, kpis
+from recocamp.settings import MeasureSettings, Settings
+from recocamp.store import measure as measure_store
 from recocamp.store import queries
 from recocamp.store.engine import make_engine, upgrade
 from tests.conftest import NOW, UCI
@@ -76,6 +78,50 @@ def test_order_totals_count_only_purchase_lines(engine: sa.Engine) -> None:
         totals = queries.order_totals(connection, AS_OF - timedelta(days=30), AS_OF)
     assert sorted((o, c, r) for o, c, _, r in totals) == [("o1", "a", 25.0), ("o2", None, 10.0)]
     assert all(t.tzinfo is not None for _, _, t, _ in totals)
+
+
+def test_no_churn_rate_from_an_earlier_window_the_history_barely_reaches() -> None:
+    """The history starts 35 days before as_of: the earlier 30-day window holds its first 5
+    days only. Its customers are not "the customers of the earlier window" but the few who
+    happened to order in those days: on UCI (from 2010-12-01) the 365-day churn of
+    2011-12-09 came from its first 9 days, 12.9 %, and the report's headline CLV, £15,616,
+    from that."""
+    orders = [order("p1", "a", 35, 10), order("p2", "b", 34, 10), order("o1", "b", 3, 10)]
+    assert kpis.compute(orders, AS_OF, 30).churn_rate == pytest.approx(0.5)  # no start told
+    start = AS_OF - timedelta(days=35)
+    partial = kpis.compute(orders, AS_OF, 30, data_start=start)
+    assert partial.churn_rate is None and partial.clv is None
+    assert partial.orders == 1 and partial.customers == 1  # the window itself is covered
+    covered = kpis.compute(orders, AS_OF, 30, data_start=AS_OF - timedelta(days=60))
+    assert covered.churn_rate == pytest.approx(0.5)  # the start of the earlier window: covered
+
+
+def test_the_kpis_command_and_the_snapshots_know_where_the_history_starts(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [
+        Purchase("p1", 1, "a", "i1", 1, 10.0, AS_OF - timedelta(days=35)),
+        Purchase("p2", 1, "b", "i1", 1, 10.0, AS_OF - timedelta(days=34)),
+        Purchase("o1", 1, "b", "i1", 1, 10.0, AS_OF - timedelta(days=3)),
+    ]
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, lines, None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", str(engine.url))
+    from recocamp.cli import app
+
+    result = CliRunner().invoke(
+        app, ["kpis", "--as-of", "2024-07-01", "--window-days", "30", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["orders"] == 1 and figures["churn_rate"] is None and figures["clv"] is None
+    settings = Settings(measure=MeasureSettings(snapshot_window_days=(30,), restate_days=0))
+    day = (AS_OF - timedelta(days=1)).date()
+    jobs.backfill(engine, settings, day, day, NOW)
+    with engine.connect() as connection:
+        snapshot = measure_store.kpi_history(connection, day, day)[(day, 30)]
+    assert snapshot == {k: figures[k] for k in snapshot}
 
 
 @pytest.fixture(scope="session")

@@ -185,9 +185,25 @@ def test_relative_and_absolute_uplift_agree_about_zero(a: list[float], b: list[f
 
 
 def test_nps_interval_by_hand() -> None:
-    # 50 promoters, 20 detractors of 100: NPS 30, se = sqrt((0.5 + 0.2 - 0.09) / 100) = 0.07810
-    assert close(stats.nps_interval(50, 20, 100), 14.6922, 45.3078)
-    assert stats.nps_interval(100, 0, 100) == Interval(100.0, 100.0)
+    # adjusted Wald (Rocks 2016): 50.75 promoters and 20.75 detractors of 103, p − d = 0.29126,
+    # se = sqrt((0.49272 + 0.20146 − 0.29126²) / 103) = 0.07692
+    assert close(stats.nps_interval(50, 20, 100), 14.0511, 44.2013)
+    assert close(stats.nps_interval(100, 0, 100), 93.0901, 100.0)  # clipped to the scale
+
+
+def test_an_nps_interval_of_one_kind_of_answer_is_no_certainty() -> None:
+    """The plain Wald interval has no width when every answer is of one kind: one promoter
+    said "100 … 100" with 95 % confidence, a single detractor "−100 … −100"."""
+    one = stats.nps_interval(1, 0, 1)
+    assert close(one, -48.4986, 100.0)  # adjusted up to 98.5, widened to the score itself
+    assert stats.nps_interval(0, 1, 1) == Interval(-one.high, -one.low)
+    assert stats.nps_interval(0, 0, 2).contains(0.0) and stats.nps_interval(0, 0, 2).high > 0
+    for n in range(1, 13):  # every small sample's interval holds its own score, with a width
+        for promoters in range(n + 1):
+            for detractors in range(n - promoters + 1):
+                found = stats.nps_interval(promoters, detractors, n)
+                assert found.contains(100 * (promoters - detractors) / n)
+                assert found.high - found.low > 10
     with pytest.raises(ValueError, match="bad NPS counts"):
         stats.nps_interval(60, 50, 100)
 
@@ -429,6 +445,21 @@ def test_not_enough_data_yet() -> None:
     assert rare.treated.converted == 4 and rare.control.units == 500
     survey = measure.compare("nps", None, units(500, 0, False), [], Thresholds(100, 10))
     assert not survey.enough and "holds nobody out" in survey.note
+
+
+def test_no_conversion_at_all_is_no_measurement_whatever_min_conversions_says() -> None:
+    """``min_conversions = 0`` (allowed): 500 customers a group and not one order gave revenue
+    and orders per recipient an uplift of "+0.00, interval 0.00 … 0.00", certainty from a
+    group without a single order (both groups without spread)."""
+    nothing = measure.compare(
+        "w", None, units(500, 0, False), units(500, 0, True), Thresholds(100, 0)
+    )
+    assert not nothing.enough and nothing.comparisons == {}
+    assert nothing.note == "not enough data yet: 0 conversions, at least 1 needed"
+    one = measure.compare("w", None, units(500, 1, False), units(500, 0, True), Thresholds(100, 0))
+    assert one.enough
+    revenue = one.comparisons["revenue_per_recipient"].absolute_interval
+    assert revenue.low < 0 < revenue.high
 
 
 def test_variants_against_the_holdout_and_each_other() -> None:

@@ -257,7 +257,9 @@ def test_touches_and_decision_reasons_from_the_store(engine: sa.Engine) -> None:
         )
         for c, variant in (("a", "personal"), ("b", "urgency"), ("c", "personal"))
     ]
+    people = [Customer(c, f"{c}@example.test") for c in ("a", "b", "c", "h", "x", "y")]
     with engine.begin() as connection:
+        queries.upsert_customers(connection, people, run)  # touches are of customers held
         outbox.enqueue(connection, emails, run)
         connection.execute(
             sa.update(outbox_table)

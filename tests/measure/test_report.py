@@ -569,6 +569,22 @@ def test_the_lifetime_value_says_what_it_is_and_over_which_window() -> None:
     assert "365-day window" in words
 
 
+def test_a_churn_rate_the_history_is_too_short_for_says_so() -> None:
+    """A 365-day churn needs 730 days of orders; a dash alone read like a figure lost."""
+    data = _data()
+    short = {
+        k: ({**v, "churn_rate": None, "clv": None} if k[1] == 365 else v)
+        for k, v in data.kpi_history.items()
+    }
+    html = report.render_html(dataclasses.replace(data, kpi_history=short))
+
+    def cards(page: str) -> str:
+        return _visible(page.split('<div class="cards">')[1].split('<div class="scroll">')[0])
+
+    assert cards(html).count("needs 730 days of orders") == 2  # churn rate and lifetime value
+    assert "needs" not in cards(_page())
+
+
 def test_every_uplift_panel_says_it_plots_a_difference() -> None:
     """The panels plot mailed − holdout: a title naming only the metric ("Revenue per
     recipient (GBP)") made +£5 of uplift read as £5 of revenue per recipient."""
@@ -630,6 +646,21 @@ def test_one_month_of_nps_is_a_number_not_a_line() -> None:
     html = _page()
     assert "NPS per month" not in _chart(html, "nps")
     assert "one month with answers so far" in html
+
+
+def test_a_month_of_a_single_answer_is_drawn_with_its_interval() -> None:
+    """The adjusted NPS interval is centred on the adjusted shares: a month of one promoter
+    (NPS 100) ended its interval at 98.5, below the score, and the chart's error bar of
+    −1.5 made matplotlib refuse to draw the whole report."""
+    months = [
+        (date(2011, 9, 1), measure.nps([10])),
+        (date(2011, 10, 1), measure.nps([0, 3])),
+        (date(2011, 11, 1), measure.nps([10, 9, 3] * 20)),
+    ]
+    for _, n in months:
+        assert n.score is not None and n.interval is not None and n.interval.contains(n.score)
+    data = dataclasses.replace(_data(), nps=report.NpsSection(months[-1][1], [], months))
+    assert "NPS per month" in _chart(report.render_html(data), "nps")
 
 
 def test_date_axes_name_their_months() -> None:
