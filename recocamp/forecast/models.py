@@ -4,7 +4,10 @@
 - ``bgnbd``: the textbook BG/NBD model's conditional expectation.
 - ``rhythm`` (ours): a Poisson regression on what BG/NBD ignores — the customer's own rhythm
   and how overdue they are against it, purchase days in recent windows (30/90/180/365 days),
-  spend per purchase day, tenure — with BG/NBD's and the naive forecast as inputs. It learns
+  spend per purchase day, tenure — with BG/NBD's and the naive forecast as inputs, held at
+  prediction to the range each took in training (a feature nearly constant there, such as
+  BG/NBD's forecast where its fit found no heterogeneity, was otherwise divided by its tiny
+  spread and put e^30 on everybody: 90 purchase days of 90 on a young shop). It learns
   its weights on the window just before the cutoff (features at ``cutoff − H``, target the
   purchase days in ``[cutoff − H, cutoff)``) and the three before it (below). Where the
   history reaches a year and two horizons before the cutoff, the shop's seasonal level scales
@@ -150,7 +153,9 @@ def learnt_rhythm(
         return None
     train, target = stacked_windows(windows, lambda inner: _features(inner, horizon_days))
     regression = PoissonRegression.fit(train, target)
-    return regression.predict(at_latest_level(_features(history, horizon_days), len(windows)))
+    features = at_latest_level(_features(history, horizon_days), len(windows))
+    # within the training range: a feature (nearly) constant there has no slope to extrapolate
+    return regression.predict(np.clip(features, train.min(axis=0), train.max(axis=0)))
 
 
 def learnt_hurdle(
