@@ -69,3 +69,20 @@ def test_a_young_shops_live_forecast_does_not_extrapolate_a_near_constant_featur
     assert 60 < total < 250, (document["model"], total)
     assert max(row["expected_purchase_days"] for row in rows) < 15
     assert sum(row["churn_risk"] == "low" for row in rows) < len(rows) / 2
+
+
+def test_forecast_stored_without_one_keeps_stdout_for_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``recocamp forecast --stored --format json | jq`` before the first train job: "no
+    forecast stored yet" went to stdout, where a script reads the JSON document. An error
+    goes to stderr (``error: …``), stdout stays empty, exit 1."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common.clock, "now", lambda: NOW)
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["forecast", "--stored", "--format", "json"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "error: no forecast stored yet" in result.stderr
