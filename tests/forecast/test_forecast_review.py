@@ -8,10 +8,17 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from recocamp import forecast as f
 from recocamp.cli import app, common
+from recocamp.errors import ModelError
+from recocamp.forecast import models
+from recocamp.forecast.history import History
+from recocamp.settings import load_settings
+from recocamp.store.engine import make_engine
 from tests.conftest import uci_rows
 
 NOW = datetime(2011, 6, 10, 9, tzinfo=UTC)
@@ -87,3 +94,36 @@ def test_forecast_stored_without_one_keeps_stdout_for_json(
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "error: no forecast stored yet" in result.stderr
+
+
+def test_a_forecast_refused_for_values_that_are_not_numbers_names_no_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shop may use the e-mail address as its customer id. A forecast with a value that is
+    not a number is refused with "e.g. <customer>", and that text goes to the worker's run
+    counts (``forecast_error``, printed by the worker and ``recocamp runs``) and ``train``'s
+    output, where no address may appear: the id is masked."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text('database_url = "sqlite:///shop.db"\n')
+    lines = [
+        f"o{n},ann.{n % 3}@example.test,i1,1,10,2011-0{1 + n % 5}-{10 + n % 9}T12:00:00\n"
+        for n in range(30)
+    ]
+    (tmp_path / "purchases.csv").write_text(
+        "order_id,customer_id,item_id,quantity,unit_price,ordered_at\n" + "".join(lines)
+    )
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    done = runner.invoke(app, ["import", "purchases", "purchases.csv"])
+    assert done.exit_code == 0, done.output
+
+    def broken(purchases: f.PurchaseDays, history: History, horizon_days: int) -> np.ndarray:
+        return np.full(len(history.rows), np.nan)
+
+    for name in list(models.FORECASTERS):  # whichever is live
+        monkeypatch.setitem(models.FORECASTERS, name, broken)
+    settings = load_settings(tmp_path / "settings.toml")
+    with pytest.raises(ModelError) as refused:
+        f.refresh(make_engine(settings.database_url), settings, NOW)
+    assert "not numbers for 3 customer(s)" in str(refused.value)
+    assert "@" not in str(refused.value)
