@@ -59,12 +59,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "profiling_on": "yes: computed from your purchases",
         "profiling_off": "no: you objected to profiling, you see popular items only",
         "field_forecast": "Purchase forecast",
-        "forecast_low": "We estimate that you are likely to order again within the next "
-        "{days} days.",
-        "forecast_medium": "We are unsure whether you will order again within the next "
-        "{days} days.",
-        "forecast_high": "We estimate that you are unlikely to order again within the next "
-        "{days} days.",
+        "forecast_low": "We estimate that you are likely to order again by {until}.",
+        "forecast_medium": "We are unsure whether you will order again by {until}.",
+        "forecast_high": "We estimate that you are unlikely to order again by {until}.",
         "forecast_due": "Going by the time between your past orders, your next one would be "
         "due around {date}.",
         "forecast_due_typical": "Going by the usual time between orders in our shop (you have "
@@ -154,12 +151,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "profiling_off": "nein: Sie haben dem Profiling widersprochen und sehen nur "
         "beliebte Artikel",
         "field_forecast": "Kaufprognose",
-        "forecast_low": "Wir schätzen, dass Sie in den nächsten {days} Tagen "
-        "wahrscheinlich wieder bestellen.",
-        "forecast_medium": "Wir sind unsicher, ob Sie in den nächsten {days} Tagen wieder "
+        "forecast_low": "Wir schätzen, dass Sie bis zum {until} wahrscheinlich wieder bestellen.",
+        "forecast_medium": "Wir sind unsicher, ob Sie bis zum {until} wieder bestellen.",
+        "forecast_high": "Wir schätzen, dass Sie bis zum {until} wahrscheinlich nicht wieder "
         "bestellen.",
-        "forecast_high": "Wir schätzen, dass Sie in den nächsten {days} Tagen "
-        "wahrscheinlich nicht wieder bestellen.",
         "forecast_due": "Nach den Abständen zwischen Ihren bisherigen Bestellungen wäre die "
         "nächste um den {date} fällig.",
         "forecast_due_typical": "Nach dem üblichen Abstand zwischen Bestellungen in unserem Shop "

@@ -561,10 +561,10 @@ def _forecast(
     service: OfferService,
 ) -> tuple[tuple[str, str], bool]:
     """The stored forecast in words (no figures: a probability or an amount would read as a
-    promise), and whether one is held. Its tier says likely / unsure / unlikely to order in
-    the horizon; the due date is the customer's own rhythm, or, with a single purchase day
-    before the forecast's ``as_of``, the shop's typical one, and the words say which. An
-    objector holds none."""
+    promise), and whether one is held. Its tier says likely / unsure / unlikely to order by
+    the horizon's last day; the due date is the customer's own rhythm, or, with a single
+    purchase day before the forecast's ``as_of``, the shop's typical one, and the words say
+    which. An objector holds none."""
     row = None
     if not person.objected_to_profiling:
         row = forecast_store.customer_forecast(connection, person.id)
@@ -572,7 +572,10 @@ def _forecast(
     if row is None or version is None:
         text = t["forecast_off"] if person.objected_to_profiling else t["none"]
         return (t["field_forecast"], text), False
-    text = t[f"forecast_{row.churn_risk}"].format(days=version.horizon_days)
+    # the horizon's last day, not "the next H days": the stored forecast's horizon started at
+    # its as_of, days or (on a quiet shop, whose nightly job keeps it) months before the visit
+    until = version.as_of + timedelta(days=version.horizon_days - 1)
+    text = t[f"forecast_{row.churn_risk}"].format(until=_day(until, lang))
     if row.next_purchase_by is not None:
         own = _purchase_days(connection, person.id, version.as_of, zone, service) > 1
         due = "forecast_due" if own else "forecast_due_typical"

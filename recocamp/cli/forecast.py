@@ -25,6 +25,7 @@ from recocamp.cli.common import (
     current_settings,
     engine_for,
     errors_to_exit,
+    print_error,
     within,
 )
 from recocamp.settings import Settings
@@ -112,7 +113,7 @@ def _print_stored(format: Output, limit: int) -> None:
         version = forecast_store.current_version(connection)
         rows = forecast_store.stored_forecasts(connection) if version else []
     if version is None:
-        console.print("no forecast stored yet: the worker's train job stores one")
+        print_error("no forecast stored yet: the worker's train job stores one")
         raise typer.Exit(1)
     day = forecasting.day_number(version.as_of)
     customers = rows

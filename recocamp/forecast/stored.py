@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from recocamp.errors import ModelError
+from recocamp.errors import ModelError, mask_addresses
 from recocamp.forecast.evaluate import Quality, quality
 from recocamp.forecast.history import PurchaseDays, day_number, day_of, local_days
 from recocamp.forecast.outlook import (
@@ -130,9 +130,11 @@ def _require_finite(rows: list[CustomerForecast], model: str) -> None:
         )
     ]
     if broken:
+        # the message reaches the worker's run counts and train's output: an id may be an
+        # address, masked as the API masks it
         raise ModelError(
             f"forecaster {model} gave values that are not numbers for {len(broken)} "
-            f"customer(s), e.g. {broken[0]!r}: not stored"
+            f"customer(s), e.g. {mask_addresses(repr(broken[0]))}: not stored"
         )
 
 

@@ -193,16 +193,34 @@ def test_the_forecast_in_plain_words_in_both_languages(app: FastAPI) -> None:
     )
     html = call(app, "GET", page(english.id)).text
     assert "Purchase forecast" in html
-    assert "We estimate that you are likely to order again within the next 90 days." in html
+    until = (NOW.date() + timedelta(days=89)).isoformat()  # the horizon's last day
+    assert f"We estimate that you are likely to order again by {until}." in html
     assert "your next one would be due around 2012-02-01." in html
     assert 'id="forecast-note"' in html and "decide which e-mails to send you" in html
     assert "678.9" not in html and "123.45" not in html  # words, no figures
     html = call(app, "GET", page(german.id)).text
     assert "Kaufprognose" in html and "Dem Profiling widersprechen" in html
-    assert "in den nächsten 90 Tagen wahrscheinlich nicht wieder bestellen." in html
+    bis = (NOW.date() + timedelta(days=89)).strftime("%d.%m.%Y")
+    assert f"Wir schätzen, dass Sie bis zum {bis} wahrscheinlich nicht wieder bestellen." in html
     assert "fällig" not in html  # a single purchase day: no rhythm, no due date
     in_english = call(app, "GET", page(german.id) + "?lang=en").text
     assert "We estimate that you are unlikely to order again" in in_english
+
+
+def test_an_old_forecast_is_not_said_to_speak_for_the_next_days(app: FastAPI) -> None:
+    """A quiet shop's nightly job keeps its stored forecast (no purchase arrived), so the one
+    a customer reads may be months old: it said "likely to order again within the next 90
+    days" of a horizon that ended before the visit. The page names the horizon's last day."""
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    as_of = NOW.date() - timedelta(days=200)
+    version = ForecastVersion("bgnbd-old", "bgnbd", as_of, 90, 365, 1, None, NOW)
+    with engine.begin() as connection:
+        forecasts.replace(connection, version, [forecast_of(person.id, "low", None)])
+    html = call(app, "GET", page(person.id)).text
+    until = (as_of + timedelta(days=89)).isoformat()
+    assert f"We estimate that you are likely to order again by {until}." in html
+    assert "within the next" not in html
 
 
 def test_objecting_deletes_the_forecast_and_the_page_says_none_is_held(app: FastAPI) -> None:
@@ -210,7 +228,7 @@ def test_objecting_deletes_the_forecast_and_the_page_says_none_is_held(app: Fast
     person = someone(engine, "en")
     hold_forecasts(engine, [forecast_of(person.id, "medium", None)])
     before = call(app, "GET", page(person.id)).text
-    assert "We are unsure whether you will order again within the next 90 days." in before
+    assert "We are unsure whether you will order again by " in before
     call(app, "POST", page(person.id), data={"action": "save", "objected": "on"})
     html = call(app, "GET", page(person.id)).text
     assert "none: you objected to profiling" in html and "unsure" not in html
