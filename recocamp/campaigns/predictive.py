@@ -9,7 +9,10 @@ is over; a newer one was made with purchases after ``now``, as when planning ``-
 day). Then:
 
 - a customer with a stored forecast matches when every forecast key given holds;
-- a customer without one (no purchase before ``as_of``, new since) never matches;
+- a customer without one goes by ``fallback_lapsed_days``: new since ``as_of`` (whom the
+  lapsed rule does not take either), or holding a history the forecast did not (an objection
+  withdrawn after it was made, orders imported since): "none for this customer" had kept
+  them out of the campaign until a forecast run, which a quiet shop's worker skips;
 - a customer who ordered since ``as_of`` (an order with a product line at or after its
   midnight) goes by ``fallback_lapsed_days``: their row was made before that order (the
   nightly forecast is as of the day's midnight, a morning campaign sees the morning's
@@ -117,9 +120,8 @@ def trigger(
         return _fallback(audience, history, now, "objected to profiling")
     if live is None:
         return _fallback(audience, history, now, "no live forecast")
-    first = next(key for key in FORECAST_KEYS if getattr(audience, key) not in (None, ()))
     if row is None:
-        return Trigger(first, f"forecast: none for this customer ({live.label})")
+        return _fallback(audience, history, now, f"not in {live.label}")  # fits the column
     if live.ordered_since(history):
         return _fallback(audience, history, now, f"ordered since the forecast {live.label}")
     failed = _forecast_miss(audience, row, live)

@@ -47,7 +47,7 @@ FORECAST: dict[str, Spec] = {
     # no gap to measure by (a shop without repeat customers yet): no overdue ratio
     "d": (100, (0.20, "high", 300.0, None)),
     "e": (100, (0.40, "medium", 300.0, 1.0)),  # lifetime value tied with d
-    "n": (100, None),  # new since the forecast: no row
+    "n": (100, None),  # not in the forecast (an objection withdrawn since it was made): no row
     "o": (100, None),  # objected to profiling: no row, and the fallback path
 }
 
@@ -157,7 +157,7 @@ def test_a_skip_by_the_forecast_names_the_forecaster_and_its_day(
     shop(engine)
     planned = plan_run(engine, SETTINGS, campaign(**audience), NOW)
     skipped = [d.reason for d in planned.decided if d.reason.startswith("not_in_audience:")]
-    by_row = [r for r in skipped if "forecast: none" not in r and "objected" not in r]
+    by_row = [r for r in skipped if f"not in rhythm {AS_OF}" not in r and "objected" not in r]
     assert by_row, skipped
     for said in by_row:
         assert said.partition(" — ")[2].startswith(f"forecast rhythm {AS_OF}: "), said
@@ -165,23 +165,22 @@ def test_a_skip_by_the_forecast_names_the_forecaster_and_its_day(
 
 
 def test_an_objector_goes_by_the_lapsed_rule_and_never_by_the_forecast(engine: sa.Engine) -> None:
-    """o and n have the same history; only o objected: o is mailed by the fallback rule, n (no
-    forecast) is not; forecast customers go by their forecast even though all but c lapsed
-    100 days ago, inside the fallback range."""
+    """o and n have the same history; o objected, n has no forecast row (its objection was
+    withdrawn after the forecast was made): both go by the fallback rule (n was left out
+    until the next forecast run, which a quiet shop's worker skips); forecast customers go by
+    their forecast even though all but c lapsed 100 days ago, inside the fallback range."""
     shop(engine)
     chosen = campaign(
         churn_risk=["medium", "high"], overdue_ratio_at_least=1.2, fallback_lapsed_days=[60, 180]
     )
     planned = plan_run(engine, SETTINGS, chosen, NOW)
     reasons = {d.customer_id: d.reason for d in planned.decided}
-    assert {c for c, r in reasons.items() if r.startswith("eligible")} == {"a", "b", "o"}
+    assert {c for c, r in reasons.items() if r.startswith("eligible")} == {"a", "b", "n", "o"}
     assert reasons["o"] == "eligible — objected to profiling: lapsed rule (lapsed 100 days)"
     assert reasons["a"] == (
         f"eligible — forecast churn_risk=high (p_active 0.10, overdue 2.0×, rhythm {AS_OF})"
     )
-    assert reasons["n"] == (
-        f"not_in_audience:churn_risk — forecast: none for this customer (rhythm {AS_OF})"
-    )
+    assert reasons["n"] == (f"eligible — lapsed 100 days (not in rhythm {AS_OF})")
     assert reasons["c"] == (
         f"not_in_audience:churn_risk — forecast rhythm {AS_OF}: churn_risk=low (p_active 0.90)"
     )
@@ -192,7 +191,7 @@ def test_an_objector_goes_by_the_lapsed_rule_and_never_by_the_forecast(engine: s
     assert reasons["e"] == (
         f"not_in_audience:overdue_ratio_at_least — forecast rhythm {AS_OF}: overdue 1.00× < 1.2×"
     )
-    assert counts(planned.decided) == {"eligible": 3, "not_in_audience:churn_risk": 2} | {
+    assert counts(planned.decided) == {"eligible": 4, "not_in_audience:churn_risk": 1} | {
         "not_in_audience:overdue_ratio_at_least": 2
     }
 
@@ -260,11 +259,11 @@ def test_a_recorded_run_keeps_the_holdout_and_every_reason_names_the_forecast(
         ).all()
     held = [r for r in recorded if r.holdout]
     mailed = [r for r in recorded if r.reason.startswith("eligible")]
-    assert 8 < len(held) < 30 and len(held) + len(mailed) == 63  # 60 + a, d and o
+    assert 8 < len(held) < 30 and len(held) + len(mailed) == 64  # 60 + a, d, n and o
     assert all(
         r.reason.startswith("holdout — forecast churn_risk=high")
         for r in held
-        if r.customer_id != "o"
+        if r.customer_id not in ("n", "o")
     )
     assert all(f"rhythm {AS_OF})" in r.reason for r in mailed if r.customer_id != "o")
     assert report.counts["holdout"] == len(held) and report.enqueued == len(mailed)
@@ -273,7 +272,7 @@ def test_a_recorded_run_keeps_the_holdout_and_every_reason_names_the_forecast(
     assert summed == [
         ("winback", "send", "eligible", len(mailed)),
         ("winback", "holdout", "holdout", len(held)),
-        ("winback", "skip", "not_in_audience:churn_risk", 4),
+        ("winback", "skip", "not_in_audience:churn_risk", 3),
     ]
 
 
