@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from recocamp.errors import mask_addresses
 from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import runs, workers
 
@@ -57,18 +58,32 @@ def finish(
     error: str | None = None,
     seconds: float | None = None,
 ) -> None:
-    """``seconds``: the run's wall-clock duration (``now`` may come from a simulated clock)."""
+    """``seconds``: the run's wall-clock duration (``now`` may come from a simulated clock).
+    The error and the counts' texts are stored with addresses masked: they quote whatever
+    failed (a customer id, a provider's answer), and an id can be an e-mail address; the
+    worker's log is masked too, the ``runs`` table was not."""
     connection.execute(
         sa.update(runs)
         .where(runs.c.id == run_id)
         .values(
             status=status,
             finished_at=now,
-            counts=counts,
-            error=error[:2000] if error else None,
+            counts=_masked(counts),
+            error=mask_addresses(error)[:2000] if error else None,
             seconds=round(seconds, 3) if seconds is not None else None,
         )
     )
+
+
+def _masked(value: Any) -> Any:
+    """``value`` (JSON: dicts, lists, texts, numbers) with addresses in its texts masked."""
+    if isinstance(value, str):
+        return mask_addresses(value)
+    if isinstance(value, dict):
+        return {mask_addresses(str(k)): _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
 
 
 def skipped(connection: sa.Connection, job: str, worker: str, now: datetime, reason: str) -> None:
