@@ -10,7 +10,8 @@ heartbeat every ``[worker] leader_poll_s``) and then, in one loop thread:
   a follower only delivers. A leader that loses its lock steps down at once.
 - **resume**: the leader resumes campaign runs that a dead or stopped worker left
   unfinished, with their original instant (same run key, same send keys: no duplicates,
-  no gaps), if they are younger than ``[worker] resume_window_s``.
+  no gaps), if they are younger than ``[worker] resume_window_s``; and a campaign run whose
+  first row the store refused (locked, disk full) is run again for its instant a while later.
 - **reload**: when a file in ``campaigns/`` or ``templates/`` changes (or on SIGHUP), the
   campaigns are checked again, with the same rule as at start, file by file: every good
   file runs as it now is; a broken one is logged with every problem and keeps its last
@@ -58,7 +59,7 @@ from recocamp.errors import ConfigError, Interrupted
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
 from recocamp.store import outbox, runs
-from recocamp.store.engine import Engine
+from recocamp.store.engine import Engine, SQLAlchemyError
 from recocamp.store.runs import CAMPAIGN_PREFIX
 from recocamp.worker import jobs, leadership, scheduler
 
@@ -101,6 +102,8 @@ class Worker:
         self.broken: list[ConfigError] = []  # campaign files that failed the last check
         self._files: tuple[Any, ...] = ()
         self._resuming: set[int] = set()
+        # (campaign job, instant) → (when, resumed run) of runs the store refused to record
+        self._unrecorded: dict[tuple[str, datetime], tuple[datetime, int | None]] = {}
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
         self.stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGINT)
         self.lost: str | None = None  # why it stopped by itself (see Leadership.gone)
@@ -286,7 +289,12 @@ class Worker:
         key = run_key(campaign.name, as_of, campaign.schedule.zone) if campaign else None
         quiet = spec.scope == "every_worker" or spec.id == "import"  # an idle poll: no history
         begun = self.clock.now()
-        run_id = None if quiet else self._started(spec.id, begun, as_of, key, resumed_from)
+        try:
+            run_id = None if quiet else self._started(spec.id, begun, as_of, key, resumed_from)
+        except SQLAlchemyError:
+            if campaign is not None:
+                self._unrecorded_run(spec.id, as_of, resumed_from)
+            raise
         if run_id is not None:
             self._running[spec.id] = run_id
         started = time.perf_counter()
@@ -311,6 +319,20 @@ class Worker:
         self._observe(spec.id, status, seconds, counts, run_id)
         self.last[spec.id] = (counts, error)
         return status
+
+    def _unrecorded_run(self, job: str, as_of: datetime, resumed_from: int | None) -> None:
+        """A campaign run whose first row the store refused (locked past its busy timeout by
+        a long import elsewhere, a full disk): the scheduler has moved its next run time on
+        and there is no row to resume, so the day's run was lost without a trace. It is tried
+        again for the same instant ``RETRY_FAILED_S`` later (:meth:`resume_unfinished`), as a
+        run that failed is."""
+        log.error(
+            "campaign run %s for %s could not be recorded: tried again in %g s",
+            job,
+            as_of.isoformat(),
+            RETRY_FAILED_S,
+        )
+        self._unrecorded[(job, as_of)] = (self.clock.now(), resumed_from)
 
     def _started(
         self, job: str, begun: datetime, as_of: datetime, key: str | None, resumed_from: int | None
@@ -440,7 +462,30 @@ class Worker:
                 kwargs={"as_of": row.as_of, "resumed_from": row.id},
                 jobstore=scheduler.LOCAL,
             )
-        return len(found)
+        return len(found) + self._retry_unrecorded(now)
+
+    def _retry_unrecorded(self, now: datetime) -> int:
+        """Start again the campaign runs whose start the store refused ``RETRY_FAILED_S``
+        ago or more (:meth:`_unrecorded_run`), within ``[worker] resume_window_s``."""
+        window = timedelta(seconds=self.settings.worker.resume_window_s)
+        started = 0
+        for (job, as_of), (failed_at, resumed_from) in list(self._unrecorded.items()):
+            if (now - failed_at).total_seconds() < RETRY_FAILED_S:
+                continue
+            del self._unrecorded[(job, as_of)]
+            if as_of < now - window:
+                log.error("campaign run %s for %s not tried again: too old", job, as_of)
+                continue
+            self.scheduler.add_job(
+                self.run,
+                args=[job],
+                id=f"retry:{job}:{as_of.isoformat()}",
+                kwargs={"as_of": as_of, "resumed_from": resumed_from},
+                jobstore=scheduler.LOCAL,
+                replace_existing=True,
+            )
+            started += 1
+        return started
 
     def _loop(self) -> None:
         while not self.stop.is_set():

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -22,6 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import REGISTRY
 
 from recocamp.campaigns import run as jobs
+from recocamp.clock import FixedClock
 from recocamp.data.drop_folder import import_drop_folder
 from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
@@ -30,7 +33,7 @@ from recocamp.settings import Settings, load_settings
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import leadership, scheduler
-from recocamp.worker.process import Worker
+from recocamp.worker.process import RETRY_FAILED_S, Worker
 from tests.worker_shop import (
     CUSTOMERS,
     make_shop,
@@ -925,3 +928,53 @@ def test_sigterm_during_worker_once_stops_its_jobs_as_ctrl_c_does(
     with process.engine.connect() as connection:
         [train] = runs.recent(connection, "train")
     assert train.status == "ok"  # recorded, not left running
+
+
+def test_a_campaign_run_whose_start_the_store_refused_runs_later_for_its_instant(
+    tmp_path: Path, secrets: None
+) -> None:
+    """The store refuses the run's first row (locked past its busy timeout by a long import
+    in another process, a full disk) when a campaign falls due: the scheduler had moved its
+    next run time on, and with no row there was nothing to resume, so the campaign sent
+    nothing that day and ``runs list`` showed nothing. It is tried again, as a run that
+    failed is, for the instant it was due."""
+    shop = sqlite_shop(tmp_path)
+    settings = load_settings(shop / "settings.toml")
+    clock = FixedClock(datetime.now(UTC))  # the shop's orders are recent *now*
+    process = Worker(
+        settings, make_engine(settings.database_url), shop / "campaigns", shop / "templates", clock
+    )
+    process.load()
+    due = clock.now() - timedelta(minutes=2)
+    refusal = (
+        "CREATE TRIGGER refused BEFORE INSERT ON runs WHEN NEW.job = 'campaign:everyone' "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    with process.engine.begin() as connection:
+        connection.execute(sa.text(refusal))
+    process.start(loop=False)
+    try:
+        with pytest.raises(sa.exc.SQLAlchemyError, match="disk is full"):
+            process.run("campaign:everyone", as_of=due)
+        with process.engine.begin() as connection:
+            connection.execute(sa.text("DROP TRIGGER refused"))
+        process.tick()  # too soon: a store that refused a moment ago is not asked at once
+        assert process.scheduler.get_jobs(jobstore=scheduler.LOCAL) == [
+            process.scheduler.get_job("deliver", jobstore=scheduler.LOCAL)
+        ]
+        clock.advance(timedelta(seconds=RETRY_FAILED_S + 1))
+        process.tick()
+
+        def ran() -> list[Any]:
+            with process.engine.connect() as connection:
+                found = runs.recent(connection, "campaign:everyone")
+            return [r for r in found if r.status == "ok"]
+
+        [done] = wait_for(ran, 30)
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+    assert done.as_of == due and done.run_key == jobs.run_key(
+        "everyone", due, ZoneInfo("Europe/Berlin")
+    )
+    assert done.counts["enqueued"] == CUSTOMERS
