@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from recocamp.errors import mask_addresses
 from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import runs, workers
 
@@ -57,7 +58,10 @@ def finish(
     error: str | None = None,
     seconds: float | None = None,
 ) -> None:
-    """``seconds``: the run's wall-clock duration (``now`` may come from a simulated clock)."""
+    """``seconds``: the run's wall-clock duration (``now`` may come from a simulated clock).
+    ``error`` is stored with its e-mail addresses masked: ``runs list`` and ``runs workers``
+    print it, and it may quote anything — a broken campaign file's value (a subject naming
+    the reply address), a driver's error (PostgreSQL's "Failing row contains (…)")."""
     connection.execute(
         sa.update(runs)
         .where(runs.c.id == run_id)
@@ -65,7 +69,7 @@ def finish(
             status=status,
             finished_at=now,
             counts=counts,
-            error=error[:2000] if error else None,
+            error=mask_addresses(error)[:2000] if error else None,
             seconds=round(seconds, 3) if seconds is not None else None,
         )
     )

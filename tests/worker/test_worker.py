@@ -978,3 +978,25 @@ def test_a_campaign_run_whose_start_the_store_refused_runs_later_for_its_instant
         "everyone", due, ZoneInfo("Europe/Berlin")
     )
     assert done.counts["enqueued"] == CUSTOMERS
+
+
+def test_a_broken_campaign_file_quoting_an_address_is_recorded_without_it(
+    tmp_path: Path, secrets: None
+) -> None:
+    """The worker records a broken campaign file's problems as its ``check`` run, which
+    ``runs list`` and ``runs workers`` print: a subject that names the shop's reply address
+    was stored and shown with it (the log line had it masked)."""
+    shop = sqlite_shop(tmp_path)
+    path = shop / "campaigns" / "everyone.toml"
+    path.write_text(
+        path.read_text().replace('de = "Für Sie"', 'de = "Fragen? antwort@shop.example {{ x"')
+    )
+    process = worker_for(shop)
+    process.start(loop=False)
+    process.shutdown()
+    process.engine.dispose()
+    error = scalar_text(process.engine, "SELECT error FROM runs WHERE job = 'check'")
+    assert "{{ x" in error and "<address>" in error and "antwort@" not in error
+    shown = recocamp(shop, "runs", "list", "--job", "check", "--format", "json")
+    assert shown.returncode == 0 and "everyone.toml" in shown.stdout
+    assert "antwort@" not in shown.stdout + shown.stderr
