@@ -610,13 +610,47 @@ class Worker:
                 outcomes = self._fire_due()
             else:
                 log.info("another worker schedules: --once only delivers")
-            outcomes["deliver"] = self.run("deliver")
+            outcomes["deliver"] = self._stoppable(lambda: self.run("deliver"))
         finally:
             self.leadership.release()
             self.leader_since, _current = None, None
             if terminated is not None:
                 signal.signal(signal.SIGTERM, terminated)
         return outcomes
+
+    def _stoppable(self, work: Callable[[], str]) -> str:
+        """``work`` (``--once``'s delivery round) in a thread of its own, while the main
+        thread waits: SIGTERM and Ctrl-C raise ``KeyboardInterrupt`` there (see
+        :func:`_sigterm_as_ctrl_c`), and raised inside the round it broke off a batch being
+        rendered or sent, its claims held until their lease ran out and a batch the provider
+        took not recorded sent. Here it tells the round to stop as the worker's SIGTERM does
+        (the batch in flight is finished and recorded, the rest stays queued), waits for it,
+        then raises on. (It waits on an event: a ``Thread.join`` that the interrupt breaks
+        marks the thread ended while it runs, and the interpreter then exits under it.)"""
+        outcome: dict[str, Any] = {}
+        ended = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["status"] = work()
+            except BaseException as exc:  # raised again on the calling thread
+                outcome["error"] = exc
+            finally:
+                ended.set()
+
+        threading.Thread(target=run, name="worker-once-deliver").start()
+        try:
+            while not ended.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            self.stopped_by = self.stopped_by or "SIGINT"
+            self.stop.set()
+            while not ended.wait(0.2):
+                pass
+            raise
+        if "error" in outcome:
+            raise outcome["error"]
+        return str(outcome["status"])
 
     def _fire_due(self) -> dict[str, str]:
         outcomes: dict[str, str] = {}

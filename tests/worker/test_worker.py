@@ -1000,3 +1000,36 @@ def test_a_broken_campaign_file_quoting_an_address_is_recorded_without_it(
     shown = recocamp(shop, "runs", "list", "--job", "check", "--format", "json")
     assert shown.returncode == 0 and "everyone.toml" in shown.stdout
     assert "antwort@" not in shown.stdout + shown.stderr
+
+
+def test_sigterm_during_the_delivery_of_worker_once_ends_the_batch_and_holds_no_claim(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """``worker --once`` ends with a delivery round on its main thread, where SIGTERM (cron's
+    ``timeout``) and Ctrl-C raise ``KeyboardInterrupt``: it came in the middle of a batch —
+    rendering it, or waiting for the provider's answer — and the claims stayed taken until
+    their lease ran out, a batch the provider took not recorded sent. Now the round stops as
+    the worker's does: the batch in flight is finished and recorded, the rest stays queued."""
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    process = worker_for(shop)
+    campaign, templates = process.campaigns["everyone"], shop / "templates"
+    now = datetime.now(UTC)
+    jobs.plan_and_enqueue(process.engine, process.settings, campaign, templates, now)
+    fake.set_faults(Faults(latency_ms=2000))  # a batch is in flight for two seconds
+
+    def claimed() -> int:
+        return scalar_int(process.engine, "SELECT count(*) FROM outbox WHERE state = 'claimed'")
+
+    worker = start_worker(shop, "--once")
+    try:
+        wait_for(claimed)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    finally:
+        worker.kill()
+    sent = scalar_int(process.engine, "SELECT count(*) FROM outbox WHERE state = 'sent'")
+    queued = scalar_int(process.engine, "SELECT count(*) FROM outbox WHERE state = 'queued'")
+    process.engine.dispose()
+    assert claimed() == 0 and 0 < sent < CUSTOMERS and sent + queued == CUSTOMERS
+    assert fake.stats()["received"] == sent
