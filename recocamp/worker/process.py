@@ -247,6 +247,8 @@ class Worker:
             log.warning("job %s is not in the schedule (any more): not run", job_id)
             return "skipped"
         if self.stop.is_set():
+            if spec.campaign is not None and resumed_from is None:
+                self._left_to_the_next_worker(spec.campaign, as_of or self._scheduled(spec))
             return "skipped"
         with self._exclusive(spec) as held:
             if not held:
@@ -254,6 +256,25 @@ class Worker:
                     self._resuming.discard(resumed_from)
                 return self._skip(job_id, "already running")
             return self._run(spec, as_of or self._scheduled(spec), resumed_from)
+
+    def _left_to_the_next_worker(self, name: str, as_of: datetime) -> None:
+        """A campaign run that starts while the worker stops (SIGTERM just after the
+        scheduler handed it to a thread, or while it waited for a free one): the scheduler
+        has saved its next run time already, so returning without a trace lost that day's
+        run. It is recorded ``interrupted`` for its instant, and the next scheduling worker
+        resumes it (``unfinished_campaign_runs``). A resumed run needs no row: the one it
+        resumes is still unresumed."""
+        campaign = self.campaigns.get(name)
+        if campaign is None:
+            return
+        now, key = self.clock.now(), run_key(name, as_of, campaign.schedule.zone)
+        with self.engine.begin() as connection:
+            run_id = runs.start(
+                connection, f"{CAMPAIGN_PREFIX}{name}", self.id, now, as_of=as_of, run_key=key
+            )
+            why = "the worker was stopping when it fell due: resumed by the next worker"
+            runs.finish(connection, run_id, "interrupted", now, {}, why)
+        log.info("campaign run %s left to the next worker: this one is stopping", key)
 
     def _scheduled(self, spec: scheduler.JobSpec) -> datetime:
         """The instant a campaign run decides for: its trigger's latest fire time (within

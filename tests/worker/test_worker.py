@@ -1033,3 +1033,39 @@ def test_sigterm_during_the_delivery_of_worker_once_ends_the_batch_and_holds_no_
     process.engine.dispose()
     assert claimed() == 0 and 0 < sent < CUSTOMERS and sent + queued == CUSTOMERS
     assert fake.stats()["received"] == sent
+
+
+def test_a_campaign_run_due_as_the_worker_stops_is_left_to_the_next_worker(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """SIGTERM just after the scheduler handed a due campaign to a thread (or while it waited
+    for a free one): the scheduler had saved its next run time, and the run, finding the
+    worker stopping, returned without a trace, so that day's run was lost. It is recorded
+    interrupted, for its instant, and the next worker resumes it."""
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    first = worker_for(shop)
+    first.start(loop=False)
+    due = datetime.now(UTC) - timedelta(minutes=1)  # the shop's orders are recent *now*
+    try:
+        first.tick()
+        first.stop.set()  # SIGTERM
+        assert first.run("campaign:everyone", as_of=due) == "skipped"
+    finally:
+        first.shutdown()
+    second = worker_for(shop)
+    second.start(loop=False)
+    try:
+        second.tick()  # the leader: resumes what the first worker left
+        wait_for(lambda: fake.stats()["received"] >= CUSTOMERS, 30)
+    finally:
+        second.shutdown()
+    with second.engine.connect() as connection:
+        rows = runs.recent(connection, "campaign:everyone")
+    second.engine.dispose()
+    key = jobs.run_key("everyone", due, ZoneInfo("Europe/Berlin"))
+    assert sorted((r.status, r.run_key, r.as_of, r.resumed_from is not None) for r in rows) == [
+        ("interrupted", key, due, False),
+        ("ok", key, due, True),
+    ]
+    assert fake.stats()["duplicates"] == 0
