@@ -476,13 +476,7 @@ class Worker:
                 row.id,
                 row.as_of.isoformat(),
             )
-            self.scheduler.add_job(
-                self.run,
-                args=[row.job],
-                id=f"resume:{row.id}",
-                kwargs={"as_of": row.as_of, "resumed_from": row.id},
-                jobstore=scheduler.LOCAL,
-            )
+            self._run_soon(row.job, f"resume:{row.id}", row.as_of, row.id)
         return len(found) + self._retry_unrecorded(now)
 
     def _retry_unrecorded(self, now: datetime) -> int:
@@ -497,16 +491,24 @@ class Worker:
             if as_of < now - window:
                 log.error("campaign run %s for %s not tried again: too old", job, as_of)
                 continue
-            self.scheduler.add_job(
-                self.run,
-                args=[job],
-                id=f"retry:{job}:{as_of.isoformat()}",
-                kwargs={"as_of": as_of, "resumed_from": resumed_from},
-                jobstore=scheduler.LOCAL,
-                replace_existing=True,
-            )
+            self._run_soon(job, f"retry:{job}:{as_of.isoformat()}", as_of, resumed_from)
             started += 1
         return started
+
+    def _run_soon(self, job: str, name: str, as_of: datetime, resumed_from: int | None) -> None:
+        """Run a campaign job for ``as_of`` in the scheduler's threads as soon as it takes
+        it up, however late: with APScheduler's default misfire grace (one second) a run
+        taken up later — its loop busy saving a next run time while the store was locked —
+        was dropped as missed, and as it was remembered as resumed, never tried again."""
+        self.scheduler.add_job(
+            self.run,
+            args=[job],
+            id=name,
+            kwargs={"as_of": as_of, "resumed_from": resumed_from},
+            jobstore=scheduler.LOCAL,
+            misfire_grace_time=None,
+            replace_existing=True,
+        )
 
     def _loop(self) -> None:
         while not self.stop.is_set():

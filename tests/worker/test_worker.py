@@ -1069,3 +1069,29 @@ def test_a_campaign_run_due_as_the_worker_stops_is_left_to_the_next_worker(
         ("ok", key, due, True),
     ]
     assert fake.stats()["duplicates"] == 0
+
+
+def test_a_resume_the_scheduler_takes_up_late_still_runs(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """The leader hands a dead worker's campaign run to the scheduler to resume it; when the
+    scheduler's loop took it up more than a second later (busy saving a job's next run time
+    while an import held the SQLite write lock, a slow PostgreSQL), APScheduler's default
+    misfire grace of one second dropped it as missed: remembered as resumed, it was never
+    tried again, and its mail never sent."""
+    fake, url = esp
+    process = worker_for(sqlite_shop(tmp_path, url))
+    dead, key = dead_run(process, datetime.now(UTC) - timedelta(hours=1))
+    process.start(loop=False)
+    try:
+        process.scheduler.pause()  # its loop busy elsewhere
+        process.tick()  # the leader: hands the dead worker's run to the scheduler
+        time.sleep(1.5)  # taken up later than the default grace (at least: never sooner)
+        process.scheduler.resume()
+        wait_for(lambda: fake.stats()["received"] >= CUSTOMERS, 30)
+    finally:
+        process.shutdown()
+    with process.engine.connect() as connection:
+        resumed = [r for r in runs.recent(connection, "campaign:everyone") if r.resumed_from]
+    process.engine.dispose()
+    assert [(r.resumed_from, r.run_key, r.status) for r in resumed] == [(dead, key, "ok")]
