@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -226,14 +227,22 @@ class Worker:
         return True
 
     def _fingerprint(self) -> tuple[Any, ...]:
+        """What tells the campaign files and templates of now from those last checked: each
+        file's name, modification and size. The templates' whole tree, as the renderer's
+        snapshot takes it (a partial in a subfolder was not looked at: an edit to it was
+        never checked nor taken); the campaign files at the top of their folder, as they are
+        loaded. A file gone between listing and looking (an editor's swap file) is left out."""
         found = []
-        for directory in (self.campaigns_dir, self.templates_dir):
-            if directory.is_dir():
-                found += [
-                    (str(p), p.stat().st_mtime_ns, p.stat().st_size)
-                    for p in sorted(directory.iterdir())
-                    if p.is_file()
-                ]
+        for directory, pattern in ((self.campaigns_dir, "*"), (self.templates_dir, "**/*")):
+            if not directory.is_dir():
+                continue
+            for path in sorted(directory.glob(pattern)):
+                try:
+                    seen = path.stat()
+                except OSError:
+                    continue
+                if stat.S_ISREG(seen.st_mode):
+                    found.append((str(path), seen.st_mtime_ns, seen.st_size))
         return tuple(found)
 
     # -- running jobs -----------------------------------------------------------------------

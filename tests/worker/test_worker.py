@@ -1095,3 +1095,31 @@ def test_a_resume_the_scheduler_takes_up_late_still_runs(
         resumed = [r for r in runs.recent(connection, "campaign:everyone") if r.resumed_from]
     process.engine.dispose()
     assert [(r.resumed_from, r.run_key, r.status) for r in resumed] == [(dead, key, "ok")]
+
+
+def test_a_change_to_a_template_in_a_subfolder_is_reloaded(tmp_path: Path, secrets: None) -> None:
+    """Templates may sit in subfolders (``{% include 'parts/_sign.html' %}``: the renderer's
+    snapshot takes the whole tree), but the worker looked for changes among the folder's
+    top-level files only: an edited partial in a subfolder was never checked nor taken, and
+    every e-mail went on with the old text until a restart."""
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    parts = shop / "templates" / "parts"
+    parts.mkdir()
+    (parts / "_sign.html").write_text("<p>Your shop team</p>\n")
+    base = shop / "templates" / "base.html"
+    base.write_text(base.read_text().replace("</body>", "{% include 'parts/_sign.html' %}</body>"))
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert process.context.renderer.sources is not None
+        assert process.context.renderer.sources["parts/_sign.html"] == "<p>Your shop team</p>\n"
+        (parts / "_sign.html").write_text("<p>Greetings from the shop</p>\n")
+        os.utime(parts / "_sign.html", ns=(time.time_ns(), time.time_ns() + 10**9))
+        process.tick()
+        sources = process.context.renderer.sources
+        assert sources is not None
+        assert sources["parts/_sign.html"] == "<p>Greetings from the shop</p>\n"
+    finally:
+        process.shutdown()
+        process.engine.dispose()
