@@ -70,14 +70,14 @@ RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is trie
 _current: Worker | None = None  # the worker of this process, for dispatch()
 
 
-def dispatch(job_id: str) -> None:
+def dispatch(job_id: str) -> str | None:
     """Every scheduled job's entry point (see ``scheduler``): run it through this process's
-    worker."""
+    worker; returns its run's status (``--once`` prints it)."""
     worker = _current
     if worker is None:  # pragma: no cover - a job fired after the worker went away
         log.warning("job %s fired without a running worker: ignored", job_id)
-        return
-    worker.run(job_id)
+        return None
+    return worker.run(job_id)
 
 
 class Worker:
@@ -690,7 +690,7 @@ class Worker:
 
         def listen(event: JobEvent) -> None:
             with done:
-                outcomes.setdefault(event.job_id, _OUTCOME[event.code])
+                outcomes.setdefault(event.job_id, _outcome(event))
                 done.notify_all()
 
         self.scheduler.add_listener(
@@ -772,6 +772,16 @@ _OUTCOME = {
     EVENT_JOB_MISSED: "missed",
     EVENT_JOB_MAX_INSTANCES: "skipped (still running)",
 }
+
+
+def _outcome(event: JobEvent) -> str:
+    """What became of a job ``--once`` fired: its run's status (``ok``, ``error``,
+    ``interrupted``, ``skipped``) when it ran — "ran" hid a run that failed, which the worker
+    records instead of raising — else why it did not run."""
+    status = getattr(event, "retval", None)
+    if event.code == EVENT_JOB_EXECUTED and isinstance(status, str):
+        return status
+    return _OUTCOME[event.code]
 
 
 def _sigterm_as_ctrl_c(worker: Worker) -> Any:

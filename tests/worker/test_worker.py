@@ -1123,3 +1123,19 @@ def test_a_change_to_a_template_in_a_subfolder_is_reloaded(tmp_path: Path, secre
     finally:
         process.shutdown()
         process.engine.dispose()
+
+
+def test_worker_once_says_which_job_failed_and_exits_1(tmp_path: Path) -> None:
+    """``--once`` printed ``train: ran`` for a training that failed (its error was recorded,
+    so the scheduler saw the job return) and exited 0: a cron job running it never noticed.
+    Each job shows its run's status, and a failed one makes the exit 1 after the rest ran."""
+    shop = sqlite_shop(tmp_path)
+    assert recocamp(shop, "worker", "--once").returncode == 0  # stores the schedule
+    engine = make_engine(f"sqlite:///{shop / 'shop.db'}")
+    with engine.begin() as connection:  # nothing to learn from: the training fails
+        connection.execute(sa.text("DELETE FROM purchases"))
+    engine.dispose()
+    assert recocamp(shop, "runs", "trigger", "train").returncode == 0
+    result = recocamp(shop, "worker", "--once")
+    assert "train: error" in result.stdout and "deliver: ok" in result.stdout
+    assert result.returncode == 1 and "train" in result.stderr
