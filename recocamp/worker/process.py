@@ -200,6 +200,8 @@ class Worker:
         with the new templates too; when one does not (a template it uses broke), the whole
         reload is refused and the last good campaigns and templates keep running. Returns
         whether the reload was taken."""
+        if not self.campaigns_dir.is_dir():
+            return self._folder_gone()
         good, failures, renderer = self._check()
         kept = self._last_good(failures)
         stale = [
@@ -225,6 +227,20 @@ class Worker:
             "reloaded %d campaign(s): %s", len(self.campaigns), ", ".join(sorted(self.campaigns))
         )
         return True
+
+    def _folder_gone(self) -> bool:
+        """The campaigns folder is not there (a deploy swapping it, a volume not mounted for
+        a moment): read as every file deleted, every campaign left the schedule and lost its
+        next run time, so a run due meanwhile never came. Not a change to take: the running
+        campaigns keep running; the folder's return is the next change."""
+        self._files = self._fingerprint()
+        log.error(
+            "reload refused: %s is not a folder (any more); the %d campaign(s) running keep "
+            "running (delete the campaign files to stop them)",
+            self.campaigns_dir,
+            len(self.campaigns),
+        )
+        return False
 
     def _fingerprint(self) -> tuple[Any, ...]:
         """What tells the campaign files and templates of now from those last checked: each

@@ -1139,3 +1139,33 @@ def test_worker_once_says_which_job_failed_and_exits_1(tmp_path: Path) -> None:
     result = recocamp(shop, "worker", "--once")
     assert "train: error" in result.stdout and "deliver: ok" in result.stdout
     assert result.returncode == 1 and "train" in result.stderr
+
+
+def test_a_campaigns_folder_gone_for_a_while_keeps_the_schedule(
+    tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole ``campaigns/`` folder gone (a deploy that swaps it, a volume not mounted for
+    a moment) read as every campaign deleted: each left the schedule, losing its next run
+    time — one due meanwhile never ran. A folder that is not there is no change to take:
+    the campaigns keep running, with their next run times, and the worker says why."""
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        job = process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+        assert job is not None
+        due = job.next_run_time
+        (shop / "campaigns").rename(shop / "campaigns.old")
+        with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
+            process.tick()
+        assert f"{shop / 'campaigns'} is not a folder" in caplog.text
+        job = process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+        assert job is not None and job.next_run_time == due
+        (shop / "campaigns.old").rename(shop / "campaigns")
+        process.tick()
+        job = process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+        assert job is not None and job.next_run_time == due
+    finally:
+        process.shutdown()
+        process.engine.dispose()
