@@ -121,11 +121,13 @@ def _outside(directory: Path, path: Path) -> bool:
     return exists and not inside(directory, path)
 
 
-def snapshot(directory: Path) -> dict[str, str]:
+def snapshot(directory: Path, *, unreadable_left_out: bool = False) -> dict[str, str]:
     """Every template file of ``directory`` as text, by its name in the directory (other
     files, an image beside the templates, and links to files outside the folder are left
     out); a template that is not UTF-8 is a ConfigError naming it and the line of its first
-    bad byte."""
+    bad byte — or, with ``unreadable_left_out``, left out (the worker's snapshot: ``check``
+    names the file for every campaign that uses it, and those are not run, so an old Latin-1
+    file no campaign uses stopped the whole worker)."""
     found = {}
     for path in sorted(directory.rglob("*")):
         if path.is_file() and is_template(path.name) and inside(directory, path):
@@ -134,7 +136,8 @@ def snapshot(directory: Path) -> dict[str, str]:
                     path.read_text(encoding="utf-8")
                 )
             except UnicodeDecodeError as exc:
-                raise ConfigError(path, [not_utf8(exc)]) from None
+                if not unreadable_left_out:
+                    raise ConfigError(path, [not_utf8(exc)]) from None
     return found
 
 
@@ -279,7 +282,9 @@ class Renderer:
 
     @classmethod
     def frozen(cls, directory: Path, limits: TemplateSettings | None = None) -> Renderer:
-        return cls(directory, snapshot(directory), limits)
+        """The templates as they are now, for what passed ``check`` with them (a template
+        that is not UTF-8 is left out: each campaign that uses it failed ``check``)."""
+        return cls(directory, snapshot(directory, unreadable_left_out=True), limits)
 
     def render(
         self, subject: str, html: str, text: str, context: Mapping[str, object]

@@ -1169,3 +1169,31 @@ def test_a_campaigns_folder_gone_for_a_while_keeps_the_schedule(
     finally:
         process.shutdown()
         process.engine.dispose()
+
+
+def test_a_template_no_campaign_uses_that_is_not_utf8_stops_nothing(
+    tmp_path: Path, secrets: None
+) -> None:
+    """An old template saved in Latin-1 that no campaign uses: ``check`` passes, but the
+    worker's template snapshot refused the whole folder — the worker would not start (exit 2:
+    no delivery, imports or purges), and once running it took no change any more (each
+    reload failed the loop's round)."""
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    old = shop / "templates" / "old"
+    old.mkdir()
+    (old / "newsletter.html").write_bytes("<p>Grüße</p>".encode("latin-1"))
+    result = recocamp(shop, "worker", "--once")
+    assert result.returncode == 0 and "deliver: ok" in result.stdout, result.stderr
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert set(process.campaigns) == {"everyone"}
+        path = shop / "campaigns" / "everyone.toml"
+        path.write_text(path.read_text().replace('"0 9 * * THU"', '"0 10 * * FRI"'))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+        process.tick()
+        assert "day_of_week='fri'" in _cron(process, "campaign:everyone")
+    finally:
+        process.shutdown()
+        process.engine.dispose()
