@@ -127,7 +127,8 @@ def snapshot(directory: Path, *, unreadable_left_out: bool = False) -> dict[str,
     out); a template that is not UTF-8 is a ConfigError naming it and the line of its first
     bad byte — or, with ``unreadable_left_out``, left out (the worker's snapshot: ``check``
     names the file for every campaign that uses it, and those are not run, so an old Latin-1
-    file no campaign uses stopped the whole worker)."""
+    file no campaign uses stopped the whole worker), but for ``email.css``, which every HTML
+    e-mail inlines."""
     found = {}
     for path in sorted(directory.rglob("*")):
         if path.is_file() and is_template(path.name) and inside(directory, path):
@@ -136,7 +137,8 @@ def snapshot(directory: Path, *, unreadable_left_out: bool = False) -> dict[str,
                     path.read_text(encoding="utf-8")
                 )
             except UnicodeDecodeError as exc:
-                if not unreadable_left_out:
+                if not unreadable_left_out or path == directory / STYLESHEET:
+                    # the stylesheet goes into every HTML e-mail: none without it
                     raise ConfigError(path, [not_utf8(exc)]) from None
     return found
 
@@ -190,11 +192,15 @@ class InliningLoader(BaseLoader):
             FileSystemLoader(str(directory)) if sources is None else DictLoader(dict(sources))
         )
         sheet = directory / STYLESHEET
+        self.unreadable: UnicodeDecodeError | None = None  # the stylesheet's, for HTML
         if sources is not None:
             self.css = sources.get(STYLESHEET, "")
         else:
             readable = sheet.exists() and inside(directory, sheet)
-            self.css = without_bom(sheet.read_text(encoding="utf-8")) if readable else ""
+            try:
+                self.css = without_bom(sheet.read_text(encoding="utf-8")) if readable else ""
+            except UnicodeDecodeError as exc:  # a problem of each HTML template, not a crash
+                self.css, self.unreadable = "", exc
         self.fragments = css_inline.CSSInliner(load_remote_stylesheets=False)
         self.documents = css_inline.CSSInliner(
             load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
@@ -214,6 +220,8 @@ class InliningLoader(BaseLoader):
             raise OutsideTemplates(
                 template, f"{named!r} is a link to a file outside the templates folder"
             )
+        if self.unreadable is not None and template.endswith(".html"):
+            raise NotUtf8(STYLESHEET, self.unreadable)  # inlined into every HTML template
         try:
             source, filename, uptodate = self.files.get_source(environment, template)
         except UnicodeDecodeError as exc:

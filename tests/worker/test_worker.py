@@ -1197,3 +1197,18 @@ def test_a_template_no_campaign_uses_that_is_not_utf8_stops_nothing(
     finally:
         process.shutdown()
         process.engine.dispose()
+
+
+def test_a_stylesheet_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """``email.css`` saved in Latin-1: ``check`` and the worker ended in a UnicodeDecodeError
+    traceback (exit 1); it is a problem naming the file and the line, exit 2, as for any
+    template file that is not UTF-8."""
+    shop = sqlite_shop(tmp_path)
+    sheet = shop / "templates" / "email.css"
+    sheet.write_bytes(sheet.read_bytes() + "\n/* Grüße */\n".encode("latin-1"))
+    lines = sheet.read_bytes().count(b"\n")
+    for command in (("check",), ("worker", "--once")):
+        result = recocamp(shop, *command)
+        assert result.returncode == 2, (command, result.stderr)
+        assert f"templates/email.css: line {lines}: not UTF-8" in result.stderr, command
+        assert "Traceback" not in result.stderr and "UnicodeDecodeError" not in result.stderr
