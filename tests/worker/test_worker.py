@@ -1212,3 +1212,19 @@ def test_a_stylesheet_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) 
         assert result.returncode == 2, (command, result.stderr)
         assert f"templates/email.css: line {lines}: not UTF-8" in result.stderr, command
         assert "Traceback" not in result.stderr and "UnicodeDecodeError" not in result.stderr
+
+
+def test_a_named_pipe_among_the_campaign_files_is_refused_not_read_for_ever(
+    tmp_path: Path,
+) -> None:
+    """``campaigns/x.toml`` a named pipe (FIFO): reading it waits for a writer for ever, so
+    ``check`` and the worker hung at start, and a worker that met one on a reload hung its
+    loop (no heartbeat, no leadership, no reload any more). It is a broken file, named."""
+    shop = sqlite_shop(tmp_path)
+    os.mkfifo(shop / "campaigns" / "pipe.toml")
+    checked = recocamp(shop, "check")
+    assert checked.returncode == 2 and "pipe.toml" in checked.stderr
+    assert "not a regular file" in checked.stderr
+    once = recocamp(shop, "worker", "--once")
+    assert once.returncode == 2 and "deliver: ok" in once.stdout
+    assert "1 broken campaign file(s) not run" in once.stderr and "pipe.toml" in once.stderr
