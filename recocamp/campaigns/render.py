@@ -196,7 +196,8 @@ class InliningLoader(BaseLoader):
         if sources is not None:
             self.css = sources.get(STYLESHEET, "")
         else:
-            readable = sheet.exists() and inside(directory, sheet)
+            # a file (a named pipe there was read, waiting for a writer for ever)
+            readable = sheet.is_file() and inside(directory, sheet)
             try:
                 self.css = without_bom(sheet.read_text(encoding="utf-8")) if readable else ""
             except UnicodeDecodeError as exc:  # a problem of each HTML template, not a crash

@@ -1228,3 +1228,14 @@ def test_a_named_pipe_among_the_campaign_files_is_refused_not_read_for_ever(
     once = recocamp(shop, "worker", "--once")
     assert once.returncode == 2 and "deliver: ok" in once.stdout
     assert "1 broken campaign file(s) not run" in once.stderr and "pipe.toml" in once.stderr
+
+
+def test_a_stylesheet_that_is_a_named_pipe_hangs_nothing(tmp_path: Path) -> None:
+    """``templates/email.css`` a named pipe: the loader read it whenever it was built, and
+    ``check`` and the worker hung for ever; it is no file, as a missing one is none."""
+    shop = sqlite_shop(tmp_path)
+    sheet = shop / "templates" / "email.css"
+    sheet.unlink()
+    os.mkfifo(sheet)
+    assert recocamp(shop, "check").returncode == 0
+    assert recocamp(shop, "worker", "--once").returncode == 0
