@@ -13,7 +13,9 @@ path, a time zone, a URL, a time like ``"21:00"``) is still read from one.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable
 from datetime import date, time
@@ -36,10 +38,33 @@ def without_bom(text: str) -> str:
     return text.removeprefix("\ufeff")
 
 
+def _regular_file_bytes(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (a link to one too). A named pipe is
+    opened without waiting and refused, never read: reading one waits for a writer for ever,
+    and ``campaigns/x.toml`` made a FIFO hung ``check`` and the worker (its start, or its loop
+    on a reload); a device or a folder is refused as well."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(path, [Problem(f"not a regular file ({_file_kind(mode)}): not read")])
+        return handle.read()
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+
+
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     """The parsed document and its text; unreadable or invalid files are ConfigErrors."""
     try:
-        text = without_bom(path.read_text(encoding="utf-8"))
+        text = without_bom(_regular_file_bytes(path).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(path, [Problem(f"cannot read file: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:

@@ -121,11 +121,14 @@ def _outside(directory: Path, path: Path) -> bool:
     return exists and not inside(directory, path)
 
 
-def snapshot(directory: Path) -> dict[str, str]:
+def snapshot(directory: Path, *, unreadable_left_out: bool = False) -> dict[str, str]:
     """Every template file of ``directory`` as text, by its name in the directory (other
     files, an image beside the templates, and links to files outside the folder are left
     out); a template that is not UTF-8 is a ConfigError naming it and the line of its first
-    bad byte."""
+    bad byte — or, with ``unreadable_left_out``, left out (the worker's snapshot: ``check``
+    names the file for every campaign that uses it, and those are not run, so an old Latin-1
+    file no campaign uses stopped the whole worker), but for ``email.css``, which every HTML
+    e-mail inlines."""
     found = {}
     for path in sorted(directory.rglob("*")):
         if path.is_file() and is_template(path.name) and inside(directory, path):
@@ -134,7 +137,9 @@ def snapshot(directory: Path) -> dict[str, str]:
                     path.read_text(encoding="utf-8")
                 )
             except UnicodeDecodeError as exc:
-                raise ConfigError(path, [not_utf8(exc)]) from None
+                if not unreadable_left_out or path == directory / STYLESHEET:
+                    # the stylesheet goes into every HTML e-mail: none without it
+                    raise ConfigError(path, [not_utf8(exc)]) from None
     return found
 
 
@@ -187,11 +192,16 @@ class InliningLoader(BaseLoader):
             FileSystemLoader(str(directory)) if sources is None else DictLoader(dict(sources))
         )
         sheet = directory / STYLESHEET
+        self.unreadable: UnicodeDecodeError | None = None  # the stylesheet's, for HTML
         if sources is not None:
             self.css = sources.get(STYLESHEET, "")
         else:
-            readable = sheet.exists() and inside(directory, sheet)
-            self.css = without_bom(sheet.read_text(encoding="utf-8")) if readable else ""
+            # a file (a named pipe there was read, waiting for a writer for ever)
+            readable = sheet.is_file() and inside(directory, sheet)
+            try:
+                self.css = without_bom(sheet.read_text(encoding="utf-8")) if readable else ""
+            except UnicodeDecodeError as exc:  # a problem of each HTML template, not a crash
+                self.css, self.unreadable = "", exc
         self.fragments = css_inline.CSSInliner(load_remote_stylesheets=False)
         self.documents = css_inline.CSSInliner(
             load_remote_stylesheets=False, keep_style_tags=True, extra_css=self.css or None
@@ -211,6 +221,8 @@ class InliningLoader(BaseLoader):
             raise OutsideTemplates(
                 template, f"{named!r} is a link to a file outside the templates folder"
             )
+        if self.unreadable is not None and template.endswith(".html"):
+            raise NotUtf8(STYLESHEET, self.unreadable)  # inlined into every HTML template
         try:
             source, filename, uptodate = self.files.get_source(environment, template)
         except UnicodeDecodeError as exc:
@@ -279,7 +291,9 @@ class Renderer:
 
     @classmethod
     def frozen(cls, directory: Path, limits: TemplateSettings | None = None) -> Renderer:
-        return cls(directory, snapshot(directory), limits)
+        """The templates as they are now, for what passed ``check`` with them (a template
+        that is not UTF-8 is left out: each campaign that uses it failed ``check``)."""
+        return cls(directory, snapshot(directory, unreadable_left_out=True), limits)
 
     def render(
         self, subject: str, html: str, text: str, context: Mapping[str, object]

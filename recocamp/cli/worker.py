@@ -101,9 +101,17 @@ def worker(
         if once:
             outcomes = process.run_due_once()
             console.print(", ".join(f"{job}: {what}" for job, what in outcomes.items()))
+            failed = [job for job, what in outcomes.items() if what == "error"]
+            if failed:  # recorded with their errors: a cron job running --once notices too
+                print_error(
+                    f"{', '.join(failed)} failed (`recocamp runs list --job {failed[0]}` "
+                    "shows why); the rest ran"
+                )
             if broken:  # the rest ran; a cron job running --once still notices
                 print_error(f"{_broken_text(broken)}; the rest ran")
                 raise typer.Exit(2)
+            if failed:
+                raise typer.Exit(1)
             return
         _serve_metrics(
             settings.worker.metrics_host,

@@ -59,9 +59,10 @@ def finish(
     seconds: float | None = None,
 ) -> None:
     """``seconds``: the run's wall-clock duration (``now`` may come from a simulated clock).
-    The error and the counts' texts are stored with addresses masked: they quote whatever
-    failed (a customer id, a provider's answer), and an id can be an e-mail address; the
-    worker's log is masked too, the ``runs`` table was not."""
+    The error and the counts' texts are stored with e-mail addresses masked: ``runs list``
+    and ``runs workers`` print them, and they may quote anything — a customer id (which can
+    be an address), a broken campaign file's value (a subject naming the reply address), a
+    driver's error (PostgreSQL's "Failing row contains (…)"), a provider's answer."""
     connection.execute(
         sa.update(runs)
         .where(runs.c.id == run_id)

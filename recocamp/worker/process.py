@@ -10,7 +10,8 @@ heartbeat every ``[worker] leader_poll_s``) and then, in one loop thread:
   a follower only delivers. A leader that loses its lock steps down at once.
 - **resume**: the leader resumes campaign runs that a dead or stopped worker left
   unfinished, with their original instant (same run key, same send keys: no duplicates,
-  no gaps), if they are younger than ``[worker] resume_window_s``.
+  no gaps), if they are younger than ``[worker] resume_window_s``; and a campaign run whose
+  first row the store refused (locked, disk full) is run again for its instant a while later.
 - **reload**: when a file in ``campaigns/`` or ``templates/`` changes (or on SIGHUP), the
   campaigns are checked again, with the same rule as at start, file by file: every good
   file runs as it now is; a broken one is logged with every problem and keeps its last
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -58,7 +60,7 @@ from recocamp.errors import ConfigError, Interrupted
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
 from recocamp.store import outbox, runs
-from recocamp.store.engine import Engine
+from recocamp.store.engine import Engine, SQLAlchemyError
 from recocamp.store.runs import CAMPAIGN_PREFIX
 from recocamp.worker import jobs, leadership, scheduler
 
@@ -68,14 +70,14 @@ RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is trie
 _current: Worker | None = None  # the worker of this process, for dispatch()
 
 
-def dispatch(job_id: str) -> None:
+def dispatch(job_id: str) -> str | None:
     """Every scheduled job's entry point (see ``scheduler``): run it through this process's
-    worker."""
+    worker; returns its run's status (``--once`` prints it)."""
     worker = _current
     if worker is None:  # pragma: no cover - a job fired after the worker went away
         log.warning("job %s fired without a running worker: ignored", job_id)
-        return
-    worker.run(job_id)
+        return None
+    return worker.run(job_id)
 
 
 class Worker:
@@ -101,6 +103,8 @@ class Worker:
         self.broken: list[ConfigError] = []  # campaign files that failed the last check
         self._files: tuple[Any, ...] = ()
         self._resuming: set[int] = set()
+        # (campaign job, instant) → (when, resumed run) of runs the store refused to record
+        self._unrecorded: dict[tuple[str, datetime], tuple[datetime, int | None]] = {}
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
         self.stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGINT)
         self.lost: str | None = None  # why it stopped by itself (see Leadership.gone)
@@ -196,6 +200,8 @@ class Worker:
         with the new templates too; when one does not (a template it uses broke), the whole
         reload is refused and the last good campaigns and templates keep running. Returns
         whether the reload was taken."""
+        if not self.campaigns_dir.is_dir():
+            return self._folder_gone()
         good, failures, renderer = self._check()
         kept = self._last_good(failures)
         stale = [
@@ -222,15 +228,37 @@ class Worker:
         )
         return True
 
+    def _folder_gone(self) -> bool:
+        """The campaigns folder is not there (a deploy swapping it, a volume not mounted for
+        a moment): read as every file deleted, every campaign left the schedule and lost its
+        next run time, so a run due meanwhile never came. Not a change to take: the running
+        campaigns keep running; the folder's return is the next change."""
+        self._files = self._fingerprint()
+        log.error(
+            "reload refused: %s is not a folder (any more); the %d campaign(s) running keep "
+            "running (delete the campaign files to stop them)",
+            self.campaigns_dir,
+            len(self.campaigns),
+        )
+        return False
+
     def _fingerprint(self) -> tuple[Any, ...]:
+        """What tells the campaign files and templates of now from those last checked: each
+        file's name, modification and size. The templates' whole tree, as the renderer's
+        snapshot takes it (a partial in a subfolder was not looked at: an edit to it was
+        never checked nor taken); the campaign files at the top of their folder, as they are
+        loaded. A file gone between listing and looking (an editor's swap file) is left out."""
         found = []
-        for directory in (self.campaigns_dir, self.templates_dir):
-            if directory.is_dir():
-                found += [
-                    (str(p), p.stat().st_mtime_ns, p.stat().st_size)
-                    for p in sorted(directory.iterdir())
-                    if p.is_file()
-                ]
+        for directory, pattern in ((self.campaigns_dir, "*"), (self.templates_dir, "**/*")):
+            if not directory.is_dir():
+                continue
+            for path in sorted(directory.glob(pattern)):
+                try:
+                    seen = path.stat()
+                except OSError:
+                    continue
+                if stat.S_ISREG(seen.st_mode):
+                    found.append((str(path), seen.st_mtime_ns, seen.st_size))
         return tuple(found)
 
     # -- running jobs -----------------------------------------------------------------------
@@ -244,6 +272,8 @@ class Worker:
             log.warning("job %s is not in the schedule (any more): not run", job_id)
             return "skipped"
         if self.stop.is_set():
+            if spec.campaign is not None and resumed_from is None:
+                self._left_to_the_next_worker(spec.campaign, as_of or self._scheduled(spec))
             return "skipped"
         with self._exclusive(spec) as held:
             if not held:
@@ -251,6 +281,25 @@ class Worker:
                     self._resuming.discard(resumed_from)
                 return self._skip(job_id, "already running")
             return self._run(spec, as_of or self._scheduled(spec), resumed_from)
+
+    def _left_to_the_next_worker(self, name: str, as_of: datetime) -> None:
+        """A campaign run that starts while the worker stops (SIGTERM just after the
+        scheduler handed it to a thread, or while it waited for a free one): the scheduler
+        has saved its next run time already, so returning without a trace lost that day's
+        run. It is recorded ``interrupted`` for its instant, and the next scheduling worker
+        resumes it (``unfinished_campaign_runs``). A resumed run needs no row: the one it
+        resumes is still unresumed."""
+        campaign = self.campaigns.get(name)
+        if campaign is None:
+            return
+        now, key = self.clock.now(), run_key(name, as_of, campaign.schedule.zone)
+        with self.engine.begin() as connection:
+            run_id = runs.start(
+                connection, f"{CAMPAIGN_PREFIX}{name}", self.id, now, as_of=as_of, run_key=key
+            )
+            why = "the worker was stopping when it fell due: resumed by the next worker"
+            runs.finish(connection, run_id, "interrupted", now, {}, why)
+        log.info("campaign run %s left to the next worker: this one is stopping", key)
 
     def _scheduled(self, spec: scheduler.JobSpec) -> datetime:
         """The instant a campaign run decides for: its trigger's latest fire time (within
@@ -286,7 +335,12 @@ class Worker:
         key = run_key(campaign.name, as_of, campaign.schedule.zone) if campaign else None
         quiet = spec.scope == "every_worker" or spec.id == "import"  # an idle poll: no history
         begun = self.clock.now()
-        run_id = None if quiet else self._started(spec.id, begun, as_of, key, resumed_from)
+        try:
+            run_id = None if quiet else self._started(spec.id, begun, as_of, key, resumed_from)
+        except SQLAlchemyError:
+            if campaign is not None:
+                self._unrecorded_run(spec.id, as_of, resumed_from)
+            raise
         if run_id is not None:
             self._running[spec.id] = run_id
         started = time.perf_counter()
@@ -311,6 +365,20 @@ class Worker:
         self._observe(spec.id, status, seconds, counts, run_id)
         self.last[spec.id] = (counts, error)
         return status
+
+    def _unrecorded_run(self, job: str, as_of: datetime, resumed_from: int | None) -> None:
+        """A campaign run whose first row the store refused (locked past its busy timeout by
+        a long import elsewhere, a full disk): the scheduler has moved its next run time on
+        and there is no row to resume, so the day's run was lost without a trace. It is tried
+        again for the same instant ``RETRY_FAILED_S`` later (:meth:`resume_unfinished`), as a
+        run that failed is."""
+        log.error(
+            "campaign run %s for %s could not be recorded: tried again in %g s",
+            job,
+            as_of.isoformat(),
+            RETRY_FAILED_S,
+        )
+        self._unrecorded[(job, as_of)] = (self.clock.now(), resumed_from)
 
     def _started(
         self, job: str, begun: datetime, as_of: datetime, key: str | None, resumed_from: int | None
@@ -433,14 +501,39 @@ class Worker:
                 row.id,
                 row.as_of.isoformat(),
             )
-            self.scheduler.add_job(
-                self.run,
-                args=[row.job],
-                id=f"resume:{row.id}",
-                kwargs={"as_of": row.as_of, "resumed_from": row.id},
-                jobstore=scheduler.LOCAL,
-            )
-        return len(found)
+            self._run_soon(row.job, f"resume:{row.id}", row.as_of, row.id)
+        return len(found) + self._retry_unrecorded(now)
+
+    def _retry_unrecorded(self, now: datetime) -> int:
+        """Start again the campaign runs whose start the store refused ``RETRY_FAILED_S``
+        ago or more (:meth:`_unrecorded_run`), within ``[worker] resume_window_s``."""
+        window = timedelta(seconds=self.settings.worker.resume_window_s)
+        started = 0
+        for (job, as_of), (failed_at, resumed_from) in list(self._unrecorded.items()):
+            if (now - failed_at).total_seconds() < RETRY_FAILED_S:
+                continue
+            del self._unrecorded[(job, as_of)]
+            if as_of < now - window:
+                log.error("campaign run %s for %s not tried again: too old", job, as_of)
+                continue
+            self._run_soon(job, f"retry:{job}:{as_of.isoformat()}", as_of, resumed_from)
+            started += 1
+        return started
+
+    def _run_soon(self, job: str, name: str, as_of: datetime, resumed_from: int | None) -> None:
+        """Run a campaign job for ``as_of`` in the scheduler's threads as soon as it takes
+        it up, however late: with APScheduler's default misfire grace (one second) a run
+        taken up later — its loop busy saving a next run time while the store was locked —
+        was dropped as missed, and as it was remembered as resumed, never tried again."""
+        self.scheduler.add_job(
+            self.run,
+            args=[job],
+            id=name,
+            kwargs={"as_of": as_of, "resumed_from": resumed_from},
+            jobstore=scheduler.LOCAL,
+            misfire_grace_time=None,
+            replace_existing=True,
+        )
 
     def _loop(self) -> None:
         while not self.stop.is_set():
@@ -565,7 +658,7 @@ class Worker:
                 outcomes = self._fire_due()
             else:
                 log.info("another worker schedules: --once only delivers")
-            outcomes["deliver"] = self.run("deliver")
+            outcomes["deliver"] = self._stoppable(lambda: self.run("deliver"))
         finally:
             self.leadership.release()
             self.leader_since, _current = None, None
@@ -573,13 +666,47 @@ class Worker:
                 signal.signal(signal.SIGTERM, terminated)
         return outcomes
 
+    def _stoppable(self, work: Callable[[], str]) -> str:
+        """``work`` (``--once``'s delivery round) in a thread of its own, while the main
+        thread waits: SIGTERM and Ctrl-C raise ``KeyboardInterrupt`` there (see
+        :func:`_sigterm_as_ctrl_c`), and raised inside the round it broke off a batch being
+        rendered or sent, its claims held until their lease ran out and a batch the provider
+        took not recorded sent. Here it tells the round to stop as the worker's SIGTERM does
+        (the batch in flight is finished and recorded, the rest stays queued), waits for it,
+        then raises on. (It waits on an event: a ``Thread.join`` that the interrupt breaks
+        marks the thread ended while it runs, and the interpreter then exits under it.)"""
+        outcome: dict[str, Any] = {}
+        ended = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["status"] = work()
+            except BaseException as exc:  # raised again on the calling thread
+                outcome["error"] = exc
+            finally:
+                ended.set()
+
+        threading.Thread(target=run, name="worker-once-deliver").start()
+        try:
+            while not ended.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            self.stopped_by = self.stopped_by or "SIGINT"
+            self.stop.set()
+            while not ended.wait(0.2):
+                pass
+            raise
+        if "error" in outcome:
+            raise outcome["error"]
+        return str(outcome["status"])
+
     def _fire_due(self) -> dict[str, str]:
         outcomes: dict[str, str] = {}
         done = threading.Condition()
 
         def listen(event: JobEvent) -> None:
             with done:
-                outcomes.setdefault(event.job_id, _OUTCOME[event.code])
+                outcomes.setdefault(event.job_id, _outcome(event))
                 done.notify_all()
 
         self.scheduler.add_listener(
@@ -661,6 +788,16 @@ _OUTCOME = {
     EVENT_JOB_MISSED: "missed",
     EVENT_JOB_MAX_INSTANCES: "skipped (still running)",
 }
+
+
+def _outcome(event: JobEvent) -> str:
+    """What became of a job ``--once`` fired: its run's status (``ok``, ``error``,
+    ``interrupted``, ``skipped``) when it ran — "ran" hid a run that failed, which the worker
+    records instead of raising — else why it did not run."""
+    status = getattr(event, "retval", None)
+    if event.code == EVENT_JOB_EXECUTED and isinstance(status, str):
+        return status
+    return _OUTCOME[event.code]
 
 
 def _sigterm_as_ctrl_c(worker: Worker) -> Any:

@@ -106,9 +106,34 @@ def job_table(settings: Settings, campaigns: Iterable[Campaign]) -> list[JobSpec
     return table
 
 
+class _Scheduler(BackgroundScheduler):  # type: ignore[misc]  # untyped library
+    """APScheduler 3's background scheduler, whose loop outlives a job store that fails.
+
+    After handing a due job to a thread, APScheduler saves the job's next run time
+    (``update_job``) outside any ``try``: a store that refused that write (SQLite locked past
+    its busy timeout by a long import, a full disk, a read-only file, a PostgreSQL connection
+    gone) raised out of ``_process_jobs`` and ended the scheduler's thread. The worker ran on,
+    heartbeat and leadership and all, and never ran a job again (delivery included) until it
+    was restarted. Here the round is logged and tried again after the store's retry interval,
+    as APScheduler does itself when reading due jobs fails. The job whose next run time was
+    not saved is still due then: it runs again (a campaign run decides for the same instant,
+    same run key and send keys: nothing is sent twice) or is skipped while it still runs."""
+
+    def _process_jobs(self) -> float | None:
+        try:
+            wait: float | None = super()._process_jobs()
+        except Exception:
+            log.exception(
+                "scheduler: the job store failed; trying again in %g s",
+                self.jobstore_retry_interval,
+            )
+            return float(self.jobstore_retry_interval)
+        return wait
+
+
 def make_scheduler() -> BackgroundScheduler:
     """A scheduler in UTC with a small thread pool and the memory store for local jobs."""
-    return BackgroundScheduler(
+    return _Scheduler(
         timezone="UTC",
         jobstores={LOCAL: MemoryJobStore()},
         executors={"default": {"type": "threadpool", "max_workers": 8}},

@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -22,6 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import REGISTRY
 
 from recocamp.campaigns import run as jobs
+from recocamp.clock import FixedClock
 from recocamp.data.drop_folder import import_drop_folder
 from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
@@ -30,7 +33,7 @@ from recocamp.settings import Settings, load_settings
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import leadership, scheduler
-from recocamp.worker.process import Worker
+from recocamp.worker.process import RETRY_FAILED_S, Worker
 from tests.worker_shop import (
     CUSTOMERS,
     make_shop,
@@ -925,3 +928,314 @@ def test_sigterm_during_worker_once_stops_its_jobs_as_ctrl_c_does(
     with process.engine.connect() as connection:
         [train] = runs.recent(connection, "train")
     assert train.status == "ok"  # recorded, not left running
+
+
+def test_a_campaign_run_whose_start_the_store_refused_runs_later_for_its_instant(
+    tmp_path: Path, secrets: None
+) -> None:
+    """The store refuses the run's first row (locked past its busy timeout by a long import
+    in another process, a full disk) when a campaign falls due: the scheduler had moved its
+    next run time on, and with no row there was nothing to resume, so the campaign sent
+    nothing that day and ``runs list`` showed nothing. It is tried again, as a run that
+    failed is, for the instant it was due."""
+    shop = sqlite_shop(tmp_path)
+    settings = load_settings(shop / "settings.toml")
+    clock = FixedClock(datetime.now(UTC))  # the shop's orders are recent *now*
+    process = Worker(
+        settings, make_engine(settings.database_url), shop / "campaigns", shop / "templates", clock
+    )
+    process.load()
+    due = clock.now() - timedelta(minutes=2)
+    refusal = (
+        "CREATE TRIGGER refused BEFORE INSERT ON runs WHEN NEW.job = 'campaign:everyone' "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    with process.engine.begin() as connection:
+        connection.execute(sa.text(refusal))
+    process.start(loop=False)
+    try:
+        with pytest.raises(sa.exc.SQLAlchemyError, match="disk is full"):
+            process.run("campaign:everyone", as_of=due)
+        with process.engine.begin() as connection:
+            connection.execute(sa.text("DROP TRIGGER refused"))
+        process.tick()  # too soon: a store that refused a moment ago is not asked at once
+        assert process.scheduler.get_jobs(jobstore=scheduler.LOCAL) == [
+            process.scheduler.get_job("deliver", jobstore=scheduler.LOCAL)
+        ]
+        clock.advance(timedelta(seconds=RETRY_FAILED_S + 1))
+        process.tick()
+
+        def ran() -> list[Any]:
+            with process.engine.connect() as connection:
+                found = runs.recent(connection, "campaign:everyone")
+            return [r for r in found if r.status == "ok"]
+
+        [done] = wait_for(ran, 30)
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+    assert done.as_of == due and done.run_key == jobs.run_key(
+        "everyone", due, ZoneInfo("Europe/Berlin")
+    )
+    assert done.counts["enqueued"] == CUSTOMERS
+
+
+def test_a_broken_campaign_file_quoting_an_address_is_recorded_without_it(
+    tmp_path: Path, secrets: None
+) -> None:
+    """The worker records a broken campaign file's problems as its ``check`` run, which
+    ``runs list`` and ``runs workers`` print: a subject that names the shop's reply address
+    was stored and shown with it (the log line had it masked)."""
+    shop = sqlite_shop(tmp_path)
+    path = shop / "campaigns" / "everyone.toml"
+    path.write_text(
+        path.read_text().replace('de = "Für Sie"', 'de = "Fragen? antwort@shop.example {{ x"')
+    )
+    process = worker_for(shop)
+    process.start(loop=False)
+    process.shutdown()
+    process.engine.dispose()
+    error = scalar_text(process.engine, "SELECT error FROM runs WHERE job = 'check'")
+    assert "{{ x" in error and "<address>" in error and "antwort@" not in error
+    shown = recocamp(shop, "runs", "list", "--job", "check", "--format", "json")
+    assert shown.returncode == 0 and "everyone.toml" in shown.stdout
+    assert "antwort@" not in shown.stdout + shown.stderr
+
+
+def test_sigterm_during_the_delivery_of_worker_once_ends_the_batch_and_holds_no_claim(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """``worker --once`` ends with a delivery round on its main thread, where SIGTERM (cron's
+    ``timeout``) and Ctrl-C raise ``KeyboardInterrupt``: it came in the middle of a batch —
+    rendering it, or waiting for the provider's answer — and the claims stayed taken until
+    their lease ran out, a batch the provider took not recorded sent. Now the round stops as
+    the worker's does: the batch in flight is finished and recorded, the rest stays queued."""
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    process = worker_for(shop)
+    campaign, templates = process.campaigns["everyone"], shop / "templates"
+    now = datetime.now(UTC)
+    jobs.plan_and_enqueue(process.engine, process.settings, campaign, templates, now)
+    fake.set_faults(Faults(latency_ms=2000))  # a batch is in flight for two seconds
+
+    def claimed() -> int:
+        return scalar_int(process.engine, "SELECT count(*) FROM outbox WHERE state = 'claimed'")
+
+    worker = start_worker(shop, "--once")
+    try:
+        wait_for(claimed)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    finally:
+        worker.kill()
+    sent = scalar_int(process.engine, "SELECT count(*) FROM outbox WHERE state = 'sent'")
+    queued = scalar_int(process.engine, "SELECT count(*) FROM outbox WHERE state = 'queued'")
+    process.engine.dispose()
+    assert claimed() == 0 and 0 < sent < CUSTOMERS and sent + queued == CUSTOMERS
+    assert fake.stats()["received"] == sent
+
+
+def test_a_campaign_run_due_as_the_worker_stops_is_left_to_the_next_worker(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """SIGTERM just after the scheduler handed a due campaign to a thread (or while it waited
+    for a free one): the scheduler had saved its next run time, and the run, finding the
+    worker stopping, returned without a trace, so that day's run was lost. It is recorded
+    interrupted, for its instant, and the next worker resumes it."""
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    first = worker_for(shop)
+    first.start(loop=False)
+    due = datetime.now(UTC) - timedelta(minutes=1)  # the shop's orders are recent *now*
+    try:
+        first.tick()
+        first.stop.set()  # SIGTERM
+        assert first.run("campaign:everyone", as_of=due) == "skipped"
+    finally:
+        first.shutdown()
+    second = worker_for(shop)
+    second.start(loop=False)
+    try:
+        second.tick()  # the leader: resumes what the first worker left
+        wait_for(lambda: fake.stats()["received"] >= CUSTOMERS, 30)
+    finally:
+        second.shutdown()
+    with second.engine.connect() as connection:
+        rows = runs.recent(connection, "campaign:everyone")
+    second.engine.dispose()
+    key = jobs.run_key("everyone", due, ZoneInfo("Europe/Berlin"))
+    assert sorted((r.status, r.run_key, r.as_of, r.resumed_from is not None) for r in rows) == [
+        ("interrupted", key, due, False),
+        ("ok", key, due, True),
+    ]
+    assert fake.stats()["duplicates"] == 0
+
+
+def test_a_resume_the_scheduler_takes_up_late_still_runs(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """The leader hands a dead worker's campaign run to the scheduler to resume it; when the
+    scheduler's loop took it up more than a second later (busy saving a job's next run time
+    while an import held the SQLite write lock, a slow PostgreSQL), APScheduler's default
+    misfire grace of one second dropped it as missed: remembered as resumed, it was never
+    tried again, and its mail never sent."""
+    fake, url = esp
+    process = worker_for(sqlite_shop(tmp_path, url))
+    dead, key = dead_run(process, datetime.now(UTC) - timedelta(hours=1))
+    process.start(loop=False)
+    try:
+        process.scheduler.pause()  # its loop busy elsewhere
+        process.tick()  # the leader: hands the dead worker's run to the scheduler
+        time.sleep(1.5)  # taken up later than the default grace (at least: never sooner)
+        process.scheduler.resume()
+        wait_for(lambda: fake.stats()["received"] >= CUSTOMERS, 30)
+    finally:
+        process.shutdown()
+    with process.engine.connect() as connection:
+        resumed = [r for r in runs.recent(connection, "campaign:everyone") if r.resumed_from]
+    process.engine.dispose()
+    assert [(r.resumed_from, r.run_key, r.status) for r in resumed] == [(dead, key, "ok")]
+
+
+def test_a_change_to_a_template_in_a_subfolder_is_reloaded(tmp_path: Path, secrets: None) -> None:
+    """Templates may sit in subfolders (``{% include 'parts/_sign.html' %}``: the renderer's
+    snapshot takes the whole tree), but the worker looked for changes among the folder's
+    top-level files only: an edited partial in a subfolder was never checked nor taken, and
+    every e-mail went on with the old text until a restart."""
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    parts = shop / "templates" / "parts"
+    parts.mkdir()
+    (parts / "_sign.html").write_text("<p>Your shop team</p>\n")
+    base = shop / "templates" / "base.html"
+    base.write_text(base.read_text().replace("</body>", "{% include 'parts/_sign.html' %}</body>"))
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert process.context.renderer.sources is not None
+        assert process.context.renderer.sources["parts/_sign.html"] == "<p>Your shop team</p>\n"
+        (parts / "_sign.html").write_text("<p>Greetings from the shop</p>\n")
+        os.utime(parts / "_sign.html", ns=(time.time_ns(), time.time_ns() + 10**9))
+        process.tick()
+        sources = process.context.renderer.sources
+        assert sources is not None
+        assert sources["parts/_sign.html"] == "<p>Greetings from the shop</p>\n"
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+
+
+def test_worker_once_says_which_job_failed_and_exits_1(tmp_path: Path) -> None:
+    """``--once`` printed ``train: ran`` for a training that failed (its error was recorded,
+    so the scheduler saw the job return) and exited 0: a cron job running it never noticed.
+    Each job shows its run's status, and a failed one makes the exit 1 after the rest ran."""
+    shop = sqlite_shop(tmp_path)
+    assert recocamp(shop, "worker", "--once").returncode == 0  # stores the schedule
+    engine = make_engine(f"sqlite:///{shop / 'shop.db'}")
+    with engine.begin() as connection:  # nothing to learn from: the training fails
+        connection.execute(sa.text("DELETE FROM purchases"))
+    engine.dispose()
+    assert recocamp(shop, "runs", "trigger", "train").returncode == 0
+    result = recocamp(shop, "worker", "--once")
+    assert "train: error" in result.stdout and "deliver: ok" in result.stdout
+    assert result.returncode == 1 and "train" in result.stderr
+
+
+def test_a_campaigns_folder_gone_for_a_while_keeps_the_schedule(
+    tmp_path: Path, secrets: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole ``campaigns/`` folder gone (a deploy that swaps it, a volume not mounted for
+    a moment) read as every campaign deleted: each left the schedule, losing its next run
+    time — one due meanwhile never ran. A folder that is not there is no change to take:
+    the campaigns keep running, with their next run times, and the worker says why."""
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        job = process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+        assert job is not None
+        due = job.next_run_time
+        (shop / "campaigns").rename(shop / "campaigns.old")
+        with caplog.at_level(logging.ERROR, logger="recocamp.worker"):
+            process.tick()
+        assert f"{shop / 'campaigns'} is not a folder" in caplog.text
+        job = process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+        assert job is not None and job.next_run_time == due
+        (shop / "campaigns.old").rename(shop / "campaigns")
+        process.tick()
+        job = process.scheduler.get_job("campaign:everyone", jobstore=scheduler.SHARED)
+        assert job is not None and job.next_run_time == due
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+
+
+def test_a_template_no_campaign_uses_that_is_not_utf8_stops_nothing(
+    tmp_path: Path, secrets: None
+) -> None:
+    """An old template saved in Latin-1 that no campaign uses: ``check`` passes, but the
+    worker's template snapshot refused the whole folder — the worker would not start (exit 2:
+    no delivery, imports or purges), and once running it took no change any more (each
+    reload failed the loop's round)."""
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    old = shop / "templates" / "old"
+    old.mkdir()
+    (old / "newsletter.html").write_bytes("<p>Grüße</p>".encode("latin-1"))
+    result = recocamp(shop, "worker", "--once")
+    assert result.returncode == 0 and "deliver: ok" in result.stdout, result.stderr
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert set(process.campaigns) == {"everyone"}
+        path = shop / "campaigns" / "everyone.toml"
+        path.write_text(path.read_text().replace('"0 9 * * THU"', '"0 10 * * FRI"'))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+        process.tick()
+        assert "day_of_week='fri'" in _cron(process, "campaign:everyone")
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+
+
+def test_a_stylesheet_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """``email.css`` saved in Latin-1: ``check`` and the worker ended in a UnicodeDecodeError
+    traceback (exit 1); it is a problem naming the file and the line, exit 2, as for any
+    template file that is not UTF-8."""
+    shop = sqlite_shop(tmp_path)
+    sheet = shop / "templates" / "email.css"
+    sheet.write_bytes(sheet.read_bytes() + "\n/* Grüße */\n".encode("latin-1"))
+    lines = sheet.read_bytes().count(b"\n")
+    for command in (("check",), ("worker", "--once")):
+        result = recocamp(shop, *command)
+        assert result.returncode == 2, (command, result.stderr)
+        assert f"templates/email.css: line {lines}: not UTF-8" in result.stderr, command
+        assert "Traceback" not in result.stderr and "UnicodeDecodeError" not in result.stderr
+
+
+def test_a_named_pipe_among_the_campaign_files_is_refused_not_read_for_ever(
+    tmp_path: Path,
+) -> None:
+    """``campaigns/x.toml`` a named pipe (FIFO): reading it waits for a writer for ever, so
+    ``check`` and the worker hung at start, and a worker that met one on a reload hung its
+    loop (no heartbeat, no leadership, no reload any more). It is a broken file, named."""
+    shop = sqlite_shop(tmp_path)
+    os.mkfifo(shop / "campaigns" / "pipe.toml")
+    checked = recocamp(shop, "check")
+    assert checked.returncode == 2 and "pipe.toml" in checked.stderr
+    assert "not a regular file" in checked.stderr
+    once = recocamp(shop, "worker", "--once")
+    assert once.returncode == 2 and "deliver: ok" in once.stdout
+    assert "1 broken campaign file(s) not run" in once.stderr and "pipe.toml" in once.stderr
+
+
+def test_a_stylesheet_that_is_a_named_pipe_hangs_nothing(tmp_path: Path) -> None:
+    """``templates/email.css`` a named pipe: the loader read it whenever it was built, and
+    ``check`` and the worker hung for ever; it is no file, as a missing one is none."""
+    shop = sqlite_shop(tmp_path)
+    sheet = shop / "templates" / "email.css"
+    sheet.unlink()
+    os.mkfifo(sheet)
+    assert recocamp(shop, "check").returncode == 0
+    assert recocamp(shop, "worker", "--once").returncode == 0
