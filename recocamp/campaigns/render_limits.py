@@ -35,6 +35,7 @@ from __future__ import annotations
 import codecs
 import gc
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
@@ -176,11 +177,18 @@ class Budget:
 
 
 _BUDGET: ContextVar[Budget | None] = ContextVar("recocamp_template_budget", default=None)
+# the same budget for the garbage collector's callback, which must not read the ContextVar: a
+# collection can start inside ``ContextVar.reset`` (its new mapping is allocated after it
+# cleared its cache and before it drops the old one), and a ``get`` there caches a borrowed
+# pointer to the budget the reset is about to free; the next ``get`` returned freed memory
+# (an AttributeError on whatever object lived there next, or a segmentation fault
+# "Garbage-collecting": twice in CI, and every time with ``gc.set_threshold(1)``)
+_COLLECTING = threading.local()
 
 
 def on_collection(phase: str, info: dict[str, int]) -> None:
     """``gc.callbacks`` entry: garbage collections during a render are credited back."""
-    budget = _BUDGET.get()
+    budget: Budget | None = getattr(_COLLECTING, "budget", None)
     if budget is not None:
         budget.collected(phase)
 
@@ -284,6 +292,8 @@ class LimitedEnvironment(SandboxedEnvironment):
         """``template`` rendered with ``context`` within the limits: raises
         ``TemplateLimitError`` naming the template and line where a limit was passed."""
         budget = Budget(self.limits, self.clock, self.wall)
+        outer: Budget | None = getattr(_COLLECTING, "budget", None)  # a render in a render
+        _COLLECTING.budget = budget
         token = _BUDGET.set(budget)
         try:
             parts: list[str] = []
@@ -313,6 +323,7 @@ class LimitedEnvironment(SandboxedEnvironment):
             raise located(exc, "out of memory", template) from None
         finally:
             _BUDGET.reset(token)
+            _COLLECTING.budget = outer
 
     def _context(self, template: Template, context: Mapping[str, Any]) -> Context:
         """``template.new_context(dict(context))``, without reading the template's globals
