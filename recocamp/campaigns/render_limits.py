@@ -620,9 +620,9 @@ class LimitedEnvironment(SandboxedEnvironment):
 class _Guarded:
     """A filter of a :class:`LimitedEnvironment`, checked before it runs
     (``LimitedEnvironment._guarded_call``). An object, not a closure: every environment
-    wrapped its ~50 filters in closures, and allocating their cells is where Python 3.11's
-    collector may run over a frame it has not finished setting up and crash the process
-    (cpython#111629: a segmentation fault "Garbage-collecting" in ``_guard``, twice in CI)."""
+    wrapped its ~50 filters in closures, and their cells were where CI's two segmentation
+    faults "Garbage-collecting" happened (then put down to cpython#111629; the cause was the
+    collector's callback reading freed memory: see ``_COLLECTING``)."""
 
     def __init__(self, env: LimitedEnvironment, name: str, func: Callable[..., Any]) -> None:
         self.env, self.name, self.func = env, name, func
