@@ -30,7 +30,7 @@ from typing import (
     is_typeddict,
 )
 
-from recocamp.domain import LOCALES, ConsentBasis, Locale
+from recocamp.domain import FALLBACK_LOCALE, LOCALES, ConsentBasis, Locale
 from recocamp.settings import ShopSettings
 
 if TYPE_CHECKING:  # annotations only: a delivering process renders without the planner,
@@ -54,9 +54,11 @@ class CustomerContext(TypedDict):
 class OfferContext(TypedDict):
     item_id: Annotated[str, "the item's id in the catalogue"]
     title: Annotated[str, "the item's name in the catalogue"]
-    price: Annotated[str, "the price, formatted with the shop's currency"]
+    price: Annotated[
+        str, "the price in the shop's currency, as the customer's language writes it (12,75 £)"
+    ]
     discounted_price: Annotated[
-        str | None, "the price after the campaign's discount, formatted; none without a discount"
+        str | None, "the price after the campaign's discount, written so; none without a discount"
     ]
     discount_percent: Annotated[float | None, "the discount in percent; none without a discount"]
     url: Annotated[
@@ -192,8 +194,8 @@ def sample_context(locale: Locale = "en") -> TemplateContext:
     offer = OfferContext(
         item_id="22423",
         title="REGENCY CAKESTAND 3 TIER",
-        price="£12.75",
-        discounted_price="£11.48",
+        price=money(12.75, "GBP", locale),
+        discounted_price=money(11.48, "GBP", locale),
         discount_percent=10,
         url="https://shop.example.test/items/22423",
         image_url=None,
@@ -244,7 +246,7 @@ def context_for(
     return TemplateContext(  # this key order is the JSON of queued e-mails: keep it
         locale=locale,
         customer=CustomerContext(id=customer.id, first_name=customer.first_name, locale=locale),
-        offers=[_offer(o, shop.currency, base_url) for o in decision.offers],
+        offers=[_offer(o, shop.currency, base_url, locale) for o in decision.offers],
         shop=ShopContext(name=shop.name, base_url=base_url, currency=shop.currency),
         campaign=CampaignContext(
             name=campaign.name, description=campaign.description, variant=decision.variant
@@ -259,9 +261,15 @@ def context_for(
     )
 
 
-def money(amount: float, currency: str) -> str:
-    symbol = {"EUR": "€", "GBP": "£", "USD": "$"}.get(currency)
-    return f"{symbol}{amount:,.2f}" if symbol else f"{amount:,.2f} {currency}"
+@functools.lru_cache(maxsize=1 << 16)
+def money(amount: float, currency: str, locale: str = FALLBACK_LOCALE) -> str:
+    """``amount`` as ``locale``'s language writes money (CLDR, through Babel): 12,75 € in
+    German and €12.75 in English, with the currency's own decimals (0 for JPY, 3 for BHD).
+    By hand it was €12.75 in every language: a German reads "€1,234.50" as a decimal comma.
+    Remembered: a catalogue repeats its prices, and Babel takes ~30 µs a call."""
+    from babel.numbers import format_currency  # imported when a price is first written
+
+    return format_currency(amount, currency, locale=locale)
 
 
 def _locale(wanted: str, default: Locale) -> Locale:
@@ -269,13 +277,13 @@ def _locale(wanted: str, default: Locale) -> Locale:
     return next((locale for locale in LOCALES if locale == wanted), default)
 
 
-def _offer(offer: Offer, currency: str, base_url: str) -> OfferContext:
+def _offer(offer: Offer, currency: str, base_url: str, locale: str) -> OfferContext:
     discounted = offer.discounted_price
     return OfferContext(
         item_id=offer.item_id,
         title=offer.title,
-        price=money(offer.price, currency),
-        discounted_price=money(discounted, currency) if discounted else None,
+        price=money(offer.price, currency, locale),
+        discounted_price=money(discounted, currency, locale) if discounted else None,
         discount_percent=_number(offer.discount_percent),
         url=offer.url or f"{base_url}/items/{offer.item_id}",
         image_url=offer.image_url,

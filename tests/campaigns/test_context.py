@@ -17,6 +17,7 @@ from recocamp.campaigns.context import (
     element,
     fields,
     markdown_table,
+    money,
     sample_context,
 )
 from recocamp.campaigns.files import Campaign
@@ -170,9 +171,29 @@ def queued(name: str) -> bytes:
     return outbox.pack(email)
 
 
+# German prices are written as German writes them since (Babel: "12,75 €", no-break space)
+GERMAN_PRICES = {"€12.75": "12,75\u00a0€", "€11.47": "11,47\u00a0€", "€8.00": "8,00\u00a0€"}
+
+
 def test_the_outbox_json_of_a_context_is_byte_for_byte_what_it_was() -> None:
-    assert queued("winback") == OLD_WINBACK_ROW
+    expected = OLD_WINBACK_ROW
+    for before, after in GERMAN_PRICES.items():
+        expected = expected.replace(before.encode(), after.encode())
+    assert queued("winback") == expected
     assert hashlib.sha256(queued("nps")).hexdigest() == OLD_NPS_ROW_SHA256  # under 4 KiB: JSON
+
+
+def test_prices_are_written_as_the_customers_language_writes_money() -> None:
+    """A German reader took "€1,234.50" for a decimal comma: every language wrote English
+    prices. Now CLDR's (Babel), with the currency's own decimals."""
+    assert money(1234.5, "EUR", "de") == "1.234,50\u00a0€"
+    assert money(1234.5, "EUR", "en") == "€1,234.50"
+    assert money(1234.0, "GBP", "de") == "1.234,00\u00a0£"
+    assert money(1234.0, "JPY", "en") == "¥1,234"  # yen have no minor unit
+    assert money(12.5, "BHD", "de") == "12,500\u00a0BHD"  # dinars three
+    deferred = outbox.load_body(queued("winback"))["template"]
+    _, text = Renderer(TEMPLATES).body(deferred["html"], deferred["text"], deferred["context"])
+    assert "Hallo Anna" in text and "11,47\u00a0€ (statt 12,75\u00a0€)" in text
 
 
 def test_a_row_queued_by_the_old_code_still_renders() -> None:
