@@ -123,7 +123,11 @@ class Output(StrEnum):
 def main(
     ctx: typer.Context,
     settings: Annotated[
-        Path | None, typer.Option("--settings", help="Settings file (default: ./settings.toml).")
+        Path | None,
+        typer.Option(
+            "--settings",
+            help="Settings file (default: $RECOCAMP_SETTINGS, else ./settings.toml).",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
 ) -> None:

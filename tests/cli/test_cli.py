@@ -847,6 +847,15 @@ def test_every_help_shows_the_settings_sections_it_names() -> None:
     assert checked >= 4  # serve's [api] host/port/workers, purge's [privacy], evaluate's …
 
 
+def test_help_says_where_settings_come_from_and_what_a_send_is_idempotent_on() -> None:
+    """README: ``--settings`` defaults to ``$RECOCAMP_SETTINGS``, else ``./settings.toml``; a
+    send is idempotent per day of the campaign's schedule zone (the help said the shop's)."""
+    top = runner.invoke(app, ["--help"], terminal_width=200).output
+    assert "$RECOCAMP_SETTINGS" in top and "./settings.toml" in top
+    send = runner.invoke(app, ["send", "--help"], terminal_width=200).output
+    assert "schedule" in send and "shop-local" not in send
+
+
 # -- errors never print an address; output paths that cannot be written -----------------------
 
 
