@@ -73,6 +73,23 @@ def test_a_customers_file_with_a_repeated_id_exits_2_naming_both_lines(workdir: 
         assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 0
 
 
+@pytest.mark.parametrize("zone", ["Mars/Base", "Europe", "localtime"])
+@pytest.mark.parametrize("kind", ["customers", "purchases"])
+def test_an_import_time_zone_that_is_no_iana_zone_exits_2_naming_option_and_value(
+    workdir: Path, kind: str, zone: str
+) -> None:
+    """``--time-zone`` was handed to ``ZoneInfo`` unchecked: a zone it cannot load (or a
+    folder of the zone database) ended the import in a traceback with exit 1."""
+    runner.invoke(app, ["db", "upgrade"])
+    path = write_csv(workdir / "c.csv", ["id", "email"], [["c1", "a@example.test"]])
+    result = runner.invoke(app, ["import", kind, str(path), "--time-zone", zone])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "Invalid value for '--time-zone'" in result.stderr and repr(zone) in result.stderr
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 0
+
+
 def test_imported_customers_without_a_locale_get_the_shops_default_locale(workdir: Path) -> None:
     """README: the e-mail's language is "the customer's, else the shop's default_locale"
     (default "de"). A customers file without a locale stored "en" for everyone instead."""
