@@ -39,6 +39,8 @@ def show_live_model(version: str | None) -> None:
     MODEL_INFO.clear()
     if version is not None:
         MODEL_INFO.labels(version).set(1)
+
+
 LEADER = Gauge("recocamp_scheduler_leader", "1 while this worker schedules jobs, else 0.")
 CAMPAIGN_FILES_BROKEN = Gauge(
     "recocamp_campaign_files_broken",

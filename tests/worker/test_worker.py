@@ -28,8 +28,8 @@ from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.errors import Interrupted, StoreError
 from recocamp.settings import Settings, load_settings
 from recocamp.store import runs
-from recocamp.store.schema import models
 from recocamp.store.engine import make_engine
+from recocamp.store.schema import models
 from recocamp.worker import leadership, scheduler
 from recocamp.worker.process import Worker
 from tests.worker_shop import (
