@@ -864,6 +864,15 @@ def test_every_help_shows_the_settings_sections_it_names() -> None:
     assert checked >= 4  # serve's [api] host/port/workers, purge's [privacy], evaluate's …
 
 
+def test_no_help_shows_docstring_markup() -> None:
+    """A command's docstring is its ``--help``: reStructuredText such as a double-backquoted
+    function name (``recommend`` showed "(``serving.personal_list``)") reaches the user raw."""
+    for _command, path in _commands(typer.main.get_command(app)):
+        shown = runner.invoke(app, [*path, "--help"], terminal_width=200)
+        for markup in ("``", ":func:", ":class:", ":data:"):
+            assert markup not in shown.output, (path, markup)
+
+
 def test_help_says_where_settings_come_from_and_what_a_send_is_idempotent_on() -> None:
     """README: ``--settings`` defaults to ``$RECOCAMP_SETTINGS``, else ``./settings.toml``; a
     send is idempotent per day of the campaign's schedule zone (the help said the shop's)."""
