@@ -758,8 +758,8 @@ def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -
         (
             'name = "urgency"',
             'name = "personal"',
-            "line 44, key 'variants.1.name': variant names must be unique: [[variants]] "
-            "number 1 has it too (value: 'personal')",
+            "line 44, key 'variants.1.name': variant names must be unique: 'variants.0.name' "
+            "has it too (value: 'personal')",
         ),
     ],
 )
