@@ -32,6 +32,15 @@ DECISIONS = Counter(
 )
 TRAIN_SECONDS = Gauge("recocamp_train_duration_seconds", "Duration of the last training run.")
 MODEL_INFO = Gauge("recocamp_live_model", "The live model version (value 1).", ["version"])
+
+
+def show_live_model(version: str | None) -> None:
+    """``recocamp_live_model``: 1 for ``version`` alone (none while no model is live)."""
+    MODEL_INFO.clear()
+    if version is not None:
+        MODEL_INFO.labels(version).set(1)
+
+
 LEADER = Gauge("recocamp_scheduler_leader", "1 while this worker schedules jobs, else 0.")
 CAMPAIGN_FILES_BROKEN = Gauge(
     "recocamp_campaign_files_broken",

@@ -1,7 +1,7 @@
 """Shop API, offers: ``GET /v1/customers/{id}/next-best-offer`` and ``GET /v1/items/{id}/similar``.
 
 Both need the ``offers:read`` scope. The answers come from ``offer_cache.OfferService``; the
-next-best-offer route is a :class:`~recocamp.api_lean.LeanRoute` (the hot path of a shop
+next-best-offer route is a :class:`~recocamp.api.lean.LeanRoute` (the hot path of a shop
 widget: see ``benchmarks/api.py``), served from the per-process answer cache, whose answers
 are dropped when their customer's data changes (see ``offer_cache``).
 """

@@ -231,9 +231,9 @@ class Campaign(_Strict):
         first: dict[str, int] = {}
         for n, variant in enumerate(variants):
             if variant.name in first:
-                number = first[variant.name] + 1
                 raise error_at(
-                    f"variant names must be unique: [[variants]] number {number} has it too",
+                    f"variant names must be unique: 'variants.{first[variant.name]}.name' "
+                    "has it too",
                     (n, "name"),
                     variant.name,
                 )

@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ from recocamp import logs
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign
 from recocamp.clock import SystemClock
-from recocamp.domain import MAX_DAYS, YEAR_MAX, YEAR_MIN
+from recocamp.domain import MAX_DAYS, YEAR_MAX, YEAR_MIN, zone_name_problem
 from recocamp.errors import (
     ConfigError,
     CoverageCountError,
@@ -123,7 +123,11 @@ class Output(StrEnum):
 def main(
     ctx: typer.Context,
     settings: Annotated[
-        Path | None, typer.Option("--settings", help="Settings file (default: ./settings.toml).")
+        Path | None,
+        typer.Option(
+            "--settings",
+            help="Settings file (default: $RECOCAMP_SETTINGS, else ./settings.toml).",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
 ) -> None:
@@ -385,6 +389,23 @@ def within(low: Number, high: Number) -> Callable[[Number | None], Number | None
         return value
 
     return check
+
+
+def time_zone(value: str | None) -> str | None:
+    """An option's callback: an IANA time zone this machine loads, else exit 2 naming the
+    option and the value. ``ZoneInfo`` given ``Mars/Base`` (or ``Europe``, a folder) raised
+    a traceback out of the command; ``localtime`` is this machine's zone, not a name."""
+    if value is None:
+        return None
+    problem = zone_name_problem(value)
+    if problem is None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            problem = "is not an IANA time zone (such as Europe/Berlin)"
+    if problem:
+        raise typer.BadParameter(f"{value!r} {problem}")
+    return value
 
 
 day_count = within(1, MAX_DAYS)  # a day count beyond a hundred years is a typo (and overflows)

@@ -21,6 +21,7 @@ from recocamp.cli.common import (
     ensure_folder,
     errors_to_exit,
     progress_bars,
+    time_zone,
 )
 from recocamp.data.demo import build_demo
 from recocamp.data.ingest import Importer, ImportReport
@@ -43,7 +44,11 @@ class PurchaseFormat(StrEnum):
 
 
 ZoneOption = Annotated[
-    str | None, typer.Option(help="Time zone of timestamps without an offset (default: shop's).")
+    str | None,
+    typer.Option(
+        help="IANA time zone of timestamps without an offset (default: shop's).",
+        callback=time_zone,
+    ),
 ]
 
 

@@ -135,7 +135,8 @@ def send(
     campaigns: CampaignsDir = Path("campaigns"),
     templates: TemplatesDir = Path("templates"),
 ) -> None:
-    """Plan, render, enqueue and deliver one campaign run (idempotent per shop-local day)."""
+    """Plan, render, enqueue and deliver one campaign run (idempotent per day of the
+    campaign's schedule zone)."""
     with errors_to_exit():
         settings = current_settings()
         chosen = one_campaign(settings, campaign, campaigns, templates)

@@ -314,9 +314,10 @@ def models_rollback() -> None:
 
 @app.command("recommend")
 def recommend(customer_id: str, n: TopN = 10) -> None:
-    """A customer's list by the API's rule (``serving.personal_list``): the cached top-N, or
-    computed now from the live model for a customer the cache leaves out or who bought since
-    the model's data (popularity for objectors, unknown customers, no history)."""
+    """A customer's list by the offer API's rule: the cached top-N, or computed now from the
+    live model for a customer the cache leaves out or who bought since the model's data
+    (popularity for objectors, unknown customers, no history)."""
+    # the rule is serving.personal_list's; this docstring is the command's --help
     with errors_to_exit():
         settings = current_settings()
         now, engine = clock.now(), engine_for(settings)

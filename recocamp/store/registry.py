@@ -33,6 +33,12 @@ def live(connection: sa.Connection) -> sa.Row[Any] | None:
     return connection.execute(sa.select(models).where(models.c.status == "live")).first()
 
 
+def live_version(connection: sa.Connection) -> str | None:
+    """The live model's version alone (the worker reads it every poll for its metric)."""
+    query = sa.select(models.c.version).where(models.c.status == "live")
+    return connection.execute(query).scalar()
+
+
 def get(connection: sa.Connection, version: str) -> sa.Row[Any] | None:
     return connection.execute(sa.select(models).where(models.c.version == version)).first()
 

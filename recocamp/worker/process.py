@@ -59,7 +59,7 @@ from recocamp.clock import Clock, FixedClock, SystemClock
 from recocamp.errors import ConfigError, Interrupted
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
-from recocamp.store import outbox, runs
+from recocamp.store import outbox, registry, runs
 from recocamp.store.engine import Engine, SQLAlchemyError
 from recocamp.store.runs import CAMPAIGN_PREFIX
 from recocamp.worker import jobs, leadership, scheduler
@@ -112,6 +112,7 @@ class Worker:
         self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
         self._loop_thread: threading.Thread | None = None
         self._reload_checked = 0.0
+        self.live_model_shown: tuple[str | None] | None = None  # in recocamp_live_model
         limiter = RateLimiter(settings.esp.rate_limit_per_s, self.stop.wait)
         self.context = jobs.JobContext(
             settings,
@@ -442,13 +443,19 @@ class Worker:
 
     def _heartbeat_and_share_rate(self) -> None:
         """This worker's heartbeat, and its share of ``[esp] rate_limit_per_s`` (the
-        provider's limit for all workers together), in one transaction."""
+        provider's limit for all workers together), in one transaction; with it the live
+        model for ``recocamp_live_model``, which a training of this worker is not the only
+        one to switch (another worker's, ``models promote``, ``rollback``)."""
         now = self.clock.now()
         alive_after = now - timedelta(seconds=5 * self.settings.worker.leader_poll_s)
         with self.engine.begin() as connection:
             runs.heartbeat(connection, self.id, now, self.leader_since)
             alive = runs.live_worker_count(connection, alive_after)
+            live = registry.live_version(connection)
         self.context.limiter.share(self.settings.esp.rate_limit_per_s, alive)
+        if self.live_model_shown != (live,):
+            metrics.show_live_model(live)
+            self.live_model_shown = (live,)
 
     def _lead(self) -> None:
         if self.leader_since is not None:

@@ -359,7 +359,8 @@ def test_a_duplicate_variant_name_is_reported_at_the_duplicate(tmp_path: Path) -
     message = check(tmp_path, GOOD.format(name="broken") + variants)
     # the third [[variants]] header is at line 30, its name at 31
     assert "broken.toml: line 31, key 'variants.2.name': variant names must be unique" in message
-    assert "[[variants]] number 1 has it too (value: 'a')" in message
+    # the first one named as keys are ("number 1" beside 'variants.2' read as the second)
+    assert "variant names must be unique: 'variants.0.name' has it too (value: 'a')" in message
 
 
 def test_filter_values_the_catalogue_lacks_are_named_with_the_closest() -> None:

@@ -73,6 +73,23 @@ def test_a_customers_file_with_a_repeated_id_exits_2_naming_both_lines(workdir: 
         assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 0
 
 
+@pytest.mark.parametrize("zone", ["Mars/Base", "Europe", "localtime"])
+@pytest.mark.parametrize("kind", ["customers", "purchases"])
+def test_an_import_time_zone_that_is_no_iana_zone_exits_2_naming_option_and_value(
+    workdir: Path, kind: str, zone: str
+) -> None:
+    """``--time-zone`` was handed to ``ZoneInfo`` unchecked: a zone it cannot load (or a
+    folder of the zone database) ended the import in a traceback with exit 1."""
+    runner.invoke(app, ["db", "upgrade"])
+    path = write_csv(workdir / "c.csv", ["id", "email"], [["c1", "a@example.test"]])
+    result = runner.invoke(app, ["import", kind, str(path), "--time-zone", zone])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "Invalid value for '--time-zone'" in result.stderr and repr(zone) in result.stderr
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 0
+
+
 def test_imported_customers_without_a_locale_get_the_shops_default_locale(workdir: Path) -> None:
     """README: the e-mail's language is "the customer's, else the shop's default_locale"
     (default "de"). A customers file without a locale stored "en" for everyone instead."""
@@ -783,8 +800,8 @@ def test_check_names_the_included_template_and_the_subject_line(workdir: Path) -
         (
             'name = "urgency"',
             'name = "personal"',
-            "line 44, key 'variants.1.name': variant names must be unique: [[variants]] "
-            "number 1 has it too (value: 'personal')",
+            "line 44, key 'variants.1.name': variant names must be unique: 'variants.0.name' "
+            "has it too (value: 'personal')",
         ),
     ],
 )
@@ -887,6 +904,24 @@ def test_every_help_shows_the_settings_sections_it_names() -> None:
             assert section in shown.output, (path, section, shown.output)
             checked += 1
     assert checked >= 4  # serve's [api] host/port/workers, purge's [privacy], evaluate's …
+
+
+def test_no_help_shows_docstring_markup() -> None:
+    """A command's docstring is its ``--help``: reStructuredText such as a double-backquoted
+    function name (``recommend`` showed "(``serving.personal_list``)") reaches the user raw."""
+    for _command, path in _commands(typer.main.get_command(app)):
+        shown = runner.invoke(app, [*path, "--help"], terminal_width=200)
+        for markup in ("``", ":func:", ":class:", ":data:"):
+            assert markup not in shown.output, (path, markup)
+
+
+def test_help_says_where_settings_come_from_and_what_a_send_is_idempotent_on() -> None:
+    """README: ``--settings`` defaults to ``$RECOCAMP_SETTINGS``, else ``./settings.toml``; a
+    send is idempotent per day of the campaign's schedule zone (the help said the shop's)."""
+    top = runner.invoke(app, ["--help"], terminal_width=200).output
+    assert "$RECOCAMP_SETTINGS" in top and "./settings.toml" in top
+    send = runner.invoke(app, ["send", "--help"], terminal_width=200).output
+    assert "schedule" in send and "shop-local" not in send
 
 
 # -- errors never print an address; output paths that cannot be written -----------------------

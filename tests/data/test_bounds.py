@@ -449,6 +449,9 @@ def test_a_gzip_bomb_is_refused_before_the_rest_is_read(engine: sa.Engine, tmp_p
     assert problem.column == "*" and problem.line is not None and problem.line <= limit
     assert f"the file decompresses to more than {limit:,} bytes" in problem.message
     assert "ingest.max_gzip_ratio" in problem.message
+    # the 1 MiB floor applied: the message said "(100 times its size, …)" of 1,048,576 bytes
+    assert limit == 1 << 20 and "(100 times its size" not in problem.message
+    assert "(the least any .gz file may decompress to; 100 times its size, " in problem.message
     # the same blank lines, a ratio allowing them: read through, blank lines left out
     fine = _bomb(tmp_path / "q.csv.gz", 2_000_000)
     allowing = Importer(engine, zone=ZoneInfo("Europe/London"), now=NOW, max_gzip_ratio=1_000)
@@ -473,7 +476,8 @@ def test_the_drop_folder_rejects_a_gzip_bomb(
     assert (report.imported, report.rejected) == (1, 1)  # the other file is not blocked
     errors = (drop / "rejected" / "purchases-1.csv.gz.errors.txt").read_text()
     assert "column '*': cannot be read: the file decompresses to more than" in errors
-    assert "100,000 bytes (10 times its size, ingest.max_gzip_ratio)" in errors
+    # the floor (100,000 here) applied: 10 times the file's size is less
+    assert "100,000 bytes (the least any .gz file may decompress to; 10 times its size" in errors
     with pytest.raises(ValueError, match="max_gzip_ratio"):
         Settings(ingest={"max_gzip_ratio": 1_001})
 

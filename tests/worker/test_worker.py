@@ -32,6 +32,7 @@ from recocamp.errors import Interrupted, StoreError
 from recocamp.settings import Settings, load_settings
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
+from recocamp.store.schema import models
 from recocamp.worker import leadership, scheduler
 from recocamp.worker.process import RETRY_FAILED_S, Worker
 from tests.worker_shop import (
@@ -1239,3 +1240,57 @@ def test_a_stylesheet_that_is_a_named_pipe_hangs_nothing(tmp_path: Path) -> None
     os.mkfifo(sheet)
     assert recocamp(shop, "check").returncode == 0
     assert recocamp(shop, "worker", "--once").returncode == 0
+
+
+def _live_model_versions() -> set[str]:
+    """The versions ``recocamp_live_model`` shows as live (value 1)."""
+    return {
+        sample.labels["version"]
+        for family in REGISTRY.collect()
+        if family.name == "recocamp_live_model"
+        for sample in family.samples
+        if sample.value == 1
+    }
+
+
+def _model_row(version: str, status: str) -> dict[str, object]:
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    return {
+        "version": version,
+        "name": "popularity",
+        "trained_at": at,
+        "data_cutoff": at,
+        "fingerprint": version,
+        "params": {},
+        "metrics": {},
+        "path": "",
+        "popular": [],
+        "status": status,
+    }
+
+
+def test_the_live_model_metric_names_the_model_the_registry_holds_live(
+    tmp_path: Path, secrets: None
+) -> None:
+    """``recocamp_live_model{version}`` was set only when this worker's own training promoted
+    a model: a worker started on a store with a live model showed none, and after `recocamp
+    models promote` or `rollback` it went on naming the model before. Each tick reads it."""
+    process = worker_for(sqlite_shop(tmp_path))
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert _live_model_versions() == set()
+        with process.engine.begin() as connection:
+            connection.execute(sa.insert(models).values(_model_row("m1", "live")))
+        process.tick()  # a model live before the worker trained anything
+        assert _live_model_versions() == {"m1"}
+        with process.engine.begin() as connection:  # as `models promote m2` switches them
+            connection.execute(
+                sa.update(models).where(models.c.version == "m1").values(status="retired")
+            )
+            connection.execute(sa.insert(models).values(_model_row("m2", "live")))
+        process.tick()
+        assert _live_model_versions() == {"m2"}
+    finally:
+        process.shutdown()
+    process.engine.dispose()

@@ -195,9 +195,17 @@ def inflated(packed: IO[bytes], max_ratio: int) -> IO[bytes]:
     times its compressed size (or ``GZIP_FLOOR``): past that a read raises
     :class:`FileTooLarge`, having held no more than a buffer of it. Closing it closes
     ``packed``."""
-    limit = max(GZIP_FLOOR, max_ratio * os.fstat(packed.fileno()).st_size)
+    by_ratio = max_ratio * os.fstat(packed.fileno()).st_size
+    if by_ratio >= GZIP_FLOOR:
+        limit, why = by_ratio, f"{max_ratio} times its size, ingest.max_gzip_ratio"
+    else:  # a small file: the floor, which the message must not call the ratio's
+        limit = GZIP_FLOOR
+        why = (
+            "the least any .gz file may decompress to; "
+            f"{max_ratio} times its size, ingest.max_gzip_ratio, is {by_ratio:,}"
+        )
     unzipped = gzip.GzipFile(fileobj=packed, mode="rb")
-    return cast(IO[bytes], io.BufferedReader(_Inflated(unzipped, limit, max_ratio, packed)))
+    return cast(IO[bytes], io.BufferedReader(_Inflated(unzipped, limit, why, packed)))
 
 
 class FileTooLarge(Exception):
@@ -207,9 +215,9 @@ class FileTooLarge(Exception):
 class _Inflated(io.RawIOBase):
     """A gzip file's bytes, counted: past ``limit`` a read raises :class:`FileTooLarge`."""
 
-    def __init__(self, inner: gzip.GzipFile, limit: int, ratio: int, raw: IO[bytes]) -> None:
+    def __init__(self, inner: gzip.GzipFile, limit: int, why: str, raw: IO[bytes]) -> None:
         super().__init__()
-        self.inner, self.limit, self.ratio, self.total = inner, limit, ratio, 0
+        self.inner, self.limit, self.why, self.total = inner, limit, why, 0
         self.raw = raw  # the compressed file: a GzipFile given a file object leaves it open
 
     def readable(self) -> bool:
@@ -220,8 +228,8 @@ class _Inflated(io.RawIOBase):
         self.total += count
         if self.total > self.limit:
             raise FileTooLarge(
-                f"the file decompresses to more than {self.limit:,} bytes ({self.ratio} times "
-                "its size, ingest.max_gzip_ratio): the rest is not read"
+                f"the file decompresses to more than {self.limit:,} bytes ({self.why}): "
+                "the rest is not read"
             )
         return count
 
