@@ -4,6 +4,7 @@ of forecasting a million customers.
     .venv/bin/python benchmarks/forecast.py                      # UCI quality, then 1M customers
     .venv/bin/python benchmarks/forecast.py --skip-uci --customers 100000
     .venv/bin/python benchmarks/forecast.py --validation         # the ten validation splits
+    .venv/bin/python benchmarks/forecast.py --young              # young CDNOW slices' totals
 
 Quality (issue #17): the whole UCI file through the real importer and the store's query, shop
 zone Europe/London, cutoffs 2011-09-01 and 2011-06-01, horizon 90 days. Reference at
@@ -29,6 +30,12 @@ Validation (``--validation``): ten splits none of the seven above, on which the 
 learning forecasters was settled before the seven were measured — UCI at 2011-04-15 and
 2011-07-15, CDNOW at 1997-11-15 and 1998-02-15, the demo shop drawn with seeds 101 and 202 (two
 cutoffs each) and two shops of the speed test's generator (20,000 customers, seeds 5 and 6).
+
+Young shops (``--young``): 400-customer slices of CDNOW (seeds 0-11, everyone's first purchase
+in the first quarter of 1997) at 1997-07-01, 1997-08-15 and 1997-09-15, each forecaster's and
+the live one's total against the actual, and per forecaster the pairs off by more than 2.5
+times either way and the worst factor: the regressions learn on customers younger than any at
+the cutoff there.
 
 Speed: a synthetic shop of N customers (Poisson-gamma purchase rates, geometric dropout, two
 years) from the purchase-line arrays to every customer's forecast, the choice of the live
@@ -218,6 +225,52 @@ def validation() -> dict[str, object]:
     return figures
 
 
+YOUNG_SEEDS = range(12)
+YOUNG_CUTOFFS = ("1997-07-01", "1997-08-15", "1997-09-15")
+YOUNG_CUSTOMERS = 400
+
+
+def young() -> dict[str, object]:
+    """Totals on young single-cohort slices of CDNOW (:data:`YOUNG_SEEDS` × YOUNG_CUTOFFS)."""
+    whole = cdnow_purchases()
+    owner = np.repeat(whole.customers, np.diff(whole.start))
+    names = ("bgnbd", "rhythm", "hurdle", "blend", "live")
+    off, worst = dict.fromkeys(names, 0), dict.fromkeys(names, 1.0)
+    for seed in YOUNG_SEEDS:
+        chosen = np.random.default_rng(seed).choice(whole.customers, YOUNG_CUSTOMERS, False)
+        keep = np.isin(owner, chosen)
+        purchases = f.PurchaseDays.from_lines(owner[keep], whole.day[keep], whole.spend[keep])
+        for cutoff in YOUNG_CUTOFFS:
+            day = f.day_number(datetime.strptime(cutoff, "%Y-%m-%d").date())
+            history = f.History.at(purchases, day)
+            actual = float(purchases.count_in(day, day + 90)[history.rows].sum())
+            live = f.live_model(purchases, day, 90).model
+            totals = {
+                name: float(
+                    f.FORECASTERS[live if name == "live" else name](purchases, history, 90).sum()
+                )
+                for name in names
+            }
+            print(
+                f"seed {seed:2d} {cutoff}: actual {actual:.0f}, "
+                + ", ".join(f"{name} {total:.0f}" for name, total in totals.items())
+                + f" (live: {live})"
+            )
+            for name, total in totals.items():
+                factor = max(total / actual, actual / total) if min(total, actual) > 0 else np.inf
+                off[name] += factor > 2.5
+                worst[name] = max(worst[name], factor)
+    pairs = len(YOUNG_SEEDS) * len(YOUNG_CUTOFFS)
+    figures: dict[str, object] = {}
+    for name in names:
+        print(
+            f"  {name:7s} off by more than 2.5x on {off[name]} of {pairs}, worst {worst[name]:.2f}x"
+        )
+        figures[f"young_{name}_off"] = off[name]
+        figures[f"young_{name}_worst"] = round(worst[name], 2)
+    return figures
+
+
 def _ratio(figures: dict[str, object], split: str, name: str, measure_name: str) -> float:
     return float(str(figures[f"{split}_{name}_{measure_name}"])) / float(
         str(figures[f"{split}_bgnbd_{measure_name}"])
@@ -331,10 +384,14 @@ def run() -> None:
     parser.add_argument(
         "--validation", action="store_true", help="only the ten validation splits, no speed"
     )
+    parser.add_argument("--young", action="store_true", help="only the young CDNOW slices")
     args = parser.parse_args()
     figures: dict[str, object] = {"benchmark": "forecast"}
     if args.validation:
         print(json.dumps(figures | validation() | {"left_out": LEFT_OUT}))
+        return
+    if args.young:
+        print(json.dumps(figures | (young() if present(CDNOW, "cdnow") else {})))
         return
     if not args.skip_uci and present(UCI, "uci"):
         figures |= quality("uci", uci_purchases(), UCI_CUTOFFS)
