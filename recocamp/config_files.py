@@ -47,18 +47,21 @@ def _regular_file_bytes(path: Path) -> bytes:
     with os.fdopen(descriptor, "rb") as handle:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
-            raise ConfigError(path, [Problem(f"not a regular file ({_file_kind(mode)}): not read")])
+            raise ConfigError(path, [Problem(f"not a regular file ({file_kind(mode)}): not read")])
         return handle.read()
 
 
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
+def file_kind(mode: int) -> str:
+    """What an entry of ``mode`` (``st_mode``) is, in words, when it is no regular file."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
     if stat.S_ISDIR(mode):
         return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:

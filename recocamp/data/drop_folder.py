@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from recocamp.config_files import file_kind
 from recocamp.data import erasure_files
 from recocamp.data.ingest import Importer, ImportReport
 from recocamp.errors import ConfigError, DataImportError, Problem
@@ -125,17 +126,7 @@ def _not_regular(path: Path) -> str | None:
         mode = path.lstat().st_mode
     except OSError:
         return None
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+    return None if stat.S_ISREG(mode) else file_kind(mode)
 
 
 def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> DropReport:
