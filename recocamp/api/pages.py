@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -51,6 +52,7 @@ from recocamp.api import forms
 from recocamp.api import page_views as pages
 from recocamp.api.offer_cache import OfferService, Query
 from recocamp.campaigns.audience import history_of
+from recocamp.campaigns.offers import why_in
 from recocamp.clock import Clock
 from recocamp.data import profiles
 from recocamp.errors import VoidLinkError
@@ -505,7 +507,7 @@ def _context(
         "manual": found.campaign == tokens.MANUAL_CAMPAIGN,  # ``recocamp link``: no campaign
         "consent": _consent(person, t, lang),
         "personal": answer.personalised,
-        "offers": answer.offers,
+        "offers": [replace(o, why=why_in(o.why, lang)) for o in answer.offers],
     }
 
 

@@ -94,6 +94,17 @@ def test_the_page_in_german_and_the_language_switch(app: FastAPI) -> None:
     assert 'href="?lang=de"' not in html and 'href="?lang=en"' not in english
 
 
+def test_the_german_page_gives_the_offers_reasons_in_german(app: FastAPI) -> None:
+    """The reasons read "because you bought …" and "popular this week" on the German page."""
+    person = someone(engine_of(app), "de")
+    html = call(app, "GET", page(person.id)).text
+    offers = html.split('<ul id="offers">')[1].split("</ul>")[0]
+    assert offers.count("<li>") >= 1
+    for english in ("because you bought", "popular this week", "picked for you", "bought this"):
+        assert english not in offers
+    assert "Sie haben diesen Artikel schon einmal gekauft" in offers
+
+
 def test_saving_frequency_channel_and_objection(app: FastAPI) -> None:
     engine = engine_of(app)
     person = someone(engine, "en")

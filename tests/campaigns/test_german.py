@@ -1,0 +1,64 @@
+"""What a German customer reads: every shipped campaign composed for a German customer of a
+euro shop, through the real campaign files, templates and renderer, at a fixed time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from recocamp.campaigns import compose
+from recocamp.campaigns.files import load
+from recocamp.campaigns.loyalty import Standing
+from recocamp.campaigns.offers import Offer
+from recocamp.campaigns.planner import CustomerView, Decision, Outcome
+from recocamp.campaigns.render import RenderedEmail, Renderer
+from recocamp.campaigns.segments import History
+from recocamp.domain import ConsentBasis, Customer
+from recocamp.settings import Settings, ShopSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+CAMPAIGNS = ("birthday", "cross_sell", "nps", "replenish", "vip_tier", "winback")
+OFFERS = (
+    Offer("k1", "Teekanne", "kitchen", 1234.5, 1.0, "because you bought Teetasse"),
+    Offer("k2", "Tasse", "kitchen", 8.0, 0.9, "picked for you: you like kitchen"),
+    Offer("k3", "Kerze", "home_decor", 4.5, 0.8, "popular this week"),
+    Offer("k4", "Tee", "kitchen", 6.0, 0.7, "you bought this before"),
+    Offer("k5", "Honig", "kitchen", 7.0, 0.6, "about time to restock"),
+)
+
+
+def german_mail(
+    name: str,
+    first_name: str | None = "Anna",
+    basis: ConsentBasis = ConsentBasis.EXISTING_CUSTOMER,
+    standing: Standing | None = None,
+    variant: str | None = None,
+) -> RenderedEmail:
+    """Campaign ``name`` as shipped, for a German customer of a euro shop."""
+    campaign, _ = load(ROOT / "campaigns" / f"{name}.toml")
+    customer = Customer("c1", "c1@example.test", first_name, "de", consent_basis=basis)
+    view = CustomerView(customer, History(()), standing=standing)
+    offers = () if campaign.is_survey else OFFERS
+    decision = Decision(name, "c1", Outcome.SEND, "eligible", offers, variant=variant)
+    settings = Settings(shop=ShopSettings(name="Teeladen", currency="EUR"))
+    link = compose.links(settings, b"k" * 32, "c1", name, NOW)
+    email = compose.compose(
+        decision, view, campaign, settings, Renderer(ROOT / "templates"), link, f"{name}/c1"
+    )
+    return RenderedEmail(email.subject, email.html, email.text)
+
+
+@pytest.mark.parametrize("name", [c for c in CAMPAIGNS if c != "nps"])
+def test_why_an_item_is_offered_is_german(name: str) -> None:
+    """The offers' reasons read "because you bought …" under German text."""
+    email = german_mail(name)
+    for part in (email.html, email.text):
+        assert "because you bought" not in part and "popular this week" not in part
+        assert "weil Sie Teetasse gekauft haben" in part
+        assert "für Sie ausgewählt aus der Kategorie kitchen" in part
+        assert "diese Woche beliebt" in part
+        assert "Sie haben diesen Artikel schon einmal gekauft" in part
+        assert "Zeit zum Nachkaufen" in part
