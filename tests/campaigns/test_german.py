@@ -36,9 +36,13 @@ def german_mail(
     basis: ConsentBasis = ConsentBasis.EXISTING_CUSTOMER,
     standing: Standing | None = None,
     variant: str | None = None,
+    offer: dict[str, object] | None = None,
 ) -> RenderedEmail:
-    """Campaign ``name`` as shipped, for a German customer of a euro shop."""
+    """Campaign ``name`` as shipped (its ``[offer]`` changed by ``offer``), for a German
+    customer of a euro shop."""
     campaign, _ = load(ROOT / "campaigns" / f"{name}.toml")
+    if offer is not None:
+        campaign = campaign.model_copy(update={"offer": campaign.offer.model_copy(update=offer)})
     customer = Customer("c1", "c1@example.test", first_name, "de", consent_basis=basis)
     view = CustomerView(customer, History(()), standing=standing)
     offers = () if campaign.is_survey else OFFERS
@@ -62,3 +66,20 @@ def test_why_an_item_is_offered_is_german(name: str) -> None:
         assert "diese Woche beliebt" in part
         assert "Sie haben diesen Artikel schon einmal gekauft" in part
         assert "Zeit zum Nachkaufen" in part
+
+
+@pytest.mark.parametrize("name", CAMPAIGNS)
+def test_a_customer_without_a_first_name_is_greeted_in_plain_german(name: str) -> None:
+    """Without a first name the greeting read "Hallo Kundin, Kunde," — no German greets so."""
+    email = german_mail(name, first_name=None)
+    assert email.text.startswith("Hallo,\n")
+    assert "<p>Hallo,</p>" in email.html
+    assert "Kundin, Kunde" not in email.html + email.text
+    assert german_mail(name).text.startswith("Hallo Anna,\n")
+
+
+def test_a_birthday_without_a_discount_says_a_whole_sentence() -> None:
+    """Without a discount the birthday text broke off: "Als kleines Geschenk haben wir diese
+    Auswahl:" (the verb was missing)."""
+    text = german_mail("birthday", offer={"discount_percent": None}).text
+    assert "Als kleines Geschenk haben wir diese Auswahl für Sie zusammengestellt:" in text
