@@ -83,3 +83,21 @@ def test_a_birthday_without_a_discount_says_a_whole_sentence() -> None:
     Auswahl:" (the verb was missing)."""
     text = german_mail("birthday", offer={"discount_percent": None}).text
     assert "Als kleines Geschenk haben wir diese Auswahl für Sie zusammengestellt:" in text
+
+
+def test_the_loyalty_tier_and_points_are_written_as_german_writes_them() -> None:
+    """The VIP mail read "Danke, dass Sie gold-Kundin/-Kunde sind" and "Sie haben die Stufe
+    gold erreicht (12300 Punkte)": a German noun starts upper case, and 12.300 is grouped."""
+    email = german_mail("vip_tier", standing=Standing(12300, "gold", "platinum", 7700))
+    assert email.subject == "Danke, dass Sie Gold-Kundin/-Kunde sind"
+    for part in (email.html, email.text):
+        assert "Sie haben die Stufe Gold erreicht (12.300 Punkte)." in part
+
+
+@pytest.mark.parametrize("name", ["birthday", "winback"])
+def test_a_discount_with_decimals_has_a_decimal_comma(name: str) -> None:
+    """A discount of 12.5 % read "12.5 % Rabatt" in German, where 12.5 is twelve thousand."""
+    email = german_mail(name, offer={"discount_percent": 12.5})
+    for part in (email.html, email.text):
+        assert "12,5 % Rabatt" in part and "12.5" not in part
+    assert "15 % Rabatt" in german_mail("birthday").text  # a whole number stays whole
