@@ -331,6 +331,7 @@ class _Answers:
     ) -> HTMLResponse:
         html = self.pages.get_template("feedback.html").render(
             mode=mode,
+            status=status,  # an error's words in German: ``message`` is English
             locale=locale or self.settings.shop.default_locale,
             token=token,
             score=score,
