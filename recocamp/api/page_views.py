@@ -84,6 +84,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "why_personal": "The offers were picked from your purchases — for example:",
         "why_popular": "The offers are items that are popular right now — for example:",
         "download": "Download my data (JSON)",
+        "download_about": "Everything recocamp holds about this customer (GDPR Art. 15 and "
+        "20): one list of rows per table; e-mail bodies unpacked.",
         "erase_title": "Erase my data",
         "erase_text": "We delete your profile, your consent records and your e-mails, and "
         "separate your past orders from you. A suppression entry (a one-way hash of your "
@@ -177,6 +179,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "why_personal": "Die Angebote wurden aus Ihren Einkäufen ausgewählt — zum Beispiel:",
         "why_popular": "Die Angebote sind gerade beliebte Artikel — zum Beispiel:",
         "download": "Meine Daten herunterladen (JSON)",
+        "download_about": "Alle Daten, die recocamp über Sie speichert (Art. 15 und 20 "
+        "DSGVO): je Tabelle eine Liste von Zeilen; E-Mail-Inhalte entpackt.",
         "erase_title": "Meine Daten löschen",
         "erase_text": "Wir löschen Ihr Profil, Ihre Einwilligungen und Ihre E-Mails und "
         "trennen Ihre früheren Bestellungen von Ihnen. Haben Sie sich abgemeldet, bleibt ein "

@@ -288,6 +288,8 @@ class Pages:
             return self.gone(request)
         if document is None:
             return self.unknown(request)
+        lang = self.lang(request, found.customer_id)
+        document["about"] = pages.TEXTS[lang]["download_about"]  # the customer's language
         metrics.PRIVACY_REQUESTS.labels("export", SOURCE).inc()
         disposition = {"Content-Disposition": 'attachment; filename="my-data.json"'}
         text = json.dumps(document, indent=1, ensure_ascii=False)
@@ -543,7 +545,7 @@ def _facts(
     return [
         (t["field_email"], _masked(person.email)),
         (t["field_first_name"], person.first_name or ""),
-        (t["field_locale"], person.locale),
+        (t["field_locale"], pages.TEXTS.get(person.locale, {}).get("name", person.locale)),
         (t["field_time_zone"], person.time_zone or ""),
         (t["field_country"], person.country or ""),
         (t["field_birthday"], _day(person.birthday, lang) if person.birthday else ""),

@@ -94,6 +94,21 @@ def test_the_page_in_german_and_the_language_switch(app: FastAPI) -> None:
     assert 'href="?lang=de"' not in html and 'href="?lang=en"' not in english
 
 
+def test_the_german_page_names_the_language_and_explains_the_download(app: FastAPI) -> None:
+    """The German page listed "Sprache: de" (a code), and the data download a German
+    customer gets began with English words."""
+    person = someone(engine_of(app), "de")
+    html = call(app, "GET", page(person.id)).text
+    assert '<th scope="row">Sprache</th>\n<td>Deutsch</td>' in html
+    document = json.loads(call(app, "GET", page(person.id) + "/data.json").text)
+    assert document["about"].startswith("Alle Daten, die recocamp über Sie speichert")
+    english = someone(engine_of(app), "en")
+    html = call(app, "GET", page(english.id)).text
+    assert '<th scope="row">Language</th>\n<td>English</td>' in html
+    document = json.loads(call(app, "GET", page(english.id) + "/data.json").text)
+    assert document["about"].startswith("Everything recocamp holds about this customer")
+
+
 def test_the_german_page_gives_the_offers_reasons_in_german(app: FastAPI) -> None:
     """The reasons read "because you bought …" and "popular this week" on the German page."""
     person = someone(engine_of(app), "de")
