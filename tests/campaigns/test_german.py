@@ -101,3 +101,19 @@ def test_a_discount_with_decimals_has_a_decimal_comma(name: str) -> None:
     for part in (email.html, email.text):
         assert "12,5 % Rabatt" in part and "12.5" not in part
     assert "15 % Rabatt" in german_mail("birthday").text  # a whole number stays whole
+
+
+@pytest.mark.parametrize("name", CAMPAIGNS)
+def test_every_mail_to_an_existing_customer_says_they_may_object_at_no_cost(name: str) -> None:
+    """UWG § 7 Abs. 3 Nr. 4: each mail under the existing-customer exception must say the
+    customer may object at any time at no cost beyond the basic transmission tariffs (a guard:
+    the layouts say so, and a campaign's own template must keep it)."""
+    campaign, _ = load(ROOT / "campaigns" / f"{name}.toml")
+    notice = (
+        "Sie können der Verwendung Ihrer E-Mail-Adresse jederzeit widersprechen, ohne dass "
+        "hierfür andere als die Übermittlungskosten nach den Basistarifen entstehen."
+    )
+    email = german_mail(name)
+    if campaign.allows(ConsentBasis.EXISTING_CUSTOMER):
+        assert notice in email.text and notice in email.html
+    assert notice not in german_mail(name, basis=ConsentBasis.DOUBLE_OPT_IN).text
