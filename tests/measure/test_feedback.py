@@ -291,6 +291,10 @@ def test_a_german_customer_reads_why_a_survey_link_fails_in_german(
     broken = call(make_app(engine, FixedClock(NOW)), "GET", link[:-12] + "xx&score=5")
     assert broken.status == 400 and "Dieser Link ist nicht gültig." in broken.text
     assert "not valid" not in broken.text
+    english = path_of(links_of(mailed[ADDRESSES["c2"]])[5])  # Ben reads English
+    closed = call(late, "GET", english)
+    assert closed.status == 410 and '<html lang="en">' in closed.text
+    assert "this survey is closed" in closed.text
 
 
 def test_latest_report_needs_the_scope_and_is_rendered_once(engine: sa.Engine) -> None:
