@@ -117,3 +117,11 @@ def test_every_mail_to_an_existing_customer_says_they_may_object_at_no_cost(name
     if campaign.allows(ConsentBasis.EXISTING_CUSTOMER):
         assert notice in email.text and notice in email.html
     assert notice not in german_mail(name, basis=ConsentBasis.DOUBLE_OPT_IN).text
+
+
+def test_the_objection_notice_is_a_paragraph_of_its_own_in_the_text_part() -> None:
+    """The notice ran straight into "Abmelden: https://…" on the next line, without the
+    blank line that sets paragraphs apart in plain text."""
+    text = german_mail("winback").text
+    assert "nach den Basistarifen entstehen.\n\nAbmelden: " in text
+    assert "\n\n\n" not in text
