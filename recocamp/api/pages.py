@@ -527,9 +527,9 @@ def _facts(
     if history.count:
         first, last = _day(history.orders[0].at, lang), _day(history.orders[-1].at, lang)
         key = "orders_one" if history.count == 1 else "orders_summary"
-        orders = t[key].format(
-            orders=history.count, items=len(history.items), first=first, last=last
-        )
+        kinds = len(history.items)  # "1 verschiedenen Artikeln" was no German (nor English)
+        bought = t["items_one"] if kinds == 1 else t["items_many"].format(n=kinds)
+        orders = t[key].format(orders=history.count, items=bought, first=first, last=last)
     sent = store.emails_sent(connection, person.id)
     emails = (
         t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang))

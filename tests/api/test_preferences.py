@@ -396,3 +396,27 @@ def test_a_one_time_buyers_due_date_is_not_said_to_come_from_their_own_orders(
     assert "between your past orders, your next one would be due around 2012-02-02." in (
         call(app, "GET", page("twice")).text
     )
+
+
+def test_one_item_bought_is_said_in_the_singular(app: FastAPI) -> None:
+    """A German customer who bought one item read "1 Bestellung mit 1 verschiedenen
+    Artikeln" (and an English one "1 order of 1 different items")."""
+    engine = engine_of(app)
+    since = NOW - timedelta(days=30)
+    with engine.begin() as connection:
+        product = sa.select(items.c.id).where(items.c.is_service.is_(False))
+        item = connection.execute(product.order_by(items.c.id).limit(1)).scalar_one()
+        people = [
+            Customer(cid, f"{cid}@example.test", locale=locale, consent_at=since)
+            for cid, locale in (("eins", "de"), ("one", "en"))
+        ]
+        queries.upsert_customers(connection, people, NOW)
+        bought = [
+            Purchase(f"o-{p.id}", 1, p.id, item, 1, 5.0, NOW - timedelta(days=9)) for p in people
+        ]
+        queries.insert_purchases(connection, bought, None)
+    day = (NOW - timedelta(days=9)).date()
+    german = call(app, "GET", page("eins")).text
+    assert f"1 Bestellung mit 1 Artikel am {day:%d.%m.%Y}" in german
+    english = call(app, "GET", page("one")).text
+    assert f"1 order of 1 item on {day:%Y-%m-%d}" in english
