@@ -92,6 +92,8 @@ def test_the_loyalty_tier_and_points_are_written_as_german_writes_them() -> None
     assert email.subject == "Danke, dass Sie Gold-Kundin/-Kunde sind"
     for part in (email.html, email.text):
         assert "Sie haben die Stufe Gold erreicht (12.300 Punkte)." in part
+    shop_spelt = german_mail("vip_tier", standing=Standing(900, "VIP plus", None, None))
+    assert shop_spelt.subject == "Danke, dass Sie VIP plus-Kundin/-Kunde sind"  # as it is
 
 
 @pytest.mark.parametrize("name", ["birthday", "winback"])
