@@ -65,7 +65,7 @@ class OfferContext(TypedDict):
         str, "the item's page: its URL in the catalogue, else `shop.base_url` + `/items/` + id"
     ]
     image_url: Annotated[str | None, "the item's picture; none when the catalogue has none"]
-    why: Annotated[str, "why this item, in words"]
+    why: Annotated[str, "why this item, in words, in the e-mail's language"]
 
 
 class ShopContext(TypedDict):
