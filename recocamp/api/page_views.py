@@ -88,6 +88,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "download": "Download my data (JSON)",
         "download_about": "Everything recocamp holds about this customer (GDPR Art. 15 and "
         "20): one list of rows per table; e-mail bodies unpacked.",
+        "download_left_out": "Rows that hold this customer's e-mail address but name no "
+        "customer id are left out: other customer ids hold the address too, so those rows "
+        "cannot be attributed to this one.",
         "erase_title": "Erase my data",
         "erase_text": "We delete your profile, your consent records and your e-mails, and "
         "separate your past orders from you. A suppression entry (a one-way hash of your "
@@ -184,6 +187,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "download": "Meine Daten herunterladen (JSON)",
         "download_about": "Alle Daten, die recocamp über Sie speichert (Art. 15 und 20 "
         "DSGVO): je Tabelle eine Liste von Zeilen; E-Mail-Inhalte entpackt.",
+        "download_left_out": "Zeilen mit Ihrer E-Mail-Adresse, aber ohne Kundennummer fehlen "
+        "hier: Die Adresse gehört auch zu anderen Kundennummern, daher lassen sich diese Zeilen "
+        "nicht Ihnen zuordnen.",
         "erase_title": "Meine Daten löschen",
         "erase_text": "Wir löschen Ihr Profil, Ihre Einwilligungen und Ihre E-Mails und "
         "trennen Ihre früheren Bestellungen von Ihnen. Haben Sie sich abgemeldet, bleibt ein "

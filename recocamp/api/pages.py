@@ -290,6 +290,8 @@ class Pages:
             return self.unknown(request)
         lang = self.lang(request, found.customer_id)
         document["about"] = pages.TEXTS[lang]["download_about"]  # the customer's language
+        if "left_out" in document:
+            document["left_out"] = pages.TEXTS[lang]["download_left_out"]
         metrics.PRIVACY_REQUESTS.labels("export", SOURCE).inc()
         disposition = {"Content-Disposition": 'attachment; filename="my-data.json"'}
         text = json.dumps(document, indent=1, ensure_ascii=False)
