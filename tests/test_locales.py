@@ -43,6 +43,7 @@ NAMED: dict[tuple[str, str], tuple[int, str]] = {
     ("api/page_views.py", "de"): (1, "the pages' German texts (content, keyed by language)"),
     ("api/page_views.py", "en"): (1, "the pages' English texts (content, keyed by language)"),
     ("api/pages.py", "de"): (1, "the German date format (content)"),
+    ("campaigns/offers.py", "de"): (1, "the offers' reasons in German (content)"),
     ("campaigns/context.py", "en"): (1, "the sample context's default (the docs' examples)"),
     ("data/synthetic.py", "de"): (1, "demo data: German-speaking countries"),
     ("data/synthetic.py", "en"): (1, "demo data: everybody else"),

@@ -120,11 +120,12 @@ ANSWER_BODY: dict[str, Any] = {
 
 
 class Refused(Exception):
-    """An answer that cannot be recorded: HTTP status and a message for a person."""
+    """An answer that cannot be recorded: HTTP status and a message for a person;
+    ``customer_id`` where the link is genuine, so its page is in the customer's language."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, customer_id: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.customer_id = status, message, customer_id
 
 
 def router(
@@ -139,7 +140,7 @@ def router(
         try:
             claims = answers.claims(token)
         except Refused as exc:
-            return answers.page("error", exc.status, message=exc.message)
+            return answers.failed(exc)
         chosen = score if score is not None and 0 <= score <= 10 else None
         return answers.page(
             "form", 200, answers.locale(claims.customer_id), token=token, score=chosen
@@ -155,7 +156,7 @@ def router(
         except Refused as exc:
             if is_json:
                 return JSONResponse({"detail": exc.message}, exc.status)
-            return answers.page("error", exc.status, message=exc.message)
+            return answers.failed(exc)
         if is_json:
             return JSONResponse({"recorded": new, "survey": claims.survey, "score": stored})
         return answers.page(
@@ -265,7 +266,7 @@ class _Answers:
         if found.survey is None:
             raise Refused(400, "this link is not valid")
         if (now - found.issued_at).days > self.settings.measure.survey_valid_days:
-            raise Refused(410, "this survey is closed")
+            raise Refused(410, "this survey is closed", found.customer_id)
         with self.engine.connect() as connection:
             self.check_customer(connection, found, writing=False)
         return found
@@ -318,6 +319,11 @@ class _Answers:
         locale = person.locale if person is not None else None
         return locale if locale in LOCALES else self.settings.shop.default_locale
 
+    def failed(self, refused: Refused) -> HTMLResponse:
+        """The error page, in the customer's language where the link names them."""
+        locale = self.locale(refused.customer_id) if refused.customer_id else None
+        return self.page("error", refused.status, locale, message=refused.message)
+
     def page(
         self,
         mode: str,
@@ -331,6 +337,7 @@ class _Answers:
     ) -> HTMLResponse:
         html = self.pages.get_template("feedback.html").render(
             mode=mode,
+            status=status,  # an error's words in German: ``message`` is English
             locale=locale or self.settings.shop.default_locale,
             token=token,
             score=score,

@@ -52,8 +52,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "field_orders": "Orders",
         "field_emails": "Marketing e-mails we sent you",
         "field_profiling": "Personal recommendations",
-        "orders_summary": "{orders} orders of {items} different items, {first} to {last}",
-        "orders_one": "1 order of {items} different items on {first}",
+        "orders_summary": "{orders} orders of {items}, {first} to {last}",
+        "orders_one": "1 order of {items} on {first}",
+        "items_many": "{n} different items",
+        "items_one": "1 item",
         "emails_summary": "{count}, the last on {last}",
         "none": "none",
         "profiling_on": "yes: computed from your purchases",
@@ -84,6 +86,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "why_personal": "The offers were picked from your purchases — for example:",
         "why_popular": "The offers are items that are popular right now — for example:",
         "download": "Download my data (JSON)",
+        "download_about": "Everything recocamp holds about this customer (GDPR Art. 15 and "
+        "20): one list of rows per table; e-mail bodies unpacked.",
+        "download_left_out": "Rows that hold this customer's e-mail address but name no "
+        "customer id are left out: other customer ids hold the address too, so those rows "
+        "cannot be attributed to this one.",
         "erase_title": "Erase my data",
         "erase_text": "We delete your profile, your consent records and your e-mails, and "
         "separate your past orders from you. A suppression entry (a one-way hash of your "
@@ -142,9 +149,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "field_orders": "Bestellungen",
         "field_emails": "Werbe-E-Mails an Sie",
         "field_profiling": "Persönliche Empfehlungen",
-        "orders_summary": "{orders} Bestellungen mit {items} verschiedenen Artikeln, "
-        "{first} bis {last}",
-        "orders_one": "1 Bestellung mit {items} verschiedenen Artikeln am {first}",
+        "orders_summary": "{orders} Bestellungen mit {items}, {first} bis {last}",
+        "orders_one": "1 Bestellung mit {items} am {first}",
+        "items_many": "{n} verschiedenen Artikeln",
+        "items_one": "1 Artikel",
         "emails_summary": "{count}, die letzte am {last}",
         "none": "keine",
         "profiling_on": "ja: aus Ihren Einkäufen berechnet",
@@ -177,6 +185,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "why_personal": "Die Angebote wurden aus Ihren Einkäufen ausgewählt — zum Beispiel:",
         "why_popular": "Die Angebote sind gerade beliebte Artikel — zum Beispiel:",
         "download": "Meine Daten herunterladen (JSON)",
+        "download_about": "Alle Daten, die recocamp über Sie speichert (Art. 15 und 20 "
+        "DSGVO): je Tabelle eine Liste von Zeilen; E-Mail-Inhalte entpackt.",
+        "download_left_out": "Zeilen mit Ihrer E-Mail-Adresse, aber ohne Kundennummer fehlen "
+        "hier: Die Adresse gehört auch zu anderen Kundennummern, daher lassen sich diese Zeilen "
+        "nicht Ihnen zuordnen.",
         "erase_title": "Meine Daten löschen",
         "erase_text": "Wir löschen Ihr Profil, Ihre Einwilligungen und Ihre E-Mails und "
         "trennen Ihre früheren Bestellungen von Ihnen. Haben Sie sich abgemeldet, bleibt ein "

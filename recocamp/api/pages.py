@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -51,6 +52,7 @@ from recocamp.api import forms
 from recocamp.api import page_views as pages
 from recocamp.api.offer_cache import OfferService, Query
 from recocamp.campaigns.audience import history_of
+from recocamp.campaigns.offers import why_in
 from recocamp.clock import Clock
 from recocamp.data import profiles
 from recocamp.errors import VoidLinkError
@@ -286,6 +288,10 @@ class Pages:
             return self.gone(request)
         if document is None:
             return self.unknown(request)
+        lang = self.lang(request, found.customer_id)
+        document["about"] = pages.TEXTS[lang]["download_about"]  # the customer's language
+        if "left_out" in document:
+            document["left_out"] = pages.TEXTS[lang]["download_left_out"]
         metrics.PRIVACY_REQUESTS.labels("export", SOURCE).inc()
         disposition = {"Content-Disposition": 'attachment; filename="my-data.json"'}
         text = json.dumps(document, indent=1, ensure_ascii=False)
@@ -505,7 +511,7 @@ def _context(
         "manual": found.campaign == tokens.MANUAL_CAMPAIGN,  # ``recocamp link``: no campaign
         "consent": _consent(person, t, lang),
         "personal": answer.personalised,
-        "offers": answer.offers,
+        "offers": [replace(o, why=why_in(o.why, lang)) for o in answer.offers],
     }
 
 
@@ -523,9 +529,9 @@ def _facts(
     if history.count:
         first, last = _day(history.orders[0].at, lang), _day(history.orders[-1].at, lang)
         key = "orders_one" if history.count == 1 else "orders_summary"
-        orders = t[key].format(
-            orders=history.count, items=len(history.items), first=first, last=last
-        )
+        kinds = len(history.items)  # "1 verschiedenen Artikeln" was no German (nor English)
+        bought = t["items_one"] if kinds == 1 else t["items_many"].format(n=kinds)
+        orders = t[key].format(orders=history.count, items=bought, first=first, last=last)
     sent = store.emails_sent(connection, person.id)
     emails = (
         t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang))
@@ -541,7 +547,7 @@ def _facts(
     return [
         (t["field_email"], _masked(person.email)),
         (t["field_first_name"], person.first_name or ""),
-        (t["field_locale"], person.locale),
+        (t["field_locale"], pages.TEXTS.get(person.locale, {}).get("name", person.locale)),
         (t["field_time_zone"], person.time_zone or ""),
         (t["field_country"], person.country or ""),
         (t["field_birthday"], _day(person.birthday, lang) if person.birthday else ""),

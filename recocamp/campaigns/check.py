@@ -19,7 +19,7 @@ from recocamp.campaigns import render
 from recocamp.campaigns.context import sample_context
 from recocamp.campaigns.files import Campaign
 from recocamp.config_files import line_of, without_bom
-from recocamp.domain import LOCALES, Item
+from recocamp.domain import LOCALES, Item, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
 
@@ -88,6 +88,25 @@ def _subjects(campaign: Campaign) -> list[tuple[str, str]]:
     found = [(f"template.subject.{k}", s) for k, s in campaign.template.subject.items()]
     for n, variant in enumerate(campaign.variants):
         found += [(f"variants.{n}.subject.{k}", s) for k, s in (variant.subject or {}).items()]
+    return found
+
+
+def language_problems(campaign: Campaign, text: str, locale: str) -> list[Problem]:
+    """A subject line missing in the shop's language (``[shop] default_locale``): its
+    customers got another language's subject over their own body, and nothing said so."""
+    keyed: list[tuple[tuple[str, ...], dict[Locale, str] | None]] = [
+        (("template", "subject"), campaign.template.subject)
+    ]
+    keyed += [(("variants", str(n), "subject"), v.subject) for n, v in enumerate(campaign.variants)]
+    found = []
+    for key, subjects in keyed:
+        if subjects and locale not in subjects:
+            used = next(iter(subjects))
+            message = (
+                f"no subject in '{locale}' (the shop's default_locale): customers in that "
+                f"language get the '{used}' one"
+            )
+            found.append(Problem(message, key=".".join(key), line=line_of(text, key), value=used))
     return found
 
 

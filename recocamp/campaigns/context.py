@@ -65,7 +65,7 @@ class OfferContext(TypedDict):
         str, "the item's page: its URL in the catalogue, else `shop.base_url` + `/items/` + id"
     ]
     image_url: Annotated[str | None, "the item's picture; none when the catalogue has none"]
-    why: Annotated[str, "why this item, in words"]
+    why: Annotated[str, "why this item, in words, in the e-mail's language"]
 
 
 class ShopContext(TypedDict):
@@ -278,6 +278,8 @@ def _locale(wanted: str, default: Locale) -> Locale:
 
 
 def _offer(offer: Offer, currency: str, base_url: str, locale: str) -> OfferContext:
+    from recocamp.campaigns.offers import why_in  # the planner's side: numpy is loaded there
+
     discounted = offer.discounted_price
     return OfferContext(
         item_id=offer.item_id,
@@ -287,7 +289,7 @@ def _offer(offer: Offer, currency: str, base_url: str, locale: str) -> OfferCont
         discount_percent=_number(offer.discount_percent),
         url=offer.url or f"{base_url}/items/{offer.item_id}",
         image_url=offer.image_url,
-        why=offer.why,
+        why=why_in(offer.why, locale),
     )
 
 

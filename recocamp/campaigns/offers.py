@@ -10,11 +10,12 @@ the existing-customer exception (UWG §7(3)) — anything outside the categories
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from recocamp.domain import Item
+from recocamp.domain import FALLBACK_LOCALE, Item
 from recocamp.recommender.ranking import Mode
 
 
@@ -107,14 +108,61 @@ def allowed(
     return rules.max_price is None or item.price <= rules.max_price
 
 
+# Why an item is offered, in each language: ``why`` writes the English, which the store,
+# the API and the logs keep; ``why_in`` writes it in the customer's language for an e-mail or
+# a page (a German e-mail read "because you bought …" under German text).
+WHY: dict[str, dict[str, str]] = {
+    FALLBACK_LOCALE: {
+        "owned": "you bought this before",
+        "due": "about time to restock",
+        "because": "because you bought {item}",
+        "category": "picked for you: you like {category}",
+        "popular": "popular this week",
+    },
+    "de": {
+        "owned": "Sie haben diesen Artikel schon einmal gekauft",
+        "due": "Zeit zum Nachkaufen",
+        "because": "weil Sie {item} gekauft haben",
+        "category": "für Sie ausgewählt aus der Kategorie {category}",
+        "popular": "diese Woche beliebt",
+    },
+}
+
+
 def why(item: Item, source: str, owned: bool, because: str | None = None) -> str:
+    words = WHY[FALLBACK_LOCALE]
     if owned:
-        return "you bought this before" if source != "due" else "about time to restock"
+        return words["owned"] if source != "due" else words["due"]
     if source == "personal":
         if because:
-            return f"because you bought {because}"
-        return f"picked for you: you like {item.category.replace('_', ' ')}"
-    return "popular this week"
+            return words["because"].format(item=because)
+        return words["category"].format(category=item.category.replace("_", " "))
+    return words["popular"]
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    """An English reason as a pattern: its ``{name}`` fields match any text."""
+    parts = re.split(r"\{(\w+)\}", text)
+    spelled = "".join(
+        re.escape(part) if n % 2 == 0 else f"(?P<{part}>.+)" for n, part in enumerate(parts)
+    )
+    return re.compile(spelled + r"\Z")
+
+
+_ENGLISH = {key: _pattern(text) for key, text in WHY[FALLBACK_LOCALE].items()}
+
+
+def why_in(reason: str, locale: str) -> str:
+    """``reason`` (written by :func:`why`) in ``locale``'s words; a reason in no known form
+    (an older version's) or a language without words stays as it is."""
+    words = WHY.get(locale)
+    if words is None or locale == FALLBACK_LOCALE:
+        return reason
+    for key, pattern in _ENGLISH.items():
+        found = pattern.match(reason)
+        if found:
+            return words[key].format(**found.groupdict())
+    return reason
 
 
 class Unscored(Sequence[tuple[str, float]]):

@@ -63,6 +63,7 @@ def check(
     for failure in failures:
         print_error(str(failure))
     warned = _catalogue_warnings(settings, loaded, campaigns)
+    warned += _language_warnings(settings, loaded, campaigns)
     if failures or (strict and warned):
         raise typer.Exit(2)
     console.print(f"ok: settings, {len(loaded)} campaign(s) and their templates are valid")
@@ -81,6 +82,18 @@ def _catalogue_warnings(settings: Settings, loaded: list[Campaign], campaigns: P
         path = campaigns / f"{campaign.name}.toml"
         text = checks.campaign_text(campaigns, campaign)
         for problem in checks.catalogue_problems(campaign, text, catalogue):
+            print_warning(f"{path}: {problem}")
+            warned += 1
+    return warned
+
+
+def _language_warnings(settings: Settings, loaded: list[Campaign], campaigns: Path) -> int:
+    """Prints a warning per subject line missing in the shop's language; returns how many."""
+    warned = 0
+    for campaign in loaded:
+        path = campaigns / f"{campaign.name}.toml"
+        text = checks.campaign_text(campaigns, campaign)
+        for problem in checks.language_problems(campaign, text, settings.shop.default_locale):
             print_warning(f"{path}: {problem}")
             warned += 1
     return warned

@@ -94,6 +94,32 @@ def test_the_page_in_german_and_the_language_switch(app: FastAPI) -> None:
     assert 'href="?lang=de"' not in html and 'href="?lang=en"' not in english
 
 
+def test_the_german_page_names_the_language_and_explains_the_download(app: FastAPI) -> None:
+    """The German page listed "Sprache: de" (a code), and the data download a German
+    customer gets began with English words."""
+    person = someone(engine_of(app), "de")
+    html = call(app, "GET", page(person.id)).text
+    assert '<th scope="row">Sprache</th>\n<td>Deutsch</td>' in html
+    document = json.loads(call(app, "GET", page(person.id) + "/data.json").text)
+    assert document["about"].startswith("Alle Daten, die recocamp über Sie speichert")
+    english = someone(engine_of(app), "en")
+    html = call(app, "GET", page(english.id)).text
+    assert '<th scope="row">Language</th>\n<td>English</td>' in html
+    document = json.loads(call(app, "GET", page(english.id) + "/data.json").text)
+    assert document["about"].startswith("Everything recocamp holds about this customer")
+
+
+def test_the_german_page_gives_the_offers_reasons_in_german(app: FastAPI) -> None:
+    """The reasons read "because you bought …" and "popular this week" on the German page."""
+    person = someone(engine_of(app), "de")
+    html = call(app, "GET", page(person.id)).text
+    offers = html.split('<ul id="offers">')[1].split("</ul>")[0]
+    assert offers.count("<li>") >= 1
+    for english in ("because you bought", "popular this week", "picked for you", "bought this"):
+        assert english not in offers
+    assert "Sie haben diesen Artikel schon einmal gekauft" in offers
+
+
 def test_saving_frequency_channel_and_objection(app: FastAPI) -> None:
     engine = engine_of(app)
     person = someone(engine, "en")
@@ -370,3 +396,27 @@ def test_a_one_time_buyers_due_date_is_not_said_to_come_from_their_own_orders(
     assert "between your past orders, your next one would be due around 2012-02-02." in (
         call(app, "GET", page("twice")).text
     )
+
+
+def test_one_item_bought_is_said_in_the_singular(app: FastAPI) -> None:
+    """A German customer who bought one item read "1 Bestellung mit 1 verschiedenen
+    Artikeln" (and an English one "1 order of 1 different items")."""
+    engine = engine_of(app)
+    since = NOW - timedelta(days=30)
+    with engine.begin() as connection:
+        product = sa.select(items.c.id).where(items.c.is_service.is_(False))
+        item = connection.execute(product.order_by(items.c.id).limit(1)).scalar_one()
+        people = [
+            Customer(cid, f"{cid}@example.test", locale=locale, consent_at=since)
+            for cid, locale in (("eins", "de"), ("one", "en"))
+        ]
+        queries.upsert_customers(connection, people, NOW)
+        bought = [
+            Purchase(f"o-{p.id}", 1, p.id, item, 1, 5.0, NOW - timedelta(days=9)) for p in people
+        ]
+        queries.insert_purchases(connection, bought, None)
+    day = (NOW - timedelta(days=9)).date()
+    german = call(app, "GET", page("eins")).text
+    assert f"1 Bestellung mit 1 Artikel am {day:%d.%m.%Y}" in german
+    english = call(app, "GET", page("one")).text
+    assert f"1 order of 1 item on {day:%Y-%m-%d}" in english

@@ -820,6 +820,30 @@ def test_check_refuses_careless_campaign_values(
     assert f"winback.toml: {expected}" in result.stderr, result.stderr
 
 
+def test_check_warns_of_a_subject_missing_in_the_shops_language(workdir: Path) -> None:
+    """A campaign with an English subject alone sent German customers (the shop's default
+    language) an English subject over a German body, and check said nothing."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    toml = workdir / "campaigns" / "cross_sell.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            'subject = { de = "Neu für Sie ausgewählt", en = ', "subject = { en = "
+        )
+    )
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    warning = (
+        "warning: campaigns/cross_sell.toml: line 20, key 'template.subject': no subject in "
+        "'de' (the shop's default_locale): customers in that language get the 'en' one "
+        "(value: 'en')"
+    )
+    assert warning in result.stderr and result.stderr.count("warning:") == 1, result.stderr
+    assert runner.invoke(app, ["check", "--strict"]).exit_code == 2
+
+
 def test_check_warns_of_filter_values_the_catalogue_lacks(workdir: Path) -> None:
     """Without a database the filters are not checked (and no database is made); with one,
     a category or item no item has is a warning with file, key, line, value and the closest

@@ -278,6 +278,25 @@ def test_tokens_of_other_purposes_old_surveys_and_erased_customers(
     assert call(off, "POST", "/v1/feedback", json={"token": token, "score": 5}).status == 503
 
 
+def test_a_german_customer_reads_why_a_survey_link_fails_in_german(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail]
+) -> None:
+    """The error pages of the survey read "this survey is closed" and "this link is not
+    valid" in a page marked German (the shop's language)."""
+    link = path_of(links_of(mailed[ADDRESSES["c1"]])[5])
+    late = make_app(engine, FixedClock(NOW + timedelta(days=61)))  # survey_valid_days = 60
+    closed = call(late, "GET", link)
+    assert closed.status == 410 and '<html lang="de">' in closed.text
+    assert "Diese Umfrage ist beendet." in closed.text and "closed" not in closed.text
+    broken = call(make_app(engine, FixedClock(NOW)), "GET", link[:-12] + "xx&score=5")
+    assert broken.status == 400 and "Dieser Link ist nicht gültig." in broken.text
+    assert "not valid" not in broken.text
+    english = path_of(links_of(mailed[ADDRESSES["c2"]])[5])  # Ben reads English
+    closed = call(late, "GET", english)
+    assert closed.status == 410 and '<html lang="en">' in closed.text
+    assert "this survey is closed" in closed.text
+
+
 def test_latest_report_needs_the_scope_and_is_rendered_once(engine: sa.Engine) -> None:
     app = make_app(engine, FixedClock(NOW))
     assert call(app, "GET", "/reports/latest").status == 401

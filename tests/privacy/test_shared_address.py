@@ -445,6 +445,10 @@ def test_a_data_subject_reaches_their_own_record_only(
     assert download.status == 200, download.text
     document = json.loads(download.text)
     assert document["customer_ids"] == ["sh-ann"] and "sh-bob" not in download.text
+    # in the customer's language (the shop's: the API named none), and in the one asked for
+    assert document["left_out"].startswith("Zeilen mit Ihrer E-Mail-Adresse, aber ohne Kunden")
+    english = json.loads(call(app, "GET", f"/p/{token}/data.json?lang=en").text)
+    assert "cannot be attributed" in english["left_out"]
     form = {"action": "erase", "confirm": "on"}
     assert call(app, "POST", f"/p/{token}", data=form).status == 200
     assert _ids(engine) == {"sh-bob"}
