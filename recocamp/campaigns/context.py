@@ -30,6 +30,9 @@ from typing import (
     is_typeddict,
 )
 
+from jinja2 import pass_context
+from jinja2.runtime import Context
+
 from recocamp.domain import FALLBACK_LOCALE, LOCALES, ConsentBasis, Locale
 from recocamp.settings import ShopSettings
 
@@ -270,6 +273,25 @@ def money(amount: float, currency: str, locale: str = FALLBACK_LOCALE) -> str:
     from babel.numbers import format_currency  # imported when a price is first written
 
     return format_currency(amount, currency, locale=locale)
+
+
+def number(value: float, locale: str = FALLBACK_LOCALE) -> str:
+    """A count or a share as ``locale``'s language writes it (CLDR, through Babel): 12,300
+    and 12.5 in English, 12.300 and 12,5 in German; at most three decimals."""
+    from babel.numbers import format_decimal  # imported when a number is first written
+
+    return format_decimal(value, locale=locale)
+
+
+@pass_context
+def number_filter(context: Context, value: object) -> str:
+    """The templates' ``number`` filter: :func:`number` in the e-mail's language (its
+    ``locale``), so ``{{ loyalty.points|number }}`` reads 12.300 in German (the templates
+    had replaced commas by hand)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"the number filter writes numbers, not {type(value).__name__}")
+    locale = context.get("locale")
+    return number(value, locale if locale in LOCALES else FALLBACK_LOCALE)
 
 
 def _locale(wanted: str, default: Locale) -> Locale:

@@ -255,6 +255,7 @@ def environment(
     return kind(
         limits or TemplateSettings(),
         clock,
+        {"number": contract.number_filter},
         loader=InliningLoader(directory, sources),
         undefined=StrictUndefined,
         autoescape=lambda name: name is not None and name.endswith(".html"),

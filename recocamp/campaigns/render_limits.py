@@ -270,10 +270,15 @@ class LimitedEnvironment(SandboxedEnvironment):
     template_class = LimitedTemplate
 
     def __init__(
-        self, limits: TemplateSettings, clock: Callable[[], float] | None = None, **options: Any
+        self,
+        limits: TemplateSettings,
+        clock: Callable[[], float] | None = None,
+        own_filters: Mapping[str, Callable[..., Any]] | None = None,
+        **options: Any,
     ) -> None:
         """``clock``: the render time (default: the thread's CPU time, see :class:`Budget`);
-        a test's clock stands for both the CPU and the wall clock."""
+        a test's clock stands for both the CPU and the wall clock. ``own_filters``: filters
+        beside Jinja's, checked as they are."""
         self.limits = limits
         self.clock, self.wall = (
             (time.thread_time, time.monotonic) if clock is None else (clock, clock)
@@ -281,6 +286,7 @@ class LimitedEnvironment(SandboxedEnvironment):
         super().__init__(finalize=self._finalize, **options)
         self.globals["range"] = self._range
         self.globals.pop("lipsum", None)  # lipsum(10**9): nothing an e-mail needs
+        self.filters.update(own_filters or {})
         self.filters = {name: self._guard(name, f) for name, f in self.filters.items()}
         self.filters[COUNTED] = counted
         self.filters[MADE] = self._made

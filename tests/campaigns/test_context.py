@@ -196,6 +196,15 @@ def test_prices_are_written_as_the_customers_language_writes_money() -> None:
     assert "Hallo Anna" in text and "11,47\u00a0€ (statt 12,75\u00a0€)" in text
 
 
+def test_the_number_filter_writes_counts_and_shares_in_the_emails_language() -> None:
+    renderer = Renderer(TEMPLATES)
+    written = "{{ 12300|number }} {{ 12.5|number }} {{ 10.0|number }}"
+    assert renderer.subject(written, sample_context("de")) == "12.300 12,5 10"
+    assert renderer.subject(written, sample_context("en")) == "12,300 12.5 10"
+    with pytest.raises(TypeError, match="writes numbers, not str"):
+        renderer.subject("{{ customer.first_name|number }}", sample_context())
+
+
 def test_a_row_queued_by_the_old_code_still_renders() -> None:
     deferred = outbox.load_body(OLD_WINBACK_ROW)["template"]
     html, text = Renderer(TEMPLATES).body(deferred["html"], deferred["text"], deferred["context"])
