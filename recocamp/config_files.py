@@ -12,6 +12,7 @@ path, a time zone, a URL, a time like ``"21:00"``) is still read from one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import tomllib
 from collections.abc import Callable
 from datetime import date, time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
@@ -38,17 +39,18 @@ def without_bom(text: str) -> str:
     return text.removeprefix("\ufeff")
 
 
-def _regular_file_bytes(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file (a link to one too). A named pipe is
-    opened without waiting and refused, never read: reading one waits for a writer for ever,
-    and ``campaigns/x.toml`` made a FIFO hung ``check`` and the worker (its start, or its loop
-    on a reload); a device or a folder is refused as well."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(descriptor, "rb") as handle:
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError(path, [Problem(f"not a regular file ({file_kind(mode)}): not read")])
-        return handle.read()
+def open_regular(path: Path, *, follow_links: bool = True) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file, else OSError whose ``strerror``
+    says what it is. Never waits on a named pipe (``O_NONBLOCK``: reading one waits for a
+    writer for ever, and ``campaigns/x.toml`` made a FIFO hung ``check`` and the worker), and
+    without ``follow_links`` never reads through a symbolic link (``O_NOFOLLOW``)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    handle = os.fdopen(os.open(path, flags), "rb")
+    mode = os.fstat(handle.fileno()).st_mode
+    if not stat.S_ISREG(mode):
+        handle.close()
+        raise OSError(errno.EINVAL, f"not a regular file ({file_kind(mode)})")
+    return handle
 
 
 def file_kind(mode: int) -> str:
@@ -67,7 +69,8 @@ def file_kind(mode: int) -> str:
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     """The parsed document and its text; unreadable or invalid files are ConfigErrors."""
     try:
-        text = without_bom(_regular_file_bytes(path).decode("utf-8"))
+        with open_regular(path) as handle:
+            text = without_bom(handle.read().decode("utf-8"))
     except OSError as exc:
         raise ConfigError(path, [Problem(f"cannot read file: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:

@@ -77,7 +77,7 @@ MAX_PROCESSES = 256  # processes started for one job
 MAX_POINTS = 1_000_000  # loyalty points per event or currency unit
 
 
-def _check_zone(name: str) -> str:
+def check_zone(name: str) -> str:
     """A zone ``ZoneInfo`` loads. It opens the name as a file of the zone database, so a
     region (``Europe``: a folder) or a name longer than the system allows is an OSError, a
     traceback from every command (and no worker) rather than the key's problem. The
@@ -92,7 +92,7 @@ def _check_zone(name: str) -> str:
     return name
 
 
-TimeZoneName = Annotated[str, AfterValidator(_check_zone)]
+TimeZoneName = Annotated[str, AfterValidator(check_zone)]
 
 
 class _Section(BaseModel):

@@ -37,7 +37,6 @@ from recocamp.campaigns import audience, caps, compose, planner, predictive, ren
 from recocamp.campaigns.files import Campaign
 from recocamp.domain import (
     CONTACT_HISTORY_DAYS,
-    ConsentBasis,
     DeliveryReport,
     OutgoingEmail,
     PlanningRows,
@@ -400,8 +399,7 @@ def _with_consent_now(
     opt-in campaign's to an existing customer, without the UWG §7(3) notice. Read under the
     contacts lock, which a change of consent takes too."""
     consents = {
-        customer_id: (ConsentBasis(found.consent_basis), found.consent_at)
-        for customer_id, found in held.items()
+        customer_id: (found.consent_basis, found.consent_at) for customer_id, found in held.items()
     }
     changed = planner.with_consent_now(campaign, chunk, consents, planned.context)
     moved = sum(a != b for a, b in zip(chunk.decisions, changed.decisions, strict=True))

@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ from recocamp import logs
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign
 from recocamp.clock import SystemClock
-from recocamp.domain import MAX_DAYS, YEAR_MAX, YEAR_MIN, zone_name_problem
+from recocamp.domain import MAX_DAYS, YEAR_MAX, YEAR_MIN
 from recocamp.errors import (
     ConfigError,
     CoverageCountError,
@@ -44,7 +44,7 @@ from recocamp.errors import (
 )
 from recocamp.forecast.history import day_number, day_of
 from recocamp.forecast.outlook import closed, data_reaches
-from recocamp.settings import Settings, load_settings
+from recocamp.settings import Settings, check_zone, load_settings
 from recocamp.store import queries
 from recocamp.store.engine import Engine, make_engine, missing_file, require_current
 
@@ -392,20 +392,15 @@ def within(low: Number, high: Number) -> Callable[[Number | None], Number | None
 
 
 def time_zone(value: str | None) -> str | None:
-    """An option's callback: an IANA time zone this machine loads, else exit 2 naming the
-    option and the value. ``ZoneInfo`` given ``Mars/Base`` (or ``Europe``, a folder) raised
-    a traceback out of the command; ``localtime`` is this machine's zone, not a name."""
+    """An option's callback: an IANA time zone this machine loads (``settings.check_zone``,
+    the settings' own rule), else exit 2 naming the option and the value. ``ZoneInfo`` given
+    ``Mars/Base`` (or ``Europe``, a folder) raised a traceback out of the command."""
     if value is None:
         return None
-    problem = zone_name_problem(value)
-    if problem is None:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            problem = "is not an IANA time zone (such as Europe/Berlin)"
-    if problem:
-        raise typer.BadParameter(f"{value!r} {problem}")
-    return value
+    try:
+        return check_zone(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r}: {exc}") from None
 
 
 day_count = within(1, MAX_DAYS)  # a day count beyond a hundred years is a typo (and overflows)

@@ -137,15 +137,15 @@ def unsubscribe(connection: sa.Connection, customer_id: str, at: datetime, sourc
     if row is None or row.unsubscribed_at is not None:
         return False
     sharing = _sharing(connection, customer_id, row.email) if row.email else []
+    connection.execute(
+        sa.update(customers)
+        .where(customers.c.id.in_([customer_id, *sharing]))
+        .values(unsubscribed_at=at, updated_at=at)
+    )
     for person, why in [
         (customer_id, source),
         *((other, f"{source} (shared address)") for other in sharing),
     ]:
-        connection.execute(
-            sa.update(customers)
-            .where(customers.c.id == person)
-            .values(unsubscribed_at=at, updated_at=at)
-        )
         audit(
             connection,
             at=at,

@@ -124,7 +124,7 @@ class Held(NamedTuple):
     """What a run's chunk checks again of a customer the store still holds (``still_held``)."""
 
     objected: bool  # to profiling, now
-    consent_basis: str
+    consent_basis: ConsentBasis
     consent_at: datetime | None
 
 
@@ -141,7 +141,8 @@ def still_held(connection: sa.Connection, customer_ids: Sequence[str]) -> dict[s
             c.id.in_(batch), c.erased_at.is_(None)
         )
         for row in connection.execute(query):
-            found[row.id] = Held(bool(row.objected_to_profiling), row.consent_basis, row.consent_at)
+            basis = ConsentBasis(row.consent_basis)
+            found[row.id] = Held(bool(row.objected_to_profiling), basis, row.consent_at)
     return found
 
 

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import csv
 import difflib
-import errno
 import gzip
 import io
 import os
 import re
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
@@ -42,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
+from recocamp.config_files import open_regular
 from recocamp.domain import (
     FALLBACK_LOCALE,
     FIELD_MAX,
@@ -161,14 +160,7 @@ def open_bytes(path: Path, *, follow_links: bool = True) -> IO[bytes]:
     through a symbolic link (``O_NOFOLLOW``) and never blocking on a pipe (``O_NONBLOCK``),
     else OSError: the drop folder sets links and pipes aside before it imports, and an
     uploader could swap a link in between (the link's target was read and imported)."""
-    if follow_links:
-        return path.open("rb")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    handle = os.fdopen(os.open(path, flags), "rb")
-    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-        handle.close()
-        raise OSError(errno.EINVAL, "not a regular file")
-    return handle
+    return path.open("rb") if follow_links else open_regular(path, follow_links=False)
 
 
 def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX, *, follow_links: bool = True) -> IO[str]:

@@ -19,7 +19,13 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import about_recipient, json_body, make_client, request
+from recocamp.delivery.esp.http import (
+    about_recipient,
+    json_body,
+    make_client,
+    request,
+    text_field,
+)
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import PermanentDeliveryError
 
@@ -61,9 +67,8 @@ class Brevo:
         )
         found = json_body(response)
         body = found if isinstance(found, dict) else {}
-        if response.status_code < 300:  # an id that is no text is none ("None" matched nothing)
-            found = body.get("messageId")
-            message_id = found if isinstance(found, str) else ""
+        if response.status_code < 300:
+            message_id = text_field(body, "messageId")
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=message_id)
         if body.get("code") == DUPLICATE:  # a resend after a lost answer: sent once already
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id="")

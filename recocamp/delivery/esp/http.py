@@ -143,6 +143,14 @@ def _raise_for_status(provider: str, response: httpx.Response) -> None:
         )
 
 
+def text_field(body: Any, key: str) -> str:
+    """``body[key]`` when ``body`` is a JSON object and that is text, else "": a provider's
+    message id read from an answer that may be a proxy's page (``str(None)`` was "None", an
+    id that matched nothing)."""
+    found = body.get(key) if isinstance(body, dict) else None
+    return found if isinstance(found, str) else ""
+
+
 def retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
     """Seconds to wait as the provider asks: Retry-After, else a rate-limit reset header."""
     now = time.time() if now is None else now

@@ -18,7 +18,13 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import about_recipient, json_body, make_client, request
+from recocamp.delivery.esp.http import (
+    about_recipient,
+    json_body,
+    make_client,
+    request,
+    text_field,
+)
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import ConfigError, PermanentDeliveryError, Problem
 
@@ -47,7 +53,8 @@ class Mailpit:
             self.client, self.name, "POST", "/api/v1/send", json=_payload(message, self.from_email)
         )
         if response.status_code < 300:  # taken, whatever the body says (a proxy's, no ID)
-            return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=_id(response))
+            message_id = text_field(json_body(response), "ID")
+            return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=message_id)
         detail = response.text[:300]
         if response.status_code == 400 and about_recipient(detail):
             return SendResult(message.send_key, SendStatus.REJECTED, error=f"mailpit: {detail}")
@@ -58,13 +65,6 @@ class Mailpit:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _id(response: httpx.Response) -> str:
-    """Mailpit's ``ID`` of the message it took, "" when its answer names none."""
-    body = json_body(response)
-    found = body.get("ID") if isinstance(body, dict) else None
-    return found if isinstance(found, str) else ""
 
 
 def basic_auth(token: str) -> dict[str, str]:
