@@ -105,10 +105,13 @@ def projected_sends(first: planner.Chunk | None, customers: int) -> int:
     return round(sends(first.decisions) * customers / len(first.views))
 
 
-def plan_run(engine: Engine, settings: Settings, campaign: Campaign, now: datetime) -> Planned:
-    """Load the planner's snapshot and decide for every customer at ``now``."""
+def plan_run(
+    engine: Engine, settings: Settings, campaign: Campaign, now: datetime, key: str | None = None
+) -> Planned:
+    """Load the planner's snapshot and decide for every customer at ``now``, as the run
+    ``key`` (default: the run of ``now``'s day, :func:`run_key`)."""
     settings.require_signing_key()  # refuse before any work, not after planning
-    own = run_key(campaign.name, now, campaign.schedule.zone)
+    own = key or run_key(campaign.name, now, campaign.schedule.zone)
     days = planner.history_days(campaign, caps.CapPolicy.from_settings(settings.caps))
     with engine.connect() as connection:
         snapshot = load_snapshot(connection, settings, now, own_run=own, history_days=days)
@@ -120,6 +123,7 @@ def plan_run(engine: Engine, settings: Settings, campaign: Campaign, now: dateti
         snapshot.popular,
         now,
         forecast=snapshot.forecast,
+        key=own,
     )
 
 
@@ -195,10 +199,12 @@ def plan_views(
     now: datetime,
     *,
     forecast: predictive.LiveForecast | None = None,
+    key: str | None = None,
 ) -> Planned:
-    """The run at ``now`` over ``customers``, nothing decided yet (see ``Planned.chunks``)."""
+    """The run at ``now`` over ``customers``, nothing decided yet (see ``Planned.chunks``),
+    as the run ``key`` (default: the run of ``now``'s day)."""
     context = planner.context_for(settings, now, items, popular, forecast)
-    report = RunReport(campaign.name, run_key(campaign.name, now, campaign.schedule.zone))
+    report = RunReport(campaign.name, key or run_key(campaign.name, now, campaign.schedule.zone))
     return Planned(report, campaign, customers, context)
 
 
@@ -215,6 +221,9 @@ class RunOptions:
     renderer: render.Renderer | None = None  # default: the templates directory as it is now
     chunk_size: int | None = None  # customers decided and committed at a time (None: the
     #                                 settings' ``[campaigns] chunk_size``)
+    run_key: str | None = None  # a resumed run's own key: its day as first decided, even
+    #                             when the schedule's zone has changed since (None: the day
+    #                             of ``now`` in the schedule's zone, :func:`run_key`)
 
     def chunk(self, settings: Settings) -> int:
         """Customers decided and committed at a time in this run."""
@@ -230,7 +239,7 @@ def plan_and_enqueue(
     options: RunOptions = RunOptions(),
 ) -> RunReport:
     """Decide at ``now`` and enqueue (nothing is delivered)."""
-    planned = plan_run(engine, settings, campaign, now)
+    planned = plan_run(engine, settings, campaign, now, options.run_key)
     return enqueue_decisions(engine, settings, campaign, templates, planned, now, options)
 
 

@@ -506,7 +506,7 @@ class Importer:
         retail = fmt == "online-retail"
         stager = staging.Stager(connection)
         found = _Staged(CatalogBuilder() if retail else None, self.max_listed, stager)
-        stamps = sources.Timestamps(self.zone, sources.RETAIL_TIME if retail else None)
+        stamps = sources.Timestamps(self.zone, sources.RETAIL_TIME if retail else None, self.now)
         required = sources.ONLINE_RETAIL_COLUMNS if retail else sources.STANDARD_COLUMNS
         optional = () if retail else sources.STANDARD_OPTIONAL
         self.progress.phase(f"reading {path.name}", None)

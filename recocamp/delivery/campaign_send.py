@@ -42,7 +42,7 @@ def send_campaign(
     options: RunOptions = RunOptions(),
 ) -> RunReport:
     """Plan, then enqueue while the same campaign is being delivered."""
-    planned = plan_run(engine, settings, campaign, now)
+    planned = plan_run(engine, settings, campaign, now, options.run_key)
     return deliver_planned(engine, settings, campaign, templates, planned, now, deliverer, options)
 
 

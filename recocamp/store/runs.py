@@ -131,6 +131,13 @@ def unfinished_campaign_runs(
     return list(connection.execute(query))
 
 
+def run_key_of(connection: sa.Connection, run_id: int) -> str | None:
+    """The run key a run was recorded with (a resumed run decides as it)."""
+    query = sa.select(runs.c.run_key).where(runs.c.id == run_id)
+    found: str | None = connection.execute(query).scalar_one_or_none()
+    return found
+
+
 def mark_interrupted(connection: sa.Connection, run_id: int, now: datetime, why: str) -> None:
     """A ``running`` run whose worker is gone becomes ``interrupted`` (others stay as they
     are: an error keeps its message)."""

@@ -65,13 +65,19 @@ def _deliverer(ctx: JobContext, provider: Provider) -> Deliverer:
     )
 
 
-def run_campaign(ctx: JobContext, campaign: Campaign, as_of: datetime) -> Counts:
-    """A scheduled campaign run decided at ``as_of``: plan, enqueue, deliver (big runs by
-    several processes); a stop between chunks raises ``Interrupted``."""
+def run_campaign(
+    ctx: JobContext, campaign: Campaign, as_of: datetime, key: str | None = None
+) -> Counts:
+    """A scheduled campaign run decided at ``as_of`` (as the run ``key``: a resumed run's
+    own): plan, enqueue, deliver (big runs by several processes); a stop between chunks
+    raises ``Interrupted``."""
     provider = make_provider(ctx.settings)
     try:
         options = RunOptions(
-            issued_at=ctx.clock.now(), stopping=ctx.stop.is_set, renderer=ctx.renderer
+            issued_at=ctx.clock.now(),
+            stopping=ctx.stop.is_set,
+            renderer=ctx.renderer,
+            run_key=key,
         )
         report = send_campaign(
             ctx.engine,

@@ -3,7 +3,8 @@
 On start it checks every campaign file like ``check``: broken ones are left out and
 reported (log, a ``check`` run shown by ``runs workers``, a gauge) and everything else runs;
 broken settings stop it. It registers itself (``workers`` table,
-heartbeat every ``[worker] leader_poll_s``) and then, in one loop thread:
+heartbeat every ``[worker] leader_poll_s`` on a thread of its own, so that nothing the loop
+does — a reload checking slow templates — makes it look dead) and then, in one loop thread:
 
 - **leadership**: tries to become the scheduling leader (``leadership``); the leader
   attaches the persistent job store and runs the leader jobs of the table in ``scheduler``;
@@ -111,6 +112,7 @@ class Worker:
         self._running: dict[str, int] = {}  # job → its run's id while it runs (see abandon)
         self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
         self._loop_thread: threading.Thread | None = None
+        self._heartbeat_thread: threading.Thread | None = None
         self._reload_checked = 0.0
         self.live_model_shown: tuple[str | None] | None = None  # in recocamp_live_model
         limiter = RateLimiter(settings.esp.rate_limit_per_s, self.stop.wait)
@@ -333,7 +335,7 @@ class Worker:
 
     def _run(self, spec: scheduler.JobSpec, as_of: datetime, resumed_from: int | None) -> str:
         campaign = self.campaigns.get(spec.campaign) if spec.campaign else None
-        key = run_key(campaign.name, as_of, campaign.schedule.zone) if campaign else None
+        key = self._run_key(campaign, as_of, resumed_from) if campaign else None
         quiet = spec.scope == "every_worker" or spec.id == "import"  # an idle poll: no history
         begun = self.clock.now()
         try:
@@ -348,7 +350,7 @@ class Worker:
         status, error = "ok", None
         counts: dict[str, Any] = {}
         try:
-            counts = self._call(spec, campaign, as_of)
+            counts = self._call(spec, campaign, as_of, key)
         except Interrupted as exc:
             status, error = "interrupted", str(exc)
         except Exception as exc:  # one failing job never takes the worker down
@@ -366,6 +368,17 @@ class Worker:
         self._observe(spec.id, status, seconds, counts, run_id)
         self.last[spec.id] = (counts, error)
         return status
+
+    def _run_key(self, campaign: Campaign, as_of: datetime, resumed_from: int | None) -> str:
+        """The run's key: a resumed run's own, the day it was first decided for. Computed
+        again from the schedule's zone, a zone changed in the campaign file meanwhile made
+        it another day's run, decided and recorded as that day's."""
+        if resumed_from is not None:
+            with self.engine.connect() as connection:
+                key = runs.run_key_of(connection, resumed_from)
+            if key is not None:
+                return key
+        return run_key(campaign.name, as_of, campaign.schedule.zone)
 
     def _unrecorded_run(self, job: str, as_of: datetime, resumed_from: int | None) -> None:
         """A campaign run whose first row the store refused (locked past its busy timeout by
@@ -397,7 +410,7 @@ class Worker:
             )
 
     def _call(
-        self, spec: scheduler.JobSpec, campaign: Campaign | None, as_of: datetime
+        self, spec: scheduler.JobSpec, campaign: Campaign | None, as_of: datetime, key: str | None
     ) -> dict[str, Any]:
         if spec.campaign is not None:
             if campaign is None:
@@ -405,7 +418,7 @@ class Worker:
                     self.campaigns_dir / f"{spec.campaign}.toml",
                     [jobs.missing_campaign(spec.campaign)],
                 )
-            return jobs.run_campaign(self.context, campaign, as_of)
+            return jobs.run_campaign(self.context, campaign, as_of, key)
         job: Callable[[jobs.JobContext, datetime], dict[str, Any]] = jobs.JOBS[spec.id]
         return job(self.context, as_of)
 
@@ -420,14 +433,16 @@ class Worker:
     # -- leadership, resume, reload: the loop -----------------------------------------------
 
     def tick(self) -> None:
-        """One round of the loop: heartbeat, leadership, rate share, resume, reload."""
+        """One round of the loop: leadership, resume, reload (and the heartbeat and rate
+        share where no heartbeat thread runs: tests driving the loop themselves)."""
         if (lost := self.leadership.gone()) is not None:
             log.error("%s", lost)
             self.lost = self.stopped_by = lost
             self.stop.set()
             return
         self._lead()
-        self._heartbeat_and_share_rate()
+        if self._heartbeat_thread is None:  # tests driving the loop themselves
+            self._heartbeat_and_share_rate()
         if self.leader_since is not None:
             self.scheduler.wakeup()  # notice jobs triggered from outside (`runs trigger`)
             self.resume_unfinished()
@@ -542,6 +557,19 @@ class Worker:
             replace_existing=True,
         )
 
+    def _beat(self) -> None:
+        """The heartbeat on a thread of its own: a reload checking slow templates (each
+        render may take its whole ``[templates] render_time_s``) held the loop for tens of
+        seconds, the heartbeat with it, so other workers counted this one dead: the leader
+        resumed the campaign run it was still sending, and the others took its share of
+        the provider's rate on top of what it still sent."""
+        while not self.stop.is_set():
+            try:
+                self._heartbeat_and_share_rate()
+            except Exception:  # the database may be away for a moment: try again
+                log.exception("worker heartbeat")
+            self.stop.wait(self.settings.worker.leader_poll_s)
+
     def _loop(self) -> None:
         while not self.stop.is_set():
             try:
@@ -563,6 +591,10 @@ class Worker:
         self.scheduler.start()
         scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.LOCAL, "every_worker")
         if loop:
+            self._heartbeat_thread = threading.Thread(
+                target=self._beat, name="worker-heartbeat", daemon=True
+            )
+            self._heartbeat_thread.start()
             self._loop_thread = threading.Thread(target=self._loop, name="worker-loop", daemon=True)
             self._loop_thread.start()
 
@@ -625,8 +657,9 @@ class Worker:
 
         threading.Thread(target=wait, name="worker-shutdown", daemon=True).start()
         clean = finished.wait(timeout)
-        if self._loop_thread is not None:
-            self._loop_thread.join(timeout=5)
+        for thread in (self._loop_thread, self._heartbeat_thread):
+            if thread is not None:
+                thread.join(timeout=5)
         if not clean:  # the caller exits the process now: the locks go with it
             log.error(
                 "jobs still running after %g s: exiting anyway (campaign runs are "

@@ -198,3 +198,40 @@ def test_a_stored_profile_is_not_held_to_the_new_bounds_by_a_change_of_another_f
             profiles.apply(
                 connection, "c1", {"birthday": date(1899, 1, 1)}, at=NOW, actor="t", source="t"
             )
+
+
+@pytest.mark.parametrize("fmt", ["standard", "online-retail"])
+def test_an_order_dated_in_the_future_is_refused_as_the_api_refuses_it(
+    engine: sa.Engine, tmp_path: Path, fmt: str
+) -> None:
+    """An order of 2030 is a typo or a wrong clock: stored, it stood first in every
+    "latest" for years (recency, lapsed days, the forecasts' history). The purchase API
+    refuses it (422); a file gave it to the store. Within the clocks' skew it passes."""
+    soon, late = NOW + timedelta(minutes=4), NOW + timedelta(minutes=25)
+    if fmt == "standard":
+        header, lines = (
+            STANDARD,
+            [
+                [*LINE[:5], soon.isoformat(), *LINE[6:]],
+                ["A2", *LINE[1:5], late.isoformat(), *LINE[6:]],
+            ],
+        )
+        stamp, raw = "ordered_at", late.isoformat()
+    else:
+        london = ZoneInfo("Europe/London")
+        header, lines = (
+            RETAIL,
+            [
+                [*SALE[:4], f"{soon.astimezone(london):%Y-%m-%d %H:%M:%S}", *SALE[5:]],
+                ["536366", *SALE[1:4], f"{late.astimezone(london):%Y-%m-%d %H:%M:%S}", *SALE[5:]],
+            ],
+        )
+        stamp, raw = "InvoiceDate", f"{late.astimezone(london):%Y-%m-%d %H:%M:%S}"
+    path = write_csv(tmp_path / "p.csv", header, lines)
+    error = refused(engine, lambda: importer(engine).purchases(path, fmt))
+    assert [(p.line, p.column, p.value) for p in error.problems] == [(3, stamp, raw)]
+    assert error.problems[0].message.startswith("lies in the future")
+    assert (
+        importer(engine).purchases(write_csv(tmp_path / "q.csv", header, lines[:1]), fmt).imported
+        == 1
+    )

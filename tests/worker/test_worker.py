@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import REGISTRY
 
+from recocamp.campaigns import check as worker_checks
 from recocamp.campaigns import run as jobs
 from recocamp.clock import FixedClock
 from recocamp.data.drop_folder import import_drop_folder
@@ -1294,3 +1295,96 @@ def test_the_live_model_metric_names_the_model_the_registry_holds_live(
     finally:
         process.shutdown()
     process.engine.dispose()
+
+
+def test_a_slow_reload_never_stops_the_heartbeat(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload checks every campaign's templates, each render allowed its whole
+    ``render_time_s``: tens of seconds with slow templates. The heartbeat goes on meanwhile,
+    so other workers never count this one dead (and resume its runs, or take its share of
+    the provider's rate)."""
+    shop = sqlite_shop(tmp_path, leader_poll_s=0.1)
+    two_campaigns(shop)
+    process = worker_for(shop)
+    checking, release = threading.Event(), threading.Event()
+    real_check = worker_checks.campaign_problems
+
+    def slow_check(*args: Any) -> Any:
+        checking.set()
+        release.wait(60)
+        return real_check(*args)
+
+    monkeypatch.setattr(worker_checks, "campaign_problems", slow_check)
+    process.start()
+    try:
+        process.reload_requested.set()
+        assert checking.wait(30)
+        before = scalar(process.engine, "SELECT heartbeat_at FROM workers")
+        wait_for(lambda: scalar(process.engine, "SELECT heartbeat_at FROM workers") != before, 30)
+        assert not release.is_set()  # beat while the reload was still checking
+    finally:
+        release.set()
+        process.shutdown()
+        process.engine.dispose()
+
+
+def test_a_resumed_run_keeps_its_day_when_the_campaign_zone_changed_meanwhile(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """A run's day (its run key, and so every send key) is its instant's date in the
+    schedule's zone. A run left unfinished, then the campaign file's ``time_zone`` changed,
+    then resumed: the resume computed the day in the new zone, another day, so it was
+    recorded (and decided, send keys and all) as that other day's run, whose own run then
+    took it for itself; only the caps kept the first run's customers from a second e-mail."""
+    fake, url = esp
+    process = worker_for(sqlite_shop(tmp_path, url))
+    decided_at = datetime.now(UTC) - timedelta(hours=1)
+    berlin = jobs.run_key("everyone", decided_at, ZoneInfo("Europe/Berlin"))
+    old_zone = next(  # a zone whose day differs from Berlin's at this instant (+14 or -11)
+        name
+        for name in ("Pacific/Kiritimati", "Pacific/Pago_Pago")
+        if jobs.run_key("everyone", decided_at, ZoneInfo(name)) != berlin
+    )
+    current = process.campaigns["everyone"]
+    before = current.model_copy(
+        update={"schedule": current.schedule.model_copy(update={"time_zone": old_zone})}
+    )
+    chunks: list[int] = []
+    with pytest.raises(Interrupted):  # the first worker enqueued a chunk, then died
+        jobs.plan_and_enqueue(
+            process.engine,
+            process.settings,
+            before,
+            process.templates_dir,
+            decided_at,
+            jobs.RunOptions(
+                chunk_size=20, on_progress=chunks.append, stopping=lambda: bool(chunks)
+            ),
+        )
+    key = jobs.run_key("everyone", decided_at, ZoneInfo(old_zone))
+    with process.engine.begin() as connection:
+        dead = runs.start(
+            connection,
+            "campaign:everyone",
+            "elsewhere:1:dead",
+            decided_at,
+            as_of=decided_at,
+            run_key=key,
+        )
+    enqueued = scalar_int(process.engine, "SELECT count(*) FROM outbox")
+    assert 0 < enqueued < CUSTOMERS
+    process.start(loop=False)  # its campaign file now says Europe/Berlin
+    try:
+        process.tick()  # the leader: resumes the dead worker's run
+        wait_for(lambda: fake.stats()["received"] >= CUSTOMERS, 30)
+        time.sleep(0.5)  # any second e-mail would be on its way now
+    finally:
+        process.shutdown()
+    with process.engine.connect() as connection:
+        resumed = [r for r in runs.recent(connection, "campaign:everyone") if r.resumed_from]
+        recipients = connection.execute(sa.text("SELECT customer_id FROM outbox")).scalars().all()
+    process.engine.dispose()
+    assert [(r.resumed_from, r.run_key, r.status) for r in resumed] == [(dead, key, "ok")]
+    assert sorted(recipients) == sorted(f"w{n}" for n in range(CUSTOMERS))
+    assert fake.stats()["received"] == CUSTOMERS

@@ -575,10 +575,14 @@ _RETAIL_STAMP = re.compile("[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2
 
 
 class Timestamps:
-    """Parses local or ISO 8601 timestamps to aware UTC, caching repeats (orders share them)."""
+    """Parses local or ISO 8601 timestamps to aware UTC, caching repeats (orders share them).
+    With ``now``, an instant past it by more than the clocks' skew is a problem
+    (``domain.future_problem``): an order of 2030 is a typo or a wrong clock, stands first in
+    every "latest" for years (recency, lapsed days, forecasts' history) and is refused by
+    the purchase API already."""
 
-    def __init__(self, zone: tzinfo, fmt: str | None = None) -> None:
-        self.zone, self.fmt = zone, fmt
+    def __init__(self, zone: tzinfo, fmt: str | None = None, now: datetime | None = None) -> None:
+        self.zone, self.fmt, self.now = zone, fmt, now
         self.cache: dict[str, datetime] = {}
 
     def __call__(self, row: dict[str, str], column: str) -> datetime:
@@ -615,6 +619,13 @@ class Timestamps:
             raise RowProblem(
                 column,
                 f"is out of range (in UTC it falls outside the years {YEAR_MIN}–{YEAR_MAX})",
+                raw,
+            )
+        late = None if self.now is None else future_problem(utc, self.now)
+        if late and self.now is not None:
+            raise RowProblem(
+                column,
+                f"{late} (the import runs at {self.now.astimezone(UTC):%Y-%m-%d %H:%M} UTC)",
                 raw,
             )
         return utc
