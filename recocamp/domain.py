@@ -29,6 +29,7 @@ ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: no NUL, no line breaks, no con
 TEXT_PATTERN = r"^[^\x00]*$"  # free text: anything but NUL (PostgreSQL cannot store it)
 QUANTITY_MAX = 1_000_000  # per order line, either sign (negative: returned)
 PRICE_MAX = 1e9  # a unit price, either sign; NUMERIC(14, 4) holds below 1e10
+PRICE_DECIMALS = 4  # NUMERIC(14, 4): PostgreSQL rounds a price to this many decimals
 LINE_NO_MAX = 1_000_000  # line numbers of an order: 0 (0-based exports) to this
 YEAR_MIN, YEAR_MAX = 1900, 9000  # instants, in UTC: every time zone and both stores manage
 MAX_DAYS = 36_500  # a day count (a setting, a campaign rule, an option): a hundred years
@@ -160,6 +161,16 @@ def email_problem(value: str) -> str | None:
         # erasure's tombstone of the address would not know it
         return "is not an e-mail address: a dot at the start or end of either part, or two dots"
     return None
+
+
+def price_problem(value: float) -> str | None:
+    """Why a price cannot be ``value``, or None: it has more decimals than the store keeps
+    (``PRICE_DECIMALS``). PostgreSQL rounds it and SQLite keeps it, so ``0.00004`` was a
+    purchase on one and a free line (an adjustment, left out of every figure) on the other,
+    and a price's figures differed by store."""
+    if round(value, PRICE_DECIMALS) == value:
+        return None
+    return f"has more than {PRICE_DECIMALS} decimals (prices are kept to {PRICE_DECIMALS})"
 
 
 def future_problem(value: datetime, now: datetime) -> str | None:

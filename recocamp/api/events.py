@@ -77,6 +77,7 @@ from recocamp.domain import (
     Purchase,
     check_id,
     future_problem,
+    price_problem,
 )
 from recocamp.errors import OrderConflictError
 from recocamp.settings import Settings
@@ -123,6 +124,16 @@ def _iso_text(value: Any) -> Any:
 
 IsoText = BeforeValidator(_iso_text)
 When = Annotated[AwareDatetime, IsoText, AfterValidator(_sane)]
+
+
+def _kept_price(value: float) -> float:
+    """At most the decimals the store keeps (``domain.price_problem``), as in files."""
+    problem = price_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 MAX_ORDERS = 1000
 MAX_LINES = 1000
 
@@ -136,7 +147,9 @@ class LineIn(_Strict):
     quantity: WholeNumber = Field(
         ge=-QUANTITY_MAX, le=QUANTITY_MAX, description="Negative: returned."
     )
-    unit_price: Number = Field(ge=-PRICE_MAX, le=PRICE_MAX, allow_inf_nan=False)
+    unit_price: Annotated[Number, AfterValidator(_kept_price)] = Field(
+        ge=-PRICE_MAX, le=PRICE_MAX, allow_inf_nan=False, description="At most 4 decimals."
+    )
     is_return: Flag | None = Field(None, description="Default: quantity < 0.")
 
 

@@ -235,3 +235,42 @@ def test_an_order_dated_in_the_future_is_refused_as_the_api_refuses_it(
         importer(engine).purchases(write_csv(tmp_path / "q.csv", header, lines[:1]), fmt).imported
         == 1
     )
+
+
+def test_a_price_finer_than_the_store_keeps_is_refused_in_files_and_by_the_api(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """PostgreSQL keeps a price to 4 decimals (NUMERIC(14, 4)) and SQLite as given: 0.00004
+    was a purchase on one store and a free line (left out of every figure) on the other.
+    More decimals are refused naming the line; trailing zeros are no finer (2.50000)."""
+    header = STANDARD
+    lines = [
+        [*LINE[:4], "2.50000", *LINE[5:]],
+        ["A2", *LINE[1:4], "0.00004", *LINE[5:]],
+        ["A3", *LINE[1:4], "12.12345", *LINE[5:]],
+    ]
+    path = write_csv(tmp_path / "p.csv", header, lines)
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    assert [(p.line, p.column, p.value) for p in error.problems] == [
+        (3, "unit_price", "0.00004"),
+        (4, "unit_price", "12.12345"),
+    ]
+    assert error.problems[0].message == "has more than 4 decimals (prices are kept to 4)"
+    items = write_csv(
+        tmp_path / "i.csv", ["id", "title", "category", "price"], [["i9", "T", "c", "0.12345"]]
+    )
+    caught = refused(engine, lambda: importer(engine).items(items))
+    assert [(p.line, p.column) for p in caught.problems] == [(2, "price")]
+    api = make_app(engine, tmp_path, FixedClock(NOW))
+    order = {
+        "order_id": "o1",
+        "customer_id": "c1",
+        "ordered_at": "2025-01-01T10:00:00Z",
+        "lines": [{"item_id": "i1", "quantity": 1, "unit_price": 0.00004}],
+    }
+    reply = call(api, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
+    assert reply.status == 422, reply.text
+    assert [d["loc"][-1] for d in reply.json()["detail"]] == ["unit_price"]
+    assert (
+        importer(engine).purchases(write_csv(tmp_path / "q.csv", header, lines[:1])).imported == 1
+    )

@@ -62,6 +62,7 @@ from recocamp.domain import (
     future_problem,
     id_problem,
     locale_problem,
+    price_problem,
     range_problem,
     text_problem,
     zone_name_problem,
@@ -544,14 +545,14 @@ def integer(row: dict[str, str], column: str, low: int, high: int) -> int:
 
 
 def number(row: dict[str, str], column: str, low: float, high: float) -> float:
-    """A number in ``[low, high]``: ASCII digits after an optional sign, with at most one
-    decimal point; no exponent (no price is written ``1e3``: a spreadsheet turning a code
-    into a number is)."""
+    """A price in ``[low, high]``: ASCII digits after an optional sign, with at most one
+    decimal point and the decimals the store keeps (``domain.price_problem``); no exponent
+    (no price is written ``1e3``: a spreadsheet turning a code into a number is)."""
     raw = row.get(column, "").strip()
     if not _DECIMAL.fullmatch(raw):
         raise RowProblem(column, "is not a number", raw)
     value = float(raw)  # a very long one is an infinity: out of range
-    problem = range_problem(value, low, high)
+    problem = range_problem(value, low, high) or price_problem(value)
     if problem:
         raise RowProblem(column, problem, raw)
     return value
@@ -781,12 +782,23 @@ def _numbers_pass(quantities: list[int], prices: list[float]) -> bool:
     )
 
 
+# a decimal past the store's fourth that is not 0 (``2.50000`` is 2.5): :func:`number` refuses it
+_FINER = re.compile(r"\.[0-9]{4}[0-9]*[1-9]")
+
+
 def _plain_numbers(whole: str, prices: str, line_nos: str) -> bool:
-    """Whether int() and float() read these fields (or a column's fields joined) only as
-    :func:`integer` and :func:`number` do: ASCII, no "_", no exponent in a price (what they
-    accept beyond that, "nan" and "inf", is out of range there)."""
+    """Whether int() and float() read these fields (or a column's fields joined, the prices
+    by a line break) only as :func:`integer` and :func:`number` do: ASCII, no "_", no
+    exponent in a price (what they accept beyond that, "nan" and "inf", is out of range
+    there), no price finer than the store keeps."""
     joined = whole + prices + line_nos
-    return joined.isascii() and "_" not in joined and "e" not in prices and "E" not in prices
+    return (
+        joined.isascii()
+        and "_" not in joined
+        and "e" not in prices
+        and "E" not in prices
+        and not _FINER.search(prices)
+    )
 
 
 def _texts_pass(values: list[str], limit: int) -> bool:
@@ -876,7 +888,7 @@ class StandardLines:
             return None  # some lines given a number, some not: line by line
         raw_quantities = list(_field(records, self.quantity))
         raw_prices = list(_field(records, self.price))
-        if not _plain_numbers("".join(raw_quantities), "".join(raw_prices), "".join(given or ())):
+        if not _plain_numbers("".join(raw_quantities), "\n".join(raw_prices), "".join(given or ())):
             return None
         try:
             quantities = list(map(int, raw_quantities))
@@ -1057,7 +1069,7 @@ class RetailLines:
             return None
         raw_quantities = list(_field(records, self.quantity))
         raw_prices = list(_field(records, self.price))
-        if not _plain_numbers("".join(raw_quantities), "".join(raw_prices), ""):
+        if not _plain_numbers("".join(raw_quantities), "\n".join(raw_prices), ""):
             return None
         try:
             quantities = list(map(int, raw_quantities))
