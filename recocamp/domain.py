@@ -167,8 +167,9 @@ def price_problem(value: float) -> str | None:
     """Why a price cannot be ``value``, or None: it has more decimals than the store keeps
     (``PRICE_DECIMALS``). PostgreSQL rounds it and SQLite keeps it, so ``0.00004`` was a
     purchase on one and a free line (an adjustment, left out of every figure) on the other,
-    and a price's figures differed by store."""
-    if round(value, PRICE_DECIMALS) == value:
+    and a price's figures differed by store. A float's own noise is no decimal: a shop's
+    JavaScript sends 4.35 × 100 as ``434.99999999999994``, which is 435."""
+    if abs(round(value, PRICE_DECIMALS) - value) <= 1e-9 * abs(value):
         return None
     return f"has more than {PRICE_DECIMALS} decimals (prices are kept to {PRICE_DECIMALS})"
 

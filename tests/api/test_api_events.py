@@ -639,14 +639,17 @@ def test_json_numbers_stay_numbers(app: FastAPI) -> None:
     assert [(q, float(p)) for _, _, _, _, q, p, *_ in lines(engine_of(app))] == [(2, 4.0)]
 
 
-@pytest.mark.parametrize("price", [0.0001, 123456789.125, 999999999.9999])
+@pytest.mark.parametrize("price", [0.0001, 123456789.125, 999999999.9999, 4.35 * 100])
 def test_a_precise_price_is_stored_as_sent(app: FastAPI, price: float) -> None:
     """The event's line goes through the file parser: a price to the store's 4 decimals is
-    stored as sent, the same float, on either store."""
+    stored as sent (SQLite: the same float), also with a float's own noise (4.35 × 100 is
+    434.99999999999994 in JavaScript as in Python: 435)."""
     reply = post(app, one_line(unit_price=price))
     assert reply.status == 200, reply.text
     stored = [float(p) for _, _, _, _, _, p, *_ in lines(engine_of(app))]
-    assert stored == [price] and [stored_price(p) for p in stored] == [stored_price(price)]
+    assert [stored_price(p) for p in stored] == [stored_price(price)]  # as NUMERIC(14, 4) has it
+    if engine_of(app).dialect.name == "sqlite":
+        assert stored == [price]
 
 
 @pytest.mark.parametrize("price", [0.00001, 1.5e-9, 1e-300, 2.00005])
