@@ -145,6 +145,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.include_router(api_measure.router(settings, engine, clock, auth.require))
     app.include_router(api_pages.router(settings, engine, clock, service))
     app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
+    app.add_middleware(HeadAsGet)
     app.add_middleware(api_bodies.BodyLimit, limit=settings.api.max_body_bytes)
     app.add_middleware(api_pages.PrivateHeaders)
     app.add_middleware(HttpMetrics)
@@ -270,6 +271,38 @@ def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:
         }
         for error in errors
     ]
+
+
+class HeadAsGet:
+    """HEAD answered as the GET of the same URL without its body (pure ASGI). RFC 9110
+    §9.1: every general-purpose server MUST support GET and HEAD, and HEAD's answer is the
+    GET's header fields. FastAPI's routes take only the methods they name, so every GET route
+    (``/healthz``, ``/readyz``, the customer pages, the export) answered HEAD with 405: an
+    uptime check that probes with HEAD saw the service down, and a mail scanner checking a
+    link with HEAD saw it broken. A route without GET still answers 405 with its ``Allow``.
+    Innermost: the metrics count the request as HEAD, under the route matched for the GET.
+    The GET's scope is a copy, so the server, which reads the method in its own, sends no
+    body either (uvicorn), whatever the length the headers declare."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:  # the route the GET matched, for the metrics' label
+            if "route" in as_get:
+                scope["route"] = as_get["route"]
 
 
 class HttpMetrics:

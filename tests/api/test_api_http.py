@@ -1,0 +1,120 @@
+"""HTTP semantics of the shop API on a really trained shop: HEAD answers as GET without the
+body (RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD), also through the
+server ``recocamp serve`` runs."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from recocamp import tokens
+from recocamp.api.protocol import HTTP
+from tests.api_shop import KEYS, NOW, SIGNING_KEY, Template, bearer, call, clone, make_app
+
+CUSTOMER = "10001"
+
+
+def link(purpose: str) -> str:
+    return tokens.sign(SIGNING_KEY.encode(), CUSTOMER, "winback", purpose, NOW - timedelta(days=1))
+
+
+def gets(app: FastAPI) -> list[tuple[str, dict[str, str]]]:
+    """GET routes of every kind (lean, plain, HTML page behind a link), with what they need."""
+    return [
+        ("/healthz", {}),
+        ("/readyz", {}),
+        (f"/v1/customers/{CUSTOMER}/next-best-offer?n=3", bearer("shop")),
+        (f"/v1/customers/{CUSTOMER}/forecast", bearer("shop")),
+        (f"/u/{link('unsubscribe')}", {}),
+        (f"/p/{link('preferences')}", {}),
+        ("/v1/privacy/retention", bearer("dpo")),
+    ]
+
+
+def test_head_answers_as_get_without_the_body(app: FastAPI) -> None:
+    for path, headers in gets(app):
+        got = call(app, "GET", path, headers=headers)
+        head = call(app, "HEAD", path, headers=headers)
+        assert got.text and head.text == "", path
+        assert head.status == got.status, (path, head.status)
+        for name in ("content-type", "content-length", "cache-control"):
+            assert head.headers.get(name) == got.headers.get(name), (path, name)
+
+
+def test_head_needs_what_get_needs(app: FastAPI) -> None:
+    path = f"/v1/customers/{CUSTOMER}/next-best-offer"
+    assert call(app, "HEAD", path).status == 401
+    assert call(app, "HEAD", path, headers=bearer("dpo")).status == 403
+
+
+def test_head_of_a_route_without_get_is_405_naming_its_methods(app: FastAPI) -> None:
+    reply = call(app, "HEAD", "/v1/events/purchases", headers=bearer("shop"))
+    assert reply.status == 405 and reply.headers["allow"] == "POST"
+
+
+def test_a_head_is_counted_as_head_under_its_route(app: FastAPI) -> None:
+    labels = {"method": "HEAD", "route": "/v1/customers/{customer_id}/forecast", "status": "404"}
+    before = REGISTRY.get_sample_value("recocamp_http_requests_total", labels) or 0.0
+    assert call(app, "HEAD", "/v1/customers/nobody/forecast", headers=bearer("shop")).status == 404
+    assert REGISTRY.get_sample_value("recocamp_http_requests_total", labels) == before + 1
+
+
+@pytest.fixture(scope="module", params=["sqlite"])
+def served_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]:
+    from tests.api_shop import build_template
+
+    yield from build_template("sqlite", tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture
+def served(served_template: Template, tmp_path: Path) -> Iterator[int]:
+    """The app behind uvicorn with ``recocamp serve``'s protocol, on a free loopback port."""
+    for engine, artifacts in clone(served_template, tmp_path):
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(
+            make_app(engine, artifacts), http=HTTP, log_level="warning", lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.02)
+        try:
+            yield listening.getsockname()[1]
+        finally:
+            server.should_exit = True
+            thread.join(10)
+            listening.close()
+
+
+def test_head_through_the_server_sends_no_body_and_keeps_the_connection(served: int) -> None:
+    """A HEAD and then a GET on one keep-alive connection: the HEAD's answer ends with its
+    head (Content-Length as the GET's, no bytes after), so the GET's answer follows intact."""
+    key = KEYS["shop"][0]
+    path = f"/v1/customers/{CUSTOMER}/next-best-offer?n=3"
+    ask = f"{{}} {path} HTTP/1.1\r\nHost: shop\r\nAuthorization: Bearer {key}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", served), timeout=10) as connection:
+        connection.sendall(ask.format("HEAD").encode() + ask.format("GET").encode())
+        received = b""
+        while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"]}"):
+            chunk = connection.recv(65536)
+            assert chunk, received
+            received += chunk
+    head, rest = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert rest.startswith(b"HTTP/1.1 200 ")  # nothing between the HEAD's head and the GET
+    length = next(
+        line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    get_head, body = rest.split(b"\r\n\r\n", 1)
+    assert length in get_head.split(b"\r\n") and int(length.split(b":")[1]) == len(body)
