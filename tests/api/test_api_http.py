@@ -1,6 +1,7 @@
 """HTTP semantics of the shop API on a really trained shop: HEAD answers as GET without the
 body (RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD), also through the
-server ``recocamp serve`` runs."""
+server ``recocamp serve`` runs; and answers about one person are marked for no cache to
+keep (``Cache-Control: no-store``)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,19 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
-from recocamp import tokens
+from recocamp import forecast, tokens
 from recocamp.api.protocol import HTTP
-from tests.api_shop import KEYS, NOW, SIGNING_KEY, Template, bearer, call, clone, make_app
+from tests.api_shop import (
+    KEYS,
+    NOW,
+    SIGNING_KEY,
+    Template,
+    bearer,
+    call,
+    clone,
+    engine_of,
+    make_app,
+)
 
 CUSTOMER = "10001"
 
@@ -118,3 +129,21 @@ def test_head_through_the_server_sends_no_body_and_keeps_the_connection(served: 
     )
     get_head, body = rest.split(b"\r\n\r\n", 1)
     assert length in get_head.split(b"\r\n") and int(length.split(b":")[1]) == len(body)
+
+
+def test_answers_about_one_person_are_not_stored_by_caches(app: FastAPI) -> None:
+    """The export, an erasure's report, a forecast and next-best offers name what a person
+    bought, or hold it: ``Cache-Control: no-store``, as the customer pages and their
+    download have. The customer pages' headers are held by ``test_api_hostile``."""
+    forecast.refresh(engine_of(app), app.state.service.settings, NOW)
+    personal = [
+        ("GET", f"/v1/customers/{CUSTOMER}/next-best-offer?n=2", bearer("shop")),
+        ("GET", f"/v1/customers/{CUSTOMER}/forecast", bearer("shop")),
+        ("GET", f"/v1/privacy/customers/{CUSTOMER}", bearer("dpo")),
+        ("DELETE", f"/v1/privacy/customers/{CUSTOMER}", bearer("dpo")),
+    ]
+    for method, path, headers in personal:
+        reply = call(app, method, path, headers=headers)
+        assert reply.status == 200, (path, reply.text)
+        assert reply.headers.get("cache-control") == "no-store", (method, path)
+        assert reply.headers["content-type"] == "application/json"
