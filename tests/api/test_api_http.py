@@ -1,10 +1,12 @@
 """HTTP semantics of the shop API on a really trained shop: HEAD answers as GET without the
 body (RFC 9110 §9.1: general-purpose servers MUST support GET and HEAD), also through the
 server ``recocamp serve`` runs; and answers about one person are marked for no cache to
-keep (``Cache-Control: no-store``)."""
+keep (``Cache-Control: no-store``); a compressed body is refused (415) rather than misread."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import socket
 import threading
 import time
@@ -13,12 +15,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from recocamp import forecast, tokens
 from recocamp.api.protocol import HTTP
+from recocamp.store.schema import customers, orders
 from tests.api_shop import (
     KEYS,
     NOW,
@@ -32,6 +36,7 @@ from tests.api_shop import (
 )
 
 CUSTOMER = "10001"
+FORM = "application/x-www-form-urlencoded"
 
 
 def link(purpose: str) -> str:
@@ -147,3 +152,62 @@ def test_answers_about_one_person_are_not_stored_by_caches(app: FastAPI) -> None
         assert reply.status == 200, (path, reply.text)
         assert reply.headers.get("cache-control") == "no-store", (method, path)
         assert reply.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "GZIP", "deflate, identity", "br"])
+def test_a_compressed_body_is_415_naming_the_encoding_taken(app: FastAPI, coding: str) -> None:
+    """Nothing decodes a compressed body: an event, a form or a webhook sent gzipped was
+    read as its compressed bytes (400 "not UTF-8 text" for the event). 415 with
+    ``Accept-Encoding: identity`` says what to do (RFC 9110 §15.5.16); nothing is written."""
+    order = {
+        "order_id": "gz-1",
+        "customer_id": CUSTOMER,
+        "ordered_at": "2012-01-05T08:00:00+00:00",
+        "lines": [{"item_id": "20000", "quantity": 1, "unit_price": 2.5}],
+    }
+    posts = [
+        ("/v1/events/purchases", json.dumps(order).encode(), "application/json", bearer("shop")),
+        (f"/p/{link('preferences')}", b"action=unsubscribe", FORM, {}),
+        (
+            "/v1/webhooks/postmark",
+            b"[]",
+            "application/json",
+            {"authorization": "Bearer hook-secret"},
+        ),
+    ]
+    for path, body, kind, headers in posts:
+        reply = call(
+            app,
+            "POST",
+            path,
+            content=gzip.compress(body),
+            headers={**headers, "content-type": kind, "content-encoding": coding},
+        )
+        assert reply.status == 415, (path, reply.text)
+        assert reply.headers["accept-encoding"] == "identity"
+        assert "Content-Encoding" in reply.json()["detail"]
+    with engine_of(app).connect() as connection:
+        assert (
+            connection.execute(sa.select(orders).where(orders.c.order_id == "gz-1")).first() is None
+        )
+        assert (
+            connection.execute(
+                sa.select(customers.c.unsubscribed_at).where(customers.c.id == CUSTOMER)
+            ).scalar()
+            is None
+        )
+
+
+def test_a_body_said_to_be_identity_is_read(app: FastAPI) -> None:
+    reply = call(
+        app,
+        "POST",
+        "/v1/webhooks/postmark",
+        content=b"[]",
+        headers={
+            "content-type": "application/json",
+            "content-encoding": "identity",
+            "authorization": "Bearer hook-secret",
+        },
+    )
+    assert reply.status == 200, reply.text
