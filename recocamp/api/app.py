@@ -49,6 +49,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recocamp import __version__, metrics
@@ -74,6 +75,7 @@ HEALTHY = b'{"status":"ok"}'
 # methods counted by name in the request metrics; any other is "OTHER" (a label set each
 # would be a series of its own, and an entry of HttpMetrics', for as many as clients make up)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+ROUTED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")  # what a 405's Allow may name
 
 
 class ErrorOut(BaseModel):
@@ -254,7 +256,29 @@ async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.detail, str) and "@" in exc.detail:
         exc = StarletteHTTPException(exc.status_code, mask_addresses(exc.detail), exc.headers)
+    if exc.status_code == 405:
+        exc = StarletteHTTPException(405, exc.detail, {"Allow": allowed(request)})
     return await http_exception_handler(request, exc)
+
+
+def allowed(request: Request) -> str:
+    """A 405's ``Allow``: the methods some route at the path takes (RFC 9110 §15.5.6: the
+    resource's supported methods), HEAD with GET (:class:`HeadAsGet`), each found by
+    matching the request again with that method (routers included in the app are routes of
+    their own, whose methods only their matching knows). Starlette named the methods of the
+    first route at the path: ``/p/{token}`` (GET, POST), ``/u/{token}`` (GET, POST) and
+    ``/v1/privacy/customers/{id}`` (GET, DELETE) said ``Allow: GET``."""
+    routes = request.app.router.routes
+    methods = [
+        method
+        for method in ROUTED_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    if "GET" in methods:
+        methods.append("HEAD")
+    return ", ".join(sorted(methods))
 
 
 def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:

@@ -72,9 +72,20 @@ def test_head_needs_what_get_needs(app: FastAPI) -> None:
     assert call(app, "HEAD", path, headers=bearer("dpo")).status == 403
 
 
-def test_head_of_a_route_without_get_is_405_naming_its_methods(app: FastAPI) -> None:
-    reply = call(app, "HEAD", "/v1/events/purchases", headers=bearer("shop"))
-    assert reply.status == 405 and reply.headers["allow"] == "POST"
+def test_a_405_names_every_method_the_path_takes(app: FastAPI) -> None:
+    """RFC 9110 §15.5.6: ``Allow`` lists the resource's methods. Starlette named those of
+    the first route at the path, so the preferences link (GET and POST) said GET only."""
+    expected = [
+        ("DELETE", f"/p/{link('preferences')}", "GET, HEAD, POST"),
+        ("PUT", f"/u/{link('unsubscribe')}", "GET, HEAD, POST"),
+        ("PUT", f"/v1/privacy/customers/{CUSTOMER}", "DELETE, GET, HEAD"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("HEAD", "/v1/events/purchases", "POST"),  # no GET there: no HEAD either
+        ("GET", f"/v1/customers/{CUSTOMER}", "PUT"),
+    ]
+    for method, path, allow in expected:
+        reply = call(app, method, path, headers=bearer("all"))
+        assert (reply.status, reply.headers.get("allow")) == (405, allow), (method, path)
 
 
 def test_a_head_is_counted_as_head_under_its_route(app: FastAPI) -> None:
