@@ -30,6 +30,7 @@ from fastapi.routing import APIRoute
 from pydantic import BeforeValidator, Strict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from recocamp.api.auth import ADMITTED
 from recocamp.domain import read_json
 
 
@@ -153,9 +154,11 @@ class JsonRequest(Request):
 
 class JsonRoute(APIRoute):
     """An APIRoute whose JSON body is read by :func:`domain.read_json` (its 400s say why).
-    With a ``scope`` (:func:`json_route`), the caller's API key is checked first: FastAPI
-    reads and validates the body before it runs a route's dependencies, so without this a
-    caller with no key got the body's 400, 415 or 422 instead of the 401."""
+    With a ``scope`` (:func:`json_route`), the caller's API key and its rate limit are
+    checked first: FastAPI reads and validates the body before it runs a route's
+    dependencies, so without this a caller with no key got the body's 400, 415 or 422
+    instead of the 401, and a client over its limit whose bodies were refused (a retry loop
+    posting the same broken body) was never answered 429 and made the server parse each."""
 
     scope: str | None = None
 
@@ -166,15 +169,16 @@ class JsonRoute(APIRoute):
         async def reading(request: Request) -> Response:
             if scope is not None:
                 authorization = request.headers.get("authorization")
-                request.app.state.authenticator.admits(authorization, scope)
+                key = request.app.state.authenticator.check(authorization, scope)
+                request.scope[ADMITTED] = (scope, key)
             return await handler(JsonRequest(request.scope, request.receive))
 
         return reading
 
 
 def json_route(scope: str) -> type[JsonRoute]:
-    """A :class:`JsonRoute` that answers 401 or 403 before it reads the body (the route's
-    own key dependency still runs: it counts the rate limit)."""
+    """A :class:`JsonRoute` that answers 401, 403 or 429 before it reads the body (the
+    route's own key dependency then takes the key checked, without a second token)."""
     return type(f"JsonRoute[{scope}]", (JsonRoute,), {"scope": scope})
 
 
