@@ -49,6 +49,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recocamp import __version__, metrics
@@ -74,6 +75,7 @@ HEALTHY = b'{"status":"ok"}'
 # methods counted by name in the request metrics; any other is "OTHER" (a label set each
 # would be a series of its own, and an entry of HttpMetrics', for as many as clients make up)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+ROUTED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")  # what a 405's Allow may name
 
 
 class ErrorOut(BaseModel):
@@ -145,6 +147,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.include_router(api_measure.router(settings, engine, clock, auth.require))
     app.include_router(api_pages.router(settings, engine, clock, service))
     app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
+    app.add_middleware(HeadAsGet)
     app.add_middleware(api_bodies.BodyLimit, limit=settings.api.max_body_bytes)
     app.add_middleware(api_pages.PrivateHeaders)
     app.add_middleware(HttpMetrics)
@@ -253,7 +256,29 @@ async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc.detail, str) and "@" in exc.detail:
         exc = StarletteHTTPException(exc.status_code, mask_addresses(exc.detail), exc.headers)
+    if exc.status_code == 405:
+        exc = StarletteHTTPException(405, exc.detail, {"Allow": allowed(request)})
     return await http_exception_handler(request, exc)
+
+
+def allowed(request: Request) -> str:
+    """A 405's ``Allow``: the methods some route at the path takes (RFC 9110 §15.5.6: the
+    resource's supported methods), HEAD with GET (:class:`HeadAsGet`), each found by
+    matching the request again with that method (routers included in the app are routes of
+    their own, whose methods only their matching knows). Starlette named the methods of the
+    first route at the path: ``/p/{token}`` (GET, POST), ``/u/{token}`` (GET, POST) and
+    ``/v1/privacy/customers/{id}`` (GET, DELETE) said ``Allow: GET``."""
+    routes = request.app.router.routes
+    methods = [
+        method
+        for method in ROUTED_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    if "GET" in methods:
+        methods.append("HEAD")
+    return ", ".join(sorted(methods))
 
 
 def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -270,6 +295,38 @@ def redacted(errors: Sequence[Any]) -> list[dict[str, Any]]:
         }
         for error in errors
     ]
+
+
+class HeadAsGet:
+    """HEAD answered as the GET of the same URL without its body (pure ASGI). RFC 9110
+    §9.1: every general-purpose server MUST support GET and HEAD, and HEAD's answer is the
+    GET's header fields. FastAPI's routes take only the methods they name, so every GET route
+    (``/healthz``, ``/readyz``, the customer pages, the export) answered HEAD with 405: an
+    uptime check that probes with HEAD saw the service down, and a mail scanner checking a
+    link with HEAD saw it broken. A route without GET still answers 405 with its ``Allow``.
+    Innermost: the metrics count the request as HEAD, under the route matched for the GET.
+    The GET's scope is a copy, so the server, which reads the method in its own, sends no
+    body either (uvicorn), whatever the length the headers declare."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:  # the route the GET matched, for the metrics' label
+            if "route" in as_get:
+                scope["route"] = as_get["route"]
 
 
 class HttpMetrics:

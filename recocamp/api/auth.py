@@ -31,7 +31,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -149,9 +149,7 @@ class Authenticator:
 
     def admits(self, authorization: str | None, scope: str) -> ApiKey:
         """The caller's key, or an HTTPException: 401 (no or unknown key), 403 (key without
-        ``scope``). Costs no rate-limit token: a route that reads a body asks this before
-        reading it (``bodies.json_route``), so a caller without a key is not served the
-        body's parse (a 400, 415, 422) nor makes the server parse a megabyte of JSON."""
+        ``scope``). Costs no rate-limit token (:meth:`check` takes one)."""
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise HTTPException(401, "send an API key: Authorization: Bearer <key>", _CHALLENGE)
@@ -179,6 +177,10 @@ class Authenticator:
         return scoped(scope)
 
 
+# request scope key: (scope, ApiKey) of a request whose key :meth:`Authenticator.check` passed
+# before its body was read (``bodies.json_route``); the route's own dependency takes that
+# rather than a second token
+ADMITTED = "recocamp.admitted"
 BEARER = HTTPBearer(auto_error=False, description="An API key (rck_…).")
 
 
@@ -192,6 +194,9 @@ def scoped(scope: str) -> Callable[..., Coroutine[Any, Any, ApiKey]]:
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(BEARER),  # noqa: B008
     ) -> ApiKey:
+        admitted = request.scope.get(ADMITTED)
+        if admitted is not None and admitted[0] == scope:  # checked before the body was read
+            return cast(ApiKey, admitted[1])
         authenticator: Authenticator = request.app.state.authenticator
         header = f"Bearer {credentials.credentials}" if credentials is not None else None
         return authenticator.check(header, scope)

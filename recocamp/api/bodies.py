@@ -3,7 +3,8 @@
 - :class:`BodyLimit` refuses a body over ``[api] max_body_bytes`` with 413 and the API's
   ``{"detail": …}`` whether its length was declared (``Content-Length``: answered before
   anything is read) or not (chunked: answered once the count passes the limit). Starlette's
-  own limiter answered the first case in plain text.
+  own limiter answered the first case in plain text. A compressed body (``Content-Encoding``)
+  gets 415: nothing decodes it.
 - :func:`json_only` (a route dependency) answers 415 naming ``application/json`` for a body
   of another media type, or of none, where FastAPI would try the bytes as the model and
   answer 422 "Input should be a valid dictionary".
@@ -29,11 +30,13 @@ from fastapi.routing import APIRoute
 from pydantic import BeforeValidator, Strict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from recocamp.api.auth import ADMITTED
 from recocamp.domain import read_json
 
 
 class BodyLimit:
-    """413 ``{"detail": …}`` for a body over ``limit`` bytes, declared or counted (pure ASGI)."""
+    """413 ``{"detail": …}`` for a body over ``limit`` bytes, declared or counted, and 415
+    for a compressed one (pure ASGI)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -43,9 +46,14 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared, coded = _body_headers(scope)
         if declared is not None and declared > self.limit:
             await JSONResponse({"detail": self.detail}, 413)(scope, receive, send)
+            return
+        if coded:
+            await JSONResponse({"detail": CODED}, 415, {"Accept-Encoding": "identity"})(
+                scope, receive, send
+            )
             return
         seen = 0
 
@@ -61,12 +69,22 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+CODED = "the body must not be compressed: send it without Content-Encoding"
+
+
+def _body_headers(scope: Scope) -> tuple[int | None, bool]:
+    """The declared ``Content-Length`` (None: none, or not a number), and whether the body
+    has a ``Content-Encoding`` other than ``identity``: nothing here decodes one (a gzipped
+    event was answered 400 "the body is not JSON: it is not UTF-8 text", a gzipped form
+    "not UTF-8"), so it is 415 with ``Accept-Encoding: identity`` (RFC 9110 §15.5.16)."""
+    length, coded = None, False
     for key, value in scope["headers"]:
         if key == b"content-length":
             text = value.decode("latin-1").strip()
-            return int(text) if text.isascii() and text.isdigit() else None
-    return None
+            length = int(text) if text.isascii() and text.isdigit() else None
+        elif key == b"content-encoding":
+            coded = coded or value.strip().lower() not in (b"", b"identity")
+    return length, coded
 
 
 def is_json(content_type: str | None) -> bool:
@@ -136,9 +154,11 @@ class JsonRequest(Request):
 
 class JsonRoute(APIRoute):
     """An APIRoute whose JSON body is read by :func:`domain.read_json` (its 400s say why).
-    With a ``scope`` (:func:`json_route`), the caller's API key is checked first: FastAPI
-    reads and validates the body before it runs a route's dependencies, so without this a
-    caller with no key got the body's 400, 415 or 422 instead of the 401."""
+    With a ``scope`` (:func:`json_route`), the caller's API key and its rate limit are
+    checked first: FastAPI reads and validates the body before it runs a route's
+    dependencies, so without this a caller with no key got the body's 400, 415 or 422
+    instead of the 401, and a client over its limit whose bodies were refused (a retry loop
+    posting the same broken body) was never answered 429 and made the server parse each."""
 
     scope: str | None = None
 
@@ -149,15 +169,16 @@ class JsonRoute(APIRoute):
         async def reading(request: Request) -> Response:
             if scope is not None:
                 authorization = request.headers.get("authorization")
-                request.app.state.authenticator.admits(authorization, scope)
+                key = request.app.state.authenticator.check(authorization, scope)
+                request.scope[ADMITTED] = (scope, key)
             return await handler(JsonRequest(request.scope, request.receive))
 
         return reading
 
 
 def json_route(scope: str) -> type[JsonRoute]:
-    """A :class:`JsonRoute` that answers 401 or 403 before it reads the body (the route's
-    own key dependency still runs: it counts the rate limit)."""
+    """A :class:`JsonRoute` that answers 401, 403 or 429 before it reads the body (the
+    route's own key dependency then takes the key checked, without a second token)."""
     return type(f"JsonRoute[{scope}]", (JsonRoute,), {"scope": scope})
 
 

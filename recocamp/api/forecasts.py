@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from recocamp import forecast
 from recocamp.api import lean as api_lean
 from recocamp.api.auth import OffersRead
+from recocamp.api.pages import PrivateJSON
 from recocamp.recommender.ranking import objects_to_profiling
 from recocamp.store import forecasts as store
 from recocamp.store import registry
@@ -58,7 +59,7 @@ class ForecastOut(BaseModel):
 
 
 def router(engine: Engine, problems: dict[int | str, Any]) -> APIRouter:
-    api = APIRouter(tags=["forecasts"])
+    api = APIRouter(tags=["forecasts"], default_response_class=PrivateJSON)
 
     @api.get("/v1/customers/{customer_id}/forecast", response_model=ForecastOut, responses=problems)
     def customer_forecast(customer_id: api_lean.PathId, key: OffersRead) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from recocamp.api import lean as api_lean
 from recocamp.api.auth import Authenticator, OffersRead
 from recocamp.api.offer_cache import MAX_FILTERS, MAX_N, OfferService
 from recocamp.api.offer_cache import Query as OfferQuery
+from recocamp.api.pages import NO_STORE
 from recocamp.recommender.ranking import Mode
 
 PARSED_QUERIES = 1024  # distinct query strings remembered
@@ -121,7 +122,7 @@ def next_best_offer_route(
         body = service.lookup(customer_id, query, entered)
         if body is None:
             body = await run_in_threadpool(service.respond, customer_id, query)
-        return Response(body, media_type="application/json")
+        return Response(body, media_type="application/json", headers=NO_STORE)
 
     parsed: dict[bytes, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -44,7 +45,8 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recocamp import metrics, privacy, tokens
@@ -75,6 +77,29 @@ PRIVATE_HEADERS = {
     b"x-content-type-options": b"nosniff",
 }
 FRAME_ANCESTORS = b"frame-ancestors 'none'"
+# the API's answers that carry one person's data (an export, an erasure's report, a
+# forecast, next-best offers and their "because you bought …"): a cache on the way (a proxy
+# in front of the API, a client library's HTTP cache) keeps none of them
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class PrivateJSON(JSONResponse):
+    """A JSON answer with ``Cache-Control: no-store`` (the ``response_class`` of the API's
+    routes about one person; the customer pages get it from :class:`PrivateHeaders`).
+    Without it a client's or proxy's cache may keep an answer heuristically (RFC 9111
+    §4.2.2), and one configured to cache the API would serve it again."""
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        super().__init__(
+            content, status_code, {**NO_STORE, **(headers or {})}, media_type, background
+        )
 
 
 class PrivateHeaders:

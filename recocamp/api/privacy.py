@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from recocamp import metrics, privacy
 from recocamp.api import lean as api_lean
 from recocamp.api.auth import PrivacyAdmin
+from recocamp.api.pages import PrivateJSON
 from recocamp.clock import Clock
 from recocamp.errors import CoverageCountError, SharedAddressError
 from recocamp.settings import PrivacySettings, Settings
@@ -154,7 +155,7 @@ def router(
 ) -> APIRouter:
     """``on_change``: told which customer an erasure removed, before the answer (see
     ``api.events.router``)."""
-    api = APIRouter(tags=["privacy"], prefix="/v1/privacy")
+    api = APIRouter(tags=["privacy"], prefix="/v1/privacy", default_response_class=PrivateJSON)
 
     @api.get("/customers/{customer_id}", responses={**problems, **SHARED})
     def export(

@@ -217,6 +217,30 @@ def test_a_body_route_counts_one_request_against_the_rate_limit(
     assert answers == [200, 200, 429]
 
 
+def test_the_rate_limit_holds_for_bodies_that_are_refused(
+    closing: Closing, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The limit was taken by the route's dependency, which FastAPI runs after the body was
+    read and validated: a client looping on a broken body (400, 415, 422) was never answered
+    429, and the server parsed every one. Now the fourth request of three a minute is 429
+    before its body is read, whatever the body; a valid one after them is 429 too."""
+    app = closing(make_app(engine, tmp_path, rate_limit_per_minute=3))
+    bodies: list[dict[str, Any]] = [
+        {"content": b"{broken", "headers": {"content-type": "application/json"}},
+        {"content": b'{"source": 1}', "headers": {"content-type": "application/json"}},
+        {"content": b"source=x", "headers": {"content-type": "text/plain"}},
+        {"content": b"{broken", "headers": {"content-type": "application/json"}},
+    ]
+    answers = []
+    for body in bodies:
+        headers = {**body["headers"], **bearer("shop")}
+        reply = call(app, "PUT", "/v1/customers/c1", headers=headers, content=body["content"])
+        answers.append(reply.status)
+    assert answers == [422, 422, 415, 429]
+    valid = call(app, "PUT", "/v1/customers/c1", headers=bearer("shop"), json={"source": "t"})
+    assert valid.status == 429 and int(valid.headers["retry-after"]) >= 1
+
+
 def test_over_the_rate_limit_is_429_with_retry_after(
     closing: Closing, engine: sa.Engine, tmp_path: Path
 ) -> None:
