@@ -12,7 +12,7 @@ import json
 import re
 import sys
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -180,12 +180,15 @@ def future_problem(value: datetime, now: datetime) -> str | None:
     return "lies in the future" if value > now + CLOCK_SKEW else None
 
 
-def read_json(body: bytes) -> Any:
+def read_json(
+    body: bytes, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None
+) -> Any:
     """A request body's JSON document; a ValueError saying what is wrong (never quoting
     the body): not JSON, where; a number with more digits than Python converts (4,300, its
-    guard against quadratic parsing); nesting deeper than the parser's stack."""
+    guard against quadratic parsing); nesting deeper than the parser's stack; whatever
+    ``object_pairs_hook`` refuses with a ValueError starting "the body" (a key twice)."""
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         raise ValueError(
             f"the body is not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"

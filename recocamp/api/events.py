@@ -253,6 +253,13 @@ class CustomerOut(BaseModel):
     customer_id: str
     created: bool
     changed: list[str]
+    kept_newer: list[str] = Field(
+        default=[],
+        description=(
+            "Fields given but left as they are: changed after this change's `at` (a delayed "
+            "sync does not undo a newer change, such as the customer's own objection)"
+        ),
+    )
     model_artifacts: int | None = Field(
         default=None,
         description=(
@@ -450,6 +457,7 @@ def router(
             customer_id=customer_id,
             created=changed.created,
             changed=list(changed.fields),
+            kept_newer=list(changed.kept_newer),
             model_artifacts=None if scrub is None else scrub.models,
             models_left=[] if scrub is None else list(scrub.models_left),
         )

@@ -11,6 +11,8 @@ a name.
 Semantics worth knowing:
 
 - fields that are not given are left as they are (a partial update, also for PUT);
+- a field changed after the change's own time (``at``) keeps its newer value: a delayed
+  sync does not undo the customer's later objection or opt-out (``Changed.kept_newer``);
 - a change of ``consent_basis`` (to a basis other than ``none``) is a new consent and needs
   its own ``consent_at`` in the same change, not the stored one: otherwise the time of the
   old consent (a double opt-in, say) would stand as the time of the new basis;
@@ -69,6 +71,7 @@ class Changed:
     fields: tuple[str, ...]
     objected: bool = False  # the change records an objection to profiling: the caller
     # removes the customer from the saved models once it committed (``privacy.unprofile``)
+    kept_newer: tuple[str, ...] = ()  # given, not applied: changed later than this change
 
 
 def apply(
@@ -93,6 +96,8 @@ def apply(
     if isinstance(changes.get("email"), str):  # as the import reads it: trimmed
         changes = {**changes, "email": changes["email"].strip()}
     row = profiles.profile(connection, customer_id)
+    kept_newer = _changed_since(connection, customer_id, changes, at) if row is not None else ()
+    changes = {name: value for name, value in changes.items() if name not in kept_newer}
     before = (
         row
         if row is not None
@@ -134,7 +139,22 @@ def apply(
             details=details,
         )
     objected = bool(changes.get("objected_to_profiling")) and bool(after["objected_to_profiling"])
-    return Changed(row is None, changed + ((opted,) if opted else ()), objected)
+    return Changed(row is None, changed + ((opted,) if opted else ()), objected, kept_newer)
+
+
+def _changed_since(
+    connection: Connection, customer_id: str, changes: Mapping[str, Any], at: datetime
+) -> tuple[str, ...]:
+    """The fields of ``changes`` changed after ``at`` (by the audit log): a delayed CRM sync
+    carrying ``objected_to_profiling: false`` or ``channel_email: true`` from before the
+    customer's own objection or opt-out on the preferences page undid it, whatever its
+    ``at`` said. A field's newer value stands; the consent fields go together (a basis
+    belongs to its time)."""
+    latest = profiles.last_changed(connection, customer_id)
+    stale = {name for name in changes if name in latest and latest[name] > at}
+    if stale & set(CONSENT):
+        stale |= set(CONSENT) & set(changes)
+    return tuple(name for name in FIELDS if name in stale)
 
 
 def _validate(customer_id: str, after: Mapping[str, Any], zone: ZoneInfo) -> None:

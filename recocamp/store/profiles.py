@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from recocamp.domain import email_hashes
 from recocamp.store.schema import (
+    audit_log,
     customers,
     forecast_checkpoints,
     forecasts,
@@ -35,6 +36,25 @@ def profile(connection: sa.Connection, customer_id: str) -> dict[str, Any] | Non
     """The customer's row by column name, or None for a customer not known yet."""
     row = connection.execute(sa.select(customers).where(customers.c.id == customer_id)).first()
     return None if row is None else dict(row._mapping)
+
+
+def last_changed(connection: sa.Connection, customer_id: str) -> dict[str, datetime]:
+    """When each of the customer's fields was last changed (the time the change gives, as
+    ``data.profiles.apply`` audits it), by the audit log, the one record of it. A customer's
+    entries are few: read whole, the JSON looked into here, the same on every database."""
+    a = audit_log.c
+    query = sa.select(a.at, a.details).where(
+        a.subject_type == "customer",
+        a.subject_id == customer_id,
+        a.action.in_(("customer_created", "customer_changed")),
+    )
+    latest: dict[str, datetime] = {}
+    for at, details in connection.execute(query):
+        fields = details.get("fields", []) if isinstance(details, dict) else []
+        for name in fields if isinstance(fields, list) else []:
+            if isinstance(name, str) and (name not in latest or at > latest[name]):
+                latest[name] = at
+    return latest
 
 
 def create(

@@ -295,6 +295,7 @@ def test_a_customer_is_created_and_changed_with_an_audit_trail(app: FastAPI) -> 
         "customer_id": "c1",
         "created": False,
         "changed": ["frequency_preference"],
+        "kept_newer": [],
         "model_artifacts": None,  # no objection in this change: no model was touched
         "models_left": [],
     }
@@ -347,6 +348,37 @@ def test_an_address_is_stored_trimmed_as_the_import_stores_it(app: FastAPI) -> N
     deliverer's plain-address check."""
     assert put(app, {"source": "signup", "email": "  b@example.test "}).status == 200
     assert person(engine_of(app)).email == "b@example.test"
+
+
+def test_a_delayed_sync_does_not_undo_a_newer_change(engine: sa.Engine, tmp_path: Path) -> None:
+    """A CRM sync delayed by an hour carries ``objected_to_profiling: false`` and
+    ``channel_email: true`` from before the customer objected and opted out on the
+    preferences page: applied because it arrived last, it undid both and profiling went on.
+    A field changed after the change's ``at`` keeps its newer value and is named in
+    ``kept_newer``; the rest of the change applies, and a later change still does."""
+    app = make_app(engine, tmp_path, FixedClock(NOW))
+    earlier = (NOW - timedelta(hours=1)).isoformat()
+    assert put(app, {"source": "signup", "email": "b@example.test"}).status == 200
+    own = {"source": "preferences page", "objected_to_profiling": True, "channel_email": False}
+    assert put(app, {**own, "at": (NOW - timedelta(minutes=5)).isoformat()}).status == 200
+    stale = {
+        "source": "crm",
+        "at": earlier,
+        "objected_to_profiling": False,
+        "channel_email": True,
+        "first_name": "Bea",
+    }
+    reply = put(app, stale)
+    assert reply.status == 200, reply.text
+    assert (reply.json()["changed"], reply.json()["kept_newer"]) == (
+        ["first_name"],
+        ["channel_email", "objected_to_profiling"],
+    )
+    row = person(engine)
+    assert (row.objected_to_profiling, row.channel_email, row.first_name) == (True, False, "Bea")
+    later = put(app, {"source": "crm", "objected_to_profiling": False})  # at: now
+    assert later.json()["changed"] == ["objected_to_profiling"]
+    assert person(engine).objected_to_profiling is False
 
 
 def test_objection_drops_the_personal_list_at_once(app: FastAPI) -> None:

@@ -236,6 +236,22 @@ def test_a_json_number_too_long_is_named(
     assert reply.status == 400 and "number too long" in reply.json()["detail"]
 
 
+def test_a_json_answer_naming_a_key_twice_is_refused(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail]
+) -> None:
+    """``{"score": 0, "score": 10}``: the parser kept the last, so which score was recorded
+    depended on how the client wrote it (RFC 8259: unpredictable). Refused as the event
+    and customer bodies are, naming the key, nothing stored."""
+    app = make_app(engine, FixedClock(NOW + timedelta(days=1)))
+    token = parse_qs(urlsplit(links_of(mailed[ADDRESSES["c2"]])[3]).query)["token"][0]
+    body = json.dumps({"token": token})[:-1].encode() + b', "score": 0, "score": 10}'
+    headers = {"content-type": "application/json"}
+    reply = call(app, "POST", "/v1/feedback", content=body, headers=headers)
+    assert reply.status == 400
+    assert reply.json()["detail"] == "the body's JSON has the key 'score' twice in one object"
+    assert stored(engine) == []
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
