@@ -151,7 +151,8 @@ def test_two_imports_of_overlapping_files_at_once_write_each_order_whole(
 
 def test_orders_stored_before_the_orders_table_are_backfilled(db_url: str) -> None:
     """Migration 0010 gives every stored order its digest: posting one again is a repeat,
-    also with a price that NUMERIC(14, 4) rounds (PostgreSQL keeps 2.00005 as 2.0001)."""
+    also for a price stored before prices were held to 4 decimals, which NUMERIC(14, 4)
+    rounds (PostgreSQL keeps 2.00005 as 2.0001; posted now, the order says 2.0001)."""
     engine = make_engine(db_url)
     upgrade(engine, "0009")
     line = {
@@ -176,7 +177,7 @@ def test_orders_stored_before_the_orders_table_are_backfilled(db_url: str) -> No
         "ordered_at": NOW.isoformat(),
         "lines": [
             {"item_id": "i1", "quantity": 1, "unit_price": 2.5},
-            {"item_id": "i2", "quantity": 1, "unit_price": 2.00005},
+            {"item_id": "i2", "quantity": 1, "unit_price": 2.0001},
         ],
     }
     reply = call(app, "POST", EVENTS, json=same, headers=bearer("shop"))
