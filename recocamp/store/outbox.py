@@ -29,6 +29,7 @@ with ``{`` when it is plain JSON (a zlib stream never does).
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import zlib
@@ -62,7 +63,22 @@ def send_key(campaign: str, customer_id: str, period: str) -> str:
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{token_hex(4)}"
+    """``host:pid:nonce``, and ``:space`` where the process's pid namespace is known (see
+    :func:`process_alive`)."""
+    space = pid_space()
+    return f"{socket.gethostname()}:{os.getpid()}:{token_hex(4)}" + (f":{space}" if space else "")
+
+
+@functools.cache
+def pid_space() -> str:
+    """The number of this process's pid namespace (Linux), "" where there is none to read.
+    Two containers on one host with the host's name (``--network host``) number their
+    processes each from 1: a pid says nothing about a process of another namespace."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return ""
+    return "".join(c for c in link if c.isdigit())
 
 
 def pack(email: OutgoingEmail) -> bytes:
@@ -545,13 +561,19 @@ draining: set[str] = set()
 
 
 def process_alive(claimed_by: str, me: str) -> bool:
-    """Is the worker that holds a claim still running? Only answerable on the same host."""
+    """Is the worker that holds a claim still running? Only answerable on the same host and
+    in the same pid namespace: two containers sharing the host's name (``--network host``)
+    each number their processes from 1, and a worker that found another container's live
+    worker's pid free here (or its own: both pid 1) took over its claims while it sent
+    them, and sent them again."""
     host, _, rest = claimed_by.partition(":")
-    pid_text, _, _nonce = rest.partition(":")
+    pid_text, _, rest = rest.partition(":")
+    _nonce, _, space = rest.partition(":")
     if claimed_by == me:
         return True
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return True  # another machine: trust the lease
+    elsewhere = host != socket.gethostname() or (space and space != pid_space())
+    if elsewhere or not pid_text.isdigit():  # (an id of before the space was added has none)
+        return True  # another machine or another container: trust the lease
     if int(pid_text) == os.getpid():
         return claimed_by in draining  # else: a deliverer of this process that did not finish
     try:

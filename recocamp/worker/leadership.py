@@ -120,6 +120,7 @@ class AdvisoryLockLeadership(_JobLocks):
     def try_acquire(self) -> bool:
         if self.connection is not None:
             return self.held()
+        self._keep_job_locks()
         connection = self.engine.connect()
         try:
             store.keep_alive(connection)  # a dead leader's host frees the lock in ~25 s
@@ -134,6 +135,7 @@ class AdvisoryLockLeadership(_JobLocks):
         return got
 
     def held(self) -> bool:
+        self._keep_job_locks()
         if self.connection is None:
             return False
         try:
@@ -143,6 +145,30 @@ class AdvisoryLockLeadership(_JobLocks):
             self._drop()
             return False
         return True
+
+    def _keep_job_locks(self) -> None:
+        """Take the running jobs' locks again when their connection is gone (asked every
+        poll). It sits idle while a training or an import runs for hours, and a server's
+        ``idle_session_timeout``, a restart or a cut connection ended it with the locks, the
+        job running on: a worker that led next could start the same job beside it. Taken
+        again at once, they keep it out; one taken meanwhile is said (the two runs overlap)."""
+        with self.mutex:
+            if not self.running:
+                return
+            if self.job_connection is not None:
+                try:
+                    store.ping(self.job_connection)
+                    return
+                except DBAPIError:
+                    self.job_connection.invalidate()
+                    self.job_connection = None
+            log.error("lost the connection that holds the running jobs' locks: taking them again")
+            try:
+                for job in sorted(self.running):
+                    if not self._lock_job(job):
+                        log.error("job %s runs here and, its lock lost meanwhile, elsewhere", job)
+            except DBAPIError:  # the database is away: tried again at the next poll
+                log.warning("could not take the running jobs' locks again: next poll")
 
     def resign(self) -> None:
         self._unlock()

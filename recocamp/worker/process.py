@@ -68,6 +68,7 @@ from recocamp.worker import jobs, leadership, scheduler
 log = logging.getLogger(__name__)
 CHECK_JOB = "check"  # the runs of a load or reload that found broken campaign files
 RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is tried again then
+UNRECORDED_END = "its end could not be recorded (the database was away): run again for its instant"
 _current: Worker | None = None  # the worker of this process, for dispatch()
 
 
@@ -363,8 +364,13 @@ class Worker:
             return status
         if run_id is None:
             run_id = self._started(spec.id, begun, as_of, key, resumed_from)
-        with self.engine.begin() as connection:
-            runs.finish(connection, run_id, status, self.clock.now(), counts, error, seconds)
+        try:
+            with self.engine.begin() as connection:
+                runs.finish(connection, run_id, status, self.clock.now(), counts, error, seconds)
+        except SQLAlchemyError:
+            if campaign is not None:  # see _unrecorded_run
+                self._unrecorded_run(spec.id, as_of, run_id)
+            raise
         self._observe(spec.id, status, seconds, counts, run_id)
         self.last[spec.id] = (counts, error)
         return status
@@ -385,7 +391,13 @@ class Worker:
         a long import elsewhere, a full disk): the scheduler has moved its next run time on
         and there is no row to resume, so the day's run was lost without a trace. It is tried
         again for the same instant ``RETRY_FAILED_S`` later (:meth:`resume_unfinished`), as a
-        run that failed is."""
+        run that failed is.
+
+        So is one whose end the store refused (``resumed_from``: its row): the database went
+        away mid-run (a restart, a failover) and was still away when the run's failure was
+        to be recorded. Its row stayed ``running`` on a live worker, which no leader resumes
+        (``unfinished_campaign_runs``), so the customers after the last chunk written got
+        nothing until this worker stopped. The run again marks that row ``interrupted``."""
         log.error(
             "campaign run %s for %s could not be recorded: tried again in %g s",
             job,
@@ -399,6 +411,8 @@ class Worker:
     ) -> int:
         is_campaign = job.startswith(CAMPAIGN_PREFIX)
         with self.engine.begin() as connection:
+            if resumed_from is not None:  # still ``running`` if its end was not recorded
+                runs.mark_interrupted(connection, resumed_from, begun, UNRECORDED_END)
             return runs.start(
                 connection,
                 job,

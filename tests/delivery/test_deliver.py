@@ -327,6 +327,30 @@ def test_a_claim_on_another_host_is_stale_only_after_its_lease(engine: sa.Engine
     assert deliverer(engine, fake, clock).drain().sent == 2
 
 
+@pytest.mark.parametrize("pid", ["mine", "free"])
+def test_a_claim_of_another_container_on_this_host_is_stale_only_after_its_lease(
+    engine: sa.Engine, pid: str
+) -> None:
+    """Two containers sharing the host's name (``--network host``) number their processes
+    each from 1, so a live worker of the other one may have this process's pid (both pid 1:
+    measured with ``unshare --pid``, the second took the first's fresh claims over as its
+    own unfinished ones and sent them while the first was sending them) or a pid free here.
+    Its claims wait for their lease, as another host's do."""
+    namespace = Path("/proc/self/ns/pid")
+    if not namespace.exists():
+        pytest.skip("no pid namespace to read (not Linux)")
+    space = int("".join(c for c in os.readlink(namespace) if c.isdigit()))
+    fill(engine, 2)
+    number = os.getpid() if pid == "mine" else dead_pid()
+    other = f"{socket.gethostname()}:{number}:x:{space + 1}"
+    outbox.claim(engine, other, NOW, 2)
+    clock = FixedClock(NOW + timedelta(seconds=60))
+    fake = FakeProvider()
+    assert deliverer(engine, fake, clock).drain().sent == 0  # the other worker may be alive
+    clock.advance(timedelta(seconds=ESP.claim_lease_s))
+    assert deliverer(engine, fake, clock).drain().sent == 2
+
+
 def test_a_campaign_pauses_itself_when_its_error_rate_passes_the_threshold(
     engine: sa.Engine,
 ) -> None:

@@ -982,6 +982,62 @@ def test_a_campaign_run_whose_start_the_store_refused_runs_later_for_its_instant
     assert done.counts["enqueued"] == CUSTOMERS
 
 
+def test_a_campaign_run_whose_end_the_store_refused_runs_again_for_its_instant(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database goes away mid-run (a restart, a failover: measured on PostgreSQL under
+    two worker processes) and is still away when the run's failure is to be recorded: its
+    row stayed ``running`` on a live worker, which no leader resumes, so the customers the
+    run had not reached got nothing for as long as the worker ran. Now it runs again for its
+    instant, as a run whose start was refused does, and its first row says why it ended."""
+    from recocamp.worker import jobs as worker_jobs
+
+    shop = sqlite_shop(tmp_path)
+    settings = load_settings(shop / "settings.toml")
+    clock = FixedClock(datetime.now(UTC))  # the shop's orders are recent *now*
+    process = Worker(
+        settings, make_engine(settings.database_url), shop / "campaigns", shop / "templates", clock
+    )
+    process.load()
+    due = clock.now() - timedelta(minutes=2)
+    real = worker_jobs.run_campaign
+
+    def cut_off(*args: Any) -> Any:  # the first run loses the database before its first chunk
+        monkeypatch.setattr(worker_jobs, "run_campaign", real)
+        raise sa.exc.OperationalError("INSERT", {}, Exception("the connection is lost"))
+
+    monkeypatch.setattr(worker_jobs, "run_campaign", cut_off)
+    refusal = (
+        "CREATE TRIGGER refused BEFORE UPDATE ON runs WHEN NEW.job = 'campaign:everyone' "
+        "BEGIN SELECT RAISE(ABORT, 'the database system is shutting down'); END"
+    )
+    with process.engine.begin() as connection:
+        connection.execute(sa.text(refusal))
+    process.start(loop=False)
+    try:
+        with pytest.raises(sa.exc.SQLAlchemyError, match="shutting down"):
+            process.run("campaign:everyone", as_of=due)
+        with process.engine.begin() as connection:
+            connection.execute(sa.text("DROP TRIGGER refused"))
+        [cut] = recent_runs(process)
+        assert cut.status == "running"
+        clock.advance(timedelta(seconds=RETRY_FAILED_S + 1))
+        process.tick()
+        [done] = wait_for(lambda: [r for r in recent_runs(process) if r.status == "ok"], 30)
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+    assert done.as_of == due and done.resumed_from == cut.id
+    assert done.counts["enqueued"] == CUSTOMERS
+    [cut] = [r for r in recent_runs(process) if r.id == cut.id]
+    assert cut.status == "interrupted" and "could not be recorded" in cut.error
+
+
+def recent_runs(process: Worker) -> list[Any]:
+    with process.engine.connect() as connection:
+        return list(runs.recent(connection, "campaign:everyone"))
+
+
 def test_a_broken_campaign_file_quoting_an_address_is_recorded_without_it(
     tmp_path: Path, secrets: None
 ) -> None:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.store import leadership as store_leadership
-from recocamp.store import runs
+from recocamp.store import notifications, runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import leadership
 from tests.worker_shop import make_shop, recocamp, start_worker, wait_for
@@ -143,3 +143,30 @@ def test_lock_holding_sessions_ask_the_server_to_probe_them(engine: sa.Engine) -
                 }
     finally:
         held.release()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_running_jobs_lock_lost_with_its_connection_is_taken_again(engine: sa.Engine) -> None:
+    """The job locks' connection sits idle while a training runs for hours; a server's
+    ``idle_session_timeout``, a restart or a cut connection ended it, and the lock with it,
+    while the job ran on: a worker that led next could start the same job beside it. The
+    leader takes the lock again at its next poll."""
+    first = leadership.AdvisoryLockLeadership(engine)
+    other = make_engine(engine.url.render_as_string(hide_password=False))  # another process
+    second = leadership.AdvisoryLockLeadership(other)
+    try:
+        assert first.try_acquire()
+        with first.job_lock("train") as got:
+            assert got and first.job_connection is not None
+            session = first.job_connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            first.job_connection.commit()
+            assert notifications.end_session(engine, session)  # the training runs on
+            assert first.held()  # the leader's next poll
+            with second.job_lock("train") as also:
+                assert not also  # the training is still running on the first worker
+        with second.job_lock("train") as after:
+            assert after  # once it ended
+    finally:
+        first.release()
+        second.release()
+        other.dispose()
