@@ -6,9 +6,10 @@ recorded reason): paused by the customer → customer frequency preference → g
 Quiet hours never drop a decision: it is deferred to the next allowed instant.
 
 The 24 h cap counts hours; windows of days (the 7 days, the cooldown, a weekly or monthly
-preference) count calendar days in the customer's zone, ending at ``now``'s wall time that
-many days earlier, so a campaign that runs at 10:00 every week is not "within 7 days" of
-last week's mail in the week the clocks spring forward.
+preference) count calendar days in the customer's zone, ending at the wall time the e-mail
+goes out (``now``, or the end of quiet hours) that many days earlier, so a campaign that runs
+at 10:00 every week is not "within 7 days" of last week's mail in the week the clocks spring
+forward, nor of last week's mail deferred to 08:00 in the customer's zone.
 
 Quiet hours are wall-clock times in the customer's zone (the shop's when unknown), so
 "21:00–08:00" means the same to a customer in Berlin and in Sydney, and across DST changes.
@@ -94,20 +95,26 @@ def check(
     preference: str | None = None,
     paused_until: datetime | None = None,
 ) -> Verdict:
-    """The verdict for one marketing e-mail of ``campaign`` to one customer at ``now``."""
+    """The verdict for one marketing e-mail of ``campaign`` to one customer at ``now``.
+
+    The windows end when this e-mail goes out (``now``, or the end of quiet hours), as the
+    history counts each e-mail when it was to go out (``store.views``): measured from ``now``,
+    a weekly 09:00 London run found last week's mail, deferred to 08:00 in Los Angeles, still
+    within the 7 days' cooldown (01:00 there) and mailed such customers every other week."""
     if paused_until is not None and now < paused_until:
         return Verdict(Reason.PAUSED)
+    wake = quiet_until(now, zone, policy.quiet_start, policy.quiet_end)
+    at = now if wake is None else wake
     period = PREFERENCE_PERIODS.get(preference or "")
-    if period is not None and _count(history, days_before(now, period.days, zone)) >= 1:
+    if period is not None and _count(history, days_before(at, period.days, zone)) >= 1:
         return Verdict(Reason.PREFERENCE)
-    if _count(history, now - timedelta(hours=24)) >= policy.max_per_24h:
+    if _count(history, at - timedelta(hours=24)) >= policy.max_per_24h:
         return Verdict(Reason.CAPPED_24H)
-    if _count(history, days_before(now, 7, zone)) >= policy.max_per_7d:
+    if _count(history, days_before(at, 7, zone)) >= policy.max_per_7d:
         return Verdict(Reason.CAPPED_7D)
-    since = days_before(now, policy.cooldown_days, zone)
+    since = days_before(at, policy.cooldown_days, zone)
     if any(c.campaign == campaign and c.at > since for c in history):
         return Verdict(Reason.COOLDOWN)
-    wake = quiet_until(now, zone, policy.quiet_start, policy.quiet_end)
     return ALLOWED if wake is None else Verdict(Reason.QUIET_HOURS, wake)
 
 

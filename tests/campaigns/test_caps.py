@@ -334,3 +334,31 @@ def test_quiet_hours_relax_the_defaults_unless_they_cover_them(
     say it (the first case was taken as stricter: 11 hours, as many as the shop's)."""
     relaxing = stricter(defaults, {"quiet_start": start, "quiet_end": end})[1]
     assert relaxing == (["quiet_hours"] if relaxes else [])
+
+
+@pytest.mark.parametrize("zone", ["America/Los_Angeles", "Pacific/Auckland"])
+def test_a_weekly_campaign_reaches_a_customer_in_quiet_hours_every_week(zone: str) -> None:
+    """A weekly 09:00 London run (cross_sell) is 01:00 in Los Angeles and 22:00 in Auckland:
+    quiet hours defer the mail to 08:00 there, and the history counts it then (the outbox's
+    ``not_before``). Next week's run, at 01:00 or 22:00 again, found that mail within the
+    seven days' cooldown and skipped the customer: measured, every other week. The windows end
+    when the mail goes out (08:00 again), seven days after the last one."""
+    customer = ZoneInfo(zone)
+    history: list[Contact] = []
+    outcomes: list[Reason | None] = []
+    for week in range(4):
+        now = datetime(2026, 1, 8, 9, 0, tzinfo=UTC) + timedelta(weeks=week)
+        verdict = check(history, POLICY, "cross_sell", now, customer)
+        outcomes.append(verdict.reason)
+        if verdict.allowed or verdict.deferred:
+            history.append(Contact("cross_sell", verdict.send_at or now))
+    assert outcomes == [Reason.QUIET_HOURS] * 4
+    assert {c.at.astimezone(customer).time() for c in history} == {time(8, 0)}
+    # the caps still count it: another campaign at noon there is capped; one at 22:00 goes
+    # out at 08:00 tomorrow, 24 h after it; this campaign waits out its seven days
+    last = history[-1:]
+    noon = last[0].at + timedelta(hours=4)
+    assert check(last, POLICY, "other", noon, customer).reason == Reason.CAPPED_24H
+    night = last[0].at + timedelta(hours=14)
+    assert check(last, POLICY, "other", night, customer).send_at == last[0].at + timedelta(days=1)
+    assert check(last, POLICY, "cross_sell", night, customer).reason == Reason.COOLDOWN

@@ -318,3 +318,22 @@ def test_a_reason_with_words_fits_the_column_of_100_characters() -> None:
     cut = with_detail("eligible", fits + "yz")
     assert cut == f"eligible — {fits[:-1]}…" and len(cut) == 100
     assert reason_code(cut) == "eligible"
+
+
+def test_not_contacted_days_count_to_the_mails_arrival_after_quiet_hours() -> None:
+    """A weekly 10:00 London run with ``not_contacted_days = 7`` (Tuesday, winback) is 02:00
+    in Los Angeles: last week's e-mail went out at 08:00 there, the end of quiet hours. From
+    the run's instant it was still "within seven days" and the customer missed every other
+    week; counted to this mail's own 08:00, as the caps count, it is seven days ago."""
+    la = ZoneInfo("America/Los_Angeles")
+    now = datetime(2026, 1, 13, 10, 0, tzinfo=UTC)
+    last_week = datetime(2026, 1, 6, 8, 0, tzinfo=la).astimezone(UTC)
+    weekly = campaign(name="weekly", audience={"not_contacted_days": 7})
+    context = replace(CONTEXT, now=now)
+    loose = caps.CapPolicy(cooldown_days=7, max_per_7d=5)
+    history = view(time_zone=la.key, contacts=(caps.Contact("weekly", last_week),))
+    decision = decide(weekly, history, context, loose)
+    assert decision.outcome is Outcome.DEFER
+    assert decision.send_at == datetime(2026, 1, 13, 8, 0, tzinfo=la)
+    later = view(time_zone=la.key, contacts=(caps.Contact("x", last_week + timedelta(hours=1)),))
+    assert decide(weekly, later, context, loose).reason == "not_in_audience:not_contacted_days"
