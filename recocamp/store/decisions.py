@@ -64,3 +64,21 @@ def record(
 
 
 SKIP = "skip"  # planner.Outcome.SKIP: the store imports nothing of the planner
+
+
+def held_out(connection: sa.Connection, run_key: str, customer_ids: Sequence[str]) -> set[str]:
+    """Of ``customer_ids``, those recorded as held out in the run ``run_key``: a later run
+    of the same day must not mail them, whatever it decides (a lowered ``holdout_percent``)."""
+    found: set[str] = set()
+    d = decisions.c
+    for start in range(0, len(customer_ids), IN_BATCH):
+        query = sa.select(d.customer_id).where(
+            d.run_key == run_key,
+            d.holdout.is_(True),
+            d.customer_id.in_(customer_ids[start : start + IN_BATCH]),
+        )
+        found.update(connection.execute(query).scalars())
+    return found
+
+
+IN_BATCH = 5000  # ids per IN (SQLite allows 32,766 parameters; a chunk holds up to 50,000)

@@ -73,3 +73,29 @@ def test_a_later_run_of_the_same_day_records_what_it_decided_for_the_newly_match
     held = {c for c, (outcome, holdout) in recorded.items() if outcome == "holdout" and holdout}
     assert held and {c for c in held if int(c[1:]) % 2} and not held & mailed
     assert len(recorded) == 12 and "skip" not in {outcome for outcome, _ in recorded.values()}
+
+
+def test_a_holdout_of_the_day_stays_unmailed_when_a_later_run_holds_out_fewer(
+    engine: sa.Engine,
+) -> None:
+    """The 11:00 run holds out 30 %; at noon the marketer lowers ``holdout_percent`` to 0
+    and sends again (``recocamp send``): the later run decided the morning's holdout
+    customers ``send`` and mailed them, while their record still said holdout, and the
+    uplift measured a control group that got the e-mail. They stay held out for the day."""
+    ids = [f"c{n}" for n in range(12)]
+    campaign_shop.tea_shop(engine, ids)
+    daily = campaign_shop.daily("daily", holdout_percent=30)
+    morning = plan_and_enqueue(engine, SETTINGS, daily, ROOT / "templates", NOW)
+    fewer = daily.model_copy(update={"holdout_percent": 0.0})
+    later = plan_and_enqueue(engine, SETTINGS, fewer, ROOT / "templates", NOW + timedelta(hours=1))
+    held = morning.counts["holdout"]
+    assert held and morning.enqueued == 12 - held
+    assert later.enqueued == 0 and later.counts == {"holdout": held, "eligible": 12 - held}
+    with engine.connect() as connection:
+        mailed = set(connection.execute(sa.select(outbox.c.customer_id)).scalars())
+        kept = set(
+            connection.execute(
+                sa.select(decisions.c.customer_id).where(decisions.c.holdout.is_(True))
+            ).scalars()
+        )
+    assert len(kept) == held and not kept & mailed
