@@ -362,3 +362,26 @@ def test_a_weekly_campaign_reaches_a_customer_in_quiet_hours_every_week(zone: st
     night = last[0].at + timedelta(hours=14)
     assert check(last, POLICY, "other", night, customer).send_at == last[0].at + timedelta(days=1)
     assert check(last, POLICY, "cross_sell", night, customer).reason == Reason.COOLDOWN
+
+
+def test_a_monthly_preference_is_one_calendar_month_so_a_monthly_campaign_reaches_march() -> None:
+    """vip_tier runs at 11:00 London on the 1st of every month. A customer who chose
+    "monthly" (at most one e-mail a month) got 1 February's and was skipped on 1 March:
+    28 days are less than the 30 the preference counted. A month is a calendar month in
+    the customer's zone (to the same day, or the last of a shorter month)."""
+    london = ZoneInfo("Europe/London")
+    loose = CapPolicy(max_per_7d=5, cooldown_days=0)
+
+    def at(day: str) -> datetime:
+        return datetime.fromisoformat(f"{day} 11:00").replace(tzinfo=london).astimezone(UTC)
+
+    def verdict(history: list[str], now: str) -> Reason | None:
+        mailed = [Contact("vip_tier", at(day)) for day in history]
+        return check(mailed, loose, "vip_tier", at(now), london, preference="monthly").reason
+
+    assert verdict(["2026-01-01", "2026-02-01"], "2026-03-01") is None
+    assert verdict(["2028-02-01"], "2028-03-01") is None  # 29 days in a leap year
+    assert verdict(["2026-02-15"], "2026-03-01") == Reason.PREFERENCE
+    assert verdict(["2026-03-01"], "2026-03-31") == Reason.PREFERENCE
+    assert verdict(["2026-02-28"], "2026-03-31") is None  # from the last of February
+    assert verdict(["2026-03-01"], "2026-04-01") is None  # the clocks went forward between
