@@ -102,11 +102,13 @@ def check(
     The windows end when this e-mail goes out (``now``, or the end of quiet hours), as the
     history counts each e-mail when it was to go out (``store.views``): measured from ``now``,
     a weekly 09:00 London run found last week's mail, deferred to 08:00 in Los Angeles, still
-    within the 7 days' cooldown (01:00 there) and mailed such customers every other week."""
-    if paused_until is not None and now < paused_until:
-        return Verdict(Reason.PAUSED)
+    within the 7 days' cooldown (01:00 there) and mailed such customers every other week. A
+    pause is judged then too (one over by 08:00 holds nothing back; the deliverer cancels
+    the mail if the customer pauses again before it goes)."""
     wake = quiet_until(now, zone, policy.quiet_start, policy.quiet_end)
     at = now if wake is None else wake
+    if paused_until is not None and at < paused_until:  # over by then: the mail may go
+        return Verdict(Reason.PAUSED)
     since = preference_since(at, preference, zone)
     if since is not None and _count(history, since) >= 1:
         return Verdict(Reason.PREFERENCE)

@@ -385,3 +385,17 @@ def test_a_monthly_preference_is_one_calendar_month_so_a_monthly_campaign_reache
     assert verdict(["2026-03-01"], "2026-03-31") == Reason.PREFERENCE
     assert verdict(["2026-02-28"], "2026-03-31") is None  # from the last of February
     assert verdict(["2026-03-01"], "2026-04-01") is None  # the clocks went forward between
+
+
+def test_a_pause_that_ends_before_the_mail_goes_out_holds_back_nothing() -> None:
+    """A customer in Los Angeles paused e-mails until 07:00 Thursday; the weekly 09:00 London
+    run is 01:00 there, and its mail waits for 08:00, after the pause: the customer was
+    skipped as ``paused_by_customer`` for a mail they would have got once it was over. A
+    pause that runs past 08:00 still holds it back."""
+    la = ZoneInfo("America/Los_Angeles")
+    now = datetime(2026, 1, 8, 9, 0, tzinfo=UTC)
+    wake = datetime(2026, 1, 8, 8, 0, tzinfo=la)
+    over = check([], POLICY, "c", now, la, paused_until=wake - timedelta(hours=1))
+    assert over.deferred and over.send_at == wake
+    on = check([], POLICY, "c", now, la, paused_until=wake + timedelta(microseconds=1))
+    assert on.reason == Reason.PAUSED
