@@ -5,10 +5,12 @@ recorded reason): paused by the customer → customer frequency preference → g
 (rolling 24 h and 7 days, across all campaigns) → per-campaign cooldown → quiet hours.
 Quiet hours never drop a decision: it is deferred to the next allowed instant.
 
-The 24 h cap counts hours; windows of days (the 7 days, the cooldown, a weekly or monthly
-preference) count calendar days in the customer's zone, ending at ``now``'s wall time that
-many days earlier, so a campaign that runs at 10:00 every week is not "within 7 days" of
-last week's mail in the week the clocks spring forward.
+The 24 h cap counts hours; windows of days (the 7 days, the cooldown, a daily or weekly
+preference; a monthly one is a calendar month) count calendar days in the customer's zone,
+ending at the wall time the e-mail goes out (``now``, or the end of quiet hours) that many
+days earlier, so a campaign that runs at 10:00 every week is not "within 7 days" of last
+week's mail in the week the clocks spring forward, nor of last week's mail deferred to
+08:00 in the customer's zone.
 
 Quiet hours are wall-clock times in the customer's zone (the shop's when unknown), so
 "21:00–08:00" means the same to a customer in Berlin and in Sydney, and across DST changes.
@@ -18,6 +20,7 @@ the deferral lands at the first instant after the gap.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -94,20 +97,28 @@ def check(
     preference: str | None = None,
     paused_until: datetime | None = None,
 ) -> Verdict:
-    """The verdict for one marketing e-mail of ``campaign`` to one customer at ``now``."""
-    if paused_until is not None and now < paused_until:
+    """The verdict for one marketing e-mail of ``campaign`` to one customer at ``now``.
+
+    The windows end when this e-mail goes out (``now``, or the end of quiet hours), as the
+    history counts each e-mail when it was to go out (``store.views``): measured from ``now``,
+    a weekly 09:00 London run found last week's mail, deferred to 08:00 in Los Angeles, still
+    within the 7 days' cooldown (01:00 there) and mailed such customers every other week. A
+    pause is judged then too (one over by 08:00 holds nothing back; the deliverer cancels
+    the mail if the customer pauses again before it goes)."""
+    wake = quiet_until(now, zone, policy.quiet_start, policy.quiet_end)
+    at = now if wake is None else wake
+    if paused_until is not None and at < paused_until:  # over by then: the mail may go
         return Verdict(Reason.PAUSED)
-    period = PREFERENCE_PERIODS.get(preference or "")
-    if period is not None and _count(history, days_before(now, period.days, zone)) >= 1:
+    since = preference_since(at, preference, zone)
+    if since is not None and _count(history, since) >= 1:
         return Verdict(Reason.PREFERENCE)
-    if _count(history, now - timedelta(hours=24)) >= policy.max_per_24h:
+    if _count(history, at - timedelta(hours=24)) >= policy.max_per_24h:
         return Verdict(Reason.CAPPED_24H)
-    if _count(history, days_before(now, 7, zone)) >= policy.max_per_7d:
+    if _count(history, days_before(at, 7, zone)) >= policy.max_per_7d:
         return Verdict(Reason.CAPPED_7D)
-    since = days_before(now, policy.cooldown_days, zone)
+    since = days_before(at, policy.cooldown_days, zone)
     if any(c.campaign == campaign and c.at > since for c in history):
         return Verdict(Reason.COOLDOWN)
-    wake = quiet_until(now, zone, policy.quiet_start, policy.quiet_end)
     return ALLOWED if wake is None else Verdict(Reason.QUIET_HOURS, wake)
 
 
@@ -119,6 +130,21 @@ def days_before(now: datetime, days: int, zone: ZoneInfo) -> datetime:
     local = now.astimezone(zone)
     wall = local.replace(tzinfo=None) - timedelta(days=days)
     return wall.replace(tzinfo=zone, fold=local.fold).astimezone(UTC)
+
+
+def preference_since(at: datetime, preference: str | None, zone: ZoneInfo) -> datetime | None:
+    """Where the customer's own frequency preference looks back from ``at`` (None: no
+    preference). "monthly" is one calendar month, to the same day (or the last day of a
+    shorter month) at the same wall time: in 30 days, a campaign on the 1st of every month
+    found February's e-mail 28 days before 1 March and skipped the customer every March."""
+    if preference == "monthly":
+        local = at.astimezone(zone)
+        year, month = (local.year, local.month - 1) if local.month > 1 else (local.year - 1, 12)
+        day = min(local.day, calendar.monthrange(year, month)[1])
+        wall = local.replace(year=year, month=month, day=day, tzinfo=None)
+        return wall.replace(tzinfo=zone, fold=local.fold).astimezone(UTC)
+    period = PREFERENCE_PERIODS.get(preference or "")
+    return None if period is None else days_before(at, period.days, zone)
 
 
 def _count(history: Sequence[Contact], since: datetime) -> int:

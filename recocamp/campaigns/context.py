@@ -87,7 +87,7 @@ class CampaignContext(TypedDict):
 
 class LoyaltyContext(TypedDict):
     points: Annotated[int, "the customer's loyalty points; 0 when the customer has no standing"]
-    tier: Annotated[str | None, "the loyalty tier; none when the customer has no standing"]
+    tier: Annotated[str | None, "the loyalty tier; none below the lowest tier or without standing"]
     next_tier: Annotated[str | None, "the next tier up; none at the top tier or without standing"]
     points_to_next: Annotated[
         int | None, "points still missing to `next_tier`; none at the top tier or without standing"

@@ -197,9 +197,20 @@ class Variant(_Strict):
     text: str | None = None
 
 
+def _some_mail(value: int | None) -> int | None:
+    """A campaign's cap of 0 mails nobody, and records ``capped_24h`` (``capped_7d``) for
+    every customer, none of whom was mailed: a false reason for a campaign switched off."""
+    if value == 0:
+        raise ValueError("0 lets the campaign mail nobody; to stop it, set enabled = false")
+    return value
+
+
+MailCap = Annotated[int | None, Field(ge=0, le=MAX_COUNT), AfterValidator(_some_mail)]
+
+
 class CapOverrides(_Strict):
-    max_per_24h: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    max_per_7d: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    max_per_24h: MailCap = None
+    max_per_7d: MailCap = None
     cooldown_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
 
 

@@ -2,9 +2,9 @@
 
 Points come from purchases (per order and per currency unit spent) and from engagement
 events (reviews, newsletter sign-ups) with the weights in ``[loyalty]`` settings; the
-tier is the highest one whose threshold the points reach. Reviews are stored events
-(``POST /v1/events/reviews``, counted by ``store.views``); the newsletter sign-up is read
-off the customer's consent record (:func:`engagement`). Pure.
+tier is the highest one whose threshold the points reach (none below the lowest). Reviews
+are stored events (``POST /v1/events/reviews``, counted by ``store.views``); the newsletter
+sign-up is read off the customer's consent record (:func:`engagement`). Pure.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ NEWSLETTER_SIGNUP = "newsletter_signup"
 @dataclass(frozen=True, slots=True)
 class Standing:
     points: int
-    tier: str
+    tier: str | None  # None below the lowest tier's threshold
     next_tier: str | None
     points_to_next: int | None
 
@@ -70,9 +70,11 @@ def engagement(customer: Customer, stored: Mapping[str, int], now: datetime) -> 
 
 
 def standing(total: int, tiers: Sequence[tuple[str, int]]) -> Standing:
-    """The tier reached with ``total`` points and how far the next one is."""
+    """The tier reached with ``total`` points and how far the next one is; none below the
+    lowest threshold (a shop whose first tier starts at 100 points: a customer with 40 is no
+    member yet, and was mailed as one by ``loyalty_tiers = ["member"]``)."""
     reached = [name for name, threshold in tiers if total >= threshold]
-    current = reached[-1] if reached else tiers[0][0]
+    current = reached[-1] if reached else None
     above = [(name, threshold) for name, threshold in tiers if threshold > total]
     if not above:
         return Standing(total, current, None, None)

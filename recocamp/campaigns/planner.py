@@ -464,7 +464,10 @@ def _audience(
     policy: caps.CapPolicy,
     trigger: predictive.Trigger | None = None,
 ) -> AudienceRule | None:
-    """The first audience rule the customer fails, or None (``trigger``: the forecast keys')."""
+    """The first audience rule the customer fails, or None (``trigger``: the forecast keys').
+    ``not_contacted_days`` counts to when the mail goes out, as the caps do (``caps.check``):
+    from ``now``, a mail deferred to the end of quiet hours 14 days ago was still "within 14
+    days" of a run in that customer's night."""
     failed = _history_rules(campaign, view, now, zone, policy)
     if failed is not None:
         return failed
@@ -473,7 +476,7 @@ def _audience(
     contacted = (contact.at for contact in view.contacts)
     rules = campaign.audience
     if rules.not_contacted_days and segments.last_contacted_within(
-        contacted, now, rules.not_contacted_days, zone
+        contacted, _arrival(now, zone, policy), rules.not_contacted_days, zone
     ):
         return AudienceRule.NOT_CONTACTED_DAYS
     return None

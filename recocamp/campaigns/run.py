@@ -329,6 +329,7 @@ def enqueue_decisions(
             chunk = _without_profiles(campaign, planned, chunk, held)
             chunk = _with_consent_now(campaign, planned, chunk, held)
             chunk = _checked_again(connection, campaign, planned, chunk, now)
+            chunk = _held_out_today(connection, report.run_key, chunk)
             _record_decisions(connection, report.run_key, chunk.decisions, now)
             report.enqueued += outbox.enqueue(connection, _still_sent(emails, chunk), now)
         report.already_enqueued += len(done)
@@ -440,6 +441,31 @@ def _checked_again(
     days = planner.history_days(campaign, planned.context.policy)
     fresh = views.contacts_of(connection, ids, now, planned.report.run_key, days)
     return planner.recheck(campaign, chunk, fresh, planned.context)
+
+
+def _held_out_today(connection: Connection, run_key: str, chunk: planner.Chunk) -> planner.Chunk:
+    """The chunk with its e-mails to customers an earlier run of the same day held out turned
+    back into holdouts: a later run (``holdout_percent`` lowered at noon, ``recocamp send``
+    again) decided them ``send`` and mailed the control group the uplift is measured on."""
+    mailing = [
+        d.customer_id
+        for d in chunk.decisions
+        if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)
+    ]
+    held = decisions_store.held_out(connection, run_key, mailing) if mailing else set()
+    if not held:
+        return chunk
+    log.info("run %s: %d customer(s) held out earlier today stay held out", run_key, len(held))
+    kept = planner.Outcome.HOLDOUT, planner.Reason.HOLDOUT.value
+    return replace(
+        chunk,
+        decisions=[
+            replace(d, outcome=kept[0], reason=kept[1], offers=(), variant=None, send_at=None)
+            if d.customer_id in held
+            else d
+            for d in chunk.decisions
+        ],
+    )
 
 
 def _without_unrendered(

@@ -151,7 +151,7 @@ def send(
         if report is not None:
             print_run(report)
         if stopping():
-            _print_stopped(engine, chosen.name, run_key(chosen.name, now, settings.shop.zone))
+            _print_stopped(engine, chosen.name, run_key(chosen.name, now, chosen.schedule.zone))
             raise typer.Exit(130)
 
 

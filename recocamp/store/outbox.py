@@ -234,7 +234,7 @@ def claim(
     )
     with engine.begin() as connection:
         claimed = [_unpack(row) for row in connection.execute(statement)]
-        blocked, moved = _opted_out(connection, claimed)
+        blocked, moved = _opted_out(connection, claimed, now)
         if blocked:
             _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
         # queued before addresses had to be one plain local@domain: "a@x, b@y" would reach
@@ -317,14 +317,18 @@ def _has_offers(body: bytes) -> bool:
     return template is None or bool(template["context"].get("offers"))
 
 
-def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> tuple[set[int], set[int]]:
+def _opted_out(
+    connection: sa.Connection, claimed: Sequence[Claimed], now: datetime
+) -> tuple[set[int], set[int]]:
     """Claimed messages whose recipient unsubscribed, was erased, switched e-mail off,
-    withdrew their consent (basis ``none``: no campaign may mail them) or got suppressed
-    since; and, of the others, those whose customer's address is another one now (or none,
-    ``MOVED``): the mail carries their signed links to the preferences page and the data
-    download, and the old address may be a typo that reached a stranger, or a mailbox given
-    up. Addresses are compared trimmed, lower-case and composed, as suppressions compare
-    them. One read of the customers for both."""
+    paused e-mails past ``now`` (the preferences page's pause: a mail waiting for the end of
+    quiet hours went out the morning after "paused until …"), withdrew their consent (basis
+    ``none``: no campaign may mail them) or got suppressed since; and, of the others, those
+    whose customer's address is another one now (or none, ``MOVED``): the mail carries their
+    signed links to the preferences page and the data download, and the old address may be
+    a typo that reached a stranger, or a mailbox given up. Addresses are compared trimmed,
+    lower-case and composed, as suppressions compare them. One read of the customers for
+    both."""
     if not claimed:
         return set(), set()
     c = customers.c
@@ -332,6 +336,7 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> tuple[s
         c.unsubscribed_at.is_not(None),
         c.erased_at.is_not(None),
         c.channel_email.is_(False),
+        sa.and_(c.paused_until.is_not(None), c.paused_until > now),
         c.consent_basis == "none",
     )
     rows = connection.execute(
@@ -426,7 +431,7 @@ def renew(
             .returning(outbox.c.id)
         )
         held.update(connection.execute(statement).scalars())
-    blocked, moved = _opted_out(connection, [c for c in claimed if c.id in held])
+    blocked, moved = _opted_out(connection, [c for c in claimed if c.id in held], now)
     if blocked:
         _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
     if moved:

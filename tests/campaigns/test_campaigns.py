@@ -144,6 +144,21 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
         ),
         ('name = "{name}"', 'name = "other"', ["key 'name'", "must equal the file name 'broken'"]),
         ("[offer]", "[offer\n", ["not valid TOML", "line 13"]),
+        # a cap of 0 mails nobody and recorded capped_24h for every customer, none mailed
+        (
+            "[offer]",
+            "[caps]\nmax_per_24h = 0\nmax_per_7d = 0\n\n[offer]",
+            [
+                "line 14, key 'caps.max_per_24h': Value error, 0 lets the campaign mail nobody",
+                "set enabled = false (value: 0)",
+                "line 15, key 'caps.max_per_7d'",
+            ],
+        ),
+        (
+            "[offer]",
+            "[caps]\nmax_per_24h = -1\n\n[offer]",
+            ["line 14, key 'caps.max_per_24h'", "greater than or equal to 0", "(value: -1)"],
+        ),
         (
             "[offer]",
             "[caps]\ncooldown_days = 99999999999\n\n[offer]",

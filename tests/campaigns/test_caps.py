@@ -334,3 +334,68 @@ def test_quiet_hours_relax_the_defaults_unless_they_cover_them(
     say it (the first case was taken as stricter: 11 hours, as many as the shop's)."""
     relaxing = stricter(defaults, {"quiet_start": start, "quiet_end": end})[1]
     assert relaxing == (["quiet_hours"] if relaxes else [])
+
+
+@pytest.mark.parametrize("zone", ["America/Los_Angeles", "Pacific/Auckland"])
+def test_a_weekly_campaign_reaches_a_customer_in_quiet_hours_every_week(zone: str) -> None:
+    """A weekly 09:00 London run (cross_sell) is 01:00 in Los Angeles and 22:00 in Auckland:
+    quiet hours defer the mail to 08:00 there, and the history counts it then (the outbox's
+    ``not_before``). Next week's run, at 01:00 or 22:00 again, found that mail within the
+    seven days' cooldown and skipped the customer: measured, every other week. The windows end
+    when the mail goes out (08:00 again), seven days after the last one."""
+    customer = ZoneInfo(zone)
+    history: list[Contact] = []
+    outcomes: list[Reason | None] = []
+    for week in range(4):
+        now = datetime(2026, 1, 8, 9, 0, tzinfo=UTC) + timedelta(weeks=week)
+        verdict = check(history, POLICY, "cross_sell", now, customer)
+        outcomes.append(verdict.reason)
+        if verdict.allowed or verdict.deferred:
+            history.append(Contact("cross_sell", verdict.send_at or now))
+    assert outcomes == [Reason.QUIET_HOURS] * 4
+    assert {c.at.astimezone(customer).time() for c in history} == {time(8, 0)}
+    # the caps still count it: another campaign at noon there is capped; one at 22:00 goes
+    # out at 08:00 tomorrow, 24 h after it; this campaign waits out its seven days
+    last = history[-1:]
+    noon = last[0].at + timedelta(hours=4)
+    assert check(last, POLICY, "other", noon, customer).reason == Reason.CAPPED_24H
+    night = last[0].at + timedelta(hours=14)
+    assert check(last, POLICY, "other", night, customer).send_at == last[0].at + timedelta(days=1)
+    assert check(last, POLICY, "cross_sell", night, customer).reason == Reason.COOLDOWN
+
+
+def test_a_monthly_preference_is_one_calendar_month_so_a_monthly_campaign_reaches_march() -> None:
+    """vip_tier runs at 11:00 London on the 1st of every month. A customer who chose
+    "monthly" (at most one e-mail a month) got 1 February's and was skipped on 1 March:
+    28 days are less than the 30 the preference counted. A month is a calendar month in
+    the customer's zone (to the same day, or the last of a shorter month)."""
+    london = ZoneInfo("Europe/London")
+    loose = CapPolicy(max_per_7d=5, cooldown_days=0)
+
+    def at(day: str) -> datetime:
+        return datetime.fromisoformat(f"{day} 11:00").replace(tzinfo=london).astimezone(UTC)
+
+    def verdict(history: list[str], now: str) -> Reason | None:
+        mailed = [Contact("vip_tier", at(day)) for day in history]
+        return check(mailed, loose, "vip_tier", at(now), london, preference="monthly").reason
+
+    assert verdict(["2026-01-01", "2026-02-01"], "2026-03-01") is None
+    assert verdict(["2028-02-01"], "2028-03-01") is None  # 29 days in a leap year
+    assert verdict(["2026-02-15"], "2026-03-01") == Reason.PREFERENCE
+    assert verdict(["2026-03-01"], "2026-03-31") == Reason.PREFERENCE
+    assert verdict(["2026-02-28"], "2026-03-31") is None  # from the last of February
+    assert verdict(["2026-03-01"], "2026-04-01") is None  # the clocks went forward between
+
+
+def test_a_pause_that_ends_before_the_mail_goes_out_holds_back_nothing() -> None:
+    """A customer in Los Angeles paused e-mails until 07:00 Thursday; the weekly 09:00 London
+    run is 01:00 there, and its mail waits for 08:00, after the pause: the customer was
+    skipped as ``paused_by_customer`` for a mail they would have got once it was over. A
+    pause that runs past 08:00 still holds it back."""
+    la = ZoneInfo("America/Los_Angeles")
+    now = datetime(2026, 1, 8, 9, 0, tzinfo=UTC)
+    wake = datetime(2026, 1, 8, 8, 0, tzinfo=la)
+    over = check([], POLICY, "c", now, la, paused_until=wake - timedelta(hours=1))
+    assert over.deferred and over.send_at == wake
+    on = check([], POLICY, "c", now, la, paused_until=wake + timedelta(microseconds=1))
+    assert on.reason == Reason.PAUSED

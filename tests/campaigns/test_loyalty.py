@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from recocamp.campaigns.loyalty import engagement, points, standing, tiers_of
 from recocamp.campaigns.segments import History, Order
 from recocamp.domain import ConsentBasis, Customer
-from recocamp.settings import LoyaltySettings
+from recocamp.settings import LoyaltySettings, LoyaltyTier
 
 TABLE = LoyaltySettings(points_per_order=0)  # 1 point per currency unit; silver from 500
 AT = datetime(2024, 6, 4, tzinfo=UTC)
@@ -70,3 +70,19 @@ def test_engagement_earns_its_points_on_top_of_purchases() -> None:
     events = engagement(signed_up(), {"review": 2}, AT)
     assert points(spent(100.0), events, table) == 10 + 100 + 2 * 25 + 50
     assert standing(points(spent(100.0), events, table), tiers_of(table)).points_to_next == 290
+
+
+def test_below_the_lowest_threshold_a_customer_has_no_tier() -> None:
+    """A shop whose first tier starts above 0 (``member`` from 100 points): a customer with
+    40 points has reached none. They were given the first tier anyway, so a campaign for
+    ``loyalty_tiers = ["member"]`` thanked them for a membership they had not earned."""
+    table = LoyaltySettings(
+        tiers=(
+            LoyaltyTier(name="member", min_points=100),
+            LoyaltyTier(name="gold", min_points=2000),
+        )
+    )
+    tiers = tiers_of(table)
+    below = standing(40, tiers)
+    assert (below.tier, below.next_tier, below.points_to_next) == (None, "member", 60)
+    assert standing(100, tiers).tier == "member"

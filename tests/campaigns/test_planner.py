@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from recocamp.campaigns import caps
+from recocamp.campaigns.audience import snapshot
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.loyalty import Standing
 from recocamp.campaigns.planner import (
@@ -24,8 +25,21 @@ from recocamp.campaigns.planner import (
     with_detail,
 )
 from recocamp.campaigns.segments import History, Order
-from recocamp.domain import ConsentBasis, Customer, Item
-from recocamp.settings import CapsSettings, Settings, ShopSettings
+from recocamp.domain import (
+    ConsentBasis,
+    Customer,
+    CustomerOrder,
+    CustomerRecord,
+    Item,
+    PlanningRows,
+)
+from recocamp.settings import (
+    CapsSettings,
+    LoyaltySettings,
+    LoyaltyTier,
+    Settings,
+    ShopSettings,
+)
 
 NOW = datetime(2024, 6, 4, 10, 0, tzinfo=UTC)  # a Tuesday, 12:00 in Berlin
 ITEMS = {
@@ -318,3 +332,53 @@ def test_a_reason_with_words_fits_the_column_of_100_characters() -> None:
     cut = with_detail("eligible", fits + "yz")
     assert cut == f"eligible — {fits[:-1]}…" and len(cut) == 100
     assert reason_code(cut) == "eligible"
+
+
+def test_not_contacted_days_count_to_the_mails_arrival_after_quiet_hours() -> None:
+    """A weekly 10:00 London run with ``not_contacted_days = 7`` (Tuesday, winback) is 02:00
+    in Los Angeles: last week's e-mail went out at 08:00 there, the end of quiet hours. From
+    the run's instant it was still "within seven days" and the customer missed every other
+    week; counted to this mail's own 08:00, as the caps count, it is seven days ago."""
+    la = ZoneInfo("America/Los_Angeles")
+    now = datetime(2026, 1, 13, 10, 0, tzinfo=UTC)
+    last_week = datetime(2026, 1, 6, 8, 0, tzinfo=la).astimezone(UTC)
+    weekly = campaign(name="weekly", audience={"not_contacted_days": 7})
+    context = replace(CONTEXT, now=now)
+    loose = caps.CapPolicy(cooldown_days=7, max_per_7d=5)
+    history = view(time_zone=la.key, contacts=(caps.Contact("weekly", last_week),))
+    decision = decide(weekly, history, context, loose)
+    assert decision.outcome is Outcome.DEFER
+    assert decision.send_at == datetime(2026, 1, 13, 8, 0, tzinfo=la)
+    later = view(time_zone=la.key, contacts=(caps.Contact("x", last_week + timedelta(hours=1)),))
+    assert decide(weekly, later, context, loose).reason == "not_in_audience:not_contacted_days"
+
+
+def test_a_loyalty_tier_campaign_leaves_out_customers_below_the_lowest_tier() -> None:
+    """With tiers ``member`` from 100 points and ``gold`` from 2,000, a customer with an order
+    of 20.00 and a double opt-in (10 + 20 + 50 = 80 points) has no tier: a campaign for
+    members leaves them out; with another order of 60.00 (160 points) it mails them. Below
+    the lowest threshold the standing named the first tier, and members' mail went out to
+    every customer who had not earned it."""
+    table = LoyaltySettings(
+        tiers=(
+            LoyaltyTier(name="member", min_points=100),
+            LoyaltyTier(name="gold", min_points=2000),
+        )
+    )
+    rows = PlanningRows(
+        customers=[CustomerRecord(view().customer)],
+        orders=[CustomerOrder("c1", "o1", NOW - timedelta(days=60), 20.0, frozenset({"mug"}))],
+        personal={},
+        contacts={},
+        suppressed=frozenset(),
+        items=ITEMS,
+        popular=POPULAR,
+    )
+    members = campaign(audience={"loyalty_tiers": ["member"]})
+    newcomer = snapshot(rows, table, NOW).views[0]
+    assert newcomer.standing is not None and newcomer.standing.tier is None
+    assert run(members, newcomer)[1] == "not_in_audience:loyalty_tiers"
+    more = CustomerOrder("c1", "o2", NOW - timedelta(days=40), 60.0, frozenset({"cup"}))
+    member = snapshot(replace(rows, orders=[*rows.orders, more]), table, NOW).views[0]
+    assert member.standing is not None and member.standing.tier == "member"
+    assert run(members, member)[0] is Outcome.SEND

@@ -4,6 +4,7 @@ waits, and a second ``send`` (or ``outbox deliver``) sends the rest, each e-mail
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Sequence
@@ -32,13 +33,42 @@ def test_ctrl_c_stops_send_between_batches_and_says_how_to_finish_exactly_once(
         signal.signal(signal.SIGINT, previous)
 
 
-def _send_stopped_by_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_names_the_run_of_the_campaigns_own_day_in_another_zone_than_the_shops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's key is the day in its schedule's zone (``run.run_key``); the message after
+    Ctrl-C took the shop's, and for a campaign scheduled in another zone named a run of
+    another day, of which nothing went out and nothing waits ("0 e-mail(s) went out, 0
+    still queued"). Kiritimati (UTC+14) and Pago Pago (UTC-11) are never on the same day."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        said = _send_stopped_by_ctrl_c(
+            tmp_path, monkeypatch, shop_zone="Pacific/Kiritimati", zone="Pacific/Pago_Pago"
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    started = re.search(r"send everyone \((everyone/[0-9-]+)\)", said)
+    assert started is not None, said  # the run's own key, as the run reported it
+    assert f"stopped: run {started[1]}: 5 e-mail(s) went out, " in said
+
+
+def _send_stopped_by_ctrl_c(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shop_zone: str | None = None,
+    zone: str | None = None,
+) -> str:
     fake = FakeEsp(token="test-token")
     with running(create_app(fake)) as url:
         shop = make_shop(tmp_path / "shop", f"sqlite:///{tmp_path / 'shop' / 'shop.db'}", url)
         monkeypatch.chdir(shop)
         for name, value in environment(shop).items():
             monkeypatch.setenv(name, value)
+        if shop_zone is not None:
+            monkeypatch.setenv("RECOCAMP_SHOP__TIME_ZONE", shop_zone)
+        if zone is not None:
+            path = shop / "campaigns" / "everyone.toml"
+            path.write_text(path.read_text().replace('"Europe/Berlin"', f'"{zone}"'))
         real = postmark.Postmark.send_batch
         batches: list[int] = []
 
@@ -76,3 +106,4 @@ def _send_stopped_by_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         "duplicates": 0,
         "without_send_key": 0,
     }
+    return said

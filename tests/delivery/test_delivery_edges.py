@@ -487,6 +487,33 @@ def test_a_consent_withdrawn_after_enqueue_cancels_the_waiting_mail(engine: sa.E
     assert states(engine) == Counter({"sent": 1, "cancelled": 1})
 
 
+def test_a_pause_after_enqueue_holds_back_the_waiting_mail(engine: sa.Engine) -> None:
+    """A customer's mail waits in the outbox (deferred to the end of their quiet hours, a
+    retry) and they pause e-mails on the preferences page ("E-mails are paused until …"):
+    the mail went out the next morning all the same, since the deliverer cancelled only for
+    an unsubscribe, an erasure, ``channel_email = false``, basis ``none`` or a suppression.
+    A pause that is over by the time the mail is due, or was resumed, holds back nothing."""
+    fill(engine, 3)
+    with engine.begin() as connection:
+        connection.execute(sa.update(customers).values(consent_at=NOW - timedelta(days=9)))
+        for customer, until in (("c1", NOW + timedelta(weeks=4)), ("c2", NOW)):
+            profiles.apply(
+                connection,
+                customer,
+                {"paused_until": until},
+                at=NOW - timedelta(hours=1),
+                actor="customer",
+                source="preferences page",
+            )
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert sorted(m.send_key for m in fake.sent) == [
+        "winback/c0/2026-01-15",
+        "winback/c2/2026-01-15",
+    ]
+    assert report.sent == 2 and states(engine) == Counter({"sent": 2, "cancelled": 1})
+
+
 def test_an_address_changed_after_enqueue_cancels_the_mail_to_the_old_one(
     engine: sa.Engine,
 ) -> None:
