@@ -30,7 +30,7 @@ from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.delivery.processes import drain_in_processes
 from recocamp.domain import BodyTemplate, DeliveryReport, OutgoingEmail, SendResult
-from recocamp.errors import TransientDeliveryError
+from recocamp.errors import DeliveryError, TransientDeliveryError
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
@@ -595,3 +595,30 @@ def test_a_switch_to_the_existing_customer_basis_cancels_mail_written_for_a_doub
     Deliverer(engine, fake, ESP, FixedClock(later), renderer=Renderer(TEMPLATES)).drain()
     assert sorted(m.send_key for m in fake.sent) == ["both/c2/2026-01-15", "doi/c1/2026-01-15"]
     assert states(engine) == Counter({"sent": 2, "cancelled": 1})
+
+
+def test_postmark_out_of_credits_leaves_the_run_queued_not_failed(engine: sa.Engine) -> None:
+    """Postmark answers a batch with 422, ErrorCode 405 ("Not allowed to send": the account
+    ran out of credits): every message of the run was failed for good, batch after batch (5
+    of 5 here, 3 requests); now the first such answer stops the run and gives the claims
+    back, with their attempts."""
+    fill(engine, 5)
+    paths: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        body = {"ErrorCode": 405, "Message": "Not allowed to send: you ran out of credits."}
+        return httpx.Response(422, json=body)
+
+    provider = Postmark(
+        "http://esp.test", "t", "shop@example.test", transport=httpx.MockTransport(answer)
+    )
+    clock = FixedClock(NOW)
+    settings = ESP.model_copy(update={"batch_size": 2})
+    with pytest.raises(DeliveryError, match="ErrorCode 405"):
+        Deliverer(engine, provider, settings, clock, sleep=Sleeper(clock)).drain()
+    assert paths == ["/email/batch"]
+    assert states(engine) == Counter({"queued": 5})
+    with engine.connect() as connection:
+        attempts = connection.execute(sa.select(outbox_table.c.attempts)).scalars().all()
+    assert attempts == [0] * 5

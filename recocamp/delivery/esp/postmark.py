@@ -7,7 +7,12 @@ anything else (our From, an empty body, a field over its limit) fails the messag
 blaming the recipient (a typo in ``from_email`` must not suppress every customer); 429 and
 anything else are retried. An answer of the wrong length, or with an entry that is not of
 that shape, is ambiguous: the batch is looked up before anything is sent again.
-A 422 for the whole request is permanent for the whole batch. The search names the message
+A 422 for the whole request is permanent for the whole batch, unless its ``ErrorCode`` is
+about the account, not the messages (Postmark, "API error codes": 405 not allowed to send,
+the credits ran out; 412 account pending; 413 account may not send): nothing was sent, the
+claims go back and the run stops, as for refused credentials (every message of the run had
+failed for good over an empty credit balance); 410 (too many messages in the batch) splits
+it, as a 413 does; 100 (maintenance) is retried. The search names the message
 stream we send on: without ``messagestream`` Postmark searches only its default
 ``outbound`` stream, and a broadcast message would look unsent (and be sent again). The
 fake ESP answers as Postmark does, so pointing this provider at it is how the demo and the
@@ -24,10 +29,19 @@ import httpx
 
 from recocamp.delivery.esp.http import json_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
-from recocamp.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from recocamp.errors import (
+    BatchTooLargeError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    mask_addresses,
+)
 
 INVALID_REQUEST = 300
 PERMANENT_CODES = frozenset({INVALID_REQUEST, 406})
+MAINTENANCE = 100
+TOO_MANY_BATCH_MESSAGES = 410
+ACCOUNT_CODES = frozenset({405, 412, 413})  # not allowed to send, pending, may not send
 LOOKUP_THREADS = 8  # searches at once, each on its own pooled connection
 
 
@@ -56,8 +70,7 @@ class Postmark:
         response = request(self.client, self.name, "POST", "/email/batch", json=payload)
         body = json_body(response)
         if response.status_code >= 400:
-            detail = body.get("Message") if isinstance(body, dict) else response.text[:200]
-            raise PermanentDeliveryError(f"postmark: HTTP {response.status_code}: {detail}")
+            raise _refusal(response.status_code, body, response.text)
         if not isinstance(body, list) or len(body) != len(messages):
             raise TransientDeliveryError("postmark: unexpected batch answer", ambiguous=True)
         if not all(_postmarks(answer) for answer in body):  # ours to read, or looked up
@@ -119,6 +132,21 @@ class Postmark:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _refusal(status: int, body: Any, text: str) -> DeliveryError:
+    """The error of a 4xx for the whole request, by Postmark's ``ErrorCode`` (see the module
+    docstring): about the account, the batch's size, maintenance, else the messages."""
+    code = body.get("ErrorCode") if isinstance(body, dict) else None
+    detail = mask_addresses(str(body.get("Message")) if isinstance(body, dict) else text[:200])
+    said = f"postmark: HTTP {status}, ErrorCode {code}: {detail}"
+    if code in ACCOUNT_CODES:
+        return DeliveryError(f"{said} (the account may not send now: nothing was sent)")
+    if code == TOO_MANY_BATCH_MESSAGES:
+        return BatchTooLargeError(said)
+    if code == MAINTENANCE:
+        return TransientDeliveryError(said)
+    return PermanentDeliveryError(f"postmark: HTTP {status}: {detail}")
 
 
 def _found(body: Any) -> str | None:

@@ -520,10 +520,30 @@ def test_postmark_partial_batch_failure_maps_each_error_code() -> None:
 
 
 def test_postmark_422_for_the_whole_request_is_permanent() -> None:
-    body = {"ErrorCode": 405, "Message": "Not allowed to send: you have run out of credits."}
+    body = {"ErrorCode": 402, "Message": "Received invalid JSON input."}
     error = send_error(POSTMARK, reply(422, body=body), PermanentDeliveryError)
     assert "422" in str(error)
-    assert "run out of credits" in str(error)
+    assert "invalid JSON" in str(error)
+
+
+@pytest.mark.parametrize("code", [405, 412, 413])
+def test_postmark_422_about_the_account_stops_the_run_and_fails_no_message(code: int) -> None:
+    """Postmark's 422 with ErrorCode 405 (not allowed to send: the credits ran out), 412
+    (account pending) or 413 (account may not send) is about the account: a plain
+    ``DeliveryError``, whose claims go back, as for refused credentials. It was a
+    ``PermanentDeliveryError``, which fails every message of the batch for good."""
+    body = {"ErrorCode": code, "Message": "Not allowed to send: you have run out of credits."}
+    error = send_error(POSTMARK, reply(422, body=body), DeliveryError)
+    assert type(error) is DeliveryError
+    assert f"ErrorCode {code}" in str(error) and "run out of credits" in str(error)
+
+
+def test_postmark_422_too_many_batch_messages_splits_and_maintenance_is_retried() -> None:
+    too_many = {"ErrorCode": 410, "Message": "You may send up to 500 messages per batch."}
+    send_error(POSTMARK, reply(422, body=too_many), BatchTooLargeError)
+    maintenance = {"ErrorCode": 100, "Message": "Maintenance."}
+    error = transient(POSTMARK, reply(422, body=maintenance))
+    assert not error.ambiguous  # refused: nothing was sent, nothing to look up
 
 
 def test_postmark_batch_answer_of_the_wrong_length_is_ambiguous() -> None:
