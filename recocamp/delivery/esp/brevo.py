@@ -21,6 +21,7 @@ import httpx
 
 from recocamp.delivery.esp.http import (
     about_recipient,
+    error_body,
     json_body,
     make_client,
     request,
@@ -65,11 +66,10 @@ class Brevo:
             "/v3/smtp/email",
             json=_payload(message, self.from_email),
         )
-        found = json_body(response)
-        body = found if isinstance(found, dict) else {}
         if response.status_code < 300:
-            message_id = text_field(body, "messageId")
+            message_id = text_field(json_body(response), "messageId")
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=message_id)
+        body = error_body(self.name, response)
         if body.get("code") == DUPLICATE:  # a resend after a lost answer: sent once already
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id="")
         detail = f"brevo {body.get('code', response.status_code)}: {body.get('message', '')}"

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import json_body, make_client, request
+from recocamp.delivery.esp.http import error_body, json_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import (
     BatchTooLargeError,
@@ -68,9 +68,9 @@ class Postmark:
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         payload = [self._message(m) for m in messages]
         response = request(self.client, self.name, "POST", "/email/batch", json=payload)
-        body = json_body(response)
         if response.status_code >= 400:
-            raise _refusal(response.status_code, body, response.text)
+            raise _refusal(response.status_code, error_body(self.name, response))
+        body = json_body(response)
         if not isinstance(body, list) or len(body) != len(messages):
             raise TransientDeliveryError("postmark: unexpected batch answer", ambiguous=True)
         if not all(_postmarks(answer) for answer in body):  # ours to read, or looked up
@@ -134,11 +134,11 @@ class Postmark:
         self.client.close()
 
 
-def _refusal(status: int, body: Any, text: str) -> DeliveryError:
+def _refusal(status: int, body: dict[str, Any]) -> DeliveryError:
     """The error of a 4xx for the whole request, by Postmark's ``ErrorCode`` (see the module
     docstring): about the account, the batch's size, maintenance, else the messages."""
-    code = body.get("ErrorCode") if isinstance(body, dict) else None
-    detail = mask_addresses(str(body.get("Message")) if isinstance(body, dict) else text[:200])
+    code = body.get("ErrorCode")
+    detail = mask_addresses(str(body.get("Message", ""))[:500])
     said = f"postmark: HTTP {status}, ErrorCode {code}: {detail}"
     if code in ACCOUNT_CODES:
         return DeliveryError(f"{said} (the account may not send now: nothing was sent)")

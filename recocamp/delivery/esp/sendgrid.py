@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import json_body, make_client, request
+from recocamp.delivery.esp.http import error_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import PermanentDeliveryError
 
@@ -50,8 +50,7 @@ class SendGrid:
                 SendStatus.ACCEPTED,
                 message_id=response.headers.get("x-message-id", ""),
             )
-        body = json_body(response)
-        listed = body.get("errors") if isinstance(body, dict) else None
+        listed = error_body(self.name, response).get("errors")
         errors = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
         errors = errors or [{}]  # an answer that is not SendGrid's error shape names nothing
         fields = [str(e.get("field") or "") for e in errors]

@@ -847,3 +847,22 @@ def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
 )
 def test_retry_after_ignores_non_finite_values(headers: dict[str, str]) -> None:
     assert esp_http.retry_after(httpx.Headers(headers), now=NOW) is None
+
+
+PROXY_PAGE = (
+    b"<html><body><h1>400 Bad Request</h1><p>Request header too large</p>nginx</body></html>"
+)
+
+
+@pytest.mark.parametrize("case", [POSTMARK, SENDGRID, BREVO], ids=lambda c: c.name)
+def test_a_4xx_html_page_instead_of_the_apis_json_error_fails_no_message(case: Case) -> None:
+    """A 400 whose body is a proxy's HTML page, not the provider's JSON error: a plain
+    ``DeliveryError`` (the claims go back, the run stops naming the answer). Each provider
+    raised ``PermanentDeliveryError``, which failed every message of the request for good."""
+
+    def answer(request: httpx.Request, n: int) -> httpx.Response:
+        return httpx.Response(400, content=PROXY_PAGE, headers={"Content-Type": "text/html"})
+
+    error = send_error(case, answer, DeliveryError)
+    assert type(error) is DeliveryError
+    assert "HTTP 400" in str(error) and "base_url" in str(error)
