@@ -410,12 +410,35 @@ def renew(
             .returning(outbox.c.id)
         )
         held.update(connection.execute(statement).scalars())
-    blocked, moved = _opted_out(connection, [c for c in claimed if c.id in held])
+    return held - _cancel_opted_out(connection, [c for c in claimed if c.id in held], now)
+
+
+def recheck(
+    connection: sa.Connection, claimed: Sequence[Claimed], by: str, now: datetime
+) -> set[int]:
+    """The claims that ``by`` still holds and that may go out, read just before their
+    request (the lease left alone: see :func:`renew`). Rendering a batch and the rate limit
+    take a while: an erasure meanwhile cancelled the row and blanked it, while the deliverer
+    still held the address and sent to it (the row then said "cancelled"); an unsubscribe
+    meanwhile was mailed. Those are cancelled (written only when there are some)."""
+    ids = [c.id for c in claimed]
+    held: set[int] = set()
+    for start in range(0, len(ids), 5000):
+        query = sa.select(outbox.c.id).where(outbox.c.id.in_(ids[start : start + 5000]), _owned(by))
+        held.update(connection.execute(query).scalars())
+    return held - _cancel_opted_out(connection, [c for c in claimed if c.id in held], now)
+
+
+def _cancel_opted_out(
+    connection: sa.Connection, claimed: Sequence[Claimed], now: datetime
+) -> set[int]:
+    """Cancel the claims whose recipient opted out or moved (:func:`_opted_out`); their ids."""
+    blocked, moved = _opted_out(connection, claimed)
     if blocked:
         _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
     if moved:
         _set(connection, moved, now, state="cancelled", last_error=MOVED)
-    return held - blocked - moved
+    return blocked | moved
 
 
 def retry_later(

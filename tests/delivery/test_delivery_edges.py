@@ -14,7 +14,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
+from pydantic import SecretStr
 
+from recocamp import privacy
 from recocamp.campaigns import run
 from recocamp.campaigns.render import Renderer, sample_context
 from recocamp.campaigns.run import plan_run
@@ -33,7 +35,7 @@ from recocamp.domain import BodyTemplate, DeliveryReport, OutgoingEmail, SendRes
 from recocamp.errors import DeliveryError, TransientDeliveryError
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
-from recocamp.store import outbox
+from recocamp.store import contacts, outbox
 from recocamp.store.schema import customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
 from tests import campaign_shop
@@ -622,3 +624,30 @@ def test_postmark_out_of_credits_leaves_the_run_queued_not_failed(engine: sa.Eng
     with engine.connect() as connection:
         attempts = connection.execute(sa.select(outbox_table.c.attempts)).scalars().all()
     assert attempts == [0] * 5
+
+
+@pytest.mark.parametrize("meanwhile", ["erased", "unsubscribed"])
+def test_an_erasure_or_unsubscribe_during_a_short_wait_before_the_request_stops_that_mail(
+    engine: sa.Engine, meanwhile: str
+) -> None:
+    """The claim checked the opt-outs; then the batch waited a second for the rate limit
+    (far less than half the lease, so the claims were not renewed, and not checked again)
+    and customer c1 was erased or unsubscribed meanwhile: their mail went out, and the
+    erased one's row said "cancelled". Checked again before every request now."""
+    store(engine, [email(0), email(1)])
+    clock, fake = FixedClock(NOW), FakeProvider()
+    settings = Settings(signing_key=SecretStr("k" * 32))
+
+    def wait(seconds: float) -> None:
+        clock.advance(timedelta(seconds=seconds))
+        if meanwhile == "erased":
+            assert privacy.erase(engine, settings, "c1", clock.now(), via="test") is not None
+        else:
+            with engine.begin() as connection:
+                contacts.unsubscribe(connection, "c1", clock.now(), source="test")
+
+    limiter = RateLimiter(1.0, wait, monotonic=lambda: 0.0)
+    limiter.take()  # the bucket is empty: the request waits a second for its token
+    Deliverer(engine, fake, ESP, clock, sleep=wait, limiter=limiter).drain()
+    assert [m.to for m in fake.sent] == ["c0@example.test"]
+    assert states(engine) == Counter({"sent": 1, "cancelled": 1})
