@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.headerregistry import HeaderRegistry
 from email.utils import format_datetime
 from types import SimpleNamespace
 from typing import Any
@@ -866,3 +867,23 @@ def test_a_4xx_html_page_instead_of_the_apis_json_error_fails_no_message(case: C
     error = send_error(case, answer, DeliveryError)
     assert type(error) is DeliveryError
     assert "HTTP 400" in str(error) and "base_url" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("from_email", "on_the_wire"),
+    [
+        ("Shop Inc. <shop@example.test>", '"Shop Inc." <shop@example.test>'),
+        ("Müller & Söhne <shop@example.test>", "Müller & Söhne <shop@example.test>"),
+        ("shop@example.test", "shop@example.test"),
+    ],
+)
+def test_postmark_from_quotes_a_name_with_a_period(from_email: str, on_the_wire: str) -> None:
+    """``Shop Inc. <…>`` passes the settings; unquoted, its "." is obsolete RFC 5322 syntax
+    (not to be generated; Postmark asks for such names quoted): it went out as written."""
+    recorder = Recorder(_postmark_accepted)
+    provider = Postmark(BASE_URL, TOKEN, from_email, transport=httpx.MockTransport(recorder))
+    provider.send_batch([email()])
+    provider.close()
+    sent = recorder.bodies[0][0]["From"]
+    assert sent == on_the_wire
+    assert not HeaderRegistry()("From", sent).defects
