@@ -218,9 +218,12 @@ def claim(
     )
     with engine.begin() as connection:
         claimed = [_unpack(row) for row in connection.execute(statement)]
-        blocked, moved = _opted_out(connection, claimed)
+        blocked, paused, moved = _opted_out(connection, claimed, now)
         if blocked:
             _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
+        if paused:
+            _set(connection, paused, now, state="cancelled", last_error=PAUSED)
+        blocked |= paused
         # queued before addresses had to be one plain local@domain: "a@x, b@y" would reach
         # a second person, who never consented, with the customer's signed links
         unsendable = {
@@ -237,6 +240,7 @@ def claim(
 
 
 MOVED = "the customer's address changed since it was queued"
+PAUSED = "the customer paused e-mails after it was queued"
 PROFILED = "the customer objected to profiling after it was queued: its offers were theirs"
 
 
@@ -301,16 +305,21 @@ def _has_offers(body: bytes) -> bool:
     return template is None or bool(template["context"].get("offers"))
 
 
-def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> tuple[set[int], set[int]]:
+def _opted_out(
+    connection: sa.Connection, claimed: Sequence[Claimed], now: datetime
+) -> tuple[set[int], set[int], set[int]]:
     """Claimed messages whose recipient unsubscribed, was erased, switched e-mail off,
     withdrew their consent (basis ``none``: no campaign may mail them) or got suppressed
-    since; and, of the others, those whose customer's address is another one now (or none,
-    ``MOVED``): the mail carries their signed links to the preferences page and the data
-    download, and the old address may be a typo that reached a stranger, or a mailbox given
-    up. Addresses are compared trimmed, lower-case and composed, as suppressions compare
-    them. One read of the customers for both."""
+    since; of the others, those whose customer paused e-mails until after ``now``
+    (``PAUSED``: the planner sends them nothing then, and mail queued before the pause, for
+    the morning after quiet hours or a retry, went out during it); and of the rest, those
+    whose customer's address is another one now (or none, ``MOVED``): the mail carries
+    their signed links to the preferences page and the data download, and the old address
+    may be a typo that reached a stranger, or a mailbox given up. Addresses are compared
+    trimmed, lower-case and composed, as suppressions compare them. One read of the
+    customers for all three."""
     if not claimed:
-        return set(), set()
+        return set(), set(), set()
     c = customers.c
     stopped = sa.or_(
         c.unsubscribed_at.is_not(None),
@@ -319,11 +328,12 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> tuple[s
         c.consent_basis == "none",
     )
     rows = connection.execute(
-        sa.select(c.id, c.email, stopped.label("stopped")).where(
+        sa.select(c.id, c.email, c.paused_until, stopped.label("stopped")).where(
             c.id.in_({m.customer_id for m in claimed})
         )
     ).all()
     gone = {row.id for row in rows if row.stopped}
+    resting = {row.id for row in rows if row.paused_until is not None and row.paused_until > now}
     current = {row.id: row.email for row in rows}
     # one address may have several mails in a batch (two campaigns): every one of them counts
     hashes = {c.id: email_hashes(c.email.to) for c in claimed}
@@ -337,14 +347,15 @@ def _opted_out(connection: sa.Connection, claimed: Sequence[Claimed]) -> tuple[s
     blocked = {
         c.id for c in claimed if c.customer_id in gone or not suppressed.isdisjoint(hashes[c.id])
     }
+    paused = {c.id for c in claimed if c.id not in blocked and c.customer_id in resting}
     moved = {
         c.id
         for c in claimed
-        if c.id not in blocked
+        if c.id not in blocked | paused
         and c.customer_id in current
         and address_forms(current[c.customer_id] or "")[0] != address_forms(c.email.to)[0]
     }
-    return blocked, moved
+    return blocked, paused, moved
 
 
 def _set(
@@ -433,12 +444,14 @@ def _cancel_opted_out(
     connection: sa.Connection, claimed: Sequence[Claimed], now: datetime
 ) -> set[int]:
     """Cancel the claims whose recipient opted out or moved (:func:`_opted_out`); their ids."""
-    blocked, moved = _opted_out(connection, claimed)
+    blocked, paused, moved = _opted_out(connection, claimed, now)
     if blocked:
         _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
+    if paused:
+        _set(connection, paused, now, state="cancelled", last_error=PAUSED)
     if moved:
         _set(connection, moved, now, state="cancelled", last_error=MOVED)
-    return blocked | moved
+    return blocked | paused | moved
 
 
 def retry_later(

@@ -651,3 +651,27 @@ def test_an_erasure_or_unsubscribe_during_a_short_wait_before_the_request_stops_
     Deliverer(engine, fake, ESP, clock, sleep=wait, limiter=limiter).drain()
     assert [m.to for m in fake.sent] == ["c0@example.test"]
     assert states(engine) == Counter({"sent": 1, "cancelled": 1})
+
+
+def test_mail_queued_before_the_customer_paused_emails_is_cancelled_not_sent(
+    engine: sa.Engine,
+) -> None:
+    """A customer pauses e-mails for four weeks (the preferences page) after a run queued
+    their mail for the morning after quiet hours: it went out during the pause (the claim
+    checked unsubscribes, erasures, consent and suppressions, not the pause, which the
+    planner alone had checked). A pause that has ended by the send holds nothing back."""
+    store(engine, [email(0), email(1), email(2)])
+    with engine.begin() as connection:
+        for customer, until in (("c1", NOW + timedelta(weeks=4)), ("c2", NOW)):
+            connection.execute(
+                sa.update(customers).where(customers.c.id == customer).values(paused_until=until)
+            )
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert sorted(m.to for m in fake.sent) == ["c0@example.test", "c2@example.test"]
+    assert report.sent == 2 and states(engine) == Counter({"sent": 2, "cancelled": 1})
+    with engine.connect() as connection:
+        error = connection.execute(
+            sa.select(outbox_table.c.last_error).where(outbox_table.c.state == "cancelled")
+        ).scalar_one()
+    assert error == outbox.PAUSED
