@@ -20,6 +20,7 @@ from recocamp.delivery.esp import http as esp_http
 from recocamp.delivery.esp.brevo import Brevo
 from recocamp.delivery.esp.mailpit import Mailpit
 from recocamp.delivery.esp.postmark import Postmark
+from recocamp.delivery.esp.sendgrid import SendGrid
 from recocamp.domain import OutgoingEmail, SendStatus
 from recocamp.errors import TransientDeliveryError
 from tests.local_http import QuietHandler, serving
@@ -190,8 +191,8 @@ def test_a_mailpit_2xx_without_its_id_is_accepted(
 ) -> None:
     """Mailpit took the message (2xx) but its answer lacks ``ID`` (a proxy, another
     version): a text body was failed permanently (``retry-failed`` then sent it twice), an
-    object without ``ID`` raised KeyError out of the provider. As SendGrid's 2xx: accepted,
-    the id unknown (Brevo's is sent again: its idempotency key makes that harmless)."""
+    object without ``ID`` raised KeyError out of the provider. Accepted, the id unknown (a
+    local catcher; Brevo's and SendGrid's are tried again, see their tests)."""
     provider = Mailpit(serve(_ok_with(body)), "", "shop@example.test", timeout_s=5)
     [result] = provider.send_batch([_message()])
     provider.close()
@@ -213,6 +214,20 @@ def test_a_brevo_2xx_without_its_message_id_is_ambiguous_not_sent(
     that is not text was recorded as its Python spelling (``"None"``)."""
     provider = Brevo(serve(_ok_with(body)), "key", "shop@example.test", timeout_s=5)
     with pytest.raises(TransientDeliveryError, match="without Brevo's messageId") as info:
+        provider.send_batch([_message()])
+    provider.close()
+    assert info.value.ambiguous and info.value.status == 200
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>OK</html>"], ids=["empty", "html"])
+def test_a_sendgrid_2xx_without_its_message_id_is_ambiguous_not_sent(
+    serve: Callable[[Body], str], body: bytes
+) -> None:
+    """SendGrid answers a send 202 with ``X-Message-Id``; a 200 page without it (a proxy in
+    front) was recorded sent, and the mail lost if SendGrid never had it. Ambiguous now:
+    tried again within ``max_attempts``."""
+    provider = SendGrid(serve(_ok_with(body)), "SG.key", "shop@example.test", timeout_s=5)
+    with pytest.raises(TransientDeliveryError, match="without SendGrid's X-Message-Id") as info:
         provider.send_batch([_message()])
     provider.close()
     assert info.value.ambiguous and info.value.status == 200
