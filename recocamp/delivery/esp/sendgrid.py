@@ -1,9 +1,10 @@
 """SendGrid: ``POST /v3/mail/send``, one fully rendered message per request.
 
-A 202 carries the message id in ``X-Message-Id`` (SendGrid, "X-Message-ID"); a 2xx without
-it (a proxy's or a captive portal's page) is not SendGrid's answer: ambiguous, so the
-message is tried again, within ``max_attempts`` (it was recorded sent, and lost if SendGrid
-never had it). A 400 names the bad field in
+A 202 carries the message id in ``X-Message-Id`` (SendGrid, "X-Message-ID"); another 2xx
+without it (a proxy's or a captive portal's 200 page) is not SendGrid's answer: ambiguous,
+so the message is tried again, within ``max_attempts`` (it was recorded sent, and lost if
+SendGrid never had it). A 202 without the header is taken (a proxy may drop headers: each
+retry would be a duplicate). A 400 names the bad field in
 ``errors[].field``: a bad recipient (``personalizations.0.to…``) is permanent for that
 message, anything else for the request. SendGrid offers no lookup by our send key (its
 activity search is a paid add-on keyed by its own ids), so ``lookup`` answers None and a
@@ -20,6 +21,8 @@ import httpx
 from recocamp.delivery.esp.http import error_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import PermanentDeliveryError, TransientDeliveryError
+
+ACCEPTED = 202  # SendGrid's answer to a send it took
 
 
 class SendGrid:
@@ -49,7 +52,7 @@ class SendGrid:
         )
         if response.status_code < 300:
             message_id = response.headers.get("x-message-id", "")
-            if not message_id:  # not SendGrid's 202: a page of a proxy in front of it
+            if not message_id and response.status_code != ACCEPTED:  # a proxy's page
                 raise TransientDeliveryError(
                     f"sendgrid: HTTP {response.status_code} without SendGrid's X-Message-Id "
                     "(another server's answer?)",

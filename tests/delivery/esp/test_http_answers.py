@@ -231,3 +231,18 @@ def test_a_sendgrid_2xx_without_its_message_id_is_ambiguous_not_sent(
         provider.send_batch([_message()])
     provider.close()
     assert info.value.ambiguous and info.value.status == 200
+
+
+def test_a_sendgrid_202_without_its_message_id_is_accepted(serve: Callable[[Body], str]) -> None:
+    """SendGrid's own status, its header dropped on the way (a proxy): taken, the id
+    unknown; trying it again would send it twice."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(202)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    provider = SendGrid(serve(answer), "SG.key", "shop@example.test", timeout_s=5)
+    [result] = provider.send_batch([_message()])
+    provider.close()
+    assert result.status is SendStatus.ACCEPTED and result.message_id == ""
