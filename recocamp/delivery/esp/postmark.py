@@ -6,7 +6,8 @@ the 'To' address (a malformed address) are permanent for that recipient; a 300 a
 anything else (our From, an empty body, a field over its limit) fails the message without
 blaming the recipient (a typo in ``from_email`` must not suppress every customer); 429 and
 anything else are retried. An answer of the wrong length, or with an entry that is not of
-that shape, is ambiguous: the batch is looked up before anything is sent again.
+that shape, is ambiguous: the batch is looked up before anything is sent again; so is a
+500 ("In most cases the message is lost", Postmark's API overview: in some it was sent).
 A 422 for the whole request is permanent for the whole batch, unless its ``ErrorCode`` is
 about the account, not the messages (Postmark, "API error codes": 405 not allowed to send,
 the credits ran out; 412 account pending; 413 account may not send): nothing was sent, the
@@ -42,6 +43,7 @@ from recocamp.errors import (
 INVALID_REQUEST = 300
 PERMANENT_CODES = frozenset({INVALID_REQUEST, 406})
 MAINTENANCE = 100
+SERVER_ERROR = 500  # "in most cases the message is lost": in some it went out
 TOO_MANY_BATCH_MESSAGES = 410
 ACCOUNT_CODES = frozenset({405, 412, 413})  # not allowed to send, pending, may not send
 LOOKUP_THREADS = 8  # searches at once, each on its own pooled connection
@@ -71,7 +73,10 @@ class Postmark:
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         payload = [self._message(m) for m in messages]
-        response = request(self.client, self.name, "POST", "/email/batch", json=payload)
+        try:
+            response = request(self.client, self.name, "POST", "/email/batch", json=payload)
+        except TransientDeliveryError as exc:
+            raise _maybe_taken(exc) from None
         if response.status_code >= 400:
             raise _refusal(response.status_code, error_body(self.name, response))
         body = json_body(response)
@@ -150,6 +155,20 @@ def sender(from_email: str) -> str:
         return from_email
     quoted = ESCAPED.sub(r"\\\g<0>", name)  # a backslash or a quote, escaped
     return f'"{quoted}" <{address}>'
+
+
+def _maybe_taken(exc: TransientDeliveryError) -> TransientDeliveryError:
+    """A 500 made ambiguous: Postmark documents it as "an issue with Postmark's servers
+    processing your request. In most cases the message is lost" — not in all: part of a
+    batch may have gone out, and sending it all again sent those twice. Looked up first."""
+    if exc.status != SERVER_ERROR or exc.ambiguous:
+        return exc
+    return TransientDeliveryError(
+        f"{exc} (Postmark may have sent part of the batch: looked up)",
+        retry_after=exc.retry_after,
+        ambiguous=True,
+        status=exc.status,
+    )
 
 
 def _refusal(status: int, body: dict[str, Any]) -> DeliveryError:

@@ -420,7 +420,8 @@ def test_server_errors_are_transient_and_proxy_errors_ambiguous(
     case: Case, status: int, headers: dict[str, str], ambiguous: bool, retry_after: float | None
 ) -> None:
     error = transient(case, reply(status, headers, {"message": "upstream trouble"}))
-    assert error.ambiguous is ambiguous
+    # Postmark's 500: "in most cases the message is lost", not always: looked up first
+    assert error.ambiguous is (ambiguous or (case is POSTMARK and status == 500))
     assert error.retry_after == retry_after
     assert str(status) in str(error)
 
