@@ -50,7 +50,7 @@ from recocamp.domain import (
     email_problem,
 )
 from recocamp.errors import mask_addresses
-from recocamp.store.queries import upsert_statement
+from recocamp.store.queries import suppression_insert, upsert_statement
 from recocamp.store.schema import campaign_pauses, customers, outbox, suppressions
 
 COMPRESS_FROM = 4096  # bytes of JSON
@@ -676,17 +676,15 @@ def suppress(
     connection: sa.Connection, addresses: Sequence[str], reason: str, source: str, now: datetime
 ) -> None:
     """Keep ``addresses`` from being mailed again (by their hash); an address suppressed
-    already keeps its first reason."""
+    already keeps its first reason, unless that was an unsubscribe
+    (``queries.suppression_insert``)."""
     if not addresses:
         return
     rows = [
         {"email_hash": email_hash(address), "reason": reason, "source": source, "created_at": now}
         for address in addresses
     ]
-    statement = upsert_statement(connection, suppressions).on_conflict_do_nothing(
-        index_elements=["email_hash"]
-    )
-    connection.execute(statement, rows)
+    connection.execute(suppression_insert(connection), rows)
 
 
 def _said(error: str) -> str:
