@@ -259,12 +259,15 @@ class Deliverer:
         """The claims still ours, with their lease renewed once half of it is gone: a wait
         (rendering, the rate limit) past the lease lets another deliverer take them over and
         send them, and sending them here as well would be a duplicate. The opt-outs are
-        checked again then too: a customer may have unsubscribed during such a wait."""
+        checked again before every request: a customer may have unsubscribed or been erased
+        while the batch was rendered or waited for the rate limit (a second's wait sent an
+        erased customer's mail, whose row said "cancelled")."""
         now = self.clock.now()
-        if (now - leased_at).total_seconds() < self.settings.claim_lease_s / 2:
-            return claimed
         with self.engine.begin() as connection:
-            held = outbox.renew(connection, claimed, self.worker, now)
+            if (now - leased_at).total_seconds() < self.settings.claim_lease_s / 2:
+                held = outbox.recheck(connection, claimed, self.worker, now)
+            else:
+                held = outbox.renew(connection, claimed, self.worker, now)
         if len(held) < len(claimed):
             log.warning(
                 "%d claims were taken over or opted out while this deliverer waited: not sent",

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 
 from recocamp.domain import SUPPRESSING, Event, email_hash
 from recocamp.store.privacy import Ties
-from recocamp.store.queries import audit, upsert_statement
-from recocamp.store.schema import contact_events, customers, outbox, suppressions
+from recocamp.store.queries import audit, suppression_insert, upsert_statement
+from recocamp.store.schema import contact_events, customers, outbox
 
 OPT_OUTS = frozenset({"complained", "unsubscribed"})
 KEY_MAX = 200  # contact_events.event_key
@@ -110,11 +110,8 @@ def _consequences(connection: sa.Connection, event: Event, row: Any, now: dateti
 def suppress(
     connection: sa.Connection, address: str, reason: str, source: str, now: datetime
 ) -> None:
-    statement = upsert_statement(connection, suppressions).on_conflict_do_nothing(
-        index_elements=["email_hash"]
-    )
     connection.execute(
-        statement,
+        suppression_insert(connection),
         {
             "email_hash": email_hash(address),
             "reason": reason,

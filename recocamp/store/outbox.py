@@ -51,7 +51,7 @@ from recocamp.domain import (
     email_problem,
 )
 from recocamp.errors import mask_addresses
-from recocamp.store.queries import upsert_statement
+from recocamp.store.queries import suppression_insert, upsert_statement
 from recocamp.store.schema import campaign_pauses, customers, outbox, suppressions
 
 COMPRESS_FROM = 4096  # bytes of JSON
@@ -234,9 +234,12 @@ def claim(
     )
     with engine.begin() as connection:
         claimed = [_unpack(row) for row in connection.execute(statement)]
-        blocked, moved = _opted_out(connection, claimed, now)
+        blocked, paused, moved = _opted_out(connection, claimed, now)
         if blocked:
             _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
+        if paused:
+            _set(connection, paused, now, state="cancelled", last_error=PAUSED)
+        blocked |= paused
         # queued before addresses had to be one plain local@domain: "a@x, b@y" would reach
         # a second person, who never consented, with the customer's signed links
         unsendable = {
@@ -253,6 +256,7 @@ def claim(
 
 
 MOVED = "the customer's address changed since it was queued"
+PAUSED = "the customer paused e-mails after it was queued"
 PROFILED = "the customer objected to profiling after it was queued: its offers were theirs"
 
 
@@ -319,32 +323,33 @@ def _has_offers(body: bytes) -> bool:
 
 def _opted_out(
     connection: sa.Connection, claimed: Sequence[Claimed], now: datetime
-) -> tuple[set[int], set[int]]:
+) -> tuple[set[int], set[int], set[int]]:
     """Claimed messages whose recipient unsubscribed, was erased, switched e-mail off,
-    paused e-mails past ``now`` (the preferences page's pause: a mail waiting for the end of
-    quiet hours went out the morning after "paused until …"), withdrew their consent (basis
-    ``none``: no campaign may mail them) or got suppressed since; and, of the others, those
-    whose customer's address is another one now (or none, ``MOVED``): the mail carries their
-    signed links to the preferences page and the data download, and the old address may be
-    a typo that reached a stranger, or a mailbox given up. Addresses are compared trimmed,
-    lower-case and composed, as suppressions compare them. One read of the customers for
-    both."""
+    withdrew their consent (basis ``none``: no campaign may mail them) or got suppressed
+    since; of the others, those whose customer paused e-mails until after ``now``
+    (``PAUSED``: the planner sends them nothing then, and mail queued before the pause, for
+    the morning after quiet hours or a retry, went out during it); and of the rest, those
+    whose customer's address is another one now (or none, ``MOVED``): the mail carries
+    their signed links to the preferences page and the data download, and the old address
+    may be a typo that reached a stranger, or a mailbox given up. Addresses are compared
+    trimmed, lower-case and composed, as suppressions compare them. One read of the
+    customers for all three."""
     if not claimed:
-        return set(), set()
+        return set(), set(), set()
     c = customers.c
     stopped = sa.or_(
         c.unsubscribed_at.is_not(None),
         c.erased_at.is_not(None),
         c.channel_email.is_(False),
-        sa.and_(c.paused_until.is_not(None), c.paused_until > now),
         c.consent_basis == "none",
     )
     rows = connection.execute(
-        sa.select(c.id, c.email, stopped.label("stopped")).where(
+        sa.select(c.id, c.email, c.paused_until, stopped.label("stopped")).where(
             c.id.in_({m.customer_id for m in claimed})
         )
     ).all()
     gone = {row.id for row in rows if row.stopped}
+    resting = {row.id for row in rows if row.paused_until is not None and row.paused_until > now}
     current = {row.id: row.email for row in rows}
     # one address may have several mails in a batch (two campaigns): every one of them counts
     hashes = {c.id: email_hashes(c.email.to) for c in claimed}
@@ -358,14 +363,15 @@ def _opted_out(
     blocked = {
         c.id for c in claimed if c.customer_id in gone or not suppressed.isdisjoint(hashes[c.id])
     }
+    paused = {c.id for c in claimed if c.id not in blocked and c.customer_id in resting}
     moved = {
         c.id
         for c in claimed
-        if c.id not in blocked
+        if c.id not in blocked | paused
         and c.customer_id in current
         and address_forms(current[c.customer_id] or "")[0] != address_forms(c.email.to)[0]
     }
-    return blocked, moved
+    return blocked, paused, moved
 
 
 def _set(
@@ -431,12 +437,37 @@ def renew(
             .returning(outbox.c.id)
         )
         held.update(connection.execute(statement).scalars())
-    blocked, moved = _opted_out(connection, [c for c in claimed if c.id in held], now)
+    return held - _cancel_opted_out(connection, [c for c in claimed if c.id in held], now)
+
+
+def recheck(
+    connection: sa.Connection, claimed: Sequence[Claimed], by: str, now: datetime
+) -> set[int]:
+    """The claims that ``by`` still holds and that may go out, read just before their
+    request (the lease left alone: see :func:`renew`). Rendering a batch and the rate limit
+    take a while: an erasure meanwhile cancelled the row and blanked it, while the deliverer
+    still held the address and sent to it (the row then said "cancelled"); an unsubscribe
+    meanwhile was mailed. Those are cancelled (written only when there are some)."""
+    ids = [c.id for c in claimed]
+    held: set[int] = set()
+    for start in range(0, len(ids), 5000):
+        query = sa.select(outbox.c.id).where(outbox.c.id.in_(ids[start : start + 5000]), _owned(by))
+        held.update(connection.execute(query).scalars())
+    return held - _cancel_opted_out(connection, [c for c in claimed if c.id in held], now)
+
+
+def _cancel_opted_out(
+    connection: sa.Connection, claimed: Sequence[Claimed], now: datetime
+) -> set[int]:
+    """Cancel the claims whose recipient opted out or moved (:func:`_opted_out`); their ids."""
+    blocked, paused, moved = _opted_out(connection, claimed, now)
     if blocked:
         _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
+    if paused:
+        _set(connection, paused, now, state="cancelled", last_error=PAUSED)
     if moved:
         _set(connection, moved, now, state="cancelled", last_error=MOVED)
-    return held - blocked - moved
+    return blocked | paused | moved
 
 
 def retry_later(
@@ -667,17 +698,15 @@ def suppress(
     connection: sa.Connection, addresses: Sequence[str], reason: str, source: str, now: datetime
 ) -> None:
     """Keep ``addresses`` from being mailed again (by their hash); an address suppressed
-    already keeps its first reason."""
+    already keeps its first reason, unless that was an unsubscribe
+    (``queries.suppression_insert``)."""
     if not addresses:
         return
     rows = [
         {"email_hash": email_hash(address), "reason": reason, "source": source, "created_at": now}
         for address in addresses
     ]
-    statement = upsert_statement(connection, suppressions).on_conflict_do_nothing(
-        index_elements=["email_hash"]
-    )
-    connection.execute(statement, rows)
+    connection.execute(suppression_insert(connection), rows)
 
 
 def _said(error: str) -> str:

@@ -34,6 +34,7 @@ from recocamp.store.schema import (
     orders,
     purchases,
     recommendations,
+    suppressions,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,25 @@ def upsert_statement(connection: sa.Connection, table: sa.Table) -> Any:
     store's modules build their inserts that skip or update existing rows on it."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+def suppression_insert(connection: sa.Connection) -> Any:
+    """The INSERT of suppressions (``email_hash``, ``reason``, ``source``, ``created_at``):
+    an address suppressed already keeps its first reason, except an unsubscribe's, which a
+    bounce, a complaint or a rejection replaces. A re-subscription lifts unsubscribes only
+    (``profiles.resubscribe``): an address that complained or bounced after it had
+    unsubscribed kept "unsubscribed", and was mailed again once its customer re-subscribed."""
+    insert = upsert_statement(connection, suppressions)
+    return insert.on_conflict_do_update(
+        index_elements=["email_hash"],
+        set_={"reason": insert.excluded.reason, "source": insert.excluded.source},
+        where=sa.and_(
+            suppressions.c.reason == UNSUBSCRIBED, insert.excluded.reason != UNSUBSCRIBED
+        ),
+    )
+
+
+UNSUBSCRIBED = "unsubscribed"  # the one suppression reason a re-subscription lifts
 
 
 def _chunks(rows: Sequence[dict[str, Any]]) -> Iterator[Sequence[dict[str, Any]]]:

@@ -11,10 +11,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
+from pydantic import SecretStr
 
+from recocamp import privacy
 from recocamp.campaigns import run
 from recocamp.campaigns.render import Renderer, sample_context
 from recocamp.campaigns.run import plan_run
@@ -30,10 +33,10 @@ from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.delivery.processes import drain_in_processes
 from recocamp.domain import BodyTemplate, DeliveryReport, OutgoingEmail, SendResult
-from recocamp.errors import TransientDeliveryError
+from recocamp.errors import DeliveryError, TransientDeliveryError
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
-from recocamp.store import outbox
+from recocamp.store import contacts, outbox
 from recocamp.store.schema import customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
 from tests import campaign_shop
@@ -622,3 +625,116 @@ def test_a_switch_to_the_existing_customer_basis_cancels_mail_written_for_a_doub
     Deliverer(engine, fake, ESP, FixedClock(later), renderer=Renderer(TEMPLATES)).drain()
     assert sorted(m.send_key for m in fake.sent) == ["both/c2/2026-01-15", "doi/c1/2026-01-15"]
     assert states(engine) == Counter({"sent": 2, "cancelled": 1})
+
+
+def test_postmark_out_of_credits_leaves_the_run_queued_not_failed(engine: sa.Engine) -> None:
+    """Postmark answers a batch with 422, ErrorCode 405 ("Not allowed to send": the account
+    ran out of credits): every message of the run was failed for good, batch after batch (5
+    of 5 here, 3 requests); now the first such answer stops the run and gives the claims
+    back, with their attempts."""
+    fill(engine, 5)
+    paths: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        body = {"ErrorCode": 405, "Message": "Not allowed to send: you ran out of credits."}
+        return httpx.Response(422, json=body)
+
+    provider = Postmark(
+        "http://esp.test", "t", "shop@example.test", transport=httpx.MockTransport(answer)
+    )
+    clock = FixedClock(NOW)
+    settings = ESP.model_copy(update={"batch_size": 2})
+    with pytest.raises(DeliveryError, match="ErrorCode 405"):
+        Deliverer(engine, provider, settings, clock, sleep=Sleeper(clock)).drain()
+    assert paths == ["/email/batch"]
+    assert states(engine) == Counter({"queued": 5})
+    with engine.connect() as connection:
+        attempts = connection.execute(sa.select(outbox_table.c.attempts)).scalars().all()
+    assert attempts == [0] * 5
+
+
+@pytest.mark.parametrize("meanwhile", ["erased", "unsubscribed"])
+def test_an_erasure_or_unsubscribe_during_a_short_wait_before_the_request_stops_that_mail(
+    engine: sa.Engine, meanwhile: str
+) -> None:
+    """The claim checked the opt-outs; then the batch waited a second for the rate limit
+    (far less than half the lease, so the claims were not renewed, and not checked again)
+    and customer c1 was erased or unsubscribed meanwhile: their mail went out, and the
+    erased one's row said "cancelled". Checked again before every request now."""
+    store(engine, [email(0), email(1)])
+    clock, fake = FixedClock(NOW), FakeProvider()
+    settings = Settings(signing_key=SecretStr("k" * 32))
+
+    def wait(seconds: float) -> None:
+        clock.advance(timedelta(seconds=seconds))
+        if meanwhile == "erased":
+            assert privacy.erase(engine, settings, "c1", clock.now(), via="test") is not None
+        else:
+            with engine.begin() as connection:
+                contacts.unsubscribe(connection, "c1", clock.now(), source="test")
+
+    limiter = RateLimiter(1.0, wait, monotonic=lambda: 0.0)
+    limiter.take()  # the bucket is empty: the request waits a second for its token
+    Deliverer(engine, fake, ESP, clock, sleep=wait, limiter=limiter).drain()
+    assert [m.to for m in fake.sent] == ["c0@example.test"]
+    assert states(engine) == Counter({"sent": 1, "cancelled": 1})
+
+
+def test_mail_queued_before_the_customer_paused_emails_is_cancelled_not_sent(
+    engine: sa.Engine,
+) -> None:
+    """A customer pauses e-mails for four weeks (the preferences page) after a run queued
+    their mail for the morning after quiet hours: it went out during the pause (the claim
+    checked unsubscribes, erasures, consent and suppressions, not the pause, which the
+    planner alone had checked). A pause that has ended by the send holds nothing back."""
+    store(engine, [email(0), email(1), email(2)])
+    with engine.begin() as connection:
+        for customer, until in (("c1", NOW + timedelta(weeks=4)), ("c2", NOW)):
+            connection.execute(
+                sa.update(customers).where(customers.c.id == customer).values(paused_until=until)
+            )
+    fake = FakeProvider()
+    report = deliverer(engine, fake, FixedClock(NOW)).drain()
+    assert sorted(m.to for m in fake.sent) == ["c0@example.test", "c2@example.test"]
+    assert report.sent == 2 and states(engine) == Counter({"sent": 2, "cancelled": 1})
+    with engine.connect() as connection:
+        error = connection.execute(
+            sa.select(outbox_table.c.last_error).where(outbox_table.c.state == "cancelled")
+        ).scalar_one()
+    assert error == outbox.PAUSED
+
+
+def test_a_postmark_500_after_part_of_the_batch_went_through_sends_nothing_twice(
+    engine: sa.Engine,
+) -> None:
+    """Postmark documents its 500 as "in most cases the message is lost": not always. Here
+    it took the batch's first message, then answered 500; the retry sent it again (two
+    copies). A Postmark 500 is looked up before anything is sent again."""
+    fill(engine, 2)
+    accepted: Counter[str] = Counter()
+    batches = 0
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal batches
+        if request.url.path == "/messages/outbound":  # the lookup: by metadata send key
+            key = request.url.params["metadata_send_key"]
+            found = [{"MessageID": f"id-{key}"}] if accepted[key] else []
+            return httpx.Response(200, json={"TotalCount": len(found), "Messages": found})
+        batches += 1
+        sent = [m["Metadata"]["send_key"] for m in orjson.loads(request.content)]
+        if batches == 1:
+            accepted[sent[0]] += 1  # taken, then the server failed
+            return httpx.Response(500, json={"ErrorCode": 500, "Message": "Internal error"})
+        accepted.update(sent)
+        return httpx.Response(
+            200, json=[{"ErrorCode": 0, "MessageID": f"id-{k}", "Message": "OK"} for k in sent]
+        )
+
+    provider = Postmark(
+        "http://esp.test", "t", "shop@example.test", transport=httpx.MockTransport(answer)
+    )
+    clock = FixedClock(NOW)
+    report = Deliverer(engine, provider, ESP, clock, sleep=Sleeper(clock)).drain(max_wait_s=3600)
+    assert report.sent == 2 and states(engine) == Counter({"sent": 2})
+    assert sorted(accepted.values()) == [1, 1]

@@ -24,7 +24,7 @@ from recocamp.delivery.webhooks import (
     read,
 )
 from recocamp.store import contacts
-from recocamp.store.schema import contact_events, customers
+from recocamp.store.schema import contact_events, customers, suppressions
 from tests.delivery.test_deliver import email as delivery_email
 from tests.delivery.test_deliver import store as store_emails
 
@@ -537,3 +537,34 @@ def test_an_opt_out_dated_in_the_future_counts_from_when_it_arrived(engine: sa.E
             unsubscribed=False,
         )
     assert "resubscribed" in changed.fields
+
+
+@pytest.mark.parametrize("kind", ["complained", "bounced"])
+def test_a_complaint_or_bounce_after_an_unsubscribe_outlives_a_re_subscription(
+    engine: sa.Engine, kind: str
+) -> None:
+    """Re-subscribing lifts the unsubscribe's suppression, and bounces and complaints stay.
+    The customer unsubscribed by the link, then reported the mail as spam (or the address
+    bounced): the suppression kept its first reason, "unsubscribed", and the
+    re-subscription lifted it, so a complainer (a dead address) was mailed again. A
+    bounce, complaint or rejection now replaces an unsubscribe's reason."""
+    sent = delivery_email(0)
+    store_emails(engine, [sent])
+    now = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    later = now + timedelta(days=1)
+    reported = Event("postmark", kind, "pm:1", now + timedelta(hours=1), send_key=sent.send_key)
+    with engine.begin() as connection:
+        assert contacts.record_link_unsubscribe(connection, "c0", "winback", now, now)
+        contacts.apply(connection, [reported], now + timedelta(hours=1))
+        profiles.apply(
+            connection,
+            "c0",
+            {"consent_basis": "double_opt_in", "consent_at": later},
+            at=later,
+            actor="test",
+            source="test",
+            unsubscribed=False,
+        )
+    with engine.connect() as connection:
+        reasons = connection.execute(sa.select(suppressions.c.reason)).scalars().all()
+    assert reasons == [kind]

@@ -7,8 +7,10 @@ resend with the error code ``duplicate_parameter`` and sends nothing ("Batch ema
 idempotency": the key was used, so the first request went through): that answer is the
 message's acceptance, not a failure, whose message id is unknown: the send key goes in
 ``X-Mailin-custom``, which Brevo echoes in its webhook events ("Transactional webhooks"), so
-they find the message without it. A 201 carries ``messageId``; a 400 about the recipient is
-permanent for that message.
+they find the message without it. A 201 carries ``messageId`` (Brevo's SendEmailResponse);
+a 2xx without one (a proxy's or a captive portal's page, an empty body) is not Brevo's
+answer: ambiguous, so the message is sent again under its key (it was recorded sent, and
+was lost if Brevo never had it). A 400 about the recipient is permanent for that message.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import httpx
 
 from recocamp.delivery.esp.http import (
     about_recipient,
+    error_body,
     json_body,
     make_client,
     request,
     text_field,
 )
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
-from recocamp.errors import PermanentDeliveryError
+from recocamp.errors import PermanentDeliveryError, TransientDeliveryError
 
 NAMESPACE = uuid.UUID("5b0c4c8e-7e36-4f0e-9d7c-3f3a9a3c2f11")
 # Brevo's answer to a key used within its TTL: an earlier request with it was processed
@@ -65,11 +68,17 @@ class Brevo:
             "/v3/smtp/email",
             json=_payload(message, self.from_email),
         )
-        found = json_body(response)
-        body = found if isinstance(found, dict) else {}
         if response.status_code < 300:
-            message_id = text_field(body, "messageId")
+            message_id = text_field(json_body(response), "messageId")
+            if not message_id:  # not Brevo's answer: the same key makes a resend harmless
+                raise TransientDeliveryError(
+                    f"brevo: HTTP {response.status_code} without Brevo's messageId (another "
+                    "server's answer?): sent again under the same idempotency key",
+                    ambiguous=True,
+                    status=response.status_code,
+                )
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=message_id)
+        body = error_body(self.name, response)
         if body.get("code") == DUPLICATE:  # a resend after a lost answer: sent once already
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id="")
         detail = f"brevo {body.get('code', response.status_code)}: {body.get('message', '')}"

@@ -16,6 +16,8 @@ Mapping (DESIGN.md §Conventions 1):
 - 404/405 → ``DeliveryError`` naming ``[esp] base_url``: the address has no such endpoint
   (a path typed wrong, another provider's address). That is about the request, never about
   one message: each provider had failed every message of the run permanently over it;
+- a 4xx whose body is not a JSON object (``error_body``: a proxy's HTML page) → the same
+  ``DeliveryError`` (Postmark, SendGrid, Brevo: their errors are JSON objects);
 - other 4xx are returned to the provider module, which knows its error bodies;
 - an answer whose body does not end within ``timeout_s`` of the request, or grows past
   ``MAX_ANSWER_BYTES`` → ``TransientDeliveryError`` with ``ambiguous=True``: httpx's timeout
@@ -191,6 +193,20 @@ def json_body(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def error_body(provider: str, response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a provider's 4xx error answer (Postmark, SendGrid and Brevo answer
+    every error so). A 4xx without one (a proxy's or a firewall's HTML page: "400 Bad
+    Request, nginx") is not the API's word about the messages: ``DeliveryError``, whose
+    claims go back and which stops the run, as for a 404. It failed each message for good."""
+    body = json_body(response)
+    if not isinstance(body, dict):
+        raise DeliveryError(
+            f"{provider}: HTTP {response.status_code} without the provider's JSON error "
+            "(another server's page: a proxy?); check [esp] base_url and the proxy settings"
+        )
+    return body
 
 
 _OURS = ("sender", "from", "reply")  # our own addresses' fields in the providers' words

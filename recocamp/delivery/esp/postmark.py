@@ -6,8 +6,14 @@ the 'To' address (a malformed address) are permanent for that recipient; a 300 a
 anything else (our From, an empty body, a field over its limit) fails the message without
 blaming the recipient (a typo in ``from_email`` must not suppress every customer); 429 and
 anything else are retried. An answer of the wrong length, or with an entry that is not of
-that shape, is ambiguous: the batch is looked up before anything is sent again.
-A 422 for the whole request is permanent for the whole batch. The search names the message
+that shape, is ambiguous: the batch is looked up before anything is sent again; so is a
+500 ("In most cases the message is lost", Postmark's API overview: in some it was sent).
+A 422 for the whole request is permanent for the whole batch, unless its ``ErrorCode`` is
+about the account, not the messages (Postmark, "API error codes": 405 not allowed to send,
+the credits ran out; 412 account pending; 413 account may not send): nothing was sent, the
+claims go back and the run stops, as for refused credentials (every message of the run had
+failed for good over an empty credit balance); 410 (too many messages in the batch) splits
+it, as a 413 does; 100 (maintenance) is retried. The search names the message
 stream we send on: without ``messagestream`` Postmark searches only its default
 ``outbound`` stream, and a broadcast message would look unsent (and be sent again). The
 fake ESP answers as Postmark does, so pointing this provider at it is how the demo and the
@@ -16,19 +22,33 @@ tests send.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import parseaddr
 from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import json_body, make_client, request
+from recocamp.delivery.esp.http import error_body, json_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
-from recocamp.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from recocamp.errors import (
+    BatchTooLargeError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    mask_addresses,
+)
 
 INVALID_REQUEST = 300
 PERMANENT_CODES = frozenset({INVALID_REQUEST, 406})
+MAINTENANCE = 100
+SERVER_ERROR = 500  # "in most cases the message is lost": in some it went out
+TOO_MANY_BATCH_MESSAGES = 410
+ACCOUNT_CODES = frozenset({405, 412, 413})  # not allowed to send, pending, may not send
 LOOKUP_THREADS = 8  # searches at once, each on its own pooled connection
+SPECIALS = re.compile(r'[][\\()<>@,:;".]')  # RFC 5322 §3.2.3 specials: quoted in a name
+ESCAPED = re.compile(r'[\\"]')  # escaped inside a quoted-string
 
 
 class Postmark:
@@ -48,16 +68,18 @@ class Postmark:
         self.client = make_client(
             base_url, {"X-Postmark-Server-Token": token}, timeout_s, transport
         )
-        self.from_email = from_email
+        self.from_email = sender(from_email)
         self.message_stream = message_stream
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         payload = [self._message(m) for m in messages]
-        response = request(self.client, self.name, "POST", "/email/batch", json=payload)
-        body = json_body(response)
+        try:
+            response = request(self.client, self.name, "POST", "/email/batch", json=payload)
+        except TransientDeliveryError as exc:
+            raise _maybe_taken(exc) from None
         if response.status_code >= 400:
-            detail = body.get("Message") if isinstance(body, dict) else response.text[:200]
-            raise PermanentDeliveryError(f"postmark: HTTP {response.status_code}: {detail}")
+            raise _refusal(response.status_code, error_body(self.name, response))
+        body = json_body(response)
         if not isinstance(body, list) or len(body) != len(messages):
             raise TransientDeliveryError("postmark: unexpected batch answer", ambiguous=True)
         if not all(_postmarks(answer) for answer in body):  # ours to read, or looked up
@@ -119,6 +141,49 @@ class Postmark:
 
     def close(self) -> None:
         self.client.close()
+
+
+def sender(from_email: str) -> str:
+    """``[esp] from_email`` as Postmark's From, its name quoted when it holds a special of
+    RFC 5322 (the settings let only "." through, as in "Shop Inc."): a phrase with an
+    unquoted "." is obsolete syntax, which RFC 5322 §3.2.5 forbids generating (Python's
+    parser reports "period in 'phrase'"), and Postmark asks for names with punctuation to
+    be quoted, else it often refuses the address ("What does Error Code 300 mean"). Any
+    other From is sent as written."""
+    name, address = parseaddr(from_email)
+    if not name or not SPECIALS.search(name):
+        return from_email
+    quoted = ESCAPED.sub(r"\\\g<0>", name)  # a backslash or a quote, escaped
+    return f'"{quoted}" <{address}>'
+
+
+def _maybe_taken(exc: TransientDeliveryError) -> TransientDeliveryError:
+    """A 500 made ambiguous: Postmark documents it as "an issue with Postmark's servers
+    processing your request. In most cases the message is lost" — not in all: part of a
+    batch may have gone out, and sending it all again sent those twice. Looked up first."""
+    if exc.status != SERVER_ERROR or exc.ambiguous:
+        return exc
+    return TransientDeliveryError(
+        f"{exc} (Postmark may have sent part of the batch: looked up)",
+        retry_after=exc.retry_after,
+        ambiguous=True,
+        status=exc.status,
+    )
+
+
+def _refusal(status: int, body: dict[str, Any]) -> DeliveryError:
+    """The error of a 4xx for the whole request, by Postmark's ``ErrorCode`` (see the module
+    docstring): about the account, the batch's size, maintenance, else the messages."""
+    code = body.get("ErrorCode")
+    detail = mask_addresses(str(body.get("Message", ""))[:500])
+    said = f"postmark: HTTP {status}, ErrorCode {code}: {detail}"
+    if code in ACCOUNT_CODES:
+        return DeliveryError(f"{said} (the account may not send now: nothing was sent)")
+    if code == TOO_MANY_BATCH_MESSAGES:
+        return BatchTooLargeError(said)
+    if code == MAINTENANCE:
+        return TransientDeliveryError(said)
+    return PermanentDeliveryError(f"postmark: HTTP {status}: {detail}")
 
 
 def _found(body: Any) -> str | None:

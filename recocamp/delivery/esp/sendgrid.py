@@ -1,6 +1,10 @@
 """SendGrid: ``POST /v3/mail/send``, one fully rendered message per request.
 
-A 202 carries the message id in ``X-Message-Id``. A 400 names the bad field in
+A 202 carries the message id in ``X-Message-Id`` (SendGrid, "X-Message-ID"); another 2xx
+without it (a proxy's or a captive portal's 200 page) is not SendGrid's answer: ambiguous,
+so the message is tried again, within ``max_attempts`` (it was recorded sent, and lost if
+SendGrid never had it). A 202 without the header is taken (a proxy may drop headers: each
+retry would be a duplicate). A 400 names the bad field in
 ``errors[].field``: a bad recipient (``personalizations.0.to…``) is permanent for that
 message, anything else for the request. SendGrid offers no lookup by our send key (its
 activity search is a paid add-on keyed by its own ids), so ``lookup`` answers None and a
@@ -14,9 +18,11 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import json_body, make_client, request
+from recocamp.delivery.esp.http import error_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
-from recocamp.errors import PermanentDeliveryError
+from recocamp.errors import PermanentDeliveryError, TransientDeliveryError
+
+ACCEPTED = 202  # SendGrid's answer to a send it took
 
 
 class SendGrid:
@@ -45,13 +51,16 @@ class SendGrid:
             self.client, self.name, "POST", "/v3/mail/send", json=_payload(message, self.from_email)
         )
         if response.status_code < 300:
-            return SendResult(
-                message.send_key,
-                SendStatus.ACCEPTED,
-                message_id=response.headers.get("x-message-id", ""),
-            )
-        body = json_body(response)
-        listed = body.get("errors") if isinstance(body, dict) else None
+            message_id = response.headers.get("x-message-id", "")
+            if not message_id and response.status_code != ACCEPTED:  # a proxy's page
+                raise TransientDeliveryError(
+                    f"sendgrid: HTTP {response.status_code} without SendGrid's X-Message-Id "
+                    "(another server's answer?)",
+                    ambiguous=True,
+                    status=response.status_code,
+                )
+            return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=message_id)
+        listed = error_body(self.name, response).get("errors")
         errors = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
         errors = errors or [{}]  # an answer that is not SendGrid's error shape names nothing
         fields = [str(e.get("field") or "") for e in errors]

@@ -22,13 +22,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from recocamp.clock import FixedClock
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp.brevo import Brevo, idempotency_key
 from recocamp.delivery.esp.fake_server import running
 from recocamp.domain import SendStatus
+from recocamp.store.schema import outbox as outbox_table
 from recocamp.store.schema import suppressions
 from tests.conftest import NOW
 from tests.delivery.test_deliver import ESP, Sleeper, email, states, store
@@ -46,12 +47,16 @@ class BrevoStandIn:
     stall_s: float = 0.0
     taken: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: int = 0
+    proxy_pages: int = 0  # the first requests a proxy in front answers 200 with its own page
 
     def app(self) -> FastAPI:
         app = FastAPI()
 
         @app.post("/v3/smtp/email")
-        async def send(request: Request) -> JSONResponse:
+        async def send(request: Request) -> Response:
+            if self.proxy_pages:  # nothing reaches Brevo
+                self.proxy_pages -= 1
+                return Response("<html><body>OK</body></html>", 200, media_type="text/html")
             self.requests += 1
             if request.headers.get("api-key") != KEY:
                 return JSONResponse({"code": "unauthorized", "message": "Key not found"}, 401)
@@ -118,3 +123,25 @@ def test_a_lost_answer_resent_to_brevo_is_recorded_sent_once(
     with engine.connect() as connection:
         count = connection.execute(sa.select(sa.func.count()).select_from(suppressions))
         assert count.scalar_one() == 0
+
+
+def test_a_2xx_page_in_front_of_brevo_is_sent_again_not_recorded_sent(engine: sa.Engine) -> None:
+    """A proxy answers the first request 200 with its own page (Brevo never had the mail):
+    it was recorded sent, with no id, and lost. Not Brevo's answer: the deliverer sends it
+    again under the same key, and Brevo takes it once."""
+    stand_in = BrevoStandIn(proxy_pages=1)
+    store(engine, [email(0)])
+    clock = FixedClock(NOW)
+    with running(stand_in.app()) as url:
+        provider = Brevo(url, KEY, FROM)
+        try:
+            report = Deliverer(
+                engine, provider, ESP, clock, sleep=Sleeper(clock), rng=random.Random(1)
+            ).drain(max_wait_s=3600)
+        finally:
+            provider.close()
+    assert stand_in.requests == 1 and len(stand_in.taken) == 1
+    assert report.sent == 1 and states(engine) == Counter({"sent": 1})
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(outbox_table.c.provider_message_id)).scalar_one()
+    assert stored == "<1@smtp-relay.mailin.fr>"

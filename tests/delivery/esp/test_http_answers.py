@@ -20,6 +20,7 @@ from recocamp.delivery.esp import http as esp_http
 from recocamp.delivery.esp.brevo import Brevo
 from recocamp.delivery.esp.mailpit import Mailpit
 from recocamp.delivery.esp.postmark import Postmark
+from recocamp.delivery.esp.sendgrid import SendGrid
 from recocamp.domain import OutgoingEmail, SendStatus
 from recocamp.errors import TransientDeliveryError
 from tests.local_http import QuietHandler, serving
@@ -190,8 +191,8 @@ def test_a_mailpit_2xx_without_its_id_is_accepted(
 ) -> None:
     """Mailpit took the message (2xx) but its answer lacks ``ID`` (a proxy, another
     version): a text body was failed permanently (``retry-failed`` then sent it twice), an
-    object without ``ID`` raised KeyError out of the provider. As SendGrid's and Brevo's
-    2xx: accepted, the id unknown."""
+    object without ``ID`` raised KeyError out of the provider. Accepted, the id unknown (a
+    local catcher; Brevo's and SendGrid's are tried again, see their tests)."""
     provider = Mailpit(serve(_ok_with(body)), "", "shop@example.test", timeout_s=5)
     [result] = provider.send_batch([_message()])
     provider.close()
@@ -201,16 +202,47 @@ def test_a_mailpit_2xx_without_its_id_is_accepted(
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"messageId": null}', b'{"messageId": {"id": 1}}', b"[]"],
-    ids=["null", "object", "list"],
+    [b'{"messageId": null}', b'{"messageId": {"id": 1}}', b"[]", b"", b"<html>OK</html>"],
+    ids=["null", "object", "list", "empty", "html"],
 )
-def test_a_brevo_2xx_with_a_message_id_that_is_no_text_records_none(
+def test_a_brevo_2xx_without_its_message_id_is_ambiguous_not_sent(
     serve: Callable[[Body], str], body: bytes
 ) -> None:
-    """A ``messageId`` that is not text was recorded as its Python spelling (``"None"``,
-    ``"{'id': 1}"``), an id that webhook events were then matched against."""
+    """A 2xx without Brevo's text ``messageId`` (a proxy's page, an empty body) is not
+    Brevo's answer: ambiguous, to be sent again under the same idempotency key. It was
+    recorded sent (a mail Brevo may never have had: lost); before that, a ``messageId``
+    that is not text was recorded as its Python spelling (``"None"``)."""
     provider = Brevo(serve(_ok_with(body)), "key", "shop@example.test", timeout_s=5)
+    with pytest.raises(TransientDeliveryError, match="without Brevo's messageId") as info:
+        provider.send_batch([_message()])
+    provider.close()
+    assert info.value.ambiguous and info.value.status == 200
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>OK</html>"], ids=["empty", "html"])
+def test_a_sendgrid_2xx_without_its_message_id_is_ambiguous_not_sent(
+    serve: Callable[[Body], str], body: bytes
+) -> None:
+    """SendGrid answers a send 202 with ``X-Message-Id``; a 200 page without it (a proxy in
+    front) was recorded sent, and the mail lost if SendGrid never had it. Ambiguous now:
+    tried again within ``max_attempts``."""
+    provider = SendGrid(serve(_ok_with(body)), "SG.key", "shop@example.test", timeout_s=5)
+    with pytest.raises(TransientDeliveryError, match="without SendGrid's X-Message-Id") as info:
+        provider.send_batch([_message()])
+    provider.close()
+    assert info.value.ambiguous and info.value.status == 200
+
+
+def test_a_sendgrid_202_without_its_message_id_is_accepted(serve: Callable[[Body], str]) -> None:
+    """SendGrid's own status, its header dropped on the way (a proxy): taken, the id
+    unknown; trying it again would send it twice."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(202)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    provider = SendGrid(serve(answer), "SG.key", "shop@example.test", timeout_s=5)
     [result] = provider.send_batch([_message()])
     provider.close()
-    assert result.status is SendStatus.ACCEPTED
-    assert result.message_id == ""
+    assert result.status is SendStatus.ACCEPTED and result.message_id == ""

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from recocamp.delivery.esp.fake_server import running
 from recocamp.delivery.esp.sendgrid import SendGrid
 from recocamp.domain import SendStatus
-from recocamp.errors import PermanentDeliveryError
+from recocamp.errors import DeliveryError
 from tests.delivery.test_deliver import email
 
 TOKEN = "SG.test-key"
@@ -79,7 +79,9 @@ def test_both_parts_go_plain_first(sendgrid: tuple[list[dict[str, Any]], str]) -
     assert [p["type"] for p in received[0]["content"]] == ["text/plain", "text/html"]
 
 
-def test_a_400_whose_body_is_not_sendgrids_shape_is_permanent_not_a_crash() -> None:
+def test_a_400_whose_body_is_not_sendgrids_shape_stops_the_run_not_a_crash() -> None:
+    """Not SendGrid's error object: no word about the message, which is not failed for good
+    (``http.error_body``); the claims go back and the run stops naming the answer."""
     app = FastAPI()
 
     @app.post("/v3/mail/send")
@@ -89,7 +91,8 @@ def test_a_400_whose_body_is_not_sendgrids_shape_is_permanent_not_a_crash() -> N
     with running(app) as url:
         provider = SendGrid(url, TOKEN, FROM)
         try:
-            with pytest.raises(PermanentDeliveryError, match="HTTP 400"):
+            with pytest.raises(DeliveryError, match="HTTP 400") as info:
                 provider.send_batch([email(1)])
+            assert type(info.value) is DeliveryError
         finally:
             provider.close()
