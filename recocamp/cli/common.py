@@ -46,7 +46,14 @@ from recocamp.forecast.history import day_number, day_of
 from recocamp.forecast.outlook import closed, data_reaches
 from recocamp.settings import Settings, check_zone, load_settings
 from recocamp.store import queries
-from recocamp.store.engine import Engine, make_engine, missing_file, require_current
+from recocamp.store.engine import (
+    Engine,
+    OperationalError,
+    make_engine,
+    missing_file,
+    refusal,
+    require_current,
+)
 
 app = typer.Typer(
     help="recocamp: a retention engine for online shops.",
@@ -179,6 +186,9 @@ def errors_to_exit() -> Iterator[None]:
         raise typer.Exit(2) from None
     except RecocampError as exc:
         print_error(str(exc))
+        raise typer.Exit(1) from None
+    except OperationalError as exc:  # locked past the busy timeout, read-only, disk full
+        print_error(refusal(exc, State.engines[-1] if State.engines else None))
         raise typer.Exit(1) from None
 
 

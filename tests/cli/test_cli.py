@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -1259,3 +1260,52 @@ def test_a_file_that_is_no_database_is_one_line_not_a_traceback(workdir: Path) -
     assert result.exit_code == 0, result.exception
     assert "not checked against the catalogue: cannot open the database" in result.stdout
     assert (workdir / "shop.db").read_bytes() == junk
+
+
+def test_a_store_locked_past_the_busy_timeout_is_one_line_not_a_traceback(
+    cli_store: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (a second command, the worker, a long import) holds SQLite's write
+    lock past the busy timeout: the command says so and exits 1, nothing half-written."""
+    from recocamp.store import engine as store_engine
+
+    monkeypatch.setattr(store_engine, "BUSY_TIMEOUT_S", 0)  # fail at once, not after 10 s
+    other = sqlite3.connect(tmp_path / "shop.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        result = cli_store.invoke(app, ["snapshots", "take", "--as-of", "2024-03-02"])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith(f"error: the database is busy (sqlite:///{tmp_path}/shop.db)")
+    assert "another command or the worker held its write lock" in result.stderr
+    assert cli_store.invoke(app, ["snapshots", "take", "--as-of", "2024-03-02"]).exit_code == 0
+
+
+def test_a_read_only_store_is_one_line_not_a_traceback(cli_store: CliRunner) -> None:
+    (Path("settings.toml")).write_text('database_url = "sqlite:///file:shop.db?mode=ro&uri=true"\n')
+    result = cli_store.invoke(app, ["snapshots", "take", "--as-of", "2024-03-02"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("error: the database refused the command (sqlite:///")
+    assert result.stderr.strip().endswith("): attempt to write a readonly database")
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("sqlite:///data", "database_url names {dir}/data, a folder: name a file (in it)"),
+        (
+            "sqlite:///gone/shop.db",
+            "database_url names {dir}/gone/shop.db, in a folder that does not exist ({dir}/gone)",
+        ),
+    ],
+)
+def test_a_store_path_that_cannot_be_a_file_names_it(workdir: Path, url: str, why: str) -> None:
+    """sqlite3 says only "unable to open database file", naming no path."""
+    (workdir / "data").mkdir()
+    (workdir / "settings.toml").write_text(f'database_url = "{url}"\n')
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    expected = why.format(dir=workdir)
+    assert result.stderr.strip() == f"error: cannot open the database: {expected}"
