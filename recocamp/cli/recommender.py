@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -161,20 +161,23 @@ def _store_forecasts(settings: Settings, as_of: datetime) -> None:
     )
 
 
-def _default_cutoff(engine: Engine, horizon_days: int) -> datetime:
+def _default_cutoff(engine: Engine, horizon_days: int, zone: ZoneInfo) -> datetime:
+    """The newest purchase's shop-local day, less the horizon: midnight in the shop's zone,
+    as ``--cutoff DATE`` names it (the UTC day's midnight was 01:00 in London in summer, a
+    split no date given to ``--cutoff`` reproduces)."""
     with engine.connect() as connection:
         latest = queries.latest_order_time(connection)
     if latest is None:
         raise ModelError("no purchases in the store: import purchases first")
-    return datetime.combine(latest.date(), time(), tzinfo=latest.tzinfo) - timedelta(
-        days=horizon_days
-    )
+    day = latest.astimezone(zone).date() - timedelta(days=horizon_days)
+    return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
 
 
 @app.command("evaluate")
 def evaluate_models(
     cutoff: Annotated[
-        str | None, typer.Option(help="Split date (default: latest purchase − horizon).")
+        str | None,
+        typer.Option(help="Split date (default: the latest purchase's day − horizon, shop time)."),
     ] = None,
     horizon_days: Annotated[
         int | None, typer.Option(callback=day_count, help="Default: [recommender] setting.")
@@ -197,7 +200,9 @@ def evaluate_models(
         engine = engine_for(settings)
         zone = settings.shop.zone
         split_at = (
-            parse_as_of(cutoff, zone, "--cutoff") if cutoff else _default_cutoff(engine, horizon)
+            parse_as_of(cutoff, zone, "--cutoff")
+            if cutoff
+            else _default_cutoff(engine, horizon, zone)
         )
         check_horizon(engine, split_at, horizon, zone, open_horizon)
         names = [m.value for m in models] if models else list(MODEL_NAMES)

@@ -361,6 +361,17 @@ def test_evaluate_prints_the_cutoff_it_was_given(in_trained: Path) -> None:
     assert "cutoff 2011-11-01 00:00 (Europe/Berlin), horizon 30 days" in result.stdout
 
 
+def test_evaluate_by_default_splits_at_shop_local_midnight(
+    in_trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --cutoff: the newest purchase's day (2011-12-09) less the horizon, at midnight in
+    the shop's zone, the split `--cutoff 2011-11-09` names (was the UTC midnight, 01:00)."""
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
+    result = runner.invoke(app, ["evaluate", "--model", "popularity", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cutoff"] == "2011-11-09T00:00:00+01:00"
+
+
 def test_evaluate_refuses_a_horizon_the_data_does_not_reach_and_a_cutoff_before_it(
     in_trained: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
