@@ -23,8 +23,10 @@ from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from rich.text import Text
 
 from recocamp import logs
@@ -265,6 +267,43 @@ def _why_unwritable(path: Path, exc: OSError) -> str:
     if not path.parent.is_dir():
         return f"there is no folder {path.parent}"
     return exc.strerror or str(exc)
+
+
+def show(table: Table) -> None:
+    """A table on stdout as it is where its narrowest layout fits the terminal; where it
+    does not (80 columns, a table of many columns, a model version that is never wrapped),
+    one block per row, each value after its column's name, folded but whole. Squeezed, rich
+    cut values short (``162,4…`` for 162,431.52) or gave whole columns no width at all (the
+    metrics of ``models list``), and a number or a version cut short is a wrong one."""
+    if table.row_count == 0 or _narrowest(table) <= console.width:
+        console.print(table)
+        return
+    if table.title:
+        console.print(table.title, style="italic")
+    names = [str(column.header) for column in table.columns]
+    cells = [[str(cell) for cell in column.cells] for column in table.columns]
+    for row in range(table.row_count):
+        record = Table.grid(padding=(0, 2))
+        record.add_column(style="bold", max_width=max(10, console.width // 3))
+        record.add_column(overflow="fold")
+        for name, column in zip(names, cells, strict=True):
+            record.add_row(name, column[row])
+        console.print(f"— {row + 1} —", style="dim")
+        console.print(record)
+    if table.caption:
+        console.print(table.caption, style="dim")
+
+
+def _narrowest(table: Table) -> int:
+    """The table's width with every column at its narrowest: its longest word (a column that
+    is never wrapped: its longest value), headers included; borders and padding around."""
+    widest = 0
+    for column in table.columns:
+        texts = [str(column.header), *(str(cell) for cell in column.cells)]
+        parts = texts if column.no_wrap else [w for text in texts for w in text.split()]
+        widest += max((cell_len(part) for part in parts), default=0)
+    columns = len(table.columns)
+    return widest + 3 * columns + 1  # a border before each column and after, padding 1 + 1
 
 
 def print_json(document: object, *, indent: int) -> None:

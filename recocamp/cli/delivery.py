@@ -33,6 +33,7 @@ from recocamp.cli.common import (
     one_campaign,
     parse_as_of,
     progress_bars,
+    show,
     within,
 )
 from recocamp.delivery.campaign_send import send_campaign
@@ -209,7 +210,7 @@ def print_run(report: RunReport) -> None:
         table.add_row(f"decision: {reason}", f"{number:,}")
     table.add_row("enqueued now", f"{report.enqueued:,}")
     table.add_row("already enqueued earlier", f"{report.already_enqueued:,}")
-    console.print(table)
+    show(table)
     if report.delivery is not None:
         _print_delivery(report.delivery)
 
@@ -242,7 +243,7 @@ def outbox_status() -> None:
         table.add_column(state, justify="right")
     for campaign, counts in sorted(table_data.items()):
         table.add_row(campaign, *(f"{counts.get(s, 0):,}" for s in states))
-    console.print(table)
+    show(table)
     for campaign, reason in pauses.items():
         console.print(flagged("paused:", "bold red", f"{campaign}: {reason}"))
 

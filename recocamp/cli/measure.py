@@ -27,6 +27,7 @@ from recocamp.cli.common import (
     parse_as_of,
     print_json,
     progress_bars,
+    show,
     write_output,
 )
 from recocamp.errors import ConfigError, Problem
@@ -74,7 +75,7 @@ def kpis(
     for name, value in result.as_dict().items():
         if name not in ("as_of", "window_days"):
             table.add_row(name, fmt(value))
-    console.print(table)
+    show(table)
     if empty:
         console.print(f"note: {empty}", highlight=False, soft_wrap=True)
 
@@ -148,7 +149,7 @@ def _print_tables(data: report.Data) -> None:
         _cohort_table(data),
     ):
         if table is not None:
-            console.print(table)
+            show(table)
 
 
 def _kpi_table(data: report.Data) -> Table | None:

@@ -33,6 +33,7 @@ from recocamp.cli.common import (
     parse_as_of,
     print_error,
     print_json,
+    show,
     within,
 )
 from recocamp.domain import Item
@@ -132,9 +133,7 @@ def train_and_show(settings: Settings, as_of: str | None, name: str | None) -> N
             zone=settings.shop.zone,
         )
     if result.metrics:
-        console.print(
-            _metrics_table(f"time split, k = {settings.recommender.evaluation_k}", result.metrics)
-        )
+        show(_metrics_table(f"time split, k = {settings.recommender.evaluation_k}", result.metrics))
     console.print(f"{result.outcome}: {result.version} ({result.reason})", soft_wrap=True)
     if result.rule:
         console.print(f"rule: {result.rule}", soft_wrap=True)
@@ -219,7 +218,7 @@ def evaluate_models(
         return
     # the date the user gave: the split's instant in the shop's zone, not in UTC
     local = split_at.astimezone(zone)
-    console.print(
+    show(
         _metrics_table(
             f"cutoff {local:%Y-%m-%d %H:%M} ({zone.key}), horizon {horizon} days, k = {top}",
             results,
@@ -268,7 +267,7 @@ def models_list() -> None:
             _difference_text(gate.get("difference"), measured, metric),
             fmt(candidate.get("recall_new")),
         )
-    console.print(table)
+    show(table)
     console.print(
         f"split: the evaluation's cutoff and horizon; {metric}: each version on its own "
         "split; 'live … (same split)': the model that was live when it was trained, "
@@ -401,4 +400,4 @@ def _ranked_table(ranked: list[tuple[Item, float]], score: str = "score") -> Non
         table.add_column(column)
     for rank, (item, value) in enumerate(ranked, start=1):
         table.add_row(str(rank), item.id, item.title, f"{value:.4f}")
-    console.print(table)
+    show(table)

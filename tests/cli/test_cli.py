@@ -361,6 +361,28 @@ def test_evaluate_prints_the_cutoff_it_was_given(in_trained: Path) -> None:
     assert "cutoff 2011-11-01 00:00 (Europe/Berlin), horizon 30 days" in result.stdout
 
 
+def test_tables_too_wide_for_80_columns_show_every_value_whole(
+    in_trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 80 columns rich cut the model version short (`models promote` needs it whole) and
+    gave the metrics of `models list` no width at all; the forecast's revenue read
+    `162,4…`. Such a table is printed one block per row, every value whole."""
+    monkeypatch.setattr(common.console, "width", 80)
+    version = runner.invoke(app, ["models", "list"])
+    assert version.exit_code == 0, version.output
+    lines = version.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines[:-1]) <= 80  # the legend is soft-wrapped
+    row = {line.split("  ")[0]: line.split()[-1] for line in lines if "  " in line}
+    assert re.fullmatch(r"2011\d{4}T\d{6}-item_knn-[0-9a-f]{8}", row["version (data cutoff,"])
+    assert row["status"] == "live" and re.fullmatch(r"0\.\d{4}", row["recall"])
+    forecast = runner.invoke(app, ["forecast", "--as-of", "2011-12-10", "--limit", "3"])
+    assert forecast.exit_code == 0, forecast.output
+    assert "…" not in forecast.stdout
+    lines = forecast.stdout.splitlines()
+    values = [line.split()[-1] for line in lines if line.startswith("lifetime value  ")]
+    assert len(values) == 3 and all(re.fullmatch(r"[\d,]+\.\d\d", v) for v in values)
+
+
 def test_evaluate_by_default_splits_at_shop_local_midnight(
     in_trained: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
