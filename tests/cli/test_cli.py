@@ -26,7 +26,14 @@ from typer.testing import CliRunner
 from recocamp.cli import app, common
 from recocamp.recommender.models import MODEL_NAMES
 from recocamp.store.engine import head_revision, make_engine
-from recocamp.store.schema import audit_log, customers, items, purchases, reports
+from recocamp.store.schema import (
+    audit_log,
+    customers,
+    items,
+    kpi_snapshots,
+    purchases,
+    reports,
+)
 from tests.conftest import write_csv
 
 runner = CliRunner()
@@ -1342,3 +1349,43 @@ def test_a_store_path_that_cannot_be_a_file_names_it(workdir: Path, url: str, wh
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     expected = why.format(dir=workdir)
     assert result.stderr.strip() == f"error: cannot open the database: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value", "day"),
+    [
+        (
+            ["backfill", "--from", "2026-12-01", "--to", "2062-12-05"],
+            "--to",
+            "2062-12-05",
+            "2062-12-05",
+        ),
+        (["backfill", "--to", "2026-12-04"], "--to", "2026-12-04", "2026-12-04"),
+        (["take", "--as-of", "2026-12-05T23:30"], "--as-of", "2026-12-05T23:30", "2026-12-04"),
+        (["take", "--as-of", "2026-12-06T00:00"], "--as-of", "2026-12-06T00:00", "2026-12-05"),
+        (["take", "--as-of", "2026-12-04T23:30"], "--as-of", "2026-12-04T23:30", "2026-12-03"),
+        (["backfill", "--from", "2026-12-01", "--to", "2026-12-03"], "--to", "", "2026-12-03"),
+    ],
+)
+def test_snapshots_of_days_not_over_yet_are_refused(
+    cli_store: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    option: str,
+    value: str,
+    day: str,
+) -> None:
+    """The daily job skips a day it has: a snapshot of a day still to come (a typo of the
+    year) would be kept without that day's orders. Days up to yesterday are taken."""
+    now = datetime(2026, 12, 4, 9, tzinfo=UTC)  # in Berlin, the last complete day: 12-03
+    monkeypatch.setattr(common.clock, "now", lambda: now)
+    result = cli_store.invoke(app, ["snapshots", *args], terminal_width=200)
+    if day < "2026-12-04":
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert f"key '{option}': {day} is not over yet (the last complete day is 2026-12-03)" in (
+        result.stderr
+    )
+    assert f"(value: '{value}')" in result.stderr
+    assert _count(kpi_snapshots) == 0
