@@ -129,7 +129,7 @@ def test_a_save_cut_short_leaves_no_half_written_file(
         handle.write(b"PK half a zip")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(model.np, "savez", interrupted)
+    monkeypatch.setattr(np, "savez", interrupted)
     with pytest.raises(KeyboardInterrupt):
         model.save(tmp_path / "v1", recommender, data, meta)
     assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == ["meta.json", "model.npz"]
