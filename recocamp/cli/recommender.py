@@ -33,6 +33,7 @@ from recocamp.cli.common import (
     parse_as_of,
     print_error,
     print_json,
+    print_warning,
     show,
     within,
 )
@@ -207,6 +208,13 @@ def evaluate_models(
         names = [m.value for m in models] if models else list(MODEL_NAMES)
         with errors.status("evaluating") as status:
             results = training.compare(engine, rec, names, split_at, horizon, top, status.update)
+    if all(metrics.customers == 0 for metrics in results.values()):
+        # zeros without a word read as models that recommend nothing a customer buys
+        print_warning(
+            "nobody who bought before the cutoff bought again within the horizon: there was "
+            "nothing to measure, and every figure is 0 (a later --cutoff or a longer "
+            "--horizon-days)"
+        )
     if format is Output.json:
         document = {
             "cutoff": split_at.astimezone(zone).isoformat(),

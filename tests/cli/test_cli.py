@@ -1389,3 +1389,30 @@ def test_snapshots_of_days_not_over_yet_are_refused(
     )
     assert f"(value: '{value}')" in result.stderr
     assert _count(kpi_snapshots) == 0
+
+
+def test_an_evaluation_with_nobody_to_measure_says_so(
+    cli_store: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One customer, who bought before the cutoff and not again within the horizon: every
+    figure is 0 because nothing was measured, not because the models are useless."""
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    rows = [
+        ["A1", "c1", "i1", "1", "2.5", "2011-01-05T10:00"],
+        ["A2", "c1", "i1", "1", "2.5", "2011-03-05T10:00"],
+        ["A3", "c1", "i1", "1", "2.5", "2011-06-05T10:00"],
+    ]
+    path = write_csv(tmp_path / "p.csv", header, rows)
+    assert cli_store.invoke(app, ["import", "purchases", str(path)]).exit_code == 0
+    split = ["evaluate", "--model", "popularity", "--format", "json", "--cutoff", "2011-02-01"]
+    empty = cli_store.invoke(app, [*split, "--horizon-days", "30"], terminal_width=200)
+    assert empty.exit_code == 0, empty.output
+    assert json.loads(empty.stdout)["models"]["popularity"]["customers"] == 0
+    assert "warning: nobody who bought before the cutoff bought again within the horizon" in (
+        empty.stderr
+    )
+    measured = cli_store.invoke(app, [*split, "--horizon-days", "60"], terminal_width=200)
+    assert measured.exit_code == 0, measured.output
+    assert json.loads(measured.stdout)["models"]["popularity"]["customers"] == 1
+    assert "warning" not in measured.stderr
