@@ -37,7 +37,7 @@ from recocamp.cli.common import (
     show,
     within,
 )
-from recocamp.domain import Item
+from recocamp.domain import Item, id_problem
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate as evaluate_module
 from recocamp.recommender import models as model_module
@@ -324,8 +324,19 @@ def models_rollback() -> None:
     console.print(f"rolled back: {version} is live")
 
 
+def _an_id(value: str) -> str:
+    """An argument that names a customer: one that cannot be an id (empty, white space at
+    either end as a pasted id has, a control character) is refused, exit 2, as the API
+    answers 422; taken as it is, it was an unknown customer and got the popular items,
+    with nothing to say the id was mistyped."""
+    problem = "is empty" if not value else id_problem(value)
+    if problem:
+        raise typer.BadParameter(f"{value!r} {problem}")
+    return value
+
+
 @app.command("recommend")
-def recommend(customer_id: str, n: TopN = 10) -> None:
+def recommend(customer_id: Annotated[str, typer.Argument(callback=_an_id)], n: TopN = 10) -> None:
     """A customer's list by the offer API's rule: the cached top-N, or computed now from the
     live model for a customer the cache leaves out or who bought since the model's data
     (popularity for objectors, unknown customers, no history)."""

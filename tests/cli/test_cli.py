@@ -1416,3 +1416,21 @@ def test_an_evaluation_with_nobody_to_measure_says_so(
     assert measured.exit_code == 0, measured.output
     assert json.loads(measured.stdout)["models"]["popularity"]["customers"] == 1
     assert "warning" not in measured.stderr
+
+
+@pytest.mark.parametrize(
+    ("customer", "why"),
+    [
+        ("", "is empty"),
+        (" 12748", "begins or ends with white space"),
+        ("1\u202e2", "contains a non-printable character (U+202E)"),
+    ],
+)
+def test_recommend_refuses_an_id_that_cannot_be_one(
+    cli_store: CliRunner, customer: str, why: str
+) -> None:
+    """It printed the popular items of an unknown customer, rc 0, for a pasted id with a
+    space: the operator read the model's answer for the customer."""
+    result = cli_store.invoke(app, ["recommend", customer], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for 'customer_id'" in result.stderr and why in result.stderr
