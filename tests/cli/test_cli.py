@@ -1434,3 +1434,25 @@ def test_recommend_refuses_an_id_that_cannot_be_one(
     result = cli_store.invoke(app, ["recommend", customer], terminal_width=200)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "Invalid value for 'customer_id'" in result.stderr and why in result.stderr
+
+
+def test_train_refuses_an_as_of_after_now(
+    cli_store: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo of the year stored the forecasts as of 2030 as the live ones: every customer
+    at high churn risk, which winback's trigger and the API read. Nothing is stored."""
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    rows = [[f"A{n}", "c1", "i1", "1", "2.5", f"2026-0{n}-05T10:00"] for n in (1, 3, 6)]
+    path = write_csv(tmp_path / "p.csv", header, rows)
+    assert cli_store.invoke(app, ["import", "purchases", str(path)]).exit_code == 0
+    result = cli_store.invoke(app, ["train", "--as-of", "2030-01-01"], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(
+        "error: --as-of 2030-01-01 00:00 is after now (2026-12-04 10:00, Europe/Berlin)"
+    )
+    assert "forecast:" not in result.stdout
+    stored = cli_store.invoke(app, ["forecast", "--stored"])
+    assert stored.exit_code == 1 and "no forecast stored yet" in stored.stderr
+    earlier = cli_store.invoke(app, ["train", "--as-of", "2026-12-04"], terminal_width=300)
+    assert earlier.exit_code == 0 and "forecast: " in earlier.stdout, earlier.output
