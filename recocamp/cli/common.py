@@ -386,6 +386,20 @@ def parse_as_of(value: str | None, zone: ZoneInfo, option: str = "--as-of") -> d
     return parsed.astimezone(UTC)
 
 
+def not_to_come(moment: datetime, zone: ZoneInfo, option: str, why: str) -> None:
+    """Exit 2 for an ``--as-of`` after now (a typo of the year) where the command records
+    something as of it (``train``, ``send``, ``demo``): ``why`` says what would be kept.
+    ``--as-of`` there is for the past (a demo shop's 2011); ``plan``, ``preview``, ``kpis``
+    and ``forecast`` only read, and may look ahead."""
+    now = clock.now()
+    if moment > now:
+        print_error(
+            f"{option} {moment.astimezone(zone):%Y-%m-%d %H:%M} is after now "
+            f"({now.astimezone(zone):%Y-%m-%d %H:%M}, {zone.key}): {why}"
+        )
+        raise typer.Exit(2)
+
+
 def _one_instant(local: datetime, value: str, option: str) -> datetime:
     """A shop-local wall time that names exactly one instant; else exit 2 naming the option,
     the value and the zone. On the night the clocks go back a wall time happens twice

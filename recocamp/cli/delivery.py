@@ -30,6 +30,7 @@ from recocamp.cli.common import (
     ensure_folder,
     errors_to_exit,
     flagged,
+    not_to_come,
     one_campaign,
     parse_as_of,
     progress_bars,
@@ -128,6 +129,13 @@ def _deliver(
         provider.close()
 
 
+# what a run as of a time still to come would leave (``send``, ``demo``)
+FUTURE_SEND = (
+    "the run's e-mails would wait in the outbox until then, and count against each of its "
+    "customers' contact caps until then"
+)
+
+
 @app.command("send")
 def send(
     campaign: str,
@@ -143,6 +151,7 @@ def send(
         chosen = one_campaign(settings, campaign, campaigns, templates)
         settings.require_signing_key()
         now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
+        not_to_come(now, settings.shop.zone, "--as-of", FUTURE_SEND)
         engine = engine_for(settings)
         with _ctrl_c_stops() as stopping:
             try:

@@ -30,6 +30,7 @@ from recocamp.cli.common import (
     errors_to_exit,
     flagged,
     fmt,
+    not_to_come,
     parse_as_of,
     print_error,
     print_json,
@@ -98,20 +99,14 @@ def train(
 
 
 def _check_not_to_come(settings: Settings, as_of: str) -> None:
-    """Exit 2 for an ``--as-of`` after now (a typo of the year): the purchase forecasts it
-    stores as of that day become the live ones, which campaigns and the API read, and as of
-    a day years ahead every customer is at high churn risk; a model trained there holds no
-    recent popularity. ``--as-of`` is for the past (a demo shop's 2011)."""
+    """The forecasts ``train`` stores as of ``--as-of`` become the live ones, which campaigns
+    and the API read: as of a day years ahead every customer is at high churn risk."""
     zone = settings.shop.zone
-    end, now = parse_as_of(as_of, zone), clock.now()
-    if end > now:
-        print_error(
-            f"--as-of {end.astimezone(zone):%Y-%m-%d %H:%M} is after now "
-            f"({now.astimezone(zone):%Y-%m-%d %H:%M}, {zone.key}): the purchase forecasts "
-            "stored as of it would be the live ones (campaigns and the API read them), "
-            "made as of a time still to come"
-        )
-        raise typer.Exit(2)
+    why = (
+        "the purchase forecasts stored as of it would be the live ones (campaigns and the "
+        "API read them), made as of a time still to come"
+    )
+    not_to_come(parse_as_of(as_of, zone), zone, "--as-of", why)
 
 
 def _check_before_live(settings: Settings, as_of: str, allowed: bool) -> None:

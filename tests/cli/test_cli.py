@@ -31,6 +31,7 @@ from recocamp.store.schema import (
     customers,
     items,
     kpi_snapshots,
+    outbox,
     purchases,
     reports,
 )
@@ -1278,7 +1279,9 @@ def test_a_demo_with_a_bad_date_exits_2_before_building_the_shop(
     result = runner.invoke(app, [*command, start], terminal_width=200)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert command[-1] in result.stderr and start in result.stderr
-    assert not (workdir / "shop.db").exists() and not (workdir / "demo").exists()
+    assert not (workdir / "demo").exists()
+    if command[0] == "send":
+        assert _count(outbox) == 0
 
 
 def test_a_file_that_is_no_database_is_one_line_not_a_traceback(workdir: Path) -> None:
@@ -1456,3 +1459,29 @@ def test_train_refuses_an_as_of_after_now(
     assert stored.exit_code == 1 and "no forecast stored yet" in stored.stderr
     earlier = cli_store.invoke(app, ["train", "--as-of", "2026-12-04"], terminal_width=300)
     assert earlier.exit_code == 0 and "forecast: " in earlier.stdout, earlier.output
+
+
+@pytest.mark.parametrize("command", [["send", "winback"], ["demo"]])
+def test_a_run_as_of_a_time_still_to_come_is_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """`send --as-of 2030-…` (a typo of the year) enqueued e-mails due in 2030 and counted
+    them against every one of their customers' caps until then: nobody was mailed for
+    years. Refused before anything is read or written."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "k" * 32)
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
+    if command[0] == "send":
+        assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, [*command, "--as-of", "2030-01-01T10:00"], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(
+        "error: --as-of 2030-01-01 10:00 is after now (2026-12-04 10:00, Europe/Berlin): "
+        "the run's e-mails would wait in the outbox until then"
+    )
+    assert not (workdir / "demo").exists()
+    if command[0] == "send":
+        assert _count(outbox) == 0
