@@ -28,6 +28,7 @@ from recocamp.cli.common import (
     engine_for,
     errors_to_exit,
     print_error,
+    show,
     within,
     write_output,
 )
@@ -233,7 +234,7 @@ def privacy_erase(
         table.add_row(name, f"{rows:,}")
     table.add_row("saved models", f"{report.artifacts:,}")
     table.add_row("files rewritten", f"{report.files:,}")
-    console.print(table)
+    show(table)
     if len(erased) > 1:
         console.print("customer ids erased: " + ", ".join(erased), soft_wrap=True, highlight=False)
     for path in report.files_left:
@@ -280,7 +281,7 @@ def privacy_purge() -> None:
     for name, value in report.as_dict().items():
         if name != "kept":
             table.add_row(name.replace("_", " "), f"{value:,}")
-    console.print(table)
+    show(table)
     for what, how in report.kept.items():
         console.print(f"kept: {what}: {how}")
 

@@ -32,6 +32,7 @@ from recocamp.cli.common import (
     print_error,
     print_json,
     print_warning,
+    show,
     warn_no_campaigns,
     within,
     write_output,
@@ -179,7 +180,7 @@ def plan_campaign(
     table.add_column("customers", justify="right")
     for reason, number in tally.items():
         table.add_row(reason, f"{number:,}")
-    console.print(table)
+    show(table)
     sample = Table(title=f"first {limit} decisions that contact or defer")
     for column in ("customer", "outcome", "variant", "send at", "offers"):
         sample.add_column(column)
@@ -191,7 +192,7 @@ def plan_campaign(
         send_at = d.send_at.isoformat() if d.send_at else ""
         offered = "; ".join(f"{_title(items, o.item_id)} ({o.why})" for o in d.offers)
         sample.add_row(d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
-    console.print(sample)
+    show(sample)
 
 
 def _unrendered_warning(path: Path, failed: Mapping[str, str], shown: int = 3) -> list[str]:

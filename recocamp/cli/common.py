@@ -23,8 +23,10 @@ from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from rich.text import Text
 
 from recocamp import logs
@@ -46,7 +48,14 @@ from recocamp.forecast.history import day_number, day_of
 from recocamp.forecast.outlook import closed, data_reaches
 from recocamp.settings import Settings, check_zone, load_settings
 from recocamp.store import queries
-from recocamp.store.engine import Engine, make_engine, missing_file, require_current
+from recocamp.store.engine import (
+    Engine,
+    OperationalError,
+    make_engine,
+    missing_file,
+    refusal,
+    require_current,
+)
 
 app = typer.Typer(
     help="recocamp: a retention engine for online shops.",
@@ -180,6 +189,9 @@ def errors_to_exit() -> Iterator[None]:
     except RecocampError as exc:
         print_error(str(exc))
         raise typer.Exit(1) from None
+    except OperationalError as exc:  # locked past the busy timeout, read-only, disk full
+        print_error(refusal(exc, State.engines[-1] if State.engines else None))
+        raise typer.Exit(1) from None
 
 
 def flagged(label: str, style: str, message: str) -> Text:
@@ -255,6 +267,43 @@ def _why_unwritable(path: Path, exc: OSError) -> str:
     if not path.parent.is_dir():
         return f"there is no folder {path.parent}"
     return exc.strerror or str(exc)
+
+
+def show(table: Table) -> None:
+    """A table on stdout as it is where its narrowest layout fits the terminal; where it
+    does not (80 columns, a table of many columns, a model version that is never wrapped),
+    one block per row, each value after its column's name, folded but whole. Squeezed, rich
+    cut values short (``162,4…`` for 162,431.52) or gave whole columns no width at all (the
+    metrics of ``models list``), and a number or a version cut short is a wrong one."""
+    if table.row_count == 0 or _narrowest(table) <= console.width:
+        console.print(table)
+        return
+    if table.title:
+        console.print(table.title, style="italic")
+    names = [str(column.header) for column in table.columns]
+    cells = [[str(cell) for cell in column.cells] for column in table.columns]
+    for row in range(table.row_count):
+        record = Table.grid(padding=(0, 2))
+        record.add_column(style="bold", max_width=max(10, console.width // 3))
+        record.add_column(overflow="fold")
+        for name, column in zip(names, cells, strict=True):
+            record.add_row(name, column[row])
+        console.print(f"— {row + 1} —", style="dim")
+        console.print(record)
+    if table.caption:
+        console.print(table.caption, style="dim")
+
+
+def _narrowest(table: Table) -> int:
+    """The table's width with every column at its narrowest: its longest word (a column that
+    is never wrapped: its longest value), headers included; borders and padding around."""
+    widest = 0
+    for column in table.columns:
+        texts = [str(column.header), *(str(cell) for cell in column.cells)]
+        parts = texts if column.no_wrap else [w for text in texts for w in text.split()]
+        widest += max((cell_len(part) for part in parts), default=0)
+    columns = len(table.columns)
+    return widest + 3 * columns + 1  # a border before each column and after, padding 1 + 1
 
 
 def print_json(document: object, *, indent: int) -> None:
@@ -335,6 +384,20 @@ def parse_as_of(value: str | None, zone: ZoneInfo, option: str = "--as-of") -> d
     elif parsed.tzinfo is None:
         parsed = _one_instant(parsed.replace(tzinfo=zone), value, option)
     return parsed.astimezone(UTC)
+
+
+def not_to_come(moment: datetime, zone: ZoneInfo, option: str, why: str) -> None:
+    """Exit 2 for an ``--as-of`` after now (a typo of the year) where the command records
+    something as of it (``train``, ``send``, ``demo``): ``why`` says what would be kept.
+    ``--as-of`` there is for the past (a demo shop's 2011); ``plan``, ``preview``, ``kpis``
+    and ``forecast`` only read, and may look ahead."""
+    now = clock.now()
+    if moment > now:
+        print_error(
+            f"{option} {moment.astimezone(zone):%Y-%m-%d %H:%M} is after now "
+            f"({now.astimezone(zone):%Y-%m-%d %H:%M}, {zone.key}): {why}"
+        )
+        raise typer.Exit(2)
 
 
 def _one_instant(local: datetime, value: str, option: str) -> datetime:

@@ -21,6 +21,7 @@ from recocamp.cli.common import (
     ensure_folder,
     errors_to_exit,
     progress_bars,
+    show,
     time_zone,
 )
 from recocamp.data.demo import build_demo
@@ -112,7 +113,7 @@ def print_import_report(report: ImportReport) -> None:
     for name, number in report.details.items():
         table.add_row(name.replace("_", " "), f"{number:,}")
     table.caption = f"{report.seconds:.1f} s"
-    console.print(table)
+    show(table)
 
 
 @import_app.command("purchases")

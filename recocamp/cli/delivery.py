@@ -30,9 +30,11 @@ from recocamp.cli.common import (
     ensure_folder,
     errors_to_exit,
     flagged,
+    not_to_come,
     one_campaign,
     parse_as_of,
     progress_bars,
+    show,
     within,
 )
 from recocamp.delivery.campaign_send import send_campaign
@@ -127,6 +129,13 @@ def _deliver(
         provider.close()
 
 
+# what a run as of a time still to come would leave (``send``, ``demo``)
+FUTURE_SEND = (
+    "the run's e-mails would wait in the outbox until then, and count against each of its "
+    "customers' contact caps until then"
+)
+
+
 @app.command("send")
 def send(
     campaign: str,
@@ -142,6 +151,7 @@ def send(
         chosen = one_campaign(settings, campaign, campaigns, templates)
         settings.require_signing_key()
         now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
+        not_to_come(now, settings.shop.zone, "--as-of", FUTURE_SEND)
         engine = engine_for(settings)
         with _ctrl_c_stops() as stopping:
             try:
@@ -209,7 +219,7 @@ def print_run(report: RunReport) -> None:
         table.add_row(f"decision: {reason}", f"{number:,}")
     table.add_row("enqueued now", f"{report.enqueued:,}")
     table.add_row("already enqueued earlier", f"{report.already_enqueued:,}")
-    console.print(table)
+    show(table)
     if report.delivery is not None:
         _print_delivery(report.delivery)
 
@@ -242,7 +252,7 @@ def outbox_status() -> None:
         table.add_column(state, justify="right")
     for campaign, counts in sorted(table_data.items()):
         table.add_row(campaign, *(f"{counts.get(s, 0):,}" for s in states))
-    console.print(table)
+    show(table)
     for campaign, reason in pauses.items():
         console.print(flagged("paused:", "bold red", f"{campaign}: {reason}"))
 

@@ -20,11 +20,12 @@ from recocamp.cli.common import (
     engine_for,
     ensure_folder,
     errors_to_exit,
+    not_to_come,
     parse_as_of,
     write_output,
 )
 from recocamp.cli.data import build_demo_shop
-from recocamp.cli.delivery import print_run, send_run
+from recocamp.cli.delivery import FUTURE_SEND, print_run, send_run
 from recocamp.cli.recommender import train_and_show
 from recocamp.settings import Settings
 from recocamp.store import queries, registry
@@ -47,6 +48,7 @@ def demo(
     with errors_to_exit():
         settings = current_settings()
     now = parse_as_of(as_of, settings.shop.zone)  # bad input: before the shop is built
+    not_to_come(now, settings.shop.zone, "--as-of", FUTURE_SEND)
     ensure_folder(demo_dir, "--demo-dir")
     with errors_to_exit():
         engine, untrained = demo_shop(settings, demo_dir)

@@ -26,6 +26,7 @@ from recocamp.cli.common import (
     engine_for,
     errors_to_exit,
     print_error,
+    show,
     within,
 )
 from recocamp.settings import Settings
@@ -186,7 +187,7 @@ def _print_forecasts(
             r.next_purchase_by.isoformat() if r.next_purchase_by else "—",
             "—" if r.overdue_ratio is None else f"{r.overdue_ratio:.1f}",
         )
-    console.print(table)
+    show(table)
 
 
 @app.command("forecast-evaluate")
@@ -261,7 +262,7 @@ def _print_evaluation(evaluation: forecasting.Evaluation) -> None:
             _or_na(q.auc),
             _or_dash(q.spearman),
         )
-    console.print(table)
+    show(table)
     calibration = Table(title="calibration by decile of the forecast: mean purchase days")
     calibration.add_column("decile", justify="right")
     for name in evaluation.qualities:
@@ -273,4 +274,4 @@ def _print_evaluation(evaluation: forecasting.Evaluation) -> None:
         for d in row:
             cells += [f"{d.predicted:.2f}", f"{d.actual:.2f}"]
         calibration.add_row(*cells)
-    console.print(calibration)
+    show(calibration)

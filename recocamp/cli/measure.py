@@ -27,6 +27,7 @@ from recocamp.cli.common import (
     parse_as_of,
     print_json,
     progress_bars,
+    show,
     write_output,
 )
 from recocamp.errors import ConfigError, Problem
@@ -74,7 +75,7 @@ def kpis(
     for name, value in result.as_dict().items():
         if name not in ("as_of", "window_days"):
             table.add_row(name, fmt(value))
-    console.print(table)
+    show(table)
     if empty:
         console.print(f"note: {empty}", highlight=False, soft_wrap=True)
 
@@ -148,7 +149,7 @@ def _print_tables(data: report.Data) -> None:
         _cohort_table(data),
     ):
         if table is not None:
-            console.print(table)
+            show(table)
 
 
 def _kpi_table(data: report.Data) -> Table | None:
@@ -262,9 +263,27 @@ def snapshots_take(as_of: AsOf = None) -> None:
     with errors_to_exit():
         settings = current_settings()
         now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
+        day = measure_jobs.last_complete_day(now, settings.shop.zone)
+        _not_to_come(day, settings.shop.zone, "--as-of", as_of or "")
         written = measure_jobs.snapshot_kpis(engine_for(settings), settings, now)
     day = measure_jobs.last_complete_day(now, settings.shop.zone)
     console.print(f"snapshot of {day}: {written} rows written" + ("" if written else " (had it)"))
+
+
+def _not_to_come(day: date, zone: ZoneInfo, option: str, value: str) -> None:
+    """A snapshot of a day that is not over yet (a typo of the year, ``--to 2062-…``) would
+    be kept without that day's orders: the daily job skips a day it has, and the report
+    would read it once the day came. Exit 2 naming the option, the value and the last
+    complete day."""
+    complete = measure_jobs.last_complete_day(clock.now(), zone)
+    if day > complete:
+        problem = Problem(
+            f"{day} is not over yet (the last complete day is {complete}): its snapshot "
+            "would be kept without the orders still to come",
+            key=option,
+            value=value,
+        )
+        raise ConfigError(Path("<command line>"), [problem])
 
 
 def _day(value: str | None, option: str) -> date | None:
@@ -294,6 +313,7 @@ def snapshots_backfill(
         settings = current_settings()
         zone = settings.shop.zone
         end = _day(last, "--to") or measure_jobs.last_complete_day(clock.now(), zone)
+        _not_to_come(end, zone, "--to", last or "")
         start = _day(first, "--from") or end - timedelta(days=settings.measure.history_days)
         if start > end:
             problem = Problem(

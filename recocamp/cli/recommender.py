@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -30,12 +30,15 @@ from recocamp.cli.common import (
     errors_to_exit,
     flagged,
     fmt,
+    not_to_come,
     parse_as_of,
     print_error,
     print_json,
+    print_warning,
+    show,
     within,
 )
-from recocamp.domain import Item
+from recocamp.domain import Item, id_problem
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate as evaluate_module
 from recocamp.recommender import models as model_module
@@ -90,8 +93,20 @@ def train(
     with errors_to_exit():
         settings = current_settings()
         if as_of is not None:
+            _check_not_to_come(settings, as_of)
             _check_before_live(settings, as_of, before_live_cutoff)
         train_and_show(settings, as_of, model.value if model else None)
+
+
+def _check_not_to_come(settings: Settings, as_of: str) -> None:
+    """The forecasts ``train`` stores as of ``--as-of`` become the live ones, which campaigns
+    and the API read: as of a day years ahead every customer is at high churn risk."""
+    zone = settings.shop.zone
+    why = (
+        "the purchase forecasts stored as of it would be the live ones (campaigns and the "
+        "API read them), made as of a time still to come"
+    )
+    not_to_come(parse_as_of(as_of, zone), zone, "--as-of", why)
 
 
 def _check_before_live(settings: Settings, as_of: str, allowed: bool) -> None:
@@ -132,9 +147,7 @@ def train_and_show(settings: Settings, as_of: str | None, name: str | None) -> N
             zone=settings.shop.zone,
         )
     if result.metrics:
-        console.print(
-            _metrics_table(f"time split, k = {settings.recommender.evaluation_k}", result.metrics)
-        )
+        show(_metrics_table(f"time split, k = {settings.recommender.evaluation_k}", result.metrics))
     console.print(f"{result.outcome}: {result.version} ({result.reason})", soft_wrap=True)
     if result.rule:
         console.print(f"rule: {result.rule}", soft_wrap=True)
@@ -161,20 +174,23 @@ def _store_forecasts(settings: Settings, as_of: datetime) -> None:
     )
 
 
-def _default_cutoff(engine: Engine, horizon_days: int) -> datetime:
+def _default_cutoff(engine: Engine, horizon_days: int, zone: ZoneInfo) -> datetime:
+    """The newest purchase's shop-local day, less the horizon: midnight in the shop's zone,
+    as ``--cutoff DATE`` names it (the UTC day's midnight was 01:00 in London in summer, a
+    split no date given to ``--cutoff`` reproduces)."""
     with engine.connect() as connection:
         latest = queries.latest_order_time(connection)
     if latest is None:
         raise ModelError("no purchases in the store: import purchases first")
-    return datetime.combine(latest.date(), time(), tzinfo=latest.tzinfo) - timedelta(
-        days=horizon_days
-    )
+    day = latest.astimezone(zone).date() - timedelta(days=horizon_days)
+    return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
 
 
 @app.command("evaluate")
 def evaluate_models(
     cutoff: Annotated[
-        str | None, typer.Option(help="Split date (default: latest purchase − horizon).")
+        str | None,
+        typer.Option(help="Split date (default: the latest purchase's day − horizon, shop time)."),
     ] = None,
     horizon_days: Annotated[
         int | None, typer.Option(callback=day_count, help="Default: [recommender] setting.")
@@ -197,12 +213,21 @@ def evaluate_models(
         engine = engine_for(settings)
         zone = settings.shop.zone
         split_at = (
-            parse_as_of(cutoff, zone, "--cutoff") if cutoff else _default_cutoff(engine, horizon)
+            parse_as_of(cutoff, zone, "--cutoff")
+            if cutoff
+            else _default_cutoff(engine, horizon, zone)
         )
         check_horizon(engine, split_at, horizon, zone, open_horizon)
         names = [m.value for m in models] if models else list(MODEL_NAMES)
         with errors.status("evaluating") as status:
             results = training.compare(engine, rec, names, split_at, horizon, top, status.update)
+    if all(metrics.customers == 0 for metrics in results.values()):
+        # zeros without a word read as models that recommend nothing a customer buys
+        print_warning(
+            "nobody who bought before the cutoff bought again within the horizon: there was "
+            "nothing to measure, and every figure is 0 (a later --cutoff or a longer "
+            "--horizon-days)"
+        )
     if format is Output.json:
         document = {
             "cutoff": split_at.astimezone(zone).isoformat(),
@@ -214,7 +239,7 @@ def evaluate_models(
         return
     # the date the user gave: the split's instant in the shop's zone, not in UTC
     local = split_at.astimezone(zone)
-    console.print(
+    show(
         _metrics_table(
             f"cutoff {local:%Y-%m-%d %H:%M} ({zone.key}), horizon {horizon} days, k = {top}",
             results,
@@ -263,7 +288,7 @@ def models_list() -> None:
             _difference_text(gate.get("difference"), measured, metric),
             fmt(candidate.get("recall_new")),
         )
-    console.print(table)
+    show(table)
     console.print(
         f"split: the evaluation's cutoff and horizon; {metric}: each version on its own "
         "split; 'live … (same split)': the model that was live when it was trained, "
@@ -312,8 +337,19 @@ def models_rollback() -> None:
     console.print(f"rolled back: {version} is live")
 
 
+def _an_id(value: str) -> str:
+    """An argument that names a customer: one that cannot be an id (empty, white space at
+    either end as a pasted id has, a control character) is refused, exit 2, as the API
+    answers 422; taken as it is, it was an unknown customer and got the popular items,
+    with nothing to say the id was mistyped."""
+    problem = "is empty" if not value else id_problem(value)
+    if problem:
+        raise typer.BadParameter(f"{value!r} {problem}")
+    return value
+
+
 @app.command("recommend")
-def recommend(customer_id: str, n: TopN = 10) -> None:
+def recommend(customer_id: Annotated[str, typer.Argument(callback=_an_id)], n: TopN = 10) -> None:
     """A customer's list by the offer API's rule: the cached top-N, or computed now from the
     live model for a customer the cache leaves out or who bought since the model's data
     (popularity for objectors, unknown customers, no history)."""
@@ -396,4 +432,4 @@ def _ranked_table(ranked: list[tuple[Item, float]], score: str = "score") -> Non
         table.add_column(column)
     for rank, (item, value) in enumerate(ranked, start=1):
         table.add_row(str(rank), item.id, item.title, f"{value:.4f}")
-    console.print(table)
+    show(table)

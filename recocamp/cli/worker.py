@@ -34,6 +34,7 @@ from recocamp.cli.common import (
     parse_as_of,
     print_error,
     print_warning,
+    show,
     warn_no_campaigns,
     within,
 )
@@ -294,7 +295,7 @@ def runs_list(
         + (f" of {job}" if job else "")
         + ("; --limit N shows more" if total > len(rows) else "")
     )
-    console.print(table)
+    show(table)
 
 
 def _seconds_text(row: Any) -> str:
@@ -382,7 +383,7 @@ def runs_workers() -> None:
             f"{row.stopped_at:%Y-%m-%d %H:%M:%S}" if row.stopped_at else "",
             _files_text(checks.get(row.id)),
         )
-    console.print(table)
+    show(table)
     for row in rows:  # the problems in full, unfolded: a table cell would fold paths and ids
         check = checks.get(row.id)
         if check is not None and check.status != "ok" and check.error:

@@ -672,9 +672,10 @@ def save(directory: Path, model: Recommender, data: TrainingData, meta: dict[str
         arrays |= _csr_arrays(name, getattr(data, name))
     arrays |= {f"model_{k}": v for k, v in model.arrays().items()}
     partial = _partial(directory / "model.npz")
-    with partial.open("wb") as handle:
-        np.savez(handle, allow_pickle=False, **arrays)
-    os.replace(partial, directory / "model.npz")  # a reader sees a whole file, old or new
+    with _removed_unless_replaced(partial):
+        with partial.open("wb") as handle:
+            np.savez(handle, allow_pickle=False, **arrays)
+        os.replace(partial, directory / "model.npz")  # a reader sees a whole file, old or new
     write_meta(directory, meta)
 
 
@@ -682,8 +683,21 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     """``meta.json`` (again, where the registry's verdict differs from the gate's), replaced
     whole: two trainings of the same data write the same directory."""
     partial = _partial(directory / "meta.json")
-    partial.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(partial, directory / "meta.json")
+    with _removed_unless_replaced(partial):
+        partial.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(partial, directory / "meta.json")
+
+
+@contextmanager
+def _removed_unless_replaced(partial: Path) -> Iterator[None]:
+    """A half-written file goes when its writing stops (Ctrl-C, a full disk): nothing else
+    ever removes it (the retention purge knows registered models only), and a big shop's
+    ``model.npz`` is hundreds of megabytes."""
+    try:
+        yield
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _partial(path: Path) -> Path:

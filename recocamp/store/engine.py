@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy import Connection as Connection  # re-exported: the types other packages hold
 from sqlalchemy import Engine as Engine
+from sqlalchemy.exc import OperationalError as OperationalError  # re-exported: refused at run time
 from sqlalchemy.exc import SQLAlchemyError as SQLAlchemyError  # re-exported: any store failure
 
 from recocamp.errors import StoreError
@@ -31,6 +32,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # batch of 500 e-mails wrote 1,000 pages, 42 µs of CPU per e-mail on ``benchmarks/send.py``'s
 # rows; 8 kB pages hold three (27 µs), and the file is a third smaller.
 SQLITE_PAGE_SIZE = 8192
+BUSY_TIMEOUT_S = 10  # a SQLite writer waits this long for another's write lock, then fails
 
 
 def normalise_url(url: str) -> str:
@@ -122,7 +124,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable with WAL, much faster than FULL
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
     cursor.close()
 
 
@@ -157,7 +159,38 @@ def current_revision(engine: sa.Engine) -> str | None:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     except sa.exc.DBAPIError as exc:
-        raise StoreError(f"cannot open the database: {exc.orig}") from None
+        where = _unopenable(engine)
+        raise StoreError(f"cannot open the database: {where or exc.orig}") from None
+
+
+def _unopenable(engine: sa.Engine) -> str | None:
+    """Why a SQLite file cannot be opened, where sqlite3 only says "unable to open database
+    file" and names no path: ``database_url`` names a folder, or a file in a missing one."""
+    database = (engine.url.database or "") if engine.dialect.name == "sqlite" else ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    path = Path(database)
+    if path.is_dir():
+        return f"database_url names {path}, a folder: name a file (in it)"
+    if not path.parent.is_dir():
+        return f"database_url names {path}, in a folder that does not exist ({path.parent})"
+    return None
+
+
+def refusal(exc: sa.exc.OperationalError, engine: sa.Engine | None) -> str:
+    """One line for a statement the database refused at run time (not a bug of ours): another
+    process held SQLite's write lock past the busy timeout (a second command, the worker, a
+    long import), a read-only file or folder, a full disk, a server gone. Whatever the
+    command had not committed was rolled back; what it committed before stays."""
+    reason = str(exc.orig).strip() or type(exc.orig).__name__
+    where = "" if engine is None else f" ({engine.url.render_as_string(hide_password=True)})"
+    if engine is not None and engine.dialect.name == "sqlite" and "locked" in reason:
+        return (
+            f"the database is busy{where}: another command or the worker held its write "
+            f"lock for more than {BUSY_TIMEOUT_S} s; this command's unfinished step was "
+            "rolled back: run it again when the other one is done"
+        )
+    return f"the database refused the command{where}: {reason}"
 
 
 def head_revision() -> str | None:

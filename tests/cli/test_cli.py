@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -25,7 +26,15 @@ from typer.testing import CliRunner
 from recocamp.cli import app, common
 from recocamp.recommender.models import MODEL_NAMES
 from recocamp.store.engine import head_revision, make_engine
-from recocamp.store.schema import audit_log, customers, items, purchases, reports
+from recocamp.store.schema import (
+    audit_log,
+    customers,
+    items,
+    kpi_snapshots,
+    outbox,
+    purchases,
+    reports,
+)
 from tests.conftest import write_csv
 
 runner = CliRunner()
@@ -358,6 +367,39 @@ def test_evaluate_prints_the_cutoff_it_was_given(in_trained: Path) -> None:
     assert result.exit_code == 0, result.output
     # midnight in the shop's zone (Europe/Berlin), not the UTC date 2011-10-31
     assert "cutoff 2011-11-01 00:00 (Europe/Berlin), horizon 30 days" in result.stdout
+
+
+def test_tables_too_wide_for_80_columns_show_every_value_whole(
+    in_trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 80 columns rich cut the model version short (`models promote` needs it whole) and
+    gave the metrics of `models list` no width at all; the forecast's revenue read
+    `162,4…`. Such a table is printed one block per row, every value whole."""
+    monkeypatch.setattr(common.console, "width", 80)
+    version = runner.invoke(app, ["models", "list"])
+    assert version.exit_code == 0, version.output
+    lines = version.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines[:-1]) <= 80  # the legend is soft-wrapped
+    row = {line.split("  ")[0]: line.split()[-1] for line in lines if "  " in line}
+    assert re.fullmatch(r"2011\d{4}T\d{6}-item_knn-[0-9a-f]{8}", row["version (data cutoff,"])
+    assert row["status"] == "live" and re.fullmatch(r"0\.\d{4}", row["recall"])
+    forecast = runner.invoke(app, ["forecast", "--as-of", "2011-12-10", "--limit", "3"])
+    assert forecast.exit_code == 0, forecast.output
+    assert "…" not in forecast.stdout
+    lines = forecast.stdout.splitlines()
+    values = [line.split()[-1] for line in lines if line.startswith("lifetime value  ")]
+    assert len(values) == 3 and all(re.fullmatch(r"[\d,]+\.\d\d", v) for v in values)
+
+
+def test_evaluate_by_default_splits_at_shop_local_midnight(
+    in_trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --cutoff: the newest purchase's day (2011-12-09) less the horizon, at midnight in
+    the shop's zone, the split `--cutoff 2011-11-09` names (was the UTC midnight, 01:00)."""
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
+    result = runner.invoke(app, ["evaluate", "--model", "popularity", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cutoff"] == "2011-11-09T00:00:00+01:00"
 
 
 def test_evaluate_refuses_a_horizon_the_data_does_not_reach_and_a_cutoff_before_it(
@@ -1237,7 +1279,9 @@ def test_a_demo_with_a_bad_date_exits_2_before_building_the_shop(
     result = runner.invoke(app, [*command, start], terminal_width=200)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert command[-1] in result.stderr and start in result.stderr
-    assert not (workdir / "shop.db").exists() and not (workdir / "demo").exists()
+    assert not (workdir / "demo").exists()
+    if command[0] == "send":
+        assert _count(outbox) == 0
 
 
 def test_a_file_that_is_no_database_is_one_line_not_a_traceback(workdir: Path) -> None:
@@ -1259,3 +1303,185 @@ def test_a_file_that_is_no_database_is_one_line_not_a_traceback(workdir: Path) -
     assert result.exit_code == 0, result.exception
     assert "not checked against the catalogue: cannot open the database" in result.stdout
     assert (workdir / "shop.db").read_bytes() == junk
+
+
+def test_a_store_locked_past_the_busy_timeout_is_one_line_not_a_traceback(
+    cli_store: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (a second command, the worker, a long import) holds SQLite's write
+    lock past the busy timeout: the command says so and exits 1, nothing half-written."""
+    from recocamp.store import engine as store_engine
+
+    monkeypatch.setattr(store_engine, "BUSY_TIMEOUT_S", 0)  # fail at once, not after 10 s
+    other = sqlite3.connect(tmp_path / "shop.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        result = cli_store.invoke(app, ["snapshots", "take", "--as-of", "2024-03-02"])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith(f"error: the database is busy (sqlite:///{tmp_path}/shop.db)")
+    assert "another command or the worker held its write lock" in result.stderr
+    assert cli_store.invoke(app, ["snapshots", "take", "--as-of", "2024-03-02"]).exit_code == 0
+
+
+def test_a_read_only_store_is_one_line_not_a_traceback(cli_store: CliRunner) -> None:
+    (Path("settings.toml")).write_text('database_url = "sqlite:///file:shop.db?mode=ro&uri=true"\n')
+    result = cli_store.invoke(app, ["snapshots", "take", "--as-of", "2024-03-02"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("error: the database refused the command (sqlite:///")
+    assert result.stderr.strip().endswith("): attempt to write a readonly database")
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("sqlite:///data", "database_url names {dir}/data, a folder: name a file (in it)"),
+        (
+            "sqlite:///gone/shop.db",
+            "database_url names {dir}/gone/shop.db, in a folder that does not exist ({dir}/gone)",
+        ),
+    ],
+)
+def test_a_store_path_that_cannot_be_a_file_names_it(workdir: Path, url: str, why: str) -> None:
+    """sqlite3 says only "unable to open database file", naming no path."""
+    (workdir / "data").mkdir()
+    (workdir / "settings.toml").write_text(f'database_url = "{url}"\n')
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    expected = why.format(dir=workdir)
+    assert result.stderr.strip() == f"error: cannot open the database: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value", "day"),
+    [
+        (
+            ["backfill", "--from", "2026-12-01", "--to", "2062-12-05"],
+            "--to",
+            "2062-12-05",
+            "2062-12-05",
+        ),
+        (["backfill", "--to", "2026-12-04"], "--to", "2026-12-04", "2026-12-04"),
+        (["take", "--as-of", "2026-12-05T23:30"], "--as-of", "2026-12-05T23:30", "2026-12-04"),
+        (["take", "--as-of", "2026-12-06T00:00"], "--as-of", "2026-12-06T00:00", "2026-12-05"),
+        (["take", "--as-of", "2026-12-04T23:30"], "--as-of", "2026-12-04T23:30", "2026-12-03"),
+        (["backfill", "--from", "2026-12-01", "--to", "2026-12-03"], "--to", "", "2026-12-03"),
+    ],
+)
+def test_snapshots_of_days_not_over_yet_are_refused(
+    cli_store: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    option: str,
+    value: str,
+    day: str,
+) -> None:
+    """The daily job skips a day it has: a snapshot of a day still to come (a typo of the
+    year) would be kept without that day's orders. Days up to yesterday are taken."""
+    now = datetime(2026, 12, 4, 9, tzinfo=UTC)  # in Berlin, the last complete day: 12-03
+    monkeypatch.setattr(common.clock, "now", lambda: now)
+    result = cli_store.invoke(app, ["snapshots", *args], terminal_width=200)
+    if day < "2026-12-04":
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert f"key '{option}': {day} is not over yet (the last complete day is 2026-12-03)" in (
+        result.stderr
+    )
+    assert f"(value: '{value}')" in result.stderr
+    assert _count(kpi_snapshots) == 0
+
+
+def test_an_evaluation_with_nobody_to_measure_says_so(
+    cli_store: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One customer, who bought before the cutoff and not again within the horizon: every
+    figure is 0 because nothing was measured, not because the models are useless."""
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    rows = [
+        ["A1", "c1", "i1", "1", "2.5", "2011-01-05T10:00"],
+        ["A2", "c1", "i1", "1", "2.5", "2011-03-05T10:00"],
+        ["A3", "c1", "i1", "1", "2.5", "2011-06-05T10:00"],
+    ]
+    path = write_csv(tmp_path / "p.csv", header, rows)
+    assert cli_store.invoke(app, ["import", "purchases", str(path)]).exit_code == 0
+    split = ["evaluate", "--model", "popularity", "--format", "json", "--cutoff", "2011-02-01"]
+    empty = cli_store.invoke(app, [*split, "--horizon-days", "30"], terminal_width=200)
+    assert empty.exit_code == 0, empty.output
+    assert json.loads(empty.stdout)["models"]["popularity"]["customers"] == 0
+    assert "warning: nobody who bought before the cutoff bought again within the horizon" in (
+        empty.stderr
+    )
+    measured = cli_store.invoke(app, [*split, "--horizon-days", "60"], terminal_width=200)
+    assert measured.exit_code == 0, measured.output
+    assert json.loads(measured.stdout)["models"]["popularity"]["customers"] == 1
+    assert "warning" not in measured.stderr
+
+
+@pytest.mark.parametrize(
+    ("customer", "why"),
+    [
+        ("", "is empty"),
+        (" 12748", "begins or ends with white space"),
+        ("1\u202e2", "contains a non-printable character (U+202E)"),
+    ],
+)
+def test_recommend_refuses_an_id_that_cannot_be_one(
+    cli_store: CliRunner, customer: str, why: str
+) -> None:
+    """It printed the popular items of an unknown customer, rc 0, for a pasted id with a
+    space: the operator read the model's answer for the customer."""
+    result = cli_store.invoke(app, ["recommend", customer], terminal_width=200)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for 'customer_id'" in result.stderr and why in result.stderr
+
+
+def test_train_refuses_an_as_of_after_now(
+    cli_store: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo of the year stored the forecasts as of 2030 as the live ones: every customer
+    at high churn risk, which winback's trigger and the API read. Nothing is stored."""
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    rows = [[f"A{n}", "c1", "i1", "1", "2.5", f"2026-0{n}-05T10:00"] for n in (1, 3, 6)]
+    path = write_csv(tmp_path / "p.csv", header, rows)
+    assert cli_store.invoke(app, ["import", "purchases", str(path)]).exit_code == 0
+    result = cli_store.invoke(app, ["train", "--as-of", "2030-01-01"], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(
+        "error: --as-of 2030-01-01 00:00 is after now (2026-12-04 10:00, Europe/Berlin)"
+    )
+    assert "forecast:" not in result.stdout
+    stored = cli_store.invoke(app, ["forecast", "--stored"])
+    assert stored.exit_code == 1 and "no forecast stored yet" in stored.stderr
+    earlier = cli_store.invoke(app, ["train", "--as-of", "2026-12-04"], terminal_width=300)
+    assert earlier.exit_code == 0 and "forecast: " in earlier.stdout, earlier.output
+
+
+@pytest.mark.parametrize("command", [["send", "winback"], ["demo"]])
+def test_a_run_as_of_a_time_still_to_come_is_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """`send --as-of 2030-…` (a typo of the year) enqueued e-mails due in 2030 and counted
+    them against every one of their customers' caps until then: nobody was mailed for
+    years. Refused before anything is read or written."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "k" * 32)
+    monkeypatch.setattr(common.clock, "now", lambda: datetime(2026, 12, 4, 9, tzinfo=UTC))
+    if command[0] == "send":
+        assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, [*command, "--as-of", "2030-01-01T10:00"], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(
+        "error: --as-of 2030-01-01 10:00 is after now (2026-12-04 10:00, Europe/Berlin): "
+        "the run's e-mails would wait in the outbox until then"
+    )
+    assert not (workdir / "demo").exists()
+    if command[0] == "send":
+        assert _count(outbox) == 0

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,6 +113,27 @@ def test_artifacts_round_trip_without_pickle(name: str, data: TrainingData, tmp_
     rows = np.arange(len(data.customers))
     np.testing.assert_allclose(loaded.score(rows), recommender.score(rows), rtol=1e-6)
     assert list(loaded_data.items) == list(data.items) and loaded_meta == meta
+
+
+def test_a_save_cut_short_leaves_no_half_written_file(
+    data: TrainingData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or a full disk) while ``model.npz`` is written: its ``.partial`` file went
+    nowhere, for ever (the purge knows registered models only); a kept model is untouched."""
+    recommender = fitted("popularity", data)
+    meta = {"name": "popularity", "params": recommender.params(), "version": "v1"}
+    model.save(tmp_path / "v1", recommender, data, meta)
+    before = (tmp_path / "v1" / "model.npz").read_bytes()
+
+    def interrupted(handle: Any, **_arrays: Any) -> None:
+        handle.write(b"PK half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(tmp_path / "v1", recommender, data, meta)
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == ["meta.json", "model.npz"]
+    assert (tmp_path / "v1" / "model.npz").read_bytes() == before
 
 
 def _tampered(directory: Path, **replaced: np.ndarray) -> None:
