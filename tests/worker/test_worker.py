@@ -70,6 +70,19 @@ def esp() -> Iterator[tuple[FakeEsp, str]]:
         yield fake, url
 
 
+def clocked_worker(tmp_path: Path) -> tuple[Worker, FixedClock]:
+    """A worker of a new shop on a fixed clock set to now (the shop's orders are recent
+    *now*), its campaigns loaded, and that clock."""
+    shop = sqlite_shop(tmp_path)
+    settings = load_settings(shop / "settings.toml")
+    clock = FixedClock(datetime.now(UTC))
+    process = Worker(
+        settings, make_engine(settings.database_url), shop / "campaigns", shop / "templates", clock
+    )
+    process.load()
+    return process, clock
+
+
 def worker_for(shop: Path) -> Worker:
     settings = load_settings(shop / "settings.toml")
     process = Worker(
@@ -940,13 +953,7 @@ def test_a_campaign_run_whose_start_the_store_refused_runs_later_for_its_instant
     next run time on, and with no row there was nothing to resume, so the campaign sent
     nothing that day and ``runs list`` showed nothing. It is tried again, as a run that
     failed is, for the instant it was due."""
-    shop = sqlite_shop(tmp_path)
-    settings = load_settings(shop / "settings.toml")
-    clock = FixedClock(datetime.now(UTC))  # the shop's orders are recent *now*
-    process = Worker(
-        settings, make_engine(settings.database_url), shop / "campaigns", shop / "templates", clock
-    )
-    process.load()
+    process, clock = clocked_worker(tmp_path)
     due = clock.now() - timedelta(minutes=2)
     refusal = (
         "CREATE TRIGGER refused BEFORE INSERT ON runs WHEN NEW.job = 'campaign:everyone' "
@@ -992,13 +999,7 @@ def test_a_campaign_run_whose_end_the_store_refused_runs_again_for_its_instant(
     instant, as a run whose start was refused does, and its first row says why it ended."""
     from recocamp.worker import jobs as worker_jobs
 
-    shop = sqlite_shop(tmp_path)
-    settings = load_settings(shop / "settings.toml")
-    clock = FixedClock(datetime.now(UTC))  # the shop's orders are recent *now*
-    process = Worker(
-        settings, make_engine(settings.database_url), shop / "campaigns", shop / "templates", clock
-    )
-    process.load()
+    process, clock = clocked_worker(tmp_path)
     due = clock.now() - timedelta(minutes=2)
     real = worker_jobs.run_campaign
 

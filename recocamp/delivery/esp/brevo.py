@@ -28,9 +28,10 @@ from recocamp.delivery.esp.http import (
     make_client,
     request,
     text_field,
+    without_id,
 )
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
-from recocamp.errors import PermanentDeliveryError, TransientDeliveryError
+from recocamp.errors import PermanentDeliveryError
 
 NAMESPACE = uuid.UUID("5b0c4c8e-7e36-4f0e-9d7c-3f3a9a3c2f11")
 # Brevo's answer to a key used within its TTL: an earlier request with it was processed
@@ -71,11 +72,11 @@ class Brevo:
         if response.status_code < 300:
             message_id = text_field(json_body(response), "messageId")
             if not message_id:  # not Brevo's answer: the same key makes a resend harmless
-                raise TransientDeliveryError(
-                    f"brevo: HTTP {response.status_code} without Brevo's messageId (another "
-                    "server's answer?): sent again under the same idempotency key",
-                    ambiguous=True,
-                    status=response.status_code,
+                raise without_id(
+                    self.name,
+                    response.status_code,
+                    "Brevo's messageId",
+                    ": sent again under the same idempotency key",
                 )
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=message_id)
         body = error_body(self.name, response)

@@ -188,6 +188,18 @@ def _seconds_or_date(value: str, now: float) -> float | None:
     return max(0.0, moment.timestamp() - now)
 
 
+def without_id(provider: str, status: int, name: str, resend: str = "") -> TransientDeliveryError:
+    """A 2xx that lacks the message id the provider always gives (``name``): another
+    server's answer (a proxy's page), which may or may not have passed the mail on. It is
+    ambiguous, so the message is tried again (``resend``: why that sends it once), not
+    recorded sent: a mail the provider never had was lost."""
+    return TransientDeliveryError(
+        f"{provider}: HTTP {status} without {name} (another server's answer?){resend}",
+        ambiguous=True,
+        status=status,
+    )
+
+
 def json_body(response: httpx.Response) -> Any:
     try:
         return response.json()

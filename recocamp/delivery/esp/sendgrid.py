@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import error_body, make_client, request
+from recocamp.delivery.esp.http import error_body, make_client, request, without_id
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
-from recocamp.errors import PermanentDeliveryError, TransientDeliveryError
+from recocamp.errors import PermanentDeliveryError
 
 ACCEPTED = 202  # SendGrid's answer to a send it took
 
@@ -53,12 +53,7 @@ class SendGrid:
         if response.status_code < 300:
             message_id = response.headers.get("x-message-id", "")
             if not message_id and response.status_code != ACCEPTED:  # a proxy's page
-                raise TransientDeliveryError(
-                    f"sendgrid: HTTP {response.status_code} without SendGrid's X-Message-Id "
-                    "(another server's answer?)",
-                    ambiguous=True,
-                    status=response.status_code,
-                )
+                raise without_id(self.name, response.status_code, "SendGrid's X-Message-Id")
             return SendResult(message.send_key, SendStatus.ACCEPTED, message_id=message_id)
         listed = error_body(self.name, response).get("errors")
         errors = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
