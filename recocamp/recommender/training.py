@@ -518,6 +518,11 @@ def _register(
     ``rollback`` switched it meanwhile) it is registered ``rejected`` and the reason is
     returned: it was never compared with the model it would replace."""
     popular = popular_list(data, settings.top_n)
+    lists = (  # scored before the transaction: see registry.encoded
+        registry.encoded(top_lists(fitted, data, settings.top_n, cached_rows(data, settings)))
+        if promote
+        else []
+    )
     with engine.begin() as connection:
         registry.lock_models(connection)  # the checks below and the switch see one registry
         twin = registry.get(connection, meta["version"])
@@ -543,7 +548,6 @@ def _register(
         )
         if not promote:
             return 0, changed
-        lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
         return registry.make_live(connection, meta["version"], now, lists, "train"), None
 
 
@@ -679,7 +683,7 @@ def _switch(
         raise ModelError(f"no model with version {version!r} (see `recocamp models list`)")
     directory = locate(row.path)
     fitted, data, _meta = model.load(directory, settings)
-    lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
+    lists = registry.encoded(top_lists(fitted, data, settings.top_n, cached_rows(data, settings)))
     with engine.begin() as connection:
         registry.lock_models(connection)  # the retention purge deletes artifacts under it
         if not (directory / "model.npz").exists():

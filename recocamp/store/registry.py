@@ -130,15 +130,24 @@ def lock_models(connection: sa.Connection) -> None:
     connection.execute(sa.update(models).where(sa.false()).values(status=models.c.status))
 
 
+def encoded(cache: Iterable[tuple[str, Ranked]]) -> list[tuple[str, str]]:
+    """The cache's lists scored and written as JSON text, ready for :func:`make_live`, before
+    its transaction: scoring a million customers takes half a minute, and done inside it on
+    SQLite, the write lock was held all that time, so purchase events and imports waiting
+    for it failed after the busy timeout (10 s) every night the model was retrained."""
+    return [(customer_id, _json(ranked)) for customer_id, ranked in cache]
+
+
 def make_live(
     connection: sa.Connection,
     version: str,
     now: datetime,
-    cache: Iterable[tuple[str, Ranked]],
+    cache: Iterable[tuple[str, Ranked | str]],
     via: str = "promote",
 ) -> int:
     """Retire the live model, make ``version`` live, record the switch (``via``: train,
-    promote or rollback; see ``previous_live``) and replace the cache; returns rows."""
+    promote or rollback; see ``previous_live``) and replace the cache (lists, or their JSON
+    text from :func:`encoded`); returns rows."""
     lock_models(connection)
     connection.execute(sa.update(models).where(models.c.status == "live").values(status="retired"))
     connection.execute(
@@ -152,7 +161,10 @@ def make_live(
     written = 0
     lists = iter(cache)
     while batch := list(itertools.islice(lists, 5000)):
-        rows = [row_of((customer_id, version, _json(ranked))) for customer_id, ranked in batch]
+        rows = [
+            row_of((customer_id, version, ranked if isinstance(ranked, str) else _json(ranked)))
+            for customer_id, ranked in batch
+        ]
         connection.exec_driver_sql(sql, rows)
         written += len(rows)
     # an older model's artifacts may still know people who objected or were erased since

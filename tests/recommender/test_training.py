@@ -750,3 +750,36 @@ def test_a_rollback_whose_target_changed_meanwhile_switches_nothing(
     with shop.connect() as connection:
         assert version_of(registry.live(connection)) == a
         assert version_of(registry.previous_live(connection)) == versions[2]
+
+
+def test_the_cache_is_scored_before_the_switch_takes_the_write_lock(
+    shop: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring the top-N cache takes half a minute at a million customers. It ran inside the
+    switch's transaction, after the registry's lock, which on SQLite is the database's write
+    lock: purchase events and imports waited on it and failed after the busy timeout, every
+    night the model was retrained. While the lists are scored, another writer gets through
+    at once (a connection that does not wait), on training and on ``models promote``."""
+    if shop.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's registry lock is an advisory lock: writers never wait on it")
+    import sqlite3
+
+    real = training.top_lists
+    writes: list[str] = []
+
+    def scoring(*args: Any, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        other = sqlite3.connect(str(shop.url.database), timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" while a writer holds it
+            other.execute("ROLLBACK")
+            writes.append("through")
+        finally:
+            other.close()
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "top_lists", scoring)
+    settings = settings_for(tmp_path)
+    first = training.train(shop, settings, now=NOW, as_of=END, name="popularity")
+    second = training.train(shop, settings, now=NOW, as_of=END, name="item_knn")
+    training.promote(shop, settings, str(first.version), NOW)
+    assert writes == ["through"] * 3 and cache(shop)
