@@ -112,7 +112,7 @@ def erase(
         if scope is Scope.ALL_MATCHING:
             check_count(customer_id, who.ids, expect)
         known = store.customer_email(connection, customer_id)[0]
-        if not known and not store.holds_any(connection, tied, who):
+        if not (known or store.holds_any(connection, tied, who) or _in_files(settings, who)):
             return None
         erasure_id = store.new_erasure(connection, now, via)
         addresses = _tombstone(connection, key, who, now, keep_address=shared and who.exclusive)
@@ -160,6 +160,15 @@ def erase(
         customer_ids=who.ids,
         address_kept_for=kept_for,
     )
+
+
+def _in_files(settings: Settings, who: Subject) -> bool:
+    """Whether the files recocamp keeps hold the customer, whom the store does not hold: a
+    refused customers file names everybody in it, also those never imported. Their export
+    shows those rows (``holdings.export``), so their erasure must remove them, not answer
+    that nothing is held (read only then, under the erasure's lock: rare, and race-free)."""
+    held, _ = erasure_files.holding(erasure_files.written_dirs(settings), who.ids, [])
+    return bool(held)
 
 
 def _tombstone(

@@ -128,3 +128,32 @@ def test_a_refused_customers_file_keeps_no_name_of_an_erased_customer(
     rejected = incoming / "rejected"
     assert "keeper" in (rejected / "customers-2.csv").read_text()
     assert all(NAME not in path.read_text() for path in rejected.iterdir())
+
+
+def test_a_customer_held_only_in_a_refused_file_is_erased_from_it(
+    closing: Closing, shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused customers file names people the store never took in. Their export shows
+    their row there, and their erasure removes it (it answered 404, "we hold no data", and
+    left the row) and keeps their id out of the corrected file's import."""
+    engine, artifacts = shop
+    monkeypatch.chdir(tmp_path)  # the default [ingest] folders are relative
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
+    settings = settings_for(artifacts)
+    app = closing(create_app(settings, engine, FixedClock(NOW)))
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    good = f"id,email,first_name\nkeeper,keeper@example.test,Kim\n{VICTIM},{EMAIL},{NAME}\n"
+    (incoming / "customers-1.csv").write_text(good + "broken,b@example.test,,maybe\n")
+    assert import_drop_folder(engine, settings, NOW).rejected == 1
+    path = f"/v1/privacy/customers/{VICTIM}"
+    exported = call(app, "GET", path, headers=bearer("dpo"))
+    assert exported.status == 200 and NAME in exported.text, exported.text
+    erased = call(app, "DELETE", path, headers=bearer("dpo"))
+    assert erased.status == 200, erased.text
+    assert erased.json()["files_rewritten"] == 1
+    refused = (incoming / "rejected" / "customers-1.csv").read_text()
+    assert VICTIM not in refused and "keeper" in refused
+    (incoming / "customers-2.csv").write_text(good)  # the corrected file
+    assert import_drop_folder(engine, settings, NOW).imported == 1
+    assert call(app, "GET", path, headers=bearer("dpo")).status == 404
