@@ -479,12 +479,34 @@ def email_hashes(address: str) -> tuple[str, ...]:
 def address_forms(address: str) -> tuple[str, ...]:
     """The forms one address is known by, trimmed and lower-case: composed (NFC, how it is
     compared and hashed now) first, then, for an address that is not ASCII, decomposed
-    (NFD) and as given (what was hashed before addresses were composed). ASCII: one."""
+    (NFD) and as given (what was hashed before addresses were composed). ASCII: one.
+
+    An internationalised domain is one domain in either spelling (``müller.test`` and its
+    IDNA form ``xn--mller-kva.test`` reach one mailbox): it is compared in Unicode, and its
+    other spelling is one of its forms, so a tombstone, a suppression or a second account
+    of the one spelling finds the other (it took an erased address back in its IDNA form)."""
     text = address.strip().lower()
-    if text.isascii():
+    if text.isascii() and "xn--" not in text:
         return (text,)
-    composed, decomposed = (unicodedata.normalize(f, text) for f in ("NFC", "NFD"))
-    return tuple(dict.fromkeys((composed, decomposed, text)))
+    local, at, domain = text.rpartition("@")
+    unicode_domain, ascii_domain = _domain_spellings(domain) if at else (domain, None)
+    canonical = f"{local}{at}{unicode_domain}"
+    composed, decomposed = (unicodedata.normalize(f, canonical) for f in ("NFC", "NFD"))
+    spelt = (
+        None if ascii_domain is None else f"{unicodedata.normalize('NFC', local)}@{ascii_domain}"
+    )
+    return tuple(f for f in dict.fromkeys((composed, decomposed, text, spelt)) if f is not None)
+
+
+def _domain_spellings(domain: str) -> tuple[str, str | None]:
+    """A domain in Unicode (IDNA labels ``xn--…`` decoded, lower-case) and in its ASCII
+    (IDNA) spelling; a domain that is not valid IDNA as it is, with no other spelling."""
+    try:
+        unicode_domain = domain.encode("ascii").decode("idna") if domain.isascii() else domain
+        ascii_domain = unicodedata.normalize("NFC", unicode_domain).encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain, None
+    return unicode_domain.lower(), ascii_domain.lower()
 
 
 @dataclass

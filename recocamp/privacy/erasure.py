@@ -103,6 +103,9 @@ def erase(
     key = tombstones.key_of(settings)
     if key is None:
         raise tombstones.KeyMissing("erasure", erasing=True)
+    with engine.connect() as connection:
+        unknown = not store.customer_email(connection, customer_id)[0]
+    in_files = unknown and _in_files(settings, customer_id)  # read before the lock is taken
     with engine.begin() as connection, store.scrubbing(connection):
         tombstones.serialise(connection, erasing=True)  # first: see serialise (SQLite too)
         check_link(connection, customer_id, link)  # locked already: reads only
@@ -112,7 +115,7 @@ def erase(
         if scope is Scope.ALL_MATCHING:
             check_count(customer_id, who.ids, expect)
         known = store.customer_email(connection, customer_id)[0]
-        if not known and not store.holds_any(connection, tied, who):
+        if not (known or in_files or store.holds_any(connection, tied, who)):
             return None
         erasure_id = store.new_erasure(connection, now, via)
         addresses = _tombstone(connection, key, who, now, keep_address=shared and who.exclusive)
@@ -160,6 +163,16 @@ def erase(
         customer_ids=who.ids,
         address_kept_for=kept_for,
     )
+
+
+def _in_files(settings: Settings, customer_id: str) -> bool:
+    """Whether the files recocamp keeps hold a customer whom the ``customers`` table does
+    not: a refused customers file names everybody in it, also those never imported. Their
+    export shows those rows (``holdings.export``), so their erasure must remove them, not
+    answer that nothing is held. Read before the erasure's lock (a large kept file would
+    hold every writer back): a file changed meanwhile is scrubbed after the commit anyway."""
+    held, _ = erasure_files.holding(erasure_files.written_dirs(settings), [customer_id], [])
+    return bool(held)
 
 
 def _tombstone(

@@ -239,7 +239,7 @@ def claim(
             _set(connection, blocked, now, state="cancelled", last_error="recipient opted out")
         if paused:
             _set(connection, paused, now, state="cancelled", last_error=PAUSED)
-        blocked |= paused
+        blocked |= paused | _cancel_objected(connection, claimed, now)
         # queued before addresses had to be one plain local@domain: "a@x, b@y" would reach
         # a second person, who never consented, with the customer's signed links
         unsendable = {
@@ -264,22 +264,29 @@ def cancel_profiled(connection: sa.Connection, customer_ids: Collection[str], no
     """Cancel the queued e-mails with offers of customers who have just objected to profiling
     (in the objection's transaction): their offers were chosen by the profile they objected
     to, and the next run decides for them by the rule-based fallback. A mail without offers
-    (a survey) stays; one claimed already is the deliverer's, on its way out. How many."""
+    (a survey) stays. One claimed already is the deliverer's, perhaps on its way out: it is
+    marked (``last_error`` PROFILED) and cancelled wherever it would go out later than now —
+    put back for a retry, it was claimed again and sent after the objection. How many."""
     offered = _queued_of(connection, customer_ids, _has_offers)
     _set(connection, offered, now, state="cancelled", last_error=PROFILED)
+    claimed = _queued_of(connection, customer_ids, _has_offers, state="claimed")
+    _set(connection, claimed, now, last_error=PROFILED)
     return len(offered)
 
 
 def _queued_of(
-    connection: sa.Connection, customer_ids: Collection[str], chosen: Callable[[bytes], bool]
+    connection: sa.Connection,
+    customer_ids: Collection[str],
+    chosen: Callable[[bytes], bool],
+    state: str = "queued",
 ) -> list[int]:
-    """The queued e-mails of ``customer_ids`` whose stored body ``chosen`` picks."""
+    """The e-mails of ``customer_ids`` in ``state`` whose stored body ``chosen`` picks."""
     ids = sorted(set(customer_ids))
     found: list[int] = []
     for start in range(0, len(ids), 5000):
         rows = connection.execute(
             sa.select(outbox.c.id, outbox.c.body).where(
-                outbox.c.customer_id.in_(ids[start : start + 5000]), outbox.c.state == "queued"
+                outbox.c.customer_id.in_(ids[start : start + 5000]), outbox.c.state == state
             )
         )
         found += [row.id for row in rows if chosen(row.body)]
@@ -467,7 +474,23 @@ def _cancel_opted_out(
         _set(connection, paused, now, state="cancelled", last_error=PAUSED)
     if moved:
         _set(connection, moved, now, state="cancelled", last_error=MOVED)
-    return blocked | paused | moved
+    return blocked | paused | moved | _cancel_objected(connection, claimed, now)
+
+
+def _cancel_objected(
+    connection: sa.Connection, claimed: Sequence[Claimed], now: datetime
+) -> set[int]:
+    """Cancel the claims that an objection to profiling marked while they were claimed
+    (:func:`cancel_profiled`): they have not gone out yet; their ids."""
+    ids = [c.id for c in claimed]
+    marked: set[int] = set()
+    for start in range(0, len(ids), 5000):
+        query = sa.select(outbox.c.id).where(
+            outbox.c.id.in_(ids[start : start + 5000]), outbox.c.last_error == PROFILED
+        )
+        marked.update(connection.execute(query).scalars())
+    _set(connection, marked, now, state="cancelled")
+    return marked
 
 
 def retry_later(
@@ -510,7 +533,10 @@ def retry_later(
                 state="queued",
                 not_before=sa.bindparam("not_before"),
                 attempts=spent,
-                last_error=sa.bindparam("error"),
+                # an objection's mark stays: the next claim cancels the mail (_cancel_objected)
+                last_error=sa.case(
+                    (outbox.c.last_error == PROFILED, PROFILED), else_=sa.bindparam("error")
+                ),
                 updated_at=now,
                 claimed_by=None,
             ),

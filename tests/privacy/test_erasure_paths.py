@@ -11,11 +11,15 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from recocamp.api.app import create_app
 from recocamp.cli import app as cli
+from recocamp.clock import FixedClock
+from recocamp.data.drop_folder import import_drop_folder
 from recocamp.recommender import models as model
 from recocamp.store import registry
 from recocamp.store.schema import models
-from tests.api_shop import SIGNING_KEY
+from tests.api_shop import NOW, SIGNING_KEY, Closing, bearer, call, settings_for
+from tests.privacy.test_privacy import EMAIL, NAME, VICTIM
 
 
 def _site(
@@ -98,3 +102,58 @@ def test_promote_and_rollback_from_another_directory_load_older_relative_models(
     )
     assert promoted.exit_code == 0, promoted.output
     assert f"{live.version} is live" in promoted.output
+
+
+def test_a_refused_customers_file_keeps_no_name_of_an_erased_customer(
+    closing: Closing, shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A problem with a customer's first name names the line, not the customer: its value
+    in the refused file's ``.errors.txt`` (and the run record) was left by their erasure."""
+    engine, artifacts = shop
+    monkeypatch.chdir(tmp_path)  # the default [ingest] folders are relative
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
+    settings = settings_for(artifacts)
+    app = closing(create_app(settings, engine, FixedClock(NOW)))
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    people = f"id,email,first_name\nkeeper,keeper@example.test,Kim\n{VICTIM},{EMAIL},{NAME}\n"
+    (incoming / "customers-1.csv").write_text(people)
+    (incoming / "customers-2.csv").write_text(
+        f"id,email,first_name\nkeeper,keeper@example.test,Kim\n{VICTIM},{EMAIL},{NAME}{'x' * 300}\n"
+    )
+    report = import_drop_folder(engine, settings, NOW)  # the second is refused: too long
+    assert (report.imported, report.rejected) == (1, 1)
+    erased = call(app, "DELETE", f"/v1/privacy/customers/{VICTIM}", headers=bearer("dpo"))
+    assert erased.status == 200, erased.text
+    rejected = incoming / "rejected"
+    assert "keeper" in (rejected / "customers-2.csv").read_text()
+    assert all(NAME not in path.read_text() for path in rejected.iterdir())
+
+
+def test_a_customer_held_only_in_a_refused_file_is_erased_from_it(
+    closing: Closing, shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused customers file names people the store never took in. Their export shows
+    their row there, and their erasure removes it (it answered 404, "we hold no data", and
+    left the row) and keeps their id out of the corrected file's import."""
+    engine, artifacts = shop
+    monkeypatch.chdir(tmp_path)  # the default [ingest] folders are relative
+    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
+    settings = settings_for(artifacts)
+    app = closing(create_app(settings, engine, FixedClock(NOW)))
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    good = f"id,email,first_name\nkeeper,keeper@example.test,Kim\n{VICTIM},{EMAIL},{NAME}\n"
+    (incoming / "customers-1.csv").write_text(good + "broken,b@example.test,,maybe\n")
+    assert import_drop_folder(engine, settings, NOW).rejected == 1
+    path = f"/v1/privacy/customers/{VICTIM}"
+    exported = call(app, "GET", path, headers=bearer("dpo"))
+    assert exported.status == 200 and NAME in exported.text, exported.text
+    erased = call(app, "DELETE", path, headers=bearer("dpo"))
+    assert erased.status == 200, erased.text
+    assert erased.json()["files_rewritten"] == 1
+    refused = (incoming / "rejected" / "customers-1.csv").read_text()
+    assert VICTIM not in refused and "keeper" in refused
+    (incoming / "customers-2.csv").write_text(good)  # the corrected file
+    assert import_drop_folder(engine, settings, NOW).imported == 1
+    assert call(app, "GET", path, headers=bearer("dpo")).status == 404

@@ -19,11 +19,13 @@ import sqlalchemy as sa
 from recocamp import privacy
 from recocamp.cli import app as cli
 from recocamp.clock import FixedClock
+from recocamp.domain import OutgoingEmail
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
 from recocamp.recommender import training
-from recocamp.store import registry
+from recocamp.store import outbox, registry
 from recocamp.store.schema import customers, offer_lists
+from recocamp.store.schema import outbox as outbox_table
 from recocamp.worker import jobs
 from tests.api.test_api_offers import offers
 from tests.api.test_preferences import page
@@ -239,3 +241,36 @@ def test_an_objection_imported_from_a_customers_file_drops_the_shared_re_scored_
     with engine.connect() as connection:
         left = connection.execute(sa.select(offer_lists.c.customer_id)).scalars().all()
     assert left == []
+
+
+def test_an_e_mail_with_offers_claimed_at_the_objection_is_not_sent_after_it(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """An e-mail with offers that a deliverer held when the customer objected was left to
+    it, as on its way out; put back for a retry (the provider said 429), it was claimed
+    again and sent after the objection. It is cancelled at that claim now."""
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    profile = {
+        "source": "checkout",
+        "email": "objector@example.test",
+        "consent_basis": "double_opt_in",
+        "consent_at": (NOW - timedelta(days=30)).isoformat(),
+    }
+    put = "/v1/customers/objector"
+    assert call(app, "PUT", put, json=profile, headers=bearer("shop")).status == 200
+    key = "winback/objector/2012-01-04"
+    mail = OutgoingEmail(key, "objector@example.test", "For you", "<p>x</p>", "x", (), "winback")
+    with engine.begin() as connection:
+        outbox.enqueue(connection, [(mail, "objector", None, NOW - timedelta(hours=1))], NOW)
+    [claimed] = outbox.claim(engine, "deliverer-1", NOW, 10)
+    objection = {"source": "account page", "objected_to_profiling": True}
+    assert call(app, "PUT", put, json=objection, headers=bearer("shop")).status == 200
+    with engine.begin() as connection:
+        outbox.retry_later(
+            connection, {claimed.id: 60.0}, {claimed.id: "429"}, NOW, 5, "deliverer-1"
+        )
+    assert outbox.claim(engine, "deliverer-1", NOW + timedelta(minutes=5), 10) == []
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(outbox_table.c.state, outbox_table.c.last_error)).one()
+    assert tuple(row) == ("cancelled", outbox.PROFILED)

@@ -486,3 +486,38 @@ def test_an_address_in_another_unicode_form_is_the_same_address(
     exported = cli_store.invoke(cli, ["privacy", "export", "ann", "--all-matching"])
     assert exported.exit_code == 0, exported.output
     assert json.loads(exported.output)["customer_ids"] == ["ann", "bob"]
+
+
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        pytest.param("kim@b\u00fccher.test", "Kim@XN--BCHER-KVA.test", id="then-idna"),
+        pytest.param("kim@xn--bcher-kva.test", "kim@B\u00dcCHER.test", id="then-unicode"),
+    ],
+)
+def test_a_domain_in_its_other_spelling_is_the_same_address(
+    closing: Closing, shop: tuple[sa.Engine, Path], first: str, again: str
+) -> None:
+    """``bücher.test`` and its IDNA spelling ``xn--bcher-kva.test`` are one domain (one
+    mailbox): the erased address stays out in either, and two accounts holding it in
+    the two spellings share it."""
+    app = closing(make_app(*shop))
+
+    def put(customer_id: str, email: str) -> int:
+        profile = {"source": "test", "email": email}
+        return call(
+            app, "PUT", f"/v1/customers/{customer_id}", json=profile, headers=bearer("shop")
+        ).status
+
+    assert put("idn-ann", first) == 200
+    assert put("idn-bob", again) == 200
+    shared = call(app, "GET", "/v1/privacy/customers/idn-ann", headers=bearer("dpo"))
+    assert shared.status == 409 and "idn-bob" in shared.text, shared.text
+    erased = call(
+        app,
+        "DELETE",
+        "/v1/privacy/customers/idn-ann?scope=all-matching&expect=2",
+        headers=bearer("dpo"),
+    )
+    assert erased.status == 200, erased.text
+    assert put("idn-cat", again) == 410 and put("idn-dan", first) == 410

@@ -1139,7 +1139,9 @@ def customer_row(
     return Customer(
         id=ident(row, "id") or "",
         email=email,
-        first_name=text(row, "first_name", required=False),
+        # a name is never shown: a problem's line names no customer, so an erasure could
+        # not find it in the run record or a refused file's .errors.txt (see shown)
+        first_name=text(row, "first_name", required=False, redact=True),
         locale=locale,
         time_zone=_zone_name(row),
         country=text(row, "country", required=False),
