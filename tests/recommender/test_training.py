@@ -782,4 +782,5 @@ def test_the_cache_is_scored_before_the_switch_takes_the_write_lock(
     first = training.train(shop, settings, now=NOW, as_of=END, name="popularity")
     second = training.train(shop, settings, now=NOW, as_of=END, name="item_knn")
     training.promote(shop, settings, str(first.version), NOW)
+    assert (first.outcome, second.outcome) == ("promoted", "promoted")
     assert writes == ["through"] * 3 and cache(shop)
