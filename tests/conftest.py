@@ -155,6 +155,28 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]
     return path
 
 
+@pytest.fixture(autouse=True)
+def listeners_stopped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every PostgreSQL change listener a test started is stopped after it. An app a test
+    did not close left its listener reconnecting, once a second, to the test's dropped
+    database until the garbage collector took the app; a connection half made in one of
+    those tries was collected unclosed later, in another test, whose run then failed on
+    psycopg's "deleted while still open" warning (CI, once, in a test without PostgreSQL)."""
+    from recocamp.store import notifications
+
+    started: list[notifications.Listener] = []
+    start = notifications.Listener.start
+
+    def recorded(listener: notifications.Listener) -> None:
+        started.append(listener)
+        start(listener)
+
+    monkeypatch.setattr(notifications.Listener, "start", recorded)
+    yield
+    for listener in started:
+        listener.stop()
+
+
 # -- a trained shop for the API tests (tests/api_shop.py builds it) -------------------------
 
 

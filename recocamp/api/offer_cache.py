@@ -626,7 +626,9 @@ class OfferService:
             def connected(up: bool) -> None:
                 _alive(me())._connected(up)
 
-            self.listener = notifications.Listener(self.engine, changed, connected)
+            self.listener = notifications.Listener(
+                self.engine, changed, connected, wanted=lambda: me() is not None
+            )
             self.listener.start()
 
     @property

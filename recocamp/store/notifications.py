@@ -150,7 +150,11 @@ class Listener:
     session notifies :attr:`alive_channel`, which only this connection listens to; when
     that does not arrive within ``check_s`` the connection is closed and a new one made
     (both on connections of their own, never the pool's: an idle pooled connection may be
-    just as dead, and a statement on it would wait for TCP to give up, ~15 minutes)."""
+    just as dead, and a statement on it would wait for TCP to give up, ~15 minutes).
+
+    ``wanted`` is asked at every poll: once it says no (the receiver is gone, never closed),
+    the listener stops, rather than check its connection every ``check_s`` for nobody until
+    a notification or a lost connection came to say so."""
 
     def __init__(
         self,
@@ -160,8 +164,10 @@ class Listener:
         retry_s: float = 1.0,
         poll_s: float = 0.5,
         check_s: float = CHECK_S,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.engine, self.changed, self.connected = engine, changed, connected
+        self.wanted = wanted
         self.retry_s, self.poll_s, self.check_s = retry_s, poll_s, check_s
         self.alive_channel = f"{CHANNEL}_alive_{token_hex(8)}"
         self.backend_pid: int | None = None  # the listening session (tests end it)
@@ -171,13 +177,18 @@ class Listener:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether its thread still listens (or tries to)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self.wanted():
                 self._listen()
                 self._stop.wait(self.retry_s)
         except Gone:
@@ -191,6 +202,8 @@ class Listener:
             self.connected(True)
             heard, asked = time.monotonic(), None
             while not self._stop.is_set():
+                if not self.wanted():
+                    raise Gone
                 for note in raw.notifies(timeout=self.poll_s):
                     heard, asked = time.monotonic(), None  # the connection passes things on
                     if note.channel != self.alive_channel:
@@ -238,10 +251,13 @@ class Listener:
         cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
         cparams.setdefault("connect_timeout", max(2, int(self.check_s)))
         raw = self.engine.dialect.connect(*cargs, **cparams)
-        if not isinstance(raw, psycopg.Connection):
+        try:
+            if not isinstance(raw, psycopg.Connection):
+                raise TypeError(f"LISTEN needs psycopg 3, not {type(raw).__name__}")
+            raw.autocommit = True
+        except BaseException:  # closed here, not left to the garbage collector (a warning)
             _close(raw)
-            raise TypeError(f"LISTEN needs psycopg 3, not {type(raw).__name__}")
-        raw.autocommit = True
+            raise
         return raw
 
     def _connect(self) -> Any:

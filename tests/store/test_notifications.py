@@ -180,3 +180,35 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition did not hold in time"
         time.sleep(0.02)
+
+
+def test_a_listener_nobody_wants_any_more_stops_and_closes_its_connection(
+    engine: sa.Engine,
+) -> None:
+    """A service dropped without ``close`` (a test's app, a reloaded one) left its listener
+    running: since listeners check their connection every ``check_s`` by a session of their
+    own, it opened a connection every 10 s for nobody, until a notification or a lost
+    connection told it the receiver was gone. It stops at its next poll and closes the
+    listening session."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's notifications")
+    heard: list[Any] = []
+    wanted = [True]
+    listener = notifications.Listener(
+        engine, heard.append, lambda up: heard.append(up), poll_s=0.05, wanted=lambda: wanted[0]
+    )
+    listener.start()
+    try:
+        wait_for(lambda: heard == [True] and listener.backend_pid is not None)
+        session = listener.backend_pid
+        wanted[0] = False
+        wait_for(lambda: not listener.running)
+
+        def open_sessions() -> int:
+            with engine.connect() as connection:
+                query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+                return int(connection.execute(query, {"pid": session}).scalar_one())
+
+        wait_for(lambda: open_sessions() == 0)
+    finally:
+        listener.stop()
