@@ -626,9 +626,7 @@ class OfferService:
             def connected(up: bool) -> None:
                 _alive(me())._connected(up)
 
-            self.listener = notifications.Listener(
-                self.engine, changed, connected, wanted=lambda: me() is not None
-            )
+            self.listener = notifications.Listener(self.engine, changed, connected)
             self.listener.start()
 
     @property

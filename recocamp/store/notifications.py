@@ -10,11 +10,7 @@ change touches (purchase lines, objection, erasure, a customer created or delete
   calling thread, kept out of the pool for good.
 - :class:`Listener` (PostgreSQL, any number of hosts): a thread per process that ``LISTEN``s on
   :data:`CHANNEL`; the triggers' ``NOTIFY`` is delivered on commit. Notifications sent while it
-  is not connected are lost, so every (re)connection reports "everything". A connection that
-  goes silent without an error (a NAT or firewall dropping the idle flow, a failover behind a
-  proxy that keeps the client's side open) is found out: after :data:`CHECK_S` without a
-  notification the listener has another session notify a channel of its own, and a
-  connection that does not pass that on within :data:`CHECK_S` is taken for lost.
+  is not connected are lost, so every (re)connection reports "everything".
 
 Callers get a list of customer ids, or None for "everything".
 """
@@ -25,9 +21,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
-from secrets import token_hex
 from typing import Any
 
 import psycopg
@@ -40,9 +34,6 @@ from recocamp.store.schema import serving_changes
 log = logging.getLogger(__name__)
 CHANNEL = "recocamp_serving"
 EVERYTHING = "*"
-# a listening connection that passed nothing on for this long is asked to prove it is alive,
-# and taken for lost when the proof does not come within as long again
-CHECK_S = 10.0
 BEHIND = 10_000  # more new rows than this at once (an import): everything, not row by row
 Changed = list[str] | None  # customer ids; None: everything
 
@@ -85,10 +76,6 @@ def everything(connection: sa.Connection) -> None:
 
 class Gone(Exception):
     """Raised by a listener's callback whose receiver no longer exists: the listener stops."""
-
-
-class Silent(Exception):
-    """A listening connection that stopped passing anything on, without an error."""
 
 
 class ChangeLog:
@@ -142,19 +129,7 @@ class Listener:
     ``changed(ids)``; ``connected(True)`` after each (re)connection — the caller drops
     everything then, since notifications of the gap are lost — and ``connected(False)``
     when the connection is lost (the caller stops trusting its cache until reconnected). A
-    callback raising :class:`Gone` stops it.
-
-    Lost includes silent: a connection whose flow a NAT or a firewall dropped, or whose
-    server failed over behind a proxy, raises nothing and delivers nothing, and the caller
-    served its cache as fresh for ever. After ``check_s`` without a notification another
-    session notifies :attr:`alive_channel`, which only this connection listens to; when
-    that does not arrive within ``check_s`` the connection is closed and a new one made
-    (both on connections of their own, never the pool's: an idle pooled connection may be
-    just as dead, and a statement on it would wait for TCP to give up, ~15 minutes).
-
-    ``wanted`` is asked at every poll: once it says no (the receiver is gone, never closed),
-    the listener stops, rather than check its connection every ``check_s`` for nobody until
-    a notification or a lost connection came to say so."""
+    callback raising :class:`Gone` stops it."""
 
     def __init__(
         self,
@@ -163,13 +138,9 @@ class Listener:
         connected: Callable[[bool], None],
         retry_s: float = 1.0,
         poll_s: float = 0.5,
-        check_s: float = CHECK_S,
-        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.engine, self.changed, self.connected = engine, changed, connected
-        self.wanted = wanted
-        self.retry_s, self.poll_s, self.check_s = retry_s, poll_s, check_s
-        self.alive_channel = f"{CHANNEL}_alive_{token_hex(8)}"
+        self.retry_s, self.poll_s = retry_s, poll_s
         self.backend_pid: int | None = None  # the listening session (tests end it)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recocamp-listen", daemon=True)
@@ -177,18 +148,13 @@ class Listener:
     def start(self) -> None:
         self._thread.start()
 
-    @property
-    def running(self) -> bool:
-        """Whether its thread still listens (or tries to)."""
-        return self._thread.is_alive()
-
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set() and self.wanted():
+            while not self._stop.is_set():
                 self._listen()
                 self._stop.wait(self.retry_s)
         except Gone:
@@ -200,18 +166,10 @@ class Listener:
         try:
             raw = self._connect()
             self.connected(True)
-            heard, asked = time.monotonic(), None
             while not self._stop.is_set():
-                if not self.wanted():
-                    raise Gone
                 for note in raw.notifies(timeout=self.poll_s):
-                    heard, asked = time.monotonic(), None  # the connection passes things on
-                    if note.channel != self.alive_channel:
-                        payload = str(note.payload)
-                        self.changed(None if payload == EVERYTHING else payload.split("\n"))
-                asked = self._check(heard, asked)
-        except Silent as exc:
-            log.warning("serving notifications: %s; reconnecting", exc)
+                    payload = str(note.payload)
+                    self.changed(None if payload == EVERYTHING else payload.split("\n"))
         except (psycopg.Error, OSError) as exc:
             log.warning("serving notifications: connection lost (%s); reconnecting", exc)
         except Gone:
@@ -224,49 +182,17 @@ class Listener:
                 _close(raw)
         self.connected(False)
 
-    def _check(self, heard: float, asked: float | None) -> float | None:
-        """When the connection last had to prove it is alive (None: it need not now): after
-        ``check_s`` without a notification, ask; raise :class:`Silent` when the answer has
-        not come ``check_s`` after asking."""
-        now = time.monotonic()
-        if asked is not None:
-            if now - asked > self.check_s:
-                raise Silent(
-                    f"the connection passed nothing on for {now - heard:.0f} s, not even a "
-                    f"notification sent to it {now - asked:.0f} s ago"
-                )
-            return asked
-        if now - heard < self.check_s:
-            return None
-        try:
-            with contextlib.closing(self._own_connection()) as other:
-                other.execute("SELECT pg_notify(%s, '')", (self.alive_channel,))
-        except (psycopg.Error, OSError) as exc:  # no answer comes, and the deadline decides
-            log.warning("serving notifications: could not check the connection (%s)", exc)
-        return now
-
-    def _own_connection(self) -> Any:
-        """A new autocommit connection, not the pool's (see the class docstring), that gives
-        up connecting after ``check_s``."""
-        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
-        cparams.setdefault("connect_timeout", max(2, int(self.check_s)))
-        raw = self.engine.dialect.connect(*cargs, **cparams)
-        try:
-            if not isinstance(raw, psycopg.Connection):
-                raise TypeError(f"LISTEN needs psycopg 3, not {type(raw).__name__}")
-            raw.autocommit = True
-        except BaseException:  # closed here, not left to the garbage collector (a warning)
-            _close(raw)
-            raise
-        return raw
-
     def _connect(self) -> Any:
-        """A connection of its own, autocommit, listening to the changes and to its own
-        :attr:`alive_channel`."""
-        raw = self._own_connection()
+        """A connection of its own (detached from the pool), autocommit, listening."""
+        pooled = self.engine.raw_connection()
+        raw = pooled.driver_connection
+        pooled.detach()
+        if not isinstance(raw, psycopg.Connection):
+            raise TypeError(f"LISTEN needs psycopg 3, not {type(raw).__name__}")
         try:
+            raw.rollback()
+            raw.autocommit = True
             raw.execute(f"LISTEN {CHANNEL}")
-            raw.execute(f"LISTEN {self.alive_channel}")
         except BaseException:
             _close(raw)
             raise
