@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from recocamp.api.app import create_app
@@ -16,6 +17,7 @@ from recocamp.cli import app as cli
 from recocamp.clock import FixedClock
 from recocamp.data.drop_folder import import_drop_folder
 from recocamp.recommender import models as model
+from recocamp.settings import Settings
 from recocamp.store import registry
 from recocamp.store.schema import models
 from tests.api_shop import NOW, SIGNING_KEY, Closing, bearer, call, settings_for
@@ -104,11 +106,10 @@ def test_promote_and_rollback_from_another_directory_load_older_relative_models(
     assert f"{live.version} is live" in promoted.output
 
 
-def test_a_refused_customers_file_keeps_no_name_of_an_erased_customer(
+def drop_folder_shop(
     closing: Closing, shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A problem with a customer's first name names the line, not the customer: its value
-    in the refused file's ``.errors.txt`` (and the run record) was left by their erasure."""
+) -> tuple[sa.Engine, Settings, FastAPI, Path]:
+    """The shop's engine, settings, its API and an empty drop folder (files taken at once)."""
     engine, artifacts = shop
     monkeypatch.chdir(tmp_path)  # the default [ingest] folders are relative
     monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
@@ -116,6 +117,15 @@ def test_a_refused_customers_file_keeps_no_name_of_an_erased_customer(
     app = closing(create_app(settings, engine, FixedClock(NOW)))
     incoming = tmp_path / "incoming"
     incoming.mkdir()
+    return engine, settings, app, incoming
+
+
+def test_a_refused_customers_file_keeps_no_name_of_an_erased_customer(
+    closing: Closing, shop: tuple[sa.Engine, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A problem with a customer's first name names the line, not the customer: its value
+    in the refused file's ``.errors.txt`` (and the run record) was left by their erasure."""
+    engine, settings, app, incoming = drop_folder_shop(closing, shop, tmp_path, monkeypatch)
     people = f"id,email,first_name\nkeeper,keeper@example.test,Kim\n{VICTIM},{EMAIL},{NAME}\n"
     (incoming / "customers-1.csv").write_text(people)
     (incoming / "customers-2.csv").write_text(
@@ -136,13 +146,7 @@ def test_a_customer_held_only_in_a_refused_file_is_erased_from_it(
     """A refused customers file names people the store never took in. Their export shows
     their row there, and their erasure removes it (it answered 404, "we hold no data", and
     left the row) and keeps their id out of the corrected file's import."""
-    engine, artifacts = shop
-    monkeypatch.chdir(tmp_path)  # the default [ingest] folders are relative
-    monkeypatch.setattr("recocamp.data.drop_folder.SETTLE_S", 0.0)
-    settings = settings_for(artifacts)
-    app = closing(create_app(settings, engine, FixedClock(NOW)))
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
+    engine, settings, app, incoming = drop_folder_shop(closing, shop, tmp_path, monkeypatch)
     good = f"id,email,first_name\nkeeper,keeper@example.test,Kim\n{VICTIM},{EMAIL},{NAME}\n"
     (incoming / "customers-1.csv").write_text(good + "broken,b@example.test,,maybe\n")
     assert import_drop_folder(engine, settings, NOW).rejected == 1

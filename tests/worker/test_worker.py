@@ -83,6 +83,21 @@ def clocked_worker(tmp_path: Path) -> tuple[Worker, FixedClock]:
     return process, clock
 
 
+def refused_once(process: Worker, statement: str, message: str, due: datetime) -> None:
+    """Run ``everyone`` for ``due`` while the store refuses every ``statement`` (INSERT,
+    UPDATE) on its runs with ``message``; the run raises it; then the store takes them again."""
+    refusal = (
+        f"CREATE TRIGGER refused BEFORE {statement} ON runs WHEN NEW.job = 'campaign:everyone' "
+        f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+    )
+    with process.engine.begin() as connection:
+        connection.execute(sa.text(refusal))
+    with pytest.raises(sa.exc.SQLAlchemyError, match=message):
+        process.run("campaign:everyone", as_of=due)
+    with process.engine.begin() as connection:
+        connection.execute(sa.text("DROP TRIGGER refused"))
+
+
 def worker_for(shop: Path) -> Worker:
     settings = load_settings(shop / "settings.toml")
     process = Worker(
@@ -955,18 +970,9 @@ def test_a_campaign_run_whose_start_the_store_refused_runs_later_for_its_instant
     failed is, for the instant it was due."""
     process, clock = clocked_worker(tmp_path)
     due = clock.now() - timedelta(minutes=2)
-    refusal = (
-        "CREATE TRIGGER refused BEFORE INSERT ON runs WHEN NEW.job = 'campaign:everyone' "
-        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-    )
-    with process.engine.begin() as connection:
-        connection.execute(sa.text(refusal))
     process.start(loop=False)
     try:
-        with pytest.raises(sa.exc.SQLAlchemyError, match="disk is full"):
-            process.run("campaign:everyone", as_of=due)
-        with process.engine.begin() as connection:
-            connection.execute(sa.text("DROP TRIGGER refused"))
+        refused_once(process, "INSERT", "database or disk is full", due)
         process.tick()  # too soon: a store that refused a moment ago is not asked at once
         assert process.scheduler.get_jobs(jobstore=scheduler.LOCAL) == [
             process.scheduler.get_job("deliver", jobstore=scheduler.LOCAL)
@@ -1008,18 +1014,9 @@ def test_a_campaign_run_whose_end_the_store_refused_runs_again_for_its_instant(
         raise sa.exc.OperationalError("INSERT", {}, Exception("the connection is lost"))
 
     monkeypatch.setattr(worker_jobs, "run_campaign", cut_off)
-    refusal = (
-        "CREATE TRIGGER refused BEFORE UPDATE ON runs WHEN NEW.job = 'campaign:everyone' "
-        "BEGIN SELECT RAISE(ABORT, 'the database system is shutting down'); END"
-    )
-    with process.engine.begin() as connection:
-        connection.execute(sa.text(refusal))
     process.start(loop=False)
     try:
-        with pytest.raises(sa.exc.SQLAlchemyError, match="shutting down"):
-            process.run("campaign:everyone", as_of=due)
-        with process.engine.begin() as connection:
-            connection.execute(sa.text("DROP TRIGGER refused"))
+        refused_once(process, "UPDATE", "the database system is shutting down", due)
         [cut] = recent_runs(process)
         assert cut.status == "running"
         clock.advance(timedelta(seconds=RETRY_FAILED_S + 1))
