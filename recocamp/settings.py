@@ -639,6 +639,23 @@ class MeasureSettings(_Section):
         return self
 
 
+DATABASE_URL = re.compile(r"(sqlite(\+\w+)?://(/.*)?|postgres(ql)?(\+\w+)?://.+)", re.DOTALL)
+
+
+def _check_database_url(value: str) -> str:
+    """A URL naming SQLite or PostgreSQL (``sqlite:///recocamp.db``,
+    ``postgresql://user@host/shop``): anything else (``5``, a path without a scheme, another
+    database) failed every command later with exit 1 and no key named. The value is not
+    repeated in the problem: it may hold a password. (The scheme only: only the store
+    imports SQLAlchemy, and a URL it cannot parse is said there, naming it.)"""
+    if not DATABASE_URL.fullmatch(value):
+        raise error_hidden(
+            "must be a SQLite or PostgreSQL URL, such as sqlite:///recocamp.db or "
+            "postgresql://db.example:5432/shop"
+        )
+    return value
+
+
 class Settings(BaseSettings):
     """Every setting, validated and frozen. Build it with :func:`load_settings`."""
 
@@ -649,7 +666,7 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    database_url: str = "sqlite:///recocamp.db"
+    database_url: Annotated[str, AfterValidator(_check_database_url)] = "sqlite:///recocamp.db"
     shop: ShopSettings = ShopSettings()
     ingest: IngestSettings = IngestSettings()
     demo: DemoSettings = DemoSettings()

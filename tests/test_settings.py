@@ -966,3 +966,35 @@ def test_a_base_url_is_one_links_are_built_on(tmp_path: Path, key: str, url: str
     [problem] = config_error(write(tmp_path, f'[{section}]\n{name} = "{url}"\n')).problems
     assert (problem.key, problem.line) == (key, 2)
     assert load_settings(write(tmp_path, f'[{section}]\n{name} = "https://shop.example/r/"\n'))
+
+
+@pytest.mark.parametrize(
+    "url", ["5", "recocamp.db", "mysql://shop:s3cret@db.example.test/shop", "sqlite:/x.db"]
+)
+def test_a_database_url_that_names_no_sqlite_or_postgresql_is_refused_by_key(
+    tmp_path: Path, url: str
+) -> None:
+    """``database_url = "5"`` or a bare file name passed the settings and failed every
+    command later (exit 1, no key named); the file's line is named, the value (which may
+    hold a password) is not repeated."""
+    path = write(tmp_path, f'database_url = "{url}"\n')
+    error = config_error(path)
+    [problem] = error.problems
+    assert (problem.key, problem.line, problem.value) == ("database_url", 1, None)
+    assert "s3cret" not in str(error)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///shop.db",
+        "sqlite+pysqlite:///shop.db",
+        "postgres://app@db.example.test/shop",
+        "postgresql://app@db.example.test/shop",
+        "postgresql+psycopg://app:pw@db.example.test:5432/shop",
+    ],
+)
+def test_sqlite_and_postgresql_urls_are_taken(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f'database_url = "{url}"\n')
+    assert load_settings(path).database_url.split(":", 1)[0] == url.split(":", 1)[0]
