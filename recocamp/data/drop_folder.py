@@ -290,11 +290,26 @@ def _done(path: Path, directory: Path | None, now: datetime) -> list[Path]:
 
 
 def expired(directory: Path, before: datetime) -> list[Path]:
-    """Kept imported files whose time is up (modified before ``before``)."""
+    """Kept imported files whose time is up (modified before ``before``): files named as
+    the drop folder keeps them (:func:`kept_name`) only. ``processed_dir`` may name a
+    folder that holds other files too (the settings file's, the database's): the purge
+    deleted every one of them that was old enough."""
     if not directory.is_dir():
         return []
     cutoff = before.timestamp()
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.stat().st_mtime < cutoff)
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if kept_name(p.name) and p.is_file() and p.stat().st_mtime < cutoff
+    )
+
+
+def kept_name(name: str) -> bool:
+    """Whether ``name`` is one an imported file is kept under: a data file's (a kind's
+    prefix, ``.csv`` or ``.csv.gz``), or that name numbered by :func:`_move` (``2-…``)."""
+    bare = re.sub(r"^\d+-", "", name)
+    lowered = bare.lower()
+    return lowered.endswith((".csv", ".csv.gz")) and kind_of(Path(bare)) is not None
 
 
 def _move(path: Path, directory: Path, move: Callable[[Path, Path], object] | None = None) -> Path:

@@ -595,6 +595,34 @@ def test_imported_drop_files_are_kept_only_as_long_as_configured(
     assert not kept.exists()
 
 
+def test_the_retention_purge_deletes_only_the_files_the_drop_folder_kept(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """``processed_dir`` named a folder that holds other files too (the settings file's,
+    the SQLite database's, ``/srv/shop``): the purge deleted every file in it older than
+    ``keep_processed_days``, the settings file and the database among them. It deletes the
+    kept data files only: a data file's name, or one numbered beside it (``2-…``)."""
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    settings = shop_settings(tmp_path, processed_dir=shop, keep_processed_days=3)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    others = [shop / n for n in ("settings.toml", "shop.db", "notes.csv", "2-notes.txt")]
+    for other in others:
+        other.write_text("x\n")
+        os.utime(other, (0, 0))
+    for name in ("customers-1.csv", "customers-2.csv"):
+        os.utime(write_csv(drop / name, CUSTOMER_HEADER, [OTTO]), (0, 0))
+    os.utime(write_csv(drop / "customers-3.csv", CUSTOMER_HEADER, [OTTO]), (0, 0))
+    (shop / "customers-3.csv").write_text("kept from an earlier drop\n")  # so: 2-customers-3
+    os.utime(shop / "customers-3.csv", (0, 0))
+    assert import_drop_folder(engine, settings, NOW).imported == 1  # the others: same content
+    kept = sorted(p.name for p in shop.iterdir() if p.name.startswith(("customers", "2-c")))
+    assert kept == ["2-customers-3.csv", "customers-1.csv", "customers-2.csv", "customers-3.csv"]
+    assert privacy.purge(engine, settings, NOW + timedelta(days=4)).processed_files == 4
+    assert sorted(p.name for p in shop.iterdir() if p.is_file()) == sorted(p.name for p in others)
+
+
 def test_an_erasure_waits_for_a_write_already_checked_and_erases_it_too(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
