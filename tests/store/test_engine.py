@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import sqlite3
 import warnings
 from datetime import UTC, datetime, timedelta, timezone
@@ -162,6 +164,33 @@ def test_urls() -> None:
     assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
     with pytest.raises(StoreError, match="is not usable"):
         make_engine("postgresql://shop:s3cret@db.example.test:port/shop")
+
+
+def test_a_postgresql_connection_probes_a_peer_that_went_silent(db_url: str) -> None:
+    """libpq's keepalives on every connection, the URL's own settings first: the serving
+    listener idles in LISTEN, and when its flow was dropped without a word (a NAT, a
+    firewall, a failover) it learnt of it only when TCP gave up, after the system's 2 hours,
+    missing every purchase's notification meanwhile. The socket's own options are read."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite: no network connection")
+    for url, idle in ((db_url, 10), (f"{db_url}?keepalives_idle=60", 60)):
+        engine = make_engine(url)
+        try:
+            with engine.connect() as connection:
+                raw = connection.connection.driver_connection
+                assert raw is not None
+                probe = socket.socket(fileno=os.dup(raw.pgconn.socket))
+                try:
+                    if probe.family == socket.AF_UNIX:
+                        pytest.skip("a Unix socket: no TCP to probe")
+                    assert probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                    options = (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+                    got = [probe.getsockopt(socket.IPPROTO_TCP, o) for o in options]
+                    assert got == [idle, 5, 3]
+                finally:
+                    probe.close()
+        finally:
+            engine.dispose()
 
 
 def test_a_snapshot_reads_one_state_whatever_commits_meanwhile(engine: sa.Engine) -> None:
