@@ -111,6 +111,8 @@ def documents(rows: Sequence[CustomerForecast]) -> list[dict[str, object]]:
 
 def _with_likely(row: CustomerForecast, likely: int) -> dict[str, object]:
     fields = row.as_dict() | {"p_active": shown_p_active(row.p_active, row.churn_risk)}
+    if row.overdue_ratio is not None:
+        fields["overdue_ratio"] = shown_overdue_ratio(row.overdue_ratio)
     items = list(fields.items())
     after = list(fields).index("expected_purchase_days") + 1
     return dict([*items[:after], ("likely_purchase_days", likely), *items[after:]])
@@ -131,6 +133,19 @@ def shown_p_active(p_active: float, tier: str) -> float:
         return shown
     toward = math.ceil if shown < p_active else math.floor
     return toward(p_active * scale) / scale
+
+
+OVERDUE_PLACES = 3  # decimals of overdue_ratio as JSON prints it
+
+
+def shown_overdue_ratio(ratio: float) -> float:
+    """``overdue_ratio`` to :data:`OVERDUE_PLACES` places, above 1 exactly when the ratio is
+    (README: above 1 exactly when ``next_purchase_by`` is before ``as_of``): a gap of
+    1999.5 days at a recency of 2000 (1.00025) was printed 1.0, not overdue; it is 1.001."""
+    shown = round(ratio, OVERDUE_PLACES)
+    if ratio > 1.0 >= shown:
+        return math.ceil(ratio * 10.0**OVERDUE_PLACES) / 10.0**OVERDUE_PLACES
+    return shown
 
 
 def _or_none(where: np.ndarray, values: np.ndarray) -> list[object]:
