@@ -28,6 +28,7 @@ For each customer with a purchase day before ``as_of`` (horizon ``[as_of, as_of 
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -105,13 +106,46 @@ def documents(rows: Sequence[CustomerForecast]) -> list[dict[str, object]]:
     here, at once for all rows, so the store keeps only the expectation."""
     expected = np.array([row.expected_purchase_days for row in rows], dtype=np.float64)
     likely = poisson_median(expected).tolist()
-    return [_with_likely(row.as_dict(), k) for row, k in zip(rows, likely, strict=True)]
+    return [_with_likely(row, k) for row, k in zip(rows, likely, strict=True)]
 
 
-def _with_likely(fields: dict[str, object], likely: int) -> dict[str, object]:
+def _with_likely(row: CustomerForecast, likely: int) -> dict[str, object]:
+    fields = row.as_dict() | {"p_active": shown_p_active(row.p_active, row.churn_risk)}
+    if row.overdue_ratio is not None:
+        fields["overdue_ratio"] = shown_overdue_ratio(row.overdue_ratio)
     items = list(fields.items())
     after = list(fields).index("expected_purchase_days") + 1
     return dict([*items[:after], ("likely_purchase_days", likely), *items[after:]])
+
+
+P_ACTIVE_PLACES = 4  # decimals of p_active as JSON prints it
+
+
+def shown_p_active(p_active: float, tier: str) -> float:
+    """``p_active`` to :data:`P_ACTIVE_PLACES` places, on the side of the cut-offs its tier
+    is on: rounded to the nearest, a customer at p_active 1/3 (medium) was printed 0.3333,
+    and one at 0.66665 (medium) 0.6667 — values that by the documented cut-offs are high
+    and low. Where the nearest crosses a cut-off, the value is cut the other way instead
+    (0.3334, 0.6666): still within one unit of the last place."""
+    scale = 10.0**P_ACTIVE_PLACES
+    shown = round(p_active, P_ACTIVE_PLACES)
+    if risk_tier(shown) == tier:
+        return shown
+    toward = math.ceil if shown < p_active else math.floor
+    return toward(p_active * scale) / scale
+
+
+OVERDUE_PLACES = 3  # decimals of overdue_ratio as JSON prints it
+
+
+def shown_overdue_ratio(ratio: float) -> float:
+    """``overdue_ratio`` to :data:`OVERDUE_PLACES` places, above 1 exactly when the ratio is
+    (README: above 1 exactly when ``next_purchase_by`` is before ``as_of``): a gap of
+    1999.5 days at a recency of 2000 (1.00025) was printed 1.0, not overdue; it is 1.001."""
+    shown = round(ratio, OVERDUE_PLACES)
+    if ratio > 1.0 >= shown:
+        return math.ceil(ratio * 10.0**OVERDUE_PLACES) / 10.0**OVERDUE_PLACES
+    return shown
 
 
 def _or_none(where: np.ndarray, values: np.ndarray) -> list[object]:

@@ -218,9 +218,12 @@ def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
     if c.units == 0:
         if other != "the holdout":
             return f"not enough data yet: nobody got {other}"
+        # the draw is per customer at random: a campaign with holdout_percent > 0 may not
+        # have held any of its first few customers out (10 %: none of 8 for 43 % of them)
         return (
-            "no holdout: this campaign holds nobody out (holdout_percent = 0), so its "
-            "uplift is not measured"
+            "no holdout: nobody of this campaign was held out (its holdout_percent is 0, "
+            "or too few customers were decided yet for the random draw to hold one out), "
+            "so its uplift is not measured"
         )
     # customers, not touches: the intervals take a customer's touches together (a weekly
     # campaign's 13 touches of 10 customers are 10 units of evidence, not 130)

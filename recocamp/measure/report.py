@@ -24,10 +24,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from jinja2 import FileSystemLoader, StrictUndefined
@@ -648,6 +649,10 @@ def render_html(data: Data) -> str:
         .get_template("report.html")
         .render(
             data=data,
+            # the day the report was asked for is the shop's (``--as-of`` is its midnight):
+            # its UTC date is the day before in every zone east of UTC
+            local_as_of=data.as_of.astimezone(ZoneInfo(data.zone)),
+            utc=UTC,
             charts=charts(data),
             latest=dict(sorted(latest.items())),
             label=uplift_label,

@@ -444,7 +444,7 @@ def test_not_enough_data_yet() -> None:
     assert not rare.enough and rare.note == "not enough data yet: 9 conversions, at least 10 needed"
     assert rare.treated.converted == 4 and rare.control.units == 500
     survey = measure.compare("nps", None, units(500, 0, False), [], Thresholds(100, 10))
-    assert not survey.enough and "holds nobody out" in survey.note
+    assert not survey.enough and "nobody of this campaign was held out" in survey.note
 
 
 def test_no_conversion_at_all_is_no_measurement_whatever_min_conversions_says() -> None:

@@ -623,7 +623,7 @@ def test_customers_in_both_groups_are_reported() -> None:
 def test_one_word_for_the_held_out_group() -> None:
     visible = _visible(_page())
     assert re.search(r"\bcontrol\b", visible, re.I) is None
-    assert "no holdout: this campaign holds nobody out" in visible
+    assert "no holdout: nobody of this campaign was held out" in visible
 
 
 def test_one_model_version_is_a_table_row_not_a_line() -> None:
