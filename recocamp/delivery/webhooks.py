@@ -388,7 +388,10 @@ def _postmark(item: dict[str, Any]) -> Event | None:
         return None
     raw_at = next((item[k] for k in POSTMARK_TIMES if item.get(k)), 0)  # the key as before
     at = e.bounced_at or e.delivered_at or e.changed_at or e.received_at or EPOCH
-    ident = e.id or f"{e.message_id}:{raw_at}"
+    # no ID (deliveries, opens, clicks, subscription changes): the message and the time; no
+    # message either (a suppression made through Postmark's API or UI: MessageID null), the
+    # whole event, whose address tells one of a bulk suppression's events from the next
+    ident = e.id or (f"{e.message_id}:{raw_at}" if e.message_id else _digest(item))
     return Event(
         provider="postmark",
         kind=kind,

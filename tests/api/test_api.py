@@ -452,6 +452,36 @@ def test_a_postmark_subscription_change_is_what_its_suppression_reason_says(
     assert (after.unsubscribed_at is not None) is opted_out
 
 
+def test_two_manual_postmark_suppressions_at_one_moment_suppress_both_addresses(
+    store: sa.Engine,
+) -> None:
+    """Postmark posts a SubscriptionChange with ``MessageID`` null for a suppression made
+    through its API or UI (Origin ``Customer`` or ``Admin``: "Subscription change
+    webhook"), and a bulk suppression puts many addresses on the list at once. Keyed by
+    message id and time alone, the second address's event was the first's "duplicate":
+    answered 200 and dropped, and that address was mailed again."""
+    others = ["bert@example.test", "carla@example.test"]
+    for address in others:
+        event: dict[str, Any] = {
+            "RecordType": "SubscriptionChange",
+            "MessageID": None,
+            "ServerID": 1,
+            "MessageStream": "broadcast",
+            "ChangedAt": "2026-01-15T10:53:34.416071Z",
+            "Recipient": address,
+            "Origin": "Customer",
+            "SuppressSending": True,
+            "SuppressionReason": "ManualSuppression",
+            "Tag": None,
+            "Metadata": {},
+        }
+        reply = _post_postmark(store, event)
+        assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    assert state(store).suppressed == {email_hash(a): "unsubscribed" for a in others}
+    again = _post_postmark(store, event)  # Postmark's retry of the last one: still one event
+    assert (again.status, again.json()) == (200, {"accepted": 0, "duplicates": 1})
+
+
 @pytest.mark.parametrize("bounce_type", ["Blocked", "SpamNotification"])
 def test_a_postmark_isp_block_of_our_mail_suppresses_nobody(
     store: sa.Engine, bounce_type: str
