@@ -287,7 +287,7 @@ POSTMARK_KINDS = {
     "SubscriptionChange": "unsubscribed",
 }
 # Postmark's bounce types that are the address's own record (it does not exist, is not an
-# address, was turned off, or its owner asked by mail to be removed). Not ``Blocked`` ("ISP
+# address, was turned off). Not ``Blocked`` ("ISP
 # block: blocked from this ISP due to content or blacklisting") nor ``SpamNotification``
 # ("delivered, but … classified as spam, bulk mail, or had rejected content"): those are about
 # our message or our sending IP, like SendGrid's ``blocked``, and suppressing every recipient
@@ -299,9 +299,13 @@ HARD_BOUNCES = frozenset(
         "HardBounce",
         "BadEmailAddress",
         "ManuallyDeactivated",
-        "Unsubscribe",
     }
 )
+# ``Unsubscribe`` ("Unsubscribe or Remove request"): the recipient answered asking to be taken
+# off, an opt-out like a click on the unsubscribe link (``unsubscribed_at``, audited, lifted
+# by a re-subscription), not a dead address: as a hard bounce its suppression outlived
+# every later consent, and the customer's page said "subscribed"
+OPT_OUT_BOUNCES = {"Unsubscribe": "unsubscribed"}
 POSTMARK_TIMES = ("BouncedAt", "DeliveredAt", "ChangedAt", "ReceivedAt")
 # A SubscriptionChange is posted whenever an address joins a stream's suppression list:
 # "after a Hard Bounce, Spam Complaint, Unsubscribe, or Manual Suppression" (Postmark,
@@ -379,7 +383,7 @@ def _postmark(item: dict[str, Any]) -> Event | None:
     kind = POSTMARK_KINDS.get(e.record_type)
     if e.record_type == "Bounce":
         hard = e.inactive or e.type in HARD_BOUNCES
-        kind = "bounced" if hard else "soft_bounced"
+        kind = OPT_OUT_BOUNCES.get(e.type or "") or ("bounced" if hard else "soft_bounced")
     if e.record_type == "SubscriptionChange":
         if not e.suppress_sending:  # a reactivation: nothing of ours to change
             return None

@@ -27,6 +27,7 @@ from recocamp.campaigns.files import load_all
 from recocamp.campaigns.planner import Outcome, context_for, decide
 from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import FixedClock
+from recocamp.data import profiles
 from recocamp.delivery.esp.fake_server import postmark_event, running
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, email_hash
 from recocamp.logs import EmailRedactor
@@ -480,6 +481,37 @@ def test_two_manual_postmark_suppressions_at_one_moment_suppress_both_addresses(
     assert state(store).suppressed == {email_hash(a): "unsubscribed" for a in others}
     again = _post_postmark(store, event)  # Postmark's retry of the last one: still one event
     assert (again.status, again.json()) == (200, {"accepted": 0, "duplicates": 1})
+
+
+def test_a_postmark_unsubscribe_request_by_mail_is_an_opt_out_a_re_subscription_lifts(
+    store: sa.Engine,
+) -> None:
+    """Postmark's bounce type ``Unsubscribe`` is "Unsubscribe or Remove request": the
+    recipient answered the mail asking to be taken off. It was recorded as a hard bounce:
+    the address suppressed as "bounced", the customer still subscribed on their page with
+    no audited unsubscribe, and their later re-subscription lifted nothing (only an
+    unsubscribe's suppression is lifted), so they were never mailed again."""
+    event = postmark_event("bounce", RECORD, NOW - timedelta(hours=1))
+    reply = _post_postmark(store, event | {"Type": "Unsubscribe", "Inactive": False})
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.unsubscribed_at == NOW - timedelta(hours=1)
+    assert after.suppressed == {email_hash(ADDRESS): "unsubscribed"}
+    assert after.events == [("unsubscribed", "postmark", CUSTOMER)]
+    assert after.audits == [("unsubscribe", CUSTOMER)]
+    later = NOW + timedelta(days=1)
+    with store.begin() as connection:
+        changed = profiles.apply(
+            connection,
+            CUSTOMER,
+            {"consent_basis": "double_opt_in", "consent_at": later},
+            at=later,
+            actor="test",
+            source="test",
+            unsubscribed=False,
+        )
+    assert "resubscribed" in changed.fields
+    assert state(store).suppressed == {}
 
 
 @pytest.mark.parametrize("bounce_type", ["Blocked", "SpamNotification"])
