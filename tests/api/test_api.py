@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
-from recocamp import tokens
+from recocamp import privacy, tokens
 from recocamp.api.app import create_app
 from recocamp.campaigns.files import load_all
 from recocamp.campaigns.planner import Outcome, context_for, decide
@@ -639,6 +639,50 @@ def test_postmark_complaint_unsubscribes(store: sa.Engine) -> None:
     assert after.events == [("complained", "postmark", CUSTOMER)]
     assert after.audits == [("unsubscribe", CUSTOMER)]
     assert after.outbox == "sent"  # the e-mail itself did arrive
+
+
+def test_a_complaint_read_before_an_erasure_commits_is_not_written_after_it(
+    store: sa.Engine,
+) -> None:
+    """A webhook reads which customer its mail was for, and writes the event (their id and
+    send key) and the opt-out (an audit entry naming them) afterwards. An erasure that
+    committed in between left those rows naming the erased customer for good: the webhook
+    wrote them after the erasure had blanked everything else. The webhook and an erasure
+    now serialise as every other check-then-write does (``tombstones.serialise``): the
+    erasure waits for the webhook's commit (here: an impatient one gives up and is asked
+    again) and then erases the event too."""
+    if store.dialect.name != "sqlite":
+        pytest.skip("the interleaving is forced on SQLite's write lock")
+    eraser = impatient(store)
+    tried: list[str] = []
+
+    def erase_now() -> None:
+        try:
+            privacy.erase(eraser, SETTINGS, CUSTOMER, NOW, via="test")
+            tried.append("erased")
+        except sa.exc.OperationalError:  # the webhook holds the write lock: later
+            tried.append("waited")
+
+    def between(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if not tried and statement.startswith("SELECT") and "FROM outbox" in statement:
+            erase_now()  # the webhook has read the customer of its mail, and not yet written
+
+    sa.event.listen(store, "after_cursor_execute", between)
+    try:
+        reply = post_hook(store, "complaint", basic(SECRET))
+    finally:
+        sa.event.remove(store, "after_cursor_execute", between)
+    assert reply.status == 200
+    if tried == ["waited"]:
+        erase_now()
+    eraser.dispose()
+    assert tried[-1] == "erased"
+    with store.connect() as connection:
+        events = connection.execute(sa.select(contact_events)).all()
+        audits = connection.execute(sa.select(audit_log.c.subject_id)).scalars().all()
+    assert len(events) == 1
+    assert (events[0].customer_id, events[0].send_key) == (None, None)
+    assert CUSTOMER not in audits
 
 
 def test_postmark_delivery_marks_the_outbox_only(store: sa.Engine) -> None:
