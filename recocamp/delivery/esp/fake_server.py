@@ -605,7 +605,7 @@ def postmark_event(
             **common,
             "ID": derived,
             "Type": "SpamComplaint",
-            "TypeCode": 512,
+            "TypeCode": 100001,
             "Email": record["To"],
             "BouncedAt": stamp,
             "Inactive": True,
