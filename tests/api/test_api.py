@@ -589,6 +589,30 @@ def test_a_webhook_the_store_cannot_take_now_is_429_for_brevo_to_post_again(
         served.dispose()
 
 
+def test_a_post_of_events_recocamp_does_not_use_waits_for_no_lock(store: sa.Engine) -> None:
+    """A post with no event recocamp uses (Brevo's "request", SendGrid's "processed":
+    most of what a provider posts) writes nothing, so it takes no write lock: while an
+    import holds SQLite's, it is answered 200 at once, not 429 after the busy timeout."""
+    if store.dialect.name != "sqlite":
+        pytest.skip("a SQLite file lock")
+    served = impatient(store)
+    hold = store.raw_connection()
+    try:
+        hold.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        reply = call(
+            make_app(served),
+            "POST",
+            "/v1/webhooks/brevo",
+            content=json.dumps({"event": "request", "email": ADDRESS, "id": 1}).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {SECRET}"},
+        )
+        hold.rollback()
+    finally:
+        hold.close()
+        served.dispose()
+    assert (reply.status, reply.json()) == (200, {"accepted": 0, "duplicates": 0})
+
+
 def test_an_address_too_long_to_act_on_is_still_rejected(store: sa.Engine) -> None:
     event = postmark_event("bounce", RECORD, NOW) | {"Email": "a" * 400 + "@example.test"}
     reply = _post_postmark(store, event)
