@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -120,21 +121,26 @@ NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT, pattern=NO_NUL)]
 Address = Annotated[str, StringConstraints(max_length=MAX_ADDRESS, pattern=NO_NUL)]
 CLIPPED = " [… truncated]"  # the end of a stored text that was longer than its column
+UNSTORABLE = re.compile(
+    "[\x00\ud800-\udfff]"
+)  # NUL, and lone surrogates (json.loads pairs the rest)
 
 
 def _clip(limit: int) -> Callable[[Any], Any]:
     def clip(value: Any) -> Any:
         """A text we only store (a bounce's description, its type): never a reason to drop
         the event, whose bounce or complaint must suppress the address. Longer than
-        ``limit``: cut, with :data:`CLIPPED` at the end; NUL (PostgreSQL cannot hold it):
-        U+FFFD; a number or another JSON value: its JSON text. An address in it is masked
+        ``limit``: cut, with :data:`CLIPPED` at the end; NUL (PostgreSQL cannot hold it) and
+        half a UTF-16 pair (JSON's ``\\ud800``, which no UTF-8 holds: every answer with the
+        customer's data, their export too, failed to encode): U+FFFD; a number or another
+        JSON value: its JSON text. An address in it is masked
         (``<address>``): a bounce text quotes the recipient ("550 5.1.1 <anna@…>: no such
         user"), and an event that names no e-mail of ours (a late one of an erased
         customer) is tied to nobody, so neither export nor erasure would find it there."""
         if value is None:
             return None
         text = value if isinstance(value, str) else json.dumps(value)
-        text = mask_addresses(text.replace("\x00", "\ufffd"))
+        text = mask_addresses(UNSTORABLE.sub("\ufffd", text))
         return text if len(text) <= limit else text[: limit - len(CLIPPED)] + CLIPPED
 
     return clip

@@ -37,7 +37,7 @@ from recocamp.store.engine import make_engine
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
-from tests.api_shop import Reply, call
+from tests.api_shop import ENTRIES, Reply, bearer, call
 from tests.conftest import NOW, ROOT, impatient
 
 SIGNING_KEY = "k" * 32
@@ -428,6 +428,33 @@ def test_a_bounce_with_long_stored_text_still_suppresses(
     if len(str(changes["Description"])) > 1000:
         assert details["description"].endswith(" [… truncated]")
         assert details["description"].startswith("d" * 900)
+
+
+def test_a_bounce_text_with_a_lone_surrogate_is_stored_so_the_customer_can_be_exported(
+    store: sa.Engine,
+) -> None:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``); Python reads it as a code point
+    that no UTF-8 can hold. A bounce's Description so written was stored as it came (NUL
+    was replaced, this was not), and every answer holding the customer's data was a 500
+    from then on: the export (GDPR Art. 15) could not be encoded as UTF-8 ever again."""
+    settings = Settings(signing_key=SIGNING_KEY, webhook_secret=SECRET, api_keys=ENTRIES)
+    app = make_app(store, settings)
+    event = postmark_event("bounce", RECORD, NOW - timedelta(hours=1))
+    body = json.dumps(event | {"Description": "550 mailbox \ud800 unknown"}).encode()
+    assert b"\\ud800" in body
+    reply = call(
+        app,
+        "POST",
+        "/v1/webhooks/postmark",
+        content=body,
+        headers={"content-type": "application/json", **basic(SECRET)},
+    )
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    assert state(store).suppressed == {email_hash(ADDRESS): "bounced"}
+    exported = call(app, "GET", f"/v1/privacy/customers/{CUSTOMER}", headers=bearer("dpo"))
+    assert exported.status == 200
+    [stored] = exported.json()["tables"]["contact_events"]
+    assert stored["details"]["description"] == "550 mailbox \ufffd unknown"
 
 
 @pytest.mark.parametrize(
