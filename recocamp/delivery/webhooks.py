@@ -121,9 +121,8 @@ NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT, pattern=NO_NUL)]
 Address = Annotated[str, StringConstraints(max_length=MAX_ADDRESS, pattern=NO_NUL)]
 CLIPPED = " [… truncated]"  # the end of a stored text that was longer than its column
-UNSTORABLE = re.compile(
-    "[\x00\ud800-\udfff]"
-)  # NUL, and lone surrogates (json.loads pairs the rest)
+# NUL, and half a UTF-16 pair (json.loads joins whole pairs, so what is left is alone)
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _clip(limit: int) -> Callable[[Any], Any]:
@@ -293,8 +292,8 @@ POSTMARK_KINDS = {
     "SubscriptionChange": "unsubscribed",
 }
 # Postmark's bounce types that are the address's own record (it does not exist, is not an
-# address, was turned off). Not ``Blocked`` ("ISP
-# block: blocked from this ISP due to content or blacklisting") nor ``SpamNotification``
+# address, was turned off). Not ``Blocked`` ("ISP block: blocked from this ISP due to
+# content or blacklisting") nor ``SpamNotification``
 # ("delivered, but … classified as spam, bulk mail, or had rejected content"): those are about
 # our message or our sending IP, like SendGrid's ``blocked``, and suppressing every recipient
 # of a mailbox provider for good over one bad day would lose them; soft bounces, which
