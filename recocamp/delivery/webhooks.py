@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -120,21 +121,25 @@ NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT, pattern=NO_NUL)]
 Address = Annotated[str, StringConstraints(max_length=MAX_ADDRESS, pattern=NO_NUL)]
 CLIPPED = " [… truncated]"  # the end of a stored text that was longer than its column
+# NUL, and half a UTF-16 pair (json.loads joins whole pairs, so what is left is alone)
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _clip(limit: int) -> Callable[[Any], Any]:
     def clip(value: Any) -> Any:
         """A text we only store (a bounce's description, its type): never a reason to drop
         the event, whose bounce or complaint must suppress the address. Longer than
-        ``limit``: cut, with :data:`CLIPPED` at the end; NUL (PostgreSQL cannot hold it):
-        U+FFFD; a number or another JSON value: its JSON text. An address in it is masked
+        ``limit``: cut, with :data:`CLIPPED` at the end; NUL (PostgreSQL cannot hold it) and
+        half a UTF-16 pair (JSON's ``\\ud800``, which no UTF-8 holds: every answer with the
+        customer's data, their export too, failed to encode): U+FFFD; a number or another
+        JSON value: its JSON text. An address in it is masked
         (``<address>``): a bounce text quotes the recipient ("550 5.1.1 <anna@…>: no such
         user"), and an event that names no e-mail of ours (a late one of an erased
         customer) is tied to nobody, so neither export nor erasure would find it there."""
         if value is None:
             return None
         text = value if isinstance(value, str) else json.dumps(value)
-        text = mask_addresses(text.replace("\x00", "\ufffd"))
+        text = mask_addresses(UNSTORABLE.sub("\ufffd", text))
         return text if len(text) <= limit else text[: limit - len(CLIPPED)] + CLIPPED
 
     return clip
@@ -287,8 +292,8 @@ POSTMARK_KINDS = {
     "SubscriptionChange": "unsubscribed",
 }
 # Postmark's bounce types that are the address's own record (it does not exist, is not an
-# address, was turned off, or its owner asked by mail to be removed). Not ``Blocked`` ("ISP
-# block: blocked from this ISP due to content or blacklisting") nor ``SpamNotification``
+# address, was turned off). Not ``Blocked`` ("ISP block: blocked from this ISP due to
+# content or blacklisting") nor ``SpamNotification``
 # ("delivered, but … classified as spam, bulk mail, or had rejected content"): those are about
 # our message or our sending IP, like SendGrid's ``blocked``, and suppressing every recipient
 # of a mailbox provider for good over one bad day would lose them; soft bounces, which
@@ -299,9 +304,13 @@ HARD_BOUNCES = frozenset(
         "HardBounce",
         "BadEmailAddress",
         "ManuallyDeactivated",
-        "Unsubscribe",
     }
 )
+# ``Unsubscribe`` ("Unsubscribe or Remove request"): the recipient answered asking to be taken
+# off, an opt-out like a click on the unsubscribe link (``unsubscribed_at``, audited, lifted
+# by a re-subscription), not a dead address: as a hard bounce its suppression outlived
+# every later consent, and the customer's page said "subscribed"
+OPT_OUT_BOUNCES = {"Unsubscribe": "unsubscribed"}
 POSTMARK_TIMES = ("BouncedAt", "DeliveredAt", "ChangedAt", "ReceivedAt")
 # A SubscriptionChange is posted whenever an address joins a stream's suppression list:
 # "after a Hard Bounce, Spam Complaint, Unsubscribe, or Manual Suppression" (Postmark,
@@ -379,7 +388,7 @@ def _postmark(item: dict[str, Any]) -> Event | None:
     kind = POSTMARK_KINDS.get(e.record_type)
     if e.record_type == "Bounce":
         hard = e.inactive or e.type in HARD_BOUNCES
-        kind = "bounced" if hard else "soft_bounced"
+        kind = OPT_OUT_BOUNCES.get(e.type or "") or ("bounced" if hard else "soft_bounced")
     if e.record_type == "SubscriptionChange":
         if not e.suppress_sending:  # a reactivation: nothing of ours to change
             return None
@@ -388,7 +397,10 @@ def _postmark(item: dict[str, Any]) -> Event | None:
         return None
     raw_at = next((item[k] for k in POSTMARK_TIMES if item.get(k)), 0)  # the key as before
     at = e.bounced_at or e.delivered_at or e.changed_at or e.received_at or EPOCH
-    ident = e.id or f"{e.message_id}:{raw_at}"
+    # no ID (deliveries, opens, clicks, subscription changes): the message and the time; no
+    # message either (a suppression made through Postmark's API or UI: MessageID null), the
+    # whole event, whose address tells one of a bulk suppression's events from the next
+    ident = e.id or (f"{e.message_id}:{raw_at}" if e.message_id else _digest(item))
     return Event(
         provider="postmark",
         kind=kind,

@@ -25,6 +25,7 @@ from recocamp.domain import SUPPRESSING, Event, email_hash
 from recocamp.store.privacy import Ties
 from recocamp.store.queries import audit, suppression_insert, upsert_statement
 from recocamp.store.schema import contact_events, customers, outbox
+from recocamp.store.tombstones import serialise
 
 OPT_OUTS = frozenset({"complained", "unsubscribed"})
 KEY_MAX = 200  # contact_events.event_key
@@ -38,6 +39,14 @@ class Applied:
 
 
 def apply(connection: sa.Connection, events: Sequence[Event], now: datetime) -> Applied:
+    """Store the new ones of ``events`` and apply their consequences. Each event reads
+    whose mail it is (the outbox row) and then writes rows naming that customer (the event,
+    an audited opt-out): serialised with erasures (``tombstones.serialise``), or an erasure
+    committing between the read and the write left those rows naming the erased customer.
+    No events (a post of kinds recocamp does not use): no lock, nothing to wait for."""
+    if not events:
+        return Applied(0, 0)
+    serialise(connection, erasing=False)
     new = 0
     for reported in events:
         event = replace(reported, at=now) if reported.at > now else reported

@@ -21,12 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
-from recocamp import tokens
+from recocamp import privacy, tokens
 from recocamp.api.app import create_app
 from recocamp.campaigns.files import load_all
 from recocamp.campaigns.planner import Outcome, context_for, decide
 from recocamp.campaigns.run import load_snapshot
 from recocamp.clock import FixedClock
+from recocamp.data import profiles
 from recocamp.delivery.esp.fake_server import postmark_event, running
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, email_hash
 from recocamp.logs import EmailRedactor
@@ -36,7 +37,7 @@ from recocamp.store.engine import make_engine
 from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
-from tests.api_shop import Reply, call
+from tests.api_shop import ENTRIES, Reply, bearer, call
 from tests.conftest import NOW, ROOT, impatient
 
 SIGNING_KEY = "k" * 32
@@ -429,6 +430,33 @@ def test_a_bounce_with_long_stored_text_still_suppresses(
         assert details["description"].startswith("d" * 900)
 
 
+def test_a_bounce_text_with_a_lone_surrogate_is_stored_so_the_customer_can_be_exported(
+    store: sa.Engine,
+) -> None:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``); Python reads it as a code point
+    that no UTF-8 can hold. A bounce's Description so written was stored as it came (NUL
+    was replaced, this was not), and every answer holding the customer's data was a 500
+    from then on: the export (GDPR Art. 15) could not be encoded as UTF-8 ever again."""
+    settings = Settings(signing_key=SIGNING_KEY, webhook_secret=SECRET, api_keys=ENTRIES)
+    app = make_app(store, settings)
+    event = postmark_event("bounce", RECORD, NOW - timedelta(hours=1))
+    body = json.dumps(event | {"Description": "550 mailbox \ud800 unknown"}).encode()
+    assert b"\\ud800" in body
+    reply = call(
+        app,
+        "POST",
+        "/v1/webhooks/postmark",
+        content=body,
+        headers={"content-type": "application/json", **basic(SECRET)},
+    )
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    assert state(store).suppressed == {email_hash(ADDRESS): "bounced"}
+    exported = call(app, "GET", f"/v1/privacy/customers/{CUSTOMER}", headers=bearer("dpo"))
+    assert exported.status == 200
+    [stored] = exported.json()["tables"]["contact_events"]
+    assert stored["details"]["description"] == "550 mailbox \ufffd unknown"
+
+
 @pytest.mark.parametrize(
     ("reason", "kind", "opted_out"),
     [
@@ -450,6 +478,67 @@ def test_a_postmark_subscription_change_is_what_its_suppression_reason_says(
     assert after.suppressed == {email_hash(ADDRESS): kind}
     assert after.events == [(kind, "postmark", CUSTOMER)]
     assert (after.unsubscribed_at is not None) is opted_out
+
+
+def test_two_manual_postmark_suppressions_at_one_moment_suppress_both_addresses(
+    store: sa.Engine,
+) -> None:
+    """Postmark posts a SubscriptionChange with ``MessageID`` null for a suppression made
+    through its API or UI (Origin ``Customer`` or ``Admin``: "Subscription change
+    webhook"), and a bulk suppression puts many addresses on the list at once. Keyed by
+    message id and time alone, the second address's event was the first's "duplicate":
+    answered 200 and dropped, and that address was mailed again."""
+    others = ["bert@example.test", "carla@example.test"]
+    for address in others:
+        event: dict[str, Any] = {
+            "RecordType": "SubscriptionChange",
+            "MessageID": None,
+            "ServerID": 1,
+            "MessageStream": "broadcast",
+            "ChangedAt": "2026-01-15T10:53:34.416071Z",
+            "Recipient": address,
+            "Origin": "Customer",
+            "SuppressSending": True,
+            "SuppressionReason": "ManualSuppression",
+            "Tag": None,
+            "Metadata": {},
+        }
+        reply = _post_postmark(store, event)
+        assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    assert state(store).suppressed == {email_hash(a): "unsubscribed" for a in others}
+    again = _post_postmark(store, event)  # Postmark's retry of the last one: still one event
+    assert (again.status, again.json()) == (200, {"accepted": 0, "duplicates": 1})
+
+
+def test_a_postmark_unsubscribe_request_by_mail_is_an_opt_out_a_re_subscription_lifts(
+    store: sa.Engine,
+) -> None:
+    """Postmark's bounce type ``Unsubscribe`` is "Unsubscribe or Remove request": the
+    recipient answered the mail asking to be taken off. It was recorded as a hard bounce:
+    the address suppressed as "bounced", the customer still subscribed on their page with
+    no audited unsubscribe, and their later re-subscription lifted nothing (only an
+    unsubscribe's suppression is lifted), so they were never mailed again."""
+    event = postmark_event("bounce", RECORD, NOW - timedelta(hours=1))
+    reply = _post_postmark(store, event | {"Type": "Unsubscribe", "Inactive": False})
+    assert (reply.status, reply.json()) == (200, {"accepted": 1, "duplicates": 0})
+    after = state(store)
+    assert after.unsubscribed_at == NOW - timedelta(hours=1)
+    assert after.suppressed == {email_hash(ADDRESS): "unsubscribed"}
+    assert after.events == [("unsubscribed", "postmark", CUSTOMER)]
+    assert after.audits == [("unsubscribe", CUSTOMER)]
+    later = NOW + timedelta(days=1)
+    with store.begin() as connection:
+        changed = profiles.apply(
+            connection,
+            CUSTOMER,
+            {"consent_basis": "double_opt_in", "consent_at": later},
+            at=later,
+            actor="test",
+            source="test",
+            unsubscribed=False,
+        )
+    assert "resubscribed" in changed.fields
+    assert state(store).suppressed == {}
 
 
 @pytest.mark.parametrize("bounce_type", ["Blocked", "SpamNotification"])
@@ -527,6 +616,30 @@ def test_a_webhook_the_store_cannot_take_now_is_429_for_brevo_to_post_again(
         served.dispose()
 
 
+def test_a_post_of_events_recocamp_does_not_use_waits_for_no_lock(store: sa.Engine) -> None:
+    """A post with no event recocamp uses (Brevo's "request", SendGrid's "processed":
+    most of what a provider posts) writes nothing, so it takes no write lock: while an
+    import holds SQLite's, it is answered 200 at once, not 429 after the busy timeout."""
+    if store.dialect.name != "sqlite":
+        pytest.skip("a SQLite file lock")
+    served = impatient(store)
+    hold = store.raw_connection()
+    try:
+        hold.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        reply = call(
+            make_app(served),
+            "POST",
+            "/v1/webhooks/brevo",
+            content=json.dumps({"event": "request", "email": ADDRESS, "id": 1}).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {SECRET}"},
+        )
+        hold.rollback()
+    finally:
+        hold.close()
+        served.dispose()
+    assert (reply.status, reply.json()) == (200, {"accepted": 0, "duplicates": 0})
+
+
 def test_an_address_too_long_to_act_on_is_still_rejected(store: sa.Engine) -> None:
     event = postmark_event("bounce", RECORD, NOW) | {"Email": "a" * 400 + "@example.test"}
     reply = _post_postmark(store, event)
@@ -577,6 +690,50 @@ def test_postmark_complaint_unsubscribes(store: sa.Engine) -> None:
     assert after.events == [("complained", "postmark", CUSTOMER)]
     assert after.audits == [("unsubscribe", CUSTOMER)]
     assert after.outbox == "sent"  # the e-mail itself did arrive
+
+
+def test_a_complaint_read_before_an_erasure_commits_is_not_written_after_it(
+    store: sa.Engine,
+) -> None:
+    """A webhook reads which customer its mail was for, and writes the event (their id and
+    send key) and the opt-out (an audit entry naming them) afterwards. An erasure that
+    committed in between left those rows naming the erased customer for good: the webhook
+    wrote them after the erasure had blanked everything else. The webhook and an erasure
+    now serialise as every other check-then-write does (``tombstones.serialise``): the
+    erasure waits for the webhook's commit (here: an impatient one gives up and is asked
+    again) and then erases the event too."""
+    if store.dialect.name != "sqlite":
+        pytest.skip("the interleaving is forced on SQLite's write lock")
+    eraser = impatient(store)
+    tried: list[str] = []
+
+    def erase_now() -> None:
+        try:
+            privacy.erase(eraser, SETTINGS, CUSTOMER, NOW, via="test")
+            tried.append("erased")
+        except sa.exc.OperationalError:  # the webhook holds the write lock: later
+            tried.append("waited")
+
+    def between(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if not tried and statement.startswith("SELECT") and "FROM outbox" in statement:
+            erase_now()  # the webhook has read the customer of its mail, and not yet written
+
+    sa.event.listen(store, "after_cursor_execute", between)
+    try:
+        reply = post_hook(store, "complaint", basic(SECRET))
+    finally:
+        sa.event.remove(store, "after_cursor_execute", between)
+    assert reply.status == 200
+    if tried == ["waited"]:
+        erase_now()
+    eraser.dispose()
+    assert tried[-1] == "erased"
+    with store.connect() as connection:
+        events = connection.execute(sa.select(contact_events)).all()
+        audits = connection.execute(sa.select(audit_log.c.subject_id)).scalars().all()
+    assert len(events) == 1
+    assert (events[0].customer_id, events[0].send_key) == (None, None)
+    assert CUSTOMER not in audits
 
 
 def test_postmark_delivery_marks_the_outbox_only(store: sa.Engine) -> None:

@@ -71,7 +71,8 @@ def test_postmark_hard_bounce_from_the_fake_server_payload() -> None:
         ("SoftBounce", False, "soft_bounced"),
         ("Transient", False, "soft_bounced"),
         ("BadEmailAddress", False, "bounced"),
-        ("Unsubscribe", False, "bounced"),  # the recipient asked by mail to be removed
+        ("Unsubscribe", False, "unsubscribed"),  # the recipient asked by mail: an opt-out
+        ("Unsubscribe", True, "unsubscribed"),
         # about our message or sending IP, not the address (an ISP's block of a whole run
         # suppressed every recipient at that ISP for good)
         ("Blocked", False, "soft_bounced"),

@@ -44,7 +44,7 @@ MAILBOX = re.compile(r"^[a-z0-9.!#$%&'`*+\-/=^_{}|~]+$", re.IGNORECASE)
 DOMAIN = re.compile(r"^((\.)?[a-zA-Z0-9\-])+$")
 BOUNCE_TYPES = {
     "bounce": ("HardBounce", 1, "Hard bounce", True),
-    "complaint": ("SpamComplaint", 512, "Spam complaint", False),
+    "complaint": ("SpamComplaint", 100001, "Spam complaint", False),  # 512: SpamNotification
 }
 STRING_FIELDS = (
     "From",

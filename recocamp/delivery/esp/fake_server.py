@@ -145,7 +145,8 @@ class FakeEsp:
         self.keys: Counter[str] = Counter()
         self.without_key = 0
         self.bounces: dict[int, dict[str, Any]] = {}
-        self.deactivated: set[str] = set()  # addresses a hard bounce or complaint turned off
+        # addresses a hard bounce, a complaint or an unsubscribe turned off
+        self.deactivated: set[str] = set()
         self.stopping = False
         self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self.set_faults(faults or Faults())
@@ -247,9 +248,13 @@ class FakeEsp:
 
     def record_event(self, kind: str, record: dict[str, Any]) -> dict[str, Any] | None:
         """What Postmark records for a webhook event: a message event, and for a hard bounce
-        or complaint a bounce that deactivates the address. Returns the bounce, if any."""
+        or complaint a bounce that deactivates the address; an unsubscribe deactivates it
+        without a bounce (a manual suppression: Postmark answers a send to it 406 as well).
+        Returns the bounce, if any."""
         now = self.clock()
         record["Events"].append(pm.event(kind, record, now))
+        if kind == "unsubscribe":
+            self.deactivated.add(record["To"].lower())
         if kind not in pm.BOUNCE_TYPES:
             return None
         found = pm.bounce(kind, record, len(self.bounces) + 1, now)
@@ -600,7 +605,7 @@ def postmark_event(
             **common,
             "ID": derived,
             "Type": "SpamComplaint",
-            "TypeCode": 512,
+            "TypeCode": 100001,
             "Email": record["To"],
             "BouncedAt": stamp,
             "Inactive": True,

@@ -373,6 +373,47 @@ def test_a_bounce_is_listed_deactivates_the_address_and_can_be_reactivated(
     assert unknown.value.error_code == 1001
 
 
+def test_an_unsubscribe_suppresses_the_address_as_at_postmark_without_a_bounce(
+    postmark: PostmarkClient, url: str
+) -> None:
+    """An unsubscribe puts the address on the stream's suppression list (SubscriptionChange,
+    ``ManualSuppression``), and Postmark answers a send to it 406: "Inactive recipients are
+    ones that have generated a hard bounce, a spam complaint, or a manual suppression". The
+    fake posted the webhook and took the next mail to the address: a test of recocamp
+    against it could not see a mail go to someone who had unsubscribed at the ESP."""
+    sent = postmark.emails.send(From=FROM, To="left@example.test", TextBody="x")
+    recorded = httpx.post(
+        f"{url}/_webhooks/unsubscribe", json={"message_id": sent["MessageID"]}, headers=CONTROL
+    )
+    assert recorded.status_code == 200
+    assert recorded.json()["event"]["SuppressionReason"] == "ManualSuppression"
+    with pytest.raises(ClientError) as inactive:
+        postmark.emails.send(From=FROM, To="Left@Example.test", TextBody="again")
+    assert inactive.value.error_code == 406
+    assert postmark.bounces.all() == []  # a suppression, not a bounce
+    assert postmark.emails.send(From=FROM, To="stays@example.test", TextBody="x")["ErrorCode"] == 0
+
+
+def test_a_complaint_is_a_bounce_of_postmarks_spam_complaint_type_code(
+    postmark: PostmarkClient, url: str
+) -> None:
+    """Postmark's bounce type ``SpamComplaint`` has TypeCode 100001 (Postmark's "Bounce
+    types"; its own clients' enums); 512 is ``SpamNotification``, a soft bounce ("delivered,
+    but … classified as spam"). The fake listed and posted complaints with 512: a client
+    reading TypeCode took every complaint at the fake for a soft bounce."""
+    sent = postmark.emails.send(From=FROM, To="cross@example.test", TextBody="x")
+    recorded = httpx.post(
+        f"{url}/_webhooks/complaint", json={"message_id": sent["MessageID"]}, headers=CONTROL
+    )
+    assert recorded.status_code == 200
+    assert (recorded.json()["event"]["Type"], recorded.json()["event"]["TypeCode"]) == (
+        "SpamComplaint",
+        100001,
+    )
+    [bounce] = postmark.bounces.all(type="SpamComplaint")
+    assert (bounce.Type, bounce.TypeCode) == ("SpamComplaint", 100001)
+
+
 def test_server_info_is_postmarks_server_object(postmark: PostmarkClient) -> None:
     server = postmark.server.get()
     assert str(server) == "Server: recocamp fake ESP (1)"
