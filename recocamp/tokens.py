@@ -5,9 +5,9 @@ A token binds a customer, a campaign and a purpose (``unsubscribe`` | ``preferen
 feedback token also binds the survey (campaign and shop-local day of the mailing), so an
 answer counts once per customer and survey. Tokens carry no e-mail address; customer ids are
 not guessable from them and cannot be changed without the key. A token carries the time it
-was issued: it expires, and it dies with an erasure of its customer made after it (links of
-an erased record never reach a person who signs up again under the same id); a time past
-now by more than the clocks' skew is refused.
+was issued: it expires (unsubscribe links do not, see ``api.pages``), and it dies with an
+erasure of its customer made after it (links of an erased record never reach a person who
+signs up again under the same id); a time past now by more than the clocks' skew is refused.
 
 The same key makes the keyed hashes of erasure tombstones (:func:`keyed_hash`): an erased
 customer's id and address are recognised when a feed brings them back, and nobody without
@@ -94,11 +94,13 @@ def _keyed(key: bytes) -> hmac.HMAC:
     return hmac.new(key, digestmod=hashlib.sha256)
 
 
-def verify(key: bytes, token: str, purpose: str, now: datetime, max_age_days: int = 400) -> Claims:
+def verify(
+    key: bytes, token: str, purpose: str, now: datetime, max_age_days: int | None = 400
+) -> Claims:
     """The claims of a valid token; TokenError otherwise (compared in constant time). A
     token issued more than ``domain.CLOCK_SKEW`` past ``now`` is refused: it would outlive
     an erasure made before its time (links issued before the erasure are void, see
-    ``store.tombstones.void_link``)."""
+    ``store.tombstones.void_link``). ``max_age_days=None``: no age limit (unsubscribe)."""
     try:
         version, body, mac = token.split(".")
         payload = _unb64(body)
@@ -112,7 +114,7 @@ def verify(key: bytes, token: str, purpose: str, now: datetime, max_age_days: in
     issued = datetime.fromtimestamp(int(data["i"]), UTC)
     if data["p"] != purpose:
         raise TokenError("token issued for another purpose")
-    if (now - issued).days > max_age_days:
+    if max_age_days is not None and (now - issued).days > max_age_days:
         raise TokenError("token expired")
     if issued > now + CLOCK_SKEW:  # clocks differ by seconds, not more
         raise TokenError("token issued in the future")

@@ -10,22 +10,23 @@
   a download of all data (``/p/{token}/data.json``, GDPR Art. 15/20) and erasure (Art. 17).
   Its forms post to ``/p/{token}`` and are answered with a redirect back (303).
 
-A token tampered with, expired, issued in the future or made for another purpose gets 400
-and changes nothing. A link of an erased customer (``store.tombstones``) gets 410 with a page
-saying that their data was erased and they will not be contacted, and changes nothing: no
-unsubscribe event is recorded under the erased id, no profile is created again. So does a
-link issued before the latest erasure of its customer id when the person has signed up
-again since (``tombstones.void_link``): it belongs to the erased record, and must neither
-show, export, change nor erase the new one. Every route says so alike, the download too.
-The page and the download check it in the snapshot they read (``store.engine.snapshot``)
-and again once read, a change or an erasure in the transaction that writes: an erasure and
-a re-sign-up landing after the check cannot be shown through the old link.
-A valid link of a customer we do not hold (never created, or removed otherwise) gets 404
-on every route, the one-click unsubscribe too, and nothing is recorded: a token is signed
-for a customer we mailed, so its holder learns nothing from the answer that the token
-did not already say, and no event is stored for an id that names nobody.
-Tokens prove who the customer is; a page shows their address only masked. Every change is
-recorded in the audit log with ``actor = customer`` and the page as its source.
+A token tampered with, expired (a preferences link after 400 days; an unsubscribe link never
+expires), issued in the future or made for another purpose gets 400 and changes nothing. A
+link of an erased customer (``store.tombstones``) gets 410 with a page saying that their
+data was erased and they will not be contacted, and changes nothing: no unsubscribe event is
+recorded under the erased id, no profile is created again. So does a link issued before the
+latest erasure of its customer id when the person has signed up again since
+(``tombstones.void_link``): it belongs to the erased record, and must neither show, export,
+change nor erase the new one. Every route says so alike, the download too. The page and the
+download check it in the snapshot they read (``store.engine.snapshot``) and again once read,
+a change or an erasure in the transaction that writes: an erasure and a re-sign-up landing
+after the check cannot be shown through the old link. A valid link of a customer we do not
+hold (never created, or removed otherwise) gets 404 on every route, the one-click
+unsubscribe too, and nothing is recorded: a token is signed for a customer we mailed, so its
+holder learns nothing from the answer that the token did not already say, and no event is
+stored for an id that names nobody. Tokens prove who the customer is; a page shows their
+address only masked. Every change is recorded in the audit log with ``actor = customer`` and
+the page as its source.
 
 Every answer under these paths (pages, the download, errors) carries :data:`PRIVATE_HEADERS`
 (:class:`PrivateHeaders`): personal data is not cached, the token in the URL is not sent on
@@ -149,10 +150,15 @@ class Pages:
         self.shop = settings.shop.name
 
     def verify(self, token: str, purpose: str) -> tokens.Claims:
+        """The link's claims. An unsubscribe link does not expire: an objection to marketing
+        mail is possible at any time (UWG §7(3) no. 4, Art. 21(2) GDPR), from an old
+        e-mail's link or one-click header too, and it only ever stops mail; a preferences
+        link, which shows and exports the customer's data, lives 400 days."""
         if self.secret is None:
             raise LinkError(503, "links_off")
+        max_age = None if purpose == "unsubscribe" else 400
         try:
-            return tokens.verify(self.secret, token, purpose, self.clock.now())
+            return tokens.verify(self.secret, token, purpose, self.clock.now(), max_age)
         except tokens.TokenError:
             raise LinkError(400, "invalid") from None
 

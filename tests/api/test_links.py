@@ -306,3 +306,22 @@ def test_an_old_link_exports_nothing_of_a_record_made_before_the_export(
     reply = call(app, "GET", f"/p/{old['p']}/data.json")
     assert reply.status == 410 and "zelda" not in reply.text.lower()
     assert customer(engine).email == "zelda@example.test"
+
+
+def test_an_unsubscribe_link_of_an_old_e_mail_still_unsubscribes(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """An objection to marketing mail is possible at any time (UWG §7(3) no. 4, Art. 21(2)
+    GDPR), from any e-mail's link or its one-click header: an unsubscribe link does not
+    expire (it was refused after 400 days, "not valid any more", and the customer stayed
+    subscribed). The preferences link, which shows and exports the data, still expires."""
+    app = make_app(engine, tmp_path)
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    old = links("e2e1", NOW - timedelta(days=1000))
+    assert call(app, "GET", f"/p/{old['p']}").status == 400
+    assert customer(engine).unsubscribed_at is None
+    page = call(app, "GET", f"/u/{old['u']}")
+    assert page.status == 200 and "<form" in page.text  # the confirm button, nothing done
+    assert customer(engine).unsubscribed_at is None
+    assert call(app, "POST", f"/u/{old['u']}", data={"List-Unsubscribe": "One-Click"}).status == 200
+    assert customer(engine).unsubscribed_at == NOW
