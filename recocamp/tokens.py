@@ -56,7 +56,14 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes of ``text`` as :func:`_b64` writes them, and only as it writes them
+    (ValueError otherwise): a lenient decoder skips characters outside the alphabet and
+    ignores padding and a last character's spare bits, so one token had countless valid
+    spellings, markup put into them included, which the pages carry on."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not the token's own spelling")
+    return data
 
 
 def sign(

@@ -9,6 +9,7 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -325,3 +326,38 @@ def test_an_unsubscribe_link_of_an_old_e_mail_still_unsubscribes(
     assert customer(engine).unsubscribed_at is None
     assert call(app, "POST", f"/u/{old['u']}", data={"List-Unsubscribe": "One-Click"}).status == 200
     assert customer(engine).unsubscribed_at == NOW
+
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def spare_bit(token: str) -> str:
+    """The signature's last character with its unused low bit flipped (32 bytes fill 42⅔
+    characters): the same bytes to a lenient decoder."""
+    last = ALPHABET.index(token[-1])
+    return token[:-1] + ALPHABET[last ^ 1]
+
+
+@pytest.mark.parametrize(
+    "respell",
+    [
+        lambda t: t.replace(".", '."><!', 1),  # no base64: the decoder skipped it
+        lambda t: t + "==",  # padding
+        spare_bit,
+    ],
+)
+def test_a_link_is_valid_in_the_one_spelling_it_was_signed_in(
+    engine: sa.Engine, tmp_path: Path, respell: Any
+) -> None:
+    """A token decoded leniently was valid in countless spellings (characters outside
+    base64url skipped, padding, a last character's spare bits): markup put into a valid link
+    was carried into the page (its download link, the survey's form), and a link could not
+    be recognised by its text. Only the spelling signed is valid, on every route."""
+    app = make_app(engine, tmp_path)
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    link = {k: respell(v) for k, v in links("e2e1", NOW - timedelta(days=1)).items()}
+    assert call(app, "GET", f"/p/{quote(link['p'])}").status == 400
+    assert call(app, "GET", f"/u/{quote(link['u'])}").status == 400
+    assert call(app, "GET", f"/v1/feedback?token={quote(link['f'])}").status == 400
+    assert call(app, "POST", f"/u/{quote(link['u'])}").status == 400
+    assert customer(engine).unsubscribed_at is None
