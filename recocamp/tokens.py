@@ -49,6 +49,7 @@ class Claims:
     purpose: str
     issued_at: datetime
     survey: str | None = None
+    mailbox: str | None = None  # the tag of the address it was mailed to (:func:`mailbox_tag`)
 
 
 def _b64(data: bytes) -> str:
@@ -73,26 +74,49 @@ def sign(
     purpose: str,
     now: datetime,
     survey: str | None = None,
+    mailbox: str | None = None,
 ) -> str:
-    payload = _claims(customer_id, campaign, purpose, int(now.timestamp()), survey).encode()
+    """A token; ``mailbox``: the :func:`mailbox_tag` of the address it is mailed to."""
+    issued = int(now.timestamp())
+    payload = _claims(customer_id, campaign, purpose, issued, survey, mailbox).encode()
     mac = _keyed(key).copy()
     mac.update(b"v1." + payload)
     return f"v1.{_b64(payload)}.{_b64(mac.digest())}"
 
 
-def _claims(customer_id: str, campaign: str, purpose: str, issued: int, survey: str | None) -> str:
+def _claims(
+    customer_id: str,
+    campaign: str,
+    purpose: str,
+    issued: int,
+    survey: str | None,
+    mailbox: str | None = None,
+) -> str:
     """The claims' JSON, as ``json.dumps(claims, separators=(",", ":"))`` writes it. Strings
     that JSON writes as they are (printable ASCII without quote or backslash: every id and
     campaign name in practice) are joined in directly, 0.7 µs instead of the encoder's 2.4
     (a campaign run signs two tokens per e-mail); any other string goes through the encoder."""
     texts = customer_id + campaign + purpose + (survey or "")
     if texts.isascii() and texts.isprintable() and '"' not in texts and "\\" not in texts:
-        tail = "}" if survey is None else f',"s":"{survey}"}}'
+        tail = "" if mailbox is None else f',"m":"{mailbox}"'  # base64url: written as it is
+        tail += "}" if survey is None else f',"s":"{survey}"}}'
         return f'{{"c":"{customer_id}","k":"{campaign}","p":"{purpose}","i":{issued}{tail}'
     claims: dict[str, object] = {"c": customer_id, "k": campaign, "p": purpose, "i": issued}
+    if mailbox is not None:
+        claims["m"] = mailbox
     if survey is not None:
         claims["s"] = survey
     return _ENCODE(claims)
+
+
+def mailbox_tag(key: bytes, address: str) -> str:
+    """A short keyed tag of an address (as :func:`address_key` writes it) for a token: the
+    link names the address it was mailed to without carrying it, and is refused once the
+    customer's address is another (``api.pages``): mail keeps its links in a mailbox the
+    customer has left."""
+    mac = _keyed(key).copy()
+    mac.update(f"mailbox:{address_key(address)}".encode())
+    return _b64(mac.digest()[:12])
 
 
 @functools.lru_cache(maxsize=8)
@@ -125,13 +149,14 @@ def verify(
         raise TokenError("token expired")
     if issued > now + CLOCK_SKEW:  # clocks differ by seconds, not more
         raise TokenError("token issued in the future")
-    survey = data.get("s")
+    survey, mailbox = data.get("s"), data.get("m")
     return Claims(
         str(data["c"]),
         str(data["k"]),
         str(data["p"]),
         issued,
         None if survey is None else str(survey),
+        None if mailbox is None else str(mailbox),
     )
 
 

@@ -24,7 +24,10 @@ after the check cannot be shown through the old link. A valid link of a customer
 hold (never created, or removed otherwise) gets 404 on every route, the one-click
 unsubscribe too, and nothing is recorded: a token is signed for a customer we mailed, so its
 holder learns nothing from the answer that the token did not already say, and no event is
-stored for an id that names nobody. Tokens prove who the customer is; a page shows their
+stored for an id that names nobody. A preferences link mailed to an address its customer
+has left since (it names it: ``tokens.mailbox_tag``) gets 400 on the page, its forms and the
+download, as a link not valid any more: a mailbox the customer left (recycled, a former
+job's) keeps its mail. Tokens prove who the customer is; a page shows their
 address only masked. Every change is recorded in the audit log with ``actor = customer`` and
 the page as its source.
 
@@ -35,6 +38,7 @@ as a referrer, and no other site may frame a page to trick a click on its button
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Mapping
@@ -162,6 +166,25 @@ class Pages:
         except tokens.TokenError:
             raise LinkError(400, "invalid") from None
 
+    def mailed_to(self, found: tokens.Claims) -> None:
+        """LinkError 400 when a (verified) preferences link was mailed to an address its
+        customer has left since: see :meth:`moved`."""
+        with self.engine.connect() as connection:
+            if self.moved(connection, found):
+                raise LinkError(400, "invalid")
+
+    def moved(self, connection: Connection, found: tokens.Claims) -> bool:
+        """Whether the link names an address (``tokens.mailbox_tag``) that its customer no
+        longer holds: mail keeps its links in a mailbox the customer left (a recycled one, a
+        former job's), whose reader must not see, export or erase their data. A link naming
+        none (issued before links named one, or by ``recocamp link``) is not bound."""
+        if found.mailbox is None or not store.exists(connection, found.customer_id):
+            return False
+        assert self.secret is not None  # verify() answered 503 without it
+        address = store.email(connection, found.customer_id)
+        tag = "" if address is None else tokens.mailbox_tag(self.secret, address)
+        return not hmac.compare_digest(tag, found.mailbox)
+
     def lang(self, request: Request, customer_id: str | None) -> str:
         locale = None
         if customer_id is not None:
@@ -253,6 +276,8 @@ class Pages:
         with snapshot(self.engine) as connection:  # the check and what it shows: one state
             if self.erased(connection, found, writing=False):
                 return self.gone(request)
+            if self.moved(connection, found):
+                return self.failed(request, LinkError(400, "invalid"))
             lang = self.language(request, store.locale(connection, found.customer_id))
             context = _context(
                 connection, found, lang, self.clock.now(), self.service, self.settings.shop.zone
@@ -278,6 +303,7 @@ class Pages:
         """A form of the preferences page; answered with a redirect back to it (303)."""
         try:
             found = self.verify(token, "preferences")
+            await run_in_threadpool(self.mailed_to, found)  # a query: off the event loop
         except LinkError as error:
             return self.failed(request, error)
         lang = await run_in_threadpool(self.lang, request, found.customer_id)  # a query: off
@@ -303,6 +329,7 @@ class Pages:
         """Everything we hold about the customer, as a JSON file (GDPR Art. 15/20)."""
         try:
             found = self.verify(token, "preferences")
+            self.mailed_to(found)
         except LinkError as error:
             return self.failed(request, error)
         assert self.secret is not None  # verify() answered 503 without it

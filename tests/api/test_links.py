@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from recocamp import privacy, tokens
+from recocamp.campaigns import compose
 from recocamp.clock import FixedClock
 from recocamp.store import privacy as privacy_store
 from recocamp.store import tombstones as tombstones_store
 from recocamp.store.schema import contact_events, customers, feedback, id_erasures, tombstones
-from tests.api_shop import NOW, SIGNING_KEY, Reply, bearer, call, make_app
+from tests.api_shop import NOW, SIGNING_KEY, Reply, bearer, call, make_app, settings_for
 
 KEY = SIGNING_KEY.encode()
 SURVEY = "nps/2012-01-04"
@@ -361,3 +362,36 @@ def test_a_link_is_valid_in_the_one_spelling_it_was_signed_in(
     assert call(app, "GET", f"/v1/feedback?token={quote(link['f'])}").status == 400
     assert call(app, "POST", f"/u/{quote(link['u'])}").status == 400
     assert customer(engine).unsubscribed_at is None
+
+
+def test_a_preferences_link_mailed_to_an_address_the_customer_left_is_not_valid(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Mail that went to an address the customer has left (a recycled mailbox, a former
+    job's) keeps its links: whoever reads that mailbox opened the customer's page, downloaded
+    everything held, the new address in clear, and could erase them. A preferences link
+    names the address it was mailed to (a keyed tag, no address): once the address changed,
+    the page, its forms and the download refuse it (400). Its unsubscribe link still
+    unsubscribes: it only ever stops mail."""
+    app = make_app(engine, tmp_path)
+    old = "old@example.test"
+    assert put(app, "e2e1", {"source": "signup", "email": old, "first_name": "Erwin"}).status == 200
+    settings = settings_for(tmp_path)
+    sent = compose.links(settings, KEY, "e2e1", "winback", NOW - timedelta(days=1), old)
+    p, u = sent.preferences.rpartition("/")[2], sent.unsubscribe.rpartition("/")[2]
+    assert call(app, "GET", f"/p/{p}").status == 200  # the address it was mailed to: valid
+    assert put(app, "e2e1", {"source": "crm", "email": "new@example.test"}).status == 200
+    page = call(app, "GET", f"/p/{p}")
+    download = call(app, "GET", f"/p/{p}/data.json")
+    assert (page.status, download.status) == (400, 400)
+    assert "Erwin" not in page.text and "new@example.test" not in download.text
+    for form in ({"action": "save", "objected": "on"}, {"action": "erase", "confirm": "on"}):
+        assert call(app, "POST", f"/p/{p}", data=form).status == 400
+    person = customer(engine)
+    assert person.email == "new@example.test" and not person.objected_to_profiling
+    assert call(app, "POST", f"/u/{u}").status == 200
+    assert customer(engine).unsubscribed_at == NOW
+    fresh = compose.links(settings, KEY, "e2e1", "winback", NOW, "new@example.test")
+    assert call(app, "GET", f"/p/{fresh.preferences.rpartition('/')[2]}").status == 200
+    unbound = compose.links(settings, KEY, "e2e1", "winback", NOW - timedelta(days=1))
+    assert call(app, "GET", f"/p/{unbound.preferences.rpartition('/')[2]}").status == 200
