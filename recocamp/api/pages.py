@@ -177,7 +177,7 @@ class Pages:
         """Whether the link names an address (``tokens.mailbox_tag``) that its customer no
         longer holds: mail keeps its links in a mailbox the customer left (a recycled one, a
         former job's), whose reader must not see, export or erase their data. A link naming
-        none (issued before links named one, or by ``recocamp link``) is not bound."""
+        none (issued before links named one) is not bound."""
         if found.mailbox is None or not store.exists(connection, found.customer_id):
             return False
         assert self.secret is not None  # verify() answered 503 without it
