@@ -168,9 +168,10 @@ class Pages:
 
     def mailed_to(self, found: tokens.Claims) -> None:
         """LinkError 400 when a (verified) preferences link was mailed to an address its
-        customer has left since: see :meth:`moved`."""
+        customer has left since: see :meth:`moved`. A link void by an erasure passes: the
+        route answers it 410, as every route does."""
         with self.engine.connect() as connection:
-            if self.moved(connection, found):
+            if not self.erased(connection, found, writing=False) and self.moved(connection, found):
                 raise LinkError(400, "invalid")
 
     def moved(self, connection: Connection, found: tokens.Claims) -> bool:

@@ -395,3 +395,25 @@ def test_a_preferences_link_mailed_to_an_address_the_customer_left_is_not_valid(
     assert call(app, "GET", f"/p/{fresh.preferences.rpartition('/')[2]}").status == 200
     unbound = compose.links(settings, KEY, "e2e1", "winback", NOW - timedelta(days=1))
     assert call(app, "GET", f"/p/{unbound.preferences.rpartition('/')[2]}").status == 200
+
+
+def test_a_mailed_link_of_an_erased_record_is_gone_whatever_address_came_back(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The erasure's answer (410) comes first: a link naming the erased record's address,
+    after a new sign-up under the id at another address, is gone on every route alike, not
+    "not valid" (400) on some."""
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    assert put(app, "e2e1", {"source": "signup", "email": "old@example.test"}).status == 200
+    sent = compose.links(
+        settings_for(tmp_path), KEY, "e2e1", "winback", NOW - timedelta(days=1), "old@example.test"
+    )
+    old = {**links("e2e1", NOW - timedelta(days=1)), "p": sent.preferences.rpartition("/")[2]}
+    assert call(app, "DELETE", "/v1/privacy/customers/e2e1", headers=bearer("dpo")).status == 200
+    later = clock.advance(timedelta(days=1))
+    renewed = {"consent_basis": "double_opt_in", "consent_at": later.isoformat()}
+    again = {"source": "signup", "new_sign_up": True, "email": "new@example.test", **renewed}
+    assert put(app, "e2e1", again).status == 200
+    gone = every_route(app, old)
+    assert set(gone.values()) == {410}, gone
