@@ -555,7 +555,9 @@ def _context(
         t["unsubscribed"]
         if person.unsubscribed_at is not None
         else (
-            t["paused"].format(date=_day(person.paused_until, lang)) if paused else t["subscribed"]
+            t["paused"].format(date=_day(person.paused_until, lang, zone))
+            if paused
+            else t["subscribed"]
         )
     )
     answer = service.answer(found.customer_id, Query(n=4))
@@ -564,11 +566,11 @@ def _context(
         "c": person,
         "status": status,
         "paused": paused,
-        "facts": [*_facts(connection, person, t, lang, now, service), forecast[0]],
+        "facts": [*_facts(connection, person, t, lang, now, service, zone), forecast[0]],
         "forecast_held": forecast[1],
         "campaign": found.campaign,
         "manual": found.campaign == tokens.MANUAL_CAMPAIGN,  # ``recocamp link``: no campaign
-        "consent": _consent(person, t, lang),
+        "consent": _consent(person, t, lang, zone),
         "personal": answer.personalised,
         "offers": [replace(o, why=why_in(o.why, lang)) for o in answer.offers],
     }
@@ -581,19 +583,21 @@ def _facts(
     lang: str,
     now: datetime,
     service: OfferService,
+    zone: ZoneInfo,
 ) -> list[tuple[str, str]]:
     placed = views.customer_orders(connection, person.id, now)
     history = history_of(placed, service.snapshot().catalogue)
     orders = t["none"]
     if history.count:
-        first, last = _day(history.orders[0].at, lang), _day(history.orders[-1].at, lang)
+        first = _day(history.orders[0].at, lang, zone)
+        last = _day(history.orders[-1].at, lang, zone)
         key = "orders_one" if history.count == 1 else "orders_summary"
         kinds = len(history.items)  # "1 verschiedenen Artikeln" was no German (nor English)
         bought = t["items_one"] if kinds == 1 else t["items_many"].format(n=kinds)
         orders = t[key].format(orders=history.count, items=bought, first=first, last=last)
     sent = store.emails_sent(connection, person.id)
     emails = (
-        t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang))
+        t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang, zone))
         if sent[0]
         else (t["none"])
     )
@@ -610,7 +614,7 @@ def _facts(
         (t["field_time_zone"], person.time_zone or ""),
         (t["field_country"], person.country or ""),
         (t["field_birthday"], _day(person.birthday, lang) if person.birthday else ""),
-        (t["field_consent"], _consent(person, t, lang)),
+        (t["field_consent"], _consent(person, t, lang, zone)),
         (t["field_orders"], orders),
         (t["field_emails"], emails),
         (t["field_profiling"], profiling),
@@ -662,16 +666,21 @@ def _purchase_days(
     return len({order.at.astimezone(zone).date() for order in kept})
 
 
-def _consent(person: Any, t: dict[str, str], lang: str) -> str:
+def _consent(person: Any, t: dict[str, str], lang: str, zone: ZoneInfo) -> str:
     text = t[f"consent_{person.consent_basis}"]
     if person.consent_at is not None and person.consent_basis != "none":
-        text += ", " + t["since"].format(date=_day(person.consent_at, lang))
+        text += ", " + t["since"].format(date=_day(person.consent_at, lang, zone))
     return text
 
 
-def _day(value: Any, lang: str) -> str:
+def _day(value: Any, lang: str, zone: ZoneInfo | None = None) -> str:
+    """A day as the page writes it; an instant (``zone``: the shop's) as that zone's day, as
+    the forecast's days are: a pause made at half past midnight in Berlin read as ending on
+    the day before (UTC's)."""
     if value is None:
         return ""
+    if zone is not None and isinstance(value, datetime):
+        value = value.astimezone(zone)
     return str(value.strftime("%d.%m.%Y" if lang == "de" else "%Y-%m-%d"))
 
 

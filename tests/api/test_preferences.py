@@ -446,3 +446,18 @@ def test_a_stored_value_todays_rules_refuse_does_not_block_the_customers_own_cha
     assert row.paused_until.replace(tzinfo=NOW.tzinfo) == NOW + timedelta(weeks=4)
     again = {"source": "crm", "email": "x\u200b@example.test"}  # a change of it: still held
     assert call(app, "PUT", "/v1/customers/c1", json=again, headers=bearer("shop")).status == 422
+
+
+def test_the_page_gives_days_in_the_shops_zone(engine: sa.Engine, tmp_path: Path) -> None:
+    """A time is told as the shop's day (Europe/Berlin), as the forecast's days are: a
+    consent given and a pause made at half past midnight in Berlin read as the day before
+    (UTC's), the pause's end a day early."""
+    late = NOW.replace(hour=23, minute=30)  # 00:30 the next day in Berlin
+    app = make_app(engine, tmp_path, FixedClock(late))
+    consent = {"consent_basis": "double_opt_in", "consent_at": late.isoformat()}
+    body = {"source": "signup", "email": "e@example.test", "locale": "de", **consent}
+    assert call(app, "PUT", "/v1/customers/c1", json=body, headers=bearer("shop")).status == 200
+    assert call(app, "POST", page("c1"), data={"action": "pause", "weeks": "4"}).status == 303
+    html = call(app, "GET", page("c1")).text
+    assert "seit 06.01.2012" in html and "seit 05.01.2012" not in html
+    assert "E-Mails sind pausiert bis zum 03.02.2012." in html
