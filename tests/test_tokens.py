@@ -11,7 +11,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from recocamp.tokens import Claims, TokenError, email_hashes, id_hashes, keyed_hash, sign, verify
+from recocamp.tokens import (
+    Claims,
+    TokenError,
+    email_hashes,
+    id_hashes,
+    keyed_hash,
+    mailbox_tag,
+    sign,
+    verify,
+)
 
 KEY = b"k" * 32
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -108,15 +117,19 @@ def test_a_token_is_the_same_bytes_as_ever_under_each_key() -> None:
 def test_claims_are_the_json_encoders_bytes_for_any_string(text: str) -> None:
     """Plain strings are joined into the claims without the encoder: the bytes must be the
     encoder's for every string, plain or not, in every field."""
-    for survey in (None, "s/1", text):
+    tag = mailbox_tag(KEY, "anna@example.test")
+    for survey, mailbox in ((None, None), ("s/1", None), (text, None), (None, tag), (text, tag)):
         for customer, campaign in ((text, "winback"), ("12748", text)):
             claims: dict[str, object] = {"c": customer, "k": campaign, "p": "feedback"}
             claims["i"] = 1717200000
+            if mailbox is not None:
+                claims["m"] = mailbox
             if survey is not None:
                 claims["s"] = survey
-            token = sign(KEY, customer, campaign, "feedback", NOW, survey)
+            token = sign(KEY, customer, campaign, "feedback", NOW, survey, mailbox)
             assert token.split(".")[1] == _b64(json.dumps(claims, separators=(",", ":")).encode())
-            assert verify(KEY, token, "feedback", NOW).customer_id == customer
+            found = verify(KEY, token, "feedback", NOW)
+            assert (found.customer_id, found.mailbox) == (customer, mailbox)
 
 
 def _b64(data: bytes) -> str:

@@ -4,7 +4,8 @@ that takes one (the preferences page, the feedback page).
 A form's fields are what a browser sends, but anyone can post anything: bytes that are not
 UTF-8, thousands of fields, a megabyte in one field, digits that are not ASCII (``'²'``
 passes ``str.isdigit()`` but ``int('²')`` raises). Everything here raises :class:`FormError`
-(the page answers 400 with a page, never a 500), which never quotes the value.
+(the page answers 400 with a page, never a 500), which never quotes the value, and names a
+field only by a printable name with any address in it masked (the sender chose the name).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from urllib.parse import parse_qsl
 
-from recocamp.errors import RecocampError
+from recocamp.errors import RecocampError, mask_addresses
 
 MAX_FIELDS = 20  # the largest form (preferences: action, channel, frequency, …) has five
 MAX_VALUE = 4000  # a comment of 2000 characters, written in any script
@@ -39,10 +40,12 @@ def fields(body: bytes, max_fields: int = MAX_FIELDS) -> dict[str, str]:
         raise FormError(f"the form has more than {max_fields} fields") from None
     form: dict[str, str] = {}
     for name, value in pairs:
-        if len(name) > 64 or "\x00" in name:
-            raise FormError("a field name is too long or holds NUL")
+        if len(name) > 64 or not name.isprintable():  # NUL, a line break: a forged log line
+            raise FormError("a field name is too long or holds a control character")
         if len(value) > MAX_VALUE or "\x00" in value:
-            raise FormError(f"is longer than {MAX_VALUE} characters or holds NUL", name)
+            # named, as the sender wrote it, but for an address (no address in error bodies)
+            problem = f"is longer than {MAX_VALUE} characters or holds NUL"
+            raise FormError(problem, mask_addresses(name))
         form[name] = value
     return form
 

@@ -228,7 +228,10 @@ def _comment(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise Refused(422, "the comment must be text")
-    text = value.strip()
+    # a line break as the page's textarea counts it for its maxlength (one character): a
+    # browser sends each as CRLF (HTML's form encoding), which made a comment the page
+    # allowed longer than MAX_COMMENT here, and refused the answer with it
+    text = value.replace("\r\n", "\n").strip()
     problem = text_problem(text, MAX_COMMENT)
     if problem is None and not _encodable(text):
         problem = "is not text: a lone UTF-16 surrogate"

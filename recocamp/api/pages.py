@@ -10,22 +10,26 @@
   a download of all data (``/p/{token}/data.json``, GDPR Art. 15/20) and erasure (Art. 17).
   Its forms post to ``/p/{token}`` and are answered with a redirect back (303).
 
-A token tampered with, expired, issued in the future or made for another purpose gets 400
-and changes nothing. A link of an erased customer (``store.tombstones``) gets 410 with a page
-saying that their data was erased and they will not be contacted, and changes nothing: no
-unsubscribe event is recorded under the erased id, no profile is created again. So does a
-link issued before the latest erasure of its customer id when the person has signed up
-again since (``tombstones.void_link``): it belongs to the erased record, and must neither
-show, export, change nor erase the new one. Every route says so alike, the download too.
-The page and the download check it in the snapshot they read (``store.engine.snapshot``)
-and again once read, a change or an erasure in the transaction that writes: an erasure and
-a re-sign-up landing after the check cannot be shown through the old link.
-A valid link of a customer we do not hold (never created, or removed otherwise) gets 404
-on every route, the one-click unsubscribe too, and nothing is recorded: a token is signed
-for a customer we mailed, so its holder learns nothing from the answer that the token
-did not already say, and no event is stored for an id that names nobody.
-Tokens prove who the customer is; a page shows their address only masked. Every change is
-recorded in the audit log with ``actor = customer`` and the page as its source.
+A token tampered with, expired (a preferences link after 400 days; an unsubscribe link never
+expires), issued in the future or made for another purpose gets 400 and changes nothing. A
+link of an erased customer (``store.tombstones``) gets 410 with a page saying that their
+data was erased and they will not be contacted, and changes nothing: no unsubscribe event is
+recorded under the erased id, no profile is created again. So does a link issued before the
+latest erasure of its customer id when the person has signed up again since
+(``tombstones.void_link``): it belongs to the erased record, and must neither show, export,
+change nor erase the new one. Every route says so alike, the download too. The page and the
+download check it in the snapshot they read (``store.engine.snapshot``) and again once read,
+a change or an erasure in the transaction that writes: an erasure and a re-sign-up landing
+after the check cannot be shown through the old link. A valid link of a customer we do not
+hold (never created, or removed otherwise) gets 404 on every route, the one-click
+unsubscribe too, and nothing is recorded: a token is signed for a customer we mailed, so its
+holder learns nothing from the answer that the token did not already say, and no event is
+stored for an id that names nobody. A preferences link mailed to an address its customer
+has left since (it names it: ``tokens.mailbox_tag``) gets 400 on the page, its forms and the
+download, as a link not valid any more: a mailbox the customer left (recycled, a former
+job's) keeps its mail. Tokens prove who the customer is; a page shows their
+address only masked. Every change is recorded in the audit log with ``actor = customer`` and
+the page as its source.
 
 Every answer under these paths (pages, the download, errors) carries :data:`PRIVATE_HEADERS`
 (:class:`PrivateHeaders`): personal data is not cached, the token in the URL is not sent on
@@ -34,6 +38,7 @@ as a referrer, and no other site may frame a page to trick a click on its button
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Mapping
@@ -149,12 +154,37 @@ class Pages:
         self.shop = settings.shop.name
 
     def verify(self, token: str, purpose: str) -> tokens.Claims:
+        """The link's claims. An unsubscribe link does not expire: an objection to marketing
+        mail is possible at any time (UWG §7(3) no. 4, Art. 21(2) GDPR), from an old
+        e-mail's link or one-click header too, and it only ever stops mail; a preferences
+        link, which shows and exports the customer's data, lives 400 days."""
         if self.secret is None:
             raise LinkError(503, "links_off")
+        max_age = None if purpose == "unsubscribe" else 400
         try:
-            return tokens.verify(self.secret, token, purpose, self.clock.now())
+            return tokens.verify(self.secret, token, purpose, self.clock.now(), max_age)
         except tokens.TokenError:
             raise LinkError(400, "invalid") from None
+
+    def mailed_to(self, found: tokens.Claims) -> None:
+        """LinkError 400 when a (verified) preferences link was mailed to an address its
+        customer has left since: see :meth:`moved`. A link void by an erasure passes: the
+        route answers it 410, as every route does."""
+        with self.engine.connect() as connection:
+            if not self.erased(connection, found, writing=False) and self.moved(connection, found):
+                raise LinkError(400, "invalid")
+
+    def moved(self, connection: Connection, found: tokens.Claims) -> bool:
+        """Whether the link names an address (``tokens.mailbox_tag``) that its customer no
+        longer holds: mail keeps its links in a mailbox the customer left (a recycled one, a
+        former job's), whose reader must not see, export or erase their data. A link naming
+        none (issued before links named one) is not bound."""
+        if found.mailbox is None or not store.exists(connection, found.customer_id):
+            return False
+        assert self.secret is not None  # verify() answered 503 without it
+        address = store.email(connection, found.customer_id)
+        tag = "" if address is None else tokens.mailbox_tag(self.secret, address)
+        return not hmac.compare_digest(tag, found.mailbox)
 
     def lang(self, request: Request, customer_id: str | None) -> str:
         locale = None
@@ -247,6 +277,8 @@ class Pages:
         with snapshot(self.engine) as connection:  # the check and what it shows: one state
             if self.erased(connection, found, writing=False):
                 return self.gone(request)
+            if self.moved(connection, found):
+                return self.failed(request, LinkError(400, "invalid"))
             lang = self.language(request, store.locale(connection, found.customer_id))
             context = _context(
                 connection, found, lang, self.clock.now(), self.service, self.settings.shop.zone
@@ -272,6 +304,7 @@ class Pages:
         """A form of the preferences page; answered with a redirect back to it (303)."""
         try:
             found = self.verify(token, "preferences")
+            await run_in_threadpool(self.mailed_to, found)  # a query: off the event loop
         except LinkError as error:
             return self.failed(request, error)
         lang = await run_in_threadpool(self.lang, request, found.customer_id)  # a query: off
@@ -297,6 +330,7 @@ class Pages:
         """Everything we hold about the customer, as a JSON file (GDPR Art. 15/20)."""
         try:
             found = self.verify(token, "preferences")
+            self.mailed_to(found)
         except LinkError as error:
             return self.failed(request, error)
         assert self.secret is not None  # verify() answered 503 without it
@@ -521,7 +555,9 @@ def _context(
         t["unsubscribed"]
         if person.unsubscribed_at is not None
         else (
-            t["paused"].format(date=_day(person.paused_until, lang)) if paused else t["subscribed"]
+            t["paused"].format(date=_day(person.paused_until, lang, zone))
+            if paused
+            else t["subscribed"]
         )
     )
     answer = service.answer(found.customer_id, Query(n=4))
@@ -530,11 +566,11 @@ def _context(
         "c": person,
         "status": status,
         "paused": paused,
-        "facts": [*_facts(connection, person, t, lang, now, service), forecast[0]],
+        "facts": [*_facts(connection, person, t, lang, now, service, zone), forecast[0]],
         "forecast_held": forecast[1],
         "campaign": found.campaign,
         "manual": found.campaign == tokens.MANUAL_CAMPAIGN,  # ``recocamp link``: no campaign
-        "consent": _consent(person, t, lang),
+        "consent": _consent(person, t, lang, zone),
         "personal": answer.personalised,
         "offers": [replace(o, why=why_in(o.why, lang)) for o in answer.offers],
     }
@@ -547,19 +583,21 @@ def _facts(
     lang: str,
     now: datetime,
     service: OfferService,
+    zone: ZoneInfo,
 ) -> list[tuple[str, str]]:
     placed = views.customer_orders(connection, person.id, now)
     history = history_of(placed, service.snapshot().catalogue)
     orders = t["none"]
     if history.count:
-        first, last = _day(history.orders[0].at, lang), _day(history.orders[-1].at, lang)
+        first = _day(history.orders[0].at, lang, zone)
+        last = _day(history.orders[-1].at, lang, zone)
         key = "orders_one" if history.count == 1 else "orders_summary"
         kinds = len(history.items)  # "1 verschiedenen Artikeln" was no German (nor English)
         bought = t["items_one"] if kinds == 1 else t["items_many"].format(n=kinds)
         orders = t[key].format(orders=history.count, items=bought, first=first, last=last)
     sent = store.emails_sent(connection, person.id)
     emails = (
-        t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang))
+        t["emails_summary"].format(count=sent[0], last=_day(sent[1], lang, zone))
         if sent[0]
         else (t["none"])
     )
@@ -576,7 +614,7 @@ def _facts(
         (t["field_time_zone"], person.time_zone or ""),
         (t["field_country"], person.country or ""),
         (t["field_birthday"], _day(person.birthday, lang) if person.birthday else ""),
-        (t["field_consent"], _consent(person, t, lang)),
+        (t["field_consent"], _consent(person, t, lang, zone)),
         (t["field_orders"], orders),
         (t["field_emails"], emails),
         (t["field_profiling"], profiling),
@@ -628,16 +666,21 @@ def _purchase_days(
     return len({order.at.astimezone(zone).date() for order in kept})
 
 
-def _consent(person: Any, t: dict[str, str], lang: str) -> str:
+def _consent(person: Any, t: dict[str, str], lang: str, zone: ZoneInfo) -> str:
     text = t[f"consent_{person.consent_basis}"]
     if person.consent_at is not None and person.consent_basis != "none":
-        text += ", " + t["since"].format(date=_day(person.consent_at, lang))
+        text += ", " + t["since"].format(date=_day(person.consent_at, lang, zone))
     return text
 
 
-def _day(value: Any, lang: str) -> str:
+def _day(value: Any, lang: str, zone: ZoneInfo | None = None) -> str:
+    """A day as the page writes it; an instant (``zone``: the shop's) as that zone's day, as
+    the forecast's days are: a pause made at half past midnight in Berlin read as ending on
+    the day before (UTC's)."""
     if value is None:
         return ""
+    if zone is not None and isinstance(value, datetime):
+        value = value.astimezone(zone)
     return str(value.strftime("%d.%m.%Y" if lang == "de" else "%Y-%m-%d"))
 
 

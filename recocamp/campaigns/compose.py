@@ -45,10 +45,21 @@ class Links:
     feedback: Callable[[str], str] | None = None
 
 
-def links(settings: Settings, key: bytes, customer_id: str, campaign: str, now: datetime) -> Links:
+def links(
+    settings: Settings,
+    key: bytes,
+    customer_id: str,
+    campaign: str,
+    now: datetime,
+    address: str | None = None,
+) -> Links:
+    """The e-mail's links; ``address``: the one it is mailed to, which its preferences link
+    names (``tokens.mailbox_tag``): that link shows, exports and erases the customer's data,
+    and is refused once their address is another. The unsubscribe link is not bound."""
     base = str(settings.api.public_url).rstrip("/")
     unsubscribe = tokens.sign(key, customer_id, campaign, "unsubscribe", now)
-    preferences = tokens.sign(key, customer_id, campaign, "preferences", now)
+    mailbox = None if address is None else tokens.mailbox_tag(key, address)
+    preferences = tokens.sign(key, customer_id, campaign, "preferences", now, mailbox=mailbox)
     mailbox = settings.esp.unsubscribe_mailto
     # tokens are URL-safe
     mailto = f"mailto:{mailbox}?subject=unsubscribe%20{unsubscribe}" if mailbox else None

@@ -547,7 +547,9 @@ def _email(
     issued_at: datetime,
     send_key: str,
 ) -> Queued:
-    link = compose.links(settings, key, decision.customer_id, campaign.name, issued_at)
+    link = compose.links(
+        settings, key, decision.customer_id, campaign.name, issued_at, view.customer.email
+    )
     email = compose.compose(
         decision, view, campaign, settings, renderer, link, send_key, defer_body=True
     )

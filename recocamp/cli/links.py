@@ -114,7 +114,8 @@ def link(
                 raise _refuse(f"customer {customer_id!r} was erased: a link would reach nobody")
             if not pages.exists(connection, customer_id):
                 raise _refuse(f"we hold no customer {customer_id!r}")
-    links = compose.links(settings, key, customer_id, campaign, issued)
+            address = pages.email(connection, customer_id)  # the link names it, as mail's do
+    links = compose.links(settings, key, customer_id, campaign, issued, address)
     url = {
         Purpose.preferences: links.preferences,
         Purpose.unsubscribe: links.unsubscribe,

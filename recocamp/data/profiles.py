@@ -2,8 +2,9 @@
 
 One function applies every change, whoever makes it: the shop (``PUT /v1/customers/{id}``,
 a sign-up, a consent given at checkout, a CRM sync) or the customer (the preferences page).
-Values are checked with the customers import's own rules (``sources.csv.customer_row``: a
-consent basis needs its timestamp, one plain address, IANA time zones, dates). Every
+The values a change gives are checked with the customers import's own rules
+(``sources.csv.customer_row``: a consent basis needs its timestamp, one plain address, IANA
+time zones, dates); stored values it leaves alone are not held to them again. Every
 change is written to the audit log with its time, actor and source; the entry names the
 fields that changed and the values of the consent and contact fields, never an address or
 a name.
@@ -104,7 +105,7 @@ def apply(
         else {"locale": default_locale, "channel_email": True, "objected_to_profiling": False}
     )
     after = {**before, **changes}
-    _validate(customer_id, after, zone or ZoneInfo("UTC"))
+    _validate(customer_id, after, zone or ZoneInfo("UTC"), None if row is None else set(changes))
     _not_ahead(changes, now or at)
     if row is not None:
         _own_consent_time(before, changes)
@@ -157,14 +158,23 @@ def _changed_since(
     return tuple(name for name in FIELDS if name in stale)
 
 
-def _validate(customer_id: str, after: Mapping[str, Any], zone: ZoneInfo) -> None:
-    """The import's rules over the changed profile as a whole (consent needs its time …)."""
-    row = {"id": customer_id, **{name: _text(after.get(name)) for name in FIELDS}}
+def _validate(
+    customer_id: str, after: Mapping[str, Any], zone: ZoneInfo, given: set[str] | None
+) -> None:
+    """The import's rules over the changed profile (consent needs its time …): a new one
+    as a whole (``given`` None), a stored one over the fields ``given`` (the consent fields
+    together, a basis belongs to its time). A stored value is not held to them again: an
+    address an older release took (a zero-width space in it) refused every change of the
+    customer's, their objection to profiling on the preferences page too (a 500)."""
+    if given is not None and given & set(CONSENT):
+        given = given | set(CONSENT)
+    held = set(FIELDS) if given is None else given
+    row = {"id": customer_id, **{n: _text(after.get(n)) if n in held else "" for n in FIELDS}}
     try:
         sources.customer_row(row, sources.Timestamps(zone), None)
     except sources.RowProblem as problem:
         raise ProfileError(problem.column, problem.message, problem.value) from None
-    if after.get("locale") not in LOCALES:
+    if "locale" in held and after.get("locale") not in LOCALES:
         raise ProfileError("locale", "must be de or en", after.get("locale"))
     frequency = after.get("frequency_preference")
     if frequency is not None and frequency not in FREQUENCIES:

@@ -18,6 +18,13 @@ def locale(connection: Connection, customer_id: str) -> str | None:
     return found
 
 
+def email(connection: Connection, customer_id: str) -> str | None:
+    """The customer's address; None for none, or an unknown customer."""
+    query = sa.select(customers.c.email).where(customers.c.id == customer_id)
+    found: str | None = connection.execute(query).scalar_one_or_none()
+    return found
+
+
 def exists(connection: Connection, customer_id: str) -> bool:
     query = sa.select(customers.c.id).where(customers.c.id == customer_id)
     return connection.execute(query).first() is not None

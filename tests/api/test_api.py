@@ -253,10 +253,12 @@ def test_invalid_link_is_400_and_changes_nothing(
 
 
 def test_expired_link_is_400(store: sa.Engine) -> None:
+    """A preferences link expires; an unsubscribe link does not (test_links)."""
     old = tokens.sign(
-        SIGNING_KEY.encode(), CUSTOMER, "winback", "unsubscribe", NOW - timedelta(days=401)
+        SIGNING_KEY.encode(), CUSTOMER, "winback", "preferences", NOW - timedelta(days=401)
     )
-    assert call(make_app(store), "POST", f"/u/{old}").status == 400
+    form = {"action": "unsubscribe"}
+    assert call(make_app(store), "POST", f"/p/{old}", data=form).status == 400
     assert state(store) == UNTOUCHED
 
 

@@ -11,6 +11,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
@@ -185,6 +186,40 @@ def test_bad_feedback_forms_get_a_400_page(app: FastAPI) -> None:
     ):
         reply = call(app, "POST", "/v1/feedback", content=body, headers=FORM)
         assert reply.status == 400 and reply.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("a@b.c", "&lt;address&gt;: is longer than 4000 characters"),
+        ("x\n2026-01-01 INFO recocamp: forged", "a field name is too long or holds a control"),
+    ],
+)
+def test_a_form_field_is_named_in_errors_without_an_address_or_a_line_break(
+    engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, said: str
+) -> None:
+    """A form's error names the field at fault, whose name the sender chose: an address
+    there reached the feedback page's English error text and the preferences page's log, and
+    a line break in it wrote a log line of the sender's making."""
+    settings = settings_for(tmp_path / "models")
+    english = settings.model_copy(
+        update={"shop": settings.shop.model_copy(update={"default_locale": "en"})}
+    )
+    app = create_app(english, engine, FixedClock(NOW))
+    created = call(
+        app, "PUT", f"/v1/customers/{CUSTOMER}", headers=bearer("shop"), json={"source": "t"}
+    )
+    assert created.status == 200
+    body = urlencode({"action": "pause", "weeks": "4", name: "x" * 4001}).encode()
+    with caplog.at_level(logging.DEBUG):
+        page = call(app, "POST", link(), content=body, headers=FORM)
+        answer = call(app, "POST", "/v1/feedback", content=body, headers=FORM)
+    assert page.status == 400 and answer.status == 400
+    assert said in answer.text  # the problem is still said
+    no_address(answer, caplog, "a@b.c")
+    no_address(page, caplog, "a@b.c")
+    assert "forged" not in answer.text
+    assert all("\n" not in r.getMessage() for r in caplog.records), caplog.records
 
 
 def test_feedback_json_nested_past_the_parsers_stack_is_a_400(app: FastAPI) -> None:

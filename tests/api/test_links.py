@@ -9,17 +9,19 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
 from recocamp import privacy, tokens
+from recocamp.campaigns import compose
 from recocamp.clock import FixedClock
 from recocamp.store import privacy as privacy_store
 from recocamp.store import tombstones as tombstones_store
 from recocamp.store.schema import contact_events, customers, feedback, id_erasures, tombstones
-from tests.api_shop import NOW, SIGNING_KEY, Reply, bearer, call, make_app
+from tests.api_shop import NOW, SIGNING_KEY, Reply, bearer, call, make_app, settings_for
 
 KEY = SIGNING_KEY.encode()
 SURVEY = "nps/2012-01-04"
@@ -306,3 +308,112 @@ def test_an_old_link_exports_nothing_of_a_record_made_before_the_export(
     reply = call(app, "GET", f"/p/{old['p']}/data.json")
     assert reply.status == 410 and "zelda" not in reply.text.lower()
     assert customer(engine).email == "zelda@example.test"
+
+
+def test_an_unsubscribe_link_of_an_old_e_mail_still_unsubscribes(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """An objection to marketing mail is possible at any time (UWG §7(3) no. 4, Art. 21(2)
+    GDPR), from any e-mail's link or its one-click header: an unsubscribe link does not
+    expire (it was refused after 400 days, "not valid any more", and the customer stayed
+    subscribed). The preferences link, which shows and exports the data, still expires."""
+    app = make_app(engine, tmp_path)
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    old = links("e2e1", NOW - timedelta(days=1000))
+    assert call(app, "GET", f"/p/{old['p']}").status == 400
+    assert customer(engine).unsubscribed_at is None
+    page = call(app, "GET", f"/u/{old['u']}")
+    assert page.status == 200 and "<form" in page.text  # the confirm button, nothing done
+    assert customer(engine).unsubscribed_at is None
+    assert call(app, "POST", f"/u/{old['u']}", data={"List-Unsubscribe": "One-Click"}).status == 200
+    assert customer(engine).unsubscribed_at == NOW
+
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def spare_bit(token: str) -> str:
+    """The signature's last character with its unused low bit flipped (32 bytes fill 42⅔
+    characters): the same bytes to a lenient decoder."""
+    last = ALPHABET.index(token[-1])
+    return token[:-1] + ALPHABET[last ^ 1]
+
+
+@pytest.mark.parametrize(
+    "respell",
+    [
+        lambda t: t.replace(".", '."><!', 1),  # no base64: the decoder skipped it
+        lambda t: t + "==",  # padding
+        spare_bit,
+    ],
+)
+def test_a_link_is_valid_in_the_one_spelling_it_was_signed_in(
+    engine: sa.Engine, tmp_path: Path, respell: Any
+) -> None:
+    """A token decoded leniently was valid in countless spellings (characters outside
+    base64url skipped, padding, a last character's spare bits): markup put into a valid link
+    was carried into the page (its download link, the survey's form), and a link could not
+    be recognised by its text. Only the spelling signed is valid, on every route."""
+    app = make_app(engine, tmp_path)
+    assert put(app, "e2e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    link = {k: respell(v) for k, v in links("e2e1", NOW - timedelta(days=1)).items()}
+    assert call(app, "GET", f"/p/{quote(link['p'])}").status == 400
+    assert call(app, "GET", f"/u/{quote(link['u'])}").status == 400
+    assert call(app, "GET", f"/v1/feedback?token={quote(link['f'])}").status == 400
+    assert call(app, "POST", f"/u/{quote(link['u'])}").status == 400
+    assert customer(engine).unsubscribed_at is None
+
+
+def test_a_preferences_link_mailed_to_an_address_the_customer_left_is_not_valid(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Mail that went to an address the customer has left (a recycled mailbox, a former
+    job's) keeps its links: whoever reads that mailbox opened the customer's page, downloaded
+    everything held, the new address in clear, and could erase them. A preferences link
+    names the address it was mailed to (a keyed tag, no address): once the address changed,
+    the page, its forms and the download refuse it (400). Its unsubscribe link still
+    unsubscribes: it only ever stops mail."""
+    app = make_app(engine, tmp_path)
+    old = "old@example.test"
+    assert put(app, "e2e1", {"source": "signup", "email": old, "first_name": "Erwin"}).status == 200
+    settings = settings_for(tmp_path)
+    sent = compose.links(settings, KEY, "e2e1", "winback", NOW - timedelta(days=1), old)
+    p, u = sent.preferences.rpartition("/")[2], sent.unsubscribe.rpartition("/")[2]
+    assert call(app, "GET", f"/p/{p}").status == 200  # the address it was mailed to: valid
+    assert put(app, "e2e1", {"source": "crm", "email": "new@example.test"}).status == 200
+    page = call(app, "GET", f"/p/{p}")
+    download = call(app, "GET", f"/p/{p}/data.json")
+    assert (page.status, download.status) == (400, 400)
+    assert "Erwin" not in page.text and "new@example.test" not in download.text
+    for form in ({"action": "save", "objected": "on"}, {"action": "erase", "confirm": "on"}):
+        assert call(app, "POST", f"/p/{p}", data=form).status == 400
+    person = customer(engine)
+    assert person.email == "new@example.test" and not person.objected_to_profiling
+    assert call(app, "POST", f"/u/{u}").status == 200
+    assert customer(engine).unsubscribed_at == NOW
+    fresh = compose.links(settings, KEY, "e2e1", "winback", NOW, "new@example.test")
+    assert call(app, "GET", f"/p/{fresh.preferences.rpartition('/')[2]}").status == 200
+    unbound = compose.links(settings, KEY, "e2e1", "winback", NOW - timedelta(days=1))
+    assert call(app, "GET", f"/p/{unbound.preferences.rpartition('/')[2]}").status == 200
+
+
+def test_a_mailed_link_of_an_erased_record_is_gone_whatever_address_came_back(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The erasure's answer (410) comes first: a link naming the erased record's address,
+    after a new sign-up under the id at another address, is gone on every route alike, not
+    "not valid" (400) on some."""
+    clock = FixedClock(NOW)
+    app = make_app(engine, tmp_path, clock)
+    assert put(app, "e2e1", {"source": "signup", "email": "old@example.test"}).status == 200
+    sent = compose.links(
+        settings_for(tmp_path), KEY, "e2e1", "winback", NOW - timedelta(days=1), "old@example.test"
+    )
+    old = {**links("e2e1", NOW - timedelta(days=1)), "p": sent.preferences.rpartition("/")[2]}
+    assert call(app, "DELETE", "/v1/privacy/customers/e2e1", headers=bearer("dpo")).status == 200
+    later = clock.advance(timedelta(days=1))
+    renewed = {"consent_basis": "double_opt_in", "consent_at": later.isoformat()}
+    again = {"source": "signup", "new_sign_up": True, "email": "new@example.test", **renewed}
+    assert put(app, "e2e1", again).status == 200
+    gone = every_route(app, old)
+    assert set(gone.values()) == {410}, gone

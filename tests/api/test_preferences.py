@@ -24,8 +24,10 @@ from recocamp.store.schema import audit_log, contact_events, customers, items
 from tests.api_shop import (
     NOW,
     SIGNING_KEY,
+    bearer,
     call,
     engine_of,
+    make_app,
     settings_for,
 )
 
@@ -420,3 +422,42 @@ def test_one_item_bought_is_said_in_the_singular(app: FastAPI) -> None:
     assert f"1 Bestellung mit 1 Artikel am {day:%d.%m.%Y}" in german
     english = call(app, "GET", page("one")).text
     assert f"1 order of 1 item on {day:%Y-%m-%d}" in english
+
+
+def test_a_stored_value_todays_rules_refuse_does_not_block_the_customers_own_changes(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """An address stored before a rule refused it (a zero-width space: imports refuse it
+    since, older ones took it) made every form of the page a 500: the customer could neither
+    object to profiling nor pause. A change is held to the rules of what it changes."""
+    app = make_app(engine, tmp_path)
+    given = (NOW - timedelta(days=9)).isoformat()
+    consent = {"consent_basis": "double_opt_in", "consent_at": given}
+    body = {"source": "signup", "email": "e@example.test", **consent}
+    assert call(app, "PUT", "/v1/customers/c1", json=body, headers=bearer("shop")).status == 200
+    with engine.begin() as connection:  # as an older release stored it
+        connection.execute(sa.update(customers).values(email="e\u200b@example.test"))
+    objection = call(app, "POST", page("c1"), data={"action": "save", "objected": "on"})
+    pause = call(app, "POST", page("c1"), data={"action": "pause", "weeks": "4"})
+    assert (objection.status, pause.status) == (303, 303)
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(customers)).one()
+    assert row.objected_to_profiling and row.channel_email is False
+    assert row.paused_until.replace(tzinfo=NOW.tzinfo) == NOW + timedelta(weeks=4)
+    again = {"source": "crm", "email": "x\u200b@example.test"}  # a change of it: still held
+    assert call(app, "PUT", "/v1/customers/c1", json=again, headers=bearer("shop")).status == 422
+
+
+def test_the_page_gives_days_in_the_shops_zone(engine: sa.Engine, tmp_path: Path) -> None:
+    """A time is told as the shop's day (Europe/Berlin), as the forecast's days are: a
+    consent given and a pause made at half past midnight in Berlin read as the day before
+    (UTC's), the pause's end a day early."""
+    late = NOW.replace(hour=23, minute=30)  # 00:30 the next day in Berlin
+    app = make_app(engine, tmp_path, FixedClock(late))
+    consent = {"consent_basis": "double_opt_in", "consent_at": late.isoformat()}
+    body = {"source": "signup", "email": "e@example.test", "locale": "de", **consent}
+    assert call(app, "PUT", "/v1/customers/c1", json=body, headers=bearer("shop")).status == 200
+    assert call(app, "POST", page("c1"), data={"action": "pause", "weeks": "4"}).status == 303
+    html = call(app, "GET", page("c1")).text
+    assert "seit 06.01.2012" in html and "seit 05.01.2012" not in html
+    assert "E-Mails sind pausiert bis zum 03.02.2012." in html

@@ -213,3 +213,18 @@ def test_after_a_new_sign_up_a_link_is_made_once_the_erasure_is_past_the_clock_s
     finally:
         api.state.service.close()
         engine.dispose()
+
+
+def test_a_link_made_for_the_current_address_is_refused_once_it_changed(
+    store: CliRunner, shop_api: FastAPI
+) -> None:
+    """The printed preferences link names the customer's address, as an e-mail's does: sent
+    there, it does not open the page for whoever holds that mailbox after the customer
+    moved on."""
+    path = _link(store, "c2")
+    assert call(shop_api, "GET", path).status == 200
+    moved = {"source": "crm", "email": "bob@elsewhere.test"}
+    changed = call(shop_api, "PUT", "/v1/customers/c2", json=moved, headers=bearer("shop"))
+    assert changed.status == 200
+    assert call(shop_api, "GET", path).status == 400
+    assert call(shop_api, "GET", _link(store, "c2")).status == 200  # a new one: the new address

@@ -215,6 +215,25 @@ def test_a_json_comment_that_cannot_be_stored_is_a_422(
     assert stored(engine) == []
 
 
+def test_a_comment_the_page_allowed_is_stored_with_its_line_breaks(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail]
+) -> None:
+    """The page's textarea allows ``maxlength`` (2000) characters counting a line break as
+    one, and a browser sends each as CRLF (HTML's form encoding): a comment of 2000 with 100
+    line breaks arrived as 2100 and was refused, with the customer's score."""
+    app = make_app(engine, FixedClock(NOW))
+    token = parse_qs(urlsplit(links_of(mailed[ADDRESSES["c1"]])[0]).query)["token"][0]
+    typed = ("Schnelle Lieferung\n" * 200)[:2000]  # the textarea's value: what maxlength counts
+    sent = typed.replace("\n", "\r\n")
+    reply = call(app, "POST", "/v1/feedback", data={"token": token, "score": "9", "comment": sent})
+    assert reply.status == 200 and "(9 von 10)" in reply.text
+    assert stored(engine) == [(f"nps/{NOW:%Y-%m-%d}", "c1", 9, typed.strip())]
+    too_long = "x" + typed  # one past what the page allows: still refused
+    token = parse_qs(urlsplit(links_of(mailed[ADDRESSES["c2"]])[0]).query)["token"][0]
+    form = {"token": token, "score": "9", "comment": too_long.replace("\n", "\r\n")}
+    assert call(app, "POST", "/v1/feedback", data=form).status == 422
+
+
 @pytest.mark.parametrize("score", ["\u0667", "\uff17", " 7", "+7", "7.0", "07 ", "1_0"])
 def test_form_scores_are_ascii_digits(
     engine: sa.Engine, mailed: dict[str, OutgoingEmail], score: str
