@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from recocamp.clock import FixedClock
 from recocamp.data.synthetic import END
@@ -220,3 +221,31 @@ def test_the_listener_reconnecting_trusts_the_cache_only_once_it_is_cleared(
     service._trusted = not connected
     service._connected(connected)
     assert seen == [False] and service.trusted is connected
+
+
+def test_an_id_holding_a_slash_is_served_like_any_other(app: FastAPI) -> None:
+    """An id is any printable text (``domain.id_problem``): the imports and the purchase
+    events take ``DE/1001``. Sent as ``DE%2F1001``, the server decodes the path before
+    routing, and the old routes' ``{customer_id}`` stops at a slash: the customer whose
+    purchases were just stored got 404 "Not Found", as did the similar items of an item id
+    holding one."""
+    _, cached = cached_customer(engine_of(app))
+    bought = [str(entry[0]) for entry in cached[:2]]
+    order = {
+        "order_id": "slash-1",
+        "customer_id": "DE/1001",
+        "ordered_at": (NOW - timedelta(days=1)).isoformat(),
+        "lines": [{"item_id": item, "quantity": 1, "unit_price": 3.5} for item in bought],
+    }
+    posted = call(app, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
+    assert posted.status == 200, posted.text
+    labels = {"method": "GET", "route": NBO.format("{customer_id}"), "status": "200"}
+    before = REGISTRY.get_sample_value("recocamp_http_requests_total", labels) or 0.0
+    found = offers(app, urllib.parse.quote("DE/1001", safe=""), "n=3&mode=discover")
+    assert REGISTRY.get_sample_value("recocamp_http_requests_total", labels) == before + 1
+    assert found["customer_id"] == "DE/1001"
+    assert found["basis"] == "recalculated" and found["personalised"]
+    assert not set(ids(found)) & set(bought)
+    similar = call(app, "GET", "/v1/items/A%2F1/similar", headers=bearer("shop"))
+    assert similar.status == 404
+    assert similar.json()["detail"].startswith("no similar items for 'A/1'")
