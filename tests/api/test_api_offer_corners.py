@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 import urllib.parse
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from prometheus_client import REGISTRY
 
 from recocamp.clock import FixedClock
 from recocamp.data.synthetic import END
+from recocamp.store import queries, views
 from recocamp.store.engine import make_engine
 from recocamp.store.schema import items
-from tests.api.test_api_offers import NBO, cached_customer, fastapi_twin, ids, offers
+from tests.api.test_api_offers import NBO, cached_customer, fastapi_twin, ids, live, offers
 from tests.api.test_preferences import page, someone
 from tests.api_shop import (
     NOW,
@@ -249,3 +251,20 @@ def test_an_id_holding_a_slash_is_served_like_any_other(app: FastAPI) -> None:
     similar = call(app, "GET", "/v1/items/A%2F1/similar", headers=bearer("shop"))
     assert similar.status == 404
     assert similar.json()["detail"].startswith("no similar items for 'A/1'")
+
+
+def test_an_item_without_a_price_is_never_offered(app: FastAPI) -> None:
+    """A catalogue item at price 0: an items file may say so (its price column takes 0), and
+    an online-retail import gives an item no sale in the file priced it (only returns or
+    free lines) price 0. A line at price 0 is an adjustment, not a purchase: the item cannot
+    be sold as offered. The widget (and an e-mail, by the same rule) showed it at 0.00."""
+    engine = engine_of(app)
+    popular = [str(item) for item, _ in live(engine).popular]
+    with engine.begin() as connection:
+        free = views.catalogue_items(connection, popular[:1])[popular[0]]
+        queries.upsert_items(connection, [replace(free, price=0.0)], NOW)
+    shown = ids(offers(app, "nobody-we-know", "n=4"))
+    assert popular[0] not in shown
+    assert shown == [item for item in popular if item != popular[0]][:4]
+    similar = call(app, "GET", f"/v1/items/{popular[1]}/similar?n=50", headers=bearer("shop"))
+    assert popular[0] not in [entry["item_id"] for entry in similar.json()["items"]]
