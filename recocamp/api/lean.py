@@ -149,7 +149,9 @@ def strings(
     commas: bool = True,
 ) -> list[str]:
     """Every value of a repeatable parameter; with ``commas``, a value may also list several,
-    comma-separated (item ids; not category names, which may hold a comma)."""
+    comma-separated (item ids; not category names, which may hold a comma). A value holding
+    a comma stands for itself too: an id may hold one (``A,1``), and split alone, the cart's
+    item ``A,1`` was not excluded."""
     found: list[str] = []
     for position, (_, value) in enumerate(p for p in pairs if p[0] == name):
         if len(value) > max_length:
@@ -163,7 +165,7 @@ def strings(
                 )
             )
             continue
-        parts = value.split(",") if commas else (value,)
+        parts = [*value.split(","), value] if commas and "," in value else [value]
         found += [part.strip() for part in parts if part.strip()]
     return found
 

@@ -20,7 +20,7 @@ from recocamp.clock import FixedClock
 from recocamp.data.synthetic import END
 from recocamp.store import queries, views
 from recocamp.store.engine import make_engine
-from recocamp.store.schema import items
+from recocamp.store.schema import items, models
 from tests.api.test_api_offers import NBO, cached_customer, fastapi_twin, ids, live, offers
 from tests.api.test_preferences import page, someone
 from tests.api_shop import (
@@ -295,3 +295,25 @@ def test_an_order_dated_before_the_models_cutoff_but_stored_after_its_training_i
     after = offers(app, buyer, "n=5")
     assert after["basis_reason"] == "recalculated: changed since training"
     assert not set(fresh) & set(ids(offers(app, buyer, "n=5&mode=discover")))
+
+
+def test_an_item_id_holding_a_comma_can_be_excluded(
+    shop: tuple[sa.Engine, Path], closing: Closing
+) -> None:
+    """``exclude`` also takes ids separated by commas, and an item id is any printable text:
+    the cart's item ``A,1`` sent as ``exclude=A%2C1`` was split into ``A`` and ``1``, and the
+    widget offered the very item in the cart. A value with a comma excludes its parts and
+    itself."""
+    engine = shop[0]
+    row = live(engine)
+    first = str(row.popular[0][0])
+    popular = [["A,1" if str(item) == first else item, score] for item, score in row.popular]
+    with engine.begin() as connection:
+        connection.execute(sa.update(items).where(items.c.id == first).values(id="A,1"))
+        connection.execute(
+            sa.update(models).where(models.c.version == row.version).values(popular=popular)
+        )
+    app = closing(make_app(*shop))
+    assert ids(offers(app, "nobody-we-know", "n=3"))[0] == "A,1"
+    shown = ids(offers(app, "nobody-we-know", "n=3&exclude=" + urllib.parse.quote("A,1")))
+    assert "A,1" not in shown and len(shown) == 3
