@@ -75,7 +75,18 @@ def header(request: Request, name: bytes) -> str | None:
 
 
 def id_errors(value: str, loc: Sequence[str | int]) -> list[dict[str, Any]]:
-    """What FastAPI says about ``value`` as a :data:`PathId` (no errors: an id)."""
+    """What FastAPI says about ``value`` as a :data:`PathId` (no errors: an id), in its
+    order: length first (an empty id reaches a ``{id:path}`` route), then the pattern."""
+    if not value:
+        return [
+            problem(
+                "string_too_short",
+                loc,
+                "String should have at least 1 character",
+                value,
+                {"min_length": 1},
+            )
+        ]
     if len(value) > ID_MAX:
         return [
             problem(

@@ -317,3 +317,13 @@ def test_an_item_id_holding_a_comma_can_be_excluded(
     assert ids(offers(app, "nobody-we-know", "n=3"))[0] == "A,1"
     shown = ids(offers(app, "nobody-we-know", "n=3&exclude=" + urllib.parse.quote("A,1")))
     assert "A,1" not in shown and len(shown) == 3
+
+
+def test_an_empty_id_is_refused_as_fastapi_refuses_it(app: FastAPI) -> None:
+    """The route takes an id holding a slash, so ``/v1/customers//next-best-offer`` reaches
+    it (404 before): its 422 is FastAPI's own, ``string_too_short`` first."""
+    path = NBO.format("")
+    lean = call(app, "GET", path, headers=bearer("shop"))
+    plain = call(fastapi_twin(app), "GET", path, headers=bearer("shop"))
+    assert lean.status == plain.status == 422
+    assert lean.json() == plain.json()
