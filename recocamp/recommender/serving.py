@@ -155,12 +155,10 @@ class Live:
             return False
         orders, columns = self.data.orders, self.columns
         learnt = round(float(orders.data[orders.indptr[row] : orders.indptr[row + 1]].sum()))
-        pairs = sum(
-            sum(map(columns.__contains__, order.items))
-            for order in history.orders
-            if order.at < cutoff
-        )
-        return pairs > learnt
+        before = [order.items for order in history.orders if order.at < cutoff]
+        if sum(map(len, before)) <= learnt:  # the common case, without a look-up per item
+            return False
+        return sum(sum(map(columns.__contains__, items)) for items in before) > learnt
 
     def listed(self, customer_id: str, top_n: int) -> list[list[Any]] | None:
         """The customer's top-N exactly as the cache holds it for the customers it keeps
