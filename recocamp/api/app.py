@@ -359,7 +359,8 @@ class HttpMetrics:
             self.record(scope, status, time.perf_counter() - started)
 
     def record(self, scope: Scope, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", "unmatched")
+        matched = scope.get("route")  # its template without a convertor ({id:path} → {id})
+        route = str(getattr(matched, "path_format", None) or getattr(matched, "path", "unmatched"))
         method = scope["method"]  # the client's word: any token passes the HTTP parser
         key = (method if method in METHODS else "OTHER", route, status)
         counter = self.counters.get(key)

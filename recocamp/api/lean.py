@@ -75,7 +75,18 @@ def header(request: Request, name: bytes) -> str | None:
 
 
 def id_errors(value: str, loc: Sequence[str | int]) -> list[dict[str, Any]]:
-    """What FastAPI says about ``value`` as a :data:`PathId` (no errors: an id)."""
+    """What FastAPI says about ``value`` as a :data:`PathId` (no errors: an id), in its
+    order: length first (an empty id reaches a ``{id:path}`` route), then the pattern."""
+    if not value:
+        return [
+            problem(
+                "string_too_short",
+                loc,
+                "String should have at least 1 character",
+                value,
+                {"min_length": 1},
+            )
+        ]
     if len(value) > ID_MAX:
         return [
             problem(
@@ -149,7 +160,9 @@ def strings(
     commas: bool = True,
 ) -> list[str]:
     """Every value of a repeatable parameter; with ``commas``, a value may also list several,
-    comma-separated (item ids; not category names, which may hold a comma)."""
+    comma-separated (item ids; not category names, which may hold a comma). A value holding
+    a comma stands for itself too: an id may hold one (``A,1``), and split alone, the cart's
+    item ``A,1`` was not excluded."""
     found: list[str] = []
     for position, (_, value) in enumerate(p for p in pairs if p[0] == name):
         if len(value) > max_length:
@@ -163,7 +176,7 @@ def strings(
                 )
             )
             continue
-        parts = value.split(",") if commas else (value,)
+        parts = [*value.split(","), value] if commas and "," in value else [value]
         found += [part.strip() for part in parts if part.strip()]
     return found
 

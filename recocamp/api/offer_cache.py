@@ -382,12 +382,6 @@ class Tally:
     shares: int = 0  # re-scored lists this process wrote for the others
 
 
-def _changed_since_training(history: History, live: Live) -> bool:
-    """Whether the rules re-score a customer with a cached list (``serving.personal_list``):
-    only those are looked up among the shared re-scored lists."""
-    return history.last_at is not None and history.last_at >= live.data_cutoff
-
-
 def _reasoned(
     offer: offers.Offer,
     because: Mapping[str, str],
@@ -783,7 +777,7 @@ class OfferService:
                 live is not None
                 and not objected
                 and kept.complete
-                and (row is None or _changed_since_training(kept.history, live))
+                and (row is None or live.changed(customer_id, kept.history))
             )
             shared = self._shared_list(connection, customer_id, live, kept) if sharable else None
         self.tally.extended += extended

@@ -154,7 +154,7 @@ def next_best_offer_route(
         return {"request": request, "customer_id": customer_id, "key": key, **values}
 
     return api_lean.LeanRoute(
-        "/v1/customers/{customer_id}/next-best-offer",
+        "/v1/customers/{customer_id:path}/next-best-offer",
         next_best_offer,
         parse=parse,
         methods=["GET"],
@@ -169,7 +169,7 @@ def router(service: OfferService, problems: dict[int | str, Any]) -> APIRouter:
     """The other offer routes."""
     api = APIRouter(tags=["offers"])
 
-    @api.get("/v1/items/{item_id}/similar", response_model=SimilarOut, responses=problems)
+    @api.get("/v1/items/{item_id:path}/similar", response_model=SimilarOut, responses=problems)
     def similar(
         item_id: api_lean.PathId,
         key: OffersRead,

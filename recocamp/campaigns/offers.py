@@ -3,9 +3,10 @@
 The same function serves the campaign planner and the shop API, so an e-mail and a widget
 never disagree. Candidates come first from the customer's personal list (the recommender's
 top-N cache), then from the recent-popularity list; rules drop what may not be offered:
-service items, items out of stock, the offer mode (replenish: bought before; discover: never
-bought), category and price filters, exclusions, and — for customers who receive mail under
-the existing-customer exception (UWG §7(3)) — anything outside the categories they bought.
+service items, items out of stock or without a price, the offer mode (replenish: bought
+before; discover: never bought), category and price filters, exclusions, and — for
+customers who receive mail under the existing-customer exception (UWG §7(3)) — anything
+outside the categories they bought.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ class Candidates:
 
 def offerable(item: Item | None) -> bool:
     """Whether an item may be shown at all, whatever the rules: in the catalogue, in stock,
-    not a service item (shipping, fees). The offers, the API's similar items and the
-    command line's ``similar``/``recommend`` all leave out the others."""
-    return item is not None and item.in_stock and not item.is_service
+    not a service item (shipping, fees), priced (a line at price 0 is an adjustment, not a
+    purchase: an item at 0 — an items file's, or one an online-retail import saw only in
+    returns and free lines — cannot be sold as offered). The offers, the API's similar items
+    and the command line's ``similar``/``recommend`` all leave out the others."""
+    return item is not None and item.in_stock and not item.is_service and item.price > 0
 
 
 def first_offerable(

@@ -406,7 +406,7 @@ def similar_items(item_id: str, n: TopN = 10) -> None:
     _ranked_table(shown, score)
 
 
-_AVAILABLE = "out-of-stock and service items left out, as in the API's answers"
+_AVAILABLE = "out-of-stock, service and unpriced items left out, as in the API's answers"
 
 
 def _offerable(

@@ -837,9 +837,10 @@ def _drop_customers(directory: Path, customer_ids: Collection[str]) -> int:
     for name in [n for n in arrays if n.startswith("model_") and n.endswith("user_factors")]:
         arrays[name] = arrays[name][keep]
     partial = _partial(path)
-    with partial.open("wb") as handle:
-        np.savez(handle, allow_pickle=False, **arrays)
-    os.replace(partial, path)
+    with _removed_unless_replaced(partial):  # it holds every other customer's rows
+        with partial.open("wb") as handle:
+            np.savez(handle, allow_pickle=False, **arrays)
+        os.replace(partial, path)
     return removed
 
 

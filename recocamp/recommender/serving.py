@@ -6,8 +6,10 @@ so the CLI and the API apply one rule:
 
 - customers who objected to profiling (or were erased) get the recent-popularity list only
   (``ranking.objects_to_profiling``, then ``ranking.personal_or_popular`` for the reason);
-- a customer who bought something since the model's data cutoff, or who has a history but
-  no cached list (new, or objection withdrawn), is re-scored now from their history
+- a customer who bought something the model did not learn (since its data cutoff, or dated
+  before it but stored after the training read the lines: :meth:`Live.changed`), or who has
+  a history but no cached list (new, or objection withdrawn), is re-scored now from their
+  history
   (:meth:`Live.rescore`: implicit's ``recalculate_user`` for the factors, the hybrid's
   own-items and kNN parts from the new row);
 - a customer the model was trained on who has no cached list because they were not active
@@ -134,6 +136,30 @@ class Live:
             for item, value in zip(items, values[finite].tolist(), strict=True)
         ]
 
+    def changed(self, customer_id: str, history: Purchases) -> bool:
+        """Whether ``history`` holds purchases this model did not learn: an order at or after
+        its data cutoff, or one dated before it but stored after the training read the lines
+        (yesterday's orders imported in the morning, an event retried after an outage). The
+        latter is told by the history's (order, item) pairs before the cutoff, of the items
+        the model has (not service items, nor items it never saw: they change no score),
+        against the sum of the customer's row of distinct-order counts, which counts the same
+        pairs: orders
+        are stored whole, so a late one adds pairs (fewer pairs are lines taken away, as an
+        erasure's unlinking does: nothing bought). A customer the model does not hold has no
+        row to compare (the rules re-score them as not cached)."""
+        cutoff = self.data_cutoff
+        if history.last_at is not None and history.last_at >= cutoff:
+            return True
+        row = int(self.data.rows_of(np.array([customer_id]))[0])
+        if row < 0:
+            return False
+        orders, columns = self.data.orders, self.columns
+        learnt = round(float(orders.data[orders.indptr[row] : orders.indptr[row + 1]].sum()))
+        before = [order.items for order in history.orders if order.at < cutoff]
+        if sum(map(len, before)) <= learnt:  # the common case, without a look-up per item
+            return False
+        return sum(sum(map(columns.__contains__, items)) for items in before) > learnt
+
     def listed(self, customer_id: str, top_n: int) -> list[list[Any]] | None:
         """The customer's top-N exactly as the cache holds it for the customers it keeps
         (None for a customer the model was not trained on)."""
@@ -207,7 +233,7 @@ def personal_list(
         why = "the live model cannot be loaded" if unloadable else "no live model yet"
         return Personal(None, f"popular: {why}", None)
     if not objected:
-        changed = history.last_at is not None and history.last_at >= live.data_cutoff
+        changed = live.changed(customer_id, history)
         listed = None
         if listable and not changed and cached is None and history.count > 0:
             listed = live.listed(customer_id, top_n)  # outside the cache's window

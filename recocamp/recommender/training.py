@@ -17,6 +17,8 @@
    customer active within ``cache_active_days`` of the data cutoff (the others' lists are
    computed on request, the same list); else register it as ``rejected``. Both figures, the
    split they were measured on and the interval go into the registry (``metrics["gate"]``).
+   A training stopped before its model is registered removes the artifacts it saved: only
+   registered models are reached by erasure, objection, export and the retention purge.
 
 ``promote`` and ``rollback`` switch the live model by version and rebuild the cache from
 its artifacts.
@@ -29,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -337,15 +340,18 @@ def train(
         twin = registry.get(connection, version)
     if twin is not None:  # another training of the same data finished meanwhile
         return _unchanged(twin, name)
-    model.save(path, final, data, meta)
-    _without_the_unprofiled(engine, path, data, erasures_seen)  # before anybody can load it
-    say("writing the top-N cache" if promote else "registering the rejected model")
     try:
+        model.save(path, final, data, meta)
+        _without_the_unprofiled(engine, path, data, erasures_seen)  # before anybody can load it
+        say("writing the top-N cache" if promote else "registering the rejected model")
         rows, changed = _register(
             engine, final, data, meta, path, now, promote, settings, evaluation.live_version
         )
     except _AlreadyRegistered as exc:
         return _unchanged(exc.row, name)
+    except BaseException:
+        _remove_unregistered(engine, path, version)
+        raise
     _without_the_unprofiled(engine, path, data, erasures_seen)  # who came since: see there
     if changed is not None:
         promote, reason = False, changed
@@ -528,6 +534,8 @@ def _register(
         twin = registry.get(connection, meta["version"])
         if twin is not None:
             raise _AlreadyRegistered(twin)
+        if not (path / "model.npz").exists():  # removed by a stopped training of the same data
+            raise ModelError(f"the artifacts of {meta['version']} at {path} were removed meanwhile")
         changed = _live_changed(connection, gated_against) if promote else None
         if changed is not None:
             promote = False
@@ -570,6 +578,23 @@ def _without_the_unprofiled(
     if len(held):
         removed = model.drop_customers(path, held.tolist())
         log.info("%d customer(s) who objected or were erased while the model trained", removed)
+
+
+def _remove_unregistered(engine: Engine, path: Path, version: str) -> None:
+    """Remove the artifacts of a training stopped before its model was registered (Ctrl-C,
+    the registration failing): they hold every customer's ids, purchase rows and factors,
+    and erasure, objection, export and the retention purge reach registered models only
+    (``registry.artifact_paths``). Kept when the version is registered after all: a
+    training of the same data at once registered it, from the same directory."""
+    try:
+        with engine.connect() as connection:
+            if registry.get(connection, version) is not None:
+                return
+    except Exception:  # the store is away: they may be a registered model's; say where
+        log.error("train %s stopped: remove %s unless the version is registered", version, path)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    log.info("train %s: stopped before registration, its artifacts removed", version)
 
 
 def _live_changed(connection: Connection, gated_against: str | None) -> str | None:

@@ -479,7 +479,7 @@ def fastapi_twin(app: FastAPI) -> FastAPI:
     """The same endpoint behind a plain APIRoute (FastAPI parses and validates), answered by
     the same error handlers."""
     lean = next(
-        r for r in app.router.routes if getattr(r, "path", "") == NBO.format("{customer_id}")
+        r for r in app.router.routes if getattr(r, "path_format", "") == NBO.format("{customer_id}")
     )
     assert isinstance(lean, APIRoute)
     twin = FastAPI()

@@ -28,6 +28,7 @@ ITEMS = {
     "d": Item("d", "Dish", "kitchen", 12.0),
     "gone": Item("gone", "Gone", "kitchen", 5.0, in_stock=False),
     "ship": Item("ship", "Shipping", "service", 4.95, is_service=True),
+    "free": Item("free", "Free sample", "kitchen", 0.0),
 }
 NOTHING: frozenset[str] = frozenset()
 
@@ -161,14 +162,15 @@ def test_why_names_the_category_in_words() -> None:
 def test_the_rules(
     rules: Rules, bought: frozenset[str], categories: frozenset[str], expected: set[str]
 ) -> None:
-    """Out of stock and service items never pass, whatever the rules."""
+    """Out of stock, service and unpriced items never pass, whatever the rules."""
     passed = {i for i, item in ITEMS.items() if allowed(item, rules, bought, categories)}
     assert passed == expected
     assert not allowed(None, rules, bought, categories)
 
 
 def test_first_offerable_skips_unknown_unavailable_and_the_item_itself() -> None:
-    ranked = [["c", 0.9], ["x", 0.8], ["gone", 0.7], ["ship", 0.6], ["a", 0.5], ["b", 0.4]]
+    ranked = [["c", 0.9], ["x", 0.8], ["gone", 0.7], ["ship", 0.6], ["free", 0.55], ["a", 0.5]]
+    ranked += [["b", 0.4]]
     found = first_offerable(ranked, ITEMS, 2, leave_out="c")
     assert [(item.id, score) for item, score in found] == [("a", 0.5), ("b", 0.4)]
     assert [item.id for item, _ in first_offerable(ranked, ITEMS, 1)] == ["c"]

@@ -136,6 +136,33 @@ def test_a_save_cut_short_leaves_no_half_written_file(
     assert (tmp_path / "v1" / "model.npz").read_bytes() == before
 
 
+def test_a_scrub_cut_short_leaves_no_half_written_file(
+    data: TrainingData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or a full disk) while an erasure's or objection's scrub rewrites a model: its
+    ``.partial`` copy holds every other customer's rows and factors, and nothing would ever
+    remove it (the purge and the next erasure's scrub know ``model.npz`` only); the model is
+    untouched and the scrub can run again."""
+    recommender = fitted("als", data)
+    meta = {"name": "als", "params": recommender.params(), "version": "v1"}
+    model.save(tmp_path / "v1", recommender, data, meta)
+    before = (tmp_path / "v1" / "model.npz").read_bytes()
+    gone = str(data.customers[0])
+
+    def interrupted(handle: Any, **_arrays: Any) -> None:
+        handle.write(b"PK half a zip")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(np, "savez", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            model.drop_customers(tmp_path / "v1", {gone})
+    names = sorted(p.name for p in (tmp_path / "v1").iterdir())
+    assert names == ["meta.json", "model.lock", "model.npz"]
+    assert (tmp_path / "v1" / "model.npz").read_bytes() == before
+    assert model.drop_customers(tmp_path / "v1", {gone}) == 1
+
+
 def _tampered(directory: Path, **replaced: np.ndarray) -> None:
     path = directory / "model.npz"
     with np.load(path, allow_pickle=False) as stored:
