@@ -173,8 +173,9 @@ def synthetic_db(
 def pipeline(url: str, name: str, as_of: str, profile: Path | None = None) -> dict[str, object]:
     """The steps of `recocamp train` after the gate: load, matrix, fit, top-N cache (for the
     customers active within ``cache_active_days`` of the data cutoff, as training does:
-    scored and encoded before the switch), and the switch (the transaction that writes the
-    cache and makes the model live: how long every other writer of a SQLite store waits).
+    scored and written before the switch, ``registry.stage``), the switch (the transaction
+    that makes the model live: how long every other writer of a SQLite store waits) and the
+    drop of the retired model's lists.
     Each lap's wall and CPU seconds; ``digests``: of the lines, the matrices and the cache
     rows (taken after the clock stops), so a change to the pipeline can show it gives the
     same answers."""
@@ -203,8 +204,10 @@ def pipeline(url: str, name: str, as_of: str, profile: Path | None = None) -> di
     fitted = model.make(name, settings)
     fitted.fit(data)
     clock.lap("fit")
-    # as training does: the lists scored and encoded before the switch's transaction
-    lists = registry.encoded(top_lists(fitted, data, settings.top_n, cached_rows(data, settings)))
+    # as training does: the lists scored and written before the switch (registry.stage)
+    registry.stage(
+        engine, "bench", top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
+    )
     clock.lap("cache")
     with engine.begin() as connection:
         registry.register(
@@ -220,9 +223,10 @@ def pipeline(url: str, name: str, as_of: str, profile: Path | None = None) -> di
             popular=[],
             status="candidate",
         )
-        rows = registry.make_live(connection, "bench", datetime.now(UTC), lists)
+        rows = registry.make_live(connection, "bench", datetime.now(UTC))
     clock.lap("switch")  # the store's write lock is held this long (SQLite: every writer waits)
-    del lists
+    registry.drop_stale(engine)  # the last run's rows, as a nightly training drops the last model's
+    clock.lap("drop")
     if profiler is not None and profile is not None:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -258,11 +262,16 @@ class Laps:
 
 
 def forget_cache(url: str) -> None:
-    """A kept store as a fresh one looks to the pipeline: no cached lists, no bench model
-    (setup, not timed; the pipeline would otherwise also time deleting the last run's)."""
+    """A kept store as a nightly training finds it (setup, not timed): the last run's model
+    retired as ``bench-before`` with its cached lists, which the pipeline drops after its
+    switch (none on a fresh store), and no ``bench`` model."""
     connection = sqlite3.connect(url.removeprefix("sqlite:///"))
-    connection.execute("DELETE FROM recommendations")
-    connection.execute("DELETE FROM models WHERE version = 'bench'")
+    connection.execute("DELETE FROM recommendations WHERE model_version != 'bench'")
+    connection.execute("DELETE FROM models WHERE version = 'bench-before'")
+    connection.execute("UPDATE recommendations SET model_version = 'bench-before'")
+    connection.execute(
+        "UPDATE models SET version = 'bench-before', status = 'retired' WHERE version = 'bench'"
+    )
     connection.commit()
     connection.close()
 

@@ -524,11 +524,26 @@ def _register(
     ``rollback`` switched it meanwhile) it is registered ``rejected`` and the reason is
     returned: it was never compared with the model it would replace."""
     popular = popular_list(data, settings.top_n)
-    lists = (  # scored before the transaction: see registry.encoded
-        registry.encoded(top_lists(fitted, data, settings.top_n, cached_rows(data, settings)))
-        if promote
-        else []
-    )
+    if promote:  # scored and written before the switch's transaction: see registry.stage
+        lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
+        registry.stage(engine, meta["version"], lists)
+    try:
+        return _registered(engine, meta, path, now, promote, popular, gated_against)
+    finally:
+        registry.drop_stale(engine)  # the retired model's rows, or the refused one's
+
+
+def _registered(
+    engine: Engine,
+    meta: dict[str, Any],
+    path: Path,
+    now: datetime,
+    promote: bool,
+    popular: list[list[Any]],
+    gated_against: str | None,
+) -> tuple[int, str | None]:
+    """:func:`_register`'s transaction: the registration, and the switch to its staged
+    cache where the gate said so and the live model is still the one it measured."""
     with engine.begin() as connection:
         registry.lock_models(connection)  # the checks below and the switch see one registry
         twin = registry.get(connection, meta["version"])
@@ -556,7 +571,7 @@ def _register(
         )
         if not promote:
             return 0, changed
-        return registry.make_live(connection, meta["version"], now, lists, "train"), None
+        return registry.make_live(connection, meta["version"], now, via="train"), None
 
 
 def _without_the_unprofiled(
@@ -708,7 +723,17 @@ def _switch(
         raise ModelError(f"no model with version {version!r} (see `recocamp models list`)")
     directory = locate(row.path)
     fitted, data, _meta = model.load(directory, settings)
-    lists = registry.encoded(top_lists(fitted, data, settings.top_n, cached_rows(data, settings)))
+    lists = top_lists(fitted, data, settings.top_n, cached_rows(data, settings))
+    registry.stage(engine, version, lists)  # before the switch's transaction: see there
+    try:
+        return _switched(engine, version, now, directory, via)
+    finally:
+        registry.drop_stale(engine)
+
+
+def _switched(engine: Engine, version: str, now: datetime, directory: Path, via: str) -> int:
+    """:func:`_switch`'s transaction: the checks under the registry's lock, then the switch
+    to the staged cache."""
     with engine.begin() as connection:
         registry.lock_models(connection)  # the retention purge deletes artifacts under it
         if not (directory / "model.npz").exists():
@@ -722,7 +747,7 @@ def _switch(
                 f"the live model changed while rolling back to {version}: nothing was "
                 "switched; run `recocamp models rollback` again"
             )
-        return registry.make_live(connection, version, now, lists, via)
+        return registry.make_live(connection, version, now, via=via)
 
 
 def compare(

@@ -1,7 +1,10 @@
 """The model registry and the top-N recommendation cache.
 
-Exactly one model is ``live`` at a time; promoting retires the previous one, and the cache
-always holds the live model's lists only (written in the same transaction as the switch).
+Exactly one model is ``live`` at a time; promoting retires the previous one. The cache's
+rows are the live model's for its readers (:func:`cached`, ``views``' planning rows): a
+switch's lists are written before it, :data:`STAGE_ROWS` rows a transaction, under the new
+version (:func:`stage`), the switch makes them the live ones at once, and the rows of the
+model it retired are deleted after it, in the same steps (:func:`drop_stale`).
 """
 
 from __future__ import annotations
@@ -130,24 +133,80 @@ def lock_models(connection: sa.Connection) -> None:
     connection.execute(sa.update(models).where(sa.false()).values(status=models.c.status))
 
 
-def encoded(cache: Iterable[tuple[str, Ranked]]) -> list[tuple[str, str]]:
-    """The cache's lists scored and written as JSON text, ready for :func:`make_live`, before
-    its transaction: scoring a million customers takes half a minute, and done inside it on
-    SQLite, the write lock was held all that time, so purchase events and imports waiting
-    for it failed after the busy timeout (10 s) every night the model was retrained."""
-    return [(customer_id, _json(ranked)) for customer_id, ranked in cache]
+# Cache rows written (or deleted) per transaction around a switch. Written in the switch's
+# own transaction, a million customers' lists held SQLite's write lock for 5 s on a quiet
+# machine and 14 s on a busy one, past the 10 s every other writer waits for it
+# (``engine.BUSY_TIMEOUT_S``): purchase events, imports and the deliverers' records failed
+# every night the model was retrained. 20,000 rows take 0.12–0.17 s (a busy machine).
+STAGE_ROWS = 20_000
+
+
+def stage(
+    engine: sa.Engine,
+    version: str,
+    lists: Iterable[tuple[str, Ranked | str]],
+    rows: int = STAGE_ROWS,
+) -> int:
+    """Write ``version``'s cache before the switch that makes it live (:func:`make_live`
+    with no ``cache``): ``rows`` a transaction, so that no writer waits long for SQLite's
+    lock, and read from ``lists`` as they are scored (none held all at once). The rows are
+    nobody's answer until the switch commits: readers take the live model's rows only. A
+    row already there for a customer and ``version`` (the live model promoted again, a
+    switch that stopped) is replaced. Rows left by a staging that never switched (a model
+    never registered) are deleted first. Returns the rows written."""
+    _drop_rows(engine, _unregistered(version), rows)
+    written = 0
+    chunks = iter(lists)
+    while batch := list(itertools.islice(chunks, rows)):
+        with engine.begin() as connection:
+            sql, row_of = _cache_upsert(connection)
+            connection.exec_driver_sql(sql, [_row(row_of, version, entry) for entry in batch])
+        written += len(batch)
+    return written
+
+
+def drop_stale(engine: sa.Engine, rows: int = STAGE_ROWS) -> int:
+    """Delete the cache rows of models registered and not live (the one a switch retired, a
+    staged model the registration refused), ``rows`` a transaction; returns how many. A
+    model being staged (not registered yet) keeps its rows."""
+    registered = sa.select(models.c.version).where(models.c.status != "live")
+    return _drop_rows(engine, recommendations.c.model_version.in_(registered), rows)
+
+
+def _unregistered(version: str) -> sa.ColumnElement[bool]:
+    model_version = recommendations.c.model_version
+    return sa.and_(model_version != version, model_version.not_in(sa.select(models.c.version)))
+
+
+def _drop_rows(engine: sa.Engine, which: sa.ColumnElement[bool], rows: int) -> int:
+    """Delete the cache rows ``which`` selects, ``rows`` a transaction."""
+    dropped = 0
+    while True:
+        with engine.begin() as connection:
+            some = sa.select(recommendations.c.customer_id).where(which).limit(rows)
+            customers_of = [str(c) for c in connection.execute(some).scalars()]
+            if not customers_of:
+                return dropped
+            chosen = sa.and_(which, recommendations.c.customer_id.in_(customers_of))
+            dropped += connection.execute(sa.delete(recommendations).where(chosen)).rowcount
+
+
+def _row(row_of: Callable[[tuple[str, ...]], Any], version: str, entry: tuple[str, Any]) -> Any:
+    customer_id, ranked = entry
+    return row_of((customer_id, version, ranked if isinstance(ranked, str) else _json(ranked)))
 
 
 def make_live(
     connection: sa.Connection,
     version: str,
     now: datetime,
-    cache: Iterable[tuple[str, Ranked | str]],
+    cache: Iterable[tuple[str, Ranked | str]] | None = None,
     via: str = "promote",
 ) -> int:
-    """Retire the live model, make ``version`` live, record the switch (``via``: train,
-    promote or rollback; see ``previous_live``) and replace the cache (lists, or their JSON
-    text from :func:`encoded`); returns rows."""
+    """Retire the live model, make ``version`` live and record the switch (``via``: train,
+    promote or rollback; see ``previous_live``). Its cache: the rows :func:`stage` wrote
+    (``cache`` None; :func:`drop_stale` afterwards), or ``cache``'s lists written here in
+    place of every row (a small cache: the tests'); returns its rows."""
     lock_models(connection)
     connection.execute(sa.update(models).where(models.c.status == "live").values(status="retired"))
     connection.execute(
@@ -156,22 +215,16 @@ def make_live(
     connection.execute(
         sa.insert(model_promotions).values(version=version, promoted_at=now, via=via)
     )
-    connection.execute(sa.delete(recommendations))
-    sql, row_of = _cache_insert(connection)
-    written = 0
-    lists = iter(cache)
-    while batch := list(itertools.islice(lists, 5000)):
-        rows = [
-            row_of((customer_id, version, ranked if isinstance(ranked, str) else _json(ranked)))
-            for customer_id, ranked in batch
-        ]
-        connection.exec_driver_sql(sql, rows)
-        written += len(rows)
+    if cache is not None:
+        connection.execute(sa.delete(recommendations))
+        sql, row_of = _cache_insert(connection)
+        lists = iter(cache)
+        while batch := list(itertools.islice(lists, 5000)):
+            connection.exec_driver_sql(sql, [_row(row_of, version, entry) for entry in batch])
     # an older model's artifacts may still know people who objected or were erased since
-    before = _count(connection)
     queries.drop_unprofiled_recommendations(connection)
     _drop_erased_since_training(connection, version)
-    return written - (before - _count(connection))
+    return _count(connection, version)
 
 
 def _json(ranked: Ranked) -> str:
@@ -180,16 +233,26 @@ def _json(ranked: Ranked) -> str:
     return orjson.dumps(ranked).decode()
 
 
-def _cache_insert(connection: sa.Connection) -> tuple[str, Callable[[tuple[str, ...]], Any]]:
-    """The cache's INSERT compiled once, and what turns ``(customer_id, model_version,
-    items)`` into the driver's parameters (a tuple in placeholder order, or a dict): the
-    driver's executemany straight away, as SQLAlchemy's per-row parameter processing cost
-    more than the database's insert (a million rows: 10 of 20 s)."""
-    insert = sa.insert(recommendations).values(
-        customer_id=sa.bindparam("customer_id", type_=sa.String),
-        model_version=sa.bindparam("model_version", type_=sa.String),
-        items=_encoded_json(connection),
-    )
+def _cache_insert(
+    connection: sa.Connection, replacing: bool = False
+) -> tuple[str, Callable[[tuple[str, ...]], Any]]:
+    """The cache's INSERT compiled once (``replacing``: one that replaces a row already
+    there), and what turns ``(customer_id, model_version, items)`` into the driver's
+    parameters (a tuple in placeholder order, or a dict): the driver's executemany straight
+    away, as SQLAlchemy's per-row parameter processing cost more than the database's insert
+    (a million rows: 10 of 20 s)."""
+    values = {
+        "customer_id": sa.bindparam("customer_id", type_=sa.String),
+        "model_version": sa.bindparam("model_version", type_=sa.String),
+        "items": _encoded_json(connection),
+    }
+    insert: Any = sa.insert(recommendations).values(**values)
+    if replacing:
+        upsert = queries.upsert_statement(connection, recommendations).values(**values)
+        insert = upsert.on_conflict_do_update(
+            index_elements=["customer_id", "model_version"],
+            set_={"items": upsert.excluded["items"]},
+        )
     compiled = insert.compile(dialect=connection.dialect)
     names = ("customer_id", "model_version", "items")
     if compiled.positiontup:
@@ -225,13 +288,21 @@ def _drop_erased_since_training(connection: sa.Connection, version: str) -> None
     connection.execute(sa.delete(recommendations).where(~has_orders))
 
 
-def _count(connection: sa.Connection) -> int:
-    total = sa.select(sa.func.count()).select_from(recommendations)
+def _cache_upsert(connection: sa.Connection) -> tuple[str, Callable[[tuple[str, ...]], Any]]:
+    return _cache_insert(connection, replacing=True)
+
+
+def _count(connection: sa.Connection, version: str) -> int:
+    total = sa.select(sa.func.count()).where(recommendations.c.model_version == version)
     return int(connection.execute(total).scalar_one())
 
 
+LIVE_ROWS = (
+    recommendations.c.model_version
+    == sa.select(models.c.version).where(models.c.status == "live").scalar_subquery()
+)  # the cache rows of the live model: the only ones anybody is answered from (see stage)
 _CACHED = sa.select(recommendations).where(
-    recommendations.c.customer_id == sa.bindparam("customer_id", type_=sa.String)
+    recommendations.c.customer_id == sa.bindparam("customer_id", type_=sa.String), LIVE_ROWS
 )  # built once: the offer API reads it for every re-scored customer
 
 

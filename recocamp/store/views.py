@@ -35,7 +35,7 @@ from recocamp.domain import (
     Item,
     PlanningRows,
 )
-from recocamp.store import queries
+from recocamp.store import queries, registry
 from recocamp.store.engine import driver_rows
 from recocamp.store.locks import lock_key
 from recocamp.store.outbox import LIVE_STATES
@@ -68,9 +68,8 @@ def planning_rows(
     ``not_contacted_days`` may look further back than the default five weeks)."""
     catalogue = _items(connection)
     orders = _orders(connection, now)
-    personal = {
-        row.customer_id: row.items for row in connection.execute(sa.select(recommendations))
-    }
+    live_rows = sa.select(recommendations).where(registry.LIVE_ROWS)  # see registry.stage
+    personal = {row.customer_id: row.items for row in connection.execute(live_rows)}
     contacts = _contacts(connection, now, own_run, history_days=history_days)
     suppressed = frozenset(connection.execute(sa.select(suppressions.c.email_hash)).scalars())
     records = [
