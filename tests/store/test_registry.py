@@ -157,7 +157,10 @@ def test_a_staged_cache_is_nobodys_answer_until_its_switch(engine: sa.Engine) ->
     with engine.begin() as connection:
         _register(connection, "v1")
         registry.make_live(connection, "v1", NOW, [("c1", [["old", 1.0]]), ("c2", [["old", 1.0]])])
-    staged = [("c1", [["new", 1.0]]), ("c3", '[["new",0.5]]')]  # lists, or their JSON text
+    staged: list[tuple[str, list[list[Any]] | str]] = [
+        ("c1", [["new", 1.0]]),
+        ("c3", '[["new",0.5]]'),  # lists, or their JSON text
+    ]
     assert registry.stage(engine, "v2", iter(staged), rows=1) == 2
     with engine.connect() as connection:
         row = registry.cached(connection, "c1")
