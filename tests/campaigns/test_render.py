@@ -450,6 +450,13 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
     "{{ '{0:\U0010ffff>{1[0]}}'.format('x', ['20000'])|length }}": "format would make",
     "{{ '{a:{b}}'.format_map({'a': 'x', 'b': '20000'})|length }}": "format_map would make",
     "{{ ('{0:{1}}'|safe).format('x', '20000')|length }}": "format would make a value longer",
+    # a filter's arguments by keyword, in any order, are sized as by position: the estimate
+    # read the first keyword as the second parameter (indent(first=true, width=10**8): 13 s
+    # of CPU and 4 GB in one call; replace(new=…, old='') and join(attribute=0, d=…): 1 GB)
+    "{{ 'ab\\n'|indent(first=true, width=20000) }}": "indent would make a value longer",
+    "{{ ('x' * 5000)|replace(new='yy', old='') }}": "replace would make a value longer",
+    "{{ ('x' * 500)|list|join(attribute=0, d='-' * 100) }}": "join would make a value longer",
+    "{{ [1]|batch(fill_with=0, linecount=10**6)|list|length }}": "batch would make a value",
 }
 
 
