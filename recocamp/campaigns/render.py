@@ -94,6 +94,13 @@ class RenderedEmail:
 SUFFIXES = (".html", ".txt", ".css")  # template files; others (a logo.png) are no templates
 
 
+def is_html(name: str | None) -> bool:
+    """Whether a template is HTML (escaped, the stylesheet inlined), by its suffix in any case,
+    as :func:`is_template` reads it: ``Offer.HTML`` was a template but rendered as text,
+    customer data unescaped into the HTML part."""
+    return name is not None and name.lower().endswith(".html")
+
+
 def is_template(name: str) -> bool:
     """Whether a file is a template by its name: the loader reads no other file, so ``check``
     and the frozen templates a worker renders with (:func:`snapshot`) see the same ones."""
@@ -221,7 +228,7 @@ class InliningLoader(BaseLoader):
             raise OutsideTemplates(
                 template, f"{named!r} is a link to a file outside the templates folder"
             )
-        if self.unreadable is not None and template.endswith(".html"):
+        if self.unreadable is not None and is_html(template):
             raise NotUtf8(STYLESHEET, self.unreadable)  # inlined into every HTML template
         try:
             source, filename, uptodate = self.files.get_source(environment, template)
@@ -231,7 +238,7 @@ class InliningLoader(BaseLoader):
         bound = getattr(environment, "limits", TemplateSettings()).max_output_chars
         if len(source) > bound:
             raise TooLong(template, len(source), bound)
-        if template.endswith(".html") and self.css:
+        if is_html(template) and self.css:
             source = self._inline(source)
         return source, filename, uptodate
 
@@ -258,7 +265,7 @@ def environment(
         {"number": contract.number_filter},
         loader=InliningLoader(directory, sources),
         undefined=StrictUndefined,
-        autoescape=lambda name: name is not None and name.endswith(".html"),
+        autoescape=is_html,
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,

@@ -70,6 +70,20 @@ def test_html_is_autoescaped_text_is_not() -> None:
     assert "<script>alert(1)</script>" in email.text
 
 
+def test_an_html_template_is_escaped_and_styled_whatever_the_case_of_its_suffix(
+    tmp_path: Path,
+) -> None:
+    """A file saved as ``Offer.HTML`` (an editor on Windows) is a template by its suffix in
+    any case: it was rendered as a text template, customer data unescaped, CSS not inlined."""
+    write(tmp_path, "email.css", ".x { color: red; }")
+    write(tmp_path, "Offer.HTML", '<div class="x">{{ customer.first_name }}</div>')
+    context = sample_context("en")
+    context["customer"] = {"id": "1", "first_name": "<script>alert(1)</script>", "locale": "en"}
+    html, _ = Renderer(tmp_path).body("Offer.HTML", "Offer.HTML", context)
+    assert html == '<div class="x" style="color: red;">&lt;script&gt;alert(1)&lt;/script&gt;</div>'
+    assert check_template(tmp_path, "Offer.HTML", sample_context("en")) == []
+
+
 def write(tmp: Path, name: str, body: str) -> Path:
     (tmp / name).write_text(body, encoding="utf-8")
     return tmp
