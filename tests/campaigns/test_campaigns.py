@@ -121,6 +121,23 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             'html = "nope.html"',
             ["key 'template.html'", "line 19", "template not found", "nope.html"],
         ),
+        # the HTML part from a text template was rendered unescaped (customer data as markup),
+        # the text part from an HTML template was markup and entities in the text part
+        (
+            'html = "winback.html"',
+            'html = "winback.txt"',
+            ["key 'template.html'", "line 19", "not an HTML template (.html)", "winback.txt"],
+        ),
+        (
+            'text = "winback.txt"',
+            'text = "email.css"',
+            ["key 'template.text'", "line 20", "not a text template (.txt)", "email.css"],
+        ),
+        (
+            'text = "winback.txt"',
+            'text = "winback.txt"\n\n[[variants]]\nname = "b"\nweight = 1\ntext = "winback.html"',
+            ["key 'variants.0.text'", "line 25", "not a text template (.txt)", "winback.html"],
+        ),
         # a name longer than the system allows (ENAMETOOLONG) is not found either, cut
         (
             'html = "winback.html"',
