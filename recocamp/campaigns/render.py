@@ -101,6 +101,30 @@ def is_html(name: str | None) -> bool:
     return name is not None and name.lower().endswith(".html")
 
 
+def is_text(name: str | None) -> bool:
+    """Whether a template is the text part's kind (``.txt``, in any case)."""
+    return name is not None and name.lower().endswith(".txt")
+
+
+def mixed(template: str, parent: str) -> str | None:
+    """Why ``parent`` may not include, extend or import ``template``, or None: each template
+    is escaped by its own suffix wherever it renders, so a text partial in an HTML e-mail
+    printed customer data as markup (``<script>`` in a first name), and an HTML partial in
+    the text part its tags and entities. A stylesheet (``<style>{% include "email.css" %}``)
+    is neither."""
+    if is_html(parent) and is_text(template):
+        return (
+            f"{shown(parent)!r} is HTML and {shown(template)!r} a text template, whose values "
+            "are not escaped: include, extend or import .html templates in it"
+        )
+    if is_text(parent) and is_html(template):
+        return (
+            f"{shown(parent)!r} is a text template and {shown(template)!r} HTML, whose markup "
+            "would be in the text part: include, extend or import .txt templates in it"
+        )
+    return None
+
+
 def is_template(name: str) -> bool:
     """Whether a file is a template by its name: the loader reads no other file, so ``check``
     and the frozen templates a worker renders with (:func:`snapshot`) see the same ones."""
@@ -263,6 +287,7 @@ def environment(
         limits or TemplateSettings(),
         clock,
         {"number": contract.number_filter},
+        mixed,
         loader=InliningLoader(directory, sources),
         undefined=StrictUndefined,
         autoescape=is_html,
@@ -391,6 +416,7 @@ def check_template(
     except UnreadableTemplate as exc:
         return [exc.problem]
     others, found = _referenced(env, parsed[1])
+    found += _mixed_kinds({name: parsed, **others})
     around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
     found += _compiled_contract(env, parsed, name, _top_level(parsed[1]))
     for other, template in others.items():  # they also see what the templates around them set
@@ -405,6 +431,21 @@ def check_template(
     except Exception as exc:  # whatever a template does is a problem, not a crash
         return [render_problem(exc, name)]
     return []
+
+
+def _mixed_kinds(templates: Mapping[str, tuple[str, nodes.Template]]) -> list[Problem]:
+    """Each include, extends and import of a fixed name that :func:`mixed` refuses, at its
+    template and line, also in a branch the sample render does not take."""
+    found = []
+    for name, (_, tree) in templates.items():
+        for node in tree.find_all((nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)):
+            target = getattr(node, "template", None)  # each of them has one
+            if isinstance(target, nodes.Const) and isinstance(target.value, str):
+                refused = mixed(target.value, name)
+                if refused is not None:
+                    message = f"blocked by the sandbox: {refused}"
+                    found.append(Problem(message, key=name, line=node.lineno))
+    return found
 
 
 def _parse(env: Environment, name: str) -> tuple[str, nodes.Template]:

@@ -45,6 +45,7 @@ from types import CodeType, TracebackType
 from typing import Any, TypeGuard, TypeVar
 
 from jinja2 import Template, TemplateSyntaxError, nodes, pass_context
+from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
 from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
 from jinja2.sandbox import SandboxedEnvironment, SandboxedFormatter, modifies_known_mutable
@@ -280,12 +281,14 @@ class LimitedEnvironment(SandboxedEnvironment):
         limits: TemplateSettings,
         clock: Callable[[], float] | None = None,
         own_filters: Mapping[str, Callable[..., Any]] | None = None,
+        refused_join: Callable[[str, str], str | None] | None = None,
         **options: Any,
     ) -> None:
         """``clock``: the render time (default: the thread's CPU time, see :class:`Budget`);
         a test's clock stands for both the CPU and the wall clock. ``own_filters``: filters
-        beside Jinja's, checked as they are."""
-        self.limits = limits
+        beside Jinja's, checked as they are. ``refused_join``: why a template (first) may not
+        be included, extended or imported by another (second), or None."""
+        self.limits, self.refused_join = limits, refused_join
         self.clock, self.wall = (
             (time.thread_time, time.monotonic) if clock is None else (clock, clock)
         )
@@ -336,6 +339,15 @@ class LimitedEnvironment(SandboxedEnvironment):
         finally:
             _BUDGET.reset(token)
             _COLLECTING.budget = outer
+
+    def join_path(self, template: str, parent: str) -> str:
+        """Every include, extends and import names its template here, with the template that
+        asks for it, also when the name is computed at render time (and with ``ignore
+        missing``: a refusal is no missing template)."""
+        refused = self.refused_join(template, parent) if self.refused_join else None
+        if refused is not None:
+            raise SecurityError(refused)
+        return template
 
     def _context(self, template: Template, context: Mapping[str, Any]) -> Context:
         """``template.new_context(dict(context))``, without reading the template's globals

@@ -619,6 +619,45 @@ def test_includes_and_errors_at_render_are_problems_not_crashes(
     assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
 
 
+@pytest.mark.parametrize(
+    ("name", "body", "message"),
+    [
+        ("t.html", "{% include 'p.txt' %}", "'p.txt' a text template, whose values are not"),
+        ("t.html", "{% extends 'base.txt' %}", "'base.txt' a text template"),
+        ("t.html", "{% import 'm.txt' as m %}", "'m.txt' a text template"),
+        ("t.html", "{% if customer.id == 'x' %}{% include 'p.txt' %}{% endif %}", "'p.txt' a"),
+        ("t.txt", "{% include 'p.html' %}", "'p.html' HTML, whose markup would be in the text"),
+        ("t.txt", "{% from 'm.html' import hi %}", "'m.html' HTML"),
+    ],
+)
+def test_a_template_includes_only_templates_escaped_as_it_is(
+    tmp_path: Path, name: str, body: str, message: str
+) -> None:
+    """A template is escaped by its own suffix, also where another includes it: a text
+    partial in an HTML e-mail printed customer data as markup, an HTML one in the text part
+    its tags and entities. ``check`` refuses it in every branch."""
+    for partial in ("p.txt", "p.html", "base.txt", "m.txt", "m.html"):
+        write(tmp_path, partial, "{% macro hi() %}{% endmacro %}{{ customer.first_name }}")
+    write(tmp_path, name, f"<p>Hi</p>\n{body}")
+    (problem,) = check_template(tmp_path, name, sample_context())
+    assert (problem.key, problem.line) == (name, 2)
+    assert message in problem.message and problem.message.startswith("blocked by the sandbox")
+
+
+@pytest.mark.parametrize(
+    "include", ["{% include 'p.' ~ 'txt' %}", "{% include 'p.txt' ignore missing %}"]
+)
+def test_a_text_partial_is_refused_in_an_html_email_at_render_time(
+    tmp_path: Path, include: str
+) -> None:
+    write(tmp_path, "p.txt", "{{ customer.first_name }}")
+    write(tmp_path, "t.html", f"<p>{include}</p>")
+    context = sample_context()
+    context["customer"] = {"id": "1", "first_name": "<script>x()</script>", "locale": "en"}
+    with pytest.raises(TemplateError, match=r"'p\.txt' a text template"):
+        Renderer(tmp_path).body("t.html", "t.html", context)
+
+
 def test_format_and_round_within_the_limits_render(tmp_path: Path) -> None:
     """The checks before ``format`` and ``round`` resolve what the call would: fair
     widths from nested fields and fair precisions render as Python renders them."""
