@@ -538,6 +538,19 @@ def test_urlize_and_tojson_within_the_limits_render(tmp_path: Path) -> None:
     assert 'target="_blank">www.shop.test</a>' in html and '\n  "a": [\n    1,' in html
 
 
+@pytest.mark.parametrize("word", ["'x' * 40000", "'<' * 10000"])
+def test_urlize_of_a_long_word_is_sized_in_linear_time(tmp_path: Path, word: str) -> None:
+    """The estimate before ``urlize`` looked for the words it may link with a pattern that
+    backtracked over the whole of a word without ``.``, ``:`` or ``@`` from each of its
+    characters: 40,000 characters took 7 s of CPU in one call, a million about an hour,
+    however short the time budget (nothing checks the clock inside a call)."""
+    write(tmp_path, "t.txt", f"{{{{ ({word})|urlize|length }}}}")
+    started = time.process_time()
+    (text, _) = Renderer(tmp_path).body("t.txt", "t.txt", sample_context())
+    assert time.process_time() - started < 1.0
+    assert text == "40000"
+
+
 def test_the_defaults_stop_the_issue_s_templates(tmp_path: Path) -> None:
     write(tmp_path, "a.html", "x\n{{ 9**(9**9) }}")
     write(tmp_path, "b.html", "x\n{{ 'x'*3000000000 }}")
