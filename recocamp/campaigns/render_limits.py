@@ -79,7 +79,9 @@ URLIZE_MARKUP = 64  # '<a href="https://' and the rest of a link's markup, at mo
 WRAP_STEPS_MAX = 5_000_000_000
 FLOAT_FIXED = 330  # characters a float may print as in a fixed-point field ('{:f}' of 1e308)
 _DEBUG_INFO = re.compile(r"^debug_info = '([0-9=&]*)'$", re.MULTILINE)  # template=Python lines
-_PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
+# a ``%`` field after its mapping key: flags, width, precision (what follows adds no width)
+_PERCENT_SPEC = re.compile(r"[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_PARENS = re.compile(r"[()]")
 
 
 class LimitExceeded(RecocampError):
@@ -863,11 +865,48 @@ def percent_size(template: str, values: Any, bound: int) -> int:
     widest = max((size_of(v, bound) for v in items), default=0)
     largest = max((abs(v) for v in items if _is_int(v)), default=0)
     total = len(template)
-    for match in _PERCENT.finditer(template):
-        total += widest + sum(largest if n == "*" else int(n) for n in match.groups() if n)
+    for numbers in percent_fields(template):
+        total += widest
+        total += sum(largest if n == "*" else _digits(n, bound) for n in numbers if n)
         if total > bound:
             break
     return total
+
+
+def percent_fields(template: str) -> Iterator[tuple[str | None, str | None]]:
+    """The width and precision of each ``%`` field of ``template`` as written (digits or
+    ``*``), found as Python's ``%`` finds them, in one pass: a mapping key's parentheses
+    nest (``%(a(b)c)9s`` is the key ``a(b)c`` with the width 9, which a pattern had read as
+    text: 1 GB made unchecked), and a pattern that looked for the key's ``)`` from every
+    ``%(`` spent minutes on ``%(`` repeated, inside one call."""
+    at = template.find("%")
+    while at != -1:
+        end = at + 1
+        if template.startswith("(", end):
+            end = _key_end(template, end)
+            if end < 0:  # no end to the key: ``%`` refuses the text
+                return
+        spec = _PERCENT_SPEC.match(template, end)
+        assert spec is not None  # every part of it is optional
+        yield spec.group(1), spec.group(2)
+        at = template.find("%", spec.end() + 1)  # past the conversion character
+
+
+def _key_end(template: str, start: int) -> int:
+    """Where the mapping key opened at ``start`` ends (its nested parentheses counted), -1
+    if it does not."""
+    depth = 0
+    for paren in _PARENS.finditer(template, start):
+        depth += 1 if paren.group() == "(" else -1
+        if not depth:
+            return paren.end()
+    return -1
+
+
+def _digits(number: str, bound: int) -> int:
+    """A width or precision as written: past nine digits it is past any bound (``int()`` of
+    more than 4,300 digits raises)."""
+    return int(number) if len(number) < 10 else bound + 1
 
 
 def format_size(env: SandboxedEnvironment, template: str, args: Any, kwargs: Any, what: str) -> int:
