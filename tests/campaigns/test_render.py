@@ -568,6 +568,30 @@ def test_the_fields_of_a_percent_format_are_found_in_linear_time(tmp_path: Path)
     )
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "{{ 'x'.join(range(200)|map(attribute='no', default=big))|length }}",
+            "join would make a value longer",
+        ),
+        ("{{ " + " ~ ".join(["big"] * 200) + " }}", "~ would make a value longer"),
+    ],
+)
+def test_many_references_to_one_large_value_are_sized_once_past_the_bound(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    """The items of a join and the operands of ``~`` were each measured to the bound before
+    their sizes were added up: 200 references to one list of 200,000 numbers took 5 s of
+    CPU before the join was refused (a million, hours), nothing checking the time budget
+    in between."""
+    write(tmp_path, "t.txt", "{% set big = [1] * 200000 %}\n" + body)
+    started = time.process_time()
+    (problem,) = check_template(tmp_path, "t.txt", sample_context())
+    assert time.process_time() - started < 1.0
+    assert problem.line == 2 and message in problem.message
+
+
 def test_the_defaults_stop_the_issue_s_templates(tmp_path: Path) -> None:
     write(tmp_path, "a.html", "x\n{{ 9**(9**9) }}")
     write(tmp_path, "b.html", "x\n{{ 'x'*3000000000 }}")
