@@ -55,7 +55,13 @@ from recocamp.campaigns.context import context_for as context_for  # the callers
 from recocamp.campaigns.context import money as money
 from recocamp.campaigns.context import sample_context as sample_context
 from recocamp.campaigns.flatten import FlatEnvironment
-from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
+from recocamp.campaigns.render_limits import (
+    COUNTED,
+    MADE,
+    TOO_DEEP,
+    LimitedEnvironment,
+    location,
+)
 from recocamp.config_files import not_utf8, without_bom
 from recocamp.errors import ConfigError, Problem, TemplateLimitError, shown
 from recocamp.settings import TemplateSettings
@@ -541,12 +547,27 @@ def _compiled_contract(
 ) -> list[Problem]:
     """:func:`contract_problems` and every unknown filter or test (:func:`unknown_names`), or
     the template's compile error at its line: jinja's introspection names it
-    ``<introspection>``, so the error would not say which template it is."""
-    unknown = unknown_names(env, template[1], name)
+    ``<introspection>``, so the error would not say which template it is. An expression
+    that parses but is too deep for the introspection's recursion (``not`` 400 times) is
+    a syntax error at its deepest line, not a ``RecursionError`` that stopped ``check``."""
     try:
+        unknown = unknown_names(env, template[1], name)
         return unknown or contract_problems(template, name, defined)
     except TemplateSyntaxError as exc:  # TemplateAssertionError among them
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
+    except RecursionError:
+        return [Problem(f"syntax error: {TOO_DEEP}", key=name, line=_deepest(template[1]))]
+
+
+def _deepest(tree: nodes.Node) -> int | None:
+    """The line of the most deeply nested node of ``tree`` (walked without recursion)."""
+    line, most, stack = None, -1, [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > most and node.lineno:
+            line, most = node.lineno, depth
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+    return line
 
 
 def unknown_names(env: Environment, parsed: nodes.Template, name: str) -> list[Problem]:

@@ -58,6 +58,7 @@ from recocamp.settings import TemplateSettings
 
 COUNTED = "__counted_loop"  # the filter every ``for`` iterates through (see ``_parse``)
 MADE = "__made_value"  # the filter every list, tuple and dict literal goes through
+TOO_DEEP = "nested too deeply (blocks, brackets or operators inside each other)"
 KEPT_GLOBALS = "recocamp_globals"  # a template's globals as one dict, kept on the template
 T = TypeVar("T")
 PRODUCED_FACTOR = 10  # a render makes at most 10 × max_output_chars of strings and lists in all
@@ -391,9 +392,8 @@ class LimitedEnvironment(SandboxedEnvironment):
                     loop.iter, COUNTED, [], [], None, None, lineno=loop.iter.lineno
                 )
         except RecursionError:
-            message = "nested too deeply (blocks, brackets or operators inside each other)"
             line = parser.stream.current.lineno
-            raise TemplateSyntaxError(message, line, name, filename) from None
+            raise TemplateSyntaxError(TOO_DEEP, line, name, filename) from None
         except ValueError as exc:  # the lexer's int() of a number past Python's digit limit
             line = parser.stream.current.lineno
             raise TemplateSyntaxError(str(shown(str(exc))), line, name, filename) from None

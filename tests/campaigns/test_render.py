@@ -755,6 +755,21 @@ def test_what_python_cannot_parse_or_compile_is_a_syntax_error_at_its_line(
     assert raised.value.name == "t.html"
 
 
+@pytest.mark.parametrize(
+    "expression", ["not " * 400 + "customer", "customer" + ".a" * 400, "customer" + "|e" * 400]
+)
+def test_an_expression_too_deep_to_check_is_a_problem_of_its_template(
+    tmp_path: Path, expression: str
+) -> None:
+    """An expression 400 deep parses, but reading what it uses of the context went past
+    Python's recursion limit: the ``RecursionError`` came out of ``check`` (a traceback, and
+    no campaign checked after it) and out of the worker's load and reload."""
+    write(tmp_path, "t.html", f"<p>Hi</p>\n{{{{ {expression} }}}}\n")
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert problem.message.startswith("syntax error: nested too deeply")
+    assert (problem.key, problem.line) == ("t.html", 2)
+
+
 def test_a_partial_that_cannot_compile_fails_check_in_a_branch_the_sample_skips(
     tmp_path: Path,
 ) -> None:
