@@ -16,7 +16,7 @@ from pathlib import Path
 
 from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns import render
-from recocamp.campaigns.context import sample_context
+from recocamp.campaigns.context import TemplateContext, sample_context
 from recocamp.campaigns.files import Campaign
 from recocamp.config_files import line_of, without_bom
 from recocamp.domain import LOCALES, Item, Locale
@@ -60,7 +60,7 @@ def template_problems(
     subjects = _subjects(campaign)
     found: list[Problem] = []
     for locale in LOCALES:
-        sample = sample_context(locale)
+        sample = _sample(campaign, locale)
         for name in dict.fromkeys(parts):
             found += [
                 _at_template(p, templates, name, campaign.name)
@@ -72,6 +72,18 @@ def template_problems(
                 line = line_of(text, tuple(key.split(".")))
                 found.append(Problem(f"subject: {problem}", key=key, line=line, value=subject))
     return list(dict.fromkeys(found))
+
+
+def _sample(campaign: Campaign, locale: Locale) -> TemplateContext:
+    """The sample context as this campaign's e-mails have it: only a survey (``type =
+    "nps"``) has a ``survey``, and it has no ``offers`` (``compose``): with both in every
+    sample, a winback template printing ``survey.id`` passed and failed every e-mail."""
+    sample = sample_context(locale)
+    if campaign.is_survey:
+        sample["offers"] = []
+    else:
+        sample["survey"] = None
+    return sample
 
 
 def _at_template(problem: Problem, templates: Path, used: str, campaign: str) -> Problem:
