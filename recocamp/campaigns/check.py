@@ -25,14 +25,18 @@ from recocamp.settings import Settings, TemplateSettings
 
 
 def campaign_problems(
-    settings: Settings, campaigns: Path, templates: Path
+    settings: Settings,
+    campaigns: Path,
+    templates: Path,
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[list[Campaign], list[ConfigError]]:
-    """The valid campaigns, and one error per broken campaign file."""
+    """The valid campaigns, and one error per broken campaign file; ``sources``: check the
+    templates of this snapshot (what a worker renders with), not the files as they are now."""
     loaded, failures = campaign_files.load_all(campaigns, settings, templates)
     good = []
     for campaign in loaded:
         path = campaigns / f"{campaign.name}.toml"
-        found = template_problems(campaign, templates, settings.templates, _text(path))
+        found = template_problems(campaign, templates, settings.templates, _text(path), sources)
         if found:
             failures.append(ConfigError(path, found))
         else:
@@ -49,7 +53,11 @@ def _text(path: Path) -> str:
 
 
 def template_problems(
-    campaign: Campaign, templates: Path, limits: TemplateSettings | None = None, text: str = ""
+    campaign: Campaign,
+    templates: Path,
+    limits: TemplateSettings | None = None,
+    text: str = "",
+    sources: Mapping[str, str] | None = None,
 ) -> list[Problem]:
     """Every template and subject of a campaign, checked against the template context (a
     variable or key outside it, see ``render.contract_problems``) and rendered with its sample
@@ -64,10 +72,10 @@ def template_problems(
         for name in dict.fromkeys(parts):
             found += [
                 _at_template(p, templates, name, campaign.name)
-                for p in render.check_template(templates, name, sample, limits)
+                for p in render.check_template(templates, name, sample, limits, sources)
             ]
         for key, subject in subjects:
-            problem = render.check_subject(subject, sample, templates, limits)
+            problem = render.check_subject(subject, sample, templates, limits, sources)
             if problem:
                 line = line_of(text, tuple(key.split(".")))
                 found.append(Problem(f"subject: {problem}", key=key, line=line, value=subject))

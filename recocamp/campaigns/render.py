@@ -225,6 +225,7 @@ class InliningLoader(BaseLoader):
 
     def __init__(self, directory: Path, sources: Mapping[str, str] | None = None) -> None:
         self.directory = None if sources is not None else directory  # read from: links checked
+        self.root = directory
         self.files: BaseLoader = (
             FileSystemLoader(str(directory)) if sources is None else DictLoader(dict(sources))
         )
@@ -264,6 +265,10 @@ class InliningLoader(BaseLoader):
             source, filename, uptodate = self.files.get_source(environment, template)
         except UnicodeDecodeError as exc:
             raise NotUtf8(template, exc) from None
+        except TemplateNotFound:
+            if self.directory is None:
+                self._left_out(template)
+            raise
         source = without_bom(source)
         bound = getattr(environment, "limits", TemplateSettings()).max_output_chars
         if len(source) > bound:
@@ -271,6 +276,19 @@ class InliningLoader(BaseLoader):
         if is_html(template) and self.css:
             source = self._inline(source)
         return source, filename, uptodate
+
+    def _left_out(self, template: str) -> None:
+        """A template a snapshot left out for not being UTF-8 is named as such (a worker
+        checks its frozen templates: "not found" would send the marketer looking for a file
+        that is there)."""
+        path = self.root / template
+        try:
+            if path.is_file() and inside(self.root, path):
+                path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise NotUtf8(template, exc) from None
+        except (OSError, ValueError):  # gone, unreadable, a name the system refuses
+            return
 
     def _inline(self, source: str) -> str:
         if "<html" in source.lower():  # a layout: inline the document, keep its <style>
@@ -405,14 +423,19 @@ def one_line(text: str) -> str:
 
 
 def check_template(
-    directory: Path, name: str, sample: Mapping[str, object], limits: TemplateSettings | None = None
+    directory: Path,
+    name: str,
+    sample: Mapping[str, object],
+    limits: TemplateSettings | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> list[Problem]:
     """Syntax, what the template and the templates it includes or extends read outside the
     contract (a variable, or a key of one: see :func:`contract_problems`), that each of them
     compiles as e-mails compile it (flat: a partial with loops nested in a branch the sample
     skips passed, and every e-mail failed), and a sandboxed sample render within the limits;
-    every failure is a problem with the template and line."""
-    env = environment(directory, limits=limits)
+    every failure is a problem with the template and line. ``sources``: the templates of a
+    :func:`snapshot` (a worker's frozen set) instead of the files as they are now."""
+    env = environment(directory, sources, limits)
     try:
         parsed = _parse(env, name)
     except TemplateNotFound as exc:
@@ -429,7 +452,7 @@ def check_template(
         found += _compiled_contract(env, template, other, around)
     if found:
         return found
-    flat = environment(directory, limits=limits, flat=True)
+    flat = environment(directory, sources, limits, flat=True)
     try:
         for compiled in (name, *others):  # as e-mails compile them, branches a sample skips too
             flat.get_template(compiled)
@@ -825,10 +848,11 @@ def check_subject(
     sample: Mapping[str, object],
     directory: Path,
     limits: TemplateSettings | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> str | None:
-    """A problem with a subject line template, or None."""
+    """A problem with a subject line template, or None (``sources``: see check_template)."""
     try:
-        renderer = Renderer(directory, limits=limits)
+        renderer = Renderer(directory, sources, limits)
         static = _compiled_contract(renderer.env, (subject, renderer.env.parse(subject)), SUBJECT)
         if static:
             return str(static[0])
