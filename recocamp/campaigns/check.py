@@ -16,7 +16,7 @@ from pathlib import Path
 
 from recocamp.campaigns import files as campaign_files
 from recocamp.campaigns import render
-from recocamp.campaigns.context import sample_context
+from recocamp.campaigns.context import TemplateContext, sample_context
 from recocamp.campaigns.files import Campaign
 from recocamp.config_files import line_of, without_bom
 from recocamp.domain import LOCALES, Item, Locale
@@ -25,14 +25,18 @@ from recocamp.settings import Settings, TemplateSettings
 
 
 def campaign_problems(
-    settings: Settings, campaigns: Path, templates: Path
+    settings: Settings,
+    campaigns: Path,
+    templates: Path,
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[list[Campaign], list[ConfigError]]:
-    """The valid campaigns, and one error per broken campaign file."""
+    """The valid campaigns, and one error per broken campaign file; ``sources``: check the
+    templates of this snapshot (what a worker renders with), not the files as they are now."""
     loaded, failures = campaign_files.load_all(campaigns, settings, templates)
     good = []
     for campaign in loaded:
         path = campaigns / f"{campaign.name}.toml"
-        found = template_problems(campaign, templates, settings.templates, _text(path))
+        found = template_problems(campaign, templates, settings.templates, _text(path), sources)
         if found:
             failures.append(ConfigError(path, found))
         else:
@@ -49,7 +53,11 @@ def _text(path: Path) -> str:
 
 
 def template_problems(
-    campaign: Campaign, templates: Path, limits: TemplateSettings | None = None, text: str = ""
+    campaign: Campaign,
+    templates: Path,
+    limits: TemplateSettings | None = None,
+    text: str = "",
+    sources: Mapping[str, str] | None = None,
 ) -> list[Problem]:
     """Every template and subject of a campaign, checked against the template context (a
     variable or key outside it, see ``render.contract_problems``) and rendered with its sample
@@ -60,18 +68,30 @@ def template_problems(
     subjects = _subjects(campaign)
     found: list[Problem] = []
     for locale in LOCALES:
-        sample = sample_context(locale)
+        sample = _sample(campaign, locale)
         for name in dict.fromkeys(parts):
             found += [
                 _at_template(p, templates, name, campaign.name)
-                for p in render.check_template(templates, name, sample, limits)
+                for p in render.check_template(templates, name, sample, limits, sources)
             ]
         for key, subject in subjects:
-            problem = render.check_subject(subject, sample, templates, limits)
+            problem = render.check_subject(subject, sample, templates, limits, sources)
             if problem:
                 line = line_of(text, tuple(key.split(".")))
                 found.append(Problem(f"subject: {problem}", key=key, line=line, value=subject))
     return list(dict.fromkeys(found))
+
+
+def _sample(campaign: Campaign, locale: Locale) -> TemplateContext:
+    """The sample context as this campaign's e-mails have it: only a survey (``type =
+    "nps"``) has a ``survey``, and it has no ``offers`` (``compose``): with both in every
+    sample, a winback template printing ``survey.id`` passed and failed every e-mail."""
+    sample = sample_context(locale)
+    if campaign.is_survey:
+        sample["offers"] = []
+    else:
+        sample["survey"] = None
+    return sample
 
 
 def _at_template(problem: Problem, templates: Path, used: str, campaign: str) -> Problem:

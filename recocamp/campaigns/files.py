@@ -295,6 +295,15 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+# the suffix each part's template must have: a template is escaped by its suffix (``.html``
+# in any case, see ``render.is_html``), so an HTML part from a text template printed customer
+# data as markup, and a text part from an HTML template was that template's markup
+PART_KINDS = {
+    "html": (".html", "an HTML template (.html): only those escape what they print"),
+    "text": (".txt", "a text template (.txt): the text part would be another file's markup"),
+}
+
+
 def cross_check(
     campaign: Campaign, text: str, path: Path, settings: Settings, templates: Path
 ) -> list[Problem]:
@@ -307,10 +316,15 @@ def cross_check(
     for n, variant in enumerate(campaign.variants):
         names += [(f"variants.{n}.html", variant.html), (f"variants.{n}.text", variant.text)]
     for key, name in names:
-        if name is not None and not _is_file(templates / name):
-            line = line_of(text, tuple(key.split(".")))
+        if name is None:
+            continue
+        line = line_of(text, tuple(key.split(".")))
+        if not _is_file(templates / name):
             message = f"template not found in {templates}/"
             found.append(Problem(message, key=key, line=line, value=name))
+        suffix, kind = PART_KINDS[key.rpartition(".")[2]]
+        if not name.lower().endswith(suffix):
+            found.append(Problem(f"not {kind}", key=key, line=line, value=name))
     found += _fallback_problems(campaign, text)
     tiers = {tier.name for tier in settings.loyalty.tiers}
     for tier in campaign.audience.loyalty_tiers:

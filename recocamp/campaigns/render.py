@@ -55,7 +55,13 @@ from recocamp.campaigns.context import context_for as context_for  # the callers
 from recocamp.campaigns.context import money as money
 from recocamp.campaigns.context import sample_context as sample_context
 from recocamp.campaigns.flatten import FlatEnvironment
-from recocamp.campaigns.render_limits import COUNTED, MADE, LimitedEnvironment, location
+from recocamp.campaigns.render_limits import (
+    COUNTED,
+    MADE,
+    TOO_DEEP,
+    LimitedEnvironment,
+    location,
+)
 from recocamp.config_files import not_utf8, without_bom
 from recocamp.errors import ConfigError, Problem, TemplateLimitError, shown
 from recocamp.settings import TemplateSettings
@@ -92,6 +98,37 @@ class RenderedEmail:
 
 
 SUFFIXES = (".html", ".txt", ".css")  # template files; others (a logo.png) are no templates
+
+
+def is_html(name: str | None) -> bool:
+    """Whether a template is HTML (escaped, the stylesheet inlined), by its suffix in any case,
+    as :func:`is_template` reads it: ``Offer.HTML`` was a template but rendered as text,
+    customer data unescaped into the HTML part."""
+    return name is not None and name.lower().endswith(".html")
+
+
+def is_text(name: str | None) -> bool:
+    """Whether a template is the text part's kind (``.txt``, in any case)."""
+    return name is not None and name.lower().endswith(".txt")
+
+
+def mixed(template: str, parent: str) -> str | None:
+    """Why ``parent`` may not include, extend or import ``template``, or None: each template
+    is escaped by its own suffix wherever it renders, so a text partial in an HTML e-mail
+    printed customer data as markup (``<script>`` in a first name), and an HTML partial in
+    the text part its tags and entities. A stylesheet (``<style>{% include "email.css" %}``)
+    is neither."""
+    if is_html(parent) and is_text(template):
+        return (
+            f"{shown(parent)!r} is HTML and {shown(template)!r} a text template, whose values "
+            "are not escaped: include, extend or import .html templates in it"
+        )
+    if is_text(parent) and is_html(template):
+        return (
+            f"{shown(parent)!r} is a text template and {shown(template)!r} HTML, whose markup "
+            "would be in the text part: include, extend or import .txt templates in it"
+        )
+    return None
 
 
 def is_template(name: str) -> bool:
@@ -188,6 +225,7 @@ class InliningLoader(BaseLoader):
 
     def __init__(self, directory: Path, sources: Mapping[str, str] | None = None) -> None:
         self.directory = None if sources is not None else directory  # read from: links checked
+        self.root = directory
         self.files: BaseLoader = (
             FileSystemLoader(str(directory)) if sources is None else DictLoader(dict(sources))
         )
@@ -221,19 +259,36 @@ class InliningLoader(BaseLoader):
             raise OutsideTemplates(
                 template, f"{named!r} is a link to a file outside the templates folder"
             )
-        if self.unreadable is not None and template.endswith(".html"):
+        if self.unreadable is not None and is_html(template):
             raise NotUtf8(STYLESHEET, self.unreadable)  # inlined into every HTML template
         try:
             source, filename, uptodate = self.files.get_source(environment, template)
         except UnicodeDecodeError as exc:
             raise NotUtf8(template, exc) from None
+        except TemplateNotFound:
+            if self.directory is None:
+                self._left_out(template)
+            raise
         source = without_bom(source)
         bound = getattr(environment, "limits", TemplateSettings()).max_output_chars
         if len(source) > bound:
             raise TooLong(template, len(source), bound)
-        if template.endswith(".html") and self.css:
+        if is_html(template) and self.css:
             source = self._inline(source)
         return source, filename, uptodate
+
+    def _left_out(self, template: str) -> None:
+        """A template a snapshot left out for not being UTF-8 is named as such (a worker
+        checks its frozen templates: "not found" would send the marketer looking for a file
+        that is there)."""
+        path = self.root / template
+        try:
+            if path.is_file() and inside(self.root, path):
+                path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise NotUtf8(template, exc) from None
+        except (OSError, ValueError):  # gone, unreadable, a name the system refuses
+            return
 
     def _inline(self, source: str) -> str:
         if "<html" in source.lower():  # a layout: inline the document, keep its <style>
@@ -256,9 +311,10 @@ def environment(
         limits or TemplateSettings(),
         clock,
         {"number": contract.number_filter},
+        mixed,
         loader=InliningLoader(directory, sources),
         undefined=StrictUndefined,
-        autoescape=lambda name: name is not None and name.endswith(".html"),
+        autoescape=is_html,
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,
@@ -367,14 +423,19 @@ def one_line(text: str) -> str:
 
 
 def check_template(
-    directory: Path, name: str, sample: Mapping[str, object], limits: TemplateSettings | None = None
+    directory: Path,
+    name: str,
+    sample: Mapping[str, object],
+    limits: TemplateSettings | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> list[Problem]:
     """Syntax, what the template and the templates it includes or extends read outside the
     contract (a variable, or a key of one: see :func:`contract_problems`), that each of them
     compiles as e-mails compile it (flat: a partial with loops nested in a branch the sample
     skips passed, and every e-mail failed), and a sandboxed sample render within the limits;
-    every failure is a problem with the template and line."""
-    env = environment(directory, limits=limits)
+    every failure is a problem with the template and line. ``sources``: the templates of a
+    :func:`snapshot` (a worker's frozen set) instead of the files as they are now."""
+    env = environment(directory, sources, limits)
     try:
         parsed = _parse(env, name)
     except TemplateNotFound as exc:
@@ -384,13 +445,14 @@ def check_template(
     except UnreadableTemplate as exc:
         return [exc.problem]
     others, found = _referenced(env, parsed[1])
+    found += _mixed_kinds({name: parsed, **others})
     around = frozenset().union(*(_defined(t) for _, t in (parsed, *others.values())))
     found += _compiled_contract(env, parsed, name, _top_level(parsed[1]))
     for other, template in others.items():  # they also see what the templates around them set
         found += _compiled_contract(env, template, other, around)
     if found:
         return found
-    flat = environment(directory, limits=limits, flat=True)
+    flat = environment(directory, sources, limits, flat=True)
     try:
         for compiled in (name, *others):  # as e-mails compile them, branches a sample skips too
             flat.get_template(compiled)
@@ -398,6 +460,21 @@ def check_template(
     except Exception as exc:  # whatever a template does is a problem, not a crash
         return [render_problem(exc, name)]
     return []
+
+
+def _mixed_kinds(templates: Mapping[str, tuple[str, nodes.Template]]) -> list[Problem]:
+    """Each include, extends and import of a fixed name that :func:`mixed` refuses, at its
+    template and line, also in a branch the sample render does not take."""
+    found = []
+    for name, (_, tree) in templates.items():
+        for node in tree.find_all((nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)):
+            target = getattr(node, "template", None)  # each of them has one
+            if isinstance(target, nodes.Const) and isinstance(target.value, str):
+                refused = mixed(target.value, name)
+                if refused is not None:
+                    message = f"blocked by the sandbox: {refused}"
+                    found.append(Problem(message, key=name, line=node.lineno))
+    return found
 
 
 def _parse(env: Environment, name: str) -> tuple[str, nodes.Template]:
@@ -493,12 +570,27 @@ def _compiled_contract(
 ) -> list[Problem]:
     """:func:`contract_problems` and every unknown filter or test (:func:`unknown_names`), or
     the template's compile error at its line: jinja's introspection names it
-    ``<introspection>``, so the error would not say which template it is."""
-    unknown = unknown_names(env, template[1], name)
+    ``<introspection>``, so the error would not say which template it is. An expression
+    that parses but is too deep for the introspection's recursion (``not`` 400 times) is
+    a syntax error at its deepest line, not a ``RecursionError`` that stopped ``check``."""
     try:
+        unknown = unknown_names(env, template[1], name)
         return unknown or contract_problems(template, name, defined)
     except TemplateSyntaxError as exc:  # TemplateAssertionError among them
         return [Problem(f"syntax error: {exc.message}", key=name, line=exc.lineno)]
+    except RecursionError:
+        return [Problem(f"syntax error: {TOO_DEEP}", key=name, line=_deepest(template[1]))]
+
+
+def _deepest(tree: nodes.Node) -> int | None:
+    """The line of the most deeply nested node of ``tree`` (walked without recursion)."""
+    line, most, stack = None, -1, [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > most and node.lineno:
+            line, most = node.lineno, depth
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+    return line
 
 
 def unknown_names(env: Environment, parsed: nodes.Template, name: str) -> list[Problem]:
@@ -756,10 +848,11 @@ def check_subject(
     sample: Mapping[str, object],
     directory: Path,
     limits: TemplateSettings | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> str | None:
-    """A problem with a subject line template, or None."""
+    """A problem with a subject line template, or None (``sources``: see check_template)."""
     try:
-        renderer = Renderer(directory, limits=limits)
+        renderer = Renderer(directory, sources, limits)
         static = _compiled_contract(renderer.env, (subject, renderer.env.parse(subject)), SUBJECT)
         if static:
             return str(static[0])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import codecs
 import gc
+import inspect
 import re
 import threading
 import time
@@ -44,6 +45,7 @@ from types import CodeType, TracebackType
 from typing import Any, TypeGuard, TypeVar
 
 from jinja2 import Template, TemplateSyntaxError, nodes, pass_context
+from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
 from jinja2.runtime import Context, LoopContext, Macro, markup_join, str_join
 from jinja2.sandbox import SandboxedEnvironment, SandboxedFormatter, modifies_known_mutable
@@ -56,16 +58,21 @@ from recocamp.settings import TemplateSettings
 
 COUNTED = "__counted_loop"  # the filter every ``for`` iterates through (see ``_parse``)
 MADE = "__made_value"  # the filter every list, tuple and dict literal goes through
+TOO_DEEP = "nested too deeply (blocks, brackets or operators inside each other)"
 KEPT_GLOBALS = "recocamp_globals"  # a template's globals as one dict, kept on the template
 T = TypeVar("T")
 PRODUCED_FACTOR = 10  # a render makes at most 10 × max_output_chars of strings and lists in all
 _EXPANDING = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"})
 _REFUSED = frozenset({"translate", "maketrans"})  # a table can blow up every character
+# the filters whose arguments :func:`filter_size` and the checks beside it read by position
+_SIZED = frozenset(
+    {"center", "indent", "wordwrap", "replace", "format", "join", "batch", "slice", "urlize"}
+    | {"tojson", "sum", "round"}
+)
 _TEXT = (str, bytes, bytearray)
 _CODECS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252", "utf-16", "utf-32"})
 _SUMMED = (*_TEXT, list, tuple)  # ``+`` makes their lengths' sum
 _CONTAINERS = (list, tuple, dict, set, frozenset, Namespace)
-_LINKISH = re.compile(r"\S*[.:@]\S*")  # a word ``urlize`` may make a link of
 URLIZE_MARKUP = 64  # '<a href="https://' and the rest of a link's markup, at most
 # characters textwrap copies breaking the words longer than a line (``wordwrap``): a word
 # of L characters broken into lines of w is copied about L² / 2w times, each break copying
@@ -73,7 +80,9 @@ URLIZE_MARKUP = 64  # '<a href="https://' and the rest of a link's markup, at mo
 WRAP_STEPS_MAX = 5_000_000_000
 FLOAT_FIXED = 330  # characters a float may print as in a fixed-point field ('{:f}' of 1e308)
 _DEBUG_INFO = re.compile(r"^debug_info = '([0-9=&]*)'$", re.MULTILINE)  # template=Python lines
-_PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
+# a ``%`` field after its mapping key: flags, width, precision (what follows adds no width)
+_PERCENT_SPEC = re.compile(r"[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_PARENS = re.compile(r"[()]")
 
 
 class LimitExceeded(RecocampError):
@@ -221,6 +230,19 @@ def size_of(value: object, cap: int) -> int:
     return total
 
 
+def total_size(values: Iterable[object], cap: int) -> int:
+    """The :func:`size_of` of ``values`` added up, each measured only to what is left of
+    ``cap``: measured to ``cap`` each, 200 references to one large list (the items of a
+    ``join``, the operands of ``~``) cost 200 times the bound, 5 s of CPU with nothing
+    checking the time budget, before the result was refused."""
+    total = 0
+    for value in values:
+        total += size_of(value, cap - total)
+        if total > cap:
+            break
+    return total
+
+
 class LimitedTemplate(Template):
     """A template whose ``~`` goes through :meth:`LimitedEnvironment.joiner`."""
 
@@ -274,12 +296,14 @@ class LimitedEnvironment(SandboxedEnvironment):
         limits: TemplateSettings,
         clock: Callable[[], float] | None = None,
         own_filters: Mapping[str, Callable[..., Any]] | None = None,
+        refused_join: Callable[[str, str], str | None] | None = None,
         **options: Any,
     ) -> None:
         """``clock``: the render time (default: the thread's CPU time, see :class:`Budget`);
         a test's clock stands for both the CPU and the wall clock. ``own_filters``: filters
-        beside Jinja's, checked as they are."""
-        self.limits = limits
+        beside Jinja's, checked as they are. ``refused_join``: why a template (first) may not
+        be included, extended or imported by another (second), or None."""
+        self.limits, self.refused_join = limits, refused_join
         self.clock, self.wall = (
             (time.thread_time, time.monotonic) if clock is None else (clock, clock)
         )
@@ -331,6 +355,15 @@ class LimitedEnvironment(SandboxedEnvironment):
             _BUDGET.reset(token)
             _COLLECTING.budget = outer
 
+    def join_path(self, template: str, parent: str) -> str:
+        """Every include, extends and import names its template here, with the template that
+        asks for it, also when the name is computed at render time (and with ``ignore
+        missing``: a refusal is no missing template)."""
+        refused = self.refused_join(template, parent) if self.refused_join else None
+        if refused is not None:
+            raise SecurityError(refused)
+        return template
+
     def _context(self, template: Template, context: Mapping[str, Any]) -> Context:
         """``template.new_context(dict(context))``, without reading the template's globals
         (a ``ChainMap``) twice per render: that cost 10 µs of a 75 µs render. They are read
@@ -359,9 +392,8 @@ class LimitedEnvironment(SandboxedEnvironment):
                     loop.iter, COUNTED, [], [], None, None, lineno=loop.iter.lineno
                 )
         except RecursionError:
-            message = "nested too deeply (blocks, brackets or operators inside each other)"
             line = parser.stream.current.lineno
-            raise TemplateSyntaxError(message, line, name, filename) from None
+            raise TemplateSyntaxError(TOO_DEEP, line, name, filename) from None
         except ValueError as exc:  # the lexer's int() of a number past Python's digit limit
             line = parser.stream.current.lineno
             raise TemplateSyntaxError(str(shown(str(exc))), line, name, filename) from None
@@ -534,7 +566,7 @@ class LimitedEnvironment(SandboxedEnvironment):
         def bounded(seq: Iterable[Any]) -> str:
             items = list(seq)
             bound = self.limits.max_output_chars
-            self._check_size(sum(size_of(x, bound) for x in items), "~")
+            self._check_size(total_size(items, bound), "~")
             return self._made(join(items))
 
         return bounded
@@ -637,9 +669,28 @@ class _Guarded:
         if pass_arg is not None:
             self.jinja_pass_arg = pass_arg  # Jinja reads it to pass the context or environment
         self.__name__ = getattr(func, "__name__", name)
+        self.signature = inspect.signature(func) if name in _SIZED else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs and self.signature is not None:
+            args, kwargs = by_position(self.signature, args, kwargs)
         return self.env._guarded_call(self.name, self.func, self.skip, *args, **kwargs)
+
+
+def by_position(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A filter's arguments with every one that has a position at it (the defaults filled
+    in): the size estimates read them by position, and keywords in another order
+    (``indent(first=true, width=10**8)``) were read as the wrong parameters, so the filter
+    ran unchecked (13 s of CPU and 4 GB in one call). Arguments the filter does not take
+    are left as they are, for its call to refuse."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return args, kwargs
+    bound.apply_defaults()
+    return bound.args, bound.kwargs
 
 
 class _MeasuredLiterals(NodeTransformer):
@@ -704,7 +755,7 @@ def method_size(
         return replace_size(len(owner), str(values[0]), str(values[1]), count)
     if name == "join" and values:
         items = values[0]
-        return sum(size_of(x, bound) for x in items) + len(owner) * max(0, len(items) - 1)
+        return total_size(items, bound) + len(owner) * max(0, len(items) - 1)
     return len(owner)
 
 
@@ -733,7 +784,7 @@ def filter_size(
         return percent_size(str(value), kwargs or tuple(values[1:]), bound)
     if name == "join":
         sep = str(first) if isinstance(first, str) else ""
-        return sum(size_of(x, bound) for x in value) + len(sep) * max(0, len(value) - 1)
+        return total_size(value, bound) + len(sep) * max(0, len(value) - 1)
     if name in ("batch", "slice") and _is_int(first):
         return int(first)
     if name in ("urlize", "tojson"):
@@ -775,11 +826,19 @@ def repeating_size(name: str, values: list[Any], kwargs: dict[str, Any], bound: 
     value = values[0]
     if name == "urlize":
         escaped = str(escape(str(value)))  # what urlize splits into words
-        links = _LINKISH.findall(escaped)  # each may be a link: its href repeats it
-        added = sum(size_of(x, bound) for x in [*values[1:], *kwargs.values()]) + URLIZE_MARKUP
+        links = [w for w in escaped.split() if _linkish(w)]  # each may be a link: href repeats it
+        added = total_size([*values[1:], *kwargs.values()], bound) + URLIZE_MARKUP
         return len(escaped) + sum(map(len, links)) + len(links) * added
     indent = kwargs.get("indent", values[1] if len(values) > 1 else None)
     return json_size(value, indent, bound)
+
+
+def _linkish(word: str) -> bool:
+    """Whether ``urlize`` may make a link of a word: one with a ``.``, ``:`` or ``@``. Not a
+    pattern over the whole text (``\\S*[.:@]\\S*``): that backtracked over the rest of a
+    word without one from each of its characters, quadratic inside one call (40,000
+    characters took 7 s, however short the render's time budget)."""
+    return "." in word or ":" in word or "@" in word
 
 
 def json_size(value: object, indent: object, bound: int) -> int:
@@ -819,11 +878,48 @@ def percent_size(template: str, values: Any, bound: int) -> int:
     widest = max((size_of(v, bound) for v in items), default=0)
     largest = max((abs(v) for v in items if _is_int(v)), default=0)
     total = len(template)
-    for match in _PERCENT.finditer(template):
-        total += widest + sum(largest if n == "*" else int(n) for n in match.groups() if n)
+    for numbers in percent_fields(template):
+        total += widest
+        total += sum(largest if n == "*" else _digits(n, bound) for n in numbers if n)
         if total > bound:
             break
     return total
+
+
+def percent_fields(template: str) -> Iterator[tuple[str | None, str | None]]:
+    """The width and precision of each ``%`` field of ``template`` as written (digits or
+    ``*``), found as Python's ``%`` finds them, in one pass: a mapping key's parentheses
+    nest (``%(a(b)c)9s`` is the key ``a(b)c`` with the width 9, which a pattern had read as
+    text: 1 GB made unchecked), and a pattern that looked for the key's ``)`` from every
+    ``%(`` spent minutes on ``%(`` repeated, inside one call."""
+    at = template.find("%")
+    while at != -1:
+        end = at + 1
+        if template.startswith("(", end):
+            end = _key_end(template, end)
+            if end < 0:  # no end to the key: ``%`` refuses the text
+                return
+        spec = _PERCENT_SPEC.match(template, end)
+        assert spec is not None  # every part of it is optional
+        yield spec.group(1), spec.group(2)
+        at = template.find("%", spec.end() + 1)  # past the conversion character
+
+
+def _key_end(template: str, start: int) -> int:
+    """Where the mapping key opened at ``start`` ends (its nested parentheses counted), -1
+    if it does not."""
+    depth = 0
+    for paren in _PARENS.finditer(template, start):
+        depth += 1 if paren.group() == "(" else -1
+        if not depth:
+            return paren.end()
+    return -1
+
+
+def _digits(number: str, bound: int) -> int:
+    """A width or precision as written: past nine digits it is past any bound (``int()`` of
+    more than 4,300 digits raises)."""
+    return int(number) if len(number) < 10 else bound + 1
 
 
 def format_size(env: SandboxedEnvironment, template: str, args: Any, kwargs: Any, what: str) -> int:

@@ -181,11 +181,12 @@ class Worker:
 
     def _check(self) -> tuple[list[Campaign], list[ConfigError], Renderer]:
         """The campaigns and templates as they are now: the good ones, every problem, and
-        the templates frozen before the check (never newer than what was checked)."""
+        the templates frozen before the check, which checks them as frozen (it read the
+        files a moment later: a template saved in between was rendered unchecked)."""
         self._files = self._fingerprint()
         renderer = Renderer.frozen(self.templates_dir, self.settings.templates)
         good, failures = checks.campaign_problems(
-            self.settings, self.campaigns_dir, self.templates_dir
+            self.settings, self.campaigns_dir, self.templates_dir, renderer.sources
         )
         return good, failures, renderer
 
@@ -211,7 +212,9 @@ class Worker:
         stale = [
             name
             for name, campaign in kept.items()
-            if checks.template_problems(campaign, self.templates_dir, self.settings.templates)
+            if checks.template_problems(
+                campaign, self.templates_dir, self.settings.templates, sources=renderer.sources
+            )
         ]
         if stale:
             log.error(

@@ -121,6 +121,23 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             'html = "nope.html"',
             ["key 'template.html'", "line 19", "template not found", "nope.html"],
         ),
+        # the HTML part from a text template was rendered unescaped (customer data as markup),
+        # the text part from an HTML template was markup and entities in the text part
+        (
+            'html = "winback.html"',
+            'html = "winback.txt"',
+            ["key 'template.html'", "line 19", "not an HTML template (.html)", "winback.txt"],
+        ),
+        (
+            'text = "winback.txt"',
+            'text = "email.css"',
+            ["key 'template.text'", "line 20", "not a text template (.txt)", "email.css"],
+        ),
+        (
+            'text = "winback.txt"',
+            'text = "winback.txt"\n\n[[variants]]\nname = "b"\nweight = 1\ntext = "winback.html"',
+            ["key 'variants.0.text'", "line 25", "not a text template (.txt)", "winback.html"],
+        ),
         # a name longer than the system allows (ENAMETOOLONG) is not found either, cut
         (
             'html = "winback.html"',
@@ -400,3 +417,34 @@ def test_filter_values_the_catalogue_lacks_are_named_with_the_closest() -> None:
     assert "did you mean 'christmas' or 'christmas_lights'?" in found[0].message
     assert "none of its 3 categories is close" in found[2].message
     assert catalogue_problems(campaign, text, Catalogue.of({})) == []  # a new, empty shop
+
+
+@pytest.mark.parametrize(
+    ("campaign", "part", "read", "message"),
+    [
+        ("winback", "winback.txt", "{{ survey.id }}", "None"),
+        ("nps", "nps.txt", "{{ offers[0].title }}", "no element 0"),
+    ],
+)
+def test_check_renders_each_campaign_with_the_context_its_emails_have(
+    tmp_path: Path, campaign: str, part: str, read: str, message: str
+) -> None:
+    """The sample context held a survey and an offer for every campaign, but only a survey
+    (``type = "nps"``) has a survey, and a survey has no offers: a winback template printing
+    ``survey.id`` passed ``check`` and failed every e-mail of the campaign at send."""
+    import shutil
+
+    from recocamp.campaigns.check import template_problems
+
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    path = templates / part
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("{% endblock %}", f"{read}\n{{% endblock %}}")
+    )
+    (chosen,) = [
+        c for c in load_all(ROOT / "campaigns", Settings(), templates)[0] if c.name == campaign
+    ]
+    problems = template_problems(chosen, templates)
+    assert problems and all(p.path == path for p in problems)
+    assert message in problems[0].message

@@ -70,6 +70,20 @@ def test_html_is_autoescaped_text_is_not() -> None:
     assert "<script>alert(1)</script>" in email.text
 
 
+def test_an_html_template_is_escaped_and_styled_whatever_the_case_of_its_suffix(
+    tmp_path: Path,
+) -> None:
+    """A file saved as ``Offer.HTML`` (an editor on Windows) is a template by its suffix in
+    any case: it was rendered as a text template, customer data unescaped, CSS not inlined."""
+    write(tmp_path, "email.css", ".x { color: red; }")
+    write(tmp_path, "Offer.HTML", '<div class="x">{{ customer.first_name }}</div>')
+    context = sample_context("en")
+    context["customer"] = {"id": "1", "first_name": "<script>alert(1)</script>", "locale": "en"}
+    html, _ = Renderer(tmp_path).body("Offer.HTML", "Offer.HTML", context)
+    assert html == '<div class="x" style="color: red;">&lt;script&gt;alert(1)&lt;/script&gt;</div>'
+    assert check_template(tmp_path, "Offer.HTML", sample_context("en")) == []
+
+
 def write(tmp: Path, name: str, body: str) -> Path:
     (tmp / name).write_text(body, encoding="utf-8")
     return tmp
@@ -401,6 +415,9 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
     "{{ '{:>{w}}'.format(1, w=10**8) }}": "max_output_chars",
     "{{ '%999999999s' % 'x' }}": "max_output_chars",
     "{{ '%*s'|format(10**8, 'x') }}": "max_output_chars",
+    # a mapping key's parentheses nest, as Python reads them: the width after it was missed
+    "{{ '%(a(b)c)20000s' % {'a(b)c': 1} }}": "% would make a value longer",
+    "{{ '%(a(b)c)20000s'|format(**{'a(b)c': 1}) }}": "format would make a value longer",
     "{{ (['x' * 100] * 1000)|join('-' * 100) }}": "max_output_chars",
     "{{ ('x' * 100).join(['y'] * 1000) }}": "max_output_chars",
     "{{ [1]|batch(10**9, 'x')|list }}": "max_output_chars",
@@ -450,6 +467,13 @@ LIMIT_CASES = {  # template (the limit is passed on its line 2) → what the pro
     "{{ '{0:\U0010ffff>{1[0]}}'.format('x', ['20000'])|length }}": "format would make",
     "{{ '{a:{b}}'.format_map({'a': 'x', 'b': '20000'})|length }}": "format_map would make",
     "{{ ('{0:{1}}'|safe).format('x', '20000')|length }}": "format would make a value longer",
+    # a filter's arguments by keyword, in any order, are sized as by position: the estimate
+    # read the first keyword as the second parameter (indent(first=true, width=10**8): 13 s
+    # of CPU and 4 GB in one call; replace(new=…, old='') and join(attribute=0, d=…): 1 GB)
+    "{{ 'ab\\n'|indent(first=true, width=20000) }}": "indent would make a value longer",
+    "{{ ('x' * 5000)|replace(new='yy', old='') }}": "replace would make a value longer",
+    "{{ ('x' * 500)|list|join(attribute=0, d='-' * 100) }}": "join would make a value longer",
+    "{{ [1]|batch(fill_with=0, linecount=10**6)|list|length }}": "batch would make a value",
 }
 
 
@@ -515,6 +539,57 @@ def test_urlize_and_tojson_within_the_limits_render(tmp_path: Path) -> None:
     )
     (html, _) = Renderer(tmp_path, limits=SMALL).body("t.html", "t.html", sample_context())
     assert 'target="_blank">www.shop.test</a>' in html and '\n  "a": [\n    1,' in html
+
+
+@pytest.mark.parametrize("word", ["'x' * 40000", "'<' * 10000"])
+def test_urlize_of_a_long_word_is_sized_in_linear_time(tmp_path: Path, word: str) -> None:
+    """The estimate before ``urlize`` looked for the words it may link with a pattern that
+    backtracked over the whole of a word without ``.``, ``:`` or ``@`` from each of its
+    characters: 40,000 characters took 7 s of CPU in one call, a million about an hour,
+    however short the time budget (nothing checks the clock inside a call)."""
+    write(tmp_path, "t.txt", f"{{{{ ({word})|urlize|length }}}}")
+    started = time.process_time()
+    (text, _) = Renderer(tmp_path).body("t.txt", "t.txt", sample_context())
+    assert time.process_time() - started < 1.0
+    assert text == "40000"
+
+
+def test_the_fields_of_a_percent_format_are_found_in_linear_time(tmp_path: Path) -> None:
+    """Looking for each field's width, a pattern searched for the ``)`` of a mapping key from
+    every ``%(``: a text of ``%(`` repeated 100,000 times took 7.5 s of CPU in one call
+    before ``%`` said "incomplete format key" (a million characters, minutes)."""
+    write(tmp_path, "t.txt", "x\n{{ ('%(' * 100000) % {} }}")
+    started = time.process_time()
+    (problem,) = check_template(tmp_path, "t.txt", sample_context())
+    assert time.process_time() - started < 1.0
+    assert (problem.line, problem.message) == (
+        2,
+        "fails to render: ValueError: incomplete format key",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "{{ 'x'.join(range(200)|map(attribute='no', default=big))|length }}",
+            "join would make a value longer",
+        ),
+        ("{{ " + " ~ ".join(["big"] * 200) + " }}", "~ would make a value longer"),
+    ],
+)
+def test_many_references_to_one_large_value_are_sized_once_past_the_bound(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    """The items of a join and the operands of ``~`` were each measured to the bound before
+    their sizes were added up: 200 references to one list of 200,000 numbers took 5 s of
+    CPU before the join was refused (a million, hours), nothing checking the time budget
+    in between."""
+    write(tmp_path, "t.txt", "{% set big = [1] * 200000 %}\n" + body)
+    started = time.process_time()
+    (problem,) = check_template(tmp_path, "t.txt", sample_context())
+    assert time.process_time() - started < 1.0
+    assert problem.line == 2 and message in problem.message
 
 
 def test_the_defaults_stop_the_issue_s_templates(tmp_path: Path) -> None:
@@ -598,6 +673,45 @@ def test_includes_and_errors_at_render_are_problems_not_crashes(
     assert subject is not None and "key 'subject'" in subject and "4,096 bits" in subject
 
 
+@pytest.mark.parametrize(
+    ("name", "body", "message"),
+    [
+        ("t.html", "{% include 'p.txt' %}", "'p.txt' a text template, whose values are not"),
+        ("t.html", "{% extends 'base.txt' %}", "'base.txt' a text template"),
+        ("t.html", "{% import 'm.txt' as m %}", "'m.txt' a text template"),
+        ("t.html", "{% if customer.id == 'x' %}{% include 'p.txt' %}{% endif %}", "'p.txt' a"),
+        ("t.txt", "{% include 'p.html' %}", "'p.html' HTML, whose markup would be in the text"),
+        ("t.txt", "{% from 'm.html' import hi %}", "'m.html' HTML"),
+    ],
+)
+def test_a_template_includes_only_templates_escaped_as_it_is(
+    tmp_path: Path, name: str, body: str, message: str
+) -> None:
+    """A template is escaped by its own suffix, also where another includes it: a text
+    partial in an HTML e-mail printed customer data as markup, an HTML one in the text part
+    its tags and entities. ``check`` refuses it in every branch."""
+    for partial in ("p.txt", "p.html", "base.txt", "m.txt", "m.html"):
+        write(tmp_path, partial, "{% macro hi() %}{% endmacro %}{{ customer.first_name }}")
+    write(tmp_path, name, f"<p>Hi</p>\n{body}")
+    (problem,) = check_template(tmp_path, name, sample_context())
+    assert (problem.key, problem.line) == (name, 2)
+    assert message in problem.message and problem.message.startswith("blocked by the sandbox")
+
+
+@pytest.mark.parametrize(
+    "include", ["{% include 'p.' ~ 'txt' %}", "{% include 'p.txt' ignore missing %}"]
+)
+def test_a_text_partial_is_refused_in_an_html_email_at_render_time(
+    tmp_path: Path, include: str
+) -> None:
+    write(tmp_path, "p.txt", "{{ customer.first_name }}")
+    write(tmp_path, "t.html", f"<p>{include}</p>")
+    context = sample_context()
+    context["customer"] = {"id": "1", "first_name": "<script>x()</script>", "locale": "en"}
+    with pytest.raises(TemplateError, match=r"'p\.txt' a text template"):
+        Renderer(tmp_path).body("t.html", "t.html", context)
+
+
 def test_format_and_round_within_the_limits_render(tmp_path: Path) -> None:
     """The checks before ``format`` and ``round`` resolve what the call would: fair
     widths from nested fields and fair precisions render as Python renders them."""
@@ -639,6 +753,21 @@ def test_what_python_cannot_parse_or_compile_is_a_syntax_error_at_its_line(
     with pytest.raises(TemplateSyntaxError, match=re.escape(message)) as raised:
         Renderer(tmp_path).body("t.html", "t.html", sample_context())
     assert raised.value.name == "t.html"
+
+
+@pytest.mark.parametrize(
+    "expression", ["not " * 400 + "customer", "customer" + ".a" * 400, "customer" + "|e" * 400]
+)
+def test_an_expression_too_deep_to_check_is_a_problem_of_its_template(
+    tmp_path: Path, expression: str
+) -> None:
+    """An expression 400 deep parses, but reading what it uses of the context went past
+    Python's recursion limit: the ``RecursionError`` came out of ``check`` (a traceback, and
+    no campaign checked after it) and out of the worker's load and reload."""
+    write(tmp_path, "t.html", f"<p>Hi</p>\n{{{{ {expression} }}}}\n")
+    (problem,) = check_template(tmp_path, "t.html", sample_context())
+    assert problem.message.startswith("syntax error: nested too deeply")
+    assert (problem.key, problem.line) == ("t.html", 2)
 
 
 def test_a_partial_that_cannot_compile_fails_check_in_a_branch_the_sample_skips(

@@ -1351,6 +1351,44 @@ def test_the_live_model_metric_names_the_model_the_registry_holds_live(
     process.engine.dispose()
 
 
+def test_a_worker_renders_with_the_templates_it_checked(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker froze the templates, then checked the files as they were a moment later:
+    a template saved in between ran unchecked. Here a broken one is frozen and its fix
+    lands during the check: the check passed the fix, and every e-mail rendered the broken
+    version. What is frozen is what is checked; the fix is taken at the next reload."""
+    shop = sqlite_shop(tmp_path, reload_check_s=1e-6)
+    process = worker_for(shop)
+    process.start(loop=False)
+    path = shop / "templates" / "cross_sell.html"
+    good = path.read_text()
+    broken = good.replace("{% endblock %}", "{{ 9**(9**9) }}{% endblock %}")
+    fixed = good.replace("{% endblock %}", "<p>fixed</p>{% endblock %}")
+    real_check = worker_checks.campaign_problems
+
+    def saved_meanwhile(*args: Any) -> Any:
+        if path.read_text() == broken:  # the marketer's fix lands while the check runs
+            path.write_text(fixed)
+            os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+        return real_check(*args)
+
+    monkeypatch.setattr(worker_checks, "campaign_problems", saved_meanwhile)
+    try:
+        process.tick()
+        path.write_text(broken)
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+        process.tick()
+        sources = process.context.renderer.sources
+        assert sources is not None and sources["cross_sell.html"] == good  # kept, not broken
+        process.tick()
+        sources = process.context.renderer.sources
+        assert sources is not None and sources["cross_sell.html"] == fixed
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+
+
 def test_a_slow_reload_never_stops_the_heartbeat(
     tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
