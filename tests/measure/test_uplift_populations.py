@@ -179,3 +179,22 @@ def test_runs_whose_holdout_the_retention_deleted_are_left_out_of_both_groups(
     assert "4 e-mails of runs whose decisions were deleted" in report.render_html(data)
     before = jobs.gather(engine, settings, AS_OF - timedelta(days=10), AS_OF)
     assert before.sends_left_out == 4  # a report as of an earlier day: the same rule
+
+
+def test_a_campaign_whose_touches_are_all_inside_their_window_is_shown_as_pending(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """The day after a campaign's first run, none of its touches has a closed attribution
+    window yet. The report left the campaign out altogether ("no campaign touches in the
+    last 90 days", JSON ``campaigns: []``), as if the run had never been recorded; it is
+    listed, with no figures and its touches counted as pending."""
+    _run(engine, {"m1": 1})
+    data = jobs.gather(engine, settings, RUN + timedelta(days=2), RUN + timedelta(days=2))
+    overall = next(u for u in data.uplifts if u.campaign == "winback" and u.variant is None)
+    assert overall.pending == len(MAILED) + len(HELD)
+    assert not overall.enough and overall.comparisons == {}
+    assert "attribution window" in overall.note
+    assert (overall.treated.units, overall.control.units) == (0, 0)
+    summary = report.summary(data)["campaigns"]
+    assert [(c["campaign"], c["pending"]) for c in summary] == [("winback", 8)]
+    assert "8 more winback touches are still inside their 7-day window" in report.render_html(data)
