@@ -189,9 +189,16 @@ def _uplift_table(data: report.Data) -> Table | None:
         console.print(f"no campaign touches in the last {data.report_days} days")
         return None
     level = f"{100 * data.confidence:g} %"
+    waiting = [
+        f"{u.pending:,} {u.campaign} touches are still inside their "
+        f"{data.attribution_days}-day window and not counted yet"
+        for u in data.uplifts
+        if u.pending and u.variant is None
+    ]
     table = Table(
         title=f"uplift against the holdout ({level} intervals; mailed − holdout, or "
-        "variant against variant)"
+        "variant against variant)",
+        caption="; ".join(waiting) or None,
     )
     for column in (
         "campaign",

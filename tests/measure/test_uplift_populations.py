@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
 from recocamp import privacy
+from recocamp.cli import app
 from recocamp.domain import Customer, Item, OutgoingEmail, Purchase
 from recocamp.measure import jobs, report
 from recocamp.measure.attribution import Uplift
@@ -198,3 +200,20 @@ def test_a_campaign_whose_touches_are_all_inside_their_window_is_shown_as_pendin
     summary = report.summary(data)["campaigns"]
     assert [(c["campaign"], c["pending"]) for c in summary] == [("winback", 8)]
     assert "8 more winback touches are still inside their 7-day window" in report.render_html(data)
+
+
+def test_the_report_command_counts_pending_touches(
+    engine: sa.Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTML report says how many touches wait for their window to end; the command's
+    table said nothing of them."""
+    _run(engine, {"m1": 1})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        f'database_url = "{db_url}"\n[shop]\ntime_zone = "UTC"\n'
+    )
+    result = CliRunner().invoke(app, ["report", "--as-of", "2026-01-07", "--no-store"])
+    assert result.exit_code == 0, result.output
+    assert "8 winback touches are still inside their 7-day window" in " ".join(
+        result.stdout.split()
+    )
