@@ -141,13 +141,9 @@ def _print_tables(data: report.Data) -> None:
             "decisions_days) are left out: their holdout is gone",
             highlight=False,
         )
-    for table in (
-        _kpi_table(data),
-        _changes_table(data),
-        _uplift_table(data),
-        _nps_table(data),
-        _cohort_table(data),
-    ):
+    # one at a time: a table that is not there says so as it is built, in its place
+    for build in (_kpi_table, _changes_table, _uplift_table, _nps_table, _cohort_table):
+        table = build(data)
         if table is not None:
             show(table)
 
