@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from recocamp.errors import ConfigError, Problem
 
@@ -207,7 +207,10 @@ def error_hidden(message: str) -> PydanticCustomError:
 def problems(error: ValidationError, text: str, env_prefix: str | None = None) -> list[Problem]:
     """Every validation error as a Problem with key, line and value (or the env variable)."""
     found = []
-    for entry in error.errors():
+    entries = error.errors()
+    for entry in entries:
+        if _emptied(entry, entries):
+            continue
         loc = tuple(str(part) for part in entry["loc"])
         from_env = ""
         if env_prefix is not None:
@@ -226,6 +229,16 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
             )
         )
     return found
+
+
+def _emptied(entry: ErrorDetails, entries: list[ErrorDetails]) -> bool:
+    """A list too short only because its items were refused: pydantic drops each item it
+    refuses and then counts what is left, so ``legal_basis = ["double-opt-in"]`` was also
+    "Tuple should have at least 1 item after validation, not 0". The items' problems say it."""
+    if entry["type"] != "too_short":
+        return False
+    loc = entry["loc"]
+    return any(len(o["loc"]) > len(loc) and o["loc"][: len(loc)] == loc for o in entries)
 
 
 def _variable(env_prefix: str, loc: tuple[str, ...]) -> str | None:

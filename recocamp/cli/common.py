@@ -470,9 +470,12 @@ day_count = within(1, MAX_DAYS)  # a day count beyond a hundred years is a typo 
 
 
 def fmt(value: object) -> str:
-    """A table cell: floats to four places, a missing value as a dash."""
+    """A table cell: floats to four places, counts grouped as the figures are (6,626 orders
+    beside a CLV of 3,857.3366), a missing value as a dash."""
     if isinstance(value, float):
         return f"{value:,.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     return "—" if value is None else str(value)
 
 

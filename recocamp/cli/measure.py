@@ -141,13 +141,9 @@ def _print_tables(data: report.Data) -> None:
             "decisions_days) are left out: their holdout is gone",
             highlight=False,
         )
-    for table in (
-        _kpi_table(data),
-        _changes_table(data),
-        _uplift_table(data),
-        _nps_table(data),
-        _cohort_table(data),
-    ):
+    # one at a time: a table that is not there says so as it is built, in its place
+    for build in (_kpi_table, _changes_table, _uplift_table, _nps_table, _cohort_table):
+        table = build(data)
         if table is not None:
             show(table)
 
@@ -189,9 +185,16 @@ def _uplift_table(data: report.Data) -> Table | None:
         console.print(f"no campaign touches in the last {data.report_days} days")
         return None
     level = f"{100 * data.confidence:g} %"
+    waiting = [
+        f"{u.pending:,} {u.campaign} touches are still inside their "
+        f"{data.attribution_days}-day window and not counted yet"
+        for u in data.uplifts
+        if u.pending and u.variant is None
+    ]
     table = Table(
         title=f"uplift against the holdout ({level} intervals; mailed − holdout, or "
-        "variant against variant)"
+        "variant against variant)",
+        caption="; ".join(waiting) or None,
     )
     for column in (
         "campaign",

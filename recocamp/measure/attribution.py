@@ -304,12 +304,18 @@ def uplifts(
     included). Such customers are left out of both groups compared, and counted
     (``switched``); before, they were counted in both. ``erased``: per campaign, the
     (mailed, held-out) units whose customer was erased since, left out before (see
-    ``store.measure.touches``) and told with the campaign's overall row."""
+    ``store.measure.touches``) and told with the campaign's overall row. A campaign with
+    pending touches only (its first run within the window) gets an overall row without
+    figures: left out, its run looked as if it had never been recorded."""
     by_campaign: dict[str, list[Result]] = defaultdict(list)
     for result in results:
         by_campaign[result.touch.campaign].append(result)
+    waiting_only = {c for c, n in (pending or {}).items() if n and c not in by_campaign}
     found: list[Uplift] = []
-    for campaign in sorted(by_campaign):
+    for campaign in sorted(by_campaign.keys() | waiting_only):
+        if campaign in waiting_only:
+            found.append(_all_pending(campaign, (pending or {})[campaign], erased))
+            continue
         crossed = _in_two_groups(by_campaign[campaign], lambda touch: touch.holdout)
         rows = [r for r in by_campaign[campaign] if r.touch.customer_id not in crossed]
         holdout = [r for r in rows if r.touch.holdout]
@@ -337,6 +343,16 @@ def uplifts(
             for b in variants[n + 1 :]
         ]
     return found
+
+
+def _all_pending(
+    campaign: str, waiting: int, erased: Mapping[str, tuple[int, int]] | None
+) -> Uplift:
+    """The overall row of a campaign none of whose touches has its window over yet."""
+    nobody = Group.of([])
+    note = "not enough data yet: every touch is still inside its attribution window"
+    gone = (erased or {}).get(campaign, (0, 0))
+    return Uplift(campaign, None, nobody, nobody, False, note, pending=waiting, erased=gone)
 
 
 def _in_two_groups(results: Iterable[Result], group: Callable[[Touch], object]) -> set[str]:

@@ -448,3 +448,13 @@ def test_check_renders_each_campaign_with_the_context_its_emails_have(
     problems = template_problems(chosen, templates)
     assert problems and all(p.path == path for p in problems)
     assert message in problems[0].message
+
+
+def test_a_misspelled_legal_basis_is_one_problem_not_also_an_empty_list(tmp_path: Path) -> None:
+    """pydantic drops the item it refuses and then counts the list: a file naming one basis,
+    misspelled, was also told "Tuple should have at least 1 item after validation, not 0",
+    as if the list were empty. A list left empty by its own items' problems is those."""
+    text = GOOD.replace('legal_basis = ["double_opt_in"]', 'legal_basis = ["double-opt-in"]')
+    message = check(tmp_path, text.format(name="broken"))
+    assert "line 3, key 'legal_basis.0'" in message and "(value: 'double-opt-in')" in message
+    assert "at least 1 item" not in message and "1 problem(s)" in message

@@ -45,3 +45,15 @@ def test_report_json_with_html_prints_the_document_alone(one_order_shop: Path) -
     assert document["as_of"] == "2026-01-19T23:00:00+00:00"
     assert "HTML report written to r.html" in result.stderr
     assert (one_order_shop / "r.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_report_says_what_it_lacks_where_that_table_would_stand(one_order_shop: Path) -> None:
+    """Each table was built before the first was printed, so "no campaign touches" (said as
+    the uplift table was built) stood above the KPI tables, under the report's title."""
+    runner = CliRunner()
+    taken = runner.invoke(app, ["snapshots", "take", "--as-of", "2026-01-20"])
+    assert taken.exit_code == 0, taken.output
+    result = runner.invoke(app, ["report", "--as-of", "2026-01-20", "--no-store"])
+    assert result.exit_code == 0, result.output
+    kpis = result.stdout.index("retention KPIs of the windows ending")
+    assert kpis < result.stdout.index("no campaign touches in the last 90 days")

@@ -219,3 +219,31 @@ def test_window_edges_and_guests_of_the_previous_window() -> None:
         30,
         1,
     )
+
+
+def test_the_kpis_table_writes_counts_as_it_writes_figures(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counts stood bare beside grouped figures (orders 6626 over a CLV of 3,857.3366, where
+    the README writes 6,626): a count of thousands read as a figure of another kind."""
+    lines = [
+        Purchase(f"o{n}", 1, f"c{n % 10}", "i1", 1, 10.0, AS_OF - timedelta(hours=n + 3))
+        for n in range(1200)
+    ]
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, lines, None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", str(engine.url))
+    from recocamp.cli import app
+
+    result = CliRunner().invoke(
+        app, ["kpis", "--as-of", "2024-07-01", "--window-days", "90"], terminal_width=120
+    )
+    assert result.exit_code == 0, result.output
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in result.stdout.splitlines()
+        if line.startswith("│")
+    }
+    assert rows["orders"] == "1,200" and rows["customers"] == "10"
+    assert rows["average_order_value"] == "10.0000"

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
 from recocamp import privacy
+from recocamp.cli import app
 from recocamp.domain import Customer, Item, OutgoingEmail, Purchase
 from recocamp.measure import jobs, report
 from recocamp.measure.attribution import Uplift
@@ -179,3 +181,39 @@ def test_runs_whose_holdout_the_retention_deleted_are_left_out_of_both_groups(
     assert "4 e-mails of runs whose decisions were deleted" in report.render_html(data)
     before = jobs.gather(engine, settings, AS_OF - timedelta(days=10), AS_OF)
     assert before.sends_left_out == 4  # a report as of an earlier day: the same rule
+
+
+def test_a_campaign_whose_touches_are_all_inside_their_window_is_shown_as_pending(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """The day after a campaign's first run, none of its touches has a closed attribution
+    window yet. The report left the campaign out altogether ("no campaign touches in the
+    last 90 days", JSON ``campaigns: []``), as if the run had never been recorded; it is
+    listed, with no figures and its touches counted as pending."""
+    _run(engine, {"m1": 1})
+    data = jobs.gather(engine, settings, RUN + timedelta(days=2), RUN + timedelta(days=2))
+    overall = next(u for u in data.uplifts if u.campaign == "winback" and u.variant is None)
+    assert overall.pending == len(MAILED) + len(HELD)
+    assert not overall.enough and overall.comparisons == {}
+    assert "attribution window" in overall.note
+    assert (overall.treated.units, overall.control.units) == (0, 0)
+    summary = report.summary(data)["campaigns"]
+    assert [(c["campaign"], c["pending"]) for c in summary] == [("winback", 8)]
+    assert "8 more winback touches are still inside their 7-day window" in report.render_html(data)
+
+
+def test_the_report_command_counts_pending_touches(
+    engine: sa.Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTML report says how many touches wait for their window to end; the command's
+    table said nothing of them."""
+    _run(engine, {"m1": 1})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        f'database_url = "{db_url}"\n[shop]\ntime_zone = "UTC"\n'
+    )
+    result = CliRunner().invoke(app, ["report", "--as-of", "2026-01-07", "--no-store"])
+    assert result.exit_code == 0, result.output
+    assert "8 winback touches are still inside their 7-day window" in " ".join(
+        result.stdout.split()
+    )
