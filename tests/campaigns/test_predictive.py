@@ -490,3 +490,35 @@ def test_a_skip_by_another_audience_rule_does_not_give_the_forecasts_words(
     planned = plan_run(engine, SETTINGS, campaign(churn_risk=["high"], min_orders=2), NOW)
     reasons = {d.customer_id: d.reason for d in planned.decided}
     assert reasons["a"] == reasons["c"] == "not_in_audience:orders"
+
+
+NEAR: dict[str, Spec] = {  # values a hair from the thresholds below
+    "p": (100, (0.33331, "medium", 10.0, 1.0)),  # p_active just above 0.3333
+    "q": (100, (0.4999, "medium", 99.6, 0.996)),  # just below 0.5; overdue just under 1
+    "r": (100, (0.2, "high", 99.7, 1.25)),  # overdue exactly 1.25 (".1f" gives 1.2)
+}
+
+
+@pytest.mark.parametrize(
+    ("audience", "customer", "said"),
+    [
+        ({"p_active_below": 0.3333}, "p", "p_active 0.33331 ≥ 0.3333"),
+        ({"overdue_ratio_at_least": 1}, "q", "overdue 0.996× < 1×"),
+        ({"lifetime_value_top_share": 0.3}, "q", "value 99.6 < 99.7 (top 30%)"),
+        ({"p_active_below": 0.5}, "q", "(p_active 0.4999, overdue 1.0×, rhythm"),
+        ({"overdue_ratio_at_least": 1.25}, "r", "(p_active 0.20, overdue 1.25×, rhythm"),
+        ({"p_active_below": 0.1234567}, "r", "p_active 0.20 ≥ 0.1234567"),
+    ],
+)
+def test_a_reasons_numbers_are_printed_on_the_side_its_comparison_took(
+    engine: sa.Engine, audience: dict[str, Any], customer: str, said: str
+) -> None:
+    """Rounded to a fixed number of places, a value a hair from its threshold read on the
+    wrong side of it: "overdue 1.00× < 1×", "p_active 0.33 ≥ 0.3333", "value 100 < 100", an
+    eligible customer of ``p_active_below = 0.5`` at "p_active 0.50"; and ``:g`` printed the
+    threshold 0.1234567 as 0.123457. Places are added until the printed numbers compare as
+    the decision did."""
+    shop(engine, people=NEAR)
+    planned = plan_run(engine, SETTINGS, campaign(**audience), NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    assert said in reasons[customer], reasons[customer]
