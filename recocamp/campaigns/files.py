@@ -27,7 +27,7 @@ from pydantic import (
 from recocamp.campaigns.caps import CapPolicy, stricter
 from recocamp.campaigns.segments import RFM_SEGMENTS
 from recocamp.config_files import error_at, line_of, read_toml, validated
-from recocamp.domain import MAX_COUNT, MAX_DAYS, ConsentBasis, Locale
+from recocamp.domain import MAX_COUNT, MAX_DAYS, RISK_CUTS, ConsentBasis, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import (
@@ -312,6 +312,7 @@ def cross_check(
             message = f"template not found in {templates}/"
             found.append(Problem(message, key=key, line=line, value=name))
     found += _fallback_problems(campaign, text)
+    found += never_matching(campaign, text)
     tiers = {tier.name for tier in settings.loyalty.tiers}
     for tier in campaign.audience.loyalty_tiers:
         if tier not in tiers:
@@ -354,6 +355,37 @@ def _fallback_problems(campaign: Campaign, text: str) -> list[Problem]:
     key = ("audience", "fallback_lapsed_days")
     value = list(audience.fallback_lapsed_days)
     return [Problem(message, key=".".join(key), line=line_of(text, key), value=value)]
+
+
+# the lowest p_active of each churn risk tier (forecast.outlook.risk_tiers)
+TIER_FLOOR = {"high": 0.0, "medium": RISK_CUTS[0], "low": RISK_CUTS[1]}
+
+
+def never_matching(campaign: Campaign, text: str) -> list[Problem]:
+    """Audience rules no customer can meet together, whatever the data: each key passes on
+    its own, and the campaign matched nobody, run after run, with a reason that blamed the
+    customers. Refused, as ``min_orders`` above ``max_orders`` is, at the second key's line."""
+    audience = campaign.audience
+    found = []
+    below = audience.p_active_below
+    if below is not None and audience.churn_risk:
+        floor = min(TIER_FLOOR[tier] for tier in audience.churn_risk)
+        if below <= floor:
+            tiers = ", ".join(audience.churn_risk)
+            message = (
+                f"no customer can match: churn_risk {tiers} is p_active {floor:.4g} or more, "
+                "and this asks for less"
+            )
+            key = ("audience", "p_active_below")
+            found.append(Problem(message, key=".".join(key), line=line_of(text, key), value=below))
+    most = audience.max_orders
+    if audience.replenishment_due and most is not None and most < 2:
+        message = (
+            "no customer can match: replenishment_due needs an item bought in 2 orders or more"
+        )
+        key = ("audience", "max_orders")
+        found.append(Problem(message, key=".".join(key), line=line_of(text, key), value=most))
+    return found
 
 
 def in_shop_zone(campaign: Campaign, shop_zone: str) -> Campaign:

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from recocamp.campaigns.audience import snapshot
-from recocamp.campaigns.files import RISK_TIERS, Campaign, load_all
+from recocamp.campaigns.files import RISK_TIERS, TIER_FLOOR, Campaign, load_all, never_matching
 from recocamp.campaigns.labels import by_code, reason
 from recocamp.campaigns.planner import REASON_LENGTH, Outcome, counts, with_detail
 from recocamp.campaigns.predictive import LiveForecast, live_at
@@ -522,3 +522,36 @@ def test_a_reasons_numbers_are_printed_on_the_side_its_comparison_took(
     planned = plan_run(engine, SETTINGS, campaign(**audience), NOW)
     reasons = {d.customer_id: d.reason for d in planned.decided}
     assert said in reasons[customer], reasons[customer]
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "value"),
+    [
+        ('churn_risk = ["low"]\np_active_below = 0.5', "audience.p_active_below", "0.5"),
+        ('churn_risk = ["medium", "low"]\np_active_below = 0.3', "audience.p_active_below", "0.3"),
+        ("replenishment_due = true\nmax_orders = 1", "audience.max_orders", "1"),
+    ],
+)
+def test_audience_rules_no_customer_can_meet_together_are_refused(
+    tmp_path: Path, lines: str, key: str, value: str
+) -> None:
+    """Low churn risk is p_active 2/3 or more, medium 1/3 or more: below 0.5 (0.3) nobody is
+    either; an item is due for replenishment only when bought in two orders. Each key passed
+    on its own, and the campaign mailed nobody, skipping everyone for their own data."""
+    text = (ROOT / "campaigns" / "winback.toml").read_text(encoding="utf-8")
+    text = text.replace('churn_risk = ["medium", "high"]\n', "")
+    text = text.replace("min_orders = 1", f"min_orders = 1\n{lines}")
+    (tmp_path / "winback.toml").write_text(text, encoding="utf-8")
+    loaded, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert loaded == [] and len(failures) == 1, failures
+    message = str(failures[0])
+    assert f"key '{key}'" in message and f"(value: {value})" in message
+    assert "no customer can match" in message
+
+
+def test_rules_some_customer_can_meet_together_pass() -> None:
+    """The boundary: medium risk starts at 1/3, so ``p_active_below = 0.34`` leaves a sliver."""
+    assert TIER_FLOOR == {"high": 0.0, "medium": 1 / 3, "low": 2 / 3}
+    assert {risk_tier(TIER_FLOOR[tier]) for tier in RISK_TIERS} == set(RISK_TIERS)
+    ok = campaign(churn_risk=["medium"], p_active_below=0.34, replenishment_due=True, max_orders=2)
+    assert never_matching(ok, "") == []
