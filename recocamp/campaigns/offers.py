@@ -117,6 +117,7 @@ WHY: dict[str, dict[str, str]] = {
         "due": "about time to restock",
         "because": "because you bought {item}",
         "category": "picked for you: you like {category}",
+        "picked": "picked for you",
         "popular": "popular this week",
     },
     "de": {
@@ -124,19 +125,32 @@ WHY: dict[str, dict[str, str]] = {
         "due": "Zeit zum Nachkaufen",
         "because": "weil Sie {item} gekauft haben",
         "category": "für Sie ausgewählt aus der Kategorie {category}",
+        "picked": "für Sie ausgewählt",
         "popular": "diese Woche beliebt",
     },
 }
 
 
-def why(item: Item, source: str, owned: bool, because: str | None = None) -> str:
+def why(
+    item: Item,
+    source: str,
+    owned: bool,
+    because: str | None = None,
+    categories: frozenset[str] = frozenset(),
+) -> str:
+    """The English reason for offering ``item`` from ``source`` to a customer who bought
+    ``categories``. "You like {category}" only for a category they bought: a discover
+    e-mail told a customer who had bought kitchen things alone "picked for you: you like
+    garden" of the model's garden pick."""
     words = WHY[FALLBACK_LOCALE]
     if owned:
         return words["owned"] if source != "due" else words["due"]
     if source == "personal":
         if because:
             return words["because"].format(item=because)
-        return words["category"].format(category=item.category.replace("_", " "))
+        if item.category in categories:
+            return words["category"].format(category=item.category.replace("_", " "))
+        return words["picked"]
     return words["popular"]
 
 
@@ -232,7 +246,8 @@ def select(
             item = items.get(item_id)
             if item is None or not allowed(item, rules, bought, categories):
                 continue
-            reason = why(item, source.source, item.id in bought, source.because.get(item.id))
+            owned, because = item.id in bought, source.because.get(item.id)
+            reason = why(item, source.source, owned, because, categories)
             chosen.append(
                 Offer(
                     item.id,
