@@ -129,19 +129,21 @@ def trigger(
         return failed
     below, least = audience.p_active_below, audience.overdue_ratio_at_least
     p_active = shown(row.p_active, 2, below)
-    words = f"churn_risk={row.churn_risk} (p_active {p_active}"
+    words = f"forecast {live.label}: churn_risk={row.churn_risk} (p_active {p_active}"
     if row.overdue_ratio is not None:
         overdue = shown(row.overdue_ratio, 1, least)
         words += f", overdue {overdue}×"
     if audience.lifetime_value_top_share is not None:
         words += f", value {row.lifetime_value:.0f}"
-    return Trigger(None, f"forecast {words}, {live.label})")
+    return Trigger(None, f"{words})")
 
 
 def _forecast_miss(audience: Audience, row: CustomerForecast, live: LiveForecast) -> Trigger | None:
     """The first forecast key the customer's row fails, in FORECAST_KEYS order. The words
-    start with the forecaster and its ``as_of`` (``live.label``): the reason names the
-    forecast that drove the skip, and a reason cut to its column keeps that part."""
+    start with the forecaster and its ``as_of`` (``live.label``), as a match's do: the
+    reason names the forecast that drove the decision, and a reason cut to its column keeps
+    that part (a match's words ended with it, and ``quiet_hours_deferred — `` with a
+    lifetime value ran past the column: "…, value 500, rhythm 2026-0…")."""
     said = f"forecast {live.label}:"
     if audience.churn_risk and row.churn_risk not in audience.churn_risk:
         return Trigger(
