@@ -110,7 +110,8 @@ class Audience(_Strict):
     birthday_today: bool = False
     replenishment_due: bool = False
     not_contacted_days: int | None = Field(default=None, ge=1, le=MAX_DAYS)
-    # the live stored forecast (see campaigns.predictive): a customer without one never matches
+    # the live stored forecast (see campaigns.predictive): a customer without a row in it goes
+    # by fallback_lapsed_days, and matches no forecast key without it
     churn_risk: tuple[Literal[RISK_TIERS], ...] = ()  # type: ignore[valid-type]
     p_active_below: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     overdue_ratio_at_least: float | None = Field(default=None, ge=0, allow_inf_nan=False)
