@@ -386,7 +386,25 @@ def never_matching(campaign: Campaign, text: str) -> list[Problem]:
         )
         key = ("audience", "max_orders")
         found.append(Problem(message, key=".".join(key), line=line_of(text, key), value=most))
+    elif most == 0 and (needs := _needing_an_order(audience)):
+        message = f"no customer can match: {', '.join(needs)} needs an order, and this allows none"
+        key = ("audience", "max_orders")
+        found.append(Problem(message, key=".".join(key), line=line_of(text, key), value=most))
     return found
+
+
+def _needing_an_order(audience: Audience) -> list[str]:
+    """The rules only a customer with an order can meet: a last order, spend above 0, a
+    category bought, an RFM score, a forecast row or the fallback's last order."""
+    rules = {
+        "lapsed_days": audience.lapsed_days is not None,
+        "min_spend": bool(audience.min_spend),
+        "categories": bool(audience.categories),
+        "rfm_segments": bool(audience.rfm_segments),
+        "replenishment_due": audience.replenishment_due,
+        **{key: getattr(audience, key) not in (None, ()) for key in FORECAST_KEYS},
+    }
+    return [key for key, given in rules.items() if given]
 
 
 def in_shop_zone(campaign: Campaign, shop_zone: str) -> Campaign:

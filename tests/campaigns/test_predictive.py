@@ -532,6 +532,8 @@ def test_a_reasons_numbers_are_printed_on_the_side_its_comparison_took(
         ('churn_risk = ["low"]\np_active_below = 0.5', "audience.p_active_below", "0.5"),
         ('churn_risk = ["medium", "low"]\np_active_below = 0.3', "audience.p_active_below", "0.3"),
         ("replenishment_due = true\nmax_orders = 1", "audience.max_orders", "1"),
+        ("max_orders = 0", "audience.max_orders", "0"),  # winback's forecast keys need orders
+        ("lapsed_days = [0, 30]\nmax_orders = 0", "audience.max_orders", "0"),
     ],
 )
 def test_audience_rules_no_customer_can_meet_together_are_refused(
@@ -542,7 +544,7 @@ def test_audience_rules_no_customer_can_meet_together_are_refused(
     on its own, and the campaign mailed nobody, skipping everyone for their own data."""
     text = (ROOT / "campaigns" / "winback.toml").read_text(encoding="utf-8")
     text = text.replace('churn_risk = ["medium", "high"]\n', "")
-    text = text.replace("min_orders = 1", f"min_orders = 1\n{lines}")
+    text = text.replace("min_orders = 1", lines)
     (tmp_path / "winback.toml").write_text(text, encoding="utf-8")
     loaded, failures = load_all(tmp_path, Settings(), ROOT / "templates")
     assert loaded == [] and len(failures) == 1, failures
@@ -557,6 +559,8 @@ def test_rules_some_customer_can_meet_together_pass() -> None:
     assert {risk_tier(TIER_FLOOR[tier]) for tier in RISK_TIERS} == set(RISK_TIERS)
     ok = campaign(churn_risk=["medium"], p_active_below=0.34, replenishment_due=True, max_orders=2)
     assert never_matching(ok, "") == []
+    newcomers = campaign(min_orders=0, max_orders=0, birthday_today=True, min_spend=0)
+    assert never_matching(newcomers, "") == []
 
 
 def test_a_deferred_match_keeps_the_forecast_it_was_chosen_by_within_the_column(
