@@ -110,7 +110,9 @@ def allowed(
 
 # Why an item is offered, in each language: ``why`` writes the English, which the store,
 # the API and the logs keep; ``why_in`` writes it in the customer's language for an e-mail or
-# a page (a German e-mail read "because you bought …" under German text).
+# a page (a German e-mail read "because you bought …" under German text). The popularity
+# list counts the buyers of ``recent_popularity_days`` (90 by default): "popular this week"
+# said of an item last sold weeks ago was not why it was offered.
 WHY: dict[str, dict[str, str]] = {
     FALLBACK_LOCALE: {
         "owned": "you bought this before",
@@ -118,7 +120,7 @@ WHY: dict[str, dict[str, str]] = {
         "because": "because you bought {item}",
         "category": "picked for you: you like {category}",
         "picked": "picked for you",
-        "popular": "popular this week",
+        "popular": "popular with other customers",
     },
     "de": {
         "owned": "Sie haben diesen Artikel schon einmal gekauft",
@@ -126,7 +128,7 @@ WHY: dict[str, dict[str, str]] = {
         "because": "weil Sie {item} gekauft haben",
         "category": "für Sie ausgewählt aus der Kategorie {category}",
         "picked": "für Sie ausgewählt",
-        "popular": "diese Woche beliebt",
+        "popular": "bei anderen Kunden beliebt",
     },
 }
 

@@ -97,7 +97,18 @@ def test_select_takes_count_items_over_the_sources_in_order_without_repeats() ->
             10.0,
             "personal",
         ),
-        Offer("d", "Dish", "kitchen", 12.0, 0.5, "popular this week", None, None, 10.0, "popular"),
+        Offer(
+            "d",
+            "Dish",
+            "kitchen",
+            12.0,
+            0.5,
+            "popular with other customers",
+            None,
+            None,
+            10.0,
+            "popular",
+        ),
     ]
 
 
@@ -155,7 +166,7 @@ def test_why_names_the_category_in_words() -> None:
     assert why(item, "personal", False, None, kitchen) == "picked for you: you like kitchen tools"
     assert why(item, "personal", False, "", kitchen) == "picked for you: you like kitchen tools"
     assert why(item, "personal", False) == "picked for you"
-    assert why(item, "popular", False, "Apple") == "popular this week"
+    assert why(item, "popular", False, "Apple") == "popular with other customers"
     assert why(item, "history", True) == "you bought this before"
 
 

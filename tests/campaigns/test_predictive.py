@@ -576,3 +576,25 @@ def test_a_deferred_match_keeps_the_forecast_it_was_chosen_by_within_the_column(
     reasons = {d.customer_id: d.reason for d in planned.decided}
     assert reasons["a"].startswith(f"quiet_hours_deferred — forecast rhythm {AS_OF}: "), reasons
     assert len(reasons["a"]) <= REASON_LENGTH
+
+
+def test_a_popular_offer_does_not_claim_the_week_the_popularity_was_not_measured_in(
+    engine: sa.Engine,
+) -> None:
+    """Without a live model the popularity list is the buyers of the last 90 days
+    (``recent_popularity_days`` with one); the model's, the same window before its data.
+    The jar's only sale was 20 days ago, and the objector's e-mail said "popular this
+    week" of it."""
+    shop(engine)
+    with engine.begin() as connection:
+        upsert_items(connection, [Item("jar", "Jar", "kitchen", 4.0)], NOW)
+        sale = Purchase("o-c2", 1, "c", "jar", 1, 4.0, NOW - timedelta(days=20))
+        insert_purchases(connection, [sale], None)
+    chosen = campaign(churn_risk=["high"], fallback_lapsed_days=[60, 180]).model_copy(
+        update={"offer": campaign().offer.model_copy(update={"mode": "discover"})}
+    )
+    planned = plan_run(engine, SETTINGS, chosen, NOW)
+    objector = next(d for d in planned.decided if d.customer_id == "o")
+    assert [(o.item_id, o.why) for o in objector.offers] == [
+        ("jar", "popular with other customers")
+    ]
