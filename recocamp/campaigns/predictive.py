@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 from recocamp.campaigns import segments
 from recocamp.campaigns.files import FORECAST_KEYS, Audience
 from recocamp.campaigns.segments import History
-from recocamp.domain import CustomerForecast
+from recocamp.domain import RISK_CUTS, CustomerForecast
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ def trigger(
     if failed is not None:
         return failed
     below, least = audience.p_active_below, audience.overdue_ratio_at_least
-    p_active = shown(row.p_active, 2, below)
+    p_active = shown(row.p_active, 2, below, *RISK_CUTS)
     words = f"forecast {live.label}: churn_risk={row.churn_risk} (p_active {p_active}"
     if row.overdue_ratio is not None:
         overdue = shown(row.overdue_ratio, 1, least)
@@ -146,9 +146,8 @@ def _forecast_miss(audience: Audience, row: CustomerForecast, live: LiveForecast
     lifetime value ran past the column: "…, value 500, rhythm 2026-0…")."""
     said = f"forecast {live.label}:"
     if audience.churn_risk and row.churn_risk not in audience.churn_risk:
-        return Trigger(
-            "churn_risk", f"{said} churn_risk={row.churn_risk} (p_active {row.p_active:.2f})"
-        )
+        p_active = shown(row.p_active, 2, *RISK_CUTS)
+        return Trigger("churn_risk", f"{said} churn_risk={row.churn_risk} (p_active {p_active})")
     below = audience.p_active_below
     if below is not None and not row.p_active < below:
         p_active = shown(row.p_active, 2, below)
@@ -171,19 +170,19 @@ def _forecast_miss(audience: Audience, row: CustomerForecast, live: LiveForecast
     return None
 
 
-def shown(value: float, places: int, threshold: float | None = None) -> str:
+def shown(value: float, places: int, *thresholds: float | None) -> str:
     """``value`` to ``places`` decimals, or to more where the number so printed would stand
-    on another side of ``threshold`` (below, at, above) than ``value`` does: rounded to two
-    places, a customer at overdue ratio 0.996 skipped by ``overdue_ratio_at_least = 1`` read
-    "overdue 1.00× < 1×", one at p_active 0.33331 skipped by ``p_active_below = 0.3333``
-    "p_active 0.33 ≥ 0.3333". Some number of places (at worst the shortest repr) prints
-    ``value`` itself, so the loop ends on the right side."""
-    if threshold is None:
-        return f"{value:.{places}f}"
-    side = _side(value, threshold)
+    on another side of one of the ``thresholds`` (below, at, above) than ``value`` does:
+    rounded to two places, a customer at overdue ratio 0.996 skipped by
+    ``overdue_ratio_at_least = 1`` read "overdue 1.00× < 1×", one at p_active 0.33331
+    skipped by ``p_active_below = 0.3333`` "p_active 0.33 ≥ 0.3333", and a medium churn
+    risk at 0.334 "churn_risk=medium (p_active 0.33)", high by the tiers' cut-offs
+    (``RISK_CUTS``). Some number of places (at worst the shortest repr) prints ``value``
+    itself, so the loop ends on the right side of every threshold."""
+    cuts = [(cut, _side(value, cut)) for cut in thresholds if cut is not None]
     for more in range(places, 18):
         text = f"{value:.{more}f}"
-        if _side(float(text), threshold) == side:
+        if all(_side(float(text), cut) == side for cut, side in cuts):
             return text
     return repr(value)
 

@@ -498,6 +498,8 @@ NEAR: dict[str, Spec] = {  # values a hair from the thresholds below
     "p": (100, (0.33331, "medium", 10.0, 1.0)),  # p_active just above 0.3333
     "q": (100, (0.4999, "medium", 99.6, 0.996)),  # just below 0.5; overdue just under 1
     "r": (100, (0.2, "high", 99.7, 1.25)),  # overdue exactly 1.25 (".1f" gives 1.2)
+    "m": (100, (0.334, "medium", 10.0, 1.0)),  # medium from 1/3
+    "h": (100, (0.666, "medium", 10.0, 1.0)),  # medium below 2/3
 }
 
 
@@ -506,10 +508,15 @@ NEAR: dict[str, Spec] = {  # values a hair from the thresholds below
     [
         ({"p_active_below": 0.3333}, "p", "p_active 0.33331 ≥ 0.3333"),
         ({"overdue_ratio_at_least": 1}, "q", "overdue 0.996× < 1×"),
-        ({"lifetime_value_top_share": 0.3}, "q", "value 99.6 < 99.7 (top 30%)"),
+        ({"lifetime_value_top_share": 0.2}, "q", "value 99.6 < 99.7 (top 20%)"),
         ({"p_active_below": 0.5}, "q", "(p_active 0.4999, overdue 1.0×)"),
         ({"overdue_ratio_at_least": 1.25}, "r", "(p_active 0.20, overdue 1.25×)"),
         ({"p_active_below": 0.1234567}, "r", "p_active 0.20 ≥ 0.1234567"),
+        # medium risk is p_active 1/3 or more: 0.33 would read as high, 0.67 as low
+        ({"churn_risk": ["high"]}, "m", "churn_risk=medium (p_active 0.334)"),
+        ({"churn_risk": ["low"]}, "m", "churn_risk=medium (p_active 0.334)"),
+        ({"churn_risk": ["medium"]}, "h", "churn_risk=medium (p_active 0.666, overdue"),
+        ({"churn_risk": ["low"]}, "h", "churn_risk=medium (p_active 0.666)"),
     ],
 )
 def test_a_reasons_numbers_are_printed_on_the_side_its_comparison_took(
