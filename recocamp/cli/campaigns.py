@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from recocamp.campaigns import audience, compose, planner, render, run, segments
+from recocamp.campaigns import audience, compose, planner, predictive, render, run, segments
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign, caps_defaults
 from recocamp.campaigns.run import load_snapshot
@@ -313,16 +313,33 @@ def _not_contacted(
     rule = code.removeprefix("not_in_audience:")
     if rule == code:
         return text
-    wanted = getattr(campaign.audience, rule, None)
-    text += f" (the campaign's audience has {rule} = {json.dumps(wanted, default=str)}"
+    rules = campaign.audience
+    keys = _RULE_KEYS.get(rule, (rule,))
+    given = [(key, getattr(rules, key, None)) for key in keys]
+    wanted = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in given if v is not None)
+    text += f" (the campaign's audience has {wanted or f'{rule} = null'}"
+    history = view.history
     if rule in ("lapsed_days", "fallback_lapsed_days"):
-        days = segments.days_since_last_order(view.history, context.now)
+        days = segments.days_since_last_order(history, context.now)
+        bounds = getattr(rules, rule) or ()
         text += (
             ", the customer never ordered"
             if days is None
-            else f", the customer's last order was {days:.1f} days ago"
+            else f", the customer's last order was {predictive.shown(days, 1, *bounds)} days ago"
         )
+    elif rule == planner.AudienceRule.ORDERS:
+        text += f", the customer has {history.count} order{'' if history.count == 1 else 's'}"
+    elif rule == planner.AudienceRule.SPEND:
+        spent = predictive.shown(history.spend, 2, rules.min_spend, rules.max_spend)
+        text += f", the customer has spent {spent}"
     return text + ")"
+
+
+# the audience keys behind a rule's code where they are not named alike
+_RULE_KEYS = {
+    planner.AudienceRule.ORDERS.value: ("min_orders", "max_orders"),
+    planner.AudienceRule.SPEND.value: ("min_spend", "max_spend"),
+}
 
 
 _EPHEMERAL = secrets.token_bytes(32)  # previews without RECOCAMP_SIGNING_KEY: never verifiable
