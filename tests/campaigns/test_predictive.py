@@ -16,7 +16,7 @@ from recocamp.campaigns.files import RISK_TIERS, TIER_FLOOR, Campaign, load_all,
 from recocamp.campaigns.labels import by_code, reason
 from recocamp.campaigns.planner import REASON_LENGTH, Outcome, counts, with_detail
 from recocamp.campaigns.predictive import LiveForecast, live_at
-from recocamp.campaigns.run import plan_and_enqueue, plan_run
+from recocamp.campaigns.run import live_forecast, plan_and_enqueue, plan_run
 from recocamp.campaigns.segments import History, Order
 from recocamp.cli import app
 from recocamp.domain import (
@@ -605,3 +605,33 @@ def test_a_popular_offer_does_not_claim_the_week_the_popularity_was_not_measured
     assert [(o.item_id, o.why) for o in objector.offers] == [
         ("jar", "popular with other customers")
     ]
+
+
+def test_a_forecast_stored_while_the_plan_reads_it_is_not_named_for_the_one_before(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nightly job stores a forecast between the plan's read of the version and of the
+    rows (each read sees the latest commit): the rows were the new forecast's, the reasons
+    named the old one's model and day. The rows read are the version's own."""
+    shop(engine)
+    real = forecast_store.current_version
+    calls = []
+
+    def then_stored(connection: sa.Connection) -> forecast_store.ForecastVersion | None:
+        found = real(connection)
+        calls.append(found)
+        if len(calls) == 1:  # the nightly job commits a new forecast right after this read
+            newer = forecast_store.ForecastVersion(
+                "bgnbd-v13", "bgnbd", AS_OF, 90, 365, 1, None, NOW - timedelta(hours=1)
+            )
+            mine = CustomerForecast("a", 1.0, 0.9, "low", 10.0, 5.0, None, 0.1)
+            with engine.begin() as other:
+                forecast_store.replace(other, newer, [mine])
+        return found
+
+    monkeypatch.setattr(forecast_store, "current_version", then_stored)
+    with engine.connect() as connection:
+        live = live_forecast(connection, SETTINGS, NOW)
+    assert live is not None
+    assert (live.model, list(live.rows)) == ("bgnbd", ["a"])
+    assert live.rows["a"].churn_risk == "low"
