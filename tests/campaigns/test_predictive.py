@@ -635,3 +635,20 @@ def test_a_forecast_stored_while_the_plan_reads_it_is_not_named_for_the_one_befo
     assert live is not None
     assert (live.model, list(live.rows)) == ("bgnbd", ["a"])
     assert live.rows["a"].churn_risk == "low"
+
+
+def test_a_customer_who_spent_exactly_min_spend_is_in_the_audience(engine: sa.Engine) -> None:
+    """n's 9.50 and a second order of 3 × 29.90 + 0.80 are 100.00, and in floating point
+    99.99999999999999: ``min_spend = 100`` left the customer out as having spent too little
+    (the loyalty points already rounded the sum)."""
+    shop(engine, forecast_as_of=None)
+    with engine.begin() as connection:
+        lines = [
+            Purchase("o-n2", n, "n", "i1", 1, price, NOW - timedelta(days=70))
+            for n, price in enumerate((29.9, 29.9, 29.9, 0.8), start=1)
+        ]
+        insert_purchases(connection, lines, None)
+    chosen = campaign(min_spend=100, max_spend=100, lapsed_days=[60, 180])
+    planned = plan_run(engine, SETTINGS, chosen, NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    assert reasons["n"] == "eligible", reasons
