@@ -182,16 +182,20 @@ def plan_campaign(
         table.add_row(reason, f"{number:,}")
     show(table)
     sample = Table(title=f"first {limit} decisions that contact or defer")
-    for column in ("customer", "outcome", "variant", "send at", "offers"):
-        sample.add_column(column)
     shown = [d for d in decisions if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)][
         :limit
     ]
+    # a predictive campaign's words: which forecast (or fallback) chose each customer
+    said = [d.reason.partition(planner.DETAIL)[2] for d in shown]
+    columns = ("customer", "outcome", "variant", "send at", "offers")
+    for column in (*columns, "why") if any(said) else columns:
+        sample.add_column(column)
     items = context.items
-    for d in shown:
+    for d, why in zip(shown, said, strict=True):
         send_at = d.send_at.isoformat() if d.send_at else ""
         offered = "; ".join(f"{_title(items, o.item_id)} ({o.why})" for o in d.offers)
-        sample.add_row(d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
+        cells = (d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
+        sample.add_row(*cells, *((why,) if any(said) else ()))
     show(sample)
 
 

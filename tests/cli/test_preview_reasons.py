@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from recocamp.cli import app
-from recocamp.domain import ConsentBasis, Customer, Item, Purchase
+from recocamp.domain import ConsentBasis, Customer, CustomerForecast, Item, Purchase
+from recocamp.store import forecasts as forecast_store
 from recocamp.store.engine import make_engine
 from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
 from tests.conftest import NOW, ROOT
@@ -91,3 +92,30 @@ def test_preview_of_a_skip_names_the_rules_values_and_the_customers(
     flat = " ".join(result.stdout.split())
     assert f"customer {customer} would be skipped by lapsers: not_in_audience:" in flat
     assert said in flat, flat
+
+
+PREDICTIVE = CAMPAIGN.replace('name = "lapsers"', 'name = "atrisk"').replace(
+    "lapsed_days = [60, 180]\nmin_orders = 2\nmin_spend = 20", 'churn_risk = ["high"]'
+)
+
+
+def test_plan_shows_the_forecast_each_contact_was_chosen_by(
+    shop: CliRunner, tmp_path: Path
+) -> None:
+    """The table's sample of contacts showed customers, offers and send times, and not the
+    recorded reason's words: for a predictive campaign, which forecast chose them and on
+    what figures was in the JSON alone."""
+    (tmp_path / "campaigns" / "atrisk.toml").write_text(PREDICTIVE, encoding="utf-8")
+    as_of = (NOW - timedelta(days=1)).date()
+    version = forecast_store.ForecastVersion(
+        "rhythm-v1", "rhythm", as_of, 90, 365, 3, None, NOW - timedelta(hours=9)
+    )
+    rows = [CustomerForecast(cid, 0.1, 0.2, "high", 1.0, 10.0, None, 1.5) for cid in sorted(ORDERS)]
+    engine = make_engine(f"sqlite:///{tmp_path / 'shop.db'}")
+    with engine.begin() as connection:
+        forecast_store.replace(connection, version, rows)
+    engine.dispose()
+    result = shop.invoke(app, ["plan", "atrisk", "--as-of", NOW.isoformat()])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(" ".join(part.strip(" │┃") for part in result.stdout.splitlines()).split())
+    assert f"forecast rhythm {as_of}: churn_risk=high (p_active 0.20" in flat, result.stdout
