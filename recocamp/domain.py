@@ -637,6 +637,10 @@ class PlanningRows:
 
 # --- forecasts: computed in ``forecast``, kept in ``store.forecasts`` ---------------------
 
+# p_active below the first: high churn risk; below the second: medium; else low. Here, not in
+# ``forecast.outlook``: a campaign file's check reads them too (``campaigns.files``)
+RISK_CUTS = (1 / 3, 2 / 3)
+
 
 class CustomerForecast(NamedTuple):
     """One customer's forecast for a horizon: what the forecaster computes, the store keeps

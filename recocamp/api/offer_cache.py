@@ -387,13 +387,15 @@ def _reasoned(
     because: Mapping[str, str],
     catalogue: dict[str, Item],
     owned: frozenset[str],
+    categories: frozenset[str],
 ) -> offers.Offer:
     """The offer with the reason ``offers.select`` gives it with ``because`` as it is now:
     only a personal offer of an item not bought before reads it (``offers.why``); which
     offers are chosen does not depend on it."""
     if offer.source != "personal" or offer.item_id in owned:
         return offer
-    why = offers.why(catalogue[offer.item_id], "personal", False, because.get(offer.item_id))
+    item = catalogue[offer.item_id]
+    why = offers.why(item, "personal", False, because.get(offer.item_id), categories)
     return offer if why == offer.why else replace(offer, why=why)
 
 
@@ -921,7 +923,7 @@ class OfferService:
             chosen += offers.select([padding], catalogue, more, owned, categories)
         if because.asked:  # the same offers, now with the reasons they lacked
             basis.explain(live, catalogue, because.asked)
-            chosen = [_reasoned(offer, because, catalogue, owned) for offer in chosen]
+            chosen = [_reasoned(o, because, catalogue, owned, categories) for o in chosen]
         return chosen
 
     # --- similar items -----------------------------------------------------------------------

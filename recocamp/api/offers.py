@@ -39,7 +39,7 @@ class OfferOut(BaseModel):
     url: str | None
     image_url: str | None
     score: float = Field(description="The list's own score (not comparable across sources).")
-    reason: str = Field(description='e.g. "because you bought …", "popular this week".')
+    reason: str = Field(description='e.g. "because you bought …", "popular with other customers".')
     source: str = Field(description="personal | popular | due | history")
 
 

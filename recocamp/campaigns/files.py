@@ -27,7 +27,7 @@ from pydantic import (
 from recocamp.campaigns.caps import CapPolicy, stricter
 from recocamp.campaigns.segments import RFM_SEGMENTS
 from recocamp.config_files import error_at, line_of, read_toml, validated
-from recocamp.domain import MAX_COUNT, MAX_DAYS, ConsentBasis, Locale
+from recocamp.domain import MAX_COUNT, MAX_DAYS, RISK_CUTS, ConsentBasis, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import (
@@ -110,7 +110,8 @@ class Audience(_Strict):
     birthday_today: bool = False
     replenishment_due: bool = False
     not_contacted_days: int | None = Field(default=None, ge=1, le=MAX_DAYS)
-    # the live stored forecast (see campaigns.predictive): a customer without one never matches
+    # the live stored forecast (see campaigns.predictive): a customer without a row in it goes
+    # by fallback_lapsed_days, and matches no forecast key without it
     churn_risk: tuple[Literal[RISK_TIERS], ...] = ()  # type: ignore[valid-type]
     p_active_below: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     overdue_ratio_at_least: float | None = Field(default=None, ge=0, allow_inf_nan=False)
@@ -326,6 +327,7 @@ def cross_check(
         if not name.lower().endswith(suffix):
             found.append(Problem(f"not {kind}", key=key, line=line, value=name))
     found += _fallback_problems(campaign, text)
+    found += never_matching(campaign, text)
     tiers = {tier.name for tier in settings.loyalty.tiers}
     for tier in campaign.audience.loyalty_tiers:
         if tier not in tiers:
@@ -368,6 +370,55 @@ def _fallback_problems(campaign: Campaign, text: str) -> list[Problem]:
     key = ("audience", "fallback_lapsed_days")
     value = list(audience.fallback_lapsed_days)
     return [Problem(message, key=".".join(key), line=line_of(text, key), value=value)]
+
+
+# the lowest p_active of each churn risk tier (forecast.outlook.risk_tiers)
+TIER_FLOOR = {"high": 0.0, "medium": RISK_CUTS[0], "low": RISK_CUTS[1]}
+
+
+def never_matching(campaign: Campaign, text: str) -> list[Problem]:
+    """Audience rules no customer can meet together, whatever the data: each key passes on
+    its own, and the campaign matched nobody, run after run, with a reason that blamed the
+    customers. Refused, as ``min_orders`` above ``max_orders`` is, at the second key's line."""
+    audience = campaign.audience
+    found = []
+    below = audience.p_active_below
+    if below is not None and audience.churn_risk:
+        floor = min(TIER_FLOOR[tier] for tier in audience.churn_risk)
+        if below <= floor:
+            tiers = ", ".join(audience.churn_risk)
+            message = (
+                f"no customer can match: churn_risk {tiers} is p_active {floor:.4g} or more, "
+                "and this asks for less"
+            )
+            key = ("audience", "p_active_below")
+            found.append(Problem(message, key=".".join(key), line=line_of(text, key), value=below))
+    most = audience.max_orders
+    if audience.replenishment_due and most is not None and most < 2:
+        message = (
+            "no customer can match: replenishment_due needs an item bought in 2 orders or more"
+        )
+        key = ("audience", "max_orders")
+        found.append(Problem(message, key=".".join(key), line=line_of(text, key), value=most))
+    elif most == 0 and (needs := _needing_an_order(audience)):
+        message = f"no customer can match: {', '.join(needs)} needs an order, and this allows none"
+        key = ("audience", "max_orders")
+        found.append(Problem(message, key=".".join(key), line=line_of(text, key), value=most))
+    return found
+
+
+def _needing_an_order(audience: Audience) -> list[str]:
+    """The rules only a customer with an order can meet: a last order, spend above 0, a
+    category bought, an RFM score, a forecast row or the fallback's last order."""
+    rules = {
+        "lapsed_days": audience.lapsed_days is not None,
+        "min_spend": bool(audience.min_spend),
+        "categories": bool(audience.categories),
+        "rfm_segments": bool(audience.rfm_segments),
+        "replenishment_due": audience.replenishment_due,
+        **{key: getattr(audience, key) not in (None, ()) for key in FORECAST_KEYS},
+    }
+    return [key for key, given in rules.items() if given]
 
 
 def in_shop_zone(campaign: Campaign, shop_zone: str) -> Campaign:

@@ -113,33 +113,49 @@ def allowed(
 
 # Why an item is offered, in each language: ``why`` writes the English, which the store,
 # the API and the logs keep; ``why_in`` writes it in the customer's language for an e-mail or
-# a page (a German e-mail read "because you bought …" under German text).
+# a page (a German e-mail read "because you bought …" under German text). The popularity
+# list counts the buyers of ``recent_popularity_days`` (90 by default): "popular this week"
+# said of an item last sold weeks ago was not why it was offered.
 WHY: dict[str, dict[str, str]] = {
     FALLBACK_LOCALE: {
         "owned": "you bought this before",
         "due": "about time to restock",
         "because": "because you bought {item}",
         "category": "picked for you: you like {category}",
-        "popular": "popular this week",
+        "picked": "picked for you",
+        "popular": "popular with other customers",
     },
     "de": {
         "owned": "Sie haben diesen Artikel schon einmal gekauft",
         "due": "Zeit zum Nachkaufen",
         "because": "weil Sie {item} gekauft haben",
         "category": "für Sie ausgewählt aus der Kategorie {category}",
-        "popular": "diese Woche beliebt",
+        "picked": "für Sie ausgewählt",
+        "popular": "bei anderen Kunden beliebt",
     },
 }
 
 
-def why(item: Item, source: str, owned: bool, because: str | None = None) -> str:
+def why(
+    item: Item,
+    source: str,
+    owned: bool,
+    because: str | None = None,
+    categories: frozenset[str] = frozenset(),
+) -> str:
+    """The English reason for offering ``item`` from ``source`` to a customer who bought
+    ``categories``. "You like {category}" only for a category they bought: a discover
+    e-mail told a customer who had bought kitchen things alone "picked for you: you like
+    garden" of the model's garden pick."""
     words = WHY[FALLBACK_LOCALE]
     if owned:
         return words["owned"] if source != "due" else words["due"]
     if source == "personal":
         if because:
             return words["because"].format(item=because)
-        return words["category"].format(category=item.category.replace("_", " "))
+        if item.category in categories:
+            return words["category"].format(category=item.category.replace("_", " "))
+        return words["picked"]
     return words["popular"]
 
 
@@ -235,7 +251,8 @@ def select(
             item = items.get(item_id)
             if item is None or not allowed(item, rules, bought, categories):
                 continue
-            reason = why(item, source.source, item.id in bought, source.because.get(item.id))
+            owned, because = item.id in bought, source.because.get(item.id)
+            reason = why(item, source.source, owned, because, categories)
             chosen.append(
                 Offer(
                     item.id,

@@ -30,9 +30,10 @@ and the existing-customer basis limits offers to the categories the customer bou
 
 A reason is a stable code (what ``counts``, the metrics and the report group by), and for a
 campaign with forecast keys every decision from the audience on adds `` — `` and the words of
-the forecast (or fallback) that drove it: ``eligible — forecast churn_risk=high (p_active
-0.23, overdue 1.8×, rhythm 2011-12-10)``, ``not_in_audience:p_active_below — forecast rhythm
-2011-12-10: p_active 0.81 ≥ 0.5``, ``eligible — lapsed 74 days (no live forecast)``.
+the forecast (or fallback) that drove it: ``eligible — forecast rhythm 2011-12-10:
+churn_risk=high (p_active 0.23, overdue 1.8×)``, ``not_in_audience:p_active_below —
+forecast rhythm 2011-12-10: p_active 0.81 ≥ 0.5``, ``eligible — lapsed 74 days (no live
+forecast)``.
 """
 
 from __future__ import annotations

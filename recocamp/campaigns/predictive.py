@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 from recocamp.campaigns import segments
 from recocamp.campaigns.files import FORECAST_KEYS, Audience
 from recocamp.campaigns.segments import History
-from recocamp.domain import CustomerForecast
+from recocamp.domain import RISK_CUTS, CustomerForecast
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,40 +127,86 @@ def trigger(
     failed = _forecast_miss(audience, row, live)
     if failed is not None:
         return failed
-    words = f"churn_risk={row.churn_risk} (p_active {row.p_active:.2f}"
+    below, least = audience.p_active_below, audience.overdue_ratio_at_least
+    p_active = shown(row.p_active, 2, below, *RISK_CUTS)
+    words = f"forecast {live.label}: churn_risk={row.churn_risk} (p_active {p_active}"
     if row.overdue_ratio is not None:
-        words += f", overdue {row.overdue_ratio:.1f}×"
+        overdue = shown(row.overdue_ratio, 1, least)
+        words += f", overdue {overdue}×"
     if audience.lifetime_value_top_share is not None:
         words += f", value {row.lifetime_value:.0f}"
-    return Trigger(None, f"forecast {words}, {live.label})")
+    return Trigger(None, f"{words})")
 
 
 def _forecast_miss(audience: Audience, row: CustomerForecast, live: LiveForecast) -> Trigger | None:
     """The first forecast key the customer's row fails, in FORECAST_KEYS order. The words
-    start with the forecaster and its ``as_of`` (``live.label``): the reason names the
-    forecast that drove the skip, and a reason cut to its column keeps that part."""
+    start with the forecaster and its ``as_of`` (``live.label``), as a match's do: the
+    reason names the forecast that drove the decision, and a reason cut to its column keeps
+    that part (a match's words ended with it, and ``quiet_hours_deferred — `` with a
+    lifetime value ran past the column: "…, value 500, rhythm 2026-0…")."""
     said = f"forecast {live.label}:"
     if audience.churn_risk and row.churn_risk not in audience.churn_risk:
-        return Trigger(
-            "churn_risk", f"{said} churn_risk={row.churn_risk} (p_active {row.p_active:.2f})"
-        )
+        p_active = shown(row.p_active, 2, *RISK_CUTS)
+        return Trigger("churn_risk", f"{said} churn_risk={row.churn_risk} (p_active {p_active})")
     below = audience.p_active_below
     if below is not None and not row.p_active < below:
-        return Trigger("p_active_below", f"{said} p_active {row.p_active:.2f} ≥ {below:g}")
+        p_active = shown(row.p_active, 2, below)
+        return Trigger("p_active_below", f"{said} p_active {p_active} ≥ {bound(below)}")
     least = audience.overdue_ratio_at_least
     if least is not None:
         if row.overdue_ratio is None:
             return Trigger("overdue_ratio_at_least", f"{said} overdue unknown (no gap)")
         if row.overdue_ratio < least:
-            words = f"{said} overdue {row.overdue_ratio:.2f}× < {least:g}×"
+            overdue = shown(row.overdue_ratio, 2, least)
+            words = f"{said} overdue {overdue}× < {bound(least)}×"
             return Trigger("overdue_ratio_at_least", words)
     share = audience.lifetime_value_top_share
     if share is not None:
         cut = live.value_cut(share)
         if row.lifetime_value < cut:
-            words = f"{said} value {row.lifetime_value:.0f} < {cut:.0f} (top {share:.0%})"
+            value, low = shown_below(row.lifetime_value, cut, 0)
+            words = f"{said} value {value} < {low} (top {share:.0%})"
             return Trigger("lifetime_value_top_share", words)
     return None
+
+
+def shown(value: float, places: int, *thresholds: float | None) -> str:
+    """``value`` to ``places`` decimals, or to more where the number so printed would stand
+    on another side of one of the ``thresholds`` (below, at, above) than ``value`` does:
+    rounded to two places, a customer at overdue ratio 0.996 skipped by
+    ``overdue_ratio_at_least = 1`` read "overdue 1.00× < 1×", one at p_active 0.33331
+    skipped by ``p_active_below = 0.3333`` "p_active 0.33 ≥ 0.3333", and a medium churn
+    risk at 0.334 "churn_risk=medium (p_active 0.33)", high by the tiers' cut-offs
+    (``RISK_CUTS``). Some number of places (at worst the shortest repr) prints ``value``
+    itself, so the loop ends on the right side of every threshold."""
+    cuts = [(cut, _side(value, cut)) for cut in thresholds if cut is not None]
+    for more in range(places, 18):
+        text = f"{value:.{more}f}"
+        if all(_side(float(text), cut) == side for cut, side in cuts):
+            return text
+    return repr(value)
+
+
+def _side(value: float, threshold: float) -> int:
+    return (value > threshold) - (value < threshold)
+
+
+def shown_below(value: float, cut: float, places: int) -> tuple[str, str]:
+    """``value`` and ``cut`` (``value < cut``) to the same number of decimals, at least
+    ``places``, with as many as it takes for the printed value to stay below the printed
+    cut (a lifetime value of 99.6 under a cut of 99.7 read "value 100 < 100")."""
+    for more in range(places, 18):
+        low, high = f"{value:.{more}f}", f"{cut:.{more}f}"
+        if float(low) < float(high):
+            return low, high
+    return repr(value), repr(cut)
+
+
+def bound(threshold: float) -> str:
+    """An audience key's threshold as short as it reads, never rounded: ``:g`` keeps six
+    significant digits, and ``p_active_below = 0.1234567`` read 0.123457."""
+    text = f"{threshold:g}"
+    return text if float(text) == threshold else repr(threshold)
 
 
 def _fallback(audience: Audience, history: History, now: datetime, why: str) -> Trigger:

@@ -180,14 +180,16 @@ def live_forecast(
 ) -> predictive.LiveForecast | None:
     """The stored forecast with its rows when it is live at ``now``, else None."""
     version = forecasts_store.current_version(connection)
-    if version is None or not predictive.live_at(
+    while version is not None and predictive.live_at(
         version.as_of, version.horizon_days, now, settings.shop.zone
     ):
-        return None
-    rows = forecasts_store.stored_forecasts(connection)
-    return predictive.LiveForecast.of(
-        version.model, version.as_of, version.horizon_days, rows, settings.shop.zone
-    )
+        rows = forecasts_store.rows_of(connection, version)
+        if rows is not None:
+            return predictive.LiveForecast.of(
+                version.model, version.as_of, version.horizon_days, rows, settings.shop.zone
+            )
+        version = forecasts_store.current_version(connection)  # stored meanwhile: read it
+    return None
 
 
 def plan_views(

@@ -44,7 +44,11 @@ class History:
 
     @property
     def spend(self) -> float:
-        return sum(order.revenue for order in self.orders)
+        """The orders' revenue, rounded to 9 places: summed in floating point, 9.50 and
+        3 × 29.90 + 0.80 are 99.99999999999999, and ``min_spend = 100`` left out a customer
+        who spent exactly 100.00 (as a float sum of prices that make 500.00 may be below it,
+        ``loyalty.points``)."""
+        return round(sum(order.revenue for order in self.orders), 9)
 
     @property
     def last_at(self) -> datetime | None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from recocamp.campaigns import audience, compose, planner, render, run, segments
+from recocamp.campaigns import audience, compose, planner, predictive, render, run, segments
 from recocamp.campaigns import check as checks
 from recocamp.campaigns.files import Campaign, caps_defaults
 from recocamp.campaigns.run import load_snapshot
@@ -182,16 +182,20 @@ def plan_campaign(
         table.add_row(reason, f"{number:,}")
     show(table)
     sample = Table(title=f"first {limit} decisions that contact or defer")
-    for column in ("customer", "outcome", "variant", "send at", "offers"):
-        sample.add_column(column)
     shown = [d for d in decisions if d.outcome in (planner.Outcome.SEND, planner.Outcome.DEFER)][
         :limit
     ]
+    # a predictive campaign's words: which forecast (or fallback) chose each customer
+    said = [d.reason.partition(planner.DETAIL)[2] for d in shown]
+    columns = ("customer", "outcome", "variant", "send at", "offers")
+    for column in (*columns, "why") if any(said) else columns:
+        sample.add_column(column)
     items = context.items
-    for d in shown:
+    for d, why in zip(shown, said, strict=True):
         send_at = d.send_at.isoformat() if d.send_at else ""
         offered = "; ".join(f"{_title(items, o.item_id)} ({o.why})" for o in d.offers)
-        sample.add_row(d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
+        cells = (d.customer_id, d.outcome.value, d.variant or "", send_at, offered)
+        sample.add_row(*cells, *((why,) if any(said) else ()))
     show(sample)
 
 
@@ -313,16 +317,33 @@ def _not_contacted(
     rule = code.removeprefix("not_in_audience:")
     if rule == code:
         return text
-    wanted = getattr(campaign.audience, rule, None)
-    text += f" (the campaign's audience has {rule} = {json.dumps(wanted, default=str)}"
+    rules = campaign.audience
+    keys = _RULE_KEYS.get(rule, (rule,))
+    given = [(key, getattr(rules, key, None)) for key in keys]
+    wanted = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in given if v is not None)
+    text += f" (the campaign's audience has {wanted or f'{rule} = null'}"
+    history = view.history
     if rule in ("lapsed_days", "fallback_lapsed_days"):
-        days = segments.days_since_last_order(view.history, context.now)
+        days = segments.days_since_last_order(history, context.now)
+        bounds = getattr(rules, rule) or ()
         text += (
             ", the customer never ordered"
             if days is None
-            else f", the customer's last order was {days:.1f} days ago"
+            else f", the customer's last order was {predictive.shown(days, 1, *bounds)} days ago"
         )
+    elif rule == planner.AudienceRule.ORDERS:
+        text += f", the customer has {history.count} order{'' if history.count == 1 else 's'}"
+    elif rule == planner.AudienceRule.SPEND:
+        spent = predictive.shown(history.spend, 2, rules.min_spend, rules.max_spend)
+        text += f", the customer has spent {spent}"
     return text + ")"
+
+
+# the audience keys behind a rule's code where they are not named alike
+_RULE_KEYS = {
+    planner.AudienceRule.ORDERS.value: ("min_orders", "max_orders"),
+    planner.AudienceRule.SPEND.value: ("min_spend", "max_spend"),
+}
 
 
 _EPHEMERAL = secrets.token_bytes(32)  # previews without RECOCAMP_SIGNING_KEY: never verifiable

@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from recocamp.domain import RISK_CUTS
 from recocamp.domain import CustomerForecast as CustomerForecast  # re-exported
 from recocamp.errors import ModelError
 from recocamp.forecast.btyd import GammaGamma
@@ -46,7 +47,6 @@ MIN_CUSTOMERS_TO_CHOOSE = 50  # fewer customers on the split: too few to judge, 
 DEFAULT = "blend"  # the live forecaster unless the split shows a single one clearly better
 TOO_LITTLE = "too little history for a time split before as_of: BG/NBD is used"
 CLEARLY = 1.645  # the one-sided 5 % point of the standard normal: "clearly" lower
-RISK_CUTS = (1 / 3, 2 / 3)  # p_active below the first: high risk; below the second: medium
 
 
 def risk_tier(p_active: float) -> str:

@@ -243,6 +243,24 @@ def customer_forecast(connection: sa.Connection, customer_id: str) -> CustomerFo
     return None if row is None else CustomerForecast(*row)
 
 
+def rows_of(connection: sa.Connection, version: ForecastVersion) -> list[CustomerForecast] | None:
+    """The rows of ``version`` (read by :func:`current_version`), in customer-id order; None
+    where another version was stored since. Each read sees the latest commit (SQLite opens
+    no transaction for a SELECT; PostgreSQL reads committed): every stored row read apart
+    from the version gave a forecast stored between the two reads under the old version's
+    model and ``as_of``, and the campaign reasons named the wrong forecast."""
+    f = forecasts.c
+    query = (
+        sa.select(*(getattr(f, name) for name in ROW_COLUMNS))
+        .where(f.version == version.version)
+        .order_by(f.customer_id)
+    )
+    rows = [CustomerForecast(*row) for row in connection.execute(query)]
+    if not rows and current_version(connection) != version:
+        return None
+    return rows
+
+
 def stored_forecasts(connection: sa.Connection) -> list[CustomerForecast]:
     """Every row of the stored forecast, in customer-id order."""
     f = forecasts.c

@@ -112,12 +112,17 @@ def test_the_german_page_names_the_language_and_explains_the_download(app: FastA
 
 
 def test_the_german_page_gives_the_offers_reasons_in_german(app: FastAPI) -> None:
-    """The reasons read "because you bought …" and "popular this week" on the German page."""
+    """The reasons read "because you bought …" and "popular with other customers" in German."""
     person = someone(engine_of(app), "de")
     html = call(app, "GET", page(person.id)).text
     offers = html.split('<ul id="offers">')[1].split("</ul>")[0]
     assert offers.count("<li>") >= 1
-    for english in ("because you bought", "popular this week", "picked for you", "bought this"):
+    for english in (
+        "because you bought",
+        "popular with other customers",
+        "picked for you",
+        "bought this",
+    ):
         assert english not in offers
     assert "Sie haben diesen Artikel schon einmal gekauft" in offers
 

@@ -95,7 +95,7 @@ def offer_mail(email: str | None = "c1@example.test") -> tuple[Decision, Custome
         },
     )
     customer = Customer("c1", email, "Anna", "en", consent_basis=ConsentBasis.DOUBLE_OPT_IN)
-    mug = Offer("mug", "Blue Mug", "kitchen", 8.0, 1.0, "popular this week")
+    mug = Offer("mug", "Blue Mug", "kitchen", 8.0, 1.0, "popular with other customers")
     decision = Decision("winback", "c1", Outcome.SEND, "eligible", (mug,))
     return decision, CustomerView(customer, History(())), spring
 
@@ -133,6 +133,6 @@ def test_a_preview_shows_the_offers_it_is_given_else_the_decisions() -> None:
     renderer = Renderer(TEMPLATES)
     own = compose.render_for(decision, view, spring, Settings(), renderer, link)
     assert own.subject == "Hi Anna" and "Blue Mug" in own.text
-    cup = Offer("cup", "Red Cup", "kitchen", 6.0, 1.0, "popular this week")
+    cup = Offer("cup", "Red Cup", "kitchen", 6.0, 1.0, "popular with other customers")
     other = compose.render_for(decision, view, spring, Settings(), renderer, link, (cup,))
     assert "Red Cup" in other.text and "Blue Mug" not in other.text

@@ -17,6 +17,7 @@ from recocamp.campaigns.offers import (
     select,
     sources_for,
     why,
+    why_in,
 )
 from recocamp.domain import Item
 from recocamp.recommender.ranking import Mode
@@ -97,7 +98,18 @@ def test_select_takes_count_items_over_the_sources_in_order_without_repeats() ->
             10.0,
             "personal",
         ),
-        Offer("d", "Dish", "kitchen", 12.0, 0.5, "popular this week", None, None, 10.0, "popular"),
+        Offer(
+            "d",
+            "Dish",
+            "kitchen",
+            12.0,
+            0.5,
+            "popular with other customers",
+            None,
+            None,
+            10.0,
+            "popular",
+        ),
     ]
 
 
@@ -126,7 +138,7 @@ def test_the_reason_follows_the_list_and_ownership() -> None:
         Candidates([["a", 0.9], ["c", 0.8]], "personal", {"c": "Banana"}),
         Candidates([["d", 0.1]], "personal"),
     ]
-    offers = select(sources, ITEMS, Rules(), frozenset({"a", "b"}), NOTHING)
+    offers = select(sources, ITEMS, Rules(), frozenset({"a", "b"}), frozenset({"fruit", "kitchen"}))
     assert [(o.item_id, o.why) for o in offers] == [
         ("b", "about time to restock"),
         ("a", "you bought this before"),
@@ -135,11 +147,27 @@ def test_the_reason_follows_the_list_and_ownership() -> None:
     ]
 
 
+def test_a_personal_pick_says_they_like_its_category_only_when_they_bought_in_it() -> None:
+    """A fruit buyer's personal pick from the kitchen read "picked for you: you like kitchen"
+    in a discover e-mail: a category they never bought, given as the reason."""
+    sources = [Candidates([["d", 0.9], ["b", 0.8]], "personal")]
+    offers = select(
+        sources, ITEMS, Rules(mode=Mode.DISCOVER), frozenset({"a"}), frozenset({"fruit"})
+    )
+    assert [(o.item_id, o.why) for o in offers] == [
+        ("d", "picked for you"),
+        ("b", "picked for you: you like fruit"),
+    ]
+    assert why_in("picked for you", "de") == "für Sie ausgewählt"
+
+
 def test_why_names_the_category_in_words() -> None:
     item = Item("z", "Zester", "kitchen_tools", 3.0)
-    assert why(item, "personal", False) == "picked for you: you like kitchen tools"
-    assert why(item, "personal", False, "") == "picked for you: you like kitchen tools"
-    assert why(item, "popular", False, "Apple") == "popular this week"
+    kitchen = frozenset({"kitchen_tools"})
+    assert why(item, "personal", False, None, kitchen) == "picked for you: you like kitchen tools"
+    assert why(item, "personal", False, "", kitchen) == "picked for you: you like kitchen tools"
+    assert why(item, "personal", False) == "picked for you"
+    assert why(item, "popular", False, "Apple") == "popular with other customers"
     assert why(item, "history", True) == "you bought this before"
 
 

@@ -149,7 +149,7 @@ def test_existing_customers_get_only_their_categories_and_objectors_no_personal_
     assert [o.item_id for o in existing.offers] == ["mug", "cup"]  # the lamp is another category
     objector = decide(campaign(), view(objected_to_profiling=True), CONTEXT, caps.CapPolicy())
     assert [o.item_id for o in objector.offers] == ["lamp", "jar"]  # popular list, no service item
-    assert all(o.why == "popular this week" for o in objector.offers)
+    assert all(o.why == "popular with other customers" for o in objector.offers)
 
 
 def test_offer_modes_and_no_offer() -> None:

@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from recocamp.campaigns.audience import snapshot
-from recocamp.campaigns.files import RISK_TIERS, Campaign, load_all
+from recocamp.campaigns.files import RISK_TIERS, TIER_FLOOR, Campaign, load_all, never_matching
 from recocamp.campaigns.labels import by_code, reason
 from recocamp.campaigns.planner import REASON_LENGTH, Outcome, counts, with_detail
 from recocamp.campaigns.predictive import LiveForecast, live_at
-from recocamp.campaigns.run import plan_and_enqueue, plan_run
+from recocamp.campaigns.run import live_forecast, plan_and_enqueue, plan_run
 from recocamp.campaigns.segments import History, Order
 from recocamp.cli import app
 from recocamp.domain import (
@@ -75,7 +75,10 @@ def row(customer: str, people: dict[str, Spec] = FORECAST) -> CustomerForecast:
 
 
 def shop(
-    engine: sa.Engine, forecast_as_of: date | None = AS_OF, people: dict[str, Spec] = FORECAST
+    engine: sa.Engine,
+    forecast_as_of: date | None = AS_OF,
+    people: dict[str, Spec] = FORECAST,
+    zone: str = "Europe/London",
 ) -> None:
     """The customers above with one order each; the forecast stored as of ``forecast_as_of``
     (none stored when None)."""
@@ -85,7 +88,7 @@ def shop(
             f"{cid}@example.test",
             "Kim",
             "en",
-            "Europe/London",
+            zone,
             consent_basis=ConsentBasis.DOUBLE_OPT_IN,
             consent_at=NOW - timedelta(days=400),
             objected_to_profiling=cid == "o",
@@ -178,7 +181,7 @@ def test_an_objector_goes_by_the_lapsed_rule_and_never_by_the_forecast(engine: s
     assert {c for c, r in reasons.items() if r.startswith("eligible")} == {"a", "b", "n", "o"}
     assert reasons["o"] == "eligible — objected to profiling: lapsed rule (lapsed 100 days)"
     assert reasons["a"] == (
-        f"eligible — forecast churn_risk=high (p_active 0.10, overdue 2.0×, rhythm {AS_OF})"
+        f"eligible — forecast rhythm {AS_OF}: churn_risk=high (p_active 0.10, overdue 2.0×)"
     )
     assert reasons["n"] == (f"eligible — lapsed 100 days (not in rhythm {AS_OF})")
     assert reasons["c"] == (
@@ -261,11 +264,11 @@ def test_a_recorded_run_keeps_the_holdout_and_every_reason_names_the_forecast(
     mailed = [r for r in recorded if r.reason.startswith("eligible")]
     assert 8 < len(held) < 30 and len(held) + len(mailed) == 64  # 60 + a, d, n and o
     assert all(
-        r.reason.startswith("holdout — forecast churn_risk=high")
+        r.reason.startswith(f"holdout — forecast rhythm {AS_OF}: churn_risk=high")
         for r in held
         if r.customer_id not in ("n", "o")
     )
-    assert all(f"rhythm {AS_OF})" in r.reason for r in mailed if r.customer_id != "o")
+    assert all(f"rhythm {AS_OF}" in r.reason for r in mailed if r.customer_id != "o")
     assert report.counts["holdout"] == len(held) and report.enqueued == len(mailed)
     assert all(len(r.reason) <= REASON_LENGTH for r in recorded)
     summed = by_code([("winback", r.outcome, r.reason, 1) for r in recorded])
@@ -431,8 +434,7 @@ def test_the_shipped_winback_plans_with_the_forecast_the_train_job_stored(
         elif code in ("eligible", "holdout", "quiet_hours_deferred"):
             assert forecast.churn_risk in ("medium", "high")
             assert forecast.overdue_ratio is not None and forecast.overdue_ratio >= 1.2
-            assert words.startswith(f"forecast churn_risk={forecast.churn_risk} (p_active ")
-            assert words.endswith(f"{label})")
+            assert words.startswith(f"forecast {label}: churn_risk={forecast.churn_risk} (")
             picked.add(d["customer_id"])
     assert by_forecast > 50 and picked  # the forecast decided, and some were picked
 
@@ -455,7 +457,7 @@ def test_a_customer_who_ordered_since_the_forecast_goes_by_the_lapsed_rule(
         "not_in_audience:fallback_lapsed_days — "
         f"lapsed 0 days (ordered since the forecast rhythm {AS_OF})"
     )
-    assert reasons["d"].startswith("eligible — forecast churn_risk=high")  # no order since
+    assert reasons["d"].startswith(f"eligible — forecast rhythm {AS_OF}: churn_risk=high")
     without = plan_run(engine, SETTINGS, campaign(churn_risk=["high"]), NOW)
     skipped = {d.customer_id: d.reason for d in without.decided}
     assert skipped["a"] == (
@@ -490,3 +492,163 @@ def test_a_skip_by_another_audience_rule_does_not_give_the_forecasts_words(
     planned = plan_run(engine, SETTINGS, campaign(churn_risk=["high"], min_orders=2), NOW)
     reasons = {d.customer_id: d.reason for d in planned.decided}
     assert reasons["a"] == reasons["c"] == "not_in_audience:orders"
+
+
+NEAR: dict[str, Spec] = {  # values a hair from the thresholds below
+    "p": (100, (0.33331, "medium", 10.0, 1.0)),  # p_active just above 0.3333
+    "q": (100, (0.4999, "medium", 99.6, 0.996)),  # just below 0.5; overdue just under 1
+    "r": (100, (0.2, "high", 99.7, 1.25)),  # overdue exactly 1.25 (".1f" gives 1.2)
+    "m": (100, (0.334, "medium", 10.0, 1.0)),  # medium from 1/3
+    "h": (100, (0.666, "medium", 10.0, 1.0)),  # medium below 2/3
+}
+
+
+@pytest.mark.parametrize(
+    ("audience", "customer", "said"),
+    [
+        ({"p_active_below": 0.3333}, "p", "p_active 0.33331 ≥ 0.3333"),
+        ({"overdue_ratio_at_least": 1}, "q", "overdue 0.996× < 1×"),
+        ({"lifetime_value_top_share": 0.2}, "q", "value 99.6 < 99.7 (top 20%)"),
+        ({"p_active_below": 0.5}, "q", "(p_active 0.4999, overdue 1.0×)"),
+        ({"overdue_ratio_at_least": 1.25}, "r", "(p_active 0.20, overdue 1.25×)"),
+        ({"p_active_below": 0.1234567}, "r", "p_active 0.20 ≥ 0.1234567"),
+        # medium risk is p_active 1/3 or more: 0.33 would read as high, 0.67 as low
+        ({"churn_risk": ["high"]}, "m", "churn_risk=medium (p_active 0.334)"),
+        ({"churn_risk": ["low"]}, "m", "churn_risk=medium (p_active 0.334)"),
+        ({"churn_risk": ["medium"]}, "h", "churn_risk=medium (p_active 0.666, overdue"),
+        ({"churn_risk": ["low"]}, "h", "churn_risk=medium (p_active 0.666)"),
+    ],
+)
+def test_a_reasons_numbers_are_printed_on_the_side_its_comparison_took(
+    engine: sa.Engine, audience: dict[str, Any], customer: str, said: str
+) -> None:
+    """Rounded to a fixed number of places, a value a hair from its threshold read on the
+    wrong side of it: "overdue 1.00× < 1×", "p_active 0.33 ≥ 0.3333", "value 100 < 100", an
+    eligible customer of ``p_active_below = 0.5`` at "p_active 0.50"; and ``:g`` printed the
+    threshold 0.1234567 as 0.123457. Places are added until the printed numbers compare as
+    the decision did."""
+    shop(engine, people=NEAR)
+    planned = plan_run(engine, SETTINGS, campaign(**audience), NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    assert said in reasons[customer], reasons[customer]
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "value"),
+    [
+        ('churn_risk = ["low"]\np_active_below = 0.5', "audience.p_active_below", "0.5"),
+        ('churn_risk = ["medium", "low"]\np_active_below = 0.3', "audience.p_active_below", "0.3"),
+        ("replenishment_due = true\nmax_orders = 1", "audience.max_orders", "1"),
+        ("max_orders = 0", "audience.max_orders", "0"),  # winback's forecast keys need orders
+        ("lapsed_days = [0, 30]\nmax_orders = 0", "audience.max_orders", "0"),
+    ],
+)
+def test_audience_rules_no_customer_can_meet_together_are_refused(
+    tmp_path: Path, lines: str, key: str, value: str
+) -> None:
+    """Low churn risk is p_active 2/3 or more, medium 1/3 or more: below 0.5 (0.3) nobody is
+    either; an item is due for replenishment only when bought in two orders. Each key passed
+    on its own, and the campaign mailed nobody, skipping everyone for their own data."""
+    text = (ROOT / "campaigns" / "winback.toml").read_text(encoding="utf-8")
+    text = text.replace('churn_risk = ["medium", "high"]\n', "")
+    text = text.replace("min_orders = 1", lines)
+    (tmp_path / "winback.toml").write_text(text, encoding="utf-8")
+    loaded, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert loaded == [] and len(failures) == 1, failures
+    message = str(failures[0])
+    assert f"key '{key}'" in message and f"(value: {value})" in message
+    assert "no customer can match" in message
+
+
+def test_rules_some_customer_can_meet_together_pass() -> None:
+    """The boundary: medium risk starts at 1/3, so ``p_active_below = 0.34`` leaves a sliver."""
+    assert TIER_FLOOR == {"high": 0.0, "medium": 1 / 3, "low": 2 / 3}
+    assert {risk_tier(TIER_FLOOR[tier]) for tier in RISK_TIERS} == set(RISK_TIERS)
+    ok = campaign(churn_risk=["medium"], p_active_below=0.34, replenishment_due=True, max_orders=2)
+    assert never_matching(ok, "") == []
+    newcomers = campaign(min_orders=0, max_orders=0, birthday_today=True, min_spend=0)
+    assert never_matching(newcomers, "") == []
+
+
+def test_a_deferred_match_keeps_the_forecast_it_was_chosen_by_within_the_column(
+    engine: sa.Engine,
+) -> None:
+    """At 01:00 in Auckland the match is deferred to the end of quiet hours: its reason's
+    code is ``quiet_hours_deferred``, and with a lifetime value the words ran past the
+    column with the forecast's name last ("…, value 500, rhythm 2026-0…"), cut off. A
+    match's words start with the forecast now, as a skip's do: what a cut loses is a number."""
+    shop(engine, zone="Pacific/Auckland")
+    chosen = campaign(churn_risk=["high"], lifetime_value_top_share=0.5)
+    planned = plan_run(engine, SETTINGS, chosen, NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    assert reasons["a"].startswith(f"quiet_hours_deferred — forecast rhythm {AS_OF}: "), reasons
+    assert len(reasons["a"]) <= REASON_LENGTH
+
+
+def test_a_popular_offer_does_not_claim_the_week_the_popularity_was_not_measured_in(
+    engine: sa.Engine,
+) -> None:
+    """Without a live model the popularity list is the buyers of the last 90 days
+    (``recent_popularity_days`` with one); the model's, the same window before its data.
+    The jar's only sale was 20 days ago, and the objector's e-mail said "popular this
+    week" of it."""
+    shop(engine)
+    with engine.begin() as connection:
+        upsert_items(connection, [Item("jar", "Jar", "kitchen", 4.0)], NOW)
+        sale = Purchase("o-c2", 1, "c", "jar", 1, 4.0, NOW - timedelta(days=20))
+        insert_purchases(connection, [sale], None)
+    chosen = campaign(churn_risk=["high"], fallback_lapsed_days=[60, 180]).model_copy(
+        update={"offer": campaign().offer.model_copy(update={"mode": "discover"})}
+    )
+    planned = plan_run(engine, SETTINGS, chosen, NOW)
+    objector = next(d for d in planned.decided if d.customer_id == "o")
+    assert [(o.item_id, o.why) for o in objector.offers] == [
+        ("jar", "popular with other customers")
+    ]
+
+
+def test_a_forecast_stored_while_the_plan_reads_it_is_not_named_for_the_one_before(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nightly job stores a forecast between the plan's read of the version and of the
+    rows (each read sees the latest commit): the rows were the new forecast's, the reasons
+    named the old one's model and day. The rows read are the version's own."""
+    shop(engine)
+    real = forecast_store.current_version
+    calls = []
+
+    def then_stored(connection: sa.Connection) -> forecast_store.ForecastVersion | None:
+        found = real(connection)
+        calls.append(found)
+        if len(calls) == 1:  # the nightly job commits a new forecast right after this read
+            newer = forecast_store.ForecastVersion(
+                "bgnbd-v13", "bgnbd", AS_OF, 90, 365, 1, None, NOW - timedelta(hours=1)
+            )
+            mine = CustomerForecast("a", 1.0, 0.9, "low", 10.0, 5.0, None, 0.1)
+            with engine.begin() as other:
+                forecast_store.replace(other, newer, [mine])
+        return found
+
+    monkeypatch.setattr(forecast_store, "current_version", then_stored)
+    with engine.connect() as connection:
+        live = live_forecast(connection, SETTINGS, NOW)
+    assert live is not None
+    assert (live.model, list(live.rows)) == ("bgnbd", ["a"])
+    assert live.rows["a"].churn_risk == "low"
+
+
+def test_a_customer_who_spent_exactly_min_spend_is_in_the_audience(engine: sa.Engine) -> None:
+    """n's 9.50 and a second order of 3 × 29.90 + 0.80 are 100.00, and in floating point
+    99.99999999999999: ``min_spend = 100`` left the customer out as having spent too little
+    (the loyalty points already rounded the sum)."""
+    shop(engine, forecast_as_of=None)
+    with engine.begin() as connection:
+        lines = [
+            Purchase("o-n2", n, "n", "i1", 1, price, NOW - timedelta(days=70))
+            for n, price in enumerate((29.9, 29.9, 29.9, 0.8), start=1)
+        ]
+        insert_purchases(connection, lines, None)
+    chosen = campaign(min_spend=100, max_spend=100, lapsed_days=[60, 180])
+    planned = plan_run(engine, SETTINGS, chosen, NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    assert reasons["n"] == "eligible", reasons
