@@ -390,7 +390,7 @@ def router(
         return answer
 
     @api.put(
-        "/v1/customers/{customer_id}",
+        "/v1/customers/{customer_id:path}",
         response_model=CustomerOut,
         responses={**problems, **gone, **unchecked, **bodies.UNSUPPORTED},
     )

@@ -61,7 +61,9 @@ class ForecastOut(BaseModel):
 def router(engine: Engine, problems: dict[int | str, Any]) -> APIRouter:
     api = APIRouter(tags=["forecasts"], default_response_class=PrivateJSON)
 
-    @api.get("/v1/customers/{customer_id}/forecast", response_model=ForecastOut, responses=problems)
+    @api.get(
+        "/v1/customers/{customer_id:path}/forecast", response_model=ForecastOut, responses=problems
+    )
     def customer_forecast(customer_id: api_lean.PathId, key: OffersRead) -> dict[str, Any]:
         """The customer's stored purchase forecast: purchase days and revenue expected in the
         horizon, chance of buying again, churn risk, lifetime value, when the next purchase

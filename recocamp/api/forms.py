@@ -29,8 +29,12 @@ class FormError(RecocampError):
 
 
 def fields(body: bytes, max_fields: int = MAX_FIELDS) -> dict[str, str]:
-    """The fields of a form post; a field sent more than once has its last value (as a query
-    string's). Strict UTF-8: a browser never sends anything else for a UTF-8 page."""
+    """The fields of a form post, each sent once. Strict UTF-8: a browser never sends
+    anything else for a UTF-8 page. A field sent twice is refused, naming it, as the JSON
+    bodies refuse a key given twice (``bodies.unique_keys``): the last value won, so
+    ``action=save&action=erase&confirm=on`` erased the customer, and no page form has a
+    field a browser sends more than once (no checkbox group sharing a name, no
+    ``<select multiple>``)."""
     try:
         text = body.decode("utf-8")
         pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=max_fields, errors="strict")
@@ -46,6 +50,8 @@ def fields(body: bytes, max_fields: int = MAX_FIELDS) -> dict[str, str]:
             # named, as the sender wrote it, but for an address (no address in error bodies)
             problem = f"is longer than {MAX_VALUE} characters or holds NUL"
             raise FormError(problem, mask_addresses(name))
+        if name in form:
+            raise FormError("is sent more than once", mask_addresses(name))
         form[name] = value
     return form
 

@@ -157,7 +157,7 @@ def router(
     ``api.events.router``)."""
     api = APIRouter(tags=["privacy"], prefix="/v1/privacy", default_response_class=PrivateJSON)
 
-    @api.get("/customers/{customer_id}", responses={**problems, **SHARED})
+    @api.get("/customers/{customer_id:path}", responses={**problems, **SHARED})
     def export(
         customer_id: CustomerId, key: PrivacyAdmin, scope: RequestScope = None
     ) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def router(
     }
 
     @api.delete(
-        "/customers/{customer_id}",
+        "/customers/{customer_id:path}",
         response_model=ErasureOut,
         responses={**problems, **unkeyed, **SHARED},
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -180,13 +180,32 @@ def _sharing(connection: sa.Connection, customer_id: str, address: str) -> list[
 def record_link_unsubscribe(
     connection: sa.Connection, customer_id: str, campaign: str, issued: datetime, now: datetime
 ) -> bool:
-    """A click on a signed unsubscribe link (one-click POST or the confirm page)."""
+    """A click on a signed unsubscribe link (one-click POST, its confirm page, or the
+    preferences page's button). One contact event per unsubscribe: the key names the link
+    and the unsubscribe the click made or repeats (the customer's ``unsubscribed_at`` after
+    it). The key named the link alone, which the unsubscribe link and the preferences page
+    of one e-mail share: once the customer re-subscribed and unsubscribed again, the second
+    unsubscribe was dropped as a duplicate (the audit log had it). A repeat while the
+    customer stays unsubscribed (a mail client retrying the one-click POST, the e-mail's
+    other link) is still one event. The customer's row is locked first (PostgreSQL; SQLite's
+    callers hold the write lock): a retry arriving at once waits, then sees the unsubscribe
+    and repeats it, rather than making a second one."""
+    held = connection.execute(
+        sa.select(customers.c.unsubscribed_at)
+        .where(customers.c.id == customer_id)
+        .with_for_update()
+    ).first()
+    changed = unsubscribe(connection, customer_id, now, source=f"link {campaign}")
+    since = now if changed else (held.unsubscribed_at if held else None)
+    stamp = since.astimezone(UTC).isoformat() if since else "none"  # the stored instant
     connection.execute(
         upsert_statement(connection, contact_events).on_conflict_do_nothing(
             index_elements=["event_key"]
         ),
         {
-            "event_key": bounded_key(f"link:{customer_id}:{campaign}:{int(issued.timestamp())}"),
+            "event_key": bounded_key(
+                f"link:{customer_id}:{campaign}:{int(issued.timestamp())}:{stamp}"
+            ),
             "kind": "unsubscribed",
             "provider": "link",
             "customer_id": customer_id,
@@ -196,4 +215,4 @@ def record_link_unsubscribe(
             "details": {},
         },
     )
-    return unsubscribe(connection, customer_id, now, source=f"link {campaign}")
+    return changed

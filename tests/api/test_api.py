@@ -223,6 +223,51 @@ def test_one_click_post_unsubscribes_once(store: sa.Engine) -> None:
     assert state(store) == after  # one event, one audit entry, first instant kept
 
 
+def test_each_unsubscribe_is_an_event_of_its_own_and_a_repeat_is_none(store: sa.Engine) -> None:
+    """The unsubscribe link and the preferences page's button of one e-mail had one event
+    key: once the customer re-subscribed and unsubscribed again, the second unsubscribe was
+    dropped as a duplicate of the first (the audit log had it, the contact events did not).
+    A repeat while the customer stays unsubscribed — the mail client retrying the one-click
+    POST, the other link of the same e-mail — is still none."""
+    clock = FixedClock(NOW)
+    settings = Settings(signing_key=SIGNING_KEY, webhook_secret=SECRET, api_keys=ENTRIES)
+    app = create_app(settings, store, clock)
+    one_click = {
+        "content": b"List-Unsubscribe=One-Click",
+        "headers": {"content-type": "application/x-www-form-urlencoded"},
+    }
+    link, page = f"/u/{token()}", f"/p/{token('preferences')}"
+
+    def unsubscribe_twice_and_retry() -> State:
+        assert call(app, "POST", page, data={"action": "unsubscribe"}).status == 303
+        assert call(app, "POST", link, **one_click).status == 200
+        assert call(app, "POST", link, **one_click).status == 200
+        return state(store)
+
+    first = unsubscribe_twice_and_retry()
+    assert first.events == [("unsubscribed", "link", CUSTOMER)]
+    assert first.audits == [("unsubscribe", CUSTOMER)]
+    clock.advance(timedelta(days=1))
+    back = {
+        "source": "account page",
+        "unsubscribed": False,
+        "consent_basis": "double_opt_in",
+        "consent_at": clock.now().isoformat(),
+    }
+    put = call(app, "PUT", f"/v1/customers/{CUSTOMER}", json=back, headers=bearer("shop"))
+    assert put.status == 200 and "resubscribed" in put.json()["changed"], put.text
+    clock.advance(timedelta(days=1))
+    second = unsubscribe_twice_and_retry()
+    assert second.unsubscribed_at == NOW + timedelta(days=2)
+    assert second.events == [("unsubscribed", "link", CUSTOMER)] * 2
+    assert [entry for entry in second.audits if entry[0] == "unsubscribe"] == [
+        ("unsubscribe", CUSTOMER)
+    ] * 2
+    with store.connect() as connection:
+        times = connection.execute(sa.select(contact_events.c.at).order_by(contact_events.c.id))
+        assert list(times.scalars()) == [NOW, NOW + timedelta(days=2)]
+
+
 def test_confirm_button_post_without_body_unsubscribes(store: sa.Engine) -> None:
     assert call(make_app(store), "POST", f"/u/{token()}").status == 200
     assert state(store).unsubscribed_at == NOW

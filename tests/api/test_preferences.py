@@ -4,6 +4,7 @@ languages, every form, what it shows, and what it must never do."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,32 @@ def test_unknown_forms_change_nothing(app: FastAPI, form: dict[str, str]) -> Non
     before = state(engine, person.id)
     assert call(app, "POST", page(person.id), data=form).status == 400
     assert state(engine, person.id) == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "action=save&action=erase&confirm=on",  # the last value won: an erasure
+        "action=erase&confirm=&confirm=on",
+        "action=pause&weeks=1&weeks=4",
+    ],
+)
+def test_a_field_sent_twice_is_refused_and_changes_nothing(
+    app: FastAPI, body: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No page form has a field a browser sends twice (no checkbox group sharing a name, no
+    ``<select multiple>``): one sent twice is refused, named, as a JSON key given twice is,
+    rather than the last value winning."""
+    engine = engine_of(app)
+    person = someone(engine, "en")
+    before = state(engine, person.id)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    with caplog.at_level(logging.INFO, logger="recocamp.api.pages"):
+        reply = call(app, "POST", page(person.id), content=body.encode(), headers=headers)
+    assert reply.status == 400
+    assert state(engine, person.id) == before
+    field = body.split("&")[1].split("=")[0]
+    assert f"{field}: is sent more than once" in caplog.text
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])

@@ -271,6 +271,24 @@ def test_a_json_answer_naming_a_key_twice_is_refused(
     assert stored(engine) == []
 
 
+def test_a_form_answer_naming_a_field_twice_is_refused(
+    engine: sa.Engine, mailed: dict[str, OutgoingEmail]
+) -> None:
+    """``score=0&score=10``: the last value won, where a JSON answer naming ``score`` twice
+    is refused. Refused the same way, naming the field (on the English page: the German
+    one words every 400 alike), nothing stored."""
+    shop = SETTINGS.shop.model_copy(update={"default_locale": "en"})
+    app = make_app(
+        engine, FixedClock(NOW + timedelta(days=1)), SETTINGS.model_copy(update={"shop": shop})
+    )
+    token = parse_qs(urlsplit(links_of(mailed[ADDRESSES["c2"]])[3]).query)["token"][0]
+    body = f"token={token}&score=0&score=10".encode()
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    reply = call(app, "POST", "/v1/feedback", content=body, headers=headers)
+    assert reply.status == 400 and "score: is sent more than once" in reply.text
+    assert stored(engine) == []
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
