@@ -68,7 +68,15 @@ class OfferContext(TypedDict):
         str, "the item's page: its URL in the catalogue, else `shop.base_url` + `/items/` + id"
     ]
     image_url: Annotated[str | None, "the item's picture; none when the catalogue has none"]
-    why: Annotated[str, "why this item, in words, in the e-mail's language"]
+    why: Annotated[
+        str,
+        "why this item, in words, in the e-mail's language: in a campaign's e-mail `you "
+        "bought this before`, `about time to restock`, `picked for you: you like <category>` "
+        "(an item of the personal list from a category the customer bought; the catalogue's "
+        "category, `_` written as a space, not translated), `picked for you` (one from a "
+        "category they never bought) or `popular with other customers` (`because you bought "
+        "…`, as in the sample, is the shop API's reason)",
+    ]
 
 
 class ShopContext(TypedDict):

@@ -27,6 +27,7 @@ from recocamp.data import profiles
 from recocamp.domain import Item
 from recocamp.settings import Settings
 from recocamp.store import outbox as outbox_store
+from recocamp.store import registry
 from recocamp.store.queries import upsert_items
 from recocamp.store.schema import decisions, outbox, recommendations
 from tests.campaign_shop import daily, tea_shop
@@ -316,9 +317,23 @@ def test_a_chunk_whose_customers_were_all_erased_meanwhile_is_written_as_nothing
 
 def personal_offers(engine: sa.Engine) -> None:
     """Every customer's cached personal list offers biscuits, which nobody bought (popular:
-    the tea they all bought)."""
+    the tea they all bought), from the live model's rows (the rows of no live model are
+    nobody's: ``registry.stage``)."""
     with engine.begin() as connection:
         upsert_items(connection, [Item("i2", "Biscuits", "kitchen", 3.0)], NOW)
+        registry.register(
+            connection,
+            version="v1",
+            name="als",
+            trained_at=NOW,
+            data_cutoff=NOW,
+            fingerprint="v1",
+            params={},
+            metrics={},
+            path="-",
+            popular=[],
+            status="live",
+        )
         connection.execute(
             sa.insert(recommendations),
             [
