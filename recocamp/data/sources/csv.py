@@ -30,6 +30,7 @@ import gzip
 import io
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
@@ -205,6 +206,13 @@ class FileTooLarge(Exception):
     """A ``.gz`` file decompressing past its limit (:func:`open_text`): refused there."""
 
 
+class GzipDamaged(OSError):
+    """A ``.gz`` file whose bytes cannot be decompressed (cut short, a damaged deflate
+    stream, a wrong checksum): refused at the line reached, as :class:`FileTooLarge` is.
+    zlib's own error is neither an OSError nor an EOFError, and escaped the importer (and
+    ended the drop folder's run, the file left to end every run after it)."""
+
+
 class _Inflated(io.RawIOBase):
     """A gzip file's bytes, counted: past ``limit`` a read raises :class:`FileTooLarge`."""
 
@@ -217,7 +225,10 @@ class _Inflated(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        count = self.inner.readinto(buffer)
+        try:
+            count = self.inner.readinto(buffer)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise GzipDamaged(f"the .gz file is damaged: {exc}") from None
         self.total += count
         if self.total > self.limit:
             raise FileTooLarge(
@@ -335,7 +346,8 @@ class Records:
                     values = next(reader)
                 except StopIteration:
                     break
-                except (csv.Error, RecordTooLong, FileTooLarge) as exc:  # a field past FIELD_MAX
+                # a field past FIELD_MAX, a record past RECORD_MAX, a .gz past its ratio or damaged
+                except (csv.Error, RecordTooLong, FileTooLarge, GzipDamaged) as exc:
                     failed = (line, _unreadable("*", f"cannot be read: {exc}", ""))
                     break
                 starts.append(line)

@@ -1,0 +1,88 @@
+"""Files a careless or hostile shop drops: damaged gzip, headers that are data. Each is
+refused with a problem that says where, exit 2, nothing written, and no address shown."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from recocamp.data.drop_folder import import_drop_folder
+from recocamp.data.ingest import Importer
+from recocamp.errors import DataImportError
+from recocamp.settings import Settings
+from recocamp.store.schema import purchases
+from tests.conftest import NOW
+
+HEADER = b"order_id,customer_id,item_id,quantity,unit_price,ordered_at\n"
+LINE = b"A%d,c1,i1,1,2.5,2025-01-01T10:00:00Z\n"
+
+
+def damaged_gzip(body: bytes) -> bytes:
+    """A gzip file whose deflate stream holds ``body`` and then a block of the reserved
+    type: zlib raises ``zlib.error`` ("invalid block type") there, where a flipped bit in
+    a real file's middle may too (not only a CRC or length error at its end)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = packer.compress(body) + packer.flush(zlib.Z_FULL_FLUSH)
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + stream + b"\x07" + b"\x00" * 16
+
+
+def orders(lines: int) -> bytes:
+    return HEADER + b"".join(LINE % n for n in range(lines))
+
+
+def test_a_gzip_damaged_inside_its_deflate_stream_is_refused_naming_the_line(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """``zlib.error`` is neither an OSError nor an EOFError: it escaped the importer as a
+    crash (a traceback, not exit 2)."""
+    path = tmp_path / "purchases.csv.gz"
+    path.write_bytes(damaged_gzip(orders(20_000)))
+    importer = Importer(engine, zone=ZoneInfo("Europe/Berlin"), now=NOW)
+    with pytest.raises(DataImportError) as raised:
+        importer.purchases(path)
+    text = str(raised.value)
+    assert "invalid block type" in text and "line " in text
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(purchases)).scalar() == 0
+
+
+def test_a_damaged_gzip_in_the_drop_folder_is_set_aside_and_the_others_imported(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The crash ended the drop folder's run with the file still there: every later run
+    failed on it again, and no file after it was ever imported."""
+    drop = tmp_path / "incoming"
+    drop.mkdir()
+    settings = Settings(signing_key=SecretStr("k" * 32), ingest={"drop_dir": drop})
+    (drop / "purchases-1.csv.gz").write_bytes(damaged_gzip(orders(20_000)))
+    (drop / "purchases-2.csv").write_bytes(orders(3))
+    for path in drop.iterdir():
+        os.utime(path, (0, 0))
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (1, 1)
+    assert (drop / "rejected" / "purchases-1.csv.gz").exists()
+
+
+def test_a_gzip_cut_short_names_the_line_and_keeps_the_problems_before_it(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """A truncated upload: the problems of the lines read before the end came were
+    dropped for one "unreadable content" naming no line."""
+    body = HEADER + b"A0,c1,i1,x,2.5,2025-01-01T10:00:00Z\n" + orders(50_000)[len(HEADER) :]
+    packed = gzip.compress(body)
+    path = tmp_path / "purchases.csv.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    importer = Importer(engine, zone=ZoneInfo("Europe/Berlin"), now=NOW)
+    with pytest.raises(DataImportError) as raised:
+        importer.purchases(path)
+    problems = raised.value.problems
+    assert problems[0].line == 2 and problems[0].column == "quantity"
+    assert problems[-1].line is not None and problems[-1].line > 2
+    assert "ended before" in problems[-1].message
