@@ -396,7 +396,16 @@ def header_problems(
 ) -> list[Problem]:
     """The problems of a header (all on line 1): required columns missing, columns that are
     neither required nor optional (with the known name closest to each, if one is close),
-    columns given twice (which one would count?)."""
+    columns given twice (which one would count?).
+
+    A first line naming none of the known columns is no header but, as likely as not, a
+    row of data (a file without its header line): it is refused as a whole and none of its
+    fields is shown, each of which may be an address or a name (``shown`` masks an address
+    only in a field of its own). A header that is one, with a column missing, is shown as
+    :func:`shown` shows a value: cut, an address masked."""
+    known = (*required, *optional)
+    if not set(header) & set(known):
+        return [Problem(_no_header(header, required), line=1)]
     problems: list[Problem] = []
     missing = [name for name in required if name not in header]
     if missing:
@@ -405,10 +414,9 @@ def header_problems(
                 f"wrong header: missing column(s) {', '.join(missing)}; "
                 f"expected {', '.join(required)}",
                 line=1,
-                value=",".join(header),
+                value=shown(",".join(header)),
             )
         )
-    known = (*required, *optional)
     for name in dict.fromkeys(header):
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
@@ -417,6 +425,27 @@ def header_problems(
         elif header.count(name) > 1:
             problems.append(Problem("column appears more than once", line=1, column=name))
     return problems
+
+
+def _no_header(header: list[str], required: tuple[str, ...]) -> str:
+    """The problem of a first line that names no known column: what a header must hold,
+    and why this one may not have been read as one (a separator other than the comma)."""
+    first = ",".join(header)
+    separator = next((name for sign, name in _SEPARATORS if sign in first), None)
+    why = (
+        f"; it looks {separator}-separated (a spreadsheet's regional CSV): "
+        "save it as comma-separated UTF-8"
+        if separator
+        else "; a file without its header line, or of another kind or format? "
+        "(its fields are not shown: they may be data)"
+    )
+    return (
+        f"wrong header: missing column(s) {', '.join(required)}: "
+        f"the first line names none of the known columns{why}"
+    )
+
+
+_SEPARATORS = ((";", "semicolon"), ("\t", "tab"), ("|", "pipe"))
 
 
 def read_rows(
