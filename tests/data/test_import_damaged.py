@@ -86,3 +86,49 @@ def test_a_gzip_cut_short_names_the_line_and_keeps_the_problems_before_it(
     assert problems[0].line == 2 and problems[0].column == "quantity"
     assert problems[-1].line is not None and problems[-1].line > 2
     assert "ended before" in problems[-1].message
+
+
+class Appender:
+    """A progress sink that appends to the file as its reading starts: a feed still
+    writing it (the hash is taken before, the lines read after)."""
+
+    def __init__(self, path: Path, more: bytes) -> None:
+        self.path, self.more = path, more
+
+    def phase(self, label: str, total: int | None) -> None:
+        if label.startswith("reading") and self.more:
+            with self.path.open("ab") as handle:
+                handle.write(self.more)
+            self.more = b""
+
+    def advance(self, amount: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["purchases", "customers"])
+def test_a_file_appended_to_while_it_is_read_is_refused_whole(
+    engine: sa.Engine, tmp_path: Path, kind: str
+) -> None:
+    """What was stored was not the file its SHA-256 recorded: a file cut mid-order (the
+    rest of the order came later) was stored as the orders it then held, and the complete
+    file, imported next, was refused for those orders ("already stored with other lines")."""
+    if kind == "purchases":
+        path = tmp_path / "purchases.csv"
+        path.write_bytes(orders(2))
+        more = LINE % 7
+    else:
+        path = tmp_path / "customers.csv"
+        path.write_bytes(b"id,email\nc1,a@example.test\n")
+        more = b"c2,b@example.test\n"
+    importer = Importer(
+        engine, zone=ZoneInfo("Europe/Berlin"), now=NOW, progress=Appender(path, more)
+    )
+    with pytest.raises(DataImportError, match="changed while it was read"):
+        getattr(importer, kind)(path)
+    with engine.connect() as connection:
+        for table in ("purchases", "customers", "import_runs"):
+            count = connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+            assert count == 0, table
+    again = Importer(engine, zone=ZoneInfo("Europe/Berlin"), now=NOW)
+    report = getattr(again, kind)(path)
+    assert report.imported == (3 if kind == "purchases" else 2)
