@@ -731,10 +731,16 @@ class Importer:
     def _write_items(
         self, path: Path, fmt: str, sha: str, version: tuple[int, ...] | None
     ) -> ImportReport:
+        columns: set[str] = set()
+
+        def parse(row: dict[str, str]) -> Item:
+            columns.update(row)  # the header's names: every row holds them all
+            return sources.item_row(row)
+
         rows, skipped, read = _parse(
             path,
             (sources.ITEM_COLUMNS, sources.ITEM_OPTIONAL),
-            sources.item_row,
+            parse,
             self.progress,
             self.max_listed,
             _item_id,
@@ -744,7 +750,9 @@ class Importer:
         self._read_whole(path, version)
         with self.engine.begin() as connection:
             run_id = self._begin_run(connection, "items", fmt, path, sha, read)
-            queries.upsert_items(connection, rows, self.now)
+            # a column the file does not have changes nothing stored (as for customers)
+            absent = [name for name in sources.ITEM_OPTIONAL if name not in columns]
+            queries.upsert_items(connection, rows, self.now, keep=absent)
             report = ImportReport("items", fmt, str(path), read, len(rows), 0, skipped)
             self._finish(connection, run_id, report)
         return report

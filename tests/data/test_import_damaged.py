@@ -17,7 +17,7 @@ from recocamp.data.drop_folder import import_drop_folder
 from recocamp.data.ingest import Importer
 from recocamp.errors import DataImportError
 from recocamp.settings import Settings
-from recocamp.store.schema import purchases
+from recocamp.store.schema import items, purchases
 from tests.conftest import NOW
 
 HEADER = b"order_id,customer_id,item_id,quantity,unit_price,ordered_at\n"
@@ -132,3 +132,34 @@ def test_a_file_appended_to_while_it_is_read_is_refused_whole(
     again = Importer(engine, zone=ZoneInfo("Europe/Berlin"), now=NOW)
     report = getattr(again, kind)(path)
     assert report.imported == (3 if kind == "purchases" else 2)
+
+
+def test_an_items_feed_without_a_column_changes_nothing_it_does_not_carry(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """A nightly price feed (``id, title, category, price``) reset every item's optional
+    columns to their defaults: items out of stock were back in stock (offered in e-mails),
+    links and pictures gone, and service items (postage, fees) offerable. A new item in
+    such a feed gets the defaults."""
+    full = tmp_path / "items-1.csv"
+    full.write_text(
+        "id,title,category,price,in_stock,url,image_url,is_service\n"
+        "i1,Mug,home,4.5,false,https://shop.test/i1,https://shop.test/i1.jpg,false\n"
+        "POST,Postage,service,3,true,,,true\n",
+        encoding="utf-8",
+    )
+    prices = tmp_path / "items-2.csv"
+    prices.write_text(
+        "id,title,category,price\ni1,Mug,home,5\nPOST,Postage,service,3.5\ni2,Cup,home,2\n",
+        encoding="utf-8",
+    )
+    importer = Importer(engine, zone=ZoneInfo("Europe/Berlin"), now=NOW)
+    importer.items(full)
+    importer.items(prices)
+    with engine.connect() as connection:
+        stored = {row.id: row for row in connection.execute(sa.select(items))}
+    mug, postage, cup = stored["i1"], stored["POST"], stored["i2"]
+    assert (mug.price, mug.in_stock, mug.url) == (5, False, "https://shop.test/i1")
+    assert mug.image_url == "https://shop.test/i1.jpg"
+    assert (postage.price, postage.is_service) == (3.5, True)
+    assert (cup.in_stock, cup.url, cup.image_url, cup.is_service) == (True, None, None, False)
