@@ -120,7 +120,8 @@ def _parse(
     once per file); ``columns``: the required and the optional ones."""
     progress.phase(f"reading {path.name}", None)
     with sources.open_text(path, max_ratio, follow_links=follow_links) as handle:
-        rows = _counted(sources.read_rows(path, columns[0], handle, columns[1]), progress)
+        read = sources.read_rows(path, columns[0], handle, columns[1], max_listed)
+        rows = _counted(read, progress)
         try:
             return sources.collect(path, rows, parse, max_listed=max_listed, key=key)
         except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
@@ -543,7 +544,7 @@ class Importer:
         self.progress.phase(f"reading {path.name}", None)
         with sources.open_text(path, self.max_gzip_ratio, follow_links=self.follow_links) as handle:
             try:
-                records = sources.Records(path, required, handle, optional)
+                records = sources.Records(path, required, handle, optional, self.max_listed)
                 parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
                 runs = None
                 if connection.dialect.name == "sqlite":

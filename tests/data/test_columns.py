@@ -303,3 +303,19 @@ def test_a_semicolon_separated_file_is_named_so(engine: sa.Engine, tmp_path: Pat
     error = refused(engine, lambda: importer(engine).purchases(path))
     [(line, _, message)] = header_problems(error)
     assert line == 1 and "semicolon-separated" in message
+
+
+def test_a_wide_header_lists_at_most_max_errors_listed_problems(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Every unknown column was a problem of its own, with no bound: a CRM export of 80
+    columns listed 78, and a header of 120,000 short names printed 23 MB of problems to
+    the terminal (the worker's run record, the drop folder's ``.errors.txt``) after 3 s of
+    CPU looking for names close to each."""
+    path = tmp_path / "customers.csv"
+    path.write_text(",".join(["id", "email", *(f"x{n}" for n in range(5000))]) + "\n")
+    capped = Importer(engine, zone=ZoneInfo("Europe/London"), now=NOW, max_listed=7)
+    error = refused(engine, lambda: capped.customers(path))
+    assert len(error.problems) == 7 and error.more == 4993
+    assert [p.column for p in error.problems] == [f"x{n}" for n in range(7)]
+    assert "5000 problem(s)" in str(error) and "… and 4993 more" in str(error)
