@@ -163,3 +163,26 @@ def test_an_items_feed_without_a_column_changes_nothing_it_does_not_carry(
     assert mug.image_url == "https://shop.test/i1.jpg"
     assert (postage.price, postage.is_service) == (3.5, True)
     assert (cup.in_stock, cup.url, cup.image_url, cup.is_service) == (True, None, None, False)
+
+
+def test_a_wall_time_the_clocks_skip_is_refused_and_a_repeated_one_is_the_first(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """``2025-03-30T02:30`` never happens in Berlin (the clocks go from 02:00 to 03:00): it
+    was stored as 03:30 without a word, where the CLI's date options refuse it. A file of
+    such times is in another zone than it is read in (a UTC export without offsets): the
+    line is a problem naming the zone. ``2025-10-26T02:30`` happens twice: the first (CEST)
+    is taken, as documented; a file cannot be asked which it meant."""
+    path = tmp_path / "purchases.csv"
+    path.write_bytes(HEADER + b"A1,c1,i1,1,2.5,2025-03-30T02:30\nA2,c1,i1,1,2.5,2025-10-26T02:30\n")
+    importer = Importer(engine, zone=ZoneInfo("Europe/Berlin"), now=NOW)
+    with pytest.raises(DataImportError) as raised:
+        importer.purchases(path)
+    [problem] = raised.value.problems
+    assert (problem.line, problem.column, problem.value) == (2, "ordered_at", "2025-03-30T02:30")
+    assert "does not exist in Europe/Berlin" in problem.message
+    path.write_bytes(HEADER + b"A2,c1,i1,1,2.5,2025-10-26T02:30\n")
+    importer.purchases(path)
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(purchases.c.ordered_at)).scalar_one()
+    assert stored.isoformat() == "2025-10-26T00:30:00+00:00"

@@ -662,7 +662,8 @@ class Timestamps:
         except ValueError:
             expected = self.fmt or "ISO 8601, e.g. 2011-12-09T12:50:00+00:00"
             raise RowProblem(column, f"is not a date-time ({expected})", raw) from None
-        if value.tzinfo is None:
+        wall = value if value.tzinfo is None else None
+        if wall is not None:
             value = value.replace(tzinfo=self.zone)
         try:
             utc = value.astimezone(UTC)
@@ -674,6 +675,8 @@ class Timestamps:
                 f"is out of range (in UTC it falls outside the years {YEAR_MIN}–{YEAR_MAX})",
                 raw,
             )
+        if wall is not None and utc.astimezone(self.zone).replace(tzinfo=None) != wall:
+            raise RowProblem(column, self._skipped(), raw)
         late = None if self.now is None else future_problem(utc, self.now)
         if late and self.now is not None:
             raise RowProblem(
@@ -682,6 +685,17 @@ class Timestamps:
                 raw,
             )
         return utc
+
+    def _skipped(self) -> str:
+        """The problem of a wall time the clocks skip in the zone it is read in: it names
+        no instant (it was read as one an hour away, in silence). A file of such times is
+        likely in another zone (a UTC export without offsets). A wall time that happens
+        twice (the clocks go back) is its first: a file cannot be asked which it meant."""
+        zone = getattr(self.zone, "key", None) or str(self.zone)
+        return (
+            f"does not exist in {zone} (the clocks go forward over it): is the file in "
+            "another time zone? give the offset"
+        )
 
     def _naive(self, raw: str) -> datetime:
         """The field as a datetime (ISO 8601, or ``fmt``). ``2010-12-01 08:26:00`` in the
