@@ -29,6 +29,7 @@ import csv
 import hashlib
 import heapq
 import logging
+import os
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -119,7 +120,8 @@ def _parse(
     once per file); ``columns``: the required and the optional ones."""
     progress.phase(f"reading {path.name}", None)
     with sources.open_text(path, max_ratio, follow_links=follow_links) as handle:
-        rows = _counted(sources.read_rows(path, columns[0], handle, columns[1]), progress)
+        read = sources.read_rows(path, columns[0], handle, columns[1], max_listed)
+        rows = _counted(read, progress)
         try:
             return sources.collect(path, rows, parse, max_listed=max_listed, key=key)
         except (UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
@@ -448,13 +450,14 @@ class Importer:
         self, path: Path, kind: str, fmt: str, write: Callable[..., ImportReport]
     ) -> ImportReport:
         started = time.perf_counter()
+        version = self._file_version(path)
         sha = file_sha256(path, follow_links=self.follow_links)
         with self.engine.connect() as connection:
             seen = queries.find_import(connection, kind, sha)
         if seen is not None:
             log.info("import %s %s: already imported as run %s", kind, path.name, seen.id)
             return ImportReport(kind, fmt, str(path), 0, 0, 0, {}, already_imported=True)
-        report: ImportReport = write(path, fmt, sha)
+        report: ImportReport = write(path, fmt, sha, version)
         seconds = time.perf_counter() - started
         log.info(
             "import %s %s: read=%d imported=%d duplicates=%d skipped=%s in %.1fs",
@@ -467,6 +470,32 @@ class Importer:
             seconds,
         )
         return ImportReport(**{**_fields(report), "seconds": round(seconds, 3)})
+
+    def _file_version(self, path: Path) -> tuple[int, ...] | None:
+        """What tells one version of the file from the next (inode, size, modification
+        time); None when it cannot be read (the hash then says why)."""
+        try:
+            found = os.stat(path, follow_symlinks=self.follow_links)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+
+    def _read_whole(self, path: Path, version: tuple[int, ...] | None) -> None:
+        """After the file was read, before anything of it is written: the file read is the
+        file hashed. A feed still writing it (appending after a pause, renaming its next
+        export over it) changed it between the hash and the reading: the lines read, a cut
+        order among them, were stored under the hash of what it held before, and the
+        complete file, imported next, was refused for the orders stored cut."""
+        if self._file_version(path) != version:
+            raise DataImportError(
+                path,
+                [
+                    Problem(
+                        "the file changed while it was read (is it still being written?): "
+                        "nothing was imported; import it once it is complete"
+                    )
+                ],
+            )
 
     def _begin_run(
         self, connection: Connection, kind: str, fmt: str, path: Path, sha: str, read: int
@@ -485,13 +514,16 @@ class Importer:
             skipped={},
         )
 
-    def _write_purchases(self, path: Path, fmt: str, sha: str) -> ImportReport:
+    def _write_purchases(
+        self, path: Path, fmt: str, sha: str, version: tuple[int, ...] | None
+    ) -> ImportReport:
         """Two passes: the file is read once into the staging table (validating every line,
         no write lock held), then the staged lines are written in one transaction."""
         with self.engine.connect() as connection:
             try:
                 staging.create(connection)
                 found = self._stage(connection, path, fmt)
+                self._read_whole(path, version)
                 connection.commit()
                 with connection.begin():
                     report = self._store_staged(connection, path, fmt, sha, found)
@@ -512,7 +544,7 @@ class Importer:
         self.progress.phase(f"reading {path.name}", None)
         with sources.open_text(path, self.max_gzip_ratio, follow_links=self.follow_links) as handle:
             try:
-                records = sources.Records(path, required, handle, optional)
+                records = sources.Records(path, required, handle, optional, self.max_listed)
                 parse = self._line_parser(records, retail, stamps, sources.LineNumbers())
                 runs = None
                 if connection.dialect.name == "sqlite":
@@ -644,7 +676,9 @@ class Importer:
         known = queries.add_missing_customers(connection, countries, self.now, self.default_locale)
         return {"items_catalogued": len(catalog), "customers_added": known}
 
-    def _write_customers(self, path: Path, fmt: str, sha: str) -> ImportReport:
+    def _write_customers(
+        self, path: Path, fmt: str, sha: str, version: tuple[int, ...] | None
+    ) -> ImportReport:
         stamps = sources.Timestamps(self.zone)
         columns: set[str] = set()
 
@@ -663,6 +697,7 @@ class Importer:
             self.max_gzip_ratio,
             self.follow_links,
         )
+        self._read_whole(path, version)
         with self.engine.begin() as connection:
             erased = tombstones.erased_ids(
                 connection,
@@ -694,20 +729,31 @@ class Importer:
             self._finish(connection, run_id, report)
         return report
 
-    def _write_items(self, path: Path, fmt: str, sha: str) -> ImportReport:
+    def _write_items(
+        self, path: Path, fmt: str, sha: str, version: tuple[int, ...] | None
+    ) -> ImportReport:
+        columns: set[str] = set()
+
+        def parse(row: dict[str, str]) -> Item:
+            columns.update(row)  # the header's names: every row holds them all
+            return sources.item_row(row)
+
         rows, skipped, read = _parse(
             path,
             (sources.ITEM_COLUMNS, sources.ITEM_OPTIONAL),
-            sources.item_row,
+            parse,
             self.progress,
             self.max_listed,
             _item_id,
             self.max_gzip_ratio,
             self.follow_links,
         )
+        self._read_whole(path, version)
         with self.engine.begin() as connection:
             run_id = self._begin_run(connection, "items", fmt, path, sha, read)
-            queries.upsert_items(connection, rows, self.now)
+            # a column the file does not have changes nothing stored (as for customers)
+            absent = [name for name in sources.ITEM_OPTIONAL if name not in columns]
+            queries.upsert_items(connection, rows, self.now, keep=absent)
             report = ImportReport("items", fmt, str(path), read, len(rows), 0, skipped)
             self._finish(connection, run_id, report)
         return report

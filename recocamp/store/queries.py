@@ -214,8 +214,14 @@ def _upsert(
     return len(rows)
 
 
-def upsert_items(connection: sa.Connection, rows: Sequence[Item], now: datetime) -> int:
-    return _upsert(connection, items, [dict(asdict(row), updated_at=now) for row in rows], ())
+def upsert_items(
+    connection: sa.Connection, rows: Sequence[Item], now: datetime, keep: Iterable[str] = ()
+) -> int:
+    """Items from a feed; the columns in ``keep`` (those the feed does not carry) are
+    written for new items only, as for customers: a price feed must not put items back in
+    stock, drop their links or make a service item offerable."""
+    values = [dict(asdict(row), updated_at=now) for row in rows]
+    return _upsert(connection, items, values, keep)
 
 
 def add_missing_items(connection: sa.Connection, rows: Sequence[Item], now: datetime) -> int:

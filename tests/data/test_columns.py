@@ -275,3 +275,47 @@ def test_a_price_finer_than_the_store_keeps_is_refused_in_files_and_by_the_api(
     assert [d["loc"][-1] for d in reply.json()["detail"]] == ["unit_price"]
     good = write_csv(tmp_path / "q.csv", header, [lines[0], lines[3]])
     assert importer(engine).purchases(good).imported == 2
+
+
+def test_a_customers_file_without_its_header_line_shows_none_of_its_first_row(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The first row, taken for a header, was shown whole as the missing columns' value and
+    field by field as unknown columns: the customer's address (in the joined value, which
+    no masking saw as an address of its own) and name reached the terminal, the worker's
+    run record and the drop folder's ``.errors.txt``."""
+    path = tmp_path / "customers.csv"
+    path.write_text("c1,anne.secret@example.test,Annegret\n", encoding="utf-8")
+    error = refused(engine, lambda: importer(engine).customers(path))
+    text = str(error)
+    assert "secret" not in text and "Annegret" not in text
+    [(line, column, message)] = header_problems(error)
+    assert (line, column) == (1, None)
+    assert message.startswith("wrong header: missing column(s) id, email")
+    assert "without its header line" in message
+
+
+def test_a_semicolon_separated_file_is_named_so(engine: sa.Engine, tmp_path: Path) -> None:
+    """German Excel's CSV: one unknown column holding the whole header line, and no word
+    about the separator."""
+    path = tmp_path / "purchases.csv"
+    path.write_text(";".join(STANDARD) + "\n" + ";".join(LINE) + "\n", encoding="utf-8")
+    error = refused(engine, lambda: importer(engine).purchases(path))
+    [(line, _, message)] = header_problems(error)
+    assert line == 1 and "semicolon-separated" in message
+
+
+def test_a_wide_header_lists_at_most_max_errors_listed_problems(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Every unknown column was a problem of its own, with no bound: a CRM export of 80
+    columns listed 78, and a header of 120,000 short names printed 23 MB of problems to
+    the terminal (the worker's run record, the drop folder's ``.errors.txt``) after 3 s of
+    CPU looking for names close to each."""
+    path = tmp_path / "customers.csv"
+    path.write_text(",".join(["id", "email", *(f"x{n}" for n in range(5000))]) + "\n")
+    capped = Importer(engine, zone=ZoneInfo("Europe/London"), now=NOW, max_listed=7)
+    error = refused(engine, lambda: capped.customers(path))
+    assert len(error.problems) == 7 and error.more == 4993
+    assert [p.column for p in error.problems] == [f"x{n}" for n in range(7)]
+    assert "5000 problem(s)" in str(error) and "… and 4993 more" in str(error)

@@ -30,6 +30,7 @@ import gzip
 import io
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
@@ -205,6 +206,13 @@ class FileTooLarge(Exception):
     """A ``.gz`` file decompressing past its limit (:func:`open_text`): refused there."""
 
 
+class GzipDamaged(OSError):
+    """A ``.gz`` file whose bytes cannot be decompressed (cut short, a damaged deflate
+    stream, a wrong checksum): refused at the line reached, as :class:`FileTooLarge` is.
+    zlib's own error is neither an OSError nor an EOFError, and escaped the importer (and
+    ended the drop folder's run, the file left to end every run after it)."""
+
+
 class _Inflated(io.RawIOBase):
     """A gzip file's bytes, counted: past ``limit`` a read raises :class:`FileTooLarge`."""
 
@@ -217,7 +225,10 @@ class _Inflated(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        count = self.inner.readinto(buffer)
+        try:
+            count = self.inner.readinto(buffer)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise GzipDamaged(f"the .gz file is damaged: {exc}") from None
         self.total += count
         if self.total > self.limit:
             raise FileTooLarge(
@@ -302,14 +313,15 @@ class Records:
         required: tuple[str, ...],
         handle: IO[str],
         optional: tuple[str, ...] = (),
+        max_listed: int = 20,
     ) -> None:
         csv.field_size_limit(FIELD_MAX)
         self.lines = BoundedLines(handle, RECORD_MAX)
         self.reader = csv.reader(self.lines)
         self.header = _header(path, self.reader)
-        problems = header_problems(self.header, required, optional)
+        problems, more = header_problems(self.header, required, optional, max_listed)
         if problems:
-            raise DataImportError(path, problems)
+            raise DataImportError(path, problems, more=more)
 
     def __iter__(self) -> Iterator[tuple[int, Record]]:
         for batch in self.batches():
@@ -335,7 +347,8 @@ class Records:
                     values = next(reader)
                 except StopIteration:
                     break
-                except (csv.Error, RecordTooLong, FileTooLarge) as exc:  # a field past FIELD_MAX
+                # a field past FIELD_MAX, a record past RECORD_MAX, a .gz past its ratio or damaged
+                except (csv.Error, RecordTooLong, FileTooLarge, GzipDamaged) as exc:
                     failed = (line, _unreadable("*", f"cannot be read: {exc}", ""))
                     break
                 starts.append(line)
@@ -380,11 +393,22 @@ class Records:
 
 
 def header_problems(
-    header: list[str], required: tuple[str, ...], optional: tuple[str, ...]
-) -> list[Problem]:
+    header: list[str], required: tuple[str, ...], optional: tuple[str, ...], max_listed: int = 20
+) -> tuple[list[Problem], int]:
     """The problems of a header (all on line 1): required columns missing, columns that are
     neither required nor optional (with the known name closest to each, if one is close),
-    columns given twice (which one would count?)."""
+    columns given twice (which one would count?). At most ``max_listed`` of them, and how
+    many more (``ingest.max_errors_listed``, as for rows): a header of 120,000 unknown
+    names was 120,000 problems, 23 MB printed, 3 s spent finding the name close to each.
+
+    A first line naming none of the known columns is no header but, as likely as not, a
+    row of data (a file without its header line): it is refused as a whole and none of its
+    fields is shown, each of which may be an address or a name (``shown`` masks an address
+    only in a field of its own). A header that is one, with a column missing, is shown as
+    :func:`shown` shows a value: cut, an address masked."""
+    known = (*required, *optional)
+    if not set(header) & set(known):
+        return [Problem(_no_header(header, required), line=1)], 0
     problems: list[Problem] = []
     missing = [name for name in required if name not in header]
     if missing:
@@ -393,25 +417,53 @@ def header_problems(
                 f"wrong header: missing column(s) {', '.join(missing)}; "
                 f"expected {', '.join(required)}",
                 line=1,
-                value=",".join(header),
+                value=shown(",".join(header)),
             )
         )
-    known = (*required, *optional)
+    more = 0
     for name in dict.fromkeys(header):
-        if name not in known:
+        wrong = name not in known or header.count(name) > 1
+        if wrong and len(problems) >= max_listed:
+            more += 1
+        elif name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
             problems.append(Problem(f"unknown column; {hint}", line=1, column=str(shown(name))))
-        elif header.count(name) > 1:
+        elif wrong:
             problems.append(Problem("column appears more than once", line=1, column=name))
-    return problems
+    return problems, more
+
+
+def _no_header(header: list[str], required: tuple[str, ...]) -> str:
+    """The problem of a first line that names no known column: what a header must hold,
+    and why this one may not have been read as one (a separator other than the comma)."""
+    first = ",".join(header)
+    separator = next((name for sign, name in _SEPARATORS if sign in first), None)
+    why = (
+        f"; it looks {separator}-separated (a spreadsheet's regional CSV): "
+        "save it as comma-separated UTF-8"
+        if separator
+        else "; a file without its header line, or of another kind or format? "
+        "(its fields are not shown: they may be data)"
+    )
+    return (
+        f"wrong header: missing column(s) {', '.join(required)}: "
+        f"the first line names none of the known columns{why}"
+    )
+
+
+_SEPARATORS = ((";", "semicolon"), ("\t", "tab"), ("|", "pipe"))
 
 
 def read_rows(
-    path: Path, required: tuple[str, ...], handle: IO[str], optional: tuple[str, ...] = ()
+    path: Path,
+    required: tuple[str, ...],
+    handle: IO[str],
+    optional: tuple[str, ...] = (),
+    max_listed: int = 20,
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line number, row)`` of each record (:class:`Records`)."""
-    records = Records(path, required, handle, optional)
+    records = Records(path, required, handle, optional, max_listed)
     for line, record in records:
         yield line, records.row(record)
 
@@ -610,7 +662,8 @@ class Timestamps:
         except ValueError:
             expected = self.fmt or "ISO 8601, e.g. 2011-12-09T12:50:00+00:00"
             raise RowProblem(column, f"is not a date-time ({expected})", raw) from None
-        if value.tzinfo is None:
+        wall = value if value.tzinfo is None else None
+        if wall is not None:
             value = value.replace(tzinfo=self.zone)
         try:
             utc = value.astimezone(UTC)
@@ -622,6 +675,8 @@ class Timestamps:
                 f"is out of range (in UTC it falls outside the years {YEAR_MIN}–{YEAR_MAX})",
                 raw,
             )
+        if wall is not None and utc.astimezone(self.zone).replace(tzinfo=None) != wall:
+            raise RowProblem(column, self._skipped(), raw)
         late = None if self.now is None else future_problem(utc, self.now)
         if late and self.now is not None:
             raise RowProblem(
@@ -630,6 +685,17 @@ class Timestamps:
                 raw,
             )
         return utc
+
+    def _skipped(self) -> str:
+        """The problem of a wall time the clocks skip in the zone it is read in: it names
+        no instant (it was read as one an hour away, in silence). A file of such times is
+        likely in another zone (a UTC export without offsets). A wall time that happens
+        twice (the clocks go back) is its first: a file cannot be asked which it meant."""
+        zone = getattr(self.zone, "key", None) or str(self.zone)
+        return (
+            f"does not exist in {zone} (the clocks go forward over it): is the file in "
+            "another time zone? give the offset"
+        )
 
     def _naive(self, raw: str) -> datetime:
         """The field as a datetime (ISO 8601, or ``fmt``). ``2010-12-01 08:26:00`` in the
