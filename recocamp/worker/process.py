@@ -465,7 +465,14 @@ class Worker:
             self.resume_unfinished()
         if self.reload_requested.is_set() or self._files_changed():
             self.reload_requested.clear()
-            self.reload()
+            try:
+                self.reload()
+            except Exception:
+                # the files were taken as checked, the schedule not (the store refused it:
+                # locked past its busy timeout, a full disk); nothing would look at them
+                # again until the next edit, the schedule stale meanwhile: next round
+                self.reload_requested.set()
+                raise
 
     def _files_changed(self) -> bool:
         if time.monotonic() - self._reload_checked < self.settings.worker.reload_check_s:

@@ -1480,3 +1480,38 @@ def test_a_resumed_run_keeps_its_day_when_the_campaign_zone_changed_meanwhile(
     assert [(r.resumed_from, r.run_key, r.status) for r in resumed] == [(dead, key, "ok")]
     assert sorted(recipients) == sorted(f"w{n}" for n in range(CUSTOMERS))
     assert fake.stats()["received"] == CUSTOMERS
+
+
+def test_a_reload_the_store_refused_is_taken_at_the_next_round(
+    tmp_path: Path, secrets: None
+) -> None:
+    """A reload whose schedule the store refused to save (SQLite locked past its busy
+    timeout by a long import, a full disk) had already taken the files as checked: the
+    change was never looked at again, so a changed cron kept its old time (and a new
+    campaign stayed out of the schedule) until another edit or a restart. It is tried again
+    at the next round."""
+    shop = sqlite_shop(tmp_path, reload_check_s=3600)
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert process.leader_since is not None
+        path = shop / "campaigns" / "everyone.toml"
+        path.write_text(path.read_text().replace('"0 9 * * THU"', '"0 10 * * FRI"'))
+        with process.engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "CREATE TRIGGER refused BEFORE DELETE ON apscheduler_jobs "
+                    "BEGIN SELECT RAISE(ABORT, 'database is locked'); END"
+                )
+            )
+        process.reload_requested.set()  # SIGHUP: the change is taken now
+        with pytest.raises(sa.exc.SQLAlchemyError, match="database is locked"):
+            process.tick()
+        with process.engine.begin() as connection:
+            connection.execute(sa.text("DROP TRIGGER refused"))
+        process.tick()  # the next round: no SIGHUP, no further change
+        assert "day_of_week='fri'" in _cron(process, "campaign:everyone")
+    finally:
+        process.shutdown()
+        process.engine.dispose()
