@@ -68,6 +68,7 @@ from recocamp.worker import jobs, leadership, scheduler
 log = logging.getLogger(__name__)
 CHECK_JOB = "check"  # the runs of a load or reload that found broken campaign files
 RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is tried again then
+ORPHANED = "its worker stopped or died before it ended"
 UNRECORDED_END = "its end could not be recorded (the database was away): run again for its instant"
 _current: Worker | None = None  # the worker of this process, for dispatch()
 
@@ -463,6 +464,7 @@ class Worker:
         if self.leader_since is not None:
             self.scheduler.wakeup()  # notice jobs triggered from outside (`runs trigger`)
             self.resume_unfinished()
+            self.end_orphaned_runs()
         if self.reload_requested.is_set() or self._files_changed():
             self.reload_requested.clear()
             try:
@@ -549,6 +551,24 @@ class Worker:
             )
             self._run_soon(row.job, f"resume:{row.id}", row.as_of, row.id)
         return len(found) + self._retry_unrecorded(now)
+
+    def end_orphaned_runs(self) -> int:
+        """Record ``interrupted`` the runs a dead worker left ``running`` that no resume
+        takes (a training, an import, a snapshot, a campaign run past ``resume_window_s``):
+        killed under them (SIGKILL, the OOM killer in a training, its host gone), they
+        showed ``running`` in ``runs list`` for ever. Read first: most rounds find none, and
+        the loop writes nothing then. Returns how many were ended."""
+        now = self.clock.now()
+        dead_before = now - timedelta(seconds=5 * self.settings.worker.leader_poll_s)
+        with self.engine.connect() as connection:
+            found = runs.orphaned_runs(connection, dead_before=dead_before, worker=self.id)
+        if not found:
+            return 0
+        with self.engine.begin() as connection:
+            for run_id in found:
+                runs.mark_interrupted(connection, run_id, now, ORPHANED)
+        log.warning("%d run(s) of stopped or dead workers recorded interrupted", len(found))
+        return len(found)
 
     def _retry_unrecorded(self, now: datetime) -> int:
         """Start again the campaign runs whose start the store refused ``RETRY_FAILED_S``

@@ -339,7 +339,8 @@ def test_an_unfinished_campaign_run_is_resumed_with_its_own_instant(
     resumed = next(r for r in rows.values() if r.resumed_from == dead)
     assert rows[dead].status == "interrupted" and resumed.status == "ok"
     assert resumed.run_key == key and resumed.as_of == decided_at
-    assert rows[old].status == "running"  # too old to resume (resume_window_s): left alone
+    assert rows[old].status == "interrupted"  # not left running for ever, but too old to
+    assert not any(r.resumed_from == old for r in rows.values())  # resume (resume_window_s)
     assert fake.stats() == {
         "received": 60,
         "unique_send_keys": 60,
@@ -1515,3 +1516,39 @@ def test_a_reload_the_store_refused_is_taken_at_the_next_round(
     finally:
         process.shutdown()
         process.engine.dispose()
+
+
+def test_the_runs_of_a_killed_worker_are_not_left_running_for_ever(
+    tmp_path: Path, secrets: None
+) -> None:
+    """A worker killed mid-run (SIGKILL, the kernel's OOM killer during a training, its host
+    gone) left its training, import or snapshot ``running`` in ``runs list`` for ever, and a
+    campaign run too old to resume as well: only campaign runs young enough to resume were
+    looked at. The scheduling worker records them ``interrupted``; a live worker's run and a
+    campaign run still to resume are not its business."""
+    process, clock = clocked_worker(tmp_path)
+    now = clock.now()
+    with process.engine.begin() as connection:
+        runs.heartbeat(connection, "elsewhere:2:alive", now, None)
+        training = runs.start(connection, "train", "elsewhere:1:dead", now - timedelta(days=3))
+        old = runs.start(
+            connection,
+            "campaign:everyone",
+            "elsewhere:1:dead",
+            now - timedelta(days=2),
+            as_of=now - timedelta(days=2),
+        )
+        alive = runs.start(connection, "kpi_snapshot", "elsewhere:2:alive", now)
+    process.start(loop=False)
+    try:
+        process.scheduler.pause()  # nothing of the schedule runs meanwhile
+        process.tick()
+    finally:
+        process.shutdown()
+    with process.engine.connect() as connection:
+        found = {row.id: row for row in runs.recent(connection, limit=100)}
+    assert found[training].status == found[old].status == "interrupted"
+    assert "its worker stopped or died" in (found[training].error or "")
+    assert found[training].finished_at == now
+    assert found[alive].status == "running"
+    assert not any(row.resumed_from == old for row in found.values())  # too old to resume
