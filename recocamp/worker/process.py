@@ -111,7 +111,8 @@ class Worker:
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
         self.stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGINT)
         self.lost: str | None = None  # why it stopped by itself (see Leadership.gone)
-        self._running: dict[str, int] = {}  # job → its run's id while it runs (see abandon)
+        # job → its run's id (None: a quiet job's, not recorded yet) and start while it runs
+        self._running: dict[str, tuple[int | None, datetime]] = {}  # (see abandon)
         self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
         self._loop_thread: threading.Thread | None = None
         self._heartbeat_thread: threading.Thread | None = None
@@ -349,8 +350,7 @@ class Worker:
             if campaign is not None:
                 self._unrecorded_run(spec.id, as_of, resumed_from)
             raise
-        if run_id is not None:
-            self._running[spec.id] = run_id
+        self._running[spec.id] = (run_id, begun)
         started = time.perf_counter()
         status, error = "ok", None
         counts: dict[str, Any] = {}
@@ -677,10 +677,14 @@ class Worker:
         """The process exits now with runs still going (a training past the shutdown
         timeout): they are recorded ``interrupted`` with ``why``, not left ``running`` for
         ever, and the worker stopped. A campaign run so marked is resumed by the next
-        scheduling worker (``unfinished_campaign_runs``), as one whose worker vanished."""
+        scheduling worker (``unfinished_campaign_runs``), as one whose worker vanished. A
+        quiet job's run (an import: recorded when it ends, an idle poll leaves no history)
+        is recorded here, else it left no trace at all."""
         now = self.clock.now()
         with self.engine.begin() as connection:
-            for run_id in list(self._running.values()):
+            for job, (run_id, begun) in list(self._running.items()):
+                if run_id is None:
+                    run_id = runs.start(connection, job, self.id, begun)
                 runs.mark_interrupted(connection, run_id, now, why)
             runs.stopped(connection, self.id, now)
 

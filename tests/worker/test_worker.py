@@ -1552,3 +1552,34 @@ def test_the_runs_of_a_killed_worker_are_not_left_running_for_ever(
     assert found[training].finished_at == now
     assert found[alive].status == "running"
     assert not any(row.resumed_from == old for row in found.values())  # too old to resume
+
+
+def test_an_import_past_the_shutdown_timeout_is_recorded_interrupted_too(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import records its run only when it ends (an idle poll of the drop folder leaves
+    no history), so one still running when the worker had to exit 3 left no trace at all:
+    ``runs list`` showed no import, where a training is recorded ``interrupted``."""
+    from recocamp.worker import jobs as worker_jobs
+
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(*_args: object) -> dict[str, object]:
+        entered.set()
+        release.wait(30)
+        return {}
+
+    monkeypatch.setitem(worker_jobs.JOBS, "import", stuck)
+    process = worker_for(sqlite_shop(tmp_path, shutdown_timeout_s=0.5))
+    process.start(loop=False)
+    try:
+        process.tick()  # leader
+        process.scheduler.add_job(process.run, args=["import"], jobstore=scheduler.LOCAL)
+        assert entered.wait(30)
+        assert process.shutdown() is False  # the caller exits 3 now
+        with process.engine.connect() as connection:
+            [imported] = runs.recent(connection, "import")
+        assert imported.status == "interrupted" and "shutdown" in (imported.error or "")
+    finally:
+        release.set()
+        process.leadership.release()  # the process would have exited, closing the lock file
