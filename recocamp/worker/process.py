@@ -810,6 +810,13 @@ class Worker:
             for j in self.scheduler.get_jobs(jobstore=scheduler.SHARED)
             if j.next_run_time is not None and j.next_run_time <= now
         }
+        # what a stop (cron's ``timeout``) or a crash left unfinished: under cron no other
+        # worker may ever resume it, and the customers after its last chunk got nothing
+        try:
+            self.resume_unfinished()
+        except Exception:  # the database may be away for a moment: the due jobs run anyway
+            log.exception("worker --once: unfinished campaign runs not resumed")
+        due |= {j.id for j in self.scheduler.get_jobs(jobstore=scheduler.LOCAL)}
         self.scheduler.resume()
         try:
             with done:

@@ -1583,3 +1583,26 @@ def test_an_import_past_the_shutdown_timeout_is_recorded_interrupted_too(
     finally:
         release.set()
         process.leadership.release()  # the process would have exited, closing the lock file
+
+
+def test_worker_once_resumes_an_unfinished_campaign_run(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """``worker --once`` under cron: cron's ``timeout`` (SIGTERM) stops a campaign run at its
+    next chunk, recorded ``interrupted`` to be resumed by the next scheduling worker; but
+    ``--once`` ran only the jobs its schedule had due, so where it is the only worker the
+    customers after that chunk never got the day's e-mail. It resumes such runs as the
+    scheduling worker does, with their own instant."""
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    process = worker_for(shop)
+    decided_at = datetime.now(UTC) - timedelta(hours=1)
+    dead, key = dead_run(process, decided_at)
+    with process.engine.begin() as connection:
+        runs.mark_interrupted(connection, dead, decided_at, "SIGTERM")
+    outcomes = process.run_due_once()
+    assert outcomes[f"resume:{dead}"] == "ok", outcomes
+    with process.engine.connect() as connection:
+        [resumed] = [r for r in runs.recent(connection) if r.resumed_from == dead]
+    assert resumed.status == "ok" and resumed.run_key == key and resumed.as_of == decided_at
+    assert fake.stats()["received"] == CUSTOMERS
