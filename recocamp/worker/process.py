@@ -538,7 +538,10 @@ class Worker:
                 dead_before=now - timedelta(seconds=5 * w.leader_poll_s),
                 failed_before=now - timedelta(seconds=RETRY_FAILED_S),
             )
-        found = [row for row in found if row.id not in self._resuming]
+        # this worker's own runs still going are alive, whatever its heartbeat says: stale
+        # for a moment after the machine slept, or while the database held it off
+        mine = {run_id for run_id, _ in list(self._running.values()) if run_id is not None}
+        found = [row for row in found if row.id not in self._resuming and row.id not in mine]
         for row in found:
             self._resuming.add(row.id)
             with self.engine.begin() as connection:

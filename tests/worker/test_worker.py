@@ -1606,3 +1606,33 @@ def test_worker_once_resumes_an_unfinished_campaign_run(
         [resumed] = [r for r in runs.recent(connection) if r.resumed_from == dead]
     assert resumed.status == "ok" and resumed.run_key == key and resumed.as_of == decided_at
     assert fake.stats()["received"] == CUSTOMERS
+
+
+def test_a_run_of_this_worker_is_not_resumed_while_it_runs(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The machine slept under a campaign run (or the database held the heartbeat off for a
+    while): on waking, the worker's own heartbeat is older than ``5 × leader_poll_s`` until
+    its thread writes the next one, and the resume took the worker's own run, still going,
+    for a dead worker's: marked ``interrupted`` mid-run and resumed beside it (skipped as
+    already running, a row and a log line each poll until the run ended)."""
+    from recocamp.worker import jobs as worker_jobs
+
+    process, clock = clocked_worker(tmp_path)
+    seen: list[object] = []
+
+    def slept(*_args: object) -> dict[str, object]:
+        clock.advance(timedelta(minutes=10))  # the machine slept under the run
+        seen.append(process.resume_unfinished())
+        seen.append(scalar(process.engine, "SELECT status FROM runs WHERE job LIKE 'campaign:%'"))
+        return {}
+
+    monkeypatch.setattr(worker_jobs, "run_campaign", slept)
+    process.start(loop=False)
+    try:
+        process.tick()  # the leader, its heartbeat written now
+        assert process.run("campaign:everyone", as_of=clock.now()) == "ok"
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+    assert seen == [0, "running"]
