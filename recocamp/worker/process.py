@@ -817,8 +817,9 @@ class Worker:
         # worker may ever resume it, and the customers after its last chunk got nothing
         try:
             self.resume_unfinished()
+            self.end_orphaned_runs()
         except Exception:  # the database may be away for a moment: the due jobs run anyway
-            log.exception("worker --once: unfinished campaign runs not resumed")
+            log.exception("worker --once: unfinished runs not resumed nor ended")
         due |= {j.id for j in self.scheduler.get_jobs(jobstore=scheduler.LOCAL)}
         self.scheduler.resume()
         try:

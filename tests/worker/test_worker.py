@@ -1636,3 +1636,19 @@ def test_a_run_of_this_worker_is_not_resumed_while_it_runs(
         process.shutdown()
         process.engine.dispose()
     assert seen == [0, "running"]
+
+
+def test_worker_once_ends_the_runs_a_killed_worker_left_running(
+    tmp_path: Path, secrets: None
+) -> None:
+    """Under cron, ``worker --once`` is the only scheduling worker: a training it ran when
+    it was killed (the OOM killer) stayed ``running`` in ``runs list`` for ever."""
+    process = worker_for(sqlite_shop(tmp_path))
+    with process.engine.begin() as connection:
+        training = runs.start(
+            connection, "train", "elsewhere:1:dead", datetime.now(UTC) - timedelta(hours=3)
+        )
+    process.run_due_once()
+    with process.engine.connect() as connection:
+        [row] = [r for r in runs.recent(connection, "train") if r.id == training]
+    assert row.status == "interrupted" and "its worker stopped or died" in (row.error or "")
