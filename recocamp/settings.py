@@ -510,8 +510,10 @@ def cron_trigger(expression: str, timezone: Any = None, **bounds: datetime) -> C
 
 def cron_weekdays(field: str) -> str:
     """A cron weekday field (``1-5``, ``*/2``, ``0,3``, ``5-7``, names) as the comma list of
-    day names it means; a field without numbers is left to APScheduler as it is."""
-    if not any(ch.isdigit() for ch in field):
+    day names it means; ``*`` is left to APScheduler as it is. Names too: APScheduler 3
+    counts Sunday last, so it refused ``SUN-THU`` (a range backwards), which cron reads as
+    Sunday to Thursday."""
+    if field == "*":
         return field
     days: set[int] = set()
     for part in field.split(","):

@@ -131,6 +131,17 @@ def unfinished_campaign_runs(
     return list(connection.execute(query))
 
 
+def orphaned_runs(connection: sa.Connection, *, dead_before: datetime, worker: str) -> list[int]:
+    """Runs still ``running`` on a worker other than ``worker`` that stopped or has sent no
+    heartbeat since ``dead_before``: it was killed under them (SIGKILL, the OOM killer, its
+    host gone) and nothing else would ever end them."""
+    alive = sa.select(workers.c.id).where(_alive(dead_before))
+    query = sa.select(runs.c.id).where(
+        runs.c.status == "running", runs.c.worker != worker, runs.c.worker.not_in(alive)
+    )
+    return list(connection.execute(query.order_by(runs.c.id)).scalars())
+
+
 def run_key_of(connection: sa.Connection, run_id: int) -> str | None:
     """The run key a run was recorded with (a resumed run decides as it)."""
     query = sa.select(runs.c.run_key).where(runs.c.id == run_id)

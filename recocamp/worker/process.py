@@ -68,6 +68,7 @@ from recocamp.worker import jobs, leadership, scheduler
 log = logging.getLogger(__name__)
 CHECK_JOB = "check"  # the runs of a load or reload that found broken campaign files
 RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is tried again then
+ORPHANED = "its worker stopped or died before it ended"
 UNRECORDED_END = "its end could not be recorded (the database was away): run again for its instant"
 _current: Worker | None = None  # the worker of this process, for dispatch()
 
@@ -110,7 +111,8 @@ class Worker:
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
         self.stopped_by: str | None = None  # the signal that stopped it (SIGTERM, SIGINT)
         self.lost: str | None = None  # why it stopped by itself (see Leadership.gone)
-        self._running: dict[str, int] = {}  # job → its run's id while it runs (see abandon)
+        # job → its run's id (None: a quiet job's, not recorded yet) and start while it runs
+        self._running: dict[str, tuple[int | None, datetime]] = {}  # (see abandon)
         self.last: dict[str, tuple[dict[str, Any], str | None]] = {}  # job → counts, error
         self._loop_thread: threading.Thread | None = None
         self._heartbeat_thread: threading.Thread | None = None
@@ -348,8 +350,7 @@ class Worker:
             if campaign is not None:
                 self._unrecorded_run(spec.id, as_of, resumed_from)
             raise
-        if run_id is not None:
-            self._running[spec.id] = run_id
+        self._running[spec.id] = (run_id, begun)
         started = time.perf_counter()
         status, error = "ok", None
         counts: dict[str, Any] = {}
@@ -463,9 +464,17 @@ class Worker:
         if self.leader_since is not None:
             self.scheduler.wakeup()  # notice jobs triggered from outside (`runs trigger`)
             self.resume_unfinished()
+            self.end_orphaned_runs()
         if self.reload_requested.is_set() or self._files_changed():
             self.reload_requested.clear()
-            self.reload()
+            try:
+                self.reload()
+            except Exception:
+                # the files were taken as checked, the schedule not (the store refused it:
+                # locked past its busy timeout, a full disk); nothing would look at them
+                # again until the next edit, the schedule stale meanwhile: next round
+                self.reload_requested.set()
+                raise
 
     def _files_changed(self) -> bool:
         if time.monotonic() - self._reload_checked < self.settings.worker.reload_check_s:
@@ -529,7 +538,10 @@ class Worker:
                 dead_before=now - timedelta(seconds=5 * w.leader_poll_s),
                 failed_before=now - timedelta(seconds=RETRY_FAILED_S),
             )
-        found = [row for row in found if row.id not in self._resuming]
+        # this worker's own runs still going are alive, whatever its heartbeat says: stale
+        # for a moment after the machine slept, or while the database held it off
+        mine = {run_id for run_id, _ in list(self._running.values()) if run_id is not None}
+        found = [row for row in found if row.id not in self._resuming and row.id not in mine]
         for row in found:
             self._resuming.add(row.id)
             with self.engine.begin() as connection:
@@ -542,6 +554,24 @@ class Worker:
             )
             self._run_soon(row.job, f"resume:{row.id}", row.as_of, row.id)
         return len(found) + self._retry_unrecorded(now)
+
+    def end_orphaned_runs(self) -> int:
+        """Record ``interrupted`` the runs a dead worker left ``running`` that no resume
+        takes (a training, an import, a snapshot, a campaign run past ``resume_window_s``):
+        killed under them (SIGKILL, the OOM killer in a training, its host gone), they
+        showed ``running`` in ``runs list`` for ever. Read first: most rounds find none, and
+        the loop writes nothing then. Returns how many were ended."""
+        now = self.clock.now()
+        dead_before = now - timedelta(seconds=5 * self.settings.worker.leader_poll_s)
+        with self.engine.connect() as connection:
+            found = runs.orphaned_runs(connection, dead_before=dead_before, worker=self.id)
+        if not found:
+            return 0
+        with self.engine.begin() as connection:
+            for run_id in found:
+                runs.mark_interrupted(connection, run_id, now, ORPHANED)
+        log.warning("%d run(s) of stopped or dead workers recorded interrupted", len(found))
+        return len(found)
 
     def _retry_unrecorded(self, now: datetime) -> int:
         """Start again the campaign runs whose start the store refused ``RETRY_FAILED_S``
@@ -650,10 +680,14 @@ class Worker:
         """The process exits now with runs still going (a training past the shutdown
         timeout): they are recorded ``interrupted`` with ``why``, not left ``running`` for
         ever, and the worker stopped. A campaign run so marked is resumed by the next
-        scheduling worker (``unfinished_campaign_runs``), as one whose worker vanished."""
+        scheduling worker (``unfinished_campaign_runs``), as one whose worker vanished. A
+        quiet job's run (an import: recorded when it ends, an idle poll leaves no history)
+        is recorded here, else it left no trace at all."""
         now = self.clock.now()
         with self.engine.begin() as connection:
-            for run_id in list(self._running.values()):
+            for job, (run_id, begun) in list(self._running.items()):
+                if run_id is None:
+                    run_id = runs.start(connection, job, self.id, begun)
                 runs.mark_interrupted(connection, run_id, now, why)
             runs.stopped(connection, self.id, now)
 
@@ -779,6 +813,14 @@ class Worker:
             for j in self.scheduler.get_jobs(jobstore=scheduler.SHARED)
             if j.next_run_time is not None and j.next_run_time <= now
         }
+        # what a stop (cron's ``timeout``) or a crash left unfinished: under cron no other
+        # worker may ever resume it, and the customers after its last chunk got nothing
+        try:
+            self.resume_unfinished()
+            self.end_orphaned_runs()
+        except Exception:  # the database may be away for a moment: the due jobs run anyway
+            log.exception("worker --once: unfinished runs not resumed nor ended")
+        due |= {j.id for j in self.scheduler.get_jobs(jobstore=scheduler.LOCAL)}
         self.scheduler.resume()
         try:
             with done:

@@ -223,6 +223,9 @@ def test_once_skips_a_run_missed_by_more_than_the_grace_time(
         ("0 9 * * */2", ["Sun", "Tue", "Thu", "Sat", "Sun"]),
         ("0 9 * * 0,3", ["Sun", "Wed", "Sun"]),
         ("0 9 * * MON-FRI", ["Mon", "Tue", "Wed", "Thu", "Fri", "Mon"]),
+        # a range of names from Sunday, as cron writes it (APScheduler 3 counts Sunday last)
+        ("0 9 * * SUN-THU", ["Sun", "Mon", "Tue", "Wed", "Thu", "Sun"]),
+        ("0 9 * * sun-tue,fri", ["Sun", "Mon", "Tue", "Fri", "Sun"]),
     ],
 )
 def test_a_numeric_weekday_means_what_it_means_in_cron(

@@ -339,7 +339,8 @@ def test_an_unfinished_campaign_run_is_resumed_with_its_own_instant(
     resumed = next(r for r in rows.values() if r.resumed_from == dead)
     assert rows[dead].status == "interrupted" and resumed.status == "ok"
     assert resumed.run_key == key and resumed.as_of == decided_at
-    assert rows[old].status == "running"  # too old to resume (resume_window_s): left alone
+    assert rows[old].status == "interrupted"  # not left running for ever, but too old to
+    assert not any(r.resumed_from == old for r in rows.values())  # resume (resume_window_s)
     assert fake.stats() == {
         "received": 60,
         "unique_send_keys": 60,
@@ -1480,3 +1481,174 @@ def test_a_resumed_run_keeps_its_day_when_the_campaign_zone_changed_meanwhile(
     assert [(r.resumed_from, r.run_key, r.status) for r in resumed] == [(dead, key, "ok")]
     assert sorted(recipients) == sorted(f"w{n}" for n in range(CUSTOMERS))
     assert fake.stats()["received"] == CUSTOMERS
+
+
+def test_a_reload_the_store_refused_is_taken_at_the_next_round(
+    tmp_path: Path, secrets: None
+) -> None:
+    """A reload whose schedule the store refused to save (SQLite locked past its busy
+    timeout by a long import, a full disk) had already taken the files as checked: the
+    change was never looked at again, so a changed cron kept its old time (and a new
+    campaign stayed out of the schedule) until another edit or a restart. It is tried again
+    at the next round."""
+    shop = sqlite_shop(tmp_path, reload_check_s=3600)
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()
+        assert process.leader_since is not None
+        path = shop / "campaigns" / "everyone.toml"
+        path.write_text(path.read_text().replace('"0 9 * * THU"', '"0 10 * * FRI"'))
+        with process.engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "CREATE TRIGGER refused BEFORE DELETE ON apscheduler_jobs "
+                    "BEGIN SELECT RAISE(ABORT, 'database is locked'); END"
+                )
+            )
+        process.reload_requested.set()  # SIGHUP: the change is taken now
+        with pytest.raises(sa.exc.SQLAlchemyError, match="database is locked"):
+            process.tick()
+        with process.engine.begin() as connection:
+            connection.execute(sa.text("DROP TRIGGER refused"))
+        process.tick()  # the next round: no SIGHUP, no further change
+        assert "day_of_week='fri'" in _cron(process, "campaign:everyone")
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+
+
+def test_the_runs_of_a_killed_worker_are_not_left_running_for_ever(
+    tmp_path: Path, secrets: None
+) -> None:
+    """A worker killed mid-run (SIGKILL, the kernel's OOM killer during a training, its host
+    gone) left its training, import or snapshot ``running`` in ``runs list`` for ever, and a
+    campaign run too old to resume as well: only campaign runs young enough to resume were
+    looked at. The scheduling worker records them ``interrupted``; a live worker's run and a
+    campaign run still to resume are not its business."""
+    process, clock = clocked_worker(tmp_path)
+    now = clock.now()
+    with process.engine.begin() as connection:
+        runs.heartbeat(connection, "elsewhere:2:alive", now, None)
+        training = runs.start(connection, "train", "elsewhere:1:dead", now - timedelta(days=3))
+        old = runs.start(
+            connection,
+            "campaign:everyone",
+            "elsewhere:1:dead",
+            now - timedelta(days=2),
+            as_of=now - timedelta(days=2),
+        )
+        alive = runs.start(connection, "kpi_snapshot", "elsewhere:2:alive", now)
+    process.start(loop=False)
+    try:
+        process.scheduler.pause()  # nothing of the schedule runs meanwhile
+        process.tick()
+    finally:
+        process.shutdown()
+    with process.engine.connect() as connection:
+        found = {row.id: row for row in runs.recent(connection, limit=100)}
+    assert found[training].status == found[old].status == "interrupted"
+    assert "its worker stopped or died" in (found[training].error or "")
+    assert found[training].finished_at == now
+    assert found[alive].status == "running"
+    assert not any(row.resumed_from == old for row in found.values())  # too old to resume
+
+
+def test_an_import_past_the_shutdown_timeout_is_recorded_interrupted_too(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import records its run only when it ends (an idle poll of the drop folder leaves
+    no history), so one still running when the worker had to exit 3 left no trace at all:
+    ``runs list`` showed no import, where a training is recorded ``interrupted``."""
+    from recocamp.worker import jobs as worker_jobs
+
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(*_args: object) -> dict[str, object]:
+        entered.set()
+        release.wait(30)
+        return {}
+
+    monkeypatch.setitem(worker_jobs.JOBS, "import", stuck)
+    process = worker_for(sqlite_shop(tmp_path, shutdown_timeout_s=0.5))
+    process.start(loop=False)
+    try:
+        process.tick()  # leader
+        process.scheduler.add_job(process.run, args=["import"], jobstore=scheduler.LOCAL)
+        assert entered.wait(30)
+        assert process.shutdown() is False  # the caller exits 3 now
+        with process.engine.connect() as connection:
+            [imported] = runs.recent(connection, "import")
+        assert imported.status == "interrupted" and "shutdown" in (imported.error or "")
+    finally:
+        release.set()
+        process.leadership.release()  # the process would have exited, closing the lock file
+
+
+def test_worker_once_resumes_an_unfinished_campaign_run(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """``worker --once`` under cron: cron's ``timeout`` (SIGTERM) stops a campaign run at its
+    next chunk, recorded ``interrupted`` to be resumed by the next scheduling worker; but
+    ``--once`` ran only the jobs its schedule had due, so where it is the only worker the
+    customers after that chunk never got the day's e-mail. It resumes such runs as the
+    scheduling worker does, with their own instant."""
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    process = worker_for(shop)
+    decided_at = datetime.now(UTC) - timedelta(hours=1)
+    dead, key = dead_run(process, decided_at)
+    with process.engine.begin() as connection:
+        runs.mark_interrupted(connection, dead, decided_at, "SIGTERM")
+    outcomes = process.run_due_once()
+    assert outcomes[f"resume:{dead}"] == "ok", outcomes
+    with process.engine.connect() as connection:
+        [resumed] = [r for r in runs.recent(connection) if r.resumed_from == dead]
+    assert resumed.status == "ok" and resumed.run_key == key and resumed.as_of == decided_at
+    assert fake.stats()["received"] == CUSTOMERS
+
+
+def test_a_run_of_this_worker_is_not_resumed_while_it_runs(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The machine slept under a campaign run (or the database held the heartbeat off for a
+    while): on waking, the worker's own heartbeat is older than ``5 × leader_poll_s`` until
+    its thread writes the next one, and the resume took the worker's own run, still going,
+    for a dead worker's: marked ``interrupted`` mid-run and resumed beside it (skipped as
+    already running, a row and a log line each poll until the run ended)."""
+    from recocamp.worker import jobs as worker_jobs
+
+    process, clock = clocked_worker(tmp_path)
+    seen: list[object] = []
+
+    def slept(*_args: object) -> dict[str, object]:
+        clock.advance(timedelta(minutes=10))  # the machine slept under the run
+        seen.append(process.resume_unfinished())
+        seen.append(scalar(process.engine, "SELECT status FROM runs WHERE job LIKE 'campaign:%'"))
+        return {}
+
+    monkeypatch.setattr(worker_jobs, "run_campaign", slept)
+    process.start(loop=False)
+    try:
+        process.tick()  # the leader, its heartbeat written now
+        assert process.run("campaign:everyone", as_of=clock.now()) == "ok"
+    finally:
+        process.shutdown()
+        process.engine.dispose()
+    assert seen == [0, "running"]
+
+
+def test_worker_once_ends_the_runs_a_killed_worker_left_running(
+    tmp_path: Path, secrets: None
+) -> None:
+    """Under cron, ``worker --once`` is the only scheduling worker: a training it ran when
+    it was killed (the OOM killer) stayed ``running`` in ``runs list`` for ever."""
+    process = worker_for(sqlite_shop(tmp_path))
+    with process.engine.begin() as connection:
+        training = runs.start(
+            connection, "train", "elsewhere:1:dead", datetime.now(UTC) - timedelta(hours=3)
+        )
+    process.run_due_once()
+    with process.engine.connect() as connection:
+        [row] = [r for r in runs.recent(connection, "train") if r.id == training]
+    assert row.status == "interrupted" and "its worker stopped or died" in (row.error or "")
