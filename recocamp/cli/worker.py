@@ -41,7 +41,7 @@ from recocamp.cli.common import (
 from recocamp.cli.demo import demo_settings, demo_shop
 from recocamp.clock import FixedClock
 from recocamp.delivery.esp import check_provider
-from recocamp.errors import ConfigError
+from recocamp.errors import ConfigError, mask_addresses
 from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
 from recocamp.store import queries, runs
@@ -237,15 +237,21 @@ def _history(engine: Engine, settings: Settings, now: datetime) -> None:
 
 
 def _show(process: Worker, at: datetime, job: str, status: str) -> None:
+    line = job_line(process, at, job, status)
+    if line is not None:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def job_line(process: Worker, at: datetime, job: str, status: str) -> str | None:
+    """The demo's line for a job that ran (None for an idle poll). A job's error is the
+    exception's text, which may quote an address (a provider's answer, a file's value) or
+    brackets rich would read as markup: masked, and printed as it is."""
     counts, error = process.last.pop(job, ({}, None))
     if not counts and not error and status in ("ok", "skipped"):
-        return  # an idle poll
+        return None  # an idle poll
     when = at.astimezone(process.settings.shop.zone)
-    console.print(
-        f"{when:%a %d %b %H:%M}  {job:<20} {status:<8} {error or _counts_text(counts)}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    said = mask_addresses(error) if error else _counts_text(counts)
+    return f"{when:%a %d %b %H:%M}  {job:<20} {status:<8} {said}"
 
 
 def _serve_metrics(host: str, port: int) -> None:
