@@ -111,11 +111,11 @@ def forecast_command(
 
 def _print_stored(format: Output, limit: int) -> None:
     with errors_to_exit(), engine_for(current_settings()).connect() as connection:
-        version = forecast_store.current_version(connection)
-        rows = forecast_store.stored_forecasts(connection) if version else []
-    if version is None:
+        stored = forecast_store.current_with_rows(connection)
+    if stored is None:
         print_error("no forecast stored yet: the worker's train job stores one")
         raise typer.Exit(1)
+    version, rows = stored
     day = forecasting.day_number(version.as_of)
     customers = rows
     if format is Output.json:

@@ -281,15 +281,15 @@ def forecasts(engine: Engine, settings: Settings, as_of: datetime) -> report.For
             for t in forecast_store.tier_history(connection)
             if local_midnight(t.as_of, zone) <= as_of
         ]
-        current = forecast_store.current_version(connection)
-        if current is None or local_midnight(current.as_of, zone) > as_of:
-            rows, orders = [], []
-        else:
-            rows = forecast_store.stored_forecasts(connection)
-            orders = queries.order_totals(connection, EPOCH, local_midnight(current.as_of, zone))
+        stored = forecast_store.current_with_rows(connection)  # the version's own rows
+        if stored is not None and local_midnight(stored[0].as_of, zone) > as_of:
+            stored = None  # made after the day asked for
+        before = None if stored is None else local_midnight(stored[0].as_of, zone)
+        orders = [] if before is None else queries.order_totals(connection, EPOCH, before)
     section = report.ForecastSection(tiers=tiers, closed=_closed(engine, settings, tiers, as_of))
-    if not rows or current is None:
+    if stored is None or not stored[1]:
         return section
+    current, rows = stored
     at = local_midnight(current.as_of, zone)
     totals = sorted((OrderTotal(*row) for row in orders), key=lambda order: order.ordered_at)
     segments = {c: score.segment for c, score in _SegmentTracker(totals).scores(at).items()}

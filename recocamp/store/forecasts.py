@@ -261,6 +261,22 @@ def rows_of(connection: sa.Connection, version: ForecastVersion) -> list[Custome
     return rows
 
 
+def current_with_rows(
+    connection: sa.Connection,
+) -> tuple[ForecastVersion, list[CustomerForecast]] | None:
+    """The stored forecast's version and its own rows (:func:`rows_of`; read again where a
+    newer one was stored between the two reads), or None: ``forecast --stored`` and the
+    report read the version and then every row, so a forecast stored in between showed its
+    rows under the one before's model, ``as_of`` and horizon."""
+    version = current_version(connection)
+    while version is not None:
+        rows = rows_of(connection, version)
+        if rows is not None:
+            return version, rows
+        version = current_version(connection)
+    return None
+
+
 def stored_forecasts(connection: sa.Connection) -> list[CustomerForecast]:
     """Every row of the stored forecast, in customer-id order."""
     f = forecasts.c
