@@ -159,7 +159,7 @@ def stage(
     chunks = iter(lists)
     while batch := list(itertools.islice(chunks, rows)):
         with engine.begin() as connection:
-            sql, row_of = _cache_upsert(connection)
+            sql, row_of = _cache_insert(connection, replacing=True)
             connection.exec_driver_sql(sql, [_row(row_of, version, entry) for entry in batch])
         written += len(batch)
     return written
@@ -291,10 +291,6 @@ def _drop_erased_since_training(connection: sa.Connection, version: str) -> None
         .exists()
     )
     connection.execute(sa.delete(recommendations).where(~has_orders))
-
-
-def _cache_upsert(connection: sa.Connection) -> tuple[str, Callable[[tuple[str, ...]], Any]]:
-    return _cache_insert(connection, replacing=True)
 
 
 def _count(connection: sa.Connection, version: str) -> int:
