@@ -16,7 +16,7 @@ diagnostic that fits the blend's logistic on the test window itself: the most an
 of the kept signals can give under that loss.
 
 ``--round 4`` (the default) reads what the training lines leave out: each line's quantity and
-unit price (``queries.training_line_amounts``, aligned with the lines) and the catalogue's
+unit price (``training_lines.training_line_amounts``, aligned with the lines) and the catalogue's
 titles, for quantity and spend signals, title (TF-IDF) similarity to the customer's items,
 presence in the last baskets (ReCANet), a small network instead of the logistic, and the
 title similarity added to the discovery score (its weight, then the boost, chosen on the
@@ -55,7 +55,7 @@ from recocamp.recommender.matrix import DAY, Lines, TrainingData
 from recocamp.recommender.ranking import normalised
 from recocamp.recommender.training import load_lines
 from recocamp.settings import RecommenderSettings
-from recocamp.store import queries
+from recocamp.store import queries, training_lines
 from recocamp.store.engine import make_engine
 
 CUTOFFS = ("2011-06-01", "2011-09-01")
@@ -232,7 +232,7 @@ def recent_buyers(days: float) -> Callable[..., np.ndarray]:
 @dataclasses.dataclass
 class Extra:
     """What the store holds beyond the training lines: each line's quantity and unit price
-    (aligned with the lines, ``queries.training_line_amounts``) and each item's title."""
+    (aligned with the lines, ``training_lines.training_line_amounts``) and each item's title."""
 
     quantity: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     price: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
@@ -1095,7 +1095,7 @@ def main() -> None:
     engine = make_engine(args.database_url)
     lines = load_lines(engine)
     with engine.connect() as connection:
-        EXTRA.quantity, EXTRA.price = queries.training_line_amounts(connection)
+        EXTRA.quantity, EXTRA.price = training_lines.training_line_amounts(connection)
         EXTRA.titles = queries.item_titles(connection, [str(i) for i in lines.item_ids])
     engine.dispose()
     assert len(EXTRA.quantity) == len(lines), "amounts must align with the lines"

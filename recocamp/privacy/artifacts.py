@@ -3,7 +3,7 @@
 candidate, rollback target, retired — since a trained model holding a customer's factors and
 purchase row is a profile of them. One scrub for both (``models.drop_customers``: the ids,
 their rows of the training matrices, their user factors); the next training learns from none
-of it either way (``store.queries.training_lines`` leaves them out).
+of it either way (``store.training_lines.training_lines`` leaves them out).
 
 A model that should have artifacts (``registry.kept_artifact_paths``: candidate, live,
 rollback target) but whose ``model.npz`` is missing or cannot be read cannot be cleaned: it

@@ -2,7 +2,7 @@
 
 ``train`` runs the whole cycle for the configured model:
 
-1. load the learnable purchase lines before ``as_of`` (``store.queries``: numbered by SQLite,
+1. load the learnable purchase lines before ``as_of`` (``store.training_lines``: numbered by SQLite,
    streamed from PostgreSQL);
 2. skip when a model with the same data fingerprint and parameters exists;
 3. on the time split ``cutoff = as_of − horizon``: tune the hybrid on a validation split
@@ -51,7 +51,7 @@ from recocamp.recommender.models import Hybrid, HybridWeights
 from recocamp.recommender.ranking import Recommender
 from recocamp.settings import RecommenderSettings
 from recocamp.store import privacy as privacy_store
-from recocamp.store import profiles, queries, registry
+from recocamp.store import profiles, registry, training_lines
 from recocamp.store import serving as serving_store
 from recocamp.store.engine import Connection, Engine
 
@@ -75,9 +75,9 @@ def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
     """Learnable purchase lines as integer-coded arrays. Service items are excluded by the
     catalogue's ``is_service`` flag (the online-retail import sets it from the UCI code rule;
     other shops say so in items.csv). SQLite numbers the ids itself
-    (``queries.numbered_training_lines``); PostgreSQL's lines are encoded while streaming."""
+    (``training_lines.numbered_training_lines``); PostgreSQL's lines are encoded while streaming."""
     with engine.connect() as connection:
-        numbered = queries.numbered_training_lines(connection, until)
+        numbered = training_lines.numbered_training_lines(connection, until)
         if numbered is None:
             return encoded_while_reading(connection, until)
     customer, customer_ids = in_id_order(numbered.customer, numbered.customer_ids)
@@ -110,13 +110,13 @@ def first_seen(numbers: np.ndarray) -> np.ndarray:
 
 
 def encoded_while_reading(connection: Connection, until: datetime | None) -> Lines:
-    """The lines of ``queries.training_lines``, encoded while streaming. The cycle
+    """The lines of ``training_lines.training_lines``, encoded while streaming. The cycle
     collector pauses meanwhile: the id dictionaries grow to millions of strings and each
     full pass over them would cost more as they grow (a quarter of the read)."""
     customers, items, orders = _Codes(), _Codes(), _Codes()
     at: list[np.ndarray] = []
     with _no_cycle_collection():
-        for part in queries.training_lines(connection, until):
+        for part in training_lines.training_lines(connection, until):
             customers.add(part.customer)
             items.add(part.item)
             orders.add(part.order)
@@ -263,7 +263,7 @@ def _nothing_learnable(engine: Engine, as_of: datetime) -> str:
     """Why no line is learnable: no purchases yet, or every buyer objected to profiling
     (their lines are never learnt from; importing purchases would not help)."""
     with engine.connect() as connection:
-        objectors = queries.unprofiled_buyers(connection, as_of)
+        objectors = training_lines.unprofiled_buyers(connection, as_of)
     if objectors:
         return (
             "no learnable purchase lines before the cutoff: every customer with purchases "

@@ -1,8 +1,8 @@
 """The store: every SQL statement of recocamp, on SQLite or PostgreSQL.
 
 Owns: the schema (:mod:`.schema`), engines and migrations (:mod:`.engine`, ``migrations/``),
-and the statements per area: purchases, customers and the audit log (:mod:`.queries`), a
-purchases file's staged lines during its import (:mod:`.staging`), the
+and the statements per area: purchases, customers and the audit log (:mod:`.queries`), the
+recommender's read of every learnable purchase line (:mod:`.training_lines`), a purchases file's staged lines during its import (:mod:`.staging`), the
 outbox (:mod:`.outbox`), the rows the planner plans with (:mod:`.views`), planner decisions
 (:mod:`.decisions`), customer profiles (:mod:`.profiles`), contact events (:mod:`.contacts`),
 job runs (:mod:`.runs`), the model registry (:mod:`.registry`), measurement (:mod:`.measure`),

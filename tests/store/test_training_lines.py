@@ -1,4 +1,4 @@
-"""The training read (``queries.training_lines``): on SQLite each id range comes back as
+"""The training read (``training_lines.training_lines``): on SQLite each id range comes back as
 joined columns; what it yields must be exactly what the row-by-row read yields, the rows
 the learning rules allow, in line-id order, with bit-identical epochs (a model's data
 fingerprint hashes them)."""
@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from recocamp.domain import Customer, Item, Purchase
-from recocamp.store import queries
+from recocamp.store import queries, training_lines
 from recocamp.store.schema import purchases
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -49,7 +49,9 @@ def _shop(engine: sa.Engine, separator: bool = True) -> list[Purchase]:
     return learnable
 
 
-def _read(parts: list[queries.LineColumns]) -> tuple[list[str], list[str], list[str], np.ndarray]:
+def _read(
+    parts: list[training_lines.LineColumns],
+) -> tuple[list[str], list[str], list[str], np.ndarray]:
     customer = [value for part in parts for value in part.customer]
     item = [value for part in parts for value in part.item]
     order = [value for part in parts for value in part.order]
@@ -61,8 +63,8 @@ def test_joined_ranges_yield_exactly_the_row_by_row_read(engine: sa.Engine) -> N
     until = START + timedelta(days=90)
     with engine.connect() as connection:
         for limit in (None, until):
-            joined = list(queries.training_lines(connection, limit, chunk=16))
-            rows = list(queries.line_rows(connection, limit, chunk=1000))
+            joined = list(training_lines.training_lines(connection, limit, chunk=16))
+            rows = list(training_lines.line_rows(connection, limit, chunk=1000))
             expected = [row for row in learnable if limit is None or row.ordered_at < limit]
             customer, item, order, at = _read(joined)
             if engine.dialect.name == "sqlite":  # PostgreSQL reads row by row, in one chunk
@@ -79,15 +81,15 @@ def test_joined_ranges_yield_exactly_the_row_by_row_read(engine: sa.Engine) -> N
 
 def test_an_empty_store_yields_nothing(engine: sa.Engine) -> None:
     with engine.connect() as connection:
-        assert list(queries.training_lines(connection)) == []
-        numbered = queries.numbered_training_lines(connection)
+        assert list(training_lines.training_lines(connection)) == []
+        numbered = training_lines.numbered_training_lines(connection)
     if engine.dialect.name == "sqlite":
         assert numbered is not None
         assert len(numbered.at) == len(numbered.customer) == len(numbered.order) == 0
         assert numbered.customer_ids == numbered.item_ids == []
 
 
-def _named(numbered: queries.NumberedLines) -> tuple[list[str], list[str], list[int]]:
+def _named(numbered: training_lines.NumberedLines) -> tuple[list[str], list[str], list[int]]:
     """Customer and item ids by line, and each line's order as the number of the first line
     of its order (numbers are arbitrary; which lines share one is the point)."""
     first: dict[int, int] = {}
@@ -101,8 +103,8 @@ def test_numbered_lines_are_the_row_by_row_read_with_ids_as_numbers(engine: sa.E
     until = START + timedelta(days=90)
     with engine.connect() as connection:
         for limit in (None, until):
-            numbered = queries.numbered_training_lines(connection, limit, chunk=16)
-            rows = list(queries.line_rows(connection, limit, chunk=1000))
+            numbered = training_lines.numbered_training_lines(connection, limit, chunk=16)
+            rows = list(training_lines.line_rows(connection, limit, chunk=1000))
             if engine.dialect.name != "sqlite":  # PostgreSQL streams (training_lines)
                 assert numbered is None
                 continue
@@ -120,7 +122,7 @@ def test_an_id_holding_the_separator_leaves_the_read_to_training_lines(
 ) -> None:
     _shop(engine)
     with engine.connect() as connection:
-        assert queries.numbered_training_lines(connection) is None
+        assert training_lines.numbered_training_lines(connection) is None
 
 
 def test_a_grouped_read_over_sqlites_length_limit_leaves_the_read_to_streaming(
@@ -139,10 +141,10 @@ def test_a_grouped_read_over_sqlites_length_limit_leaves_the_read_to_streaming(
         assert isinstance(driver, sqlite3.Connection)
         driver.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 40)
         try:
-            assert queries.numbered_training_lines(connection, chunk=16) is None
+            assert training_lines.numbered_training_lines(connection, chunk=16) is None
         finally:
             driver.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000_000_000)
-        assert queries.numbered_training_lines(connection, chunk=16) is not None
+        assert training_lines.numbered_training_lines(connection, chunk=16) is not None
 
 
 def test_the_numbered_read_sees_one_snapshot(engine: sa.Engine) -> None:
@@ -152,7 +154,7 @@ def test_the_numbered_read_sees_one_snapshot(engine: sa.Engine) -> None:
         pytest.skip("PostgreSQL streams the lines in one statement")
     _shop(engine, separator=False)
     with engine.connect() as connection:
-        before = queries.numbered_training_lines(connection)
+        before = training_lines.numbered_training_lines(connection)
     assert before is not None
     moved: list[bool] = []
 
@@ -169,20 +171,20 @@ def test_the_numbered_read_sees_one_snapshot(engine: sa.Engine) -> None:
     sa.event.listen(engine, "after_cursor_execute", move_a_line)
     try:
         with engine.connect() as connection:
-            during = queries.numbered_training_lines(connection)
+            during = training_lines.numbered_training_lines(connection)
     finally:
         sa.event.remove(engine, "after_cursor_execute", move_a_line)
     assert moved
     assert during is not None and _named(during) == _named(before)
     with engine.connect() as connection:
-        after = queries.numbered_training_lines(connection)
+        after = training_lines.numbered_training_lines(connection)
     assert after is not None and "c-new" in _named(after)[0]
 
 
 def test_columns_aggregated_out_of_id_order_are_put_back_in_it() -> None:
     ids = np.array([7, 3, 5])
     columns = [["c7", "c3", "c5"], ["i7", "i3", "i5"], ["o7", "o3", "o5"]]
-    part = queries.in_id_order(ids, columns, np.array([7.0, 3.0, 5.0]))
+    part = training_lines.in_id_order(ids, columns, np.array([7.0, 3.0, 5.0]))
     assert part.customer == ["c3", "c5", "c7"]
     assert part.item == ["i3", "i5", "i7"]
     assert part.order == ["o3", "o5", "o7"]
@@ -208,8 +210,8 @@ def test_amounts_align_with_the_training_lines_one_for_one(engine: sa.Engine) ->
         )
         queries.insert_purchases(connection, stored, None)
     with engine.connect() as connection:
-        lines = list(queries.training_lines(connection))
-        quantity, price = queries.training_line_amounts(connection)
+        lines = list(training_lines.training_lines(connection))
+        quantity, price = training_lines.training_line_amounts(connection)
     keys = [key for part in lines for key in zip(part.order, part.item, strict=True)]
     learnable = [row for row in stored if row.customer_id and not row.is_return]
     amounts = {(row.order_id, row.item_id): (row.quantity, row.unit_price) for row in learnable}
@@ -233,10 +235,10 @@ def test_a_shop_recording_dates_only_learns_nothing_of_the_cutoff_day(engine: sa
     with engine.connect() as connection:
         for cutoff in midnights[1::7]:
             expected = sorted(p.order_id for p in stored if p.ordered_at < cutoff)
-            read = _read(list(queries.training_lines(connection, cutoff, chunk=16)))
+            read = _read(list(training_lines.training_lines(connection, cutoff, chunk=16)))
             assert sorted(read[2]) == expected, cutoff
             assert read[3].max() == (cutoff - timedelta(days=1)).timestamp()  # exact
-            numbered = queries.numbered_training_lines(connection, cutoff, chunk=16)
+            numbered = training_lines.numbered_training_lines(connection, cutoff, chunk=16)
             if numbered is not None:  # SQLite's fast read
                 assert len(numbered.at) == len(expected), cutoff
 
@@ -245,17 +247,17 @@ def test_statements_read_ahead_in_order_and_hand_their_errors_over(engine: sa.En
     """``read_ahead`` gives each statement's row in order (executed on its own thread), a
     statement's error where its row is taken, and leaves the connection to the caller
     however the block ends: early, or on the error."""
-    numbers: list[queries.Statement] = [(sa.select(sa.literal(n) * 2), {}) for n in range(5)]
-    broken: queries.Statement = (sa.text("SELECT * FROM no_such_table"), {})
+    numbers: list[training_lines.Statement] = [(sa.select(sa.literal(n) * 2), {}) for n in range(5)]
+    broken: training_lines.Statement = (sa.text("SELECT * FROM no_such_table"), {})
     with engine.connect() as connection:
-        with queries.read_ahead(connection, numbers) as rows:
+        with training_lines.read_ahead(connection, numbers) as rows:
             assert [row[0] for row in rows] == [0, 2, 4, 6, 8]
-        with queries.read_ahead(connection, numbers) as rows:  # left after the first row
+        with training_lines.read_ahead(connection, numbers) as rows:  # left after the first row
             assert next(rows)[0] == 0
         assert connection.execute(sa.select(sa.literal(7))).scalar() == 7
         with (
             pytest.raises(sa.exc.DBAPIError),
-            queries.read_ahead(connection, [numbers[1], broken, numbers[2]]) as rows,
+            training_lines.read_ahead(connection, [numbers[1], broken, numbers[2]]) as rows,
         ):
             assert next(rows)[0] == 2
             next(rows)
