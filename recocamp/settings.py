@@ -453,6 +453,8 @@ class ApiSettings(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_000_000, ge=1024, le=100_000_000)  # 100 MB
     rate_limit_per_minute: int = Field(default=6000, ge=1, le=MAX_COUNT)
+    # failed authentications (401) per client address: API keys and webhooks (api.auth)
+    auth_failures_per_minute: int = Field(default=30, ge=1, le=MAX_COUNT)
     cors_origins: tuple[str, ...] = ()
     workers: int = Field(default=1, ge=1, le=64)
     response_cache_entries: int = Field(default=100_000, ge=0, le=10_000_000)  # in memory
