@@ -97,9 +97,19 @@ def _entry_problems(name: str, scopes: list[str], key: str | None = None) -> lis
     return found
 
 
+def _shown(head: str) -> str | None:
+    """The start of a malformed entry (up to its first ``=``) as its problem shows it: only
+    when it could be a name. A key pasted where its entry belongs (``rck_…``, the secret
+    itself) or anything else went to stderr and the supervisor's log with the problem."""
+    if head.startswith(KEY_PREFIX) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", head):
+        return None
+    return head
+
+
 def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
     """The keys of ``RECOCAMP_API_KEYS``; every malformed entry is reported at once (by its
-    position and name: an entry carries no secret, only a hash)."""
+    position and name: a well-formed entry carries no secret, only a hash, and a malformed
+    one is named only where its start could be a name, :func:`_shown`)."""
     keys: list[ApiKey] = []
     problems: list[Problem] = []
     entries: dict[bytes, tuple[str, str]] = {}  # a hash → the entry and name it came with
@@ -111,9 +121,10 @@ def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
         if match is None:
             problems.append(
                 Problem(
-                    "expected NAME=SCOPE[,SCOPE…]=sha256:<64 lowercase hex>",
+                    "expected NAME=SCOPE[,SCOPE…]=sha256:<64 lowercase hex> (the key's "
+                    "sha256, never the key: recocamp api-key new prints the entry)",
                     key=where,
-                    value=entry.split("=", 1)[0],
+                    value=_shown(entry.split("=", 1)[0]),
                 )
             )
             continue
