@@ -168,6 +168,9 @@ def test_a_short_signing_key_or_webhook_secret_is_warned_about_never_shown(
     served = cli_store.invoke(cli, ["serve"])
     assert served.exit_code == 0 and ran, served.output
     assert "signing_key" in served.stderr and "hunter2" not in served.output
+    worker = cli_store.invoke(cli, ["worker", "--once"])  # no ESP token: refused, warned first
+    assert worker.exit_code == 2 and "RECOCAMP_ESP_TOKEN" in worker.stderr, worker.output
+    assert "signing_key" in worker.stderr and "hunter2" not in worker.output
 
     monkeypatch.setenv("RECOCAMP_SIGNING_KEY", NEW)
     monkeypatch.setenv("RECOCAMP_SIGNING_KEYS_RETIRED", "hunter2!")  # it only checks: fine
