@@ -216,7 +216,9 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
         if env_prefix is not None:
             name = _variable(env_prefix, loc)
             from_env = f" (from environment variable {name})" if name else ""
-        value = None if entry["type"] == HIDDEN else entry.get("input")
+        # an unknown key is a typo for another, whose value may be a secret: a token set as
+        # RECOCAMP_ESP__TOKEN (for RECOCAMP_ESP_TOKEN) was printed with the problem
+        value = None if entry["type"] in (HIDDEN, "extra_forbidden") else entry.get("input")
         if entry["type"] == AT:  # a validator that knows a more precise place named it
             loc += tuple(entry["ctx"]["at"].split("."))
             value = entry["ctx"]["value"]

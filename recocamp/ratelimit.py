@@ -11,6 +11,9 @@ seconds' worth, at least one token). Two ways to take a token:
   seconds until one is (nothing taken). The API answers 429 with that as ``Retry-After``.
 
 Each key (an API key's name; the deliverer uses the one default key) has its own bucket.
+:meth:`RateLimiter.due_s` only looks (the API's failed authentications per client address:
+a client that spent its bucket is refused before its credentials are checked), and
+``max_keys`` bounds how many buckets are kept (keys an attacker chooses, such as addresses).
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ class RateLimiter:
         *,
         burst_s: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        max_keys: int | None = None,
     ) -> None:
         self.burst_s, self.sleep, self.monotonic = burst_s, sleep, monotonic
+        self.max_keys = max_keys  # see _bounded
         self.rate, self.capacity = rate, max(1.0, rate * burst_s)
         self.buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, at)
         self.lock = threading.Lock()
@@ -44,10 +49,14 @@ class RateLimiter:
 
     @classmethod
     def per_minute(
-        cls, per_minute: float, *, monotonic: Callable[[], float] = time.monotonic
+        cls,
+        per_minute: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_keys: int | None = None,
     ) -> RateLimiter:
         """The API's limit: ``per_minute`` requests a minute, bursts of a minute's worth."""
-        return cls(per_minute / 60.0, burst_s=60.0, monotonic=monotonic)
+        return cls(per_minute / 60.0, burst_s=60.0, monotonic=monotonic, max_keys=max_keys)
 
     def _refilled(self, key: str, now: float) -> float:
         tokens, at = self.buckets.get(key, (self.capacity, now))
@@ -61,6 +70,33 @@ class RateLimiter:
             taken = 1.0 if tokens >= 1.0 else 0.0
             self.buckets[key] = (tokens - taken, now)
         return 0.0 if taken else (1.0 - tokens) / self.rate
+
+    def due_s(self, key: str = "") -> float:
+        """0 when a token is free for ``key``, else the seconds until one is; takes none."""
+        with self.lock:
+            tokens = self._refilled(key, self.monotonic())
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def spend(self, key: str = "") -> None:
+        """Take a token if there is one (never into debt): a failure counted."""
+        with self.lock:
+            now = self.monotonic()
+            self._bounded(now)
+            self.buckets[key] = (max(0.0, self._refilled(key, now) - 1.0), now)
+
+    def _bounded(self, now: float) -> None:
+        """With ``max_keys``, at most that many buckets: past it the full ones go (a full
+        bucket is what a key without one gets), then, if still too many, all of them (the
+        limit forgets rather than lets keys chosen by a client fill the memory)."""
+        if self.max_keys is None or len(self.buckets) < self.max_keys:
+            return
+        self.buckets = {
+            key: (tokens, at)
+            for key, (tokens, at) in self.buckets.items()
+            if min(self.capacity, tokens + (now - at) * self.rate) < self.capacity
+        }
+        if len(self.buckets) >= self.max_keys:
+            self.buckets.clear()
 
     def take(self, key: str = "") -> None:
         """Take a token now, then sleep (with the injected sleep) until it was due."""

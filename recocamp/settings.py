@@ -9,9 +9,17 @@ Where a value comes from, highest priority first:
    ``./settings.toml`` when it exists;
 3. the defaults below (the documented ``settings.toml`` repeats them).
 
-Secrets (``esp_token``, ``signing_key``, ``api_keys``, ``webhook_secret``) are read from the
-environment only; a settings file that contains one is refused, so they never end up in a
-repository.
+Secrets (``esp_token``, ``signing_key``, ``signing_keys_retired``, ``api_keys``,
+``webhook_secret``) are read from the environment only; a settings file that contains one is
+refused, so they never end up in a repository.
+
+``signing_key`` and ``webhook_secret`` should be at least :data:`MIN_SECRET_BYTES` long
+(:func:`weak_secrets`: ``check``, ``worker`` and ``serve`` warn, naming the setting, never
+its value). A warning, not a refusal: an install whose key is shorter holds tombstones and
+has mailed links under it, which a refusal would strand (erased customers would come back,
+old unsubscribe links would stop working). The way out is a rotation: the old key moves to
+``signing_keys_retired`` (:meth:`Settings.retired_signing_keys`), which only ever checks
+(tombstones, unsubscribe links) and never signs or writes.
 A bad value fails with a :class:`~recocamp.errors.ConfigError` naming the file (or the
 environment variable), the dotted key, its line and the value.
 """
@@ -64,7 +72,11 @@ if TYPE_CHECKING:  # imported when a schedule is read: the settings load without
     from apscheduler.triggers.cron import CronTrigger
 
 ENV_PREFIX = "RECOCAMP_"
-SECRET_KEYS = ("esp_token", "signing_key", "api_keys", "webhook_secret")
+SECRET_KEYS = ("esp_token", "signing_key", "signing_keys_retired", "api_keys", "webhook_secret")
+# a signing key or webhook secret shorter than this is warned about (weak_secrets): an HMAC
+# key of 8 characters is found offline from one link, and the tombstones' hashes with it
+MIN_SECRET_BYTES = 32
+MAX_RETIRED_KEYS = 16  # every tombstone check hashes under each: a few rotations' worth
 DEFAULT_FILE = Path("settings.toml")
 # Every number a person writes here has a range: an unbounded one passes the schema and
 # fails later (a timedelta or a float that overflows, a fork per process asked for), or
@@ -441,6 +453,8 @@ class ApiSettings(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1_000_000, ge=1024, le=100_000_000)  # 100 MB
     rate_limit_per_minute: int = Field(default=6000, ge=1, le=MAX_COUNT)
+    # failed authentications (401) per client address: API keys and webhooks (api.auth)
+    auth_failures_per_minute: int = Field(default=30, ge=1, le=MAX_COUNT)
     cors_origins: tuple[str, ...] = ()
     workers: int = Field(default=1, ge=1, le=64)
     response_cache_entries: int = Field(default=100_000, ge=0, le=10_000_000)  # in memory
@@ -684,10 +698,11 @@ class Settings(BaseSettings):
     measure: MeasureSettings = MeasureSettings()
     worker: WorkerSettings = WorkerSettings()
     templates: TemplateSettings = TemplateSettings()
-    # secrets: environment only (RECOCAMP_ESP_TOKEN, RECOCAMP_SIGNING_KEY, RECOCAMP_API_KEYS,
-    # RECOCAMP_WEBHOOK_SECRET)
+    # secrets: environment only (RECOCAMP_ESP_TOKEN, RECOCAMP_SIGNING_KEY,
+    # RECOCAMP_SIGNING_KEYS_RETIRED, RECOCAMP_API_KEYS, RECOCAMP_WEBHOOK_SECRET)
     esp_token: SecretStr | None = None
     signing_key: SecretStr | None = None
+    signing_keys_retired: SecretStr | None = None  # see retired_signing_keys
     api_keys: SecretStr | None = None
     webhook_secret: SecretStr | None = None
     # the settings file's directory (None: no file, paths are relative to the cwd)
@@ -720,11 +735,52 @@ class Settings(BaseSettings):
         # the file's values arrive as init kwargs; the environment must win over them
         return (env_settings, init_settings)
 
+    @field_validator("signing_keys_retired")
+    @classmethod
+    def _retired_keys(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """At most :data:`MAX_RETIRED_KEYS`, none of them the signing key itself (a rotation
+        that forgot to set the new key), and only beside a signing key. The problems never
+        repeat a key."""
+        if value is None:
+            return None
+        keys = retired_keys(value.get_secret_value())  # ValueError: said without the value
+        if len(keys) > MAX_RETIRED_KEYS:
+            raise error_hidden(
+                f"holds {len(keys)} keys, at most {MAX_RETIRED_KEYS}: drop those of the "
+                "oldest erasures' time only once no tombstone made under them matters"
+            )
+        current = info.data.get("signing_key")
+        if keys and current is None:
+            raise error_hidden(
+                "needs RECOCAMP_SIGNING_KEY: retired keys only check tombstones and old "
+                "unsubscribe links, the signing key signs and writes"
+            )
+        if current is not None and current.get_secret_value().encode() in keys:
+            raise error_hidden(
+                "lists the signing key itself: a rotation sets RECOCAMP_SIGNING_KEY to a new "
+                "key and moves the old one here"
+            )
+        return value
+
     def signing_key_bytes(self) -> bytes | None:
         """``RECOCAMP_SIGNING_KEY`` as the HMAC key of link tokens and erasure tombstones (the
-        one place it is read); None when it is not set."""
+        one place it is read); None when it is not set. The one key that signs a token or
+        writes a tombstone: never a retired one."""
         key = self.signing_key
         return key.get_secret_value().encode() if key is not None else None
+
+    def retired_signing_keys(self) -> tuple[bytes, ...]:
+        """``RECOCAMP_SIGNING_KEYS_RETIRED``: keys the signing key replaced, kept to check
+        what was made under them (tombstones, unsubscribe links of old e-mails), never to
+        sign or write (see :func:`retired_keys` for the format)."""
+        value = self.signing_keys_retired
+        return () if value is None else retired_keys(value.get_secret_value())
+
+    def signing_keys(self) -> tuple[bytes, ...] | None:
+        """The signing key first, then the retired ones: what a tombstone or a link may have
+        been made under. None when no signing key is set."""
+        current = self.signing_key_bytes()
+        return None if current is None else (current, *self.retired_signing_keys())
 
     def require_signing_key(self) -> bytes:
         """The signing key, or a ConfigError: sending needs it for unsubscribe links."""
@@ -740,6 +796,53 @@ class Settings(BaseSettings):
                 ],
             )
         return key
+
+
+def retired_keys(text: str) -> tuple[bytes, ...]:
+    """The keys of ``RECOCAMP_SIGNING_KEYS_RETIRED``: separated by white space (a space, a
+    line break), or, for keys that hold white space themselves, a JSON list of strings
+    (``["old key one", "old-key-2"]``). Each key as ``RECOCAMP_SIGNING_KEY`` was written,
+    byte for byte; duplicates once. A list that is not: a problem that does not repeat it."""
+    if text.lstrip().startswith("["):
+        try:
+            loaded = json.loads(text)
+        except ValueError:
+            loaded = None
+        if not isinstance(loaded, list) or not all(isinstance(k, str) for k in loaded):
+            raise error_hidden(
+                "starts with '[' but is not a JSON list of strings (keys separated by white "
+                "space, or a JSON list for keys that hold white space)"
+            )
+        keys = [key for key in loaded if key]
+    else:
+        keys = text.split()
+    return tuple(dict.fromkeys(key.encode() for key in keys))
+
+
+def weak_secrets(settings: Settings) -> list[str]:
+    """A warning per secret shorter than :data:`MIN_SECRET_BYTES`, naming the setting and
+    its length, never its value. ``signing_key``: anyone holding one link can try keys
+    offline until its HMAC matches, then forge every link (show, export, erase a customer's
+    data) and test guesses against the tombstones; ``webhook_secret``: guessed online, it
+    lets anyone suppress addresses. Not refused: see the module's docstring (a rotation)."""
+    found = []
+    key = settings.signing_key_bytes()
+    if key is not None and len(key) < MIN_SECRET_BYTES:
+        found.append(
+            f"signing_key (RECOCAMP_SIGNING_KEY) is {len(key)} bytes, shorter than "
+            f"{MIN_SECRET_BYTES}: one mailed link lets anyone find it offline and forge "
+            "every link. Rotate it: move it to RECOCAMP_SIGNING_KEYS_RETIRED and set a new "
+            "key (openssl rand -base64 32); see the README's Settings"
+        )
+    hook = settings.webhook_secret
+    if hook is not None and len(hook.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        length = len(hook.get_secret_value().encode())
+        found.append(
+            f"webhook_secret (RECOCAMP_WEBHOOK_SECRET) is {length} bytes, shorter than "
+            f"{MIN_SECRET_BYTES}: it can be guessed. Set a new one (openssl rand -base64 32) "
+            "at the provider and here at once"
+        )
+    return found
 
 
 # Settings' fields as a plain model, for checking the file's types (config_files.validated):

@@ -9,6 +9,12 @@ was issued: it expires (unsubscribe links do not, see ``api.pages``), and it die
 erasure of its customer made after it (links of an erased record never reach a person who
 signs up again under the same id); a time past now by more than the clocks' skew is refused.
 
+**Rotation.** Tokens are signed under the signing key alone. The keys it replaced
+(``RECOCAMP_SIGNING_KEYS_RETIRED``) only verify, through :func:`verify_any`, which says
+which key a token was signed under; the pages accept an old key's unsubscribe link only
+(``api.pages``): a key is retired because it is weak or known, so what it signed may be
+forged, and only an unsubscribe is both owed for ever and harmless when forged.
+
 The same key makes the keyed hashes of erasure tombstones (:func:`keyed_hash`): an erased
 customer's id and address are recognised when a feed brings them back, and nobody without
 the key can test a guess against them (a plain hash of an id like ``10042`` can).
@@ -22,6 +28,7 @@ import hashlib
 import hmac
 import json
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -40,6 +47,10 @@ MANUAL_CAMPAIGN = "manual-link"
 
 class TokenError(RecocampError):
     """A token that was tampered with, has expired, or is not ours."""
+
+
+class SignatureError(TokenError):
+    """A well-formed token whose HMAC is not the key's: another key's, or forged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +152,7 @@ def verify(
     except (ValueError, TypeError):
         raise TokenError("malformed token") from None
     if data is None:
-        raise TokenError("invalid signature")
+        raise SignatureError("invalid signature")
     issued = datetime.fromtimestamp(int(data["i"]), UTC)
     if data["p"] != purpose:
         raise TokenError("token issued for another purpose")
@@ -158,6 +169,25 @@ def verify(
         None if survey is None else str(survey),
         None if mailbox is None else str(mailbox),
     )
+
+
+def verify_any(
+    keys: Sequence[bytes],
+    token: str,
+    purpose: str,
+    now: datetime,
+    max_age_days: int | None = 400,
+) -> tuple[Claims, int]:
+    """The claims of a token signed under one of ``keys`` (the signing key first, then the
+    retired ones: ``Settings.signing_keys``) and the position of that key: 0 for the
+    signing key, more for a retired one, whose tokens the caller may refuse. TokenError as
+    :func:`verify` says, once no key's HMAC matches."""
+    for position, key in enumerate(keys):
+        try:
+            return verify(key, token, purpose, now, max_age_days), position
+        except SignatureError:
+            continue
+    raise SignatureError("invalid signature")
 
 
 def keyed_hash(key: bytes, kind: str, value: str) -> str:

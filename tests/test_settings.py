@@ -998,3 +998,25 @@ def test_a_database_url_that_names_no_sqlite_or_postgresql_is_refused_by_key(
 def test_sqlite_and_postgresql_urls_are_taken(tmp_path: Path, url: str) -> None:
     path = write(tmp_path, f'database_url = "{url}"\n')
     assert load_settings(path).database_url.split(":", 1)[0] == url.split(":", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "key"),
+    [("RECOCAMP_ESP__TOKEN", "esp.token"), ("RECOCAMP_API__KEYS", "api.keys")],
+)
+def test_an_unknown_key_is_named_without_its_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, key: str
+) -> None:
+    """A secret set under a mistyped name (``RECOCAMP_ESP__TOKEN`` for
+    ``RECOCAMP_ESP_TOKEN``) or under a section in the file was printed with its problem."""
+    monkeypatch.setenv(variable, "pm-secret-123")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    assert key in str(caught.value) and variable in str(caught.value)
+    assert "pm-secret-123" not in str(caught.value)
+    monkeypatch.delenv(variable)
+    path = write(tmp_path, '[esp]\ntoken = "pm-secret-456"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert "esp.token" in str(caught.value) and "line 2" in str(caught.value)
+    assert "pm-secret-456" not in str(caught.value)

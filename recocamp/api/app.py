@@ -62,7 +62,7 @@ from recocamp.api import offers as api_offers
 from recocamp.api import pages as api_pages
 from recocamp.api import privacy as api_privacy
 from recocamp.api import webhooks as api_webhooks
-from recocamp.api.auth import Authenticator, parse_keys
+from recocamp.api.auth import MAX_CLIENTS, Authenticator, parse_keys
 from recocamp.api.offer_cache import OfferService
 from recocamp.clock import Clock
 from recocamp.errors import RecocampError, mask_addresses
@@ -87,7 +87,11 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorOut, "description": "The API key lacks the scope."},
     404: {"model": ErrorOut, "description": "Not found."},
     413: {"description": "The body is larger than [api] max_body_bytes."},
-    429: {"model": ErrorOut, "description": "Rate limit of the API key; see Retry-After."},
+    429: {
+        "model": ErrorOut,
+        "description": "Rate limit of the API key, or too many failed authentications from "
+        "this address; see Retry-After.",
+    },
 }
 
 
@@ -107,7 +111,10 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     garbage collector's full passes (:func:`settle_heap`; a serve worker's, not a test's)."""
     keys = parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
     limiter = RateLimiter.per_minute(settings.api.rate_limit_per_minute / settings.api.workers)
-    auth = Authenticator(keys, limiter)
+    failures = RateLimiter.per_minute(
+        settings.api.auth_failures_per_minute / settings.api.workers, max_keys=MAX_CLIENTS
+    )
+    auth = Authenticator(keys, limiter, failures)
     service = OfferService(engine, settings, clock)
 
     @asynccontextmanager

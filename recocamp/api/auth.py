@@ -20,15 +20,23 @@ key matched nor how much of a wrong one did.
 
 The rate limit is a token bucket per key and process: ``[api] rate_limit_per_minute`` is
 shared out evenly between the ``[api] workers`` processes of ``recocamp serve``.
+
+Failed authentications (401: no key, an unknown key, a webhook's wrong secret or signature,
+``api.webhooks``) are limited per client address (:func:`client_of`; an IPv6 address by its
+/64): ``[api] auth_failures_per_minute``, shared out the same way. A client past it gets 429
+with ``Retry-After`` before its credentials are checked, the right ones too: otherwise its
+guesses would go on at full speed, answered 429 when wrong and 200 when right. A client
+whose credentials are right never spends any, so only an address that keeps failing waits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -46,6 +54,7 @@ _ENTRY = re.compile(
     r"^(?P<name>[A-Za-z0-9_.-]{1,64})=(?P<scopes>[a-z:,]+)=sha256:(?P<hex>[0-9a-f]{64})$"
 )
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+MAX_CLIENTS = 100_000  # client addresses whose failed authentications are remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +97,19 @@ def _entry_problems(name: str, scopes: list[str], key: str | None = None) -> lis
     return found
 
 
+def _shown(head: str) -> str | None:
+    """The start of a malformed entry (up to its first ``=``) as its problem shows it: only
+    when it could be a name. A key pasted where its entry belongs (``rck_…``, the secret
+    itself) or anything else went to stderr and the supervisor's log with the problem."""
+    if head.startswith(KEY_PREFIX) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", head):
+        return None
+    return head
+
+
 def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
     """The keys of ``RECOCAMP_API_KEYS``; every malformed entry is reported at once (by its
-    position and name: an entry carries no secret, only a hash)."""
+    position and name: a well-formed entry carries no secret, only a hash, and a malformed
+    one is named only where its start could be a name, :func:`_shown`)."""
     keys: list[ApiKey] = []
     problems: list[Problem] = []
     entries: dict[bytes, tuple[str, str]] = {}  # a hash → the entry and name it came with
@@ -102,9 +121,10 @@ def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
         if match is None:
             problems.append(
                 Problem(
-                    "expected NAME=SCOPE[,SCOPE…]=sha256:<64 lowercase hex>",
+                    "expected NAME=SCOPE[,SCOPE…]=sha256:<64 lowercase hex> (the key's "
+                    "sha256, never the key: recocamp api-key new prints the entry)",
                     key=where,
-                    value=entry.split("=", 1)[0],
+                    value=_shown(entry.split("=", 1)[0]),
                 )
             )
             continue
@@ -132,12 +152,48 @@ def parse_keys(text: str | None) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
-class Authenticator:
-    """Checks ``Authorization: Bearer`` headers against the configured keys and scopes."""
+def client_of(scope: Mapping[str, Any]) -> str:
+    """The client address failed authentications are counted under: the address (behind a
+    proxy that uvicorn trusts, the one it forwards), an IPv6 one by its /64, since one
+    machine holds a /64 and could change address on every try."""
+    client = scope.get("client")
+    host = str(client[0]) if client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
-    def __init__(self, keys: tuple[ApiKey, ...], limiter: RateLimiter) -> None:
+
+def retry_after(wait_s: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, round(wait_s + 0.5)))}
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer`` headers against the configured keys and scopes, and
+    counts failed authentications per client address (``failures``; the webhooks' too)."""
+
+    def __init__(
+        self, keys: tuple[ApiKey, ...], limiter: RateLimiter, failures: RateLimiter | None = None
+    ) -> None:
         self.keys = keys
         self.limiter = limiter
+        self.failures = failures or RateLimiter.per_minute(60, max_keys=MAX_CLIENTS)
+
+    def guard(self, client: str) -> None:
+        """429 with ``Retry-After`` when ``client`` spent its failed authentications: before
+        any credential is checked (see the module's docstring)."""
+        wait = self.failures.due_s(client)
+        if wait > 0:
+            raise HTTPException(
+                429, "too many failed authentications from this address", retry_after(wait)
+            )
+
+    def failed(self, client: str) -> None:
+        """Count a failed authentication (a 401) of ``client``."""
+        self.failures.spend(client)
 
     def find(self, presented: str) -> ApiKey | None:
         wanted = digest(presented)
@@ -160,15 +216,21 @@ class Authenticator:
             raise HTTPException(403, f"API key {key.name!r} lacks the scope {scope!r}")
         return key
 
-    def check(self, authorization: str | None, scope: str) -> ApiKey:
+    def check(self, authorization: str | None, scope: str, client: str = "") -> ApiKey:
         """The caller's key, or an HTTPException: 401 (no or unknown key), 403 (key without
-        ``scope``), 429 (over the rate limit, with ``Retry-After``)."""
-        key = self.admits(authorization, scope)
+        ``scope``), 429 (over the rate limit, or ``client``, its address (:func:`client_of`),
+        failed too often; with ``Retry-After``)."""
+        self.guard(client)
+        try:
+            key = self.admits(authorization, scope)
+        except HTTPException as refused:
+            if refused.status_code == 401:
+                self.failed(client)
+            raise
         wait = self.limiter.wait_s(key.name)
         if wait > 0:
-            retry = str(max(1, round(wait + 0.5)))
             raise HTTPException(
-                429, f"rate limit of API key {key.name!r} reached", {"Retry-After": retry}
+                429, f"rate limit of API key {key.name!r} reached", retry_after(wait)
             )
         return key
 
@@ -199,7 +261,7 @@ def scoped(scope: str) -> Callable[..., Coroutine[Any, Any, ApiKey]]:
             return cast(ApiKey, admitted[1])
         authenticator: Authenticator = request.app.state.authenticator
         header = f"Bearer {credentials.credentials}" if credentials is not None else None
-        return authenticator.check(header, scope)
+        return authenticator.check(header, scope, client_of(request.scope))
 
     return dependency
 

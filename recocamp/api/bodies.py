@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 from pydantic import BeforeValidator, Strict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recocamp.api.auth import ADMITTED
+from recocamp.api.auth import ADMITTED, client_of
 from recocamp.domain import read_json
 
 
@@ -169,7 +169,8 @@ class JsonRoute(APIRoute):
         async def reading(request: Request) -> Response:
             if scope is not None:
                 authorization = request.headers.get("authorization")
-                key = request.app.state.authenticator.check(authorization, scope)
+                authenticator = request.app.state.authenticator
+                key = authenticator.check(authorization, scope, client_of(request.scope))
                 request.scope[ADMITTED] = (scope, key)
             return await handler(JsonRequest(request.scope, request.receive))
 

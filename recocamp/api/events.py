@@ -478,7 +478,9 @@ def _checked(engine: Engine) -> Iterator[Connection]:
         ) from None
 
 
-def _review(engine: Engine, secret: bytes | None, body: ReviewIn, now: datetime) -> ReviewOut:
+def _review(
+    engine: Engine, secret: tombstones.Keys | None, body: ReviewIn, now: datetime
+) -> ReviewOut:
     """Check and store one review: 422 for a time past now and the skew, 410 for an erased
     customer, 409 for the id stored with other content (nothing written in any of them)."""
     late = future_problem(body.occurred_at, now)
@@ -507,7 +509,7 @@ def _review(engine: Engine, secret: bytes | None, body: ReviewIn, now: datetime)
 
 
 def _store_review(
-    connection: Connection, secret: bytes | None, body: ReviewIn, now: datetime
+    connection: Connection, secret: tombstones.Keys | None, body: ReviewIn, now: datetime
 ) -> engagement.Recorded | None:
     """Store the review unless its customer id is erased (checked first, in the writing
     transaction: ``tombstones.serialise``); what was done, None when it was refused."""
@@ -520,7 +522,7 @@ def _store_review(
 
 def _admit(
     connection: Connection,
-    secret: bytes | None,
+    secret: tombstones.Keys | None,
     customer_id: str,
     body: CustomerIn,
     actor: str,

@@ -14,7 +14,9 @@ dependency that checks the caller's API key for it (see ``api``).
   and repeats change nothing (idempotent). Tokens older than ``[measure] survey_valid_days``,
   unknown and erased customers get 410 — also a link issued before an erasure of its customer
   id when the person has signed up again since (``tombstones.void_link``), the page too; a
-  bad token 400; a score outside 0–10 422.
+  bad token 400 (one signed under a retired signing key too: a key is retired because it is
+  weak or known, and a forged answer would skew the survey; the survey closes within
+  ``survey_valid_days`` anyway); a score outside 0–10 422.
 - ``GET /reports/latest`` (API key scope ``reports:read``): the newest stored report
   (``recocamp report`` or the worker store one), rendered on the spot when there is none.
 
@@ -253,7 +255,8 @@ class _Answers:
 
     def __init__(self, settings: Settings, engine: Engine, clock: Clock) -> None:
         self.settings, self.engine, self.clock = settings, engine, clock
-        self.key = settings.signing_key_bytes()
+        self.key = settings.signing_key_bytes()  # feedback links: the signing key's only
+        self.keys = settings.signing_keys()  # tombstones: under a retired key too
         self.pages = SandboxedEnvironment(
             loader=FileSystemLoader(str(PAGES)), undefined=StrictUndefined, autoescape=True
         )
@@ -280,9 +283,9 @@ class _Answers:
         """Refuse (410) a link whose customer we do not hold, or was erased since the link
         was issued (``tombstones.void_link``: a person who signed up again under the id
         does not answer the erased record's survey)."""
-        assert self.key is not None  # claims() answered 503 without it
+        assert self.keys is not None  # claims() answered 503 without it
         void = tombstones.void_link(
-            connection, self.key, found.customer_id, found.issued_at, writing=writing
+            connection, self.keys, found.customer_id, found.issued_at, writing=writing
         )
         person = None if void else registry.customer(connection, found.customer_id)
         if person is None or person.erased_at is not None:

@@ -104,6 +104,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "erased": "Your data has been erased. We will not contact you again.",
         "unknown": "We hold no data about you.",
         "invalid": "This link is not valid (any more).",
+        "retired": "This link is from an older e-mail and no longer opens your data: please "
+        "use the link in a newer e-mail from us. Its unsubscribe link still works.",
         "links_off": "These links are switched off.",
         "confirm_needed": "Please tick the box to confirm the erasure.",
         "unsubscribe_question": "Stop marketing e-mails from {shop}?",
@@ -203,6 +205,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "erased": "Ihre Daten wurden gelöscht. Wir werden Sie nicht mehr kontaktieren.",
         "unknown": "Wir speichern keine Daten über Sie.",
         "invalid": "Dieser Link ist (nicht mehr) gültig.",
+        "retired": "Dieser Link stammt aus einer älteren E-Mail und öffnet Ihre Daten nicht "
+        "mehr: Bitte nutzen Sie den Link in einer neueren E-Mail von uns. Ihr Abmeldelink "
+        "funktioniert weiterhin.",
         "links_off": "Diese Links sind abgeschaltet.",
         "confirm_needed": "Bitte bestätigen Sie die Löschung mit dem Häkchen.",
         "unsubscribe_question": "Keine Werbe-E-Mails mehr von {shop}?",

@@ -11,7 +11,12 @@
   Its forms post to ``/p/{token}`` and are answered with a redirect back (303).
 
 A token tampered with, expired (a preferences link after 400 days; an unsubscribe link never
-expires), issued in the future or made for another purpose gets 400 and changes nothing. A
+expires), issued in the future or made for another purpose gets 400 and changes nothing.
+After a rotation of the signing key (``RECOCAMP_SIGNING_KEYS_RETIRED``) an unsubscribe link
+signed under a retired key still unsubscribes (it is owed for as long as the e-mail exists,
+and a forged one can only stop mail); a preferences link or its download under a retired key
+gets 400 with a page saying to use a newer e-mail's link: the key was retired because it is
+weak or known, so such a link may be forged, and it would show, export or erase the data. A
 link of an erased customer (``store.tombstones``) gets 410 with a page saying that their
 data was erased and they will not be contacted, and changes nothing: no unsubscribe event is
 recorded under the erased id, no profile is created again. So does a link issued before the
@@ -151,20 +156,28 @@ class Pages:
     ) -> None:
         self.settings, self.engine, self.clock, self.service = settings, engine, clock, service
         self.secret = settings.signing_key_bytes()
+        self.keys = settings.signing_keys()  # the signing key, then the retired ones
         self.shop = settings.shop.name
 
     def verify(self, token: str, purpose: str) -> tokens.Claims:
         """The link's claims. An unsubscribe link does not expire: an objection to marketing
         mail is possible at any time (UWG §7(3) no. 4, Art. 21(2) GDPR), from an old
         e-mail's link or one-click header too, and it only ever stops mail; a preferences
-        link, which shows and exports the customer's data, lives 400 days."""
-        if self.secret is None:
+        link, which shows and exports the customer's data, lives 400 days. A link signed
+        under a retired key: an unsubscribe link passes, any other is refused (400,
+        ``retired``; see the module's docstring)."""
+        if self.keys is None:
             raise LinkError(503, "links_off")
         max_age = None if purpose == "unsubscribe" else 400
         try:
-            return tokens.verify(self.secret, token, purpose, self.clock.now(), max_age)
+            found, position = tokens.verify_any(
+                self.keys, token, purpose, self.clock.now(), max_age
+            )
         except tokens.TokenError:
             raise LinkError(400, "invalid") from None
+        if position and purpose != "unsubscribe":
+            raise LinkError(400, "retired")
+        return found
 
     def mailed_to(self, found: tokens.Claims) -> None:
         """LinkError 400 when a (verified) preferences link was mailed to an address its
@@ -211,9 +224,9 @@ class Pages:
         """Whether a (verified) link is void: its customer was erased since it was issued
         (``tombstones.void_link``); ``writing``: the caller writes next, in this transaction
         (``tombstones.serialise``)."""
-        assert self.secret is not None  # verify() answered 503 without it
+        assert self.keys is not None  # verify() answered 503 without it
         return tombstones.void_link(
-            connection, self.secret, found.customer_id, found.issued_at, writing=writing
+            connection, self.keys, found.customer_id, found.issued_at, writing=writing
         )
 
     def unknown(self, request: Request) -> HTMLResponse:
@@ -333,14 +346,14 @@ class Pages:
             self.mailed_to(found)
         except LinkError as error:
             return self.failed(request, error)
-        assert self.secret is not None  # verify() answered 503 without it
+        assert self.keys is not None  # verify() answered 503 without it
         try:  # the link's customer alone, whoever else holds the address
             document = privacy.export(
                 self.engine,
                 found.customer_id,
                 self.clock.now(),
                 scope=privacy.Scope.ID,
-                link=privacy.Link(self.secret, found.issued_at),  # void: checked in there
+                link=privacy.Link(self.keys, found.issued_at),  # void: checked in there
                 settings=self.settings,
             )
         except VoidLinkError:
@@ -400,8 +413,8 @@ def router(settings: Settings, engine: Engine, clock: Clock, service: OfferServi
     page: dict[str, Any] = {"description": "The page.", "content": {"text/html": {}}}
     refused: dict[int | str, dict[str, Any]] = {
         400: {
-            "description": "The link is not valid (tampered with, expired, or made for "
-            "another purpose).",
+            "description": "The link is not valid (tampered with, expired, made for "
+            "another purpose, or, but for an unsubscribe link, signed under a retired key).",
             "content": {"text/html": {}},
         },
         503: {

@@ -2,9 +2,13 @@
 
 Authenticated per provider (``webhooks``: HTTP Basic or Bearer = ``RECOCAMP_WEBHOOK_SECRET``
 for Postmark and Brevo, SendGrid's ECDSA signature), parsed and applied once: duplicates
-are answered 200 and ignored. Bounces, complaints and unsubscribes suppress the address.
-An event whose fields are wrong is left out and named under ``rejected`` (the others are
-applied; why 200 and not 4xx: see ``webhooks``).
+are answered 200 and ignored. The shared secret is checked before the body is read (a post
+with a wrong one costs no read of up to ``[api] max_body_bytes``); SendGrid's signature
+covers the body, so it is read first. A failed authentication (401) counts against the
+client's address, as an API key's does (``api.auth``: ``[api] auth_failures_per_minute``,
+then 429 with ``Retry-After`` before anything is checked). Bounces, complaints and
+unsubscribes suppress the address. An event whose fields are wrong is left out and named
+under ``rejected`` (the others are applied; why 200 and not 4xx: see ``webhooks``).
 
 A post whose events cannot be stored now (the database is locked past its busy timeout, the
 connection to PostgreSQL dropped) is answered 429 with ``Retry-After``, not 500: Brevo
@@ -24,6 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from recocamp import metrics
+from recocamp.api.auth import Authenticator, client_of
 from recocamp.clock import Clock
 from recocamp.delivery import webhooks
 from recocamp.settings import Settings
@@ -63,11 +68,21 @@ def router(
         provider: Annotated[str, FastPath(json_schema_extra={"enum": PROVIDERS})], request: Request
     ) -> WebhookOut:
         """Delivery, bounce, complaint and unsubscribe events from an e-mail provider."""
-        body = await request.body()
+        guard: Authenticator = request.app.state.authenticator
+        client = client_of(request.scope)
+        guard.guard(client)  # 429: this address failed too often
         try:
-            _authenticate(settings, provider, request, body, clock)
+            if provider != "sendgrid":  # the secret is in the headers: before the body
+                _shared_secret(settings, request)
+            body = await request.body()
+            if provider == "sendgrid":
+                webhooks.check_sendgrid_signature(
+                    _headers(request), body, settings.esp.webhook_public_key, clock.now()
+                )
             parsed = webhooks.read(provider, body)
         except webhooks.WebhookError as exc:
+            if exc.status == 401:
+                guard.failed(client)
             raise HTTPException(exc.status, str(exc)) from None
         if parsed.rejected:
             log.warning(
@@ -111,10 +126,12 @@ def router(
     documented: dict[int | str, dict[str, Any]] = {
         **problems,
         400: {"description": "The body is not the provider's webhook format."},
+        401: {"description": "The secret or signature is missing or wrong."},
         429: {
             "description": "The events could not be stored now (database busy or "
-            "unreachable): post them again after Retry-After. Not 5xx: Brevo drops a webhook "
-            "answered 5xx and retries only 429."
+            "unreachable), or this address failed to authenticate too often: post them again "
+            "after Retry-After. Not 5xx: Brevo drops a webhook answered 5xx and retries only "
+            "429."
         },
         503: {
             "description": "Webhooks of this provider are not configured (a secret or a "
@@ -141,14 +158,11 @@ def router(
     return api
 
 
-def _authenticate(
-    settings: Settings, provider: str, request: Request, body: bytes, clock: Clock
-) -> None:
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    if provider == "sendgrid":
-        webhooks.check_sendgrid_signature(
-            headers, body, settings.esp.webhook_public_key, clock.now()
-        )
-        return
+def _headers(request: Request) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+def _shared_secret(settings: Settings, request: Request) -> None:
+    """Postmark's and Brevo's secret (HTTP Basic or Bearer); WebhookError 401 or 503."""
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-    webhooks.check_shared_secret(headers, secret)
+    webhooks.check_shared_secret(_headers(request), secret)

@@ -29,6 +29,7 @@ from recocamp.cli.common import (
     errors_to_exit,
     print_error,
     show,
+    warn_weak_secrets,
     within,
     write_output,
 )
@@ -98,6 +99,7 @@ def serve(
         settings = current_settings()
         engine_for(settings)  # refuses a database that is missing migrations
         api_auth.parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    warn_weak_secrets(settings)
     processes = workers or settings.api.workers
     # every worker process reads the same settings, and shares out the rate limit
     if State.settings_path is not None:

@@ -34,6 +34,7 @@ from recocamp.cli.common import (
     print_warning,
     show,
     warn_no_campaigns,
+    warn_weak_secrets,
     within,
     write_output,
 )
@@ -61,9 +62,10 @@ def check(
         settings = current_settings()
         loaded, failures = checks.campaign_problems(settings, campaigns, templates)
     warn_no_campaigns(campaigns)
+    warned = warn_weak_secrets(settings)
     for failure in failures:
         print_error(str(failure))
-    warned = _catalogue_warnings(settings, loaded, campaigns)
+    warned += _catalogue_warnings(settings, loaded, campaigns)
     warned += _language_warnings(settings, loaded, campaigns)
     if failures or (strict and warned):
         raise typer.Exit(2)

@@ -46,7 +46,7 @@ from recocamp.errors import (
 )
 from recocamp.forecast.history import day_number, day_of
 from recocamp.forecast.outlook import closed, data_reaches
-from recocamp.settings import Settings, check_zone, load_settings
+from recocamp.settings import Settings, check_zone, load_settings, weak_secrets
 from recocamp.store import queries
 from recocamp.store.engine import (
     Engine,
@@ -98,6 +98,16 @@ def warn_no_campaigns(campaigns: Path) -> None:
     directory) would say "ok: 0 campaign(s)" or run no campaign without a word."""
     if not campaigns.is_dir():
         print_warning(f"there is no folder {campaigns} (--campaigns): no campaign is read")
+
+
+def warn_weak_secrets(settings: Settings) -> int:
+    """A warning per secret shorter than ``settings.MIN_SECRET_BYTES`` (``check``, ``worker``
+    and ``serve`` at start), naming the setting, never its value; returns how many. Not
+    refused: a short key already in use signs the links mailed and keys the tombstones."""
+    found = weak_secrets(settings)
+    for warning in found:
+        print_warning(warning)
+    return len(found)
 
 
 SHARED_ADDRESS_HINT = (

@@ -110,7 +110,8 @@ def link(
             raise _refuse(f"RECOCAMP_SIGNING_KEY is not set: {KEY_HINT}")
         issued = datetime.fromtimestamp(int(clock.now().timestamp()), UTC)  # a token's second
         with engine_for(settings).connect() as connection:
-            if tombstones.void_link(connection, key, customer_id, issued, writing=False):
+            erased = tombstones.key_of(settings) or key  # a tombstone under a retired key too
+            if tombstones.void_link(connection, erased, customer_id, issued, writing=False):
                 raise _refuse(f"customer {customer_id!r} was erased: a link would reach nobody")
             if not pages.exists(connection, customer_id):
                 raise _refuse(f"we hold no customer {customer_id!r}")

@@ -36,6 +36,7 @@ from recocamp.cli.common import (
     print_warning,
     show,
     warn_no_campaigns,
+    warn_weak_secrets,
     within,
 )
 from recocamp.cli.demo import demo_settings, demo_shop
@@ -95,6 +96,7 @@ def worker(
         return
     with errors_to_exit():
         settings = current_settings()
+        warn_weak_secrets(settings)
         check_provider(settings)  # its deliver job would fail every few seconds, for ever
         process = Worker(settings, engine_for(settings), campaigns, templates, clock)
         broken = process.load()  # each broken file is logged with its problems

@@ -148,7 +148,10 @@ def _id_text(value: str) -> str:
 
 
 def drop_erased(
-    engine: Engine, key: bytes | None, paths: Sequence[Path], max_ratio: int = GZIP_RATIO_LIMIT
+    engine: Engine,
+    key: tombstones.Keys | None,
+    paths: Sequence[Path],
+    max_ratio: int = GZIP_RATIO_LIMIT,
 ) -> int:
     """Clean files the drop folder keeps (``processed_dir``, ``rejected/``) of customers
     erased before the file arrived: the import skipped their rows, the kept copy must not
@@ -191,7 +194,7 @@ def drop_erased(
 
 
 def _erased_in(
-    engine: Engine, key: bytes | None, path: Path, max_ratio: int
+    engine: Engine, key: tombstones.Keys | None, path: Path, max_ratio: int
 ) -> tuple[set[str], set[str]]:
     """The ids and addresses a file names that a tombstone names. The file is read as a
     stream and its values looked up ``VALUE_BATCH`` at a time, one short connection each

@@ -418,7 +418,7 @@ class Importer:
         now: datetime,
         progress: ProgressSink | None = None,
         max_listed: int = 20,
-        erasure_key: bytes | None = None,
+        erasure_key: tombstones.Keys | None = None,
         max_gzip_ratio: int = GZIP_RATIO_MAX,
         default_locale: Locale = FALLBACK_LOCALE,
         follow_links: bool = True,

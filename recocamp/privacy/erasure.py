@@ -176,7 +176,12 @@ def _in_files(settings: Settings, customer_id: str) -> bool:
 
 
 def _tombstone(
-    connection: Connection, key: bytes, who: Subject, now: datetime, *, keep_address: bool
+    connection: Connection,
+    key: tombstones.Keys,
+    who: Subject,
+    now: datetime,
+    *,
+    keep_address: bool,
 ) -> dict[str, str | None]:
     """A tombstone for every erased id, with its address — its own, else the subject's —
     unless ``keep_address`` (an id erased alone from a shared address: the others keep

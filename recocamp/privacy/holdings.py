@@ -187,9 +187,10 @@ def _outside(engine: Engine, settings: Settings, who: Subject) -> dict[str, Any]
 @dataclass(frozen=True, slots=True)
 class Link:
     """A customer's signed link (the preferences page) through which a request came: the
-    key it was signed with (the tombstones' key too) and when it was issued."""
+    tombstones' keys (the key it was signed with first, then the retired ones: a tombstone
+    made under one of those voids it too) and when it was issued."""
 
-    key: bytes
+    key: tombstones.Keys
     issued_at: datetime
 
 

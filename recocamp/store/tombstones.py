@@ -6,10 +6,16 @@ hashes (HMAC-SHA256 under ``RECOCAMP_SIGNING_KEY``, the link tokens' key; see
 ``tokens.keyed_hash``) of the customer id and of the address, and the time of the erasure:
 no personal data, and nobody without the key can test a guess against it.
 
+**Rotating the key.** A keyed hash cannot be made again under a new key, so the old key
+stays, as a retired one (``RECOCAMP_SIGNING_KEYS_RETIRED``, ``Settings.signing_keys``):
+``key`` below is :data:`Keys`, the signing key first and the retired ones after it. Every
+check matches a tombstone made under any of them; a tombstone and an erasure's time are
+only ever written under the first (the signing key). A retired key must be kept as long as
+the tombstones made under it matter: dropping it lets those erased customers back in.
+
 Every way in asks :func:`matches` (or :func:`erased_ids`) before it writes. A store that
 holds tombstones but runs without the key cannot tell, and refuses (:class:`KeyMissing`)
-instead of letting an erased customer back in. Rotating the key makes the old tombstones
-unrecognisable: keep the key for as long as the tombstones matter.
+instead of letting an erased customer back in.
 
 A new sign-up with a fresh consent is the one way back (``PUT /v1/customers/{id}`` with
 ``new_sign_up``): :func:`lift` removes the tombstone of that id and frees the address.
@@ -36,6 +42,10 @@ from recocamp.settings import Settings
 from recocamp.store.locks import lock_key
 from recocamp.store.queries import write_lock
 from recocamp.store.schema import id_erasures, tombstones
+
+# the tombstones' key: one key, or the signing key first and the retired ones after it
+# (``key_of``); hashes are written under the first only, and matched under each
+Keys = bytes | tuple[bytes, ...]
 
 CHUNK = 1000  # hashes per IN (...) list: far below every backend's parameter limit
 LOCK = lock_key("erasure")  # see serialise
@@ -70,9 +80,23 @@ class KeyMissing(ConfigError):
         )
 
 
-def key_of(settings: Settings) -> bytes | None:
-    """The tombstones' key: the link tokens' key, from the same setting."""
-    return settings.signing_key_bytes()
+def key_of(settings: Settings) -> tuple[bytes, ...] | None:
+    """The tombstones' keys: the link tokens' key, from the same setting, then the retired
+    ones (``RECOCAMP_SIGNING_KEYS_RETIRED``); None without a signing key."""
+    return settings.signing_keys()
+
+
+def _all(key: Keys) -> tuple[bytes, ...]:
+    return (key,) if isinstance(key, bytes) else key
+
+
+def _id_hashes(key: Keys, customer_id: str) -> list[str]:
+    """The hashes a tombstone of the id may hold, under every key (``tokens.id_hashes``)."""
+    return [h for k in _all(key) for h in tokens.id_hashes(k, customer_id)]
+
+
+def _email_hashes(key: Keys, address: str) -> list[str]:
+    return [h for k in _all(key) for h in tokens.email_hashes(k, address)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,25 +111,28 @@ class Match:
 
 
 def record(
-    connection: sa.Connection, key: bytes, customer_id: str, email: str | None, now: datetime
+    connection: sa.Connection, key: Keys, customer_id: str, email: str | None, now: datetime
 ) -> None:
-    """Remember an erasure (replacing an earlier tombstone of the same id)."""
-    id_hash = tokens.keyed_hash(key, "customer", customer_id)
-    connection.execute(sa.delete(tombstones).where(tombstones.c.id_hash == id_hash))
+    """Remember an erasure under the signing key (the first of ``key``), replacing an
+    earlier tombstone of the same id, made under any key."""
+    signing = _all(key)[0]
+    id_hash = tokens.keyed_hash(signing, "customer", customer_id)
+    earlier = [tokens.keyed_hash(k, "customer", customer_id) for k in _all(key)]
+    connection.execute(sa.delete(tombstones).where(tombstones.c.id_hash.in_(earlier)))
     connection.execute(
         sa.insert(tombstones).values(
             id_hash=id_hash,
-            email_hash=tokens.keyed_hash(key, "email", email) if email else None,
+            email_hash=tokens.keyed_hash(signing, "email", email) if email else None,
             erased_at=now,
         )
     )
-    connection.execute(sa.delete(id_erasures).where(id_erasures.c.id_hash == id_hash))
+    connection.execute(sa.delete(id_erasures).where(id_erasures.c.id_hash.in_(earlier)))
     connection.execute(sa.insert(id_erasures).values(id_hash=id_hash, erased_at=now))
 
 
 def void_link(
     connection: sa.Connection,
-    key: bytes,
+    key: Keys,
     customer_id: str,
     issued_at: datetime,
     *,
@@ -119,7 +146,7 @@ def void_link(
     accepts a stamp that far ahead of its own clock, so a sender whose clock runs fast could
     have signed it before the erasure (the new record's own links of those minutes with it)."""
     serialise(connection, erasing=False, writing=writing)
-    hashes = tokens.id_hashes(key, customer_id)
+    hashes = _id_hashes(key, customer_id)
     stone = sa.select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(hashes))
     if connection.execute(stone).first() is not None:
         return True
@@ -151,7 +178,7 @@ def serialise(connection: sa.Connection, *, erasing: bool, writing: bool = True)
         write_lock(connection)
 
 
-def _key(connection: sa.Connection, key: bytes | None, why: str, writing: bool) -> bytes | None:
+def _key(connection: sa.Connection, key: Keys | None, why: str, writing: bool) -> Keys | None:
     """The key when there are tombstones to check, None when there are none (a shop that
     never erased anybody pays one cheap query); KeyMissing when they cannot be checked."""
     serialise(connection, erasing=False, writing=writing)
@@ -164,7 +191,7 @@ def _key(connection: sa.Connection, key: bytes | None, why: str, writing: bool) 
 
 def matches(
     connection: sa.Connection,
-    key: bytes | None,
+    key: Keys | None,
     customer_id: str,
     email: str | None,
     why: str,
@@ -177,16 +204,16 @@ def matches(
     if key is None:
         return Match((), None)
     t = tombstones.c
-    where: sa.ColumnElement[bool] = t.id_hash.in_(tokens.id_hashes(key, customer_id))
+    where: sa.ColumnElement[bool] = t.id_hash.in_(_id_hashes(key, customer_id))
     if email:
-        where = sa.or_(where, t.email_hash.in_(tokens.email_hashes(key, email)))
+        where = sa.or_(where, t.email_hash.in_(_email_hashes(key, email)))
     rows = connection.execute(sa.select(t.id_hash, t.erased_at).where(where)).all()
     return Match(tuple(r.id_hash for r in rows), max((r.erased_at for r in rows), default=None))
 
 
 def erased_ids(
     connection: sa.Connection,
-    key: bytes | None,
+    key: Keys | None,
     ids: Iterable[str],
     why: str,
     emails: Sequence[tuple[str, str]] = (),
@@ -198,10 +225,10 @@ def erased_ids(
     key = _key(connection, key, why, writing)
     if key is None:
         return set()
-    by_id = {h: i for i in set(ids) for h in tokens.id_hashes(key, i)}
+    by_id = {h: i for i in set(ids) for h in _id_hashes(key, i)}
     by_email: dict[str, set[str]] = {}
     for customer_id, email in emails:
-        for email_hash in tokens.email_hashes(key, email):
+        for email_hash in _email_hashes(key, email):
             by_email.setdefault(email_hash, set()).add(customer_id)
     found = {by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))}
     for h in _present(connection, tombstones.c.email_hash, list(by_email)):
@@ -217,7 +244,7 @@ def _present(connection: sa.Connection, column: sa.Column[str], hashes: list[str
     return found
 
 
-def checkable(connection: sa.Connection, key: bytes | None, why: str) -> bytes | None:
+def checkable(connection: sa.Connection, key: Keys | None, why: str) -> Keys | None:
     """The key, None when there are no tombstones; KeyMissing when they cannot be checked
     (read-only: for a caller that must know before it moves anything)."""
     return _key(connection, key, why, writing=False)
@@ -225,7 +252,7 @@ def checkable(connection: sa.Connection, key: bytes | None, why: str) -> bytes |
 
 def tombstoned(
     connection: sa.Connection,
-    key: bytes | None,
+    key: Keys | None,
     ids: Iterable[str],
     addresses: Iterable[str],
     why: str,
@@ -235,20 +262,20 @@ def tombstoned(
     key = _key(connection, key, why, writing=False)
     if key is None:
         return set(), set()
-    by_id = {h: i for i in set(ids) for h in tokens.id_hashes(key, i)}
-    by_email = {h: a for a in set(addresses) for h in tokens.email_hashes(key, a)}
+    by_id = {h: i for i in set(ids) for h in _id_hashes(key, i)}
+    by_email = {h: a for a in set(addresses) for h in _email_hashes(key, a)}
     return (
         {by_id[h] for h in _present(connection, tombstones.c.id_hash, list(by_id))},
         {by_email[h] for h in _present(connection, tombstones.c.email_hash, list(by_email))},
     )
 
 
-def lift(connection: sa.Connection, key: bytes, customer_id: str, match: Match) -> int:
+def lift(connection: sa.Connection, key: Keys, customer_id: str, match: Match) -> int:
     """A new sign-up with a fresh consent: the tombstone of this id goes; one that matched
     only by the address keeps its id (the old record stays erased) and loses the address.
     The id's erasure time stays (``id_erasures``): the erased record's links stay void."""
     t = tombstones.c
-    own = tokens.id_hashes(key, customer_id)  # the id in any Unicode form: the same id
+    own = _id_hashes(key, customer_id)  # the id in any Unicode form, under any key: the same id
     gone = connection.execute(sa.delete(tombstones).where(t.id_hash.in_(own))).rowcount or 0
     others = connection.execute(
         sa.update(tombstones)

@@ -85,6 +85,32 @@ def test_every_broken_entry_is_reported_by_position_and_name() -> None:
     assert "'entry 5'" in message
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "rck_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefg",  # the key instead of its entry
+        "rck_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefg=offers:read",
+        "s3cr3t/k3y+with:signs",
+    ],
+)
+def test_a_key_pasted_as_an_entry_is_never_shown(
+    entry: str, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A malformed entry was named by its start, up to its first ``=``: the key itself,
+    pasted where its entry belongs, went to stderr (``serve``) and the supervisor's log."""
+    with pytest.raises(ConfigError) as caught:
+        parse_keys(f"web=offers:read=sha256:{HEX}; {entry}")
+    [problem] = caught.value.problems
+    assert problem.key == "entry 2" and problem.value is None
+    assert entry.split("=")[0] not in str(caught.value)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", str(engine.url.render_as_string(False)))
+    monkeypatch.setenv("RECOCAMP_API_KEYS", entry)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 2 and "entry 1" in result.output, result.output
+    assert entry.split("=")[0] not in result.output
+
+
 def test_one_key_configured_under_two_names_is_refused() -> None:
     """The last entry whose hash matches decides a key's name and scopes: the shop's key
     pasted again as the DPO's entry (``dpo=privacy:admin=sha256:<the shop's hash>``) gave

@@ -20,7 +20,6 @@ from recocamp import privacy
 from recocamp.data import erasure_files
 from recocamp.data.ingest import Importer
 from recocamp.settings import Settings
-from recocamp.store import tombstones
 from tests.conftest import NOW
 
 T = TypeVar("T")
@@ -49,7 +48,7 @@ def kept_orders(path: Path, lines: int, theirs: set[int]) -> list[str]:
 def erased(engine: sa.Engine, tmp_path: Path) -> bytes | None:
     """A store in which ``c1`` was erased; the tombstones' key."""
     settings = Settings(signing_key=SecretStr("k" * 32))
-    key = tombstones.key_of(settings)
+    key = settings.signing_key_bytes()
     people = tmp_path / "people.csv"
     people.write_text(f"id,email\n{ERASED},{ADDRESS}\nc2,otto@example.test\n")
     Importer(engine, zone=ZoneInfo("UTC"), now=NOW, erasure_key=key).customers(people)

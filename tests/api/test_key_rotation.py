@@ -1,0 +1,211 @@
+"""Rotating ``RECOCAMP_SIGNING_KEY``: the old key moves to ``RECOCAMP_SIGNING_KEYS_RETIRED``
+and only ever checks. On real stores: a tombstone made under the old key still keeps the
+erased customer out of an import and voids their links; an old e-mail's unsubscribe link
+still unsubscribes; its preferences link (page, download, forms) is refused with a page
+saying to use a newer e-mail's link; nothing new is signed or written under a retired key;
+a short key is warned about by ``check`` and ``serve``, never shown."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from recocamp import privacy, tokens
+from recocamp.api.app import create_app
+from recocamp.cli import app as cli
+from recocamp.cli import common
+from recocamp.clock import FixedClock
+from recocamp.data.ingest import Importer
+from recocamp.settings import Settings
+from recocamp.store import tombstones as tombstones_store
+from recocamp.store.schema import contact_events, customers, tombstones
+from tests.api_shop import NOW, SIGNING_KEY, Reply, bearer, call, settings_for
+from tests.conftest import write_csv
+
+OLD = SIGNING_KEY  # the key the shop ran with (the API tests' key)
+NEW = "n" * 43  # what it was rotated to
+PEOPLE = ["id", "email", "first_name", "consent_basis", "consent_at"]
+ERIN = ["c1", "erin@example.test", "Erin", "double_opt_in", "2011-06-01T10:00:00Z"]
+OTTO = ["c2", "otto@example.test", "Otto", "double_opt_in", "2011-06-01T10:00:00Z"]
+
+
+def rotated(settings: Settings) -> Settings:
+    """``settings`` after the rotation: the new key signs, the old one is retired."""
+    update = {"signing_key": SecretStr(NEW), "signing_keys_retired": SecretStr(OLD)}
+    return settings.model_copy(update=update)
+
+
+def app_of(engine: sa.Engine, settings: Settings) -> FastAPI:
+    return create_app(settings, engine, FixedClock(NOW))
+
+
+def put(app: FastAPI, customer: str, body: dict[str, object]) -> Reply:
+    return call(app, "PUT", f"/v1/customers/{customer}", json=body, headers=bearer("shop"))
+
+
+def person(engine: sa.Engine, customer_id: str) -> Any:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(customers).where(customers.c.id == customer_id)).first()
+
+
+def test_a_tombstone_made_under_the_old_key_still_keeps_the_customer_out(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    before = Settings(signing_key=SecretStr(OLD))
+    importer = Importer(engine, zone=ZoneInfo("UTC"), now=NOW, erasure_key=None)
+    importer.customers(write_csv(tmp_path / "people.csv", PEOPLE, [ERIN, OTTO]))
+    assert privacy.erase(engine, before, "c1", NOW, via="test") is not None
+
+    after = rotated(before)
+    keyed = Importer(
+        engine, zone=ZoneInfo("UTC"), now=NOW, erasure_key=tombstones_store.key_of(after)
+    )
+    new_id = ["c3", "ERIN@example.test", "Erin", "none", ""]  # her address under a new id
+    report = keyed.customers(write_csv(tmp_path / "again.csv", PEOPLE, [ERIN, OTTO, new_id]))
+    assert (report.imported, report.skipped) == (1, {"erased": 2})
+    assert person(engine, "c1") is None and person(engine, "c3") is None
+
+    # an erasure now is written under the new key alone
+    assert privacy.erase(engine, after, "c2", NOW, via="test") is not None
+    with engine.connect() as connection:
+        stones = set(connection.execute(sa.select(tombstones.c.id_hash)).scalars())
+    assert tokens.keyed_hash(NEW.encode(), "customer", "c2") in stones
+    assert tokens.keyed_hash(OLD.encode(), "customer", "c2") not in stones
+    assert tokens.keyed_hash(OLD.encode(), "customer", "c1") in stones
+
+
+def test_an_old_e_mails_unsubscribe_link_still_works_its_preferences_link_does_not(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path)
+    app = app_of(engine, settings)
+    assert put(app, "e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    at = NOW - timedelta(days=3)
+    unsubscribe = tokens.sign(OLD.encode(), "e1", "winback", "unsubscribe", at)
+    preferences = tokens.sign(OLD.encode(), "e1", "winback", "preferences", at)
+    app = app_of(engine, rotated(settings))
+
+    for method, path, form in (
+        ("GET", f"/p/{preferences}?lang=en", None),
+        ("GET", f"/p/{preferences}/data.json?lang=en", None),
+        ("POST", f"/p/{preferences}?lang=en", {"action": "erase", "confirm": "on"}),
+        ("POST", f"/p/{preferences}?lang=en", {"action": "save"}),
+    ):
+        reply = call(app, method, path, data=form)
+        assert reply.status == 400, (method, path, form)
+        assert "newer e-mail" in reply.text and "e@example.test" not in reply.text
+    kept = person(engine, "e1")
+    assert kept is not None and kept.unsubscribed_at is None and kept.erased_at is None
+
+    assert call(app, "GET", f"/u/{unsubscribe}").status == 200  # the confirm button
+    one_click = {"List-Unsubscribe": "One-Click"}
+    assert call(app, "POST", f"/u/{unsubscribe}", data=one_click).status == 200
+    assert person(engine, "e1").unsubscribed_at == NOW
+
+    # signed under a key that is neither: not valid, whatever the purpose
+    stranger = tokens.sign(b"x" * 32, "e1", "winback", "unsubscribe", at)
+    assert call(app, "POST", f"/u/{stranger}").status == 400
+    # the new key's links work as ever
+    fresh = tokens.sign(NEW.encode(), "e1", "winback", "preferences", NOW)
+    assert call(app, "GET", f"/p/{fresh}").status == 200
+
+
+def test_an_old_link_of_a_customer_erased_under_the_old_key_stays_void(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path)
+    app = app_of(engine, settings)
+    assert put(app, "e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    unsubscribe = tokens.sign(OLD.encode(), "e1", "winback", "unsubscribe", NOW)
+    assert call(app, "DELETE", "/v1/privacy/customers/e1", headers=bearer("dpo")).status == 200
+    app = app_of(engine, rotated(settings))
+    assert call(app, "POST", f"/u/{unsubscribe}").status == 410
+    assert put(app, "e1", {"source": "signup", "email": "e@example.test"}).status == 410
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(contact_events)).first() is None
+
+
+def test_no_link_is_signed_under_a_retired_key(
+    cli_store: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", NEW)
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEYS_RETIRED", OLD)
+    monkeypatch.setattr(common.clock, "now", lambda: NOW)
+    people = write_csv(tmp_path / "people.csv", ["id", "email"], [["c1", "c1@example.test"]])
+    assert cli_store.invoke(cli, ["import", "customers", str(people)]).exit_code == 0
+    for purpose in ("unsubscribe", "preferences"):
+        done = cli_store.invoke(cli, ["link", "c1", "--purpose", purpose])
+        assert done.exit_code == 0, done.output
+        token = done.stdout.strip().rsplit("/", 1)[1]
+        assert tokens.verify(NEW.encode(), token, purpose, NOW).customer_id == "c1"
+        with pytest.raises(tokens.TokenError):
+            tokens.verify(OLD.encode(), token, purpose, NOW)
+        assert tokens.verify_any([NEW.encode(), OLD.encode()], token, purpose, NOW)[1] == 0
+
+
+def test_a_short_signing_key_or_webhook_secret_is_warned_about_never_shown(
+    cli_store: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "hunter2!")
+    monkeypatch.setenv("RECOCAMP_WEBHOOK_SECRET", "hooky")
+    result = cli_store.invoke(cli, ["check"])
+    assert result.exit_code == 0, result.output
+    assert "signing_key" in result.stderr and "8 bytes" in result.stderr
+    assert "webhook_secret" in result.stderr and "5 bytes" in result.stderr
+    assert "hunter2" not in result.output and "hooky" not in result.output
+    assert cli_store.invoke(cli, ["check", "--strict"]).exit_code == 2
+
+    ran: list[dict[str, Any]] = []
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: ran.append(kwargs))
+    served = cli_store.invoke(cli, ["serve"])
+    assert served.exit_code == 0 and ran, served.output
+    assert "signing_key" in served.stderr and "hunter2" not in served.output
+    worker = cli_store.invoke(cli, ["worker", "--once"])  # no ESP token: refused, warned first
+    assert worker.exit_code == 2 and "RECOCAMP_ESP_TOKEN" in worker.stderr, worker.output
+    assert "signing_key" in worker.stderr and "hunter2" not in worker.output
+
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", NEW)
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEYS_RETIRED", "hunter2!")  # it only checks: fine
+    monkeypatch.setenv("RECOCAMP_WEBHOOK_SECRET", "w" * 32)
+    result = cli_store.invoke(cli, ["check", "--strict"])
+    assert result.exit_code == 0, result.output
+    assert "signing_key" not in result.stderr and "webhook_secret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("retired", "problem"),
+    [
+        (NEW, "lists the signing key itself"),
+        (f"old-one {NEW}", "lists the signing key itself"),
+        (" ".join(f"k{n}" for n in range(17)), "holds 17 keys, at most 16"),
+        ('["not closed"', "is not a JSON list of strings"),
+    ],
+)
+def test_a_wrong_list_of_retired_keys_is_refused_without_showing_a_key(
+    cli_store: CliRunner, monkeypatch: pytest.MonkeyPatch, retired: str, problem: str
+) -> None:
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", NEW)
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEYS_RETIRED", retired)
+    result = cli_store.invoke(cli, ["check"])
+    assert result.exit_code == 2 and problem in result.stderr, result.output
+    assert "RECOCAMP_SIGNING_KEYS_RETIRED" in result.stderr
+    assert NEW not in result.output and "k16" not in result.output and "closed" not in result.output
+
+
+def test_retired_keys_are_read_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEYS_RETIRED", '["old key one", "k2"]')
+    settings = Settings(signing_key=SecretStr(NEW))
+    assert settings.signing_keys() == (NEW.encode(), b"old key one", b"k2")
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEYS_RETIRED", "k1\n k2  k1\n")
+    assert Settings(signing_key=SecretStr(NEW)).retired_signing_keys() == (b"k1", b"k2")
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEYS_RETIRED", "k1")
+    with pytest.raises(ValueError, match="needs RECOCAMP_SIGNING_KEY"):
+        Settings()
