@@ -73,6 +73,8 @@ class RateLimiter:
 
     def due_s(self, key: str = "") -> float:
         """0 when a token is free for ``key``, else the seconds until one is; takes none."""
+        if key not in self.buckets:  # a full bucket: no lock for the common answer
+            return 0.0
         with self.lock:
             tokens = self._refilled(key, self.monotonic())
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate

@@ -216,16 +216,21 @@ class Authenticator:
             raise HTTPException(403, f"API key {key.name!r} lacks the scope {scope!r}")
         return key
 
-    def check(self, authorization: str | None, scope: str, client: str = "") -> ApiKey:
+    def check(
+        self, authorization: str | None, scope: str, request: Mapping[str, Any] | None = None
+    ) -> ApiKey:
         """The caller's key, or an HTTPException: 401 (no or unknown key), 403 (key without
-        ``scope``), 429 (over the rate limit, or ``client``, its address (:func:`client_of`),
-        failed too often; with ``Retry-After``)."""
-        self.guard(client)
+        ``scope``), 429 (over the rate limit, or the client of the ``request`` scope, its
+        address (:func:`client_of`), failed too often; with ``Retry-After``). The address is
+        only worked out while some client has failed lately: the next-best offer's hot path
+        pays nothing for it otherwise."""
+        if self.failures.buckets:
+            self.guard(client_of(request or {}))
         try:
             key = self.admits(authorization, scope)
         except HTTPException as refused:
             if refused.status_code == 401:
-                self.failed(client)
+                self.failed(client_of(request or {}))
             raise
         wait = self.limiter.wait_s(key.name)
         if wait > 0:
@@ -261,7 +266,7 @@ def scoped(scope: str) -> Callable[..., Coroutine[Any, Any, ApiKey]]:
             return cast(ApiKey, admitted[1])
         authenticator: Authenticator = request.app.state.authenticator
         header = f"Bearer {credentials.credentials}" if credentials is not None else None
-        return authenticator.check(header, scope, client_of(request.scope))
+        return authenticator.check(header, scope, request.scope)
 
     return dependency
 

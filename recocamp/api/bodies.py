@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 from pydantic import BeforeValidator, Strict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recocamp.api.auth import ADMITTED, client_of
+from recocamp.api.auth import ADMITTED
 from recocamp.domain import read_json
 
 
@@ -170,7 +170,7 @@ class JsonRoute(APIRoute):
             if scope is not None:
                 authorization = request.headers.get("authorization")
                 authenticator = request.app.state.authenticator
-                key = authenticator.check(authorization, scope, client_of(request.scope))
+                key = authenticator.check(authorization, scope, request.scope)
                 request.scope[ADMITTED] = (scope, key)
             return await handler(JsonRequest(request.scope, request.receive))
 

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, TypeAdapter
 
 from recocamp.api import lean as api_lean
-from recocamp.api.auth import Authenticator, OffersRead, client_of
+from recocamp.api.auth import Authenticator, OffersRead
 from recocamp.api.offer_cache import MAX_FILTERS, MAX_N, OfferService
 from recocamp.api.offer_cache import Query as OfferQuery
 from recocamp.api.pages import NO_STORE
@@ -147,7 +147,7 @@ def next_best_offer_route(
 
     async def parse(request: Request) -> dict[str, Any]:
         authorization = api_lean.header(request, b"authorization")
-        key = auth.check(authorization, "offers:read", client_of(request.scope))
+        key = auth.check(authorization, "offers:read", request.scope)
         values, errors = query_of(request.scope.get("query_string", b""))
         customer_id = str(request.path_params["customer_id"])
         bad_id = api_lean.id_errors(customer_id, ("path", "customer_id"))
