@@ -1,5 +1,9 @@
 """Postmark: ``POST /email/batch`` (≤ 500 messages), search by metadata for reconciliation.
 
+The metadata names each message by a keyed digest of its send key (``tokens.provider_key``),
+not the send key: that holds the customer id, which Postmark has no use for, and may be
+longer than the 80 characters Postmark allows a metadata value.
+
 Per-message answers carry an ``ErrorCode``: 0 accepted (``MessageID``), 406 inactive
 recipient (bounced, complained or unsubscribed at Postmark) and 300 invalid request about
 the 'To' address (a malformed address) are permanent for that recipient; a 300 about
@@ -39,6 +43,7 @@ from recocamp.errors import (
     TransientDeliveryError,
     mask_addresses,
 )
+from recocamp.tokens import provider_key
 
 INVALID_REQUEST = 300
 PERMANENT_CODES = frozenset({INVALID_REQUEST, 406})
@@ -64,12 +69,18 @@ class Postmark:
         timeout_s: float = 10.0,
         message_stream: str = "broadcast",
         transport: httpx.BaseTransport | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.client = make_client(
             base_url, {"X-Postmark-Server-Token": token}, timeout_s, transport
         )
         self.from_email = sender(from_email)
         self.message_stream = message_stream
+        self.key = key  # the signing key: what the send keys become at Postmark (``_ref``)
+
+    def _ref(self, send_key: str) -> str:
+        """The send key as Postmark stores and searches it: ``tokens.provider_key``."""
+        return provider_key(self.key, send_key)
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         payload = [self._message(m) for m in messages]
@@ -96,7 +107,7 @@ class Postmark:
             "HtmlBody": message.html,
             "TextBody": message.text,
             "Headers": [{"Name": name, "Value": value} for name, value in message.headers],
-            "Metadata": {"send_key": message.send_key, "campaign": message.campaign},
+            "Metadata": {"send_key": self._ref(message.send_key), "campaign": message.campaign},
             "Tag": message.campaign,
             "MessageStream": self.message_stream,
         }
@@ -125,7 +136,7 @@ class Postmark:
         params = {
             "count": 1,
             "offset": 0,
-            "metadata_send_key": key,
+            "metadata_send_key": self._ref(key),
             "messagestream": self.message_stream,
         }
         response = request(self.client, self.name, "GET", "/messages/outbound", params=params)
