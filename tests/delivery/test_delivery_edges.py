@@ -787,3 +787,27 @@ def test_a_send_key_over_80_characters_goes_out_once_and_postmark_learns_no_cust
     with engine.connect() as connection:
         named = connection.execute(sa.select(contact_events.c.customer_id)).scalars().all()
     assert named == ["c0"]
+
+
+def test_a_postmark_stream_that_does_not_exist_stops_the_run_and_keeps_its_mail_queued(
+    engine: sa.Engine,
+) -> None:
+    """``[esp] message_stream`` naming no stream of the server: Postmark answers every message
+    of the batch ErrorCode 1235, which is about our settings, not the message. Each was
+    retried (an attempt spent, backoff, the campaign paused over its error rate) until it
+    failed for good; nothing could have gone out. Now the run stops naming the setting, and
+    the mail waits in the queue untouched for the fixed settings, as for refused credentials."""
+    fill(engine, 3)
+    fake = FakeEsp(token="t")
+    with running(create_fake(fake)) as url:
+        provider = Postmark(url, "t", "shop@example.test", message_stream="newsletters")
+        try:
+            with pytest.raises(DeliveryError, match=r"1235: \[esp\] message_stream"):
+                Deliverer(engine, provider, ESP, FixedClock(NOW)).drain()
+        finally:
+            provider.close()
+    assert fake.stats()["received"] == 0
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(outbox_table.c.state, outbox_table.c.attempts)).all()
+        assert not outbox.paused(connection)
+    assert sorted(rows) == [("queued", 0)] * 3

@@ -17,11 +17,15 @@ about the account, not the messages (Postmark, "API error codes": 405 not allowe
 the credits ran out; 412 account pending; 413 account may not send): nothing was sent, the
 claims go back and the run stops, as for refused credentials (every message of the run had
 failed for good over an empty credit balance); 410 (too many messages in the batch) splits
-it, as a 413 does; 100 (maintenance) is retried. The search names the message
-stream we send on: without ``messagestream`` Postmark searches only its default
-``outbound`` stream, and a broadcast message would look unsent (and be sent again). The
-fake ESP answers as Postmark does, so pointing this provider at it is how the demo and the
-tests send.
+it, as a 413 does; 100 (maintenance) is retried. Codes about our settings, the same for
+every message (``SETTINGS_CODES``: 400/401, ``from_email`` is no confirmed sender signature;
+1235/1236, ``message_stream`` does not exist or cannot send) stop the run with the claims
+given back, for the whole request and when every message of a batch is answered so: each
+message was retried ``max_attempts`` times and then failed, and the run paused over them.
+The search names the message stream we send on: without ``messagestream`` Postmark searches
+only its default ``outbound`` stream, and a broadcast message would look unsent (and be sent
+again). The fake ESP answers as Postmark does, so pointing this provider at it is how the
+demo and the tests send.
 """
 
 from __future__ import annotations
@@ -51,6 +55,14 @@ MAINTENANCE = 100
 SERVER_ERROR = 500  # "in most cases the message is lost": in some it went out
 TOO_MANY_BATCH_MESSAGES = 410
 ACCOUNT_CODES = frozenset({405, 412, 413})  # not allowed to send, pending, may not send
+# codes about our settings, the same for every message (Postmark, "API error codes"; the
+# stream codes as its Email API answers them): no message can go out until they are fixed
+SETTINGS_CODES = {
+    400: "[esp] from_email: Postmark has no sender signature for it",
+    401: "[esp] from_email: its sender signature is not confirmed",
+    1235: "[esp] message_stream: no such stream on the Postmark server",
+    1236: "[esp] message_stream: that stream cannot send",
+}
 LOOKUP_THREADS = 8  # searches at once, each on its own pooled connection
 SPECIALS = re.compile(r'[][\\()<>@,:;".]')  # RFC 5322 §3.2.3 specials: quoted in a name
 ESCAPED = re.compile(r'[\\"]')  # escaped inside a quoted-string
@@ -97,6 +109,10 @@ class Postmark:
             raise TransientDeliveryError(
                 "postmark: unexpected entry in the batch answer", ambiguous=True
             )
+        codes = {answer["ErrorCode"] for answer in body}
+        wrong = sorted(codes & SETTINGS_CODES.keys())
+        if wrong and 0 not in codes:  # none went out: give the claims back, stop the run
+            raise DeliveryError(f"postmark: ErrorCode {wrong[0]}: {SETTINGS_CODES[wrong[0]]}")
         return [_result(m.send_key, answer) for m, answer in zip(messages, body, strict=True)]
 
     def _message(self, message: OutgoingEmail) -> dict[str, Any]:
@@ -190,6 +206,8 @@ def _refusal(status: int, body: dict[str, Any]) -> DeliveryError:
     said = f"postmark: HTTP {status}, ErrorCode {code}: {detail}"
     if code in ACCOUNT_CODES:
         return DeliveryError(f"{said} (the account may not send now: nothing was sent)")
+    if code in SETTINGS_CODES:
+        return DeliveryError(f"{said} ({SETTINGS_CODES[code]}: nothing was sent)")
     if code == TOO_MANY_BATCH_MESSAGES:
         return BatchTooLargeError(said)
     if code == MAINTENANCE:
@@ -232,7 +250,7 @@ def _result(send_key: str, answer: dict[str, Any]) -> SendResult:
         return SendResult(send_key, SendStatus.ACCEPTED, message_id=answer["MessageID"])
     said = str(answer.get("Message", ""))
     error = f"postmark {code}: {said}"
-    if code == INVALID_REQUEST and "'To'" not in said:
+    if (code == INVALID_REQUEST and "'To'" not in said) or code in SETTINGS_CODES:
         return SendResult(send_key, SendStatus.FAILED, error=error[:500])
     status = SendStatus.REJECTED if code in PERMANENT_CODES else SendStatus.RETRY
     return SendResult(send_key, status, error=error[:500])

@@ -547,6 +547,18 @@ def test_postmark_422_about_the_account_stops_the_run_and_fails_no_message(code:
     assert f"ErrorCode {code}" in str(error) and "run out of credits" in str(error)
 
 
+@pytest.mark.parametrize(
+    ("code", "setting"),
+    [(400, "from_email"), (401, "from_email"), (1235, "message_stream"), (1236, "message_stream")],
+)
+def test_postmark_422_about_our_sender_or_stream_stops_the_run(code: int, setting: str) -> None:
+    """Sender signature missing or unconfirmed, a stream that does not exist or cannot send:
+    our settings, the same for every message. It failed every message of the run for good."""
+    body = {"ErrorCode": code, "Message": "The 'From' address is not a Sender Signature."}
+    error = send_error(POSTMARK, reply(422, body=body), DeliveryError)
+    assert type(error) is DeliveryError and f"[esp] {setting}" in str(error)
+
+
 def test_postmark_422_too_many_batch_messages_splits_and_maintenance_is_retried() -> None:
     too_many = {"ErrorCode": 410, "Message": "You may send up to 500 messages per batch."}
     send_error(POSTMARK, reply(422, body=too_many), BatchTooLargeError)
