@@ -811,3 +811,38 @@ def test_a_postmark_stream_that_does_not_exist_stops_the_run_and_keeps_its_mail_
         rows = connection.execute(sa.select(outbox_table.c.state, outbox_table.c.attempts)).all()
         assert not outbox.paused(connection)
     assert sorted(rows) == [("queued", 0)] * 3
+
+
+def test_postmarks_per_message_429_for_a_whole_batch_is_a_rate_limit_not_the_campaigns_error(
+    engine: sa.Engine,
+) -> None:
+    """Postmark's ErrorCode 429 ("Rate Limit Exceeded") on every message of a batch answer is
+    the account's rate limit, as an HTTP 429 is. It was taken for an error of each message:
+    an attempt spent (out of attempts: failed for good) and the campaign's error rate, which
+    paused the campaign, while nothing was wrong with its mail. Now such an answer holds
+    every batch, spends no attempt and leaves the campaign running."""
+    fill(engine, 4)
+    requests = 0
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal requests
+        requests += 1
+        sent = orjson.loads(request.content)
+        if requests <= 3:
+            limited = {"ErrorCode": 429, "Message": "Rate limit exceeded."}
+            return httpx.Response(200, json=[limited] * len(sent))
+        accepted = [{"ErrorCode": 0, "MessageID": f"id-{requests}-{n}"} for n in range(len(sent))]
+        return httpx.Response(200, json=accepted)
+
+    provider = Postmark(
+        "http://esp.test", "t", "shop@example.test", transport=httpx.MockTransport(answer)
+    )
+    settings = ESP.model_copy(
+        update={"max_attempts": 2, "pause_min_messages": 2, "pause_error_rate": 0.5}
+    )
+    clock = FixedClock(NOW)
+    report = Deliverer(engine, provider, settings, clock, sleep=Sleeper(clock)).drain(
+        max_wait_s=3600
+    )
+    assert report.sent == 4 and report.failed == 0 and not report.paused
+    assert states(engine) == Counter({"sent": 4})

@@ -9,9 +9,12 @@ recipient (bounced, complained or unsubscribed at Postmark) and 300 invalid requ
 the 'To' address (a malformed address) are permanent for that recipient; a 300 about
 anything else (our From, an empty body, a field over its limit) fails the message without
 blaming the recipient (a typo in ``from_email`` must not suppress every customer); 429 and
-anything else are retried. An answer of the wrong length, or with an entry that is not of
-that shape, is ambiguous: the batch is looked up before anything is sent again; so is a
-500 ("In most cases the message is lost", Postmark's API overview: in some it was sent).
+anything else are retried. A batch answered 429 for every message is the account's rate
+limit, as an HTTP 429 is (``TransientDeliveryError``): it holds every batch and costs no
+attempt; taken for each message's error it spent their attempts and paused the campaign.
+An answer of the wrong length, or with an entry that is not of that shape, is ambiguous:
+the batch is looked up before anything is sent again; so is a 500 ("In most cases the
+message is lost", Postmark's API overview: in some it was sent).
 A 422 for the whole request is permanent for the whole batch, unless its ``ErrorCode`` is
 about the account, not the messages (Postmark, "API error codes": 405 not allowed to send,
 the credits ran out; 412 account pending; 413 account may not send): nothing was sent, the
@@ -52,6 +55,7 @@ from recocamp.tokens import provider_key
 INVALID_REQUEST = 300
 PERMANENT_CODES = frozenset({INVALID_REQUEST, 406})
 MAINTENANCE = 100
+RATE_LIMITED = 429  # "Rate Limit Exceeded"
 SERVER_ERROR = 500  # "in most cases the message is lost": in some it went out
 TOO_MANY_BATCH_MESSAGES = 410
 ACCOUNT_CODES = frozenset({405, 412, 413})  # not allowed to send, pending, may not send
@@ -110,6 +114,11 @@ class Postmark:
                 "postmark: unexpected entry in the batch answer", ambiguous=True
             )
         codes = {answer["ErrorCode"] for answer in body}
+        if codes == {RATE_LIMITED}:  # the account's rate limit, as an HTTP 429 says it
+            raise TransientDeliveryError(
+                "postmark: ErrorCode 429 for every message of the batch (rate limit)",
+                status=RATE_LIMITED,
+            )
         wrong = sorted(codes & SETTINGS_CODES.keys())
         if wrong and 0 not in codes:  # none went out: give the claims back, stop the run
             raise DeliveryError(f"postmark: ErrorCode {wrong[0]}: {SETTINGS_CODES[wrong[0]]}")
