@@ -2,7 +2,12 @@
 requests per key. Pure: the monotonic clock and the sleep are passed in.
 
 A bucket fills at ``rate`` tokens a second up to ``capacity`` (the burst: ``burst_s``
-seconds' worth, at least one token). Two ways to take a token:
+seconds' worth, at least one token). By default there is no burst (one token): requests are
+spaced ``1 / rate`` apart, and no second holds more than ``rate`` of them. A second's worth
+of burst (the default before) let a full bucket go out at once and the refill follow in the
+same second: 19 requests in one second at 10 a second, where ``[esp] rate_limit_per_s`` is
+documented as the provider's limit. The API's limit per minute bursts a minute's worth on
+purpose (``per_minute``). Two ways to take a token:
 
 - :meth:`RateLimiter.take` blocks: the token is taken at once (the bucket may go into debt)
   and the caller sleeps, outside the lock, for what it owes. The deliverer uses it, so
@@ -25,7 +30,8 @@ from contextlib import contextmanager
 
 
 class RateLimiter:
-    """Token buckets by key: ``rate`` requests a second, bursts of ``burst_s`` seconds' worth.
+    """Token buckets by key: ``rate`` requests a second, bursts of ``burst_s`` seconds' worth
+    (none by default: one token).
 
     Thread-safe. A worker sets the rate to its share of the configured total with
     :meth:`share` when other workers run, so the provider sees the configured rate in total.
@@ -36,7 +42,7 @@ class RateLimiter:
         rate: float,
         sleep: Callable[[float], object] | None = None,
         *,
-        burst_s: float = 1.0,
+        burst_s: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
         max_keys: int | None = None,
     ) -> None:

@@ -130,6 +130,25 @@ def mailbox_tag(key: bytes, address: str) -> str:
     return _b64(mac.digest()[:12])
 
 
+PROVIDER_KEY_CHARS = 32  # hex: 128 bits, well within Postmark's 80 characters of metadata
+
+
+def provider_key(key: bytes | None, send_key: str) -> str:
+    """An e-mail's send key as its provider sees it (Postmark's ``Metadata.send_key``, which
+    the lookup after a crash searches and webhooks echo): a keyed digest, 32 hex characters.
+    The send key itself (``campaign/customer/period``) gave the provider the shop's customer
+    ids, which it has no use for and keeps, searchable, with the message; and it is up to 140
+    characters, where Postmark refuses a metadata value over 80. Without a key (tests of a
+    provider on its own) the digest is plain SHA-256: of the same length, but a guessable id
+    can be tested against it."""
+    text = f"send_key:{send_key}".encode()
+    if key is None:
+        return hashlib.sha256(text).hexdigest()[:PROVIDER_KEY_CHARS]
+    mac = _keyed(key).copy()
+    mac.update(text)
+    return mac.hexdigest()[:PROVIDER_KEY_CHARS]
+
+
 @functools.lru_cache(maxsize=8)
 def _keyed(key: bytes) -> hmac.HMAC:
     """The HMAC state after the key: copying it skips hashing the padded key per token."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from recocamp.ratelimit import RateLimiter
@@ -47,10 +49,25 @@ def test_share_splits_the_rate_between_processes() -> None:
     clock = Ticks()
     limiter = RateLimiter(10.0, clock.sleep, monotonic=clock)
     limiter.share(10.0, 4)
-    assert (limiter.rate, limiter.capacity) == (2.5, 2.5)
+    assert (limiter.rate, limiter.capacity) == (2.5, 1.0)
     for _ in range(6):
         limiter.take()
-    assert sum(clock.slept) == pytest.approx(0.2 + 3 * 0.4)  # 2.5 at once, then 1 per 0.4 s
+    assert sum(clock.slept) == pytest.approx(5 * 0.4)  # 1 at once, then 1 per 0.4 s
+
+
+@pytest.mark.parametrize("rate", [10.0, 2.5, 0.5])
+def test_no_second_holds_more_requests_than_the_rate(rate: float) -> None:
+    """``[esp] rate_limit_per_s`` is the provider's limit. With a second's worth of burst a
+    full bucket went out at once and the refill followed in the same second: 19 requests in
+    one second at 10 a second."""
+    clock = Ticks()
+    limiter = RateLimiter(rate, clock.sleep, monotonic=clock)
+    times = []
+    for _ in range(40):
+        limiter.take()
+        times.append(clock.now)
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= math.ceil(rate)  # 2.5 a second: 3 in one second, then 2
 
 
 def test_a_blocking_take_needs_a_sleep() -> None:

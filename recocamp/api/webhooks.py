@@ -34,6 +34,7 @@ from recocamp.delivery import webhooks
 from recocamp.settings import Settings
 from recocamp.store import contacts
 from recocamp.store.engine import Engine, SQLAlchemyError
+from recocamp.tokens import provider_key
 
 log = logging.getLogger(__name__)
 MAX_NAMED = 20  # rejected events named in one answer
@@ -101,9 +102,15 @@ def router(
             rejected=parsed.rejected[:MAX_NAMED],
         )
 
+    signing_key = settings.signing_key_bytes()
+
+    def reference(send_key: str) -> str:
+        """A send key as the provider knows it (Postmark: ``tokens.provider_key``)."""
+        return provider_key(signing_key, send_key)
+
     def store(events: list[webhooks.Event]) -> contacts.Applied:
         with engine.begin() as connection:
-            return contacts.apply(connection, events, clock.now())
+            return contacts.apply(connection, events, clock.now(), reference)
 
     async def stored(provider: str, events: list[webhooks.Event]) -> contacts.Applied:
         """The events applied, off the event loop (which also serves cached next-best

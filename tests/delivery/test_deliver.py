@@ -399,7 +399,7 @@ def test_rate_limiter_spaces_requests() -> None:
     limiter = RateLimiter(2.0, sleep, monotonic=lambda: now[0])
     for _ in range(5):
         limiter.take()
-    assert sum(slept) == pytest.approx(1.5)  # 2 from the bucket, then one per 0.5 s
+    assert sum(slept) == pytest.approx(2.0)  # 1 from the bucket, then one per 0.5 s
 
 
 def test_backoff_is_exponential_jittered_and_capped() -> None:

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Response
 from pydantic import SecretStr
 
 from recocamp import privacy
+from recocamp.api.app import create_app as create_api
 from recocamp.campaigns import run
 from recocamp.campaigns.render import Renderer, sample_context
 from recocamp.campaigns.run import plan_run
@@ -28,7 +29,7 @@ from recocamp.delivery import campaign_send
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp import http as esp_http
 from recocamp.delivery.esp.fake import FakeProvider
-from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
+from recocamp.delivery.esp.fake_server import FakeEsp, Faults, postmark_event, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.delivery.esp.postmark import Postmark
 from recocamp.delivery.processes import drain_in_processes
@@ -37,9 +38,10 @@ from recocamp.errors import DeliveryError, TransientDeliveryError
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import contacts, outbox
-from recocamp.store.schema import customers, suppressions
+from recocamp.store.schema import contact_events, customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
 from tests import campaign_shop
+from tests.api_shop import call
 from tests.conftest import NOW, ROOT
 from tests.delivery.test_deliver import (
     ESP,
@@ -738,3 +740,109 @@ def test_a_postmark_500_after_part_of_the_batch_went_through_sends_nothing_twice
     report = Deliverer(engine, provider, ESP, clock, sleep=Sleeper(clock)).drain(max_wait_s=3600)
     assert report.sent == 2 and states(engine) == Counter({"sent": 2})
     assert sorted(accepted.values()) == [1, 1]
+
+
+def test_a_send_key_over_80_characters_goes_out_once_and_postmark_learns_no_customer_id(
+    engine: sa.Engine,
+) -> None:
+    """Postmark refuses a metadata value over 80 characters (ErrorCode 300, "Invalid metadata
+    content"), and the send key went there whole: ``campaign/customer/period`` is up to 140
+    characters (campaign names and customer ids of up to 64), so every e-mail of a campaign
+    with a long name to a customer with a UUID id failed; every other one gave Postmark the
+    shop's customer id, which it keeps, searchable, with the message. Postmark now gets a
+    keyed digest of the send key: the e-mail goes out, is found again after its deliverer
+    died before recording it (not sent twice), and a webhook that comes before that record
+    still names its customer."""
+    customer = "0b7e7a52-4c1e-4d55-9b8f-2f5c3a9d1e77"
+    campaign = "reactivation_of_customers_without_an_order_in_a_year"
+    key = f"{campaign}/{customer}/2026-01-15"
+    store(engine, [dataclasses.replace(email(0, campaign), send_key=key, headers=())])
+    signing_key = b"the shop's signing key"
+    settings = Settings(signing_key=SecretStr(signing_key.decode()), webhook_secret="hook")
+    fake = FakeEsp(token="t")
+    with running(create_fake(fake)) as url:
+        provider = Postmark(url, "t", "shop@example.test", key=signing_key)
+        try:
+            claimed = outbox.claim(engine, "elsewhere:1:dead", NOW, 10)  # then it died
+            [result] = provider.send_batch([c.email for c in claimed])
+            assert result.status == "accepted", result.error
+            [record] = fake.messages
+            hook = orjson.dumps(postmark_event("delivery", record, NOW))
+            posted = call(
+                create_api(settings, engine, FixedClock(NOW)),
+                "POST",
+                "/v1/webhooks/postmark",
+                content=hook,
+                headers={"authorization": "Bearer hook"},
+            )
+            assert posted.status == 200, posted.text
+            later = FixedClock(NOW + timedelta(seconds=ESP.claim_lease_s + 1))
+            report = Deliverer(engine, provider, ESP, later).drain()
+        finally:
+            provider.close()
+    assert report.reconciled == 1 and report.sent == 0
+    assert fake.stats()["received"] == 1 and states(engine) == Counter({"sent": 1})
+    metadata = record["Metadata"]["send_key"]
+    assert len(metadata) <= 80 and customer not in orjson.dumps(record).decode()
+    with engine.connect() as connection:
+        named = connection.execute(sa.select(contact_events.c.customer_id)).scalars().all()
+    assert named == ["c0"]
+
+
+def test_a_postmark_stream_that_does_not_exist_stops_the_run_and_keeps_its_mail_queued(
+    engine: sa.Engine,
+) -> None:
+    """``[esp] message_stream`` naming no stream of the server: Postmark answers every message
+    of the batch ErrorCode 1235, which is about our settings, not the message. Each was
+    retried (an attempt spent, backoff, the campaign paused over its error rate) until it
+    failed for good; nothing could have gone out. Now the run stops naming the setting, and
+    the mail waits in the queue untouched for the fixed settings, as for refused credentials."""
+    fill(engine, 3)
+    fake = FakeEsp(token="t")
+    with running(create_fake(fake)) as url:
+        provider = Postmark(url, "t", "shop@example.test", message_stream="newsletters")
+        try:
+            with pytest.raises(DeliveryError, match=r"1235: \[esp\] message_stream"):
+                Deliverer(engine, provider, ESP, FixedClock(NOW)).drain()
+        finally:
+            provider.close()
+    assert fake.stats()["received"] == 0
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(outbox_table.c.state, outbox_table.c.attempts)).all()
+        assert not outbox.paused(connection)
+    assert sorted(rows) == [("queued", 0)] * 3
+
+
+def test_postmarks_per_message_429_for_a_whole_batch_is_a_rate_limit_not_the_campaigns_error(
+    engine: sa.Engine,
+) -> None:
+    """Postmark's ErrorCode 429 ("Rate Limit Exceeded") on every message of a batch answer is
+    the account's rate limit, as an HTTP 429 is. It was taken for an error of each message:
+    an attempt spent (out of attempts: failed for good) and the campaign's error rate, which
+    paused the campaign, while nothing was wrong with its mail. Now such an answer holds
+    every batch, spends no attempt and leaves the campaign running."""
+    fill(engine, 4)
+    requests = 0
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal requests
+        requests += 1
+        sent = orjson.loads(request.content)
+        if requests <= 3:
+            limited = {"ErrorCode": 429, "Message": "Rate limit exceeded."}
+            return httpx.Response(200, json=[limited] * len(sent))
+        accepted = [{"ErrorCode": 0, "MessageID": f"id-{requests}-{n}"} for n in range(len(sent))]
+        return httpx.Response(200, json=accepted)
+
+    provider = Postmark(
+        "http://esp.test", "t", "shop@example.test", transport=httpx.MockTransport(answer)
+    )
+    settings = ESP.model_copy(
+        update={"max_attempts": 2, "pause_min_messages": 2, "pause_error_rate": 0.5}
+    )
+    clock = FixedClock(NOW)
+    report = Deliverer(engine, provider, settings, clock, sleep=Sleeper(clock)).drain(
+        max_wait_s=3600
+    )
+    assert report.sent == 4 and report.failed == 0 and not report.paused
+    assert states(engine) == Counter({"sent": 4})

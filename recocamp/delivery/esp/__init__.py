@@ -88,7 +88,9 @@ def make_provider(settings: Settings, transport: Any = None) -> Provider:
     if esp.provider == "postmark":
         from recocamp.delivery.esp.postmark import Postmark
 
-        return Postmark(message_stream=esp.message_stream, **common)
+        return Postmark(
+            message_stream=esp.message_stream, key=settings.signing_key_bytes(), **common
+        )
     module = import_module(f"recocamp.delivery.esp.{esp.provider}")
     cls = {"sendgrid": "SendGrid", "brevo": "Brevo", "mailpit": "Mailpit"}[esp.provider]
     provider: Provider = getattr(module, cls)(**common)

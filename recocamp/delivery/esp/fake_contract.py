@@ -38,6 +38,11 @@ LIMITS = {
     "TextBody": 5 * 1024 * 1024,
     "HtmlBody": 5 * 1024 * 1024,
 }
+# Postmark's answer to a longer metadata name or value (ErrorCode 300, HTTP 422 for /email):
+# "Invalid metadata content. Field names are limited to 20 characters and field values are
+# limited to 80 characters in length."
+METADATA_NAME_MAX = 20
+METADATA_VALUE_MAX = 80
 TRACK_LINKS = ("None", "HtmlAndText", "HtmlOnly", "TextOnly")
 # Postmark's support article "What does Error Code 300 mean?" gives these two patterns
 MAILBOX = re.compile(r"^[a-z0-9.!#$%&'`*+\-/=^_{}|~]+$", re.IGNORECASE)
@@ -145,7 +150,8 @@ def validate(raw: object, streams: Mapping[str, str] = STREAMS) -> Refusal | dic
 
 
 def _typed(raw: dict[str, Any]) -> Refusal | dict[str, Any]:
-    """The optional structured fields: 403 when one has the wrong JSON type."""
+    """The optional structured fields: 403 when one has the wrong JSON type, 300 when a
+    metadata name or value is longer than Postmark allows."""
     for name in STRING_FIELDS:
         if raw.get(name) is not None and not isinstance(raw[name], str):
             return field_error(name)
@@ -164,6 +170,14 @@ def _typed(raw: dict[str, Any]) -> Refusal | dict[str, Any]:
         isinstance(v, str | int | float) and not isinstance(v, bool) for v in metadata.values()
     ):
         return field_error("Metadata")
+    for name, value in metadata.items():
+        if len(name) > METADATA_NAME_MAX or len(str(value)) > METADATA_VALUE_MAX:
+            return invalid(
+                "Invalid metadata content. Field names are limited to "
+                f"{METADATA_NAME_MAX} characters and field values are limited to "
+                f"{METADATA_VALUE_MAX} characters in length. The '{name[:100]}' "
+                "field in your metadata content exceeds these limits."
+            )
     attachments = raw.get("Attachments") or []
     if not isinstance(attachments, list) or not all(
         isinstance(a, dict) and isinstance(a.get("Name"), str) for a in attachments

@@ -1,23 +1,34 @@
 """Postmark: ``POST /email/batch`` (≤ 500 messages), search by metadata for reconciliation.
 
+The metadata names each message by a keyed digest of its send key (``tokens.provider_key``),
+not the send key: that holds the customer id, which Postmark has no use for, and may be
+longer than the 80 characters Postmark allows a metadata value.
+
 Per-message answers carry an ``ErrorCode``: 0 accepted (``MessageID``), 406 inactive
 recipient (bounced, complained or unsubscribed at Postmark) and 300 invalid request about
 the 'To' address (a malformed address) are permanent for that recipient; a 300 about
 anything else (our From, an empty body, a field over its limit) fails the message without
 blaming the recipient (a typo in ``from_email`` must not suppress every customer); 429 and
-anything else are retried. An answer of the wrong length, or with an entry that is not of
-that shape, is ambiguous: the batch is looked up before anything is sent again; so is a
-500 ("In most cases the message is lost", Postmark's API overview: in some it was sent).
+anything else are retried. A batch answered 429 for every message is the account's rate
+limit, as an HTTP 429 is (``TransientDeliveryError``): it holds every batch and costs no
+attempt; taken for each message's error it spent their attempts and paused the campaign.
+An answer of the wrong length, or with an entry that is not of that shape, is ambiguous:
+the batch is looked up before anything is sent again; so is a 500 ("In most cases the
+message is lost", Postmark's API overview: in some it was sent).
 A 422 for the whole request is permanent for the whole batch, unless its ``ErrorCode`` is
 about the account, not the messages (Postmark, "API error codes": 405 not allowed to send,
 the credits ran out; 412 account pending; 413 account may not send): nothing was sent, the
 claims go back and the run stops, as for refused credentials (every message of the run had
 failed for good over an empty credit balance); 410 (too many messages in the batch) splits
-it, as a 413 does; 100 (maintenance) is retried. The search names the message
-stream we send on: without ``messagestream`` Postmark searches only its default
-``outbound`` stream, and a broadcast message would look unsent (and be sent again). The
-fake ESP answers as Postmark does, so pointing this provider at it is how the demo and the
-tests send.
+it, as a 413 does; 100 (maintenance) is retried. Codes about our settings, the same for
+every message (``SETTINGS_CODES``: 400/401, ``from_email`` is no confirmed sender signature;
+1235/1236, ``message_stream`` does not exist or cannot send) stop the run with the claims
+given back, for the whole request and when every message of a batch is answered so: each
+message was retried ``max_attempts`` times and then failed, and the run paused over them.
+The search names the message stream we send on: without ``messagestream`` Postmark searches
+only its default ``outbound`` stream, and a broadcast message would look unsent (and be sent
+again). The fake ESP answers as Postmark does, so pointing this provider at it is how the
+demo and the tests send.
 """
 
 from __future__ import annotations
@@ -39,13 +50,23 @@ from recocamp.errors import (
     TransientDeliveryError,
     mask_addresses,
 )
+from recocamp.tokens import provider_key
 
 INVALID_REQUEST = 300
 PERMANENT_CODES = frozenset({INVALID_REQUEST, 406})
 MAINTENANCE = 100
+RATE_LIMITED = 429  # "Rate Limit Exceeded"
 SERVER_ERROR = 500  # "in most cases the message is lost": in some it went out
 TOO_MANY_BATCH_MESSAGES = 410
 ACCOUNT_CODES = frozenset({405, 412, 413})  # not allowed to send, pending, may not send
+# codes about our settings, the same for every message (Postmark, "API error codes"; the
+# stream codes as its Email API answers them): no message can go out until they are fixed
+SETTINGS_CODES = {
+    400: "[esp] from_email: Postmark has no sender signature for it",
+    401: "[esp] from_email: its sender signature is not confirmed",
+    1235: "[esp] message_stream: no such stream on the Postmark server",
+    1236: "[esp] message_stream: that stream cannot send",
+}
 LOOKUP_THREADS = 8  # searches at once, each on its own pooled connection
 SPECIALS = re.compile(r'[][\\()<>@,:;".]')  # RFC 5322 §3.2.3 specials: quoted in a name
 ESCAPED = re.compile(r'[\\"]')  # escaped inside a quoted-string
@@ -64,12 +85,18 @@ class Postmark:
         timeout_s: float = 10.0,
         message_stream: str = "broadcast",
         transport: httpx.BaseTransport | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.client = make_client(
             base_url, {"X-Postmark-Server-Token": token}, timeout_s, transport
         )
         self.from_email = sender(from_email)
         self.message_stream = message_stream
+        self.key = key  # the signing key: what the send keys become at Postmark (``_ref``)
+
+    def _ref(self, send_key: str) -> str:
+        """The send key as Postmark stores and searches it: ``tokens.provider_key``."""
+        return provider_key(self.key, send_key)
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         payload = [self._message(m) for m in messages]
@@ -86,6 +113,15 @@ class Postmark:
             raise TransientDeliveryError(
                 "postmark: unexpected entry in the batch answer", ambiguous=True
             )
+        codes = {answer["ErrorCode"] for answer in body}
+        if codes == {RATE_LIMITED}:  # the account's rate limit, as an HTTP 429 says it
+            raise TransientDeliveryError(
+                "postmark: ErrorCode 429 for every message of the batch (rate limit)",
+                status=RATE_LIMITED,
+            )
+        wrong = sorted(codes & SETTINGS_CODES.keys())
+        if wrong and 0 not in codes:  # none went out: give the claims back, stop the run
+            raise DeliveryError(f"postmark: ErrorCode {wrong[0]}: {SETTINGS_CODES[wrong[0]]}")
         return [_result(m.send_key, answer) for m, answer in zip(messages, body, strict=True)]
 
     def _message(self, message: OutgoingEmail) -> dict[str, Any]:
@@ -96,7 +132,7 @@ class Postmark:
             "HtmlBody": message.html,
             "TextBody": message.text,
             "Headers": [{"Name": name, "Value": value} for name, value in message.headers],
-            "Metadata": {"send_key": message.send_key, "campaign": message.campaign},
+            "Metadata": {"send_key": self._ref(message.send_key), "campaign": message.campaign},
             "Tag": message.campaign,
             "MessageStream": self.message_stream,
         }
@@ -125,7 +161,7 @@ class Postmark:
         params = {
             "count": 1,
             "offset": 0,
-            "metadata_send_key": key,
+            "metadata_send_key": self._ref(key),
             "messagestream": self.message_stream,
         }
         response = request(self.client, self.name, "GET", "/messages/outbound", params=params)
@@ -179,6 +215,8 @@ def _refusal(status: int, body: dict[str, Any]) -> DeliveryError:
     said = f"postmark: HTTP {status}, ErrorCode {code}: {detail}"
     if code in ACCOUNT_CODES:
         return DeliveryError(f"{said} (the account may not send now: nothing was sent)")
+    if code in SETTINGS_CODES:
+        return DeliveryError(f"{said} ({SETTINGS_CODES[code]}: nothing was sent)")
     if code == TOO_MANY_BATCH_MESSAGES:
         return BatchTooLargeError(said)
     if code == MAINTENANCE:
@@ -221,7 +259,7 @@ def _result(send_key: str, answer: dict[str, Any]) -> SendResult:
         return SendResult(send_key, SendStatus.ACCEPTED, message_id=answer["MessageID"])
     said = str(answer.get("Message", ""))
     error = f"postmark {code}: {said}"
-    if code == INVALID_REQUEST and "'To'" not in said:
+    if (code == INVALID_REQUEST and "'To'" not in said) or code in SETTINGS_CODES:
         return SendResult(send_key, SendStatus.FAILED, error=error[:500])
     status = SendStatus.REJECTED if code in PERMANENT_CODES else SendStatus.RETRY
     return SendResult(send_key, status, error=error[:500])

@@ -182,6 +182,8 @@ def test_plain_client_traffic_is_counted_without_send_key_not_as_duplicates(
         ({"MessageStream": "inbound"}, 1236, "not supported"),
         ({"Headers": "notalist"}, 403, "'Headers'"),
         ({"Metadata": ["a"]}, 403, "'Metadata'"),
+        ({"Metadata": {"send_key": "k" * 81}}, 300, "The 'send_key' field"),
+        ({"Metadata": {"n" * 21: "v"}}, 300, "Field names are limited to 20 characters"),
         ({"To": 7}, 403, "'To'"),
     ],
 )

@@ -40,6 +40,7 @@ from recocamp.errors import (
     TransientDeliveryError,
 )
 from recocamp.settings import EspSettings, Settings
+from recocamp.tokens import provider_key
 
 BASE_URL = "http://esp.test"
 TOKEN = "server-token-5f1e"
@@ -483,7 +484,13 @@ def test_postmark_request_body_is_a_list_with_metadata_and_stream() -> None:
     [body] = recorder.bodies
     assert isinstance(body, list)
     assert [(m["Metadata"], m["MessageStream"], m["Tag"], m["From"]) for m in body] == [
-        ({"send_key": m.send_key, "campaign": "winback"}, "outbound", "winback", FROM)
+        # a digest of the send key (``tokens.provider_key``): no customer id, 80 characters
+        (
+            {"send_key": provider_key(None, m.send_key), "campaign": "winback"},
+            "outbound",
+            "winback",
+            FROM,
+        )
         for m in messages
     ]
     assert body[0]["Headers"][0] == {"Name": "X-Recocamp-Send-Key", "Value": messages[0].send_key}
@@ -540,6 +547,18 @@ def test_postmark_422_about_the_account_stops_the_run_and_fails_no_message(code:
     assert f"ErrorCode {code}" in str(error) and "run out of credits" in str(error)
 
 
+@pytest.mark.parametrize(
+    ("code", "setting"),
+    [(400, "from_email"), (401, "from_email"), (1235, "message_stream"), (1236, "message_stream")],
+)
+def test_postmark_422_about_our_sender_or_stream_stops_the_run(code: int, setting: str) -> None:
+    """Sender signature missing or unconfirmed, a stream that does not exist or cannot send:
+    our settings, the same for every message. It failed every message of the run for good."""
+    body = {"ErrorCode": code, "Message": "The 'From' address is not a Sender Signature."}
+    error = send_error(POSTMARK, reply(422, body=body), DeliveryError)
+    assert type(error) is DeliveryError and f"[esp] {setting}" in str(error)
+
+
 def test_postmark_422_too_many_batch_messages_splits_and_maintenance_is_retried() -> None:
     too_many = {"ErrorCode": 410, "Message": "You may send up to 500 messages per batch."}
     send_error(POSTMARK, reply(422, body=too_many), BatchTooLargeError)
@@ -557,7 +576,7 @@ def test_postmark_batch_answer_of_the_wrong_length_is_ambiguous() -> None:
 def _postmark_search(request: httpx.Request, n: int) -> httpx.Response:
     """GET /messages/outbound: only winback:2026-01-15:1 was accepted before."""
     key = request.url.params["metadata_send_key"]
-    found = key == "winback:2026-01-15:1"
+    found = key == provider_key(None, "winback:2026-01-15:1")
     messages = (
         [
             {
@@ -582,7 +601,7 @@ def test_postmark_lookup_searches_by_metadata_send_key() -> None:
     assert found == {"winback:2026-01-15:1": "0ac29aee-e1cd-480d-b08d-4f48548ff48d"}
     assert sorted(
         (r.method, r.url.path, r.url.params["metadata_send_key"]) for r in recorder.requests
-    ) == [("GET", "/messages/outbound", key) for key in keys]
+    ) == sorted(("GET", "/messages/outbound", provider_key(None, key)) for key in keys)
     for request in recorder.requests:
         assert request.headers["X-Postmark-Server-Token"] == TOKEN
         assert request.url.params["count"] == "1"
@@ -612,7 +631,7 @@ def test_postmark_lookup_searches_several_keys_at_once() -> None:
     found = provider.lookup(keys)
     provider.close()
     assert found == {"winback:2026-01-15:1": "0ac29aee-e1cd-480d-b08d-4f48548ff48d"}
-    assert sorted(seen) == sorted(keys)  # each key searched once
+    assert sorted(seen) == sorted(provider_key(None, key) for key in keys)  # each once
 
 
 def test_postmark_lookup_stops_at_a_failed_search() -> None:
@@ -620,7 +639,7 @@ def test_postmark_lookup_stops_at_a_failed_search() -> None:
     whichever thread ran it."""
 
     def search(request: httpx.Request) -> httpx.Response:
-        if request.url.params["metadata_send_key"] == "winback:2026-01-15:3":
+        if request.url.params["metadata_send_key"] == provider_key(None, "winback:2026-01-15:3"):
             return httpx.Response(404, json={"ErrorCode": 404, "Message": "no"})
         return _postmark_search(request, 0)
 
