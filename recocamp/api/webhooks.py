@@ -102,15 +102,11 @@ def router(
             rejected=parsed.rejected[:MAX_NAMED],
         )
 
-    signing_key = settings.signing_key_bytes()
-
-    def reference(send_key: str) -> str:
-        """A send key as the provider knows it (Postmark: ``tokens.provider_key``)."""
-        return provider_key(signing_key, send_key)
+    references = _references(settings)
 
     def store(events: list[webhooks.Event]) -> contacts.Applied:
         with engine.begin() as connection:
-            return contacts.apply(connection, events, clock.now(), reference)
+            return contacts.apply(connection, events, clock.now(), references)
 
     async def stored(provider: str, events: list[webhooks.Event]) -> contacts.Applied:
         """The events applied, off the event loop (which also serves cached next-best
@@ -163,6 +159,17 @@ def router(
         include_in_schema=False,
     )
     return api
+
+
+def _references(settings: Settings) -> contacts.References:
+    """A send key as the provider may know it (Postmark: ``tokens.provider_key`` under the
+    signing key, or under a retired one for an e-mail claimed before a rotation)."""
+    keys = settings.signing_keys() or (None,)
+
+    def references(send_key: str) -> tuple[str, ...]:
+        return tuple(provider_key(key, send_key) for key in keys)
+
+    return references
 
 
 def _headers(request: Request) -> dict[str, str]:

@@ -30,7 +30,7 @@ from recocamp.store.tombstones import serialise
 OPT_OUTS = frozenset({"complained", "unsubscribed"})
 KEY_MAX = 200  # contact_events.event_key
 OUTBOX_STATES = {"delivered": "delivered", "bounced": "bounced"}
-Reference = Callable[[str], str]  # a send key → the key its provider knows it by
+References = Callable[[str], Sequence[str]]  # a send key → the keys its provider may know it by
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,21 +43,21 @@ def apply(
     connection: sa.Connection,
     events: Sequence[Event],
     now: datetime,
-    reference: Reference | None = None,
+    references: References | None = None,
 ) -> Applied:
     """Store the new ones of ``events`` and apply their consequences. Each event reads
     whose mail it is (the outbox row) and then writes rows naming that customer (the event,
     an audited opt-out): serialised with erasures (``tombstones.serialise``), or an erasure
     committing between the read and the write left those rows naming the erased customer.
     No events (a post of kinds recocamp does not use): no lock, nothing to wait for.
-    ``reference``: the send key as the provider names it (see :func:`_outbox_row`)."""
+    ``references``: the send key as the provider may name it (see :func:`_outbox_row`)."""
     if not events:
         return Applied(0, 0)
     serialise(connection, erasing=False)
     new = 0
     for reported in events:
         event = replace(reported, at=now) if reported.at > now else reported
-        row = _outbox_row(connection, event, reference)
+        row = _outbox_row(connection, event, references)
         inserted = connection.execute(
             upsert_statement(connection, contact_events)
             .on_conflict_do_nothing(index_elements=["event_key"])
@@ -92,10 +92,12 @@ def bounded_key(key: str) -> str:
     return f"{key[: KEY_MAX - len(digest) - 1]}~{digest}"
 
 
-def _outbox_row(connection: sa.Connection, event: Event, reference: Reference | None = None) -> Any:
+def _outbox_row(
+    connection: sa.Connection, event: Event, references: References | None = None
+) -> Any:
     """The e-mail an event is about: by the send key it names, else by the provider's
     message id. Postmark names a digest of the send key (``tokens.provider_key``), which
-    only ``reference`` turns into one: an e-mail the provider accepted but whose deliverer
+    only ``references`` turns into one: an e-mail the provider accepted but whose deliverer
     died before it recorded the message id (still ``claimed``, until the next deliverer
     looks it up) is found among the claimed e-mails by their digests."""
     query = sa.select(
@@ -115,14 +117,14 @@ def _outbox_row(connection: sa.Connection, event: Event, reference: Reference | 
         row = connection.execute(query.where(where)).first()
         if row is not None:
             return row
-    if event.send_key and "/" not in event.send_key and reference is not None:
+    if event.send_key and "/" not in event.send_key and references is not None:
         # a digest (a send key has a "/"): SendGrid's or Brevo's plain key of a purged or
         # erased e-mail does not make every event of a post read the claimed e-mails
         unrecorded = query.where(
             outbox.c.state == "claimed", outbox.c.provider_message_id.is_(None)
         )
         for row in connection.execute(unrecorded):
-            if reference(row.send_key) == event.send_key:
+            if event.send_key in references(row.send_key):
                 return row
     return None
 

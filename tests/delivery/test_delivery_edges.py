@@ -846,3 +846,46 @@ def test_postmarks_per_message_429_for_a_whole_batch_is_a_rate_limit_not_the_cam
     )
     assert report.sent == 4 and report.failed == 0 and not report.paused
     assert states(engine) == Counter({"sent": 4})
+
+
+def test_an_email_claimed_before_the_signing_key_was_rotated_is_found_under_the_retired_key(
+    engine: sa.Engine,
+) -> None:
+    """Postmark knows an e-mail by a digest under the signing key of the time it went out.
+    Its deliverer died before recording it, then the key was rotated (the old one retired):
+    the webhook still names its customer and the next deliverer's lookup still finds it
+    under the retired key, so it is not sent twice."""
+    key = "winback/c0/2026-01-15"
+    store(engine, [dataclasses.replace(email(0, "winback"), send_key=key, headers=())])
+    old, new = "the-shops-signing-key-of-last-year", "the-shops-signing-key-from-today-on"
+    rotated = Settings(
+        signing_key=SecretStr(new), signing_keys_retired=SecretStr(old), webhook_secret="hook"
+    )
+    fake = FakeEsp(token="t")
+    with running(create_fake(fake)) as url:
+        before = Postmark(url, "t", "shop@example.test", key=old.encode())
+        after = Postmark(url, "t", "shop@example.test", key=new.encode(), retired=(old.encode(),))
+        try:
+            claimed = outbox.claim(engine, "elsewhere:1:dead", NOW, 10)  # then it died
+            [result] = before.send_batch([c.email for c in claimed])
+            assert result.status == "accepted", result.error
+            [record] = fake.messages
+            hook = orjson.dumps(postmark_event("delivery", record, NOW))
+            posted = call(
+                create_api(rotated, engine, FixedClock(NOW)),
+                "POST",
+                "/v1/webhooks/postmark",
+                content=hook,
+                headers={"authorization": "Bearer hook"},
+            )
+            assert posted.status == 200, posted.text
+            later = FixedClock(NOW + timedelta(seconds=ESP.claim_lease_s + 1))
+            report = Deliverer(engine, after, ESP, later).drain()
+        finally:
+            before.close()
+            after.close()
+    assert report.reconciled == 1 and report.sent == 0
+    assert fake.stats()["received"] == 1 and states(engine) == Counter({"sent": 1})
+    with engine.connect() as connection:
+        named = connection.execute(sa.select(contact_events.c.customer_id)).scalars().all()
+    assert named == ["c0"]

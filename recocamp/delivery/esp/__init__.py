@@ -89,7 +89,10 @@ def make_provider(settings: Settings, transport: Any = None) -> Provider:
         from recocamp.delivery.esp.postmark import Postmark
 
         return Postmark(
-            message_stream=esp.message_stream, key=settings.signing_key_bytes(), **common
+            message_stream=esp.message_stream,
+            key=settings.signing_key_bytes(),
+            retired=settings.retired_signing_keys(),
+            **common,
         )
     module = import_module(f"recocamp.delivery.esp.{esp.provider}")
     cls = {"sendgrid": "SendGrid", "brevo": "Brevo", "mailpit": "Mailpit"}[esp.provider]

@@ -86,6 +86,7 @@ class Postmark:
         message_stream: str = "broadcast",
         transport: httpx.BaseTransport | None = None,
         key: bytes | None = None,
+        retired: tuple[bytes, ...] = (),
     ) -> None:
         self.client = make_client(
             base_url, {"X-Postmark-Server-Token": token}, timeout_s, transport
@@ -93,6 +94,7 @@ class Postmark:
         self.from_email = sender(from_email)
         self.message_stream = message_stream
         self.key = key  # the signing key: what the send keys become at Postmark (``_ref``)
+        self.retired = retired  # earlier signing keys: an e-mail claimed before a rotation
 
     def _ref(self, send_key: str) -> str:
         """The send key as Postmark stores and searches it: ``tokens.provider_key``."""
@@ -157,11 +159,20 @@ class Postmark:
         }
 
     def _search(self, key: str) -> str:
-        """The MessageID of the message sent with ``key``, "" when Postmark lists none."""
+        """The MessageID of the message sent with ``key``, "" when Postmark lists none:
+        searched by its digest under the signing key, then under each retired one (an
+        e-mail claimed before the key was rotated went out under the key of then)."""
+        for ref in (self._ref(key), *(provider_key(old, key) for old in self.retired)):
+            message_id = self._search_ref(ref)
+            if message_id:
+                return message_id
+        return ""
+
+    def _search_ref(self, ref: str) -> str:
         params = {
             "count": 1,
             "offset": 0,
-            "metadata_send_key": self._ref(key),
+            "metadata_send_key": ref,
             "messagestream": self.message_stream,
         }
         response = request(self.client, self.name, "GET", "/messages/outbound", params=params)
