@@ -119,13 +119,13 @@ def erase(
             return None
         erasure_id = store.new_erasure(connection, now, via)
         addresses = _tombstone(connection, key, who, now, keep_address=shared and who.exclusive)
-        keys = store.send_keys(connection, who.ids)
+        keys = store.send_keys(connection, who.forms)
         person = Person(who, f"{STAND_IN}{erasure_id}", keys)
         rows = {tie.table.name: _erase_rows(connection, tie, person) for tie in tied}
         rows["audit_log"] = store.stand_in_audit(connection, person)
         rows = {name: number for name, number in rows.items() if number}
         store.finish_erasure(connection, erasure_id, rows)
-        for erased in who.ids:
+        for erased in who.forms:
             notifications.erased(connection, erased)
         audit(
             connection,
@@ -136,7 +136,7 @@ def erase(
             subject_id=str(erasure_id),
             details={"rows": rows, "customers": len(who.ids), "address_shared": shared},
         )
-    scrubbed = artifacts.scrub(engine, settings, who.ids, "erasure")
+    scrubbed = artifacts.scrub(engine, settings, who.forms, "erasure")
     # every id and address at once: each file is read and rewritten once per erasure
     files = erasure_files.scrub(
         erasure_files.written_dirs(settings), addresses.keys(), addresses.values()
