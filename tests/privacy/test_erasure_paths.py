@@ -222,3 +222,30 @@ def test_an_id_in_another_unicode_form_is_exported_and_erased_with_it(
     assert (
         call(app, "GET", f"/v1/privacy/customers/{decomposed}", headers=bearer("dpo")).status == 404
     )
+
+
+def test_the_artifacts_a_killed_training_left_unregistered_are_erased_from(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """A training killed (the OOM killer, a power cut: nothing runs its clean-up) between
+    writing its model and registering it leaves a model directory the registry does not
+    know, holding every customer's rows and factors. The customer's export shows what it
+    holds of them and their erasure takes them out of it (it reached registered models
+    only: the files stayed, naming the erased customer, for good)."""
+    engine, artifacts = shop
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    left = artifacts / "hybrid-killed-before-registration"
+    shutil.copytree(live.path, left)  # what the killed training wrote: model.npz, meta.json
+    victim = min(model.customer_ids(left))
+    app = closing(make_app(engine, artifacts))
+    path = f"/v1/privacy/customers/{victim}"
+    exported = call(app, "GET", path, headers=bearer("dpo"))
+    assert exported.status == 200, exported.text
+    held = {row.get("version") for row in exported.json()["model_artifacts"]}
+    assert left.name in held
+    erased = call(app, "DELETE", path, headers=bearer("dpo"))
+    assert erased.status == 200 and erased.json()["files_clean"], erased.text
+    assert victim not in model.customer_ids(left)
+    assert victim not in model.customer_ids(Path(live.path))
