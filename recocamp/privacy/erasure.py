@@ -180,13 +180,19 @@ def _tombstone(
 ) -> dict[str, str | None]:
     """A tombstone for every erased id, with its address — its own, else the subject's —
     unless ``keep_address`` (an id erased alone from a shared address: the others keep
-    it). Returns each id's address as files are cleaned of it (None: by the id only)."""
+    it); and one for each record of the id in another Unicode form, with that record's
+    address (the erasure takes those records too: ``Subject.forms``). Returns each id's
+    address as files are cleaned of it (None: by the id only)."""
     addresses: dict[str, str | None] = {}
     for erased in who.ids:
         own = store.customer_email(connection, erased)[1]
         address = None if keep_address else own or who.email
         tombstones.record(connection, key, erased, address, now)
         addresses[erased] = address
+        for other, email in store.records(connection, erased):
+            if other not in addresses and email and not keep_address:
+                tombstones.record(connection, key, other, email, now)
+                addresses[other] = email
     return addresses
 
 

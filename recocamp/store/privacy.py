@@ -169,6 +169,14 @@ def customer_email(connection: sa.Connection, customer_id: str) -> tuple[bool, s
     return (False, None) if row is None else (True, row.email)
 
 
+def records(connection: sa.Connection, customer_id: str) -> list[tuple[str, str | None]]:
+    """``(id, address)`` of every customers row of ``customer_id`` in any Unicode form
+    (``domain.id_forms``): two systems' sign-ups may hold the id composed and decomposed."""
+    c = customers.c
+    query = sa.select(c.id, c.email).where(c.id.in_(id_forms((customer_id,)))).order_by(c.id)
+    return [(row.id, row.email) for row in connection.execute(query)]
+
+
 def sharers(connection: sa.Connection, tied: Sequence[Ties], subject: Subject) -> set[str]:
     """The other customer ids that rows holding the subject's address name (another account
     under the same address, in the customers table or in any other table tied by address)."""

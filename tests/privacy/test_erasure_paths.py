@@ -249,3 +249,26 @@ def test_the_artifacts_a_killed_training_left_unregistered_are_erased_from(
     assert erased.status == 200 and erased.json()["files_clean"], erased.text
     assert victim not in model.customer_ids(left)
     assert victim not in model.customer_ids(Path(live.path))
+
+
+def test_the_record_of_the_id_in_its_other_unicode_form_leaves_its_address_erased_too(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """Two records of one id, composed and decomposed (two systems' sign-ups): one id to a
+    person, so the erasure takes both records; the address of the other form is erased
+    with them (it stayed open: a new account at it was taken, though nothing of the
+    record that held it was kept)."""
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+
+    def put(customer_id: str, email: str) -> int:
+        profile = {"source": "shop", "email": email}
+        path = f"/v1/customers/{customer_id}"
+        return call(app, "PUT", path, json=profile, headers=bearer("shop")).status
+
+    assert put("jos\u00e9-2b", "jose-2b@example.test") == 200
+    assert put("jose\u0301-2b", "jose-2b@other.example") == 200
+    erased = call(app, "DELETE", "/v1/privacy/customers/jos\u00e9-2b", headers=bearer("dpo"))
+    assert erased.status == 200, erased.text
+    assert put("new-2b", "jose-2b@other.example") == 410
+    assert put("new-2c", "jose-2b@example.test") == 410
