@@ -103,6 +103,7 @@ def unregistered(settings: Settings, registered: Collection[Path]) -> list[tuple
     training under way is among them (cleaning it is what that training does itself)."""
     root = settings.locate(settings.recommender.artifacts_dir)
     known = {directory.resolve() for directory in registered}
+    versions = {directory.name for directory in registered}  # a model moved: still its own
     try:
         children = sorted(root.iterdir())
     except OSError:  # no model saved yet
@@ -114,4 +115,5 @@ def unregistered(settings: Settings, registered: Collection[Path]) -> list[tuple
         and not child.is_symlink()
         and (child / "model.npz").is_file()
         and child.resolve() not in known
+        and child.name not in versions
     ]

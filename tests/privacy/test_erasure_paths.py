@@ -5,6 +5,7 @@ An id in another Unicode form than the request's is the customer's too."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
+from recocamp import privacy
 from recocamp.api.app import create_app
 from recocamp.cli import app as cli
 from recocamp.clock import FixedClock
@@ -272,3 +274,26 @@ def test_the_record_of_the_id_in_its_other_unicode_form_leaves_its_address_erase
     assert erased.status == 200, erased.text
     assert put("new-2b", "jose-2b@other.example") == 410
     assert put("new-2c", "jose-2b@example.test") == 410
+
+
+def test_the_purge_removes_a_killed_trainings_model_once_retired_models_would_go(
+    shop: tuple[sa.Engine, Path],
+) -> None:
+    """A model a killed training left unregistered holds every customer's rows and factors
+    as a retired model does, and goes as one does: ``retired_model_days`` after it was
+    trained (its ``meta.json``). It was kept for good. One trained since stays (a training
+    under way writes its own like it)."""
+    engine, artifacts = shop
+    settings = settings_for(artifacts)
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    old, new = artifacts / "hybrid-killed-long-ago", artifacts / "hybrid-killed-just-now"
+    for left in (old, new):
+        shutil.copytree(live.path, left)
+    meta = json.loads((new / "meta.json").read_text())
+    later = NOW + timedelta(days=settings.privacy.retired_model_days + 1)
+    (new / "meta.json").write_text(json.dumps(meta | {"trained_at": later.isoformat()}))
+    report = privacy.purge(engine, settings, later)
+    assert not old.exists() and new.exists() and Path(live.path).exists()
+    assert report.model_artifacts == 1
