@@ -460,6 +460,20 @@ def stored_price(price: float) -> str:
     return str(rounded.copy_abs() if rounded.is_zero() else rounded)
 
 
+def id_forms(customer_ids: Iterable[str]) -> tuple[str, ...]:
+    """The ids as given and, for an id that is not ASCII, in Unicode's composed and
+    decomposed forms (NFC, NFD): ``José`` typed on one system and exported decomposed by
+    another is one id to a person. The forms a tombstone refuses (``tokens.id_hashes``),
+    and so the rows a privacy request selects. ASCII ids (the usual) have one."""
+    forms: dict[str, None] = {}
+    for customer_id in customer_ids:
+        forms[customer_id] = None
+        if not customer_id.isascii():
+            for form in ("NFC", "NFD"):
+                forms[unicodedata.normalize(form, customer_id)] = None
+    return tuple(forms)
+
+
 def email_hash(address: str) -> str:
     """How suppressions know an address without keeping it: SHA-256 of the trimmed, lower-case
     address in Unicode's composed form (NFC, as RFC 6532 asks, and as erasure compares

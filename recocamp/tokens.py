@@ -27,12 +27,11 @@ import functools
 import hashlib
 import hmac
 import json
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from recocamp.domain import CLOCK_SKEW, address_forms
+from recocamp.domain import CLOCK_SKEW, address_forms, id_forms
 from recocamp.errors import RecocampError
 
 # ``json.dumps(claims, separators=(",", ":"))``, without building an encoder per call (a
@@ -229,12 +228,7 @@ def id_hashes(key: bytes, customer_id: str) -> tuple[str, ...]:
     that is not ASCII, those of its composed and decomposed forms (Unicode NFC, NFD): an id
     typed ``José`` on one system and exported decomposed by another is the same id to a
     person, and must not bring an erased customer back. ASCII ids (the usual) have one."""
-    if customer_id.isascii():
-        return (keyed_hash(key, "customer", customer_id),)
-    forms = dict.fromkeys(
-        (customer_id, *(unicodedata.normalize(f, customer_id) for f in ("NFC", "NFD")))
-    )
-    return tuple(keyed_hash(key, "customer", form) for form in forms)
+    return tuple(keyed_hash(key, "customer", form) for form in id_forms((customer_id,)))
 
 
 def email_hashes(key: bytes, address: str) -> tuple[str, ...]:

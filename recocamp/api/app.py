@@ -265,7 +265,21 @@ async def _refused(request: Request, exc: Exception) -> Response:
         exc = StarletteHTTPException(exc.status_code, mask_addresses(exc.detail), exc.headers)
     if exc.status_code == 405:
         exc = StarletteHTTPException(405, exc.detail, {"Allow": allowed(request)})
+    elif _about_one_person(request):
+        headers = {**(exc.headers or {}), **api_pages.NO_STORE}
+        exc = StarletteHTTPException(exc.status_code, exc.detail, headers)
     return await http_exception_handler(request, exc)
+
+
+def _about_one_person(request: Request) -> bool:
+    """Whether the route matched answers with ``pages.PrivateJSON`` (the export, an
+    erasure, a forecast): its refusals are about the person too — the 409 of a shared
+    address names the other ids holding it, a forecast's 404 says the customer objected
+    to profiling — and a cache must keep them no more than its answers (a 404 is cacheable
+    by default, RFC 9111 §4.2.2)."""
+    kind = getattr(request.scope.get("route"), "response_class", None)
+    kind = getattr(kind, "value", kind)  # a router's default comes as a DefaultPlaceholder
+    return isinstance(kind, type) and issubclass(kind, api_pages.PrivateJSON)
 
 
 def allowed(request: Request) -> str:

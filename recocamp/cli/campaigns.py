@@ -280,7 +280,7 @@ def preview(
                 exc, campaigns / f"{chosen.name}.toml", templates, customer
             ) from None
     if html is not None:  # first: a path it cannot write is refused before anything is shown
-        write_output(html, email.html, "--html")
+        write_output(html, email.html, "--html", private=True)  # their data, live links
     console.print(
         f"decision: {decision.outcome.value} ({decision.reason}); variant {decision.variant or '-'}"
     )

@@ -73,7 +73,9 @@ QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")  # repr()s in
 UNREADABLE = (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError, sources.FileTooLarge)
 NOT_COVERED = (
     "files written where the operator chose: `recocamp privacy export --output`, "
-    "`recocamp preview --html`, a --demo-dir other than demo/",
+    "`recocamp preview --html`, a --demo-dir other than demo/, `recocamp fake-esp --data-dir`",
+    "the stand-in ESP while it runs (`recocamp fake-esp`, `worker --demo`): the messages it "
+    "holds in memory and shows at /_messages until it stops",
     "the operator's own files given to `recocamp import` (recocamp reads them, never writes)",
     "log output (it names customers by id only, never by address or name)",
     "database backups, PostgreSQL's write-ahead log and not yet vacuumed row versions, "

@@ -8,6 +8,11 @@ of it either way (``store.training_lines.training_lines`` leaves them out).
 A model that should have artifacts (``registry.kept_artifact_paths``: candidate, live,
 rollback target) but whose ``model.npz`` is missing or cannot be read cannot be cleaned: it
 is logged as an error and listed, so the request does not pass for done.
+
+Saved models the registry does not know are cleaned and exported too (:func:`unregistered`):
+a training killed between writing its model and registering it (the OOM killer, a power
+cut: its own clean-up never ran) leaves a directory under ``[recommender] artifacts_dir``
+that holds every customer's rows and factors.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ def scrub(engine: Engine, settings: Settings, customer_ids: Collection[str], why
     with engine.connect() as connection:
         paths = registry.artifact_paths(connection)
         kept = registry.kept_artifact_paths(connection)
+    located = [(path, settings.locate(path)) for path in paths]
+    left = unregistered(settings, [directory for _, directory in located])
     scrubbed, missing = 0, []
-    for path in paths:
-        directory = settings.locate(path)
+    for path, directory in [*located, *left]:
         if not (directory / "model.npz").exists():
             if path in kept:
                 log.error("model artifacts missing at %s: the %s cannot clean them", directory, why)
@@ -66,10 +72,16 @@ def held(engine: Engine, settings: Settings, customer_ids: Collection[str]) -> l
     if not customer_ids:
         return []
     with engine.connect() as connection:
-        registered = registry.artifact_models(connection)
+        registered = [
+            (version, status, settings.locate(path))
+            for version, status, path in registry.artifact_models(connection)
+        ]
+    left = unregistered(settings, [directory for _, _, directory in registered])
     found: list[dict[str, Any]] = []
-    for version, status, path in registered:
-        directory = settings.locate(path)
+    for version, status, directory in [
+        *registered,
+        *((directory.name, "unregistered", directory) for _, directory in left),
+    ]:
         if not (directory / "model.npz").exists():
             continue
         try:
@@ -83,3 +95,25 @@ def held(engine: Engine, settings: Settings, customer_ids: Collection[str]) -> l
                 {"version": version, "status": status, "customer_id": customer_id, **held_rows}
             )
     return found
+
+
+def unregistered(settings: Settings, registered: Collection[Path]) -> list[tuple[str, Path]]:
+    """Model directories under ``[recommender] artifacts_dir`` that no registered model
+    names (see the module docstring), as ``(path, directory)``; one being written by a
+    training under way is among them (cleaning it is what that training does itself)."""
+    root = settings.locate(settings.recommender.artifacts_dir)
+    known = {directory.resolve() for directory in registered}
+    versions = {directory.name for directory in registered}  # a model moved: still its own
+    try:
+        children = sorted(root.iterdir())
+    except OSError:  # no model saved yet
+        return []
+    return [
+        (str(child), child)
+        for child in children
+        if child.is_dir()
+        and not child.is_symlink()
+        and (child / "model.npz").is_file()
+        and child.resolve() not in known
+        and child.name not in versions
+    ]

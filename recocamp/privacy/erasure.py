@@ -119,13 +119,13 @@ def erase(
             return None
         erasure_id = store.new_erasure(connection, now, via)
         addresses = _tombstone(connection, key, who, now, keep_address=shared and who.exclusive)
-        keys = store.send_keys(connection, who.ids)
+        keys = store.send_keys(connection, who.forms)
         person = Person(who, f"{STAND_IN}{erasure_id}", keys)
         rows = {tie.table.name: _erase_rows(connection, tie, person) for tie in tied}
         rows["audit_log"] = store.stand_in_audit(connection, person)
         rows = {name: number for name, number in rows.items() if number}
         store.finish_erasure(connection, erasure_id, rows)
-        for erased in who.ids:
+        for erased in who.forms:
             notifications.erased(connection, erased)
         audit(
             connection,
@@ -136,7 +136,7 @@ def erase(
             subject_id=str(erasure_id),
             details={"rows": rows, "customers": len(who.ids), "address_shared": shared},
         )
-    scrubbed = artifacts.scrub(engine, settings, who.ids, "erasure")
+    scrubbed = artifacts.scrub(engine, settings, who.forms, "erasure")
     # every id and address at once: each file is read and rewritten once per erasure
     files = erasure_files.scrub(
         erasure_files.written_dirs(settings), addresses.keys(), addresses.values()
@@ -185,13 +185,19 @@ def _tombstone(
 ) -> dict[str, str | None]:
     """A tombstone for every erased id, with its address — its own, else the subject's —
     unless ``keep_address`` (an id erased alone from a shared address: the others keep
-    it). Returns each id's address as files are cleaned of it (None: by the id only)."""
+    it); and one for each record of the id in another Unicode form, with that record's
+    address (the erasure takes those records too: ``Subject.forms``). Returns each id's
+    address as files are cleaned of it (None: by the id only)."""
     addresses: dict[str, str | None] = {}
     for erased in who.ids:
         own = store.customer_email(connection, erased)[1]
         address = None if keep_address else own or who.email
         tombstones.record(connection, key, erased, address, now)
         addresses[erased] = address
+        for other, email in store.records(connection, erased):
+            if other not in addresses and email and not keep_address:
+                tombstones.record(connection, key, other, email, now)
+                addresses[other] = email
     return addresses
 
 

@@ -143,7 +143,7 @@ def export(
             found = [_document(row) for row in store.tied_rows(connection, tie, who)]
             if found:
                 tables[tie.table.name] = found
-        audits = [_document(row) for row in store.audit_entries(connection, who.ids)]
+        audits = [_document(row) for row in store.audit_entries(connection, who.forms)]
         suppressed = store.suppression(connection, who.email) if who.email else None
     if link is not None:
         with engine.connect() as connection:  # outside the snapshot: erased since it began
@@ -176,7 +176,7 @@ def _outside(engine: Engine, settings: Settings, who: Subject) -> dict[str, Any]
     emails = [] if who.exclusive or not who.email else [who.email]
     files, unreadable = erasure_files.holding(erasure_files.written_dirs(settings), who.ids, emails)
     found: dict[str, Any] = {
-        "model_artifacts": artifacts.held(engine, settings, who.ids),
+        "model_artifacts": artifacts.held(engine, settings, who.forms),
         "files": files,
     }
     if unreadable:

@@ -6,23 +6,26 @@ on demand): bodies, subjects and addresses of e-mails that left the outbox are b
 after ``contact_events_days``, decisions after ``decisions_days``, anonymised audit entries
 of erased customers after ``erased_audit_days``, and the artifacts of retired or rejected
 models (which hold pseudonymous customer rows) after ``retired_model_days`` — except the
-rollback target — and imported drop-folder files after ``[ingest] keep_processed_days``
-(0, the default: they are deleted as soon as they are imported). Customers, their orders,
-consent records and the audit log of living customers are kept as long as the shop keeps
-the customer (:data:`KEPT` says what is kept and why).
+rollback target; also those of a model a killed training left unregistered — and
+imported drop-folder files after ``[ingest] keep_processed_days`` (0, the default: they
+are deleted as soon as they are imported). Customers, their orders, consent records and the
+audit log of living customers are kept as long as the shop keeps the customer (:data:`KEPT`
+says what is kept and why).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from recocamp.data import drop_folder
 from recocamp.errors import ModelError
+from recocamp.privacy import artifacts
 from recocamp.privacy.erasure import STAND_IN
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
@@ -87,6 +90,7 @@ def purge(engine: Engine, settings: Settings, now: datetime) -> PurgeReport:
         # meanwhile is not retired any more, or finds its artifacts gone and stays retired
         registry.lock_models(connection)
         directories = _old_artifacts(connection, settings, before(days.retired_model_days))
+        directories += _left_behind(connection, settings, before(days.retired_model_days))
         for directory in directories:
             shutil.rmtree(directory, ignore_errors=True)
     orphans = _scrub_orphans(engine, settings)
@@ -124,6 +128,29 @@ def _scrub_orphans(engine: Engine, settings: Settings) -> int:
         except ModelError as exc:  # a damaged model: the others are still cleaned
             log.error("%s: the purge cannot clean them", exc)
     return removed
+
+
+def _left_behind(connection: Connection, settings: Settings, before: datetime) -> list[Path]:
+    """Model directories no registered model names (``artifacts.unregistered``: a training
+    killed before it registered its model) trained before ``before``: they hold every
+    customer's rows and factors, as a retired model does, and go when one would. A
+    training under way writes one too, trained now: never before ``before``."""
+    registered = [settings.locate(path) for path in registry.artifact_paths(connection)]
+    left = artifacts.unregistered(settings, registered)
+    return [directory for _, directory in left if _trained_at(directory) < before]
+
+
+def _trained_at(directory: Path) -> datetime:
+    """When the model in ``directory`` was trained: its ``meta.json``'s ``trained_at``, else
+    (not written or not readable) when its ``model.npz`` was written."""
+    try:
+        at = datetime.fromisoformat(json.loads((directory / "meta.json").read_text())["trained_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return datetime.fromtimestamp((directory / "model.npz").stat().st_mtime, UTC)
+        except OSError:  # gone meanwhile: nothing to remove
+            return datetime.max.replace(tzinfo=UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _old_artifacts(connection: Connection, settings: Settings, before: datetime) -> list[Path]:

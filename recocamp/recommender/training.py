@@ -598,8 +598,10 @@ def _without_the_unprofiled(
 def _remove_unregistered(engine: Engine, path: Path, version: str) -> None:
     """Remove the artifacts of a training stopped before its model was registered (Ctrl-C,
     the registration failing): they hold every customer's ids, purchase rows and factors,
-    and erasure, objection, export and the retention purge reach registered models only
-    (``registry.artifact_paths``). Kept when the version is registered after all: a
+    and the retention purge reaches registered models only (``registry.artifact_paths``;
+    erasure, objection and export find those a killed training left, and clean them of the
+    one customer: ``privacy.artifacts.unregistered``). Kept when the version is registered
+    after all: a
     training of the same data at once registered it, from the same directory."""
     try:
         with engine.connect() as connection:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import Column as Column  # re-exported: the schema types the rules walk
 from sqlalchemy import MetaData as MetaData
 
-from recocamp.domain import OutgoingEmail, address_forms, email_hashes
+from recocamp.domain import OutgoingEmail, address_forms, email_hashes, id_forms
 from recocamp.store import outbox
 from recocamp.store.schema import (
     audit_log,
@@ -59,6 +59,12 @@ class Subject:
     def of(cls, customer_id: str, email: str | None) -> Subject:
         return cls((customer_id,), email.strip().lower() if email else None)
 
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """``ids`` in every Unicode form rows may name them by (``domain.id_forms``): orders
+        exported by another system name ``José`` decomposed, and they are his."""
+        return id_forms(self.ids)
+
 
 @dataclass(frozen=True, slots=True)
 class Ties:
@@ -77,7 +83,7 @@ class Ties:
         return sa.or_(*[sa.func.lower(c).in_(forms) for c in self.address])
 
     def where(self, subject: Subject) -> Any:
-        clauses = [column.in_(subject.ids) for column in self.customer]
+        clauses = [column.in_(subject.forms) for column in self.customer]
         if subject.email and self.address and not subject.exclusive:
             clauses.append(self.by_address(subject.email))
         return sa.or_(*clauses) if clauses else sa.false()
@@ -154,11 +160,21 @@ def _count(result: Any) -> int:
 
 
 def customer_email(connection: sa.Connection, customer_id: str) -> tuple[bool, str | None]:
-    """Whether the customers table holds ``customer_id``, and the address it holds."""
-    row = connection.execute(
-        sa.select(customers.c.email).where(customers.c.id == customer_id)
-    ).first()
+    """Whether the customers table holds ``customer_id`` (in any Unicode form: ``id_forms``,
+    the id as given first), and the address it holds."""
+    forms = id_forms((customer_id,))
+    c = customers.c
+    query = sa.select(c.email).where(c.id.in_(forms)).order_by((c.id == customer_id).desc())
+    row = connection.execute(query.limit(1)).first()
     return (False, None) if row is None else (True, row.email)
+
+
+def records(connection: sa.Connection, customer_id: str) -> list[tuple[str, str | None]]:
+    """``(id, address)`` of every customers row of ``customer_id`` in any Unicode form
+    (``domain.id_forms``): two systems' sign-ups may hold the id composed and decomposed."""
+    c = customers.c
+    query = sa.select(c.id, c.email).where(c.id.in_(id_forms((customer_id,)))).order_by(c.id)
+    return [(row.id, row.email) for row in connection.execute(query)]
 
 
 def sharers(connection: sa.Connection, tied: Sequence[Ties], subject: Subject) -> set[str]:
@@ -172,7 +188,7 @@ def sharers(connection: sa.Connection, tied: Sequence[Ties], subject: Subject) -
             query = (
                 sa.select(column)
                 .where(tie.by_address(subject.email), column.is_not(None))
-                .where(column.not_in(subject.ids))
+                .where(column.not_in(subject.forms))
                 .distinct()
             )
             found |= set(connection.execute(query).scalars())
@@ -310,7 +326,7 @@ def stand_in_audit(connection: sa.Connection, person: Person) -> int:
     return _count(
         connection.execute(
             sa.update(audit_log)
-            .where(a.subject_type == "customer", a.subject_id.in_(person.subject.ids))
+            .where(a.subject_type == "customer", a.subject_id.in_(person.subject.forms))
             .values(subject_id=person.stand_in, details={})
         )
     )

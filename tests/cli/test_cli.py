@@ -280,6 +280,9 @@ def test_plan_json_and_preview_on_the_synthetic_shop(workdir: Path) -> None:
     assert preview.exit_code == 0, preview.output
     assert "decision: send" in preview.stdout and "/u/v1." in preview.stdout
     assert "style=" in out.read_text()  # inlined CSS
+    # the customer's name, offers and live signed links (their data download, their
+    # erasure): readable by its owner alone, as `privacy export --output` writes
+    assert out.stat().st_mode & 0o077 == 0, oct(out.stat().st_mode)
     unknown = runner.invoke(app, ["plan", "nope"])
     assert unknown.exit_code == 2 and "no such campaign" in unknown.stderr
 

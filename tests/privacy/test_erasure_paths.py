@@ -1,10 +1,13 @@
 """Erasure run from another directory than the settings file's: relative paths in the
 settings (and in older registry rows) are relative to the file, so the saved models are
-found and scrubbed; a model that should have artifacts but has none is not passed over."""
+found and scrubbed; a model that should have artifacts but has none is not passed over.
+An id in another Unicode form than the request's is the customer's too."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,16 +15,19 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
+from recocamp import privacy
 from recocamp.api.app import create_app
 from recocamp.cli import app as cli
 from recocamp.clock import FixedClock
 from recocamp.data.drop_folder import import_drop_folder
+from recocamp.data.synthetic import END
 from recocamp.recommender import models as model
+from recocamp.recommender import training
 from recocamp.settings import Settings
 from recocamp.store import registry
-from recocamp.store.schema import models
-from tests.api_shop import NOW, SIGNING_KEY, Closing, bearer, call, settings_for
-from tests.privacy.test_privacy import EMAIL, NAME, VICTIM
+from recocamp.store.schema import models, purchases
+from tests.api_shop import NOW, SIGNING_KEY, Closing, bearer, call, make_app, settings_for
+from tests.privacy.test_privacy import EMAIL, NAME, VICTIM, popular_items
 
 
 def _site(
@@ -161,3 +167,133 @@ def test_a_customer_held_only_in_a_refused_file_is_erased_from_it(
     (incoming / "customers-2.csv").write_text(good)  # the corrected file
     assert import_drop_folder(engine, settings, NOW).imported == 1
     assert call(app, "GET", path, headers=bearer("dpo")).status == 404
+
+
+def test_an_id_in_another_unicode_form_is_exported_and_erased_with_it(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """José's profile came from the shop (his id composed), his orders from another
+    system's export (the id decomposed): one customer to a person, as the tombstones have
+    it. His export holds those orders, and his erasure unlinks them and takes the row a
+    model learnt from them out of it (they stayed his, under the other form: exported and
+    profiled after the erasure)."""
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    composed, decomposed = "jos\u00e9-7f3a", "jose\u0301-7f3a"
+    profile = {"source": "shop", "email": "jose-7f3a@example.test", "first_name": "José"}
+    put = call(app, "PUT", f"/v1/customers/{composed}", json=profile, headers=bearer("shop"))
+    assert put.status == 200, put.text
+    items = popular_items(engine)[:4]
+    orders = [
+        {
+            "order_id": f"J{n}",
+            "customer_id": decomposed,
+            "ordered_at": (END - timedelta(days=40 - 10 * n)).isoformat(),
+            "lines": [{"item_id": item, "quantity": 1, "unit_price": 2.5} for item in items[n:]],
+        }
+        for n in range(3)
+    ]
+    posted = call(
+        app, "POST", "/v1/events/purchases", json={"orders": orders}, headers=bearer("shop")
+    )
+    assert posted.status == 200, posted.text
+    trained = training.train(
+        engine,
+        settings_for(artifacts).recommender,
+        now=NOW,
+        as_of=END + timedelta(days=1),
+        name="item_knn",
+    )
+    with engine.connect() as connection:
+        stored = sa.select(models.c.path).where(models.c.version == trained.version)
+        directory = Path(connection.execute(stored).scalar_one())
+    assert decomposed in model.customer_ids(directory)
+    path = f"/v1/privacy/customers/{composed}"
+    exported = call(app, "GET", path, headers=bearer("dpo"))
+    assert exported.status == 200, exported.text
+    held = {row["order_id"] for row in exported.json()["tables"].get("purchases", [])}
+    assert held == {"J0", "J1", "J2"}
+    assert call(app, "DELETE", path, headers=bearer("dpo")).status == 200
+    p = purchases.c
+    with engine.connect() as connection:
+        linked = connection.execute(
+            sa.select(p.customer_id).where(p.order_id.in_(["J0", "J1", "J2"])).distinct()
+        ).scalars()
+        assert list(linked) == [None]
+    assert decomposed not in model.customer_ids(directory)
+    assert (
+        call(app, "GET", f"/v1/privacy/customers/{decomposed}", headers=bearer("dpo")).status == 404
+    )
+
+
+def test_the_artifacts_a_killed_training_left_unregistered_are_erased_from(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """A training killed (the OOM killer, a power cut: nothing runs its clean-up) between
+    writing its model and registering it leaves a model directory the registry does not
+    know, holding every customer's rows and factors. The customer's export shows what it
+    holds of them and their erasure takes them out of it (it reached registered models
+    only: the files stayed, naming the erased customer, for good)."""
+    engine, artifacts = shop
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    left = artifacts / "hybrid-killed-before-registration"
+    shutil.copytree(live.path, left)  # what the killed training wrote: model.npz, meta.json
+    victim = min(model.customer_ids(left))
+    app = closing(make_app(engine, artifacts))
+    path = f"/v1/privacy/customers/{victim}"
+    exported = call(app, "GET", path, headers=bearer("dpo"))
+    assert exported.status == 200, exported.text
+    held = {row.get("version") for row in exported.json()["model_artifacts"]}
+    assert left.name in held
+    erased = call(app, "DELETE", path, headers=bearer("dpo"))
+    assert erased.status == 200 and erased.json()["files_clean"], erased.text
+    assert victim not in model.customer_ids(left)
+    assert victim not in model.customer_ids(Path(live.path))
+
+
+def test_the_record_of_the_id_in_its_other_unicode_form_leaves_its_address_erased_too(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """Two records of one id, composed and decomposed (two systems' sign-ups): one id to a
+    person, so the erasure takes both records; the address of the other form is erased
+    with them (it stayed open: a new account at it was taken, though nothing of the
+    record that held it was kept)."""
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+
+    def put(customer_id: str, email: str) -> int:
+        profile = {"source": "shop", "email": email}
+        path = f"/v1/customers/{customer_id}"
+        return call(app, "PUT", path, json=profile, headers=bearer("shop")).status
+
+    assert put("jos\u00e9-2b", "jose-2b@example.test") == 200
+    assert put("jose\u0301-2b", "jose-2b@other.example") == 200
+    erased = call(app, "DELETE", "/v1/privacy/customers/jos\u00e9-2b", headers=bearer("dpo"))
+    assert erased.status == 200, erased.text
+    assert put("new-2b", "jose-2b@other.example") == 410
+    assert put("new-2c", "jose-2b@example.test") == 410
+
+
+def test_the_purge_removes_a_killed_trainings_model_once_retired_models_would_go(
+    shop: tuple[sa.Engine, Path],
+) -> None:
+    """A model a killed training left unregistered holds every customer's rows and factors
+    as a retired model does, and goes as one does: ``retired_model_days`` after it was
+    trained (its ``meta.json``). It was kept for good. One trained since stays (a training
+    under way writes its own like it)."""
+    engine, artifacts = shop
+    settings = settings_for(artifacts)
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    old, new = artifacts / "hybrid-killed-long-ago", artifacts / "hybrid-killed-just-now"
+    for left in (old, new):
+        shutil.copytree(live.path, left)
+    meta = json.loads((new / "meta.json").read_text())
+    later = NOW + timedelta(days=settings.privacy.retired_model_days + 1)
+    (new / "meta.json").write_text(json.dumps(meta | {"trained_at": later.isoformat()}))
+    report = privacy.purge(engine, settings, later)
+    assert not old.exists() and new.exists() and Path(live.path).exists()
+    assert report.model_artifacts == 1

@@ -682,6 +682,7 @@ def test_erasure_cleans_every_file_recocamp_writes_and_says_which_it_cannot(
     assert answer["files_clean"] is True and answer["files_left"] == []
     assert answer["files_rewritten"] == 5
     assert any("--output" in line for line in answer["not_covered"])
+    assert any("fake-esp --data-dir" in line for line in answer["not_covered"])
     assert personal_files(work) == []
     done = incoming / "processed"
     assert (done / "customers-1.csv").read_text().splitlines()[1:] == [

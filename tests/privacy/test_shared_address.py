@@ -32,7 +32,7 @@ from recocamp.store.schema import (
     purchases,
     tombstones,
 )
-from tests.api_shop import NOW, SIGNING_KEY, Closing, bearer, call, make_app
+from tests.api_shop import NOW, OBJECTOR, SIGNING_KEY, Closing, bearer, call, make_app
 from tests.conftest import write_csv
 from tests.privacy.later_table import loyalty_cards
 
@@ -521,3 +521,26 @@ def test_a_domain_in_its_other_spelling_is_the_same_address(
     )
     assert erased.status == 200, erased.text
     assert put("idn-cat", again) == 410 and put("idn-dan", first) == 410
+
+
+def test_a_refusal_about_one_person_is_not_stored_by_caches(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """Answers about one person carry ``Cache-Control: no-store`` (README), refusals too:
+    the 409 of a shared address names the other customer ids holding it (who shares a
+    mailbox with whom), a forecast's 404 says the customer objected to profiling. FastAPI
+    answered an ``HTTPException`` with a plain JSON response, and a 404 is cacheable by
+    default (RFC 9111 §4.2.2), so a cache in front of the API could keep and serve them."""
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    _twins(app)
+    refusals = [
+        ("GET", "/v1/privacy/customers/sh-ann", bearer("dpo"), 409),
+        ("DELETE", "/v1/privacy/customers/sh-ann", bearer("dpo"), 409),
+        ("GET", "/v1/privacy/customers/nobody-here", bearer("dpo"), 404),
+        ("GET", f"/v1/customers/{OBJECTOR}/forecast", bearer("shop"), 404),
+    ]
+    for method, path, headers, status in refusals:
+        reply = call(app, method, path, headers=headers)
+        assert reply.status == status, (path, reply.text)
+        assert reply.headers.get("cache-control") == "no-store", (method, path)

@@ -47,6 +47,7 @@ import contextlib
 import gc
 import hmac
 import json
+import os
 import random
 import threading
 import time
@@ -243,7 +244,11 @@ class FakeEsp:
             self.frozen_at = len(self.messages)
         if self.data_dir is not None and records:
             lines = "".join(json.dumps(r) + "\n" for r in records)
-            with (self.data_dir / "messages.jsonl").open("a", encoding="utf-8") as out:
+            # every message whole (addresses, bodies, working signed links): its owner's
+            # alone, from its first byte, as ``privacy export --output`` writes
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            handle = os.open(self.data_dir / "messages.jsonl", flags, 0o600)
+            with open(handle, "a", encoding="utf-8") as out:
                 out.write(lines)
 
     def record_event(self, kind: str, record: dict[str, Any]) -> dict[str, Any] | None:

@@ -236,3 +236,15 @@ def test_stop_cuts_a_latency_pause_short_from_another_thread() -> None:
 
     assert asyncio.run(pause_then_stop()) < 10
     assert asyncio.run(asyncio.wait_for(esp.pause(60), 1)) is None  # stopped: no more pauses
+
+
+def test_the_messages_file_is_readable_by_its_owner_alone(tmp_path: Path) -> None:
+    """``messages.jsonl`` holds every message whole: addresses, bodies and their working
+    signed links (a customer's data download and erasure). It was created 0666 less the
+    umask (0644: every local user could read it), where ``privacy export --output`` and
+    the demo's signing key are its owner's alone."""
+    esp = FakeEsp(tmp_path / "esp")
+    assert isinstance(esp.submit([MESSAGE])[0], dict)
+    stored = tmp_path / "esp" / "messages.jsonl"
+    assert "x@example.test" in stored.read_text()
+    assert stored.stat().st_mode & 0o077 == 0, oct(stored.stat().st_mode)
