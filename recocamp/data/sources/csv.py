@@ -30,6 +30,7 @@ import gzip
 import io
 import os
 import re
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -557,14 +558,30 @@ def web_url(row: dict[str, str], column: str) -> str | None:
 
 
 def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | None:
-    """An id (customer, item, order): ``domain.ID_MAX`` printable characters."""
-    value = row.get(column, "").strip()
+    """An id (customer, item, order): ``domain.ID_MAX`` printable characters, read trimmed
+    and composed (:func:`composed`)."""
+    value = composed(row.get(column, "").strip())
     if required and not value:
         raise RowProblem(column, "is empty", value)
     problem = id_problem(value)
     if problem:
         raise RowProblem(column, problem, value)
     return value or None
+
+
+def composed(value: str) -> str:
+    """An id in Unicode's composed form (NFC): ``Müller`` typed on one system and exported
+    decomposed (``u`` + U+0308) by another is the same id to a person, and was stored as a
+    second customer (a file naming both forms held two; a person's orders split over two).
+    Files read ids composed as they read them trimmed; tombstones match every form."""
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
+
+
+def _is_composed(joined: str) -> bool:
+    """Whether ids joined into one string are all composed as they are (:func:`composed`):
+    joining composed ids never composes them further unless one starts with a combining
+    mark, which only sends the line the slower way."""
+    return joined.isascii() or unicodedata.is_normalized("NFC", joined)
 
 
 # Numbers as a file writes them, and only so (the API takes JSON numbers alone): ASCII
@@ -828,10 +845,12 @@ def _ids_pass(values: list[str], required: bool) -> bool:
     """:func:`ident`'s checks of a column at once: ids present (if ``required``), at most
     ``ID_MAX`` characters, printable."""
     lengths = list(map(len, values))
+    joined = "".join(values)
     return (
         (not required or min(lengths) > 0)
         and max(lengths) <= ID_MAX
-        and "".join(values).isprintable()
+        and joined.isprintable()
+        and _is_composed(joined)
     )
 
 
@@ -902,7 +921,8 @@ class StandardLines:
             0 < len(order_id) <= ID_MAX
             and 0 < len(item_id) <= ID_MAX
             and len(customer_id) <= ID_MAX
-            and (order_id + item_id + customer_id).isprintable()  # ident's checks, at once
+            and _is_composed(joined := order_id + item_id + customer_id)
+            and joined.isprintable()  # ident's checks, at once
         ):
             return self._slow(record)
         given = None if self.line_no is None else record[self.line_no].strip()
@@ -1088,7 +1108,8 @@ class RetailLines:
             0 < len(invoice) <= ID_MAX
             and 0 < len(item_id) <= ID_MAX
             and len(customer) <= ID_MAX
-            and (invoice + item_id + customer).isprintable()  # ident's checks, at once
+            and _is_composed(joined := invoice + item_id + customer)
+            and joined.isprintable()  # ident's checks, at once
             and len(description) <= _TITLE_MAX
             and len(country) <= _COUNTRY_MAX
             and "\x00" not in description + country  # text's checks
