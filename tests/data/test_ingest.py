@@ -107,6 +107,34 @@ def test_same_file_twice_changes_nothing(
     assert counts(engine) == before
 
 
+def test_a_snapshot_feed_back_to_an_earlier_file_is_imported_again(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Customers and items files are snapshots: a price feed back to last week's prices (a
+    sale ended) is byte for byte last week's file, and was skipped as already imported, the
+    sale price kept for good. A file is skipped only while it is the last of its kind."""
+    header = ["id", "title", "category", "price"]
+    usual = write_csv(tmp_path / "items-1.csv", header, [["i1", "Mug", "home", "5.0"]])
+    sale = write_csv(tmp_path / "items-2.csv", header, [["i1", "Mug", "home", "4.0"]])
+    back = write_csv(tmp_path / "items-3.csv", header, [["i1", "Mug", "home", "5.0"]])
+    importer(engine).items(usual)
+    assert importer(engine).items(usual).already_imported  # nothing since: nothing to do
+    importer(engine).items(sale)
+    assert not importer(engine).items(back).already_imported
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(items.c.price)).scalar_one() == 5.0
+    people = ["id", "email", "consent_basis", "consent_at"]
+    given = [["c1", "c1@example.test", "double_opt_in", "2011-06-01T10:00:00Z"]]
+    consent = write_csv(tmp_path / "customers-1.csv", people, given)
+    withdrawn = write_csv(tmp_path / "customers-2.csv", people, [["c1", "c1@example.test", "", ""]])
+    importer(engine).customers(consent)
+    importer(engine).customers(withdrawn)
+    assert not importer(engine).customers(consent).already_imported
+    with engine.connect() as connection:
+        basis = connection.execute(sa.select(customers.c.consent_basis)).scalar_one()
+    assert basis == "double_opt_in"
+
+
 def test_overlapping_file_adds_only_new_lines(
     engine: sa.Engine, tmp_path: Path, uci_slice_rows: tuple[list[str], list[list[str]]]
 ) -> None:
