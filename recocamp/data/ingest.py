@@ -457,14 +457,15 @@ class Importer:
         with self.engine.connect() as connection:
             seen = self._seen(connection, kind, sha)
         if seen is not None:
-            log.info("import %s %s: already imported as run %s", kind, path.name, seen.id)
+            name = sources.printable(path.name)
+            log.info("import %s %s: already imported as run %s", kind, name, seen.id)
             return ImportReport(kind, fmt, str(path), 0, 0, 0, {}, already_imported=True)
         report: ImportReport = write(path, fmt, sha, version)
         seconds = time.perf_counter() - started
         log.info(
             "import %s %s: read=%d imported=%d duplicates=%d skipped=%s in %.1fs",
             kind,
-            path.name,
+            sources.printable(path.name),
             report.rows_read,
             report.imported,
             report.duplicates,

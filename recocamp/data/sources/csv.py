@@ -127,6 +127,17 @@ def shown(value: object) -> object:
     return value
 
 
+def printable(name: object) -> str:
+    """A file's name or path as a log line shows it: a character that is not printable (a
+    line break, an escape) written as Python escapes it. Whoever may drop files names them:
+    a line break in a name wrote a log line of the uploader's making under the worker's, an
+    escape sequence drove the operator's terminal."""
+    text = str(name)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class RowProblem(Exception):
     """Raised by a row parser; becomes a :class:`Problem` with the row's line number."""
 
