@@ -426,7 +426,7 @@ class Importer:
         follow_links: bool = True,
     ) -> None:
         self.engine, self.zone, self.now = engine, zone, now
-        # False (the drop folder): only regular files, never through a link (open_bytes)
+        # False (the drop folder): never through a link (open_bytes; regular files either way)
         self.follow_links = follow_links
         self.default_locale = default_locale  # a customers row without a locale gets this
         self.progress = progress or NoProgress()

@@ -170,11 +170,13 @@ GZIP_FLOOR = 1 << 20  # bytes a small .gz file may always decompress to
 
 
 def open_bytes(path: Path, *, follow_links: bool = True) -> IO[bytes]:
-    """A file opened for reading; with ``follow_links`` False only a regular file, never
-    through a symbolic link (``O_NOFOLLOW``) and never blocking on a pipe (``O_NONBLOCK``),
-    else OSError: the drop folder sets links and pipes aside before it imports, and an
+    """A regular file opened for reading, else OSError saying what it is: an import reads
+    its file twice (the SHA-256, then the rows), so ``<(zcat orders.gz)`` was hashed, then
+    read empty, and ``/dev/zero`` hashed for ever; a named pipe is never waited on
+    (``O_NONBLOCK``). With ``follow_links`` False never through a symbolic link
+    (``O_NOFOLLOW``): the drop folder sets links and pipes aside before it imports, and an
     uploader could swap a link in between (the link's target was read and imported)."""
-    return path.open("rb") if follow_links else open_regular(path, follow_links=False)
+    return open_regular(path, follow_links=follow_links)
 
 
 def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX, *, follow_links: bool = True) -> IO[str]:
