@@ -570,10 +570,13 @@ def web_url(row: dict[str, str], column: str) -> str | None:
     return value
 
 
-def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | None:
+def ident(
+    row: dict[str, str], column: str, *, required: bool = True, compose: bool = True
+) -> str | None:
     """An id (customer, item, order): ``domain.ID_MAX`` printable characters, read trimmed
-    and composed (:func:`composed`)."""
-    value = composed(row.get(column, "").strip())
+    and (``compose``: a file's) composed (:func:`composed`)."""
+    value = row.get(column, "").strip()
+    value = composed(value) if compose else value
     if required and not value:
         raise RowProblem(column, "is empty", value)
     problem = id_problem(value)
@@ -786,25 +789,27 @@ class LineNumbers:
 def standard_purchase(
     row: dict[str, str], stamps: Timestamps, lines: LineNumbers
 ) -> Purchase | Skip:
-    values = standard_values(row, stamps, lines)
+    """A purchase event's line (the API's): its ids as given, as ``PUT /v1/customers``
+    takes the customer's; only files read them composed (:func:`composed`)."""
+    values = standard_values(row, stamps, lines, compose=False)
     return values if isinstance(values, Skip) else Purchase(*values)
 
 
 def standard_values(
-    row: dict[str, str], stamps: Timestamps, lines: LineNumbers
+    row: dict[str, str], stamps: Timestamps, lines: LineNumbers, *, compose: bool = True
 ) -> PurchaseValues | Skip:
     """A standard purchases row's values, or a skip (an adjustment: neither a purchase nor a
-    return, ``Purchase.is_purchase``)."""
+    return, ``Purchase.is_purchase``); ``compose``: ids read composed, as a file's are."""
     check_width(row)
-    order_id = ident(row, "order_id")
+    order_id = ident(row, "order_id", compose=compose)
     assert order_id is not None
     quantity = integer(row, "quantity", -QUANTITY_MAX, QUANTITY_MAX)
     unit_price = number(row, "unit_price", -PRICE_MAX, PRICE_MAX)
     is_return = boolean(row, "is_return", default=quantity < 0)
     given_line = row.get("line_no", "").strip()
     line_no = integer(row, "line_no", 0, LINE_NO_MAX) if given_line else lines.next(order_id)
-    customer_id = ident(row, "customer_id", required=False)
-    item_id = ident(row, "item_id") or ""
+    customer_id = ident(row, "customer_id", required=False, compose=compose)
+    item_id = ident(row, "item_id", compose=compose) or ""
     ordered_at = stamps(row, "ordered_at")
     if not is_return and (quantity <= 0 or unit_price <= 0):
         return Skip("adjustment")
