@@ -45,6 +45,7 @@ from pathlib import Path
 from recocamp.config_files import file_kind
 from recocamp.data import erasure_files
 from recocamp.data.ingest import Importer, ImportReport
+from recocamp.data.sources.csv import printable
 from recocamp.errors import ConfigError, DataImportError, Problem
 from recocamp.settings import Settings, files_as_folders, settings_path
 from recocamp.store import tombstones
@@ -186,10 +187,10 @@ def _one(
             return
         report.rejected += 1
         log.error(
-            "import of %s refused, moving it to %s: %s",
-            path.name,
+            "import of %s refused, moving it to %s: %d problem(s)",
+            printable(path.name),
             drop_dir / "rejected",
-            reason.splitlines()[0],
+            len(exc.problems) + exc.more,
         )
         _leave(importer, path, report, lambda: _reject(path, drop_dir / "rejected", reason))
         return
@@ -198,7 +199,7 @@ def _one(
     else:
         report.imported += 1
         report.rows += result.imported
-    log.info("imported %s (%s): %d rows", path.name, result.kind, result.imported)
+    log.info("imported %s (%s): %d rows", printable(path.name), result.kind, result.imported)
     if _changed(path, read, report):
         return
     _leave(importer, path, report, lambda: _done(path, done_dir, importer.now))
@@ -216,7 +217,7 @@ def _set_aside(
         why = f"{what}, not a file: only files are imported"
     reason = str(DataImportError(path, [Problem(why)]))
     report.rejected += 1
-    log.error("%s is %s, moving it to %s", path.name, why, directory)
+    log.error("%s is %s, moving it to %s", printable(path.name), why, directory)
 
     def move() -> list[Path]:
         target = _move(path, directory, os.rename)
@@ -239,7 +240,7 @@ def _leave(
         kept = move()
     except OSError as exc:
         report.not_moved += 1
-        log.error("%s cannot leave the drop folder: %s", path.name, exc.strerror or exc)
+        log.error("%s cannot leave the drop folder: %s", printable(path.name), exc.strerror or exc)
         return
     erasure_files.drop_erased(importer.engine, importer.erasure_key, kept, importer.max_gzip_ratio)
 
@@ -263,10 +264,12 @@ def _changed(path: Path, read: tuple[int, ...] | None, report: DropReport) -> bo
     if now == read:
         return False
     if now is None:
-        log.warning("%s was taken out of the drop folder while it was imported", path.name)
+        log.warning(
+            "%s was taken out of the drop folder while it was imported", printable(path.name)
+        )
         return True
     report.waiting += 1
-    log.warning("%s changed while it was imported: left for the next run", path.name)
+    log.warning("%s changed while it was imported: left for the next run", printable(path.name))
     return True
 
 

@@ -112,7 +112,9 @@ def scrub(
         try:
             changed = _scrub_file(path, who)
         except UNREADABLE as exc:
-            log.error("erasure: could not clean %s: %s", path, type(exc).__name__)
+            log.error(
+                "erasure: could not clean %s: %s", sources.printable(path), type(exc).__name__
+            )
             done.failed.append(path)
             continue
         if changed:
@@ -178,7 +180,11 @@ def drop_erased(
         try:
             found = _erased_in(engine, key, path, max_ratio)
         except UNREADABLE as exc:
-            log.warning("could not check %s for erased customers: %s", path, type(exc).__name__)
+            log.warning(
+                "could not check %s for erased customers: %s",
+                sources.printable(path),
+                type(exc).__name__,
+            )
             continue
         readable.append(path)
         ids |= found[0]
@@ -482,7 +488,7 @@ def holding(
             with _opened(path) as source:
                 rows = _held(name, source, who)
         except UNREADABLE as exc:
-            log.error("export: could not read %s: %s", path, type(exc).__name__)
+            log.error("export: could not read %s: %s", sources.printable(path), type(exc).__name__)
             unreadable.append(str(path))
             continue
         if rows:

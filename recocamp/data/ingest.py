@@ -3,7 +3,9 @@
 A file is validated completely before anything is written. If any row is malformed, one
 :class:`~recocamp.errors.DataImportError` lists the problems (file, line, column, value)
 and the store is untouched. Otherwise its rows and its ``import_runs`` record are written in
-one transaction. Importing the same file again (same SHA-256) changes nothing and says so.
+one transaction. Importing the same file again (same SHA-256) changes nothing and says so
+(a customers or items file is a snapshot: one is imported again once another file of its
+kind was imported since, :meth:`Importer._seen`).
 Overlapping files are safe too, also when imported at the same time: an order is written
 whole by one import (claimed by its digest, as ``queries.store_orders`` does); another
 holding the same order with the same lines counts them as duplicates, one holding it with
@@ -424,7 +426,7 @@ class Importer:
         follow_links: bool = True,
     ) -> None:
         self.engine, self.zone, self.now = engine, zone, now
-        # False (the drop folder): only regular files, never through a link (open_bytes)
+        # False (the drop folder): never through a link (open_bytes; regular files either way)
         self.follow_links = follow_links
         self.default_locale = default_locale  # a customers row without a locale gets this
         self.progress = progress or NoProgress()
@@ -453,16 +455,17 @@ class Importer:
         version = self._file_version(path)
         sha = file_sha256(path, follow_links=self.follow_links)
         with self.engine.connect() as connection:
-            seen = queries.find_import(connection, kind, sha)
+            seen = self._seen(connection, kind, sha)
         if seen is not None:
-            log.info("import %s %s: already imported as run %s", kind, path.name, seen.id)
+            name = sources.printable(path.name)
+            log.info("import %s %s: already imported as run %s", kind, name, seen.id)
             return ImportReport(kind, fmt, str(path), 0, 0, 0, {}, already_imported=True)
         report: ImportReport = write(path, fmt, sha, version)
         seconds = time.perf_counter() - started
         log.info(
             "import %s %s: read=%d imported=%d duplicates=%d skipped=%s in %.1fs",
             kind,
-            path.name,
+            sources.printable(path.name),
             report.rows_read,
             report.imported,
             report.duplicates,
@@ -470,6 +473,18 @@ class Importer:
             seconds,
         )
         return ImportReport(**{**_fields(report), "seconds": round(seconds, 3)})
+
+    @staticmethod
+    def _seen(connection: Connection, kind: str, sha: str) -> Any:
+        """The run that imported this very file, if importing it again changes nothing: any
+        run for purchases (orders are written once), the last run of its kind for customers
+        and items. Those files are snapshots: a price feed back to last week's prices (a
+        sale ended) is last week's file byte for byte, and was skipped as imported already,
+        the sale's prices kept for good."""
+        if kind == "purchases":
+            return queries.find_import(connection, kind, sha)
+        last = queries.last_import(connection, kind)
+        return last if last is not None and last.file_sha256 == sha else None
 
     def _file_version(self, path: Path) -> tuple[int, ...] | None:
         """What tells one version of the file from the next (inode, size, modification

@@ -287,6 +287,12 @@ def find_import(connection: sa.Connection, kind: str, sha256: str) -> sa.Row[Any
     return connection.execute(query).first()
 
 
+def last_import(connection: sa.Connection, kind: str) -> sa.Row[Any] | None:
+    """The import of this kind recorded last (the one whose values a snapshot feed holds)."""
+    query = sa.select(import_runs).where(import_runs.c.kind == kind)
+    return connection.execute(query.order_by(import_runs.c.id.desc()).limit(1)).first()
+
+
 def record_import(connection: sa.Connection, **values: Any) -> int:
     result = connection.execute(sa.insert(import_runs).values(**values))
     key = result.inserted_primary_key

@@ -544,6 +544,21 @@ def test_an_erased_id_in_another_unicode_form_is_gone_until_a_new_sign_up(
     assert person(engine, "Jose\u0301") is not None and person(engine, "Jos\u00e9") is None
 
 
+def test_a_purchase_events_ids_are_taken_as_given_as_put_takes_the_customers(
+    app: FastAPI,
+) -> None:
+    """Files read ids composed (Unicode NFC); the API takes them as given, PUT and purchase
+    events alike, so a shop sending ``Mu`` + U+0308 ``ller`` finds its orders under the
+    customer it created (events read through the file parser were composed for a moment)."""
+    decomposed = "Mu\u0308ller"
+    assert put(app, {"source": "signup", "email": "m@example.test"}, "Mu%CC%88ller").status == 200
+    reply = post(app, order("O\u03081", decomposed))
+    assert reply.status == 200, reply.text
+    stored = {(row[0], row[2]) for row in lines(engine_of(app))}
+    assert stored == {("O\u03081", decomposed)}
+    assert person(engine_of(app), decomposed) is not None
+
+
 def test_orders_of_an_erased_customer_are_kept_as_guest_orders(
     engine: sa.Engine, tmp_path: Path
 ) -> None:

@@ -82,6 +82,26 @@ def test_a_customers_file_with_a_repeated_id_exits_2_naming_both_lines(workdir: 
         assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 0
 
 
+def test_a_pipe_or_a_device_given_to_import_exits_2_saying_what_it_is(workdir: Path) -> None:
+    """An import reads its file twice (the SHA-256, then the rows): ``<(zcat orders.gz)``
+    was hashed, then read empty ("the file is empty (no header line)"), and ``/dev/zero``
+    was hashed for ever. Only a regular file is imported; a pipe or a device is named so."""
+    runner.invoke(app, ["db", "upgrade"])
+    readable, writable = os.pipe()
+    os.write(writable, b"id,email\nc1,a@example.test\n")
+    os.close(writable)
+    try:
+        piped = runner.invoke(app, ["import", "customers", f"/dev/fd/{readable}"])
+    finally:
+        os.close(readable)
+    device = runner.invoke(app, ["import", "customers", "/dev/null"], terminal_width=200)
+    assert (piped.exit_code, device.exit_code) == (2, 2)
+    assert "cannot read file: not a regular file (a named pipe (FIFO))" in piped.stderr
+    assert "/dev/null: cannot read file: not a regular file (a device)" in device.stderr
+    with make_engine("sqlite:///shop.db").connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 0
+
+
 @pytest.mark.parametrize("zone", ["Mars/Base", "Europe", "localtime"])
 @pytest.mark.parametrize("kind", ["customers", "purchases"])
 def test_an_import_time_zone_that_is_no_iana_zone_exits_2_naming_option_and_value(

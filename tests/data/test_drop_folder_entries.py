@@ -199,3 +199,24 @@ def test_a_link_swapped_in_after_the_look_is_not_read(
     for name in targets:
         assert (drop / "rejected" / name).is_symlink()
         assert "secret-item" not in (drop / "rejected" / f"{name}.errors.txt").read_text()
+
+
+def test_a_name_with_a_line_break_or_an_escape_writes_one_plain_log_line(
+    engine: sa.Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever may drop files names them: a name holding a line break wrote a log line of
+    the uploader's own making (``… ERROR recocamp.worker: …`` under the worker's), and one
+    holding an escape sequence drove the operator's terminal. Names are logged escaped."""
+    settings = drop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    forged = "\n2026-01-15 12:00:00,000 ERROR recocamp.worker: \x1b[2Jforged"
+    good = write_csv(drop / f"customers-1{forged}.csv", PEOPLE, [OTTO])
+    bad = write_csv(drop / f"customers-2{forged}.csv", ["id"], [["c3"]])
+    settled(good, bad)
+    with caplog.at_level("INFO"):
+        report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected) == (1, 1)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines and not [line for line in lines if "\n" in line or "\x1b" in line]
+    assert any("customers-1\\n2026-01-15" in line for line in lines)

@@ -107,6 +107,34 @@ def test_same_file_twice_changes_nothing(
     assert counts(engine) == before
 
 
+def test_a_snapshot_feed_back_to_an_earlier_file_is_imported_again(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Customers and items files are snapshots: a price feed back to last week's prices (a
+    sale ended) is byte for byte last week's file, and was skipped as already imported, the
+    sale price kept for good. A file is skipped only while it is the last of its kind."""
+    header = ["id", "title", "category", "price"]
+    usual = write_csv(tmp_path / "items-1.csv", header, [["i1", "Mug", "home", "5.0"]])
+    sale = write_csv(tmp_path / "items-2.csv", header, [["i1", "Mug", "home", "4.0"]])
+    back = write_csv(tmp_path / "items-3.csv", header, [["i1", "Mug", "home", "5.0"]])
+    importer(engine).items(usual)
+    assert importer(engine).items(usual).already_imported  # nothing since: nothing to do
+    importer(engine).items(sale)
+    assert not importer(engine).items(back).already_imported
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(items.c.price)).scalar_one() == 5.0
+    people = ["id", "email", "consent_basis", "consent_at"]
+    given = [["c1", "c1@example.test", "double_opt_in", "2011-06-01T10:00:00Z"]]
+    consent = write_csv(tmp_path / "customers-1.csv", people, given)
+    withdrawn = write_csv(tmp_path / "customers-2.csv", people, [["c1", "c1@example.test", "", ""]])
+    importer(engine).customers(consent)
+    importer(engine).customers(withdrawn)
+    assert not importer(engine).customers(consent).already_imported
+    with engine.connect() as connection:
+        basis = connection.execute(sa.select(customers.c.consent_basis)).scalar_one()
+    assert basis == "double_opt_in"
+
+
 def test_overlapping_file_adds_only_new_lines(
     engine: sa.Engine, tmp_path: Path, uci_slice_rows: tuple[list[str], list[list[str]]]
 ) -> None:
@@ -530,6 +558,82 @@ def test_an_erased_id_in_another_unicode_form_stays_out(engine: sa.Engine, tmp_p
     assert owners == [None] and people(engine) == {"c2": "otto@example.test"}
     kept = (settings.ingest.processed_dir / "purchases-2.csv").read_text()
     assert "Jose" not in kept and "o9,,i1" in kept  # a guest line, as in the store
+
+
+def test_ids_in_files_are_compared_composed_one_customer_whatever_the_form(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """``Müller`` typed on one system and exported decomposed (``u`` + U+0308) by another is
+    the same id to a person: it was stored as a second customer (orders of one person split
+    over two, a file naming both forms imported both). Files read ids composed (Unicode
+    NFC), as they read them trimmed: customers, items, orders and both purchase formats."""
+    composed, decomposed = "M\u00fcller", "Mu\u0308ller"
+    twice = [[composed, "m1@example.test"], [decomposed, "m2@example.test"]]
+    error = refused_file(
+        engine,
+        lambda: importer(engine).customers(
+            write_csv(tmp_path / "twice.csv", ["id", "email"], twice)
+        ),
+    )
+    assert [(p.line, p.column, p.message) for p in error.problems] == [
+        (3, "id", "the same id as line 2 (an id once per file)")
+    ]
+    importer(engine).customers(write_csv(tmp_path / "people.csv", ["id", "email"], twice[:1]))
+    importer(engine).items(
+        write_csv(
+            tmp_path / "items.csv",
+            ["id", "title", "category", "price"],
+            [["T\u00f6pfchen", "Pot", "home", "4.5"]],
+        )
+    )
+    lines = [
+        ["\u00d61", decomposed, "To\u0308pfchen", 1, 4.5, "2011-08-01T10:00:00Z"],
+        ["O\u03081", composed, "T\u00f6pfchen", 1, 4.5, "2011-08-01T10:00:00Z"],
+    ]
+    importer(engine).purchases(write_csv(tmp_path / "orders.csv", ORDER_HEADER, lines))
+    retail = [
+        "536365",
+        "To\u0308pfchen",
+        "POT",
+        "1",
+        "2010-12-01 08:26:00",
+        "4.5",
+        decomposed,
+        "DE",
+    ]
+    header = [
+        "InvoiceNo",
+        "StockCode",
+        "Description",
+        "Quantity",
+        "InvoiceDate",
+        "UnitPrice",
+        "CustomerID",
+        "Country",
+    ]
+    importer(engine).purchases(
+        write_csv(tmp_path / "retail.csv", header, [retail]), "online-retail"
+    )
+    with engine.connect() as connection:
+        stored = connection.execute(
+            sa.select(purchases.c.order_id, purchases.c.customer_id, purchases.c.item_id)
+        ).all()
+        catalogue = connection.execute(sa.select(items.c.id)).scalars().all()
+    assert set(people(engine)) == {composed}
+    assert catalogue == ["T\u00f6pfchen"]
+    assert sorted(stored) == [
+        ("536365", composed, "T\u00f6pfchen"),
+        ("\u00d61", composed, "T\u00f6pfchen"),
+        ("\u00d61", composed, "T\u00f6pfchen"),
+    ]
+
+
+def refused_file(engine: sa.Engine, run: Any) -> DataImportError:
+    before = counts(engine)
+    with pytest.raises(DataImportError) as caught:
+        run()
+    assert counts(engine) == before
+    return caught.value
 
 
 def test_a_tombstone_written_before_addresses_were_composed_still_matches(

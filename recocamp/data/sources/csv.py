@@ -30,6 +30,7 @@ import gzip
 import io
 import os
 import re
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -126,6 +127,17 @@ def shown(value: object) -> object:
     return value
 
 
+def printable(name: object) -> str:
+    """A file's name or path as a log line shows it: a character that is not printable (a
+    line break, an escape) written as Python escapes it. Whoever may drop files names them:
+    a line break in a name wrote a log line of the uploader's making under the worker's, an
+    escape sequence drove the operator's terminal."""
+    text = str(name)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class RowProblem(Exception):
     """Raised by a row parser; becomes a :class:`Problem` with the row's line number."""
 
@@ -158,11 +170,13 @@ GZIP_FLOOR = 1 << 20  # bytes a small .gz file may always decompress to
 
 
 def open_bytes(path: Path, *, follow_links: bool = True) -> IO[bytes]:
-    """A file opened for reading; with ``follow_links`` False only a regular file, never
-    through a symbolic link (``O_NOFOLLOW``) and never blocking on a pipe (``O_NONBLOCK``),
-    else OSError: the drop folder sets links and pipes aside before it imports, and an
+    """A regular file opened for reading, else OSError saying what it is: an import reads
+    its file twice (the SHA-256, then the rows), so ``<(zcat orders.gz)`` was hashed, then
+    read empty, and ``/dev/zero`` hashed for ever; a named pipe is never waited on
+    (``O_NONBLOCK``). With ``follow_links`` False never through a symbolic link
+    (``O_NOFOLLOW``): the drop folder sets links and pipes aside before it imports, and an
     uploader could swap a link in between (the link's target was read and imported)."""
-    return path.open("rb") if follow_links else open_regular(path, follow_links=False)
+    return open_regular(path, follow_links=follow_links)
 
 
 def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX, *, follow_links: bool = True) -> IO[str]:
@@ -556,15 +570,34 @@ def web_url(row: dict[str, str], column: str) -> str | None:
     return value
 
 
-def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | None:
-    """An id (customer, item, order): ``domain.ID_MAX`` printable characters."""
+def ident(
+    row: dict[str, str], column: str, *, required: bool = True, compose: bool = True
+) -> str | None:
+    """An id (customer, item, order): ``domain.ID_MAX`` printable characters, read trimmed
+    and (``compose``: a file's) composed (:func:`composed`)."""
     value = row.get(column, "").strip()
+    value = composed(value) if compose else value
     if required and not value:
         raise RowProblem(column, "is empty", value)
     problem = id_problem(value)
     if problem:
         raise RowProblem(column, problem, value)
     return value or None
+
+
+def composed(value: str) -> str:
+    """An id in Unicode's composed form (NFC): ``Müller`` typed on one system and exported
+    decomposed (``u`` + U+0308) by another is the same id to a person, and was stored as a
+    second customer (a file naming both forms held two; a person's orders split over two).
+    Files read ids composed as they read them trimmed; tombstones match every form."""
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
+
+
+def _is_composed(joined: str) -> bool:
+    """Whether ids joined into one string are all composed as they are (:func:`composed`):
+    joining composed ids never composes them further unless one starts with a combining
+    mark, which only sends the line the slower way."""
+    return joined.isascii() or unicodedata.is_normalized("NFC", joined)
 
 
 # Numbers as a file writes them, and only so (the API takes JSON numbers alone): ASCII
@@ -756,25 +789,27 @@ class LineNumbers:
 def standard_purchase(
     row: dict[str, str], stamps: Timestamps, lines: LineNumbers
 ) -> Purchase | Skip:
-    values = standard_values(row, stamps, lines)
+    """A purchase event's line (the API's): its ids as given, as ``PUT /v1/customers``
+    takes the customer's; only files read them composed (:func:`composed`)."""
+    values = standard_values(row, stamps, lines, compose=False)
     return values if isinstance(values, Skip) else Purchase(*values)
 
 
 def standard_values(
-    row: dict[str, str], stamps: Timestamps, lines: LineNumbers
+    row: dict[str, str], stamps: Timestamps, lines: LineNumbers, *, compose: bool = True
 ) -> PurchaseValues | Skip:
     """A standard purchases row's values, or a skip (an adjustment: neither a purchase nor a
-    return, ``Purchase.is_purchase``)."""
+    return, ``Purchase.is_purchase``); ``compose``: ids read composed, as a file's are."""
     check_width(row)
-    order_id = ident(row, "order_id")
+    order_id = ident(row, "order_id", compose=compose)
     assert order_id is not None
     quantity = integer(row, "quantity", -QUANTITY_MAX, QUANTITY_MAX)
     unit_price = number(row, "unit_price", -PRICE_MAX, PRICE_MAX)
     is_return = boolean(row, "is_return", default=quantity < 0)
     given_line = row.get("line_no", "").strip()
     line_no = integer(row, "line_no", 0, LINE_NO_MAX) if given_line else lines.next(order_id)
-    customer_id = ident(row, "customer_id", required=False)
-    item_id = ident(row, "item_id") or ""
+    customer_id = ident(row, "customer_id", required=False, compose=compose)
+    item_id = ident(row, "item_id", compose=compose) or ""
     ordered_at = stamps(row, "ordered_at")
     if not is_return and (quantity <= 0 or unit_price <= 0):
         return Skip("adjustment")
@@ -828,10 +863,12 @@ def _ids_pass(values: list[str], required: bool) -> bool:
     """:func:`ident`'s checks of a column at once: ids present (if ``required``), at most
     ``ID_MAX`` characters, printable."""
     lengths = list(map(len, values))
+    joined = "".join(values)
     return (
         (not required or min(lengths) > 0)
         and max(lengths) <= ID_MAX
-        and "".join(values).isprintable()
+        and joined.isprintable()
+        and _is_composed(joined)
     )
 
 
@@ -902,7 +939,8 @@ class StandardLines:
             0 < len(order_id) <= ID_MAX
             and 0 < len(item_id) <= ID_MAX
             and len(customer_id) <= ID_MAX
-            and (order_id + item_id + customer_id).isprintable()  # ident's checks, at once
+            and _is_composed(joined := order_id + item_id + customer_id)
+            and joined.isprintable()  # ident's checks, at once
         ):
             return self._slow(record)
         given = None if self.line_no is None else record[self.line_no].strip()
@@ -1088,7 +1126,8 @@ class RetailLines:
             0 < len(invoice) <= ID_MAX
             and 0 < len(item_id) <= ID_MAX
             and len(customer) <= ID_MAX
-            and (invoice + item_id + customer).isprintable()  # ident's checks, at once
+            and _is_composed(joined := invoice + item_id + customer)
+            and joined.isprintable()  # ident's checks, at once
             and len(description) <= _TITLE_MAX
             and len(country) <= _COUNTRY_MAX
             and "\x00" not in description + country  # text's checks
