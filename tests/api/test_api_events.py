@@ -151,6 +151,42 @@ def test_an_order_stored_with_other_lines_is_a_409_and_nothing_is_written(app: F
 
 
 @pytest.mark.parametrize(
+    ("first", "again"),
+    [("c1", "c2"), ("c1", None), (None, "c1")],
+    ids=["another-customer", "as-guest", "guest-claimed"],
+)
+def test_an_order_stored_under_another_customer_is_a_409_and_nothing_is_written(
+    app: FastAPI, first: str | None, again: str | None
+) -> None:
+    """The digest leaves the customer out (an erasure unlinks the lines), so the same
+    lines under another customer, or as a guest order, were a 200 "duplicate" that kept
+    the order where it was without a word: the shop believed the order was its customer's
+    and no offer or campaign ever saw it."""
+    assert post(app, order(customer=first)).status == 200
+    before = lines(engine_of(app))
+    reply = post(app, {"orders": [order("A2", customer=again), order(customer=again)]})
+    assert reply.status == 409, reply.text
+    assert reply.json() == {
+        "detail": "already stored under another customer or as a guest order: order(s) 'A1'"
+    }
+    assert lines(engine_of(app)) == before
+
+
+def test_an_order_of_an_erased_customer_posted_again_is_a_duplicate(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Its stored lines lost the customer with the erasure; posted again it is detached the
+    same way, so it is the same order, not a conflict."""
+    app = make_app(engine, tmp_path)
+    assert put(app, {"source": "signup", "email": "x@example.test"}).status == 200
+    assert post(app, order("A1")).status == 200
+    assert erase(app).status == 200
+    reply = post(app, order("A1"))
+    assert reply.status == 200, reply.text
+    assert reply.json()["duplicate_orders"] == ["A1"]
+
+
+@pytest.mark.parametrize(
     ("body", "loc", "value"),
     [
         pytest.param(order(ordered_at="yesterday"), ["body", "ordered_at"], "yesterday", id="time"),
