@@ -614,17 +614,16 @@ def _validated(
                 )
             )
         seen.add(order.order_id)
-        kept = len(rows)
+        kept, said = len(rows), False
         for j, line in enumerate(order.lines):
             try:
                 value = sources.standard_purchase(_row(order, line, j), stamps, numbers)
             except sources.RowProblem as exc:
-                place = (
-                    (*where, "ordered_at")
-                    if exc.column == "ordered_at"
-                    else (*where, "lines", j, exc.column)
-                )
-                errors.append(api_lean.problem("value_error", place, exc.message, exc.value))
+                timed = exc.column == "ordered_at"  # the order's: said once, not per line
+                place = (*where, "ordered_at") if timed else (*where, "lines", j, exc.column)
+                if not (timed and said):
+                    errors.append(api_lean.problem("value_error", place, exc.message, exc.value))
+                said = said or timed
                 continue
             if isinstance(value, sources.Skip):
                 skipped[value.reason] = skipped.get(value.reason, 0) + 1

@@ -228,6 +228,15 @@ def test_bad_input_is_422_naming_the_field_not_the_value_and_writes_nothing(
     assert lines(engine_of(app)) == []
 
 
+def test_an_orders_bad_time_is_one_problem_however_many_lines_it_has(app: FastAPI) -> None:
+    """The time is the order's, but each line was parsed with it and said so: an order of
+    1,000 lines with a bad ``ordered_at`` got 1,000 identical problems."""
+    many = [{"item_id": f"i{k}", "quantity": 1, "unit_price": 1.0} for k in range(50)]
+    reply = post(app, {"orders": [order("X1", ordered_at="2012-13-01T10:00:00", lines=many)]})
+    assert reply.status == 422, reply.text
+    assert [e["loc"] for e in reply.json()["detail"]] == [["body", "orders", 0, "ordered_at"]]
+
+
 @pytest.mark.parametrize(
     "body",
     [
