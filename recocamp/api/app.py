@@ -16,6 +16,9 @@ POST /v1/webhooks/{provider}                provider secret       api_webhooks
 GET  /healthz, /readyz, /metrics, /docs     anyone
 ==========================================  ====================  ==============================
 
+A path whose %-escapes are not UTF-8 is a 400 (:class:`Utf8Path`): the server would decode
+them with replacement characters, and the id would be another one.
+
 API keys: see ``api_auth`` (``RECOCAMP_API_KEYS``, hashed, scopes, rate limit per key).
 Bodies above ``[api] max_body_bytes`` are refused (413 ``{"detail"}``, declared or chunked:
 ``api.bodies``); CORS is off unless
@@ -39,6 +42,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -148,6 +152,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.include_router(api_pages.router(settings, engine, clock, service))
     app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
     app.add_middleware(HeadAsGet)
+    app.add_middleware(Utf8Path)
     app.add_middleware(api_bodies.BodyLimit, limit=settings.api.max_body_bytes)
     app.add_middleware(api_pages.PrivateHeaders)
     app.add_middleware(HttpMetrics)
@@ -327,6 +332,34 @@ class HeadAsGet:
         finally:  # the route the GET matched, for the metrics' label
             if "route" in as_get:
                 scope["route"] = as_get["route"]
+
+
+NOT_UTF8 = (
+    b'{"detail":"the path is not UTF-8 once its %-escapes are decoded: '
+    b'percent-encode the UTF-8 bytes of ids"}'
+)
+
+
+class Utf8Path:
+    """400 for a path whose %-escapes do not decode as UTF-8 (pure ASGI). The server decodes
+    them with replacement characters, so an id sent in Latin-1 (``/v1/customers/M%FCller``)
+    reached the routes as ``M\ufffdller``: a customer created under it, and ``M%F6ller``
+    (Möller) the same one; a lone surrogate's bytes likewise. Paths without an escape (the
+    widget's, as a rule) pass without a look."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%" in raw:
+            try:
+                unquote_to_bytes(raw.split(b"?", 1)[0]).decode()
+            except UnicodeDecodeError:
+                response = Response(NOT_UTF8, 400, media_type="application/json")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class HttpMetrics:
