@@ -72,7 +72,14 @@ from recocamp.clock import Clock
 from recocamp.errors import RecocampError, mask_addresses
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
-from recocamp.store.engine import Engine, SQLAlchemyError, ping, require_current
+from recocamp.store.engine import (
+    Engine,
+    OperationalError,
+    PoolTimeout,
+    SQLAlchemyError,
+    ping,
+    require_current,
+)
 
 log = logging.getLogger(__name__)
 HEALTHY = b'{"status":"ok"}'
@@ -140,6 +147,8 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.add_exception_handler(RequestValidationError, _unprocessable)
     app.add_exception_handler(StarletteHTTPException, _refused)
     app.add_exception_handler(ValidationError, _unprocessable)
+    app.add_exception_handler(OperationalError, _busy)
+    app.add_exception_handler(PoolTimeout, _busy)
     app.state.service = service
     app.state.authenticator = auth
     _health_routes(app, engine, service)
@@ -251,6 +260,32 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     quoting it) are dropped; an address a message might quote is masked."""
     assert isinstance(exc, RequestValidationError | ValidationError)
     return JSONResponse({"detail": redacted(exc.errors())}, 422)
+
+
+BUSY = "the store is busy or out of reach: send the request again later"
+BUSY_RETRY_S = 5
+
+
+async def _busy(request: Request, exc: Exception) -> JSONResponse:
+    """503 ``{"detail"}`` with ``Retry-After`` when the store cannot answer now: SQLite's
+    write lock held past the busy timeout (an import, the worker), PostgreSQL out of reach,
+    no pooled connection free in time. It was Starlette's plain-text 500 "Internal Server
+    Error", which a shop's client takes for a bug rather than "send it again", in no shape
+    of the API's. The writing transaction rolled back: nothing was written. The error's text
+    is not logged (it may quote a statement's parameters: an address)."""
+    log.warning(
+        "%s %s: the store did not answer (%s): 503",
+        request.method,
+        _template(request),
+        type(exc).__name__,
+    )
+    return JSONResponse({"detail": BUSY}, 503, {"Retry-After": str(BUSY_RETRY_S)})
+
+
+def _template(request: Request) -> str:
+    """The route's template (no id, token or address of the path)."""
+    matched = request.scope.get("route")
+    return str(getattr(matched, "path_format", None) or getattr(matched, "path", "unmatched"))
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

@@ -32,6 +32,7 @@ from tests.api_shop import (
     SIGNING_KEY,
     Closing,
     Reply,
+    answered,
     bearer,
     call,
     engine_of,
@@ -679,6 +680,40 @@ def test_sqlite_an_erasure_between_a_requests_check_and_its_write_is_not_undone(
         events = connection.execute(sa.select(contact_events.c.id).where(mine)).all()
     back = person(engine) is not None or bool(events) or any(r[2] == "c1" for r in lines(engine))
     assert len(outcome) == 1 and tombstoned != back, (outcome, reply.status)
+
+
+def test_a_store_that_is_busy_is_a_503_in_the_apis_shape_with_retry_after(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """SQLite's write lock held past the busy timeout (an import, the worker), or PostgreSQL
+    out of reach: the request failed with Starlette's plain-text 500 "Internal Server
+    Error", which a shop's client reads as a bug of ours, not as "send it again", and whose
+    body is not the API's JSON. Now 503 ``{"detail"}`` with ``Retry-After``, nothing
+    written (the transaction rolled back)."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's write lock makes the store busy on demand")
+    app = make_app(impatient(engine), tmp_path)
+    holder = engine.raw_connection()
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        reply = answered(app, "POST", EVENTS, json=order(), headers=bearer("shop"))
+        changed = answered(
+            app,
+            "PUT",
+            "/v1/customers/c1",
+            json={"source": "t", "email": "x@example.test"},
+            headers=bearer("shop"),
+        )
+    finally:
+        holder.rollback()
+        holder.close()
+    for answer in (reply, changed):
+        assert answer.status == 503, answer.text
+        assert answer.json() == {
+            "detail": "the store is busy or out of reach: send the request again later"
+        }
+        assert answer.headers["retry-after"] == "5"
+    assert lines(engine) == [] and person(engine) is None
 
 
 # -- strict JSON types, order times, media types and body limits ------------------------------
