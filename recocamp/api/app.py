@@ -99,6 +99,11 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Not found."},
     413: {"description": "The body is larger than [api] max_body_bytes."},
     429: {"model": ErrorOut, "description": "Rate limit of the API key; see Retry-After."},
+    503: {
+        "model": ErrorOut,
+        "description": "The store is busy or out of reach: nothing was written; send the "
+        "request again after Retry-After.",
+    },
 }
 
 

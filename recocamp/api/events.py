@@ -300,7 +300,8 @@ def router(
             "model": model,
             "description": (
                 "Erasure tombstones exist but RECOCAMP_SIGNING_KEY is not set: they cannot be "
-                "checked."
+                "checked; or the store is busy or out of reach (with Retry-After: send the "
+                "request again). Nothing was written."
             ),
         }
     }
@@ -478,7 +479,8 @@ def _same_customers(
     written); a customer erased since is compared as the guest their lines became."""
     if not repeated:
         return
-    posted = {o.order_id: o.customer_id for o in orders if o.order_id in set(repeated)}
+    again = set(repeated)
+    posted = {o.order_id: o.customer_id for o in orders if o.order_id in again}
     detached = {k: None if v in erased else v for k, v in posted.items()}
     conflicts = queries.customer_conflicts(connection, detached)
     if conflicts:
