@@ -94,6 +94,12 @@ class ErrorOut(BaseModel):
 
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorOut,
+        "description": "The path's %-escapes are not UTF-8, or the JSON body cannot be read "
+        "as sent: a key twice in one object, nesting past the parser's stack, a number too "
+        "long. Nothing was written.",
+    },
     401: {"model": ErrorOut, "description": "No API key, or an unknown one."},
     403: {"model": ErrorOut, "description": "The API key lacks the scope."},
     404: {"model": ErrorOut, "description": "Not found."},
