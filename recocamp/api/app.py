@@ -160,6 +160,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.add_exception_handler(ValidationError, _unprocessable)
     app.add_exception_handler(OperationalError, _busy)
     app.add_exception_handler(PoolTimeout, _busy)
+    app.add_exception_handler(Exception, _crashed)
     app.state.service = service
     app.state.authenticator = auth
     _health_routes(app, engine, service)
@@ -291,6 +292,14 @@ async def _busy(request: Request, exc: Exception) -> JSONResponse:
         type(exc).__name__,
     )
     return JSONResponse({"detail": BUSY}, 503, {"Retry-After": str(BUSY_RETRY_S)})
+
+
+async def _crashed(request: Request, exc: Exception) -> JSONResponse:
+    """A bug's 500 as the API's JSON ``{"detail"}`` (Starlette's answer is plain text, which
+    a client decoding the error it was promised fails on). Starlette raises the exception
+    on after this answer, so the server logs it with its traceback (addresses masked:
+    ``logs.EmailRedactor``); the body says nothing of it."""
+    return JSONResponse({"detail": "internal error: the server's log says more"}, 500)
 
 
 def _template(request: Request) -> str:

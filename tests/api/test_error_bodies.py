@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.api_shop import Closing, bearer, call, make_app
+from tests.api_shop import Closing, answered, bearer, call, make_app
 
 ADDRESS = "alice@example.com"
 # a body for the routes that need one: refused (422), so the path id reaches no success body
@@ -108,3 +108,22 @@ def test_every_json_body_route_documents_its_400(
     headers = {"content-type": "application/json", **bearer("shop")}
     reply = call(app, "POST", "/v1/events/reviews", content=twice, headers=headers)
     assert reply.status == 400 and "twice" in reply.json()["detail"]
+
+
+def test_an_unexpected_error_is_a_500_in_the_apis_shape(
+    engine: sa.Engine, tmp_path: Path, closing: Closing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other error of the API is JSON ``{"detail": …}``; a bug's 500 was Starlette's
+    plain text "Internal Server Error", which a client decoding the JSON error it was
+    promised fails on. The text of the exception stays in the server's log, not the body
+    (it may quote an id or an address)."""
+    app = closing(make_app(engine, tmp_path))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"a bug quoting {ADDRESS}")
+
+    monkeypatch.setattr(app.state.service, "similar", broken)
+    reply = answered(app, "GET", "/v1/items/i1/similar", headers=bearer("shop"))
+    assert reply.status == 500
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json() == {"detail": "internal error: the server's log says more"}
