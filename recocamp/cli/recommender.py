@@ -424,7 +424,7 @@ def _ranked_past(
     or of recent popularity (``training.popular_list``, the stored list's own ranking) for
     a popularity answer; every item, so the offerable ``n`` are there. They were cut at
     ``top_n`` without a word, where the offer API pads its answers to ``n``."""
-    if personal is not None:
+    if personal is not None and history.count:  # the API pads only such histories too
         scores = live.scores(history, settings.recommender.time_decay_half_life_days)
         more = live.ranked(scores, len(live.columns))
     else:
