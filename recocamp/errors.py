@@ -134,17 +134,18 @@ class StoreError(RecocampError):
 
 
 class OrderConflictError(RecocampError):
-    """Orders that are already stored with other lines: an order is written whole, once, and
-    a different order under the same id is refused rather than mixed into it."""
+    """Orders that are already stored with other lines (or, posted to the API, under another
+    customer: ``stored`` says which): an order is written whole, once, and a different order
+    under the same id is refused rather than mixed into it."""
 
-    def __init__(self, order_ids: list[str]) -> None:
-        self.order_ids = list(order_ids)
+    def __init__(self, order_ids: list[str], stored: str = "with other lines") -> None:
+        self.order_ids, self.stored = list(order_ids), stored
         shown = ", ".join(repr(order_id) for order_id in self.order_ids[:20])
         more = f" and {len(self.order_ids) - 20} more" if len(self.order_ids) > 20 else ""
-        super().__init__(f"already stored with other lines: order(s) {shown}{more}")
+        super().__init__(f"already stored {stored}: order(s) {shown}{more}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return type(self), (self.order_ids,)
+        return type(self), (self.order_ids, self.stored)
 
 
 class SharedAddressError(RecocampError):

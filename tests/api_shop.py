@@ -207,9 +207,18 @@ class Reply:
 
 def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> Reply:
     """One request through httpx's ASGI transport (redirects are not followed)."""
+    return _call(app, method, path, True, kwargs)
 
+
+def answered(app: FastAPI, method: str, path: str, **kwargs: Any) -> Reply:
+    """:func:`call`, answered as a server answers an exception the app raises (a 500)
+    rather than raising it in the test."""
+    return _call(app, method, path, False, kwargs)
+
+
+def _call(app: FastAPI, method: str, path: str, raising: bool, kwargs: dict[str, Any]) -> Reply:
     async def go() -> Reply:
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raising)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
             response = await client.request(method, path, **kwargs)
             return Reply(response.status_code, response.text, dict(response.headers))

@@ -16,6 +16,9 @@ POST /v1/webhooks/{provider}                provider secret       api_webhooks
 GET  /healthz, /readyz, /metrics, /docs     anyone
 ==========================================  ====================  ==============================
 
+A path whose %-escapes are not UTF-8 is a 400 (:class:`Utf8Path`): the server would decode
+them with replacement characters, and the id would be another one.
+
 API keys: see ``api_auth`` (``RECOCAMP_API_KEYS``, hashed, scopes, rate limit per key).
 Bodies above ``[api] max_body_bytes`` are refused (413 ``{"detail"}``, declared or chunked:
 ``api.bodies``); CORS is off unless
@@ -39,6 +42,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -68,7 +72,14 @@ from recocamp.clock import Clock
 from recocamp.errors import RecocampError, mask_addresses
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
-from recocamp.store.engine import Engine, SQLAlchemyError, ping, require_current
+from recocamp.store.engine import (
+    Engine,
+    OperationalError,
+    PoolTimeout,
+    SQLAlchemyError,
+    ping,
+    require_current,
+)
 
 log = logging.getLogger(__name__)
 HEALTHY = b'{"status":"ok"}'
@@ -83,6 +94,12 @@ class ErrorOut(BaseModel):
 
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorOut,
+        "description": "The path's %-escapes are not UTF-8, or the JSON body cannot be read "
+        "as sent: a key twice in one object, nesting past the parser's stack, a number too "
+        "long. Nothing was written.",
+    },
     401: {"model": ErrorOut, "description": "No API key, or an unknown one."},
     403: {"model": ErrorOut, "description": "The API key lacks the scope."},
     404: {"model": ErrorOut, "description": "Not found."},
@@ -91,6 +108,11 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         "model": ErrorOut,
         "description": "Rate limit of the API key, or too many failed authentications from "
         "this address; see Retry-After.",
+    },
+    503: {
+        "model": ErrorOut,
+        "description": "The store is busy or out of reach: nothing was written; send the "
+        "request again after Retry-After.",
     },
 }
 
@@ -143,6 +165,9 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.add_exception_handler(RequestValidationError, _unprocessable)
     app.add_exception_handler(StarletteHTTPException, _refused)
     app.add_exception_handler(ValidationError, _unprocessable)
+    app.add_exception_handler(OperationalError, _busy)
+    app.add_exception_handler(PoolTimeout, _busy)
+    app.add_exception_handler(Exception, _crashed)
     app.state.service = service
     app.state.authenticator = auth
     _health_routes(app, engine, service)
@@ -155,6 +180,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.include_router(api_pages.router(settings, engine, clock, service))
     app.include_router(api_webhooks.router(settings, engine, clock, PROBLEMS))
     app.add_middleware(HeadAsGet)
+    app.add_middleware(Utf8Path)
     app.add_middleware(api_bodies.BodyLimit, limit=settings.api.max_body_bytes)
     app.add_middleware(api_pages.PrivateHeaders)
     app.add_middleware(HttpMetrics)
@@ -255,6 +281,40 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": redacted(exc.errors())}, 422)
 
 
+BUSY = "the store is busy or out of reach: send the request again later"
+BUSY_RETRY_S = 5
+
+
+async def _busy(request: Request, exc: Exception) -> JSONResponse:
+    """503 ``{"detail"}`` with ``Retry-After`` when the store cannot answer now: SQLite's
+    write lock held past the busy timeout (an import, the worker), PostgreSQL out of reach,
+    no pooled connection free in time. It was Starlette's plain-text 500 "Internal Server
+    Error", which a shop's client takes for a bug rather than "send it again", in no shape
+    of the API's. The writing transaction rolled back: nothing was written. The error's text
+    is not logged (it may quote a statement's parameters: an address)."""
+    log.warning(
+        "%s %s: the store did not answer (%s): 503",
+        request.method,
+        _template(request),
+        type(exc).__name__,
+    )
+    return JSONResponse({"detail": BUSY}, 503, {"Retry-After": str(BUSY_RETRY_S)})
+
+
+async def _crashed(request: Request, exc: Exception) -> JSONResponse:
+    """A bug's 500 as the API's JSON ``{"detail"}`` (Starlette's answer is plain text, which
+    a client decoding the error it was promised fails on). Starlette raises the exception
+    on after this answer, so the server logs it with its traceback (addresses masked:
+    ``logs.EmailRedactor``); the body says nothing of it."""
+    return JSONResponse({"detail": "internal error: the server's log says more"}, 500)
+
+
+def _template(request: Request) -> str:
+    """The route's template (no id, token or address of the path)."""
+    matched = request.scope.get("route")
+    return str(getattr(matched, "path_format", None) or getattr(matched, "path", "unmatched"))
+
+
 async def _refused(request: Request, exc: Exception) -> Response:
     """FastAPI's answer to an ``HTTPException``, with every e-mail address in its detail
     masked: details quote what the client sent (a customer or item id, an order id, the
@@ -348,6 +408,34 @@ class HeadAsGet:
         finally:  # the route the GET matched, for the metrics' label
             if "route" in as_get:
                 scope["route"] = as_get["route"]
+
+
+NOT_UTF8 = (
+    b'{"detail":"the path is not UTF-8 once its %-escapes are decoded: '
+    b'percent-encode the UTF-8 bytes of ids"}'
+)
+
+
+class Utf8Path:
+    """400 for a path whose %-escapes do not decode as UTF-8 (pure ASGI). The server decodes
+    them with replacement characters, so an id sent in Latin-1 (``/v1/customers/M%FCller``)
+    reached the routes as ``M\ufffdller``: a customer created under it, and ``M%F6ller``
+    (Möller) the same one; a lone surrogate's bytes likewise. Paths without an escape (the
+    widget's, as a rule) pass without a look."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%" in raw:
+            try:
+                unquote_to_bytes(raw.split(b"?", 1)[0]).decode()
+            except UnicodeDecodeError:
+                response = Response(NOT_UTF8, 400, media_type="application/json")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class HttpMetrics:

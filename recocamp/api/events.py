@@ -8,8 +8,9 @@ customers changed: see ``api.offer_cache``).
 Purchases are validated with the importer's rules (``sources.csv.standard_purchase``:
 numbers, timestamps — without an offset in the shop's time zone —, returns, adjustments
 skipped), all orders of a request or none, and are idempotent on the order id: an order
-already stored with the same lines is reported as a duplicate and left exactly as it is; one
-stored with other lines is a 409 naming it, and nothing of the request is written. An order
+already stored with the same lines under the same customer is reported as a duplicate and
+left exactly as it is; one stored with other lines, under another customer or as a guest
+order (or the reverse), is a 409 naming it, and nothing of the request is written. An order
 is written whole by exactly one request, also when two post it at the same time
 (``queries.store_orders``). Ids, numbers and texts have the bounds of :mod:`recocamp.domain`,
 the importer's.
@@ -299,7 +300,8 @@ def router(
             "model": model,
             "description": (
                 "Erasure tombstones exist but RECOCAMP_SIGNING_KEY is not set: they cannot be "
-                "checked."
+                "checked; or the store is busy or out of reach (with Retry-After: send the "
+                "request again). Nothing was written."
             ),
         }
     }
@@ -316,7 +318,8 @@ def router(
     conflict: dict[int | str, Any] = {
         409: {
             "model": problems[401]["model"],
-            "description": "An order is already stored with other lines (nothing was written).",
+            "description": "An order is already stored with other lines, under another "
+            "customer or as a guest order (nothing was written).",
         }
     }
 
@@ -339,6 +342,7 @@ def router(
                 kept = [detach(row, erased) for row in rows]
                 ids = [o.order_id for o in orders]
                 stored = queries.store_orders(connection, kept, None, order_ids=ids)
+                _same_customers(connection, orders, erased, stored.repeated)
         except OrderConflictError as exc:
             metrics.API_EVENTS.labels("conflict").inc(len(exc.order_ids))
             raise HTTPException(409, str(exc)) from None
@@ -463,6 +467,24 @@ def router(
         )
 
     return api
+
+
+def _same_customers(
+    connection: Connection, orders: list[OrderIn], erased: set[str], repeated: list[str]
+) -> None:
+    """An order stored already is a repeat only under the same customer (or as a guest order
+    both times): the digest leaves the customer out (an erasure unlinks the stored lines), so
+    the same lines under another customer were a 200 "duplicate" that left the order where it
+    was. 409 naming them, raised in the writing transaction (nothing of the request is
+    written); a customer erased since is compared as the guest their lines became."""
+    if not repeated:
+        return
+    again = set(repeated)
+    posted = {o.order_id: o.customer_id for o in orders if o.order_id in again}
+    detached = {k: None if v in erased else v for k, v in posted.items()}
+    conflicts = queries.customer_conflicts(connection, detached)
+    if conflicts:
+        raise OrderConflictError(conflicts, "under another customer or as a guest order")
 
 
 @contextmanager
@@ -596,17 +618,16 @@ def _validated(
                 )
             )
         seen.add(order.order_id)
-        kept = len(rows)
+        kept, said = len(rows), False
         for j, line in enumerate(order.lines):
             try:
                 value = sources.standard_purchase(_row(order, line, j), stamps, numbers)
             except sources.RowProblem as exc:
-                place = (
-                    (*where, "ordered_at")
-                    if exc.column == "ordered_at"
-                    else (*where, "lines", j, exc.column)
-                )
-                errors.append(api_lean.problem("value_error", place, exc.message, exc.value))
+                timed = exc.column == "ordered_at"  # the order's: said once, not per line
+                place = (*where, "ordered_at") if timed else (*where, "lines", j, exc.column)
+                if not (timed and said):
+                    errors.append(api_lean.problem("value_error", place, exc.message, exc.value))
+                said = said or timed
                 continue
             if isinstance(value, sources.Skip):
                 skipped[value.reason] = skipped.get(value.reason, 0) + 1

@@ -87,6 +87,7 @@ from recocamp.recommender import models as model
 from recocamp.recommender import serving
 from recocamp.recommender.ranking import Mode, objects_to_profiling
 from recocamp.recommender.serving import Live, Personal, Ranked
+from recocamp.recommender.training import popular_list
 from recocamp.settings import Settings
 from recocamp.store import notifications, registry, views
 from recocamp.store import serving as store
@@ -184,6 +185,9 @@ class Snapshot:
     # ``store.erasures_mark`` now, and when ``live`` was loaded (see :attr:`scrubbed`)
     erasures: int = 0
     loaded_erasures: int = 0
+    # ``popular`` (the e-mail's list, ``top_n`` long) and more of the same ranking, up to
+    # :data:`MAX_N`: it pads an answer without a personal ranking to pad from (see _select)
+    more_popular: Ranked = field(default_factory=list)
 
     @property
     def scrubbed(self) -> bool:
@@ -500,14 +504,20 @@ class OfferService:
                     erasures=erasures,
                 )
             catalogue = views.catalogue(connection)
-            popular = views.recent_popular(
-                connection, self.clock.now(), self.settings.recommender.top_n
-            )
+            top_n = self.settings.recommender.top_n
+            longer = views.recent_popular(connection, self.clock.now(), max(top_n, MAX_N))
         error, loaded = None, erasures
         if old is not None and same_model:
             live, loaded = old.live, old.loaded_erasures
         else:
             live, error = self._load(live_row, None if old is None else old.load_error)
+        if live is not None and len(longer) < max(top_n, MAX_N):
+            # the model stores its first top_n (``training.popular_list``): the rest from
+            # the loaded model's popularity of every item, ranked the same way
+            stored = {str(entry[0]) for entry in longer}
+            ranking = popular_list(live.data, max(top_n, MAX_N) + len(stored))
+            longer += [entry for entry in ranking if entry[0] not in stored]
+            longer = longer[: max(top_n, MAX_N)]
         generation = 1 if old is None else old.generation + 1
         log.info(
             "serving generation %d: model %s, %d items",
@@ -520,12 +530,13 @@ class OfferService:
             catalogue,
             mark,
             live,
-            popular,
+            longer[:top_n],
             self.monotonic(),
             error,
             epoch,
             erasures,
             loaded,
+            longer,
         )
 
     def _load(self, row: Any, failed: str | None) -> tuple[Live | None, str | None]:
@@ -894,8 +905,9 @@ class OfferService:
         """The shared offer rules over the planner's candidate lists; where they leave fewer
         than ``n`` offers (a big buyer in discover mode owns every cached and popular item),
         the live model's full ranking of the customer's history pads the list, after the
-        items an e-mail would have offered."""
-        history, personal, categories = basis.history, basis.personal, basis.categories
+        items an e-mail would have offered (popularity past ``top_n`` without one:
+        :meth:`_padding`)."""
+        personal, categories = basis.personal, basis.categories
         live, owned, ranked = snapshot.live, basis.owned, personal.items
         because = _Reasons(basis.reasons, owned)
         due = basis.kept.repurchases().due(now) if query.mode is Mode.REPLENISH else []
@@ -908,23 +920,34 @@ class OfferService:
         )
         catalogue = snapshot.catalogue
         chosen = offers.select(sources, catalogue, rules, owned, categories)
-        if len(chosen) < query.n and ranked is not None and live is not None and history.count:
-            ranking = basis.padded(
-                live,
-                query.mode is Mode.DISCOVER,
-                self.settings.recommender.time_decay_half_life_days,
-            )
+        if len(chosen) < query.n:
+            padding = self._padding(snapshot, query, basis, because)
             # the selection over the sources and the padding after them: every source was
             # read to its end, so it goes on over the padding's items not in any of them
             seen = {str(entry[0]) for source in sources for entry in source.ranked}
-            rest = [entry for entry in ranking if str(entry[0]) not in seen]
+            rest = [entry for entry in padding.ranked if str(entry[0]) not in seen]
             more = replace(rules, count=query.n - len(chosen))
-            padding = offers.Candidates(rest, "personal", because)
+            padding = replace(padding, ranked=rest)
             chosen += offers.select([padding], catalogue, more, owned, categories)
         if because.asked:  # the same offers, now with the reasons they lacked
             basis.explain(live, catalogue, because.asked)
             chosen = [_reasoned(o, because, catalogue, owned, categories) for o in chosen]
         return chosen
+
+    def _padding(
+        self, snapshot: Snapshot, query: Query, basis: Basis, because: _Reasons
+    ) -> offers.Candidates:
+        """What pads an answer the shared lists leave short: the live model's full ranking
+        of a personal customer's history, else (an unknown, new or objecting customer,
+        popularity only) recent popularity past the ``top_n`` an e-mail offers, so that
+        ``n`` up to :data:`MAX_N` is answered in full either way: it was capped at
+        ``top_n`` without a word."""
+        live = snapshot.live
+        if basis.personal.items is not None and live is not None and basis.history.count:
+            discover = query.mode is Mode.DISCOVER
+            half_life = self.settings.recommender.time_decay_half_life_days
+            return offers.Candidates(basis.padded(live, discover, half_life), "personal", because)
+        return offers.Candidates(snapshot.more_popular, "popular")
 
     # --- similar items -----------------------------------------------------------------------
 

@@ -93,7 +93,15 @@ def next_best_offer_route(
         request: Request,
         customer_id: api_lean.PathId,
         key: OffersRead,
-        n: Annotated[int, Query(ge=1, le=MAX_N, description="How many offers.")] = 5,
+        n: Annotated[
+            int,
+            Query(
+                ge=1,
+                le=MAX_N,
+                description="How many offers (fewer only where the rules leave fewer: stock, "
+                "filters, a short history to buy again).",
+            ),
+        ] = 5,
         mode: Annotated[
             Mode,
             Query(

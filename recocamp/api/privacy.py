@@ -189,7 +189,8 @@ def router(
         503: {
             "description": (
                 "RECOCAMP_SIGNING_KEY is not set: an erasure needs it for the tombstone that keeps "
-                "the customer from coming back."
+                "the customer from coming back; or the store is busy or out of reach (with "
+                "Retry-After: send the request again)."
             )
         }
     }

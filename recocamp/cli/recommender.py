@@ -46,7 +46,7 @@ from recocamp.recommender import training
 from recocamp.recommender.evaluate import Metrics
 from recocamp.recommender.models import EVALUATION_ONLY, MODEL_NAMES
 from recocamp.recommender.ranking import objects_to_profiling
-from recocamp.recommender.serving import Cached, Live, personal_list
+from recocamp.recommender.serving import Cached, Live, Purchases, personal_list
 from recocamp.settings import Settings
 from recocamp.store import queries, registry, views
 from recocamp.store.engine import Connection, Engine
@@ -366,8 +366,9 @@ def recommend(customer_id: Annotated[str, typer.Argument(callback=_an_id)], n: T
             history = history_of(views.customer_orders(connection, customer_id, now), {})
         cached = None if row is None else Cached(row.items, str(row.model_version))
         fitted, data, _ = model_module.load(settings.locate(live.path), settings.recommender)
+        loaded = Live.of(live.version, fitted, data, live.data_cutoff)
         personal = personal_list(
-            Live.of(live.version, fitted, data, live.data_cutoff),
+            loaded,
             history,
             cached,
             customer_id=customer_id,
@@ -377,6 +378,8 @@ def recommend(customer_id: Annotated[str, typer.Argument(callback=_an_id)], n: T
             half_life=settings.recommender.time_decay_half_life_days,
         )
         ranked = [list(entry) for entry in (personal.items or live.popular)]
+        if len(ranked) < n:
+            ranked += _ranked_past(loaded, history, personal.items, ranked, settings)
         with engine.connect() as connection:
             shown = _offerable(connection, ranked, n)
     console.print(f"customer {customer_id}: {personal.why} (model {live.version})")
@@ -407,6 +410,27 @@ def similar_items(item_id: str, n: TopN = 10) -> None:
 
 
 _AVAILABLE = "out-of-stock, service and unpriced items left out, as in the API's answers"
+
+
+def _ranked_past(
+    live: Live,
+    history: Purchases,
+    personal: Sequence[Sequence[Any]] | None,
+    ranked: Sequence[Sequence[Any]],
+    settings: Settings,
+) -> list[list[Any]]:
+    """What follows ``ranked`` (the cached top-N row or the stored popularity, ``top_n``
+    long) for ``--n`` past it: the rest of the model's ranking of the customer's history,
+    or of recent popularity (``training.popular_list``, the stored list's own ranking) for
+    a popularity answer; every item, so the offerable ``n`` are there. They were cut at
+    ``top_n`` without a word, where the offer API pads its answers to ``n``."""
+    if personal is not None and history.count:  # the API pads only such histories too
+        scores = live.scores(history, settings.recommender.time_decay_half_life_days)
+        more = live.ranked(scores, len(live.columns))
+    else:
+        more = training.popular_list(live.data, len(live.columns))
+    listed = {str(entry[0]) for entry in ranked}
+    return [list(entry) for entry in more if str(entry[0]) not in listed]
 
 
 def _offerable(

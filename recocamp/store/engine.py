@@ -21,6 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError as SQLAlchemyError  # re-exported: an
 
 from recocamp.errors import StoreError
 
+PoolTimeout = sa.exc.TimeoutError  # re-exported: no pooled connection was free in time
+
 if TYPE_CHECKING:
     from alembic.config import Config
 

@@ -161,6 +161,28 @@ def stored_digests(connection: sa.Connection, order_ids: list[str]) -> dict[str,
     return found
 
 
+def customer_conflicts(connection: sa.Connection, customers: dict[str, str | None]) -> list[str]:
+    """The orders, of those given with the customer they are posted under (None: a guest),
+    whose stored lines name another customer or none (a guest order, or one an erasure
+    unlinked). An order without stored lines (every line an adjustment) names nobody and is
+    no conflict."""
+    found: dict[str, set[str | None]] = defaultdict(set)
+    order_ids = sorted(customers)
+    for start in range(0, len(order_ids), CHUNK):
+        query = (
+            sa.select(purchases.c.order_id, purchases.c.customer_id)
+            .where(purchases.c.order_id.in_(order_ids[start : start + CHUNK]))
+            .distinct()
+        )
+        for order_id, customer_id in connection.execute(query):
+            found[order_id].add(customer_id)
+    return [
+        order_id
+        for order_id in order_ids
+        if order_id in found and found[order_id] != {customers[order_id]}
+    ]
+
+
 def _insert_lines(
     connection: sa.Connection,
     rows: Sequence[Purchase],

@@ -77,6 +77,35 @@ def no_address(reply: Reply, caplog: pytest.LogCaptureFixture, *addresses: str) 
 
 
 @pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/v1/customers/M%FCller"),  # Latin-1, not UTF-8
+        ("PUT", "/v1/customers/M%F6ller"),
+        ("GET", "/v1/customers/M%FCller/next-best-offer"),
+        ("GET", "/v1/customers/M%FCller/forecast"),
+        ("GET", "/v1/items/%ED%A0%80/similar"),  # a lone surrogate's bytes
+        ("DELETE", "/v1/privacy/customers/M%FCller"),
+    ],
+)
+def test_an_id_that_is_not_utf_8_in_the_path_is_refused(
+    app: FastAPI, method: str, path: str
+) -> None:
+    """The server decodes a path's percent-escapes with replacement characters, so a shop
+    sending its ids in Latin-1 (``M%FCller``) created the customer ``M\ufffdller``, and
+    ``Möller`` was the same customer: a 400, nothing stored."""
+    before = snapshot(app)
+    key = "dpo" if method == "DELETE" else "shop"
+    body = {"source": "crm"} if method == "PUT" else None
+    reply = call(app, method, path, headers=bearer(key), json=body)
+    assert reply.status == 400, reply.text
+    assert reply.json() == {
+        "detail": "the path is not UTF-8 once its %-escapes are decoded: "
+        "percent-encode the UTF-8 bytes of ids"
+    }
+    assert snapshot(app) == before
+
+
+@pytest.mark.parametrize(
     ("body", "loc"),
     [
         ({"email": ["a@b.c"], "source": "t"}, ["body", "email"]),  # the issue's case

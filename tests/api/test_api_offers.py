@@ -216,6 +216,23 @@ def test_unknown_customers_get_recent_popularity(app: FastAPI) -> None:
     assert {e["reason"] for e in answer["items"]} == {"popular with other customers"}
 
 
+@pytest.mark.parametrize("customer", ["nobody-we-know", OBJECTOR])
+def test_popularity_answers_n_beyond_the_models_top_n(app: FastAPI, customer: str) -> None:
+    """``n`` may be up to 50, but the popular list held was the live model's stored one,
+    ``top_n`` long (10 here): a cold-start or objecting customer asking for 30 got 10
+    without a word, while a personal answer is padded to ``n``. The list is now taken
+    from the loaded model's popularity as long as ``n`` may ask; its first ``top_n`` are
+    the stored list (what an e-mail offers)."""
+    stored = [str(item) for item, _ in live(engine_of(app)).popular]
+    top_n = app.state.service.settings.recommender.top_n
+    assert len(stored) == top_n
+    answer = offers(app, customer, "n=30&mode=mixed")
+    got = ids(answer)
+    assert len(got) == 30, got
+    if customer != OBJECTOR:  # an objector's own items come first (source "history")
+        assert got[:top_n] == stored
+
+
 def test_an_objector_gets_popularity_and_no_explanations(app: FastAPI) -> None:
     answer = offers(app, OBJECTOR, "n=5&mode=mixed")
     assert answer["basis_reason"] == "popular: objected to profiling"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.api_shop import Closing, bearer, call, make_app
+from tests.api_shop import Closing, answered, bearer, call, make_app
 
 ADDRESS = "alice@example.com"
 # a body for the routes that need one: refused (422), so the path id reaches no success body
@@ -86,3 +86,44 @@ def test_a_shared_address_names_the_other_ids_masked(
         reply = call(app, method, f"/v1/privacy/customers/{ADDRESS}", headers=bearer("dpo"))
         assert reply.status == 409 and "<address>" in reply.text, reply.text
         assert "@" not in reply.text, reply.text
+
+
+def test_every_json_body_route_documents_its_400(
+    engine: sa.Engine, tmp_path: Path, closing: Closing
+) -> None:
+    """A JSON body naming a key twice, nested past the parser's stack or holding a number
+    Python cannot hold is a 400 (``api.bodies``), but no route's schema had a 400: a client
+    generated from the schema had no type for the answer."""
+    app = closing(make_app(engine, tmp_path))
+    routes = [
+        (method.upper(), template, operation["responses"])
+        for template, operations in app.openapi()["paths"].items()
+        for method, operation in operations.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert ("POST", "/v1/events/purchases") in {(m, t) for m, t, _ in routes}
+    undocumented = [(m, t) for m, t, responses in routes if "400" not in responses]
+    assert undocumented == []
+    twice = b'{"review_id": "r", "review_id": "s"}'
+    headers = {"content-type": "application/json", **bearer("shop")}
+    reply = call(app, "POST", "/v1/events/reviews", content=twice, headers=headers)
+    assert reply.status == 400 and "twice" in reply.json()["detail"]
+
+
+def test_an_unexpected_error_is_a_500_in_the_apis_shape(
+    engine: sa.Engine, tmp_path: Path, closing: Closing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other error of the API is JSON ``{"detail": …}``; a bug's 500 was Starlette's
+    plain text "Internal Server Error", which a client decoding the JSON error it was
+    promised fails on. The text of the exception stays in the server's log, not the body
+    (it may quote an id or an address)."""
+    app = closing(make_app(engine, tmp_path))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"a bug quoting {ADDRESS}")
+
+    monkeypatch.setattr(app.state.service, "similar", broken)
+    reply = answered(app, "GET", "/v1/items/i1/similar", headers=bearer("shop"))
+    assert reply.status == 500
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json() == {"detail": "internal error: the server's log says more"}

@@ -33,6 +33,7 @@ from recocamp.store.schema import (
     kpi_snapshots,
     outbox,
     purchases,
+    recommendations,
     reports,
 )
 from tests.conftest import write_csv
@@ -681,6 +682,34 @@ def test_item_titles_with_brackets_print_as_they_are(in_trained: Path) -> None:
         with engine.begin() as connection:
             connection.execute(items.update().where(items.c.id == item).values(title=title))
         engine.dispose()
+
+
+def ranks(output: str) -> list[str]:
+    """The item ids of a ``recommend`` table, in rank order."""
+    rows = [line.split("│") for line in output.splitlines() if line.startswith("│")]
+    return [row[2].strip() for row in rows if row[1].strip().isdigit()]
+
+
+@pytest.mark.parametrize("who", ["cached", "nobody-we-know"])
+def test_recommend_lists_n_beyond_top_n(in_trained: Path, who: str) -> None:
+    """``--n`` takes up to 1,000, but the list shown was the cached top-N row or the live
+    model's stored popularity, both ``top_n`` (20) long: ``recommend C --n 40`` printed 20
+    rows without a word. They now go on with the model's ranking past them, the first 20
+    as before."""
+    engine = make_engine("sqlite:///shop.db")
+    try:
+        with engine.connect() as connection:
+            first = sa.select(recommendations.c.customer_id).order_by("customer_id").limit(1)
+            customer = str(connection.execute(first).scalar_one())
+    finally:
+        engine.dispose()
+    customer = customer if who == "cached" else who
+    short = runner.invoke(app, ["recommend", customer, "--n", "20"], terminal_width=300)
+    long = runner.invoke(app, ["recommend", customer, "--n", "30"], terminal_width=300)
+    assert short.exit_code == long.exit_code == 0, long.output
+    assert len(ranks(short.stdout)) == 20
+    assert ranks(long.stdout)[:20] == ranks(short.stdout)
+    assert len(ranks(long.stdout)) == 30, long.stdout
 
 
 def test_check_refuses_unreadable_files_and_unknown_filters_without_a_traceback(
