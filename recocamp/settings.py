@@ -455,6 +455,9 @@ class PrivacySettings(_Section):
     decisions_days: int = Field(default=400, ge=1, le=MAX_DAYS)
     erased_audit_days: int = Field(default=1095, ge=1, le=MAX_DAYS)
     retired_model_days: int = Field(default=90, ge=1, le=MAX_DAYS)
+    # the worker's job and campaign run history (``runs``); past a week: a run within
+    # ``[worker] resume_window_s`` (at most a week) may still be resumed
+    job_runs_days: int = Field(default=400, ge=8, le=MAX_DAYS)
 
 
 class TemplateSettings(_Section):

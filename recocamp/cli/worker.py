@@ -46,7 +46,7 @@ from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
 from recocamp.store import queries, runs
 from recocamp.store.engine import Engine
-from recocamp.worker.process import CHECK_JOB, Worker
+from recocamp.worker.process import Worker
 
 runs_app = typer.Typer(help="The history of job and campaign runs; workers.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
@@ -375,7 +375,7 @@ def runs_workers() -> None:
     """Workers with their heartbeat, and which one schedules."""
     with errors_to_exit(), engine_for(current_settings()).connect() as connection:
         rows = runs.all_workers(connection)
-        checks = runs.latest_by_worker(connection, CHECK_JOB, [row.id for row in rows])
+        checks = runs.latest_by_worker(connection, runs.CHECK_JOB, [row.id for row in rows])
     table = Table(title="workers")
     columns = ("worker", "started (UTC)", "heartbeat", "leader since", "stopped", "campaign files")
     for column in columns:

@@ -20,6 +20,7 @@ from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import runs, workers
 
 CAMPAIGN_PREFIX = "campaign:"
+CHECK_JOB = "check"  # the runs of a load or reload that found broken campaign files
 
 
 def start(
@@ -157,6 +158,27 @@ def mark_interrupted(connection: sa.Connection, run_id: int, now: datetime, why:
         .where(runs.c.id == run_id, runs.c.status == "running")
         .values(status="interrupted", finished_at=now, error=why)
     )
+
+
+def delete_finished_before(connection: sa.Connection, before: datetime) -> int:
+    """Delete the runs started before ``before`` (the retention purge), except what the
+    worker still reads: anything ``running``, each job's last good run (its counts decide
+    whether the night's training has anything new, :func:`last_ok_counts`) and the last
+    ``check`` run of each worker not stopped (``runs workers``). Returns how many went."""
+    last_ok = sa.select(sa.func.max(runs.c.id)).where(runs.c.status == "ok").group_by(runs.c.job)
+    running = sa.select(workers.c.id).where(workers.c.stopped_at.is_(None))
+    last_check = (
+        sa.select(sa.func.max(runs.c.id))
+        .where(runs.c.job == CHECK_JOB, runs.c.worker.in_(running))
+        .group_by(runs.c.worker)
+    )
+    statement = sa.delete(runs).where(
+        runs.c.started_at < before,
+        runs.c.status != "running",
+        runs.c.id.not_in(last_ok),
+        runs.c.id.not_in(last_check),
+    )
+    return int(connection.execute(statement).rowcount)
 
 
 # --- workers ------------------------------------------------------------------------------

@@ -62,11 +62,10 @@ from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
 from recocamp.store import outbox, registry, runs
 from recocamp.store.engine import Engine, SQLAlchemyError
-from recocamp.store.runs import CAMPAIGN_PREFIX
+from recocamp.store.runs import CAMPAIGN_PREFIX, CHECK_JOB
 from recocamp.worker import jobs, leadership, scheduler
 
 log = logging.getLogger(__name__)
-CHECK_JOB = "check"  # the runs of a load or reload that found broken campaign files
 RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is tried again then
 ORPHANED = "its worker stopped or died before it ended"
 UNRECORDED_END = "its end could not be recorded (the database was away): run again for its instant"
