@@ -97,6 +97,8 @@ def worker(
         settings = current_settings()
         check_provider(settings)  # its deliver job would fail every few seconds, for ever
         process = Worker(settings, engine_for(settings), campaigns, templates, clock)
+        if not once:  # a reload asked while it starts (seconds of checks) must not end it
+            process.install_signals((signal.SIGHUP,))
         broken = process.load()  # each broken file is logged with its problems
         warn_no_campaigns(campaigns)
         if once:

@@ -651,15 +651,19 @@ class Worker:
         level = logging.DEBUG if event.job_id == "deliver" else logging.INFO
         log.log(level, "job=%s status=%s", event.job_id, outcome)
 
-    def install_signals(self) -> None:
+    def install_signals(
+        self, which: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    ) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads. The handlers only set a plain attribute: a
         handler runs on the main thread between two bytecodes, possibly inside a lock that
-        ``Event.set`` would need again (a deadlock); :meth:`wait` turns it into ``stop``."""
+        ``Event.set`` would need again (a deadlock); :meth:`wait` turns it into ``stop``.
+        ``which``: SIGHUP alone before the start-up's check of the campaign files (a reload
+        asked meanwhile is taken once the worker runs; by default it ended the process)."""
 
         def note(signum: int, _frame: FrameType | None) -> None:
             self.signals.append(signal.Signals(signum).name)  # list.append takes no lock
 
-        for each in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for each in which:
             signal.signal(each, note)
 
     def wait(self) -> None:
