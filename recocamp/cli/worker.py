@@ -295,7 +295,7 @@ def runs_list(
             row.status,
             f"{row.started_at:%Y-%m-%d %H:%M:%S}",
             _seconds_text(row),
-            row.error or _counts_text(row.counts),
+            mask_addresses(row.error) if row.error else _counts_text(runs.masked(row.counts)),
             row.worker,
         )
     table.caption = (
@@ -338,8 +338,8 @@ def _run_json(row: Any) -> dict[str, Any]:
         "finished_at": iso(row.finished_at),
         "as_of": iso(row.as_of),
         "run_key": row.run_key,
-        "counts": row.counts,
-        "error": row.error,
+        "counts": runs.masked(row.counts),  # stored unmasked by versions before c4e5b06
+        "error": mask_addresses(row.error) if row.error else None,
         "resumed_from": row.resumed_from,
         "seconds": row.seconds,
     }
@@ -395,7 +395,7 @@ def runs_workers() -> None:
     for row in rows:  # the problems in full, unfolded: a table cell would fold paths and ids
         check = checks.get(row.id)
         if check is not None and check.status != "ok" and check.error:
-            console.print(f"{row.id}: {check.error}", soft_wrap=True)
+            console.print(f"{row.id}: {mask_addresses(check.error)}", soft_wrap=True)
 
 
 def _files_text(check: Any) -> str:

@@ -70,21 +70,23 @@ def finish(
         .values(
             status=status,
             finished_at=now,
-            counts=_masked(counts),
+            counts=masked(counts),
             error=mask_addresses(error)[:2000] if error else None,
             seconds=round(seconds, 3) if seconds is not None else None,
         )
     )
 
 
-def _masked(value: Any) -> Any:
-    """``value`` (JSON: dicts, lists, texts, numbers) with addresses in its texts masked."""
+def masked(value: Any) -> Any:
+    """``value`` (JSON: dicts, lists, texts, numbers) with addresses in its texts masked. Also
+    for showing a stored run: a store written before runs were stored masked keeps its rows
+    (``[privacy] job_runs_days``)."""
     if isinstance(value, str):
         return mask_addresses(value)
     if isinstance(value, dict):
-        return {mask_addresses(str(k)): _masked(v) for k, v in value.items()}
+        return {mask_addresses(str(k)): masked(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_masked(v) for v in value]
+        return [masked(v) for v in value]
     return value
 
 
