@@ -105,6 +105,7 @@ class Worker:
         self.broken: list[ConfigError] = []  # campaign files that failed the last check
         self._files: tuple[Any, ...] = ()
         self._resuming: set[int] = set()
+        self._waiting: set[int | None] = set()  # resumes recorded skipped, tried each poll
         # (campaign job, instant) → (when, resumed run) of runs the store refused to record
         self._unrecorded: dict[tuple[str, datetime], tuple[datetime, int | None]] = {}
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
@@ -286,9 +287,21 @@ class Worker:
         with self._exclusive(spec) as held:
             if not held:
                 if resumed_from is not None:  # not resumed: the next round tries it again
-                    self._resuming.discard(resumed_from)
+                    return self._resume_waits(job_id, resumed_from)
                 return self._skip(job_id, "already running")
+            self._waiting.discard(resumed_from)
             return self._run(spec, as_of or self._scheduled(spec), resumed_from)
+
+    def _resume_waits(self, job_id: str, resumed_from: int) -> str:
+        """A resume whose campaign is running (its next scheduled run, here or on another
+        worker): tried again at each poll until that run ends. Recorded ``skipped`` at the
+        first try only; each try wrote a row and a log line, every 2 s for as long as the
+        other run went on."""
+        self._resuming.discard(resumed_from)
+        if resumed_from in self._waiting:
+            return "skipped"
+        self._waiting.add(resumed_from)
+        return self._skip(job_id, f"already running: run {resumed_from} is resumed after it")
 
     def _left_to_the_next_worker(self, name: str, as_of: datetime) -> None:
         """A campaign run that starts while the worker stops (SIGTERM just after the
