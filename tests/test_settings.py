@@ -998,3 +998,15 @@ def test_a_database_url_that_names_no_sqlite_or_postgresql_is_refused_by_key(
 def test_sqlite_and_postgresql_urls_are_taken(tmp_path: Path, url: str) -> None:
     path = write(tmp_path, f'database_url = "{url}"\n')
     assert load_settings(path).database_url.split(":", 1)[0] == url.split(":", 1)[0]
+
+
+def test_a_metrics_host_that_is_no_host_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    """``check`` passed ``[worker] metrics_host = "metrics host"`` (or one in
+    ``RECOCAMP_WORKER__METRICS_HOST``), and the worker, which cannot listen there, ran without
+    metrics after one warning in its log: the first sign was a scrape failing."""
+    path = write(tmp_path, '[worker]\nmetrics_host = "metrics host"\n')
+    error = str(config_error(path))
+    assert "line 2, key 'worker.metrics_host'" in error and "'metrics host'" in error
+    for host in ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "metrics.internal", ""):
+        fine = write(tmp_path, f'[worker]\nmetrics_host = "{host}"\n', name="fine.toml")
+        assert load_settings(fine).worker.metrics_host == host
