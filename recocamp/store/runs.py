@@ -166,9 +166,12 @@ def delete_finished_before(connection: sa.Connection, before: datetime) -> int:
     """Delete the runs started before ``before`` (the retention purge), except what the
     worker still reads: anything ``running``, each job's last good run (its counts decide
     whether the night's training has anything new, :func:`last_ok_counts`) and the last
-    ``check`` run of each worker not stopped (``runs workers``). Returns how many went."""
+    ``check`` run of each worker not stopped that has sent a heartbeat since ``before``
+    (``runs workers``; one killed never stops). Returns how many went."""
     last_ok = sa.select(sa.func.max(runs.c.id)).where(runs.c.status == "ok").group_by(runs.c.job)
-    running = sa.select(workers.c.id).where(workers.c.stopped_at.is_(None))
+    running = sa.select(workers.c.id).where(
+        workers.c.stopped_at.is_(None), workers.c.heartbeat_at >= before
+    )
     last_check = (
         sa.select(sa.func.max(runs.c.id))
         .where(runs.c.job == CHECK_JOB, runs.c.worker.in_(running))

@@ -35,14 +35,16 @@ def test_purge_deletes_runs_past_retention_and_keeps_what_the_worker_reads(
     days = settings.privacy.job_runs_days
     old, recent = NOW - timedelta(days=days + 1), NOW - timedelta(days=days - 1)
     with engine.begin() as connection:
-        runs.heartbeat(connection, "h:1:live", old, None)
-        runs.heartbeat(connection, "h:2:gone", old, None)
-        runs.stopped(connection, "h:2:gone", old)
+        runs.heartbeat(connection, "h:1:live", recent, None)
+        runs.heartbeat(connection, "h:2:gone", recent, None)
+        runs.stopped(connection, "h:2:gone", recent)
+        runs.heartbeat(connection, "h:3:killed", old, None)  # SIGKILL: never stopped
         gone = [
             _run(connection, "deliver", "h:1:live", old, "ok"),
             _run(connection, "train", "h:1:live", old, "ok"),
             _run(connection, "campaign:winback", "h:1:live", old, "interrupted"),
             _run(connection, "check", "h:2:gone", old, "error"),
+            _run(connection, "check", "h:3:killed", old, "error"),
             _run(connection, "check", "h:1:live", old - timedelta(days=1), "error"),
             _run(connection, "train", "h:1:live", old + timedelta(hours=2), "error"),
         ]
