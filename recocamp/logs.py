@@ -10,11 +10,21 @@ exception that quotes a row, a traceback whose last line is such a message.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TextIO
 
 from recocamp.errors import mask_addresses
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# an address in a URL, its @ percent-encoded (a query's value, a path segment): up to the
+# next delimiter of the URL or the line
+_ENCODED = re.compile(r"""[^\s"'<>(),;@&=?/]+%40[^\s"'<>(),;@&=?/#]+""")
+
+
+def masked(text: str) -> str:
+    """``text`` with e-mail addresses masked, those written into a URL too (``%40``)."""
+    text = mask_addresses(text)
+    return _ENCODED.sub("<address>", text) if "%40" in text else text
 
 
 class EmailRedactor(logging.Filter):
@@ -25,16 +35,16 @@ class EmailRedactor(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "@" in message:
-            record.msg, record.args = mask_addresses(message), None
+        if "@" in message or "%40" in message:
+            record.msg, record.args = masked(message), None
         if record.exc_info and not record.exc_text:
             # formatted here, as the handler's formatter would (it keeps ``exc_text``), so
             # that the text the handler writes is the masked one
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = mask_addresses(record.exc_text)
+            record.exc_text = masked(record.exc_text)
         if record.stack_info:
-            record.stack_info = mask_addresses(record.stack_info)
+            record.stack_info = masked(record.stack_info)
         return True
 
 

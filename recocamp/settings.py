@@ -469,6 +469,9 @@ class PrivacySettings(_Section):
     decisions_days: int = Field(default=400, ge=1, le=MAX_DAYS)
     erased_audit_days: int = Field(default=1095, ge=1, le=MAX_DAYS)
     retired_model_days: int = Field(default=90, ge=1, le=MAX_DAYS)
+    # the worker's job and campaign run history (``runs``); past a week: a run within
+    # ``[worker] resume_window_s`` (at most a week) may still be resumed
+    job_runs_days: int = Field(default=400, ge=8, le=MAX_DAYS)
 
 
 class TemplateSettings(_Section):
@@ -610,6 +613,12 @@ def _crontab(value: str) -> str:
 Crontab = Annotated[str, AfterValidator(_crontab)]
 
 
+# a host name (RFC 1123): dot-separated labels of letters, digits and inner hyphens
+HOST_NAME = re.compile(
+    r"(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*"
+)
+
+
 class WorkerSettings(_Section):
     """``recocamp worker``: what runs when (cron in the shop's zone), and how it behaves."""
 
@@ -627,6 +636,19 @@ class WorkerSettings(_Section):
     shutdown_timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _listenable(cls, value: str) -> str:
+        """An address or host name to listen on ("": every interface): anything else passed
+        ``check``, and the worker ran without metrics after one warning in its log."""
+        if value == "" or HOST_NAME.fullmatch(value):
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("not an IP address or host name to listen on") from None
+        return value
 
 
 class MeasureSettings(_Section):

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from recocamp import logs
 from tests.conftest import ROOT
 
@@ -75,3 +77,26 @@ def test_every_command_logs_through_the_redactor(tmp_path: Path) -> None:
     assert "ERROR recocamp.worker.jobs: job deliver failed for <address>" in said, said
     assert "RuntimeError: provider refused <address>" in said
     assert "@" not in said
+
+
+def test_an_address_in_a_logged_url_is_masked_too() -> None:
+    """A URL writes an address with its @ percent-encoded: httpx logs every request's URL
+    (``recocamp -v``), and the provider's search for a message by its send key (claims of a
+    crashed worker) puts the key, which holds the customer id, in the query. The redactor
+    looked for @ only, and the line came out with the address in it."""
+    stream = io.StringIO()
+    handler = logs.redacted_handler()
+    handler.setStream(stream)
+    logger = logging.getLogger("httpx")
+    level, logger.level = logger.level, logging.INFO
+    logger.addHandler(handler)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+    try:
+        with httpx.Client(base_url="https://esp.example", transport=transport) as client:
+            client.get("/messages/outbound", params={"key": f"winback/{ADDRESS}/2026-12-05"})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    written = stream.getvalue()
+    assert "HTTP Request: GET https://esp.example/messages/outbound?key=" in written
+    assert "Example.co.uk" not in written and "<address>" in written

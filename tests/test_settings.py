@@ -1020,3 +1020,15 @@ def test_an_unknown_key_is_named_without_its_value(
         load_settings(path)
     assert "esp.token" in str(caught.value) and "line 2" in str(caught.value)
     assert "pm-secret-456" not in str(caught.value)
+
+
+def test_a_metrics_host_that_is_no_host_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    """``check`` passed ``[worker] metrics_host = "metrics host"`` (or one in
+    ``RECOCAMP_WORKER__METRICS_HOST``), and the worker, which cannot listen there, ran without
+    metrics after one warning in its log: the first sign was a scrape failing."""
+    path = write(tmp_path, '[worker]\nmetrics_host = "metrics host"\n')
+    error = str(config_error(path))
+    assert "line 2, key 'worker.metrics_host'" in error and "'metrics host'" in error
+    for host in ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "metrics.internal", ""):
+        fine = write(tmp_path, f'[worker]\nmetrics_host = "{host}"\n', name="fine.toml")
+        assert load_settings(fine).worker.metrics_host == host

@@ -112,6 +112,7 @@ class PurgeOut(BaseModel):
     model_artifacts: int
     model_customer_rows: int
     processed_files: int
+    job_runs: int
     kept: dict[str, str]
 
 

@@ -47,7 +47,7 @@ from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
 from recocamp.store import queries, runs
 from recocamp.store.engine import Engine
-from recocamp.worker.process import CHECK_JOB, Worker
+from recocamp.worker.process import Worker
 
 runs_app = typer.Typer(help="The history of job and campaign runs; workers.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
@@ -99,6 +99,8 @@ def worker(
         warn_weak_secrets(settings)
         check_provider(settings)  # its deliver job would fail every few seconds, for ever
         process = Worker(settings, engine_for(settings), campaigns, templates, clock)
+        if not once:  # a reload asked while it starts (seconds of checks) must not end it
+            process.install_signals((signal.SIGHUP,))
         broken = process.load()  # each broken file is logged with its problems
         warn_no_campaigns(campaigns)
         if once:
@@ -295,7 +297,7 @@ def runs_list(
             row.status,
             f"{row.started_at:%Y-%m-%d %H:%M:%S}",
             _seconds_text(row),
-            row.error or _counts_text(row.counts),
+            mask_addresses(row.error) if row.error else _counts_text(runs.masked(row.counts)),
             row.worker,
         )
     table.caption = (
@@ -338,8 +340,8 @@ def _run_json(row: Any) -> dict[str, Any]:
         "finished_at": iso(row.finished_at),
         "as_of": iso(row.as_of),
         "run_key": row.run_key,
-        "counts": row.counts,
-        "error": row.error,
+        "counts": runs.masked(row.counts),  # stored unmasked by versions before c4e5b06
+        "error": mask_addresses(row.error) if row.error else None,
         "resumed_from": row.resumed_from,
         "seconds": row.seconds,
     }
@@ -377,7 +379,7 @@ def runs_workers() -> None:
     """Workers with their heartbeat, and which one schedules."""
     with errors_to_exit(), engine_for(current_settings()).connect() as connection:
         rows = runs.all_workers(connection)
-        checks = runs.latest_by_worker(connection, CHECK_JOB, [row.id for row in rows])
+        checks = runs.latest_by_worker(connection, runs.CHECK_JOB, [row.id for row in rows])
     table = Table(title="workers")
     columns = ("worker", "started (UTC)", "heartbeat", "leader since", "stopped", "campaign files")
     for column in columns:
@@ -395,7 +397,7 @@ def runs_workers() -> None:
     for row in rows:  # the problems in full, unfolded: a table cell would fold paths and ids
         check = checks.get(row.id)
         if check is not None and check.status != "ok" and check.error:
-            console.print(f"{row.id}: {check.error}", soft_wrap=True)
+            console.print(f"{row.id}: {mask_addresses(check.error)}", soft_wrap=True)
 
 
 def _files_text(check: Any) -> str:

@@ -8,9 +8,10 @@ of erased customers after ``erased_audit_days``, and the artifacts of retired or
 models (which hold pseudonymous customer rows) after ``retired_model_days`` — except the
 rollback target; also those of a model a killed training left unregistered — and
 imported drop-folder files after ``[ingest] keep_processed_days`` (0, the default: they
-are deleted as soon as they are imported). Customers, their orders, consent records and the
-audit log of living customers are kept as long as the shop keeps the customer (:data:`KEPT`
-says what is kept and why).
+are deleted as soon as they are imported), and the worker's run history (``runs``) after
+``job_runs_days``, but for what the worker still reads. Customers, their orders, consent
+records and the audit log of living customers are kept as long as the shop keeps the
+customer (:data:`KEPT` says what is kept and why).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from recocamp.privacy.erasure import STAND_IN
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
 from recocamp.store import privacy as store
-from recocamp.store import registry
+from recocamp.store import registry, runs
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class PurgeReport:
     model_artifacts: int = 0
     model_customer_rows: int = 0  # of customers erased while a model was being trained
     processed_files: int = 0  # imported drop-folder files past [ingest] keep_processed_days
+    job_runs: int = 0  # the worker's run history (``runs``)
     kept: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,6 +88,7 @@ def purge(engine: Engine, settings: Settings, now: datetime) -> PurgeReport:
         events = store.delete_contact_events(connection, before(days.contact_events_days))
         decided = store.delete_decisions(connection, before(days.decisions_days))
         audits = store.delete_stand_in_audit(connection, STAND_IN, before(days.erased_audit_days))
+        job_runs = runs.delete_finished_before(connection, before(days.job_runs_days))
         # under the registry's lock, deleted before it is released: a model promoted
         # meanwhile is not retired any more, or finds its artifacts gone and stays retired
         registry.lock_models(connection)
@@ -96,7 +99,9 @@ def purge(engine: Engine, settings: Settings, now: datetime) -> PurgeReport:
     orphans = _scrub_orphans(engine, settings)
     store.empty_wal(engine)
     files = _old_processed_files(settings, now)
-    report = PurgeReport(bodies, events, decided, audits, len(directories), orphans, files, KEPT)
+    report = PurgeReport(
+        bodies, events, decided, audits, len(directories), orphans, files, job_runs, KEPT
+    )
     log.info("privacy purge: %s", {k: v for k, v in report.as_dict().items() if k != "kept"})
     return report
 

@@ -7,6 +7,7 @@ programmatically, so ``recocamp db upgrade`` needs no ``alembic.ini`` in the wor
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,7 +174,7 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> str | None:
     """Create or migrate the schema; returns the revision the database is now at."""
     from alembic import command
 
-    current_revision(engine)  # one that cannot be opened is said in one line
+    _refuse_newer(current_revision(engine))  # one that cannot be opened: said in one line
     command.upgrade(alembic_config(engine), revision)
     return current_revision(engine)
 
@@ -222,15 +223,40 @@ def refusal(exc: sa.exc.OperationalError, engine: sa.Engine | None) -> str:
 
 
 def head_revision() -> str | None:
+    head: str | None = _scripts().get_current_head()
+    return head
+
+
+@functools.cache  # the migrations shipped with this package: read once (25 ms) per process
+def _scripts() -> Any:
     from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory.from_config(alembic_config(sa.create_engine("sqlite://")))
-    return script.get_current_head()
+    return ScriptDirectory.from_config(alembic_config(sa.create_engine("sqlite://")))
+
+
+def _refuse_newer(current: str | None) -> None:
+    """A revision this recocamp has no migration of: a newer version migrated the database
+    (a deploy rolled back, an older install elsewhere). Told to run ``db upgrade``, which
+    then died on alembic's "Can't locate revision" with a traceback; this version would
+    misread that schema, so it refuses, and says which version to run."""
+    from alembic.util import CommandError
+
+    if current is None:
+        return
+    try:
+        _scripts().get_revision(current)
+    except CommandError:
+        raise StoreError(
+            f"the database is at schema revision {current}, which this recocamp (newest "
+            f"{head_revision()}) does not know: a newer recocamp migrated it; run that "
+            "version, or restore a backup made before it migrated"
+        ) from None
 
 
 def require_current(engine: sa.Engine) -> None:
     """Refuse to work on a database that is missing migrations (clear message, no traceback)."""
     current = current_revision(engine)
+    _refuse_newer(current)
     if current != head_revision():
         raise StoreError(
             f"the database is at schema revision {current or 'none'}, this recocamp needs "

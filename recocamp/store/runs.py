@@ -20,6 +20,7 @@ from recocamp.store.queries import upsert_statement
 from recocamp.store.schema import runs, workers
 
 CAMPAIGN_PREFIX = "campaign:"
+CHECK_JOB = "check"  # the runs of a load or reload that found broken campaign files
 
 
 def start(
@@ -69,21 +70,23 @@ def finish(
         .values(
             status=status,
             finished_at=now,
-            counts=_masked(counts),
+            counts=masked(counts),
             error=mask_addresses(error)[:2000] if error else None,
             seconds=round(seconds, 3) if seconds is not None else None,
         )
     )
 
 
-def _masked(value: Any) -> Any:
-    """``value`` (JSON: dicts, lists, texts, numbers) with addresses in its texts masked."""
+def masked(value: Any) -> Any:
+    """``value`` (JSON: dicts, lists, texts, numbers) with addresses in its texts masked. Also
+    for showing a stored run: a store written before runs were stored masked keeps its rows
+    (``[privacy] job_runs_days``)."""
     if isinstance(value, str):
         return mask_addresses(value)
     if isinstance(value, dict):
-        return {mask_addresses(str(k)): _masked(v) for k, v in value.items()}
+        return {mask_addresses(str(k)): masked(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_masked(v) for v in value]
+        return [masked(v) for v in value]
     return value
 
 
@@ -157,6 +160,30 @@ def mark_interrupted(connection: sa.Connection, run_id: int, now: datetime, why:
         .where(runs.c.id == run_id, runs.c.status == "running")
         .values(status="interrupted", finished_at=now, error=why)
     )
+
+
+def delete_finished_before(connection: sa.Connection, before: datetime) -> int:
+    """Delete the runs started before ``before`` (the retention purge), except what the
+    worker still reads: anything ``running``, each job's last good run (its counts decide
+    whether the night's training has anything new, :func:`last_ok_counts`) and the last
+    ``check`` run of each worker not stopped that has sent a heartbeat since ``before``
+    (``runs workers``; one killed never stops). Returns how many went."""
+    last_ok = sa.select(sa.func.max(runs.c.id)).where(runs.c.status == "ok").group_by(runs.c.job)
+    running = sa.select(workers.c.id).where(
+        workers.c.stopped_at.is_(None), workers.c.heartbeat_at >= before
+    )
+    last_check = (
+        sa.select(sa.func.max(runs.c.id))
+        .where(runs.c.job == CHECK_JOB, runs.c.worker.in_(running))
+        .group_by(runs.c.worker)
+    )
+    statement = sa.delete(runs).where(
+        runs.c.started_at < before,
+        runs.c.status != "running",
+        runs.c.id.not_in(last_ok),
+        runs.c.id.not_in(last_check),
+    )
+    return int(connection.execute(statement).rowcount)
 
 
 # --- workers ------------------------------------------------------------------------------

@@ -339,6 +339,7 @@ runs = sa.Table(
     ),
     sa.Index(None, "job", "started_at"),
     sa.Index(None, "status"),
+    sa.Index(None, "resumed_from"),  # the resume leaves out runs resumed already (0021)
 )
 
 # Running workers: a heartbeat each, and since when one of them is the scheduling leader.

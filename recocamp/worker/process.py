@@ -62,11 +62,10 @@ from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
 from recocamp.store import outbox, registry, runs
 from recocamp.store.engine import Engine, SQLAlchemyError
-from recocamp.store.runs import CAMPAIGN_PREFIX
+from recocamp.store.runs import CAMPAIGN_PREFIX, CHECK_JOB
 from recocamp.worker import jobs, leadership, scheduler
 
 log = logging.getLogger(__name__)
-CHECK_JOB = "check"  # the runs of a load or reload that found broken campaign files
 RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is tried again then
 ORPHANED = "its worker stopped or died before it ended"
 UNRECORDED_END = "its end could not be recorded (the database was away): run again for its instant"
@@ -106,6 +105,7 @@ class Worker:
         self.broken: list[ConfigError] = []  # campaign files that failed the last check
         self._files: tuple[Any, ...] = ()
         self._resuming: set[int] = set()
+        self._waiting: set[int | None] = set()  # resumes recorded skipped, tried each poll
         # (campaign job, instant) → (when, resumed run) of runs the store refused to record
         self._unrecorded: dict[tuple[str, datetime], tuple[datetime, int | None]] = {}
         self.signals: list[str] = []  # received, not yet acted on (see install_signals)
@@ -287,9 +287,21 @@ class Worker:
         with self._exclusive(spec) as held:
             if not held:
                 if resumed_from is not None:  # not resumed: the next round tries it again
-                    self._resuming.discard(resumed_from)
+                    return self._resume_waits(job_id, resumed_from)
                 return self._skip(job_id, "already running")
+            self._waiting.discard(resumed_from)
             return self._run(spec, as_of or self._scheduled(spec), resumed_from)
+
+    def _resume_waits(self, job_id: str, resumed_from: int) -> str:
+        """A resume whose campaign is running (its next scheduled run, here or on another
+        worker): tried again at each poll until that run ends. Recorded ``skipped`` at the
+        first try only; each try wrote a row and a log line, every 2 s for as long as the
+        other run went on."""
+        self._resuming.discard(resumed_from)
+        if resumed_from in self._waiting:
+            return "skipped"
+        self._waiting.add(resumed_from)
+        return self._skip(job_id, f"already running: run {resumed_from} is resumed after it")
 
     def _left_to_the_next_worker(self, name: str, as_of: datetime) -> None:
         """A campaign run that starts while the worker stops (SIGTERM just after the
@@ -652,15 +664,19 @@ class Worker:
         level = logging.DEBUG if event.job_id == "deliver" else logging.INFO
         log.log(level, "job=%s status=%s", event.job_id, outcome)
 
-    def install_signals(self) -> None:
+    def install_signals(
+        self, which: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    ) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads. The handlers only set a plain attribute: a
         handler runs on the main thread between two bytecodes, possibly inside a lock that
-        ``Event.set`` would need again (a deadlock); :meth:`wait` turns it into ``stop``."""
+        ``Event.set`` would need again (a deadlock); :meth:`wait` turns it into ``stop``.
+        ``which``: SIGHUP alone before the start-up's check of the campaign files (a reload
+        asked meanwhile is taken once the worker runs; by default it ended the process)."""
 
         def note(signum: int, _frame: FrameType | None) -> None:
             self.signals.append(signal.Signals(signum).name)  # list.append takes no lock
 
-        for each in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for each in which:
             signal.signal(each, note)
 
     def wait(self) -> None:

@@ -830,6 +830,40 @@ def test_a_resume_skipped_because_the_campaign_runs_is_tried_again_later(
     assert fake.stats()["duplicates"] == 0
 
 
+def test_a_resume_waiting_for_its_campaign_is_recorded_skipped_once_not_every_poll(
+    tmp_path: Path,
+) -> None:
+    """While the campaign of a dead worker's run is running here (its job lock held: the
+    next scheduled run, a long one), the leader tries the resume again each poll: each try
+    wrote a 'skipped' row and a log line, one every 2 s for as long as that run went on
+    (an hour: 1,800 rows in runs list). The first try is recorded; the rest are not."""
+    process = worker_for(sqlite_shop(tmp_path))
+    dead, _ = dead_run(process, datetime.now(UTC) - timedelta(hours=1))
+    tried = threading.Semaphore(0)
+    real = process.run
+
+    def run(job_id: str, **kwargs: Any) -> str:
+        try:
+            return real(job_id, **kwargs)
+        finally:
+            tried.release()
+
+    process.run = run  # type: ignore[method-assign]  # the resumes the scheduler runs
+    process.start(loop=False)
+    try:
+        with process.leadership.job_lock("campaign:everyone") as held:
+            assert held
+            for _ in range(4):
+                process.tick()  # the leader's poll: finds the dead run, tries to resume it
+                assert tried.acquire(timeout=30)
+    finally:
+        process.shutdown()
+    with process.engine.connect() as connection:
+        rows = runs.recent(connection, "campaign:everyone")
+    assert [r.status for r in rows if r.id != dead] == ["skipped"]
+    assert not any(r.resumed_from == dead for r in rows)  # still to resume
+
+
 def test_abandon_records_the_runs_still_going_interrupted(
     tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
