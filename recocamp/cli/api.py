@@ -33,6 +33,8 @@ from recocamp.cli.common import (
     write_output,
 )
 from recocamp.errors import RecocampError, SharedAddressError
+from recocamp.settings import Settings
+from recocamp.store import tombstones
 from recocamp.store.engine import Engine
 from recocamp.store.queries import audit
 
@@ -215,9 +217,7 @@ def privacy_erase(
     with errors_to_exit():  # who is covered, and refusals, before anything is asked
         settings = current_settings()
         engine = engine_for(settings)
-        covered = privacy.covered(engine, customer, scope)
-        if scope is privacy.Scope.ALL_MATCHING:
-            privacy.check_count(customer, covered, expect)
+        covered = _erasable(settings, engine, customer, scope, expect)
     if not yes:
         typer.confirm(_erase_question(customer, covered), abort=True)
     with errors_to_exit():
@@ -248,6 +248,20 @@ def privacy_erase(
     console.print("erasure cannot reach: " + "; ".join(report.not_covered))
     if report.files_left:
         raise typer.Exit(1)  # the erasure is not complete: a script must not take it as done
+
+
+def _erasable(
+    settings: Settings, engine: Engine, customer: str, scope: privacy.Scope, expect: int | None
+) -> tuple[str, ...]:
+    """Whom an erasure covers, or why it cannot be done, before the operator is asked: the
+    key its tombstone needs (without it, "for good?" was asked and the yes then refused), an
+    ambiguous or miscounted scope."""
+    if tombstones.key_of(settings) is None:
+        raise tombstones.KeyMissing("erasure", erasing=True)
+    covered = privacy.covered(engine, customer, scope)
+    if scope is privacy.Scope.ALL_MATCHING:
+        privacy.check_count(customer, covered, expect)
+    return covered
 
 
 def _address_open(others: int) -> str:

@@ -1485,3 +1485,19 @@ def test_a_run_as_of_a_time_still_to_come_is_refused(
     assert not (workdir / "demo").exists()
     if command[0] == "send":
         assert _count(outbox) == 0
+
+
+def test_erase_without_the_signing_key_refuses_before_it_asks(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An erasure cannot be done without RECOCAMP_SIGNING_KEY (its tombstone is keyed with
+    it): the operator learns that before answering "for good?", not after (it asked, took the
+    yes, then refused)."""
+    monkeypatch.delenv("RECOCAMP_SIGNING_KEY", raising=False)
+    runner.invoke(app, ["db", "upgrade"])
+    path = write_csv(workdir / "people.csv", ["id", "email"], [["c1", "c1@example.test"]])
+    assert runner.invoke(app, ["import", "customers", str(path)]).exit_code == 0
+    result = runner.invoke(app, ["privacy", "erase", "c1"], input="y\n")
+    assert result.exit_code == 2, result.output
+    assert "RECOCAMP_SIGNING_KEY is not set" in result.stderr
+    assert "for good?" not in result.output
