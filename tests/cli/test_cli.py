@@ -1501,3 +1501,15 @@ def test_erase_without_the_signing_key_refuses_before_it_asks(
     assert result.exit_code == 2, result.output
     assert "RECOCAMP_SIGNING_KEY is not set" in result.stderr
     assert "for good?" not in result.output
+
+
+def test_demo_data_from_a_missing_file_exits_2_rather_than_build_a_synthetic_shop(
+    workdir: Path,
+) -> None:
+    """``--from`` names the UCI file the user wants: a typo in it built the synthetic shop
+    without a word (the fallback meant for an absent default), whose numbers match none of
+    the README's."""
+    result = runner.invoke(app, ["demo-data", "--from", "online_retal.csv.gz"])
+    assert result.exit_code == 2, result.output
+    assert "--from" in result.stderr and "online_retal.csv.gz" in result.stderr
+    assert not (workdir / "shop.db").exists() and not (workdir / "demo").exists()
