@@ -200,6 +200,6 @@ def build_demo_shop(
             demo_dir=demo_dir,
             progress=progress,
         )
-    console.print(f"demo shop from {report.source}")
+    console.print(f"demo shop from {report.source}", soft_wrap=True, highlight=False)
     for each in report.reports:
         print_import_report(each)

@@ -1513,3 +1513,13 @@ def test_demo_data_from_a_missing_file_exits_2_rather_than_build_a_synthetic_sho
     assert result.exit_code == 2, result.output
     assert "--from" in result.stderr and "online_retal.csv.gz" in result.stderr
     assert not (workdir / "shop.db").exists() and not (workdir / "demo").exists()
+
+
+def test_the_synthetic_fallback_names_the_uci_file_it_did_not_find(workdir: Path) -> None:
+    """README's first command builds the shop from the UCI file in ``../shared/data/``; a
+    clone elsewhere has none and got the synthetic shop labelled only "synthetic shop (seed
+    …)": nothing said why, or where the file was looked for."""
+    result = runner.invoke(app, ["demo-data"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    expected = f"the UCI file {workdir / 'missing.csv.gz'} is not there ([demo] online_retail_path)"
+    assert expected in result.stdout
