@@ -28,6 +28,7 @@ from recocamp.cli.common import (
     engine_for,
     errors_to_exit,
     print_error,
+    print_warning,
     show,
     within,
     write_output,
@@ -99,7 +100,15 @@ def serve(
     with errors_to_exit():
         settings = current_settings()
         engine_for(settings)  # refuses a database that is missing migrations
-        api_auth.parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
+        keys = api_auth.parse_keys(
+            settings.api_keys.get_secret_value() if settings.api_keys else None
+        )
+    if not keys:  # a key minted but not configured got 401 "unknown API key", no more said
+        print_warning(
+            "RECOCAMP_API_KEYS is not set (or holds no entry): every route that takes a key "
+            "(offers, events, privacy, reports) answers 401 to every request. Mint one with "
+            "`recocamp api-key new NAME --scope SCOPE` and set its entry before `serve`"
+        )
     processes = workers or settings.api.workers
     # every worker process reads the same settings, and shares out the rate limit
     if State.settings_path is not None:
