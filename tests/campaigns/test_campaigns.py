@@ -313,6 +313,25 @@ def test_one_broken_file_per_error_class(
         assert part in message, (part, message)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "key", "meant"),
+    [
+        ("items = 4", "item = 4", "offer.item", "items"),
+        ("[audience]", "[audiance]", "audiance", "audience"),
+        ("weight = 1", "wieght = 1", "variants.0.wieght", "weight"),
+    ],
+)
+def test_an_unknown_key_names_the_key_probably_meant(
+    tmp_path: Path, old: str, new: str, key: str, meant: str
+) -> None:
+    """A marketer's typo in a key got pydantic's "Extra inputs are not permitted" and no
+    word of what was meant; the campaign's keys are few, so the close one is named."""
+    text = (GOOD + '\n[[variants]]\nname = "a"\nweight = 1\n').replace(old, new)
+    message = check(tmp_path, text.format(name="broken"))
+    expected = f"key {key!r}: Extra inputs are not permitted: no such key here"
+    assert f"{expected} (did you mean {meant!r}?)" in message, message
+
+
 def test_every_problem_of_a_file_and_every_broken_file_at_once(tmp_path: Path) -> None:
     many = (
         GOOD.format(name="many")
