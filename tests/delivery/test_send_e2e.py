@@ -211,8 +211,9 @@ def test_failed_e_mails_say_why_and_what_to_do(shop: Path, esp: tuple[FakeEsp, s
     assert status.exit_code == 0, status.output
     lines = [line for line in status.stdout.splitlines() if line.startswith("failed:")]
     assert len(lines) == 1, status.stdout
-    assert f"failed: cross_sell: {failed:,} e-mail(s): template cross_sell.html" in lines[0]
-    assert "the number filter writes numbers" in lines[0] and "(e.g. customer " in lines[0]
+    where = "template cross_sell.html: line 6: fails to render: TypeError: the number filter"
+    assert f"failed: cross_sell: {failed:,} e-mail(s): {where}" in lines[0]  # the edited line
+    assert "(e.g. customer " in lines[0]
     assert "@" not in status.stdout
     hint = " ".join(status.stdout.split())
     assert "recocamp preview CAMPAIGN --customer ID --anyway" in hint
