@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import stat
@@ -1523,3 +1524,33 @@ def test_the_synthetic_fallback_names_the_uci_file_it_did_not_find(workdir: Path
     assert result.exit_code == 0, result.output
     expected = f"the UCI file {workdir / 'missing.csv.gz'} is not there ([demo] online_retail_path)"
     assert expected in result.stdout
+
+
+def test_check_warns_of_a_template_without_the_unsubscribe_link_or_the_notice(
+    workdir: Path,
+) -> None:
+    """A marketer's own template that does not extend the layouts passed ``check`` with no
+    unsubscribe link in its body and, for existing customers (UWG §7(3)), without the notice
+    of their right to object that the law wants in every such e-mail."""
+    (workdir / "campaigns").mkdir()
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    for suffix in ("html", "txt"):
+        (workdir / "templates" / f"promo.{suffix}").write_text("Hi {{ customer.id }}\n")
+    campaign = (ROOT / "campaigns" / "cross_sell.toml").read_text(encoding="utf-8")
+    campaign = campaign.replace("cross_sell", "promo")
+    (workdir / "campaigns" / "promo.toml").write_text(campaign, encoding="utf-8")
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    for suffix in ("html", "txt"):
+        path = Path("templates") / f"promo.{suffix}"
+        assert f"warning: {path}: prints no unsubscribe link (unsubscribe_url)" in said, said
+        assert f"warning: {path}: ignores existing_customer_notice" in said
+    assert runner.invoke(app, ["check", "--strict"]).exit_code == 2
+    campaign = campaign.replace('"double_opt_in", "existing_customer"', '"double_opt_in"')
+    (workdir / "campaigns" / "promo.toml").write_text(campaign, encoding="utf-8")
+    for suffix in ("html", "txt"):  # the layouts print both
+        page = (ROOT / "templates" / f"cross_sell.{suffix}").read_text(encoding="utf-8")
+        (workdir / "templates" / f"promo.{suffix}").write_text(page, encoding="utf-8")
+    clean = runner.invoke(app, ["check", "--strict"], terminal_width=300)
+    assert clean.exit_code == 0 and "warning" not in clean.output, clean.output
