@@ -228,15 +228,27 @@ def problems(
             loc += tuple(entry["ctx"]["at"].split("."))
             value = entry["ctx"]["value"]
         known = unknown_key(model, loc) if entry["type"] == "extra_forbidden" else ""
+        message = _in_toml(entry, loc) if not from_env else entry["msg"]
         found.append(
             Problem(
-                entry["msg"] + known + from_env,
+                message + known + from_env,
                 key=".".join(loc),
                 line=None if from_env else line_of(text, loc),
                 value=None if isinstance(value, dict | list) else value,
             )
         )
     return found
+
+
+def _in_toml(entry: ErrorDetails, loc: tuple[str, ...]) -> str:
+    """pydantic's message in the file's terms: "a valid dictionary" is a table in TOML, which
+    the user writes inline or as a section (``subject = "Hi"`` where a subject per locale
+    goes); other messages as pydantic words them."""
+    if entry["type"] in ("dict_type", "model_type") and loc and loc[-1].isdigit():
+        return "should be a table: { … }"  # an item of a list ([[variants]] written as text)
+    if entry["type"] in ("dict_type", "model_type") and loc:
+        return f"should be a table: {loc[-1]} = {{ … }} (inline) or a [{'.'.join(loc)}] section"
+    return entry["msg"]
 
 
 def unknown_key(model: type[BaseModel] | None, loc: tuple[str, ...]) -> str:

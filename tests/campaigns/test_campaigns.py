@@ -477,3 +477,13 @@ def test_a_misspelled_legal_basis_is_one_problem_not_also_an_empty_list(tmp_path
     message = check(tmp_path, text.format(name="broken"))
     assert "line 3, key 'legal_basis.0'" in message and "(value: 'double-opt-in')" in message
     assert "at least 1 item" not in message and "1 problem(s)" in message
+
+
+def test_a_subject_written_as_text_says_how_to_write_it(tmp_path: Path) -> None:
+    """README: "`subject` per locale"; a marketer writing ``subject = "Hi"`` got pydantic's
+    "Input should be a valid dictionary", a word TOML does not use."""
+    text = GOOD.replace('subject = {{ en = "Hi" }}', 'subject = "Hi"').format(name="broken")
+    message = check(tmp_path, text)
+    expected = "key 'template.subject': should be a table: subject = { … } (inline) or a"
+    assert expected in message, message
+    assert "[template.subject] section" in message and "dictionary" not in message
