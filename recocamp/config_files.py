@@ -12,6 +12,7 @@ path, a time zone, a URL, a time like ``"21:00"``) is still read from one.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import json
 import os
@@ -21,7 +22,7 @@ import tomllib
 from collections.abc import Callable
 from datetime import date, time
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -204,8 +205,14 @@ def error_hidden(message: str) -> PydanticCustomError:
     return PydanticCustomError(HIDDEN, message)
 
 
-def problems(error: ValidationError, text: str, env_prefix: str | None = None) -> list[Problem]:
-    """Every validation error as a Problem with key, line and value (or the env variable)."""
+def problems(
+    error: ValidationError,
+    text: str,
+    env_prefix: str | None = None,
+    model: type[BaseModel] | None = None,
+) -> list[Problem]:
+    """Every validation error as a Problem with key, line and value (or the env variable);
+    an unknown key of ``model`` also names the key probably meant (:func:`unknown_key`)."""
     found = []
     entries = error.errors()
     for entry in entries:
@@ -222,15 +229,63 @@ def problems(error: ValidationError, text: str, env_prefix: str | None = None) -
         if entry["type"] == AT:  # a validator that knows a more precise place named it
             loc += tuple(entry["ctx"]["at"].split("."))
             value = entry["ctx"]["value"]
+        known = unknown_key(model, loc) if entry["type"] == "extra_forbidden" else ""
+        message = _in_toml(entry, loc) if not from_env else entry["msg"]
         found.append(
             Problem(
-                entry["msg"] + from_env,
+                message + known + from_env,
                 key=".".join(loc),
                 line=None if from_env else line_of(text, loc),
                 value=None if isinstance(value, dict | list) else value,
             )
         )
     return found
+
+
+def _in_toml(entry: ErrorDetails, loc: tuple[str, ...]) -> str:
+    """pydantic's message in the file's terms: "a valid dictionary" is a table in TOML, which
+    the user writes inline or as a section (``subject = "Hi"`` where a subject per locale
+    goes); other messages as pydantic words them."""
+    if entry["type"] in ("dict_type", "model_type") and loc and loc[-1].isdigit():
+        return "should be a table: { … }"  # an item of a list ([[variants]] written as text)
+    if entry["type"] in ("dict_type", "model_type") and loc:
+        return f"should be a table: {loc[-1]} = {{ … }} (inline) or a [{'.'.join(loc)}] section"
+    return entry["msg"]
+
+
+def unknown_key(model: type[BaseModel] | None, loc: tuple[str, ...]) -> str:
+    """What an unknown key's problem adds: the key of that table probably meant, else the
+    keys it has ("Extra inputs are not permitted" named none: a typo was left to be
+    spotted). Empty where the table's keys cannot be told."""
+    known = _keys_at(model, loc[:-1]) if model is not None else None
+    if not known:
+        return ""
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    if close:
+        return f": no such key here (did you mean {close[0]!r}?)"
+    return ": no such key here (the keys here: " + ", ".join(sorted(known)) + ")"
+
+
+def _keys_at(model: type[BaseModel], path: tuple[str, ...]) -> list[str] | None:
+    """The keys of the table at ``path`` in ``model`` (list indexes skipped)."""
+    current: type[BaseModel] | None = model
+    for part in path:
+        if part.isdigit():
+            continue
+        field = current.model_fields.get(part) if current is not None else None
+        current = _model_in(field.annotation) if field is not None else None
+    return list(current.model_fields) if current is not None else None
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model a field holds: itself, or inside an optional, a tuple or a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def _emptied(entry: ErrorDetails, entries: list[ErrorDetails]) -> bool:
@@ -283,7 +338,7 @@ def validated(
     try:
         result = build()
     except ValidationError as exc:
-        found = problems(exc, text, env_prefix)
+        found = problems(exc, text, env_prefix, model)
     keys = {problem.key for problem in found}
     found += [p for p in wrong_types(model, data, text) if p.key not in keys]
     if found or result is None:

@@ -291,6 +291,17 @@ def test_unknown_section_is_reported(tmp_path: Path) -> None:
     assert problem.line == 4
 
 
+def test_an_unknown_key_names_the_key_probably_meant(tmp_path: Path) -> None:
+    """ "Extra inputs are not permitted" said nothing of what is permitted: a typo in a key
+    was left to the user to spot (the CSV importer names the column probably meant)."""
+    path = write(tmp_path, "[esp]\ntmeout_s = 3\n\n[recomender]\nmodel = 'als'\n")
+    problems = {p.key: p.message for p in config_error(path).problems}
+    assert "did you mean 'timeout_s'?" in problems["esp.tmeout_s"]
+    assert "did you mean 'recommender'?" in problems["recomender"]
+    far = {p.key: p.message for p in config_error(write(tmp_path, "[shop]\nxyz = 1\n")).problems}
+    assert "the keys here: base_url, currency, default_locale, name, time_zone" in far["shop.xyz"]
+
+
 def test_invalid_toml_is_reported_with_its_line(tmp_path: Path) -> None:
     path = write(tmp_path, '[shop]\nname = "ok"\ncurrency = "EUR\n')
     error = config_error(path)

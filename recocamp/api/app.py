@@ -278,7 +278,10 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     and proxies. Pydantic's ``input`` and ``ctx`` (which may hold the value, or an exception
     quoting it) are dropped; an address a message might quote is masked."""
     assert isinstance(exc, RequestValidationError | ValidationError)
-    return JSONResponse({"detail": redacted(exc.errors())}, 422)
+    errors = exc.errors()
+    if getattr(request.scope.get("route"), "path", None) == api_events.PURCHASES:
+        errors = [{**error, "loc": api_events.untagged(error["loc"])} for error in errors]
+    return JSONResponse({"detail": redacted(errors)}, 422)
 
 
 BUSY = "the store is busy or out of reach: send the request again later"

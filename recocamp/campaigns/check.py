@@ -19,7 +19,7 @@ from recocamp.campaigns import render
 from recocamp.campaigns.context import TemplateContext, sample_context
 from recocamp.campaigns.files import Campaign
 from recocamp.config_files import line_of, without_bom
-from recocamp.domain import LOCALES, Item, Locale
+from recocamp.domain import LOCALES, ConsentBasis, Item, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
 
@@ -127,6 +127,44 @@ def language_problems(campaign: Campaign, text: str, locale: str) -> list[Proble
                 f"language get the '{used}' one"
             )
             found.append(Problem(message, key=".".join(key), line=line_of(text, key), value=used))
+    return found
+
+
+def opt_out_problems(
+    campaign: Campaign,
+    templates: Path,
+    limits: TemplateSettings | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> list[tuple[str, Problem]]:
+    """Each template of the campaign (by name) whose sample e-mail has no unsubscribe link,
+    or, where the campaign mails existing customers (UWG §7(3)), is the same with and without
+    ``existing_customer_notice`` (the notice of their right to object, which the law wants in
+    every such e-mail). The layouts print both; a template of the marketer's own that does not
+    extend them passed ``check`` without either."""
+    parts = [campaign.template.html, campaign.template.text]
+    parts += [p for v in campaign.variants for p in (v.html, v.text) if p]
+    sample = _sample(campaign, "en")
+    without = {**sample, "existing_customer_notice": False}
+    found = []
+    for name in dict.fromkeys(parts):
+        mailed = render.sample_render(templates, name, sample, limits, sources)
+        if mailed is None:
+            continue  # template_problems names why
+        if str(sample["unsubscribe_url"]) not in mailed:
+            message = (
+                "prints no unsubscribe link (unsubscribe_url): every marketing e-mail must "
+                "let its reader opt out in its body; the layouts base.html and base.txt "
+                "print it ({% extends %} one)"
+            )
+            found.append((name, Problem(f"{message} (campaign {campaign.name})")))
+        notice = campaign.allows(ConsentBasis.EXISTING_CUSTOMER)
+        if notice and render.sample_render(templates, name, without, limits, sources) == mailed:
+            message = (
+                "ignores existing_customer_notice: the campaign mails existing customers "
+                "(legal_basis), whose e-mails must tell them they may object (UWG §7(3)); "
+                "the layouts print it"
+            )
+            found.append((name, Problem(f"{message} (campaign {campaign.name})")))
     return found
 
 

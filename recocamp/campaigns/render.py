@@ -462,6 +462,22 @@ def check_template(
     return []
 
 
+def sample_render(
+    directory: Path,
+    name: str,
+    sample: Mapping[str, object],
+    limits: TemplateSettings | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> str | None:
+    """``name`` rendered with ``sample`` (sandboxed, within the limits), or None where it
+    cannot be: :func:`check_template` names why."""
+    env = environment(directory, sources, limits)
+    try:
+        return env.render(env.get_template(name), sample)
+    except Exception:  # whatever a template does is check_template's problem to name
+        return None
+
+
 def _mixed_kinds(templates: Mapping[str, tuple[str, nodes.Template]]) -> list[Problem]:
     """Each include, extends and import of a fixed name that :func:`mixed` refuses, at its
     template and line, also in a branch the sample render does not take."""

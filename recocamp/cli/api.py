@@ -28,12 +28,15 @@ from recocamp.cli.common import (
     engine_for,
     errors_to_exit,
     print_error,
+    print_warning,
     show,
     warn_weak_secrets,
     within,
     write_output,
 )
 from recocamp.errors import RecocampError, SharedAddressError
+from recocamp.settings import Settings
+from recocamp.store import tombstones
 from recocamp.store.engine import Engine
 from recocamp.store.queries import audit
 
@@ -98,8 +101,16 @@ def serve(
     with errors_to_exit():
         settings = current_settings()
         engine_for(settings)  # refuses a database that is missing migrations
-        api_auth.parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
+        keys = api_auth.parse_keys(
+            settings.api_keys.get_secret_value() if settings.api_keys else None
+        )
     warn_weak_secrets(settings)
+    if not keys:  # a key minted but not configured got 401 "unknown API key", no more said
+        print_warning(
+            "RECOCAMP_API_KEYS is not set (or holds no entry): every route that takes a key "
+            "(offers, events, privacy, reports) answers 401 to every request. Mint one with "
+            "`recocamp api-key new NAME --scope SCOPE` and set its entry before `serve`"
+        )
     processes = workers or settings.api.workers
     # every worker process reads the same settings, and shares out the rate limit
     if State.settings_path is not None:
@@ -217,9 +228,7 @@ def privacy_erase(
     with errors_to_exit():  # who is covered, and refusals, before anything is asked
         settings = current_settings()
         engine = engine_for(settings)
-        covered = privacy.covered(engine, customer, scope)
-        if scope is privacy.Scope.ALL_MATCHING:
-            privacy.check_count(customer, covered, expect)
+        covered = _erasable(settings, engine, customer, scope, expect)
     if not yes:
         typer.confirm(_erase_question(customer, covered), abort=True)
     with errors_to_exit():
@@ -250,6 +259,20 @@ def privacy_erase(
     console.print("erasure cannot reach: " + "; ".join(report.not_covered))
     if report.files_left:
         raise typer.Exit(1)  # the erasure is not complete: a script must not take it as done
+
+
+def _erasable(
+    settings: Settings, engine: Engine, customer: str, scope: privacy.Scope, expect: int | None
+) -> tuple[str, ...]:
+    """Whom an erasure covers, or why it cannot be done, before the operator is asked: the
+    key its tombstone needs (without it, "for good?" was asked and the yes then refused), an
+    ambiguous or miscounted scope."""
+    if tombstones.key_of(settings) is None:
+        raise tombstones.KeyMissing("erasure", erasing=True)
+    covered = privacy.covered(engine, customer, scope)
+    if scope is privacy.Scope.ALL_MATCHING:
+        privacy.check_count(customer, covered, expect)
+    return covered
 
 
 def _address_open(others: int) -> str:

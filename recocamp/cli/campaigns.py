@@ -67,6 +67,7 @@ def check(
         print_error(str(failure))
     warned += _catalogue_warnings(settings, loaded, campaigns)
     warned += _language_warnings(settings, loaded, campaigns)
+    warned += _opt_out_warnings(settings, loaded, templates)
     if failures or (strict and warned):
         raise typer.Exit(2)
     console.print(f"ok: settings, {len(loaded)} campaign(s) and their templates are valid")
@@ -98,6 +99,17 @@ def _language_warnings(settings: Settings, loaded: list[Campaign], campaigns: Pa
         text = checks.campaign_text(campaigns, campaign)
         for problem in checks.language_problems(campaign, text, settings.shop.default_locale):
             print_warning(f"{path}: {problem}")
+            warned += 1
+    return warned
+
+
+def _opt_out_warnings(settings: Settings, loaded: list[Campaign], templates: Path) -> int:
+    """Prints a warning per template without the unsubscribe link or the existing
+    customers' notice (``checks.opt_out_problems``); returns how many."""
+    warned = 0
+    for campaign in loaded:
+        for name, problem in checks.opt_out_problems(campaign, templates, settings.templates):
+            print_warning(f"{templates / name}: {problem}")
             warned += 1
     return warned
 

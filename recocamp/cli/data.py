@@ -165,7 +165,16 @@ def import_items(file: Path) -> None:
 
 @app.command("demo-data")
 def demo_data(
-    source: Annotated[Path | None, typer.Option("--from", help="UCI online_retail.csv.gz")] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="UCI online_retail.csv.gz (must exist: only the settings' default, when "
+            "absent, falls back to the synthetic shop).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     synthetic: Annotated[bool, typer.Option(help="Use the synthetic generator.")] = False,
     demo_dir: Annotated[Path, typer.Option(help="Where generated files go.")] = Path("demo"),
 ) -> None:
@@ -191,6 +200,6 @@ def build_demo_shop(
             demo_dir=demo_dir,
             progress=progress,
         )
-    console.print(f"demo shop from {report.source}")
+    console.print(f"demo shop from {report.source}", soft_wrap=True, highlight=False)
     for each in report.reports:
         print_import_report(each)

@@ -230,6 +230,7 @@ def _print_delivery(d: DeliveryReport) -> None:
         f"{d.failed:,} failed, {d.cancelled:,} cancelled, {d.retried:,} retries scheduled, "
         f"{d.reconciled:,} reconciled, {d.requests:,} requests; {d.waiting:,} waiting "
         "(quiet hours or retry) for `recocamp outbox deliver` or the worker"
+        + ("; why they failed: `recocamp outbox status`" if d.failed else "")
     )
     for campaign, reason in d.paused.items():
         console.print(
@@ -245,6 +246,7 @@ def outbox_status() -> None:
         with engine_for(settings).connect() as connection:
             table_data = outbox.status(connection)
             pauses = outbox.paused(connection)
+            failures = outbox.failures(connection)
     states = ("queued", "claimed", "sent", "delivered", "bounced", "failed", "cancelled")
     table = Table(title="outbox")
     table.add_column("campaign")
@@ -255,6 +257,24 @@ def outbox_status() -> None:
     show(table)
     for campaign, reason in pauses.items():
         console.print(flagged("paused:", "bold red", f"{campaign}: {reason}"))
+    _print_failures(failures)
+
+
+def _print_failures(failures: list[outbox.Failure]) -> None:
+    """Why messages failed (a body that fails on a customer's data, a provider's refusal)
+    and how to go on: the count alone left nothing to fix."""
+    for failure in failures:
+        text = (
+            f"{failure.campaign}: {failure.messages:,} e-mail(s): {failure.error} "
+            f"(e.g. customer {failure.customer_id})"
+        )
+        console.print(flagged("failed:", "bold red", text), soft_wrap=True)
+    if failures:
+        console.print(
+            "`recocamp preview CAMPAIGN --customer ID --anyway` shows a template's failing "
+            "line; once fixed, `recocamp outbox retry --failed` queues them again",
+            highlight=False,
+        )
 
 
 @outbox_app.command("deliver")

@@ -66,6 +66,8 @@ def build_demo(
         )
         reports = _synthetic(importer, settings, demo_dir)
         label = f"synthetic shop (seed {settings.demo.seed})"
+        if not synthetic:  # the user may have expected the real data: say where it was sought
+            label += f": the UCI file {path} is not there ([demo] online_retail_path)"
     reports.append(_customers(engine, importer, settings, demo_dir))
     return DemoReport(label, reports)
 

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from recocamp.campaigns.render import Renderer
+from recocamp.campaigns.render import Renderer, render_problem
 from recocamp.clock import Clock
 from recocamp.delivery.esp import Provider
 from recocamp.domain import DeliveryReport, SendResult, SendStatus
@@ -223,7 +223,7 @@ class Deliverer:
             try:
                 html, text = self.renderer.body(template.html, template.text, template.context)
             except Exception as exc:  # this message's template and context, no other's
-                error = f"template {template.html}/{template.text}: {type(exc).__name__}: {exc}"
+                error = _render_error(exc, template.html, template.text)
                 broken.append((c, SendResult(c.email.send_key, SendStatus.REJECTED, error=error)))
                 continue
             ready.append(c.rendered(html, text))
@@ -415,3 +415,12 @@ class Deliverer:
 def retry_wait(settings: EspSettings) -> timedelta:
     """How long ``recocamp send`` waits for retries before leaving them to the worker."""
     return timedelta(seconds=min(settings.retry_max_s, 60.0))
+
+
+def _render_error(exc: Exception, html: str, text: str) -> str:
+    """A body's render failure as the outbox keeps it: the template (or partial) and line
+    where it failed, as ``check`` and ``preview`` name it. "template x.html/x.txt: TypeError"
+    left the operator to find which of the two, and where."""
+    problem = render_problem(exc, f"{html}/{text}")
+    line = f": line {problem.line}" if problem.line is not None else ""
+    return f"template {problem.key or f'{html}/{text}'}{line}: {problem.message}"

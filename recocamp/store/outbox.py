@@ -690,6 +690,37 @@ def status(connection: sa.Connection) -> dict[str, dict[str, int]]:
     return table
 
 
+PURGED_REASON = "the reason was deleted with the body ([privacy] outbox_body_days)"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Failed messages of one campaign with one error (as stored: addresses masked), and one
+    of their customers to preview."""
+
+    campaign: str
+    error: str
+    messages: int
+    customer_id: str
+
+
+def failures(connection: sa.Connection, limit: int = 20) -> list[Failure]:
+    """Why messages failed, per campaign and error, the most frequent ``limit`` first: a
+    count of failures alone left the operator with nothing to fix (``outbox status``)."""
+    number = sa.func.count().label("number")
+    query = (
+        sa.select(outbox.c.campaign, outbox.c.last_error, number, sa.func.min(outbox.c.customer_id))
+        .where(outbox.c.state == "failed")
+        .group_by(outbox.c.campaign, outbox.c.last_error)
+        .order_by(number.desc(), outbox.c.campaign, outbox.c.last_error)
+        .limit(limit)
+    )
+    return [
+        Failure(campaign, error or PURGED_REASON, int(count), customer)
+        for campaign, error, count, customer in connection.execute(query)
+    ]
+
+
 def retry_failed(connection: sa.Connection, now: datetime, campaign: str | None = None) -> int:
     """Put failed messages back in the queue with fresh attempts (not suppressed ones)."""
     query = (

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from typer.testing import CliRunner
 
 from recocamp.api.auth import ApiKey, Authenticator, digest, mint, parse_keys
@@ -302,6 +303,30 @@ def test_serve_refuses_broken_keys_before_starting(
     result = CliRunner().invoke(cli, ["serve"])
     assert result.exit_code == 2
     assert "RECOCAMP_API_KEYS" in result.output and "entry 1" in result.output
+
+
+@pytest.mark.parametrize("keys", [None, "", " ; "])
+def test_serve_without_keys_says_every_keyed_route_will_answer_401(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: str | None
+) -> None:
+    """README's "Serve the demo" starts ``serve`` with the signing key alone: every request
+    with a freshly minted key then got 401 "unknown API key", and nothing said the server
+    knows no key at all."""
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", str(engine.url.render_as_string(False)))
+    if keys is None:
+        monkeypatch.delenv("RECOCAMP_API_KEYS", raising=False)
+    else:
+        monkeypatch.setenv("RECOCAMP_API_KEYS", keys)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **options: None)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["serve", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "warning: RECOCAMP_API_KEYS is not set" in said
+    assert "`recocamp api-key new NAME --scope SCOPE`" in said
+    monkeypatch.setenv("RECOCAMP_API_KEYS", ENTRIES)
+    quiet = CliRunner().invoke(cli, ["serve", "--workers", "1"])
+    assert quiet.exit_code == 0 and "RECOCAMP_API_KEYS" not in quiet.output
 
 
 def test_api_key_new_prints_the_key_once_and_its_entry() -> None:

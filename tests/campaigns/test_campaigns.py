@@ -313,6 +313,25 @@ def test_one_broken_file_per_error_class(
         assert part in message, (part, message)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "key", "meant"),
+    [
+        ("items = 4", "item = 4", "offer.item", "items"),
+        ("[audience]", "[audiance]", "audiance", "audience"),
+        ("weight = 1", "wieght = 1", "variants.0.wieght", "weight"),
+    ],
+)
+def test_an_unknown_key_names_the_key_probably_meant(
+    tmp_path: Path, old: str, new: str, key: str, meant: str
+) -> None:
+    """A marketer's typo in a key got pydantic's "Extra inputs are not permitted" and no
+    word of what was meant; the campaign's keys are few, so the close one is named."""
+    text = (GOOD + '\n[[variants]]\nname = "a"\nweight = 1\n').replace(old, new)
+    message = check(tmp_path, text.format(name="broken"))
+    expected = f"key {key!r}: Extra inputs are not permitted: no such key here"
+    assert f"{expected} (did you mean {meant!r}?)" in message, message
+
+
 def test_every_problem_of_a_file_and_every_broken_file_at_once(tmp_path: Path) -> None:
     many = (
         GOOD.format(name="many")
@@ -458,3 +477,13 @@ def test_a_misspelled_legal_basis_is_one_problem_not_also_an_empty_list(tmp_path
     message = check(tmp_path, text.format(name="broken"))
     assert "line 3, key 'legal_basis.0'" in message and "(value: 'double-opt-in')" in message
     assert "at least 1 item" not in message and "1 problem(s)" in message
+
+
+def test_a_subject_written_as_text_says_how_to_write_it(tmp_path: Path) -> None:
+    """README: "`subject` per locale"; a marketer writing ``subject = "Hi"`` got pydantic's
+    "Input should be a valid dictionary", a word TOML does not use."""
+    text = GOOD.replace('subject = {{ en = "Hi" }}', 'subject = "Hi"').format(name="broken")
+    message = check(tmp_path, text)
+    expected = "key 'template.subject': should be a table: subject = { … } (inline) or a"
+    assert expected in message, message
+    assert "[template.subject] section" in message and "dictionary" not in message

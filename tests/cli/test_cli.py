@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import stat
@@ -1537,3 +1538,71 @@ def test_a_run_as_of_a_time_still_to_come_is_refused(
     assert not (workdir / "demo").exists()
     if command[0] == "send":
         assert _count(outbox) == 0
+
+
+def test_erase_without_the_signing_key_refuses_before_it_asks(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An erasure cannot be done without RECOCAMP_SIGNING_KEY (its tombstone is keyed with
+    it): the operator learns that before answering "for good?", not after (it asked, took the
+    yes, then refused)."""
+    monkeypatch.delenv("RECOCAMP_SIGNING_KEY", raising=False)
+    runner.invoke(app, ["db", "upgrade"])
+    path = write_csv(workdir / "people.csv", ["id", "email"], [["c1", "c1@example.test"]])
+    assert runner.invoke(app, ["import", "customers", str(path)]).exit_code == 0
+    result = runner.invoke(app, ["privacy", "erase", "c1"], input="y\n")
+    assert result.exit_code == 2, result.output
+    assert "RECOCAMP_SIGNING_KEY is not set" in result.stderr
+    assert "for good?" not in result.output
+
+
+def test_demo_data_from_a_missing_file_exits_2_rather_than_build_a_synthetic_shop(
+    workdir: Path,
+) -> None:
+    """``--from`` names the UCI file the user wants: a typo in it built the synthetic shop
+    without a word (the fallback meant for an absent default), whose numbers match none of
+    the README's."""
+    result = runner.invoke(app, ["demo-data", "--from", "online_retal.csv.gz"])
+    assert result.exit_code == 2, result.output
+    assert "--from" in result.stderr and "online_retal.csv.gz" in result.stderr
+    assert not (workdir / "shop.db").exists() and not (workdir / "demo").exists()
+
+
+def test_the_synthetic_fallback_names_the_uci_file_it_did_not_find(workdir: Path) -> None:
+    """README's first command builds the shop from the UCI file in ``../shared/data/``; a
+    clone elsewhere has none and got the synthetic shop labelled only "synthetic shop (seed
+    …)": nothing said why, or where the file was looked for."""
+    result = runner.invoke(app, ["demo-data"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    expected = f"the UCI file {workdir / 'missing.csv.gz'} is not there ([demo] online_retail_path)"
+    assert expected in result.stdout
+
+
+def test_check_warns_of_a_template_without_the_unsubscribe_link_or_the_notice(
+    workdir: Path,
+) -> None:
+    """A marketer's own template that does not extend the layouts passed ``check`` with no
+    unsubscribe link in its body and, for existing customers (UWG §7(3)), without the notice
+    of their right to object that the law wants in every such e-mail."""
+    (workdir / "campaigns").mkdir()
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    for suffix in ("html", "txt"):
+        (workdir / "templates" / f"promo.{suffix}").write_text("Hi {{ customer.id }}\n")
+    campaign = (ROOT / "campaigns" / "cross_sell.toml").read_text(encoding="utf-8")
+    campaign = campaign.replace("cross_sell", "promo")
+    (workdir / "campaigns" / "promo.toml").write_text(campaign, encoding="utf-8")
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    for suffix in ("html", "txt"):
+        path = Path("templates") / f"promo.{suffix}"
+        assert f"warning: {path}: prints no unsubscribe link (unsubscribe_url)" in said, said
+        assert f"warning: {path}: ignores existing_customer_notice" in said
+    assert runner.invoke(app, ["check", "--strict"]).exit_code == 2
+    campaign = campaign.replace('"double_opt_in", "existing_customer"', '"double_opt_in"')
+    (workdir / "campaigns" / "promo.toml").write_text(campaign, encoding="utf-8")
+    for suffix in ("html", "txt"):  # the layouts print both
+        page = (ROOT / "templates" / f"cross_sell.{suffix}").read_text(encoding="utf-8")
+        (workdir / "templates" / f"promo.{suffix}").write_text(page, encoding="utf-8")
+    clean = runner.invoke(app, ["check", "--strict"], terminal_width=300)
+    assert clean.exit_code == 0 and "warning" not in clean.output, clean.output

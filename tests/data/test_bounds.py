@@ -490,16 +490,16 @@ def api(engine: sa.Engine, tmp_path: Path) -> FastAPI:
 @pytest.mark.parametrize(
     ("change", "where"),
     [
-        ({"order_id": "A\x001"}, ["body", "order", "order_id"]),
-        ({"customer_id": "c\u20291"}, ["body", "order", "customer_id"]),
-        ({"customer_id": LONG_ID}, ["body", "order", "customer_id"]),
+        ({"order_id": "A\x001"}, ["body", "order_id"]),
+        ({"customer_id": "c\u20291"}, ["body", "customer_id"]),
+        ({"customer_id": LONG_ID}, ["body", "customer_id"]),
         (
             {"lines": [{"item_id": "i1", "quantity": 10**23, "unit_price": 1.0}]},
-            ["body", "order", "lines", 0, "quantity"],
+            ["body", "lines", 0, "quantity"],
         ),
         (
             {"lines": [{"item_id": "i1", "quantity": 1, "unit_price": 1e308}]},
-            ["body", "order", "lines", 0, "unit_price"],
+            ["body", "lines", 0, "unit_price"],
         ),
     ],
 )

@@ -185,3 +185,36 @@ def test_one_click_unsubscribe_and_bounce_webhook_reach_the_next_run(
     assert reasons[first["send_key"].split("/")[1]] == "unsubscribed"
     assert reasons[second["send_key"].split("/")[1]] == "suppressed"
     assert outbox_counts()["bounced"] == 1
+
+
+def test_failed_e_mails_say_why_and_what_to_do(shop: Path, esp: tuple[FakeEsp, str]) -> None:
+    """A body that fails on a customer's data fails that e-mail (README: ``plan`` renders
+    subjects only). ``send`` said "N failed" and nothing more: the reason sat in the outbox
+    where no command showed it. The summary now points at ``outbox status``, which lists the
+    failures per campaign and error with a customer to ``preview``."""
+    _, url = esp
+    (shop / "settings.toml").write_text(settings_text(url))
+    html = shop / "templates" / "cross_sell.html"
+    html.write_text(
+        html.read_text().replace(  # the sample customer (check's render) passes, others fail
+            "{% endblock %}",
+            '{% if customer.id != "12748" %}{{ customer.first_name|number }}{% endif %}'
+            "{% endblock %}",
+        )
+    )
+    result = runner.invoke(app, ["send", "cross_sell", "--as-of", AS_OF], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    failed = outbox_counts()["failed"]
+    assert failed > 0
+    assert "why they failed: `recocamp outbox status`" in " ".join(result.stdout.split())
+    status = runner.invoke(app, ["outbox", "status"], terminal_width=300)
+    assert status.exit_code == 0, status.output
+    lines = [line for line in status.stdout.splitlines() if line.startswith("failed:")]
+    assert len(lines) == 1, status.stdout
+    where = "template cross_sell.html: line 6: fails to render: TypeError: the number filter"
+    assert f"failed: cross_sell: {failed:,} e-mail(s): {where}" in lines[0]  # the edited line
+    assert "(e.g. customer " in lines[0]
+    assert "@" not in status.stdout
+    hint = " ".join(status.stdout.split())
+    assert "recocamp preview CAMPAIGN --customer ID --anyway" in hint
+    assert "recocamp outbox retry --failed" in hint
