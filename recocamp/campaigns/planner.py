@@ -112,6 +112,9 @@ class AudienceRule(StrEnum):
     P_ACTIVE_BELOW = "p_active_below"
     OVERDUE_RATIO_AT_LEAST = "overdue_ratio_at_least"
     LIFETIME_VALUE_TOP_SHARE = "lifetime_value_top_share"
+    # no forecast speaks for the customer (none live, an objector, not in it, ordered since)
+    # and the campaign has no fallback_lapsed_days: no forecast key judged them
+    NO_FORECAST = predictive.NO_FORECAST
     FALLBACK_LAPSED_DAYS = "fallback_lapsed_days"
     NOT_CONTACTED_DAYS = "not_contacted_days"
 

@@ -37,7 +37,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from recocamp.campaigns import segments
-from recocamp.campaigns.files import FORECAST_KEYS, Audience
+from recocamp.campaigns.files import Audience
 from recocamp.campaigns.segments import History
 from recocamp.domain import RISK_CUTS, CustomerForecast
 
@@ -97,6 +97,12 @@ def live_at(as_of: date, horizon_days: int, now: datetime, zone: ZoneInfo) -> bo
     """Whether a forecast as of ``as_of`` speaks for ``now``'s shop-local day (see above)."""
     day = now.astimezone(zone).date()
     return as_of <= day < as_of + timedelta(days=horizon_days)
+
+
+# the audience code of a customer no forecast speaks for, in a campaign without a fallback
+# (``planner.AudienceRule.NO_FORECAST``): recorded as the first forecast key, the report
+# counted them under "forecast chance of ordering again too high" with no forecast live
+NO_FORECAST = "no_forecast"
 
 
 class Trigger(NamedTuple):
@@ -212,9 +218,8 @@ def bound(threshold: float) -> str:
 def _fallback(audience: Audience, history: History, now: datetime, why: str) -> Trigger:
     """The rule-based path: ``fallback_lapsed_days``, or no match when the campaign has none."""
     rule = audience.fallback_lapsed_days
-    if rule is None:
-        first = next(key for key in FORECAST_KEYS if getattr(audience, key) not in (None, ()))
-        return Trigger(first, f"{why}, no fallback_lapsed_days")
+    if rule is None:  # no forecast key judged them: not a forecast's verdict (NO_FORECAST)
+        return Trigger(NO_FORECAST, f"{why}, no fallback_lapsed_days")
     days = segments.days_since_last_order(history, now)
     lapsed = "never ordered" if days is None else f"lapsed {math.floor(days)} days"
     detail = (
