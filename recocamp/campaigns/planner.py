@@ -428,6 +428,7 @@ def _trigger(campaign: Campaign, view: CustomerView, context: Context) -> predic
         context.forecast,
         view.history,
         context.now,
+        context.zone(view.customer.time_zone),
     )
 
 
@@ -495,7 +496,7 @@ def _history_rules(
     rules = campaign.audience
     history = view.history
     if rules.lapsed_days is not None and not segments.lapsed_between(
-        history, now, *rules.lapsed_days
+        history, now, *rules.lapsed_days, zone
     ):
         return AudienceRule.LAPSED_DAYS
     if not segments.orders_between(history, rules.min_orders or 0, rules.max_orders):

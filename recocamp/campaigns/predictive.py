@@ -120,16 +120,19 @@ def trigger(
     live: LiveForecast | None,
     history: History,
     now: datetime,
+    zone: ZoneInfo | None = None,
 ) -> Trigger:
-    """The predictive trigger for one customer (call only when ``audience.uses_forecast``)."""
+    """The predictive trigger for one customer (call only when ``audience.uses_forecast``);
+    ``zone``: the customer's, where the fallback counts its days (``segments.lapsed_between``)."""
     if objected:
-        return _fallback(audience, history, now, "objected to profiling")
+        return _fallback(audience, history, now, "objected to profiling", zone)
     if live is None:
-        return _fallback(audience, history, now, "no live forecast")
+        return _fallback(audience, history, now, "no live forecast", zone)
     if row is None:
-        return _fallback(audience, history, now, f"not in {live.label}")  # fits the column
+        return _fallback(audience, history, now, f"not in {live.label}", zone)  # fits the column
     if live.ordered_since(history):
-        return _fallback(audience, history, now, f"ordered since the forecast {live.label}")
+        why = f"ordered since the forecast {live.label}"
+        return _fallback(audience, history, now, why, zone)
     failed = _forecast_miss(audience, row, live)
     if failed is not None:
         return failed
@@ -215,17 +218,19 @@ def bound(threshold: float) -> str:
     return text if float(text) == threshold else repr(threshold)
 
 
-def _fallback(audience: Audience, history: History, now: datetime, why: str) -> Trigger:
+def _fallback(
+    audience: Audience, history: History, now: datetime, why: str, zone: ZoneInfo | None
+) -> Trigger:
     """The rule-based path: ``fallback_lapsed_days``, or no match when the campaign has none."""
     rule = audience.fallback_lapsed_days
     if rule is None:  # no forecast key judged them: not a forecast's verdict (NO_FORECAST)
         return Trigger(NO_FORECAST, f"{why}, no fallback_lapsed_days")
-    days = segments.days_since_last_order(history, now)
+    days = segments.days_since_last_order(history, now, zone)
     lapsed = "never ordered" if days is None else f"lapsed {math.floor(days)} days"
     detail = (
         f"objected to profiling: lapsed rule ({lapsed})"
         if why == "objected to profiling"
         else f"{lapsed} ({why})"
     )
-    matched = segments.lapsed_between(history, now, *rule)
+    matched = segments.lapsed_between(history, now, *rule, zone)
     return Trigger(None if matched else "fallback_lapsed_days", detail)

@@ -326,7 +326,9 @@ def _not_contacted(
     text += f" (the campaign's audience has {wanted or f'{rule} = null'}"
     history = view.history
     if rule in ("lapsed_days", "fallback_lapsed_days"):
-        days = segments.days_since_last_order(history, context.now)
+        days = segments.days_since_last_order(
+            history, context.now, context.zone(view.customer.time_zone)
+        )
         bounds = getattr(rules, rule) or ()
         text += (
             ", the customer never ordered"

@@ -7,11 +7,13 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 
 from recocamp.campaigns.audience import snapshot
+from recocamp.campaigns.caps import days_before
 from recocamp.campaigns.files import RISK_TIERS, TIER_FLOOR, Campaign, load_all, never_matching
 from recocamp.campaigns.labels import by_code, reason
 from recocamp.campaigns.planner import REASON_LENGTH, Outcome, counts, with_detail
@@ -96,7 +98,8 @@ def shop(
         for cid in people
     ]
     lines = [
-        Purchase(f"o-{cid}", 1, cid, "i1", 1, 9.5, NOW - timedelta(days=lapsed))
+        # N calendar days before NOW on the customers' clock (lapsed_days counts those)
+        Purchase(f"o-{cid}", 1, cid, "i1", 1, 9.5, days_before(NOW, lapsed, ZoneInfo(zone)))
         for cid, (lapsed, _) in people.items()
     ]
     with engine.begin() as connection:
