@@ -19,7 +19,7 @@ from recocamp.campaigns import render
 from recocamp.campaigns.context import TemplateContext, sample_context
 from recocamp.campaigns.files import Campaign
 from recocamp.config_files import line_of, without_bom
-from recocamp.domain import LOCALES, Item, Locale
+from recocamp.domain import LOCALES, ConsentBasis, Item, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
 
@@ -79,7 +79,54 @@ def template_problems(
             if problem:
                 line = line_of(text, tuple(key.split(".")))
                 found.append(Problem(f"subject: {problem}", key=key, line=line, value=subject))
+    if not found:
+        found += notice_problems(campaign, templates, limits, sources)
     return list(dict.fromkeys(found))
+
+
+def notice_problems(
+    campaign: Campaign,
+    templates: Path,
+    limits: TemplateSettings | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> list[Problem]:
+    """Each body template of a campaign that mails existing customers (UWG §7(3)) whose
+    render, in some language, is the same whether ``existing_customer_notice`` is true or
+    false: such a mail would not tell them that they may object at any time, which the
+    exception requires of every one (the layouts print it). Checked on templates that
+    render; a survey mails no existing customer (``planner._consented``)."""
+    if campaign.is_survey or not campaign.allows(ConsentBasis.EXISTING_CUSTOMER):
+        return []
+    renderer = render.Renderer(templates, sources, limits)
+    pairs = [(campaign.template.html, campaign.template.text)]
+    pairs += [
+        (v.html or campaign.template.html, v.text or campaign.template.text)
+        for v in campaign.variants
+    ]
+    silent: dict[str, None] = {}
+    for locale in LOCALES:
+        told = _sample(campaign, locale)
+        untold: TemplateContext = {**told, "existing_customer_notice": False}
+        for html, text in dict.fromkeys(pairs):
+            said, unsaid = _body(renderer, html, text, told), _body(renderer, html, text, untold)
+            for n, name in enumerate((html, text)):
+                if said is not None and unsaid is not None and said[n] == unsaid[n]:
+                    silent[name] = None
+    message = (
+        "never prints the opt-out notice (existing_customer_notice) that every e-mail to an "
+        f"existing customer must carry (UWG §7(3)); campaign {campaign.name} mails them"
+    )
+    return [Problem(message, path=templates / name) for name in silent]
+
+
+def _body(
+    renderer: render.Renderer, html: str, text: str, context: TemplateContext
+) -> tuple[str, str] | None:
+    """Both parts rendered, or None where that fails (``check_template`` says why)."""
+    try:
+        return renderer.body(html, text, context)
+    except Exception:
+        return None
 
 
 def _sample(campaign: Campaign, locale: Locale) -> TemplateContext:

@@ -197,6 +197,37 @@ def test_check_lists_every_broken_campaign_and_template(workdir: Path) -> None:
     assert "birthday.txt" in result.stderr and "outside the template context" in result.stderr
 
 
+def test_check_refuses_an_existing_customer_campaign_whose_mail_lacks_the_opt_out_notice(
+    workdir: Path,
+) -> None:
+    """UWG §7(3) lets a shop mail its customers without a double opt-in only if every such
+    e-mail tells them that they may object at any time (the layouts print it when
+    ``existing_customer_notice`` is true). A template of its own that never prints it passed
+    check, and every winback mail to an existing customer went out without the notice; a
+    campaign only for double opt-ins needs none. The other campaigns still pass."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    for suffix in ("html", "txt"):
+        (workdir / "templates" / f"plain.{suffix}").write_text(
+            "Hello {{ customer.first_name }}: {% for o in offers %}{{ o.title }} {% endfor %}"
+            "Unsubscribe: {{ unsubscribe_url }}"
+        )
+    winback = workdir / "campaigns" / "winback.toml"
+    text = winback.read_text().replace('"winback.html"', '"plain.html"')
+    winback.write_text(text.replace('"winback.txt"', '"plain.txt"'))
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 2
+    assert "winback.toml" in result.stderr and "birthday.toml" not in result.stderr
+    for suffix in ("html", "txt"):
+        assert (
+            f"templates/plain.{suffix}: never prints the opt-out notice (existing_customer_notice)"
+        ) in result.stderr, result.stderr
+    winback.write_text(winback.read_text().replace(', "existing_customer"]', "]"))
+    assert runner.invoke(app, ["check"]).exit_code == 0
+
+
 def test_check_lists_hostile_templates_and_healthy_campaigns_still_plan(workdir: Path) -> None:
     """Issue 15: a template that would never finish, a misspelt include, an include or
     extends outside the templates folder: each a problem with file and line, exit 2; the
