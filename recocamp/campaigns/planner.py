@@ -393,6 +393,7 @@ def decide(
         zone,
         preference=view.frequency_preference,
         paused_until=view.paused_until,
+        schedule=campaign.schedule.zone,
     )
     if not verdict.allowed and not verdict.deferred:
         return skip(str(verdict.reason))
@@ -481,7 +482,11 @@ def _audience(
     contacted = (contact.at for contact in view.contacts)
     rules = campaign.audience
     if rules.not_contacted_days and segments.last_contacted_within(
-        contacted, _arrival(now, zone, policy), rules.not_contacted_days, zone
+        contacted,
+        _arrival(now, zone, policy),
+        rules.not_contacted_days,
+        zone,
+        campaign.schedule.zone,
     ):
         return AudienceRule.NOT_CONTACTED_DAYS
     return None

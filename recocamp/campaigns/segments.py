@@ -238,15 +238,20 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def last_contacted_within(
-    contacts: Iterable[datetime], now: datetime, days: float, zone: ZoneInfo | None = None
+    contacts: Iterable[datetime],
+    now: datetime,
+    days: float,
+    zone: ZoneInfo | None = None,
+    schedule: ZoneInfo | None = None,
 ) -> bool:
     """A contact in the last ``days``, or one still to come: an e-mail queued for the end of
     quiet hours goes out after ``now``, and the caps count it already. With the customer's
     ``zone``, whole calendar days there, as the caps count them (``caps.days_before``): in
     hours, a weekly 10:00 run found the week across the spring-forward change (167 h)
-    "within seven days" of the last one and left the customer out."""
+    "within seven days" of the last one and left the customer out. ``schedule``: the
+    campaign's zone, as the caps read it (``caps.days_before``)."""
     if zone is not None and float(days).is_integer():
-        since = days_before(now, int(days), zone)
+        since = days_before(now, int(days), zone, schedule)
     else:
         since = now - timedelta(days=days)
     return any(at > since for at in contacts)

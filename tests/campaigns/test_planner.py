@@ -302,6 +302,39 @@ def test_lapsed_days_count_calendar_days_in_the_customers_zone(
         assert f"lapsed {days} days (no live forecast)" in decision.reason
 
 
+@pytest.mark.parametrize(
+    ("schedule", "customer", "last", "now"),
+    [
+        # a Berlin shop's weekly 10:00 run is 18:00 in Tokyo, then 17:00 after the EU change
+        ("Europe/Berlin", "Asia/Tokyo", (2026, 3, 24), (2026, 3, 31)),
+        # a New York shop's weekly 10:00 run is 16:00 in Berlin, then 15:00 after the US change
+        ("America/New_York", "Europe/Berlin", (2026, 3, 3), (2026, 3, 10)),
+    ],
+)
+def test_a_weekly_run_is_a_week_after_the_last_for_customers_in_other_zones(
+    schedule: str, customer: str, last: tuple[int, int, int], now: tuple[int, int, int]
+) -> None:
+    """Seven days' cooldown and a weekly campaign at 10:00 in the schedule's zone: when that
+    zone changes its clocks and the customer's does not (or on another day), this week's run
+    is an hour earlier on the customer's clock, last week's mail was "within seven days" of it
+    there, and every such customer was skipped for ``cooldown`` that week. The windows of
+    days end where the run repeats on the schedule's clock as well: a mail one minute later
+    than last week's run still counts."""
+    zone = ZoneInfo(schedule)
+    ran = datetime(*last, 10, 0, tzinfo=zone).astimezone(UTC)
+    run_at = datetime(*now, 10, 0, tzinfo=zone).astimezone(UTC)
+    weekly = campaign(
+        name="weekly",
+        schedule={"cron": "0 10 * * TUE", "time_zone": schedule},
+        audience={"not_contacted_days": 7},
+    )
+    context = replace(CONTEXT, now=run_at, policy=caps.CapPolicy(cooldown_days=7))
+    for gone, outcome in ((ran, Outcome.SEND), (ran + timedelta(minutes=1), Outcome.SKIP)):
+        mailed = view(time_zone=customer, contacts=(caps.Contact("weekly", gone),))
+        decision = decide(weekly, mailed, context, weekly.policy(context.policy))
+        assert decision.outcome is outcome, decision.reason
+
+
 def test_variants_are_stable_and_follow_their_weights() -> None:
     ab = campaign(variants=[{"name": "A", "weight": 75}, {"name": "B", "weight": 25}])
     first = plan(ab, [view(id=str(n)) for n in range(2000)], CONTEXT)
