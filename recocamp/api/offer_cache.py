@@ -895,9 +895,13 @@ class OfferService:
     ) -> Answer:
         personal = basis.personal
         chosen = self._select(snapshot, query, basis, now)
-        return Answer(
-            customer_id, query.mode, personal.basis, personal.why, personal.model_version, chosen
-        )
+        said, why = personal.basis, personal.why
+        if said != "popular" and chosen and all(o.source == "popular" for o in chosen):
+            # the rules left nothing of the customer's own lists (discover mode over a list
+            # they bought, the request's filters): the answer is the popularity list's, and
+            # "personalised" over the shop's best sellers was a false label
+            said, why = "popular", f"popular: nothing of the {said} list fits the request"
+        return Answer(customer_id, query.mode, said, why, personal.model_version, chosen)
 
     def _select(
         self, snapshot: Snapshot, query: Query, basis: Basis, now: datetime

@@ -10,7 +10,9 @@ preference; a monthly one is a calendar month) count calendar days in the custom
 ending at the wall time the e-mail goes out (``now``, or the end of quiet hours) that many
 days earlier, so a campaign that runs at 10:00 every week is not "within 7 days" of last
 week's mail in the week the clocks spring forward, nor of last week's mail deferred to
-08:00 in the customer's zone.
+08:00 in the customer's zone; nor, where the campaign's schedule runs in another zone that
+changes its clocks on another day (a Berlin shop's customer in Tokyo), of last week's run
+an hour later on the customer's clock: a window ends at the later of the two wall times.
 
 Quiet hours are wall-clock times in the customer's zone (the shop's when unknown), so
 "21:00–08:00" means the same to a customer in Berlin and in Sydney, and across DST changes.
@@ -96,6 +98,7 @@ def check(
     *,
     preference: str | None = None,
     paused_until: datetime | None = None,
+    schedule: ZoneInfo | None = None,
 ) -> Verdict:
     """The verdict for one marketing e-mail of ``campaign`` to one customer at ``now``.
 
@@ -104,47 +107,69 @@ def check(
     a weekly 09:00 London run found last week's mail, deferred to 08:00 in Los Angeles, still
     within the 7 days' cooldown (01:00 there) and mailed such customers every other week. A
     pause is judged then too (one over by 08:00 holds nothing back; the deliverer cancels
-    the mail if the customer pauses again before it goes)."""
+    the mail if the customer pauses again before it goes). ``schedule``: the zone the
+    campaign runs in, where its runs repeat (see :func:`days_before`)."""
     wake = quiet_until(now, zone, policy.quiet_start, policy.quiet_end)
     at = now if wake is None else wake
     if paused_until is not None and at < paused_until:  # over by then: the mail may go
         return Verdict(Reason.PAUSED)
-    since = preference_since(at, preference, zone)
+    since = preference_since(at, preference, zone, schedule)
     if since is not None and _count(history, since) >= 1:
         return Verdict(Reason.PREFERENCE)
     if _count(history, at - timedelta(hours=24)) >= policy.max_per_24h:
         return Verdict(Reason.CAPPED_24H)
-    if _count(history, days_before(at, 7, zone)) >= policy.max_per_7d:
+    if _count(history, days_before(at, 7, zone, schedule)) >= policy.max_per_7d:
         return Verdict(Reason.CAPPED_7D)
-    since = days_before(at, policy.cooldown_days, zone)
+    since = days_before(at, policy.cooldown_days, zone, schedule)
     if any(c.campaign == campaign and c.at > since for c in history):
         return Verdict(Reason.COOLDOWN)
     return ALLOWED if wake is None else Verdict(Reason.QUIET_HOURS, wake)
 
 
-def days_before(now: datetime, days: int, zone: ZoneInfo) -> datetime:
+def days_before(
+    now: datetime, days: int, zone: ZoneInfo, schedule: ZoneInfo | None = None
+) -> datetime:
     """The instant ``days`` calendar days before ``now`` at the same wall time in ``zone``:
     a window of days ends where a campaign scheduled at a fixed local time runs again. In
     UTC hours, the week across a spring-forward change is 167 h, and a weekly mail sent at
-    10:00 would still be "within seven days" of the last one an hour later every spring."""
+    10:00 would still be "within seven days" of the last one an hour later every spring.
+    With the ``schedule``'s zone, the later of the two instants: where the schedule changes
+    its clocks and the customer's zone does not (a Berlin shop's customer in Tokyo), the
+    run is an hour earlier on the customer's clock, and last week's mail was within seven
+    days of it there (the window is at most the difference in offsets shorter)."""
+    since = _days_before(now, days, zone)
+    if schedule is None or schedule == zone:
+        return since
+    return max(since, _days_before(now, days, schedule))
+
+
+def _days_before(now: datetime, days: int, zone: ZoneInfo) -> datetime:
     local = now.astimezone(zone)
     wall = local.replace(tzinfo=None) - timedelta(days=days)
     return wall.replace(tzinfo=zone, fold=local.fold).astimezone(UTC)
 
 
-def preference_since(at: datetime, preference: str | None, zone: ZoneInfo) -> datetime | None:
+def preference_since(
+    at: datetime, preference: str | None, zone: ZoneInfo, schedule: ZoneInfo | None = None
+) -> datetime | None:
     """Where the customer's own frequency preference looks back from ``at`` (None: no
     preference). "monthly" is one calendar month, to the same day (or the last day of a
     shorter month) at the same wall time: in 30 days, a campaign on the 1st of every month
-    found February's e-mail 28 days before 1 March and skipped the customer every March."""
+    found February's e-mail 28 days before 1 March and skipped the customer every March.
+    ``schedule``: as for :func:`days_before`, the later of the two zones' instants."""
     if preference == "monthly":
-        local = at.astimezone(zone)
-        year, month = (local.year, local.month - 1) if local.month > 1 else (local.year - 1, 12)
-        day = min(local.day, calendar.monthrange(year, month)[1])
-        wall = local.replace(year=year, month=month, day=day, tzinfo=None)
-        return wall.replace(tzinfo=zone, fold=local.fold).astimezone(UTC)
+        since = _month_before(at, zone)
+        return since if schedule is None else max(since, _month_before(at, schedule))
     period = PREFERENCE_PERIODS.get(preference or "")
-    return None if period is None else days_before(at, period.days, zone)
+    return None if period is None else days_before(at, period.days, zone, schedule)
+
+
+def _month_before(at: datetime, zone: ZoneInfo) -> datetime:
+    local = at.astimezone(zone)
+    year, month = (local.year, local.month - 1) if local.month > 1 else (local.year - 1, 12)
+    day = min(local.day, calendar.monthrange(year, month)[1])
+    wall = local.replace(year=year, month=month, day=day, tzinfo=None)
+    return wall.replace(tzinfo=zone, fold=local.fold).astimezone(UTC)
 
 
 def _count(history: Sequence[Contact], since: datetime) -> int:

@@ -79,7 +79,54 @@ def template_problems(
             if problem:
                 line = line_of(text, tuple(key.split(".")))
                 found.append(Problem(f"subject: {problem}", key=key, line=line, value=subject))
+    if not found:
+        found += notice_problems(campaign, templates, limits, sources)
     return list(dict.fromkeys(found))
+
+
+def notice_problems(
+    campaign: Campaign,
+    templates: Path,
+    limits: TemplateSettings | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> list[Problem]:
+    """Each body template of a campaign that mails existing customers (UWG §7(3)) whose
+    render, in some language, is the same whether ``existing_customer_notice`` is true or
+    false: such a mail would not tell them that they may object at any time, which the
+    exception requires of every one (the layouts print it). Checked on templates that
+    render; a survey mails no existing customer (``planner._consented``)."""
+    if campaign.is_survey or not campaign.allows(ConsentBasis.EXISTING_CUSTOMER):
+        return []
+    renderer = render.Renderer(templates, sources, limits)
+    pairs = [(campaign.template.html, campaign.template.text)]
+    pairs += [
+        (v.html or campaign.template.html, v.text or campaign.template.text)
+        for v in campaign.variants
+    ]
+    silent: dict[str, None] = {}
+    for locale in LOCALES:
+        told = _sample(campaign, locale)
+        untold: TemplateContext = {**told, "existing_customer_notice": False}
+        for html, text in dict.fromkeys(pairs):
+            said, unsaid = _body(renderer, html, text, told), _body(renderer, html, text, untold)
+            for n, name in enumerate((html, text)):
+                if said is not None and unsaid is not None and said[n] == unsaid[n]:
+                    silent[name] = None
+    message = (
+        "never prints the opt-out notice (existing_customer_notice) that every e-mail to an "
+        f"existing customer must carry (UWG §7(3)); campaign {campaign.name} mails them"
+    )
+    return [Problem(message, path=templates / name) for name in silent]
+
+
+def _body(
+    renderer: render.Renderer, html: str, text: str, context: TemplateContext
+) -> tuple[str, str] | None:
+    """Both parts rendered, or None where that fails (``check_template`` says why)."""
+    try:
+        return renderer.body(html, text, context)
+    except Exception:
+        return None
 
 
 def _sample(campaign: Campaign, locale: Locale) -> TemplateContext:
@@ -136,15 +183,13 @@ def opt_out_problems(
     limits: TemplateSettings | None = None,
     sources: Mapping[str, str] | None = None,
 ) -> list[tuple[str, Problem]]:
-    """Each template of the campaign (by name) whose sample e-mail has no unsubscribe link,
-    or, where the campaign mails existing customers (UWG §7(3)), is the same with and without
-    ``existing_customer_notice`` (the notice of their right to object, which the law wants in
-    every such e-mail). The layouts print both; a template of the marketer's own that does not
-    extend them passed ``check`` without either."""
+    """Each template of the campaign (by name) whose sample e-mail has no unsubscribe link:
+    the layouts print it; a template of the marketer's own that does not extend them passed
+    ``check`` without it. (One that ignores ``existing_customer_notice`` where the campaign
+    mails existing customers is refused outright: ``template_problems``.)"""
     parts = [campaign.template.html, campaign.template.text]
     parts += [p for v in campaign.variants for p in (v.html, v.text) if p]
     sample = _sample(campaign, "en")
-    without = {**sample, "existing_customer_notice": False}
     found = []
     for name in dict.fromkeys(parts):
         mailed = render.sample_render(templates, name, sample, limits, sources)
@@ -155,14 +200,6 @@ def opt_out_problems(
                 "prints no unsubscribe link (unsubscribe_url): every marketing e-mail must "
                 "let its reader opt out in its body; the layouts base.html and base.txt "
                 "print it ({% extends %} one)"
-            )
-            found.append((name, Problem(f"{message} (campaign {campaign.name})")))
-        notice = campaign.allows(ConsentBasis.EXISTING_CUSTOMER)
-        if notice and render.sample_render(templates, name, without, limits, sources) == mailed:
-            message = (
-                "ignores existing_customer_notice: the campaign mails existing customers "
-                "(legal_basis), whose e-mails must tell them they may object (UWG §7(3)); "
-                "the layouts print it"
             )
             found.append((name, Problem(f"{message} (campaign {campaign.name})")))
     return found

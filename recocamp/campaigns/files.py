@@ -172,6 +172,21 @@ class OfferRules(_Strict):
         """A range no item can fall in offers nothing: a typo, not a campaign."""
         return _not_below(value, info, "min_price")
 
+    @field_validator("exclude_categories")
+    @classmethod
+    def _not_offered(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """A category both offered and excluded: with it alone in ``categories`` every e-mail
+        is ``no_offer``, else the category the marketer meant is dropped unsaid."""
+        offered = set(info.data.get("categories") or ())
+        for n, category in enumerate(value):
+            if category in offered:
+                message = (
+                    "also in categories, which offers only those: a category is offered or "
+                    "excluded, not both"
+                )
+                raise error_at(message, (n,), category)
+        return value
+
 
 def _not_blank(text: str) -> str:
     """A subject line must say something: a blank one passed ``check`` and every e-mail went

@@ -51,6 +51,7 @@ AUDIENCE: dict[str, str] = {
     AudienceRule.P_ACTIVE_BELOW: "forecast chance of ordering again too high",
     AudienceRule.OVERDUE_RATIO_AT_LEAST: "not overdue enough by their own rhythm",
     AudienceRule.LIFETIME_VALUE_TOP_SHARE: "forecast lifetime value not in the top share",
+    AudienceRule.NO_FORECAST: "no forecast for them, and no fallback rule",
     AudienceRule.FALLBACK_LAPSED_DAYS: "last order outside the fallback time range",
     AudienceRule.NOT_CONTACTED_DAYS: "contacted too recently",
 }

@@ -112,6 +112,9 @@ class AudienceRule(StrEnum):
     P_ACTIVE_BELOW = "p_active_below"
     OVERDUE_RATIO_AT_LEAST = "overdue_ratio_at_least"
     LIFETIME_VALUE_TOP_SHARE = "lifetime_value_top_share"
+    # no forecast speaks for the customer (none live, an objector, not in it, ordered since)
+    # and the campaign has no fallback_lapsed_days: no forecast key judged them
+    NO_FORECAST = predictive.NO_FORECAST
     FALLBACK_LAPSED_DAYS = "fallback_lapsed_days"
     NOT_CONTACTED_DAYS = "not_contacted_days"
 
@@ -390,6 +393,7 @@ def decide(
         zone,
         preference=view.frequency_preference,
         paused_until=view.paused_until,
+        schedule=campaign.schedule.zone,
     )
     if not verdict.allowed and not verdict.deferred:
         return skip(str(verdict.reason))
@@ -425,6 +429,7 @@ def _trigger(campaign: Campaign, view: CustomerView, context: Context) -> predic
         context.forecast,
         view.history,
         context.now,
+        context.zone(view.customer.time_zone),
     )
 
 
@@ -477,7 +482,11 @@ def _audience(
     contacted = (contact.at for contact in view.contacts)
     rules = campaign.audience
     if rules.not_contacted_days and segments.last_contacted_within(
-        contacted, _arrival(now, zone, policy), rules.not_contacted_days, zone
+        contacted,
+        _arrival(now, zone, policy),
+        rules.not_contacted_days,
+        zone,
+        campaign.schedule.zone,
     ):
         return AudienceRule.NOT_CONTACTED_DAYS
     return None
@@ -492,7 +501,7 @@ def _history_rules(
     rules = campaign.audience
     history = view.history
     if rules.lapsed_days is not None and not segments.lapsed_between(
-        history, now, *rules.lapsed_days
+        history, now, *rules.lapsed_days, zone
     ):
         return AudienceRule.LAPSED_DAYS
     if not segments.orders_between(history, rules.min_orders or 0, rules.max_orders):

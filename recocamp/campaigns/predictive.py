@@ -37,7 +37,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from recocamp.campaigns import segments
-from recocamp.campaigns.files import FORECAST_KEYS, Audience
+from recocamp.campaigns.files import Audience
 from recocamp.campaigns.segments import History
 from recocamp.domain import RISK_CUTS, CustomerForecast
 
@@ -99,6 +99,12 @@ def live_at(as_of: date, horizon_days: int, now: datetime, zone: ZoneInfo) -> bo
     return as_of <= day < as_of + timedelta(days=horizon_days)
 
 
+# the audience code of a customer no forecast speaks for, in a campaign without a fallback
+# (``planner.AudienceRule.NO_FORECAST``): recorded as the first forecast key, the report
+# counted them under "forecast chance of ordering again too high" with no forecast live
+NO_FORECAST = "no_forecast"
+
+
 class Trigger(NamedTuple):
     """The forecast keys' verdict on one customer: the audience key that failed (None when the
     customer matches) and the words that say why, for the decision's reason."""
@@ -114,16 +120,19 @@ def trigger(
     live: LiveForecast | None,
     history: History,
     now: datetime,
+    zone: ZoneInfo | None = None,
 ) -> Trigger:
-    """The predictive trigger for one customer (call only when ``audience.uses_forecast``)."""
+    """The predictive trigger for one customer (call only when ``audience.uses_forecast``);
+    ``zone``: the customer's, where the fallback counts its days (``segments.lapsed_between``)."""
     if objected:
-        return _fallback(audience, history, now, "objected to profiling")
+        return _fallback(audience, history, now, "objected to profiling", zone)
     if live is None:
-        return _fallback(audience, history, now, "no live forecast")
+        return _fallback(audience, history, now, "no live forecast", zone)
     if row is None:
-        return _fallback(audience, history, now, f"not in {live.label}")  # fits the column
+        return _fallback(audience, history, now, f"not in {live.label}", zone)  # fits the column
     if live.ordered_since(history):
-        return _fallback(audience, history, now, f"ordered since the forecast {live.label}")
+        why = f"ordered since the forecast {live.label}"
+        return _fallback(audience, history, now, why, zone)
     failed = _forecast_miss(audience, row, live)
     if failed is not None:
         return failed
@@ -209,18 +218,19 @@ def bound(threshold: float) -> str:
     return text if float(text) == threshold else repr(threshold)
 
 
-def _fallback(audience: Audience, history: History, now: datetime, why: str) -> Trigger:
+def _fallback(
+    audience: Audience, history: History, now: datetime, why: str, zone: ZoneInfo | None
+) -> Trigger:
     """The rule-based path: ``fallback_lapsed_days``, or no match when the campaign has none."""
     rule = audience.fallback_lapsed_days
-    if rule is None:
-        first = next(key for key in FORECAST_KEYS if getattr(audience, key) not in (None, ()))
-        return Trigger(first, f"{why}, no fallback_lapsed_days")
-    days = segments.days_since_last_order(history, now)
+    if rule is None:  # no forecast key judged them: not a forecast's verdict (NO_FORECAST)
+        return Trigger(NO_FORECAST, f"{why}, no fallback_lapsed_days")
+    days = segments.days_since_last_order(history, now, zone)
     lapsed = "never ordered" if days is None else f"lapsed {math.floor(days)} days"
     detail = (
         f"objected to profiling: lapsed rule ({lapsed})"
         if why == "objected to profiling"
         else f"{lapsed} ({why})"
     )
-    matched = segments.lapsed_between(history, now, *rule)
+    matched = segments.lapsed_between(history, now, *rule, zone)
     return Trigger(None if matched else "fallback_lapsed_days", detail)

@@ -66,14 +66,35 @@ class History:
 EMPTY = History(())
 
 
-def days_since_last_order(history: History, now: datetime) -> float | None:
+def days_since_last_order(
+    history: History, now: datetime, zone: ZoneInfo | None = None
+) -> float | None:
+    """Days since the last order; with ``zone``, on the wall clock there (calendar days, as
+    the caps and ``not_contacted_days`` count them), else in periods of 24 hours."""
     last = history.last_at
-    return None if last is None else (now - last).total_seconds() / 86400
+    if last is None:
+        return None
+    if zone is None:
+        return (now - last).total_seconds() / 86400
+    return (_wall(now, zone) - _wall(last, zone)).total_seconds() / 86400
 
 
-def lapsed_between(history: History, now: datetime, min_days: float, max_days: float) -> bool:
-    """Last order at least ``min_days`` and less than ``max_days`` ago."""
-    days = days_since_last_order(history, now)
+def _wall(at: datetime, zone: ZoneInfo) -> datetime:
+    return at.astimezone(zone).replace(tzinfo=None)
+
+
+def lapsed_between(
+    history: History,
+    now: datetime,
+    min_days: float,
+    max_days: float,
+    zone: ZoneInfo | None = None,
+) -> bool:
+    """Last order at least ``min_days`` and less than ``max_days`` ago; with the customer's
+    ``zone``, calendar days there: in hours, a weekly 10:00 run after the spring-forward change
+    found an order at 09:30 sixty days before 59.98 days old, and the customer came a week
+    late for ``lapsed_days = [60, …]`` (and after the autumn change, never for ``[…, 180]``)."""
+    days = days_since_last_order(history, now, zone)
     return days is not None and min_days <= days < max_days
 
 
@@ -217,15 +238,20 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def last_contacted_within(
-    contacts: Iterable[datetime], now: datetime, days: float, zone: ZoneInfo | None = None
+    contacts: Iterable[datetime],
+    now: datetime,
+    days: float,
+    zone: ZoneInfo | None = None,
+    schedule: ZoneInfo | None = None,
 ) -> bool:
     """A contact in the last ``days``, or one still to come: an e-mail queued for the end of
     quiet hours goes out after ``now``, and the caps count it already. With the customer's
     ``zone``, whole calendar days there, as the caps count them (``caps.days_before``): in
     hours, a weekly 10:00 run found the week across the spring-forward change (167 h)
-    "within seven days" of the last one and left the customer out."""
+    "within seven days" of the last one and left the customer out. ``schedule``: the
+    campaign's zone, as the caps read it (``caps.days_before``)."""
     if zone is not None and float(days).is_integer():
-        since = days_before(now, int(days), zone)
+        since = days_before(now, int(days), zone, schedule)
     else:
         since = now - timedelta(days=days)
     return any(at > since for at in contacts)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from recocamp.campaigns import audience, compose, planner, predictive, render, run, segments
 from recocamp.campaigns import check as checks
-from recocamp.campaigns.files import Campaign, caps_defaults
+from recocamp.campaigns.files import FORECAST_KEYS, Campaign, caps_defaults
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli.common import (
     MAX_ROWS,
@@ -334,11 +334,15 @@ def _not_contacted(
     rules = campaign.audience
     keys = _RULE_KEYS.get(rule, (rule,))
     given = [(key, getattr(rules, key, None)) for key in keys]
-    wanted = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in given if v is not None)
+    wanted = ", ".join(
+        f"{k} = {json.dumps(v, default=str)}" for k, v in given if v not in (None, ())
+    )
     text += f" (the campaign's audience has {wanted or f'{rule} = null'}"
     history = view.history
     if rule in ("lapsed_days", "fallback_lapsed_days"):
-        days = segments.days_since_last_order(history, context.now)
+        days = segments.days_since_last_order(
+            history, context.now, context.zone(view.customer.time_zone)
+        )
         bounds = getattr(rules, rule) or ()
         text += (
             ", the customer never ordered"
@@ -357,6 +361,7 @@ def _not_contacted(
 _RULE_KEYS = {
     planner.AudienceRule.ORDERS.value: ("min_orders", "max_orders"),
     planner.AudienceRule.SPEND.value: ("min_spend", "max_spend"),
+    planner.AudienceRule.NO_FORECAST.value: FORECAST_KEYS,
 }
 
 

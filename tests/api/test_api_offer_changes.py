@@ -98,7 +98,7 @@ def test_a_purchase_through_one_process_reaches_the_other_for_that_customer_only
     buy(one, two, buyer, bought, "live-2")
     after = offers(two, buyer, "n=5&mode=discover")  # SQLite: at once, no waiting
     assert bought not in ids(after)
-    assert after["basis_reason"] == "recalculated: changed since training"
+    assert after["basis_reason"] == "popular: nothing of the recalculated list fits the request"
     assert offers(two, bystander, "n=5") == untouched
     assert service.tally.computed == computed + 1  # the buyer's answer only
     assert service.tally.forgotten == forgotten + 1

@@ -136,6 +136,23 @@ def test_discover_explains_with_a_bought_item(app: FastAPI) -> None:
     assert not owned & set(ids(answer))
 
 
+def test_an_answer_of_popular_items_alone_says_so(app: FastAPI) -> None:
+    """Discover mode over a personal list the rules leave nothing of (all bought, or excluded
+    by the shop's page) falls back to recent popularity: every item's ``source`` is
+    ``popular``, and the answer said ``"basis": "personal", "personalised": true`` (a widget
+    headed "picked for you" over the shop's best sellers). It says ``popular`` and why."""
+    customer, cached = cached_customer(engine_of(app))
+    listed = [str(item) for item, _ in cached][:100]
+    query = "n=3&mode=discover&" + "&".join(f"exclude={item}" for item in listed)
+    answer = offers(app, customer, query)
+    assert len(answer["items"]) == 3
+    assert {entry["source"] for entry in answer["items"]} == {"popular"}
+    assert (answer["basis"], answer["personalised"]) == ("popular", False)
+    assert answer["basis_reason"] == "popular: nothing of the personal list fits the request"
+    mixed = offers(app, customer, "n=3")
+    assert (mixed["basis"], mixed["personalised"]) == ("personal", True)
+
+
 def cached_customers(app: FastAPI, count: int) -> list[str]:
     """The first ``count`` customers of the cached top-N, by id."""
     with engine_of(app).connect() as connection:
@@ -280,7 +297,7 @@ def test_a_purchase_event_is_visible_to_the_next_request(app: FastAPI) -> None:
     assert posted.status == 200, posted.text
     after = offers(app, customer, "n=5&mode=discover")
     assert bought not in ids(after)
-    assert after["basis_reason"] == "recalculated: changed since training"
+    assert after["basis_reason"] == "popular: nothing of the recalculated list fits the request"
     assert bought in ids(offers(app, customer, "n=20&mode=replenish"))
 
 

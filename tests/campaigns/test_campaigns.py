@@ -197,6 +197,22 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
             ["line 17, key 'offer.max_price'", "min_price is larger", "(value: 1)"],
         ),
         ("items = 4", "items = 4\nmax_price = inf", ["key 'offer.max_price'", "line 16", "inf"]),
+        # a category both offered and excluded: every customer's e-mail was no_offer, or the
+        # category the marketer meant was dropped without a word
+        (
+            "items = 4",
+            'items = 4\ncategories = ["kitchen", "toys"]\nexclude_categories = ["tea", "kitchen"]',
+            [
+                "line 17, key 'offer.exclude_categories.1'",
+                "also in categories, which offers only those",
+                "(value: 'kitchen')",
+            ],
+        ),
+        (
+            "items = 4",
+            'items = 4\ncategories = ["kitchen"]\nexclude_categories = ["garden"]',
+            None,
+        ),
         (
             "lapsed_days = [60, 180]",
             "lapsed_days = [60, 180]\nmin_spend = inf",

@@ -257,6 +257,84 @@ def test_not_contacted_days_count_calendar_days_across_the_spring_forward() -> N
     assert decision.reason == "not_in_audience:not_contacted_days"
 
 
+@pytest.mark.parametrize(
+    ("zone", "ordered", "now", "outcome", "days"),
+    [
+        # 60 days and 30 minutes on the wall clock, 1,439.5 hours: spring forward in between
+        ("Europe/Berlin", (2026, 1, 30, 9, 30), (2026, 3, 31, 10, 0), Outcome.SEND, 60),
+        ("Europe/Berlin", (2026, 1, 30, 10, 30), (2026, 3, 31, 10, 0), Outcome.SKIP, 59),
+        # 179 days 23.5 hours on the wall clock, 4,320.5 hours: fall back in between
+        ("Europe/Berlin", (2026, 5, 7, 10, 30), (2026, 11, 3, 10, 0), Outcome.SEND, 179),
+        ("Europe/Berlin", (2026, 5, 7, 9, 30), (2026, 11, 3, 10, 0), Outcome.SKIP, 180),
+        # the same instants for a customer in New York (its own change on 8 March; 04:00
+        # there: deferred to the end of quiet hours) and in Tokyo (no change: hours are days)
+        ("America/New_York", (2026, 1, 30, 3, 30), (2026, 3, 31, 4, 0), Outcome.DEFER, 60),
+        ("Asia/Tokyo", (2026, 1, 30, 16, 30), (2026, 3, 31, 17, 0), Outcome.SEND, 60),
+        ("Asia/Tokyo", (2026, 1, 30, 17, 30), (2026, 3, 31, 17, 0), Outcome.SKIP, 59),
+    ],
+)
+@pytest.mark.parametrize("key", ["lapsed_days", "fallback_lapsed_days"])
+def test_lapsed_days_count_calendar_days_in_the_customers_zone(
+    zone: str,
+    ordered: tuple[int, int, int, int, int],
+    now: tuple[int, int, int, int, int],
+    outcome: Outcome,
+    days: int,
+    key: str,
+) -> None:
+    """``lapsed_days = [60, 180]`` at a weekly 10:00 Berlin run: a customer whose last order
+    was at 09:30 sixty calendar days before was 1,439.5 hours, under 60 × 24, before a run
+    after the spring-forward change, skipped as not lapsed, and came a week late; one at 10:30
+    179 days before the autumn change was 4,320.5 hours before it and never came. Days are
+    counted on the customer's wall clock, as ``not_contacted_days`` and the caps count them."""
+    local = ZoneInfo(zone)
+    at = datetime(*ordered[:5], tzinfo=local).astimezone(UTC)
+    run_at = datetime(*now[:5], tzinfo=local).astimezone(UTC)
+    audience: dict[str, object] = {key: [60, 180]}
+    if key == "fallback_lapsed_days":
+        audience["churn_risk"] = ["high"]  # no live forecast: the fallback decides
+    lapsed = campaign(audience=audience)
+    order = Order(at, 20.0, frozenset({"mug"}), frozenset({"kitchen"}))
+    customer = view(time_zone=zone, history=History((order,)))
+    decision = decide(lapsed, customer, replace(CONTEXT, now=run_at), lapsed.policy(CONTEXT.policy))
+    assert decision.outcome is outcome, decision.reason
+    if key == "fallback_lapsed_days":  # the words count the days the rule counted
+        assert f"lapsed {days} days (no live forecast)" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("schedule", "customer", "last", "now"),
+    [
+        # a Berlin shop's weekly 10:00 run is 18:00 in Tokyo, then 17:00 after the EU change
+        ("Europe/Berlin", "Asia/Tokyo", (2026, 3, 24), (2026, 3, 31)),
+        # a New York shop's weekly 10:00 run is 16:00 in Berlin, then 15:00 after the US change
+        ("America/New_York", "Europe/Berlin", (2026, 3, 3), (2026, 3, 10)),
+    ],
+)
+def test_a_weekly_run_is_a_week_after_the_last_for_customers_in_other_zones(
+    schedule: str, customer: str, last: tuple[int, int, int], now: tuple[int, int, int]
+) -> None:
+    """Seven days' cooldown and a weekly campaign at 10:00 in the schedule's zone: when that
+    zone changes its clocks and the customer's does not (or on another day), this week's run
+    is an hour earlier on the customer's clock, last week's mail was "within seven days" of it
+    there, and every such customer was skipped for ``cooldown`` that week. The windows of
+    days end where the run repeats on the schedule's clock as well: a mail one minute later
+    than last week's run still counts."""
+    zone = ZoneInfo(schedule)
+    ran = datetime(*last, 10, 0, tzinfo=zone).astimezone(UTC)
+    run_at = datetime(*now, 10, 0, tzinfo=zone).astimezone(UTC)
+    weekly = campaign(
+        name="weekly",
+        schedule={"cron": "0 10 * * TUE", "time_zone": schedule},
+        audience={"not_contacted_days": 7},
+    )
+    context = replace(CONTEXT, now=run_at, policy=caps.CapPolicy(cooldown_days=7))
+    for gone, outcome in ((ran, Outcome.SEND), (ran + timedelta(minutes=1), Outcome.SKIP)):
+        mailed = view(time_zone=customer, contacts=(caps.Contact("weekly", gone),))
+        decision = decide(weekly, mailed, context, weekly.policy(context.policy))
+        assert decision.outcome is outcome, decision.reason
+
+
 def test_variants_are_stable_and_follow_their_weights() -> None:
     ab = campaign(variants=[{"name": "A", "weight": 75}, {"name": "B", "weight": 25}])
     first = plan(ab, [view(id=str(n)) for n in range(2000)], CONTEXT)

@@ -7,11 +7,13 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 
 from recocamp.campaigns.audience import snapshot
+from recocamp.campaigns.caps import days_before
 from recocamp.campaigns.files import RISK_TIERS, TIER_FLOOR, Campaign, load_all, never_matching
 from recocamp.campaigns.labels import by_code, reason
 from recocamp.campaigns.planner import REASON_LENGTH, Outcome, counts, with_detail
@@ -96,7 +98,8 @@ def shop(
         for cid in people
     ]
     lines = [
-        Purchase(f"o-{cid}", 1, cid, "i1", 1, 9.5, NOW - timedelta(days=lapsed))
+        # N calendar days before NOW on the customers' clock (lapsed_days counts those)
+        Purchase(f"o-{cid}", 1, cid, "i1", 1, 9.5, days_before(NOW, lapsed, ZoneInfo(zone)))
         for cid, (lapsed, _) in people.items()
     ]
     with engine.begin() as connection:
@@ -204,7 +207,7 @@ def test_an_objector_without_a_fallback_is_skipped_saying_so(engine: sa.Engine) 
     planned = plan_run(engine, SETTINGS, campaign(churn_risk=["high", "medium", "low"]), NOW)
     reasons = {d.customer_id: d.reason for d in planned.decided}
     assert reasons["o"] == (
-        "not_in_audience:churn_risk — objected to profiling, no fallback_lapsed_days"
+        "not_in_audience:no_forecast — objected to profiling, no fallback_lapsed_days"
     )
 
 
@@ -231,7 +234,7 @@ def test_without_a_live_forecast_the_lapsed_rule_decides_for_everyone(
     )
     without_fallback = plan_run(engine, SETTINGS, campaign(p_active_below=0.5), NOW)
     assert {d.outcome for d in without_fallback.decided} == {Outcome.SKIP}
-    assert counts(without_fallback.decided) == {"not_in_audience:p_active_below": 7}
+    assert counts(without_fallback.decided) == {"not_in_audience:no_forecast": 7}
 
 
 def test_the_forecast_is_live_from_its_day_until_its_horizon_closes() -> None:
@@ -461,7 +464,7 @@ def test_a_customer_who_ordered_since_the_forecast_goes_by_the_lapsed_rule(
     without = plan_run(engine, SETTINGS, campaign(churn_risk=["high"]), NOW)
     skipped = {d.customer_id: d.reason for d in without.decided}
     assert skipped["a"] == (
-        "not_in_audience:churn_risk — "
+        "not_in_audience:no_forecast — "
         f"ordered since the forecast rhythm {AS_OF}, no fallback_lapsed_days"
     )
 
@@ -652,3 +655,29 @@ def test_a_customer_who_spent_exactly_min_spend_is_in_the_audience(engine: sa.En
     planned = plan_run(engine, SETTINGS, chosen, NOW)
     reasons = {d.customer_id: d.reason for d in planned.decided}
     assert reasons["n"] == "eligible", reasons
+
+
+@pytest.mark.parametrize("as_of", [None, AS_OF])
+def test_a_skip_for_want_of_any_forecast_is_not_counted_as_a_forecasts_verdict(
+    engine: sa.Engine, as_of: date | None
+) -> None:
+    """Without a fallback, a customer no forecast speaks for (none live; an objector; one not
+    in it) is skipped as ``not_in_audience:no_forecast``: recorded
+    as ``p_active_below``, the report told the marketer that the forecast found all of them
+    too likely to order, while no forecast had judged them."""
+    shop(engine, as_of)
+    planned = plan_run(engine, SETTINGS, campaign(p_active_below=0.5), NOW)
+    reasons = {d.customer_id: d.reason for d in planned.decided}
+    unjudged = {"n", "o"} if as_of is not None else set(FORECAST)
+    for customer in unjudged:
+        assert reasons[customer].startswith("not_in_audience:no_forecast — "), customer
+    if as_of is not None:
+        assert reasons["c"].startswith("not_in_audience:p_active_below — forecast")
+    grouped = {
+        code: count
+        for _, _, code, count in by_code(("winback", "skip", r, 1) for r in reasons.values())
+    }
+    assert grouped["not_in_audience:no_forecast"] == len(unjudged)
+    assert reason("not_in_audience:no_forecast") == (
+        "Not in the audience: no forecast for them, and no fallback rule"
+    )

@@ -219,6 +219,37 @@ def test_check_lists_every_broken_campaign_and_template(workdir: Path) -> None:
     assert "birthday.txt" in result.stderr and "outside the template context" in result.stderr
 
 
+def test_check_refuses_an_existing_customer_campaign_whose_mail_lacks_the_opt_out_notice(
+    workdir: Path,
+) -> None:
+    """UWG §7(3) lets a shop mail its customers without a double opt-in only if every such
+    e-mail tells them that they may object at any time (the layouts print it when
+    ``existing_customer_notice`` is true). A template of its own that never prints it passed
+    check, and every winback mail to an existing customer went out without the notice; a
+    campaign only for double opt-ins needs none. The other campaigns still pass."""
+    import shutil
+
+    shutil.copytree(ROOT / "campaigns", workdir / "campaigns")
+    shutil.copytree(ROOT / "templates", workdir / "templates")
+    for suffix in ("html", "txt"):
+        (workdir / "templates" / f"plain.{suffix}").write_text(
+            "Hello {{ customer.first_name }}: {% for o in offers %}{{ o.title }} {% endfor %}"
+            "Unsubscribe: {{ unsubscribe_url }}"
+        )
+    winback = workdir / "campaigns" / "winback.toml"
+    text = winback.read_text().replace('"winback.html"', '"plain.html"')
+    winback.write_text(text.replace('"winback.txt"', '"plain.txt"'))
+    result = runner.invoke(app, ["check"], terminal_width=300)
+    assert result.exit_code == 2
+    assert "winback.toml" in result.stderr and "birthday.toml" not in result.stderr
+    for suffix in ("html", "txt"):
+        assert (
+            f"templates/plain.{suffix}: never prints the opt-out notice (existing_customer_notice)"
+        ) in result.stderr, result.stderr
+    winback.write_text(winback.read_text().replace(', "existing_customer"]', "]"))
+    assert runner.invoke(app, ["check"]).exit_code == 0
+
+
 def test_check_lists_hostile_templates_and_healthy_campaigns_still_plan(workdir: Path) -> None:
     """Issue 15: a template that would never finish, a misspelt include, an include or
     extends outside the templates folder: each a problem with file and line, exit 2; the
@@ -1578,18 +1609,19 @@ def test_the_synthetic_fallback_names_the_uci_file_it_did_not_find(workdir: Path
     assert expected in result.stdout
 
 
-def test_check_warns_of_a_template_without_the_unsubscribe_link_or_the_notice(
-    workdir: Path,
-) -> None:
+def test_check_warns_of_a_template_without_the_unsubscribe_link(workdir: Path) -> None:
     """A marketer's own template that does not extend the layouts passed ``check`` with no
-    unsubscribe link in its body and, for existing customers (UWG §7(3)), without the notice
-    of their right to object that the law wants in every such e-mail."""
+    unsubscribe link in its body. (Where the campaign mails existing customers, such a
+    template also lacks the UWG §7(3) notice and is refused outright: see
+    ``test_check_refuses_an_existing_customer_campaign_whose_mail_lacks_the_opt_out_notice``.)"""
     (workdir / "campaigns").mkdir()
     shutil.copytree(ROOT / "templates", workdir / "templates")
     for suffix in ("html", "txt"):
         (workdir / "templates" / f"promo.{suffix}").write_text("Hi {{ customer.id }}\n")
     campaign = (ROOT / "campaigns" / "cross_sell.toml").read_text(encoding="utf-8")
     campaign = campaign.replace("cross_sell", "promo")
+    campaign = campaign.replace('"double_opt_in", "existing_customer"', '"double_opt_in"')
+    assert "existing_customer" not in campaign.split("legal_basis", 1)[1].splitlines()[0]
     (workdir / "campaigns" / "promo.toml").write_text(campaign, encoding="utf-8")
     result = runner.invoke(app, ["check"], terminal_width=300)
     assert result.exit_code == 0, result.output
@@ -1597,11 +1629,8 @@ def test_check_warns_of_a_template_without_the_unsubscribe_link_or_the_notice(
     for suffix in ("html", "txt"):
         path = Path("templates") / f"promo.{suffix}"
         assert f"warning: {path}: prints no unsubscribe link (unsubscribe_url)" in said, said
-        assert f"warning: {path}: ignores existing_customer_notice" in said
     assert runner.invoke(app, ["check", "--strict"]).exit_code == 2
-    campaign = campaign.replace('"double_opt_in", "existing_customer"', '"double_opt_in"')
-    (workdir / "campaigns" / "promo.toml").write_text(campaign, encoding="utf-8")
-    for suffix in ("html", "txt"):  # the layouts print both
+    for suffix in ("html", "txt"):  # the layouts print it
         page = (ROOT / "templates" / f"cross_sell.{suffix}").read_text(encoding="utf-8")
         (workdir / "templates" / f"promo.{suffix}").write_text(page, encoding="utf-8")
     clean = runner.invoke(app, ["check", "--strict"], terminal_width=300)
