@@ -112,11 +112,11 @@ def erase(
         tied = ties(schema)
         who, others = subject(connection, tied, customer_id, scope)
         shared, kept_for = bool(others), len(others) if who.exclusive else 0
-        if scope is Scope.ALL_MATCHING:
-            check_count(customer_id, who.ids, expect)
         known = store.customer_email(connection, customer_id)[0]
         if not (known or in_files or store.holds_any(connection, tied, who)):
-            return None
+            return None  # before the count: an id we do not hold is a 404, not a miscount
+        if scope is Scope.ALL_MATCHING:
+            check_count(customer_id, who.ids, expect)
         erasure_id = store.new_erasure(connection, now, via)
         addresses = _tombstone(connection, key, who, now, keep_address=shared and who.exclusive)
         keys = store.send_keys(connection, who.forms)

@@ -432,6 +432,38 @@ def test_the_api_erases_every_id_only_with_their_count(
     assert _ids(engine) == {"sh-ann", "sh-bob"}
 
 
+def test_the_api_answers_404_for_an_unknown_id_whatever_count_is_expected(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """An id we hold nothing about is a 404 as on every other privacy route, also with
+    scope=all-matching and a count: the count was checked first and answered 409 "held by 1
+    customer ids ('nobody')", as if the id were held."""
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    for expect in ("&expect=1", "&expect=2", "&expect=3", ""):
+        path = f"/v1/privacy/customers/sh-nobody?scope=all-matching{expect}"
+        answer = call(app, "DELETE", path, headers=bearer("dpo"))
+        assert answer.status == 404, answer.text
+        assert "hold no data" in answer.json()["detail"]
+
+
+def test_a_miscounted_single_id_is_named_in_the_singular(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    profile = {"source": "test", "email": "sh-one@example.test", "first_name": "One"}
+    put = call(app, "PUT", "/v1/customers/sh-one", json=profile, headers=bearer("shop"))
+    assert put.status == 200, put.text
+    path = "/v1/privacy/customers/sh-one?scope=all-matching&expect=2"
+    refused = call(app, "DELETE", path, headers=bearer("dpo"))
+    assert refused.status == 409, refused.text
+    detail = refused.json()["detail"]
+    assert "1 customer id ('sh-one')" in detail and "customer ids" not in detail
+    assert "2 were expected" in detail and "@" not in refused.text
+    assert _ids(engine) == {"sh-one"}
+
+
 def test_a_data_subject_reaches_their_own_record_only(
     closing: Closing, shop: tuple[sa.Engine, Path]
 ) -> None:
