@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +19,9 @@ from typer.testing import CliRunner, Result
 
 from recocamp.cli import app as cli
 from recocamp.data.drop_folder import import_drop_folder
+from recocamp.data.ingest import Importer
+from recocamp.data.sources.csv import ONLINE_RETAIL_COLUMNS
+from recocamp.errors import DataImportError
 from recocamp.settings import Settings
 from recocamp.store.schema import import_runs, purchases
 from tests.conftest import NOW, write_csv
@@ -148,3 +152,18 @@ def test_the_drop_folder_sets_such_a_file_aside_with_its_errors(
     with engine.connect() as connection:
         query = sa.select(purchases.c.order_id, purchases.c.customer_id)
         assert connection.execute(query).all() == [("o1", "c1")]
+
+
+def test_an_online_retail_file_names_its_own_column(engine: sa.Engine, tmp_path: Path) -> None:
+    """An invoice of customer 17850 exported again under 13047 (the same lines)."""
+    header = list(ONLINE_RETAIL_COLUMNS)
+    line = ["536365", "85123A", "WHITE HANGING HEART", 6, "2010-12-01 08:26:00", 2.55]
+    importer = Importer(engine, zone=ZoneInfo("Europe/London"), now=NOW)
+    first = write_csv(tmp_path / "retail-1.csv", header, [[*line, "17850", "United Kingdom"]])
+    assert importer.purchases(first, "online-retail").imported == 1
+    again = write_csv(tmp_path / "retail-2.csv", header, [[*line, "13047", "United Kingdom"]])
+    with pytest.raises(DataImportError) as refused:
+        importer.purchases(again, "online-retail")
+    text = str(refused.value)
+    assert f"line 2, column 'CustomerID': this order is {REFUSED}" in text
+    assert "(value: '536365')" in text and "17850" not in text
