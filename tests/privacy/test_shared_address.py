@@ -228,6 +228,31 @@ def test_all_matching_erases_nobody_without_the_right_count(
     assert _held(tmp_path)[0] == ["ann", "bob", "carl", "dora"]
 
 
+def test_an_unknown_id_is_held_by_nobody_whatever_count_is_expected(
+    shared: CliRunner, tmp_path: Path
+) -> None:
+    """The CLI twin of the API's 404: the count was checked before anything asked whether
+    the id is held, so an id we hold nothing about was a miscount (exit 2, "held by 1
+    customer ids"), not "we hold no data" (exit 1)."""
+    for expect in ("2", "1"):
+        erase = ["privacy", "erase", "zed", "--all-matching", "--expect", expect, "--yes"]
+        answer = shared.invoke(cli, erase)
+        assert answer.exit_code == 1, answer.output
+        assert "we hold no data about customer 'zed'" in answer.output
+    assert _held(tmp_path) == ALL_HELD
+
+
+def test_a_held_id_alone_is_still_counted_before_the_question(
+    shared: CliRunner, tmp_path: Path
+) -> None:
+    erase = ["privacy", "erase", "carl", "--all-matching", "--expect", "2"]
+    refused = shared.invoke(cli, erase, input="y\n")
+    assert refused.exit_code == 2, refused.output
+    text = " ".join(refused.output.split())
+    assert "1 customer id ('carl')" in text and "for good?" not in text
+    assert _held(tmp_path) == ALL_HELD
+
+
 def test_the_question_names_how_many_and_whom(shared: CliRunner, tmp_path: Path) -> None:
     _dora(shared, tmp_path)
     erase = ["privacy", "erase", "bob", "--all-matching", "--expect", "3"]
