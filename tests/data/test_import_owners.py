@@ -23,7 +23,7 @@ from recocamp.data.ingest import Importer
 from recocamp.data.sources.csv import ONLINE_RETAIL_COLUMNS
 from recocamp.errors import DataImportError
 from recocamp.settings import Settings
-from recocamp.store.schema import import_runs, purchases
+from recocamp.store.schema import import_runs, orders, purchases
 from tests.conftest import NOW, write_csv
 
 HEADER = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
@@ -56,6 +56,8 @@ def _stored(database: Path) -> tuple[dict[str, set[str | None]], int]:
             for order_id, customer_id in connection.execute(query):
                 owners.setdefault(order_id, set()).add(customer_id)
             runs = connection.execute(sa.select(sa.func.count()).select_from(import_runs))
+            claimed = set(connection.execute(sa.select(orders.c.order_id)).scalars())
+            assert claimed == set(owners)  # no order claimed without its lines
             return owners, int(runs.scalar_one())
     finally:
         engine.dispose()
