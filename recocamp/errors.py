@@ -187,11 +187,14 @@ class CoverageCountError(SharedAddressError):
             if expected is None
             else f"{expected} {'was' if expected == 1 else 'were'} expected"
         )
-        RecocampError.__init__(
-            self,
+        held = (
             f"the e-mail address of customer {customer_id!r} is held by {len(covered)} "
-            f"customer ids ({shown}{more}); {said}: nothing was done",
+            if len(covered) > 1
+            else f"no other customer id holds the e-mail address of customer {customer_id!r}: "
+            f"it covers {len(covered)} "
         )
+        ids = "customer id" if len(covered) == 1 else "customer ids"
+        RecocampError.__init__(self, f"{held}{ids} ({shown}{more}); {said}: nothing was done")
 
     def __reduce__(self) -> tuple[object, ...]:
         return type(self), (self.customer_id, self.others, self.expected)

@@ -8,8 +8,10 @@ one transaction. Importing the same file again (same SHA-256) changes nothing an
 kind was imported since, :meth:`Importer._seen`).
 Overlapping files are safe too, also when imported at the same time: an order is written
 whole by one import (claimed by its digest, as ``queries.store_orders`` does); another
-holding the same order with the same lines counts them as duplicates, one holding it with
-other lines is refused, naming the order and the line it starts on.
+holding the same order with the same lines under the same customer (or as a guest order
+both times) counts them as duplicates, one holding it with other lines, or under another
+customer, is refused, naming the order and the line it starts on (never the other
+customer: ``staging.moved``), as the API refuses it.
 
 A purchases file of any size is streamed (``store.staging``): the validating pass reads it
 once, staging its good lines in chunks in a temporary table, and checks the repeats of the
@@ -623,12 +625,19 @@ class Importer:
                 self._claim_split(connection)
             self.progress.advance(total.lines)
         claimed = staging.claimed(connection, self.max_listed)
-        if claimed.conflicted:
-            column = "InvoiceNo" if fmt == "online-retail" else "order_id"
-            first = staging.first_lines(connection, claimed.conflicts)
-            raise _conflict(
-                path, claimed.conflicts, claimed.conflicted, column, first, self.max_listed
-            )
+        moved, moved_count = staging.moved(connection, self.max_listed)
+        if claimed.conflicted or moved_count:
+            retail = fmt == "online-retail"
+            first = staging.first_lines(connection, [*claimed.conflicts, *moved])
+            problems = [
+                _problem(OTHER_LINES, "InvoiceNo" if retail else "order_id", order_id, first)
+                for order_id in claimed.conflicts
+            ]
+            problems += [
+                _problem(OTHER_CUSTOMER, "CustomerID" if retail else "customer_id", order_id, first)
+                for order_id in moved
+            ]
+            raise _conflict(path, problems, claimed.conflicted + moved_count, self.max_listed)
         written, repeated = total.lines - claimed.repeated_lines, claimed.repeated_lines
         staging.copy_kept(connection, run_id, written)
         details = {
@@ -807,24 +816,21 @@ def _fields(report: ImportReport) -> dict[str, Any]:
     return {name: getattr(report, name) for name in ImportReport.__slots__}
 
 
-def _conflict(
-    path: Path,
-    order_ids: list[str],
-    count: int,
-    column: str,
-    first_lines: dict[str, int],
-    max_listed: int,
-) -> DataImportError:
-    problems = [
-        Problem(
-            "this order is already stored with other lines",
-            line=first_lines.get(order_id),
-            column=column,
-            value=order_id,
-        )
-        for order_id in order_ids[:max_listed]
-    ]
-    return DataImportError(path, problems, more=max(0, count - len(problems)))
+OTHER_LINES = "this order is already stored with other lines"
+OTHER_CUSTOMER = (  # never whose: the other customer's id is not the file's to learn
+    "this order is already stored under another customer or as a guest order "
+    "(an order is one customer's)"
+)
+
+
+def _problem(message: str, column: str, order_id: str, first_lines: dict[str, int]) -> Problem:
+    return Problem(message, line=first_lines.get(order_id), column=column, value=order_id)
+
+
+def _conflict(path: Path, problems: list[Problem], count: int, max_listed: int) -> DataImportError:
+    """The orders refused (``count`` of them), the first lines of the file first."""
+    shown = sorted(problems, key=lambda problem: problem.line or 0)[:max_listed]
+    return DataImportError(path, shown, more=max(0, count - len(shown)))
 
 
 def _customer_id(row: Customer) -> str:

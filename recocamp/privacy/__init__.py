@@ -13,12 +13,13 @@ May import: the base modules, ``store``, ``data``, ``recommender``, ``campaigns`
 Exports: :func:`export`, :func:`ties`, :func:`personal_columns`, :func:`erase`,
 :class:`ErasureReport`, :class:`Scope` (whom a request covers when other customers hold the
 address), :class:`Link` (the customer's link a request came through), :func:`covered` (the
-ids it would cover, read before asking), :func:`check_count`, :func:`purge`,
-:class:`PurgeReport`, :func:`unprofile`, :class:`ObjectionScrub`, :data:`KEPT` (callers
-import the package: ``from recocamp import privacy``).
+ids it would cover, read before asking), :func:`check_count`, :func:`held` (whether an
+erasure finds anything, read before asking), :func:`purge`, :class:`PurgeReport`,
+:func:`unprofile`, :class:`ObjectionScrub`, :data:`KEPT` (callers import the package:
+``from recocamp import privacy``).
 """
 
-from recocamp.privacy.erasure import ErasureReport, erase
+from recocamp.privacy.erasure import ErasureReport, erase, held
 from recocamp.privacy.holdings import (
     Link,
     Scope,
@@ -42,6 +43,7 @@ __all__ = [
     "covered",
     "erase",
     "export",
+    "held",
     "personal_columns",
     "purge",
     "ties",

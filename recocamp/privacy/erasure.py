@@ -112,11 +112,10 @@ def erase(
         tied = ties(schema)
         who, others = subject(connection, tied, customer_id, scope)
         shared, kept_for = bool(others), len(others) if who.exclusive else 0
+        if not (in_files or _holds(connection, tied, who, customer_id)):
+            return None  # before the count: an id we do not hold is a 404, not a miscount
         if scope is Scope.ALL_MATCHING:
             check_count(customer_id, who.ids, expect)
-        known = store.customer_email(connection, customer_id)[0]
-        if not (known or in_files or store.holds_any(connection, tied, who)):
-            return None
         erasure_id = store.new_erasure(connection, now, via)
         addresses = _tombstone(connection, key, who, now, keep_address=shared and who.exclusive)
         keys = store.send_keys(connection, who.forms)
@@ -163,6 +162,32 @@ def erase(
         customer_ids=who.ids,
         address_kept_for=kept_for,
     )
+
+
+def held(
+    engine: Engine,
+    settings: Settings,
+    customer_id: str,
+    scope: Scope = Scope.UNSHARED,
+    schema: MetaData = metadata,
+) -> bool:
+    """Whether :func:`erase` would find anything of ``customer_id`` (else it erases nobody
+    and answers None), read before anything is done: the CLI checks the count of an
+    all-matching erasure (:func:`check_count`) before it asks, and, as :func:`erase`, only
+    for an id held — one held by nobody is "we hold no data", not a miscount.
+    ``SharedAddressError`` as :func:`subject`."""
+    with engine.connect() as connection:
+        tied = ties(schema)
+        who, _ = subject(connection, tied, customer_id, scope)
+        if _holds(connection, tied, who, customer_id):
+            return True
+    return _in_files(settings, customer_id)
+
+
+def _holds(connection: Connection, tied: list[Ties], who: Subject, customer_id: str) -> bool:
+    """Whether the store holds the customer: their record, or any row tied to them."""
+    known = store.customer_email(connection, customer_id)[0]
+    return bool(known) or store.holds_any(connection, tied, who)
 
 
 def _in_files(settings: Settings, customer_id: str) -> bool:

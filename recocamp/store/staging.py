@@ -353,6 +353,37 @@ def claimed(connection: sa.Connection, listed: int) -> Claimed:
     return Claimed(int(repeated), list(connection.execute(first).scalars()), int(conflicted))
 
 
+def moved(connection: sa.Connection, listed: int) -> tuple[list[str], int]:
+    """The repeated orders (stored before with the same lines, :func:`claimed`) whose
+    stored lines name another customer than the staged ones, or none where these name one
+    (a guest order), or one where these name none: the first ``listed`` in id order, and
+    how many. The digest leaves the customer out (an erasure makes a customer's lines
+    guest lines), so such an order passed for a repeat and stayed where it was; the API
+    refuses it (``queries.customer_conflicts``). Staged lines of an erased customer are
+    guest lines already (:func:`detach`): their order, stored and unlinked by the
+    erasure, stays a repeat. Every staged line of an order names the same customer
+    (``ingest`` refuses a file mixing them), so any one of them stands for the order."""
+    d, s, p = digested.c, staged.c, purchases.c
+    staged_customer = (
+        sa.select(s.customer_id)
+        .where(s.order_id == d.order_id)
+        .limit(1)
+        .correlate(digested)  # two levels up: not correlated by itself
+        .scalar_subquery()
+    )
+    other = (
+        sa.select(p.order_id)
+        .where(p.order_id == d.order_id, p.customer_id.is_distinct_from(staged_customer))
+        .exists()
+    )
+    found = sa.and_(d.stored.is_not(None), d.stored == d.content_sha256, other)
+    count = connection.execute(sa.select(sa.func.count()).where(found)).scalar_one()
+    if not count:
+        return [], 0
+    first = sa.select(d.order_id).where(found).order_by(d.order_id).limit(listed)
+    return list(connection.execute(first).scalars()), int(count)
+
+
 def copy_kept(connection: sa.Connection, import_run_id: int, lines: int) -> None:
     """Copy the staged lines of the orders this import claimed (``lines`` of them) into
     ``purchases``.

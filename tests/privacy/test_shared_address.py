@@ -228,6 +228,31 @@ def test_all_matching_erases_nobody_without_the_right_count(
     assert _held(tmp_path)[0] == ["ann", "bob", "carl", "dora"]
 
 
+def test_an_unknown_id_is_held_by_nobody_whatever_count_is_expected(
+    shared: CliRunner, tmp_path: Path
+) -> None:
+    """The CLI twin of the API's 404: the count was checked before anything asked whether
+    the id is held, so an id we hold nothing about was a miscount (exit 2, "held by 1
+    customer ids"), not "we hold no data" (exit 1)."""
+    for expect in ("2", "1"):
+        erase = ["privacy", "erase", "zed", "--all-matching", "--expect", expect, "--yes"]
+        answer = shared.invoke(cli, erase)
+        assert answer.exit_code == 1, answer.output
+        assert "we hold no data about customer 'zed'" in answer.output
+    assert _held(tmp_path) == ALL_HELD
+
+
+def test_a_held_id_alone_is_still_counted_before_the_question(
+    shared: CliRunner, tmp_path: Path
+) -> None:
+    erase = ["privacy", "erase", "carl", "--all-matching", "--expect", "2"]
+    refused = shared.invoke(cli, erase, input="y\n")
+    assert refused.exit_code == 2, refused.output
+    text = " ".join(refused.output.split())
+    assert "1 customer id ('carl')" in text and "for good?" not in text
+    assert _held(tmp_path) == ALL_HELD
+
+
 def test_the_question_names_how_many_and_whom(shared: CliRunner, tmp_path: Path) -> None:
     _dora(shared, tmp_path)
     erase = ["privacy", "erase", "bob", "--all-matching", "--expect", "3"]
@@ -430,6 +455,38 @@ def test_the_api_erases_every_id_only_with_their_count(
     alone = "/v1/privacy/customers/sh-bob?scope=id&expect=1"
     assert call(app, "DELETE", alone, headers=bearer("dpo")).status == 409
     assert _ids(engine) == {"sh-ann", "sh-bob"}
+
+
+def test_the_api_answers_404_for_an_unknown_id_whatever_count_is_expected(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    """An id we hold nothing about is a 404 as on every other privacy route, also with
+    scope=all-matching and a count: the count was checked first and answered 409 "held by 1
+    customer ids ('nobody')", as if the id were held."""
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    for expect in ("&expect=1", "&expect=2", "&expect=3", ""):
+        path = f"/v1/privacy/customers/sh-nobody?scope=all-matching{expect}"
+        answer = call(app, "DELETE", path, headers=bearer("dpo"))
+        assert answer.status == 404, answer.text
+        assert "hold no data" in answer.json()["detail"]
+
+
+def test_a_miscounted_single_id_is_named_in_the_singular(
+    closing: Closing, shop: tuple[sa.Engine, Path]
+) -> None:
+    engine, artifacts = shop
+    app = closing(make_app(engine, artifacts))
+    profile = {"source": "test", "email": "sh-one@example.test", "first_name": "One"}
+    put = call(app, "PUT", "/v1/customers/sh-one", json=profile, headers=bearer("shop"))
+    assert put.status == 200, put.text
+    path = "/v1/privacy/customers/sh-one?scope=all-matching&expect=2"
+    refused = call(app, "DELETE", path, headers=bearer("dpo"))
+    assert refused.status == 409, refused.text
+    detail = refused.json()["detail"]
+    assert "1 customer id ('sh-one')" in detail and "customer ids" not in detail
+    assert "2 were expected" in detail and "@" not in refused.text
+    assert _ids(engine) == {"sh-one"}
 
 
 def test_a_data_subject_reaches_their_own_record_only(
