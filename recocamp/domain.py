@@ -35,6 +35,9 @@ YEAR_MIN, YEAR_MAX = 1900, 9000  # instants, in UTC: every time zone and both st
 MAX_DAYS = 36_500  # a day count (a setting, a campaign rule, an option): a hundred years
 MAX_COUNT = 1_000_000_000  # a count or a cap a person writes: more is a typo, or an attack
 MONEY_QUANTUM = Decimal("0.0001")  # the scale of NUMERIC(14, 4) (Money)
+# every e-mail's header naming it: the send key in the shop, its digest once it leaves
+# (``tokens.provider_key``, written by ``delivery.esp.http.headers_of``)
+SEND_KEY_HEADER = "X-Recocamp-Send-Key"
 FIELD_MAX = 100_000  # characters in one CSV field; every column's own limit is lower
 TEXT_MAX = {  # free-text columns: their column sizes
     "email": 320,

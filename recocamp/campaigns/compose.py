@@ -10,7 +10,10 @@ Every marketing e-mail carries (RFC 8058, UWG §7(3)):
   unsubscribe_mailto`` names a mailbox that someone reads: an address nobody processes
   would swallow the unsubscribes of mail clients that prefer mailto;
 - a preferences link (``/p/TOKEN``) in the body;
-- ``X-Recocamp-Send-Key``: any receiver can count duplicates;
+- ``X-Recocamp-Send-Key``: any receiver can count duplicates. It holds the send key here
+  (the outbox keeps it so); each provider writes its keyed digest instead
+  (``tokens.provider_key``, ``delivery.esp.http.headers_of``): the send key names the
+  shop's customer id, which the provider and the recipient's mailbox kept;
 - for an NPS campaign (``type = "nps"``) the template's ``survey``: eleven answer links,
   0–10, signed for this customer and survey (see :func:`survey_context`).
 
@@ -29,11 +32,10 @@ from recocamp.campaigns.context import SurveyAnswer, SurveyContext, TemplateCont
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.offers import Offer
 from recocamp.campaigns.planner import CustomerView, Decision
+from recocamp.domain import SEND_KEY_HEADER as SEND_KEY_HEADER  # re-exported: read here
 from recocamp.domain import BodyTemplate, OutgoingEmail
 from recocamp.errors import SubjectError
 from recocamp.settings import Settings
-
-SEND_KEY_HEADER = "X-Recocamp-Send-Key"
 
 
 @dataclass(frozen=True, slots=True)

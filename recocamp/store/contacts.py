@@ -30,6 +30,8 @@ from recocamp.store.tombstones import serialise
 OPT_OUTS = frozenset({"complained", "unsubscribed"})
 KEY_MAX = 200  # contact_events.event_key
 OUTBOX_STATES = {"delivered": "delivered", "bounced": "bounced"}
+# states of an e-mail the provider took that may be recorded with an empty message id
+UNRECORDED_STATES = ("sent", "delivered", "bounced")
 References = Callable[[str], Sequence[str]]  # a send key → the keys its provider may know it by
 
 
@@ -96,10 +98,14 @@ def _outbox_row(
     connection: sa.Connection, event: Event, references: References | None = None
 ) -> Any:
     """The e-mail an event is about: by the send key it names, else by the provider's
-    message id. Postmark names a digest of the send key (``tokens.provider_key``), which
-    only ``references`` turns into one: an e-mail the provider accepted but whose deliverer
-    died before it recorded the message id (still ``claimed``, until the next deliverer
-    looks it up) is found among the claimed e-mails by their digests."""
+    message id. Providers name a digest of the send key (``tokens.provider_key``: Postmark's
+    metadata, SendGrid's custom args, Brevo's ``X-Mailin-custom``), which only
+    ``references`` turns into one; the plain send key is what mail sent by an older version
+    carries. An e-mail whose provider message id is not recorded is found among those by
+    their digests: one the provider accepted but whose deliverer died before it recorded the
+    id (still ``claimed``, NULL id, until the next deliverer looks it up or resends it), and
+    one recorded sent with an empty id (Brevo's ``duplicate_parameter`` answer to a resend, a
+    SendGrid 202 without ``X-Message-Id``), whose events had no other way to it."""
     query = sa.select(
         outbox.c.id,
         outbox.c.send_key,
@@ -118,10 +124,13 @@ def _outbox_row(
         if row is not None:
             return row
     if event.send_key and "/" not in event.send_key and references is not None:
-        # a digest (a send key has a "/"): SendGrid's or Brevo's plain key of a purged or
-        # erased e-mail does not make every event of a post read the claimed e-mails
+        # a digest (a send key has a "/"): a plain key of a purged or erased e-mail (sent by
+        # an older version) does not make every event of a post read the unrecorded e-mails
         unrecorded = query.where(
-            outbox.c.state == "claimed", outbox.c.provider_message_id.is_(None)
+            sa.or_(
+                sa.and_(outbox.c.state == "claimed", outbox.c.provider_message_id.is_(None)),
+                sa.and_(outbox.c.state.in_(UNRECORDED_STATES), outbox.c.provider_message_id == ""),
+            )
         )
         for row in connection.execute(unrecorded):
             if event.send_key in references(row.send_key):

@@ -606,7 +606,9 @@ def test_a_postmark_isp_block_of_our_mail_suppresses_nobody(
 def test_a_brevo_event_finds_its_mail_by_the_send_key_brevo_echoes(store: sa.Engine) -> None:
     """The provider puts the send key in ``X-Mailin-custom``, which Brevo echoes in every
     event ("Transactional webhooks"): a bounce whose message id recocamp never learnt (a
-    resend Brevo answered ``duplicate_parameter``) still marks that mail bounced."""
+    resend Brevo answered ``duplicate_parameter``) still marks that mail bounced. Mail sent
+    now carries the key's digest there (``tests/delivery/test_send_key_webhooks.py``); this
+    is the plain key of mail sent by an older version."""
     bounce = {
         "event": "hard_bounce",
         "email": ADDRESS,

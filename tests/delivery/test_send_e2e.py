@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from recocamp.api.app import create_app
@@ -29,6 +30,8 @@ from recocamp.delivery.esp.fake_server import FakeEsp, Faults, running
 from recocamp.delivery.esp.fake_server import create_app as create_fake
 from recocamp.settings import load_settings
 from recocamp.store.engine import make_engine
+from recocamp.store.schema import outbox
+from recocamp.tokens import provider_key
 
 ROOT = Path(__file__).resolve().parents[2]
 AS_OF = "2011-12-15T10:00:00"
@@ -180,10 +183,19 @@ def test_one_click_unsubscribe_and_bounce_webhook_reach_the_next_run(
                 headers={"X-Postmark-Server-Token": "test-token"},  # its --token guards /_…
             )
             assert bounced.json()["status"] == 200, bounced.text
+    with engine.connect() as connection:  # the ESP knows no customer id: the outbox does
+        rows = connection.execute(sa.select(outbox.c.provider_message_id, outbox.c.send_key))
+        send_keys = {message_id: key for message_id, key in rows}
     engine.dispose()
+    key = settings.signing_key_bytes()
+    for message in fake.messages:  # header and metadata: the send key's keyed digest
+        send_key = send_keys[message["MessageID"]]
+        digest = provider_key(key, send_key)
+        assert message["Headers"]["X-Recocamp-Send-Key"] == digest == message["send_key"]
+        assert message["Metadata"]["send_key"] == digest
     reasons = plan("2011-12-16T10:00:00")
-    assert reasons[first["send_key"].split("/")[1]] == "unsubscribed"
-    assert reasons[second["send_key"].split("/")[1]] == "suppressed"
+    assert reasons[send_keys[first["MessageID"]].split("/")[1]] == "unsubscribed"
+    assert reasons[send_keys[second["MessageID"]].split("/")[1]] == "suppressed"
     assert outbox_counts()["bounced"] == 1
 
 

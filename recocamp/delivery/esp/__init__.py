@@ -96,5 +96,6 @@ def make_provider(settings: Settings, transport: Any = None) -> Provider:
         )
     module = import_module(f"recocamp.delivery.esp.{esp.provider}")
     cls = {"sendgrid": "SendGrid", "brevo": "Brevo", "mailpit": "Mailpit"}[esp.provider]
-    provider: Provider = getattr(module, cls)(**common)
+    # the signing key: the send key (which names a customer) reaches the provider digested
+    provider: Provider = getattr(module, cls)(key=settings.signing_key_bytes(), **common)
     return provider

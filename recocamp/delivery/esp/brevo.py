@@ -1,16 +1,21 @@
 """Brevo: ``POST /v3/smtp/email``, one message per request, with an idempotency key.
 
-The key is a UUID derived from the send key (UUID v5), so a resend of the same e-mail
-within Brevo's idempotency window (15–30 minutes) is dropped by Brevo itself: that is what
-makes the resend after an ambiguous failure safe (``resend_is_safe``). Brevo answers such a
-resend with the error code ``duplicate_parameter`` and sends nothing ("Batch email
-idempotency": the key was used, so the first request went through): that answer is the
-message's acceptance, not a failure, whose message id is unknown: the send key goes in
-``X-Mailin-custom``, which Brevo echoes in its webhook events ("Transactional webhooks"), so
-they find the message without it. A 201 carries ``messageId`` (Brevo's SendEmailResponse);
-a 2xx without one (a proxy's or a captive portal's page, an empty body) is not Brevo's
-answer: ambiguous, so the message is sent again under its key (it was recorded sent, and
-was lost if Brevo never had it). A 400 about the recipient is permanent for that message.
+The key is a UUID derived from the send key's keyed digest (UUID v5 of
+``tokens.provider_key``: stable across retries and processes under one signing key, and,
+unlike a UUID of the send key itself, no test of a guessed customer id), so a resend of
+the same e-mail within Brevo's idempotency window (15–30 minutes) is dropped by Brevo
+itself: that is what makes the resend after an ambiguous failure safe
+(``resend_is_safe``). Brevo answers such a resend with the error code
+``duplicate_parameter`` and sends nothing ("Batch email idempotency": the key was used, so
+the first request went through): that answer is the message's acceptance, not a failure,
+whose message id is unknown: the send key's digest goes in ``X-Mailin-custom`` (the send
+key names the shop's customer id), which Brevo echoes in its webhook events
+("Transactional webhooks"), so they find the message without it. A 201 carries
+``messageId`` (Brevo's SendEmailResponse); a 2xx without one (a proxy's or a captive
+portal's page, an empty body) is not Brevo's answer: ambiguous, so the message is sent
+again under its key (it was recorded sent, and was lost if Brevo never had it). A 400
+about the recipient is permanent for that message. A signing key rotated while a resend
+is pending changes its key: that e-mail may go out twice.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import httpx
 from recocamp.delivery.esp.http import (
     about_recipient,
     error_body,
+    headers_of,
     json_body,
     make_client,
     request,
@@ -32,14 +38,16 @@ from recocamp.delivery.esp.http import (
 )
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import PermanentDeliveryError
+from recocamp.tokens import provider_key
 
 NAMESPACE = uuid.UUID("5b0c4c8e-7e36-4f0e-9d7c-3f3a9a3c2f11")
 # Brevo's answer to a key used within its TTL: an earlier request with it was processed
 DUPLICATE = "duplicate_parameter"
 
 
-def idempotency_key(send_key: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, send_key))
+def idempotency_key(ref: str) -> str:
+    """The idempotency key (Brevo wants a UUID) of a send key's digest ``ref``."""
+    return str(uuid.uuid5(NAMESPACE, ref))
 
 
 class Brevo:
@@ -54,9 +62,11 @@ class Brevo:
         from_email: str,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.client = make_client(base_url, {"api-key": token}, timeout_s, transport)
         self.from_email = from_email
+        self.key = key  # the signing key: what the send keys become at Brevo
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         return [self._send(message) for message in messages]
@@ -67,7 +77,7 @@ class Brevo:
             self.name,
             "POST",
             "/v3/smtp/email",
-            json=_payload(message, self.from_email),
+            json=_payload(message, self.from_email, provider_key(self.key, message.send_key)),
         )
         if response.status_code < 300:
             message_id = text_field(json_body(response), "messageId")
@@ -94,12 +104,13 @@ class Brevo:
         self.client.close()
 
 
-def _payload(message: OutgoingEmail, from_email: str) -> dict[str, Any]:
-    headers = dict(message.headers)
-    headers["idempotencyKey"] = idempotency_key(message.send_key)
+def _payload(message: OutgoingEmail, from_email: str, ref: str) -> dict[str, Any]:
+    headers = dict(headers_of(message, ref))
+    headers["idempotencyKey"] = idempotency_key(ref)
     # Brevo echoes X-Mailin-custom in each webhook event of the message: its events find
-    # the outbox row by send key, also when the message id is unknown (a duplicate_parameter)
-    headers["X-Mailin-custom"] = message.send_key
+    # the outbox row by the digest (``store.contacts``), also when the message id is unknown
+    # (a duplicate_parameter)
+    headers["X-Mailin-custom"] = ref
     return {
         "sender": {"email": from_email},
         "to": [{"email": message.to}],

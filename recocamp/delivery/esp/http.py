@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import orjson
 
+from recocamp.domain import SEND_KEY_HEADER, OutgoingEmail
 from recocamp.errors import BatchTooLargeError, DeliveryError, TransientDeliveryError
 
 RATE_RESET_HEADERS = ("x-ratelimit-reset", "ratelimit-reset", "x-sib-ratelimit-reset")
@@ -231,3 +232,15 @@ def about_recipient(message: str) -> bool:
     run over a typo in ``from_email``."""
     text = message.lower()
     return "email" in text and not any(word in text for word in _OURS)
+
+
+def headers_of(message: OutgoingEmail, reference: str) -> list[tuple[str, str]]:
+    """The message's headers as they leave the shop: ``X-Recocamp-Send-Key`` holds
+    ``reference`` (``tokens.provider_key`` of the send key), in its place, not the send key
+    that ``compose`` (and an e-mail queued by an older version) put there. The send key names
+    the shop's customer id, which the provider, the recipient's mailbox and anyone the mail
+    is forwarded to kept; the digest counts duplicates as well."""
+    named = SEND_KEY_HEADER.lower()
+    return [
+        (name, reference if name.lower() == named else value) for name, value in message.headers
+    ]

@@ -20,6 +20,7 @@ import httpx
 
 from recocamp.delivery.esp.http import (
     about_recipient,
+    headers_of,
     json_body,
     make_client,
     request,
@@ -27,6 +28,7 @@ from recocamp.delivery.esp.http import (
 )
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import ConfigError, PermanentDeliveryError, Problem
+from recocamp.tokens import provider_key
 
 
 class Mailpit:
@@ -41,16 +43,22 @@ class Mailpit:
         from_email: str,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.client = make_client(base_url, basic_auth(token), timeout_s, transport)
         self.from_email = from_email
+        self.key = key  # the signing key: what the send keys become in the send-key header
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         return [self._send(message) for message in messages]
 
     def _send(self, message: OutgoingEmail) -> SendResult:
         response = request(
-            self.client, self.name, "POST", "/api/v1/send", json=_payload(message, self.from_email)
+            self.client,
+            self.name,
+            "POST",
+            "/api/v1/send",
+            json=_payload(message, self.from_email, provider_key(self.key, message.send_key)),
         )
         if response.status_code < 300:  # taken, whatever the body says (a proxy's, no ID)
             message_id = text_field(json_body(response), "ID")
@@ -87,13 +95,13 @@ def basic_auth(token: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
 
 
-def _payload(message: OutgoingEmail, from_email: str) -> dict[str, Any]:
+def _payload(message: OutgoingEmail, from_email: str, ref: str) -> dict[str, Any]:
     return {
         "From": {"Email": from_email},
         "To": [{"Email": message.to}],
         "Subject": message.subject,
         "HTML": message.html,
         "Text": message.text,
-        "Headers": dict(message.headers),
+        "Headers": dict(headers_of(message, ref)),
         "Tags": [message.campaign] if message.campaign else [],
     }

@@ -1,8 +1,9 @@
 """Postmark: ``POST /email/batch`` (≤ 500 messages), search by metadata for reconciliation.
 
-The metadata names each message by a keyed digest of its send key (``tokens.provider_key``),
-not the send key: that holds the customer id, which Postmark has no use for, and may be
-longer than the 80 characters Postmark allows a metadata value.
+The metadata (and the ``X-Recocamp-Send-Key`` header) names each message by a keyed digest
+of its send key (``tokens.provider_key``), not the send key: that holds the customer id,
+which Postmark has no use for, and may be longer than the 80 characters Postmark allows a
+metadata value.
 
 Per-message answers carry an ``ErrorCode``: 0 accepted (``MessageID``), 406 inactive
 recipient (bounced, complained or unsubscribed at Postmark) and 300 invalid request about
@@ -41,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import error_body, json_body, make_client, request
+from recocamp.delivery.esp.http import error_body, headers_of, json_body, make_client, request
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import (
     BatchTooLargeError,
@@ -127,14 +128,15 @@ class Postmark:
         return [_result(m.send_key, answer) for m, answer in zip(messages, body, strict=True)]
 
     def _message(self, message: OutgoingEmail) -> dict[str, Any]:
+        ref = self._ref(message.send_key)
         return {
             "From": self.from_email,
             "To": message.to,
             "Subject": message.subject,
             "HtmlBody": message.html,
             "TextBody": message.text,
-            "Headers": [{"Name": name, "Value": value} for name, value in message.headers],
-            "Metadata": {"send_key": self._ref(message.send_key), "campaign": message.campaign},
+            "Headers": [{"Name": name, "Value": value} for name, value in headers_of(message, ref)],
+            "Metadata": {"send_key": ref, "campaign": message.campaign},
             "Tag": message.campaign,
             "MessageStream": self.message_stream,
         }

@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 
-from recocamp.delivery.esp.http import error_body, make_client, request, without_id
+from recocamp.delivery.esp.http import error_body, headers_of, make_client, request, without_id
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import PermanentDeliveryError
+from recocamp.tokens import provider_key
 
 ACCEPTED = 202  # SendGrid's answer to a send it took
 
@@ -37,18 +38,24 @@ class SendGrid:
         from_email: str,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.client = make_client(
             base_url, {"Authorization": f"Bearer {token}"}, timeout_s, transport
         )
         self.from_email = from_email
+        self.key = key  # the signing key: what the send keys become at SendGrid
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         return [self._send(message) for message in messages]
 
     def _send(self, message: OutgoingEmail) -> SendResult:
         response = request(
-            self.client, self.name, "POST", "/v3/mail/send", json=_payload(message, self.from_email)
+            self.client,
+            self.name,
+            "POST",
+            "/v3/mail/send",
+            json=_payload(message, self.from_email, provider_key(self.key, message.send_key)),
         )
         if response.status_code < 300:
             message_id = response.headers.get("x-message-id", "")
@@ -73,14 +80,18 @@ class SendGrid:
         self.client.close()
 
 
-def _payload(message: OutgoingEmail, from_email: str) -> dict[str, Any]:
+def _payload(message: OutgoingEmail, from_email: str, ref: str) -> dict[str, Any]:
+    """The request; ``ref``: the send key's digest (``tokens.provider_key``), in the
+    ``custom_args`` that SendGrid echoes in each event and in our send-key header. SendGrid
+    stores custom args as "not PII", long-term and visible to its staff ("Don't place PII
+    in this field", Event Webhook Reference): the send key names a customer id."""
     return {
         "personalizations": [{"to": [{"email": message.to}]}],
         "from": {"email": from_email},
         "subject": message.subject,
         "content": _content(message),
-        "headers": dict(message.headers),
-        "custom_args": {"send_key": message.send_key, "campaign": message.campaign},
+        "headers": dict(headers_of(message, ref)),
+        "custom_args": {"send_key": ref, "campaign": message.campaign},
         "categories": [message.campaign] if message.campaign else [],
     }
 

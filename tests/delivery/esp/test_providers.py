@@ -113,9 +113,11 @@ class Sent:
 
     @classmethod
     def of(cls, message: OutgoingEmail, sender: str = FROM) -> Sent:
-        return cls(
-            sender, message.to, message.subject, message.html, message.text, dict(message.headers)
-        )
+        """The message as it leaves: the send-key header holds the send key's digest
+        (``tokens.provider_key``, no signing key here), never the send key."""
+        headers = dict(message.headers)
+        headers["X-Recocamp-Send-Key"] = provider_key(None, message.send_key)
+        return cls(sender, message.to, message.subject, message.html, message.text, headers)
 
 
 @dataclass(frozen=True)
@@ -493,7 +495,10 @@ def test_postmark_request_body_is_a_list_with_metadata_and_stream() -> None:
         )
         for m in messages
     ]
-    assert body[0]["Headers"][0] == {"Name": "X-Recocamp-Send-Key", "Value": messages[0].send_key}
+    assert body[0]["Headers"][0] == {
+        "Name": "X-Recocamp-Send-Key",
+        "Value": provider_key(None, messages[0].send_key),
+    }
 
 
 def test_postmark_partial_batch_failure_maps_each_error_code() -> None:
@@ -697,14 +702,15 @@ def test_sendgrid_400_about_another_field_is_permanent(field_name: str, text: st
     assert "400" in str(error)
 
 
-def test_sendgrid_request_carries_the_send_key_in_custom_args() -> None:
+def test_sendgrid_request_carries_the_send_key_digest_in_custom_args() -> None:
     recorder = Recorder(_sendgrid_accepted)
     message = email()
     provider = SendGrid(BASE_URL, TOKEN, FROM, transport=httpx.MockTransport(recorder))
     provider.send_batch([message])
     provider.close()
     [body] = recorder.bodies
-    assert body["custom_args"] == {"send_key": message.send_key, "campaign": "winback"}
+    reference = provider_key(None, message.send_key)
+    assert body["custom_args"] == {"send_key": reference, "campaign": "winback"}
     assert body["categories"] == ["winback"]
 
 
@@ -719,7 +725,7 @@ def test_brevo_sends_the_idempotency_key_of_each_send_key() -> None:
     provider.close()
 
     keys = [body["headers"]["idempotencyKey"] for body in recorder.bodies]
-    assert keys == [idempotency_key(m.send_key) for m in messages]
+    assert keys == [idempotency_key(provider_key(None, m.send_key)) for m in messages]
     assert keys[0] != keys[1]
 
 
