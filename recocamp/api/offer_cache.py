@@ -951,6 +951,11 @@ class OfferService:
 
     # --- similar items -----------------------------------------------------------------------
 
+    def stored_id(self, customer_id: str) -> str:
+        """The form the store holds a composed customer id in (``registry.stored_id``)."""
+        with self.engine.connect() as connection:
+            return registry.stored_id(connection, customer_id)
+
     def similar(self, item_id: str, n: int) -> tuple[str, list[tuple[Item, float]]] | None:
         """In-stock items most like ``item_id`` per the live model: ``(version, items)``;
         None when no model is live or the model does not know the item."""
