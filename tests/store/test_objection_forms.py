@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from recocamp.domain import Customer, Item, Purchase
-from recocamp.store import forecasts, profiles, queries, serving, training_lines
+from recocamp.store import forecasts, measure, profiles, queries, serving, training_lines
 from recocamp.store.schema import recommendations
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -68,3 +68,11 @@ def test_an_objection_drops_the_personal_list_stored_under_another_form(
         queries.drop_unprofiled_recommendations(connection)
         left = connection.execute(sa.select(r.customer_id)).scalars().all()
     assert left == ["c1"]
+
+
+def test_rfm_segments_leave_out_every_form_of_an_objectors_id(engine: sa.Engine) -> None:
+    """The segment sizes (``measure.jobs``) count customers of the purchase lines but those
+    ``unsegmented``: the objector's lines under the decomposed form were placed in one."""
+    _shop(engine)
+    with engine.connect() as connection:
+        assert measure.unsegmented(connection) == {COMPOSED, DECOMPOSED}
