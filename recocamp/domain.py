@@ -97,6 +97,23 @@ def zone_name_problem(name: str) -> str | None:
     return None
 
 
+def composed(value: str) -> str:
+    """An id in Unicode's composed form (NFC): ``Müller`` typed on one system and exported
+    decomposed (``u`` + U+0308) by another is the same id to a person, and was stored as a
+    second customer (a file naming both forms held two; a person's orders split over two).
+    Files and the API read every id composed, as they read it trimmed (the API's ids in
+    bodies and paths: ``api.lean.PathId``); tombstones match every form. An ASCII id (the
+    usual) costs one ``isascii()``."""
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
+
+
+def composed_text(value: object) -> object:
+    """:func:`composed` as a validator that runs before the type's own (pydantic's
+    ``BeforeValidator``): a text composed, so its length and pattern are checked as a file's
+    id is (composed first); anything else is left to the type to refuse."""
+    return composed(value) if isinstance(value, str) else value
+
+
 def check_id(value: str) -> str:
     """``value`` when it can be an id, else ValueError with :func:`id_problem`'s message: the
     one id rule as a validator (pydantic's ``AfterValidator`` on the API's ids)."""

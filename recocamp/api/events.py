@@ -77,21 +77,26 @@ from recocamp.domain import (
     Locale,
     Purchase,
     check_id,
+    composed_text,
     future_problem,
     price_problem,
 )
 from recocamp.errors import OrderConflictError
 from recocamp.settings import Settings
-from recocamp.store import engagement, queries, tombstones
+from recocamp.store import engagement, queries, registry, tombstones
 from recocamp.store.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 
 
-# the importer's id rule: the pattern keeps out ASCII controls, ``check_id`` the rest (a regex
-# for every non-printable character is not portable to OpenAPI)
+# the importer's id rule: composed first (``domain.composed``), as a file's id; the pattern
+# keeps out ASCII controls, ``check_id`` the rest (a regex for every non-printable character
+# is not portable to OpenAPI)
 Id = Annotated[
-    str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN), AfterValidator(check_id)
+    str,
+    Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN),
+    AfterValidator(check_id),
+    BeforeValidator(composed_text),
 ]
 Text = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
 
@@ -440,6 +445,7 @@ def router(
             )
         try:
             with _checked(engine) as connection:
+                customer_id = registry.stored_id(connection, customer_id)
                 _admit(connection, secret, customer_id, body, f"api:{key.name}", now)
                 changed = profiles.apply(
                     connection,

@@ -70,6 +70,7 @@ def router(engine: Engine, problems: dict[int | str, Any]) -> APIRouter:
         is due. 404 for an unknown customer, one without a forecast (no purchase before
         ``as_of``, or none stored yet) and one who objected to profiling."""
         with engine.connect() as connection:
+            customer_id = registry.stored_id(connection, customer_id)
             person = registry.customer(connection, customer_id)
             version = store.current_version(connection)
             row = store.customer_forecast(connection, customer_id)

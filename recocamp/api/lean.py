@@ -25,17 +25,22 @@ from urllib.parse import parse_qsl
 from fastapi import Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
 
-from recocamp.domain import ID_MAX, ID_PATTERN, check_id, id_problem
+from recocamp.domain import ID_MAX, ID_PATTERN, check_id, composed, composed_text, id_problem
 
 T = TypeVar("T")
 Parse = Callable[[Request], Awaitable[dict[str, Any]]]
-# a customer or item id in a path: the importer's rule (``domain.id_problem``); the pattern
-# keeps out ASCII controls in the schema, ``check_id`` the other non-printable characters
-PathId = Annotated[
+# a customer or item id in a path as given: the importer's rule (``domain.id_problem``); the
+# pattern keeps out ASCII controls in the schema, ``check_id`` the other non-printable
+# characters. The privacy routes take it so: they match every Unicode form of it anyway
+# (``domain.id_forms``), one stored by an older version in neither form too.
+GivenPathId = Annotated[
     str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN), AfterValidator(check_id)
 ]
+# the same, composed first as a file's id is (``domain.composed``): ``Mu`` + U+0308 ``ller``
+# in a path is the customer ``Müller`` that files and purchase events name
+PathId = Annotated[GivenPathId, BeforeValidator(composed_text)]
 ID_MATCH = re.compile(ID_PATTERN)
 # scope key: time.perf_counter() as the request was parsed (``recocamp serve``: api.protocol)
 # or entered the app (HttpMetrics, elsewhere); after its arrival either way
@@ -74,8 +79,16 @@ def header(request: Request, name: bytes) -> str | None:
     return None
 
 
+def path_id(value: str, loc: Sequence[str | int]) -> tuple[str, list[dict[str, Any]]]:
+    """``value`` as a :data:`PathId` makes it (composed) and what FastAPI says about it
+    (no errors: an id), in its order: length first (an empty id reaches a ``{id:path}``
+    route), then the pattern."""
+    value = composed(value)
+    return value, id_errors(value, loc)
+
+
 def id_errors(value: str, loc: Sequence[str | int]) -> list[dict[str, Any]]:
-    """What FastAPI says about ``value`` as a :data:`PathId` (no errors: an id), in its
+    """What FastAPI says about ``value`` as a :data:`GivenPathId` (no errors: an id), in its
     order: length first (an empty id reaches a ``{id:path}`` route), then the pattern."""
     if not value:
         return [

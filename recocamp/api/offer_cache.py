@@ -81,7 +81,7 @@ from recocamp.api import histories
 from recocamp.campaigns import offers
 from recocamp.campaigns.segments import History
 from recocamp.clock import Clock
-from recocamp.domain import Item
+from recocamp.domain import Item, id_forms
 from recocamp.errors import ModelError
 from recocamp.recommender import models as model
 from recocamp.recommender import serving
@@ -955,13 +955,25 @@ class OfferService:
 
     # --- similar items -----------------------------------------------------------------------
 
+    def stored_id(self, customer_id: str) -> str:
+        """The form the store holds a composed customer id in (``registry.stored_id``)."""
+        with self.engine.connect() as connection:
+            return registry.stored_id(connection, customer_id)
+
     def similar(self, item_id: str, n: int) -> tuple[str, list[tuple[Item, float]]] | None:
         """In-stock items most like ``item_id`` per the live model: ``(version, items)``;
-        None when no model is live or the model does not know the item."""
+        None when no model is live or the model does not know the item. ``item_id`` is
+        composed (``api.lean.PathId``); a model learnt from lines that versions before the
+        API composed ids stored decomposed knows that form (tried next)."""
         snapshot = self.snapshot()
         live = snapshot.live
-        if live is None or item_id not in live.columns:
+        if live is None:
             return None
+        if item_id not in live.columns:
+            known = [form for form in id_forms((item_id,)) if form in live.columns]
+            if not known:
+                return None
+            item_id = known[0]
         pool = live.similar(item_id, offers.similar_pool(n))
         return live.version, offers.first_offerable(pool, snapshot.catalogue, n, item_id)
 

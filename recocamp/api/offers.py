@@ -127,6 +127,8 @@ def next_best_offer_route(
         _at_most(MAX_FILTERS, category=category, exclude=exclude)
         query = OfferQuery(n, Mode(mode), _set(category), _set(exclude))
         entered = request.scope.get(api_lean.ENTERED, math.inf)
+        if not customer_id.isascii():  # composed (PathId): stored so, or by older versions not
+            customer_id = await run_in_threadpool(service.stored_id, customer_id)
         body = service.lookup(customer_id, query, entered)
         if body is None:
             body = await run_in_threadpool(service.respond, customer_id, query)
@@ -157,8 +159,9 @@ def next_best_offer_route(
         authorization = api_lean.header(request, b"authorization")
         key = auth.check(authorization, "offers:read", request.scope)
         values, errors = query_of(request.scope.get("query_string", b""))
-        customer_id = str(request.path_params["customer_id"])
-        bad_id = api_lean.id_errors(customer_id, ("path", "customer_id"))
+        customer_id, bad_id = api_lean.path_id(
+            str(request.path_params["customer_id"]), ("path", "customer_id")
+        )
         api_lean.raise_if([*bad_id, *errors] if bad_id else errors)  # FastAPI: path first
         return {"request": request, "customer_id": customer_id, "key": key, **values}
 

@@ -36,7 +36,7 @@ from recocamp.store.engine import Engine
 from recocamp.store.queries import audit
 
 log = logging.getLogger(__name__)
-CustomerId = api_lean.PathId
+CustomerId = api_lean.GivenPathId
 RequestScope = Annotated[
     Literal["id", "all-matching"] | None,
     Query(

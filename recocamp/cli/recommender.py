@@ -38,7 +38,7 @@ from recocamp.cli.common import (
     show,
     within,
 )
-from recocamp.domain import Item, id_problem
+from recocamp.domain import Item, composed, id_problem
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate as evaluate_module
 from recocamp.recommender import models as model_module
@@ -49,6 +49,7 @@ from recocamp.recommender.ranking import objects_to_profiling
 from recocamp.recommender.serving import Cached, Live, Purchases, personal_list
 from recocamp.settings import Settings
 from recocamp.store import queries, registry, views
+from recocamp.store import serving as store_serving
 from recocamp.store.engine import Connection, Engine
 
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
@@ -341,7 +342,9 @@ def _an_id(value: str) -> str:
     """An argument that names a customer: one that cannot be an id (empty, white space at
     either end as a pasted id has, a control character) is refused, exit 2, as the API
     answers 422; taken as it is, it was an unknown customer and got the popular items,
-    with nothing to say the id was mistyped."""
+    with nothing to say the id was mistyped. Composed (``domain.composed``), as the API and
+    files read ids."""
+    value = composed(value)
     problem = "is empty" if not value else id_problem(value)
     if problem:
         raise typer.BadParameter(f"{value!r} {problem}")
@@ -361,7 +364,8 @@ def recommend(customer_id: Annotated[str, typer.Argument(callback=_an_id)], n: T
             live = registry.live(connection)
             if live is None:
                 raise ModelError("no live model: run `recocamp train` first")
-            person = registry.customer(connection, customer_id)
+            customer_id = registry.stored_id(connection, customer_id)  # as the offer API
+            flags = store_serving.profiling_flags(connection, customer_id)  # any Unicode form
             row = registry.cached(connection, customer_id)
             history = history_of(views.customer_orders(connection, customer_id, now), {})
         cached = None if row is None else Cached(row.items, str(row.model_version))
@@ -372,8 +376,8 @@ def recommend(customer_id: Annotated[str, typer.Argument(callback=_an_id)], n: T
             history,
             cached,
             customer_id=customer_id,
-            objected=objects_to_profiling(person),
-            known=person is not None or cached is not None or history.count > 0,
+            objected=objects_to_profiling(flags),
+            known=flags is not None or cached is not None or history.count > 0,
             top_n=max(n, settings.recommender.top_n),
             half_life=settings.recommender.time_decay_half_life_days,
         )

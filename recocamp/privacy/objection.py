@@ -20,6 +20,7 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from recocamp.domain import id_forms
 from recocamp.privacy import artifacts
 from recocamp.settings import Settings
 from recocamp.store import profiles
@@ -55,7 +56,8 @@ def unprofile(
     if customer_ids is None:
         with engine.connect() as connection:
             customer_ids = profiles.objected_ids(connection)
-    scrubbed = artifacts.scrub(engine, settings, customer_ids, "objection")
+    # every Unicode form: a model learnt lines stored under another form of the id as theirs
+    scrubbed = artifacts.scrub(engine, settings, id_forms(customer_ids), "objection")
     if scrubbed.models:
         log.info(
             "objection to profiling: %d customer(s) removed from %d saved model(s)",

@@ -14,10 +14,9 @@ import sqlalchemy as sa
 
 from recocamp.domain import CustomerForecast
 from recocamp.store import tombstones
-from recocamp.store.queries import drop_unprofiled_forecasts, epoch_seconds
+from recocamp.store.queries import drop_unprofiled_forecasts, epoch_seconds, profiled
 from recocamp.store.schema import (
     audit_log,
-    customers,
     erasures,
     forecast_checkpoints,
     forecast_tiers,
@@ -42,13 +41,12 @@ def purchase_lines(
     service = sa.select(items.c.id).where(items.c.is_service.is_(True))
     purchase = sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
     product_orders = sa.select(p.order_id).where(purchase, p.item_id.not_in(service))
-    profiled_not = _unprofiled()
     epoch = epoch_seconds(connection, p.ordered_at)  # exact to SQLite's millisecond
     query = sa.select(p.customer_id, epoch, p.quantity * p.unit_price).where(
         purchase,
         p.customer_id.is_not(None),
         p.ordered_at < until,
-        p.customer_id.not_in(profiled_not),
+        *profiled(connection, p.customer_id),  # any Unicode form of an objector's id
         sa.or_(p.item_id.not_in(service), p.order_id.in_(product_orders)),
     )
     ids: list[str] = []
@@ -61,14 +59,6 @@ def purchase_lines(
             seconds.append(float(at))
             revenue.append(float(value))
     return np.array(ids, dtype=object), np.array(seconds), np.array(revenue)
-
-
-def _unprofiled() -> sa.Select[tuple[str]]:
-    """Ids of customers who objected to profiling or were erased: no forecast is about them."""
-    c = customers.c
-    return sa.select(c.id).where(
-        sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
-    )
 
 
 class ForecastVersion(NamedTuple):
@@ -312,7 +302,7 @@ def kept_predictions(connection: sa.Connection, version: str) -> tuple[list[str]
     k = forecast_checkpoints.c
     query = (
         sa.select(k.customer_id, k.expected_purchase_days)
-        .where(k.version == version, k.customer_id.not_in(_unprofiled()))
+        .where(k.version == version, *profiled(connection, k.customer_id))
         .order_by(k.customer_id)
     )
     rows = connection.execute(query).all()

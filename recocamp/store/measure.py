@@ -19,8 +19,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.domain import Touch
-from recocamp.store.queries import upsert_statement
+from recocamp.domain import Touch, id_forms
+from recocamp.store.queries import UNPROFILED, upsert_statement
 from recocamp.store.schema import (
     customers,
     decisions,
@@ -36,12 +36,10 @@ TREATED_STATES = ("sent", "delivered", "bounced")
 
 def unsegmented(connection: sa.Connection) -> frozenset[str]:
     """Customers no RFM segment counts: those who objected to profiling (placing them in
-    segments such as ``at_risk`` is the profiling they objected to) or were erased."""
-    c = customers.c
-    query = sa.select(c.id).where(
-        sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
-    )
-    return frozenset(str(found) for found in connection.execute(query).scalars())
+    segments such as ``at_risk`` is the profiling they objected to) or were erased, in every
+    Unicode form of their id (``domain.id_forms``: lines under another form are theirs)."""
+    query = sa.select(customers.c.id).where(UNPROFILED)
+    return frozenset(id_forms(str(found) for found in connection.execute(query).scalars()))
 
 
 KPI_COLUMNS = (

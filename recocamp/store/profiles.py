@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from recocamp.domain import email_hashes
+from recocamp.domain import email_hashes, id_forms
 from recocamp.store.schema import (
     audit_log,
     customers,
@@ -115,7 +115,8 @@ def resubscribe(
 
 
 def objected_ids(connection: sa.Connection) -> list[str]:
-    """Every customer who objected to profiling, in id order: the saved models must hold none
-    of them (``privacy.objection``)."""
+    """Every customer who objected to profiling, in every Unicode form of their id
+    (``domain.id_forms``: lines stored under another form were learnt as theirs), in order:
+    the saved models must hold none of them (``privacy.objection``, ``training``)."""
     query = sa.select(customers.c.id).where(customers.c.objected_to_profiling.is_(True))
-    return [str(row) for row in connection.execute(query.order_by(customers.c.id)).scalars()]
+    return sorted(id_forms(str(row) for row in connection.execute(query).scalars()))

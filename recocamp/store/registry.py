@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from recocamp.domain import id_forms
 from recocamp.store import queries
 from recocamp.store.locks import lock_key
 from recocamp.store.schema import (
@@ -309,6 +310,20 @@ _CACHED = sa.select(recommendations).where(
 
 def cached(connection: sa.Connection, customer_id: str) -> sa.Row[Any] | None:
     return connection.execute(_CACHED, {"customer_id": customer_id}).first()
+
+
+def stored_id(connection: sa.Connection, customer_id: str) -> str:
+    """The form the customers table holds ``customer_id`` (composed: ``domain.composed``)
+    in: itself, else its decomposed form where only that is stored (versions before the API
+    composed its ids stored them as given), else itself (a customer not yet known). An ASCII
+    id (the usual) is itself, without a query."""
+    if customer_id.isascii():
+        return customer_id
+    forms = id_forms((customer_id,))  # itself first, then its decomposed form
+    held = set(
+        connection.execute(sa.select(customers.c.id).where(customers.c.id.in_(forms))).scalars()
+    )
+    return next((form for form in forms if form in held), customer_id)
 
 
 def customer(connection: sa.Connection, customer_id: str) -> sa.Row[Any] | None:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+from recocamp.domain import id_forms
 from recocamp.store import queries
 from recocamp.store.engine import Connection, driver_rows
 from recocamp.store.queries import upsert_statement
@@ -52,9 +53,23 @@ _FLAGS = sa.select(customers.c.objected_to_profiling, customers.c.erased_at).whe
 
 
 def profiling_flags(connection: Connection, customer_id: str) -> ProfilingFlags | None:
-    """A customer's objection and erasure; None for an unknown one."""
-    row = connection.execute(_FLAGS, {"customer_id": customer_id}).first()
-    return None if row is None else ProfilingFlags(bool(row.objected_to_profiling), row.erased_at)
+    """A customer's objection and erasure; None for an unknown one. An id that is not ASCII
+    is the same person in every Unicode form (``domain.id_forms``): an objection or erasure
+    recorded under any of them counts (two systems' records of ``José``, one objecting)."""
+    if customer_id.isascii():
+        row = connection.execute(_FLAGS, {"customer_id": customer_id}).first()
+        return (
+            None if row is None else ProfilingFlags(bool(row.objected_to_profiling), row.erased_at)
+        )
+    c = customers.c
+    query = sa.select(c.objected_to_profiling, c.erased_at).where(
+        c.id.in_(id_forms((customer_id,)))
+    )
+    rows = connection.execute(query).all()
+    if not rows:
+        return None
+    erased = [row.erased_at for row in rows if row.erased_at is not None]
+    return ProfilingFlags(any(row.objected_to_profiling for row in rows), min(erased, default=None))
 
 
 class CustomerLines(NamedTuple):

@@ -23,8 +23,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import sqlalchemy as sa
 
 from recocamp.store.engine import driver_cursor, driver_params
-from recocamp.store.queries import JULIAN_UNIX_MS, epoch_seconds, julian_ms
-from recocamp.store.schema import customers, items, purchases
+from recocamp.store.queries import (
+    JULIAN_UNIX_MS,
+    epoch_seconds,
+    julian_ms,
+    profiled,
+    unprofiled,
+)
+from recocamp.store.schema import items, purchases
 
 log = logging.getLogger(__name__)
 
@@ -299,14 +305,13 @@ def _integers(joined: str) -> np.ndarray:
 
 
 def _line_filter(connection: sa.Connection, until: datetime | None) -> list[Any]:
-    p, c, i = purchases.c, customers.c, items.c
-    objected = sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
+    p, i = purchases.c, items.c
     conditions = [
         p.customer_id.is_not(None),
         p.is_return.is_(False),
         p.quantity > 0,
         p.unit_price > 0,
-        p.customer_id.not_in(sa.select(c.id).where(objected)),
+        *profiled(connection, p.customer_id),  # any Unicode form of an objector's id
         p.item_id.not_in(sa.select(i.id).where(i.is_service.is_(True))),
     ]
     if until is not None:
@@ -317,9 +322,8 @@ def _line_filter(connection: sa.Connection, until: datetime | None) -> list[Any]
 def unprofiled_buyers(connection: sa.Connection, until: datetime | None = None) -> int:
     """Customers with purchase lines (before ``until``) who objected to profiling or were
     erased: when no line is learnable, whether that is why (``training.train``'s message)."""
-    p, c = purchases.c, customers.c
-    objected = sa.or_(c.objected_to_profiling.is_(True), c.erased_at.is_not(None))
-    conditions = [p.customer_id.in_(sa.select(c.id).where(objected)), p.is_return.is_(False)]
+    p = purchases.c
+    conditions = [unprofiled(connection, p.customer_id), p.is_return.is_(False)]
     if until is not None:
         conditions.append(epoch_seconds(connection, p.ordered_at) < until.timestamp())
     query = sa.select(sa.func.count(sa.distinct(p.customer_id))).where(*conditions)
@@ -374,7 +378,10 @@ def line_rows(
         conditions += [p.id > between[0], p.id <= between[1]]
     query = sa.select(p.customer_id, p.item_id, p.order_id, epoch).where(*conditions)
     query = query.order_by(p.id)  # a stable order: the data fingerprint depends on it
-    compiled = query.compile(dialect=connection.dialect)
+    # the IN lists (profiled) rendered as plain parameters, for the driver's own cursor
+    compiled = query.compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
     params = driver_params(compiled)
     is_postgres = connection.dialect.name == "postgresql"
     with driver_cursor(connection, "recocamp_training_lines" if is_postgres else None) as cursor:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from recocamp import privacy, tokens
 from recocamp.api.app import create_app
 from recocamp.clock import FixedClock
+from recocamp.data import profiles
 from recocamp.domain import email_hash, stored_price
 from recocamp.store import tombstones
 from recocamp.store.schema import (
@@ -606,22 +607,64 @@ def test_an_erased_id_in_another_unicode_form_is_gone_until_a_new_sign_up(
     signed = put(app, {**profile, **fresh, "new_sign_up": True}, decomposed)
     assert signed.status == 200, signed.text
     assert put(app, {"source": "account page", "first_name": "J"}, decomposed).status == 200
-    assert person(engine, "Jose\u0301") is not None and person(engine, "Jos\u00e9") is None
+    assert person(engine, "Jos\u00e9") is not None and person(engine, "Jose\u0301") is None
 
 
-def test_a_purchase_events_ids_are_taken_as_given_as_put_takes_the_customers(
-    app: FastAPI,
-) -> None:
-    """Files read ids composed (Unicode NFC); the API takes them as given, PUT and purchase
-    events alike, so a shop sending ``Mu`` + U+0308 ``ller`` finds its orders under the
-    customer it created (events read through the file parser were composed for a moment)."""
-    decomposed = "Mu\u0308ller"
-    assert put(app, {"source": "signup", "email": "m@example.test"}, "Mu%CC%88ller").status == 200
-    reply = post(app, order("O\u03081", decomposed))
+def test_an_id_in_another_unicode_form_is_one_customer_through_the_api(app: FastAPI) -> None:
+    """Files read ids composed (Unicode NFC); the API took them as given, so ``Mu`` +
+    U+0308 ``ller`` from one system and ``Müller`` from another were two customers between a
+    file and the API (and within the API): the API composes its ids, in bodies and paths,
+    as files do. PUT under the decomposed form stores the composed id, the composed form
+    changes that record, and orders and reviews name it."""
+    decomposed, composed = "Mu\u0308ller", "M\u00fcller"
+    created = put(app, {"source": "signup", "email": "m@example.test"}, "Mu%CC%88ller")
+    assert created.status == 200, created.text
+    assert created.json()["customer_id"] == composed and created.json()["created"] is True
+    again = put(app, {"source": "account page", "first_name": "M"}, "M%C3%BCller")
+    assert again.status == 200 and again.json()["created"] is False, again.text
+    item = "To\u0308pfchen"
+    bought = [{"item_id": item, "quantity": 1, "unit_price": 2.0}]
+    reply = post(app, order("O\u03081", decomposed, lines=bought))
     assert reply.status == 200, reply.text
-    stored = {(row[0], row[2]) for row in lines(engine_of(app))}
-    assert stored == {("O\u03081", decomposed)}
-    assert person(engine_of(app), decomposed) is not None
+    assert {(r[0], r[2], r[3]) for r in lines(engine_of(app))} == {
+        ("\u00d61", composed, "T\u00f6pfchen")
+    }
+    review = {
+        "review_id": "E\u03081",
+        "customer_id": decomposed,
+        "occurred_at": "2012-01-04T18:30:00Z",
+    }
+    reviewed = call(app, "POST", "/v1/events/reviews", json=review, headers=bearer("shop"))
+    assert reviewed.status == 200, reviewed.text
+    with engine_of(app).connect() as connection:
+        held = connection.execute(sa.select(customers.c.id)).scalars().all()
+        e = engagement_events.c
+        told = connection.execute(sa.select(e.event_id, e.customer_id)).all()
+    assert held == [composed] and [tuple(r) for r in told] == [("\u00cb1", composed)]
+    assert person(engine_of(app), decomposed) is None
+
+
+def test_a_path_finds_a_customer_an_older_version_stored_decomposed(app: FastAPI) -> None:
+    """Versions that took API ids as given stored ``Mu`` + U+0308 ``ller`` decomposed; a
+    path is composed now, and then looks up the composed form first, then the decomposed
+    one: PUT under either form changes the stored record (no second, composed one) and the
+    forecast route knows the customer."""
+    decomposed, composed = "Mu\u0308ller", "M\u00fcller"
+    with engine_of(app).begin() as connection:
+        profiles.apply(
+            connection, decomposed, {"first_name": "M"}, at=NOW, actor="old", source="old"
+        )
+    for given in ("Mu%CC%88ller", "M%C3%BCller"):
+        changed = put(app, {"source": "account page", "first_name": given[:2]}, given)
+        assert changed.status == 200, changed.text
+        assert changed.json()["created"] is False and changed.json()["customer_id"] == decomposed
+    assert person(engine_of(app), composed) is None
+    assert person(engine_of(app), decomposed).first_name == "M%"
+    path = "/v1/customers/M%C3%BCller/forecast"
+    known = call(app, "GET", path, headers=bearer("shop"))
+    assert known.status == 404 and "we know no customer" not in known.text, known.text
+    offers = call(app, "GET", "/v1/customers/Mu%CC%88ller/next-best-offer", headers=bearer("shop"))
+    assert offers.status == 200, offers.text
 
 
 def test_orders_of_an_erased_customer_are_kept_as_guest_orders(

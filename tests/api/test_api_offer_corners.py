@@ -18,7 +18,9 @@ from prometheus_client import REGISTRY
 
 from recocamp.clock import FixedClock
 from recocamp.data.synthetic import END
-from recocamp.store import queries, views
+from recocamp.domain import Item, Purchase
+from recocamp.recommender import training
+from recocamp.store import queries, registry, views
 from recocamp.store.engine import make_engine
 from recocamp.store.schema import items, models
 from tests.api.test_api_offers import NBO, cached_customer, fastapi_twin, ids, live, offers
@@ -31,8 +33,10 @@ from tests.api_shop import (
     engine_of,
     listening,
     make_app,
+    settings_for,
     wait_until,
 )
+from tests.privacy.test_privacy import popular_items
 
 
 def test_a_purchase_dated_a_little_ahead_shows_once_its_time_has_come(
@@ -329,3 +333,38 @@ def test_an_empty_id_is_refused_as_fastapi_refuses_it(app: FastAPI) -> None:
     plain = call(fastapi_twin(app), "GET", path, headers=bearer("shop"))
     assert lean.status == plain.status == 422
     assert lean.json() == plain.json()
+
+
+def test_similar_items_of_an_item_an_older_version_stored_decomposed(
+    shop: tuple[sa.Engine, Path], closing: Closing
+) -> None:
+    """Paths are composed (Unicode NFC) as files read ids; lines that versions taking API
+    ids as given stored under ``To`` + U+0308 ``pfchen`` taught the model that form, and
+    the composed path still finds it (the decomposed one too)."""
+    engine, artifacts = shop
+    decomposed = "To\u0308pfchen"
+    popular = popular_items(engine)[:3]
+    rows = [
+        Purchase(f"T{n}", line, f"t-{n}", item, 1, 2.5, END - timedelta(days=n % 20 + 1))
+        for n in range(40)
+        for line, item in enumerate((decomposed, popular[n % 3]), 1)
+    ]
+    with engine.begin() as connection:
+        queries.upsert_items(connection, [Item(decomposed, "Pot", "tea", 2.5)], NOW)
+        queries.store_orders(connection, rows, None)
+    trained = training.train(
+        engine,
+        settings_for(artifacts).recommender,
+        now=NOW,
+        as_of=END + timedelta(days=1),
+        name="item_knn",
+    )
+    assert trained.version is not None, trained.reason
+    if trained.outcome != "promoted":
+        with engine.begin() as connection:
+            registry.make_live(connection, trained.version, NOW)
+    app = closing(make_app(engine, artifacts))
+    for given in ("T%C3%B6pfchen", "To%CC%88pfchen"):
+        similar = call(app, "GET", f"/v1/items/{given}/similar", headers=bearer("shop"))
+        assert similar.status == 200, similar.text
+        assert similar.json()["items"], similar.text

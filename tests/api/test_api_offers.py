@@ -25,10 +25,11 @@ from recocamp.campaigns.files import load_all
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli import app as cli
 from recocamp.clock import FixedClock
+from recocamp.domain import Customer, Purchase
 from recocamp.recommender import models, serving
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import Settings
-from recocamp.store import registry, views
+from recocamp.store import queries, registry, views
 from recocamp.store.schema import customers, items, recommendations
 from tests.api_shop import (
     NOW,
@@ -647,6 +648,37 @@ def test_the_cli_and_the_api_apply_one_objection_rule(
     assert str(live(engine).popular[0][0]) in shown.stdout  # the popularity list, not the cache
     sources = {entry["source"] for entry in answer["items"]}
     assert sources <= {"popular", "history", "due"}
+
+
+def test_the_cli_and_the_api_take_an_objection_under_another_form_of_the_id(
+    app: FastAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``José`` (composed) objected; another system's orders name him decomposed. Asked
+    for the decomposed id, ``recocamp recommend`` found no record under it and ranked his
+    history personally; it goes by every form of the id, as the API does."""
+    engine = engine_of(app)
+    composed, decomposed = "Jos\u00e9-cli", "Jose\u0301-cli"
+    bought = [str(entry[0]) for entry in live(engine).popular[:3]]
+    with engine.begin() as connection:
+        queries.upsert_customers(
+            connection, [Customer(composed, None, objected_to_profiling=True)], NOW
+        )
+        queries.store_orders(
+            connection,
+            [
+                Purchase("J-cli", n, decomposed, item, 1, 2.5, NOW - timedelta(days=2))
+                for n, item in enumerate(bought, 1)
+            ],
+            None,
+        )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    for given in (decomposed, composed):
+        shown = CliRunner().invoke(cli, ["recommend", given, "--n", "5"])
+        assert shown.exit_code == 0, shown.output
+        assert "popular: objected to profiling" in shown.stdout, shown.stdout
+    answer = offers(app, "Jose%CC%81-cli", "n=5")
+    assert answer["basis_reason"] == "popular: objected to profiling"
 
 
 def test_the_cli_and_the_api_recalculate_a_customer_the_model_and_cache_leave_out(

@@ -60,6 +60,7 @@ from recocamp.domain import (
     Locale,
     Purchase,
     birthday_problem,
+    composed,
     email_problem,
     future_problem,
     id_problem,
@@ -570,13 +571,10 @@ def web_url(row: dict[str, str], column: str) -> str | None:
     return value
 
 
-def ident(
-    row: dict[str, str], column: str, *, required: bool = True, compose: bool = True
-) -> str | None:
+def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | None:
     """An id (customer, item, order): ``domain.ID_MAX`` printable characters, read trimmed
-    and (``compose``: a file's) composed (:func:`composed`)."""
-    value = row.get(column, "").strip()
-    value = composed(value) if compose else value
+    and composed (``domain.composed``)."""
+    value = composed(row.get(column, "").strip())
     if required and not value:
         raise RowProblem(column, "is empty", value)
     problem = id_problem(value)
@@ -585,16 +583,8 @@ def ident(
     return value or None
 
 
-def composed(value: str) -> str:
-    """An id in Unicode's composed form (NFC): ``Müller`` typed on one system and exported
-    decomposed (``u`` + U+0308) by another is the same id to a person, and was stored as a
-    second customer (a file naming both forms held two; a person's orders split over two).
-    Files read ids composed as they read them trimmed; tombstones match every form."""
-    return value if value.isascii() else unicodedata.normalize("NFC", value)
-
-
 def _is_composed(joined: str) -> bool:
-    """Whether ids joined into one string are all composed as they are (:func:`composed`):
+    """Whether ids joined into one string are all composed as they are (``domain.composed``):
     joining composed ids never composes them further unless one starts with a combining
     mark, which only sends the line the slower way."""
     return joined.isascii() or unicodedata.is_normalized("NFC", joined)
@@ -789,27 +779,27 @@ class LineNumbers:
 def standard_purchase(
     row: dict[str, str], stamps: Timestamps, lines: LineNumbers
 ) -> Purchase | Skip:
-    """A purchase event's line (the API's): its ids as given, as ``PUT /v1/customers``
-    takes the customer's; only files read them composed (:func:`composed`)."""
-    values = standard_values(row, stamps, lines, compose=False)
+    """A purchase event's line (the API's): its ids composed, as a file's and as
+    ``PUT /v1/customers`` takes the customer's (``domain.composed``)."""
+    values = standard_values(row, stamps, lines)
     return values if isinstance(values, Skip) else Purchase(*values)
 
 
 def standard_values(
-    row: dict[str, str], stamps: Timestamps, lines: LineNumbers, *, compose: bool = True
+    row: dict[str, str], stamps: Timestamps, lines: LineNumbers
 ) -> PurchaseValues | Skip:
     """A standard purchases row's values, or a skip (an adjustment: neither a purchase nor a
-    return, ``Purchase.is_purchase``); ``compose``: ids read composed, as a file's are."""
+    return, ``Purchase.is_purchase``); ids read composed."""
     check_width(row)
-    order_id = ident(row, "order_id", compose=compose)
+    order_id = ident(row, "order_id")
     assert order_id is not None
     quantity = integer(row, "quantity", -QUANTITY_MAX, QUANTITY_MAX)
     unit_price = number(row, "unit_price", -PRICE_MAX, PRICE_MAX)
     is_return = boolean(row, "is_return", default=quantity < 0)
     given_line = row.get("line_no", "").strip()
     line_no = integer(row, "line_no", 0, LINE_NO_MAX) if given_line else lines.next(order_id)
-    customer_id = ident(row, "customer_id", required=False, compose=compose)
-    item_id = ident(row, "item_id", compose=compose) or ""
+    customer_id = ident(row, "customer_id", required=False)
+    item_id = ident(row, "item_id") or ""
     ordered_at = stamps(row, "ordered_at")
     if not is_return and (quantity <= 0 or unit_price <= 0):
         return Skip("adjustment")
