@@ -3,8 +3,10 @@
 A token binds a customer, a campaign and a purpose (``unsubscribe`` | ``preferences`` |
 ``feedback``) with an HMAC-SHA256 under the shop's secret (``RECOCAMP_SIGNING_KEY``); a
 feedback token also binds the survey (campaign and shop-local day of the mailing), so an
-answer counts once per customer and survey. Tokens carry no e-mail address; customer ids are
-not guessable from them and cannot be changed without the key. A token carries the time it
+answer counts once per customer and survey. Tokens carry no e-mail address; they carry the
+customer id readable (base64 of JSON, signed, not encrypted: whoever sees the link, the ESP,
+the mailbox and whom the mail is forwarded to, can read the shop's id of the customer), and
+it cannot be changed without the key. A token carries the time it
 was issued: it expires (unsubscribe links do not, see ``api.pages``), and it dies with an
 erasure of its customer made after it (links of an erased record never reach a person who
 signs up again under the same id); a time past now by more than the clocks' skew is refused.
