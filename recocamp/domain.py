@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, TypeVar, get_args
 
 # --- bounds: the one definition of what may come in --------------------------------------
 # Every way data enters (CSV imports, the drop folder, purchase events, customer updates)
@@ -628,6 +628,20 @@ class Touch:
 # --- what the planner reads: the store's rows, before campaigns make views of them --------
 
 
+K = TypeVar("K")
+
+
+def returned_in_full(net: Mapping[K, float]) -> frozenset[K]:
+    """The keys (items, or (customer, item) pairs) returned in full, of their net quantities:
+    what the purchase lines bought less what the return lines took back (their quantity's
+    absolute value; UCI's C-invoices are negative), over the customer's whole history,
+    whichever orders hold the two (a return comes in an order of its own, days later). Net 0
+    or less: an item the customer did not want, no longer "bought" (not offered again, not a
+    reason, never due for replenishment), nor offered at all. Bought 3 and returned 1 is
+    still bought; a return of an item bought before the data began is returned in full."""
+    return frozenset(key for key, quantity in net.items() if quantity <= 0)
+
+
 @dataclass(frozen=True, slots=True)
 class CustomerOrder:
     """One order of a known customer as the store keeps it: when (its earliest line), its
@@ -667,6 +681,9 @@ class PlanningRows:
     # newsletter sign-up is no stored event: ``campaigns.loyalty.engagement`` reads it off
     # the customer's consent
     engagement: dict[str, dict[str, int]] = field(default_factory=dict)
+    # customer → the items they returned in full (``returned_in_full``), left out of the
+    # orders' items by ``campaigns.audience``
+    returned: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 # --- forecasts: computed in ``forecast``, kept in ``store.forecasts`` ---------------------

@@ -56,6 +56,7 @@ class History:
     """A customer's orders, oldest first, as the serving rules read them."""
 
     orders: tuple[Order, ...]
+    returned: frozenset[str] = frozenset()  # items returned in full: in no order
 
     @property
     def count(self) -> int:

@@ -34,11 +34,11 @@ from datetime import UTC, datetime, timedelta
 
 from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.segments import History, Order, Repurchases
-from recocamp.domain import CustomerOrder, Item
+from recocamp.domain import CustomerOrder, Item, returned_in_full
 from recocamp.store import serving as store
 from recocamp.store.engine import Connection
 
-Line = tuple[int, str, str, float, float, int]  # store.serving.CustomerLines.new
+Line = tuple[int, str, str, float, float, int, float]  # store.serving.CustomerLines.new
 SLACK = timedelta(days=1)  # new lines are sought from this long before the newest kept order
 
 
@@ -53,6 +53,9 @@ class Kept:
     last_id: int  # the highest id of those lines (0: none)
     before: float  # the read's ``now`` (epoch s): lines at or after it are left out
     complete: bool  # no counted line was left out for lying at or after ``before``
+    # each item's net quantity, bought less returned (``domain.returned_in_full``): an
+    # extension is exact while the items returned in full stay the same
+    net: Mapping[str, float]
     # the history's repurchase intervals once a replenish query needed them (one slot),
     # extended with the history rather than computed again: see :meth:`repurchases`
     derived: list[Repurchases] = field(default_factory=list, compare=False)
@@ -81,16 +84,17 @@ def read(
         if extended is not None:
             return extended, True
     found = store.customer_lines(connection, customer_id, 0)
-    orders, complete = _orders(customer_id, found.new, before)
+    orders, net, complete = _orders(customer_id, found.new, before)
     return (
         Kept(
-            history_of(orders, catalogue),
+            history_of(orders, catalogue, returned_in_full(net)),
             frozenset(order.order_id for order in orders),
             found.lines,
             found.id_sum,
             max((line[0] for line in found.new), default=0),
             before,
             complete,
+            net,
         ),
         False,
     )
@@ -117,13 +121,19 @@ def _extended(
         line[0] for line in new
     ):
         return None
-    orders, complete = _orders(customer_id, new, before)
+    orders, added_net, complete = _orders(customer_id, new, before)
     if not complete or any(order.order_id in kept.orders for order in orders):
         return None
     if not new:  # the same history (and its derived intervals), read at a later ``before``
         return replace(kept, before=before, complete=True)
-    added = history_of(orders, catalogue).orders
-    history = History(tuple(sorted((*kept.history.orders, *added), key=_time)))
+    net, gone = dict(kept.net), kept.history.returned
+    for item, quantity in added_net.items():
+        net[item] = net.get(item, 0.0) + quantity
+    touched = {item: net[item] for item in added_net}
+    if returned_in_full(touched) != gone.intersection(touched):  # returned in full now, or
+        return None  # bought again: the kept orders hold an item they may not, or lack one
+    added = history_of(orders, catalogue, gone).orders
+    history = History(tuple(sorted((*kept.history.orders, *added), key=_time)), gone)
     return Kept(
         history,
         kept.orders | {order.order_id for order in orders},
@@ -132,6 +142,7 @@ def _extended(
         max(kept.last_id, max(line[0] for line in new)),
         before,
         True,
+        net,
         [derived.extended(added) for derived in kept.derived[:1]],
     )
 
@@ -142,18 +153,24 @@ def _time(order: Order) -> datetime:
 
 def _orders(
     customer_id: str, lines: Iterable[Line], before: float
-) -> tuple[list[CustomerOrder], bool]:
+) -> tuple[list[CustomerOrder], dict[str, float], bool]:
     """Counted lines before ``before`` as orders (first seen first; lines by time, then id),
-    and whether no counted line was left out for its time (``views.customer_orders``' rules)."""
+    each item's net quantity over them and the return lines before it (bought less
+    returned, ``domain.returned_in_full``, ``views.planning_rows``' rule), and whether no
+    purchase or return line was left out for its time (``views.customer_orders``' rules)."""
     first: dict[str, float] = {}
     revenue: dict[str, float] = {}
     items: dict[str, set[str]] = {}
+    net: dict[str, float] = {}
     complete = True
-    for _, item, order, at, amount, counted in lines:
+    for _, item, order, at, amount, counted, quantity in lines:
         if not counted:
             continue
         if at >= before:
             complete = False
+            continue
+        net[item] = net.get(item, 0.0) + (quantity if counted > 0 else -abs(quantity))
+        if counted < 0:
             continue
         if order in first:
             first[order] = min(first[order], at)
@@ -171,4 +188,4 @@ def _orders(
         )
         for order, at in first.items()
     ]
-    return found, complete
+    return found, net, complete

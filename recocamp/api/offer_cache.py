@@ -923,7 +923,8 @@ class OfferService:
             exclude_items=query.exclude,
         )
         catalogue = snapshot.catalogue
-        chosen = offers.select(sources, catalogue, rules, owned, categories)
+        returned = basis.history.returned  # offered in no mode: see offers.select
+        chosen = offers.select(sources, catalogue, rules, owned, categories, returned)
         if len(chosen) < query.n:
             padding = self._padding(snapshot, query, basis, because)
             # the selection over the sources and the padding after them: every source was
@@ -932,7 +933,7 @@ class OfferService:
             rest = [entry for entry in padding.ranked if str(entry[0]) not in seen]
             more = replace(rules, count=query.n - len(chosen))
             padding = replace(padding, ranked=rest)
-            chosen += offers.select([padding], catalogue, more, owned, categories)
+            chosen += offers.select([padding], catalogue, more, owned, categories, returned)
         if because.asked:  # the same offers, now with the reasons they lacked
             basis.explain(live, catalogue, because.asked)
             chosen = [_reasoned(o, because, catalogue, owned, categories) for o in chosen]

@@ -47,7 +47,7 @@ def snapshot(
 ) -> Snapshot:
     """The planner's views of every customer at ``now``, in customer id order."""
     predicted = {} if forecast is None else forecast.rows
-    histories = histories_of(rows.orders, rows.items)
+    histories = histories_of(rows.orders, rows.items, rows.returned)
     scores = rfm_scores(histories, now)
     tiers = tiers_of(loyalty)
     views = []
@@ -79,26 +79,44 @@ def snapshot(
 
 
 def histories_of(
-    orders: Iterable[CustomerOrder], catalogue: Mapping[str, Item]
+    orders: Iterable[CustomerOrder],
+    catalogue: Mapping[str, Item],
+    returned: Mapping[str, frozenset[str]] | None = None,
 ) -> dict[str, History]:
-    """Every customer's history, oldest order first."""
+    """Every customer's history, oldest order first, without the items each returned in full
+    (``returned``: customer → items, ``domain.returned_in_full``)."""
     per_customer: dict[str, list[Order]] = defaultdict(list)
+    gone = returned or {}
     for order in orders:
-        per_customer[order.customer_id].append(_order(order, catalogue))
-    return {c: History(tuple(sorted(o, key=lambda x: x.at))) for c, o in per_customer.items()}
+        per_customer[order.customer_id].append(
+            _order(order, catalogue, gone.get(order.customer_id, NONE))
+        )
+    return {
+        c: History(tuple(sorted(o, key=lambda x: x.at)), gone.get(c, NONE))
+        for c, o in per_customer.items()
+    }
 
 
-def history_of(orders: Iterable[CustomerOrder], catalogue: Mapping[str, Item]) -> History:
-    """One customer's history (the shop API's view), oldest order first."""
-    found = [_order(order, catalogue) for order in orders]
-    return History(tuple(sorted(found, key=lambda order: order.at)))
+def history_of(
+    orders: Iterable[CustomerOrder],
+    catalogue: Mapping[str, Item],
+    returned: frozenset[str] = frozenset(),
+) -> History:
+    """One customer's history (the shop API's view), oldest order first, without the items
+    they returned in full (``returned``)."""
+    found = [_order(order, catalogue, returned) for order in orders]
+    return History(tuple(sorted(found, key=lambda order: order.at)), returned)
 
 
-def _order(order: CustomerOrder, catalogue: Mapping[str, Item]) -> Order:
+NONE: frozenset[str] = frozenset()
+
+
+def _order(order: CustomerOrder, catalogue: Mapping[str, Item], returned: frozenset[str]) -> Order:
     """Service items (postage, gift wrap) count for revenue, not as items or categories;
-    items missing from the catalogue count as items without a category."""
+    items missing from the catalogue count as items without a category. Items returned in
+    full are not bought (the order keeps its time and revenue: the visit happened)."""
     bought, categories = set(), set()
-    for item in order.items:
+    for item in order.items.difference(returned) if returned else order.items:
         known = catalogue.get(item)
         if known is None or not known.is_service:
             bought.add(item)

@@ -3,8 +3,9 @@
 The same function serves the campaign planner and the shop API, so an e-mail and a widget
 never disagree. Candidates come first from the customer's personal list (the recommender's
 top-N cache), then from the recent-popularity list; rules drop what may not be offered:
-service items, items out of stock or without a price, the offer mode (replenish: bought
-before; discover: never bought), category and price filters, exclusions, and — for
+service items, items out of stock or without a price, items the customer returned in full
+(``segments.History.returned``), the offer mode (replenish: bought before; discover: never
+bought), category and price filters, exclusions, and — for
 customers who receive mail under the existing-customer exception (UWG §7(3)) — anything
 outside the categories they bought.
 """
@@ -238,14 +239,18 @@ def select(
     rules: Rules,
     bought: frozenset[str],
     categories: frozenset[str],
+    returned: frozenset[str] = frozenset(),
 ) -> list[Offer]:
-    """The first ``rules.count`` allowed items over the sources, in order, without repeats."""
+    """The first ``rules.count`` allowed items over the sources, in order, without repeats,
+    never one the customer returned in full (``returned``, ``segments.History.returned``: a
+    cached list learnt the purchase, and the customer knows the item, so not in discover
+    mode either)."""
     chosen: list[Offer] = []
     seen: set[str] = set()
     for source in sources:
         for entry in source.ranked:
             item_id, score = str(entry[0]), float(entry[1])  # type: ignore[arg-type]
-            if item_id in seen:
+            if item_id in seen or item_id in returned:
                 continue
             seen.add(item_id)
             item = items.get(item_id)

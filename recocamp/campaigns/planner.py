@@ -553,7 +553,10 @@ def offers_for(campaign: Campaign, view: CustomerView, context: Context) -> list
         owned = sorted(view.history.items)
         sources.append(offers.Candidates([[item, 0.0] for item in owned], "history"))
     sources.append(offers.Candidates(context.popular, "popular"))
-    return offers.select(sources, context.items, rules, view.history.items, view.history.categories)
+    history = view.history
+    return offers.select(
+        sources, context.items, rules, history.items, history.categories, history.returned
+    )
 
 
 def _variant(campaign: Campaign, customer_id: str) -> str | None:

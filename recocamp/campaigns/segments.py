@@ -37,6 +37,9 @@ class Order:
 @dataclass(frozen=True, slots=True)
 class History:
     orders: tuple[Order, ...]  # oldest first
+    # items returned in full (``domain.returned_in_full``): in no order's items, and never
+    # to be offered to the customer in any mode (``offers.select``)
+    returned: frozenset[str] = frozenset()
 
     @property
     def count(self) -> int:

@@ -367,7 +367,9 @@ def recommend(customer_id: Annotated[str, typer.Argument(callback=_an_id)], n: T
             customer_id = registry.stored_id(connection, customer_id)  # as the offer API
             flags = store_serving.profiling_flags(connection, customer_id)  # any Unicode form
             row = registry.cached(connection, customer_id)
-            history = history_of(views.customer_orders(connection, customer_id, now), {})
+            placed = views.customer_orders(connection, customer_id, now)
+            returned = views.returned_items(connection, customer_id, now)
+            history = history_of(placed, {}, returned)
         cached = None if row is None else Cached(row.items, str(row.model_version))
         fitted, data, _ = model_module.load(settings.locate(live.path), settings.recommender)
         loaded = Live.of(live.version, fitted, data, live.data_cutoff)
@@ -381,9 +383,12 @@ def recommend(customer_id: Annotated[str, typer.Argument(callback=_an_id)], n: T
             top_n=max(n, settings.recommender.top_n),
             half_life=settings.recommender.time_decay_half_life_days,
         )
+        # never an item returned in full, as the API and the e-mails (``offers.select``)
         ranked = [list(entry) for entry in (personal.items or live.popular)]
+        ranked = [entry for entry in ranked if str(entry[0]) not in returned]
         if len(ranked) < n:
-            ranked += _ranked_past(loaded, history, personal.items, ranked, settings)
+            more = _ranked_past(loaded, history, personal.items, ranked, settings)
+            ranked += [entry for entry in more if str(entry[0]) not in returned]
         with engine.connect() as connection:
             shown = _offerable(connection, ranked, n)
     console.print(f"customer {customer_id}: {personal.why} (model {live.version})")

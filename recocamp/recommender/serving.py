@@ -59,6 +59,12 @@ class Purchases(Protocol):
     @property
     def last_at(self) -> datetime | None: ...
 
+    @property
+    def returned(self) -> frozenset[str]:
+        """Items returned in full: in no order of ``orders``, though the model may have
+        learnt their purchase."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Cached:
@@ -145,8 +151,10 @@ class Live:
         against the sum of the customer's row of distinct-order counts, which counts the same
         pairs: orders
         are stored whole, so a late one adds pairs (fewer pairs are lines taken away, as an
-        erasure's unlinking does: nothing bought). A customer the model does not hold has no
-        row to compare (the rules re-score them as not cached)."""
+        erasure's unlinking does: nothing bought); the pairs of items returned in full
+        (``returned``, left out of the history's orders) are taken off the row's sum. A
+        customer the model does not hold has no row to compare (the rules re-score them as
+        not cached)."""
         cutoff = self.data_cutoff
         if history.last_at is not None and history.last_at >= cutoff:
             return True
@@ -155,6 +163,9 @@ class Live:
             return False
         orders, columns = self.data.orders, self.columns
         learnt = round(float(orders.data[orders.indptr[row] : orders.indptr[row + 1]].sum()))
+        if history.returned:  # their orders were learnt, but are in no order of the history
+            gone = [columns[item] for item in history.returned if item in columns]
+            learnt -= round(float(orders[row, gone].sum())) if gone else 0
         before = [order.items for order in history.orders if order.at < cutoff]
         if sum(map(len, before)) <= learnt:  # the common case, without a look-up per item
             return False

@@ -82,8 +82,9 @@ class CustomerLines(NamedTuple):
 
     lines: int
     id_sum: int
-    new: list[tuple[int, str, str, float, float, int]]  # id, item, order, epoch s, revenue,
-    # counted (1: not a return, quantity and price above 0; else 0); by time, then id
+    new: list[tuple[int, str, str, float, float, int, float]]  # id, item, order, epoch s,
+    # revenue, counted (1: not a return, quantity and price above 0; -1: a return; else 0),
+    # quantity; by time, then id
 
 
 def customer_lines(
@@ -107,15 +108,15 @@ def customer_lines(
     rows = driver_rows(connection, compiled, bind)
     count, id_sum = int(rows[0][0]), int(rows[0][1])
     new = [
-        (id_, item, order, float(at), float(revenue), counted)
-        for _, _, id_, item, order, at, revenue, counted in rows
+        (id_, item, order, float(at), float(revenue), int(counted), float(quantity))
+        for _, _, id_, item, order, at, revenue, counted, quantity in rows
         if id_ is not None
     ]
     new.sort(key=_time_then_id)  # as the index reads them already: a check, nearly free
     return CustomerLines(count, id_sum, new)
 
 
-def _time_then_id(line: tuple[int, str, str, float, float, int]) -> tuple[float, int]:
+def _time_then_id(line: tuple[int, str, str, float, float, int, float]) -> tuple[float, int]:
     return line[3], line[0]
 
 
@@ -148,7 +149,9 @@ def _lines_statement(connection: Connection, bounded: bool) -> sa.Select[Any]:
         .subquery("totals")
     )
     counted = sa.case(
-        (sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0), 1), else_=0
+        (sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0), 1),
+        (p.is_return.is_(True), -1),
+        else_=0,
     )
     new = sa.select(
         p.id,
@@ -157,6 +160,7 @@ def _lines_statement(connection: Connection, bounded: bool) -> sa.Select[Any]:
         queries.epoch_seconds(connection, p.ordered_at).label("at"),
         (p.quantity * p.unit_price).label("revenue"),
         counted.label("counted"),
+        p.quantity,
     ).where(p.customer_id == customer, p.id > sa.bindparam("after", type_=sa.BigInteger))
     if bounded:
         new = new.where(p.ordered_at >= sa.bindparam("since"))
@@ -170,6 +174,7 @@ def _lines_statement(connection: Connection, bounded: bool) -> sa.Select[Any]:
         lines.c.at,
         lines.c.revenue,
         lines.c.counted,
+        lines.c.quantity,
     ).select_from(totals.outerjoin(lines, sa.true()))
 
 

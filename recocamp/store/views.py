@@ -34,6 +34,7 @@ from recocamp.domain import (
     CustomerRecord,
     Item,
     PlanningRows,
+    returned_in_full,
 )
 from recocamp.store import queries, registry
 from recocamp.store.engine import driver_rows
@@ -67,7 +68,7 @@ def planning_rows(
     ``history_days``: how far back the contact history reaches (a campaign's cooldown or
     ``not_contacted_days`` may look further back than the default five weeks)."""
     catalogue = _items(connection)
-    orders = _orders(connection, now)
+    orders, returned = _orders(connection, now)
     live_rows = sa.select(recommendations).where(registry.LIVE_ROWS)  # see registry.stage
     personal = {row.customer_id: row.items for row in connection.execute(live_rows)}
     contacts = _contacts(connection, now, own_run, history_days=history_days)
@@ -81,7 +82,7 @@ def planning_rows(
     popular = _popular(connection, now, top_n)
     engagement = _engagement(connection, now)
     return PlanningRows(
-        records, orders, personal, contacts, suppressed, catalogue, popular, engagement
+        records, orders, personal, contacts, suppressed, catalogue, popular, engagement, returned
     )
 
 
@@ -371,17 +372,48 @@ def recent_popular(connection: sa.Connection, now: datetime, n: int) -> list[lis
     return _popular(connection, now, n)
 
 
-def _orders(connection: sa.Connection, now: datetime) -> list[CustomerOrder]:
+def _orders(
+    connection: sa.Connection, now: datetime
+) -> tuple[list[CustomerOrder], dict[str, frozenset[str]]]:
+    """Every known customer's orders before ``now`` (purchase lines), and the items each
+    returned in full by then (``domain.returned_in_full``, over purchase and return lines)."""
     p = purchases.c
     columns = (p.customer_id, p.order_id, p.ordered_at, p.item_id, p.quantity, p.unit_price)
-    query = sa.select(*columns).where(
+    purchase = sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
+    query = sa.select(*columns, p.is_return).where(
         p.customer_id.is_not(None),
-        p.is_return.is_(False),
-        p.quantity > 0,
-        p.unit_price > 0,
+        sa.or_(purchase, p.is_return.is_(True)),
         p.ordered_at < now,
     )
-    return list(_grouped(connection.execute(query)))
+    net: dict[tuple[str, str], float] = defaultdict(float)
+    lines = []
+    for *line, is_return in connection.execute(query):
+        customer, _, _, item, quantity, _ = line
+        if is_return:
+            net[customer, item] -= abs(quantity)
+        else:
+            net[customer, item] += quantity
+            lines.append(line)
+    returned: dict[str, set[str]] = defaultdict(set)
+    for customer, item in returned_in_full(net):
+        returned[customer].add(item)
+    return list(_grouped(lines)), {c: frozenset(found) for c, found in returned.items()}
+
+
+def returned_items(connection: sa.Connection, customer_id: str, now: datetime) -> frozenset[str]:
+    """The items ``customer_id`` returned in full before ``now`` (``_orders``' rule, for one
+    customer: the command line's ``recommend``)."""
+    p = purchases.c
+    purchase = sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
+    query = sa.select(p.item_id, p.quantity, p.is_return).where(
+        p.customer_id == customer_id,
+        sa.or_(purchase, p.is_return.is_(True)),
+        p.ordered_at < now,
+    )
+    net: dict[str, float] = defaultdict(float)
+    for item, quantity, is_return in connection.execute(query):
+        net[item] += -abs(quantity) if is_return else quantity
+    return returned_in_full(net)
 
 
 def _grouped(lines: Iterable[Sequence[Any]]) -> Iterable[CustomerOrder]:

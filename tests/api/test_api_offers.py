@@ -214,10 +214,11 @@ def test_a_padded_answer_is_one_selection_over_its_lists_and_the_padding(app: Fa
         due = basis.kept.repurchases().due(service.clock.now()) if mode is Mode.REPLENISH else []
         lists = offer_rules.sources_for(mode, personal, snapshot.popular, basis.owned, due, reasons)
         rules = offer_rules.Rules(mode=mode, count=n)
-        expected = offer_rules.select(lists, catalogue, rules, basis.owned, basis.categories)
+        owned, categories, returned = basis.owned, basis.categories, basis.history.returned
+        expected = offer_rules.select(lists, catalogue, rules, owned, categories, returned)
         if len(expected) < n and personal:
             lists.append(offer_rules.Candidates(ranking, "personal", reasons))
-            expected = offer_rules.select(lists, catalogue, rules, basis.owned, basis.categories)
+            expected = offer_rules.select(lists, catalogue, rules, owned, categories, returned)
             padded += 1
         assert [
             (entry["item_id"], entry["reason"], entry["source"], entry["score"])

@@ -181,3 +181,27 @@ def test_new_lines_are_sought_from_the_newest_kept_order_and_an_older_one_shows(
     again, extended = read(engine, customer, found)
     assert not extended and again == read(engine, customer)[0]
     assert "backdated" in again.orders
+
+
+def test_a_return_in_full_of_a_kept_item_reads_the_history_whole_and_a_rebuy_again(
+    shop: Shop,
+) -> None:
+    """A return that takes back all of an item bought in kept orders (net 0) takes the item
+    out of those orders: no extension can, so the history is read whole; a purchase of it
+    again puts it back, read whole as well."""
+    engine, _ = shop
+    customer, _ = cached_customer(engine)
+    kept, _ = read(engine, customer)
+    item = sorted(kept.history.orders[0].items)[0]
+    bought = int(kept.net[item])
+    hour = timedelta(hours=1)
+    add(engine, Purchase("back-1", 1, customer, item, -bought, 3.5, NOW - hour, is_return=True))
+    grown, extended = read(engine, customer, kept)
+    assert not extended and grown == read(engine, customer)[0]
+    assert item not in grown.history.items
+    assert grown.history.returned == kept.history.returned | {item}
+    assert grown.history.count == kept.history.count  # the orders stay, without the item
+    add(engine, line("again-1", customer, item, NOW - hour / 2))
+    again, extended = read(engine, customer, grown)
+    assert not extended and again == read(engine, customer)[0]
+    assert item in again.history.items and item in again.history.orders[0].items

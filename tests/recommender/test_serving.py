@@ -117,3 +117,17 @@ def test_the_best_first_are_those_of_a_full_sort_entry_for_entry() -> None:
         for top_n in (0, 1, 5, 20, int(rng.integers(1, 60))):
             full = np.lexsort((np.arange(size), -scores))[:top_n]
             assert serving.best_first(scores, top_n).tolist() == full.tolist()
+
+
+def test_a_late_order_is_seen_past_the_orders_of_an_item_returned_in_full(live: Live) -> None:
+    """a_new was trained on p1 (two orders) and p2; p1 returned in full leaves p1 out of the
+    history's orders, but not out of the model's row: an order stored late (dated before the
+    cutoff) still shows as a change, and the history without it as none."""
+    day = CUTOFF - timedelta(days=60)
+    kept = History(
+        (Order(day, frozenset()), Order(day + timedelta(days=3), frozenset({"p2"}))),
+        returned=frozenset({"p1"}),
+    )
+    late = History((*kept.orders, Order(day + timedelta(days=4), frozenset({"p3"}))), kept.returned)
+    assert not live.changed("a_new", kept)
+    assert live.changed("a_new", late)
