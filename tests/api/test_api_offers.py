@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from recocamp.campaigns import offers as offer_rules
 from recocamp.campaigns import planner
-from recocamp.campaigns.audience import history_of
-from recocamp.campaigns.files import load_all
+from recocamp.campaigns.audience import Snapshot, history_of
+from recocamp.campaigns.files import Campaign, load_all
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli import app as cli
 from recocamp.clock import FixedClock
@@ -389,15 +389,12 @@ def cached_customer_after(engine: sa.Engine, skip: str) -> tuple[str, list[list[
     return str(row.customer_id), list(row.items)
 
 
-@pytest.mark.parametrize(
-    ("campaign_name", "mode"),
-    [("cross_sell", Mode.DISCOVER), ("replenish", Mode.REPLENISH), ("winback", Mode.MIXED)],
-)
-def test_widget_and_email_offer_the_same_items(
+def widget_campaign(
     app: FastAPI, campaign_name: str, mode: Mode
-) -> None:
-    """For every double opt-in customer, the API's list starts with exactly the items the
-    planner would put into a campaign e-mail with the same offer rules."""
+) -> tuple[Campaign, Snapshot, planner.Context]:
+    """The shipped campaign ``campaign_name`` with the widget's offer rules (``mode``, four
+    items, no filters, every customer in its audience), the app's store as the planner reads
+    it now and the planner's context: what the widget's answers are compared with."""
     engine = engine_of(app)
     settings: Settings = app.state.service.settings
     loaded, failures = load_all(ROOT / "campaigns", settings, ROOT / "templates")
@@ -422,7 +419,19 @@ def test_widget_and_email_offer_the_same_items(
     )
     with engine.connect() as connection:
         snapshot = load_snapshot(connection, settings, NOW)
-    context = planner.context_for(settings, NOW, snapshot.items, snapshot.popular)
+    return campaign, snapshot, planner.context_for(settings, NOW, snapshot.items, snapshot.popular)
+
+
+@pytest.mark.parametrize(
+    ("campaign_name", "mode"),
+    [("cross_sell", Mode.DISCOVER), ("replenish", Mode.REPLENISH), ("winback", Mode.MIXED)],
+)
+def test_widget_and_email_offer_the_same_items(
+    app: FastAPI, campaign_name: str, mode: Mode
+) -> None:
+    """For every double opt-in customer, the API's list starts with exactly the items the
+    planner would put into a campaign e-mail with the same offer rules."""
+    campaign, snapshot, context = widget_campaign(app, campaign_name, mode)
     compared = 0
     for view in snapshot.views:
         if view.customer.consent_basis.value != "double_opt_in" or compared >= 25:

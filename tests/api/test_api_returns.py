@@ -14,16 +14,12 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from recocamp.campaigns import planner
-from recocamp.campaigns.files import load_all
-from recocamp.campaigns.run import load_snapshot
 from recocamp.cli import app as cli
 from recocamp.recommender.ranking import Mode
-from recocamp.settings import Settings
 from recocamp.store import views
 from recocamp.store.schema import purchases, recommendations
-from tests.api.test_api_offers import ids, offers
+from tests.api.test_api_offers import ids, offers, widget_campaign
 from tests.api_shop import NOW, bearer, call, cli_on, engine_of
-from tests.conftest import ROOT
 
 MODES = ("replenish", "discover", "mixed")
 
@@ -105,30 +101,7 @@ def test_trained_customers_returns_are_left_out_alike_by_widget_and_e_mail(
     an item returned in full, neither the API nor the planner offers it, and both offer the
     same items."""
     engine = engine_of(app)
-    settings: Settings = app.state.service.settings
-    loaded, failures = load_all(ROOT / "campaigns", settings, ROOT / "templates")
-    assert failures == []
-    campaign = next(c for c in loaded if c.name == "replenish")
-    rules = campaign.offer.model_copy(
-        update={
-            "mode": mode,
-            "items": 4,
-            "categories": (),
-            "min_price": None,
-            "max_price": None,
-            "exclude_items": (),
-            "exclude_categories": (),
-        }
-    )
-    campaign = campaign.model_copy(
-        update={
-            "offer": rules,
-            "audience": campaign.audience.model_copy(update={"replenishment_due": False}),
-        }
-    )
-    with engine.connect() as connection:
-        snapshot = load_snapshot(connection, settings, NOW)
-    context = planner.context_for(settings, NOW, snapshot.items, snapshot.popular)
+    campaign, snapshot, context = widget_campaign(app, "replenish", mode)
     returns = returned_in_full(engine)
     compared = 0
     for view in snapshot.views:

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -762,24 +763,7 @@ def test_a_send_key_over_80_characters_goes_out_once_and_postmark_learns_no_cust
     fake = FakeEsp(token="t")
     with running(create_fake(fake)) as url:
         provider = Postmark(url, "t", "shop@example.test", key=signing_key)
-        try:
-            claimed = outbox.claim(engine, "elsewhere:1:dead", NOW, 10)  # then it died
-            [result] = provider.send_batch([c.email for c in claimed])
-            assert result.status == "accepted", result.error
-            [record] = fake.messages
-            hook = orjson.dumps(postmark_event("delivery", record, NOW))
-            posted = call(
-                create_api(settings, engine, FixedClock(NOW)),
-                "POST",
-                "/v1/webhooks/postmark",
-                content=hook,
-                headers={"authorization": "Bearer hook"},
-            )
-            assert posted.status == 200, posted.text
-            later = FixedClock(NOW + timedelta(seconds=ESP.claim_lease_s + 1))
-            report = Deliverer(engine, provider, ESP, later).drain()
-        finally:
-            provider.close()
+        report, record = _died_after_acceptance(engine, fake, provider, provider, settings)
     assert report.reconciled == 1 and report.sent == 0
     assert fake.stats()["received"] == 1 and states(engine) == Counter({"sent": 1})
     metadata = record["Metadata"]["send_key"]
@@ -865,27 +849,37 @@ def test_an_email_claimed_before_the_signing_key_was_rotated_is_found_under_the_
     with running(create_fake(fake)) as url:
         before = Postmark(url, "t", "shop@example.test", key=old.encode())
         after = Postmark(url, "t", "shop@example.test", key=new.encode(), retired=(old.encode(),))
-        try:
-            claimed = outbox.claim(engine, "elsewhere:1:dead", NOW, 10)  # then it died
-            [result] = before.send_batch([c.email for c in claimed])
-            assert result.status == "accepted", result.error
-            [record] = fake.messages
-            hook = orjson.dumps(postmark_event("delivery", record, NOW))
-            posted = call(
-                create_api(rotated, engine, FixedClock(NOW)),
-                "POST",
-                "/v1/webhooks/postmark",
-                content=hook,
-                headers={"authorization": "Bearer hook"},
-            )
-            assert posted.status == 200, posted.text
-            later = FixedClock(NOW + timedelta(seconds=ESP.claim_lease_s + 1))
-            report = Deliverer(engine, after, ESP, later).drain()
-        finally:
-            before.close()
-            after.close()
+        report, _ = _died_after_acceptance(engine, fake, before, after, rotated)
     assert report.reconciled == 1 and report.sent == 0
     assert fake.stats()["received"] == 1 and states(engine) == Counter({"sent": 1})
     with engine.connect() as connection:
         named = connection.execute(sa.select(contact_events.c.customer_id)).scalars().all()
     assert named == ["c0"]
+
+
+def _died_after_acceptance(
+    engine: sa.Engine, fake: FakeEsp, sender: Postmark, reconciler: Postmark, settings: Settings
+) -> tuple[DeliveryReport, dict[str, Any]]:
+    """The one queued e-mail claimed and accepted by Postmark through ``sender``, its
+    deliverer dead before recording it; a delivery webhook posted to the API under
+    ``settings``; then a deliverer with ``reconciler`` after the claim's lease: its report
+    and the message as the fake ESP holds it."""
+    try:
+        claimed = outbox.claim(engine, "elsewhere:1:dead", NOW, 10)  # then it died
+        [result] = sender.send_batch([c.email for c in claimed])
+        assert result.status == "accepted", result.error
+        [record] = fake.messages
+        hook = orjson.dumps(postmark_event("delivery", record, NOW))
+        posted = call(
+            create_api(settings, engine, FixedClock(NOW)),
+            "POST",
+            "/v1/webhooks/postmark",
+            content=hook,
+            headers={"authorization": "Bearer hook"},
+        )
+        assert posted.status == 200, posted.text
+        later = FixedClock(NOW + timedelta(seconds=ESP.claim_lease_s + 1))
+        return Deliverer(engine, reconciler, ESP, later).drain(), record
+    finally:
+        sender.close()
+        reconciler.close()
