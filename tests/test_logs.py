@@ -88,7 +88,8 @@ def test_an_address_in_a_logged_url_is_masked_too() -> None:
     handler = logs.redacted_handler()
     handler.setStream(stream)
     logger = logging.getLogger("httpx")
-    level, logger.level = logger.level, logging.INFO
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not .level: it clears the logger's cached answers
     logger.addHandler(handler)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
     try:

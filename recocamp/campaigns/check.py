@@ -19,7 +19,7 @@ from recocamp.campaigns import render
 from recocamp.campaigns.context import TemplateContext, sample_context
 from recocamp.campaigns.files import Campaign
 from recocamp.config_files import line_of, without_bom
-from recocamp.domain import LOCALES, ConsentBasis, Item, Locale
+from recocamp.domain import FALLBACK_LOCALE, LOCALES, ConsentBasis, Item, Locale
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings, TemplateSettings
 
@@ -189,7 +189,7 @@ def opt_out_problems(
     mails existing customers is refused outright: ``template_problems``.)"""
     parts = [campaign.template.html, campaign.template.text]
     parts += [p for v in campaign.variants for p in (v.html, v.text) if p]
-    sample = _sample(campaign, "en")
+    sample = _sample(campaign, FALLBACK_LOCALE)
     found = []
     for name in dict.fromkeys(parts):
         mailed = render.sample_render(templates, name, sample, limits, sources)
