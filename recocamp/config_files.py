@@ -67,11 +67,19 @@ def file_kind(mode: int) -> str:
     return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
+TOML_BYTES_MAX = 1 << 20  # a settings or campaign file: ours are a few KB
+
+
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
-    """The parsed document and its text; unreadable or invalid files are ConfigErrors."""
+    """The parsed document and its text; unreadable, invalid or oversized files (more than
+    :data:`TOML_BYTES_MAX`: read at most that, never whole, since every worker reload reads
+    every campaign file again) are ConfigErrors."""
     try:
         with open_regular(path) as handle:
-            text = without_bom(handle.read().decode("utf-8"))
+            raw = handle.read(TOML_BYTES_MAX + 1)
+        if len(raw) > TOML_BYTES_MAX:
+            raise ConfigError(path, [Problem(f"larger than {TOML_BYTES_MAX:,} bytes")])
+        text = without_bom(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(path, [Problem(f"cannot read file: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:

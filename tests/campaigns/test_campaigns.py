@@ -10,6 +10,7 @@ import pytest
 
 from recocamp.campaigns.check import Catalogue, catalogue_problems
 from recocamp.campaigns.files import Campaign, load_all
+from recocamp.config_files import TOML_BYTES_MAX
 from recocamp.domain import Item
 from recocamp.settings import Settings
 
@@ -259,10 +260,10 @@ def check(tmp_path: Path, text: str, name: str = "broken", settings: Settings | 
         # output bound passed check and failed every e-mail of the run; its value is cut
         (
             'description = "test"',
-            f'description = "{"d" * 1_500_000}"',
+            f'description = "{"d" * 1_000_001}"',
             [
                 "line 2, key 'description': String should have at most 1000 characters",
-                f"(value: '{'d' * 200}… (1,500,000 characters)')",
+                f"(value: '{'d' * 200}… (1,000,001 characters)')",
             ],
         ),
         # a schedule that can never fire
@@ -392,6 +393,26 @@ def test_toml_nested_past_the_parsers_stack_is_a_problem_of_its_file(
     [problem] = failure.problems
     assert failure.path == tmp_path / "deep.toml" and problem.line == 6
     assert "nested too deeply" in problem.message
+
+
+def test_a_campaign_file_past_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    """A campaign file had no size limit: one of gigabytes (a generated exclude list gone
+    wrong, a file written over) was read whole by ``check`` and by every worker reload. Past
+    ``TOML_BYTES_MAX`` it is a problem of its file, read no further; the others load."""
+    text = GOOD.format(name="huge")
+    padding = "# " + "x" * 98 + "\n"
+    big = text + padding * (TOML_BYTES_MAX // len(padding) + 1)
+    (tmp_path / "huge.toml").write_text(big, encoding="utf-8")
+    (tmp_path / "fine.toml").write_text(GOOD.format(name="fine"), encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert [c.name for c in campaigns] == ["fine"]
+    [failure] = failures
+    [problem] = failure.problems
+    assert failure.path == tmp_path / "huge.toml"
+    assert problem.message == f"larger than {TOML_BYTES_MAX:,} bytes"
+    (tmp_path / "huge.toml").write_text(big[:TOML_BYTES_MAX], encoding="utf-8")  # at the limit
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert failures == [] and sorted(c.name for c in campaigns) == ["fine", "huge"]
 
 
 @pytest.mark.parametrize("blank", ['""', '"  "'])
