@@ -142,12 +142,9 @@ def provider_key(key: bytes | None, send_key: str) -> str:
     characters, where Postmark refuses a metadata value over 80. Without a key (tests of a
     provider on its own) the digest is plain SHA-256: of the same length, but a guessable id
     can be tested against it."""
-    text = f"send_key:{send_key}".encode()
     if key is None:
-        return hashlib.sha256(text).hexdigest()[:PROVIDER_KEY_CHARS]
-    mac = _keyed(key).copy()
-    mac.update(text)
-    return mac.hexdigest()[:PROVIDER_KEY_CHARS]
+        return hashlib.sha256(f"send_key:{send_key}".encode()).hexdigest()[:PROVIDER_KEY_CHARS]
+    return keyed_hash(key, "send_key", send_key)[:PROVIDER_KEY_CHARS]
 
 
 @functools.lru_cache(maxsize=8)
@@ -214,7 +211,9 @@ def keyed_hash(key: bytes, kind: str, value: str) -> str:
     """HMAC-SHA256 of ``kind:value`` (hex): a value recognisable only with the key. Addresses
     are compared as :func:`address_key` writes them."""
     text = address_key(value) if kind == "email" else value
-    return hmac.new(key, f"{kind}:{text}".encode(), hashlib.sha256).hexdigest()
+    mac = _keyed(key).copy()  # the key's padded hash once per key, not per value
+    mac.update(f"{kind}:{text}".encode())
+    return mac.hexdigest()
 
 
 def address_key(address: str) -> str:
