@@ -118,6 +118,8 @@ class Worker:
         self._heartbeat_thread: threading.Thread | None = None
         self._reload_checked = 0.0
         self.live_model_shown: tuple[str | None] | None = None  # in recocamp_live_model
+        # the running worker's and --once's: a run missed past its grace leaves a trace
+        self.scheduler.add_listener(self._not_run, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         limiter = RateLimiter(settings.esp.rate_limit_per_s, self.stop.wait)
         self.context = jobs.JobContext(
             settings,
@@ -646,7 +648,6 @@ class Worker:
         self.leadership.register()
         self._record_files(self.broken)
         _current = self
-        self.scheduler.add_listener(self._not_run, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()
         scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.LOCAL, "every_worker")
         if loop:
@@ -661,8 +662,36 @@ class Worker:
         """A run skipped because the previous one still runs, or missed beyond its grace."""
         outcome = "overlap" if event.code == EVENT_JOB_MAX_INSTANCES else "missed"
         metrics.JOB_RUNS.labels(event.job_id, outcome).inc()
+        spec = self.specs.get(event.job_id)
+        if (
+            outcome == "missed"
+            and spec is not None
+            and not isinstance(spec.trigger, IntervalTrigger)
+        ):
+            self._record_missed(spec, event.scheduled_run_time)
+            return
         level = logging.DEBUG if event.job_id == "deliver" else logging.INFO
         log.log(level, "job=%s status=%s", event.job_id, outcome)
+
+    def _record_missed(self, spec: scheduler.JobSpec, due: datetime) -> None:
+        """A scheduled run (a campaign's day, the night's training, snapshot or purge) taken
+        up later than its misfire grace time — no worker up then, or no free thread — is not
+        run, by the README's rule; it was only logged at INFO and counted, so the day's
+        campaign was gone with no trace in ``runs list``. Recorded ``skipped`` with the slot
+        and the rule; a poll (delivery, imports) missed is the next poll's, not recorded."""
+        now = self.clock.now()
+        late = (now - due).total_seconds()
+        grace = spec.misfire_grace_s
+        why = (
+            f"missed: due {due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, taken up {late:,.0f} s "
+            f"late, past the misfire grace time ([worker] misfire_grace_s = {grace} s)"
+        )
+        log.warning("job=%s status=missed reason=%r", spec.id, why)
+        try:
+            with self.engine.begin() as connection:
+                runs.skipped(connection, spec.id, self.id, now, why)
+        except SQLAlchemyError:  # the database may be away: the log line stays
+            log.exception("the missed run of %s could not be recorded", spec.id)
 
     def install_signals(
         self, which: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
