@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -1733,3 +1734,36 @@ def test_a_daily_campaign_slot_passed_while_the_worker_restarted(
     assert f"due {slot:%Y-%m-%d %H:%M:%S} UTC" in rows[0].error
     assert "misfire_grace_s = 3600" in rows[0].error
     assert fake.stats()["received"] == 0
+
+
+def test_sigterm_while_a_job_waits_on_the_database_lock_exits_within_the_timeout(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job (and the heartbeat) waiting on SQLite's write lock, held by another process
+    past the busy timeout (10 s), when SIGTERM comes: the worker must exit within
+    ``shutdown_timeout_s`` as the README says. It waited the timeout, then up to 5 s for
+    each of its loop and heartbeat threads, then 10 s more to record the run interrupted
+    in the locked store: 2 s became 22, and a supervisor's SIGKILL (Docker's after 10 s)
+    came first."""
+    from recocamp.worker import jobs as worker_jobs
+
+    monkeypatch.setitem(worker_jobs.JOBS, "train", lambda *_args: {})  # once the lock is free
+    shop = sqlite_shop(tmp_path, shutdown_timeout_s=2)
+    process = worker_for(shop)
+    process.start()
+    holder = sqlite3.connect(shop / "shop.db", isolation_level=None)
+    try:
+        wait_for(lambda: process.leader_since is not None, 10)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        process.scheduler.add_job(process.run, args=["train"], jobstore=scheduler.LOCAL)
+        time.sleep(0.5)  # the job waits on the lock to record its start
+        began = time.monotonic()
+        clean = process.shutdown()
+        took = time.monotonic() - began
+    finally:
+        holder.rollback()
+        holder.close()
+    assert clean is False  # the caller exits 3 now
+    assert took < 2 + 0.5, f"{took:.1f} s"
+    process.leadership.release()  # the process would have exited, closing the lock file
+    process.engine.dispose()
