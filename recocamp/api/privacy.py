@@ -113,6 +113,7 @@ class PurgeOut(BaseModel):
     model_customer_rows: int
     processed_files: int
     job_runs: int
+    workers: int
     kept: dict[str, str]
 
 

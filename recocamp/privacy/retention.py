@@ -9,7 +9,8 @@ models (which hold pseudonymous customer rows) after ``retired_model_days`` — 
 rollback target; also those of a model a killed training left unregistered — and
 imported drop-folder files after ``[ingest] keep_processed_days`` (0, the default: they
 are deleted as soon as they are imported), and the worker's run history (``runs``) after
-``job_runs_days``, but for what the worker still reads. Customers, their orders, consent
+``job_runs_days``, but for what the worker still reads, and the workers (``runs workers``)
+whose last heartbeat is as old. Customers, their orders, consent
 records and the audit log of living customers are kept as long as the shop keeps the
 customer (:data:`KEPT` says what is kept and why).
 """
@@ -50,6 +51,7 @@ class PurgeReport:
     model_customer_rows: int = 0  # of customers erased while a model was being trained
     processed_files: int = 0  # imported drop-folder files past [ingest] keep_processed_days
     job_runs: int = 0  # the worker's run history (``runs``)
+    workers: int = 0  # workers without a heartbeat for as long (``runs workers``)
     kept: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,6 +91,7 @@ def purge(engine: Engine, settings: Settings, now: datetime) -> PurgeReport:
         decided = store.delete_decisions(connection, before(days.decisions_days))
         audits = store.delete_stand_in_audit(connection, STAND_IN, before(days.erased_audit_days))
         job_runs = runs.delete_finished_before(connection, before(days.job_runs_days))
+        gone_workers = runs.delete_workers_gone_before(connection, before(days.job_runs_days))
         # under the registry's lock, deleted before it is released: a model promoted
         # meanwhile is not retired any more, or finds its artifacts gone and stays retired
         registry.lock_models(connection)
@@ -100,7 +103,16 @@ def purge(engine: Engine, settings: Settings, now: datetime) -> PurgeReport:
     store.empty_wal(engine)
     files = _old_processed_files(settings, now)
     report = PurgeReport(
-        bodies, events, decided, audits, len(directories), orphans, files, job_runs, KEPT
+        bodies,
+        events,
+        decided,
+        audits,
+        len(directories),
+        orphans,
+        files,
+        job_runs,
+        gone_workers,
+        KEPT,
     )
     log.info("privacy purge: %s", {k: v for k, v in report.as_dict().items() if k != "kept"})
     return report

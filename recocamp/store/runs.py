@@ -210,6 +210,15 @@ def heartbeat(
     )
 
 
+def delete_workers_gone_before(connection: sa.Connection, before: datetime) -> int:
+    """Delete the workers whose last heartbeat is older than ``before`` (the retention
+    purge): each start of a worker adds a row, so a worker restarted by every deploy left
+    one for good. A live worker beats every ``leader_poll_s``, so none of its rows goes; the
+    runs of one deleted count as a dead worker's (:func:`orphaned_runs`), as they did."""
+    statement = sa.delete(workers).where(workers.c.heartbeat_at < before)
+    return int(connection.execute(statement).rowcount)
+
+
 def stopped(connection: sa.Connection, worker: str, now: datetime) -> None:
     connection.execute(
         sa.update(workers).where(workers.c.id == worker).values(stopped_at=now, leader_since=None)

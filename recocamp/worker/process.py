@@ -66,6 +66,7 @@ from recocamp.store.runs import CAMPAIGN_PREFIX, CHECK_JOB
 from recocamp.worker import jobs, leadership, scheduler
 
 log = logging.getLogger(__name__)
+RECORD_S = 2.0  # of shutdown_timeout_s (at most half), kept to record how the worker ended
 RETRY_FAILED_S = 300.0  # a campaign run that failed (a database hiccup) is tried again then
 ORPHANED = "its worker stopped or died before it ended"
 UNRECORDED_END = "its end could not be recorded (the database was away): run again for its instant"
@@ -118,6 +119,8 @@ class Worker:
         self._heartbeat_thread: threading.Thread | None = None
         self._reload_checked = 0.0
         self.live_model_shown: tuple[str | None] | None = None  # in recocamp_live_model
+        # the running worker's and --once's: a run missed past its grace leaves a trace
+        self.scheduler.add_listener(self._not_run, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         limiter = RateLimiter(settings.esp.rate_limit_per_s, self.stop.wait)
         self.context = jobs.JobContext(
             settings,
@@ -646,7 +649,6 @@ class Worker:
         self.leadership.register()
         self._record_files(self.broken)
         _current = self
-        self.scheduler.add_listener(self._not_run, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()
         scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.LOCAL, "every_worker")
         if loop:
@@ -661,8 +663,36 @@ class Worker:
         """A run skipped because the previous one still runs, or missed beyond its grace."""
         outcome = "overlap" if event.code == EVENT_JOB_MAX_INSTANCES else "missed"
         metrics.JOB_RUNS.labels(event.job_id, outcome).inc()
+        spec = self.specs.get(event.job_id)
+        if (
+            outcome == "missed"
+            and spec is not None
+            and not isinstance(spec.trigger, IntervalTrigger)
+        ):
+            self._record_missed(spec, event.scheduled_run_time)
+            return
         level = logging.DEBUG if event.job_id == "deliver" else logging.INFO
         log.log(level, "job=%s status=%s", event.job_id, outcome)
+
+    def _record_missed(self, spec: scheduler.JobSpec, due: datetime) -> None:
+        """A scheduled run (a campaign's day, the night's training, snapshot or purge) taken
+        up later than its misfire grace time — no worker up then, or no free thread — is not
+        run, by the README's rule; it was only logged at INFO and counted, so the day's
+        campaign was gone with no trace in ``runs list``. Recorded ``skipped`` with the slot
+        and the rule; a poll (delivery, imports) missed is the next poll's, not recorded."""
+        now = self.clock.now()
+        late = (now - due).total_seconds()
+        grace = spec.misfire_grace_s
+        why = (
+            f"missed: due {due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, taken up {late:,.0f} s "
+            f"late, past the misfire grace time ([worker] misfire_grace_s = {grace} s)"
+        )
+        log.warning("job=%s status=missed reason=%r", spec.id, why)
+        try:
+            with self.engine.begin() as connection:
+                runs.skipped(connection, spec.id, self.id, now, why)
+        except SQLAlchemyError:  # the database may be away: the log line stays
+            log.exception("the missed run of %s could not be recorded", spec.id)
 
     def install_signals(
         self, which: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -708,12 +738,21 @@ class Worker:
             runs.stopped(connection, self.id, now)
 
     def shutdown(self) -> bool:
-        """Stop: no new runs, wait up to the shutdown timeout for running ones; True when
-        everything finished in time. Else the runs still going are recorded ``interrupted``
-        and the worker stopped (:meth:`abandon`): the caller exits the process now."""
+        """Stop: no new runs, wait for running ones; True when everything finished in time.
+        Else the runs still going are recorded ``interrupted`` and the worker stopped
+        (:meth:`abandon`): the caller exits the process now.
+
+        All of it within ``[worker] shutdown_timeout_s``, as the README promises: the jobs get
+        the timeout less :data:`RECORD_S` (at most half of it), kept to record the end. A
+        store that hangs (SQLite's write lock held by another process, which a busy write
+        waits 10 s for; a PostgreSQL lock) holds no step past the deadline: the loop and
+        heartbeat threads were joined 5 s each and the record waited for the lock, so a 2 s
+        timeout became 22 s and a supervisor's SIGKILL came first."""
         global _current
         self.stop.set()
         timeout = self.settings.worker.shutdown_timeout_s
+        deadline = time.monotonic() + timeout
+        reserve = min(RECORD_S, timeout / 2)
         finished = threading.Event()
 
         def wait() -> None:
@@ -723,10 +762,11 @@ class Worker:
             finished.set()
 
         threading.Thread(target=wait, name="worker-shutdown", daemon=True).start()
-        clean = finished.wait(timeout)
+        clean = finished.wait(timeout - reserve)
         for thread in (self._loop_thread, self._heartbeat_thread):
-            if thread is not None:
-                thread.join(timeout=5)
+            if thread is not None:  # daemon threads: they end with the process
+                thread.join(timeout=max(0.0, deadline - reserve - time.monotonic()))
+        left = max(0.0, deadline - time.monotonic())
         if not clean:  # the caller exits the process now: the locks go with it
             log.error(
                 "jobs still running after %g s: exiting anyway (campaign runs are "
@@ -735,20 +775,21 @@ class Worker:
             )
             # recorded, not left ``running`` for ever (and the worker not shown alive); the
             # exit must come even when the database is what hangs
-            try:
-                self.abandon(
-                    f"{self.stopped_by or 'stop'}: still running {timeout:g} s after the "
-                    "worker was stopped ([worker] shutdown_timeout_s); the worker exited"
-                )
-            except Exception:
-                log.exception("could not record the runs still going as interrupted")
+            why = (
+                f"{self.stopped_by or 'stop'}: still running {timeout:g} s after the "
+                "worker was stopped ([worker] shutdown_timeout_s); the worker exited"
+            )
+            _within(left, lambda: self.abandon(why), "the runs still going as interrupted")
             return False
-        with self.engine.begin() as connection:
-            runs.stopped(connection, self.id, self.clock.now())
+        _within(left, self._stopped, "the worker stopped")
         self.leadership.release()
         metrics.LEADER.set(0)
         _current = None
         return True
+
+    def _stopped(self) -> None:
+        with self.engine.begin() as connection:
+            runs.stopped(connection, self.id, self.clock.now())
 
     def run_due_once(self) -> dict[str, str]:
         """``--once``: every leader job that is due now (by the persistent schedule, with its
@@ -887,6 +928,27 @@ def _simulated(trigger: Any, start: datetime) -> Any:
     if isinstance(trigger, IntervalTrigger):
         return IntervalTrigger(hours=1, start_date=start, timezone=UTC)
     return trigger
+
+
+def _within(seconds: float, record: Callable[[], None], what: str) -> None:
+    """Run ``record`` (a write to the store) on a thread of its own and wait at most
+    ``seconds`` for it: a store that hangs must not hold the worker's exit. A record that
+    fails or is still waiting is logged; the thread, a daemon, ends with the process."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            record()
+        except Exception as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="worker-record", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        log.error("could not record %s within %.1f s: the store did not answer", what, seconds)
+    elif failed:
+        log.error("could not record %s", what, exc_info=failed[0])
 
 
 def _fate(failure: ConfigError, running: Mapping[str, Campaign]) -> str:

@@ -16,7 +16,8 @@ deliver            every ``deliver_every_s``              every one   one interv
 
 Every job has ``coalesce=True`` (runs missed while the worker was down run once, not once
 per missed slot), ``max_instances=1`` (a run that overlaps its own previous run is skipped
-and logged) and an explicit misfire grace time (a run later than that is skipped).
+and logged) and an explicit misfire grace time (a run later than that is skipped; the worker
+records a cron job's missed run in ``runs``, as skipped).
 
 Leader jobs live in a persistent job store in the recocamp database (``apscheduler_jobs``),
 so their next run times survive restarts: a run that fell due while no worker was up runs

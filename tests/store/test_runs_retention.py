@@ -69,3 +69,29 @@ def test_runs_young_enough_to_resume_are_never_purged() -> None:
     next scheduling worker resumed it."""
     with pytest.raises(ValueError, match="job_runs_days"):
         PrivacySettings(job_runs_days=7)
+
+
+def test_purge_deletes_workers_gone_for_the_retention_period(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every start of a worker adds a ``workers`` row (``host:pid:nonce``): a worker
+    restarted by each deploy, or a container's every start, left one for good. One whose
+    last heartbeat is older than ``job_runs_days`` (stopped, or killed and never stopped)
+    goes with its runs; a live one, and one gone more recently, stay (``runs workers``)."""
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    days = settings.privacy.job_runs_days
+    old, recent = NOW - timedelta(days=days + 1), NOW - timedelta(days=days - 1)
+    with engine.begin() as connection:
+        runs.heartbeat(connection, "h:1:live", NOW, NOW)
+        runs.heartbeat(connection, "h:2:stopped-lately", recent, None)
+        runs.stopped(connection, "h:2:stopped-lately", recent)
+        runs.heartbeat(connection, "h:3:stopped-long-ago", old, None)
+        runs.stopped(connection, "h:3:stopped-long-ago", old)
+        runs.heartbeat(connection, "h:4:killed-long-ago", old, None)
+    report = privacy.purge(engine, settings, NOW)
+    with engine.connect() as connection:
+        left = [row.id for row in runs.all_workers(connection)]
+    assert sorted(left) == ["h:1:live", "h:2:stopped-lately"]
+    assert report.workers == 2
+    assert privacy.purge(engine, settings, NOW).workers == 0  # idempotent

@@ -15,6 +15,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from recocamp.campaigns.files import Campaign, load
 from recocamp.settings import load_settings
+from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import scheduler
 from recocamp.worker.process import Worker
@@ -208,7 +209,12 @@ def test_once_skips_a_run_missed_by_more_than_the_grace_time(
     _set_next_run(process, "kpi_snapshot", two_hours_ago)
     outcomes = process.run_due_once()
     assert outcomes["kpi_snapshot"] == "missed"
-    assert _runs(process, "kpi_snapshot") == []
+    # not run, and not without a trace: runs list says which slot was missed and why
+    with process.engine.connect() as connection:
+        [row] = runs.recent(connection, "kpi_snapshot")
+    assert row.status == "skipped"
+    assert f"due {two_hours_ago:%Y-%m-%d %H:%M:%S} UTC" in row.error
+    assert "misfire_grace_s = 3600" in row.error
     process.engine.dispose()
 
 
