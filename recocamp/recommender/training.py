@@ -46,7 +46,7 @@ from recocamp.errors import ModelError
 from recocamp.recommender import evaluate, matrix, ranking
 from recocamp.recommender import models as model
 from recocamp.recommender.evaluate import Metrics
-from recocamp.recommender.matrix import DAY, Lines, TrainingData
+from recocamp.recommender.matrix import Lines, TrainingData, days_later
 from recocamp.recommender.models import Hybrid, HybridWeights
 from recocamp.recommender.ranking import Recommender
 from recocamp.settings import RecommenderSettings
@@ -208,9 +208,10 @@ def _sample(settings: RecommenderSettings) -> dict[str, Any]:
 
 
 def _candidate(
-    name: str, settings: RecommenderSettings, lines: Lines, cutoff: float
+    name: str, settings: RecommenderSettings, lines: Lines, cutoff: float, zone: tzinfo = UTC
 ) -> Recommender:
-    """A fresh model; the hybrid's weights tuned on the window before ``cutoff``."""
+    """A fresh model; the hybrid's weights tuned on the window before ``cutoff`` (days of
+    the shop's ``zone``)."""
     candidate = model.make(name, settings)
     if isinstance(candidate, Hybrid):
         weights = evaluate.tune_hybrid(
@@ -221,6 +222,7 @@ def _candidate(
             settings.evaluation_k,
             **_split_args(settings),
             **_sample(settings),
+            zone=zone,
         )
         candidate = model.make(name, settings, weights)
     return candidate
@@ -308,12 +310,12 @@ def train(
     if same is not None:
         return _unchanged(same, name)
     say("evaluating on the time split")
-    evaluation = _evaluate_all(engine, settings, name, lines, as_of)
+    evaluation = _evaluate_all(engine, settings, name, lines, as_of, zone)
     results = evaluation.metrics
     clock.lap("evaluate")
     say("fitting on all data")
     final = (
-        _candidate(name, settings, lines, as_of.timestamp())
+        _candidate(name, settings, lines, as_of.timestamp(), zone)
         if evaluation.final_weights is None
         else model.make(name, settings, evaluation.final_weights)
     )
@@ -418,15 +420,22 @@ class Evaluation:
 
 
 def _evaluate_all(
-    engine: Engine, settings: RecommenderSettings, name: str, lines: Lines, as_of: datetime
+    engine: Engine,
+    settings: RecommenderSettings,
+    name: str,
+    lines: Lines,
+    as_of: datetime,
+    zone: tzinfo = UTC,
 ) -> Evaluation:
-    """Candidate, baselines and the live model's configuration on one split."""
+    """Candidate, baselines and the live model's configuration on one split: from ``as_of``
+    less the horizon in calendar days of the shop's ``zone`` (its midnight for a midnight
+    ``as_of``: the date ``models list`` names and ``recocamp evaluate --cutoff`` splits at)."""
     horizon, k = settings.evaluation_horizon_days, settings.evaluation_k
-    cutoff = as_of.timestamp() - horizon * DAY
+    cutoff = days_later(as_of.timestamp(), -horizon, zone)
     split = evaluate.make_split(
-        lines, cutoff, horizon, **_split_args(settings), **_sample(settings)
+        lines, cutoff, horizon, **_split_args(settings), **_sample(settings), zone=zone
     )
-    candidate = _candidate(name, settings, lines, cutoff)
+    candidate = _candidate(name, settings, lines, cutoff, zone)
     scored = {"candidate": evaluate.evaluate_per_customer(candidate, split, k)}
     results = {"candidate": scored["candidate"][0]}
     final_weights = None
@@ -760,20 +769,22 @@ def compare(
     horizon_days: int,
     k: int,
     step: Step | None = None,
+    zone: tzinfo = UTC,
 ) -> dict[str, Metrics]:
-    """``recocamp evaluate``: every named model on one split (the hybrid tuned before it)."""
+    """``recocamp evaluate``: every named model on one split (the hybrid tuned before it),
+    its days those of the shop's ``zone``."""
     lines = load_lines(engine)
     if len(lines) == 0:
         raise ModelError("no learnable purchase lines: import purchases first")
     split_args = _split_args(settings)
     split = evaluate.make_split(
-        lines, cutoff.timestamp(), horizon_days, **split_args, **_sample(settings)
+        lines, cutoff.timestamp(), horizon_days, **split_args, **_sample(settings), zone=zone
     )
     tuned = settings.model_copy(update={"evaluation_horizon_days": horizon_days, "evaluation_k": k})
     results = {}
     for name in names:
         if step is not None:
             step(f"evaluating {name}")
-        candidate = _candidate(name, tuned, lines, cutoff.timestamp())
+        candidate = _candidate(name, tuned, lines, cutoff.timestamp(), zone)
         results[name] = evaluate.evaluate(candidate, split, k)
     return results
