@@ -221,7 +221,9 @@ def evaluate_models(
         check_horizon(engine, split_at, horizon, zone, open_horizon)
         names = [m.value for m in models] if models else list(MODEL_NAMES)
         with errors.status("evaluating") as status:
-            results = training.compare(engine, rec, names, split_at, horizon, top, status.update)
+            results = training.compare(
+                engine, rec, names, split_at, horizon, top, status.update, zone
+            )
     if all(metrics.customers == 0 for metrics in results.values()):
         # zeros without a word read as models that recommend nothing a customer buys
         print_warning(

@@ -20,13 +20,14 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, tzinfo
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from recocamp.recommender import matrix, repeat
-from recocamp.recommender.matrix import DAY, Lines, TrainingData
+from recocamp.recommender.matrix import Lines, TrainingData, days_later
 from recocamp.recommender.models import Hybrid, HybridWeights, combine
 from recocamp.recommender.ranking import Mode, Recommender, batches, top_k
 
@@ -62,8 +63,10 @@ def make_split(
     half_life_days: float | None = None,
     max_customers: int | None = None,
     seed: int = 0,
+    zone: tzinfo = UTC,
 ) -> Split:
-    """Training data before ``cutoff`` and each known customer's test items after it.
+    """Training data before ``cutoff`` and each known customer's test items after it, up
+    to ``horizon_days`` calendar days of the shop's ``zone`` later (:func:`matrix.days_later`).
 
     With ``max_customers``, a shop with more customers before the cutoff is evaluated on a
     sample of them: ``max_customers`` drawn with ``seed`` from the customers known before the
@@ -74,7 +77,7 @@ def make_split(
     data = matrix.build(
         lines, cutoff, popularity_days=popularity_days, half_life_days=half_life_days
     )
-    future = lines.between(cutoff, cutoff + horizon_days * DAY)
+    future = lines.between(cutoff, days_later(cutoff, horizon_days, zone))
     rows = _lookup(lines.customer_ids, data.customers)[future.customer]
     drawn = sample_rows(data.shape[0], max_customers, seed)
     known = rows >= 0
@@ -272,8 +275,10 @@ def tune_hybrid(
     """On the split ``[cutoff − horizon, cutoff)`` — never on the test window: the
     replenishment blend (a logistic fit of which own items were bought again, see
     :mod:`.repeat`), then the discovery weights that maximise discover recall_new, then the
-    repeat boost that maximises recall."""
-    split = make_split(lines, cutoff - horizon_days * DAY, horizon_days, **split_args)
+    repeat boost that maximises recall. ``split_args``' ``zone`` (the shop's) counts the
+    days."""
+    start = days_later(cutoff, -horizon_days, split_args.get("zone", UTC))
+    split = make_split(lines, start, horizon_days, **split_args)
     if len(split.rows) == 0:
         return hybrid.weights
     hybrid.fit(split.data)

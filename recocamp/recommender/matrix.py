@@ -17,11 +17,22 @@ returns, and a single bulk order of 500 units does not dominate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import numpy as np
 import scipy.sparse as sp
 
 DAY = 86400.0
+
+
+def days_later(epoch: float, days: float, zone: tzinfo = UTC) -> float:
+    """``epoch`` moved by ``days`` calendar days of ``zone`` (the same wall time, 23 or 25
+    hours to a day that changes the clocks): a split named by a shop-local date starts and
+    ends at that zone's midnight, as ``recocamp evaluate --cutoff DATE`` names it, not an
+    hour off for every clock change between (``days`` × 86,400 seconds)."""
+    if zone is UTC:
+        return epoch + days * DAY
+    return (datetime.fromtimestamp(epoch, zone) + timedelta(days=days)).timestamp()
 
 
 @dataclass(frozen=True, slots=True)

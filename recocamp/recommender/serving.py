@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recocamp.domain import Item
+from recocamp.domain import Item, composed
 from recocamp.recommender import models as model
 from recocamp.recommender.matrix import TrainingData
 from recocamp.recommender.ranking import Recommender, personal_or_popular, ranked_lists
@@ -108,7 +108,8 @@ class Live:
         numbers: list[int] = []
         times: list[float] = []
         for number, order in enumerate(history.orders):
-            known = [columns[item] for item in order.items if item in columns]
+            found = [column_of(columns, item) for item in order.items]
+            known = [column for column in found if column is not None]
             codes += known
             numbers += [number] * len(known)
             times += [order.at.timestamp()] * len(known)
@@ -125,7 +126,8 @@ class Live:
         """The top-N of :meth:`scores` without ``skip`` (``scores`` is left as it is)."""
         if skip:  # the columns looked up at C speed: a wholesale buyer owns thousands
             scores = scores.copy()
-            found = [column for column in map(self.columns.get, skip) if column is not None]
+            columns = self.columns
+            found = [c for c in (column_of(columns, item) for item in skip) if c is not None]
             scores[np.array(found, dtype=np.int64)] = -np.inf
         order = best_first(scores, top_n)
         values = scores[order]
@@ -164,12 +166,13 @@ class Live:
         orders, columns = self.data.orders, self.columns
         learnt = round(float(orders.data[orders.indptr[row] : orders.indptr[row + 1]].sum()))
         if history.returned:  # their orders were learnt, but are in no order of the history
-            gone = [columns[item] for item in history.returned if item in columns]
+            gone = [c for c in (column_of(columns, i) for i in history.returned) if c is not None]
             learnt -= round(float(orders[row, gone].sum())) if gone else 0
         before = [order.items for order in history.orders if order.at < cutoff]
         if sum(map(len, before)) <= learnt:  # the common case, without a look-up per item
             return False
-        return sum(sum(map(columns.__contains__, items)) for items in before) > learnt
+        known = (column_of(columns, item) is not None for items in before for item in items)
+        return sum(known) > learnt
 
     def listed(self, customer_id: str, top_n: int) -> list[list[Any]] | None:
         """The customer's top-N exactly as the cache holds it for the customers it keeps
@@ -184,6 +187,18 @@ class Live:
 
     def similar(self, item_id: str, n: int) -> list[tuple[str, float]]:
         return model.similar(self.fitted, self.data, item_id, n)
+
+
+def column_of(columns: dict[str, int], item: str) -> int | None:
+    """``item``'s column in a live model, None where it has none. A history read from the
+    store names an item as its lines were stored, decomposed by an older version
+    (``To`` + U+0308 ``pfchen``) where training learnt it composed (``training.sorted_ids``):
+    such an id is looked up composed too, so the old lines count and an item returned in
+    full under the old form is still left out."""
+    found = columns.get(item)
+    if found is None and not item.isascii():
+        found = columns.get(composed(item))
+    return found
 
 
 def best_first(scores: np.ndarray, top_n: int) -> np.ndarray:

@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,11 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from recocamp.domain import composed
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate, matrix, ranking
 from recocamp.recommender import models as model
 from recocamp.recommender.evaluate import Metrics
-from recocamp.recommender.matrix import DAY, Lines, TrainingData
+from recocamp.recommender.matrix import Lines, TrainingData, days_later
 from recocamp.recommender.models import Hybrid, HybridWeights
 from recocamp.recommender.ranking import Recommender
 from recocamp.settings import RecommenderSettings
@@ -81,19 +83,45 @@ def load_lines(engine: Engine, until: datetime | None = None) -> Lines:
         if numbered is None:
             return encoded_while_reading(connection, until)
     customer, customer_ids = in_id_order(numbered.customer, numbered.customer_ids)
-    item, item_ids = in_id_order(numbered.item, numbered.item_ids)
+    item, item_ids = in_id_order(numbered.item, numbered.item_ids, compose=True)
     return Lines(customer, item, first_seen(numbered.order), numbered.at, customer_ids, item_ids)
 
 
-def in_id_order(numbers: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The ids that occur, sorted, and each line's code among them: what
-    :meth:`_Codes.sorted` gives for the same lines (the same sort of the same strings)."""
+def in_id_order(
+    numbers: np.ndarray, ids: list[str], *, compose: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ids that occur, sorted (``compose``: composed, :func:`sorted_ids`), and each
+    line's code among them: what :meth:`_Codes.sorted` gives for the same lines (the same
+    sort of the same strings)."""
     present = np.flatnonzero(np.bincount(numbers, minlength=len(ids)))
-    names = np.array([ids[i] for i in present.tolist()], dtype=str)
-    order = np.argsort(names, kind="stable")
+    where, names = sorted_ids([ids[i] for i in present.tolist()], compose=compose)
     rank = np.zeros(len(ids), dtype=np.int64)
-    rank[present[order]] = np.arange(len(present))
-    return rank[numbers], names[order]
+    rank[present] = where
+    return rank[numbers], names
+
+
+def sorted_ids(names: list[str], *, compose: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct stored ids → each one's position among the sorted distinct ids they name,
+    and those ids. ``compose`` (items): ids stored in two Unicode forms — lines an older
+    version stored decomposed (``To`` + U+0308 ``pfchen``) and today's composed ones —
+    are one id, composed (``domain.composed``), as they are to a person and to the API,
+    which composes the ids it is asked about: two columns offered one product twice in a
+    list. An id stored in one form keeps it (the catalogue's row of an item only an older
+    version sold is named so). Customer ids stay as stored: the planner, the privacy
+    scrubs and the retention purge find a customer's row by the stored id. Ids all ASCII
+    (the usual) are one form already: sorted as they are."""
+    if compose and not all(map(str.isascii, names)):
+        forms = [composed(name) for name in names]
+        shared = Counter(forms)
+        pairs = zip(names, forms, strict=True)
+        names = [form if shared[form] > 1 else name for name, form in pairs]
+        unique, where = np.unique(np.array(names, dtype=str), return_inverse=True)
+        return where.ravel().astype(np.int64), unique
+    ids = np.array(names, dtype=str)
+    order = np.argsort(ids, kind="stable")
+    at = np.empty(len(ids), dtype=np.int64)
+    at[order] = np.arange(len(ids))
+    return at, ids[order]
 
 
 def first_seen(numbers: np.ndarray) -> np.ndarray:
@@ -122,7 +150,7 @@ def encoded_while_reading(connection: Connection, until: datetime | None) -> Lin
             orders.add(part.order)
             at.append(part.at)
     customer_codes, customer_ids = customers.sorted()
-    item_codes, item_ids = items.sorted()
+    item_codes, item_ids = items.sorted(compose=True)
     return Lines(
         customer_codes,
         item_codes,
@@ -164,13 +192,11 @@ class _Codes:
     def codes(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.int64)
 
-    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        """Codes renumbered so that code order is id order, and the sorted ids."""
-        ids = np.array(list(self.index), dtype=str)
-        order = np.argsort(ids, kind="stable")
-        rank = np.empty(len(ids), dtype=np.int64)
-        rank[order] = np.arange(len(ids))
-        return rank[self.codes], ids[order]
+    def sorted(self, *, compose: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Codes renumbered so that code order is id order, and the sorted ids
+        (``compose``: composed, :func:`sorted_ids`)."""
+        rank, ids = sorted_ids(list(self.index), compose=compose)
+        return rank[self.codes], ids
 
 
 class _Numbering(dict[str, int]):
@@ -208,9 +234,10 @@ def _sample(settings: RecommenderSettings) -> dict[str, Any]:
 
 
 def _candidate(
-    name: str, settings: RecommenderSettings, lines: Lines, cutoff: float
+    name: str, settings: RecommenderSettings, lines: Lines, cutoff: float, zone: tzinfo = UTC
 ) -> Recommender:
-    """A fresh model; the hybrid's weights tuned on the window before ``cutoff``."""
+    """A fresh model; the hybrid's weights tuned on the window before ``cutoff`` (days of
+    the shop's ``zone``)."""
     candidate = model.make(name, settings)
     if isinstance(candidate, Hybrid):
         weights = evaluate.tune_hybrid(
@@ -221,6 +248,7 @@ def _candidate(
             settings.evaluation_k,
             **_split_args(settings),
             **_sample(settings),
+            zone=zone,
         )
         candidate = model.make(name, settings, weights)
     return candidate
@@ -308,12 +336,12 @@ def train(
     if same is not None:
         return _unchanged(same, name)
     say("evaluating on the time split")
-    evaluation = _evaluate_all(engine, settings, name, lines, as_of)
+    evaluation = _evaluate_all(engine, settings, name, lines, as_of, zone)
     results = evaluation.metrics
     clock.lap("evaluate")
     say("fitting on all data")
     final = (
-        _candidate(name, settings, lines, as_of.timestamp())
+        _candidate(name, settings, lines, as_of.timestamp(), zone)
         if evaluation.final_weights is None
         else model.make(name, settings, evaluation.final_weights)
     )
@@ -418,15 +446,22 @@ class Evaluation:
 
 
 def _evaluate_all(
-    engine: Engine, settings: RecommenderSettings, name: str, lines: Lines, as_of: datetime
+    engine: Engine,
+    settings: RecommenderSettings,
+    name: str,
+    lines: Lines,
+    as_of: datetime,
+    zone: tzinfo = UTC,
 ) -> Evaluation:
-    """Candidate, baselines and the live model's configuration on one split."""
+    """Candidate, baselines and the live model's configuration on one split: from ``as_of``
+    less the horizon in calendar days of the shop's ``zone`` (its midnight for a midnight
+    ``as_of``: the date ``models list`` names and ``recocamp evaluate --cutoff`` splits at)."""
     horizon, k = settings.evaluation_horizon_days, settings.evaluation_k
-    cutoff = as_of.timestamp() - horizon * DAY
+    cutoff = days_later(as_of.timestamp(), -horizon, zone)
     split = evaluate.make_split(
-        lines, cutoff, horizon, **_split_args(settings), **_sample(settings)
+        lines, cutoff, horizon, **_split_args(settings), **_sample(settings), zone=zone
     )
-    candidate = _candidate(name, settings, lines, cutoff)
+    candidate = _candidate(name, settings, lines, cutoff, zone)
     scored = {"candidate": evaluate.evaluate_per_customer(candidate, split, k)}
     results = {"candidate": scored["candidate"][0]}
     final_weights = None
@@ -760,20 +795,22 @@ def compare(
     horizon_days: int,
     k: int,
     step: Step | None = None,
+    zone: tzinfo = UTC,
 ) -> dict[str, Metrics]:
-    """``recocamp evaluate``: every named model on one split (the hybrid tuned before it)."""
+    """``recocamp evaluate``: every named model on one split (the hybrid tuned before it),
+    its days those of the shop's ``zone``."""
     lines = load_lines(engine)
     if len(lines) == 0:
         raise ModelError("no learnable purchase lines: import purchases first")
     split_args = _split_args(settings)
     split = evaluate.make_split(
-        lines, cutoff.timestamp(), horizon_days, **split_args, **_sample(settings)
+        lines, cutoff.timestamp(), horizon_days, **split_args, **_sample(settings), zone=zone
     )
     tuned = settings.model_copy(update={"evaluation_horizon_days": horizon_days, "evaluation_k": k})
     results = {}
     for name in names:
         if step is not None:
             step(f"evaluating {name}")
-        candidate = _candidate(name, tuned, lines, cutoff.timestamp())
+        candidate = _candidate(name, tuned, lines, cutoff.timestamp(), zone)
         results[name] = evaluate.evaluate(candidate, split, k)
     return results

@@ -4,6 +4,7 @@ with a synthetic shop; objected customers never reach the model or the cache."""
 from __future__ import annotations
 
 import gc
+import json
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from recocamp import privacy
 from recocamp.campaigns import run as campaign_run
 from recocamp.data.synthetic import END, ConsentMix, customer_record, generate_shop
+from recocamp.domain import Purchase
 from recocamp.errors import ModelError
 from recocamp.recommender import evaluate, serving, training
 from recocamp.recommender import models as model
@@ -825,3 +827,113 @@ def test_a_training_stopped_before_its_registration_leaves_no_artifacts(
     with shop.connect() as connection:
         row = registry.get(connection, str(again.version))
     assert row is not None and model.customer_ids(Path(row.path))
+
+
+LONDON = ZoneInfo("Europe/London")
+
+
+def summer_shop(engine: sa.Engine) -> None:
+    """Six regular customers, plus ``late``, whose one test-window order is at 00:30 BST on
+    11 September 2011 (23:30 UTC the day before), and ``eve``, whose is at 23:30 GMT on
+    9 December 2011: both inside a 90-day split at shop-local midnight of 11 September, by
+    the calendar of the shop's zone, which leaves summer time on 30 October."""
+    rows: list[Purchase] = []
+
+    def bought(customer: str, item: str, at: datetime) -> None:
+        rows.append(Purchase(f"o{len(rows)}", 1, customer, item, 1, 2.0, at))
+
+    for n in range(6):
+        for k, month in enumerate((6, 7, 8)):
+            bought(f"c{n}", f"i{(n + k) % 4}", datetime(2011, month, 3 + n, 12, tzinfo=UTC))
+        bought(f"c{n}", f"i{(n + 1) % 4}", datetime(2011, 10, 3 + n, 12, tzinfo=UTC))
+    bought("late", "i0", datetime(2011, 8, 1, 12, tzinfo=UTC))
+    bought("late", "i1", datetime(2011, 9, 10, 23, 30, tzinfo=UTC))  # 00:30 BST, 11 Sept
+    bought("eve", "i0", datetime(2011, 8, 2, 12, tzinfo=UTC))
+    bought("eve", "i2", datetime(2011, 12, 9, 23, 30, tzinfo=UTC))  # 23:30 GMT, 9 Dec
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, rows, None)
+
+
+def test_the_gate_splits_at_shop_local_midnight_across_a_clock_change(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """``as_of`` 10 December (midnight GMT) less 90 days is midnight BST of 11 September,
+    23:00 UTC: 90 × 86,400 seconds back was 01:00 BST, so ``late``'s order at 00:30 that
+    day was learnt, not tested, and the split `models list` names (2011-09-11) was not the
+    one `recocamp evaluate --cutoff 2011-09-11` measures."""
+    summer_shop(engine)
+    settings = settings_for(tmp_path).model_copy(update={"evaluation_horizon_days": 90})
+    as_of = datetime(2011, 12, 10, tzinfo=LONDON)
+    result = training.train(
+        engine, settings, now=NOW, as_of=as_of, name="repeat_frequency", zone=LONDON
+    )
+    with engine.connect() as connection:
+        row = registry.get(connection, str(result.version))
+    assert row is not None
+    gate = row.metrics["gate"]
+    assert datetime.fromisoformat(gate["split_cutoff"]) == datetime(2011, 9, 11, tzinfo=LONDON)
+    assert result.metrics["candidate"].customers == 8  # c0..c5, late and eve
+
+
+def test_evaluate_tests_the_horizons_last_shop_local_day_across_a_clock_change(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """`recocamp evaluate --cutoff 2011-09-11 --horizon-days 90`: the test window runs to
+    midnight GMT of 10 December; 90 × 86,400 seconds from midnight BST ended it at 23:00 on
+    9 December, and ``eve``'s order at 23:30 that day was in no window at all."""
+    summer_shop(engine)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    monkeypatch.setenv("RECOCAMP_SHOP__TIME_ZONE", "Europe/London")
+    from recocamp.cli import app, common
+
+    monkeypatch.setattr(common.clock, "now", lambda: NOW)
+    arguments = ["--cutoff", "2011-09-11", "--horizon-days", "90", "--model", "popularity"]
+    result = CliRunner().invoke(app, ["evaluate", *arguments, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"]["popularity"]["customers"] == 8
+
+
+DECOMPOSED, COMPOSED = "To\u0308pfchen", "T\u00f6pfchen"  # one item, two Unicode forms
+
+
+def test_an_item_stored_in_two_unicode_forms_is_one_item(engine: sa.Engine, tmp_path: Path) -> None:
+    """Lines an older version stored decomposed (``To`` + U+0308 ``pfchen``) and today's
+    composed lines of the same item are one column: the model split them in two, and every
+    cached list offered the item twice. A history that still names the old form finds the
+    column (its lines count; returned in full under that form, it is left out). An item
+    stored in one form only keeps it (``Ka`` + U+0308 ``se``: its catalogue row's)."""
+    rows: list[Purchase] = []
+    start = datetime(2011, 6, 1, 12, tzinfo=UTC)
+    people = [f"c{n}" for n in range(12)]
+    for n, person in enumerate(people):
+        for k in range(4):
+            at = start + timedelta(days=20 * k + n)
+            item = DECOMPOSED if k < 2 else COMPOSED  # before and after an upgrade
+            rows.append(Purchase(f"o{len(rows)}", 1, person, item, 1, 2.0, at))
+            rows.append(Purchase(f"o{len(rows)}", 1, person, f"i{(n + k) % 5}", 1, 2.0, at))
+            rows.append(Purchase(f"o{len(rows)}", 1, person, "Ka\u0308se", 1, 2.0, at))
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, rows, None)
+    settings = settings_for(tmp_path)
+    result = training.train(
+        engine, settings, now=NOW, as_of=datetime(2011, 12, 1, tzinfo=UTC), name="repeat_frequency"
+    )
+    assert result.outcome == "promoted"
+    lists = cache(engine)
+    assert set(lists) == set(people)
+    for items_ in lists.values():
+        offered = [entry[0] for entry in items_]
+        assert offered.count(COMPOSED) == 1 and DECOMPOSED not in offered
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    fitted, data, _meta = model.load(Path(live.path), settings)
+    served = serving.Live.of(live.version, fitted, data, live.data_cutoff)
+    old = History((Order(start, frozenset({DECOMPOSED, "i1"})),))
+    assert served.scores(old, None)[served.columns[COMPOSED]] > 0  # learnt from the old line
+    assert sorted(data.items.tolist()) == sorted(
+        [COMPOSED, "Ka\u0308se", "i0", "i1", "i2", "i3", "i4"]
+    )
+    ranked = served.rescore(old, 10, None, skip=frozenset({DECOMPOSED}))  # returned in full
+    assert COMPOSED not in [entry[0] for entry in ranked]
