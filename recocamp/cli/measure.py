@@ -58,7 +58,7 @@ def kpis(
         end = parse_as_of(as_of, settings.shop.zone)
         days = window_days or settings.kpis.window_days
         with engine_for(settings).connect() as connection:
-            rows = queries.order_totals(connection, end - timedelta(days=2 * days), end)
+            rows = queries.order_parts(connection, end - timedelta(days=2 * days), end)
             latest = queries.latest_order_time(connection)
             first = queries.first_order_time(connection)
         totals = [kpi_module.OrderTotal(*row) for row in rows]

@@ -119,12 +119,14 @@ def backfill(
         have_segments = set() if replace else store.segment_days(connection, first, last)
         unsegmented = store.unsegmented(connection)
         data_start = queries.first_order_time(connection)
-        orders = sorted(
-            queries.order_totals(connection, EPOCH, day_end(last, zone)), key=lambda row: row[2]
+        parts = sorted(
+            queries.order_parts(connection, EPOCH, day_end(last, zone)), key=lambda row: row[2]
         )
-    totals = [OrderTotal(*row) for row in orders]
+    # the KPIs take an order's lines of each instant (a window holds exactly its lines
+    # inside it); the segments take whole orders
+    totals = [OrderTotal(*row) for row in parts]
     times = [order.ordered_at for order in totals]
-    segments = _SegmentTracker(totals, unsegmented)
+    segments = _SegmentTracker(_whole_orders(totals), unsegmented)
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     written = 0
     for start in range(0, len(days), CHUNK_DAYS):
@@ -149,6 +151,17 @@ def backfill(
                 written += store.write_snapshots(connection, kpi_rows, segment_rows, replace)
         on_days(len(chunk))
     return written
+
+
+def _whole_orders(parts: Sequence[OrderTotal]) -> list[OrderTotal]:
+    """Orders from their parts sorted by time: timed at the first, revenue summed (what
+    ``queries.order_totals`` answers for the same lines)."""
+    whole: dict[tuple[str, str | None], OrderTotal] = {}
+    for part in parts:
+        key = (part.order_id, part.customer_id)
+        found = whole.get(key)
+        whole[key] = part if found is None else replace(found, revenue=found.revenue + part.revenue)
+    return sorted(whole.values(), key=lambda order: order.ordered_at)
 
 
 def _window(

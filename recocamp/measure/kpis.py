@@ -3,7 +3,9 @@
 Window ``W`` days ending at ``as_of`` (exclusive), previous window ``[as_of − 2W, as_of − W)``:
 
 - orders: distinct orders of known customers with a purchase line in the window;
-  guest orders are counted separately (``guest_orders``);
+  guest orders are counted separately (``guest_orders``); an order whose lines were stamped
+  on both sides of a window's edge (23:59 and 00:01) counts in each window, with the revenue
+  of its lines inside it (``store.queries.order_parts``: one row per order and instant);
 - purchase_frequency = orders / customers with an order;
 - average_order_value = revenue of those orders / orders (postage and fees included);
 - repeat_purchase_rate = customers with ≥ 2 orders / customers with ≥ 1;
@@ -30,7 +32,8 @@ from datetime import UTC, datetime, timedelta
 
 @dataclass(frozen=True, slots=True)
 class OrderTotal:
-    """One order's purchase lines summed: who, when (first line), how much."""
+    """One order's purchase lines summed: who, when (first line), how much. The KPIs take
+    an order's lines of one instant each (``store.queries.order_parts``), counted by id."""
 
     order_id: str
     customer_id: str | None
@@ -74,19 +77,21 @@ def compute(
     window = timedelta(days=window_days)
     start, previous_start = as_of - window, as_of - 2 * window
     partial = data_start is not None and data_start > previous_start
-    per_customer: Counter[str] = Counter()
+    ids: dict[str, set[str]] = {}  # customer → order ids: an order's parts count once
     previous_customers: set[str] = set()
     revenue = 0.0
-    guest_orders = 0
+    guests: set[str] = set()
     for order in orders:
         if start <= order.ordered_at < as_of:
             if order.customer_id is None:
-                guest_orders += 1
+                guests.add(order.order_id)
                 continue
-            per_customer[order.customer_id] += 1
+            ids.setdefault(order.customer_id, set()).add(order.order_id)
             revenue += order.revenue
         elif previous_start <= order.ordered_at < start and order.customer_id is not None:
             previous_customers.add(order.customer_id)
+    per_customer = Counter({customer: len(found) for customer, found in ids.items()})
+    guest_orders = len(guests)
     count = sum(per_customer.values())
     customers = len(per_customer)
     frequency = _ratio(count, customers)

@@ -368,3 +368,49 @@ def test_segment_sizes_leave_out_customers_who_objected_to_profiling(engine: sa.
     planned = Counter(v.rfm.segment for v in views.views if v.rfm is not None)
     assert sum(sizes[date(2024, 3, 31)].values()) == 2  # a and b; c objected
     assert sizes[date(2024, 3, 31)] == dict(planned)
+
+
+def test_an_order_spanning_midnight_counts_in_each_day_by_its_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order with a line at 23:59 on 10 January and one at 00:01 on 11 January (London):
+    DESIGN counts an order in every window holding one of its purchase lines, with those
+    lines' revenue. The order was timed at its first line and summed over every line the
+    query reached: a backfill to 11 January said AOV 100 for 10 January, the `kpis` command
+    and the daily job 10 for the same window, and 11 January had no order at all."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n[shop]\ntime_zone = "Europe/London"\n'
+    )
+    engine = make_engine("sqlite:///shop.db")
+    upgrade(engine)
+    lines = [
+        Purchase("o0", 1, "a", "i1", 1, 10.0, datetime(2024, 1, 5, 12, tzinfo=UTC)),
+        Purchase("o1", 1, "a", "i1", 1, 10.0, datetime(2024, 1, 10, 23, 59, tzinfo=UTC)),
+        Purchase("o1", 2, "a", "i2", 1, 90.0, datetime(2024, 1, 11, 0, 1, tzinfo=UTC)),
+    ]
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, lines, None)
+    settings = Settings(
+        shop=ShopSettings(time_zone="Europe/London"),
+        measure=MeasureSettings(snapshot_window_days=(1, 7), restate_days=0),
+    )
+    measure_jobs.backfill(engine, settings, date(2024, 1, 10), date(2024, 1, 11), NOW)
+    with engine.connect() as connection:
+        history = store.kpi_history(connection, date(2024, 1, 10), date(2024, 1, 11))
+    engine.dispose()
+    by_hand = {  # (orders, AOV) of each window
+        (date(2024, 1, 10), 1): (1, 10.0),
+        (date(2024, 1, 11), 1): (1, 90.0),
+        (date(2024, 1, 11), 7): (2, 110.0 / 2),  # o0 and o1: each order counted once
+    }
+    for (day, window), (orders, aov) in by_hand.items():
+        snapshot = history[(day, window)]
+        assert (snapshot["orders"], snapshot["average_order_value"]) == (orders, aov)
+        as_of = (day + timedelta(days=1)).isoformat()
+        result = CliRunner().invoke(
+            app, ["kpis", "--as-of", as_of, "--window-days", str(window), "--format", "json"]
+        )
+        assert result.exit_code == 0, result.output
+        command = json.loads(result.output)
+        assert snapshot == {name: command[name] for name in snapshot}
