@@ -24,6 +24,7 @@ from recocamp.cli.common import (
     errors,
     errors_to_exit,
     fmt,
+    not_to_come,
     parse_as_of,
     print_json,
     progress_bars,
@@ -41,6 +42,10 @@ snapshots_app = typer.Typer(
 )
 app.add_typer(snapshots_app, name="snapshots")
 
+FUTURE_REPORT = (
+    "a report as of a time to come would be stored and served as the latest; "
+    "--no-store reads it without keeping it"
+)
 AsOf = Annotated[str | None, typer.Option(help="As if it were this date or time (default: now).")]
 
 
@@ -109,6 +114,8 @@ def report_command(
         engine = engine_for(settings)
         now = clock.now()
         end = parse_as_of(as_of, settings.shop.zone) if as_of else now
+        if store:  # kept, it is what GET /reports/latest serves
+            not_to_come(end, settings.shop.zone, "--as-of", FUTURE_REPORT)
         data = measure_jobs.gather(engine, settings, end, now)
         document = report.render_html(data) if html is not None or store else ""
         if html is not None:  # first: a path it cannot write stores nothing
