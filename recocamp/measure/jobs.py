@@ -146,9 +146,10 @@ def backfill(
                     {"day": day, "segment": name, "customers": count, "computed_at": now}
                     for name, count in sizes
                 ]
-        if kpi_rows or segment_rows:
+        if kpi_rows or segment_rows or replace:
             with engine.begin() as connection:
-                written += store.write_snapshots(connection, kpi_rows, segment_rows, replace)
+                redone = chunk if replace else ()
+                written += store.write_snapshots(connection, kpi_rows, segment_rows, redone)
         on_days(len(chunk))
     return written
 

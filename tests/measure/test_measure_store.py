@@ -414,3 +414,27 @@ def test_an_order_spanning_midnight_counts_in_each_day_by_its_lines(
         assert result.exit_code == 0, result.output
         command = json.loads(result.output)
         assert snapshot == {name: command[name] for name in snapshot}
+
+
+def test_a_day_recomputed_without_any_segment_keeps_no_old_sizes(engine: sa.Engine) -> None:
+    """``backfill --replace`` (and the nightly restating) deleted a day's segment sizes only
+    when the day had new ones: the only customer of 31 March objected to profiling since, so
+    the day, computed again, places nobody in a segment, and the old "1 customer" stayed,
+    counting the objector in a segment for good."""
+    people = [Customer("a", "a@example.test")]
+    with engine.begin() as connection:
+        queries.upsert_customers(connection, people, NOW)
+        queries.insert_purchases(
+            connection, [buy("o1", "a", datetime(2024, 3, 20, 12, tzinfo=UTC))], None
+        )
+    day = date(2024, 3, 31)
+    measure_jobs.backfill(engine, SETTINGS, day, day, NOW)
+    with engine.connect() as connection:
+        assert sum(store.segment_history(connection, day, day)[day].values()) == 1
+    with engine.begin() as connection:
+        objected = [Customer("a", "a@example.test", objected_to_profiling=True)]
+        queries.upsert_customers(connection, objected, NOW)
+    measure_jobs.backfill(engine, SETTINGS, day, day, NOW, replace=True)
+    with engine.connect() as connection:
+        assert store.segment_history(connection, day, day) == {}
+        assert len(store.kpi_history(connection, day, day)) == 2  # its KPIs stay, recomputed
