@@ -652,6 +652,7 @@ def render_html(data: Data) -> str:
             # the day the report was asked for is the shop's (``--as-of`` is its midnight):
             # its UTC date is the day before in every zone east of UTC
             local_as_of=data.as_of.astimezone(ZoneInfo(data.zone)),
+            zone=ZoneInfo(data.zone),  # a model's cutoff and training time: the shop's days
             utc=UTC,
             charts=charts(data),
             latest=dict(sorted(latest.items())),
