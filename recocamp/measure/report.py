@@ -716,7 +716,9 @@ def summary(data: Data) -> dict[str, Any]:
                 "version": m.version,
                 "status": m.status,
                 "trained_at": m.trained_at.isoformat(),
-                **m.metrics,
+                "data_cutoff": m.data_cutoff.isoformat(),
+                # every key for every version: null where a version has no such figure
+                **{name: m.metrics.get(name) for name in MODEL_METRICS},
             }
             for m in data.models
         ],
