@@ -241,7 +241,9 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         history = store.kpi_history(connection, first_day, latest)
         segment_sizes = store.segment_history(connection, first_day, latest)
         models = [_model_point(row) for row in registry.listing(connection)]
-        answered = store.answers(connection, as_of - timedelta(days=m.history_days), as_of)
+        # the overall NPS is of the last report_days, which may be more than history_days
+        back = timedelta(days=max(m.history_days, m.report_days))
+        answered = store.answers(connection, as_of - back, as_of)
         sent = store.surveys_sent(connection, {campaign for _, campaign, _, _ in answered})
     results = measure.attribute(touches, (o for o in orders if o.ordered_at >= start), window)
     done, _ = measure.closed(results, as_of, window)

@@ -438,3 +438,22 @@ def test_a_day_recomputed_without_any_segment_keeps_no_old_sizes(engine: sa.Engi
     with engine.connect() as connection:
         assert store.segment_history(connection, day, day) == {}
         assert len(store.kpi_history(connection, day, day)) == 2  # its KPIs stay, recomputed
+
+
+def test_the_nps_of_the_report_period_reads_every_answer_of_it(engine: sa.Engine) -> None:
+    """``report_days = 120`` with ``history_days = 30``: the page says "Net Promoter Score of
+    the last 120 days", but the answers were read for the last 30 only, so an answer of 60
+    days ago was in no figure and the score was that of a month."""
+    settings = SETTINGS.model_copy(
+        update={
+            "measure": SETTINGS.measure.model_copy(update={"report_days": 120, "history_days": 30})
+        }
+    )
+    as_of = datetime(2024, 6, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        for customer, days, score in (("a", 60, 10), ("b", 5, 0)):
+            store.record_feedback(
+                connection, "nps/x", "nps", customer, score, None, as_of - timedelta(days=days)
+            )
+    data = measure_jobs.gather(engine, settings, as_of, NOW)
+    assert (data.nps.overall.responses, data.nps.overall.score) == (2, 0.0)
