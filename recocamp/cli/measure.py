@@ -62,12 +62,15 @@ def kpis(
         settings = current_settings()
         end = parse_as_of(as_of, settings.shop.zone)
         days = window_days or settings.kpis.window_days
+        zone = settings.shop.zone
         with engine_for(settings).connect() as connection:
-            rows = queries.order_parts(connection, end - timedelta(days=2 * days), end)
+            rows = queries.order_parts(
+                connection, kpi_module.window_starts(end, days, zone)[1], end
+            )
             latest = queries.latest_order_time(connection)
             first = queries.first_order_time(connection)
         totals = [kpi_module.OrderTotal(*row) for row in rows]
-        result = kpi_module.compute(totals, end, days, data_start=first)
+        result = kpi_module.compute(totals, end, days, data_start=first, zone=zone)
     empty = _empty_window_note(result, latest, settings.shop.zone)
     if format is Output.json:
         print_json(result.as_dict(), indent=2)
@@ -92,7 +95,7 @@ def _empty_window_note(result: kpi_module.Kpis, latest: datetime | None, zone: Z
         return ""
     if latest is None:
         return "the store holds no orders at all: import purchases first"
-    start = (result.as_of - timedelta(days=result.window_days)).astimezone(zone)
+    start = kpi_module.window_starts(result.as_of, result.window_days, zone)[0].astimezone(zone)
     last = latest.astimezone(zone).date()
     return (
         f"the window {start:%Y-%m-%d} – {result.as_of.astimezone(zone):%Y-%m-%d} holds no "

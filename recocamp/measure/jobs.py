@@ -137,8 +137,8 @@ def backfill(
             as_of = day_end(day, zone)
             for window in windows:
                 if (day, window) not in have:
-                    found = _window(totals, times, as_of, window)
-                    result = kpis.compute(found, as_of, window, data_start)
+                    found = _window(totals, times, as_of, window, zone)
+                    result = kpis.compute(found, as_of, window, data_start, zone)
                     kpi_rows.append(_kpi_row(day, result, now))
             if day not in have_segments:
                 sizes = sorted(segments.sizes(as_of).items())
@@ -166,9 +166,13 @@ def _whole_orders(parts: Sequence[OrderTotal]) -> list[OrderTotal]:
 
 
 def _window(
-    totals: Sequence[OrderTotal], times: Sequence[datetime], as_of: datetime, window: int
+    totals: Sequence[OrderTotal],
+    times: Sequence[datetime],
+    as_of: datetime,
+    window: int,
+    zone: ZoneInfo,
 ) -> Sequence[OrderTotal]:
-    low = bisect.bisect_left(times, as_of - timedelta(days=2 * window))
+    low = bisect.bisect_left(times, kpis.window_starts(as_of, window, zone)[1])
     return totals[low : bisect.bisect_left(times, as_of)]
 
 

@@ -1,6 +1,7 @@
 """Retention KPIs, exactly as defined in DESIGN.md §Retention KPIs. Pure: orders in, numbers out.
 
-Window ``W`` days ending at ``as_of`` (exclusive), previous window ``[as_of − 2W, as_of − W)``:
+Window ``W`` days ending at ``as_of`` (exclusive), previous window ``[as_of − 2W, as_of − W)``;
+days are calendar days in the shop's zone where one is given (:func:`window_starts`):
 
 - orders: distinct orders of known customers with a purchase line in the window;
   guest orders are counted separately (``guest_orders``); an order whose lines were stamped
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +66,34 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def window_starts(
+    as_of: datetime, window_days: int, zone: tzinfo | None = None
+) -> tuple[datetime, datetime]:
+    """The first instants of the window and of the previous one: ``W`` and ``2W`` calendar
+    days before ``as_of`` in ``zone`` (the shop's), or ``W`` × 24 hours without one. In
+    hours, a day's one-day window on the night the clocks went back began at 01:00 (its
+    first hour's orders were in no day), and on the night they went forward at 23:00 the day
+    before (that hour's orders in two days)."""
+    if zone is None:
+        at, window = as_of.astimezone(UTC), timedelta(days=window_days)
+        return at - window, at - 2 * window
+    local = as_of.astimezone(zone)
+    start = (local - timedelta(days=window_days)).astimezone(UTC)
+    return start, (local - timedelta(days=2 * window_days)).astimezone(UTC)
+
+
 def compute(
     orders: Iterable[OrderTotal],
     as_of: datetime,
     window_days: int,
     data_start: datetime | None = None,
+    zone: tzinfo | None = None,
 ) -> Kpis:
     """KPIs for the window ending at ``as_of``; ``orders`` must cover ``[as_of − 2W, as_of)``
-    and ``data_start`` is the first order on record (None: the orders cover both windows)."""
-    as_of = as_of.astimezone(UTC)  # windows are W × 24 h before an instant, whatever its zone
-    window = timedelta(days=window_days)
-    start, previous_start = as_of - window, as_of - 2 * window
+    and ``data_start`` is the first order on record (None: the orders cover both windows);
+    ``zone`` is the shop's, whose calendar days the windows count (:func:`window_starts`)."""
+    as_of = as_of.astimezone(UTC)
+    start, previous_start = window_starts(as_of, window_days, zone)
     partial = data_start is not None and data_start > previous_start
     ids: dict[str, set[str]] = {}  # customer → order ids: an order's parts count once
     previous_customers: set[str] = set()

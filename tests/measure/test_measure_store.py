@@ -457,3 +457,47 @@ def test_the_nps_of_the_report_period_reads_every_answer_of_it(engine: sa.Engine
             )
     data = measure_jobs.gather(engine, settings, as_of, NOW)
     assert (data.nps.overall.responses, data.nps.overall.score) == (2, 0.0)
+
+
+def test_a_day_of_a_clock_change_holds_its_own_orders_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows were W × 24 hours back from the day's end: on 27 October 2024 (London, 25
+    hours) the one-day window began at 01:00, so an order at 00:30 was in no day's figures;
+    on 31 March (23 hours) it began at 23:00 the day before, so an order at 23:30 on 30 March
+    counted on both days. A window is W calendar days in the shop's zone, as the snapshot
+    days themselves are; the kpis command says the same."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n[shop]\ntime_zone = "Europe/London"\n'
+    )
+    engine = make_engine("sqlite:///shop.db")
+    upgrade(engine)
+    lines = [
+        buy("spring", "a", datetime(2024, 3, 30, 23, 30, tzinfo=UTC)),  # 23:30 GMT, 30 March
+        buy("autumn", "b", datetime(2024, 10, 26, 23, 30, tzinfo=UTC)),  # 00:30 BST, 27 October
+    ]
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, lines, None)
+    settings = Settings(
+        shop=ShopSettings(time_zone="Europe/London"),
+        measure=MeasureSettings(snapshot_window_days=(1,), restate_days=0),
+    )
+    days = {
+        date(2024, 3, 30): 1,
+        date(2024, 3, 31): 0,
+        date(2024, 10, 26): 0,
+        date(2024, 10, 27): 1,
+    }
+    for day in days:
+        measure_jobs.backfill(engine, settings, day, day, NOW)
+    with engine.connect() as connection:
+        history = store.kpi_history(connection, date(2024, 3, 1), date(2024, 11, 1))
+    engine.dispose()
+    assert {day: history[(day, 1)]["orders"] for day in days} == days
+    for day, orders in days.items():
+        as_of = (day + timedelta(days=1)).isoformat()
+        result = CliRunner().invoke(
+            app, ["kpis", "--as-of", as_of, "--window-days", "1", "--format", "json"]
+        )
+        assert json.loads(result.stdout)["orders"] == orders, day
