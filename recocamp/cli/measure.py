@@ -24,6 +24,7 @@ from recocamp.cli.common import (
     errors,
     errors_to_exit,
     fmt,
+    not_to_come,
     parse_as_of,
     print_json,
     progress_bars,
@@ -41,6 +42,10 @@ snapshots_app = typer.Typer(
 )
 app.add_typer(snapshots_app, name="snapshots")
 
+FUTURE_REPORT = (
+    "a report as of a time to come would be stored and served as the latest; "
+    "--no-store reads it without keeping it"
+)
 AsOf = Annotated[str | None, typer.Option(help="As if it were this date or time (default: now).")]
 
 
@@ -57,12 +62,15 @@ def kpis(
         settings = current_settings()
         end = parse_as_of(as_of, settings.shop.zone)
         days = window_days or settings.kpis.window_days
+        zone = settings.shop.zone
         with engine_for(settings).connect() as connection:
-            rows = queries.order_totals(connection, end - timedelta(days=2 * days), end)
+            rows = queries.order_parts(
+                connection, kpi_module.window_starts(end, days, zone)[1], end
+            )
             latest = queries.latest_order_time(connection)
             first = queries.first_order_time(connection)
         totals = [kpi_module.OrderTotal(*row) for row in rows]
-        result = kpi_module.compute(totals, end, days, data_start=first)
+        result = kpi_module.compute(totals, end, days, data_start=first, zone=zone)
     empty = _empty_window_note(result, latest, settings.shop.zone)
     if format is Output.json:
         print_json(result.as_dict(), indent=2)
@@ -87,7 +95,7 @@ def _empty_window_note(result: kpi_module.Kpis, latest: datetime | None, zone: Z
         return ""
     if latest is None:
         return "the store holds no orders at all: import purchases first"
-    start = (result.as_of - timedelta(days=result.window_days)).astimezone(zone)
+    start = kpi_module.window_starts(result.as_of, result.window_days, zone)[0].astimezone(zone)
     last = latest.astimezone(zone).date()
     return (
         f"the window {start:%Y-%m-%d} – {result.as_of.astimezone(zone):%Y-%m-%d} holds no "
@@ -109,6 +117,8 @@ def report_command(
         engine = engine_for(settings)
         now = clock.now()
         end = parse_as_of(as_of, settings.shop.zone) if as_of else now
+        if store:  # kept, it is what GET /reports/latest serves
+            not_to_come(end, settings.shop.zone, "--as-of", FUTURE_REPORT)
         data = measure_jobs.gather(engine, settings, end, now)
         document = report.render_html(data) if html is not None or store else ""
         if html is not None:  # first: a path it cannot write stores nothing

@@ -28,8 +28,9 @@ see there): a weekly campaign's dozen touches of one customer are not a dozen in
 units. Variants are also compared with each
 other the same way. Only touches whose window has closed by ``as_of`` count; the others are
 reported as pending. A comparison with fewer than ``min_group_size`` customers in a group or
-fewer than ``min_conversions`` conversions in both groups together says "not enough data
-yet" instead of numbers that only look precise.
+fewer than ``min_conversions`` conversions in both groups together, or groups without any
+spread (each customer of a group did the same), says "not enough data yet" instead of
+numbers that only look precise.
 
 Both groups meet the same rules: the planner draws the holdout among customers who would
 get the e-mail (after consent, audience, caps and offers), and a holdout decision counts as a
@@ -240,7 +241,19 @@ def _shortfall(t: Group, c: Group, thresholds: Thresholds, other: str) -> str:
             f"not enough data yet: {t.converted + c.converted} conversions, at least "
             f"{needed} needed"
         )
+    # each group all alike (every mailed customer one £20 box, nobody held out any): Welch's
+    # interval had no spread to come from and read "+20.00 (+20.00 … +20.00)", certainty
+    if any(t_.variance == 0 and c_.variance == 0 for t_, c_ in _per_recipient(t, c)):
+        who = "every held-out customer" if other == "the holdout" else f"every one of {other}"
+        return (
+            f"not enough data yet: every mailed customer and {who} did the same (no spread "
+            "to measure an interval from)"
+        )
     return ""
+
+
+def _per_recipient(t: Group, c: Group) -> tuple[tuple[Sample, Sample], ...]:
+    return ((t.revenue, c.revenue), (t.orders, c.orders))
 
 
 def _rates(t: Group, c: Group, level: float) -> Comparison:

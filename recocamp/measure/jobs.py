@@ -119,12 +119,14 @@ def backfill(
         have_segments = set() if replace else store.segment_days(connection, first, last)
         unsegmented = store.unsegmented(connection)
         data_start = queries.first_order_time(connection)
-        orders = sorted(
-            queries.order_totals(connection, EPOCH, day_end(last, zone)), key=lambda row: row[2]
+        parts = sorted(
+            queries.order_parts(connection, EPOCH, day_end(last, zone)), key=lambda row: row[2]
         )
-    totals = [OrderTotal(*row) for row in orders]
+    # the KPIs take an order's lines of each instant (a window holds exactly its lines
+    # inside it); the segments take whole orders
+    totals = [OrderTotal(*row) for row in parts]
     times = [order.ordered_at for order in totals]
-    segments = _SegmentTracker(totals, unsegmented)
+    segments = _SegmentTracker(_whole_orders(totals), unsegmented)
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     written = 0
     for start in range(0, len(days), CHUNK_DAYS):
@@ -135,8 +137,8 @@ def backfill(
             as_of = day_end(day, zone)
             for window in windows:
                 if (day, window) not in have:
-                    found = _window(totals, times, as_of, window)
-                    result = kpis.compute(found, as_of, window, data_start)
+                    found = _window(totals, times, as_of, window, zone)
+                    result = kpis.compute(found, as_of, window, data_start, zone)
                     kpi_rows.append(_kpi_row(day, result, now))
             if day not in have_segments:
                 sizes = sorted(segments.sizes(as_of).items())
@@ -144,17 +146,33 @@ def backfill(
                     {"day": day, "segment": name, "customers": count, "computed_at": now}
                     for name, count in sizes
                 ]
-        if kpi_rows or segment_rows:
+        if kpi_rows or segment_rows or replace:
             with engine.begin() as connection:
-                written += store.write_snapshots(connection, kpi_rows, segment_rows, replace)
+                redone = chunk if replace else ()
+                written += store.write_snapshots(connection, kpi_rows, segment_rows, redone)
         on_days(len(chunk))
     return written
 
 
+def _whole_orders(parts: Sequence[OrderTotal]) -> list[OrderTotal]:
+    """Orders from their parts sorted by time: timed at the first, revenue summed (what
+    ``queries.order_totals`` answers for the same lines)."""
+    whole: dict[tuple[str, str | None], OrderTotal] = {}
+    for part in parts:
+        key = (part.order_id, part.customer_id)
+        found = whole.get(key)
+        whole[key] = part if found is None else replace(found, revenue=found.revenue + part.revenue)
+    return sorted(whole.values(), key=lambda order: order.ordered_at)
+
+
 def _window(
-    totals: Sequence[OrderTotal], times: Sequence[datetime], as_of: datetime, window: int
+    totals: Sequence[OrderTotal],
+    times: Sequence[datetime],
+    as_of: datetime,
+    window: int,
+    zone: ZoneInfo,
 ) -> Sequence[OrderTotal]:
-    low = bisect.bisect_left(times, as_of - timedelta(days=2 * window))
+    low = bisect.bisect_left(times, kpis.window_starts(as_of, window, zone)[1])
     return totals[low : bisect.bisect_left(times, as_of)]
 
 
@@ -227,7 +245,9 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         history = store.kpi_history(connection, first_day, latest)
         segment_sizes = store.segment_history(connection, first_day, latest)
         models = [_model_point(row) for row in registry.listing(connection)]
-        answered = store.answers(connection, as_of - timedelta(days=m.history_days), as_of)
+        # the overall NPS is of the last report_days, which may be more than history_days
+        back = timedelta(days=max(m.history_days, m.report_days))
+        answered = store.answers(connection, as_of - back, as_of)
         sent = store.surveys_sent(connection, {campaign for _, campaign, _, _ in answered})
     results = measure.attribute(touches, (o for o in orders if o.ordered_at >= start), window)
     done, _ = measure.closed(results, as_of, window)

@@ -1,9 +1,12 @@
 """Retention KPIs, exactly as defined in DESIGN.md §Retention KPIs. Pure: orders in, numbers out.
 
-Window ``W`` days ending at ``as_of`` (exclusive), previous window ``[as_of − 2W, as_of − W)``:
+Window ``W`` days ending at ``as_of`` (exclusive), previous window ``[as_of − 2W, as_of − W)``;
+days are calendar days in the shop's zone where one is given (:func:`window_starts`):
 
 - orders: distinct orders of known customers with a purchase line in the window;
-  guest orders are counted separately (``guest_orders``);
+  guest orders are counted separately (``guest_orders``); an order whose lines were stamped
+  on both sides of a window's edge (23:59 and 00:01) counts in each window, with the revenue
+  of its lines inside it (``store.queries.order_parts``: one row per order and instant);
 - purchase_frequency = orders / customers with an order;
 - average_order_value = revenue of those orders / orders (postage and fees included);
 - repeat_purchase_rate = customers with ≥ 2 orders / customers with ≥ 1;
@@ -25,12 +28,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 
 @dataclass(frozen=True, slots=True)
 class OrderTotal:
-    """One order's purchase lines summed: who, when (first line), how much."""
+    """One order's purchase lines summed: who, when (first line), how much. The KPIs take
+    an order's lines of one instant each (``store.queries.order_parts``), counted by id."""
 
     order_id: str
     customer_id: str | None
@@ -62,31 +66,50 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def window_starts(
+    as_of: datetime, window_days: int, zone: tzinfo | None = None
+) -> tuple[datetime, datetime]:
+    """The first instants of the window and of the previous one: ``W`` and ``2W`` calendar
+    days before ``as_of`` in ``zone`` (the shop's), or ``W`` × 24 hours without one. In
+    hours, a day's one-day window on the night the clocks went back began at 01:00 (its
+    first hour's orders were in no day), and on the night they went forward at 23:00 the day
+    before (that hour's orders in two days)."""
+    if zone is None:
+        at, window = as_of.astimezone(UTC), timedelta(days=window_days)
+        return at - window, at - 2 * window
+    local = as_of.astimezone(zone)
+    start = (local - timedelta(days=window_days)).astimezone(UTC)
+    return start, (local - timedelta(days=2 * window_days)).astimezone(UTC)
+
+
 def compute(
     orders: Iterable[OrderTotal],
     as_of: datetime,
     window_days: int,
     data_start: datetime | None = None,
+    zone: tzinfo | None = None,
 ) -> Kpis:
     """KPIs for the window ending at ``as_of``; ``orders`` must cover ``[as_of − 2W, as_of)``
-    and ``data_start`` is the first order on record (None: the orders cover both windows)."""
-    as_of = as_of.astimezone(UTC)  # windows are W × 24 h before an instant, whatever its zone
-    window = timedelta(days=window_days)
-    start, previous_start = as_of - window, as_of - 2 * window
+    and ``data_start`` is the first order on record (None: the orders cover both windows);
+    ``zone`` is the shop's, whose calendar days the windows count (:func:`window_starts`)."""
+    as_of = as_of.astimezone(UTC)
+    start, previous_start = window_starts(as_of, window_days, zone)
     partial = data_start is not None and data_start > previous_start
-    per_customer: Counter[str] = Counter()
+    ids: dict[str, set[str]] = {}  # customer → order ids: an order's parts count once
     previous_customers: set[str] = set()
     revenue = 0.0
-    guest_orders = 0
+    guests: set[str] = set()
     for order in orders:
         if start <= order.ordered_at < as_of:
             if order.customer_id is None:
-                guest_orders += 1
+                guests.add(order.order_id)
                 continue
-            per_customer[order.customer_id] += 1
+            ids.setdefault(order.customer_id, set()).add(order.order_id)
             revenue += order.revenue
         elif previous_start <= order.ordered_at < start and order.customer_id is not None:
             previous_customers.add(order.customer_id)
+    per_customer = Counter({customer: len(found) for customer, found in ids.items()})
+    guest_orders = len(guests)
     count = sum(per_customer.values())
     customers = len(per_customer)
     frequency = _ratio(count, customers)

@@ -652,6 +652,7 @@ def render_html(data: Data) -> str:
             # the day the report was asked for is the shop's (``--as-of`` is its midnight):
             # its UTC date is the day before in every zone east of UTC
             local_as_of=data.as_of.astimezone(ZoneInfo(data.zone)),
+            zone=ZoneInfo(data.zone),  # a model's cutoff and training time: the shop's days
             utc=UTC,
             charts=charts(data),
             latest=dict(sorted(latest.items())),
@@ -715,7 +716,9 @@ def summary(data: Data) -> dict[str, Any]:
                 "version": m.version,
                 "status": m.status,
                 "trained_at": m.trained_at.isoformat(),
-                **m.metrics,
+                "data_cutoff": m.data_cutoff.isoformat(),
+                # every key for every version: null where a version has no such figure
+                **{name: m.metrics.get(name) for name in MODEL_METRICS},
             }
             for m in data.models
         ],

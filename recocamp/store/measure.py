@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -161,20 +161,20 @@ def write_snapshots(
     connection: sa.Connection,
     kpi_rows: Sequence[dict[str, Any]],
     segment_rows: Sequence[dict[str, Any]],
-    replace: bool = False,
+    replace: Collection[date] = (),
 ) -> int:
-    """Insert snapshot rows (existing days are kept, or replaced with ``replace``); returns
-    the rows written."""
+    """Insert snapshot rows (existing days are kept); the days in ``replace`` lose all their
+    rows first, also those the new rows do not name (a day whose segments are now empty: its
+    only customer objected since); returns the rows written."""
     written = 0
     for table, keys, rows in (
         (kpi_snapshots, ("day", "window_days"), kpi_rows),
         (segment_snapshots, ("day", "segment"), segment_rows),
     ):
+        if replace:
+            connection.execute(sa.delete(table).where(table.c.day.in_(sorted(replace))))
         if not rows:
             continue
-        if replace:
-            days = sorted({row["day"] for row in rows})
-            connection.execute(sa.delete(table).where(table.c.day.in_(days)))
         statement = upsert_statement(connection, table).on_conflict_do_nothing(
             index_elements=list(keys)
         )

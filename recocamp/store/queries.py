@@ -397,6 +397,28 @@ def order_totals(
     return [(row[0], row[1], row[2], float(row[3])) for row in connection.execute(query)]
 
 
+def order_parts(
+    connection: sa.Connection, start: datetime, end: datetime
+) -> list[tuple[str, str | None, datetime, float]]:
+    """``(order_id, customer_id, line time, revenue)`` of an order's purchase lines in
+    ``[start, end)`` at one instant: what the KPIs count. An order whose lines were stamped
+    apart (23:59 and 00:01) is one row per instant, so a window holds exactly the order's
+    lines inside it (``measure.kpis`` counts the order once per window)."""
+    p = purchases.c
+    query = (
+        sa.select(p.order_id, p.customer_id, p.ordered_at, sa.func.sum(p.quantity * p.unit_price))
+        .where(
+            p.ordered_at >= start,
+            p.ordered_at < end,
+            p.is_return.is_(False),
+            p.quantity > 0,
+            p.unit_price > 0,
+        )
+        .group_by(p.order_id, p.customer_id, p.ordered_at)
+    )
+    return [(row[0], row[1], row[2], float(row[3])) for row in connection.execute(query)]
+
+
 def add_missing_customers(
     connection: sa.Connection, countries: dict[str, str], now: datetime, locale: str
 ) -> int:

@@ -57,3 +57,25 @@ def test_the_report_says_what_it_lacks_where_that_table_would_stand(one_order_sh
     assert result.exit_code == 0, result.output
     kpis = result.stdout.index("retention KPIs of the windows ending")
     assert kpis < result.stdout.index("no campaign touches in the last 90 days")
+
+
+def test_a_report_as_of_a_day_to_come_is_not_stored(one_order_shop: Path) -> None:
+    """``report --as-of 2062-01-20`` (a typo of 2026) was stored, and became what
+    ``GET /reports/latest`` serves: a report of a year to come, every figure empty. As
+    ``train`` and ``send`` do, a command that keeps something as of ``--as-of`` refuses one
+    after now (exit 2, naming the option and the value, nothing stored or written); with
+    ``--no-store`` it only reads, and may look ahead as ``kpis`` does."""
+    from recocamp.store import measure as measure_store
+    from recocamp.store.engine import make_engine
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["report", "--as-of", "2062-01-20", "--html", "r.html"])
+    assert refused.exit_code == 2, refused.output
+    assert "--as-of" in refused.output and "2062-01-20" in refused.output
+    assert not (one_order_shop / "r.html").exists()
+    engine = make_engine("sqlite:///shop.db")
+    with engine.connect() as connection:
+        assert measure_store.latest_report(connection) is None
+    engine.dispose()
+    ahead = runner.invoke(app, ["report", "--as-of", "2062-01-20", "--no-store"])
+    assert ahead.exit_code == 0, ahead.output

@@ -462,6 +462,24 @@ def test_no_conversion_at_all_is_no_measurement_whatever_min_conversions_says() 
     assert revenue.low < 0 < revenue.high
 
 
+def test_groups_that_each_did_one_thing_give_no_interval_of_certainty() -> None:
+    """Five mailed customers each bought one £20 box, five held out bought nothing
+    (``min_group_size = 5``, allowed): revenue and orders per recipient read "+20.00 (+20.00
+    … +20.00)" and "+1.000 (+1.000 … +1.000)", certainty from ten customers, beside a
+    conversion uplift of the same orders whose interval spans half the scale. Without spread
+    in either group Welch's interval has nothing to be computed from: not enough data yet."""
+    uniform = measure.compare("w", None, units(5, 5, False), units(5, 0, True), Thresholds(5, 1))
+    assert not uniform.enough and uniform.comparisons == {}
+    assert uniform.note == (
+        "not enough data yet: every mailed customer and every held-out customer did the same "
+        "(no spread to measure an interval from)"
+    )
+    spread = measure.compare("w", None, units(5, 4, False), units(5, 0, True), Thresholds(5, 1))
+    assert spread.enough
+    orders = spread.comparisons["orders_per_recipient"].absolute_interval
+    assert orders.low < 0.8 < orders.high
+
+
 def test_variants_against_the_holdout_and_each_other() -> None:
     results = (
         units(300, 60, False, variant="personal")

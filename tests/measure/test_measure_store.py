@@ -368,3 +368,136 @@ def test_segment_sizes_leave_out_customers_who_objected_to_profiling(engine: sa.
     planned = Counter(v.rfm.segment for v in views.views if v.rfm is not None)
     assert sum(sizes[date(2024, 3, 31)].values()) == 2  # a and b; c objected
     assert sizes[date(2024, 3, 31)] == dict(planned)
+
+
+def test_an_order_spanning_midnight_counts_in_each_day_by_its_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order with a line at 23:59 on 10 January and one at 00:01 on 11 January (London):
+    DESIGN counts an order in every window holding one of its purchase lines, with those
+    lines' revenue. The order was timed at its first line and summed over every line the
+    query reached: a backfill to 11 January said AOV 100 for 10 January, the `kpis` command
+    and the daily job 10 for the same window, and 11 January had no order at all."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n[shop]\ntime_zone = "Europe/London"\n'
+    )
+    engine = make_engine("sqlite:///shop.db")
+    upgrade(engine)
+    lines = [
+        Purchase("o0", 1, "a", "i1", 1, 10.0, datetime(2024, 1, 5, 12, tzinfo=UTC)),
+        Purchase("o1", 1, "a", "i1", 1, 10.0, datetime(2024, 1, 10, 23, 59, tzinfo=UTC)),
+        Purchase("o1", 2, "a", "i2", 1, 90.0, datetime(2024, 1, 11, 0, 1, tzinfo=UTC)),
+    ]
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, lines, None)
+    settings = Settings(
+        shop=ShopSettings(time_zone="Europe/London"),
+        measure=MeasureSettings(snapshot_window_days=(1, 7), restate_days=0),
+    )
+    measure_jobs.backfill(engine, settings, date(2024, 1, 10), date(2024, 1, 11), NOW)
+    with engine.connect() as connection:
+        history = store.kpi_history(connection, date(2024, 1, 10), date(2024, 1, 11))
+    engine.dispose()
+    by_hand = {  # (orders, AOV) of each window
+        (date(2024, 1, 10), 1): (1, 10.0),
+        (date(2024, 1, 11), 1): (1, 90.0),
+        (date(2024, 1, 11), 7): (2, 110.0 / 2),  # o0 and o1: each order counted once
+    }
+    for (day, window), (orders, aov) in by_hand.items():
+        snapshot = history[(day, window)]
+        assert (snapshot["orders"], snapshot["average_order_value"]) == (orders, aov)
+        as_of = (day + timedelta(days=1)).isoformat()
+        result = CliRunner().invoke(
+            app, ["kpis", "--as-of", as_of, "--window-days", str(window), "--format", "json"]
+        )
+        assert result.exit_code == 0, result.output
+        command = json.loads(result.output)
+        assert snapshot == {name: command[name] for name in snapshot}
+
+
+def test_a_day_recomputed_without_any_segment_keeps_no_old_sizes(engine: sa.Engine) -> None:
+    """``backfill --replace`` (and the nightly restating) deleted a day's segment sizes only
+    when the day had new ones: the only customer of 31 March objected to profiling since, so
+    the day, computed again, places nobody in a segment, and the old "1 customer" stayed,
+    counting the objector in a segment for good."""
+    people = [Customer("a", "a@example.test")]
+    with engine.begin() as connection:
+        queries.upsert_customers(connection, people, NOW)
+        queries.insert_purchases(
+            connection, [buy("o1", "a", datetime(2024, 3, 20, 12, tzinfo=UTC))], None
+        )
+    day = date(2024, 3, 31)
+    measure_jobs.backfill(engine, SETTINGS, day, day, NOW)
+    with engine.connect() as connection:
+        assert sum(store.segment_history(connection, day, day)[day].values()) == 1
+    with engine.begin() as connection:
+        objected = [Customer("a", "a@example.test", objected_to_profiling=True)]
+        queries.upsert_customers(connection, objected, NOW)
+    measure_jobs.backfill(engine, SETTINGS, day, day, NOW, replace=True)
+    with engine.connect() as connection:
+        assert store.segment_history(connection, day, day) == {}
+        assert len(store.kpi_history(connection, day, day)) == 2  # its KPIs stay, recomputed
+
+
+def test_the_nps_of_the_report_period_reads_every_answer_of_it(engine: sa.Engine) -> None:
+    """``report_days = 120`` with ``history_days = 30``: the page says "Net Promoter Score of
+    the last 120 days", but the answers were read for the last 30 only, so an answer of 60
+    days ago was in no figure and the score was that of a month."""
+    settings = SETTINGS.model_copy(
+        update={
+            "measure": SETTINGS.measure.model_copy(update={"report_days": 120, "history_days": 30})
+        }
+    )
+    as_of = datetime(2024, 6, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        for customer, days, score in (("a", 60, 10), ("b", 5, 0)):
+            store.record_feedback(
+                connection, "nps/x", "nps", customer, score, None, as_of - timedelta(days=days)
+            )
+    data = measure_jobs.gather(engine, settings, as_of, NOW)
+    assert (data.nps.overall.responses, data.nps.overall.score) == (2, 0.0)
+
+
+def test_a_day_of_a_clock_change_holds_its_own_orders_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows were W × 24 hours back from the day's end: on 27 October 2024 (London, 25
+    hours) the one-day window began at 01:00, so an order at 00:30 was in no day's figures;
+    on 31 March (23 hours) it began at 23:00 the day before, so an order at 23:30 on 30 March
+    counted on both days. A window is W calendar days in the shop's zone, as the snapshot
+    days themselves are; the kpis command says the same."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text(
+        'database_url = "sqlite:///shop.db"\n[shop]\ntime_zone = "Europe/London"\n'
+    )
+    engine = make_engine("sqlite:///shop.db")
+    upgrade(engine)
+    lines = [
+        buy("spring", "a", datetime(2024, 3, 30, 23, 30, tzinfo=UTC)),  # 23:30 GMT, 30 March
+        buy("autumn", "b", datetime(2024, 10, 26, 23, 30, tzinfo=UTC)),  # 00:30 BST, 27 October
+    ]
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, lines, None)
+    settings = Settings(
+        shop=ShopSettings(time_zone="Europe/London"),
+        measure=MeasureSettings(snapshot_window_days=(1,), restate_days=0),
+    )
+    days = {
+        date(2024, 3, 30): 1,
+        date(2024, 3, 31): 0,
+        date(2024, 10, 26): 0,
+        date(2024, 10, 27): 1,
+    }
+    for day in days:
+        measure_jobs.backfill(engine, settings, day, day, NOW)
+    with engine.connect() as connection:
+        history = store.kpi_history(connection, date(2024, 3, 1), date(2024, 11, 1))
+    engine.dispose()
+    assert {day: history[(day, 1)]["orders"] for day in days} == days
+    for day, orders in days.items():
+        as_of = (day + timedelta(days=1)).isoformat()
+        result = CliRunner().invoke(
+            app, ["kpis", "--as-of", as_of, "--window-days", "1", "--format", "json"]
+        )
+        assert json.loads(result.stdout)["orders"] == orders, day

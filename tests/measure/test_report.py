@@ -738,3 +738,37 @@ def test_the_report_fits_a_laptop_screen_and_a_printed_page(shop: Shop, tmp_path
         browser.close()
     assert screen == [] and paper == [], (screen, paper)
     assert (tmp_path / "report.pdf").stat().st_size > 50_000
+
+
+def test_the_model_table_dates_a_version_in_the_shops_zone() -> None:
+    """A New York shop trained on the data before 1 January 2012, its midnight (05:00 UTC):
+    the table said "data up to 2012-01-01" (the UTC date), a day the model never saw, and a
+    Tokyo shop's same local cutoff (15:00 UTC on 31 December) read 2011-12-31 — the same
+    cutoff read as two days by the zone. Both now show the cutoff, and the training time, in
+    the shop's zone."""
+    pages = {}
+    for zone in ("America/New_York", "Asia/Tokyo"):
+        cutoff = datetime(2012, 1, 1, tzinfo=ZoneInfo(zone)).astimezone(UTC)
+        model = dataclasses.replace(_model("v1", cutoff), trained_at=cutoff + timedelta(hours=2))
+        data = dataclasses.replace(_data(), zone=zone, models=[model])
+        table = re.search(r'<table id="models">.*?</table>', report.render_html(data), re.S)
+        assert table is not None
+        pages[zone] = _visible(table.group(0))
+    for shown in pages.values():
+        assert "2012-01-01 00:00" in shown and "2012-01-01 02:00" in shown
+        assert "2011-12-31" not in shown and "05:00" not in shown and "15:00" not in shown
+
+
+def test_every_model_version_has_the_same_keys_in_the_json() -> None:
+    """``report --format json``: a version without an evaluation (no popularity baseline, a
+    metric not computed) had no ``recall`` key at all while the others had one, so a reader
+    of ``models[i]["recall"]`` failed on it; and no version said what data it learnt from,
+    which the HTML table shows. Every version has every metric (null when unknown) and its
+    ``data_cutoff``."""
+    cutoff = datetime(2011, 9, 1, tzinfo=UTC)
+    bare = report.ModelPoint("v0", "hybrid", "rejected", cutoff, cutoff, {})
+    data = dataclasses.replace(_data(), models=[bare, _model("v1", cutoff)])
+    found = report.summary(data)["models"]
+    assert set(found[0]) == set(found[1]) >= {"recall", "popularity_recall", "data_cutoff"}
+    assert found[0]["recall"] is None and found[1]["recall"] == 0.37
+    assert found[0]["data_cutoff"] == cutoff.isoformat()
