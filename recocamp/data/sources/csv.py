@@ -595,12 +595,37 @@ def _is_composed(joined: str) -> bool:
 # other scripts such as "١٢", "1_000", exponents such as "1e6", "nan", "inf").
 _WHOLE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")  # "2.0" as a spreadsheet writes a count
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+# "1.000", "12.345": a thousand and 12,345 written the German way (a point between
+# thousands), or 1 and 12.345 with a decimal point; which, no value says (see thousands_problem)
+_THOUSANDS = re.compile(r"[+-]?[1-9][0-9]{0,2}\.[0-9]{3}")
+_THREE_DECIMALS = re.compile(r"\.[0-9]{3}(?![0-9])")  # a field that may be one (fast paths)
 
 
 def plain_number(value: float) -> str:
     """A float as :func:`number` reads it, without exponent (``repr`` and ``csv`` write
-    0.00001 as ``1e-05``): the shortest digits that read back as the same float."""
-    return format(Decimal(repr(value)), "f")
+    0.00001 as ``1e-05``): the shortest digits that read back as the same float, with a
+    fourth decimal where three would be ambiguous (``1.2340``: :func:`thousands_problem`;
+    the purchase API's lines are read by the file's parser)."""
+    written = format(Decimal(repr(value)), "f")
+    return written + "0" if _THOUSANDS.fullmatch(written) else written
+
+
+def thousands_problem(raw: str) -> str | None:
+    """Why ``raw`` cannot be read as a number, or None: one to three digits, a point and
+    three digits (``1.000``, ``12.345``) is a thousand or 12,345 in German notation (a
+    point between thousands, as a German spreadsheet writes them) and 1 or 12.345 with a
+    decimal point. ``1.000`` in a quantity column was read as 1: a file of a German shop
+    imported with a thousandth of its quantities, in silence. Nothing else is ambiguous:
+    German groups thousands by three, and never after a leading 0 (``0.125``), so a price
+    of 12.345 is written ``12.3450``."""
+    if not _THOUSANDS.fullmatch(raw):
+        return None
+    whole = raw.replace(".", "")
+    return (
+        f"is ambiguous: {whole} written with a thousands point (German notation), or "
+        f"{raw} with a decimal point; write {whole} for the one (no thousands separators), "
+        f"{raw}0 for the other"
+    )
 
 
 def integer(row: dict[str, str], column: str, low: int, high: int) -> int:
@@ -609,6 +634,9 @@ def integer(row: dict[str, str], column: str, low: int, high: int) -> int:
     raw = row.get(column, "").strip()
     if not _WHOLE.fullmatch(raw):
         raise RowProblem(column, "is not a whole number", raw)
+    ambiguous = thousands_problem(raw)
+    if ambiguous:
+        raise RowProblem(column, ambiguous, raw)
     try:
         value = int(raw.partition(".")[0])
     except ValueError:  # more digits than int() reads (sys.int_info): far out of range
@@ -625,7 +653,12 @@ def number(row: dict[str, str], column: str, low: float, high: float) -> float:
     (no price is written ``1e3``: a spreadsheet turning a code into a number is)."""
     raw = row.get(column, "").strip()
     if not _DECIMAL.fullmatch(raw):
-        raise RowProblem(column, "is not a number", raw)
+        comma = "," in raw and _DECIMAL.fullmatch(raw.replace(".", "").replace(",", ".", 1))
+        why = " (a decimal comma? write the number with a decimal point)" if comma else ""
+        raise RowProblem(column, f"is not a number{why}", raw)
+    ambiguous = thousands_problem(raw)
+    if ambiguous:
+        raise RowProblem(column, ambiguous, raw)
     value = float(raw)  # a very long one is an infinity: out of range
     problem = range_problem(value, low, high) or price_problem(value)
     if problem:
@@ -883,7 +916,8 @@ def _plain_numbers(whole: str, prices: str, line_nos: str) -> bool:
     """Whether int() and float() read these fields (or a column's fields joined, the prices
     by a line break) only as :func:`integer` and :func:`number` do: ASCII, no "_", no
     exponent in a price (what they accept beyond that, "nan" and "inf", is out of range
-    there), no price finer than the store keeps."""
+    there), no price finer than the store keeps, none with three decimals (it may be
+    written with a thousands point: :func:`thousands_problem`; int() reads no point)."""
     joined = whole + prices + line_nos
     return (
         joined.isascii()
@@ -891,6 +925,7 @@ def _plain_numbers(whole: str, prices: str, line_nos: str) -> bool:
         and "e" not in prices
         and "E" not in prices
         and not _FINER.search(prices)
+        and not _THREE_DECIMALS.search(prices)
     )
 
 
