@@ -492,11 +492,31 @@ def _header(path: Path, reader: Iterator[list[str]]) -> list[str]:
         ) from None
     except (csv.Error, RecordTooLong, FileTooLarge, gzip.BadGzipFile, EOFError, OSError) as exc:
         raise DataImportError(path, [Problem(f"not a readable CSV file: {exc}", line=1)]) from None
+    if _utf16(header):
+        raise DataImportError(path, [Problem(UTF16, line=1)])
     if _UNREADABLE.search("".join(header)):
         bad = next(name for name in header if _UNREADABLE.search(name))
         problem = Problem("the header is not UTF-8 text", line=1, value=shown(bad))
         raise DataImportError(path, [problem])
     return header
+
+
+UTF16 = (
+    'the file is UTF-16 text (a spreadsheet\'s "Unicode text"), not UTF-8: save it as '
+    "CSV UTF-8 (comma-separated)"
+)
+_UTF16_BOMS = ("\udcff\udcfe", "\udcfe\udcff")  # FF FE, FE FF as surrogateescape reads them
+
+
+def _utf16(header: list[str]) -> bool:
+    """Whether a header line read as UTF-8 is UTF-16 text: its byte order mark (Excel's
+    "Unicode text" starts with FF FE), or, without one, every other byte a NUL (ASCII
+    names in UTF-16). It was refused as "not UTF-8 text", its bytes shown, which tells
+    nobody what to do."""
+    joined = ",".join(header)
+    if joined.startswith(_UTF16_BOMS):
+        return True
+    return len(joined) >= 4 and joined.count("\x00") * 3 >= len(joined)
 
 
 _BAD = "\x00bad"  # the key of an unreadable row's marker (no header name holds a NUL)
