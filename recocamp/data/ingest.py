@@ -100,9 +100,12 @@ class ImportReport:
 
 
 def file_sha256(path: Path, *, follow_links: bool = True) -> str:
+    """The file's SHA-256; ``follow_links`` False: neither a symbolic nor a hard link is read
+    (``sources.open_text``)."""
     digest = hashlib.sha256()
     try:
-        with sources.open_bytes(path, follow_links=follow_links) as handle:
+        opening = sources.open_bytes(path, follow_links=follow_links, one_name=not follow_links)
+        with opening as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     except OSError as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import gzip
 import io
 import os
@@ -170,14 +171,26 @@ class RetailLine(NamedTuple):
 GZIP_FLOOR = 1 << 20  # bytes a small .gz file may always decompress to
 
 
-def open_bytes(path: Path, *, follow_links: bool = True) -> IO[bytes]:
+def open_bytes(path: Path, *, follow_links: bool = True, one_name: bool = False) -> IO[bytes]:
     """A regular file opened for reading, else OSError saying what it is: an import reads
     its file twice (the SHA-256, then the rows), so ``<(zcat orders.gz)`` was hashed, then
     read empty, and ``/dev/zero`` hashed for ever; a named pipe is never waited on
     (``O_NONBLOCK``). With ``follow_links`` False never through a symbolic link
     (``O_NOFOLLOW``): the drop folder sets links and pipes aside before it imports, and an
-    uploader could swap a link in between (the link's target was read and imported)."""
-    return open_regular(path, follow_links=follow_links)
+    uploader could swap a link in between (the link's target was read and imported). With
+    ``one_name``, nor a file with another name (a hard link, :func:`hard_link`), for the
+    same reason."""
+    handle = open_regular(path, follow_links=follow_links)
+    names = os.fstat(handle.fileno()).st_nlink
+    if one_name and names > 1:
+        handle.close()
+        raise OSError(errno.EINVAL, hard_link(names))
+    return handle
+
+
+def hard_link(names: int) -> str:
+    """What a file with ``names`` names (``st_nlink``) is, in words."""
+    return f"a hard link (a file with {names} names)"
 
 
 def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX, *, follow_links: bool = True) -> IO[str]:
@@ -187,11 +200,11 @@ def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX, *, follow_links: bool
     reports them as a problem of their own line and column, next to the file's other problems.
     A ``.gz`` file decompresses to at most ``max_ratio`` times its size (or ``GZIP_FLOOR``):
     48 KB of gzip holding 50 million blank lines cost half a minute of CPU to read through.
-    ``.GZ`` is ``.gz``: the drop folder takes names in any case. ``follow_links``: see
-    :func:`open_bytes`.
+    ``.GZ`` is ``.gz``: the drop folder takes names in any case. ``follow_links`` False:
+    neither a symbolic nor a hard link is read (:func:`open_bytes`).
     """
     try:
-        opened = open_bytes(path, follow_links=follow_links)
+        opened = open_bytes(path, follow_links=follow_links, one_name=not follow_links)
         if path.suffix.lower() == ".gz":
             opened = inflated(opened, max_ratio)
     except OSError as exc:
