@@ -736,6 +736,11 @@ class Importer:
             if erased:
                 rows = [row for row in rows if row.id not in erased]
                 skipped = {**skipped, "erased": len(erased)}
+            # a record an older version stored decomposed is the one the row names: updated,
+            # not joined by a second record of the same person (which kept the old consent)
+            held = queries.held_decomposed(connection, [r.id for r in rows])
+            if held:
+                rows = [replace(row, id=held[row.id]) if row.id in held else row for row in rows]
             run_id = self._begin_run(connection, "customers", fmt, path, sha, read)
             # a column the file does not have changes nothing stored: a feed without consent
             # or birthday columns reset every customer's consent to "none" and birthday to none

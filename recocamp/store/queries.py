@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -412,6 +413,23 @@ def order_totals(
         .group_by(p.order_id, p.customer_id)
     )
     return [(row[0], row[1], row[2], float(row[3])) for row in connection.execute(query)]
+
+
+def held_decomposed(connection: sa.Connection, customer_ids: Iterable[str]) -> dict[str, str]:
+    """For each of these (composed) ids that the customers table holds only decomposed
+    (``Jose`` + U+0301, as versions before ids were composed stored them), that stored form:
+    the record a file's row of the id updates, as ``registry.stored_id`` finds it for the
+    API's paths. An ASCII id has no other form and is not looked up."""
+    forms = {unicodedata.normalize("NFD", i): i for i in set(customer_ids) if not i.isascii()}
+    forms = {other: given for other, given in forms.items() if other != given}
+    wanted = sorted({*forms, *forms.values()})
+    held: set[str] = set()
+    for start in range(0, len(wanted), CHUNK):
+        chunk = wanted[start : start + CHUNK]
+        held.update(
+            connection.execute(sa.select(customers.c.id).where(customers.c.id.in_(chunk))).scalars()
+        )
+    return {given: other for other, given in forms.items() if other in held and given not in held}
 
 
 def add_missing_customers(
