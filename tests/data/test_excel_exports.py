@@ -58,3 +58,37 @@ def test_a_utf16_file_is_refused_saying_it_is_utf16(
     assert "save it as CSV UTF-8" in result.stderr
     assert "example.test" not in result.output and "Traceback" not in result.output
     assert stored(workdir) == 0
+
+
+ORDERS = "order_id,customer_id,item_id,quantity,unit_price,ordered_at\r\n"
+
+
+@pytest.mark.parametrize("column", ["order_id", "customer_id", "item_id"])
+def test_an_id_a_spreadsheet_wrote_in_scientific_notation_is_refused(
+    workdir: Path, column: str
+) -> None:
+    """A spreadsheet shows a 13-digit id as ``1.23457E+12`` and exports it so: its digits
+    are lost, and the lines of customers 1234567890123 and 1234569999999 were stored under
+    one id, in silence. The id is refused naming line, column and value (among good lines,
+    so it comes in a batch read column by column)."""
+    good = [f"A{n},c{n % 3},i1,1,2.50,2011-08-01T10:00:00Z\r\n" for n in range(30)]
+    bad = dict(order_id="B1", customer_id="c1", item_id="i1")
+    bad[column] = "1.23457E+12"
+    line = f"{bad['order_id']},{bad['customer_id']},{bad['item_id']},1,2.50,2011-08-01\r\n"
+    path = workdir / "p.csv"
+    path.write_text(ORDERS + "".join(good[:10]) + line + "".join(good[10:]), newline="")
+    result = runner.invoke(app, ["import", "purchases", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"p.csv: line 12, column '{column}': looks like a number in scientific" in result.stderr
+    assert "(value: '1.23457E+12')" in result.stderr
+    assert stored(workdir) == 0
+
+
+def test_a_customers_id_in_scientific_notation_is_refused(workdir: Path) -> None:
+    path = workdir / "customers.csv"
+    path.write_text("id,email\r\n1.23457E+12,\r\nc-1E+5,\r\n", newline="")
+    result = runner.invoke(app, ["import", "customers", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "line 2, column 'id': looks like a number in scientific notation" in result.stderr
+    assert "line 3" not in result.stderr  # an id with letters around it is an id
+    assert stored(workdir) == 0

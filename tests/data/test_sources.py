@@ -25,7 +25,7 @@ GOOD = {
 }
 VARIANTS = {  # each is tried in an otherwise good line
     "order_id": [" A1 ", "", "A\x002", "A\u20281", "a" * 64, "a" * 65, "C9"],
-    "customer_id": ["", " ", " c2 ", "c\x852", "c" * 65],
+    "customer_id": ["", " ", " c2 ", "c\x852", "c" * 65, "1.23457E+12", "c1E+5"],
     "item_id": ["", "i\n2", " i2"],
     "quantity": [
         " 3 ",
@@ -137,7 +137,7 @@ RETAIL_GOOD = {
 }
 RETAIL_VARIANTS = {  # each is tried in an otherwise good line
     "InvoiceNo": [" 536365 ", "", "C536365", "5\x003", "5\u20281", "a" * 64, "a" * 65],
-    "StockCode": ["", " 85 ", "8\n5", "s" * 65, "POST"],
+    "StockCode": ["", " 85 ", "8\n5", "s" * 65, "POST", "1E+12"],
     "Description": ["", " spaced ", "d" * 500, "d" * 501, "a\x00b"],
     "Quantity": [
         " 3 ",

@@ -610,10 +610,26 @@ def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | N
     value = composed(row.get(column, "").strip())
     if required and not value:
         raise RowProblem(column, "is empty", value)
-    problem = id_problem(value)
+    problem = id_problem(value) or (SCIENTIFIC if _SCIENTIFIC.fullmatch(value) else None)
     if problem:
         raise RowProblem(column, problem, value)
     return value or None
+
+
+# an id as a spreadsheet shows a long number (1.23457E+12): its other digits are lost, and
+# the lines of customers 1234567890123 and 1234569999999 were stored under one id, in silence
+_SCIENTIFIC = re.compile(r"[0-9](?:\.[0-9]+)?[Ee][+-][0-9]+")
+_EXPONENT = re.compile(r"[0-9][Ee][+-][0-9]")  # a field that may be one (fast paths)
+SCIENTIFIC = (
+    "looks like a number in scientific notation, as a spreadsheet shows a long number: its "
+    "other digits are lost; format the column as text and export it again"
+)
+
+
+def _plain_ids(joined: str) -> bool:
+    """:func:`ident`'s checks of ids joined into one string, at once: printable, composed,
+    none that may be in scientific notation (such a line goes the slower way)."""
+    return joined.isprintable() and _is_composed(joined) and not _EXPONENT.search(joined)
 
 
 def _is_composed(joined: str) -> bool:
@@ -917,14 +933,12 @@ def _stripped(records: list[list[str]], index: int) -> list[str]:
 
 def _ids_pass(values: list[str], required: bool) -> bool:
     """:func:`ident`'s checks of a column at once: ids present (if ``required``), at most
-    ``ID_MAX`` characters, printable."""
+    ``ID_MAX`` characters, printable, composed, none in scientific notation."""
     lengths = list(map(len, values))
-    joined = "".join(values)
     return (
         (not required or min(lengths) > 0)
         and max(lengths) <= ID_MAX
-        and joined.isprintable()
-        and _is_composed(joined)
+        and _plain_ids("".join(values))
     )
 
 
@@ -997,8 +1011,7 @@ class StandardLines:
             0 < len(order_id) <= ID_MAX
             and 0 < len(item_id) <= ID_MAX
             and len(customer_id) <= ID_MAX
-            and _is_composed(joined := order_id + item_id + customer_id)
-            and joined.isprintable()  # ident's checks, at once
+            and _plain_ids(order_id + item_id + customer_id)  # ident's checks, at once
         ):
             return self._slow(record)
         given = None if self.line_no is None else record[self.line_no].strip()
@@ -1184,8 +1197,7 @@ class RetailLines:
             0 < len(invoice) <= ID_MAX
             and 0 < len(item_id) <= ID_MAX
             and len(customer) <= ID_MAX
-            and _is_composed(joined := invoice + item_id + customer)
-            and joined.isprintable()  # ident's checks, at once
+            and _plain_ids(invoice + item_id + customer)  # ident's checks, at once
             and len(description) <= _TITLE_MAX
             and len(country) <= _COUNTRY_MAX
             and "\x00" not in description + country  # text's checks
