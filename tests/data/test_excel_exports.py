@@ -92,3 +92,24 @@ def test_a_customers_id_in_scientific_notation_is_refused(workdir: Path) -> None
     assert "line 2, column 'id': looks like a number in scientific notation" in result.stderr
     assert "line 3" not in result.stderr  # an id with letters around it is an id
     assert stored(workdir) == 0
+
+
+def test_rows_of_separators_alone_are_blank_lines(workdir: Path) -> None:
+    """A spreadsheet exports the rows below the data that were ever formatted as
+    separators alone (``,,,,,``, also wider than the header): they hold nothing, as a blank
+    line holds nothing, and are passed over as blank lines are. Each was a problem
+    ("column 'order_id': is empty"), and the file was refused."""
+    good = "".join(f"A{n},c1,i1,1,2.50,2011-08-01T10:00:00Z\r\n" for n in range(5))
+    path = workdir / "p.csv"
+    path.write_text(ORDERS + good + ",,,,,\r\n" * 3 + ",,,,,,,,\r\n\r\n", newline="")
+    result = runner.invoke(app, ["import", "purchases", str(path)])
+    assert result.exit_code == 0, result.output
+    people = workdir / "customers.csv"
+    people.write_text("id,email\r\nc1,\r\n,\r\n,,,\r\n", newline="")
+    result = runner.invoke(app, ["import", "customers", str(people)])
+    assert result.exit_code == 0, result.output
+    engine = make_engine(f"sqlite:///{workdir / 'shop.db'}")
+    with engine.connect() as connection:
+        runs = connection.execute(sa.select(import_runs.c.rows_read)).scalars().all()
+    engine.dispose()
+    assert sorted(runs) == [1, 5]

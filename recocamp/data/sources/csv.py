@@ -317,8 +317,20 @@ class Batch(NamedTuple):
 
 def _clean(raw: list[list[str]], width: int) -> bool:
     """Every record has the header's width (a blank record has none: the header has at
-    least the two required columns) and no undecodable byte or NUL."""
-    return set(map(len, raw)) <= {width} and not _UNREADABLE.search("".join(map("".join, raw)))
+    least the two required columns), a field that is not empty (:func:`_blank`) and no
+    undecodable byte or NUL."""
+    return (
+        set(map(len, raw)) <= {width}
+        and all(map(any, raw))
+        and not _UNREADABLE.search("".join(map("".join, raw)))
+    )
+
+
+def _blank(values: list[str]) -> bool:
+    """Whether a record holds nothing: a blank line, or separators alone (``,,,,``, of any
+    width), as a spreadsheet exports the rows below its data that were ever formatted. Each
+    such row was a problem ("is empty"), and the file refused for rows without data."""
+    return not any(values)
 
 
 class Records:
@@ -399,7 +411,7 @@ class Records:
         kept: list[int] = []
         records: list[Record] = []
         for line, values in zip(starts, raw, strict=True):
-            if not values or values == [""]:
+            if _blank(values):
                 continue
             kept.append(line)
             if len(values) != width:
