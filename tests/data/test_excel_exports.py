@@ -113,3 +113,15 @@ def test_rows_of_separators_alone_are_blank_lines(workdir: Path) -> None:
         runs = connection.execute(sa.select(import_runs.c.rows_read)).scalars().all()
     engine.dispose()
     assert sorted(runs) == [1, 5]
+
+
+def test_a_header_with_columns_without_a_name_says_so(workdir: Path) -> None:
+    """``id,email,,`` (a spreadsheet's used range wider than its data) was refused as an
+    'unknown column' named '' followed by the list of known ones: now it says what it is."""
+    path = workdir / "customers.csv"
+    path.write_text("id,email,,\r\nc1,,,\r\n", newline="")
+    result = runner.invoke(app, ["import", "customers", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "line 1: 2 columns without a name (columns 3, 4: a spreadsheet's" in result.stderr
+    assert "unknown column" not in result.stderr
+    assert stored(workdir) == 0

@@ -460,8 +460,19 @@ def header_problems(
                 value=shown(",".join(header)),
             )
         )
+    unnamed = [str(n) for n, name in enumerate(header, start=1) if not name]
+    if unnamed:  # not an unknown column '' followed by the known ones: say what it is
+        many = len(unnamed) > 1
+        problems.append(
+            Problem(
+                f"{len(unnamed)} column{'s' * many} without a name (column{'s' * many} "
+                f"{', '.join(unnamed)}: a spreadsheet's empty column, or separators at the "
+                f"end of the line): delete {'them' if many else 'it'} and export again",
+                line=1,
+            )
+        )
     more = 0
-    for name in dict.fromkeys(header):
+    for name in dict.fromkeys(name for name in header if name):
         wrong = name not in known or header.count(name) > 1
         if wrong and len(problems) >= max_listed:
             more += 1
