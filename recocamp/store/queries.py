@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from recocamp.domain import Customer, Item, Purchase, id_forms, order_digest
+from recocamp.domain import Customer, Item, Purchase, composed, id_forms, order_digest
 from recocamp.errors import OrderConflictError
 from recocamp.store.schema import (
     audit_log,
@@ -167,7 +167,9 @@ def customer_conflicts(connection: sa.Connection, customers: dict[str, str | Non
     """The orders, of those given with the customer they are posted under (None: a guest),
     whose stored lines name another customer or none (a guest order, or one an erasure
     unlinked). An order without stored lines (every line an adjustment) names nobody and is
-    no conflict."""
+    no conflict. Ids are compared composed (``domain.composed``): lines a version before ids
+    were composed stored under ``Jose`` + U+0301 are the composed ``José``'s, and their
+    order, posted or imported again, was refused as another customer's."""
     found: dict[str, set[str | None]] = defaultdict(set)
     order_ids = sorted(customers)
     for start in range(0, len(order_ids), CHUNK):
@@ -177,12 +179,16 @@ def customer_conflicts(connection: sa.Connection, customers: dict[str, str | Non
             .distinct()
         )
         for order_id, customer_id in connection.execute(query):
-            found[order_id].add(customer_id)
+            found[order_id].add(_composed(customer_id))
     return [
         order_id
         for order_id in order_ids
-        if order_id in found and found[order_id] != {customers[order_id]}
+        if order_id in found and found[order_id] != {_composed(customers[order_id])}
     ]
+
+
+def _composed(customer_id: str | None) -> str | None:
+    return None if customer_id is None else composed(customer_id)
 
 
 def _insert_lines(

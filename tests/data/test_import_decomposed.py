@@ -10,9 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 
 from recocamp.data.ingest import Importer
+from recocamp.domain import Purchase
+from recocamp.errors import DataImportError
+from recocamp.store import queries
 from recocamp.store.schema import customers
 from tests.conftest import NOW, write_csv
 
@@ -51,3 +55,29 @@ def test_a_customers_row_updates_the_record_stored_decomposed(
             ("Zo\u00eb", "zoe2@example.test", "none"),  # the composed one, where both are
         ]
     )
+
+
+def test_an_order_stored_under_the_decomposed_id_is_a_repeat_under_the_composed_one(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """An order an older version stored under ``Jose`` + U+0301, in a later export that
+    holds it again (the file's id composed on read), is the same order of the same
+    customer: a repeat. It was refused as "stored under another customer", and so was every
+    later file holding it; the purchase API compared the same way."""
+    at = datetime(2025, 5, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        lines = [Purchase("o1", 1, DECOMPOSED, "i1", 1, 2.5, at)]
+        queries.insert_purchases(connection, lines, None)
+        assert queries.customer_conflicts(connection, {"o1": COMPOSED}) == []
+        assert queries.customer_conflicts(connection, {"o1": "Jose"}) == ["o1"]
+    header = ["order_id", "customer_id", "item_id", "quantity", "unit_price", "ordered_at"]
+    rows = [
+        ["o1", DECOMPOSED, "i1", "1", "2.5", "2025-05-01T00:00:00Z"],
+        ["o2", COMPOSED, "i1", "2", "2.5", "2025-06-01T00:00:00Z"],
+    ]
+    path = write_csv(tmp_path / "purchases.csv", header, rows)
+    report = Importer(engine, zone=ZoneInfo("Europe/Berlin"), now=NOW).purchases(path)
+    assert (report.imported, report.duplicates) == (1, 1)
+    other = write_csv(tmp_path / "other.csv", header, [[*rows[0][:1], "Jose", *rows[0][2:]]])
+    with pytest.raises(DataImportError, match="already stored under another customer"):
+        Importer(engine, zone=ZoneInfo("Europe/Berlin"), now=NOW).purchases(other)
