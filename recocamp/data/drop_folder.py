@@ -22,11 +22,15 @@ being written; so is one that changed while it was imported (its name written ag
 the writer went on after a pause).
 A name starting with ``.`` is not looked at at all: the convention for hidden files and
 files still being written (macOS's ``._purchases.csv``, an upload as ``.purchases.csv``).
-Only a regular file is read. A symbolic link is not followed — its target may be a file
-the uploader could not read themselves, and the report would quote it — and a folder, pipe,
-socket or device named like a data file is never opened (reading a pipe waits for ever):
-each is moved as it is (the link, not its target) to ``rejected/`` with an ``.errors.txt``
-saying what it is, once, counted as ``rejected``. Entries are looked at with ``lstat``.
+Only a regular file of one name is read. A symbolic link is not followed — its target may
+be a file the uploader could not read themselves, and the report would quote it — nor a
+hard link (a file with more than one name, ``st_nlink`` > 1: the other name may be such a
+file, where the system does not protect hard links), and a folder, pipe, socket or device
+named like a data file is never opened (reading a pipe waits for ever): each is moved as it
+is (the link, not its target: renamed, so the file it names is neither read nor changed) to
+``rejected/`` with an ``.errors.txt`` saying what it is, once, counted as ``rejected``.
+Entries are looked at with ``lstat``; the import opens with ``O_NOFOLLOW`` and refuses a
+file with another name, so a link swapped in after the look is not read either.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from pathlib import Path
 from recocamp.config_files import file_kind
 from recocamp.data import erasure_files
 from recocamp.data.ingest import Importer, ImportReport
-from recocamp.data.sources.csv import printable
+from recocamp.data.sources.csv import hard_link, printable
 from recocamp.errors import ConfigError, DataImportError, Problem
 from recocamp.settings import Settings, files_as_folders, settings_path
 from recocamp.store import tombstones
@@ -121,13 +125,16 @@ def pending(drop_dir: Path, now_s: float) -> tuple[list[Path], int]:
 
 
 def _not_regular(path: Path) -> str | None:
-    """What an entry is when it is not a regular file ("a symbolic link", "a folder", …);
-    None for a regular file, or one gone (the import then says it is missing)."""
+    """What an entry is when it is not a regular file of one name ("a symbolic link", "a
+    hard link (a file with 2 names)", "a folder", …); None for a regular file, or one gone
+    (the import then says it is missing)."""
     try:
-        mode = path.lstat().st_mode
+        found = path.lstat()
     except OSError:
         return None
-    return None if stat.S_ISREG(mode) else file_kind(mode)
+    if not stat.S_ISREG(found.st_mode):
+        return file_kind(found.st_mode)
+    return hard_link(found.st_nlink) if found.st_nlink > 1 else None
 
 
 def import_drop_folder(engine: Engine, settings: Settings, now: datetime) -> DropReport:
@@ -213,6 +220,11 @@ def _set_aside(
     It was skipped every run without a word; a link was followed and imported."""
     if what == "a symbolic link":
         why = f"{what}, not a file: links in the drop folder are not followed"
+    elif what.startswith("a hard link"):
+        why = (
+            f"{what}, not a file of its own: links in the drop folder are not followed "
+            "(copy the file in, or move it)"
+        )
     else:
         why = f"{what}, not a file: only files are imported"
     reason = str(DataImportError(path, [Problem(why)]))

@@ -100,9 +100,12 @@ class ImportReport:
 
 
 def file_sha256(path: Path, *, follow_links: bool = True) -> str:
+    """The file's SHA-256; ``follow_links`` False: neither a symbolic nor a hard link is read
+    (``sources.open_text``)."""
     digest = hashlib.sha256()
     try:
-        with sources.open_bytes(path, follow_links=follow_links) as handle:
+        opening = sources.open_bytes(path, follow_links=follow_links, one_name=not follow_links)
+        with opening as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     except OSError as exc:
@@ -733,6 +736,11 @@ class Importer:
             if erased:
                 rows = [row for row in rows if row.id not in erased]
                 skipped = {**skipped, "erased": len(erased)}
+            # a record an older version stored decomposed is the one the row names: updated,
+            # not joined by a second record of the same person (which kept the old consent)
+            held = queries.held_decomposed(connection, [r.id for r in rows])
+            if held:
+                rows = [replace(row, id=held[row.id]) if row.id in held else row for row in rows]
             run_id = self._begin_run(connection, "customers", fmt, path, sha, read)
             # a column the file does not have changes nothing stored: a feed without consent
             # or birthday columns reset every customer's consent to "none" and birthday to none

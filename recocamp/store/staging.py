@@ -24,7 +24,7 @@ from sqlalchemy.dialects import sqlite
 
 from recocamp.store import notifications
 from recocamp.store.engine import driver_cursor
-from recocamp.store.queries import CHUNK, claim_orders, stored_digests
+from recocamp.store.queries import CHUNK, claim_orders, customer_conflicts, stored_digests
 from recocamp.store.schema import Money, UtcDateTime, orders, purchase_totals, purchases
 
 _temporary = sa.MetaData()
@@ -362,7 +362,10 @@ def moved(connection: sa.Connection, listed: int) -> tuple[list[str], int]:
     refuses it (``queries.customer_conflicts``). Staged lines of an erased customer are
     guest lines already (:func:`detach`): their order, stored and unlinked by the
     erasure, stays a repeat. Every staged line of an order names the same customer
-    (``ingest`` refuses a file mixing them), so any one of them stands for the order."""
+    (``ingest`` refuses a file mixing them), so any one of them stands for the order. The
+    orders whose stored lines name another id are compared again by
+    ``queries.customer_conflicts``, which compares ids composed: ``Jose`` + U+0301, as a
+    version before ids were composed stored it, is the ``José`` a file names now."""
     d, s, p = digested.c, staged.c, purchases.c
     staged_customer = (
         sa.select(s.customer_id)
@@ -380,8 +383,9 @@ def moved(connection: sa.Connection, listed: int) -> tuple[list[str], int]:
     count = connection.execute(sa.select(sa.func.count()).where(found)).scalar_one()
     if not count:
         return [], 0
-    first = sa.select(d.order_id).where(found).order_by(d.order_id).limit(listed)
-    return list(connection.execute(first).scalars()), int(count)
+    named = connection.execute(sa.select(d.order_id, staged_customer).where(found))
+    conflicts = customer_conflicts(connection, {order_id: who for order_id, who in named})
+    return conflicts[:listed], len(conflicts)
 
 
 def copy_kept(connection: sa.Connection, import_run_id: int, lines: int) -> None:

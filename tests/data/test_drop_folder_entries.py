@@ -220,3 +220,67 @@ def test_a_name_with_a_line_break_or_an_escape_writes_one_plain_log_line(
     lines = [record.getMessage() for record in caplog.records]
     assert lines and not [line for line in lines if "\n" in line or "\x1b" in line]
     assert any("customers-1\\n2026-01-15" in line for line in lines)
+
+
+def test_a_hard_link_is_set_aside_without_being_read(engine: sa.Engine, tmp_path: Path) -> None:
+    """``purchases-1.csv``, a second name of a file elsewhere (``ln secret.csv``): the
+    uploader may link a file they cannot read themselves (where hard links are not
+    protected), and it was read, imported and its problems quoted into ``rejected/``, as a
+    symbolic link's target was. An entry with more than one name is set aside as a link is,
+    the file it names neither opened nor changed (its times included)."""
+    settings = drop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    secret = write_csv(
+        tmp_path / "secret.csv", ORDERS, [["o1", "c9", "secret-item", 1, 2.5, "2011-08-01"]]
+    )
+    os.link(secret, drop / "purchases-1.csv")
+    people = write_csv(drop / "customers-1.csv", PEOPLE, [OTTO])
+    settled(secret, people)
+    before = (secret.read_bytes(), secret.stat().st_mtime_ns)
+
+    with opened() as paths:
+        report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected, report.waiting) == (1, 1, 0)
+    assert counted(engine) == ({"c2"}, 0)  # the linked file's orders were not imported
+    assert not any(path.endswith("purchases-1.csv") for path in paths)
+    assert (secret.read_bytes(), secret.stat().st_mtime_ns) == before
+    rejected = drop / "rejected"
+    assert (rejected / "purchases-1.csv").stat().st_ino == secret.stat().st_ino
+    reasons = (rejected / "purchases-1.csv.errors.txt").read_text()
+    assert "a hard link (a file with 2 names)" in reasons
+    assert "secret-item" not in reasons
+    assert sorted(p.name for p in drop.iterdir()) == ["rejected"]
+    assert import_drop_folder(engine, settings, NOW).rejected == 0  # once
+
+
+def test_a_hard_link_swapped_in_after_the_look_is_not_read(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a symbolic link swapped in (above): the import itself refuses an entry with
+    another name, the entry (changed) waits, and the next run sets it aside."""
+    settings = drop_settings(tmp_path)
+    drop = settings.ingest.drop_dir
+    drop.mkdir()
+    secret = write_csv(
+        tmp_path / "secret.csv", ORDERS, [["o1", "c9", "secret-item", 1, 2.5, "2011-08-01"]]
+    )
+    write_csv(drop / "purchases-1.csv", ORDERS, [["o2", "c2", "i1", 1, 2.5, "2011-08-01"]])
+    settled(drop / "purchases-1.csv")
+
+    class Swapped(Importer):
+        def purchases(self, path: Path, fmt: str = "standard") -> ImportReport:
+            path.unlink()  # the uploader's swap, after the look
+            os.link(secret, path)
+            settled(path)
+            return super().purchases(path, fmt)
+
+    monkeypatch.setattr(drop_folder, "Importer", Swapped)
+    report = import_drop_folder(engine, settings, NOW)
+    assert (report.imported, report.rejected, report.waiting) == (0, 0, 1)
+    assert counted(engine) == (set(), 0)
+    monkeypatch.undo()
+    again = import_drop_folder(engine, settings, NOW)
+    assert (again.imported, again.rejected) == (0, 1)
+    assert counted(engine) == (set(), 0)
+    assert "secret-item" not in (drop / "rejected" / "purchases-1.csv.errors.txt").read_text()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import gzip
 import io
 import os
@@ -170,14 +171,26 @@ class RetailLine(NamedTuple):
 GZIP_FLOOR = 1 << 20  # bytes a small .gz file may always decompress to
 
 
-def open_bytes(path: Path, *, follow_links: bool = True) -> IO[bytes]:
+def open_bytes(path: Path, *, follow_links: bool = True, one_name: bool = False) -> IO[bytes]:
     """A regular file opened for reading, else OSError saying what it is: an import reads
     its file twice (the SHA-256, then the rows), so ``<(zcat orders.gz)`` was hashed, then
     read empty, and ``/dev/zero`` hashed for ever; a named pipe is never waited on
     (``O_NONBLOCK``). With ``follow_links`` False never through a symbolic link
     (``O_NOFOLLOW``): the drop folder sets links and pipes aside before it imports, and an
-    uploader could swap a link in between (the link's target was read and imported)."""
-    return open_regular(path, follow_links=follow_links)
+    uploader could swap a link in between (the link's target was read and imported). With
+    ``one_name``, nor a file with another name (a hard link, :func:`hard_link`), for the
+    same reason."""
+    handle = open_regular(path, follow_links=follow_links)
+    names = os.fstat(handle.fileno()).st_nlink
+    if one_name and names > 1:
+        handle.close()
+        raise OSError(errno.EINVAL, hard_link(names))
+    return handle
+
+
+def hard_link(names: int) -> str:
+    """What a file with ``names`` names (``st_nlink``) is, in words."""
+    return f"a hard link (a file with {names} names)"
 
 
 def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX, *, follow_links: bool = True) -> IO[str]:
@@ -187,11 +200,11 @@ def open_text(path: Path, max_ratio: int = GZIP_RATIO_MAX, *, follow_links: bool
     reports them as a problem of their own line and column, next to the file's other problems.
     A ``.gz`` file decompresses to at most ``max_ratio`` times its size (or ``GZIP_FLOOR``):
     48 KB of gzip holding 50 million blank lines cost half a minute of CPU to read through.
-    ``.GZ`` is ``.gz``: the drop folder takes names in any case. ``follow_links``: see
-    :func:`open_bytes`.
+    ``.GZ`` is ``.gz``: the drop folder takes names in any case. ``follow_links`` False:
+    neither a symbolic nor a hard link is read (:func:`open_bytes`).
     """
     try:
-        opened = open_bytes(path, follow_links=follow_links)
+        opened = open_bytes(path, follow_links=follow_links, one_name=not follow_links)
         if path.suffix.lower() == ".gz":
             opened = inflated(opened, max_ratio)
     except OSError as exc:
@@ -304,8 +317,20 @@ class Batch(NamedTuple):
 
 def _clean(raw: list[list[str]], width: int) -> bool:
     """Every record has the header's width (a blank record has none: the header has at
-    least the two required columns) and no undecodable byte or NUL."""
-    return set(map(len, raw)) <= {width} and not _UNREADABLE.search("".join(map("".join, raw)))
+    least the two required columns), a field that is not empty (:func:`_blank`) and no
+    undecodable byte or NUL."""
+    return (
+        set(map(len, raw)) <= {width}
+        and all(map(any, raw))
+        and not _UNREADABLE.search("".join(map("".join, raw)))
+    )
+
+
+def _blank(values: list[str]) -> bool:
+    """Whether a record holds nothing: a blank line, or separators alone (``,,,,``, of any
+    width), as a spreadsheet exports the rows below its data that were ever formatted. Each
+    such row was a problem ("is empty"), and the file refused for rows without data."""
+    return not any(values)
 
 
 class Records:
@@ -386,7 +411,7 @@ class Records:
         kept: list[int] = []
         records: list[Record] = []
         for line, values in zip(starts, raw, strict=True):
-            if not values or values == [""]:
+            if _blank(values):
                 continue
             kept.append(line)
             if len(values) != width:
@@ -435,8 +460,19 @@ def header_problems(
                 value=shown(",".join(header)),
             )
         )
+    unnamed = [str(n) for n, name in enumerate(header, start=1) if not name]
+    if unnamed:  # not an unknown column '' followed by the known ones: say what it is
+        many = len(unnamed) > 1
+        problems.append(
+            Problem(
+                f"{len(unnamed)} column{'s' * many} without a name (column{'s' * many} "
+                f"{', '.join(unnamed)}: a spreadsheet's empty column, or separators at the "
+                f"end of the line): delete {'them' if many else 'it'} and export again",
+                line=1,
+            )
+        )
     more = 0
-    for name in dict.fromkeys(header):
+    for name in dict.fromkeys(name for name in header if name):
         wrong = name not in known or header.count(name) > 1
         if wrong and len(problems) >= max_listed:
             more += 1
@@ -492,11 +528,31 @@ def _header(path: Path, reader: Iterator[list[str]]) -> list[str]:
         ) from None
     except (csv.Error, RecordTooLong, FileTooLarge, gzip.BadGzipFile, EOFError, OSError) as exc:
         raise DataImportError(path, [Problem(f"not a readable CSV file: {exc}", line=1)]) from None
+    if _utf16(header):
+        raise DataImportError(path, [Problem(UTF16, line=1)])
     if _UNREADABLE.search("".join(header)):
         bad = next(name for name in header if _UNREADABLE.search(name))
         problem = Problem("the header is not UTF-8 text", line=1, value=shown(bad))
         raise DataImportError(path, [problem])
     return header
+
+
+UTF16 = (
+    'the file is UTF-16 text (a spreadsheet\'s "Unicode text"), not UTF-8: save it as '
+    "CSV UTF-8 (comma-separated)"
+)
+_UTF16_BOMS = ("\udcff\udcfe", "\udcfe\udcff")  # FF FE, FE FF as surrogateescape reads them
+
+
+def _utf16(header: list[str]) -> bool:
+    """Whether a header line read as UTF-8 is UTF-16 text: its byte order mark (Excel's
+    "Unicode text" starts with FF FE), or, without one, every other byte a NUL (ASCII
+    names in UTF-16). It was refused as "not UTF-8 text", its bytes shown, which tells
+    nobody what to do."""
+    joined = ",".join(header)
+    if joined.startswith(_UTF16_BOMS):
+        return True
+    return len(joined) >= 4 and joined.count("\x00") * 3 >= len(joined)
 
 
 _BAD = "\x00bad"  # the key of an unreadable row's marker (no header name holds a NUL)
@@ -577,10 +633,26 @@ def ident(row: dict[str, str], column: str, *, required: bool = True) -> str | N
     value = composed(row.get(column, "").strip())
     if required and not value:
         raise RowProblem(column, "is empty", value)
-    problem = id_problem(value)
+    problem = id_problem(value) or (SCIENTIFIC if _SCIENTIFIC.fullmatch(value) else None)
     if problem:
         raise RowProblem(column, problem, value)
     return value or None
+
+
+# an id as a spreadsheet shows a long number (1.23457E+12): its other digits are lost, and
+# the lines of customers 1234567890123 and 1234569999999 were stored under one id, in silence
+_SCIENTIFIC = re.compile(r"[0-9](?:\.[0-9]+)?[Ee][+-][0-9]+")
+_EXPONENT = re.compile(r"[0-9][Ee][+-][0-9]")  # a field that may be one (fast paths)
+SCIENTIFIC = (
+    "looks like a number in scientific notation, as a spreadsheet shows a long number: its "
+    "other digits are lost; format the column as text and export it again"
+)
+
+
+def _plain_ids(joined: str) -> bool:
+    """:func:`ident`'s checks of ids joined into one string, at once: printable, composed,
+    none that may be in scientific notation (such a line goes the slower way)."""
+    return joined.isprintable() and _is_composed(joined) and not _EXPONENT.search(joined)
 
 
 def _is_composed(joined: str) -> bool:
@@ -595,12 +667,37 @@ def _is_composed(joined: str) -> bool:
 # other scripts such as "١٢", "1_000", exponents such as "1e6", "nan", "inf").
 _WHOLE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")  # "2.0" as a spreadsheet writes a count
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+# "1.000", "12.345": a thousand and 12,345 written the German way (a point between
+# thousands), or 1 and 12.345 with a decimal point; which, no value says (see thousands_problem)
+_THOUSANDS = re.compile(r"[+-]?[1-9][0-9]{0,2}\.[0-9]{3}")
+_THREE_DECIMALS = re.compile(r"\.[0-9]{3}(?![0-9])")  # a field that may be one (fast paths)
 
 
 def plain_number(value: float) -> str:
     """A float as :func:`number` reads it, without exponent (``repr`` and ``csv`` write
-    0.00001 as ``1e-05``): the shortest digits that read back as the same float."""
-    return format(Decimal(repr(value)), "f")
+    0.00001 as ``1e-05``): the shortest digits that read back as the same float, with a
+    fourth decimal where three would be ambiguous (``1.2340``: :func:`thousands_problem`;
+    the purchase API's lines are read by the file's parser)."""
+    written = format(Decimal(repr(value)), "f")
+    return written + "0" if _THOUSANDS.fullmatch(written) else written
+
+
+def thousands_problem(raw: str) -> str | None:
+    """Why ``raw`` cannot be read as a number, or None: one to three digits, a point and
+    three digits (``1.000``, ``12.345``) is a thousand or 12,345 in German notation (a
+    point between thousands, as a German spreadsheet writes them) and 1 or 12.345 with a
+    decimal point. ``1.000`` in a quantity column was read as 1: a file of a German shop
+    imported with a thousandth of its quantities, in silence. Nothing else is ambiguous:
+    German groups thousands by three, and never after a leading 0 (``0.125``), so a price
+    of 12.345 is written ``12.3450``."""
+    if not _THOUSANDS.fullmatch(raw):
+        return None
+    whole = raw.replace(".", "")
+    return (
+        f"is ambiguous: {whole} written with a thousands point (German notation), or "
+        f"{raw} with a decimal point; write {whole} for the one (no thousands separators), "
+        f"{raw}0 for the other"
+    )
 
 
 def integer(row: dict[str, str], column: str, low: int, high: int) -> int:
@@ -609,6 +706,9 @@ def integer(row: dict[str, str], column: str, low: int, high: int) -> int:
     raw = row.get(column, "").strip()
     if not _WHOLE.fullmatch(raw):
         raise RowProblem(column, "is not a whole number", raw)
+    ambiguous = thousands_problem(raw)
+    if ambiguous:
+        raise RowProblem(column, ambiguous, raw)
     try:
         value = int(raw.partition(".")[0])
     except ValueError:  # more digits than int() reads (sys.int_info): far out of range
@@ -625,7 +725,12 @@ def number(row: dict[str, str], column: str, low: float, high: float) -> float:
     (no price is written ``1e3``: a spreadsheet turning a code into a number is)."""
     raw = row.get(column, "").strip()
     if not _DECIMAL.fullmatch(raw):
-        raise RowProblem(column, "is not a number", raw)
+        comma = "," in raw and _DECIMAL.fullmatch(raw.replace(".", "").replace(",", ".", 1))
+        why = " (a decimal comma? write the number with a decimal point)" if comma else ""
+        raise RowProblem(column, f"is not a number{why}", raw)
+    ambiguous = thousands_problem(raw)
+    if ambiguous:
+        raise RowProblem(column, ambiguous, raw)
     value = float(raw)  # a very long one is an infinity: out of range
     problem = range_problem(value, low, high) or price_problem(value)
     if problem:
@@ -851,14 +956,12 @@ def _stripped(records: list[list[str]], index: int) -> list[str]:
 
 def _ids_pass(values: list[str], required: bool) -> bool:
     """:func:`ident`'s checks of a column at once: ids present (if ``required``), at most
-    ``ID_MAX`` characters, printable."""
+    ``ID_MAX`` characters, printable, composed, none in scientific notation."""
     lengths = list(map(len, values))
-    joined = "".join(values)
     return (
         (not required or min(lengths) > 0)
         and max(lengths) <= ID_MAX
-        and joined.isprintable()
-        and _is_composed(joined)
+        and _plain_ids("".join(values))
     )
 
 
@@ -883,7 +986,8 @@ def _plain_numbers(whole: str, prices: str, line_nos: str) -> bool:
     """Whether int() and float() read these fields (or a column's fields joined, the prices
     by a line break) only as :func:`integer` and :func:`number` do: ASCII, no "_", no
     exponent in a price (what they accept beyond that, "nan" and "inf", is out of range
-    there), no price finer than the store keeps."""
+    there), no price finer than the store keeps, none with three decimals (it may be
+    written with a thousands point: :func:`thousands_problem`; int() reads no point)."""
     joined = whole + prices + line_nos
     return (
         joined.isascii()
@@ -891,6 +995,7 @@ def _plain_numbers(whole: str, prices: str, line_nos: str) -> bool:
         and "e" not in prices
         and "E" not in prices
         and not _FINER.search(prices)
+        and not _THREE_DECIMALS.search(prices)
     )
 
 
@@ -929,8 +1034,7 @@ class StandardLines:
             0 < len(order_id) <= ID_MAX
             and 0 < len(item_id) <= ID_MAX
             and len(customer_id) <= ID_MAX
-            and _is_composed(joined := order_id + item_id + customer_id)
-            and joined.isprintable()  # ident's checks, at once
+            and _plain_ids(order_id + item_id + customer_id)  # ident's checks, at once
         ):
             return self._slow(record)
         given = None if self.line_no is None else record[self.line_no].strip()
@@ -1116,8 +1220,7 @@ class RetailLines:
             0 < len(invoice) <= ID_MAX
             and 0 < len(item_id) <= ID_MAX
             and len(customer) <= ID_MAX
-            and _is_composed(joined := invoice + item_id + customer)
-            and joined.isprintable()  # ident's checks, at once
+            and _plain_ids(invoice + item_id + customer)  # ident's checks, at once
             and len(description) <= _TITLE_MAX
             and len(country) <= _COUNTRY_MAX
             and "\x00" not in description + country  # text's checks
