@@ -1,15 +1,24 @@
-"""Signed, unforgeable link tokens for unsubscribe, preference and feedback links. Pure.
+"""Sealed, unforgeable link tokens for unsubscribe, preference and feedback links. Pure but
+for the random nonce each token draws.
 
 A token binds a customer, a campaign and a purpose (``unsubscribe`` | ``preferences`` |
-``feedback``) with an HMAC-SHA256 under the shop's secret (``RECOCAMP_SIGNING_KEY``); a
-feedback token also binds the survey (campaign and shop-local day of the mailing), so an
-answer counts once per customer and survey. Tokens carry no e-mail address; they carry the
-customer id readable (base64 of JSON, signed, not encrypted: whoever sees the link, the ESP,
-the mailbox and whom the mail is forwarded to, can read the shop's id of the customer), and
-it cannot be changed without the key. A token carries the time it
-was issued: it expires (unsubscribe links do not, see ``api.pages``), and it dies with an
-erasure of its customer made after it (links of an erased record never reach a person who
-signs up again under the same id); a time past now by more than the clocks' skew is refused.
+``feedback``) under the shop's secret (``RECOCAMP_SIGNING_KEY``); a feedback token also
+binds the survey (campaign and shop-local day of the mailing), so an answer counts once per
+customer and survey. Its claims are encrypted and authenticated (ChaCha20-Poly1305 under a
+key derived from the secret, :func:`_cipher`): whoever sees the link, the ESP's click
+tracking, the mailbox and whom the mail is forwarded to, reads neither the customer id nor
+anything else of it (no e-mail address either), and nothing of it can be changed without the
+key. A token carries the time it was issued: it expires (unsubscribe links do not, see
+``api.pages``), and it dies with an erasure of its customer made after it (links of an
+erased record never reach a person who signs up again under the same id); a time past now
+by more than the clocks' skew is refused.
+
+**Formats.** :func:`sign` writes ``2`` and then base64url of a random 12-byte nonce and the
+sealed claims (their compact JSON, the 16-byte tag last). Links mailed before tokens were
+encrypted carry ``v1.PAYLOAD.MAC``: the claims readable, with their HMAC-SHA256; an
+unsubscribe link is owed for as long as the e-mail exists, so :func:`verify` still accepts
+them, with every check the new ones get. The first character tells the two apart (``2`` or
+``v``); no other token is valid.
 
 **Rotation.** Tokens are signed under the signing key alone. The keys it replaced
 (``RECOCAMP_SIGNING_KEYS_RETIRED``) only verify, through :func:`verify_any`, which says
@@ -29,9 +38,15 @@ import functools
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from recocamp.domain import CLOCK_SKEW, address_forms, id_forms
 from recocamp.errors import RecocampError
@@ -45,13 +60,24 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 # hyphen makes it no campaign's name (``[a-z0-9_]``), so nothing is counted against one
 MANUAL_CAMPAIGN = "manual-link"
 
+# the first character of a token that :func:`sign` writes (the associated data of its seal
+# too); the first format's tokens begin with ``v1.``
+VERSION = "2"
+_AAD = VERSION.encode()
+_NONCE_BYTES = 12  # random per token: after 2^32 links under one key, 2^-33 odds of a repeat
+_TAG_BYTES = 16
+# HKDF's label for the cipher's key: the signing key's other uses (the first format's HMAC,
+# mailbox tags, tombstones' keyed hashes) never meet the key it derives
+_CIPHER_LABEL = b"recocamp link token 2: ChaCha20-Poly1305"
+
 
 class TokenError(RecocampError):
     """A token that was tampered with, has expired, or is not ours."""
 
 
 class SignatureError(TokenError):
-    """A well-formed token whose HMAC is not the key's: another key's, or forged."""
+    """A well-formed token that the key did not make (its seal or HMAC does not open under
+    it): another key's, or forged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +114,43 @@ def sign(
     survey: str | None = None,
     mailbox: str | None = None,
 ) -> str:
-    """A token; ``mailbox``: the :func:`mailbox_tag` of the address it is mailed to."""
+    """A token: the claims sealed under ``key`` with a fresh nonce (see the module's
+    docstring); ``mailbox``: the :func:`mailbox_tag` of the address it is mailed to."""
     issued = int(now.timestamp())
     payload = _claims(customer_id, campaign, purpose, issued, survey, mailbox).encode()
-    mac = _keyed(key).copy()
-    mac.update(b"v1." + payload)
-    return f"v1.{_b64(payload)}.{_b64(mac.digest())}"
+    nonce = os.urandom(_NONCE_BYTES)
+    return VERSION + _b64(nonce + _cipher(key).encrypt(nonce, payload, _AAD))
+
+
+@functools.lru_cache(maxsize=32)  # the signing key and up to 16 retired ones
+def _cipher(key: bytes) -> ChaCha20Poly1305:
+    """The key's cipher: ChaCha20-Poly1305 under HKDF-SHA256 of ``key`` (no salt, a fixed
+    label), so one secret still suffices, short retired keys included. Made once per key:
+    deriving costs more than sealing a token. ChaCha20-Poly1305, not AES-GCM-SIV: every
+    OpenSSL that ``cryptography`` may be built on has it (GCM-SIV wants 3.2 or later, and a
+    sign that fails stops every campaign); with random nonces a repeat is out of reach."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_CIPHER_LABEL)
+    return ChaCha20Poly1305(derived.derive(key))
+
+
+def _opened(key: bytes, token: str) -> bytes:
+    """The claims' JSON of a token of either format; ValueError when it is none,
+    SignatureError when ``key`` did not make it."""
+    if token.startswith(VERSION):
+        sealed = _unb64(token[len(VERSION) :])
+        if len(sealed) < _NONCE_BYTES + _TAG_BYTES:
+            raise ValueError("too short")
+        nonce, box = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
+        try:
+            return _cipher(key).decrypt(nonce, box, _AAD)
+        except InvalidTag:
+            raise SignatureError("invalid signature") from None
+    version, body, mac = token.split(".")
+    payload = _unb64(body)
+    expected = hmac.new(key, b"v1." + payload, hashlib.sha256).digest()
+    if not (version == "v1" and hmac.compare_digest(expected, _unb64(mac))):
+        raise SignatureError("invalid signature")
+    return payload
 
 
 def _claims(
@@ -156,20 +213,15 @@ def _keyed(key: bytes) -> hmac.HMAC:
 def verify(
     key: bytes, token: str, purpose: str, now: datetime, max_age_days: int | None = 400
 ) -> Claims:
-    """The claims of a valid token; TokenError otherwise (compared in constant time). A
+    """The claims of a valid token of either format; TokenError otherwise (the seal and the
+    first format's HMAC are checked in constant time). A
     token issued more than ``domain.CLOCK_SKEW`` past ``now`` is refused: it would outlive
     an erasure made before its time (links issued before the erasure are void, see
     ``store.tombstones.void_link``). ``max_age_days=None``: no age limit (unsubscribe)."""
     try:
-        version, body, mac = token.split(".")
-        payload = _unb64(body)
-        expected = hmac.new(key, b"v1." + payload, hashlib.sha256).digest()
-        valid = version == "v1" and hmac.compare_digest(expected, _unb64(mac))
-        data = json.loads(payload) if valid else None
+        data = json.loads(_opened(key, token))
     except (ValueError, TypeError):
         raise TokenError("malformed token") from None
-    if data is None:
-        raise SignatureError("invalid signature")
     issued = datetime.fromtimestamp(int(data["i"]), UTC)
     if data["p"] != purpose:
         raise TokenError("token issued for another purpose")
@@ -198,7 +250,7 @@ def verify_any(
     """The claims of a token signed under one of ``keys`` (the signing key first, then the
     retired ones: ``Settings.signing_keys``) and the position of that key: 0 for the
     signing key, more for a retired one, whose tokens the caller may refuse. TokenError as
-    :func:`verify` says, once no key's HMAC matches."""
+    :func:`verify` says, once no key opens it."""
     for position, key in enumerate(keys):
         try:
             return verify(key, token, purpose, now, max_age_days), position

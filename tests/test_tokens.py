@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
+import string
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +19,9 @@ from recocamp.tokens import (
     mailbox_tag,
     sign,
     verify,
+    verify_any,
 )
+from tests.token_forms import decodings, opened, v1_token
 
 KEY = b"k" * 32
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -37,6 +38,40 @@ def test_round_trip_binds_customer_campaign_and_purpose() -> None:
     assert "12748@" not in token and "example.test" not in token
 
 
+def test_every_byte_of_a_token_is_bound_and_anything_else_is_refused() -> None:
+    """Each character of a token changed to another (the nonce, the sealed claims, the tag or
+    the version), a token cut or lengthened, or one that is no token: not valid."""
+    token = sign(KEY, "12748", "winback", "unsubscribe", NOW, mailbox="m" * 16)
+    assert verify(KEY, token, "unsubscribe", NOW).customer_id == "12748"
+    alphabet = string.ascii_letters + string.digits + "-_"
+    for at, char in enumerate(token):
+        for other in (alphabet[(alphabet.index(char) + 1) % 64], "v", "."):
+            if other != char:
+                with pytest.raises(TokenError):
+                    verify(KEY, token[:at] + other + token[at + 1 :], "unsubscribe", NOW)
+    for bad in (token[:-1], token[:-4], token + "A", token + "AAAA", "2", "", "garbage", "2" * 40):
+        with pytest.raises(TokenError):
+            verify(KEY, bad, "unsubscribe", NOW)
+
+
+def test_a_token_is_valid_in_the_one_spelling_it_was_signed_in() -> None:
+    """A lenient decoder reads the same bytes from a token with padding, characters outside
+    base64url or a last character's spare bits changed: only the spelling signed is valid.
+    Ids of 1 to 3 characters give tokens with 4, 2 and no spare bits."""
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    spare = set()
+    for customer in ("1", "12", "123"):
+        token = sign(KEY, customer, "winback", "unsubscribe", NOW)
+        spare.add(len(token[1:]) % 4)
+        respelt = [token + "=", token + "==", token[:1] + "<b>" + token[1:], " " + token]
+        if len(token[1:]) % 4:  # the last character's lowest bit is a spare one
+            respelt.append(token[:-1] + alphabet[alphabet.index(token[-1]) ^ 1])
+        for text in respelt:
+            with pytest.raises(TokenError, match="malformed"):
+                verify(KEY, text, "unsubscribe", NOW)
+    assert spare == {0, 2, 3}
+
+
 @pytest.mark.parametrize(
     "mutate",
     [
@@ -48,12 +83,13 @@ def test_round_trip_binds_customer_campaign_and_purpose() -> None:
             .rstrip("="),
         ),
         lambda t: "v2." + t.split(".", 1)[1],
-        lambda t: "garbage",
         lambda t: t + ".x",
+        lambda t: "2" + t[3:],
     ],
 )
-def test_tampered_tokens_are_rejected(mutate: Callable[[str], str]) -> None:
-    token = sign(KEY, "12748", "winback", "unsubscribe", NOW)
+def test_tampered_tokens_of_the_first_format_are_rejected(mutate: Callable[[str], str]) -> None:
+    token = v1_token(KEY, {"c": "12748", "k": "winback", "p": "unsubscribe", "i": 1717200000})
+    assert verify(KEY, token, "unsubscribe", NOW).customer_id == "12748"
     with pytest.raises(TokenError):
         verify(KEY, mutate(token), "unsubscribe", NOW)
 
@@ -95,29 +131,82 @@ def test_keyed_hashes_need_the_key_and_normalise_addresses_only() -> None:
     assert ascii_only == (keyed_hash(key, "email", "erin@example.test"),)
 
 
-def test_a_token_is_the_same_bytes_as_ever_under_each_key() -> None:
-    """Links already in inboxes carry tokens of this exact form: compact JSON claims (ASCII,
-    keys in order) and their HMAC-SHA256 under the key, both URL-safe base64. Signing
-    under two keys in turn must not mix their HMAC states."""
-    payload = b'{"c":"12748","k":"winback","p":"unsubscribe","i":1717200000}'
+def test_a_link_mailed_before_tokens_were_encrypted_still_verifies_under_each_key() -> None:
+    """Links already in inboxes carry tokens of the first form (``v1``: compact JSON claims,
+    readable, and their HMAC-SHA256 under the key, both URL-safe base64, made here by hand):
+    they keep every claim and every check, under the signing key and a retired one alike."""
+    claims: dict[str, object] = {"c": "12748", "k": "winback", "p": "unsubscribe", "i": 1717200000}
     other = b"o" * 32
     for key in (KEY, other, KEY):
-        mac = hmac.new(key, b"v1." + payload, hashlib.sha256).digest()
-        expected = f"v1.{_b64(payload)}.{_b64(mac)}"
-        assert sign(key, "12748", "winback", "unsubscribe", NOW) == expected
-    accented = sign(KEY, "Jörg", "winback", "feedback", NOW, "s/1")
-    assert accented.split(".")[1] == _b64(
-        b'{"c":"J\\u00f6rg","k":"winback","p":"feedback","i":1717200000,"s":"s/1"}'
+        found = verify(key, v1_token(key, claims), "unsubscribe", NOW)
+        assert found == Claims("12748", "winback", "unsubscribe", NOW)
+    old = v1_token(other, claims)
+    found, position = verify_any((KEY, other), old, "unsubscribe", NOW)
+    assert (found, position) == (verify(other, old, "unsubscribe", NOW), 1)
+    with pytest.raises(TokenError, match="invalid signature"):
+        verify(KEY, old, "unsubscribe", NOW)
+    tagged = {"c": "Jörg", "k": "winback", "p": "feedback", "i": 1717200000}
+    tagged |= {"m": "t" * 16, "s": "s/1"}
+    assert verify(KEY, v1_token(KEY, tagged), "feedback", NOW) == Claims(
+        "Jörg", "winback", "feedback", NOW, "s/1", "t" * 16
     )
+    with pytest.raises(TokenError, match="another purpose"):
+        verify(KEY, v1_token(KEY, tagged), "preferences", NOW)
+    with pytest.raises(TokenError, match="future"):
+        verify(KEY, v1_token(KEY, claims), "unsubscribe", NOW - timedelta(minutes=6))
+
+
+@pytest.mark.parametrize(
+    "customer", ["shop-customer-0000012748", "kunde.10042@example.test", "Jörg Müller-Lüdenscheidt"]
+)
+def test_a_token_does_not_carry_the_customer_id_in_any_encoding(customer: str) -> None:
+    """Whoever sees a link (the ESP's click tracking, the mailbox, whom it is forwarded to)
+    must not read the shop's id of the customer from it: not as it is, not in base64 at any
+    offset, not JSON-escaped; nor the campaign, survey or mailbox tag it names."""
+    forms = {customer, json.dumps(customer)[1:-1], customer.lower()}
+    secrets = [f.encode() for f in forms] + [b"winback_spring", b"winback_spring/2024-06-01"]
+    secrets.append(b"tagtagtagtagtagt")
+    for purpose, survey, mailbox in (
+        ("unsubscribe", None, None),
+        ("preferences", None, "tagtagtagtagtagt"),
+        ("feedback", "winback_spring/2024-06-01", None),
+    ):
+        token = sign(KEY, customer, "winback_spring", purpose, NOW, survey, mailbox)
+        assert verify(KEY, token, purpose, NOW).customer_id == customer
+        readable = [token.encode(), *decodings(token)]
+        for secret in secrets:
+            assert not any(secret in text for text in readable), (secret, token)
+    assert sign(KEY, customer, "winback_spring", "unsubscribe", NOW) != sign(
+        KEY, customer, "winback_spring", "unsubscribe", NOW
+    )  # a fresh nonce: two links of one customer are not the same string
+
+
+def test_a_retired_keys_token_is_recognised_as_retired_in_either_format() -> None:
+    """``verify_any`` says which key a token was signed under: 0 the signing key, more a
+    retired one (whose preferences links the pages refuse)."""
+    new, old = b"n" * 32, b"o" * 32
+    claims: dict[str, object] = {"c": "c1", "k": "winback", "p": "preferences", "i": 1717200000}
+    for token, position in (
+        (sign(new, "c1", "winback", "preferences", NOW), 0),
+        (sign(old, "c1", "winback", "preferences", NOW), 1),
+        (v1_token(new, claims), 0),
+        (v1_token(old, claims), 1),
+    ):
+        found, at = verify_any((new, b"x" * 32, old), token, "preferences", NOW)
+        assert (found.customer_id, at) == ("c1", 2 if position else 0)
+        with pytest.raises(TokenError, match="invalid signature"):
+            verify_any((b"x" * 32,), token, "preferences", NOW)
 
 
 @pytest.mark.parametrize(
     "text", ["12748", "", "a b~!", 'say "hi"', "back\\slash", "\x7f", "tab\t", "Jörg", "\u2028"]
 )
 def test_claims_are_the_json_encoders_bytes_for_any_string(text: str) -> None:
-    """Plain strings are joined into the claims without the encoder: the bytes must be the
-    encoder's for every string, plain or not, in every field."""
+    """Plain strings are joined into the claims without the encoder: the bytes sealed must be
+    the encoder's for every string, plain or not, in every field; and signing under two keys
+    in turn must not mix their ciphers."""
     tag = mailbox_tag(KEY, "anna@example.test")
+    other = b"o" * 32
     for survey, mailbox in ((None, None), ("s/1", None), (text, None), (None, tag), (text, tag)):
         for customer, campaign in ((text, "winback"), ("12748", text)):
             claims: dict[str, object] = {"c": customer, "k": campaign, "p": "feedback"}
@@ -126,14 +215,25 @@ def test_claims_are_the_json_encoders_bytes_for_any_string(text: str) -> None:
                 claims["m"] = mailbox
             if survey is not None:
                 claims["s"] = survey
-            token = sign(KEY, customer, campaign, "feedback", NOW, survey, mailbox)
-            assert token.split(".")[1] == _b64(json.dumps(claims, separators=(",", ":")).encode())
-            found = verify(KEY, token, "feedback", NOW)
-            assert (found.customer_id, found.mailbox) == (customer, mailbox)
+            expected = json.dumps(claims, separators=(",", ":")).encode()
+            for key in (KEY, other, KEY):
+                token = sign(key, customer, campaign, "feedback", NOW, survey, mailbox)
+                assert opened(key, token) == expected
+                found = verify(key, token, "feedback", NOW)
+                assert (found.customer_id, found.mailbox) == (customer, mailbox)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def test_tokens_stay_url_safe_and_short() -> None:
+    """A token is one URL path segment and fits a List-Unsubscribe header: base64url after
+    its version character, no longer than the first format's (the 16-byte tag and 12-byte
+    nonce replace a 32-byte HMAC)."""
+    for customer in ("12748", "c" * 64):
+        claims: dict[str, object] = {"c": customer, "k": "winback", "p": "unsubscribe"}
+        claims["i"] = 1717200000
+        token = sign(KEY, customer, "winback", "unsubscribe", NOW)
+        base64url = set(string.ascii_letters + string.digits + "-_")
+        assert token[0] == "2" and set(token[1:]) <= base64url
+        assert len(token) <= len(v1_token(KEY, claims))
 
 
 def test_a_token_lives_max_age_days_whole_days_and_not_a_day_more() -> None:

@@ -17,7 +17,8 @@ Every marketing e-mail carries (RFC 8058, UWG §7(3)):
 - for an NPS campaign (``type = "nps"``) the template's ``survey``: eleven answer links,
   0–10, signed for this customer and survey (see :func:`survey_context`).
 
-Tokens are HMAC-signed and bound to customer, campaign and purpose (see ``tokens``).
+Tokens are bound to customer, campaign and purpose and sealed (encrypted and authenticated:
+the link names no customer id to whoever sees it; see ``tokens``).
 """
 
 from __future__ import annotations

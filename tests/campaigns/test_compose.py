@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from recocamp import tokens
 from recocamp.campaigns import compose
@@ -15,7 +16,8 @@ from recocamp.campaigns.planner import CustomerView, Decision, Outcome
 from recocamp.campaigns.render import Renderer
 from recocamp.campaigns.segments import History
 from recocamp.domain import ConsentBasis, Customer
-from recocamp.settings import ApiSettings, Settings
+from recocamp.settings import ApiSettings, EspSettings, Settings
+from tests.token_forms import decodings
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
@@ -55,6 +57,25 @@ def test_links_are_signed_for_their_purpose_under_the_public_url() -> None:
     assert (claims.customer_id, claims.survey) == ("c1", "spring/2024-06-04")
 
 
+def test_an_e_mails_links_and_headers_do_not_carry_the_customer_id() -> None:
+    """The List-Unsubscribe header (URL and mailto), the preferences and the survey links
+    are read by the ESP's click tracking, the mailbox provider and whom the mail is forwarded
+    to: none of them carries the shop's id of the customer, readable or in base64."""
+    customer = "kunde.0000012748@shop.example"
+    settings = Settings(
+        api=ApiSettings(public_url="https://shop.example/"),
+        esp=EspSettings(unsubscribe_mailto="unsubscribe@shop.example"),
+    )
+    link = compose.links(settings, KEY, customer, "spring", NOW, "anna@example.test")
+    assert link.feedback is not None and link.mailto is not None
+    header = dict(compose.headers("spring/d", link))["List-Unsubscribe"]
+    seen = [header, link.preferences, link.feedback("spring/2024-06-04")]
+    texts = [t.encode() for t in seen] + [d for t in seen for d in decodings(t)]
+    for form in (customer, customer.split("@")[0], "0000012748"):
+        assert not any(form.encode() in text for text in texts), form
+    assert tokens.verify(KEY, link.unsubscribe.rpartition("/")[2], "unsubscribe", NOW)
+
+
 def test_a_variant_replaces_the_subjects_and_parts_it_names() -> None:
     spring = campaign()
     assert compose.subject_of(spring, None, "de") == "Hallo"
@@ -80,8 +101,12 @@ def test_an_nps_mail_has_eleven_answer_links_and_an_offer_mail_none() -> None:
     assert survey is not None and survey["id"] == "spring/2024-06-04"
     answers = survey["scores"]
     assert [a["score"] for a in answers] == list(range(11))
-    assert link.feedback is not None
-    assert answers[7]["url"] == link.feedback("spring/2024-06-04") + "&score=7"
+    # one token for the eleven answers (each token draws its own nonce: a second call to
+    # link.feedback is another string), signed for the survey
+    url, _, score = answers[7]["url"].rpartition("&score=")
+    assert score == "7" and [a["url"] for a in answers] == [f"{url}&score={n}" for n in range(11)]
+    token = parse_qs(urlsplit(url).query)["token"][0]
+    assert tokens.verify(KEY, token, "feedback", NOW).survey == "spring/2024-06-04"
 
 
 def offer_mail(email: str | None = "c1@example.test") -> tuple[Decision, CustomerView, Campaign]:

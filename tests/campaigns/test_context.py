@@ -29,6 +29,7 @@ from recocamp.campaigns.segments import History
 from recocamp.domain import ConsentBasis, Customer, Locale
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import outbox
+from tests.token_forms import v1_token
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
@@ -157,7 +158,7 @@ def queued(name: str) -> bytes:
     decision = Decision(name, "c1", Outcome.SEND, "eligible", () if survey else offers)
     # the old rows carried a mailto (then the default, now only when configured)
     settings = Settings(esp=EspSettings(unsubscribe_mailto="unsubscribe@example.test"))
-    link = compose.links(settings, b"k" * 32, "c1", name, NOW)
+    link = v1_links(settings, name)
     email = compose.compose(
         decision,
         view,
@@ -169,6 +170,27 @@ def queued(name: str) -> bytes:
         defer_body=True,
     )
     return outbox.pack(email)
+
+
+def v1_links(settings: Settings, campaign: str) -> compose.Links:
+    """The links as ``compose.links`` made them when those rows were queued (first-format
+    tokens, made by hand): a token is sealed with a random nonce since, and this test pins
+    the row's bytes, not the tokens (``test_tokens``, ``test_compose``)."""
+    base = str(settings.api.public_url).rstrip("/")
+
+    def token(purpose: str, survey: str | None = None) -> str:
+        claims: dict[str, object] = {"c": "c1", "k": campaign, "p": purpose}
+        claims["i"] = int(NOW.timestamp())
+        return v1_token(b"k" * 32, claims if survey is None else claims | {"s": survey})
+
+    unsubscribe = token("unsubscribe")
+    mailto = f"mailto:{settings.esp.unsubscribe_mailto}?subject=unsubscribe%20{unsubscribe}"
+    return compose.Links(
+        f"{base}/u/{unsubscribe}",
+        f"{base}/p/{token('preferences')}",
+        mailto,
+        lambda survey: f"{base}/v1/feedback?token={token('feedback', survey)}",
+    )
 
 
 # German prices are written as German writes them since (Babel: "12,75 €", no-break space)

@@ -331,7 +331,7 @@ def test_plan_json_and_preview_on_the_synthetic_shop(workdir: Path) -> None:
         ],
     )
     assert preview.exit_code == 0, preview.output
-    assert "decision: send" in preview.stdout and "/u/v1." in preview.stdout
+    assert "decision: send" in preview.stdout and "/u/2" in preview.stdout
     assert "style=" in out.read_text()  # inlined CSS
     # the customer's name, offers and live signed links (their data download, their
     # erasure): readable by its owner alone, as `privacy export --output` writes
