@@ -216,6 +216,18 @@ def keyed_hash(key: bytes, kind: str, value: str) -> str:
     return mac.hexdigest()
 
 
+FINGERPRINT_CHARS = 16  # hex: 64 bits, to tell a handful of keys apart
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short name of a key that does not give it away: the keyed hash of a fixed label,
+    16 hex characters. Stored with the erasure tombstones (``store.tombstones``) so that a
+    store can tell that a key its tombstones were made under is no longer configured, and
+    shown to the operator to say which key to put back; it is no more use to a guesser
+    than any tombstone's hash."""
+    return keyed_hash(key, "key_fingerprint", "recocamp")[:FINGERPRINT_CHARS]
+
+
 def address_key(address: str) -> str:
     """An address as erasure compares it: trimmed, lower-case and in Unicode's composed form
     (NFC, as RFC 6532 asks of addresses): ``Müller@…`` typed on one system and exported
