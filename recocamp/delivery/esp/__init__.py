@@ -85,6 +85,12 @@ def make_provider(settings: Settings, transport: Any = None) -> Provider:
         "timeout_s": esp.timeout_s,
         "transport": transport,
     }
+    if esp.provider == "brevo":  # an e-mail queued before a rotation: its links' key
+        from recocamp.delivery.esp.brevo import Brevo
+
+        return Brevo(
+            key=settings.signing_key_bytes(), retired=settings.retired_signing_keys(), **common
+        )
     if esp.provider == "postmark":
         from recocamp.delivery.esp.postmark import Postmark
 
