@@ -141,7 +141,8 @@ def provider_key(key: bytes | None, send_key: str) -> str:
     ids, which it has no use for and keeps, searchable, with the message; and it is up to 140
     characters, where Postmark refuses a metadata value over 80. Without a key (tests of a
     provider on its own) the digest is plain SHA-256: of the same length, but a guessable id
-    can be tested against it."""
+    can be tested against it, so ``delivery.esp.make_provider`` makes no provider without
+    the key."""
     if key is None:
         return hashlib.sha256(f"send_key:{send_key}".encode()).hexdigest()[:PROVIDER_KEY_CHARS]
     return keyed_hash(key, "send_key", send_key)[:PROVIDER_KEY_CHARS]
