@@ -220,6 +220,7 @@ def keyed_hash(key: bytes, kind: str, value: str) -> str:
 FINGERPRINT_CHARS = 16  # hex: 64 bits, to tell a handful of keys apart
 
 
+@functools.lru_cache(maxsize=32)
 def key_fingerprint(key: bytes) -> str:
     """A short name of a key that does not give it away: the keyed hash of a fixed label,
     16 hex characters. Stored with the erasure tombstones (``store.tombstones``) so that a

@@ -236,30 +236,40 @@ def serialise(connection: sa.Connection, *, erasing: bool, writing: bool = True)
         write_lock(connection)
 
 
+# One round trip for every check (see _key): a row of kind 0 when any tombstone exists, and
+# a row of kind 1 per key recorded. Constants as SQL, not parameters: PostgreSQL cannot type
+# an untyped parameter in a UNION.
+_ANY = sa.select(tombstones.c.id_hash).limit(1).subquery()
+_STATE = sa.union_all(
+    sa.select(sa.literal_column("0").label("kind"), _ANY.c.id_hash.label("value")),
+    sa.select(sa.literal_column("1"), tombstone_keys.c.key_id),
+)
+
+
 def _key(connection: sa.Connection, key: Keys | None, why: str, writing: bool) -> Keys | None:
     """The key when there are tombstones to check, None when there are none (a shop that
     never erased anybody pays one cheap query); KeyMissing when they cannot be checked, for
     want of a key (KeyUnknown: of one they were made under; see the module docstring)."""
     serialise(connection, erasing=False, writing=writing)
-    if connection.execute(sa.select(tombstones.c.id_hash).limit(1)).first() is None:
+    rows = connection.execute(_STATE).all()
+    if all(row.kind for row in rows):  # no tombstone (a fingerprint outlives a lifted one)
         return None
     if key is None:
         raise KeyMissing(why)
-    missing = unknown_keys(connection, key, adopt=writing)
+    missing = _unknown(connection, key, {row.value for row in rows if row.kind}, writing)
     if missing:
         raise KeyUnknown(why, missing)
     return key
 
 
-def unknown_keys(connection: sa.Connection, key: Keys, *, adopt: bool) -> list[str]:
-    """The fingerprints of the keys tombstones were made under that ``key`` lacks (sorted;
-    empty when every one is configured). Tombstones of before the fingerprints, none
-    recorded: ``adopt`` records the configured keys as theirs (the caller commits), else
-    they are taken as the configured keys' for this answer."""
-    recorded = set(connection.execute(sa.select(tombstone_keys.c.key_id)).scalars())
+def _unknown(connection: sa.Connection, key: Keys, recorded: set[str], adopt: bool) -> list[str]:
+    """The fingerprints ``recorded`` that ``key`` lacks (sorted; empty when it has each).
+    Tombstones exist; none recorded means they are older than the fingerprints: ``adopt``
+    records the configured keys as theirs (the caller commits), else they are taken as the
+    configured keys' for this answer."""
     configured = [tokens.key_fingerprint(k) for k in _all(key)]
     if not recorded:
-        if adopt and connection.execute(sa.select(tombstones.c.id_hash).limit(1)).first():
+        if adopt:
             _remember(connection, configured, None)
         return []
     return sorted(recorded - set(configured))
