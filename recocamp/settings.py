@@ -19,7 +19,8 @@ its value). A warning, not a refusal: an install whose key is shorter holds tomb
 has mailed links under it, which a refusal would strand (erased customers would come back,
 old unsubscribe links would stop working). The way out is a rotation: the old key moves to
 ``signing_keys_retired`` (:meth:`Settings.retired_signing_keys`), which only ever checks
-(tombstones, unsubscribe links) and never signs or writes.
+(tombstones, unsubscribe links) and never signs or writes. An empty (or white space only)
+``signing_key`` is refused, not warned about: it is no secret at all.
 A bad value fails with a :class:`~recocamp.errors.ConfigError` naming the file (or the
 environment variable), the dotted key, its line and the value.
 """
@@ -757,6 +758,20 @@ class Settings(BaseSettings):
         # the file's values arrive as init kwargs; the environment must win over them
         return (env_settings, init_settings)
 
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """Unset (None) is allowed: what needs a key says so (``require_signing_key``,
+        ``tombstones.KeyMissing``). Set but empty or white space only is refused: it is a key
+        anyone knows, so every link could be forged and every tombstone tested; a short key
+        is only warned about (:func:`weak_secrets`), as one may already be in use."""
+        if value is not None and not value.get_secret_value().strip():
+            raise error_hidden(
+                "is empty (or white space only): a key anyone knows. Set a random one "
+                "(openssl rand -base64 32), or unset the variable"
+            )
+        return value
+
     @field_validator("signing_keys_retired")
     @classmethod
     def _retired_keys(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
@@ -771,6 +786,8 @@ class Settings(BaseSettings):
                 f"holds {len(keys)} keys, at most {MAX_RETIRED_KEYS}: drop those of the "
                 "oldest erasures' time only once no tombstone made under them matters"
             )
+        if "signing_key" not in info.data:  # refused itself (empty): that error says it
+            return value
         current = info.data.get("signing_key")
         if keys and current is None:
             raise error_hidden(

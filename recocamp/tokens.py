@@ -198,7 +198,8 @@ def provider_key(key: bytes | None, send_key: str) -> str:
     ids, which it has no use for and keeps, searchable, with the message; and it is up to 140
     characters, where Postmark refuses a metadata value over 80. Without a key (tests of a
     provider on its own) the digest is plain SHA-256: of the same length, but a guessable id
-    can be tested against it."""
+    can be tested against it, so ``delivery.esp.make_provider`` makes no provider without
+    the key."""
     if key is None:
         return hashlib.sha256(f"send_key:{send_key}".encode()).hexdigest()[:PROVIDER_KEY_CHARS]
     return keyed_hash(key, "send_key", send_key)[:PROVIDER_KEY_CHARS]
@@ -266,6 +267,19 @@ def keyed_hash(key: bytes, kind: str, value: str) -> str:
     mac = _keyed(key).copy()  # the key's padded hash once per key, not per value
     mac.update(f"{kind}:{text}".encode())
     return mac.hexdigest()
+
+
+FINGERPRINT_CHARS = 16  # hex: 64 bits, to tell a handful of keys apart
+
+
+@functools.lru_cache(maxsize=32)
+def key_fingerprint(key: bytes) -> str:
+    """A short name of a key that does not give it away: the keyed hash of a fixed label,
+    16 hex characters. Stored with the erasure tombstones (``store.tombstones``) so that a
+    store can tell that a key its tombstones were made under is no longer configured, and
+    shown to the operator to say which key to put back; it is no more use to a guesser
+    than any tombstone's hash."""
+    return keyed_hash(key, "key_fingerprint", "recocamp")[:FINGERPRINT_CHARS]
 
 
 def address_key(address: str) -> str:

@@ -509,6 +509,8 @@ def _checked(engine: Engine) -> Iterator[Connection]:
     try:
         with engine.begin() as connection:
             yield connection
+    except tombstones.KeyUnknown as error:  # made under a key no longer configured
+        raise HTTPException(503, error.brief()) from None
     except tombstones.KeyMissing:
         raise HTTPException(
             503,

@@ -30,6 +30,7 @@ from recocamp.cli.common import (
     print_error,
     print_warning,
     show,
+    tombstone_key_problem,
     warn_weak_secrets,
     within,
     write_output,
@@ -105,6 +106,9 @@ def serve(
             settings.api_keys.get_secret_value() if settings.api_keys else None
         )
     warn_weak_secrets(settings)
+    unknown = tombstone_key_problem(settings, adopt=True)
+    if unknown:  # the events and customer changes answer 503 until the key is back
+        print_warning(unknown)
     if not keys:  # a key minted but not configured got 401 "unknown API key", no more said
         print_warning(
             "RECOCAMP_API_KEYS is not set (or holds no entry): every route that takes a key "

@@ -33,6 +33,7 @@ from recocamp.cli.common import (
     print_json,
     print_warning,
     show,
+    tombstone_key_problem,
     warn_no_campaigns,
     warn_weak_secrets,
     within,
@@ -65,10 +66,13 @@ def check(
     warned = warn_weak_secrets(settings)
     for failure in failures:
         print_error(str(failure))
+    unknown = tombstone_key_problem(settings, adopt=False)
+    if unknown:
+        print_error(unknown)
     warned += _catalogue_warnings(settings, loaded, campaigns)
     warned += _language_warnings(settings, loaded, campaigns)
     warned += _opt_out_warnings(settings, loaded, templates)
-    if failures or (strict and warned):
+    if failures or unknown or (strict and warned):
         raise typer.Exit(2)
     console.print(f"ok: settings, {len(loaded)} campaign(s) and their templates are valid")
 

@@ -47,10 +47,11 @@ from recocamp.errors import (
 from recocamp.forecast.history import day_number, day_of
 from recocamp.forecast.outlook import closed, data_reaches
 from recocamp.settings import Settings, check_zone, load_settings, weak_secrets
-from recocamp.store import queries
+from recocamp.store import queries, tombstones
 from recocamp.store.engine import (
     Engine,
     OperationalError,
+    exists,
     make_engine,
     missing_file,
     refusal,
@@ -110,6 +111,27 @@ def warn_weak_secrets(settings: Settings) -> int:
     return len(found)
 
 
+def tombstone_key_problem(settings: Settings, *, adopt: bool) -> str | None:
+    """Why this store's erasure tombstones cannot be checked under the keys configured
+    (``tombstones.KeyUnknown``: made under a key that is neither the signing key nor a
+    retired one), None when they can, or when there is no key, no store or no tombstone to
+    ask (the commands that need them say so). ``check`` reads; the worker and ``serve``
+    at start ``adopt`` (record the configured keys as those of tombstones older than the
+    fingerprints)."""
+    key = tombstones.key_of(settings)
+    if key is None or not exists(settings.database_url):
+        return None
+    try:
+        with engine_for(settings).begin() as connection:
+            tombstones.check_keys(connection, key, IMPORTS, adopt=adopt)
+    except tombstones.KeyUnknown as problem:
+        return str(problem)
+    except (RecocampError, OperationalError):  # no store to ask: its commands say so
+        return None
+    return None
+
+
+IMPORTS = "every import, event and customer change"
 SHARED_ADDRESS_HINT = (
     "Say whom it covers: --all-matching (every one of these customer ids, as one person: "
     "duplicate accounts) or --only-this-id (this id alone: the others keep their rows and "

@@ -27,6 +27,7 @@ from recocamp.cli.common import (
 from recocamp.cli.data import build_demo_shop
 from recocamp.cli.delivery import FUTURE_SEND, print_run, send_run
 from recocamp.cli.recommender import train_and_show
+from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings
 from recocamp.store import queries, registry
 from recocamp.store.engine import Engine, upgrade
@@ -92,7 +93,12 @@ def demo_settings(settings: Settings, url: str, demo_dir: Path) -> Settings:
         if not path.exists():
             demo_dir.mkdir(parents=True, exist_ok=True)
             write_output(path, token_urlsafe(32), "--demo-dir", private=True)
-        key = SecretStr(path.read_text().strip())
+        text = path.read_text().strip()
+        if not text:  # a key anyone knows would sign every demo link (Settings refuses it)
+            raise ConfigError(
+                path, [Problem("is empty: delete it and a new key is made", key="signing_key")]
+            )
+        key = SecretStr(text)
     esp = settings.esp.model_copy(update={"provider": "postmark", "base_url": url})
     update = {"esp": esp, "esp_token": SecretStr("demo"), "signing_key": key}
     return settings.model_copy(update=update)

@@ -35,6 +35,7 @@ from recocamp.cli.common import (
     print_error,
     print_warning,
     show,
+    tombstone_key_problem,
     warn_no_campaigns,
     warn_weak_secrets,
     within,
@@ -97,6 +98,7 @@ def worker(
     with errors_to_exit():
         settings = current_settings()
         warn_weak_secrets(settings)
+        _warn_tombstone_keys(settings)
         check_provider(settings)  # its deliver job would fail every few seconds, for ever
         process = Worker(settings, engine_for(settings), campaigns, templates, clock)
         if not once:  # a reload asked while it starts (seconds of checks) must not end it
@@ -138,6 +140,14 @@ def worker(
         if process.lost is not None:  # not a signal: a supervisor should see a failure
             print_error(process.lost)
             raise typer.Exit(1)
+
+
+def _warn_tombstone_keys(settings: Settings) -> None:
+    """The worker starts (campaigns, delivery and the rest need no tombstone), but says at
+    once that its imports will be refused until the missing key is back."""
+    unknown = tombstone_key_problem(settings, adopt=True)
+    if unknown:
+        print_warning(unknown)
 
 
 def _broken_text(broken: list[ConfigError]) -> str:

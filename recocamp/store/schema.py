@@ -394,6 +394,17 @@ tombstones = sa.Table(
     sa.Index(None, "email_hash"),
 )
 
+# The keys erasure hashes (tombstones, id_erasures) were made under (migration 0022), by
+# fingerprint (tokens.key_fingerprint), never the key: a store holding hashes under a key no
+# longer configured refuses rather than let erased customers back (store.tombstones).
+# recorded_at: the first erasure under it; NULL: assumed for the hashes of before 0022.
+tombstone_keys = sa.Table(
+    "tombstone_keys",
+    metadata,
+    sa.Column("key_id", sa.String(16), primary_key=True),
+    sa.Column("recorded_at", UtcDateTime),
+)
+
 # The latest erasure of every customer id (migration 0014): the keyed hash of the id and the
 # time. Unlike its tombstone, it stays when a new sign-up brings the id back: a link (signed
 # token) issued before it belongs to the erased record and must not reach the new one.

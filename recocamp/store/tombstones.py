@@ -13,9 +13,22 @@ check matches a tombstone made under any of them; a tombstone and an erasure's t
 only ever written under the first (the signing key). A retired key must be kept as long as
 the tombstones made under it matter: dropping it lets those erased customers back in.
 
+**Which keys.** A tombstone made under a key that is no longer configured (a rotation that
+did not retire the old key, a retired key dropped later) matches nothing: its erased
+customer would come back, silently. So every key that writes a tombstone is recorded by its
+fingerprint (``tombstone_keys``, ``tokens.key_fingerprint``: never the key), and every check
+refuses (:class:`KeyUnknown`, nothing written) while a recorded key is neither the signing
+key nor a retired one. Tombstones stored before the fingerprints (migration 0022) name no
+key: the first check that writes, with a key configured, records the keys configured then
+as theirs (``recorded_at`` NULL), an assumption: the keys that ran the shop until the
+upgrade made them. A fingerprint stays recorded once written (its key also made the
+``id_erasures`` of its time, which outlive a lifted tombstone).
+
 Every way in asks :func:`matches` (or :func:`erased_ids`) before it writes. A store that
 holds tombstones but runs without the key cannot tell, and refuses (:class:`KeyMissing`)
-instead of letting an erased customer back in.
+instead of letting an erased customer back in; one whose tombstones were made under a key
+it no longer has refuses as well (:class:`KeyUnknown`). An erasure is never refused for it:
+its tombstone goes under the signing key, whatever else is missing.
 
 A new sign-up with a fresh consent is the one way back (``PUT /v1/customers/{id}`` with
 ``new_sign_up``): :func:`lift` removes the tombstone of that id and frees the address.
@@ -40,8 +53,8 @@ from recocamp.domain import CLOCK_SKEW
 from recocamp.errors import ConfigError, Problem
 from recocamp.settings import Settings
 from recocamp.store.locks import lock_key
-from recocamp.store.queries import write_lock
-from recocamp.store.schema import id_erasures, tombstones
+from recocamp.store.queries import upsert_statement, write_lock
+from recocamp.store.schema import id_erasures, tombstone_keys, tombstones
 
 # the tombstones' key: one key, or the signing key first and the retired ones after it
 # (``key_of``); hashes are written under the first only, and matched under each
@@ -77,6 +90,40 @@ class KeyMissing(ConfigError):
                     key="signing_key",
                 )
             ],
+        )
+
+
+class KeyUnknown(KeyMissing):
+    """Tombstones were made under a key that is neither ``RECOCAMP_SIGNING_KEY`` nor one of
+    ``RECOCAMP_SIGNING_KEYS_RETIRED``: they match nothing under the keys set, so the check
+    cannot tell. Names the missing keys by fingerprint (never a key), what needed them, how
+    to put them back, and that nothing was written."""
+
+    def __init__(self, why: str, missing: Sequence[str]) -> None:
+        self.missing = tuple(missing)
+        ConfigError.__init__(
+            self,
+            Path("<environment>"),
+            [
+                Problem(
+                    f"{why} needs every key that made an erasure tombstone in this store, "
+                    "and the key(s) of fingerprint "
+                    f"{', '.join(self.missing)} (tokens.key_fingerprint) are neither "
+                    "RECOCAMP_SIGNING_KEY nor in RECOCAMP_SIGNING_KEYS_RETIRED: the customers "
+                    "erased under them cannot be recognised, so it refuses rather than let "
+                    "them back in. Put the old key into RECOCAMP_SIGNING_KEYS_RETIRED (see "
+                    "the README's Rotating the signing key). Nothing was written",
+                    key="signing_keys_retired",
+                )
+            ],
+        )
+
+    def brief(self) -> str:
+        """The answer of an API route: the variable and the fingerprints, nothing else."""
+        return (
+            "erasure tombstones were made under a signing key that is not configured "
+            f"(fingerprint {', '.join(self.missing)}): put it into "
+            "RECOCAMP_SIGNING_KEYS_RETIRED; nothing was written"
         )
 
 
@@ -128,6 +175,17 @@ def record(
     )
     connection.execute(sa.delete(id_erasures).where(id_erasures.c.id_hash.in_(earlier)))
     connection.execute(sa.insert(id_erasures).values(id_hash=id_hash, erased_at=now))
+    _remember(connection, [tokens.key_fingerprint(signing)], now)
+
+
+def _remember(connection: sa.Connection, prints: Iterable[str], now: datetime | None) -> None:
+    """Record the fingerprints not yet recorded; one recorded already keeps its time (two
+    checks adopting at once on PostgreSQL hold the shared lock only: the later skips it)."""
+    for key_id in dict.fromkeys(prints):
+        statement = upsert_statement(connection, tombstone_keys).values(
+            key_id=key_id, recorded_at=now
+        )
+        connection.execute(statement.on_conflict_do_nothing(index_elements=["key_id"]))
 
 
 def void_link(
@@ -178,15 +236,43 @@ def serialise(connection: sa.Connection, *, erasing: bool, writing: bool = True)
         write_lock(connection)
 
 
+# One round trip for every check (see _key): a row of kind 0 when any tombstone exists, and
+# a row of kind 1 per key recorded. Constants as SQL, not parameters: PostgreSQL cannot type
+# an untyped parameter in a UNION.
+_ANY = sa.select(tombstones.c.id_hash).limit(1).subquery()
+_STATE = sa.union_all(
+    sa.select(sa.literal_column("0").label("kind"), _ANY.c.id_hash.label("value")),
+    sa.select(sa.literal_column("1"), tombstone_keys.c.key_id),
+)
+
+
 def _key(connection: sa.Connection, key: Keys | None, why: str, writing: bool) -> Keys | None:
     """The key when there are tombstones to check, None when there are none (a shop that
-    never erased anybody pays one cheap query); KeyMissing when they cannot be checked."""
+    never erased anybody pays one cheap query); KeyMissing when they cannot be checked, for
+    want of a key (KeyUnknown: of one they were made under; see the module docstring)."""
     serialise(connection, erasing=False, writing=writing)
-    if connection.execute(sa.select(tombstones.c.id_hash).limit(1)).first() is None:
+    rows = connection.execute(_STATE).all()
+    if all(row.kind for row in rows):  # no tombstone (a fingerprint outlives a lifted one)
         return None
     if key is None:
         raise KeyMissing(why)
+    missing = _unknown(connection, key, {row.value for row in rows if row.kind}, writing)
+    if missing:
+        raise KeyUnknown(why, missing)
     return key
+
+
+def _unknown(connection: sa.Connection, key: Keys, recorded: set[str], adopt: bool) -> list[str]:
+    """The fingerprints ``recorded`` that ``key`` lacks (sorted; empty when it has each).
+    Tombstones exist; none recorded means they are older than the fingerprints: ``adopt``
+    records the configured keys as theirs (the caller commits), else they are taken as the
+    configured keys' for this answer."""
+    configured = [tokens.key_fingerprint(k) for k in _all(key)]
+    if not recorded:
+        if adopt:
+            _remember(connection, configured, None)
+        return []
+    return sorted(recorded - set(configured))
 
 
 def matches(
@@ -242,6 +328,13 @@ def _present(connection: sa.Connection, column: sa.Column[str], hashes: list[str
         chunk = hashes[start : start + CHUNK]
         found |= set(connection.execute(sa.select(column).where(column.in_(chunk))).scalars())
     return found
+
+
+def check_keys(connection: sa.Connection, key: Keys | None, why: str, *, adopt: bool) -> None:
+    """KeyMissing or KeyUnknown as every way in would raise it: for ``check`` (read-only),
+    and the worker and ``serve`` at start (``adopt``: tombstones of before the fingerprints
+    are taken as the configured keys', in this transaction)."""
+    _key(connection, key, why, writing=adopt)
 
 
 def checkable(connection: sa.Connection, key: Keys | None, why: str) -> Keys | None:

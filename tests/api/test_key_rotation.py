@@ -241,3 +241,36 @@ def test_retired_keys_are_read_as_written(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("RECOCAMP_SIGNING_KEYS_RETIRED", "k1")
     with pytest.raises(ValueError, match="needs RECOCAMP_SIGNING_KEY"):
         Settings()
+
+
+@pytest.mark.parametrize("empty", ["", "   ", "\t\n"])
+def test_an_empty_signing_key_is_refused_naming_the_variable(
+    cli_store: CliRunner, monkeypatch: pytest.MonkeyPatch, empty: str
+) -> None:
+    """An empty or white-space key is a key anyone knows: every link could be forged and
+    every tombstone tested. Refused (exit 2, naming the variable), not warned about as short;
+    nothing is imported under it."""
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", empty)
+    result = cli_store.invoke(cli, ["check"])
+    assert result.exit_code == 2, result.output
+    assert "RECOCAMP_SIGNING_KEY" in result.stderr and "empty" in result.stderr
+    people = write_csv(Path("people.csv"), ["id", "email"], [["c1", "c1@example.test"]])
+    imported = cli_store.invoke(cli, ["import", "customers", str(people)])
+    assert imported.exit_code == 2 and "RECOCAMP_SIGNING_KEY" in imported.stderr
+    monkeypatch.delenv("RECOCAMP_SIGNING_KEY")  # unset: the store is as it was, empty
+    listed = cli_store.invoke(cli, ["check"])
+    assert listed.exit_code == 0, listed.output
+    with sa.create_engine("sqlite:///shop.db").connect() as connection:
+        assert connection.execute(sa.select(customers)).first() is None
+
+
+def test_an_empty_demo_key_file_is_refused_naming_it(tmp_path: Path) -> None:
+    from recocamp.cli.demo import demo_settings
+    from recocamp.errors import ConfigError
+
+    (tmp_path / "signing.key").write_text("\n")
+    with pytest.raises(ConfigError, match=r"signing\.key"):
+        demo_settings(Settings(), "http://127.0.0.1:1", tmp_path)
+    (tmp_path / "signing.key").unlink()
+    made = demo_settings(Settings(), "http://127.0.0.1:1", tmp_path).signing_key_bytes()
+    assert made is not None and len(made) >= 32

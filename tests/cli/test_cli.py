@@ -1219,6 +1219,7 @@ def test_a_worker_whose_provider_needs_no_token_starts_without_one(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RECOCAMP_ESP_TOKEN", raising=False)
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "k" * 32)  # each provider digests under it
     with (workdir / "settings.toml").open("a") as settings:
         settings.write('[esp]\nprovider = "mailpit"\nbase_url = "http://127.0.0.1:1"\n')
     runner.invoke(app, ["db", "upgrade"])
@@ -1304,6 +1305,7 @@ def test_only_the_commands_that_build_the_database_create_its_file(
 ) -> None:
     """They created an empty shop.db before saying "run `recocamp db upgrade`"."""
     monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "k" * 32)  # the worker's provider needs both
     write_csv(workdir / "people.csv", ["id", "email"], [["c1", "a@example.test"]])
     result = runner.invoke(app, args, terminal_width=300)
     assert "Traceback" not in result.output

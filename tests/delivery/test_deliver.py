@@ -497,7 +497,7 @@ def test_delivery_processes_share_a_run_without_duplicates(engine: sa.Engine) ->
     fake = FakeEsp(token="t")
     with running(create_fake(fake)) as url:
         esp = EspSettings(base_url=url, batch_size=3, rate_limit_per_s=1000)
-        settings = Settings(esp=esp, esp_token=SecretStr("t"))
+        settings = Settings(esp=esp, esp_token=SecretStr("t"), signing_key=SecretStr("k" * 32))
         # the processes render with the caller's templates, not with the files as they are now
         frozen = {
             **snapshot(TEMPLATES),

@@ -46,8 +46,9 @@ TOKENLESS = ("fake", "mailpit")  # the providers that send without a token
 
 def check_provider(settings: Settings) -> None:
     """ConfigError if the provider ``[esp] provider`` names needs a token and the environment
-    has none: checked when a provider is made, and by the worker when it starts, so a worker
-    that could never deliver refuses to start rather than fail its deliver job forever."""
+    has none, or (every provider but the in-process fake) the signing key is not set:
+    checked when a provider is made, and by the worker when it starts, so a worker that
+    could never deliver refuses to start rather than fail its deliver job forever."""
     provider = settings.esp.provider
     token = settings.esp_token.get_secret_value() if settings.esp_token else ""
     if provider == "mailpit":  # optional, but then HTTP Basic's user:password
@@ -61,6 +62,21 @@ def check_provider(settings: Settings) -> None:
                 Problem(
                     f"the {provider} provider needs a token: set RECOCAMP_ESP_TOKEN",
                     key="esp_token",
+                )
+            ],
+        )
+    if provider != "fake" and settings.signing_key_bytes() is None:
+        # the send key reaches the provider as its digest under the key (tokens.provider_key):
+        # unkeyed, a guessed customer id could be tested against it, and an e-mail taken
+        # under the key before would be neither found (Postmark) nor deduplicated (Brevo)
+        raise ConfigError(
+            Path("settings.toml"),
+            [
+                Problem(
+                    f"the {provider} provider needs RECOCAMP_SIGNING_KEY: each e-mail is "
+                    "named to it by a digest keyed with it (and the mail queued was signed "
+                    "with it). Nothing was sent",
+                    key="signing_key",
                 )
             ],
         )
@@ -85,6 +101,12 @@ def make_provider(settings: Settings, transport: Any = None) -> Provider:
         "timeout_s": esp.timeout_s,
         "transport": transport,
     }
+    if esp.provider == "brevo":  # an e-mail queued before a rotation: its links' key
+        from recocamp.delivery.esp.brevo import Brevo
+
+        return Brevo(
+            key=settings.signing_key_bytes(), retired=settings.retired_signing_keys(), **common
+        )
     if esp.provider == "postmark":
         from recocamp.delivery.esp.postmark import Postmark
 

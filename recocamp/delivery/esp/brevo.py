@@ -1,8 +1,9 @@
 """Brevo: ``POST /v3/smtp/email``, one message per request, with an idempotency key.
 
 The key is a UUID derived from the send key's keyed digest (UUID v5 of
-``tokens.provider_key``: stable across retries and processes under one signing key, and,
-unlike a UUID of the send key itself, no test of a guessed customer id), so a resend of
+``tokens.provider_key``: stable across retries, processes and key rotations, see Rotation
+below, and, unlike a UUID of the send key itself, no test of a guessed customer id), so a
+resend of
 the same e-mail within Brevo's idempotency window (15–30 minutes) is dropped by Brevo
 itself: that is what makes the resend after an ambiguous failure safe
 (``resend_is_safe``). Brevo answers such a resend with the error code
@@ -14,14 +15,26 @@ key names the shop's customer id), which Brevo echoes in its webhook events
 ``messageId`` (Brevo's SendEmailResponse); a 2xx without one (a proxy's or a captive
 portal's page, an empty body) is not Brevo's answer: ambiguous, so the message is sent
 again under its key (it was recorded sent, and was lost if Brevo never had it). A 400
-about the recipient is permanent for that message. A signing key rotated while a resend
-is pending changes its key: that e-mail may go out twice.
+about the recipient is permanent for that message.
+
+**Rotation.** The digest is made under the key that signed the e-mail's own unsubscribe link
+(its ``List-Unsubscribe`` header, written when it was queued and stored with it): the signing
+key, or a retired one (``RECOCAMP_SIGNING_KEYS_RETIRED``) for an e-mail queued before the
+key was rotated. So a resend after a rotation carries the idempotency key of the first
+request, and Brevo drops it (under the new signing key it was a new message, sent twice).
+An e-mail without such a link, or whose link's key is no longer configured, is digested
+under the signing key. A retired key may be known (that is why it was retired): a digest
+under it lets whoever holds it test customer ids against the e-mail's ``X-Mailin-custom``,
+which tells them nothing the same e-mail's links do not (a token carries its customer id
+readable, see ``tokens``).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -38,11 +51,15 @@ from recocamp.delivery.esp.http import (
 )
 from recocamp.domain import OutgoingEmail, SendResult, SendStatus
 from recocamp.errors import PermanentDeliveryError
-from recocamp.tokens import provider_key
+from recocamp.tokens import TokenError, provider_key, verify_any
 
 NAMESPACE = uuid.UUID("5b0c4c8e-7e36-4f0e-9d7c-3f3a9a3c2f11")
 # Brevo's answer to a key used within its TTL: an earlier request with it was processed
 DUPLICATE = "duplicate_parameter"
+# the token of an unsubscribe link in a List-Unsubscribe header (``campaigns.compose``)
+UNSUBSCRIBE_LINK = re.compile(r"<[^<>]*/u/([^<>/?#\s]+)>")
+# which key signed a link, whenever it was issued: "now" for verify_any past every token
+ANY_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def idempotency_key(ref: str) -> str:
@@ -63,10 +80,29 @@ class Brevo:
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
         key: bytes | None = None,
+        retired: tuple[bytes, ...] = (),
     ) -> None:
         self.client = make_client(base_url, {"api-key": token}, timeout_s, transport)
         self.from_email = from_email
         self.key = key  # the signing key: what the send keys become at Brevo
+        self.keys = () if key is None else (key, *retired)  # an e-mail's links' key: _ref
+
+    def _ref(self, message: OutgoingEmail) -> str:
+        """The send key's digest under the key that signed the e-mail's unsubscribe link
+        (see Rotation in the module docstring), else under the signing key."""
+        key = self.key
+        for name, value in message.headers:
+            found = UNSUBSCRIBE_LINK.search(value) if name.lower() == "list-unsubscribe" else None
+            if found and self.keys:
+                try:
+                    _, position = verify_any(
+                        self.keys, found.group(1), "unsubscribe", ANY_TIME, max_age_days=None
+                    )
+                except TokenError:
+                    break
+                key = self.keys[position]
+                break
+        return provider_key(key, message.send_key)
 
     def send_batch(self, messages: Sequence[OutgoingEmail]) -> list[SendResult]:
         return [self._send(message) for message in messages]
@@ -77,7 +113,7 @@ class Brevo:
             self.name,
             "POST",
             "/v3/smtp/email",
-            json=_payload(message, self.from_email, provider_key(self.key, message.send_key)),
+            json=_payload(message, self.from_email, self._ref(message)),
         )
         if response.status_code < 300:
             message_id = text_field(json_body(response), "messageId")

@@ -13,10 +13,12 @@ uses 400, Brevo's status for its other request errors.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -24,11 +26,13 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from recocamp import tokens
 from recocamp.clock import FixedClock
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp.brevo import Brevo, idempotency_key
 from recocamp.delivery.esp.fake_server import running
 from recocamp.domain import SendStatus
+from recocamp.store import outbox
 from recocamp.store.schema import outbox as outbox_table
 from recocamp.store.schema import suppressions
 from recocamp.tokens import provider_key
@@ -147,3 +151,51 @@ def test_a_2xx_page_in_front_of_brevo_is_sent_again_not_recorded_sent(engine: sa
     with engine.connect() as connection:
         stored = connection.execute(sa.select(outbox_table.c.provider_message_id)).scalar_one()
     assert stored == "<1@smtp-relay.mailin.fr>"
+
+
+def test_an_email_resent_after_a_key_rotation_keeps_its_idempotency_key(engine: sa.Engine) -> None:
+    """Claimed and taken by Brevo under the old signing key, its deliverer died before
+    recording it; then the key was rotated (the old one retired). The next deliverer resends
+    it: under an idempotency key from the new signing key Brevo took it as a new message and
+    sent it twice. Its key comes from the key that signed its own unsubscribe link (made
+    when it was queued), the same before and after the rotation: Brevo drops the resend."""
+    old, new = b"the-shops-signing-key-of-last-year", b"the-shops-signing-key-from-today-on"
+    token = tokens.sign(old, "c0", "winback", "unsubscribe", NOW)
+    link = ("List-Unsubscribe", f"<https://shop.test/u/{token}>")
+    store(engine, [dataclasses.replace(email(0), headers=(link, *email(0).headers))])
+    stand_in = BrevoStandIn()
+    with running(stand_in.app()) as url:
+        before = Brevo(url, KEY, FROM, key=old)
+        after = Brevo(url, KEY, FROM, key=new, retired=(old,))
+        try:
+            claimed = outbox.claim(engine, "elsewhere:1:dead", NOW, 10)  # then it died
+            [result] = before.send_batch([c.email for c in claimed])
+            assert result.status == SendStatus.ACCEPTED
+            later = FixedClock(NOW + timedelta(seconds=ESP.claim_lease_s + 1))
+            report = Deliverer(engine, after, ESP, later).drain()
+        finally:
+            before.close()
+            after.close()
+    assert stand_in.requests == 2 and len(stand_in.taken) == 1  # the resend: a duplicate
+    assert report.failed == 0 and states(engine) == Counter({"sent": 1})
+    [sent] = stand_in.taken.values()  # the webhooks' digest: under the old key, retired
+    assert sent["headers"]["X-Mailin-custom"] == provider_key(old, email(0).send_key)
+
+
+def test_the_brevo_provider_is_given_the_retired_keys() -> None:
+    from pydantic import SecretStr
+
+    from recocamp.delivery.esp import make_provider
+    from recocamp.settings import Settings
+
+    settings = Settings(
+        signing_key=SecretStr("n" * 32),
+        signing_keys_retired=SecretStr("o" * 32),
+        esp_token=SecretStr(KEY),
+    )
+    esp = settings.esp.model_copy(update={"provider": "brevo"})
+    provider = make_provider(settings.model_copy(update={"esp": esp}))
+    try:
+        assert isinstance(provider, Brevo) and provider.keys == (b"n" * 32, b"o" * 32)
+    finally:
+        provider.close()

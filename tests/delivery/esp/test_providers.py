@@ -112,11 +112,12 @@ class Sent:
     headers: dict[str, str]
 
     @classmethod
-    def of(cls, message: OutgoingEmail, sender: str = FROM) -> Sent:
+    def of(cls, message: OutgoingEmail, sender: str = FROM, key: bytes | None = None) -> Sent:
         """The message as it leaves: the send-key header holds the send key's digest
-        (``tokens.provider_key``, no signing key here), never the send key."""
+        (``tokens.provider_key``, under ``key``: none here but for ``make_provider``'s),
+        never the send key."""
         headers = dict(message.headers)
-        headers["X-Recocamp-Send-Key"] = provider_key(None, message.send_key)
+        headers["X-Recocamp-Send-Key"] = provider_key(key, message.send_key)
         return cls(sender, message.to, message.subject, message.html, message.text, headers)
 
 
@@ -763,10 +764,14 @@ def test_a_400_about_our_own_address_suppresses_no_recipient(case: Case, text: s
 # --- make_provider -------------------------------------------------------------------------
 
 
+SIGNING_KEY = b"k" * 32
+
+
 def _settings(provider: str, token: str | None = TOKEN, **esp: Any) -> Settings:
     return Settings(
         esp=EspSettings(provider=provider, base_url=BASE_URL, from_email="news@shop.test", **esp),
         esp_token=token,
+        signing_key=SIGNING_KEY.decode(),  # each provider names an e-mail by a digest under it
     )
 
 
@@ -793,7 +798,8 @@ def test_make_provider_builds_the_configured_provider(case: Case, cls: type[Any]
     assert str(request.url) == BASE_URL + case.path
     if case.auth is not None:
         assert request.headers[case.auth[0]] == case.auth[1]
-    assert case.decode(json.loads(request.content)) == [Sent.of(message, "news@shop.test")]
+    sent = [Sent.of(message, "news@shop.test", SIGNING_KEY)]
+    assert case.decode(json.loads(request.content)) == sent
     if case is POSTMARK:
         assert recorder.bodies[0][0]["MessageStream"] == "outbound"
 

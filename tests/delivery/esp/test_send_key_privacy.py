@@ -17,9 +17,12 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from recocamp.cli import app as cli
 from recocamp.delivery.esp import make_provider
 from recocamp.domain import SEND_KEY_HEADER, OutgoingEmail, SendStatus
+from recocamp.errors import ConfigError
 from recocamp.settings import EspSettings, Settings
 from recocamp.tokens import provider_key
 
@@ -117,3 +120,27 @@ def test_brevo_idempotency_key_is_the_same_in_another_process() -> None:
     first = json.loads(sent_to("brevo").content)["headers"]["idempotencyKey"]
     again = json.loads(sent_to("brevo").content)["headers"]["idempotencyKey"]
     assert first == again and uuid.UUID(first).version == 5
+
+
+@pytest.mark.parametrize("name", sorted(ANSWERS))
+def test_a_provider_is_not_made_without_the_signing_key(name: str) -> None:
+    """Without ``RECOCAMP_SIGNING_KEY`` (a worker or ``outbox deliver`` started without it)
+    the digest was plain SHA-256 of the send key: anyone with the provider's data could test
+    a guessed customer id against it, and an e-mail taken under the key before was not found
+    by Postmark's search nor deduplicated by Brevo's idempotency key: sent twice. Refused,
+    naming the variable, before anything is sent."""
+    requests: list[httpx.Request] = []
+    unkeyed = settings(name).model_copy(update={"signing_key": None})
+    with pytest.raises(ConfigError, match="RECOCAMP_SIGNING_KEY"):
+        make_provider(unkeyed, transport=httpx.MockTransport(requests.append))  # type: ignore[arg-type]
+    assert requests == []
+
+
+def test_a_worker_without_the_signing_key_refuses_to_start(
+    cli_store: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
+    monkeypatch.delenv("RECOCAMP_SIGNING_KEY", raising=False)
+    result = cli_store.invoke(cli, ["worker", "--once"])
+    assert result.exit_code == 2 and "RECOCAMP_SIGNING_KEY" in result.stderr, result.output
+    assert "deliver:" not in result.stdout
