@@ -207,7 +207,8 @@ def provider_key(key: bytes | None, send_key: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _keyed(key: bytes) -> hmac.HMAC:
-    """The HMAC state after the key: copying it skips hashing the padded key per token."""
+    """The HMAC state after the key: copying it skips hashing the padded key per hash
+    (mailbox tags, keyed hashes; the first format's tokens are checked with a fresh one)."""
     return hmac.new(key, digestmod=hashlib.sha256)
 
 

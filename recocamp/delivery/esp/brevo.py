@@ -25,8 +25,8 @@ request, and Brevo drops it (under the new signing key it was a new message, sen
 An e-mail without such a link, or whose link's key is no longer configured, is digested
 under the signing key. A retired key may be known (that is why it was retired): a digest
 under it lets whoever holds it test customer ids against the e-mail's ``X-Mailin-custom``,
-which tells them nothing the same e-mail's links do not (a token carries its customer id
-readable, see ``tokens``).
+which tells them nothing the same e-mail's links do not (a token sealed under that key
+opens under it, see ``tokens``).
 """
 
 from __future__ import annotations
