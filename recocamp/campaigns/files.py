@@ -18,6 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -27,7 +28,7 @@ from pydantic import (
 from recocamp.campaigns.caps import CapPolicy, stricter
 from recocamp.campaigns.segments import RFM_SEGMENTS
 from recocamp.config_files import error_at, line_of, read_toml, validated
-from recocamp.domain import MAX_COUNT, MAX_DAYS, RISK_CUTS, ConsentBasis, Locale
+from recocamp.domain import MAX_COUNT, MAX_DAYS, RISK_CUTS, ConsentBasis, Locale, composed_text
 from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import (
@@ -94,6 +95,9 @@ class Schedule(_Strict):
 MAX_PRICE = 1_000_000_000.0  # the import's unit price bound (±10⁹)
 MAX_WEIGHT = 1_000_000.0  # variant weights are relative; a sum of huge ones is not finite
 Days = Annotated[int, Field(ge=0, le=MAX_DAYS)]
+# an item id as files and the API store it: composed (``domain.composed``); one pasted from
+# another system's export decomposed ('To' + U+0308 + 'pfchen') matched no stored id
+ItemId = Annotated[str, BeforeValidator(composed_text)]
 
 
 class Audience(_Strict):
@@ -162,7 +166,7 @@ class OfferRules(_Strict):
     categories: tuple[str, ...] = ()
     min_price: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
     max_price: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
-    exclude_items: tuple[str, ...] = ()
+    exclude_items: tuple[ItemId, ...] = ()
     exclude_categories: tuple[str, ...] = ()
     discount_percent: float | None = Field(default=None, gt=0, le=90)
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import tomllib
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from recocamp.campaigns.caps import CapPolicy
 from recocamp.campaigns.check import Catalogue, catalogue_problems
 from recocamp.campaigns.files import Campaign, load_all
+from recocamp.campaigns.planner import Context, CustomerView, offers_for
+from recocamp.campaigns.segments import History
 from recocamp.config_files import TOML_BYTES_MAX
-from recocamp.domain import Item
+from recocamp.domain import ConsentBasis, Customer, Item
 from recocamp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -524,3 +529,27 @@ def test_a_subject_written_as_text_says_how_to_write_it(tmp_path: Path) -> None:
     expected = "key 'template.subject': should be a table: subject = { … } (inline) or a"
     assert expected in message, message
     assert "[template.subject] section" in message and "dictionary" not in message
+
+
+def test_an_excluded_item_id_written_decomposed_excludes_the_item_imported_composed(
+    tmp_path: Path,
+) -> None:
+    """Files and the API store ids composed (NFC); an id pasted into ``exclude_items`` from
+    another system's export ('To' + U+0308 + 'pfchen') excluded nothing, and the item the
+    marketer meant to keep out of the e-mails was offered."""
+    decomposed = unicodedata.normalize("NFD", "Töpfchen")
+    text = GOOD.format(name="potty").replace(
+        "items = 4", f'items = 2\nexclude_items = ["{decomposed}"]'
+    )
+    (tmp_path / "potty.toml").write_text(text, encoding="utf-8")
+    [campaign], failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert failures == []
+    items = {  # as an import stores them: the id composed
+        "Töpfchen": Item("Töpfchen", "Potty", "baby", 12.0),
+        "cup": Item("cup", "Cup", "kitchen", 6.0),
+    }
+    now = datetime(2024, 6, 4, 10, 0, tzinfo=UTC)
+    context = Context(now, items, [["Töpfchen", 1.0], ["cup", 0.5]], CapPolicy(), ZoneInfo("UTC"))
+    customer = Customer("c1", "c1@example.test", consent_basis=ConsentBasis.DOUBLE_OPT_IN)
+    chosen = offers_for(campaign, CustomerView(customer, History(())), context)
+    assert [offer.item_id for offer in chosen] == ["cup"]
