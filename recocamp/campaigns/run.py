@@ -21,6 +21,7 @@ Sending while enqueuing is ``delivery.campaign_send``; the worker's jobs are ``w
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -158,8 +159,9 @@ def served_lists(
     training runs at 03:00, the morning's run sees the night's orders) or whom the model
     does not know, a list re-scored now from their history. The cached list alone ignored
     those purchases: the e-mail ranked the offers as before them while the widget, re-scored
-    after the purchase, answered others. Objectors get none: the planner offers them popular
-    items anyway."""
+    after the purchase, answered others. A list the rule computes now is computed when the
+    planner first reads it (:class:`OnFirstRead`). Objectors get none: the planner offers
+    them popular items anyway."""
     buyers = [
         n
         for n, view in enumerate(snapshot.views)
@@ -176,24 +178,69 @@ def served_lists(
     live = serving.Live.of(row.version, fitted, data, row.data_cutoff)
     listed = _outside_the_cache(live, [snapshot.views[n] for n in buyers], settings)
     chosen = list(snapshot.views)
-    recommender = settings.recommender
     for n in buyers:
         view = chosen[n]
-        customer_id = view.customer.id
-        held = view.personal if view.personal is not None else listed.get(customer_id)
-        personal = serving.personal_list(
-            live,
-            view.history,
-            None if held is None else serving.Cached(held, row.version),
-            customer_id=customer_id,
-            objected=False,
-            known=True,
-            top_n=recommender.top_n,
-            half_life=recommender.time_decay_half_life_days,
-        )
-        if personal.basis == "recalculated" or view.personal is None:
-            chosen[n] = replace(view, personal=personal.items)
+        if view.personal is not None and not live.changed(view.customer.id, view.history):
+            continue  # the rule's cached list: the view holds it
+        held = listed.get(view.customer.id) if view.personal is None else view.personal
+        cached = None if held is None else serving.Cached(held, row.version)
+        served = functools.partial(_served, live, view, cached, settings)
+        chosen[n] = replace(view, personal=OnFirstRead(served))
     return replace(snapshot, views=chosen)
+
+
+def _served(
+    live: serving.Live,
+    view: planner.CustomerView,
+    cached: serving.Cached | None,
+    settings: Settings,
+) -> Sequence[Sequence[object]]:
+    """``view``'s customer's list by ``serving.personal_list`` (a buyer who has not objected:
+    never popularity while a model is live)."""
+    recommender = settings.recommender
+    personal = serving.personal_list(
+        live,
+        view.history,
+        cached,
+        customer_id=view.customer.id,
+        objected=False,
+        known=True,
+        top_n=recommender.top_n,
+        half_life=recommender.time_decay_half_life_days,
+    )
+    return personal.items or []
+
+
+class OnFirstRead(Sequence[Sequence[object]]):
+    """A personal list computed when the planner first reads it (``planner.offers_for``:
+    for a customer who passed consent, audience and caps). Re-scoring a customer costs a
+    least-squares solve and a pass over every item, and while a new model is not promoted
+    the customers who bought since its data add up day by day; most customers of a run never
+    reach their offers."""
+
+    def __init__(self, compute: Callable[[], Sequence[Sequence[object]]]) -> None:
+        self._compute: Callable[[], Sequence[Sequence[object]]] | None = compute
+        self._items: Sequence[Sequence[object]] = ()
+
+    def _list(self) -> Sequence[Sequence[object]]:
+        if self._compute is not None:
+            self._items, self._compute = self._compute(), None
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> Sequence[object]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Sequence[object]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[Sequence[object]]:
+        return iter(self._list())
+
+    def __len__(self) -> int:
+        return len(self._list())
 
 
 def _outside_the_cache(
