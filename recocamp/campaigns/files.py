@@ -255,6 +255,20 @@ class Campaign(_Strict):
     holdout_percent: float = Field(default=10.0, ge=0, le=50)
     variants: tuple[Variant, ...] = ()
 
+    @field_validator("legal_basis")
+    @classmethod
+    def _someone(cls, bases: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """A survey offers nothing, and the existing-customer exception (UWG §7(3)) covers
+        only offers like what the customer bought (``planner._consented``): a survey for
+        existing customers alone recorded ``no_consent`` for every customer, run after run."""
+        if info.data.get("type") == "nps" and ConsentBasis.DOUBLE_OPT_IN.value not in bases:
+            raise ValueError(
+                'a survey (type = "nps") mails nobody on this basis: the existing-customer '
+                "exception (UWG §7(3)) covers offers like what was bought, not a survey; add "
+                "double_opt_in"
+            )
+        return bases
+
     @field_validator("variants")
     @classmethod
     def _variants(cls, variants: tuple[Variant, ...]) -> tuple[Variant, ...]:

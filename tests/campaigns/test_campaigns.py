@@ -553,3 +553,27 @@ def test_an_excluded_item_id_written_decomposed_excludes_the_item_imported_compo
     customer = Customer("c1", "c1@example.test", consent_basis=ConsentBasis.DOUBLE_OPT_IN)
     chosen = offers_for(campaign, CustomerView(customer, History(())), context)
     assert [offer.item_id for offer in chosen] == ["cup"]
+
+
+def test_a_survey_for_existing_customers_alone_is_refused_at_its_legal_basis(
+    tmp_path: Path,
+) -> None:
+    """A survey offers nothing, and the existing-customer exception (UWG §7(3)) covers only
+    offers like what the customer bought: ``type = "nps"`` with ``legal_basis =
+    ["existing_customer"]`` passed ``check`` and every run recorded ``no_consent`` for every
+    customer, a campaign that could mail nobody."""
+    text = (
+        GOOD.format(name="survey")
+        .replace(
+            'legal_basis = ["double_opt_in"]', 'type = "nps"\nlegal_basis = ["existing_customer"]'
+        )
+        .replace('[offer]\nmode = "mixed"\nitems = 4\n', "")
+        .replace("winback.", "nps.")
+    )
+    message = check(tmp_path, text, name="survey")
+    assert "line 4, key 'legal_basis'" in message, message
+    assert "mails nobody" in message and "double_opt_in" in message
+    both = text.replace('["existing_customer"]', '["double_opt_in", "existing_customer"]')
+    (tmp_path / "survey.toml").write_text(both, encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert failures == [] and [c.name for c in campaigns] == ["survey"]
