@@ -16,6 +16,7 @@ from recocamp.clock import FixedClock
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase
+from recocamp.errors import TransientDeliveryError
 from recocamp.settings import EspSettings, Settings
 from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
 from recocamp.store.schema import outbox
@@ -116,3 +117,20 @@ def test_a_mail_whose_offers_were_all_bought_meanwhile_is_cancelled(engine: sa.E
     with engine.connect() as connection:
         states = Counter(connection.execute(sa.select(outbox.c.state)).scalars())
     assert states["cancelled"] == 1
+
+
+def test_a_retried_mail_leaves_out_what_was_bought_before_its_retry(engine: sa.Engine) -> None:
+    """Not only quiet hours: a mail the provider refused for now (a 429) goes out at its
+    retry; an item bought in between is not offered in it."""
+    shop(engine)
+    awake = Settings(signing_key="f" * 32)  # 12:00 in London: no quiet hours, sent at once
+    plan_and_enqueue(engine, awake, DISCOVER, TEMPLATES, NOW)
+    fake = FakeProvider()
+    fake.fail_requests.append(TransientDeliveryError("HTTP 429", retry_after=600.0))
+    Deliverer(engine, fake, ESP, FixedClock(NOW), renderer=Renderer(TEMPLATES)).drain()
+    assert fake.sent == []
+    buy(engine, "o4", ["mug"], hours=0.05)
+    later = FixedClock(NOW + timedelta(hours=1))
+    Deliverer(engine, fake, ESP, later, renderer=Renderer(TEMPLATES)).drain()
+    [kims] = [m for m in fake.sent if m.to == "kim@example.test"]
+    assert "Clay Teapot" in kims.html and "Blue Mug" not in kims.html
