@@ -469,11 +469,15 @@ def in_shop_zone(campaign: Campaign, shop_zone: str) -> Campaign:
 def load_all(
     directory: Path, settings: Settings, templates: Path
 ) -> tuple[list[Campaign], list[ConfigError]]:
-    """Every campaign file, and every problem of every broken one (nothing stops early)."""
+    """Every campaign file, and every problem of every broken one (nothing stops early).
+    A name starting with a dot is no campaign file: macOS's ``._x.toml`` (binary metadata it
+    writes beside a copied file) and an editor's ``.#x.toml`` lock were each a broken file."""
     campaigns: list[Campaign] = []
     failures: list[ConfigError] = []
     seen: dict[str, Path] = {}
     for path in sorted(directory.glob("*.toml")):
+        if path.name.startswith("."):  # hidden: macOS's ._x.toml, an editor's lock .#x.toml
+            continue
         try:
             campaign, text = load(path)
         except ConfigError as exc:

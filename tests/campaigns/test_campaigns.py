@@ -577,3 +577,15 @@ def test_a_survey_for_existing_customers_alone_is_refused_at_its_legal_basis(
     (tmp_path / "survey.toml").write_text(both, encoding="utf-8")
     campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
     assert failures == [] and [c.name for c in campaigns] == ["survey"]
+
+
+def test_hidden_files_beside_the_campaigns_are_not_campaign_files(tmp_path: Path) -> None:
+    """macOS writes ``._winback.toml`` (its AppleDouble metadata, binary) beside every file it
+    copies to a network share or a zip, and Emacs locks a file it edits as ``.#winback.toml``:
+    each was read as a broken campaign file, ``check`` exited 2 and the worker counted it
+    broken. Names starting with a dot are hidden, in-progress files, as in the drop folder."""
+    (tmp_path / "good.toml").write_text(GOOD.format(name="good"), encoding="utf-8")
+    (tmp_path / "._good.toml").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (tmp_path / ".#good.toml").write_text("being edited", encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert failures == [] and [c.name for c in campaigns] == ["good"]
