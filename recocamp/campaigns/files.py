@@ -18,6 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -27,7 +28,7 @@ from pydantic import (
 from recocamp.campaigns.caps import CapPolicy, stricter
 from recocamp.campaigns.segments import RFM_SEGMENTS
 from recocamp.config_files import error_at, line_of, read_toml, validated
-from recocamp.domain import MAX_COUNT, MAX_DAYS, RISK_CUTS, ConsentBasis, Locale
+from recocamp.domain import MAX_COUNT, MAX_DAYS, RISK_CUTS, ConsentBasis, Locale, composed_text
 from recocamp.errors import ConfigError, Problem
 from recocamp.recommender.ranking import Mode
 from recocamp.settings import (
@@ -94,6 +95,9 @@ class Schedule(_Strict):
 MAX_PRICE = 1_000_000_000.0  # the import's unit price bound (±10⁹)
 MAX_WEIGHT = 1_000_000.0  # variant weights are relative; a sum of huge ones is not finite
 Days = Annotated[int, Field(ge=0, le=MAX_DAYS)]
+# an item id as files and the API store it: composed (``domain.composed``); one pasted from
+# another system's export decomposed ('To' + U+0308 + 'pfchen') matched no stored id
+ItemId = Annotated[str, BeforeValidator(composed_text)]
 
 
 class Audience(_Strict):
@@ -162,7 +166,7 @@ class OfferRules(_Strict):
     categories: tuple[str, ...] = ()
     min_price: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
     max_price: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
-    exclude_items: tuple[str, ...] = ()
+    exclude_items: tuple[ItemId, ...] = ()
     exclude_categories: tuple[str, ...] = ()
     discount_percent: float | None = Field(default=None, gt=0, le=90)
 
@@ -250,6 +254,20 @@ class Campaign(_Strict):
     caps: CapOverrides = CapOverrides()
     holdout_percent: float = Field(default=10.0, ge=0, le=50)
     variants: tuple[Variant, ...] = ()
+
+    @field_validator("legal_basis")
+    @classmethod
+    def _someone(cls, bases: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """A survey offers nothing, and the existing-customer exception (UWG §7(3)) covers
+        only offers like what the customer bought (``planner._consented``): a survey for
+        existing customers alone recorded ``no_consent`` for every customer, run after run."""
+        if info.data.get("type") == "nps" and ConsentBasis.DOUBLE_OPT_IN.value not in bases:
+            raise ValueError(
+                'a survey (type = "nps") mails nobody on this basis: the existing-customer '
+                "exception (UWG §7(3)) covers offers like what was bought, not a survey; add "
+                "double_opt_in"
+            )
+        return bases
 
     @field_validator("variants")
     @classmethod
@@ -451,11 +469,15 @@ def in_shop_zone(campaign: Campaign, shop_zone: str) -> Campaign:
 def load_all(
     directory: Path, settings: Settings, templates: Path
 ) -> tuple[list[Campaign], list[ConfigError]]:
-    """Every campaign file, and every problem of every broken one (nothing stops early)."""
+    """Every campaign file, and every problem of every broken one (nothing stops early).
+    A name starting with a dot is no campaign file: macOS's ``._x.toml`` (binary metadata it
+    writes beside a copied file) and an editor's ``.#x.toml`` lock were each a broken file."""
     campaigns: list[Campaign] = []
     failures: list[ConfigError] = []
     seen: dict[str, Path] = {}
     for path in sorted(directory.glob("*.toml")):
+        if path.name.startswith("."):  # hidden: macOS's ._x.toml, an editor's lock .#x.toml
+            continue
         try:
             campaign, text = load(path)
         except ConfigError as exc:

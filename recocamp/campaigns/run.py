@@ -21,6 +21,7 @@ Sending while enqueuing is ``delivery.campaign_send``; the worker's jobs are ``w
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -39,10 +40,9 @@ from recocamp.domain import (
     CONTACT_HISTORY_DAYS,
     DeliveryReport,
     OutgoingEmail,
-    PlanningRows,
 )
 from recocamp.errors import Interrupted, ModelError, SubjectError
-from recocamp.recommender import models
+from recocamp.recommender import models, serving
 from recocamp.recommender.ranking import ranked_lists
 from recocamp.settings import Settings
 from recocamp.store import decisions as decisions_store
@@ -137,42 +137,127 @@ def load_snapshot(
 ) -> audience.Snapshot:
     """The planner's snapshot at ``now`` (the run's, and the CLI's ``plan`` and ``preview``):
     the store's rows made into views, with the stored forecast when it is live at ``now``
-    (``predictive.live_at``). ``own_run`` leaves that run's own e-mails out of the contact
+    (``predictive.live_at``) and each customer's personal list as the offer API serves it
+    (:func:`served_lists`). ``own_run`` leaves that run's own e-mails out of the contact
     history, so a resumed run decides as it did the first time; ``history_days``: how far back
     the contact history reaches (``planner.history_days`` of the campaign planned)."""
     rows = views.planning_rows(
         connection, now, settings.recommender.top_n, own_run=own_run, history_days=history_days
     )
-    outside_the_cache(connection, settings, rows)
-    return audience.snapshot(rows, settings.loyalty, now, live_forecast(connection, settings, now))
+    found = audience.snapshot(rows, settings.loyalty, now, live_forecast(connection, settings, now))
+    return served_lists(connection, settings, found)
 
 
-def outside_the_cache(connection: Connection, settings: Settings, rows: PlanningRows) -> None:
-    """Give the customers the top-N cache leaves out (the live model knows them, but they
-    were not active within ``cache_active_days`` of its data cutoff) the list the cache would
-    have held, computed now in one batch by the cache's own computation, so a reactivation
-    mail offers them what a widget would. Objectors get none: the planner offers them
-    popular items anyway."""
-    ordered = {order.customer_id for order in rows.orders}
-    missing = sorted(
-        record.customer.id
-        for record in rows.customers
-        if record.customer.id in ordered
-        and record.customer.id not in rows.personal
-        and not record.customer.objected_to_profiling
-    )
-    live = registry.live(connection) if missing else None
-    if live is None:
-        return
+def served_lists(
+    connection: Connection, settings: Settings, snapshot: audience.Snapshot
+) -> audience.Snapshot:
+    """``snapshot`` with each buyer's personal list chosen by the offer API's rule
+    (``serving.personal_list``), so an e-mail offers what a widget would: the cached top-N;
+    for a customer the cache leaves out (not active within ``cache_active_days`` of the
+    model's data cutoff) the list the cache would have held, computed now in one batch by the
+    cache's own computation; and for one who bought since the model's data (the nightly
+    training runs at 03:00, the morning's run sees the night's orders) or whom the model
+    does not know, a list re-scored now from their history. The cached list alone ignored
+    those purchases: the e-mail ranked the offers as before them while the widget, re-scored
+    after the purchase, answered others. A list the rule computes now is computed when the
+    planner first reads it (:class:`OnFirstRead`). Objectors get none: the planner offers
+    them popular items anyway."""
+    buyers = [
+        n
+        for n, view in enumerate(snapshot.views)
+        if view.history.count and not view.customer.objected_to_profiling
+    ]
+    row = registry.live(connection) if buyers else None
+    if row is None:
+        return snapshot
     try:
-        fitted, data, _ = models.load(settings.locate(live.path), settings.recommender)
+        fitted, data, _ = models.load(settings.locate(row.path), settings.recommender)
     except ModelError:
-        log.exception("live model %s unreadable: popular offers outside the cache", live.version)
-        return
-    found = data.rows_of(np.array(missing))
+        log.exception("live model %s unreadable: cached or popular offers only", row.version)
+        return snapshot
+    live = serving.Live.of(row.version, fitted, data, row.data_cutoff)
+    listed = _outside_the_cache(live, [snapshot.views[n] for n in buyers], settings)
+    chosen = list(snapshot.views)
+    for n in buyers:
+        view = chosen[n]
+        if view.personal is not None and not live.changed(view.customer.id, view.history):
+            continue  # the rule's cached list: the view holds it
+        held = listed.get(view.customer.id) if view.personal is None else view.personal
+        cached = None if held is None else serving.Cached(held, row.version)
+        served = functools.partial(_served, live, view, cached, settings)
+        chosen[n] = replace(view, personal=OnFirstRead(served))
+    return replace(snapshot, views=chosen)
+
+
+def _served(
+    live: serving.Live,
+    view: planner.CustomerView,
+    cached: serving.Cached | None,
+    settings: Settings,
+) -> Sequence[Sequence[object]]:
+    """``view``'s customer's list by ``serving.personal_list`` (a buyer who has not objected:
+    never popularity while a model is live)."""
+    recommender = settings.recommender
+    personal = serving.personal_list(
+        live,
+        view.history,
+        cached,
+        customer_id=view.customer.id,
+        objected=False,
+        known=True,
+        top_n=recommender.top_n,
+        half_life=recommender.time_decay_half_life_days,
+    )
+    return personal.items or []
+
+
+class OnFirstRead(Sequence[Sequence[object]]):
+    """A personal list computed when the planner first reads it (``planner.offers_for``:
+    for a customer who passed consent, audience and caps). Re-scoring a customer costs a
+    least-squares solve and a pass over every item, and while a new model is not promoted
+    the customers who bought since its data add up day by day; most customers of a run never
+    reach their offers."""
+
+    def __init__(self, compute: Callable[[], Sequence[Sequence[object]]]) -> None:
+        self._compute: Callable[[], Sequence[Sequence[object]]] | None = compute
+        self._items: Sequence[Sequence[object]] = ()
+
+    def _list(self) -> Sequence[Sequence[object]]:
+        if self._compute is not None:
+            self._items, self._compute = self._compute(), None
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> Sequence[object]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Sequence[object]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[Sequence[object]]:
+        return iter(self._list())
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+
+def _outside_the_cache(
+    live: serving.Live, buyers: Sequence[planner.CustomerView], settings: Settings
+) -> dict[str, Sequence[Sequence[object]]]:
+    """The lists the top-N cache would hold for the ``buyers`` it leaves out whom the model
+    knows, in one batch (``serving.Live.listed`` computes the same one customer at a time)."""
+    missing = sorted(view.customer.id for view in buyers if view.personal is None)
+    if not missing:
+        return {}
+    found = live.data.rows_of(np.array(missing))
     known = found[found >= 0]
-    for row, ranked in ranked_lists(fitted, data, known, settings.recommender.top_n):
-        rows.personal[str(data.customers[row])] = ranked
+    top_n = settings.recommender.top_n
+    return {
+        str(live.data.customers[row]): ranked
+        for row, ranked in ranked_lists(live.fitted, live.data, known, top_n)
+    }
 
 
 def live_forecast(

@@ -7,6 +7,7 @@ Life of a message (``outbox.state``)::
       │                  │ └─ rejected for good / out of attempts ────────▶ failed
       └── reconcile ─────┘ (claim of a dead worker: looked up at the provider first)
     queued/claimed ── recipient opted out (consent withdrawn, …), suppressed or moved ──▶ cancelled
+    queued ──claim, every offered item bought since it was queued──▶ cancelled
 
 - **Enqueue** inserts under the unique send key (campaign/customer/period) with ON CONFLICT
   DO NOTHING: re-running a campaign slot adds nothing.
@@ -34,7 +35,7 @@ import os
 import socket
 import zlib
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from secrets import token_hex
 from typing import Any
@@ -52,7 +53,7 @@ from recocamp.domain import (
 )
 from recocamp.errors import mask_addresses
 from recocamp.store.queries import suppression_insert, upsert_statement
-from recocamp.store.schema import campaign_pauses, customers, outbox, suppressions
+from recocamp.store.schema import campaign_pauses, customers, outbox, purchases, suppressions
 
 COMPRESS_FROM = 4096  # bytes of JSON
 LIVE_STATES = ("queued", "claimed", "sent", "delivered", "bounced")  # count as contacts
@@ -213,7 +214,8 @@ def _claimable(now: datetime, campaign: str | None) -> sa.Select[Any]:
 def claim(
     engine: sa.Engine, worker: str, now: datetime, limit: int, campaign: str | None = None
 ) -> list[Claimed]:
-    """Atomically take up to ``limit`` due messages; cancel those whose recipient opted out."""
+    """Atomically take up to ``limit`` due messages; cancel those whose recipient opted out,
+    and leave out the offers bought since a message was queued (:func:`_without_bought`)."""
     chosen = (
         _claimable(now, campaign)
         .order_by(outbox.c.not_before, outbox.c.id)
@@ -252,12 +254,90 @@ def claim(
         moved -= blocked
         if moved:
             _set(connection, moved, now, state="cancelled", last_error=MOVED)
-    return [c for c in claimed if c.id not in blocked | moved]
+        kept, sold = _without_bought(
+            connection, [c for c in claimed if c.id not in blocked | moved], worker, now
+        )
+        if sold:
+            _set(connection, sold, now, state="cancelled", last_error=BOUGHT)
+    return kept
 
 
 MOVED = "the customer's address changed since it was queued"
 PAUSED = "the customer paused e-mails after it was queued"
 PROFILED = "the customer objected to profiling after it was queued: its offers were theirs"
+BOUGHT = "the customer bought every item it offers after it was queued"
+
+
+def _without_bought(
+    connection: sa.Connection, claimed: Sequence[Claimed], worker: str, now: datetime
+) -> tuple[list[Claimed], set[int]]:
+    """The claims (just made by ``worker`` at ``now``) with the offers their customer bought
+    since the e-mail was queued left out, and the ids of those left with no offer. A run
+    chooses the offers when it decides; an e-mail deferred to the end of its customer's quiet
+    hours (or put back for a retry) goes out hours later: an item bought meanwhile was still
+    offered as "picked for you" (or "about time to restock") the morning after the order.
+    Purchase lines ordered from the row's creation (the run's instant, whose history the
+    offers were chosen from) up to ``now`` count. Only e-mails that were to wait are looked
+    at (``not_before`` after ``created_at``): one sent as it was queued had no hours to wait
+    (and the look-up cost a fresh run's claims a sixth more CPU). A body rendered when it was
+    queued cannot be changed and goes as it is, as does the subject (rendered then)."""
+    offering = {
+        c.id
+        for c in claimed
+        if c.email.template is not None and c.email.template.context.get("offers")
+    }
+    found = _bought_since(connection, worker, now) if offering else {}
+    bought = {row_id: items for row_id, items in found.items() if row_id in offering}
+    if not bought:
+        return list(claimed), set()
+    kept: list[Claimed] = []
+    sold: set[int] = set()
+    for c in claimed:
+        template = c.email.template
+        if c.id not in bought or template is None:
+            kept.append(c)
+            continue
+        offers = [o for o in template.context["offers"] if o.get("item_id") not in bought[c.id]]
+        if not offers:
+            sold.add(c.id)
+            continue
+        context = {**template.context, "offers": offers}
+        email = replace(c.email, template=BodyTemplate(template.html, template.text, context))
+        kept.append(replace(c, email=email))
+    return kept, sold
+
+
+def _bought_since(connection: sa.Connection, worker: str, now: datetime) -> dict[int, set[str]]:
+    """Per row ``worker`` claimed at ``now`` that was to wait (``not_before`` after its
+    creation): the items its customer bought (purchase lines: not a return, quantity and
+    price above 0) from the row's creation up to ``now``. The claim's own marks pick the
+    rows: a list of their ids cost more to bind than the look-up."""
+    p = purchases.c
+    waited = (
+        sa.select(outbox.c.id, outbox.c.customer_id, outbox.c.created_at)
+        .where(
+            outbox.c.state == "claimed",
+            outbox.c.claimed_by == worker,
+            outbox.c.claimed_at == now,
+            outbox.c.not_before > outbox.c.created_at,
+        )
+        .subquery()
+    )
+    rows = connection.execute(
+        sa.select(waited.c.id, p.item_id)
+        .join(purchases, p.customer_id == waited.c.customer_id)
+        .where(
+            p.ordered_at >= waited.c.created_at,
+            p.ordered_at <= now,
+            p.is_return.is_(False),
+            p.quantity > 0,
+            p.unit_price > 0,
+        )
+    )
+    found: dict[int, set[str]] = {}
+    for row_id, item in rows:
+        found.setdefault(row_id, set()).add(item)
+    return found
 
 
 def cancel_profiled(connection: sa.Connection, customer_ids: Collection[str], now: datetime) -> int:

@@ -443,6 +443,52 @@ def test_widget_and_email_offer_the_same_items(
     assert compared == 25
 
 
+@pytest.mark.parametrize(
+    ("campaign_name", "mode"),
+    [("winback", Mode.MIXED), ("cross_sell", Mode.DISCOVER), ("replenish", Mode.REPLENISH)],
+)
+def test_widget_and_email_agree_for_a_customer_who_bought_since_training(
+    app: FastAPI, campaign_name: str, mode: Mode
+) -> None:
+    """A customer who ordered after the model's data cutoff (last night's training, this
+    morning's order) is re-scored from their history by the widget: the e-mail's offers are
+    chosen from the same re-scored list, not from the cached one the training left."""
+    _, before, _ = widget_campaign(app, campaign_name, mode)
+    customer = next(  # an existing customer's e-mail offers only the categories they bought
+        v.customer.id
+        for v in before.views
+        if v.customer.consent_basis.value == "double_opt_in" and v.personal and v.history.count > 2
+    )
+    [view] = [v for v in before.views if v.customer.id == customer]
+    # a taste they never showed: a category they never bought, five of its items at once
+    category = next(
+        item.category
+        for item in before.items.values()
+        if item.category not in view.history.categories and item.in_stock
+    )
+    bought = [i.id for i in before.items.values() if i.category == category and i.in_stock][:5]
+    order = {
+        "order_id": "since-training",
+        "customer_id": customer,
+        "ordered_at": (NOW - timedelta(hours=1)).isoformat(),
+        "lines": [{"item_id": item, "quantity": 1, "unit_price": 4.0} for item in bought],
+    }
+    posted = call(app, "POST", "/v1/events/purchases", json=order, headers=bearer("shop"))
+    assert posted.status == 200, posted.text
+    campaign, snapshot, context = widget_campaign(app, campaign_name, mode)
+    campaign = campaign.model_copy(  # the whole list: the order past the first few counts too
+        update={"offer": campaign.offer.model_copy(update={"items": 10})}
+    )
+    [view] = [v for v in snapshot.views if v.customer.id == customer]
+    email = [offer.item_id for offer in planner.offers_for(campaign, view, context)]
+    answer = offers(app, customer, f"n=10&mode={mode.value}")
+    assert "recalculated" in answer["basis_reason"]
+    service = app.state.service
+    served = service.basis(customer, service.snapshot()).personal.items or []
+    assert [str(e[0]) for e in view.personal or []] == [str(e[0]) for e in served]
+    assert email and ids(answer)[: len(email)] == email
+
+
 def test_similar_items(app: FastAPI) -> None:
     engine = engine_of(app)
     _, cached = cached_customer(engine)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import tomllib
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from recocamp.campaigns.caps import CapPolicy
 from recocamp.campaigns.check import Catalogue, catalogue_problems
 from recocamp.campaigns.files import Campaign, load_all
+from recocamp.campaigns.planner import Context, CustomerView, offers_for
+from recocamp.campaigns.segments import History
 from recocamp.config_files import TOML_BYTES_MAX
-from recocamp.domain import Item
+from recocamp.domain import ConsentBasis, Customer, Item
 from recocamp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -524,3 +529,63 @@ def test_a_subject_written_as_text_says_how_to_write_it(tmp_path: Path) -> None:
     expected = "key 'template.subject': should be a table: subject = { … } (inline) or a"
     assert expected in message, message
     assert "[template.subject] section" in message and "dictionary" not in message
+
+
+def test_an_excluded_item_id_written_decomposed_excludes_the_item_imported_composed(
+    tmp_path: Path,
+) -> None:
+    """Files and the API store ids composed (NFC); an id pasted into ``exclude_items`` from
+    another system's export ('To' + U+0308 + 'pfchen') excluded nothing, and the item the
+    marketer meant to keep out of the e-mails was offered."""
+    decomposed = unicodedata.normalize("NFD", "Töpfchen")
+    text = GOOD.format(name="potty").replace(
+        "items = 4", f'items = 2\nexclude_items = ["{decomposed}"]'
+    )
+    (tmp_path / "potty.toml").write_text(text, encoding="utf-8")
+    [campaign], failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert failures == []
+    items = {  # as an import stores them: the id composed
+        "Töpfchen": Item("Töpfchen", "Potty", "baby", 12.0),
+        "cup": Item("cup", "Cup", "kitchen", 6.0),
+    }
+    now = datetime(2024, 6, 4, 10, 0, tzinfo=UTC)
+    context = Context(now, items, [["Töpfchen", 1.0], ["cup", 0.5]], CapPolicy(), ZoneInfo("UTC"))
+    customer = Customer("c1", "c1@example.test", consent_basis=ConsentBasis.DOUBLE_OPT_IN)
+    chosen = offers_for(campaign, CustomerView(customer, History(())), context)
+    assert [offer.item_id for offer in chosen] == ["cup"]
+
+
+def test_a_survey_for_existing_customers_alone_is_refused_at_its_legal_basis(
+    tmp_path: Path,
+) -> None:
+    """A survey offers nothing, and the existing-customer exception (UWG §7(3)) covers only
+    offers like what the customer bought: ``type = "nps"`` with ``legal_basis =
+    ["existing_customer"]`` passed ``check`` and every run recorded ``no_consent`` for every
+    customer, a campaign that could mail nobody."""
+    text = (
+        GOOD.format(name="survey")
+        .replace(
+            'legal_basis = ["double_opt_in"]', 'type = "nps"\nlegal_basis = ["existing_customer"]'
+        )
+        .replace('[offer]\nmode = "mixed"\nitems = 4\n', "")
+        .replace("winback.", "nps.")
+    )
+    message = check(tmp_path, text, name="survey")
+    assert "line 4, key 'legal_basis'" in message, message
+    assert "mails nobody" in message and "double_opt_in" in message
+    both = text.replace('["existing_customer"]', '["double_opt_in", "existing_customer"]')
+    (tmp_path / "survey.toml").write_text(both, encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert failures == [] and [c.name for c in campaigns] == ["survey"]
+
+
+def test_hidden_files_beside_the_campaigns_are_not_campaign_files(tmp_path: Path) -> None:
+    """macOS writes ``._winback.toml`` (its AppleDouble metadata, binary) beside every file it
+    copies to a network share or a zip, and Emacs locks a file it edits as ``.#winback.toml``:
+    each was read as a broken campaign file, ``check`` exited 2 and the worker counted it
+    broken. Names starting with a dot are hidden, in-progress files, as in the drop folder."""
+    (tmp_path / "good.toml").write_text(GOOD.format(name="good"), encoding="utf-8")
+    (tmp_path / "._good.toml").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (tmp_path / ".#good.toml").write_text("being edited", encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert failures == [] and [c.name for c in campaigns] == ["good"]
