@@ -313,6 +313,48 @@ def outbox_retry(
     console.print(f"{number:,} failed message(s) queued again; `recocamp outbox deliver` sends")
 
 
+@outbox_app.command("pause")
+def outbox_pause(
+    campaign: str,
+    reason: Annotated[
+        str, typer.Option(help="Why, shown by `outbox status` (at most 200 characters).")
+    ] = "paused by hand",
+    campaigns: CampaignsDir = Path("campaigns"),
+) -> None:
+    """Hold back a campaign's waiting e-mails until `outbox resume` (a wrong price or link
+    found after the run queued them): nothing of it is delivered meanwhile, by any worker."""
+    with errors_to_exit():
+        problem = pause_reason_problem(reason)
+        if problem is not None:
+            raise typer.BadParameter(problem, param_hint="--reason")
+        settings = current_settings()
+        engine = engine_for(settings)
+        _known_campaign(engine, campaign, campaigns)
+        with engine.begin() as connection:
+            paused = outbox.pause(connection, campaign, reason, clock.now())
+            waiting = outbox.status(connection).get(campaign, {})
+    held = waiting.get("queued", 0) + waiting.get("claimed", 0)
+    said = "paused" if paused else "was paused already (its reason kept)"
+    console.print(
+        f"{campaign}: {said}; {held:,} e-mail(s) wait (`recocamp outbox resume {campaign}`)"
+    )
+
+
+def pause_reason_problem(reason: str) -> str | None:
+    """What is wrong with a pause's reason, None when nothing: it is shown on every
+    `outbox status`, so one printable line of at most 200 characters."""
+    if not reason.strip():
+        return "say why, or leave the option out"
+    if len(reason) > PAUSE_REASON_MAX:
+        return f"{len(reason):,} characters, at most {PAUSE_REASON_MAX}"
+    if not reason.isprintable():
+        return "one line of printable characters (no control characters)"
+    return None
+
+
+PAUSE_REASON_MAX = 200
+
+
 @outbox_app.command("resume")
 def outbox_resume(campaign: str, campaigns: CampaignsDir = Path("campaigns")) -> None:
     """Let a campaign paused by its error rate deliver again."""

@@ -813,11 +813,18 @@ def retry_failed(connection: sa.Connection, now: datetime, campaign: str | None 
     return int(connection.execute(query).rowcount or 0)
 
 
-def pause(connection: sa.Connection, campaign: str, reason: str, now: datetime) -> None:
+def pause(connection: sa.Connection, campaign: str, reason: str, now: datetime) -> bool:
+    """Stop delivering ``campaign`` (claims skip it) until :func:`resume`; False when it was
+    paused already, whose first reason is kept."""
     statement = upsert_statement(connection, campaign_pauses).values(
         campaign=campaign, paused_at=now, reason=reason[:1000]
     )
-    connection.execute(statement.on_conflict_do_nothing(index_elements=["campaign"]))
+    inserted = connection.execute(
+        statement.on_conflict_do_nothing(index_elements=["campaign"]).returning(
+            campaign_pauses.c.campaign
+        )
+    ).first()  # rowcount is -1 on psycopg: RETURNING tells what was inserted
+    return inserted is not None
 
 
 def resume(connection: sa.Connection, campaign: str) -> bool:
