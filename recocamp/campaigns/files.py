@@ -466,6 +466,12 @@ def in_shop_zone(campaign: Campaign, shop_zone: str) -> Campaign:
     )
 
 
+def campaign_paths(directory: Path) -> list[Path]:
+    """The campaign files of ``directory``, sorted: its ``*.toml`` files but those whose name
+    starts with a dot (hidden: macOS's ``._x.toml``, an editor's ``.#x.toml`` lock)."""
+    return [p for p in sorted(directory.glob("*.toml")) if not p.name.startswith(".")]
+
+
 def load_all(
     directory: Path, settings: Settings, templates: Path
 ) -> tuple[list[Campaign], list[ConfigError]]:
@@ -475,9 +481,7 @@ def load_all(
     campaigns: list[Campaign] = []
     failures: list[ConfigError] = []
     seen: dict[str, Path] = {}
-    for path in sorted(directory.glob("*.toml")):
-        if path.name.startswith("."):  # hidden: macOS's ._x.toml, an editor's lock .#x.toml
-            continue
+    for path in campaign_paths(directory):
         try:
             campaign, text = load(path)
         except ConfigError as exc:

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from recocamp.campaigns.files import Campaign
+from recocamp.campaigns.files import Campaign, campaign_paths
 from recocamp.campaigns.render import Renderer
 from recocamp.campaigns.run import RunOptions, RunReport, run_key
 from recocamp.cli.common import (
@@ -373,7 +373,7 @@ def _known_campaign(engine: Engine, name: str, campaigns: Path) -> None:
     2): a typo must not say "was not paused" or deliver nothing, with exit 0."""
     with engine.connect() as connection:
         held = set(outbox.status(connection)) | set(outbox.paused(connection))
-    files = {path.stem for path in campaigns.glob("*.toml")} if campaigns.is_dir() else set()
+    files = {path.stem for path in campaign_paths(campaigns)} if campaigns.is_dir() else set()
     if name in files | held:
         return
     known = ", ".join(sorted(files | held)) or "none"

@@ -63,3 +63,18 @@ def test_a_pause_reason_is_one_short_printable_line(
     result = runner.invoke(app, ["outbox", "pause", "everyone", "--reason", reason])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert said in result.stderr and "--reason" in result.stderr
+
+
+def test_an_unknown_campaign_is_named_without_the_hidden_files_beside_the_campaigns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS's ``._winback.toml`` is no campaign (``files.campaign_paths``), yet the list of
+    known campaigns in a typo's message named ``._winback``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "campaigns" / "winback.toml").write_text("")
+    (tmp_path / "campaigns" / "._winback.toml").write_bytes(b"\x00\x05\x16\x07")
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["outbox", "pause", "nosuch"], terminal_width=300)
+    assert result.exit_code == 2
+    assert "no such campaign (known: winback)" in result.stderr
