@@ -9,6 +9,7 @@ are dropped when their customer's data changes (see ``offer_cache``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -29,6 +30,8 @@ COUNT = api_lean.bounded(1, MAX_N)  # n's rules, as Query(ge=1, le=MAX_N) has th
 MODE = TypeAdapter(Mode)
 NOTHING: frozenset[str] = frozenset()
 FILTER_LENGTH = 200
+NO_STORE_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in NO_STORE.items()]
+JSON_TYPE = (b"content-type", b"application/json")
 
 
 class OfferOut(BaseModel):
@@ -60,6 +63,19 @@ class SimilarOut(BaseModel):
     item_id: str
     model_version: str
     items: list[OfferOut]
+
+
+class OffersJSON(Response):
+    """An answer's JSON with ``Cache-Control: no-store``: the headers Starlette makes of
+    ``Response(body, media_type="application/json", headers=NO_STORE)`` (the same bytes, in
+    the same order: a test compares them), made without reading and encoding the header
+    mapping anew for every cached answer."""
+
+    media_type = "application/json"
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        length = (b"content-length", str(len(self.body)).encode("latin-1"))
+        self.raw_headers = [*NO_STORE_RAW, length, JSON_TYPE]
 
 
 def _at_most(limit: int, **lists: list[str]) -> None:
@@ -124,15 +140,17 @@ def next_best_offer_route(
         was trained), filtered by stock, category and exclusions with the campaign planner's
         rules. Unknown customers, customers without a history and customers who objected to
         profiling get recent popularity."""
-        _at_most(MAX_FILTERS, category=category, exclude=exclude)
-        query = OfferQuery(n, Mode(mode), _set(category), _set(exclude))
+        if len(category) > MAX_FILTERS or len(exclude) > MAX_FILTERS:
+            _at_most(MAX_FILTERS, category=category, exclude=exclude)
+        mode = mode if type(mode) is Mode else Mode(mode)  # parse gives a Mode
+        query = OfferQuery(n, mode, _set(category), _set(exclude))
         entered = request.scope.get(api_lean.ENTERED, math.inf)
         if not customer_id.isascii():  # composed (PathId): stored so, or by older versions not
             customer_id = await run_in_threadpool(service.stored_id, customer_id)
         body = service.lookup(customer_id, query, entered)
         if body is None:
             body = await run_in_threadpool(service.respond, customer_id, query)
-        return Response(body, media_type="application/json", headers=NO_STORE)
+        return OffersJSON(body)
 
     parsed: dict[bytes, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
