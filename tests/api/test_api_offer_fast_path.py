@@ -16,12 +16,14 @@ import pytest
 from fastapi import FastAPI, Response
 
 from recocamp.api import lean
+from recocamp.api.app import create_app
 from recocamp.api.offer_cache import OfferService, Query
 from recocamp.api.pages import NO_STORE
+from recocamp.clock import FixedClock
 from recocamp.domain import ID_MAX, composed
 from recocamp.recommender.ranking import Mode
 from tests.api.test_api_offers import cached_customer
-from tests.api_shop import NOW, OBJECTOR, bearer, call, engine_of
+from tests.api_shop import KEYS, NOW, OBJECTOR, Closing, bearer, call, engine_of
 
 QUERIES: list[tuple[str, Query]] = [
     ("", Query()),
@@ -32,13 +34,16 @@ QUERIES: list[tuple[str, Query]] = [
 ]
 
 
-def raw(app: FastAPI, path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def raw(
+    app: FastAPI, path: str, key: str = "reader"
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, every header as sent (order and case kept) and body."""
 
     async def go() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
-            reply = await client.get(path, headers=bearer("reader"))
+            headers = bearer(key) if key in KEYS else {"authorization": "Bearer rck_none"}
+            reply = await client.get(path, headers=headers)
             return reply.status_code, list(reply.headers.raw), reply.content
 
     return asyncio.run(go())
@@ -112,3 +117,35 @@ IDS = [
 def test_the_usual_id_is_taken_as_the_general_rules_take_it(value: str) -> None:
     loc: Any = ("path", "customer_id")
     assert lean.path_id(value, loc) == (composed(value), lean.id_errors(composed(value), loc))
+
+
+REFUSED = [  # (path, key): each refused, or answered, as the general path does
+    ("/v1/customers/%2010042/next-best-offer?n=5", "reader"),  # an id with white space
+    ("/v1/customers/" + "9" * (ID_MAX + 1) + "/next-best-offer?n=5", "reader"),
+    ("/v1/customers/M%C3%BCller/next-best-offer?n=5", "reader"),  # not the usual id: answered
+    ("/v1/customers/10042/next-best-offer?n=5", "dpo"),  # a key without the scope: 403
+    ("/v1/customers/10042/next-best-offer?n=5", "nobody"),  # an unknown key: 401
+    ("/v1/customers/10042/next-best-offer?n=0", "reader"),  # n out of range: 422
+    ("/v1/customers/10042/next-best-offer?n=5&mode=sideways", "reader"),
+    ("/v1/customers/10042/next-best-offer?n=5&" + "exclude=x&" * 101, "reader"),
+]
+
+
+def test_refusals_are_the_general_paths_once_the_query_is_remembered(
+    app: FastAPI, closing: Closing
+) -> None:
+    """The same requests to an app that has seen their query strings answered (the fast
+    path's) and to a fresh one (the general path only): the same status, headers and body,
+    and the key's rate limit spent once a request either way."""
+    fresh = closing(create_app(app.state.service.settings, engine_of(app), FixedClock(NOW)))
+    for limited in (app, fresh):  # no refill while the test runs
+        limited.state.authenticator.limiter.monotonic = lambda: 0.0
+    for path, _ in REFUSED:
+        primed = path.replace("M%C3%BCller", "10042").replace("%2010042", "10042")
+        primed = primed.replace("9" * (ID_MAX + 1), "10042")
+        assert raw(app, primed, "reader")[0] in (200, 422)
+    for path, key in REFUSED:
+        assert raw(app, path, key) == raw(fresh, path, key), path
+    spent = [app.state.authenticator.limiter.buckets["reader"][0]]
+    spent.append(fresh.state.authenticator.limiter.buckets["reader"][0])
+    assert spent[0] == pytest.approx(spent[1] - len(REFUSED))  # priming: one token each
