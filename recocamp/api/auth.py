@@ -56,7 +56,8 @@ _ENTRY = re.compile(
 )
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 MAX_CLIENTS = 100_000  # client addresses whose failed authentications are remembered
-ADMITTED_HEADERS = 256  # Authorization headers remembered with the key they name
+ADMITTED_HEADERS = 256  # Authorization headers remembered with the key they name,
+ADMITTED_LENGTH = 128  # each at most this long ("Bearer rck_…" is 54 characters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +179,13 @@ class Authenticator:
     counts failed authentications per client address (``failures``; the webhooks' too).
 
     A header that named a configured key once is remembered (:attr:`admitted`, at most
-    :data:`ADMITTED_HEADERS`), so a shop's widget, which sends the same header on every
-    request, pays one dict lookup rather than the hash, the comparison with every key and
-    the header's parsing (~3 µs of a cached next-best offer's ~55). A header not remembered
-    takes the full path as before, whatever it holds: a dict compares a string only with
-    entries whose (per-process, randomly seeded) hash it shares, so how long a miss takes
-    says nothing of how much of a key was right."""
+    :data:`ADMITTED_HEADERS` of at most :data:`ADMITTED_LENGTH` characters), so a shop's
+    widget, which sends the same header on every request, pays one dict lookup rather than
+    the hash, the comparison with every key and the header's parsing (~3 µs of a cached
+    next-best offer's ~55). A header not remembered takes the full path as before, whatever
+    it holds: a dict compares a string only with entries whose (per-process, randomly
+    seeded) hash it shares, so how long a miss takes says nothing of how much of a key was
+    right."""
 
     def __init__(
         self, keys: tuple[ApiKey, ...], limiter: RateLimiter, failures: RateLimiter | None = None
@@ -233,9 +235,10 @@ class Authenticator:
         if key is None:
             raise HTTPException(401, "unknown API key", _CHALLENGE)
         assert authorization is not None  # it held a key
-        if len(self.admitted) >= ADMITTED_HEADERS:  # spellings of the keys' headers
-            self.admitted.clear()
-        self.admitted[authorization] = key
+        if len(authorization) <= ADMITTED_LENGTH:  # not one padded with kilobytes of spaces
+            if len(self.admitted) >= ADMITTED_HEADERS:  # spellings of the keys' headers
+                self.admitted.clear()
+            self.admitted[authorization] = key
         return key
 
     def check(

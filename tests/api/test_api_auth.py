@@ -189,6 +189,10 @@ def test_a_header_seen_before_is_admitted_without_hashing_with_the_same_answers(
         now[0] += 60
         auth.check(reader + " " * spaces, "offers:read")
     assert 0 < len(auth.admitted) <= ADMITTED_HEADERS
+    auth.admitted.clear()
+    padded = reader + " " * 10_000  # a key padded with spaces is taken, never remembered
+    assert auth.check(padded, "offers:read").name == "reader"
+    assert padded not in auth.admitted and reader not in auth.admitted
 
 
 def test_the_rate_limit_is_a_token_bucket_per_key() -> None:
