@@ -9,6 +9,7 @@ are dropped when their customer's data changes (see ``offer_cache``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -29,6 +30,8 @@ COUNT = api_lean.bounded(1, MAX_N)  # n's rules, as Query(ge=1, le=MAX_N) has th
 MODE = TypeAdapter(Mode)
 NOTHING: frozenset[str] = frozenset()
 FILTER_LENGTH = 200
+NO_STORE_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in NO_STORE.items()]
+JSON_TYPE = (b"content-type", b"application/json")
 
 
 class OfferOut(BaseModel):
@@ -62,6 +65,19 @@ class SimilarOut(BaseModel):
     items: list[OfferOut]
 
 
+class OffersJSON(Response):
+    """An answer's JSON with ``Cache-Control: no-store``: the headers Starlette makes of
+    ``Response(body, media_type="application/json", headers=NO_STORE)`` (the same bytes, in
+    the same order: a test compares them), made without reading and encoding the header
+    mapping anew for every cached answer."""
+
+    media_type = "application/json"
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        length = (b"content-length", str(len(self.body)).encode("latin-1"))
+        self.raw_headers = [*NO_STORE_RAW, length, JSON_TYPE]
+
+
 def _at_most(limit: int, **lists: list[str]) -> None:
     """422 for a filter with more than ``limit`` values (pydantic's error for a long list):
     every distinct query costs memory in the answer cache, and a cart is far shorter."""
@@ -81,6 +97,52 @@ def _at_most(limit: int, **lists: list[str]) -> None:
 
 def _set(values: list[str]) -> frozenset[str]:
     return frozenset(values) if values else NOTHING
+
+
+Parsed = tuple[dict[str, Any], list[dict[str, Any]]]  # the endpoint's arguments, the errors
+
+
+class QueryStrings:
+    """The query strings of next-best-offer requests, parsed and remembered (at most
+    :data:`PARSED_QUERIES` of them, each at most :data:`PARSED_BYTES`): widgets repeat a few."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[bytes, Parsed] = {}
+        # the query of each one remembered that the general path takes without an error (its
+        # filters within MAX_FILTERS), as the endpoint makes it
+        self.prepared: dict[bytes, OfferQuery] = {}
+
+    def of(self, raw: bytes) -> Parsed:
+        """The arguments and errors of ``raw``."""
+        found = self.parsed.get(raw)
+        if found is None:
+            found = _parsed(raw)
+            if len(raw) <= PARSED_BYTES:
+                self._remember(raw, found)
+        return found
+
+    def _remember(self, raw: bytes, found: Parsed) -> None:
+        if len(self.parsed) >= PARSED_QUERIES:
+            self.parsed.clear()
+            self.prepared.clear()
+        self.parsed[raw] = found
+        values, errors = found
+        category, exclude = values["category"], values["exclude"]
+        if not errors and max(len(category), len(exclude)) <= MAX_FILTERS:
+            mode = Mode(values["mode"])
+            self.prepared[raw] = OfferQuery(values["n"], mode, _set(category), _set(exclude))
+
+
+def _parsed(raw: bytes) -> Parsed:
+    pairs = api_lean.query_pairs(raw)
+    errors: list[dict[str, Any]] = []
+    values = {
+        "n": api_lean.scalar(pairs, "n", 5, COUNT, errors),
+        "mode": api_lean.scalar(pairs, "mode", Mode.MIXED, MODE, errors),
+        "category": api_lean.strings(pairs, "category", FILTER_LENGTH, errors, False),
+        "exclude": api_lean.strings(pairs, "exclude", FILTER_LENGTH, errors),
+    }
+    return values, errors
 
 
 def next_best_offer_route(
@@ -124,41 +186,41 @@ def next_best_offer_route(
         was trained), filtered by stock, category and exclusions with the campaign planner's
         rules. Unknown customers, customers without a history and customers who objected to
         profiling get recent popularity."""
-        _at_most(MAX_FILTERS, category=category, exclude=exclude)
+        if len(category) > MAX_FILTERS or len(exclude) > MAX_FILTERS:
+            _at_most(MAX_FILTERS, category=category, exclude=exclude)
         query = OfferQuery(n, Mode(mode), _set(category), _set(exclude))
+        return await answer(request, customer_id, query)
+
+    async def answer(request: Request, customer_id: str, query: OfferQuery) -> Response:
         entered = request.scope.get(api_lean.ENTERED, math.inf)
         if not customer_id.isascii():  # composed (PathId): stored so, or by older versions not
             customer_id = await run_in_threadpool(service.stored_id, customer_id)
         body = service.lookup(customer_id, query, entered)
         if body is None:
             body = await run_in_threadpool(service.respond, customer_id, query)
-        return Response(body, media_type="application/json", headers=NO_STORE)
+        return OffersJSON(body)
 
-    parsed: dict[bytes, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    queries = QueryStrings()
 
-    def query_of(raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The query string's arguments and errors, remembered: widgets repeat a few."""
-        found = parsed.get(raw)
-        if found is None:
-            pairs = api_lean.query_pairs(raw)
-            errors: list[dict[str, Any]] = []
-            values = {
-                "n": api_lean.scalar(pairs, "n", 5, COUNT, errors),
-                "mode": api_lean.scalar(pairs, "mode", Mode.MIXED, MODE, errors),
-                "category": api_lean.strings(pairs, "category", FILTER_LENGTH, errors, False),
-                "exclude": api_lean.strings(pairs, "exclude", FILTER_LENGTH, errors),
-            }
-            found = (values, errors)
-            if len(raw) <= PARSED_BYTES:
-                if len(parsed) >= PARSED_QUERIES:
-                    parsed.clear()
-                parsed[raw] = found
-        return found
+    async def fast(request: Request) -> Response | None:
+        """The answer of a request that the general path (parse, the endpoint) takes with
+        no error but its key's — a query string remembered as taken, the usual id
+        (``lean.usual_id``) — without building its arguments again; None for any other. The
+        widget's cached answers are most of a shop's requests."""
+        scope = request.scope
+        query = queries.prepared.get(scope.get("query_string", b""))
+        if query is None:
+            return None
+        customer_id = str(scope["path_params"]["customer_id"])
+        if not api_lean.usual_id(customer_id):
+            return None
+        auth.check(api_lean.header(request, b"authorization"), "offers:read", scope)
+        return await answer(request, customer_id, query)
 
     async def parse(request: Request) -> dict[str, Any]:
         authorization = api_lean.header(request, b"authorization")
         key = auth.check(authorization, "offers:read", request.scope)
-        values, errors = query_of(request.scope.get("query_string", b""))
+        values, errors = queries.of(request.scope.get("query_string", b""))
         customer_id, bad_id = api_lean.path_id(
             str(request.path_params["customer_id"]), ("path", "customer_id")
         )
@@ -169,6 +231,7 @@ def next_best_offer_route(
         "/v1/customers/{customer_id:path}/next-best-offer",
         next_best_offer,
         parse=parse,
+        fast=fast,
         methods=["GET"],
         response_model=OffersOut,
         responses=problems,

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from fastapi import HTTPException
 from typer.testing import CliRunner
 
-from recocamp.api.auth import ApiKey, Authenticator, digest, mint, parse_keys
+from recocamp.api.auth import ADMITTED_HEADERS, ApiKey, Authenticator, digest, mint, parse_keys
 from recocamp.cli import app as cli
 from recocamp.errors import ConfigError
 from recocamp.ratelimit import RateLimiter
@@ -152,6 +153,46 @@ def test_every_configured_hash_is_compared(monkeypatch: pytest.MonkeyPatch) -> N
     found = Authenticator(keys, RateLimiter.per_minute(60)).find(KEYS["shop"][0])
     assert found is not None and found.name == "shop"
     assert compared == [key.digest for key in keys]  # no early exit at the first match
+
+
+def test_a_header_seen_before_is_admitted_without_hashing_with_the_same_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The widget's header, remembered, is not hashed again; scopes, unknown keys, the rate
+    limit and the bound on what is remembered hold as on the first request."""
+    now = [0.0]
+    auth = Authenticator(parse_keys(ENTRIES), RateLimiter.per_minute(2, monotonic=lambda: now[0]))
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append(a)
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    reader = bearer("reader")["authorization"]
+    assert auth.check(reader, "offers:read").name == "reader"
+    assert len(compared) == len(auth.keys)
+    assert auth.check(reader, "offers:read").name == "reader"  # remembered: nothing compared
+    assert len(compared) == len(auth.keys)
+    with pytest.raises(HTTPException) as refused:  # the scope is checked every time
+        auth.check(reader, "events:write")
+    assert refused.value.status_code == 403
+    with pytest.raises(HTTPException) as limited:  # so is the rate limit (2 a minute)
+        auth.check(reader, "offers:read")
+    assert limited.value.status_code == 429
+    for wrong in (reader[:-1], reader + "x", reader.upper(), None):  # near misses: hashed
+        with pytest.raises(HTTPException) as unknown:
+            auth.check(wrong, "offers:read")
+        assert unknown.value.status_code == 401
+    for spaces in range(ADMITTED_HEADERS + 5):  # spellings of one header, each remembered
+        now[0] += 60
+        auth.check(reader + " " * spaces, "offers:read")
+    assert 0 < len(auth.admitted) <= ADMITTED_HEADERS
+    auth.admitted.clear()
+    padded = reader + " " * 10_000  # a key padded with spaces is taken, never remembered
+    assert auth.check(padded, "offers:read").name == "reader"
+    assert padded not in auth.admitted and reader not in auth.admitted
 
 
 def test_the_rate_limit_is_a_token_bucket_per_key() -> None:
