@@ -67,6 +67,7 @@ from recocamp.campaigns.audience import history_of
 from recocamp.campaigns.offers import why_in
 from recocamp.clock import Clock
 from recocamp.data import profiles
+from recocamp.domain import id_forms
 from recocamp.errors import VoidLinkError
 from recocamp.settings import Settings
 from recocamp.store import contacts, registry, tombstones, views
@@ -669,11 +670,16 @@ def _purchase_days(
     connection: Connection, customer_id: str, as_of: date, zone: ZoneInfo, service: OfferService
 ) -> int:
     """The customer's purchase days before ``as_of`` as the forecast counts them: shop-local
-    days with an order holding a product line."""
+    days with an order holding a product line, under every Unicode form of the id (orders an
+    older version stored decomposed and a file since composed are one customer's history to
+    the forecast: ``store.forecasts.purchase_lines``)."""
     before = datetime.combine(as_of, time(), tzinfo=zone)
-    placed = history_of(
-        views.customer_orders(connection, customer_id, before), service.snapshot().catalogue
-    )
+    orders = [
+        order
+        for form in id_forms((customer_id,))
+        for order in views.customer_orders(connection, form, before)
+    ]
+    placed = history_of(orders, service.snapshot().catalogue)
     # the orders' times are exact to the millisecond, the query's julianday filter is not
     kept = (order for order in placed.orders if order.items and order.at < before)
     return len({order.at.astimezone(zone).date() for order in kept})

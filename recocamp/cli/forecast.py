@@ -209,7 +209,9 @@ def forecast_evaluate(
         horizon = horizon_days or settings.forecast.horizon_days
         split_at = datetime.combine(forecasting.day_of(day), time(), tzinfo=zone)
         check_horizon(engine_for(settings), split_at, horizon, zone, open_horizon)
-        evaluation = forecasting.evaluate(_purchase_days(settings, day + horizon), day, horizon)
+        purchases = _purchase_days(settings, day + horizon)
+        _require_history(purchases, day)
+        evaluation = forecasting.evaluate(purchases, day, horizon)
     if format is Output.json:
         document = {
             "cutoff": forecasting.day_of(day).isoformat(),
@@ -220,6 +222,26 @@ def forecast_evaluate(
         sys.stdout.write("\n")
         return
     _print_evaluation(evaluation)
+
+
+def _require_history(purchases: forecasting.PurchaseDays, day: int) -> None:
+    """Exit 2 where no purchase day the forecast counts is before the cutoff, as
+    ``check_horizon`` exits for a cutoff before the store's first line: the lines before it
+    can all be none (postage alone, an objector's orders), and the evaluation then failed
+    with exit 1 as if a model had."""
+    if len(purchases.day) and int(purchases.day.min()) < day:
+        return
+    first = (
+        f"the first purchase day is {forecasting.day_of(int(purchases.day.min())).isoformat()}"
+        if len(purchases.day)
+        else "none counts"
+    )
+    print_error(
+        f"no purchase before the cutoff {forecasting.day_of(day).isoformat()} ({first}; service "
+        "lines alone, returns, guests' and objectors' orders are nobody's purchase day): "
+        "nothing to evaluate"
+    )
+    raise typer.Exit(2)
 
 
 def _or_dash(value: float | None) -> str:

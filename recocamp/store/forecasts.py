@@ -5,6 +5,7 @@ of the versions kept to judge their horizon once it has ended (checkpoints)."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -14,7 +15,12 @@ import sqlalchemy as sa
 
 from recocamp.domain import CustomerForecast
 from recocamp.store import tombstones
-from recocamp.store.queries import drop_unprofiled_forecasts, epoch_seconds, profiled
+from recocamp.store.queries import (
+    drop_unprofiled_forecasts,
+    epoch_seconds,
+    held_decomposed,
+    profiled,
+)
 from recocamp.store.schema import (
     audit_log,
     erasures,
@@ -36,7 +42,9 @@ def purchase_lines(
     """``(customer ids, UTC epoch seconds, revenue)`` of the purchase lines before ``until`` of
     customers (not guests) who neither objected to profiling nor were erased (a forecast is
     profiling). A purchase line has quantity > 0, unit price > 0 and is no return; a service
-    line (postage, fees) counts only when its order has a product line."""
+    line (postage, fees) counts only when its order has a product line. Lines stored under
+    two Unicode forms of one id (an older version's decomposed, a file's composed since) are
+    one customer's, named as :func:`one_form` says."""
     p = purchases.c
     service = sa.select(items.c.id).where(items.c.is_service.is_(True))
     purchase = sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
@@ -52,13 +60,37 @@ def purchase_lines(
     ids: list[str] = []
     seconds: list[float] = []
     revenue: list[float] = []
+    odd: set[str] = set()  # ids with another Unicode form (never an ASCII one)
     result = connection.execute(query)
     while rows := result.fetchmany(chunk):
         for customer_id, at, value in rows:
             ids.append(customer_id)
             seconds.append(float(at))
             revenue.append(float(value))
+            if not customer_id.isascii():
+                odd.add(customer_id)
+    names = one_form(connection, odd)
+    if names:
+        ids = [names.get(customer_id, customer_id) for customer_id in ids]
     return np.array(ids, dtype=object), np.array(seconds), np.array(revenue)
+
+
+def one_form(connection: sa.Connection, ids: Iterable[str]) -> dict[str, str]:
+    """For ids of which several Unicode forms hold lines, the one name of them all: the form
+    the customers table holds (``registry.stored_id``'s: the composed one, else the
+    decomposed one an older version stored), composed where it holds neither. Each form
+    was forecast apart, each with part of the customer's purchase days, and the API,
+    campaigns and preferences page found the one under the record's id."""
+    forms: dict[str, set[str]] = {}
+    for customer_id in ids:
+        forms.setdefault(unicodedata.normalize("NFC", customer_id), set()).add(customer_id)
+    split = {composed: held for composed, held in forms.items() if len(held) > 1}
+    if not split:
+        return {}
+    stored = held_decomposed(connection, split)
+    return {
+        form: stored.get(composed, composed) for composed, held in split.items() for form in held
+    }
 
 
 class ForecastVersion(NamedTuple):
