@@ -24,7 +24,9 @@ is; one with something to clean is read again, cleaned into a new file beside it
 read, and renamed over it. A ``.gz`` file is decompressed as it is read, to a bounded size,
 and a line past ``LINE_MAX`` characters is not held: either makes the file unreadable
 (reported). Only regular files are read: a symbolic link is not followed (the drop folder
-sets links aside: their targets are not recocamp's), a pipe or device never opened.
+sets links aside: their targets are not recocamp's), nor a hard link (a file with more than
+one name, set aside unread by the drop folder for the same reason), a pipe or device never
+opened.
 
 Files that arrive after an erasure: the import skips the erased customer's rows, and
 :func:`drop_erased` cleans the copy the drop folder keeps (``processed_dir``,
@@ -168,6 +170,7 @@ def drop_erased(
     import's ``ingest.max_gzip_ratio``): a gzip bomb set aside is read no further than the
     import read it. A store without tombstones reads no file: nobody it names can have
     been erased."""
+    paths = [path for path in paths if _regular(path)]  # a link set aside is not ours
     if not paths:
         return 0
     with engine.connect() as connection:
@@ -286,9 +289,11 @@ Cleaner = Callable[[IO[str], Who, IO[str] | None], bool]
 
 
 def _files(directories: list[Path]) -> Iterator[Path]:
-    """The regular files under ``directories``, each once. A symbolic link is not followed
-    (a link set aside by the drop folder may point anywhere: its target is not recocamp's
-    to read, to export or to rewrite), nor is a folder, pipe or device read."""
+    """The regular files of one name under ``directories``, each once. A symbolic link is
+    not followed (a link set aside by the drop folder may point anywhere: its target is not
+    recocamp's to read, to export or to rewrite), nor is a hard link read (a file with more
+    than one name: the drop folder sets it aside unread, for the same reason), nor a folder,
+    pipe or device."""
     seen: set[Path] = set()
     for directory in directories:
         if not directory.is_dir():
@@ -300,10 +305,12 @@ def _files(directories: list[Path]) -> Iterator[Path]:
 
 
 def _regular(path: Path) -> bool:
+    """A regular file of one name (the drop folder's rule: ``st_nlink`` > 1 is not ours)."""
     try:
-        return stat.S_ISREG(path.lstat().st_mode)
+        found = path.lstat()
     except OSError:
         return False
+    return stat.S_ISREG(found.st_mode) and found.st_nlink == 1
 
 
 def _scrub_file(path: Path, who: Who, max_ratio: int = GZIP_RATIO_LIMIT) -> bool:
@@ -322,8 +329,9 @@ def _opened(path: Path, max_ratio: int = GZIP_RATIO_LIMIT) -> Iterator[IO[str]]:
     """A file's text as a stream (UTF-8, line ends as they are); a ``.gz`` file decompressed
     as it is read, to at most ``max_ratio`` times its size (or ``GZIP_FLOOR``), as the import
     reads it: past that, ``FileTooLarge``, never the whole of a gzip bomb in memory. Opened without
-    following a symbolic link and without waiting on a pipe: only a regular file is read."""
-    source = raw = sources.open_bytes(path, follow_links=False)
+    following a symbolic link and without waiting on a pipe: only a regular file of one name
+    is read (a link swapped in after :func:`_regular` looked is refused, OSError)."""
+    source = raw = sources.open_bytes(path, follow_links=False, one_name=True)
     try:
         if path.name.lower().endswith(".gz"):
             source = sources.inflated(raw, max_ratio)  # closing it closes the file

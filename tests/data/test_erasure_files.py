@@ -223,3 +223,36 @@ def test_a_file_that_opens_with_a_byte_order_mark_is_cleaned_of_its_first_column
     data = path.read_bytes()
     cleaned = gzip.decompress(data) if name.endswith(".gz") else data
     assert cleaned.decode() == "\ufeffcustomer_id,order_id,item_id\r\n,o1,i1\r\nc2,o2,i2\r\n"
+
+
+def test_a_hard_link_among_the_kept_files_is_neither_read_nor_rewritten(tmp_path: Path) -> None:
+    """A hard link set aside by the drop folder (``rejected/purchases-9.csv``, a second name
+    of a file elsewhere): the drop folder never read it, so its rows are not recocamp's. They
+    went into the customer's export, and the scrub and ``drop_erased`` replaced the link by a
+    cleaned copy (the other name kept every row, now also copied into ``rejected/``)."""
+    target = tmp_path / "elsewhere.csv"
+    kept_orders(target, 3, {1})
+    data = target.read_bytes()
+    folder = tmp_path / "rejected"
+    folder.mkdir()
+    link = folder / "purchases-9.csv"
+    os.link(target, link)
+
+    assert erasure_files.holding([folder], [ERASED], [ADDRESS]) == ({}, [])
+    done = erasure_files.scrub([folder], [ERASED], [ADDRESS])
+    assert (done.rewritten, done.failed) == ([], [])
+    assert link.stat().st_ino == target.stat().st_ino and target.read_bytes() == data
+
+
+def test_a_hard_link_kept_after_an_import_is_not_cleaned(engine: sa.Engine, tmp_path: Path) -> None:
+    """drop_erased reads only files of one name: a hard link set aside is not read."""
+    key = erased(engine, tmp_path)
+    target = tmp_path / "elsewhere.csv"
+    kept_orders(target, 3, {1})
+    data = target.read_bytes()
+    link = tmp_path / "rejected" / "purchases-9.csv"
+    link.parent.mkdir()
+    os.link(target, link)
+
+    assert erasure_files.drop_erased(engine, key, [link]) == 0
+    assert link.stat().st_ino == target.stat().st_ino and target.read_bytes() == data
