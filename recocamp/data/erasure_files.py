@@ -131,7 +131,7 @@ class Who(Protocol):
 
     def is_id(self, value: str) -> bool: ...
 
-    def needles(self) -> list[str]: ...  # lower-case text naming them in an .errors.txt
+    def names(self, line: str) -> bool: ...  # a line of an .errors.txt names them
 
     def in_send_key(self, key: str) -> bool: ...  # an e-mail's send key names them
 
@@ -276,8 +276,13 @@ class _Erased:
     def is_id(self, value: str) -> bool:
         return _id_text(value) in self.ids
 
-    def needles(self) -> list[str]:
-        return [repr(i).lower() for i in sorted(self.ids)] + sorted(self.addresses)
+    def names(self, line: str) -> bool:
+        """Whether a line of an ``.errors.txt`` names them: an id quoted as the report
+        quotes values (``repr``), as written (ids are case-sensitive: ``'c1'`` is not
+        ``C1``'s), or an address in any case."""
+        if any(repr(i) in line for i in self.ids):
+            return True
+        return bool(self.addresses) and any(a in address_key(line) for a in self.addresses)
 
     def in_send_key(self, key: str) -> bool:
         return any(f"/{i}/" in key for i in self.ids)
@@ -506,9 +511,7 @@ def holding(
 
 def _held(name: str, source: IO[str], who: Who) -> list[Any]:
     if name.endswith(".errors.txt"):
-        needles = who.needles()
-        lines = _split(source, keepends=False)
-        return [line for line in lines if any(n in address_key(line) for n in needles)]
+        return [line for line in _split(source, keepends=False) if who.names(line)]
     if name.endswith(".jsonl"):
         return [record for record in _messages(source) if _to_them(record, who)]
     rows = csv.reader(_lines(source))
@@ -547,8 +550,7 @@ def _message(line: str) -> dict[str, Any]:
 
 def _errors(source: IO[str], who: Who, out: IO[str] | None) -> bool:
     """An ``.errors.txt`` without the lines naming the customer."""
-    needles = who.needles()
-    return _without_lines(source, out, lambda line: any(n in address_key(line) for n in needles))
+    return _without_lines(source, out, who.names)
 
 
 def _without_lines(source: IO[str], out: IO[str] | None, theirs: Callable[[str], bool]) -> bool:

@@ -256,3 +256,23 @@ def test_a_hard_link_kept_after_an_import_is_not_cleaned(engine: sa.Engine, tmp_
 
     assert erasure_files.drop_erased(engine, key, [link]) == 0
     assert link.stat().st_ino == target.stat().st_ino and target.read_bytes() == data
+
+
+def test_an_error_report_is_cleaned_of_the_id_as_written_not_of_another_case(
+    tmp_path: Path,
+) -> None:
+    """Customer ids are case-sensitive (``C1`` and ``c1`` are two customers): a refused
+    file's ``.errors.txt`` line naming ``'c1'`` went into ``C1``'s export and was removed
+    by ``C1``'s erasure, because the quoted ids were compared lower-cased, as addresses are."""
+    folder = tmp_path / "rejected"
+    folder.mkdir()
+    reasons = folder / "purchases-2.csv.errors.txt"
+    others = "line 2, column 'customer_id': 'c1' bought item 'i9' that is not in the catalogue\n"
+    theirs = "line 3, column 'customer_id': 'C1' bought item 'i9' that is not in the catalogue\n"
+    reasons.write_text(others + theirs)
+
+    found, unreadable = erasure_files.holding([folder], ["C1"], [])
+    assert (found, unreadable) == ({str(reasons): [theirs.rstrip("\n")]}, [])
+    done = erasure_files.scrub([folder], ["C1"], [])
+    assert (done.rewritten, done.failed) == ([reasons], [])
+    assert reasons.read_text() == others
