@@ -285,7 +285,11 @@ class _Erased:
         return bool(self.addresses) and any(a in address_key(line) for a in self.addresses)
 
     def in_send_key(self, key: str) -> bool:
-        return any(f"/{i}/" in key for i in self.ids)
+        """Whether the send key (``outbox.send_key``: ``campaign/customer/period``; neither
+        a campaign name nor a period holds ``/``, a customer id may) names one of them."""
+        _, _, rest = key.partition("/")
+        customer, slash, _ = rest.rpartition("/")
+        return bool(slash) and customer in self.ids
 
 
 # Reads a file's text (``source``) and says whether cleaning changes it. With ``out``, it

@@ -5,6 +5,7 @@ gzip bomb is refused while it is read, and a symbolic link is never followed."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import tracemalloc
 from collections.abc import Callable
@@ -276,3 +277,21 @@ def test_an_error_report_is_cleaned_of_the_id_as_written_not_of_another_case(
     done = erasure_files.scrub([folder], ["C1"], [])
     assert (done.rewritten, done.failed) == ([reasons], [])
     assert reasons.read_text() == others
+
+
+def test_a_message_is_theirs_by_the_customer_its_send_key_names_whole(tmp_path: Path) -> None:
+    """A send key is ``campaign/customer/period`` and customer ids may hold ``/``: the
+    stand-in ESP's message to customer ``a/c1`` (key ``winback/a/c1/2024-W10``) went into
+    ``c1``'s export and was removed by ``c1``'s erasure, as its key holds ``/c1/``."""
+    folder = tmp_path / "fake-esp"
+    folder.mkdir()
+    messages = folder / "messages.jsonl"
+    others = '{"To": "ann@example.test", "send_key": "winback/a/c1/2024-W10"}\n'
+    theirs = '{"To": "someone@example.test", "send_key": "winback/c1/2024-W10"}\n'
+    messages.write_text(others + theirs)
+
+    found, unreadable = erasure_files.holding([folder], [ERASED], [])
+    assert (found, unreadable) == ({str(messages): [json.loads(theirs)]}, [])
+    done = erasure_files.scrub([folder], [ERASED], [])
+    assert (done.rewritten, done.failed) == ([messages], [])
+    assert messages.read_text() == others
