@@ -72,6 +72,7 @@ from recocamp.clock import Clock
 from recocamp.errors import RecocampError, mask_addresses
 from recocamp.ratelimit import RateLimiter
 from recocamp.settings import Settings
+from recocamp.store import tombstones
 from recocamp.store.engine import (
     Engine,
     OperationalError,
@@ -167,6 +168,7 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
     app.add_exception_handler(ValidationError, _unprocessable)
     app.add_exception_handler(OperationalError, _busy)
     app.add_exception_handler(PoolTimeout, _busy)
+    app.add_exception_handler(tombstones.KeyUnknown, _keys_unknown)
     app.add_exception_handler(Exception, _crashed)
     app.state.service = service
     app.state.authenticator = auth
@@ -286,6 +288,15 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
 
 BUSY = "the store is busy or out of reach: send the request again later"
 BUSY_RETRY_S = 5
+
+
+async def _keys_unknown(request: Request, exc: Exception) -> JSONResponse:
+    """503 when a check of the erasure tombstones cannot be made because a key that made
+    them is not configured (a link's page, ``tombstones.void_link``): the fingerprints and
+    what to set, nothing about the person; the transaction rolled back."""
+    assert isinstance(exc, tombstones.KeyUnknown)
+    log.error("%s %s: %s", request.method, _template(request), exc.brief())
+    return JSONResponse({"detail": exc.brief()}, 503, headers=dict(api_pages.NO_STORE))
 
 
 async def _busy(request: Request, exc: Exception) -> JSONResponse:

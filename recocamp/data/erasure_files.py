@@ -24,7 +24,9 @@ is; one with something to clean is read again, cleaned into a new file beside it
 read, and renamed over it. A ``.gz`` file is decompressed as it is read, to a bounded size,
 and a line past ``LINE_MAX`` characters is not held: either makes the file unreadable
 (reported). Only regular files are read: a symbolic link is not followed (the drop folder
-sets links aside: their targets are not recocamp's), a pipe or device never opened.
+sets links aside: their targets are not recocamp's), nor a hard link (a file with more than
+one name, set aside unread by the drop folder for the same reason), a pipe or device never
+opened.
 
 Files that arrive after an erasure: the import skips the erased customer's rows, and
 :func:`drop_erased` cleans the copy the drop folder keeps (``processed_dir``,
@@ -129,7 +131,7 @@ class Who(Protocol):
 
     def is_id(self, value: str) -> bool: ...
 
-    def needles(self) -> list[str]: ...  # lower-case text naming them in an .errors.txt
+    def names(self, line: str) -> bool: ...  # a line of an .errors.txt names them
 
     def in_send_key(self, key: str) -> bool: ...  # an e-mail's send key names them
 
@@ -168,6 +170,7 @@ def drop_erased(
     import's ``ingest.max_gzip_ratio``): a gzip bomb set aside is read no further than the
     import read it. A store without tombstones reads no file: nobody it names can have
     been erased."""
+    paths = [path for path in paths if _regular(path)]  # a link set aside is not ours
     if not paths:
         return 0
     with engine.connect() as connection:
@@ -273,11 +276,20 @@ class _Erased:
     def is_id(self, value: str) -> bool:
         return _id_text(value) in self.ids
 
-    def needles(self) -> list[str]:
-        return [repr(i).lower() for i in sorted(self.ids)] + sorted(self.addresses)
+    def names(self, line: str) -> bool:
+        """Whether a line of an ``.errors.txt`` names them: an id quoted as the report
+        quotes values (``repr``), as written (ids are case-sensitive: ``'c1'`` is not
+        ``C1``'s), or an address in any case."""
+        if any(repr(i) in line for i in self.ids):
+            return True
+        return bool(self.addresses) and any(a in address_key(line) for a in self.addresses)
 
     def in_send_key(self, key: str) -> bool:
-        return any(f"/{i}/" in key for i in self.ids)
+        """Whether the send key (``outbox.send_key``: ``campaign/customer/period``; neither
+        a campaign name nor a period holds ``/``, a customer id may) names one of them."""
+        _, _, rest = key.partition("/")
+        customer, slash, _ = rest.rpartition("/")
+        return bool(slash) and customer in self.ids
 
 
 # Reads a file's text (``source``) and says whether cleaning changes it. With ``out``, it
@@ -286,9 +298,11 @@ Cleaner = Callable[[IO[str], Who, IO[str] | None], bool]
 
 
 def _files(directories: list[Path]) -> Iterator[Path]:
-    """The regular files under ``directories``, each once. A symbolic link is not followed
-    (a link set aside by the drop folder may point anywhere: its target is not recocamp's
-    to read, to export or to rewrite), nor is a folder, pipe or device read."""
+    """The regular files of one name under ``directories``, each once. A symbolic link is
+    not followed (a link set aside by the drop folder may point anywhere: its target is not
+    recocamp's to read, to export or to rewrite), nor is a hard link read (a file with more
+    than one name: the drop folder sets it aside unread, for the same reason), nor a folder,
+    pipe or device."""
     seen: set[Path] = set()
     for directory in directories:
         if not directory.is_dir():
@@ -300,10 +314,12 @@ def _files(directories: list[Path]) -> Iterator[Path]:
 
 
 def _regular(path: Path) -> bool:
+    """A regular file of one name (the drop folder's rule: ``st_nlink`` > 1 is not ours)."""
     try:
-        return stat.S_ISREG(path.lstat().st_mode)
+        found = path.lstat()
     except OSError:
         return False
+    return stat.S_ISREG(found.st_mode) and found.st_nlink == 1
 
 
 def _scrub_file(path: Path, who: Who, max_ratio: int = GZIP_RATIO_LIMIT) -> bool:
@@ -322,8 +338,9 @@ def _opened(path: Path, max_ratio: int = GZIP_RATIO_LIMIT) -> Iterator[IO[str]]:
     """A file's text as a stream (UTF-8, line ends as they are); a ``.gz`` file decompressed
     as it is read, to at most ``max_ratio`` times its size (or ``GZIP_FLOOR``), as the import
     reads it: past that, ``FileTooLarge``, never the whole of a gzip bomb in memory. Opened without
-    following a symbolic link and without waiting on a pipe: only a regular file is read."""
-    source = raw = sources.open_bytes(path, follow_links=False)
+    following a symbolic link and without waiting on a pipe: only a regular file of one name
+    is read (a link swapped in after :func:`_regular` looked is refused, OSError)."""
+    source = raw = sources.open_bytes(path, follow_links=False, one_name=True)
     try:
         if path.name.lower().endswith(".gz"):
             source = sources.inflated(raw, max_ratio)  # closing it closes the file
@@ -498,9 +515,7 @@ def holding(
 
 def _held(name: str, source: IO[str], who: Who) -> list[Any]:
     if name.endswith(".errors.txt"):
-        needles = who.needles()
-        lines = _split(source, keepends=False)
-        return [line for line in lines if any(n in address_key(line) for n in needles)]
+        return [line for line in _split(source, keepends=False) if who.names(line)]
     if name.endswith(".jsonl"):
         return [record for record in _messages(source) if _to_them(record, who)]
     rows = csv.reader(_lines(source))
@@ -539,8 +554,7 @@ def _message(line: str) -> dict[str, Any]:
 
 def _errors(source: IO[str], who: Who, out: IO[str] | None) -> bool:
     """An ``.errors.txt`` without the lines naming the customer."""
-    needles = who.needles()
-    return _without_lines(source, out, lambda line: any(n in address_key(line) for n in needles))
+    return _without_lines(source, out, who.names)
 
 
 def _without_lines(source: IO[str], out: IO[str] | None, theirs: Callable[[str], bool]) -> bool:

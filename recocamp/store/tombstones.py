@@ -202,7 +202,13 @@ def void_link(
     :func:`matches`. Tokens keep whole seconds: a link of the erasure's second is void. A
     link stamped up to ``domain.CLOCK_SKEW`` after the erasure is void too: ``tokens.verify``
     accepts a stamp that far ahead of its own clock, so a sender whose clock runs fast could
-    have signed it before the erasure (the new record's own links of those minutes with it)."""
+    have signed it before the erasure (the new record's own links of those minutes with it).
+
+    A link found not void is checked against the keys recorded (``tombstone_keys``): while a
+    key that made an erasure is neither the signing key nor a retired one, the id's erasure
+    under it cannot be found, and an older key's link (a rotation rolled back) would act on
+    the record signed up since; :class:`KeyUnknown` then, as every check raises it — also
+    once every tombstone is lifted, since the erasure times outlive them."""
     serialise(connection, erasing=False, writing=writing)
     hashes = _id_hashes(key, customer_id)
     stone = sa.select(tombstones.c.id_hash).where(tombstones.c.id_hash.in_(hashes))
@@ -211,7 +217,13 @@ def void_link(
     last = connection.execute(
         sa.select(sa.func.max(id_erasures.c.erased_at)).where(id_erasures.c.id_hash.in_(hashes))
     ).scalar_one_or_none()
-    return last is not None and issued_at <= last + CLOCK_SKEW
+    if last is not None and issued_at <= last + CLOCK_SKEW:
+        return True
+    recorded = set(connection.execute(sa.select(tombstone_keys.c.key_id)).scalars())
+    missing = sorted(recorded - {tokens.key_fingerprint(k) for k in _all(key)})
+    if missing:
+        raise KeyUnknown("a link's check for an erasure since it was issued", missing)
+    return False
 
 
 def serialise(connection: sa.Connection, *, erasing: bool, writing: bool = True) -> None:

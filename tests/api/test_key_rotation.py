@@ -274,3 +274,43 @@ def test_an_empty_demo_key_file_is_refused_naming_it(tmp_path: Path) -> None:
     (tmp_path / "signing.key").unlink()
     made = demo_settings(Settings(), "http://127.0.0.1:1", tmp_path).signing_key_bytes()
     assert made is not None and len(made) >= 32
+
+
+def test_an_erased_records_old_link_stays_void_when_the_erasures_key_is_dropped(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Erased under the new key, signed up again (no tombstone left), then the new key
+    dropped and the old one signing again (a rotation rolled back): the erased record's
+    preferences link, signed under the old key before the erasure, opened the new
+    record's page, its data and its erase button. void_link looked for the id's erasure
+    under the keys configured only; it now refuses, as every check does, while a key that
+    made a tombstone is missing (503, nothing shown, nothing written)."""
+    settings = settings_for(tmp_path)
+    app = app_of(engine, settings)
+    assert put(app, "e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    at = NOW - timedelta(days=3)
+    tag = tokens.mailbox_tag(OLD.encode(), "e@example.test")
+    preferences = tokens.sign(OLD.encode(), "e1", "winback", "preferences", at, mailbox=tag)
+    app = app_of(engine, rotated(settings))
+    assert call(app, "DELETE", "/v1/privacy/customers/e1", headers=bearer("dpo")).status == 200
+    later = NOW + timedelta(days=1)
+    again = create_app(rotated(settings), engine, FixedClock(later))
+    fresh = {"consent_basis": "double_opt_in", "consent_at": later.isoformat()}
+    body = {"source": "signup", "email": "e@example.test", "new_sign_up": True, **fresh}
+    assert put(again, "e1", body).status == 200
+    with engine.connect() as connection:
+        assert tombstones_store.count(connection) == 0
+
+    rolled_back = create_app(settings, engine, FixedClock(later))
+    for method, path in (
+        ("GET", f"/p/{preferences}?lang=en"),
+        ("GET", f"/p/{preferences}/data.json"),
+    ):
+        reply = call(rolled_back, method, path)
+        assert reply.status == 503, (path, reply.status)
+        assert "e@example.test" not in reply.text
+    reply = call(
+        rolled_back, "POST", f"/p/{preferences}?lang=en", data={"action": "erase", "confirm": "on"}
+    )
+    assert reply.status == 503
+    assert person(engine, "e1").erased_at is None

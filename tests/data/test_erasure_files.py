@@ -5,6 +5,7 @@ gzip bomb is refused while it is read, and a symbolic link is never followed."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import tracemalloc
 from collections.abc import Callable
@@ -223,3 +224,74 @@ def test_a_file_that_opens_with_a_byte_order_mark_is_cleaned_of_its_first_column
     data = path.read_bytes()
     cleaned = gzip.decompress(data) if name.endswith(".gz") else data
     assert cleaned.decode() == "\ufeffcustomer_id,order_id,item_id\r\n,o1,i1\r\nc2,o2,i2\r\n"
+
+
+def test_a_hard_link_among_the_kept_files_is_neither_read_nor_rewritten(tmp_path: Path) -> None:
+    """A hard link set aside by the drop folder (``rejected/purchases-9.csv``, a second name
+    of a file elsewhere): the drop folder never read it, so its rows are not recocamp's. They
+    went into the customer's export, and the scrub and ``drop_erased`` replaced the link by a
+    cleaned copy (the other name kept every row, now also copied into ``rejected/``)."""
+    target = tmp_path / "elsewhere.csv"
+    kept_orders(target, 3, {1})
+    data = target.read_bytes()
+    folder = tmp_path / "rejected"
+    folder.mkdir()
+    link = folder / "purchases-9.csv"
+    os.link(target, link)
+
+    assert erasure_files.holding([folder], [ERASED], [ADDRESS]) == ({}, [])
+    done = erasure_files.scrub([folder], [ERASED], [ADDRESS])
+    assert (done.rewritten, done.failed) == ([], [])
+    assert link.stat().st_ino == target.stat().st_ino and target.read_bytes() == data
+
+
+def test_a_hard_link_kept_after_an_import_is_not_cleaned(engine: sa.Engine, tmp_path: Path) -> None:
+    """drop_erased reads only files of one name: a hard link set aside is not read."""
+    key = erased(engine, tmp_path)
+    target = tmp_path / "elsewhere.csv"
+    kept_orders(target, 3, {1})
+    data = target.read_bytes()
+    link = tmp_path / "rejected" / "purchases-9.csv"
+    link.parent.mkdir()
+    os.link(target, link)
+
+    assert erasure_files.drop_erased(engine, key, [link]) == 0
+    assert link.stat().st_ino == target.stat().st_ino and target.read_bytes() == data
+
+
+def test_an_error_report_is_cleaned_of_the_id_as_written_not_of_another_case(
+    tmp_path: Path,
+) -> None:
+    """Customer ids are case-sensitive (``C1`` and ``c1`` are two customers): a refused
+    file's ``.errors.txt`` line naming ``'c1'`` went into ``C1``'s export and was removed
+    by ``C1``'s erasure, because the quoted ids were compared lower-cased, as addresses are."""
+    folder = tmp_path / "rejected"
+    folder.mkdir()
+    reasons = folder / "purchases-2.csv.errors.txt"
+    others = "line 2, column 'customer_id': 'c1' bought item 'i9' that is not in the catalogue\n"
+    theirs = "line 3, column 'customer_id': 'C1' bought item 'i9' that is not in the catalogue\n"
+    reasons.write_text(others + theirs)
+
+    found, unreadable = erasure_files.holding([folder], ["C1"], [])
+    assert (found, unreadable) == ({str(reasons): [theirs.rstrip("\n")]}, [])
+    done = erasure_files.scrub([folder], ["C1"], [])
+    assert (done.rewritten, done.failed) == ([reasons], [])
+    assert reasons.read_text() == others
+
+
+def test_a_message_is_theirs_by_the_customer_its_send_key_names_whole(tmp_path: Path) -> None:
+    """A send key is ``campaign/customer/period`` and customer ids may hold ``/``: the
+    stand-in ESP's message to customer ``a/c1`` (key ``winback/a/c1/2024-W10``) went into
+    ``c1``'s export and was removed by ``c1``'s erasure, as its key holds ``/c1/``."""
+    folder = tmp_path / "fake-esp"
+    folder.mkdir()
+    messages = folder / "messages.jsonl"
+    others = '{"To": "ann@example.test", "send_key": "winback/a/c1/2024-W10"}\n'
+    theirs = '{"To": "someone@example.test", "send_key": "winback/c1/2024-W10"}\n'
+    messages.write_text(others + theirs)
+
+    found, unreadable = erasure_files.holding([folder], [ERASED], [])
+    assert (found, unreadable) == ({str(messages): [json.loads(theirs)]}, [])
+    done = erasure_files.scrub([folder], [ERASED], [])
+    assert (done.rewritten, done.failed) == ([messages], [])
+    assert messages.read_text() == others
