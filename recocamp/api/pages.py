@@ -221,14 +221,30 @@ class Pages:
         lang = self.lang(request, None)
         return self.page(lang, "error_page", pages.TEXTS[lang][error.key], error.status)
 
-    def erased(self, connection: Connection, found: tokens.Claims, *, writing: bool) -> bool:
+    def erased(
+        self,
+        connection: Connection,
+        found: tokens.Claims,
+        *,
+        writing: bool,
+        unsubscribing: bool = False,
+    ) -> bool:
         """Whether a (verified) link is void: its customer was erased since it was issued
         (``tombstones.void_link``); ``writing``: the caller writes next, in this transaction
-        (``tombstones.serialise``)."""
+        (``tombstones.serialise``). While a key that made an erasure is not configured, the
+        check cannot be made (``KeyUnknown``, 503), but an unsubscribe link still acts
+        (``unsubscribing``): an unsubscribe is owed at any time, and at worst it stops mail to
+        a record signed up again under the erased id; every other link opens data."""
         assert self.keys is not None  # verify() answered 503 without it
-        return tombstones.void_link(
-            connection, self.keys, found.customer_id, found.issued_at, writing=writing
-        )
+        try:
+            return tombstones.void_link(
+                connection, self.keys, found.customer_id, found.issued_at, writing=writing
+            )
+        except tombstones.KeyUnknown as exc:
+            if not unsubscribing:
+                raise
+            log.warning("unsubscribe link taken although %s", exc.brief())
+            return False
 
     def unknown(self, request: Request) -> HTMLResponse:
         """The answer to a valid link of a customer we do not hold: nothing is recorded."""
@@ -247,7 +263,7 @@ class Pages:
         except LinkError as error:
             return self.failed(request, error)
         with self.engine.connect() as connection:
-            if self.erased(connection, found, writing=False):
+            if self.erased(connection, found, writing=False, unsubscribing=True):
                 return self.gone(request)
             if not store.exists(connection, found.customer_id):
                 return self.unknown(request)
@@ -263,7 +279,7 @@ class Pages:
         except LinkError as error:
             return self.failed(request, error)
         with self.engine.begin() as connection:
-            if self.erased(connection, found, writing=True):
+            if self.erased(connection, found, writing=True, unsubscribing=True):
                 return self.gone(request)
             if not store.exists(connection, found.customer_id):
                 return self.unknown(request)

@@ -314,3 +314,26 @@ def test_an_erased_records_old_link_stays_void_when_the_erasures_key_is_dropped(
     )
     assert reply.status == 503
     assert person(engine, "e1").erased_at is None
+
+
+def test_an_unsubscribe_link_still_acts_while_the_erasures_key_is_missing(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The same rolled-back rotation: every other link of the erased record answers 503
+    until the key is back, but an unsubscribe is owed at any time (UWG §7(3) no. 4) and its
+    worst is to stop mail to the record signed up again under the id."""
+    settings = settings_for(tmp_path)
+    app = app_of(engine, settings)
+    assert put(app, "e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    unsubscribe = tokens.sign(OLD.encode(), "e1", "winback", "unsubscribe", NOW)
+    app = app_of(engine, rotated(settings))
+    assert call(app, "DELETE", "/v1/privacy/customers/e1", headers=bearer("dpo")).status == 200
+    later = NOW + timedelta(days=1)
+    again = create_app(rotated(settings), engine, FixedClock(later))
+    fresh = {"consent_basis": "double_opt_in", "consent_at": later.isoformat()}
+    body = {"source": "signup", "email": "e@example.test", "new_sign_up": True, **fresh}
+    assert put(again, "e1", body).status == 200
+    rolled_back = create_app(settings, engine, FixedClock(later + timedelta(hours=1)))
+    assert call(rolled_back, "GET", f"/u/{unsubscribe}?lang=en").status == 200
+    assert call(rolled_back, "POST", f"/u/{unsubscribe}").status == 200
+    assert person(engine, "e1").unsubscribed_at is not None
