@@ -221,25 +221,46 @@ def verify(
     an erasure made before its time (links issued before the erasure are void, see
     ``store.tombstones.void_link``). ``max_age_days=None``: no age limit (unsubscribe)."""
     try:
-        data = json.loads(_opened(key, token))
-    except (ValueError, TypeError):
+        found = _read(json.loads(_opened(key, token)))
+    except (ValueError, TypeError, OverflowError):
         raise TokenError("malformed token") from None
-    issued = datetime.fromtimestamp(int(data["i"]), UTC)
-    if data["p"] != purpose:
+    if found.purpose != purpose:
         raise TokenError("token issued for another purpose")
-    if max_age_days is not None and (now - issued).days > max_age_days:
+    if max_age_days is not None and (now - found.issued_at).days > max_age_days:
         raise TokenError("token expired")
-    if issued > now + CLOCK_SKEW:  # clocks differ by seconds, not more
+    if found.issued_at > now + CLOCK_SKEW:  # clocks differ by seconds, not more
         raise TokenError("token issued in the future")
-    survey, mailbox = data.get("s"), data.get("m")
-    return Claims(
-        str(data["c"]),
-        str(data["k"]),
-        str(data["p"]),
-        issued,
-        None if survey is None else str(survey),
-        None if mailbox is None else str(mailbox),
-    )
+    return found
+
+
+CLAIM_MAX = 200  # characters of a text claim: ids are 64 at most, a survey a campaign and a day
+
+
+def _read(data: object) -> Claims:
+    """The claims of an opened token as :func:`sign` writes them (ValueError, TypeError or
+    OverflowError otherwise): an object whose customer, campaign and purpose are texts of
+    at most :data:`CLAIM_MAX` characters, whose survey and mailbox are such texts or
+    absent, and whose time is a whole number of seconds on the calendar. A seal that opens
+    proves who made it, not what they wrote: a retired key is weak or known, and its
+    holder's unsubscribe links still pass (``api.pages``). Claims of another shape were
+    read past the token's check: a 500 for a missing time or customer, a time past the
+    calendar, claims that are a list; a campaign of any length stored with the unsubscribe."""
+    if not isinstance(data, dict):
+        raise TypeError("the claims are not an object")
+    texts = [data.get("c"), data.get("k"), data.get("p")]
+    optional = [data.get("s"), data.get("m")]
+    if not all(_text(text) for text in (*texts, *(o for o in optional if o is not None))):
+        raise ValueError(f"a claim is missing or not a text of at most {CLAIM_MAX} characters")
+    stamp = data.get("i")
+    if not isinstance(stamp, int) or isinstance(stamp, bool):
+        raise TypeError("the time is missing or not a whole number")
+    customer, campaign, purpose = map(str, texts)
+    survey, mailbox = (None if text is None else str(text) for text in optional)
+    return Claims(customer, campaign, purpose, datetime.fromtimestamp(stamp, UTC), survey, mailbox)
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= CLAIM_MAX
 
 
 def verify_any(

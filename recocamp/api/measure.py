@@ -38,6 +38,7 @@ from recocamp import tokens
 from recocamp.api import bodies, forms
 from recocamp.clock import Clock
 from recocamp.domain import LOCALES, read_json, text_problem
+from recocamp.errors import mask_addresses
 from recocamp.measure import jobs as measure_jobs
 from recocamp.measure.report import PAGES
 from recocamp.settings import Settings
@@ -123,9 +124,13 @@ ANSWER_BODY: dict[str, Any] = {
 
 class Refused(Exception):
     """An answer that cannot be recorded: HTTP status and a message for a person;
-    ``customer_id`` where the link is genuine, so its page is in the customer's language."""
+    ``customer_id`` where the link is genuine, so its page is in the customer's language.
+    The message is the error body, JSON or the page, which this router writes itself (the
+    app's handler of ``HTTPException`` never sees it): any address in it is masked, as that
+    handler masks one (a body naming a key twice is quoted with it)."""
 
     def __init__(self, status: int, message: str, customer_id: str | None = None) -> None:
+        message = mask_addresses(message)
         super().__init__(message)
         self.status, self.message, self.customer_id = status, message, customer_id
 

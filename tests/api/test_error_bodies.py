@@ -127,3 +127,17 @@ def test_an_unexpected_error_is_a_500_in_the_apis_shape(
     assert reply.status == 500
     assert reply.headers["content-type"] == "application/json"
     assert reply.json() == {"detail": "internal error: the server's log says more"}
+
+
+def test_a_feedback_answer_naming_an_address_twice_gets_it_masked(
+    engine: sa.Engine, tmp_path: Path, closing: Closing
+) -> None:
+    """``POST /v1/feedback`` writes its refusals itself (JSON or the page), past the app's
+    handler that masks every ``HTTPException``: a JSON answer naming a key twice got the
+    key quoted back as sent, an address too, where the event routes say ``'<address>'``."""
+    app = closing(make_app(engine, tmp_path))
+    twice = f'{{"token": "t", "score": 3, "{ADDRESS}": 1, "{ADDRESS}": 2}}'.encode()
+    headers = {"content-type": "application/json"}
+    reply = call(app, "POST", "/v1/feedback", content=twice, headers=headers)
+    assert reply.status == 400
+    assert reply.json() == {"detail": "the body's JSON has the key '<address>' twice in one object"}

@@ -27,7 +27,7 @@ from recocamp.data.ingest import Importer
 from recocamp.settings import Settings
 from recocamp.store import tombstones as tombstones_store
 from recocamp.store.schema import contact_events, customers, tombstones
-from tests.api_shop import NOW, SIGNING_KEY, Reply, bearer, call, settings_for
+from tests.api_shop import NOW, SIGNING_KEY, Reply, answered, bearer, call, settings_for
 from tests.conftest import write_csv
 from tests.token_forms import v1_token
 
@@ -337,3 +337,40 @@ def test_an_unsubscribe_link_still_acts_while_the_erasures_key_is_missing(
     assert call(rolled_back, "GET", f"/u/{unsubscribe}?lang=en").status == 200
     assert call(rolled_back, "POST", f"/u/{unsubscribe}").status == 200
     assert person(engine, "e1").unsubscribed_at is not None
+
+
+AT = int((NOW - timedelta(days=3)).timestamp())  # a time the links below may carry
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"c": "e1", "k": "winback", "p": "unsubscribe"},  # no time
+        {"c": "e1", "k": "winback", "p": "unsubscribe", "i": "soon"},
+        {"c": "e1", "k": "winback", "p": "unsubscribe", "i": 10**20},  # past any datetime
+        {"c": "e1", "k": "winback", "p": "unsubscribe", "i": 1e400},  # JSON's 1e400: infinity
+        {"k": "winback", "p": "unsubscribe", "i": AT},  # no customer
+        {"c": ["e1"], "k": "winback", "p": "unsubscribe", "i": AT},
+        {"c": "e1", "k": "w" * 5000, "p": "unsubscribe", "i": AT},
+        ["e1", "winback", "unsubscribe"],
+    ],
+)
+def test_a_retired_keys_link_with_claims_of_the_wrong_shape_is_refused_not_a_500(
+    engine: sa.Engine, tmp_path: Path, claims: Any
+) -> None:
+    """A retired key is weak or known: whoever holds it seals any claims they like, and the
+    pages still open its unsubscribe links. Claims that no ``tokens.sign`` writes (a missing
+    or non-numeric time, a time past the calendar, a customer that is no text, claims that
+    are a list) were read outside the token's check: a 500, or a 5,000-character campaign
+    stored with the unsubscribe. Now 400, and nothing written."""
+    settings = settings_for(tmp_path)
+    app = app_of(engine, settings)
+    assert put(app, "e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    app = app_of(engine, rotated(settings))
+    for method in ("GET", "POST"):
+        reply = answered(app, method, f"/u/{v1_token(OLD.encode(), claims)}")
+        assert reply.status == 400, (method, reply.text)
+        assert reply.headers["cache-control"] == "no-store"
+    assert person(engine, "e1").unsubscribed_at is None
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(contact_events)).first() is None
