@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from recocamp.campaigns.caps import CapPolicy
-from recocamp.campaigns.check import Catalogue, catalogue_problems
+from recocamp.campaigns.check import Catalogue, campaign_problems, catalogue_problems
 from recocamp.campaigns.files import Campaign, load_all
 from recocamp.campaigns.planner import Context, CustomerView, offers_for
 from recocamp.campaigns.segments import History
@@ -589,3 +589,35 @@ def test_hidden_files_beside_the_campaigns_are_not_campaign_files(tmp_path: Path
     (tmp_path / ".#good.toml").write_text("being edited", encoding="utf-8")
     campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
     assert failures == [] and [c.name for c in campaigns] == ["good"]
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "{{ offers[0].title }} is waiting",
+        "{{ offers|length }} picks for you",
+        "{% set o = offers|first %}{{ o.title }}",
+        'Picked: {% include "_offers.txt" %}',  # an included template reading them
+    ],
+)
+def test_a_subject_naming_the_offers_is_refused_at_its_line(tmp_path: Path, subject: str) -> None:
+    """A subject is rendered when the run queues the e-mail; an e-mail deferred to the end
+    of quiet hours (or retried) has the offers its customer bought meanwhile left out of its
+    body when it goes out (``outbox._without_bought``), not out of its subject: "Your
+    Bauble is waiting" reached them over a body without the Bauble they had just bought."""
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    text = GOOD.format(name="named").replace('en = "Hi"', f"en = {subject!r}")
+    (campaigns / "named.toml").write_text(text, encoding="utf-8")
+    good, failures = campaign_problems(Settings(), campaigns, ROOT / "templates")
+    assert good == [] and len(failures) == 1
+    message = str(failures[0])
+    assert "key 'template.subject.en'" in message and "line 18" in message, message
+    assert "reads the offers" in message and f"(value: {subject!r})" in message, message
+
+
+def test_a_subject_without_the_offers_passes(tmp_path: Path) -> None:
+    text = GOOD.format(name="fine").replace('en = "Hi"', "en = '{{ customer.first_name }}!'")
+    (tmp_path / "fine.toml").write_text(text, encoding="utf-8")
+    campaigns, failures = campaign_problems(Settings(), tmp_path, ROOT / "templates")
+    assert failures == [] and [c.name for c in campaigns] == ["fine"]
