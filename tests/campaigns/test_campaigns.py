@@ -645,3 +645,26 @@ def test_every_unknown_category_is_reported_and_only_the_first_get_suggestions()
     assert "did you mean" not in found[20].message
     assert "not compared" in found[20].message and "first 20" in found[20].message
     assert spent < 5, spent  # 40,000 comparisons took 50 s here
+
+
+def test_a_template_without_the_unsubscribe_link_in_one_language_is_warned_of(
+    tmp_path: Path,
+) -> None:
+    """``check`` looked for the unsubscribe link in the English sample alone: a template
+    printing it only in its English branch passed, and every German customer got a
+    marketing e-mail with no way to opt out in its body."""
+    import shutil
+
+    from recocamp.campaigns.check import opt_out_problems
+
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    page = '{% if locale == "en" %}Stop: {{ unsubscribe_url }}{% else %}Hallo{% endif %}\n'
+    for suffix in ("html", "txt"):
+        (templates / f"promo.{suffix}").write_text(page, encoding="utf-8")
+    text = GOOD.format(name="promo").replace("winback.", "promo.")
+    found = opt_out_problems(Campaign(**tomllib.loads(text)), templates)
+    assert [name for name, _ in found] == ["promo.html", "promo.txt"]
+    assert all("in 'de'" in p.message and "'en'" not in p.message for _, p in found), found
+    text = GOOD.format(name="fine")  # winback's templates extend the layouts, which print it
+    assert opt_out_problems(Campaign(**tomllib.loads(text)), templates) == []
