@@ -16,7 +16,9 @@ plain dicts in this key order keep that JSON byte for byte, also for rows queued
 
 from __future__ import annotations
 
+import decimal
 import functools
+import math
 import types
 from collections.abc import Iterator, Mapping
 from typing import (
@@ -285,10 +287,17 @@ def money(amount: float, currency: str, locale: str = FALLBACK_LOCALE) -> str:
 
 def number(value: float, locale: str = FALLBACK_LOCALE) -> str:
     """A count or a share as ``locale``'s language writes it (CLDR, through Babel): 12,300
-    and 12.5 in English, 12.300 and 12,5 in German; at most three decimals."""
+    and 12.5 in English, 12.300 and 12,5 in German; at most three decimals. Babel rounds
+    in the thread's decimal context, 28 digits by default: a number of 25 digits or more
+    raised ``InvalidOperation``; it gets the digits it needs (a template's numbers are
+    bounded, ``[templates] max_int_bits``, and a float has at most 309 digits)."""
     from babel.numbers import format_decimal  # imported when a number is first written
 
-    return format_decimal(value, locale=locale)
+    finite = isinstance(value, int) or math.isfinite(value)  # an int past a float's range too
+    digits = len(str(int(abs(value)))) if finite else 0
+    with decimal.localcontext() as context:
+        context.prec = max(context.prec, digits + 10)
+        return format_decimal(value, locale=locale)
 
 
 @pass_context

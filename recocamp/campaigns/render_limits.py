@@ -574,7 +574,10 @@ class LimitedEnvironment(SandboxedEnvironment):
     def _finalize(self, value: Any) -> Any:
         """Every ``{{ … }}`` before it is turned into text: printed into the output or a
         block, it counts as made (escaping copies it). Inline: it runs for every value of
-        every e-mail."""
+        every e-mail. None prints as nothing, not as "None": the context's keys that may be
+        none (``customer.first_name``) mailed "Hi None" to each customer without a name."""
+        if value is None:
+            return ""
         bound = self.limits.max_output_chars
         size = len(value) if isinstance(value, str) else size_of(value, bound)
         if size > bound:

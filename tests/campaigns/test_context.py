@@ -227,6 +227,18 @@ def test_the_number_filter_writes_counts_and_shares_in_the_emails_language() -> 
         renderer.subject("{{ customer.first_name|number }}", sample_context())
 
 
+def test_the_number_filter_writes_numbers_past_decimals_default_precision() -> None:
+    """Babel rounds in Python's decimal context (28 digits): ``{{ x|number }}`` of a number
+    of 25 digits or more (10 ** 25, 1e25) failed with "InvalidOperation:
+    [<class 'decimal.InvalidOperation'>]", an error naming neither value nor reason."""
+    renderer = Renderer(TEMPLATES)
+    written = "{{ (10 ** 30)|number }} {{ 1e25|number }}"
+    written_de = "1.000.000.000.000.000.000.000.000.000.000 10.000.000.000.000.000.000.000.000"
+    assert renderer.subject(written, sample_context("de")) == written_de
+    line = renderer.subject("{{ (2 ** 2000)|number }}", sample_context("en"))
+    assert line.replace(",", "") == str(2**2000)  # every digit, none rounded away
+
+
 def test_a_row_queued_by_the_old_code_still_renders() -> None:
     deferred = outbox.load_body(OLD_WINBACK_ROW)["template"]
     html, text = Renderer(TEMPLATES).body(deferred["html"], deferred["text"], deferred["context"])

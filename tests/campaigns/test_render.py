@@ -1019,6 +1019,25 @@ def test_a_subject_that_renders_empty_is_an_error() -> None:
             renderer.subject(subject, context)
 
 
+def test_a_none_prints_as_nothing_not_as_the_word_none() -> None:
+    """A customer without a first name has ``first_name`` none: ``Hi {{ customer.first_name
+    }}`` passed ``check`` (the sample is Anna) and mailed "Hi None" to each of them, and a
+    subject of their name alone went out as "None", though README says it is that
+    customer's render error. None prints as nothing (the subject is then empty: an error)."""
+    renderer = Renderer(TEMPLATES)
+    customer = {**sample_context()["customer"], "first_name": None}
+    nameless = {**sample_context(), "customer": customer}
+    assert renderer.subject("Hi {{ customer.first_name }}!", nameless) == "Hi !"
+    with pytest.raises(TemplateLimitError, match="the subject is empty"):
+        renderer.subject("{{ customer.first_name }}", nameless)
+    _, text = renderer.body("winback.html", "winback.txt", nameless)
+    assert "None" not in text
+    html = renderer.exact.from_string("<p>{{ offers[0].discounted_price }}{{ none }}</p>")
+    html.name = "x.html"
+    offer = {**sample_context()["offers"][0], "discounted_price": None}
+    assert renderer.exact.render(html, {**nameless, "offers": [offer]}) == "<p></p>"
+
+
 def test_a_subject_too_long_is_named_by_its_template_not_by_a_customers_data() -> None:
     """The error goes to the worker's log and the run's report: it quotes the subject's
     template, which is what to shorten, never the rendered line with a customer's address."""
