@@ -869,31 +869,13 @@ def check_subject(
     """A problem with a subject line template, or None (``sources``: see check_template)."""
     try:
         renderer = Renderer(directory, sources, limits)
-        parsed = renderer.env.parse(subject)
-        static = _compiled_contract(renderer.env, (subject, parsed), SUBJECT)
+        static = _compiled_contract(renderer.env, (subject, renderer.env.parse(subject)), SUBJECT)
         if static:
             return str(static[0])
-        if _reads_offers(renderer.env, parsed):
-            return str(Problem(OFFERS_IN_SUBJECT, key=SUBJECT, line=_line(subject, "offers")))
         renderer.subject(subject, sample)
     except Exception as exc:  # a problem to list, not a crash
         return str(render_problem(exc, SUBJECT))
     return None
-
-
-OFFERS_IN_SUBJECT = (
-    "reads the offers (offers): a subject is rendered when the run queues the e-mail, and "
-    "the offers its customer buys before it goes out (at the end of quiet hours, on a retry) "
-    "are left out of its body, not of its subject; name the offers in the body"
-)
-
-
-def _reads_offers(env: Environment, parsed: nodes.Template) -> bool:
-    """Whether a subject reads ``offers``, itself or through a template it includes or
-    imports: the deliverer re-renders the body with the offers still unbought
-    (``store.outbox``), the subject stays as the run rendered it."""
-    trees = [parsed, *(tree for _, tree in _referenced(env, parsed)[0].values())]
-    return any("offers" in meta.find_undeclared_variables(tree) for tree in trees)
 
 
 def _line(source: str, variable: str) -> int | None:

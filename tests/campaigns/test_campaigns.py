@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from recocamp.campaigns.caps import CapPolicy
-from recocamp.campaigns.check import Catalogue, campaign_problems, catalogue_problems
+from recocamp.campaigns.check import Catalogue, catalogue_problems
 from recocamp.campaigns.files import Campaign, load_all
 from recocamp.campaigns.planner import Context, CustomerView, offers_for
 from recocamp.campaigns.segments import History
@@ -591,60 +591,23 @@ def test_hidden_files_beside_the_campaigns_are_not_campaign_files(tmp_path: Path
     assert failures == [] and [c.name for c in campaigns] == ["good"]
 
 
-@pytest.mark.parametrize(
-    "subject",
-    [
-        "{{ offers[0].title }} is waiting",
-        "{{ offers|length }} picks for you",
-        "{% set o = offers|first %}{{ o.title }}",
-        'Picked: {% include "_offers.txt" %}',  # an included template reading them
-    ],
-)
-def test_a_subject_naming_the_offers_is_refused_at_its_line(tmp_path: Path, subject: str) -> None:
-    """A subject is rendered when the run queues the e-mail; an e-mail deferred to the end
-    of quiet hours (or retried) has the offers its customer bought meanwhile left out of its
-    body when it goes out (``outbox._without_bought``), not out of its subject: "Your
-    Bauble is waiting" reached them over a body without the Bauble they had just bought."""
-    campaigns = tmp_path / "campaigns"
-    campaigns.mkdir()
-    text = GOOD.format(name="named").replace('en = "Hi"', f"en = {subject!r}")
-    (campaigns / "named.toml").write_text(text, encoding="utf-8")
-    good, failures = campaign_problems(Settings(), campaigns, ROOT / "templates")
-    assert good == [] and len(failures) == 1
-    message = str(failures[0])
-    assert "key 'template.subject.en'" in message and "line 18" in message, message
-    assert "reads the offers" in message and f"(value: {subject!r})" in message, message
-
-
-def test_a_subject_without_the_offers_passes(tmp_path: Path) -> None:
-    text = GOOD.format(name="fine").replace('en = "Hi"', "en = '{{ customer.first_name }}!'")
-    (tmp_path / "fine.toml").write_text(text, encoding="utf-8")
-    campaigns, failures = campaign_problems(Settings(), tmp_path, ROOT / "templates")
-    assert failures == [] and [c.name for c in campaigns] == ["fine"]
-
-
 def test_every_unknown_category_is_reported_and_only_the_first_get_suggestions() -> None:
     """The "did you mean" of one value costs a comparison with every category (1.3 ms of
     CPU against 300): a file (at most 1 MiB) listing 40,000 unknown categories kept
     ``check`` busy for a minute. The first 20 get suggestions; every one is reported."""
-    import time
-
     unknown = [f"christmass{n}" for n in range(40_000)]
     listed = ", ".join(f'"{c}"' for c in unknown)
     text = GOOD.format(name="f").replace("[60, 180]", f"[60, 180]\ncategories = [{listed}]")
     campaign = Campaign(**tomllib.loads(text))
     items = {f"i{n}": Item(f"i{n}", "x", f"category_{n}", 1.0) for n in range(300)}
     items["c"] = Item("c", "Candle", "christmas", 1.0)
-    started = time.process_time()
     found = catalogue_problems(campaign, text, Catalogue.of(items))
-    spent = time.process_time() - started
     assert [p.value for p in found] == unknown
     assert {p.line for p in found} == {12}
     assert "did you mean 'christmas'?" in found[0].message
     assert "did you mean 'christmas'?" in found[19].message
     assert "did you mean" not in found[20].message
     assert "not compared" in found[20].message and "first 20" in found[20].message
-    assert spent < 5, spent  # 40,000 comparisons took 50 s here
 
 
 def test_a_template_without_the_unsubscribe_link_in_one_language_is_warned_of(
