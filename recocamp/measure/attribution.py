@@ -1,10 +1,11 @@
 """Campaign measurement, pure: touches and orders in, attribution and uplift out.
 
-**Touches.** A *treated* touch is an e-mail the provider accepted; a *holdout* touch is a
-holdout decision: that customer would have been mailed. Both are timed at their run's decision
-instant, so both groups' windows open together (see ``store.measure``). Both are units of
-analysis: a customer mailed by a weekly campaign four times is four units (whose intervals
-count the customer once, see **Uplift**).
+**Touches.** A *treated* touch is an e-mail the provider accepted, or one cancelled at claim
+because its customer bought all it offers since the run (intent to treat, see
+``store.measure``); a *holdout* touch is a holdout decision: that customer would have been
+mailed. Both are timed at their run's decision instant, so both groups' windows open together
+(see ``store.measure``). Both are units of analysis: a customer mailed by a weekly campaign
+four times is four units (whose intervals count the customer once, see **Uplift**).
 
 **Attribution (last touch).** Every order of a customer belongs to the customer's latest
 touch at or before it (of touches at one instant, the campaign named last, whatever the

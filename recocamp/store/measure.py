@@ -2,9 +2,11 @@
 segment snapshots, feedback answers and stored reports. Parameterised SQLAlchemy Core only.
 
 A *treated* touch is an outbox row the provider accepted (state sent, delivered or bounced:
-a bounce was still an attempt to treat); a *holdout* touch is a ``decisions`` row with outcome
-``holdout``. Both are timed at their campaign run's decision instant (``outbox.created_at``
-equals ``decisions.decided_at`` of the run): an e-mail deferred by quiet hours or retried goes
+a bounce was still an attempt to treat), or one cancelled at claim because its customer bought
+every item it offers since its run (intent to treat: that purchase is the outcome); a
+*holdout* touch is a ``decisions`` row with outcome ``holdout``. Both are timed at their
+campaign run's decision instant (``outbox.created_at`` equals ``decisions.decided_at`` of the
+run): an e-mail deferred by quiet hours or retried goes
 out a little later, but both groups' windows open at the same moment of the run, so neither
 is favoured (and a run simulated ``--as-of`` a past instant is measured at that instant).
 """
@@ -20,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from recocamp.domain import Touch, id_forms
+from recocamp.store.outbox import BOUGHT
 from recocamp.store.queries import UNPROFILED, upsert_statement
 from recocamp.store.schema import (
     customers,
@@ -74,8 +77,14 @@ def _decided() -> sa.ColumnElement[bool]:
 
 
 def _accepted(start: datetime, end: datetime) -> list[sa.ColumnElement[bool]]:
+    """E-mails the provider accepted, and those cancelled at claim because the customer
+    bought every item they offer since the run (``outbox.BOUGHT``): intent to treat. Their
+    run decided ``send``, and the purchase that cancelled them is the outcome measured; left
+    out, each such buyer left the mailed group while the held-out customers who bought the
+    same way stayed in theirs, and the uplift was biased down."""
     o = outbox.c
-    return [o.state.in_(TREATED_STATES), o.created_at >= start, o.created_at < end]
+    bought = sa.and_(o.state == "cancelled", o.last_error == BOUGHT)
+    return [sa.or_(o.state.in_(TREATED_STATES), bought), o.created_at >= start, o.created_at < end]
 
 
 def touches(

@@ -217,3 +217,37 @@ def test_the_report_command_counts_pending_touches(
     assert "8 winback touches are still inside their 7-day window" in " ".join(
         result.stdout.split()
     )
+
+
+def test_a_mail_cancelled_because_its_customer_bought_stays_a_mailed_unit(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Intent to treat: an e-mail deferred after its run and cancelled at claim because the
+    customer bought every item it offers since (outbox.BOUGHT) was decided `send`; its
+    customer's purchase is the outcome. Left out, every such buyer left the mailed group while
+    the held-out customers who bought the same way stayed in theirs (+25 pp read as 0)."""
+    _run(engine, {"m1": 1, "m2": 2, "m3": 3, "h1": 1, "h2": 2})
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.customer_id == "m1")
+            .values(state="cancelled", sent_at=None, last_error=outbox.BOUGHT)
+        )
+    overall = _overall(engine, settings)
+    assert (overall.treated.units, overall.treated.converted) == (4, 3)
+    assert overall.comparisons["conversion_rate"].absolute == pytest.approx(3 / 4 - 2 / 4)
+
+
+def test_a_mail_cancelled_for_an_opt_out_is_no_mailed_unit(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Other cancellations (the customer unsubscribed before it went out) are no send."""
+    _run(engine, {"m2": 2, "m3": 3, "h1": 1, "h2": 2})
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.customer_id == "m1")
+            .values(state="cancelled", sent_at=None, last_error="recipient opted out")
+        )
+    overall = _overall(engine, settings)
+    assert (overall.treated.units, overall.treated.converted) == (3, 2)
