@@ -53,6 +53,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from recocamp.domain import Touch as Touch  # a shared value, re-exported
+from recocamp.domain import composed
 from recocamp.measure import statistics as stats
 from recocamp.measure.kpis import OrderTotal
 from recocamp.measure.statistics import Interval, Sample
@@ -79,8 +80,10 @@ def attribute(
     """Last-touch attribution: each order goes to its customer's latest touch at or before
     it, when the order is inside that touch's window. Returns one result per touch."""
     per_customer: dict[str, list[Touch]] = defaultdict(list)
+    # ids compared composed (``domain.composed``, the one rule): orders a version before ids
+    # were composed stored under 'Jose' + U+0301 are the mailed 'José''s, and went to nobody
     for touch in touches:
-        per_customer[touch.customer_id].append(touch)
+        per_customer[composed(touch.customer_id)].append(touch)
     # touches of one instant (campaigns on the same cron decide at its fire time) go by the
     # campaign's name, never by the arm: sorted holdouts last, a customer held out of one
     # campaign and mailed by another at 09:00 gave the mailed customer's orders to the
@@ -91,7 +94,7 @@ def attribute(
     times = {c: [t.at for t in ts] for c, ts in timelines.items()}
     tally: dict[tuple[str, int], tuple[int, float]] = {}
     for order in orders:
-        customer = order.customer_id
+        customer = None if order.customer_id is None else composed(order.customer_id)
         if customer is None or customer not in timelines:
             continue
         index = bisect.bisect_right(times[customer], order.ordered_at) - 1

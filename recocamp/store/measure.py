@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.domain import Touch, id_forms
+from recocamp.domain import Touch, composed, id_forms
 from recocamp.store.outbox import BOUGHT
 from recocamp.store.queries import UNPROFILED, upsert_statement
 from recocamp.store.schema import (
@@ -101,8 +101,10 @@ def touches(
     sent = sa.select(o.campaign, o.customer_id, o.created_at, o.variant, o.send_key).where(
         *_accepted(start, end), _held(o.customer_id, erased), _decided()
     )
+    # ids composed (``domain.composed``): a run of a version before ids were composed
+    # recorded 'Jose' + U+0301, today's 'José'; one customer, one cluster of touches
     found = [
-        Touch(r.campaign, r.customer_id, r.created_at, False, r.variant, r.send_key)
+        Touch(r.campaign, composed(r.customer_id), r.created_at, False, r.variant, r.send_key)
         for r in connection.execute(sent)
     ]
     held = sa.select(d.campaign, d.customer_id, d.decided_at, d.run_key).where(
@@ -112,7 +114,7 @@ def touches(
         _held(d.customer_id, erased),
     )
     found += [
-        Touch(r.campaign, r.customer_id, r.decided_at, True, None, r.run_key)
+        Touch(r.campaign, composed(r.customer_id), r.decided_at, True, None, r.run_key)
         for r in connection.execute(held)
     ]
     return found

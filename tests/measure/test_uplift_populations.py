@@ -22,6 +22,7 @@ from recocamp.store import decisions as decisions_store
 from recocamp.store import measure as measure_store
 from recocamp.store import outbox, queries
 from recocamp.store.schema import outbox as outbox_table
+from recocamp.store.schema import purchases
 
 RUN = datetime(2026, 1, 5, 9, tzinfo=UTC)
 AS_OF = datetime(2026, 1, 20, tzinfo=UTC)  # the 7-day windows of the run have closed
@@ -251,3 +252,32 @@ def test_a_mail_cancelled_for_an_opt_out_is_no_mailed_unit(
         )
     overall = _overall(engine, settings)
     assert (overall.treated.units, overall.treated.converted) == (3, 2)
+
+
+def test_orders_stored_under_another_unicode_form_of_the_id_are_attributed(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Versions before ids were composed stored 'José' as 'Jose' + U+0301; today's runs mail
+    the composed id. The orders are the same person's (domain.composed, the one rule), and
+    were attributed to nobody: a mailed buyer counted as a non-buyer."""
+    _run(engine, {"m1": 1, "m2": 2, "h1": 1})
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    with engine.begin() as connection:
+        queries.upsert_customers(connection, [Customer(composed, "j@example.test")], RUN)
+        email = OutgoingEmail(
+            f"winback/{composed}/2026-01-05", "j@example.test", "s", "h", "t", campaign="winback"
+        )
+        outbox.enqueue(connection, [(email, composed, None, RUN)], RUN)
+        connection.execute(sa.update(outbox_table).values(state="delivered", sent_at=RUN))
+        queries.insert_purchases(
+            connection,
+            [Purchase("o-jose", 1, composed, "i1", 1, 20.0, RUN + timedelta(days=1))],
+            None,
+        )
+        connection.execute(
+            sa.update(purchases)
+            .where(purchases.c.order_id == "o-jose")
+            .values(customer_id=decomposed)
+        )
+    overall = _overall(engine, settings)
+    assert (overall.treated.units, overall.treated.converted) == (5, 3)
