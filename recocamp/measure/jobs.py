@@ -273,7 +273,10 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         segments=segment_sizes,
         cohorts=measure.cohorts(orders, zone, as_of, m.cohort_months)[-m.cohort_months - 1 :],
         models=models,
-        nps=_nps(answered, sent, as_of, m.report_days, m.nps_min_responses, m.confidence, zone),
+        nps=replace(
+            _nps(answered, sent, as_of, m.report_days, m.nps_min_responses, m.confidence, zone),
+            partial=partial_months(as_of - back, as_of, zone),
+        ),
         forecasts=forecasts(engine, settings, as_of),
     )
 
@@ -399,6 +402,26 @@ def _nps(
             (month, measure.nps(v, minimum, confidence)) for month, v in sorted(by_month.items())
         ],
     )
+
+
+def partial_months(
+    start: datetime, end: datetime, zone: ZoneInfo
+) -> dict[date, tuple[date | None, date | None]]:
+    """The shop-local months ``[start, end)`` covers in part: the first when ``start`` is not
+    its first midnight (from that day), the last when ``end`` is not the next one's (before
+    that day). The monthly NPS reads such a month's answers in part and says so: drawn beside
+    whole months, a first month of a few days' answers read as a swing of the score."""
+    found: dict[date, tuple[date | None, date | None]] = {}
+    first = start.astimezone(zone)
+    first_month = date(first.year, first.month, 1)
+    if start != local_midnight(first_month, zone):
+        found[first_month] = (first.date(), None)
+    last = (end - timedelta(microseconds=1)).astimezone(zone)
+    last_month = date(last.year, last.month, 1)
+    following = date(last.year + last.month // 12, last.month % 12 + 1, 1)
+    if end != local_midnight(following, zone):
+        found[last_month] = (found.get(last_month, (None, None))[0], end.astimezone(zone).date())
+    return found
 
 
 def store_report(
