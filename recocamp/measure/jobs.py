@@ -61,13 +61,17 @@ def last_complete_day(now: datetime, zone: ZoneInfo) -> date:
     return now.astimezone(zone).date() - timedelta(days=1)
 
 
-def snapshot_kpis(engine: Engine, settings: Settings, now: datetime) -> int:
-    """The daily job: snapshot the last complete shop-local day, and the days missed since
-    the newest snapshot (the worker was down, a run missed its grace time: a misfire is
-    skipped), at most ``history_days`` back; returns rows written (0 when all was done).
-    Missing days were never written before: the trend lines bridged them with a straight
-    segment and the week/month/quarter changes that needed them were silently left out."""
-    day = last_complete_day(now, settings.shop.zone)
+def snapshot_kpis(
+    engine: Engine, settings: Settings, now: datetime, as_of: datetime | None = None
+) -> int:
+    """The daily job: snapshot the last complete shop-local day before ``as_of`` (default
+    ``now``), and the days missed since the newest snapshot (the worker was down, a run
+    missed its grace time: a misfire is skipped), at most ``history_days`` back; returns rows
+    written (0 when all was done). Missing days were never written before: the trend lines
+    bridged them with a straight segment and the week/month/quarter changes that needed them
+    were silently left out. Rows record ``now`` as computed_at: a snapshot taken ``--as-of``
+    a past day read as computed that day."""
+    day = last_complete_day(as_of or now, settings.shop.zone)
     with engine.connect() as connection:
         newest = store.newest_snapshot_day(connection, day)
     first = day
