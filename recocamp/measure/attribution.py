@@ -311,6 +311,7 @@ def uplifts(
     thresholds: Thresholds,
     pending: Mapping[str, int] | None = None,
     erased: Mapping[str, tuple[int, int]] | None = None,
+    earlier: Iterable[Touch] = (),
 ) -> list[Uplift]:
     """Per campaign: all variants against the holdout, each variant against the holdout, and
     each pair of variants against each other (the first named is the control).
@@ -319,21 +320,28 @@ def uplifts(
     variants' weights change: then a customer can be mailed one week and held out the next,
     and the holdout holds customers the campaign already mailed (their e-mails' effect
     included). Such customers are left out of both groups compared, and counted
-    (``switched``); before, they were counted in both. ``erased``: per campaign, the
-    (mailed, held-out) units whose customer was erased since, left out before (see
-    ``store.measure.touches``) and told with the campaign's overall row. A campaign with
+    (``switched``); before, they were counted in both. ``earlier``: touches before the
+    report's window (``store.measure.earlier_arms``), which count for the switch alone: a
+    customer mailed before it and held out in it carries that e-mail's effect as well.
+    ``erased``: per campaign, the (mailed, held-out) units whose customer was erased since,
+    left out before (see ``store.measure.touches``) and told with the campaign's overall
+    row. A campaign with
     pending touches only (its first run within the window) gets an overall row without
     figures: left out, its run looked as if it had never been recorded."""
     by_campaign: dict[str, list[Result]] = defaultdict(list)
     for result in results:
         by_campaign[result.touch.campaign].append(result)
     waiting_only = {c for c, n in (pending or {}).items() if n and c not in by_campaign}
+    before: dict[str, list[Touch]] = defaultdict(list)
+    for touch in earlier:
+        before[touch.campaign].append(touch)
     found: list[Uplift] = []
     for campaign in sorted(by_campaign.keys() | waiting_only):
         if campaign in waiting_only:
             found.append(_all_pending(campaign, (pending or {})[campaign], erased))
             continue
-        crossed = _in_two_groups(by_campaign[campaign], lambda touch: touch.holdout)
+        seen = [r.touch for r in by_campaign[campaign]] + before[campaign]
+        crossed = _in_two_groups(seen, lambda touch: touch.holdout)
         rows = [r for r in by_campaign[campaign] if r.touch.customer_id not in crossed]
         holdout = [r for r in rows if r.touch.holdout]
         treated = [r for r in rows if not r.touch.holdout]
@@ -341,7 +349,8 @@ def uplifts(
         waiting = (pending or {}).get(campaign, 0)
         gone = (erased or {}).get(campaign, (0, 0))
         found.append(replace(overall, pending=waiting, switched=len(crossed), erased=gone))
-        mixed = _in_two_groups(treated, lambda touch: touch.variant)
+        mailed = [r.touch for r in treated] + [t for t in before[campaign] if not t.holdout]
+        mixed = _in_two_groups(mailed, lambda touch: touch.variant)
         variants = sorted({r.touch.variant for r in treated if r.touch.variant is not None})
         arms = {
             v: [r for r in treated if r.touch.variant == v and r.touch.customer_id not in mixed]
@@ -372,11 +381,11 @@ def _all_pending(
     return Uplift(campaign, None, nobody, nobody, False, note, pending=waiting, erased=gone)
 
 
-def _in_two_groups(results: Iterable[Result], group: Callable[[Touch], object]) -> set[str]:
+def _in_two_groups(touches: Iterable[Touch], group: Callable[[Touch], object]) -> set[str]:
     """Customers whose touches fall in more than one ``group``."""
     seen: dict[str, set[object]] = defaultdict(set)
-    for result in results:
-        seen[result.touch.customer_id].add(group(result.touch))
+    for touch in touches:
+        seen[touch.customer_id].add(group(touch))
     return {customer for customer, groups in seen.items() if len(groups) > 1}
 
 

@@ -243,6 +243,7 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
     with engine.connect() as connection:
         touches = store.touches(connection, start, as_of)
         erased = store.touches(connection, start, as_of, erased=True)
+        earlier = store.earlier_arms(connection, start)
         left_out = store.sends_left_out(connection, start, as_of)
         orders = [OrderTotal(*row) for row in queries.order_totals(connection, EPOCH, as_of)]
         reasons = labels.by_code(store.decision_reasons(connection, start, as_of))
@@ -269,7 +270,7 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         report_days=m.report_days,
         sends_left_out=left_out,
         confidence=m.confidence,
-        uplifts=measure.uplifts(done, thresholds, pending, gone),
+        uplifts=measure.uplifts(done, thresholds, pending, gone, earlier),
         reasons=reasons,
         kpi_history=history,
         latest_day=day,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,6 +35,7 @@ from recocamp.store.schema import (
 )
 
 TREATED_STATES = ("sent", "delivered", "bounced")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def unsegmented(connection: sa.Connection) -> frozenset[str]:
@@ -117,6 +118,27 @@ def touches(
         Touch(r.campaign, composed(r.customer_id), r.decided_at, True, None, r.run_key)
         for r in connection.execute(held)
     ]
+    return found
+
+
+def earlier_arms(connection: sa.Connection, before: datetime) -> list[Touch]:
+    """Each campaign's arms (mailed in which variant, held out) of each customer before
+    ``before``, one touch per arm at its first instant: a customer mailed before the report's
+    window and held out inside it is a switch (``attribution.uplifts``) as one inside it is.
+    Every e-mail counts (``_accepted``), whether or not its run's decisions are kept."""
+    o, d = outbox.c, decisions.c
+    sent = (
+        sa.select(o.campaign, o.customer_id, o.variant, sa.func.min(o.created_at))
+        .where(*_accepted(EPOCH, before))
+        .group_by(o.campaign, o.customer_id, o.variant)
+    )
+    found = [Touch(r[0], composed(r[1]), r[3], False, r[2], "") for r in connection.execute(sent)]
+    held = (
+        sa.select(d.campaign, d.customer_id, sa.func.min(d.decided_at))
+        .where(d.outcome == "holdout", d.decided_at < before)
+        .group_by(d.campaign, d.customer_id)
+    )
+    found += [Touch(r[0], composed(r[1]), r[2], True, None, "") for r in connection.execute(held)]
     return found
 
 

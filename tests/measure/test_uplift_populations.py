@@ -281,3 +281,28 @@ def test_orders_stored_under_another_unicode_form_of_the_id_are_attributed(
         )
     overall = _overall(engine, settings)
     assert (overall.treated.units, overall.treated.converted) == (5, 3)
+
+
+def test_a_customer_mailed_before_the_report_window_and_held_out_in_it_is_switched(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """h1 was mailed by winback 100 days before the run (before the report's 90 days) and
+    held out by the run after holdout_percent was raised: their held-out orders carry the
+    earlier e-mail's effect, as for a switch inside the window, and they were counted as
+    a held-out unit because the check saw the window's touches only."""
+    _run(engine, {"m1": 1, "m2": 2, "m3": 3, "h1": 1, "h2": 2})
+    early = RUN - timedelta(days=100)
+    with engine.begin() as connection:
+        email = OutgoingEmail(
+            "winback/h1/2025-09-27", "h1@example.test", "s", "h", "t", campaign="winback"
+        )
+        outbox.enqueue(connection, [(email, "h1", None, early)], early)
+        connection.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.created_at == early)
+            .values(state="delivered", sent_at=early)
+        )
+    overall = _overall(engine, settings)
+    assert overall.switched == 1
+    assert (overall.control.units, overall.control.converted) == (3, 1)
+    assert (overall.treated.units, overall.treated.converted) == (4, 3)
