@@ -418,7 +418,9 @@ def cohorts(
     for order in orders:
         if order.customer_id is not None and order.ordered_at < as_of:
             local = order.ordered_at.astimezone(zone)
-            months[order.customer_id].add(local.year * 12 + local.month - 1)
+            # one customer in every Unicode form of the id (orders stored decomposed by a
+            # version before ids were composed were a second, "new" customer)
+            months[composed(order.customer_id)].add(local.year * 12 + local.month - 1)
     end = as_of.astimezone(zone)
     last_complete = end.year * 12 + end.month - 2  # the month before as_of's month
     members: dict[int, list[set[int]]] = defaultdict(list)

@@ -306,3 +306,28 @@ def test_a_customer_mailed_before_the_report_window_and_held_out_in_it_is_switch
     assert overall.switched == 1
     assert (overall.control.units, overall.control.converted) == (3, 1)
     assert (overall.treated.units, overall.treated.converted) == (4, 3)
+
+
+def test_a_customer_whose_older_orders_are_stored_decomposed_is_one_cohort_member(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """'José' bought in October under 'Jose' + U+0301 (a version before ids were composed)
+    and in December under the composed id: one customer who came back, not a new customer
+    of December's cohort beside a lost one of October's."""
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    lines = [
+        Purchase("o-oct", 1, composed, "i1", 1, 20.0, datetime(2025, 10, 10, tzinfo=UTC)),
+        Purchase("o-dec", 1, composed, "i1", 1, 20.0, datetime(2025, 12, 10, tzinfo=UTC)),
+    ]
+    with engine.begin() as connection:
+        queries.upsert_items(connection, [Item("i1", "Mug", "home", 20.0)], RUN)
+        queries.upsert_customers(connection, [Customer(composed, "j@example.test")], RUN)
+        queries.insert_purchases(connection, lines, None)
+        connection.execute(
+            sa.update(purchases)
+            .where(purchases.c.order_id == "o-oct")
+            .values(customer_id=decomposed)
+        )
+    cohorts = jobs.gather(engine, settings, AS_OF, AS_OF).cohorts
+    assert [(c.month.isoformat(), c.customers) for c in cohorts] == [("2025-10-01", 1)]
+    assert cohorts[0].retention[:2] == (0.0, 1.0)
