@@ -26,7 +26,9 @@ No page or log carries an e-mail address; logs name customers by id.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -141,6 +143,7 @@ def router(
     """The measurement routes (``GET|POST /v1/feedback``, ``GET /reports/latest``)."""
     routes = APIRouter()
     answers = _Answers(settings, engine, clock)
+    rendering = threading.Lock()  # the first report is rendered once (``_first_report``)
 
     @routes.get("/v1/feedback", response_class=HTMLResponse, responses=PAGE_RESPONSES)
     def feedback_page(token: str, score: int | None = None) -> HTMLResponse:
@@ -179,10 +182,7 @@ def router(
         with engine.connect() as connection:
             found = store.latest_report(connection)
         if found is None:
-            measure_jobs.store_report(engine, settings, clock.now())
-            with engine.connect() as connection:
-                found = store.latest_report(connection)
-        assert found is not None
+            found = _first_report(engine, settings, clock, rendering)
         report_id, _, as_of, html = found
         headers = {
             "Content-Security-Policy": REPORT_POLICY,
@@ -193,6 +193,24 @@ def router(
         return HTMLResponse(html, headers=headers)
 
     return routes
+
+
+def _first_report(
+    engine: Engine, settings: Settings, clock: Clock, rendering: threading.Lock
+) -> tuple[int, datetime, datetime, str]:
+    """Render and store the first report, once: requests that found none at once (two
+    dashboards opened together) each rendered and stored their own, seconds of CPU each, and
+    were answered with different reports. The one that waits reads the one stored. (One lock
+    per process: API processes started together may each still render one.)"""
+    with rendering:
+        with engine.connect() as connection:
+            found = store.latest_report(connection)
+        if found is None:
+            measure_jobs.store_report(engine, settings, clock.now())
+            with engine.connect() as connection:
+                found = store.latest_report(connection)
+    assert found is not None
+    return found
 
 
 def _fields(body: bytes, is_json: bool) -> dict[str, Any]:

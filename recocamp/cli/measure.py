@@ -275,11 +275,11 @@ def snapshots_take(as_of: AsOf = None) -> None:
     """Snapshot the last complete shop-local day before --as-of (what the worker does daily)."""
     with errors_to_exit():
         settings = current_settings()
-        now = parse_as_of(as_of, settings.shop.zone) if as_of else clock.now()
-        day = measure_jobs.last_complete_day(now, settings.shop.zone)
+        now = clock.now()
+        when = parse_as_of(as_of, settings.shop.zone) if as_of else now
+        day = measure_jobs.last_complete_day(when, settings.shop.zone)
         _not_to_come(day, settings.shop.zone, "--as-of", as_of or "")
-        written = measure_jobs.snapshot_kpis(engine_for(settings), settings, now)
-    day = measure_jobs.last_complete_day(now, settings.shop.zone)
+        written = measure_jobs.snapshot_kpis(engine_for(settings), settings, now, when)
     console.print(f"snapshot of {day}: {written} rows written" + ("" if written else " (had it)"))
 
 

@@ -1,10 +1,11 @@
 """Campaign measurement, pure: touches and orders in, attribution and uplift out.
 
-**Touches.** A *treated* touch is an e-mail the provider accepted; a *holdout* touch is a
-holdout decision: that customer would have been mailed. Both are timed at their run's decision
-instant, so both groups' windows open together (see ``store.measure``). Both are units of
-analysis: a customer mailed by a weekly campaign four times is four units (whose intervals
-count the customer once, see **Uplift**).
+**Touches.** A *treated* touch is an e-mail the provider accepted, or one cancelled at claim
+because its customer bought all it offers since the run (intent to treat, see
+``store.measure``); a *holdout* touch is a holdout decision: that customer would have been
+mailed. Both are timed at their run's decision instant, so both groups' windows open together
+(see ``store.measure``). Both are units of analysis: a customer mailed by a weekly campaign
+four times is four units (whose intervals count the customer once, see **Uplift**).
 
 **Attribution (last touch).** Every order of a customer belongs to the customer's latest
 touch at or before it (of touches at one instant, the campaign named last, whatever the
@@ -52,6 +53,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from recocamp.domain import Touch as Touch  # a shared value, re-exported
+from recocamp.domain import composed
 from recocamp.measure import statistics as stats
 from recocamp.measure.kpis import OrderTotal
 from recocamp.measure.statistics import Interval, Sample
@@ -78,8 +80,10 @@ def attribute(
     """Last-touch attribution: each order goes to its customer's latest touch at or before
     it, when the order is inside that touch's window. Returns one result per touch."""
     per_customer: dict[str, list[Touch]] = defaultdict(list)
+    # ids compared composed (``domain.composed``, the one rule): orders a version before ids
+    # were composed stored under 'Jose' + U+0301 are the mailed 'José''s, and went to nobody
     for touch in touches:
-        per_customer[touch.customer_id].append(touch)
+        per_customer[composed(touch.customer_id)].append(touch)
     # touches of one instant (campaigns on the same cron decide at its fire time) go by the
     # campaign's name, never by the arm: sorted holdouts last, a customer held out of one
     # campaign and mailed by another at 09:00 gave the mailed customer's orders to the
@@ -90,7 +94,7 @@ def attribute(
     times = {c: [t.at for t in ts] for c, ts in timelines.items()}
     tally: dict[tuple[str, int], tuple[int, float]] = {}
     for order in orders:
-        customer = order.customer_id
+        customer = None if order.customer_id is None else composed(order.customer_id)
         if customer is None or customer not in timelines:
             continue
         index = bisect.bisect_right(times[customer], order.ordered_at) - 1
@@ -307,6 +311,7 @@ def uplifts(
     thresholds: Thresholds,
     pending: Mapping[str, int] | None = None,
     erased: Mapping[str, tuple[int, int]] | None = None,
+    earlier: Iterable[Touch] = (),
 ) -> list[Uplift]:
     """Per campaign: all variants against the holdout, each variant against the holdout, and
     each pair of variants against each other (the first named is the control).
@@ -315,21 +320,28 @@ def uplifts(
     variants' weights change: then a customer can be mailed one week and held out the next,
     and the holdout holds customers the campaign already mailed (their e-mails' effect
     included). Such customers are left out of both groups compared, and counted
-    (``switched``); before, they were counted in both. ``erased``: per campaign, the
-    (mailed, held-out) units whose customer was erased since, left out before (see
-    ``store.measure.touches``) and told with the campaign's overall row. A campaign with
+    (``switched``); before, they were counted in both. ``earlier``: touches before the
+    report's window (``store.measure.earlier_arms``), which count for the switch alone: a
+    customer mailed before it and held out in it carries that e-mail's effect as well.
+    ``erased``: per campaign, the (mailed, held-out) units whose customer was erased since,
+    left out before (see ``store.measure.touches``) and told with the campaign's overall
+    row. A campaign with
     pending touches only (its first run within the window) gets an overall row without
     figures: left out, its run looked as if it had never been recorded."""
     by_campaign: dict[str, list[Result]] = defaultdict(list)
     for result in results:
         by_campaign[result.touch.campaign].append(result)
     waiting_only = {c for c, n in (pending or {}).items() if n and c not in by_campaign}
+    before: dict[str, list[Touch]] = defaultdict(list)
+    for touch in earlier:
+        before[touch.campaign].append(touch)
     found: list[Uplift] = []
     for campaign in sorted(by_campaign.keys() | waiting_only):
         if campaign in waiting_only:
             found.append(_all_pending(campaign, (pending or {})[campaign], erased))
             continue
-        crossed = _in_two_groups(by_campaign[campaign], lambda touch: touch.holdout)
+        seen = [r.touch for r in by_campaign[campaign]] + before[campaign]
+        crossed = _in_two_groups(seen, lambda touch: touch.holdout)
         rows = [r for r in by_campaign[campaign] if r.touch.customer_id not in crossed]
         holdout = [r for r in rows if r.touch.holdout]
         treated = [r for r in rows if not r.touch.holdout]
@@ -337,7 +349,8 @@ def uplifts(
         waiting = (pending or {}).get(campaign, 0)
         gone = (erased or {}).get(campaign, (0, 0))
         found.append(replace(overall, pending=waiting, switched=len(crossed), erased=gone))
-        mixed = _in_two_groups(treated, lambda touch: touch.variant)
+        mailed = [r.touch for r in treated] + [t for t in before[campaign] if not t.holdout]
+        mixed = _in_two_groups(mailed, lambda touch: touch.variant)
         variants = sorted({r.touch.variant for r in treated if r.touch.variant is not None})
         arms = {
             v: [r for r in treated if r.touch.variant == v and r.touch.customer_id not in mixed]
@@ -368,11 +381,11 @@ def _all_pending(
     return Uplift(campaign, None, nobody, nobody, False, note, pending=waiting, erased=gone)
 
 
-def _in_two_groups(results: Iterable[Result], group: Callable[[Touch], object]) -> set[str]:
+def _in_two_groups(touches: Iterable[Touch], group: Callable[[Touch], object]) -> set[str]:
     """Customers whose touches fall in more than one ``group``."""
     seen: dict[str, set[object]] = defaultdict(set)
-    for result in results:
-        seen[result.touch.customer_id].add(group(result.touch))
+    for touch in touches:
+        seen[touch.customer_id].add(group(touch))
     return {customer for customer, groups in seen.items() if len(groups) > 1}
 
 
@@ -405,7 +418,9 @@ def cohorts(
     for order in orders:
         if order.customer_id is not None and order.ordered_at < as_of:
             local = order.ordered_at.astimezone(zone)
-            months[order.customer_id].add(local.year * 12 + local.month - 1)
+            # one customer in every Unicode form of the id (orders stored decomposed by a
+            # version before ids were composed were a second, "new" customer)
+            months[composed(order.customer_id)].add(local.year * 12 + local.month - 1)
     end = as_of.astimezone(zone)
     last_complete = end.year * 12 + end.month - 2  # the month before as_of's month
     members: dict[int, list[set[int]]] = defaultdict(list)

@@ -61,13 +61,17 @@ def last_complete_day(now: datetime, zone: ZoneInfo) -> date:
     return now.astimezone(zone).date() - timedelta(days=1)
 
 
-def snapshot_kpis(engine: Engine, settings: Settings, now: datetime) -> int:
-    """The daily job: snapshot the last complete shop-local day, and the days missed since
-    the newest snapshot (the worker was down, a run missed its grace time: a misfire is
-    skipped), at most ``history_days`` back; returns rows written (0 when all was done).
-    Missing days were never written before: the trend lines bridged them with a straight
-    segment and the week/month/quarter changes that needed them were silently left out."""
-    day = last_complete_day(now, settings.shop.zone)
+def snapshot_kpis(
+    engine: Engine, settings: Settings, now: datetime, as_of: datetime | None = None
+) -> int:
+    """The daily job: snapshot the last complete shop-local day before ``as_of`` (default
+    ``now``), and the days missed since the newest snapshot (the worker was down, a run
+    missed its grace time: a misfire is skipped), at most ``history_days`` back; returns rows
+    written (0 when all was done). Missing days were never written before: the trend lines
+    bridged them with a straight segment and the week/month/quarter changes that needed them
+    were silently left out. Rows record ``now`` as computed_at: a snapshot taken ``--as-of``
+    a past day read as computed that day."""
+    day = last_complete_day(as_of or now, settings.shop.zone)
     with engine.connect() as connection:
         newest = store.newest_snapshot_day(connection, day)
     first = day
@@ -239,6 +243,7 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
     with engine.connect() as connection:
         touches = store.touches(connection, start, as_of)
         erased = store.touches(connection, start, as_of, erased=True)
+        earlier = store.earlier_arms(connection, start)
         left_out = store.sends_left_out(connection, start, as_of)
         orders = [OrderTotal(*row) for row in queries.order_totals(connection, EPOCH, as_of)]
         reasons = labels.by_code(store.decision_reasons(connection, start, as_of))
@@ -265,7 +270,7 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         report_days=m.report_days,
         sends_left_out=left_out,
         confidence=m.confidence,
-        uplifts=measure.uplifts(done, thresholds, pending, gone),
+        uplifts=measure.uplifts(done, thresholds, pending, gone, earlier),
         reasons=reasons,
         kpi_history=history,
         latest_day=day,
@@ -273,7 +278,10 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
         segments=segment_sizes,
         cohorts=measure.cohorts(orders, zone, as_of, m.cohort_months)[-m.cohort_months - 1 :],
         models=models,
-        nps=_nps(answered, sent, as_of, m.report_days, m.nps_min_responses, m.confidence, zone),
+        nps=replace(
+            _nps(answered, sent, as_of, m.report_days, m.nps_min_responses, m.confidence, zone),
+            partial=partial_months(as_of - back, as_of, zone),
+        ),
         forecasts=forecasts(engine, settings, as_of),
     )
 
@@ -399,6 +407,26 @@ def _nps(
             (month, measure.nps(v, minimum, confidence)) for month, v in sorted(by_month.items())
         ],
     )
+
+
+def partial_months(
+    start: datetime, end: datetime, zone: ZoneInfo
+) -> dict[date, tuple[date | None, date | None]]:
+    """The shop-local months ``[start, end)`` covers in part: the first when ``start`` is not
+    its first midnight (from that day), the last when ``end`` is not the next one's (before
+    that day). The monthly NPS reads such a month's answers in part and says so: drawn beside
+    whole months, a first month of a few days' answers read as a swing of the score."""
+    found: dict[date, tuple[date | None, date | None]] = {}
+    first = start.astimezone(zone)
+    first_month = date(first.year, first.month, 1)
+    if start != local_midnight(first_month, zone):
+        found[first_month] = (first.date(), None)
+    last = (end - timedelta(microseconds=1)).astimezone(zone)
+    last_month = date(last.year, last.month, 1)
+    following = date(last.year + last.month // 12, last.month % 12 + 1, 1)
+    if end != local_midnight(following, zone):
+        found[last_month] = (found.get(last_month, (None, None))[0], end.astimezone(zone).date())
+    return found
 
 
 def store_report(

@@ -123,6 +123,9 @@ class NpsSection:
     overall: Nps
     surveys: list[tuple[str, int, Nps]] = field(default_factory=list)  # survey, sent, NPS
     monthly: list[tuple[date, Nps]] = field(default_factory=list)
+    # months seen in part: month -> (first day read, or None; the day it was read before, or
+    # None): the answers read begin inside the first month, and as_of's month is not over
+    partial: dict[date, tuple[date | None, date | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -833,7 +836,18 @@ def _nps_json(section: NpsSection) -> dict[str, Any]:
             "enough_data": n.enough,
         }
 
+    def month(start: date, n: Nps) -> dict[str, Any]:
+        first, before = section.partial.get(start, (None, None))
+        return {
+            "month": start.isoformat(),
+            "partial": start in section.partial,
+            "from": first.isoformat() if first else None,
+            "before": before.isoformat() if before else None,
+            **one(n),
+        }
+
     return {
         "overall": one(section.overall),
         "surveys": [{"survey": s, "sent": sent, **one(n)} for s, sent, n in section.surveys],
+        "monthly": [month(start, n) for start, n in section.monthly],
     }

@@ -2,9 +2,11 @@
 segment snapshots, feedback answers and stored reports. Parameterised SQLAlchemy Core only.
 
 A *treated* touch is an outbox row the provider accepted (state sent, delivered or bounced:
-a bounce was still an attempt to treat); a *holdout* touch is a ``decisions`` row with outcome
-``holdout``. Both are timed at their campaign run's decision instant (``outbox.created_at``
-equals ``decisions.decided_at`` of the run): an e-mail deferred by quiet hours or retried goes
+a bounce was still an attempt to treat), or one cancelled at claim because its customer bought
+every item it offers since its run (intent to treat: that purchase is the outcome); a
+*holdout* touch is a ``decisions`` row with outcome ``holdout``. Both are timed at their
+campaign run's decision instant (``outbox.created_at`` equals ``decisions.decided_at`` of the
+run): an e-mail deferred by quiet hours or retried goes
 out a little later, but both groups' windows open at the same moment of the run, so neither
 is favoured (and a run simulated ``--as-of`` a past instant is measured at that instant).
 """
@@ -14,12 +16,13 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from recocamp.domain import Touch, id_forms
+from recocamp.domain import Touch, composed, id_forms
+from recocamp.store.outbox import BOUGHT
 from recocamp.store.queries import UNPROFILED, upsert_statement
 from recocamp.store.schema import (
     customers,
@@ -32,6 +35,7 @@ from recocamp.store.schema import (
 )
 
 TREATED_STATES = ("sent", "delivered", "bounced")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def unsegmented(connection: sa.Connection) -> frozenset[str]:
@@ -74,8 +78,14 @@ def _decided() -> sa.ColumnElement[bool]:
 
 
 def _accepted(start: datetime, end: datetime) -> list[sa.ColumnElement[bool]]:
+    """E-mails the provider accepted, and those cancelled at claim because the customer
+    bought every item they offer since the run (``outbox.BOUGHT``): intent to treat. Their
+    run decided ``send``, and the purchase that cancelled them is the outcome measured; left
+    out, each such buyer left the mailed group while the held-out customers who bought the
+    same way stayed in theirs, and the uplift was biased down."""
     o = outbox.c
-    return [o.state.in_(TREATED_STATES), o.created_at >= start, o.created_at < end]
+    bought = sa.and_(o.state == "cancelled", o.last_error == BOUGHT)
+    return [sa.or_(o.state.in_(TREATED_STATES), bought), o.created_at >= start, o.created_at < end]
 
 
 def touches(
@@ -92,8 +102,10 @@ def touches(
     sent = sa.select(o.campaign, o.customer_id, o.created_at, o.variant, o.send_key).where(
         *_accepted(start, end), _held(o.customer_id, erased), _decided()
     )
+    # ids composed (``domain.composed``): a run of a version before ids were composed
+    # recorded 'Jose' + U+0301, today's 'José'; one customer, one cluster of touches
     found = [
-        Touch(r.campaign, r.customer_id, r.created_at, False, r.variant, r.send_key)
+        Touch(r.campaign, composed(r.customer_id), r.created_at, False, r.variant, r.send_key)
         for r in connection.execute(sent)
     ]
     held = sa.select(d.campaign, d.customer_id, d.decided_at, d.run_key).where(
@@ -103,9 +115,30 @@ def touches(
         _held(d.customer_id, erased),
     )
     found += [
-        Touch(r.campaign, r.customer_id, r.decided_at, True, None, r.run_key)
+        Touch(r.campaign, composed(r.customer_id), r.decided_at, True, None, r.run_key)
         for r in connection.execute(held)
     ]
+    return found
+
+
+def earlier_arms(connection: sa.Connection, before: datetime) -> list[Touch]:
+    """Each campaign's arms (mailed in which variant, held out) of each customer before
+    ``before``, one touch per arm at its first instant: a customer mailed before the report's
+    window and held out inside it is a switch (``attribution.uplifts``) as one inside it is.
+    Every e-mail counts (``_accepted``), whether or not its run's decisions are kept."""
+    o, d = outbox.c, decisions.c
+    sent = (
+        sa.select(o.campaign, o.customer_id, o.variant, sa.func.min(o.created_at))
+        .where(*_accepted(EPOCH, before))
+        .group_by(o.campaign, o.customer_id, o.variant)
+    )
+    found = [Touch(r[0], composed(r[1]), r[3], False, r[2], "") for r in connection.execute(sent)]
+    held = (
+        sa.select(d.campaign, d.customer_id, sa.func.min(d.decided_at))
+        .where(d.outcome == "holdout", d.decided_at < before)
+        .group_by(d.campaign, d.customer_id)
+    )
+    found += [Touch(r[0], composed(r[1]), r[2], True, None, "") for r in connection.execute(held)]
     return found
 
 

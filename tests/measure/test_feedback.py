@@ -4,8 +4,10 @@ would (nothing recorded), answered like a person would (recorded once), and abus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -26,10 +28,11 @@ from recocamp.clock import FixedClock
 from recocamp.delivery.deliverer import Deliverer
 from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, Purchase
+from recocamp.measure import report
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import measure as measure_store
 from recocamp.store.queries import insert_purchases, upsert_customers
-from recocamp.store.schema import customers, feedback
+from recocamp.store.schema import customers, feedback, reports
 from tests.api_shop import call
 from tests.conftest import NOW, ROOT
 
@@ -382,3 +385,38 @@ def test_through_the_real_app_with_api_keys(
     answer = call(app, "POST", "/v1/feedback", json={"token": token, "score": 7})  # no API key
     assert answer.status == 200 and answer.json()["recorded"] is True
     assert stored(engine) == [(f"nps/{NOW:%Y-%m-%d}", "c2", 7, None)]
+
+
+def test_two_first_requests_at_once_render_and_store_one_report(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no report stored, two dashboards asking at once each rendered one and stored it:
+    two reports of one instant, twice the rendering (seconds of CPU each), and the two
+    answers named different reports. The renderer waits (up to 3 s) for a second render to
+    start, so the race is taken for certain when one can happen."""
+    both = threading.Barrier(2)
+    render = report.render_html
+
+    def slow(data: report.Data) -> str:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both.wait(timeout=3)
+        return render(data)
+
+    monkeypatch.setattr(report, "render_html", slow)
+    app = make_app(engine, FixedClock(NOW))
+    answers: list[Any] = []
+
+    def ask() -> None:
+        answers.append(
+            call(app, "GET", "/reports/latest", headers={"X-Test-Scope": "reports:read"})
+        )
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status for a in answers] == [200, 200]
+    assert answers[0].headers["x-report-id"] == answers[1].headers["x-report-id"]
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(reports)).scalar() == 1

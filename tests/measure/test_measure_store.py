@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import sqlite3
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -501,3 +502,20 @@ def test_a_day_of_a_clock_change_holds_its_own_orders_and_no_other(
             app, ["kpis", "--as-of", as_of, "--window-days", "1", "--format", "json"]
         )
         assert json.loads(result.stdout)["orders"] == orders, day
+
+
+def test_a_snapshot_taken_as_of_a_past_day_records_when_it_was_computed(
+    cli_store: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``snapshots take --as-of`` picks the day; the rows' computed_at is when they were
+    computed, as backfill's are. It was the --as-of instant: a snapshot computed today read
+    as computed in 2024, so a restated day looked as old as the day it describes."""
+    from recocamp.cli import common
+
+    now = datetime(2026, 12, 6, 3, 30, tzinfo=UTC)
+    monkeypatch.setattr(common.clock, "now", lambda: now)
+    result = cli_store.invoke(app, ["snapshots", "take", "--as-of", "2024-03-02"])
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect("shop.db") as connection:
+        found = connection.execute("SELECT DISTINCT day, computed_at FROM kpi_snapshots").fetchall()
+    assert [(day, computed[:16]) for day, computed in found] == [("2024-03-01", "2026-12-06 03:30")]

@@ -22,6 +22,7 @@ from recocamp.store import decisions as decisions_store
 from recocamp.store import measure as measure_store
 from recocamp.store import outbox, queries
 from recocamp.store.schema import outbox as outbox_table
+from recocamp.store.schema import purchases
 
 RUN = datetime(2026, 1, 5, 9, tzinfo=UTC)
 AS_OF = datetime(2026, 1, 20, tzinfo=UTC)  # the 7-day windows of the run have closed
@@ -217,3 +218,116 @@ def test_the_report_command_counts_pending_touches(
     assert "8 winback touches are still inside their 7-day window" in " ".join(
         result.stdout.split()
     )
+
+
+def test_a_mail_cancelled_because_its_customer_bought_stays_a_mailed_unit(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Intent to treat: an e-mail deferred after its run and cancelled at claim because the
+    customer bought every item it offers since (outbox.BOUGHT) was decided `send`; its
+    customer's purchase is the outcome. Left out, every such buyer left the mailed group while
+    the held-out customers who bought the same way stayed in theirs (+25 pp read as 0)."""
+    _run(engine, {"m1": 1, "m2": 2, "m3": 3, "h1": 1, "h2": 2})
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.customer_id == "m1")
+            .values(state="cancelled", sent_at=None, last_error=outbox.BOUGHT)
+        )
+    overall = _overall(engine, settings)
+    assert (overall.treated.units, overall.treated.converted) == (4, 3)
+    assert overall.comparisons["conversion_rate"].absolute == pytest.approx(3 / 4 - 2 / 4)
+
+
+def test_a_mail_cancelled_for_an_opt_out_is_no_mailed_unit(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Other cancellations (the customer unsubscribed before it went out) are no send."""
+    _run(engine, {"m2": 2, "m3": 3, "h1": 1, "h2": 2})
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.customer_id == "m1")
+            .values(state="cancelled", sent_at=None, last_error="recipient opted out")
+        )
+    overall = _overall(engine, settings)
+    assert (overall.treated.units, overall.treated.converted) == (3, 2)
+
+
+def test_orders_stored_under_another_unicode_form_of_the_id_are_attributed(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """Versions before ids were composed stored 'José' as 'Jose' + U+0301; today's runs mail
+    the composed id. The orders are the same person's (domain.composed, the one rule), and
+    were attributed to nobody: a mailed buyer counted as a non-buyer."""
+    _run(engine, {"m1": 1, "m2": 2, "h1": 1})
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    with engine.begin() as connection:
+        queries.upsert_customers(connection, [Customer(composed, "j@example.test")], RUN)
+        email = OutgoingEmail(
+            f"winback/{composed}/2026-01-05", "j@example.test", "s", "h", "t", campaign="winback"
+        )
+        outbox.enqueue(connection, [(email, composed, None, RUN)], RUN)
+        connection.execute(sa.update(outbox_table).values(state="delivered", sent_at=RUN))
+        queries.insert_purchases(
+            connection,
+            [Purchase("o-jose", 1, composed, "i1", 1, 20.0, RUN + timedelta(days=1))],
+            None,
+        )
+        connection.execute(
+            sa.update(purchases)
+            .where(purchases.c.order_id == "o-jose")
+            .values(customer_id=decomposed)
+        )
+    overall = _overall(engine, settings)
+    assert (overall.treated.units, overall.treated.converted) == (5, 3)
+
+
+def test_a_customer_mailed_before_the_report_window_and_held_out_in_it_is_switched(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """h1 was mailed by winback 100 days before the run (before the report's 90 days) and
+    held out by the run after holdout_percent was raised: their held-out orders carry the
+    earlier e-mail's effect, as for a switch inside the window, and they were counted as
+    a held-out unit because the check saw the window's touches only."""
+    _run(engine, {"m1": 1, "m2": 2, "m3": 3, "h1": 1, "h2": 2})
+    early = RUN - timedelta(days=100)
+    with engine.begin() as connection:
+        email = OutgoingEmail(
+            "winback/h1/2025-09-27", "h1@example.test", "s", "h", "t", campaign="winback"
+        )
+        outbox.enqueue(connection, [(email, "h1", None, early)], early)
+        connection.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.created_at == early)
+            .values(state="delivered", sent_at=early)
+        )
+    overall = _overall(engine, settings)
+    assert overall.switched == 1
+    assert (overall.control.units, overall.control.converted) == (3, 1)
+    assert (overall.treated.units, overall.treated.converted) == (4, 3)
+
+
+def test_a_customer_whose_older_orders_are_stored_decomposed_is_one_cohort_member(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """'José' bought in October under 'Jose' + U+0301 (a version before ids were composed)
+    and in December under the composed id: one customer who came back, not a new customer
+    of December's cohort beside a lost one of October's."""
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    lines = [
+        Purchase("o-oct", 1, composed, "i1", 1, 20.0, datetime(2025, 10, 10, tzinfo=UTC)),
+        Purchase("o-dec", 1, composed, "i1", 1, 20.0, datetime(2025, 12, 10, tzinfo=UTC)),
+    ]
+    with engine.begin() as connection:
+        queries.upsert_items(connection, [Item("i1", "Mug", "home", 20.0)], RUN)
+        queries.upsert_customers(connection, [Customer(composed, "j@example.test")], RUN)
+        queries.insert_purchases(connection, lines, None)
+        connection.execute(
+            sa.update(purchases)
+            .where(purchases.c.order_id == "o-oct")
+            .values(customer_id=decomposed)
+        )
+    cohorts = jobs.gather(engine, settings, AS_OF, AS_OF).cohorts
+    assert [(c.month.isoformat(), c.customers) for c in cohorts] == [("2025-10-01", 1)]
+    assert cohorts[0].retention[:2] == (0.0, 1.0)
