@@ -619,18 +619,19 @@ class Worker:
             replace_existing=True,
         )
 
-    def _beat(self) -> None:
-        """The heartbeat on a thread of its own: a reload checking slow templates (each
-        render may take its whole ``[templates] render_time_s``) held the loop for tens of
-        seconds, the heartbeat with it, so other workers counted this one dead: the leader
-        resumed the campaign run it was still sending, and the others took its share of
-        the provider's rate on top of what it still sent."""
-        while not self.stop.is_set():
+    def _beat(self, until: threading.Event) -> None:
+        """The heartbeat on a thread of its own, until ``until`` is set (the worker's
+        ``stop``; ``--once``'s end): a reload checking slow templates (each render may take
+        its whole ``[templates] render_time_s``) held the loop for tens of seconds, the
+        heartbeat with it, so other workers counted this one dead: the leader resumed the
+        campaign run it was still sending, and the others took its share of the provider's
+        rate on top of what it still sent."""
+        while not until.is_set():
             try:
                 self._heartbeat_and_share_rate()
             except Exception:  # the database may be away for a moment: try again
                 log.exception("worker heartbeat")
-            self.stop.wait(self.settings.worker.leader_poll_s)
+            until.wait(self.settings.worker.leader_poll_s)
 
     def _loop(self) -> None:
         while not self.stop.is_set():
@@ -653,7 +654,7 @@ class Worker:
         scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.LOCAL, "every_worker")
         if loop:
             self._heartbeat_thread = threading.Thread(
-                target=self._beat, name="worker-heartbeat", daemon=True
+                target=self._beat, args=(self.stop,), name="worker-heartbeat", daemon=True
             )
             self._heartbeat_thread.start()
             self._loop_thread = threading.Thread(target=self._loop, name="worker-loop", daemon=True)
@@ -793,21 +794,38 @@ class Worker:
 
     def run_due_once(self) -> dict[str, str]:
         """``--once``: every leader job that is due now (by the persistent schedule, with its
-        coalescing and misfire rules), then one delivery round; returns job → outcome."""
+        coalescing and misfire rules), then one delivery round; returns job → outcome. It
+        beats like a worker while it runs and is recorded stopped at its end: without a
+        heartbeat its runs looked like a dead worker's to another worker (resumed beside
+        it) and it took no share of the provider's rate (``live_worker_count``)."""
         global _current
         _current = self
         outcomes: dict[str, str] = {}
         terminated = _sigterm_as_ctrl_c(self)
+        ended = threading.Event()
+        beating: threading.Thread | None = None
         try:
             self.leadership.register()
-            self._record_files(self.broken)
             if self.leadership.try_acquire():
                 self.leader_since = self.clock.now()
+            self._heartbeat_and_share_rate()  # before any run: its runs are a live worker's
+            beating = threading.Thread(
+                target=self._beat, args=(ended,), name="worker-heartbeat", daemon=True
+            )
+            beating.start()
+            self._record_files(self.broken)
+            if self.leader_since is not None:
                 outcomes = self._fire_due()
             else:
                 log.info("another worker schedules: --once only delivers")
             outcomes["deliver"] = self._stoppable(lambda: self.run("deliver"))
         finally:
+            if beating is not None:  # ended before it is recorded stopped (a beat undoes it)
+                ended.set()
+                beating.join(self.settings.worker.shutdown_timeout_s)
+                _within(
+                    self.settings.worker.shutdown_timeout_s, self._stopped, "the worker stopped"
+                )
             self.leadership.release()
             self.leader_since, _current = None, None
             if terminated is not None:

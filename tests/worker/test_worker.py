@@ -1767,3 +1767,43 @@ def test_sigterm_while_a_job_waits_on_the_database_lock_exits_within_the_timeout
     assert took < 2 + 0.5, f"{took:.1f} s"
     process.leadership.release()  # the process would have exited, closing the lock file
     process.engine.dispose()
+
+
+def test_worker_once_beats_like_a_worker_while_it_runs_and_is_recorded_stopped(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``worker --once`` wrote no heartbeat: while it ran a campaign run, another worker saw
+    that run as a dead worker's (``unfinished_campaign_runs``: the scheduling worker would
+    mark it interrupted and resume it beside --once's) and did not count --once in the
+    provider's shared rate (``live_worker_count``). It beats like a worker while it runs
+    and is recorded stopped when it ends."""
+    from recocamp.worker import jobs as worker_jobs
+
+    process, clock = clocked_worker(tmp_path)
+    now = clock.now()
+    dead, _key = dead_run(process, now - timedelta(hours=1))
+    with process.engine.begin() as connection:
+        runs.mark_interrupted(connection, dead, now - timedelta(hours=1), "SIGTERM")
+    poll = process.settings.worker.leader_poll_s
+    seen: list[object] = []
+
+    def running(*_args: object) -> dict[str, object]:
+        with process.engine.connect() as connection:  # what another worker sees now
+            found = runs.unfinished_campaign_runs(
+                connection,
+                now - timedelta(days=1),
+                dead_before=now - timedelta(seconds=5 * poll),
+                failed_before=now - timedelta(hours=1),
+            )
+            seen.append([row.id for row in found])
+            seen.append(runs.live_worker_count(connection, now - timedelta(seconds=5 * poll)))
+        return {}
+
+    monkeypatch.setattr(worker_jobs, "run_campaign", running)
+    outcomes = process.run_due_once()
+    assert outcomes[f"resume:{dead}"] == "ok", outcomes
+    assert seen == [[], 1]  # its own run is a live worker's, and it counts
+    with process.engine.connect() as connection:
+        [row] = [w for w in runs.all_workers(connection) if w.id == process.id]
+    assert row.stopped_at == now and row.leader_since is None
+    process.engine.dispose()
