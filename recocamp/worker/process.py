@@ -723,6 +723,12 @@ class Worker:
                     self.stop.set()
             time.sleep(0.2)
 
+    def abandon_within(self, why: str, seconds: float) -> None:
+        """:meth:`abandon` waited for at most ``seconds``: the exit that follows must come
+        even when the store is what hangs (SQLite's write lock held elsewhere, a PostgreSQL
+        connection gone quiet)."""
+        _within(seconds, lambda: self.abandon(why), "the runs still going as interrupted")
+
     def abandon(self, why: str) -> None:
         """The process exits now with runs still going (a training past the shutdown
         timeout): they are recorded ``interrupted`` with ``why``, not left ``running`` for
@@ -748,12 +754,14 @@ class Worker:
         store that hangs (SQLite's write lock held by another process, which a busy write
         waits 10 s for; a PostgreSQL lock) holds no step past the deadline: the loop and
         heartbeat threads were joined 5 s each and the record waited for the lock, so a 2 s
-        timeout became 22 s and a supervisor's SIGKILL came first."""
+        timeout became 22 s and a supervisor's SIGKILL came first. Giving the scheduler lock
+        back too: an unlock on a PostgreSQL connection that hangs is left to the session's
+        end (the lock goes with it)."""
         global _current
         self.stop.set()
         timeout = self.settings.worker.shutdown_timeout_s
         deadline = time.monotonic() + timeout
-        reserve = min(RECORD_S, timeout / 2)
+        reserve = record_reserve(timeout)
         finished = threading.Event()
 
         def wait() -> None:
@@ -780,10 +788,12 @@ class Worker:
                 f"{self.stopped_by or 'stop'}: still running {timeout:g} s after the "
                 "worker was stopped ([worker] shutdown_timeout_s); the worker exited"
             )
-            _within(left, lambda: self.abandon(why), "the runs still going as interrupted")
+            self.abandon_within(why, left)
             return False
         _within(left, self._stopped, "the worker stopped")
-        self.leadership.release()
+        # on PostgreSQL an unlock on a connection that hangs: its session's end frees it
+        left = max(0.0, deadline - time.monotonic())
+        _within(left, self.leadership.release, "the scheduler lock given back")
         metrics.LEADER.set(0)
         _current = None
         return True
@@ -946,6 +956,12 @@ def _simulated(trigger: Any, start: datetime) -> Any:
     if isinstance(trigger, IntervalTrigger):
         return IntervalTrigger(hours=1, start_date=start, timezone=UTC)
     return trigger
+
+
+def record_reserve(timeout: float) -> float:
+    """Of a stop's ``timeout`` (``[worker] shutdown_timeout_s``), what is kept to record how
+    the worker ended: :data:`RECORD_S`, at most half of it; the jobs get the rest."""
+    return min(RECORD_S, timeout / 2)
 
 
 def _within(seconds: float, record: Callable[[], None], what: str) -> None:

@@ -1807,3 +1807,65 @@ def test_worker_once_beats_like_a_worker_while_it_runs_and_is_recorded_stopped(
         [row] = [w for w in runs.all_workers(connection) if w.id == process.id]
     assert row.stopped_at == now and row.leader_since is None
     process.engine.dispose()
+
+
+def test_a_lock_that_hangs_on_release_holds_no_clean_exit_past_the_timeout(
+    tmp_path: Path, secrets: None
+) -> None:
+    """A clean stop gave the scheduler lock back with no time limit after recording the
+    worker stopped: on PostgreSQL ``pg_advisory_unlock`` on a connection that hangs (a
+    server gone quiet, a cut network without a reset) held the exit past
+    ``shutdown_timeout_s``, until a supervisor's SIGKILL."""
+    process = worker_for(sqlite_shop(tmp_path, shutdown_timeout_s=1))
+    process.start(loop=False)
+    given_back = process.leadership.release
+    hung = threading.Event()
+
+    def hang() -> None:
+        hung.wait(20)
+
+    process.leadership.release = hang  # type: ignore[method-assign]
+    try:
+        process.tick()  # leader
+        began = time.monotonic()
+        assert process.shutdown() is True
+        took = time.monotonic() - began
+    finally:
+        hung.set()
+        given_back()
+        process.engine.dispose()
+    assert took < 1 + 0.5, f"{took:.1f} s"
+    with process.engine.connect() as connection:
+        [row] = [w for w in runs.all_workers(connection) if w.id == process.id]
+    assert row.stopped_at is not None
+
+
+def test_the_demo_exits_within_the_timeout_when_the_store_hangs_under_a_stuck_job(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``worker --demo`` stopped by a signal with a job still running past
+    ``shutdown_timeout_s`` records it interrupted and exits 3; the record waited for the
+    store with no limit, so a store locked by another process (SQLite's busy timeout, 10 s;
+    a PostgreSQL lock, for ever) held the exit past the timeout."""
+    from recocamp.cli import worker as worker_cli
+
+    shop = sqlite_shop(tmp_path, shutdown_timeout_s=1)
+    process = worker_for(shop)
+    exited: list[tuple[int, float]] = []
+    began = time.monotonic()
+    monkeypatch.setattr(os, "_exit", lambda code: exited.append((code, time.monotonic())))
+    monkeypatch.setattr(logging, "shutdown", lambda: None)
+    holder = sqlite3.connect(shop / "shop.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        process.stopped_by = "SIGTERM"
+        process.stop.set()
+        began = time.monotonic()
+        worker_cli.exit_if_stuck(process, threading.Event())  # the job never ends
+    finally:
+        holder.rollback()
+        holder.close()
+        process.engine.dispose()
+    [(code, at)] = exited
+    assert code == 3
+    assert at - began < 1 + 0.5, f"{at - began:.1f} s"
