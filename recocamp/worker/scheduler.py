@@ -14,6 +14,9 @@ purge              ``[worker] purge_cron``                the leader  ``misfire_
 deliver            every ``deliver_every_s``              every one   one interval
 =================  =====================================  ==========  =======================
 
+A cron job fires once per local wall-clock slot (:class:`WallTimeCron`: 02:30 on the night
+the clocks go back runs once, not at both of its instants).
+
 Every job has ``coalesce=True`` (runs missed while the worker was down run once, not once
 per missed slot), ``max_instances=1`` (a run that overlaps its own previous run is skipped
 and logged) and an explicit misfire grace time (a run later than that is skipped; the worker
@@ -38,7 +41,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -80,7 +84,7 @@ def job_table(settings: Settings, campaigns: Iterable[Campaign]) -> list[JobSpec
     grace = w.misfire_grace_s
 
     def cron(expression: str) -> CronTrigger:
-        return cron_trigger(expression, timezone=zone)
+        return once_per_wall_time(cron_trigger(expression, timezone=zone))
 
     table = [
         JobSpec(
@@ -100,11 +104,49 @@ def job_table(settings: Settings, campaigns: Iterable[Campaign]) -> list[JobSpec
         ),
     ]
     table += [
-        JobSpec(f"{CAMPAIGN_PREFIX}{c.name}", c.schedule.trigger(), "leader", grace)
+        JobSpec(
+            f"{CAMPAIGN_PREFIX}{c.name}", once_per_wall_time(c.schedule.trigger()), "leader", grace
+        )
         for c in campaigns
         if c.enabled
     ]
     return table
+
+
+class WallTimeCron(CronTrigger):  # type: ignore[misc]  # untyped library
+    """A cron trigger that fires once per local wall-clock slot. APScheduler 3 fires a wall
+    time that the clocks repeat (02:30 in Berlin on the night they go back) at both of its
+    instants, CEST then CET: the night's training, snapshot and purge ran twice (a campaign
+    run is idempotent per day, the rest is not). A fire time in the repeated hour's second
+    pass is skipped when the schedule already passed its first one (``previous_fire_time``
+    at or after it); a schedule that starts inside the second pass (nothing fired before)
+    takes its slot. Module-level: the persistent job store pickles it."""
+
+    def get_next_fire_time(self, previous_fire_time: Any, now: datetime) -> Any:
+        fire = super().get_next_fire_time(previous_fire_time, now)
+        while fire is not None and _repeat_passed(fire, previous_fire_time):
+            after = fire.astimezone(UTC) + timedelta(microseconds=1)
+            fire = super().get_next_fire_time(fire, max(after, now.astimezone(UTC)))
+        return fire
+
+
+def _repeat_passed(fire: datetime, previous: datetime | None) -> bool:
+    """Whether ``fire`` is the second instant of a wall time the clocks repeat and the
+    schedule fired at or after its first instant."""
+    if previous is None or fire.fold != 1:
+        return False
+    first = fire.replace(fold=0)
+    return first.utcoffset() != fire.utcoffset() and previous.astimezone(UTC) >= first.astimezone(
+        UTC
+    )
+
+
+def once_per_wall_time(trigger: CronTrigger) -> WallTimeCron:
+    """``trigger`` (a crontab's, :func:`recocamp.settings.cron_trigger`) as a
+    :class:`WallTimeCron`: same fields, zone and bounds."""
+    once: WallTimeCron = WallTimeCron.__new__(WallTimeCron)
+    once.__setstate__(trigger.__getstate__())
+    return once
 
 
 class _Scheduler(BackgroundScheduler):  # type: ignore[misc]  # untyped library

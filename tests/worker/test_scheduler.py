@@ -14,7 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from recocamp.campaigns.files import Campaign, load
-from recocamp.settings import load_settings
+from recocamp.settings import cron_trigger, load_settings
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import scheduler
@@ -78,22 +78,61 @@ def test_a_campaign_cron_keeps_its_wall_time_across_both_dst_changes(tmp_path: P
     assert all(t.astimezone(BERLIN).hour == 9 for t in spring + autumn)
 
 
-def test_a_wall_time_that_dst_skips_runs_late_and_one_it_repeats_runs_twice(
+def test_a_wall_time_that_dst_skips_runs_late_and_one_it_repeats_runs_once(
     tmp_path: Path,
 ) -> None:
-    """APScheduler's rules, which campaign runs can live with: they are idempotent per
-    shop-local day (run key and send keys), so the repeated hour's second run sends nothing."""
-    trigger = scheduler.job_table(load_settings(None), [campaign(tmp_path, "30 2 * * *")])[-1]
+    """A time the clocks skip runs an hour late (APScheduler's rule); one they repeat ran
+    twice, which a campaign run could live with (idempotent per shop-local day) but the
+    night's training, snapshot and purge could not: it runs once, at its first occurrence."""
+    settings = load_settings(None)
+    table = scheduler.job_table(settings, [campaign(tmp_path, "30 2 * * *")])
+    trigger = table[-1]
     spring = fires(trigger.trigger, datetime(2026, 3, 28, 12, tzinfo=UTC), 2)
-    autumn = fires(trigger.trigger, datetime(2026, 10, 24, 12, tzinfo=UTC), 3)
+    autumn = fires(trigger.trigger, datetime(2026, 10, 24, 12, tzinfo=UTC), 2)
     # 02:30 does not exist on 29 March in Berlin: the run comes at 01:30 UTC = 03:30 CEST
     assert [t.astimezone(UTC).strftime("%d %H:%M") for t in spring] == ["29 01:30", "30 00:30"]
-    # 02:30 happens twice on 25 October (CEST, then CET): two runs that day
-    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == [
-        "25 00:30",
-        "25 01:30",
-        "26 01:30",
+    # 02:30 happens twice on 25 October (CEST, then CET): it runs at the first one
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == ["25 00:30", "26 01:30"]
+    train = scheduler.job_table(
+        settings.model_copy(
+            update={
+                "worker": settings.worker.model_copy(update={"train_cron": "30 2 * * *"}),
+                "shop": settings.shop.model_copy(update={"time_zone": "Europe/Berlin"}),
+            }
+        ),
+        [],
+    )[1]
+    assert train.id == "train"
+    nights = fires(train.trigger, datetime(2026, 10, 24, 12, tzinfo=UTC), 2)
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in nights] == ["25 00:30", "26 01:30"]
+
+
+def test_an_hourly_cron_fires_once_per_wall_clock_hour_when_clocks_go_back(
+    engine: sa.Engine, paused: BackgroundScheduler
+) -> None:
+    """Every slot of the repeated hour once (02:00, 02:30 CEST), not again in CET; kept so
+    through the job store (the trigger is stored pickled)."""
+    trigger = scheduler.once_per_wall_time(cron_trigger("*/30 * * * *", timezone=BERLIN))
+    scheduler.sync(
+        paused, [scheduler.JobSpec("train", trigger, "leader", 60)], scheduler.SHARED, "leader"
+    )
+    again = scheduler.make_scheduler()
+    again.start(paused=True)
+    scheduler.attach_shared(again, engine)
+    stored = again.get_job("train", jobstore=scheduler.SHARED).trigger
+    scheduler.quiesce(again)
+    again.shutdown(wait=False)
+    times = fires(stored, datetime(2026, 10, 24, 23, 10, tzinfo=UTC), 5)
+    assert [t.astimezone(BERLIN).strftime("%H:%M%z") for t in times] == [
+        "01:30+0200",
+        "02:00+0200",
+        "02:30+0200",
+        "03:00+0100",
+        "03:30+0100",
     ]
+    # a schedule that starts inside the repeated hour (nothing fired before) takes its slot
+    [first] = fires(stored, datetime(2026, 10, 25, 1, 10, tzinfo=UTC), 1)
+    assert first.astimezone(UTC) == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)  # 02:30 CET
 
 
 def test_a_campaign_in_another_zone_runs_on_its_own_clock(tmp_path: Path) -> None:
