@@ -234,7 +234,7 @@ class Worker:
         self._use([*good, *kept.values()], renderer)
         self._record_files(failures)
         if self.leader_since is not None:
-            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
+            self._sync_leader_jobs()
         log.info(
             "reloaded %d campaign(s): %s", len(self.campaigns), ", ".join(sorted(self.campaigns))
         )
@@ -525,8 +525,9 @@ class Worker:
         """Attach the schedule, then say so; a failure on the way gives the lock back, so
         another worker can lead instead of one that holds the lock and schedules nothing."""
         try:
-            scheduler.attach_shared(self.scheduler, self.engine)
-            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
+            with scheduler.held(self.scheduler):  # its thread runs nothing stored meanwhile
+                scheduler.attach_shared(self.scheduler, self.engine)
+                self._sync_leader_jobs()
         except Exception:
             scheduler.detach_shared(self.scheduler)
             self.leadership.resign()
@@ -534,6 +535,28 @@ class Worker:
         self.leader_since = self.clock.now()
         metrics.LEADER.set(1)
         log.info("worker %s is the scheduling leader", self.id)
+
+    def _sync_leader_jobs(self) -> None:
+        """The persistent schedule as :attr:`specs` says; a run still due for a slot of a
+        job whose schedule changed is recorded skipped (:meth:`_record_dropped`)."""
+        scheduler.sync(
+            self.scheduler,
+            list(self.specs.values()),
+            scheduler.SHARED,
+            "leader",
+            dropped=self._record_dropped,
+            now=self.clock.now(),
+        )
+
+    def _record_dropped(self, job_id: str, due: datetime) -> None:
+        """A run still due when its job's cron or grace time changed (no worker up across
+        its slot, the file or the settings edited meanwhile): the job is rescheduled from
+        now by its new rule and that slot is not run; recorded, as a missed run is."""
+        self._record_not_run(
+            job_id,
+            f"not run: due {due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, its schedule changed "
+            "(cron or misfire grace time) before it ran; the new schedule runs from now",
+        )
 
     def _step_down(self) -> None:
         scheduler.detach_shared(self.scheduler)
@@ -688,12 +711,16 @@ class Worker:
             f"missed: due {due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, taken up {late:,.0f} s "
             f"late, past the misfire grace time ([worker] misfire_grace_s = {grace} s)"
         )
-        log.warning("job=%s status=missed reason=%r", spec.id, why)
+        self._record_not_run(spec.id, why)
+
+    def _record_not_run(self, job_id: str, why: str) -> None:
+        """A scheduled run that will not run, logged and recorded ``skipped`` with ``why``."""
+        log.warning("job=%s status=missed reason=%r", job_id, why)
         try:
             with self.engine.begin() as connection:
-                runs.skipped(connection, spec.id, self.id, now, why)
+                runs.skipped(connection, job_id, self.id, self.clock.now(), why)
         except SQLAlchemyError:  # the database may be away: the log line stays
-            log.exception("the missed run of %s could not be recorded", spec.id)
+            log.exception("the missed run of %s could not be recorded", job_id)
 
     def install_signals(
         self, which: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -891,7 +918,7 @@ class Worker:
         )
         self.scheduler.start(paused=True)
         scheduler.attach_shared(self.scheduler, self.engine)
-        scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
+        self._sync_leader_jobs()
         now = self.clock.now()
         due = {
             j.id

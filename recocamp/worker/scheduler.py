@@ -38,14 +38,16 @@ to it accordingly.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from apscheduler.job import Job
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -194,6 +196,22 @@ def attach_shared(scheduler: BackgroundScheduler, engine: Engine) -> None:
         own.dispose()
 
 
+@contextmanager
+def held(scheduler: BackgroundScheduler) -> Iterator[None]:
+    """A running scheduler paused for the block (one paused already stays so). Attaching
+    the persistent store wakes the scheduler's thread, which ran a job the store had due
+    before :func:`sync` saw it: a run for a slot of the old schedule, decided by the new
+    one (a campaign whose cron moved to Thursdays ran on a Sunday), or not, by luck."""
+    pause = scheduler.state == STATE_RUNNING
+    if pause:
+        scheduler.pause()
+    try:
+        yield
+    finally:
+        if pause:
+            scheduler.resume()
+
+
 def detach_shared(scheduler: BackgroundScheduler) -> None:
     """Stop scheduling leader jobs (stepping down); their rows stay for the next leader."""
     with suppress(KeyError):  # not attached
@@ -217,12 +235,20 @@ def _signature(trigger: BaseTrigger) -> tuple[str, str, str]:
 
 
 def sync(
-    scheduler: BackgroundScheduler, specs: Sequence[JobSpec], store: str, scope: Scope
+    scheduler: BackgroundScheduler,
+    specs: Sequence[JobSpec],
+    store: str,
+    scope: Scope,
+    dropped: Callable[[str, datetime], None] | None = None,
+    now: datetime | None = None,
 ) -> dict[str, str]:
     """Make ``store`` hold exactly the ``scope`` jobs of ``specs``; returns what changed.
 
     A job whose trigger and grace time are unchanged is left alone, so it keeps the next run
-    time it has (a missed run survives a restart). A changed trigger is rescheduled from now.
+    time it has (a missed run survives a restart). A changed trigger is rescheduled from now:
+    a cron job's run still due then (at or before ``now``: no worker was up across its slot,
+    the file was edited meanwhile) is not run, and is handed to ``dropped`` (job, slot) to
+    be recorded; it went without a trace.
     """
     wanted = {s.id: s for s in specs if s.scope == scope}
     existing = {job.id: job for job in scheduler.get_jobs(jobstore=store)}
@@ -238,12 +264,25 @@ def sync(
         elif _signature(job.trigger) != _signature(spec.trigger) or (
             job.misfire_grace_time != spec.misfire_grace_s
         ):
+            if dropped is not None and _due_slot(job, now):
+                dropped(job_id, job.next_run_time)
             scheduler.remove_job(job_id, jobstore=store)
             _add(scheduler, spec, store)
             changes[job_id] = "rescheduled"
     if changes:
         log.info("schedule (%s): %s", store, ", ".join(f"{k} {v}" for k, v in changes.items()))
     return changes
+
+
+def _due_slot(job: Job, now: datetime | None) -> bool:
+    """Whether ``job`` has a cron slot due at ``now`` (a poll's is the next poll's)."""
+    due = job.next_run_time
+    return (
+        now is not None
+        and due is not None
+        and due <= now
+        and not isinstance(job.trigger, IntervalTrigger)
+    )
 
 
 def _add(scheduler: BackgroundScheduler, spec: JobSpec, store: str) -> None:

@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -1869,3 +1870,30 @@ def test_the_demo_exits_within_the_timeout_when_the_store_hangs_under_a_stuck_jo
     [(code, at)] = exited
     assert code == 3
     assert at - began < 1 + 0.5, f"{at - began:.1f} s"
+
+
+def test_a_run_due_when_its_cron_changed_is_recorded_not_dropped(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """No worker up across a campaign's slot, and its file edited meanwhile (another cron):
+    the new worker reschedules the job from now by its new rule, and the run still due for
+    the old slot went with the old schedule, with no trace in runs list (a missed run is
+    recorded skipped). It is recorded skipped, naming the slot and why."""
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    slot = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
+    _restarted_across(shop, slot).engine.dispose()
+    path = shop / "campaigns" / "everyone.toml"
+    path.write_text(re.sub(r'cron = "[^"]*"', 'cron = "0 9 * * THU"', path.read_text()))
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()  # the leader: the schedule is synchronised with the edited file
+    finally:
+        process.shutdown()
+    rows = recent_runs(process)
+    process.engine.dispose()
+    assert [(r.job, r.status) for r in rows] == [("campaign:everyone", "skipped")]
+    assert f"due {slot:%Y-%m-%d %H:%M:%S} UTC" in rows[0].error
+    assert "schedule changed" in rows[0].error
+    assert fake.stats()["received"] == 0
