@@ -261,6 +261,9 @@ def sync(
         if job is None:
             _add(scheduler, spec, store)
             changes[job_id] = "added"
+        elif _same_but_twice(job, spec):  # stored before WallTimeCron: its due run stays
+            scheduler.modify_job(job_id, jobstore=store, trigger=spec.trigger)
+            changes[job_id] = "once per wall-clock slot"
         elif _signature(job.trigger) != _signature(spec.trigger) or (
             job.misfire_grace_time != spec.misfire_grace_s
         ):
@@ -272,6 +275,18 @@ def sync(
     if changes:
         log.info("schedule (%s): %s", store, ", ".join(f"{k} {v}" for k, v in changes.items()))
     return changes
+
+
+def _same_but_twice(job: Job, spec: JobSpec) -> bool:
+    """A job stored with APScheduler's plain cron trigger (which fired a repeated wall time
+    twice) whose schedule is otherwise ``spec``'s: its trigger is replaced, its next run time
+    kept (rescheduled from now, a slot due while a deploy restarted the worker was lost)."""
+    return (
+        type(job.trigger) is CronTrigger
+        and isinstance(spec.trigger, WallTimeCron)
+        and _signature(job.trigger)[1:] == _signature(spec.trigger)[1:]
+        and job.misfire_grace_time == spec.misfire_grace_s
+    )
 
 
 def _due_slot(job: Job, now: datetime | None) -> bool:

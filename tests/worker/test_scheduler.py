@@ -329,3 +329,35 @@ def test_a_job_store_that_refuses_a_write_stops_nothing_for_good(
     finally:
         process.shutdown()
         process.engine.dispose()
+
+
+def test_a_job_stored_before_wall_time_crons_keeps_its_due_run_and_takes_the_new_rule(
+    engine: sa.Engine, paused: BackgroundScheduler
+) -> None:
+    """A job stored by a version whose cron fired a repeated wall time twice: its next run
+    time is kept (a slot due while the deploy restarted the worker still runs), and its
+    trigger becomes the one that fires once per wall-clock slot."""
+    plain = cron_trigger("30 2 * * *", timezone=BERLIN)
+    paused.add_job(
+        scheduler.DISPATCH,
+        trigger=plain,
+        args=["train"],
+        id="train",
+        jobstore=scheduler.SHARED,
+        misfire_grace_time=60,
+    )
+    due = datetime.now(UTC) - timedelta(minutes=5)
+    paused.modify_job("train", jobstore=scheduler.SHARED, next_run_time=due)
+    spec = scheduler.JobSpec("train", scheduler.once_per_wall_time(plain), "leader", 60)
+    dropped: list[str] = []
+    scheduler.sync(
+        paused,
+        [spec],
+        scheduler.SHARED,
+        "leader",
+        dropped=lambda job, _at: dropped.append(job),
+        now=datetime.now(UTC),
+    )
+    job = paused.get_job("train", jobstore=scheduler.SHARED)
+    assert job.next_run_time == due and dropped == []
+    assert isinstance(job.trigger, scheduler.WallTimeCron)
