@@ -912,10 +912,9 @@ class Worker:
                 outcomes.setdefault(event.job_id, _outcome(event))
                 done.notify_all()
 
-        self.scheduler.add_listener(
-            listen,
-            EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
-        )
+        # not EVENT_JOB_MAX_INSTANCES: in --once only the job's own run, still going, makes a
+        # firing overlap (its next slot came while it ran); that run's end is its outcome
+        self.scheduler.add_listener(listen, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         self.scheduler.start(paused=True)
         scheduler.attach_shared(self.scheduler, self.engine)
         self._sync_leader_jobs()

@@ -3,6 +3,7 @@ persistent job store that keeps next run times, coalescing and misfires (``--onc
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -361,3 +362,34 @@ def test_a_job_stored_before_wall_time_crons_keeps_its_due_run_and_takes_the_new
     job = paused.get_job("train", jobstore=scheduler.SHARED)
     assert job.next_run_time == due and dropped == []
     assert isinstance(job.trigger, scheduler.WallTimeCron)
+
+
+def test_once_reports_a_job_that_fell_due_again_while_it_ran_by_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job of ``--once`` whose next slot came while it ran (``* * * * *`` across a minute,
+    a long training across its next slot) was reported "skipped (still running)": the
+    overlap of its own second firing came first and was taken as its outcome, though the
+    run went on and ended ok."""
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+
+    from recocamp.worker import jobs as worker_jobs
+
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "k")
+    monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
+    process = _shop_worker(tmp_path, f"sqlite:///{tmp_path / 'shop.db'}", train_cron="0 3 * * *")
+    _set_next_run(process, "train", datetime.now(UTC) - timedelta(minutes=1))
+    overlapped = threading.Event()
+    process.scheduler.add_listener(lambda _event: overlapped.set(), EVENT_JOB_MAX_INSTANCES)
+
+    def train(*_args: object) -> dict[str, object]:  # its next slot comes while it runs
+        process.scheduler.modify_job(
+            "train", jobstore=scheduler.SHARED, next_run_time=datetime.now(UTC)
+        )
+        assert overlapped.wait(10)
+        return {}
+
+    monkeypatch.setitem(worker_jobs.JOBS, "train", train)
+    outcomes = process.run_due_once()
+    assert outcomes["train"] == "ok", outcomes
+    process.engine.dispose()
