@@ -48,7 +48,7 @@ from recocamp.measure import jobs as measure_jobs
 from recocamp.settings import Settings
 from recocamp.store import queries, runs
 from recocamp.store.engine import Engine
-from recocamp.worker.process import Worker
+from recocamp.worker.process import Worker, record_reserve
 
 runs_app = typer.Typer(help="The history of job and campaign runs; workers.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
@@ -211,7 +211,7 @@ def _stopped_by_signals(process: Worker) -> Iterator[None]:
     before = {each: signal.getsignal(each) for each in handled}  # put back: tests run in-process
     process.install_signals()
     threading.Thread(
-        target=_exit_if_stuck, args=(process, done), name="demo-signals", daemon=True
+        target=exit_if_stuck, args=(process, done), name="demo-signals", daemon=True
     ).start()
     try:
         yield
@@ -223,12 +223,18 @@ def _stopped_by_signals(process: Worker) -> Iterator[None]:
                 signal.signal(each, handler)
 
 
-def _exit_if_stuck(process: Worker, done: threading.Event) -> None:
+def exit_if_stuck(process: Worker, done: threading.Event) -> None:
+    """The demo's watcher: once a signal stops it, a job still running past ``[worker]
+    shutdown_timeout_s`` (``done`` not set) is recorded interrupted and the process exits 3,
+    within the timeout even when the store hangs (the record is waited for at most the
+    worker's reserve for it)."""
     process.wait()  # until a signal (or the demo's end) sets stop
     timeout = process.settings.worker.shutdown_timeout_s
-    if done.is_set() or done.wait(timeout):
+    reserve = record_reserve(timeout)  # the exit comes within the timeout, as the worker's
+    if done.is_set() or done.wait(timeout - reserve):
         return
-    process.abandon(f"{process.stopped_by}: the demo stopped before the run ended")
+    why = f"{process.stopped_by}: the demo stopped before the run ended"
+    process.abandon_within(why, reserve)
     print_error(
         f"a job still ran {timeout:.0f} s after {process.stopped_by}: recorded interrupted, "
         "exiting anyway"

@@ -234,7 +234,7 @@ class Worker:
         self._use([*good, *kept.values()], renderer)
         self._record_files(failures)
         if self.leader_since is not None:
-            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
+            self._sync_leader_jobs()
         log.info(
             "reloaded %d campaign(s): %s", len(self.campaigns), ", ".join(sorted(self.campaigns))
         )
@@ -525,8 +525,9 @@ class Worker:
         """Attach the schedule, then say so; a failure on the way gives the lock back, so
         another worker can lead instead of one that holds the lock and schedules nothing."""
         try:
-            scheduler.attach_shared(self.scheduler, self.engine)
-            scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
+            with scheduler.held(self.scheduler):  # its thread runs nothing stored meanwhile
+                scheduler.attach_shared(self.scheduler, self.engine)
+                self._sync_leader_jobs()
         except Exception:
             scheduler.detach_shared(self.scheduler)
             self.leadership.resign()
@@ -534,6 +535,28 @@ class Worker:
         self.leader_since = self.clock.now()
         metrics.LEADER.set(1)
         log.info("worker %s is the scheduling leader", self.id)
+
+    def _sync_leader_jobs(self) -> None:
+        """The persistent schedule as :attr:`specs` says; a run still due for a slot of a
+        job whose schedule changed is recorded skipped (:meth:`_record_dropped`)."""
+        scheduler.sync(
+            self.scheduler,
+            list(self.specs.values()),
+            scheduler.SHARED,
+            "leader",
+            dropped=self._record_dropped,
+            now=self.clock.now(),
+        )
+
+    def _record_dropped(self, job_id: str, due: datetime) -> None:
+        """A run still due when its job's cron or grace time changed (no worker up across
+        its slot, the file or the settings edited meanwhile): the job is rescheduled from
+        now by its new rule and that slot is not run; recorded, as a missed run is."""
+        self._record_not_run(
+            job_id,
+            f"not run: due {due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, its schedule changed "
+            "(cron or misfire grace time) before it ran; the new schedule runs from now",
+        )
 
     def _step_down(self) -> None:
         scheduler.detach_shared(self.scheduler)
@@ -619,18 +642,19 @@ class Worker:
             replace_existing=True,
         )
 
-    def _beat(self) -> None:
-        """The heartbeat on a thread of its own: a reload checking slow templates (each
-        render may take its whole ``[templates] render_time_s``) held the loop for tens of
-        seconds, the heartbeat with it, so other workers counted this one dead: the leader
-        resumed the campaign run it was still sending, and the others took its share of
-        the provider's rate on top of what it still sent."""
-        while not self.stop.is_set():
+    def _beat(self, until: threading.Event) -> None:
+        """The heartbeat on a thread of its own, until ``until`` is set (the worker's
+        ``stop``; ``--once``'s end): a reload checking slow templates (each render may take
+        its whole ``[templates] render_time_s``) held the loop for tens of seconds, the
+        heartbeat with it, so other workers counted this one dead: the leader resumed the
+        campaign run it was still sending, and the others took its share of the provider's
+        rate on top of what it still sent."""
+        while not until.is_set():
             try:
                 self._heartbeat_and_share_rate()
             except Exception:  # the database may be away for a moment: try again
                 log.exception("worker heartbeat")
-            self.stop.wait(self.settings.worker.leader_poll_s)
+            until.wait(self.settings.worker.leader_poll_s)
 
     def _loop(self) -> None:
         while not self.stop.is_set():
@@ -653,7 +677,7 @@ class Worker:
         scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.LOCAL, "every_worker")
         if loop:
             self._heartbeat_thread = threading.Thread(
-                target=self._beat, name="worker-heartbeat", daemon=True
+                target=self._beat, args=(self.stop,), name="worker-heartbeat", daemon=True
             )
             self._heartbeat_thread.start()
             self._loop_thread = threading.Thread(target=self._loop, name="worker-loop", daemon=True)
@@ -687,12 +711,16 @@ class Worker:
             f"missed: due {due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, taken up {late:,.0f} s "
             f"late, past the misfire grace time ([worker] misfire_grace_s = {grace} s)"
         )
-        log.warning("job=%s status=missed reason=%r", spec.id, why)
+        self._record_not_run(spec.id, why)
+
+    def _record_not_run(self, job_id: str, why: str) -> None:
+        """A scheduled run that will not run, logged and recorded ``skipped`` with ``why``."""
+        log.warning("job=%s status=missed reason=%r", job_id, why)
         try:
             with self.engine.begin() as connection:
-                runs.skipped(connection, spec.id, self.id, now, why)
+                runs.skipped(connection, job_id, self.id, self.clock.now(), why)
         except SQLAlchemyError:  # the database may be away: the log line stays
-            log.exception("the missed run of %s could not be recorded", spec.id)
+            log.exception("the missed run of %s could not be recorded", job_id)
 
     def install_signals(
         self, which: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -722,6 +750,12 @@ class Worker:
                     self.stop.set()
             time.sleep(0.2)
 
+    def abandon_within(self, why: str, seconds: float) -> None:
+        """:meth:`abandon` waited for at most ``seconds``: the exit that follows must come
+        even when the store is what hangs (SQLite's write lock held elsewhere, a PostgreSQL
+        connection gone quiet)."""
+        _within(seconds, lambda: self.abandon(why), "the runs still going as interrupted")
+
     def abandon(self, why: str) -> None:
         """The process exits now with runs still going (a training past the shutdown
         timeout): they are recorded ``interrupted`` with ``why``, not left ``running`` for
@@ -747,12 +781,14 @@ class Worker:
         store that hangs (SQLite's write lock held by another process, which a busy write
         waits 10 s for; a PostgreSQL lock) holds no step past the deadline: the loop and
         heartbeat threads were joined 5 s each and the record waited for the lock, so a 2 s
-        timeout became 22 s and a supervisor's SIGKILL came first."""
+        timeout became 22 s and a supervisor's SIGKILL came first. Giving the scheduler lock
+        back too: an unlock on a PostgreSQL connection that hangs is left to the session's
+        end (the lock goes with it)."""
         global _current
         self.stop.set()
         timeout = self.settings.worker.shutdown_timeout_s
         deadline = time.monotonic() + timeout
-        reserve = min(RECORD_S, timeout / 2)
+        reserve = record_reserve(timeout)
         finished = threading.Event()
 
         def wait() -> None:
@@ -779,10 +815,12 @@ class Worker:
                 f"{self.stopped_by or 'stop'}: still running {timeout:g} s after the "
                 "worker was stopped ([worker] shutdown_timeout_s); the worker exited"
             )
-            _within(left, lambda: self.abandon(why), "the runs still going as interrupted")
+            self.abandon_within(why, left)
             return False
         _within(left, self._stopped, "the worker stopped")
-        self.leadership.release()
+        # on PostgreSQL an unlock on a connection that hangs: its session's end frees it
+        left = max(0.0, deadline - time.monotonic())
+        _within(left, self.leadership.release, "the scheduler lock given back")
         metrics.LEADER.set(0)
         _current = None
         return True
@@ -793,21 +831,38 @@ class Worker:
 
     def run_due_once(self) -> dict[str, str]:
         """``--once``: every leader job that is due now (by the persistent schedule, with its
-        coalescing and misfire rules), then one delivery round; returns job → outcome."""
+        coalescing and misfire rules), then one delivery round; returns job → outcome. It
+        beats like a worker while it runs and is recorded stopped at its end: without a
+        heartbeat its runs looked like a dead worker's to another worker (resumed beside
+        it) and it took no share of the provider's rate (``live_worker_count``)."""
         global _current
         _current = self
         outcomes: dict[str, str] = {}
         terminated = _sigterm_as_ctrl_c(self)
+        ended = threading.Event()
+        beating: threading.Thread | None = None
         try:
             self.leadership.register()
-            self._record_files(self.broken)
             if self.leadership.try_acquire():
                 self.leader_since = self.clock.now()
+            self._heartbeat_and_share_rate()  # before any run: its runs are a live worker's
+            beating = threading.Thread(
+                target=self._beat, args=(ended,), name="worker-heartbeat", daemon=True
+            )
+            beating.start()
+            self._record_files(self.broken)
+            if self.leader_since is not None:
                 outcomes = self._fire_due()
             else:
                 log.info("another worker schedules: --once only delivers")
             outcomes["deliver"] = self._stoppable(lambda: self.run("deliver"))
         finally:
+            if beating is not None:  # ended before it is recorded stopped (a beat undoes it)
+                ended.set()
+                beating.join(self.settings.worker.shutdown_timeout_s)
+                _within(
+                    self.settings.worker.shutdown_timeout_s, self._stopped, "the worker stopped"
+                )
             self.leadership.release()
             self.leader_since, _current = None, None
             if terminated is not None:
@@ -857,13 +912,12 @@ class Worker:
                 outcomes.setdefault(event.job_id, _outcome(event))
                 done.notify_all()
 
-        self.scheduler.add_listener(
-            listen,
-            EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
-        )
+        # not EVENT_JOB_MAX_INSTANCES: in --once only the job's own run, still going, makes a
+        # firing overlap (its next slot came while it ran); that run's end is its outcome
+        self.scheduler.add_listener(listen, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         self.scheduler.start(paused=True)
         scheduler.attach_shared(self.scheduler, self.engine)
-        scheduler.sync(self.scheduler, list(self.specs.values()), scheduler.SHARED, "leader")
+        self._sync_leader_jobs()
         now = self.clock.now()
         due = {
             j.id
@@ -928,6 +982,12 @@ def _simulated(trigger: Any, start: datetime) -> Any:
     if isinstance(trigger, IntervalTrigger):
         return IntervalTrigger(hours=1, start_date=start, timezone=UTC)
     return trigger
+
+
+def record_reserve(timeout: float) -> float:
+    """Of a stop's ``timeout`` (``[worker] shutdown_timeout_s``), what is kept to record how
+    the worker ended: :data:`RECORD_S`, at most half of it; the jobs get the rest."""
+    return min(RECORD_S, timeout / 2)
 
 
 def _within(seconds: float, record: Callable[[], None], what: str) -> None:

@@ -14,6 +14,9 @@ purge              ``[worker] purge_cron``                the leader  ``misfire_
 deliver            every ``deliver_every_s``              every one   one interval
 =================  =====================================  ==========  =======================
 
+A cron job fires once per local wall-clock slot (:class:`WallTimeCron`: 02:30 on the night
+the clocks go back runs once, not at both of its instants).
+
 Every job has ``coalesce=True`` (runs missed while the worker was down run once, not once
 per missed slot), ``max_instances=1`` (a run that overlaps its own previous run is skipped
 and logged) and an explicit misfire grace time (a run later than that is skipped; the worker
@@ -35,13 +38,16 @@ to it accordingly.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
+from apscheduler.job import Job
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -80,7 +86,7 @@ def job_table(settings: Settings, campaigns: Iterable[Campaign]) -> list[JobSpec
     grace = w.misfire_grace_s
 
     def cron(expression: str) -> CronTrigger:
-        return cron_trigger(expression, timezone=zone)
+        return once_per_wall_time(cron_trigger(expression, timezone=zone))
 
     table = [
         JobSpec(
@@ -100,11 +106,49 @@ def job_table(settings: Settings, campaigns: Iterable[Campaign]) -> list[JobSpec
         ),
     ]
     table += [
-        JobSpec(f"{CAMPAIGN_PREFIX}{c.name}", c.schedule.trigger(), "leader", grace)
+        JobSpec(
+            f"{CAMPAIGN_PREFIX}{c.name}", once_per_wall_time(c.schedule.trigger()), "leader", grace
+        )
         for c in campaigns
         if c.enabled
     ]
     return table
+
+
+class WallTimeCron(CronTrigger):  # type: ignore[misc]  # untyped library
+    """A cron trigger that fires once per local wall-clock slot. APScheduler 3 fires a wall
+    time that the clocks repeat (02:30 in Berlin on the night they go back) at both of its
+    instants, CEST then CET: the night's training, snapshot and purge ran twice (a campaign
+    run is idempotent per day, the rest is not). A fire time in the repeated hour's second
+    pass is skipped when the schedule already passed its first one (``previous_fire_time``
+    at or after it); a schedule that starts inside the second pass (nothing fired before)
+    takes its slot. Module-level: the persistent job store pickles it."""
+
+    def get_next_fire_time(self, previous_fire_time: Any, now: datetime) -> Any:
+        fire = super().get_next_fire_time(previous_fire_time, now)
+        while fire is not None and _repeat_passed(fire, previous_fire_time):
+            after = fire.astimezone(UTC) + timedelta(microseconds=1)
+            fire = super().get_next_fire_time(fire, max(after, now.astimezone(UTC)))
+        return fire
+
+
+def _repeat_passed(fire: datetime, previous: datetime | None) -> bool:
+    """Whether ``fire`` is the second instant of a wall time the clocks repeat and the
+    schedule fired at or after its first instant."""
+    if previous is None or fire.fold != 1:
+        return False
+    first = fire.replace(fold=0)
+    return first.utcoffset() != fire.utcoffset() and previous.astimezone(UTC) >= first.astimezone(
+        UTC
+    )
+
+
+def once_per_wall_time(trigger: CronTrigger) -> WallTimeCron:
+    """``trigger`` (a crontab's, :func:`recocamp.settings.cron_trigger`) as a
+    :class:`WallTimeCron`: same fields, zone and bounds."""
+    once: WallTimeCron = WallTimeCron.__new__(WallTimeCron)
+    once.__setstate__(trigger.__getstate__())
+    return once
 
 
 class _Scheduler(BackgroundScheduler):  # type: ignore[misc]  # untyped library
@@ -152,6 +196,22 @@ def attach_shared(scheduler: BackgroundScheduler, engine: Engine) -> None:
         own.dispose()
 
 
+@contextmanager
+def held(scheduler: BackgroundScheduler) -> Iterator[None]:
+    """A running scheduler paused for the block (one paused already stays so). Attaching
+    the persistent store wakes the scheduler's thread, which ran a job the store had due
+    before :func:`sync` saw it: a run for a slot of the old schedule, decided by the new
+    one (a campaign whose cron moved to Thursdays ran on a Sunday), or not, by luck."""
+    pause = scheduler.state == STATE_RUNNING
+    if pause:
+        scheduler.pause()
+    try:
+        yield
+    finally:
+        if pause:
+            scheduler.resume()
+
+
 def detach_shared(scheduler: BackgroundScheduler) -> None:
     """Stop scheduling leader jobs (stepping down); their rows stay for the next leader."""
     with suppress(KeyError):  # not attached
@@ -175,12 +235,20 @@ def _signature(trigger: BaseTrigger) -> tuple[str, str, str]:
 
 
 def sync(
-    scheduler: BackgroundScheduler, specs: Sequence[JobSpec], store: str, scope: Scope
+    scheduler: BackgroundScheduler,
+    specs: Sequence[JobSpec],
+    store: str,
+    scope: Scope,
+    dropped: Callable[[str, datetime], None] | None = None,
+    now: datetime | None = None,
 ) -> dict[str, str]:
     """Make ``store`` hold exactly the ``scope`` jobs of ``specs``; returns what changed.
 
     A job whose trigger and grace time are unchanged is left alone, so it keeps the next run
-    time it has (a missed run survives a restart). A changed trigger is rescheduled from now.
+    time it has (a missed run survives a restart). A changed trigger is rescheduled from now:
+    a cron job's run still due then (at or before ``now``: no worker was up across its slot,
+    the file was edited meanwhile) is not run, and is handed to ``dropped`` (job, slot) to
+    be recorded; it went without a trace.
     """
     wanted = {s.id: s for s in specs if s.scope == scope}
     existing = {job.id: job for job in scheduler.get_jobs(jobstore=store)}
@@ -193,15 +261,43 @@ def sync(
         if job is None:
             _add(scheduler, spec, store)
             changes[job_id] = "added"
+        elif _same_but_twice(job, spec):  # stored before WallTimeCron: its due run stays
+            scheduler.modify_job(job_id, jobstore=store, trigger=spec.trigger)
+            changes[job_id] = "once per wall-clock slot"
         elif _signature(job.trigger) != _signature(spec.trigger) or (
             job.misfire_grace_time != spec.misfire_grace_s
         ):
+            if dropped is not None and _due_slot(job, now):
+                dropped(job_id, job.next_run_time)
             scheduler.remove_job(job_id, jobstore=store)
             _add(scheduler, spec, store)
             changes[job_id] = "rescheduled"
     if changes:
         log.info("schedule (%s): %s", store, ", ".join(f"{k} {v}" for k, v in changes.items()))
     return changes
+
+
+def _same_but_twice(job: Job, spec: JobSpec) -> bool:
+    """A job stored with APScheduler's plain cron trigger (which fired a repeated wall time
+    twice) whose schedule is otherwise ``spec``'s: its trigger is replaced, its next run time
+    kept (rescheduled from now, a slot due while a deploy restarted the worker was lost)."""
+    return (
+        type(job.trigger) is CronTrigger
+        and isinstance(spec.trigger, WallTimeCron)
+        and _signature(job.trigger)[1:] == _signature(spec.trigger)[1:]
+        and job.misfire_grace_time == spec.misfire_grace_s
+    )
+
+
+def _due_slot(job: Job, now: datetime | None) -> bool:
+    """Whether ``job`` has a cron slot due at ``now`` (a poll's is the next poll's)."""
+    due = job.next_run_time
+    return (
+        now is not None
+        and due is not None
+        and due <= now
+        and not isinstance(job.trigger, IntervalTrigger)
+    )
 
 
 def _add(scheduler: BackgroundScheduler, spec: JobSpec, store: str) -> None:

@@ -3,6 +3,7 @@ persistent job store that keeps next run times, coalescing and misfires (``--onc
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from recocamp.campaigns.files import Campaign, load
-from recocamp.settings import load_settings
+from recocamp.settings import cron_trigger, load_settings
 from recocamp.store import runs
 from recocamp.store.engine import make_engine
 from recocamp.worker import scheduler
@@ -78,22 +79,61 @@ def test_a_campaign_cron_keeps_its_wall_time_across_both_dst_changes(tmp_path: P
     assert all(t.astimezone(BERLIN).hour == 9 for t in spring + autumn)
 
 
-def test_a_wall_time_that_dst_skips_runs_late_and_one_it_repeats_runs_twice(
+def test_a_wall_time_that_dst_skips_runs_late_and_one_it_repeats_runs_once(
     tmp_path: Path,
 ) -> None:
-    """APScheduler's rules, which campaign runs can live with: they are idempotent per
-    shop-local day (run key and send keys), so the repeated hour's second run sends nothing."""
-    trigger = scheduler.job_table(load_settings(None), [campaign(tmp_path, "30 2 * * *")])[-1]
+    """A time the clocks skip runs an hour late (APScheduler's rule); one they repeat ran
+    twice, which a campaign run could live with (idempotent per shop-local day) but the
+    night's training, snapshot and purge could not: it runs once, at its first occurrence."""
+    settings = load_settings(None)
+    table = scheduler.job_table(settings, [campaign(tmp_path, "30 2 * * *")])
+    trigger = table[-1]
     spring = fires(trigger.trigger, datetime(2026, 3, 28, 12, tzinfo=UTC), 2)
-    autumn = fires(trigger.trigger, datetime(2026, 10, 24, 12, tzinfo=UTC), 3)
+    autumn = fires(trigger.trigger, datetime(2026, 10, 24, 12, tzinfo=UTC), 2)
     # 02:30 does not exist on 29 March in Berlin: the run comes at 01:30 UTC = 03:30 CEST
     assert [t.astimezone(UTC).strftime("%d %H:%M") for t in spring] == ["29 01:30", "30 00:30"]
-    # 02:30 happens twice on 25 October (CEST, then CET): two runs that day
-    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == [
-        "25 00:30",
-        "25 01:30",
-        "26 01:30",
+    # 02:30 happens twice on 25 October (CEST, then CET): it runs at the first one
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in autumn] == ["25 00:30", "26 01:30"]
+    train = scheduler.job_table(
+        settings.model_copy(
+            update={
+                "worker": settings.worker.model_copy(update={"train_cron": "30 2 * * *"}),
+                "shop": settings.shop.model_copy(update={"time_zone": "Europe/Berlin"}),
+            }
+        ),
+        [],
+    )[1]
+    assert train.id == "train"
+    nights = fires(train.trigger, datetime(2026, 10, 24, 12, tzinfo=UTC), 2)
+    assert [t.astimezone(UTC).strftime("%d %H:%M") for t in nights] == ["25 00:30", "26 01:30"]
+
+
+def test_an_hourly_cron_fires_once_per_wall_clock_hour_when_clocks_go_back(
+    engine: sa.Engine, paused: BackgroundScheduler
+) -> None:
+    """Every slot of the repeated hour once (02:00, 02:30 CEST), not again in CET; kept so
+    through the job store (the trigger is stored pickled)."""
+    trigger = scheduler.once_per_wall_time(cron_trigger("*/30 * * * *", timezone=BERLIN))
+    scheduler.sync(
+        paused, [scheduler.JobSpec("train", trigger, "leader", 60)], scheduler.SHARED, "leader"
+    )
+    again = scheduler.make_scheduler()
+    again.start(paused=True)
+    scheduler.attach_shared(again, engine)
+    stored = again.get_job("train", jobstore=scheduler.SHARED).trigger
+    scheduler.quiesce(again)
+    again.shutdown(wait=False)
+    times = fires(stored, datetime(2026, 10, 24, 23, 10, tzinfo=UTC), 5)
+    assert [t.astimezone(BERLIN).strftime("%H:%M%z") for t in times] == [
+        "01:30+0200",
+        "02:00+0200",
+        "02:30+0200",
+        "03:00+0100",
+        "03:30+0100",
     ]
+    # a schedule that starts inside the repeated hour (nothing fired before) takes its slot
+    [first] = fires(stored, datetime(2026, 10, 25, 1, 10, tzinfo=UTC), 1)
+    assert first.astimezone(UTC) == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)  # 02:30 CET
 
 
 def test_a_campaign_in_another_zone_runs_on_its_own_clock(tmp_path: Path) -> None:
@@ -290,3 +330,66 @@ def test_a_job_store_that_refuses_a_write_stops_nothing_for_good(
     finally:
         process.shutdown()
         process.engine.dispose()
+
+
+def test_a_job_stored_before_wall_time_crons_keeps_its_due_run_and_takes_the_new_rule(
+    engine: sa.Engine, paused: BackgroundScheduler
+) -> None:
+    """A job stored by a version whose cron fired a repeated wall time twice: its next run
+    time is kept (a slot due while the deploy restarted the worker still runs), and its
+    trigger becomes the one that fires once per wall-clock slot."""
+    plain = cron_trigger("30 2 * * *", timezone=BERLIN)
+    paused.add_job(
+        scheduler.DISPATCH,
+        trigger=plain,
+        args=["train"],
+        id="train",
+        jobstore=scheduler.SHARED,
+        misfire_grace_time=60,
+    )
+    due = datetime.now(UTC) - timedelta(minutes=5)
+    paused.modify_job("train", jobstore=scheduler.SHARED, next_run_time=due)
+    spec = scheduler.JobSpec("train", scheduler.once_per_wall_time(plain), "leader", 60)
+    dropped: list[str] = []
+    scheduler.sync(
+        paused,
+        [spec],
+        scheduler.SHARED,
+        "leader",
+        dropped=lambda job, _at: dropped.append(job),
+        now=datetime.now(UTC),
+    )
+    job = paused.get_job("train", jobstore=scheduler.SHARED)
+    assert job.next_run_time == due and dropped == []
+    assert isinstance(job.trigger, scheduler.WallTimeCron)
+
+
+def test_once_reports_a_job_that_fell_due_again_while_it_ran_by_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job of ``--once`` whose next slot came while it ran (``* * * * *`` across a minute,
+    a long training across its next slot) was reported "skipped (still running)": the
+    overlap of its own second firing came first and was taken as its outcome, though the
+    run went on and ended ok."""
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+
+    from recocamp.worker import jobs as worker_jobs
+
+    monkeypatch.setenv("RECOCAMP_SIGNING_KEY", "k")
+    monkeypatch.setenv("RECOCAMP_ESP_TOKEN", "t")
+    process = _shop_worker(tmp_path, f"sqlite:///{tmp_path / 'shop.db'}", train_cron="0 3 * * *")
+    _set_next_run(process, "train", datetime.now(UTC) - timedelta(minutes=1))
+    overlapped = threading.Event()
+    process.scheduler.add_listener(lambda _event: overlapped.set(), EVENT_JOB_MAX_INSTANCES)
+
+    def train(*_args: object) -> dict[str, object]:  # its next slot comes while it runs
+        process.scheduler.modify_job(
+            "train", jobstore=scheduler.SHARED, next_run_time=datetime.now(UTC)
+        )
+        assert overlapped.wait(10)
+        return {}
+
+    monkeypatch.setitem(worker_jobs.JOBS, "train", train)
+    outcomes = process.run_due_once()
+    assert outcomes["train"] == "ok", outcomes
+    process.engine.dispose()

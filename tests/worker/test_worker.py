@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -1767,3 +1768,132 @@ def test_sigterm_while_a_job_waits_on_the_database_lock_exits_within_the_timeout
     assert took < 2 + 0.5, f"{took:.1f} s"
     process.leadership.release()  # the process would have exited, closing the lock file
     process.engine.dispose()
+
+
+def test_worker_once_beats_like_a_worker_while_it_runs_and_is_recorded_stopped(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``worker --once`` wrote no heartbeat: while it ran a campaign run, another worker saw
+    that run as a dead worker's (``unfinished_campaign_runs``: the scheduling worker would
+    mark it interrupted and resume it beside --once's) and did not count --once in the
+    provider's shared rate (``live_worker_count``). It beats like a worker while it runs
+    and is recorded stopped when it ends."""
+    from recocamp.worker import jobs as worker_jobs
+
+    process, clock = clocked_worker(tmp_path)
+    now = clock.now()
+    dead, _key = dead_run(process, now - timedelta(hours=1))
+    with process.engine.begin() as connection:
+        runs.mark_interrupted(connection, dead, now - timedelta(hours=1), "SIGTERM")
+    poll = process.settings.worker.leader_poll_s
+    seen: list[object] = []
+
+    def running(*_args: object) -> dict[str, object]:
+        with process.engine.connect() as connection:  # what another worker sees now
+            found = runs.unfinished_campaign_runs(
+                connection,
+                now - timedelta(days=1),
+                dead_before=now - timedelta(seconds=5 * poll),
+                failed_before=now - timedelta(hours=1),
+            )
+            seen.append([row.id for row in found])
+            seen.append(runs.live_worker_count(connection, now - timedelta(seconds=5 * poll)))
+        return {}
+
+    monkeypatch.setattr(worker_jobs, "run_campaign", running)
+    outcomes = process.run_due_once()
+    assert outcomes[f"resume:{dead}"] == "ok", outcomes
+    assert seen == [[], 1]  # its own run is a live worker's, and it counts
+    with process.engine.connect() as connection:
+        [row] = [w for w in runs.all_workers(connection) if w.id == process.id]
+    assert row.stopped_at == now and row.leader_since is None
+    process.engine.dispose()
+
+
+def test_a_lock_that_hangs_on_release_holds_no_clean_exit_past_the_timeout(
+    tmp_path: Path, secrets: None
+) -> None:
+    """A clean stop gave the scheduler lock back with no time limit after recording the
+    worker stopped: on PostgreSQL ``pg_advisory_unlock`` on a connection that hangs (a
+    server gone quiet, a cut network without a reset) held the exit past
+    ``shutdown_timeout_s``, until a supervisor's SIGKILL."""
+    process = worker_for(sqlite_shop(tmp_path, shutdown_timeout_s=1))
+    process.start(loop=False)
+    given_back = process.leadership.release
+    hung = threading.Event()
+
+    def hang() -> None:
+        hung.wait(20)
+
+    process.leadership.release = hang  # type: ignore[method-assign]
+    try:
+        process.tick()  # leader
+        began = time.monotonic()
+        assert process.shutdown() is True
+        took = time.monotonic() - began
+    finally:
+        hung.set()
+        given_back()
+        process.engine.dispose()
+    assert took < 1 + 0.5, f"{took:.1f} s"
+    with process.engine.connect() as connection:
+        [row] = [w for w in runs.all_workers(connection) if w.id == process.id]
+    assert row.stopped_at is not None
+
+
+def test_the_demo_exits_within_the_timeout_when_the_store_hangs_under_a_stuck_job(
+    tmp_path: Path, secrets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``worker --demo`` stopped by a signal with a job still running past
+    ``shutdown_timeout_s`` records it interrupted and exits 3; the record waited for the
+    store with no limit, so a store locked by another process (SQLite's busy timeout, 10 s;
+    a PostgreSQL lock, for ever) held the exit past the timeout."""
+    from recocamp.cli import worker as worker_cli
+
+    shop = sqlite_shop(tmp_path, shutdown_timeout_s=1)
+    process = worker_for(shop)
+    exited: list[tuple[int, float]] = []
+    began = time.monotonic()
+    monkeypatch.setattr(os, "_exit", lambda code: exited.append((code, time.monotonic())))
+    monkeypatch.setattr(logging, "shutdown", lambda: None)
+    holder = sqlite3.connect(shop / "shop.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        process.stopped_by = "SIGTERM"
+        process.stop.set()
+        began = time.monotonic()
+        worker_cli.exit_if_stuck(process, threading.Event())  # the job never ends
+    finally:
+        holder.rollback()
+        holder.close()
+        process.engine.dispose()
+    [(code, at)] = exited
+    assert code == 3
+    assert at - began < 1 + 0.5, f"{at - began:.1f} s"
+
+
+def test_a_run_due_when_its_cron_changed_is_recorded_not_dropped(
+    tmp_path: Path, secrets: None, esp: tuple[FakeEsp, str]
+) -> None:
+    """No worker up across a campaign's slot, and its file edited meanwhile (another cron):
+    the new worker reschedules the job from now by its new rule, and the run still due for
+    the old slot went with the old schedule, with no trace in runs list (a missed run is
+    recorded skipped). It is recorded skipped, naming the slot and why."""
+    fake, url = esp
+    shop = sqlite_shop(tmp_path, url)
+    slot = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
+    _restarted_across(shop, slot).engine.dispose()
+    path = shop / "campaigns" / "everyone.toml"
+    path.write_text(re.sub(r'cron = "[^"]*"', 'cron = "0 9 * * THU"', path.read_text()))
+    process = worker_for(shop)
+    process.start(loop=False)
+    try:
+        process.tick()  # the leader: the schedule is synchronised with the edited file
+    finally:
+        process.shutdown()
+    rows = recent_runs(process)
+    process.engine.dispose()
+    assert [(r.job, r.status) for r in rows] == [("campaign:everyone", "skipped")]
+    assert f"due {slot:%Y-%m-%d %H:%M:%S} UTC" in rows[0].error
+    assert "schedule changed" in rows[0].error
+    assert fake.stats()["received"] == 0
