@@ -219,6 +219,12 @@ def delete_workers_gone_before(connection: sa.Connection, before: datetime) -> i
     return int(connection.execute(statement).rowcount)
 
 
+def forget_worker(connection: sa.Connection, worker: str) -> None:
+    """Delete ``worker``'s row (``worker --once`` at its end): a run still ``running`` under
+    it counts as a dead worker's (:func:`orphaned_runs`), as it should once it has ended."""
+    connection.execute(sa.delete(workers).where(workers.c.id == worker))
+
+
 def stopped(connection: sa.Connection, worker: str, now: datetime) -> None:
     connection.execute(
         sa.update(workers).where(workers.c.id == worker).values(stopped_at=now, leader_since=None)

@@ -825,6 +825,13 @@ class Worker:
         _current = None
         return True
 
+    def _gone(self) -> None:
+        """``--once`` ended: its row goes (its runs have ended). Run from cron every few
+        minutes, a row kept per invocation (288 a day, for ``job_runs_days``) would fill the
+        table whose live rows every poll of the scheduling worker reads."""
+        with self.engine.begin() as connection:
+            runs.forget_worker(connection, self.id)
+
     def _stopped(self) -> None:
         with self.engine.begin() as connection:
             runs.stopped(connection, self.id, self.clock.now())
@@ -860,9 +867,7 @@ class Worker:
             if beating is not None:  # ended before it is recorded stopped (a beat undoes it)
                 ended.set()
                 beating.join(self.settings.worker.shutdown_timeout_s)
-                _within(
-                    self.settings.worker.shutdown_timeout_s, self._stopped, "the worker stopped"
-                )
+                _within(self.settings.worker.shutdown_timeout_s, self._gone, "--once's end")
             self.leadership.release()
             self.leader_since, _current = None, None
             if terminated is not None:
