@@ -276,21 +276,18 @@ def test_an_empty_demo_key_file_is_refused_naming_it(tmp_path: Path) -> None:
     assert made is not None and len(made) >= 32
 
 
-def test_an_erased_records_old_link_stays_void_when_the_erasures_key_is_dropped(
-    engine: sa.Engine, tmp_path: Path
-) -> None:
-    """Erased under the new key, signed up again (no tombstone left), then the new key
-    dropped and the old one signing again (a rotation rolled back): the erased record's
-    preferences link, signed under the old key before the erasure, opened the new
-    record's page, its data and its erase button. void_link looked for the id's erasure
-    under the keys configured only; it now refuses, as every check does, while a key that
-    made a tombstone is missing (503, nothing shown, nothing written)."""
+def erased_signed_up_again_and_rolled_back(
+    engine: sa.Engine, tmp_path: Path, purpose: str
+) -> tuple[str, FastAPI]:
+    """A link of customer e1 signed under the old key, then e1 erased under the new key and
+    signed up again (no tombstone left), then the new key dropped and the old one signing
+    again (a rotation rolled back): the link and the rolled-back app."""
     settings = settings_for(tmp_path)
     app = app_of(engine, settings)
     assert put(app, "e1", {"source": "signup", "email": "e@example.test"}).status == 200
     at = NOW - timedelta(days=3)
     tag = tokens.mailbox_tag(OLD.encode(), "e@example.test")
-    preferences = tokens.sign(OLD.encode(), "e1", "winback", "preferences", at, mailbox=tag)
+    link = tokens.sign(OLD.encode(), "e1", "winback", purpose, at, mailbox=tag)
     app = app_of(engine, rotated(settings))
     assert call(app, "DELETE", "/v1/privacy/customers/e1", headers=bearer("dpo")).status == 200
     later = NOW + timedelta(days=1)
@@ -300,8 +297,20 @@ def test_an_erased_records_old_link_stays_void_when_the_erasures_key_is_dropped(
     assert put(again, "e1", body).status == 200
     with engine.connect() as connection:
         assert tombstones_store.count(connection) == 0
+    return link, create_app(settings, engine, FixedClock(later + timedelta(hours=1)))
 
-    rolled_back = create_app(settings, engine, FixedClock(later))
+
+def test_an_erased_records_old_link_stays_void_when_the_erasures_key_is_dropped(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The erased record's preferences link, signed under the old key before the erasure,
+    opened the new record's page, its data and its erase button after the rotation was
+    rolled back. void_link looked for the id's erasure under the keys configured only; it
+    now refuses, as every check does, while a key that made a tombstone is missing (503,
+    nothing shown, nothing written)."""
+    preferences, rolled_back = erased_signed_up_again_and_rolled_back(
+        engine, tmp_path, "preferences"
+    )
     for method, path in (
         ("GET", f"/p/{preferences}?lang=en"),
         ("GET", f"/p/{preferences}/data.json"),
@@ -322,18 +331,9 @@ def test_an_unsubscribe_link_still_acts_while_the_erasures_key_is_missing(
     """The same rolled-back rotation: every other link of the erased record answers 503
     until the key is back, but an unsubscribe is owed at any time (UWG §7(3) no. 4) and its
     worst is to stop mail to the record signed up again under the id."""
-    settings = settings_for(tmp_path)
-    app = app_of(engine, settings)
-    assert put(app, "e1", {"source": "signup", "email": "e@example.test"}).status == 200
-    unsubscribe = tokens.sign(OLD.encode(), "e1", "winback", "unsubscribe", NOW)
-    app = app_of(engine, rotated(settings))
-    assert call(app, "DELETE", "/v1/privacy/customers/e1", headers=bearer("dpo")).status == 200
-    later = NOW + timedelta(days=1)
-    again = create_app(rotated(settings), engine, FixedClock(later))
-    fresh = {"consent_basis": "double_opt_in", "consent_at": later.isoformat()}
-    body = {"source": "signup", "email": "e@example.test", "new_sign_up": True, **fresh}
-    assert put(again, "e1", body).status == 200
-    rolled_back = create_app(settings, engine, FixedClock(later + timedelta(hours=1)))
+    unsubscribe, rolled_back = erased_signed_up_again_and_rolled_back(
+        engine, tmp_path, "unsubscribe"
+    )
     assert call(rolled_back, "GET", f"/u/{unsubscribe}?lang=en").status == 200
     assert call(rolled_back, "POST", f"/u/{unsubscribe}").status == 200
     assert person(engine, "e1").unsubscribed_at is not None
