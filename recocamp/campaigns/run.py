@@ -178,9 +178,14 @@ def served_lists(
     live = serving.Live.of(row.version, fitted, data, row.data_cutoff)
     listed = _outside_the_cache(live, [snapshot.views[n] for n in buyers], settings)
     chosen = list(snapshot.views)
+    holding = [n for n in buyers if chosen[n].personal is not None]  # a cached list
+    changed = live.changed_many(
+        [chosen[n].customer.id for n in holding], [chosen[n].history for n in holding]
+    )
+    kept = {n for n, new in zip(holding, changed, strict=True) if not new}
     for n in buyers:
         view = chosen[n]
-        if view.personal is not None and not live.changed(view.customer.id, view.history):
+        if n in kept:
             continue  # the rule's cached list: the view holds it
         held = listed.get(view.customer.id) if view.personal is None else view.personal
         cached = None if held is None else serving.Cached(held, row.version)

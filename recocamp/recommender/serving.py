@@ -157,17 +157,35 @@ class Live:
         (``returned``, left out of the history's orders) are taken off the row's sum. A
         customer the model does not hold has no row to compare (the rules re-score them as
         not cached)."""
+        row = int(self.data.rows_of(np.array([customer_id]))[0])
+        return self._changed(row, history)
+
+    def changed_many(
+        self, customer_ids: Sequence[str], histories: Sequence[Purchases]
+    ) -> list[bool]:
+        """:meth:`changed` of many customers, their rows found in one search: a campaign's
+        snapshot asks it of every buyer (one at a time, the search cost ~50 µs of the ~55
+        each: a minute at a million)."""
+        if not customer_ids:
+            return []
+        rows = self.data.rows_of(np.array(customer_ids, dtype=str)).tolist()
+        return [self._changed(row, history) for row, history in zip(rows, histories, strict=True)]
+
+    def _changed(self, row: int, history: Purchases) -> bool:
+        """:meth:`changed` of the customer of ``row`` (-1: one the model does not hold)."""
         cutoff = self.data_cutoff
         if history.last_at is not None and history.last_at >= cutoff:
             return True
-        row = int(self.data.rows_of(np.array([customer_id]))[0])
         if row < 0:
             return False
         orders, columns = self.data.orders, self.columns
-        learnt = round(float(orders.data[orders.indptr[row] : orders.indptr[row + 1]].sum()))
+        start, end = int(orders.indptr[row]), int(orders.indptr[row + 1])
+        learnt = round(float(orders.data[start:end].sum()))
         if history.returned:  # their orders were learnt, but are in no order of the history
             gone = [c for c in (column_of(columns, i) for i in history.returned) if c is not None]
-            learnt -= round(float(orders[row, gone].sum())) if gone else 0
+            if gone:  # the row's own slice: indexing the matrix cost ~300 µs
+                held = np.isin(orders.indices[start:end], gone)
+                learnt -= round(float(orders.data[start:end][held].sum()))
         before = [order.items for order in history.orders if order.at < cutoff]
         if sum(map(len, before)) <= learnt:  # the common case, without a look-up per item
             return False

@@ -131,3 +131,30 @@ def test_a_late_order_is_seen_past_the_orders_of_an_item_returned_in_full(live: 
     late = History((*kept.orders, Order(day + timedelta(days=4), frozenset({"p3"}))), kept.returned)
     assert not live.changed("a_new", kept)
     assert live.changed("a_new", late)
+
+
+def test_changed_many_answers_as_changed_does_one_by_one(live: Live) -> None:
+    """``changed_many`` (a campaign snapshot's every buyer at once) gives ``changed``'s
+    answer for each: nothing new, an order since the cutoff, an order stored late, an item
+    returned in full, a customer the model does not hold and an empty history."""
+    day = CUTOFF - timedelta(days=60)
+    kept = History(
+        (Order(day, frozenset()), Order(day + timedelta(days=3), frozenset({"p2"}))),
+        returned=frozenset({"p1"}),
+    )
+    late = History((*kept.orders, Order(day + timedelta(days=4), frozenset({"p3"}))), kept.returned)
+    stored_late = History((Order(day, frozenset({"p1", "p2", "p3", "q1", "q2"})),))
+    cases = [
+        ("a_new", kept),
+        ("a_new", late),
+        ("a_new", stored_late),
+        ("a_new", SINCE),
+        ("a_new", History(())),
+        ("newcomer", BEFORE),
+        ("newcomer", SINCE),
+    ]
+    expected = [live.changed(customer, history) for customer, history in cases]
+    assert True in expected and False in expected
+    ids, histories = zip(*cases, strict=True)
+    assert live.changed_many(list(ids), list(histories)) == expected
+    assert live.changed_many([], []) == []
