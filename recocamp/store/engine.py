@@ -189,7 +189,18 @@ def current_revision(engine: sa.Engine) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     except sa.exc.DBAPIError as exc:
         where = _unopenable(engine)
-        raise StoreError(f"cannot open the database: {where or exc.orig}") from None
+        raise Unopenable(f"cannot open the database: {where or exc.orig}", exc) from None
+
+
+class Unopenable(StoreError):
+    """:func:`current_revision`'s database that cannot be opened. Its message quotes the
+    driver, which on PostgreSQL names the server's host, port, user and database: fine for
+    the operator's command line, not for an answer anyone may ask for (``/readyz``), which
+    says :attr:`kind` alone."""
+
+    def __init__(self, message: str, exc: sa.exc.DBAPIError) -> None:
+        super().__init__(message)
+        self.kind = type(exc.orig).__name__
 
 
 def _unopenable(engine: sa.Engine) -> str | None:
