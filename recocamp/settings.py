@@ -841,7 +841,9 @@ def retired_keys(text: str) -> tuple[bytes, ...]:
     """The keys of ``RECOCAMP_SIGNING_KEYS_RETIRED``: separated by white space (a space, a
     line break), or, for keys that hold white space themselves, a JSON list of strings
     (``["old key one", "old-key-2"]``). Each key as ``RECOCAMP_SIGNING_KEY`` was written,
-    byte for byte; duplicates once. A list that is not: a problem that does not repeat it."""
+    byte for byte; duplicates once. A list that is not, or that lists an empty or white-space
+    key (refused as the signing key is: ``[" "]`` verified links sealed under a key anyone
+    knows): a problem that does not repeat it."""
     if text.lstrip().startswith("["):
         try:
             loaded = json.loads(text)
@@ -852,7 +854,12 @@ def retired_keys(text: str) -> tuple[bytes, ...]:
                 "starts with '[' but is not a JSON list of strings (keys separated by white "
                 "space, or a JSON list for keys that hold white space)"
             )
-        keys = [key for key in loaded if key]
+        if not all(key.strip() for key in loaded):
+            raise error_hidden(
+                "lists an empty key (or white space only): a key anyone knows, whose links "
+                "would still be taken; drop it from the list"
+            )
+        keys = loaded
     else:
         keys = text.split()
     return tuple(dict.fromkeys(key.encode() for key in keys))

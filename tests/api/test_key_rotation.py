@@ -219,6 +219,9 @@ def test_a_short_signing_key_or_webhook_secret_is_warned_about_never_shown(
         (f"old-one {NEW}", "lists the signing key itself"),
         (" ".join(f"k{n}" for n in range(17)), "holds 17 keys, at most 16"),
         ('["not closed"', "is not a JSON list of strings"),
+        ('[" "]', "lists an empty key (or white space only)"),
+        ('["k16", "\\t\\n"]', "lists an empty key (or white space only)"),
+        ('["k16", ""]', "lists an empty key (or white space only)"),
     ],
 )
 def test_a_wrong_list_of_retired_keys_is_refused_without_showing_a_key(
