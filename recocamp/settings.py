@@ -239,6 +239,21 @@ class ForecastSettings(_Section):
     horizon_days: int = Field(default=90, ge=7, le=730)
     lifetime_days: int = Field(default=365, ge=30, le=3650)
 
+    @field_validator("lifetime_days")
+    @classmethod
+    def _lifetime_covers_horizon(cls, value: int, info: ValidationInfo) -> int:
+        """The lifetime is the horizon or longer: ``lifetime_value`` is the horizon's
+        expected revenue stretched to it (``forecast.outlook``), and a shorter one shrank
+        it, a customer's lifetime value below what they are expected to spend within the
+        horizon (and ``lifetime_value_top_share`` chose by it)."""
+        horizon = info.data.get("horizon_days")
+        if horizon is not None and value < horizon:
+            raise ValueError(
+                f"must be at least horizon_days ({horizon}): the lifetime value stretches "
+                "the horizon's expected revenue, and a shorter lifetime would shrink it"
+            )
+        return value
+
 
 class RecommenderSettings(_Section):
     model: Literal["als", "bpr", "item_knn", "popularity", "repeat_frequency", "hybrid"] = "hybrid"
