@@ -79,6 +79,7 @@ from recocamp.store.engine import (
     PoolTimeout,
     SQLAlchemyError,
     Unopenable,
+    driver_kind,
     ping,
     require_current,
 )
@@ -285,14 +286,13 @@ def _unreachable(exc: SQLAlchemyError | Unopenable) -> JSONResponse:
     message names the server's host, port, user and database (PostgreSQL's "connection to
     server at …, port … failed: password authentication failed for user …"), which the
     probe's caller, anyone who can reach the port, has no business knowing. The log names
-    the driver's error class only, as the other store errors are logged (its text may hold
-    the address and the user, and a statement's parameters)."""
-    kind = (
-        exc.kind
-        if isinstance(exc, Unopenable)
-        else type(getattr(exc, "orig", None) or exc).__name__
+    the driver's error class and SQLSTATE only (``engine.driver_kind``), as the other store
+    errors are logged: its text may hold the address and the user."""
+    kind = exc.kind if isinstance(exc, Unopenable) else driver_kind(exc)
+    log.warning(
+        "readiness: the database does not answer (%s): 503; `recocamp db current` says why",
+        kind,
     )
-    log.warning("readiness: the database does not answer (%s): 503", kind)
     return JSONResponse({"status": "not ready", "detail": UNREACHABLE}, 503)
 
 

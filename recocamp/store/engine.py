@@ -200,7 +200,17 @@ class Unopenable(StoreError):
 
     def __init__(self, message: str, exc: sa.exc.DBAPIError) -> None:
         super().__init__(message)
-        self.kind = type(exc.orig).__name__
+        self.kind = driver_kind(exc)
+
+
+def driver_kind(exc: BaseException) -> str:
+    """What a store error is without its text (which may name the server's host, port and
+    user, or quote a statement's parameters): the driver's error class and, where it gives
+    one, the SQLSTATE (PostgreSQL's ``28P01``: a password refused; ``3D000``: no such
+    database)."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None)
+    return type(orig).__name__ + (f", SQLSTATE {state}" if isinstance(state, str) else "")
 
 
 def _unopenable(engine: sa.Engine) -> str | None:
