@@ -440,8 +440,7 @@ def _popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]
             p.ordered_at >= now - timedelta(days=90),
             p.ordered_at < now,
             p.customer_id.is_not(None),
-            p.is_return.is_(False),
-            p.quantity > 0,
+            purchase_line(),
         )
         .group_by(p.item_id)
         .order_by(buyers.desc(), p.item_id)

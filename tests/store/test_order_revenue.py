@@ -11,7 +11,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from recocamp.domain import Purchase
-from recocamp.store import queries
+from recocamp.store import queries, views
 from tests.conftest import NOW
 
 DAY = timedelta(days=1)
@@ -53,3 +53,17 @@ def test_an_orders_parts_sum_to_its_total_and_both_count_purchase_lines_alone(
         ("o3", first),
     ]
     assert sorted((o, at) for o, _, at, _ in totals) == [("o1", first), ("o3", first)]
+
+
+def test_the_cold_start_list_counts_buyers_of_purchase_lines_alone(engine: sa.Engine) -> None:
+    """With no live model, offers are the items most customers bought in the last 90 days
+    (``views.recent_popular``). It counted lines of price 0 (an adjustment, a free sample:
+    no purchase) as purchases, so an item handed out free to many outranked every item
+    they paid for."""
+    at = NOW - DAY
+    lines = [Purchase(f"f{n}", 1, f"c{n}", "FREE", 1, 0.0, at) for n in range(3)] + [
+        Purchase("p1", 1, "c9", "PAID", 1, 5.0, at)
+    ]
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, lines, None)
+        assert views.recent_popular(connection, NOW, 5) == [["PAID", 1.0]]
