@@ -296,9 +296,12 @@ def test_touches_and_decision_reasons_from_the_store(engine: sa.Engine) -> None:
         )
         reasons = store.decision_reasons(connection, run, NOW)
         assert store.touches(connection, run + timedelta(seconds=1), NOW) == []
-    # a: delivered (timed at the run, not at delivery); b failed and c never went out
+    # a: delivered (timed at the run, not at delivery); b failed and c never went out, and
+    # both stay in the mailed arm the run assigned them to (intent to treat)
     assert [(t.customer_id, t.holdout, t.variant, t.at) for t in found] == [
         ("a", False, "personal", run),
+        ("b", False, "urgency", run),
+        ("c", False, "personal", run),
         ("h", True, None, run),
     ]
     assert reasons == [
