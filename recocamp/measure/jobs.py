@@ -438,3 +438,12 @@ def store_report(
     html = report.render_html(data)
     with engine.begin() as connection:
         return store.store_report(connection, html, report.summary(data), data.as_of, now)
+
+
+def store_first_report(engine: Engine, settings: Settings, now: datetime) -> None:
+    """Render the report as of ``now`` and keep it, unless a report was stored meanwhile
+    (``store.store_first_report``: one first report whichever process renders it)."""
+    data = gather(engine, settings, now, now)
+    html = report.render_html(data)
+    with engine.begin() as connection:
+        store.store_first_report(connection, html, report.summary(data), data.as_of, now)

@@ -20,7 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from recocamp.domain import Touch, composed, id_forms
-from recocamp.store.queries import UNPROFILED, upsert_statement
+from recocamp.store.locks import lock_key
+from recocamp.store.queries import UNPROFILED, upsert_statement, write_lock
 from recocamp.store.schema import (
     customers,
     decisions,
@@ -360,6 +361,27 @@ def store_report(
     newest = sa.select(reports.c.id).order_by(reports.c.id.desc()).limit(keep)
     connection.execute(sa.delete(reports).where(reports.c.id.not_in(newest)))
     return int(key[0])
+
+
+def store_first_report(
+    connection: sa.Connection, html: str, summary: dict[str, Any], as_of: datetime, now: datetime
+) -> bool:
+    """Keep ``html`` as the first report, unless one is stored already (another process's
+    first report, or ``recocamp report``'s); whether it was kept. Under the store's lock
+    (SQLite's write lock, PostgreSQL's advisory lock of this transaction), so two processes
+    that both found no report store one: a lock in each process left both to store theirs,
+    and answer with different reports."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(FIRST_REPORT_LOCK)))
+    else:
+        write_lock(connection)
+    if connection.execute(sa.select(reports.c.id).limit(1)).first() is not None:
+        return False
+    store_report(connection, html, summary, as_of, now)
+    return True
+
+
+FIRST_REPORT_LOCK = lock_key("first-report")
 
 
 def latest_report(connection: sa.Connection) -> tuple[int, datetime, datetime, str] | None:

@@ -29,7 +29,7 @@ from recocamp.settings import MeasureSettings, Settings, ShopSettings
 from recocamp.store import measure as store
 from recocamp.store import outbox, queries
 from recocamp.store.engine import alembic_config, make_engine, upgrade
-from recocamp.store.schema import decisions, kpi_snapshots
+from recocamp.store.schema import decisions, kpi_snapshots, reports
 from recocamp.store.schema import outbox as outbox_table
 from tests.conftest import NOW, uci_rows
 
@@ -522,3 +522,14 @@ def test_a_snapshot_taken_as_of_a_past_day_records_when_it_was_computed(
     with sqlite3.connect("shop.db") as connection:
         found = connection.execute("SELECT DISTINCT day, computed_at FROM kpi_snapshots").fetchall()
     assert [(day, computed[:16]) for day, computed in found] == [("2024-03-01", "2026-12-06 03:30")]
+
+
+def test_a_first_report_is_not_stored_beside_one_stored_meanwhile(engine: sa.Engine) -> None:
+    """A first report rendered while another process (or ``recocamp report``) stored one is
+    not kept: the store keeps one first report on each backend."""
+    with engine.begin() as connection:
+        assert store.store_first_report(connection, "<p>a</p>", {}, NOW, NOW)
+    with engine.begin() as connection:
+        assert not store.store_first_report(connection, "<p>b</p>", {}, NOW, NOW)
+        assert store.latest_report(connection) is not None
+        assert connection.execute(sa.select(sa.func.count()).select_from(reports)).scalar() == 1
