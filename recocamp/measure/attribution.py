@@ -340,7 +340,10 @@ def uplifts(
             found.append(_all_pending(campaign, (pending or {})[campaign], erased))
             continue
         seen = [r.touch for r in by_campaign[campaign]] + before[campaign]
-        crossed = _in_two_groups(seen, lambda touch: touch.holdout)
+        # of the report's units: a customer who switched before its window and has no touch
+        # inside it is no unit left out of its groups
+        units = {r.touch.customer_id for r in by_campaign[campaign]}
+        crossed = _in_two_groups(seen, lambda touch: touch.holdout) & units
         rows = [r for r in by_campaign[campaign] if r.touch.customer_id not in crossed]
         holdout = [r for r in rows if r.touch.holdout]
         treated = [r for r in rows if not r.touch.holdout]
@@ -349,7 +352,9 @@ def uplifts(
         gone = (erased or {}).get(campaign, (0, 0))
         found.append(replace(overall, pending=waiting, switched=len(crossed), erased=gone))
         mailed = [r.touch for r in treated] + [t for t in before[campaign] if not t.holdout]
-        mixed = _in_two_groups(mailed, lambda touch: touch.variant)
+        mixed = _in_two_groups(mailed, lambda touch: touch.variant) & {
+            r.touch.customer_id for r in treated
+        }
         variants = sorted({r.touch.variant for r in treated if r.touch.variant is not None})
         arms = {
             v: [r for r in treated if r.touch.variant == v and r.touch.customer_id not in mixed]

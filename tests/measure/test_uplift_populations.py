@@ -370,6 +370,26 @@ def test_a_customer_mailed_before_the_report_window_and_held_out_in_it_is_switch
     assert (overall.treated.units, overall.treated.converted) == (4, 3)
 
 
+def test_a_customer_who_switched_before_the_report_window_alone_is_no_switch_of_it(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """z was mailed by winback 200 days before the run and held out 150 days before it, both
+    before the report's 90 days, and has no touch inside them: z is no unit of the report,
+    yet was counted among its customers "left out of both groups" (switched_customers 1 of
+    a campaign none of whose units switched)."""
+    _run(engine, {"m1": 1, "h1": 1})
+    mailed, held = RUN - timedelta(days=200), RUN - timedelta(days=150)
+    with engine.begin() as connection:
+        queries.upsert_customers(connection, [Customer("z", "z@example.test")], mailed)
+        email = OutgoingEmail("winback/z/old", "z@example.test", "s", "h", "t", campaign="winback")
+        outbox.enqueue(connection, [(email, "z", None, mailed)], mailed)
+        row = decisions_store.DecisionRow("winback", "z", "holdout", "holdout", None, True)
+        decisions_store.record(connection, "winback/older", [row], held)
+    overall = _overall(engine, settings)
+    assert overall.switched == 0
+    assert (overall.treated.units, overall.control.units) == (4, 4)
+
+
 def test_a_customer_whose_older_orders_are_stored_decomposed_is_one_cohort_member(
     engine: sa.Engine, settings: Settings
 ) -> None:
