@@ -243,7 +243,7 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
     with engine.connect() as connection:
         touches = store.touches(connection, start, as_of)
         erased = store.touches(connection, start, as_of, erased=True)
-        earlier = store.earlier_arms(connection, start)
+        earlier = store.earlier_arms(connection, start, {t.customer_id for t in touches})
         left_out = store.sends_left_out(connection, start, as_of)
         orders = [OrderTotal(*row) for row in queries.order_totals(connection, EPOCH, as_of)]
         reasons = labels.by_code(store.decision_reasons(connection, start, as_of))
