@@ -400,3 +400,38 @@ def test_a_customer_erased_under_the_old_form_stays_erased(db_url: str) -> None:
         assert tombstones.erased_ids(connection, key, [NFC, "other"], "a test") == {NFC}
         assert tombstones.void_link(connection, key, NFC, OLD)
     engine.dispose()
+
+
+def test_a_run_resumed_across_the_migration_mails_nobody_twice(db_url: str) -> None:
+    """A winback run enqueued José's e-mail under his decomposed id (send key
+    ``winback/Jose``+U+0301``/…``), the deploy that migrated the store interrupted it, and
+    the worker resumed it with the same instant: the run decided him again, composed, and
+    looked for the e-mail under the composed send key, found none and enqueued a second
+    one. The send keys the provider knows the e-mails by stay as they are."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    person = Customer(
+        NFD,
+        "jose@example.test",
+        "José",
+        "en",
+        "Europe/Madrid",
+        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+        consent_at=NOW - timedelta(days=400),
+    )
+    with engine.begin() as connection:
+        upsert_customers(connection, [person], NOW - timedelta(days=300))
+        upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW - timedelta(days=300))
+        insert_purchases(
+            connection, [Purchase("o1", 1, NFD, "i1", 1, 9.5, NOW - timedelta(days=200))], None
+        )
+    first = plan_and_enqueue(engine, SETTINGS, winback(), ROOT / "templates", NOW)
+    assert first.enqueued == 1
+    upgrade(engine)
+    plan_and_enqueue(engine, SETTINGS, winback(), ROOT / "templates", NOW)  # the resume
+    with engine.connect() as connection:
+        mailed = connection.execute(sa.select(outbox.c.customer_id, outbox.c.send_key)).all()
+    assert [tuple(row) for row in mailed] == [
+        (NFC, f"winback/{NFD}/{first.run_key.rpartition('/')[2]}")
+    ]
+    engine.dispose()
