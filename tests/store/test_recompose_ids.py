@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 
+from recocamp import tokens
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.run import plan_and_enqueue
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase, order_digest
@@ -40,6 +42,8 @@ from recocamp.store.schema import (
     purchases,
     recommendations,
 )
+from tests.api_shop import NOW as SHOP_NOW
+from tests.api_shop import SIGNING_KEY, call, make_app
 from tests.conftest import NOW, ROOT
 from tests.store.test_engine import schema_differences
 
@@ -434,4 +438,25 @@ def test_a_run_resumed_across_the_migration_mails_nobody_twice(db_url: str) -> N
     assert [tuple(row) for row in mailed] == [
         (NFC, f"winback/{NFD}/{first.run_key.rpartition('/')[2]}")
     ]
+    engine.dispose()
+
+
+def test_an_unsubscribe_link_signed_for_the_decomposed_id_unsubscribes_after_the_migration(
+    db_url: str, tmp_path: Path
+) -> None:
+    """E-mails sent before the migration carry links signed for the id as then stored
+    (``Jose`` + U+0301); the record is composed since. The link named nobody the store held:
+    the unsubscribe answered "unknown" and José stayed subscribed, though an unsubscribe is
+    owed at any time, from any e-mail's link (UWG §7(3) no. 4, Art. 21 GDPR)."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        upsert_customers(connection, [Customer(NFD, "jose@example.test")], SHOP_NOW)
+    link = tokens.sign(SIGNING_KEY.encode(), NFD, "winback", "unsubscribe", SHOP_NOW)
+    upgrade(engine)
+    app = make_app(engine, tmp_path)
+    reply = call(app, "POST", f"/u/{link}", data={"List-Unsubscribe": "One-Click"})
+    with engine.connect() as connection:
+        found = connection.execute(sa.select(customers.c.id, customers.c.unsubscribed_at)).all()
+    assert reply.status == 200 and [tuple(row) for row in found] == [(NFC, SHOP_NOW)]
     engine.dispose()
