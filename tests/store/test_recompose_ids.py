@@ -460,3 +460,59 @@ def test_an_unsubscribe_link_signed_for_the_decomposed_id_unsubscribes_after_the
         found = connection.execute(sa.select(customers.c.id, customers.c.unsubscribed_at)).all()
     assert reply.status == 200 and [tuple(row) for row in found] == [(NFC, SHOP_NOW)]
     engine.dispose()
+
+
+ORDER_NFD = "Ve\u0301nte-1"
+ORDER_NFC = "V\u00e9nte-1"
+
+
+def test_an_order_stored_under_the_decomposed_order_id_is_one_order(db_url: str) -> None:
+    """Order ids are read composed too (``sources.csv.ident``). An order an older version
+    stored under ``Ve`` + U+0301 ``nte-1``, delivered again by a file since the ids were
+    composed, was taken for a new order: its lines stored twice (the revenue, the orders
+    and the purchase days of its customer doubled). After the migration the order is
+    stored composed, the file's delivery is a repeat; an order already stored under both
+    forms keeps the copy stored first (as the importer keeps the first delivery)."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        insert_purchases(
+            connection,
+            [
+                Purchase(ORDER_NFD, 1, "c1", "i1", 1, 9.5, OLD),
+                Purchase(ORDER_NFD, 2, "c1", "i2", 2, 1.5, OLD),
+                Purchase("Ce\u0301-2", 1, "c2", "i1", 1, 9.5, OLD),
+                Purchase("C\u00e9-2", 1, "c2", "i1", 1, 9.5, OLD),  # the second delivery
+            ],
+            None,
+        )
+    with engine.connect() as connection:
+        before = {
+            (p["order_id"], p["line_no"]): p["id"] for p in everything(connection, purchases, "id")
+        }
+    upgrade(engine)
+    with engine.begin() as connection:
+        again = insert_purchases(
+            connection,
+            [
+                Purchase(ORDER_NFC, 1, "c1", "i1", 1, 9.5, OLD),
+                Purchase(ORDER_NFC, 2, "c1", "i2", 2, 1.5, OLD),
+            ],
+            None,
+        )
+    assert again == 0
+    with engine.connect() as connection:
+        lines = everything(connection, purchases, "id")
+        stored = everything(connection, orders, "order_id")
+        totals = everything(connection, purchase_totals, "customer_id")
+    assert sorted((p["order_id"], p["line_no"], p["item_id"]) for p in lines) == [
+        ("C\u00e9-2", 1, "i1"),
+        (ORDER_NFC, 1, "i1"),
+        (ORDER_NFC, 2, "i2"),
+    ]
+    kept = {(p["order_id"], p["line_no"]): p["id"] for p in lines}
+    assert kept[("C\u00e9-2", 1)] == before[("Ce\u0301-2", 1)]  # the copy stored first
+    assert kept[(ORDER_NFC, 2)] == before[(ORDER_NFD, 2)]
+    assert sorted(o["order_id"] for o in stored) == ["C\u00e9-2", ORDER_NFC]
+    assert sorted((t["customer_id"], t["lines"]) for t in totals) == [("c1", 2), ("c2", 1)]
+    engine.dispose()

@@ -18,6 +18,8 @@ key then holds twice:
 - ``forecasts``, ``forecast_checkpoints``, ``recommendations``: the composed id's row
   (computed for it; the other is a second copy of one person's); ``offer_lists``, a
   re-computable cache, loses the rows of ids or items not composed;
+- order ids (read composed too): an order held under two forms (an older version's
+  delivery and a file's since, its lines stored twice) keeps the copy stored first;
 - ``purchases``: customer and item ids (``purchase_totals`` follows by its triggers), and
   the digest of each order whose item ids changed (``orders``, ``domain.order_digest``), so
   an order posted again composed is a repeat;
@@ -262,6 +264,46 @@ def _customers(connection: sa.Connection) -> None:
 # --- purchases and their orders ------------------------------------------------------------
 
 
+def _order_ids(connection: sa.Connection) -> None:
+    """Order ids (read composed as well, ``sources.csv.ident``): an order stored under
+    another form takes the composed one. Where several forms hold one order (an older
+    version's delivery and a file's since, which did not find it: its lines stored twice),
+    the copy stored first stays (as the importer keeps the first delivery of an order and
+    refuses or skips the others) and the other copies' lines and rows go."""
+    forms: dict[str, set[str]] = defaultdict(set)
+    for table in ("purchases", "orders"):
+        t = sa.table(table, sa.column("order_id"))
+        query = sa.select(t.c.order_id).where(_non_ascii(connection, t.c.order_id)).distinct()
+        for (order_id,) in connection.execute(query):
+            if nfc(order_id) != order_id:
+                forms[nfc(order_id)].add(order_id)
+    if not forms:
+        return
+    every = sorted({form for target, held in forms.items() for form in (target, *held)})
+    lines = sa.table("purchases", sa.column("id"), sa.column("order_id"))
+    first: dict[str, int] = {}
+    for start in range(0, len(every), CHUNK):
+        query = (
+            sa.select(lines.c.order_id, sa.func.min(lines.c.id))
+            .where(lines.c.order_id.in_(every[start : start + CHUNK]))
+            .group_by(lines.c.order_id)
+        )
+        first.update((order_id, int(at)) for order_id, at in connection.execute(query))
+    stored = {r.order_id for r in _by_key(connection, "orders", ["order_id"], "order_id", every)}
+    gone: list[tuple[Any, ...]] = []
+    renamed: list[dict[str, Any]] = []
+    for target, held in forms.items():
+        copies = [f for f in (target, *sorted(held)) if f in first or f in stored]
+        keep = min(copies, key=lambda f: (f not in first, first.get(f, 0), f != target))
+        gone.extend((f,) for f in copies if f != keep)
+        if keep != target:
+            renamed.append({"k_order_id": keep, "order_id": target})
+    _delete(connection, "purchases", ["order_id"], gone)
+    _delete(connection, "orders", ["order_id"], [g for g in gone if g[0] in stored])
+    _update(connection, "purchases", ["order_id"], renamed)
+    _update(connection, "orders", ["order_id"], [r for r in renamed if r["k_order_id"] in stored])
+
+
 def _purchases(connection: sa.Connection) -> None:
     """Customer and item ids of the lines; each order an item id of which changed is
     digested again from its lines as now stored."""
@@ -356,6 +398,7 @@ def upgrade() -> None:
     connection = op.get_bind()
     _customers(connection)
     _merge_keyed(connection, "items", ["id"], "id", ["updated_at"], lambda r: _desc(r.updated_at))
+    _order_ids(connection)
     _purchases(connection)
     outcome = {"send": 0, "defer": 1, "holdout": 2}
     _merge_keyed(
