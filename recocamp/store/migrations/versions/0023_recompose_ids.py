@@ -42,6 +42,7 @@ Create Date: 2026-12-06 06:00:00
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import unicodedata
@@ -154,10 +155,8 @@ def _merge_keyed(
     groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
     for row in odd:
         groups[key_of(row, composed=True)].append(row)
-    held = _by_key(connection, table, every, id_column, {k[at] for k in groups})
-    for row in held:
-        if key_of(row) in groups:
-            groups[key_of(row)].append(row)
+    for row in _held(connection, table, keys, every, list(groups)):
+        groups[key_of(row)].append(row)
     gone: list[tuple[Any, ...]] = []
     renamed: list[dict[str, Any]] = []
     for target, rows in groups.items():
@@ -172,6 +171,29 @@ def _merge_keyed(
             )
     _delete(connection, table, keys, gone)
     _update(connection, table, keys, renamed)
+
+
+def _held(
+    connection: sa.Connection,
+    table: str,
+    keys: Sequence[str],
+    columns: Sequence[str],
+    wanted: list[tuple[Any, ...]],
+) -> list[Any]:
+    """The rows of these whole keys: by IN for a key of one column, else one look-up each
+    through the key's unique index (decisions has no index on customer_id alone: an IN of
+    ids would read the whole table per chunk)."""
+    if len(keys) == 1:
+        return _by_key(connection, table, columns, keys[0], [k[0] for k in wanted])
+    t = sa.table(table, *(sa.column(c) for c in columns))
+    query = sa.select(*(t.c[c] for c in columns)).where(
+        *(t.c[k] == sa.bindparam(f"k_{k}") for k in keys)
+    )
+    found: list[Any] = []
+    for key in wanted:
+        bound = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
+        found.extend(connection.execute(query, bound))
+    return found
 
 
 def _rename(connection: sa.Connection, table: str, keys: Sequence[str], ids: Sequence[str]) -> None:
@@ -325,26 +347,36 @@ def _purchases(connection: sa.Connection) -> None:
         for line in lines:
             by_order[line.order_id].append(line)
         digests.extend(
-            {"k_order_id": order, "content_sha256": _digest(connection, found)}
+            {"k_order_id": order, "content_sha256": _digest(found)}
             for order, found in by_order.items()
         )
     _update(connection, "orders", ["order_id"], digests)
 
 
-def _digest(connection: sa.Connection, lines: list[Any]) -> str:
+def _digest(lines: list[Any]) -> str:
     """``domain.order_digest`` as it was at this revision (as 0010's copy: a later change
     of the function must not change what this migration wrote)."""
     digest = hashlib.sha256()
     for line in sorted(lines, key=lambda r: r.line_no):
-        rounded = Decimal(repr(float(line.unit_price))).quantize(Decimal("0.0001"), ROUND_HALF_UP)
-        price = str(rounded.copy_abs() if rounded.is_zero() else rounded)
-        at = _instant(line.ordered_at).isoformat()
         part = (
-            f"{line.line_no}\x1f{line.item_id}\x1f{line.quantity}\x1f{price}\x1f{at}"
-            f"\x1f{int(bool(line.is_return))}\x1e"
+            f"{line.line_no}\x1f{line.item_id}\x1f{line.quantity}\x1f{_price(line.unit_price)}"
+            f"\x1f{_at(line.ordered_at)}\x1f{int(bool(line.is_return))}\x1e"
         )
         digest.update(part.encode())
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=100_000)
+def _price(value: Any) -> str:
+    """A price as NUMERIC(14, 4) keeps it (an order's lines repeat few prices: cached)."""
+    rounded = Decimal(repr(float(value))).quantize(Decimal("0.0001"), ROUND_HALF_UP)
+    return str(rounded.copy_abs() if rounded.is_zero() else rounded)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _at(value: Any) -> str:
+    """A stored time as the digest writes it (an order's lines repeat its time: cached)."""
+    return _instant(value).isoformat()
 
 
 def _instant(value: Any) -> datetime:
