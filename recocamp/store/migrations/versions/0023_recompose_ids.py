@@ -1,4 +1,4 @@
-"""recompose ids: every stored customer and item id in Unicode's composed form (NFC)
+"""recompose ids: every stored customer, item and order id in Unicode's composed form (NFC)
 
 Since ids are read composed (``domain.composed``), a version before that left records
 stored decomposed (``Jose`` + U+0301) while the same person's lines arriving since are
@@ -28,8 +28,9 @@ key then holds twice:
 
 Left as they are: tombstones and erasure times (keyed hashes, which cannot be made again
 without the key; every check hashes every form of an id, ``tokens.id_hashes``, so an erased
-customer stays erased), send keys (the key the provider knows a message by) and the audit
-log (a record of what was done, under the id then held).
+customer stays erased), send keys (the key the provider knows a message by; a run resumed
+after the upgrade finds its e-mails under any form, ``store.outbox.existing_keys``) and the
+audit log (a record of what was done, under the id then held).
 
 Only rows with an id that is not ASCII are read (one scan of each table in SQL); of those
 only the ones whose id is not composed are written, by key. There is no downgrade: which
