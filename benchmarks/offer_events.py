@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api import PLACEMENTS  # benchmarks/api.py: its placements
 
-from recocamp.api.app import create_app
+from recocamp.api.app import create_app, settle_heap
 from recocamp.api.auth import mint
 from recocamp.clock import SystemClock
 from recocamp.settings import load_settings
@@ -152,6 +152,7 @@ async def measure(apps: list[Any], key: str, customers: list[tuple[str, str]]) -
     for app in apps:
         app.state.service.start()
         app.state.service.snapshot()
+    settle_heap()  # as a serve worker does once its model is loaded (no full collections)
     for customer, category in customers:  # warm: every answer cached in both
         await shop.placements(customer, category)
         await shop.placements(customer, category)

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from recocamp.domain import CLOCK_SKEW, address_forms, id_forms
+from recocamp.domain import CLOCK_SKEW, address_forms, composed, id_forms
 from recocamp.errors import RecocampError
 
 # ``json.dumps(claims, separators=(",", ":"))``, without building an encoder per call (a
@@ -262,6 +262,9 @@ def _read(data: object) -> Claims:
     if not isinstance(stamp, int) or isinstance(stamp, bool):
         raise TypeError("the time is missing or not a whole number")
     customer, campaign, purpose = map(str, texts)
+    # composed, as every id is read (``domain.composed``): a link mailed before migration
+    # 0023 composed the stored ids names the customer as then stored, decomposed
+    customer = composed(customer)
     survey, mailbox = (None if text is None else str(text) for text in optional)
     return Claims(customer, campaign, purpose, datetime.fromtimestamp(stamp, UTC), survey, mailbox)
 

@@ -200,13 +200,15 @@ def _first_report(
 ) -> tuple[int, datetime, datetime, str]:
     """Render and store the first report, once: requests that found none at once (two
     dashboards opened together) each rendered and stored their own, seconds of CPU each, and
-    were answered with different reports. The one that waits reads the one stored. (One lock
-    per process: API processes started together may each still render one.)"""
+    were answered with different reports. The one that waits reads the one stored. The lock
+    is this process's: another API process (or ``recocamp report``) may render one at the
+    same time, and the store keeps the first stored alone (``store_first_report``), which
+    both answer with."""
     with rendering:
         with engine.connect() as connection:
             found = store.latest_report(connection)
         if found is None:
-            measure_jobs.store_report(engine, settings, clock.now())
+            measure_jobs.store_first_report(engine, settings, clock.now())
             with engine.connect() as connection:
                 found = store.latest_report(connection)
     assert found is not None

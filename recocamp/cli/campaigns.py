@@ -39,7 +39,7 @@ from recocamp.cli.common import (
     within,
     write_output,
 )
-from recocamp.domain import Item
+from recocamp.domain import Item, composed
 from recocamp.errors import ConfigError, Problem, RecocampError
 from recocamp.settings import Settings
 from recocamp.store import queries
@@ -268,7 +268,9 @@ def preview(
 ) -> None:
     """Render one customer's e-mail as the plan would send it. A customer the plan would not
     contact is not rendered (their e-mail would say things that are not true, e.g. "we have
-    not seen you for a while" to a regular) unless --anyway is given: the reason is shown."""
+    not seen you for a while" to a regular) unless --anyway is given: the reason is shown.
+    The id is read composed, as the store holds every id (``domain.composed``)."""
+    customer = composed(customer)
     with errors_to_exit():
         settings = current_settings()
         chosen = one_campaign(settings, campaign, campaigns, templates)

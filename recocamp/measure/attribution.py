@@ -1,7 +1,7 @@
 """Campaign measurement, pure: touches and orders in, attribution and uplift out.
 
-**Touches.** A *treated* touch is an e-mail the provider accepted, or one cancelled at claim
-because its customer bought all it offers since the run (intent to treat, see
+**Touches.** A *treated* touch is an e-mail a run queued, whatever became of it (sent,
+refused, cancelled before it went out, still waiting: intent to treat, see
 ``store.measure``); a *holdout* touch is a holdout decision: that customer would have been
 mailed. Both are timed at their run's decision instant, so both groups' windows open together
 (see ``store.measure``). Both are units of analysis: a customer mailed by a weekly campaign
@@ -35,9 +35,8 @@ numbers that only look precise.
 
 Both groups meet the same rules: the planner draws the holdout among customers who would
 get the e-mail (after consent, audience, caps and offers), and a holdout decision counts as a
-contact for the held-out customer's later caps and cooldown (see ``planner``). What remains
-different: a treated touch whose e-mail the provider refused is not a unit, while its
-held-out twin would have been one (failures are rare and visible in the outbox).
+contact for the held-out customer's later caps and cooldown (see ``planner``), and each
+customer stays in the arm the run assigned them to, whatever happened to the e-mail later.
 
 **Cohorts**, **NPS** and **KPI changes** (week/month/quarter over the previous one) are here
 too; see their functions.
@@ -341,7 +340,10 @@ def uplifts(
             found.append(_all_pending(campaign, (pending or {})[campaign], erased))
             continue
         seen = [r.touch for r in by_campaign[campaign]] + before[campaign]
-        crossed = _in_two_groups(seen, lambda touch: touch.holdout)
+        # of the report's units: a customer who switched before its window and has no touch
+        # inside it is no unit left out of its groups
+        units = {r.touch.customer_id for r in by_campaign[campaign]}
+        crossed = _in_two_groups(seen, lambda touch: touch.holdout) & units
         rows = [r for r in by_campaign[campaign] if r.touch.customer_id not in crossed]
         holdout = [r for r in rows if r.touch.holdout]
         treated = [r for r in rows if not r.touch.holdout]
@@ -350,7 +352,9 @@ def uplifts(
         gone = (erased or {}).get(campaign, (0, 0))
         found.append(replace(overall, pending=waiting, switched=len(crossed), erased=gone))
         mailed = [r.touch for r in treated] + [t for t in before[campaign] if not t.holdout]
-        mixed = _in_two_groups(mailed, lambda touch: touch.variant)
+        mixed = _in_two_groups(mailed, lambda touch: touch.variant) & {
+            r.touch.customer_id for r in treated
+        }
         variants = sorted({r.touch.variant for r in treated if r.touch.variant is not None})
         arms = {
             v: [r for r in treated if r.touch.variant == v and r.touch.customer_id not in mixed]

@@ -243,7 +243,7 @@ def gather(engine: Engine, settings: Settings, as_of: datetime, now: datetime) -
     with engine.connect() as connection:
         touches = store.touches(connection, start, as_of)
         erased = store.touches(connection, start, as_of, erased=True)
-        earlier = store.earlier_arms(connection, start)
+        earlier = store.earlier_arms(connection, start, {t.customer_id for t in touches})
         left_out = store.sends_left_out(connection, start, as_of)
         orders = [OrderTotal(*row) for row in queries.order_totals(connection, EPOCH, as_of)]
         reasons = labels.by_code(store.decision_reasons(connection, start, as_of))
@@ -438,3 +438,12 @@ def store_report(
     html = report.render_html(data)
     with engine.begin() as connection:
         return store.store_report(connection, html, report.summary(data), data.as_of, now)
+
+
+def store_first_report(engine: Engine, settings: Settings, now: datetime) -> None:
+    """Render the report as of ``now`` and keep it, unless a report was stored meanwhile
+    (``store.store_first_report``: one first report whichever process renders it)."""
+    data = gather(engine, settings, now, now)
+    html = report.render_html(data)
+    with engine.begin() as connection:
+        store.store_first_report(connection, html, report.summary(data), data.as_of, now)

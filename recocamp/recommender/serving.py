@@ -21,6 +21,7 @@ so the CLI and the API apply one rule:
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -212,10 +213,15 @@ def column_of(columns: dict[str, int], item: str) -> int | None:
     store names an item as its lines were stored, decomposed by an older version
     (``To`` + U+0308 ``pfchen``) where training learnt it composed (``training.sorted_ids``):
     such an id is looked up composed too, so the old lines count and an item returned in
-    full under the old form is still left out."""
+    full under the old form is still left out. The other way round too: a model learnt
+    before migration 0023 composed the stored ids names an item stored in one form only
+    decomposed, and the lines now name it composed (looked up decomposed), until the next
+    training."""
     found = columns.get(item)
     if found is None and not item.isascii():
         found = columns.get(composed(item))
+        if found is None:
+            found = columns.get(unicodedata.normalize("NFD", item))
     return found
 
 

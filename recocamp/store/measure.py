@@ -1,12 +1,10 @@
 """Reads and writes of measurement: touches (sends and holdouts), skip reasons, KPI and
 segment snapshots, feedback answers and stored reports. Parameterised SQLAlchemy Core only.
 
-A *treated* touch is an outbox row the provider accepted (state sent, delivered or bounced:
-a bounce was still an attempt to treat), or one cancelled at claim because its customer bought
-every item it offers since its run (intent to treat: that purchase is the outcome); a
-*holdout* touch is a ``decisions`` row with outcome ``holdout``. Both are timed at their
-campaign run's decision instant (``outbox.created_at`` equals ``decisions.decided_at`` of the
-run): an e-mail deferred by quiet hours or retried goes
+A *treated* touch is an outbox row, whatever became of it (intent to treat: see
+``_assigned``); a *holdout* touch is a ``decisions`` row with outcome ``holdout``. Both are
+timed at their campaign run's decision instant (``outbox.created_at`` equals
+``decisions.decided_at`` of the run): an e-mail deferred by quiet hours or retried goes
 out a little later, but both groups' windows open at the same moment of the run, so neither
 is favoured (and a run simulated ``--as-of`` a past instant is measured at that instant).
 """
@@ -22,8 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from recocamp.domain import Touch, composed, id_forms
-from recocamp.store.outbox import BOUGHT
-from recocamp.store.queries import UNPROFILED, upsert_statement
+from recocamp.store.locks import lock_key
+from recocamp.store.queries import UNPROFILED, upsert_statement, write_lock
 from recocamp.store.schema import (
     customers,
     decisions,
@@ -77,21 +75,26 @@ def _decided() -> sa.ColumnElement[bool]:
     return o.created_at >= first.scalar_subquery()
 
 
-def _accepted(start: datetime, end: datetime) -> list[sa.ColumnElement[bool]]:
-    """E-mails the provider accepted, and those cancelled at claim because the customer
-    bought every item they offer since the run (``outbox.BOUGHT``): intent to treat. Their
-    run decided ``send``, and the purchase that cancelled them is the outcome measured; left
-    out, each such buyer left the mailed group while the held-out customers who bought the
-    same way stayed in theirs, and the uplift was biased down."""
+def _assigned(start: datetime, end: datetime) -> list[sa.ColumnElement[bool]]:
+    """The e-mails of the runs decided in ``[start, end)``, in every state: intent to treat.
+    A run queues an e-mail for each customer it assigns to the mailed arm, as it records a
+    ``holdout`` decision for each it holds out, and a decision is never withdrawn: a
+    held-out customer who later unsubscribes, pauses e-mails, changes address, is
+    suppressed or objects to profiling stays in the holdout. So the mailed customer who did
+    the same stays mailed, whether the e-mail was then cancelled at claim (opted out,
+    paused, moved, suppressed, objected, re-based, bought every offer), still waits (the
+    campaign paused by ``recocamp outbox pause``) or was refused by the provider. Counting
+    only what went out dropped those customers from one group alone, and they are not
+    dropped at random (who opts out, who buys before the mail goes out): the uplift was
+    biased. Erased customers are left out of both groups (``_held``)."""
     o = outbox.c
-    bought = sa.and_(o.state == "cancelled", o.last_error == BOUGHT)
-    return [sa.or_(o.state.in_(TREATED_STATES), bought), o.created_at >= start, o.created_at < end]
+    return [o.created_at >= start, o.created_at < end]
 
 
 def touches(
     connection: sa.Connection, start: datetime, end: datetime, *, erased: bool = False
 ) -> list[Touch]:
-    """Sends accepted and holdout decisions of the runs decided in ``[start, end)``, of
+    """E-mails (``_assigned``) and holdout decisions of the runs decided in ``[start, end)``, of
     customers still held (``erased``: of customers erased since, to count them), and of runs
     whose decisions are kept (see ``_decided``; :func:`sends_left_out` counts the others).
     An erased customer's orders lost their customer (they are guest lines now) and the touch
@@ -100,7 +103,7 @@ def touches(
     they are no unit of either group."""
     o, d = outbox.c, decisions.c
     sent = sa.select(o.campaign, o.customer_id, o.created_at, o.variant, o.send_key).where(
-        *_accepted(start, end), _held(o.customer_id, erased), _decided()
+        *_assigned(start, end), _held(o.customer_id, erased), _decided()
     )
     # ids composed (``domain.composed``): a run of a version before ids were composed
     # recorded 'Jose' + U+0301, today's 'José'; one customer, one cluster of touches
@@ -121,34 +124,56 @@ def touches(
     return found
 
 
-def earlier_arms(connection: sa.Connection, before: datetime) -> list[Touch]:
-    """Each campaign's arms (mailed in which variant, held out) of each customer before
-    ``before``, one touch per arm at its first instant: a customer mailed before the report's
+def earlier_arms(
+    connection: sa.Connection, before: datetime, customers: Collection[str]
+) -> list[Touch]:
+    """Each campaign's arms (mailed in which variant, held out) before ``before`` of the
+    ``customers`` (those with a touch in the report's window, in every Unicode form of
+    their id), one touch per arm at its first instant: a customer mailed before the report's
     window and held out inside it is a switch (``attribution.uplifts``) as one inside it is.
-    Every e-mail counts (``_accepted``), whether or not its run's decisions are kept."""
+    Every e-mail counts (``_assigned``), whether or not its run's decisions are kept.
+
+    Only the window's customers: the arms of the others decide nothing (a switch is one of
+    the report's units), and grouping every e-mail and holdout decision of the whole history
+    took 1.85 s CPU per report on a store of a million decisions, growing with every run
+    (``benchmarks/report_arms.py``). The e-mails are read by the index on ``(customer_id,
+    created_at)``, the holdouts by the one on ``(holdout, decided_at)``."""
     o, d = outbox.c, decisions.c
-    sent = (
-        sa.select(o.campaign, o.customer_id, o.variant, sa.func.min(o.created_at))
-        .where(*_accepted(EPOCH, before))
-        .group_by(o.campaign, o.customer_id, o.variant)
+    ids = sorted(id_forms(customers))
+    found: list[Touch] = []
+    for start in range(0, len(ids), ARMS_BATCH):
+        sent = (
+            sa.select(o.campaign, o.customer_id, o.variant, sa.func.min(o.created_at))
+            .where(o.customer_id.in_(ids[start : start + ARMS_BATCH]), *_assigned(EPOCH, before))
+            .group_by(o.campaign, o.customer_id, o.variant)
+        )
+        found += [
+            Touch(r[0], composed(r[1]), r[3], False, r[2], "") for r in connection.execute(sent)
+        ]
+    # every holdout before: by its index, without a GROUP BY (which took SQLite to the
+    # campaign index and a scan of every decision), kept for the customers asked of
+    held = sa.select(d.campaign, d.customer_id, d.decided_at).where(
+        d.holdout.is_(True), d.outcome == "holdout", d.decided_at < before
     )
-    found = [Touch(r[0], composed(r[1]), r[3], False, r[2], "") for r in connection.execute(sent)]
-    held = (
-        sa.select(d.campaign, d.customer_id, sa.func.min(d.decided_at))
-        .where(d.outcome == "holdout", d.decided_at < before)
-        .group_by(d.campaign, d.customer_id)
-    )
-    found += [Touch(r[0], composed(r[1]), r[2], True, None, "") for r in connection.execute(held)]
+    wanted, first = set(ids), dict[tuple[str, str], datetime]()
+    for campaign, customer_id, at in connection.execute(held):
+        if customer_id in wanted:
+            key = (campaign, composed(customer_id))
+            first[key] = min(first.get(key, at), at)
+    found += [Touch(c, customer_id, at, True, None, "") for (c, customer_id), at in first.items()]
     return found
 
 
+ARMS_BATCH = 5000  # ids per IN (SQLite allows 32,766 parameters)
+
+
 def sends_left_out(connection: sa.Connection, start: datetime, end: datetime) -> int:
-    """Sends accepted in ``[start, end)`` of runs whose decisions were deleted since (a
+    """E-mails (``_assigned``) of runs in ``[start, end)`` whose decisions were deleted since (a
     run's decisions are the holdout it is measured against)."""
     query = (
         sa.select(sa.func.count())
         .select_from(outbox)
-        .where(*_accepted(start, end), sa.not_(sa.func.coalesce(_decided(), False)))
+        .where(*_assigned(start, end), sa.not_(sa.func.coalesce(_decided(), False)))
     )
     return int(connection.execute(query).scalar_one())
 
@@ -358,6 +383,27 @@ def store_report(
     newest = sa.select(reports.c.id).order_by(reports.c.id.desc()).limit(keep)
     connection.execute(sa.delete(reports).where(reports.c.id.not_in(newest)))
     return int(key[0])
+
+
+def store_first_report(
+    connection: sa.Connection, html: str, summary: dict[str, Any], as_of: datetime, now: datetime
+) -> bool:
+    """Keep ``html`` as the first report, unless one is stored already (another process's
+    first report, or ``recocamp report``'s); whether it was kept. Under the store's lock
+    (SQLite's write lock, PostgreSQL's advisory lock of this transaction), so two processes
+    that both found no report store one: a lock in each process left both to store theirs,
+    and answer with different reports."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(FIRST_REPORT_LOCK)))
+    else:
+        write_lock(connection)
+    if connection.execute(sa.select(reports.c.id).limit(1)).first() is not None:
+        return False
+    store_report(connection, html, summary, as_of, now)
+    return True
+
+
+FIRST_REPORT_LOCK = lock_key("first-report")
 
 
 def latest_report(connection: sa.Connection) -> tuple[int, datetime, datetime, str] | None:

@@ -50,6 +50,7 @@ from recocamp.domain import (
     email_hash,
     email_hashes,
     email_problem,
+    id_forms,
 )
 from recocamp.errors import mask_addresses
 from recocamp.store.queries import suppression_insert, upsert_statement
@@ -199,13 +200,24 @@ def enqueue(
 
 
 def existing_keys(connection: sa.Connection, prefix_campaign: str, keys: Sequence[str]) -> set[str]:
+    """Which of ``keys`` (send keys of one campaign) the outbox holds, each also in its
+    customer id's other Unicode forms (``domain.id_forms``; the campaign and the period are
+    ASCII): an e-mail enqueued under a decomposed id before migration 0023 composed the
+    stored ids keeps its key (the one the provider knows), and the same run resumed after
+    the upgrade, deciding for the composed id, would enqueue it again."""
+    forms: dict[str, set[str]] = {}
+    for key in keys:
+        for form in id_forms((key,)):
+            forms.setdefault(form, set()).add(key)
+    wanted = list(forms)
     found: set[str] = set()
-    for start in range(0, len(keys), 5000):
-        chunk = keys[start : start + 5000]
+    for start in range(0, len(wanted), 5000):
+        chunk = wanted[start : start + 5000]
         query = sa.select(outbox.c.send_key).where(
             outbox.c.campaign == prefix_campaign, outbox.c.send_key.in_(chunk)
         )
-        found.update(connection.execute(query).scalars())
+        for held in connection.execute(query).scalars():
+            found |= forms[held]
     return found
 
 

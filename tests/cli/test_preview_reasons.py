@@ -119,3 +119,19 @@ def test_plan_shows_the_forecast_each_contact_was_chosen_by(
     assert result.exit_code == 0, result.output
     flat = " ".join(" ".join(part.strip(" │┃") for part in result.stdout.splitlines()).split())
     assert f"forecast rhythm {as_of}: churn_risk=high (p_active 0.20" in flat, result.stdout
+
+
+def test_preview_finds_a_customer_named_in_another_unicode_form(
+    shop: CliRunner, tmp_path: Path
+) -> None:
+    """Ids are stored composed (files, the API, migration 0023); an operator pasting the id
+    from another system's export, decomposed (``Zoe`` + U+0308), was told "no such
+    customer" (exit 2) for a customer the plan decides for."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'shop.db'}")
+    with engine.begin() as connection:
+        upsert_customers(connection, [Customer("Zo\u00eb", "zoe@example.test")], NOW)
+    engine.dispose()
+    args = ["preview", "lapsers", "--customer", "Zoe\u0308", "--as-of", NOW.isoformat()]
+    result = shop.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "would be skipped by lapsers" in " ".join(result.stdout.split())

@@ -31,6 +31,7 @@ from recocamp.domain import ConsentBasis, Customer, OutgoingEmail, Purchase
 from recocamp.measure import report
 from recocamp.settings import EspSettings, Settings
 from recocamp.store import measure as measure_store
+from recocamp.store.engine import make_engine
 from recocamp.store.queries import insert_purchases, upsert_customers
 from recocamp.store.schema import customers, feedback, reports
 from tests.api_shop import call
@@ -416,6 +417,43 @@ def test_two_first_requests_at_once_render_and_store_one_report(
         thread.start()
     for thread in threads:
         thread.join()
+    assert [a.status for a in answers] == [200, 200]
+    assert answers[0].headers["x-report-id"] == answers[1].headers["x-report-id"]
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(reports)).scalar() == 1
+
+
+def test_two_serve_processes_asked_at_once_store_one_first_report(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock that renders the first report once is per process: two API processes (two
+    apps, each with its own engine, on one database) both found no report, both rendered
+    and both stored one, and answered with different reports. The renderer waits (up to
+    3 s) for the other process's render to start, so the race is taken for certain."""
+    both = threading.Barrier(2)
+    render = report.render_html
+
+    def slow(data: report.Data) -> str:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both.wait(timeout=3)
+        return render(data)
+
+    monkeypatch.setattr(report, "render_html", slow)
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    apps = [make_app(engine, FixedClock(NOW)), make_app(other, FixedClock(NOW))]
+    answers: list[Any] = []
+
+    def ask(app: FastAPI) -> None:
+        answers.append(
+            call(app, "GET", "/reports/latest", headers={"X-Test-Scope": "reports:read"})
+        )
+
+    threads = [threading.Thread(target=ask, args=(app,)) for app in apps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    other.dispose()
     assert [a.status for a in answers] == [200, 200]
     assert answers[0].headers["x-report-id"] == answers[1].headers["x-report-id"]
     with engine.connect() as connection:

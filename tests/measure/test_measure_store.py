@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib
 import json
 import sqlite3
 from collections import Counter, defaultdict
@@ -21,15 +22,17 @@ from typer.testing import CliRunner
 from recocamp.campaigns.run import load_snapshot
 from recocamp.cli import app
 from recocamp.data.ingest import Importer
-from recocamp.domain import Customer, OutgoingEmail, Purchase
+from recocamp.domain import Customer, OutgoingEmail, Purchase, Touch, composed
 from recocamp.measure import attribution as measure
 from recocamp.measure import jobs as measure_jobs
+from recocamp.measure.attribution import Result, Thresholds, uplifts
 from recocamp.measure.kpis import OrderTotal
 from recocamp.settings import MeasureSettings, Settings, ShopSettings
+from recocamp.store import decisions as decisions_store
 from recocamp.store import measure as store
 from recocamp.store import outbox, queries
 from recocamp.store.engine import alembic_config, make_engine, upgrade
-from recocamp.store.schema import decisions, kpi_snapshots
+from recocamp.store.schema import decisions, kpi_snapshots, reports
 from recocamp.store.schema import outbox as outbox_table
 from tests.conftest import NOW, uci_rows
 
@@ -296,9 +299,12 @@ def test_touches_and_decision_reasons_from_the_store(engine: sa.Engine) -> None:
         )
         reasons = store.decision_reasons(connection, run, NOW)
         assert store.touches(connection, run + timedelta(seconds=1), NOW) == []
-    # a: delivered (timed at the run, not at delivery); b failed and c never went out
+    # a: delivered (timed at the run, not at delivery); b failed and c never went out, and
+    # both stay in the mailed arm the run assigned them to (intent to treat)
     assert [(t.customer_id, t.holdout, t.variant, t.at) for t in found] == [
         ("a", False, "personal", run),
+        ("b", False, "urgency", run),
+        ("c", False, "personal", run),
         ("h", True, None, run),
     ]
     assert reasons == [
@@ -519,3 +525,64 @@ def test_a_snapshot_taken_as_of_a_past_day_records_when_it_was_computed(
     with sqlite3.connect("shop.db") as connection:
         found = connection.execute("SELECT DISTINCT day, computed_at FROM kpi_snapshots").fetchall()
     assert [(day, computed[:16]) for day, computed in found] == [("2024-03-01", "2026-12-06 03:30")]
+
+
+def test_a_first_report_is_not_stored_beside_one_stored_meanwhile(engine: sa.Engine) -> None:
+    """A first report rendered while another process (or ``recocamp report``) stored one is
+    not kept: the store keeps one first report on each backend."""
+    with engine.begin() as connection:
+        assert store.store_first_report(connection, "<p>a</p>", {}, NOW, NOW)
+    with engine.begin() as connection:
+        assert not store.store_first_report(connection, "<p>b</p>", {}, NOW, NOW)
+        assert store.latest_report(connection) is not None
+        assert connection.execute(sa.select(sa.func.count()).select_from(reports)).scalar() == 1
+
+
+def _every_earlier_arm(connection: sa.Connection, before: datetime) -> list[Touch]:
+    """What ``earlier_arms`` read before it was narrowed: every customer's arms."""
+    o, d = outbox_table.c, decisions.c
+    sent = (
+        sa.select(o.campaign, o.customer_id, o.variant, sa.func.min(o.created_at))
+        .where(o.created_at < before)
+        .group_by(o.campaign, o.customer_id, o.variant)
+    )
+    found = [Touch(r[0], composed(r[1]), r[3], False, r[2], "") for r in connection.execute(sent)]
+    held = (
+        sa.select(d.campaign, d.customer_id, sa.func.min(d.decided_at))
+        .where(d.outcome == "holdout", d.decided_at < before)
+        .group_by(d.campaign, d.customer_id)
+    )
+    found += [Touch(r[0], composed(r[1]), r[2], True, None, "") for r in connection.execute(held)]
+    return found
+
+
+def test_the_arms_before_the_window_read_for_its_customers_give_the_same_uplifts(
+    engine: sa.Engine,
+) -> None:
+    """``earlier_arms`` reads the arms before the report's window of the customers with a
+    touch in it only (it grouped the whole outbox and decisions history on every report:
+    1.85 s CPU on a million decisions, ``benchmarks/report_arms.py``). The uplifts are the
+    same as with every earlier touch of every customer, on the benchmark's generated store
+    (two years of weekly runs of three campaigns, holdout and variant per customer, a tenth
+    of the customers switched after a year), with a decomposed id among them."""
+    report_arms = importlib.import_module("benchmarks.report_arms")  # a script, not a package
+    report_arms.fill(engine, 9_000, 600)
+    start, as_of = report_arms.report_window()
+    with engine.begin() as connection:  # 'Jose' + U+0301 mailed before, 'José' held out in it
+        queries.upsert_customers(connection, [Customer("Jos\u00e9", "j@example.test")], NOW)
+        early, late = start - timedelta(days=30), start + timedelta(days=3)
+        email = OutgoingEmail("winback/j/x", "j@example.test", "s", "h", "t", campaign="winback")
+        outbox.enqueue(connection, [(email, "Jose\u0301", None, early)], early)
+        row = decisions_store.DecisionRow("winback", "Jos\u00e9", "holdout", "holdout", None, True)
+        decisions_store.record(connection, "winback/j", [row], late)
+    thresholds = Thresholds(min_group_size=5, min_conversions=0)
+    with engine.connect() as connection:
+        window = store.touches(connection, start, as_of)
+        everything = _every_earlier_arm(connection, start)
+        narrowed = store.earlier_arms(connection, start, {t.customer_id for t in window})
+    results = [Result(t) for t in window]
+    expected = uplifts(results, thresholds, earlier=everything)
+    found = uplifts(results, thresholds, earlier=narrowed)
+    assert found == expected
+    assert sum(u.switched for u in found if u.variant is None) > 20  # the check has teeth
+    assert len({t.customer_id for t in narrowed}) < len({t.customer_id for t in everything})

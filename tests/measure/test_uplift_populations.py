@@ -4,6 +4,7 @@ gathered as of a fixed instant."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,11 +19,11 @@ from recocamp.domain import Customer, Item, OutgoingEmail, Purchase
 from recocamp.measure import jobs, report
 from recocamp.measure.attribution import Uplift
 from recocamp.settings import MeasureSettings, PrivacySettings, Settings, ShopSettings
+from recocamp.store import contacts, outbox, queries
 from recocamp.store import decisions as decisions_store
 from recocamp.store import measure as measure_store
-from recocamp.store import outbox, queries
+from recocamp.store.schema import customers, purchases
 from recocamp.store.schema import outbox as outbox_table
-from recocamp.store.schema import purchases
 
 RUN = datetime(2026, 1, 5, 9, tzinfo=UTC)
 AS_OF = datetime(2026, 1, 20, tzinfo=UTC)  # the 7-day windows of the run have closed
@@ -239,19 +240,80 @@ def test_a_mail_cancelled_because_its_customer_bought_stays_a_mailed_unit(
     assert overall.comparisons["conversion_rate"].absolute == pytest.approx(3 / 4 - 2 / 4)
 
 
-def test_a_mail_cancelled_for_an_opt_out_is_no_mailed_unit(
+def _unsubscribe(connection: sa.Connection) -> None:
+    contacts.unsubscribe(connection, "m1", RUN + timedelta(minutes=30), "test")
+
+
+def _pause_mail(connection: sa.Connection) -> None:
+    connection.execute(
+        sa.update(customers)
+        .where(customers.c.id == "m1")
+        .values(paused_until=RUN + timedelta(days=30))
+    )
+
+
+def _move(connection: sa.Connection) -> None:
+    queries.upsert_customers(connection, [Customer("m1", "new-m1@example.test")], RUN)
+
+
+def _bounce_elsewhere(connection: sa.Connection) -> None:
+    contacts.suppress(connection, "m1@example.test", "bounced", "test", RUN)
+
+
+def _pause_campaign(connection: sa.Connection) -> None:
+    outbox.pause(connection, "winback", "a wrong price", RUN)
+
+
+def _object(connection: sa.Connection) -> None:
+    outbox.cancel_profiled(connection, ["m1"], RUN + timedelta(minutes=30))
+
+
+@pytest.mark.parametrize(
+    "after_assignment",
+    [_unsubscribe, _pause_mail, _move, _bounce_elsewhere, _pause_campaign, _object],
+)
+def test_a_customer_assigned_to_the_mailed_arm_stays_in_it_whatever_happened_later(
+    engine: sa.Engine, settings: Settings, after_assignment: Callable[[sa.Connection], None]
+) -> None:
+    """Intent to treat: the run decided to mail m1 (a buyer). m1 then unsubscribed, paused
+    e-mails, changed address, had the address suppressed, or had the campaign paused
+    (``recocamp outbox pause``) or objected to profiling before the e-mail went out: it was
+    cancelled at claim, or still waits. The held-out customers who did the same stay in
+    the holdout (a decision is never withdrawn), so each such customer left the mailed group
+    alone: opt-outs after a mail are not at random (+25 pp here read as 0)."""
+    _run(engine, {"m1": 1, "m2": 2, "m3": 3, "h1": 1, "h2": 2})
+    with engine.begin() as connection:
+        connection.execute(  # m1's e-mail waits for the end of quiet hours
+            sa.update(outbox_table)
+            .where(outbox_table.c.customer_id == "m1")
+            .values(state="queued", sent_at=None, not_before=RUN + timedelta(hours=1))
+        )
+        after_assignment(connection)
+    outbox.claim(engine, "w:1:n", RUN + timedelta(hours=1), 10)
+    with engine.connect() as connection:
+        state = connection.execute(
+            sa.select(outbox_table.c.state).where(outbox_table.c.customer_id == "m1")
+        ).scalar_one()
+    assert state in ("cancelled", "queued")  # it never went out
+    overall = _overall(engine, settings)
+    assert (overall.treated.units, overall.treated.converted) == (4, 3)
+    assert overall.comparisons["conversion_rate"].absolute == pytest.approx(3 / 4 - 2 / 4)
+
+
+def test_a_mail_the_provider_refused_stays_a_mailed_unit(
     engine: sa.Engine, settings: Settings
 ) -> None:
-    """Other cancellations (the customer unsubscribed before it went out) are no send."""
-    _run(engine, {"m2": 2, "m3": 3, "h1": 1, "h2": 2})
+    """A permanent rejection (failed) is no exception: its held-out twin would have been a
+    unit whatever the provider said."""
+    _run(engine, {"m1": 1, "m2": 2, "m3": 3, "h1": 1, "h2": 2})
     with engine.begin() as connection:
         connection.execute(
             sa.update(outbox_table)
             .where(outbox_table.c.customer_id == "m1")
-            .values(state="cancelled", sent_at=None, last_error="recipient opted out")
+            .values(state="failed", sent_at=None, last_error="550 mailbox unavailable")
         )
     overall = _overall(engine, settings)
-    assert (overall.treated.units, overall.treated.converted) == (3, 2)
+    assert (overall.treated.units, overall.treated.converted) == (4, 3)
 
 
 def test_orders_stored_under_another_unicode_form_of_the_id_are_attributed(
@@ -306,6 +368,26 @@ def test_a_customer_mailed_before_the_report_window_and_held_out_in_it_is_switch
     assert overall.switched == 1
     assert (overall.control.units, overall.control.converted) == (3, 1)
     assert (overall.treated.units, overall.treated.converted) == (4, 3)
+
+
+def test_a_customer_who_switched_before_the_report_window_alone_is_no_switch_of_it(
+    engine: sa.Engine, settings: Settings
+) -> None:
+    """z was mailed by winback 200 days before the run and held out 150 days before it, both
+    before the report's 90 days, and has no touch inside them: z is no unit of the report,
+    yet was counted among its customers "left out of both groups" (switched_customers 1 of
+    a campaign none of whose units switched)."""
+    _run(engine, {"m1": 1, "h1": 1})
+    mailed, held = RUN - timedelta(days=200), RUN - timedelta(days=150)
+    with engine.begin() as connection:
+        queries.upsert_customers(connection, [Customer("z", "z@example.test")], mailed)
+        email = OutgoingEmail("winback/z/old", "z@example.test", "s", "h", "t", campaign="winback")
+        outbox.enqueue(connection, [(email, "z", None, mailed)], mailed)
+        row = decisions_store.DecisionRow("winback", "z", "holdout", "holdout", None, True)
+        decisions_store.record(connection, "winback/older", [row], held)
+    overall = _overall(engine, settings)
+    assert overall.switched == 0
+    assert (overall.treated.units, overall.control.units) == (4, 4)
 
 
 def test_a_customer_whose_older_orders_are_stored_decomposed_is_one_cohort_member(

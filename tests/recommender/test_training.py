@@ -937,3 +937,37 @@ def test_an_item_stored_in_two_unicode_forms_is_one_item(engine: sa.Engine, tmp_
     )
     ranked = served.rescore(old, 10, None, skip=frozenset({DECOMPOSED}))  # returned in full
     assert COMPOSED not in [entry[0] for entry in ranked]
+
+
+def test_a_model_learnt_before_ids_were_recomposed_finds_the_composed_form(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    """An item stored in one form, decomposed (``Ka`` + U+0308 ``se``), is learnt under it;
+    migration 0023 then stores its lines composed, and the model stays live until the next
+    training. A history naming the item composed finds its column: bought, it is no longer
+    offered to the buyer as new (it was: the history's line matched no column), and its
+    lines count for the scores."""
+    rows: list[Purchase] = []
+    start = datetime(2011, 6, 1, 12, tzinfo=UTC)
+    for n, person in enumerate(f"c{n}" for n in range(12)):
+        for k in range(4):
+            at = start + timedelta(days=20 * k + n)
+            rows.append(Purchase(f"o{len(rows)}", 1, person, f"i{(n + k) % 5}", 1, 2.0, at))
+            if k % 2:
+                rows.append(Purchase(f"o{len(rows)}", 1, person, "Ka\u0308se", 1, 2.0, at))
+    with engine.begin() as connection:
+        queries.insert_purchases(connection, rows, None)
+    settings = settings_for(tmp_path)
+    result = training.train(
+        engine, settings, now=NOW, as_of=datetime(2011, 12, 1, tzinfo=UTC), name="repeat_frequency"
+    )
+    assert result.outcome == "promoted"
+    with engine.connect() as connection:
+        live = registry.live(connection)
+    assert live is not None
+    fitted, data, _meta = model.load(Path(live.path), settings)
+    served = serving.Live.of(live.version, fitted, data, live.data_cutoff)
+    now_stored = History((Order(start, frozenset({"K\u00e4se", "i1"})),))
+    assert served.scores(now_stored, None)[served.columns["Ka\u0308se"]] > 0
+    ranked = served.rescore(now_stored, 10, None, skip=frozenset({"K\u00e4se"}))
+    assert "Ka\u0308se" not in [entry[0] for entry in ranked]
