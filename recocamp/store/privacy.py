@@ -320,7 +320,7 @@ def blank_contact_events(connection: sa.Connection, tie: Ties, person: Person) -
     )
 
 
-# The subject type of an erased customer's audit entries (migration 0023). Their subject id
+# The subject type of an erased customer's audit entries (migration 0024). Their subject id
 # is the stand-in (``erased-<n>``), which a real customer id may also be: told apart by the
 # type, not the id, so the purge of stand-ins' entries and a customer's own reads (export,
 # last changes) never take one for the other.

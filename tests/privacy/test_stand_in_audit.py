@@ -1,7 +1,7 @@
 """An erased customer's audit entries are told apart from a real customer's by their subject
 type, not by an ``erased-`` prefix of the id: customer ids are the shop's, and ``erased-1``
 may be one, which the purge of stand-ins' entries took, and whose export showed an erasure's
-entries as theirs. Migration 0023 gives the entries stored before the new type where they can
+entries as theirs. Migration 0024 gives the entries stored before the new type where they can
 only be a stand-in's."""
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def test_a_customer_whose_id_reads_like_a_stand_in_keeps_their_audit_entries(
     assert ("erased_customer", "erased-1", "unsubscribe") not in entries(engine)
 
 
-def test_migration_0023_types_only_entries_that_can_only_be_a_stand_ins(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'recocamp.db'}")
-    upgrade(engine, "0022")
+def test_migration_0024_types_only_entries_that_can_only_be_a_stand_ins(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine, "0023")
     with engine.begin() as connection:
         connection.execute(
             sa.insert(erasures),
@@ -99,7 +99,7 @@ def test_migration_0023_types_only_entries_that_can_only_be_a_stand_ins(tmp_path
                 )
             ],
         )
-    assert upgrade(engine) == "0023"
+    assert upgrade(engine) == "0024"
     assert entries(engine) == [
         ("erased_customer", "erased-1", "unsubscribe"),
         ("customer", "erased-1", "customer_changed"),
@@ -107,6 +107,6 @@ def test_migration_0023_types_only_entries_that_can_only_be_a_stand_ins(tmp_path
         ("customer", "erased-3", "unsubscribe"),
         ("customer", "c1", "unsubscribe"),
     ]
-    command.downgrade(alembic_config(engine), "0022")
+    command.downgrade(alembic_config(engine), "0023")
     assert {subject_type for subject_type, _, _ in entries(engine)} == {"customer"}
     engine.dispose()

@@ -12,8 +12,8 @@ and the id of an erasure that exists, erasure blanked their details (``{}``), an
 holds that id. Nothing else changes: their ids, actions and times stay. An entry of a real
 customer whose id is such a stand-in's stays ``customer`` (kept, never purged as one).
 
-Revision ID: 0023
-Revises: 0022
+Revision ID: 0024
+Revises: 0023
 Create Date: 2026-12-06 06:00:00
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0023"
-down_revision = "0022"
+revision = "0024"
+down_revision = "0023"
 branch_labels = None
 depends_on = None
 
