@@ -1,4 +1,4 @@
-"""Log output of every recocamp process, with e-mail addresses masked.
+"""Log output of every recocamp process, with e-mail addresses masked, one line a message.
 
 Every command (``recocamp -v …``, the worker, ``serve``'s processes, the delivering processes
 a big run starts) writes its log lines through one handler on stderr that carries
@@ -21,6 +21,17 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ENCODED = re.compile(r"""[^\s"'<>(),;@&=?/]+%40[^\s"'<>(),;@&=?/#]+""")
 
 
+def one_line(text: str) -> str:
+    """``text`` with each character that is not printable (``str.isprintable``: line breaks,
+    tabs, controls such as ESC, U+2028, bidi overrides) written as its Python escape
+    (``\\n``, ``\\x1b``, ``\\u2028``): a value someone else chose (a link's claims, a
+    header, a file's field) cannot end a log line and forge the next one, nor recolour or
+    reorder a terminal's. A printable text is returned as it is."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def masked(text: str) -> str:
     """``text`` with e-mail addresses masked, those written into a URL too (``%40``)."""
     text = mask_addresses(text)
@@ -30,13 +41,19 @@ def masked(text: str) -> str:
 class EmailRedactor(logging.Filter):
     """Masks e-mail addresses in log records, whoever logs them: in the message (with its
     arguments), in the traceback of an exception logged with it, and in a stack logged with
-    ``stack_info``. Installed on a handler, it sees every record the handler writes, from
-    whichever logger."""
+    ``stack_info``; and keeps the message on its line (:func:`one_line`: a line break or
+    control character in a logged value is written escaped, so no value forges a line).
+    Installed on a handler, it sees every record the handler writes, from whichever logger.
+    A traceback and a stack keep their lines: Python writes them, each of their lines
+    starting as it does."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "@" in message or "%40" in message:
-            record.msg, record.args = masked(message), None
+            message = masked(message)
+            record.msg, record.args = message, None
+        if not message.isprintable():
+            record.msg, record.args = one_line(message), None
         if record.exc_info and not record.exc_text:
             # formatted here, as the handler's formatter would (it keeps ``exc_text``), so
             # that the text the handler writes is the masked one

@@ -239,6 +239,21 @@ class ForecastSettings(_Section):
     horizon_days: int = Field(default=90, ge=7, le=730)
     lifetime_days: int = Field(default=365, ge=30, le=3650)
 
+    @field_validator("lifetime_days")
+    @classmethod
+    def _lifetime_covers_horizon(cls, value: int, info: ValidationInfo) -> int:
+        """The lifetime is the horizon or longer: ``lifetime_value`` is the horizon's
+        expected revenue stretched to it (``forecast.outlook``), and a shorter one shrank
+        it, a customer's lifetime value below what they are expected to spend within the
+        horizon (and ``lifetime_value_top_share`` chose by it)."""
+        horizon = info.data.get("horizon_days")
+        if horizon is not None and value < horizon:
+            raise ValueError(
+                f"must be at least horizon_days ({horizon}): the lifetime value stretches "
+                "the horizon's expected revenue, and a shorter lifetime would shrink it"
+            )
+        return value
+
 
 class RecommenderSettings(_Section):
     model: Literal["als", "bpr", "item_knn", "popularity", "repeat_frequency", "hybrid"] = "hybrid"
@@ -841,7 +856,9 @@ def retired_keys(text: str) -> tuple[bytes, ...]:
     """The keys of ``RECOCAMP_SIGNING_KEYS_RETIRED``: separated by white space (a space, a
     line break), or, for keys that hold white space themselves, a JSON list of strings
     (``["old key one", "old-key-2"]``). Each key as ``RECOCAMP_SIGNING_KEY`` was written,
-    byte for byte; duplicates once. A list that is not: a problem that does not repeat it."""
+    byte for byte; duplicates once. A list that is not, or that lists an empty or white-space
+    key (refused as the signing key is: ``[" "]`` verified links sealed under a key anyone
+    knows): a problem that does not repeat it."""
     if text.lstrip().startswith("["):
         try:
             loaded = json.loads(text)
@@ -852,7 +869,12 @@ def retired_keys(text: str) -> tuple[bytes, ...]:
                 "starts with '[' but is not a JSON list of strings (keys separated by white "
                 "space, or a JSON list for keys that hold white space)"
             )
-        keys = [key for key in loaded if key]
+        if not all(key.strip() for key in loaded):
+            raise error_hidden(
+                "lists an empty key (or white space only): a key anyone knows, whose links "
+                "would still be taken; drop it from the list"
+            )
+        keys = loaded
     else:
         keys = text.split()
     return tuple(dict.fromkeys(key.encode() for key in keys))

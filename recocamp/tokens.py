@@ -39,6 +39,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -239,18 +240,24 @@ CLAIM_MAX = 200  # characters of a text claim: ids are 64 at most, a survey a ca
 def _read(data: object) -> Claims:
     """The claims of an opened token as :func:`sign` writes them (ValueError, TypeError or
     OverflowError otherwise): an object whose customer, campaign and purpose are texts of
-    at most :data:`CLAIM_MAX` characters, whose survey and mailbox are such texts or
-    absent, and whose time is a whole number of seconds on the calendar. A seal that opens
-    proves who made it, not what they wrote: a retired key is weak or known, and its
-    holder's unsubscribe links still pass (``api.pages``). Claims of another shape were
+    at most :data:`CLAIM_MAX` characters (:func:`_text`), whose survey and mailbox are such
+    texts or absent, and whose time is a whole number of seconds on the calendar. A seal
+    that opens proves who made it, not what they wrote: a retired key is weak or known, and
+    its holder's unsubscribe links still pass (``api.pages``). Claims of another shape were
     read past the token's check: a 500 for a missing time or customer, a time past the
-    calendar, claims that are a list; a campaign of any length stored with the unsubscribe."""
+    calendar, claims that are a list; a campaign of any length stored with the unsubscribe;
+    a campaign holding a line break, which the unsubscribe's log line wrote as a second,
+    forged line."""
     if not isinstance(data, dict):
         raise TypeError("the claims are not an object")
     texts = [data.get("c"), data.get("k"), data.get("p")]
     optional = [data.get("s"), data.get("m")]
-    if not all(_text(text) for text in (*texts, *(o for o in optional if o is not None))):
-        raise ValueError(f"a claim is missing or not a text of at most {CLAIM_MAX} characters")
+    named = [*texts[1:], *(o for o in optional if o is not None)]
+    if not (_text(texts[0], printable=False) and all(_text(text) for text in named)):
+        raise ValueError(
+            f"a claim is missing or not a text of at most {CLAIM_MAX} characters without "
+            "line breaks or control characters"
+        )
     stamp = data.get("i")
     if not isinstance(stamp, int) or isinstance(stamp, bool):
         raise TypeError("the time is missing or not a whole number")
@@ -262,8 +269,19 @@ def _read(data: object) -> Claims:
     return Claims(customer, campaign, purpose, datetime.fromtimestamp(stamp, UTC), survey, mailbox)
 
 
-def _text(value: object) -> bool:
-    return isinstance(value, str) and len(value) <= CLAIM_MAX
+# A campaign, a purpose, a survey (a campaign and a day) and a mailbox tag (base64url) are
+# printable as sign() writes them (``str.isprintable``: no line break, control or format
+# character). A customer id has never held a C0 control or DEL (``domain.ID_PATTERN``); the
+# rest of ``domain.id_problem``'s rule (C1 controls such as NEL, U+2028, bidi overrides) came
+# later, and an id stored before it keeps its unsubscribe links, owed for as long as the
+# e-mail exists (log lines write such characters escaped: ``logs.one_line``).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _text(value: object, *, printable: bool = True) -> bool:
+    if not isinstance(value, str) or len(value) > CLAIM_MAX:
+        return False
+    return value.isprintable() if printable else _CONTROL.search(value) is None
 
 
 def verify_any(

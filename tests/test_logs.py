@@ -101,3 +101,34 @@ def test_an_address_in_a_logged_url_is_masked_too() -> None:
     written = stream.getvalue()
     assert "HTTP Request: GET https://esp.example/messages/outbound?key=" in written
     assert "Example.co.uk" not in written and "<address>" in written
+
+
+def test_a_logged_value_cannot_end_its_line_and_forge_the_next() -> None:
+    """A value someone else chose (a link's claim, a header, a file's field) holding a line
+    break or a terminal's control sequence was written as it was: the log showed a second,
+    forged line. The message is written on one line, those characters escaped; a traceback
+    keeps its own lines."""
+    stream = io.StringIO()
+    handler = logs.redacted_handler()
+    handler.setStream(stream)
+    logger = logging.getLogger("recocamp.test_logs")
+    logger.addHandler(handler)
+    logger.propagate = False
+    forged = "winback\n2026-12-06 07:00:00 INFO recocamp: all is well\x1b[2K\u2028"
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("unsubscribe via %s link", forged)
+        try:
+            raise ValueError("bad")
+        except ValueError:
+            logger.exception("job of %s failed\r", ADDRESS)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    escaped = "winback\\n2026-12-06 07:00:00 INFO recocamp: all is well\\x1b[2K\\u2028"
+    assert lines[0].endswith(f"unsubscribe via {escaped} link")
+    assert lines[1].endswith("job of <address> failed\\r")
+    assert lines[2] == "Traceback (most recent call last):" and lines[-1] == "ValueError: bad"

@@ -219,8 +219,21 @@ def test_claims_are_the_json_encoders_bytes_for_any_string(text: str) -> None:
             for key in (KEY, other, KEY):
                 token = sign(key, customer, campaign, "feedback", NOW, survey, mailbox)
                 assert opened(key, token) == expected
+                if not readable(customer, campaign, survey):
+                    with pytest.raises(TokenError, match="malformed token"):
+                        verify(key, token, "feedback", NOW)
+                    continue
                 found = verify(key, token, "feedback", NOW)
                 assert (found.customer_id, found.mailbox) == (customer, mailbox)
+
+
+def readable(customer: str, campaign: str, survey: str | None) -> bool:
+    """Whether ``verify`` reads these claims: a campaign or survey holding a character that is
+    not printable, or a customer holding a C0 control or DEL (no id ever did), is no claim
+    ``sign`` writes for a real e-mail, and it would reach a log line (a line break forges the
+    next line): the token is malformed."""
+    control = any(ord(c) < 32 or c == "\x7f" for c in customer)
+    return not control and campaign.isprintable() and (survey or "").isprintable()
 
 
 def test_tokens_stay_url_safe_and_short() -> None:

@@ -78,6 +78,8 @@ from recocamp.store.engine import (
     OperationalError,
     PoolTimeout,
     SQLAlchemyError,
+    Unopenable,
+    driver_kind,
     ping,
     require_current,
 )
@@ -250,7 +252,9 @@ def _health_routes(app: FastAPI, engine: Engine, service: OfferService) -> None:
         try:
             require_current(engine)
             snapshot = service.snapshot()
-        except (SQLAlchemyError, RecocampError) as exc:
+        except (SQLAlchemyError, Unopenable) as exc:
+            return _unreachable(exc)
+        except RecocampError as exc:  # ours: a schema to migrate, no detail of the server
             return JSONResponse({"status": "not ready", "detail": str(exc)}, 503)
         if snapshot.load_error is not None:
             return JSONResponse({"status": "not ready", "detail": snapshot.load_error}, 503)
@@ -272,6 +276,24 @@ def _health_routes(app: FastAPI, engine: Engine, service: OfferService) -> None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+UNREACHABLE = "the database does not answer: the server's log says more"
+
+
+def _unreachable(exc: SQLAlchemyError | Unopenable) -> JSONResponse:
+    """``/readyz``'s 503 for a database that cannot be reached: a fixed text. The driver's
+    message names the server's host, port, user and database (PostgreSQL's "connection to
+    server at …, port … failed: password authentication failed for user …"), which the
+    probe's caller, anyone who can reach the port, has no business knowing. The log names
+    the driver's error class and SQLSTATE only (``engine.driver_kind``), as the other store
+    errors are logged: its text may hold the address and the user."""
+    kind = exc.kind if isinstance(exc, Unopenable) else driver_kind(exc)
+    log.warning(
+        "readiness: the database does not answer (%s): 503; `recocamp db current` says why",
+        kind,
+    )
+    return JSONResponse({"status": "not ready", "detail": UNREACHABLE}, 503)
 
 
 async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:

@@ -118,7 +118,11 @@ class Audience(_Strict):
     # by fallback_lapsed_days, and matches no forecast key without it
     churn_risk: tuple[Literal[RISK_TIERS], ...] = ()  # type: ignore[valid-type]
     p_active_below: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
-    overdue_ratio_at_least: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # days since the last purchase day per gap, a gap being a day or more: past MAX_DAYS
+    # (a century overdue for a daily buyer) nobody matches, so a larger value is a typo
+    overdue_ratio_at_least: float | None = Field(
+        default=None, ge=0, le=MAX_DAYS, allow_inf_nan=False
+    )
     lifetime_value_top_share: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     # replaces the forecast keys when no forecast is live, and for customers who objected to
     # profiling: last order in [min, max) days ago

@@ -129,7 +129,7 @@ class Who(Protocol):
 
     def is_address(self, value: str) -> bool: ...
 
-    def is_id(self, value: str) -> bool: ...
+    def is_id(self, value: str, retail: bool = False) -> bool: ...  # see _id_text
 
     def names(self, line: str) -> bool: ...  # a line of an .errors.txt names them
 
@@ -147,10 +147,14 @@ def _forms(customer_ids: Collection[str]) -> frozenset[str]:
     return frozenset(forms)
 
 
-def _id_text(value: str) -> str:
-    """An id as a file holds it, without the ``.0`` a spreadsheet adds to numeric ids."""
+def _id_text(value: str, retail: bool = False) -> str:
+    """An id of a file as the import stores it: trimmed; in an online-retail file's
+    ``CustomerID`` column also without the ``.0`` of the UCI file's floats
+    (``sources.retail_customer_id``), and only there. Everywhere else ids are strings,
+    compared as written: ``10.0`` is another customer than ``10``, whose erasure took
+    ``10.0``'s lines too (and ``10.0``'s erasure left them)."""
     value = value.strip()
-    return value[:-2] if value.endswith(".0") else value
+    return (sources.retail_customer_id(value) or "") if retail else value
 
 
 def drop_erased(
@@ -245,19 +249,19 @@ def _values(path: Path, source: IO[str]) -> Iterator[tuple[Iterable[str], Iterab
             quoted = []
             for literal in QUOTED.findall(line):
                 with contextlib.suppress(ValueError, SyntaxError):
-                    quoted.append(_id_text(str(ast.literal_eval(literal))))
+                    quoted.append(_id_text(str(ast.literal_eval(literal))))  # as quoted
             yield quoted, map(address_key, EMAIL.findall(line))
         return
     rows = csv.reader(_lines(source))
     first = next(rows, None)
     if first is None:
         return
-    address_columns, id_columns, people = _columns(first)
+    address_columns, id_columns, people, retail = _columns(first)
     id_columns += people
     for row in rows:
         width = len(row)
         yield (
-            [_id_text(row[n]) for n in id_columns if n < width],
+            [_id_text(row[n], n in retail) for n in id_columns if n < width],
             [address_key(row[n]) for n in address_columns if n < width],
         )
 
@@ -273,8 +277,8 @@ class _Erased:
     def is_address(self, value: str) -> bool:
         return address_key(value) in self.addresses
 
-    def is_id(self, value: str) -> bool:
-        return _id_text(value) in self.ids
+    def is_id(self, value: str, retail: bool = False) -> bool:
+        return _id_text(value, retail) in self.ids
 
     def names(self, line: str) -> bool:
         """Whether a line of an ``.errors.txt`` names them: an id quoted as the report
@@ -436,9 +440,14 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], bool]) -> bool:
     return True
 
 
-def _columns(first: list[str]) -> tuple[list[int], list[int], list[int]]:
-    """Columns of addresses, of customer ids in order lines, and of the ids of a customers
-    file (an ``id`` column beside an address column). A byte order mark before the first
+Columns = tuple[list[int], list[int], list[int], list[int]]
+
+
+def _columns(first: list[str]) -> Columns:
+    """Columns of addresses, of customer ids in order lines, of the ids of a customers file
+    (an ``id`` column beside an address column), and the order lines' id column whose
+    ``.0`` the import drops (``CustomerID`` of an online-retail file: one whose header holds
+    that format's columns, as the import requires them). A byte order mark before the first
     name (a spreadsheet's UTF-8 export; the import reads past it) is not part of it: the
     file's first column went unrecognised, and an erased customer's id stayed in it."""
     header = [name.strip().removeprefix("\ufeff").strip() for name in first]
@@ -449,12 +458,14 @@ def _columns(first: list[str]) -> tuple[list[int], list[int], list[int]]:
         if name.lower().replace("_", "").replace(" ", "") in ID_COLUMNS
     ]
     people = [n for n, name in enumerate(header) if name.lower() == "id"] if addresses else []
-    return addresses, ids, people
+    retail = set(sources.ONLINE_RETAIL_COLUMNS) <= set(header)
+    floats = [n for n in ids if header[n] == "CustomerID"] if retail else []
+    return addresses, ids, people, floats
 
 
-def _theirs(row: list[str], columns: tuple[list[int], list[int], list[int]], who: Who) -> bool:
+def _theirs(row: list[str], columns: Columns, who: Who) -> bool:
     """Whether the row is the customer's own (a customers row, one to their address)."""
-    addresses, _, people = columns
+    addresses, _, people, _ = columns
     return any(n < len(row) and who.is_address(row[n]) for n in addresses) or any(
         n < len(row) and who.is_id(row[n]) for n in people
     )
@@ -467,7 +478,7 @@ def _csv(source: IO[str], who: Who, out: IO[str] | None) -> bool:
     if first is None:
         return False
     columns = _columns(first)
-    ids = columns[1]
+    ids, retail = columns[1], columns[3]
     writer = None if out is None else csv.writer(out)
     if writer is not None:
         writer.writerow(first)
@@ -475,7 +486,7 @@ def _csv(source: IO[str], who: Who, out: IO[str] | None) -> bool:
     for row in rows:
         theirs = _theirs(row, columns, who)
         for n in () if theirs else ids:
-            if n < len(row) and who.is_id(row[n]):
+            if n < len(row) and who.is_id(row[n], n in retail):
                 row[n], changed = "", True
         changed = changed or theirs
         if writer is None:
@@ -523,11 +534,12 @@ def _held(name: str, source: IO[str], who: Who) -> list[Any]:
     if first is None:
         return []
     columns = _columns(first)
-    ids = columns[1]
+    ids, retail = columns[1], columns[3]
     return [
         dict(zip(first, row, strict=False))
         for row in rows
-        if _theirs(row, columns, who) or any(n < len(row) and who.is_id(row[n]) for n in ids)
+        if _theirs(row, columns, who)
+        or any(n < len(row) and who.is_id(row[n], n in retail) for n in ids)
     ]
 
 

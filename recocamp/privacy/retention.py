@@ -28,7 +28,6 @@ from typing import Any
 from recocamp.data import drop_folder
 from recocamp.errors import ModelError
 from recocamp.privacy import artifacts
-from recocamp.privacy.erasure import STAND_IN
 from recocamp.recommender import models as model
 from recocamp.settings import Settings
 from recocamp.store import privacy as store
@@ -89,7 +88,7 @@ def purge(engine: Engine, settings: Settings, now: datetime) -> PurgeReport:
         bodies = store.blank_bodies(connection, FINAL_STATES, before(days.outbox_body_days))
         events = store.delete_contact_events(connection, before(days.contact_events_days))
         decided = store.delete_decisions(connection, before(days.decisions_days))
-        audits = store.delete_stand_in_audit(connection, STAND_IN, before(days.erased_audit_days))
+        audits = store.delete_stand_in_audit(connection, before(days.erased_audit_days))
         job_runs = runs.delete_finished_before(connection, before(days.job_runs_days))
         gone_workers = runs.delete_workers_gone_before(connection, before(days.job_runs_days))
         # under the registry's lock, deleted before it is released: a model promoted

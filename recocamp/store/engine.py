@@ -189,7 +189,28 @@ def current_revision(engine: sa.Engine) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     except sa.exc.DBAPIError as exc:
         where = _unopenable(engine)
-        raise StoreError(f"cannot open the database: {where or exc.orig}") from None
+        raise Unopenable(f"cannot open the database: {where or exc.orig}", exc) from None
+
+
+class Unopenable(StoreError):
+    """:func:`current_revision`'s database that cannot be opened. Its message quotes the
+    driver, which on PostgreSQL names the server's host, port, user and database: fine for
+    the operator's command line, not for an answer anyone may ask for (``/readyz``), which
+    says :attr:`kind` alone."""
+
+    def __init__(self, message: str, exc: sa.exc.DBAPIError) -> None:
+        super().__init__(message)
+        self.kind = driver_kind(exc)
+
+
+def driver_kind(exc: BaseException) -> str:
+    """What a store error is without its text (which may name the server's host, port and
+    user, or quote a statement's parameters): the driver's error class and, where it gives
+    one, the SQLSTATE (PostgreSQL's ``28P01``: a password refused; ``3D000``: no such
+    database)."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None)
+    return type(orig).__name__ + (f", SQLSTATE {state}" if isinstance(state, str) else "")
 
 
 def _unopenable(engine: sa.Engine) -> str | None:

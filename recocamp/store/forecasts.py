@@ -29,6 +29,7 @@ from recocamp.store.schema import (
     forecast_versions,
     forecasts,
     items,
+    purchase_line,
     purchases,
 )
 
@@ -47,7 +48,7 @@ def purchase_lines(
     one customer's, named as :func:`one_form` says."""
     p = purchases.c
     service = sa.select(items.c.id).where(items.c.is_service.is_(True))
-    purchase = sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
+    purchase = purchase_line()
     product_orders = sa.select(p.order_id).where(purchase, p.item_id.not_in(service))
     epoch = epoch_seconds(connection, p.ordered_at)  # exact to SQLite's millisecond
     query = sa.select(p.customer_id, epoch, p.quantity * p.unit_price).where(

@@ -54,7 +54,14 @@ from recocamp.domain import (
 )
 from recocamp.errors import mask_addresses
 from recocamp.store.queries import suppression_insert, upsert_statement
-from recocamp.store.schema import campaign_pauses, customers, outbox, purchases, suppressions
+from recocamp.store.schema import (
+    campaign_pauses,
+    customers,
+    outbox,
+    purchase_line,
+    purchases,
+    suppressions,
+)
 
 COMPRESS_FROM = 4096  # bytes of JSON
 LIVE_STATES = ("queued", "claimed", "sent", "delivered", "bounced")  # count as contacts
@@ -341,9 +348,7 @@ def _bought_since(connection: sa.Connection, worker: str, now: datetime) -> dict
         .where(
             p.ordered_at >= waited.c.created_at,
             p.ordered_at <= now,
-            p.is_return.is_(False),
-            p.quantity > 0,
-            p.unit_price > 0,
+            purchase_line(),
         )
     )
     found: dict[int, set[str]] = {}

@@ -320,14 +320,22 @@ def blank_contact_events(connection: sa.Connection, tie: Ties, person: Person) -
     )
 
 
+# The subject type of an erased customer's audit entries (migration 0024). Their subject id
+# is the stand-in (``erased-<n>``), which a real customer id may also be: told apart by the
+# type, not the id, so the purge of stand-ins' entries and a customer's own reads (export,
+# last changes) never take one for the other.
+ERASED_SUBJECT = "erased_customer"
+
+
 def stand_in_audit(connection: sa.Connection, person: Person) -> int:
-    """Audit entries about the person name the stand-in and lose their details."""
+    """Audit entries about the person name the stand-in, as :data:`ERASED_SUBJECT`, and lose
+    their details (their action and time stay)."""
     a = audit_log.c
     return _count(
         connection.execute(
             sa.update(audit_log)
             .where(a.subject_type == "customer", a.subject_id.in_(person.subject.forms))
-            .values(subject_id=person.stand_in, details={})
+            .values(subject_type=ERASED_SUBJECT, subject_id=person.stand_in, details={})
         )
     )
 
@@ -392,14 +400,14 @@ def delete_decisions(connection: sa.Connection, before: datetime) -> int:
     return _count(connection.execute(sa.delete(decisions).where(decisions.c.decided_at < before)))
 
 
-def delete_stand_in_audit(connection: sa.Connection, prefix: str, before: datetime) -> int:
-    """Audit entries about stand-ins (subject ids starting with ``prefix``) before ``before``."""
+def delete_stand_in_audit(connection: sa.Connection, before: datetime) -> int:
+    """Audit entries about erased customers' stand-ins (:data:`ERASED_SUBJECT`) before
+    ``before``. They were recognised by their subject id's ``erased-`` prefix, and a real
+    customer whose id starts so lost their entries with them."""
     a = audit_log.c
     return _count(
         connection.execute(
-            sa.delete(audit_log).where(
-                a.subject_type == "customer", a.subject_id.like(f"{prefix}%"), a.at < before
-            )
+            sa.delete(audit_log).where(a.subject_type == ERASED_SUBJECT, a.at < before)
         )
     )
 

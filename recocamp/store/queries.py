@@ -29,6 +29,7 @@ from recocamp.store.schema import (
     items,
     offer_lists,
     orders,
+    purchase_line,
     purchases,
     recommendations,
     suppressions,
@@ -401,24 +402,7 @@ def order_totals(
 ) -> list[tuple[str, str | None, datetime, float]]:
     """``(order_id, customer_id, first line time, revenue)`` of orders with purchase lines
     in ``[start, end)``; only purchase lines count (no returns, no adjustments)."""
-    p = purchases.c
-    query = (
-        sa.select(
-            p.order_id,
-            p.customer_id,
-            sa.func.min(p.ordered_at),
-            sa.func.sum(p.quantity * p.unit_price),
-        )
-        .where(
-            p.ordered_at >= start,
-            p.ordered_at < end,
-            p.is_return.is_(False),
-            p.quantity > 0,
-            p.unit_price > 0,
-        )
-        .group_by(p.order_id, p.customer_id)
-    )
-    return [(row[0], row[1], row[2], float(row[3])) for row in connection.execute(query)]
+    return _order_revenue(connection, start, end, sa.func.min(purchases.c.ordered_at))
 
 
 def order_parts(
@@ -428,17 +412,21 @@ def order_parts(
     ``[start, end)`` at one instant: what the KPIs count. An order whose lines were stamped
     apart (23:59 and 00:01) is one row per instant, so a window holds exactly the order's
     lines inside it (``measure.kpis`` counts the order once per window)."""
+    at = purchases.c.ordered_at
+    return _order_revenue(connection, start, end, at, at)
+
+
+def _order_revenue(
+    connection: sa.Connection, start: datetime, end: datetime, at: Any, *by: Any
+) -> list[tuple[str, str | None, datetime, float]]:
+    """The revenue of the purchase lines (``schema.purchase_line``) in ``[start, end)`` by
+    order and customer (and ``by``), with the time ``at`` of each group: one statement for
+    :func:`order_totals` and :func:`order_parts`, so the two count the same lines."""
     p = purchases.c
     query = (
-        sa.select(p.order_id, p.customer_id, p.ordered_at, sa.func.sum(p.quantity * p.unit_price))
-        .where(
-            p.ordered_at >= start,
-            p.ordered_at < end,
-            p.is_return.is_(False),
-            p.quantity > 0,
-            p.unit_price > 0,
-        )
-        .group_by(p.order_id, p.customer_id, p.ordered_at)
+        sa.select(p.order_id, p.customer_id, at, sa.func.sum(p.quantity * p.unit_price))
+        .where(p.ordered_at >= start, p.ordered_at < end, purchase_line())
+        .group_by(p.order_id, p.customer_id, *by)
     )
     return [(row[0], row[1], row[2], float(row[3])) for row in connection.execute(query)]
 

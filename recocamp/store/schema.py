@@ -150,6 +150,15 @@ purchases = sa.Table(
     sa.Index(None, "item_id"),
 )
 
+
+def purchase_line() -> sa.ColumnElement[bool]:
+    """The one definition of a purchase line in SQL (DESIGN.md: a line of a non-return order
+    with quantity > 0 and unit price > 0; ``domain.Purchase.is_purchase`` in Python):
+    returns and adjustments are not purchases, service codes such as postage are."""
+    p = purchases.c
+    return sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
+
+
 # One row per order, written in the transaction that writes its lines (migration 0010): the
 # request or import whose insert of this row wins writes the whole order; any other compares
 # the digest of its lines (``domain.order_digest``) to tell a repeat from a different order.

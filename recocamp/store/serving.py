@@ -22,6 +22,7 @@ from recocamp.store.schema import (
     erasures,
     items,
     offer_lists,
+    purchase_line,
     purchase_totals,
     purchases,
 )
@@ -149,7 +150,7 @@ def _lines_statement(connection: Connection, bounded: bool) -> sa.Select[Any]:
         .subquery("totals")
     )
     counted = sa.case(
-        (sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0), 1),
+        (purchase_line(), 1),
         (p.is_return.is_(True), -1),
         else_=0,
     )

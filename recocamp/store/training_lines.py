@@ -30,7 +30,7 @@ from recocamp.store.queries import (
     profiled,
     unprofiled,
 )
-from recocamp.store.schema import items, purchases
+from recocamp.store.schema import items, purchase_line, purchases
 
 log = logging.getLogger(__name__)
 
@@ -308,9 +308,7 @@ def _line_filter(connection: sa.Connection, until: datetime | None) -> list[Any]
     p, i = purchases.c, items.c
     conditions = [
         p.customer_id.is_not(None),
-        p.is_return.is_(False),
-        p.quantity > 0,
-        p.unit_price > 0,
+        purchase_line(),
         *profiled(connection, p.customer_id),  # any Unicode form of an objector's id
         p.item_id.not_in(sa.select(i.id).where(i.is_service.is_(True))),
     ]

@@ -48,6 +48,7 @@ from recocamp.store.schema import (
     items,
     models,
     outbox,
+    purchase_line,
     purchases,
     recommendations,
     suppressions,
@@ -348,9 +349,7 @@ def _lines_compiled(connection: sa.Connection) -> Any:
         epoch = queries.epoch_seconds(connection, p.ordered_at)
         query = sa.select(p.item_id, p.order_id, epoch, p.quantity * p.unit_price).where(
             p.customer_id == sa.bindparam("customer_id", type_=sa.String),
-            p.is_return.is_(False),
-            p.quantity > 0,
-            p.unit_price > 0,
+            purchase_line(),
             epoch < sa.bindparam("before", type_=sa.Float),
         )
         found = _COMPILED[connection.dialect.name] = query.compile(dialect=connection.dialect)
@@ -379,7 +378,7 @@ def _orders(
     returned in full by then (``domain.returned_in_full``, over purchase and return lines)."""
     p = purchases.c
     columns = (p.customer_id, p.order_id, p.ordered_at, p.item_id, p.quantity, p.unit_price)
-    purchase = sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
+    purchase = purchase_line()
     query = sa.select(*columns, p.is_return).where(
         p.customer_id.is_not(None),
         sa.or_(purchase, p.is_return.is_(True)),
@@ -404,7 +403,7 @@ def returned_items(connection: sa.Connection, customer_id: str, now: datetime) -
     """The items ``customer_id`` returned in full before ``now`` (``_orders``' rule, for one
     customer: the command line's ``recommend``)."""
     p = purchases.c
-    purchase = sa.and_(p.is_return.is_(False), p.quantity > 0, p.unit_price > 0)
+    purchase = purchase_line()
     query = sa.select(p.item_id, p.quantity, p.is_return).where(
         p.customer_id == customer_id,
         sa.or_(purchase, p.is_return.is_(True)),
@@ -441,8 +440,7 @@ def _popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]
             p.ordered_at >= now - timedelta(days=90),
             p.ordered_at < now,
             p.customer_id.is_not(None),
-            p.is_return.is_(False),
-            p.quantity > 0,
+            purchase_line(),
         )
         .group_by(p.item_id)
         .order_by(buyers.desc(), p.item_id)

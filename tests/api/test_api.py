@@ -166,6 +166,22 @@ def test_not_ready_on_a_database_without_the_schema(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_not_ready_on_a_server_out_of_reach_names_neither_its_address_nor_its_user(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # nothing listens on the discard port: the driver's refusal names host, port and user
+    url = "postgresql+psycopg://shop_owner:hunter2@127.0.0.1:9/shopdb?connect_timeout=5"
+    engine = make_engine(url)
+    with caplog.at_level("WARNING", logger="recocamp.api.app"):
+        reply = call(make_app(engine), "GET", "/readyz")
+    assert reply.status == 503
+    assert reply.json()["detail"] == "the database does not answer: the server's log says more"
+    assert "the database does not answer (OperationalError)" in caplog.text
+    for secret in ("127.0.0.1", "port 9", "shop_owner", "hunter2", "shopdb"):
+        assert secret not in reply.text and secret not in caplog.text
+    engine.dispose()
+
+
 def test_cors_is_off_unless_origins_are_listed(engine: sa.Engine) -> None:
     asked = {"origin": "https://shop.example", "access-control-request-method": "GET"}
     closed = call(make_app(engine), "OPTIONS", "/healthz", headers=asked)

@@ -219,6 +219,9 @@ def test_a_short_signing_key_or_webhook_secret_is_warned_about_never_shown(
         (f"old-one {NEW}", "lists the signing key itself"),
         (" ".join(f"k{n}" for n in range(17)), "holds 17 keys, at most 16"),
         ('["not closed"', "is not a JSON list of strings"),
+        ('[" "]', "lists an empty key (or white space only)"),
+        ('["k16", "\\t\\n"]', "lists an empty key (or white space only)"),
+        ('["k16", ""]', "lists an empty key (or white space only)"),
     ],
 )
 def test_a_wrong_list_of_retired_keys_is_refused_without_showing_a_key(
@@ -371,6 +374,41 @@ def test_a_retired_keys_link_with_claims_of_the_wrong_shape_is_refused_not_a_500
         reply = answered(app, method, f"/u/{v1_token(OLD.encode(), claims)}")
         assert reply.status == 400, (method, reply.text)
         assert reply.headers["cache-control"] == "no-store"
+    assert person(engine, "e1").unsubscribed_at is None
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(contact_events)).first() is None
+
+
+FORGED = "\n2026-12-06 07:00:00 INFO recocamp.api.pages: unsubscribe customer c9 via nps link"
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"c": "e1", "k": f"winback{FORGED}", "p": "unsubscribe", "i": AT},
+        {"c": "e1", "k": "winback\r", "p": "unsubscribe", "i": AT},
+        {"c": "e1", "k": "winback\x1b[2K", "p": "unsubscribe", "i": AT},  # erases the line
+        {"c": "e1", "k": "winback\u2028x", "p": "unsubscribe", "i": AT},
+        {"c": "e1", "k": "winback", "p": "unsubscribe", "i": AT, "s": "nps\n/2026-01-15"},
+        {"c": f"e1{FORGED}", "k": "winback", "p": "unsubscribe", "i": AT},
+    ],
+)
+def test_a_retired_keys_link_with_a_line_break_in_a_claim_is_refused_and_logs_nothing(
+    engine: sa.Engine, tmp_path: Path, claims: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retired key's holder sealed a campaign holding a line break: the unsubscribe was
+    taken and its log line ("unsubscribe customer e1 via … link") wrote the forged line
+    after it. A claim that no ``tokens.sign`` writes is a malformed token: 400, nothing
+    written, nothing logged of it."""
+    settings = settings_for(tmp_path)
+    app = app_of(engine, settings)
+    assert put(app, "e1", {"source": "signup", "email": "e@example.test"}).status == 200
+    app = app_of(engine, rotated(settings))
+    with caplog.at_level("INFO"):
+        for method in ("GET", "POST"):
+            reply = answered(app, method, f"/u/{v1_token(OLD.encode(), claims)}")
+            assert reply.status == 400, (method, reply.text)
+    assert "c9" not in caplog.text and "winback" not in caplog.text
     assert person(engine, "e1").unsubscribed_at is None
     with engine.connect() as connection:
         assert connection.execute(sa.select(contact_events)).first() is None

@@ -158,6 +158,24 @@ def test_bad_settings_exit_2_naming_the_key(workdir: Path) -> None:
     assert "line 2" in result.stderr and "Mars/Base" in result.stderr
 
 
+def test_a_forecast_lifetime_shorter_than_its_horizon_exits_2_naming_key_and_value(
+    workdir: Path,
+) -> None:
+    """``lifetime_value`` stretches the horizon's expected revenue to ``lifetime_days``: a
+    shorter lifetime shrank it below what the customer is expected to spend in the horizon
+    (and ``lifetime_value_top_share`` chose by that). The lifetime may equal the horizon."""
+    settings = workdir / "settings.toml"
+    settings.write_text("[forecast]\nhorizon_days = 400\nlifetime_days = 365\n")
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 2, result.output
+    assert "settings.toml" in result.stderr and "forecast.lifetime_days" in result.stderr
+    assert "line 3" in result.stderr and "365" in result.stderr
+    assert "at least horizon_days (400)" in result.stderr
+    assert not (workdir / "recocamp.db").exists()
+    settings.write_text("[forecast]\nhorizon_days = 400\nlifetime_days = 400\n")
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("max_int_bits", 10**100), ("max_loop_iterations", 10**100), ("max_loop_iterations", 0)],

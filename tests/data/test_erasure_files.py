@@ -295,3 +295,41 @@ def test_a_message_is_theirs_by_the_customer_its_send_key_names_whole(tmp_path: 
     done = erasure_files.scrub([folder], [ERASED], [])
     assert (done.rewritten, done.failed) == ([messages], [])
     assert messages.read_text() == others
+
+
+RETAIL = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\r\n"
+
+
+def retail_line(invoice: int, customer: str) -> str:
+    return f"{invoice},85123A,HEART,1,12/1/2010 8:26,2.55,{customer},United Kingdom\r\n"
+
+
+def test_a_trailing_dot_zero_is_dropped_only_where_the_import_drops_it(tmp_path: Path) -> None:
+    """Ids are strings, compared as written: ``10.0`` and ``10`` are two customers. The scrub
+    dropped a trailing ``.0`` from every id it read, so erasing ``10`` blanked ``10.0``'s
+    order lines too (and exported them as ``10``'s), and erasing ``10.0`` left its own lines.
+    Only an online-retail file's ``CustomerID`` (the UCI file's floats, ``17850.0``) is
+    stored without it, and there ``10.0`` is customer ``10``'s line."""
+    folder = tmp_path / "processed"
+    folder.mkdir()
+    standard = folder / "purchases-1.csv"
+    standard.write_text(HEADER + order(1, "10") + order(2, "10.0") + order(3, "110.0"))
+    retail = folder / "online-retail-1.csv"
+    retail.write_text(RETAIL + retail_line(1, "10.0") + retail_line(2, "10.5"))
+
+    found, unreadable = erasure_files.holding([folder], ["10"], [])
+    assert unreadable == []
+    assert [row["order_id"] for row in found[str(standard)]] == ["o1"]
+    assert [row["InvoiceNo"] for row in found[str(retail)]] == ["1"]
+    done = erasure_files.scrub([folder], ["10"], [])
+    assert (sorted(done.rewritten), done.failed) == ([retail, standard], [])
+    assert standard.read_bytes().decode() == HEADER + order(1, "") + order(2, "10.0") + order(
+        3, "110.0"
+    )
+    assert retail.read_bytes().decode() == RETAIL + retail_line(1, "") + retail_line(2, "10.5")
+
+    done = erasure_files.scrub([folder], ["10.0"], [])  # a customer of the standard file
+    assert (done.rewritten, done.failed) == ([standard], [])
+    assert standard.read_bytes().decode() == HEADER + order(1, "") + order(2, "") + order(
+        3, "110.0"
+    )

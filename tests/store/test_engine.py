@@ -229,7 +229,7 @@ def test_migration_0015_goes_down_and_up_keeping_the_rest(db_url: str) -> None:
     assert current_revision(engine) == "0014"
     names = set(sa.inspect(engine).get_table_names())
     assert "engagement_events" not in names and {"customers", "id_erasures"} <= names
-    assert upgrade(engine) == head_revision() == "0023"
+    assert upgrade(engine) == head_revision() == "0024"
     with engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar() == 1
         assert connection.execute(sa.select(engagement_events)).all() == []

@@ -54,7 +54,7 @@ def test_migration_0021_adds_the_index_to_a_store_of_0020_keeping_its_runs(db_ur
                 job="train", worker="h:1:a", status="ok", started_at=NOW, counts={"lines": 3}
             )
         )
-    assert migrate(engine) == head_revision() == "0023"
+    assert migrate(engine) == head_revision() == "0024"
     indexes = {index["name"] for index in sa.inspect(engine).get_indexes("runs")}
     assert "ix_runs_resumed_from" in indexes
     with engine.connect() as connection:

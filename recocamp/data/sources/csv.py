@@ -1180,7 +1180,15 @@ def online_retail_line(
     if not is_return and (quantity <= 0 or unit_price <= 0):
         return Skip("adjustment")
     item_id = ident(row, "StockCode") or ""
-    values = (invoice, line_no, _integer_id(customer), item_id, quantity, unit_price, ordered_at)
+    values = (
+        invoice,
+        line_no,
+        retail_customer_id(customer),
+        item_id,
+        quantity,
+        unit_price,
+        ordered_at,
+    )
     description = text(row, "Description", required=False, limit=TEXT_MAX["title"])
     country = text(row, "Country", required=False, limit=TEXT_MAX["country"])
     return RetailLine((*values, is_return), description or "", country or "")
@@ -1244,7 +1252,7 @@ class RetailLines:
         is_return = invoice.startswith("C")
         if not is_return and (quantity <= 0 or unit_price <= 0):
             return _ADJUSTMENT
-        values = (invoice, line_no, _integer_id(customer or None), item_id, quantity)
+        values = (invoice, line_no, retail_customer_id(customer or None), item_id, quantity)
         return RetailLine((*values, unit_price, ordered_at, is_return), description, country)
 
     def columns(self, lines: list[int], records: list[list[str]]) -> LineColumns | None:
@@ -1279,7 +1287,7 @@ class RetailLines:
             return None
         line_nos = self.lines.many(invoices)
         is_returns = list(map(str.startswith, invoices, repeat("C")))
-        ids = {customer: _integer_id(customer or None) for customer in set(customers)}
+        ids = {customer: retail_customer_id(customer or None) for customer in set(customers)}
         customer_ids = list(map(ids.__getitem__, customers))
         return _line_columns(
             lines,
@@ -1293,8 +1301,11 @@ class RetailLines:
         return online_retail_line(row, self.stamps, self.lines)
 
 
-def _integer_id(value: str | None) -> str | None:
-    """``17850.0`` and ``17850`` are the same customer; keep ids as strings."""
+def retail_customer_id(value: str | None) -> str | None:
+    """The customer id an online-retail file's ``CustomerID`` (read by :func:`ident`) is
+    stored under: ``17850.0`` (the UCI file's float) and ``17850`` are the same customer;
+    ids stay strings. Only there: in the standard formats ``10.0`` is a customer of its own.
+    Erasure cleans kept files by the same rule (``data.erasure_files``)."""
     if value is None:
         return None
     return value[:-2] if value.endswith(".0") else value
