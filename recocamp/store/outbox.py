@@ -19,8 +19,12 @@ Life of a message (``outbox.state``)::
   deliverer asks the provider whether it accepted them before putting them back in the queue.
 
 Bodies are stored as JSON: ``{"html", "text", "headers"}`` for a rendered e-mail, or
-``{"template": {"html", "text", "context"}, "headers"}`` for one whose body is rendered by
-the deliverer when it goes out (campaign runs enqueue those, see ``domain.BodyTemplate``).
+``{"template": {"html", "text", "context", "subject"}, "headers"}`` for one whose body and
+subject are rendered by the deliverer when it goes out (campaign runs enqueue those, see
+``domain.BodyTemplate``; rows queued before subjects went with the body have no
+``"subject"``). The ``subject`` column holds the subject rendered when the e-mail was queued
+until the deliverer writes the one it renders (:func:`set_subjects`, before the request): a
+sent e-mail's row shows what was sent, and a version before this one sends that column.
 Documents of ``COMPRESS_FROM`` bytes or more (rendered bodies) are zlib-compressed with a
 4 kB window; a deferred body's context (~2.3 kB on the demo shop) is stored as it is: zlib
 took 61 µs to save 1.4 kB of it and 20 µs to unpack, orjson encodes it in 5 µs, and
@@ -93,6 +97,8 @@ def pack(email: OutgoingEmail) -> bytes:
             "text": template.text,
             "context": template.context,
         }
+        if template.subject is not None:
+            document["template"]["subject"] = template.subject
     data = orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
     if len(data) < COMPRESS_FROM:
         return data
@@ -129,9 +135,10 @@ class Claimed:
     email: OutgoingEmail
     claimed_by: str | None = None
 
-    def rendered(self, html: str, text: str) -> Claimed:
-        """This claim with its e-mail's body rendered (see ``OutgoingEmail.rendered``)."""
-        email = self.email.rendered(html, text)
+    def rendered(self, html: str, text: str, subject: str | None = None) -> Claimed:
+        """This claim with its e-mail's body (and subject) rendered (see
+        ``OutgoingEmail.rendered``)."""
+        email = self.email.rendered(html, text, subject)
         return Claimed(self.id, self.attempts, self.customer_id, email, self.claimed_by)
 
 
@@ -142,7 +149,11 @@ def _unpack(row: Any) -> Claimed:
     document = load_body(body)
     deferred = document.get("template")
     template = (
-        BodyTemplate(deferred["html"], deferred["text"], deferred["context"]) if deferred else None
+        BodyTemplate(
+            deferred["html"], deferred["text"], deferred["context"], deferred.get("subject")
+        )
+        if deferred
+        else None
     )
     email = OutgoingEmail(
         key,
@@ -279,8 +290,10 @@ def _without_bought(
     Purchase lines ordered from the row's creation (the run's instant, whose history the
     offers were chosen from) up to ``now`` count. Only e-mails that were to wait are looked
     at (``not_before`` after ``created_at``): one sent as it was queued had no hours to wait
-    (and the look-up cost a fresh run's claims a sixth more CPU). A body rendered when it was
-    queued cannot be changed and goes as it is, as does the subject (rendered then)."""
+    (and the look-up cost a fresh run's claims a sixth more CPU). The deliverer renders the
+    subject line from the offers left, as it renders the body (``domain.BodyTemplate``). A
+    body rendered when it was queued cannot be changed and goes as it is, as does a subject
+    rendered when it was queued (a row of a version before subjects went with the body)."""
     offering = {
         c.id
         for c in claimed
@@ -302,7 +315,7 @@ def _without_bought(
             sold.add(c.id)
             continue
         context = {**template.context, "offers": offers}
-        email = replace(c.email, template=BodyTemplate(template.html, template.text, context))
+        email = replace(c.email, template=replace(template, context=context))
         kept.append(replace(c, email=email))
     return kept, sold
 
@@ -485,6 +498,22 @@ def _owned(by: str | None) -> Any:
     if by is None:
         return sa.true()
     return sa.and_(outbox.c.state == "claimed", outbox.c.claimed_by == by)
+
+
+def set_subjects(
+    connection: sa.Connection, subjects: dict[int, str], now: datetime, by: str
+) -> None:
+    """Write the subjects the deliverer rendered for its claims (only those it still holds)
+    before it sends them: the row then shows what went out, also to whoever settles the claim
+    after a crash (the provider may have taken it)."""
+    if not subjects:
+        return
+    connection.execute(
+        sa.update(outbox)
+        .where(outbox.c.id == sa.bindparam("row_id"), _owned(by))
+        .values(subject=sa.bindparam("line"), updated_at=now),
+        [{"row_id": i, "line": line} for i, line in subjects.items()],
+    )
 
 
 def mark_sent(

@@ -197,12 +197,24 @@ def v1_links(settings: Settings, campaign: str) -> compose.Links:
 GERMAN_PRICES = {"€12.75": "12,75\u00a0€", "€11.47": "11,47\u00a0€", "€8.00": "8,00\u00a0€"}
 
 
+# the subject line as written travels after the context since it is rendered at delivery
+SUBJECT_LINE = b',"subject":"Hi {{ customer.first_name }}"}}'
+
+
+def without_subject_line(row: bytes) -> bytes:
+    """A row packed now as the code before the subject line travelled packed it: the same
+    bytes but for the subject line after the context (rows queued before have none)."""
+    assert row.endswith(SUBJECT_LINE)
+    return row.removesuffix(SUBJECT_LINE) + b"}}"
+
+
 def test_the_outbox_json_of_a_context_is_byte_for_byte_what_it_was() -> None:
     expected = OLD_WINBACK_ROW
     for before, after in GERMAN_PRICES.items():
         expected = expected.replace(before.encode(), after.encode())
-    assert queued("winback") == expected
-    assert hashlib.sha256(queued("nps")).hexdigest() == OLD_NPS_ROW_SHA256  # under 4 KiB: JSON
+    assert without_subject_line(queued("winback")) == expected
+    nps = without_subject_line(queued("nps"))  # under 4 KiB: JSON
+    assert hashlib.sha256(nps).hexdigest() == OLD_NPS_ROW_SHA256
 
 
 def test_prices_are_written_as_the_customers_language_writes_money() -> None:
