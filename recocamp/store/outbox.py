@@ -274,6 +274,10 @@ def claim(
 
 
 MOVED = "the customer's address changed since it was queued"
+# An e-mail claimed this long after it was queued waited (its campaign paused, no deliverer):
+# what its customer bought meanwhile is looked up, as for one deferred to a later hour. A
+# run's own claims come sooner, and are not looked up (see :func:`_without_bought`).
+WAITED = timedelta(minutes=5)
 PAUSED = "the customer paused e-mails after it was queued"
 PROFILED = "the customer objected to profiling after it was queued: its offers were theirs"
 BOUGHT = "the customer bought every item it offers after it was queued"
@@ -288,9 +292,10 @@ def _without_bought(
     hours (or put back for a retry) goes out hours later: an item bought meanwhile was still
     offered as "picked for you" (or "about time to restock") the morning after the order.
     Purchase lines ordered from the row's creation (the run's instant, whose history the
-    offers were chosen from) up to ``now`` count. Only e-mails that were to wait are looked
-    at (``not_before`` after ``created_at``): one sent as it was queued had no hours to wait
-    (and the look-up cost a fresh run's claims a sixth more CPU). The deliverer renders the
+    offers were chosen from) up to ``now`` count. Only e-mails that were to wait, or that
+    waited (``WAITED``: a campaign paused and resumed a day later), are looked at: one sent
+    as it was queued had no hours to wait (and the look-up cost a fresh run's claims a sixth
+    more CPU). The deliverer renders the
     subject line from the offers left, as it renders the body (``domain.BodyTemplate``). A
     body rendered when it was queued cannot be changed and goes as it is, as does a subject
     rendered when it was queued (a row of a version before subjects went with the body)."""
@@ -322,9 +327,11 @@ def _without_bought(
 
 def _bought_since(connection: sa.Connection, worker: str, now: datetime) -> dict[int, set[str]]:
     """Per row ``worker`` claimed at ``now`` that was to wait (``not_before`` after its
-    creation): the items its customer bought (purchase lines: not a return, quantity and
-    price above 0) from the row's creation up to ``now``. The claim's own marks pick the
-    rows: a list of their ids cost more to bind than the look-up."""
+    creation) or waited anyway (queued more than ``WAITED`` before ``now``: its campaign was
+    paused until it was resumed, the deliverer was down or refused by the provider): the
+    items its customer bought (purchase lines: not a return, quantity and price above 0) from
+    the row's creation up to ``now``. The claim's own marks pick the rows: a list of their ids
+    cost more to bind than the look-up."""
     p = purchases.c
     waited = (
         sa.select(outbox.c.id, outbox.c.customer_id, outbox.c.created_at)
@@ -332,7 +339,7 @@ def _bought_since(connection: sa.Connection, worker: str, now: datetime) -> dict
             outbox.c.state == "claimed",
             outbox.c.claimed_by == worker,
             outbox.c.claimed_at == now,
-            outbox.c.not_before > outbox.c.created_at,
+            sa.or_(outbox.c.not_before > outbox.c.created_at, outbox.c.created_at < now - WAITED),
         )
         .subquery()
     )

@@ -19,7 +19,7 @@ from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase
 from recocamp.errors import TransientDeliveryError
 from recocamp.settings import EspSettings, Settings
-from recocamp.store.outbox import load_body
+from recocamp.store.outbox import load_body, pause, resume
 from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
 from recocamp.store.schema import outbox
 from tests.conftest import NOW, ROOT
@@ -220,3 +220,25 @@ def test_a_mail_queued_with_its_subject_rendered_goes_out_with_that_subject(
     buy(engine, "o4", [item], hours=2)
     fake = deliver_after_quiet_hours(engine)
     assert [m.subject for m in fake.sent] == ["Queued before"] * 3
+
+
+def test_a_mail_of_a_paused_campaign_leaves_out_what_was_bought_before_it_resumed(
+    engine: sa.Engine,
+) -> None:
+    """Not only quiet hours and retries: a campaign paused (by hand, or by its error rate)
+    keeps its mail queued until it is resumed, a day later; an item Kim bought meanwhile is
+    neither offered in her e-mail nor named in its subject."""
+    shop(engine)
+    awake = Settings(signing_key="f" * 32)  # 12:00 in London: no quiet hours, due at once
+    with engine.begin() as connection:
+        pause(connection, "discover", "by hand", NOW)
+    plan_and_enqueue(engine, awake, BACK_IN_STOCK, TEMPLATES, NOW)
+    item, name = kims_first_offer(engine)
+    buy(engine, "o4", [item], hours=5)
+    with engine.begin() as connection:
+        resume(connection, "discover")
+    fake = FakeProvider()
+    later = FixedClock(NOW + timedelta(days=1))
+    Deliverer(engine, fake, ESP, later, renderer=Renderer(TEMPLATES)).drain()
+    [kims] = [m for m in fake.sent if m.to == "kim@example.test"]
+    assert name not in kims.subject and name not in kims.html
