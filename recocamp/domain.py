@@ -309,11 +309,17 @@ class BodyTemplate:
     process (and every worker) shares that work (see ``store.outbox`` and
     ``delivery.deliverer``). The context is plain JSON data, the documented template context
     (``campaigns.context``, README.md §The template context).
+
+    ``subject``: the subject line as written (a Jinja string), rendered with the body from
+    the same context: the offers it reads are those that go out (an item bought while the
+    e-mail waited is left out of both, ``store.outbox``). None for an e-mail queued before
+    subjects were rendered at delivery: its subject was rendered when it was queued.
     """
 
     html: str
     text: str
     context: Mapping[str, Any]
+    subject: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,12 +339,18 @@ class OutgoingEmail:
     campaign: str = ""
     template: BodyTemplate | None = None
 
-    def rendered(self, html: str, text: str) -> OutgoingEmail:
-        """This e-mail with its body rendered. Built field by field, not by
-        ``dataclasses.replace``, which looks the fields up again on every call: a delivering
-        process renders every e-mail of a run (1.8 µs saved of 3 each)."""
+    def rendered(self, html: str, text: str, subject: str | None = None) -> OutgoingEmail:
+        """This e-mail with its body (and ``subject``, when given) rendered. Built field by
+        field, not by ``dataclasses.replace``, which looks the fields up again on every call:
+        a delivering process renders every e-mail of a run (1.8 µs saved of 3 each)."""
         return OutgoingEmail(
-            self.send_key, self.to, self.subject, html, text, self.headers, self.campaign
+            self.send_key,
+            self.to,
+            self.subject if subject is None else subject,
+            html,
+            text,
+            self.headers,
+            self.campaign,
         )
 
 

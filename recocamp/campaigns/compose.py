@@ -127,17 +127,20 @@ def compose(
     *,
     defer_body: bool = False,
 ) -> OutgoingEmail:
-    """The e-mail for one decision. With ``defer_body`` only the subject is rendered now and
-    the body travels as a :class:`BodyTemplate` that the deliverer renders when it sends."""
+    """The e-mail for one decision. With ``defer_body`` the body travels as a
+    :class:`BodyTemplate` that the deliverer renders when it sends, with the subject line as
+    written, which it renders again from the same context (the offers that go out). The
+    subject is rendered now as well: one that fails on this customer's data skips them at
+    the run (``SubjectError``), and the outbox keeps it until the deliverer writes the one
+    it sends (a version before that sends this one)."""
     context = _context(decision, view, campaign, settings, link, send_key)
+    line = subject_of(campaign, decision.variant, context["locale"])
     try:
-        subject = renderer.subject(
-            subject_of(campaign, decision.variant, context["locale"]), context
-        )
+        subject = renderer.subject(line, context)
     except render.RENDER_ERRORS as exc:  # this customer's data: see ``run.enqueue_decisions``
         raise SubjectError(f"{type(exc).__name__}: {exc}") from exc
     html, text = parts_of(campaign, decision.variant)
-    template = BodyTemplate(html, text, context) if defer_body else None
+    template = BodyTemplate(html, text, context, line) if defer_body else None
     if template is None:
         html, text = renderer.body(html, text, context)
     else:

@@ -204,7 +204,11 @@ def _not_blank(text: str) -> str:
     return text
 
 
-Subject = Annotated[str, AfterValidator(_not_blank)]
+# characters of a subject line as written: the line travels in each of its e-mails' outbox
+# rows (rendered at delivery, ``domain.BodyTemplate``), and a file of 1 MiB held a subject
+# of a few words after a comment of 900 kB, stored again for every customer of every run
+SUBJECT_WRITTEN_MAX = 2000
+Subject = Annotated[str, Field(max_length=SUBJECT_WRITTEN_MAX), AfterValidator(_not_blank)]
 
 
 class Template(_Strict):

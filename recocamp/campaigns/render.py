@@ -70,9 +70,11 @@ STYLESHEET = "email.css"
 QUARANTINE_AFTER = 3  # a template that ran out of time this often is not rendered any more
 SUBJECT = "subject"  # the name a subject line's errors carry
 JINJA_SYNTAX = re.compile(r"\{[{%#]")  # a string without these renders as itself
-# Postmark's limit, in UTF-16 code units ("Subject line and From address character limits");
-# a longer subject was refused by the provider, message by message, at send time
-SUBJECT_MAX = 2000
+# What the outbox's ``subject`` column holds (``VARCHAR(1000)``), in UTF-16 code units (never
+# fewer than characters): Postmark takes 2,000 ("Subject line and From address character
+# limits"), and a subject between the two failed the run's insert on PostgreSQL, the whole
+# chunk's customers with it
+SUBJECT_MAX = 1000
 # What rendering one e-mail raises because of its template and that e-mail's data (a
 # division by zero, a filter given a value it cannot take, a limit): that e-mail fails,
 # the others go on. Anything else (the process, the store) is not the e-mail's.

@@ -369,7 +369,8 @@ def enqueue_decisions(
     loses at most the chunk in flight (the re-run skips what is enqueued). Each chunk is
     checked again against the contact histories under the store's contacts lock before it is
     written (``_checked_again``). Bodies are rendered by whoever delivers them
-    (``domain.BodyTemplate``); only the subject is rendered here."""
+    (``domain.BodyTemplate``), subjects here (one that fails on a customer's data skips
+    them) and again with the body, from the offers that go out."""
     key = settings.require_signing_key()
     renderer = options.renderer or render.Renderer(templates, limits=settings.templates)
     report = planned.report

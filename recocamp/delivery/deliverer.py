@@ -25,10 +25,11 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from recocamp.campaigns.render import Renderer, render_problem
+from recocamp.campaigns.render import SUBJECT, Renderer, render_problem
 from recocamp.clock import Clock
 from recocamp.delivery.esp import Provider
 from recocamp.domain import DeliveryReport, SendResult, SendStatus
@@ -36,6 +37,7 @@ from recocamp.errors import (
     BatchTooLargeError,
     DeliveryError,
     PermanentDeliveryError,
+    SubjectError,
     TransientDeliveryError,
 )
 from recocamp.ratelimit import RateLimiter
@@ -190,6 +192,7 @@ class Deliverer:
 
     def _send(self, claimed: list[outbox.Claimed], leased_at: datetime) -> DeliveryReport:
         ready, broken = self._render(claimed)
+        self._keep_subjects(claimed, ready)
         report = DeliveryReport()
         if broken:  # this message cannot be rendered: failed, never sent half-done
             self._record([c for c, _ in broken], [r for _, r in broken], report, suppress=False)
@@ -222,12 +225,25 @@ class Deliverer:
                 continue
             try:
                 html, text = self.renderer.body(template.html, template.text, template.context)
+                # from the context the body renders from: the offers that go out
+                subject = _subject(self.renderer, template.subject, template.context)
             except Exception as exc:  # this message's template and context, no other's
                 error = _render_error(exc, template.html, template.text)
                 broken.append((c, SendResult(c.email.send_key, SendStatus.REJECTED, error=error)))
                 continue
-            ready.append(c.rendered(html, text))
+            ready.append(c.rendered(html, text, subject))
         return ready, broken
+
+    def _keep_subjects(self, claimed: list[outbox.Claimed], ready: list[outbox.Claimed]) -> None:
+        """Write the subjects rendered here that differ from those the rows hold (written when
+        the e-mails were queued, from the offers chosen then) before they are sent: the
+        outbox shows the subject that went out (``outbox status``, exports, a crash's
+        reconciliation). Most are the same, and nothing is written for them."""
+        stored = {c.id: c.email.subject for c in claimed}
+        changed = {c.id: c.email.subject for c in ready if c.email.subject != stored[c.id]}
+        if changed:
+            with self.engine.begin() as connection:
+                outbox.set_subjects(connection, changed, self.clock.now(), self.worker)
 
     def _request(self, claimed: list[outbox.Claimed], leased_at: datetime) -> DeliveryReport:
         self.limiter.take()
@@ -417,10 +433,23 @@ def retry_wait(settings: EspSettings) -> timedelta:
     return timedelta(seconds=min(settings.retry_max_s, 60.0))
 
 
+def _subject(renderer: Renderer, line: str | None, context: Mapping[str, Any]) -> str | None:
+    """The subject ``line`` rendered (None: the e-mail's subject was rendered when it was
+    queued); a failure raises ``SubjectError`` with what failed, as ``check`` says it."""
+    if line is None:
+        return None
+    try:
+        return renderer.subject(line, context)
+    except Exception as exc:
+        raise SubjectError(render_problem(exc, SUBJECT).message) from exc
+
+
 def _render_error(exc: Exception, html: str, text: str) -> str:
-    """A body's render failure as the outbox keeps it: the template (or partial) and line
-    where it failed, as ``check`` and ``preview`` name it. "template x.html/x.txt: TypeError"
-    left the operator to find which of the two, and where."""
+    """A body's or subject's render failure as the outbox keeps it: the template (or partial)
+    and line where it failed, as ``check`` and ``preview`` name it. "template x.html/x.txt:
+    TypeError" left the operator to find which of the two, and where."""
+    if isinstance(exc, SubjectError):
+        return f"subject: {exc}"
     problem = render_problem(exc, f"{html}/{text}")
     line = f": line {problem.line}" if problem.line is not None else ""
     return f"template {problem.key or f'{html}/{text}'}{line}: {problem.message}"

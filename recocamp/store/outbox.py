@@ -19,8 +19,12 @@ Life of a message (``outbox.state``)::
   deliverer asks the provider whether it accepted them before putting them back in the queue.
 
 Bodies are stored as JSON: ``{"html", "text", "headers"}`` for a rendered e-mail, or
-``{"template": {"html", "text", "context"}, "headers"}`` for one whose body is rendered by
-the deliverer when it goes out (campaign runs enqueue those, see ``domain.BodyTemplate``).
+``{"template": {"html", "text", "context", "subject"}, "headers"}`` for one whose body and
+subject are rendered by the deliverer when it goes out (campaign runs enqueue those, see
+``domain.BodyTemplate``; rows queued before subjects went with the body have no
+``"subject"``). The ``subject`` column holds the subject rendered when the e-mail was queued
+until the deliverer writes the one it renders (:func:`set_subjects`, before the request): a
+sent e-mail's row shows what was sent, and a version before this one sends that column.
 Documents of ``COMPRESS_FROM`` bytes or more (rendered bodies) are zlib-compressed with a
 4 kB window; a deferred body's context (~2.3 kB on the demo shop) is stored as it is: zlib
 took 61 µs to save 1.4 kB of it and 20 µs to unpack, orjson encodes it in 5 µs, and
@@ -101,6 +105,8 @@ def pack(email: OutgoingEmail) -> bytes:
             "text": template.text,
             "context": template.context,
         }
+        if template.subject is not None:
+            document["template"]["subject"] = template.subject
     data = orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
     if len(data) < COMPRESS_FROM:
         return data
@@ -137,9 +143,10 @@ class Claimed:
     email: OutgoingEmail
     claimed_by: str | None = None
 
-    def rendered(self, html: str, text: str) -> Claimed:
-        """This claim with its e-mail's body rendered (see ``OutgoingEmail.rendered``)."""
-        email = self.email.rendered(html, text)
+    def rendered(self, html: str, text: str, subject: str | None = None) -> Claimed:
+        """This claim with its e-mail's body (and subject) rendered (see
+        ``OutgoingEmail.rendered``)."""
+        email = self.email.rendered(html, text, subject)
         return Claimed(self.id, self.attempts, self.customer_id, email, self.claimed_by)
 
 
@@ -150,7 +157,11 @@ def _unpack(row: Any) -> Claimed:
     document = load_body(body)
     deferred = document.get("template")
     template = (
-        BodyTemplate(deferred["html"], deferred["text"], deferred["context"]) if deferred else None
+        BodyTemplate(
+            deferred["html"], deferred["text"], deferred["context"], deferred.get("subject")
+        )
+        if deferred
+        else None
     )
     email = OutgoingEmail(
         key,
@@ -282,6 +293,10 @@ def claim(
 
 
 MOVED = "the customer's address changed since it was queued"
+# An e-mail claimed this long after it was queued waited (its campaign paused, no deliverer):
+# what its customer bought meanwhile is looked up, as for one deferred to a later hour. A
+# run's own claims come sooner, and are not looked up (see :func:`_without_bought`).
+WAITED = timedelta(minutes=5)
 PAUSED = "the customer paused e-mails after it was queued"
 PROFILED = "the customer objected to profiling after it was queued: its offers were theirs"
 BOUGHT = "the customer bought every item it offers after it was queued"
@@ -296,10 +311,13 @@ def _without_bought(
     hours (or put back for a retry) goes out hours later: an item bought meanwhile was still
     offered as "picked for you" (or "about time to restock") the morning after the order.
     Purchase lines ordered from the row's creation (the run's instant, whose history the
-    offers were chosen from) up to ``now`` count. Only e-mails that were to wait are looked
-    at (``not_before`` after ``created_at``): one sent as it was queued had no hours to wait
-    (and the look-up cost a fresh run's claims a sixth more CPU). A body rendered when it was
-    queued cannot be changed and goes as it is, as does the subject (rendered then)."""
+    offers were chosen from) up to ``now`` count. Only e-mails that were to wait, or that
+    waited (``WAITED``: a campaign paused and resumed a day later), are looked at: one sent
+    as it was queued had no hours to wait (and the look-up cost a fresh run's claims a sixth
+    more CPU). The deliverer renders the
+    subject line from the offers left, as it renders the body (``domain.BodyTemplate``). A
+    body rendered when it was queued cannot be changed and goes as it is, as does a subject
+    rendered when it was queued (a row of a version before subjects went with the body)."""
     offering = {
         c.id
         for c in claimed
@@ -321,16 +339,18 @@ def _without_bought(
             sold.add(c.id)
             continue
         context = {**template.context, "offers": offers}
-        email = replace(c.email, template=BodyTemplate(template.html, template.text, context))
+        email = replace(c.email, template=replace(template, context=context))
         kept.append(replace(c, email=email))
     return kept, sold
 
 
 def _bought_since(connection: sa.Connection, worker: str, now: datetime) -> dict[int, set[str]]:
     """Per row ``worker`` claimed at ``now`` that was to wait (``not_before`` after its
-    creation): the items its customer bought (purchase lines: not a return, quantity and
-    price above 0) from the row's creation up to ``now``. The claim's own marks pick the
-    rows: a list of their ids cost more to bind than the look-up."""
+    creation) or waited anyway (queued more than ``WAITED`` before ``now``: its campaign was
+    paused until it was resumed, the deliverer was down or refused by the provider): the
+    items its customer bought (purchase lines: not a return, quantity and price above 0) from
+    the row's creation up to ``now``. The claim's own marks pick the rows: a list of their ids
+    cost more to bind than the look-up."""
     p = purchases.c
     waited = (
         sa.select(outbox.c.id, outbox.c.customer_id, outbox.c.created_at)
@@ -338,7 +358,7 @@ def _bought_since(connection: sa.Connection, worker: str, now: datetime) -> dict
             outbox.c.state == "claimed",
             outbox.c.claimed_by == worker,
             outbox.c.claimed_at == now,
-            outbox.c.not_before > outbox.c.created_at,
+            sa.or_(outbox.c.not_before > outbox.c.created_at, outbox.c.created_at < now - WAITED),
         )
         .subquery()
     )
@@ -502,6 +522,22 @@ def _owned(by: str | None) -> Any:
     if by is None:
         return sa.true()
     return sa.and_(outbox.c.state == "claimed", outbox.c.claimed_by == by)
+
+
+def set_subjects(
+    connection: sa.Connection, subjects: dict[int, str], now: datetime, by: str
+) -> None:
+    """Write the subjects the deliverer rendered for its claims (only those it still holds)
+    before it sends them: the row then shows what went out, also to whoever settles the claim
+    after a crash (the provider may have taken it)."""
+    if not subjects:
+        return
+    connection.execute(
+        sa.update(outbox)
+        .where(outbox.c.id == sa.bindparam("row_id"), _owned(by))
+        .values(subject=sa.bindparam("line"), updated_at=now),
+        [{"row_id": i, "line": line} for i, line in subjects.items()],
+    )
 
 
 def mark_sent(

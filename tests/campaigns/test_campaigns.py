@@ -631,3 +631,20 @@ def test_a_template_without_the_unsubscribe_link_in_one_language_is_warned_of(
     assert all("in 'de'" in p.message and "'en'" not in p.message for _, p in found), found
     text = GOOD.format(name="fine")  # winback's templates extend the layouts, which print it
     assert opt_out_problems(Campaign(**tomllib.loads(text)), templates) == []
+
+
+def test_a_subject_line_past_its_limit_is_a_problem_of_its_file(tmp_path: Path) -> None:
+    """The subject line as written travels in every e-mail's outbox row (it is rendered at
+    delivery): a line of a few words after a comment of 500,000 characters passed ``check``
+    (it renders short) and was stored again for each customer of each run."""
+    long = "{# " + "x" * 500_000 + " #}Hi"
+    text = GOOD.format(name="long").replace(
+        'subject = { en = "Hi" }', f'subject = {{ en = "{long}" }}'
+    )
+    problem = check(tmp_path, text, "long")
+    assert "key 'template.subject.en'" in problem and "at most 2000 characters" in problem
+    assert "(500,008 characters)" in problem
+    fine = "{# " + "x" * 1990 + " #}Hi"
+    (tmp_path / "long.toml").write_text(text.replace(long, fine), encoding="utf-8")
+    campaigns, failures = load_all(tmp_path, Settings(), ROOT / "templates")
+    assert failures == [] and [c.template.subject["en"] for c in campaigns] == [fine]

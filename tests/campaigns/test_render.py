@@ -994,17 +994,18 @@ def test_a_subject_holds_no_control_character() -> None:
 
 def test_a_subject_is_at_most_what_the_provider_takes() -> None:
     """Postmark refuses a subject past 2,000 UTF-16 code units, message by message, at send
-    time; it is a render error naming the length, also in ``check``. An emoji counts twice."""
+    time, and the outbox holds 1,000 characters; a longer one is a render error naming the
+    length, also in ``check``. An emoji counts twice."""
     renderer = Renderer(TEMPLATES)
-    assert renderer.subject("x" * 2000, sample_context()) == "x" * 2000
-    assert renderer.subject("\U0001f600" * 1000, sample_context()) == "\U0001f600" * 1000
-    for long in ("x" * 2001, "\U0001f600" * 1000 + "x", "{{ 'y' * 3000 }}"):
+    assert renderer.subject("x" * 1000, sample_context()) == "x" * 1000
+    assert renderer.subject("\U0001f600" * 500, sample_context()) == "\U0001f600" * 500
+    for long in ("x" * 1001, "\U0001f600" * 500 + "x", "{{ 'y' * 3000 }}"):
         with pytest.raises(TemplateLimitError, match=r"the subject is [\d,]+ characters long"):
             renderer.subject(long, sample_context())
     problem = check_subject(
-        "Hi {{ customer.first_name }}" + "!" * 2000, sample_context(), TEMPLATES
+        "Hi {{ customer.first_name }}" + "!" * 1000, sample_context(), TEMPLATES
     )
-    assert problem is not None and "2,007 characters long: at most 2,000" in problem
+    assert problem is not None and "1,007 characters long: at most 1,000" in problem
 
 
 def test_a_subject_that_renders_empty_is_an_error() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
+import orjson
 import sqlalchemy as sa
 
 from recocamp.campaigns.files import Campaign
@@ -18,6 +19,7 @@ from recocamp.delivery.esp.fake import FakeProvider
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase
 from recocamp.errors import TransientDeliveryError
 from recocamp.settings import EspSettings, Settings
+from recocamp.store.outbox import load_body, pause, resume
 from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
 from recocamp.store.schema import outbox
 from tests.conftest import NOW, ROOT
@@ -134,3 +136,109 @@ def test_a_retried_mail_leaves_out_what_was_bought_before_its_retry(engine: sa.E
     Deliverer(engine, fake, ESP, later, renderer=Renderer(TEMPLATES)).drain()
     [kims] = [m for m in fake.sent if m.to == "kim@example.test"]
     assert "Clay Teapot" in kims.html and "Blue Mug" not in kims.html
+
+
+BACK_IN_STOCK = DISCOVER.model_copy(
+    update={
+        "template": DISCOVER.template.model_copy(
+            update={"subject": {"en": "{{ offers[0].title }} is back in stock"}}
+        )
+    }
+)
+
+
+def kims_first_offer(engine: sa.Engine) -> tuple[str, str]:
+    """The item id and name of the first offer of Kim's queued e-mail, as the run chose it."""
+    with engine.connect() as connection:
+        body = connection.execute(
+            sa.select(outbox.c.body).where(outbox.c.customer_id == "kim")
+        ).scalar_one()
+    first = load_body(body)["template"]["context"]["offers"][0]
+    return str(first["item_id"]), str(first["title"])
+
+
+def test_a_subject_naming_an_item_bought_while_the_mail_waited_names_another(
+    engine: sa.Engine,
+) -> None:
+    """A subject that reads the offers is rendered from the offers that go out: Kim bought
+    the item it named during her quiet hours, her body no longer offers it, and her subject
+    named it all the same ("Blue Mug is back in stock", the morning after she bought it)."""
+    shop(engine)
+    plan_and_enqueue(engine, QUIET, BACK_IN_STOCK, TEMPLATES, NOW)
+    item, name = kims_first_offer(engine)
+    buy(engine, "o4", [item], hours=2)
+    fake = deliver_after_quiet_hours(engine)
+    [kims] = [m for m in fake.sent if m.to == "kim@example.test"]
+    assert name not in kims.html
+    assert name not in kims.subject
+    assert kims.subject.endswith(" is back in stock")
+    assert kims.subject.removesuffix(" is back in stock") in kims.html
+    with engine.connect() as connection:
+        stored = connection.execute(
+            sa.select(outbox.c.subject).where(outbox.c.customer_id == "kim")
+        ).scalar_one()
+    assert stored == kims.subject  # the outbox keeps the subject that was sent
+
+
+def test_a_subject_that_fails_on_the_offers_left_fails_that_mail_alone(engine: sa.Engine) -> None:
+    """Kim's subject divides by the offers but one: it renders when the run decides (two
+    offers) and not once she bought one of them. Her e-mail fails with the reason recorded,
+    the others go out, and the deliverer goes on."""
+    line = "{% if customer.id == 'kim' %}{{ 2 // (offers | length - 1) }}{% else %}Hi{% endif %}"
+    second = DISCOVER.model_copy(
+        update={"template": DISCOVER.template.model_copy(update={"subject": {"en": line}})}
+    )
+    shop(engine)
+    report = plan_and_enqueue(engine, QUIET, second, TEMPLATES, NOW)
+    assert report.counts == {"quiet_hours_deferred": 3}
+    item, _ = kims_first_offer(engine)
+    buy(engine, "o4", [item], hours=2)
+    fake = deliver_after_quiet_hours(engine)
+    assert sorted(m.to for m in fake.sent) == ["lee@example.test", "max@example.test"]
+    state, error = kims_mail_state(engine)
+    assert state == "failed"
+    assert error is not None and error.startswith("subject: ") and "ZeroDivisionError" in error
+
+
+def test_a_mail_queued_with_its_subject_rendered_goes_out_with_that_subject(
+    engine: sa.Engine,
+) -> None:
+    """An e-mail queued by a version that rendered the subject when it queued (its stored
+    template has no subject line) goes out with the subject it was queued with."""
+    shop(engine)
+    plan_and_enqueue(engine, QUIET, BACK_IN_STOCK, TEMPLATES, NOW)
+    with engine.begin() as connection:
+        for row in connection.execute(sa.select(outbox.c.id, outbox.c.body)).all():
+            document = load_body(row.body)
+            del document["template"]["subject"]
+            connection.execute(
+                sa.update(outbox)
+                .where(outbox.c.id == row.id)
+                .values(subject="Queued before", body=orjson.dumps(document))
+            )
+    item, _ = kims_first_offer(engine)
+    buy(engine, "o4", [item], hours=2)
+    fake = deliver_after_quiet_hours(engine)
+    assert [m.subject for m in fake.sent] == ["Queued before"] * 3
+
+
+def test_a_mail_of_a_paused_campaign_leaves_out_what_was_bought_before_it_resumed(
+    engine: sa.Engine,
+) -> None:
+    """Not only quiet hours and retries: a campaign paused (by hand, or by its error rate)
+    keeps its mail queued until it is resumed, a day later; an item Kim bought meanwhile is
+    neither offered in her e-mail nor named in its subject."""
+    shop(engine)
+    awake = Settings(signing_key="f" * 32)  # 12:00 in London: no quiet hours, due at once
+    with engine.begin() as connection:
+        pause(connection, "discover", "by hand", NOW)
+    plan_and_enqueue(engine, awake, BACK_IN_STOCK, TEMPLATES, NOW)
+    item, name = kims_first_offer(engine)
+    buy(engine, "o4", [item], hours=5)
+    with engine.begin() as connection:
+        resume(connection, "discover")
+    fake = FakeProvider()
+    later = FixedClock(NOW + timedelta(days=1))
+    Deliverer(engine, fake, ESP, later, renderer=Renderer(TEMPLATES)).drain()
+    [kims] = [m for m in fake.sent if m.to == "kim@example.test"]
+    assert name not in kims.subject and name not in kims.html
