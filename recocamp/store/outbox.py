@@ -55,6 +55,7 @@ from recocamp.domain import (
     email_hashes,
     email_problem,
     id_forms,
+    returned_in_full,
 )
 from recocamp.errors import mask_addresses
 from recocamp.store.queries import suppression_insert, upsert_statement
@@ -299,7 +300,7 @@ MOVED = "the customer's address changed since it was queued"
 WAITED = timedelta(minutes=5)
 PAUSED = "the customer paused e-mails after it was queued"
 PROFILED = "the customer objected to profiling after it was queued: its offers were theirs"
-BOUGHT = "the customer bought every item it offers after it was queued"
+BOUGHT = "the customer bought (or returned in full) every item it offers after it was queued"
 
 
 def _without_bought(
@@ -349,8 +350,9 @@ def _bought_since(connection: sa.Connection, worker: str, now: datetime) -> dict
     creation) or waited anyway (queued more than ``WAITED`` before ``now``: its campaign was
     paused until it was resumed, the deliverer was down or refused by the provider): the
     items its customer bought (purchase lines: not a return, quantity and price above 0) from
-    the row's creation up to ``now``. The claim's own marks pick the rows: a list of their ids
-    cost more to bind than the look-up."""
+    the row's creation up to ``now``, and the items it returned in full meanwhile
+    (:func:`_returned_since`). The claim's own marks pick the rows: a list of their ids cost
+    more to bind than the look-up."""
     p = purchases.c
     waited = (
         sa.select(outbox.c.id, outbox.c.customer_id, outbox.c.created_at)
@@ -374,7 +376,41 @@ def _bought_since(connection: sa.Connection, worker: str, now: datetime) -> dict
     found: dict[int, set[str]] = {}
     for row_id, item in rows:
         found.setdefault(row_id, set()).add(item)
+    for row_id, item in _returned_since(connection, waited, now):
+        found.setdefault(row_id, set()).add(item)
     return found
+
+
+def _returned_since(
+    connection: sa.Connection, waited: sa.Subquery, now: datetime
+) -> list[tuple[int, str]]:
+    """``(row id, item)`` of the ``waited`` rows whose customer sent an item back from the
+    row's creation up to ``now`` and has returned it in full by then (``domain.returned_in_full``
+    over the whole history, as ``views`` reads it for the planner). Such an item is offered
+    in no mode (README, Returned items): a replenishment mail queued before the return asked
+    the customer to restock what they had just sent back."""
+    p = purchases.c
+    back = connection.execute(
+        sa.select(waited.c.id, p.customer_id, p.item_id)
+        .join(purchases, p.customer_id == waited.c.customer_id)
+        .where(p.is_return.is_(True), p.ordered_at >= waited.c.created_at, p.ordered_at <= now)
+        .distinct()
+    ).all()
+    if not back:
+        return []
+    net: dict[tuple[str, str], float] = {}
+    for customer, item, quantity, is_return in connection.execute(
+        sa.select(p.customer_id, p.item_id, p.quantity, p.is_return).where(
+            p.customer_id.in_(sorted({row[1] for row in back})),
+            p.item_id.in_(sorted({row[2] for row in back})),
+            sa.or_(purchase_line(), p.is_return.is_(True)),
+            p.ordered_at <= now,
+        )
+    ):
+        key = (customer, item)
+        net[key] = net.get(key, 0.0) + (-abs(quantity) if is_return else quantity)
+    gone = returned_in_full(net)
+    return [(row_id, item) for row_id, customer, item in back if (customer, item) in gone]
 
 
 def cancel_profiled(connection: sa.Connection, customer_ids: Collection[str], now: datetime) -> int:

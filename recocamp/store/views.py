@@ -429,6 +429,9 @@ def _grouped(lines: Iterable[Sequence[Any]]) -> Iterable[CustomerOrder]:
 
 
 def _popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]]:
+    """The live model's cold-start list, else the ``3n`` items most customers bought in the
+    last 90 days, as the model's is made: purchase lines of products (service items such as
+    postage are never offered, and took the places of items that can be)."""
     live = connection.execute(sa.select(models.c.popular).where(models.c.status == "live")).first()
     if live is not None and live.popular:
         return list(live.popular)
@@ -441,6 +444,7 @@ def _popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]
             p.ordered_at < now,
             p.customer_id.is_not(None),
             purchase_line(),
+            p.item_id.not_in(sa.select(items.c.id).where(items.c.is_service.is_(True))),
         )
         .group_by(p.item_id)
         .order_by(buyers.desc(), p.item_id)

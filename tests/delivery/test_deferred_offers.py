@@ -242,3 +242,24 @@ def test_a_mail_of_a_paused_campaign_leaves_out_what_was_bought_before_it_resume
     Deliverer(engine, fake, ESP, later, renderer=Renderer(TEMPLATES)).drain()
     [kims] = [m for m in fake.sent if m.to == "kim@example.test"]
     assert name not in kims.subject and name not in kims.html
+
+
+REPLENISH = DISCOVER.model_copy(
+    update={"offer": DISCOVER.offer.model_copy(update={"mode": "replenish", "items": 1})}
+)
+
+
+def test_an_item_returned_in_full_while_the_mail_waited_is_not_offered(engine: sa.Engine) -> None:
+    """Kim's replenishment mail offers the tea she bought; she sends the tea back while the
+    mail waits for her quiet hours to end. An item returned in full is offered in no mode,
+    not by the e-mails either (README, Returned items): the mail is cancelled as one whose
+    offers all went, instead of asking her to restock what she returned."""
+    shop(engine)
+    plan_and_enqueue(engine, QUIET, REPLENISH, TEMPLATES, NOW)
+    assert kims_first_offer(engine)[0] == "tea"
+    back = Purchase("c5", 1, "kim", "tea", -1, 9.5, NOW + timedelta(hours=2), is_return=True)
+    with engine.begin() as connection:
+        insert_purchases(connection, [back], None)
+    fake = deliver_after_quiet_hours(engine)
+    assert [m.to for m in fake.sent if m.to == "kim@example.test"] == []
+    assert kims_mail_state(engine)[0] == "cancelled"

@@ -10,7 +10,9 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from recocamp.domain import Purchase
+from recocamp.campaigns.offers import Candidates, Rules, select
+from recocamp.domain import Item, Purchase
+from recocamp.recommender.ranking import Mode
 from recocamp.store import queries, views
 from tests.conftest import NOW
 
@@ -67,3 +69,26 @@ def test_the_cold_start_list_counts_buyers_of_purchase_lines_alone(engine: sa.En
     with engine.begin() as connection:
         queries.insert_purchases(connection, lines, None)
         assert views.recent_popular(connection, NOW, 5) == [["PAID", 1.0]]
+
+
+def test_the_cold_start_list_leaves_out_service_items(engine: sa.Engine) -> None:
+    """Postage, fees and the like (``is_service``) are on most orders but never offered
+    (``offers.offerable``), and a trained model's list leaves them out (its lines do). The
+    list made from recent sales counted them: with ``n`` 1 its three places (``3n``) went to
+    POST, DOT and M, every one bought by more customers than the mug, and a customer without
+    history was offered nothing; the mug's score was a third of the top, not 1."""
+    at = NOW - DAY
+    services = ["POST", "DOT", "M"]
+    lines = [
+        Purchase(f"{code}{n}", 1, f"c{n}", code, 1, 2.0, at) for code in services for n in range(3)
+    ] + [Purchase("p1", 1, "c9", "mug", 1, 5.0, at)]
+    catalogue = [Item(code, code, "service", 2.0, is_service=True) for code in services]
+    with engine.begin() as connection:
+        queries.upsert_items(connection, [*catalogue, Item("mug", "Mug", "home", 5.0)], NOW)
+        queries.insert_purchases(connection, lines, None)
+        popular = views.recent_popular(connection, NOW, 1)
+        items = views.catalogue(connection)
+    assert popular == [["mug", 1.0]]
+    rules = Rules(mode=Mode.MIXED, count=1)
+    chosen = select([Candidates(popular, "popular")], items, rules, frozenset(), frozenset())
+    assert [offer.item_id for offer in chosen] == ["mug"]
