@@ -516,3 +516,39 @@ def test_an_order_stored_under_the_decomposed_order_id_is_one_order(db_url: str)
     assert sorted(o["order_id"] for o in stored) == ["C\u00e9-2", ORDER_NFC]
     assert sorted((t["customer_id"], t["lines"]) for t in totals) == [("c1", 2), ("c2", 1)]
     engine.dispose()
+
+
+LONG_FORM = "\u0958" * 40  # 40 characters stored; composed (NFC keeps it decomposed): 80
+
+
+def test_an_id_whose_composed_form_outgrows_its_column_is_left_as_stored(db_url: str) -> None:
+    """U+0958 is a composition exclusion: NFC writes it as two characters. An id an older
+    version stored as 40 of them (within 64) is 80 composed, past the String(64) columns:
+    PostgreSQL refused the update and the whole upgrade failed, the store stuck at 0022 with
+    no way past it. Such an id cannot be stored composed (the import refuses it now as too
+    long), so it stays as stored, and the other ids are composed."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        put(connection, customers, person(LONG_FORM), person(NFD))
+        insert_purchases(
+            connection,
+            [Purchase(LONG_FORM, 1, LONG_FORM, LONG_FORM, 1, 1.0, OLD)],
+            None,
+        )
+        put(
+            connection,
+            items,
+            {"id": LONG_FORM, "title": "x", "category": "x", "price": 1, "updated_at": OLD},
+        )
+    upgrade(engine)
+    with engine.connect() as connection:
+        people = [c["id"] for c in everything(connection, customers, "id")]
+        lines = everything(connection, purchases, "id")
+        goods = [i["id"] for i in everything(connection, items, "id")]
+    assert sorted(people) == sorted([LONG_FORM, NFC])
+    assert [(p["order_id"], p["customer_id"], p["item_id"]) for p in lines] == [
+        (LONG_FORM, LONG_FORM, LONG_FORM)
+    ]
+    assert goods == [LONG_FORM]
+    engine.dispose()

@@ -30,7 +30,8 @@ Left as they are: tombstones and erasure times (keyed hashes, which cannot be ma
 without the key; every check hashes every form of an id, ``tokens.id_hashes``, so an erased
 customer stays erased), send keys (the key the provider knows a message by; a run resumed
 after the upgrade finds its e-mails under any form, ``store.outbox.existing_keys``) and the
-audit log (a record of what was done, under the id then held).
+audit log (a record of what was done, under the id then held); an id whose composed form
+is longer than the id columns hold (64 characters: composition exclusions, ``nfc``).
 
 Only rows with an id that is not ASCII are read (one scan of each table in SQL); of those
 only the ones whose id is not composed are written, by key. There is no downgrade: which
@@ -62,10 +63,18 @@ branch_labels = None
 depends_on = None
 
 CHUNK = 500
+WIDTH = 64  # the id columns: String(64)
 
 
 def nfc(value: str) -> str:
-    return value if value.isascii() else unicodedata.normalize("NFC", value)
+    """``value`` composed, or as stored where its composed form is longer than the id
+    columns hold (composition exclusions such as U+0958 compose to two characters): such an
+    id cannot be stored composed (PostgreSQL refuses it, failing the whole upgrade), and the
+    import refuses it now as too long, so no reader finds it composed anyway."""
+    if value.isascii():
+        return value
+    composed = unicodedata.normalize("NFC", value)
+    return composed if len(composed) <= WIDTH else value
 
 
 def _non_ascii(connection: sa.Connection, column: sa.ColumnElement[Any]) -> Any:
