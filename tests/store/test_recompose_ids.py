@@ -552,3 +552,53 @@ def test_an_id_whose_composed_form_outgrows_its_column_is_left_as_stored(db_url:
     ]
     assert goods == [LONG_FORM]
     engine.dispose()
+
+
+def mail(customer_id: str, state: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "send_key": f"winback/{customer_id}/7",
+        "campaign": "winback",
+        "customer_id": customer_id,
+        "recipient": "zoe@example.test",
+        "subject": "Hi",
+        "body": b"x",
+        "state": state,
+        "not_before": OLD,
+        "created_at": OLD,
+        "updated_at": OLD,
+    } | fields
+
+
+def test_one_mailing_queued_under_two_forms_of_an_id_goes_out_once(db_url: str) -> None:
+    """Zoë held two records (decomposed, composed) and the winback of one period queued an
+    e-mail for each: after the records were merged into one, both stayed queued under their
+    two send keys and the same person got the same mailing twice, though her decisions of
+    the run were merged into one. Of the e-mails of one send key once composed, one stays:
+    one the provider has (sent or on), else the first queued; the other queued ones are
+    cancelled. A third form, and one already sent elsewhere, are covered too."""
+    third = "Zoe\u0308\u00eb"  # neither NFC nor NFD: composed, "Zoëë"
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        put(
+            connection,
+            outbox,
+            mail(ZOE_NFD, "queued"),
+            mail(ZOE_NFC, "queued"),
+            mail(NFC, "queued"),
+            mail(NFD, "sent", sent_at=OLD),
+            mail("Zo\u00eb\u00eb", "queued", send_key="winback/Zo\u00eb\u00eb/8"),
+            mail(third, "queued", send_key=f"winback/{third}/8"),
+        )
+    upgrade(engine)
+    with engine.connect() as connection:
+        mailed = everything(connection, outbox, "id")
+    assert [(m["customer_id"], m["state"]) for m in mailed] == [
+        (ZOE_NFC, "queued"),
+        (ZOE_NFC, "cancelled"),
+        (NFC, "cancelled"),
+        (NFC, "sent"),
+        ("Zo\u00eb\u00eb", "queued"),
+        ("Zo\u00eb\u00eb", "cancelled"),
+    ]
+    engine.dispose()

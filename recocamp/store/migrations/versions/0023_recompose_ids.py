@@ -24,7 +24,9 @@ key then holds twice:
   the digest of each order whose item ids changed (``orders``, ``domain.order_digest``), so
   an order posted again composed is a repeat;
 - item ids in the cached lists (``recommendations.items``, ``models.popular``);
-- ``outbox``, ``contact_events``, ``engagement_events``: the customer id.
+- ``outbox``, ``contact_events``, ``engagement_events``: the customer id; of the e-mails
+  queued for one send key composed (one mailing queued for each of two records) one goes
+  out, the others are cancelled.
 
 Left as they are: tombstones and erasure times (keyed hashes, which cannot be made again
 without the key; every check hashes every form of an id, ``tokens.id_hashes``, so an erased
@@ -466,11 +468,38 @@ def upgrade() -> None:
     ):
         _merge_keyed(connection, table, keys, "customer_id", [], lambda r: 0)
     _rename(connection, "outbox", ["id"], ["customer_id"])
+    _one_mail_per_key(connection)
     _rename(connection, "contact_events", ["id"], ["customer_id"])
     _rename(connection, "engagement_events", ["kind", "event_id"], ["customer_id"])
     _json_lists(connection, "recommendations", ["customer_id", "model_version"], "items")
     _json_lists(connection, "models", ["version"], "popular")
     _offer_lists(connection)
+
+
+def _one_mail_per_key(connection: sa.Connection) -> None:
+    """E-mails whose send keys (``campaign/customer/period``) are one key composed: the
+    mailing of one period queued for each of a person's two records. One stays (one the
+    provider may hold, else the first queued); the other queued ones are cancelled, as one
+    send key would have held one e-mail. Their send keys stay (``store.outbox.existing_keys``)."""
+    t = sa.table("outbox", *(sa.column(c) for c in ("id", "campaign", "send_key", "state")))
+    query = sa.select(t.c.id, t.c.campaign, t.c.send_key, t.c.state).where(
+        _non_ascii(connection, t.c.send_key)
+    )
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for row in connection.execute(query):
+        groups[(row.campaign, unicodedata.normalize("NFC", row.send_key))].append(row)
+    cancelled: list[dict[str, Any]] = []
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        rank = {"queued": 1, "cancelled": 2}
+        keep = min(rows, key=lambda r: (rank.get(r.state, 0), r.id))
+        cancelled.extend(
+            {"k_id": r.id, "state": "cancelled", "last_error": "another e-mail of its send key"}
+            for r in rows
+            if r is not keep and r.state == "queued"
+        )
+    _update(connection, "outbox", ["id"], cancelled)
 
 
 def _desc(value: Any) -> Any:
