@@ -602,3 +602,44 @@ def test_one_mailing_queued_under_two_forms_of_an_id_goes_out_once(db_url: str) 
         ("Zo\u00eb\u00eb", "cancelled"),
     ]
     engine.dispose()
+
+
+RENEE_MIXED = "Ren\u00e9e\u0301"  # neither form: one accent composed, one not
+RENEE_NFC = "Ren\u00e9\u00e9"
+
+
+def test_a_run_resumed_across_the_migration_finds_a_mail_of_a_third_form(db_url: str) -> None:
+    """An older version stored Renée's id as a file gave it, one accent composed and one
+    not (neither NFC nor NFD). A winback run enqueued her e-mail under that send key, the
+    deploy that migrated the store interrupted it, and the resumed run, deciding for the
+    composed id, looked for the e-mail under the key's composed and decomposed forms alone:
+    it found none and enqueued a second e-mail to her."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    renee = Customer(
+        RENEE_MIXED,
+        "renee@example.test",
+        "Renée",
+        "en",
+        "Europe/Paris",
+        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+        consent_at=NOW - timedelta(days=400),
+    )
+    with engine.begin() as connection:
+        upsert_customers(connection, [renee], NOW - timedelta(days=300))
+        upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW - timedelta(days=300))
+        insert_purchases(
+            connection,
+            [Purchase("o1", 1, RENEE_MIXED, "i1", 1, 9.5, NOW - timedelta(days=200))],
+            None,
+        )
+    first = plan_and_enqueue(engine, SETTINGS, winback(), ROOT / "templates", NOW)
+    assert first.enqueued == 1
+    upgrade(engine)
+    plan_and_enqueue(engine, SETTINGS, winback(), ROOT / "templates", NOW)  # the resume
+    with engine.connect() as connection:
+        mailed = connection.execute(sa.select(outbox.c.customer_id, outbox.c.send_key)).all()
+    assert [tuple(row) for row in mailed] == [
+        (RENEE_NFC, f"winback/{RENEE_MIXED}/{first.run_key.rpartition('/')[2]}")
+    ]
+    engine.dispose()
