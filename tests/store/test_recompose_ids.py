@@ -21,11 +21,13 @@ from recocamp import tokens
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.run import plan_and_enqueue
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase, order_digest
+from recocamp.privacy import erase
 from recocamp.settings import Settings
 from recocamp.store import tombstones
 from recocamp.store.engine import alembic_config, current_revision, make_engine, upgrade
-from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
+from recocamp.store.queries import audit, insert_purchases, upsert_customers, upsert_items
 from recocamp.store.schema import (
+    audit_log,
     contact_events,
     customers,
     decisions,
@@ -642,4 +644,33 @@ def test_a_run_resumed_across_the_migration_finds_a_mail_of_a_third_form(db_url:
     assert [tuple(row) for row in mailed] == [
         (RENEE_NFC, f"winback/{RENEE_MIXED}/{first.run_key.rpartition('/')[2]}")
     ]
+    engine.dispose()
+
+
+def test_erasure_after_the_migration_reaches_audit_entries_of_a_third_form(db_url: str) -> None:
+    """The audit log kept each entry under the id then held; the erasure matches the
+    composed and decomposed forms of the erased id only. An entry of Renée's stored under
+    her id as an older version held it (one accent composed, one not) kept her id and its
+    details after she was erased: no form the erasure knew named it, and the purge of
+    erased customers' entries never took it (subject type customer)."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        put(connection, customers, person(RENEE_MIXED, email="renee@example.test"))
+        audit(
+            connection,
+            at=OLD,
+            actor="api:shop",
+            action="consent",
+            subject_type="customer",
+            subject_id=RENEE_MIXED,
+            details={"basis": "double_opt_in"},
+        )
+    upgrade(engine)
+    assert erase(engine, SETTINGS, RENEE_NFC, NOW, via="test") is not None
+    with engine.connect() as connection:
+        found = connection.execute(
+            sa.select(audit_log.c.subject_type, audit_log.c.subject_id, audit_log.c.details)
+        ).all()
+    assert [tuple(row) for row in found if row.subject_type == "customer"] == []
     engine.dispose()

@@ -24,6 +24,9 @@ key then holds twice:
   the digest of each order whose item ids changed (``orders``, ``domain.order_digest``), so
   an order posted again composed is a repeat;
 - item ids in the cached lists (``recommendations.items``, ``models.popular``);
+- the audit log's entries about a customer (subject type ``customer``): the subject id,
+  so that an erasure and an export, which match the id's composed and decomposed forms,
+  find an entry stored under a form that is neither (one accent composed, one not);
 - ``outbox``, ``contact_events``, ``engagement_events``: the customer id; of the e-mails
   queued for one send key composed (one mailing queued for each of two records) one goes
   out, the others are cancelled.
@@ -31,9 +34,9 @@ key then holds twice:
 Left as they are: tombstones and erasure times (keyed hashes, which cannot be made again
 without the key; every check hashes every form of an id, ``tokens.id_hashes``, so an erased
 customer stays erased), send keys (the key the provider knows a message by; a run resumed
-after the upgrade finds its e-mails under any form, ``store.outbox.existing_keys``) and the
-audit log (a record of what was done, under the id then held); an id whose composed form
-is longer than the id columns hold (64 characters: composition exclusions, ``nfc``).
+after the upgrade finds its e-mails under any form, ``store.outbox.existing_keys``); an id
+whose composed form is longer than the id columns hold (64 characters: composition
+exclusions, ``nfc``).
 
 Only rows with an id that is not ASCII are read (one scan of each table in SQL); of those
 only the ones whose id is not composed are written, by key. There is no downgrade: which
@@ -471,6 +474,7 @@ def upgrade() -> None:
     _one_mail_per_key(connection)
     _rename(connection, "contact_events", ["id"], ["customer_id"])
     _rename(connection, "engagement_events", ["kind", "event_id"], ["customer_id"])
+    _audit_subjects(connection)
     _json_lists(connection, "recommendations", ["customer_id", "model_version"], "items")
     _json_lists(connection, "models", ["version"], "popular")
     _offer_lists(connection)
@@ -500,6 +504,19 @@ def _one_mail_per_key(connection: sa.Connection) -> None:
             if r is not keep and r.state == "queued"
         )
     _update(connection, "outbox", ["id"], cancelled)
+
+
+def _audit_subjects(connection: sa.Connection) -> None:
+    """The subject ids of the audit log's entries about customers, composed; the entries'
+    actions, times and details stay."""
+    renamed = [
+        {"k_id": row.id, "subject_id": nfc(row.subject_id)}
+        for row in _rows(
+            connection, "audit_log", ["id", "subject_type", "subject_id"], ["subject_id"]
+        )
+        if row.subject_type == "customer" and nfc(row.subject_id) != row.subject_id
+    ]
+    _update(connection, "audit_log", ["id"], renamed)
 
 
 def _desc(value: Any) -> Any:
