@@ -674,3 +674,31 @@ def test_erasure_after_the_migration_reaches_audit_entries_of_a_third_form(db_ur
         ).all()
     assert [tuple(row) for row in found if row.subject_type == "customer"] == []
     engine.dispose()
+
+
+def test_an_upgrade_that_fails_leaves_the_store_at_0022_untouched(tmp_path: Path) -> None:
+    """The migrations run in one transaction: one failing after 0023 rewrote the ids (here
+    the stamp of 0024, after 0023 and 0024 ran, refused by a trigger) leaves every row as it was."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(engine, "0022")
+    both_forms(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON alembic_version "
+            "WHEN NEW.version_num = '0024' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        before = {t.name: everything(connection, t, *t.primary_key.columns.keys()) for t in KEPT}
+    try:
+        upgrade(engine)
+    except sa.exc.DatabaseError as error:
+        assert "refused" in str(error)
+    else:
+        raise AssertionError("the upgrade went through")
+    assert current_revision(engine) == "0022"
+    with engine.connect() as connection:
+        after = {t.name: everything(connection, t, *t.primary_key.columns.keys()) for t in KEPT}
+    assert after == before
+    engine.dispose()
+
+
+KEPT = (customers, items, purchases, orders, decisions, outbox, feedback, forecasts, models)
