@@ -702,3 +702,40 @@ def test_an_upgrade_that_fails_leaves_the_store_at_0022_untouched(tmp_path: Path
 
 
 KEPT = (customers, items, purchases, orders, decisions, outbox, feedback, forecasts, models)
+
+
+def test_an_order_whose_lines_were_stored_under_two_forms_keeps_every_line(db_url: str) -> None:
+    """One file of an older version named order ``Vénte-1`` decomposed on its first line and
+    composed on its second (two systems' exports pasted together): the importer took two
+    orders, one line each. The migration kept the copy stored first and deleted the other
+    copy's lines, though their line numbers were not the first copy's: line 2, a real
+    purchase, was gone. Lines a kept copy lacks join it; those it holds go (a repeat)."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        insert_purchases(
+            connection,
+            [
+                Purchase(ORDER_NFD, 1, "c1", "i1", 1, 9.5, OLD),
+                Purchase(ORDER_NFC, 2, "c1", "i2", 2, 1.5, OLD),
+            ],
+            None,
+        )
+    upgrade(engine)
+    with engine.begin() as connection:
+        lines = everything(connection, purchases, "order_id", "line_no")
+        stored = everything(connection, orders, "order_id")
+        totals = everything(connection, purchase_totals, "customer_id")
+    assert [(p["order_id"], p["line_no"], p["item_id"]) for p in lines] == [
+        (ORDER_NFC, 1, "i1"),
+        (ORDER_NFC, 2, "i2"),
+    ]
+    whole = [
+        Purchase(ORDER_NFC, 1, "c1", "i1", 1, 9.5, OLD),
+        Purchase(ORDER_NFC, 2, "c1", "i2", 2, 1.5, OLD),
+    ]
+    assert [(o["order_id"], o["content_sha256"]) for o in stored] == [
+        (ORDER_NFC, order_digest(whole))
+    ]
+    assert [(t["customer_id"], t["lines"]) for t in totals] == [("c1", 2)]
+    engine.dispose()

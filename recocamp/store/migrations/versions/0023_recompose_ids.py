@@ -19,7 +19,8 @@ key then holds twice:
   (computed for it; the other is a second copy of one person's); ``offer_lists``, a
   re-computable cache, loses the rows of ids or items not composed;
 - order ids (read composed too): an order held under two forms (an older version's
-  delivery and a file's since, its lines stored twice) keeps the copy stored first;
+  delivery and a file's since, its lines stored twice) keeps the copy stored first, and
+  the other copies' lines of line numbers it lacks (one order's lines split over forms);
 - ``purchases``: customer and item ids (``purchase_totals`` follows by its triggers), and
   the digest of each order whose item ids changed (``orders``, ``domain.order_digest``), so
   an order posted again composed is a repeat;
@@ -301,12 +302,8 @@ def _customers(connection: sa.Connection) -> None:
 # --- purchases and their orders ------------------------------------------------------------
 
 
-def _order_ids(connection: sa.Connection) -> None:
-    """Order ids (read composed as well, ``sources.csv.ident``): an order stored under
-    another form takes the composed one. Where several forms hold one order (an older
-    version's delivery and a file's since, which did not find it: its lines stored twice),
-    the copy stored first stays (as the importer keeps the first delivery of an order and
-    refuses or skips the others) and the other copies' lines and rows go."""
+def _order_forms(connection: sa.Connection) -> dict[str, set[str]]:
+    """The order ids not composed, by their composed form."""
     forms: dict[str, set[str]] = defaultdict(set)
     for table in ("purchases", "orders"):
         t = sa.table(table, sa.column("order_id"))
@@ -314,39 +311,61 @@ def _order_ids(connection: sa.Connection) -> None:
         for (order_id,) in connection.execute(query):
             if nfc(order_id) != order_id:
                 forms[nfc(order_id)].add(order_id)
+    return forms
+
+
+def _order_ids(connection: sa.Connection) -> set[str]:
+    """Order ids (read composed as well, ``sources.csv.ident``): an order stored under
+    another form takes the composed one. Where several forms hold one order (an older
+    version's delivery and a file's since, which did not find it: its lines stored twice),
+    the copy stored first stays (as the importer keeps the first delivery of an order and
+    refuses or skips the others) and the other copies' lines of a line number it holds go,
+    with their ``orders`` rows. A line number it lacks joins it (one file named the order in
+    two forms, each line stored as an order of its own: a line of the order, no repeat).
+    Returns the orders that took lines, to be digested again."""
+    forms = _order_forms(connection)
     if not forms:
-        return
+        return set()
     every = sorted({form for target, held in forms.items() for form in (target, *held)})
-    lines = sa.table("purchases", sa.column("id"), sa.column("order_id"))
-    first: dict[str, int] = {}
-    for start in range(0, len(every), CHUNK):
-        query = (
-            sa.select(lines.c.order_id, sa.func.min(lines.c.id))
-            .where(lines.c.order_id.in_(every[start : start + CHUNK]))
-            .group_by(lines.c.order_id)
-        )
-        first.update((order_id, int(at)) for order_id, at in connection.execute(query))
+    lines_of: dict[str, list[Any]] = defaultdict(list)
+    for line in _by_key(connection, "purchases", ["id", "order_id", "line_no"], "order_id", every):
+        lines_of[line.order_id].append(line)
+    first = {form: min(line.id for line in found) for form, found in lines_of.items()}
     stored = {r.order_id for r in _by_key(connection, "orders", ["order_id"], "order_id", every)}
     gone: list[tuple[Any, ...]] = []
+    gone_lines: list[tuple[Any, ...]] = []
+    joined: list[dict[str, Any]] = []
     renamed: list[dict[str, Any]] = []
+    grown: set[str] = set()
     for target, held in forms.items():
         copies = [f for f in (target, *sorted(held)) if f in first or f in stored]
         keep = min(copies, key=lambda f: (f not in first, first.get(f, 0), f != target))
-        gone.extend((f,) for f in copies if f != keep)
+        taken = {line.line_no for line in lines_of[keep]}
+        for form in sorted((f for f in copies if f != keep), key=lambda f: first.get(f, 0)):
+            gone.append((form,))
+            for line in sorted(lines_of[form], key=lambda r: r.id):
+                if line.line_no in taken:
+                    gone_lines.append((line.id,))
+                else:
+                    taken.add(line.line_no)
+                    joined.append({"k_id": line.id, "order_id": target})
+                    grown.add(target)
         if keep != target:
             renamed.append({"k_order_id": keep, "order_id": target})
-    _delete(connection, "purchases", ["order_id"], gone)
+    _delete(connection, "purchases", ["id"], gone_lines)
     _delete(connection, "orders", ["order_id"], [g for g in gone if g[0] in stored])
     _update(connection, "purchases", ["order_id"], renamed)
+    _update(connection, "purchases", ["id"], joined)
     _update(connection, "orders", ["order_id"], [r for r in renamed if r["k_order_id"] in stored])
+    return grown
 
 
-def _purchases(connection: sa.Connection) -> None:
-    """Customer and item ids of the lines; each order an item id of which changed is
-    digested again from its lines as now stored."""
+def _purchases(connection: sa.Connection, grown: set[str]) -> None:
+    """Customer and item ids of the lines; each order an item id of which changed, or that
+    took lines of another copy (``grown``), is digested again from its lines as now stored."""
     columns = ["id", "order_id", "customer_id", "item_id"]
     rows = _rows(connection, "purchases", columns, ["customer_id", "item_id"])
-    orders = sorted({r.order_id for r in rows if nfc(r.item_id) != r.item_id})
+    orders = sorted(grown | {r.order_id for r in rows if nfc(r.item_id) != r.item_id})
     _rename(connection, "purchases", ["id"], ["customer_id", "item_id"])
     digests: list[dict[str, Any]] = []
     line_columns = ["order_id", "line_no", "item_id", "quantity", "unit_price", "ordered_at"]
@@ -445,8 +464,7 @@ def upgrade() -> None:
     connection = op.get_bind()
     _customers(connection)
     _merge_keyed(connection, "items", ["id"], "id", ["updated_at"], lambda r: _desc(r.updated_at))
-    _order_ids(connection)
-    _purchases(connection)
+    _purchases(connection, _order_ids(connection))
     outcome = {"send": 0, "defer": 1, "holdout": 2}
     _merge_keyed(
         connection,
