@@ -739,3 +739,48 @@ def test_an_order_whose_lines_were_stored_under_two_forms_keeps_every_line(db_ur
     ]
     assert [(t["customer_id"], t["lines"]) for t in totals] == [("c1", 2)]
     engine.dispose()
+
+
+def test_an_item_of_a_catalogue_and_one_of_sales_keep_the_catalogue_s_links(db_url: str) -> None:
+    """An older version imported the catalogue's postage ``Envío`` decomposed, with its
+    link, image and the service flag (never offered); a purchases file since made a bare
+    record of it composed (``add_missing_items``: no link, not a service). The migration
+    kept the newer bare record alone: the e-mails lost the item's link and image, and
+    the postage became an item offered. The newest values stay, gaps are filled from the
+    other, and a service is one when either record says so."""
+    shipping_nfd, shipping_nfc = "Envi\u0301o", "Env\u00edo"
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        put(
+            connection,
+            items,
+            {
+                "id": shipping_nfd,
+                "title": "Shipping",
+                "category": "service",
+                "price": 4,
+                "url": "https://shop.example.test/envio",
+                "image_url": "https://shop.example.test/envio.png",
+                "is_service": True,
+                "updated_at": OLD,
+            },
+            {"id": shipping_nfc, "title": "ENVIO", "category": "", "price": 4, "updated_at": NEW},
+        )
+    upgrade(engine)
+    with engine.connect() as connection:
+        found = everything(connection, items, "id")
+    assert [
+        (i["id"], i["title"], i["url"], i["image_url"], i["is_service"], i["updated_at"])
+        for i in found
+    ] == [
+        (
+            shipping_nfc,
+            "ENVIO",
+            "https://shop.example.test/envio",
+            "https://shop.example.test/envio.png",
+            True,
+            NEW,
+        )
+    ]
+    engine.dispose()

@@ -12,7 +12,8 @@ key then holds twice:
   from the other, and the strictest state: e-mail off, unsubscribed, objecting, paused or
   erased when either is; the least permissive consent among the records that hold one (a
   bare record an import of orders made holds none, and takes nobody's away);
-- ``items``: the most recently updated record;
+- ``items``: the most recently updated record, its missing link and image filled from
+  the other, a service when either is;
 - ``decisions``: one per run, the one that contacted (send, defer, holdout, then skip);
 - ``feedback``: the first answer of a survey stands;
 - ``forecasts``, ``forecast_checkpoints``, ``recommendations``: the composed id's row
@@ -274,29 +275,56 @@ def merged_customer(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _customers(connection: sa.Connection) -> None:
-    odd = [
-        dict(r._mapping)
-        for r in _rows(connection, "customers", CUSTOMER_COLUMNS, ["id"])
-        if nfc(r.id) != r.id
-    ]
+def _merge_records(
+    connection: sa.Connection,
+    table: str,
+    columns: Sequence[str],
+    merged: Callable[[Sequence[dict[str, Any]]], dict[str, Any]],
+) -> None:
+    """A table keyed by the id alone (customers, items): the records of one id composed
+    become one, ``merged`` of them, under the composed id."""
+    odd = [dict(r._mapping) for r in _rows(connection, table, columns, ["id"]) if nfc(r.id) != r.id]
     if not odd:
         return
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in odd:
         groups[nfc(record["id"])].append(record)
-    for record in _by_key(connection, "customers", CUSTOMER_COLUMNS, "id", groups):
+    for record in _by_key(connection, table, columns, "id", groups):
         groups[record.id].append(dict(record._mapping))
     gone: list[tuple[Any, ...]] = []
     written: list[dict[str, Any]] = []
     for target, records in groups.items():
         keep = next((r for r in records if r["id"] == target), records[0])
         gone.extend((r["id"],) for r in records if r is not keep)
-        merged = merged_customer(records)
-        merged["id"] = target
-        written.append({"k_id": keep["id"], **merged})
-    _delete(connection, "customers", ["id"], gone)
-    _update(connection, "customers", ["id"], written)
+        written.append({"k_id": keep["id"], **merged(records), "id": target})
+    _delete(connection, table, ["id"], gone)
+    _update(connection, table, ["id"], written)
+
+
+ITEM_COLUMNS = (
+    "id",
+    "title",
+    "category",
+    "price",
+    "in_stock",
+    "url",
+    "image_url",
+    "is_service",
+    "updated_at",
+)
+
+
+def merged_item(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One item of several records: the most recently updated, its missing link and image
+    filled from the others (a purchases file makes a bare record, ``add_missing_items``,
+    beside the catalogue's), and a service when either is one (a service is never offered:
+    postage must not become an offer)."""
+    newest = sorted(records, key=lambda r: _instant(r["updated_at"]), reverse=True)
+    merged = dict(newest[0])
+    for column in ("url", "image_url"):
+        merged[column] = next((r[column] for r in newest if r[column] is not None), None)
+    merged["is_service"] = any(bool(r["is_service"]) for r in records)
+    return merged
 
 
 # --- purchases and their orders ------------------------------------------------------------
@@ -462,8 +490,8 @@ def _json_lists(connection: sa.Connection, table: str, keys: Sequence[str], colu
 
 def upgrade() -> None:
     connection = op.get_bind()
-    _customers(connection)
-    _merge_keyed(connection, "items", ["id"], "id", ["updated_at"], lambda r: _desc(r.updated_at))
+    _merge_records(connection, "customers", CUSTOMER_COLUMNS, merged_customer)
+    _merge_records(connection, "items", ITEM_COLUMNS, merged_item)
     _purchases(connection, _order_ids(connection))
     outcome = {"send": 0, "defer": 1, "holdout": 2}
     _merge_keyed(
@@ -535,11 +563,6 @@ def _audit_subjects(connection: sa.Connection) -> None:
         if row.subject_type == "customer" and nfc(row.subject_id) != row.subject_id
     ]
     _update(connection, "audit_log", ["id"], renamed)
-
-
-def _desc(value: Any) -> Any:
-    """Newest first, for ``min``."""
-    return _instant(value).timestamp() * -1
 
 
 def _offer_lists(connection: sa.Connection) -> None:
