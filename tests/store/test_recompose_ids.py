@@ -23,7 +23,7 @@ from recocamp.campaigns.run import plan_and_enqueue
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase, order_digest
 from recocamp.privacy import erase
 from recocamp.settings import Settings
-from recocamp.store import tombstones
+from recocamp.store import engagement, tombstones
 from recocamp.store.engine import alembic_config, current_revision, make_engine, upgrade
 from recocamp.store.queries import audit, insert_purchases, upsert_customers, upsert_items
 from recocamp.store.schema import (
@@ -782,5 +782,37 @@ def test_an_item_of_a_catalogue_and_one_of_sales_keep_the_catalogue_s_links(db_u
             True,
             NEW,
         )
+    ]
+    engine.dispose()
+
+
+def test_a_review_stored_under_a_decomposed_id_is_a_repeat_when_posted_composed(
+    db_url: str,
+) -> None:
+    """Review ids are read composed (``api.events.Id``). A review an older version stored
+    under ``Re`` + U+0301 ``v-1``, posted again by the shop since (a retry), was stored a
+    second time under the composed id: two reviews, the loyalty points for it twice. The
+    migration composes the event ids too; a review held under two forms keeps the one
+    recorded first."""
+    review_nfd, review_nfc = "Re\u0301v-1", "R\u00e9v-1"
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    event = {"kind": "review", "customer_id": "c1", "occurred_at": OLD}
+    with engine.begin() as connection:
+        put(
+            connection,
+            engagement_events,
+            event | {"event_id": review_nfd, "recorded_at": OLD},
+            event | {"event_id": "Ve\u0301-2", "recorded_at": OLD},
+            event | {"event_id": "V\u00e9-2", "recorded_at": NEW},
+        )
+    upgrade(engine)
+    with engine.begin() as connection:
+        again = engagement.record(connection, "review", review_nfc, "c1", OLD, NOW)
+        found = everything(connection, engagement_events, "event_id")
+    assert again is engagement.Recorded.REPEAT
+    assert [(e["event_id"], e["recorded_at"]) for e in found] == [
+        (review_nfc, OLD),
+        ("V\u00e9-2", OLD),
     ]
     engine.dispose()

@@ -29,6 +29,8 @@ key then holds twice:
 - the audit log's entries about a customer (subject type ``customer``): the subject id,
   so that an erasure and an export, which match the id's composed and decomposed forms,
   find an entry stored under a form that is neither (one accent composed, one not);
+- ``engagement_events``: the event id (a review's, read composed), the one recorded first
+  of an event held under two forms;
 - ``outbox``, ``contact_events``, ``engagement_events``: the customer id; of the e-mails
   queued for one send key composed (one mailing queued for each of two records) one goes
   out, the others are cancelled.
@@ -519,6 +521,14 @@ def upgrade() -> None:
     _rename(connection, "outbox", ["id"], ["customer_id"])
     _one_mail_per_key(connection)
     _rename(connection, "contact_events", ["id"], ["customer_id"])
+    _merge_keyed(  # the shop's event ids are read composed too (``api.events.Id``)
+        connection,
+        "engagement_events",
+        ["kind", "event_id"],
+        "event_id",
+        ["recorded_at"],
+        lambda r: _instant(r.recorded_at),
+    )
     _rename(connection, "engagement_events", ["kind", "event_id"], ["customer_id"])
     _audit_subjects(connection)
     _json_lists(connection, "recommendations", ["customer_id", "model_version"], "items")
