@@ -244,11 +244,18 @@ def _held_in_other_forms(connection: sa.Connection, campaign: str, keys: set[str
         if not key.isascii() and key.startswith(f"{campaign}/"):
             customer = key[len(campaign) + 1 : key.rindex("/")]
             by_customer.setdefault(composed(customer), {})[composed(key)] = key
+    if not by_customer:
+        return set()
     wanted = list(by_customer)
+    # the keys' periods: a customer's e-mails of other mailings of the campaign are not read
+    periods = {key.rpartition("/")[2] for held in by_customer.values() for key in held.values()}
+    period = sa.or_(*(outbox.c.send_key.endswith(f"/{p}", autoescape=True) for p in periods))
     found: set[str] = set()
     for start in range(0, len(wanted), 5000):
         query = sa.select(outbox.c.customer_id, outbox.c.send_key).where(
-            outbox.c.campaign == campaign, outbox.c.customer_id.in_(wanted[start : start + 5000])
+            outbox.c.campaign == campaign,
+            outbox.c.customer_id.in_(wanted[start : start + 5000]),
+            period,
         )
         for customer, held in connection.execute(query):
             wanted_key = by_customer[customer].get(composed(held))
