@@ -51,6 +51,7 @@ from recocamp.domain import (
     BodyTemplate,
     OutgoingEmail,
     address_forms,
+    composed,
     email_hash,
     email_hashes,
     email_problem,
@@ -216,7 +217,8 @@ def existing_keys(connection: sa.Connection, prefix_campaign: str, keys: Sequenc
     customer id's other Unicode forms (``domain.id_forms``; the campaign and the period are
     ASCII): an e-mail enqueued under a decomposed id before migration 0023 composed the
     stored ids keeps its key (the one the provider knows), and the same run resumed after
-    the upgrade, deciding for the composed id, would enqueue it again."""
+    the upgrade, deciding for the composed id, would enqueue it again. An id stored in
+    neither form is found by its customer id (:func:`_held_in_other_forms`)."""
     forms: dict[str, set[str]] = {}
     for key in keys:
         for form in id_forms((key,)):
@@ -230,6 +232,36 @@ def existing_keys(connection: sa.Connection, prefix_campaign: str, keys: Sequenc
         )
         for held in connection.execute(query).scalars():
             found |= forms[held]
+    return found | _held_in_other_forms(connection, prefix_campaign, set(keys) - found)
+
+
+def _held_in_other_forms(connection: sa.Connection, campaign: str, keys: set[str]) -> set[str]:
+    """Which of ``keys`` the outbox holds in a form that is neither the key's composed nor
+    its decomposed one (an older version stored the id as a file gave it, one accent
+    composed, another not): found by the customer id, which migration 0023 composed, and
+    compared composed. Only keys that are not ASCII are looked for (none, in most shops)."""
+    by_customer: dict[str, dict[str, str]] = {}
+    for key in keys:
+        if not key.isascii() and key.startswith(f"{campaign}/"):
+            customer = key[len(campaign) + 1 : key.rindex("/")]
+            by_customer.setdefault(composed(customer), {})[composed(key)] = key
+    if not by_customer:
+        return set()
+    wanted = list(by_customer)
+    # the keys' periods: a customer's e-mails of other mailings of the campaign are not read
+    periods = {key.rpartition("/")[2] for held in by_customer.values() for key in held.values()}
+    period = sa.or_(*(outbox.c.send_key.endswith(f"/{p}", autoescape=True) for p in periods))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 5000):
+        query = sa.select(outbox.c.customer_id, outbox.c.send_key).where(
+            outbox.c.campaign == campaign,
+            outbox.c.customer_id.in_(wanted[start : start + 5000]),
+            period,
+        )
+        for customer, held in connection.execute(query):
+            wanted_key = by_customer[customer].get(composed(held))
+            if wanted_key is not None:
+                found.add(wanted_key)
     return found
 
 

@@ -21,11 +21,13 @@ from recocamp import tokens
 from recocamp.campaigns.files import Campaign
 from recocamp.campaigns.run import plan_and_enqueue
 from recocamp.domain import ConsentBasis, Customer, Item, Purchase, order_digest
+from recocamp.privacy import erase
 from recocamp.settings import Settings
-from recocamp.store import tombstones
+from recocamp.store import engagement, tombstones
 from recocamp.store.engine import alembic_config, current_revision, make_engine, upgrade
-from recocamp.store.queries import insert_purchases, upsert_customers, upsert_items
+from recocamp.store.queries import audit, insert_purchases, upsert_customers, upsert_items
 from recocamp.store.schema import (
+    audit_log,
     contact_events,
     customers,
     decisions,
@@ -515,4 +517,302 @@ def test_an_order_stored_under_the_decomposed_order_id_is_one_order(db_url: str)
     assert kept[(ORDER_NFC, 2)] == before[(ORDER_NFD, 2)]
     assert sorted(o["order_id"] for o in stored) == ["C\u00e9-2", ORDER_NFC]
     assert sorted((t["customer_id"], t["lines"]) for t in totals) == [("c1", 2), ("c2", 1)]
+    engine.dispose()
+
+
+LONG_FORM = "\u0958" * 40  # 40 characters stored; composed (NFC keeps it decomposed): 80
+
+
+def test_an_id_whose_composed_form_outgrows_its_column_is_left_as_stored(db_url: str) -> None:
+    """U+0958 is a composition exclusion: NFC writes it as two characters. An id an older
+    version stored as 40 of them (within 64) is 80 composed, past the String(64) columns:
+    PostgreSQL refused the update and the whole upgrade failed, the store stuck at 0022 with
+    no way past it. Such an id cannot be stored composed (the import refuses it now as too
+    long), so it stays as stored, and the other ids are composed."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        put(connection, customers, person(LONG_FORM), person(NFD))
+        insert_purchases(
+            connection,
+            [Purchase(LONG_FORM, 1, LONG_FORM, LONG_FORM, 1, 1.0, OLD)],
+            None,
+        )
+        put(
+            connection,
+            items,
+            {"id": LONG_FORM, "title": "x", "category": "x", "price": 1, "updated_at": OLD},
+        )
+    upgrade(engine)
+    with engine.connect() as connection:
+        people = [c["id"] for c in everything(connection, customers, "id")]
+        lines = everything(connection, purchases, "id")
+        goods = [i["id"] for i in everything(connection, items, "id")]
+    assert sorted(people) == sorted([LONG_FORM, NFC])
+    assert [(p["order_id"], p["customer_id"], p["item_id"]) for p in lines] == [
+        (LONG_FORM, LONG_FORM, LONG_FORM)
+    ]
+    assert goods == [LONG_FORM]
+    engine.dispose()
+
+
+def mail(customer_id: str, state: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "send_key": f"winback/{customer_id}/7",
+        "campaign": "winback",
+        "customer_id": customer_id,
+        "recipient": "zoe@example.test",
+        "subject": "Hi",
+        "body": b"x",
+        "state": state,
+        "not_before": OLD,
+        "created_at": OLD,
+        "updated_at": OLD,
+    } | fields
+
+
+def test_one_mailing_queued_under_two_forms_of_an_id_goes_out_once(db_url: str) -> None:
+    """Zoë held two records (decomposed, composed) and the winback of one period queued an
+    e-mail for each: after the records were merged into one, both stayed queued under their
+    two send keys and the same person got the same mailing twice, though her decisions of
+    the run were merged into one. Of the e-mails of one send key once composed, one stays:
+    one the provider has (sent or on), else the first queued; the other queued ones are
+    cancelled. A third form, and one already sent elsewhere, are covered too."""
+    third = "Zoe\u0308\u00eb"  # neither NFC nor NFD: composed, "Zoëë"
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        put(
+            connection,
+            outbox,
+            mail(ZOE_NFD, "queued"),
+            mail(ZOE_NFC, "queued"),
+            mail(NFC, "queued"),
+            mail(NFD, "sent", sent_at=OLD),
+            mail("Zo\u00eb\u00eb", "queued", send_key="winback/Zo\u00eb\u00eb/8"),
+            mail(third, "queued", send_key=f"winback/{third}/8"),
+        )
+    upgrade(engine)
+    with engine.connect() as connection:
+        mailed = everything(connection, outbox, "id")
+    assert [(m["customer_id"], m["state"]) for m in mailed] == [
+        (ZOE_NFC, "queued"),
+        (ZOE_NFC, "cancelled"),
+        (NFC, "cancelled"),
+        (NFC, "sent"),
+        ("Zo\u00eb\u00eb", "queued"),
+        ("Zo\u00eb\u00eb", "cancelled"),
+    ]
+    engine.dispose()
+
+
+RENEE_MIXED = "Ren\u00e9e\u0301"  # neither form: one accent composed, one not
+RENEE_NFC = "Ren\u00e9\u00e9"
+
+
+def test_a_run_resumed_across_the_migration_finds_a_mail_of_a_third_form(db_url: str) -> None:
+    """An older version stored Renée's id as a file gave it, one accent composed and one
+    not (neither NFC nor NFD). A winback run enqueued her e-mail under that send key, the
+    deploy that migrated the store interrupted it, and the resumed run, deciding for the
+    composed id, looked for the e-mail under the key's composed and decomposed forms alone:
+    it found none and enqueued a second e-mail to her."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    renee = Customer(
+        RENEE_MIXED,
+        "renee@example.test",
+        "Renée",
+        "en",
+        "Europe/Paris",
+        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
+        consent_at=NOW - timedelta(days=400),
+    )
+    with engine.begin() as connection:
+        upsert_customers(connection, [renee], NOW - timedelta(days=300))
+        upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW - timedelta(days=300))
+        insert_purchases(
+            connection,
+            [Purchase("o1", 1, RENEE_MIXED, "i1", 1, 9.5, NOW - timedelta(days=200))],
+            None,
+        )
+    first = plan_and_enqueue(engine, SETTINGS, winback(), ROOT / "templates", NOW)
+    assert first.enqueued == 1
+    upgrade(engine)
+    plan_and_enqueue(engine, SETTINGS, winback(), ROOT / "templates", NOW)  # the resume
+    with engine.connect() as connection:
+        mailed = connection.execute(sa.select(outbox.c.customer_id, outbox.c.send_key)).all()
+    assert [tuple(row) for row in mailed] == [
+        (RENEE_NFC, f"winback/{RENEE_MIXED}/{first.run_key.rpartition('/')[2]}")
+    ]
+    engine.dispose()
+
+
+def test_erasure_after_the_migration_reaches_audit_entries_of_a_third_form(db_url: str) -> None:
+    """The audit log kept each entry under the id then held; the erasure matches the
+    composed and decomposed forms of the erased id only. An entry of Renée's stored under
+    her id as an older version held it (one accent composed, one not) kept her id and its
+    details after she was erased: no form the erasure knew named it, and the purge of
+    erased customers' entries never took it (subject type customer)."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        put(connection, customers, person(RENEE_MIXED, email="renee@example.test"))
+        audit(
+            connection,
+            at=OLD,
+            actor="api:shop",
+            action="consent",
+            subject_type="customer",
+            subject_id=RENEE_MIXED,
+            details={"basis": "double_opt_in"},
+        )
+    upgrade(engine)
+    assert erase(engine, SETTINGS, RENEE_NFC, NOW, via="test") is not None
+    with engine.connect() as connection:
+        found = connection.execute(
+            sa.select(audit_log.c.subject_type, audit_log.c.subject_id, audit_log.c.details)
+        ).all()
+    assert [tuple(row) for row in found if row.subject_type == "customer"] == []
+    engine.dispose()
+
+
+def test_an_upgrade_that_fails_leaves_the_store_at_0022_untouched(tmp_path: Path) -> None:
+    """The migrations run in one transaction: one failing after 0023 rewrote the ids (here
+    the stamp of 0024, after 0023 and 0024 ran, refused by a trigger) leaves every row as it was."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(engine, "0022")
+    both_forms(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON alembic_version "
+            "WHEN NEW.version_num = '0024' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        before = {t.name: everything(connection, t, *t.primary_key.columns.keys()) for t in KEPT}
+    try:
+        upgrade(engine)
+    except sa.exc.DatabaseError as error:
+        assert "refused" in str(error)
+    else:
+        raise AssertionError("the upgrade went through")
+    assert current_revision(engine) == "0022"
+    with engine.connect() as connection:
+        after = {t.name: everything(connection, t, *t.primary_key.columns.keys()) for t in KEPT}
+    assert after == before
+    engine.dispose()
+
+
+KEPT = (customers, items, purchases, orders, decisions, outbox, feedback, forecasts, models)
+
+
+def test_an_order_whose_lines_were_stored_under_two_forms_keeps_every_line(db_url: str) -> None:
+    """One file of an older version named order ``Vénte-1`` decomposed on its first line and
+    composed on its second (two systems' exports pasted together): the importer took two
+    orders, one line each. The migration kept the copy stored first and deleted the other
+    copy's lines, though their line numbers were not the first copy's: line 2, a real
+    purchase, was gone. Lines a kept copy lacks join it; those it holds go (a repeat)."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        insert_purchases(
+            connection,
+            [
+                Purchase(ORDER_NFD, 1, "c1", "i1", 1, 9.5, OLD),
+                Purchase(ORDER_NFC, 2, "c1", "i2", 2, 1.5, OLD),
+            ],
+            None,
+        )
+    upgrade(engine)
+    with engine.begin() as connection:
+        lines = everything(connection, purchases, "order_id", "line_no")
+        stored = everything(connection, orders, "order_id")
+        totals = everything(connection, purchase_totals, "customer_id")
+    assert [(p["order_id"], p["line_no"], p["item_id"]) for p in lines] == [
+        (ORDER_NFC, 1, "i1"),
+        (ORDER_NFC, 2, "i2"),
+    ]
+    whole = [
+        Purchase(ORDER_NFC, 1, "c1", "i1", 1, 9.5, OLD),
+        Purchase(ORDER_NFC, 2, "c1", "i2", 2, 1.5, OLD),
+    ]
+    assert [(o["order_id"], o["content_sha256"]) for o in stored] == [
+        (ORDER_NFC, order_digest(whole))
+    ]
+    assert [(t["customer_id"], t["lines"]) for t in totals] == [("c1", 2)]
+    engine.dispose()
+
+
+def test_an_item_of_a_catalogue_and_one_of_sales_keep_the_catalogue_s_links(db_url: str) -> None:
+    """An older version imported the catalogue's postage ``Envío`` decomposed, with its
+    link, image and the service flag (never offered); a purchases file since made a bare
+    record of it composed (``add_missing_items``: no link, not a service). The migration
+    kept the newer bare record alone: the e-mails lost the item's link and image, and
+    the postage became an item offered. The newest values stay, gaps are filled from the
+    other, and a service is one when either record says so."""
+    shipping_nfd, shipping_nfc = "Envi\u0301o", "Env\u00edo"
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        put(
+            connection,
+            items,
+            {
+                "id": shipping_nfd,
+                "title": "Shipping",
+                "category": "service",
+                "price": 4,
+                "url": "https://shop.example.test/envio",
+                "image_url": "https://shop.example.test/envio.png",
+                "is_service": True,
+                "updated_at": OLD,
+            },
+            {"id": shipping_nfc, "title": "ENVIO", "category": "", "price": 4, "updated_at": NEW},
+        )
+    upgrade(engine)
+    with engine.connect() as connection:
+        found = everything(connection, items, "id")
+    assert [
+        (i["id"], i["title"], i["url"], i["image_url"], i["is_service"], i["updated_at"])
+        for i in found
+    ] == [
+        (
+            shipping_nfc,
+            "ENVIO",
+            "https://shop.example.test/envio",
+            "https://shop.example.test/envio.png",
+            True,
+            NEW,
+        )
+    ]
+    engine.dispose()
+
+
+def test_a_review_stored_under_a_decomposed_id_is_a_repeat_when_posted_composed(
+    db_url: str,
+) -> None:
+    """Review ids are read composed (``api.events.Id``). A review an older version stored
+    under ``Re`` + U+0301 ``v-1``, posted again by the shop since (a retry), was stored a
+    second time under the composed id: two reviews, the loyalty points for it twice. The
+    migration composes the event ids too; a review held under two forms keeps the one
+    recorded first."""
+    review_nfd, review_nfc = "Re\u0301v-1", "R\u00e9v-1"
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    event = {"kind": "review", "customer_id": "c1", "occurred_at": OLD}
+    with engine.begin() as connection:
+        put(
+            connection,
+            engagement_events,
+            event | {"event_id": review_nfd, "recorded_at": OLD},
+            event | {"event_id": "Ve\u0301-2", "recorded_at": OLD},
+            event | {"event_id": "V\u00e9-2", "recorded_at": NEW},
+        )
+    upgrade(engine)
+    with engine.begin() as connection:
+        again = engagement.record(connection, "review", review_nfc, "c1", OLD, NOW)
+        found = everything(connection, engagement_events, "event_id")
+    assert again is engagement.Recorded.REPEAT
+    assert [(e["event_id"], e["recorded_at"]) for e in found] == [
+        (review_nfc, OLD),
+        ("V\u00e9-2", OLD),
+    ]
     engine.dispose()

@@ -12,25 +12,35 @@ key then holds twice:
   from the other, and the strictest state: e-mail off, unsubscribed, objecting, paused or
   erased when either is; the least permissive consent among the records that hold one (a
   bare record an import of orders made holds none, and takes nobody's away);
-- ``items``: the most recently updated record;
+- ``items``: the most recently updated record, its missing link and image filled from
+  the other, a service when either is;
 - ``decisions``: one per run, the one that contacted (send, defer, holdout, then skip);
 - ``feedback``: the first answer of a survey stands;
 - ``forecasts``, ``forecast_checkpoints``, ``recommendations``: the composed id's row
   (computed for it; the other is a second copy of one person's); ``offer_lists``, a
   re-computable cache, loses the rows of ids or items not composed;
 - order ids (read composed too): an order held under two forms (an older version's
-  delivery and a file's since, its lines stored twice) keeps the copy stored first;
+  delivery and a file's since, its lines stored twice) keeps the copy stored first, and
+  the other copies' lines of line numbers it lacks (one order's lines split over forms);
 - ``purchases``: customer and item ids (``purchase_totals`` follows by its triggers), and
   the digest of each order whose item ids changed (``orders``, ``domain.order_digest``), so
   an order posted again composed is a repeat;
 - item ids in the cached lists (``recommendations.items``, ``models.popular``);
-- ``outbox``, ``contact_events``, ``engagement_events``: the customer id.
+- the audit log's entries about a customer (subject type ``customer``): the subject id,
+  so that an erasure and an export, which match the id's composed and decomposed forms,
+  find an entry stored under a form that is neither (one accent composed, one not);
+- ``engagement_events``: the event id (a review's, read composed), the one recorded first
+  of an event held under two forms;
+- ``outbox``, ``contact_events``, ``engagement_events``: the customer id; of the e-mails
+  queued for one send key composed (one mailing queued for each of two records) one goes
+  out, the others are cancelled.
 
 Left as they are: tombstones and erasure times (keyed hashes, which cannot be made again
 without the key; every check hashes every form of an id, ``tokens.id_hashes``, so an erased
 customer stays erased), send keys (the key the provider knows a message by; a run resumed
-after the upgrade finds its e-mails under any form, ``store.outbox.existing_keys``) and the
-audit log (a record of what was done, under the id then held).
+after the upgrade finds its e-mails under any form, ``store.outbox.existing_keys``); an id
+whose composed form is longer than the id columns hold (64 characters: composition
+exclusions, ``nfc``).
 
 Only rows with an id that is not ASCII are read (one scan of each table in SQL); of those
 only the ones whose id is not composed are written, by key. There is no downgrade: which
@@ -62,10 +72,18 @@ branch_labels = None
 depends_on = None
 
 CHUNK = 500
+WIDTH = 64  # the id columns: String(64)
 
 
 def nfc(value: str) -> str:
-    return value if value.isascii() else unicodedata.normalize("NFC", value)
+    """``value`` composed, or as stored where its composed form is longer than the id
+    columns hold (composition exclusions such as U+0958 compose to two characters): such an
+    id cannot be stored composed (PostgreSQL refuses it, failing the whole upgrade), and the
+    import refuses it now as too long, so no reader finds it composed anyway."""
+    if value.isascii():
+        return value
+    composed = unicodedata.normalize("NFC", value)
+    return composed if len(composed) <= WIDTH else value
 
 
 def _non_ascii(connection: sa.Connection, column: sa.ColumnElement[Any]) -> Any:
@@ -259,40 +277,63 @@ def merged_customer(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _customers(connection: sa.Connection) -> None:
-    odd = [
-        dict(r._mapping)
-        for r in _rows(connection, "customers", CUSTOMER_COLUMNS, ["id"])
-        if nfc(r.id) != r.id
-    ]
+def _merge_records(
+    connection: sa.Connection,
+    table: str,
+    columns: Sequence[str],
+    merged: Callable[[Sequence[dict[str, Any]]], dict[str, Any]],
+) -> None:
+    """A table keyed by the id alone (customers, items): the records of one id composed
+    become one, ``merged`` of them, under the composed id."""
+    odd = [dict(r._mapping) for r in _rows(connection, table, columns, ["id"]) if nfc(r.id) != r.id]
     if not odd:
         return
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in odd:
         groups[nfc(record["id"])].append(record)
-    for record in _by_key(connection, "customers", CUSTOMER_COLUMNS, "id", groups):
+    for record in _by_key(connection, table, columns, "id", groups):
         groups[record.id].append(dict(record._mapping))
     gone: list[tuple[Any, ...]] = []
     written: list[dict[str, Any]] = []
     for target, records in groups.items():
         keep = next((r for r in records if r["id"] == target), records[0])
         gone.extend((r["id"],) for r in records if r is not keep)
-        merged = merged_customer(records)
-        merged["id"] = target
-        written.append({"k_id": keep["id"], **merged})
-    _delete(connection, "customers", ["id"], gone)
-    _update(connection, "customers", ["id"], written)
+        written.append({"k_id": keep["id"], **merged(records), "id": target})
+    _delete(connection, table, ["id"], gone)
+    _update(connection, table, ["id"], written)
+
+
+ITEM_COLUMNS = (
+    "id",
+    "title",
+    "category",
+    "price",
+    "in_stock",
+    "url",
+    "image_url",
+    "is_service",
+    "updated_at",
+)
+
+
+def merged_item(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One item of several records: the most recently updated, its missing link and image
+    filled from the others (a purchases file makes a bare record, ``add_missing_items``,
+    beside the catalogue's), and a service when either is one (a service is never offered:
+    postage must not become an offer)."""
+    newest = sorted(records, key=lambda r: _instant(r["updated_at"]), reverse=True)
+    merged = dict(newest[0])
+    for column in ("url", "image_url"):
+        merged[column] = next((r[column] for r in newest if r[column] is not None), None)
+    merged["is_service"] = any(bool(r["is_service"]) for r in records)
+    return merged
 
 
 # --- purchases and their orders ------------------------------------------------------------
 
 
-def _order_ids(connection: sa.Connection) -> None:
-    """Order ids (read composed as well, ``sources.csv.ident``): an order stored under
-    another form takes the composed one. Where several forms hold one order (an older
-    version's delivery and a file's since, which did not find it: its lines stored twice),
-    the copy stored first stays (as the importer keeps the first delivery of an order and
-    refuses or skips the others) and the other copies' lines and rows go."""
+def _order_forms(connection: sa.Connection) -> dict[str, set[str]]:
+    """The order ids not composed, by their composed form."""
     forms: dict[str, set[str]] = defaultdict(set)
     for table in ("purchases", "orders"):
         t = sa.table(table, sa.column("order_id"))
@@ -300,39 +341,61 @@ def _order_ids(connection: sa.Connection) -> None:
         for (order_id,) in connection.execute(query):
             if nfc(order_id) != order_id:
                 forms[nfc(order_id)].add(order_id)
+    return forms
+
+
+def _order_ids(connection: sa.Connection) -> set[str]:
+    """Order ids (read composed as well, ``sources.csv.ident``): an order stored under
+    another form takes the composed one. Where several forms hold one order (an older
+    version's delivery and a file's since, which did not find it: its lines stored twice),
+    the copy stored first stays (as the importer keeps the first delivery of an order and
+    refuses or skips the others) and the other copies' lines of a line number it holds go,
+    with their ``orders`` rows. A line number it lacks joins it (one file named the order in
+    two forms, each line stored as an order of its own: a line of the order, no repeat).
+    Returns the orders that took lines, to be digested again."""
+    forms = _order_forms(connection)
     if not forms:
-        return
+        return set()
     every = sorted({form for target, held in forms.items() for form in (target, *held)})
-    lines = sa.table("purchases", sa.column("id"), sa.column("order_id"))
-    first: dict[str, int] = {}
-    for start in range(0, len(every), CHUNK):
-        query = (
-            sa.select(lines.c.order_id, sa.func.min(lines.c.id))
-            .where(lines.c.order_id.in_(every[start : start + CHUNK]))
-            .group_by(lines.c.order_id)
-        )
-        first.update((order_id, int(at)) for order_id, at in connection.execute(query))
+    lines_of: dict[str, list[Any]] = defaultdict(list)
+    for line in _by_key(connection, "purchases", ["id", "order_id", "line_no"], "order_id", every):
+        lines_of[line.order_id].append(line)
+    first = {form: min(line.id for line in found) for form, found in lines_of.items()}
     stored = {r.order_id for r in _by_key(connection, "orders", ["order_id"], "order_id", every)}
     gone: list[tuple[Any, ...]] = []
+    gone_lines: list[tuple[Any, ...]] = []
+    joined: list[dict[str, Any]] = []
     renamed: list[dict[str, Any]] = []
+    grown: set[str] = set()
     for target, held in forms.items():
         copies = [f for f in (target, *sorted(held)) if f in first or f in stored]
         keep = min(copies, key=lambda f: (f not in first, first.get(f, 0), f != target))
-        gone.extend((f,) for f in copies if f != keep)
+        taken = {line.line_no for line in lines_of[keep]}
+        for form in sorted((f for f in copies if f != keep), key=lambda f: first.get(f, 0)):
+            gone.append((form,))
+            for line in sorted(lines_of[form], key=lambda r: r.id):
+                if line.line_no in taken:
+                    gone_lines.append((line.id,))
+                else:
+                    taken.add(line.line_no)
+                    joined.append({"k_id": line.id, "order_id": target})
+                    grown.add(target)
         if keep != target:
             renamed.append({"k_order_id": keep, "order_id": target})
-    _delete(connection, "purchases", ["order_id"], gone)
+    _delete(connection, "purchases", ["id"], gone_lines)
     _delete(connection, "orders", ["order_id"], [g for g in gone if g[0] in stored])
     _update(connection, "purchases", ["order_id"], renamed)
+    _update(connection, "purchases", ["id"], joined)
     _update(connection, "orders", ["order_id"], [r for r in renamed if r["k_order_id"] in stored])
+    return grown
 
 
-def _purchases(connection: sa.Connection) -> None:
-    """Customer and item ids of the lines; each order an item id of which changed is
-    digested again from its lines as now stored."""
+def _purchases(connection: sa.Connection, grown: set[str]) -> None:
+    """Customer and item ids of the lines; each order an item id of which changed, or that
+    took lines of another copy (``grown``), is digested again from its lines as now stored."""
     columns = ["id", "order_id", "customer_id", "item_id"]
     rows = _rows(connection, "purchases", columns, ["customer_id", "item_id"])
-    orders = sorted({r.order_id for r in rows if nfc(r.item_id) != r.item_id})
+    orders = sorted(grown | {r.order_id for r in rows if nfc(r.item_id) != r.item_id})
     _rename(connection, "purchases", ["id"], ["customer_id", "item_id"])
     digests: list[dict[str, Any]] = []
     line_columns = ["order_id", "line_no", "item_id", "quantity", "unit_price", "ordered_at"]
@@ -429,10 +492,9 @@ def _json_lists(connection: sa.Connection, table: str, keys: Sequence[str], colu
 
 def upgrade() -> None:
     connection = op.get_bind()
-    _customers(connection)
-    _merge_keyed(connection, "items", ["id"], "id", ["updated_at"], lambda r: _desc(r.updated_at))
-    _order_ids(connection)
-    _purchases(connection)
+    _merge_records(connection, "customers", CUSTOMER_COLUMNS, merged_customer)
+    _merge_records(connection, "items", ITEM_COLUMNS, merged_item)
+    _purchases(connection, _order_ids(connection))
     outcome = {"send": 0, "defer": 1, "holdout": 2}
     _merge_keyed(
         connection,
@@ -457,16 +519,60 @@ def upgrade() -> None:
     ):
         _merge_keyed(connection, table, keys, "customer_id", [], lambda r: 0)
     _rename(connection, "outbox", ["id"], ["customer_id"])
+    _one_mail_per_key(connection)
     _rename(connection, "contact_events", ["id"], ["customer_id"])
+    _merge_keyed(  # the shop's event ids are read composed too (``api.events.Id``)
+        connection,
+        "engagement_events",
+        ["kind", "event_id"],
+        "event_id",
+        ["recorded_at"],
+        lambda r: _instant(r.recorded_at),
+    )
     _rename(connection, "engagement_events", ["kind", "event_id"], ["customer_id"])
+    _audit_subjects(connection)
     _json_lists(connection, "recommendations", ["customer_id", "model_version"], "items")
     _json_lists(connection, "models", ["version"], "popular")
     _offer_lists(connection)
 
 
-def _desc(value: Any) -> Any:
-    """Newest first, for ``min``."""
-    return _instant(value).timestamp() * -1
+def _one_mail_per_key(connection: sa.Connection) -> None:
+    """E-mails whose send keys (``campaign/customer/period``) are one key composed: the
+    mailing of one period queued for each of a person's two records. One stays (one the
+    provider may hold, else the first queued); the other queued ones are cancelled, as one
+    send key would have held one e-mail. Their send keys stay (``store.outbox.existing_keys``)."""
+    t = sa.table("outbox", *(sa.column(c) for c in ("id", "campaign", "send_key", "state")))
+    query = sa.select(t.c.id, t.c.campaign, t.c.send_key, t.c.state).where(
+        _non_ascii(connection, t.c.send_key)
+    )
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for row in connection.execute(query):
+        groups[(row.campaign, unicodedata.normalize("NFC", row.send_key))].append(row)
+    cancelled: list[dict[str, Any]] = []
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        rank = {"queued": 1, "cancelled": 2}
+        keep = min(rows, key=lambda r: (rank.get(r.state, 0), r.id))
+        cancelled.extend(
+            {"k_id": r.id, "state": "cancelled", "last_error": "another e-mail of its send key"}
+            for r in rows
+            if r is not keep and r.state == "queued"
+        )
+    _update(connection, "outbox", ["id"], cancelled)
+
+
+def _audit_subjects(connection: sa.Connection) -> None:
+    """The subject ids of the audit log's entries about customers, composed; the entries'
+    actions, times and details stay."""
+    renamed = [
+        {"k_id": row.id, "subject_id": nfc(row.subject_id)}
+        for row in _rows(
+            connection, "audit_log", ["id", "subject_type", "subject_id"], ["subject_id"]
+        )
+        if row.subject_type == "customer" and nfc(row.subject_id) != row.subject_id
+    ]
+    _update(connection, "audit_log", ["id"], renamed)
 
 
 def _offer_lists(connection: sa.Connection) -> None:
