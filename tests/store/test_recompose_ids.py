@@ -816,3 +816,31 @@ def test_a_review_stored_under_a_decomposed_id_is_a_repeat_when_posted_composed(
         ("V\u00e9-2", OLD),
     ]
     engine.dispose()
+
+
+def test_a_record_with_an_address_and_no_consent_takes_the_double_opt_in_away(
+    db_url: str,
+) -> None:
+    """A customers file's row with an address and no consent states one (none): merged with
+    an older record's double opt-in, the person is not mailed. Only a bare record an orders
+    file made (no address) leaves the other's consent as it is (José in the test above)."""
+    engine = make_engine(db_url)
+    upgrade(engine, "0022")
+    with engine.begin() as connection:
+        put(
+            connection,
+            customers,
+            person(
+                ZOE_NFD,
+                email="zoe@example.test",
+                consent_basis="double_opt_in",
+                consent_at=OLD,
+                consent_source="signup",
+            ),
+            person(ZOE_NFC, email="zoe@example.test", updated_at=NEW),
+        )
+    upgrade(engine)
+    with engine.connect() as connection:
+        [zoe] = everything(connection, customers, "id")
+    assert (zoe["id"], zoe["consent_basis"], zoe["consent_at"]) == (ZOE_NFC, "none", None)
+    engine.dispose()

@@ -10,8 +10,9 @@ key then holds twice:
 
 - ``customers``: one record, the most recent values (``updated_at``) with the gaps filled
   from the other, and the strictest state: e-mail off, unsubscribed, objecting, paused or
-  erased when either is; the least permissive consent among the records that hold one (a
-  bare record an import of orders made holds none, and takes nobody's away);
+  erased when either is; the least permissive consent among the records that state one (a
+  record with an address does, "none" included; a bare record an import of orders made,
+  without an address, states none and takes nobody's away);
 - ``items``: the most recently updated record, its missing link and image filled from
   the other, a service when either is;
 - ``decisions``: one per run, the one that contacted (send, defer, holdout, then skip);
@@ -266,7 +267,13 @@ def merged_customer(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     merged = dict(newest[0])
     for column in FILLED:
         merged[column] = next((r[column] for r in newest if r[column] is not None), None)
-    decided = [r for r in newest if r["consent_at"] is not None or r["consent_basis"] != "none"]
+    # a record with an address states consent (a customers file's row saying none, too); a
+    # bare record an import of orders made holds no address and takes nobody's consent away
+    decided = [
+        r
+        for r in newest
+        if r["consent_at"] is not None or r["consent_basis"] != "none" or r["email"] is not None
+    ]
     strictest = min(decided or newest, key=lambda r: PERMISSIVE.get(r["consent_basis"], 0))
     for column in ("consent_basis", "consent_at", "consent_source"):
         merged[column] = strictest[column]
