@@ -182,19 +182,22 @@ def _unregistered(version: str) -> sa.ColumnElement[bool]:
 def _drop_rows(engine: sa.Engine, which: sa.ColumnElement[bool], rows: int) -> int:
     """Delete the cache rows ``which`` selects, ``rows`` a transaction, in customer order
     from where the last step ended (the primary key's order: each step reads on from there
-    instead of past every row it kept)."""
+    instead of past every row it kept). Each step deletes a range of customer ids, up to
+    the ``rows``-th such row: binding the step's ids one by one (an IN list of 20,000
+    parameters) cost more than the deletes."""
     dropped, after = 0, ""
     customer_id = recommendations.c.customer_id
     while True:
         with engine.begin() as connection:
             page = sa.select(customer_id).where(which, customer_id > after)
-            found = connection.execute(page.order_by(customer_id).limit(rows)).scalars()
-            chosen = [str(c) for c in found]
-            if not chosen:
+            last = connection.execute(page.order_by(customer_id).offset(rows - 1).limit(1)).scalar()
+            span = [which, customer_id > after]
+            if last is not None:
+                span.append(customer_id <= last)
+            dropped += connection.execute(sa.delete(recommendations).where(*span)).rowcount
+            if last is None:
                 return dropped
-            step = sa.delete(recommendations).where(which, customer_id.in_(chosen))
-            dropped += connection.execute(step).rowcount
-            after = chosen[-1]
+            after = str(last)
 
 
 def _row(row_of: Callable[[tuple[str, ...]], Any], version: str, entry: tuple[str, Any]) -> Any:

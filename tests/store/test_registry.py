@@ -179,6 +179,25 @@ def test_a_staged_cache_is_nobodys_answer_until_its_switch(engine: sa.Engine) ->
     assert _rows(engine) == [("c1", "v2"), ("c3", "v2")]
 
 
+def test_the_retired_rows_are_dropped_by_ranges_between_the_kept_ones(
+    engine: sa.Engine,
+) -> None:
+    """``drop_stale`` deletes a range of customer ids a step, up to the ``rows``-th stale
+    row: every stale row goes, in steps whose size does not divide their number, and the
+    live model's rows between and beyond them stay."""
+    with engine.begin() as connection:
+        _register(connection, "v1")
+        old = [(f"c{n}", [["old", 1.0]]) for n in range(1, 8)]
+        registry.make_live(connection, "v1", NOW, old)
+    registry.stage(engine, "v2", [(c, [["new", 1.0]]) for c in ("c0", "c2", "c3", "c6", "c9")])
+    with engine.begin() as connection:
+        _register(connection, "v2")
+        registry.make_live(connection, "v2", NOW)
+    assert registry.drop_stale(engine, rows=3) == 7
+    assert _rows(engine) == [(c, "v2") for c in ("c0", "c2", "c3", "c6", "c9")]
+    assert registry.drop_stale(engine, rows=3) == 0
+
+
 def test_a_stage_replaces_its_own_rows_and_clears_what_a_stopped_one_left(
     engine: sa.Engine,
 ) -> None:
