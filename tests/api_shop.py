@@ -36,7 +36,7 @@ from recocamp.settings import Settings
 from recocamp.store import queries
 from recocamp.store.engine import make_engine, upgrade
 from recocamp.store.schema import models
-from tests.conftest import POSTGRES_URL
+from tests.conftest import POSTGRES_URL, drop
 
 NOW = datetime(2012, 1, 5, 9, 0, tzinfo=UTC)
 OBJECTOR = "10003"
@@ -162,13 +162,27 @@ def _admin(statement: str) -> None:
         admin.dispose()
 
 
+def _drop(database: str, check: bool) -> None:
+    """``conftest.drop``: a clone's database, dropped after its test."""
+    assert POSTGRES_URL is not None
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        drop(admin, database, check)
+    finally:
+        admin.dispose()
+
+
 def _url(database: str) -> str:
     assert POSTGRES_URL is not None
     return sa.make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
 
 
-def clone(template: Template, directory: Path) -> Iterator[tuple[sa.Engine, Path]]:
-    """A private copy of the template shop (database and model artifacts) for one test."""
+def clone(
+    template: Template, directory: Path, check: Callable[[], bool] = lambda: True
+) -> Iterator[tuple[sa.Engine, Path]]:
+    """A private copy of the template shop (database and model artifacts) for one test;
+    dropped after it, failing when the test left a connection to it open (unless ``check``
+    says not to: the test failed)."""
     artifacts = directory / "models"
     shutil.copytree(template.artifacts, artifacts)
     name = None
@@ -192,7 +206,7 @@ def clone(template: Template, directory: Path) -> Iterator[tuple[sa.Engine, Path
     finally:
         engine.dispose()
         if name is not None:
-            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            _drop(name, check())
 
 
 @dataclass(frozen=True)

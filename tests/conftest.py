@@ -7,6 +7,7 @@ import csv
 import gzip
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # imported where used: tests.api_shop imports this module
     from fastapi import FastAPI
     from typer.testing import CliRunner
 
+    from recocamp.store.notifications import Listener
     from tests.api_shop import Closing, Template
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +58,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL of an empty database: a SQLite file, or a fresh PostgreSQL database."""
+    """A URL of an empty database: a SQLite file, or a fresh PostgreSQL database (dropped
+    after the test, which must have closed every connection to it: see :func:`drop`)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'recocamp.db'}"
         return
@@ -67,12 +70,56 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    passed = passing(request)
     try:
         yield url
     finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop(admin, name, passed())
         admin.dispose()
+
+
+def passing(request: pytest.FixtureRequest) -> Callable[[], bool]:
+    """Whether the test has not failed (so far): a failed test's clean-up did not run."""
+    failed = request.session.testsfailed
+    return lambda: request.session.testsfailed == failed
+
+
+LEFT_WAIT_S = 5.0  # a closed session's server process takes a moment to leave pg_stat_activity
+
+
+def drop(admin: sa.Engine, name: str, check: bool = True) -> None:
+    """Drop a test's PostgreSQL database; first, unless the test failed (``check``), fail
+    when a connection to it is still open. ``WITH (FORCE)`` ends such a session quietly, but
+    its psycopg connection lives on in the test's engine, app or worker until the garbage
+    collector takes it, in whichever later test a collection happens to run, and psycopg's
+    "connection deleted while still open" warning then failed that test (CI, in tests that
+    had nothing to do with PostgreSQL). Here the test that left it open fails, naming it."""
+    stop_listeners()  # an app's listener, stopped before its database goes (see below)
+    left = sessions_on(admin, name) if check else []
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    assert not left, (
+        f"the test left {len(left)} connection(s) open to its database {name} "
+        f"({', '.join(left)}): dispose of its engines, close its apps (``closing``) and "
+        "release its workers' locks (``Worker.shutdown``)"
+    )
+
+
+def sessions_on(admin: sa.Engine, name: str) -> list[str]:
+    """The sessions still connected to database ``name`` (each as ``pid: query``; not the
+    asking one of ``admin``), after waiting :data:`LEFT_WAIT_S` for those closed just now
+    to go."""
+    deadline = time.monotonic() + LEFT_WAIT_S
+    query = sa.text(
+        "SELECT pid, left(query, 60) FROM pg_stat_activity "
+        "WHERE datname = :name AND pid <> pg_backend_pid()"
+    )
+    while True:
+        with admin.connect() as connection:
+            left = [f"{pid}: {sql}" for pid, sql in connection.execute(query, {"name": name})]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -155,26 +202,35 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]
     return path
 
 
+LISTENERS: list[Listener] = []  # the change listeners started in this test
+
+
 @pytest.fixture(autouse=True)
 def listeners_stopped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every PostgreSQL change listener a test started is stopped after it. An app a test
     did not close left its listener reconnecting, once a second, to the test's dropped
     database until the garbage collector took the app; a connection half made in one of
     those tries was collected unclosed later, in another test, whose run then failed on
-    psycopg's "deleted while still open" warning (CI, once, in a test without PostgreSQL)."""
+    psycopg's "deleted while still open" warning (CI, once, in a test without PostgreSQL).
+    A test's database is dropped before this fixture ends (it is set up first): :func:`drop`
+    stops them before that."""
     from recocamp.store import notifications
 
-    started: list[notifications.Listener] = []
     start = notifications.Listener.start
 
     def recorded(listener: notifications.Listener) -> None:
-        started.append(listener)
+        LISTENERS.append(listener)
         start(listener)
 
     monkeypatch.setattr(notifications.Listener, "start", recorded)
     yield
-    for listener in started:
-        listener.stop()
+    stop_listeners()
+
+
+def stop_listeners() -> None:
+    """Stop the change listeners started so far (each closes its connection as it ends)."""
+    while LISTENERS:
+        LISTENERS.pop().stop()
 
 
 # -- a trained shop for the API tests (tests/api_shop.py builds it) -------------------------
@@ -191,11 +247,13 @@ def template(
 
 
 @pytest.fixture
-def shop(template: Template, tmp_path: Path) -> Iterator[tuple[sa.Engine, Path]]:
+def shop(
+    template: Template, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[sa.Engine, Path]]:
     """A copy of the trained shop for one test: (engine, model artifacts)."""
     from tests.api_shop import clone
 
-    yield from clone(template, tmp_path)
+    yield from clone(template, tmp_path, passing(request))
 
 
 @pytest.fixture

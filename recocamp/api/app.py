@@ -130,10 +130,14 @@ class ReadyOut(BaseModel):
     detail: str | None = None
 
 
-def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings, engine: Engine, clock: Clock, settle: bool = False, owned: bool = False
+) -> FastAPI:
     """The whole API for one process (each ``recocamp serve`` worker builds its own).
     ``settle``: once the live model and catalogue are loaded, take the heap out of the
-    garbage collector's full passes (:func:`settle_heap`; a serve worker's, not a test's)."""
+    garbage collector's full passes (:func:`settle_heap`; a serve worker's, not a test's).
+    ``owned``: the engine is the app's own (:func:`app_from_environment` made it), its
+    connections closed when the app stops; a caller's engine is the caller's to dispose."""
     keys = parse_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
     limiter = RateLimiter.per_minute(settings.api.rate_limit_per_minute / settings.api.workers)
     failures = RateLimiter.per_minute(
@@ -153,6 +157,8 @@ def create_app(settings: Settings, engine: Engine, clock: Clock, settle: bool = 
             settle_heap()
         yield
         service.close()
+        if owned:
+            engine.dispose()
 
     app = FastAPI(
         title="recocamp shop API",
@@ -526,4 +532,5 @@ def app_from_environment() -> FastAPI:
     from recocamp.store.engine import make_engine
 
     settings = load_settings()
-    return create_app(settings, make_engine(settings.database_url), SystemClock(), settle=True)
+    engine = make_engine(settings.database_url)
+    return create_app(settings, engine, SystemClock(), settle=True, owned=True)

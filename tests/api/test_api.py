@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
 from recocamp import privacy, tokens
-from recocamp.api.app import create_app
+from recocamp.api.app import app_from_environment, create_app
 from recocamp.campaigns.files import load_all
 from recocamp.campaigns.planner import Outcome, context_for, decide
 from recocamp.campaigns.run import load_snapshot
@@ -38,7 +38,7 @@ from recocamp.store.queries import upsert_customers
 from recocamp.store.schema import audit_log, contact_events, customers, suppressions
 from recocamp.store.schema import outbox as outbox_table
 from tests.api_shop import ENTRIES, Reply, bearer, call
-from tests.conftest import NOW, ROOT, impatient
+from tests.conftest import NOW, ROOT, impatient, sessions_on
 
 SIGNING_KEY = "k" * 32
 SECRET = "hook-secret"
@@ -139,6 +139,39 @@ def test_a_serve_worker_freezes_its_start_up_heap_and_a_test_app_does_not(
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_a_serve_worker_closes_its_database_connections_when_it_stops(
+    engine: sa.Engine, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``recocamp serve``'s app makes its engine (``app_from_environment``), so it closes
+    the engine's connections when it stops; it closed its change listener's alone, and the
+    pooled ones were left to the garbage collector (psycopg: "connection deleted while
+    still open") or to the process's end, which the server sees as a client gone without a
+    word."""
+    monkeypatch.setenv("RECOCAMP_DATABASE_URL", db_url)
+    monkeypatch.chdir(tmp_path)
+    threshold = gc.get_threshold()
+
+    async def serve_one_request() -> Any:
+        app = app_from_environment()
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
+                assert (await client.get("/health")).status_code == 200
+        return app.state.service.engine
+
+    try:
+        served: sa.Engine = asyncio.run(serve_one_request())
+    finally:
+        gc.unfreeze()  # a serve worker's settling of its heap (see the test above)
+        gc.set_threshold(*threshold)
+    pool = served.pool
+    assert served is not engine and isinstance(pool, sa.pool.QueuePool)
+    assert pool.checkedin() == 0  # nothing left open in it
+    if engine.dialect.name == "postgresql":  # the server's view: no session of its left
+        engine.dispose()
+        assert sessions_on(engine, engine.url.database or "") == []
 
 
 def test_liveness_readiness_docs_and_metrics(engine: sa.Engine) -> None:

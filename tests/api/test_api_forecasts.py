@@ -64,38 +64,41 @@ def test_the_train_job_stores_the_forecast_once_and_skips_when_nothing_changed(
         with engine.connect() as connection:
             return dict(runs.recent(connection, "train")[0].counts)
 
-    counts = train(NOW)
-    assert counts["outcome"] != "skipped_no_new_data"
-    with engine.connect() as connection:
-        version = store.current_version(connection)
-        rows = store.stored_forecasts(connection)
-    assert version is not None and counts["forecast_version"] == version.version
-    assert version.as_of == NOW.astimezone(settings.shop.zone).date()
-    assert (version.horizon_days, version.customers, counts["forecast_customers"]) == (
-        90,
-        len(rows),
-        len(rows),
-    )
-    assert OBJECTOR not in {row.customer_id for row in rows} and len(rows) > 100
-    # what is stored is what the forecaster makes as of that day, with the live model
-    purchases = forecast.purchase_days(engine, settings, day_number(version.as_of))
-    expected = forecast_now(purchases, day_number(version.as_of), 90, version.model)
-    assert [r.as_dict() for r in expected] == [
-        forecast.CustomerForecast(*row).as_dict() for row in rows
-    ]
-    assert train(NOW + timedelta(days=1))["outcome"] == "skipped_no_new_data"
-    with engine.begin() as connection:  # a shop upgraded to forecasts: none stored yet
-        connection.execute(sa.delete(forecast_versions))
-    later = NOW + timedelta(days=2)
-    assert train(later)["outcome"] != "skipped_no_new_data"
-    with engine.connect() as connection:
-        newest = store.current_version(connection)
-        versions = connection.execute(sa.select(forecast_versions.c.version)).scalars().all()
-        newer = store.stored_forecasts(connection)
-    assert newest is not None and versions == [newest.version]  # only the newest is kept
-    assert newest.as_of == version.as_of + timedelta(days=2)
-    assert [r.customer_id for r in newer] == [r.customer_id for r in rows]  # old rows gone
-    assert newer != rows  # two days later: the same customers, less likely to be active
+    try:
+        counts = train(NOW)
+        assert counts["outcome"] != "skipped_no_new_data"
+        with engine.connect() as connection:
+            version = store.current_version(connection)
+            rows = store.stored_forecasts(connection)
+        assert version is not None and counts["forecast_version"] == version.version
+        assert version.as_of == NOW.astimezone(settings.shop.zone).date()
+        assert (version.horizon_days, version.customers, counts["forecast_customers"]) == (
+            90,
+            len(rows),
+            len(rows),
+        )
+        assert OBJECTOR not in {row.customer_id for row in rows} and len(rows) > 100
+        # what is stored is what the forecaster makes as of that day, with the live model
+        purchases = forecast.purchase_days(engine, settings, day_number(version.as_of))
+        expected = forecast_now(purchases, day_number(version.as_of), 90, version.model)
+        assert [r.as_dict() for r in expected] == [
+            forecast.CustomerForecast(*row).as_dict() for row in rows
+        ]
+        assert train(NOW + timedelta(days=1))["outcome"] == "skipped_no_new_data"
+        with engine.begin() as connection:  # a shop upgraded to forecasts: none stored yet
+            connection.execute(sa.delete(forecast_versions))
+        later = NOW + timedelta(days=2)
+        assert train(later)["outcome"] != "skipped_no_new_data"
+        with engine.connect() as connection:
+            newest = store.current_version(connection)
+            versions = connection.execute(sa.select(forecast_versions.c.version)).scalars().all()
+            newer = store.stored_forecasts(connection)
+        assert newest is not None and versions == [newest.version]  # only the newest is kept
+        assert newest.as_of == version.as_of + timedelta(days=2)
+        assert [r.customer_id for r in newer] == [r.customer_id for r in rows]  # old rows gone
+        assert newer != rows  # two days later: the same customers, less likely to be active
+    finally:  # its job locks' connection (PostgreSQL) closed before the database goes
+        worker.shutdown()
 
 
 def test_the_api_answers_the_stored_forecast(app: FastAPI) -> None:

@@ -48,12 +48,11 @@ def leaders(engine: sa.Engine) -> list[Any]:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_three_workers_one_scheduler_takeover_and_every_email_once(
-    tmp_path: Path, db_url: str, esp: tuple[FakeEsp, str]
+    tmp_path: Path, db_url: str, engine: sa.Engine, esp: tuple[FakeEsp, str]
 ) -> None:
     fake, url = esp
     fake.set_faults(Faults(latency_ms=250))
     shop = make_shop(tmp_path / "shop", db_url, url, customers=CUSTOMERS, leader_poll_s=POLL_S)
-    engine = make_engine(db_url)
     processes = [start_worker(shop) for _ in range(3)]
     try:
         wait_for(lambda: _live(engine) == 3 and len(leaders(engine)) == 1, 90)
@@ -97,7 +96,6 @@ def test_three_workers_one_scheduler_takeover_and_every_email_once(
         resumed = next(r for r in history if r.resumed_from == cut.id)
         assert resumed.worker == new.id and resumed.as_of == cut.as_of
     _no_overlapping_leader_runs(engine, killed_at, first.id)
-    engine.dispose()
 
 
 def _live(engine: sa.Engine) -> int:
