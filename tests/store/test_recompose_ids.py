@@ -69,16 +69,17 @@ def winback() -> Campaign:
     )
 
 
-def test_a_winback_skips_a_customer_whose_recent_order_is_stored_composed(db_url: str) -> None:
-    """José's record and his order of 200 days ago were stored decomposed by an older
-    version; his order of 3 days ago came in a file, composed. He is no lapsed customer: the
-    winback mailed him, as his history read by the record's id held the old order alone."""
+def shopper_at_0022(
+    db_url: str, customer_id: str, first_name: str, email: str, *lines: Purchase
+) -> sa.Engine:
+    """A store at 0022 holding one opted-in customer (under ``customer_id`` as an older
+    version stored it), the tea item and ``lines``."""
     engine = make_engine(db_url)
     upgrade(engine, "0022")
     person = Customer(
-        NFD,
-        "jose@example.test",
-        "José",
+        customer_id,
+        email,
+        first_name,
         "en",
         "Europe/Madrid",
         consent_basis=ConsentBasis.DOUBLE_OPT_IN,
@@ -87,14 +88,22 @@ def test_a_winback_skips_a_customer_whose_recent_order_is_stored_composed(db_url
     with engine.begin() as connection:
         upsert_customers(connection, [person], NOW - timedelta(days=300))
         upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW - timedelta(days=300))
-        insert_purchases(
-            connection,
-            [
-                Purchase("o1", 1, NFD, "i1", 1, 9.5, NOW - timedelta(days=200)),
-                Purchase("o2", 1, NFC, "i1", 1, 9.5, NOW - timedelta(days=3)),
-            ],
-            None,
-        )
+        insert_purchases(connection, list(lines), None)
+    return engine
+
+
+def test_a_winback_skips_a_customer_whose_recent_order_is_stored_composed(db_url: str) -> None:
+    """José's record and his order of 200 days ago were stored decomposed by an older
+    version; his order of 3 days ago came in a file, composed. He is no lapsed customer: the
+    winback mailed him, as his history read by the record's id held the old order alone."""
+    engine = shopper_at_0022(
+        db_url,
+        NFD,
+        "José",
+        "jose@example.test",
+        Purchase("o1", 1, NFD, "i1", 1, 9.5, NOW - timedelta(days=200)),
+        Purchase("o2", 1, NFC, "i1", 1, 9.5, NOW - timedelta(days=3)),
+    )
     upgrade(engine)
     plan_and_enqueue(engine, SETTINGS, winback(), ROOT / "templates", NOW)
     with engine.connect() as connection:
@@ -414,23 +423,13 @@ def test_a_run_resumed_across_the_migration_mails_nobody_twice(db_url: str) -> N
     the worker resumed it with the same instant: the run decided him again, composed, and
     looked for the e-mail under the composed send key, found none and enqueued a second
     one. The send keys the provider knows the e-mails by stay as they are."""
-    engine = make_engine(db_url)
-    upgrade(engine, "0022")
-    person = Customer(
+    engine = shopper_at_0022(
+        db_url,
         NFD,
-        "jose@example.test",
         "José",
-        "en",
-        "Europe/Madrid",
-        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
-        consent_at=NOW - timedelta(days=400),
+        "jose@example.test",
+        Purchase("o1", 1, NFD, "i1", 1, 9.5, NOW - timedelta(days=200)),
     )
-    with engine.begin() as connection:
-        upsert_customers(connection, [person], NOW - timedelta(days=300))
-        upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW - timedelta(days=300))
-        insert_purchases(
-            connection, [Purchase("o1", 1, NFD, "i1", 1, 9.5, NOW - timedelta(days=200))], None
-        )
     first = plan_and_enqueue(engine, SETTINGS, winback(), ROOT / "templates", NOW)
     assert first.enqueued == 1
     upgrade(engine)
@@ -616,25 +615,13 @@ def test_a_run_resumed_across_the_migration_finds_a_mail_of_a_third_form(db_url:
     deploy that migrated the store interrupted it, and the resumed run, deciding for the
     composed id, looked for the e-mail under the key's composed and decomposed forms alone:
     it found none and enqueued a second e-mail to her."""
-    engine = make_engine(db_url)
-    upgrade(engine, "0022")
-    renee = Customer(
+    engine = shopper_at_0022(
+        db_url,
         RENEE_MIXED,
-        "renee@example.test",
         "Renée",
-        "en",
-        "Europe/Paris",
-        consent_basis=ConsentBasis.DOUBLE_OPT_IN,
-        consent_at=NOW - timedelta(days=400),
+        "renee@example.test",
+        Purchase("o1", 1, RENEE_MIXED, "i1", 1, 9.5, NOW - timedelta(days=200)),
     )
-    with engine.begin() as connection:
-        upsert_customers(connection, [renee], NOW - timedelta(days=300))
-        upsert_items(connection, [Item("i1", "Tea", "kitchen", 9.5)], NOW - timedelta(days=300))
-        insert_purchases(
-            connection,
-            [Purchase("o1", 1, RENEE_MIXED, "i1", 1, 9.5, NOW - timedelta(days=200))],
-            None,
-        )
     first = plan_and_enqueue(engine, SETTINGS, winback(), ROOT / "templates", NOW)
     assert first.enqueued == 1
     upgrade(engine)
