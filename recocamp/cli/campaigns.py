@@ -269,7 +269,7 @@ def preview(
     """Render one customer's e-mail as the plan would send it. A customer the plan would not
     contact is not rendered (their e-mail would say things that are not true, e.g. "we have
     not seen you for a while" to a regular) unless --anyway is given: the reason is shown.
-    The id is read composed, as the store holds every id (``domain.composed``)."""
+    The id is read in its composed Unicode form, as the store holds every id."""
     customer = composed(customer)
     with errors_to_exit():
         settings = current_settings()
