@@ -646,6 +646,8 @@ class OfferService:
         if self.listener is not None:
             self.listener.stop()
         self._sharer.shutdown(wait=True)
+        if self._log is not None:  # its connection is held out of the pool: dispose skips it
+            self._log.close()
 
     def flush(self) -> None:
         """Wait for the re-scored lists handed to the writer so far to be written."""
