@@ -505,7 +505,10 @@ class OfferService:
                 )
             catalogue = views.catalogue(connection)
             top_n = self.settings.recommender.top_n
-            longer = views.recent_popular(connection, self.clock.now(), max(top_n, MAX_N))
+            days = self.settings.recommender.recent_popularity_days
+            longer = views.recent_popular(
+                connection, self.clock.now(), max(top_n, MAX_N), days=days
+            )
         error, loaded = None, erasures
         if old is not None and same_model:
             live, loaded = old.live, old.loaded_erasures
