@@ -505,7 +505,10 @@ class OfferService:
                 )
             catalogue = views.catalogue(connection)
             top_n = self.settings.recommender.top_n
-            longer = views.recent_popular(connection, self.clock.now(), max(top_n, MAX_N))
+            days = self.settings.recommender.recent_popularity_days
+            longer = views.recent_popular(
+                connection, self.clock.now(), max(top_n, MAX_N), days=days
+            )
         error, loaded = None, erasures
         if old is not None and same_model:
             live, loaded = old.live, old.loaded_erasures
@@ -646,6 +649,8 @@ class OfferService:
         if self.listener is not None:
             self.listener.stop()
         self._sharer.shutdown(wait=True)
+        if self._log is not None:  # its connection is held out of the pool: dispose skips it
+            self._log.close()
 
     def flush(self) -> None:
         """Wait for the re-scored lists handed to the writer so far to be written."""

@@ -142,7 +142,12 @@ def load_snapshot(
     history, so a resumed run decides as it did the first time; ``history_days``: how far back
     the contact history reaches (``planner.history_days`` of the campaign planned)."""
     rows = views.planning_rows(
-        connection, now, settings.recommender.top_n, own_run=own_run, history_days=history_days
+        connection,
+        now,
+        settings.recommender.top_n,
+        own_run=own_run,
+        history_days=history_days,
+        popularity_days=settings.recommender.recent_popularity_days,
     )
     found = audience.snapshot(rows, settings.loyalty, now, live_forecast(connection, settings, now))
     return served_lists(connection, settings, found)

@@ -114,6 +114,15 @@ class ChangeLog:
             return self.last(), None
         return int(rows[-1][0]), ids
 
+    def close(self) -> None:
+        """Close the held connection: it never goes back to the pool, so the engine's
+        ``dispose`` would leave it open (a ResourceWarning when collected). It is closed,
+        not returned: it is in autocommit mode, unlike the pool's. A later read opens
+        another."""
+        pooled, self._pooled, self._cursor = self._pooled, None, None
+        if pooled is not None:
+            pooled.invalidate()  # closes the driver's connection and forgets it
+
     def _of(self) -> sqlite3.Cursor:
         if self._cursor is None:
             self._pooled = self.engine.raw_connection()

@@ -161,17 +161,21 @@ def record(
     connection: sa.Connection, key: Keys, customer_id: str, email: str | None, now: datetime
 ) -> None:
     """Remember an erasure under the signing key (the first of ``key``), replacing an
-    earlier tombstone of the same id, made under any key."""
+    earlier tombstone of the same id, made under any key. An erasure that knows no address
+    (the id erased again, its record gone) keeps the earlier tombstone's address hash: else
+    the address the first erasure blocked could sign up again."""
     signing = _all(key)[0]
     id_hash = tokens.keyed_hash(signing, "customer", customer_id)
     earlier = [tokens.keyed_hash(k, "customer", customer_id) for k in _all(key)]
+    email_hash = tokens.keyed_hash(signing, "email", email) if email else None
+    if email_hash is None:
+        known = sa.select(tombstones.c.email_hash).where(
+            tombstones.c.id_hash.in_(earlier), tombstones.c.email_hash.is_not(None)
+        )
+        email_hash = connection.execute(known.limit(1)).scalar()
     connection.execute(sa.delete(tombstones).where(tombstones.c.id_hash.in_(earlier)))
     connection.execute(
-        sa.insert(tombstones).values(
-            id_hash=id_hash,
-            email_hash=tokens.keyed_hash(signing, "email", email) if email else None,
-            erased_at=now,
-        )
+        sa.insert(tombstones).values(id_hash=id_hash, email_hash=email_hash, erased_at=now)
     )
     connection.execute(sa.delete(id_erasures).where(id_erasures.c.id_hash.in_(earlier)))
     connection.execute(sa.insert(id_erasures).values(id_hash=id_hash, erased_at=now))

@@ -62,12 +62,15 @@ def planning_rows(
     *,
     own_run: str | None = None,
     history_days: int = CONTACT_HISTORY_DAYS,
+    popularity_days: int,
 ) -> PlanningRows:
     """Everything the planner needs at ``now``. ``own_run`` (a run key, ``campaign/day``)
     leaves that run's own e-mails out of the contact history: a run resumed after a crash
     decides as it did the first time instead of seeing its own mail as a cap.
     ``history_days``: how far back the contact history reaches (a campaign's cooldown or
-    ``not_contacted_days`` may look further back than the default five weeks)."""
+    ``not_contacted_days`` may look further back than the default five weeks).
+    ``popularity_days``: the cold-start list's window with no model live
+    (``recent_popularity_days``, as a trained model's list is counted)."""
     catalogue = _items(connection)
     orders, returned = _orders(connection, now)
     live_rows = sa.select(recommendations).where(registry.LIVE_ROWS)  # see registry.stage
@@ -80,7 +83,7 @@ def planning_rows(
         )
         for row in connection.execute(sa.select(customers).order_by(customers.c.id))
     ]
-    popular = _popular(connection, now, top_n)
+    popular = _popular(connection, now, top_n, popularity_days)
     engagement = _engagement(connection, now)
     return PlanningRows(
         records, orders, personal, contacts, suppressed, catalogue, popular, engagement, returned
@@ -366,9 +369,12 @@ def catalogue_items(connection: sa.Connection, ids: Sequence[str]) -> dict[str, 
     return _items(connection, list(dict.fromkeys(ids))) if ids else {}
 
 
-def recent_popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]]:
-    """The cold-start list: the live model's, else straight from recent sales."""
-    return _popular(connection, now, n)
+def recent_popular(
+    connection: sa.Connection, now: datetime, n: int, *, days: int
+) -> list[list[Any]]:
+    """The cold-start list: the live model's, else straight from the sales of the last
+    ``days`` (``recent_popularity_days``, the window a trained model's list counts)."""
+    return _popular(connection, now, n, days)
 
 
 def _orders(
@@ -428,10 +434,12 @@ def _grouped(lines: Iterable[Sequence[Any]]) -> Iterable[CustomerOrder]:
         yield CustomerOrder(customer, order, at, revenue, frozenset(bought))
 
 
-def _popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]]:
+def _popular(connection: sa.Connection, now: datetime, n: int, days: int) -> list[list[Any]]:
     """The live model's cold-start list, else the ``3n`` items most customers bought in the
-    last 90 days, as the model's is made: purchase lines of products (service items such as
-    postage are never offered, and took the places of items that can be)."""
+    last ``days``, as the model's is made: purchase lines of products (service items such as
+    postage are never offered, and took the places of items that can be), over the model's
+    window (``recent_popularity_days``: a fixed 90 days gave a shop that set 30 another list
+    before its first model than after)."""
     live = connection.execute(sa.select(models.c.popular).where(models.c.status == "live")).first()
     if live is not None and live.popular:
         return list(live.popular)
@@ -440,7 +448,7 @@ def _popular(connection: sa.Connection, now: datetime, n: int) -> list[list[Any]
     query = (
         sa.select(p.item_id, buyers)
         .where(
-            p.ordered_at >= now - timedelta(days=90),
+            p.ordered_at >= now - timedelta(days=days),
             p.ordered_at < now,
             p.customer_id.is_not(None),
             purchase_line(),

@@ -58,7 +58,7 @@ def test_an_orders_parts_sum_to_its_total_and_both_count_purchase_lines_alone(
 
 
 def test_the_cold_start_list_counts_buyers_of_purchase_lines_alone(engine: sa.Engine) -> None:
-    """With no live model, offers are the items most customers bought in the last 90 days
+    """With no live model, offers are the items most customers bought in the last 90 days (``days``)
     (``views.recent_popular``). It counted lines of price 0 (an adjustment, a free sample:
     no purchase) as purchases, so an item handed out free to many outranked every item
     they paid for."""
@@ -68,7 +68,7 @@ def test_the_cold_start_list_counts_buyers_of_purchase_lines_alone(engine: sa.En
     ]
     with engine.begin() as connection:
         queries.insert_purchases(connection, lines, None)
-        assert views.recent_popular(connection, NOW, 5) == [["PAID", 1.0]]
+        assert views.recent_popular(connection, NOW, 5, days=90) == [["PAID", 1.0]]
 
 
 def test_the_cold_start_list_leaves_out_service_items(engine: sa.Engine) -> None:
@@ -86,7 +86,7 @@ def test_the_cold_start_list_leaves_out_service_items(engine: sa.Engine) -> None
     with engine.begin() as connection:
         queries.upsert_items(connection, [*catalogue, Item("mug", "Mug", "home", 5.0)], NOW)
         queries.insert_purchases(connection, lines, None)
-        popular = views.recent_popular(connection, NOW, 1)
+        popular = views.recent_popular(connection, NOW, 1, days=90)
         items = views.catalogue(connection)
     assert popular == [["mug", 1.0]]
     rules = Rules(mode=Mode.MIXED, count=1)
