@@ -388,13 +388,9 @@ def test_through_the_real_app_with_api_keys(
     assert stored(engine) == [(f"nps/{NOW:%Y-%m-%d}", "c2", 7, None)]
 
 
-def test_two_first_requests_at_once_render_and_store_one_report(
-    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With no report stored, two dashboards asking at once each rendered one and stored it:
-    two reports of one instant, twice the rendering (seconds of CPU each), and the two
-    answers named different reports. The renderer waits (up to 3 s) for a second render to
-    start, so the race is taken for certain when one can happen."""
+def renders_meet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each report render waits (up to 3 s) for a second one to start, so a race between two
+    first renders is taken for certain when one can happen."""
     both = threading.Barrier(2)
     render = report.render_html
 
@@ -404,6 +400,16 @@ def test_two_first_requests_at_once_render_and_store_one_report(
         return render(data)
 
     monkeypatch.setattr(report, "render_html", slow)
+
+
+def test_two_first_requests_at_once_render_and_store_one_report(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no report stored, two dashboards asking at once each rendered one and stored it:
+    two reports of one instant, twice the rendering (seconds of CPU each), and the two
+    answers named different reports. The renderer waits (up to 3 s) for a second render to
+    start, so the race is taken for certain when one can happen."""
+    renders_meet(monkeypatch)
     app = make_app(engine, FixedClock(NOW))
     answers: list[Any] = []
 
@@ -430,15 +436,7 @@ def test_two_serve_processes_asked_at_once_store_one_first_report(
     apps, each with its own engine, on one database) both found no report, both rendered
     and both stored one, and answered with different reports. The renderer waits (up to
     3 s) for the other process's render to start, so the race is taken for certain."""
-    both = threading.Barrier(2)
-    render = report.render_html
-
-    def slow(data: report.Data) -> str:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            both.wait(timeout=3)
-        return render(data)
-
-    monkeypatch.setattr(report, "render_html", slow)
+    renders_meet(monkeypatch)
     other = make_engine(engine.url.render_as_string(hide_password=False))
     apps = [make_app(engine, FixedClock(NOW)), make_app(other, FixedClock(NOW))]
     answers: list[Any] = []
